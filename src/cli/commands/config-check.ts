@@ -1,0 +1,60 @@
+/**
+ * `fitb config check FILE [--id N]`: validates a cluster file, printing each problem
+ * with the field it concerns. With --id it also checks, on a replica's host, that
+ * the replica's secret key file is there and matches the key the file lists.
+ */
+import { formatConfigIssue, loadClusterConfig, REPLICAS_MAX, type ClusterConfig } from "../../config/cluster.ts";
+import { bytesEqual } from "../../crypto/encoding.ts";
+import { formatPublicKey, loadSigningKeyFile } from "../../crypto/keys.ts";
+import type { ParsedArgs } from "../args.ts";
+import type { Command, CommandIo } from "../command.ts";
+import { CommandError, EXIT_FAILURE, EXIT_OK } from "../errors.ts";
+
+export const configCheckCommand: Command = {
+  path: ["config", "check"],
+  summary: "Validate a cluster file (and, with --id, a replica's key)",
+  description: [
+    "Reads FILE and checks every field: names, addresses, keys, limits, ids 0..n-1,",
+    "and n >= 3f+1. Prints 'ok: ...' on success, or one line per problem naming the",
+    "field and the expected form, and exits 1.",
+  ],
+  flags: [
+    {
+      name: "id",
+      kind: "string",
+      valueName: "N",
+      description: "Also check replica N's secret key file exists and matches its listed key",
+    },
+  ],
+  positionals: [{ name: "FILE", description: "The cluster file (cluster.toml)", required: true }],
+  examples: ["fitb config check cluster.toml", "fitb config check /etc/fitb/cluster.toml --id 2"],
+  run: runConfigCheck,
+};
+
+function runConfigCheck(args: ParsedArgs, io: CommandIo): number {
+  const path = args.requiredPositional("FILE");
+  const id = args.integer("id", 0, REPLICAS_MAX - 1);
+  const result = loadClusterConfig(path);
+  if (!result.ok) {
+    for (const issue of result.errors) io.err(issue.path === "" ? issue.message : `${path}: ${formatConfigIssue(issue)}`);
+    io.err(`${path}: ${result.errors.length} problem${result.errors.length === 1 ? "" : "s"}`);
+    return EXIT_FAILURE;
+  }
+  const { config } = result;
+  io.out(`ok: cluster ${config.name}, n=${config.n}, f=${config.f}, ${config.replicas.length} replicas`);
+  if (id !== undefined) checkReplicaKey(config, id, io);
+  return EXIT_OK;
+}
+
+function checkReplicaKey(config: ClusterConfig, id: number, io: CommandIo): void {
+  const replica = config.replicas[id];
+  if (replica === undefined) throw new CommandError(`--id ${id}: the cluster has replicas 0..${config.n - 1}`);
+  const loaded = loadSigningKeyFile(replica.keyFile);
+  for (const warning of loaded.warnings) io.err(`warning: ${warning}`);
+  if (!bytesEqual(loaded.key.publicKey, replica.publicKey)) {
+    throw new CommandError(
+      `${replica.keyFile} holds ${formatPublicKey(loaded.key.publicKey)}, but the cluster file lists for replica ${id} ${replica.publicKeyText}`,
+    );
+  }
+  io.out(`ok: replica ${id} key ${replica.keyFile} matches`);
+}

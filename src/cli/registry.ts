@@ -1,0 +1,14 @@
+/**
+ * Every `fitb` command, in the order `fitb --help` lists them. Adding a command is
+ * one file under commands/ and one line here.
+ */
+import type { Command } from "./command.ts";
+import { clusterInitCommand } from "./commands/cluster-init.ts";
+import { configCheckCommand } from "./commands/config-check.ts";
+import { keygenCommand } from "./commands/keygen.ts";
+
+export const COMMANDS: readonly Command[] = [
+  keygenCommand,
+  clusterInitCommand,
+  configCheckCommand,
+];

@@ -1,0 +1,489 @@
+/**
+ * The cluster file: which replicas form the group, where they listen, which keys
+ * they and the admins hold, and the limits every replica enforces.
+ *
+ * The file is TOML (parsed by Bun.TOML.parse) and validated with zod. Every error
+ * names the field by its path in the file (`replicas[2].key`) and the form it
+ * expected, because the reader is an operator editing the file by hand.
+ *
+ * Layout (snake_case in the file, camelCase in the typed config):
+ *   name = "prod-east"            cluster name
+ *   f = 1                         replicas that may be faulty at once; n >= 3f+1
+ *   admin_keys = ["ed25519:..."]  at least one
+ *   client_keys = ["ed25519:..."] optional
+ *   [[replicas]]  id, host, port, key, optional key_file and data_dir
+ *   [limits]      optional, each field has a default
+ *   [retention]   optional, defaults for channels that do not set their own
+ * Relative paths (key_file, data_dir) are relative to the directory of the file.
+ */
+import { readFileSync, statSync } from "node:fs";
+import { isIP, isIPv4 } from "node:net";
+import { dirname, resolve } from "node:path";
+import { z } from "zod";
+import { bytesEqual } from "../crypto/encoding.ts";
+import { describeIoError, formatPublicKey, PUBLIC_KEY_FORM, tryParsePublicKey } from "../crypto/keys.ts";
+
+/** The cluster file is a few KiB even for a large group; the bound stops a wrong path (a log, a disk image) from being read whole. */
+export const CONFIG_FILE_BYTES_MAX = 1024 * 1024;
+export const CLUSTER_NAME_CHARS_MAX = 64;
+/** All-to-all protocols cost O(n^2) messages; past this size the group needs a different design. */
+export const REPLICAS_MAX = 64;
+export const ADMIN_KEYS_MAX = 64;
+export const CLIENT_KEYS_MAX = 100_000;
+export const PORT_MIN = 1;
+export const PORT_MAX = 65_535;
+export const HOST_CHARS_MAX = 253;
+const PATH_CHARS_MAX = 4096;
+
+/** One bound per limit: [default, least allowed, most allowed]. */
+interface LimitBound {
+  readonly defaultValue: number;
+  readonly min: number;
+  readonly max: number;
+}
+
+const KIB = 1024;
+const MIB = 1024 * KIB;
+const GIB = 1024 * MIB;
+const SECONDS_PER_DAY = 86_400;
+
+/**
+ * Limits that every replica enforces. The maxima are sanity bounds (a typo of three
+ * extra zeros is caught), not performance advice.
+ */
+export const LIMIT_BOUNDS = {
+  frame_bytes_max: { defaultValue: 1 * MIB, min: 4 * KIB, max: 16 * MIB },
+  event_bytes_max: { defaultValue: 64 * KIB, min: 1, max: 16 * MIB },
+  batch_events_max: { defaultValue: 1024, min: 1, max: 65_536 },
+  client_inflight_requests_max: { defaultValue: 64, min: 1, max: 65_536 },
+  connection_subscriptions_max: { defaultValue: 256, min: 1, max: 65_536 },
+  client_events_per_second_max: { defaultValue: 100_000, min: 1, max: 10_000_000 },
+  client_burst_events_max: { defaultValue: 200_000, min: 1, max: 100_000_000 },
+} as const satisfies Record<string, LimitBound>;
+
+/** Retention applied to a channel that does not set its own. */
+export const RETENTION_BOUNDS = {
+  events_max: { defaultValue: 1_000_000, min: 1, max: 1_000_000_000 },
+  bytes_max: { defaultValue: 1 * GIB, min: 1 * KIB, max: 1024 * GIB },
+  age_seconds_max: { defaultValue: 7 * SECONDS_PER_DAY, min: 1, max: 3650 * SECONDS_PER_DAY },
+} as const satisfies Record<string, LimitBound>;
+
+export interface ClusterLimits {
+  readonly frameBytesMax: number;
+  readonly eventBytesMax: number;
+  readonly batchEventsMax: number;
+  readonly clientInflightRequestsMax: number;
+  readonly connectionSubscriptionsMax: number;
+  readonly clientEventsPerSecondMax: number;
+  readonly clientBurstEventsMax: number;
+}
+
+export interface RetentionDefaults {
+  readonly eventsMax: number;
+  readonly bytesMax: number;
+  readonly ageSecondsMax: number;
+}
+
+export interface ReplicaEntry {
+  readonly id: number;
+  readonly host: string;
+  readonly port: number;
+  /** The replica's ed25519 public key, 32 raw bytes. */
+  readonly publicKey: Uint8Array;
+  /** The same key in its `ed25519:...` text form, as written in the file. */
+  readonly publicKeyText: string;
+  /** Absolute path of the replica's secret key file (used only on that replica's host). */
+  readonly keyFile: string;
+  /** Absolute path of the replica's data directory. */
+  readonly dataDir: string;
+}
+
+export interface ClusterConfig {
+  readonly name: string;
+  readonly f: number;
+  /** The number of replicas; replicas[i].id === i for every i < n. */
+  readonly n: number;
+  readonly replicas: readonly ReplicaEntry[];
+  readonly adminKeys: readonly Uint8Array[];
+  readonly clientKeys: readonly Uint8Array[];
+  readonly limits: ClusterLimits;
+  readonly retention: RetentionDefaults;
+  /** The directory relative paths were resolved against. */
+  readonly baseDir: string;
+}
+
+/** One problem in a cluster file: the field's path (`replicas[2].key`, "" for the file) and what is wrong. */
+export interface ConfigIssue {
+  readonly path: string;
+  readonly message: string;
+}
+
+export type ClusterConfigResult =
+  | { readonly ok: true; readonly config: ClusterConfig }
+  | { readonly ok: false; readonly errors: readonly ConfigIssue[] };
+
+/** Thrown by `requireClusterConfig`; the message lists every issue, one a line. */
+export class ClusterConfigError extends Error {
+  override name = "ClusterConfigError";
+  constructor(
+    readonly sourceName: string,
+    readonly issues: readonly ConfigIssue[],
+  ) {
+    super(`${sourceName}: invalid cluster config\n${issues.map((issue) => `  ${formatConfigIssue(issue)}`).join("\n")}`);
+  }
+}
+
+/** `path: message`, or just the message for file-level problems. */
+export function formatConfigIssue(issue: ConfigIssue): string {
+  return issue.path === "" ? issue.message : `${issue.path}: ${issue.message}`;
+}
+
+// ---------------------------------------------------------------------------
+// Schema. Each leaf carries its own expected form so that zod's issues can be
+// turned into operator-facing messages without a lookup table.
+
+/** Builds the error callback for a field whose valid form is described by `form`. */
+function expected(form: string): (issue: { input?: unknown }) => string {
+  return (issue) => (issue.input === undefined ? `missing, expected ${form}` : `expected ${form}, got ${describeValue(issue.input)}`);
+}
+
+function describeValue(value: unknown): string {
+  if (typeof value === "string") return JSON.stringify(value.length > 60 ? `${value.slice(0, 57)}...` : value);
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  if (Array.isArray(value)) return value.length === 0 ? "an empty array" : `an array of ${value.length}`;
+  if (value === null) return "null";
+  if (typeof value === "object") return "a table or date";
+  return typeof value;
+}
+
+function boundedInteger(form: string, min: number, max: number) {
+  const error = expected(form);
+  return z.number({ error }).int({ error }).min(min, { error }).max(max, { error });
+}
+
+function limitField(bound: LimitBound) {
+  return boundedInteger(`an integer in ${bound.min}..${bound.max}`, bound.min, bound.max).default(bound.defaultValue);
+}
+
+const publicKeySchema = z.string({ error: expected(PUBLIC_KEY_FORM) }).transform((text, context) => {
+  const parsed = tryParsePublicKey(text);
+  if (parsed.ok) return parsed.key;
+  context.issues.push({ code: "custom", input: text, message: parsed.reason });
+  return z.NEVER;
+});
+
+const HOSTNAME_PATTERN = /^(?=.{1,253}$)[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$/;
+const DOTTED_NUMBERS_PATTERN = /^[0-9.]+$/;
+const HOST_FORM = "a hostname, an IPv4 address or an IPv6 address (without brackets)";
+
+/** Hostnames per RFC 1123, or IP literals; all-numeric names must be real IPv4 addresses. */
+function isValidHost(host: string): boolean {
+  if (isIP(host) !== 0) return true;
+  if (DOTTED_NUMBERS_PATTERN.test(host)) return isIPv4(host);
+  return HOSTNAME_PATTERN.test(host);
+}
+
+const hostSchema = z
+  .string({ error: expected(HOST_FORM) })
+  .max(HOST_CHARS_MAX, { error: expected(HOST_FORM) })
+  .refine(isValidHost, { error: expected(HOST_FORM) });
+
+const CLUSTER_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+const CLUSTER_NAME_FORM = `a name of 1..${CLUSTER_NAME_CHARS_MAX} chars from [A-Za-z0-9._-], starting with a letter or digit`;
+const clusterNameSchema = z
+  .string({ error: expected(CLUSTER_NAME_FORM) })
+  .max(CLUSTER_NAME_CHARS_MAX, { error: expected(CLUSTER_NAME_FORM) })
+  .regex(CLUSTER_NAME_PATTERN, { error: expected(CLUSTER_NAME_FORM) });
+
+const PATH_FORM = `a non-empty path of at most ${PATH_CHARS_MAX} chars`;
+const pathSchema = z
+  .string({ error: expected(PATH_FORM) })
+  .min(1, { error: expected(PATH_FORM) })
+  .max(PATH_CHARS_MAX, { error: expected(PATH_FORM) });
+
+const replicaSchema = z.strictObject(
+  {
+    id: boundedInteger(`an integer in 0..${REPLICAS_MAX - 1}`, 0, REPLICAS_MAX - 1),
+    host: hostSchema,
+    port: boundedInteger(`a port number in ${PORT_MIN}..${PORT_MAX}`, PORT_MIN, PORT_MAX),
+    key: publicKeySchema,
+    key_file: pathSchema.optional(),
+    data_dir: pathSchema.optional(),
+  },
+  { error: expected("a [[replicas]] table") },
+);
+
+function keyList(what: string, min: number, max: number) {
+  const form = `an array of ${min}..${max} ${what} keys, each ${PUBLIC_KEY_FORM}`;
+  return z
+    .array(publicKeySchema, { error: expected(form) })
+    .min(min, { error: expected(form) })
+    .max(max, { error: expected(form) });
+}
+
+const limitsSchema = z.strictObject(
+  {
+    frame_bytes_max: limitField(LIMIT_BOUNDS.frame_bytes_max),
+    event_bytes_max: limitField(LIMIT_BOUNDS.event_bytes_max),
+    batch_events_max: limitField(LIMIT_BOUNDS.batch_events_max),
+    client_inflight_requests_max: limitField(LIMIT_BOUNDS.client_inflight_requests_max),
+    connection_subscriptions_max: limitField(LIMIT_BOUNDS.connection_subscriptions_max),
+    client_events_per_second_max: limitField(LIMIT_BOUNDS.client_events_per_second_max),
+    client_burst_events_max: limitField(LIMIT_BOUNDS.client_burst_events_max),
+  },
+  { error: expected("a [limits] table") },
+);
+
+const retentionSchema = z.strictObject(
+  {
+    events_max: limitField(RETENTION_BOUNDS.events_max),
+    bytes_max: limitField(RETENTION_BOUNDS.bytes_max),
+    age_seconds_max: limitField(RETENTION_BOUNDS.age_seconds_max),
+  },
+  { error: expected("a [retention] table") },
+);
+
+const REPLICAS_FORM = `an array of 1..${REPLICAS_MAX} [[replicas]] tables`;
+
+const clusterFileSchema = z.strictObject({
+  name: clusterNameSchema,
+  f: boundedInteger(`an integer in 0..${Math.floor((REPLICAS_MAX - 1) / 3)}`, 0, Math.floor((REPLICAS_MAX - 1) / 3)),
+  replicas: z
+    .array(replicaSchema, { error: expected(REPLICAS_FORM) })
+    .min(1, { error: expected(REPLICAS_FORM) })
+    .max(REPLICAS_MAX, { error: expected(REPLICAS_FORM) }),
+  admin_keys: keyList("admin", 1, ADMIN_KEYS_MAX),
+  client_keys: keyList("client", 0, CLIENT_KEYS_MAX).default([]),
+  limits: limitsSchema.default(() => limitsSchema.parse({})),
+  retention: retentionSchema.default(() => retentionSchema.parse({})),
+});
+
+type ClusterFile = z.output<typeof clusterFileSchema>;
+
+// ---------------------------------------------------------------------------
+// Parsing.
+
+export interface ParseClusterConfigOptions {
+  /** Directory for relative paths; defaults to the directory of `sourceName`. */
+  readonly baseDir?: string;
+}
+
+/** Parses and validates cluster file text. `sourceName` names the file in messages. */
+export function parseClusterConfig(text: string, sourceName: string, options: ParseClusterConfigOptions = {}): ClusterConfigResult {
+  const baseDir = resolve(options.baseDir ?? dirname(sourceName));
+  let document: unknown;
+  try {
+    document = Bun.TOML.parse(text);
+  } catch (error) {
+    return { ok: false, errors: [{ path: "", message: describeTomlError(error, sourceName) }] };
+  }
+  const parsed = clusterFileSchema.safeParse(document);
+  if (!parsed.success) return { ok: false, errors: parsed.error.issues.flatMap(issueFromZod) };
+  const errors = checkCrossFieldRules(parsed.data);
+  if (errors.length > 0) return { ok: false, errors };
+  return { ok: true, config: buildConfig(parsed.data, baseDir) };
+}
+
+/** Reads and validates a cluster file. I/O problems come back as issues too. */
+export function loadClusterConfig(path: string): ClusterConfigResult {
+  let size: number;
+  try {
+    size = statSync(path).size;
+  } catch (error) {
+    return { ok: false, errors: [{ path: "", message: `cannot read ${path}: ${describeIoError(error)}` }] };
+  }
+  if (size > CONFIG_FILE_BYTES_MAX) {
+    return { ok: false, errors: [{ path: "", message: `${path} is ${size} bytes; a cluster file is at most ${CONFIG_FILE_BYTES_MAX}` }] };
+  }
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (error) {
+    return { ok: false, errors: [{ path: "", message: `cannot read ${path}: ${describeIoError(error)}` }] };
+  }
+  return parseClusterConfig(text, path);
+}
+
+/** Like `loadClusterConfig`, for callers that cannot go on without a valid file. */
+export function requireClusterConfig(path: string): ClusterConfig {
+  const result = loadClusterConfig(path);
+  if (!result.ok) throw new ClusterConfigError(path, result.errors);
+  return result.config;
+}
+
+/**
+ * Bun's TOML errors carry no position within the TOML text (their `line` is the
+ * JavaScript caller's), so the message is passed on without one.
+ */
+function describeTomlError(error: unknown, sourceName: string): string {
+  const message = error instanceof Error ? error.message.replace(/^TOML Parse error: /, "") : String(error);
+  return `${sourceName}: not valid TOML: ${message}`;
+}
+
+/** Turns one zod issue into issues with file paths; unknown keys become one issue each. */
+function issueFromZod(issue: z.core.$ZodIssue): ConfigIssue[] {
+  if (issue.code === "unrecognized_keys") {
+    return issue.keys.map((key) => ({
+      path: formatPath([...issue.path, key]),
+      message: "unknown field (check the spelling; see `fitb cluster init` for a complete file)",
+    }));
+  }
+  return [{ path: formatPath(issue.path), message: issue.message }];
+}
+
+/** ["replicas", 2, "key"] -> "replicas[2].key" */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = "";
+  for (const segment of path) {
+    if (typeof segment === "number") out += `[${segment}]`;
+    else out += out === "" ? String(segment) : `.${String(segment)}`;
+  }
+  return out;
+}
+
+/** Rules that involve more than one field; run only once every field is well formed. */
+function checkCrossFieldRules(file: ClusterFile): ConfigIssue[] {
+  return [
+    ...checkReplicaCount(file),
+    ...checkReplicaIds(file),
+    ...checkReplicaAddresses(file),
+    ...checkDistinctKeys(file),
+    ...checkLimitRelations(file),
+  ];
+}
+
+function checkReplicaCount(file: ClusterFile): ConfigIssue[] {
+  const n = file.replicas.length;
+  const needed = 3 * file.f + 1;
+  if (n >= needed) return [];
+  return [
+    {
+      path: "f",
+      message: `f = ${file.f} needs n >= 3f+1 = ${needed} replicas, but the file lists n = ${n}; add replicas or lower f to ${Math.floor((n - 1) / 3)}`,
+    },
+  ];
+}
+
+/** Ids must be exactly 0..n-1 so that an id is also an index (and a leader rotation slot). */
+function checkReplicaIds(file: ClusterFile): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const n = file.replicas.length;
+  const firstIndexOfId = new Map<number, number>();
+  file.replicas.forEach((replica, index) => {
+    const previous = firstIndexOfId.get(replica.id);
+    if (previous !== undefined) {
+      issues.push({ path: `replicas[${index}].id`, message: `duplicate id ${replica.id} (also replicas[${previous}].id)` });
+      return;
+    }
+    firstIndexOfId.set(replica.id, index);
+    if (replica.id >= n) {
+      issues.push({ path: `replicas[${index}].id`, message: `expected an id in 0..${n - 1} (ids are 0..n-1 with n = ${n}), got ${replica.id}` });
+    }
+  });
+  return issues;
+}
+
+function checkReplicaAddresses(file: ClusterFile): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const firstIndexOfAddress = new Map<string, number>();
+  file.replicas.forEach((replica, index) => {
+    const address = formatAddress(replica.host.toLowerCase(), replica.port);
+    const previous = firstIndexOfAddress.get(address);
+    if (previous !== undefined) {
+      issues.push({ path: `replicas[${index}].port`, message: `address ${address} is already used by replicas[${previous}]` });
+      return;
+    }
+    firstIndexOfAddress.set(address, index);
+  });
+  return issues;
+}
+
+/**
+ * Every replica needs its own key, and no admin key may be a replica key: a
+ * compromised replica would otherwise count twice toward a quorum, or hold admin
+ * rights on top of its vote.
+ */
+function checkDistinctKeys(file: ClusterFile): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const seen: { path: string; key: Uint8Array }[] = [];
+  const check = (path: string, key: Uint8Array): void => {
+    const earlier = seen.find((entry) => bytesEqual(entry.key, key));
+    if (earlier !== undefined) issues.push({ path, message: `the same key as ${earlier.path}; every replica and admin needs its own key` });
+    else seen.push({ path, key });
+  };
+  file.replicas.forEach((replica, index) => check(`replicas[${index}].key`, replica.key));
+  file.admin_keys.forEach((key, index) => check(`admin_keys[${index}]`, key));
+  return issues;
+}
+
+function checkLimitRelations(file: ClusterFile): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  const limits = file.limits;
+  if (limits.event_bytes_max >= limits.frame_bytes_max) {
+    issues.push({
+      path: "limits.event_bytes_max",
+      message: `expected less than limits.frame_bytes_max (${limits.frame_bytes_max}), since an event travels inside a frame; got ${limits.event_bytes_max}`,
+    });
+  }
+  if (limits.client_burst_events_max < limits.batch_events_max) {
+    issues.push({
+      path: "limits.client_burst_events_max",
+      message: `expected at least limits.batch_events_max (${limits.batch_events_max}), or a full batch could never be admitted; got ${limits.client_burst_events_max}`,
+    });
+  }
+  return issues;
+}
+
+/** `host:port`, with brackets around IPv6 literals. */
+export function formatAddress(host: string, port: number): string {
+  return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** The default secret key file name of a replica, beside the cluster file. */
+export function defaultReplicaKeyFile(id: number): string {
+  return `replica-${id}.key`;
+}
+
+/** The default data directory of a replica, relative to the cluster file. */
+export function defaultReplicaDataDir(id: number): string {
+  return `data/replica-${id}`;
+}
+
+function buildConfig(file: ClusterFile, baseDir: string): ClusterConfig {
+  const replicas = [...file.replicas]
+    .sort((a, b) => a.id - b.id)
+    .map(
+      (replica): ReplicaEntry => ({
+        id: replica.id,
+        host: replica.host,
+        port: replica.port,
+        publicKey: replica.key,
+        publicKeyText: formatPublicKey(replica.key),
+        keyFile: resolve(baseDir, replica.key_file ?? defaultReplicaKeyFile(replica.id)),
+        dataDir: resolve(baseDir, replica.data_dir ?? defaultReplicaDataDir(replica.id)),
+      }),
+    );
+  return {
+    name: file.name,
+    f: file.f,
+    n: replicas.length,
+    replicas,
+    adminKeys: file.admin_keys,
+    clientKeys: file.client_keys,
+    limits: {
+      frameBytesMax: file.limits.frame_bytes_max,
+      eventBytesMax: file.limits.event_bytes_max,
+      batchEventsMax: file.limits.batch_events_max,
+      clientInflightRequestsMax: file.limits.client_inflight_requests_max,
+      connectionSubscriptionsMax: file.limits.connection_subscriptions_max,
+      clientEventsPerSecondMax: file.limits.client_events_per_second_max,
+      clientBurstEventsMax: file.limits.client_burst_events_max,
+    },
+    retention: {
+      eventsMax: file.retention.events_max,
+      bytesMax: file.retention.bytes_max,
+      ageSecondsMax: file.retention.age_seconds_max,
+    },
+    baseDir,
+  };
+}

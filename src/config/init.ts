@@ -1,0 +1,223 @@
+/**
+ * Writes a complete cluster directory: the cluster file and a key pair for every
+ * replica, one admin and one client. The result runs on loopback as it is, and the
+ * comments in the file say what to change for real hosts.
+ */
+import { existsSync, mkdirSync, renameSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { formatPublicKey, publicKeyPathFor, SigningKey, writeKeyPairFiles } from "../crypto/keys.ts";
+import {
+  ClusterConfigError,
+  defaultReplicaDataDir,
+  defaultReplicaKeyFile,
+  LIMIT_BOUNDS,
+  parseClusterConfig,
+  PORT_MAX,
+  REPLICAS_MAX,
+  RETENTION_BOUNDS,
+  type ClusterConfig,
+} from "./cluster.ts";
+
+/** Byzantine tolerance needs n >= 3f+1 with f >= 1, so the smallest useful group is 4. */
+export const INIT_REPLICAS_MIN = 4;
+export const CLUSTER_FILE_NAME = "cluster.toml";
+export const ADMIN_KEY_FILE_NAME = "admin.key";
+export const CLIENT_KEY_FILE_NAME = "client.key";
+/** The directory holds every replica's secret key, so only its owner may enter it. */
+const CLUSTER_DIR_MODE = 0o700;
+const CLUSTER_FILE_MODE = 0o644;
+
+export interface ClusterInitOptions {
+  readonly dir: string;
+  readonly replicas: number;
+  readonly host: string;
+  readonly basePort: number;
+  readonly name: string;
+  /** Replace existing files; without it any existing target file is an error. */
+  readonly overwrite: boolean;
+}
+
+export interface ClusterInitResult {
+  readonly configPath: string;
+  readonly config: ClusterConfig;
+  readonly replicaKeyFiles: readonly string[];
+  readonly adminKeyFile: string;
+  readonly clientKeyFile: string;
+}
+
+/** Why `initCluster` refused before writing anything. */
+export class ClusterInitError extends Error {
+  override name = "ClusterInitError";
+  constructor(
+    readonly reason: "invalid-options" | "exists",
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The largest fault count n replicas tolerate: f = floor((n - 1) / 3). */
+export function faultToleranceFor(replicas: number): number {
+  return Math.floor((replicas - 1) / 3);
+}
+
+/**
+ * Generates keys, runs the cluster file text through the validator, then writes the
+ * directory, so a file this function writes is known to be accepted.
+ */
+export function initCluster(options: ClusterInitOptions): ClusterInitResult {
+  checkInitOptions(options);
+  const dir = resolve(options.dir);
+  const configPath = join(dir, CLUSTER_FILE_NAME);
+  const replicaKeyFiles = Array.from({ length: options.replicas }, (_, id) => join(dir, defaultReplicaKeyFile(id)));
+  const adminKeyFile = join(dir, ADMIN_KEY_FILE_NAME);
+  const clientKeyFile = join(dir, CLIENT_KEY_FILE_NAME);
+  const secretFiles = [...replicaKeyFiles, adminKeyFile, clientKeyFile];
+  if (!options.overwrite) refuseExisting([configPath, ...secretFiles.flatMap((path) => [path, publicKeyPathFor(path)])]);
+
+  const replicaKeys = replicaKeyFiles.map(() => SigningKey.generate());
+  const adminKey = SigningKey.generate();
+  const clientKey = SigningKey.generate();
+  const text = renderClusterToml({
+    name: options.name,
+    f: faultToleranceFor(options.replicas),
+    replicas: replicaKeys.map((key, id) => ({ id, host: options.host, port: options.basePort + id, publicKey: key.publicKey })),
+    adminKeys: [adminKey.publicKey],
+    clientKeys: [clientKey.publicKey],
+  });
+  // Validated before anything is written, so a bad --name or --host leaves no files behind.
+  const config = readBack(text, configPath);
+
+  if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: CLUSTER_DIR_MODE });
+  replicaKeyFiles.forEach((path, id) => writeKeyPairFiles(path, replicaKeys[id]!, { overwrite: true }));
+  writeKeyPairFiles(adminKeyFile, adminKey, { overwrite: true });
+  writeKeyPairFiles(clientKeyFile, clientKey, { overwrite: true });
+  // The cluster file goes last: its presence says the directory is complete.
+  const temporary = `${configPath}.tmp`;
+  writeFileSync(temporary, text, { mode: CLUSTER_FILE_MODE });
+  renameSync(temporary, configPath);
+  return { configPath, config, replicaKeyFiles, adminKeyFile, clientKeyFile };
+}
+
+function checkInitOptions(options: ClusterInitOptions): void {
+  if (!Number.isSafeInteger(options.replicas) || options.replicas < INIT_REPLICAS_MIN || options.replicas > REPLICAS_MAX) {
+    throw new ClusterInitError(
+      "invalid-options",
+      `replicas must be an integer in ${INIT_REPLICAS_MIN}..${REPLICAS_MAX} (n >= 3f+1 with f >= 1), got ${options.replicas}`,
+    );
+  }
+  const lastPort = options.basePort + options.replicas - 1;
+  if (!Number.isSafeInteger(options.basePort) || options.basePort < 1 || lastPort > PORT_MAX) {
+    throw new ClusterInitError(
+      "invalid-options",
+      `base port must leave room for ${options.replicas} consecutive ports within 1..${PORT_MAX}, got ${options.basePort}`,
+    );
+  }
+}
+
+function refuseExisting(paths: readonly string[]): void {
+  const existing = paths.filter((path) => existsSync(path));
+  if (existing.length === 0) return;
+  const shown = existing.length > 3 ? `${existing.slice(0, 3).join(", ")} and ${existing.length - 3} more` : existing.join(", ");
+  throw new ClusterInitError("exists", `refusing to overwrite existing files: ${shown}`);
+}
+
+/** Validates the generated text; options the validator rejects (a bad name or host) surface here. */
+function readBack(text: string, configPath: string): ClusterConfig {
+  const result = parseClusterConfig(text, configPath);
+  if (!result.ok) throw new ClusterConfigError(configPath, result.errors);
+  return result.config;
+}
+
+export interface ClusterTomlReplica {
+  readonly id: number;
+  readonly host: string;
+  readonly port: number;
+  readonly publicKey: Uint8Array;
+}
+
+export interface ClusterTomlSpec {
+  readonly name: string;
+  readonly f: number;
+  readonly replicas: readonly ClusterTomlReplica[];
+  readonly adminKeys: readonly Uint8Array[];
+  readonly clientKeys: readonly Uint8Array[];
+}
+
+/** The text of a commented cluster file with every limit spelled out at its default. */
+export function renderClusterToml(spec: ClusterTomlSpec): string {
+  const n = spec.replicas.length;
+  const lines: string[] = [
+    "# fitb cluster file.",
+    "#",
+    "# Every replica host needs this file and its own replica-<id>.key; nothing else.",
+    "# Check it after editing with: fitb config check cluster.toml",
+    "",
+    "# A name for this group, shown in logs and status.",
+    `name = ${tomlString(spec.name)}`,
+    "",
+    `# How many replicas may be faulty (crashed or compromised) at the same time.`,
+    `# The group needs n >= 3f+1 replicas; this file lists n = ${n}.`,
+    `f = ${spec.f}`,
+    "",
+    "# Keys allowed to administer channels (create, destroy, register). At least one.",
+    `admin_keys = [${spec.adminKeys.map((key) => tomlString(formatPublicKey(key))).join(", ")}]`,
+    "",
+    "# Client keys known to the cluster in advance (optional).",
+    `client_keys = [${spec.clientKeys.map((key) => tomlString(formatPublicKey(key))).join(", ")}]`,
+    "",
+    "# The replicas. Ids run 0..n-1. For real hosts, change host (a hostname or an IP",
+    "# address the other replicas and the clients can reach) and port; keep the keys.",
+    "# Optional per replica, relative to this file:",
+    "#   key_file = \"replica-<id>.key\"   the replica's secret key (only on its own host)",
+    "#   data_dir = \"data/replica-<id>\"  where the replica keeps its log and checkpoints",
+  ];
+  for (const replica of spec.replicas) {
+    lines.push(
+      "",
+      "[[replicas]]",
+      `id = ${replica.id}`,
+      `host = ${tomlString(replica.host)}`,
+      `port = ${replica.port}`,
+      `key = ${tomlString(formatPublicKey(replica.publicKey))}`,
+      `# key_file = ${tomlString(defaultReplicaKeyFile(replica.id))}`,
+      `# data_dir = ${tomlString(defaultReplicaDataDir(replica.id))}`,
+    );
+  }
+  lines.push("", "# Limits every replica enforces. Each line may be removed to use its default.", "[limits]");
+  lines.push(...limitLines(LIMIT_BOUNDS, LIMIT_COMMENTS));
+  lines.push("", "# Retention for channels that do not set their own.", "[retention]");
+  lines.push(...limitLines(RETENTION_BOUNDS, RETENTION_COMMENTS));
+  return `${lines.join("\n")}\n`;
+}
+
+const LIMIT_COMMENTS: Record<keyof typeof LIMIT_BOUNDS, string> = {
+  frame_bytes_max: "largest frame accepted on any connection",
+  event_bytes_max: "largest single event",
+  batch_events_max: "most events in one publish request",
+  client_inflight_requests_max: "requests a client may have unacknowledged",
+  connection_subscriptions_max: "subscriptions open on one connection",
+  client_events_per_second_max: "sustained publish rate per client",
+  client_burst_events_max: "burst above the sustained rate per client",
+};
+
+const RETENTION_COMMENTS: Record<keyof typeof RETENTION_BOUNDS, string> = {
+  events_max: "events kept per channel",
+  bytes_max: "bytes kept per channel",
+  age_seconds_max: "age after which events are dropped",
+};
+
+function limitLines<K extends string>(
+  bounds: Record<K, { readonly defaultValue: number; readonly min: number; readonly max: number }>,
+  comments: Record<K, string>,
+): string[] {
+  return (Object.keys(bounds) as K[]).map((key) => {
+    const bound = bounds[key];
+    return `${key} = ${bound.defaultValue}  # ${comments[key]} (${bound.min}..${bound.max})`;
+  });
+}
+
+/** A TOML basic string; JSON string syntax is a subset TOML accepts for printable text. */
+function tomlString(text: string): string {
+  return JSON.stringify(text);
+}

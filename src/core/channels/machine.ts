@@ -1,0 +1,388 @@
+/**
+ * The replicated channel state machine (DESIGN §1 "replicated state", §3 per-CLASS paths).
+ *
+ * Replicated part — identical on every correct replica because it changes only through
+ * byzantine/total-ordered inputs, applied in decided order, and depends on nothing else:
+ * the channels, their CLASS and access lists, and the stored batches and sequence numbers
+ * of total-order channels. It is what `snapshot()` and `digest()` cover.
+ *
+ * Local part — each replica's own store of unordered channels (crash/none and
+ * byzantine/none take no agreement: each replica stores and forwards what reaches it).
+ * It lives here because it is checked against the replicated registry, but it is outside
+ * the snapshot and the digest, since correct replicas legitimately differ in it.
+ *
+ * Pure and deterministic: time enters as arguments (the decided timestamp for ordered
+ * channels, never a local clock), hashing through the injected `hash`. The caller has
+ * already verified the request signature (and the admin signature for admin commands)
+ * and passes the decoded request that `signed.body` encodes.
+ */
+import { chainNext, type BatchRecord } from "./batch-log.ts";
+import { toHex } from "./bytes.ts";
+import { Channel } from "./channel.ts";
+import { checkChannelsConfig, DEFAULT_CHANNELS_CONFIG, type ChannelsConfig } from "./config.ts";
+import { DIGEST_BYTES, KEYS_PER_CHANNEL_MAX, PUBLIC_KEY_BYTES, READ_BATCHES_MAX } from "./constants.ts";
+import { signedRequestDigest } from "./request.ts";
+import {
+  exportState,
+  SnapshotExport,
+  SnapshotImport,
+  stateDigest,
+  type ChannelsState,
+  type SnapshotResult,
+} from "./snapshot.ts";
+import { isValidTag } from "./tag.ts";
+import {
+  FAULT_MODELS,
+  ORDER_MODES,
+  PRIORITIES,
+  type AdminCmd,
+  type AdminResult,
+  type ChannelError,
+  type ChannelErrorCode,
+  type ChannelInfo,
+  type CreateChannelCmd,
+  type HashFn,
+  type OrderedPublishOutcome,
+  type OrderMode,
+  type PubRequest,
+  type ReadResult,
+  type RegisterCmd,
+  type Request,
+  type SignedRequest,
+  type StoredBatch,
+  type TrimReport,
+  type UnorderedPublishOutcome,
+} from "./types.ts";
+
+export type ChannelMachineOptions = {
+  /** SHA-256. */
+  readonly hash: HashFn;
+  /** Defaults to DEFAULT_CHANNELS_CONFIG. Must be equal on every replica. */
+  readonly config?: ChannelsConfig;
+};
+
+function refuse(code: Exclude<ChannelErrorCode, "trimmed">, reason: string): ChannelError {
+  return { ok: false, code, reason };
+}
+
+/** A view that owns its buffer is kept; a view into a larger buffer is copied out. */
+function owned(bytes: Uint8Array): Uint8Array {
+  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+}
+
+function assertTimestamp(ms: number, what: string): void {
+  if (!Number.isSafeInteger(ms) || ms < 0) throw new RangeError(`${what} must be a non-negative integer of ms`);
+}
+
+export class ChannelMachine {
+  readonly config: ChannelsConfig;
+  private readonly hash: HashFn;
+  private state: ChannelsState = { generation: 0, channels: new Map() };
+
+  constructor(options: ChannelMachineOptions) {
+    this.config = options.config ?? DEFAULT_CHANNELS_CONFIG;
+    const problem = checkChannelsConfig(this.config);
+    if (problem !== null) throw new RangeError(`invalid channels config: ${problem}`);
+    this.hash = options.hash;
+    if (this.hash(new Uint8Array(0)).length !== DIGEST_BYTES) throw new RangeError("hash must return 32 bytes");
+  }
+
+  get channelCount(): number {
+    return this.state.channels.size;
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Admin commands (always decided through byzantine total order)
+  // ---------------------------------------------------------------------------------
+
+  /** Applies an admin command whose admin signature the caller has checked. */
+  applyAdmin(cmd: AdminCmd): AdminResult {
+    switch (cmd.t) {
+      case "create-channel":
+        return this.createChannel(cmd);
+      case "destroy-channel":
+        return this.destroyChannel(cmd.tag);
+      case "register":
+        return this.register(cmd);
+      default:
+        return refuse("bad-request", `unknown admin command ${String((cmd as { t: unknown }).t)}`);
+    }
+  }
+
+  private createChannel(cmd: CreateChannelCmd): AdminResult {
+    if (!isValidTag(cmd.tag)) return refuse("bad-tag", "tag must be dot-separated [a-z0-9_-]+ segments, at most 128 bytes");
+    if (!FAULT_MODELS.includes(cmd.fault)) return refuse("bad-request", "fault must be crash or byzantine");
+    if (!ORDER_MODES.includes(cmd.order)) return refuse("bad-request", "order must be none or total");
+    if (!PRIORITIES.includes(cmd.priority)) return refuse("bad-request", "priority must be low, normal, high or critical");
+    if (typeof cmd.public !== "boolean") return refuse("bad-request", "public must be a boolean");
+    if (this.state.channels.has(cmd.tag)) return refuse("channel-exists", `channel ${cmd.tag} already exists`);
+    if (this.state.channels.size >= this.config.channelsMax) {
+      return refuse("channels-full", `at most ${this.config.channelsMax} channels may exist`);
+    }
+    const generation = this.state.generation + 1;
+    const cls = { fault: cmd.fault, order: cmd.order, priority: cmd.priority };
+    this.state.generation = generation;
+    this.state.channels.set(cmd.tag, Channel.create(cmd.tag, generation, cls, cmd.public, { ...this.config.retention }));
+    return { ok: true, cmd: "create-channel", tag: cmd.tag, generation };
+  }
+
+  private destroyChannel(tag: string): AdminResult {
+    if (!this.state.channels.delete(tag)) return refuse("unknown-channel", `no channel ${tag}`);
+    return { ok: true, cmd: "destroy-channel", tag };
+  }
+
+  private register(cmd: RegisterCmd): AdminResult {
+    if (cmd.role !== "publisher" && cmd.role !== "subscriber") {
+      return refuse("bad-request", "role must be publisher or subscriber");
+    }
+    if (!(cmd.key instanceof Uint8Array) || cmd.key.length !== PUBLIC_KEY_BYTES) {
+      return refuse("bad-request", `key must be ${PUBLIC_KEY_BYTES} bytes`);
+    }
+    const channel = this.state.channels.get(cmd.tag);
+    if (channel === undefined) return refuse("unknown-channel", `no channel ${cmd.tag}`);
+    const keys = channel.keys(cmd.role);
+    if (!keys.has(toHex(cmd.key)) && keys.size >= KEYS_PER_CHANNEL_MAX) {
+      return refuse("keys-full", `at most ${KEYS_PER_CHANNEL_MAX} ${cmd.role}s per channel`);
+    }
+    const added = channel.register(cmd.role, cmd.key);
+    return { ok: true, cmd: "register", tag: cmd.tag, role: cmd.role, added };
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Publishing
+  // ---------------------------------------------------------------------------------
+
+  /**
+   * Executes a decided pub request on a total-order channel: its events receive the next
+   * consecutive channel seqs, the batch is stored as one record, and retention trims
+   * with `decidedTsMs` as "now". The ordering core has already removed duplicates
+   * (each client seq executes once), so none is done here.
+   */
+  applyOrderedPublish(signed: SignedRequest, request: Request, decidedTsMs: number): OrderedPublishOutcome {
+    assertTimestamp(decidedTsMs, "decidedTsMs");
+    const checked = this.checkPublish(signed, request, "total");
+    if (!(checked instanceof Channel)) return { result: checked, stored: null, trimmed: null };
+    const pub = request as PubRequest;
+    const log = checked.log;
+    const base = {
+      firstSeq: log.nextSeq,
+      count: pub.span,
+      tsMs: decidedTsMs,
+      publisher: owned(pub.client),
+      pubSeq: pub.seq,
+    };
+    const chainAfter = chainNext(this.hash, log.headChain, base, signedRequestDigest(this.hash, signed));
+    const record = this.record(base, signed, chainAfter);
+    log.append(record);
+    const trimmed = this.trimReport(checked, log.trim(checked.retention, { nowMs: decidedTsMs }));
+    return { result: { ok: true, tag: checked.tag, firstSeq: record.firstSeq, count: record.count }, stored: record, trimmed };
+  }
+
+  /**
+   * Stores a publish on an unordered channel as it reaches this replica (no agreement).
+   * Copies are deduplicated by publisher + publisher seq range: a copy already stored is
+   * acknowledged again (the publisher may be retrying) but not stored or forwarded twice.
+   * `receivedTsMs` is this replica's clock, used for the age of unordered batches only.
+   */
+  acceptUnorderedPublish(signed: SignedRequest, request: Request, receivedTsMs: number): UnorderedPublishOutcome {
+    assertTimestamp(receivedTsMs, "receivedTsMs");
+    const checked = this.checkPublish(signed, request, "none");
+    if (!(checked instanceof Channel)) return { result: checked, stored: null, trimmed: null };
+    const pub = request as PubRequest;
+    const ok = { ok: true as const, tag: checked.tag, pubSeq: pub.seq, count: pub.span };
+    const window = checked.dedupeWindow(toHex(pub.client));
+    const lastSeq = pub.seq + pub.span - 1;
+    const seen = window.check(pub.seq, lastSeq);
+    if (seen === "duplicate") return { result: ok, stored: null, trimmed: null };
+    if (seen !== "new") {
+      return { result: refuse("replayed", `publisher seqs ${pub.seq}..${lastSeq} were partly seen or are too old`), stored: null, trimmed: null };
+    }
+    window.add(pub.seq, lastSeq);
+    const base = { firstSeq: checked.log.nextSeq, count: pub.span, tsMs: receivedTsMs, publisher: owned(pub.client), pubSeq: pub.seq };
+    const record = this.record(base, signed, new Uint8Array(0));
+    checked.log.append(record);
+    const trimmed = this.trimReport(checked, checked.log.trim(checked.retention, { nowMs: receivedTsMs }));
+    return { result: ok, stored: record, trimmed };
+  }
+
+  private record(base: Omit<StoredBatch, "body" | "sig">, signed: SignedRequest, chainAfter: Uint8Array): BatchRecord {
+    const body = owned(signed.body);
+    const sig = owned(signed.sig);
+    return { ...base, body, sig, bytes: body.length + sig.length, chainAfter };
+  }
+
+  /**
+   * The checks shared by both publish paths, in a fixed order so that every replica
+   * gives the same refusal for the same input. Returns the channel when all pass.
+   */
+  private checkPublish(signed: SignedRequest, request: Request, path: OrderMode): Channel | ChannelError {
+    const op = request.op;
+    if (op.t !== "pub") return refuse("bad-request", "not a pub request");
+    if (request.span !== op.events.length) return refuse("bad-request", "span must equal the number of events");
+    if (request.span < 1) return refuse("bad-request", "a pub request carries at least one event");
+    if (request.span > this.config.requestEventsMax) {
+      return refuse("oversized", `more than ${this.config.requestEventsMax} events in one request`);
+    }
+    const channel = this.state.channels.get(op.tag);
+    if (channel === undefined) return refuse("unknown-channel", `no channel ${op.tag}`);
+    if (channel.cls.order !== path) {
+      return refuse("class-mismatch", `channel ${op.tag} has order ${channel.cls.order}, the request took the ${path} path`);
+    }
+    if (!channel.isPublisher(request.client)) return refuse("not-registered", `publisher is not registered on ${op.tag}`);
+    if (signed.body.length + signed.sig.length > this.config.requestBytesMax) {
+      return refuse("oversized", `request larger than ${this.config.requestBytesMax} bytes`);
+    }
+    for (const event of op.events) {
+      if (event.length > this.config.eventBytesMax) {
+        return refuse("oversized", `event larger than ${this.config.eventBytesMax} bytes`);
+      }
+    }
+    return channel;
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Retention by age
+  // ---------------------------------------------------------------------------------
+
+  /**
+   * Trims every total-order channel by age against a decided timestamp. Call it at the
+   * same point of the decided sequence on every replica (for example after each decided
+   * batch) so that all replicas trim identically.
+   */
+  trimOrderedByAge(decidedTsMs: number): TrimReport[] {
+    assertTimestamp(decidedTsMs, "decidedTsMs");
+    return this.trimByAge("total", decidedTsMs);
+  }
+
+  /** Trims every unordered channel by age against this replica's clock. */
+  trimUnorderedByAge(nowMs: number): TrimReport[] {
+    assertTimestamp(nowMs, "nowMs");
+    return this.trimByAge("none", nowMs);
+  }
+
+  private trimByAge(order: OrderMode, nowMs: number): TrimReport[] {
+    const reports: TrimReport[] = [];
+    for (const tag of this.sortedTags()) {
+      const channel = this.state.channels.get(tag) as Channel;
+      if (channel.cls.order !== order) continue;
+      const report = this.trimReport(channel, channel.log.trim(channel.retention, { nowMs }));
+      if (report !== null) reports.push(report);
+    }
+    return reports;
+  }
+
+  private trimReport(channel: Channel, batchesRemoved: number): TrimReport | null {
+    if (batchesRemoved === 0) return null;
+    return { tag: channel.tag, oldestSeq: channel.log.oldestSeq, batchesRemoved };
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Reads
+  // ---------------------------------------------------------------------------------
+
+  /**
+   * Stored batches from the one holding `fromSeq` on (at most `maxBatches`, clamped to
+   * READ_BATCHES_MAX), for a subscriber's `--from` resume. Below the oldest retained seq
+   * the answer is a "trimmed" error naming that seq. On unordered channels seqs are this
+   * replica's local arrival indexes.
+   */
+  readFrom(tag: string, fromSeq: number, maxBatches: number): ReadResult {
+    const channel = this.state.channels.get(tag);
+    if (channel === undefined) return refuse("unknown-channel", `no channel ${tag}`);
+    if (!Number.isSafeInteger(fromSeq) || fromSeq < 1) return refuse("bad-request", "fromSeq must be a positive integer");
+    if (!Number.isSafeInteger(maxBatches) || maxBatches < 1) {
+      return refuse("bad-request", "maxBatches must be a positive integer");
+    }
+    const log = channel.log;
+    if (fromSeq < log.oldestSeq) {
+      const reason = `seq ${fromSeq} of ${tag} is no longer retained; the oldest available is ${log.oldestSeq}`;
+      return { ok: false, code: "trimmed", reason, oldestSeq: log.oldestSeq };
+    }
+    const batches = log.readFrom(fromSeq, Math.min(maxBatches, READ_BATCHES_MAX));
+    return { ok: true, tag, generation: channel.generation, batches, nextSeq: log.nextSeq, oldestSeq: log.oldestSeq };
+  }
+
+  /** Whether `key` may subscribe: the channel is public or the key is a registered subscriber. */
+  checkSubscribe(tag: string, key: Uint8Array): { readonly ok: true } | ChannelError {
+    const channel = this.state.channels.get(tag);
+    if (channel === undefined) return refuse("unknown-channel", `no channel ${tag}`);
+    if (!channel.mayRead(key)) return refuse("not-registered", `subscriber is not registered on ${tag}`);
+    return { ok: true };
+  }
+
+  canSubscribe(tag: string, key: Uint8Array): boolean {
+    return this.checkSubscribe(tag, key).ok;
+  }
+
+  isPublisher(tag: string, key: Uint8Array): boolean {
+    return this.state.channels.get(tag)?.isPublisher(key) ?? false;
+  }
+
+  channelInfo(tag: string): ChannelInfo | null {
+    return this.state.channels.get(tag)?.info() ?? null;
+  }
+
+  /** Every channel, in tag order. */
+  listChannels(): ChannelInfo[] {
+    return this.sortedTags().map((tag) => (this.state.channels.get(tag) as Channel).info());
+  }
+
+  private sortedTags(): string[] {
+    return [...this.state.channels.keys()].sort();
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Snapshot and digest (replicated part only)
+  // ---------------------------------------------------------------------------------
+
+  /**
+   * The digest of the replicated state: equal on every replica that applied the same
+   * decided inputs. O(channels): each total-order log contributes its chain head, and
+   * channel metadata digests are cached until the metadata changes.
+   */
+  digest(): Uint8Array {
+    return stateDigest(this.hash, this.state);
+  }
+
+  /** A chunked, canonical export of the replicated state as it is now. */
+  exportSnapshot(): SnapshotExport {
+    return exportState(this.hash, this.state);
+  }
+
+  /** The whole snapshot in one buffer (see snapshotBytesBound for its size). */
+  snapshot(): Uint8Array {
+    return this.exportSnapshot().all();
+  }
+
+  /** Starts an incremental restore; feed it chunks, then pass it to `installSnapshot`. */
+  beginRestore(): SnapshotImport {
+    return new SnapshotImport(this.hash, this.config);
+  }
+
+  /**
+   * Replaces the replicated state with a completed import. The caller checks the
+   * imported digest against the certified checkpoint digest first. Unordered channels
+   * keep their local store when the same channel (tag and generation) survives.
+   */
+  installSnapshot(imported: SnapshotImport): SnapshotResult {
+    const finished = imported.finish();
+    if (!finished.ok) return finished;
+    const next = imported.state();
+    for (const [tag, channel] of next.channels) {
+      const previous = this.state.channels.get(tag);
+      if (channel.isOrdered || previous === undefined || previous.generation !== channel.generation) continue;
+      channel.log = previous.log;
+      for (const [publisher, window] of previous.dedupe) channel.dedupe.set(publisher, window);
+    }
+    this.state = next;
+    return { ok: true };
+  }
+
+  /** Restores from a whole snapshot; on failure the current state is left unchanged. */
+  restore(bytes: Uint8Array): SnapshotResult {
+    const importer = this.beginRestore();
+    const pushed = importer.push(bytes);
+    if (!pushed.ok) return pushed;
+    return this.installSnapshot(importer);
+  }
+}

@@ -1,0 +1,59 @@
+/**
+ * Helpers over client requests shared by the replica-side state machine and the
+ * subscriber-side voter: the digest that identifies a signed request, and a structural
+ * reading of a decoded pub request for code (the subscriber) that receives raw bodies.
+ */
+import { encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
+import { PUBLIC_KEY_BYTES } from "./constants.ts";
+import type { HashFn, PubRequest, SignedRequest } from "./types.ts";
+
+/** The domain tag client request signatures are made under. */
+export const REQUEST_SIGNATURE_DOMAIN = "fitb/v1/request";
+
+/**
+ * The digest of a signed request: SHA-256 of `encodeCanonical({ body, sig })`. It binds
+ * the body and its signature, so two copies with equal digests are the same bytes; the
+ * subscriber votes on it and the channel log chains it.
+ */
+export function signedRequestDigest(hash: HashFn, signed: SignedRequest): Uint8Array {
+  return hash(encodeCanonical({ body: signed.body, sig: signed.sig }));
+}
+
+function isPlainMap(value: Canonical | undefined): value is { [key: string]: Canonical } {
+  return typeof value === "object" && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array);
+}
+
+function isSafeIntAtLeast(value: Canonical | undefined, min: number): value is number {
+  return typeof value === "number" && Number.isSafeInteger(value) && value >= min;
+}
+
+function readEvents(value: Canonical | undefined, span: number): Uint8Array[] | null {
+  if (!Array.isArray(value) || value.length !== span) return null;
+  const events: Uint8Array[] = [];
+  for (const event of value) {
+    if (!(event instanceof Uint8Array)) return null;
+    events.push(event);
+  }
+  return events;
+}
+
+/**
+ * Reads a decoded request body as a pub request, or null when it is anything else or
+ * malformed (wrong version, key length, span not matching the events, a publisher seq
+ * range past the safe integers). Fields beyond the model are ignored: the signature, not
+ * this reading, is what makes the body authentic.
+ */
+export function parsePubRequest(value: Canonical): PubRequest | null {
+  if (!isPlainMap(value)) return null;
+  const { v, client, seq, span, ts, op } = value;
+  if (v !== 1) return null;
+  if (!(client instanceof Uint8Array) || client.length !== PUBLIC_KEY_BYTES) return null;
+  if (!isSafeIntAtLeast(seq, 1) || !isSafeIntAtLeast(span, 1) || !isSafeIntAtLeast(ts, 0)) return null;
+  if (!Number.isSafeInteger(seq + span - 1)) return null;
+  if (!isPlainMap(op) || op["t"] !== "pub") return null;
+  const tag = op["tag"];
+  if (typeof tag !== "string") return null;
+  const events = readEvents(op["events"], span);
+  if (events === null) return null;
+  return { v: 1, client, seq, span, ts, op: { t: "pub", tag, events } };
+}

@@ -1,0 +1,479 @@
+/**
+ * Snapshot and digest of the replicated channel state (checkpoints, state transfer).
+ *
+ * Format: a sequence of records, each framed as a 4-byte big-endian length followed by
+ * the record's canonical CBOR encoding:
+ *
+ *   header   { k: "header", v: 1, generation, channels: <number of channel records> }
+ *   channel  { k: "channel", tag, generation, fault, order, priority, public,
+ *              publishers: [key...], subscribers: [key...], retention: {events, bytes, ageMs},
+ *              log: null | { nextSeq, baseChain, batches: <number of batch records> } }
+ *   batch    { k: "batch", firstSeq, count, tsMs, publisher, pubSeq, body, sig }
+ *
+ * Channels come in ascending tag order, keys in ascending byte order, each channel
+ * followed by its retained batches oldest first; so equal states give equal bytes.
+ * Unordered channels carry `log: null`: their stores are per replica, not replicated.
+ *
+ * Framed records let an export be cut into chunks at record boundaries and let an
+ * import parse chunks of any size as they arrive, with memory bounded by one record.
+ *
+ * Size bound (snapshotBytesBound): a header, then per channel at most one channel
+ * record (CHANNEL_RECORD_BYTES_MAX) plus its retained batches, which retention keeps at
+ * or below `retention.bytes` of body+signature and `retention.events` records, each
+ * with BATCH_RECORD_OVERHEAD_BYTES_MAX of framing and fields.
+ *
+ * Digest (stateDigest): SHA-256 of the canonical encoding of, per channel in tag order,
+ * the digest of its metadata and, for total-order channels, { nextSeq, oldestSeq, head }
+ * where head is the chain value over the channel's whole history (batch-log.ts). It
+ * commits to every retained batch without reading them.
+ */
+import { CanonicalError, decodeCanonical, encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
+import { BatchLog, CHAIN_GENESIS, chainNext, type BatchRecord } from "./batch-log.ts";
+import { toHex } from "./bytes.ts";
+import { Channel, type KeySet } from "./channel.ts";
+import type { ChannelsConfig } from "./config.ts";
+import {
+  BATCH_RECORD_OVERHEAD_BYTES_MAX,
+  CHANNEL_RECORD_BYTES_MAX,
+  DIGEST_BYTES,
+  KEYS_PER_CHANNEL_MAX,
+  PUBLIC_KEY_BYTES,
+  REQUEST_BYTES_MAX,
+  REQUEST_EVENTS_MAX,
+  RETAINED_BYTES_PER_CHANNEL_MAX,
+  RETAINED_BYTES_TOTAL_MAX,
+  RETAINED_EVENTS_PER_CHANNEL_MAX,
+  SNAPSHOT_CHUNK_BYTES_DEFAULT,
+  SNAPSHOT_CHUNK_BYTES_MAX,
+  SNAPSHOT_FORMAT_VERSION,
+  SNAPSHOT_FRAME_HEADER_BYTES,
+  SNAPSHOT_RECORD_BYTES_MAX,
+} from "./constants.ts";
+import { signedRequestDigest } from "./request.ts";
+import { isValidTag } from "./tag.ts";
+import { FAULT_MODELS, ORDER_MODES, PRIORITIES, type ChannelClass, type HashFn, type RetentionLimits } from "./types.ts";
+
+/** The replicated state: the channel registry and the logs of total-order channels. */
+export type ChannelsState = {
+  /** Channels created so far; a new channel's generation is this plus one. */
+  generation: number;
+  channels: Map<string, Channel>;
+};
+
+export type SnapshotError = { readonly ok: false; readonly reason: string };
+export type SnapshotResult = { readonly ok: true } | SnapshotError;
+
+const STATE_DIGEST_KIND = "fitb/v1/channels-state";
+
+/** Upper bound on the snapshot bytes of any state reachable under `config`. */
+export function snapshotBytesBound(config: ChannelsConfig): number {
+  const header = SNAPSHOT_FRAME_HEADER_BYTES + 64;
+  const batches = config.retention.bytes + config.retention.events * BATCH_RECORD_OVERHEAD_BYTES_MAX;
+  return header + config.channelsMax * (SNAPSHOT_FRAME_HEADER_BYTES + CHANNEL_RECORD_BYTES_MAX + batches);
+}
+
+function sortedChannels(state: ChannelsState): Channel[] {
+  return [...state.channels.keys()].sort().map((tag) => state.channels.get(tag) as Channel);
+}
+
+/** The digest every replica with the same replicated state computes (see file header). */
+export function stateDigest(hash: HashFn, state: ChannelsState): Uint8Array {
+  const channels = sortedChannels(state).map((channel) => ({
+    meta: channel.metaDigest(hash),
+    log: channel.isOrdered
+      ? { nextSeq: channel.log.nextSeq, oldestSeq: channel.log.oldestSeq, head: channel.log.headChain }
+      : null,
+  }));
+  return hash(encodeCanonical({ k: STATE_DIGEST_KIND, v: SNAPSHOT_FORMAT_VERSION, generation: state.generation, channels }));
+}
+
+// -------------------------------------------------------------------------------------
+// Export
+// -------------------------------------------------------------------------------------
+
+type ChannelCapture = {
+  readonly meta: { [key: string]: Canonical };
+  readonly log: { readonly nextSeq: number; readonly baseChain: Uint8Array; readonly records: BatchRecord[] } | null;
+};
+
+function frame(value: Canonical): Uint8Array {
+  const body = encodeCanonical(value);
+  const framed = new Uint8Array(SNAPSHOT_FRAME_HEADER_BYTES + body.length);
+  new DataView(framed.buffer).setUint32(0, body.length);
+  framed.set(body, SNAPSHOT_FRAME_HEADER_BYTES);
+  return framed;
+}
+
+function batchRecordValue(record: BatchRecord): Canonical {
+  return {
+    k: "batch",
+    firstSeq: record.firstSeq,
+    count: record.count,
+    tsMs: record.tsMs,
+    publisher: record.publisher,
+    pubSeq: record.pubSeq,
+    body: record.body,
+    sig: record.sig,
+  };
+}
+
+function channelRecordValue(capture: ChannelCapture): Canonical {
+  const log = capture.log;
+  return {
+    ...capture.meta,
+    k: "channel",
+    log: log === null ? null : { nextSeq: log.nextSeq, baseChain: log.baseChain, batches: log.records.length },
+  };
+}
+
+/** Captures the state now; later changes to the machine do not affect the export. */
+export function exportState(hash: HashFn, state: ChannelsState): SnapshotExport {
+  const captures = sortedChannels(state).map((channel) => ({
+    meta: channel.metaValue(),
+    log: channel.isOrdered
+      ? { nextSeq: channel.log.nextSeq, baseChain: channel.log.baseChain, records: channel.log.records() }
+      : null,
+  }));
+  return new SnapshotExport(state.generation, captures, stateDigest(hash, state));
+}
+
+/**
+ * A snapshot being read out in chunks. The captured state costs one reference per
+ * retained batch; records are encoded only as chunks are taken.
+ */
+export class SnapshotExport {
+  private readonly frames: Generator<Uint8Array, void, undefined>;
+  /** A frame taken from the generator that did not fit the previous chunk. */
+  private carried: Uint8Array | null = null;
+  private finished = false;
+
+  constructor(
+    private readonly generation: number,
+    private readonly captures: readonly ChannelCapture[],
+    /** The digest of the captured state. */
+    readonly digest: Uint8Array,
+  ) {
+    this.frames = this.generateFrames();
+  }
+
+  get done(): boolean {
+    return this.finished;
+  }
+
+  private *generateFrames(): Generator<Uint8Array, void, undefined> {
+    yield frame({ k: "header", v: SNAPSHOT_FORMAT_VERSION, generation: this.generation, channels: this.captures.length });
+    for (const capture of this.captures) {
+      yield frame(channelRecordValue(capture));
+      for (const record of capture.log?.records ?? []) yield frame(batchRecordValue(record));
+    }
+  }
+
+  private takeFrame(): Uint8Array | null {
+    if (this.carried !== null) {
+      const carried = this.carried;
+      this.carried = null;
+      return carried;
+    }
+    const step = this.frames.next();
+    return step.done === true ? null : step.value;
+  }
+
+  /**
+   * The next chunk: whole records, at most `maxBytes` unless a single record is larger
+   * (then that record alone). Null once everything has been read.
+   */
+  next(maxBytes: number = SNAPSHOT_CHUNK_BYTES_DEFAULT): Uint8Array | null {
+    if (!Number.isSafeInteger(maxBytes) || maxBytes < 1 || maxBytes > SNAPSHOT_CHUNK_BYTES_MAX) {
+      throw new RangeError(`maxBytes must be 1..${SNAPSHOT_CHUNK_BYTES_MAX}`);
+    }
+    const parts: Uint8Array[] = [];
+    let size = 0;
+    for (let f = this.takeFrame(); f !== null; f = this.takeFrame()) {
+      if (parts.length > 0 && size + f.length > maxBytes) {
+        this.carried = f;
+        break;
+      }
+      parts.push(f);
+      size += f.length;
+    }
+    if (parts.length === 0) {
+      this.finished = true;
+      return null;
+    }
+    return concat(parts, size);
+  }
+
+  /** Everything not yet read, in one buffer. */
+  all(): Uint8Array {
+    const parts: Uint8Array[] = [];
+    let size = 0;
+    for (let f = this.takeFrame(); f !== null; f = this.takeFrame()) {
+      parts.push(f);
+      size += f.length;
+    }
+    this.finished = true;
+    return concat(parts, size);
+  }
+}
+
+function concat(parts: readonly Uint8Array[], size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
+// -------------------------------------------------------------------------------------
+// Import
+// -------------------------------------------------------------------------------------
+
+type CanonicalMap = { [key: string]: Canonical };
+
+function isMap(value: Canonical | undefined): value is CanonicalMap {
+  return typeof value === "object" && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array);
+}
+
+function intIn(value: Canonical | undefined, min: number, max: number): value is number {
+  return typeof value === "number" && Number.isSafeInteger(value) && value >= min && value <= max;
+}
+
+function bytesOf(value: Canonical | undefined, length: number): value is Uint8Array {
+  return value instanceof Uint8Array && value.length === length;
+}
+
+/** Thrown inside the importer and turned into a SnapshotError at its boundary. */
+class InvalidSnapshot extends Error {}
+
+function invalid(reason: string): never {
+  throw new InvalidSnapshot(reason);
+}
+
+/** A channel whose batch records are still arriving. */
+type OpenChannel = {
+  readonly channel: Channel;
+  readonly declaredNextSeq: number;
+  readonly baseChain: Uint8Array;
+  remainingBatches: number;
+  log: BatchLog | null;
+};
+
+/**
+ * An incremental snapshot reader: push chunks cut anywhere, then finish. It checks the
+ * structure and every bound as records arrive, recomputes each log's hash chain, and
+ * holds at most one partial record besides the state it builds. It does not judge
+ * whether the state is the right one: compare `digest()` with the certified checkpoint
+ * digest before installing it.
+ */
+export class SnapshotImport {
+  private pending = new Uint8Array(0);
+  private failure: SnapshotError | null = null;
+  private phase: "header" | "channel" | "batch" | "done" = "header";
+  private channelsRemaining = 0;
+  private headerGeneration = 0;
+  private previousTag = "";
+  private open: OpenChannel | null = null;
+  private retainedBytesTotal = 0;
+  private readonly built: ChannelsState = { generation: 0, channels: new Map() };
+  private completed = false;
+
+  constructor(
+    private readonly hash: HashFn,
+    private readonly config: ChannelsConfig,
+  ) {}
+
+  /** Feeds the next bytes of the snapshot. After a failure every call returns it again. */
+  push(chunk: Uint8Array): SnapshotResult {
+    if (this.failure !== null) return this.failure;
+    try {
+      this.consume(chunk);
+      return { ok: true };
+    } catch (e) {
+      if (!(e instanceof InvalidSnapshot) && !(e instanceof CanonicalError)) throw e;
+      this.failure = { ok: false, reason: `invalid snapshot: ${e.message}` };
+      return this.failure;
+    }
+  }
+
+  /** Checks that the snapshot is complete. */
+  finish(): SnapshotResult {
+    if (this.failure !== null) return this.failure;
+    if (this.phase !== "done" || this.pending.length > 0) {
+      this.failure = { ok: false, reason: "invalid snapshot: truncated" };
+      return this.failure;
+    }
+    this.completed = true;
+    return { ok: true };
+  }
+
+  /** The digest of the imported state; only after a successful finish. */
+  digest(): Uint8Array {
+    return stateDigest(this.hash, this.state());
+  }
+
+  /** The imported state; only after a successful finish. */
+  state(): ChannelsState {
+    if (!this.completed) throw new Error("snapshot import is not finished");
+    return this.built;
+  }
+
+  private consume(chunk: Uint8Array): void {
+    let bytes = chunk;
+    if (this.pending.length > 0) {
+      bytes = concat([this.pending, chunk], this.pending.length + chunk.length);
+    }
+    let at = 0;
+    while (bytes.length - at >= SNAPSHOT_FRAME_HEADER_BYTES) {
+      const length = new DataView(bytes.buffer, bytes.byteOffset + at, SNAPSHOT_FRAME_HEADER_BYTES).getUint32(0);
+      if (length > SNAPSHOT_RECORD_BYTES_MAX) invalid(`record of ${length} bytes exceeds ${SNAPSHOT_RECORD_BYTES_MAX}`);
+      const end = at + SNAPSHOT_FRAME_HEADER_BYTES + length;
+      if (end > bytes.length) break;
+      this.onRecord(decodeCanonical(bytes.subarray(at + SNAPSHOT_FRAME_HEADER_BYTES, end)));
+      at = end;
+    }
+    this.pending = bytes.slice(at);
+  }
+
+  private onRecord(value: Canonical): void {
+    if (!isMap(value)) invalid("a record is not a map");
+    switch (this.phase) {
+      case "header":
+        return this.onHeader(value);
+      case "channel":
+        return this.onChannel(value);
+      case "batch":
+        return this.onBatch(value);
+      case "done":
+        return invalid("records after the last channel");
+    }
+  }
+
+  private onHeader(record: CanonicalMap): void {
+    if (record["k"] !== "header") invalid("the first record is not the header");
+    if (record["v"] !== SNAPSHOT_FORMAT_VERSION) invalid(`unsupported snapshot version ${String(record["v"])}`);
+    if (!intIn(record["generation"], 0, Number.MAX_SAFE_INTEGER)) invalid("bad generation");
+    if (!intIn(record["channels"], 0, this.config.channelsMax)) invalid(`more than ${this.config.channelsMax} channels`);
+    this.headerGeneration = record["generation"];
+    this.built.generation = record["generation"];
+    this.channelsRemaining = record["channels"];
+    this.phase = this.channelsRemaining === 0 ? "done" : "channel";
+  }
+
+  private onChannel(record: CanonicalMap): void {
+    if (record["k"] !== "channel") invalid("expected a channel record");
+    const tag = record["tag"];
+    if (typeof tag !== "string" || !isValidTag(tag)) invalid("bad tag");
+    if (tag <= this.previousTag) invalid("channels out of tag order");
+    this.previousTag = tag;
+    const generation = record["generation"];
+    if (!intIn(generation, 1, this.headerGeneration)) invalid(`bad generation for ${tag}`);
+    const cls = readClass(record);
+    if (typeof record["public"] !== "boolean") invalid(`bad public flag for ${tag}`);
+    const retention = readRetention(record["retention"]);
+    const publishers = readKeys(record["publishers"]);
+    const subscribers = readKeys(record["subscribers"]);
+    const channel = new Channel(tag, generation, cls, record["public"], retention, publishers, subscribers, new BatchLog(1, CHAIN_GENESIS));
+    this.built.channels.set(tag, channel);
+    this.channelsRemaining--;
+    this.openLog(channel, record["log"]);
+  }
+
+  private openLog(channel: Channel, log: Canonical | undefined): void {
+    if (!channel.isOrdered) {
+      if (log !== null) invalid(`unordered channel ${channel.tag} carries a log`);
+      return this.closeChannel();
+    }
+    if (!isMap(log)) invalid(`total-order channel ${channel.tag} has no log`);
+    if (!intIn(log["nextSeq"], 1, Number.MAX_SAFE_INTEGER)) invalid("bad nextSeq");
+    if (!bytesOf(log["baseChain"], DIGEST_BYTES)) invalid("bad baseChain");
+    if (!intIn(log["batches"], 0, RETAINED_EVENTS_PER_CHANNEL_MAX + 1)) invalid("bad batch count");
+    this.open = {
+      channel,
+      declaredNextSeq: log["nextSeq"],
+      baseChain: log["baseChain"].slice(),
+      remainingBatches: log["batches"],
+      log: null,
+    };
+    if (log["batches"] === 0) {
+      channel.log = new BatchLog(log["nextSeq"], this.open.baseChain);
+      return this.closeChannel();
+    }
+    this.phase = "batch";
+  }
+
+  private onBatch(record: CanonicalMap): void {
+    const open = this.open as OpenChannel;
+    if (record["k"] !== "batch") invalid("expected a batch record");
+    const { firstSeq, count, tsMs, publisher, pubSeq, body, sig } = record;
+    if (!intIn(firstSeq, 1, Number.MAX_SAFE_INTEGER) || !intIn(count, 1, REQUEST_EVENTS_MAX)) invalid("bad batch range");
+    if (!intIn(tsMs, 0, Number.MAX_SAFE_INTEGER) || !intIn(pubSeq, 1, Number.MAX_SAFE_INTEGER)) invalid("bad batch fields");
+    if (!bytesOf(publisher, PUBLIC_KEY_BYTES)) invalid("bad batch publisher");
+    if (!(body instanceof Uint8Array) || !(sig instanceof Uint8Array)) invalid("bad batch body");
+    if (body.length + sig.length > REQUEST_BYTES_MAX) invalid("batch larger than any request");
+    if (open.log === null) open.log = new BatchLog(firstSeq, open.baseChain);
+    if (firstSeq !== open.log.nextSeq) invalid(`batch at ${firstSeq}, expected ${open.log.nextSeq}`);
+    const signed = { body: body.slice(), sig: sig.slice() };
+    const base = { firstSeq, count, tsMs, publisher: publisher.slice(), pubSeq };
+    const chainAfter = chainNext(this.hash, open.log.headChain, base, signedRequestDigest(this.hash, signed));
+    const bytes = body.length + sig.length;
+    open.log.append({ ...base, ...signed, bytes, chainAfter });
+    this.checkRetained(open.channel.retention, open.log, bytes);
+    if (--open.remainingBatches === 0) this.finishLog(open);
+  }
+
+  /** Bounds memory before the digest check: a hostile sender cannot make us hold more. */
+  private checkRetained(retention: RetentionLimits, log: BatchLog, addedBytes: number): void {
+    if (log.events > retention.events + REQUEST_EVENTS_MAX) invalid("more events than retention allows");
+    if (log.bytes > retention.bytes + REQUEST_BYTES_MAX) invalid("more bytes than retention allows");
+    this.retainedBytesTotal += addedBytes;
+    if (this.retainedBytesTotal > RETAINED_BYTES_TOTAL_MAX + this.config.channelsMax * REQUEST_BYTES_MAX) {
+      invalid("more bytes than any state allows");
+    }
+  }
+
+  private finishLog(open: OpenChannel): void {
+    const log = open.log as BatchLog;
+    if (log.nextSeq !== open.declaredNextSeq) invalid(`log ends at ${log.nextSeq}, declared ${open.declaredNextSeq}`);
+    open.channel.log = log;
+    this.open = null;
+    this.closeChannel();
+  }
+
+  private closeChannel(): void {
+    this.phase = this.channelsRemaining === 0 ? "done" : "channel";
+  }
+}
+
+function readClass(record: CanonicalMap): ChannelClass {
+  const { fault, order, priority } = record;
+  if (!FAULT_MODELS.some((m) => m === fault)) invalid("bad fault model");
+  if (!ORDER_MODES.some((m) => m === order)) invalid("bad order mode");
+  if (!PRIORITIES.some((p) => p === priority)) invalid("bad priority");
+  return { fault, order, priority } as ChannelClass;
+}
+
+function readRetention(value: Canonical | undefined): RetentionLimits {
+  if (!isMap(value)) invalid("bad retention");
+  const { events, bytes, ageMs } = value;
+  if (!intIn(events, 1, RETAINED_EVENTS_PER_CHANNEL_MAX)) invalid("bad retention.events");
+  if (!intIn(bytes, 1, RETAINED_BYTES_PER_CHANNEL_MAX)) invalid("bad retention.bytes");
+  if (!intIn(ageMs, 0, Number.MAX_SAFE_INTEGER)) invalid("bad retention.ageMs");
+  return { events, bytes, ageMs };
+}
+
+/** Keys must be 32 bytes each, strictly ascending (so unique), at most KEYS_PER_CHANNEL_MAX. */
+function readKeys(value: Canonical | undefined): KeySet {
+  if (!Array.isArray(value) || value.length > KEYS_PER_CHANNEL_MAX) invalid("bad key list");
+  const keys: KeySet = new Map();
+  let previous = "";
+  for (const key of value) {
+    if (!bytesOf(key, PUBLIC_KEY_BYTES)) invalid("bad key");
+    const hex = toHex(key);
+    if (hex <= previous) invalid("keys out of order");
+    previous = hex;
+    keys.set(hex, key.slice());
+  }
+  return keys;
+}

@@ -1,0 +1,166 @@
+/**
+ * Configuration of the ordering core: group size, fault mode and every bound and timer of
+ * ORDERING.md §10, with the defaults given there. Time is in ticks (1 tick = 10 ms in the
+ * runtime); the core never reads a clock.
+ */
+
+/** A replica is named by its index in the cluster file, 0..n-1. */
+export type ReplicaId = number;
+
+/**
+ * `bft`: n >= 3f+1, quorums of 2f+1 (for other n, ceil((n+f+1)/2)), PREPARE and COMMIT phases.
+ * `cft`: crash mode on the same group: majority quorums floor(n/2)+1 and no PREPARE phase.
+ */
+export type FaultMode = "bft" | "cft";
+
+export interface CoreConfig {
+  /** This replica's id. */
+  readonly id: ReplicaId;
+  /** Group size. */
+  readonly n: number;
+  /** Faults tolerated; n >= 3f+1. */
+  readonly f: number;
+  readonly mode: FaultMode;
+  /** Bound into every signature, so a message of one cluster is worthless in another. */
+  readonly clusterId: string;
+  /** Requests per proposed batch. */
+  readonly maxBatchRequests: number;
+  /** Bytes (bodies + signatures) per proposed batch. */
+  readonly maxBatchBytes: number;
+  /** Bytes of one request body. */
+  readonly maxRequestBytes: number;
+  /** Client sequence numbers one request may use. */
+  readonly maxRequestSpan: number;
+  /** Ticks the leader waits to fill a batch before proposing a partial one. */
+  readonly batchDelay: number;
+  /** Consensus instances in flight beyond the last executed one; must be <= logWindow. */
+  readonly pipelineDepth: number;
+  /** K: a checkpoint after every K executed sequence numbers. */
+  readonly checkpointInterval: number;
+  /** L: the log holds sequence numbers h < seq <= h+L; must exceed K. */
+  readonly logWindow: number;
+  /** Unanswered requests a client may have pending at a replica. */
+  readonly clientWindow: number;
+  /** Pending requests over all clients. */
+  readonly maxPendingTotal: number;
+  /** Ticks before a pending request is forwarded to all, and again before the leader is suspected. */
+  readonly requestTimeout: number;
+  /** Ticks the leader may go without a new proposal while requests wait (Aardvark heartbeat). */
+  readonly progressTimeout: number;
+  /** Base view-change timeout; doubles per attempt up to vcBackoffCap doublings. */
+  readonly vcTimeout: number;
+  readonly vcBackoffCap: number;
+  /** Ticks between resends of own VIEW_CHANGE and of stalled votes. */
+  readonly vcRetransmit: number;
+  /** Aardvark throughput window and grace period, in ticks. */
+  readonly tpWindow: number;
+  readonly tpGrace: number;
+  /** Required throughput at view start, in percent of the best recent view (Aardvark: 90). */
+  readonly tpRequiredPercent: number;
+  /** Raise of the requirement per window that meets it, in percent (Aardvark: 1). */
+  readonly tpStepPercent: number;
+  /** A request may see this many rounds of fair batches pass it by before the leader is unfair. */
+  readonly fairnessMultiplier: number;
+  /** Ticks a client with a provably bad signature is ignored. */
+  readonly clientQuarantine: number;
+  /** A peer sending more than this many times the busiest other peer is flagged. */
+  readonly floodThreshold: number;
+  /** Ticks between retries of a state transfer that has not completed. */
+  readonly transferRetry: number;
+  /** Decided sequence numbers returned per STATE_RESPONSE. */
+  readonly maxTransferItems: number;
+}
+
+/** The parameters of ORDERING.md §10 (1 tick = 10 ms). */
+export const DEFAULT_PARAMETERS = {
+  maxBatchRequests: 256,
+  maxBatchBytes: 1024 * 1024,
+  maxRequestBytes: 64 * 1024,
+  maxRequestSpan: 256,
+  batchDelay: 1,
+  pipelineDepth: 8,
+  checkpointInterval: 128,
+  logWindow: 256,
+  clientWindow: 16,
+  maxPendingTotal: 10_000,
+  requestTimeout: 100,
+  progressTimeout: 50,
+  vcTimeout: 200,
+  vcBackoffCap: 6,
+  vcRetransmit: 100,
+  tpWindow: 100,
+  tpGrace: 500,
+  tpRequiredPercent: 90,
+  tpStepPercent: 1,
+  fairnessMultiplier: 2,
+  clientQuarantine: 6_000,
+  floodThreshold: 20,
+  transferRetry: 200,
+  maxTransferItems: 32,
+} as const;
+
+export type CoreParameters = Omit<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId">;
+
+/** Largest group the core accepts; ids and vote sets are sized by it. */
+export const REPLICAS_MAX = 256;
+
+/** Builds a full configuration from the identity fields and any overrides; throws on a bad one. */
+export function makeConfig(
+  base: Pick<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId">,
+  overrides: Partial<CoreParameters> = {},
+): CoreConfig {
+  const cfg: CoreConfig = { ...DEFAULT_PARAMETERS, ...overrides, ...base };
+  checkConfig(cfg);
+  return cfg;
+}
+
+/** Throws a RangeError naming the first inconsistent parameter. */
+export function checkConfig(cfg: CoreConfig): void {
+  const positive: Array<keyof CoreConfig> = [
+    "n", "maxBatchRequests", "maxBatchBytes", "maxRequestBytes", "maxRequestSpan", "batchDelay",
+    "pipelineDepth", "checkpointInterval", "logWindow", "clientWindow", "maxPendingTotal",
+    "requestTimeout", "progressTimeout", "vcTimeout", "vcRetransmit", "tpWindow",
+    "fairnessMultiplier", "floodThreshold", "transferRetry", "maxTransferItems",
+  ];
+  for (const key of positive) {
+    const v = cfg[key];
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1) {
+      throw new RangeError(`${key} must be a positive integer`);
+    }
+  }
+  if (!Number.isSafeInteger(cfg.f) || cfg.f < 0) throw new RangeError("f must be a non-negative integer");
+  if (cfg.n > REPLICAS_MAX) throw new RangeError(`n must be at most ${REPLICAS_MAX}`);
+  if (cfg.n < 3 * cfg.f + 1) throw new RangeError("n must be at least 3f+1");
+  if (!Number.isSafeInteger(cfg.id) || cfg.id < 0 || cfg.id >= cfg.n) throw new RangeError("id must be in 0..n-1");
+  if (cfg.mode !== "bft" && cfg.mode !== "cft") throw new RangeError("mode must be bft or cft");
+  if (cfg.pipelineDepth > cfg.logWindow) throw new RangeError("pipelineDepth must be <= logWindow");
+  if (cfg.logWindow <= cfg.checkpointInterval) throw new RangeError("logWindow must exceed checkpointInterval");
+  if (cfg.maxRequestBytes > cfg.maxBatchBytes) throw new RangeError("maxRequestBytes must be <= maxBatchBytes");
+  if (cfg.vcBackoffCap < 0 || cfg.tpGrace < 0 || cfg.clientQuarantine < 0) {
+    throw new RangeError("vcBackoffCap, tpGrace and clientQuarantine must be >= 0");
+  }
+}
+
+/**
+ * Q, the one quorum size every count is compared with. BFT: ceil((n+f+1)/2), which is
+ * 2f+1 for n = 3f+1, so that two quorums share a correct replica. CFT: a majority of the
+ * same group, floor(n/2)+1, so that two quorums share a replica.
+ */
+export function quorum(n: number, f: number, mode: FaultMode): number {
+  if (mode === "cft") return Math.floor(n / 2) + 1;
+  return Math.ceil((n + f + 1) / 2);
+}
+
+/**
+ * W, the weak quorum: enough replicas that at least one of them is correct (BFT: f+1), or,
+ * in crash mode, enough that every quorum of live replicas overlaps it (n-Q+1).
+ */
+export function weakQuorum(n: number, f: number, mode: FaultMode): number {
+  if (mode === "cft") return n - quorum(n, f, mode) + 1;
+  return f + 1;
+}
+
+/** leader(view) = view mod n (ORDERING.md §6: never a local counter). */
+export function leaderOf(view: number, n: number): ReplicaId {
+  return view % n;
+}

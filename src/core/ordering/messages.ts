@@ -1,0 +1,503 @@
+/**
+ * Peer messages of the ordering protocol (ORDERING.md §3), their structural validation and
+ * the exact bytes each signature covers.
+ *
+ * Every message is a plain object of canonical values (null, booleans, safe integers,
+ * strings, byte strings, arrays, string-keyed objects) so the runtime can encode it with
+ * `encodeCanonical` and decode it back. `validatePeerMessage` is the boundary check: it
+ * rebuilds a message from unknown input, keeping only known fields and enforcing every
+ * structural bound, and returns null on anything else. It never throws.
+ *
+ * A signature covers utf8(domain) || 0x00 || encodeCanonical({c: clusterId, ...fields}),
+ * where the domain names the message kind: a signature made for one kind or one cluster is
+ * worthless as another.
+ */
+import { encodeCanonical } from "../../../wire/canonical.ts";
+import type { ReplicaId } from "./config.ts";
+
+/** One client request as the core sees it; `body` is what the client signed. */
+export interface ClientRequest {
+  /** Lowercase hex of the client's 32-byte ed25519 public key. */
+  client: string;
+  /** First client sequence number this request uses. */
+  seq: number;
+  /** Sequence numbers used: seq .. seq+span-1. */
+  span: number;
+  body: Uint8Array;
+  sig: Uint8Array;
+}
+
+/** Signed by leader(view) over (view, seq, digest); `batch` travels beside the header. */
+export type PrePrepare = {
+  t: "PRE_PREPARE";
+  view: number;
+  seq: number;
+  digest: Uint8Array;
+  batch: ClientRequest[] | null;
+  sig: Uint8Array;
+};
+
+export type Prepare = { t: "PREPARE"; view: number; seq: number; digest: Uint8Array; replica: ReplicaId; sig: Uint8Array };
+export type Commit = { t: "COMMIT"; view: number; seq: number; digest: Uint8Array; replica: ReplicaId; sig: Uint8Array };
+export type Checkpoint = { t: "CHECKPOINT"; seq: number; digest: Uint8Array; replica: ReplicaId; sig: Uint8Array };
+
+/**
+ * Proof that (view, seq, digest) prepared: the leader's signed header (batch null) and
+ * Q-1 PREPAREs from distinct replicas other than the leader. In crash mode there is no
+ * PREPARE phase: `prepares` is empty and `batch` carries the accepted body, because the
+ * only replica holding it may be the one that reports it.
+ */
+export type PreparedCert = {
+  view: number;
+  seq: number;
+  digest: Uint8Array;
+  prePrepare: PrePrepare;
+  prepares: Prepare[];
+  batch: ClientRequest[] | null;
+};
+
+export type ViewChange = {
+  t: "VIEW_CHANGE";
+  newView: number;
+  stableSeq: number;
+  stableDigest: Uint8Array;
+  stableProof: Checkpoint[];
+  prepared: PreparedCert[];
+  replica: ReplicaId;
+  sig: Uint8Array;
+};
+
+/** `o` holds the signed headers of sequence numbers minS+1 .. maxS, in order. */
+export type NewView = {
+  t: "NEW_VIEW";
+  view: number;
+  viewChanges: ViewChange[];
+  minS: number;
+  maxS: number;
+  o: PrePrepare[];
+  sig: Uint8Array;
+};
+
+/** Requests relayed to the leader (or to all); each keeps its client signature. */
+export type Forward = { t: "FORWARD"; requests: ClientRequest[] };
+
+/**
+ * `decided`: batches seq..toSeq with their commit certificates (catch-up inside the window).
+ * `batch`: the body of the batch with `digest` at `seq` (bodies named by a NEW_VIEW).
+ */
+export type StateRequest = {
+  t: "STATE_REQUEST";
+  kind: "decided" | "batch";
+  seq: number;
+  toSeq: number;
+  digest: Uint8Array | null;
+  nonce: number;
+};
+
+/** A batch; with Q matching signed COMMITs it proves its own decision. */
+export type DecidedItem = { view: number; seq: number; batch: ClientRequest[]; commits: Commit[] };
+
+/** A stable checkpoint and its Q signed CHECKPOINTs. */
+export type StableProof = { seq: number; digest: Uint8Array; proof: Checkpoint[] };
+
+export type StateResponse = {
+  t: "STATE_RESPONSE";
+  kind: "decided" | "batch";
+  nonce: number;
+  items: DecidedItem[];
+  stable: StableProof | null;
+  lastExecuted: number;
+};
+
+export type PeerMessage =
+  | PrePrepare
+  | Prepare
+  | Commit
+  | Checkpoint
+  | ViewChange
+  | NewView
+  | Forward
+  | StateRequest
+  | StateResponse;
+
+export type PeerMessageKind = PeerMessage["t"];
+
+/** Digest length (SHA-256) and signature length (ed25519). */
+export const DIGEST_BYTES = 32;
+export const SIGNATURE_BYTES = 64;
+/** The O entry of a sequence number no replica had prepared: decides as an empty batch. */
+export const NULL_DIGEST: Uint8Array = new Uint8Array(DIGEST_BYTES);
+
+/** Structural bounds checked at the boundary; the configuration narrows them further. */
+export const VIEW_MAX = 2 ** 48;
+export const SEQ_MAX = 2 ** 48;
+export const NONCE_MAX = 2 ** 48;
+export const MESSAGE_REPLICAS_MAX = 256;
+export const BATCH_REQUESTS_MAX = 4096;
+export const REQUEST_BODY_BYTES_MAX = 1024 * 1024;
+export const REQUEST_SPAN_MAX = 65_536;
+export const PREPARED_CERTS_MAX = 4096;
+export const TRANSFER_ITEMS_MAX = 256;
+export const FORWARD_REQUESTS_MAX = 4096;
+const CLIENT_ID_PATTERN = /^[0-9a-f]{64}$/;
+
+/** Domain tags of the signed kinds. */
+export const DOMAIN = {
+  PRE_PREPARE: "fitb/v1/ord/pre-prepare",
+  PREPARE: "fitb/v1/ord/prepare",
+  COMMIT: "fitb/v1/ord/commit",
+  CHECKPOINT: "fitb/v1/ord/checkpoint",
+  VIEW_CHANGE: "fitb/v1/ord/view-change",
+  NEW_VIEW: "fitb/v1/ord/new-view",
+} as const;
+
+const textEncoder = new TextEncoder();
+const domainPrefixes = new Map<string, Uint8Array>();
+
+function domainPrefix(domain: string): Uint8Array {
+  let prefix = domainPrefixes.get(domain);
+  if (prefix === undefined) {
+    const tag = textEncoder.encode(domain);
+    prefix = new Uint8Array(tag.length + 1);
+    prefix.set(tag);
+    domainPrefixes.set(domain, prefix);
+  }
+  return prefix;
+}
+
+function withDomain(domain: string, body: Uint8Array): Uint8Array {
+  const prefix = domainPrefix(domain);
+  const out = new Uint8Array(prefix.length + body.length);
+  out.set(prefix);
+  out.set(body, prefix.length);
+  return out;
+}
+
+type Canon = Parameters<typeof encodeCanonical>[0];
+
+function requestFields(r: ClientRequest): Canon {
+  return [r.client, r.seq, r.span, r.body, r.sig];
+}
+
+/** The bytes hashed into a batch digest: every field of every request, in order. */
+export function batchBytes(batch: readonly ClientRequest[]): Uint8Array {
+  return encodeCanonical(batch.map(requestFields));
+}
+
+function headerFields(m: PrePrepare): Canon {
+  return { view: m.view, seq: m.seq, digest: m.digest };
+}
+
+function prePrepareFields(m: PrePrepare): Canon {
+  return { t: m.t, view: m.view, seq: m.seq, digest: m.digest, batch: m.batch === null ? null : m.batch.map(requestFields), sig: m.sig };
+}
+
+function voteFields(m: Prepare | Commit): Canon {
+  return { t: m.t, view: m.view, seq: m.seq, digest: m.digest, replica: m.replica, sig: m.sig };
+}
+
+function checkpointFields(m: Checkpoint): Canon {
+  return { t: m.t, seq: m.seq, digest: m.digest, replica: m.replica, sig: m.sig };
+}
+
+function certFields(c: PreparedCert): Canon {
+  return {
+    view: c.view,
+    seq: c.seq,
+    digest: c.digest,
+    prePrepare: prePrepareFields(c.prePrepare),
+    prepares: c.prepares.map(voteFields),
+    batch: c.batch === null ? null : c.batch.map(requestFields),
+  };
+}
+
+function viewChangeBody(m: ViewChange): Canon {
+  return {
+    newView: m.newView,
+    stableSeq: m.stableSeq,
+    stableDigest: m.stableDigest,
+    stableProof: m.stableProof.map(checkpointFields),
+    prepared: m.prepared.map(certFields),
+    replica: m.replica,
+  };
+}
+
+function viewChangeFields(m: ViewChange): Canon {
+  return { t: m.t, ...(viewChangeBody(m) as Record<string, Canon>), sig: m.sig };
+}
+
+/** A signed message kind: the ones whose authenticity the core checks itself. */
+export type SignedMessage = PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView;
+
+/** The exact bytes a signature on `m` covers (domain tag, cluster id, canonical fields). */
+export function signingBytes(m: SignedMessage, clusterId: string): Uint8Array {
+  switch (m.t) {
+    case "PRE_PREPARE":
+      return withDomain(DOMAIN.PRE_PREPARE, encodeCanonical({ c: clusterId, ...(headerFields(m) as Record<string, Canon>) }));
+    case "PREPARE":
+    case "COMMIT":
+      return withDomain(DOMAIN[m.t], encodeCanonical({ c: clusterId, view: m.view, seq: m.seq, digest: m.digest, replica: m.replica }));
+    case "CHECKPOINT":
+      return withDomain(DOMAIN.CHECKPOINT, encodeCanonical({ c: clusterId, seq: m.seq, digest: m.digest, replica: m.replica }));
+    case "VIEW_CHANGE":
+      return withDomain(DOMAIN.VIEW_CHANGE, encodeCanonical({ c: clusterId, ...(viewChangeBody(m) as Record<string, Canon>) }));
+    case "NEW_VIEW":
+      return withDomain(
+        DOMAIN.NEW_VIEW,
+        encodeCanonical({
+          c: clusterId,
+          view: m.view,
+          minS: m.minS,
+          maxS: m.maxS,
+          o: m.o.map(prePrepareFields),
+          viewChanges: m.viewChanges.map(viewChangeFields),
+        }),
+      );
+  }
+}
+
+/** Who must have signed `m`: the replica field, or leader(view) for proposals and new views. */
+export function signerOf(m: SignedMessage, n: number): ReplicaId {
+  switch (m.t) {
+    case "PRE_PREPARE":
+      return m.view % n;
+    case "NEW_VIEW":
+      return m.view % n;
+    default:
+      return m.replica;
+  }
+}
+
+/** Whether two byte strings are equal. */
+export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Lowercase hex, used for map keys of digests. */
+export function hex(bytes: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < bytes.length; i++) s += (bytes[i] as number).toString(16).padStart(2, "0");
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------
+// Structural validation. Each function returns a freshly built value or null.
+// ---------------------------------------------------------------------------------------
+
+type Rec = Record<string, unknown>;
+
+function isRecord(x: unknown): x is Rec {
+  if (typeof x !== "object" || x === null || Array.isArray(x) || x instanceof Uint8Array) return false;
+  const proto: unknown = Object.getPrototypeOf(x);
+  return proto === Object.prototype || proto === null;
+}
+
+function nat(x: unknown, max: number): number | null {
+  return typeof x === "number" && Number.isSafeInteger(x) && x >= 0 && x <= max ? x : null;
+}
+
+function bytesOf(x: unknown, len: number): Uint8Array | null {
+  return x instanceof Uint8Array && x.length === len ? x : null;
+}
+
+function arrayOf<T>(x: unknown, max: number, item: (v: unknown) => T | null): T[] | null {
+  if (!Array.isArray(x) || x.length > max) return null;
+  const out: T[] = [];
+  for (const v of x) {
+    const r = item(v);
+    if (r === null) return null;
+    out.push(r);
+  }
+  return out;
+}
+
+/** Structural check of one client request (signature not checked here). */
+export function validateClientRequest(x: unknown): ClientRequest | null {
+  if (!isRecord(x)) return null;
+  const client = x.client;
+  if (typeof client !== "string" || !CLIENT_ID_PATTERN.test(client)) return null;
+  const seq = nat(x.seq, SEQ_MAX);
+  const span = nat(x.span, REQUEST_SPAN_MAX);
+  if (seq === null || seq < 1 || span === null || span < 1) return null;
+  const body = x.body;
+  if (!(body instanceof Uint8Array) || body.length > REQUEST_BODY_BYTES_MAX) return null;
+  const sig = bytesOf(x.sig, SIGNATURE_BYTES);
+  if (sig === null) return null;
+  return { client, seq, span, body, sig };
+}
+
+function validateBatch(x: unknown): ClientRequest[] | null {
+  return arrayOf(x, BATCH_REQUESTS_MAX, validateClientRequest);
+}
+
+function validatePrePrepare(x: Rec): PrePrepare | null {
+  const view = nat(x.view, VIEW_MAX);
+  const seq = nat(x.seq, SEQ_MAX);
+  const digest = bytesOf(x.digest, DIGEST_BYTES);
+  const sig = bytesOf(x.sig, SIGNATURE_BYTES);
+  if (view === null || seq === null || seq < 1 || digest === null || sig === null) return null;
+  let batch: ClientRequest[] | null = null;
+  if (x.batch !== null) {
+    batch = validateBatch(x.batch);
+    if (batch === null) return null;
+  }
+  return { t: "PRE_PREPARE", view, seq, digest, batch, sig };
+}
+
+function validateVote<K extends "PREPARE" | "COMMIT">(t: K, x: Rec): ({ t: K } & Omit<Prepare, "t">) | null {
+  const view = nat(x.view, VIEW_MAX);
+  const seq = nat(x.seq, SEQ_MAX);
+  const digest = bytesOf(x.digest, DIGEST_BYTES);
+  const replica = nat(x.replica, MESSAGE_REPLICAS_MAX - 1);
+  const sig = bytesOf(x.sig, SIGNATURE_BYTES);
+  if (view === null || seq === null || seq < 1 || digest === null || replica === null || sig === null) return null;
+  return { t, view, seq, digest, replica, sig };
+}
+
+function validateCheckpoint(x: Rec): Checkpoint | null {
+  const seq = nat(x.seq, SEQ_MAX);
+  const digest = bytesOf(x.digest, DIGEST_BYTES);
+  const replica = nat(x.replica, MESSAGE_REPLICAS_MAX - 1);
+  const sig = bytesOf(x.sig, SIGNATURE_BYTES);
+  if (seq === null || seq < 1 || digest === null || replica === null || sig === null) return null;
+  return { t: "CHECKPOINT", seq, digest, replica, sig };
+}
+
+function nested<T>(t: string, build: (x: Rec) => T | null): (v: unknown) => T | null {
+  return (v) => (isRecord(v) && v.t === t ? build(v) : null);
+}
+
+function validateCert(x: unknown): PreparedCert | null {
+  if (!isRecord(x)) return null;
+  const view = nat(x.view, VIEW_MAX);
+  const seq = nat(x.seq, SEQ_MAX);
+  const digest = bytesOf(x.digest, DIGEST_BYTES);
+  const prePrepare = nested("PRE_PREPARE", validatePrePrepare)(x.prePrepare);
+  const prepares = arrayOf(x.prepares, MESSAGE_REPLICAS_MAX, nested("PREPARE", (v) => validateVote("PREPARE", v)));
+  if (view === null || seq === null || seq < 1 || digest === null || prePrepare === null || prepares === null) return null;
+  let batch: ClientRequest[] | null = null;
+  if (x.batch !== null) {
+    batch = validateBatch(x.batch);
+    if (batch === null) return null;
+  }
+  return { view, seq, digest, prePrepare, prepares, batch };
+}
+
+function validateViewChange(x: Rec): ViewChange | null {
+  const newView = nat(x.newView, VIEW_MAX);
+  const stableSeq = nat(x.stableSeq, SEQ_MAX);
+  const stableDigest = bytesOf(x.stableDigest, DIGEST_BYTES);
+  const stableProof = arrayOf(x.stableProof, MESSAGE_REPLICAS_MAX, nested("CHECKPOINT", validateCheckpoint));
+  const prepared = arrayOf(x.prepared, PREPARED_CERTS_MAX, validateCert);
+  const replica = nat(x.replica, MESSAGE_REPLICAS_MAX - 1);
+  const sig = bytesOf(x.sig, SIGNATURE_BYTES);
+  if (newView === null || stableSeq === null || stableDigest === null || stableProof === null) return null;
+  if (prepared === null || replica === null || sig === null) return null;
+  return { t: "VIEW_CHANGE", newView, stableSeq, stableDigest, stableProof, prepared, replica, sig };
+}
+
+function validateNewView(x: Rec): NewView | null {
+  const view = nat(x.view, VIEW_MAX);
+  const viewChanges = arrayOf(x.viewChanges, MESSAGE_REPLICAS_MAX, nested("VIEW_CHANGE", validateViewChange));
+  const minS = nat(x.minS, SEQ_MAX);
+  const maxS = nat(x.maxS, SEQ_MAX);
+  const o = arrayOf(x.o, PREPARED_CERTS_MAX, nested("PRE_PREPARE", validatePrePrepare));
+  const sig = bytesOf(x.sig, SIGNATURE_BYTES);
+  if (view === null || viewChanges === null || minS === null || maxS === null || o === null || sig === null) return null;
+  return { t: "NEW_VIEW", view, viewChanges, minS, maxS, o, sig };
+}
+
+function validateForward(x: Rec): Forward | null {
+  const requests = arrayOf(x.requests, FORWARD_REQUESTS_MAX, validateClientRequest);
+  return requests === null ? null : { t: "FORWARD", requests };
+}
+
+function validateStateRequest(x: Rec): StateRequest | null {
+  const kind = x.kind === "decided" || x.kind === "batch" ? x.kind : null;
+  const seq = nat(x.seq, SEQ_MAX);
+  const toSeq = nat(x.toSeq, SEQ_MAX);
+  const nonce = nat(x.nonce, NONCE_MAX);
+  if (kind === null || seq === null || toSeq === null || nonce === null) return null;
+  let digest: Uint8Array | null = null;
+  if (x.digest !== null) {
+    digest = bytesOf(x.digest, DIGEST_BYTES);
+    if (digest === null) return null;
+  }
+  return { t: "STATE_REQUEST", kind, seq, toSeq, digest, nonce };
+}
+
+function validateDecidedItem(x: unknown): DecidedItem | null {
+  if (!isRecord(x)) return null;
+  const view = nat(x.view, VIEW_MAX);
+  const seq = nat(x.seq, SEQ_MAX);
+  const batch = validateBatch(x.batch);
+  const commits = arrayOf(x.commits, MESSAGE_REPLICAS_MAX, nested("COMMIT", (v) => validateVote("COMMIT", v)));
+  if (view === null || seq === null || seq < 1 || batch === null || commits === null) return null;
+  return { view, seq, batch, commits };
+}
+
+function validateStable(x: unknown): StableProof | null {
+  if (!isRecord(x)) return null;
+  const seq = nat(x.seq, SEQ_MAX);
+  const digest = bytesOf(x.digest, DIGEST_BYTES);
+  const proof = arrayOf(x.proof, MESSAGE_REPLICAS_MAX, nested("CHECKPOINT", validateCheckpoint));
+  if (seq === null || digest === null || proof === null) return null;
+  return { seq, digest, proof };
+}
+
+function validateStateResponse(x: Rec): StateResponse | null {
+  const kind = x.kind === "decided" || x.kind === "batch" ? x.kind : null;
+  const nonce = nat(x.nonce, NONCE_MAX);
+  const items = arrayOf(x.items, TRANSFER_ITEMS_MAX, validateDecidedItem);
+  const lastExecuted = nat(x.lastExecuted, SEQ_MAX);
+  if (kind === null || nonce === null || items === null || lastExecuted === null) return null;
+  let stable: StableProof | null = null;
+  if (x.stable !== null) {
+    stable = validateStable(x.stable);
+    if (stable === null) return null;
+  }
+  return { t: "STATE_RESPONSE", kind, nonce, items, stable, lastExecuted };
+}
+
+/**
+ * Rebuilds a peer message from untrusted input, or returns null. Checks shapes, types,
+ * lengths and structural bounds only; signatures, membership and protocol rules are the
+ * core's business. Never throws.
+ */
+export function validatePeerMessage(x: unknown): PeerMessage | null {
+  try {
+    if (!isRecord(x)) return null;
+    switch (x.t) {
+      case "PRE_PREPARE":
+        return validatePrePrepare(x);
+      case "PREPARE":
+        return validateVote("PREPARE", x);
+      case "COMMIT":
+        return validateVote("COMMIT", x);
+      case "CHECKPOINT":
+        return validateCheckpoint(x);
+      case "VIEW_CHANGE":
+        return validateViewChange(x);
+      case "NEW_VIEW":
+        return validateNewView(x);
+      case "FORWARD":
+        return validateForward(x);
+      case "STATE_REQUEST":
+        return validateStateRequest(x);
+      case "STATE_RESPONSE":
+        return validateStateResponse(x);
+      default:
+        return null;
+    }
+  } catch {
+    // Getters or proxies on hostile input can throw; junk is junk.
+    return null;
+  }
+}
+
+/** Bytes a request occupies in a batch (body and signature), for the byte bounds. */
+export function requestBytes(r: ClientRequest): number {
+  return r.body.length + r.sig.length;
+}

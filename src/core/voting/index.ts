@@ -1,0 +1,4 @@
+/** Client-side voting: reply quorums per CLASS, and delivery voting per subscription. */
+export * from "./quorum.ts";
+export * from "./reply-voter.ts";
+export * from "./delivery-voter.ts";

@@ -1,0 +1,172 @@
+/**
+ * Client-side voting on the replies to one request (the "voting on client side" step of
+ * BFT-SMaRt's ServiceProxy; DESIGN §3 table for the quorum per CLASS).
+ *
+ * Replies are grouped by the canonical bytes of the whole result, and a group counts
+ * distinct replicas: a replica is counted once, with its first reply. A second,
+ * different reply from the same replica is equivocation and is reported, not counted.
+ * The request is decided when one group reaches the kind's quorum, and failed when no
+ * group can reach it any more with the replicas that have not answered.
+ *
+ * For deterministic kinds (ordered publishes and admin commands) a replica whose result
+ * differs from the decided one is reported as wrong: the decided result is backed by at
+ * least one correct replica, and correct replicas execute identically.
+ */
+import { encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
+import { toHex } from "../channels/bytes.ts";
+import { ackQuorum, checkGroup, isDeterministic, type ReplyKind } from "./quorum.ts";
+
+export type ReplyVoterOptions = {
+  /** Replicas in the group; ids are 0..n-1. */
+  readonly n: number;
+  /** Faults tolerated. */
+  readonly f: number;
+  readonly kind: ReplyKind;
+};
+
+export type ReplyGroup = { readonly result: Canonical; readonly replicas: readonly number[] };
+
+export type ReplyStatus =
+  | { readonly state: "pending"; readonly answered: number; readonly quorum: number }
+  | { readonly state: "decided"; readonly result: Canonical; readonly replicas: readonly number[] }
+  | { readonly state: "failed"; readonly reason: string; readonly groups: readonly ReplyGroup[] };
+
+/** Evidence that a replica misbehaved (or, for split-quorum, that more than f did). */
+export type ReplyConflict =
+  | { readonly kind: "equivocation"; readonly replica: number; readonly first: Canonical; readonly second: Canonical }
+  | { readonly kind: "wrong-result"; readonly replica: number; readonly result: Canonical; readonly decided: Canonical }
+  | { readonly kind: "split-quorum"; readonly results: readonly Canonical[] };
+
+/** What became of one reply. */
+export type ReplyOutcome =
+  | "counted"
+  | "duplicate" // the same replica sent the same result again
+  | "equivocation" // the same replica sent a different result
+  | "unknown-replica" // an id outside 0..n-1
+  | "unencodable"; // not a canonical value: cannot be compared, so not counted
+
+export type ReplyAdd = {
+  readonly outcome: ReplyOutcome;
+  readonly status: ReplyStatus;
+  /** Conflicts this reply revealed (already included in `conflicts()`). */
+  readonly conflicts: readonly ReplyConflict[];
+};
+
+type Group = { readonly result: Canonical; readonly replicas: number[] };
+
+export class ReplyVoter {
+  readonly quorum: number;
+  private readonly n: number;
+  private readonly kind: ReplyKind;
+  /** Result key (hex of canonical bytes) per replica that answered. */
+  private readonly answers = new Map<number, string>();
+  /** Groups in order of first appearance, so ties resolve the same way every time. */
+  private readonly groups = new Map<string, Group>();
+  private decidedKey: string | null = null;
+  private readonly found: ReplyConflict[] = [];
+  private splitReported = false;
+
+  constructor(options: ReplyVoterOptions) {
+    checkGroup(options.kind, options.n, options.f);
+    this.n = options.n;
+    this.kind = options.kind;
+    this.quorum = ackQuorum(options.kind, options.f);
+  }
+
+  /** Takes one reply from `replica`. */
+  add(replica: number, result: Canonical): ReplyAdd {
+    if (!Number.isSafeInteger(replica) || replica < 0 || replica >= this.n) return this.outcome("unknown-replica", []);
+    let key: string;
+    try {
+      key = toHex(encodeCanonical(result));
+    } catch {
+      return this.outcome("unencodable", []);
+    }
+    const previous = this.answers.get(replica);
+    if (previous === key) return this.outcome("duplicate", []);
+    if (previous !== undefined) {
+      const first = (this.groups.get(previous) as Group).result;
+      return this.outcome("equivocation", this.record([{ kind: "equivocation", replica, first, second: result }]));
+    }
+    this.answers.set(replica, key);
+    const group = this.groupFor(key, result);
+    group.replicas.push(replica);
+    return this.outcome("counted", this.record(this.afterCount(key, replica)));
+  }
+
+  status(): ReplyStatus {
+    if (this.decidedKey !== null) {
+      const group = this.groups.get(this.decidedKey) as Group;
+      return { state: "decided", result: group.result, replicas: [...group.replicas] };
+    }
+    const unanswered = this.n - this.answers.size;
+    let largest = 0;
+    for (const group of this.groups.values()) largest = Math.max(largest, group.replicas.length);
+    if (largest + unanswered < this.quorum) {
+      const reason = `no result can reach ${this.quorum} matching replies`;
+      return { state: "failed", reason, groups: [...this.groups.values()].map((g) => ({ result: g.result, replicas: [...g.replicas] })) };
+    }
+    return { state: "pending", answered: this.answers.size, quorum: this.quorum };
+  }
+
+  /** Every conflict seen so far, in order of discovery. */
+  conflicts(): readonly ReplyConflict[] {
+    return this.found;
+  }
+
+  /** Replicas that have not answered (to retransmit to, or to time out). */
+  missing(): number[] {
+    const ids: number[] = [];
+    for (let id = 0; id < this.n; id++) if (!this.answers.has(id)) ids.push(id);
+    return ids;
+  }
+
+  private outcome(outcome: ReplyOutcome, conflicts: readonly ReplyConflict[]): ReplyAdd {
+    return { outcome, status: this.status(), conflicts };
+  }
+
+  private record(conflicts: ReplyConflict[]): ReplyConflict[] {
+    this.found.push(...conflicts);
+    return conflicts;
+  }
+
+  private groupFor(key: string, result: Canonical): Group {
+    let group = this.groups.get(key);
+    if (group === undefined) {
+      group = { result, replicas: [] };
+      this.groups.set(key, group);
+    }
+    return group;
+  }
+
+  /** Decides, and finds the conflicts a newly counted reply reveals. */
+  private afterCount(key: string, replica: number): ReplyConflict[] {
+    const group = this.groups.get(key) as Group;
+    if (this.decidedKey === null) {
+      if (group.replicas.length < this.quorum) return [];
+      this.decidedKey = key;
+      return this.wrongResultsAgainst(key);
+    }
+    if (key === this.decidedKey || !isDeterministic(this.kind)) return [];
+    const decided = (this.groups.get(this.decidedKey) as Group).result;
+    const conflicts: ReplyConflict[] = [{ kind: "wrong-result", replica, result: group.result, decided }];
+    if (group.replicas.length >= this.quorum && !this.splitReported) {
+      // Two results each backed by a quorum: more than f replicas are faulty.
+      this.splitReported = true;
+      conflicts.push({ kind: "split-quorum", results: [decided, group.result] });
+    }
+    return conflicts;
+  }
+
+  /** At the moment of decision: every replica that had answered differently was wrong. */
+  private wrongResultsAgainst(decidedKey: string): ReplyConflict[] {
+    if (!isDeterministic(this.kind)) return [];
+    const decided = (this.groups.get(decidedKey) as Group).result;
+    const conflicts: ReplyConflict[] = [];
+    for (const [key, group] of this.groups) {
+      if (key === decidedKey) continue;
+      for (const replica of group.replicas) conflicts.push({ kind: "wrong-result", replica, result: group.result, decided });
+    }
+    return conflicts;
+  }
+}

@@ -1,0 +1,340 @@
+/**
+ * The peer mesh: an authenticated, MAC-protected link to every other replica.
+ *
+ * Each replica dials every other one and sends only on the link it dialled; it receives on
+ * the links others dialled to it. Two one-way links per pair avoid the tie-breaking a
+ * single shared link would need when both sides dial at once, at the cost of one more
+ * socket per pair (n is small). A link whose handshake or MAC fails is closed and the
+ * failure counted; the dialler reconnects with capped exponential backoff.
+ *
+ * What flows is opaque bytes (`msg`): the replica runtime encodes its own envelopes. The
+ * mesh guarantees only who sent it (`from`), integrity, and no replay within a session.
+ */
+import { randomBytes } from "node:crypto";
+import type { Socket } from "bun";
+import type { ReplicaEntry } from "../config/cluster.ts";
+import { signDomain, verifyDomain } from "../crypto/ed25519.ts";
+import { bytesEqual } from "../crypto/encoding.ts";
+import type { SigningKey } from "../crypto/keys.ts";
+import { generateEphemeralKeyPair, x25519SharedSecret, type EphemeralKeyPair } from "../crypto/session.ts";
+import type { DecodeResult } from "../../wire/frame.ts";
+import { decodeFrameBody, type Frame, type Hello, type HelloAck } from "../../wire/schemas.ts";
+import { sessionTranscript } from "../../wire/session.ts";
+import { DOMAIN_SESSION_INITIATOR, DOMAIN_SESSION_RESPONDER, FrameType, NONCE_BYTES, PROTOCOL_VERSION } from "../../wire/types.ts";
+import { FramedConn } from "./framed.ts";
+import { checkPeerMac, derivePeerKeys, peerMac, type PeerDirectionKeys } from "./peer-session.ts";
+import type { Log } from "./log.ts";
+import type { Metrics } from "./metrics.ts";
+
+/** Reconnect backoff: first wait, cap. */
+export const PEER_RECONNECT_MS_MIN = 50;
+export const PEER_RECONNECT_MS_MAX = 2_000;
+/** Bytes that may wait for one peer before messages to it are dropped (the protocol retransmits). */
+export const PEER_OUTBOUND_BYTES_MAX = 32 * 1024 * 1024;
+/** A handshake that has not finished in this time is abandoned. */
+export const PEER_HANDSHAKE_MS_MAX = 5_000;
+
+export interface PeerMeshOptions {
+  readonly self: number;
+  readonly key: SigningKey;
+  readonly replicas: readonly ReplicaEntry[];
+  readonly frameBytesMax: number;
+  readonly log: Log;
+  readonly metrics: Metrics;
+  readonly onMessage: (from: number, msg: Uint8Array) => void;
+  readonly onPeerUp?: (id: number) => void;
+}
+
+type OutboundPhase = "connecting" | "awaiting-ack" | "open" | "closed";
+
+interface OutboundLink {
+  readonly peer: ReplicaEntry;
+  phase: OutboundPhase;
+  conn: FramedConn | null;
+  hello: Hello | null;
+  eph: EphemeralKeyPair | null;
+  keys: PeerDirectionKeys | null;
+  sendSeq: number;
+  backoffMs: number;
+  timer: ReturnType<typeof setTimeout> | null;
+}
+
+interface InboundLink {
+  readonly peerId: number;
+  readonly keys: PeerDirectionKeys;
+  lastSeq: number;
+}
+
+export class PeerMesh {
+  private readonly outbound = new Map<number, OutboundLink>();
+  private readonly inbound = new Map<number, FramedConn>();
+  private stopped = false;
+
+  constructor(private readonly options: PeerMeshOptions) {
+    for (const peer of options.replicas) {
+      if (peer.id === options.self) continue;
+      this.outbound.set(peer.id, {
+        peer,
+        phase: "closed",
+        conn: null,
+        hello: null,
+        eph: null,
+        keys: null,
+        sendSeq: 0,
+        backoffMs: PEER_RECONNECT_MS_MIN,
+        timer: null,
+      });
+    }
+  }
+
+  start(): void {
+    for (const link of this.outbound.values()) this.dial(link);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const link of this.outbound.values()) {
+      if (link.timer !== null) clearTimeout(link.timer);
+      link.conn?.close();
+      link.phase = "closed";
+    }
+    for (const conn of this.inbound.values()) conn.close();
+    this.inbound.clear();
+  }
+
+  /** Which peers we can send to now. */
+  status(): { id: number; up: boolean }[] {
+    return [...this.outbound.values()].map((link) => ({ id: link.peer.id, up: link.phase === "open" }));
+  }
+
+  /** Sends `msg` to one peer; false if the link is down or its queue is full (counted). */
+  send(to: number, msg: Uint8Array): boolean {
+    const link = this.outbound.get(to);
+    if (link === undefined || link.phase !== "open" || link.conn === null || link.keys === null) {
+      this.options.metrics.inc("peer_send_dropped_total");
+      return false;
+    }
+    const seq = ++link.sendSeq;
+    const ok = link.conn.send({ type: FrameType.PEER, body: { seq, msg, mac: peerMac(link.keys.send, seq, msg) } });
+    if (!ok) {
+      // The receiver checks seq strictly increasing, so a skipped seq is fine; a dropped
+      // consensus message is recovered by the protocol's retransmission.
+      this.options.metrics.inc("peer_send_dropped_total");
+    }
+    return ok;
+  }
+
+  broadcast(msg: Uint8Array): void {
+    for (const id of this.outbound.keys()) this.send(id, msg);
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Dialling side (initiator)
+  // ---------------------------------------------------------------------------------
+
+  private dial(link: OutboundLink): void {
+    if (this.stopped) return;
+    link.phase = "connecting";
+    link.timer = null;
+    const mesh = this;
+    Bun.connect<{ conn: FramedConn | null }>({
+      hostname: link.peer.host,
+      port: link.peer.port,
+      data: { conn: null },
+      socket: {
+        open(socket) {
+          const conn = new FramedConn(socket as Socket<unknown>, mesh.options.frameBytesMax, PEER_OUTBOUND_BYTES_MAX);
+          socket.data.conn = conn;
+          mesh.beginHandshake(link, conn);
+        },
+        data(socket, chunk) {
+          const conn = socket.data.conn;
+          if (conn !== null) mesh.onOutboundFrames(link, conn, conn.decoder.push(chunk));
+        },
+        drain(socket) {
+          socket.data.conn?.drain();
+        },
+        close(socket) {
+          const conn = socket.data.conn;
+          if (conn !== null && link.conn === conn) mesh.linkDown(link, "closed");
+        },
+        error(socket, error) {
+          mesh.options.log.debug("peer link error", { peer: link.peer.id, error: error.message });
+        },
+        connectError(_socket, error) {
+          mesh.linkDown(link, error.message);
+        },
+      },
+    }).catch((error: Error) => mesh.linkDown(link, error.message));
+  }
+
+  private beginHandshake(link: OutboundLink, conn: FramedConn): void {
+    const eph = generateEphemeralKeyPair();
+    const hello: Hello = {
+      v: PROTOCOL_VERSION,
+      role: "replica",
+      replica: this.options.self,
+      key: this.options.key.publicKey,
+      nonce: new Uint8Array(randomBytes(NONCE_BYTES)),
+      eph: eph.publicKey,
+    };
+    link.conn = conn;
+    link.hello = hello;
+    link.eph = eph;
+    link.phase = "awaiting-ack";
+    link.sendSeq = 0;
+    conn.send({ type: FrameType.HELLO, body: hello });
+    const started = conn;
+    setTimeout(() => {
+      if (link.conn === started && link.phase === "awaiting-ack") {
+        this.options.metrics.inc("peer_handshake_failed_total");
+        started.close();
+        this.linkDown(link, "handshake timed out");
+      }
+    }, PEER_HANDSHAKE_MS_MAX);
+  }
+
+  private onOutboundFrames(link: OutboundLink, conn: FramedConn, results: DecodeResult[]): void {
+    for (const result of results) {
+      if (link.conn !== conn) return;
+      if (!result.ok) return this.failOutbound(link, conn, `bad frame: ${result.error.reason}`);
+      const decoded = decodeFrameBody(result.type, result.payload);
+      if (!decoded.ok) return this.failOutbound(link, conn, `bad frame: ${decoded.error.reason}`);
+      const frame = decoded.frame;
+      if (link.phase === "awaiting-ack" && frame.type === FrameType.HELLO_ACK) {
+        this.finishHandshake(link, conn, frame.body);
+        continue;
+      }
+      if (frame.type === FrameType.ERROR) {
+        return this.failOutbound(link, conn, `peer refused: ${frame.body.code} ${frame.body.reason}`);
+      }
+      if (frame.type === FrameType.PING) {
+        conn.send({ type: FrameType.PONG, body: { n: frame.body.n } });
+        continue;
+      }
+      // The dialled side never sends anything else on a link we dialled.
+      return this.failOutbound(link, conn, `unexpected frame type ${frame.type}`);
+    }
+  }
+
+  private finishHandshake(link: OutboundLink, conn: FramedConn, ack: HelloAck): void {
+    const hello = link.hello as Hello;
+    const eph = link.eph as EphemeralKeyPair;
+    if (ack.replica !== link.peer.id || !bytesEqual(ack.key, link.peer.publicKey) || ack.eph === undefined) {
+      return this.failOutbound(link, conn, "peer presented the wrong identity");
+    }
+    const transcript = sessionTranscript(hello, ack);
+    if (!verifyDomain(link.peer.publicKey, DOMAIN_SESSION_RESPONDER, transcript, ack.sig)) {
+      return this.failOutbound(link, conn, "peer handshake signature does not verify");
+    }
+    let secret: Uint8Array;
+    try {
+      secret = x25519SharedSecret(eph, ack.eph);
+    } catch (error) {
+      return this.failOutbound(link, conn, (error as Error).message);
+    }
+    link.keys = derivePeerKeys(secret, transcript, true);
+    conn.send({ type: FrameType.AUTH, body: { sig: signDomain(this.options.key, DOMAIN_SESSION_INITIATOR, transcript) } });
+    link.phase = "open";
+    link.backoffMs = PEER_RECONNECT_MS_MIN;
+    this.options.log.info("peer link up", { peer: link.peer.id });
+    this.options.onPeerUp?.(link.peer.id);
+  }
+
+  private failOutbound(link: OutboundLink, conn: FramedConn, reason: string): void {
+    this.options.metrics.inc("peer_handshake_failed_total");
+    this.options.log.warn("peer link failed", { peer: link.peer.id, reason });
+    conn.close();
+    this.linkDown(link, reason);
+  }
+
+  private linkDown(link: OutboundLink, reason: string): void {
+    if (link.phase === "closed" && link.timer !== null) return;
+    const wasOpen = link.phase === "open";
+    link.phase = "closed";
+    link.conn = null;
+    link.keys = null;
+    if (wasOpen) this.options.log.info("peer link down", { peer: link.peer.id, reason });
+    if (this.stopped || link.timer !== null) return;
+    const wait = link.backoffMs;
+    link.backoffMs = Math.min(link.backoffMs * 2, PEER_RECONNECT_MS_MAX);
+    link.timer = setTimeout(() => this.dial(link), wait);
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Dialled side (responder): the server hands us a connection whose first frame was a
+  // replica HELLO.
+  // ---------------------------------------------------------------------------------
+
+  /**
+   * Answers a replica HELLO. Returns the frame handler for the rest of the connection, or
+   * null when the HELLO was refused (the connection is then closed).
+   */
+  acceptInbound(conn: FramedConn, hello: Hello): ((frame: Frame) => void) | null {
+    if (hello.role !== "replica") return null;
+    const peer = this.options.replicas[hello.replica];
+    if (peer === undefined || peer.id === this.options.self || !bytesEqual(peer.publicKey, hello.key)) {
+      this.options.metrics.inc("peer_handshake_failed_total");
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "not a replica of this cluster" } });
+      return null;
+    }
+    const eph = generateEphemeralKeyPair();
+    const unsigned = {
+      v: PROTOCOL_VERSION,
+      replica: this.options.self,
+      key: this.options.key.publicKey,
+      nonce: new Uint8Array(randomBytes(NONCE_BYTES)),
+      eph: eph.publicKey,
+    } as const;
+    const transcript = sessionTranscript(hello, unsigned);
+    const ack: HelloAck = { ...unsigned, sig: signDomain(this.options.key, DOMAIN_SESSION_RESPONDER, transcript) };
+    let keys: PeerDirectionKeys;
+    try {
+      keys = derivePeerKeys(x25519SharedSecret(eph, hello.eph), transcript, false);
+    } catch {
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "unusable ephemeral key" } });
+      return null;
+    }
+    conn.send({ type: FrameType.HELLO_ACK, body: ack });
+    let authed = false;
+    const link: InboundLink = { peerId: peer.id, keys, lastSeq: 0 };
+    return (frame: Frame) => {
+      if (!authed) {
+        if (frame.type !== FrameType.AUTH || !verifyDomain(peer.publicKey, DOMAIN_SESSION_INITIATOR, transcript, frame.body.sig)) {
+          this.options.metrics.inc("peer_handshake_failed_total");
+          conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "peer authentication failed" } });
+          return;
+        }
+        authed = true;
+        // A newer session from the same peer replaces the old one (it restarted).
+        this.inbound.get(peer.id)?.close();
+        this.inbound.set(peer.id, conn);
+        return;
+      }
+      this.onInboundFrame(link, conn, frame);
+    };
+  }
+
+  private onInboundFrame(link: InboundLink, conn: FramedConn, frame: Frame): void {
+    if (frame.type === FrameType.PING) {
+      conn.send({ type: FrameType.PONG, body: { n: frame.body.n } });
+      return;
+    }
+    if (frame.type !== FrameType.PEER) {
+      this.options.metrics.inc("peer_frames_rejected_total");
+      return;
+    }
+    const { seq, msg, mac } = frame.body;
+    if (seq <= link.lastSeq || !checkPeerMac(link.keys.receive, seq, msg, mac)) {
+      // Dropped and counted, never processed (DESIGN §3).
+      this.options.metrics.inc("peer_frames_rejected_total");
+      return;
+    }
+    link.lastSeq = seq;
+    this.options.onMessage(link.peerId, msg);
+  }
+
+  inboundClosed(conn: FramedConn): void {
+    for (const [id, c] of this.inbound) if (c === conn) this.inbound.delete(id);
+  }
+}

@@ -1,0 +1,178 @@
+/**
+ * Live subscriptions on one replica: who is subscribed to which tag from which seq, and
+ * the fan-out of stored batches to them. A subscriber whose connection cannot take more
+ * (its outbound queue is at the bound) is told with SUB_END "SLOW" and dropped, so one
+ * slow console never makes the replica grow memory or hold up others; it resubscribes
+ * from the next seq it wants.
+ */
+import type { ChannelMachine } from "../core/channels/machine.ts";
+import type { StoredBatch } from "../core/channels/types.ts";
+import type { Frame } from "../../wire/schemas.ts";
+import { FrameType, type SubEndCode } from "../../wire/types.ts";
+import type { Metrics } from "./metrics.ts";
+import type { ClientSession } from "./server.ts";
+
+/** Batches sent per history read; the read repeats until the subscriber is live. */
+export const HISTORY_BATCHES_PER_READ = 256;
+
+interface Subscription {
+  readonly session: ClientSession;
+  readonly sub: number;
+  readonly tag: string;
+  readonly ordered: boolean;
+}
+
+export class Subscriptions {
+  private readonly byTag = new Map<string, Map<string, Subscription>>();
+  private readonly bySession = new Map<number, Map<number, Subscription>>();
+
+  constructor(
+    private readonly self: number,
+    private readonly machine: ChannelMachine,
+    private readonly metrics: Metrics,
+    private readonly perConnectionMax: number,
+  ) {}
+
+  get count(): number {
+    let total = 0;
+    for (const subs of this.bySession.values()) total += subs.size;
+    return total;
+  }
+
+  /**
+   * Starts a subscription: checks access, replays retained history from `from`, then
+   * keeps the subscriber live. For total-order channels `from` defaults to the next seq;
+   * for unordered ones `from` absent means live only and 0 means everything retained.
+   */
+  subscribe(session: ClientSession, sub: number, tag: string, from: number | undefined): void {
+    const mine = this.bySession.get(session.id) ?? new Map<number, Subscription>();
+    if (mine.has(sub)) return this.end(session, sub, "BAD_REQUEST", `subscription id ${sub} is already in use`);
+    if (mine.size >= this.perConnectionMax) {
+      return this.end(session, sub, "LIMIT", `at most ${this.perConnectionMax} subscriptions per connection`);
+    }
+    const access = this.machine.checkSubscribe(tag, session.key);
+    if (!access.ok) {
+      const code: SubEndCode = access.code === "unknown-channel" ? "UNKNOWN_CHANNEL" : "UNAUTHORIZED";
+      return this.end(session, sub, code, access.reason);
+    }
+    const info = this.machine.channelInfo(tag);
+    if (info === null) return this.end(session, sub, "UNKNOWN_CHANNEL", `no channel ${tag}`);
+    const ordered = info.order === "total";
+    const start = ordered ? (from ?? info.nextSeq) : from === undefined ? null : Math.max(from, info.oldestSeq);
+    if (start !== null && ordered && start < info.oldestSeq && start < info.nextSeq) {
+      const reason = `seq ${start} of ${tag} is no longer retained; the oldest available is ${info.oldestSeq}`;
+      this.send(session, { type: FrameType.SUB_END, body: { sub, replica: this.self, code: "TRIMMED", reason, oldest: info.oldestSeq } });
+      return;
+    }
+    const subscription: Subscription = { session, sub, tag, ordered };
+    this.send(session, { type: FrameType.SUB_OK, body: { sub, replica: this.self, next: info.nextSeq } });
+    if (start !== null && start < info.nextSeq && !this.replayHistory(subscription, start)) return;
+    mine.set(sub, subscription);
+    this.bySession.set(session.id, mine);
+    const tagSubs = this.byTag.get(tag) ?? new Map<string, Subscription>();
+    tagSubs.set(`${session.id}/${sub}`, subscription);
+    this.byTag.set(tag, tagSubs);
+  }
+
+  unsubscribe(session: ClientSession, sub: number): void {
+    const subscription = this.bySession.get(session.id)?.get(sub);
+    if (subscription === undefined) return;
+    this.remove(subscription);
+    this.end(session, sub, "UNSUBSCRIBED", "unsubscribed");
+  }
+
+  /** Drops every subscription of a closed connection. */
+  dropSession(session: ClientSession): void {
+    const mine = this.bySession.get(session.id);
+    if (mine === undefined) return;
+    for (const subscription of [...mine.values()]) this.remove(subscription);
+    this.bySession.delete(session.id);
+  }
+
+  /** Fans a newly stored batch out to the tag's live subscribers. */
+  publish(tag: string, batch: StoredBatch, ordered: boolean): void {
+    const subs = this.byTag.get(tag);
+    if (subs === undefined) return;
+    for (const subscription of [...subs.values()]) this.deliver(subscription, batch, ordered);
+  }
+
+  /** Ends every subscription of a destroyed channel. */
+  channelDestroyed(tag: string): void {
+    const subs = this.byTag.get(tag);
+    if (subs === undefined) return;
+    for (const subscription of [...subs.values()]) {
+      this.remove(subscription);
+      this.end(subscription.session, subscription.sub, "DESTROYED", `channel ${tag} was destroyed`);
+    }
+  }
+
+  /** Ends every subscription (the replica is stopping). */
+  shutdown(): void {
+    for (const subs of this.bySession.values()) {
+      for (const subscription of subs.values()) this.end(subscription.session, subscription.sub, "SHUTDOWN", "replica stopping");
+    }
+    this.bySession.clear();
+    this.byTag.clear();
+  }
+
+  private replayHistory(subscription: Subscription, from: number): boolean {
+    let next = from;
+    for (;;) {
+      const read = this.machine.readFrom(subscription.tag, next, HISTORY_BATCHES_PER_READ);
+      if (!read.ok) {
+        const oldest = read.code === "trimmed" ? read.oldestSeq : undefined;
+        const code: SubEndCode = read.code === "trimmed" ? "TRIMMED" : "UNKNOWN_CHANNEL";
+        const body = { sub: subscription.sub, replica: this.self, code, reason: read.reason, ...(oldest === undefined ? {} : { oldest }) };
+        this.send(subscription.session, { type: FrameType.SUB_END, body });
+        return false;
+      }
+      if (read.batches.length === 0) return true;
+      for (const batch of read.batches) {
+        if (!this.deliver(subscription, batch, subscription.ordered)) return false;
+        next = batch.firstSeq + batch.count;
+      }
+      if (next >= read.nextSeq) return true;
+    }
+  }
+
+  /** Sends one batch; on a full connection ends the subscription as SLOW. */
+  private deliver(subscription: Subscription, batch: StoredBatch, ordered: boolean): boolean {
+    const frame: Frame = {
+      type: FrameType.EVENTS,
+      body: {
+        sub: subscription.sub,
+        tag: subscription.tag,
+        seq: ordered ? batch.firstSeq : batch.pubSeq,
+        req: { body: batch.body, sig: batch.sig },
+        replica: this.self,
+      },
+    };
+    if (subscription.session.conn.send(frame)) {
+      this.metrics.inc("events_delivered_total", batch.count);
+      return true;
+    }
+    this.metrics.inc("subscribers_dropped_slow_total");
+    this.remove(subscription);
+    // The queue is full, so SUB_END may not fit either; it is sent once there is room is
+    // not guaranteed, hence the close: the client reconnects and resumes from its seq.
+    if (!this.end(subscription.session, subscription.sub, "SLOW", "subscriber fell behind; resubscribe from the next wanted seq")) {
+      subscription.session.conn.close();
+    }
+    return false;
+  }
+
+  private remove(subscription: Subscription): void {
+    this.bySession.get(subscription.session.id)?.delete(subscription.sub);
+    const tagSubs = this.byTag.get(subscription.tag);
+    tagSubs?.delete(`${subscription.session.id}/${subscription.sub}`);
+    if (tagSubs !== undefined && tagSubs.size === 0) this.byTag.delete(subscription.tag);
+  }
+
+  private end(session: ClientSession, sub: number, code: SubEndCode, reason: string): boolean {
+    return this.send(session, { type: FrameType.SUB_END, body: { sub, replica: this.self, code, reason } });
+  }
+
+  private send(session: ClientSession, frame: Frame): boolean {
+    return session.conn.send(frame);
+  }
+}

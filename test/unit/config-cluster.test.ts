@@ -1,0 +1,271 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  formatAddress,
+  formatConfigIssue,
+  formatPath,
+  LIMIT_BOUNDS,
+  loadClusterConfig,
+  parseClusterConfig,
+  requireClusterConfig,
+  RETENTION_BOUNDS,
+  type ClusterConfigResult,
+  type ConfigIssue,
+} from "../../src/config/cluster.ts";
+import { renderClusterToml } from "../../src/config/init.ts";
+import { toBase64url } from "../../src/crypto/encoding.ts";
+import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
+
+const directory = mkdtempSync(join(tmpdir(), "fitb-config-"));
+afterAll(() => rmSync(directory, { recursive: true, force: true }));
+
+const KEY_FORM = 'expected "ed25519:<43 base64url chars>"';
+
+function keys(count: number): Uint8Array[] {
+  return Array.from({ length: count }, () => SigningKey.generate().publicKey);
+}
+
+/** A valid file as `fitb cluster init` writes it, for n replicas and the largest f. */
+function validToml(n = 4, f = Math.floor((n - 1) / 3)): string {
+  return renderClusterToml({
+    name: "test",
+    f,
+    replicas: keys(n).map((publicKey, id) => ({ id, host: "127.0.0.1", port: 7100 + id, publicKey })),
+    adminKeys: keys(1),
+    clientKeys: keys(1),
+  });
+}
+
+function parse(text: string): ClusterConfigResult {
+  return parseClusterConfig(text, join(directory, "cluster.toml"));
+}
+
+function errorsOf(text: string): ConfigIssue[] {
+  const result = parse(text);
+  if (result.ok) throw new Error("expected the config to be rejected");
+  return [...result.errors];
+}
+
+/** The one error a broken file produces, formatted as the operator sees it. */
+function onlyError(text: string): string {
+  const errors = errorsOf(text);
+  expect(errors.map(formatConfigIssue)).toHaveLength(1);
+  return formatConfigIssue(errors[0]!);
+}
+
+/** Minimal hand-written file: replicas given as [id, host, port, key text]. */
+function handToml(options: { f?: number; replicas?: [number, string, number, string][]; admins?: string[]; extra?: string }): string {
+  const replicas = options.replicas ?? keys(4).map((key, id): [number, string, number, string] => [id, "127.0.0.1", 7100 + id, formatPublicKey(key)]);
+  const admins = options.admins ?? [formatPublicKey(keys(1)[0]!)];
+  const lines = [`name = "hand"`, `f = ${options.f ?? 1}`, `admin_keys = [${admins.map((key) => JSON.stringify(key)).join(", ")}]`];
+  if (options.extra !== undefined) lines.push(options.extra);
+  for (const [id, host, port, key] of replicas) {
+    lines.push("[[replicas]]", `id = ${id}`, `host = ${JSON.stringify(host)}`, `port = ${port}`, `key = ${JSON.stringify(key)}`);
+  }
+  return `${lines.join("\n")}\n`;
+}
+
+describe("a valid cluster file", () => {
+  test("the generated file parses, with n, f, keys and every default", () => {
+    const result = parse(validToml(4));
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    const { config } = result;
+    expect([config.name, config.n, config.f]).toEqual(["test", 4, 1]);
+    expect(config.replicas.map((replica) => replica.id)).toEqual([0, 1, 2, 3]);
+    expect(config.replicas[2]!.port).toBe(7102);
+    expect(config.replicas[2]!.publicKey.byteLength).toBe(32);
+    expect(config.replicas[2]!.publicKeyText).toBe(formatPublicKey(config.replicas[2]!.publicKey));
+    expect(config.adminKeys).toHaveLength(1);
+    expect(config.clientKeys).toHaveLength(1);
+    expect(config.limits.frameBytesMax).toBe(LIMIT_BOUNDS.frame_bytes_max.defaultValue);
+    expect(config.retention.ageSecondsMax).toBe(RETENTION_BOUNDS.age_seconds_max.defaultValue);
+  });
+
+  test("larger groups parse too (n = 7, f = 2; n = 10, f = 3)", () => {
+    for (const [n, f] of [[7, 2], [10, 3]] as const) {
+      const result = parse(validToml(n, f));
+      expect(result.ok && [result.config.n, result.config.f]).toEqual([n, f]);
+    }
+  });
+
+  test("optional tables and lists take their defaults", () => {
+    const result = parse(handToml({}));
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    expect(result.config.clientKeys).toEqual([]);
+    expect(result.config.limits.batchEventsMax).toBe(LIMIT_BOUNDS.batch_events_max.defaultValue);
+    expect(result.config.retention.eventsMax).toBe(RETENTION_BOUNDS.events_max.defaultValue);
+  });
+
+  test("limits may be set; unset ones keep their defaults", () => {
+    const result = parse(handToml({}) + "[limits]\nbatch_events_max = 10\n[retention]\nevents_max = 5\n");
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    expect(result.config.limits.batchEventsMax).toBe(10);
+    expect(result.config.limits.eventBytesMax).toBe(LIMIT_BOUNDS.event_bytes_max.defaultValue);
+    expect(result.config.retention.eventsMax).toBe(5);
+  });
+
+  test("replicas may be listed in any order and come out sorted by id", () => {
+    const [a, b, c, d] = keys(4).map(formatPublicKey) as [string, string, string, string];
+    const result = parse(handToml({ replicas: [[3, "h3", 1, a], [1, "h1", 1, b], [0, "h0", 1, c], [2, "h2", 1, d]] }));
+    expect(result.ok && result.config.replicas.map((replica) => replica.host)).toEqual(["h0", "h1", "h2", "h3"]);
+  });
+
+  test("key_file and data_dir are relative to the config file, with defaults", () => {
+    const text = handToml({}).replace("id = 1\n", 'id = 1\nkey_file = "secrets/one.key"\ndata_dir = "/var/lib/fitb/one"\n');
+    const result = parseClusterConfig(text, "/etc/fitb/cluster.toml");
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    expect(result.config.baseDir).toBe("/etc/fitb");
+    expect(result.config.replicas[0]!.keyFile).toBe("/etc/fitb/replica-0.key");
+    expect(result.config.replicas[0]!.dataDir).toBe("/etc/fitb/data/replica-0");
+    expect(result.config.replicas[1]!.keyFile).toBe("/etc/fitb/secrets/one.key");
+    expect(result.config.replicas[1]!.dataDir).toBe("/var/lib/fitb/one");
+  });
+
+  test("hostnames, IPv4 and IPv6 hosts are accepted; IPv6 addresses print in brackets", () => {
+    const [a, b, c, d] = keys(4).map(formatPublicKey) as [string, string, string, string];
+    const result = parse(handToml({ replicas: [[0, "replica-0.dc1.example.net", 7100, a], [1, "10.0.0.2", 7100, b], [2, "::1", 7100, c], [3, "fd00::3", 7100, d]] }));
+    expect(result.ok).toBe(true);
+    expect(formatAddress("::1", 7100)).toBe("[::1]:7100");
+    expect(formatAddress("10.0.0.2", 7100)).toBe("10.0.0.2:7100");
+  });
+});
+
+describe("rejected files name the field and the expected form", () => {
+  test("n = 3 with f = 1 violates n >= 3f+1", () => {
+    expect(onlyError(validToml(3, 1))).toBe("f: f = 1 needs n >= 3f+1 = 4 replicas, but the file lists n = 3; add replicas or lower f to 0");
+  });
+
+  test("a bad replica key", () => {
+    const text = validToml(4).replace(/key = "ed25519:([^"]+)"\n# key_file = "replica-2/, 'key = "ed25519:not-a-key"\n# key_file = "replica-2');
+    expect(onlyError(text)).toBe(`replicas[2].key: ${KEY_FORM}, got 9 chars after "ed25519:"`);
+  });
+
+  test("a key without the prefix, and a key that is not a point", () => {
+    const notPoint = `ed25519:${toBase64url(Uint8Array.from({ length: 32 }, (_, i) => (i === 0 ? 2 : 0)))}`;
+    const errors = errorsOf(handToml({ admins: [toBase64url(keys(1)[0]!), notPoint] })).map(formatConfigIssue);
+    expect(errors).toEqual([
+      `admin_keys[0]: ${KEY_FORM}, the text does not start with "ed25519:"`,
+      "admin_keys[1]: not a valid ed25519 public key (the bytes do not encode a curve point)",
+    ]);
+  });
+
+  test("a missing top-level field", () => {
+    expect(onlyError(validToml(4).replace('name = "test"\n', ""))).toMatch(/^name: missing, expected a name of 1\.\.64 chars/);
+  });
+
+  test("a missing replica field", () => {
+    expect(onlyError(validToml(4).replace("port = 7101\n", ""))).toBe("replicas[1].port: missing, expected a port number in 1..65535");
+  });
+
+  test("a field of the wrong type", () => {
+    expect(onlyError(validToml(4).replace("f = 1", 'f = "1"'))).toBe('f: expected an integer in 0..21, got "1"');
+    expect(onlyError(validToml(4).replace("port = 7100", "port = 70000"))).toBe("replicas[0].port: expected a port number in 1..65535, got 70000");
+  });
+
+  test("no replicas, no admins", () => {
+    const errors = errorsOf('name = "x"\nf = 0\nadmin_keys = []\n').map(formatConfigIssue);
+    expect(errors).toEqual([
+      "replicas: missing, expected an array of 1..64 [[replicas]] tables",
+      `admin_keys: expected an array of 1..64 admin keys, each "ed25519:<43 base64url chars>", got an empty array`,
+    ]);
+  });
+
+  test("an unknown field, at the top or inside a table", () => {
+    const errors = errorsOf(validToml(4).replace("f = 1", "f = 1\nreplica_count = 4").replace("port = 7103", "port = 7103\nprot = 1"));
+    expect(errors.map((issue) => issue.path).sort()).toEqual(["replica_count", "replicas[3].prot"]);
+    for (const issue of errors) expect(issue.message).toContain("unknown field");
+  });
+
+  test("duplicate and out-of-range replica ids", () => {
+    const [a, b, c, d] = keys(4).map(formatPublicKey) as [string, string, string, string];
+    expect(errorsOf(handToml({ replicas: [[0, "h", 1, a], [1, "h", 2, b], [1, "h", 3, c], [3, "h", 4, d]] })).map(formatConfigIssue)).toEqual([
+      "replicas[2].id: duplicate id 1 (also replicas[1].id)",
+    ]);
+    expect(onlyError(handToml({ replicas: [[0, "h", 1, a], [1, "h", 2, b], [2, "h", 3, c], [4, "h", 4, d]] }))).toBe(
+      "replicas[3].id: expected an id in 0..3 (ids are 0..n-1 with n = 4), got 4",
+    );
+  });
+
+  test("two replicas at one address", () => {
+    const [a, b, c, d] = keys(4).map(formatPublicKey) as [string, string, string, string];
+    expect(onlyError(handToml({ replicas: [[0, "h", 1, a], [1, "H", 1, b], [2, "h", 3, c], [3, "h", 4, d]] }))).toBe(
+      "replicas[1].port: address h:1 is already used by replicas[0]",
+    );
+  });
+
+  test("a key shared by two replicas, or by a replica and an admin", () => {
+    const [a, b, c] = keys(3).map(formatPublicKey) as [string, string, string];
+    const errors = errorsOf(handToml({ replicas: [[0, "h", 1, a], [1, "h", 2, b], [2, "h", 3, c], [3, "h", 4, a]], admins: [b] }));
+    expect(errors.map(formatConfigIssue)).toEqual([
+      "replicas[3].key: the same key as replicas[0].key; every replica and admin needs its own key",
+      "admin_keys[0]: the same key as replicas[1].key; every replica and admin needs its own key",
+    ]);
+  });
+
+  test("bad hosts and names", () => {
+    expect(onlyError(validToml(4).replace('host = "127.0.0.1"', 'host = "bad host"'))).toBe(
+      'replicas[0].host: expected a hostname, an IPv4 address or an IPv6 address (without brackets), got "bad host"',
+    );
+    expect(onlyError(validToml(4).replace('host = "127.0.0.1"', 'host = "999.0.0.1"'))).toMatch(/^replicas\[0\]\.host: expected a hostname/);
+    expect(onlyError(validToml(4).replace('host = "127.0.0.1"', 'host = "[::1]"'))).toMatch(/^replicas\[0\]\.host/);
+    expect(onlyError(validToml(4).replace('name = "test"', 'name = "has space"'))).toMatch(/^name: expected a name/);
+  });
+
+  test("limits out of range, and limits that contradict each other", () => {
+    expect(onlyError(handToml({}) + "[limits]\nbatch_events_max = 0\n")).toBe("limits.batch_events_max: expected an integer in 1..65536, got 0");
+    expect(onlyError(handToml({}) + "[limits]\nframe_bytes_max = 1.5\n")).toMatch(/^limits\.frame_bytes_max: expected an integer/);
+    expect(onlyError(handToml({}) + "[limits]\nframe_bytes_max = 8192\nevent_bytes_max = 8192\n")).toMatch(
+      /^limits\.event_bytes_max: expected less than limits\.frame_bytes_max \(8192\)/,
+    );
+    expect(onlyError(handToml({}) + "[limits]\nbatch_events_max = 100\nclient_burst_events_max = 99\n")).toMatch(
+      /^limits\.client_burst_events_max: expected at least limits\.batch_events_max \(100\)/,
+    );
+  });
+
+  test("TOML syntax errors name the file", () => {
+    const source = join(directory, "cluster.toml");
+    expect(onlyError('name = "unterminated\n')).toStartWith(`${source}: not valid TOML: `);
+  });
+});
+
+describe("loading from disk", () => {
+  test("loadClusterConfig reads and validates a file", () => {
+    const path = join(directory, "disk.toml");
+    writeFileSync(path, validToml(4));
+    const result = loadClusterConfig(path);
+    expect(result.ok && result.config.baseDir).toBe(directory);
+    expect(requireClusterConfig(path).n).toBe(4);
+  });
+
+  test("a missing file is one issue naming it", () => {
+    const path = join(directory, "nope.toml");
+    const result = loadClusterConfig(path);
+    expect(result.ok).toBe(false);
+    if (!result.ok) expect(result.errors.map(formatConfigIssue)).toEqual([`cannot read ${path}: no such file or directory`]);
+  });
+
+  test("requireClusterConfig throws with every issue listed", () => {
+    const path = join(directory, "bad.toml");
+    writeFileSync(path, validToml(3, 1).replace("port = 7100", "port = 0"));
+    expect(() => requireClusterConfig(path)).toThrow(/replicas\[0\]\.port: expected a port number/);
+  });
+
+  test("an oversized file is refused without parsing", () => {
+    const path = join(directory, "huge.toml");
+    writeFileSync(path, `# ${"x".repeat(1024 * 1024)}\n`);
+    const result = loadClusterConfig(path);
+    expect(!result.ok && result.errors[0]!.message).toContain("a cluster file is at most");
+  });
+});
+
+test("formatPath writes indexes in brackets", () => {
+  expect(formatPath(["replicas", 2, "key"])).toBe("replicas[2].key");
+  expect(formatPath(["limits", "frame_bytes_max"])).toBe("limits.frame_bytes_max");
+  expect(formatPath([])).toBe("");
+});

@@ -1,0 +1,83 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ClusterConfigError, loadClusterConfig } from "../../src/config/cluster.ts";
+import { ClusterInitError, faultToleranceFor, initCluster, type ClusterInitOptions } from "../../src/config/init.ts";
+import { loadPublicKeyFile, loadSigningKeyFile } from "../../src/crypto/keys.ts";
+
+const directory = mkdtempSync(join(tmpdir(), "fitb-init-"));
+afterAll(() => rmSync(directory, { recursive: true, force: true }));
+
+function options(dir: string, overrides: Partial<ClusterInitOptions> = {}): ClusterInitOptions {
+  return { dir, replicas: 4, host: "127.0.0.1", basePort: 7100, name: "local", overwrite: false, ...overrides };
+}
+
+test("f is the largest the group tolerates", () => {
+  expect([4, 5, 6, 7, 10, 13].map(faultToleranceFor)).toEqual([1, 1, 1, 2, 3, 4]);
+});
+
+describe("initCluster", () => {
+  test("writes a valid cluster file and every key pair, secrets at mode 0600", () => {
+    const dir = join(directory, "four");
+    const result = initCluster(options(dir));
+    expect(readdirSync(dir).sort()).toEqual([
+      "admin.key", "admin.key.pub", "client.key", "client.key.pub", "cluster.toml",
+      "replica-0.key", "replica-0.key.pub", "replica-1.key", "replica-1.key.pub",
+      "replica-2.key", "replica-2.key.pub", "replica-3.key", "replica-3.key.pub",
+    ]);
+    expect(statSync(dir).mode & 0o777).toBe(0o700);
+    const loaded = loadClusterConfig(result.configPath);
+    expect(loaded.ok).toBe(true);
+    if (!loaded.ok) return;
+    const { config } = loaded;
+    expect([config.name, config.n, config.f]).toEqual(["local", 4, 1]);
+    for (const replica of config.replicas) {
+      expect(replica.port).toBe(7100 + replica.id);
+      expect(replica.keyFile).toBe(join(dir, `replica-${replica.id}.key`));
+      expect(statSync(replica.keyFile).mode & 0o777).toBe(0o600);
+      const key = loadSigningKeyFile(replica.keyFile);
+      expect(key.warnings).toEqual([]);
+      expect(key.key.publicKey).toEqual(replica.publicKey);
+    }
+    expect(loadPublicKeyFile(`${result.adminKeyFile}.pub`)).toEqual(config.adminKeys[0]!);
+    expect(loadSigningKeyFile(result.clientKeyFile).key.publicKey).toEqual(config.clientKeys[0]!);
+  });
+
+  test("the file is commented for an operator editing it for real hosts", () => {
+    const result = initCluster(options(join(directory, "commented")));
+    const text = readFileSync(result.configPath, "utf8");
+    expect(text).toContain("n >= 3f+1");
+    expect(text).toContain("For real hosts, change host");
+    expect(text).toContain("[limits]");
+  });
+
+  test("uses the host, base port, name and size it is given", () => {
+    const result = initCluster(options(join(directory, "seven"), { replicas: 7, host: "10.1.2.3", basePort: 9000, name: "east" }));
+    expect(result.config.n).toBe(7);
+    expect(result.config.f).toBe(2);
+    expect(result.config.name).toBe("east");
+    expect(result.config.replicas[6]).toMatchObject({ host: "10.1.2.3", port: 9006 });
+  });
+
+  test("refuses to overwrite an existing directory's files unless asked", () => {
+    const dir = join(directory, "again");
+    const first = initCluster(options(dir));
+    expect(() => initCluster(options(dir))).toThrow(ClusterInitError);
+    expect(readFileSync(first.configPath, "utf8")).toContain(first.config.replicas[0]!.publicKeyText);
+    const second = initCluster(options(dir, { overwrite: true }));
+    expect(second.config.replicas[0]!.publicKeyText).not.toBe(first.config.replicas[0]!.publicKeyText);
+  });
+
+  test("invalid options write nothing", () => {
+    const tooFew = join(directory, "three");
+    expect(() => initCluster(options(tooFew, { replicas: 3 }))).toThrow(/replicas must be an integer in 4\.\.64/);
+    const badPort = join(directory, "port");
+    expect(() => initCluster(options(badPort, { basePort: 65_533 }))).toThrow(/base port must leave room for 4/);
+    const badHost = join(directory, "host");
+    expect(() => initCluster(options(badHost, { host: "no such host!" }))).toThrow(ClusterConfigError);
+    const badName = join(directory, "name");
+    expect(() => initCluster(options(badName, { name: "" }))).toThrow(/name: expected a name/);
+    for (const dir of [tooFew, badPort, badHost, badName]) expect(existsSync(dir)).toBe(false);
+  });
+});

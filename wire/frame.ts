@@ -1,0 +1,213 @@
+/**
+ * Framing: `u32 big-endian length | u8 frame type | payload`, where length counts the type
+ * byte plus the payload. This layer knows nothing about payload contents (decodeFrameBody
+ * in schemas.ts does); it only cuts a byte stream into frames, incrementally, with a hard
+ * bound on what it buffers.
+ *
+ * Modelled on the nats.js parser: a pure byte-level state machine that never touches a
+ * socket, fed by whatever transport delivers the bytes.
+ */
+import {
+  FRAME_BYTES_MAX,
+  FRAME_HEADER_BYTES,
+  FRAME_LENGTH_BYTES,
+  type WireError,
+  wireError,
+} from "./types.ts";
+
+/** A frame as cut from the stream: its type byte and its (still encoded) payload. */
+export interface RawFrame {
+  readonly type: number;
+  readonly payload: Uint8Array;
+}
+
+/** One item out of FrameDecoder.push: a frame, or an error that replaces it. */
+export type DecodeResult = ({ readonly ok: true } & RawFrame) | { readonly ok: false; readonly error: WireError };
+
+/** The largest value a u32 length field can hold. */
+const LENGTH_FIELD_MAX = 0xffff_ffff;
+const TYPE_BYTE_MAX = 0xff;
+
+/**
+ * Encodes one frame. Throws RangeError on a type outside 0..255 or a frame whose length
+ * field would exceed `frameBytesMax`: a sender must never emit what receivers refuse.
+ */
+export function encodeFrame(type: number, payload: Uint8Array, frameBytesMax: number = FRAME_BYTES_MAX): Uint8Array {
+  if (!Number.isInteger(type) || type < 0 || type > TYPE_BYTE_MAX) {
+    throw new RangeError(`frame type ${type} is not a byte`);
+  }
+  const length = payload.length + 1;
+  if (length > frameBytesMax) {
+    throw new RangeError(`frame of ${length} bytes exceeds the maximum of ${frameBytesMax}`);
+  }
+  const frame = new Uint8Array(FRAME_LENGTH_BYTES + length);
+  writeU32(frame, 0, length);
+  frame[FRAME_LENGTH_BYTES] = type;
+  frame.set(payload, FRAME_HEADER_BYTES);
+  return frame;
+}
+
+function writeU32(target: Uint8Array, at: number, v: number): void {
+  target[at] = (v >>> 24) & 0xff;
+  target[at + 1] = (v >>> 16) & 0xff;
+  target[at + 2] = (v >>> 8) & 0xff;
+  target[at + 3] = v & 0xff;
+}
+
+function readU32(source: Uint8Array, at: number): number {
+  return (
+    (source[at] as number) * 0x100_0000 +
+    (((source[at + 1] as number) << 16) | ((source[at + 2] as number) << 8) | (source[at + 3] as number))
+  );
+}
+
+export interface FrameDecoderOptions {
+  /** Maximum length field (type byte + payload); default FRAME_BYTES_MAX. */
+  readonly frameBytesMax?: number;
+  /**
+   * Copy every payload out of the pushed chunk. By default a frame that lies entirely
+   * inside one pushed chunk is returned as a view of that chunk (zero copy), which is
+   * only safe when the caller never reuses or modifies a chunk after pushing it.
+   */
+  readonly copyPayloads?: boolean;
+}
+
+/**
+ * Incremental frame decoder. `push` never throws and always consumes the whole chunk.
+ * It buffers at most one partial frame (at most frameBytesMax + 4 bytes), allocated at its
+ * exact size once its length is known, so a frame split over many chunks is copied once.
+ *
+ * A length field above the maximum, or equal to zero, is fatal: the stream can no longer
+ * be cut into frames, so the decoder is poisoned and answers every later push with a
+ * `poisoned` error, discarding the bytes. The caller should send ERROR and close.
+ */
+export class FrameDecoder {
+  readonly frameBytesMax: number;
+  private readonly copyPayloads: boolean;
+  /** Bytes of a length field split across chunks. */
+  private readonly lengthBytes = new Uint8Array(FRAME_LENGTH_BYTES);
+  private lengthFilled = 0;
+  /** The partial frame (type byte + payload) being assembled, or null between frames. */
+  private partial: Uint8Array | null = null;
+  private partialFilled = 0;
+  private poisonReason: string | null = null;
+
+  constructor(options: FrameDecoderOptions = {}) {
+    const max = options.frameBytesMax ?? FRAME_BYTES_MAX;
+    if (!Number.isInteger(max) || max < 1 || max > LENGTH_FIELD_MAX) {
+      throw new RangeError(`frameBytesMax must be an integer in 1..${LENGTH_FIELD_MAX}, got ${max}`);
+    }
+    this.frameBytesMax = max;
+    this.copyPayloads = options.copyPayloads ?? false;
+  }
+
+  /** True after a fatal framing error; every later push reports `poisoned`. */
+  get poisoned(): boolean {
+    return this.poisonReason !== null;
+  }
+
+  /**
+   * Bytes of an incomplete frame consumed so far, length field included (for metrics and
+   * tests of the buffering bound: never more than frameBytesMax + 4).
+   */
+  get bufferedBytes(): number {
+    if (this.partial !== null) return FRAME_LENGTH_BYTES + this.partialFilled;
+    return this.lengthFilled;
+  }
+
+  /** Feeds bytes; returns the frames (and errors) completed by them, in stream order. */
+  push(chunk: Uint8Array): DecodeResult[] {
+    const results: DecodeResult[] = [];
+    if (this.poisonReason !== null) {
+      results.push({ ok: false, error: wireError("poisoned", `stream poisoned earlier: ${this.poisonReason}`, true) });
+      return results;
+    }
+    let at = 0;
+    while (at < chunk.length && this.poisonReason === null) {
+      if (this.partial !== null) at = this.fillPartial(chunk, at, results);
+      else if (this.lengthFilled > 0 || chunk.length - at < FRAME_LENGTH_BYTES) at = this.fillLength(chunk, at, results);
+      else at = this.takeWhole(chunk, at, results);
+    }
+    return results;
+  }
+
+  /**
+   * Call at end of stream. Returns a `truncated` error if the stream stopped inside a
+   * frame, else null. The decoder is reset either way (unless poisoned).
+   */
+  finish(): WireError | null {
+    if (this.poisonReason !== null) return wireError("poisoned", `stream poisoned earlier: ${this.poisonReason}`, true);
+    const pending = this.bufferedBytes;
+    this.lengthFilled = 0;
+    this.partial = null;
+    this.partialFilled = 0;
+    if (pending === 0) return null;
+    return wireError("truncated", `stream ended with ${pending} bytes of an incomplete frame`);
+  }
+
+  /** Fast path: the length field is wholly in this chunk; the frame may be too. */
+  private takeWhole(chunk: Uint8Array, at: number, results: DecodeResult[]): number {
+    const length = readU32(chunk, at);
+    if (!this.acceptLength(length, results)) return chunk.length;
+    const start = at + FRAME_LENGTH_BYTES;
+    const stop = start + length;
+    if (stop <= chunk.length) {
+      const type = chunk[start] as number;
+      const payload = this.copyPayloads ? chunk.slice(start + 1, stop) : chunk.subarray(start + 1, stop);
+      results.push({ ok: true, type, payload });
+      return stop;
+    }
+    this.partial = new Uint8Array(length);
+    this.partialFilled = 0;
+    return start;
+  }
+
+  /** Slow path: collect a length field split across chunks. */
+  private fillLength(chunk: Uint8Array, at: number, results: DecodeResult[]): number {
+    while (this.lengthFilled < FRAME_LENGTH_BYTES && at < chunk.length) {
+      this.lengthBytes[this.lengthFilled++] = chunk[at++] as number;
+    }
+    if (this.lengthFilled < FRAME_LENGTH_BYTES) return at;
+    this.lengthFilled = 0;
+    const length = readU32(this.lengthBytes, 0);
+    if (!this.acceptLength(length, results)) return chunk.length;
+    this.partial = new Uint8Array(length);
+    this.partialFilled = 0;
+    return at;
+  }
+
+  private fillPartial(chunk: Uint8Array, at: number, results: DecodeResult[]): number {
+    const partial = this.partial as Uint8Array;
+    const take = Math.min(partial.length - this.partialFilled, chunk.length - at);
+    partial.set(chunk.subarray(at, at + take), this.partialFilled);
+    this.partialFilled += take;
+    if (this.partialFilled === partial.length) {
+      // The assembled buffer belongs to this frame alone, so a view of it is safe to hand out.
+      results.push({ ok: true, type: partial[0] as number, payload: partial.subarray(1) });
+      this.partial = null;
+      this.partialFilled = 0;
+    }
+    return at + take;
+  }
+
+  /** Checks a length field; on a fatal value poisons the decoder and reports why. */
+  private acceptLength(length: number, results: DecodeResult[]): boolean {
+    if (length === 0) {
+      this.poison(results, wireError("empty-frame", "length field is 0: a frame needs at least its type byte", true));
+      return false;
+    }
+    if (length > this.frameBytesMax) {
+      this.poison(results, wireError("oversized", `frame of ${length} bytes exceeds the maximum of ${this.frameBytesMax}`, true));
+      return false;
+    }
+    return true;
+  }
+
+  private poison(results: DecodeResult[], error: WireError): void {
+    this.poisonReason = error.reason;
+    this.partial = null;
+    this.partialFilled = 0;
+    this.lengthFilled = 0;
+    results.push({ ok: false, error });
+  }
+}

@@ -1,0 +1,405 @@
+/**
+ * One zod schema per frame type: the executable specification of every payload, and the
+ * boundary check for everything that arrives from outside. A payload is first decoded as
+ * canonical CBOR (canonical.ts), then checked here; only then is it a typed frame.
+ */
+import { z } from "zod";
+import { type Canonical, CanonicalError, decodeCanonical, encodeCanonical } from "./canonical.ts";
+import { encodeFrame } from "./frame.ts";
+import {
+  ERROR_CODES,
+  EVENT_BYTES_MAX,
+  FRAME_BYTES_MAX,
+  FrameType,
+  type FrameTypeCode,
+  KEY_BYTES,
+  MAC_BYTES,
+  NONCE_BYTES,
+  PROTOCOL_VERSION,
+  REASON_BYTES_MAX,
+  REQUEST_EVENTS_MAX,
+  SIGNATURE_BYTES,
+  SUB_END_CODES,
+  TAG_BYTES_MAX,
+  TAG_PATTERN,
+  type WireError,
+  X25519_KEY_BYTES,
+  frameTypeName,
+  wireError,
+} from "./types.ts";
+
+// ---------------------------------------------------------------------------------------
+// Field schemas
+// ---------------------------------------------------------------------------------------
+
+/** An unsigned integer. Decoded CBOR integers are always safe integers. */
+export const uintSchema = z.int().min(0);
+/** An unsigned integer of at least 1 (sequence numbers, spans). */
+export const positiveSchema = z.int().min(1);
+
+function bytesExactly(n: number) {
+  return z.custom<Uint8Array>((v) => v instanceof Uint8Array && v.length === n, { error: `expected a ${n}-byte string` });
+}
+
+function bytesAtMost(max: number, min = 0) {
+  return z.custom<Uint8Array>((v) => v instanceof Uint8Array && v.length >= min && v.length <= max, {
+    error: `expected a byte string of ${min}..${max} bytes`,
+  });
+}
+
+const utf8 = new TextEncoder();
+
+/** Text bounded in UTF-8 bytes (not UTF-16 units), as PROTOCOL.md states bounds. */
+function textAtMostBytes(max: number) {
+  return z
+    .string()
+    .refine((s) => s.length <= max && utf8.encode(s).length <= max, { error: `expected at most ${max} UTF-8 bytes` });
+}
+
+export const keySchema = bytesExactly(KEY_BYTES);
+export const nonceSchema = bytesExactly(NONCE_BYTES);
+export const signatureSchema = bytesExactly(SIGNATURE_BYTES);
+export const x25519KeySchema = bytesExactly(X25519_KEY_BYTES);
+export const macSchema = bytesExactly(MAC_BYTES);
+export const eventSchema = bytesAtMost(EVENT_BYTES_MAX);
+export const reasonSchema = textAtMostBytes(REASON_BYTES_MAX);
+
+/** A channel tag: dot-separated segments of [a-z0-9_-]+, at most TAG_BYTES_MAX bytes. */
+export const tagSchema = z
+  .string()
+  .max(TAG_BYTES_MAX)
+  .regex(TAG_PATTERN, { error: "expected dot-separated segments of [a-z0-9_-]+" });
+
+export const errorCodeSchema = z.enum(ERROR_CODES);
+export const subEndCodeSchema = z.enum(SUB_END_CODES);
+
+/** Any decoded canonical value (used where the payload is open, e.g. query results). */
+const canonicalSchema = z.custom<Canonical>((v) => v !== undefined, { error: "expected a value" });
+
+// ---------------------------------------------------------------------------------------
+// Request body (what a client signs; carried as REQUEST.body)
+// ---------------------------------------------------------------------------------------
+
+export const channelClassFields = {
+  fault: z.enum(["crash", "byzantine"]),
+  order: z.enum(["none", "total"]),
+  priority: z.enum(["low", "normal", "high", "critical"]),
+} as const;
+
+export const adminCmdSchema = z.discriminatedUnion("t", [
+  z.strictObject({ t: z.literal("create-channel"), tag: tagSchema, ...channelClassFields, public: z.boolean() }),
+  z.strictObject({ t: z.literal("destroy-channel"), tag: tagSchema }),
+  z.strictObject({
+    t: z.literal("register"),
+    tag: tagSchema,
+    role: z.enum(["publisher", "subscriber"]),
+    key: keySchema,
+  }),
+]);
+
+export const pubOpSchema = z.strictObject({
+  t: z.literal("pub"),
+  tag: tagSchema,
+  events: z.array(eventSchema).min(1).max(REQUEST_EVENTS_MAX),
+});
+
+export const adminOpSchema = z.strictObject({ t: z.literal("admin"), cmd: adminCmdSchema });
+
+export const opSchema = z.discriminatedUnion("t", [pubOpSchema, adminOpSchema]);
+
+export const requestSchema = z
+  .strictObject({
+    v: z.literal(PROTOCOL_VERSION),
+    client: keySchema,
+    seq: positiveSchema,
+    span: positiveSchema,
+    ts: uintSchema,
+    op: opSchema,
+  })
+  .superRefine((req, ctx) => {
+    const expectedSpan = req.op.t === "pub" ? req.op.events.length : 1;
+    if (req.span !== expectedSpan) {
+      ctx.addIssue({ code: "custom", path: ["span"], message: `span must be ${expectedSpan}, got ${req.span}` });
+    }
+    // The last publisher sequence number, seq + span - 1, must stay a safe integer.
+    if (req.seq > Number.MAX_SAFE_INTEGER - req.span + 1) {
+      ctx.addIssue({ code: "custom", path: ["seq"], message: "seq + span - 1 exceeds 2^53 - 1" });
+    }
+  });
+
+export type AdminCmd = z.infer<typeof adminCmdSchema>;
+export type PubOp = z.infer<typeof pubOpSchema>;
+export type AdminOp = z.infer<typeof adminOpSchema>;
+export type Op = z.infer<typeof opSchema>;
+export type Request = z.infer<typeof requestSchema>;
+export type ChannelFault = z.infer<typeof channelClassFields.fault>;
+export type ChannelOrder = z.infer<typeof channelClassFields.order>;
+export type ChannelPriority = z.infer<typeof channelClassFields.priority>;
+
+/** The signed envelope: canonical Request bytes and the client's signature over them. */
+export const signedRequestSchema = z.strictObject({
+  body: bytesAtMost(FRAME_BYTES_MAX, 1),
+  sig: signatureSchema,
+});
+export type SignedRequest = z.infer<typeof signedRequestSchema>;
+
+// ---------------------------------------------------------------------------------------
+// Frame payload schemas
+// ---------------------------------------------------------------------------------------
+
+const version = z.literal(PROTOCOL_VERSION);
+
+export const helloSchema = z.discriminatedUnion("role", [
+  z.strictObject({ v: version, role: z.literal("client"), key: keySchema, nonce: nonceSchema }),
+  z.strictObject({
+    v: version,
+    role: z.literal("replica"),
+    replica: uintSchema,
+    key: keySchema,
+    nonce: nonceSchema,
+    eph: x25519KeySchema,
+  }),
+]);
+
+/** `eph` is present exactly when the HELLO's role was "replica" (checked by the runtime). */
+export const helloAckSchema = z.strictObject({
+  v: version,
+  replica: uintSchema,
+  key: keySchema,
+  nonce: nonceSchema,
+  eph: x25519KeySchema.optional(),
+  sig: signatureSchema,
+});
+
+export const authSchema = z.strictObject({ sig: signatureSchema });
+
+export const errorSchema = z.strictObject({ code: errorCodeSchema, reason: reasonSchema, ref: uintSchema.optional() });
+
+export const pingSchema = z.strictObject({ n: uintSchema });
+export const pongSchema = z.strictObject({ n: uintSchema });
+
+export const requestFrameSchema = signedRequestSchema;
+
+/** What a successful publish or admin command produced; identical at every correct replica. */
+export const replyResultSchema = z.discriminatedUnion("t", [
+  z.strictObject({ t: z.literal("pub"), tag: tagSchema, span: positiveSchema, first: uintSchema.optional() }),
+  z.strictObject({ t: z.literal("admin"), cmd: z.enum(["create-channel", "destroy-channel", "register"]) }),
+]);
+
+export const replySchema = z.discriminatedUnion("ok", [
+  z.strictObject({ seq: positiveSchema, replica: uintSchema, ok: z.literal(true), res: replyResultSchema }),
+  z.strictObject({
+    seq: positiveSchema,
+    replica: uintSchema,
+    ok: z.literal(false),
+    code: errorCodeSchema,
+    reason: reasonSchema,
+  }),
+]);
+
+export const QUERY_KINDS = ["status", "list-channels", "client-seq", "channel-info"] as const;
+
+export const querySchema = z.discriminatedUnion("q", [
+  z.strictObject({ id: uintSchema, q: z.literal(["status", "list-channels", "client-seq"]) }),
+  z.strictObject({ id: uintSchema, q: z.literal("channel-info"), tag: tagSchema }),
+]);
+
+export const queryReplySchema = z.discriminatedUnion("ok", [
+  z.strictObject({ id: uintSchema, replica: uintSchema, ok: z.literal(true), res: canonicalSchema }),
+  z.strictObject({
+    id: uintSchema,
+    replica: uintSchema,
+    ok: z.literal(false),
+    code: errorCodeSchema,
+    reason: reasonSchema,
+  }),
+]);
+
+export const subscribeSchema = z.strictObject({ sub: uintSchema, tag: tagSchema, from: uintSchema.optional() });
+export const unsubscribeSchema = z.strictObject({ sub: uintSchema });
+export const subOkSchema = z.strictObject({ sub: uintSchema, replica: uintSchema, next: uintSchema.optional() });
+
+export const eventsSchema = z.strictObject({
+  sub: uintSchema,
+  tag: tagSchema,
+  seq: uintSchema,
+  req: signedRequestSchema,
+  replica: uintSchema,
+});
+
+export const subEndSchema = z.strictObject({
+  sub: uintSchema,
+  replica: uintSchema,
+  code: subEndCodeSchema,
+  reason: reasonSchema,
+  oldest: uintSchema.optional(),
+});
+
+export const peerSchema = z.strictObject({
+  seq: positiveSchema,
+  msg: bytesAtMost(FRAME_BYTES_MAX),
+  mac: macSchema,
+});
+
+export type Hello = z.infer<typeof helloSchema>;
+export type HelloAck = z.infer<typeof helloAckSchema>;
+export type Auth = z.infer<typeof authSchema>;
+export type ErrorBody = z.infer<typeof errorSchema>;
+export type Ping = z.infer<typeof pingSchema>;
+export type Pong = z.infer<typeof pongSchema>;
+export type ReplyResult = z.infer<typeof replyResultSchema>;
+export type Reply = z.infer<typeof replySchema>;
+export type QueryKind = (typeof QUERY_KINDS)[number];
+export type Query = z.infer<typeof querySchema>;
+export type QueryReply = z.infer<typeof queryReplySchema>;
+export type Subscribe = z.infer<typeof subscribeSchema>;
+export type Unsubscribe = z.infer<typeof unsubscribeSchema>;
+export type SubOk = z.infer<typeof subOkSchema>;
+export type Events = z.infer<typeof eventsSchema>;
+export type SubEnd = z.infer<typeof subEndSchema>;
+export type Peer = z.infer<typeof peerSchema>;
+
+/** The payload type of each frame type. */
+export interface FrameBodies {
+  [FrameType.HELLO]: Hello;
+  [FrameType.HELLO_ACK]: HelloAck;
+  [FrameType.AUTH]: Auth;
+  [FrameType.ERROR]: ErrorBody;
+  [FrameType.PING]: Ping;
+  [FrameType.PONG]: Pong;
+  [FrameType.REQUEST]: SignedRequest;
+  [FrameType.REPLY]: Reply;
+  [FrameType.QUERY]: Query;
+  [FrameType.QUERY_REPLY]: QueryReply;
+  [FrameType.SUBSCRIBE]: Subscribe;
+  [FrameType.UNSUBSCRIBE]: Unsubscribe;
+  [FrameType.SUB_OK]: SubOk;
+  [FrameType.EVENTS]: Events;
+  [FrameType.SUB_END]: SubEnd;
+  [FrameType.PEER]: Peer;
+}
+
+/** A decoded, validated frame; `switch (frame.type)` narrows `body`. */
+export type Frame = { [K in FrameTypeCode]: { readonly type: K; readonly body: FrameBodies[K] } }[FrameTypeCode];
+
+/** The schema of each frame type's payload. */
+export const FRAME_SCHEMAS: { readonly [K in FrameTypeCode]: z.ZodType<FrameBodies[K]> } = {
+  [FrameType.HELLO]: helloSchema,
+  [FrameType.HELLO_ACK]: helloAckSchema,
+  [FrameType.AUTH]: authSchema,
+  [FrameType.ERROR]: errorSchema,
+  [FrameType.PING]: pingSchema,
+  [FrameType.PONG]: pongSchema,
+  [FrameType.REQUEST]: requestFrameSchema,
+  [FrameType.REPLY]: replySchema,
+  [FrameType.QUERY]: querySchema,
+  [FrameType.QUERY_REPLY]: queryReplySchema,
+  [FrameType.SUBSCRIBE]: subscribeSchema,
+  [FrameType.UNSUBSCRIBE]: unsubscribeSchema,
+  [FrameType.SUB_OK]: subOkSchema,
+  [FrameType.EVENTS]: eventsSchema,
+  [FrameType.SUB_END]: subEndSchema,
+  [FrameType.PEER]: peerSchema,
+};
+
+/** Frames whose `v` field is checked first, so a version mismatch gets its own error. */
+const VERSIONED_FRAME_TYPES: ReadonlySet<number> = new Set([FrameType.HELLO, FrameType.HELLO_ACK]);
+
+// ---------------------------------------------------------------------------------------
+// Decoding and encoding
+// ---------------------------------------------------------------------------------------
+
+export type FrameResult = { readonly ok: true; readonly frame: Frame } | { readonly ok: false; readonly error: WireError };
+export type RequestResult =
+  | { readonly ok: true; readonly request: Request }
+  | { readonly ok: false; readonly error: WireError };
+
+/**
+ * Decodes and validates one frame payload. Never throws. Byte strings in the result are
+ * views into `payload` (see decodeCanonical). Errors are per frame and not fatal: the
+ * stream stays in step, though the runtime may still close a hostile connection.
+ */
+export function decodeFrameBody(type: number, payload: Uint8Array): FrameResult {
+  const name = frameTypeName(type);
+  if (name === undefined) return { ok: false, error: wireError("unknown-type", `no frame type 0x${hexByte(type)}`) };
+  const code = FrameType[name];
+  const parsed = parseCanonical(payload, name);
+  if (!parsed.ok) return parsed;
+  if (VERSIONED_FRAME_TYPES.has(code)) {
+    const versionError = checkVersion(parsed.value, name);
+    if (versionError !== null) return { ok: false, error: versionError };
+  }
+  const result = FRAME_SCHEMAS[code].safeParse(parsed.value);
+  if (!result.success) return { ok: false, error: schemaError(name, result.error) };
+  return { ok: true, frame: { type: code, body: result.data } as Frame };
+}
+
+/** Decodes and validates a Request body (the bytes a client signed). Never throws. */
+export function decodeRequestBody(body: Uint8Array): RequestResult {
+  const parsed = parseCanonical(body, "request body");
+  if (!parsed.ok) return parsed;
+  const versionError = checkVersion(parsed.value, "request body");
+  if (versionError !== null) return { ok: false, error: versionError };
+  const result = requestSchema.safeParse(parsed.value);
+  if (!result.success) return { ok: false, error: schemaError("request body", result.error) };
+  return { ok: true, request: result.data };
+}
+
+/** The canonical bytes of a Request: the exact bytes a client signs and sends as REQUEST.body. */
+export function encodeRequestBody(request: Request): Uint8Array {
+  return encodeCanonical(request as unknown as Canonical);
+}
+
+/** The canonical payload of a frame body (no framing). */
+export function encodeFrameBody(frame: Frame): Uint8Array {
+  return encodeCanonical(frame.body as unknown as Canonical);
+}
+
+/**
+ * A complete frame on the wire: header and canonical payload. The body is not validated
+ * here (that would double the cost on the fan-out path); it must be built from the typed
+ * fields, and the tests check that every frame kind survives decodeFrameBody.
+ */
+export function encodeTypedFrame(frame: Frame, frameBytesMax: number = FRAME_BYTES_MAX): Uint8Array {
+  return encodeFrame(frame.type, encodeFrameBody(frame), frameBytesMax);
+}
+
+function parseCanonical(
+  bytes: Uint8Array,
+  what: string,
+): { ok: true; value: Canonical } | { ok: false; error: WireError } {
+  try {
+    return { ok: true, value: decodeCanonical(bytes) };
+  } catch (e) {
+    if (!(e instanceof CanonicalError)) {
+      return { ok: false, error: wireError("malformed-cbor", `${what}: ${String(e)}`) };
+    }
+    const kind = e.code === "trailing-bytes" ? "trailing-bytes" : "malformed-cbor";
+    return { ok: false, error: wireError(kind, `${what}: ${e.code} at byte ${e.offset}: ${e.message}`) };
+  }
+}
+
+function checkVersion(value: Canonical, what: string): WireError | null {
+  if (value === null || typeof value !== "object" || Array.isArray(value) || value instanceof Uint8Array) return null;
+  const v = value.v;
+  if (typeof v === "number" && v !== PROTOCOL_VERSION) {
+    return wireError("bad-version", `${what}: version ${v} is not supported (this is version ${PROTOCOL_VERSION})`);
+  }
+  return null;
+}
+
+/** Issues beyond this many are summarised, so a reason stays short. */
+const SCHEMA_ISSUES_REPORTED_MAX = 3;
+
+function schemaError(what: string, error: z.ZodError): WireError {
+  const issues = error.issues.slice(0, SCHEMA_ISSUES_REPORTED_MAX).map((issue) => {
+    const path = issue.path.length > 0 ? issue.path.map(String).join(".") : "(payload)";
+    return `${path}: ${issue.message}`;
+  });
+  const more = error.issues.length - issues.length;
+  return wireError("schema", `${what}: ${issues.join("; ")}${more > 0 ? `; and ${more} more` : ""}`);
+}
+
+function hexByte(n: number): string {
+  return n.toString(16).padStart(2, "0");
+}

@@ -1,0 +1,71 @@
+/**
+ * The exact bytes that session signatures, request signatures and peer MACs cover. The
+ * cryptography itself (ed25519, X25519, HKDF, HMAC) lives with the runtime; this file fixes
+ * only the inputs, so that every implementation signs and MACs the same bytes.
+ */
+import { type Canonical, encodeCanonical } from "./canonical.ts";
+import type { Hello, HelloAck } from "./schemas.ts";
+import { DOMAIN_PEER_MAC, DOMAIN_REQUEST, PEER_FRAME_TYPE_FIRST, PEER_FRAME_TYPE_LAST } from "./types.ts";
+
+const utf8 = new TextEncoder();
+
+/** Separates the domain tag from the signed bytes; no domain tag contains it. */
+const DOMAIN_SEPARATOR = 0x00;
+
+/** `utf8(domain) || 0x00 || bytes`: what every fitb signature covers. */
+export function signingInput(domain: string, bytes: Uint8Array): Uint8Array {
+  const tag = utf8.encode(domain);
+  const input = new Uint8Array(tag.length + 1 + bytes.length);
+  input.set(tag);
+  input[tag.length] = DOMAIN_SEPARATOR;
+  input.set(bytes, tag.length + 1);
+  return input;
+}
+
+/** What a client signs for a request: signingInput(DOMAIN_REQUEST, body). */
+export function requestSigningInput(body: Uint8Array): Uint8Array {
+  return signingInput(DOMAIN_REQUEST, body);
+}
+
+/**
+ * The handshake transcript T = encodeCanonical({ hello: HELLO payload, ack: HELLO_ACK
+ * payload without its "sig" field }). The responder signs
+ * signingInput(DOMAIN_SESSION_RESPONDER, T) into HELLO_ACK.sig; the initiator signs
+ * signingInput(DOMAIN_SESSION_INITIATOR, T) into AUTH.sig. Both nonces, both static keys
+ * and (for peers) both ephemeral keys are in T, so neither signature can be replayed into
+ * another session, and the two domain tags keep one side's signature from serving as the
+ * other's.
+ */
+export function sessionTranscript(hello: Hello, ack: HelloAck | Omit<HelloAck, "sig">): Uint8Array {
+  const { sig: _sig, ...unsigned } = ack as HelloAck;
+  return encodeCanonical({ hello: hello as unknown as Canonical, ack: unsigned as unknown as Canonical });
+}
+
+/** Bytes of a peer MAC input in front of the message: the type byte and the u64 seq. */
+const PEER_MAC_FIXED_BYTES = 1 + 8;
+const TWO_POW_32 = 0x1_0000_0000;
+
+/**
+ * The input of a peer frame's MAC:
+ * utf8(DOMAIN_PEER_MAC) || 0x00 || u8 frame type || u64 big-endian seq || msg.
+ * mac = HMAC-SHA-256(K_dir, this), where K_dir is the session key of the sending
+ * direction. The type byte is covered so a message cannot be moved to another peer kind.
+ */
+export function peerMacInput(type: number, seq: number, msg: Uint8Array): Uint8Array {
+  if (type < PEER_FRAME_TYPE_FIRST || type > PEER_FRAME_TYPE_LAST) {
+    throw new RangeError(`frame type 0x${type.toString(16)} is not a peer frame type`);
+  }
+  if (!Number.isSafeInteger(seq) || seq < 1) throw new RangeError(`peer seq must be a positive safe integer, got ${seq}`);
+  const tag = utf8.encode(DOMAIN_PEER_MAC);
+  const input = new Uint8Array(tag.length + 1 + PEER_MAC_FIXED_BYTES + msg.length);
+  input.set(tag);
+  let at = tag.length;
+  input[at++] = DOMAIN_SEPARATOR;
+  input[at++] = type;
+  const view = new DataView(input.buffer, input.byteOffset, input.byteLength);
+  view.setUint32(at, Math.floor(seq / TWO_POW_32));
+  view.setUint32(at + 4, seq >>> 0);
+  at += 8;
+  input.set(msg, at);
+  return input;
+}
