@@ -106,8 +106,19 @@ let encodeDepth = 0;
 
 /** Encodes a value canonically. Throws `CanonicalError("unencodable")` outside the model. */
 export function encodeCanonical(value: Canonical): Uint8Array {
+  return encodeCanonicalAfter(0, value);
+}
+
+/**
+ * Encodes a value canonically behind `prefixBytes` zero bytes that the caller fills in
+ * (the frame encoder puts its header there), saving a copy of the whole payload.
+ */
+export function encodeCanonicalAfter(prefixBytes: number, value: Canonical): Uint8Array {
   outLen = 0;
   encodeDepth = 0;
+  ensure(prefixBytes);
+  out.fill(0, 0, prefixBytes);
+  outLen = prefixBytes;
   writeValue(value);
   return out.slice(0, outLen);
 }
@@ -292,7 +303,9 @@ const ASCII_FAST_PATH_BYTES_MAX = 32;
  * it to another thread, since a view keeps, and a structured clone copies, the whole
  * underlying buffer.
  */
-export function decodeCanonical(bytes: Uint8Array): Canonical {
+export function decodeCanonical(input: Uint8Array): Canonical {
+  // A Buffer is viewed as a plain Uint8Array so decoded byte strings always have one type.
+  const bytes = input.constructor === Uint8Array ? input : new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
   const reader = new Reader(bytes);
   const value = reader.readValue(0);
   if (reader.pos !== bytes.length) {

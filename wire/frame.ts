@@ -33,18 +33,32 @@ const TYPE_BYTE_MAX = 0xff;
  * field would exceed `frameBytesMax`: a sender must never emit what receivers refuse.
  */
 export function encodeFrame(type: number, payload: Uint8Array, frameBytesMax: number = FRAME_BYTES_MAX): Uint8Array {
+  const frame = new Uint8Array(FRAME_HEADER_BYTES + payload.length);
+  frame.set(payload, FRAME_HEADER_BYTES);
+  writeFrameHeader(frame, type, frameBytesMax);
+  return frame;
+}
+
+/**
+ * Fills in the 5-byte header of `frame`, whose payload already follows it. Throws like
+ * encodeFrame. Lets an encoder write the payload in place behind a reserved header.
+ */
+export function writeFrameHeader(frame: Uint8Array, type: number, frameBytesMax: number = FRAME_BYTES_MAX): void {
   if (!Number.isInteger(type) || type < 0 || type > TYPE_BYTE_MAX) {
     throw new RangeError(`frame type ${type} is not a byte`);
   }
-  const length = payload.length + 1;
-  if (length > frameBytesMax) {
-    throw new RangeError(`frame of ${length} bytes exceeds the maximum of ${frameBytesMax}`);
+  const length = frame.length - FRAME_LENGTH_BYTES;
+  if (length < 1 || length > frameBytesMax) {
+    throw new RangeError(`frame of ${length} bytes is outside 1..${frameBytesMax}`);
   }
-  const frame = new Uint8Array(FRAME_LENGTH_BYTES + length);
   writeU32(frame, 0, length);
   frame[FRAME_LENGTH_BYTES] = type;
-  frame.set(payload, FRAME_HEADER_BYTES);
-  return frame;
+}
+
+/** A plain Uint8Array view of the same bytes (no copy) when given a subclass such as Buffer. */
+export function asPlainBytes(bytes: Uint8Array): Uint8Array {
+  if (bytes.constructor === Uint8Array) return bytes;
+  return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 function writeU32(target: Uint8Array, at: number, v: number): void {
@@ -115,8 +129,13 @@ export class FrameDecoder {
     return this.lengthFilled;
   }
 
-  /** Feeds bytes; returns the frames (and errors) completed by them, in stream order. */
-  push(chunk: Uint8Array): DecodeResult[] {
+  /**
+   * Feeds bytes; returns the frames (and errors) completed by them, in stream order.
+   * A Buffer (what sockets deliver) is viewed as a plain Uint8Array, so payloads and the
+   * byte strings decoded from them always have one type.
+   */
+  push(input: Uint8Array): DecodeResult[] {
+    const chunk = asPlainBytes(input);
     const results: DecodeResult[] = [];
     if (this.poisonReason !== null) {
       results.push({ ok: false, error: wireError("poisoned", `stream poisoned earlier: ${this.poisonReason}`, true) });

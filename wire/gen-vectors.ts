@@ -292,21 +292,22 @@ function frameVectors(
     frameVector("REQUEST creating a channel", { type: F.REQUEST, body: adminSigned }),
     frameVector("REPLY to a publish on a total-order channel", {
       type: F.REPLY,
-      body: { seq: 41, replica: 2, ok: true, res: { t: "pub", tag: "net.links", span: 2, first: 1000 } },
+      body: { seq: 41, replica: 2, d: bytesOf(32, 0xd1), ok: true, res: { t: "pub", tag: "net.links", span: 2, first: 1000 } },
     }),
     frameVector("REPLY to a publish on an unordered channel", {
       type: F.REPLY,
-      body: { seq: 41, replica: 2, ok: true, res: { t: "pub", tag: "net.links", span: 2 } },
+      body: { seq: 41, replica: 2, d: bytesOf(32, 0xd2), ok: true, res: { t: "pub", tag: "net.links", span: 2 } },
     }),
     frameVector("REPLY to an admin command", {
       type: F.REPLY,
-      body: { seq: 43, replica: 0, ok: true, res: { t: "admin", cmd: "create-channel" } },
+      body: { seq: 43, replica: 0, d: bytesOf(32, 0xd3), ok: true, res: { t: "admin", cmd: "create-channel" } },
     }),
     frameVector("REPLY refusing a request", {
       type: F.REPLY,
-      body: { seq: 43, replica: 1, ok: false, code: "UNAUTHORIZED", reason: "not an admin key" },
+      body: { seq: 43, replica: 1, d: bytesOf(32, 0xd4), ok: false, code: "UNAUTHORIZED", reason: "not an admin key" },
     }),
     frameVector("QUERY status", { type: F.QUERY, body: { id: 1, q: "status" } }),
+    frameVector("QUERY client-seq of a publish space", { type: F.QUERY, body: { id: 4, q: "client-seq", tag: "net.links" } }),
     frameVector("QUERY channel-info", { type: F.QUERY, body: { id: 2, q: "channel-info", tag: "sec.alerts" } }),
     frameVector("QUERY_REPLY with a result", {
       type: F.QUERY_REPLY,

@@ -4,12 +4,14 @@
  * canonical CBOR (canonical.ts), then checked here; only then is it a typed frame.
  */
 import { z } from "zod";
-import { type Canonical, CanonicalError, decodeCanonical, encodeCanonical } from "./canonical.ts";
-import { encodeFrame } from "./frame.ts";
+import { type Canonical, CanonicalError, decodeCanonical, encodeCanonical, encodeCanonicalAfter } from "./canonical.ts";
+import { writeFrameHeader } from "./frame.ts";
 import {
+  DIGEST_BYTES,
   ERROR_CODES,
   EVENT_BYTES_MAX,
   FRAME_BYTES_MAX,
+  FRAME_HEADER_BYTES,
   FrameType,
   type FrameTypeCode,
   KEY_BYTES,
@@ -61,6 +63,7 @@ export const nonceSchema = bytesExactly(NONCE_BYTES);
 export const signatureSchema = bytesExactly(SIGNATURE_BYTES);
 export const x25519KeySchema = bytesExactly(X25519_KEY_BYTES);
 export const macSchema = bytesExactly(MAC_BYTES);
+export const digestSchema = bytesExactly(DIGEST_BYTES);
 export const eventSchema = bytesAtMost(EVENT_BYTES_MAX);
 export const reasonSchema = textAtMostBytes(REASON_BYTES_MAX);
 
@@ -186,11 +189,17 @@ export const replyResultSchema = z.discriminatedUnion("t", [
   z.strictObject({ t: z.literal("admin"), cmd: z.enum(["create-channel", "destroy-channel", "register"]) }),
 ]);
 
+/**
+ * `d` is sha256 of the request body the reply answers: it binds a reply to one exact
+ * request, so a client whose sequence number was already used by another body learns it
+ * (REPLAY) instead of taking the old request's reply for its own.
+ */
 export const replySchema = z.discriminatedUnion("ok", [
-  z.strictObject({ seq: positiveSchema, replica: uintSchema, ok: z.literal(true), res: replyResultSchema }),
+  z.strictObject({ seq: positiveSchema, replica: uintSchema, d: digestSchema, ok: z.literal(true), res: replyResultSchema }),
   z.strictObject({
     seq: positiveSchema,
     replica: uintSchema,
+    d: digestSchema,
     ok: z.literal(false),
     code: errorCodeSchema,
     reason: reasonSchema,
@@ -200,7 +209,9 @@ export const replySchema = z.discriminatedUnion("ok", [
 export const QUERY_KINDS = ["status", "list-channels", "client-seq", "channel-info"] as const;
 
 export const querySchema = z.discriminatedUnion("q", [
-  z.strictObject({ id: uintSchema, q: z.literal(["status", "list-channels", "client-seq"]) }),
+  z.strictObject({ id: uintSchema, q: z.literal(["status", "list-channels"]) }),
+  // The sequence space of publishes is per (client, tag); without a tag, the admin space.
+  z.strictObject({ id: uintSchema, q: z.literal("client-seq"), tag: tagSchema.optional() }),
   z.strictObject({ id: uintSchema, q: z.literal("channel-info"), tag: tagSchema }),
 ]);
 
@@ -361,7 +372,9 @@ export function encodeFrameBody(frame: Frame): Uint8Array {
  * fields, and the tests check that every frame kind survives decodeFrameBody.
  */
 export function encodeTypedFrame(frame: Frame, frameBytesMax: number = FRAME_BYTES_MAX): Uint8Array {
-  return encodeFrame(frame.type, encodeFrameBody(frame), frameBytesMax);
+  const bytes = encodeCanonicalAfter(FRAME_HEADER_BYTES, frame.body as unknown as Canonical);
+  writeFrameHeader(bytes, frame.type, frameBytesMax);
+  return bytes;
 }
 
 function parseCanonical(

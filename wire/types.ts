@@ -76,6 +76,8 @@ export const NONCE_BYTES = 32;
 export const SIGNATURE_BYTES = 64;
 export const X25519_KEY_BYTES = 32;
 export const MAC_BYTES = 32;
+/** SHA-256 digests (REPLY.d). */
+export const DIGEST_BYTES = 32;
 
 /** The relay's text protocol: the longest command line, terminator included. */
 export const RELAY_LINE_BYTES_MAX = 64 * 1024;

@@ -20,7 +20,11 @@ export interface Command extends ArgsSpec {
   /** Paragraphs for `fitb <command> --help`, written for the operator. */
   readonly description: readonly string[];
   readonly examples: readonly string[];
-  /** Returns the process exit code; throws UsageError / CommandError for the user's mistakes. */
+  /**
+   * Resolves when the command is finished, with the process exit code (the process
+   * exits right after, so a long-running command resolves only once it has shut
+   * down). Throws UsageError / CommandError for the user's mistakes.
+   */
   run(args: ParsedArgs, io: CommandIo): Promise<number> | number;
 }
 

@@ -6,9 +6,11 @@ import type { Command } from "./command.ts";
 import { clusterInitCommand } from "./commands/cluster-init.ts";
 import { configCheckCommand } from "./commands/config-check.ts";
 import { keygenCommand } from "./commands/keygen.ts";
+import { replicaCommand } from "./commands/replica.ts";
 
 export const COMMANDS: readonly Command[] = [
   keygenCommand,
   clusterInitCommand,
   configCheckCommand,
+  replicaCommand,
 ];

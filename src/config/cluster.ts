@@ -22,6 +22,7 @@ import { dirname, resolve } from "node:path";
 import { z } from "zod";
 import { bytesEqual } from "../crypto/encoding.ts";
 import { describeIoError, formatPublicKey, PUBLIC_KEY_FORM, tryParsePublicKey } from "../crypto/keys.ts";
+import { EVENT_BYTES_MAX, FRAME_BYTES_MAX, REQUEST_EVENTS_MAX } from "../../wire/types.ts";
 
 /** The cluster file is a few KiB even for a large group; the bound stops a wrong path (a log, a disk image) from being read whole. */
 export const CONFIG_FILE_BYTES_MAX = 1024 * 1024;
@@ -48,13 +49,14 @@ const GIB = 1024 * MIB;
 const SECONDS_PER_DAY = 86_400;
 
 /**
- * Limits that every replica enforces. The maxima are sanity bounds (a typo of three
- * extra zeros is caught), not performance advice.
+ * Limits that every replica enforces. Where the wire protocol fixes a maximum
+ * (wire/types.ts), a deployment may only lower it; the other maxima are sanity
+ * bounds (a typo of three extra zeros is caught), not performance advice.
  */
 export const LIMIT_BOUNDS = {
-  frame_bytes_max: { defaultValue: 1 * MIB, min: 4 * KIB, max: 16 * MIB },
-  event_bytes_max: { defaultValue: 64 * KIB, min: 1, max: 16 * MIB },
-  batch_events_max: { defaultValue: 1024, min: 1, max: 65_536 },
+  frame_bytes_max: { defaultValue: FRAME_BYTES_MAX, min: 4 * KIB, max: FRAME_BYTES_MAX },
+  event_bytes_max: { defaultValue: 64 * KIB, min: 1, max: EVENT_BYTES_MAX },
+  batch_events_max: { defaultValue: 1024, min: 1, max: REQUEST_EVENTS_MAX },
   client_inflight_requests_max: { defaultValue: 64, min: 1, max: 65_536 },
   connection_subscriptions_max: { defaultValue: 256, min: 1, max: 65_536 },
   client_events_per_second_max: { defaultValue: 100_000, min: 1, max: 10_000_000 },

@@ -1,22 +1,26 @@
 /**
- * The cryptographic pieces of a replica-to-replica session, as pure functions.
+ * The cryptographic pieces of a session, as pure functions. The bytes they cover
+ * are fixed by the wire protocol (wire/PROTOCOL.md, wire/session.ts); this module
+ * supplies the cryptography over those bytes and takes the transcript as input
+ * rather than building it.
  *
- * The handshake (its frames and the exact transcript bytes are specified in
- * wire/PROTOCOL.md) goes:
- *   1. each side makes an ephemeral X25519 key pair and sends the public half;
- *   2. each side signs the transcript with its static ed25519 key (`signHandshake`),
- *      under a domain that names its role, so one side's signature can never be
- *      reflected back as the other's;
- *   3. both derive the X25519 shared secret and, with HKDF-SHA-256 salted by the
- *      transcript hash, two MAC keys, one per direction (`deriveSessionKeys`);
- *   4. every later frame carries HMAC-SHA-256 over (seq, frame bytes) under the
- *      sender's key (`macFrame`), and the receiver accepts each seq once, in
- *      increasing order (`ReplayGuard`).
+ * The handshake goes:
+ *   1. each side sends a nonce and its static ed25519 key; replicas also send an
+ *      ephemeral X25519 public key (`generateEphemeralKeyPair`);
+ *   2. each side signs the transcript T with its static key (`signHandshake`), under
+ *      a domain that names its role, so one side's signature can never be reflected
+ *      back as the other's;
+ *   3. replica peers derive the X25519 shared secret and, with HKDF-SHA-256 salted by
+ *      SHA-256(T), one MAC key per direction (`deriveSessionKeys`);
+ *   4. every later peer frame carries HMAC-SHA-256 over the domain tag, the frame type,
+ *      the u64 seq and the message, under the sender's key (`macFrame`), and the
+ *      receiver accepts each seq once, in order (`ReplayGuard`).
  * Binding the keys to the transcript means a man in the middle who swaps ephemeral
  * keys ends with different MAC keys on each side, so the first MAC fails.
  */
 import {
   createHmac,
+  createPrivateKey,
   createPublicKey,
   diffieHellman,
   generateKeyPairSync,
@@ -28,6 +32,15 @@ import { asUint8Array } from "./encoding.ts";
 import { signDomain, verifyDomain } from "./ed25519.ts";
 import { sha256 } from "./hash.ts";
 import type { SigningKey } from "./keys.ts";
+import {
+  DOMAIN_PEER_KEY_I2R,
+  DOMAIN_PEER_KEY_R2I,
+  DOMAIN_PEER_MAC,
+  DOMAIN_SESSION_INITIATOR,
+  DOMAIN_SESSION_RESPONDER,
+  PEER_FRAME_TYPE_FIRST,
+  PEER_FRAME_TYPE_LAST,
+} from "../../wire/types.ts";
 
 export const X25519_PUBLIC_KEY_BYTES = 32;
 export const SHARED_SECRET_BYTES = 32;
@@ -38,15 +51,18 @@ export const MAC_BYTES = 32;
 export const SEQ_MAX = Number.MAX_SAFE_INTEGER;
 const SEQ_FIELD_BYTES = 8;
 
-/** Signature domains of the two handshake roles. */
-export const DOMAIN_HANDSHAKE_INITIATOR = "fitb/v1/peer-handshake/initiator";
-export const DOMAIN_HANDSHAKE_RESPONDER = "fitb/v1/peer-handshake/responder";
-/** HKDF info strings: one per direction, so the two keys are independent. */
-export const HKDF_INFO_INITIATOR_TO_RESPONDER = "fitb/v1/session-mac/initiator-to-responder";
-export const HKDF_INFO_RESPONDER_TO_INITIATOR = "fitb/v1/session-mac/responder-to-initiator";
+/** Peer frames are numbered from 1 (wire/PROTOCOL.md); 0 is never a valid peer seq. */
+export const PEER_SEQ_FIRST = 1;
+/** utf8(DOMAIN_PEER_MAC) || 0x00: the constant start of every peer MAC input. */
+const PEER_MAC_PREFIX = new TextEncoder().encode(`${DOMAIN_PEER_MAC}\u0000`);
+const FRAME_TYPE_FIELD_BYTES = 1;
 
 /** DER prefix of an X25519 SubjectPublicKeyInfo (RFC 8410), to import a raw peer key. */
 const SPKI_X25519_PREFIX = Uint8Array.from([0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00]);
+/** DER prefix of an X25519 PKCS#8 private key (RFC 8410), to import a raw private key. */
+const PKCS8_X25519_PREFIX = Uint8Array.from([
+  0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20,
+]);
 
 export type SessionRole = "initiator" | "responder";
 
@@ -63,9 +79,24 @@ export interface EphemeralKeyPair {
 
 /** A fresh X25519 key pair for one handshake; never reuse it for another. */
 export function generateEphemeralKeyPair(): EphemeralKeyPair {
-  const pair = generateKeyPairSync("x25519");
-  const spki = pair.publicKey.export({ format: "der", type: "spki" });
-  return { publicKey: Uint8Array.from(spki.subarray(SPKI_X25519_PREFIX.length)), privateKey: pair.privateKey };
+  return ephemeralKeyPairFromPrivateKey(generateKeyPairSync("x25519").privateKey);
+}
+
+/**
+ * The X25519 key pair for a given 32-byte private key. Only for test vectors and
+ * deterministic replays: a live handshake must use `generateEphemeralKeyPair`.
+ */
+export function ephemeralKeyPairFromSecret(secret: Uint8Array): EphemeralKeyPair {
+  if (secret.byteLength !== X25519_PUBLIC_KEY_BYTES) {
+    throw new SessionCryptoError(`X25519 private key must be ${X25519_PUBLIC_KEY_BYTES} bytes, got ${secret.byteLength}`);
+  }
+  const privateKey = createPrivateKey({ key: Buffer.concat([PKCS8_X25519_PREFIX, secret]), format: "der", type: "pkcs8" });
+  return ephemeralKeyPairFromPrivateKey(privateKey);
+}
+
+function ephemeralKeyPairFromPrivateKey(privateKey: KeyObject): EphemeralKeyPair {
+  const spki = createPublicKey(privateKey).export({ format: "der", type: "spki" });
+  return { publicKey: Uint8Array.from(spki.subarray(SPKI_X25519_PREFIX.length)), privateKey };
 }
 
 /**
@@ -90,7 +121,7 @@ export function x25519SharedSecret(own: EphemeralKeyPair, peerPublicKey: Uint8Ar
   return secret;
 }
 
-/** SHA-256 of the handshake transcript, the value that is signed and that salts HKDF. */
+/** SHA-256 of the handshake transcript: the HKDF salt of the session keys. */
 export function transcriptHash(transcript: Uint8Array): Uint8Array {
   return sha256(transcript);
 }
@@ -104,7 +135,8 @@ export interface SessionKeys {
 
 /**
  * The two directional MAC keys: HKDF-SHA-256(ikm = shared secret,
- * salt = SHA-256(transcript), info = direction label), 32 bytes each. Both sides
+ * salt = SHA-256(transcript), info = DOMAIN_PEER_KEY_I2R or DOMAIN_PEER_KEY_R2I),
+ * 32 bytes each. Both sides
  * call this with the same transcript bytes and their own role; the initiator's
  * send key is the responder's receive key and the other way round.
  */
@@ -113,8 +145,8 @@ export function deriveSessionKeys(sharedSecret: Uint8Array, transcript: Uint8Arr
     throw new SessionCryptoError(`shared secret must be ${SHARED_SECRET_BYTES} bytes, got ${sharedSecret.byteLength}`);
   }
   const salt = transcriptHash(transcript);
-  const initiatorToResponder = hkdf(sharedSecret, salt, HKDF_INFO_INITIATOR_TO_RESPONDER);
-  const responderToInitiator = hkdf(sharedSecret, salt, HKDF_INFO_RESPONDER_TO_INITIATOR);
+  const initiatorToResponder = hkdf(sharedSecret, salt, DOMAIN_PEER_KEY_I2R);
+  const responderToInitiator = hkdf(sharedSecret, salt, DOMAIN_PEER_KEY_R2I);
   return role === "initiator"
     ? { sendKey: initiatorToResponder, receiveKey: responderToInitiator }
     : { sendKey: responderToInitiator, receiveKey: initiatorToResponder };
@@ -124,47 +156,59 @@ function hkdf(ikm: Uint8Array, salt: Uint8Array, info: string): Uint8Array {
   return new Uint8Array(hkdfSync("sha256", ikm, salt, info, SESSION_KEY_BYTES));
 }
 
-/** The domain a side of the given role signs its handshake under. */
+/** The domain a side of the given role signs the transcript under. */
 export function handshakeDomain(role: SessionRole): string {
-  return role === "initiator" ? DOMAIN_HANDSHAKE_INITIATOR : DOMAIN_HANDSHAKE_RESPONDER;
+  return role === "initiator" ? DOMAIN_SESSION_INITIATOR : DOMAIN_SESSION_RESPONDER;
 }
 
-/** The static-key signature over SHA-256(transcript), under the signer's role domain. */
+/** The static-key signature over the transcript T, under the signer's role domain. */
 export function signHandshake(key: SigningKey, role: SessionRole, transcript: Uint8Array): Uint8Array {
-  return signDomain(key, handshakeDomain(role), transcriptHash(transcript));
+  return signDomain(key, handshakeDomain(role), transcript);
 }
 
-/** Checks a peer's handshake signature; `peerRole` is the role the peer claims. */
+/** Checks a peer's handshake signature; `peerRole` is the role the peer holds in this session. */
 export function verifyHandshake(
   peerPublicKey: Uint8Array,
   peerRole: SessionRole,
   transcript: Uint8Array,
   signature: Uint8Array,
 ): boolean {
-  return verifyDomain(peerPublicKey, handshakeDomain(peerRole), transcriptHash(transcript), signature);
+  return verifyDomain(peerPublicKey, handshakeDomain(peerRole), transcript, signature);
 }
 
-/** HMAC-SHA-256(key, u64be(seq) || bytes). */
-export function macFrame(key: Uint8Array, seq: number, bytes: Uint8Array): Uint8Array {
-  return asUint8Array(createHmac("sha256", key).update(encodeSeq(seq)).update(bytes).digest());
+/**
+ * HMAC-SHA-256(key, utf8(DOMAIN_PEER_MAC) || 0x00 || u8 type || u64be(seq) || msg),
+ * the peer frame MAC of wire/PROTOCOL.md. The parts are fed to the HMAC one by one
+ * so that a large message is never copied. Throws RangeError for a type outside the
+ * peer range or a seq below 1: those are the caller's bugs, not hostile input.
+ */
+export function macFrame(key: Uint8Array, type: number, seq: number, msg: Uint8Array): Uint8Array {
+  const header = encodeMacHeader(type, seq);
+  return asUint8Array(createHmac("sha256", key).update(PEER_MAC_PREFIX).update(header).update(msg).digest());
 }
 
-/** Whether `mac` is the MAC of (seq, bytes), compared in constant time. */
-export function checkMac(key: Uint8Array, seq: number, bytes: Uint8Array, mac: Uint8Array): boolean {
+/** Whether `mac` is the peer MAC of (type, seq, msg), compared in constant time; never throws. */
+export function checkMac(key: Uint8Array, type: number, seq: number, msg: Uint8Array, mac: Uint8Array): boolean {
   if (mac.byteLength !== MAC_BYTES) return false;
-  if (!isValidSeq(seq)) return false;
-  return timingSafeEqual(macFrame(key, seq, bytes), mac);
+  if (!isPeerFrameType(type) || !isValidSeq(seq) || seq < PEER_SEQ_FIRST) return false;
+  return timingSafeEqual(macFrame(key, type, seq, msg), mac);
+}
+
+function isPeerFrameType(type: number): boolean {
+  return Number.isInteger(type) && type >= PEER_FRAME_TYPE_FIRST && type <= PEER_FRAME_TYPE_LAST;
 }
 
 function isValidSeq(seq: number): boolean {
   return Number.isSafeInteger(seq) && seq >= 0;
 }
 
-/** u64 big-endian, the form the sequence number takes inside the MAC input. */
-function encodeSeq(seq: number): Uint8Array {
-  if (!isValidSeq(seq)) throw new RangeError(`frame seq must be an integer in 0..${SEQ_MAX}, got ${seq}`);
-  const out = new Uint8Array(SEQ_FIELD_BYTES);
-  new DataView(out.buffer).setBigUint64(0, BigInt(seq), false);
+/** u8 type || u64 big-endian seq. */
+function encodeMacHeader(type: number, seq: number): Uint8Array {
+  if (!isPeerFrameType(type)) throw new RangeError(`frame type ${type} is not a peer frame type`);
+  if (!isValidSeq(seq) || seq < PEER_SEQ_FIRST) throw new RangeError(`peer seq must be an integer in ${PEER_SEQ_FIRST}..${SEQ_MAX}, got ${seq}`);
+  const out = new Uint8Array(FRAME_TYPE_FIELD_BYTES + SEQ_FIELD_BYTES);
+  out[0] = type;
+  new DataView(out.buffer).setBigUint64(FRAME_TYPE_FIELD_BYTES, BigInt(seq), false);
   return out;
 }
 
@@ -179,7 +223,7 @@ export interface ReplayGuardOptions {
   readonly firstSeq: number;
 }
 
-const DEFAULT_REPLAY_GUARD_OPTIONS: ReplayGuardOptions = { contiguous: true, firstSeq: 0 };
+const DEFAULT_REPLAY_GUARD_OPTIONS: ReplayGuardOptions = { contiguous: true, firstSeq: PEER_SEQ_FIRST };
 
 /**
  * Accepts each frame sequence number at most once, in strictly increasing order.
@@ -217,7 +261,7 @@ export class ReplayGuard {
 export class SendSequence {
   #next: number;
 
-  constructor(firstSeq = 0) {
+  constructor(firstSeq = PEER_SEQ_FIRST) {
     if (!isValidSeq(firstSeq)) throw new RangeError(`firstSeq must be an integer in 0..${SEQ_MAX}`);
     this.#next = firstSeq;
   }

@@ -16,13 +16,20 @@ import type { ReplicaEntry } from "../config/cluster.ts";
 import { signDomain, verifyDomain } from "../crypto/ed25519.ts";
 import { bytesEqual } from "../crypto/encoding.ts";
 import type { SigningKey } from "../crypto/keys.ts";
-import { generateEphemeralKeyPair, x25519SharedSecret, type EphemeralKeyPair } from "../crypto/session.ts";
+import {
+  checkMac,
+  deriveSessionKeys,
+  generateEphemeralKeyPair,
+  macFrame,
+  x25519SharedSecret,
+  type EphemeralKeyPair,
+  type SessionKeys,
+} from "../crypto/session.ts";
 import type { DecodeResult } from "../../wire/frame.ts";
 import { decodeFrameBody, type Frame, type Hello, type HelloAck } from "../../wire/schemas.ts";
 import { sessionTranscript } from "../../wire/session.ts";
 import { DOMAIN_SESSION_INITIATOR, DOMAIN_SESSION_RESPONDER, FrameType, NONCE_BYTES, PROTOCOL_VERSION } from "../../wire/types.ts";
 import { FramedConn } from "./framed.ts";
-import { checkPeerMac, derivePeerKeys, peerMac, type PeerDirectionKeys } from "./peer-session.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 
@@ -31,6 +38,8 @@ export const PEER_RECONNECT_MS_MIN = 50;
 export const PEER_RECONNECT_MS_MAX = 2_000;
 /** Bytes that may wait for one peer before messages to it are dropped (the protocol retransmits). */
 export const PEER_OUTBOUND_BYTES_MAX = 32 * 1024 * 1024;
+/** Bytes a PEER frame adds around its message: header, CBOR map, seq and MAC. */
+const PEER_FRAME_OVERHEAD_BYTES = 96;
 /** A handshake that has not finished in this time is abandoned. */
 export const PEER_HANDSHAKE_MS_MAX = 5_000;
 
@@ -53,7 +62,7 @@ interface OutboundLink {
   conn: FramedConn | null;
   hello: Hello | null;
   eph: EphemeralKeyPair | null;
-  keys: PeerDirectionKeys | null;
+  keys: SessionKeys | null;
   sendSeq: number;
   backoffMs: number;
   timer: ReturnType<typeof setTimeout> | null;
@@ -61,7 +70,7 @@ interface OutboundLink {
 
 interface InboundLink {
   readonly peerId: number;
-  readonly keys: PeerDirectionKeys;
+  readonly keys: SessionKeys;
   lastSeq: number;
 }
 
@@ -114,14 +123,14 @@ export class PeerMesh {
       this.options.metrics.inc("peer_send_dropped_total");
       return false;
     }
-    const seq = ++link.sendSeq;
-    const ok = link.conn.send({ type: FrameType.PEER, body: { seq, msg, mac: peerMac(link.keys.send, seq, msg) } });
-    if (!ok) {
-      // The receiver checks seq strictly increasing, so a skipped seq is fine; a dropped
-      // consensus message is recovered by the protocol's retransmission.
+    if (!link.conn.hasRoomFor(msg.length + PEER_FRAME_OVERHEAD_BYTES)) {
+      // A dropped consensus message is recovered by the protocol's retransmission; the
+      // sequence number is not consumed, so the receiver still sees no gap.
       this.options.metrics.inc("peer_send_dropped_total");
+      return false;
     }
-    return ok;
+    const seq = ++link.sendSeq;
+    return link.conn.send({ type: FrameType.PEER, body: { seq, msg, mac: macFrame(link.keys.sendKey, FrameType.PEER, seq, msg) } });
   }
 
   broadcast(msg: Uint8Array): void {
@@ -233,7 +242,7 @@ export class PeerMesh {
     } catch (error) {
       return this.failOutbound(link, conn, (error as Error).message);
     }
-    link.keys = derivePeerKeys(secret, transcript, true);
+    link.keys = deriveSessionKeys(secret, transcript, "initiator");
     conn.send({ type: FrameType.AUTH, body: { sig: signDomain(this.options.key, DOMAIN_SESSION_INITIATOR, transcript) } });
     link.phase = "open";
     link.backoffMs = PEER_RECONNECT_MS_MIN;
@@ -288,9 +297,9 @@ export class PeerMesh {
     } as const;
     const transcript = sessionTranscript(hello, unsigned);
     const ack: HelloAck = { ...unsigned, sig: signDomain(this.options.key, DOMAIN_SESSION_RESPONDER, transcript) };
-    let keys: PeerDirectionKeys;
+    let keys: SessionKeys;
     try {
-      keys = derivePeerKeys(x25519SharedSecret(eph, hello.eph), transcript, false);
+      keys = deriveSessionKeys(x25519SharedSecret(eph, hello.eph), transcript, "responder");
     } catch {
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "unusable ephemeral key" } });
       return null;
@@ -325,7 +334,7 @@ export class PeerMesh {
       return;
     }
     const { seq, msg, mac } = frame.body;
-    if (seq <= link.lastSeq || !checkPeerMac(link.keys.receive, seq, msg, mac)) {
+    if (seq !== link.lastSeq + 1 || !checkMac(link.keys.receiveKey, FrameType.PEER, seq, msg, mac)) {
       // Dropped and counted, never processed (DESIGN §3).
       this.options.metrics.inc("peer_frames_rejected_total");
       return;

@@ -46,17 +46,25 @@ export class Subscriptions {
    */
   subscribe(session: ClientSession, sub: number, tag: string, from: number | undefined): void {
     const mine = this.bySession.get(session.id) ?? new Map<number, Subscription>();
-    if (mine.has(sub)) return this.end(session, sub, "BAD_REQUEST", `subscription id ${sub} is already in use`);
+    if (mine.has(sub)) {
+      this.end(session, sub, "BAD_REQUEST", `subscription id ${sub} is already in use`);
+      return;
+    }
     if (mine.size >= this.perConnectionMax) {
-      return this.end(session, sub, "LIMIT", `at most ${this.perConnectionMax} subscriptions per connection`);
+      this.end(session, sub, "LIMIT", `at most ${this.perConnectionMax} subscriptions per connection`);
+      return;
     }
     const access = this.machine.checkSubscribe(tag, session.key);
     if (!access.ok) {
       const code: SubEndCode = access.code === "unknown-channel" ? "UNKNOWN_CHANNEL" : "UNAUTHORIZED";
-      return this.end(session, sub, code, access.reason);
+      this.end(session, sub, code, access.reason);
+      return;
     }
     const info = this.machine.channelInfo(tag);
-    if (info === null) return this.end(session, sub, "UNKNOWN_CHANNEL", `no channel ${tag}`);
+    if (info === null) {
+      this.end(session, sub, "UNKNOWN_CHANNEL", `no channel ${tag}`);
+      return;
+    }
     const ordered = info.order === "total";
     const start = ordered ? (from ?? info.nextSeq) : from === undefined ? null : Math.max(from, info.oldestSeq);
     if (start !== null && ordered && start < info.oldestSeq && start < info.nextSeq) {

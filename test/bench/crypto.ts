@@ -10,6 +10,7 @@ import { sha512 } from "@noble/hashes/sha2.js";
 import { sign, verify } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { macFrame } from "../../src/crypto/session.ts";
+import { FrameType } from "../../wire/types.ts";
 
 noble.hashes.sha512 = sha512;
 
@@ -54,7 +55,7 @@ function benchSize(messageBytes: number): void {
   report("ed25519 verify  native", measure(() => (sink ^= verify(key.publicKey, message, signature) ? 1 : 0)));
   report("ed25519 sign    @noble/ed25519", measure(() => (sink ^= noble.sign(message, seed)[0]!)));
   report("ed25519 verify  @noble/ed25519", measure(() => (sink ^= noble.verify(signature, message, key.publicKey) ? 1 : 0)));
-  report("HMAC-SHA-256 frame MAC  native", measure(() => (sink ^= macFrame(macKey, 1, message)[0]!)));
+  report("HMAC-SHA-256 frame MAC  native", measure(() => (sink ^= macFrame(macKey, FrameType.PEER, 1, message)[0]!)));
   // Using the result keeps the work from being optimized away.
   if (sink === -1) console.log("unreachable");
 }

@@ -1,5 +1,5 @@
 /**
- * The compiled executable, built the way `npm run build` builds it, run from a
+ * The compiled executable, built with the flags `npm run build` uses, run from a
  * directory with no node_modules: proof that it stands alone.
  */
 import { afterAll, expect, test } from "bun:test";
@@ -24,7 +24,7 @@ test(
   "bun build --compile produces a fitb that runs --help and keygen on its own",
   async () => {
     const binary = join(directory, "fitb");
-    const build = await runIn(ROOT, [process.execPath, "build", "--compile", "src/cli/main.ts", "--outfile", binary]);
+    const build = await runIn(ROOT, [process.execPath, "build", "--compile", "--minify", "--sourcemap", "src/cli/main.ts", "--outfile", binary]);
     expect(build.code).toBe(0);
 
     const help = await runIn(directory, [binary, "--help"]);

@@ -17,6 +17,7 @@ import {
 import { renderClusterToml } from "../../src/config/init.ts";
 import { toBase64url } from "../../src/crypto/encoding.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
+import { EVENT_BYTES_MAX, FRAME_BYTES_MAX, REQUEST_EVENTS_MAX } from "../../wire/types.ts";
 
 const directory = mkdtempSync(join(tmpdir(), "fitb-config-"));
 afterAll(() => rmSync(directory, { recursive: true, force: true }));
@@ -218,7 +219,9 @@ describe("rejected files name the field and the expected form", () => {
   });
 
   test("limits out of range, and limits that contradict each other", () => {
-    expect(onlyError(handToml({}) + "[limits]\nbatch_events_max = 0\n")).toBe("limits.batch_events_max: expected an integer in 1..65536, got 0");
+    expect(onlyError(handToml({}) + "[limits]\nbatch_events_max = 0\n")).toBe(
+      `limits.batch_events_max: expected an integer in 1..${REQUEST_EVENTS_MAX}, got 0`,
+    );
     expect(onlyError(handToml({}) + "[limits]\nframe_bytes_max = 1.5\n")).toMatch(/^limits\.frame_bytes_max: expected an integer/);
     expect(onlyError(handToml({}) + "[limits]\nframe_bytes_max = 8192\nevent_bytes_max = 8192\n")).toMatch(
       /^limits\.event_bytes_max: expected less than limits\.frame_bytes_max \(8192\)/,
@@ -226,6 +229,16 @@ describe("rejected files name the field and the expected form", () => {
     expect(onlyError(handToml({}) + "[limits]\nbatch_events_max = 100\nclient_burst_events_max = 99\n")).toMatch(
       /^limits\.client_burst_events_max: expected at least limits\.batch_events_max \(100\)/,
     );
+  });
+
+  test("limits may lower the wire protocol's maxima but not raise them", () => {
+    expect(LIMIT_BOUNDS.frame_bytes_max.max).toBe(FRAME_BYTES_MAX);
+    expect(LIMIT_BOUNDS.event_bytes_max.max).toBe(EVENT_BYTES_MAX);
+    expect(LIMIT_BOUNDS.batch_events_max.max).toBe(REQUEST_EVENTS_MAX);
+    expect(onlyError(handToml({}) + `[limits]\nframe_bytes_max = ${FRAME_BYTES_MAX + 1}\n`)).toBe(
+      `limits.frame_bytes_max: expected an integer in 4096..${FRAME_BYTES_MAX}, got ${FRAME_BYTES_MAX + 1}`,
+    );
+    expect(parse(handToml({}) + `[limits]\nframe_bytes_max = ${FRAME_BYTES_MAX}\n`).ok).toBe(true);
   });
 
   test("TOML syntax errors name the file", () => {

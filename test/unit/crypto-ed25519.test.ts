@@ -12,6 +12,9 @@ import {
 } from "../../src/crypto/ed25519.ts";
 import { fromHex, toHex } from "../../src/crypto/encoding.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
+import { signingInput } from "../../wire/session.ts";
+import { DOMAIN_REQUEST } from "../../wire/types.ts";
+import sessionVectors from "../../wire/vectors/session.json" with { type: "json" };
 
 // @noble/ed25519's synchronous API needs a SHA-512; it is the independent implementation here.
 noble.hashes.sha512 = sha512;
@@ -138,5 +141,21 @@ describe("domain-separated signatures", () => {
     expect(() => signDomain(key, "", bytes)).toThrow(/empty/);
     expect(() => signDomain(key, "a\u0000b", bytes)).toThrow(/NUL/);
     expect(() => signDomain(key, "x".repeat(129), bytes)).toThrow(/longer than 128/);
+  });
+});
+
+describe("agreement with the wire protocol", () => {
+  test("domainMessage is the wire's signingInput", () => {
+    const bytes = Uint8Array.from([9, 8, 7]);
+    expect(domainMessage(DOMAIN_REQUEST, bytes)).toEqual(signingInput(DOMAIN_REQUEST, bytes));
+  });
+
+  test("the request vector in wire/vectors/session.json signs and verifies", () => {
+    const client = SigningKey.fromSeed(fromHex(sessionVectors.keys.clientSecret));
+    const body = fromHex(sessionVectors.request.body);
+    const signature = fromHex(sessionVectors.request.sig);
+    expect(domainMessage(DOMAIN_REQUEST, body)).toEqual(fromHex(sessionVectors.request.signingInput));
+    expect(signDomain(client, DOMAIN_REQUEST, body)).toEqual(signature);
+    expect(verifyDomain(client.publicKey, DOMAIN_REQUEST, body, signature)).toBe(true);
   });
 });

@@ -2,14 +2,16 @@ import { describe, expect, test } from "bun:test";
 import { hkdf } from "@noble/hashes/hkdf.js";
 import { hmac } from "@noble/hashes/hmac.js";
 import { sha256 as nobleSha256 } from "@noble/hashes/sha2.js";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { concatBytes, fromHex } from "../../src/crypto/encoding.ts";
+import { domainMessage } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import {
   checkMac,
   deriveSessionKeys,
+  ephemeralKeyPairFromSecret,
   generateEphemeralKeyPair,
-  HKDF_INFO_INITIATOR_TO_RESPONDER,
-  HKDF_INFO_RESPONDER_TO_INITIATOR,
   MAC_BYTES,
   macFrame,
   ReplayGuard,
@@ -21,9 +23,18 @@ import {
   verifyHandshake,
   x25519SharedSecret,
 } from "../../src/crypto/session.ts";
+import { peerMacInput, signingInput } from "../../wire/session.ts";
+import {
+  DOMAIN_PEER_KEY_I2R,
+  DOMAIN_PEER_KEY_R2I,
+  DOMAIN_SESSION_INITIATOR,
+  DOMAIN_SESSION_RESPONDER,
+  FrameType,
+} from "../../wire/types.ts";
 
 const utf8 = (text: string) => new TextEncoder().encode(text);
 const TRANSCRIPT = utf8("transcript bytes as wire/PROTOCOL.md lays them out");
+const PEER = FrameType.PEER;
 
 describe("X25519 key agreement", () => {
   test("both sides reach the same 32-byte secret; a third party does not", () => {
@@ -36,6 +47,18 @@ describe("X25519 key agreement", () => {
     expect(secretA.byteLength).toBe(32);
     expect(secretA).toEqual(secretB);
     expect(x25519SharedSecret(stranger, responder.publicKey)).not.toEqual(secretA);
+  });
+
+  // RFC 7748 §6.1.
+  test("matches the RFC 7748 Diffie-Hellman example", () => {
+    const alice = ephemeralKeyPairFromSecret(fromHex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"));
+    const bob = ephemeralKeyPairFromSecret(fromHex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"));
+    expect(alice.publicKey).toEqual(fromHex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"));
+    expect(bob.publicKey).toEqual(fromHex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"));
+    const shared = fromHex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
+    expect(x25519SharedSecret(alice, bob.publicKey)).toEqual(shared);
+    expect(x25519SharedSecret(bob, alice.publicKey)).toEqual(shared);
+    expect(() => ephemeralKeyPairFromSecret(new Uint8Array(31))).toThrow(SessionCryptoError);
   });
 
   test("rejects peer keys of the wrong length", () => {
@@ -60,8 +83,8 @@ describe("session key derivation", () => {
 
   test("is HKDF-SHA-256 salted with the transcript hash, one key per direction", () => {
     const salt = nobleSha256(TRANSCRIPT);
-    const initiatorToResponder = hkdf(nobleSha256, secret, salt, utf8(HKDF_INFO_INITIATOR_TO_RESPONDER), 32);
-    const responderToInitiator = hkdf(nobleSha256, secret, salt, utf8(HKDF_INFO_RESPONDER_TO_INITIATOR), 32);
+    const initiatorToResponder = hkdf(nobleSha256, secret, salt, utf8(DOMAIN_PEER_KEY_I2R), 32);
+    const responderToInitiator = hkdf(nobleSha256, secret, salt, utf8(DOMAIN_PEER_KEY_R2I), 32);
     expect(deriveSessionKeys(secret, TRANSCRIPT, "initiator")).toEqual({ sendKey: initiatorToResponder, receiveKey: responderToInitiator });
     expect(deriveSessionKeys(secret, TRANSCRIPT, "responder")).toEqual({ sendKey: responderToInitiator, receiveKey: initiatorToResponder });
     expect(initiatorToResponder).not.toEqual(responderToInitiator);
@@ -85,16 +108,23 @@ describe("session key derivation", () => {
     expect(initiatorKeys.sendKey).toEqual(responderKeys.receiveKey);
     expect(initiatorKeys.receiveKey).toEqual(responderKeys.sendKey);
     const frame = utf8("frame");
-    expect(checkMac(responderKeys.receiveKey, 0, frame, macFrame(initiatorKeys.sendKey, 0, frame))).toBe(true);
+    expect(checkMac(responderKeys.receiveKey, PEER, 1, frame, macFrame(initiatorKeys.sendKey, PEER, 1, frame))).toBe(true);
   });
 });
 
 describe("handshake signatures", () => {
   const key = SigningKey.generate();
 
+  test("cover utf8(role domain) || 0x00 || T, as wire/session.ts defines", () => {
+    const signature = signHandshake(key, "initiator", TRANSCRIPT);
+    expect(domainMessage(DOMAIN_SESSION_INITIATOR, TRANSCRIPT)).toEqual(signingInput(DOMAIN_SESSION_INITIATOR, TRANSCRIPT));
+    expect(signature).toEqual(signHandshake(key, "initiator", TRANSCRIPT));
+    expect(verifyHandshake(key.publicKey, "initiator", TRANSCRIPT, signature)).toBe(true);
+    expect(verifyHandshake(key.publicKey, "responder", TRANSCRIPT, signHandshake(key, "responder", TRANSCRIPT))).toBe(true);
+  });
+
   test("verify for the signer's role and transcript only", () => {
     const signature = signHandshake(key, "initiator", TRANSCRIPT);
-    expect(verifyHandshake(key.publicKey, "initiator", TRANSCRIPT, signature)).toBe(true);
     // A reflected signature (claimed for the other role) must fail.
     expect(verifyHandshake(key.publicKey, "responder", TRANSCRIPT, signature)).toBe(false);
     expect(verifyHandshake(key.publicKey, "initiator", utf8("other transcript"), signature)).toBe(false);
@@ -110,44 +140,99 @@ describe("frame MACs", () => {
   const key = Uint8Array.from({ length: 32 }, (_, i) => 255 - i);
   const frame = utf8("a frame body");
 
-  test("are HMAC-SHA-256 over u64be(seq) || bytes", () => {
+  test("are HMAC-SHA-256 over the wire's peer MAC input", () => {
     const seq = 0x0102030405;
-    const expected = hmac(nobleSha256, key, concatBytes(fromHex("0000000102030405"), frame));
-    expect(macFrame(key, seq, frame)).toEqual(expected);
-    expect(macFrame(key, seq, frame).byteLength).toBe(MAC_BYTES);
+    const expected = hmac(nobleSha256, key, peerMacInput(PEER, seq, frame));
+    expect(macFrame(key, PEER, seq, frame)).toEqual(expected);
+    expect(peerMacInput(PEER, seq, frame)).toEqual(concatBytes(utf8("fitb/v1/peer-mac\u0000"), fromHex("400000000102030405"), frame));
+    expect(macFrame(key, PEER, seq, frame).byteLength).toBe(MAC_BYTES);
   });
 
-  test("check passes only for the same key, seq and bytes", () => {
-    const mac = macFrame(key, 7, frame);
-    expect(checkMac(key, 7, frame, mac)).toBe(true);
-    expect(checkMac(key, 8, frame, mac)).toBe(false);
-    expect(checkMac(key, 7, utf8("a frame bodY"), mac)).toBe(false);
-    expect(checkMac(Uint8Array.from(key, (byte) => byte ^ 1), 7, frame, mac)).toBe(false);
+  test("check passes only for the same key, type, seq and bytes", () => {
+    const mac = macFrame(key, PEER, 7, frame);
+    expect(checkMac(key, PEER, 7, frame, mac)).toBe(true);
+    expect(checkMac(key, PEER, 8, frame, mac)).toBe(false);
+    expect(checkMac(key, PEER + 1, 7, frame, mac)).toBe(false);
+    expect(checkMac(key, PEER, 7, utf8("a frame bodY"), mac)).toBe(false);
+    expect(checkMac(Uint8Array.from(key, (byte) => byte ^ 1), PEER, 7, frame, mac)).toBe(false);
     const flipped = Uint8Array.from(mac);
     flipped[31]! ^= 0x80;
-    expect(checkMac(key, 7, frame, flipped)).toBe(false);
+    expect(checkMac(key, PEER, 7, frame, flipped)).toBe(false);
   });
 
-  test("malformed MACs and seqs fail without throwing", () => {
-    const mac = macFrame(key, 7, frame);
-    expect(checkMac(key, 7, frame, mac.subarray(0, 16))).toBe(false);
-    expect(checkMac(key, -1, frame, mac)).toBe(false);
-    expect(checkMac(key, 1.5, frame, mac)).toBe(false);
-    expect(checkMac(key, SEQ_MAX + 1, frame, mac)).toBe(false);
-    expect(() => macFrame(key, -1, frame)).toThrow(RangeError);
+  test("malformed MACs, seqs and types fail the check without throwing", () => {
+    const mac = macFrame(key, PEER, 7, frame);
+    expect(checkMac(key, PEER, 7, frame, mac.subarray(0, 16))).toBe(false);
+    expect(checkMac(key, PEER, 0, frame, mac)).toBe(false);
+    expect(checkMac(key, PEER, -1, frame, mac)).toBe(false);
+    expect(checkMac(key, PEER, 1.5, frame, mac)).toBe(false);
+    expect(checkMac(key, PEER, SEQ_MAX + 1, frame, mac)).toBe(false);
+    expect(checkMac(key, FrameType.REQUEST, 7, frame, mac)).toBe(false);
+  });
+
+  test("making a MAC for a non-peer type or seq 0 is a programming error", () => {
+    expect(() => macFrame(key, PEER, 0, frame)).toThrow(RangeError);
+    expect(() => macFrame(key, FrameType.HELLO, 1, frame)).toThrow(RangeError);
+  });
+});
+
+describe("wire/vectors/session.json", () => {
+  const vectors = JSON.parse(readFileSync(join(import.meta.dir, "../../wire/vectors/session.json"), "utf8"));
+  const replica0 = SigningKey.fromSeed(fromHex(vectors.keys.replica0Secret));
+  const replica1 = SigningKey.fromSeed(fromHex(vectors.keys.replica1Secret));
+  const client = SigningKey.fromSeed(fromHex(vectors.keys.clientSecret));
+  const peerTranscript = fromHex(vectors.peer.transcript);
+  const clientTranscript = fromHex(vectors.client.transcript);
+
+  test("static keys derive the listed public keys", () => {
+    expect(replica0.publicKey).toEqual(fromHex(vectors.keys.replica0));
+    expect(replica1.publicKey).toEqual(fromHex(vectors.keys.replica1));
+    expect(client.publicKey).toEqual(fromHex(vectors.keys.client));
+  });
+
+  test("handshake signatures match byte for byte and verify", () => {
+    // Replica 1 initiates the peer session to replica 0; a client initiates its session.
+    expect(signHandshake(replica0, "responder", peerTranscript)).toEqual(fromHex(vectors.peer.responderSig));
+    expect(signHandshake(replica1, "initiator", peerTranscript)).toEqual(fromHex(vectors.peer.initiatorSig));
+    expect(signHandshake(replica0, "responder", clientTranscript)).toEqual(fromHex(vectors.client.responderSig));
+    expect(signHandshake(client, "initiator", clientTranscript)).toEqual(fromHex(vectors.client.initiatorSig));
+    expect(verifyHandshake(replica1.publicKey, "initiator", peerTranscript, fromHex(vectors.peer.initiatorSig))).toBe(true);
+    expect(verifyHandshake(replica0.publicKey, "responder", clientTranscript, fromHex(vectors.client.responderSig))).toBe(true);
+    expect(DOMAIN_SESSION_RESPONDER).toBe("fitb/v1/session/responder");
+  });
+
+  test("ephemeral keys and the X25519 shared secret match", () => {
+    const initiator = ephemeralKeyPairFromSecret(fromHex(vectors.keys.replica1EphSecret));
+    const responder = ephemeralKeyPairFromSecret(fromHex(vectors.keys.replica0EphSecret));
+    expect(initiator.publicKey).toEqual(fromHex(vectors.keys.replica1Eph));
+    expect(responder.publicKey).toEqual(fromHex(vectors.keys.replica0Eph));
+    expect(x25519SharedSecret(initiator, responder.publicKey)).toEqual(fromHex(vectors.peer.sharedSecret));
+    expect(x25519SharedSecret(responder, initiator.publicKey)).toEqual(fromHex(vectors.peer.sharedSecret));
+  });
+
+  test("session keys and the peer MAC match", () => {
+    const shared = fromHex(vectors.peer.sharedSecret);
+    expect(transcriptHash(peerTranscript)).toEqual(fromHex(vectors.peer.salt));
+    const initiator = deriveSessionKeys(shared, peerTranscript, "initiator");
+    expect(initiator.sendKey).toEqual(fromHex(vectors.peer.keyInitiatorToResponder));
+    expect(initiator.receiveKey).toEqual(fromHex(vectors.peer.keyResponderToInitiator));
+    const msg = fromHex(vectors.peer.macMsg);
+    expect(macFrame(initiator.sendKey, vectors.peer.macType, vectors.peer.macSeq, msg)).toEqual(fromHex(vectors.peer.mac));
+    expect(checkMac(initiator.sendKey, vectors.peer.macType, vectors.peer.macSeq, msg, fromHex(vectors.peer.mac))).toBe(true);
   });
 });
 
 describe("ReplayGuard", () => {
-  test("contiguous mode (the default) accepts exactly firstSeq, firstSeq+1, ...", () => {
+  test("contiguous mode (the default) accepts exactly 1, 2, 3, ...", () => {
     const guard = new ReplayGuard();
-    expect(guard.accept(0)).toBe(true);
+    expect(guard.accept(0)).toBe(false); // peer seqs start at 1
     expect(guard.accept(1)).toBe(true);
-    expect(guard.accept(1)).toBe(false); // replay
-    expect(guard.accept(0)).toBe(false); // older replay
-    expect(guard.accept(3)).toBe(false); // gap: a frame was removed
-    expect(guard.accept(2)).toBe(true); // a refused seq is not recorded
-    expect(guard.nextSeq).toBe(3);
+    expect(guard.accept(2)).toBe(true);
+    expect(guard.accept(2)).toBe(false); // replay
+    expect(guard.accept(1)).toBe(false); // older replay
+    expect(guard.accept(4)).toBe(false); // gap: a frame was removed
+    expect(guard.accept(3)).toBe(true); // a refused seq is not recorded
+    expect(guard.nextSeq).toBe(4);
   });
 
   test("increasing mode accepts gaps but never a seq at or below the last", () => {
@@ -171,7 +256,8 @@ describe("ReplayGuard", () => {
 });
 
 describe("SendSequence", () => {
-  test("counts up from firstSeq and refuses to wrap", () => {
+  test("counts up from 1 by default, from firstSeq if given, and refuses to wrap", () => {
+    expect(new SendSequence().next()).toBe(1);
     const sequence = new SendSequence(5);
     expect([sequence.next(), sequence.next(), sequence.next()]).toEqual([5, 6, 7]);
     const last = new SendSequence(SEQ_MAX);

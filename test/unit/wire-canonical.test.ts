@@ -341,3 +341,11 @@ describe("canonical encoding: random values against cbor-x", () => {
     expect(accepted).toBeGreaterThan(100);
   });
 });
+
+describe("canonical decoding: input types", () => {
+  test("byte strings decoded from a Buffer are plain Uint8Arrays", () => {
+    const v = decodeCanonical(Buffer.from("a1616142abcd", "hex")) as { a: Uint8Array };
+    expect(v.a.constructor).toBe(Uint8Array);
+    expect(hex(v.a)).toBe("abcd");
+  });
+});

@@ -202,3 +202,12 @@ describe("FrameDecoder: bad input", () => {
     expect(FRAME_HEADER_BYTES).toBe(5);
   });
 });
+
+describe("FrameDecoder: input types", () => {
+  test("a Buffer chunk yields plain Uint8Array payloads viewing the same memory", () => {
+    const buf = Buffer.from(encodeFrame(0x23, unhex("0102")));
+    const [r] = new FrameDecoder().push(buf);
+    expect(r?.ok && r.payload.constructor).toBe(Uint8Array);
+    expect(r?.ok && r.payload.buffer).toBe(buf.buffer);
+  });
+});

@@ -62,9 +62,9 @@ const SAMPLE_FRAMES: Frame[] = [
   { type: FrameType.PING, body: { n: 0 } },
   { type: FrameType.PONG, body: { n: 2 ** 40 } },
   { type: FrameType.REQUEST, body: { body: encodeRequestBody(request()), sig: SIG } },
-  { type: FrameType.REPLY, body: { seq: 5, replica: 1, ok: true, res: { t: "pub", tag: "a", span: 2, first: 0 } } },
-  { type: FrameType.REPLY, body: { seq: 5, replica: 1, ok: true, res: { t: "admin", cmd: "register" } } },
-  { type: FrameType.REPLY, body: { seq: 5, replica: 1, ok: false, code: "OVERLOADED", reason: "shedding low" } },
+  { type: FrameType.REPLY, body: { seq: 5, replica: 1, d: KEY, ok: true, res: { t: "pub", tag: "a", span: 2, first: 0 } } },
+  { type: FrameType.REPLY, body: { seq: 5, replica: 1, d: KEY, ok: true, res: { t: "admin", cmd: "register" } } },
+  { type: FrameType.REPLY, body: { seq: 5, replica: 1, d: KEY, ok: false, code: "OVERLOADED", reason: "shedding low" } },
   { type: FrameType.QUERY, body: { id: 9, q: "client-seq" } },
   { type: FrameType.QUERY, body: { id: 9, q: "channel-info", tag: "a.b" } },
   { type: FrameType.QUERY_REPLY, body: { id: 9, replica: 2, ok: true, res: null } },
@@ -157,7 +157,7 @@ describe("decodeFrameBody: each bad-input class has its typed error", () => {
     expectError(FrameType.QUERY, cbor({ id: 1, q: "channel-info" }), "schema");
     expectError(FrameType.QUERY, cbor({ id: 1, q: "status", tag: "a" }), "schema");
     expectError(FrameType.QUERY_REPLY, cbor({ id: 1, replica: 0, ok: true }), "schema");
-    expectError(FrameType.REPLY, cbor({ seq: 0, replica: 0, ok: false, code: "INTERNAL", reason: "" }), "schema");
+    expectError(FrameType.REPLY, cbor({ seq: 0, replica: 0, d: KEY, ok: false, code: "INTERNAL", reason: "" }), "schema");
     expectError(FrameType.PEER, cbor({ seq: 0, msg: new Uint8Array(0), mac: KEY }), "schema");
     expectError(FrameType.REQUEST, cbor({ body: new Uint8Array(0), sig: SIG }), "schema");
     expectError(FrameType.HELLO, cbor({ v: 1, role: "replica", key: KEY, nonce: KEY }), "schema");

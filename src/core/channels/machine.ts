@@ -78,6 +78,8 @@ export class ChannelMachine {
   readonly config: ChannelsConfig;
   private readonly hash: HashFn;
   private state: ChannelsState = { generation: 0, channels: new Map() };
+  /** Tags in ascending order, rebuilt only after a create, destroy or restore. */
+  private tagOrder: string[] | null = null;
 
   constructor(options: ChannelMachineOptions) {
     this.config = options.config ?? DEFAULT_CHANNELS_CONFIG;
@@ -123,11 +125,13 @@ export class ChannelMachine {
     const cls = { fault: cmd.fault, order: cmd.order, priority: cmd.priority };
     this.state.generation = generation;
     this.state.channels.set(cmd.tag, Channel.create(cmd.tag, generation, cls, cmd.public, { ...this.config.retention }));
+    this.tagOrder = null;
     return { ok: true, cmd: "create-channel", tag: cmd.tag, generation };
   }
 
   private destroyChannel(tag: string): AdminResult {
     if (!this.state.channels.delete(tag)) return refuse("unknown-channel", `no channel ${tag}`);
+    this.tagOrder = null;
     return { ok: true, cmd: "destroy-channel", tag };
   }
 
@@ -195,10 +199,17 @@ export class ChannelMachine {
     const seen = window.check(pub.seq, lastSeq);
     if (seen === "duplicate") return { result: ok, stored: null, trimmed: null };
     if (seen !== "new") {
-      return { result: refuse("replayed", `publisher seqs ${pub.seq}..${lastSeq} were partly seen or are too old`), stored: null, trimmed: null };
+      const replayed = refuse("replayed", `publisher seqs ${pub.seq}..${lastSeq} were partly seen or are too old`);
+      return { result: replayed, stored: null, trimmed: null };
     }
     window.add(pub.seq, lastSeq);
-    const base = { firstSeq: checked.log.nextSeq, count: pub.span, tsMs: receivedTsMs, publisher: owned(pub.client), pubSeq: pub.seq };
+    const base = {
+      firstSeq: checked.log.nextSeq,
+      count: pub.span,
+      tsMs: receivedTsMs,
+      publisher: owned(pub.client),
+      pubSeq: pub.seq,
+    };
     const record = this.record(base, signed, new Uint8Array(0));
     checked.log.append(record);
     const trimmed = this.trimReport(checked, checked.log.trim(checked.retention, { nowMs: receivedTsMs }));
@@ -318,6 +329,17 @@ export class ChannelMachine {
     return this.state.channels.get(tag)?.isPublisher(key) ?? false;
   }
 
+  /**
+   * The highest publisher seq this replica stored from `publisherHex` (lowercase hex of
+   * the key) on an unordered channel; 0 when none or when the channel is not unordered.
+   * Local knowledge: other replicas may have seen more or less.
+   */
+  lastUnorderedSeq(tag: string, publisherHex: string): number {
+    const channel = this.state.channels.get(tag);
+    if (channel === undefined || channel.isOrdered) return 0;
+    return channel.dedupe.get(publisherHex)?.highestSeq ?? 0;
+  }
+
   channelInfo(tag: string): ChannelInfo | null {
     return this.state.channels.get(tag)?.info() ?? null;
   }
@@ -327,8 +349,9 @@ export class ChannelMachine {
     return this.sortedTags().map((tag) => (this.state.channels.get(tag) as Channel).info());
   }
 
-  private sortedTags(): string[] {
-    return [...this.state.channels.keys()].sort();
+  private sortedTags(): readonly string[] {
+    if (this.tagOrder === null) this.tagOrder = [...this.state.channels.keys()].sort();
+    return this.tagOrder;
   }
 
   // ---------------------------------------------------------------------------------
@@ -367,7 +390,7 @@ export class ChannelMachine {
   installSnapshot(imported: SnapshotImport): SnapshotResult {
     const finished = imported.finish();
     if (!finished.ok) return finished;
-    const next = imported.state();
+    const next = imported.take();
     for (const [tag, channel] of next.channels) {
       const previous = this.state.channels.get(tag);
       if (channel.isOrdered || previous === undefined || previous.generation !== channel.generation) continue;
@@ -375,6 +398,7 @@ export class ChannelMachine {
       for (const [publisher, window] of previous.dedupe) channel.dedupe.set(publisher, window);
     }
     this.state = next;
+    this.tagOrder = null;
     return { ok: true };
   }
 

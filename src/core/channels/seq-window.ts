@@ -38,6 +38,11 @@ export class SeqRangeWindow {
     return this.floor;
   }
 
+  /** The highest seq seen (0 when none): where a publisher that lost its counter resumes. */
+  get highestSeq(): number {
+    return this.ranges[this.ranges.length - 1]?.end ?? this.floor;
+  }
+
   /** Classifies the inclusive range [start, end] (start >= 1, end >= start). */
   check(start: number, end: number): RangeCheck {
     if (end <= this.floor) return start > this.forgottenThrough ? "duplicate" : "stale";

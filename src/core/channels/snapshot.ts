@@ -278,6 +278,7 @@ export class SnapshotImport {
   private retainedBytesTotal = 0;
   private readonly built: ChannelsState = { generation: 0, channels: new Map() };
   private completed = false;
+  private taken = false;
 
   constructor(
     private readonly hash: HashFn,
@@ -316,7 +317,15 @@ export class SnapshotImport {
   /** The imported state; only after a successful finish. */
   state(): ChannelsState {
     if (!this.completed) throw new Error("snapshot import is not finished");
+    if (this.taken) throw new Error("snapshot import was already installed");
     return this.built;
+  }
+
+  /** Hands the state over for installation; an import installs at most once. */
+  take(): ChannelsState {
+    const state = this.state();
+    this.taken = true;
+    return state;
   }
 
   private consume(chunk: Uint8Array): void {
@@ -374,7 +383,10 @@ export class SnapshotImport {
     const retention = readRetention(record["retention"]);
     const publishers = readKeys(record["publishers"]);
     const subscribers = readKeys(record["subscribers"]);
-    const channel = new Channel(tag, generation, cls, record["public"], retention, publishers, subscribers, new BatchLog(1, CHAIN_GENESIS));
+    // An unordered channel's log is this replica's own; a total-order log is replaced
+    // by the one its batch records rebuild.
+    const log = new BatchLog(1, CHAIN_GENESIS);
+    const channel = new Channel(tag, generation, cls, record["public"], retention, publishers, subscribers, log);
     this.built.channels.set(tag, channel);
     this.channelsRemaining--;
     this.openLog(channel, record["log"]);

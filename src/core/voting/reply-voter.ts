@@ -104,7 +104,8 @@ export class ReplyVoter {
     for (const group of this.groups.values()) largest = Math.max(largest, group.replicas.length);
     if (largest + unanswered < this.quorum) {
       const reason = `no result can reach ${this.quorum} matching replies`;
-      return { state: "failed", reason, groups: [...this.groups.values()].map((g) => ({ result: g.result, replicas: [...g.replicas] })) };
+      const groups = [...this.groups.values()].map((g) => ({ result: g.result, replicas: [...g.replicas] }));
+      return { state: "failed", reason, groups };
     }
     return { state: "pending", answered: this.answers.size, quorum: this.quorum };
   }

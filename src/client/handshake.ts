@@ -1,0 +1,68 @@
+/**
+ * The client side of the session handshake, as pure functions (no socket here, so the
+ * checks can be tested one by one):
+ *
+ *   client  -> HELLO     {v, role: "client", key, nonce}
+ *   replica -> HELLO_ACK {v, replica, key, nonce, sig}
+ *   client  -> AUTH      {sig}
+ *
+ * The client accepts the replica only if `replica` is the id it dialled, `key` is the
+ * key the cluster file lists for that id, and `sig` verifies over the transcript
+ * (wire/session.ts sessionTranscript) under DOMAIN_SESSION_RESPONDER. Its own AUTH
+ * signs the same transcript under DOMAIN_SESSION_INITIATOR. Both nonces are in the
+ * transcript, so neither signature can be replayed into another session.
+ */
+import { randomBytes } from "node:crypto";
+import type { Auth, Hello, HelloAck } from "../../wire/schemas.ts";
+import { sessionTranscript } from "../../wire/session.ts";
+import { DOMAIN_SESSION_INITIATOR, DOMAIN_SESSION_RESPONDER, type ErrorCode, NONCE_BYTES, PROTOCOL_VERSION } from "../../wire/types.ts";
+import { signDomain, verifyDomain } from "../crypto/ed25519.ts";
+import { asUint8Array, bytesEqual } from "../crypto/encoding.ts";
+import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
+
+/** Who the client expects at the other end: the cluster file's entry for the replica. */
+export interface ExpectedReplica {
+  readonly id: number;
+  readonly publicKey: Uint8Array;
+}
+
+export type HelloAckCheck =
+  | { readonly ok: true; readonly auth: Auth }
+  | { readonly ok: false; readonly code: ErrorCode; readonly reason: string };
+
+/** A fresh random nonce for one HELLO. */
+export function freshNonce(): Uint8Array {
+  return asUint8Array(randomBytes(NONCE_BYTES));
+}
+
+/** The HELLO that opens a client session. */
+export function clientHello(key: SigningKey, nonce: Uint8Array = freshNonce()): Hello {
+  return { v: PROTOCOL_VERSION, role: "client", key: key.publicKey, nonce };
+}
+
+/**
+ * Checks the replica's HELLO_ACK against the HELLO sent and the replica expected, and
+ * on success returns the AUTH to send. Every failure names what did not match.
+ */
+export function checkHelloAck(hello: Hello, ack: HelloAck, expected: ExpectedReplica, key: SigningKey): HelloAckCheck {
+  if (ack.replica !== expected.id) {
+    return { ok: false, code: "UNAUTHORIZED", reason: `answered as replica ${ack.replica}, expected replica ${expected.id}` };
+  }
+  if (!bytesEqual(ack.key, expected.publicKey)) {
+    return {
+      ok: false,
+      code: "UNAUTHORIZED",
+      reason: `presented key ${formatPublicKey(ack.key)}, but the cluster file lists ${formatPublicKey(expected.publicKey)}`,
+    };
+  }
+  // A client session has no ephemeral key exchange; an `eph` here means the replica took
+  // us for a peer, and the transcript would not be the one a client session signs.
+  if (ack.eph !== undefined) {
+    return { ok: false, code: "BAD_FRAME", reason: "HELLO_ACK carries an ephemeral key, which a client session does not use" };
+  }
+  const transcript = sessionTranscript(hello, ack);
+  if (!verifyDomain(expected.publicKey, DOMAIN_SESSION_RESPONDER, transcript, ack.sig)) {
+    return { ok: false, code: "BAD_SIGNATURE", reason: "HELLO_ACK signature does not verify under the listed key" };
+  }
+  return { ok: true, auth: { sig: signDomain(key, DOMAIN_SESSION_INITIATOR, transcript) } };
+}

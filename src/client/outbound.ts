@@ -1,0 +1,84 @@
+/**
+ * The bounded send queue of one connection. Bun's socket.write is unbuffered: it takes
+ * what the kernel accepts and returns the count. The rest waits here until the socket's
+ * `drain` callback, and the queue has a byte bound, so a replica that stops reading
+ * (slow, or hostile) costs a bounded amount of memory instead of all of it.
+ */
+
+/** Where bytes go: returns how many were taken, or -1 when the socket is closed. */
+export type ByteSink = (data: Uint8Array) => number;
+
+export type EnqueueResult =
+  | "sent" // all bytes were written now
+  | "queued" // part or all waits for the socket to drain
+  | "full" // refused: the queue is at its bound; nothing was written
+  | "closed"; // the socket is closed; nothing was written
+
+export class OutboundBuffer {
+  private readonly chunks: Uint8Array[] = [];
+  /** Bytes already written of chunks[0]. */
+  private headOffset = 0;
+  private queued = 0;
+
+  constructor(readonly bytesMax: number) {
+    if (!Number.isSafeInteger(bytesMax) || bytesMax < 1) throw new RangeError(`bytesMax must be a positive integer, got ${bytesMax}`);
+  }
+
+  /** Bytes waiting to be written. */
+  get bufferedBytes(): number {
+    return this.queued;
+  }
+
+  /** Whether `bytes` more would be accepted now. */
+  hasRoomFor(bytes: number): boolean {
+    return this.queued === 0 || this.queued + bytes <= this.bytesMax;
+  }
+
+  /**
+   * Writes `data` now if nothing is queued, else queues it if the bound allows. An empty
+   * queue always accepts (the frame itself is bounded by the frame size limit), so one
+   * frame larger than the bound can still go out on an idle connection.
+   */
+  enqueue(sink: ByteSink, data: Uint8Array): EnqueueResult {
+    if (this.queued > 0) {
+      if (this.queued + data.byteLength > this.bytesMax) return "full";
+      this.push(data);
+      return "queued";
+    }
+    const written = sink(data);
+    if (written < 0) return "closed";
+    if (written >= data.byteLength) return "sent";
+    this.push(data.subarray(written));
+    return "queued";
+  }
+
+  /** Writes queued bytes until the socket pushes back; true when the queue is empty. */
+  flush(sink: ByteSink): boolean {
+    while (this.chunks.length > 0) {
+      const head = this.chunks[0] as Uint8Array;
+      const rest = this.headOffset === 0 ? head : head.subarray(this.headOffset);
+      const written = sink(rest);
+      if (written < 0) return false;
+      this.queued -= written;
+      if (written < rest.byteLength) {
+        this.headOffset += written;
+        return false;
+      }
+      this.chunks.shift();
+      this.headOffset = 0;
+    }
+    return true;
+  }
+
+  /** Drops everything queued (the connection is gone; requests are re-sent on the next one). */
+  clear(): void {
+    this.chunks.length = 0;
+    this.headOffset = 0;
+    this.queued = 0;
+  }
+
+  private push(data: Uint8Array): void {
+    this.chunks.push(data);
+    this.queued += data.byteLength;
+  }
+}

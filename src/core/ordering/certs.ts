@@ -1,0 +1,198 @@
+/**
+ * Certificate checks and the NEW_VIEW computation (ORDERING.md §6, §7). Pure functions of
+ * a context; every count is of distinct verified signers, never of messages, and every
+ * part of a certificate must match every other part (the classic bugs 1, 6 and 7 of §9).
+ */
+import type { FaultMode, ReplicaId } from "./config.ts";
+import {
+  batchBytes,
+  bytesEqual,
+  type Checkpoint,
+  type ClientRequest,
+  type Commit,
+  NULL_DIGEST,
+  type PreparedCert,
+  type SignedMessage,
+  signerOf,
+  signingBytes,
+  type ViewChange,
+} from "./messages.ts";
+import type { CoreCrypto } from "./types.ts";
+
+export interface CertContext {
+  readonly n: number;
+  readonly f: number;
+  readonly mode: FaultMode;
+  /** Quorum size. */
+  readonly q: number;
+  readonly logWindow: number;
+  readonly checkpointInterval: number;
+  readonly clusterId: string;
+  readonly crypto: CoreCrypto;
+}
+
+export function isMember(ctx: CertContext, r: number): boolean {
+  return Number.isSafeInteger(r) && r >= 0 && r < ctx.n;
+}
+
+/** Checks the signature of `m` against the replica that must have made it. */
+export function verifySigned(ctx: CertContext, m: SignedMessage): boolean {
+  const signer = signerOf(m, ctx.n);
+  if (!isMember(ctx, signer)) return false;
+  return ctx.crypto.verify(signer, signingBytes(m, ctx.clusterId), m.sig);
+}
+
+export function digestOfBatch(crypto: CoreCrypto, batch: readonly ClientRequest[]): Uint8Array {
+  return crypto.hash(batchBytes(batch));
+}
+
+/** Whether `batch` is the body of `digest` (the null digest names the empty batch). */
+export function bodyMatches(crypto: CoreCrypto, digest: Uint8Array, batch: readonly ClientRequest[]): boolean {
+  if (bytesEqual(digest, NULL_DIGEST)) return batch.length === 0;
+  return bytesEqual(digestOfBatch(crypto, batch), digest);
+}
+
+/**
+ * `minSigners` distinct members signed CHECKPOINT(seq, digest). Extra or duplicate
+ * entries make the proof invalid rather than being skipped, so a proof has one form.
+ */
+export function validCheckpointProof(
+  ctx: CertContext,
+  seq: number,
+  digest: Uint8Array,
+  proof: readonly Checkpoint[],
+  minSigners: number,
+): boolean {
+  if (proof.length < minSigners || proof.length > ctx.n) return false;
+  const seen = new Set<ReplicaId>();
+  for (const c of proof) {
+    if (c.seq !== seq || !bytesEqual(c.digest, digest)) return false;
+    if (!isMember(ctx, c.replica) || seen.has(c.replica)) return false;
+    seen.add(c.replica);
+  }
+  for (const c of proof) if (!verifySigned(ctx, c)) return false;
+  return true;
+}
+
+/**
+ * A prepared certificate is valid when its header is leader(view)'s signature on exactly
+ * (view, seq, digest) and, in BFT mode, it carries exactly Q-1 PREPAREs for the same
+ * triple from distinct members other than the leader. In CFT mode it carries no PREPAREs
+ * and its body must hash to the digest.
+ */
+export function validPreparedCert(ctx: CertContext, cert: PreparedCert): boolean {
+  const h = cert.prePrepare;
+  if (h.view !== cert.view || h.seq !== cert.seq || !bytesEqual(h.digest, cert.digest) || h.batch !== null) return false;
+  if (bytesEqual(cert.digest, NULL_DIGEST) && cert.batch !== null && cert.batch.length > 0) return false;
+  if (ctx.mode === "cft") {
+    if (cert.prepares.length !== 0 || cert.batch === null) return false;
+    if (!bodyMatches(ctx.crypto, cert.digest, cert.batch)) return false;
+  } else {
+    if (cert.batch !== null || cert.prepares.length !== ctx.q - 1) return false;
+    const leader = cert.view % ctx.n;
+    const seen = new Set<ReplicaId>();
+    for (const p of cert.prepares) {
+      if (p.view !== cert.view || p.seq !== cert.seq || !bytesEqual(p.digest, cert.digest)) return false;
+      if (!isMember(ctx, p.replica) || p.replica === leader || seen.has(p.replica)) return false;
+      seen.add(p.replica);
+    }
+    for (const p of cert.prepares) if (!verifySigned(ctx, p)) return false;
+  }
+  return verifySigned(ctx, h);
+}
+
+/**
+ * VIEW_CHANGE validity (ORDERING.md §6): signed by a member; its stable checkpoint proven
+ * by Q signed CHECKPOINTs (or the genesis state at 0); every prepared entry inside the
+ * sender's window, one per seq, from a view below the new one, and itself valid.
+ */
+export function validViewChange(ctx: CertContext, vc: ViewChange): boolean {
+  if (!isMember(ctx, vc.replica)) return false;
+  if (vc.stableSeq === 0) {
+    if (!bytesEqual(vc.stableDigest, NULL_DIGEST) || vc.stableProof.length !== 0) return false;
+  } else if (vc.stableSeq % ctx.checkpointInterval !== 0) {
+    return false;
+  }
+  if (vc.prepared.length > ctx.logWindow) return false;
+  const seqs = new Set<number>();
+  for (const cert of vc.prepared) {
+    if (cert.seq <= vc.stableSeq || cert.seq > vc.stableSeq + ctx.logWindow) return false;
+    if (cert.view >= vc.newView || seqs.has(cert.seq)) return false;
+    seqs.add(cert.seq);
+  }
+  if (!verifySigned(ctx, vc)) return false;
+  if (vc.stableSeq > 0 && !validCheckpointProof(ctx, vc.stableSeq, vc.stableDigest, vc.stableProof, ctx.q)) return false;
+  for (const cert of vc.prepared) if (!validPreparedCert(ctx, cert)) return false;
+  return true;
+}
+
+/** What a NEW_VIEW must say, recomputed from its VIEW_CHANGEs by every replica. */
+export interface NewViewPlan {
+  minS: number;
+  maxS: number;
+  /** O: the digest for each seq in minS+1 .. maxS (NULL_DIGEST where nothing prepared). */
+  digests: Uint8Array[];
+  /** Bodies known from CFT certificates, by seq. */
+  bodies: Map<number, ClientRequest[]>;
+  /** The stable checkpoint at minS and its proof (empty at genesis). */
+  stableDigest: Uint8Array;
+  stableProof: Checkpoint[];
+}
+
+/**
+ * ORDERING.md §6: minS is the highest stable checkpoint in V, maxS the highest prepared
+ * seq (at least minS), and O[s] the digest of the highest-view certificate for s. Two
+ * certificates for one (view, seq) with different digests cannot both be valid with at
+ * most f faults; if V holds such a pair, the plan is refused (null).
+ */
+export function planNewView(ctx: CertContext, vcs: readonly ViewChange[]): NewViewPlan | null {
+  let minS = 0;
+  let stableDigest = NULL_DIGEST;
+  let stableProof: Checkpoint[] = [];
+  for (const vc of vcs) {
+    if (vc.stableSeq > minS) {
+      minS = vc.stableSeq;
+      stableDigest = vc.stableDigest;
+      stableProof = vc.stableProof;
+    }
+  }
+  const best = new Map<number, PreparedCert>();
+  let maxS = minS;
+  for (const vc of vcs) {
+    for (const cert of vc.prepared) {
+      if (cert.seq <= minS) continue;
+      const prev = best.get(cert.seq);
+      if (prev !== undefined && prev.view === cert.view && !bytesEqual(prev.digest, cert.digest)) return null;
+      if (prev === undefined || cert.view > prev.view) best.set(cert.seq, cert);
+      if (cert.seq > maxS) maxS = cert.seq;
+    }
+  }
+  if (maxS - minS > ctx.logWindow) return null;
+  const digests: Uint8Array[] = [];
+  const bodies = new Map<number, ClientRequest[]>();
+  for (let s = minS + 1; s <= maxS; s++) {
+    const cert = best.get(s);
+    digests.push(cert === undefined ? NULL_DIGEST : cert.digest);
+    if (cert?.batch) bodies.set(s, cert.batch);
+  }
+  return { minS, maxS, digests, bodies, stableDigest, stableProof };
+}
+
+/** Q distinct members signed COMMIT(view, seq, digest): the decision is final (ORDERING.md §3). */
+export function validDecisionCert(
+  ctx: CertContext,
+  view: number,
+  seq: number,
+  digest: Uint8Array,
+  commits: readonly Commit[],
+): boolean {
+  if (commits.length < ctx.q || commits.length > ctx.n) return false;
+  const seen = new Set<ReplicaId>();
+  for (const c of commits) {
+    if (c.view !== view || c.seq !== seq || !bytesEqual(c.digest, digest)) return false;
+    if (!isMember(ctx, c.replica) || seen.has(c.replica)) return false;
+    seen.add(c.replica);
+  }
+  for (const c of commits) if (!verifySigned(ctx, c)) return false;
+  return true;
+}

@@ -1,0 +1,154 @@
+/**
+ * Per-client state of the ordering core: the client table (the last executed client
+ * sequence number of each client, which is replicated state and travels in snapshots so
+ * that deduplication survives state transfer) and the pool of pending requests (local,
+ * bounded, never replicated).
+ */
+import type { ClientRequest } from "./messages.ts";
+
+/** The client table in canonical form: [client, lastExecutedSeq] pairs sorted by client. */
+export type ClientTableExport = Array<[string, number]>;
+
+/** Ticks elapse and requests pass through here; `timerStart < 0` means the timer is not running. */
+export interface PendingRequest {
+  readonly req: ClientRequest;
+  /** `client:seq`, the identity of a request for dedupe and indexes. */
+  readonly key: string;
+  /** Tick at which this replica first held the request. */
+  readonly firstSeen: number;
+  /** Tick the current request-timer stage started, or -1 while the request is not at the head of its client's chain. */
+  timerStart: number;
+  /** 0: waiting; 1: forwarded to all after the first expiry; 2: leader suspected. */
+  stage: number;
+  /** Highest accepted sequence number when the request last reached the leader (Aardvark fairness). */
+  seqAtArrival: number;
+}
+
+export function requestKey(client: string, seq: number): string {
+  return `${client}:${seq}`;
+}
+
+/** lastExecutedSeq per client; a client absent from the table has executed nothing (0). */
+export class ClientTable {
+  private readonly last = new Map<string, number>();
+
+  lastExecuted(client: string): number {
+    return this.last.get(client) ?? 0;
+  }
+
+  /** Records that `req` executed; the caller has checked that it continues the client's chain. */
+  recordExecuted(req: ClientRequest): void {
+    this.last.set(req.client, req.seq + req.span - 1);
+  }
+
+  /** Whether `req` is the next request of its client (no gap, no repeat). */
+  isNext(req: ClientRequest): boolean {
+    return req.seq === this.lastExecuted(req.client) + 1;
+  }
+
+  get size(): number {
+    return this.last.size;
+  }
+
+  /** Canonical export: sorted by client id so every correct replica produces the same bytes. */
+  export(): ClientTableExport {
+    const rows: ClientTableExport = [];
+    for (const [client, seq] of this.last) rows.push([client, seq]);
+    rows.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    return rows;
+  }
+
+  /** Replaces the table with an exported one (state transfer or restart). */
+  import(rows: ClientTableExport): void {
+    this.last.clear();
+    for (const [client, seq] of rows) this.last.set(client, seq);
+  }
+}
+
+/** Pending requests, bounded per client and in total. */
+export class PendingPool {
+  private readonly byClient = new Map<string, Map<number, PendingRequest>>();
+  private count = 0;
+
+  get total(): number {
+    return this.count;
+  }
+
+  countFor(client: string): number {
+    return this.byClient.get(client)?.size ?? 0;
+  }
+
+  get(client: string, seq: number): PendingRequest | undefined {
+    return this.byClient.get(client)?.get(seq);
+  }
+
+  has(client: string, seq: number): boolean {
+    return this.byClient.get(client)?.has(seq) ?? false;
+  }
+
+  add(req: ClientRequest, now: number, seqAtArrival: number): PendingRequest {
+    let forClient = this.byClient.get(req.client);
+    if (forClient === undefined) {
+      forClient = new Map();
+      this.byClient.set(req.client, forClient);
+    }
+    const p: PendingRequest = {
+      req,
+      key: requestKey(req.client, req.seq),
+      firstSeen: now,
+      timerStart: -1,
+      stage: 0,
+      seqAtArrival,
+    };
+    forClient.set(req.seq, p);
+    this.count++;
+    return p;
+  }
+
+  remove(client: string, seq: number): void {
+    const forClient = this.byClient.get(client);
+    if (forClient === undefined || !forClient.delete(seq)) return;
+    this.count--;
+    if (forClient.size === 0) this.byClient.delete(client);
+  }
+
+  /** Drops every request of `client` that starts at or below `lastExecuted`: executed or overlapping. */
+  pruneExecuted(client: string, lastExecuted: number): void {
+    const forClient = this.byClient.get(client);
+    if (forClient === undefined) return;
+    for (const seq of [...forClient.keys()]) {
+      if (seq <= lastExecuted) {
+        forClient.delete(seq);
+        this.count--;
+      }
+    }
+    if (forClient.size === 0) this.byClient.delete(client);
+  }
+
+  /** Every client with pending requests, in first-arrival order (deterministic). */
+  clients(): IterableIterator<[string, Map<number, PendingRequest>]> {
+    return this.byClient.entries();
+  }
+
+  clientCount(): number {
+    return this.byClient.size;
+  }
+
+  /** Restarts every request timer, as after a view change (ORDERING.md §6, pending requests). */
+  restartTimers(seqAtArrival: number): void {
+    for (const forClient of this.byClient.values()) {
+      for (const p of forClient.values()) {
+        p.timerStart = -1;
+        p.stage = 0;
+        p.seqAtArrival = seqAtArrival;
+      }
+    }
+  }
+
+  /** Largest per-client count, for the simulator's bound checks. */
+  maxPerClient(): number {
+    let max = 0;
+    for (const forClient of this.byClient.values()) max = Math.max(max, forClient.size);
+    return max;
+  }
+}

@@ -1,0 +1,184 @@
+/**
+ * The ports of the ordering core: what it is given (crypto, inputs, restored records) and
+ * what it asks the runtime to do (outputs). The core is a pure function of its inputs:
+ * the same configuration, crypto and input sequence give the same outputs, byte for byte.
+ */
+import type { ClientTableExport } from "./clients.ts";
+import type { FaultMode, ReplicaId } from "./config.ts";
+import type {
+  Checkpoint,
+  ClientRequest,
+  Commit,
+  NewView,
+  PeerMessage,
+  PreparedCert,
+  PrePrepare,
+  ViewChange,
+} from "./messages.ts";
+
+/**
+ * Injected, pure cryptography. The core never imports a crypto library; the runtime uses
+ * native ed25519, the simulator whatever its seed budget allows. Implementations may
+ * memoize `verify` and `verifyRequest`: both are pure.
+ */
+export interface CoreCrypto {
+  /** SHA-256. */
+  hash(bytes: Uint8Array): Uint8Array;
+  /** Signs with this replica's key. Must be deterministic (ed25519 is). */
+  sign(bytes: Uint8Array): Uint8Array;
+  /** Whether `sig` is `replica`'s signature on `bytes`. */
+  verify(replica: ReplicaId, bytes: Uint8Array, sig: Uint8Array): boolean;
+  /** Checks the client signature AND that client, seq and span match the signed body. */
+  verifyRequest(req: ClientRequest): boolean;
+}
+
+export type CoreInput =
+  /** A peer message that passed `validatePeerMessage`; `from` is the authenticated transport sender. */
+  | { kind: "message"; from: ReplicaId; msg: PeerMessage }
+  /**
+   * A client request. `authenticated` is true when the runtime's session with the sender
+   * is authenticated as `req.client`; only then does a bad signature prove the client
+   * faulty and quarantine it (otherwise anyone could get a correct client quarantined).
+   */
+  | { kind: "request"; req: ClientRequest; authenticated?: boolean }
+  /** One tick of time (10 ms in the runtime). */
+  | { kind: "tick" }
+  /** The application's digest after executing `seq`, answering a `takeCheckpoint`. */
+  | { kind: "checkpointReady"; seq: number; appDigest: Uint8Array }
+  /**
+   * The runtime installed a snapshot fetched after `fetchState`. The core recomputes the
+   * state digest from `appDigest` and `clients` and accepts it only if it matches the
+   * digest it asked for; `stateDigest` is the runtime's claim and must match too.
+   */
+  | {
+      kind: "snapshotInstalled";
+      seq: number;
+      stateDigest: Uint8Array;
+      appDigest: Uint8Array;
+      clients: ClientTableExport;
+    };
+
+/** Why a replica started a view change; for status and logs. */
+export type SuspectReason =
+  | "equivocation"
+  | "bad-proposal"
+  | "bad-new-view"
+  | "request-timeout"
+  | "heartbeat"
+  | "throughput"
+  | "unfair"
+  | "view-change-timeout"
+  | "join"
+  | "behind";
+
+/**
+ * What the core asks of the runtime, in order. CONTRACT: the runtime completes (fsyncs)
+ * every `persist` before it performs any `send`, `decide` or other effect that follows it
+ * in the same output list. A crash may lose any suffix of the list, never a middle part.
+ */
+export type CoreOutput =
+  | { kind: "persist"; record: PersistedRecord }
+  /** `to: "all"` means every other replica. */
+  | { kind: "send"; to: ReplicaId | "all"; msg: PeerMessage }
+  /**
+   * Sequence number `seq` is decided and executed. `batch` is the decided batch (every
+   * replica sees the same bytes); `execute` are the requests that passed per-client
+   * dedupe, in order: apply exactly these, and reply to their clients.
+   */
+  | { kind: "decide"; seq: number; view: number; batch: ClientRequest[]; execute: ClientRequest[] }
+  /**
+   * After the decide of `seq` (a multiple of K): store the application snapshot at `seq`
+   * together with `clients`, then answer with `checkpointReady(seq, appDigest)`.
+   */
+  | { kind: "takeCheckpoint"; seq: number; clients: ClientTableExport }
+  /** The request (client, seq) already executed: send the cached reply again, if still cached. */
+  | { kind: "resendReply"; client: string; seq: number }
+  /** Advisory: the core has work due in `ticks` ticks; a runtime that ticks steadily may ignore it. */
+  | { kind: "setTimer"; ticks: number }
+  /**
+   * Fetch the snapshot at `seq` whose state digest is `stateDigest` from one of `from`
+   * (try them in order), install it, then input `snapshotInstalled`. `proof` holds the
+   * signed CHECKPOINTs that vouch for the digest.
+   */
+  | { kind: "fetchState"; seq: number; stateDigest: Uint8Array; from: ReplicaId[]; proof: Checkpoint[] }
+  /** This replica left `view - 1` (or lower) for `view`, suspecting its leader. */
+  | { kind: "suspect"; view: number; reason: SuspectReason }
+  /** A view is installed; `leader` now orders. */
+  | { kind: "viewInstalled"; view: number; leader: ReplicaId }
+  /** A peer sends far more than any other (Aardvark flood defence): the runtime may mute it. */
+  | { kind: "peerFlooding"; peer: ReplicaId }
+  /**
+   * FATAL: this replica's state digest at `seq` differs from the stable one. Replicas are
+   * deterministic, so this is a bug or corruption here; the runtime should stop and
+   * restore from a peer's snapshot.
+   */
+  | { kind: "divergence"; seq: number; own: Uint8Array; stable: Uint8Array };
+
+/**
+ * Durable records, written through `persist` and handed back to the constructor after a
+ * restart, in the order they were written. `compactRecords` trims them after a stable
+ * checkpoint. All are canonical values, so the runtime may store them as canonical CBOR.
+ */
+export type PersistedRecord =
+  /** View state: written before a VIEW_CHANGE is sent and when a view is installed. */
+  | {
+      t: "view";
+      view: number;
+      installedView: number;
+      status: "normal" | "viewChange";
+      viewChange: ViewChange | null;
+      newView: NewView | null;
+    }
+  /** A proposal this replica accepted (or, as leader, made); implies its PREPARE was sent. */
+  | { t: "accept"; prePrepare: PrePrepare }
+  /** A prepared certificate and its body; implies its COMMIT was sent. */
+  | { t: "prepared"; cert: PreparedCert; batch: ClientRequest[] }
+  /** An executed sequence number with its commit certificate. */
+  | { t: "decided"; seq: number; view: number; digest: Uint8Array; batch: ClientRequest[]; commits: Commit[] }
+  /** This replica's own checkpoint at `seq`. */
+  | { t: "checkpoint"; seq: number; stateDigest: Uint8Array; appDigest: Uint8Array; clients: ClientTableExport }
+  /** A stable checkpoint: Q signed CHECKPOINTs. */
+  | { t: "stable"; seq: number; digest: Uint8Array; proof: Checkpoint[] }
+  /** State installed from a snapshot at `seq` (or the base left by compaction). */
+  | {
+      t: "snapshot";
+      seq: number;
+      stateDigest: Uint8Array;
+      appDigest: Uint8Array;
+      clients: ClientTableExport;
+      proof: Checkpoint[];
+    };
+
+export interface CoreStatus {
+  id: ReplicaId;
+  mode: FaultMode;
+  /** The view this replica is in or moving to. */
+  view: number;
+  /** The last view whose NEW_VIEW this replica installed (0 at start). */
+  installedView: number;
+  leader: ReplicaId;
+  status: "normal" | "viewChange";
+  lastExecuted: number;
+  /** Last stable checkpoint. */
+  h: number;
+  pending: number;
+  /** Sequence number of a state transfer in progress, or null. */
+  transferTo: number | null;
+}
+
+/** Sizes of every bounded structure, for the simulator's bound checks and for metrics. */
+export interface CoreSizes {
+  log: number;
+  prepared: number;
+  decided: number;
+  decidedPending: number;
+  checkpointSeqs: number;
+  checkpointVotes: number;
+  farCheckpoints: number;
+  viewChanges: number;
+  buffered: number;
+  pending: number;
+  pendingMaxPerClient: number;
+  forwardQueue: number;
+  quarantined: number;
+}

@@ -1,0 +1,446 @@
+/**
+ * One fitb replica: the listener, the peer mesh, the ordering core and the channel state
+ * machine, wired together (DESIGN §4).
+ *
+ * Paths per CLASS (DESIGN §3):
+ * - unordered channels (crash/none, byzantine/none): a REQUEST is verified, stored by this
+ *   replica and forwarded to its subscribers at once; no agreement. The client collects
+ *   the acks it needs (f+1 or 2f+1 stored).
+ * - total-order channels and every admin command: the verified request goes into the
+ *   ordering core; once decided, every replica executes it at the same position, assigns
+ *   the same channel sequence numbers and answers the client.
+ */
+import type { ClusterConfig } from "../config/cluster.ts";
+import { bytesEqual, toHex } from "../crypto/encoding.ts";
+import { sha256 } from "../crypto/hash.ts";
+import type { SigningKey } from "../crypto/keys.ts";
+import { DEFAULT_CHANNELS_CONFIG } from "../core/channels/config.ts";
+import { ChannelMachine } from "../core/channels/machine.ts";
+import type { ChannelError, StoredBatch, TrimmedError } from "../core/channels/types.ts";
+import type { ClientRequest } from "../core/ordering/messages.ts";
+import { type Canonical, tryDecodeCanonical } from "../../wire/canonical.ts";
+import type { Frame, Reply, Request, SignedRequest } from "../../wire/schemas.ts";
+import { type ErrorCode, FrameType } from "../../wire/types.ts";
+import type { Log } from "./log.ts";
+import { Metrics } from "./metrics.ts";
+import { OrderingDriver } from "./ordering.ts";
+import { PeerMesh } from "./peers.ts";
+import { admitRequest, spaceOf } from "./requests.ts";
+import { type ClientSession, ReplicaServer } from "./server.ts";
+import { Subscriptions } from "./subscriptions.ts";
+
+/** Requests of one client connection waiting for their decision; more are refused. */
+export const WAITING_PER_SESSION_MAX = 4096;
+/** Last replies kept for answering duplicates of executed requests (one per space). */
+export const REPLY_CACHE_SPACES_MAX = 100_000;
+
+export interface ReplicaOptions {
+  readonly config: ClusterConfig;
+  readonly id: number;
+  readonly key: SigningKey;
+  readonly log: Log;
+  /** Overrides for tests: listen address (defaults to the config's). */
+  readonly listenHost?: string;
+}
+
+interface CachedReply {
+  readonly seq: number;
+  readonly digest: Uint8Array;
+  readonly reply: Reply;
+}
+
+export class Replica {
+  readonly metrics = new Metrics();
+  readonly machine: ChannelMachine;
+  private readonly mesh: PeerMesh;
+  private readonly server: ReplicaServer;
+  private readonly subs: Subscriptions;
+  private readonly ordering: OrderingDriver;
+  private readonly adminKeys: Set<string>;
+  /** Sessions waiting for a decided request's reply, by space and seq. */
+  private readonly waiting = new Map<string, Set<ClientSession>>();
+  private readonly waitingBySession = new Map<number, Set<string>>();
+  private readonly replies = new Map<string, CachedReply>();
+  private readonly startedMs = Date.now();
+
+  constructor(private readonly options: ReplicaOptions) {
+    const { config, id, key, log } = options;
+    const self = config.replicas[id];
+    if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
+    this.adminKeys = new Set(config.adminKeys.map(toHex));
+    this.machine = new ChannelMachine({
+      hash: sha256,
+      config: {
+        ...DEFAULT_CHANNELS_CONFIG,
+        eventBytesMax: config.limits.eventBytesMax,
+        requestEventsMax: config.limits.batchEventsMax,
+        requestBytesMax: config.limits.frameBytesMax,
+        retention: {
+          events: config.retention.eventsMax,
+          bytes: config.retention.bytesMax,
+          ageMs: config.retention.ageSecondsMax * 1000,
+        },
+      },
+    });
+    this.subs = new Subscriptions(id, this.machine, this.metrics, config.limits.connectionSubscriptionsMax);
+    this.mesh = new PeerMesh({
+      self: id,
+      key,
+      replicas: config.replicas,
+      frameBytesMax: config.limits.frameBytesMax,
+      log,
+      metrics: this.metrics,
+      onMessage: (from, msg) => this.ordering.onPeerMessage(from, msg),
+    });
+    this.ordering = new OrderingDriver({
+      config,
+      id,
+      key,
+      log,
+      metrics: this.metrics,
+      mesh: this.mesh,
+      onDecided: (requests, decidedSeq) => this.executeDecided(requests, decidedSeq),
+      onResendReply: (space, seq) => this.resendReply(space, seq),
+      appDigest: () => this.machine.digest(),
+    });
+    this.server = new ReplicaServer({
+      self: id,
+      host: options.listenHost ?? self.host,
+      port: self.port,
+      key,
+      frameBytesMax: config.limits.frameBytesMax,
+      mesh: this.mesh,
+      clients: {
+        onClientFrame: (session, frame) => this.onClientFrame(session, frame),
+        onClientClosed: (session) => this.onClientClosed(session),
+      },
+      log,
+      metrics: this.metrics,
+    });
+  }
+
+  start(): void {
+    this.server.listen();
+    this.mesh.start();
+    this.ordering.start();
+    const self = this.options.config.replicas[this.options.id];
+    this.options.log.info("replica started", { address: `${self?.host}:${self?.port}`, n: this.options.config.n, f: this.options.config.f });
+  }
+
+  stop(): void {
+    this.subs.shutdown();
+    this.ordering.stop();
+    this.mesh.stop();
+    this.server.stop();
+    this.options.log.info("replica stopped");
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Client frames
+  // ---------------------------------------------------------------------------------
+
+  private onClientFrame(session: ClientSession, frame: Frame): void {
+    switch (frame.type) {
+      case FrameType.REQUEST:
+        return this.onRequest(session, frame.body);
+      case FrameType.QUERY:
+        return this.onQuery(session, frame.body.id, frame.body.q, "tag" in frame.body ? frame.body.tag : undefined);
+      case FrameType.SUBSCRIBE:
+        return this.subs.subscribe(session, frame.body.sub, frame.body.tag, frame.body.from);
+      case FrameType.UNSUBSCRIBE:
+        return this.subs.unsubscribe(session, frame.body.sub);
+      case FrameType.PING:
+        session.conn.send({ type: FrameType.PONG, body: { n: frame.body.n } });
+        return;
+      case FrameType.PONG:
+        return;
+      default:
+        this.metrics.inc("bad_frames_total");
+        session.conn.closeWith({
+          type: FrameType.ERROR,
+          body: { code: "BAD_FRAME", reason: `frame type 0x${frame.type.toString(16)} is not for a replica's client port` },
+        });
+    }
+  }
+
+  private onClientClosed(session: ClientSession): void {
+    this.subs.dropSession(session);
+    const keys = this.waitingBySession.get(session.id);
+    if (keys === undefined) return;
+    for (const key of keys) {
+      const set = this.waiting.get(key);
+      set?.delete(session);
+      if (set !== undefined && set.size === 0) this.waiting.delete(key);
+    }
+    this.waitingBySession.delete(session.id);
+  }
+
+  private onRequest(session: ClientSession, signed: SignedRequest): void {
+    this.metrics.inc("requests_total");
+    const admitted = admitRequest(signed);
+    if (!admitted.ok) {
+      this.metrics.inc("requests_refused_total");
+      const seq = peekSeq(signed);
+      if (seq === null || admitted.code === "BAD_SIGNATURE") {
+        // Unsigned, forged or undecodable requests are hostile: answer and close.
+        session.conn.closeWith({ type: FrameType.ERROR, body: { code: admitted.code, reason: admitted.reason } });
+        return;
+      }
+      this.reply(session, failure(seq, this.options.id, sha256(signed.body), admitted.code, admitted.reason));
+      return;
+    }
+    const { request, clientHex, space } = admitted;
+    const digest = sha256(signed.body);
+    if (toHex(request.client) !== session.keyHex) {
+      // A relay may sign for one key per session; requests signed by another key are
+      // accepted too (they carry their own signature), so this is only counted.
+      this.metrics.inc("requests_foreign_key_total");
+    }
+    if (request.op.t === "pub") {
+      const info = this.machine.channelInfo(request.op.tag);
+      if (info === null) {
+        this.reply(session, failure(request.seq, this.options.id, digest, "UNKNOWN_CHANNEL", `no channel ${request.op.tag}`));
+        return;
+      }
+      if (info.order === "none") return this.publishUnordered(session, signed, request, digest);
+    } else if (!this.adminKeys.has(clientHex)) {
+      this.reply(session, failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "admin commands must be signed by an admin key"));
+      return;
+    }
+    this.submitOrdered(session, signed, request, space, digest);
+  }
+
+  private publishUnordered(session: ClientSession, signed: SignedRequest, request: Request, digest: Uint8Array): void {
+    const outcome = this.machine.acceptUnorderedPublish(signed, request as never, Date.now());
+    const result = outcome.result;
+    if (!result.ok) {
+      this.reply(session, failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason));
+      return;
+    }
+    this.reply(session, {
+      seq: request.seq,
+      replica: this.options.id,
+      d: digest,
+      ok: true,
+      res: { t: "pub", tag: result.tag, span: result.count },
+    });
+    if (outcome.stored !== null) {
+      this.metrics.inc("events_stored_total", outcome.stored.count);
+      this.subs.publish(result.tag, outcome.stored, false);
+    }
+  }
+
+  private submitOrdered(session: ClientSession, signed: SignedRequest, request: Request, space: string, digest: Uint8Array): void {
+    const cached = this.replies.get(space);
+    if (cached !== undefined && request.seq <= cached.seq) {
+      if (cached.seq === request.seq && bytesEqual(cached.digest, digest)) {
+        this.reply(session, cached.reply);
+      } else {
+        this.reply(session, failure(request.seq, this.options.id, digest, "REPLAY", "this sequence number was already used"));
+      }
+      return;
+    }
+    const key = `${space}#${request.seq}`;
+    const mine = this.waitingBySession.get(session.id) ?? new Set<string>();
+    if (mine.size >= WAITING_PER_SESSION_MAX && !mine.has(key)) {
+      this.reply(session, failure(request.seq, this.options.id, digest, "RATE_LIMITED", "too many requests in flight on this connection"));
+      return;
+    }
+    mine.add(key);
+    this.waitingBySession.set(session.id, mine);
+    const set = this.waiting.get(key) ?? new Set<ClientSession>();
+    set.add(session);
+    this.waiting.set(key, set);
+    const req: ClientRequest = { client: space, seq: request.seq, span: request.span, body: signed.body, sig: signed.sig };
+    this.ordering.submit(req);
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Execution of decided requests (identical on every replica)
+  // ---------------------------------------------------------------------------------
+
+  private executeDecided(requests: readonly ClientRequest[], decidedSeq: number): void {
+    for (const req of requests) this.executeOne(req);
+    this.metrics.inc("batches_decided_total");
+    this.decidedSeq = decidedSeq;
+  }
+
+  private decidedSeq = 0;
+
+  private executeOne(req: ClientRequest): void {
+    const signed: SignedRequest = { body: req.body, sig: req.sig };
+    const digest = sha256(req.body);
+    const admitted = admitRequest(signed);
+    // The core only decides requests whose signature verified, so this holds.
+    if (!admitted.ok) throw new Error(`decided request failed admission: ${admitted.reason}`);
+    const { request, clientHex } = admitted;
+    let reply: Reply;
+    if (request.op.t === "admin") {
+      if (!this.adminKeys.has(clientHex)) {
+        reply = failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "admin commands must be signed by an admin key");
+      } else {
+        const result = this.machine.applyAdmin(request.op.cmd as never);
+        if (result.ok) {
+          reply = { seq: request.seq, replica: this.options.id, d: digest, ok: true, res: { t: "admin", cmd: result.cmd } };
+          if (result.cmd === "destroy-channel") this.subs.channelDestroyed(result.tag);
+          this.options.log.info("admin command executed", { cmd: result.cmd, tag: result.tag });
+        } else {
+          reply = failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason);
+        }
+      }
+    } else {
+      // The publisher's own timestamp is what every replica has in common; it drives
+      // retention by age deterministically.
+      const outcome = this.machine.applyOrderedPublish(signed, request as never, request.ts);
+      const result = outcome.result;
+      if (result.ok) {
+        reply = {
+          seq: request.seq,
+          replica: this.options.id,
+          d: digest,
+          ok: true,
+          res: { t: "pub", tag: result.tag, span: result.count, first: result.firstSeq },
+        };
+        if (outcome.stored !== null) {
+          this.metrics.inc("events_stored_total", outcome.stored.count);
+          this.subs.publish(result.tag, outcome.stored as StoredBatch, true);
+        }
+      } else {
+        reply = failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason);
+      }
+    }
+    this.cacheReply(req.client, { seq: request.seq, digest, reply });
+    const key = `${req.client}#${request.seq}`;
+    const sessions = this.waiting.get(key);
+    if (sessions === undefined) return;
+    this.waiting.delete(key);
+    for (const session of sessions) {
+      this.waitingBySession.get(session.id)?.delete(key);
+      this.reply(session, reply);
+    }
+  }
+
+  private cacheReply(space: string, cached: CachedReply): void {
+    this.replies.delete(space);
+    this.replies.set(space, cached);
+    if (this.replies.size > REPLY_CACHE_SPACES_MAX) {
+      const oldest = this.replies.keys().next().value as string;
+      this.replies.delete(oldest);
+    }
+  }
+
+  /** The core saw a duplicate of an executed request: answer the waiting client again. */
+  private resendReply(space: string, seq: number): void {
+    const cached = this.replies.get(space);
+    const key = `${space}#${seq}`;
+    const sessions = this.waiting.get(key);
+    if (sessions === undefined) return;
+    this.waiting.delete(key);
+    for (const session of sessions) {
+      this.waitingBySession.get(session.id)?.delete(key);
+      if (cached !== undefined && cached.seq === seq) this.reply(session, cached.reply);
+      else this.reply(session, failure(seq, this.options.id, new Uint8Array(32), "REPLAY", "this sequence number was already used"));
+    }
+  }
+
+  private reply(session: ClientSession, reply: Reply): void {
+    if (!session.conn.send({ type: FrameType.REPLY, body: reply })) this.metrics.inc("replies_dropped_total");
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Queries (read-only, answered from this replica's state)
+  // ---------------------------------------------------------------------------------
+
+  private onQuery(session: ClientSession, id: number, q: string, tag: string | undefined): void {
+    const answer = (res: Canonical): void => {
+      session.conn.send({ type: FrameType.QUERY_REPLY, body: { id, replica: this.options.id, ok: true, res } });
+    };
+    const refuse = (code: ErrorCode, reason: string): void => {
+      session.conn.send({ type: FrameType.QUERY_REPLY, body: { id, replica: this.options.id, ok: false, code, reason } });
+    };
+    switch (q) {
+      case "status":
+        return answer(this.status());
+      case "list-channels":
+        return answer({ channels: this.machine.listChannels().map(channelSummary) });
+      case "channel-info": {
+        const info = tag === undefined ? null : this.machine.channelInfo(tag);
+        if (info === null) return refuse("UNKNOWN_CHANNEL", `no channel ${tag ?? ""}`);
+        return answer({ ...channelSummary(info), next: info.nextSeq, oldest: info.oldestSeq });
+      }
+      case "client-seq":
+        return answer({ last: this.lastSeqOf(session.keyHex, tag) });
+      default:
+        return refuse("BAD_REQUEST", `unknown query ${q}`);
+    }
+  }
+
+  /** The last sequence number executed (ordered) or stored (unordered) in a client's space. */
+  private lastSeqOf(clientHex: string, tag: string | undefined): number {
+    if (tag === undefined) return this.ordering.lastExecutedSeq(`${clientHex}:!admin`);
+    const info = this.machine.channelInfo(tag);
+    if (info !== null && info.order === "none") return this.machine.lastUnorderedSeq(tag, clientHex);
+    return this.ordering.lastExecutedSeq(spaceOf(clientHex, { op: { t: "pub", tag } } as Request));
+  }
+
+  status(): { [key: string]: Canonical } {
+    const core = this.ordering.status();
+    return {
+      replica: this.options.id,
+      cluster: this.options.config.name,
+      n: this.options.config.n,
+      f: this.options.config.f,
+      view: core.view,
+      leader: core.leader,
+      mode: core.status,
+      lastDecided: core.lastExecuted,
+      stableCheckpoint: core.stableCheckpoint,
+      channels: this.machine.channelCount,
+      subscriptions: this.subs.count,
+      peers: this.mesh.status().map((peer) => ({ id: peer.id, up: peer.up })),
+      uptimeMs: Date.now() - this.startedMs,
+    };
+  }
+}
+
+function channelSummary(info: { tag: string; fault: string; order: string; priority: string; public: boolean }): { [key: string]: Canonical } {
+  return { tag: info.tag, fault: info.fault, order: info.order, priority: info.priority, public: info.public };
+}
+
+function failure(seq: number, replica: number, digest: Uint8Array, code: ErrorCode, reason: string): Reply {
+  return { seq: Math.max(seq, 1), replica, d: digest, ok: false, code, reason: reason.slice(0, 512) };
+}
+
+function channelErrorCode(error: ChannelError | TrimmedError): ErrorCode {
+  switch (error.code) {
+    case "unknown-channel":
+      return "UNKNOWN_CHANNEL";
+    case "channel-exists":
+      return "CHANNEL_EXISTS";
+    case "not-registered":
+      return "UNAUTHORIZED";
+    case "oversized":
+    case "channels-full":
+    case "keys-full":
+      return "TOO_LARGE";
+    case "replayed":
+      return "REPLAY";
+    case "bad-tag":
+    case "bad-request":
+    case "class-mismatch":
+    case "trimmed":
+      return "BAD_REQUEST";
+    default: {
+      const unreachable: never = error;
+      return unreachable;
+    }
+  }
+}
+
+/** The seq of a request whose body did not pass admission, if it can be read at all. */
+function peekSeq(signed: SignedRequest): number | null {
+  const decoded = tryDecodeCanonical(signed.body);
+  if (!decoded.ok || decoded.value === null || typeof decoded.value !== "object" || decoded.value instanceof Uint8Array) return null;
+  const seq = (decoded.value as { seq?: unknown }).seq;
+  return typeof seq === "number" && Number.isSafeInteger(seq) && seq >= 1 ? seq : null;
+}

@@ -1,0 +1,330 @@
+// Subscriber-side delivery voting (DESIGN §3 "subscriber delivers when"): f+1 matching
+// (seq, digest) on byzantine/total, first valid copy elsewhere, in order with no gap and no
+// duplicate, resume, bounded buffers, and per-replica accounting of bad copies. Publisher
+// signatures are real ed25519 signatures under the request domain.
+import { describe, expect, test } from "bun:test";
+import { sha256 } from "@noble/hashes/sha2.js";
+import { createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from "node:crypto";
+import { encodeCanonical } from "../../wire/canonical.ts";
+import { REQUEST_SIGNATURE_DOMAIN, type FaultModel, type OrderMode } from "../../src/core/channels/index.ts";
+import {
+  DELIVERED_HISTORY_MAX,
+  DELIVERY_BUFFERED_BATCHES_PER_REPLICA_MAX,
+  DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX,
+  DELIVERY_PUBLISHERS_MAX,
+  DeliveryVoter,
+  type BatchCopy,
+  type DeliveryOutput,
+  type DeliveryVoterOptions,
+} from "../../src/core/voting/index.ts";
+
+const hash = (bytes: Uint8Array): Uint8Array => sha256(bytes);
+const utf8 = (s: string): Uint8Array => new TextEncoder().encode(s);
+const text = (b: Uint8Array): string => new TextDecoder().decode(b);
+const SPKI_ED25519_PREFIX = Buffer.from("302a300506032b6570032100", "hex");
+const TAG = "sec.ids";
+
+type Publisher = { key: Uint8Array; secret: KeyObject };
+
+function publisher(): Publisher {
+  const { publicKey, privateKey } = generateKeyPairSync("ed25519");
+  const der = publicKey.export({ type: "spki", format: "der" });
+  return { key: new Uint8Array(der.subarray(der.length - 32)), secret: privateKey };
+}
+
+function domainMessage(body: Uint8Array): Uint8Array {
+  return new Uint8Array(Buffer.concat([Buffer.from(REQUEST_SIGNATURE_DOMAIN), Buffer.from([0]), body]));
+}
+
+const verifySignature = (body: Uint8Array, sig: Uint8Array, key: Uint8Array): boolean => {
+  const publicKey = createPublicKey({ key: Buffer.concat([SPKI_ED25519_PREFIX, key]), format: "der", type: "spki" });
+  return verify(null, domainMessage(body), publicKey, sig);
+};
+
+const ALICE = publisher();
+const BOB = publisher();
+
+/** A signed pub request of `events` with publisher seqs seq.. */
+function signed(p: Publisher, seq: number, events: string[], tag = TAG): { body: Uint8Array; sig: Uint8Array } {
+  const evs = events.map(utf8);
+  const body = encodeCanonical({ v: 1, client: p.key, seq, span: evs.length, ts: 77, op: { t: "pub", tag, events: evs } });
+  return { body, sig: new Uint8Array(sign(null, domainMessage(body), p.secret)) };
+}
+
+function copy(firstSeq: number, s: { body: Uint8Array; sig: Uint8Array }, tsMs = 1000): BatchCopy {
+  return { firstSeq, tsMs, ...s };
+}
+
+function voter(fault: FaultModel, order: OrderMode, extra: Partial<DeliveryVoterOptions> = {}): DeliveryVoter {
+  return new DeliveryVoter({ tag: TAG, cls: { fault, order }, n: 4, f: 1, hash, verify: verifySignature, ...extra });
+}
+
+const delivered = (outputs: DeliveryOutput[]): Array<[number | null, string[]]> =>
+  outputs.flatMap((o) => (o.t === "deliver" ? [[o.batch.seq, o.batch.events.map(text)] as [number | null, string[]]] : []));
+
+const others = (outputs: DeliveryOutput[]): DeliveryOutput[] => outputs.filter((o) => o.t !== "deliver");
+
+// A small channel history: three batches at channel seqs 1, 3 and 4.
+const B1 = signed(ALICE, 1, ["a1", "a2"]);
+const B3 = signed(BOB, 1, ["b1"]);
+const B4 = signed(ALICE, 3, ["a3", "a4", "a5"]);
+
+describe("byzantine/total", () => {
+  test("delivers only when f+1 distinct replicas sent the same (seq, digest)", () => {
+    const v = voter("byzantine", "total");
+    expect(v.onBatch(0, copy(1, B1))).toEqual([]);
+    const out = v.onBatch(2, copy(1, B1));
+    expect(delivered(out)).toEqual([[1, ["a1", "a2"]]]);
+    const batch = out[0]?.t === "deliver" ? out[0].batch : null;
+    expect(batch).toMatchObject({ tag: TAG, seq: 1, pubSeq: 1, tsMs: 1000, publisher: ALICE.key });
+    expect(v.nextSeq).toBe(3);
+    expect(v.onBatch(1, copy(1, B1))).toEqual([]);
+    expect(v.stats()).toMatchObject({ deliveredBatches: 1, deliveredEvents: 2, duplicates: [0, 1, 0, 0], buffered: 0 });
+  });
+
+  test("duplicates from one replica never count twice", () => {
+    const v = voter("byzantine", "total");
+    for (let i = 0; i < 10; i++) expect(v.onBatch(3, copy(1, B1))).toEqual([]);
+    expect(v.stats()).toMatchObject({ deliveredBatches: 0, duplicates: [0, 0, 0, 9], buffered: 1 });
+  });
+
+  test("f lying replicas cannot make a forged batch deliver", () => {
+    const v = new DeliveryVoter({ tag: TAG, cls: { fault: "byzantine", order: "total" }, n: 7, f: 2, hash, verify: verifySignature });
+    // Liars 5 and 6 agree on a validly signed request placed at the wrong seq, on an
+    // altered timestamp, and on a body whose signature they cannot make.
+    const altered = { body: B4.body.slice(), sig: B4.sig };
+    altered.body[altered.body.length - 1] = (altered.body.at(-1) as number) ^ 1;
+    for (const liar of [5, 6]) {
+      expect(v.onBatch(liar, copy(1, B4))).toEqual([]);
+      expect(v.onBatch(liar, copy(3, B3, 999))).toEqual([]);
+      expect(v.onBatch(liar, copy(4, altered))).toEqual([]);
+    }
+    expect(v.stats()).toMatchObject({ deliveredBatches: 0, invalid: [0, 0, 0, 0, 0, 1, 1] });
+    // The honest history still needs f+1 = 3 honest copies per batch.
+    v.onBatch(0, copy(1, B1));
+    v.onBatch(1, copy(1, B1));
+    const out = v.onBatch(2, copy(1, B1));
+    expect(delivered(out)).toEqual([[1, ["a1", "a2"]]]);
+    // Delivering seq 1 exposes both liars' copies that contradicted it.
+    expect(others(out)).toEqual([
+      { t: "conflict", replica: 5, seq: 1, reason: "contradicts the batch delivered at this seq" },
+      { t: "conflict", replica: 6, seq: 1, reason: "contradicts the batch delivered at this seq" },
+    ]);
+    for (const r of [0, 1]) v.onBatch(r, copy(3, B3));
+    expect(delivered(v.onBatch(2, copy(3, B3)))).toEqual([[3, ["b1"]]]);
+    expect(v.stats().conflicts).toEqual([0, 0, 0, 0, 0, 2, 2]);
+  });
+
+  test("conflicting digests at one seq: the f+1 side wins and the other sender is reported", () => {
+    const v = voter("byzantine", "total");
+    const forged = signed(ALICE, 1, ["a1", "FORGED"]);
+    v.onBatch(0, copy(1, B1));
+    v.onBatch(3, copy(1, forged));
+    const out = v.onBatch(1, copy(1, B1));
+    expect(delivered(out)).toEqual([[1, ["a1", "a2"]]]);
+    expect(others(out)).toEqual([{ t: "conflict", replica: 3, seq: 1, reason: "contradicts the batch delivered at this seq" }]);
+    // A late contradicting copy is reported too; a late matching one is a duplicate.
+    expect(v.onBatch(2, copy(1, forged))).toEqual([
+      { t: "conflict", replica: 2, seq: 1, reason: "contradicts the batch delivered at this seq" },
+    ]);
+    expect(v.onBatch(2, copy(1, B1))).toEqual([]);
+  });
+
+  test("a replica that sends two different batches at one seq is reported at once", () => {
+    const v = voter("byzantine", "total");
+    v.onBatch(1, copy(1, B1));
+    expect(v.onBatch(1, copy(1, B1, 2000))).toEqual([
+      { t: "conflict", replica: 1, seq: 1, reason: "sent two different batches at one seq" },
+    ]);
+  });
+
+  test("out-of-order arrival is delivered in seq order with no gap and no duplicate", () => {
+    const v = voter("byzantine", "total");
+    expect(v.onBatch(0, copy(4, B4))).toEqual([]);
+    expect(v.onBatch(1, copy(4, B4))).toEqual([]); // ready, but seq 1..3 are missing
+    expect(v.onBatch(1, copy(3, B3))).toEqual([]);
+    expect(v.onBatch(2, copy(3, B3))).toEqual([]);
+    expect(v.onBatch(3, copy(1, B1))).toEqual([]);
+    const out = v.onBatch(2, copy(1, B1));
+    expect(delivered(out)).toEqual([
+      [1, ["a1", "a2"]],
+      [3, ["b1"]],
+      [4, ["a3", "a4", "a5"]],
+    ]);
+    expect(v.nextSeq).toBe(7);
+    expect(v.stats().buffered).toBe(0);
+  });
+
+  test("resume from a seq inside a batch delivers only the rest of it", () => {
+    const v = voter("byzantine", "total", { fromSeq: 5 });
+    v.onBatch(0, copy(1, B1)); // wholly before the resume point
+    v.onBatch(0, copy(4, B4));
+    const out = v.onBatch(3, copy(4, B4));
+    expect(delivered(out)).toEqual([[5, ["a4", "a5"]]]);
+    const batch = out[0]?.t === "deliver" ? out[0].batch : null;
+    expect(batch?.pubSeq).toBe(4);
+    expect(v.nextSeq).toBe(7);
+    expect(v.stats()).toMatchObject({ duplicates: [1, 0, 0, 0], deliveredEvents: 2 });
+  });
+
+  test("copies that are not valid are dropped and counted per replica", () => {
+    const v = voter("byzantine", "total", { acceptPublisher: (k) => Buffer.from(k).equals(Buffer.from(ALICE.key)) });
+    const wrongTag = signed(ALICE, 1, ["x"], "other.tag");
+    const badSig = { body: B1.body, sig: B3.sig };
+    v.onBatch(0, copy(1, wrongTag));
+    v.onBatch(1, copy(1, badSig));
+    v.onBatch(2, copy(1, { body: new Uint8Array([0xff]), sig: B1.sig }));
+    v.onBatch(2, copy(1, { body: encodeCanonical({ v: 2 }), sig: B1.sig }));
+    v.onBatch(3, copy(0, B1));
+    v.onBatch(3, copy(3, B3)); // Bob is not accepted by the filter
+    v.onBatch(9, copy(1, B1));
+    expect(v.stats()).toMatchObject({ invalid: [1, 1, 2, 2], unknownReplica: 1, deliveredBatches: 0, buffered: 0 });
+  });
+
+  test("a replica's buffer is bounded; overflow is reported and other replicas go on", () => {
+    const v = voter("byzantine", "total");
+    const far = (i: number): BatchCopy => copy(1000 + 10 * i, B3);
+    for (let i = 0; i < DELIVERY_BUFFERED_BATCHES_PER_REPLICA_MAX; i++) expect(v.onBatch(3, far(i))).toEqual([]);
+    expect(v.onBatch(3, far(DELIVERY_BUFFERED_BATCHES_PER_REPLICA_MAX))).toEqual([
+      { t: "overflow", replica: 3, nextSeq: 1, reason: `more than ${DELIVERY_BUFFERED_BATCHES_PER_REPLICA_MAX} batches buffered` },
+    ]);
+    expect(v.stats()).toMatchObject({ buffered: DELIVERY_BUFFERED_BATCHES_PER_REPLICA_MAX, overflows: [0, 0, 0, 1] });
+    v.onBatch(0, copy(1, B1));
+    expect(delivered(v.onBatch(1, copy(1, B1)))).toEqual([[1, ["a1", "a2"]]]);
+  });
+
+  test("buffered bytes per replica are bounded too", () => {
+    const v = voter("byzantine", "total");
+    const big = signed(ALICE, 1, ["x".repeat(1024 * 1024)]);
+    const perCopy = big.body.length + big.sig.length;
+    const fits = Math.floor(DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX / perCopy);
+    for (let i = 0; i < fits; i++) expect(v.onBatch(2, copy(100 + i, big))).toEqual([]);
+    expect(v.onBatch(2, copy(100 + fits, big))).toEqual([
+      { t: "overflow", replica: 2, nextSeq: 1, reason: `more than ${DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX} bytes buffered` },
+    ]);
+  });
+
+  test("delivery frees buffer space", () => {
+    const v = voter("byzantine", "total");
+    let seq = 1;
+    for (let i = 0; i < DELIVERY_BUFFERED_BATCHES_PER_REPLICA_MAX * 3; i++) {
+      const b = signed(ALICE, seq, ["e"]);
+      expect(v.onBatch(0, copy(seq, b))).toEqual([]);
+      expect(delivered(v.onBatch(1, copy(seq, b)))).toEqual([[seq, ["e"]]]);
+      seq++;
+    }
+    expect(v.stats()).toMatchObject({ buffered: 0, overflows: [0, 0, 0, 0] });
+  });
+
+  test("trimmed needs f+1 replicas, names the smallest oldest seq, and skipTo resumes there", () => {
+    const v = voter("byzantine", "total");
+    expect(v.onTrimmed(3, 1_000_000)).toEqual([]); // one liar cannot invent a gap
+    expect(v.onTrimmed(0, 1)).toEqual([]); // not beyond the next seq: no gap
+    expect(v.onTrimmed(1, 4)).toEqual([{ t: "trimmed", nextSeq: 1, oldestSeq: 4 }]);
+    expect(v.onTrimmed(2, 4)).toEqual([]); // reported once per position
+    expect(v.nextSeq).toBe(1); // nothing skipped without the caller's consent
+    v.onBatch(0, copy(4, B4));
+    expect(delivered(v.skipTo(4))).toEqual([]);
+    expect(delivered(v.onBatch(1, copy(4, B4)))).toEqual([[4, ["a3", "a4", "a5"]]]);
+    expect(v.skipTo(2)).toEqual([]); // never backwards
+    expect(v.nextSeq).toBe(7);
+  });
+
+  test("skipTo keeps a buffered batch that straddles the new position", () => {
+    const v = voter("byzantine", "total");
+    v.onBatch(0, copy(4, B4));
+    v.onBatch(1, copy(4, B4));
+    v.onBatch(2, copy(1, B1)); // ends before 5: freed by the skip
+    const out = v.skipTo(5);
+    expect(delivered(out)).toEqual([[5, ["a4", "a5"]]]);
+    expect(v.stats().buffered).toBe(0);
+  });
+
+  test("late copies older than the remembered history are dropped as duplicates", () => {
+    const v = voter("byzantine", "total");
+    let seq = 1;
+    const first = signed(ALICE, 1, ["e"]);
+    for (let i = 0; i <= DELIVERED_HISTORY_MAX; i++) {
+      const b = i === 0 ? first : signed(ALICE, seq, ["e"]);
+      v.onBatch(0, copy(seq, b));
+      v.onBatch(1, copy(seq, b));
+      seq++;
+    }
+    expect(v.onBatch(2, copy(1, first))).toEqual([]);
+    expect(v.stats().duplicates[2]).toBe(1);
+  });
+});
+
+describe("crash/total", () => {
+  test("the first copy covering the next seq is delivered, in order", () => {
+    const v = voter("crash", "total");
+    expect(v.onBatch(2, copy(3, B3))).toEqual([]);
+    expect(delivered(v.onBatch(1, copy(1, B1)))).toEqual([
+      [1, ["a1", "a2"]],
+      [3, ["b1"]],
+    ]);
+    expect(v.onBatch(0, copy(1, B1))).toEqual([]);
+    expect(v.onBatch(0, copy(3, B3, 5))).toEqual([
+      { t: "conflict", replica: 0, seq: 3, reason: "contradicts the batch delivered at this seq" },
+    ]);
+  });
+
+  test("an invalid first copy is dropped and the next valid one delivered", () => {
+    const v = voter("crash", "total");
+    expect(v.onBatch(0, copy(1, { body: B1.body, sig: B4.sig }))).toEqual([]);
+    expect(delivered(v.onBatch(1, copy(1, B1)))).toEqual([[1, ["a1", "a2"]]]);
+    expect(v.stats().invalid).toEqual([1, 0, 0, 0]);
+  });
+
+  test("one replica's trimmed notice is enough", () => {
+    const v = voter("crash", "total");
+    expect(v.onTrimmed(2, 10)).toEqual([{ t: "trimmed", nextSeq: 1, oldestSeq: 10 }]);
+  });
+});
+
+describe("unordered channels", () => {
+  test.each<[FaultModel]>([["crash"], ["byzantine"]])("%s/none delivers the first valid copy of each publisher range once", (fault) => {
+    const v = voter(fault, "none");
+    const a5 = signed(ALICE, 5, ["late"]);
+    expect(delivered(v.onBatch(0, copy(17, a5)))).toEqual([[null, ["late"]]]);
+    expect(delivered(v.onBatch(1, copy(2, B1)))).toEqual([[null, ["a1", "a2"]]]);
+    expect(v.onBatch(2, copy(99, B1))).toEqual([]);
+    expect(delivered(v.onBatch(2, copy(1, B3)))).toEqual([[null, ["b1"]]]);
+    expect(v.onTrimmed(0, 50)).toEqual([]);
+    expect(v.stats()).toMatchObject({ deliveredBatches: 3, duplicates: [0, 0, 1, 0] });
+  });
+
+  test("a forged copy is dropped, counted, and does not block the genuine one", () => {
+    const v = voter("byzantine", "none");
+    const forged = { body: signed(ALICE, 1, ["FORGED"]).body, sig: B1.sig };
+    expect(v.onBatch(3, copy(1, forged))).toEqual([]);
+    expect(delivered(v.onBatch(0, copy(1, B1)))).toEqual([[null, ["a1", "a2"]]]);
+    expect(v.stats().invalid).toEqual([0, 0, 0, 1]);
+  });
+
+  test("a range that partly overlaps a delivered one is dropped as stale", () => {
+    const v = voter("crash", "none");
+    v.onBatch(0, copy(1, B1)); // Alice 1..2
+    expect(v.onBatch(1, copy(1, signed(ALICE, 2, ["x", "y"])))).toEqual([]);
+    expect(v.stats().stale).toEqual([0, 1, 0, 0]);
+  });
+
+  test("the publishers tracked per subscription are bounded", () => {
+    const v = voter("crash", "none");
+    for (let i = 0; i < DELIVERY_PUBLISHERS_MAX; i++) {
+      expect(delivered(v.onBatch(0, copy(1, signed(publisher(), 1, ["e"]))))).toHaveLength(1);
+    }
+    expect(v.onBatch(0, copy(1, signed(publisher(), 1, ["e"])))).toEqual([
+      { t: "overflow", replica: 0, nextSeq: 1, reason: `more than ${DELIVERY_PUBLISHERS_MAX} publishers on one subscription` },
+    ]);
+  });
+});
+
+describe("configuration", () => {
+  test("group sizes and resume points are checked", () => {
+    expect(() => new DeliveryVoter({ tag: TAG, cls: { fault: "byzantine", order: "total" }, n: 3, f: 1, hash, verify: verifySignature })).toThrow(
+      RangeError,
+    );
+    expect(() => voter("crash", "total", { fromSeq: 0 })).toThrow(RangeError);
+  });
+});

@@ -1,0 +1,60 @@
+// PROTOCOL.md must say what the code does: every frame type with its number, every error
+// and SUB_END code, every domain tag and the numeric bounds appear in it.
+import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import {
+  CANONICAL_DEPTH_MAX,
+  DOMAIN_PEER_KEY_I2R,
+  DOMAIN_PEER_KEY_R2I,
+  DOMAIN_PEER_MAC,
+  DOMAIN_REQUEST,
+  DOMAIN_SESSION_INITIATOR,
+  DOMAIN_SESSION_RESPONDER,
+  ERROR_CODES,
+  EVENT_BYTES_MAX,
+  FRAME_BYTES_MAX,
+  FrameType,
+  QUERY_KINDS,
+  REASON_BYTES_MAX,
+  RELAY_LINE_BYTES_MAX,
+  REQUEST_EVENTS_MAX,
+  SUB_END_CODES,
+  TAG_BYTES_MAX,
+} from "../../wire/index.ts";
+
+const doc = readFileSync(join(import.meta.dir, "..", "..", "wire", "PROTOCOL.md"), "utf8");
+const hexType = (n: number): string => `0x${n.toString(16).padStart(2, "0")}`;
+
+describe("PROTOCOL.md matches the code", () => {
+  test("frame type table rows: | 0xNN | NAME |", () => {
+    for (const [name, code] of Object.entries(FrameType)) expect(doc).toContain(`| ${hexType(code)} | ${name} |`);
+  });
+
+  test("every payload section names its frame and number", () => {
+    for (const [name, code] of Object.entries(FrameType)) expect(doc).toContain(`${name} (${hexType(code)})`);
+  });
+
+  test("error codes, SUB_END codes and query kinds", () => {
+    for (const code of ERROR_CODES) expect(doc).toContain(`| \`${code}\` |`);
+    for (const code of SUB_END_CODES) expect(doc).toContain(`| \`${code}\` |`);
+    for (const q of QUERY_KINDS) expect(doc).toContain(`| \`"${q}"\` |`);
+  });
+
+  test("domain tags", () => {
+    for (const d of [DOMAIN_REQUEST, DOMAIN_SESSION_RESPONDER, DOMAIN_SESSION_INITIATOR, DOMAIN_PEER_KEY_I2R, DOMAIN_PEER_KEY_R2I, DOMAIN_PEER_MAC]) {
+      expect(doc).toContain(`| \`${d}\` |`);
+    }
+  });
+
+  test("bounds", () => {
+    const fmt = (n: number) => n.toLocaleString("en-US");
+    expect(doc).toContain(`\`FRAME_BYTES_MAX\` = 4 MiB (${fmt(FRAME_BYTES_MAX)})`);
+    expect(doc).toContain(`\`RELAY_LINE_BYTES_MAX\` = ${fmt(RELAY_LINE_BYTES_MAX)}`);
+    expect(doc).toContain(`\`EVENT_BYTES_MAX\` = ${fmt(EVENT_BYTES_MAX)}`);
+    expect(doc).toContain(`1 .. ${fmt(REQUEST_EVENTS_MAX)} (\`REQUEST_EVENTS_MAX\`)`);
+    expect(doc).toContain(`\`REASON_BYTES_MAX\` = ${REASON_BYTES_MAX}`);
+    expect(doc).toContain(`at most ${TAG_BYTES_MAX} bytes`);
+    expect(doc).toContain(`at most ${CANONICAL_DEPTH_MAX} arrays/maps deep`);
+  });
+});
