@@ -7,10 +7,12 @@ import { clusterInitCommand } from "./commands/cluster-init.ts";
 import { configCheckCommand } from "./commands/config-check.ts";
 import { keygenCommand } from "./commands/keygen.ts";
 import { replicaCommand } from "./commands/replica.ts";
+import { serviceUnitCommand } from "./commands/service.ts";
 
 export const COMMANDS: readonly Command[] = [
   keygenCommand,
   clusterInitCommand,
   configCheckCommand,
   replicaCommand,
+  serviceUnitCommand,
 ];

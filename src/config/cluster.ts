@@ -66,7 +66,7 @@ export const LIMIT_BOUNDS = {
 /** Retention applied to a channel that does not set its own. */
 export const RETENTION_BOUNDS = {
   events_max: { defaultValue: 1_000_000, min: 1, max: 1_000_000_000 },
-  bytes_max: { defaultValue: 1 * GIB, min: 1 * KIB, max: 1024 * GIB },
+  bytes_max: { defaultValue: 64 * MIB, min: 1 * KIB, max: 16 * GIB },
   age_seconds_max: { defaultValue: 7 * SECONDS_PER_DAY, min: 1, max: 3650 * SECONDS_PER_DAY },
 } as const satisfies Record<string, LimitBound>;
 

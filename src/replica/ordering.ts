@@ -12,10 +12,12 @@ import type { ClusterConfig } from "../config/cluster.ts";
 import { sign, verify } from "../crypto/ed25519.ts";
 import { sha256 } from "../crypto/hash.ts";
 import type { SigningKey } from "../crypto/keys.ts";
-import { makeConfig } from "../core/ordering/config.ts";
+import { REQUEST_BYTES_MAX } from "../core/channels/constants.ts";
+import { DEFAULT_PARAMETERS, makeConfig } from "../core/ordering/config.ts";
 import type { ClientRequest, PeerMessage } from "../core/ordering/messages.ts";
-import { validatePeerMessage } from "../core/ordering/messages.ts";
-import { OrderingCore, type CoreCrypto, type CoreOutput } from "../core/ordering/index.ts";
+import { REQUEST_SPAN_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
+import { OrderingCore } from "../core/ordering/core.ts";
+import type { CoreCrypto, CoreInput, CoreOutput } from "../core/ordering/types.ts";
 import { type Canonical, encodeCanonical, tryDecodeCanonical } from "../../wire/canonical.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
@@ -68,8 +70,10 @@ export class OrderingDriver {
       makeConfig(
         { id, n: config.n, f: config.f, mode: "bft", clusterId: config.name },
         {
-          maxRequestBytes: config.limits.frameBytesMax,
-          maxRequestSpan: config.limits.batchEventsMax,
+          // A request travels in one frame; a batch of requests must hold the largest one.
+          maxRequestBytes: Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX),
+          maxBatchBytes: Math.max(DEFAULT_PARAMETERS.maxBatchBytes, Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX)),
+          maxRequestSpan: Math.min(config.limits.batchEventsMax, REQUEST_SPAN_MAX),
         },
       ),
       crypto,
@@ -85,8 +89,9 @@ export class OrderingDriver {
     this.timer = null;
   }
 
+  /** A request from an authenticated client session whose key signed it. */
   submit(req: ClientRequest): void {
-    this.step({ kind: "request", req });
+    this.step({ kind: "request", req, authenticated: true });
   }
 
   onPeerMessage(from: number, bytes: Uint8Array): void {
@@ -104,8 +109,10 @@ export class OrderingDriver {
     this.step({ kind: "message", from, msg });
   }
 
+  /** The last executed seq of a client's sequence space (0 if none). Linear: queries are rare. */
   lastExecutedSeq(space: string): number {
-    return this.core.lastExecutedSeq(space);
+    for (const [client, last] of this.core.exportClients()) if (client === space) return last;
+    return 0;
   }
 
   status(): OrderingStatus {
@@ -113,7 +120,7 @@ export class OrderingDriver {
     return { view: s.view, leader: s.leader, status: s.status, lastExecuted: s.lastExecuted, stableCheckpoint: s.h };
   }
 
-  private step(input: Parameters<OrderingCore["step"]>[0]): void {
+  private step(input: CoreInput): void {
     let outputs: CoreOutput[];
     try {
       outputs = this.core.step(input);
@@ -140,11 +147,37 @@ export class OrderingDriver {
       case "resendReply":
         this.options.onResendReply(output.client, output.seq);
         return;
-      case "checkpointDue":
+      case "takeCheckpoint":
+        // Execution is synchronous, so the state machine is exactly at `seq` now.
         this.step({ kind: "checkpointReady", seq: output.seq, appDigest: this.options.appDigest() });
         return;
-      default:
+      case "suspect":
+        this.options.log.warn("suspecting the leader", { view: output.view, reason: output.reason });
         return;
+      case "viewInstalled":
+        this.options.log.info("view installed", { view: output.view, leader: output.leader });
+        return;
+      case "peerFlooding":
+        this.options.metrics.inc("peer_flooding_total");
+        this.options.log.warn("peer flooding", { peer: output.peer });
+        return;
+      case "divergence":
+        this.options.log.error("state diverged from the stable checkpoint", { seq: output.seq });
+        process.exit(70);
+        return;
+      case "fetchState":
+        // State transfer is served by the durability layer; until then a replica that is
+        // behind the stable checkpoint stays behind, and says so.
+        this.options.metrics.inc("state_transfer_needed_total");
+        this.options.log.warn("state transfer needed", { seq: output.seq });
+        return;
+      case "persist":
+      case "setTimer":
+        return;
+      default: {
+        const unreachable: never = output;
+        return unreachable;
+      }
     }
   }
 

@@ -15,6 +15,7 @@ import { bytesEqual, toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import type { SigningKey } from "../crypto/keys.ts";
 import { DEFAULT_CHANNELS_CONFIG } from "../core/channels/config.ts";
+import { REQUEST_BYTES_MAX, REQUEST_EVENTS_MAX, RETAINED_BYTES_TOTAL_MAX } from "../core/channels/constants.ts";
 import { ChannelMachine } from "../core/channels/machine.ts";
 import type { ChannelError, StoredBatch, TrimmedError } from "../core/channels/types.ts";
 import type { ClientRequest } from "../core/ordering/messages.ts";
@@ -72,9 +73,11 @@ export class Replica {
       hash: sha256,
       config: {
         ...DEFAULT_CHANNELS_CONFIG,
+        // Every channel may fill its retention; the total stays within what one host holds.
+        channelsMax: Math.max(1, Math.min(DEFAULT_CHANNELS_CONFIG.channelsMax, Math.floor(RETAINED_BYTES_TOTAL_MAX / config.retention.bytesMax))),
         eventBytesMax: config.limits.eventBytesMax,
-        requestEventsMax: config.limits.batchEventsMax,
-        requestBytesMax: config.limits.frameBytesMax,
+        requestEventsMax: Math.min(config.limits.batchEventsMax, REQUEST_EVENTS_MAX),
+        requestBytesMax: Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX),
         retention: {
           events: config.retention.eventsMax,
           bytes: config.retention.bytesMax,
@@ -211,7 +214,7 @@ export class Replica {
   }
 
   private publishUnordered(session: ClientSession, signed: SignedRequest, request: Request, digest: Uint8Array): void {
-    const outcome = this.machine.acceptUnorderedPublish(signed, request as never, Date.now());
+    const outcome = this.machine.acceptUnorderedPublish(signed, request, Date.now());
     const result = outcome.result;
     if (!result.ok) {
       this.reply(session, failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason));
@@ -279,7 +282,7 @@ export class Replica {
       if (!this.adminKeys.has(clientHex)) {
         reply = failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "admin commands must be signed by an admin key");
       } else {
-        const result = this.machine.applyAdmin(request.op.cmd as never);
+        const result = this.machine.applyAdmin(request.op.cmd);
         if (result.ok) {
           reply = { seq: request.seq, replica: this.options.id, d: digest, ok: true, res: { t: "admin", cmd: result.cmd } };
           if (result.cmd === "destroy-channel") this.subs.channelDestroyed(result.tag);
@@ -291,7 +294,7 @@ export class Replica {
     } else {
       // The publisher's own timestamp is what every replica has in common; it drives
       // retention by age deterministically.
-      const outcome = this.machine.applyOrderedPublish(signed, request as never, request.ts);
+      const outcome = this.machine.applyOrderedPublish(signed, request, request.ts);
       const result = outcome.result;
       if (result.ok) {
         reply = {

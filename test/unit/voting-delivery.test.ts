@@ -97,7 +97,7 @@ describe("byzantine/total", () => {
     for (const liar of [5, 6]) {
       expect(v.onBatch(liar, copy(1, B4))).toEqual([]);
       expect(v.onBatch(liar, copy(3, B3, 999))).toEqual([]);
-      expect(v.onBatch(liar, copy(4, altered))).toEqual([]);
+      expect(v.onBatch(liar, copy(4, altered))).toEqual([{ t: "invalid", replica: liar, reason: "bad-signature" }]);
     }
     expect(v.stats()).toMatchObject({ deliveredBatches: 0, invalid: [0, 0, 0, 0, 0, 1, 1] });
     // The honest history still needs f+1 = 3 honest copies per batch.
@@ -167,17 +167,35 @@ describe("byzantine/total", () => {
     expect(v.stats()).toMatchObject({ duplicates: [1, 0, 0, 0], deliveredEvents: 2 });
   });
 
+  test("the publisher signature is checked once per distinct copy, never for copies behind the resume point", () => {
+    let checks = 0;
+    const counting = (body: Uint8Array, sig: Uint8Array, key: Uint8Array): boolean => {
+      checks++;
+      return verifySignature(body, sig, key);
+    };
+    const v = voter("byzantine", "total", { fromSeq: 3, verify: counting });
+    for (let r = 0; r < 4; r++) v.onBatch(r, copy(1, B1)); // ends before 3
+    expect(checks).toBe(0);
+    for (let r = 0; r < 4; r++) v.onBatch(r, copy(3, B3));
+    expect(checks).toBe(1);
+    // Late copies of seq 1 from everyone, and of seq 3 from the two after its delivery.
+    expect(v.stats()).toMatchObject({ deliveredBatches: 1, duplicates: [1, 1, 2, 2] });
+  });
+
   test("copies that are not valid are dropped and counted per replica", () => {
     const v = voter("byzantine", "total", { acceptPublisher: (k) => Buffer.from(k).equals(Buffer.from(ALICE.key)) });
     const wrongTag = signed(ALICE, 1, ["x"], "other.tag");
     const badSig = { body: B1.body, sig: B3.sig };
-    v.onBatch(0, copy(1, wrongTag));
-    v.onBatch(1, copy(1, badSig));
-    v.onBatch(2, copy(1, { body: new Uint8Array([0xff]), sig: B1.sig }));
-    v.onBatch(2, copy(1, { body: encodeCanonical({ v: 2 }), sig: B1.sig }));
-    v.onBatch(3, copy(0, B1));
-    v.onBatch(3, copy(3, B3)); // Bob is not accepted by the filter
-    v.onBatch(9, copy(1, B1));
+    const reasons = [
+      v.onBatch(0, copy(1, wrongTag)),
+      v.onBatch(1, copy(1, badSig)),
+      v.onBatch(2, copy(1, { body: new Uint8Array([0xff]), sig: B1.sig })),
+      v.onBatch(2, copy(1, { body: encodeCanonical({ v: 2 }), sig: B1.sig })),
+      v.onBatch(3, copy(0, B1)),
+      v.onBatch(3, copy(3, B3)), // Bob is not accepted by the filter
+    ].map((out) => (out[0]?.t === "invalid" ? out[0].reason : "none"));
+    expect(reasons).toEqual(["wrong-tag", "bad-signature", "undecodable", "malformed", "bad-position", "publisher-refused"]);
+    expect(v.onBatch(9, copy(1, B1))).toEqual([]);
     expect(v.stats()).toMatchObject({ invalid: [1, 1, 2, 2], unknownReplica: 1, deliveredBatches: 0, buffered: 0 });
   });
 
@@ -271,7 +289,7 @@ describe("crash/total", () => {
 
   test("an invalid first copy is dropped and the next valid one delivered", () => {
     const v = voter("crash", "total");
-    expect(v.onBatch(0, copy(1, { body: B1.body, sig: B4.sig }))).toEqual([]);
+    expect(v.onBatch(0, copy(1, { body: B1.body, sig: B4.sig }))).toEqual([{ t: "invalid", replica: 0, reason: "bad-signature" }]);
     expect(delivered(v.onBatch(1, copy(1, B1)))).toEqual([[1, ["a1", "a2"]]]);
     expect(v.stats().invalid).toEqual([1, 0, 0, 0]);
   });
@@ -297,7 +315,7 @@ describe("unordered channels", () => {
   test("a forged copy is dropped, counted, and does not block the genuine one", () => {
     const v = voter("byzantine", "none");
     const forged = { body: signed(ALICE, 1, ["FORGED"]).body, sig: B1.sig };
-    expect(v.onBatch(3, copy(1, forged))).toEqual([]);
+    expect(v.onBatch(3, copy(1, forged))).toEqual([{ t: "invalid", replica: 3, reason: "bad-signature" }]);
     expect(delivered(v.onBatch(0, copy(1, B1)))).toEqual([[null, ["a1", "a2"]]]);
     expect(v.stats().invalid).toEqual([0, 0, 0, 1]);
   });

@@ -62,7 +62,7 @@ const SEEDS: Frame[] = [
   { type: FrameType.PING, body: { n: 300 } },
   { type: FrameType.REQUEST, body: { body: encodeRequestBody(REQUEST), sig: filled(64, 6) } },
   { type: FrameType.REQUEST, body: { body: encodeRequestBody(ADMIN), sig: filled(64, 6) } },
-  { type: FrameType.REPLY, body: { seq: 9, replica: 1, ok: true, res: { t: "pub", tag: "net.links", span: 2, first: 70000 } } },
+  { type: FrameType.REPLY, body: { seq: 9, replica: 1, d: filled(32, 8), ok: true, res: { t: "pub", tag: "net.links", span: 2, first: 70000 } } },
   { type: FrameType.QUERY, body: { id: 1, q: "channel-info", tag: "a.b" } },
   { type: FrameType.QUERY_REPLY, body: { id: 1, replica: 1, ok: true, res: { a: [1, -2, "x", null, true], b: filled(3, 7) } } },
   { type: FrameType.SUBSCRIBE, body: { sub: 3, tag: "a", from: 2 ** 33 } },

@@ -161,6 +161,11 @@ export class ChannelMachine {
    * consecutive channel seqs, the batch is stored as one record, and retention trims
    * with `decidedTsMs` as "now". The ordering core has already removed duplicates
    * (each client seq executes once), so none is done here.
+   *
+   * `decidedTsMs` must be a timestamp the replicas agreed on with the batch (proposed by
+   * the leader, checked by the others), not the client's own `ts`: it becomes the batch's
+   * stored time and drives age trimming, so a publisher able to choose it could stamp a
+   * request far in the future and age out the whole channel on every replica.
    */
   applyOrderedPublish(signed: SignedRequest, request: Request, decidedTsMs: number): OrderedPublishOutcome {
     assertTimestamp(decidedTsMs, "decidedTsMs");

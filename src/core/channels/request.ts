@@ -4,11 +4,12 @@
  * reading of a decoded pub request for code (the subscriber) that receives raw bodies.
  */
 import { encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
+import { DOMAIN_REQUEST } from "../../../wire/types.ts";
 import { PUBLIC_KEY_BYTES } from "./constants.ts";
 import type { HashFn, PubRequest, SignedRequest } from "./types.ts";
 
-/** The domain tag client request signatures are made under. */
-export const REQUEST_SIGNATURE_DOMAIN = "fitb/v1/request";
+/** The domain tag client request signatures are made under (the wire's DOMAIN_REQUEST). */
+export const REQUEST_SIGNATURE_DOMAIN: string = DOMAIN_REQUEST;
 
 /**
  * The digest of a signed request: SHA-256 of `encodeCanonical({ body, sig })`. It binds

@@ -80,6 +80,11 @@ export type DeliveredBatch = {
 
 export type DeliveryOutput =
   | { readonly t: "deliver"; readonly batch: DeliveredBatch }
+  /**
+   * A copy failed its checks and was dropped. Replicas check publisher signatures before
+   * they store, so on Byzantine channels this is evidence against the sender.
+   */
+  | { readonly t: "invalid"; readonly replica: number; readonly reason: InvalidReason }
   /** A replica sent a copy that contradicts another copy it sent or what was delivered. */
   | { readonly t: "conflict"; readonly replica: number; readonly seq: number; readonly reason: string }
   /** A copy was dropped at a buffer bound; re-read from `nextSeq` once deliveries resume. */
@@ -87,7 +92,14 @@ export type DeliveryOutput =
   /** Enough replicas say `nextSeq` is no longer retained; `oldestSeq` is where to go on. */
   | { readonly t: "trimmed"; readonly nextSeq: number; readonly oldestSeq: number };
 
-export type InvalidReason = "bad-position" | "undecodable" | "malformed" | "wrong-tag" | "publisher-refused" | "bad-signature";
+/** Why a copy was dropped as invalid. */
+export type InvalidReason =
+  | "bad-position" // firstSeq or tsMs not a valid integer
+  | "undecodable" // the body is not canonical CBOR
+  | "malformed" // the body is not a pub request
+  | "wrong-tag" // a pub request for another channel
+  | "publisher-refused" // the acceptPublisher filter said no
+  | "bad-signature"; // the publisher signature does not verify
 
 export type DeliveryStats = {
   readonly deliveredBatches: number;
@@ -245,13 +257,6 @@ export class DeliveryVoter {
     return { request };
   }
 
-  private open(copy: BatchCopy): Opened {
-    const opened = this.decode(copy.body);
-    if ("invalid" in opened) return opened;
-    if (!this.verify(copy.body, copy.sig, opened.request.client)) return { invalid: "bad-signature" };
-    return opened;
-  }
-
   private count(what: CountName, replica: number): void {
     (this.counts[what][replica] as number)++;
   }
@@ -263,7 +268,7 @@ export class DeliveryVoter {
   /** Dedupe happens before the signature check, so copies of delivered events cost no verify. */
   private onUnorderedCopy(replica: number, copy: BatchCopy): DeliveryOutput[] {
     const decoded = this.decode(copy.body);
-    if ("invalid" in decoded) return this.invalidCopy(replica);
+    if ("invalid" in decoded) return this.invalidCopy(replica, decoded.invalid);
     const request = decoded.request;
     const publisherHex = toHex(request.client);
     let window = this.seen.get(publisherHex);
@@ -283,7 +288,7 @@ export class DeliveryVoter {
       this.count("stale", replica);
       return [];
     }
-    if (!this.verify(copy.body, copy.sig, request.client)) return this.invalidCopy(replica);
+    if (!this.verify(copy.body, copy.sig, request.client)) return this.invalidCopy(replica, "bad-signature");
     this.seen.set(publisherHex, window);
     window.add(request.seq, lastSeq);
     return [this.deliver(request, copy, copy.tsMs, null, 0)];
@@ -295,7 +300,7 @@ export class DeliveryVoter {
 
   private onOrderedCopy(replica: number, copy: BatchCopy): DeliveryOutput[] {
     if (!Number.isSafeInteger(copy.firstSeq) || copy.firstSeq < 1 || !Number.isSafeInteger(copy.tsMs) || copy.tsMs < 0) {
-      return this.invalidCopy(replica);
+      return this.invalidCopy(replica, "bad-position");
     }
     const key = `${copy.tsMs}/${toHex(signedRequestDigest(this.hash, copy))}`;
     const delivered = this.history.get(copy.firstSeq);
@@ -306,9 +311,9 @@ export class DeliveryVoter {
       return [];
     }
     if (earlier !== undefined) return [this.conflict(replica, copy.firstSeq, "sent two different batches at one seq")];
-    const group = this.pending.get(copy.firstSeq)?.get(key) ?? this.newGroup(replica, copy, key);
-    if (group === null) return this.invalidCopy(replica);
-    if (group.end <= this.next) return this.lateCopy(replica, copy.firstSeq, true);
+    const group = this.pending.get(copy.firstSeq)?.get(key) ?? this.openGroup(copy, key);
+    if ("invalid" in group) return this.invalidCopy(replica, group.invalid);
+    if ("late" in group) return this.lateCopy(replica, copy.firstSeq, true);
     const full = this.bufferFull(replica, group.bytes);
     if (full !== null) return this.overflow(replica, full);
     this.addVote(replica, group);
@@ -322,14 +327,19 @@ export class DeliveryVoter {
     return [];
   }
 
-  /** Opens and verifies a copy not seen before; null when it is invalid. */
-  private newGroup(replica: number, copy: BatchCopy, key: string): Group | null {
-    const opened = this.open(copy);
-    if ("invalid" in opened) return null;
-    const request = opened.request;
+  /**
+   * Opens a copy not seen before. A copy that ends before the next seq is late (a
+   * resume point past it) and is not worth a signature check; others are verified.
+   */
+  private openGroup(copy: BatchCopy, key: string): Group | { readonly invalid: InvalidReason } | { readonly late: true } {
+    const decoded = this.decode(copy.body);
+    if ("invalid" in decoded) return decoded;
+    const request = decoded.request;
+    const end = copy.firstSeq + request.span;
+    if (end <= this.next) return { late: true };
+    if (!this.verify(copy.body, copy.sig, request.client)) return { invalid: "bad-signature" };
     const signed = { body: copy.body, sig: copy.sig };
     const bytes = copy.body.length + copy.sig.length;
-    const end = copy.firstSeq + request.span;
     return { key, firstSeq: copy.firstSeq, tsMs: copy.tsMs, end, request, signed, bytes, voters: new Set() };
   }
 
@@ -452,9 +462,9 @@ export class DeliveryVoter {
     return { t: "deliver", batch };
   }
 
-  private invalidCopy(replica: number): DeliveryOutput[] {
+  private invalidCopy(replica: number, reason: InvalidReason): DeliveryOutput[] {
     this.count("invalid", replica);
-    return [];
+    return [{ t: "invalid", replica, reason }];
   }
 
   private conflict(replica: number, seq: number, reason: string): DeliveryOutput {

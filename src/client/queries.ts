@@ -1,0 +1,197 @@
+/**
+ * Answers to QUERY frames, and the rule that turns the answers of several replicas into
+ * one result. Three rules, one per kind of question:
+ *
+ * - matching: the answer f+1 replicas give identically (at least one of them is
+ *   correct). Used for list-channels and channel-info; fields that legitimately differ
+ *   between correct replicas (a channel's next seq, list order) are projected away
+ *   before comparing.
+ * - rank: the (f+1)-th highest of the numbers the replicas report (client-seq, see seq.ts).
+ * - each: every replica's own answer (status), for the operator to read side by side.
+ *
+ * The result shapes are open in the wire schema (`res` is any canonical value), so they
+ * are validated here before use: a replica that sends a malformed result is treated as
+ * having sent a wrong one.
+ */
+import { z } from "zod";
+import type { Canonical } from "../../wire/canonical.ts";
+import { channelClassFields, tagSchema, type QueryReply } from "../../wire/schemas.ts";
+import type { ErrorCode } from "../../wire/types.ts";
+import { ReplyVoter } from "../core/voting/reply-voter.ts";
+import { NoQuorumError, RequestRejectedError, type ClientError } from "./errors.ts";
+import { pickLastSeq, seqAnswersWanted } from "./seq.ts";
+
+/** A channel as the replicas describe it (QUERY channel-info, list-channels). */
+export type ChannelInfo = {
+  readonly tag: string;
+  readonly fault: "crash" | "byzantine";
+  readonly order: "none" | "total";
+  readonly priority: "low" | "normal" | "high" | "critical";
+  readonly public: boolean;
+};
+
+const channelInfoSchema = z.object({
+  tag: tagSchema,
+  ...channelClassFields,
+  public: z.boolean(),
+});
+
+const listChannelsSchema = z.object({ channels: z.array(channelInfoSchema) });
+
+const clientSeqSchema = z.object({ last: z.int().min(0) });
+
+/** The fields of a status answer this client reads; replicas may add more. */
+const statusSchema = z.object({
+  replica: z.int().min(0),
+  view: z.int().min(0),
+  leader: z.int().min(0),
+  lastDecided: z.int().min(0),
+  channels: z.int().min(0),
+  peers: z.array(z.object({ id: z.int().min(0), up: z.boolean() })).optional(),
+});
+
+export type ReplicaStatusAnswer = z.infer<typeof statusSchema>;
+
+/** Only the class fields: `next` and anything else a replica adds differ legitimately. */
+export function parseChannelInfo(res: Canonical): ChannelInfo | null {
+  const parsed = channelInfoSchema.safeParse(res);
+  if (!parsed.success) return null;
+  const { tag, fault, order, priority } = parsed.data;
+  return { tag, fault, order, priority, public: parsed.data.public };
+}
+
+/** The channel list sorted by tag, so replicas that list in another order still match. */
+export function parseChannelList(res: Canonical): ChannelInfo[] | null {
+  const parsed = listChannelsSchema.safeParse(res);
+  if (!parsed.success) return null;
+  return parsed.data.channels
+    .map(({ tag, fault, order, priority, public: isPublic }) => ({ tag, fault, order, priority, public: isPublic }))
+    .sort((a, b) => (a.tag < b.tag ? -1 : a.tag > b.tag ? 1 : 0));
+}
+
+export function parseClientSeq(res: Canonical): number | null {
+  const parsed = clientSeqSchema.safeParse(res);
+  return parsed.success ? parsed.data.last : null;
+}
+
+export function parseStatus(res: Canonical): ReplicaStatusAnswer | null {
+  const parsed = statusSchema.safeParse(res);
+  return parsed.success ? parsed.data : null;
+}
+
+/** What a query rule concluded: a value, an error, or nothing yet. */
+export type QueryOutcome<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: ClientError } | null;
+
+/** One rule: fed each replica's answer, asked once more at the deadline. */
+export interface QueryRule<T> {
+  add(replica: number, reply: QueryReply): QueryOutcome<T>;
+  atDeadline(describeMissing: () => string): QueryOutcome<T> & object;
+}
+
+/**
+ * f+1 identical answers after `project`. An answer that `project` cannot read counts as
+ * a distinct (wrong) answer. Refusals vote as {ok: false, code}, so f+1 replicas that
+ * say UNKNOWN_CHANNEL settle the question as firmly as f+1 that describe the channel.
+ */
+export function matchingRule<T extends Canonical>(
+  n: number,
+  f: number,
+  what: string,
+  project: (res: Canonical) => T | null,
+): QueryRule<T> {
+  // byzantine/total is the voter's kind for "f+1 matching, deterministic": what a query
+  // about replicated state needs, whatever the class of the channel it is about.
+  const voter = new ReplyVoter({ n, f, kind: "byzantine/total" });
+  const reasons = new Map<string, string>();
+  const settle = (): QueryOutcome<T> => {
+    const status = voter.status();
+    if (status.state === "pending") return null;
+    if (status.state === "failed") return { ok: false, error: new NoQuorumError(`no quorum for ${what}: the replicas disagree`) };
+    return fromVote(status.result as Canonical, reasons);
+  };
+  return {
+    add(replica, reply) {
+      if (reply.ok) {
+        const projected = project(reply.res);
+        voter.add(replica, projected === null ? { ok: true, malformed: replica } : { ok: true, res: projected });
+      } else {
+        reasons.set(reply.code, reply.reason);
+        voter.add(replica, { ok: false, code: reply.code });
+      }
+      return settle();
+    },
+    atDeadline(describeMissing) {
+      return (
+        settle() ?? {
+          ok: false,
+          error: new NoQuorumError(`no quorum for ${what}: fewer than ${f + 1} matching answers (${describeMissing()})`),
+        }
+      );
+    },
+  };
+}
+
+function fromVote<T>(result: Canonical, reasons: ReadonlyMap<string, string>): QueryOutcome<T> {
+  const vote = result as { ok: boolean; res?: T; code?: ErrorCode };
+  if (vote.ok) return { ok: true, value: vote.res as T };
+  const code = vote.code as ErrorCode;
+  return { ok: false, error: new RequestRejectedError(code, reasons.get(code) ?? code) };
+}
+
+/**
+ * The (f+1)-th highest number: decided once 2f+1 replicas answered, or at the deadline
+ * if at least f+1 did. Refusals are kept for the error message.
+ */
+export function rankRule(n: number, f: number, what: string, read: (res: Canonical) => number | null): QueryRule<number> {
+  const numbers = new Map<number, number>();
+  const refusals = new Map<number, { code: ErrorCode; reason: string }>();
+  const wanted = Math.min(seqAnswersWanted(f), n);
+  const refusedByQuorum = (): QueryOutcome<number> => {
+    if (refusals.size < f + 1) return null;
+    const first = refusals.values().next().value as { code: ErrorCode; reason: string };
+    return { ok: false, error: new RequestRejectedError(first.code, first.reason) };
+  };
+  return {
+    add(replica, reply) {
+      if (numbers.has(replica) || refusals.has(replica)) return null;
+      const value = reply.ok ? read(reply.res) : null;
+      if (reply.ok && value !== null) numbers.set(replica, value);
+      else if (!reply.ok) refusals.set(replica, { code: reply.code, reason: reply.reason });
+      if (numbers.size >= wanted) return { ok: true, value: pickLastSeq([...numbers.values()], f) as number };
+      return refusedByQuorum();
+    },
+    atDeadline(describeMissing) {
+      const picked = pickLastSeq([...numbers.values()], f);
+      if (picked !== null) return { ok: true, value: picked };
+      return (
+        refusedByQuorum() ?? {
+          ok: false,
+          error: new NoQuorumError(`no quorum for ${what}: ${numbers.size} usable answers, ${f + 1} needed (${describeMissing()})`),
+        }
+      );
+    },
+  };
+}
+
+/** Every replica's answer, read by `read`; complete when all n answered, else at the deadline. */
+export function eachRule<T>(n: number, read: (res: Canonical) => T | null): QueryRule<Map<number, EachAnswer<T>>> {
+  const answers = new Map<number, EachAnswer<T>>();
+  return {
+    add(replica, reply) {
+      if (!answers.has(replica)) answers.set(replica, readEach(reply, read));
+      return answers.size >= n ? { ok: true, value: answers } : null;
+    },
+    atDeadline() {
+      return { ok: true, value: answers };
+    },
+  };
+}
+
+/** One replica's answer under the `each` rule. */
+export type EachAnswer<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly reason: string };
+
+function readEach<T>(reply: QueryReply, read: (res: Canonical) => T | null): EachAnswer<T> {
+  if (!reply.ok) return { ok: false, reason: `${reply.code} ${reply.reason}` };
+  const value = read(reply.res);
+  return value === null ? { ok: false, reason: "malformed answer" } : { ok: true, value };
+}

@@ -1,0 +1,102 @@
+/**
+ * The ordering core of fitb: BFT (and crash-mode) total order as a sans-IO state machine.
+ *
+ * HOW THE RUNTIME USES IT
+ *
+ *   const core = new OrderingCore(makeConfig({ id, n, f, mode, clusterId }), crypto, records);
+ *   for each input:  for (const o of core.step(input)) perform(o);   // in order
+ *
+ * Inputs (`CoreInput`):
+ *   - {kind:'message', from, msg}   a peer message; `msg` passed `validatePeerMessage` and
+ *                                   `from` is the peer the authenticated channel belongs to.
+ *   - {kind:'request', req, authenticated?}   a client request (ClientRequest).
+ *   - {kind:'tick'}                 one tick of time (10 ms); the core has no other clock.
+ *   - {kind:'checkpointReady', seq, appDigest}   answer to `takeCheckpoint`.
+ *   - {kind:'snapshotInstalled', seq, stateDigest, appDigest, clients}   answer to `fetchState`.
+ *
+ * Outputs (`CoreOutput`), performed in list order. CONTRACT: every `persist` completes
+ * (fsync) before any effect that follows it in the same list; a crash may lose a suffix
+ * of the list, never a middle part. Same configuration, crypto and inputs give the same
+ * outputs, byte for byte.
+ *   - persist {record}              append to durable storage (see `compactRecords`).
+ *   - send {to: id | 'all', msg}    'all' is every other replica.
+ *   - decide {seq, view, batch, execute}   apply `execute` (the batch after per-client dedupe).
+ *   - takeCheckpoint {seq, clients} store the app snapshot with the client table, then
+ *                                   input checkpointReady(seq, appDigest).
+ *   - resendReply {client, seq}     the request already executed: resend the cached reply.
+ *   - fetchState {seq, stateDigest, from, proof}   fetch + install a snapshot, then input
+ *                                   snapshotInstalled.
+ *   - setTimer {ticks}              advisory wake-up.
+ *   - suspect {view, reason} / viewInstalled {view, leader} / peerFlooding {peer} /
+ *     divergence {seq, own, stable}   status and alarms.
+ *
+ * Restart: construct with every record persisted so far (or `compactRecords` of them);
+ * the runtime restores its application from the base snapshot record and replays the
+ * `decided` records after it.
+ *
+ * Status: `core.status()` gives view, installedView, leader, status, lastExecuted, h,
+ * pending; `core.sizes()` the size of every bounded structure; `core.exportClients()`
+ * the client table (lastExecutedSeq per client), which also travels in every snapshot so
+ * that deduplication survives state transfer.
+ *
+ * Per-client integrity: a client's requests execute in order with no gap
+ * (next.seq == prev.seq + prev.span); `lastExecutedSeq[client]` is seq+span-1 of the last
+ * executed one. Requests at or below it are answered again (`resendReply`), never run twice.
+ */
+export { ClientTable, type ClientTableExport, PendingPool, requestKey } from "./clients.ts";
+export {
+  type CoreConfig,
+  type CoreParameters,
+  checkConfig,
+  DEFAULT_PARAMETERS,
+  type FaultMode,
+  leaderOf,
+  makeConfig,
+  quorum,
+  REPLICAS_MAX,
+  type ReplicaId,
+  weakQuorum,
+} from "./config.ts";
+export { CoreAssertionError, OrderingCore } from "./core.ts";
+export {
+  bodyMatches,
+  type CertContext,
+  digestOfBatch,
+  planNewView,
+  validCheckpointProof,
+  validDecisionCert,
+  validPreparedCert,
+  validViewChange,
+  verifySigned,
+} from "./certs.ts";
+export {
+  batchBytes,
+  bytesEqual,
+  type Checkpoint,
+  type ClientRequest,
+  type Commit,
+  type DecidedItem,
+  DIGEST_BYTES,
+  DOMAIN,
+  type Forward,
+  hex,
+  type NewView,
+  NULL_DIGEST,
+  type PeerMessage,
+  type PeerMessageKind,
+  type Prepare,
+  type PreparedCert,
+  type PrePrepare,
+  SIGNATURE_BYTES,
+  type SignedMessage,
+  signerOf,
+  signingBytes,
+  type StableProof,
+  type StateRequest,
+  type StateResponse,
+  validateClientRequest,
+  validatePeerMessage,
+  type ViewChange,
+} from "./messages.ts";
+export { compactRecords } from "./persist.ts";
+export type { CoreCrypto, CoreInput, CoreOutput, CoreSizes, CoreStatus, PersistedRecord, SuspectReason } from "./types.ts";
