@@ -8,6 +8,10 @@ import { configCheckCommand } from "./commands/config-check.ts";
 import { keygenCommand } from "./commands/keygen.ts";
 import { replicaCommand } from "./commands/replica.ts";
 import { serviceUnitCommand } from "./commands/service.ts";
+import { pubCommand } from "./commands/pub.ts";
+import { subCommand } from "./commands/sub.ts";
+import { adminCommand } from "./commands/admin.ts";
+import { benchCommand } from "./commands/bench.ts";
 
 export const COMMANDS: readonly Command[] = [
   keygenCommand,
@@ -15,4 +19,8 @@ export const COMMANDS: readonly Command[] = [
   configCheckCommand,
   replicaCommand,
   serviceUnitCommand,
+  pubCommand,
+  subCommand,
+  adminCommand,
+  benchCommand,
 ];

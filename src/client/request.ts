@@ -110,11 +110,6 @@ export function checkEvents(events: readonly Uint8Array[], limits: EventLimits):
   });
 }
 
-/** An upper bound on the encoded REQUEST frame of a publish with these events. */
-export function pubFrameBytesBound(tag: string, eventsBytes: number, eventCount: number): number {
-  return REQUEST_FIXED_OVERHEAD_BYTES + tag.length + eventsBytes + eventCount * EVENT_OVERHEAD_BYTES;
-}
-
 /** The op of a publish request. */
 export function pubOp(tag: string, events: readonly Uint8Array[]): Op {
   return { t: "pub", tag, events: [...events] };
@@ -125,7 +120,3 @@ export function adminOp(cmd: AdminCmd): Op {
   return { t: "admin", cmd };
 }
 
-/** The tag an admin command concerns. */
-export function adminCmdTag(cmd: AdminCmd): string {
-  return cmd.tag;
-}

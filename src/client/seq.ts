@@ -65,7 +65,8 @@ export class SeqCounter {
   allocate(span: number): number {
     if (!Number.isSafeInteger(span) || span < 1) throw new RangeError(`span must be a positive integer, got ${span}`);
     const seq = this.nextSeq;
-    if (seq + span - 1 > Number.MAX_SAFE_INTEGER) throw new RangeError("sequence numbers exhausted for this key");
+    // Compared as a difference: seq + span would round above 2^53 and hide the overflow.
+    if (span - 1 > Number.MAX_SAFE_INTEGER - seq) throw new RangeError("sequence numbers exhausted for this key");
     this.nextSeq = seq + span;
     return seq;
   }

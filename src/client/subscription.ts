@@ -69,6 +69,8 @@ export type SubscriptionSignal =
   | { readonly t: "slow"; readonly source: "local"; readonly resumeFrom: number }
   /** Unordered channel: events dropped because the handler fell behind the bound. */
   | { readonly t: "overflow"; readonly droppedEvents: number }
+  /** A replica sent a copy that failed its checks (bad signature, wrong tag, ...); dropped. */
+  | { readonly t: "invalid"; readonly replica: number; readonly reason: string }
   /** A replica sent something that contradicts the others (evidence of a fault). */
   | { readonly t: "conflict"; readonly replica: number; readonly seq: number; readonly reason: string }
   /** History before `oldestSeq` is gone; with `skipTrimmed` delivery went on from there. */
@@ -483,6 +485,9 @@ export class SubscriptionCore implements Subscription {
       switch (output.t) {
         case "deliver":
           this.enqueue(output.batch);
+          break;
+        case "invalid":
+          this.signal({ t: "invalid", replica: output.replica, reason: output.reason });
           break;
         case "conflict":
           this.counters.conflicts++;

@@ -55,6 +55,8 @@ const BUFFERED_PER_REPLICA_PER_SEQ = 3;
 const QUARANTINE_ENTRIES_MAX = 10_000;
 /** A replica answers at most one state request per peer per this many ticks. */
 const STATE_SERVE_INTERVAL_TICKS = 1;
+/** A replica that executed nothing for this many retransmission intervals asks one peer what it missed. */
+const IDLE_PROBE_INTERVALS = 4;
 /** Progress timeout doublings after repeated heartbeat failures (Aardvark doubles it). */
 const PROGRESS_BACKOFF_CAP = 4;
 
@@ -345,13 +347,15 @@ export class OrderingCore {
   }
 
   /** Signs a PREPARE or COMMIT; never two digests for one (kind, view, seq), never below the view. */
-  private signVote<K extends "PREPARE" | "COMMIT">(t: K, view: number, seq: number, digest: Uint8Array) {
+  private signVote(t: "PREPARE", view: number, seq: number, digest: Uint8Array): Prepare;
+  private signVote(t: "COMMIT", view: number, seq: number, digest: Uint8Array): Commit;
+  private signVote(t: "PREPARE" | "COMMIT", view: number, seq: number, digest: Uint8Array): Prepare | Commit {
     assert(view === this.view && this.phase === "normal", `vote in view ${view} while in ${this.phase} ${this.view}`);
     const key = `${t}:${view}:${seq}`;
     const prev = this.signedVotes.get(key);
     assert(prev === undefined || bytesEqual(prev, digest), `second ${t} digest for view ${view} seq ${seq}`);
     this.signedVotes.set(key, digest);
-    return this.signed({ t, view, seq, digest, replica: this.cfg.id, sig: EMPTY_SIG });
+    return this.signed<Prepare | Commit>({ t, view, seq, digest, replica: this.cfg.id, sig: EMPTY_SIG });
   }
 
   private signHeader(view: number, seq: number, digest: Uint8Array): PrePrepare {
@@ -442,6 +446,7 @@ export class OrderingCore {
    */
   private gate(from: ReplicaId, view: number, seq: number, key: string, msg: PeerMessage): boolean {
     this.notePeer(from, view, seq);
+    if (view < this.installedView) this.answerWithNewView(from);
     if (view !== this.view) return false;
     if (seq <= this.h || seq > this.highWater) return false;
     if (this.phase === "viewChange") {
@@ -734,6 +739,7 @@ export class OrderingCore {
     if (!this.gate(from, m.view, m.seq, `P:${m.seq}:${m.replica}`, m)) return;
     // The leader's PRE_PREPARE is its vote; a PREPARE from it would count it twice.
     if (m.replica === this.leader()) return;
+    this.answerLaggingVoter(from, m);
     const e = m.seq > this.lastExecuted ? this.entryFor(m.seq) : this.log.get(m.seq);
     if (e === undefined) return;
     const key = this.voteKey(m.replica);
@@ -746,6 +752,7 @@ export class OrderingCore {
   private onCommit(from: ReplicaId, m: Commit): void {
     if (!isMember(this.ctx, m.replica)) return;
     if (!this.gate(from, m.view, m.seq, `C:${m.seq}:${m.replica}`, m)) return;
+    this.answerLaggingVoter(from, m);
     const e = m.seq > this.lastExecuted ? this.entryFor(m.seq) : this.log.get(m.seq);
     if (e === undefined) return;
     const key = this.voteKey(m.replica);
@@ -983,10 +990,17 @@ export class OrderingCore {
     }
   }
 
+  /**
+   * Targets the state at `seq`. A target inside the window is usually reached by executing
+   * what is already in flight, so the fetch waits one retransmission interval first; a
+   * target beyond the window can only be reached by a snapshot, so it is fetched at once.
+   */
   private startTransfer(seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
     if (this.transfer !== null && this.transfer.seq >= seq) return;
-    this.transfer = { seq, digest, proof, nextTryAt: this.now + this.cfg.transferRetry, attempt: 0 };
-    this.emitFetch();
+    const inWindow = seq <= this.highWater;
+    const firstTry = inWindow ? this.now + this.cfg.vcRetransmit : this.now + this.cfg.transferRetry;
+    this.transfer = { seq, digest, proof, nextTryAt: firstTry, attempt: 0 };
+    if (!inWindow) this.emitFetch();
   }
 
   /** Asks the runtime for the snapshot, rotating the preferred source on every retry. */
@@ -1050,6 +1064,21 @@ export class OrderingCore {
     this.send(from, resp);
   }
 
+  /**
+   * A peer still voting on a seq this replica executed has not seen the decision: answer
+   * with the decided batches from there on, instead of counting its vote (ORDERING.md §4,
+   * retransmission).
+   */
+  private answerLaggingVoter(from: ReplicaId, m: Prepare | Commit): void {
+    if (m.seq > this.lastExecuted || m.replica !== from || !this.decided.has(m.seq)) return;
+    // A first vote after the decision is just late; the same vote again is a resend by a
+    // replica that is stuck.
+    const e = this.log.get(m.seq);
+    const seen = e !== undefined && (m.t === "PREPARE" ? e.prepares : e.commits).has(this.voteKey(from));
+    if (e !== undefined && !seen) return;
+    this.onStateRequest(from, { t: "STATE_REQUEST", kind: "decided", seq: m.seq, toSeq: this.lastExecuted, digest: null, nonce: 0 });
+  }
+
   private decidedItem(s: number): DecidedItem | null {
     const d = this.decided.get(s);
     if (d === undefined) return null;
@@ -1091,9 +1120,13 @@ export class OrderingCore {
   }
 
   private acceptDecidedItem(item: DecidedItem): void {
-    if (item.seq <= this.lastExecuted || item.seq > this.lastExecuted + this.cfg.logWindow) return;
+    // Only inside the window: a replica further behind catches up by state transfer.
+    if (item.seq <= this.lastExecuted || item.seq > this.highWater) return;
     if (this.decidedPending.has(item.seq)) return;
-    const digest = this.hashBatch(item.batch);
+    // The certificate names the digest; the body must match it (an empty body matches the
+    // null digest of a NEW_VIEW gap).
+    const digest = (item.commits[0] as Commit).digest;
+    if (!bodyMatches(this.crypto, digest, item.batch)) return;
     if (!validDecisionCert(this.ctx, item.view, item.seq, digest, item.commits)) return;
     this.decidedPending.set(item.seq, { view: item.view, digest, batch: item.batch, commits: item.commits });
     const e = this.log.get(item.seq);
@@ -1497,24 +1530,42 @@ export class OrderingCore {
     if (any) this.nextRetransmitAt = this.now + this.cfg.vcRetransmit;
   }
 
-  /** W peers are past our last executed seq: ask them for decided batches (or a checkpoint). */
+  /**
+   * Asks peers for decided batches (or their stable checkpoint) when this replica is
+   * behind: W peers are known to be past it; or it is stuck in a view change, where it
+   * takes no part in agreement; or it has executed nothing for a long time, when one peer
+   * at a time is asked, so that a replica that missed everything before a quiet spell
+   * still catches up.
+   */
   private catchUpProbe(): void {
     if (this.now < this.nextProbeAt) return;
     const target = this.kthLargest(this.peerSeq.values(), this.w);
-    if (target <= this.lastExecuted) return;
+    const stalledTicks = this.now - this.lastExecProgress;
     const farBehind = target > this.lastExecuted + this.cfg.pipelineDepth;
-    const stalled = this.now - this.lastExecProgress >= this.cfg.vcRetransmit;
-    if (!farBehind && !stalled) return;
-    this.nextProbeAt = this.now + this.cfg.vcRetransmit;
+    const stalled = stalledTicks >= this.cfg.vcRetransmit;
     const req: StateRequest = {
       t: "STATE_REQUEST",
       kind: "decided",
       seq: this.lastExecuted + 1,
-      toSeq: target,
+      toSeq: this.lastExecuted + this.cfg.logWindow,
       digest: null,
-      nonce: this.nonce++,
+      nonce: this.nonce,
     };
-    for (const [peer, seq] of this.peerSeq) if (seq > this.lastExecuted && peer !== this.cfg.id) this.send(peer, req);
+    if (target > this.lastExecuted && (farBehind || stalled)) {
+      for (const [peer, seq] of this.peerSeq) if (seq > this.lastExecuted && peer !== this.cfg.id) this.send(peer, req);
+    } else if (this.phase === "viewChange" && stalled) {
+      this.send("all", req);
+    } else if (stalledTicks >= IDLE_PROBE_INTERVALS * this.cfg.vcRetransmit) {
+      const peer = (this.cfg.id + 1 + (this.nonce % (this.cfg.n - 1))) % this.cfg.n;
+      this.send(peer, req);
+      this.nonce++;
+      this.nextProbeAt = this.now + IDLE_PROBE_INTERVALS * this.cfg.vcRetransmit;
+      return;
+    } else {
+      return;
+    }
+    this.nonce++;
+    this.nextProbeAt = this.now + this.cfg.vcRetransmit;
   }
 
   private flushForwards(): void {

@@ -17,7 +17,7 @@ import type { ReplicaId } from "./config.ts";
 
 /** One client request as the core sees it; `body` is what the client signed. */
 export interface ClientRequest {
-  /** Lowercase hex of the client's 32-byte ed25519 public key. */
+  /** Lowercase hex of the client's 32-byte ed25519 public key, optionally ":<space>" (see CLIENT_ID_PATTERN). */
   client: string;
   /** First client sequence number this request uses. */
   seq: number;
@@ -139,7 +139,12 @@ export const REQUEST_SPAN_MAX = 65_536;
 export const PREPARED_CERTS_MAX = 4096;
 export const TRANSFER_ITEMS_MAX = 256;
 export const FORWARD_REQUESTS_MAX = 4096;
-const CLIENT_ID_PATTERN = /^[0-9a-f]{64}$/;
+/**
+ * A client id names a client's sequence space: the hex of its public key, optionally
+ * followed by ":" and a space name (the runtime counts a client's publishes per tag and
+ * its admin commands apart: "<hex>:net.links", "<hex>:!admin").
+ */
+const CLIENT_ID_PATTERN = /^[0-9a-f]{64}(?::!?[a-z0-9_.-]{1,128})?$/;
 
 /** Domain tags of the signed kinds. */
 export const DOMAIN = {
@@ -275,10 +280,12 @@ export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
+const HEX_PAIRS: string[] = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
+
 /** Lowercase hex, used for map keys of digests. */
 export function hex(bytes: Uint8Array): string {
   let s = "";
-  for (let i = 0; i < bytes.length; i++) s += (bytes[i] as number).toString(16).padStart(2, "0");
+  for (let i = 0; i < bytes.length; i++) s += HEX_PAIRS[bytes[i] as number];
   return s;
 }
 

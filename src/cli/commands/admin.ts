@@ -1,0 +1,288 @@
+/**
+ * `fitb admin --config C --key ADMINKEY <command> ...`: channel administration and
+ * cluster status.
+ *
+ *   create-channel TAG --fault crash|byzantine --order none|total --priority low|normal|high|critical [--public]
+ *   destroy-channel TAG
+ *   register TAG --publisher PUBKEY | --subscriber PUBKEY
+ *   list-channels [--json]
+ *   status [--json]
+ *
+ * Commands that change state are signed by the admin key and go through Byzantine total
+ * order at the replicas; they succeed on f+1 matching replies. The command word comes
+ * after the common flags in the documented form, so this is one command that reads its
+ * subcommand as the first argument, rather than one command per word.
+ */
+import type { AdminCmd } from "../../../wire/schemas.ts";
+import type { FitbClient, ClusterStatus } from "../../client/client.ts";
+import type { ChannelInfo } from "../../client/queries.ts";
+import { loadClientSetup } from "../../client/setup.ts";
+import { bytesEqual } from "../../crypto/encoding.ts";
+import { formatPublicKey, tryParsePublicKey } from "../../crypto/keys.ts";
+import type { ParsedArgs } from "../args.ts";
+import type { Command, CommandIo } from "../command.ts";
+import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
+import { CONFIG_FLAG, keyFlag, openClient, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors, type ClientFlags } from "./pub.ts";
+
+const SUBCOMMANDS = ["create-channel", "destroy-channel", "register", "list-channels", "status"] as const;
+type Subcommand = (typeof SUBCOMMANDS)[number];
+
+const FAULTS = ["crash", "byzantine"] as const;
+const ORDERS = ["none", "total"] as const;
+const PRIORITIES = ["low", "normal", "high", "critical"] as const;
+const DEFAULT_PRIORITY = "normal";
+
+/** Flags each subcommand accepts besides the common ones; any other is a usage error. */
+const SUBCOMMAND_FLAGS: Readonly<Record<Subcommand, readonly string[]>> = {
+  "create-channel": ["fault", "order", "priority", "public"],
+  "destroy-channel": [],
+  register: ["publisher", "subscriber"],
+  "list-channels": ["json"],
+  status: ["json"],
+};
+const SPECIFIC_FLAGS = ["fault", "order", "priority", "public", "publisher", "subscriber", "json"] as const;
+const BOOLEAN_FLAGS: ReadonlySet<string> = new Set(["public", "json"]);
+
+export const adminCommand: Command = {
+  path: ["admin"],
+  summary: "Create, destroy and list channels, register keys, show cluster status",
+  description: [
+    "Commands:",
+    "  create-channel TAG --fault crash|byzantine --order none|total [--priority P] [--public]",
+    `      Creates channel TAG with its CLASS (priority: ${PRIORITIES.join("|")}, default ${DEFAULT_PRIORITY}).`,
+    "      --public lets any authenticated client subscribe; publishers must always be registered.",
+    "  destroy-channel TAG",
+    "  register TAG --publisher PUBKEY | --subscriber PUBKEY",
+    "      Allows the key (ed25519:...) to publish to, or subscribe to, channel TAG.",
+    "  list-channels [--json]       Channels and their CLASS (--json: one object per channel)",
+    "  status [--json]              Replicas up, view, leader, last decided seq, channels",
+    "create-channel, destroy-channel and register must be signed by an admin key of the",
+    "cluster file; they are ordered through Byzantine agreement and acknowledged by f+1",
+    "matching replies. list-channels takes f+1 matching answers; status shows every replica.",
+  ],
+  flags: [
+    CONFIG_FLAG,
+    keyFlag("The secret key file to sign with (an admin key for changes)"),
+    { name: "fault", kind: "string", valueName: FAULTS.join("|"), description: "create-channel: the fault model" },
+    { name: "order", kind: "string", valueName: ORDERS.join("|"), description: "create-channel: the ordering" },
+    { name: "priority", kind: "string", valueName: PRIORITIES.join("|"), description: `create-channel: the priority (default ${DEFAULT_PRIORITY})` },
+    { name: "public", kind: "boolean", description: "create-channel: any authenticated client may subscribe" },
+    { name: "publisher", kind: "string", valueName: "PUBKEY", description: "register: the key allowed to publish" },
+    { name: "subscriber", kind: "string", valueName: "PUBKEY", description: "register: the key allowed to subscribe" },
+    { name: "json", kind: "boolean", description: "list-channels, status: print JSON, one object per line" },
+    ...TIMEOUT_FLAGS,
+  ],
+  positionals: [
+    { name: "COMMAND", description: SUBCOMMANDS.join(" | "), required: true },
+    { name: "TAG", description: "The channel (create-channel, destroy-channel, register)", required: false },
+  ],
+  examples: [
+    "fitb admin --config cluster.toml --key admin.key create-channel sec.alerts --fault byzantine --order total --priority critical",
+    "fitb admin --config cluster.toml --key admin.key register sec.alerts --publisher ed25519:...",
+    "fitb admin --config cluster.toml --key admin.key status --json",
+  ],
+  run: runAdmin,
+};
+
+/** A fully validated invocation: what to do, decided before any file is read. */
+type AdminAction =
+  | { readonly t: "change"; readonly cmd: AdminCmd }
+  | { readonly t: "list-channels"; readonly json: boolean }
+  | { readonly t: "status"; readonly json: boolean };
+
+async function runAdmin(args: ParsedArgs, io: CommandIo): Promise<number> {
+  const flags = readClientFlags(args);
+  const action = parseAction(args);
+  if (action.t === "change") checkAdminKey(flags);
+  const client = await openClient(flags, io, "admin");
+  try {
+    await withClientErrors(() => perform(client, action, io));
+    return EXIT_OK;
+  } finally {
+    client.close();
+  }
+}
+
+/** Validates the subcommand, its TAG and its flags; every problem is a UsageError. */
+export function parseAction(args: ParsedArgs): AdminAction {
+  const word = args.requiredPositional("COMMAND");
+  const subcommand = SUBCOMMANDS.find((candidate) => candidate === word);
+  if (subcommand === undefined) throw new UsageError(`unknown admin command ${JSON.stringify(word)}; expected one of ${SUBCOMMANDS.join(", ")}`);
+  checkFlagsFor(subcommand, args);
+  const tagText = args.positional("TAG");
+  switch (subcommand) {
+    case "list-channels":
+    case "status":
+      if (tagText !== undefined) throw new UsageError(`${subcommand} takes no TAG, got ${JSON.stringify(tagText)}`);
+      return { t: subcommand, json: args.boolean("json") };
+    case "create-channel":
+      return { t: "change", cmd: createChannelCmd(requireTag(requiredTag(tagText, subcommand)), args) };
+    case "destroy-channel":
+      return { t: "change", cmd: { t: "destroy-channel", tag: requireTag(requiredTag(tagText, subcommand)) } };
+    case "register":
+      return { t: "change", cmd: registerCmd(requireTag(requiredTag(tagText, subcommand)), args) };
+    default: {
+      const unreachable: never = subcommand;
+      throw new UsageError(`unknown admin command ${String(unreachable)}`);
+    }
+  }
+}
+
+function requiredTag(tag: string | undefined, subcommand: Subcommand): string {
+  if (tag === undefined) throw new UsageError(`${subcommand} needs a TAG`);
+  return tag;
+}
+
+function checkFlagsFor(subcommand: Subcommand, args: ParsedArgs): void {
+  const allowed = SUBCOMMAND_FLAGS[subcommand];
+  for (const name of SPECIFIC_FLAGS) {
+    const given = BOOLEAN_FLAGS.has(name) ? args.boolean(name) : args.string(name) !== undefined;
+    if (given && !allowed.includes(name)) throw new UsageError(`--${name} does not apply to ${subcommand}`);
+  }
+}
+
+function oneOf<T extends string>(flag: string, value: string | undefined, choices: readonly T[], fallback?: T): T {
+  if (value === undefined) {
+    if (fallback !== undefined) return fallback;
+    throw new UsageError(`create-channel needs --${flag} ${choices.join("|")}`);
+  }
+  const choice = choices.find((candidate) => candidate === value);
+  if (choice === undefined) throw new UsageError(`--${flag}: expected one of ${choices.join(", ")}, got ${JSON.stringify(value)}`);
+  return choice;
+}
+
+function createChannelCmd(tag: string, args: ParsedArgs): AdminCmd {
+  return {
+    t: "create-channel",
+    tag,
+    fault: oneOf("fault", args.string("fault"), FAULTS),
+    order: oneOf("order", args.string("order"), ORDERS),
+    priority: oneOf("priority", args.string("priority"), PRIORITIES, DEFAULT_PRIORITY),
+    public: args.boolean("public"),
+  };
+}
+
+function registerCmd(tag: string, args: ParsedArgs): AdminCmd {
+  const publisher = args.string("publisher");
+  const subscriber = args.string("subscriber");
+  if ((publisher === undefined) === (subscriber === undefined)) {
+    throw new UsageError("register needs exactly one of --publisher PUBKEY or --subscriber PUBKEY");
+  }
+  const role = publisher !== undefined ? "publisher" : "subscriber";
+  const text = (publisher ?? subscriber) as string;
+  const parsed = tryParsePublicKey(text);
+  if (!parsed.ok) throw new UsageError(`--${role}: ${parsed.reason}`);
+  return { t: "register", tag, role, key: parsed.key };
+}
+
+/** Changes need an admin key; saying so here beats an UNAUTHORIZED from every replica. */
+function checkAdminKey(flags: ClientFlags): void {
+  const setup = loadClientSetup(flags.configPath, flags.keyPath);
+  if (!setup.config.adminKeys.some((key) => bytesEqual(key, setup.key.publicKey))) {
+    throw new CommandError(`${flags.keyPath} holds ${formatPublicKey(setup.key.publicKey)}, which is not one of the admin_keys in ${flags.configPath}`);
+  }
+}
+
+async function perform(client: FitbClient, action: AdminAction, io: CommandIo): Promise<void> {
+  switch (action.t) {
+    case "change":
+      io.out(describeChange(action.cmd, await client.admin(action.cmd)));
+      return;
+    case "list-channels":
+      printChannels(await client.listChannels(), action.json, io);
+      return;
+    case "status":
+      printStatus(client, await client.status(), action.json, io);
+      return;
+    default: {
+      const unreachable: never = action;
+      throw new Error(`unknown admin action ${String(unreachable)}`);
+    }
+  }
+}
+
+function describeChange(cmd: AdminCmd, ack: { replicas: readonly number[] }): string {
+  const by = `(acknowledged by replicas ${ack.replicas.join(", ")})`;
+  switch (cmd.t) {
+    case "create-channel": {
+      const access = cmd.public ? "public subscribe" : "registered subscribers only";
+      return `ok: created channel ${cmd.tag}: fault=${cmd.fault} order=${cmd.order} priority=${cmd.priority}, ${access} ${by}`;
+    }
+    case "destroy-channel":
+      return `ok: destroyed channel ${cmd.tag} ${by}`;
+    case "register":
+      return `ok: registered ${formatPublicKey(cmd.key)} as ${cmd.role} of ${cmd.tag} ${by}`;
+    default: {
+      const unreachable: never = cmd;
+      return String(unreachable);
+    }
+  }
+}
+
+function printChannels(channels: readonly ChannelInfo[], json: boolean, io: CommandIo): void {
+  if (json) {
+    for (const channel of channels) io.out(JSON.stringify(channel));
+    return;
+  }
+  if (channels.length === 0) {
+    io.out("no channels");
+    return;
+  }
+  const width = Math.max(3, ...channels.map((channel) => channel.tag.length));
+  io.out(`${"TAG".padEnd(width)}  FAULT      ORDER  PRIORITY  SUBSCRIBE`);
+  for (const channel of channels) {
+    const access = channel.public ? "public" : "registered";
+    io.out(`${channel.tag.padEnd(width)}  ${channel.fault.padEnd(9)}  ${channel.order.padEnd(5)}  ${channel.priority.padEnd(8)}  ${access}`);
+  }
+}
+
+function printStatus(client: FitbClient, status: ClusterStatus, json: boolean, io: CommandIo): void {
+  const answered = status.replicas.filter((replica) => replica.answer?.ok === true).length;
+  if (answered === 0) throw new CommandError(`no quorum: no replica answered status (${client.replicaStates().map((r) => `replica ${r.id}: ${r.lastError ?? r.state}`).join("; ")})`);
+  if (json) {
+    io.out(JSON.stringify(statusJson(client, status)));
+    return;
+  }
+  const agreement = status.agreed ? `agreed by at least ${client.f + 1}` : `NOT agreed by ${client.f + 1} replicas`;
+  io.out(`cluster ${client.config.name}: n=${client.n} f=${client.f}, ${answered} of ${client.n} replicas answered`);
+  io.out(`view ${status.view} leader ${status.leader} (${agreement}); last decided ${status.lastDecided}; channels ${status.channels}`);
+  for (const replica of status.replicas) {
+    const answer = replica.answer;
+    const detail =
+      answer === null
+        ? `down: ${client.replicaStates()[replica.id]?.lastError ?? "no answer"}`
+        : answer.ok
+          ? `up    view ${answer.value.view} leader ${answer.value.leader} last decided ${answer.value.lastDecided} channels ${answer.value.channels}`
+          : `error: ${answer.reason}`;
+    io.out(`  replica ${replica.id}  ${replica.address}  ${detail}`);
+  }
+}
+
+/** The JSON form: at least "view", "leader" (a replica id) and "replicas". */
+export function statusJson(client: Pick<FitbClient, "config" | "n" | "f">, status: ClusterStatus): Record<string, unknown> {
+  return {
+    cluster: client.config.name,
+    n: client.n,
+    f: client.f,
+    view: status.view,
+    leader: status.leader,
+    agreed: status.agreed,
+    last_decided: status.lastDecided,
+    channels: status.channels,
+    replicas: status.replicas.map((replica) => {
+      const answer = replica.answer;
+      if (answer !== null && answer.ok) {
+        return {
+          id: replica.id,
+          address: replica.address,
+          up: true,
+          view: answer.value.view,
+          leader: answer.value.leader,
+          last_decided: answer.value.lastDecided,
+          channels: answer.value.channels,
+        };
+      }
+      return { id: replica.id, address: replica.address, up: false, error: answer === null ? "no answer" : answer.reason };
+    }),
+  };
+}

@@ -1,0 +1,415 @@
+/**
+ * `fitb bench --config C --key K --channel TAG [--events N] [--size BYTES]
+ * [--publishers P] [--subscribers S] [--rate R] [--json]`: a throughput and latency
+ * figure against a running cluster, measured the way a user sees it: events published
+ * through the client library's batching Publisher with acks, and counted when
+ * subscribers actually deliver them (voted and signature-checked like any subscriber).
+ *
+ * Each event carries a run id, its publisher and index, and its send time, so a
+ * subscriber counts only this run's events and measures publish-to-delivery latency.
+ * Latencies go into a log-bucketed histogram (bounded memory whatever N is).
+ *
+ * A benchmark is a program, not a test: it prints figures and never judges them. It
+ * exits 1 only if events failed to publish or were acknowledged but not delivered.
+ */
+import { randomBytes } from "node:crypto";
+import { FitbClient } from "../../client/client.ts";
+import { describeError } from "../../client/errors.ts";
+import { Publisher } from "../../client/publisher.ts";
+import { loadClientSetup, type ClientSetup } from "../../client/setup.ts";
+import type { ReceivedBatch, Subscription } from "../../client/subscription.ts";
+import { bytesEqual } from "../../crypto/encoding.ts";
+import type { ParsedArgs } from "../args.ts";
+import type { Command, CommandIo } from "../command.ts";
+import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
+import { CONFIG_FLAG, keyFlag, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors, type ClientFlags } from "./pub.ts";
+
+/** Run id (8) + publisher index (4) + event index (4) + send time in µs (8). */
+export const BENCH_HEADER_BYTES = 24;
+export const BENCH_EVENTS_MAX = 100_000_000;
+export const BENCH_PUBLISHERS_MAX = 64;
+export const BENCH_SUBSCRIBERS_MAX = 64;
+export const BENCH_RATE_MAX = 10_000_000;
+const DEFAULT_EVENTS = 10_000;
+const DEFAULT_SIZE = 100;
+/** Progress lines go to stderr this often once a run takes longer than it. */
+const PROGRESS_INTERVAL_MS = 1_000;
+/** A paced publisher sleeps at least this long between bursts (timer granularity). */
+const PACING_SLEEP_MS = 1;
+const RUN_ID_BYTES = 8;
+const MICROS_PER_MS = 1_000;
+const MS_PER_SECOND = 1_000;
+
+export const benchCommand: Command = {
+  path: ["bench"],
+  summary: "Measure delivered events/s and publish-to-delivery latency",
+  description: [
+    "Subscribes S clients to channel TAG, then publishes N events of BYTES bytes from P",
+    "concurrent publishers (sharing the key, each batching its own stream), at R events/s",
+    "in total or as fast as acknowledgements allow. Counts the events the subscribers",
+    "deliver (after voting and signature checks) and prints delivered events/s and the",
+    "p50/p99/max latency from publish to delivery. 'delivered' counts every subscriber's",
+    "deliveries, so a complete run delivers N*S. --json prints one object:",
+    '{"events","delivered","seconds","delivered_per_s","p50_ms","p99_ms","max_ms"}.',
+    "The key must be allowed to publish to the channel and to subscribe to it.",
+    "Progress goes to standard error. Exits 1 if events failed or were not delivered.",
+  ],
+  flags: [
+    CONFIG_FLAG,
+    keyFlag("The secret key file to publish and subscribe with"),
+    { name: "channel", kind: "string", valueName: "TAG", required: true, description: "The channel to publish to" },
+    { name: "events", kind: "string", valueName: "N", defaultValue: String(DEFAULT_EVENTS), description: "Events to publish" },
+    { name: "size", kind: "string", valueName: "BYTES", defaultValue: String(DEFAULT_SIZE), description: `Bytes per event (at least ${BENCH_HEADER_BYTES})` },
+    { name: "publishers", kind: "string", valueName: "P", defaultValue: "1", description: "Concurrent publishers" },
+    { name: "subscribers", kind: "string", valueName: "S", defaultValue: "1", description: "Subscribing clients" },
+    { name: "rate", kind: "string", valueName: "R", description: "Events per second in total (default: as fast as acks allow)" },
+    { name: "json", kind: "boolean", description: "Print one JSON object with the figures" },
+    ...TIMEOUT_FLAGS,
+  ],
+  positionals: [],
+  examples: [
+    "fitb bench --config cluster.toml --key bench.key --channel bench.crash --events 100000 --size 200",
+    "fitb bench --config cluster.toml --key bench.key --channel bench.bft --publishers 4 --subscribers 2 --json",
+  ],
+  run: runBench,
+};
+
+export interface BenchPlan {
+  readonly tag: string;
+  readonly events: number;
+  readonly size: number;
+  readonly publishers: number;
+  readonly subscribers: number;
+  /** Events per second in total, or null for as fast as acks allow. */
+  readonly rate: number | null;
+  readonly json: boolean;
+}
+
+/** Validates every flag (UsageError, exit 2) before anything is opened. */
+export function readBenchPlan(args: ParsedArgs): BenchPlan {
+  const tag = requireTag(args.requiredString("channel"), "--channel");
+  const events = args.requiredInteger("events", 1, BENCH_EVENTS_MAX);
+  const size = args.requiredInteger("size", 1, Number.MAX_SAFE_INTEGER);
+  if (size < BENCH_HEADER_BYTES) throw new UsageError(`--size: at least ${BENCH_HEADER_BYTES} bytes (the run id, indexes and send time), got ${size}`);
+  const publishers = args.requiredInteger("publishers", 1, BENCH_PUBLISHERS_MAX);
+  if (publishers > events) throw new UsageError(`--publishers: ${publishers} publishers for ${events} events; at most one publisher per event`);
+  const subscribers = args.requiredInteger("subscribers", 1, BENCH_SUBSCRIBERS_MAX);
+  const rate = args.integer("rate", 1, BENCH_RATE_MAX) ?? null;
+  return { tag, events, size, publishers, subscribers, rate, json: args.boolean("json") };
+}
+
+async function runBench(args: ParsedArgs, io: CommandIo): Promise<number> {
+  const flags = readClientFlags(args);
+  const plan = readBenchPlan(args);
+  const setup = loadClientSetup(flags.configPath, flags.keyPath);
+  for (const warning of setup.warnings) io.err(`fitb bench: warning: ${warning}`);
+  if (plan.size > setup.config.limits.eventBytesMax) {
+    throw new CommandError(`--size ${plan.size} exceeds the cluster's event_bytes_max of ${setup.config.limits.eventBytesMax}`);
+  }
+  const clients: FitbClient[] = [];
+  try {
+    const result = await withClientErrors(() => runPlan(plan, flags, setup, clients, io));
+    printResult(plan, result, io);
+    return reportProblems(plan, result, io);
+  } finally {
+    for (const client of clients) client.close();
+  }
+}
+
+export interface BenchResult {
+  readonly acked: number;
+  readonly failed: number;
+  readonly firstError: string | null;
+  readonly delivered: number;
+  readonly seconds: number;
+  readonly latency: LatencyHistogram;
+}
+
+async function runPlan(plan: BenchPlan, flags: ClientFlags, setup: ClientSetup, clients: FitbClient[], io: CommandIo): Promise<BenchResult> {
+  const connect = async (): Promise<FitbClient> => {
+    const client = await FitbClient.connect({
+      config: setup.config,
+      key: setup.key,
+      timeouts: { connectMs: flags.connectTimeoutMs, requestMs: flags.timeoutMs, queryMs: flags.timeoutMs },
+      onLog: (entry) => {
+        if (entry.level === "warn") io.err(`fitb bench: warning: ${entry.message}`);
+      },
+    });
+    clients.push(client);
+    return client;
+  };
+  const runId = new Uint8Array(randomBytes(RUN_ID_BYTES));
+  const counter = new DeliveryCounter(runId);
+  const subscriptions: Subscription[] = [];
+  for (let i = 0; i < plan.subscribers; i++) {
+    const client = await connect();
+    subscriptions.push(await client.subscribe(plan.tag, {}, (batch) => counter.onBatch(batch)));
+  }
+  const publishClient = await connect();
+  const progress = new Progress(plan, counter, io);
+  const started = performance.now();
+  const published = await publishAll(plan, publishClient, runId, progress);
+  const expected = published.acked * plan.subscribers;
+  await counter.waitFor(expected, flags.timeoutMs);
+  progress.stop();
+  for (const subscription of subscriptions) await subscription.close();
+  const end = counter.lastDeliveryAt ?? performance.now();
+  return {
+    acked: published.acked,
+    failed: published.failed,
+    firstError: published.firstError,
+    delivered: counter.delivered,
+    seconds: Math.max(end - started, 0) / MS_PER_SECOND,
+    latency: counter.latency,
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// Publishing
+// ---------------------------------------------------------------------------------------
+
+interface PublishTally {
+  acked: number;
+  failed: number;
+  firstError: string | null;
+}
+
+async function publishAll(plan: BenchPlan, client: FitbClient, runId: Uint8Array, progress: Progress): Promise<PublishTally> {
+  const tally: PublishTally = { acked: 0, failed: 0, firstError: null };
+  const share = (index: number): number => Math.floor(plan.events / plan.publishers) + (index < plan.events % plan.publishers ? 1 : 0);
+  const ratePerPublisher = plan.rate === null ? null : plan.rate / plan.publishers;
+  const tasks = Array.from({ length: plan.publishers }, (_, index) =>
+    publishStream(new Publisher(client, plan.tag), index, share(index), plan.size, ratePerPublisher, runId, tally, progress),
+  );
+  await Promise.all(tasks);
+  return tally;
+}
+
+async function publishStream(
+  publisher: Publisher,
+  publisherIndex: number,
+  count: number,
+  size: number,
+  rate: number | null,
+  runId: Uint8Array,
+  tally: PublishTally,
+  progress: Progress,
+): Promise<void> {
+  const start = performance.now();
+  for (let index = 0; index < count; index++) {
+    if (rate !== null) await pace(start, index, rate);
+    if (!publisher.hasRoom(size)) await publisher.waitForRoom(size);
+    const event = benchEvent(runId, publisherIndex, index, size, performance.now());
+    progress.published++;
+    publisher.publish(event).then(
+      () => {
+        tally.acked++;
+      },
+      (error: unknown) => {
+        tally.failed++;
+        tally.firstError ??= describeError(error);
+      },
+    );
+  }
+  await publisher.close();
+}
+
+/** Sleeps until event `index` is due at `rate` events/s from `start`. */
+async function pace(start: number, index: number, rate: number): Promise<void> {
+  const dueAt = start + (index * MS_PER_SECOND) / rate;
+  const wait = dueAt - performance.now();
+  if (wait >= PACING_SLEEP_MS) await Bun.sleep(wait);
+}
+
+/** An event of `size` bytes: run id, publisher index, event index, send time (µs), padding. */
+export function benchEvent(runId: Uint8Array, publisherIndex: number, index: number, size: number, sentAtMs: number): Uint8Array {
+  const event = new Uint8Array(size);
+  event.set(runId, 0);
+  const view = new DataView(event.buffer);
+  view.setUint32(RUN_ID_BYTES, publisherIndex);
+  view.setUint32(RUN_ID_BYTES + 4, index);
+  view.setFloat64(RUN_ID_BYTES + 8, sentAtMs * MICROS_PER_MS);
+  event.fill(0x2e, BENCH_HEADER_BYTES);
+  return event;
+}
+
+/** The send time (ms, performance.now clock) of one of this run's events, or null for any other event. */
+export function benchSentAt(event: Uint8Array, runId: Uint8Array): number | null {
+  if (event.byteLength < BENCH_HEADER_BYTES || !bytesEqual(event.subarray(0, RUN_ID_BYTES), runId)) return null;
+  const view = new DataView(event.buffer, event.byteOffset, event.byteLength);
+  return view.getFloat64(RUN_ID_BYTES + 8) / MICROS_PER_MS;
+}
+
+// ---------------------------------------------------------------------------------------
+// Counting deliveries
+// ---------------------------------------------------------------------------------------
+
+class DeliveryCounter {
+  delivered = 0;
+  lastDeliveryAt: number | null = null;
+  readonly latency = new LatencyHistogram();
+  private waiter: (() => void) | null = null;
+  private target = Number.POSITIVE_INFINITY;
+
+  constructor(private readonly runId: Uint8Array) {}
+
+  onBatch(batch: ReceivedBatch): void {
+    const now = performance.now();
+    for (const event of batch.events) {
+      const sentAt = benchSentAt(event, this.runId);
+      if (sentAt === null) continue;
+      this.delivered++;
+      this.latency.record(now - sentAt);
+    }
+    this.lastDeliveryAt = now;
+    if (this.delivered >= this.target) this.waiter?.();
+  }
+
+  /** Resolves once `target` deliveries were counted, or after `idleMs` without a new one. */
+  async waitFor(target: number, idleMs: number): Promise<void> {
+    this.target = target;
+    let seen = -1;
+    while (this.delivered < target && this.delivered !== seen) {
+      seen = this.delivered;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, idleMs);
+        this.waiter = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.waiter = null;
+    }
+  }
+}
+
+/**
+ * Latencies in a log-linear histogram: 64 sub-buckets per power of two of microseconds,
+ * so a percentile is off by under 2%, in a few thousand counters whatever the run length.
+ */
+export class LatencyHistogram {
+  static readonly SUB_BUCKETS = 64;
+  static readonly POWERS = 40;
+  private readonly counts = new Float64Array(LatencyHistogram.SUB_BUCKETS * LatencyHistogram.POWERS);
+  private total = 0;
+  private maxMs = 0;
+
+  get count(): number {
+    return this.total;
+  }
+
+  record(ms: number): void {
+    const micros = Math.max(0, Math.round(ms * MICROS_PER_MS));
+    const index = Math.min(LatencyHistogram.bucketOf(micros), this.counts.length - 1);
+    this.counts[index] = (this.counts[index] as number) + 1;
+    this.total++;
+    if (ms > this.maxMs) this.maxMs = ms;
+  }
+
+  get max(): number {
+    return this.maxMs;
+  }
+
+  /** The latency (ms) at or below which `p` percent of the samples fall; 0 when empty. */
+  percentile(p: number): number {
+    if (this.total === 0) return 0;
+    const rank = Math.max(1, Math.ceil((p / 100) * this.total));
+    let seen = 0;
+    for (let index = 0; index < this.counts.length; index++) {
+      seen += this.counts[index] as number;
+      if (seen >= rank) return Math.min(LatencyHistogram.upperMicros(index) / MICROS_PER_MS, this.maxMs);
+    }
+    return this.maxMs;
+  }
+
+  private static bucketOf(micros: number): number {
+    const sub = LatencyHistogram.SUB_BUCKETS;
+    if (micros < sub) return micros;
+    const power = Math.floor(Math.log2(micros / sub)) + 1;
+    const width = 2 ** (power - 1);
+    const offset = Math.floor((micros - sub * width) / width);
+    return power * sub + Math.min(Math.max(offset, 0), sub - 1);
+  }
+
+  /** The largest value (µs) that falls in bucket `index`. */
+  private static upperMicros(index: number): number {
+    const sub = LatencyHistogram.SUB_BUCKETS;
+    if (index < sub) return index;
+    const power = Math.floor(index / sub);
+    const width = 2 ** (power - 1);
+    return sub * width + ((index % sub) + 1) * width - 1;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------------------
+
+class Progress {
+  published = 0;
+  private readonly timer: ReturnType<typeof setInterval>;
+  private readonly started = performance.now();
+
+  constructor(
+    private readonly plan: BenchPlan,
+    private readonly counter: DeliveryCounter,
+    private readonly io: CommandIo,
+  ) {
+    this.timer = setInterval(() => this.report(), PROGRESS_INTERVAL_MS);
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  private report(): void {
+    const seconds = (performance.now() - this.started) / MS_PER_SECOND;
+    const expected = this.plan.events * this.plan.subscribers;
+    this.io.err(`fitb bench: ${seconds.toFixed(0)} s: published ${this.published}/${this.plan.events}, delivered ${this.counter.delivered}/${expected}`);
+  }
+}
+
+/** Two decimals in ms: microsecond resolution, no spurious digits. */
+function roundMs(ms: number): number {
+  return Math.round(ms * 100) / 100;
+}
+
+export function resultJson(plan: BenchPlan, result: BenchResult): Record<string, number> {
+  const perSecond = result.seconds > 0 ? result.delivered / result.seconds : 0;
+  return {
+    events: plan.events,
+    delivered: result.delivered,
+    seconds: Math.round(result.seconds * 1000) / 1000,
+    delivered_per_s: Math.round(perSecond),
+    p50_ms: roundMs(result.latency.percentile(50)),
+    p99_ms: roundMs(result.latency.percentile(99)),
+    max_ms: roundMs(result.latency.max),
+  };
+}
+
+function printResult(plan: BenchPlan, result: BenchResult, io: CommandIo): void {
+  const figures = resultJson(plan, result);
+  if (plan.json) {
+    io.out(JSON.stringify(figures));
+    return;
+  }
+  io.out(`channel ${plan.tag}: ${plan.events} events of ${plan.size} bytes, ${plan.publishers} publishers, ${plan.subscribers} subscribers${plan.rate === null ? "" : `, ${plan.rate} events/s offered`}`);
+  io.out(`acknowledged ${result.acked}, failed ${result.failed}, delivered ${result.delivered} of ${plan.events * plan.subscribers} in ${figures.seconds} s`);
+  io.out(`delivered ${figures.delivered_per_s} events/s`);
+  io.out(`latency publish -> delivery: p50 ${figures.p50_ms} ms, p99 ${figures.p99_ms} ms, max ${figures.max_ms} ms`);
+}
+
+function reportProblems(plan: BenchPlan, result: BenchResult, io: CommandIo): number {
+  let ok = true;
+  if (result.failed > 0) {
+    io.err(`fitb bench: ${result.failed} events failed to publish; first error: ${result.firstError ?? "unknown"}`);
+    ok = false;
+  }
+  const expected = result.acked * plan.subscribers;
+  if (result.delivered < expected) {
+    io.err(`fitb bench: ${expected - result.delivered} acknowledged deliveries did not arrive (${result.delivered} of ${expected})`);
+    ok = false;
+  }
+  return ok ? EXIT_OK : EXIT_FAILURE;
+}
+

@@ -1,0 +1,269 @@
+/**
+ * `fitb pub --config C --key K TAG [MESSAGE]`: publishes MESSAGE, or one event per line
+ * of standard input until EOF (batched into signed requests by the client library's
+ * Publisher). Prints `+OK TAG SEQ` per event once the channel's CLASS quorum
+ * acknowledged it, or `-ERR CODE reason`, in input order; exits 1 if any failed.
+ *
+ * This file also holds what every client command shares: the common flags, opening a
+ * client from them, and turning client errors into one-line command errors.
+ */
+import { FitbClient } from "../../client/client.ts";
+import { ClientError, describeError } from "../../client/errors.ts";
+import { InOrder, type Settled } from "../../client/in-order.ts";
+import { DEFAULT_TIMEOUTS } from "../../client/options.ts";
+import { Publisher, type EventAck } from "../../client/publisher.ts";
+import { tagProblem } from "../../client/request.ts";
+import { loadClientSetup } from "../../client/setup.ts";
+import type { FlagSpec, ParsedArgs } from "../args.ts";
+import type { Command, CommandIo } from "../command.ts";
+import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
+
+// ---------------------------------------------------------------------------------------
+// Shared by pub, sub, admin and bench
+// ---------------------------------------------------------------------------------------
+
+/** Timeouts on the command line are whole ms in this range: long enough for a WAN, short enough to notice a typo. */
+export const TIMEOUT_MS_MIN = 1;
+export const TIMEOUT_MS_MAX = 3_600_000;
+
+export const CONFIG_FLAG: FlagSpec = { name: "config", kind: "string", valueName: "FILE", required: true, description: "The cluster file" };
+
+export function keyFlag(description: string): FlagSpec {
+  return { name: "key", kind: "string", valueName: "FILE", required: true, description };
+}
+
+export const TIMEOUT_FLAGS: readonly FlagSpec[] = [
+  {
+    name: "timeout",
+    kind: "string",
+    valueName: "MS",
+    defaultValue: String(DEFAULT_TIMEOUTS.requestMs),
+    description: "Fail a request or query that has no quorum after this long",
+  },
+  {
+    name: "connect-timeout",
+    kind: "string",
+    valueName: "MS",
+    defaultValue: String(DEFAULT_TIMEOUTS.connectMs),
+    description: "Fail if too few replicas accept a session within this long",
+  },
+];
+
+export interface ClientFlags {
+  readonly configPath: string;
+  readonly keyPath: string;
+  readonly timeoutMs: number;
+  readonly connectTimeoutMs: number;
+}
+
+/** Reads the common flags; every problem is a UsageError (exit 2) before any file is opened. */
+export function readClientFlags(args: ParsedArgs): ClientFlags {
+  return {
+    configPath: args.requiredString("config"),
+    keyPath: args.requiredString("key"),
+    timeoutMs: args.requiredInteger("timeout", TIMEOUT_MS_MIN, TIMEOUT_MS_MAX),
+    connectTimeoutMs: args.requiredInteger("connect-timeout", TIMEOUT_MS_MIN, TIMEOUT_MS_MAX),
+  };
+}
+
+/** A TAG argument: a UsageError naming what is wrong with it. */
+export function requireTag(text: string, label = "TAG"): string {
+  const problem = tagProblem(text);
+  if (problem !== null) throw new UsageError(`${label}: ${problem}`);
+  return text;
+}
+
+/**
+ * Loads the cluster file and key and connects. Warnings (key file mode, replicas that
+ * are down but not needed for a quorum) go to standard error, one line each.
+ */
+export async function openClient(flags: ClientFlags, io: CommandIo, name: string): Promise<FitbClient> {
+  const setup = loadClientSetup(flags.configPath, flags.keyPath);
+  for (const warning of setup.warnings) io.err(`fitb ${name}: warning: ${warning}`);
+  return withClientErrors(() =>
+    FitbClient.connect({
+      config: setup.config,
+      key: setup.key,
+      timeouts: { connectMs: flags.connectTimeoutMs, requestMs: flags.timeoutMs, queryMs: flags.timeoutMs },
+      onLog: (entry) => {
+        if (entry.level === "warn") io.err(`fitb ${name}: warning: ${entry.message}`);
+      },
+    }),
+  );
+}
+
+/** Runs `action`, turning a ClientError into a CommandError: one line, exit 1. */
+export async function withClientErrors<T>(action: () => Promise<T>): Promise<T> {
+  try {
+    return await action();
+  } catch (error) {
+    if (error instanceof ClientError) throw new CommandError(error.message);
+    throw error;
+  }
+}
+
+/** `-ERR CODE reason` for a failed event. */
+export function errLine(error: unknown): string {
+  const code = error instanceof ClientError ? error.code : "INTERNAL";
+  return `-ERR ${code} ${describeError(error)}`;
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading lines from standard input
+// ---------------------------------------------------------------------------------------
+
+const NEWLINE = 0x0a;
+const CARRIAGE_RETURN = 0x0d;
+
+/** One line out of LineSplitter: its bytes, or the length of a line too long to keep. */
+export type SplitLine = { readonly ok: true; readonly bytes: Uint8Array } | { readonly ok: false; readonly length: number };
+
+/**
+ * Cuts a byte stream into lines (`\n` or `\r\n`), keeping bytes as they are: a payload is
+ * not text to this command, only a line. A line longer than `lineBytesMax` is not kept
+ * (memory stays bounded); it comes out as a refusal with its length.
+ */
+export class LineSplitter {
+  private parts: Uint8Array[] = [];
+  private partBytes = 0;
+  private overflowLength = -1;
+
+  constructor(readonly lineBytesMax: number) {}
+
+  push(chunk: Uint8Array): SplitLine[] {
+    const lines: SplitLine[] = [];
+    let start = 0;
+    for (let at = chunk.indexOf(NEWLINE); at >= 0; at = chunk.indexOf(NEWLINE, start)) {
+      this.append(chunk.subarray(start, at));
+      lines.push(this.takeLine());
+      start = at + 1;
+    }
+    this.append(chunk.subarray(start));
+    return lines;
+  }
+
+  /** At end of input: the last line if it had no newline. */
+  finish(): SplitLine[] {
+    if (this.partBytes === 0 && this.overflowLength < 0) return [];
+    return [this.takeLine()];
+  }
+
+  private append(bytes: Uint8Array): void {
+    if (bytes.byteLength === 0) return;
+    if (this.overflowLength >= 0) {
+      this.overflowLength += bytes.byteLength;
+      return;
+    }
+    // One byte of slack for a '\r' that is dropped at the end of the line.
+    if (this.partBytes + bytes.byteLength > this.lineBytesMax + 1) {
+      this.overflowLength = this.partBytes + bytes.byteLength;
+      this.parts = [];
+      this.partBytes = 0;
+      return;
+    }
+    this.parts.push(bytes.slice());
+    this.partBytes += bytes.byteLength;
+  }
+
+  private takeLine(): SplitLine {
+    if (this.overflowLength >= 0) {
+      const length = this.overflowLength;
+      this.overflowLength = -1;
+      return { ok: false, length };
+    }
+    let line = concat(this.parts, this.partBytes);
+    this.parts = [];
+    this.partBytes = 0;
+    if (line.byteLength > 0 && line[line.byteLength - 1] === CARRIAGE_RETURN) line = line.subarray(0, line.byteLength - 1);
+    if (line.byteLength > this.lineBytesMax) return { ok: false, length: line.byteLength };
+    return { ok: true, bytes: line };
+  }
+}
+
+function concat(parts: readonly Uint8Array[], total: number): Uint8Array {
+  if (parts.length === 1) return parts[0] as Uint8Array;
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.byteLength;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// The command
+// ---------------------------------------------------------------------------------------
+
+/** Answers that may be outstanding before reading stdin pauses. */
+export const PUB_PENDING_ANSWERS_MAX = 65_536;
+
+export const pubCommand: Command = {
+  path: ["pub"],
+  summary: "Publish events to a channel (MESSAGE, or one per stdin line)",
+  description: [
+    "Publishes MESSAGE to channel TAG, or, without MESSAGE, one event per line of standard",
+    "input until EOF (lines end in \\n or \\r\\n; the bytes are published as they are).",
+    "Events are batched into signed requests. For each event, in input order, prints",
+    "'+OK TAG SEQ' once the channel's quorum acknowledged it, or '-ERR CODE reason'.",
+    "SEQ is the channel sequence number on total-order channels and the publisher's own",
+    "sequence number on unordered ones. Exits 1 if any event failed.",
+  ],
+  flags: [CONFIG_FLAG, keyFlag("This publisher's secret key file"), ...TIMEOUT_FLAGS],
+  positionals: [
+    { name: "TAG", description: "The channel, e.g. net.links", required: true },
+    { name: "MESSAGE", description: "The event to publish; without it, read events from stdin", required: false },
+  ],
+  examples: [
+    "fitb pub --config cluster.toml --key probe.key net.links 'eth0 down'",
+    "tail -F /var/log/links.log | fitb pub --config cluster.toml --key probe.key net.links",
+  ],
+  run: runPub,
+};
+
+async function runPub(args: ParsedArgs, io: CommandIo): Promise<number> {
+  const flags = readClientFlags(args);
+  const tag = requireTag(args.requiredPositional("TAG"));
+  const message = args.positional("MESSAGE");
+  const client = await openClient(flags, io, "pub");
+  try {
+    const publisher = new Publisher(client, tag);
+    let failed = 0;
+    const answers = new InOrder<EventAck>((outcome: Settled<EventAck>) => {
+      if (outcome.ok) io.out(`+OK ${outcome.value.tag} ${outcome.value.seq}`);
+      else {
+        failed++;
+        io.out(errLine(outcome.error));
+      }
+    }, PUB_PENDING_ANSWERS_MAX);
+    if (message !== undefined) answers.push(publisher.publish(new TextEncoder().encode(message)));
+    else await publishLines(publisher, answers, client.config.limits.eventBytesMax);
+    await answers.drained();
+    await publisher.close();
+    return failed === 0 ? EXIT_OK : EXIT_FAILURE;
+  } finally {
+    client.close();
+  }
+}
+
+/**
+ * Publishes stdin line by line, pausing the reading while the publisher or the answers
+ * are full. Lines of one chunk are published without yielding in between, so the
+ * publisher sends them as one batch.
+ */
+async function publishLines(publisher: Publisher, answers: InOrder<EventAck>, eventBytesMax: number): Promise<void> {
+  const splitter = new LineSplitter(eventBytesMax);
+  const take = async (lines: readonly SplitLine[]): Promise<void> => {
+    for (const line of lines) {
+      if (answers.isFull) await answers.drained();
+      if (!line.ok) {
+        answers.push(Promise.reject(new ClientError("TOO_LARGE", `line of ${line.length} bytes; an event is at most ${eventBytesMax}`)));
+        continue;
+      }
+      if (!publisher.hasRoom(line.bytes.byteLength)) await publisher.waitForRoom(line.bytes.byteLength);
+      answers.push(publisher.publish(line.bytes));
+    }
+  };
+  for await (const chunk of Bun.stdin.stream()) await take(splitter.push(chunk));
+  await take(splitter.finish());
+}

@@ -1,0 +1,261 @@
+/**
+ * Byzantine replicas. Each runs the real ordering core (so it knows what to say to look
+ * plausible) and then lies about it on the way out: every message it sends passes through
+ * `outgoing`, which may drop, duplicate, corrupt, re-sign with mutated fields (ByzzFuzz's
+ * small-scope mutations), equivocate, replay or forge. It signs only with its own key:
+ * forging another replica's signature is outside the fault model.
+ */
+import {
+  batchBytes,
+  type ClientRequest,
+  type Commit,
+  type NewView,
+  NULL_DIGEST,
+  type PeerMessage,
+  type PrePrepare,
+  type ReplicaId,
+  type SignedMessage,
+  signingBytes,
+  type ViewChange,
+} from "../core/ordering/index.ts";
+import { sha256, type SimKeyring } from "./crypto.ts";
+import type { Prng } from "./prng.ts";
+import type { ByzBehaviour } from "./scenario.ts";
+
+export interface ByzContext {
+  readonly id: ReplicaId;
+  readonly n: number;
+  readonly clusterId: string;
+  readonly keyring: SimKeyring;
+  now(): number;
+  /** Raw network send as this replica; `msg` may be anything. */
+  send(to: ReplicaId, msg: unknown, extraDelay?: number): void;
+  /** Requests executed somewhere, for replay attacks. */
+  executed(): readonly ClientRequest[];
+}
+
+/** Messages remembered for replays. */
+const HISTORY_MAX = 64;
+/** Far-future offset for flooded votes and view changes (ORDERING.md §9, bug 8). */
+const FAR_FUTURE = 1_000_000;
+/** Copies of a vote sent back to its signer or to all by a vote stuffer. */
+const STUFF_COPIES = 3;
+
+type Signable = SignedMessage;
+
+function isVote(m: PeerMessage): m is Extract<PeerMessage, { t: "PREPARE" | "COMMIT" }> {
+  return m.t === "PREPARE" || m.t === "COMMIT";
+}
+
+export class ByzantineReplica {
+  private readonly history: PeerMessage[] = [];
+  private lastViewChange: ViewChange | null = null;
+  private highestView = 0;
+
+  constructor(
+    private readonly ctx: ByzContext,
+    readonly behaviours: readonly ByzBehaviour[],
+    private readonly rng: Prng,
+  ) {}
+
+  has(b: ByzBehaviour): boolean {
+    return this.behaviours.includes(b);
+  }
+
+  private others(): ReplicaId[] {
+    const out: ReplicaId[] = [];
+    for (let r = 0; r < this.ctx.n; r++) if (r !== this.ctx.id) out.push(r);
+    return out;
+  }
+
+  private remember(m: PeerMessage): void {
+    this.history.push(m);
+    if (this.history.length > HISTORY_MAX) this.history.shift();
+  }
+
+  private resign<M extends Signable>(m: M): M {
+    m.sig = this.ctx.keyring.signAsReplica(this.ctx.id, signingBytes(m, this.ctx.clusterId));
+    return m;
+  }
+
+  /** What this replica's honest core wanted to send; decides what actually goes out. */
+  outgoing(to: ReplicaId | "all", msg: PeerMessage): void {
+    if (this.has("mute")) return;
+    this.remember(msg);
+    if (msg.t === "VIEW_CHANGE") this.lastViewChange = msg;
+    if ("view" in msg && typeof msg.view === "number") this.highestView = Math.max(this.highestView, msg.view);
+    let m: PeerMessage = msg;
+    if (m.t === "PRE_PREPARE" && m.batch !== null && to === "all") {
+      if (this.has("equivocate") && this.equivocate(m)) return;
+      if (this.has("badproposal") && this.rng.chance(0.5)) m = this.badProposal(m);
+    }
+    if (m.t === "NEW_VIEW" && this.has("nvforge") && m.o.length > 0) m = this.forgeNewView(m);
+    const extraDelay = m.t === "PRE_PREPARE" && this.has("slow") ? this.rng.int(5, 20) : 0;
+    const targets = to === "all" ? this.others() : [to];
+    for (const target of targets) {
+      if (this.has("omit") && this.rng.chance(0.5)) continue;
+      let out: unknown = m;
+      if (this.has("byzzfuzz") && this.rng.chance(0.2)) out = this.fuzz(m);
+      if (this.has("corrupt") && this.rng.chance(0.3)) out = this.corrupt(m);
+      if (this.has("wrongsig") && this.rng.chance(0.2)) out = this.wrongSig(m);
+      this.ctx.send(target, out, extraDelay);
+      if (this.has("stuff") && isVote(m)) for (let i = 1; i < STUFF_COPIES; i++) this.ctx.send(target, m);
+      if (this.has("stale") && this.rng.chance(0.1)) this.sendStaleVersion(target, m);
+    }
+  }
+
+  /** A message delivered to this replica (already passed to its core). */
+  incoming(from: ReplicaId, msg: PeerMessage): void {
+    this.remember(msg);
+    if (!isVote(msg)) return;
+    // Reflecting a correct replica's own vote back at it, several times, is how an
+    // attacker exploits a core that counts messages instead of signers.
+    if (this.has("equivocate") || this.has("stuff")) {
+      for (let i = 0; i < STUFF_COPIES; i++) this.ctx.send(msg.replica, msg);
+    }
+    if (this.has("stuff")) for (const r of this.others()) if (r !== from) this.ctx.send(r, msg);
+  }
+
+  tick(): void {
+    if (this.has("mute")) return;
+    if (this.has("stale") && this.history.length > 0 && this.rng.chance(0.1)) {
+      this.ctx.send(this.rng.pick(this.others()), this.rng.pick(this.history));
+    }
+    if (this.has("flood")) this.floodTick();
+  }
+
+  // ---------------------------------------------------------------------------------------
+
+  /**
+   * Different batches to two groups of replicas for one (view, seq), each with this
+   * replica's COMMIT for that group's digest. Returns false when no distinct valid
+   * alternative batch exists.
+   */
+  private equivocate(pp: PrePrepare): boolean {
+    const batch = pp.batch as ClientRequest[];
+    const alt = alternativeBatch(batch);
+    if (alt === null) return false;
+    const altPp = this.resign<PrePrepare>({ t: "PRE_PREPARE", view: pp.view, seq: pp.seq, digest: sha256(batchBytes(alt)), batch: null, sig: pp.sig });
+    const others = this.rng.shuffle(this.others());
+    const cut = this.rng.int(1, others.length - 1);
+    for (let i = 0; i < others.length; i++) {
+      const to = others[i] as ReplicaId;
+      const mine = i < cut ? pp : { ...altPp, batch: alt };
+      this.ctx.send(to, mine);
+      const commit = this.resign<Commit>({ t: "COMMIT", view: pp.view, seq: pp.seq, digest: mine.digest, replica: this.ctx.id, sig: pp.sig });
+      this.ctx.send(to, commit);
+    }
+    return true;
+  }
+
+  /** A proposal every correct backup must reject: a bad signature, a duplicate or a replay. */
+  private badProposal(pp: PrePrepare): PrePrepare {
+    const batch = [...(pp.batch as ClientRequest[])];
+    const first = batch[0] as ClientRequest;
+    const kind = this.rng.int(0, 2);
+    if (kind === 0) {
+      const sig = first.sig.slice();
+      sig[0] = (sig[0] as number) ^ 0xff;
+      batch[0] = { ...first, sig };
+    } else if (kind === 1) {
+      batch.push(first);
+    } else {
+      const executed = this.ctx.executed();
+      if (executed.length === 0) batch.push(first);
+      else batch.unshift(this.rng.pick(executed));
+    }
+    const header = this.resign<PrePrepare>({ t: "PRE_PREPARE", view: pp.view, seq: pp.seq, digest: sha256(batchBytes(batch)), batch: null, sig: pp.sig });
+    return { ...header, batch };
+  }
+
+  /** A NEW_VIEW with one O entry replaced by the null digest, re-signed throughout. */
+  private forgeNewView(nv: NewView): NewView {
+    const o = [...nv.o];
+    const i = this.rng.int(0, o.length - 1);
+    const old = o[i] as PrePrepare;
+    const digest = old.digest.every((b) => b === 0) ? this.rng.bytes(32) : NULL_DIGEST;
+    o[i] = this.resign<PrePrepare>({ ...old, digest });
+    return this.resign<NewView>({ ...nv, o });
+  }
+
+  /** ByzzFuzz small-scope mutation: view or seq moved by one, then signed by this replica. */
+  private fuzz(m: PeerMessage): unknown {
+    const delta = this.rng.chance(0.5) ? 1 : -1;
+    switch (m.t) {
+      case "PREPARE":
+      case "COMMIT":
+        if (this.rng.chance(0.5)) return this.resign({ ...m, view: Math.max(0, m.view + delta) });
+        return this.resign({ ...m, seq: Math.max(1, m.seq + delta) });
+      case "PRE_PREPARE":
+        return this.resign({ ...m, seq: Math.max(1, m.seq + delta) });
+      case "CHECKPOINT":
+        return this.resign({ ...m, seq: Math.max(1, m.seq + delta) });
+      case "VIEW_CHANGE":
+        return this.resign({ ...m, newView: Math.max(0, m.newView + delta) });
+      default:
+        return m;
+    }
+  }
+
+  /** Flipped bytes or broken fields, not re-signed; or plain junk. */
+  private corrupt(m: PeerMessage): unknown {
+    const kind = this.rng.int(0, 4);
+    const copy = { ...m } as Record<string, unknown>;
+    if (kind === 0 && "sig" in m) {
+      const sig = m.sig.slice();
+      const i = this.rng.int(0, sig.length - 1);
+      sig[i] = (sig[i] as number) ^ (1 << this.rng.int(0, 7));
+      copy.sig = sig;
+    } else if (kind === 1 && "digest" in m && m.digest !== null) {
+      const digest = m.digest.slice();
+      const i = this.rng.int(0, digest.length - 1);
+      digest[i] = (digest[i] as number) ^ 0x80;
+      copy.digest = digest;
+    } else if (kind === 2) {
+      copy[this.rng.pick(Object.keys(copy))] = this.rng.pick<unknown>([-1, "junk", null, 2 ** 60, new Uint8Array(3), []]);
+    } else if (kind === 3) {
+      return this.rng.pick<unknown>([null, 7, "PREPARE", { t: "PREPARE" }, { t: "NOPE", x: 1 }, [m]]);
+    } else if ("view" in m && typeof m.view === "number") {
+      copy.view = m.view + 1;
+    }
+    return copy;
+  }
+
+  /** Claims another replica's identity with its own signature, or a random signature. */
+  private wrongSig(m: PeerMessage): unknown {
+    if ("replica" in m && typeof m.replica === "number") {
+      const other = this.rng.pick(this.others());
+      return { ...m, replica: other };
+    }
+    if ("sig" in m) return { ...m, sig: this.rng.bytes(64) };
+    return m;
+  }
+
+  private sendStaleVersion(to: ReplicaId, m: PeerMessage): void {
+    if (isVote(m) && m.view > 0) this.ctx.send(to, this.resign({ ...m, view: m.view - 1 }));
+    else if (this.history.length > 0) this.ctx.send(to, this.rng.pick(this.history));
+  }
+
+  /** Far-future votes, checkpoints and view changes, all validly signed by this replica. */
+  private floodTick(): void {
+    const to = this.rng.pick(this.others());
+    const view = this.highestView + this.rng.int(0, 2);
+    const digest = this.rng.bytes(32);
+    this.ctx.send(to, this.resign({ t: "PREPARE", view, seq: FAR_FUTURE + this.rng.int(0, 1000), digest, replica: this.ctx.id, sig: digest }));
+    this.ctx.send(to, this.resign({ t: "CHECKPOINT", seq: FAR_FUTURE * 8, digest, replica: this.ctx.id, sig: digest }));
+    const vc = this.lastViewChange;
+    if (vc !== null && this.rng.chance(0.2)) {
+      this.ctx.send(to, this.resign<ViewChange>({ ...vc, newView: vc.newView + FAR_FUTURE + this.rng.int(0, 1000) }));
+    }
+  }
+}
+
+/** A different valid batch from the same requests: first client's requests moved last, or one dropped. */
+export function alternativeBatch(batch: readonly ClientRequest[]): ClientRequest[] | null {
+  const firstClient = batch[0]?.client;
+  const mine = batch.filter((r) => r.client === firstClient);
+  const rest = batch.filter((r) => r.client !== firstClient);
+  if (rest.length > 0) return [...rest, ...mine];
+  if (batch.length >= 2) return batch.slice(0, batch.length - 1);
+  return null;
+}

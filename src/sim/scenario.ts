@@ -1,0 +1,224 @@
+/**
+ * A fault scenario, drawn entirely from one seed: group size and mode, network behaviour
+ * before and after "heal" (GST), partitions, crashes, Byzantine replicas and faulty
+ * clients. After `healAt` the network is synchronous (delay 1..5 ticks, no loss, no
+ * partition), crashed replicas are back, and at most f replicas are faulty; liveness is
+ * judged from then on.
+ */
+import type { CoreParameters, FaultMode, ReplicaId } from "../core/ordering/index.ts";
+import { Prng } from "./prng.ts";
+
+export type FaultMix = "all" | "crash" | "byzantine" | "network" | "clients" | "none";
+export const FAULT_MIXES: readonly FaultMix[] = ["all", "crash", "byzantine", "network", "clients", "none"];
+
+export type ByzBehaviour =
+  | "mute" // sends nothing
+  | "omit" // drops each message with probability 1/2, or sends it to a subset
+  | "equivocate" // as leader: different proposals to different replicas, reflects votes
+  | "stuff" // repeats its own votes and reflects others' votes many times
+  | "corrupt" // flips bytes or breaks fields without re-signing
+  | "wrongsig" // claims another replica's identity, or garbles the signature
+  | "stale" // replays old messages, re-signs its votes for an older view
+  | "byzzfuzz" // small-scope mutations: view +-1, seq +-1, re-signed
+  | "badproposal" // as leader: proposes invalid, replayed or duplicate requests
+  | "nvforge" // as new leader: a NEW_VIEW whose O does not follow from its VIEW_CHANGEs
+  | "flood" // far-future votes and view changes
+  | "slow" // as leader: holds its proposals back, just inside the heartbeat
+  | "twins" // two copies of the replica with the same keys
+  | "forget"; // restarts with no state (Twins' lost-state case)
+
+export const BYZ_BEHAVIOURS: readonly ByzBehaviour[] = [
+  "mute", "omit", "equivocate", "stuff", "corrupt", "wrongsig", "stale", "byzzfuzz",
+  "badproposal", "nvforge", "flood", "slow", "twins", "forget",
+];
+
+export type ClientFault = "badsig" | "replay" | "flood" | "equivocate" | "gap";
+export const CLIENT_FAULTS: readonly ClientFault[] = ["badsig", "replay", "flood", "equivocate", "gap"];
+
+export type PartitionKind = "split" | "oneway" | "isolateLeader";
+
+export interface PartitionSpec {
+  kind: PartitionKind;
+  start: number;
+  end: number;
+  /** split/oneway: the replicas on side A (the rest are side B). isolateLeader: resolved at start. */
+  sideA: ReplicaId[];
+}
+
+export interface CrashSpec {
+  replica: ReplicaId;
+  at: number;
+  /** null: stays down (counts toward f). */
+  restartAt: number | null;
+  /** Crash in the middle of a step: a random suffix of its outputs is lost. */
+  midStep: boolean;
+}
+
+export interface ByzSpec {
+  id: ReplicaId;
+  behaviours: ByzBehaviour[];
+}
+
+export interface Scenario {
+  seed: number;
+  mix: FaultMix;
+  n: number;
+  f: number;
+  mode: FaultMode;
+  params: Partial<CoreParameters>;
+  healAt: number;
+  submitUntil: number;
+  deadline: number;
+  dropRate: number;
+  dupRate: number;
+  maxDelayPre: number;
+  partitions: PartitionSpec[];
+  crashes: CrashSpec[];
+  byzantine: ByzSpec[];
+  correctClients: number;
+  requestsPerClient: number;
+  clientFaults: ClientFault[];
+}
+
+/** Ticks after heal within which every correct request must be decided everywhere. */
+export const LIVENESS_TICKS = 3000;
+/** Delay bounds after heal (ORDERING.md §10: 1-5 ticks after GST). */
+export const DELAY_POST_MIN = 1;
+export const DELAY_POST_MAX = 5;
+
+/** Parameters scaled down so that checkpoints, window wrap and view changes happen in short runs. */
+export const SIM_PARAMETERS: Partial<CoreParameters> = {
+  maxBatchRequests: 8,
+  maxBatchBytes: 64 * 1024,
+  maxRequestBytes: 4096,
+  maxRequestSpan: 8,
+  batchDelay: 1,
+  pipelineDepth: 4,
+  checkpointInterval: 8,
+  logWindow: 16,
+  clientWindow: 4,
+  maxPendingTotal: 64,
+  requestTimeout: 40,
+  progressTimeout: 25,
+  vcTimeout: 40,
+  vcBackoffCap: 3,
+  vcRetransmit: 12,
+  tpWindow: 40,
+  tpGrace: 160,
+  clientQuarantine: 200,
+  transferRetry: 40,
+  maxTransferItems: 8,
+};
+
+/** A mix as drawn for one seed: "all" becomes one of the others or a combination of them. */
+type DrawnMix = Exclude<FaultMix, "all"> | "combined";
+
+export interface ScenarioOptions {
+  mix: FaultMix;
+  /** Force n = 3f+1 for this f (default: mostly f=1, sometimes f=2). */
+  f?: number;
+  /** Force one Byzantine behaviour set (tests of broken variants and of single attacks). */
+  byzantine?: ByzBehaviour[];
+  mode?: FaultMode;
+}
+
+export function makeScenario(seed: number, opts: ScenarioOptions): Scenario {
+  const rng = new Prng(seed, 1);
+  const mix: DrawnMix = opts.mix === "all" ? rng.pick<DrawnMix>(["crash", "byzantine", "network", "clients", "combined"]) : opts.mix;
+  const f = opts.f ?? (rng.chance(0.08) ? 2 : 1);
+  const n = 3 * f + 1;
+  const combined = mix === "combined";
+  const wantsByz = opts.byzantine !== undefined || mix === "byzantine" || (combined && rng.chance(0.5));
+  const mode: FaultMode = opts.mode ?? (!wantsByz && rng.chance(0.25) ? "cft" : "bft");
+  const healAt = rng.int(150, 450);
+  const s: Scenario = {
+    seed,
+    mix: opts.mix,
+    n,
+    f,
+    mode,
+    params: { ...SIM_PARAMETERS },
+    healAt,
+    submitUntil: healAt + rng.int(0, 100),
+    deadline: healAt + LIVENESS_TICKS,
+    dropRate: 0,
+    dupRate: 0,
+    maxDelayPre: DELAY_POST_MAX,
+    partitions: [],
+    crashes: [],
+    byzantine: [],
+    correctClients: rng.int(2, 4),
+    requestsPerClient: rng.int(6, 16),
+    clientFaults: [],
+  };
+  const light = (): void => {
+    s.dropRate = rng.pick([0, 0.01, 0.05]);
+    s.dupRate = rng.pick([0, 0.02]);
+    s.maxDelayPre = rng.int(DELAY_POST_MAX, 10);
+  };
+  if (mix === "network" || combined) addNetworkFaults(s, rng);
+  else light();
+  let faultBudget = f;
+  if (wantsByz && mode === "bft") faultBudget -= addByzantine(s, rng, opts.byzantine);
+  if (mix === "crash" || (combined && rng.chance(0.5))) addCrashes(s, rng, faultBudget);
+  if (mix === "clients" || (combined && rng.chance(0.5))) addClientFaults(s, rng);
+  return s;
+}
+
+function addNetworkFaults(s: Scenario, rng: Prng): void {
+  s.dropRate = rng.pick([0, 0.05, 0.1, 0.2, 0.35]);
+  s.dupRate = rng.pick([0, 0.05, 0.15]);
+  s.maxDelayPre = rng.pick([5, 10, 20, 40]);
+  const count = rng.int(0, 3);
+  let t = rng.int(0, 60);
+  for (let i = 0; i < count && t < s.healAt - 20; i++) {
+    const kind = rng.pick<PartitionKind>(["split", "oneway", "isolateLeader", "isolateLeader"]);
+    const len = rng.int(20, 200);
+    const sideA = rng.shuffle([...Array(s.n).keys()]).slice(0, rng.int(1, Math.max(1, Math.floor(s.n / 2))));
+    s.partitions.push({ kind, start: t, end: Math.min(t + len, s.healAt), sideA });
+    // Back-to-back leader isolation is Miller's livelock schedule (bft-smart #19).
+    t += kind === "isolateLeader" && rng.chance(0.5) ? len : len + rng.int(0, 80);
+  }
+}
+
+function addByzantine(s: Scenario, rng: Prng, forced: ByzBehaviour[] | undefined): number {
+  const count = forced !== undefined ? 1 : rng.int(1, s.f);
+  const ids = rng.shuffle([...Array(s.n).keys()]);
+  for (let i = 0; i < count; i++) {
+    // Replica 0 leads view 0: make it the Byzantine one often, so leader attacks happen early.
+    const id = i === 0 && rng.chance(0.5) ? 0 : (ids[i] as number);
+    if (s.byzantine.some((b) => b.id === id)) continue;
+    const behaviours =
+      forced ?? rng.shuffle([...BYZ_BEHAVIOURS]).slice(0, rng.int(1, 3));
+    s.byzantine.push({ id, behaviours });
+  }
+  return s.byzantine.length;
+}
+
+function addCrashes(s: Scenario, rng: Prng, budget: number): void {
+  const byz = new Set(s.byzantine.map((b) => b.id));
+  const candidates = [...Array(s.n).keys()].filter((r) => !byz.has(r));
+  const count = rng.int(1, 3);
+  let permanentLeft = budget > 0 && rng.chance(0.3) ? 1 : 0;
+  for (let i = 0; i < count; i++) {
+    const replica = rng.pick(candidates);
+    const at = rng.int(5, Math.max(6, s.healAt - 30));
+    const permanent = permanentLeft > 0 && !s.crashes.some((c) => c.replica === replica);
+    if (permanent) permanentLeft--;
+    const restartAt = permanent ? null : Math.min(s.healAt, at + rng.int(10, 200));
+    if (s.crashes.some((c) => c.replica === replica && (c.restartAt === null || c.restartAt >= at))) continue;
+    s.crashes.push({ replica, at, restartAt, midStep: rng.chance(0.5) });
+  }
+}
+
+function addClientFaults(s: Scenario, rng: Prng): void {
+  const count = rng.int(1, 3);
+  for (let i = 0; i < count; i++) s.clientFaults.push(rng.pick(CLIENT_FAULTS));
+}
+
+/** Replicas that count as faulty for liveness: Byzantine, and crashed without restart. */
+export function faultyReplicas(s: Scenario): Set<ReplicaId> {
+  const out = new Set<ReplicaId>(s.byzantine.map((b) => b.id));
+  for (const c of s.crashes) if (c.restartAt === null) out.add(c.replica);
+  return out;
+}

@@ -1,0 +1,167 @@
+import { describe, expect, test } from "bun:test";
+import { ClientClosedError, QueueFullError } from "../../src/client/errors.ts";
+import { InOrder, type Settled } from "../../src/client/in-order.ts";
+import { OutboundBuffer } from "../../src/client/outbound.ts";
+import { InflightWindow } from "../../src/client/window.ts";
+import { LineSplitter } from "../../src/cli/commands/pub.ts";
+
+const tick = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+
+describe("InflightWindow", () => {
+  test("grants up to its size, then queues waiters in FIFO order", async () => {
+    const window = new InflightWindow(2, 10);
+    await window.acquire();
+    await window.acquire();
+    expect(window.inUse).toBe(2);
+    const order: number[] = [];
+    const third = window.acquire().then(() => order.push(3));
+    const fourth = window.acquire().then(() => order.push(4));
+    expect(window.waiting).toBe(2);
+    window.release();
+    await third;
+    window.release();
+    await fourth;
+    expect(order).toEqual([3, 4]);
+    expect(window.inUse).toBe(2);
+  });
+
+  test("refuses with QueueFullError past the waiter bound", async () => {
+    const window = new InflightWindow(1, 1);
+    await window.acquire();
+    const waiting = window.acquire();
+    await expect(window.acquire()).rejects.toBeInstanceOf(QueueFullError);
+    window.release();
+    await waiting;
+  });
+
+  test("close rejects waiters and later calls", async () => {
+    const window = new InflightWindow(1, 5);
+    await window.acquire();
+    const waiting = window.acquire();
+    window.close();
+    await expect(waiting).rejects.toBeInstanceOf(ClientClosedError);
+    await expect(window.acquire()).rejects.toBeInstanceOf(ClientClosedError);
+  });
+
+  test("an unmatched release is a bug and says so", () => {
+    expect(() => new InflightWindow(1, 1).release()).toThrow("without a matching acquire");
+  });
+});
+
+describe("InOrder", () => {
+  test("emits outcomes in push order whatever order they settle in", async () => {
+    const emitted: Settled<number>[] = [];
+    const inOrder = new InOrder<number>((outcome) => emitted.push(outcome), 10);
+    const resolvers: ((value: number) => void)[] = [];
+    const rejecters: ((error: Error) => void)[] = [];
+    for (let i = 0; i < 3; i++) {
+      inOrder.push(
+        new Promise<number>((resolve, reject) => {
+          resolvers.push(resolve);
+          rejecters.push(reject);
+        }),
+      );
+    }
+    resolvers[2]!(30);
+    rejecters[1]!(new Error("second failed"));
+    await tick();
+    expect(emitted).toEqual([]);
+    resolvers[0]!(10);
+    await inOrder.drained();
+    expect(emitted.map((o) => (o.ok ? o.value : (o.error as Error).message))).toEqual([10, "second failed", 30]);
+  });
+
+  test("is bounded", () => {
+    const inOrder = new InOrder<number>(() => undefined, 2);
+    inOrder.push(new Promise(() => undefined));
+    inOrder.push(new Promise(() => undefined));
+    expect(inOrder.isFull).toBe(true);
+    expect(() => inOrder.push(Promise.resolve(1))).toThrow(QueueFullError);
+  });
+});
+
+describe("OutboundBuffer", () => {
+  /** A socket that takes at most `capacity` bytes per write. */
+  function sink(capacity: { value: number }, written: number[]) {
+    return (data: Uint8Array): number => {
+      const take = Math.min(capacity.value, data.byteLength);
+      for (const byte of data.subarray(0, take)) written.push(byte);
+      return take;
+    };
+  }
+
+  test("writes through when the socket takes everything", () => {
+    const buffer = new OutboundBuffer(100);
+    const written: number[] = [];
+    expect(buffer.enqueue(sink({ value: 1000 }, written), new Uint8Array([1, 2, 3]))).toBe("sent");
+    expect(buffer.bufferedBytes).toBe(0);
+    expect(written).toEqual([1, 2, 3]);
+  });
+
+  test("keeps the unwritten rest, in order, and flushes it on drain", () => {
+    const buffer = new OutboundBuffer(100);
+    const written: number[] = [];
+    const capacity = { value: 2 };
+    const write = sink(capacity, written);
+    expect(buffer.enqueue(write, new Uint8Array([1, 2, 3, 4, 5]))).toBe("queued");
+    expect(buffer.enqueue(write, new Uint8Array([6, 7]))).toBe("queued");
+    expect(buffer.bufferedBytes).toBe(5);
+    capacity.value = 2;
+    expect(buffer.flush(write)).toBe(false);
+    capacity.value = 100;
+    expect(buffer.flush(write)).toBe(true);
+    expect(written).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    expect(buffer.bufferedBytes).toBe(0);
+  });
+
+  test("refuses past its bound without writing, but an idle connection takes one large frame", () => {
+    const buffer = new OutboundBuffer(10);
+    const written: number[] = [];
+    const stuck = sink({ value: 0 }, written);
+    expect(buffer.enqueue(stuck, new Uint8Array(25))).toBe("queued");
+    expect(buffer.enqueue(stuck, new Uint8Array(1))).toBe("full");
+    expect(buffer.hasRoomFor(1)).toBe(false);
+    expect(buffer.bufferedBytes).toBe(25);
+    buffer.clear();
+    expect(buffer.enqueue(stuck, new Uint8Array(8))).toBe("queued");
+    expect(buffer.enqueue(stuck, new Uint8Array(2))).toBe("queued");
+    expect(buffer.enqueue(stuck, new Uint8Array(1))).toBe("full");
+  });
+
+  test("reports a closed socket", () => {
+    const buffer = new OutboundBuffer(10);
+    expect(buffer.enqueue(() => -1, new Uint8Array(3))).toBe("closed");
+    expect(buffer.bufferedBytes).toBe(0);
+  });
+});
+
+describe("LineSplitter (fitb pub's stdin)", () => {
+  test("splits on \\n and \\r\\n across chunk boundaries, bytes unchanged", () => {
+    const splitter = new LineSplitter(100);
+    const lines = [
+      ...splitter.push(new TextEncoder().encode("eth0 down\r\neth1")),
+      ...splitter.push(new TextEncoder().encode(" up\n\nlast")),
+      ...splitter.finish(),
+    ];
+    expect(lines.map((line) => (line.ok ? text(line.bytes) : `TOO LONG ${line.length}`))).toEqual(["eth0 down", "eth1 up", "", "last"]);
+  });
+
+  test("keeps non-UTF-8 bytes as they are", () => {
+    const splitter = new LineSplitter(100);
+    const [line] = splitter.push(new Uint8Array([0xff, 0x00, 0xfe, 0x0a]));
+    expect(line).toEqual({ ok: true, bytes: new Uint8Array([0xff, 0x00, 0xfe]) });
+  });
+
+  test("a line over the bound is refused with its length, and memory stays bounded", () => {
+    const splitter = new LineSplitter(4);
+    const lines = [...splitter.push(new TextEncoder().encode("abcd\nabcdefgh")), ...splitter.push(new TextEncoder().encode("ij\nok\n"))];
+    expect(lines.map((line) => (line.ok ? text(line.bytes) : `TOO LONG ${line.length}`))).toEqual(["abcd", "TOO LONG 10", "ok"]);
+  });
+
+  test("nothing after a final newline means no extra line", () => {
+    const splitter = new LineSplitter(10);
+    splitter.push(new TextEncoder().encode("a\n"));
+    expect(splitter.finish()).toEqual([]);
+  });
+});

@@ -1,0 +1,760 @@
+/**
+ * The client against replicas that speak the real wire protocol over loopback TCP: a
+ * small in-test replica (handshake, REQUEST/REPLY, QUERY, SUBSCRIBE/EVENTS) whose
+ * answers each test scripts, including wrong keys, lies and silence. It checks the
+ * client's side of the contract; the replica runtime has its own tests.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import type { Socket, TCPSocketListener } from "bun";
+import { randomBytes } from "node:crypto";
+import type { Canonical } from "../../wire/canonical.ts";
+import { FrameDecoder } from "../../wire/frame.ts";
+import {
+  decodeFrameBody,
+  decodeRequestBody,
+  encodeTypedFrame,
+  type Frame,
+  type Hello,
+  type HelloAck,
+  type Query,
+  type Request,
+  type SignedRequest,
+  type Subscribe,
+} from "../../wire/schemas.ts";
+import { sessionTranscript } from "../../wire/session.ts";
+import { DOMAIN_REQUEST, DOMAIN_SESSION_INITIATOR, DOMAIN_SESSION_RESPONDER, FrameType, type ErrorCode } from "../../wire/types.ts";
+import { FitbClient } from "../../src/client/client.ts";
+import { ReplicaConnection, type ConnectionEvents, type ConnectionOptions } from "../../src/client/connection.ts";
+import { ClientError, HandshakeError, NoQuorumError, ReplicaUnreachableError, RequestRejectedError } from "../../src/client/errors.ts";
+import type { ReceivedBatch, SubscriptionSignal } from "../../src/client/subscription.ts";
+import { parseClusterConfig, type ClusterConfig } from "../../src/config/cluster.ts";
+import { signDomain, verifyDomain } from "../../src/crypto/ed25519.ts";
+import { toHex } from "../../src/crypto/encoding.ts";
+import { sha256 } from "../../src/crypto/hash.ts";
+import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
+
+// ---------------------------------------------------------------------------------------
+// The in-test replica
+// ---------------------------------------------------------------------------------------
+
+type Conn = Socket<ConnState>;
+
+interface ConnState {
+  decoder: FrameDecoder;
+  hello: Hello | null;
+  ack: HelloAck | null;
+  client: Uint8Array | null;
+  subs: Map<number, { tag: string; next: number }>;
+}
+
+interface ReplicaScript {
+  /** The key put in HELLO_ACK (default: the replica's own). */
+  presentKey?: SigningKey;
+  /** The id put in HELLO_ACK (default: the replica's own). */
+  claimId?: number;
+  /** Corrupts the HELLO_ACK signature. */
+  badSignature?: boolean;
+  /** Answers HELLO with ERROR UNAUTHORIZED instead of HELLO_ACK. */
+  refuseHello?: boolean;
+  /** What to answer a REQUEST with; null = stay silent. Default: the honest answer. */
+  onRequest?: (replica: TestReplica, request: Request, signed: SignedRequest, copy: number) => Frame | null;
+  /** What to answer a QUERY with; default: the honest answer. */
+  onQuery?: (replica: TestReplica, query: Query) => Canonical | { refuse: ErrorCode; reason: string };
+  /** Replaces the copy of a batch this replica sends to subscribers. */
+  forgeEvents?: (seq: number, signed: SignedRequest) => SignedRequest;
+  /** Claims this `next` in SUB_OK (and streams from it when no `from` is given). */
+  subOkNext?: number;
+}
+
+/** What the honest replicas agree on: channels, and the decided order of total-order channels. */
+class SharedLedger {
+  readonly channels = new Map<string, { fault: "crash" | "byzantine"; order: "none" | "total" }>();
+  /** Per tag: the decided batches, by first channel seq. */
+  readonly logs = new Map<string, { first: number; signed: SignedRequest; span: number; digest: string }[]>();
+  readonly replicas: TestReplica[] = [];
+
+  /** The channel seq of a request: assigned once, the same for every honest replica. */
+  decide(tag: string, signed: SignedRequest, span: number): number {
+    const log = this.logs.get(tag) ?? [];
+    this.logs.set(tag, log);
+    const digest = toHex(sha256(signed.body));
+    const known = log.find((entry) => entry.digest === digest);
+    if (known !== undefined) return known.first;
+    const last = log.at(-1);
+    const first = last === undefined ? 1 : last.first + last.span;
+    log.push({ first, signed, span, digest });
+    for (const replica of this.replicas) replica.forward(tag, first, signed);
+    return first;
+  }
+
+  nextSeq(tag: string): number {
+    const last = this.logs.get(tag)?.at(-1);
+    return last === undefined ? 1 : last.first + last.span;
+  }
+}
+
+class TestReplica {
+  readonly server: TCPSocketListener<ConnState>;
+  readonly received: Frame[] = [];
+  readonly authenticated: Uint8Array[] = [];
+  readonly sockets = new Set<Conn>();
+  /** Per client key hex and space: request seq -> body digest. */
+  readonly used = new Map<string, Map<number, string>>();
+  /** Answers client-seq with this instead of the truth while set... */
+  clientSeqOverride: number | null = null;
+  /** ...for this many answers (unbounded when null). */
+  staleClientSeqAnswers: number | null = null;
+  requestCopies = new Map<string, number>();
+
+  constructor(
+    readonly id: number,
+    readonly key: SigningKey,
+    readonly ledger: SharedLedger,
+    readonly script: ReplicaScript = {},
+  ) {
+    this.server = Bun.listen<ConnState>({
+      hostname: "127.0.0.1",
+      port: 0,
+      data: { decoder: new FrameDecoder(), hello: null, ack: null, client: null, subs: new Map() },
+      socket: {
+        open: (socket) => {
+          socket.data = { decoder: new FrameDecoder({ copyPayloads: true }), hello: null, ack: null, client: null, subs: new Map() };
+          this.sockets.add(socket);
+        },
+        data: (socket, data) => this.onData(socket, data),
+        close: (socket) => {
+          this.sockets.delete(socket);
+        },
+      },
+    });
+    ledger.replicas.push(this);
+  }
+
+  get port(): number {
+    return this.server.port;
+  }
+
+  stop(): void {
+    this.server.stop(true);
+    for (const socket of this.sockets) socket.terminate();
+  }
+
+  /** Drops every client connection (the listener stays up, so clients reconnect). */
+  dropConnections(): void {
+    for (const socket of this.sockets) socket.terminate();
+  }
+
+  send(socket: Conn, frame: Frame): void {
+    socket.write(encodeTypedFrame(frame));
+  }
+
+  framesOfType(type: number): Frame[] {
+    return this.received.filter((frame) => frame.type === type);
+  }
+
+  private onData(socket: Conn, data: Uint8Array): void {
+    for (const item of socket.data.decoder.push(new Uint8Array(data))) {
+      if (!item.ok) throw new Error(`test replica ${this.id}: ${item.error.reason}`);
+      const decoded = decodeFrameBody(item.type, item.payload);
+      if (!decoded.ok) throw new Error(`test replica ${this.id}: ${decoded.error.reason}`);
+      this.received.push(decoded.frame);
+      this.onFrame(socket, decoded.frame);
+    }
+  }
+
+  private onFrame(socket: Conn, frame: Frame): void {
+    switch (frame.type) {
+      case FrameType.HELLO:
+        this.onHello(socket, frame.body);
+        return;
+      case FrameType.AUTH:
+        this.onAuth(socket, frame.body.sig);
+        return;
+      case FrameType.REQUEST:
+        this.onRequest(socket, frame.body);
+        return;
+      case FrameType.QUERY:
+        this.onQuery(socket, frame.body);
+        return;
+      case FrameType.SUBSCRIBE:
+        this.onSubscribe(socket, frame.body);
+        return;
+      case FrameType.UNSUBSCRIBE:
+        socket.data.subs.delete(frame.body.sub);
+        return;
+      default:
+        return;
+    }
+  }
+
+  private onHello(socket: Conn, hello: Hello): void {
+    if (this.script.refuseHello === true) {
+      this.send(socket, { type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "this key may not connect" } });
+      socket.end();
+      return;
+    }
+    const presented = this.script.presentKey ?? this.key;
+    const unsigned = { v: 1 as const, replica: this.script.claimId ?? this.id, key: presented.publicKey, nonce: new Uint8Array(randomBytes(32)) };
+    const sig = signDomain(presented, DOMAIN_SESSION_RESPONDER, sessionTranscript(hello, unsigned));
+    if (this.script.badSignature === true) sig[0] = (sig[0] as number) ^ 0xff;
+    const ack: HelloAck = { ...unsigned, sig };
+    socket.data.hello = hello;
+    socket.data.ack = ack;
+    this.send(socket, { type: FrameType.HELLO_ACK, body: ack });
+  }
+
+  private onAuth(socket: Conn, sig: Uint8Array): void {
+    const { hello, ack } = socket.data;
+    if (hello === null || ack === null || !verifyDomain(hello.key, DOMAIN_SESSION_INITIATOR, sessionTranscript(hello, ack), sig)) {
+      this.send(socket, { type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "AUTH does not verify" } });
+      socket.end();
+      return;
+    }
+    socket.data.client = hello.key;
+    this.authenticated.push(hello.key);
+  }
+
+  private onRequest(socket: Conn, signed: SignedRequest): void {
+    const decoded = decodeRequestBody(signed.body);
+    if (!decoded.ok) throw new Error(decoded.error.reason);
+    const request = decoded.request;
+    const digest = toHex(sha256(signed.body));
+    const copy = (this.requestCopies.get(digest) ?? 0) + 1;
+    this.requestCopies.set(digest, copy);
+    const reply = this.script.onRequest !== undefined ? this.script.onRequest(this, request, signed, copy) : this.honestReply(request, signed);
+    if (reply !== null) this.send(socket, reply);
+  }
+
+  /** The reply a correct replica gives. */
+  honestReply(request: Request, signed: SignedRequest): Frame {
+    const d = sha256(signed.body);
+    const base = { seq: request.seq, replica: this.id, d };
+    if (!verifyDomain(request.client, DOMAIN_REQUEST, signed.body, signed.sig)) {
+      return { type: FrameType.REPLY, body: { ...base, ok: false, code: "BAD_SIGNATURE", reason: "bad signature" } };
+    }
+    const space = `${toHex(request.client)}/${request.op.t === "pub" ? request.op.tag : "#admin"}`;
+    const used = this.used.get(space) ?? new Map<number, string>();
+    this.used.set(space, used);
+    const previous = used.get(request.seq);
+    if (previous !== undefined && previous !== toHex(d)) {
+      return { type: FrameType.REPLY, body: { ...base, ok: false, code: "REPLAY", reason: `seq ${request.seq} already used` } };
+    }
+    used.set(request.seq, toHex(d));
+    if (request.op.t === "admin") {
+      return { type: FrameType.REPLY, body: { ...base, ok: true, res: { t: "admin", cmd: request.op.cmd.t } } };
+    }
+    const tag = request.op.tag;
+    const channel = this.ledger.channels.get(tag);
+    if (channel === undefined) {
+      return { type: FrameType.REPLY, body: { ...base, ok: false, code: "UNKNOWN_CHANNEL", reason: `no channel ${tag}` } };
+    }
+    if (channel.order === "none") {
+      this.forward(tag, request.seq, signed);
+      return { type: FrameType.REPLY, body: { ...base, ok: true, res: { t: "pub", tag, span: request.span } } };
+    }
+    const first = this.ledger.decide(tag, signed, request.span);
+    return { type: FrameType.REPLY, body: { ...base, ok: true, res: { t: "pub", tag, span: request.span, first } } };
+  }
+
+  private onQuery(socket: Conn, query: Query): void {
+    const answer = this.script.onQuery !== undefined ? this.script.onQuery(this, query) : this.honestAnswer(socket, query);
+    if (answer !== null && typeof answer === "object" && "refuse" in answer) {
+      this.send(socket, { type: FrameType.QUERY_REPLY, body: { id: query.id, replica: this.id, ok: false, code: answer.refuse as ErrorCode, reason: answer.reason as string } });
+      return;
+    }
+    this.send(socket, { type: FrameType.QUERY_REPLY, body: { id: query.id, replica: this.id, ok: true, res: answer } });
+  }
+
+  honestAnswer(socket: Conn, query: Query): Canonical | { refuse: ErrorCode; reason: string } {
+    switch (query.q) {
+      case "channel-info": {
+        const channel = this.ledger.channels.get(query.tag);
+        if (channel === undefined) return { refuse: "UNKNOWN_CHANNEL", reason: `no channel ${query.tag}` };
+        return { tag: query.tag, ...channel, priority: "normal", public: true, next: this.ledger.nextSeq(query.tag) };
+      }
+      case "client-seq": {
+        if (this.clientSeqOverride !== null && this.staleClientSeqAnswers !== 0) {
+          if (this.staleClientSeqAnswers !== null) this.staleClientSeqAnswers--;
+          return { last: this.clientSeqOverride };
+        }
+        const space = `${toHex(socket.data.client as Uint8Array)}/${query.tag ?? "#admin"}`;
+        const seqs = [...(this.used.get(space)?.keys() ?? [])];
+        return { last: seqs.length === 0 ? 0 : Math.max(...seqs) };
+      }
+      case "list-channels":
+        return { channels: [...this.ledger.channels].map(([tag, c]) => ({ tag, ...c, priority: "normal", public: true })) };
+      case "status":
+        return { replica: this.id, view: 2, leader: 2, lastDecided: 40 + this.id, channels: this.ledger.channels.size, peers: [] };
+    }
+  }
+
+  private onSubscribe(socket: Conn, subscribe: Subscribe): void {
+    const channel = this.ledger.channels.get(subscribe.tag);
+    if (channel === undefined) {
+      this.send(socket, { type: FrameType.SUB_END, body: { sub: subscribe.sub, replica: this.id, code: "UNKNOWN_CHANNEL", reason: "no such channel" } });
+      return;
+    }
+    const next = this.script.subOkNext ?? this.ledger.nextSeq(subscribe.tag);
+    socket.data.subs.set(subscribe.sub, { tag: subscribe.tag, next: subscribe.from ?? next });
+    this.send(socket, { type: FrameType.SUB_OK, body: { sub: subscribe.sub, replica: this.id, next } });
+    for (const entry of this.ledger.logs.get(subscribe.tag) ?? []) {
+      if (entry.first >= (subscribe.from ?? next)) this.sendEvents(socket, subscribe.sub, subscribe.tag, entry.first, entry.signed);
+    }
+  }
+
+  /** A new batch for `tag`: to every subscription on it. */
+  forward(tag: string, seq: number, signed: SignedRequest): void {
+    for (const socket of this.sockets) {
+      for (const [sub, entry] of socket.data.subs) {
+        if (entry.tag === tag && seq >= entry.next) this.sendEvents(socket, sub, tag, seq, signed);
+      }
+    }
+  }
+
+  private sendEvents(socket: Conn, sub: number, tag: string, seq: number, signed: SignedRequest): void {
+    const req = this.script.forgeEvents !== undefined ? this.script.forgeEvents(seq, signed) : signed;
+    this.send(socket, { type: FrameType.EVENTS, body: { sub, tag, seq, req, replica: this.id } });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------
+
+const clientKey = SigningKey.generate();
+const adminKey = SigningKey.generate();
+const replicaKeys = Array.from({ length: 4 }, () => SigningKey.generate());
+const started: { stop(): void }[] = [];
+const clients: { close(): void }[] = [];
+
+afterEach(() => {
+  for (const client of clients.splice(0)) client.close();
+  for (const replica of started.splice(0)) replica.stop();
+});
+
+function group(scripts: ReplicaScript[] = []): { ledger: SharedLedger; replicas: TestReplica[]; config: ClusterConfig } {
+  const ledger = new SharedLedger();
+  const replicas = replicaKeys.map((key, id) => new TestReplica(id, key, ledger, scripts[id] ?? {}));
+  started.push(...replicas);
+  return { ledger, replicas, config: configFor(replicas.map((replica) => replica.port)) };
+}
+
+function configFor(ports: readonly number[]): ClusterConfig {
+  const replicas = ports
+    .map((port, id) => `[[replicas]]\nid = ${id}\nhost = "127.0.0.1"\nport = ${port}\nkey = "${formatPublicKey((replicaKeys[id] as SigningKey).publicKey)}"\n`)
+    .join("\n");
+  const text = `name = "wire-test"\nf = 1\nadmin_keys = ["${formatPublicKey(adminKey.publicKey)}"]\n\n${replicas}`;
+  const parsed = parseClusterConfig(text, "/virtual/cluster.toml");
+  if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
+  return parsed.config;
+}
+
+const FAST = {
+  timeouts: { connectMs: 2_000, sessionMs: 1_000, requestMs: 1_500, resendMs: 100, queryMs: 1_000, pingIntervalMs: 1_000, idleMs: 5_000 },
+  backoff: { initialDelayMs: 10, maxDelayMs: 50, multiplier: 2, jitterRatio: 0 },
+};
+
+async function connect(config: ClusterConfig, key = clientKey, logs: string[] = []): Promise<FitbClient> {
+  const client = await FitbClient.connect({ config, key, ...FAST, onLog: (entry) => logs.push(`${entry.level}: ${entry.message}`) });
+  clients.push(client);
+  return client;
+}
+
+function waitUntil(condition: () => boolean, what: string | (() => string), timeoutMs = 3_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const check = (): void => {
+      if (condition()) resolve();
+      else if (Date.now() > deadline) reject(new Error(`timed out waiting for ${typeof what === "string" ? what : what()}`));
+      else setTimeout(check, 5);
+    };
+    check();
+  });
+}
+
+/** A bare connection with recorded events, for the handshake tests. */
+function connection(port: number, expectedKey: Uint8Array, id = 0) {
+  const events = { ready: 0, down: [] as ClientError[], frames: [] as Frame[] };
+  const handlers: ConnectionEvents = {
+    onReady: () => events.ready++,
+    onDown: (_c, error) => events.down.push(error),
+    onFrame: (_c, frame) => events.frames.push(frame),
+  };
+  const options: ConnectionOptions = {
+    frameBytesMax: 1024 * 1024,
+    outboundBytesMax: 1024 * 1024,
+    sessionTimeoutMs: 1_000,
+    pingIntervalMs: 1_000,
+    idleTimeoutMs: 5_000,
+    backoff: { initialDelayMs: 10, maxDelayMs: 40, multiplier: 2, jitterRatio: 0 },
+    random: () => 0,
+    now: Date.now,
+  };
+  const conn = new ReplicaConnection({ id, host: "127.0.0.1", port, publicKey: expectedKey }, clientKey, handlers, options);
+  clients.push(conn);
+  conn.start();
+  return { conn, events };
+}
+
+// ---------------------------------------------------------------------------------------
+// Handshake
+// ---------------------------------------------------------------------------------------
+
+describe("session handshake", () => {
+  test("a replica with the listed key and id: session up, and the replica verifies our AUTH", async () => {
+    const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger());
+    started.push(replica);
+    const { conn, events } = connection(replica.port, replicaKeys[0]!.publicKey);
+    await waitUntil(() => events.ready === 1 && replica.authenticated.length === 1, "session");
+    expect(conn.state).toBe("ready");
+    expect(replica.authenticated[0]).toEqual(clientKey.publicKey);
+    expect(events.down).toEqual([]);
+  });
+
+  test("a replica presenting another key is rejected before AUTH", async () => {
+    const impostor = SigningKey.generate();
+    const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger(), { presentKey: impostor });
+    started.push(replica);
+    const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
+    await waitUntil(() => events.down.length >= 1, "rejection");
+    const error = events.down[0]!;
+    expect(error).toBeInstanceOf(HandshakeError);
+    expect(error.code).toBe("UNAUTHORIZED");
+    expect(error.message).toContain(`presented key ${formatPublicKey(impostor.publicKey)}`);
+    expect(error.message).toContain(`the cluster file lists ${formatPublicKey(replicaKeys[0]!.publicKey)}`);
+    expect(events.ready).toBe(0);
+    expect(replica.framesOfType(FrameType.AUTH)).toEqual([]);
+  });
+
+  test("a HELLO_ACK whose signature does not verify is rejected", async () => {
+    const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger(), { badSignature: true });
+    started.push(replica);
+    const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
+    await waitUntil(() => events.down.length >= 1, "rejection");
+    expect(events.down[0]!.code).toBe("BAD_SIGNATURE");
+    expect(events.ready).toBe(0);
+    expect(replica.framesOfType(FrameType.AUTH)).toEqual([]);
+  });
+
+  test("a replica answering as another id is rejected", async () => {
+    const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger(), { claimId: 3 });
+    started.push(replica);
+    const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
+    await waitUntil(() => events.down.length >= 1, "rejection");
+    expect(events.down[0]!.message).toContain("answered as replica 3, expected replica 0");
+  });
+
+  test("a replica that refuses us: its code and reason reach the caller", async () => {
+    const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger(), { refuseHello: true });
+    started.push(replica);
+    const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
+    await waitUntil(() => events.down.length >= 1, "refusal");
+    expect(events.down[0]).toBeInstanceOf(HandshakeError);
+    expect(events.down[0]!.message).toContain("UNAUTHORIZED this key may not connect");
+  });
+
+  test("PING from the replica is answered with PONG carrying the same n", async () => {
+    const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger());
+    started.push(replica);
+    const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
+    await waitUntil(() => events.ready === 1 && replica.sockets.size === 1, "session");
+    replica.send([...replica.sockets][0]!, { type: FrameType.PING, body: { n: 77 } });
+    await waitUntil(() => replica.framesOfType(FrameType.PONG).length === 1, "PONG");
+    expect(replica.framesOfType(FrameType.PONG)[0]!.body).toEqual({ n: 77 });
+  });
+
+  test("an unreachable replica is a typed error, retried on the backoff schedule", async () => {
+    const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    const port = probe.port;
+    probe.stop(true);
+    const { events } = connection(port, replicaKeys[0]!.publicKey);
+    await waitUntil(() => events.down.length >= 3, "three failed attempts");
+    expect(events.down[0]).toBeInstanceOf(ReplicaUnreachableError);
+    expect(events.down[0]!.message).toBe(`replica 0 (127.0.0.1:${port}) unreachable: connection refused`);
+  });
+
+  test("a dropped session reconnects and comes back up", async () => {
+    const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger());
+    started.push(replica);
+    const { conn, events } = connection(replica.port, replicaKeys[0]!.publicKey);
+    await waitUntil(() => events.ready === 1, "first session");
+    replica.dropConnections();
+    await waitUntil(() => events.ready === 2 && replica.authenticated.length === 2, () => `second session (ready ${events.ready}, auth ${replica.authenticated.length}, frames ${replica.received.map((f) => f.type).join(",")}, sockets ${replica.sockets.size}, state ${conn.state}, down ${events.down.map((e) => e.message).join(" | ")})`);
+    expect(events.down.length).toBe(1);
+    expect(events.down[0]!.message).toContain("connection lost");
+    expect(conn.isReady).toBe(true);
+  });
+
+  test("a byte stream that cannot be framed drops the session", async () => {
+    const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger());
+    started.push(replica);
+    const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
+    await waitUntil(() => events.ready === 1 && replica.sockets.size === 1, "session");
+    [...replica.sockets][0]!.write(new Uint8Array([0xff, 0xff, 0xff, 0xff, 0x01]));
+    await waitUntil(() => events.down.length === 1, "drop");
+    expect(events.down[0]!.message).toContain("unusable byte stream");
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+// Publishing and voting
+// ---------------------------------------------------------------------------------------
+
+const utf8 = (text: string) => new TextEncoder().encode(text);
+
+describe("publish", () => {
+  test("byzantine/total: acknowledged by f+1 matching replies although one replica lies about the seq", async () => {
+    const liar: ReplicaScript = {
+      onRequest: (replica, request, signed) => {
+        const honest = replica.honestReply(request, signed);
+        if (honest.type !== FrameType.REPLY || !honest.body.ok || honest.body.res.t !== "pub") return honest;
+        return { type: FrameType.REPLY, body: { ...honest.body, res: { ...honest.body.res, first: 999 } } };
+      },
+    };
+    const { ledger, config } = group([liar]);
+    ledger.channels.set("sec.alerts", { fault: "byzantine", order: "total" });
+    const logs: string[] = [];
+    const client = await connect(config, clientKey, logs);
+    const first = await client.publish("sec.alerts", [utf8("a"), utf8("b")]);
+    const second = await client.publish("sec.alerts", [utf8("c")]);
+    expect(first).toMatchObject({ tag: "sec.alerts", span: 2, pubSeq: 1, channelSeq: 1, firstSeq: 1 });
+    expect(second).toMatchObject({ pubSeq: 3, channelSeq: 3, firstSeq: 3 });
+    expect(first.replicas).not.toContain(0);
+  });
+
+  test("sequence numbers continue after the (f+1)-th highest client-seq answer, whatever one liar says", async () => {
+    const { ledger, replicas, config } = group([{ onQuery: (r, q) => (q.q === "client-seq" ? { last: 1_000_000 } : r.honestAnswer([...r.sockets][0]!, q)) }]);
+    ledger.channels.set("net.links", { fault: "crash", order: "none" });
+    for (const replica of replicas.slice(1)) replica.clientSeqOverride = 7;
+    const client = await connect(config);
+    const ack = await client.publish("net.links", [utf8("x")]);
+    expect(ack.pubSeq).toBe(8);
+    expect(ack.channelSeq).toBeNull();
+    expect(ack.firstSeq).toBe(8);
+  });
+
+  test("REPLAY: the client learns the seq again and re-numbers", async () => {
+    const { ledger, replicas, config } = group();
+    ledger.channels.set("net.links", { fault: "byzantine", order: "none" });
+    // Another process with the same key already used seqs 1..3, and each replica's first
+    // client-seq answer is stale (0); later answers are the truth.
+    for (const replica of replicas) {
+      replica.used.set(`${toHex(clientKey.publicKey)}/net.links`, new Map([[1, "other"], [2, "other"], [3, "other"]]));
+      replica.staleClientSeqAnswers = 1;
+      replica.clientSeqOverride = 0;
+    }
+    const client = await connect(config);
+    const ack = await client.publish("net.links", [utf8("mine")]);
+    expect(ack.pubSeq).toBe(4);
+    const seqsTried = replicas[0]!.framesOfType(FrameType.REQUEST).map((f) => (decodeRequestBody((f.body as SignedRequest).body) as { ok: true; request: Request }).request.seq);
+    expect(seqsTried).toEqual([1, 4]);
+  });
+
+  test("a silent replica gets the same signed bytes again, and its late answer completes a 2f+1 quorum", async () => {
+    const dropFirst: ReplicaScript = { onRequest: (replica, request, signed, copy) => (copy === 1 ? null : replica.honestReply(request, signed)) };
+    const silent: ReplicaScript = { onRequest: () => null };
+    const { ledger, replicas, config } = group([{}, {}, dropFirst, silent]);
+    ledger.channels.set("net.bulk", { fault: "byzantine", order: "none" });
+    const client = await connect(config);
+    const ack = await client.publish("net.bulk", [utf8("e")]);
+    expect([...ack.replicas].sort()).toEqual([0, 1, 2]);
+    const copies = replicas[2]!.framesOfType(FrameType.REQUEST);
+    expect(copies.length).toBeGreaterThanOrEqual(2);
+    expect(copies[1]!.body).toEqual(copies[0]!.body);
+  });
+
+  test("no quorum: a clear TIMEOUT naming each missing replica", async () => {
+    const silent: ReplicaScript = { onRequest: () => null };
+    const { ledger, config } = group([{}, silent, silent, {}]);
+    ledger.channels.set("net.bulk", { fault: "byzantine", order: "none" });
+    const client = await connect(config);
+    const error = (await client.publish("net.bulk", [utf8("e")]).catch((e: unknown) => e)) as NoQuorumError;
+    expect(error).toBeInstanceOf(NoQuorumError);
+    expect(error.code).toBe("TIMEOUT");
+    expect(error.message).toMatch(/^no quorum for publish to net\.bulk \(seq 1\): 2 of 4 replicas answered within 1500 ms, 3 matching needed/);
+    expect(error.message).toContain("replica 1 (127.0.0.1:");
+    expect(error.message).toContain("): no answer");
+  });
+
+  test("a quorum of refusals rejects with the replicas' code; an unknown channel is refused before publishing", async () => {
+    const { ledger, config } = group();
+    ledger.channels.set("net.links", { fault: "crash", order: "none" });
+    const client = await connect(config);
+    const unknown = (await client.publish("no.such", [utf8("e")]).catch((e: unknown) => e)) as RequestRejectedError;
+    expect(unknown).toBeInstanceOf(RequestRejectedError);
+    expect(unknown.code).toBe("UNKNOWN_CHANNEL");
+    ledger.channels.delete("net.links");
+    const gone = (await client.publish("net.links", [utf8("e")]).catch((e: unknown) => e)) as RequestRejectedError;
+    expect(gone.code).toBe("UNKNOWN_CHANNEL");
+  });
+
+  test("admin commands use their own seq space and f+1 matching replies", async () => {
+    const { replicas, config } = group([{}, {}, {}, { onRequest: () => null }]);
+    const client = await connect(config, adminKey);
+    const ack = await client.admin({ t: "create-channel", tag: "sec.alerts", fault: "byzantine", order: "total", priority: "critical", public: false });
+    expect(ack).toMatchObject({ cmd: "create-channel", tag: "sec.alerts" });
+    const queries = replicas[0]!.framesOfType(FrameType.QUERY).map((f) => f.body as Query);
+    expect(queries.some((q) => q.q === "client-seq" && q.tag === undefined)).toBe(true);
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+// Queries
+// ---------------------------------------------------------------------------------------
+
+describe("queries", () => {
+  test("list-channels takes f+1 matching answers; one lying replica is outvoted", async () => {
+    const liar: ReplicaScript = { onQuery: (r, q) => (q.q === "list-channels" ? { channels: [] } : r.honestAnswer([...r.sockets][0]!, q)) };
+    const { ledger, config } = group([liar]);
+    ledger.channels.set("net.links", { fault: "crash", order: "none" });
+    const client = await connect(config);
+    expect(await client.listChannels()).toEqual([{ tag: "net.links", fault: "crash", order: "none", priority: "normal", public: true }]);
+  });
+
+  test("status shows every replica and the view and leader f+1 agree on", async () => {
+    const { replicas, config } = group();
+    const client = await connect(config);
+    replicas[3]!.stop();
+    await waitUntil(() => client.readyReplicas().length === 3, "replica 3 down");
+    const status = await client.status();
+    expect(status).toMatchObject({ view: 2, leader: 2, agreed: true, lastDecided: 41 });
+    expect(status.replicas.map((r) => r.answer?.ok ?? null)).toEqual([true, true, true, null]);
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+// Subscriptions
+// ---------------------------------------------------------------------------------------
+
+describe("subscribe", () => {
+  const forged = (seq: number, signed: SignedRequest): SignedRequest => {
+    const decoded = decodeRequestBody(signed.body);
+    if (!decoded.ok || decoded.request.op.t !== "pub") return signed;
+    // A well-formed body signed by someone else: the signature check must catch it.
+    const mallory = SigningKey.fromSeed(new Uint8Array(32).fill(seq));
+    const body = signed.body.slice();
+    return { body, sig: signDomain(mallory, DOMAIN_REQUEST, body) };
+  };
+
+  test("byzantine/total: in order, only what f+1 replicas agree on; a forging replica is outvoted and reported", async () => {
+    const { ledger, config } = group([{ forgeEvents: forged }]);
+    ledger.channels.set("sec.alerts", { fault: "byzantine", order: "total" });
+    const publisher = await connect(config);
+    await publisher.publish("sec.alerts", [utf8("old")]);
+    const subscriber = await connect(config);
+    const got: string[] = [];
+    const signals: SubscriptionSignal[] = [];
+    const sub = await subscriber.subscribe("sec.alerts", { from: 1, onSignal: (s) => signals.push(s) }, (batch: ReceivedBatch) => {
+      batch.events.forEach((event, i) => got.push(`${batch.seq! + i}:${new TextDecoder().decode(event)}`));
+    });
+    await publisher.publish("sec.alerts", [utf8("a"), utf8("b")]);
+    await publisher.publish("sec.alerts", [utf8("c")]);
+    await waitUntil(() => got.length === 4, "four events");
+    expect(got).toEqual(["1:old", "2:a", "3:b", "4:c"]);
+    expect(sub.nextSeq).toBe(5);
+    expect(signals.some((s) => s.t === "invalid" && s.replica === 0)).toBe(true);
+  });
+
+  test("resume after a replica drops the connection: SUBSCRIBE from the next undelivered seq, no gap, no duplicate", async () => {
+    const { ledger, replicas, config } = group();
+    ledger.channels.set("ops.log", { fault: "crash", order: "total" });
+    const publisher = await connect(config);
+    const subscriber = await connect(config);
+    const got: number[] = [];
+    await subscriber.subscribe("ops.log", {}, (batch) => batch.events.forEach((_, i) => got.push(batch.seq! + i)));
+    await publisher.publish("ops.log", [utf8("1"), utf8("2")]);
+    await waitUntil(() => got.length === 2, "first two");
+    for (const replica of replicas) replica.dropConnections();
+    await waitUntil(() => subscriber.readyReplicas().length === 4 && replicas.every((r) => r.framesOfType(FrameType.SUBSCRIBE).length >= 2), "resubscribed");
+    const resumed = replicas.map((r) => (r.framesOfType(FrameType.SUBSCRIBE).at(-1)!.body as Subscribe).from);
+    expect(resumed).toEqual([3, 3, 3, 3]);
+    await waitUntil(() => publisher.readyReplicas().length === 4, "publisher back");
+    await publisher.publish("ops.log", [utf8("3")]);
+    await waitUntil(() => got.length === 3, "third");
+    expect(got).toEqual([1, 2, 3]);
+  });
+
+  test("unordered: the first valid copy of each batch, once", async () => {
+    const { ledger, config } = group([{ forgeEvents: forged }]);
+    ledger.channels.set("net.links", { fault: "byzantine", order: "none" });
+    const subscriber = await connect(config);
+    const got: string[] = [];
+    await subscriber.subscribe("net.links", {}, (batch) => {
+      expect(batch.seq).toBeNull();
+      expect(batch.publisher).toEqual(clientKey.publicKey);
+      got.push(...batch.events.map((e) => new TextDecoder().decode(e)));
+    });
+    const publisher = await connect(config);
+    await publisher.publish("net.links", [utf8("up")]);
+    await publisher.publish("net.links", [utf8("down")]);
+    await waitUntil(() => got.length === 2, "two events");
+    await Bun.sleep(50);
+    expect(got).toEqual(["up", "down"]);
+  });
+
+  test("a live start is the (f+1)-th highest SUB_OK next: a replica claiming to be far ahead cannot skip events", async () => {
+    const { ledger, replicas, config } = group([{ subOkNext: 1_000 }]);
+    ledger.channels.set("sec.alerts", { fault: "byzantine", order: "total" });
+    const publisher = await connect(config);
+    await publisher.publish("sec.alerts", [utf8("history")]);
+    const subscriber = await connect(config);
+    const got: number[] = [];
+    await subscriber.subscribe("sec.alerts", {}, (batch) => batch.events.forEach((_, i) => got.push(batch.seq! + i)));
+    // The replica that claimed 1000 is asked again from the chosen start.
+    const toLiar = () => replicas[0]!.framesOfType(FrameType.SUBSCRIBE).map((f) => (f.body as Subscribe).from);
+    await waitUntil(() => toLiar().length === 2, "the second SUBSCRIBE");
+    expect(toLiar()).toEqual([undefined, 2]);
+    await publisher.publish("sec.alerts", [utf8("live")]);
+    await waitUntil(() => got.length === 1, "the live event");
+    expect(got).toEqual([2]);
+  });
+
+  test("SUB_END SLOW from a replica: subscribed there again from the next undelivered seq", async () => {
+    const { ledger, replicas, config } = group();
+    ledger.channels.set("ops.log", { fault: "crash", order: "total" });
+    const publisher = await connect(config);
+    const subscriber = await connect(config);
+    const got: number[] = [];
+    const signals: SubscriptionSignal[] = [];
+    await subscriber.subscribe("ops.log", { onSignal: (s) => signals.push(s) }, (batch) => batch.events.forEach((_, i) => got.push(batch.seq! + i)));
+    await publisher.publish("ops.log", [utf8("1"), utf8("2"), utf8("3")]);
+    await waitUntil(() => got.length === 3, "three events");
+    const replica = replicas[1]!;
+    const socket = [...replica.sockets].find((s) => s.data.subs.size > 0)!;
+    const [subId] = [...socket.data.subs.keys()];
+    socket.data.subs.clear();
+    replica.send(socket, { type: FrameType.SUB_END, body: { sub: subId!, replica: 1, code: "SLOW", reason: "fell behind" } });
+    await waitUntil(() => replica.framesOfType(FrameType.SUBSCRIBE).length === 2, "resubscribe");
+    expect((replica.framesOfType(FrameType.SUBSCRIBE)[1]!.body as Subscribe).from).toBe(4);
+    expect(signals).toContainEqual({ t: "slow", source: "replica", replica: 1, resumeFrom: 4 });
+  });
+
+  test("a slow handler on a total-order channel: bounded queue, pause, resume, nothing lost or repeated", async () => {
+    const { ledger, config } = group();
+    ledger.channels.set("ops.log", { fault: "crash", order: "total" });
+    const publisher = await connect(config);
+    const subscriber = await connect(config);
+    const got: number[] = [];
+    const signals: SubscriptionSignal[] = [];
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const sub = await subscriber.subscribe("ops.log", { queueEventsMax: 2, onSignal: (s) => signals.push(s) }, async (batch) => {
+      await gate;
+      batch.events.forEach((_, i) => got.push(batch.seq! + i));
+    });
+    for (let i = 1; i <= 6; i++) await publisher.publish("ops.log", [utf8(String(i))]);
+    await waitUntil(() => signals.some((s) => s.t === "slow"), "the pause");
+    expect(sub.stats().queuedEvents).toBeLessThanOrEqual(2);
+    release();
+    await waitUntil(() => got.length === 6, "all six after the resume");
+    expect(got).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(signals.filter((s) => s.t === "slow")[0]).toMatchObject({ source: "local" });
+  });
+
+  test("an unknown channel is refused by f+1 before subscribing", async () => {
+    const { config } = group();
+    const subscriber = await connect(config);
+    const error = (await subscriber.subscribe("no.such", {}, () => undefined).catch((e: unknown) => e)) as ClientError;
+    expect(error.code).toBe("UNKNOWN_CHANNEL");
+  });
+});
