@@ -477,9 +477,9 @@ describe("session handshake", () => {
     const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger());
     started.push(replica);
     const { conn, events } = connection(replica.port, replicaKeys[0]!.publicKey);
-    await waitUntil(() => events.ready === 1, "first session");
+    await waitUntil(() => events.ready === 1 && replica.authenticated.length === 1, "first session");
     replica.dropConnections();
-    await waitUntil(() => events.ready === 2 && replica.authenticated.length === 2, () => `second session (ready ${events.ready}, auth ${replica.authenticated.length}, frames ${replica.received.map((f) => f.type).join(",")}, sockets ${replica.sockets.size}, state ${conn.state}, down ${events.down.map((e) => e.message).join(" | ")})`);
+    await waitUntil(() => events.ready === 2 && replica.authenticated.length === 2, "second session");
     expect(events.down.length).toBe(1);
     expect(events.down[0]!.message).toContain("connection lost");
     expect(conn.isReady).toBe(true);

@@ -1,0 +1,54 @@
+/**
+ * Client-side helpers for integration tests: clients built from a test cluster's files,
+ * channel setup through real admin commands, and bounded collection of deliveries.
+ */
+import { loadClientSetup } from "../../src/client/setup.ts";
+import { FitbClient, type ReceivedBatch } from "../../src/client/index.ts";
+import type { AdminCmd } from "../../wire/schemas.ts";
+import { type TestCluster, waitFor } from "./harness.ts";
+
+export function clientFor(cluster: TestCluster, keyPath: string): FitbClient {
+  const setup = loadClientSetup(cluster.configPath, keyPath);
+  const client = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 20_000 } });
+  client.start();
+  return client;
+}
+
+export const CLASSES = [
+  { tag: "net.links", fault: "crash", order: "none", priority: "normal" },
+  { tag: "storage.disks", fault: "crash", order: "total", priority: "high" },
+  { tag: "sec.ids", fault: "byzantine", order: "none", priority: "high" },
+  { tag: "sec.alerts", fault: "byzantine", order: "total", priority: "critical" },
+] as const;
+
+/** Creates the four example channels (public) and registers `publisher` on each. */
+export async function createChannels(admin: FitbClient, publisher: Uint8Array): Promise<void> {
+  for (const c of CLASSES) {
+    const create: AdminCmd = { t: "create-channel", tag: c.tag, fault: c.fault, order: c.order, priority: c.priority, public: true };
+    await admin.admin(create);
+    await admin.admin({ t: "register", tag: c.tag, role: "publisher", key: publisher });
+  }
+}
+
+export interface Delivered {
+  readonly seq: number;
+  readonly payload: string;
+}
+
+/** Subscribes and collects delivered events (seq per event, payload as text). */
+export async function collect(client: FitbClient, tag: string, from?: number): Promise<{ events: Delivered[]; close: () => Promise<void> }> {
+  const events: Delivered[] = [];
+  const decoder = new TextDecoder();
+  const subscription = await client.subscribe(tag, from === undefined ? {} : { from }, (batch: ReceivedBatch) => {
+    batch.events.forEach((event, index) => events.push({ seq: (batch.seq ?? batch.pubSeq) + index, payload: decoder.decode(event) }));
+  });
+  return { events, close: () => subscription.close() };
+}
+
+export async function waitForCount(events: readonly unknown[], count: number, what: string, timeoutMs = 30_000): Promise<void> {
+  await waitFor(`${what}: ${count} events (have ${events.length})`, () => events.length >= count, timeoutMs);
+}
+
+export function encode(text: string): Uint8Array {
+  return new TextEncoder().encode(text);
+}
