@@ -137,7 +137,7 @@ describe("rank rule (client-seq)", () => {
 });
 
 describe("matching rule (channel-info, list-channels)", () => {
-  const info = { tag: "sec.alerts", fault: "byzantine", order: "total", priority: "critical", public: false };
+  const info = { tag: "sec.alerts", fault: "byzantine", order: "total", priority: "critical", public: false } as const;
 
   test("f+1 identical answers decide, after projecting away the next seq", () => {
     const rule = matchingRule(4, 1, "channel-info", parseChannelInfo);
@@ -170,8 +170,8 @@ describe("matching rule (channel-info, list-channels)", () => {
   });
 
   test("channel lists match whatever order each replica lists in", () => {
-    const a = { tag: "a.x", fault: "crash", order: "none", priority: "low", public: true };
-    const b = { tag: "b.y", fault: "byzantine", order: "total", priority: "high", public: false };
+    const a = { tag: "a.x", fault: "crash", order: "none", priority: "low", public: true } as const;
+    const b = { tag: "b.y", fault: "byzantine", order: "total", priority: "high", public: false } as const;
     const rule = matchingRule(4, 1, "list-channels", parseChannelList);
     rule.add(0, ok(0, { channels: [b, a] }));
     expect(rule.add(1, ok(1, { channels: [a, b] }))).toEqual({ ok: true, value: [a, b] });
