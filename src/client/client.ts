@@ -21,6 +21,7 @@ import {
   type AdminCmd,
   type Events,
   type Frame,
+  type Op,
   type Query,
   type QueryKind,
   type QueryReply,
@@ -361,7 +362,7 @@ export class FitbClient {
    */
   private async submitWithRetries(
     tag: string | null,
-    op: Parameters<typeof buildRequest>[1]["op"],
+    op: Op,
     describe: () => string,
   ): Promise<{ res: ReplyResult; replicas: readonly number[]; pubSeq: number }> {
     for (let attempt = 0; ; attempt++) {
@@ -382,7 +383,7 @@ export class FitbClient {
   }
 
   /** Takes a window slot, numbers, signs and sends one request, and waits for its outcome. */
-  private async submit(space: SeqSpace, op: Parameters<typeof buildRequest>[1]["op"], what: string): Promise<{ outcome: RequestOutcome; seq: number }> {
+  private async submit(space: SeqSpace, op: Op, what: string): Promise<{ outcome: RequestOutcome; seq: number }> {
     await this.window.acquire();
     try {
       this.assertOpen();
@@ -693,6 +694,13 @@ export class FitbClient {
     pending.answered.add(replica);
     const outcome = pending.rule.add(replica, body);
     if (outcome !== null) pending.settle(outcome);
+    else this.settleIfReachableAnswered(pending);
+  }
+
+  private settleIfReachableAnswered(pending: PendingQuery): void {
+    if (pending.rule.settleWhenReachableAnswered !== true || pending.answered.size === 0) return;
+    if (!this.readyReplicas().every((id) => pending.answered.has(id))) return;
+    pending.settle(pending.rule.atDeadline(() => this.describeReplicas(pending.answered)));
   }
 
   private route(replica: number, subId: number): SubRoute | null {
@@ -732,7 +740,7 @@ export class FitbClient {
   private onDown(connection: ReplicaConnection, error: ClientError): void {
     const id = connection.id;
     // Report the first failure after being up (or the first ever), not every retry.
-    if (connection.consecutiveFailures === 0) this.log("warn", error.message, id);
+    if (connection.consecutiveFailures === 1) this.log("warn", error.message, id);
     for (const pending of this.requests.values()) pending.sentTo.delete(id);
     for (const pending of this.queries.values()) pending.sentTo.delete(id);
     for (const [subId, route] of this.subRoutes) if (route.replica === id) this.subRoutes.delete(subId);
@@ -748,6 +756,7 @@ export class FitbClient {
     for (const pending of [...this.requests.values()]) this.tickRequest(pending, now);
     for (const pending of [...this.queries.values()]) {
       if (now >= pending.deadline) pending.settle(pending.rule.atDeadline(() => this.describeReplicas(pending.answered)));
+      else this.settleIfReachableAnswered(pending);
     }
     for (const sub of [...this.subscriptions]) sub.tick(now);
   }

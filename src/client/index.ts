@@ -32,3 +32,4 @@ export { DEFAULT_TIMEOUTS, type ClientLimits, type ClientLogEntry, type ClientTi
 export { DEFAULT_BACKOFF, backoffDelayMs, type BackoffPolicy } from "./backoff.ts";
 export { ReplicaConnection, type ConnectionEvents, type ConnectionOptions, type ConnectionState, type ReplicaEndpoint } from "./connection.ts";
 export { tagProblem } from "./request.ts";
+export { loadClientSetup, type ClientSetup } from "./setup.ts";

@@ -84,6 +84,12 @@ export type QueryOutcome<T> = { readonly ok: true; readonly value: T } | { reado
 
 /** One rule: fed each replica's answer, asked once more at the deadline. */
 export interface QueryRule<T> {
+  /**
+   * Settle as soon as every replica with a session up has answered, instead of waiting
+   * for the deadline on behalf of replicas that are down (for `each`: a status report
+   * should not take the full timeout because one replica is down).
+   */
+  readonly settleWhenReachableAnswered?: boolean;
   add(replica: number, reply: QueryReply): QueryOutcome<T>;
   atDeadline(describeMissing: () => string): QueryOutcome<T> & object;
 }
@@ -177,6 +183,7 @@ export function rankRule(n: number, f: number, what: string, read: (res: Canonic
 export function eachRule<T>(n: number, read: (res: Canonical) => T | null): QueryRule<Map<number, EachAnswer<T>>> {
   const answers = new Map<number, EachAnswer<T>>();
   return {
+    settleWhenReachableAnswered: true,
     add(replica, reply) {
       if (!answers.has(replica)) answers.set(replica, readEach(reply, read));
       return answers.size >= n ? { ok: true, value: answers } : null;

@@ -165,8 +165,11 @@ export class SubscriptionCore implements Subscription {
   private pumping = false;
   /** Total order: set while paused for a slow handler; where delivery resumes. */
   private pausedAt: number | null = null;
-  private fatalEnds = new Map<number, { code: string; reason: string }>();
-  private counters = { deliveredBatches: 0, deliveredEvents: 0, droppedEvents: 0, conflicts: 0 };
+  /** The last fatal SUB_END per replica; f+1 agreeing end the subscription. */
+  private readonly fatalEnds = new Map<number, { code: string; reason: string }>();
+  private readonly counters = { deliveredBatches: 0, deliveredEvents: 0, droppedEvents: 0, conflicts: 0 };
+  /** Null while running or after a close by the caller; the error the subscription ended with otherwise. */
+  private endError: Error | null = null;
   private resolveDone!: () => void;
   private rejectDone!: (error: Error) => void;
 
@@ -593,8 +596,6 @@ export class SubscriptionCore implements Subscription {
   // ---------------------------------------------------------------------------------
   // Ending
   // ---------------------------------------------------------------------------------
-
-  private endError: Error | null = null;
 
   /** Ends the subscription: null for a close by the caller, else the error it ends with. */
   end(error: Error | null): void {

@@ -74,6 +74,9 @@ export class OrderingDriver {
           maxRequestBytes: Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX),
           maxBatchBytes: Math.max(DEFAULT_PARAMETERS.maxBatchBytes, Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX)),
           maxRequestSpan: Math.min(config.limits.batchEventsMax, REQUEST_SPAN_MAX),
+          // Clients may keep this many requests in flight; the core must admit them all or
+          // a refused early request would leave a gap that later ones wait behind.
+          clientWindow: Math.max(DEFAULT_PARAMETERS.clientWindow, config.limits.clientInflightRequestsMax),
         },
       ),
       crypto,

@@ -20,7 +20,7 @@ import { ChannelMachine } from "../core/channels/machine.ts";
 import type { ChannelError, StoredBatch, TrimmedError } from "../core/channels/types.ts";
 import type { ClientRequest } from "../core/ordering/messages.ts";
 import { type Canonical, tryDecodeCanonical } from "../../wire/canonical.ts";
-import type { Frame, Reply, Request, SignedRequest } from "../../wire/schemas.ts";
+import { decodeRequestBody, type Frame, type Reply, type Request, type SignedRequest } from "../../wire/schemas.ts";
 import { type ErrorCode, FrameType } from "../../wire/types.ts";
 import type { Log } from "./log.ts";
 import { Metrics } from "./metrics.ts";
@@ -273,10 +273,12 @@ export class Replica {
   private executeOne(req: ClientRequest): void {
     const signed: SignedRequest = { body: req.body, sig: req.sig };
     const digest = sha256(req.body);
-    const admitted = admitRequest(signed);
-    // The core only decides requests whose signature verified, so this holds.
-    if (!admitted.ok) throw new Error(`decided request failed admission: ${admitted.reason}`);
-    const { request, clientHex } = admitted;
+    // The core decides only requests whose signature it verified (verifyRequest), so
+    // execution decodes without verifying again.
+    const decoded = decodeRequestBody(req.body);
+    if (!decoded.ok) throw new Error(`decided request does not decode: ${decoded.error.reason}`);
+    const request = decoded.request;
+    const clientHex = toHex(request.client);
     let reply: Reply;
     if (request.op.t === "admin") {
       if (!this.adminKeys.has(clientHex)) {

@@ -563,6 +563,18 @@ describe("publish", () => {
     expect(copies[1]!.body).toEqual(copies[0]!.body);
   });
 
+  test("a replica that is down is reported once, not on every retry, and the rest carry on", async () => {
+    const { ledger, replicas, config } = group();
+    ledger.channels.set("net.links", { fault: "crash", order: "none" });
+    replicas[3]!.stop();
+    const logs: string[] = [];
+    const client = await connect(config, clientKey, logs);
+    await client.publish("net.links", [utf8("e")]);
+    await Bun.sleep(200);
+    const aboutReplica3 = logs.filter((line) => line.includes("replica 3"));
+    expect(aboutReplica3).toEqual([`warn: replica 3 (127.0.0.1:${replicas[3]!.port}) unreachable: connection refused`]);
+  });
+
   test("no quorum: a clear TIMEOUT naming each missing replica", async () => {
     const silent: ReplicaScript = { onRequest: () => null };
     const { ledger, config } = group([{}, silent, silent, {}]);

@@ -202,7 +202,7 @@ async function perform(client: FitbClient, action: AdminAction, io: CommandIo): 
 }
 
 function describeChange(cmd: AdminCmd, ack: { replicas: readonly number[] }): string {
-  const by = `(acknowledged by replicas ${ack.replicas.join(", ")})`;
+  const by = `(acknowledged by replicas ${[...ack.replicas].sort((a, b) => a - b).join(", ")})`;
   switch (cmd.t) {
     case "create-channel": {
       const access = cmd.public ? "public subscribe" : "registered subscribers only";

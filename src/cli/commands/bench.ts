@@ -13,7 +13,7 @@
  * exits 1 only if events failed to publish or were acknowledged but not delivered.
  */
 import { randomBytes } from "node:crypto";
-import { FitbClient } from "../../client/client.ts";
+import type { FitbClient } from "../../client/client.ts";
 import { describeError } from "../../client/errors.ts";
 import { Publisher } from "../../client/publisher.ts";
 import { loadClientSetup, type ClientSetup } from "../../client/setup.ts";
@@ -22,7 +22,7 @@ import { bytesEqual } from "../../crypto/encoding.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
-import { CONFIG_FLAG, keyFlag, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors, type ClientFlags } from "./pub.ts";
+import { CONFIG_FLAG, keyFlag, openClient, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors, type ClientFlags } from "./pub.ts";
 
 /** Run id (8) + publisher index (4) + event index (4) + send time in µs (8). */
 export const BENCH_HEADER_BYTES = 24;
@@ -127,14 +127,7 @@ export interface BenchResult {
 
 async function runPlan(plan: BenchPlan, flags: ClientFlags, setup: ClientSetup, clients: FitbClient[], io: CommandIo): Promise<BenchResult> {
   const connect = async (): Promise<FitbClient> => {
-    const client = await FitbClient.connect({
-      config: setup.config,
-      key: setup.key,
-      timeouts: { connectMs: flags.connectTimeoutMs, requestMs: flags.timeoutMs, queryMs: flags.timeoutMs },
-      onLog: (entry) => {
-        if (entry.level === "warn") io.err(`fitb bench: warning: ${entry.message}`);
-      },
-    });
+    const client = await openClient(flags, io, "bench", setup);
     clients.push(client);
     return client;
   };

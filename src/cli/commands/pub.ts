@@ -13,7 +13,7 @@ import { InOrder, type Settled } from "../../client/in-order.ts";
 import { DEFAULT_TIMEOUTS } from "../../client/options.ts";
 import { Publisher, type EventAck } from "../../client/publisher.ts";
 import { tagProblem } from "../../client/request.ts";
-import { loadClientSetup } from "../../client/setup.ts";
+import { loadClientSetup, type ClientSetup } from "../../client/setup.ts";
 import type { FlagSpec, ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
@@ -74,22 +74,32 @@ export function requireTag(text: string, label = "TAG"): string {
 }
 
 /**
- * Loads the cluster file and key and connects. Warnings (key file mode, replicas that
+ * Loads the cluster file and key (unless given) and connects. Warnings (key file mode, replicas that
  * are down but not needed for a quorum) go to standard error, one line each.
  */
-export async function openClient(flags: ClientFlags, io: CommandIo, name: string): Promise<FitbClient> {
-  const setup = loadClientSetup(flags.configPath, flags.keyPath);
-  for (const warning of setup.warnings) io.err(`fitb ${name}: warning: ${warning}`);
-  return withClientErrors(() =>
+export async function openClient(flags: ClientFlags, io: CommandIo, name: string, loaded?: ClientSetup): Promise<FitbClient> {
+  const setup = loaded ?? loadClientSetup(flags.configPath, flags.keyPath);
+  if (loaded === undefined) for (const warning of setup.warnings) io.err(`fitb ${name}: warning: ${warning}`);
+  // Warnings while connecting are held back: if no quorum is reached, the error line
+  // already names every replica and why, and the same facts twice would be noise.
+  let connected = false;
+  const heldBack: string[] = [];
+  const client = await withClientErrors(() =>
     FitbClient.connect({
       config: setup.config,
       key: setup.key,
       timeouts: { connectMs: flags.connectTimeoutMs, requestMs: flags.timeoutMs, queryMs: flags.timeoutMs },
       onLog: (entry) => {
-        if (entry.level === "warn") io.err(`fitb ${name}: warning: ${entry.message}`);
+        if (entry.level !== "warn") return;
+        const line = `fitb ${name}: warning: ${entry.message}`;
+        if (connected) io.err(line);
+        else heldBack.push(line);
       },
     }),
   );
+  connected = true;
+  for (const line of heldBack) io.err(line);
+  return client;
 }
 
 /** Runs `action`, turning a ClientError into a CommandError: one line, exit 1. */

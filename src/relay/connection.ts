@@ -1,0 +1,549 @@
+/**
+ * One line-protocol connection of the relay: it parses the client's bytes, runs each
+ * command against the shared client library, and writes the answers in command order
+ * (wire/PROTOCOL.md section 11.2) with EVENT / EVENTB / END lines in between.
+ *
+ * Everything a connection holds is bounded:
+ * - commands whose answer is not yet written: `pendingAnswersMax`; past it the
+ *   connection stops reading (the parsed commands wait in a backlog and the socket is
+ *   paused, so TCP pushes back on the client);
+ * - bytes not yet taken by the socket: event lines stop at `eventOutboundBytesMax`, where
+ *   the subscription that overflowed is ended with `END <tag> SLOW` (a reader that does
+ *   not keep up loses its subscription, not the relay its memory); answers stop the
+ *   reading at `readPauseOutboundBytes`, and a hard bound above both ends the connection;
+ * - subscriptions: `subscriptionsPerConnectionMax`.
+ */
+import { ClientClosedError, ClientError, describeError, QueueFullError, SubscriptionEndedError } from "../client/errors.ts";
+import { InOrder, type Settled } from "../client/in-order.ts";
+import { OutboundBuffer } from "../client/outbound.ts";
+import type { EventAck, Publisher } from "../client/publisher.ts";
+import { eventSeq, type BatchHandler, type ReceivedBatch, type SubscribeOptions, type Subscription, type SubscriptionSignal } from "../client/subscription.ts";
+import { formatPublicKey } from "../crypto/keys.ts";
+import { SUB_END_CODES, type ErrorCode, type SubEndCode } from "../../wire/types.ts";
+import { ackLine, endLine, errLine, eventBytes, OK_LINE, PONG_LINE } from "./format.ts";
+import { RelayLineParser, type RelayCommand, type RelayInput } from "./parser.ts";
+import type { ResolvedRelayLimits } from "./limits.ts";
+
+const encoder = new TextEncoder();
+
+/** The socket as a connection uses it (Bun's TCP socket, or a test double). */
+export interface LineSocket {
+  /** Writes what the kernel takes now; returns the count, or -1 once closed. */
+  write(data: Uint8Array): number;
+  /** Stops (and restarts) reading, so that TCP flow control slows the client down. */
+  pause(): void;
+  resume(): void;
+  /** Closes after what was written so far (FIN). */
+  end(): void;
+  /** Closes at once (RST). */
+  terminate(): void;
+}
+
+/** What a connection needs from the relay around it. */
+export interface RelayBackend {
+  readonly limits: ResolvedRelayLimits;
+  /** The shared publisher of `tag`: publishes of every connection to a tag batch together. */
+  publisherFor(tag: string): Publisher;
+  subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<Subscription>;
+  log(message: string): void;
+}
+
+/** An answer line, and what to do once it is written (a SUB's events may follow only then). */
+interface Answer {
+  readonly line: string;
+  readonly after?: () => void;
+}
+
+/** One `SUB` of this connection. */
+interface RelaySub {
+  readonly tag: string;
+  subscription: Subscription | null;
+  /** Set by UNSUB, by an end, or when the connection goes: nothing more is written for it. */
+  closed: boolean;
+  /** Whether the SUB's `+OK` is written; event lines before it wait in `held`. */
+  answered: boolean;
+  held: Uint8Array[];
+  heldBytes: number;
+  /** An END line that must wait for the `+OK`. */
+  pendingEnd: string | null;
+  /** Where a trimmed history starts, as the subscription reported it. */
+  trimmedOldest: number | null;
+}
+
+type FinishState = "open" | "closing" | "closed";
+
+export class RelayConnection {
+  private readonly parser = new RelayLineParser();
+  private readonly answers: InOrder<Answer>;
+  private readonly outbound: OutboundBuffer;
+  private readonly backlog: RelayInput[] = [];
+  private readonly subs = new Map<string, RelaySub>();
+  private readonly roomWaiters: (() => void)[] = [];
+  private pendingWrites: Uint8Array[] = [];
+  private pendingWriteBytes = 0;
+  private flushScheduled = false;
+  private pumping = false;
+  private paused = false;
+  /** QUIT was read, or the relay is stopping: no further command runs. */
+  private quitting = false;
+  /** The client sent FIN: no more commands will come. */
+  private inputEnded = false;
+  private state: FinishState = "open";
+  private closeTimer: ReturnType<typeof setTimeout> | null = null;
+
+  constructor(
+    private readonly socket: LineSocket,
+    private readonly backend: RelayBackend,
+    /** Called once, when the connection is gone. */
+    private readonly onGone: (connection: RelayConnection) => void,
+  ) {
+    const limits = backend.limits;
+    this.answers = new InOrder<Answer>((outcome) => this.emitAnswer(outcome), limits.pendingAnswersMax);
+    this.outbound = new OutboundBuffer(limits.outboundBytesMax);
+  }
+
+  get isClosed(): boolean {
+    return this.state === "closed";
+  }
+
+  /** Subscriptions open on this connection. */
+  get subscriptionCount(): number {
+    return this.subs.size;
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Socket events
+  // -------------------------------------------------------------------------------------
+
+  onData(chunk: Uint8Array): void {
+    if (this.state !== "open" || this.quitting) return;
+    for (const input of this.parser.push(chunk)) this.backlog.push(input);
+    if (this.backlog.length > this.backend.limits.backlogInputsMax) {
+      this.abort("OVERLOADED", `more than ${this.backend.limits.backlogInputsMax} commands waiting; the client does not wait for answers`);
+      return;
+    }
+    void this.pump();
+    this.updateFlow();
+  }
+
+  /** The client closed its sending side; answer what was received, then close. */
+  onEnd(): void {
+    this.parser.finish();
+    this.inputEnded = true;
+    this.maybeFinish();
+  }
+
+  onDrain(): void {
+    this.outbound.flush((data) => this.socket.write(data));
+    this.updateFlow();
+    this.maybeEnd();
+  }
+
+  /** The socket is closed (by either side). Commands already received still complete. */
+  onClose(): void {
+    if (this.state === "closed") return;
+    this.state = "closed";
+    if (this.closeTimer !== null) clearTimeout(this.closeTimer);
+    this.closeTimer = null;
+    this.backlog.length = 0;
+    this.pendingWrites = [];
+    this.pendingWriteBytes = 0;
+    this.outbound.clear();
+    for (const sub of [...this.subs.values()]) this.dropSub(sub);
+    for (const wake of this.roomWaiters.splice(0)) wake();
+    this.onGone(this);
+  }
+
+  /**
+   * The relay is stopping: no new commands, every subscription ends with `END <tag>
+   * SHUTDOWN`, answers still due are written as they come, then the connection closes
+   * (at the latest after closeFlushTimeoutMs).
+   */
+  shutdown(): void {
+    if (this.state !== "open") return;
+    this.quitting = true;
+    this.backlog.length = 0;
+    for (const sub of [...this.subs.values()]) this.endSub(sub, "SHUTDOWN", "the relay is stopping");
+    this.maybeFinish();
+    this.armCloseTimer();
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Running commands, in order
+  // -------------------------------------------------------------------------------------
+
+  private async pump(): Promise<void> {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.backlog.length > 0 && this.state === "open" && !this.quitting) {
+        if (this.answers.isFull) {
+          await this.answerRoom();
+          continue;
+        }
+        await this.run(this.backlog.shift() as RelayInput);
+      }
+    } catch (error) {
+      this.backend.log(`relay connection failed: ${describeError(error)}`);
+      this.abort("INTERNAL", "the relay failed; see its log");
+    } finally {
+      this.pumping = false;
+    }
+    if (this.quitting) this.backlog.length = 0;
+    this.updateFlow();
+    this.maybeFinish();
+  }
+
+  private answerRoom(): Promise<void> {
+    return new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+  }
+
+  private async run(input: RelayInput): Promise<void> {
+    if (input.t === "refused") {
+      this.answer({ line: errLine(input.code, input.reason) });
+      return;
+    }
+    const command: RelayCommand = input.command;
+    switch (command.t) {
+      case "pub":
+        await this.runPub(command.tag, command.payload);
+        return;
+      case "sub":
+        this.runSub(command.tag, command.from);
+        return;
+      case "unsub":
+        this.runUnsub(command.tag);
+        return;
+      case "ping":
+        this.answer({ line: PONG_LINE });
+        return;
+      case "quit":
+        this.quitting = true;
+        this.answer({ line: OK_LINE, after: () => this.closeAfterFlush() });
+        return;
+      default: {
+        const unreachable: never = command;
+        throw new Error(`unknown relay command ${String(unreachable)}`);
+      }
+    }
+  }
+
+  private answer(answer: Answer): void {
+    this.answers.push(Promise.resolve(answer));
+  }
+
+  /**
+   * Hands the event to the tag's shared publisher. When its queue is full the command
+   * waits for room (and with it every later command of this connection, whose answers
+   * must come after this one anyway), which pauses reading from this client.
+   */
+  private async runPub(tag: string, payload: Uint8Array): Promise<void> {
+    let publisher = this.publisherFor(tag);
+    if (publisher === null) return;
+    if (!publisher.hasRoom(payload.byteLength)) {
+      await publisher.waitForRoom(payload.byteLength);
+      // The relay may have retired an idle publisher while this one waited.
+      publisher = this.publisherFor(tag);
+      if (publisher === null) return;
+    }
+    this.answers.push(
+      publisher.publish(payload).then(
+        (ack: EventAck): Answer => ({ line: ackLine(ack.tag, ack.seq) }),
+        (error: unknown): Answer => ({ line: errorLine(error) }),
+      ),
+    );
+  }
+
+  private publisherFor(tag: string): Publisher | null {
+    try {
+      return this.backend.publisherFor(tag);
+    } catch (error) {
+      this.answer({ line: errorLine(error) });
+      return null;
+    }
+  }
+
+  private runSub(tag: string, from: number | null): void {
+    if (this.subs.has(tag)) {
+      this.answer({ line: errLine("BAD_REQUEST", `already subscribed to ${tag}`) });
+      return;
+    }
+    const subsMax = this.backend.limits.subscriptionsPerConnectionMax;
+    if (this.subs.size >= subsMax) {
+      this.answer({ line: errLine("OVERLOADED", `${this.subs.size} subscriptions open on this connection; at most ${subsMax}`) });
+      return;
+    }
+    const sub: RelaySub = { tag, subscription: null, closed: false, answered: false, held: [], heldBytes: 0, pendingEnd: null, trimmedOldest: null };
+    this.subs.set(tag, sub);
+    const onSignal = (signal: SubscriptionSignal): void => this.onSignal(sub, signal);
+    const options: SubscribeOptions = from === null ? { onSignal } : { from, onSignal };
+    let started: Promise<Subscription>;
+    try {
+      started = this.backend.subscribe(tag, options, (batch) => this.onBatch(sub, batch));
+    } catch (error) {
+      started = Promise.reject(error);
+    }
+    this.answers.push(
+      started.then(
+        (subscription) => this.onSubStarted(sub, subscription),
+        (error: unknown) => this.onSubRefused(sub, error),
+      ),
+    );
+  }
+
+  private onSubStarted(sub: RelaySub, subscription: Subscription): Answer {
+    sub.subscription = subscription;
+    if (sub.closed) {
+      // UNSUB, an end (SLOW) or a close came while the subscription was starting; an
+      // END line that waited for this answer follows it.
+      void subscription.close();
+      return { line: OK_LINE, after: () => this.onSubAnswered(sub) };
+    }
+    subscription.done.then(
+      () => undefined,
+      (error: unknown) => this.onSubEnded(sub, error),
+    );
+    return { line: OK_LINE, after: () => this.onSubAnswered(sub) };
+  }
+
+  private onSubRefused(sub: RelaySub, error: unknown): Answer {
+    if (this.subs.get(sub.tag) === sub) this.subs.delete(sub.tag);
+    sub.closed = true;
+    return { line: errorLine(error) };
+  }
+
+  /** The `+OK` of a SUB is out: the event lines that waited for it follow, then any END. */
+  private onSubAnswered(sub: RelaySub): void {
+    sub.answered = true;
+    const held = sub.held;
+    sub.held = [];
+    sub.heldBytes = 0;
+    if (!sub.closed) for (const bytes of held) this.write(bytes);
+    if (sub.pendingEnd !== null) this.write(sub.pendingEnd);
+    sub.pendingEnd = null;
+  }
+
+  private runUnsub(tag: string): void {
+    const sub = this.subs.get(tag);
+    if (sub === undefined) {
+      this.answer({ line: errLine("BAD_REQUEST", `not subscribed to ${tag}`) });
+      return;
+    }
+    this.dropSub(sub);
+    this.answer({ line: OK_LINE });
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Subscriptions: events and ends
+  // -------------------------------------------------------------------------------------
+
+  private onBatch(sub: RelaySub, batch: ReceivedBatch): void {
+    if (sub.closed || this.state !== "open") return;
+    const bytes = batchBytes(batch);
+    const eventBytesMax = this.backend.limits.eventOutboundBytesMax;
+    const waiting = this.queuedBytes() + sub.heldBytes;
+    // An idle connection always takes one batch, however large: the bound is on what
+    // piles up behind a reader that does not keep up, not on a batch.
+    if (waiting > 0 && waiting + bytes.byteLength > eventBytesMax) {
+      this.endSub(sub, "SLOW", slowReason(sub.tag, batch, waiting));
+      return;
+    }
+    if (!sub.answered) {
+      sub.held.push(bytes);
+      sub.heldBytes += bytes.byteLength;
+      return;
+    }
+    this.write(bytes);
+  }
+
+  private onSignal(sub: RelaySub, signal: SubscriptionSignal): void {
+    if (signal.t === "trimmed") sub.trimmedOldest = signal.oldestSeq;
+    if (signal.t === "overflow") this.backend.log(`subscription to ${sub.tag}: ${signal.droppedEvents} events dropped (delivery queue full)`);
+  }
+
+  /** The library ended the subscription (not on our request). */
+  private onSubEnded(sub: RelaySub, error: unknown): void {
+    if (sub.closed) return;
+    const end = endFor(error, sub.trimmedOldest);
+    this.endSub(sub, end.code, end.reason);
+  }
+
+  /** Ends a subscription and tells the client with an END line. */
+  private endSub(sub: RelaySub, code: SubEndCode, reason: string): void {
+    if (sub.closed) return;
+    this.dropSub(sub);
+    const line = endLine(sub.tag, code, reason);
+    if (sub.answered) this.write(line);
+    else sub.pendingEnd = line;
+    this.maybeFinish();
+  }
+
+  /** Forgets a subscription and closes it in the library; writes nothing. */
+  private dropSub(sub: RelaySub): void {
+    sub.closed = true;
+    sub.held = [];
+    sub.heldBytes = 0;
+    if (this.subs.get(sub.tag) === sub) this.subs.delete(sub.tag);
+    void sub.subscription?.close();
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Writing
+  // -------------------------------------------------------------------------------------
+
+  private emitAnswer(outcome: Settled<Answer>): void {
+    // Answers are built to never reject; a rejection here is a bug, reported as one.
+    const answer: Answer = outcome.ok ? outcome.value : { line: errLine("INTERNAL", describeError(outcome.error)) };
+    if (this.state !== "closed") {
+      this.write(answer.line);
+      answer.after?.();
+    }
+    for (const wake of this.roomWaiters.splice(0)) wake();
+    this.maybeFinish();
+  }
+
+  /**
+   * Queues bytes for the socket. Writes of one turn of the event loop leave in one
+   * socket write, since each write is a system call.
+   */
+  private write(data: Uint8Array | string): void {
+    if (this.state === "closed") return;
+    const bytes = typeof data === "string" ? encoder.encode(data) : data;
+    this.pendingWrites.push(bytes);
+    this.pendingWriteBytes += bytes.byteLength;
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    queueMicrotask(() => this.flushWrites());
+  }
+
+  private flushWrites(): void {
+    this.flushScheduled = false;
+    if (this.state === "closed" || this.pendingWrites.length === 0) return;
+    const data = concat(this.pendingWrites, this.pendingWriteBytes);
+    this.pendingWrites = [];
+    this.pendingWriteBytes = 0;
+    const result = this.outbound.enqueue((chunk) => this.socket.write(chunk), data);
+    if (result === "full") {
+      this.backend.log(`relay connection dropped: more than ${this.outbound.bytesMax} bytes of output not read by the client`);
+      this.state = "closing";
+      this.socket.terminate();
+      return;
+    }
+    this.updateFlow();
+    this.maybeEnd();
+  }
+
+  /** Bytes written by the connection and not yet taken by the socket. */
+  private queuedBytes(): number {
+    return this.pendingWriteBytes + this.outbound.bufferedBytes;
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Flow control and closing
+  // -------------------------------------------------------------------------------------
+
+  /** Reads while commands can run and the client reads its answers; pauses otherwise. */
+  private updateFlow(): void {
+    if (this.state === "closed") return;
+    const pause = this.backlog.length > 0 || this.queuedBytes() > this.backend.limits.readPauseOutboundBytes;
+    if (pause === this.paused) return;
+    this.paused = pause;
+    if (pause) this.socket.pause();
+    else this.socket.resume();
+  }
+
+  /**
+   * Closes once nothing more will be written: after QUIT, after shutdown, or after the
+   * client's FIN once every answer is out (a subscription keeps a half-closed
+   * connection open, since `printf 'SUB t\n' | nc -N` still reads).
+   */
+  private maybeFinish(): void {
+    if (this.state !== "open") return;
+    if (!this.quitting && !this.inputEnded) return;
+    if (this.pumping || this.backlog.length > 0 || this.answers.pending > 0) return;
+    if (!this.quitting && this.subs.size > 0) return;
+    this.closeAfterFlush();
+  }
+
+  private closeAfterFlush(): void {
+    if (this.state !== "open") return;
+    this.state = "closing";
+    this.quitting = true;
+    for (const sub of [...this.subs.values()]) this.dropSub(sub);
+    this.armCloseTimer();
+    this.maybeEnd();
+  }
+
+  private maybeEnd(): void {
+    if (this.state !== "closing" || this.queuedBytes() > 0 || this.flushScheduled) return;
+    this.socket.end();
+  }
+
+  /** A client that never reads what is left cannot hold the connection open for ever. */
+  private armCloseTimer(): void {
+    if (this.closeTimer !== null) return;
+    this.closeTimer = setTimeout(() => {
+      this.closeTimer = null;
+      if (this.state !== "closed") this.socket.terminate();
+    }, this.backend.limits.closeFlushTimeoutMs);
+  }
+
+  /** Refuses the connection's input for good: one last `-ERR` line, then close. */
+  private abort(code: ErrorCode, reason: string): void {
+    if (this.state !== "open") return;
+    this.backlog.length = 0;
+    this.quitting = true;
+    this.write(errLine(code, reason));
+    this.closeAfterFlush();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/** `-ERR <code> <reason>` for anything a command's promise rejected with. */
+export function errorLine(error: unknown): string {
+  if (error instanceof ClientError) return errLine(error.code, describeError(error));
+  return errLine("INTERNAL", describeError(error));
+}
+
+/** The event lines of one delivered batch, as one array (one socket write). */
+function batchBytes(batch: ReceivedBatch): Uint8Array {
+  const publisher = formatPublicKey(batch.publisher);
+  const lines = batch.events.map((payload, index) =>
+    eventBytes({ tag: batch.tag, seq: eventSeq(batch, index), publisher, tsMs: batch.ts }, payload),
+  );
+  return concat(lines, lines.reduce((sum, line) => sum + line.byteLength, 0));
+}
+
+function slowReason(tag: string, batch: ReceivedBatch, waitingBytes: number): string {
+  const behind = `the client fell behind (${waitingBytes} bytes not yet read)`;
+  if (batch.seq === null) return `${behind}; events were dropped`;
+  return `${behind}; resume with SUB ${tag} ${eventSeq(batch, 0)}`;
+}
+
+const SUB_END_CODE_SET: ReadonlySet<string> = new Set(SUB_END_CODES);
+
+/** The END code and reason for the error a subscription ended with. */
+function endFor(error: unknown, trimmedOldest: number | null): { code: SubEndCode; reason: string } {
+  if (error instanceof SubscriptionEndedError && SUB_END_CODE_SET.has(error.endCode)) {
+    const code = error.endCode as SubEndCode;
+    if (code === "TRIMMED" && trimmedOldest !== null) return { code, reason: `oldest ${trimmedOldest}` };
+    return { code, reason: describeError(error) };
+  }
+  if (error instanceof ClientClosedError) return { code: "SHUTDOWN", reason: "the relay is stopping" };
+  if (error instanceof QueueFullError) return { code: "SLOW", reason: describeError(error) };
+  return { code: "SHUTDOWN", reason: describeError(error) };
+}
+
+function concat(parts: readonly Uint8Array[], total: number): Uint8Array {
+  if (parts.length === 1) return parts[0] as Uint8Array;
+  const out = new Uint8Array(total);
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.byteLength;
+  }
+  return out;
+}

@@ -1,0 +1,233 @@
+/**
+ * The relay's TCP server: it accepts line-protocol connections (wire/PROTOCOL.md
+ * section 11) and serves them all through one FitbClient, signing with one key. The
+ * publishes of every connection to one tag go through one shared Publisher, so that
+ * concurrent scripts' events travel in the same signed requests (DESIGN.md section 3:
+ * signatures are per frame, so a relay batches).
+ *
+ * The server only accepts and routes; RelayConnection holds the per-connection state.
+ * It does not own the client: whoever made the client closes it after `stop()`.
+ */
+import type { Socket, TCPSocketListener } from "bun";
+import type { FitbClient } from "../client/client.ts";
+import { describeError, QueueFullError } from "../client/errors.ts";
+import { Publisher } from "../client/publisher.ts";
+import type { BatchHandler, SubscribeOptions, Subscription } from "../client/subscription.ts";
+import { formatAddress } from "../config/cluster.ts";
+import { errLine } from "./format.ts";
+import { RelayConnection, type LineSocket, type RelayBackend } from "./connection.ts";
+import { resolveRelayLimits, type RelayLimits, type ResolvedRelayLimits } from "./limits.ts";
+
+/** How long `stop()` lets connections receive their last answers before closing them. */
+export const RELAY_STOP_GRACE_MS = 5_000;
+/**
+ * TCP keepalive on client connections: a client that vanished while only listening
+ * (a SUB with no events) is found by the probes instead of holding its subscription.
+ */
+export const RELAY_KEEPALIVE_DELAY_MS = 60_000;
+
+export interface RelayServerOptions {
+  /** The connected client the relay publishes and subscribes through. */
+  readonly client: FitbClient;
+  readonly hostname: string;
+  /** 0 picks a free port (see `port`). */
+  readonly port: number;
+  readonly limits?: Partial<RelayLimits>;
+  /** One line per event worth an operator's attention. */
+  readonly log?: (message: string) => void;
+}
+
+/** The relay could not listen (address in use, not an address of this host, ...). */
+export class RelayListenError extends Error {
+  override name = "RelayListenError";
+}
+
+interface SocketData {
+  connection: RelayConnection | null;
+}
+
+export class RelayServer {
+  readonly hostname: string;
+  readonly limits: ResolvedRelayLimits;
+  private readonly client: FitbClient;
+  private readonly listener: TCPSocketListener<SocketData>;
+  private readonly connections = new Set<RelayConnection>();
+  /** Least recently used first, so the tag retired to make room is the stalest idle one. */
+  private readonly publishers = new Map<string, Publisher>();
+  private readonly backend: RelayBackend;
+  private readonly log: (message: string) => void;
+  private readonly goneWaiters: (() => void)[] = [];
+  private stopping: Promise<void> | null = null;
+
+  private constructor(options: RelayServerOptions) {
+    this.hostname = options.hostname;
+    this.client = options.client;
+    this.limits = resolveRelayLimits(options.limits);
+    this.log = options.log ?? (() => undefined);
+    this.backend = {
+      limits: this.limits,
+      publisherFor: (tag) => this.publisherFor(tag),
+      subscribe: (tag, subscribeOptions, onBatch) => this.subscribe(tag, subscribeOptions, onBatch),
+      log: this.log,
+    };
+    this.listener = this.listen(options.hostname, options.port);
+  }
+
+  /** Starts listening; throws RelayListenError when the address cannot be used. */
+  static listen(options: RelayServerOptions): RelayServer {
+    return new RelayServer(options);
+  }
+
+  /** The port listened on (the one chosen when 0 was asked for). */
+  get port(): number {
+    return this.listener.port;
+  }
+
+  get address(): string {
+    return formatAddress(this.hostname, this.port);
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /** Tags with a publisher now. */
+  get publisherCount(): number {
+    return this.publishers.size;
+  }
+
+  /**
+   * Stops accepting, ends every subscription with `END <tag> SHUTDOWN`, gives the
+   * connections up to `graceMs` to receive the answers of commands already received,
+   * waits for the publishers to finish, then closes what is left.
+   */
+  stop(graceMs = RELAY_STOP_GRACE_MS): Promise<void> {
+    this.stopping ??= this.stopWithin(graceMs);
+    return this.stopping;
+  }
+
+  private async stopWithin(graceMs: number): Promise<void> {
+    const deadline = Date.now() + graceMs;
+    this.listener.stop(false);
+    for (const connection of this.connections) connection.shutdown();
+    await this.untilOrDeadline(() => this.connections.size === 0, deadline);
+    this.listener.stop(true);
+    const closing = [...this.publishers.values()].map((publisher) => publisher.close());
+    this.publishers.clear();
+    await Promise.race([Promise.all(closing), Bun.sleep(Math.max(0, deadline - Date.now()))]);
+  }
+
+  private async untilOrDeadline(done: () => boolean, deadline: number): Promise<void> {
+    while (!done()) {
+      const left = deadline - Date.now();
+      if (left <= 0) return;
+      await Promise.race([new Promise<void>((resolve) => this.goneWaiters.push(resolve)), Bun.sleep(left)]);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Listening
+  // -------------------------------------------------------------------------------------
+
+  private listen(hostname: string, port: number): TCPSocketListener<SocketData> {
+    try {
+      return Bun.listen<SocketData>({
+        hostname,
+        port,
+        // A client that sends FIN after its last command (nc -N) still gets its answers.
+        allowHalfOpen: true,
+        data: { connection: null },
+        socket: {
+          open: (socket) => this.onOpen(socket),
+          data: (socket, chunk) => socket.data.connection?.onData(chunk),
+          drain: (socket) => socket.data.connection?.onDrain(),
+          end: (socket) => socket.data.connection?.onEnd(),
+          close: (socket) => socket.data.connection?.onClose(),
+          error: (socket, error) => {
+            this.log(`relay connection from ${socket.remoteAddress}: ${describeError(error)}`);
+          },
+        },
+      });
+    } catch (error) {
+      throw new RelayListenError(listenFailure(formatAddress(hostname, port), error));
+    }
+  }
+
+  private onOpen(socket: Socket<SocketData>): void {
+    socket.data = { connection: null };
+    if (this.stopping !== null || this.connections.size >= this.limits.connectionsMax) {
+      const why = this.stopping !== null ? "the relay is stopping" : `${this.connections.size} connections open; at most ${this.limits.connectionsMax}`;
+      socket.write(errLine("OVERLOADED", why));
+      socket.end();
+      return;
+    }
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, RELAY_KEEPALIVE_DELAY_MS);
+    const lineSocket: LineSocket = {
+      write: (data) => socket.write(data),
+      pause: () => socket.pause(),
+      resume: () => socket.resume(),
+      end: () => socket.end(),
+      terminate: () => socket.terminate(),
+    };
+    const connection = new RelayConnection(lineSocket, this.backend, (gone) => this.onGone(gone));
+    this.connections.add(connection);
+    socket.data.connection = connection;
+  }
+
+  private onGone(connection: RelayConnection): void {
+    this.connections.delete(connection);
+    for (const wake of this.goneWaiters.splice(0)) wake();
+  }
+
+  // -------------------------------------------------------------------------------------
+  // The backend connections use
+  // -------------------------------------------------------------------------------------
+
+  /**
+   * The shared publisher of `tag`. The number of tags is bounded: a new tag retires the
+   * least recently used idle publisher, and if every publisher is busy the publish is
+   * refused with OVERLOADED rather than growing without bound.
+   */
+  private publisherFor(tag: string): Publisher {
+    const existing = this.publishers.get(tag);
+    if (existing !== undefined) {
+      this.publishers.delete(tag);
+      this.publishers.set(tag, existing);
+      return existing;
+    }
+    if (this.publishers.size >= this.limits.publishersMax) this.retireIdlePublisher();
+    const publisher = new Publisher(this.client, tag);
+    this.publishers.set(tag, publisher);
+    return publisher;
+  }
+
+  private retireIdlePublisher(): void {
+    for (const [tag, publisher] of this.publishers) {
+      if (publisher.queuedEvents === 0 && publisher.inflightBatches === 0) {
+        this.publishers.delete(tag);
+        void publisher.close();
+        return;
+      }
+    }
+    throw new QueueFullError(`publishes to ${this.publishers.size} tags are in flight; at most ${this.limits.publishersMax}`);
+  }
+
+  private subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<Subscription> {
+    return this.client.subscribe(tag, options, onBatch);
+  }
+}
+
+/** One line naming the address and what is wrong with it. */
+function listenFailure(address: string, error: unknown): string {
+  const text = describeError(error);
+  const code = (error as { code?: unknown } | null)?.code;
+  if (code === "EADDRINUSE" || /EADDRINUSE|address already in use|in use/i.test(text)) {
+    return `${address} is already in use (another relay or program is listening there)`;
+  }
+  if (code === "EADDRNOTAVAIL" || /EADDRNOTAVAIL|not available|cannot assign/i.test(text)) {
+    return `${address} is not an address of this host`;
+  }
+  if (code === "EACCES" || /EACCES|permission/i.test(text)) return `${address}: permission denied (ports below 1024 need privileges)`;
+  return `cannot listen on ${address}: ${text}`;
+}
