@@ -12,6 +12,7 @@ import { pubCommand } from "./commands/pub.ts";
 import { subCommand } from "./commands/sub.ts";
 import { adminCommand } from "./commands/admin.ts";
 import { benchCommand } from "./commands/bench.ts";
+import { relayCommand } from "./commands/relay.ts";
 
 export const COMMANDS: readonly Command[] = [
   keygenCommand,
@@ -23,4 +24,5 @@ export const COMMANDS: readonly Command[] = [
   subCommand,
   adminCommand,
   benchCommand,
+  relayCommand,
 ];

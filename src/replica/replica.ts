@@ -26,6 +26,7 @@ import type { Log } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { OrderingDriver } from "./ordering.ts";
 import { PeerMesh } from "./peers.ts";
+import { RateLimiter } from "./rate.ts";
 import { admitRequest, spaceOf } from "./requests.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
 import { Subscriptions } from "./subscriptions.ts";
@@ -63,12 +64,14 @@ export class Replica {
   private readonly waitingBySession = new Map<number, Set<string>>();
   private readonly replies = new Map<string, CachedReply>();
   private readonly startedMs = Date.now();
+  private readonly rate: RateLimiter;
 
   constructor(private readonly options: ReplicaOptions) {
     const { config, id, key, log } = options;
     const self = config.replicas[id];
     if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
     this.adminKeys = new Set(config.adminKeys.map(toHex));
+    this.rate = new RateLimiter(config.limits.clientEventsPerSecondMax, config.limits.clientBurstEventsMax);
     this.machine = new ChannelMachine({
       hash: sha256,
       config: {
@@ -194,6 +197,11 @@ export class Replica {
     }
     const { request, clientHex, space } = admitted;
     const digest = sha256(signed.body);
+    if (!this.rate.take(clientHex, request.span, Date.now())) {
+      this.metrics.inc("requests_rate_limited_total");
+      this.reply(session, failure(request.seq, this.options.id, digest, "RATE_LIMITED", "the client's event rate is over its limit; retry later"));
+      return;
+    }
     if (toHex(request.client) !== session.keyHex) {
       // A relay may sign for one key per session; requests signed by another key are
       // accepted too (they carry their own signature), so this is only counted.

@@ -145,3 +145,28 @@ describe("kill -9 of one replica (f = 1)", () => {
     }, 90_000);
   }
 });
+
+describe("limits from the cluster file", () => {
+  test("a flooding publisher is rate limited and other clients are not held up", async () => {
+    const cluster = await startCluster({ limits: { client_events_per_second_max: 50, client_burst_events_max: 100, batch_events_max: 100 } });
+    const admin = clientFor(cluster, cluster.adminKey);
+    const flooder = clientFor(cluster, cluster.clientKey);
+    try {
+      await createChannels(admin, loadPublicKeyFile(`${cluster.clientKey}.pub`));
+      await admin.admin({ t: "register", tag: "net.links", role: "publisher", key: loadPublicKeyFile(`${cluster.adminKey}.pub`) });
+      // The burst passes; a request beyond it is refused with RATE_LIMITED, not queued.
+      await flooder.publish("net.links", Array.from({ length: 100 }, (_, i) => encode(`flood ${i}`)));
+      const refused = flooder.publish("net.links", Array.from({ length: 100 }, (_, i) => encode(`more ${i}`)));
+      const outcome = await Promise.race([refused.then(() => "acked", (e: Error) => e.message), Bun.sleep(1_500).then(() => "pending")]);
+      expect(outcome).not.toBe("acked");
+      // Another key publishes at once.
+      const ack = await admin.publish("net.links", [encode("from another key")]);
+      expect(ack.span).toBe(1);
+      refused.catch(() => undefined);
+    } finally {
+      admin.close();
+      flooder.close();
+      await cluster.stop();
+    }
+  }, 60_000);
+});

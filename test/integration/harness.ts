@@ -3,7 +3,7 @@
  * cluster directory with keys, free ports, and helpers to kill, restart and wait.
  * Every wait is bounded; every process is killed by `stop()`.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
@@ -49,11 +49,14 @@ export interface TestCluster {
   fitb(args: string[], options?: { stdin?: string; timeoutMs?: number }): Promise<{ code: number; stdout: string; stderr: string }>;
 }
 
-export async function startCluster(options: { replicas?: number; start?: boolean } = {}): Promise<TestCluster> {
+export async function startCluster(
+  options: { replicas?: number; start?: boolean; limits?: Record<string, number> } = {},
+): Promise<TestCluster> {
   const n = options.replicas ?? 4;
   const dir = mkdtempSync(join(tmpdir(), "fitb-it-"));
   const basePort = freePortRange(n);
   const init = initCluster({ dir, replicas: n, host: "127.0.0.1", basePort, name: "it", overwrite: false });
+  if (options.limits !== undefined) patchLimits(init.configPath, options.limits);
   const procs: (Subprocess | null)[] = new Array(n).fill(null);
   const logs: string[][] = Array.from({ length: n }, () => []);
   const cluster: TestCluster = {
@@ -98,6 +101,17 @@ export async function startCluster(options: { replicas?: number; start?: boolean
   };
   if (options.start !== false) for (let id = 0; id < n; id++) cluster.start(id);
   return cluster;
+}
+
+/** Rewrites `key = value` lines of the cluster file's [limits] section. */
+function patchLimits(configPath: string, limits: Record<string, number>): void {
+  let text = readFileSync(configPath, "utf8");
+  for (const [key, value] of Object.entries(limits)) {
+    const pattern = new RegExp(`^${key} = \\d+`, "m");
+    if (!pattern.test(text)) throw new Error(`${key} is not in ${configPath}`);
+    text = text.replace(pattern, `${key} = ${value}`);
+  }
+  writeFileSync(configPath, text);
 }
 
 async function collect(stream: ReadableStream<Uint8Array>, into: string[]): Promise<void> {

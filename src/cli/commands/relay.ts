@@ -1,0 +1,132 @@
+/**
+ * `fitb relay --config C --key K [--listen 127.0.0.1:7400] [--allow-remote]`: the netcat
+ * gateway. It holds a probe's key, keeps sessions with the replicas, and offers the text
+ * line protocol of wire/PROTOCOL.md section 11 until SIGTERM or SIGINT.
+ */
+import { FitbClient } from "../../client/client.ts";
+import { loadClientSetup } from "../../client/setup.ts";
+import { formatPublicKey } from "../../crypto/keys.ts";
+import { DEFAULT_RELAY_LISTEN, isLoopbackHost, parseListenAddress, type ListenAddress } from "../../relay/listen.ts";
+import { RelayListenError, RelayServer } from "../../relay/server.ts";
+import type { ParsedArgs } from "../args.ts";
+import type { Command, CommandIo } from "../command.ts";
+import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
+import { CONFIG_FLAG, keyFlag, readClientFlags, TIMEOUT_FLAGS, type ClientFlags } from "./pub.ts";
+
+export const relayCommand: Command = {
+  path: ["relay"],
+  summary: "Run the netcat gateway: publish and subscribe with text lines over TCP",
+  description: [
+    "Listens for the relay's text line protocol (wire/PROTOCOL.md section 11) and serves",
+    "it through sessions with the replicas, signing every publish with --key:",
+    "  PUB <tag> <payload>          -> +OK <tag> <seq> once the channel's quorum has it",
+    "  PUBB <tag> <n>, then n bytes -> the same, for payloads of any bytes",
+    "  SUB <tag> [<from-seq>]       -> +OK, then EVENT (or EVENTB) lines as events arrive",
+    "  UNSUB <tag>, PING, QUIT",
+    "Errors are '-ERR <code> <reason>'; the connection goes on after them. Publishes of",
+    "all connections to a tag are batched into signed requests.",
+    "The relay signs for whoever connects, so it listens on loopback only unless",
+    "--allow-remote is given. SIGTERM or SIGINT stops it cleanly.",
+  ],
+  flags: [
+    CONFIG_FLAG,
+    keyFlag("The key the relay signs with (register it as publisher of the channels)"),
+    { name: "listen", kind: "string", valueName: "HOST:PORT", defaultValue: DEFAULT_RELAY_LISTEN, description: "Address to listen on" },
+    {
+      name: "allow-remote",
+      kind: "boolean",
+      description: "Allow a --listen address other than loopback (whoever connects publishes with the key)",
+    },
+    ...TIMEOUT_FLAGS,
+  ],
+  positionals: [],
+  examples: [
+    "fitb relay --config /etc/fitb/cluster.toml --key /etc/fitb/probe.key",
+    "printf 'PUB net.links eth0 down\\n' | nc -q1 127.0.0.1 7400",
+    "printf 'SUB net.links\\n' | nc 127.0.0.1 7400",
+  ],
+  run: runRelay,
+};
+
+async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
+  const flags = readClientFlags(args);
+  const listen = readListen(args);
+  const setup = loadClientSetup(flags.configPath, flags.keyPath);
+  for (const warning of setup.warnings) io.err(`fitb relay: warning: ${warning}`);
+  const client = new FitbClient({
+    config: setup.config,
+    key: setup.key,
+    timeouts: clientTimeouts(flags),
+    onLog: (entry) => io.err(`fitb relay: ${entry.level === "warn" ? "warning: " : ""}${entry.message}`),
+  });
+  let relay: RelayServer;
+  try {
+    relay = RelayServer.listen({ client, hostname: listen.host, port: listen.port, log: (message) => io.err(`fitb relay: ${message}`) });
+  } catch (error) {
+    client.close();
+    if (error instanceof RelayListenError) throw new CommandError(error.message);
+    throw error;
+  }
+  const stopped = stopSignal();
+  client.start();
+  io.err(`fitb relay: listening on ${relay.address}, signing as ${formatPublicKey(setup.key.publicKey)} (cluster ${setup.config.name})`);
+  await reportSessions(client, flags.connectTimeoutMs, io, stopped.promise);
+  await stopped.promise;
+  io.err("fitb relay: stopping");
+  await relay.stop();
+  client.close();
+  stopped.dispose();
+  return EXIT_OK;
+}
+
+/** --listen, refused beyond loopback without --allow-remote. */
+function readListen(args: ParsedArgs): ListenAddress {
+  const text = args.requiredString("listen");
+  const parsed = parseListenAddress(text);
+  if (!parsed.ok) throw new UsageError(`--listen: ${parsed.reason}`);
+  if (!isLoopbackHost(parsed.address.host) && !args.boolean("allow-remote")) {
+    throw new UsageError(
+      `--listen ${text} is not a loopback address; the relay signs with its key for whoever connects, ` +
+        "so listening beyond this host needs --allow-remote (and a firewall that admits only your probes)",
+    );
+  }
+  return parsed.address;
+}
+
+export function clientTimeouts(flags: ClientFlags): { connectMs: number; requestMs: number; queryMs: number } {
+  return { connectMs: flags.connectTimeoutMs, requestMs: flags.timeoutMs, queryMs: flags.timeoutMs };
+}
+
+/**
+ * Says how many replicas answered. The relay keeps running with fewer than a quorum
+ * (under systemd the replicas may start after it); commands fail with TIMEOUT until
+ * enough are up, and the client keeps dialling the rest.
+ */
+async function reportSessions(client: FitbClient, connectMs: number, io: CommandIo, stopped: Promise<void>): Promise<void> {
+  const waited = client.waitForSessions(client.n, client.f + 1, connectMs).then(
+    () => null,
+    (error: unknown) => error,
+  );
+  const outcome = await Promise.race([waited, stopped.then(() => "stopped" as const)]);
+  if (outcome === "stopped") return;
+  const ready = client.readyReplicas().length;
+  if (outcome === null) io.err(`fitb relay: connected to ${ready} of ${client.n} replicas`);
+  else io.err(`fitb relay: warning: connected to ${ready} of ${client.n} replicas; commands fail with TIMEOUT until ${client.f + 1} are up`);
+}
+
+/** Resolves on the first SIGTERM or SIGINT. */
+export function stopSignal(): { promise: Promise<void>; dispose: () => void } {
+  let onSignal: () => void = () => undefined;
+  const promise = new Promise<void>((resolve) => {
+    onSignal = () => resolve();
+  });
+  process.once("SIGTERM", onSignal);
+  process.once("SIGINT", onSignal);
+  return {
+    promise,
+    dispose: () => {
+      process.off("SIGTERM", onSignal);
+      process.off("SIGINT", onSignal);
+    },
+  };
+}
