@@ -126,6 +126,10 @@ export class Replica {
   }
 
   start(): void {
+    this.metrics.gauge("view", () => this.ordering.status().view);
+    this.metrics.gauge("last_decided_seq", () => this.ordering.status().lastExecuted);
+    this.metrics.gauge("subscriptions", () => this.subs.count);
+    this.metrics.gauge("channels", () => this.machine.channelCount);
     this.server.listen();
     this.mesh.start();
     this.ordering.start();
@@ -396,6 +400,11 @@ export class Replica {
     return this.ordering.lastExecutedSeq(spaceOf(clientHex, { op: { t: "pub", tag } } as Request));
   }
 
+  /** The status page: status() plus the counters. */
+  statusJson(): unknown {
+    return { ...(toJson(this.status()) as object), metrics: this.metrics.snapshot() };
+  }
+
   status(): { [key: string]: Canonical } {
     const core = this.ordering.status();
     return {
@@ -414,6 +423,14 @@ export class Replica {
       uptimeMs: Date.now() - this.startedMs,
     };
   }
+}
+
+/** status() as plain JSON (byte strings are not expected in it; numbers and text only). */
+function toJson(value: Canonical): unknown {
+  if (value instanceof Uint8Array) return Buffer.from(value).toString("hex");
+  if (Array.isArray(value)) return value.map(toJson);
+  if (value !== null && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, toJson(v)]));
+  return value;
 }
 
 function channelSummary(info: { tag: string; fault: string; order: string; priority: string; public: boolean }): { [key: string]: Canonical } {

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { FitbClient } from "../../src/client/index.ts";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { CLASSES, clientFor, collect, createChannels, encode, waitForCount } from "./client-util.ts";
-import { startCluster, type TestCluster, waitFor } from "./harness.ts";
+import { freePortRange, startCluster, type TestCluster, waitFor } from "./harness.ts";
 
 const EVENTS_PER_CLASS = 60;
 
@@ -166,6 +166,31 @@ describe("limits from the cluster file", () => {
     } finally {
       admin.close();
       flooder.close();
+      await cluster.stop();
+    }
+  }, 60_000);
+});
+
+describe("operations", () => {
+  test("a replica serves Prometheus metrics and a status page, and SIGTERM stops it cleanly", async () => {
+    const metricsPort = freePortRange(1);
+    const cluster = await startCluster({ replicaArgs: (id) => (id === 0 ? ["--metrics", `127.0.0.1:${metricsPort}`] : []) });
+    const admin = clientFor(cluster, cluster.adminKey);
+    try {
+      await createChannels(admin, loadPublicKeyFile(`${cluster.clientKey}.pub`));
+      await waitFor("the metrics endpoint", async () => (await fetch(`http://127.0.0.1:${metricsPort}/metrics`).catch(() => null))?.ok === true);
+      const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      expect(text).toMatch(/^fitb_requests_total \d+$/m);
+      expect(text).toMatch(/^fitb_channels 4$/m);
+      const status = (await (await fetch(`http://127.0.0.1:${metricsPort}/status`)).json()) as { replica: number; channels: number };
+      expect(status.replica).toBe(0);
+      expect(status.channels).toBe(4);
+      const proc = cluster.procs[0];
+      proc?.kill("SIGTERM");
+      expect(await proc?.exited).toBe(0);
+      expect(cluster.logs[0]?.join("")).toContain('"msg":"replica stopped"');
+    } finally {
+      admin.close();
       await cluster.stop();
     }
   }, 60_000);

@@ -50,7 +50,7 @@ export interface TestCluster {
 }
 
 export async function startCluster(
-  options: { replicas?: number; start?: boolean; limits?: Record<string, number> } = {},
+  options: { replicas?: number; start?: boolean; limits?: Record<string, number>; replicaArgs?: (id: number) => string[] } = {},
 ): Promise<TestCluster> {
   const n = options.replicas ?? 4;
   const dir = mkdtempSync(join(tmpdir(), "fitb-it-"));
@@ -69,7 +69,8 @@ export async function startCluster(
     procs,
     logs,
     start(id) {
-      const proc = Bun.spawn([BUN, MAIN, "replica", "--config", init.configPath, "--id", String(id)], {
+      const extra = options.replicaArgs?.(id) ?? [];
+      const proc = Bun.spawn([BUN, MAIN, "replica", "--config", init.configPath, "--id", String(id), ...extra], {
         stdout: "pipe",
         stderr: "pipe",
         env: { ...process.env, FITB_LOG: process.env.FITB_LOG ?? "info" },

@@ -11,7 +11,7 @@ import { createLog, logLevelFromEnv } from "../../replica/log.ts";
 import { Replica } from "../../replica/replica.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command } from "../command.ts";
-import { CommandError, EXIT_OK } from "../errors.ts";
+import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
 
 export const replicaCommand: Command = {
   path: ["replica"],
@@ -28,6 +28,12 @@ export const replicaCommand: Command = {
     { name: "id", kind: "string", valueName: "N", required: true, description: "This replica's id in the cluster file" },
     { name: "key", kind: "string", valueName: "FILE", description: "This replica's secret key (default: replica-N.key beside the config)" },
     { name: "data", kind: "string", valueName: "DIR", description: "Data directory (default: data-N beside the config)" },
+    {
+      name: "metrics",
+      kind: "string",
+      valueName: "HOST:PORT",
+      description: "Serve Prometheus metrics at http://HOST:PORT/metrics and JSON status at /status (off by default)",
+    },
   ],
   positionals: [],
   examples: ["fitb replica --config /etc/fitb/cluster.toml --id 0 --key /etc/fitb/replica-0.key --data /var/lib/fitb"],
@@ -66,8 +72,11 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     }
     throw new CommandError(`cannot start replica ${id}: ${message}`);
   }
+  const metricsServer = startMetricsServer(args.string("metrics"), replica);
+  if (metricsServer !== null) log.info("metrics listening", { url: `http://${metricsServer.hostname}:${metricsServer.port}/metrics` });
   await new Promise<void>((resolve) => {
     const stop = (): void => {
+      metricsServer?.stop(true);
       replica.stop();
       resolve();
     };
@@ -75,4 +84,26 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     process.once("SIGINT", stop);
   });
   return EXIT_OK;
+}
+
+/** The optional HTTP endpoint for Prometheus scrapes and a status page. */
+function startMetricsServer(listen: string | undefined, replica: Replica): ReturnType<typeof Bun.serve> | null {
+  if (listen === undefined) return null;
+  const match = /^(.+):(\d{1,5})$/.exec(listen);
+  const port = match === null ? NaN : Number(match[2]);
+  if (match === null || !(port >= 1 && port <= 65_535)) throw new UsageError(`--metrics: expected HOST:PORT, got ${JSON.stringify(listen)}`);
+  try {
+    return Bun.serve({
+      hostname: match[1] as string,
+      port,
+      fetch(request) {
+        const path = new URL(request.url).pathname;
+        if (path === "/metrics") return new Response(replica.metrics.prometheus(), { headers: { "content-type": "text/plain; version=0.0.4" } });
+        if (path === "/status") return Response.json(replica.statusJson());
+        return new Response("not found: try /metrics or /status\n", { status: 404 });
+      },
+    });
+  } catch (error) {
+    throw new CommandError(`--metrics ${listen}: ${(error as Error).message}`);
+  }
 }
