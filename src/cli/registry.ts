@@ -13,6 +13,7 @@ import { subCommand } from "./commands/sub.ts";
 import { adminCommand } from "./commands/admin.ts";
 import { benchCommand } from "./commands/bench.ts";
 import { relayCommand } from "./commands/relay.ts";
+import { demoCommand } from "./commands/demo.ts";
 
 export const COMMANDS: readonly Command[] = [
   keygenCommand,
@@ -25,4 +26,5 @@ export const COMMANDS: readonly Command[] = [
   adminCommand,
   benchCommand,
   relayCommand,
+  demoCommand,
 ];

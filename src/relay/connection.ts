@@ -5,15 +5,16 @@
  *
  * Everything a connection holds is bounded:
  * - commands whose answer is not yet written: `pendingAnswersMax`; past it the
- *   connection stops reading (the parsed commands wait in a backlog and the socket is
- *   paused, so TCP pushes back on the client);
+ *   connection stops reading (the bytes already received wait, unparsed, and the socket
+ *   is paused, so TCP pushes back on the client); input is parsed a slice at a time, so
+ *   the parsed commands waiting to run are few whatever arrives at once;
  * - bytes not yet taken by the socket: event lines stop at `eventOutboundBytesMax`, where
  *   the subscription that overflowed is ended with `END <tag> SLOW` (a reader that does
  *   not keep up loses its subscription, not the relay its memory); answers stop the
  *   reading at `readPauseOutboundBytes`, and a hard bound above both ends the connection;
  * - subscriptions: `subscriptionsPerConnectionMax`.
  */
-import { ClientClosedError, ClientError, describeError, QueueFullError, SubscriptionEndedError } from "../client/errors.ts";
+import { ClientClosedError, ClientError, describeError, SubscriptionEndedError } from "../client/errors.ts";
 import { InOrder, type Settled } from "../client/in-order.ts";
 import { OutboundBuffer } from "../client/outbound.ts";
 import type { EventAck, Publisher } from "../client/publisher.ts";
@@ -25,6 +26,11 @@ import { RelayLineParser, type RelayCommand, type RelayInput } from "./parser.ts
 import type { ResolvedRelayLimits } from "./limits.ts";
 
 const encoder = new TextEncoder();
+/**
+ * Input is parsed this much at a time, and the commands of one slice run before the next
+ * is parsed: what a burst of input costs in parsed commands stays small.
+ */
+export const RELAY_PARSE_SLICE_BYTES = 16 * 1024;
 
 /** The socket as a connection uses it (Bun's TCP socket, or a test double). */
 export interface LineSocket {
@@ -76,7 +82,12 @@ export class RelayConnection {
   private readonly parser = new RelayLineParser();
   private readonly answers: InOrder<Answer>;
   private readonly outbound: OutboundBuffer;
-  private readonly backlog: RelayInput[] = [];
+  /** Commands parsed from the current slice; those from `backlogAt` on have not run yet. */
+  private backlog: RelayInput[] = [];
+  private backlogAt = 0;
+  /** Bytes received and not yet parsed. */
+  private inbox: Uint8Array[] = [];
+  private inboxBytes = 0;
   private readonly subs = new Map<string, RelaySub>();
   private readonly roomWaiters: (() => void)[] = [];
   private pendingWrites: Uint8Array[] = [];
@@ -89,6 +100,8 @@ export class RelayConnection {
   /** The client sent FIN: no more commands will come. */
   private inputEnded = false;
   private state: FinishState = "open";
+  /** FIN sent: nothing more is written. */
+  private endSent = false;
   private closeTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
@@ -117,19 +130,23 @@ export class RelayConnection {
 
   onData(chunk: Uint8Array): void {
     if (this.state !== "open" || this.quitting) return;
-    for (const input of this.parser.push(chunk)) this.backlog.push(input);
-    if (this.backlog.length > this.backend.limits.backlogInputsMax) {
-      this.abort("OVERLOADED", `more than ${this.backend.limits.backlogInputsMax} commands waiting; the client does not wait for answers`);
+    // A copy: the socket may reuse its buffer once this callback returns.
+    this.inbox.push(chunk.slice());
+    this.inboxBytes += chunk.byteLength;
+    void this.pump();
+    // Reading pauses while input waits, so only what was in flight can pile up here.
+    const inboxBytesMax = this.backend.limits.inboxBytesMax;
+    if (this.inboxBytes > inboxBytesMax) {
+      this.abort("OVERLOADED", `more than ${inboxBytesMax} bytes of commands arrived before the earlier ones could run`);
       return;
     }
-    void this.pump();
     this.updateFlow();
   }
 
   /** The client closed its sending side; answer what was received, then close. */
   onEnd(): void {
-    this.parser.finish();
     this.inputEnded = true;
+    if (!this.pumping) this.finishInput();
     this.maybeFinish();
   }
 
@@ -145,7 +162,7 @@ export class RelayConnection {
     this.state = "closed";
     if (this.closeTimer !== null) clearTimeout(this.closeTimer);
     this.closeTimer = null;
-    this.backlog.length = 0;
+    this.dropInput();
     this.pendingWrites = [];
     this.pendingWriteBytes = 0;
     this.outbound.clear();
@@ -162,7 +179,7 @@ export class RelayConnection {
   shutdown(): void {
     if (this.state !== "open") return;
     this.quitting = true;
-    this.backlog.length = 0;
+    this.dropInput();
     for (const sub of [...this.subs.values()]) this.endSub(sub, "SHUTDOWN", "the relay is stopping");
     this.maybeFinish();
     this.armCloseTimer();
@@ -176,12 +193,16 @@ export class RelayConnection {
     if (this.pumping) return;
     this.pumping = true;
     try {
-      while (this.backlog.length > 0 && this.state === "open" && !this.quitting) {
+      while (this.state === "open" && !this.quitting) {
+        if (this.backlogAt === this.backlog.length) {
+          if (!this.parseNextSlice()) break;
+          continue;
+        }
         if (this.answers.isFull) {
           await this.answerRoom();
           continue;
         }
-        await this.run(this.backlog.shift() as RelayInput);
+        await this.run(this.backlog[this.backlogAt++] as RelayInput);
       }
     } catch (error) {
       this.backend.log(`relay connection failed: ${describeError(error)}`);
@@ -189,9 +210,35 @@ export class RelayConnection {
     } finally {
       this.pumping = false;
     }
-    if (this.quitting) this.backlog.length = 0;
+    if (this.quitting) this.dropInput();
+    if (this.inputEnded) this.finishInput();
     this.updateFlow();
     this.maybeFinish();
+  }
+
+  /** Parses the next slice of received bytes into the backlog; false when none is left. */
+  private parseNextSlice(): boolean {
+    const head = this.inbox[0];
+    if (head === undefined) return false;
+    const slice = head.byteLength > RELAY_PARSE_SLICE_BYTES ? head.subarray(0, RELAY_PARSE_SLICE_BYTES) : head;
+    if (slice === head) this.inbox.shift();
+    else this.inbox[0] = head.subarray(RELAY_PARSE_SLICE_BYTES);
+    this.inboxBytes -= slice.byteLength;
+    this.backlog = this.parser.push(slice);
+    this.backlogAt = 0;
+    return true;
+  }
+
+  /** After the client's FIN, once every byte it sent is parsed: an unfinished line is dropped. */
+  private finishInput(): void {
+    if (this.inboxBytes === 0) this.parser.finish();
+  }
+
+  private dropInput(): void {
+    this.backlog = [];
+    this.backlogAt = 0;
+    this.inbox = [];
+    this.inboxBytes = 0;
   }
 
   private answerRoom(): Promise<void> {
@@ -394,7 +441,8 @@ export class RelayConnection {
   private emitAnswer(outcome: Settled<Answer>): void {
     // Answers are built to never reject; a rejection here is a bug, reported as one.
     const answer: Answer = outcome.ok ? outcome.value : { line: errLine("INTERNAL", describeError(outcome.error)) };
-    if (this.state !== "closed") {
+    // Only an aborted connection closes with answers still due; its last line is the abort's.
+    if (this.state === "open") {
       this.write(answer.line);
       answer.after?.();
     }
@@ -445,7 +493,7 @@ export class RelayConnection {
   /** Reads while commands can run and the client reads its answers; pauses otherwise. */
   private updateFlow(): void {
     if (this.state === "closed") return;
-    const pause = this.backlog.length > 0 || this.queuedBytes() > this.backend.limits.readPauseOutboundBytes;
+    const pause = this.inboxBytes > 0 || this.backlogAt < this.backlog.length || this.queuedBytes() > this.backend.limits.readPauseOutboundBytes;
     if (pause === this.paused) return;
     this.paused = pause;
     if (pause) this.socket.pause();
@@ -460,7 +508,7 @@ export class RelayConnection {
   private maybeFinish(): void {
     if (this.state !== "open") return;
     if (!this.quitting && !this.inputEnded) return;
-    if (this.pumping || this.backlog.length > 0 || this.answers.pending > 0) return;
+    if (this.pumping || this.inboxBytes > 0 || this.backlogAt < this.backlog.length || this.answers.pending > 0) return;
     if (!this.quitting && this.subs.size > 0) return;
     this.closeAfterFlush();
   }
@@ -475,7 +523,8 @@ export class RelayConnection {
   }
 
   private maybeEnd(): void {
-    if (this.state !== "closing" || this.queuedBytes() > 0 || this.flushScheduled) return;
+    if (this.state !== "closing" || this.endSent || this.queuedBytes() > 0 || this.flushScheduled) return;
+    this.endSent = true;
     this.socket.end();
   }
 
@@ -491,7 +540,7 @@ export class RelayConnection {
   /** Refuses the connection's input for good: one last `-ERR` line, then close. */
   private abort(code: ErrorCode, reason: string): void {
     if (this.state !== "open") return;
-    this.backlog.length = 0;
+    this.dropInput();
     this.quitting = true;
     this.write(errLine(code, reason));
     this.closeAfterFlush();
@@ -533,7 +582,7 @@ function endFor(error: unknown, trimmedOldest: number | null): { code: SubEndCod
     return { code, reason: describeError(error) };
   }
   if (error instanceof ClientClosedError) return { code: "SHUTDOWN", reason: "the relay is stopping" };
-  if (error instanceof QueueFullError) return { code: "SLOW", reason: describeError(error) };
+  // No SUB_END code names an unexpected failure; the reason says what it was.
   return { code: "SHUTDOWN", reason: describeError(error) };
 }
 

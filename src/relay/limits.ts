@@ -9,8 +9,12 @@ export interface RelayLimits {
   readonly connectionsMax: number;
   /** Commands of one connection whose answer is not yet written; past it reading pauses. */
   readonly pendingAnswersMax: number;
-  /** Parsed commands waiting to run on one connection; past it the client is not reading its answers and is cut off. */
-  readonly backlogInputsMax: number;
+  /**
+   * Bytes received on one connection and not yet parsed. Reading pauses while any wait,
+   * so only what was already in flight arrives after that; more means the pause did not
+   * hold, and the connection is cut off.
+   */
+  readonly inboxBytesMax: number;
   /** `SUB`s open on one connection. */
   readonly subscriptionsPerConnectionMax: number;
   /** Output bytes waiting for a slow reader beyond which its subscription ends with `END <tag> SLOW`. */
@@ -25,10 +29,13 @@ export interface RelayLimits {
 
 /** A thousand scripts and consoles on one host is far more than a probe host runs. */
 export const RELAY_CONNECTIONS_MAX = 1024;
-/** Enough to keep a batch of publishes in flight per connection; small enough to bound answers. */
-export const RELAY_PENDING_ANSWERS_MAX = 1024;
-/** Several socket reads' worth of the smallest commands. */
-export const RELAY_BACKLOG_INPUTS_MAX = 1 << 17;
+/**
+ * Enough for one pipelining connection to keep a publisher's requests in flight (four
+ * full batches at the default batch_events_max of 1024); small enough to bound answers.
+ */
+export const RELAY_PENDING_ANSWERS_MAX = 4096;
+/** Several socket reads' worth (a read takes at most a few hundred KiB). */
+export const RELAY_INBOX_BYTES_MAX = 4 * 1024 * 1024;
 export const RELAY_SUBSCRIPTIONS_PER_CONNECTION_MAX = 64;
 /** A few seconds of a busy channel for a reader that stalls, then it resubscribes. */
 export const RELAY_EVENT_OUTBOUND_BYTES_MAX = 8 * 1024 * 1024;
@@ -41,7 +48,7 @@ export const RELAY_ANSWER_LINE_BYTES_MAX = REASON_BYTES_MAX + 256;
 export const DEFAULT_RELAY_LIMITS: RelayLimits = {
   connectionsMax: RELAY_CONNECTIONS_MAX,
   pendingAnswersMax: RELAY_PENDING_ANSWERS_MAX,
-  backlogInputsMax: RELAY_BACKLOG_INPUTS_MAX,
+  inboxBytesMax: RELAY_INBOX_BYTES_MAX,
   subscriptionsPerConnectionMax: RELAY_SUBSCRIPTIONS_PER_CONNECTION_MAX,
   eventOutboundBytesMax: RELAY_EVENT_OUTBOUND_BYTES_MAX,
   readPauseOutboundBytes: RELAY_READ_PAUSE_OUTBOUND_BYTES,

@@ -91,6 +91,13 @@ export class RelayServer {
     return this.connections.size;
   }
 
+  /** `SUB`s open across all connections. */
+  get subscriptionCount(): number {
+    let count = 0;
+    for (const connection of this.connections) count += connection.subscriptionCount;
+    return count;
+  }
+
   /** Tags with a publisher now. */
   get publisherCount(): number {
     return this.publishers.size;

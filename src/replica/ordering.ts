@@ -1,33 +1,48 @@
 /**
- * Drives the sans-IO ordering core with real time, real crypto and the peer mesh
- * (STYLE.md conventions 1-4): ticks from a timer, messages from the mesh, requests from
- * clients; its outputs become sends, decided batches and checkpoints.
+ * Drives the sans-IO ordering core with real time, real crypto, the peer mesh and the
+ * replica's storage (STYLE.md conventions 1-4): ticks from a timer, messages from the
+ * mesh, requests from clients; its outputs become durable records, sends, decided
+ * batches, checkpoints and state transfers.
  *
- * Effects are taken in the order the core lists them. A `persist` must complete before
- * any later `send` in the same list; this runtime keeps the core's records in memory
- * (durable storage is a separate layer), so the rule holds trivially here and the
- * ordering is kept so that a disk-backed store can slot in without reordering anything.
+ * Persist before effect (the core's contract, src/core/ordering/types.ts): a `persist`
+ * output is staged in the storage's group commit, and every later output is deferred
+ * until the transaction holding it is durable. One transaction per event-loop turn
+ * carries every record of that turn (storage/group-commit.ts).
+ *
+ * Restart: the constructor rebuilds the channel state machine and the core's records
+ * from the data directory (storage/recovery.ts) before anything else happens, so the
+ * replica rejoins where it stopped. A replica behind the stable checkpoint fetches the
+ * state from its peers (state-transfer.ts), which it also serves to them.
  */
 import type { ClusterConfig } from "../config/cluster.ts";
 import { sign, verify } from "../crypto/ed25519.ts";
 import { sha256 } from "../crypto/hash.ts";
 import type { SigningKey } from "../crypto/keys.ts";
 import { REQUEST_BYTES_MAX } from "../core/channels/constants.ts";
+import type { ChannelMachine } from "../core/channels/machine.ts";
+import type { SnapshotImport } from "../core/channels/snapshot.ts";
 import { DEFAULT_PARAMETERS, makeConfig } from "../core/ordering/config.ts";
 import type { ClientRequest, PeerMessage } from "../core/ordering/messages.ts";
 import { REQUEST_SPAN_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
 import { OrderingCore } from "../core/ordering/core.ts";
-import type { CoreCrypto, CoreInput, CoreOutput } from "../core/ordering/types.ts";
+import type { CoreCrypto, CoreInput, CoreOutput, PersistedRecord } from "../core/ordering/types.ts";
 import { type Canonical, encodeCanonical, tryDecodeCanonical } from "../../wire/canonical.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { PeerMesh } from "./peers.ts";
 import { admitRequest } from "./requests.ts";
+import { StateTransfer, validateTransferMessage } from "./state-transfer.ts";
+import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
+import { recover } from "./storage/recovery.ts";
+import { SnapshotKeeper } from "./storage/snapshots.ts";
+import { partBytesFor } from "./storage/stream.ts";
 
 /** One core tick in real time (ORDERING.md §10: 1 tick = 10 ms). */
 export const TICK_MS = 10;
 /** Verified request signatures remembered, so a request is verified once, not per proposal. */
 export const VERIFIED_CACHE_MAX = 65_536;
+/** Exit status when this replica's own state can no longer be trusted (EX_SOFTWARE); systemd restarts it. */
+export const EXIT_STATE_UNTRUSTED = 70;
 
 export interface OrderingDriverOptions {
   readonly config: ClusterConfig;
@@ -38,7 +53,9 @@ export interface OrderingDriverOptions {
   readonly mesh: PeerMesh;
   readonly onDecided: (requests: readonly ClientRequest[], decidedSeq: number) => void;
   readonly onResendReply: (space: string, seq: number) => void;
-  readonly appDigest: () => Uint8Array;
+  /** The channel state machine the decided batches run on (snapshots, restore). */
+  readonly machine: ChannelMachine;
+  readonly storage: ReplicaStorage;
 }
 
 export interface OrderingStatus {
@@ -47,15 +64,25 @@ export interface OrderingStatus {
   readonly status: string;
   readonly lastExecuted: number;
   readonly stableCheckpoint: number;
+  /** The checkpoint seq a state transfer is fetching, or null. */
+  readonly transferring: number | null;
+  /** The seq of the base snapshot on disk (0: none). */
+  readonly baseSnapshot: number;
 }
 
 export class OrderingDriver {
   private readonly core: OrderingCore;
   private readonly verified = new Map<string, true>();
+  private readonly keeper: SnapshotKeeper;
+  private readonly transfer: StateTransfer;
+  private readonly partBytes: number;
+  private readonly checkpointInterval: number;
   private timer: ReturnType<typeof setInterval> | null = null;
+  /** The last decided seq executed on the machine (decisions run after their commit). */
+  private appliedSeq = 0;
 
   constructor(private readonly options: OrderingDriverOptions) {
-    const { config, id, key } = options;
+    const { config, id, key, machine, storage, log, metrics } = options;
     const replicaKeys = config.replicas.map((replica) => replica.publicKey);
     const crypto: CoreCrypto = {
       hash: sha256,
@@ -66,25 +93,74 @@ export class OrderingDriver {
       },
       verifyRequest: (req) => this.verifyRequest(req),
     };
-    this.core = new OrderingCore(
-      makeConfig(
-        { id, n: config.n, f: config.f, mode: "bft", clusterId: config.name },
-        {
-          // A request travels in one frame; a batch of requests must hold the largest one.
-          maxRequestBytes: Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX),
-          maxBatchBytes: Math.max(DEFAULT_PARAMETERS.maxBatchBytes, Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX)),
-          maxRequestSpan: Math.min(config.limits.batchEventsMax, REQUEST_SPAN_MAX),
-          // Clients may keep this many requests in flight; the core must admit them all or
-          // a refused early request would leave a gap that later ones wait behind.
-          clientWindow: Math.max(DEFAULT_PARAMETERS.clientWindow, config.limits.clientInflightRequestsMax),
-        },
-      ),
-      crypto,
+    const coreConfig = makeConfig(
+      { id, n: config.n, f: config.f, mode: "bft", clusterId: config.name },
+      {
+        // A request travels in one frame; a batch of requests must hold the largest one.
+        maxRequestBytes: Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX),
+        maxBatchBytes: Math.max(DEFAULT_PARAMETERS.maxBatchBytes, Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX)),
+        maxRequestSpan: Math.min(config.limits.batchEventsMax, REQUEST_SPAN_MAX),
+        // Clients may keep this many requests in flight; the core must admit them all or
+        // a refused early request would leave a gap that later ones wait behind.
+        clientWindow: Math.max(DEFAULT_PARAMETERS.clientWindow, config.limits.clientInflightRequestsMax),
+      },
     );
+    this.checkpointInterval = coreConfig.checkpointInterval;
+    this.partBytes = partBytesFor(config.limits.frameBytesMax);
+    this.keeper = new SnapshotKeeper({ storage, machine, partBytes: this.partBytes, log, metrics, appliedSeq: () => this.appliedSeq }, null);
+    const startedMs = performance.now();
+    const recovered = recover({
+      storage,
+      machine,
+      partBytes: this.partBytes,
+      execute: (requests, seq) => {
+        options.onDecided(requests, seq);
+        this.appliedSeq = seq;
+      },
+      afterSeq: (seq, clients, stableSeq) => {
+        // Captures at the stable checkpoint and after it let this replica serve state
+        // transfer right after a restart.
+        if (seq % this.checkpointInterval === 0 && seq >= stableSeq) this.keeper.capture(seq, clients.export());
+      },
+    });
+    this.keeper.setBase(recovered.base);
+    this.core = new OrderingCore(coreConfig, crypto, recovered.coreRecords);
+    this.appliedSeq = recovered.lastDecided;
+    if (this.core.status().lastExecuted !== recovered.lastDecided) {
+      log.error("restored core and state machine disagree", { core: this.core.status().lastExecuted, machine: recovered.lastDecided });
+      process.exit(EXIT_STATE_UNTRUSTED);
+    }
+    this.transfer = new StateTransfer(
+      {
+        self: id,
+        send: (to, bytes) => options.mesh.send(to, bytes),
+        keeper: this.keeper,
+        storage,
+        machine,
+        partBytes: this.partBytes,
+        log,
+        metrics,
+        now: () => Date.now(),
+        install: (importer, head) => storage.afterDurable(() => this.installSnapshot(importer, head)),
+      },
+      recovered.incoming,
+    );
+    metrics.gauge("state_transfer_target_seq", () => this.transfer.fetching ?? 0);
+    log.info("recovered from the data directory", {
+      dir: config.replicas[id]?.dataDir,
+      baseSnapshot: recovered.base?.seq ?? 0,
+      replayedDecisions: recovered.replayedDecisions,
+      lastDecided: recovered.lastDecided,
+      stableCheckpoint: recovered.stableSeq,
+      unorderedBatches: recovered.restoredUnordered,
+      corruptRows: storage.corruptAtOpen.length,
+      quarantined: storage.quarantined,
+      ms: Math.round(performance.now() - startedMs),
+    });
   }
 
   start(): void {
-    this.timer = setInterval(() => this.step({ kind: "tick" }), TICK_MS);
+    this.timer = setInterval(() => this.onTick(), TICK_MS);
   }
 
   stop(): void {
@@ -97,9 +173,16 @@ export class OrderingDriver {
     this.step({ kind: "request", req, authenticated: true });
   }
 
+  /** A peer message: {k: "ord"} for the ordering core, {k: "st"} for state transfer. */
   onPeerMessage(from: number, bytes: Uint8Array): void {
     const decoded = tryDecodeCanonical(bytes);
     const envelope = decoded.ok ? (decoded.value as { k?: unknown; m?: unknown } | null) : null;
+    if (envelope !== null && typeof envelope === "object" && envelope.k === "st") {
+      const m = validateTransferMessage(envelope.m, this.partBytes);
+      if (m === null) this.options.metrics.inc("peer_messages_rejected_total");
+      else this.transfer.onMessage(from, m);
+      return;
+    }
     if (envelope === null || typeof envelope !== "object" || envelope.k !== "ord") {
       this.options.metrics.inc("peer_messages_rejected_total");
       return;
@@ -120,7 +203,22 @@ export class OrderingDriver {
 
   status(): OrderingStatus {
     const s = this.core.status();
-    return { view: s.view, leader: s.leader, status: s.status, lastExecuted: s.lastExecuted, stableCheckpoint: s.h };
+    return {
+      view: s.view,
+      leader: s.leader,
+      status: s.status,
+      lastExecuted: s.lastExecuted,
+      stableCheckpoint: s.h,
+      transferring: this.transfer.fetching,
+      baseSnapshot: this.keeper.baseHead?.seq ?? 0,
+    };
+  }
+
+  private onTick(): void {
+    this.step({ kind: "tick" });
+    this.keeper.tick();
+    this.transfer.cancelUnless(this.core.status().transferTo);
+    this.transfer.tick();
   }
 
   private step(input: CoreInput): void {
@@ -131,12 +229,25 @@ export class OrderingDriver {
       // A core assertion failed: this replica's state can no longer be trusted. Stopping
       // is what a crash-tolerant group expects of it; systemd restarts it.
       this.options.log.error("ordering core assertion failed", { error: (error as Error).message });
-      process.exit(70);
+      process.exit(EXIT_STATE_UNTRUSTED);
     }
     for (const output of outputs) this.apply(output);
   }
 
+  /** A record is staged; anything else waits until every record staged before it is durable. */
   private apply(output: CoreOutput): void {
+    if (output.kind === "persist") return this.persist(output.record);
+    if (output.kind === "setTimer") return;
+    this.options.storage.afterDurable(() => this.perform(output));
+  }
+
+  private persist(record: PersistedRecord): void {
+    this.options.storage.persist(record);
+    if (record.t === "stable") this.keeper.onStable(record.seq, record.digest, record.proof);
+    if (record.t === "checkpoint") this.keeper.checkCheckpoint(record.seq, record.stateDigest);
+  }
+
+  private perform(output: CoreOutput): void {
     switch (output.kind) {
       case "send": {
         const bytes = encodeCanonical({ k: "ord", m: output.msg as unknown as Canonical });
@@ -145,14 +256,20 @@ export class OrderingDriver {
         return;
       }
       case "decide":
+        // A decision queued before a snapshot installed past it is already in that state.
+        if (output.seq <= this.appliedSeq) return;
         this.options.onDecided(output.execute, output.seq);
+        this.appliedSeq = output.seq;
         return;
       case "resendReply":
         this.options.onResendReply(output.client, output.seq);
         return;
       case "takeCheckpoint":
-        // Execution is synchronous, so the state machine is exactly at `seq` now.
-        this.step({ kind: "checkpointReady", seq: output.seq, appDigest: this.options.appDigest() });
+        // Effects run in order, so the machine is exactly at `seq` now, unless a snapshot
+        // installed past it meanwhile (then this checkpoint is moot).
+        if (output.seq !== this.appliedSeq) return;
+        this.keeper.capture(output.seq, output.clients);
+        this.step({ kind: "checkpointReady", seq: output.seq, appDigest: this.options.machine.digest() });
         return;
       case "suspect":
         this.options.log.warn("suspecting the leader", { view: output.view, reason: output.reason });
@@ -166,13 +283,10 @@ export class OrderingDriver {
         return;
       case "divergence":
         this.options.log.error("state diverged from the stable checkpoint", { seq: output.seq });
-        process.exit(70);
+        process.exit(EXIT_STATE_UNTRUSTED);
         return;
       case "fetchState":
-        // State transfer is served by the durability layer; until then a replica that is
-        // behind the stable checkpoint stays behind, and says so.
-        this.options.metrics.inc("state_transfer_needed_total");
-        this.options.log.warn("state transfer needed", { seq: output.seq });
+        this.transfer.fetch({ seq: output.seq, stateDigest: output.stateDigest, from: output.from, proof: output.proof });
         return;
       case "persist":
       case "setTimer":
@@ -182,6 +296,37 @@ export class OrderingDriver {
         return unreachable;
       }
     }
+  }
+
+  /**
+   * Installs a fetched state whose digest the transfer checked: into the machine, as the
+   * base on disk, then into the core. Skipped when the core no longer wants it (it caught
+   * up by executing meanwhile), since the machine may already be past that state.
+   */
+  private installSnapshot(importer: SnapshotImport, head: SnapshotHead): void {
+    const { log, machine } = this.options;
+    if (this.core.status().transferTo !== head.seq || this.appliedSeq >= head.seq) {
+      log.info("fetched state no longer needed", { seq: head.seq, applied: this.appliedSeq });
+      this.options.storage.stageDropSnapshot(head.seq);
+      return;
+    }
+    const installed = machine.installSnapshot(importer);
+    if (!installed.ok) {
+      log.error("fetched state does not install", { seq: head.seq, reason: installed.reason });
+      this.options.storage.stageDropSnapshot(head.seq);
+      return;
+    }
+    this.keeper.adoptInstalled(head);
+    this.appliedSeq = head.seq;
+    const clients = head.clients ?? [];
+    this.keeper.capture(head.seq, clients);
+    this.step({ kind: "snapshotInstalled", seq: head.seq, stateDigest: head.stateDigest, appDigest: head.appDigest ?? new Uint8Array(0), clients });
+    if (this.core.status().lastExecuted < head.seq) {
+      // The machine now holds a state the core refused: nothing here can be trusted.
+      log.error("the core refused an installed snapshot", { seq: head.seq });
+      process.exit(EXIT_STATE_UNTRUSTED);
+    }
+    log.info("snapshot installed", { seq: head.seq });
   }
 
   /** Checks a request's client signature and that its header matches the signed body. */

@@ -29,6 +29,7 @@ import { PeerMesh } from "./peers.ts";
 import { RateLimiter } from "./rate.ts";
 import { admitRequest, spaceOf } from "./requests.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
+import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
 import { Subscriptions } from "./subscriptions.ts";
 
 /** Requests of one client connection waiting for their decision; more are refused. */
@@ -43,6 +44,10 @@ export interface ReplicaOptions {
   readonly log: Log;
   /** Overrides for tests: listen address (defaults to the config's). */
   readonly listenHost?: string;
+  /** The data directory (defaults to the config's data_dir for this replica). */
+  readonly dataDir?: string;
+  /** When commits are fsynced (default: before anything that depends on them is sent). */
+  readonly sync?: SyncPolicy;
 }
 
 interface CachedReply {
@@ -58,6 +63,7 @@ export class Replica {
   private readonly server: ReplicaServer;
   private readonly subs: Subscriptions;
   private readonly ordering: OrderingDriver;
+  private readonly storage: ReplicaStorage;
   private readonly adminKeys: Set<string>;
   /** Sessions waiting for a decided request's reply, by space and seq. */
   private readonly waiting = new Map<string, Set<ClientSession>>();
@@ -98,6 +104,16 @@ export class Replica {
       metrics: this.metrics,
       onMessage: (from, msg) => this.ordering.onPeerMessage(from, msg),
     });
+    // Opening the store checks every row; the driver then restores the machine and the
+    // core from it before the replica listens.
+    this.storage = ReplicaStorage.open({
+      dir: options.dataDir ?? self.dataDir,
+      sync: options.sync ?? DEFAULT_SYNC_POLICY,
+      cluster: config.name,
+      replica: id,
+      log,
+      metrics: this.metrics,
+    });
     this.ordering = new OrderingDriver({
       config,
       id,
@@ -107,7 +123,8 @@ export class Replica {
       mesh: this.mesh,
       onDecided: (requests, decidedSeq) => this.executeDecided(requests, decidedSeq),
       onResendReply: (space, seq) => this.resendReply(space, seq),
-      appDigest: () => this.machine.digest(),
+      machine: this.machine,
+      storage: this.storage,
     });
     this.server = new ReplicaServer({
       self: id,
@@ -142,6 +159,7 @@ export class Replica {
     this.ordering.stop();
     this.mesh.stop();
     this.server.stop();
+    this.storage.close();
     this.options.log.info("replica stopped");
   }
 
@@ -232,13 +250,13 @@ export class Replica {
       this.reply(session, failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason));
       return;
     }
-    this.reply(session, {
-      seq: request.seq,
-      replica: this.options.id,
-      d: digest,
-      ok: true,
-      res: { t: "pub", tag: result.tag, span: result.count },
-    });
+    // "Stored" means durable: the ack waits for the commit of this batch (or of the copy
+    // it duplicates, if that one is still being committed).
+    const generation = this.machine.channelInfo(result.tag)?.generation ?? 0;
+    if (outcome.stored !== null) this.storage.recordUnordered(result.tag, generation, outcome.stored.tsMs, signed.body, signed.sig);
+    if (outcome.trimmed !== null) this.storage.trimUnordered(result.tag, generation, outcome.trimmed.batchesRemoved);
+    const ack: Reply = { seq: request.seq, replica: this.options.id, d: digest, ok: true, res: { t: "pub", tag: result.tag, span: result.count } };
+    this.storage.afterDurable(() => this.reply(session, ack));
     if (outcome.stored !== null) {
       this.metrics.inc("events_stored_total", outcome.stored.count);
       this.subs.publish(result.tag, outcome.stored, false);

@@ -107,7 +107,8 @@ export class ByzantineReplica {
   /** A message delivered to this replica (already passed to its core). */
   incoming(from: ReplicaId, msg: PeerMessage): void {
     this.remember(msg);
-    if (!isVote(msg)) return;
+    // Only first-hand votes are reflected, so two stuffers cannot amplify each other.
+    if (!isVote(msg) || msg.replica !== from) return;
     // Reflecting a correct replica's own vote back at it, several times, is how an
     // attacker exploits a core that counts messages instead of signers.
     if (this.has("equivocate") || this.has("stuff")) {

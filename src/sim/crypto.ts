@@ -93,7 +93,8 @@ export class SimKeyring {
   readonly clients: SimKey[] = [];
   private readonly clientByHex = new Map<string, SimKey>();
   private readonly pubByHex = new Map<string, KeyObject | null>();
-  private memo = new Map<string, boolean>();
+  /** Verification results keyed by public key and signature; the signed bytes are compared on a hit. */
+  private memo = new Map<string, { bytes: Uint8Array; ok: boolean }>();
   verifications = 0;
   signatures = 0;
 
@@ -165,9 +166,9 @@ export class SimKeyring {
   }
 
   private verifyWith(pub: Uint8Array, keyObject: KeyObject | null, bytes: Uint8Array, sig: Uint8Array): boolean {
-    const memoKey = `${hex(pub)}${hex(sig)}${hex(sha256(bytes))}`;
+    const memoKey = Buffer.from(pub.buffer, pub.byteOffset, pub.byteLength).toString("base64") + Buffer.from(sig.buffer, sig.byteOffset, sig.byteLength).toString("base64");
     const known = this.memo.get(memoKey);
-    if (known !== undefined) return known;
+    if (known !== undefined && bytesEqual(known.bytes, bytes)) return known.ok;
     this.verifications++;
     let ok: boolean;
     if (this.kind === "ed25519") {
@@ -183,7 +184,7 @@ export class SimKeyring {
       ok = bytesEqual(fastTag(pub, bytes), sig);
     }
     if (this.memo.size >= VERIFY_MEMO_ENTRIES_MAX) this.memo = new Map();
-    this.memo.set(memoKey, ok);
+    this.memo.set(memoKey, { bytes, ok });
     return ok;
   }
 }

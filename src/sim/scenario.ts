@@ -120,6 +120,10 @@ export interface ScenarioOptions {
   /** Force one Byzantine behaviour set (tests of broken variants and of single attacks). */
   byzantine?: ByzBehaviour[];
   mode?: FaultMode;
+  /** Which replica the (single) forced Byzantine replica is. */
+  byzantineId?: ReplicaId;
+  /** Isolate the leader of the moment at this tick for 60 ticks, forcing a view change. */
+  isolateLeaderAt?: number;
 }
 
 export function makeScenario(seed: number, opts: ScenarioOptions): Scenario {
@@ -139,7 +143,7 @@ export function makeScenario(seed: number, opts: ScenarioOptions): Scenario {
     mode,
     params: { ...SIM_PARAMETERS },
     healAt,
-    submitUntil: healAt + rng.int(0, 100),
+    submitUntil: healAt + rng.int(20, 120),
     deadline: healAt + LIVENESS_TICKS,
     dropRate: 0,
     dupRate: 0,
@@ -148,7 +152,7 @@ export function makeScenario(seed: number, opts: ScenarioOptions): Scenario {
     crashes: [],
     byzantine: [],
     correctClients: rng.int(2, 4),
-    requestsPerClient: rng.int(6, 16),
+    requestsPerClient: rng.int(8, 24),
     clientFaults: [],
   };
   const light = (): void => {
@@ -158,8 +162,12 @@ export function makeScenario(seed: number, opts: ScenarioOptions): Scenario {
   };
   if (mix === "network" || combined) addNetworkFaults(s, rng);
   else light();
+  if (opts.isolateLeaderAt !== undefined) {
+    const start = opts.isolateLeaderAt;
+    s.partitions.push({ kind: "isolateLeader", start, end: Math.min(s.healAt, start + 60), sideA: [] });
+  }
   let faultBudget = f;
-  if (wantsByz && mode === "bft") faultBudget -= addByzantine(s, rng, opts.byzantine);
+  if (wantsByz && mode === "bft") faultBudget -= addByzantine(s, rng, opts.byzantine, opts.byzantineId);
   if (mix === "crash" || (combined && rng.chance(0.5))) addCrashes(s, rng, faultBudget);
   if (mix === "clients" || (combined && rng.chance(0.5))) addClientFaults(s, rng);
   return s;
@@ -181,12 +189,12 @@ function addNetworkFaults(s: Scenario, rng: Prng): void {
   }
 }
 
-function addByzantine(s: Scenario, rng: Prng, forced: ByzBehaviour[] | undefined): number {
+function addByzantine(s: Scenario, rng: Prng, forced: ByzBehaviour[] | undefined, forcedId: ReplicaId | undefined): number {
   const count = forced !== undefined ? 1 : rng.int(1, s.f);
   const ids = rng.shuffle([...Array(s.n).keys()]);
   for (let i = 0; i < count; i++) {
     // Replica 0 leads view 0: make it the Byzantine one often, so leader attacks happen early.
-    const id = i === 0 && rng.chance(0.5) ? 0 : (ids[i] as number);
+    const id = forcedId ?? (i === 0 && rng.chance(0.5) ? 0 : (ids[i] as number));
     if (s.byzantine.some((b) => b.id === id)) continue;
     const behaviours =
       forced ?? rng.shuffle([...BYZ_BEHAVIOURS]).slice(0, rng.int(1, 3));

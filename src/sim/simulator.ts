@@ -64,8 +64,8 @@ export interface SeedResult {
 
 /** A client retries an unanswered request to every replica after this many ticks. */
 const CLIENT_RETRY_TICKS = 60;
-/** Chance per tick that a correct client with room issues its next request. */
-const CLIENT_ISSUE_CHANCE = 0.15;
+/** Issue rate factor: a client's requests span about 1/SPREAD of the submission period more than needed. */
+const CLIENT_ISSUE_SPREAD = 1.3;
 /** Ticks the run continues after everything is done, to let stragglers misbehave visibly. */
 const TAIL_TICKS = 20;
 /** Records kept per replica before the simulated runtime compacts them. */
@@ -480,7 +480,10 @@ class Simulation {
       }
       const issued = this.clientIssued[c] as number;
       if (this.now > s.submitUntil || issued >= s.requestsPerClient || outstanding >= window) continue;
-      if (!this.clientRng.chance(CLIENT_ISSUE_CHANCE)) continue;
+      // Requests are spread over the whole submission period, so some are in flight while
+      // faults strike and some right at heal.
+      const rate = Math.min(1, (CLIENT_ISSUE_SPREAD * s.requestsPerClient) / Math.max(1, s.submitUntil));
+      if (!this.clientRng.chance(rate)) continue;
       const seq = this.clientNext[c] as number;
       const span = this.clientRng.int(1, 3);
       const req = this.makeRequest(key, seq, span);
@@ -517,9 +520,10 @@ class Simulation {
           break;
         case "flood":
           for (let k = 0; k < 4; k++) {
-            // Far beyond the window (refused before any signature check), or repeats.
-            const seq = this.clientRng.chance(0.5) ? next + 1000 + this.clientRng.int(0, 10_000) : next;
-            this.clientSend(this.clientRng.int(0, s.n - 1), this.makeRequest(key, seq, 1, 4), true);
+            // Far beyond the window: refused before any signature check, so not worth signing.
+            const seq = next + 1000 + this.clientRng.int(0, 10_000);
+            const body = requestBody(key, seq, 1, this.clientRng.bytes(4));
+            this.clientSend(this.clientRng.int(0, s.n - 1), { client: key.publicHex, seq, span: 1, body, sig: this.clientRng.bytes(64) }, true);
           }
           if (this.clientRng.chance(0.05)) {
             this.sendToAll(this.makeRequest(key, next, 1), true);

@@ -17,7 +17,7 @@ export const relayCommand: Command = {
   path: ["relay"],
   summary: "Run the netcat gateway: publish and subscribe with text lines over TCP",
   description: [
-    "Listens for the relay's text line protocol (wire/PROTOCOL.md section 11) and serves",
+    "Listens for the relay's text line protocol (one command per line) and serves",
     "it through sessions with the replicas, signing every publish with --key:",
     "  PUB <tag> <payload>          -> +OK <tag> <seq> once the channel's quorum has it",
     "  PUBB <tag> <n>, then n bytes -> the same, for payloads of any bytes",

@@ -1,6 +1,7 @@
 /**
- * `fitb replica --config cluster.toml --id N [--key FILE] [--data DIR]`: runs one replica
- * in the foreground until SIGTERM or SIGINT, logging JSON lines on standard output.
+ * `fitb replica --config cluster.toml --id N [--key FILE] [--data DIR] [--sync full|normal]`:
+ * runs one replica in the foreground until SIGTERM or SIGINT, logging JSON lines on
+ * standard output. Its state lives in the data directory and survives kill -9.
  */
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -9,6 +10,7 @@ import { KeyFileError, loadSigningKeyFile } from "../../crypto/keys.ts";
 import { requireClusterConfig } from "../../config/cluster.ts";
 import { createLog, logLevelFromEnv } from "../../replica/log.ts";
 import { Replica } from "../../replica/replica.ts";
+import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy } from "../../replica/storage/index.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command } from "../command.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
@@ -21,13 +23,23 @@ export const replicaCommand: Command = {
     "replica's host:port for peers and clients, joins the authenticated peer mesh, and",
     "orders, stores and delivers events. SIGTERM or SIGINT stops it cleanly.",
     "The secret key defaults to replica-N.key beside the config, the data directory to",
-    "data-N/ beside it. Logs are JSON lines on standard output (FITB_LOG=debug for more).",
+    "the replica's data_dir in the config (data/replica-N beside it). Everything acknowledged",
+    "is on disk there first; after kill -9 or power loss the replica restarts from it,",
+    "and a replica that is behind or has lost its data fetches the state from its peers.",
+    "Logs are JSON lines on standard output (FITB_LOG=debug for more).",
   ],
   flags: [
     { name: "config", kind: "string", valueName: "FILE", required: true, description: "The cluster file (cluster.toml)" },
     { name: "id", kind: "string", valueName: "N", required: true, description: "This replica's id in the cluster file" },
     { name: "key", kind: "string", valueName: "FILE", description: "This replica's secret key (default: replica-N.key beside the config)" },
-    { name: "data", kind: "string", valueName: "DIR", description: "Data directory (default: data-N beside the config)" },
+    { name: "data", kind: "string", valueName: "DIR", description: "Data directory (default: the replica's data_dir in the config)" },
+    {
+      name: "sync",
+      kind: "string",
+      valueName: "POLICY",
+      defaultValue: DEFAULT_SYNC_POLICY,
+      description: "full: fsync every commit before anything depending on it is sent (survives power loss); normal: fsync at WAL checkpoints only (survives a killed process)",
+    },
     {
       name: "metrics",
       kind: "string",
@@ -59,10 +71,17 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     throw new CommandError(`${keyPath} is not the key of replica ${id}: its public key differs from the one in ${configPath}`);
   }
   const dataDir = args.string("data") ?? entry.dataDir;
+  const sync = parseSync(args.string("sync") ?? DEFAULT_SYNC_POLICY);
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const log = createLog({ replica: id }, logLevelFromEnv());
   for (const warning of loaded.warnings) log.warn(warning);
-  const replica = new Replica({ config, id, key, log });
+  let replica: Replica;
+  try {
+    replica = new Replica({ config, id, key, log, dataDir, sync });
+  } catch (error) {
+    if (error instanceof StoreIdentityError) throw new CommandError(error.message);
+    throw error;
+  }
   try {
     replica.start();
   } catch (error) {
@@ -84,6 +103,12 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     process.once("SIGINT", stop);
   });
   return EXIT_OK;
+}
+
+function parseSync(text: string): SyncPolicy {
+  const policy = SYNC_POLICIES.find((p) => p === text);
+  if (policy === undefined) throw new UsageError(`--sync: expected one of ${SYNC_POLICIES.join(", ")}, got ${JSON.stringify(text)}`);
+  return policy;
 }
 
 /** The optional HTTP endpoint for Prometheus scrapes and a status page. */

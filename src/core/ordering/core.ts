@@ -76,6 +76,20 @@ function assertNever(x: never): never {
   throw new CoreAssertionError(`ordering core: unexpected input ${JSON.stringify(x)}`);
 }
 
+/**
+ * Whether a VIEW_CHANGE for `vc.newView` may stand in a quorum for `view` <= newView. Its
+ * sender promised to vote in no view below newView, so in none below `view`, and if all
+ * its certificates are from views below `view` its report is complete for `view` too.
+ * Counting it lets a view form when one replica has already timed out past it; without
+ * this, replicas can wait forever for a VIEW_CHANGE their peer will never send again
+ * (its retransmissions are for its current, higher view).
+ */
+function countsForView(vc: ViewChange, view: number): boolean {
+  if (vc.newView < view) return false;
+  for (const cert of vc.prepared) if (cert.view >= view) return false;
+  return true;
+}
+
 /** One consensus instance of the current view. */
 interface Entry {
   readonly view: number;
@@ -459,9 +473,10 @@ export class OrderingCore {
 
   /** Transport-authenticated hints of where peers are; used only with W agreeing peers. */
   private notePeer(from: ReplicaId, view: number, seq: number): void {
-    if (view > (this.peerView.get(from) ?? -1)) this.peerView.set(from, view);
     if (seq > (this.peerSeq.get(from) ?? -1)) this.peerSeq.set(from, seq);
-    this.catchUpView();
+    if (view <= (this.peerView.get(from) ?? -1)) return;
+    this.peerView.set(from, view);
+    if (view > this.view) this.catchUpView();
   }
 
   /**
@@ -1248,7 +1263,7 @@ export class OrderingCore {
   }
 
   private viewChangesFor(view: number): ViewChange[] {
-    const vcs = [...this.viewChanges.values()].filter((vc) => vc.newView === view);
+    const vcs = [...this.viewChanges.values()].filter((vc) => countsForView(vc, view));
     vcs.sort((a, b) => a.replica - b.replica);
     return vcs;
   }
@@ -1287,7 +1302,7 @@ export class OrderingCore {
   private checkNewView(m: NewView): NewViewPlan | null {
     const seen = new Set<ReplicaId>();
     for (const vc of m.viewChanges) {
-      if (vc.newView !== m.view || !isMember(this.ctx, vc.replica) || seen.has(vc.replica)) return null;
+      if (!countsForView(vc, m.view) || !isMember(this.ctx, vc.replica) || seen.has(vc.replica)) return null;
       seen.add(vc.replica);
     }
     if (seen.size < this.quorumSize()) return null;

@@ -15,8 +15,12 @@
 import { encodeCanonical } from "../../../wire/canonical.ts";
 import type { ReplicaId } from "./config.ts";
 
-/** One client request as the core sees it; `body` is what the client signed. */
-export interface ClientRequest {
+/**
+ * One client request as the core sees it; `body` is what the client signed. (A type alias
+ * rather than an interface, so that every message holding requests is assignable to
+ * `Canonical` and goes to `encodeCanonical` as it is.)
+ */
+export type ClientRequest = {
   /** Lowercase hex of the client's 32-byte ed25519 public key, optionally ":<space>" (see CLIENT_ID_PATTERN). */
   client: string;
   /** First client sequence number this request uses. */
@@ -25,7 +29,7 @@ export interface ClientRequest {
   span: number;
   body: Uint8Array;
   sig: Uint8Array;
-}
+};
 
 /** Signed by leader(view) over (view, seq, digest); `batch` travels beside the header. */
 export type PrePrepare = {

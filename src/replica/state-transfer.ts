@@ -1,0 +1,470 @@
+/**
+ * State transfer (ORDERING.md §7, DESIGN §5): a replica behind the stable checkpoint
+ * (new, wiped, repaired after corruption, or away too long) fetches the channel state at
+ * that checkpoint from its peers, checks it against the digest f+1 replicas signed, and
+ * installs it; the ordering core then catches up on the decisions after it.
+ *
+ * Protocol, inside the runtime's peer envelope {k: "st", m} (authenticated and MACed by
+ * the peer mesh like every peer message):
+ *   get  {seq, digest, part, count, nonce}   send parts part .. part+count-1 of the state
+ *                                            at seq whose state digest is `digest`
+ *   part {seq, nonce, part, data, end}       one part of the stream (storage/stream.ts)
+ *   none {seq, nonce, reason}                this replica cannot serve that state
+ *
+ * The stream is cut into equal parts by byte offset, and equal states give equal bytes,
+ * so a transfer resumes at any part with any replica, and one that a restart interrupted
+ * resumes from the parts already on disk. The fetcher keeps a window of parts in flight
+ * from one source at a time, writes each part to disk as an incoming snapshot, and feeds
+ * it to the state machine's importer: memory stays at the state being built plus a few
+ * parts. A source that stops answering is replaced by the next one. When the finished
+ * state's digest differs from the signed one, every replica that contributed a part is
+ * distrusted for this target and the transfer starts over with the others: a Byzantine
+ * source is detected and another is asked.
+ *
+ * The server side reads parts from a checkpoint capture or the stored base (see
+ * storage/snapshots.ts), one cursor per peer, with the last few parts cached for
+ * retransmission: memory per peer is a few parts.
+ */
+import { type Canonical, encodeCanonical } from "../../wire/canonical.ts";
+import type { ChannelMachine } from "../core/channels/machine.ts";
+import type { SnapshotImport } from "../core/channels/snapshot.ts";
+import type { Checkpoint } from "../core/ordering/messages.ts";
+import { bytesEqual } from "../crypto/encoding.ts";
+import type { Log } from "./log.ts";
+import type { Metrics } from "./metrics.ts";
+import { checkpointStateDigest } from "./storage/digest.ts";
+import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
+import { type PartSource, type SnapshotKeeper, SourceError } from "./storage/snapshots.ts";
+import { StreamReader } from "./storage/stream.ts";
+
+/** Parts in flight from the source at once. */
+export const TRANSFER_WINDOW_PARTS = 4;
+/** Parts a server keeps per peer for retransmission. */
+export const SERVE_CACHE_PARTS = 2 * TRANSFER_WINDOW_PARTS;
+/** A source that sent nothing for this long is replaced by the next one. */
+export const PART_TIMEOUT_MS = 3_000;
+/** A serving cursor idle for this long is dropped (its capture with it). */
+export const CURSOR_IDLE_MS = 30_000;
+/** Parts in one stream at most: far beyond any state retention allows, a bound on hostile input. */
+export const STREAM_PARTS_MAX = 2 ** 32;
+/** Digest length (SHA-256). */
+const DIGEST_BYTES = 32;
+
+export type TransferMessage =
+  | { t: "get"; seq: number; digest: Uint8Array; part: number; count: number; nonce: number }
+  | { t: "part"; seq: number; nonce: number; part: number; data: Uint8Array; end: boolean }
+  | { t: "none"; seq: number; nonce: number; reason: string };
+
+export function encodeTransferMessage(m: TransferMessage): Uint8Array {
+  return encodeCanonical({ k: "st", m: m as unknown as Canonical });
+}
+
+function isInt(x: unknown, min: number, max: number): x is number {
+  return typeof x === "number" && Number.isSafeInteger(x) && x >= min && x <= max;
+}
+
+/** Checks a decoded `m` field against the message forms above; null when it is none of them. */
+export function validateTransferMessage(m: unknown, partBytesMax: number): TransferMessage | null {
+  if (m === null || typeof m !== "object") return null;
+  const x = m as Record<string, unknown>;
+  if (!isInt(x.seq, 1, Number.MAX_SAFE_INTEGER) || !isInt(x.nonce, 0, Number.MAX_SAFE_INTEGER)) return null;
+  switch (x.t) {
+    case "get":
+      if (!(x.digest instanceof Uint8Array) || x.digest.length !== DIGEST_BYTES) return null;
+      if (!isInt(x.part, 0, STREAM_PARTS_MAX) || !isInt(x.count, 1, TRANSFER_WINDOW_PARTS)) return null;
+      return { t: "get", seq: x.seq, digest: x.digest, part: x.part, count: x.count, nonce: x.nonce };
+    case "part":
+      if (!isInt(x.part, 0, STREAM_PARTS_MAX) || typeof x.end !== "boolean") return null;
+      if (!(x.data instanceof Uint8Array) || x.data.length > partBytesMax) return null;
+      return { t: "part", seq: x.seq, nonce: x.nonce, part: x.part, data: x.data, end: x.end };
+    case "none":
+      if (typeof x.reason !== "string" || x.reason.length > 256) return null;
+      return { t: "none", seq: x.seq, nonce: x.nonce, reason: x.reason };
+    default:
+      return null;
+  }
+}
+
+/** What the fetcher wants: the core's `fetchState`. */
+export interface TransferTarget {
+  readonly seq: number;
+  readonly stateDigest: Uint8Array;
+  readonly from: readonly number[];
+  readonly proof: Checkpoint[];
+}
+
+export interface StateTransferOptions {
+  readonly self: number;
+  readonly send: (to: number, bytes: Uint8Array) => boolean;
+  readonly keeper: SnapshotKeeper;
+  readonly storage: ReplicaStorage;
+  readonly machine: ChannelMachine;
+  readonly partBytes: number;
+  readonly log: Log;
+  readonly metrics: Metrics;
+  readonly now: () => number;
+  /** Installs a verified state; the caller hands it to the machine and the core. */
+  readonly install: (importer: SnapshotImport, head: SnapshotHead) => void;
+}
+
+export class StateTransfer {
+  private readonly server: TransferServer;
+  private readonly fetcher: TransferFetcher;
+
+  constructor(options: StateTransferOptions, resumable: { head: SnapshotHead; parts: number } | null) {
+    this.server = new TransferServer(options);
+    this.fetcher = new TransferFetcher(options, resumable);
+  }
+
+  onMessage(from: number, m: TransferMessage): void {
+    if (m.t === "get") this.server.onGet(from, m);
+    else this.fetcher.onMessage(from, m);
+  }
+
+  /** The core asked for state (`fetchState`). */
+  fetch(target: TransferTarget): void {
+    this.fetcher.fetch(target);
+  }
+
+  /** The core no longer wants `seq` (it caught up by executing, or moved on). */
+  cancelUnless(seq: number | null): void {
+    this.fetcher.cancelUnless(seq);
+  }
+
+  get fetching(): number | null {
+    return this.fetcher.targetSeq;
+  }
+
+  tick(): void {
+    this.server.tick();
+    this.fetcher.tick();
+  }
+}
+
+// -------------------------------------------------------------------------------------
+// Serving
+// -------------------------------------------------------------------------------------
+
+interface Served {
+  readonly data: Uint8Array;
+  readonly end: boolean;
+}
+
+interface Cursor {
+  readonly seq: number;
+  readonly digest: Uint8Array;
+  readonly source: PartSource;
+  /** The part the source produces next. */
+  next: number;
+  /** The part after `next`, read ahead to know whether `next` is the last; undefined until read. */
+  lookahead: Uint8Array | null | undefined;
+  readonly cache: Map<number, Served>;
+  lastUsedMs: number;
+}
+
+class TransferServer {
+  private readonly cursors = new Map<number, Cursor>();
+
+  constructor(private readonly options: StateTransferOptions) {}
+
+  onGet(from: number, m: Extract<TransferMessage, { t: "get" }>): void {
+    const { options } = this;
+    options.metrics.inc("state_transfer_serve_requests_total");
+    const held = this.cursors.get(from);
+    const reusable = held !== undefined && held.seq === m.seq && bytesEqual(held.digest, m.digest) && (m.part >= held.next || held.cache.has(m.part));
+    const cursor = reusable ? held : this.open(from, m);
+    if (cursor === null) return;
+    cursor.lastUsedMs = options.now();
+    for (let part = m.part; part < m.part + m.count; part++) {
+      let served: Served | null;
+      try {
+        served = this.serve(cursor, part);
+      } catch (error) {
+        if (!(error instanceof SourceError)) throw error;
+        this.cursors.delete(from);
+        this.options.keeper.baseDamaged();
+        this.options.storage.reportCorrupt([{ table: "snap_part", ids: [m.seq], key: `base ${m.seq}`, reason: error.message }]);
+        options.send(from, encodeTransferMessage({ t: "none", seq: m.seq, nonce: m.nonce, reason: "stored snapshot damaged" }));
+        return;
+      }
+      if (served === null) return;
+      const sent = options.send(from, encodeTransferMessage({ t: "part", seq: m.seq, nonce: m.nonce, part, data: served.data, end: served.end }));
+      if (!sent) return;
+      options.metrics.inc("state_transfer_served_bytes_total", served.data.length);
+      if (served.end) return;
+    }
+  }
+
+  private open(from: number, m: Extract<TransferMessage, { t: "get" }>): Cursor | null {
+    const source = this.options.keeper.openSource(m.seq, m.digest);
+    if (source === null) {
+      this.cursors.delete(from);
+      this.options.send(from, encodeTransferMessage({ t: "none", seq: m.seq, nonce: m.nonce, reason: "state not held here" }));
+      return null;
+    }
+    const cursor: Cursor = { seq: m.seq, digest: m.digest, source, next: 0, lookahead: undefined, cache: new Map(), lastUsedMs: this.options.now() };
+    this.cursors.set(from, cursor);
+    return cursor;
+  }
+
+  /** Part `part` from the cache or the source; null past the end of the stream. */
+  private serve(cursor: Cursor, part: number): Served | null {
+    const cached = cursor.cache.get(part);
+    if (cached !== undefined) return cached;
+    if (part > cursor.next) this.skip(cursor, part - cursor.next);
+    const data = cursor.lookahead !== undefined ? cursor.lookahead : cursor.source.next();
+    if (data === null) return null;
+    cursor.lookahead = cursor.source.next();
+    cursor.next = part + 1;
+    const served = { data, end: cursor.lookahead === null };
+    cursor.cache.set(part, served);
+    if (cursor.cache.size > SERVE_CACHE_PARTS) cursor.cache.delete(cursor.cache.keys().next().value as number);
+    return served;
+  }
+
+  private skip(cursor: Cursor, count: number): void {
+    let left = count;
+    if (cursor.lookahead !== undefined) {
+      cursor.lookahead = undefined;
+      left--;
+    }
+    cursor.source.skip(left);
+    cursor.next += count;
+  }
+
+  tick(): void {
+    const now = this.options.now();
+    for (const [peer, cursor] of this.cursors) if (now - cursor.lastUsedMs > CURSOR_IDLE_MS) this.cursors.delete(peer);
+  }
+}
+
+// -------------------------------------------------------------------------------------
+// Fetching
+// -------------------------------------------------------------------------------------
+
+interface Fetch {
+  readonly target: TransferTarget;
+  readonly nonce: number;
+  readonly startedMs: number;
+  reader: StreamReader;
+  importer: SnapshotImport;
+  /** The next part expected, and the highest part asked for plus one. */
+  nextPart: number;
+  askedUpTo: number;
+  bytes: number;
+  /** Replicas that supplied a part of this attempt, and those distrusted for this target. */
+  contributors: Set<number>;
+  readonly distrusted: Set<number>;
+  source: number;
+  lastProgressMs: number;
+}
+
+class TransferFetcher {
+  private active: Fetch | null = null;
+  private nonceCounter: number;
+  private resumable: { head: SnapshotHead; parts: number } | null;
+
+  constructor(
+    private readonly options: StateTransferOptions,
+    resumable: { head: SnapshotHead; parts: number } | null,
+  ) {
+    this.resumable = resumable;
+    // Distinct from the nonces of an earlier run of this replica, whose answers may still arrive.
+    this.nonceCounter = options.now();
+  }
+
+  get targetSeq(): number | null {
+    return this.active?.target.seq ?? null;
+  }
+
+  fetch(target: TransferTarget): void {
+    const active = this.active;
+    if (active !== null && active.target.seq === target.seq && bytesEqual(active.target.stateDigest, target.stateDigest)) return;
+    if (active !== null) this.abandon(active, "a newer target");
+    this.start(target);
+  }
+
+  cancelUnless(seq: number | null): void {
+    const active = this.active;
+    if (active !== null && active.target.seq !== seq) this.abandon(active, "no longer needed");
+  }
+
+  private start(target: TransferTarget): void {
+    const { options } = this;
+    const importer = options.machine.beginRestore();
+    const fetch: Fetch = {
+      target,
+      nonce: this.nonceCounter++,
+      startedMs: options.now(),
+      reader: new StreamReader(importer),
+      importer,
+      nextPart: 0,
+      askedUpTo: 0,
+      bytes: 0,
+      contributors: new Set(),
+      distrusted: new Set(),
+      source: -1,
+      lastProgressMs: options.now(),
+    };
+    this.active = fetch;
+    options.metrics.inc("state_transfer_started_total");
+    if (!this.resumeFromDisk(fetch)) {
+      options.storage.stageHead(incomingHead(target, options.partBytes));
+      if (this.resumable !== null && this.resumable.head.seq !== target.seq) options.storage.stageDropSnapshot(this.resumable.head.seq);
+    }
+    this.resumable = null;
+    options.log.info("state transfer started", { seq: target.seq, from: target.from, resumeAtPart: fetch.nextPart });
+    this.nextSource(fetch);
+  }
+
+  /** Feeds the parts an interrupted transfer left on disk; true when it resumed one. */
+  private resumeFromDisk(fetch: Fetch): boolean {
+    const stored = this.resumable;
+    if (stored === null || stored.head.seq !== fetch.target.seq || !bytesEqual(stored.head.stateDigest, fetch.target.stateDigest)) return false;
+    for (let part = 0; part < stored.parts; part++) {
+      const data = this.options.storage.readPart(stored.head.seq, part);
+      if (data === null || !fetch.reader.push(data).ok) {
+        this.restartAttempt(fetch);
+        return true;
+      }
+      fetch.nextPart = part + 1;
+      fetch.bytes += data.length;
+    }
+    return true;
+  }
+
+  onMessage(from: number, m: Exclude<TransferMessage, { t: "get" }>): void {
+    const fetch = this.active;
+    if (fetch === null || m.seq !== fetch.target.seq || m.nonce !== fetch.nonce || from !== fetch.source) return;
+    if (m.t === "none") {
+      this.options.log.info("state transfer source cannot serve", { seq: m.seq, source: from, reason: m.reason });
+      this.nextSource(fetch);
+      return;
+    }
+    if (m.part !== fetch.nextPart) return;
+    this.onPart(fetch, from, m.data, m.end);
+  }
+
+  private onPart(fetch: Fetch, from: number, data: Uint8Array, end: boolean): void {
+    const { options } = this;
+    const pushed = fetch.reader.push(data);
+    fetch.contributors.add(from);
+    if (!pushed.ok) return this.reject(fetch, pushed.reason);
+    options.storage.stagePart(fetch.target.seq, fetch.nextPart, data);
+    fetch.nextPart++;
+    fetch.bytes += data.length;
+    fetch.lastProgressMs = options.now();
+    options.metrics.inc("state_transfer_received_bytes_total", data.length);
+    if (end) return this.complete(fetch);
+    if (fetch.askedUpTo < fetch.nextPart + TRANSFER_WINDOW_PARTS) this.ask(fetch, fetch.askedUpTo, 1);
+  }
+
+  private complete(fetch: Fetch): void {
+    const { options } = this;
+    const finished = fetch.reader.finish();
+    if (!finished.ok) return this.reject(fetch, finished.reason);
+    const meta = fetch.reader.meta;
+    if (meta === null || meta.seq !== fetch.target.seq) return this.reject(fetch, "the stream names another seq");
+    const appDigest = fetch.importer.digest();
+    const digest = checkpointStateDigest(meta.seq, appDigest, meta.clients);
+    if (!bytesEqual(digest, fetch.target.stateDigest)) return this.reject(fetch, "state digest differs from the signed checkpoint digest");
+    this.active = null;
+    const head: SnapshotHead = {
+      status: "complete",
+      seq: meta.seq,
+      stateDigest: digest,
+      appDigest,
+      clients: meta.clients,
+      proof: fetch.target.proof,
+      parts: fetch.nextPart,
+      bytes: fetch.bytes,
+      partBytes: options.partBytes,
+    };
+    const ms = Math.max(1, options.now() - fetch.startedMs);
+    options.metrics.inc("state_transfer_completed_total");
+    options.log.info("state transfer completed", {
+      seq: meta.seq,
+      bytes: fetch.bytes,
+      parts: fetch.nextPart,
+      ms,
+      mbPerSecond: Math.round((fetch.bytes / 1e6 / (ms / 1000)) * 10) / 10,
+      sources: [...fetch.contributors],
+    });
+    options.install(fetch.importer, head);
+  }
+
+  /**
+   * The stream was malformed or its digest wrong: some contributor lied. All of them are
+   * distrusted for this target and the transfer starts over from part 0 with the others.
+   */
+  private reject(fetch: Fetch, reason: string): void {
+    const { options } = this;
+    options.metrics.inc("state_transfer_rejected_total");
+    options.log.warn("state transfer rejected a snapshot", { seq: fetch.target.seq, reason, sources: [...fetch.contributors] });
+    for (const peer of fetch.contributors) fetch.distrusted.add(peer);
+    this.restartAttempt(fetch);
+    this.nextSource(fetch);
+  }
+
+  private restartAttempt(fetch: Fetch): void {
+    fetch.importer = this.options.machine.beginRestore();
+    fetch.reader = new StreamReader(fetch.importer);
+    fetch.nextPart = 0;
+    fetch.askedUpTo = 0;
+    fetch.bytes = 0;
+    fetch.contributors = new Set();
+    this.options.storage.stageDropPartsFrom(fetch.target.seq, 0);
+  }
+
+  /** Moves to the next trusted source in the target's order and asks it from nextPart. */
+  private nextSource(fetch: Fetch): void {
+    const candidates = fetch.target.from.filter((peer) => peer !== this.options.self && !fetch.distrusted.has(peer));
+    if (candidates.length === 0) {
+      // Everyone sent something wrong or nothing: with at most f liars, trying all
+      // again is the only way on (and the core moves the target when peers move on).
+      fetch.distrusted.clear();
+      fetch.source = -1;
+      return;
+    }
+    const at = candidates.indexOf(fetch.source);
+    fetch.source = candidates[(at + 1) % candidates.length] as number;
+    fetch.askedUpTo = fetch.nextPart;
+    fetch.lastProgressMs = this.options.now();
+    this.ask(fetch, fetch.nextPart, TRANSFER_WINDOW_PARTS);
+  }
+
+  private ask(fetch: Fetch, part: number, count: number): void {
+    const m: TransferMessage = { t: "get", seq: fetch.target.seq, digest: fetch.target.stateDigest, part, count, nonce: fetch.nonce };
+    this.options.send(fetch.source, encodeTransferMessage(m));
+    fetch.askedUpTo = Math.max(fetch.askedUpTo, part + count);
+  }
+
+  private abandon(fetch: Fetch, why: string): void {
+    this.active = null;
+    this.options.storage.stageDropSnapshot(fetch.target.seq);
+    this.options.metrics.inc("state_transfer_abandoned_total");
+    this.options.log.info("state transfer abandoned", { seq: fetch.target.seq, why, partsReceived: fetch.nextPart });
+  }
+
+  tick(): void {
+    const fetch = this.active;
+    if (fetch === null) return;
+    if (this.options.now() - fetch.lastProgressMs < PART_TIMEOUT_MS) return;
+    this.options.metrics.inc("state_transfer_source_timeouts_total");
+    this.nextSource(fetch);
+  }
+}
+
+function incomingHead(target: TransferTarget, partBytes: number): SnapshotHead {
+  return {
+    status: "incoming",
+    seq: target.seq,
+    stateDigest: target.stateDigest,
+    appDigest: null,
+    clients: null,
+    proof: target.proof,
+    parts: 0,
+    bytes: 0,
+    partBytes,
+  };
+}

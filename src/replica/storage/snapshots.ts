@@ -1,0 +1,255 @@
+/**
+ * Checkpoint snapshots of the channel state machine: kept in memory for serving state
+ * transfer, and written to disk as the base a restart replays from.
+ *
+ * At every checkpoint (a `takeCheckpoint` from the core, after executing seq % K == 0)
+ * the machine's state is captured: `exportSnapshot()` records references to the retained
+ * batches (immutable), not copies, so a capture costs one pointer per batch and the bytes
+ * are encoded only as parts are read out. An export is read once, so a few are taken per
+ * checkpoint; when the machine is still exactly at the checkpoint a fresh one is taken on
+ * demand instead. Captures below the stable checkpoint are dropped, since no correct
+ * replica asks for them.
+ *
+ * Base snapshots: restart replays the decided log from the newest base, so a new base is
+ * written (a few parts per tick, in the background of normal work) once the log since the
+ * old one has grown as large as the base itself (amortized: each byte of state is
+ * written at most about twice per its lifetime in the log) or past a row bound (so that
+ * restart replays a bounded number of decisions). Completing a base deletes the old base
+ * and the decided rows it covers, in one transaction.
+ */
+import type { ChannelMachine } from "../../core/channels/machine.ts";
+import type { SnapshotExport } from "../../core/channels/snapshot.ts";
+import type { ClientTableExport } from "../../core/ordering/clients.ts";
+import type { Checkpoint } from "../../core/ordering/messages.ts";
+import { bytesEqual } from "../../crypto/encoding.ts";
+import type { Log } from "../log.ts";
+import type { Metrics } from "../metrics.ts";
+import { checkpointStateDigest } from "./digest.ts";
+import type { ReplicaStorage } from "./index.ts";
+import type { SnapshotHead } from "./records.ts";
+import { encodeStreamMeta, PartCutter } from "./stream.ts";
+
+/** Exports taken at each checkpoint for serving transfers and writing a base. */
+export const SPARE_EXPORTS_PER_CHECKPOINT = 3;
+/** Checkpoint captures kept at most (the stable one and those after it). */
+export const CAPTURES_MAX = 4;
+/** A new base is written once the decided log since the last one holds at least this many bytes... */
+export const BASE_REWRITE_MIN_BYTES = 4 * 1024 * 1024;
+/** ...and at least as many bytes as the base itself, or once it holds this many decisions. */
+export const BASE_REWRITE_ROWS_MAX = 16_384;
+/** Parts of a base written per tick (10 ms): at most a few MiB/s of background writes per part size. */
+export const BASE_PARTS_PER_TICK = 4;
+
+/** Where parts of a snapshot stream come from, one at a time. */
+export interface PartSource {
+  readonly seq: number;
+  /** The next part; null at the end. Throws SourceError when a stored part is damaged. */
+  next(): Uint8Array | null;
+  skip(count: number): void;
+}
+
+export class SourceError extends Error {
+  override readonly name = "SourceError";
+}
+
+interface Capture {
+  readonly seq: number;
+  readonly stateDigest: Uint8Array;
+  readonly appDigest: Uint8Array;
+  readonly clients: ClientTableExport;
+  readonly meta: Uint8Array;
+  readonly spare: SnapshotExport[];
+}
+
+interface BaseWriting {
+  readonly capture: Capture;
+  readonly proof: Checkpoint[];
+  readonly cutter: PartCutter;
+  parts: number;
+  bytes: number;
+}
+
+export interface SnapshotKeeperOptions {
+  readonly storage: ReplicaStorage;
+  readonly machine: ChannelMachine;
+  readonly partBytes: number;
+  readonly log: Log;
+  readonly metrics: Metrics;
+  /** The last decided seq the machine has executed. */
+  readonly appliedSeq: () => number;
+}
+
+export class SnapshotKeeper {
+  private readonly captures = new Map<number, Capture>();
+  private writing: BaseWriting | null = null;
+  /** Bases found damaged while serving: replaced (and deleted) by the next base written. */
+  private readonly damaged: number[] = [];
+
+  constructor(
+    private readonly options: SnapshotKeeperOptions,
+    /** The base on disk now (null: none). */
+    private base: SnapshotHead | null,
+  ) {
+    options.metrics.gauge("snapshot_base_seq", () => this.base?.seq ?? 0);
+    options.metrics.gauge("snapshot_base_bytes", () => this.base?.bytes ?? 0);
+  }
+
+  get baseHead(): SnapshotHead | null {
+    return this.base;
+  }
+
+  /** Captures the machine as it is now, which must be its state right after `seq`. */
+  capture(seq: number, clients: ClientTableExport): void {
+    const machine = this.options.machine;
+    const spare: SnapshotExport[] = [];
+    for (let i = 0; i < SPARE_EXPORTS_PER_CHECKPOINT; i++) spare.push(machine.exportSnapshot());
+    const appDigest = (spare[0] as SnapshotExport).digest;
+    const stateDigest = checkpointStateDigest(seq, appDigest, clients);
+    this.captures.set(seq, { seq, stateDigest, appDigest, clients, meta: encodeStreamMeta({ seq, clients }), spare });
+    while (this.captures.size > CAPTURES_MAX) this.captures.delete(this.captures.keys().next().value as number);
+  }
+
+  /**
+   * The core's own checkpoint record for `seq`: the capture must carry the same state
+   * digest (digest.ts recomputes the core's formula). A mismatch would make this replica
+   * serve, and accept, states under the wrong name, so the capture is dropped and loudly
+   * reported.
+   */
+  checkCheckpoint(seq: number, stateDigest: Uint8Array): void {
+    const capture = this.captures.get(seq);
+    if (capture === undefined || bytesEqual(capture.stateDigest, stateDigest)) return;
+    this.captures.delete(seq);
+    this.options.metrics.inc("snapshot_digest_mismatches_total");
+    this.options.log.error("checkpoint digest differs from the core's", { seq });
+  }
+
+  /** A stable checkpoint: older captures go, and a new base may start. */
+  onStable(seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
+    for (const s of [...this.captures.keys()]) if (s < seq) this.captures.delete(s);
+    const capture = this.captures.get(seq);
+    if (capture === undefined || !bytesEqual(capture.stateDigest, digest) || this.writing !== null) return;
+    if (!this.baseDue()) return;
+    const exported = capture.spare.pop();
+    if (exported === undefined) return;
+    this.writing = { capture, proof, cutter: new PartCutter(capture.meta, exported, this.options.partBytes), parts: 0, bytes: 0 };
+    this.options.log.info("writing a base snapshot", { seq });
+  }
+
+  private baseDue(): boolean {
+    const since = this.options.storage.sinceBase;
+    if (this.base === null) return since.rows > 0;
+    if (since.rows >= BASE_REWRITE_ROWS_MAX) return true;
+    return since.bytes >= Math.max(BASE_REWRITE_MIN_BYTES, this.base.bytes);
+  }
+
+  /** Background work: a few parts of the base being written. */
+  tick(): void {
+    const w = this.writing;
+    if (w === null) return;
+    const { storage } = this.options;
+    for (let i = 0; i < BASE_PARTS_PER_TICK; i++) {
+      const part = w.cutter.next();
+      if (part === null) return this.finishBase(w);
+      storage.stagePart(w.capture.seq, w.parts, part);
+      w.parts++;
+      w.bytes += part.length;
+    }
+  }
+
+  private finishBase(w: BaseWriting): void {
+    this.writing = null;
+    const head: SnapshotHead = {
+      status: "complete",
+      seq: w.capture.seq,
+      stateDigest: w.capture.stateDigest,
+      appDigest: w.capture.appDigest,
+      clients: w.capture.clients,
+      proof: w.proof,
+      parts: w.parts,
+      bytes: w.bytes,
+      partBytes: this.options.partBytes,
+    };
+    const previous = [...this.damaged.splice(0), ...(this.base === null ? [] : [this.base.seq])];
+    this.options.storage.stageAdoptBase(head, previous);
+    this.base = head;
+    this.options.metrics.inc("snapshot_bases_written_total");
+    this.options.log.info("base snapshot written", { seq: head.seq, bytes: head.bytes, parts: head.parts });
+  }
+
+  /**
+   * A part of the stored base failed its checksum while being served: the base is no
+   * longer served, and a new one is written at the next stable checkpoint (which also
+   * deletes the damaged one). Until then a restart drops it and recovers by transfer.
+   */
+  baseDamaged(): void {
+    if (this.base === null) return;
+    this.damaged.push(this.base.seq);
+    this.base = null;
+  }
+
+  /** The base recovery installed, or one installed by state transfer (stored by its caller). */
+  setBase(head: SnapshotHead | null): void {
+    this.base = head;
+  }
+
+  /**
+   * A snapshot installed by state transfer becomes the base: its parts are on disk
+   * already (the transfer wrote them), so adopting it stages only the complete head and
+   * the removal of what it supersedes.
+   */
+  adoptInstalled(head: SnapshotHead): void {
+    this.writing = null;
+    const previous = [...this.damaged.splice(0), ...(this.base === null ? [] : [this.base.seq])];
+    this.options.storage.stageAdoptBase(head, previous);
+    this.base = head;
+    for (const s of [...this.captures.keys()]) if (s < head.seq) this.captures.delete(s);
+  }
+
+  /**
+   * A source for the stream of the state at `seq` with state digest `digest`: a capture
+   * (fresh if the machine is still there, else a spare), or the stored base. Null when
+   * this replica cannot serve it.
+   */
+  openSource(seq: number, digest: Uint8Array): PartSource | null {
+    const capture = this.captures.get(seq);
+    if (capture !== undefined && bytesEqual(capture.stateDigest, digest)) {
+      const exported = this.options.appliedSeq() === seq ? this.options.machine.exportSnapshot() : capture.spare.pop();
+      if (exported !== undefined) return cutterSource(seq, new PartCutter(capture.meta, exported, this.options.partBytes));
+    }
+    const base = this.base;
+    if (base !== null && base.seq === seq && bytesEqual(base.stateDigest, digest) && base.partBytes === this.options.partBytes) {
+      return new DiskSource(this.options.storage, base);
+    }
+    return null;
+  }
+}
+
+function cutterSource(seq: number, cutter: PartCutter): PartSource {
+  return { seq, next: () => cutter.next(), skip: (count) => cutter.skip(count) };
+}
+
+/** Parts of a stored base, read and checked one at a time. */
+class DiskSource implements PartSource {
+  private index = 0;
+
+  constructor(
+    private readonly storage: ReplicaStorage,
+    private readonly head: SnapshotHead,
+  ) {}
+
+  get seq(): number {
+    return this.head.seq;
+  }
+
+  next(): Uint8Array | null {
+    if (this.index >= this.head.parts) return null;
+    const part = this.storage.readPart(this.head.seq, this.index);
+    if (part === null) throw new SourceError(`part ${this.index} of the base at ${this.head.seq} is missing or damaged`);
+    this.index++;
+    return part;
+  }
+
+  skip(count: number): void {
+    this.index = Math.min(this.head.parts, this.index + count);
+  }
+}

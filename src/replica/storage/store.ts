@@ -1,0 +1,384 @@
+/**
+ * The replica's store: one SQLite database (bun:sqlite, WAL mode) in the data directory.
+ *
+ * Tables (every row carries `sum`, the checksum of checksum.ts over table, key and payload):
+ *   meta       format version and identity (cluster name, replica id): a data directory
+ *              of another replica or cluster is refused, never silently adopted.
+ *   core       the ordering core's persisted records other than decisions, canonical CBOR,
+ *              in the order they were written (`id`), with their kind and seq for pruning.
+ *   decided    one row per decided sequence number (the batch and its commit certificate),
+ *              not one per event: the decided log the channel state is replayed from.
+ *   snap_head  one row per stored snapshot of the channel state machine: a base to
+ *              restart from, or one arriving by state transfer.
+ *   snap_part  the snapshot's byte stream (stream.ts) cut into parts of equal size.
+ *   unordered  this replica's own store of unordered channels, one row per stored request.
+ *
+ * This class only reads and writes rows and checks their sums; what the rows mean, and
+ * what to do about a damaged one, is decided by its callers (recovery.ts, index.ts). All
+ * calls are synchronous: a commit returns once SQLite has written (and, under the FULL
+ * sync policy, fsynced) the write-ahead log.
+ */
+import { Database } from "bun:sqlite";
+import { chmodSync, existsSync } from "node:fs";
+import { join } from "node:path";
+import { type Canonical, decodeCanonical, encodeCanonical } from "../../../wire/canonical.ts";
+import { rowChecksum, rowIntact } from "./checksum.ts";
+
+/** The database file inside the data directory; SQLite adds -wal and -shm beside it. */
+export const STORE_FILE = "fitb.db";
+/** Bumped when the tables or the meaning of a row change incompatibly. */
+export const STORE_FORMAT_VERSION = 1;
+
+/**
+ * `full`: every commit is fsynced before anything that depends on it is sent (survives
+ * power loss). `normal`: commits reach the operating system but the log is fsynced only
+ * at WAL checkpoints (survives a killed process, may lose the last commits on power loss).
+ */
+export type SyncPolicy = "full" | "normal";
+export const SYNC_POLICIES: readonly SyncPolicy[] = ["full", "normal"];
+export const DEFAULT_SYNC_POLICY: SyncPolicy = "full";
+
+export interface StoreIdentity {
+  readonly cluster: string;
+  readonly replica: number;
+}
+
+/** A row whose checksum did not match, or that could not be decoded. */
+export interface CorruptRow {
+  readonly table: string;
+  /** The row's key fields (id, seq, or seq and part), to delete it by. */
+  readonly ids: readonly number[];
+  /** The key in words, for the report. */
+  readonly key: string;
+  readonly reason: string;
+}
+
+export interface CoreRow {
+  readonly id: number;
+  readonly kind: string;
+  readonly seq: number;
+  readonly rec: Uint8Array;
+}
+
+export interface DecidedRow {
+  readonly seq: number;
+  readonly rec: Uint8Array;
+}
+
+export interface PartRow {
+  readonly seq: number;
+  readonly part: number;
+  readonly data: Uint8Array;
+}
+
+export interface UnorderedRow {
+  readonly id: number;
+  readonly tag: string;
+  readonly gen: number;
+  readonly ts: number;
+  readonly body: Uint8Array;
+  readonly sig: Uint8Array;
+}
+
+/** A row as read: intact, or the reason it is not. */
+export type Checked<T> = { readonly ok: true; readonly row: T } | { readonly ok: false; readonly corrupt: CorruptRow };
+
+/** The data directory belongs to another replica or cluster, or to a newer format. */
+export class StoreIdentityError extends Error {
+  override readonly name = "StoreIdentityError";
+}
+
+type Row = Record<string, unknown>;
+
+const SCHEMA = [
+  "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL, sum BLOB NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS core (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, seq INTEGER NOT NULL, rec BLOB NOT NULL, sum BLOB NOT NULL)",
+  "CREATE INDEX IF NOT EXISTS core_kind_seq ON core (kind, seq)",
+  "CREATE TABLE IF NOT EXISTS decided (seq INTEGER PRIMARY KEY, rec BLOB NOT NULL, sum BLOB NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS snap_head (seq INTEGER PRIMARY KEY, head BLOB NOT NULL, sum BLOB NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS snap_part (id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, part INTEGER NOT NULL, data BLOB NOT NULL, sum BLOB NOT NULL)",
+  "CREATE UNIQUE INDEX IF NOT EXISTS snap_part_seq ON snap_part (seq, part)",
+  "CREATE TABLE IF NOT EXISTS unordered (id INTEGER PRIMARY KEY, tag TEXT NOT NULL, gen INTEGER NOT NULL, ts INTEGER NOT NULL, body BLOB NOT NULL, sig BLOB NOT NULL, sum BLOB NOT NULL)",
+  "CREATE INDEX IF NOT EXISTS unordered_tag ON unordered (tag, gen, id)",
+];
+
+function num(value: unknown): number {
+  return typeof value === "number" ? value : typeof value === "bigint" ? Number(value) : Number.NaN;
+}
+
+function blob(value: unknown): Uint8Array {
+  return value instanceof Uint8Array ? value : new Uint8Array(0);
+}
+
+function prepareStatements(db: Database) {
+  return {
+    putMeta: db.prepare("INSERT OR REPLACE INTO meta (k, v, sum) VALUES (?, ?, ?)"),
+    insertCore: db.prepare("INSERT INTO core (id, kind, seq, rec, sum) VALUES (?, ?, ?, ?, ?)"),
+    deleteCoreKindUpTo: db.prepare("DELETE FROM core WHERE kind = ? AND seq <= ?"),
+    deleteCoreKindAbove: db.prepare("DELETE FROM core WHERE kind = ? AND seq > ?"),
+    deleteCoreKindBelowId: db.prepare("DELETE FROM core WHERE kind = ? AND id < ?"),
+    deleteCoreKindSeqBelow: db.prepare("DELETE FROM core WHERE kind = ? AND seq < ?"),
+    deleteCoreId: db.prepare("DELETE FROM core WHERE id = ?"),
+    insertDecided: db.prepare("INSERT OR REPLACE INTO decided (seq, rec, sum) VALUES (?, ?, ?)"),
+    deleteDecidedUpTo: db.prepare("DELETE FROM decided WHERE seq <= ?"),
+    deleteDecidedFrom: db.prepare("DELETE FROM decided WHERE seq >= ?"),
+    putHead: db.prepare("INSERT OR REPLACE INTO snap_head (seq, head, sum) VALUES (?, ?, ?)"),
+    insertPart: db.prepare("INSERT OR REPLACE INTO snap_part (seq, part, data, sum) VALUES (?, ?, ?, ?)"),
+    deleteHead: db.prepare("DELETE FROM snap_head WHERE seq = ?"),
+    deleteParts: db.prepare("DELETE FROM snap_part WHERE seq = ?"),
+    deletePartsFrom: db.prepare("DELETE FROM snap_part WHERE seq = ? AND part >= ?"),
+    readPart: db.prepare("SELECT seq, part, data, sum FROM snap_part WHERE seq = ? AND part = ?"),
+    insertUnordered: db.prepare("INSERT INTO unordered (id, tag, gen, ts, body, sig, sum) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+    deleteUnorderedOldest: db.prepare(
+      "DELETE FROM unordered WHERE id IN (SELECT id FROM unordered WHERE tag = ? AND gen = ? ORDER BY id LIMIT ?)",
+    ),
+    deleteUnorderedId: db.prepare("DELETE FROM unordered WHERE id = ?"),
+  };
+}
+
+type Statements = ReturnType<typeof prepareStatements>;
+
+export class ReplicaStore {
+  readonly path: string;
+  private readonly db: Database;
+  private readonly stmts: Statements;
+  private nextCoreId: number;
+  private nextUnorderedId: number;
+
+  private constructor(dir: string, sync: SyncPolicy) {
+    this.path = join(dir, STORE_FILE);
+    const fresh = !existsSync(this.path);
+    this.db = new Database(this.path, { create: true, strict: true });
+    if (fresh) chmodSync(this.path, 0o600);
+    this.db.exec("PRAGMA journal_mode = WAL");
+    this.db.exec(`PRAGMA synchronous = ${sync === "full" ? "FULL" : "NORMAL"}`);
+    for (const statement of SCHEMA) this.db.exec(statement);
+    this.stmts = prepareStatements(this.db);
+    this.nextCoreId = num((this.db.query("SELECT COALESCE(MAX(id), 0) AS m FROM core").get() as Row).m) + 1;
+    this.nextUnorderedId = num((this.db.query("SELECT COALESCE(MAX(id), 0) AS m FROM unordered").get() as Row).m) + 1;
+  }
+
+  /**
+   * Opens (creating if needed) the store in `dir`. Throws StoreIdentityError for a store
+   * of another replica, and SQLite's own errors for a file it cannot read at all.
+   */
+  static open(dir: string, sync: SyncPolicy, identity: StoreIdentity): ReplicaStore {
+    const store = new ReplicaStore(dir, sync);
+    try {
+      store.checkIdentity(identity);
+    } catch (error) {
+      store.close();
+      throw error;
+    }
+    return store;
+  }
+
+  private checkIdentity(identity: StoreIdentity): void {
+    const rows = this.db.query("SELECT k, v, sum FROM meta").all() as Row[];
+    const meta = new Map<string, Canonical>();
+    for (const row of rows) {
+      const k = String(row.k);
+      const v = blob(row.v);
+      // A damaged meta row is rewritten below: this replica knows who it is.
+      if (rowIntact("meta", k, [v], row.sum as Uint8Array)) meta.set(k, decodeCanonical(v));
+    }
+    const format = meta.get("format");
+    if (typeof format === "number" && format > STORE_FORMAT_VERSION) {
+      throw new StoreIdentityError(`${this.path} has store format ${format}; this fitb reads format ${STORE_FORMAT_VERSION}`);
+    }
+    const stored = meta.get("identity") as { cluster?: unknown; replica?: unknown } | undefined;
+    if (stored !== undefined && (stored.cluster !== identity.cluster || stored.replica !== identity.replica)) {
+      throw new StoreIdentityError(
+        `${this.path} belongs to replica ${String(stored.replica)} of cluster ${String(stored.cluster)}, not replica ${identity.replica} of ${identity.cluster}`,
+      );
+    }
+    this.putMeta("format", STORE_FORMAT_VERSION);
+    this.putMeta("identity", { cluster: identity.cluster, replica: identity.replica });
+  }
+
+  private putMeta(k: string, value: Canonical): void {
+    const v = encodeCanonical(value);
+    this.stmts.putMeta.run(k, v, rowChecksum("meta", k, [v]));
+  }
+
+  /** SQLite's structural check of every page; null when the file is sound. */
+  quickCheck(): string | null {
+    const rows = this.db.query("PRAGMA quick_check").all() as Row[];
+    const problems = rows.map((row) => String(Object.values(row)[0])).filter((text) => text !== "ok");
+    return problems.length === 0 ? null : problems.slice(0, 4).join("; ");
+  }
+
+  /** Runs `fn` in one transaction: all of its writes become durable together, or none. */
+  transaction(fn: () => void): void {
+    this.db.transaction(fn)();
+  }
+
+  /** Folds the write-ahead log into the database file and closes it (a clean stop). */
+  close(): void {
+    this.db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+    for (const statement of Object.values(this.stmts)) statement.finalize();
+    this.db.close();
+  }
+
+  // -----------------------------------------------------------------------------------
+  // Writes (callers group them into transactions)
+  // -----------------------------------------------------------------------------------
+
+  insertCore(kind: string, seq: number, rec: Uint8Array): number {
+    const id = this.nextCoreId++;
+    this.stmts.insertCore.run(id, kind, seq, rec, rowChecksum("core", [id, kind, seq], [rec]));
+    return id;
+  }
+
+  /** Deletes `kind` rows with seq <= `seq`. */
+  deleteCoreUpTo(kind: string, seq: number): void {
+    this.stmts.deleteCoreKindUpTo.run(kind, seq);
+  }
+
+  /** Deletes `kind` rows with seq > `seq`. */
+  deleteCoreAbove(kind: string, seq: number): void {
+    this.stmts.deleteCoreKindAbove.run(kind, seq);
+  }
+
+  /** Deletes `kind` rows with seq < `seq`. */
+  deleteCoreBelow(kind: string, seq: number): void {
+    this.stmts.deleteCoreKindSeqBelow.run(kind, seq);
+  }
+
+  /** Deletes `kind` rows written before row `id`. */
+  deleteCoreOlderThan(kind: string, id: number): void {
+    this.stmts.deleteCoreKindBelowId.run(kind, id);
+  }
+
+  deleteCoreRow(id: number): void {
+    this.stmts.deleteCoreId.run(id);
+  }
+
+  insertDecided(seq: number, rec: Uint8Array): void {
+    this.stmts.insertDecided.run(seq, rec, rowChecksum("decided", seq, [rec]));
+  }
+
+  deleteDecidedUpTo(seq: number): void {
+    this.stmts.deleteDecidedUpTo.run(seq);
+  }
+
+  deleteDecidedFrom(seq: number): void {
+    this.stmts.deleteDecidedFrom.run(seq);
+  }
+
+  putHead(seq: number, head: Uint8Array): void {
+    this.stmts.putHead.run(seq, head, rowChecksum("snap_head", seq, [head]));
+  }
+
+  insertPart(seq: number, part: number, data: Uint8Array): void {
+    this.stmts.insertPart.run(seq, part, data, rowChecksum("snap_part", [seq, part], [data]));
+  }
+
+  /** Deletes a snapshot: its head and every part. */
+  deleteSnapshot(seq: number): void {
+    this.stmts.deleteHead.run(seq);
+    this.stmts.deleteParts.run(seq);
+  }
+
+  /** Deletes the parts of snapshot `seq` from `part` on (an interrupted transfer resumes there). */
+  deletePartsFrom(seq: number, part: number): void {
+    this.stmts.deletePartsFrom.run(seq, part);
+  }
+
+  insertUnordered(tag: string, gen: number, ts: number, body: Uint8Array, sig: Uint8Array): number {
+    const id = this.nextUnorderedId++;
+    this.stmts.insertUnordered.run(id, tag, gen, ts, body, sig, rowChecksum("unordered", [id, tag, gen, ts], [body, sig]));
+    return id;
+  }
+
+  /** Deletes the `count` oldest rows of a channel (retention removes oldest first). */
+  deleteUnorderedOldest(tag: string, gen: number, count: number): void {
+    this.stmts.deleteUnorderedOldest.run(tag, gen, count);
+  }
+
+  deleteUnorderedRow(id: number): void {
+    this.stmts.deleteUnorderedId.run(id);
+  }
+
+  // -----------------------------------------------------------------------------------
+  // Reads: every row is checked against its sum before it is handed out
+  // -----------------------------------------------------------------------------------
+
+  *coreRows(): Generator<Checked<CoreRow>> {
+    for (const r of this.db.query("SELECT id, kind, seq, rec, sum FROM core ORDER BY id").iterate() as IterableIterator<Row>) {
+      const row: CoreRow = { id: num(r.id), kind: String(r.kind), seq: num(r.seq), rec: blob(r.rec) };
+      if (rowIntact("core", [row.id, row.kind, row.seq], [row.rec], r.sum as Uint8Array)) yield { ok: true, row };
+      else yield { ok: false, corrupt: { table: "core", ids: [row.id], key: `id ${row.id} (${row.kind} ${row.seq})`, reason: "checksum mismatch" } };
+    }
+  }
+
+  /** Decided rows with seq >= `from`, in seq order. */
+  *decidedRows(from: number): Generator<Checked<DecidedRow>> {
+    const query = this.db.query("SELECT seq, rec, sum FROM decided WHERE seq >= ? ORDER BY seq");
+    for (const r of query.iterate(from) as IterableIterator<Row>) {
+      const row: DecidedRow = { seq: num(r.seq), rec: blob(r.rec) };
+      if (rowIntact("decided", row.seq, [row.rec], r.sum as Uint8Array)) yield { ok: true, row };
+      else yield { ok: false, corrupt: { table: "decided", ids: [row.seq], key: `seq ${row.seq}`, reason: "checksum mismatch" } };
+    }
+  }
+
+  /** The seqs of the decided rows from `from` on, in order (no payload is read). */
+  *decidedSeqs(from: number): Generator<number> {
+    const query = this.db.query("SELECT seq FROM decided WHERE seq >= ? ORDER BY seq");
+    for (const r of query.iterate(from) as IterableIterator<Row>) yield num(r.seq);
+  }
+
+  /** The lowest and highest decided seq stored, and the count; null when there is none. */
+  decidedRange(): { readonly first: number; readonly last: number; readonly count: number } | null {
+    const r = this.db.query("SELECT MIN(seq) AS lo, MAX(seq) AS hi, COUNT(*) AS n FROM decided").get() as Row;
+    return r.lo === null ? null : { first: num(r.lo), last: num(r.hi), count: num(r.n) };
+  }
+
+  *heads(): Generator<Checked<{ readonly seq: number; readonly head: Uint8Array }>> {
+    for (const r of this.db.query("SELECT seq, head, sum FROM snap_head ORDER BY seq").iterate() as IterableIterator<Row>) {
+      const row = { seq: num(r.seq), head: blob(r.head) };
+      if (rowIntact("snap_head", row.seq, [row.head], r.sum as Uint8Array)) yield { ok: true, row };
+      else yield { ok: false, corrupt: { table: "snap_head", ids: [row.seq], key: `seq ${row.seq}`, reason: "checksum mismatch" } };
+    }
+  }
+
+  /** One part of snapshot `seq`; null when it is not stored. */
+  part(seq: number, part: number): Checked<PartRow> | null {
+    const r = this.stmts.readPart.get(seq, part) as Row | null;
+    if (r === null) return null;
+    return this.checkPart(r);
+  }
+
+  /** The parts of snapshot `seq` in order (a gap shows as a missing part number). */
+  *parts(seq: number): Generator<Checked<PartRow>> {
+    const query = this.db.query("SELECT seq, part, data, sum FROM snap_part WHERE seq = ? ORDER BY part");
+    for (const r of query.iterate(seq) as IterableIterator<Row>) yield this.checkPart(r);
+  }
+
+  /** Every snapshot seq that has parts stored, with their count. */
+  partSeqs(): { readonly seq: number; readonly count: number }[] {
+    const rows = this.db.query("SELECT seq, COUNT(*) AS n FROM snap_part GROUP BY seq").all() as Row[];
+    return rows.map((r) => ({ seq: num(r.seq), count: num(r.n) }));
+  }
+
+  private checkPart(r: Row): Checked<PartRow> {
+    const row: PartRow = { seq: num(r.seq), part: num(r.part), data: blob(r.data) };
+    if (rowIntact("snap_part", [row.seq, row.part], [row.data], r.sum as Uint8Array)) return { ok: true, row };
+    return { ok: false, corrupt: { table: "snap_part", ids: [row.seq, row.part], key: `seq ${row.seq} part ${row.part}`, reason: "checksum mismatch" } };
+  }
+
+  *unorderedRows(): Generator<Checked<UnorderedRow>> {
+    const query = this.db.query("SELECT id, tag, gen, ts, body, sig, sum FROM unordered ORDER BY id");
+    for (const r of query.iterate() as IterableIterator<Row>) {
+      const row: UnorderedRow = { id: num(r.id), tag: String(r.tag), gen: num(r.gen), ts: num(r.ts), body: blob(r.body), sig: blob(r.sig) };
+      if (rowIntact("unordered", [row.id, row.tag, row.gen, row.ts], [row.body, row.sig], r.sum as Uint8Array)) yield { ok: true, row };
+      else yield { ok: false, corrupt: { table: "unordered", ids: [row.id], key: `id ${row.id} (${row.tag})`, reason: "checksum mismatch" } };
+    }
+  }
+
+  /** Bytes of the database file and its write-ahead log, for metrics. */
+  sizeBytes(): number {
+    const r = this.db.query("SELECT page_count * page_size AS bytes FROM pragma_page_count(), pragma_page_size()").get() as Row;
+    return num(r.bytes);
+  }
+}

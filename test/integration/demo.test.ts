@@ -1,0 +1,157 @@
+// `fitb demo` (what `npm start` runs) as its own process: it brings up 4 replicas and the
+// relay, an event published through the relay with raw TCP reaches a SUB connection,
+// SIGINT stops every child, a second start reuses the directory, and ports in use are
+// reported before anything starts.
+import { afterAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Socket, Subprocess } from "bun";
+import { BUN, freePortRange, MAIN, waitFor } from "./harness.ts";
+
+const READY_MS = 30_000;
+const STOP_MS = 15_000;
+const LINE_MS = 15_000;
+const READY_LINE = "fitb demo: ready";
+const dec = new TextDecoder();
+
+const dir = join(mkdtempSync(join(tmpdir(), "fitb-demo-it-")), "demo");
+const running: Subprocess[] = [];
+
+afterAll(async () => {
+  for (const proc of running) proc.kill("SIGKILL");
+  await Promise.all(running.map((proc) => proc.exited));
+  if (process.env.FITB_KEEP_TEST_DIRS === undefined) rmSync(join(dir, ".."), { recursive: true, force: true });
+});
+
+/** A running `fitb demo` and everything it printed so far. */
+interface DemoRun {
+  readonly proc: Subprocess<"ignore", "pipe", "pipe">;
+  readonly output: { stdout: string; stderr: string };
+}
+
+function startDemo(basePort: number, relayPort: number): DemoRun {
+  const proc = Bun.spawn([BUN, MAIN, "demo", "--dir", dir, "--base-port", String(basePort), "--relay-port", String(relayPort)], {
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  running.push(proc);
+  const output = { stdout: "", stderr: "" };
+  void (async () => {
+    for await (const chunk of proc.stdout) output.stdout += dec.decode(chunk);
+  })();
+  void (async () => {
+    for await (const chunk of proc.stderr) output.stderr += dec.decode(chunk);
+  })();
+  return { proc, output };
+}
+
+async function ready(run: DemoRun): Promise<void> {
+  await waitFor(
+    `the demo's ready line (stderr so far: ${JSON.stringify(run.output.stderr.slice(-500))})`,
+    () => run.output.stdout.includes(READY_LINE) || run.proc.exitCode !== null,
+    READY_MS,
+  );
+  expect(run.proc.exitCode).toBeNull();
+}
+
+/** The child pids the demo reported ("(pid N)" in its progress lines). */
+function childPids(run: DemoRun): number[] {
+  return [...run.output.stderr.matchAll(/\(pid (\d+)\)/g)].map((match) => Number(match[1]));
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function stopWith(run: DemoRun, signal: "SIGINT" | "SIGTERM"): Promise<number> {
+  run.proc.kill(signal);
+  const timer = setTimeout(() => run.proc.kill("SIGKILL"), STOP_MS);
+  const code = await run.proc.exited;
+  clearTimeout(timer);
+  return code;
+}
+
+/** A raw TCP connection, as nc makes: send lines, collect what comes back. */
+async function connect(port: number): Promise<{ socket: Socket<undefined>; received: () => string }> {
+  let text = "";
+  const socket = await Bun.connect({
+    hostname: "127.0.0.1",
+    port,
+    socket: {
+      data: (_socket, chunk) => {
+        text += dec.decode(chunk);
+      },
+    },
+  });
+  return { socket, received: () => text };
+}
+
+describe("fitb demo", () => {
+  const base = freePortRange(5);
+  const relayPort = base + 4;
+
+  test("starts 4 replicas and the relay; nc-style PUB reaches a SUB; SIGINT stops every child", async () => {
+    const run = startDemo(base, relayPort);
+    await ready(run);
+    const pids = childPids(run);
+    expect(pids).toHaveLength(4);
+    expect(run.output.stdout).toContain(`printf 'PUB net.links eth0 down\\n' | nc -q1 127.0.0.1 ${relayPort}`);
+    expect(run.output.stdout).toContain(`printf 'SUB net.links\\n' | nc 127.0.0.1 ${relayPort}`);
+    expect(run.output.stdout).toMatch(/ pub --config \S+cluster\.toml --key \S+client\.key /);
+    for (const tag of ["net.links", "storage.disks", "sec.ids", "sec.alerts"]) expect(run.output.stderr).toContain(`created channel ${tag}`);
+
+    const sub = await connect(relayPort);
+    sub.socket.write("SUB net.links\n");
+    await waitFor("+OK to SUB", () => sub.received() === "+OK\n", LINE_MS);
+    const pub = await connect(relayPort);
+    pub.socket.write("PUB net.links eth0 down\n");
+    await waitFor("+OK to PUB", () => /^\+OK net\.links \d+\n$/.test(pub.received()), LINE_MS);
+    const seq = pub.received().trim().split(" ")[2];
+    await waitFor("the EVENT line", () => sub.received().includes("eth0 down\n"), LINE_MS);
+    expect(sub.received()).toMatch(new RegExp(`^\\+OK\\nEVENT net\\.links ${seq} ed25519:\\S+ \\d+ eth0 down\\n$`));
+    pub.socket.end();
+
+    expect(await stopWith(run, "SIGINT")).toBe(0);
+    expect(run.output.stderr).toContain("fitb demo: stopped");
+    // The subscriber was told, then the relay closed its connection.
+    await waitFor("END SHUTDOWN", () => sub.received().includes("END net.links SHUTDOWN"), LINE_MS);
+    for (const pid of pids) expect(isAlive(pid)).toBe(false);
+  }, 60_000);
+
+  test("a second start reuses the directory; SIGTERM stops it too", async () => {
+    expect(existsSync(join(dir, "cluster.toml"))).toBe(true);
+    const run = startDemo(base, relayPort);
+    await ready(run);
+    expect(run.output.stderr).toContain("reusing");
+    expect(run.output.stderr).not.toContain("(cluster file, keys");
+    const pids = childPids(run);
+    const client = await connect(relayPort);
+    client.socket.write("PING\n");
+    await waitFor("PONG", () => client.received() === "PONG\n", LINE_MS);
+    expect(await stopWith(run, "SIGTERM")).toBe(0);
+    for (const pid of pids) expect(isAlive(pid)).toBe(false);
+  }, 60_000);
+
+  test("a port in use is one clear line naming it, before anything starts", async () => {
+    const blocker = Bun.listen({ hostname: "127.0.0.1", port: relayPort, socket: { data() {} } });
+    try {
+      const run = startDemo(base, relayPort);
+      const code = await run.proc.exited;
+      await Bun.sleep(50);
+      expect(code).toBe(1);
+      expect(run.output.stderr.trim()).toBe(
+        `fitb demo: port ${relayPort} on 127.0.0.1 is already in use (needed for the relay); stop what uses it (an earlier demo?) or pass --relay-port`,
+      );
+      expect(childPids(run)).toEqual([]);
+    } finally {
+      blocker.stop(true);
+    }
+  }, 30_000);
+});

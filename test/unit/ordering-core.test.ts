@@ -1,0 +1,530 @@
+// Handler-level tests of the ordering core on a hand-driven cluster of real cores with
+// real ed25519 (src/sim/cluster.ts). Each test names the rule of ORDERING.md it checks;
+// the "bug N" tests are the ten classic bugs of ORDERING.md §9.
+import { describe, expect, test } from "bun:test";
+import { encodeCanonical } from "../../wire/canonical.ts";
+import {
+  batchBytes,
+  type Commit,
+  type CoreOutput,
+  type NewView,
+  type PeerMessage,
+  type Prepare,
+  type PreparedCert,
+  type PrePrepare,
+  signingBytes,
+  validPreparedCert,
+  type ViewChange,
+} from "../../src/core/ordering/index.ts";
+import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
+import { sha256 } from "../../src/sim/crypto.ts";
+
+type Sent = Extract<CoreOutput, { kind: "send" }>;
+
+function sent(c: ManualCluster, id: number, t: PeerMessage["t"]): PeerMessage[] {
+  return c
+    .allOutputs(id)
+    .filter((o): o is Sent => o.kind === "send" && o.msg.t === t)
+    .map((o) => o.msg);
+}
+
+function suspects(c: ManualCluster, id: number): string[] {
+  return c.allOutputs(id).flatMap((o) => (o.kind === "suspect" ? [o.reason] : []));
+}
+
+function decidedSeqs(c: ManualCluster, id: number): number[] {
+  return (c.decided[id] ?? []).map((d) => d.seq);
+}
+
+function resign<M extends Prepare | Commit | PrePrepare>(c: ManualCluster, signer: number, m: M): M {
+  return { ...m, sig: c.keyring.signAsReplica(signer, signingBytes(m, "cluster-test")) };
+}
+
+/** Submits to the leader, lets batchDelay pass, and runs delivery to quiescence. */
+function decideOne(c: ManualCluster, client: number, seq: number, to = 0): void {
+  c.submit(to, c.request(client, seq));
+  c.tick();
+  c.deliverAll();
+}
+
+describe("normal case (ORDERING.md §4)", () => {
+  test("a request is decided at every replica at seq 1, once, with the same batch", () => {
+    const c = new ManualCluster();
+    const req = c.request(0, 1);
+    c.submit(0, req);
+    c.tick();
+    c.deliverAll();
+    for (let id = 0; id < 4; id++) {
+      expect(decidedSeqs(c, id)).toEqual([1]);
+      expect(c.decided[id]?.[0]?.execute).toEqual([req]);
+    }
+    expect(sent(c, 0, "PREPARE")).toEqual([]); // the leader's PRE_PREPARE is its vote
+    for (const id of [1, 2, 3]) expect(sent(c, id, "PREPARE").length).toBe(1);
+  });
+
+  test("a request given to a backup is forwarded to the leader and decided", () => {
+    const c = new ManualCluster();
+    c.submit(2, c.request(1, 1));
+    c.runUntil(() => [0, 1, 2, 3].every((id) => c.lastExecuted(id) === 1), 20);
+    expect(sent(c, 2, "FORWARD").length).toBeGreaterThan(0);
+  });
+
+  test("every vote sent is preceded by the persist record that guards it", () => {
+    const c = new ManualCluster();
+    for (let s = 1; s <= 6; s++) decideOne(c, s % 3, Math.ceil(s / 3));
+    c.crash(0);
+    for (const id of [1, 2, 3]) c.submit(id, c.request(3, 1));
+    c.runUntil(() => c.core(1).status().installedView === 1 && c.lastExecuted(1) === 7, 400);
+    for (let id = 0; id < 4; id++) {
+      for (const outs of c.outputs[id] ?? []) {
+        const persisted = new Set<string>();
+        for (const o of outs) {
+          if (o.kind === "persist") {
+            const r = o.record;
+            if (r.t === "accept") persisted.add(`accept:${r.prePrepare.view}:${r.prePrepare.seq}`);
+            if (r.t === "prepared") persisted.add(`prepared:${r.cert.view}:${r.cert.seq}`);
+            if (r.t === "view") persisted.add(`view:${r.view}`);
+            if (r.t === "view" && r.newView !== null) for (const h of r.newView.o) persisted.add(`accept:${h.view}:${h.seq}`);
+          }
+          if (o.kind !== "send") continue;
+          const m = o.msg;
+          if (m.t === "PREPARE" && !persisted.has(`accept:${m.view}:${m.seq}`)) {
+            // A resend of an earlier vote is fine: its record went out in an earlier list.
+            expect(c.records[id]?.some((r) => (r.t === "accept" && r.prePrepare.view === m.view && r.prePrepare.seq === m.seq) || (r.t === "view" && r.newView?.o.some((h) => h.view === m.view && h.seq === m.seq)))).toBe(true);
+          }
+          if (m.t === "COMMIT" && !persisted.has(`prepared:${m.view}:${m.seq}`)) {
+            expect(c.records[id]?.some((r) => r.t === "prepared" && r.cert.view === m.view && r.cert.seq === m.seq)).toBe(true);
+          }
+          if (m.t === "VIEW_CHANGE" && m.replica === id && !persisted.has(`view:${m.newView}`)) {
+            expect(c.records[id]?.some((r) => r.t === "view" && r.view === m.newView)).toBe(true);
+          }
+        }
+      }
+    }
+  });
+
+  test("the same inputs give the same outputs, byte for byte", () => {
+    const run = (): Uint8Array[] => {
+      const c = new ManualCluster();
+      for (let s = 1; s <= 5; s++) decideOne(c, s % 2, Math.ceil(s / 2));
+      c.tick(30);
+      c.deliverAll();
+      return [0, 1, 2, 3].map((id) => encodeCanonical(c.allOutputs(id).map((o) => ({ ...o }) as never)));
+    };
+    const a = run();
+    const b = run();
+    expect(a.length).toBe(4);
+    for (let i = 0; i < 4; i++) expect(Buffer.from(a[i] as Uint8Array).equals(Buffer.from(b[i] as Uint8Array))).toBe(true);
+  });
+
+  test("crash mode: no PREPARE phase, decided on a majority of COMMITs", () => {
+    const c = new ManualCluster({ mode: "cft" });
+    c.crash(3);
+    decideOne(c, 0, 1);
+    for (const id of [0, 1, 2]) {
+      expect(decidedSeqs(c, id)).toEqual([1]);
+      expect(sent(c, id, "PREPARE")).toEqual([]);
+      expect(sent(c, id, "COMMIT").length).toBe(1);
+    }
+  });
+});
+
+describe("client requests (ORDERING.md §5)", () => {
+  test("a request that already executed is answered again, never executed twice", () => {
+    const c = new ManualCluster();
+    const req = c.request(0, 1);
+    decideOne(c, 0, 1);
+    const outs = c.submit(1, req);
+    expect(outs.some((o) => o.kind === "resendReply" && o.seq === 1)).toBe(true);
+    c.tick(5);
+    c.deliverAll();
+    expect(decidedSeqs(c, 1)).toEqual([1]);
+  });
+
+  test("a client's requests execute in order with no gap; a request after a gap waits", () => {
+    const c = new ManualCluster();
+    c.submit(0, c.request(0, 1, 2)); // seqs 1-2
+    c.submit(0, c.request(0, 4)); // gap: 3 is missing
+    c.tick();
+    c.deliverAll();
+    c.tick(3);
+    c.deliverAll();
+    const executed = (c.decided[1] ?? []).flatMap((d) => d.execute.map((r) => r.seq));
+    expect(executed).toEqual([1]);
+    c.submit(0, c.request(0, 3));
+    c.runUntil(() => (c.decided[1] ?? []).flatMap((d) => d.execute).length === 3, 20);
+    expect((c.decided[1] ?? []).flatMap((d) => d.execute.map((r) => r.seq))).toEqual([1, 3, 4]);
+  });
+
+  test("a bad signature on an authenticated session quarantines the client; an unauthenticated one does not", () => {
+    const c = new ManualCluster();
+    const bad = { ...c.request(0, 1), sig: new Uint8Array(64) };
+    c.submit(0, bad, false);
+    c.submit(0, c.request(0, 1));
+    c.tick();
+    c.deliverAll();
+    expect(c.lastExecuted(0)).toBe(1);
+    c.submit(0, { ...c.request(1, 1), sig: new Uint8Array(64) }, true);
+    c.submit(0, c.request(1, 1));
+    c.tick(3);
+    c.deliverAll();
+    expect(c.lastExecuted(0)).toBe(1);
+    c.tick(CLUSTER_PARAMETERS.clientQuarantine ?? 6000);
+    c.submit(0, c.request(1, 1));
+    c.tick();
+    c.deliverAll();
+    expect(c.lastExecuted(0)).toBe(2);
+  });
+
+  test("pending requests are bounded per client by clientWindow", () => {
+    const c = new ManualCluster();
+    c.crash(0);
+    for (let s = 1; s <= 10; s++) c.submit(1, c.request(0, s));
+    expect(c.core(1).sizes().pending).toBe(CLUSTER_PARAMETERS.clientWindow as number);
+  });
+});
+
+describe("the ten classic bugs (ORDERING.md §9)", () => {
+  /** Leader 0 proposes; only replica 1 sees the PRE_PREPARE; returns the proposal. */
+  function proposalSeenBy1(c: ManualCluster): PrePrepare {
+    c.submit(0, c.request(0, 1));
+    c.tick(1, [0]);
+    const pp = c.queue.find((m) => m.msg.t === "PRE_PREPARE")?.msg as PrePrepare;
+    c.queue = [];
+    c.step(1, { kind: "message", from: 0, msg: pp });
+    c.queue = [];
+    return pp;
+  }
+
+  test("bug 1: one signer's PREPARE counted once however often it comes", () => {
+    const c = new ManualCluster();
+    const pp = proposalSeenBy1(c);
+    // The leader needs 2f PREPAREs from distinct backups; one backup's, five times, is one.
+    const p2 = resign(c, 2, { t: "PREPARE", view: 0, seq: 1, digest: pp.digest, replica: 2, sig: pp.sig });
+    for (let i = 0; i < 5; i++) c.step(0, { kind: "message", from: 2, msg: p2 });
+    expect(sent(c, 0, "COMMIT")).toEqual([]);
+    c.step(0, { kind: "message", from: 3, msg: resign(c, 3, { ...p2, replica: 3 }) });
+    expect(sent(c, 0, "COMMIT").length).toBe(1);
+  });
+
+  test("bug 1: the leader's own PREPARE never counts (its PRE_PREPARE is its vote)", () => {
+    const c = new ManualCluster();
+    const pp = proposalSeenBy1(c);
+    const fromLeader = resign(c, 0, { t: "PREPARE", view: 0, seq: 1, digest: pp.digest, replica: 0, sig: pp.sig });
+    for (let i = 0; i < 3; i++) c.step(1, { kind: "message", from: 0, msg: fromLeader });
+    expect(sent(c, 1, "COMMIT")).toEqual([]);
+    c.step(1, { kind: "message", from: 2, msg: resign(c, 2, { ...fromLeader, replica: 2 }) });
+    expect(sent(c, 1, "COMMIT").length).toBe(1);
+  });
+
+  test("bug 1: one signer's COMMIT repeated Q times does not commit", () => {
+    const c = new ManualCluster();
+    const pp = proposalSeenBy1(c);
+    for (const r of [2, 3]) c.step(1, { kind: "message", from: r, msg: resign(c, r, { t: "PREPARE", view: 0, seq: 1, digest: pp.digest, replica: r, sig: pp.sig }) });
+    const c2 = resign(c, 2, { t: "COMMIT", view: 0, seq: 1, digest: pp.digest, replica: 2, sig: pp.sig });
+    for (let i = 0; i < 5; i++) c.step(1, { kind: "message", from: 2, msg: c2 });
+    expect(decidedSeqs(c, 1)).toEqual([]);
+    c.step(1, { kind: "message", from: 3, msg: resign(c, 3, { ...c2, replica: 3 }) });
+    expect(decidedSeqs(c, 1)).toEqual([1]);
+  });
+
+  test("bug 2: a body that does not match the signed digest is refused and the leader suspected", () => {
+    const c = new ManualCluster();
+    c.submit(0, c.request(0, 1));
+    c.tick(1, [0]);
+    const pp = c.queue.find((m) => m.msg.t === "PRE_PREPARE")?.msg as PrePrepare;
+    c.queue = [];
+    const other = c.request(1, 1);
+    c.step(1, { kind: "message", from: 0, msg: { ...pp, batch: [other] } });
+    expect(suspects(c, 1)).toEqual(["bad-proposal"]);
+    expect(c.records[1]?.some((r) => r.t === "accept")).toBe(false);
+    // The same mismatch relayed by another replica proves nothing against the leader.
+    c.step(2, { kind: "message", from: 3, msg: { ...pp, batch: [other] } });
+    expect(suspects(c, 2)).toEqual([]);
+  });
+
+  test("bug 2: a proposal moved to seq+1 for one replica cannot commit there", () => {
+    const c = new ManualCluster();
+    c.submit(0, c.request(0, 1));
+    c.tick(1, [0]);
+    c.deliverAll((m) => {
+      if (m.to !== 1 || m.msg.t !== "PRE_PREPARE") return true;
+      c.step(1, { kind: "message", from: 0, msg: { ...m.msg, seq: m.msg.seq + 1 } });
+      return false;
+    });
+    // The moved header's signature is for seq 1, so replica 1 never accepted it at seq 2.
+    expect(c.records[1]?.some((r) => r.t === "accept" && r.prePrepare.seq === 2)).toBe(false);
+    expect(decidedSeqs(c, 0)).toEqual([1]);
+  });
+
+  test("bug 3: COMMITs for another digest never count", () => {
+    const c = new ManualCluster();
+    const pp = proposalSeenBy1(c);
+    for (const r of [2, 3]) c.step(1, { kind: "message", from: r, msg: resign(c, r, { t: "PREPARE", view: 0, seq: 1, digest: pp.digest, replica: r, sig: pp.sig }) });
+    const wrong = sha256(new Uint8Array([1]));
+    for (const r of [0, 2, 3]) c.step(1, { kind: "message", from: r, msg: resign(c, r, { t: "COMMIT", view: 0, seq: 1, digest: wrong, replica: r, sig: pp.sig }) });
+    expect(decidedSeqs(c, 1)).toEqual([]);
+  });
+
+  test("bug 4: COMMITs for s+1 first: nothing executes before s", () => {
+    const c = new ManualCluster();
+    c.submit(0, c.request(0, 1));
+    c.tick(1, [0]);
+    c.submit(0, c.request(1, 1));
+    c.tick(1, [0]);
+    // Hold every message about seq 1 addressed to replica 3.
+    const held: QueuedMessage[] = [];
+    const seqOf = (m: PeerMessage): number => ("seq" in m ? m.seq : 0);
+    c.deliverAll((m) => {
+      if (m.to === 3 && seqOf(m.msg) === 1) {
+        held.push(m);
+        return false;
+      }
+      return true;
+    });
+    expect(decidedSeqs(c, 0)).toEqual([1, 2]);
+    expect(decidedSeqs(c, 3)).toEqual([]);
+    for (const m of held) c.step(3, { kind: "message", from: m.from, msg: m.msg });
+    c.deliverAll();
+    expect(decidedSeqs(c, 3)).toEqual([1, 2]);
+  });
+
+  test("bug 5: a batch committed at one replica only survives the leader's crash", () => {
+    const c = new ManualCluster();
+    c.submit(0, c.request(0, 1));
+    c.tick(1, [0]);
+    // Everything flows except COMMITs to replicas other than 1.
+    c.deliverAll((m) => m.msg.t !== "COMMIT" || m.to === 1);
+    expect(decidedSeqs(c, 1)).toEqual([1]);
+    expect(decidedSeqs(c, 2)).toEqual([]);
+    const batch = c.decided[1]?.[0]?.batch;
+    c.crash(0);
+    // No catch-up by transfer: the decision must reach 2 and 3 through the view change.
+    const noTransfer = (m: QueuedMessage): boolean => m.msg.t !== "STATE_RESPONSE";
+    c.runUntil(() => [1, 2, 3].every((id) => c.lastExecuted(id) >= 1), 400, noTransfer);
+    for (const id of [2, 3]) expect(c.decided[id]?.[0]?.batch).toEqual(batch as never);
+    const nv = sent(c, 1, "NEW_VIEW")[0] as NewView;
+    expect(nv.view).toBe(1);
+    expect(nv.o[0]?.digest).toEqual(sha256(batchBytes(batch ?? [])));
+  });
+
+  test("bug 6: a NEW_VIEW built from old-view or foreign VIEW_CHANGEs is refused", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    c.crash(0);
+    for (const id of [1, 2, 3]) c.submit(id, c.request(1, 1));
+    c.runUntil(() => c.core(3).status().installedView === 1, 400);
+    const good = sent(c, 1, "NEW_VIEW")[0] as NewView;
+    // Replay it one view later with the same VIEW_CHANGEs: their views are too old.
+    const stale: NewView = { ...good, view: 5, o: [], minS: good.minS, maxS: good.minS };
+    const signedStale = { ...stale, sig: c.keyring.signAsReplica(5 % 4, signingBytes(stale, "cluster-test")) };
+    const before = c.core(3).status();
+    c.step(3, { kind: "message", from: 1, msg: signedStale });
+    expect(c.core(3).status().installedView).toBe(before.installedView);
+    // A foreign signer (not a member) in V is refused too.
+    const foreign: ViewChange = { ...(good.viewChanges[0] as ViewChange), replica: 9 };
+    const bad: NewView = { ...good, view: 5, viewChanges: [...good.viewChanges.slice(1), foreign] };
+    c.step(3, { kind: "message", from: 1, msg: { ...bad, sig: c.keyring.signAsReplica(1, signingBytes(bad, "cluster-test")) } });
+    expect(c.core(3).status().installedView).toBe(before.installedView);
+  });
+
+  test("bug 7: a certificate with any one mismatched part is refused", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    const rec = c.records[1]?.find((r) => r.t === "prepared");
+    if (rec?.t !== "prepared") throw new Error("no prepared record");
+    const cert = rec.cert;
+    const ctx = { n: 4, f: 1, mode: "bft" as const, q: 3, logWindow: 8, checkpointInterval: 4, clusterId: "cluster-test", crypto: c.keyring.cryptoFor(1) };
+    expect(validPreparedCert(ctx, cert)).toBe(true);
+    const p0 = cert.prepares[0] as Prepare;
+    const mutants: PreparedCert[] = [
+      { ...cert, view: cert.view + 1 },
+      { ...cert, seq: cert.seq + 1 },
+      { ...cert, digest: sha256(new Uint8Array([7])) },
+      { ...cert, prePrepare: { ...cert.prePrepare, seq: cert.seq + 1 } },
+      { ...cert, prePrepare: { ...cert.prePrepare, sig: new Uint8Array(64) } },
+      { ...cert, prepares: [p0, p0] },
+      { ...cert, prepares: [cert.prepares[1] as Prepare] },
+      { ...cert, prepares: [{ ...p0, view: p0.view + 1 }, cert.prepares[1] as Prepare] },
+      { ...cert, prepares: [{ ...p0, digest: sha256(new Uint8Array([8])) }, cert.prepares[1] as Prepare] },
+      { ...cert, prepares: [resign(c, 0, { ...p0, replica: 0 }), cert.prepares[1] as Prepare] },
+      { ...cert, prepares: [{ ...p0, replica: 7 }, cert.prepares[1] as Prepare] },
+      { ...cert, prepares: [{ ...p0, sig: new Uint8Array(64) }, cert.prepares[1] as Prepare] },
+    ];
+    for (const m of mutants) expect(validPreparedCert(ctx, m)).toBe(false);
+  });
+
+  test("bug 8: far-future votes, checkpoints and view changes stay within their bounds", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    const cfg = c.cfgs[1];
+    if (cfg === undefined) throw new Error("no config");
+    const vc = sent(c, 1, "VIEW_CHANGE")[0];
+    for (let i = 0; i < 300; i++) {
+      const d = sha256(new Uint8Array([i & 0xff, i >> 8]));
+      c.step(1, { kind: "message", from: 3, msg: resign(c, 3, { t: "PREPARE", view: 0, seq: 1_000_000 + i, digest: d, replica: 3, sig: d }) });
+      c.step(1, { kind: "message", from: 3, msg: resign(c, 3, { t: "PREPARE", view: 1_000_000 + i, seq: 2, digest: d, replica: 3, sig: d }) });
+      const cp = { t: "CHECKPOINT" as const, seq: 4 * (1_000_000 + i), digest: d, replica: 3, sig: d };
+      c.step(1, { kind: "message", from: 3, msg: { ...cp, sig: c.keyring.signAsReplica(3, signingBytes(cp, "cluster-test")) } });
+      if (vc !== undefined) c.step(1, { kind: "message", from: 3, msg: vc });
+    }
+    const z = c.core(1).sizes();
+    expect(z.log).toBeLessThanOrEqual(cfg.logWindow);
+    expect(z.farCheckpoints).toBeLessThanOrEqual(cfg.n);
+    expect(z.viewChanges).toBeLessThanOrEqual(cfg.n);
+    expect(z.buffered).toBeLessThanOrEqual(3 * cfg.logWindow * cfg.n);
+    // One replica ahead is not enough to drag the others into a new view.
+    expect(c.core(1).status().view).toBe(0);
+  });
+
+  test("bug 9: Miller's schedule (cut off the leader, then the next one) ends in an installed view", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    // Leader 0 is cut off; the moment a view change starts, 0 heals and the incoming
+    // leader 1 is cut off instead.
+    let cut = 0;
+    const keep = (m: QueuedMessage): boolean => {
+      if (m.msg.t === "VIEW_CHANGE") cut = 1;
+      return m.from !== cut && m.to !== cut;
+    };
+    for (const id of [1, 2, 3]) c.submit(id, c.request(1, 1));
+    for (let k = 0; k < 400; k++) {
+      c.tick();
+      c.deliverAll(keep);
+    }
+    expect(c.core(0).status().installedView).toBeGreaterThanOrEqual(2);
+    expect(c.lastExecuted(0)).toBe(2);
+    cut = -1;
+    c.runUntil(() => [0, 1, 2, 3].every((id) => c.lastExecuted(id) >= 2 && c.core(id).status().status === "normal"), 600, () => true);
+  });
+
+  test("bug 10: no vote in a view the replica has left", () => {
+    const c = new ManualCluster();
+    c.submit(0, c.request(0, 1));
+    c.tick(1, [0]);
+    const pp = c.queue.find((m) => m.msg.t === "PRE_PREPARE" && m.to === 1)?.msg as PrePrepare;
+    c.queue = [];
+    // Replica 1 times out on a request of its own and leaves view 0.
+    c.submit(1, c.request(2, 1));
+    c.tick((CLUSTER_PARAMETERS.requestTimeout ?? 20) * 2 + 2, [1]);
+    expect(c.core(1).status().status).toBe("viewChange");
+    const votesBefore = sent(c, 1, "PREPARE").length;
+    c.step(1, { kind: "message", from: 0, msg: pp });
+    expect(sent(c, 1, "PREPARE").length).toBe(votesBefore);
+  });
+
+  test("bug 10: a leader proposing an executed request again is suspected; nothing runs twice", () => {
+    const c = new ManualCluster();
+    const req = c.request(0, 1);
+    decideOne(c, 0, 1);
+    const batch = [req];
+    const digest = sha256(batchBytes(batch));
+    const header: PrePrepare = { t: "PRE_PREPARE", view: 0, seq: 2, digest, batch: null, sig: digest };
+    const pp = { ...resign(c, 0, header), batch };
+    c.step(1, { kind: "message", from: 0, msg: pp });
+    expect(suspects(c, 1)).toEqual(["bad-proposal"]);
+    expect((c.decided[1] ?? []).flatMap((d) => d.execute).length).toBe(1);
+  });
+
+  test("bug 10: a crash between persist and send never leads to a second digest", () => {
+    const c = new ManualCluster();
+    c.submit(0, c.request(0, 1));
+    c.tick(1, [0]);
+    const pp = c.queue.find((m) => m.msg.t === "PRE_PREPARE" && m.to === 1)?.msg as PrePrepare;
+    c.queue = [];
+    // Replica 1 persists its acceptance, then crashes before its PREPARE leaves.
+    c.step(1, { kind: "message", from: 0, msg: pp });
+    c.queue = [];
+    c.crash(1);
+    c.restart(1, false);
+    // A conflicting proposal for the same (view, seq) is now equivocation, not a new vote.
+    const alt = [c.request(1, 1)];
+    const altDigest = sha256(batchBytes(alt));
+    const altPp = { ...resign(c, 0, { ...pp, digest: altDigest, batch: null }), batch: alt };
+    const outs = c.step(1, { kind: "message", from: 0, msg: altPp });
+    expect(outs.some((o) => o.kind === "send" && o.msg.t === "PREPARE" && Buffer.from(o.msg.digest).equals(Buffer.from(altDigest)))).toBe(false);
+    expect(outs.some((o) => o.kind === "suspect" && o.reason === "equivocation")).toBe(true);
+  });
+});
+
+describe("checkpoints and state transfer (ORDERING.md §7)", () => {
+  test("K decisions make a stable checkpoint; h moves and the log is truncated", () => {
+    const c = new ManualCluster();
+    for (let s = 1; s <= 4; s++) decideOne(c, 0, s);
+    for (let id = 0; id < 4; id++) {
+      expect(c.core(id).status().h).toBe(4);
+      expect(c.core(id).sizes().log).toBe(0);
+      expect(c.records[id]?.some((r) => r.t === "stable" && r.seq === 4)).toBe(true);
+    }
+    const digests = new Set([0, 1, 2, 3].map((id) => Buffer.from((sent(c, id, "CHECKPOINT")[0] as { digest: Uint8Array }).digest).toString("hex")));
+    expect(digests.size).toBe(1);
+  });
+
+  test("a replica behind the window fetches a snapshot; dedupe survives the transfer", () => {
+    const c = new ManualCluster();
+    const first = c.request(0, 1);
+    const keep = (m: QueuedMessage): boolean => m.to !== 3 && m.from !== 3;
+    c.submit(0, first);
+    c.tick();
+    c.deliverAll(keep);
+    for (let s = 2; s <= 13; s++) {
+      c.submit(0, c.request(0, s));
+      c.tick();
+      c.deliverAll(keep);
+    }
+    expect(c.lastExecuted(0)).toBe(13);
+    expect(c.lastExecuted(3)).toBe(0);
+    // Reconnect replica 3: it learns of a stable checkpoint beyond its window and asks for state.
+    let fetch: Extract<CoreOutput, { kind: "fetchState" }> | undefined;
+    for (let k = 0; k < 200 && fetch === undefined; k++) {
+      c.tick();
+      c.deliverAll();
+      fetch = c.allOutputs(3).find((o): o is Extract<CoreOutput, { kind: "fetchState" }> => o.kind === "fetchState");
+    }
+    if (fetch === undefined) throw new Error("no fetchState");
+    const clients = c.core(0).exportClients();
+    const seq = fetch.seq;
+    expect(seq % 4).toBe(0);
+    // A snapshot that does not hash to the vouched digest is refused.
+    c.step(3, { kind: "snapshotInstalled", seq, stateDigest: fetch.stateDigest, appDigest: new Uint8Array(32).fill(9), clients });
+    expect(c.lastExecuted(3)).toBe(0);
+    // The real one: the application digest at `seq` is what replica 0 reported for it.
+    const own = c.records[0]?.find((r) => r.t === "checkpoint" && r.seq === seq);
+    if (own?.t !== "checkpoint") throw new Error("no checkpoint record");
+    c.step(3, { kind: "snapshotInstalled", seq, stateDigest: fetch.stateDigest, appDigest: own.appDigest, clients: own.clients });
+    expect(c.lastExecuted(3)).toBe(seq);
+    const outs = c.submit(3, first);
+    expect(outs.some((o) => o.kind === "resendReply")).toBe(true);
+    c.runUntil(() => c.lastExecuted(3) === 13, 200);
+  });
+
+  test("a restart from compacted records resumes with the same state", () => {
+    const c = new ManualCluster();
+    for (let s = 1; s <= 10; s++) decideOne(c, s % 2, Math.ceil(s / 2));
+    const before = c.core(2).status();
+    const clients = c.core(2).exportClients();
+    c.crash(2);
+    c.restart(2, true);
+    const after = c.core(2).status();
+    expect(after.lastExecuted).toBe(before.lastExecuted);
+    expect(after.h).toBe(before.h);
+    expect(after.view).toBe(before.view);
+    expect(c.core(2).exportClients()).toEqual(clients);
+    expect((c.records[2] ?? []).filter((r) => r.t === "decided").length).toBeLessThanOrEqual(before.lastExecuted - before.h);
+    decideOne(c, 0, 6);
+    expect(c.lastExecuted(2)).toBe(11);
+  });
+});
+
+describe("leader monitoring (Aardvark, ORDERING.md §5)", () => {
+  test("a leader that stops proposing while requests wait is replaced (heartbeat)", () => {
+    const c = new ManualCluster({ params: { requestTimeout: 1000 } });
+    decideOne(c, 0, 1);
+    // Replica 0 goes silent as a leader: its proposals are dropped.
+    const keep = (m: QueuedMessage): boolean => !(m.from === 0 && m.msg.t === "PRE_PREPARE");
+    for (const id of [1, 2, 3]) c.submit(id, c.request(1, 1));
+    c.runUntil(() => c.core(1).status().installedView >= 1, 200, keep);
+    expect(suspects(c, 1)[0]).toBe("heartbeat");
+    c.runUntil(() => c.lastExecuted(1) === 2, 100);
+  });
+});

@@ -1,0 +1,132 @@
+// The snapshot stream (src/replica/storage/stream.ts) and the checkpoint digest
+// (storage/digest.ts): equal states cut into equal parts, any part boundary reads back to
+// the same state, damage is refused, and the digest is the one the ordering core signs.
+import { describe, expect, test } from "bun:test";
+import { makeConfig } from "../../src/core/ordering/config.ts";
+import { OrderingCore } from "../../src/core/ordering/core.ts";
+import type { CoreCrypto, CoreOutput } from "../../src/core/ordering/types.ts";
+import { sign, verify } from "../../src/crypto/ed25519.ts";
+import { sha256 } from "../../src/crypto/hash.ts";
+import { SigningKey } from "../../src/crypto/keys.ts";
+import { admitRequest } from "../../src/replica/requests.ts";
+import { checkpointStateDigest } from "../../src/replica/storage/digest.ts";
+import { encodeStreamMeta, PartCutter, partBytesFor, STREAM_PART_BYTES_MAX, StreamReader } from "../../src/replica/storage/stream.ts";
+import { execute, newMachine, payloads, TestClient } from "./storage-fixtures.ts";
+
+const CLIENTS: [string, number][] = [
+  ["aa:x", 3],
+  ["bb:y", 10],
+];
+
+function populatedMachine(events: number) {
+  const machine = newMachine();
+  const admin = new TestClient();
+  const publisher = new TestClient();
+  execute(machine, [
+    admin.admin({ t: "create-channel", tag: "sec.alerts", fault: "byzantine", order: "total", priority: "high", public: true }),
+    admin.admin({ t: "register", tag: "sec.alerts", role: "publisher", key: publisher.key.publicKey }),
+  ]);
+  for (let i = 0; i < events; i += 3) execute(machine, [publisher.pub("sec.alerts", [`e${i}`, `e${i + 1}`, `e${i + 2}`])]);
+  return machine;
+}
+
+function cut(machine: ReturnType<typeof newMachine>, partBytes: number, seq = 128): Uint8Array[] {
+  const cutter = new PartCutter(encodeStreamMeta({ seq, clients: CLIENTS }), machine.exportSnapshot(), partBytes);
+  const parts: Uint8Array[] = [];
+  for (let part = cutter.next(); part !== null; part = cutter.next()) parts.push(part);
+  return parts;
+}
+
+describe("snapshot stream", () => {
+  test("parts are exactly partBytes long (the last may be shorter) and equal states give equal parts", () => {
+    const a = populatedMachine(300);
+    const parts = cut(a, 500);
+    expect(parts.length).toBeGreaterThan(3);
+    for (const part of parts.slice(0, -1)) expect(part.length).toBe(500);
+    expect((parts.at(-1) as Uint8Array).length).toBeLessThanOrEqual(500);
+    expect(cut(a, 500)).toEqual(parts);
+  });
+
+  test("skipping k parts yields part k (a transfer resumes mid-stream)", () => {
+    const machine = populatedMachine(300);
+    const parts = cut(machine, 300);
+    const cutter = new PartCutter(encodeStreamMeta({ seq: 128, clients: CLIENTS }), machine.exportSnapshot(), 300);
+    cutter.skip(5);
+    expect(cutter.next()).toEqual(parts[5] as Uint8Array);
+  });
+
+  for (const partBytes of [1, 7, 64, 4096]) {
+    test(`read back part by part at ${partBytes} bytes per part, the state and meta are identical`, () => {
+      const source = populatedMachine(90);
+      const target = newMachine();
+      const importer = target.beginRestore();
+      const reader = new StreamReader(importer);
+      for (const part of cut(source, partBytes)) expect(reader.push(part)).toEqual({ ok: true });
+      expect(reader.finish()).toEqual({ ok: true });
+      expect(reader.meta).toEqual({ seq: 128, clients: CLIENTS });
+      expect(importer.digest()).toEqual(source.digest());
+      expect(target.installSnapshot(importer)).toEqual({ ok: true });
+      expect(payloads(target, "sec.alerts")).toEqual(payloads(source, "sec.alerts"));
+    });
+  }
+
+  test("a truncated stream is refused at finish", () => {
+    const parts = cut(populatedMachine(60), 200);
+    const reader = new StreamReader(newMachine().beginRestore());
+    for (const part of parts.slice(0, -1)) reader.push(part);
+    expect(reader.finish().ok).toBe(false);
+  });
+
+  test("a damaged meta record is refused", () => {
+    const parts = cut(populatedMachine(30), 4096);
+    const first = Uint8Array.from(parts[0] as Uint8Array);
+    first[6] = 0xff;
+    const reader = new StreamReader(newMachine().beginRestore());
+    const pushed = reader.push(first);
+    expect(pushed.ok).toBe(false);
+  });
+
+  test("an oversized meta length is refused before anything is buffered", () => {
+    const reader = new StreamReader(newMachine().beginRestore());
+    expect(reader.push(new Uint8Array([0xff, 0xff, 0xff, 0xff])).ok).toBe(false);
+  });
+
+  test("the part size leaves room for the envelope in a frame and is capped", () => {
+    expect(partBytesFor(4 * 1024 * 1024)).toBe(STREAM_PART_BYTES_MAX);
+    expect(partBytesFor(8192)).toBe(8192 - 1024);
+  });
+});
+
+describe("checkpoint state digest", () => {
+  test("equals the digest the ordering core persists and signs at a checkpoint", () => {
+    const key = SigningKey.generate();
+    const crypto: CoreCrypto = {
+      hash: sha256,
+      sign: (bytes) => sign(key, bytes),
+      verify: (replica, bytes, sig) => replica === 0 && verify(key.publicKey, bytes, sig),
+      verifyRequest: (req) => {
+        const admitted = admitRequest({ body: req.body, sig: req.sig });
+        return admitted.ok && admitted.space === req.client && admitted.request.seq === req.seq && admitted.request.span === req.span;
+      },
+    };
+    // A group of one (f = 0) decides alone, so the core reaches a checkpoint by itself.
+    const core = new OrderingCore(makeConfig({ id: 0, n: 1, f: 0, mode: "bft", clusterId: "unit" }, { checkpointInterval: 2, logWindow: 4, pipelineDepth: 2 }), crypto);
+    const client = new TestClient();
+    const appDigest = sha256(new TextEncoder().encode("application state"));
+    const checkpoints: { seq: number; stateDigest: Uint8Array; clients: [string, number][] }[] = [];
+    const run = (outputs: CoreOutput[]): void => {
+      for (const o of outputs) {
+        if (o.kind === "takeCheckpoint") run(core.step({ kind: "checkpointReady", seq: o.seq, appDigest }));
+        if (o.kind === "persist" && o.record.t === "checkpoint") checkpoints.push(o.record);
+      }
+    };
+    for (let i = 0; i < 4 && checkpoints.length === 0; i++) {
+      run(core.step({ kind: "request", req: client.pub("a.b", [`event ${i}`]), authenticated: true }));
+      for (let t = 0; t < 3; t++) run(core.step({ kind: "tick" }));
+    }
+    const checkpoint = checkpoints[0];
+    if (checkpoint === undefined) throw new Error("the core took no checkpoint");
+    expect(checkpoint.clients.length).toBe(1);
+    expect(checkpointStateDigest(checkpoint.seq, appDigest, checkpoint.clients)).toEqual(checkpoint.stateDigest);
+  });
+});

@@ -1,0 +1,169 @@
+// The replica store (src/replica/storage/store.ts, index.ts): rows round-trip with their
+// checksums; damage in a row or in the file is detected at open, reported and never
+// served; the core's records are pruned at stable checkpoints; a data directory of
+// another replica is refused.
+import { afterEach, describe, expect, test } from "bun:test";
+import { Database } from "bun:sqlite";
+import { existsSync, readFileSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { PersistedRecord } from "../../src/core/ordering/types.ts";
+import { Metrics } from "../../src/replica/metrics.ts";
+import { QUARANTINE_DIR, ReplicaStorage, StoreIdentityError } from "../../src/replica/storage/index.ts";
+import { decodeRecord } from "../../src/replica/storage/records.ts";
+import { STORE_FILE } from "../../src/replica/storage/store.ts";
+import { openStorage, tempDir, testLog, TestClient } from "./storage-fixtures.ts";
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const cleanup of cleanups.splice(0)) cleanup();
+});
+
+function freshDir(): string {
+  const t = tempDir();
+  cleanups.push(t.remove);
+  return t.dir;
+}
+
+const client = new TestClient();
+const DIGEST = new Uint8Array(32).fill(9);
+
+function decided(seq: number, payload = `event ${seq}`): PersistedRecord {
+  return { t: "decided", seq, view: 0, digest: DIGEST, batch: [client.pub("a.b", [payload])], commits: [] };
+}
+
+/** Persists records and commits them. */
+function write(storage: ReplicaStorage, records: PersistedRecord[]): void {
+  for (const record of records) storage.persist(record);
+  storage.commits.flush();
+}
+
+function coreKinds(storage: ReplicaStorage): string[] {
+  const kinds: string[] = [];
+  for (const row of storage.store.coreRows()) if (row.ok) kinds.push(`${row.row.kind}:${row.row.seq}`);
+  return kinds;
+}
+
+function decidedSeqs(storage: ReplicaStorage): number[] {
+  return [...storage.store.decidedSeqs(0)];
+}
+
+describe("ReplicaStore rows", () => {
+  test("decided records round-trip as one row each, with the record intact", () => {
+    const dir = freshDir();
+    const storage = openStorage(dir);
+    const records = [decided(1), decided(2), decided(3)];
+    write(storage, records);
+    storage.close();
+    const reopened = openStorage(dir);
+    const rows = [...reopened.store.decidedRows(1)];
+    expect(rows.map((r) => r.ok)).toEqual([true, true, true]);
+    const first = rows[0];
+    if (first === undefined || !first.ok) throw new Error("row 1 missing");
+    const record = decodeRecord(first.row.rec);
+    expect(record?.t).toBe("decided");
+    expect(record).toEqual(records[0] as PersistedRecord);
+    reopened.close();
+  });
+
+  test("a stable checkpoint prunes the core records a restart no longer needs", () => {
+    const dir = freshDir();
+    const storage = openStorage(dir);
+    const pp = (seq: number): PersistedRecord => ({ t: "accept", prePrepare: { t: "PRE_PREPARE", view: 0, seq, digest: DIGEST, batch: [], sig: new Uint8Array(64) } });
+    const view = (v: number): PersistedRecord => ({ t: "view", view: v, installedView: v, status: "normal", viewChange: null, newView: null });
+    const checkpoint = (seq: number): PersistedRecord => ({ t: "checkpoint", seq, stateDigest: DIGEST, appDigest: DIGEST, clients: [] });
+    write(storage, [view(0), pp(1), pp(2), pp(3), checkpoint(2), view(1), pp(4)]);
+    write(storage, [{ t: "stable", seq: 2, digest: DIGEST, proof: [] }, checkpoint(4)]);
+    expect(coreKinds(storage).sort()).toEqual(["accept:3", "accept:4", "checkpoint:2", "checkpoint:4", "stable:2", "view:1"]);
+    storage.close();
+  });
+
+  test("a data directory of another replica is refused", () => {
+    const dir = freshDir();
+    openStorage(dir).close();
+    expect(() => ReplicaStorage.open({ dir, sync: "full", cluster: "unit", replica: 1, log: testLog(), metrics: new Metrics() })).toThrow(StoreIdentityError);
+    expect(() => ReplicaStorage.open({ dir, sync: "full", cluster: "other", replica: 0, log: testLog(), metrics: new Metrics() })).toThrow(StoreIdentityError);
+  });
+});
+
+describe("corruption", () => {
+  test("a row whose bytes changed is detected at open, reported, and cuts the decided log there", () => {
+    const dir = freshDir();
+    const storage = openStorage(dir);
+    write(storage, [1, 2, 3, 4, 5].map((seq) => decided(seq)));
+    storage.close();
+    // Bit rot inside row 3: the payload changes, its checksum does not.
+    const db = new Database(join(dir, STORE_FILE));
+    const row = db.query("SELECT rec FROM decided WHERE seq = 3").get() as { rec: Uint8Array };
+    const damaged = Uint8Array.from(row.rec);
+    damaged[damaged.length - 5] = (damaged[damaged.length - 5] as number) ^ 0x01;
+    db.query("UPDATE decided SET rec = ? WHERE seq = 3").run(damaged);
+    db.close();
+    const log = testLog();
+    const metrics = new Metrics();
+    const reopened = openStorage(dir, log, metrics);
+    expect(reopened.corruptAtOpen.map((r) => `${r.table} ${r.key}`)).toEqual(["decided seq 3"]);
+    expect(metrics.get("storage_corrupt_rows_total")).toBe(1);
+    expect(log.lines.some((l) => l.level === "error" && l.msg === "storage corruption detected" && l.fields.table === "decided")).toBe(true);
+    // Rows from the damaged one on cannot be replayed; peers supply them again.
+    expect(decidedSeqs(reopened)).toEqual([1, 2]);
+    reopened.close();
+  });
+
+  test("a flipped byte in the database file is detected", () => {
+    const dir = freshDir();
+    const storage = openStorage(dir);
+    const marker = "flip-this-payload-0123456789abcdef";
+    write(storage, [decided(1), decided(2, marker), decided(3)]);
+    storage.close();
+    // Closing the last connection folds the WAL into the main file.
+    const file = join(dir, STORE_FILE);
+    const bytes = readFileSync(file);
+    const at = bytes.indexOf(Buffer.from(marker));
+    expect(at).toBeGreaterThan(0);
+    bytes[at + 4] = (bytes[at + 4] as number) ^ 0x20;
+    writeFileSync(file, bytes);
+    const metrics = new Metrics();
+    const reopened = openStorage(dir, testLog(), metrics);
+    expect(metrics.get("storage_corrupt_rows_total")).toBeGreaterThanOrEqual(1);
+    expect(reopened.corruptAtOpen.some((r) => r.table === "decided")).toBe(true);
+    expect(decidedSeqs(reopened)).toEqual([1]);
+    reopened.close();
+  });
+
+  test("a truncated database file is moved aside and the replica starts empty", () => {
+    const dir = freshDir();
+    const storage = openStorage(dir);
+    write(storage, Array.from({ length: 200 }, (_, i) => decided(i + 1, `payload ${"x".repeat(200)} ${i}`)));
+    storage.close();
+    const file = join(dir, STORE_FILE);
+    truncateSync(file, Math.floor(statSync(file).size / 2));
+    const log = testLog();
+    const metrics = new Metrics();
+    const reopened = openStorage(dir, log, metrics);
+    expect(reopened.quarantined).toBe(true);
+    expect(metrics.get("storage_corrupt_rows_total")).toBe(1);
+    expect(existsSync(join(dir, QUARANTINE_DIR, STORE_FILE))).toBe(true);
+    expect(decidedSeqs(reopened)).toEqual([]);
+    // The new store works.
+    write(reopened, [decided(1)]);
+    expect(decidedSeqs(reopened)).toEqual([1]);
+    reopened.close();
+  });
+
+  test("a part read while serving that fails its checksum is reported and not returned", () => {
+    const dir = freshDir();
+    const log = testLog();
+    const metrics = new Metrics();
+    const storage = openStorage(dir, log, metrics);
+    storage.stagePart(7, 0, new Uint8Array([1, 2, 3, 4]));
+    storage.commits.flush();
+    expect(storage.readPart(7, 0)).toEqual(new Uint8Array([1, 2, 3, 4]));
+    const db = new Database(join(dir, STORE_FILE));
+    db.query("UPDATE snap_part SET data = ? WHERE seq = 7").run(new Uint8Array([1, 2, 3, 5]));
+    db.close();
+    expect(storage.readPart(7, 0)).toBeNull();
+    expect(metrics.get("storage_corrupt_rows_total")).toBe(1);
+    expect(log.lines.some((l) => l.msg === "storage corruption detected" && l.fields.table === "snap_part")).toBe(true);
+    storage.close();
+  });
+});
