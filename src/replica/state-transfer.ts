@@ -255,6 +255,8 @@ interface Fetch {
   /** Replicas that supplied a part of this attempt, and those distrusted for this target. */
   contributors: Set<number>;
   readonly distrusted: Set<number>;
+  /** Replicas that said they cannot serve the target (asked again only after a timeout). */
+  readonly unable: Set<number>;
   source: number;
   lastProgressMs: number;
 }
@@ -303,6 +305,7 @@ class TransferFetcher {
       bytes: 0,
       contributors: new Set(),
       distrusted: new Set(),
+      unable: new Set(),
       source: -1,
       lastProgressMs: options.now(),
     };
@@ -338,6 +341,7 @@ class TransferFetcher {
     if (fetch === null || m.seq !== fetch.target.seq || m.nonce !== fetch.nonce || from !== fetch.source) return;
     if (m.t === "none") {
       this.options.log.info("state transfer source cannot serve", { seq: m.seq, source: from, reason: m.reason });
+      fetch.unable.add(from);
       this.nextSource(fetch);
       return;
     }
@@ -418,12 +422,15 @@ class TransferFetcher {
 
   /** Moves to the next trusted source in the target's order and asks it from nextPart. */
   private nextSource(fetch: Fetch): void {
-    const candidates = fetch.target.from.filter((peer) => peer !== this.options.self && !fetch.distrusted.has(peer));
+    const candidates = fetch.target.from.filter((peer) => peer !== this.options.self && !fetch.distrusted.has(peer) && !fetch.unable.has(peer));
     if (candidates.length === 0) {
-      // Everyone sent something wrong or nothing: with at most f liars, trying all
-      // again is the only way on (and the core moves the target when peers move on).
+      // Every source lied, cannot serve, or is silent: after the next timeout all are
+      // asked again (with at most f liars that is the way on, and the core moves the
+      // target once the peers have moved on).
       fetch.distrusted.clear();
+      fetch.unable.clear();
       fetch.source = -1;
+      fetch.lastProgressMs = this.options.now();
       return;
     }
     const at = candidates.indexOf(fetch.source);

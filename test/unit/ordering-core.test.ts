@@ -528,3 +528,104 @@ describe("leader monitoring (Aardvark, ORDERING.md §5)", () => {
     c.runUntil(() => c.lastExecuted(1) === 2, 100);
   });
 });
+
+describe("view-change liveness (cases the simulator found)", () => {
+  test("a view forms even when one replica has already timed out past it", () => {
+    // Replica 3 is down. 0 hears everyone but nobody hears 0, so 0 collects a quorum of
+    // VIEW_CHANGEs for view 1, times out, and moves on to view 2, while the leader of
+    // view 1 never got 0's VIEW_CHANGE(1) and 0 only ever resends VIEW_CHANGE(2).
+    const c = new ManualCluster();
+    c.crash(3);
+    for (const id of [1, 2]) c.submit(id, c.request(0, 1));
+    let muted = true;
+    const keep = (m: QueuedMessage): boolean => !(muted && m.from === 0);
+    for (let k = 0; k < 300 && c.core(0).status().view < 2; k++) {
+      c.tick();
+      c.deliverAll(keep);
+    }
+    expect(c.core(0).status().view).toBe(2);
+    expect(c.core(1).status()).toMatchObject({ view: 1, installedView: 0, status: "viewChange" });
+    muted = false;
+    c.runUntil(() => [0, 1, 2].every((id) => c.lastExecuted(id) === 1), 600);
+  });
+
+  test("a leader cut off while the others changed view learns the new view when it speaks", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    let cut = true;
+    const keep = (m: QueuedMessage): boolean => !cut || (m.from !== 0 && m.to !== 0);
+    for (const id of [1, 2, 3]) c.submit(id, c.request(1, 1));
+    c.runUntil(() => [1, 2, 3].every((id) => c.lastExecuted(id) === 2), 400, keep);
+    expect(c.core(0).status()).toMatchObject({ view: 0, installedView: 0, status: "normal" });
+    cut = false;
+    // Replica 0 still believes it leads view 0; its next proposal is answered with NEW_VIEW(1).
+    c.submit(0, c.request(2, 1));
+    c.runUntil(() => c.core(0).status().installedView === 1 && [0, 1, 2, 3].every((id) => c.lastExecuted(id) === 3), 400);
+  });
+
+  test("a NEW_VIEW whose stable checkpoint is ahead moves h there and fetches the state", () => {
+    const c = new ManualCluster();
+    const keep3 = (m: QueuedMessage): boolean => m.from !== 3 && m.to !== 3;
+    for (let s = 1; s <= 5; s++) {
+      c.submit(0, c.request(0, s));
+      c.tick();
+      c.deliverAll(keep3);
+    }
+    expect(c.core(1).status().h).toBe(4);
+    // The leader crashes; replica 3, which saw nothing, takes part in the view change.
+    c.crash(0);
+    for (const id of [1, 2, 3]) c.submit(id, c.request(1, 1));
+    let fetch: Extract<CoreOutput, { kind: "fetchState" }> | undefined;
+    for (let k = 0; k < 400 && fetch === undefined; k++) {
+      c.tick();
+      c.deliverAll();
+      fetch = c.allOutputs(3).find((o): o is Extract<CoreOutput, { kind: "fetchState" }> => o.kind === "fetchState");
+    }
+    expect(fetch?.seq).toBe(4);
+    const s3 = c.core(3).status();
+    expect(s3.h).toBe(4);
+    expect(s3.transferTo).toBe(4);
+    expect(c.core(3).sizes().log).toBeLessThanOrEqual(c.cfgs[3]?.logWindow ?? 0);
+  });
+});
+
+describe("Aardvark monitors", () => {
+  test("throughput: a window below the requirement is slow; one that meets it raises it by 1%", async () => {
+    const { ThroughputMonitor } = await import("../../src/core/ordering/expectations.ts");
+    const m = new ThroughputMonitor({ tpWindow: 10, tpGrace: 0, tpRequiredPercent: 90, tpStepPercent: 1 }, 4);
+    m.onViewInstalled(0);
+    // View 1 does 2 requests per busy tick.
+    for (let t = 1; t <= 10; t++) {
+      m.onExecuted(2);
+      expect(m.onTick(t, true)).toBe(false);
+    }
+    m.onViewInstalled(10);
+    expect(m.requiredRate).toBeCloseTo(1.8);
+    for (let t = 11; t <= 20; t++) {
+      m.onExecuted(2);
+      m.onTick(t, true);
+    }
+    expect(m.requiredRate).toBeCloseTo(1.818);
+    // A window at 1 request per busy tick is slow.
+    let slow = false;
+    for (let t = 21; t <= 30; t++) {
+      m.onExecuted(1);
+      slow = m.onTick(t, true) || slow;
+    }
+    expect(slow).toBe(true);
+    // A window with under half its ticks busy is not judged at all.
+    slow = false;
+    for (let t = 31; t <= 40; t++) slow = m.onTick(t, t % 3 === 0) || slow;
+    expect(slow).toBe(false);
+  });
+
+  test("flooding: a peer far above every other one is flagged once per window", async () => {
+    const { FloodMonitor, FLOOD_MESSAGES_MIN } = await import("../../src/core/ordering/expectations.ts");
+    const m = new FloodMonitor(4, 10, 20);
+    for (let i = 0; i < FLOOD_MESSAGES_MIN * 2; i++) m.count(2);
+    for (let i = 0; i < 10; i++) m.count(1);
+    expect(m.onTick(5)).toEqual([]);
+    expect(m.onTick(10)).toEqual([2]);
+    expect(m.onTick(20)).toEqual([]);
+  });
+});

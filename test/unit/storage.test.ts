@@ -15,7 +15,7 @@ import { openStorage, tempDir, testLog, TestClient } from "./storage-fixtures.ts
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
-  for (const cleanup of cleanups.splice(0)) cleanup();
+  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
 });
 
 function freshDir(): string {

@@ -972,6 +972,26 @@ export class OrderingCore {
     this.collectGarbage();
   }
 
+  /**
+   * A NEW_VIEW starts the new view's log at minS, a stable checkpoint this replica has not
+   * reached. As in PBFT, h moves there at once (the proof has Q signatures) and the state
+   * is fetched: everything at or below minS is obsolete in the new view, and keeping it
+   * would let the log outgrow its window. Until the snapshot is installed, h is above
+   * lastExecuted and a transfer to h is in progress.
+   */
+  private jumpToStable(seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
+    this.h = seq;
+    this.hDigest = digest;
+    this.hProof = proof;
+    this.persist({ t: "stable", seq, digest, proof });
+    this.collectGarbage();
+    this.startTransfer(seq, digest, proof);
+    if (this.transfer !== null && this.transfer.seq === seq) {
+      this.transfer.nextTryAt = this.now + this.cfg.transferRetry;
+      this.emitFetch();
+    }
+  }
+
   /** Replicas are deterministic: an own digest that differs from a stable one is fatal. */
   private checkDivergence(seq: number, stable: Uint8Array): boolean {
     const own = this.ownCheckpoints.get(seq);
@@ -1332,7 +1352,7 @@ export class OrderingCore {
   private installNewView(m: NewView, plan: NewViewPlan): void {
     this.view = m.view;
     if (plan.minS > this.h && plan.minS > 0) {
-      if (plan.minS > this.lastExecuted) this.startTransfer(plan.minS, plan.stableDigest, plan.stableProof);
+      if (plan.minS > this.lastExecuted) this.jumpToStable(plan.minS, plan.stableDigest, plan.stableProof);
       else this.adoptStable(plan.minS, plan.stableDigest, plan.stableProof);
     }
     const old = this.log;
@@ -1685,6 +1705,10 @@ export class OrderingCore {
       this.vcResendAt = 0;
     }
     this.tp.onViewInstalled(0);
+    if (this.h > this.lastExecuted) {
+      // Restarted during a state transfer: ask again.
+      this.transfer = { seq: this.h, digest: this.hDigest, proof: this.hProof, nextTryAt: 0, attempt: 0 };
+    }
   }
 
   private restoreDecided(r: Extract<PersistedRecord, { t: "decided" }>): void {

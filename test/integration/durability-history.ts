@@ -1,0 +1,209 @@
+/**
+ * What the durability tests publish and how they judge the outcome: publish streams that
+ * record every acknowledged event, bounded waits on the replicas' own status, and a
+ * history checker over everything acknowledged and delivered.
+ *
+ * The checker's rules, for a total-order channel:
+ *   1. The history read from seq 1 is gap-free: seqs 1, 2, 3, ... with no repeat.
+ *   2. No payload appears twice (no event was executed twice).
+ *   3. Every acknowledged event is in the history, at the channel seq its ack named.
+ *   4. Every event in the history was published by the test (nothing invented).
+ *   5. Each stream's events appear in the order they were published (per-publisher FIFO).
+ *   6. What a live subscriber received is exactly the history at those seqs, gap-free.
+ * For an unordered channel: every acknowledged event is delivered, none twice, none invented.
+ */
+import type { FitbClient } from "../../src/client/index.ts";
+import { requireClusterConfig } from "../../src/config/cluster.ts";
+import type { Delivered } from "./client-util.ts";
+import { encode } from "./client-util.ts";
+import { type TestCluster, waitFor } from "./harness.ts";
+
+export interface Acked {
+  readonly payload: string;
+  /** The channel seq of the event (total order), or null (unordered). */
+  readonly seq: number | null;
+}
+
+export interface Stream {
+  readonly tag: string;
+  readonly prefix: string;
+  readonly acked: Acked[];
+  /** Payloads whose publish was attempted (acknowledged or not). */
+  readonly attempted: Set<string>;
+  failures: number;
+}
+
+/**
+ * Payload of event `index` of request `request` of a stream: `prefix-request.index`,
+ * padded with spaces and filler to `bytes` when asked for larger events.
+ */
+export function payloadOf(prefix: string, request: number, index: number, bytes = 0): string {
+  const name = `${prefix}-${request}.${index}`;
+  return name.length + 1 >= bytes ? name : `${name} ${"x".repeat(bytes - name.length - 1)}`;
+}
+
+/**
+ * Publishes `requests` requests of `eventsPerRequest` events each, one at a time, and
+ * records each acknowledged event. A publish that fails (a quorum was unreachable during
+ * a crash) is counted; its events may or may not have been ordered, never twice.
+ */
+export async function publishStream(
+  client: FitbClient,
+  tag: string,
+  prefix: string,
+  requests: number,
+  eventsPerRequest: number,
+  onRequest: (request: number) => void | Promise<void> = () => undefined,
+  eventBytes = 0,
+): Promise<Stream> {
+  const stream: Stream = { tag, prefix, acked: [], attempted: new Set(), failures: 0 };
+  for (let r = 0; r < requests; r++) {
+    await onRequest(r);
+    const payloads = Array.from({ length: eventsPerRequest }, (_, i) => payloadOf(prefix, r, i, eventBytes));
+    for (const p of payloads) stream.attempted.add(p);
+    try {
+      const ack = await client.publish(tag, payloads.map(encode));
+      payloads.forEach((payload, i) => stream.acked.push({ payload, seq: ack.channelSeq === null ? null : ack.channelSeq + i }));
+    } catch {
+      stream.failures++;
+    }
+  }
+  return stream;
+}
+
+/** The history checker for a total-order channel; returns every violation found. */
+export function checkTotalOrder(streams: readonly Stream[], history: readonly Delivered[], live: readonly Delivered[] = []): string[] {
+  const problems: string[] = [];
+  history.forEach((event, i) => {
+    if (event.seq !== i + 1) problems.push(`history position ${i} has seq ${event.seq}, expected ${i + 1} (gap or repeat)`);
+  });
+  const bySeq = new Map<number, string>();
+  const seen = new Set<string>();
+  for (const event of history) {
+    if (seen.has(event.payload)) problems.push(`${event.payload} appears twice`);
+    seen.add(event.payload);
+    bySeq.set(event.seq, event.payload);
+  }
+  const attempted = new Set(streams.flatMap((s) => [...s.attempted]));
+  for (const payload of seen) if (!attempted.has(payload)) problems.push(`${payload} was never published`);
+  for (const stream of streams) {
+    for (const ack of stream.acked) {
+      const at = ack.seq === null ? undefined : bySeq.get(ack.seq);
+      if (at !== ack.payload) problems.push(`acknowledged ${ack.payload} at seq ${ack.seq} but the history has ${at ?? "nothing"} there`);
+    }
+    problems.push(...fifoProblems(stream.prefix, history.map((e) => e.payload)));
+  }
+  live.forEach((event, i) => {
+    const first = live[0] as Delivered;
+    if (event.seq !== first.seq + i) problems.push(`live delivery ${i} has seq ${event.seq}, expected ${first.seq + i}`);
+    if (bySeq.get(event.seq) !== event.payload) problems.push(`live delivered ${event.payload} at ${event.seq}, history has ${bySeq.get(event.seq)}`);
+  });
+  return problems;
+}
+
+/** The history checker for an unordered channel. */
+export function checkUnordered(streams: readonly Stream[], delivered: readonly Delivered[]): string[] {
+  const problems: string[] = [];
+  const seen = new Set<string>();
+  for (const event of delivered) {
+    if (seen.has(event.payload)) problems.push(`${event.payload} delivered twice`);
+    seen.add(event.payload);
+  }
+  const attempted = new Set(streams.flatMap((s) => [...s.attempted]));
+  for (const payload of seen) if (!attempted.has(payload)) problems.push(`${payload} was never published`);
+  for (const stream of streams) for (const ack of stream.acked) if (!seen.has(ack.payload)) problems.push(`acknowledged ${ack.payload} was not delivered`);
+  return problems;
+}
+
+/** Events of one stream must appear in publish order. */
+function fifoProblems(prefix: string, payloads: readonly string[]): string[] {
+  let last = -1;
+  const problems: string[] = [];
+  for (const payload of payloads) {
+    if (!payload.startsWith(`${prefix}-`)) continue;
+    const name = payload.split(" ")[0] as string;
+    const [request, index] = name.slice(prefix.length + 1).split(".").map(Number) as [number, number];
+    const order = request * 1_000_000 + index;
+    if (order <= last) problems.push(`${payload} is out of publish order`);
+    last = order;
+  }
+  return problems;
+}
+
+/** Each replica's last decided seq from its own status answer (null: no answer). */
+export async function lastDecided(client: FitbClient): Promise<(number | null)[]> {
+  const status = await client.status();
+  return status.replicas.map((r) => (r.answer?.ok === true ? r.answer.value.lastDecided : null));
+}
+
+/** Waits until the replicas in `ids` all answer and report the same last decided seq. */
+export async function waitConverged(client: FitbClient, ids: readonly number[], timeoutMs: number): Promise<number> {
+  let at = -1;
+  await waitFor(
+    `replicas ${ids.join(",")} to reach the same decided seq`,
+    async () => {
+      const seqs = await lastDecided(client).catch(() => []);
+      const mine = ids.map((id) => seqs[id] ?? null);
+      if (mine.some((s) => s === null)) return false;
+      at = mine[0] as number;
+      return mine.every((s) => s === at);
+    },
+    timeoutMs,
+  );
+  return at;
+}
+
+/** The JSON log lines of replica `id` whose msg is `msg`. */
+export function logLines(cluster: TestCluster, id: number, msg: string): Record<string, unknown>[] {
+  const out: Record<string, unknown>[] = [];
+  for (const line of (cluster.logs[id] ?? []).join("").split("\n")) {
+    if (!line.includes(msg)) continue;
+    try {
+      const parsed = JSON.parse(line) as Record<string, unknown>;
+      if (parsed.msg === msg) out.push(parsed);
+    } catch {
+      // A line cut between two chunks of output; the next read has it whole.
+    }
+  }
+  return out;
+}
+
+/** Publishes one small event every `intervalMs` until stopped: traffic that lets a lagging replica see how far behind it is. */
+export function trickle(client: FitbClient, tag: string, prefix: string, intervalMs: number): { stream: Stream; stop: () => Promise<void> } {
+  const stream: Stream = { tag, prefix, acked: [], attempted: new Set(), failures: 0 };
+  let running = true;
+  const done = (async () => {
+    for (let r = 0; running; r++) {
+      const payload = payloadOf(prefix, r, 0);
+      stream.attempted.add(payload);
+      try {
+        const ack = await client.publish(tag, [encode(payload)]);
+        stream.acked.push({ payload, seq: ack.channelSeq });
+      } catch {
+        stream.failures++;
+      }
+      await Bun.sleep(intervalMs);
+    }
+  })();
+  return {
+    stream,
+    stop: async () => {
+      running = false;
+      await done;
+    },
+  };
+}
+
+/** The data directory of replica `id`, as its cluster file names it. */
+export function dataDirOf(cluster: TestCluster, id: number): string {
+  const entry = requireClusterConfig(cluster.configPath).replicas[id];
+  if (entry === undefined) throw new Error(`no replica ${id}`);
+  return entry.dataDir;
+}
+
+/** SIGKILLs replica `id` and waits until the process is gone (its files are then quiet). */
+export async function killAndWait(cluster: TestCluster, id: number): Promise<void> {
+  const proc = cluster.procs[id];
+  cluster.kill(id, "SIGKILL");
+  await proc?.exited;
+}

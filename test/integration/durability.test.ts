@@ -1,0 +1,152 @@
+/**
+ * Durability with real processes (DESIGN §5): four `fitb replica` processes on
+ * 127.0.0.1 with their data directories, killed with SIGKILL mid-stream and restarted;
+ * all four killed at once; one wiped and restored by state transfer, then serving
+ * history with only f+1 replicas up. Judged by the history checker over everything
+ * acknowledged and delivered (durability-history.ts).
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { rmSync } from "node:fs";
+import type { FitbClient } from "../../src/client/index.ts";
+import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
+import { clientFor, collect, createChannels, waitForCount } from "./client-util.ts";
+import { checkTotalOrder, checkUnordered, dataDirOf, logLines, publishStream, type Stream, trickle, waitConverged } from "./durability-history.ts";
+import { startCluster, type TestCluster } from "./harness.ts";
+
+/** Requests per stream; each of the streams below runs them one after another. */
+const REQUESTS = 120;
+/** Bound on waiting for replicas to converge after a restart. */
+const CONVERGE_MS = 30_000;
+
+async function readHistory(client: FitbClient, tag: string, from: number, count: number) {
+  const history = await collect(client, tag, from);
+  await waitForCount(history.events, count, `history of ${tag}`, 30_000);
+  await Bun.sleep(100);
+  await history.close();
+  return history.events;
+}
+
+function acked(streams: readonly Stream[]): number {
+  return streams.reduce((n, s) => n + s.acked.length, 0);
+}
+
+describe("kill -9 during a publish stream", () => {
+  let cluster: TestCluster;
+  let admin: FitbClient;
+  let publisher: FitbClient;
+  let reader: FitbClient;
+  const alerts: Stream[] = [];
+  const disks: Stream[] = [];
+  const links: Stream[] = [];
+
+  beforeAll(async () => {
+    cluster = await startCluster();
+    admin = clientFor(cluster, cluster.adminKey);
+    publisher = clientFor(cluster, cluster.clientKey);
+    reader = clientFor(cluster, cluster.clientKey);
+    await createChannels(admin, loadPublicKeyFile(`${cluster.clientKey}.pub`));
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const client of [admin, publisher, reader]) client?.close();
+    await cluster?.stop();
+  });
+
+  test("a follower and then the leader killed and restarted mid-stream: nothing acknowledged is lost, duplicated or reordered", async () => {
+    const leader = (await admin.status()).leader as number;
+    const follower = (leader + 1) % cluster.n;
+    const liveAlerts = await collect(reader, "sec.alerts");
+    const liveDisks = await collect(reader, "storage.disks");
+    // The crash schedule runs on the progress of the alerts stream.
+    const schedule = new Map<number, () => void>([
+      [Math.floor(REQUESTS / 5), () => cluster.kill(follower)],
+      [Math.floor((2 * REQUESTS) / 5), () => cluster.start(follower)],
+      [Math.floor((3 * REQUESTS) / 5), () => cluster.kill(leader)],
+      [Math.floor((4 * REQUESTS) / 5), () => cluster.start(leader)],
+    ]);
+    const streams = await Promise.all([
+      publishStream(publisher, "sec.alerts", "alert", REQUESTS, 2, (r) => schedule.get(r)?.()),
+      publishStream(publisher, "storage.disks", "disk", REQUESTS, 1),
+      publishStream(publisher, "net.links", "link", REQUESTS / 2, 1),
+    ]);
+    alerts.push(streams[0]);
+    disks.push(streams[1]);
+    links.push(streams[2]);
+    expect(acked(alerts)).toBeGreaterThan(REQUESTS);
+    await waitConverged(admin, [0, 1, 2, 3], CONVERGE_MS);
+    // Both restarted replicas came back from their data directories, not from scratch.
+    for (const id of [follower, leader]) {
+      const recoveries = logLines(cluster, id, "recovered from the data directory");
+      expect(recoveries.length).toBe(2);
+      expect(recoveries[1]?.lastDecided as number).toBeGreaterThan(0);
+    }
+    const alertHistory = await readHistory(reader, "sec.alerts", 1, acked(alerts));
+    const diskHistory = await readHistory(reader, "storage.disks", 1, acked(disks));
+    expect(checkTotalOrder(alerts, alertHistory, liveAlerts.events)).toEqual([]);
+    expect(checkTotalOrder(disks, diskHistory, liveDisks.events)).toEqual([]);
+    expect(liveAlerts.events.length).toBeGreaterThanOrEqual(acked(alerts));
+    const linkHistory = await readHistory(reader, "net.links", 0, acked(links));
+    expect(checkUnordered(links, linkHistory)).toEqual([]);
+    await liveAlerts.close();
+    await liveDisks.close();
+  }, 90_000);
+
+  test("all four killed with SIGKILL and restarted: every acknowledged event is still there and the group goes on", async () => {
+    for (let id = 0; id < cluster.n; id++) cluster.kill(id);
+    await Promise.all(cluster.procs.map((proc) => proc?.exited));
+    for (let id = 0; id < cluster.n; id++) cluster.start(id);
+    await waitConverged(admin, [0, 1, 2, 3], CONVERGE_MS);
+    const more = await publishStream(publisher, "sec.alerts", "after", 5, 1);
+    expect(more.acked.length).toBe(5);
+    alerts.push(more);
+    const alertHistory = await readHistory(reader, "sec.alerts", 1, acked(alerts));
+    expect(checkTotalOrder(alerts, alertHistory)).toEqual([]);
+    const diskHistory = await readHistory(reader, "storage.disks", 1, acked(disks));
+    expect(checkTotalOrder(disks, diskHistory)).toEqual([]);
+    const linkHistory = await readHistory(reader, "net.links", 0, acked(links));
+    expect(checkUnordered(links, linkHistory)).toEqual([]);
+  }, 90_000);
+});
+
+describe("a replica that lost its data directory", () => {
+  test("is restored by state transfer and then serves history with only f+1 replicas up", async () => {
+    const cluster = await startCluster();
+    const admin = clientFor(cluster, cluster.adminKey);
+    const publisher = clientFor(cluster, cluster.clientKey);
+    try {
+      await createChannels(admin, loadPublicKeyFile(`${cluster.clientKey}.pub`));
+      const leader = (await admin.status()).leader as number;
+      const wiped = (leader + 2) % cluster.n;
+      // Enough decisions for two stable checkpoints (K = 128): the wiped replica can
+      // only come back by state transfer, not by replaying the log window.
+      const stream = await publishStream(publisher, "sec.alerts", "alert", 300, 1);
+      cluster.kill(wiped);
+      rmSync(dataDirOf(cluster, wiped), { recursive: true, force: true });
+      cluster.start(wiped);
+      const traffic = trickle(publisher, "sec.alerts", "trickle", 50);
+      await waitConverged(admin, [0, 1, 2, 3], CONVERGE_MS).finally(() => traffic.stop());
+      await traffic.stop();
+      expect(logLines(cluster, wiped, "state transfer completed").length).toBeGreaterThanOrEqual(1);
+      // Down to f+1 = 2: the restored replica and one other, neither of them the leader.
+      const other = (wiped + 1) % cluster.n === leader ? (wiped + 2) % cluster.n : (wiped + 1) % cluster.n;
+      for (let id = 0; id < cluster.n; id++) if (id !== wiped && id !== other) cluster.kill(id);
+      const streams = [stream, traffic.stream];
+      const total = acked(streams);
+      const sub = await cluster.fitb(
+        ["sub", "--config", cluster.configPath, "--key", cluster.clientKey, "sec.alerts", "--from", "1", "--count", String(total), "--json", "--connect-timeout", "1000"],
+        { timeoutMs: 30_000 },
+      );
+      expect(sub.code).toBe(0);
+      const history = sub.stdout
+        .trim()
+        .split("\n")
+        .map((line) => JSON.parse(line) as { seq: number; payload: string });
+      expect(history.length).toBe(total);
+      expect(checkTotalOrder(streams, history)).toEqual([]);
+    } finally {
+      admin.close();
+      publisher.close();
+      await cluster.stop();
+    }
+  }, 90_000);
+});
