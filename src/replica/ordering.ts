@@ -21,7 +21,7 @@ import type { SigningKey } from "../crypto/keys.ts";
 import { REQUEST_BYTES_MAX } from "../core/channels/constants.ts";
 import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { SnapshotImport } from "../core/channels/snapshot.ts";
-import { DEFAULT_PARAMETERS, makeConfig } from "../core/ordering/config.ts";
+import { type CoreConfig, DEFAULT_PARAMETERS, makeConfig } from "../core/ordering/config.ts";
 import type { ClientRequest, PeerMessage } from "../core/ordering/messages.ts";
 import { REQUEST_SPAN_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
 import { OrderingCore } from "../core/ordering/core.ts";
@@ -33,7 +33,7 @@ import type { PeerMesh } from "./peers.ts";
 import { admitRequest } from "./requests.ts";
 import { StateTransfer, validateTransferMessage } from "./state-transfer.ts";
 import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
-import { recover } from "./storage/recovery.ts";
+import { type Recovered, recover } from "./storage/recovery.ts";
 import { SnapshotKeeper } from "./storage/snapshots.ts";
 import { partBytesFor } from "./storage/stream.ts";
 
@@ -70,6 +70,22 @@ export interface OrderingStatus {
   readonly baseSnapshot: number;
 }
 
+/** The ordering core's configuration for this cluster (ORDERING.md §10 defaults, sized to the cluster's limits). */
+function coreConfigFor(config: ClusterConfig, id: number): CoreConfig {
+  return makeConfig(
+    { id, n: config.n, f: config.f, mode: "bft", clusterId: config.name },
+    {
+      // A request travels in one frame; a batch of requests must hold the largest one.
+      maxRequestBytes: Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX),
+      maxBatchBytes: Math.max(DEFAULT_PARAMETERS.maxBatchBytes, Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX)),
+      maxRequestSpan: Math.min(config.limits.batchEventsMax, REQUEST_SPAN_MAX),
+      // Clients may keep this many requests in flight; the core must admit them all or
+      // a refused early request would leave a gap that later ones wait behind.
+      clientWindow: Math.max(DEFAULT_PARAMETERS.clientWindow, config.limits.clientInflightRequestsMax),
+    },
+  );
+}
+
 export class OrderingDriver {
   private readonly core: OrderingCore;
   private readonly verified = new Map<string, true>();
@@ -93,39 +109,12 @@ export class OrderingDriver {
       },
       verifyRequest: (req) => this.verifyRequest(req),
     };
-    const coreConfig = makeConfig(
-      { id, n: config.n, f: config.f, mode: "bft", clusterId: config.name },
-      {
-        // A request travels in one frame; a batch of requests must hold the largest one.
-        maxRequestBytes: Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX),
-        maxBatchBytes: Math.max(DEFAULT_PARAMETERS.maxBatchBytes, Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX)),
-        maxRequestSpan: Math.min(config.limits.batchEventsMax, REQUEST_SPAN_MAX),
-        // Clients may keep this many requests in flight; the core must admit them all or
-        // a refused early request would leave a gap that later ones wait behind.
-        clientWindow: Math.max(DEFAULT_PARAMETERS.clientWindow, config.limits.clientInflightRequestsMax),
-      },
-    );
+    const coreConfig = coreConfigFor(config, id);
     this.checkpointInterval = coreConfig.checkpointInterval;
     this.partBytes = partBytesFor(config.limits.frameBytesMax);
     this.keeper = new SnapshotKeeper({ storage, machine, partBytes: this.partBytes, log, metrics, appliedSeq: () => this.appliedSeq }, null);
-    const startedMs = performance.now();
-    const recovered = recover({
-      storage,
-      machine,
-      partBytes: this.partBytes,
-      execute: (requests, seq) => {
-        options.onDecided(requests, seq);
-        this.appliedSeq = seq;
-      },
-      afterSeq: (seq, clients, stableSeq) => {
-        // Captures at the stable checkpoint and after it let this replica serve state
-        // transfer right after a restart.
-        if (seq % this.checkpointInterval === 0 && seq >= stableSeq) this.keeper.capture(seq, clients.export());
-      },
-    });
-    this.keeper.setBase(recovered.base);
+    const recovered = this.recoverFromDisk();
     this.core = new OrderingCore(coreConfig, crypto, recovered.coreRecords);
-    this.appliedSeq = recovered.lastDecided;
     if (this.core.status().lastExecuted !== recovered.lastDecided) {
       log.error("restored core and state machine disagree", { core: this.core.status().lastExecuted, machine: recovered.lastDecided });
       process.exit(EXIT_STATE_UNTRUSTED);
@@ -146,8 +135,33 @@ export class OrderingDriver {
       recovered.incoming,
     );
     metrics.gauge("state_transfer_target_seq", () => this.transfer.fetching ?? 0);
+  }
+
+  /**
+   * Rebuilds the machine from the base snapshot and the decided log, and returns the
+   * core's records (storage/recovery.ts). Runs before the replica listens.
+   */
+  private recoverFromDisk(): Recovered {
+    const { storage, machine, log } = this.options;
+    const startedMs = performance.now();
+    const recovered = recover({
+      storage,
+      machine,
+      partBytes: this.partBytes,
+      execute: (requests, seq) => {
+        this.options.onDecided(requests, seq);
+        this.appliedSeq = seq;
+      },
+      afterSeq: (seq, clients, stableSeq) => {
+        // Captures at the stable checkpoint and after it let this replica serve state
+        // transfer right after a restart.
+        if (seq % this.checkpointInterval === 0 && seq >= stableSeq) this.keeper.capture(seq, clients.export());
+      },
+    });
+    this.keeper.setBase(recovered.base);
+    this.appliedSeq = recovered.lastDecided;
     log.info("recovered from the data directory", {
-      dir: config.replicas[id]?.dataDir,
+      dir: storage.dir,
       baseSnapshot: recovered.base?.seq ?? 0,
       replayedDecisions: recovered.replayedDecisions,
       lastDecided: recovered.lastDecided,
@@ -157,6 +171,7 @@ export class OrderingDriver {
       quarantined: storage.quarantined,
       ms: Math.round(performance.now() - startedMs),
     });
+    return recovered;
   }
 
   start(): void {

@@ -312,6 +312,8 @@ class TransferFetcher {
     this.active = fetch;
     options.metrics.inc("state_transfer_started_total");
     if (!this.resumeFromDisk(fetch)) {
+      // Parts of an earlier attempt at this seq (another digest) must not mix with these.
+      options.storage.stageDropPartsFrom(target.seq, 0);
       options.storage.stageHead(incomingHead(target, options.partBytes));
       if (this.resumable !== null && this.resumable.head.seq !== target.seq) options.storage.stageDropSnapshot(this.resumable.head.seq);
     }

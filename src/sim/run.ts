@@ -86,7 +86,8 @@ function parseArgs(argv: readonly string[]): Args {
 function printFailure(r: SeedResult, args: Args): void {
   console.log(`FAIL seed ${r.seed} [${args.faults}] ${r.summary}`);
   for (const v of r.violations) console.log(`  ${v}`);
-  console.log(`  replay: bun src/sim/run.ts --faults ${args.faults} --seed ${r.seed} --trace`);
+  const crypto = args.crypto === "ed25519" ? "" : ` --crypto ${args.crypto}`;
+  console.log(`  replay: bun src/sim/run.ts --faults ${args.faults}${crypto} --seed ${r.seed} --trace`);
 }
 
 function replayOne(args: Args, seed: number): number {

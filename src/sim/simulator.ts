@@ -284,6 +284,7 @@ class Simulation {
           this.sendFrom(node, o.to, o.msg);
           break;
         case "decide":
+          this.log(`${node.name} decided seq ${o.seq} in view ${o.view}: ${o.execute.length}/${o.batch.length} requests executed`);
           this.onDecide(node, o.seq, o.batch, o.execute);
           break;
         case "takeCheckpoint":
@@ -292,6 +293,7 @@ class Simulation {
           node.inbox.push({ kind: "checkpointReady", seq: o.seq, appDigest: node.app.chain });
           break;
         case "fetchState":
+          this.log(`${node.name} fetches the state at ${o.seq} from ${o.from.join(",")}`);
           node.fetch = { seq: o.seq, digest: o.stateDigest, from: o.from, at: this.now + this.rng.int(2, 10) };
           break;
         case "suspect":
@@ -340,7 +342,7 @@ class Simulation {
       if (this.executedPool.length < 256) this.executedPool.push(r);
       else this.executedPool[this.rng.int(0, 255)] = r;
       const cr = this.requests.get(requestKey(r.client, r.seq));
-      if (cr === undefined || cr.req !== r && !sameRequest(cr.req, r)) continue;
+      if (cr === undefined || (cr.req !== r && !sameRequest(cr.req, r))) continue;
       cr.executedBy.add(node.id);
       if (cr.decidedAt === null && cr.executedBy.size >= weakQuorum(this.scenario.n, this.scenario.f, this.scenario.mode)) {
         cr.decidedAt = this.now;

@@ -34,6 +34,11 @@ const REGRESSIONS: Regression[] = [
   { mix: "all", seed: 4297, what: "h above lastExecuted in crash mode with n = 7" },
   { mix: "all", seed: 4408, what: "h above lastExecuted with faulty clients and partitions" },
   { mix: "all", seed: 6108, what: "h above lastExecuted with a flooding, stuffing NEW_VIEW forger" },
+  {
+    mix: "all",
+    seed: 12560,
+    what: "liveness: CHECKPOINTs lost before heal left both checkpoints unstable and the window full for good (own CHECKPOINTs are now resent while execution stalls)",
+  },
 ];
 
 /** Regressions replay with the keyed-hash crypto: the schedule is the same as with ed25519. */

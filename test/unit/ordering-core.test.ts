@@ -498,6 +498,19 @@ describe("checkpoints and state transfer (ORDERING.md §7)", () => {
     c.runUntil(() => c.lastExecuted(3) === 13, 200);
   });
 
+  test("a lost CHECKPOINT is sent again while execution stalls, until the checkpoint is stable", () => {
+    const c = new ManualCluster();
+    c.crash(3); // a quorum now needs every live replica's CHECKPOINT
+    const dropCheckpointsOf1 = (m: QueuedMessage): boolean => !(m.msg.t === "CHECKPOINT" && m.from === 1);
+    for (let s = 1; s <= 4; s++) {
+      c.submit(0, c.request(0, s));
+      c.tick();
+      c.deliverAll(dropCheckpointsOf1);
+    }
+    expect([0, 2].map((id) => c.core(id).status().h)).toEqual([0, 0]);
+    c.runUntil(() => [0, 1, 2].every((id) => c.core(id).status().h === 4), 3 * (CLUSTER_PARAMETERS.vcRetransmit ?? 10));
+  });
+
   test("a restart from compacted records resumes with the same state", () => {
     const c = new ManualCluster();
     for (let s = 1; s <= 10; s++) decideOne(c, s % 2, Math.ceil(s / 2));

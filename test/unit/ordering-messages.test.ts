@@ -144,3 +144,18 @@ describe("signingBytes", () => {
     expect(NULL_DIGEST).toEqual(new Uint8Array(32));
   });
 });
+
+describe("persisted records", () => {
+  test("are canonical values: they survive canonical CBOR unchanged", async () => {
+    const { ManualCluster } = await import("../../src/sim/cluster.ts");
+    const c = new ManualCluster({ crypto: "fast" });
+    for (let s = 1; s <= 5; s++) {
+      c.submit(0, c.request(0, s));
+      c.tick();
+      c.deliverAll();
+    }
+    const records = c.records[1] ?? [];
+    expect(new Set(records.map((r) => r.t))).toEqual(new Set(["accept", "prepared", "decided", "checkpoint", "stable"]));
+    for (const r of records) expect(decodeCanonical(encodeCanonical(r))).toEqual(r);
+  });
+});

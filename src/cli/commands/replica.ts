@@ -80,7 +80,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     replica = new Replica({ config, id, key, log, dataDir, sync });
   } catch (error) {
     if (error instanceof StoreIdentityError) throw new CommandError(error.message);
-    throw error;
+    throw new CommandError(`cannot start replica ${id} on data directory ${dataDir}: ${(error as Error).message}`);
   }
   try {
     replica.start();

@@ -192,11 +192,13 @@ export class OrderingCore {
   private lastExecProgress = 0;
   private nextRetransmitAt = 0;
   private nextProbeAt = 0;
+  private nextCheckpointResendAt = 0;
   private lastLeaderProgress = 0;
   private progressTimeoutCur: number;
   private readonly peerView = new Map<ReplicaId, number>();
   private readonly peerSeq = new Map<ReplicaId, number>();
   private readonly servedAt = new Map<ReplicaId, number>();
+  private readonly stableAnsweredAt = new Map<ReplicaId, number>();
   private nonce = 0;
   private readonly tp: ThroughputMonitor;
   private readonly flood: FloodMonitor;
@@ -907,7 +909,11 @@ export class OrderingCore {
 
   private onCheckpoint(from: ReplicaId, m: Checkpoint): void {
     this.notePeer(from, -1, m.seq);
-    if (!isMember(this.ctx, m.replica) || m.seq <= this.h || m.seq % this.cfg.checkpointInterval !== 0) return;
+    if (!isMember(this.ctx, m.replica) || m.seq % this.cfg.checkpointInterval !== 0) return;
+    if (m.seq <= this.h) {
+      this.answerWithStable(from);
+      return;
+    }
     if (m.seq <= this.highWater) {
       if (this.checkpoints.get(m.seq)?.has(m.replica)) return;
       if (!this.verify(m)) return;
@@ -919,6 +925,20 @@ export class OrderingCore {
     if (!this.verify(m)) return;
     this.farCheckpoints.set(m.replica, m);
     this.checkFarCheckpoints();
+  }
+
+  /**
+   * A CHECKPOINT at or below our stable one comes from a replica that may lack the proof
+   * (its own was resent because it saw no quorum): send it ours, at most once per
+   * retransmission interval per peer.
+   */
+  private answerWithStable(to: ReplicaId): void {
+    if (this.h === 0 || to === this.cfg.id) return;
+    const last = this.stableAnsweredAt.get(to) ?? -NO_DEADLINE;
+    if (this.now - last < this.cfg.vcRetransmit) return;
+    this.stableAnsweredAt.set(to, this.now);
+    const stable: StableProof = { seq: this.h, digest: this.hDigest, proof: this.hProof };
+    this.send(to, { t: "STATE_RESPONSE", kind: "decided", nonce: 0, items: [], stable, lastExecuted: this.lastExecuted });
   }
 
   /** Adds a verified in-window CHECKPOINT and adopts it as stable at Q matching signers. */
@@ -1018,10 +1038,9 @@ export class OrderingCore {
       this.farCheckpoints.delete(r);
       if (c.seq > h) this.addCheckpoint(c);
     }
-    for (const [key, v] of [...this.signedVotes]) {
+    for (const key of [...this.signedVotes.keys()]) {
       const seq = Number(key.slice(key.lastIndexOf(":") + 1));
       if (seq <= h) this.signedVotes.delete(key);
-      void v;
     }
   }
 
@@ -1087,7 +1106,9 @@ export class OrderingCore {
       if (item !== null) items.push(item);
     }
     const stable: StableProof | null = this.h > 0 ? { seq: this.h, digest: this.hDigest, proof: this.hProof } : null;
-    if (items.length === 0 && (stable === null || this.h < m.seq)) return;
+    // The stable proof alone is worth sending when the asker has executed up to it: it may
+    // be stuck with a full window for want of exactly that proof.
+    if (items.length === 0 && (stable === null || this.h < m.seq - 1)) return;
     const resp: StateResponse = {
       t: "STATE_RESPONSE",
       kind: m.kind,
@@ -1490,8 +1511,26 @@ export class OrderingCore {
         this.askForMissingBodies();
       }
     }
+    this.resendCheckpoints();
     this.catchUpProbe();
     this.flushForwards();
+  }
+
+  /**
+   * A CHECKPOINT is sent once; if one is lost, the checkpoint may never become stable and
+   * the window fills up for good. So while execution stalls, resend our own CHECKPOINTs
+   * above h (re-signed on demand: ed25519 is deterministic, the bytes are the same).
+   */
+  private resendCheckpoints(): void {
+    if (this.now < this.nextCheckpointResendAt) return;
+    if (this.now - this.lastExecProgress < this.cfg.vcRetransmit) return;
+    let any = false;
+    for (const [seq, digest] of this.ownCheckpoints) {
+      if (seq <= this.h) continue;
+      this.send("all", this.signed<Checkpoint>({ t: "CHECKPOINT", seq, digest, replica: this.cfg.id, sig: EMPTY_SIG }));
+      any = true;
+    }
+    if (any) this.nextCheckpointResendAt = this.now + this.cfg.vcRetransmit;
   }
 
   /**
@@ -1633,12 +1672,15 @@ export class OrderingCore {
     this.adviseTimer();
   }
 
-  /** Tells the runtime when the core next needs a tick, when that changed. */
+  /**
+   * Tells the runtime when the core next needs a tick: when the previous advice has passed
+   * or something is due sooner than it said.
+   */
   private adviseTimer(): void {
     let due = this.now + this.cfg.vcRetransmit;
     if (this.forwardQueue.length > 0 || this.forwardAllQueue.length > 0 || this.pending.total > 0) due = this.now + 1;
     if (this.phase === "viewChange") due = Math.min(due, this.vcDeadline, this.vcResendAt);
-    if (due !== this.lastTimerAdvice) {
+    if (due < this.lastTimerAdvice || this.lastTimerAdvice <= this.now) {
       this.lastTimerAdvice = due;
       this.emit({ kind: "setTimer", ticks: Math.max(1, due - this.now) });
     }
@@ -1748,6 +1790,13 @@ export class OrderingCore {
         e.prepared = true;
       }
       if (e.digest === null) continue;
+      if (this.cfg.mode === "cft" && !e.prepared && e.header !== null && e.batch !== null) {
+        // In crash mode acceptance is preparation; a crash between the two records lost
+        // only the second, which follows from the first.
+        e.prepared = true;
+        const cert: PreparedCert = { view: e.view, seq: e.seq, digest: e.digest, prePrepare: e.header, prepares: [], batch: e.batch };
+        if (p === undefined || p.cert.view <= e.view) this.preparedStore.set(e.seq, { cert, batch: e.batch });
+      }
       const kinds = this.isLeader() || this.cfg.mode === "cft" ? [] : ["PREPARE"];
       if (e.prepared) kinds.push("COMMIT");
       for (const t of kinds) this.signedVotes.set(`${t}:${e.view}:${e.seq}`, e.digest);

@@ -39,6 +39,15 @@
  * the client table (lastExecutedSeq per client), which also travels in every snapshot so
  * that deduplication survives state transfer.
  *
+ * Modes: 'bft' uses quorums of 2f+1 of n = 3f+1 with PREPARE and COMMIT phases; 'cft' runs
+ * on the same group with majority quorums floor(n/2)+1 and no PREPARE phase. `quorum(n, f,
+ * mode)` is the one quorum helper. PROTOCOL.md beside this file states the protocol in a
+ * page and every departure from ORDERING.md.
+ *
+ * Test seams: OrderingCore has protected methods (quorumSize, voteKey, voteMatches,
+ * recomputesNewView) that only test subclasses override, to build deliberately broken
+ * cores the simulator must catch. Production code constructs OrderingCore itself.
+ *
  * Per-client integrity: a client's requests execute in order with no gap
  * (next.seq == prev.seq + prev.span); `lastExecutedSeq[client]` is seq+span-1 of the last
  * executed one. Requests at or below it are answered again (`resendReply`), never run twice.

@@ -64,7 +64,9 @@ export class GroupCommit {
 
   /** Stages a write for the next transaction. */
   stage(write: StagedWrite): void {
-    if (this.closed) throw new Error("storage is closed");
+    // After a clean stop nothing may reach the disk any more; a message still in flight
+    // then is as good as one that arrived after the stop.
+    if (this.closed) return;
     this.staged.push(write);
     this.stagedTotal++;
     this.scheduleFlush();

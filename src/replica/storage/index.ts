@@ -55,6 +55,11 @@ export class ReplicaStorage {
   readonly sinceBase: SinceBase = { rows: 0, bytes: 0 };
   private closed = false;
 
+  /** The data directory. */
+  get dir(): string {
+    return this.options.dir;
+  }
+
   private constructor(
     readonly store: ReplicaStore,
     private readonly options: StorageOptions,
@@ -68,12 +73,14 @@ export class ReplicaStorage {
         for (const write of writes) write();
       }),
       onFailure: (error) => this.fail(error),
-      onCommit: (writes) => {
+      onCommit: (writes, ms) => {
         options.metrics.inc("storage_commits_total");
         options.metrics.inc("storage_writes_total", writes);
+        options.metrics.inc("storage_commit_ms_total", ms);
       },
     });
     options.metrics.gauge("storage_pending_writes", () => this.commits.pendingWrites);
+    options.metrics.gauge("storage_file_bytes", () => (this.closed ? 0 : this.store.sizeBytes()));
   }
 
   /**
@@ -89,11 +96,13 @@ export class ReplicaStorage {
     try {
       store = ReplicaStore.open(options.dir, options.sync, identity);
       const structural = store.quickCheck();
-      if (structural !== null) throw new Error(`SQLite integrity check failed: ${structural}`);
+      if (structural !== null) throw new StructuralDamage(`SQLite integrity check failed: ${structural}`);
       corrupt = scanAndDelete(store);
     } catch (error) {
-      if (error instanceof StoreIdentityError) throw error;
-      store?.close();
+      // Only damage moves the file aside; a permission or I/O problem must not cost a
+      // healthy replica its data, so it stops the start instead.
+      if (!isDamage(error)) throw error;
+      closeQuietly(store);
       quarantined = true;
       const moved = quarantine(options.dir);
       reportCorruption(options, [{ table: "*", ids: [], key: STORE_FILE, reason: `unreadable (${(error as Error).message}); moved to ${moved}` }]);
@@ -286,6 +295,28 @@ export function deleteCorruptRow(store: ReplicaStore, row: CorruptRow): void {
       return store.deleteUnorderedRow(first);
     default:
       return;
+  }
+}
+
+/** The file is not a sound SQLite database. */
+class StructuralDamage extends Error {
+  override readonly name = "StructuralDamage";
+}
+
+/** SQLite result codes that mean the file itself is damaged (not missing, locked or unreadable by permission). */
+const DAMAGE_CODES: ReadonlySet<string> = new Set(["SQLITE_CORRUPT", "SQLITE_NOTADB"]);
+
+function isDamage(error: unknown): boolean {
+  if (error instanceof StructuralDamage) return true;
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && DAMAGE_CODES.has(code);
+}
+
+function closeQuietly(store: ReplicaStore | null): void {
+  try {
+    store?.close();
+  } catch {
+    // A damaged file may refuse even the checkpoint on close; it is moved aside next.
   }
 }
 
