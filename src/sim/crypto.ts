@@ -14,6 +14,7 @@
  */
 import { createPrivateKey, createPublicKey, type KeyObject, sign as edSign, verify as edVerify } from "node:crypto";
 import { bytesEqual, type ClientRequest, hex } from "../core/ordering/index.ts";
+import { concatBytes } from "../crypto/encoding.ts";
 import type { CoreCrypto, ReplicaId } from "../core/ordering/index.ts";
 
 export type SimCryptoKind = "ed25519" | "fast";
@@ -34,20 +35,8 @@ export function sha256(bytes: Uint8Array): Uint8Array {
   return Bun.SHA256.hash(bytes) as Uint8Array;
 }
 
-function concat(...parts: Uint8Array[]): Uint8Array {
-  let len = 0;
-  for (const p of parts) len += p.length;
-  const out = new Uint8Array(len);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
 const textEncoder = new TextEncoder();
-const REQUEST_PREFIX = concat(textEncoder.encode(REQUEST_DOMAIN), Uint8Array.of(0));
+const REQUEST_PREFIX = concatBytes(textEncoder.encode(REQUEST_DOMAIN), Uint8Array.of(0));
 
 /** One identity: a secret seed, its public key, and (for ed25519) key objects. */
 export class SimKey {
@@ -63,14 +52,14 @@ export class SimKey {
   ) {
     this.secret = seed;
     if (kind === "ed25519") {
-      this.priv = createPrivateKey({ key: Buffer.from(concat(PKCS8_ED25519_PREFIX, seed)), format: "der", type: "pkcs8" });
+      this.priv = createPrivateKey({ key: Buffer.from(concatBytes(PKCS8_ED25519_PREFIX, seed)), format: "der", type: "pkcs8" });
       this.pub = createPublicKey(this.priv);
       const der = this.pub.export({ format: "der", type: "spki" });
       this.publicKey = new Uint8Array(der.subarray(der.length - 32));
     } else {
       this.priv = null;
       this.pub = null;
-      this.publicKey = sha256(concat(textEncoder.encode("fitb-sim-public"), seed));
+      this.publicKey = sha256(concatBytes(textEncoder.encode("fitb-sim-public"), seed));
     }
     this.publicHex = hex(this.publicKey);
   }
@@ -83,8 +72,8 @@ export class SimKey {
 
 /** The fast scheme's tag is keyed by the public key; only the simulator computes it for a signer. */
 function fastTag(pub: Uint8Array, bytes: Uint8Array): Uint8Array {
-  const a = sha256(concat(pub, bytes));
-  return concat(a, sha256(concat(a, pub)));
+  const a = sha256(concatBytes(pub, bytes));
+  return concatBytes(a, sha256(concatBytes(a, pub)));
 }
 
 /** Every key of a run plus the verification memo shared by all simulated replicas. */
@@ -143,11 +132,11 @@ export class SimKeyring {
     if (view.getUint32(40) !== req.span) return false;
     const pubBytes = b.subarray(0, 32);
     if (hex(pubBytes) !== req.client) return false;
-    return this.verifyWith(pubBytes, this.pubKeyObject(req.client, pubBytes), concat(REQUEST_PREFIX, b), req.sig);
+    return this.verifyWith(pubBytes, this.pubKeyObject(req.client, pubBytes), concatBytes(REQUEST_PREFIX, b), req.sig);
   }
 
   signRequest(client: SimKey, body: Uint8Array): Uint8Array {
-    return this.signWith(client, concat(REQUEST_PREFIX, body));
+    return this.signWith(client, concatBytes(REQUEST_PREFIX, body));
   }
 
   private pubKeyObject(client: string, pubBytes: Uint8Array): KeyObject | null {
@@ -157,7 +146,7 @@ export class SimKeyring {
     if (this.pubByHex.has(client)) return this.pubByHex.get(client) ?? null;
     let k: KeyObject | null = null;
     try {
-      k = createPublicKey({ key: Buffer.from(concat(SPKI_ED25519_PREFIX, pubBytes)), format: "der", type: "spki" });
+      k = createPublicKey({ key: Buffer.from(concatBytes(SPKI_ED25519_PREFIX, pubBytes)), format: "der", type: "spki" });
     } catch {
       k = null;
     }

@@ -23,7 +23,7 @@ export type ByzBehaviour =
   | "badproposal" // as leader: proposes invalid, replayed or duplicate requests
   | "nvforge" // as new leader: a NEW_VIEW whose O does not follow from its VIEW_CHANGEs
   | "flood" // far-future votes and view changes
-  | "slow" // as leader: holds its proposals back, just inside the heartbeat
+  | "slow" // as leader: holds each proposal back 5-20 ticks (slow, yet within the heartbeat)
   | "twins" // two copies of the replica with the same keys
   | "forget"; // restarts with no state (Twins' lost-state case)
 
