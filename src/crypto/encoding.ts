@@ -66,6 +66,11 @@ export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
 
 /** Concatenates byte arrays into one new array. */
 export function concatBytes(...parts: readonly Uint8Array[]): Uint8Array {
+  return concatByteList(parts);
+}
+
+/** concatBytes for a list of any length (a spread of a very long list would overflow the stack). */
+export function concatByteList(parts: readonly Uint8Array[]): Uint8Array {
   let total = 0;
   for (const part of parts) total += part.byteLength;
   const out = new Uint8Array(total);

@@ -14,6 +14,7 @@
  *   reading at `readPauseOutboundBytes`, and a hard bound above both ends the connection;
  * - subscriptions: `subscriptionsPerConnectionMax`.
  */
+import { concatByteList } from "../crypto/encoding.ts";
 import { ClientClosedError, ClientError, describeError, SubscriptionEndedError } from "../client/errors.ts";
 import { InOrder, type Settled } from "../client/in-order.ts";
 import { OutboundBuffer } from "../client/outbound.ts";
@@ -467,7 +468,7 @@ export class RelayConnection {
   private flushWrites(): void {
     this.flushScheduled = false;
     if (this.state === "closed" || this.pendingWrites.length === 0) return;
-    const data = concat(this.pendingWrites, this.pendingWriteBytes);
+    const data = this.pendingWrites.length === 1 ? (this.pendingWrites[0] as Uint8Array) : concatByteList(this.pendingWrites);
     this.pendingWrites = [];
     this.pendingWriteBytes = 0;
     const result = this.outbound.enqueue((chunk) => this.socket.write(chunk), data);
@@ -563,7 +564,7 @@ function batchBytes(batch: ReceivedBatch): Uint8Array {
   const lines = batch.events.map((payload, index) =>
     eventBytes({ tag: batch.tag, seq: eventSeq(batch, index), publisher, tsMs: batch.ts }, payload),
   );
-  return concat(lines, lines.reduce((sum, line) => sum + line.byteLength, 0));
+  return lines.length === 1 ? (lines[0] as Uint8Array) : concatByteList(lines);
 }
 
 function slowReason(tag: string, batch: ReceivedBatch, waitingBytes: number): string {
@@ -586,13 +587,3 @@ function endFor(error: unknown, trimmedOldest: number | null): { code: SubEndCod
   return { code: "SHUTDOWN", reason: describeError(error) };
 }
 
-function concat(parts: readonly Uint8Array[], total: number): Uint8Array {
-  if (parts.length === 1) return parts[0] as Uint8Array;
-  const out = new Uint8Array(total);
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.byteLength;
-  }
-  return out;
-}
