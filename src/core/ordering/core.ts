@@ -126,6 +126,20 @@ interface Transfer {
   attempt: number;
 }
 
+/** hash(canonical(client table)): the client part of a checkpoint's state digest. */
+export function clientTableHash(hash: (bytes: Uint8Array) => Uint8Array, rows: ClientTableExport): Uint8Array {
+  return hash(encodeCanonical(rows));
+}
+
+/**
+ * The checkpoint state digest D = hash(seq, appDigest, hash(clients)) (ORDERING.md §7).
+ * Exported so that the runtime checks a fetched or stored snapshot with the very formula
+ * the core signs.
+ */
+export function stateDigestOf(hash: (bytes: Uint8Array) => Uint8Array, seq: number, appDigest: Uint8Array, clientsHash: Uint8Array): Uint8Array {
+  return hash(encodeCanonical({ seq, app: appDigest, clients: clientsHash }));
+}
+
 /**
  * The replicated ordering state machine of one replica. See index.ts for the contract.
  *
@@ -877,12 +891,11 @@ export class OrderingCore {
   // -------------------------------------------------------------------------------------
 
   private clientsHash(rows: ClientTableExport): Uint8Array {
-    return this.crypto.hash(encodeCanonical(rows));
+    return clientTableHash(this.crypto.hash, rows);
   }
 
-  /** D = hash(seq, appDigest, hash(clients)). */
   private stateDigest(seq: number, appDigest: Uint8Array, clientsHash: Uint8Array): Uint8Array {
-    return this.crypto.hash(encodeCanonical({ seq, app: appDigest, clients: clientsHash }));
+    return stateDigestOf(this.crypto.hash, seq, appDigest, clientsHash);
   }
 
   private takeCheckpoint(s: number): void {
