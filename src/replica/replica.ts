@@ -121,7 +121,7 @@ export class Replica {
       log,
       metrics: this.metrics,
       mesh: this.mesh,
-      onDecided: (requests, decidedSeq) => this.executeDecided(requests, decidedSeq),
+      onDecided: (requests) => this.executeDecided(requests),
       onResendReply: (space, seq) => this.resendReply(space, seq),
       machine: this.machine,
       storage: this.storage,
@@ -224,10 +224,12 @@ export class Replica {
       this.reply(session, failure(request.seq, this.options.id, digest, "RATE_LIMITED", "the client's event rate is over its limit; retry later"));
       return;
     }
-    if (toHex(request.client) !== session.keyHex) {
-      // A relay may sign for one key per session; requests signed by another key are
-      // accepted too (they carry their own signature), so this is only counted.
-      this.metrics.inc("requests_foreign_key_total");
+    if (clientHex !== session.keyHex) {
+      // A session speaks for the key it authenticated with; this also keeps the core's
+      // "authenticated" admission (which may quarantine a client) honest.
+      this.metrics.inc("requests_refused_total");
+      this.reply(session, failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "requests must be signed by the key this session authenticated with"));
+      return;
     }
     if (request.op.t === "pub") {
       const info = this.machine.channelInfo(request.op.tag);
@@ -292,13 +294,11 @@ export class Replica {
   // Execution of decided requests (identical on every replica)
   // ---------------------------------------------------------------------------------
 
-  private executeDecided(requests: readonly ClientRequest[], decidedSeq: number): void {
+  private executeDecided(requests: readonly ClientRequest[]): void {
     for (const req of requests) this.executeOne(req);
     this.metrics.inc("batches_decided_total");
-    this.decidedSeq = decidedSeq;
   }
 
-  private decidedSeq = 0;
 
   private executeOne(req: ClientRequest): void {
     const signed: SignedRequest = { body: req.body, sig: req.sig };

@@ -4,7 +4,12 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { FitbClient } from "../../src/client/index.ts";
-import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
+import { DEFAULT_BACKOFF, ReplicaConnection } from "../../src/client/index.ts";
+import { sign } from "../../src/crypto/ed25519.ts";
+import { loadPublicKeyFile, loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import { encodeRequestBody, type Frame } from "../../wire/schemas.ts";
+import { requestSigningInput } from "../../wire/session.ts";
+import { FrameType } from "../../wire/types.ts";
 import { CLASSES, clientFor, collect, createChannels, encode, waitForCount } from "./client-util.ts";
 import { freePortRange, startCluster, type TestCluster, waitFor } from "./harness.ts";
 
@@ -89,6 +94,31 @@ describe("a four-replica cluster", () => {
     const ack = await publisher.publish("net.links", [encode("still fine")]);
     expect(ack.span).toBe(1);
   }, 60_000);
+
+  test("a session may only send requests signed by the key it authenticated with", async () => {
+    const sessionKey = loadSigningKeyFile(cluster.clientKey).key;
+    const otherKey = loadSigningKeyFile(cluster.adminKey).key;
+    const replica = (await import("../../src/config/cluster.ts")).requireClusterConfig(cluster.configPath).replicas[0];
+    if (replica === undefined) throw new Error("no replica 0");
+    const frames: Frame[] = [];
+    const connection = new ReplicaConnection(
+      { id: 0, host: replica.host, port: replica.port, publicKey: replica.publicKey },
+      sessionKey,
+      { onReady() {}, onFrame: (_c, frame) => frames.push(frame), onDown() {} },
+      { frameBytesMax: 1 << 20, outboundBytesMax: 1 << 20, sessionTimeoutMs: 5_000, pingIntervalMs: 5_000, idleTimeoutMs: 20_000, backoff: DEFAULT_BACKOFF, random: Math.random, now: Date.now },
+    );
+    connection.start();
+    try {
+      await waitFor("the session", () => connection.isReady);
+      const body = encodeRequestBody({ v: 1, client: otherKey.publicKey, seq: 1, span: 1, ts: Date.now(), op: { t: "pub", tag: "net.links", events: [encode("x")] } });
+      connection.send({ type: FrameType.REQUEST, body: { body, sig: sign(otherKey, requestSigningInput(body)) } });
+      await waitFor("a REPLY", () => frames.some((f) => f.type === FrameType.REPLY));
+      const reply = frames.find((f) => f.type === FrameType.REPLY);
+      expect(reply?.type === FrameType.REPLY && !reply.body.ok ? reply.body.code : "ok").toBe("UNAUTHORIZED");
+    } finally {
+      connection.close();
+    }
+  }, 30_000);
 });
 
 /** Publishes `count` single-event requests to `tag`, one at a time, returning the acked payloads with their seqs. */
