@@ -25,7 +25,7 @@ import { type CoreConfig, DEFAULT_PARAMETERS, makeConfig } from "../core/orderin
 import type { ClientRequest, PeerMessage } from "../core/ordering/messages.ts";
 import { REQUEST_SPAN_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
 import { OrderingCore } from "../core/ordering/core.ts";
-import type { CoreCrypto, CoreInput, CoreOutput, PersistedRecord } from "../core/ordering/types.ts";
+import type { CoreCrypto, CoreInput, CoreOutput, PersistedRecord, Refusal } from "../core/ordering/types.ts";
 import { type Canonical, encodeCanonical, tryDecodeCanonical } from "../../wire/canonical.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
@@ -53,6 +53,7 @@ export interface OrderingDriverOptions {
   readonly mesh: PeerMesh;
   readonly onDecided: (requests: readonly ClientRequest[], decidedSeq: number) => void;
   readonly onResendReply: (space: string, seq: number) => void;
+  readonly onRefused: (space: string, seq: number, reason: Refusal) => void;
   /** The channel state machine the decided batches run on (snapshots, restore). */
   readonly machine: ChannelMachine;
   readonly storage: ReplicaStorage;
@@ -278,6 +279,10 @@ export class OrderingDriver {
         return;
       case "resendReply":
         this.options.onResendReply(output.client, output.seq);
+        return;
+      case "refused":
+        this.options.metrics.inc("requests_refused_total");
+        this.options.onRefused(output.client, output.seq, output.reason);
         return;
       case "takeCheckpoint":
         // Effects run in order, so the machine is exactly at `seq` now, unless a snapshot

@@ -19,6 +19,7 @@ import { REQUEST_BYTES_MAX, REQUEST_EVENTS_MAX, RETAINED_BYTES_TOTAL_MAX } from 
 import { ChannelMachine } from "../core/channels/machine.ts";
 import type { ChannelError, StoredBatch, TrimmedError } from "../core/channels/types.ts";
 import type { ClientRequest } from "../core/ordering/messages.ts";
+import type { Refusal } from "../core/ordering/types.ts";
 import { type Canonical, tryDecodeCanonical } from "../../wire/canonical.ts";
 import { decodeRequestBody, type Frame, type Reply, type Request, type SignedRequest } from "../../wire/schemas.ts";
 import { type ErrorCode, FrameType } from "../../wire/types.ts";
@@ -68,6 +69,8 @@ export class Replica {
   /** Sessions waiting for a decided request's reply, by space and seq. */
   private readonly waiting = new Map<string, Set<ClientSession>>();
   private readonly waitingBySession = new Map<number, Set<string>>();
+  /** sha256 of each waiting request's body, to answer a refusal with the digest the client matches on. */
+  private readonly waitingDigests = new Map<string, Uint8Array>();
   private readonly replies = new Map<string, CachedReply>();
   private readonly startedMs = Date.now();
   private readonly rate: RateLimiter;
@@ -123,6 +126,7 @@ export class Replica {
       mesh: this.mesh,
       onDecided: (requests) => this.executeDecided(requests),
       onResendReply: (space, seq) => this.resendReply(space, seq),
+      onRefused: (space, seq, reason) => this.refuseWaiting(space, seq, reason),
       machine: this.machine,
       storage: this.storage,
     });
@@ -198,7 +202,7 @@ export class Replica {
     for (const key of keys) {
       const set = this.waiting.get(key);
       set?.delete(session);
-      if (set !== undefined && set.size === 0) this.waiting.delete(key);
+      if (set !== undefined && set.size === 0) this.forgetWaiting(key);
     }
     this.waitingBySession.delete(session.id);
   }
@@ -286,6 +290,7 @@ export class Replica {
     const set = this.waiting.get(key) ?? new Set<ClientSession>();
     set.add(session);
     this.waiting.set(key, set);
+    this.waitingDigests.set(key, digest);
     const req: ClientRequest = { client: space, seq: request.seq, span: request.span, body: signed.body, sig: signed.sig };
     this.ordering.submit(req);
   }
@@ -348,7 +353,7 @@ export class Replica {
     const key = `${req.client}#${request.seq}`;
     const sessions = this.waiting.get(key);
     if (sessions === undefined) return;
-    this.waiting.delete(key);
+    this.forgetWaiting(key);
     for (const session of sessions) {
       this.waitingBySession.get(session.id)?.delete(key);
       this.reply(session, reply);
@@ -370,11 +375,30 @@ export class Replica {
     const key = `${space}#${seq}`;
     const sessions = this.waiting.get(key);
     if (sessions === undefined) return;
-    this.waiting.delete(key);
+    this.forgetWaiting(key);
     for (const session of sessions) {
       this.waitingBySession.get(session.id)?.delete(key);
       if (cached !== undefined && cached.seq === seq) this.reply(session, cached.reply);
       else this.reply(session, failure(seq, this.options.id, new Uint8Array(32), "REPLAY", "this sequence number was already used"));
+    }
+  }
+
+  private forgetWaiting(key: string): void {
+    this.waiting.delete(key);
+    this.waitingDigests.delete(key);
+  }
+
+  /** The core did not admit a request: the clients waiting for it learn why at once. */
+  private refuseWaiting(space: string, seq: number, reason: Refusal): void {
+    const key = `${space}#${seq}`;
+    const sessions = this.waiting.get(key);
+    const digest = this.waitingDigests.get(key);
+    if (sessions === undefined || digest === undefined) return;
+    this.forgetWaiting(key);
+    const [code, text] = REFUSAL_REPLIES[reason];
+    for (const session of sessions) {
+      this.waitingBySession.get(session.id)?.delete(key);
+      this.reply(session, failure(seq, this.options.id, digest, code, text));
     }
   }
 
@@ -454,6 +478,14 @@ function toJson(value: Canonical): unknown {
 function channelSummary(info: { tag: string; fault: string; order: string; priority: string; public: boolean }): { [key: string]: Canonical } {
   return { tag: info.tag, fault: info.fault, order: info.order, priority: info.priority, public: info.public };
 }
+
+/** What a client is told for each kind of refusal by the ordering core. */
+const REFUSAL_REPLIES: Record<Refusal, [ErrorCode, string]> = {
+  invalid: ["BAD_REQUEST", "the request's sequence numbers or size are not acceptable"],
+  quarantined: ["UNAUTHORIZED", "this client sent a bad signature and is refused for a while"],
+  window: ["OUT_OF_ORDER", "too many requests of this client are pending here; retry once earlier ones are answered"],
+  overloaded: ["OVERLOADED", "the replica's pending requests are at their bound; retry later"],
+};
 
 function failure(seq: number, replica: number, digest: Uint8Array, code: ErrorCode, reason: string): Reply {
   return { seq: Math.max(seq, 1), replica, d: digest, ok: false, code, reason: reason.slice(0, 512) };

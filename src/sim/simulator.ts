@@ -307,6 +307,7 @@ class Simulation {
           if (node.correct) this.checker.violation(`replica ${node.name} diverged at checkpoint ${o.seq}`);
           break;
         case "resendReply":
+        case "refused":
         case "setTimer":
         case "peerFlooding":
           break;

@@ -642,3 +642,30 @@ describe("Aardvark monitors", () => {
     expect(m.onTick(20)).toEqual([]);
   });
 });
+
+describe("admission refusals reach the client (bounded pending pool)", () => {
+  type Refused = Extract<CoreOutput, { kind: "refused" }>;
+  const refusals = (outputs: CoreOutput[]): Refused[] => outputs.filter((o): o is Refused => o.kind === "refused");
+
+  test("a request beyond the client's window is refused as 'window', and an admitted one is not refused", () => {
+    const c = new ManualCluster();
+    // clientWindow is 4 in the test cluster: four pending requests fill it.
+    for (let seq = 1; seq <= 4; seq++) expect(refusals(c.submit(1, c.request(0, seq)))).toEqual([]);
+    const fifth = c.request(0, 5);
+    expect(refusals(c.submit(1, fifth)).map((r) => [r.client, r.seq, r.reason])).toEqual([[fifth.client, 5, "window"]]);
+  });
+
+  test("a request whose seq was already executed with a different span is refused as 'invalid'", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    const overlapping = c.request(0, 1, 2);
+    expect(refusals(c.submit(1, overlapping)).map((r) => r.reason)).toEqual(["invalid"]);
+  });
+
+  test("forwarded copies are refused silently: only the client's own replica answers it", () => {
+    const c = new ManualCluster();
+    for (let seq = 1; seq <= 4; seq++) c.submit(1, c.request(0, seq));
+    const outputs = c.step(1, { kind: "message", from: 2, msg: { t: "FORWARD", requests: [c.request(0, 5)] } });
+    expect(refusals(outputs)).toEqual([]);
+  });
+});

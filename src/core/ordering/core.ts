@@ -47,7 +47,7 @@ import {
   type StateResponse,
   type ViewChange,
 } from "./messages.ts";
-import type { CoreCrypto, CoreInput, CoreOutput, CoreSizes, CoreStatus, PersistedRecord, SuspectReason } from "./types.ts";
+import type { CoreCrypto, CoreInput, CoreOutput, CoreSizes, CoreStatus, PersistedRecord, Refusal, SuspectReason } from "./types.ts";
 
 /** Messages held for the target view while a view change is in progress (one per kind, seq, signer). */
 const BUFFERED_PER_REPLICA_PER_SEQ = 3;
@@ -124,6 +124,12 @@ interface Transfer {
   proof: Checkpoint[];
   nextTryAt: number;
   attempt: number;
+}
+
+const REFUSALS: ReadonlySet<string> = new Set<Refusal>(["invalid", "quarantined", "window", "overloaded"]);
+
+function isRefusal(verdict: string): verdict is Refusal {
+  return REFUSALS.has(verdict);
 }
 
 /** hash(canonical(client table)): the client part of a checkpoint's state digest. */
@@ -512,6 +518,9 @@ export class OrderingCore {
   private onClientRequest(req: ClientRequest, authenticated: boolean): void {
     const verdict = this.admit(req, authenticated);
     if (verdict === "executed") this.emit({ kind: "resendReply", client: req.client, seq: req.seq });
+    // A client that reached this replica directly is told at once, so it backs off
+    // instead of waiting for its timeout; forwarded copies are refused silently.
+    if (isRefusal(verdict)) this.emit({ kind: "refused", client: req.client, seq: req.seq, reason: verdict });
     if (verdict === "added" && !this.isLeader()) this.forwardQueue.push(req);
   }
 
@@ -527,18 +536,18 @@ export class OrderingCore {
   private admit(
     req: ClientRequest,
     authenticated: boolean,
-  ): "executed" | "added" | "duplicate" | "refused" | "bad-signature" {
-    if (req.span < 1 || req.span > this.cfg.maxRequestSpan || req.seq < 1) return "refused";
-    if (req.body.length > this.cfg.maxRequestBytes) return "refused";
+  ): "executed" | "added" | "duplicate" | Refusal | "bad-signature" {
+    if (req.span < 1 || req.span > this.cfg.maxRequestSpan || req.seq < 1) return "invalid";
+    if (req.body.length > this.cfg.maxRequestBytes) return "invalid";
     const last = this.clients.lastExecuted(req.client);
     if (req.seq + req.span - 1 <= last) return "executed";
-    if (req.seq <= last) return "refused";
+    if (req.seq <= last) return "invalid";
     if (this.pending.has(req.client, req.seq)) return "duplicate";
     const until = this.quarantine.get(req.client);
-    if (until !== undefined && until > this.now) return "refused";
-    if (req.seq - last > this.cfg.clientWindow * this.cfg.maxRequestSpan) return "refused";
-    if (this.pending.countFor(req.client) >= this.cfg.clientWindow) return "refused";
-    if (this.pending.total >= this.cfg.maxPendingTotal) return "refused";
+    if (until !== undefined && until > this.now) return "quarantined";
+    if (req.seq - last > this.cfg.clientWindow * this.cfg.maxRequestSpan) return "window";
+    if (this.pending.countFor(req.client) >= this.cfg.clientWindow) return "window";
+    if (this.pending.total >= this.cfg.maxPendingTotal) return "overloaded";
     if (!this.crypto.verifyRequest(req)) {
       if (authenticated) this.quarantineClient(req.client);
       return "bad-signature";

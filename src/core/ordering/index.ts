@@ -108,4 +108,4 @@ export {
   type ViewChange,
 } from "./messages.ts";
 export { compactRecords } from "./persist.ts";
-export type { CoreCrypto, CoreInput, CoreOutput, CoreSizes, CoreStatus, PersistedRecord, SuspectReason } from "./types.ts";
+export type { CoreCrypto, CoreInput, CoreOutput, CoreSizes, CoreStatus, PersistedRecord, Refusal, SuspectReason } from "./types.ts";

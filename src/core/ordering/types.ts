@@ -58,6 +58,13 @@ export type CoreInput =
       clients: ClientTableExport;
     };
 
+/**
+ * Why a request was not admitted: malformed or already-used numbers ("invalid"), the client
+ * is quarantined after a bad signature, it is beyond the client's window of pending
+ * requests ("window"), or the replica's pending pool is full ("overloaded").
+ */
+export type Refusal = "invalid" | "quarantined" | "window" | "overloaded";
+
 /** Why a replica started a view change; for status and logs. */
 export type SuspectReason =
   | "equivocation"
@@ -93,6 +100,8 @@ export type CoreOutput =
   | { kind: "takeCheckpoint"; seq: number; clients: ClientTableExport }
   /** The request (client, seq) already executed: send the cached reply again, if still cached. */
   | { kind: "resendReply"; client: string; seq: number }
+  /** A client's request was not admitted (see Refusal); the runtime tells the client. */
+  | { kind: "refused"; client: string; seq: number; reason: Refusal }
   /** Advisory: the core has work due in `ticks` ticks; a runtime that ticks steadily may ignore it. */
   | { kind: "setTimer"; ticks: number }
   /**
