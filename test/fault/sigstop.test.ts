@@ -25,7 +25,8 @@ const EVENT_BYTES = 1000;
 const REQUESTS = Math.ceil((1.25 * PEER_OUTBOUND_BYTES_MAX) / (EVENTS_PER_REQUEST * EVENT_BYTES));
 /** Concurrent publish streams carrying them. */
 const STREAMS = 4;
-const CONVERGE_MS = 30_000;
+// Generous: catching up competes for 2 cores with 3 busy replicas; the test bounds, it does not time.
+const CONVERGE_MS = 75_000;
 /** Slack for the runtime's own allocation noise (GC timing, buffers) on top of the queued bytes. */
 const MEMORY_SLACK_BYTES = 64 * 1024 * 1024;
 
@@ -82,5 +83,5 @@ describe("a replica resumed after SIGSTOP", () => {
       publisher.close();
       await cluster.stop();
     }
-  }, 90_000);
+  }, 180_000);
 });

@@ -15,7 +15,7 @@ import { clientFor, createChannels } from "../integration/client-util.ts";
 import { checkTotalOrder, dataDirOf, killAndWait, logLines, publishStream, trickle, waitConverged } from "../integration/durability-history.ts";
 import { startCluster, type TestCluster, waitFor } from "../integration/harness.ts";
 
-const CONVERGE_MS = 30_000;
+const CONVERGE_MS = 60_000;
 /** Bytes of a stored decision searched for in the file: long enough to be unique. */
 const NEEDLE_BYTES = 48;
 
@@ -108,5 +108,5 @@ describe("a damaged store", () => {
       publisher.close();
       await cluster.stop();
     }
-  }, 90_000);
+  }, 180_000);
 });
