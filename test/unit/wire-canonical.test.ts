@@ -1,6 +1,7 @@
 // Canonical CBOR (RFC 8949 §4.2.1 core deterministic encoding, restricted to fitb's value
 // model): known encodings, strict rejection of every non-canonical form, and a
 // cross-check against cbor-x as an independent decoder.
+import { rng } from "./seeded-rng.ts";
 import { describe, expect, test } from "bun:test";
 import { Decoder, Encoder } from "cbor-x";
 import {
@@ -249,18 +250,6 @@ describe("canonical decoding: every non-canonical or malformed form is refused",
     expect(() => decodeCanonical(new Uint8Array(sloppy))).toThrow(CanonicalError);
   });
 });
-
-/** A small deterministic PRNG (mulberry32) so a failing case replays. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomValue(next: () => number, depth: number): Canonical {
   const pick = Math.floor(next() * (depth > 3 ? 6 : 8));

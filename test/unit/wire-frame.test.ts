@@ -1,5 +1,6 @@
 // Framing: `u32 BE length | u8 type | payload`, cut incrementally by FrameDecoder. Fed
 // whole, one byte at a time and at random split points (the nats.js parser tests' way).
+import { rng } from "./seeded-rng.ts";
 import { describe, expect, test } from "bun:test";
 import {
   type DecodeResult,
@@ -11,17 +12,6 @@ import {
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex");
 const unhex = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, "hex"));
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));

@@ -3,6 +3,7 @@
 // exception may escape, every push consumes its chunk, buffering stays bounded, and
 // whatever is accepted re-encodes to exactly the bytes it came from (canonical form).
 // A failure prints its seed; rerun with that seed to replay it exactly.
+import { rng } from "./seeded-rng.ts";
 import { describe, expect, test } from "bun:test";
 import {
   type Canonical,
@@ -20,17 +21,6 @@ import {
   type Request,
   tryDecodeCanonical,
 } from "../../wire/index.ts";
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const int = (next: () => number, n: number): number => Math.floor(next() * n);
 
