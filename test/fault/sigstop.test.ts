@@ -9,7 +9,7 @@ import { readFileSync } from "node:fs";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { PEER_OUTBOUND_BYTES_MAX } from "../../src/replica/peers.ts";
 import { clientFor, createChannels } from "../integration/client-util.ts";
-import { logLines, publishStream, trickle, waitConverged } from "../integration/durability-history.ts";
+import { catchUpUnderTraffic, logLines, publishStream, waitConverged } from "../integration/durability-history.ts";
 import { startCluster } from "../integration/harness.ts";
 
 /** Checkpoint interval of the ordering core (ORDERING.md §10). */
@@ -62,12 +62,7 @@ describe("a replica resumed after SIGSTOP", () => {
       // Three replicas are a quorum: everything was acknowledged while one was frozen.
       expect(frozenStreams.map((stream) => stream.failures)).toEqual(new Array(STREAMS).fill(0));
       proc.kill("SIGCONT");
-      const traffic = trickle(publisher, "sec.alerts", "trickle", 50);
-      try {
-        await waitConverged(admin, [0, 1, 2, 3], CONVERGE_MS);
-      } finally {
-        await traffic.stop();
-      }
+      await catchUpUnderTraffic(cluster, admin, publisher, "sec.alerts", [frozen], CONVERGE_MS);
       // It jumped past its log window (L = 2K) by state transfer instead of replaying.
       const transfers = logLines(cluster, frozen, "state transfer completed");
       expect(transfers.length).toBeGreaterThanOrEqual(1);

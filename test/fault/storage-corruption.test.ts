@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import { clientFor, createChannels } from "../integration/client-util.ts";
-import { checkTotalOrder, dataDirOf, killAndWait, logLines, publishStream, trickle, waitConverged } from "../integration/durability-history.ts";
+import { catchUpUnderTraffic, checkTotalOrder, dataDirOf, killAndWait, logLines, publishStream, waitConverged } from "../integration/durability-history.ts";
 import { startCluster, type TestCluster, waitFor } from "../integration/harness.ts";
 
 const CONVERGE_MS = 60_000;
@@ -76,13 +76,8 @@ describe("a damaged store", () => {
       truncateSync(storeOf(cluster, truncated), Math.floor(statSync(storeOf(cluster, truncated)).size / 2));
       cluster.start(truncated);
 
-      const traffic = trickle(publisher, "sec.alerts", "trickle", 50);
-      try {
-        await waitFor("the damage to be reported", () => logLines(cluster, flipped, "storage corruption detected").length > 0 && logLines(cluster, truncated, "storage corruption detected").length > 0, 10_000);
-        await waitConverged(admin, [0, 1, 2, 3], CONVERGE_MS);
-      } finally {
-        await traffic.stop();
-      }
+      const trickled = await catchUpUnderTraffic(cluster, admin, publisher, "sec.alerts", [flipped, truncated], CONVERGE_MS);
+      await waitFor("the damage to be reported", () => logLines(cluster, flipped, "storage corruption detected").length > 0 && logLines(cluster, truncated, "storage corruption detected").length > 0, 10_000);
       expect(logLines(cluster, flipped, "storage corruption detected").map((line) => line.table)).toContain("decided");
       expect(logLines(cluster, truncated, "storage corruption detected")[0]?.reason).toMatch(/unreadable/);
       const recovered = logLines(cluster, truncated, "recovered from the data directory").at(-1);
@@ -91,7 +86,7 @@ describe("a damaged store", () => {
 
       // Only the two repaired replicas up (f+1): they alone must give the whole history.
       for (let id = 0; id < cluster.n; id++) if (id !== flipped && id !== truncated) cluster.kill(id);
-      const streams = [stream, traffic.stream];
+      const streams = [stream, trickled];
       const total = streams.reduce((n, s) => n + s.acked.length, 0);
       const sub = await cluster.fitb(
         ["sub", "--config", cluster.configPath, "--key", cluster.clientKey, "sec.alerts", "--from", "1", "--count", String(total), "--json", "--connect-timeout", "1000"],

@@ -16,7 +16,7 @@ import type { FitbClient } from "../../src/client/index.ts";
 import { requireClusterConfig } from "../../src/config/cluster.ts";
 import type { Delivered } from "./client-util.ts";
 import { encode } from "./client-util.ts";
-import { type TestCluster, waitFor } from "./harness.ts";
+import { logTail, type TestCluster, waitFor } from "./harness.ts";
 
 export interface Acked {
   readonly payload: string;
@@ -139,18 +139,73 @@ export async function lastDecided(client: FitbClient): Promise<(number | null)[]
 /** Waits until the replicas in `ids` all answer and report the same last decided seq. */
 export async function waitConverged(client: FitbClient, ids: readonly number[], timeoutMs: number): Promise<number> {
   let at = -1;
+  let seen: (number | null)[] = [];
   await waitFor(
     `replicas ${ids.join(",")} to reach the same decided seq`,
     async () => {
       const seqs = await lastDecided(client).catch(() => []);
       const mine = ids.map((id) => seqs[id] ?? null);
+      seen = mine;
       if (mine.some((s) => s === null)) return false;
       at = mine[0] as number;
       return mine.every((s) => s === at);
     },
     timeoutMs,
+    () => `decided seqs ${JSON.stringify(seen)} (null: no answer)`,
   );
   return at;
+}
+
+/**
+ * Waits until replica `id` has decided at least as far as the most advanced replica had
+ * when the wait began: it caught up, even while traffic keeps the others moving.
+ */
+export async function waitCaughtUp(client: FitbClient, id: number, timeoutMs: number): Promise<number> {
+  let target: number | null = null;
+  let seen: (number | null)[] = [];
+  await waitFor(
+    `replica ${id} to catch up with the others`,
+    async () => {
+      const seqs: (number | null)[] = await lastDecided(client).catch(() => []);
+      seen = seqs;
+      const answered = seqs.filter((s): s is number => s !== null);
+      if (target === null && answered.length > 0) target = Math.max(...answered);
+      const mine = seqs[id] ?? null;
+      return target !== null && mine !== null && mine >= target;
+    },
+    timeoutMs,
+    () => `target ${target}, decided seqs ${JSON.stringify(seen)} (null: no answer)`,
+  );
+  return target ?? 0;
+}
+
+/**
+ * Lets the `lagging` replicas catch up: a trickle of events on `tag` keeps the group
+ * deciding (so a lagging replica learns how far behind it is) until each of them reached
+ * where the others were; then the traffic stops and all four must agree on the last
+ * decided seq. A timeout names the seqs last seen and the lagging replicas' log tails.
+ * Returns the trickle's stream (its acknowledged events belong to the history).
+ */
+export async function catchUpUnderTraffic(
+  cluster: TestCluster,
+  admin: FitbClient,
+  publisher: FitbClient,
+  tag: string,
+  lagging: readonly number[],
+  timeoutMs: number,
+): Promise<Stream> {
+  const traffic = trickle(publisher, tag, "trickle", 50);
+  const withLogs = (err: Error): never => {
+    const tails = lagging.map((id) => `replica ${id} log:\n${logTail(cluster, id)}`).join("\n");
+    throw new Error(`${err.message}\n${tails}`);
+  };
+  try {
+    for (const id of lagging) await waitCaughtUp(admin, id, timeoutMs).catch(withLogs);
+  } finally {
+    await traffic.stop();
+  }
+  await waitConverged(admin, [...cluster.procs.keys()], timeoutMs).catch(withLogs);
+  return traffic.stream;
 }
 
 /** The JSON log lines of replica `id` whose msg is `msg`. */

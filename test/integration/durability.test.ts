@@ -10,7 +10,7 @@ import { rmSync } from "node:fs";
 import type { FitbClient } from "../../src/client/index.ts";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { clientFor, collect, createChannels, waitForCount } from "./client-util.ts";
-import { checkTotalOrder, checkUnordered, dataDirOf, logLines, publishStream, type Stream, trickle, waitConverged } from "./durability-history.ts";
+import { catchUpUnderTraffic, checkTotalOrder, checkUnordered, dataDirOf, logLines, publishStream, type Stream, waitConverged } from "./durability-history.ts";
 import { startCluster, type TestCluster } from "./harness.ts";
 
 /** Requests per stream; each of the streams below runs them one after another. */
@@ -123,14 +123,12 @@ describe("a replica that lost its data directory", () => {
       cluster.kill(wiped);
       rmSync(dataDirOf(cluster, wiped), { recursive: true, force: true });
       cluster.start(wiped);
-      const traffic = trickle(publisher, "sec.alerts", "trickle", 50);
-      await waitConverged(admin, [0, 1, 2, 3], CONVERGE_MS).finally(() => traffic.stop());
-      await traffic.stop();
+      const trickled = await catchUpUnderTraffic(cluster, admin, publisher, "sec.alerts", [wiped], CONVERGE_MS);
       expect(logLines(cluster, wiped, "state transfer completed").length).toBeGreaterThanOrEqual(1);
       // Down to f+1 = 2: the restored replica and one other, neither of them the leader.
       const other = (wiped + 1) % cluster.n === leader ? (wiped + 2) % cluster.n : (wiped + 1) % cluster.n;
       for (let id = 0; id < cluster.n; id++) if (id !== wiped && id !== other) cluster.kill(id);
-      const streams = [stream, traffic.stream];
+      const streams = [stream, trickled];
       const total = acked(streams);
       const sub = await cluster.fitb(
         ["sub", "--config", cluster.configPath, "--key", cluster.clientKey, "sec.alerts", "--from", "1", "--count", String(total), "--json", "--connect-timeout", "1000"],

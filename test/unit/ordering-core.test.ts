@@ -602,6 +602,30 @@ describe("view-change liveness (cases the simulator found)", () => {
   });
 });
 
+describe("catch-up inside the window (cases the integration tests found)", () => {
+  test("a replica missing decisions below one it committed catches up, though it resends votes in the same tick as its request", () => {
+    // No checkpoint in reach: the gap is inside the window and filled by decided batches.
+    const c = new ManualCluster({ params: { checkpointInterval: 16, logWindow: 32 } });
+    decideOne(c, 0, 1);
+    // Replica 3 misses seqs 2 and 3 entirely, then takes part in seq 4: it holds 4
+    // committed and cannot execute it. While stalled it resends its votes for 4 and asks
+    // for what it missed, both in one tick; the answer to the votes must not use up the
+    // budget that the request needs (it once did, and the replica never caught up).
+    for (let s = 2; s <= 3; s++) {
+      c.submit(0, c.request(0, s));
+      c.tick();
+      c.deliverAll((m) => m.to !== 3);
+    }
+    c.submit(0, c.request(0, 4));
+    c.tick();
+    c.deliverAll();
+    expect(c.lastExecuted(0)).toBe(4);
+    expect(c.lastExecuted(3)).toBe(1);
+    expect(c.core(3).status().transferTo).toBeNull();
+    c.runUntil(() => c.lastExecuted(3) === 4, 300);
+  });
+});
+
 describe("Aardvark monitors", () => {
   test("throughput: a window below the requirement is slow; one that meets it raises it by 1%", async () => {
     const { ThroughputMonitor } = await import("../../src/core/ordering/expectations.ts");

@@ -218,6 +218,8 @@ export class OrderingCore {
   private readonly peerView = new Map<ReplicaId, number>();
   private readonly peerSeq = new Map<ReplicaId, number>();
   private readonly servedAt = new Map<ReplicaId, number>();
+  /** When a lagging voter was last answered, per peer: a budget apart from `servedAt`. */
+  private readonly laggingServedAt = new Map<ReplicaId, number>();
   private readonly stableAnsweredAt = new Map<ReplicaId, number>();
   private nonce = 0;
   private readonly tp: ThroughputMonitor;
@@ -1117,9 +1119,17 @@ export class OrderingCore {
   // Catch-up inside the window: decided batches with commit certificates (ORDERING.md §4).
   // -------------------------------------------------------------------------------------
 
-  private onStateRequest(from: ReplicaId, m: StateRequest): void {
-    if ((this.servedAt.get(from) ?? -NO_DEADLINE) + STATE_SERVE_INTERVAL_TICKS > this.now) return;
-    this.servedAt.set(from, this.now);
+  /**
+   * Answers a peer's request for decided batches or bodies, at most once per peer per
+   * STATE_SERVE_INTERVAL_TICKS. `throttle` is the budget it counts against: answers to a
+   * lagging voter have their own, so that the votes a stalled replica resends never use
+   * up the budget of the request it sends in the same tick (they once did, every time:
+   * the answer to the votes starts at the voted seq, the request at the first missing
+   * one, and the replica never caught up).
+   */
+  private onStateRequest(from: ReplicaId, m: StateRequest, throttle: Map<ReplicaId, number> = this.servedAt): void {
+    if ((throttle.get(from) ?? -NO_DEADLINE) + STATE_SERVE_INTERVAL_TICKS > this.now) return;
+    throttle.set(from, this.now);
     const items: DecidedItem[] = [];
     const first = Math.max(m.seq, this.h + 1);
     const last = Math.min(m.toSeq, first + this.cfg.maxTransferItems - 1, this.highWater);
@@ -1154,7 +1164,8 @@ export class OrderingCore {
     const e = this.log.get(m.seq);
     const seen = e !== undefined && (m.t === "PREPARE" ? e.prepares : e.commits).has(this.voteKey(from));
     if (e !== undefined && !seen) return;
-    this.onStateRequest(from, { t: "STATE_REQUEST", kind: "decided", seq: m.seq, toSeq: this.lastExecuted, digest: null, nonce: 0 });
+    const req: StateRequest = { t: "STATE_REQUEST", kind: "decided", seq: m.seq, toSeq: this.lastExecuted, digest: null, nonce: 0 };
+    this.onStateRequest(from, req, this.laggingServedAt);
   }
 
   private decidedItem(s: number): DecidedItem | null {
