@@ -13,10 +13,18 @@ export const REPO = resolve(import.meta.dir, "../..");
 export const MAIN = join(REPO, "src/cli/main.ts");
 export const BUN = process.execPath;
 
+/**
+ * Ports tests listen on: below Linux's default ephemeral range (32768-60999), so that no
+ * outgoing connection is given a port a replica is about to bind, or to bind again after
+ * a restart.
+ */
+const TEST_PORT_MIN = 12_000;
+const TEST_PORT_MAX = 32_000;
+
 /** Finds `count` consecutive free TCP ports on 127.0.0.1, starting at a random base. */
 export function freePortRange(count: number): number {
   for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 30_000);
+    const base = TEST_PORT_MIN + Math.floor(Math.random() * (TEST_PORT_MAX - TEST_PORT_MIN - count));
     const listeners = [];
     let ok = true;
     for (let i = 0; i < count; i++) {
