@@ -217,9 +217,8 @@ export class OrderingCore {
   private progressTimeoutCur: number;
   private readonly peerView = new Map<ReplicaId, number>();
   private readonly peerSeq = new Map<ReplicaId, number>();
-  private readonly servedAt = new Map<ReplicaId, number>();
-  /** When a lagging voter was last answered, per peer: a budget apart from `servedAt`. */
-  private readonly laggingServedAt = new Map<ReplicaId, number>();
+  /** When each peer was last answered, per kind of answer ("<peer>:<kind>"); see onStateRequest. */
+  private readonly servedAt = new Map<string, number>();
   private readonly stableAnsweredAt = new Map<ReplicaId, number>();
   private nonce = 0;
   private readonly tp: ThroughputMonitor;
@@ -1120,16 +1119,17 @@ export class OrderingCore {
   // -------------------------------------------------------------------------------------
 
   /**
-   * Answers a peer's request for decided batches or bodies, at most once per peer per
-   * STATE_SERVE_INTERVAL_TICKS. `throttle` is the budget it counts against: answers to a
-   * lagging voter have their own, so that the votes a stalled replica resends never use
-   * up the budget of the request it sends in the same tick (they once did, every time:
-   * the answer to the votes starts at the voted seq, the request at the first missing
-   * one, and the replica never caught up).
+   * Answers a peer's request for decided batches or bodies, at most once per peer and kind
+   * per STATE_SERVE_INTERVAL_TICKS. Each kind has its own budget ("decided", "batch", and
+   * "lagging" for answers to a lagging voter), so that what a stalled replica sends in one
+   * tick never uses up the budget of another: the votes it resends once did, every time
+   * (the answer to the votes starts at the voted seq, the request at the first missing
+   * one), and the replica never caught up.
    */
-  private onStateRequest(from: ReplicaId, m: StateRequest, throttle: Map<ReplicaId, number> = this.servedAt): void {
-    if ((throttle.get(from) ?? -NO_DEADLINE) + STATE_SERVE_INTERVAL_TICKS > this.now) return;
-    throttle.set(from, this.now);
+  private onStateRequest(from: ReplicaId, m: StateRequest, budget: "decided" | "batch" | "lagging" = m.kind): void {
+    const key = `${from}:${budget}`;
+    if ((this.servedAt.get(key) ?? -NO_DEADLINE) + STATE_SERVE_INTERVAL_TICKS > this.now) return;
+    this.servedAt.set(key, this.now);
     const items: DecidedItem[] = [];
     const first = Math.max(m.seq, this.h + 1);
     const last = Math.min(m.toSeq, first + this.cfg.maxTransferItems - 1, this.highWater);
@@ -1165,7 +1165,7 @@ export class OrderingCore {
     const seen = e !== undefined && (m.t === "PREPARE" ? e.prepares : e.commits).has(this.voteKey(from));
     if (e !== undefined && !seen) return;
     const req: StateRequest = { t: "STATE_REQUEST", kind: "decided", seq: m.seq, toSeq: this.lastExecuted, digest: null, nonce: 0 };
-    this.onStateRequest(from, req, this.laggingServedAt);
+    this.onStateRequest(from, req, "lagging");
   }
 
   private decidedItem(s: number): DecidedItem | null {
