@@ -30,7 +30,7 @@ import { type Canonical, encodeCanonical, tryDecodeCanonical } from "../../wire/
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { PeerMesh } from "./peers.ts";
-import { admitRequest } from "./requests.ts";
+import { clientRequestValid, verifiedCacheKey } from "./requests.ts";
 import { StateTransfer, validateTransferMessage } from "./state-transfer.ts";
 import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
 import { type Recovered, recover } from "./storage/recovery.ts";
@@ -349,13 +349,15 @@ export class OrderingDriver {
     log.info("snapshot installed", { seq: head.seq });
   }
 
-  /** Checks a request's client signature and that its header matches the signed body. */
+  /**
+   * Checks a request's client signature, that its header matches the signed body, and the
+   * timestamp bound (requests.ts). Remembers what passed, keyed by every byte it checked:
+   * a leader that kept a verified signature and swapped the body must not hit the cache.
+   */
   private verifyRequest(req: ClientRequest): boolean {
-    const cacheKey = `${req.client}#${req.seq}#${Buffer.from(req.sig).toString("base64")}`;
+    const cacheKey = verifiedCacheKey(req);
     if (this.verified.has(cacheKey)) return true;
-    const admitted = admitRequest({ body: req.body, sig: req.sig });
-    if (!admitted.ok) return false;
-    if (admitted.space !== req.client || admitted.request.seq !== req.seq || admitted.request.span !== req.span) return false;
+    if (!clientRequestValid(req, Date.now())) return false;
     this.verified.set(cacheKey, true);
     if (this.verified.size > VERIFIED_CACHE_MAX) this.verified.delete(this.verified.keys().next().value as string);
     return true;

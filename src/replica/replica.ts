@@ -28,7 +28,7 @@ import { Metrics } from "./metrics.ts";
 import { OrderingDriver } from "./ordering.ts";
 import { PeerMesh } from "./peers.ts";
 import { RateLimiter } from "./rate.ts";
-import { admitRequest, spaceOf } from "./requests.ts";
+import { admitRequest, clockSkewProblem, spaceOf } from "./requests.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
 import { Subscriptions } from "./subscriptions.ts";
@@ -242,6 +242,12 @@ export class Replica {
         return;
       }
       if (info.order === "none") return this.publishUnordered(session, signed, request, digest);
+      const skew = clockSkewProblem(request, Date.now());
+      if (skew !== null) {
+        this.metrics.inc("requests_refused_total");
+        this.reply(session, failure(request.seq, this.options.id, digest, "BAD_REQUEST", skew));
+        return;
+      }
     } else if (!this.adminKeys.has(clientHex)) {
       this.reply(session, failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "admin commands must be signed by an admin key"));
       return;

@@ -7,10 +7,45 @@
  * of several channels, some ordered and some not, from leaving gaps in any one ordered
  * stream (the ordering core executes each space's requests with no gap).
  */
+import type { ClientRequest } from "../core/ordering/messages.ts";
 import { verify } from "../crypto/ed25519.ts";
 import { toHex } from "../crypto/encoding.ts";
+import { sha256 } from "../crypto/hash.ts";
 import { decodeRequestBody, type Request, type SignedRequest } from "../../wire/schemas.ts";
 import { requestSigningInput } from "../../wire/session.ts";
+
+/**
+ * How far a publish's signed timestamp may be from the clock of the replica that takes it
+ * from the client, either way. On a total-order channel that timestamp is the event's
+ * stored time and the "now" of age retention on every replica, so a publisher free to
+ * choose it could stamp a request far in the future and age out everyone's events, or
+ * far in the past and have its own acknowledged events trimmed at once.
+ */
+export const CLIENT_CLOCK_SKEW_MS_MAX = 5 * 60_000;
+
+/**
+ * The bound every replica applies to requests it did not take from the client itself
+ * (forwarded, or inside a leader's proposal): no more than this far in the future. Wider
+ * than CLIENT_CLOCK_SKEW_MS_MAX by what correct replicas' clocks may differ. Once met it
+ * stays met as time passes, so a request that waited in a queue is never refused later.
+ * The past needs no bound there: an old timestamp only ages out its own events.
+ */
+export const PROPOSED_FUTURE_MS_MAX = CLIENT_CLOCK_SKEW_MS_MAX + 60_000;
+
+/** Why a publish's timestamp is refused at the client's replica, or null if it is within bounds. */
+export function clockSkewProblem(request: Request, nowMs: number): string | null {
+  if (request.op.t !== "pub") return null;
+  const aheadMs = request.ts - nowMs;
+  if (Math.abs(aheadMs) <= CLIENT_CLOCK_SKEW_MS_MAX) return null;
+  const seconds = Math.round(Math.abs(aheadMs) / 1000);
+  const direction = aheadMs > 0 ? "ahead of" : "behind";
+  return `the request's timestamp is ${seconds} s ${direction} this replica's clock (at most ${CLIENT_CLOCK_SKEW_MS_MAX / 1000} s allowed); check the publishing host's clock`;
+}
+
+/** Whether a request taken from a peer stamps a time too far in the future to be ordered. */
+export function stampedTooFarAhead(request: Request, nowMs: number): boolean {
+  return request.op.t === "pub" && request.ts > nowMs + PROPOSED_FUTURE_MS_MAX;
+}
 
 /** The space name of admin commands; '!' never appears in a tag. */
 export const ADMIN_SPACE = "!admin";
@@ -36,4 +71,22 @@ export function admitRequest(signed: SignedRequest): Admission {
   }
   const clientHex = toHex(request.client);
   return { ok: true, request, clientHex, space: spaceOf(clientHex, request) };
+}
+
+/**
+ * Whether a request the ordering core holds (from a client, a peer's forward or a
+ * proposal) is valid: the client's signature verifies over the body, the header's space,
+ * seq and span are the body's, and a publish is not stamped too far in the future.
+ * Time-dependent, but monotonic: once true it stays true.
+ */
+export function clientRequestValid(req: ClientRequest, nowMs: number): boolean {
+  const admitted = admitRequest({ body: req.body, sig: req.sig });
+  if (!admitted.ok) return false;
+  if (admitted.space !== req.client || admitted.request.seq !== req.seq || admitted.request.span !== req.span) return false;
+  return !stampedTooFarAhead(admitted.request, nowMs);
+}
+
+/** A key naming every byte clientRequestValid looked at: header, body and signature. */
+export function verifiedCacheKey(req: ClientRequest): string {
+  return `${req.client}#${req.seq}#${req.span}#${toHex(sha256(req.body))}#${toHex(req.sig)}`;
 }

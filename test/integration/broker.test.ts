@@ -3,8 +3,8 @@
  * library, every CLASS (DESIGN.md §3), and replica crashes under f = 1.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import type { FitbClient } from "../../src/client/index.ts";
-import { DEFAULT_BACKOFF, ReplicaConnection } from "../../src/client/index.ts";
+import { DEFAULT_BACKOFF, FitbClient, ReplicaConnection } from "../../src/client/index.ts";
+import { loadClientSetup } from "../../src/client/setup.ts";
 import { sign } from "../../src/crypto/ed25519.ts";
 import { loadPublicKeyFile, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { encodeRequestBody, type Frame } from "../../wire/schemas.ts";
@@ -93,6 +93,38 @@ describe("a four-replica cluster", () => {
     await expect(publisher.admin({ t: "destroy-channel", tag: "net.links" })).rejects.toThrow(/UNAUTHORIZED|admin/);
     const ack = await publisher.publish("net.links", [encode("still fine")]);
     expect(ack.span).toBe(1);
+  }, 60_000);
+
+  test("a publisher whose clock is off is refused with a reason naming the clock; with its clock right it goes on with no gap", async () => {
+    // Its signed timestamp becomes the event's stored time and the "now" of age retention:
+    // a probe must not be able to stamp the future (aging out everyone's events) or the
+    // far past (its own acknowledged events trimmed at once).
+    const adminPub = loadPublicKeyFile(`${cluster.adminKey}.pub`);
+    await admin.admin({ t: "register", tag: "sec.alerts", role: "publisher", key: adminPub });
+    let offsetMs = 10 * 60_000;
+    const setup = loadClientSetup(cluster.configPath, cluster.adminKey);
+    const probe = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 20_000 }, now: () => Date.now() + offsetMs });
+    probe.start();
+    others.push(probe);
+    const refusal = (payload: string) => probe.publish("sec.alerts", [encode(payload)]).then(() => null, (error: Error & { code?: string }) => error);
+    const future = await refusal("from the future");
+    expect(future?.code).toBe("BAD_REQUEST");
+    expect(future?.message).toMatch(/600 s ahead of this replica's clock/);
+    offsetMs = -60 * 60_000;
+    const past = await refusal("from the past");
+    expect(past?.code).toBe("BAD_REQUEST");
+    expect(past?.message).toMatch(/3600 s behind this replica's clock/);
+    offsetMs = 0;
+    const first = await probe.publish("sec.alerts", [encode("clock fixed 1")]);
+    const second = await probe.publish("sec.alerts", [encode("clock fixed 2")]);
+    expect(second.channelSeq).toBe((first.channelSeq as number) + 1);
+    const history = await collect(publisher, "sec.alerts", 1);
+    await waitFor("the history up to the fixed publishes", () => history.events.some((e) => e.payload === "clock fixed 2"), 20_000);
+    await history.close();
+    const payloads = history.events.map((e) => e.payload);
+    expect(payloads).not.toContain("from the future");
+    expect(payloads).not.toContain("from the past");
+    expect(history.events.map((e) => e.seq)).toEqual(history.events.map((_, i) => i + 1));
   }, 60_000);
 
   test("a session may only send requests signed by the key it authenticated with", async () => {

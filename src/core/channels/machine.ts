@@ -162,10 +162,13 @@ export class ChannelMachine {
    * with `decidedTsMs` as "now". The ordering core has already removed duplicates
    * (each client seq executes once), so none is done here.
    *
-   * `decidedTsMs` must be a timestamp the replicas agreed on with the batch (proposed by
-   * the leader, checked by the others), not the client's own `ts`: it becomes the batch's
-   * stored time and drives age trimming, so a publisher able to choose it could stamp a
-   * request far in the future and age out the whole channel on every replica.
+   * `decidedTsMs` must be the same at every replica and must not be the publisher's free
+   * choice: it becomes the batch's stored time and drives age trimming, so a publisher
+   * able to stamp a request far in the future could age out the whole channel on every
+   * replica. The replica passes the request's signed `ts`, which is part of the decided
+   * bytes, and bounds it before ordering: within CLIENT_CLOCK_SKEW_MS_MAX of the clock of
+   * the replica the client spoke to, and no further ahead than PROPOSED_FUTURE_MS_MAX at
+   * every replica that accepts a proposal carrying it (src/replica/requests.ts).
    */
   applyOrderedPublish(signed: SignedRequest, request: Request, decidedTsMs: number): OrderedPublishOutcome {
     assertTimestamp(decidedTsMs, "decidedTsMs");

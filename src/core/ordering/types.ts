@@ -19,7 +19,9 @@ import type {
 /**
  * Injected, pure cryptography. The core never imports a crypto library; the runtime uses
  * native ed25519, the simulator whatever its seed budget allows. Implementations may
- * memoize `verify` and `verifyRequest`: both are pure.
+ * memoize `verify` and `verifyRequest` once they return true: `verify` is pure, and
+ * `verifyRequest` may also refuse what is not valid *yet* (the runtime refuses a publish
+ * stamped too far in the future) but never turns a true into a false.
  */
 export interface CoreCrypto {
   /** SHA-256. */
@@ -28,7 +30,7 @@ export interface CoreCrypto {
   sign(bytes: Uint8Array): Uint8Array;
   /** Whether `sig` is `replica`'s signature on `bytes`. */
   verify(replica: ReplicaId, bytes: Uint8Array, sig: Uint8Array): boolean;
-  /** Checks the client signature AND that client, seq and span match the signed body. */
+  /** Checks the client signature AND that client, seq and span match the signed body (and the runtime's own validity rules; see above). */
   verifyRequest(req: ClientRequest): boolean;
 }
 

@@ -1,0 +1,90 @@
+/**
+ * Request admission rules of the replica (src/replica/requests.ts): the bound on a
+ * publish's signed timestamp, the validity check the ordering core relies on for
+ * forwarded and proposed requests, and the key under which a valid request is remembered.
+ */
+import { describe, expect, test } from "bun:test";
+import { sign } from "../../src/crypto/ed25519.ts";
+import { toHex } from "../../src/crypto/encoding.ts";
+import { SigningKey } from "../../src/crypto/keys.ts";
+import type { ClientRequest } from "../../src/core/ordering/messages.ts";
+import {
+  CLIENT_CLOCK_SKEW_MS_MAX,
+  clientRequestValid,
+  clockSkewProblem,
+  PROPOSED_FUTURE_MS_MAX,
+  stampedTooFarAhead,
+  verifiedCacheKey,
+} from "../../src/replica/requests.ts";
+import { encodeRequestBody, type Request } from "../../wire/schemas.ts";
+import { requestSigningInput } from "../../wire/session.ts";
+
+const NOW = 1_800_000_000_000;
+const key = SigningKey.generate();
+const other = SigningKey.generate();
+const utf8 = (text: string): Uint8Array => new TextEncoder().encode(text);
+
+function pub(ts: number, seq = 1, text = "eth0 down"): Request {
+  return { v: 1, client: key.publicKey, seq, span: 1, ts, op: { t: "pub", tag: "sec.alerts", events: [utf8(text)] } };
+}
+
+function signed(request: Request, signer: SigningKey = key): ClientRequest {
+  const body = encodeRequestBody(request);
+  const tag = request.op.t === "pub" ? request.op.tag : "!admin";
+  return { client: `${toHex(request.client)}:${tag}`, seq: request.seq, span: request.span, body, sig: sign(signer, requestSigningInput(body)) };
+}
+
+describe("the clock bound at the client's replica", () => {
+  test("a publish within the bound either way passes", () => {
+    expect(clockSkewProblem(pub(NOW), NOW)).toBeNull();
+    expect(clockSkewProblem(pub(NOW + CLIENT_CLOCK_SKEW_MS_MAX), NOW)).toBeNull();
+    expect(clockSkewProblem(pub(NOW - CLIENT_CLOCK_SKEW_MS_MAX), NOW)).toBeNull();
+  });
+
+  test("a publish stamped too far ahead or behind is refused with a reason naming the clock", () => {
+    expect(clockSkewProblem(pub(NOW + CLIENT_CLOCK_SKEW_MS_MAX + 1_000), NOW)).toMatch(/301 s ahead of this replica's clock .* check the publishing host's clock/);
+    expect(clockSkewProblem(pub(NOW - 3_600_000), NOW)).toMatch(/3600 s behind/);
+  });
+
+  test("admin commands are not bound: their timestamp drives nothing", () => {
+    const admin: Request = { v: 1, client: key.publicKey, seq: 1, span: 1, ts: 0, op: { t: "admin", cmd: { t: "destroy-channel", tag: "x" } } };
+    expect(clockSkewProblem(admin, NOW)).toBeNull();
+    expect(stampedTooFarAhead(admin, NOW)).toBe(false);
+  });
+});
+
+describe("the bound at every replica that accepts a proposal", () => {
+  test("only the future is bounded, wider than at the client's replica", () => {
+    expect(PROPOSED_FUTURE_MS_MAX).toBeGreaterThan(CLIENT_CLOCK_SKEW_MS_MAX);
+    expect(stampedTooFarAhead(pub(NOW + PROPOSED_FUTURE_MS_MAX), NOW)).toBe(false);
+    expect(stampedTooFarAhead(pub(NOW + PROPOSED_FUTURE_MS_MAX + 1), NOW)).toBe(true);
+    expect(stampedTooFarAhead(pub(0), NOW)).toBe(false);
+  });
+
+  test("a request valid now stays valid later; one from the future becomes valid once its time is near", () => {
+    const good = signed(pub(NOW));
+    expect(clientRequestValid(good, NOW)).toBe(true);
+    expect(clientRequestValid(good, NOW + 86_400_000)).toBe(true);
+    const ahead = signed(pub(NOW + 3_600_000));
+    expect(clientRequestValid(ahead, NOW)).toBe(false);
+    expect(clientRequestValid(ahead, NOW + 3_600_000)).toBe(true);
+  });
+
+  test("a wrong signer, a swapped body or a header that is not the body's is invalid", () => {
+    const good = signed(pub(NOW));
+    expect(clientRequestValid(signed(pub(NOW), other), NOW)).toBe(false);
+    const swapped: ClientRequest = { ...good, body: encodeRequestBody(pub(NOW, 1, "FORGED")) };
+    expect(clientRequestValid(swapped, NOW)).toBe(false);
+    expect(clientRequestValid({ ...good, seq: 2 }, NOW)).toBe(false);
+    expect(clientRequestValid({ ...good, span: 2 }, NOW)).toBe(false);
+    expect(clientRequestValid({ ...good, client: `${toHex(key.publicKey)}:net.links` }, NOW)).toBe(false);
+  });
+
+  test("the memo key covers header, body and signature, so a swapped body never hits it", () => {
+    const good = signed(pub(NOW));
+    const swapped: ClientRequest = { ...good, body: encodeRequestBody(pub(NOW, 1, "FORGED")) };
+    const keys = [good, swapped, { ...good, seq: 2 }, { ...good, span: 2 }, { ...good, sig: signed(pub(NOW), other).sig }].map(verifiedCacheKey);
+    expect(new Set(keys).size).toBe(keys.length);
+    expect(verifiedCacheKey({ ...good })).toBe(verifiedCacheKey(good));
+  });
+});
