@@ -445,7 +445,7 @@ export class FitbClient {
 
   private async learnSpace(tag: string | null, name: string): Promise<SeqSpace> {
     const kind: ReplyKind = tag === null ? "admin" : replyKindOf(await this.channelInfo(tag));
-    const last = await this.clientSeq(tag);
+    const last = await this.clientSeq(tag, isUnordered(kind));
     return { name, tag, kind, counter: new SeqCounter(last), stale: false, relearning: null };
   }
 
@@ -453,7 +453,7 @@ export class FitbClient {
   private async relearn(space: SeqSpace, epochSeen: number): Promise<void> {
     if (space.counter.epoch !== epochSeen) return;
     if (space.relearning === null) {
-      space.relearning = this.clientSeq(space.tag)
+      space.relearning = this.clientSeq(space.tag, isUnordered(space.kind))
         .then((last) => {
           space.counter.reset(last);
           space.stale = false;
@@ -482,10 +482,14 @@ export class FitbClient {
     return this.runQuery({ id: 0, q: "list-channels" }, rule) as Promise<unknown> as Promise<readonly ChannelInfo[]>;
   }
 
-  /** The last seq this key used in a space (tag, or null for admin): the (f+1)-th highest answer. */
-  clientSeq(tag: string | null): Promise<number> {
+  /**
+   * The last seq this key used in a space (tag, or null for admin): the (f+1)-th highest
+   * answer, of the first 2f+1 or, with `everyReplica` (unordered spaces), of every replica
+   * that answers before the deadline (queries.ts, rankRule).
+   */
+  clientSeq(tag: string | null, everyReplica = false): Promise<number> {
     const what = `client-seq ${tag ?? "admin"}`;
-    const rule = rankRule(this.n, this.f, what, parseClientSeq);
+    const rule = rankRule(this.n, this.f, what, parseClientSeq, everyReplica);
     const body = (tag === null ? { id: 0, q: "client-seq" } : { id: 0, q: "client-seq", tag }) as Query;
     return this.runQuery(body, rule);
   }
@@ -675,17 +679,25 @@ export class FitbClient {
     return new RequestRejectedError(code, pending.reasons.get(code) ?? code);
   }
 
-  /** No result can reach its quorum: report the largest refusal, or the split. */
+  /**
+   * No result can reach its quorum: report the largest refusal that at least f+1 replicas
+   * gave (so at least one correct replica stands behind it), or else the split. A refusal
+   * from f replicas or fewer may be a lie, and what the client does next depends on the
+   * code: REPLAY makes it publish the same events again under new numbers, so one lying
+   * replica answering REPLAY could otherwise have events stored twice.
+   */
   private disagreement(pending: PendingRequest, groups: readonly { result: Canonical; replicas: readonly number[] }[]): ClientError {
     let largestRefusal: { code: ErrorCode; count: number } | null = null;
     for (const group of groups) {
       const result = group.result as { ok: boolean; code?: ErrorCode };
-      if (!result.ok && (largestRefusal === null || group.replicas.length > largestRefusal.count)) {
+      if (result.ok || group.replicas.length < this.f + 1) continue;
+      if (largestRefusal === null || group.replicas.length > largestRefusal.count) {
         largestRefusal = { code: result.code as ErrorCode, count: group.replicas.length };
       }
     }
     if (largestRefusal !== null) return this.refusal(largestRefusal.code, pending);
-    return new NoQuorumError(`no quorum for ${pending.what}: the replicas answered differently`);
+    const answers = groups.map((group) => `${describeVote(group.result)} from ${group.replicas.length}`).join(", ");
+    return new NoQuorumError(`no quorum for ${pending.what}: the replicas answered differently (${answers})`);
   }
 
   private onQueryReply(replica: number, body: QueryReply): void {
@@ -864,4 +876,15 @@ export function summarizeStatus(
       answer: answers.get(connection.id) ?? null,
     })),
   };
+}
+
+/** One vote as a short phrase for an error message: "ok" or the refusal code. */
+function describeVote(result: Canonical): string {
+  const vote = result as { ok?: boolean; code?: string };
+  return vote.ok === true ? "ok" : String(vote.code ?? "?");
+}
+
+/** Unordered spaces: no agreement keeps the replicas' numbers equal. */
+function isUnordered(kind: ReplyKind): boolean {
+  return kind === "crash/none" || kind === "byzantine/none";
 }

@@ -147,17 +147,30 @@ function fromVote<T>(result: Canonical, reasons: ReadonlyMap<string, string>): Q
 /**
  * The (f+1)-th highest number: decided once 2f+1 replicas answered, or at the deadline
  * if at least f+1 did. Refusals are kept for the error message.
+ *
+ * `everyReplica` waits for every replica that has a session (or the deadline) instead of
+ * the first 2f+1. An unordered space needs it: there a correct replica that was away holds
+ * a lower number than the others (nothing brings it up to date), and among only 2f+1
+ * answers it and f liars could pull the pick below numbers already used, so the client
+ * would sign a second body under a used number.
  */
-export function rankRule(n: number, f: number, what: string, read: (res: Canonical) => number | null): QueryRule<number> {
+export function rankRule(
+  n: number,
+  f: number,
+  what: string,
+  read: (res: Canonical) => number | null,
+  everyReplica = false,
+): QueryRule<number> {
   const numbers = new Map<number, number>();
   const refusals = new Map<number, { code: ErrorCode; reason: string }>();
-  const wanted = Math.min(seqAnswersWanted(f), n);
+  const wanted = everyReplica ? n : Math.min(seqAnswersWanted(f), n);
   const refusedByQuorum = (): QueryOutcome<number> => {
     if (refusals.size < f + 1) return null;
     const first = refusals.values().next().value as { code: ErrorCode; reason: string };
     return { ok: false, error: new RequestRejectedError(first.code, first.reason) };
   };
   return {
+    settleWhenReachableAnswered: everyReplica,
     add(replica, reply) {
       if (numbers.has(replica) || refusals.has(replica)) return null;
       const value = reply.ok ? read(reply.res) : null;

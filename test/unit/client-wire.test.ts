@@ -64,6 +64,8 @@ interface ReplicaScript {
   forgeEvents?: (seq: number, signed: SignedRequest) => SignedRequest;
   /** Claims this `next` in SUB_OK (and streams from it when no `from` is given). */
   subOkNext?: number;
+  /** Answers every QUERY this many milliseconds late. */
+  queryDelayMs?: number;
 }
 
 /** What the honest replicas agree on: channels, and the decided order of total-order channels. */
@@ -257,6 +259,12 @@ class TestReplica {
   }
 
   private onQuery(socket: Conn, query: Query): void {
+    const delayMs = this.script.queryDelayMs ?? 0;
+    if (delayMs > 0) setTimeout(() => this.answerQuery(socket, query), delayMs);
+    else this.answerQuery(socket, query);
+  }
+
+  private answerQuery(socket: Conn, query: Query): void {
     const answer = this.script.onQuery !== undefined ? this.script.onQuery(this, query) : this.honestAnswer(socket, query);
     if (answer !== null && typeof answer === "object" && "refuse" in answer) {
       this.send(socket, { type: FrameType.QUERY_REPLY, body: { id: query.id, replica: this.id, ok: false, code: answer.refuse as ErrorCode, reason: answer.reason as string } });
@@ -549,6 +557,69 @@ describe("publish", () => {
     expect(ack.pubSeq).toBe(4);
     const seqsTried = replicas[0]!.framesOfType(FrameType.REQUEST).map((f) => (decodeRequestBody((f.body as SignedRequest).body) as { ok: true; request: Request }).request.seq);
     expect(seqsTried).toEqual([1, 4]);
+  });
+
+  test("one replica's REPLAY is not believed: no re-publish under new numbers, a clear TIMEOUT instead", async () => {
+    // Replicas 0 and 1 store the event; replica 2 has not heard of the channel yet; replica
+    // 3 lies REPLAY. byzantine/none needs 2f+1 stored, so no answer has its quorum, and a
+    // refusal from one replica may be a lie: re-numbering would store the event twice.
+    const lying: ReplicaScript = {
+      onRequest: (replica, request, signed) => ({
+        type: FrameType.REPLY,
+        body: { seq: request.seq, replica: replica.id, d: sha256(signed.body), ok: false, code: "REPLAY", reason: "lie" },
+      }),
+    };
+    const unaware: ReplicaScript = {
+      onRequest: (replica, request, signed) => ({
+        type: FrameType.REPLY,
+        body: { seq: request.seq, replica: replica.id, d: sha256(signed.body), ok: false, code: "UNKNOWN_CHANNEL", reason: "not yet" },
+      }),
+    };
+    const { ledger, replicas, config } = group([{}, {}, unaware, lying]);
+    ledger.channels.set("net.links", { fault: "byzantine", order: "none" });
+    const client = await connect(config);
+    const error = await client.publish("net.links", [utf8("once")]).then(
+      () => null,
+      (e: Error & { code?: string }) => e,
+    );
+    expect(error?.code).toBe("TIMEOUT");
+    expect(error?.message).toMatch(/answered differently \(.*REPLAY from 1/);
+    const seqsTried = new Set(
+      replicas[0]!.framesOfType(FrameType.REQUEST).map((f) => (decodeRequestBody((f.body as SignedRequest).body) as { ok: true; request: Request }).request.seq),
+    );
+    expect([...seqsTried]).toEqual([1]);
+  });
+
+  test("REPLAY from f+1 replicas is believed: the client re-numbers", async () => {
+    const { ledger, replicas, config } = group();
+    ledger.channels.set("net.links", { fault: "byzantine", order: "none" });
+    // Two replicas (f+1) saw seq 1 used by another process; the other two did not. Every
+    // replica's first client-seq answer is 0, so the client tries seq 1 first.
+    for (const replica of replicas.slice(0, 2)) replica.used.set(`${toHex(clientKey.publicKey)}/net.links`, new Map([[1, "other"]]));
+    for (const replica of replicas) {
+      replica.staleClientSeqAnswers = 1;
+      replica.clientSeqOverride = 0;
+    }
+    const client = await connect(config);
+    const ack = await client.publish("net.links", [utf8("mine")]);
+    expect(ack.pubSeq).toBe(2);
+    const seqsTried = replicas[0]!.framesOfType(FrameType.REQUEST).map((f) => (decodeRequestBody((f.body as SignedRequest).body) as { ok: true; request: Request }).request.seq);
+    expect(seqsTried).toEqual([1, 2]);
+  });
+
+  test("unordered space: the last seq is ranked over every replica, so a lagging replica and a liar cannot pull it below a used number", async () => {
+    // Replica 0 and 1 hold seqs up to 10; replica 2 was away and holds 5; replica 3 lies 0.
+    // Replica 1 answers last: ranked over the first 2f+1 answers the pick would be 5, and
+    // the client would sign a second body under seq 6.
+    const { ledger, replicas, config } = group([{}, { queryDelayMs: 300 }, {}, {}]);
+    ledger.channels.set("net.links", { fault: "byzantine", order: "none" });
+    const lasts = [10, 10, 5, 0];
+    replicas.forEach((replica, id) => {
+      replica.clientSeqOverride = lasts[id] as number;
+    });
+    const client = await connect(config);
+    const ack = await client.publish("net.links", [utf8("next")]);
+    expect(ack.pubSeq).toBe(11);
   });
 
   test("a silent replica gets the same signed bytes again, and its late answer completes a 2f+1 quorum", async () => {
