@@ -49,8 +49,15 @@ export class FramedConn {
   }
 
   /** Sends a typed frame. Returns false (and sends nothing) when the queue is full or closed. */
+  /** Sends one frame; false (never a throw) if the connection is closed, full, or the frame cannot be encoded within the frame limit. */
   send(frame: Frame): boolean {
-    return this.sendRaw(encodeFrame(frame.type, encodeFrameBody(frame)));
+    let bytes: Uint8Array;
+    try {
+      bytes = encodeFrame(frame.type, encodeFrameBody(frame));
+    } catch {
+      return false;
+    }
+    return this.sendRaw(bytes);
   }
 
   /** Sends already-encoded frame bytes (used to fan one encoding out to many subscribers). */

@@ -71,14 +71,31 @@ export interface OrderingStatus {
   readonly baseSnapshot: number;
 }
 
+/** A request's client name (`<64 hex>:<tag of at most 128 bytes>`) and fields, as the core counts them. */
+const REQUEST_NAME_ROOM_BYTES = 256;
+
+/**
+ * Room a peer frame needs besides the requests it carries: the PEER frame (seq, MAC), the
+ * message's own fields, and for a decided batch its 2f+1 signed COMMITs. A request or a
+ * batch may use the rest of a frame, no more, so every PRE_PREPARE, FORWARD and
+ * STATE_RESPONSE item fits the frames the replicas accept from each other.
+ */
+export function peerEnvelopeBytes(frameBytesMax: number, f: number): number {
+  return Math.min(Math.floor(frameBytesMax / 4), 4 * 1024 + (2 * f + 1) * 256);
+}
+
 /** The ordering core's configuration for this cluster (ORDERING.md §10 defaults, sized to the cluster's limits). */
-function coreConfigFor(config: ClusterConfig, id: number): CoreConfig {
+export function coreConfigFor(config: ClusterConfig, id: number): CoreConfig {
+  const room = config.limits.frameBytesMax - peerEnvelopeBytes(config.limits.frameBytesMax, config.f);
+  // The core counts a request's client name and fields too (requestBytes): room for a
+  // request of REQUEST_BYTES_MAX signed bytes from a key on a tag of the longest name.
+  const maxRequestBytes = Math.min(room, REQUEST_BYTES_MAX + REQUEST_NAME_ROOM_BYTES);
   return makeConfig(
     { id, n: config.n, f: config.f, mode: "bft", clusterId: config.name },
     {
-      // A request travels in one frame; a batch of requests must hold the largest one.
-      maxRequestBytes: Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX),
-      maxBatchBytes: Math.max(DEFAULT_PARAMETERS.maxBatchBytes, Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX)),
+      // A request travels in one peer frame; a batch of requests must hold the largest one.
+      maxRequestBytes,
+      maxBatchBytes: Math.min(room, Math.max(DEFAULT_PARAMETERS.maxBatchBytes, maxRequestBytes)),
       maxRequestSpan: Math.min(config.limits.batchEventsMax, REQUEST_SPAN_MAX),
       // Clients may keep this many requests in flight; the core must admit them all or
       // a refused early request would leave a gap that later ones wait behind.

@@ -39,7 +39,7 @@ export const PEER_RECONNECT_MS_MAX = 2_000;
 /** Bytes that may wait for one peer before messages to it are dropped (the protocol retransmits). */
 export const PEER_OUTBOUND_BYTES_MAX = 32 * 1024 * 1024;
 /** Bytes a PEER frame adds around its message: header, CBOR map, seq and MAC. */
-const PEER_FRAME_OVERHEAD_BYTES = 96;
+export const PEER_FRAME_OVERHEAD_BYTES = 96;
 /** A handshake that has not finished in this time is abandoned. */
 export const PEER_HANDSHAKE_MS_MAX = 5_000;
 
@@ -78,6 +78,7 @@ export class PeerMesh {
   private readonly outbound = new Map<number, OutboundLink>();
   private readonly inbound = new Map<number, FramedConn>();
   private stopped = false;
+  private oversizedReported = false;
 
   constructor(private readonly options: PeerMeshOptions) {
     for (const peer of options.replicas) {
@@ -121,6 +122,16 @@ export class PeerMesh {
     const link = this.outbound.get(to);
     if (link === undefined || link.phase !== "open" || link.conn === null || link.keys === null) {
       this.options.metrics.inc("peer_send_dropped_total");
+      return false;
+    }
+    if (msg.length + PEER_FRAME_OVERHEAD_BYTES > this.options.frameBytesMax) {
+      // The peer's decoder would refuse the frame and drop the link; the core bounds its
+      // messages so this never happens, and if it does it costs one message, not a link.
+      this.options.metrics.inc("peer_send_oversized_total");
+      if (!this.oversizedReported) {
+        this.oversizedReported = true;
+        this.options.log.warn("peer message too large to send; dropped (counted in peer_send_oversized_total)", { peer: to, bytes: msg.length, frameBytesMax: this.options.frameBytesMax });
+      }
       return false;
     }
     if (!link.conn.hasRoomFor(msg.length + PEER_FRAME_OVERHEAD_BYTES)) {

@@ -53,6 +53,8 @@ import type { CoreCrypto, CoreInput, CoreOutput, CoreSizes, CoreStatus, Persiste
 const BUFFERED_PER_REPLICA_PER_SEQ = 3;
 /** Quarantined clients remembered at once; the oldest entry goes first. */
 const QUARANTINE_ENTRIES_MAX = 10_000;
+/** What one signed COMMIT adds to a message (fields, digest, signature, encoding), for byte bounds. */
+const COMMIT_WIRE_BYTES = 192;
 /** A replica answers at most one state request per peer per this many ticks. */
 const STATE_SERVE_INTERVAL_TICKS = 1;
 /** A replica that executed nothing for this many retransmission intervals asks one peer what it missed. */
@@ -539,7 +541,7 @@ export class OrderingCore {
     authenticated: boolean,
   ): "executed" | "added" | "duplicate" | Refusal | "bad-signature" {
     if (req.span < 1 || req.span > this.cfg.maxRequestSpan || req.seq < 1) return "invalid";
-    if (req.body.length > this.cfg.maxRequestBytes) return "invalid";
+    if (requestBytes(req) > this.cfg.maxRequestBytes) return "invalid";
     const last = this.clients.lastExecuted(req.client);
     if (req.seq + req.span - 1 <= last) return "executed";
     if (req.seq <= last) return "invalid";
@@ -716,7 +718,7 @@ export class OrderingCore {
     if (!bytesEqual(this.hashBatch(batch), m.digest)) return "digest";
     const nextInBatch = new Map<string, number>();
     for (const r of batch) {
-      if (r.span > this.cfg.maxRequestSpan || r.body.length > this.cfg.maxRequestBytes) return "invalid";
+      if (r.span > this.cfg.maxRequestSpan || requestBytes(r) > this.cfg.maxRequestBytes) return "invalid";
       const expected = nextInBatch.get(r.client);
       if (expected !== undefined && r.seq !== expected) return "invalid";
       nextInBatch.set(r.client, r.seq + r.span);
@@ -1133,9 +1135,15 @@ export class OrderingCore {
     const items: DecidedItem[] = [];
     const first = Math.max(m.seq, this.h + 1);
     const last = Math.min(m.toSeq, first + this.cfg.maxTransferItems - 1, this.highWater);
+    // Bounded in bytes like one batch (at least one item), so the answer fits a message.
+    let bytes = 0;
     for (let s = first; s <= last; s++) {
       const item = m.kind === "decided" ? this.decidedItem(s) : this.bodyItem(s, m.digest);
-      if (item !== null) items.push(item);
+      if (item === null) continue;
+      const size = item.batch.reduce((sum, r) => sum + requestBytes(r), 0) + item.commits.length * COMMIT_WIRE_BYTES;
+      if (items.length > 0 && bytes + size > this.cfg.maxBatchBytes) break;
+      items.push(item);
+      bytes += size;
     }
     const stable: StableProof | null = this.h > 0 ? { seq: this.h, digest: this.hDigest, proof: this.hProof } : null;
     // The stable proof alone is worth sending when the asker has executed up to it: it may
@@ -1676,22 +1684,39 @@ export class OrderingCore {
   }
 
   private flushForwards(): void {
-    const chunk = this.cfg.maxBatchRequests;
     if (this.forwardAllQueue.length > 0) {
-      for (let i = 0; i < this.forwardAllQueue.length; i += chunk) {
-        this.send("all", { t: "FORWARD", requests: this.forwardAllQueue.slice(i, i + chunk) });
-      }
+      for (const requests of this.chunks(this.forwardAllQueue)) this.send("all", { t: "FORWARD", requests });
       this.forwardAllQueue = [];
     }
     if (this.forwardQueue.length > 0) {
       const leader = this.leader();
       if (leader !== this.cfg.id && this.phase === "normal") {
-        for (let i = 0; i < this.forwardQueue.length; i += chunk) {
-          this.send(leader, { t: "FORWARD", requests: this.forwardQueue.slice(i, i + chunk) });
-        }
+        for (const requests of this.chunks(this.forwardQueue)) this.send(leader, { t: "FORWARD", requests });
       }
       this.forwardQueue = [];
     }
+  }
+
+  /**
+   * Splits requests into FORWARD-sized pieces, bounded like a batch by count and bytes
+   * (each piece holds at least one request), so no message outgrows what a batch may be.
+   */
+  private chunks(requests: readonly ClientRequest[]): ClientRequest[][] {
+    const out: ClientRequest[][] = [];
+    let piece: ClientRequest[] = [];
+    let bytes = 0;
+    for (const r of requests) {
+      const size = requestBytes(r);
+      if (piece.length > 0 && (piece.length >= this.cfg.maxBatchRequests || bytes + size > this.cfg.maxBatchBytes)) {
+        out.push(piece);
+        piece = [];
+        bytes = 0;
+      }
+      piece.push(r);
+      bytes += size;
+    }
+    if (piece.length > 0) out.push(piece);
+    return out;
   }
 
   // -------------------------------------------------------------------------------------

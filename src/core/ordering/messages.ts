@@ -508,7 +508,14 @@ export function validatePeerMessage(x: unknown): PeerMessage | null {
   }
 }
 
-/** Bytes a request occupies in a batch (body and signature), for the byte bounds. */
+/** What a request's seq, span and encoding add to its body, signature and client name in a message. */
+export const REQUEST_FIELDS_BYTES = 32;
+
+/**
+ * Bytes a request occupies in a message (body, signature, client name and fields), for the
+ * byte bounds of requests, batches, FORWARDs and STATE_RESPONSEs: what is counted here is
+ * what a message carries, so a bound on it bounds the message.
+ */
 export function requestBytes(r: ClientRequest): number {
-  return r.body.length + r.sig.length;
+  return r.body.length + r.sig.length + r.client.length + REQUEST_FIELDS_BYTES;
 }
