@@ -228,10 +228,9 @@ export class OrderingDriver {
     this.step({ kind: "message", from, msg });
   }
 
-  /** The last executed seq of a client's sequence space (0 if none). Linear: queries are rare. */
+  /** The last executed seq of a client's sequence space (0 if none). */
   lastExecutedSeq(space: string): number {
-    for (const [client, last] of this.core.exportClients()) if (client === space) return last;
-    return 0;
+    return this.core.lastExecutedOf(space);
   }
 
   status(): OrderingStatus {

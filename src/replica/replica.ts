@@ -35,8 +35,14 @@ import { Subscriptions } from "./subscriptions.ts";
 
 /** Requests of one client connection waiting for their decision; more are refused. */
 export const WAITING_PER_SESSION_MAX = 4096;
-/** Last replies kept for answering duplicates of executed requests (one per space). */
-export const REPLY_CACHE_SPACES_MAX = 100_000;
+/**
+ * Replies kept for answering duplicates of executed requests: the latest of each space,
+ * enough to cover a client's requests in flight (a retransmission of any of them, after
+ * a lost reply, gets its reply again, not REPLAY, which would make the client publish it
+ * again under new numbers), and a bound on all of them together.
+ */
+export const REPLIES_PER_SPACE_MAX = 64;
+export const REPLY_CACHE_ENTRIES_MAX = 200_000;
 
 export interface ReplicaOptions {
   readonly config: ClusterConfig;
@@ -71,7 +77,9 @@ export class Replica {
   private readonly waitingBySession = new Map<number, Set<string>>();
   /** sha256 of each waiting request's body, to answer a refusal with the digest the client matches on. */
   private readonly waitingDigests = new Map<string, Uint8Array>();
-  private readonly replies = new Map<string, CachedReply>();
+  /** Per space, its latest replies by seq, in execution order; spaces in least-recent order. */
+  private readonly replies = new Map<string, Map<number, CachedReply>>();
+  private cachedReplies = 0;
   private readonly startedMs = Date.now();
   private readonly rate: RateLimiter;
 
@@ -209,7 +217,7 @@ export class Replica {
 
   private onRequest(session: ClientSession, signed: SignedRequest): void {
     this.metrics.inc("requests_total");
-    const admitted = admitRequest(signed);
+    const admitted = admitRequest(signed, session.keyHex);
     if (!admitted.ok) {
       this.metrics.inc("requests_refused_total");
       const seq = peekSeq(signed);
@@ -221,18 +229,14 @@ export class Replica {
       this.reply(session, failure(seq, this.options.id, sha256(signed.body), admitted.code, admitted.reason));
       return;
     }
+    // admitRequest refused any key but the session's own: that keeps the core's
+    // "authenticated" admission (which may quarantine a client) honest, and the rate
+    // below is charged to the key that really sent.
     const { request, clientHex, space } = admitted;
     const digest = sha256(signed.body);
     if (!this.rate.take(clientHex, request.span, Date.now())) {
       this.metrics.inc("requests_rate_limited_total");
       this.reply(session, failure(request.seq, this.options.id, digest, "RATE_LIMITED", "the client's event rate is over its limit; retry later"));
-      return;
-    }
-    if (clientHex !== session.keyHex) {
-      // A session speaks for the key it authenticated with; this also keeps the core's
-      // "authenticated" admission (which may quarantine a client) honest.
-      this.metrics.inc("requests_refused_total");
-      this.reply(session, failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "requests must be signed by the key this session authenticated with"));
       return;
     }
     if (request.op.t === "pub") {
@@ -242,6 +246,13 @@ export class Replica {
         return;
       }
       if (info.order === "none") return this.publishUnordered(session, signed, request, digest);
+      if (!this.machine.isPublisher(request.op.tag, request.client)) {
+        // Refused here rather than at execution: an unregistered key would otherwise
+        // take a place in the ordering core's client table for good.
+        this.metrics.inc("requests_refused_total");
+        this.reply(session, failure(request.seq, this.options.id, digest, "UNAUTHORIZED", `this key is not registered to publish on ${request.op.tag}`));
+        return;
+      }
       const skew = clockSkewProblem(request, Date.now());
       if (skew !== null) {
         this.metrics.inc("requests_refused_total");
@@ -276,9 +287,11 @@ export class Replica {
   }
 
   private submitOrdered(session: ClientSession, signed: SignedRequest, request: Request, space: string, digest: Uint8Array): void {
-    const cached = this.replies.get(space);
-    if (cached !== undefined && request.seq <= cached.seq) {
-      if (cached.seq === request.seq && bytesEqual(cached.digest, digest)) {
+    const recent = this.replies.get(space);
+    const latest = recent === undefined ? 0 : (Array.from(recent.keys()).at(-1) ?? 0);
+    if (request.seq <= latest) {
+      const cached = recent?.get(request.seq);
+      if (cached !== undefined && bytesEqual(cached.digest, digest)) {
         this.reply(session, cached.reply);
       } else {
         this.reply(session, failure(request.seq, this.options.id, digest, "REPLAY", "this sequence number was already used"));
@@ -367,24 +380,33 @@ export class Replica {
   }
 
   private cacheReply(space: string, cached: CachedReply): void {
-    this.replies.delete(space);
-    this.replies.set(space, cached);
-    if (this.replies.size > REPLY_CACHE_SPACES_MAX) {
+    let recent = this.replies.get(space);
+    if (recent === undefined) recent = new Map();
+    else this.replies.delete(space);
+    this.replies.set(space, recent);
+    if (!recent.has(cached.seq)) this.cachedReplies++;
+    recent.set(cached.seq, cached);
+    if (recent.size > REPLIES_PER_SPACE_MAX) {
+      recent.delete(recent.keys().next().value as number);
+      this.cachedReplies--;
+    }
+    while (this.cachedReplies > REPLY_CACHE_ENTRIES_MAX) {
       const oldest = this.replies.keys().next().value as string;
+      this.cachedReplies -= this.replies.get(oldest)?.size ?? 0;
       this.replies.delete(oldest);
     }
   }
 
   /** The core saw a duplicate of an executed request: answer the waiting client again. */
   private resendReply(space: string, seq: number): void {
-    const cached = this.replies.get(space);
+    const cached = this.replies.get(space)?.get(seq);
     const key = `${space}#${seq}`;
     const sessions = this.waiting.get(key);
     if (sessions === undefined) return;
     this.forgetWaiting(key);
     for (const session of sessions) {
       this.waitingBySession.get(session.id)?.delete(key);
-      if (cached !== undefined && cached.seq === seq) this.reply(session, cached.reply);
+      if (cached !== undefined) this.reply(session, cached.reply);
       else this.reply(session, failure(seq, this.options.id, new Uint8Array(32), "REPLAY", "this sequence number was already used"));
     }
   }

@@ -56,16 +56,25 @@ export function spaceOf(clientHex: string, request: Request): string {
 
 export type Admission =
   | { readonly ok: true; readonly request: Request; readonly clientHex: string; readonly space: string }
-  | { readonly ok: false; readonly code: "BAD_REQUEST" | "BAD_SIGNATURE" | "BAD_VERSION"; readonly reason: string };
+  | { readonly ok: false; readonly code: "BAD_REQUEST" | "BAD_SIGNATURE" | "BAD_VERSION" | "UNAUTHORIZED"; readonly reason: string };
 
-/** Decodes and verifies a signed request. Pure apart from the signature check. */
-export function admitRequest(signed: SignedRequest): Admission {
+/**
+ * Decodes and verifies a signed request. Pure apart from the signature check. With
+ * `sessionKeyHex` (a client session's own key), a request of another key is refused
+ * before its signature costs a verification: a session speaks only for its own key, and
+ * a subscriber replaying a publisher's signed bodies must not cost the replica a verify
+ * each, nor use up that publisher's rate.
+ */
+export function admitRequest(signed: SignedRequest, sessionKeyHex?: string): Admission {
   const decoded = decodeRequestBody(signed.body);
   if (!decoded.ok) {
     const code = decoded.error.kind === "bad-version" ? "BAD_VERSION" : "BAD_REQUEST";
     return { ok: false, code, reason: decoded.error.reason };
   }
   const request = decoded.request;
+  if (sessionKeyHex !== undefined && toHex(request.client) !== sessionKeyHex) {
+    return { ok: false, code: "UNAUTHORIZED", reason: "requests must be signed by the key this session authenticated with" };
+  }
   if (!verify(request.client, requestSigningInput(signed.body), signed.sig)) {
     return { ok: false, code: "BAD_SIGNATURE", reason: "the request signature does not verify for its client key" };
   }

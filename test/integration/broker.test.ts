@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { DEFAULT_BACKOFF, FitbClient, ReplicaConnection } from "../../src/client/index.ts";
 import { loadClientSetup } from "../../src/client/setup.ts";
 import { sign } from "../../src/crypto/ed25519.ts";
-import { loadPublicKeyFile, loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import { loadPublicKeyFile, loadSigningKeyFile, SigningKey } from "../../src/crypto/keys.ts";
 import { encodeRequestBody, type Frame } from "../../wire/schemas.ts";
 import { requestSigningInput } from "../../wire/session.ts";
 import { FrameType } from "../../wire/types.ts";
@@ -126,6 +126,57 @@ describe("a four-replica cluster", () => {
     expect(payloads).not.toContain("from the past");
     expect(history.events.map((e) => e.seq)).toEqual(history.events.map((_, i) => i + 1));
   }, 60_000);
+
+  test("an unregistered key's publish to a total-order channel is refused before ordering", async () => {
+    // Were it ordered and refused only at execution, each such key would keep a place in
+    // the ordering core's client table for good.
+    const setup = loadClientSetup(cluster.configPath, cluster.adminKey);
+    const stranger = new FitbClient({ config: setup.config, key: SigningKey.generate(), timeouts: { requestMs: 20_000 } });
+    stranger.start();
+    others.push(stranger);
+    const error = await stranger.publish("storage.disks", [encode("not mine to say")]).then(
+      () => null,
+      (e: Error & { code?: string }) => e,
+    );
+    expect(error?.code).toBe("UNAUTHORIZED");
+    expect(error?.message).toMatch(/not registered to publish on storage\.disks/);
+  }, 30_000);
+
+  test("a retransmitted request that executed a while ago gets its own reply again, not REPLAY", async () => {
+    // A client with requests in flight whose replies were lost sends them again; calling
+    // an executed request REPLAY would make it publish the same events under new numbers.
+    const key = loadSigningKeyFile(cluster.adminKey).key;
+    await admin.admin({ t: "register", tag: "storage.disks", role: "publisher", key: key.publicKey });
+    const replica = (await import("../../src/config/cluster.ts")).requireClusterConfig(cluster.configPath).replicas[1];
+    if (replica === undefined) throw new Error("no replica 1");
+    const frames: Frame[] = [];
+    const connection = new ReplicaConnection(
+      { id: 1, host: replica.host, port: replica.port, publicKey: replica.publicKey },
+      key,
+      { onReady() {}, onFrame: (_c, frame) => frames.push(frame), onDown() {} },
+      { frameBytesMax: 1 << 20, outboundBytesMax: 1 << 20, sessionTimeoutMs: 5_000, pingIntervalMs: 5_000, idleTimeoutMs: 20_000, backoff: DEFAULT_BACKOFF, random: Math.random, now: Date.now },
+    );
+    connection.start();
+    try {
+      await waitFor("the session", () => connection.isReady);
+      const requests = [1, 2, 3].map((seq) => {
+        const body = encodeRequestBody({ v: 1, client: key.publicKey, seq, span: 1, ts: Date.now(), op: { t: "pub", tag: "storage.disks", events: [encode(`retransmit ${seq}`)] } });
+        return { type: FrameType.REQUEST, body: { body, sig: sign(key, requestSigningInput(body)) } } as const;
+      });
+      const replies = (seq: number) => frames.filter((f) => f.type === FrameType.REPLY && f.body.seq === seq);
+      for (const [i, request] of requests.entries()) {
+        connection.send(request);
+        await waitFor(`the reply to seq ${i + 1}`, () => replies(i + 1).length === 1);
+      }
+      const first = replies(1)[0];
+      expect(first?.type === FrameType.REPLY && first.body.ok).toBe(true);
+      connection.send(requests[0] as (typeof requests)[number]);
+      await waitFor("the second reply to seq 1", () => replies(1).length === 2);
+      expect(replies(1)[1]).toEqual(first as Frame);
+    } finally {
+      connection.close();
+    }
+  }, 30_000);
 
   test("a session may only send requests signed by the key it authenticated with", async () => {
     const sessionKey = loadSigningKeyFile(cluster.clientKey).key;

@@ -344,6 +344,11 @@ export class OrderingCore {
     return this.clients.export();
   }
 
+  /** The last executed seq of one client (0 if none): a lookup, not an export. */
+  lastExecutedOf(client: string): number {
+    return this.clients.lastExecuted(client);
+  }
+
   // -------------------------------------------------------------------------------------
   // Small helpers.
   // -------------------------------------------------------------------------------------
