@@ -17,7 +17,8 @@
  *   voter, and that replica is asked again later. Delivered batches the caller has not
  *   consumed are bounded too: past the bound a total-order subscription pauses and later
  *   re-reads from where it stopped (signalled as "slow", nothing lost); an unordered one
- *   drops and says how many (signalled as "overflow", never silent).
+ *   drops and says how many (signalled as "overflow", never silent). So does an unordered
+ *   subscription that already tracks as many publishers as a channel may register.
  */
 import type { Events, SubEnd, SubOk } from "../../wire/schemas.ts";
 import { DOMAIN_REQUEST, type ErrorCode } from "../../wire/types.ts";
@@ -32,6 +33,11 @@ import { pickLastSeq, seqAnswersWanted } from "./seq.ts";
 export const START_BUFFER_COPIES_PER_REPLICA_MAX = 256;
 /** A replica whose copies overflowed the voter's buffer is asked again after this long. */
 export const RESUBSCRIBE_AFTER_OVERFLOW_MS = 250;
+/**
+ * A replica whose SUBSCRIBE could not be sent (its outbound queue full, or not connected)
+ * is asked again after this long, or as soon as it connects.
+ */
+export const RESUBSCRIBE_AFTER_SEND_FAILURE_MS = 250;
 /** A replica that ended the subscription for a reason not yet confirmed by f+1 is asked again after this long. */
 export const RESUBSCRIBE_AFTER_REFUSAL_MS = 1_000;
 /** Default bound on delivered events waiting for the caller's handler. */
@@ -68,7 +74,19 @@ export type SubscriptionSignal =
   /** The handler fell behind the bound; delivery pauses and resumes at `resumeFrom` without loss. */
   | { readonly t: "slow"; readonly source: "local"; readonly resumeFrom: number }
   /** Unordered channel: events dropped because the handler fell behind the bound. */
-  | { readonly t: "overflow"; readonly droppedEvents: number }
+  | { readonly t: "overflow"; readonly source: "local"; readonly droppedEvents: number }
+  /**
+   * Unordered channel: a publisher's events dropped because the subscription already
+   * tracks as many publishers as a channel may register (`droppedEvents` counts those of
+   * the copies dropped this time; replicas that send them again are reported again).
+   */
+  | {
+      readonly t: "overflow";
+      readonly source: "publishers";
+      readonly publisher: Uint8Array;
+      readonly droppedEvents: number;
+      readonly reason: string;
+    }
   /** A replica sent a copy that failed its checks (bad signature, wrong tag, ...); dropped. */
   | { readonly t: "invalid"; readonly replica: number; readonly reason: string }
   /** A replica sent something that contradicts the others (evidence of a fault). */
@@ -307,7 +325,7 @@ export class SubscriptionCore implements Subscription {
     }
   }
 
-  /** Periodic: retries refused or overflowed replicas, and times out a slow start. */
+  /** Periodic: retries refused or overflowed replicas and unsent SUBSCRIBEs, and times out a slow start. */
   tick(now: number): void {
     if (this.start.t === "ended") return;
     if (this.start.t === "starting" && now >= this.start.deadline) this.startAtDeadline();
@@ -396,8 +414,9 @@ export class SubscriptionCore implements Subscription {
   private bufferForStart(replica: number, events: Events): void {
     const buffer = this.startBuffer[replica] as BufferedCopy[];
     if (buffer.length >= START_BUFFER_COPIES_PER_REPLICA_MAX) {
-      // Too much arrived before the start is known; this replica is asked again from the start.
-      this.replicas[replica] = { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_OVERFLOW_MS, endCode: null };
+      // Too much arrived before the start is known; this replica is asked again from the
+      // start. Its current subscription is ended first, or it would go on streaming.
+      this.retryLater(replica, RESUBSCRIBE_AFTER_OVERFLOW_MS, null);
       this.startBuffer[replica] = [];
       return;
     }
@@ -424,7 +443,12 @@ export class SubscriptionCore implements Subscription {
   private subscribeAt(replica: number): void {
     const from = this.resumePoint();
     const subId = this.host.subscribeAt(this, replica, from);
-    this.replicas[replica] = subId === null ? { t: "none" } : { t: "pending", subId, from };
+    if (subId === null) {
+      // Not sent (queue full or not connected): tick asks again once the replica is ready.
+      this.replicas[replica] = { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_SEND_FAILURE_MS, endCode: null };
+      return;
+    }
+    this.replicas[replica] = { t: "pending", subId, from };
   }
 
   private resubscribe(replica: number): void {
@@ -499,6 +523,10 @@ export class SubscriptionCore implements Subscription {
         case "overflow":
           this.retryLater(output.replica, RESUBSCRIBE_AFTER_OVERFLOW_MS, null);
           break;
+        case "publishers-full":
+          this.counters.droppedEvents += output.droppedEvents;
+          this.signal({ t: "overflow", source: "publishers", publisher: output.publisher, droppedEvents: output.droppedEvents, reason: output.reason });
+          break;
         case "trimmed":
           this.onAgreedTrim(output.nextSeq, output.oldestSeq);
           break;
@@ -551,7 +579,7 @@ export class SubscriptionCore implements Subscription {
   private onQueueFull(batch: DeliveredBatch): void {
     if (!this.ordered || batch.seq === null) {
       this.counters.droppedEvents += batch.events.length;
-      this.signal({ t: "overflow", droppedEvents: batch.events.length });
+      this.signal({ t: "overflow", source: "local", droppedEvents: batch.events.length });
       return;
     }
     this.pausedAt = batch.seq;

@@ -406,7 +406,9 @@ export class RelayConnection {
 
   private onSignal(sub: RelaySub, signal: SubscriptionSignal): void {
     if (signal.t === "trimmed") sub.trimmedOldest = signal.oldestSeq;
-    if (signal.t === "overflow") this.backend.log(`subscription to ${sub.tag}: ${signal.droppedEvents} events dropped (delivery queue full)`);
+    if (signal.t !== "overflow") return;
+    const why = signal.source === "local" ? "delivery queue full" : signal.reason;
+    this.backend.log(`subscription to ${sub.tag}: ${signal.droppedEvents} events dropped (${why})`);
   }
 
   /** The library ended the subscription (not on our request). */

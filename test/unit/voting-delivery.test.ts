@@ -1,7 +1,8 @@
 // Subscriber-side delivery voting (DESIGN §3 "subscriber delivers when"): f+1 matching
-// (seq, digest) on byzantine/total, first valid copy elsewhere, in order with no gap and no
-// duplicate, resume, bounded buffers, and per-replica accounting of bad copies. Publisher
-// signatures are real ed25519 signatures under the request domain.
+// (seq, digest) on byzantine/total, first valid copy elsewhere (on byzantine/none once f+1
+// replicas vouch for the publisher key), in order with no gap and no duplicate, resume,
+// bounded buffers, and per-replica accounting of bad copies. Publisher signatures are real
+// ed25519 signatures under the request domain.
 import { describe, expect, test } from "bun:test";
 import { sha256 } from "@noble/hashes/sha2.js";
 import { createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from "node:crypto";
@@ -11,7 +12,10 @@ import {
   DELIVERED_HISTORY_MAX,
   DELIVERY_BUFFERED_BATCHES_PER_REPLICA_MAX,
   DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX,
+  DELIVERY_HELD_BYTES_PER_PUBLISHER_MAX,
+  DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX,
   DELIVERY_PUBLISHERS_MAX,
+  DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX,
   DeliveryVoter,
   type BatchCopy,
   type DeliveryOutput,
@@ -301,22 +305,38 @@ describe("crash/total", () => {
 });
 
 describe("unordered channels", () => {
-  test.each<[FaultModel]>([["crash"], ["byzantine"]])("%s/none delivers the first valid copy of each publisher range once", (fault) => {
-    const v = voter(fault, "none");
+  test("crash/none delivers the first valid copy of each publisher range once", () => {
+    const v = voter("crash", "none");
     const a5 = signed(ALICE, 5, ["late"]);
     expect(delivered(v.onBatch(0, copy(17, a5)))).toEqual([[null, ["late"]]]);
     expect(delivered(v.onBatch(1, copy(2, B1)))).toEqual([[null, ["a1", "a2"]]]);
     expect(v.onBatch(2, copy(99, B1))).toEqual([]);
     expect(delivered(v.onBatch(2, copy(1, B3)))).toEqual([[null, ["b1"]]]);
     expect(v.onTrimmed(0, 50)).toEqual([]);
-    expect(v.stats()).toMatchObject({ deliveredBatches: 3, duplicates: [0, 0, 1, 0] });
+    expect(v.stats()).toMatchObject({ deliveredBatches: 3, duplicates: [0, 0, 1, 0], held: 0 });
   });
 
-  test("a forged copy is dropped, counted, and does not block the genuine one", () => {
+  test("byzantine/none delivers each publisher range once, from the copy that makes f+1 replicas vouch for the key", () => {
+    const v = voter("byzantine", "none");
+    const a5 = signed(ALICE, 5, ["late"]);
+    expect(v.onBatch(0, copy(17, a5))).toEqual([]);
+    expect(delivered(v.onBatch(1, copy(2, a5)))).toEqual([[null, ["late"]]]);
+    // Alice is vouched for now: her other ranges need one copy each.
+    expect(delivered(v.onBatch(1, copy(2, B1)))).toEqual([[null, ["a1", "a2"]]]);
+    expect(v.onBatch(2, copy(99, B1))).toEqual([]);
+    expect(v.onBatch(2, copy(1, B3))).toEqual([]);
+    expect(delivered(v.onBatch(3, copy(1, B3)))).toEqual([[null, ["b1"]]]);
+    // The held copy is delivered; the one that completed the vouch is its duplicate.
+    expect(v.stats()).toMatchObject({ deliveredBatches: 3, duplicates: [0, 1, 1, 1], held: 0 });
+  });
+
+  test("a forged copy is dropped, counted, vouches for nothing, and does not block the genuine one", () => {
     const v = voter("byzantine", "none");
     const forged = { body: signed(ALICE, 1, ["FORGED"]).body, sig: B1.sig };
     expect(v.onBatch(3, copy(1, forged))).toEqual([{ t: "invalid", replica: 3, reason: "bad-signature" }]);
-    expect(delivered(v.onBatch(0, copy(1, B1)))).toEqual([[null, ["a1", "a2"]]]);
+    // Replica 3's forgery named Alice's key but does not count as its vouch for it.
+    expect(v.onBatch(0, copy(1, B1))).toEqual([]);
+    expect(delivered(v.onBatch(2, copy(1, B1)))).toEqual([[null, ["a1", "a2"]]]);
     expect(v.stats().invalid).toEqual([0, 0, 0, 1]);
   });
 
@@ -327,14 +347,130 @@ describe("unordered channels", () => {
     expect(v.stats().stale).toEqual([0, 1, 0, 0]);
   });
 
-  test("the publishers tracked per subscription are bounded", () => {
+  test("the publishers tracked per subscription are bounded, and the drop is reported", () => {
     const v = voter("crash", "none");
     for (let i = 0; i < DELIVERY_PUBLISHERS_MAX; i++) {
       expect(delivered(v.onBatch(0, copy(1, signed(publisher(), 1, ["e"]))))).toHaveLength(1);
     }
-    expect(v.onBatch(0, copy(1, signed(publisher(), 1, ["e"])))).toEqual([
-      { t: "overflow", replica: 0, nextSeq: 1, reason: `more than ${DELIVERY_PUBLISHERS_MAX} publishers on one subscription` },
+    const extra = publisher();
+    expect(v.onBatch(1, copy(1, signed(extra, 1, ["e", "f"])))).toEqual([
+      { t: "publishers-full", publisher: extra.key, droppedEvents: 2, reason: `more than ${DELIVERY_PUBLISHERS_MAX} publishers on one subscription` },
     ]);
+    expect(v.stats().overflows).toEqual([0, 1, 0, 0]);
+  });
+});
+
+/** Copies that `count` freshly made-up keys signed, one each, as a lying replica would mint them. */
+function minted(count: number): { body: Uint8Array; sig: Uint8Array }[] {
+  return Array.from({ length: count }, () => signed(publisher(), 1, ["eth0 up"]));
+}
+
+describe("byzantine/none: publisher keys are vouched for by f+1 replicas", () => {
+  test("a key only one replica sends is never delivered; a second replica's copy delivers it", () => {
+    const v = voter("byzantine", "none");
+    const mallory = publisher();
+    const copies = [1, 2, 3].map((seq) => signed(mallory, seq, [`eth0 up ${seq}`]));
+    // Replica 3 alone, however often: one voucher, counted once.
+    for (let round = 0; round < 3; round++) for (const c of copies) expect(v.onBatch(3, copy(1, c))).toEqual([]);
+    expect(v.stats()).toMatchObject({ deliveredBatches: 0, held: 9 });
+    // A second replica sends one copy: the key is vouched for, and replica 3's held copies go through.
+    expect(delivered(v.onBatch(1, copy(1, copies[1]!)))).toEqual([
+      [null, ["eth0 up 1"]],
+      [null, ["eth0 up 2"]],
+      [null, ["eth0 up 3"]],
+    ]);
+    expect(v.stats()).toMatchObject({ deliveredBatches: 3, held: 0, duplicates: [0, 1, 0, 6] });
+  });
+
+  test("held copies are delivered in arrival order and deduplicated once the key is vouched for", () => {
+    const v = voter("byzantine", "none");
+    const overlap = signed(ALICE, 5, ["x", "y"]);
+    expect(v.onBatch(0, copy(1, B4))).toEqual([]); // Alice 3..5
+    expect(v.onBatch(0, copy(1, B1))).toEqual([]); // Alice 1..2
+    expect(v.onBatch(0, copy(1, B4))).toEqual([]); // again
+    expect(v.onBatch(0, copy(1, overlap))).toEqual([]); // 5..6: partly delivered
+    const out = v.onBatch(2, copy(1, B1));
+    expect(delivered(out)).toEqual([
+      [null, ["a3", "a4", "a5"]],
+      [null, ["a1", "a2"]],
+    ]);
+    expect(others(out)).toEqual([]);
+    expect(v.stats()).toMatchObject({ deliveredBatches: 2, duplicates: [1, 0, 1, 0], stale: [1, 0, 0, 0], held: 0 });
+    // From now on Alice's copies take the usual path.
+    expect(v.onBatch(3, copy(1, B4))).toEqual([]);
+    expect(delivered(v.onBatch(3, copy(1, signed(ALICE, 6, ["a6"]))))).toEqual([[null, ["a6"]]]);
+  });
+
+  test("f Byzantine replicas minting thousands of keys get nothing delivered and do not stop a real publisher", () => {
+    const f = 2;
+    const v = new DeliveryVoter({ tag: TAG, cls: { fault: "byzantine", order: "none" }, n: 7, f, hash, verify: verifySignature });
+    // A correct replica forwards Alice's batch before the flood.
+    v.onBatch(0, copy(1, B1));
+    // The two liars agree on every key they make up: f vouchers, one short.
+    const flood = minted(DELIVERY_PUBLISHERS_MAX + 500);
+    for (const c of flood) {
+      expect(v.onBatch(5, copy(1, c))).toEqual([]);
+      expect(v.onBatch(6, copy(1, c))).toEqual([]);
+    }
+    const afterFlood = v.stats();
+    expect(afterFlood.deliveredBatches).toBe(0);
+    const evicted = flood.length - DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX;
+    expect(afterFlood.evictions).toEqual([0, 0, 0, 0, 0, evicted, evicted]);
+    expect(afterFlood.held).toBe(1 + 2 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX);
+    // Replica 0's evidence survived: two more correct replicas make f+1.
+    expect(v.onBatch(1, copy(1, B1))).toEqual([]);
+    expect(delivered(v.onBatch(2, copy(1, B1)))).toEqual([[null, ["a1", "a2"]]]);
+    // A publisher first seen after the flood is not refused: the liars filled no table.
+    for (const r of [0, 3]) expect(v.onBatch(r, copy(1, B3))).toEqual([]);
+    expect(delivered(v.onBatch(4, copy(1, B3)))).toEqual([[null, ["b1"]]]);
+    expect(v.stats()).toMatchObject({ deliveredBatches: 2, overflows: [0, 0, 0, 0, 0, 0, 0] });
+  });
+
+  test("a replica past its allowance of keys loses its own oldest evidence, never another replica's", () => {
+    const v = voter("byzantine", "none");
+    const registered = Array.from({ length: DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX }, () => publisher());
+    for (const p of registered) expect(v.onBatch(0, copy(1, signed(p, 1, ["real"])))).toEqual([]);
+    // Replica 3 floods its own keys; a copy with a bad signature evicts nothing.
+    expect(v.onBatch(3, copy(1, { body: signed(publisher(), 1, ["x"]).body, sig: B1.sig }))).toEqual([
+      { t: "invalid", replica: 3, reason: "bad-signature" },
+    ]);
+    expect(v.stats().evictions).toEqual([0, 0, 0, 0]);
+    for (const c of minted(3 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX)) v.onBatch(3, copy(1, c));
+    expect(v.stats().evictions).toEqual([0, 0, 0, 2 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX]);
+    expect(v.stats().heldDropped).toEqual([0, 0, 0, 2 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX]);
+    // Replica 0 goes past its own allowance by one key: its oldest, registered[0], is evicted.
+    const late = publisher();
+    expect(v.onBatch(0, copy(1, signed(late, 1, ["late"])))).toEqual([]);
+    expect(v.stats().evictions).toEqual([1, 0, 0, 2 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX]);
+    expect(v.onBatch(1, copy(1, signed(registered[0]!, 1, ["real"])))).toEqual([]);
+    for (const p of registered.slice(1)) expect(delivered(v.onBatch(1, copy(1, signed(p, 1, ["real"]))))).toEqual([[null, ["real"]]]);
+    expect(delivered(v.onBatch(2, copy(1, signed(late, 1, ["late"]))))).toEqual([[null, ["late"]]]);
+  });
+
+  test("held copies are bounded per key in count and bytes, and per replica in bytes", () => {
+    const v = voter("byzantine", "none");
+    const mallory = publisher();
+    for (let seq = 1; seq <= DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX + 5; seq++) v.onBatch(3, copy(1, signed(mallory, seq, ["e"])));
+    expect(v.stats()).toMatchObject({ held: DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX, heldDropped: [0, 0, 0, 5] });
+
+    const big = (p: Publisher, seq: number) => signed(p, seq, ["x".repeat(1024 * 1024)]);
+    const perCopy = big(ALICE, 1).body.length + big(ALICE, 1).sig.length;
+    const perKey = Math.floor(DELIVERY_HELD_BYTES_PER_PUBLISHER_MAX / perCopy);
+    const w = voter("byzantine", "none");
+    for (let seq = 1; seq <= perKey + 1; seq++) w.onBatch(2, copy(1, big(ALICE, seq)));
+    expect(w.stats()).toMatchObject({ held: perKey, heldDropped: [0, 0, 1, 0], evictions: [0, 0, 0, 0] });
+    // Across keys, the replica's bytes stay within its buffer bound by evicting its oldest key.
+    const keys = Math.ceil(DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX / (perKey * perCopy)) + 1;
+    for (let k = 0; k < keys; k++) {
+      const p = publisher();
+      for (let seq = 1; seq <= perKey; seq++) w.onBatch(1, copy(1, big(p, seq)));
+    }
+    const stats = w.stats();
+    expect(stats.evictions[1]).toBeGreaterThan(0);
+    expect(stats.evictions[2]).toBe(0);
+    expect((stats.held - perKey) * perCopy).toBeLessThanOrEqual(DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX);
+    // Replica 2's evidence for Alice is intact.
+    expect(delivered(w.onBatch(0, copy(1, big(ALICE, 1))))).toHaveLength(perKey);
   });
 });
 

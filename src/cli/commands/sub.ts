@@ -121,7 +121,11 @@ function reportSignal(io: CommandIo, signal: SubscriptionSignal): void {
       );
       return;
     case "overflow":
-      io.err(`fitb sub: warning: output fell behind; ${signal.droppedEvents} events dropped`);
+      io.err(
+        signal.source === "local"
+          ? `fitb sub: warning: output fell behind; ${signal.droppedEvents} events dropped`
+          : `fitb sub: warning: ${signal.droppedEvents} events dropped: ${signal.reason}`,
+      );
       return;
     case "invalid":
       io.err(`fitb sub: warning: replica ${signal.replica} sent an invalid copy (${signal.reason}); dropped`);

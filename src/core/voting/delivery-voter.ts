@@ -6,24 +6,32 @@
  *   replicas sent the same (s, decided timestamp, digest of the signed request). At
  *   least one of them is correct, so f lying replicas can neither forge nor alter a batch.
  * - crash/total: the first copy that covers the next seq.
- * - crash/none, byzantine/none: the first copy of each publisher seq range.
+ * - crash/none: the first copy of each publisher seq range.
+ * - byzantine/none: the first copy of each publisher seq range, once the publisher key
+ *   is vouched for: f+1 distinct replicas have each sent a copy validly signed by it.
+ *   Correct replicas store and forward only the events of publishers registered on the
+ *   channel, and at least one of f+1 replicas is correct, so a key that f lying replicas
+ *   made up themselves is never delivered. Copies of a key not yet vouched for are held
+ *   and delivered (deduplicated, in arrival order) when it is.
  *
  * Every copy's publisher signature is checked through the injected `verify` before it
- * can be delivered (end-to-end authenticity; on byzantine/total once per distinct copy).
- * Invalid copies are dropped and counted per replica.
+ * can be delivered or vouch for a key (end-to-end authenticity; on byzantine/total once
+ * per distinct copy). Invalid copies are dropped and counted per replica.
  *
  * Total-order channels are delivered in seq order with no gap and no duplicate,
  * starting at `fromSeq` (a resume point may fall inside a batch: the events before it
  * are cut off). Copies that arrive ahead of the next seq wait in per-replica buffers with
  * a named bound; past it the copy is dropped and an "overflow" output tells the caller to
  * re-read from `nextSeq` later, instead of memory growing. Unordered channels keep a
- * bounded dedupe window per publisher.
+ * bounded dedupe window per vouched publisher, and hold the evidence for keys not yet
+ * vouched for per replica, within that replica's own allowance: a Byzantine replica that
+ * floods made-up keys evicts only its own evidence, never a correct replica's.
  *
  * Pure: outputs are returned, nothing is sent or printed here.
  */
 import { decodeCanonical, type Canonical } from "../../../wire/canonical.ts";
 import { toHex } from "../channels/bytes.ts";
-import { KEYS_PER_CHANNEL_MAX } from "../channels/constants.ts";
+import { KEYS_PER_CHANNEL_MAX, REQUEST_BYTES_MAX } from "../channels/constants.ts";
 import { parsePubRequest, signedRequestDigest } from "../channels/request.ts";
 import { SeqRangeWindow } from "../channels/seq-window.ts";
 import type { ChannelClass, HashFn, PubRequest, SignedRequest } from "../channels/types.ts";
@@ -33,8 +41,17 @@ import { checkGroup, replyKindOf } from "./quorum.ts";
 export const DELIVERY_BUFFERED_BATCHES_PER_REPLICA_MAX = 256;
 /** Bytes of buffered copies (body + signature) one replica may hold in a subscription. */
 export const DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX = 8 * 1024 * 1024;
-/** Distinct publishers an unordered subscription tracks (publishers must be registered). */
+/** Distinct vouched publishers an unordered subscription tracks (publishers must be registered). */
 export const DELIVERY_PUBLISHERS_MAX = KEYS_PER_CHANNEL_MAX;
+/**
+ * Publisher keys not yet vouched for that one replica may have sent copies of at once
+ * (byzantine/none). Past it, that replica's oldest such key loses this replica's evidence.
+ */
+export const DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX = 64;
+/** Copies one replica may have held for one publisher key not yet vouched for. */
+export const DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX = 64;
+/** Bytes (body + signature) one replica may have held for one key not yet vouched for: two of the largest requests. */
+export const DELIVERY_HELD_BYTES_PER_PUBLISHER_MAX = 2 * REQUEST_BYTES_MAX;
 /** Seq ranges remembered per publisher on unordered subscriptions (see SeqRangeWindow). */
 export const DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX = 1024;
 /** Delivered batch starts remembered, to recognise late copies that contradict them. */
@@ -89,6 +106,12 @@ export type DeliveryOutput =
   | { readonly t: "conflict"; readonly replica: number; readonly seq: number; readonly reason: string }
   /** A copy was dropped at a buffer bound; re-read from `nextSeq` once deliveries resume. */
   | { readonly t: "overflow"; readonly replica: number; readonly nextSeq: number; readonly reason: string }
+  /**
+   * Unordered: a publisher was vouched for but the subscription already tracks
+   * DELIVERY_PUBLISHERS_MAX publishers, so its copies were dropped. `droppedEvents`
+   * counts the distinct events among the copies dropped now; they are lost here.
+   */
+  | { readonly t: "publishers-full"; readonly publisher: Uint8Array; readonly droppedEvents: number; readonly reason: string }
   /** Enough replicas say `nextSeq` is no longer retained; `oldestSeq` is where to go on. */
   | { readonly t: "trimmed"; readonly nextSeq: number; readonly oldestSeq: number };
 
@@ -114,6 +137,15 @@ export type DeliveryStats = {
   readonly unknownReplica: number;
   /** Copies currently buffered, all replicas together. */
   readonly buffered: number;
+  /**
+   * Unordered: copies of a publisher key not yet vouched for that were dropped, at a hold
+   * bound or with an eviction, per replica.
+   */
+  readonly heldDropped: readonly number[];
+  /** Unordered: keys not yet vouched for whose evidence from this replica was evicted to keep within its allowance. */
+  readonly evictions: readonly number[];
+  /** Unordered: copies held until their publisher key is vouched for, all replicas together. */
+  readonly held: number;
 };
 
 /** One distinct copy waiting at a seq, with the replicas that sent it. */
@@ -128,7 +160,19 @@ type Group = {
   readonly voters: Set<number>;
 };
 
-type CountName = "invalid" | "duplicates" | "conflicts" | "overflows" | "stale";
+/** A verified copy of a publisher key not yet vouched for, held until it is. */
+type HeldCopy = {
+  /** Arrival order across replicas, so held copies are delivered as they came. */
+  readonly arrival: number;
+  readonly replica: number;
+  readonly request: PubRequest;
+  readonly copy: BatchCopy;
+};
+
+/** One replica's evidence for one key not yet vouched for: the verified copies it sent. */
+type Evidence = { readonly held: HeldCopy[]; bytes: number };
+
+type CountName = "invalid" | "duplicates" | "conflicts" | "overflows" | "stale" | "heldDropped" | "evictions";
 
 type Opened = { readonly request: PubRequest } | { readonly invalid: InvalidReason };
 
@@ -156,8 +200,15 @@ export class DeliveryVoter {
   private straddlers = false;
   private trimReportedAt = 0;
 
-  // Unordered: seen publisher seq ranges, per publisher.
+  // Unordered: seen publisher seq ranges, per vouched publisher.
   private readonly seen = new Map<string, SeqRangeWindow>();
+  /**
+   * Unordered, per replica: its evidence for each publisher key not yet vouched for, by
+   * key hex, oldest first. A key is vouched for once `threshold` replicas hold evidence.
+   * Its held bytes count in `bufferedBytes`.
+   */
+  private readonly unvouched: Map<string, Evidence>[];
+  private arrivals = 0;
 
   private deliveredBatches = 0;
   private deliveredEvents = 0;
@@ -171,18 +222,28 @@ export class DeliveryVoter {
     if (!Number.isSafeInteger(fromSeq) || fromSeq < 1) throw new RangeError("fromSeq must be a positive integer");
     this.tag = options.tag;
     this.ordered = options.cls.order === "total";
-    // Only byzantine/total needs agreement among copies; every other class takes the
-    // first valid one (crash replicas do not lie; unordered copies are self-certifying).
-    this.threshold = kind === "byzantine/total" ? options.f + 1 : 1;
+    // Byzantine channels need f+1 replicas to agree: on the copy at a seq (total order),
+    // or that a publisher key is one they forward (unordered). Crash replicas do not lie,
+    // so one is enough there.
+    this.threshold = options.cls.fault === "byzantine" ? options.f + 1 : 1;
     this.n = options.n;
     this.hash = options.hash;
     this.verify = options.verify;
     this.acceptPublisher = options.acceptPublisher ?? (() => true);
     this.next = fromSeq;
     this.votes = Array.from({ length: options.n }, () => new Map<number, string>());
+    this.unvouched = Array.from({ length: options.n }, () => new Map<string, Evidence>());
     this.bufferedBytes = new Array<number>(options.n).fill(0);
     const zeros = (): number[] => new Array<number>(options.n).fill(0);
-    this.counts = { invalid: zeros(), duplicates: zeros(), conflicts: zeros(), overflows: zeros(), stale: zeros() };
+    this.counts = {
+      invalid: zeros(),
+      duplicates: zeros(),
+      conflicts: zeros(),
+      overflows: zeros(),
+      stale: zeros(),
+      heldDropped: zeros(),
+      evictions: zeros(),
+    };
   }
 
   /** Total order: the next seq to deliver, i.e. where to resume after a disconnect. */
@@ -226,6 +287,8 @@ export class DeliveryVoter {
   stats(): DeliveryStats {
     let buffered = 0;
     for (const groups of this.pending.values()) for (const group of groups.values()) buffered += group.voters.size;
+    let held = 0;
+    for (const evidence of this.unvouched) for (const own of evidence.values()) held += own.held.length;
     return {
       deliveredBatches: this.deliveredBatches,
       deliveredEvents: this.deliveredEvents,
@@ -236,6 +299,9 @@ export class DeliveryVoter {
       stale: [...this.counts.stale],
       unknownReplica: this.unknownReplica,
       buffered,
+      heldDropped: [...this.counts.heldDropped],
+      evictions: [...this.counts.evictions],
+      held,
     };
   }
 
@@ -265,33 +331,136 @@ export class DeliveryVoter {
   // Unordered channels
   // ---------------------------------------------------------------------------------
 
-  /** Dedupe happens before the signature check, so copies of delivered events cost no verify. */
   private onUnorderedCopy(replica: number, copy: BatchCopy): DeliveryOutput[] {
     const decoded = this.decode(copy.body);
     if ("invalid" in decoded) return this.invalidCopy(replica, decoded.invalid);
     const request = decoded.request;
     const publisherHex = toHex(request.client);
-    let window = this.seen.get(publisherHex);
-    if (window === undefined) {
-      if (this.seen.size >= DELIVERY_PUBLISHERS_MAX) {
-        return this.overflow(replica, `more than ${DELIVERY_PUBLISHERS_MAX} publishers on one subscription`);
-      }
-      window = new SeqRangeWindow(DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX);
-    }
-    const lastSeq = request.seq + request.span - 1;
-    const seen = window.check(request.seq, lastSeq);
-    if (seen === "duplicate") {
-      this.count("duplicates", replica);
-      return [];
-    }
-    if (seen !== "new") {
-      this.count("stale", replica);
-      return [];
-    }
+    const window = this.seen.get(publisherHex);
+    if (window !== undefined) return this.onVouchedCopy(replica, window, request, copy);
+    return this.onUnvouchedCopy(replica, publisherHex, request, copy);
+  }
+
+  /** Dedupe happens before the signature check, so copies of delivered events cost no verify. */
+  private onVouchedCopy(replica: number, window: SeqRangeWindow, request: PubRequest, copy: BatchCopy): DeliveryOutput[] {
+    if (!this.isNewRange(replica, window, request)) return [];
     if (!this.verify(copy.body, copy.sig, request.client)) return this.invalidCopy(replica, "bad-signature");
+    return [this.deliverUnordered(window, request, copy)];
+  }
+
+  /**
+   * A copy signed by a key not yet vouched for. It counts as this replica's evidence for
+   * the key only once its signature verifies; a replica that sends many copies counts
+   * once. The `threshold`-th distinct replica makes the key vouched for, and everything
+   * held for it goes through the normal path in arrival order.
+   */
+  private onUnvouchedCopy(replica: number, publisherHex: string, request: PubRequest, copy: BatchCopy): DeliveryOutput[] {
+    const evidence = this.unvouched[replica] as Map<string, Evidence>;
+    const own = evidence.get(publisherHex);
+    const bytes = copy.body.length + copy.sig.length;
+    // This replica already vouches for the key: a copy past its hold bound changes
+    // nothing, so it is dropped before paying for a signature check.
+    if (own !== undefined && !holdFits(own, bytes)) return this.dropHeld(replica, 1);
+    if (!this.verify(copy.body, copy.sig, request.client)) return this.invalidCopy(replica, "bad-signature");
+    const held: HeldCopy = { arrival: this.arrivals++, replica, request, copy };
+    if (own === undefined && this.vouchersOf(publisherHex) + 1 >= this.threshold) {
+      return this.admit(publisherHex, request.client, [...this.takeHeld(publisherHex), held]);
+    }
+    this.hold(held, publisherHex, bytes);
+    return [];
+  }
+
+  /** Distinct replicas holding evidence for a key not yet vouched for. */
+  private vouchersOf(publisherHex: string): number {
+    let vouchers = 0;
+    for (const evidence of this.unvouched) if (evidence.has(publisherHex)) vouchers++;
+    return vouchers;
+  }
+
+  /**
+   * Keeps a verified copy as its sender's evidence. Room within the sender's allowance
+   * (keys, and bytes across its keys) is made by evicting the sender's own oldest key,
+   * so a flood from one replica never costs another replica its evidence.
+   */
+  private hold(held: HeldCopy, publisherHex: string, bytes: number): void {
+    const replica = held.replica;
+    const evidence = this.unvouched[replica] as Map<string, Evidence>;
+    let own = evidence.get(publisherHex);
+    if (own === undefined) {
+      while (evidence.size >= DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX) {
+        if (!this.evictOldest(replica, publisherHex)) break;
+      }
+      own = { held: [], bytes: 0 };
+      evidence.set(publisherHex, own);
+    }
+    while ((this.bufferedBytes[replica] as number) + bytes > DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX) {
+      if (!this.evictOldest(replica, publisherHex)) break;
+    }
+    // The key stays vouched for by this replica even when its copy cannot be kept.
+    if (!holdFits(own, bytes) || (this.bufferedBytes[replica] as number) + bytes > DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX) {
+      this.dropHeld(replica, 1);
+      return;
+    }
+    own.held.push(held);
+    own.bytes += bytes;
+    this.bufferedBytes[replica] = (this.bufferedBytes[replica] as number) + bytes;
+  }
+
+  /** Drops the replica's oldest evidence other than for `keep`; false if there is none. */
+  private evictOldest(replica: number, keep: string): boolean {
+    const evidence = this.unvouched[replica] as Map<string, Evidence>;
+    for (const [publisherHex, own] of evidence) {
+      if (publisherHex === keep) continue;
+      evidence.delete(publisherHex);
+      this.bufferedBytes[replica] = (this.bufferedBytes[replica] as number) - own.bytes;
+      this.count("evictions", replica);
+      this.dropHeld(replica, own.held.length);
+      return true;
+    }
+    return false;
+  }
+
+  /** Takes every replica's held copies of a key, in arrival order, and frees the evidence. */
+  private takeHeld(publisherHex: string): HeldCopy[] {
+    const taken: HeldCopy[] = [];
+    this.unvouched.forEach((evidence, replica) => {
+      const own = evidence.get(publisherHex);
+      if (own === undefined) return;
+      evidence.delete(publisherHex);
+      this.bufferedBytes[replica] = (this.bufferedBytes[replica] as number) - own.bytes;
+      taken.push(...own.held);
+    });
+    return taken.sort((a, b) => a.arrival - b.arrival);
+  }
+
+  /** A key is vouched for: it gets a dedupe window, and its copies are delivered once each. */
+  private admit(publisherHex: string, publisher: Uint8Array, copies: readonly HeldCopy[]): DeliveryOutput[] {
+    if (this.seen.size >= DELIVERY_PUBLISHERS_MAX) return this.publishersFull(publisher, copies);
+    const window = new SeqRangeWindow(DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX);
     this.seen.set(publisherHex, window);
-    window.add(request.seq, lastSeq);
-    return [this.deliver(request, copy, copy.tsMs, null, 0)];
+    const outputs: DeliveryOutput[] = [];
+    for (const held of copies) {
+      if (this.isNewRange(held.replica, window, held.request)) outputs.push(this.deliverUnordered(window, held.request, held.copy));
+    }
+    return outputs;
+  }
+
+  /** Whether no seq of the request's range was delivered; counts the copy otherwise. */
+  private isNewRange(replica: number, window: SeqRangeWindow, request: PubRequest): boolean {
+    const seen = window.check(request.seq, request.seq + request.span - 1);
+    if (seen === "new") return true;
+    this.count(seen === "duplicate" ? "duplicates" : "stale", replica);
+    return false;
+  }
+
+  private deliverUnordered(window: SeqRangeWindow, request: PubRequest, copy: BatchCopy): DeliveryOutput {
+    window.add(request.seq, request.seq + request.span - 1);
+    return this.deliver(request, copy, copy.tsMs, null, 0);
+  }
+
+  private dropHeld(replica: number, copies: number): DeliveryOutput[] {
+    (this.counts.heldDropped[replica] as number) += copies;
+    return [];
   }
 
   // ---------------------------------------------------------------------------------
@@ -476,4 +645,22 @@ export class DeliveryVoter {
     this.count("overflows", replica);
     return [{ t: "overflow", replica, nextSeq: this.next, reason }];
   }
+
+  /** Drops the copies of a vouched key that finds the publisher table full; counted per sender. */
+  private publishersFull(publisher: Uint8Array, copies: readonly HeldCopy[]): DeliveryOutput[] {
+    const ranges = new Map<number, number>();
+    for (const held of copies) {
+      this.count("overflows", held.replica);
+      ranges.set(held.request.seq, Math.max(ranges.get(held.request.seq) ?? 0, held.request.span));
+    }
+    let droppedEvents = 0;
+    for (const span of ranges.values()) droppedEvents += span;
+    const reason = `more than ${DELIVERY_PUBLISHERS_MAX} publishers on one subscription`;
+    return [{ t: "publishers-full", publisher, droppedEvents, reason }];
+  }
+}
+
+/** Whether one more copy of `bytes` fits a replica's evidence for one key. */
+function holdFits(own: Evidence, bytes: number): boolean {
+  return own.held.length < DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX && own.bytes + bytes <= DELIVERY_HELD_BYTES_PER_PUBLISHER_MAX;
 }

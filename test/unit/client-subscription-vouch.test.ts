@@ -1,0 +1,195 @@
+// One subscription against scripted replicas behind the SubscriptionHost port: on
+// byzantine/none a publisher key is delivered only once f+1 replicas vouch for it, a full
+// publisher table is reported, and a replica is asked again (after UNSUBSCRIBE) when its
+// start buffer overflows or when its SUBSCRIBE could not be sent.
+import { describe, expect, test } from "bun:test";
+import { encodeCanonical } from "../../wire/canonical.ts";
+import type { Events } from "../../wire/schemas.ts";
+import { DOMAIN_REQUEST } from "../../wire/types.ts";
+import type { ChannelInfo } from "../../src/client/queries.ts";
+import {
+  RESUBSCRIBE_AFTER_OVERFLOW_MS,
+  RESUBSCRIBE_AFTER_SEND_FAILURE_MS,
+  START_BUFFER_COPIES_PER_REPLICA_MAX,
+  SubscriptionCore,
+  type ReceivedBatch,
+  type SubscriptionHost,
+  type SubscriptionSignal,
+} from "../../src/client/subscription.ts";
+import { DELIVERY_PUBLISHERS_MAX } from "../../src/core/voting/index.ts";
+import { signDomain } from "../../src/crypto/ed25519.ts";
+import { SigningKey } from "../../src/crypto/keys.ts";
+
+const START_TIMEOUT_MS = 60_000;
+const text = (b: Uint8Array): string => new TextDecoder().decode(b);
+
+/** The client side of n replicas: what was sent to each, and whether sending works. */
+class ScriptedHost implements SubscriptionHost {
+  readonly n = 4;
+  readonly f = 1;
+  nowMs = 1_000;
+  readonly ready = new Set([0, 1, 2, 3]);
+  /** Replicas whose outbound queue is full: SUBSCRIBE cannot be sent. */
+  readonly queueFull = new Set<number>();
+  readonly subscribes: { replica: number; subId: number; from: number | undefined }[] = [];
+  readonly unsubscribes: { replica: number; subId: number }[] = [];
+  private lastSubId = 0;
+
+  readyReplicas(): readonly number[] {
+    return [...this.ready];
+  }
+
+  subscribeAt(_sub: SubscriptionCore, replica: number, from: number | undefined): number | null {
+    if (!this.ready.has(replica) || this.queueFull.has(replica)) return null;
+    const subId = ++this.lastSubId;
+    this.subscribes.push({ replica, subId, from });
+    return subId;
+  }
+
+  unsubscribeAt(replica: number, subId: number): void {
+    this.unsubscribes.push({ replica, subId });
+  }
+
+  releaseSubId(): void {}
+
+  forget(): void {}
+
+  now(): number {
+    return this.nowMs;
+  }
+
+  /** The sub id of the latest SUBSCRIBE sent to `replica`. */
+  subIdAt(replica: number): number {
+    const last = this.subscribes.filter((s) => s.replica === replica).at(-1);
+    if (last === undefined) throw new Error(`no SUBSCRIBE sent to replica ${replica}`);
+    return last.subId;
+  }
+
+  subscribesTo(replica: number): number {
+    return this.subscribes.filter((s) => s.replica === replica).length;
+  }
+}
+
+function channel(tag: string, fault: ChannelInfo["fault"], order: ChannelInfo["order"]): ChannelInfo {
+  return { tag, fault, order, priority: "normal", public: true };
+}
+
+/** A pub request signed by `key`, as a replica forwards it. */
+function signedRequest(key: SigningKey, tag: string, seq: number, events: string[]): Events["req"] {
+  const evs = events.map((e) => new TextEncoder().encode(e));
+  const body = encodeCanonical({ v: 1, client: key.publicKey, seq, span: evs.length, ts: 77, op: { t: "pub", tag, events: evs } });
+  return { body, sig: signDomain(key, DOMAIN_REQUEST, body) };
+}
+
+type Harness = { host: ScriptedHost; sub: SubscriptionCore; got: string[]; signals: SubscriptionSignal[] };
+
+function subscribe(info: ChannelInfo, from?: number): Harness {
+  const host = new ScriptedHost();
+  const got: string[] = [];
+  const signals: SubscriptionSignal[] = [];
+  const options = { onSignal: (s: SubscriptionSignal) => signals.push(s), ...(from === undefined ? {} : { from }) };
+  const handler = (batch: ReceivedBatch) => {
+    got.push(...batch.events.map(text));
+  };
+  const sub = new SubscriptionCore(host, info, options, handler, START_TIMEOUT_MS);
+  void sub.begin().catch(() => undefined);
+  return { host, sub, got, signals };
+}
+
+function subOk(h: Harness, replica: number, next?: number): void {
+  const subId = h.host.subIdAt(replica);
+  h.sub.onSubOk(replica, subId, next === undefined ? { sub: subId, replica } : { sub: subId, replica, next });
+}
+
+function send(h: Harness, replica: number, seq: number, req: Events["req"]): void {
+  const subId = h.host.subIdAt(replica);
+  h.sub.onEvents(replica, subId, { sub: subId, tag: h.sub.tag, seq, req, replica });
+}
+
+/** Lets the delivery pump hand every queued batch to the handler. */
+const settle = (): Promise<void> => Bun.sleep(1);
+
+describe("byzantine/none subscription", () => {
+  test("a key one replica made up is never delivered; a key f+1 replicas forward is", async () => {
+    const h = subscribe(channel("net.links", "byzantine", "none"));
+    for (const replica of [0, 1, 2, 3]) subOk(h, replica);
+    const minted = SigningKey.generate();
+    for (let seq = 1; seq <= 5; seq++) send(h, 3, 0, signedRequest(minted, "net.links", seq, ["eth0 up"]));
+    await settle();
+    expect(h.got).toEqual([]);
+    const registered = SigningKey.generate();
+    const down = signedRequest(registered, "net.links", 1, ["eth0 down"]);
+    send(h, 0, 0, down);
+    await settle();
+    expect(h.got).toEqual([]);
+    send(h, 2, 0, down);
+    send(h, 1, 0, down);
+    await settle();
+    expect(h.got).toEqual(["eth0 down"]);
+    expect(h.signals).toEqual([]);
+  });
+});
+
+describe("a full publisher table", () => {
+  test("is signalled as overflow and counted, and the replica is not dropped for it", async () => {
+    const h = subscribe(channel("net.links", "crash", "none"));
+    for (const replica of [0, 1]) subOk(h, replica);
+    for (let i = 0; i < DELIVERY_PUBLISHERS_MAX; i++) send(h, 0, 0, signedRequest(SigningKey.generate(), "net.links", 1, ["e"]));
+    await settle();
+    expect(h.got).toHaveLength(DELIVERY_PUBLISHERS_MAX);
+    const extra = SigningKey.generate();
+    send(h, 1, 0, signedRequest(extra, "net.links", 1, ["lost", "too"]));
+    await settle();
+    expect(h.got).toHaveLength(DELIVERY_PUBLISHERS_MAX);
+    expect(h.signals).toEqual([
+      {
+        t: "overflow",
+        source: "publishers",
+        publisher: extra.publicKey,
+        droppedEvents: 2,
+        reason: `more than ${DELIVERY_PUBLISHERS_MAX} publishers on one subscription`,
+      },
+    ]);
+    expect(h.sub.stats().droppedEvents).toBe(2);
+    expect(h.host.unsubscribes).toEqual([]);
+  });
+});
+
+describe("asking a replica again", () => {
+  test("a start buffer overflow unsubscribes there before asking again", () => {
+    const h = subscribe(channel("sec.alerts", "byzantine", "total"));
+    // One SUB_OK of the 2f+1 a live start waits for: copies are buffered meanwhile.
+    subOk(h, 0, 1);
+    const first = h.host.subIdAt(0);
+    const key = SigningKey.generate();
+    for (let seq = 1; seq <= START_BUFFER_COPIES_PER_REPLICA_MAX; seq++) send(h, 0, seq, signedRequest(key, "sec.alerts", seq, ["e"]));
+    expect(h.host.unsubscribes).toEqual([]);
+    send(h, 0, START_BUFFER_COPIES_PER_REPLICA_MAX + 1, signedRequest(key, "sec.alerts", START_BUFFER_COPIES_PER_REPLICA_MAX + 1, ["e"]));
+    expect(h.host.unsubscribes).toEqual([{ replica: 0, subId: first }]);
+    h.sub.tick(h.host.nowMs + RESUBSCRIBE_AFTER_OVERFLOW_MS - 1);
+    expect(h.host.subscribesTo(0)).toBe(1);
+    h.sub.tick(h.host.nowMs + RESUBSCRIBE_AFTER_OVERFLOW_MS);
+    expect(h.host.subscribesTo(0)).toBe(2);
+  });
+
+  test("a SUBSCRIBE that could not be sent (outbound queue full) is retried", () => {
+    const host = new ScriptedHost();
+    host.queueFull.add(2);
+    const sub = new SubscriptionCore(host, channel("net.links", "crash", "none"), {}, () => undefined, START_TIMEOUT_MS);
+    void sub.begin().catch(() => undefined);
+    expect(host.subscribesTo(2)).toBe(0);
+    host.queueFull.delete(2);
+    sub.tick(host.nowMs + RESUBSCRIBE_AFTER_SEND_FAILURE_MS - 1);
+    expect(host.subscribesTo(2)).toBe(0);
+    sub.tick(host.nowMs + RESUBSCRIBE_AFTER_SEND_FAILURE_MS);
+    expect(host.subscribesTo(2)).toBe(1);
+    // Still full: asked again after another interval, not given up on.
+    host.queueFull.add(2);
+    host.nowMs += 10 * RESUBSCRIBE_AFTER_SEND_FAILURE_MS;
+    sub.onSubEnd(2, host.subIdAt(2), { sub: host.subIdAt(2), replica: 2, code: "SLOW", reason: "behind" });
+    expect(host.subscribesTo(2)).toBe(1);
+    host.queueFull.delete(2);
+    sub.tick(host.nowMs + RESUBSCRIBE_AFTER_SEND_FAILURE_MS);
+    expect(host.subscribesTo(2)).toBe(2);
+  });
+});
