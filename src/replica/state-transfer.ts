@@ -21,13 +21,22 @@
  * distrusted for this target and the transfer starts over with the others: a Byzantine
  * source is detected and another is asked.
  *
+ * Every part but the last is exactly partBytes and none is empty (a stream opens with its
+ * meta record), and a stream is at most streamBytesBound long: a source that sends a
+ * part no valid stream has, or no new part for PART_TIMEOUT_MS, is distrusted for this
+ * target and the next one asked, so a Byzantine source cannot keep a transfer going
+ * without delivering the state. When the last part arrives, the incoming head records
+ * the part count; a restart that finds the whole stream on disk installs it from there,
+ * since no replica sends anything past the last part.
+ *
  * The server side reads parts from a checkpoint capture or the stored base (see
  * storage/snapshots.ts), one cursor per peer, with the last few parts cached for
  * retransmission: memory per peer is a few parts.
  */
 import { type Canonical, encodeCanonical } from "../../wire/canonical.ts";
+import type { ChannelsConfig } from "../core/channels/config.ts";
 import type { ChannelMachine } from "../core/channels/machine.ts";
-import type { SnapshotImport } from "../core/channels/snapshot.ts";
+import { type SnapshotImport, snapshotBytesBound } from "../core/channels/snapshot.ts";
 import type { Checkpoint } from "../core/ordering/messages.ts";
 import { bytesEqual } from "../crypto/encoding.ts";
 import type { Log } from "./log.ts";
@@ -35,13 +44,13 @@ import type { Metrics } from "./metrics.ts";
 import { checkpointStateDigest } from "./storage/digest.ts";
 import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
 import { type PartSource, type SnapshotKeeper, SourceError } from "./storage/snapshots.ts";
-import { StreamReader } from "./storage/stream.ts";
+import { STREAM_META_BYTES_MAX, STREAM_META_PREFIX_BYTES, StreamReader } from "./storage/stream.ts";
 
 /** Parts in flight from the source at once. */
 export const TRANSFER_WINDOW_PARTS = 4;
 /** Parts a server keeps per peer for retransmission. */
 export const SERVE_CACHE_PARTS = 2 * TRANSFER_WINDOW_PARTS;
-/** A source that sent nothing for this long is replaced by the next one. */
+/** A source that delivered no new part for this long is distrusted for the target and replaced. */
 export const PART_TIMEOUT_MS = 3_000;
 /** A serving cursor idle for this long is dropped (its capture with it). */
 export const CURSOR_IDLE_MS = 30_000;
@@ -49,6 +58,22 @@ export const CURSOR_IDLE_MS = 30_000;
 export const STREAM_PARTS_MAX = 2 ** 32;
 /** Digest length (SHA-256). */
 const DIGEST_BYTES = 32;
+
+/**
+ * Bytes of a valid snapshot stream at most under a channel config: the meta record's
+ * length prefix, the largest meta record the stream reader accepts, and the largest
+ * snapshot a machine with this config can reach. A longer stream is no valid state.
+ * Every channel takes its retention from the config when it is created, and every
+ * replica runs the same config (core/channels/config.ts), so the bound is the cluster's.
+ */
+export function streamBytesBound(config: ChannelsConfig): number {
+  return STREAM_META_PREFIX_BYTES + STREAM_META_BYTES_MAX + snapshotBytesBound(config);
+}
+
+/** Parts of a stream of at most `streamBytesMax` bytes: all but the last are exactly `partBytes`. */
+export function streamPartsBound(streamBytesMax: number, partBytes: number): number {
+  return Math.min(STREAM_PARTS_MAX, Math.ceil(streamBytesMax / partBytes));
+}
 
 export type TransferMessage =
   | { t: "get"; seq: number; digest: Uint8Array; part: number; count: number; nonce: number }
@@ -100,6 +125,8 @@ export interface StateTransferOptions {
   readonly storage: ReplicaStorage;
   readonly machine: ChannelMachine;
   readonly partBytes: number;
+  /** The longest stream a transfer accepts; streamBytesBound(machine.config) when not set. */
+  readonly streamBytesMax?: number;
   readonly log: Log;
   readonly metrics: Metrics;
   readonly now: () => number;
@@ -265,6 +292,8 @@ class TransferFetcher {
   private active: Fetch | null = null;
   private nonceCounter: number;
   private resumable: { head: SnapshotHead; parts: number } | null;
+  /** Parts of the longest valid stream: a source that sends more is lying. */
+  private readonly partsMax: number;
 
   constructor(
     private readonly options: StateTransferOptions,
@@ -273,6 +302,7 @@ class TransferFetcher {
     this.resumable = resumable;
     // Distinct from the nonces of an earlier run of this replica, whose answers may still arrive.
     this.nonceCounter = options.now();
+    this.partsMax = streamPartsBound(options.streamBytesMax ?? streamBytesBound(options.machine.config), options.partBytes);
   }
 
   get targetSeq(): number | null {
@@ -311,7 +341,8 @@ class TransferFetcher {
     };
     this.active = fetch;
     options.metrics.inc("state_transfer_started_total");
-    if (!this.resumeFromDisk(fetch)) {
+    const resumed = this.resumeFromDisk(fetch);
+    if (resumed === "fresh") {
       // Parts of an earlier attempt at this seq (another digest) must not mix with these.
       options.storage.stageDropPartsFrom(target.seq, 0);
       options.storage.stageHead(incomingHead(target, options.partBytes));
@@ -319,23 +350,37 @@ class TransferFetcher {
     }
     this.resumable = null;
     options.log.info("state transfer started", { seq: target.seq, from: target.from, resumeAtPart: fetch.nextPart });
+    // No replica sends a part after the last one: a stream whole on disk is finished here.
+    if (resumed === "ended") return this.complete(fetch);
     this.nextSource(fetch);
   }
 
-  /** Feeds the parts an interrupted transfer left on disk; true when it resumed one. */
-  private resumeFromDisk(fetch: Fetch): boolean {
+  /**
+   * Feeds the parts an interrupted transfer left on disk: "fresh" when there is none for
+   * this target, "ended" when they hold the whole stream (it arrived, but a restart came
+   * before the install), "resumed" otherwise (a damaged or malformed stored part restarts
+   * the attempt from part 0).
+   */
+  private resumeFromDisk(fetch: Fetch): "fresh" | "resumed" | "ended" {
     const stored = this.resumable;
-    if (stored === null || stored.head.seq !== fetch.target.seq || !bytesEqual(stored.head.stateDigest, fetch.target.stateDigest)) return false;
+    if (stored === null || stored.head.seq !== fetch.target.seq || !bytesEqual(stored.head.stateDigest, fetch.target.stateDigest)) return "fresh";
+    let last: Uint8Array | null = null;
     for (let part = 0; part < stored.parts; part++) {
       const data = this.options.storage.readPart(stored.head.seq, part);
-      if (data === null || !fetch.reader.push(data).ok) {
+      const fits = data !== null && (last === null || last.length === this.options.partBytes) && partProblem(part, data, true, this.options.partBytes, this.partsMax) === null;
+      if (!fits || !fetch.reader.push(data).ok) {
         this.restartAttempt(fetch);
-        return true;
+        return "resumed";
       }
       fetch.nextPart = part + 1;
       fetch.bytes += data.length;
+      last = data;
     }
-    return true;
+    if (last === null) return "resumed";
+    // The head records the part count once the last part arrived; a head written before
+    // it did so still shows the end by a last part shorter than the others.
+    const ended = stored.head.parts === stored.parts || last.length < this.options.partBytes;
+    return ended ? "ended" : "resumed";
   }
 
   onMessage(from: number, m: Exclude<TransferMessage, { t: "get" }>): void {
@@ -348,6 +393,8 @@ class TransferFetcher {
       return;
     }
     if (m.part !== fetch.nextPart) return;
+    const problem = partProblem(m.part, m.data, m.end, this.options.partBytes, this.partsMax);
+    if (problem !== null) return this.dropSource(fetch, from, problem);
     this.onPart(fetch, from, m.data, m.end);
   }
 
@@ -361,7 +408,11 @@ class TransferFetcher {
     fetch.bytes += data.length;
     fetch.lastProgressMs = options.now();
     options.metrics.inc("state_transfer_received_bytes_total", data.length);
-    if (end) return this.complete(fetch);
+    if (end) {
+      // Written with the last part, so that a restart before the install finds the stream ended.
+      options.storage.stageHead(incomingHead(fetch.target, options.partBytes, fetch.nextPart, fetch.bytes));
+      return this.complete(fetch);
+    }
     if (fetch.askedUpTo < fetch.nextPart + TRANSFER_WINDOW_PARTS) this.ask(fetch, fetch.askedUpTo, 1);
   }
 
@@ -412,6 +463,20 @@ class TransferFetcher {
     this.nextSource(fetch);
   }
 
+  /**
+   * The source sent a part that no valid stream has: it lied, so it is distrusted for this
+   * target and the next source asked. The parts so far are kept unless it supplied some
+   * of them or they already reach the bound (then no valid stream can go on from them).
+   */
+  private dropSource(fetch: Fetch, from: number, reason: string): void {
+    const { options } = this;
+    options.metrics.inc("state_transfer_sources_dropped_total");
+    options.log.warn("state transfer dropped a source", { seq: fetch.target.seq, source: from, part: fetch.nextPart, reason });
+    fetch.distrusted.add(from);
+    if (fetch.contributors.has(from) || fetch.nextPart >= this.partsMax) this.restartAttempt(fetch);
+    this.nextSource(fetch);
+  }
+
   private restartAttempt(fetch: Fetch): void {
     fetch.importer = this.options.machine.beginRestore();
     fetch.reader = new StreamReader(fetch.importer);
@@ -420,6 +485,8 @@ class TransferFetcher {
     fetch.bytes = 0;
     fetch.contributors = new Set();
     this.options.storage.stageDropPartsFrom(fetch.target.seq, 0);
+    // The head may record where the dropped stream ended; this attempt has not ended.
+    this.options.storage.stageHead(incomingHead(fetch.target, this.options.partBytes));
   }
 
   /** Moves to the next trusted source in the target's order and asks it from nextPart. */
@@ -455,16 +522,36 @@ class TransferFetcher {
     this.options.log.info("state transfer abandoned", { seq: fetch.target.seq, why, partsReceived: fetch.nextPart });
   }
 
+  /**
+   * A source that delivered no new part for PART_TIMEOUT_MS (silent, or sending only
+   * parts already held) is distrusted for this target like a liar: it is asked again
+   * only once every other source has had its turn.
+   */
   tick(): void {
     const fetch = this.active;
     if (fetch === null) return;
     if (this.options.now() - fetch.lastProgressMs < PART_TIMEOUT_MS) return;
     this.options.metrics.inc("state_transfer_source_timeouts_total");
+    if (fetch.source >= 0) fetch.distrusted.add(fetch.source);
     this.nextSource(fetch);
   }
 }
 
-function incomingHead(target: TransferTarget, partBytes: number): SnapshotHead {
+/**
+ * Why `data` cannot be part `part` of a valid stream, or null when it can: no part is
+ * empty (even the shortest stream holds its meta record), every part but the last is
+ * exactly `partBytes`, and a stream has at most `partsMax` parts.
+ */
+function partProblem(part: number, data: Uint8Array, end: boolean, partBytes: number, partsMax: number): string | null {
+  if (part >= partsMax) return `part ${part} is past the ${partsMax} parts of the largest valid state`;
+  if (data.length === 0) return `part ${part} is empty`;
+  if (data.length > partBytes) return `part ${part} has ${data.length} bytes, more than ${partBytes}`;
+  if (!end && data.length !== partBytes) return `part ${part} has ${data.length} bytes but is not the last`;
+  return null;
+}
+
+/** The head of a transfer in progress; `parts` and `bytes` are set once its last part arrived. */
+function incomingHead(target: TransferTarget, partBytes: number, parts = 0, bytes = 0): SnapshotHead {
   return {
     status: "incoming",
     seq: target.seq,
@@ -472,8 +559,8 @@ function incomingHead(target: TransferTarget, partBytes: number): SnapshotHead {
     appDigest: null,
     clients: null,
     proof: target.proof,
-    parts: 0,
-    bytes: 0,
+    parts,
+    bytes,
     partBytes,
   };
 }

@@ -1,7 +1,10 @@
 // State transfer (src/replica/state-transfer.ts) between in-process replicas over an
 // in-memory network: chunked and checked against the signed digest, a lying source is
 // detected and another asked, a silent one replaced, an interrupted transfer resumed
-// from the parts on disk, and each side holds only a few parts at a time.
+// from the parts on disk, and each side holds only a few parts at a time. A source that
+// sends parts no valid stream has (empty, short before the end, past the longest valid
+// state) or no new part for a while is dropped and distrusted for the target, and a
+// stream already whole on disk is installed without asking anyone.
 import { afterEach, describe, expect, test } from "bun:test";
 import type { ChannelMachine } from "../../src/core/channels/machine.ts";
 import type { SnapshotImport } from "../../src/core/channels/snapshot.ts";
@@ -12,6 +15,7 @@ import {
   PART_TIMEOUT_MS,
   SERVE_CACHE_PARTS,
   StateTransfer,
+  streamPartsBound,
   TRANSFER_WINDOW_PARTS,
   type TransferMessage,
   validateTransferMessage,
@@ -20,6 +24,7 @@ import { checkpointStateDigest } from "../../src/replica/storage/digest.ts";
 import type { ReplicaStorage, SnapshotHead } from "../../src/replica/storage/index.ts";
 import { recover } from "../../src/replica/storage/recovery.ts";
 import { SnapshotKeeper } from "../../src/replica/storage/snapshots.ts";
+import { encodeStreamMeta, PartCutter } from "../../src/replica/storage/stream.ts";
 import { execute, newMachine, openStorage, payloads, tempDir, testLog, TestClient } from "./storage-fixtures.ts";
 
 const PART_BYTES = 512;
@@ -48,6 +53,8 @@ class Network {
   filter: (from: number, to: number, m: TransferMessage) => TransferMessage | null = (_f, _t, m) => m;
   readonly delivered: { from: number; to: number; m: TransferMessage }[] = [];
 
+  constructor(readonly partBytes = PART_BYTES) {}
+
   send(from: number, to: number, bytes: Uint8Array): boolean {
     this.queue.push({ from, to, bytes });
     return true;
@@ -57,7 +64,7 @@ class Network {
     for (let i = 0; i < limit && this.queue.length > 0; i++) {
       const { from, to, bytes } = this.queue.shift() as { from: number; to: number; bytes: Uint8Array };
       const envelope = decodeCanonical(bytes) as { k: string; m: unknown };
-      const m = validateTransferMessage(envelope.m, PART_BYTES);
+      const m = validateTransferMessage(envelope.m, this.partBytes);
       if (envelope.k !== "st" || m === null) throw new Error("malformed transfer message");
       const passed = this.filter(from, to, m);
       if (passed === null) continue;
@@ -67,15 +74,16 @@ class Network {
     for (const node of this.nodes.values()) node.storage.commits.flush();
   }
 
-  addNode(id: number, machine: ChannelMachine, storage?: ReplicaStorage, appliedSeq = 0): Node {
+  addNode(id: number, machine: ChannelMachine, storage?: ReplicaStorage, appliedSeq = 0, streamBytesMax?: number): Node {
     const t = tempDir();
     cleanups.push(t.remove);
     const metrics = new Metrics();
     const store = storage ?? openStorage(t.dir, testLog(), metrics);
     cleanups.push(() => store.close());
-    const keeper = new SnapshotKeeper({ storage: store, machine, partBytes: PART_BYTES, log: testLog(), metrics, appliedSeq: () => appliedSeq }, null);
+    const partBytes = this.partBytes;
+    const keeper = new SnapshotKeeper({ storage: store, machine, partBytes, log: testLog(), metrics, appliedSeq: () => appliedSeq }, null);
     if (appliedSeq === SEQ) keeper.capture(SEQ, CLIENTS);
-    const resumable = storage === undefined ? null : recoverIncoming(store, machine);
+    const resumable = storage === undefined ? null : recoverIncoming(store, machine, partBytes);
     const node: Node = {
       id,
       storage: store,
@@ -89,7 +97,8 @@ class Network {
           keeper,
           storage: store,
           machine,
-          partBytes: PART_BYTES,
+          partBytes,
+          ...(streamBytesMax === undefined ? {} : { streamBytesMax }),
           log: testLog(),
           metrics,
           now: () => this.now,
@@ -105,8 +114,8 @@ class Network {
   }
 }
 
-function recoverIncoming(storage: ReplicaStorage, machine: ChannelMachine): { head: SnapshotHead; parts: number } | null {
-  return recover({ storage, machine, partBytes: PART_BYTES, execute: () => undefined }).incoming;
+function recoverIncoming(storage: ReplicaStorage, machine: ChannelMachine, partBytes: number): { head: SnapshotHead; parts: number } | null {
+  return recover({ storage, machine, partBytes, execute: () => undefined }).incoming;
 }
 
 /** A machine with a few hundred events: many parts at PART_BYTES. */
@@ -127,11 +136,11 @@ function targetFor(machine: ChannelMachine, from: number[]) {
 }
 
 /** Three honest-or-not servers holding the same state (0, 2, 3) and an empty fetcher (1). */
-function cluster() {
-  const net = new Network();
-  const state = sourceMachine();
+function cluster(options: { partBytes?: number; streamBytesMax?: number; state?: ChannelMachine } = {}) {
+  const net = new Network(options.partBytes);
+  const state = options.state ?? sourceMachine();
   for (const id of [0, 2, 3]) net.addNode(id, cloneOf(state), undefined, SEQ);
-  const fetcher = net.addNode(1, newMachine());
+  const fetcher = net.addNode(1, newMachine(), undefined, 0, options.streamBytesMax);
   return { net, state, fetcher };
 }
 
@@ -143,6 +152,61 @@ function cloneOf(machine: ChannelMachine): ChannelMachine {
 
 function partsFrom(net: Network, from: number): number {
   return net.delivered.filter((d) => d.from === from && d.m.t === "part").length;
+}
+
+/** Bytes of the stream of `state` at SEQ: the meta record and the snapshot, as a server cuts them. */
+function streamBytes(state: ChannelMachine): number {
+  const cutter = new PartCutter(encodeStreamMeta({ seq: SEQ, clients: CLIENTS }), state.exportSnapshot(), 1024 * 1024);
+  let bytes = 0;
+  for (let part = cutter.next(); part !== null; part = cutter.next()) bytes += part.length;
+  return bytes;
+}
+
+/**
+ * Makes replica `id` a Byzantine source: every get it receives is answered with the parts
+ * `reply` makes up, its own server never sees the get. Counts the gets it was sent.
+ */
+function fakeSource(net: Network, id: number, reply: (part: number) => { data: Uint8Array; end: boolean }): { gets: number } {
+  const asked = { gets: 0 };
+  const passOn = net.filter;
+  net.filter = (from, to, m) => {
+    if (to !== id || m.t !== "get") return passOn(from, to, m);
+    asked.gets++;
+    for (let part = m.part; part < m.part + m.count; part++) {
+      const { data, end } = reply(part);
+      net.send(id, from, encodeTransferMessage({ t: "part", seq: m.seq, nonce: m.nonce, part, data, end }));
+    }
+    return null;
+  };
+  return asked;
+}
+
+/**
+ * Part `part`, of `size` bytes, of a stream whose meta record claims `metaBytes` bytes: the
+ * reader takes such parts without complaint until the claimed record ends, so a source
+ * sending them never fails the stream.
+ */
+function endlessMeta(part: number, size: number, metaBytes = 16 * 1024 * 1024): Uint8Array {
+  const data = new Uint8Array(size);
+  if (part === 0) new DataView(data.buffer).setUint32(0, metaBytes);
+  return data;
+}
+
+/** Stops `node` and starts it again on the same data directory, as a restart does. */
+function restart(net: Network, node: Node): Node {
+  net.nodes.delete(node.id);
+  const dir = node.storage.store.path.replace(/\/[^/]+$/, "");
+  node.storage.close();
+  return net.addNode(node.id, newMachine(), openStorage(dir));
+}
+
+/** Runs a whole transfer to `fetcher`, whose install leaves the head incoming, as a restart before the install would. */
+function fetchWhole(net: Network, fetcher: Node, target: ReturnType<typeof targetFor>): number {
+  fetcher.transfer.fetch(target);
+  net.pump();
+  const parts = fetcher.installed?.head.parts ?? -1;
+  expect(fetcher.storage.store.partSeqs()).toEqual([{ seq: SEQ, count: parts }]);
+  return parts;
 }
 
 describe("state transfer", () => {
@@ -236,5 +300,172 @@ describe("state transfer", () => {
     net.pump();
     const again = net.delivered.find((d) => d.m.t === "part");
     expect(again?.m).toEqual({ ...(first?.m as TransferMessage), nonce: 42 } as TransferMessage);
+  });
+
+  describe("a source that sends parts no valid stream has", () => {
+    // A bound on messages: a source that is never dropped keeps the transfer going past it.
+    const MESSAGES_MAX = 3_000;
+
+    test("one sending empty parts is dropped and the next source completes the transfer", () => {
+      const { net, state, fetcher } = cluster();
+      const liar = fakeSource(net, 2, () => ({ data: new Uint8Array(0), end: false }));
+      fetcher.transfer.fetch(targetFor(state, [2, 0]));
+      net.pump(MESSAGES_MAX);
+      expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+      // Dropped at its first part: it was asked for one window and never again.
+      expect(liar.gets).toBe(1);
+      expect(fetcher.metrics.get("state_transfer_sources_dropped_total")).toBe(1);
+      expect(fetcher.storage.store.partSeqs()).toEqual([{ seq: SEQ, count: fetcher.installed?.head.parts ?? -1 }]);
+    });
+
+    test("one sending an empty last part is dropped, not taken for a stream that ends", () => {
+      const { net, state, fetcher } = cluster();
+      const liar = fakeSource(net, 2, () => ({ data: new Uint8Array(0), end: true }));
+      fetcher.transfer.fetch(targetFor(state, [2, 0]));
+      net.pump(MESSAGES_MAX);
+      expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+      expect(liar.gets).toBe(1);
+      expect(fetcher.metrics.get("state_transfer_sources_dropped_total")).toBe(1);
+      expect(fetcher.metrics.get("state_transfer_rejected_total")).toBe(0);
+    });
+
+    test("one sending short parts before the end is dropped and the next source completes the transfer", () => {
+      const { net, state, fetcher } = cluster();
+      // The first part holds the meta record's length prefix and one byte; every other part one byte.
+      const liar = fakeSource(net, 2, (part) => ({ data: endlessMeta(part, part === 0 ? 5 : 1), end: false }));
+      fetcher.transfer.fetch(targetFor(state, [2, 0]));
+      net.pump(MESSAGES_MAX);
+      expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+      // Dropped at its first part: it was asked for one window and never again.
+      expect(liar.gets).toBe(1);
+      expect(fetcher.metrics.get("state_transfer_sources_dropped_total")).toBe(1);
+      expect(fetcher.metrics.get("state_transfer_rejected_total")).toBe(0);
+    });
+
+    test("one sending more full parts than the longest valid state has is dropped at the bound", () => {
+      const state = sourceMachine();
+      // The bound at this state's own length: the honest stream just fits.
+      const partsMax = Math.ceil(streamBytes(state) / PART_BYTES);
+      const { net, fetcher } = cluster({ state, streamBytesMax: partsMax * PART_BYTES });
+      expect(streamPartsBound(partsMax * PART_BYTES, PART_BYTES)).toBe(partsMax);
+      fakeSource(net, 2, (part) => ({ data: endlessMeta(part, PART_BYTES), end: false }));
+      fetcher.transfer.fetch(targetFor(state, [2, 0]));
+      net.pump(MESSAGES_MAX);
+      expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+      expect(fetcher.installed?.head.parts).toBe(partsMax);
+      // The source's parts were taken up to the bound; the one past it got it dropped.
+      expect(partsFrom(net, 2)).toBeLessThanOrEqual(partsMax + TRANSFER_WINDOW_PARTS);
+      expect(fetcher.metrics.get("state_transfer_sources_dropped_total")).toBe(1);
+      expect(fetcher.metrics.get("state_transfer_rejected_total")).toBe(0);
+    });
+
+    test("a source that timed out is not asked again before the others have had their turn", () => {
+      const { net, state, fetcher } = cluster();
+      net.filter = (from, _to, m) => {
+        if (from === 2) return null;
+        if (from !== 3 || m.t !== "part" || m.part !== 1) return m;
+        const data = Uint8Array.from(m.data);
+        data[data.length - 1] = (data[data.length - 1] as number) ^ 0x01;
+        return { ...m, data };
+      };
+      fetcher.transfer.fetch(targetFor(state, [2, 3, 0]));
+      net.pump();
+      net.now += PART_TIMEOUT_MS + 1;
+      fetcher.transfer.tick();
+      // 3 serves a damaged state, is rejected, and 0 (not the silent 2) is asked next.
+      net.pump();
+      expect(fetcher.metrics.get("state_transfer_rejected_total")).toBe(1);
+      expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+      expect(net.delivered.filter((d) => d.to === 2).length).toBe(1);
+    });
+  });
+
+  describe("a restart", () => {
+    test("that finds the whole stream on disk installs it without a message to any peer", () => {
+      const { net, state, fetcher } = cluster();
+      const target = targetFor(state, [0]);
+      const parts = fetchWhole(net, fetcher, target);
+      net.delivered.length = 0;
+      const restarted = restart(net, fetcher);
+      restarted.transfer.fetch(target);
+      expect(net.queue).toEqual([]);
+      expect(restarted.installed?.importer.digest()).toEqual(state.digest());
+      expect(restarted.installed?.head.parts).toBe(parts);
+      expect(restarted.installed?.head.bytes).toBe(streamBytes(state));
+    });
+
+    test("installs a whole stream of a whole number of parts (the head records the end)", () => {
+      const state = sourceMachine();
+      const bytes = streamBytes(state);
+      // A part size that cuts this stream evenly, so that no part is shorter than the others.
+      const evenParts = [7, 6, 5, 4, 3, 2].find((n) => bytes % n === 0);
+      if (evenParts === undefined) throw new Error(`no even cut of ${bytes} bytes`);
+      const { net, fetcher } = cluster({ state, partBytes: bytes / evenParts });
+      const target = targetFor(state, [0]);
+      expect(fetchWhole(net, fetcher, target)).toBe(evenParts);
+      const restarted = restart(net, fetcher);
+      restarted.transfer.fetch(target);
+      expect(net.queue).toEqual([]);
+      expect(restarted.installed?.importer.digest()).toEqual(state.digest());
+    });
+
+    test("installs a whole stream whose head does not record the end, by its shorter last part", () => {
+      const { net, state, fetcher } = cluster();
+      expect(streamBytes(state) % PART_BYTES).not.toBe(0);
+      const target = targetFor(state, [0]);
+      fetchWhole(net, fetcher, target);
+      // A head as written when a transfer starts, which says nothing of where the stream ends.
+      fetcher.storage.stageHead({ status: "incoming", seq: SEQ, stateDigest: target.stateDigest, appDigest: null, clients: null, proof: [], parts: 0, bytes: 0, partBytes: PART_BYTES });
+      fetcher.storage.commits.flush();
+      const restarted = restart(net, fetcher);
+      restarted.transfer.fetch(target);
+      expect(net.queue).toEqual([]);
+      expect(restarted.installed?.importer.digest()).toEqual(state.digest());
+    });
+
+    test("resumes after the parts on disk when an earlier attempt that ended was rejected", () => {
+      const { net, state, fetcher } = cluster();
+      const keepParts = 4;
+      // 2 ends its stream early with a part the reader takes; the stream is then rejected,
+      // and 0's parts from keepParts on are lost, as if the replica stopped there.
+      net.filter = (from, _to, m) => {
+        if (m.t !== "part" || m.part < keepParts - 1) return m;
+        if (from === 2) return m.part === keepParts - 1 ? { ...m, data: m.data.subarray(0, 1), end: true } : null;
+        return m.part >= keepParts ? null : m;
+      };
+      const target = targetFor(state, [2, 0]);
+      fetcher.transfer.fetch(target);
+      net.pump();
+      expect(fetcher.metrics.get("state_transfer_rejected_total")).toBe(1);
+      expect(fetcher.storage.store.partSeqs()).toEqual([{ seq: SEQ, count: keepParts }]);
+      net.filter = (_from, _to, m) => m;
+      net.delivered.length = 0;
+      const restarted = restart(net, fetcher);
+      restarted.transfer.fetch(target);
+      net.pump();
+      expect(restarted.installed?.importer.digest()).toEqual(state.digest());
+      expect(restarted.metrics.get("state_transfer_rejected_total")).toBe(0);
+      expect(net.delivered.find((d) => d.m.t === "get")?.m).toMatchObject({ part: keepParts });
+    });
+
+    test("starts over when a stored part is one no valid stream has", () => {
+      const { net, state, fetcher } = cluster();
+      const keepParts = 5;
+      net.filter = (_from, _to, m) => (m.t === "part" && m.part >= keepParts ? null : m);
+      const target = targetFor(state, [0]);
+      fetcher.transfer.fetch(target);
+      net.pump();
+      // An empty part after them, as a source could leave before parts were checked.
+      fetcher.storage.stagePart(SEQ, keepParts, new Uint8Array(0));
+      fetcher.storage.commits.flush();
+      net.filter = (_from, _to, m) => m;
+      net.delivered.length = 0;
+      const restarted = restart(net, fetcher);
+      restarted.transfer.fetch(target);
+      net.pump();
+      expect(restarted.installed?.importer.digest()).toEqual(state.digest());
+      expect(restarted.metrics.get("state_transfer_rejected_total")).toBe(0);
+      expect(net.delivered.find((d) => d.m.t === "get")?.m).toMatchObject({ part: 0 });
+    });
   });
 });
