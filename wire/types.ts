@@ -82,6 +82,13 @@ export const DIGEST_BYTES = 32;
 /** The relay's text protocol: the longest command line, terminator included. */
 export const RELAY_LINE_BYTES_MAX = 64 * 1024;
 
+/**
+ * How far a publish's signed `ts` may be from the clock of the replica the client sends it
+ * to, either way (PROTOCOL.md §6.1); subscribers use the same figure to tell a live event
+ * from an old one replayed.
+ */
+export const CLIENT_CLOCK_SKEW_MS_MAX = 5 * 60_000;
+
 // ---------------------------------------------------------------------------------------
 // Error codes: a closed list, shared by ERROR frames, failed REPLY / QUERY_REPLY frames
 // and the relay's `-ERR <code> <reason>` lines.

@@ -21,7 +21,7 @@
  *   subscription that already tracks as many publishers as a channel may register.
  */
 import type { Events, SubEnd, SubOk } from "../../wire/schemas.ts";
-import { DOMAIN_REQUEST, type ErrorCode } from "../../wire/types.ts";
+import { CLIENT_CLOCK_SKEW_MS_MAX, DOMAIN_REQUEST, type ErrorCode } from "../../wire/types.ts";
 import { DeliveryVoter, type DeliveredBatch, type DeliveryOutput } from "../core/voting/delivery-voter.ts";
 import { verifyDomain } from "../crypto/ed25519.ts";
 import { sha256 } from "../crypto/hash.ts";
@@ -40,6 +40,11 @@ export const RESUBSCRIBE_AFTER_OVERFLOW_MS = 250;
 export const RESUBSCRIBE_AFTER_SEND_FAILURE_MS = 250;
 /** A replica that ended the subscription for a reason not yet confirmed by f+1 is asked again after this long. */
 export const RESUBSCRIBE_AFTER_REFUSAL_MS = 1_000;
+/**
+ * How long before a live unordered subscription started an event may have been signed and
+ * still be delivered to it: twice the clock skew replicas allow a publisher.
+ */
+export const LIVE_EVENT_AGE_MS_MAX = 2 * CLIENT_CLOCK_SKEW_MS_MAX;
 /** Default bound on delivered events waiting for the caller's handler. */
 export const DELIVERY_QUEUE_EVENTS_MAX_DEFAULT = 65_536;
 
@@ -213,7 +218,14 @@ export class SubscriptionCore implements Subscription {
     // The caller may only look at `done` after close; an unobserved rejection is not a crash.
     this.done.catch(() => undefined);
     if (this.ordered && options.from !== undefined) this.voter = this.newVoter(Math.max(1, options.from));
-    if (!this.ordered) this.voter = this.newVoter(1);
+    if (!this.ordered) {
+      // A live unordered subscription wants what is published from now on: an event
+      // signed well before it started is an old one replayed (by a lying replica) and is
+      // dropped. The margin covers the publisher's clock, which replicas keep within
+      // CLIENT_CLOCK_SKEW_MS_MAX of theirs, and this host's own.
+      const notBeforeMs = options.from === undefined ? host.now() - LIVE_EVENT_AGE_MS_MAX : undefined;
+      this.voter = this.newVoter(1, notBeforeMs);
+    }
   }
 
   get nextSeq(): number | null {
@@ -339,13 +351,14 @@ export class SubscriptionCore implements Subscription {
   // Starting
   // ---------------------------------------------------------------------------------
 
-  private newVoter(fromSeq: number): DeliveryVoter {
+  private newVoter(fromSeq: number, notBeforeMs?: number): DeliveryVoter {
     return new DeliveryVoter({
       tag: this.tag,
       cls: { fault: this.channel.fault, order: this.channel.order },
       n: this.host.n,
       f: this.host.f,
       fromSeq,
+      ...(notBeforeMs === undefined ? {} : { notBeforeMs }),
       hash: sha256,
       verify: (body, sig, publisher) => verifyDomain(publisher, DOMAIN_REQUEST, body, sig),
     });

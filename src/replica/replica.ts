@@ -245,18 +245,18 @@ export class Replica {
         this.reply(session, failure(request.seq, this.options.id, digest, "UNKNOWN_CHANNEL", `no channel ${request.op.tag}`));
         return;
       }
+      const skew = clockSkewProblem(request, Date.now());
+      if (skew !== null) {
+        this.metrics.inc("requests_refused_total");
+        this.reply(session, failure(request.seq, this.options.id, digest, "BAD_REQUEST", skew));
+        return;
+      }
       if (info.order === "none") return this.publishUnordered(session, signed, request, digest);
       if (!this.machine.isPublisher(request.op.tag, request.client)) {
         // Refused here rather than at execution: an unregistered key would otherwise
         // take a place in the ordering core's client table for good.
         this.metrics.inc("requests_refused_total");
         this.reply(session, failure(request.seq, this.options.id, digest, "UNAUTHORIZED", `this key is not registered to publish on ${request.op.tag}`));
-        return;
-      }
-      const skew = clockSkewProblem(request, Date.now());
-      if (skew !== null) {
-        this.metrics.inc("requests_refused_total");
-        this.reply(session, failure(request.seq, this.options.id, digest, "BAD_REQUEST", skew));
         return;
       }
     } else if (!this.adminKeys.has(clientHex)) {

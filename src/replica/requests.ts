@@ -12,16 +12,18 @@ import { verify } from "../crypto/ed25519.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import { decodeRequestBody, type Request, type SignedRequest } from "../../wire/schemas.ts";
+import { CLIENT_CLOCK_SKEW_MS_MAX } from "../../wire/types.ts";
 import { requestSigningInput } from "../../wire/session.ts";
 
 /**
  * How far a publish's signed timestamp may be from the clock of the replica that takes it
- * from the client, either way. On a total-order channel that timestamp is the event's
- * stored time and the "now" of age retention on every replica, so a publisher free to
- * choose it could stamp a request far in the future and age out everyone's events, or
- * far in the past and have its own acknowledged events trimmed at once.
+ * from the client, either way (CLIENT_CLOCK_SKEW_MS_MAX). On a total-order channel that
+ * timestamp is the event's stored time and the "now" of age retention on every replica,
+ * so a publisher free to choose it could stamp a request far in the future and age out
+ * everyone's events, or far in the past and have its own acknowledged events trimmed at
+ * once; on any channel, live subscribers use it to refuse old events replayed to them.
  */
-export const CLIENT_CLOCK_SKEW_MS_MAX = 5 * 60_000;
+export { CLIENT_CLOCK_SKEW_MS_MAX };
 
 /**
  * The bound every replica applies to requests it did not take from the client itself

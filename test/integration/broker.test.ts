@@ -110,6 +110,10 @@ describe("a four-replica cluster", () => {
     const future = await refusal("from the future");
     expect(future?.code).toBe("BAD_REQUEST");
     expect(future?.message).toMatch(/600 s ahead of this replica's clock/);
+    // Unordered channels too: live subscribers tell a replayed old event by its time.
+    await admin.admin({ t: "register", tag: "net.links", role: "publisher", key: adminPub });
+    const unordered = await probe.publish("net.links", [encode("from the future")]).then(() => null, (error: Error & { code?: string }) => error);
+    expect(unordered?.code).toBe("BAD_REQUEST");
     offsetMs = -60 * 60_000;
     const past = await refusal("from the past");
     expect(past?.code).toBe("BAD_REQUEST");

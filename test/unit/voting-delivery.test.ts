@@ -49,9 +49,9 @@ const ALICE = publisher();
 const BOB = publisher();
 
 /** A signed pub request of `events` with publisher seqs seq.. */
-function signed(p: Publisher, seq: number, events: string[], tag = TAG): { body: Uint8Array; sig: Uint8Array } {
+function signed(p: Publisher, seq: number, events: string[], tag = TAG, ts = 77): { body: Uint8Array; sig: Uint8Array } {
   const evs = events.map(utf8);
-  const body = encodeCanonical({ v: 1, client: p.key, seq, span: evs.length, ts: 77, op: { t: "pub", tag, events: evs } });
+  const body = encodeCanonical({ v: 1, client: p.key, seq, span: evs.length, ts, op: { t: "pub", tag, events: evs } });
   return { body, sig: new Uint8Array(sign(null, domainMessage(body), p.secret)) };
 }
 
@@ -480,5 +480,26 @@ describe("configuration", () => {
       RangeError,
     );
     expect(() => voter("crash", "total", { fromSeq: 0 })).toThrow(RangeError);
+  });
+});
+
+describe("live unordered subscriptions refuse old events replayed to them", () => {
+  test("a copy signed before notBeforeMs is stale on every unordered class; one signed after it is delivered", () => {
+    for (const fault of ["crash", "byzantine"] as const) {
+      const v = voter(fault, "none", { notBeforeMs: 1_000_000 });
+      const p = publisher();
+      const old = signed(p, 1, ["eth0 down (last week)"], TAG, 999_999);
+      const fresh = signed(p, 2, ["eth0 up"], TAG, 1_000_000);
+      for (let replica = 0; replica < 4; replica++) expect(delivered(v.onBatch(replica, copy(1, old)))).toEqual([]);
+      const out = [0, 1, 2, 3].flatMap((replica) => v.onBatch(replica, copy(2, fresh)));
+      expect(delivered(out)).toEqual([[null, ["eth0 up"]]]);
+      expect(v.stats().stale.reduce((a, b) => a + b, 0)).toBe(4);
+    }
+  });
+
+  test("without notBeforeMs (a history read) old events are delivered", () => {
+    const v = voter("crash", "none");
+    const p = publisher();
+    expect(delivered(v.onBatch(0, copy(1, signed(p, 1, ["old"], TAG, 5))))).toEqual([[null, ["old"]]]);
   });
 });

@@ -71,6 +71,12 @@ export type DeliveryVoterOptions = {
   readonly verify: VerifyRequest;
   /** Optional filter, e.g. the channel's registered publishers; default accepts all. */
   readonly acceptPublisher?: (publisher: Uint8Array) => boolean;
+  /**
+   * Unordered: copies of requests signed before this time (the publisher's `ts`) are
+   * dropped as stale. A live subscription sets it a little before it started, so a
+   * replica cannot replay old events to it as if they were new.
+   */
+  readonly notBeforeMs?: number;
 };
 
 /** A stored batch as a replica sends it to a subscriber. */
@@ -183,6 +189,7 @@ export class DeliveryVoter {
   private readonly n: number;
   private readonly hash: HashFn;
   private readonly verify: VerifyRequest;
+  private readonly notBeforeMs: number;
   private readonly acceptPublisher: (publisher: Uint8Array) => boolean;
   private next: number;
 
@@ -230,6 +237,7 @@ export class DeliveryVoter {
     this.hash = options.hash;
     this.verify = options.verify;
     this.acceptPublisher = options.acceptPublisher ?? (() => true);
+    this.notBeforeMs = options.notBeforeMs ?? 0;
     this.next = fromSeq;
     this.votes = Array.from({ length: options.n }, () => new Map<number, string>());
     this.unvouched = Array.from({ length: options.n }, () => new Map<string, Evidence>());
@@ -335,6 +343,10 @@ export class DeliveryVoter {
     const decoded = this.decode(copy.body);
     if ("invalid" in decoded) return this.invalidCopy(replica, decoded.invalid);
     const request = decoded.request;
+    if (request.ts < this.notBeforeMs) {
+      this.count("stale", replica);
+      return [];
+    }
     const publisherHex = toHex(request.client);
     const window = this.seen.get(publisherHex);
     if (window !== undefined) return this.onVouchedCopy(replica, window, request, copy);
