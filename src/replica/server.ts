@@ -7,18 +7,27 @@
  * Bad input never escapes as an exception: a frame that cannot be decoded is answered
  * with ERROR and the connection closed (it is hostile or broken); a well-formed request
  * that is refused gets a REPLY with a code and reason and the connection stays.
+ *
+ * Anyone can open a connection and anyone can make a client key, so everything a caller
+ * holds is bounded (ServerLimits). Until AUTH has verified, a connection has proved
+ * nothing, whatever its HELLO claims (a replica's public key is public): it is counted
+ * against the handshake caps, may send only small frames, and is closed at the handshake
+ * deadline. Authenticated client sessions are capped in all, per client key and per
+ * remote address, so that one caller cannot take every slot. Peer sessions never count
+ * against the client caps: the cluster's own links must not be crowded out by clients.
  */
 import { randomBytes } from "node:crypto";
 import type { Socket, TCPSocketListener } from "bun";
 import { signDomain, verifyDomain } from "../crypto/ed25519.ts";
 import type { SigningKey } from "../crypto/keys.ts";
-import type { DecodeResult } from "../../wire/frame.ts";
+import { type DecodeResult, FrameDecoder } from "../../wire/frame.ts";
 import { decodeFrameBody, type Frame, type Hello } from "../../wire/schemas.ts";
 import { sessionTranscript } from "../../wire/session.ts";
 import {
   DOMAIN_SESSION_INITIATOR,
   DOMAIN_SESSION_RESPONDER,
   errorCodeFor,
+  FRAME_HEADER_BYTES,
   FrameType,
   NONCE_BYTES,
   PROTOCOL_VERSION,
@@ -28,12 +37,48 @@ import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { PeerMesh } from "./peers.ts";
 
-/** A connection that has not completed its handshake in this time is closed. */
+/** A connection whose AUTH has not verified in this time is closed, whatever its HELLO said. */
 export const HANDSHAKE_MS_MAX = 10_000;
+/**
+ * The largest frame taken before AUTH has verified. A replica's HELLO is about 150 bytes,
+ * an AUTH about 75. The frame decoder reserves a frame's declared length as soon as it has
+ * read the 4 length bytes, so a connection that has proved nothing must not be able to
+ * declare frameBytesMax.
+ */
+export const HANDSHAKE_FRAME_BYTES_MAX = 1024;
+/** Connections still in their handshake, in all; more are refused. */
+export const HANDSHAKES_MAX = 1024;
+/** Connections still in their handshake from one remote address; more are refused. */
+export const HANDSHAKES_PER_ADDRESS_MAX = 32;
 /** Open client connections at once; more are refused. */
 export const CLIENT_CONNECTIONS_MAX = 4096;
+/** Client connections authenticated with one key: room for a host's relays and CLIs, not for every slot. */
+export const CLIENT_CONNECTIONS_PER_KEY_MAX = 64;
+/** Client connections from one remote address, whatever their keys (a key costs nothing to make). */
+export const CLIENT_CONNECTIONS_PER_ADDRESS_MAX = 256;
 /** Bytes that may wait to be written to one client before it counts as slow. */
 export const CLIENT_OUTBOUND_BYTES_MAX = 8 * 1024 * 1024;
+
+/** The server's bounds on connections. Each defaults to the constant of the same name. */
+export interface ServerLimits {
+  readonly handshakeMsMax: number;
+  readonly handshakeFrameBytesMax: number;
+  readonly handshakesMax: number;
+  readonly handshakesPerAddressMax: number;
+  readonly clientConnectionsMax: number;
+  readonly clientConnectionsPerKeyMax: number;
+  readonly clientConnectionsPerAddressMax: number;
+}
+
+export const SERVER_LIMITS_DEFAULT: ServerLimits = {
+  handshakeMsMax: HANDSHAKE_MS_MAX,
+  handshakeFrameBytesMax: HANDSHAKE_FRAME_BYTES_MAX,
+  handshakesMax: HANDSHAKES_MAX,
+  handshakesPerAddressMax: HANDSHAKES_PER_ADDRESS_MAX,
+  clientConnectionsMax: CLIENT_CONNECTIONS_MAX,
+  clientConnectionsPerKeyMax: CLIENT_CONNECTIONS_PER_KEY_MAX,
+  clientConnectionsPerAddressMax: CLIENT_CONNECTIONS_PER_ADDRESS_MAX,
+};
 
 /** An authenticated client connection, as the replica's handlers see it. */
 export interface ClientSession {
@@ -48,8 +93,16 @@ export interface ClientHandler {
   onClientClosed(session: ClientSession): void;
 }
 
+type Phase = "hello" | "client-auth" | "peer-auth" | "client" | "peer" | "closed";
+
 interface ConnState {
-  phase: "hello" | "client-auth" | "client" | "peer" | "closed";
+  phase: Phase;
+  /**
+   * Cuts frames with the small handshake bound until AUTH has verified; null after that
+   * (the connection's own decoder takes over) and for a connection refused at open. A
+   * connection is counted against the handshake caps exactly while this is set.
+   */
+  handshake: FrameDecoder | null;
   onPeerFrame: ((frame: Frame) => void) | null;
   clientHello: Hello | null;
   transcript: Uint8Array | null;
@@ -67,18 +120,72 @@ export interface ServerOptions {
   readonly clients: ClientHandler;
   readonly log: Log;
   readonly metrics: Metrics;
+  /** Overrides of SERVER_LIMITS_DEFAULT. */
+  readonly limits?: Partial<ServerLimits>;
+}
+
+/** Open connections per key (a client key or a remote address). A key leaves the map at zero, so the map is bounded by what is open. */
+class Tally {
+  private readonly counts = new Map<string, number>();
+  private sum = 0;
+
+  get total(): number {
+    return this.sum;
+  }
+
+  of(key: string): number {
+    return this.counts.get(key) ?? 0;
+  }
+
+  add(key: string): void {
+    this.counts.set(key, this.of(key) + 1);
+    this.sum++;
+  }
+
+  remove(key: string): void {
+    const left = this.of(key) - 1;
+    if (left < 0) throw new Error(`server: removing ${key} from a tally that does not hold it`);
+    if (left === 0) this.counts.delete(key);
+    else this.counts.set(key, left);
+    this.sum--;
+  }
+}
+
+function resolveLimits(overrides: Partial<ServerLimits> = {}): ServerLimits {
+  const limits: Record<keyof ServerLimits, number> = { ...SERVER_LIMITS_DEFAULT };
+  for (const name of Object.keys(SERVER_LIMITS_DEFAULT) as (keyof ServerLimits)[]) {
+    const value = overrides[name] ?? SERVER_LIMITS_DEFAULT[name];
+    if (!Number.isInteger(value) || value < 1) throw new RangeError(`server limit ${name} must be a positive integer, got ${value}`);
+    limits[name] = value;
+  }
+  return limits;
 }
 
 export class ReplicaServer {
   private listener: TCPSocketListener<{ conn: FramedConn | null }> | null = null;
   private readonly conns = new Set<FramedConn>();
+  private readonly limits: ServerLimits;
   private nextSessionId = 1;
-  private clientCount = 0;
+  /** Connections in their handshake, by remote address. */
+  private readonly handshakes = new Tally();
+  /** Authenticated client sessions, by client key (hex) and by remote address. */
+  private readonly clientsByKey = new Tally();
+  private readonly clientsByAddress = new Tally();
 
-  constructor(private readonly options: ServerOptions) {}
+  constructor(private readonly options: ServerOptions) {
+    this.limits = resolveLimits(options.limits);
+  }
+
+  /** The port listened on: the configured one, or the one the system chose for port 0. */
+  get port(): number {
+    if (this.listener === null) throw new Error("server: not listening");
+    return this.listener.port;
+  }
 
   listen(): void {
     const server = this;
+    this.options.metrics.gauge("handshakes_open", () => this.handshakes.total);
+    this.options.metrics.gauge("client_connections", () => this.clientsByKey.total);
     this.listener = Bun.listen<{ conn: FramedConn | null }>({
       hostname: this.options.host,
       port: this.options.port,
@@ -91,7 +198,7 @@ export class ReplicaServer {
         },
         data(socket, chunk) {
           const conn = socket.data.conn;
-          if (conn !== null) server.onFrames(conn, conn.decoder.push(chunk));
+          if (conn !== null) server.onData(conn, chunk);
         },
         drain(socket) {
           socket.data.conn?.drain();
@@ -114,45 +221,114 @@ export class ReplicaServer {
   }
 
   private onOpen(conn: FramedConn): void {
-    const state: ConnState = { phase: "hello", onPeerFrame: null, clientHello: null, transcript: null, session: null, timer: null };
+    const state: ConnState = { phase: "hello", handshake: null, onPeerFrame: null, clientHello: null, transcript: null, session: null, timer: null };
     conn.state = state;
     this.conns.add(conn);
-    state.timer = setTimeout(() => {
-      if (state.phase === "hello" || state.phase === "client-auth") {
-        this.options.metrics.inc("handshake_timeouts_total");
-        conn.close();
-      }
-    }, HANDSHAKE_MS_MAX);
+    const refusal = this.handshakeRefusal(conn.remote);
+    if (refusal !== null) {
+      state.phase = "closed";
+      this.options.metrics.inc("handshakes_refused_total");
+      this.options.log.debug("connection refused", { remote: conn.remote, reason: refusal });
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "OVERLOADED", reason: refusal } });
+      return;
+    }
+    state.handshake = new FrameDecoder({
+      frameBytesMax: Math.min(this.limits.handshakeFrameBytesMax, this.options.frameBytesMax),
+      copyPayloads: true,
+    });
+    this.handshakes.add(conn.remote);
+    state.timer = setTimeout(() => this.onHandshakeDeadline(conn, state), this.limits.handshakeMsMax);
+  }
+
+  /** Why a new connection from `address` may not start a handshake now, or null if it may. */
+  private handshakeRefusal(address: string): string | null {
+    const { handshakesMax, handshakesPerAddressMax } = this.limits;
+    if (this.handshakes.total >= handshakesMax) {
+      return `${this.handshakes.total} connections awaiting authentication; at most ${handshakesMax}`;
+    }
+    const fromAddress = this.handshakes.of(address);
+    if (fromAddress >= handshakesPerAddressMax) {
+      return `${fromAddress} connections awaiting authentication from this address; at most ${handshakesPerAddressMax}`;
+    }
+    return null;
+  }
+
+  private onHandshakeDeadline(conn: FramedConn, state: ConnState): void {
+    state.timer = null;
+    if (state.handshake === null) return;
+    this.options.metrics.inc("handshake_timeouts_total");
+    conn.close();
+  }
+
+  /** The connection has authenticated (or is closing): it leaves the handshake caps and the small frame bound. */
+  private endHandshake(conn: FramedConn, state: ConnState): void {
+    if (state.timer !== null) clearTimeout(state.timer);
+    state.timer = null;
+    if (state.handshake === null) return;
+    state.handshake = null;
+    this.handshakes.remove(conn.remote);
   }
 
   private onClose(conn: FramedConn): void {
     const state = conn.state as ConnState;
     this.conns.delete(conn);
-    if (state.timer !== null) clearTimeout(state.timer);
+    this.endHandshake(conn, state);
     if (state.phase === "peer") this.options.mesh.inboundClosed(conn);
     if (state.session !== null) {
-      this.clientCount--;
+      this.clientsByKey.remove(state.session.keyHex);
+      this.clientsByAddress.remove(conn.remote);
       this.options.clients.onClientClosed(state.session);
     }
     state.phase = "closed";
   }
 
+  private onData(conn: FramedConn, chunk: Uint8Array): void {
+    if (conn.isClosed) return;
+    const state = conn.state as ConnState;
+    if (state.handshake === null) this.onFrames(conn, conn.decoder.push(chunk));
+    else this.onHandshakeData(conn, state, state.handshake, chunk);
+  }
+
+  /**
+   * Cuts handshake frames with the small bound. The frame that completes the handshake may
+   * share its chunk with session frames (an initiator MAY send them right after AUTH);
+   * the bytes after it go to the connection's own decoder. Where that frame ends in the
+   * chunk follows from the frames cut: each took FRAME_HEADER_BYTES plus its payload, and
+   * the first of them began with the bytes the decoder held from earlier chunks.
+   */
+  private onHandshakeData(conn: FramedConn, state: ConnState, handshake: FrameDecoder, chunk: Uint8Array): void {
+    let end = -handshake.bufferedBytes;
+    for (const result of handshake.push(chunk)) {
+      if (result.ok) end += FRAME_HEADER_BYTES + result.payload.length;
+      this.onResult(conn, result);
+      if (conn.isClosed) return;
+      if (state.handshake !== null) continue;
+      if (end < 0 || end > chunk.length) throw new Error(`server: handshake ended at ${end}, outside a chunk of ${chunk.length} bytes`);
+      if (end < chunk.length) this.onFrames(conn, conn.decoder.push(chunk.subarray(end)));
+      return;
+    }
+  }
+
   private onFrames(conn: FramedConn, results: DecodeResult[]): void {
     for (const result of results) {
       if (conn.isClosed) return;
-      if (!result.ok) {
-        this.options.metrics.inc("bad_frames_total");
-        conn.closeWith({ type: FrameType.ERROR, body: { code: errorCodeFor(result.error), reason: result.error.reason } });
-        return;
-      }
-      const decoded = decodeFrameBody(result.type, result.payload);
-      if (!decoded.ok) {
-        this.options.metrics.inc("bad_frames_total");
-        conn.closeWith({ type: FrameType.ERROR, body: { code: errorCodeFor(decoded.error), reason: decoded.error.reason } });
-        return;
-      }
-      this.onFrame(conn, decoded.frame);
+      this.onResult(conn, result);
     }
+  }
+
+  private onResult(conn: FramedConn, result: DecodeResult): void {
+    if (!result.ok) {
+      this.options.metrics.inc("bad_frames_total");
+      conn.closeWith({ type: FrameType.ERROR, body: { code: errorCodeFor(result.error), reason: result.error.reason } });
+      return;
+    }
+    const decoded = decodeFrameBody(result.type, result.payload);
+    if (!decoded.ok) {
+      this.options.metrics.inc("bad_frames_total");
+      conn.closeWith({ type: FrameType.ERROR, body: { code: errorCodeFor(decoded.error), reason: decoded.error.reason } });
+      return;
+    }
+    this.onFrame(conn, decoded.frame);
   }
 
   private onFrame(conn: FramedConn, frame: Frame): void {
@@ -162,6 +338,8 @@ export class ReplicaServer {
         return this.onHello(conn, state, frame);
       case "client-auth":
         return this.onClientAuth(conn, state, frame);
+      case "peer-auth":
+        return this.onPeerAuth(conn, state, frame);
       case "client":
         return this.options.clients.onClientFrame(state.session as ClientSession, frame);
       case "peer":
@@ -180,20 +358,38 @@ export class ReplicaServer {
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "the first frame must be HELLO" } });
       return;
     }
-    const hello = frame.body;
-    if (hello.role === "replica") {
-      const handler = this.options.mesh.acceptInbound(conn, hello);
-      if (handler === null) return;
-      state.phase = "peer";
-      state.onPeerFrame = handler;
-      if (state.timer !== null) clearTimeout(state.timer);
+    if (frame.body.role === "replica") this.onPeerHello(conn, state, frame.body);
+    else this.onClientHello(conn, state, frame.body);
+  }
+
+  /**
+   * A HELLO that names a replica proves nothing (a replica's key is public), so the
+   * connection stays under the handshake deadline and caps until the mesh has verified AUTH.
+   */
+  private onPeerHello(conn: FramedConn, state: ConnState, hello: Hello): void {
+    const handler = this.options.mesh.acceptInbound(conn, hello);
+    if (handler === null) return;
+    state.phase = "peer-auth";
+    state.onPeerFrame = handler;
+  }
+
+  private onPeerAuth(conn: FramedConn, state: ConnState, frame: Frame): void {
+    if (frame.type !== FrameType.AUTH) {
+      this.options.metrics.inc("peer_handshake_failed_total");
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "the frame after HELLO must be AUTH" } });
       return;
     }
-    if (this.clientCount >= CLIENT_CONNECTIONS_MAX) {
-      this.options.metrics.inc("clients_refused_total");
-      conn.closeWith({ type: FrameType.ERROR, body: { code: "OVERLOADED", reason: "too many client connections" } });
-      return;
-    }
+    (state.onPeerFrame as (frame: Frame) => void)(frame);
+    // The mesh closes the connection when AUTH does not verify; still open means it did.
+    if (conn.isClosed) return;
+    this.endHandshake(conn, state);
+    state.phase = "peer";
+  }
+
+  private onClientHello(conn: FramedConn, state: ConnState, hello: Hello): void {
+    // Checked here, before the signature is made, and again once AUTH has proved the key.
+    const refusal = this.clientRefusal(Buffer.from(hello.key).toString("hex"), conn.remote);
+    if (refusal !== null) return this.refuseClient(conn, refusal);
     const unsigned = {
       v: PROTOCOL_VERSION,
       replica: this.options.self,
@@ -214,10 +410,37 @@ export class ReplicaServer {
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "client authentication failed" } });
       return;
     }
-    if (state.timer !== null) clearTimeout(state.timer);
-    state.timer = null;
+    const keyHex = Buffer.from(hello.key).toString("hex");
+    // Other handshakes with the same key or address may have finished since the HELLO.
+    const refusal = this.clientRefusal(keyHex, conn.remote);
+    if (refusal !== null) return this.refuseClient(conn, refusal);
+    this.endHandshake(conn, state);
     state.phase = "client";
-    state.session = { conn, key: hello.key, keyHex: Buffer.from(hello.key).toString("hex"), id: this.nextSessionId++ };
-    this.clientCount++;
+    state.session = { conn, key: hello.key, keyHex, id: this.nextSessionId++ };
+    this.clientsByKey.add(keyHex);
+    this.clientsByAddress.add(conn.remote);
+  }
+
+  /** Why one more client session with this key from this address is refused now, or null if it is not. */
+  private clientRefusal(keyHex: string, address: string): string | null {
+    const { clientConnectionsMax, clientConnectionsPerKeyMax, clientConnectionsPerAddressMax } = this.limits;
+    if (this.clientsByKey.total >= clientConnectionsMax) {
+      return `${this.clientsByKey.total} client connections open; at most ${clientConnectionsMax}`;
+    }
+    const withKey = this.clientsByKey.of(keyHex);
+    if (withKey >= clientConnectionsPerKeyMax) {
+      return `${withKey} connections open with this client key; at most ${clientConnectionsPerKeyMax}`;
+    }
+    const fromAddress = this.clientsByAddress.of(address);
+    if (fromAddress >= clientConnectionsPerAddressMax) {
+      return `${fromAddress} client connections open from this address; at most ${clientConnectionsPerAddressMax}`;
+    }
+    return null;
+  }
+
+  private refuseClient(conn: FramedConn, reason: string): void {
+    this.options.metrics.inc("clients_refused_total");
+    this.options.log.debug("client refused", { remote: conn.remote, reason });
+    conn.closeWith({ type: FrameType.ERROR, body: { code: "OVERLOADED", reason } });
   }
 }

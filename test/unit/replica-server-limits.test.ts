@@ -1,0 +1,424 @@
+/**
+ * The replica server's bounds on connections, over real loopback TCP: the handshake
+ * deadline holds until AUTH verifies whatever the HELLO claims, connections still in their
+ * handshake are capped (in all and per address) and may send only small frames, and
+ * authenticated client sessions are capped in all, per client key and per address, while
+ * replica peers are never refused by the client caps.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import type { Socket } from "bun";
+import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { FrameDecoder } from "../../wire/frame.ts";
+import { decodeFrameBody, encodeTypedFrame, type Frame, type Hello, type HelloAck } from "../../wire/schemas.ts";
+import { sessionTranscript } from "../../wire/session.ts";
+import { DOMAIN_SESSION_INITIATOR, FRAME_BYTES_MAX, FrameType, NONCE_BYTES, PROTOCOL_VERSION } from "../../wire/types.ts";
+import type { ReplicaEntry } from "../../src/config/cluster.ts";
+import { signDomain } from "../../src/crypto/ed25519.ts";
+import { SigningKey } from "../../src/crypto/keys.ts";
+import { generateEphemeralKeyPair } from "../../src/crypto/session.ts";
+import { createLog } from "../../src/replica/log.ts";
+import { Metrics } from "../../src/replica/metrics.ts";
+import { PeerMesh } from "../../src/replica/peers.ts";
+import {
+  CLIENT_CONNECTIONS_MAX,
+  CLIENT_CONNECTIONS_PER_ADDRESS_MAX,
+  CLIENT_CONNECTIONS_PER_KEY_MAX,
+  type ClientHandler,
+  HANDSHAKE_FRAME_BYTES_MAX,
+  HANDSHAKE_MS_MAX,
+  HANDSHAKES_MAX,
+  HANDSHAKES_PER_ADDRESS_MAX,
+  ReplicaServer,
+  type ServerLimits,
+} from "../../src/replica/server.ts";
+
+const HOST = "127.0.0.1";
+const WAIT_MS_MAX = 3_000;
+const quietLog = createLog({}, "error", () => {});
+const cleanups: (() => void)[] = [];
+
+afterEach(() => {
+  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
+});
+
+async function waitFor(what: string, cond: () => boolean, timeoutMs: number = WAIT_MS_MAX): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(5);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// A raw TCP caller that speaks frames and keeps what it receives
+// ---------------------------------------------------------------------------------------
+
+class RawConn {
+  readonly frames: Frame[] = [];
+  closed = false;
+  private socket: Socket<undefined> | null = null;
+  private readonly decoder = new FrameDecoder({ copyPayloads: true });
+
+  static async open(port: number): Promise<RawConn> {
+    const raw = new RawConn();
+    await Bun.connect({
+      hostname: HOST,
+      port,
+      socket: {
+        open(socket) {
+          raw.socket = socket;
+        },
+        data(_socket, chunk) {
+          raw.onData(chunk);
+        },
+        end(socket) {
+          raw.closed = true;
+          socket.end();
+        },
+        close() {
+          raw.closed = true;
+        },
+        error() {},
+      },
+    });
+    cleanups.push(() => raw.close());
+    return raw;
+  }
+
+  send(frame: Frame): void {
+    this.write(encodeTypedFrame(frame));
+  }
+
+  write(bytes: Uint8Array): void {
+    this.socket?.write(bytes);
+  }
+
+  close(): void {
+    this.socket?.end();
+  }
+
+  has(type: number): boolean {
+    return this.frames.some((f) => f.type === type);
+  }
+
+  /** The ERROR received, if any, as `CODE reason`. */
+  get error(): string | null {
+    const error = this.frames.find((f) => f.type === FrameType.ERROR);
+    return error?.type === FrameType.ERROR ? `${error.body.code} ${error.body.reason}` : null;
+  }
+
+  private onData(chunk: Uint8Array): void {
+    for (const result of this.decoder.push(chunk)) {
+      if (!result.ok) throw new Error(`server sent a bad frame: ${result.error.reason}`);
+      const decoded = decodeFrameBody(result.type, result.payload);
+      if (!decoded.ok) throw new Error(`server sent a bad frame: ${decoded.error.reason}`);
+      this.frames.push(decoded.frame);
+    }
+  }
+}
+
+function nonce(): Uint8Array {
+  return new Uint8Array(randomBytes(NONCE_BYTES));
+}
+
+/** Sends a client HELLO and waits for HELLO_ACK or a refusal; the ACK, or null when refused. */
+async function sendClientHello(raw: RawConn, key: SigningKey): Promise<{ hello: Hello; ack: HelloAck } | null> {
+  const hello: Hello = { v: PROTOCOL_VERSION, role: "client", key: key.publicKey, nonce: nonce() };
+  raw.send({ type: FrameType.HELLO, body: hello });
+  await waitFor("HELLO_ACK or a refusal", () => raw.has(FrameType.HELLO_ACK) || raw.closed);
+  const ack = raw.frames.find((f) => f.type === FrameType.HELLO_ACK);
+  return ack?.type === FrameType.HELLO_ACK ? { hello, ack: ack.body } : null;
+}
+
+/** Sends a HELLO claiming to be replica 1, whose public key anyone may know, and waits for HELLO_ACK. */
+async function sendReplicaHello(raw: RawConn, replicaKey: SigningKey): Promise<void> {
+  const hello: Hello = {
+    v: PROTOCOL_VERSION,
+    role: "replica",
+    replica: 1,
+    key: replicaKey.publicKey,
+    nonce: nonce(),
+    eph: generateEphemeralKeyPair().publicKey,
+  };
+  raw.send({ type: FrameType.HELLO, body: hello });
+  await waitFor("HELLO_ACK", () => raw.has(FrameType.HELLO_ACK));
+}
+
+function authFrame(key: SigningKey, hello: Hello, ack: HelloAck): Frame {
+  return { type: FrameType.AUTH, body: { sig: signDomain(key, DOMAIN_SESSION_INITIATOR, sessionTranscript(hello, ack)) } };
+}
+
+/** Sends AUTH then PING; waits until the session answers PONG or the server refuses. */
+async function sendClientAuth(raw: RawConn, key: SigningKey, handshake: { hello: Hello; ack: HelloAck }): Promise<void> {
+  raw.send(authFrame(key, handshake.hello, handshake.ack));
+  raw.send({ type: FrameType.PING, body: { n: 1 } });
+  await waitFor("PONG or a refusal", () => raw.has(FrameType.PONG) || raw.closed);
+}
+
+/** A full client handshake; the connection is either a live session (it got PONG) or refused. */
+async function clientSession(port: number, key: SigningKey): Promise<RawConn> {
+  const raw = await RawConn.open(port);
+  const handshake = await sendClientHello(raw, key);
+  if (handshake !== null) await sendClientAuth(raw, key, handshake);
+  return raw;
+}
+
+function expectSession(raw: RawConn): void {
+  expect(raw.error).toBeNull();
+  expect(raw.has(FrameType.PONG)).toBe(true);
+  expect(raw.closed).toBe(false);
+}
+
+async function expectRefused(raw: RawConn, reason: string): Promise<void> {
+  await waitFor("the refusal to close the connection", () => raw.closed);
+  expect(raw.error).toBe(`OVERLOADED ${reason}`);
+  expect(raw.has(FrameType.PONG)).toBe(false);
+}
+
+// ---------------------------------------------------------------------------------------
+// A server on a free loopback port, with a peer mesh that knows one more replica
+// ---------------------------------------------------------------------------------------
+
+function replicaEntries(keys: readonly SigningKey[], port0: number): ReplicaEntry[] {
+  return keys.map((key, id) => ({
+    id,
+    host: HOST,
+    port: id === 0 ? port0 : 0,
+    publicKey: key.publicKey,
+    publicKeyText: key.publicKeyText,
+    keyFile: "",
+    dataDir: "",
+  }));
+}
+
+interface Fixture {
+  readonly server: ReplicaServer;
+  readonly metrics: Metrics;
+  readonly serverKey: SigningKey;
+  /** The key of replica 1, the server's only peer. */
+  readonly peerKey: SigningKey;
+  /** What the server's mesh received from peers. */
+  readonly peerMessages: { from: number; msg: Uint8Array }[];
+  /** Frames that reached the client handler. */
+  readonly clientFrames: Frame[];
+}
+
+function startServer(limits: Partial<ServerLimits> = {}): Fixture {
+  const serverKey = SigningKey.generate();
+  const peerKey = SigningKey.generate();
+  const metrics = new Metrics();
+  const peerMessages: { from: number; msg: Uint8Array }[] = [];
+  const clientFrames: Frame[] = [];
+  const mesh = new PeerMesh({
+    self: 0,
+    key: serverKey,
+    replicas: replicaEntries([serverKey, peerKey], 0),
+    frameBytesMax: FRAME_BYTES_MAX,
+    log: quietLog,
+    metrics,
+    onMessage: (from, msg) => peerMessages.push({ from, msg }),
+  });
+  const clients: ClientHandler = {
+    onClientFrame(session, frame) {
+      clientFrames.push(frame);
+      if (frame.type === FrameType.PING) session.conn.send({ type: FrameType.PONG, body: { n: frame.body.n } });
+    },
+    onClientClosed() {},
+  };
+  const server = new ReplicaServer({ self: 0, host: HOST, port: 0, key: serverKey, frameBytesMax: FRAME_BYTES_MAX, mesh, clients, log: quietLog, metrics, limits });
+  server.listen();
+  cleanups.push(() => {
+    server.stop();
+    mesh.stop();
+  });
+  return { server, metrics, serverKey, peerKey, peerMessages, clientFrames };
+}
+
+/** Replica 1's real mesh, dialling the server; it sends only on the link it dialled. */
+function dialAsPeer(fx: Fixture): PeerMesh {
+  const mesh = new PeerMesh({
+    self: 1,
+    key: fx.peerKey,
+    replicas: replicaEntries([fx.serverKey, fx.peerKey], fx.server.port),
+    frameBytesMax: FRAME_BYTES_MAX,
+    log: quietLog,
+    metrics: new Metrics(),
+    onMessage: () => {},
+  });
+  mesh.start();
+  cleanups.push(() => mesh.stop());
+  return mesh;
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------------------
+
+describe("the handshake deadline", () => {
+  test("a HELLO carrying a replica's (public) key does not lift it: without AUTH the connection is closed at the deadline", async () => {
+    const fx = startServer({ handshakeMsMax: 300 });
+    const raw = await RawConn.open(fx.server.port);
+    await sendReplicaHello(raw, fx.peerKey);
+    expect(raw.closed).toBe(false);
+    await waitFor("the close at the handshake deadline", () => raw.closed);
+    expect(fx.metrics.get("handshake_timeouts_total")).toBe(1);
+    expect(fx.metrics.get("handshakes_open")).toBe(0);
+  });
+
+  test("a replica peer that completes AUTH keeps its link past the deadline, is not refused by the client caps and frees its handshake slot", async () => {
+    const fx = startServer({ handshakeMsMax: 300, handshakesMax: 1, clientConnectionsMax: 1, clientConnectionsPerAddressMax: 1 });
+    // The only client slot is taken (from the same address the peer dials from).
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+    const peer = dialAsPeer(fx);
+    await waitFor("the peer link", () => peer.status().every((s) => s.up));
+    expect(peer.send(0, Uint8Array.of(1))).toBe(true);
+    await waitFor("the first peer message", () => fx.peerMessages.length === 1);
+    await Bun.sleep(600);
+    expect(peer.send(0, Uint8Array.of(2))).toBe(true);
+    await waitFor("the peer message sent after the deadline", () => fx.peerMessages.length === 2);
+    expect(fx.peerMessages.map((m) => [m.from, ...m.msg])).toEqual([
+      [1, 1],
+      [1, 2],
+    ]);
+    expect(fx.metrics.get("handshake_timeouts_total")).toBe(0);
+    // The peer holds no handshake slot any more: the one slot goes to the next caller (one
+    // that claims to be the peer but will never AUTH)...
+    const pending = await RawConn.open(fx.server.port);
+    await sendReplicaHello(pending, fx.peerKey);
+    // ...and one more is refused.
+    await expectRefused(await RawConn.open(fx.server.port), "1 connections awaiting authentication; at most 1");
+    expect(pending.closed).toBe(false);
+  });
+});
+
+describe("connections still in their handshake", () => {
+  const cases: { name: string; limits: Partial<ServerLimits>; reason: string }[] = [
+    { name: "per remote address", limits: { handshakesPerAddressMax: 2 }, reason: "2 connections awaiting authentication from this address; at most 2" },
+    { name: "in all", limits: { handshakesMax: 2 }, reason: "2 connections awaiting authentication; at most 2" },
+  ];
+  for (const { name, limits, reason } of cases) {
+    test(`are capped ${name}: one more gets ERROR OVERLOADED naming the limit, and a slot frees when one closes`, async () => {
+      const fx = startServer(limits);
+      // Two handshakes stop after HELLO_ACK: still unauthenticated, and surely seen by the server.
+      const first = await RawConn.open(fx.server.port);
+      const second = await RawConn.open(fx.server.port);
+      expect(await sendClientHello(first, SigningKey.generate())).not.toBeNull();
+      expect(await sendClientHello(second, SigningKey.generate())).not.toBeNull();
+      await expectRefused(await RawConn.open(fx.server.port), reason);
+      expect(fx.metrics.get("handshakes_refused_total")).toBe(1);
+      expect(first.closed || second.closed).toBe(false);
+      first.close();
+      await waitFor("the closed handshake to be uncounted", () => fx.metrics.get("handshakes_open") === 1);
+      expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+    });
+  }
+
+  test("may send only small frames: a declared length over the handshake bound is TOO_LARGE at once; from the byte after AUTH the full bound applies", async () => {
+    const fx = startServer();
+    const raw = await RawConn.open(fx.server.port);
+    // The 4 length bytes of a frame of FRAME_BYTES_MAX, and its type byte: nothing more.
+    const header = new Uint8Array(5);
+    new DataView(header.buffer).setUint32(0, FRAME_BYTES_MAX);
+    header[4] = FrameType.HELLO;
+    raw.write(header);
+    await waitFor("the refusal", () => raw.closed);
+    expect(raw.error).toBe(`TOO_LARGE frame of ${FRAME_BYTES_MAX} bytes exceeds the maximum of ${HANDSHAKE_FRAME_BYTES_MAX}`);
+    expect(fx.metrics.get("handshakes_open")).toBe(0);
+    // The bound leaves ample room for the largest real handshake frame, a replica's HELLO.
+    const hello = encodeTypedFrame({
+      type: FrameType.HELLO,
+      body: { v: PROTOCOL_VERSION, role: "replica", replica: 2 ** 32, key: nonce(), nonce: nonce(), eph: nonce() },
+    });
+    expect(hello.length * 4).toBeLessThan(HANDSHAKE_FRAME_BYTES_MAX);
+
+    // Session frames sent right behind AUTH, in one write or split anywhere, get the full bound.
+    const bigBody = new Uint8Array(randomBytes(4 * HANDSHAKE_FRAME_BYTES_MAX));
+    const splits: number[][] = [[], [1], [40], [75], [76], [77], [80, 81, 200], [75, 82, 90, 1000, 3000]];
+    for (const cuts of splits) {
+      const key = SigningKey.generate();
+      const raw = await RawConn.open(fx.server.port);
+      const handshake = await sendClientHello(raw, key);
+      if (handshake === null) throw new Error("refused");
+      const frames = [
+        encodeTypedFrame(authFrame(key, handshake.hello, handshake.ack)),
+        encodeTypedFrame({ type: FrameType.PING, body: { n: 7 } }),
+        encodeTypedFrame({ type: FrameType.REQUEST, body: { body: bigBody, sig: new Uint8Array(64) } }),
+      ];
+      const bytes = Buffer.concat(frames);
+      const seen = fx.clientFrames.length;
+      let at = 0;
+      for (const cut of [...cuts, bytes.length]) {
+        raw.write(bytes.subarray(at, cut));
+        at = cut;
+        await Bun.sleep(2);
+      }
+      await waitFor(`the REQUEST (cuts ${cuts.join(",")})`, () => (fx.clientFrames.length >= seen + 2 && raw.has(FrameType.PONG)) || raw.closed);
+      expectSession(raw);
+      const request = fx.clientFrames.at(-1);
+      expect(request?.type === FrameType.REQUEST ? request.body.body : null).toEqual(bigBody);
+      raw.close();
+    }
+  });
+});
+
+describe("authenticated client connections", () => {
+  test(`at most ${CLIENT_CONNECTIONS_PER_KEY_MAX} per client key: one more is refused with the reason, other keys still connect`, async () => {
+    const fx = startServer();
+    const key = SigningKey.generate();
+    const sessions: RawConn[] = [];
+    for (let i = 0; i < CLIENT_CONNECTIONS_PER_KEY_MAX; i++) sessions.push(await clientSession(fx.server.port, key));
+    for (const raw of sessions) expectSession(raw);
+    const reason = `${CLIENT_CONNECTIONS_PER_KEY_MAX} connections open with this client key; at most ${CLIENT_CONNECTIONS_PER_KEY_MAX}`;
+    await expectRefused(await clientSession(fx.server.port, key), reason);
+    expect(fx.metrics.get("clients_refused_total")).toBe(1);
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+    // A closed session frees its slot for the same key.
+    sessions[0]?.close();
+    await waitFor("the closed session to be uncounted", () => fx.metrics.get("client_connections") === CLIENT_CONNECTIONS_PER_KEY_MAX);
+    expectSession(await clientSession(fx.server.port, key));
+  }, 30_000);
+
+  test("the per-key cap also holds for handshakes of one key that were in flight together", async () => {
+    const fx = startServer({ clientConnectionsPerKeyMax: 1 });
+    const key = SigningKey.generate();
+    const first = await RawConn.open(fx.server.port);
+    const second = await RawConn.open(fx.server.port);
+    const firstHandshake = await sendClientHello(first, key);
+    const secondHandshake = await sendClientHello(second, key);
+    if (firstHandshake === null || secondHandshake === null) throw new Error("refused at HELLO");
+    await sendClientAuth(first, key, firstHandshake);
+    expectSession(first);
+    await sendClientAuth(second, key, secondHandshake);
+    await expectRefused(second, "1 connections open with this client key; at most 1");
+  });
+
+  test("at most clientConnectionsPerAddressMax from one address, whatever the keys", async () => {
+    const fx = startServer({ clientConnectionsPerAddressMax: 2 });
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+    await expectRefused(await clientSession(fx.server.port, SigningKey.generate()), "2 client connections open from this address; at most 2");
+    expect(fx.metrics.get("clients_refused_total")).toBe(1);
+  });
+
+  test("at most clientConnectionsMax in all", async () => {
+    const fx = startServer({ clientConnectionsMax: 1 });
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+    await expectRefused(await clientSession(fx.server.port, SigningKey.generate()), "1 client connections open; at most 1");
+  });
+});
+
+describe("PROTOCOL.md", () => {
+  test("states the session limits the server applies", () => {
+    const doc = readFileSync(join(import.meta.dir, "..", "..", "wire", "PROTOCOL.md"), "utf8");
+    const fmt = (n: number) => n.toLocaleString("en-US");
+    expect(doc).toContain(`\`HANDSHAKE_MS_MAX\` = ${fmt(HANDSHAKE_MS_MAX)}`);
+    expect(doc).toContain(`\`HANDSHAKE_FRAME_BYTES_MAX\` = ${fmt(HANDSHAKE_FRAME_BYTES_MAX)}`);
+    expect(doc).toContain(`\`HANDSHAKES_MAX\` = ${fmt(HANDSHAKES_MAX)}`);
+    expect(doc).toContain(`\`HANDSHAKES_PER_ADDRESS_MAX\` = ${fmt(HANDSHAKES_PER_ADDRESS_MAX)}`);
+    expect(doc).toContain(`\`CLIENT_CONNECTIONS_MAX\` = ${fmt(CLIENT_CONNECTIONS_MAX)}`);
+    expect(doc).toContain(`\`CLIENT_CONNECTIONS_PER_KEY_MAX\` = ${fmt(CLIENT_CONNECTIONS_PER_KEY_MAX)}`);
+    expect(doc).toContain(`\`CLIENT_CONNECTIONS_PER_ADDRESS_MAX\` = ${fmt(CLIENT_CONNECTIONS_PER_ADDRESS_MAX)}`);
+  });
+});
