@@ -23,6 +23,7 @@ const SHAPES: Shape[] = [
   { name: "1 event x 100 B", eventsPerRequest: 1, eventBytes: 100 },
   { name: "64 events x 100 B", eventsPerRequest: 64, eventBytes: 100 },
   { name: "16 events x 1 KiB", eventsPerRequest: 16, eventBytes: 1024 },
+  { name: "64 events x 4 KiB", eventsPerRequest: 64, eventBytes: 4096 },
 ];
 
 function request(shape: Shape, seq: number): Request {

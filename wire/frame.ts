@@ -95,14 +95,25 @@ export interface FrameDecoderOptions {
  * be cut into frames, so the decoder is poisoned and answers every later push with a
  * `poisoned` error, discarding the bytes. The caller should send ERROR and close.
  */
+/** First buffer for a frame that arrives in pieces; it grows with the bytes that arrive. */
+const PARTIAL_INITIAL_BYTES = 64 * 1024;
+/** A growing frame buffer is sized to this many times the bytes received so far. */
+const GROWTH_FACTOR = 4;
+
 export class FrameDecoder {
   readonly frameBytesMax: number;
   private readonly copyPayloads: boolean;
   /** Bytes of a length field split across chunks. */
   private readonly lengthBytes = new Uint8Array(FRAME_LENGTH_BYTES);
   private lengthFilled = 0;
-  /** The partial frame (type byte + payload) being assembled, or null between frames. */
+  /**
+   * The partial frame (type byte + payload) being assembled, or null between frames. Its
+   * buffer grows as bytes arrive, up to the declared `partialLength`: a declared length
+   * costs memory only once its bytes come, so four bytes cannot make the decoder reserve
+   * a whole frame.
+   */
   private partial: Uint8Array | null = null;
+  private partialLength = 0;
   private partialFilled = 0;
   private poisonReason: string | null = null;
 
@@ -127,6 +138,11 @@ export class FrameDecoder {
   get bufferedBytes(): number {
     if (this.partial !== null) return FRAME_LENGTH_BYTES + this.partialFilled;
     return this.lengthFilled;
+  }
+
+  /** Bytes the decoder holds allocated for the frame being assembled (grows with what arrived). */
+  get reservedBytes(): number {
+    return this.partial?.length ?? 0;
   }
 
   /**
@@ -176,8 +192,7 @@ export class FrameDecoder {
       results.push({ ok: true, type, payload });
       return stop;
     }
-    this.partial = new Uint8Array(length);
-    this.partialFilled = 0;
+    this.beginPartial(length);
     return start;
   }
 
@@ -190,17 +205,31 @@ export class FrameDecoder {
     this.lengthFilled = 0;
     const length = readU32(this.lengthBytes, 0);
     if (!this.acceptLength(length, results)) return chunk.length;
-    this.partial = new Uint8Array(length);
-    this.partialFilled = 0;
+    this.beginPartial(length);
     return at;
   }
 
+  private beginPartial(length: number): void {
+    this.partial = new Uint8Array(Math.min(length, PARTIAL_INITIAL_BYTES));
+    this.partialLength = length;
+    this.partialFilled = 0;
+  }
+
   private fillPartial(chunk: Uint8Array, at: number, results: DecodeResult[]): number {
-    const partial = this.partial as Uint8Array;
-    const take = Math.min(partial.length - this.partialFilled, chunk.length - at);
+    const take = Math.min(this.partialLength - this.partialFilled, chunk.length - at);
+    let partial = this.partial as Uint8Array;
+    if (this.partialFilled + take > partial.length) {
+      // Grow to four times what arrived (few copies, and memory stays within a small
+      // multiple of what the peer really sent), never past the frame.
+      const needed = this.partialFilled + take;
+      const grown = new Uint8Array(Math.min(this.partialLength, Math.max(partial.length * 2, needed * GROWTH_FACTOR)));
+      grown.set(partial.subarray(0, this.partialFilled));
+      partial = grown;
+      this.partial = grown;
+    }
     partial.set(chunk.subarray(at, at + take), this.partialFilled);
     this.partialFilled += take;
-    if (this.partialFilled === partial.length) {
+    if (this.partialFilled === this.partialLength) {
       // The assembled buffer belongs to this frame alone, so a view of it is safe to hand out.
       results.push({ ok: true, type: partial[0] as number, payload: partial.subarray(1) });
       this.partial = null;
