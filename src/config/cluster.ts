@@ -22,6 +22,7 @@ import { dirname, resolve } from "node:path";
 import { z } from "zod";
 import { bytesEqual } from "../crypto/encoding.ts";
 import { describeIoError, formatPublicKey, PUBLIC_KEY_FORM, tryParsePublicKey } from "../crypto/keys.ts";
+import { DEFAULT_PARAMETERS } from "../core/ordering/config.ts";
 import { EVENT_BYTES_MAX, FRAME_BYTES_MAX, REQUEST_EVENTS_MAX } from "../../wire/types.ts";
 
 /** The cluster file is a few KiB even for a large group; the bound stops a wrong path (a log, a disk image) from being read whole. */
@@ -427,6 +428,17 @@ function checkLimitRelations(file: ClusterFile): ConfigIssue[] {
       message: `expected less than limits.frame_bytes_max (${limits.frame_bytes_max}), since an event travels inside a frame; got ${limits.event_bytes_max}`,
     });
   }
+  const viewChangeBytes = newViewBytesBound(file.f);
+  if (viewChangeBytes > limits.frame_bytes_max) {
+    const fix =
+      viewChangeBytes <= FRAME_BYTES_MAX
+        ? `raise limits.frame_bytes_max to at least ${viewChangeBytes}`
+        : `frames are at most ${FRAME_BYTES_MAX} bytes, so use at most f = ${largestViewChangeF(FRAME_BYTES_MAX)}`;
+    issues.push({
+      path: "limits.frame_bytes_max",
+      message: `with f = ${file.f}, a leader change may need a NEW_VIEW message of up to ${viewChangeBytes} bytes, more than limits.frame_bytes_max (${limits.frame_bytes_max}); ${fix}`,
+    });
+  }
   if (limits.client_burst_events_max < limits.batch_events_max) {
     issues.push({
       path: "limits.client_burst_events_max",
@@ -434,6 +446,27 @@ function checkLimitRelations(file: ClusterFile): ConfigIssue[] {
     });
   }
   return issues;
+}
+
+/**
+ * Bytes a NEW_VIEW can reach in the worst case: 2f+1 VIEW_CHANGEs, each carrying a
+ * prepared certificate (the signed proposal header and 2f PREPAREs) for every seq of the
+ * log window, plus the new view's proposal headers. The figures are encoded sizes of the
+ * core's messages (measured: a signed vote is about 152 bytes), rounded up.
+ */
+export function newViewBytesBound(f: number): number {
+  const window = DEFAULT_PARAMETERS.logWindow;
+  const signedVoteBytes = 160;
+  const certBytes = (2 * f + 1) * signedVoteBytes + 64;
+  const viewChangeBytes = window * certBytes + (2 * f + 1) * signedVoteBytes + 1024;
+  return (2 * f + 1) * viewChangeBytes + window * (signedVoteBytes + 64) + 4096;
+}
+
+/** The largest f whose NEW_VIEW fits frames of `frameBytes`. */
+function largestViewChangeF(frameBytes: number): number {
+  let f = 0;
+  while (newViewBytesBound(f + 1) <= frameBytes) f++;
+  return f;
 }
 
 /** `host:port`, with brackets around IPv6 literals. */

@@ -8,6 +8,7 @@ import {
   formatPath,
   LIMIT_BOUNDS,
   loadClusterConfig,
+  newViewBytesBound,
   parseClusterConfig,
   requireClusterConfig,
   RETENTION_BOUNDS,
@@ -223,12 +224,24 @@ describe("rejected files name the field and the expected form", () => {
       `limits.batch_events_max: expected an integer in 1..${REQUEST_EVENTS_MAX}, got 0`,
     );
     expect(onlyError(handToml({}) + "[limits]\nframe_bytes_max = 1.5\n")).toMatch(/^limits\.frame_bytes_max: expected an integer/);
-    expect(onlyError(handToml({}) + "[limits]\nframe_bytes_max = 8192\nevent_bytes_max = 8192\n")).toMatch(
-      /^limits\.event_bytes_max: expected less than limits\.frame_bytes_max \(8192\)/,
+    expect(onlyError(handToml({}) + "[limits]\nframe_bytes_max = 1048576\nevent_bytes_max = 1048576\n")).toMatch(
+      /^limits\.event_bytes_max: expected less than limits\.frame_bytes_max \(1048576\)/,
     );
     expect(onlyError(handToml({}) + "[limits]\nbatch_events_max = 100\nclient_burst_events_max = 99\n")).toMatch(
       /^limits\.client_burst_events_max: expected at least limits\.batch_events_max \(100\)/,
     );
+  });
+
+  test("frames must hold the largest NEW_VIEW a leader change can need, for this f", () => {
+    const needed = newViewBytesBound(1);
+    expect(onlyError(handToml({}) + `[limits]\nframe_bytes_max = ${needed - 1}\nevent_bytes_max = 1024\n`)).toBe(
+      `limits.frame_bytes_max: with f = 1, a leader change may need a NEW_VIEW message of up to ${needed} bytes, more than limits.frame_bytes_max (${needed - 1}); raise limits.frame_bytes_max to at least ${needed}`,
+    );
+    expect(parse(handToml({}) + `[limits]\nframe_bytes_max = ${needed}\nevent_bytes_max = 1024\n`).ok).toBe(true);
+    // f = 5 (16 replicas) cannot fit any frame the protocol allows; f = 4 can.
+    const replicas = (count: number) => keys(count).map((key, id): [number, string, number, string] => [id, "127.0.0.1", 7100 + id, formatPublicKey(key)]);
+    expect(onlyError(handToml({ f: 5, replicas: replicas(16) }))).toMatch(/^limits\.frame_bytes_max: with f = 5, .* so use at most f = 4$/);
+    expect(parse(handToml({ f: 4, replicas: replicas(13) })).ok).toBe(true);
   });
 
   test("limits may lower the wire protocol's maxima but not raise them", () => {

@@ -39,7 +39,7 @@ function frameBytes(msg: QueuedMessage["msg"]): number {
 }
 
 describe("peer messages fit one frame", () => {
-  for (const frameBytesMax of [64 * KIB, 1024 * KIB, 4096 * KIB]) {
+  for (const frameBytesMax of [512 * KIB, 1024 * KIB, 4096 * KIB]) {
     test(`frame limit ${frameBytesMax / KIB} KiB: forwards of the largest requests, their batches and a lagging replica's catch-up`, () => {
       const cfg = coreConfigFor(clusterWithFrames(frameBytesMax), 0);
       const c = new ManualCluster({
