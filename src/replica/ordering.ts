@@ -54,6 +54,8 @@ export interface OrderingDriverOptions {
   readonly onDecided: (requests: readonly ClientRequest[], decidedSeq: number) => void;
   readonly onResendReply: (space: string, seq: number) => void;
   readonly onRefused: (space: string, seq: number, reason: Refusal) => void;
+  /** The machine jumped to an installed snapshot: what live subscribers were sent may no longer continue from there. */
+  readonly onSnapshotInstalled?: (seq: number) => void;
   /** The channel state machine the decided batches run on (snapshots, restore). */
   readonly machine: ChannelMachine;
   readonly storage: ReplicaStorage;
@@ -363,6 +365,7 @@ export class OrderingDriver {
       process.exit(EXIT_STATE_UNTRUSTED);
     }
     log.info("snapshot installed", { seq: head.seq });
+    this.options.onSnapshotInstalled?.(head.seq);
   }
 
   /**

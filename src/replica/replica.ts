@@ -135,6 +135,7 @@ export class Replica {
       onDecided: (requests) => this.executeDecided(requests),
       onResendReply: (space, seq) => this.resendReply(space, seq),
       onRefused: (space, seq, reason) => this.refuseWaiting(space, seq, reason),
+      onSnapshotInstalled: () => this.subs.stateReplaced(),
       machine: this.machine,
       storage: this.storage,
     });

@@ -114,6 +114,24 @@ export class Subscriptions {
     }
   }
 
+  /**
+   * The channel state jumped to an installed snapshot: live subscribers would silently
+   * miss the decisions it covers, and a channel destroyed and created again in that range
+   * would go on feeding them with no new access check. Every live subscription is ended
+   * as SLOW, which tells the client to subscribe again from the next seq it wants (and so
+   * to be checked and served from the new state).
+   */
+  stateReplaced(): void {
+    for (const subs of [...this.bySession.values()]) {
+      for (const subscription of [...subs.values()]) {
+        this.remove(subscription);
+        if (!this.end(subscription.session, subscription.sub, "SLOW", "this replica caught up by state transfer; resubscribe from the next wanted seq")) {
+          subscription.session.conn.close();
+        }
+      }
+    }
+  }
+
   /** Ends every subscription (the replica is stopping). */
   shutdown(): void {
     for (const subs of this.bySession.values()) {
