@@ -189,8 +189,17 @@ interface Cursor {
   lastUsedMs: number;
 }
 
+/**
+ * Serving cursors one peer may open for one state within CURSOR_IDLE_MS. Each open may
+ * take one of the checkpoint's few spare exports (or a whole fresh export), so a peer
+ * asking again and again from part 0 could leave none for the replicas that need them.
+ */
+export const SERVE_OPENS_PER_PEER_MAX = 4;
+
 class TransferServer {
   private readonly cursors = new Map<number, Cursor>();
+  /** Per peer: the state it last opened a cursor for, how often, since when. */
+  private readonly opens = new Map<number, { seq: number; count: number; sinceMs: number }>();
 
   constructor(private readonly options: StateTransferOptions) {}
 
@@ -223,6 +232,16 @@ class TransferServer {
   }
 
   private open(from: number, m: Extract<TransferMessage, { t: "get" }>): Cursor | null {
+    const now = this.options.now();
+    const last = this.opens.get(from);
+    const opens = last !== undefined && last.seq === m.seq && now - last.sinceMs < CURSOR_IDLE_MS ? last : { seq: m.seq, count: 0, sinceMs: now };
+    if (opens.count >= SERVE_OPENS_PER_PEER_MAX) {
+      this.options.metrics.inc("state_transfer_serve_refused_total");
+      this.options.send(from, encodeTransferMessage({ t: "none", seq: m.seq, nonce: m.nonce, reason: "too many restarts of this transfer; ask another replica" }));
+      return null;
+    }
+    opens.count++;
+    this.opens.set(from, opens);
     const source = this.options.keeper.openSource(m.seq, m.digest);
     if (source === null) {
       this.cursors.delete(from);

@@ -14,6 +14,7 @@ import {
   encodeTransferMessage,
   PART_TIMEOUT_MS,
   SERVE_CACHE_PARTS,
+  SERVE_OPENS_PER_PEER_MAX,
   StateTransfer,
   streamPartsBound,
   TRANSFER_WINDOW_PARTS,
@@ -300,6 +301,25 @@ describe("state transfer", () => {
     net.pump();
     const again = net.delivered.find((d) => d.m.t === "part");
     expect(again?.m).toEqual({ ...(first?.m as TransferMessage), nonce: 42 } as TransferMessage);
+  });
+
+  test("a peer restarting the same transfer from part 0 again and again is refused after a few, so spare exports last", () => {
+    const { net, state } = cluster();
+    const digest = targetFor(state, []).stateDigest;
+    const answers: string[] = [];
+    for (let i = 0; i < SERVE_OPENS_PER_PEER_MAX + 2; i++) {
+      net.delivered.length = 0;
+      // Part 0 again, once the parts after it have pushed it out of the cache, needs a new
+      // cursor each time.
+      net.send(1, 0, encodeTransferMessage({ t: "get", seq: SEQ, digest, part: 0, count: 1, nonce: i }));
+      for (let part = 1; part <= SERVE_CACHE_PARTS + 1; part++) net.send(1, 0, encodeTransferMessage({ t: "get", seq: SEQ, digest, part, count: 1, nonce: 1000 + part }));
+      net.pump();
+      const first = net.delivered.find((d) => d.from === 0 && (d.m.t === "part" || d.m.t === "none") && d.m.nonce === i);
+      answers.push(first?.m.t ?? "nothing");
+    }
+    expect(answers.slice(0, 2)).toEqual(["part", "part"]);
+    expect(answers.at(-1)).toBe("none");
+    expect(answers.filter((a) => a === "part").length).toBeLessThanOrEqual(SERVE_OPENS_PER_PEER_MAX);
   });
 
   describe("a source that sends parts no valid stream has", () => {
