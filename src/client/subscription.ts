@@ -15,10 +15,12 @@
  *   again from it, so none of them skips the start.
  * - Every buffer is bounded. Copies a replica sends too far ahead are dropped by the
  *   voter, and that replica is asked again later. Delivered batches the caller has not
- *   consumed are bounded too: past the bound a total-order subscription pauses and later
- *   re-reads from where it stopped (signalled as "slow", nothing lost); an unordered one
- *   drops and says how many (signalled as "overflow", never silent). So does an unordered
- *   subscription that already tracks as many publishers as a channel may register.
+ *   consumed are bounded too, in events and in bytes (a count alone would let a few
+ *   thousand large events take gigabytes): past either bound a total-order subscription
+ *   pauses and later re-reads from where it stopped (signalled as "slow", nothing lost);
+ *   an unordered one drops and says how many (signalled as "overflow", never silent). So
+ *   does an unordered subscription that already tracks as many publishers as a channel
+ *   may register.
  */
 import type { Events, SubEnd, SubOk } from "../../wire/schemas.ts";
 import { CLIENT_CLOCK_SKEW_MS_MAX, DOMAIN_REQUEST, type ErrorCode } from "../../wire/types.ts";
@@ -47,6 +49,12 @@ export const RESUBSCRIBE_AFTER_REFUSAL_MS = 1_000;
 export const LIVE_EVENT_AGE_MS_MAX = 2 * CLIENT_CLOCK_SKEW_MS_MAX;
 /** Default bound on delivered events waiting for the caller's handler. */
 export const DELIVERY_QUEUE_EVENTS_MAX_DEFAULT = 65_536;
+/**
+ * Default bound on the payload bytes of delivered events waiting for the caller's handler:
+ * 64 of the largest events (EVENT_BYTES_MAX is 1 MiB), far less than the count bound
+ * would allow at that size.
+ */
+export const DELIVERY_QUEUE_BYTES_MAX_DEFAULT = 64 * 1024 * 1024;
 
 /** SUB_END codes that f+1 replicas must agree on before the subscription fails. */
 const FATAL_END_CODES: ReadonlySet<string> = new Set(["UNKNOWN_CHANNEL", "UNAUTHORIZED", "DESTROYED", "LIMIT", "BAD_REQUEST"]);
@@ -109,6 +117,8 @@ export interface SubscribeOptions {
   readonly from?: number;
   /** Delivered events that may wait for the handler (default DELIVERY_QUEUE_EVENTS_MAX_DEFAULT). */
   readonly queueEventsMax?: number;
+  /** Payload bytes of delivered events that may wait for the handler (default DELIVERY_QUEUE_BYTES_MAX_DEFAULT). */
+  readonly queueBytesMax?: number;
   /** Continue after a trimmed gap instead of failing (default false: a gap ends the subscription). */
   readonly skipTrimmed?: boolean;
   readonly onSignal?: (signal: SubscriptionSignal) => void;
@@ -119,6 +129,8 @@ export interface SubscriptionStats {
   readonly deliveredEvents: number;
   readonly droppedEvents: number;
   readonly queuedEvents: number;
+  /** Payload bytes of the queued events. */
+  readonly queuedBytes: number;
   readonly invalidCopies: number;
   readonly conflicts: number;
 }
@@ -177,6 +189,7 @@ export class SubscriptionCore implements Subscription {
   private readonly options: SubscribeOptions;
   private readonly ordered: boolean;
   private readonly queueEventsMax: number;
+  private readonly queueBytesMax: number;
   private readonly replicas: ReplicaSubState[];
   private voter: DeliveryVoter | null = null;
   private start: StartState;
@@ -185,6 +198,7 @@ export class SubscriptionCore implements Subscription {
   private readonly startBuffer: BufferedCopy[][];
   private readonly queue: DeliveredBatch[] = [];
   private queuedEvents = 0;
+  private queuedBytes = 0;
   private pumping = false;
   /** Total order: set while paused for a slow handler; where delivery resumes. */
   private pausedAt: number | null = null;
@@ -205,6 +219,8 @@ export class SubscriptionCore implements Subscription {
     this.ordered = channel.order === "total";
     this.queueEventsMax = options.queueEventsMax ?? DELIVERY_QUEUE_EVENTS_MAX_DEFAULT;
     if (!Number.isSafeInteger(this.queueEventsMax) || this.queueEventsMax < 1) throw new RangeError("queueEventsMax must be a positive integer");
+    this.queueBytesMax = options.queueBytesMax ?? DELIVERY_QUEUE_BYTES_MAX_DEFAULT;
+    if (!Number.isSafeInteger(this.queueBytesMax) || this.queueBytesMax < 1) throw new RangeError("queueBytesMax must be a positive integer");
     if (options.from !== undefined && (!Number.isSafeInteger(options.from) || options.from < 0)) {
       throw new RangeError("from must be a non-negative integer");
     }
@@ -242,6 +258,7 @@ export class SubscriptionCore implements Subscription {
       deliveredEvents: this.counters.deliveredEvents,
       droppedEvents: this.counters.droppedEvents,
       queuedEvents: this.queuedEvents,
+      queuedBytes: this.queuedBytes,
       invalidCopies: sum(voterStats?.invalid),
       conflicts: this.counters.conflicts,
     };
@@ -575,12 +592,17 @@ export class SubscriptionCore implements Subscription {
     // While paused, what the old voter still delivers is read again after the pause.
     if (this.pausedAt !== null) return;
     const count = batch.events.length;
-    if (this.queuedEvents + count > this.queueEventsMax && this.queue.length > 0) {
+    const bytes = payloadBytes(batch);
+    // A batch always fits an empty queue, however large: the bounds are on what piles up
+    // behind a slow handler, and a batch over them alone could never be delivered.
+    const over = this.queuedEvents + count > this.queueEventsMax || this.queuedBytes + bytes > this.queueBytesMax;
+    if (over && this.queue.length > 0) {
       this.onQueueFull(batch);
       return;
     }
     this.queue.push(batch);
     this.queuedEvents += count;
+    this.queuedBytes += bytes;
     if (!this.pumping) void this.pump();
   }
 
@@ -617,6 +639,7 @@ export class SubscriptionCore implements Subscription {
       while (this.queue.length > 0 && this.start.t !== "ended") {
         const batch = this.queue.shift() as DeliveredBatch;
         this.queuedEvents -= batch.events.length;
+        this.queuedBytes -= payloadBytes(batch);
         this.counters.deliveredBatches++;
         this.counters.deliveredEvents += batch.events.length;
         await this.handler(toReceived(batch));
@@ -651,6 +674,7 @@ export class SubscriptionCore implements Subscription {
     this.host.forget(this);
     this.queue.length = 0;
     this.queuedEvents = 0;
+    this.queuedBytes = 0;
     if (wasStarting) {
       const reason = error ?? new ClientClosedError(`subscription to ${this.tag} closed before it started`);
       for (const waiter of this.startWaiters.splice(0)) waiter.reject(reason);
@@ -662,6 +686,13 @@ export class SubscriptionCore implements Subscription {
     if (this.endError === null) this.resolveDone();
     else this.rejectDone(this.endError);
   }
+}
+
+/** What a batch adds to the delivery queue's byte bound: its events' payloads. */
+function payloadBytes(batch: DeliveredBatch): number {
+  let bytes = 0;
+  for (const event of batch.events) bytes += event.byteLength;
+  return bytes;
 }
 
 function toReceived(batch: DeliveredBatch): ReceivedBatch {

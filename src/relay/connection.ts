@@ -12,7 +12,11 @@
  *   the subscription that overflowed is ended with `END <tag> SLOW` (a reader that does
  *   not keep up loses its subscription, not the relay its memory); answers stop the
  *   reading at `readPauseOutboundBytes`, and a hard bound above both ends the connection;
- * - subscriptions: `subscriptionsPerConnectionMax`.
+ * - subscriptions: `subscriptionsPerConnectionMax`;
+ * - event bytes of its publishes: each tag's publisher bounds its own queue (a full one
+ *   makes the PUB wait, which pauses reading), and the relay-wide `publishBytes` budget
+ *   bounds every connection's publishes together (past it a PUB is refused with
+ *   `-ERR OVERLOADED`, since waiting on the others' publishes would stall every client).
  */
 import { concatByteList } from "../crypto/encoding.ts";
 import { ClientClosedError, ClientError, describeError, SubscriptionEndedError } from "../client/errors.ts";
@@ -25,6 +29,7 @@ import { SUB_END_CODES, type ErrorCode, type SubEndCode } from "../../wire/types
 import { ackLine, endLine, errLine, eventBytes, OK_LINE, PONG_LINE } from "./format.ts";
 import { RelayLineParser, type RelayCommand, type RelayInput } from "./parser.ts";
 import type { ResolvedRelayLimits } from "./limits.ts";
+import type { PublishBytesBudget } from "./publish-bytes.ts";
 
 const encoder = new TextEncoder();
 /**
@@ -49,6 +54,8 @@ export interface LineSocket {
 /** What a connection needs from the relay around it. */
 export interface RelayBackend {
   readonly limits: ResolvedRelayLimits;
+  /** Event bytes of publishes not yet answered, shared by every connection. */
+  readonly publishBytes: PublishBytesBudget;
   /** The shared publisher of `tag`: publishes of every connection to a tag batch together. */
   publisherFor(tag: string): Publisher;
   subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<Subscription>;
@@ -283,7 +290,8 @@ export class RelayConnection {
   /**
    * Hands the event to the tag's shared publisher. When its queue is full the command
    * waits for room (and with it every later command of this connection, whose answers
-   * must come after this one anyway), which pauses reading from this client.
+   * must come after this one anyway), which pauses reading from this client. When the
+   * relay as a whole holds `publishBytesMax` of unanswered events it is refused instead.
    */
   private async runPub(tag: string, payload: Uint8Array): Promise<void> {
     let publisher = this.publisherFor(tag);
@@ -294,10 +302,23 @@ export class RelayConnection {
       publisher = this.publisherFor(tag);
       if (publisher === null) return;
     }
+    const budget = this.backend.publishBytes;
+    const bytes = payload.byteLength;
+    const refusal = budget.take(bytes);
+    if (refusal !== null) {
+      this.answer({ line: errLine("OVERLOADED", refusal) });
+      return;
+    }
     this.answers.push(
       publisher.publish(payload).then(
-        (ack: EventAck): Answer => ({ line: ackLine(ack.tag, ack.seq) }),
-        (error: unknown): Answer => ({ line: errorLine(error) }),
+        (ack: EventAck): Answer => {
+          budget.release(bytes);
+          return { line: ackLine(ack.tag, ack.seq) };
+        },
+        (error: unknown): Answer => {
+          budget.release(bytes);
+          return { line: errorLine(error) };
+        },
       ),
     );
   }

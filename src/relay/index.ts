@@ -7,5 +7,6 @@ export { RelayLineParser, type RelayCommand, type RelayInput, type RelayParserOp
 export { ackLine, endLine, errLine, eventBytes, isLineSafe, oneLineReason, OK_LINE, PONG_LINE, type EventHeader } from "./format.ts";
 export { RelayConnection, errorLine, type LineSocket, type RelayBackend } from "./connection.ts";
 export { RelayServer, RelayListenError, RELAY_STOP_GRACE_MS, RELAY_KEEPALIVE_DELAY_MS, type RelayServerOptions } from "./server.ts";
+export { PublishBytesBudget } from "./publish-bytes.ts";
 export { DEFAULT_RELAY_LIMITS, resolveRelayLimits, type RelayLimits, type ResolvedRelayLimits } from "./limits.ts";
 export { DEFAULT_RELAY_HOST, DEFAULT_RELAY_LISTEN, DEFAULT_RELAY_PORT, isLoopbackHost, parseListenAddress, type ListenAddress, type ListenParse } from "./listen.ts";

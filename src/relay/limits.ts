@@ -23,6 +23,12 @@ export interface RelayLimits {
   readonly readPauseOutboundBytes: number;
   /** Tags with a publisher at once; an idle one is retired to make room for a new tag. */
   readonly publishersMax: number;
+  /**
+   * Event bytes of publishes not yet answered, across every connection and tag (queued in
+   * a publisher or in flight to the replicas); past it a new publish is refused with
+   * `-ERR OVERLOADED` instead of queued.
+   */
+  readonly publishBytesMax: number;
   /** After QUIT or at shutdown, how long a client has to read what is left. */
   readonly closeFlushTimeoutMs: number;
 }
@@ -41,6 +47,11 @@ export const RELAY_SUBSCRIPTIONS_PER_CONNECTION_MAX = 64;
 export const RELAY_EVENT_OUTBOUND_BYTES_MAX = 8 * 1024 * 1024;
 export const RELAY_READ_PAUSE_OUTBOUND_BYTES = 1024 * 1024;
 export const RELAY_PUBLISHERS_MAX = 1024;
+/**
+ * Each publisher bounds its own queue (PUBLISHER_QUEUE_BYTES_DEFAULT, 64 MiB), but a
+ * thousand busy tags would add up to 64 GiB; this caps them together at four tags' worth.
+ */
+export const RELAY_PUBLISH_BYTES_MAX = 256 * 1024 * 1024;
 export const RELAY_CLOSE_FLUSH_TIMEOUT_MS = 10_000;
 /** An answer or END line: the fixed words, a tag, numbers and a reason of at most REASON_BYTES_MAX. */
 export const RELAY_ANSWER_LINE_BYTES_MAX = REASON_BYTES_MAX + 256;
@@ -53,6 +64,7 @@ export const DEFAULT_RELAY_LIMITS: RelayLimits = {
   eventOutboundBytesMax: RELAY_EVENT_OUTBOUND_BYTES_MAX,
   readPauseOutboundBytes: RELAY_READ_PAUSE_OUTBOUND_BYTES,
   publishersMax: RELAY_PUBLISHERS_MAX,
+  publishBytesMax: RELAY_PUBLISH_BYTES_MAX,
   closeFlushTimeoutMs: RELAY_CLOSE_FLUSH_TIMEOUT_MS,
 };
 

@@ -17,6 +17,7 @@ import { formatAddress } from "../config/cluster.ts";
 import { errLine } from "./format.ts";
 import { RelayConnection, type LineSocket, type RelayBackend } from "./connection.ts";
 import { resolveRelayLimits, type RelayLimits, type ResolvedRelayLimits } from "./limits.ts";
+import { PublishBytesBudget } from "./publish-bytes.ts";
 
 /** How long `stop()` lets connections receive their last answers before closing them. */
 export const RELAY_STOP_GRACE_MS = 5_000;
@@ -54,6 +55,7 @@ export class RelayServer {
   private readonly connections = new Set<RelayConnection>();
   /** Least recently used first, so the tag retired to make room is the stalest idle one. */
   private readonly publishers = new Map<string, Publisher>();
+  private readonly publishBytes: PublishBytesBudget;
   private readonly backend: RelayBackend;
   private readonly log: (message: string) => void;
   private readonly goneWaiters: (() => void)[] = [];
@@ -64,8 +66,10 @@ export class RelayServer {
     this.client = options.client;
     this.limits = resolveRelayLimits(options.limits);
     this.log = options.log ?? (() => undefined);
+    this.publishBytes = new PublishBytesBudget(this.limits.publishBytesMax);
     this.backend = {
       limits: this.limits,
+      publishBytes: this.publishBytes,
       publisherFor: (tag) => this.publisherFor(tag),
       subscribe: (tag, subscribeOptions, onBatch) => this.subscribe(tag, subscribeOptions, onBatch),
       log: this.log,
@@ -101,6 +105,11 @@ export class RelayServer {
   /** Tags with a publisher now. */
   get publisherCount(): number {
     return this.publishers.size;
+  }
+
+  /** Event bytes of publishes not yet answered, across every connection. */
+  get publishBytesHeld(): number {
+    return this.publishBytes.usedBytes;
   }
 
   /**

@@ -1,0 +1,181 @@
+/**
+ * The relay's byte bound on publishes across all connections and tags (PROTOCOL.md
+ * 11.2, Bounds), over real loopback TCP with a client whose publishes the test answers
+ * by hand: once the relay holds the bound in unacknowledged events, a new PUB from any
+ * connection is refused with `-ERR OVERLOADED` instead of queued, the connection goes on,
+ * and publishes are taken again once the held ones are acknowledged.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import type { Socket } from "bun";
+import type { FitbClient, PublishAck } from "../../src/client/client.ts";
+import { DEFAULT_RELAY_LIMITS, RELAY_PUBLISH_BYTES_MAX } from "../../src/relay/limits.ts";
+import { PublishBytesBudget } from "../../src/relay/publish-bytes.ts";
+import { RelayServer } from "../../src/relay/server.ts";
+
+const HOST = "127.0.0.1";
+const WAIT_MS_MAX = 3_000;
+const EVENT_BYTES = 1_000;
+const cleanups: (() => Promise<void> | void)[] = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+async function waitFor(what: string, cond: () => boolean): Promise<void> {
+  const deadline = Date.now() + WAIT_MS_MAX;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(5);
+  }
+}
+
+/** The part of FitbClient the relay publishes through; the test acknowledges by hand. */
+class HandAnsweredClient {
+  readonly calls: { tag: string; events: readonly Uint8Array[]; resolve: (ack: PublishAck) => void; reject: (error: Error) => void }[] = [];
+  private readonly nextSeq = new Map<string, number>();
+
+  publishLimits() {
+    return { batchEventsMax: 100, eventBytesMax: 64 * 1024, frameBytesMax: 4 * 1024 * 1024, inflightRequestsMax: 64 };
+  }
+
+  publish(tag: string, events: readonly Uint8Array[]): Promise<PublishAck> {
+    return new Promise((resolve, reject) => this.calls.push({ tag, events, resolve, reject }));
+  }
+
+  subscribe(): Promise<never> {
+    return Promise.reject(new Error("not used here"));
+  }
+
+  /** Acknowledges every request not yet acknowledged. */
+  ackAll(): void {
+    for (const call of this.calls.splice(0)) {
+      const first = this.nextSeq.get(call.tag) ?? 1;
+      this.nextSeq.set(call.tag, first + call.events.length);
+      call.resolve({ tag: call.tag, span: call.events.length, pubSeq: first, channelSeq: first, firstSeq: first, replicas: [0, 1] });
+    }
+  }
+
+  /** Fails every request not yet answered. */
+  failAll(error: Error): void {
+    for (const call of this.calls.splice(0)) call.reject(error);
+  }
+
+  get pendingEvents(): number {
+    return this.calls.reduce((sum, call) => sum + call.events.length, 0);
+  }
+}
+
+/** A line-protocol client that keeps every line the relay sends. */
+class LineClient {
+  readonly lines: string[] = [];
+  private rest = "";
+  private socket: Socket<undefined> | null = null;
+
+  static async connect(port: number): Promise<LineClient> {
+    const client = new LineClient();
+    client.socket = await Bun.connect({
+      hostname: HOST,
+      port,
+      socket: {
+        data: (_socket, chunk) => client.onData(chunk),
+      },
+    });
+    cleanups.push(() => {
+      client.socket?.end();
+    });
+    return client;
+  }
+
+  send(text: string): void {
+    this.socket?.write(text);
+  }
+
+  async nextLines(count: number): Promise<string[]> {
+    await waitFor(`${count} lines (got ${JSON.stringify(this.lines)})`, () => this.lines.length >= count);
+    return this.lines.splice(0, count);
+  }
+
+  private onData(chunk: Uint8Array): void {
+    this.rest += new TextDecoder().decode(chunk);
+    const parts = this.rest.split("\n");
+    this.rest = parts.pop() as string;
+    this.lines.push(...parts);
+  }
+}
+
+function startRelay(publishBytesMax: number): { relay: RelayServer; client: HandAnsweredClient } {
+  const client = new HandAnsweredClient();
+  const relay = RelayServer.listen({ client: client as unknown as FitbClient, hostname: HOST, port: 0, limits: { publishBytesMax } });
+  cleanups.push(async () => {
+    client.ackAll();
+    await relay.stop(100);
+  });
+  return { relay, client };
+}
+
+const pub = (tag: string, fill: string): string => `PUB ${tag} ${fill.repeat(EVENT_BYTES)}\n`;
+
+describe("the relay's byte bound on publishes", () => {
+  test("defaults to 256 MiB", () => {
+    expect(RELAY_PUBLISH_BYTES_MAX).toBe(256 * 1024 * 1024);
+    expect(DEFAULT_RELAY_LIMITS.publishBytesMax).toBe(RELAY_PUBLISH_BYTES_MAX);
+  });
+
+  test("the budget takes one event alone whatever its size, then refuses past the bound", () => {
+    const budget = new PublishBytesBudget(100);
+    expect(budget.take(150)).toBeNull();
+    expect(budget.take(1)).toBe("the relay holds 150 bytes of events not yet acknowledged; at most 100");
+    budget.release(150);
+    expect(budget.take(60)).toBeNull();
+    expect(budget.take(40)).toBeNull();
+    expect(budget.take(1)).not.toBeNull();
+    expect(budget.usedBytes).toBe(100);
+    expect(() => budget.release(101)).toThrow();
+  });
+
+  test("past the bound a PUB on any connection is refused with OVERLOADED, and taken again once acknowledged", async () => {
+    const { relay, client } = startRelay(3 * EVENT_BYTES);
+    const busy = await LineClient.connect(relay.port);
+    const other = await LineClient.connect(relay.port);
+
+    busy.send(pub("net.links", "a") + pub("net.links", "b") + pub("net.links", "c"));
+    await waitFor("three events held", () => relay.publishBytesHeld === 3 * EVENT_BYTES && client.pendingEvents === 3);
+
+    other.send(pub("sec.alerts", "d") + "PING\n");
+    expect(await other.nextLines(2)).toEqual([`-ERR OVERLOADED the relay holds ${3 * EVENT_BYTES} bytes of events not yet acknowledged; at most ${3 * EVENT_BYTES}`, "PONG"]);
+    expect(client.pendingEvents).toBe(3);
+    // The connection that holds the bytes is refused its next one too; its answer comes
+    // after those of the earlier commands, as always.
+    busy.send(pub("net.links", "e"));
+    await Bun.sleep(20);
+    expect(busy.lines).toEqual([]);
+
+    client.ackAll();
+    expect(await busy.nextLines(4)).toEqual([
+      "+OK net.links 1",
+      "+OK net.links 2",
+      "+OK net.links 3",
+      `-ERR OVERLOADED the relay holds ${3 * EVENT_BYTES} bytes of events not yet acknowledged; at most ${3 * EVENT_BYTES}`,
+    ]);
+    await waitFor("the held bytes given back", () => relay.publishBytesHeld === 0);
+
+    other.send(pub("sec.alerts", "d"));
+    await waitFor("the publish sent", () => client.pendingEvents === 1);
+    client.ackAll();
+    expect(await other.nextLines(1)).toEqual(["+OK sec.alerts 1"]);
+    expect(relay.publishBytesHeld).toBe(0);
+  });
+
+  test("a publish that fails gives its bytes back too", async () => {
+    const { relay, client } = startRelay(EVENT_BYTES);
+    const conn = await LineClient.connect(relay.port);
+    conn.send(pub("net.links", "a"));
+    await waitFor("the publish sent", () => client.pendingEvents === 1);
+    expect(relay.publishBytesHeld).toBe(EVENT_BYTES);
+    client.failAll(new Error("no quorum"));
+    expect((await conn.nextLines(1))[0]).toStartWith("-ERR INTERNAL");
+    await waitFor("the held bytes given back", () => relay.publishBytesHeld === 0);
+    conn.send(pub("net.links", "b"));
+    await waitFor("the next publish sent", () => client.pendingEvents === 1);
+  });
+});
