@@ -350,6 +350,22 @@ describe("unordered publish", () => {
     expect(m.acceptUnorderedPublish(other.signed, other.request, 4).result.ok).toBe(true);
   });
 
+  test("a duplicate is acknowledged again only if it is the same request; other bytes under used seqs are refused", () => {
+    // Two processes publishing with one key: the second's event under the first's numbers
+    // must not be acknowledged, or it is lost (it is never stored).
+    const m = withChannel("net.fast", "none");
+    const first = pub(P1, 1, "net.fast", ["from the relay"]);
+    expect(m.acceptUnorderedPublish(first.signed, first.request, 1).stored).not.toBeNull();
+    expect(m.acceptUnorderedPublish(first.signed, first.request, 2)).toMatchObject({ result: { ok: true }, stored: null });
+    const other = pub(P1, 1, "net.fast", ["from the cli"]);
+    expect(m.acceptUnorderedPublish(other.signed, other.request, 3)).toMatchObject({
+      result: { ok: false, code: "replayed", reason: "publisher seqs 1..1 were already used by another request" },
+      stored: null,
+    });
+    const read = expectRead(m.readFrom("net.fast", 1, 10));
+    expect(read.batches.map((b) => b.body)).toEqual([first.signed.body]);
+  });
+
   test("past UNORDERED_DEDUPE_RANGES_MAX gapped ranges the oldest is forgotten, and the gap below it refused", () => {
     const config = { ...CONFIG, retention: { events: 10_000, bytes: 1_000_000, ageMs: 0 } };
     const m = withChannel("net.fast", "none", config);

@@ -102,6 +102,16 @@ export class BatchLog {
     this.byteCount += record.bytes;
   }
 
+  /** The newest retained record, among the last `maxScan`, that `match` accepts; null if none. */
+  findRecent(match: (record: BatchRecord) => boolean, maxScan: number): BatchRecord | null {
+    const stop = Math.max(this.head, this.items.length - maxScan);
+    for (let i = this.items.length - 1; i >= stop; i--) {
+      const record = this.items[i] as BatchRecord;
+      if (match(record)) return record;
+    }
+    return null;
+  }
+
   /** The retained records, oldest first (a copy of the references). */
   records(): BatchRecord[] {
     return this.items.slice(this.head);

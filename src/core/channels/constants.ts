@@ -47,6 +47,13 @@ export const READ_BATCHES_MAX = 1024;
  */
 export const UNORDERED_DEDUPE_RANGES_MAX = 256;
 
+/**
+ * Newest stored batches of an unordered channel searched for the request a duplicate
+ * claims to repeat: a retry of the same bytes is acknowledged again, anything else
+ * (or a request this far back) is refused as replayed, never acknowledged unstored.
+ */
+export const UNORDERED_RETRY_SCAN_MAX = 4096;
+
 /** Bytes a canonical channel record may take in a snapshot (two full key lists + fields). */
 export const CHANNEL_RECORD_BYTES_MAX = 2 * KEYS_PER_CHANNEL_MAX * (PUBLIC_KEY_BYTES + 3) + 4096;
 

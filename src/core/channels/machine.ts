@@ -17,10 +17,10 @@
  * and passes the decoded request that `signed.body` encodes.
  */
 import { chainNext, type BatchRecord } from "./batch-log.ts";
-import { toHex } from "./bytes.ts";
+import { bytesEqual, toHex } from "./bytes.ts";
 import { Channel } from "./channel.ts";
 import { checkChannelsConfig, DEFAULT_CHANNELS_CONFIG, type ChannelsConfig } from "./config.ts";
-import { DIGEST_BYTES, KEYS_PER_CHANNEL_MAX, PUBLIC_KEY_BYTES, READ_BATCHES_MAX } from "./constants.ts";
+import { DIGEST_BYTES, KEYS_PER_CHANNEL_MAX, PUBLIC_KEY_BYTES, READ_BATCHES_MAX, UNORDERED_RETRY_SCAN_MAX } from "./constants.ts";
 import { signedRequestDigest } from "./request.ts";
 import {
   exportState,
@@ -205,7 +205,15 @@ export class ChannelMachine {
     const window = checked.dedupeWindow(toHex(pub.client));
     const lastSeq = pub.seq + pub.span - 1;
     const seen = window.check(pub.seq, lastSeq);
-    if (seen === "duplicate") return { result: ok, stored: null, trimmed: null };
+    if (seen === "duplicate") {
+      // Acknowledged again only if it is the same request (a retry): a different body
+      // under used numbers (another process with the same key) would otherwise be
+      // acknowledged and never stored.
+      const stored = checked.log.findRecent((r) => r.pubSeq === pub.seq && r.count === pub.span && bytesEqual(r.publisher, pub.client), UNORDERED_RETRY_SCAN_MAX);
+      if (stored !== null && bytesEqual(stored.body, signed.body)) return { result: ok, stored: null, trimmed: null };
+      const replayed = refuse("replayed", `publisher seqs ${pub.seq}..${lastSeq} were already used by another request`);
+      return { result: replayed, stored: null, trimmed: null };
+    }
     if (seen !== "new") {
       const replayed = refuse("replayed", `publisher seqs ${pub.seq}..${lastSeq} were partly seen or are too old`);
       return { result: replayed, stored: null, trimmed: null };
