@@ -22,6 +22,15 @@ import { dirname, resolve } from "node:path";
 import { z } from "zod";
 import { bytesEqual } from "../crypto/encoding.ts";
 import { describeIoError, formatPublicKey, PUBLIC_KEY_FORM, tryParsePublicKey } from "../crypto/keys.ts";
+import {
+  checkChannelsConfig,
+  DEFAULT_CHANNELS_CONFIG,
+  REQUEST_BYTES_MAX,
+  RETAINED_BYTES_PER_CHANNEL_MAX,
+  RETAINED_BYTES_TOTAL_MAX,
+  RETAINED_EVENTS_PER_CHANNEL_MAX,
+  type ChannelsConfig,
+} from "../core/channels/index.ts";
 import { DEFAULT_PARAMETERS } from "../core/ordering/config.ts";
 import { EVENT_BYTES_MAX, FRAME_BYTES_MAX, REQUEST_EVENTS_MAX } from "../../wire/types.ts";
 
@@ -66,8 +75,8 @@ export const LIMIT_BOUNDS = {
 
 /** Retention applied to a channel that does not set its own. */
 export const RETENTION_BOUNDS = {
-  events_max: { defaultValue: 1_000_000, min: 1, max: 1_000_000_000 },
-  bytes_max: { defaultValue: 64 * MIB, min: 1 * KIB, max: 16 * GIB },
+  events_max: { defaultValue: 1_000_000, min: 1, max: RETAINED_EVENTS_PER_CHANNEL_MAX },
+  bytes_max: { defaultValue: 64 * MIB, min: 1 * KIB, max: RETAINED_BYTES_PER_CHANNEL_MAX },
   age_seconds_max: { defaultValue: 7 * SECONDS_PER_DAY, min: 1, max: 3650 * SECONDS_PER_DAY },
 } as const satisfies Record<string, LimitBound>;
 
@@ -439,6 +448,29 @@ function checkLimitRelations(file: ClusterFile): ConfigIssue[] {
       message: `with f = ${file.f}, a leader change may need a NEW_VIEW message of up to ${viewChangeBytes} bytes, more than limits.frame_bytes_max (${limits.frame_bytes_max}); ${fix}`,
     });
   }
+  const retention = file.retention;
+  if (retention.events_max < limits.batch_events_max) {
+    issues.push({
+      path: "retention.events_max",
+      message: `expected at least limits.batch_events_max (${limits.batch_events_max}), so a channel can hold the largest publish; got ${retention.events_max}`,
+    });
+  }
+  const requestBytes = Math.min(limits.frame_bytes_max, REQUEST_BYTES_MAX);
+  if (retention.bytes_max < requestBytes) {
+    issues.push({
+      path: "retention.bytes_max",
+      message: `expected at least ${requestBytes} (the largest publish: limits.frame_bytes_max, at most ${REQUEST_BYTES_MAX}), so a channel can hold it; got ${retention.bytes_max}`,
+    });
+  }
+  if (issues.length === 0) {
+    // Whatever else the channel state machine refuses, the check refuses too: a file it
+    // calls valid must start every replica.
+    const problem = checkChannelsConfig(channelsConfigFrom(
+      { frameBytesMax: limits.frame_bytes_max, eventBytesMax: limits.event_bytes_max, batchEventsMax: limits.batch_events_max },
+      { eventsMax: retention.events_max, bytesMax: retention.bytes_max, ageSecondsMax: retention.age_seconds_max },
+    ));
+    if (problem !== null) issues.push({ path: "retention", message: `the channel limits this file makes are refused: ${problem}` });
+  }
   if (limits.client_burst_events_max < limits.batch_events_max) {
     issues.push({
       path: "limits.client_burst_events_max",
@@ -467,6 +499,25 @@ function largestViewChangeF(frameBytes: number): number {
   let f = 0;
   while (newViewBytesBound(f + 1) <= frameBytes) f++;
   return f;
+}
+
+/**
+ * The channel state machine's configuration a cluster file makes: every replica builds
+ * its machine from this, and the config check validates it, so the two cannot disagree.
+ */
+export function channelsConfigFrom(
+  limits: Pick<ClusterLimits, "frameBytesMax" | "eventBytesMax" | "batchEventsMax">,
+  retention: { readonly eventsMax: number; readonly bytesMax: number; readonly ageSecondsMax: number },
+): ChannelsConfig {
+  return {
+    ...DEFAULT_CHANNELS_CONFIG,
+    // Every channel may fill its retention; the total stays within what one host holds.
+    channelsMax: Math.max(1, Math.min(DEFAULT_CHANNELS_CONFIG.channelsMax, Math.floor(RETAINED_BYTES_TOTAL_MAX / retention.bytesMax))),
+    eventBytesMax: limits.eventBytesMax,
+    requestEventsMax: Math.min(limits.batchEventsMax, REQUEST_EVENTS_MAX),
+    requestBytesMax: Math.min(limits.frameBytesMax, REQUEST_BYTES_MAX),
+    retention: { events: retention.eventsMax, bytes: retention.bytesMax, ageMs: retention.ageSecondsMax * 1000 },
+  };
 }
 
 /** `host:port`, with brackets around IPv6 literals. */

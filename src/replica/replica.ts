@@ -10,12 +10,10 @@
  *   ordering core; once decided, every replica executes it at the same position, assigns
  *   the same channel sequence numbers and answers the client.
  */
-import type { ClusterConfig } from "../config/cluster.ts";
+import { channelsConfigFrom, type ClusterConfig } from "../config/cluster.ts";
 import { bytesEqual, toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import type { SigningKey } from "../crypto/keys.ts";
-import { DEFAULT_CHANNELS_CONFIG } from "../core/channels/config.ts";
-import { REQUEST_BYTES_MAX, REQUEST_EVENTS_MAX, RETAINED_BYTES_TOTAL_MAX } from "../core/channels/constants.ts";
 import { ChannelMachine } from "../core/channels/machine.ts";
 import type { ChannelError, StoredBatch, TrimmedError } from "../core/channels/types.ts";
 import type { ClientRequest } from "../core/ordering/messages.ts";
@@ -91,19 +89,7 @@ export class Replica {
     this.rate = new RateLimiter(config.limits.clientEventsPerSecondMax, config.limits.clientBurstEventsMax);
     this.machine = new ChannelMachine({
       hash: sha256,
-      config: {
-        ...DEFAULT_CHANNELS_CONFIG,
-        // Every channel may fill its retention; the total stays within what one host holds.
-        channelsMax: Math.max(1, Math.min(DEFAULT_CHANNELS_CONFIG.channelsMax, Math.floor(RETAINED_BYTES_TOTAL_MAX / config.retention.bytesMax))),
-        eventBytesMax: config.limits.eventBytesMax,
-        requestEventsMax: Math.min(config.limits.batchEventsMax, REQUEST_EVENTS_MAX),
-        requestBytesMax: Math.min(config.limits.frameBytesMax, REQUEST_BYTES_MAX),
-        retention: {
-          events: config.retention.eventsMax,
-          bytes: config.retention.bytesMax,
-          ageMs: config.retention.ageSecondsMax * 1000,
-        },
-      },
+      config: channelsConfigFrom(config.limits, config.retention),
     });
     this.subs = new Subscriptions(id, this.machine, this.metrics, config.limits.connectionSubscriptionsMax);
     this.mesh = new PeerMesh({

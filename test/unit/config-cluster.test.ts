@@ -8,6 +8,7 @@ import {
   formatPath,
   LIMIT_BOUNDS,
   loadClusterConfig,
+  channelsConfigFrom,
   newViewBytesBound,
   parseClusterConfig,
   requireClusterConfig,
@@ -15,6 +16,7 @@ import {
   type ClusterConfigResult,
   type ConfigIssue,
 } from "../../src/config/cluster.ts";
+import { checkChannelsConfig } from "../../src/core/channels/index.ts";
 import { renderClusterToml } from "../../src/config/init.ts";
 import { toBase64url } from "../../src/crypto/encoding.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
@@ -103,12 +105,27 @@ describe("a valid cluster file", () => {
   });
 
   test("limits may be set; unset ones keep their defaults", () => {
-    const result = parse(handToml({}) + "[limits]\nbatch_events_max = 10\n[retention]\nevents_max = 5\n");
+    const result = parse(handToml({}) + "[limits]\nbatch_events_max = 10\n[retention]\nevents_max = 50\n");
     expect(result.ok).toBe(true);
     if (!result.ok) return;
     expect(result.config.limits.batchEventsMax).toBe(10);
     expect(result.config.limits.eventBytesMax).toBe(LIMIT_BOUNDS.event_bytes_max.defaultValue);
-    expect(result.config.retention.eventsMax).toBe(5);
+    expect(result.config.retention.eventsMax).toBe(50);
+  });
+
+  test("retention the replicas would refuse is refused by the check, naming the field", () => {
+    expect(onlyError(handToml({}) + "[limits]\nbatch_events_max = 10\n[retention]\nevents_max = 5\n")).toBe(
+      "retention.events_max: expected at least limits.batch_events_max (10), so a channel can hold the largest publish; got 5",
+    );
+    expect(onlyError(handToml({}) + "[retention]\nevents_max = 20000000\n")).toMatch(/^retention\.events_max: expected an integer in 1\.\.10000000/);
+    expect(onlyError(handToml({}) + "[retention]\nbytes_max = 2048\n")).toMatch(/^retention\.bytes_max: expected at least 2097152/);
+    // Every file the check accepts makes a channel configuration the replicas accept.
+    for (const [events, bytes, batch, frame] of [[1024, 4 * 1024 * 1024, 1024, 4 * 1024 * 1024], [10, 2 * 1024 * 1024, 10, 1024 * 1024], [10_000_000, 1024 * 1024 * 1024, 16_384, 4 * 1024 * 1024]]) {
+      const text = handToml({}) + `[limits]\nbatch_events_max = ${batch}\nframe_bytes_max = ${frame}\nevent_bytes_max = 1024\n[retention]\nevents_max = ${events}\nbytes_max = ${bytes}\n`;
+      const result = parse(text);
+      expect(result.ok).toBe(true);
+      if (result.ok) expect(checkChannelsConfig(channelsConfigFrom(result.config.limits, result.config.retention))).toBeNull();
+    }
   });
 
   test("replicas may be listed in any order and come out sorted by id", () => {
