@@ -38,6 +38,12 @@ export interface StorageOptions {
   readonly replica: number;
   readonly log: Log;
   readonly metrics: Metrics;
+  /**
+   * Whether this process holds the database's lock for its whole life (default true: one
+   * replica process per data directory). Only tests that change the file under a running
+   * store, to play a disk that went bad, turn it off.
+   */
+  readonly exclusive?: boolean;
 }
 
 /** Decided rows and bytes written since the current base snapshot (restart replays them). */
@@ -94,7 +100,7 @@ export class ReplicaStorage {
     let corrupt: CorruptRow[] = [];
     let quarantined = false;
     try {
-      store = ReplicaStore.open(options.dir, options.sync, identity);
+      store = ReplicaStore.open(options.dir, options.sync, identity, options.exclusive ?? true);
       const structural = store.quickCheck();
       if (structural !== null) throw new StructuralDamage(`SQLite integrity check failed: ${structural}`);
       corrupt = scanAndDelete(store);
@@ -106,7 +112,7 @@ export class ReplicaStorage {
       quarantined = true;
       const moved = quarantine(options.dir);
       reportCorruption(options, [{ table: "*", ids: [], key: STORE_FILE, reason: `unreadable (${(error as Error).message}); moved to ${moved}` }]);
-      store = ReplicaStore.open(options.dir, options.sync, identity);
+      store = ReplicaStore.open(options.dir, options.sync, identity, options.exclusive ?? true);
     }
     if (corrupt.length > 0) reportCorruption(options, corrupt);
     return new ReplicaStorage(store, options, corrupt, quarantined);

@@ -138,6 +138,16 @@ function prepareStatements(db: Database) {
 
 type Statements = ReturnType<typeof prepareStatements>;
 
+/** The data directory's database is held by another process. */
+export class StoreInUseError extends Error {
+  override name = "StoreInUseError";
+}
+
+function isLocked(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === "SQLITE_BUSY" || code === "SQLITE_LOCKED" || /database is locked/i.test(String((error as Error | null)?.message ?? ""));
+}
+
 export class ReplicaStore {
   readonly path: string;
   private readonly db: Database;
@@ -145,14 +155,24 @@ export class ReplicaStore {
   private nextCoreId: number;
   private nextUnorderedId: number;
 
-  private constructor(dir: string, sync: SyncPolicy) {
+  private constructor(dir: string, sync: SyncPolicy, exclusive: boolean) {
     this.path = join(dir, STORE_FILE);
     const fresh = !existsSync(this.path);
     this.db = new Database(this.path, { create: true, strict: true });
     if (fresh) chmodSync(this.path, 0o600);
-    this.db.exec("PRAGMA journal_mode = WAL");
-    this.db.exec(`PRAGMA synchronous = ${sync === "full" ? "FULL" : "NORMAL"}`);
-    for (const statement of SCHEMA) this.db.exec(statement);
+    try {
+      // The first write takes the database's lock and keeps it until this process ends
+      // (the kernel drops it even on kill -9): a second replica process started on the
+      // same data directory is refused instead of writing beside this one.
+      if (exclusive) this.db.exec("PRAGMA locking_mode = EXCLUSIVE");
+      this.db.exec("PRAGMA journal_mode = WAL");
+      this.db.exec(`PRAGMA synchronous = ${sync === "full" ? "FULL" : "NORMAL"}`);
+      for (const statement of SCHEMA) this.db.exec(statement);
+    } catch (error) {
+      if (!isLocked(error)) throw error;
+      this.db.close();
+      throw new StoreInUseError(`${dir} is in use by another fitb process (its database is locked); stop that process first`);
+    }
     this.stmts = prepareStatements(this.db);
     this.nextCoreId = num((this.db.query("SELECT COALESCE(MAX(id), 0) AS m FROM core").get() as Row).m) + 1;
     this.nextUnorderedId = num((this.db.query("SELECT COALESCE(MAX(id), 0) AS m FROM unordered").get() as Row).m) + 1;
@@ -162,8 +182,8 @@ export class ReplicaStore {
    * Opens (creating if needed) the store in `dir`. Throws StoreIdentityError for a store
    * of another replica, and SQLite's own errors for a file it cannot read at all.
    */
-  static open(dir: string, sync: SyncPolicy, identity: StoreIdentity): ReplicaStore {
-    const store = new ReplicaStore(dir, sync);
+  static open(dir: string, sync: SyncPolicy, identity: StoreIdentity, exclusive = true): ReplicaStore {
+    const store = new ReplicaStore(dir, sync, exclusive);
     try {
       store.checkIdentity(identity);
     } catch (error) {
