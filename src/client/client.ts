@@ -62,6 +62,11 @@ import { SeqCounter, spaceName } from "./seq.ts";
 import { InflightWindow } from "./window.ts";
 import { SubscriptionCore, type BatchHandler, type SubscribeOptions, type Subscription, type SubscriptionHost } from "./subscription.ts";
 
+/**
+ * How long a client that already has the sessions it needs waits for the others before it
+ * goes on (they keep connecting in the background).
+ */
+export const SESSION_GRACE_MS = 1_000;
 /** The client's timers look at deadlines this often at most. */
 const TICK_MS_MAX = 250;
 
@@ -287,9 +292,16 @@ export class FitbClient {
    * are, else rejects with NoQuorumError.
    */
   async waitForSessions(wanted: number, needed: number, timeoutMs: number): Promise<void> {
-    const deadline = this.options.now() + timeoutMs;
+    let deadline = this.options.now() + timeoutMs;
+    let graceStarted = false;
     while (this.readyReplicas().length < wanted) {
       if (this.closed) throw new ClientClosedError();
+      // Once enough are ready, the rest get a short grace, not the whole timeout: with
+      // replicas down, a publish should not first wait out --connect-timeout.
+      if (!graceStarted && this.readyReplicas().length >= needed) {
+        graceStarted = true;
+        deadline = Math.min(deadline, this.options.now() + SESSION_GRACE_MS);
+      }
       const left = deadline - this.options.now();
       if (left <= 0) break;
       await new Promise<void>((resolve) => {
@@ -710,7 +722,7 @@ export class FitbClient {
   }
 
   private settleIfReachableAnswered(pending: PendingQuery): void {
-    if (pending.rule.settleWhenReachableAnswered !== true || pending.answered.size === 0) return;
+    if (pending.rule.settleWhenReachableAnswered !== true || pending.answered.size < Math.max(1, pending.rule.answersToSettleEarly ?? 1)) return;
     if (!this.readyReplicas().every((id) => pending.answered.has(id))) return;
     pending.settle(pending.rule.atDeadline(() => this.describeReplicas(pending.answered)));
   }

@@ -90,6 +90,8 @@ export interface QueryRule<T> {
    * should not take the full timeout because one replica is down).
    */
   readonly settleWhenReachableAnswered?: boolean;
+  /** Answers needed before settling early that way (default 1); fewer wait for the deadline, when more replicas may be up. */
+  readonly answersToSettleEarly?: number;
   add(replica: number, reply: QueryReply): QueryOutcome<T>;
   atDeadline(describeMissing: () => string): QueryOutcome<T> & object;
 }
@@ -170,7 +172,10 @@ export function rankRule(
     return { ok: false, error: new RequestRejectedError(first.code, first.reason) };
   };
   return {
-    settleWhenReachableAnswered: everyReplica,
+    // Replicas without a session cannot answer: once every reachable one has, waiting for
+    // the deadline would only delay the same pick.
+    settleWhenReachableAnswered: true,
+    answersToSettleEarly: f + 1,
     add(replica, reply) {
       if (numbers.has(replica) || refusals.has(replica)) return null;
       const value = reply.ok ? read(reply.res) : null;

@@ -635,6 +635,20 @@ describe("publish", () => {
     expect(copies[1]!.body).toEqual(copies[0]!.body);
   });
 
+  test("with only f+1 replicas up, neither the connect nor the seq query waits out its timeout", async () => {
+    // Timeouts far beyond the test's own bound: reaching the end at all shows that the
+    // client went on once the replicas that are up had answered (crash/none needs f+1).
+    const { ledger, replicas, config } = group();
+    ledger.channels.set("net.links", { fault: "crash", order: "none" });
+    replicas[2]!.stop();
+    replicas[3]!.stop();
+    const slow = { ...FAST.timeouts, connectMs: 120_000, queryMs: 120_000, requestMs: 120_000 };
+    const client = await FitbClient.connect({ config, key: clientKey, timeouts: slow, backoff: FAST.backoff });
+    clients.push(client);
+    const ack = await client.publish("net.links", [utf8("with two replicas down")]);
+    expect(ack.pubSeq).toBe(1);
+  }, 20_000);
+
   test("a replica that is down is reported once, not on every retry, and the rest carry on", async () => {
     const { ledger, replicas, config } = group();
     ledger.channels.set("net.links", { fault: "crash", order: "none" });
