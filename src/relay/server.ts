@@ -235,11 +235,12 @@ export class RelayServer {
 }
 
 /** One line naming the address and what is wrong with it. */
-function listenFailure(address: string, error: unknown): string {
+/** Why listening on `address` failed, in words an operator can act on (`what` listens: relay, replica, ...). */
+export function listenFailure(address: string, error: unknown, what = "relay"): string {
   const text = describeError(error);
   const code = (error as { code?: unknown } | null)?.code;
   if (code === "EADDRINUSE" || /EADDRINUSE|address already in use|in use/i.test(text)) {
-    return `${address} is already in use (another relay or program is listening there)`;
+    return `${address} is already in use (${what === "" ? "another program is" : `another ${what} or program is`} listening there)`;
   }
   if (code === "EADDRNOTAVAIL" || /EADDRNOTAVAIL|not available|cannot assign/i.test(text)) {
     return `${address} is not an address of this host`;

@@ -7,8 +7,9 @@ import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { bytesEqual } from "../../crypto/encoding.ts";
 import { KeyFileError, loadSigningKeyFile } from "../../crypto/keys.ts";
-import { requireClusterConfig } from "../../config/cluster.ts";
+import { formatAddress, requireClusterConfig } from "../../config/cluster.ts";
 import { createLog, logLevelFromEnv } from "../../replica/log.ts";
+import { listenFailure } from "../../relay/server.ts";
 import { Replica } from "../../replica/replica.ts";
 import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy } from "../../replica/storage/index.ts";
 import type { ParsedArgs } from "../args.ts";
@@ -82,16 +83,25 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     if (error instanceof StoreIdentityError) throw new CommandError(error.message);
     throw new CommandError(`cannot start replica ${id} on data directory ${dataDir}: ${(error as Error).message}`);
   }
+  // The metrics address is checked before the replica joins the group, so a bad one
+  // stops the start instead of a running replica.
+  let metricsServer: ReturnType<typeof Bun.serve> | null;
+  try {
+    metricsServer = startMetricsServer(args.string("metrics"), replica);
+  } catch (error) {
+    replica.stop();
+    throw error;
+  }
   try {
     replica.start();
   } catch (error) {
-    const message = (error as Error).message;
-    if (/EADDRINUSE|address already in use|in use/i.test(message)) {
-      throw new CommandError(`${entry.host}:${entry.port} is already in use (another replica or program is listening there)`);
-    }
-    throw new CommandError(`cannot start replica ${id}: ${message}`);
+    metricsServer?.stop(true);
+    replica.stop();
+    const address = formatAddress(entry.host, entry.port);
+    // Bun's own message names neither the port nor why; the error code does.
+    const problem = listenFailure(address, error, "replica");
+    throw new CommandError(problem.startsWith("cannot listen") ? `cannot start replica ${id}: ${problem}` : problem);
   }
-  const metricsServer = startMetricsServer(args.string("metrics"), replica);
   if (metricsServer !== null) log.info("metrics listening", { url: `http://${metricsServer.hostname}:${metricsServer.port}/metrics` });
   await new Promise<void>((resolve) => {
     const stop = (): void => {
@@ -129,6 +139,6 @@ function startMetricsServer(listen: string | undefined, replica: Replica): Retur
       },
     });
   } catch (error) {
-    throw new CommandError(`--metrics ${listen}: ${(error as Error).message}`);
+    throw new CommandError(`--metrics: ${listenFailure(listen, error, "")}`);
   }
 }
