@@ -141,6 +141,10 @@ describe("a replica that lost its data directory", () => {
         .map((line) => JSON.parse(line) as { seq: number; payload: string });
       expect(history.length).toBe(total);
       expect(checkTotalOrder(streams, history)).toEqual([]);
+      // f+1 can serve history but cannot order: status says so, and exits 1 for monitoring.
+      const status = await cluster.fitb(["admin", "--config", cluster.configPath, "--key", cluster.adminKey, "status", "--connect-timeout", "1000"], { timeoutMs: 30_000 });
+      expect(status.code).toBe(1);
+      expect(status.stdout).toContain("NO QUORUM: 2 of 4 replicas answered, 3 are needed");
     } finally {
       admin.close();
       publisher.close();

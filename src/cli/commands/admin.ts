@@ -21,7 +21,7 @@ import { bytesEqual } from "../../crypto/encoding.ts";
 import { formatPublicKey, tryParsePublicKey } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
-import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
+import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
 import { CONFIG_FLAG, keyFlag, openClient, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors, type ClientFlags } from "./pub.ts";
 
 const SUBCOMMANDS = ["create-channel", "destroy-channel", "register", "list-channels", "status"] as const;
@@ -55,7 +55,8 @@ export const adminCommand: Command = {
     "  register TAG --publisher PUBKEY | --subscriber PUBKEY",
     "      Allows the key (ed25519:...) to publish to, or subscribe to, channel TAG.",
     "  list-channels [--json]       Channels and their CLASS (--json: one object per channel)",
-    "  status [--json]              Replicas up, view, leader, last decided seq, channels",
+    "  status [--json]              Replicas up, view, leader, last decided seq, channels;",
+    "                               exits 1 when fewer than 2f+1 replicas answered",
     "create-channel, destroy-channel and register must be signed by an admin key of the",
     "cluster file; they are ordered through Byzantine agreement and acknowledged by f+1",
     "matching replies. list-channels takes f+1 matching answers; status shows every replica.",
@@ -96,8 +97,7 @@ async function runAdmin(args: ParsedArgs, io: CommandIo): Promise<number> {
   if (action.t === "change") checkAdminKey(flags);
   const client = await openClient(flags, io, "admin");
   try {
-    await withClientErrors(() => perform(client, action, io));
-    return EXIT_OK;
+    return await withClientErrors(() => perform(client, action, io));
   } finally {
     client.close();
   }
@@ -183,17 +183,16 @@ function checkAdminKey(flags: ClientFlags): void {
   }
 }
 
-async function perform(client: FitbClient, action: AdminAction, io: CommandIo): Promise<void> {
+async function perform(client: FitbClient, action: AdminAction, io: CommandIo): Promise<number> {
   switch (action.t) {
     case "change":
       io.out(describeChange(action.cmd, await client.admin(action.cmd)));
-      return;
+      return EXIT_OK;
     case "list-channels":
       printChannels(await client.listChannels(), action.json, io);
-      return;
+      return EXIT_OK;
     case "status":
-      printStatus(client, await client.status(), action.json, io);
-      return;
+      return printStatus(client, await client.status(), action.json, io);
     default: {
       const unreachable: never = action;
       throw new Error(`unknown admin action ${String(unreachable)}`);
@@ -236,12 +235,19 @@ function printChannels(channels: readonly ChannelInfo[], json: boolean, io: Comm
   }
 }
 
-function printStatus(client: FitbClient, status: ClusterStatus, json: boolean, io: CommandIo): void {
+/**
+ * Prints the status; the exit code says whether the group can order: EXIT_OK when at least
+ * 2f+1 replicas answered (admin commands and total-order channels work), EXIT_FAILURE
+ * otherwise, so a monitoring check can rely on it.
+ */
+function printStatus(client: FitbClient, status: ClusterStatus, json: boolean, io: CommandIo): number {
   const answered = status.replicas.filter((replica) => replica.answer?.ok === true).length;
   if (answered === 0) throw new CommandError(`no quorum: no replica answered status (${client.replicaStates().map((r) => `replica ${r.id}: ${r.lastError ?? r.state}`).join("; ")})`);
+  const quorum = 2 * client.f + 1;
+  const code = answered >= quorum ? EXIT_OK : EXIT_FAILURE;
   if (json) {
     io.out(JSON.stringify(statusJson(client, status)));
-    return;
+    return code;
   }
   const agreement = status.agreed ? `agreed by at least ${client.f + 1}` : `NOT agreed by ${client.f + 1} replicas`;
   io.out(`cluster ${client.config.name}: n=${client.n} f=${client.f}, ${answered} of ${client.n} replicas answered`);
@@ -256,6 +262,8 @@ function printStatus(client: FitbClient, status: ClusterStatus, json: boolean, i
           : `error: ${answer.reason}`;
     io.out(`  replica ${replica.id}  ${replica.address}  ${detail}`);
   }
+  if (code !== EXIT_OK) io.out(`NO QUORUM: ${answered} of ${client.n} replicas answered, ${quorum} are needed to order admin commands and total-order channels`);
+  return code;
 }
 
 /** The JSON form: at least "view", "leader" (a replica id) and "replicas". */

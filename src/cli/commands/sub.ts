@@ -4,7 +4,8 @@
  * one a line, until interrupted or, with --count, after N events.
  *
  * Plain lines are `TAG SEQ PAYLOAD`, PAYLOAD as text when it is valid UTF-8 without line
- * breaks, else `base64:` and its base64. --json lines are
+ * breaks and does not itself begin with `base64:`, else `base64:` and its base64 (so the
+ * prefix always means base64). --json lines are
  * {"tag","seq","publisher","ts","payload"} with `payload_b64` instead of `payload` when
  * the payload is not valid UTF-8.
  */
@@ -28,7 +29,8 @@ export const subCommand: Command = {
     "signature verifies. Every publisher signature is checked here, end to end.",
     "Total-order channels print in channel order with no gap and no duplicate, across",
     "replica failures. Lines: 'TAG SEQ PAYLOAD' (PAYLOAD as text, or 'base64:...' when it",
-    "is not UTF-8 text on one line), or with --json one object per line:",
+    "is not UTF-8 text on one line or itself begins with 'base64:'), or with --json one",
+    "object per line:",
     '{"tag","seq","publisher","ts","payload"} ("payload_b64" when not UTF-8).',
   ],
   flags: [
@@ -94,11 +96,15 @@ export function payloadText(payload: Uint8Array): string | null {
   }
 }
 
+/** Marks a payload printed as base64; a text payload that begins with it is printed as base64 too. */
+const BASE64_PREFIX = "base64:";
+
 /** `TAG SEQ PAYLOAD`. */
 export function plainLine(batch: ReceivedBatch, index: number): string {
   const payload = batch.events[index] as Uint8Array;
   const text = payloadText(payload);
-  const shown = text !== null && !/[\r\n]/.test(text) ? text : `base64:${Buffer.from(payload).toString("base64")}`;
+  const plain = text !== null && !/[\r\n]/.test(text) && !text.startsWith(BASE64_PREFIX);
+  const shown = plain ? text : `${BASE64_PREFIX}${Buffer.from(payload).toString("base64")}`;
   return `${batch.tag} ${eventSeq(batch, index)} ${shown}`;
 }
 

@@ -1,0 +1,23 @@
+/** `fitb sub` plain lines: text when it is safe, and `base64:` always meaning base64. */
+import { describe, expect, test } from "bun:test";
+import type { ReceivedBatch } from "../../src/client/subscription.ts";
+import { plainLine } from "../../src/cli/commands/sub.ts";
+
+const utf8 = (text: string): Uint8Array => new TextEncoder().encode(text);
+
+function batch(events: Uint8Array[]): ReceivedBatch {
+  return { tag: "sec.alerts", seq: 14, pubSeq: 3, publisher: new Uint8Array(32), ts: 0, events };
+}
+
+describe("plain lines", () => {
+  test("one-line UTF-8 text is printed as it is", () => {
+    expect(plainLine(batch([utf8("eth0 down")]), 0)).toBe("sec.alerts 14 eth0 down");
+  });
+
+  test("bytes, line breaks, and text that begins with base64: itself are printed as base64", () => {
+    const b = batch([new Uint8Array([0xff, 0x00]), utf8("two\nlines"), utf8("base64:aGVsbG8=")]);
+    expect(plainLine(b, 0)).toBe("sec.alerts 14 base64:/wA=");
+    expect(plainLine(b, 1)).toBe(`sec.alerts 15 base64:${Buffer.from("two\nlines").toString("base64")}`);
+    expect(plainLine(b, 2)).toBe(`sec.alerts 16 base64:${Buffer.from("base64:aGVsbG8=").toString("base64")}`);
+  });
+});
