@@ -378,6 +378,12 @@ export class RelayConnection {
   private onSubRefused(sub: RelaySub, error: unknown): Answer {
     if (this.subs.get(sub.tag) === sub) this.subs.delete(sub.tag);
     sub.closed = true;
+    if (error instanceof SubscriptionEndedError && error.endCode === "TRIMMED" && sub.trimmedOldest !== null) {
+      // `from` is older than the retained history: answered the way a trim during the
+      // subscription is, so a script reads the oldest seq from one place.
+      const end = endLine(sub.tag, "TRIMMED", `oldest ${sub.trimmedOldest}`);
+      return { line: OK_LINE, after: () => this.write(end) };
+    }
     return { line: errorLine(error) };
   }
 

@@ -8,6 +8,8 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
 import type { FitbClient, PublishAck } from "../../src/client/client.ts";
+import { SubscriptionEndedError } from "../../src/client/errors.ts";
+import type { SubscribeOptions } from "../../src/client/subscription.ts";
 import { DEFAULT_RELAY_LIMITS, RELAY_PUBLISH_BYTES_MAX } from "../../src/relay/limits.ts";
 import { PublishBytesBudget } from "../../src/relay/publish-bytes.ts";
 import { RelayServer } from "../../src/relay/server.ts";
@@ -177,5 +179,22 @@ describe("the relay's byte bound on publishes", () => {
     await waitFor("the held bytes given back", () => relay.publishBytesHeld === 0);
     conn.send(pub("net.links", "b"));
     await waitFor("the next publish sent", () => client.pendingEvents === 1);
+  });
+});
+
+describe("a SUB from a seq older than the retained history", () => {
+  test("is answered +OK and END <tag> TRIMMED oldest <seq>, as a trim during a subscription is", async () => {
+    class TrimmedClient extends HandAnsweredClient {
+      override subscribe(_tag?: unknown, options?: SubscribeOptions): Promise<never> {
+        options?.onSignal?.({ t: "trimmed", nextSeq: 1, oldestSeq: 13 });
+        return Promise.reject(new SubscriptionEndedError("BAD_REQUEST", "TRIMMED", "channel t.tot no longer holds seq 1; the oldest retained is 13"));
+      }
+    }
+    const client = new TrimmedClient();
+    const relay = RelayServer.listen({ client: client as unknown as FitbClient, hostname: HOST, port: 0 });
+    cleanups.push(() => relay.stop(100));
+    const reader = await LineClient.connect(relay.port);
+    reader.send("SUB t.tot 1\nPING\n");
+    expect(await reader.nextLines(3)).toEqual(["+OK", "END t.tot TRIMMED oldest 13", "PONG"]);
   });
 });
