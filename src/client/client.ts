@@ -722,7 +722,8 @@ export class FitbClient {
   }
 
   private settleIfReachableAnswered(pending: PendingQuery): void {
-    if (pending.rule.settleWhenReachableAnswered !== true || pending.answered.size < Math.max(1, pending.rule.answersToSettleEarly ?? 1)) return;
+    if (pending.rule.settleWhenReachableAnswered !== true || pending.answered.size === 0) return;
+    if (pending.rule.enoughToSettleEarly !== undefined && !pending.rule.enoughToSettleEarly()) return;
     if (!this.readyReplicas().every((id) => pending.answered.has(id))) return;
     pending.settle(pending.rule.atDeadline(() => this.describeReplicas(pending.answered)));
   }

@@ -90,8 +90,11 @@ export interface QueryRule<T> {
    * should not take the full timeout because one replica is down).
    */
   readonly settleWhenReachableAnswered?: boolean;
-  /** Answers needed before settling early that way (default 1); fewer wait for the deadline, when more replicas may be up. */
-  readonly answersToSettleEarly?: number;
+  /**
+   * Whether the answers so far are enough to settle early that way (default: any answer);
+   * if not, the query waits for the deadline, by which more replicas may have sessions.
+   */
+  readonly enoughToSettleEarly?: () => boolean;
   add(replica: number, reply: QueryReply): QueryOutcome<T>;
   atDeadline(describeMissing: () => string): QueryOutcome<T> & object;
 }
@@ -175,7 +178,7 @@ export function rankRule(
     // Replicas without a session cannot answer: once every reachable one has, waiting for
     // the deadline would only delay the same pick.
     settleWhenReachableAnswered: true,
-    answersToSettleEarly: f + 1,
+    enoughToSettleEarly: () => numbers.size >= f + 1,
     add(replica, reply) {
       if (numbers.has(replica) || refusals.has(replica)) return null;
       const value = reply.ok ? read(reply.res) : null;
