@@ -3,9 +3,7 @@
 // then an unordered subscription drops and signals "overflow", while a total-order one
 // pauses, signals "slow" and resumes from where it stopped without losing anything.
 import { describe, expect, test } from "bun:test";
-import { encodeCanonical } from "../../wire/canonical.ts";
 import type { Events } from "../../wire/schemas.ts";
-import { DOMAIN_REQUEST } from "../../wire/types.ts";
 import type { ChannelInfo } from "../../src/client/queries.ts";
 import {
   DELIVERY_QUEUE_BYTES_MAX_DEFAULT,
@@ -16,64 +14,18 @@ import {
   type SubscriptionHost,
   type SubscriptionSignal,
 } from "../../src/client/subscription.ts";
-import { signDomain } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
+import { channel, ScriptedHost, signedRequest } from "./subscription-host.ts";
 
 const START_TIMEOUT_MS = 60_000;
 const KIB = 1024;
 const MIB = 1024 * KIB;
-
-/** The client side of n replicas: what was sent to each. */
-class ScriptedHost implements SubscriptionHost {
-  readonly n = 4;
-  readonly f = 1;
-  readonly subscribes: { replica: number; subId: number; from: number | undefined }[] = [];
-  readonly unsubscribes: { replica: number; subId: number }[] = [];
-  private lastSubId = 0;
-
-  readyReplicas(): readonly number[] {
-    return [0, 1, 2, 3];
-  }
-
-  subscribeAt(_sub: SubscriptionCore, replica: number, from: number | undefined): number | null {
-    const subId = ++this.lastSubId;
-    this.subscribes.push({ replica, subId, from });
-    return subId;
-  }
-
-  unsubscribeAt(replica: number, subId: number): void {
-    this.unsubscribes.push({ replica, subId });
-  }
-
-  releaseSubId(): void {}
-
-  forget(): void {}
-
-  now(): number {
-    return 1_000;
-  }
-
-  subIdAt(replica: number): number {
-    const last = this.subscribes.filter((s) => s.replica === replica).at(-1);
-    if (last === undefined) throw new Error(`no SUBSCRIBE sent to replica ${replica}`);
-    return last.subId;
-  }
-}
-
-function channel(tag: string, order: ChannelInfo["order"]): ChannelInfo {
-  return { tag, fault: "crash", order, priority: "normal", public: true };
-}
 
 /** One event of `bytes` bytes, every byte `mark`, so the handler can tell which it got. */
 function bigEvent(bytes: number, mark: number): Uint8Array {
   return new Uint8Array(bytes).fill(mark);
 }
 
-/** A pub request of one event, signed by `key`, as a replica forwards it. */
-function signedRequest(key: SigningKey, tag: string, seq: number, event: Uint8Array): Events["req"] {
-  const body = encodeCanonical({ v: 1, client: key.publicKey, seq, span: 1, ts: 77, op: { t: "pub", tag, events: [event] } });
-  return { body, sig: signDomain(key, DOMAIN_REQUEST, body) };
-}
 
 /** A handler that takes the first batch and then holds on to it until released. */
 class GatedHandler {
@@ -125,19 +77,19 @@ describe("the delivery queue's byte bound", () => {
   test("must be a positive integer", () => {
     const host = new ScriptedHost();
     for (const queueBytesMax of [0, -1, 1.5]) {
-      expect(() => new SubscriptionCore(host, channel("net.links", "none"), { queueBytesMax }, () => undefined, START_TIMEOUT_MS)).toThrow(RangeError);
+      expect(() => new SubscriptionCore(host, channel("net.links", "crash", "none"), { queueBytesMax }, () => undefined, START_TIMEOUT_MS)).toThrow(RangeError);
     }
   });
 
   test("unordered: a few large events past the bound are dropped, counted and signalled as overflow", async () => {
-    const h = subscribe(channel("net.links", "none"), { from: 0, queueBytesMax: 2 * 64 * KIB });
+    const h = subscribe(channel("net.links", "crash", "none"), { from: 0, queueBytesMax: 2 * 64 * KIB });
     const key = SigningKey.generate();
     // The first goes to the handler, which holds it; the next two fill the 128 KiB.
-    for (let seq = 1; seq <= 3; seq++) send(h, 0, 0, signedRequest(key, "net.links", seq, bigEvent(64 * KIB, seq)));
+    for (let seq = 1; seq <= 3; seq++) send(h, 0, 0, signedRequest(key, "net.links", seq, [bigEvent(64 * KIB, seq)]));
     await settle();
     expect(h.sub.stats().queuedEvents).toBe(2);
     expect(h.sub.stats().queuedBytes).toBe(2 * 64 * KIB);
-    send(h, 0, 0, signedRequest(key, "net.links", 4, bigEvent(64 * KIB, 4)));
+    send(h, 0, 0, signedRequest(key, "net.links", 4, [bigEvent(64 * KIB, 4)]));
     expect(h.signals).toEqual([{ t: "overflow", source: "local", droppedEvents: 1 }]);
     expect(h.sub.stats().droppedEvents).toBe(1);
     expect(h.sub.stats().queuedBytes).toBe(2 * 64 * KIB);
@@ -147,19 +99,19 @@ describe("the delivery queue's byte bound", () => {
     expect(h.handler.marks).toEqual([1, 2, 3]);
     expect(h.sub.stats().queuedBytes).toBe(0);
     // Once the handler caught up, events are taken again.
-    send(h, 0, 0, signedRequest(key, "net.links", 5, bigEvent(64 * KIB, 5)));
+    send(h, 0, 0, signedRequest(key, "net.links", 5, [bigEvent(64 * KIB, 5)]));
     await settle();
     expect(h.handler.marks).toEqual([1, 2, 3, 5]);
     expect(h.host.unsubscribes).toEqual([]);
   });
 
   test("unordered, default bound: 1 MiB events are dropped past 64 MiB, far below the count bound", async () => {
-    const h = subscribe(channel("net.links", "none"), { from: 0 });
+    const h = subscribe(channel("net.links", "crash", "none"), { from: 0 });
     const key = SigningKey.generate();
     const queuedMax = DELIVERY_QUEUE_BYTES_MAX_DEFAULT / MIB;
     // One held by the handler, then a full queue, then one more.
     const total = 1 + queuedMax + 1;
-    for (let seq = 1; seq <= total; seq++) send(h, 0, 0, signedRequest(key, "net.links", seq, bigEvent(MIB, seq % 256)));
+    for (let seq = 1; seq <= total; seq++) send(h, 0, 0, signedRequest(key, "net.links", seq, [bigEvent(MIB, seq % 256)]));
     await settle();
     expect(h.sub.stats().queuedBytes).toBe(DELIVERY_QUEUE_BYTES_MAX_DEFAULT);
     expect(h.signals).toEqual([{ t: "overflow", source: "local", droppedEvents: 1 }]);
@@ -169,9 +121,9 @@ describe("the delivery queue's byte bound", () => {
   });
 
   test("total order: a few large events past the bound pause delivery, which resumes where it stopped, nothing lost", async () => {
-    const h = subscribe(channel("ops.log", "total"), { from: 1, queueBytesMax: 2 * 64 * KIB });
+    const h = subscribe(channel("ops.log", "crash", "total"), { from: 1, queueBytesMax: 2 * 64 * KIB });
     const key = SigningKey.generate();
-    const reqs = [1, 2, 3, 4, 5].map((seq) => signedRequest(key, "ops.log", seq, bigEvent(64 * KIB, seq)));
+    const reqs = [1, 2, 3, 4, 5].map((seq) => signedRequest(key, "ops.log", seq, [bigEvent(64 * KIB, seq)]));
     for (let seq = 1; seq <= 3; seq++) send(h, 0, seq, reqs[seq - 1] as Events["req"]);
     await settle();
     expect(h.signals).toEqual([]);

@@ -3,9 +3,7 @@
 // publisher table is reported, and a replica is asked again (after UNSUBSCRIBE) when its
 // start buffer overflows or when its SUBSCRIBE could not be sent.
 import { describe, expect, test } from "bun:test";
-import { encodeCanonical } from "../../wire/canonical.ts";
 import type { Events } from "../../wire/schemas.ts";
-import { DOMAIN_REQUEST } from "../../wire/types.ts";
 import type { ChannelInfo } from "../../src/client/queries.ts";
 import {
   RESUBSCRIBE_AFTER_OVERFLOW_MS,
@@ -17,69 +15,12 @@ import {
   type SubscriptionSignal,
 } from "../../src/client/subscription.ts";
 import { DELIVERY_PUBLISHERS_MAX } from "../../src/core/voting/index.ts";
-import { signDomain } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
+import { channel, ScriptedHost, signedRequest } from "./subscription-host.ts";
 
 const START_TIMEOUT_MS = 60_000;
 const text = (b: Uint8Array): string => new TextDecoder().decode(b);
 
-/** The client side of n replicas: what was sent to each, and whether sending works. */
-class ScriptedHost implements SubscriptionHost {
-  readonly n = 4;
-  readonly f = 1;
-  nowMs = 1_000;
-  readonly ready = new Set([0, 1, 2, 3]);
-  /** Replicas whose outbound queue is full: SUBSCRIBE cannot be sent. */
-  readonly queueFull = new Set<number>();
-  readonly subscribes: { replica: number; subId: number; from: number | undefined }[] = [];
-  readonly unsubscribes: { replica: number; subId: number }[] = [];
-  private lastSubId = 0;
-
-  readyReplicas(): readonly number[] {
-    return [...this.ready];
-  }
-
-  subscribeAt(_sub: SubscriptionCore, replica: number, from: number | undefined): number | null {
-    if (!this.ready.has(replica) || this.queueFull.has(replica)) return null;
-    const subId = ++this.lastSubId;
-    this.subscribes.push({ replica, subId, from });
-    return subId;
-  }
-
-  unsubscribeAt(replica: number, subId: number): void {
-    this.unsubscribes.push({ replica, subId });
-  }
-
-  releaseSubId(): void {}
-
-  forget(): void {}
-
-  now(): number {
-    return this.nowMs;
-  }
-
-  /** The sub id of the latest SUBSCRIBE sent to `replica`. */
-  subIdAt(replica: number): number {
-    const last = this.subscribes.filter((s) => s.replica === replica).at(-1);
-    if (last === undefined) throw new Error(`no SUBSCRIBE sent to replica ${replica}`);
-    return last.subId;
-  }
-
-  subscribesTo(replica: number): number {
-    return this.subscribes.filter((s) => s.replica === replica).length;
-  }
-}
-
-function channel(tag: string, fault: ChannelInfo["fault"], order: ChannelInfo["order"]): ChannelInfo {
-  return { tag, fault, order, priority: "normal", public: true };
-}
-
-/** A pub request signed by `key`, as a replica forwards it. */
-function signedRequest(key: SigningKey, tag: string, seq: number, events: string[]): Events["req"] {
-  const evs = events.map((e) => new TextEncoder().encode(e));
-  const body = encodeCanonical({ v: 1, client: key.publicKey, seq, span: evs.length, ts: 77, op: { t: "pub", tag, events: evs } });
-  return { body, sig: signDomain(key, DOMAIN_REQUEST, body) };
-}
 
 type Harness = { host: ScriptedHost; sub: SubscriptionCore; got: string[]; signals: SubscriptionSignal[] };
 
