@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import { clientFor, createChannels } from "../integration/client-util.ts";
-import { catchUpUnderTraffic, checkTotalOrder, dataDirOf, killAndWait, logLines, publishStream, waitConverged } from "../integration/durability-history.ts";
+import { catchUpUnderTraffic, checkTotalOrder, dataDirOf, historyByCli, killAndWait, logLines, publishStream, waitConverged } from "../integration/durability-history.ts";
 import { startCluster, type TestCluster, waitFor } from "../integration/harness.ts";
 
 const CONVERGE_MS = 60_000;
@@ -88,15 +88,7 @@ describe("a damaged store", () => {
       for (let id = 0; id < cluster.n; id++) if (id !== flipped && id !== truncated) cluster.kill(id);
       const streams = [stream, trickled];
       const total = streams.reduce((n, s) => n + s.acked.length, 0);
-      const sub = await cluster.fitb(
-        ["sub", "--config", cluster.configPath, "--key", cluster.clientKey, "sec.alerts", "--from", "1", "--count", String(total), "--json", "--connect-timeout", "1000"],
-        { timeoutMs: 30_000 },
-      );
-      expect(sub.code).toBe(0);
-      const history = sub.stdout
-        .trim()
-        .split("\n")
-        .map((line) => JSON.parse(line) as { seq: number; payload: string });
+      const history = await historyByCli(cluster, "sec.alerts", total);
       expect(checkTotalOrder(streams, history)).toEqual([]);
     } finally {
       admin.close();

@@ -208,6 +208,23 @@ export async function catchUpUnderTraffic(
   return traffic.stream;
 }
 
+/**
+ * Reads `count` events of `tag` from seq 1 with the `fitb sub` command (--json), as an
+ * operator would with only some replicas up; fails the test if the command does not
+ * exit 0. Returns the events in the order printed.
+ */
+export async function historyByCli(cluster: TestCluster, tag: string, count: number): Promise<Delivered[]> {
+  const sub = await cluster.fitb(
+    ["sub", "--config", cluster.configPath, "--key", cluster.clientKey, tag, "--from", "1", "--count", String(count), "--json", "--connect-timeout", "1000"],
+    { timeoutMs: 30_000 },
+  );
+  if (sub.code !== 0) throw new Error(`fitb sub exited ${sub.code}: ${sub.stderr.trim()}`);
+  return sub.stdout
+    .trim()
+    .split("\n")
+    .map((line) => JSON.parse(line) as Delivered);
+}
+
 /** The JSON log lines of replica `id` whose msg is `msg`. */
 export function logLines(cluster: TestCluster, id: number, msg: string): Record<string, unknown>[] {
   const out: Record<string, unknown>[] = [];

@@ -10,7 +10,7 @@ import { rmSync } from "node:fs";
 import type { FitbClient } from "../../src/client/index.ts";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { clientFor, collect, createChannels, waitForCount } from "./client-util.ts";
-import { catchUpUnderTraffic, checkTotalOrder, checkUnordered, dataDirOf, logLines, publishStream, type Stream, waitConverged } from "./durability-history.ts";
+import { catchUpUnderTraffic, checkTotalOrder, checkUnordered, dataDirOf, historyByCli, logLines, publishStream, type Stream, waitConverged } from "./durability-history.ts";
 import { startCluster, type TestCluster } from "./harness.ts";
 
 /** Requests per stream; each of the streams below runs them one after another. */
@@ -130,15 +130,7 @@ describe("a replica that lost its data directory", () => {
       for (let id = 0; id < cluster.n; id++) if (id !== wiped && id !== other) cluster.kill(id);
       const streams = [stream, trickled];
       const total = acked(streams);
-      const sub = await cluster.fitb(
-        ["sub", "--config", cluster.configPath, "--key", cluster.clientKey, "sec.alerts", "--from", "1", "--count", String(total), "--json", "--connect-timeout", "1000"],
-        { timeoutMs: 30_000 },
-      );
-      expect(sub.code).toBe(0);
-      const history = sub.stdout
-        .trim()
-        .split("\n")
-        .map((line) => JSON.parse(line) as { seq: number; payload: string });
+      const history = await historyByCli(cluster, "sec.alerts", total);
       expect(history.length).toBe(total);
       expect(checkTotalOrder(streams, history)).toEqual([]);
       // f+1 can serve history but cannot order: status says so, and exits 1 for monitoring.
