@@ -405,9 +405,15 @@ export class ReplicaServer {
 
   private onClientAuth(conn: FramedConn, state: ConnState, frame: Frame): void {
     const hello = state.clientHello as Hello;
-    if (frame.type !== FrameType.AUTH || !verifyDomain(hello.key, DOMAIN_SESSION_INITIATOR, state.transcript as Uint8Array, frame.body.sig)) {
+    if (frame.type !== FrameType.AUTH) {
       this.options.metrics.inc("client_auth_failed_total");
-      conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "client authentication failed" } });
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "the frame after HELLO must be AUTH" } });
+      return;
+    }
+    if (!verifyDomain(hello.key, DOMAIN_SESSION_INITIATOR, state.transcript as Uint8Array, frame.body.sig)) {
+      // PROTOCOL.md §5.1 step 4.
+      this.options.metrics.inc("client_auth_failed_total");
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "BAD_SIGNATURE", reason: "AUTH does not verify for the HELLO's key" } });
       return;
     }
     const keyHex = Buffer.from(hello.key).toString("hex");

@@ -425,3 +425,22 @@ describe("PROTOCOL.md", () => {
     expect(doc).toContain(`\`CLIENT_CONNECTIONS_PER_ADDRESS_MAX\` = ${fmt(CLIENT_CONNECTIONS_PER_ADDRESS_MAX)}`);
   });
 });
+
+describe("client authentication (PROTOCOL.md §5.1)", () => {
+  test("an AUTH that does not verify is answered BAD_SIGNATURE and closed; a frame other than AUTH, UNAUTHORIZED", async () => {
+    const fx = startServer();
+    const key = SigningKey.generate();
+    const forged = await RawConn.open(fx.server.port);
+    const handshake = await sendClientHello(forged, key);
+    if (handshake === null) throw new Error("no HELLO_ACK");
+    // Signed by another key than the one HELLO named.
+    forged.send(authFrame(SigningKey.generate(), handshake.hello, handshake.ack));
+    await waitFor("the close", () => forged.closed);
+    expect(forged.error).toBe("BAD_SIGNATURE AUTH does not verify for the HELLO's key");
+    const skipped = await RawConn.open(fx.server.port);
+    if ((await sendClientHello(skipped, key)) === null) throw new Error("no HELLO_ACK");
+    skipped.send({ type: FrameType.PING, body: { n: 1 } });
+    await waitFor("the close", () => skipped.closed);
+    expect(skipped.error).toBe("UNAUTHORIZED the frame after HELLO must be AUTH");
+  });
+});
