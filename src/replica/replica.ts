@@ -239,13 +239,10 @@ export class Replica {
         return;
       }
       if (info.order === "none") return this.publishUnordered(session, signed, request, digest);
-      if (!this.machine.isPublisher(request.op.tag, request.client)) {
-        // Refused here rather than at execution: an unregistered key would otherwise
-        // take a place in the ordering core's client table for good.
-        this.metrics.inc("requests_refused_total");
-        this.reply(session, failure(request.seq, this.options.id, digest, "UNAUTHORIZED", `this key is not registered to publish on ${request.op.tag}`));
-        return;
-      }
+      // Registration is not checked here but at execution, where every replica decides
+      // the same: a replica still behind a fresh 'register' would refuse a publisher the
+      // others accept, and f+1 such refusals would report as failed a publish that the
+      // group then executes.
     } else if (!this.adminKeys.has(clientHex)) {
       this.reply(session, failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "admin commands must be signed by an admin key"));
       return;

@@ -131,9 +131,7 @@ describe("a four-replica cluster", () => {
     expect(history.events.map((e) => e.seq)).toEqual(history.events.map((_, i) => i + 1));
   }, 60_000);
 
-  test("an unregistered key's publish to a total-order channel is refused before ordering", async () => {
-    // Were it ordered and refused only at execution, each such key would keep a place in
-    // the ordering core's client table for good.
+  test("an unregistered key's publish to a total-order channel is refused", async () => {
     const setup = loadClientSetup(cluster.configPath, cluster.adminKey);
     const stranger = new FitbClient({ config: setup.config, key: SigningKey.generate(), timeouts: { requestMs: 20_000 } });
     stranger.start();
@@ -143,7 +141,7 @@ describe("a four-replica cluster", () => {
       (e: Error & { code?: string }) => e,
     );
     expect(error?.code).toBe("UNAUTHORIZED");
-    expect(error?.message).toMatch(/not registered to publish on storage\.disks/);
+    expect(error?.message).toMatch(/not registered on storage\.disks/);
   }, 30_000);
 
   test("a retransmitted request that executed a while ago gets its own reply again, not REPLAY", async () => {
