@@ -326,41 +326,27 @@ describe("state transfer", () => {
     // A bound on messages: a source that is never dropped keeps the transfer going past it.
     const MESSAGES_MAX = 3_000;
 
-    test("one sending empty parts is dropped and the next source completes the transfer", () => {
-      const { net, state, fetcher } = cluster();
-      const liar = fakeSource(net, 2, () => ({ data: new Uint8Array(0), end: false }));
-      fetcher.transfer.fetch(targetFor(state, [2, 0]));
-      net.pump(MESSAGES_MAX);
-      expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
-      // Dropped at its first part: it was asked for one window and never again.
-      expect(liar.gets).toBe(1);
-      expect(fetcher.metrics.get("state_transfer_sources_dropped_total")).toBe(1);
-      expect(fetcher.storage.store.partSeqs()).toEqual([{ seq: SEQ, count: fetcher.installed?.head.parts ?? -1 }]);
-    });
-
-    test("one sending an empty last part is dropped, not taken for a stream that ends", () => {
-      const { net, state, fetcher } = cluster();
-      const liar = fakeSource(net, 2, () => ({ data: new Uint8Array(0), end: true }));
-      fetcher.transfer.fetch(targetFor(state, [2, 0]));
-      net.pump(MESSAGES_MAX);
-      expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
-      expect(liar.gets).toBe(1);
-      expect(fetcher.metrics.get("state_transfer_sources_dropped_total")).toBe(1);
-      expect(fetcher.metrics.get("state_transfer_rejected_total")).toBe(0);
-    });
-
-    test("one sending short parts before the end is dropped and the next source completes the transfer", () => {
-      const { net, state, fetcher } = cluster();
+    const liars: { what: string; reply: (part: number) => { data: Uint8Array; end: boolean } }[] = [
+      { what: "empty parts", reply: () => ({ data: new Uint8Array(0), end: false }) },
+      // Not to be taken for a stream that ends.
+      { what: "an empty last part", reply: () => ({ data: new Uint8Array(0), end: true }) },
       // The first part holds the meta record's length prefix and one byte; every other part one byte.
-      const liar = fakeSource(net, 2, (part) => ({ data: endlessMeta(part, part === 0 ? 5 : 1), end: false }));
-      fetcher.transfer.fetch(targetFor(state, [2, 0]));
-      net.pump(MESSAGES_MAX);
-      expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
-      // Dropped at its first part: it was asked for one window and never again.
-      expect(liar.gets).toBe(1);
-      expect(fetcher.metrics.get("state_transfer_sources_dropped_total")).toBe(1);
-      expect(fetcher.metrics.get("state_transfer_rejected_total")).toBe(0);
-    });
+      { what: "short parts before the end", reply: (part) => ({ data: endlessMeta(part, part === 0 ? 5 : 1), end: false }) },
+    ];
+    for (const { what, reply } of liars) {
+      test(`one sending ${what} is dropped and the next source completes the transfer`, () => {
+        const { net, state, fetcher } = cluster();
+        const liar = fakeSource(net, 2, reply);
+        fetcher.transfer.fetch(targetFor(state, [2, 0]));
+        net.pump(MESSAGES_MAX);
+        expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+        // Dropped at its first part: it was asked for one window and never again.
+        expect(liar.gets).toBe(1);
+        expect(fetcher.metrics.get("state_transfer_sources_dropped_total")).toBe(1);
+        expect(fetcher.metrics.get("state_transfer_rejected_total")).toBe(0);
+        expect(fetcher.storage.store.partSeqs()).toEqual([{ seq: SEQ, count: fetcher.installed?.head.parts ?? -1 }]);
+      });
+    }
 
     test("one sending more full parts than the longest valid state has is dropped at the bound", () => {
       const state = sourceMachine();
