@@ -202,6 +202,15 @@ function restart(net: Network, node: Node): Node {
 }
 
 /** Runs a whole transfer to `fetcher`, whose install leaves the head incoming, as a restart before the install would. */
+/** Restarts `fetcher` and asks for `target` again: it must install `state` from its disk, sending nothing. */
+function installFromDiskAlone(net: Network, fetcher: Node, target: ReturnType<typeof targetFor>, state: ChannelMachine): Node {
+  const restarted = restart(net, fetcher);
+  restarted.transfer.fetch(target);
+  expect(net.queue).toEqual([]);
+  expect(restarted.installed?.importer.digest()).toEqual(state.digest());
+  return restarted;
+}
+
 function fetchWhole(net: Network, fetcher: Node, target: ReturnType<typeof targetFor>): number {
   fetcher.transfer.fetch(target);
   net.pump();
@@ -392,10 +401,7 @@ describe("state transfer", () => {
       const target = targetFor(state, [0]);
       const parts = fetchWhole(net, fetcher, target);
       net.delivered.length = 0;
-      const restarted = restart(net, fetcher);
-      restarted.transfer.fetch(target);
-      expect(net.queue).toEqual([]);
-      expect(restarted.installed?.importer.digest()).toEqual(state.digest());
+      const restarted = installFromDiskAlone(net, fetcher, target, state);
       expect(restarted.installed?.head.parts).toBe(parts);
       expect(restarted.installed?.head.bytes).toBe(streamBytes(state));
     });
@@ -409,10 +415,7 @@ describe("state transfer", () => {
       const { net, fetcher } = cluster({ state, partBytes: bytes / evenParts });
       const target = targetFor(state, [0]);
       expect(fetchWhole(net, fetcher, target)).toBe(evenParts);
-      const restarted = restart(net, fetcher);
-      restarted.transfer.fetch(target);
-      expect(net.queue).toEqual([]);
-      expect(restarted.installed?.importer.digest()).toEqual(state.digest());
+      installFromDiskAlone(net, fetcher, target, state);
     });
 
     test("installs a whole stream whose head does not record the end, by its shorter last part", () => {
@@ -423,10 +426,7 @@ describe("state transfer", () => {
       // A head as written when a transfer starts, which says nothing of where the stream ends.
       fetcher.storage.stageHead({ status: "incoming", seq: SEQ, stateDigest: target.stateDigest, appDigest: null, clients: null, proof: [], parts: 0, bytes: 0, partBytes: PART_BYTES });
       fetcher.storage.commits.flush();
-      const restarted = restart(net, fetcher);
-      restarted.transfer.fetch(target);
-      expect(net.queue).toEqual([]);
-      expect(restarted.installed?.importer.digest()).toEqual(state.digest());
+      installFromDiskAlone(net, fetcher, target, state);
     });
 
     test("resumes after the parts on disk when an earlier attempt that ended was rejected", () => {
