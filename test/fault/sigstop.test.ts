@@ -10,7 +10,7 @@ import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { PEER_OUTBOUND_BYTES_MAX } from "../../src/replica/peers.ts";
 import { clientFor, createChannels } from "../integration/client-util.ts";
 import { catchUpUnderTraffic, logLines, publishStream, waitConverged } from "../integration/durability-history.ts";
-import { startCluster } from "../integration/harness.ts";
+import { freePortRange, startCluster, waitFor } from "../integration/harness.ts";
 
 /** Checkpoint interval of the ordering core (ORDERING.md §10). */
 const K = 128;
@@ -18,17 +18,28 @@ const K = 128;
 const EVENTS_PER_REQUEST = 64;
 const EVENT_BYTES = 1000;
 /**
- * Requests published while the replica is frozen: more bytes than a peer may queue for
- * it (PEER_OUTBOUND_BYTES_MAX), so the backlog cannot simply be replayed, and so many
- * decisions that the group passes several checkpoints.
+ * Requests published at least while the replica is frozen: more bytes than a peer may
+ * queue for it (PEER_OUTBOUND_BYTES_MAX), so the backlog cannot simply be replayed.
+ * Publishing goes on past them until the others have passed enough checkpoints: how many
+ * decisions a request makes depends on batching, hence on the machine's speed.
  */
 const REQUESTS = Math.ceil((1.25 * PEER_OUTBOUND_BYTES_MAX) / (EVENTS_PER_REQUEST * EVENT_BYTES));
 /** Concurrent publish streams carrying them. */
 const STREAMS = 4;
 // Generous: catching up competes for 2 cores with 3 busy replicas; the test bounds, it does not time.
 const CONVERGE_MS = 75_000;
+/** Bound on driving the others past the target checkpoint while one is frozen (a bound, not a timing). */
+const DRIVE_MS = 120_000;
 /** Slack for the runtime's own allocation noise (GC timing, buffers) on top of the queued bytes. */
 const MEMORY_SLACK_BYTES = 64 * 1024 * 1024;
+
+/** Replica `id`'s stable checkpoint from its status page (null: no answer). */
+async function stableCheckpointOf(metricsBase: number, id: number): Promise<number | null> {
+  const response = await fetch(`http://127.0.0.1:${metricsBase + id}/status`).catch(() => null);
+  if (response?.ok !== true) return null;
+  const status = (await response.json().catch(() => null)) as { stableCheckpoint?: unknown } | null;
+  return typeof status?.stableCheckpoint === "number" ? status.stableCheckpoint : null;
+}
 
 /** Resident and peak resident bytes of a process (Linux /proc). */
 function memoryOf(pid: number): { rss: number; peak: number } {
@@ -41,7 +52,9 @@ describe("a replica resumed after SIGSTOP", () => {
   test("catches up by state transfer after many checkpoints, with bounded memory", async () => {
     // This test is about catching up, not about fsync: the lighter sync policy lets the
     // group reach its checkpoints sooner.
-    const cluster = await startCluster({ replicaArgs: () => ["--sync", "normal"] });
+    // Each replica serves its status page, where the test reads its stable checkpoint.
+    const metricsBase = freePortRange(4);
+    const cluster = await startCluster({ replicaArgs: (id) => ["--sync", "normal", "--metrics", `127.0.0.1:${metricsBase + id}`] });
     const admin = clientFor(cluster, cluster.adminKey);
     const publisher = clientFor(cluster, cluster.clientKey);
     try {
@@ -53,12 +66,33 @@ describe("a replica resumed after SIGSTOP", () => {
       const start = await waitConverged(admin, [0, 1, 2, 3], CONVERGE_MS);
       const proc = cluster.procs[frozen];
       if (proc === null || proc === undefined) throw new Error("no process");
+      // The first checkpoint beyond the frozen replica's log window (L = 2K): once the
+      // others made it stable, they hold no decision at or below it, so the frozen replica
+      // can only get past it by state transfer to it or a later checkpoint.
+      const target = (Math.floor((start + 2 * K) / K) + 1) * K;
       proc.kill("SIGSTOP");
+      // Publish until every other replica reports the target checkpoint stable, and at
+      // least REQUESTS requests in all.
+      let stables: (number | null)[] = [];
+      let driving = true;
+      const moved = waitFor(
+        `replicas ${others.join(",")} to make checkpoint ${target} stable (start ${start})`,
+        async () => {
+          stables = await Promise.all(others.map((id) => stableCheckpointOf(metricsBase, id)));
+          return stables.every((seq) => seq !== null && seq >= target);
+        },
+        DRIVE_MS,
+        () => `stable checkpoints of ${others.join(",")}: ${JSON.stringify(stables)}`,
+      ).finally(() => {
+        driving = false;
+      });
+      const perStream = Math.ceil(REQUESTS / STREAMS);
       const frozenStreams = await Promise.all(
         Array.from({ length: STREAMS }, (_, s) =>
-          publishStream(publisher, "sec.alerts", `frozen${s}`, Math.ceil(REQUESTS / STREAMS), EVENTS_PER_REQUEST, () => undefined, EVENT_BYTES),
+          publishStream(publisher, "sec.alerts", `frozen${s}`, (r) => r < perStream || driving, EVENTS_PER_REQUEST, () => undefined, EVENT_BYTES),
         ),
       );
+      await moved;
       // Three replicas are a quorum: everything was acknowledged while one was frozen.
       expect(frozenStreams.map((stream) => stream.failures)).toEqual(new Array(STREAMS).fill(0));
       proc.kill("SIGCONT");
@@ -78,5 +112,5 @@ describe("a replica resumed after SIGSTOP", () => {
       publisher.close();
       await cluster.stop();
     }
-  }, 180_000);
+  }, 300_000);
 });

@@ -46,18 +46,21 @@ export function payloadOf(prefix: string, request: number, index: number, bytes 
  * Publishes `requests` requests of `eventsPerRequest` events each, one at a time, and
  * records each acknowledged event. A publish that fails (a quorum was unreachable during
  * a crash) is counted; its events may or may not have been ordered, never twice.
+ * `requests` may instead be a predicate asked before each request (its index): the
+ * stream goes on while it answers true.
  */
 export async function publishStream(
   client: FitbClient,
   tag: string,
   prefix: string,
-  requests: number,
+  requests: number | ((request: number) => boolean),
   eventsPerRequest: number,
   onRequest: (request: number) => void | Promise<void> = () => undefined,
   eventBytes = 0,
 ): Promise<Stream> {
   const stream: Stream = { tag, prefix, acked: [], attempted: new Set(), failures: 0 };
-  for (let r = 0; r < requests; r++) {
+  const more = typeof requests === "number" ? (r: number) => r < requests : requests;
+  for (let r = 0; more(r); r++) {
     await onRequest(r);
     const payloads = Array.from({ length: eventsPerRequest }, (_, i) => payloadOf(prefix, r, i, eventBytes));
     for (const p of payloads) stream.attempted.add(p);
