@@ -19,7 +19,8 @@ import { FitbClient } from "../../src/client/index.ts";
 import { loadClientSetup } from "../../src/client/setup.ts";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { dataDirOf, lastDecided, logLines, trickle, waitConverged } from "../integration/durability-history.ts";
-import { startCluster, type TestCluster, waitFor } from "../integration/harness.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { startCluster, type TestCluster } from "../integration/harness.ts";
 
 const EVENTS = Number(process.argv[2] ?? 1_000_000);
 /** Events per request (the cluster's default batch_events_max) and payload bytes per event. */

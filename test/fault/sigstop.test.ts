@@ -8,9 +8,10 @@ import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { PEER_OUTBOUND_BYTES_MAX } from "../../src/replica/peers.ts";
+import { waitFor } from "../helpers/wait.ts";
 import { clientFor, createChannels } from "../integration/client-util.ts";
 import { catchUpUnderTraffic, logLines, publishStream, waitConverged } from "../integration/durability-history.ts";
-import { freePortRange, startCluster, waitFor } from "../integration/harness.ts";
+import { freePortRange, startCluster } from "../integration/harness.ts";
 
 /** Checkpoint interval of the ordering core (ORDERING.md §10). */
 const K = 128;

@@ -11,9 +11,10 @@ import { readFileSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
+import { waitFor } from "../helpers/wait.ts";
 import { clientFor, createChannels } from "../integration/client-util.ts";
 import { catchUpUnderTraffic, checkTotalOrder, dataDirOf, historyByCli, killAndWait, logLines, publishStream, waitConverged } from "../integration/durability-history.ts";
-import { startCluster, type TestCluster, waitFor } from "../integration/harness.ts";
+import { startCluster, type TestCluster } from "../integration/harness.ts";
 
 const CONVERGE_MS = 60_000;
 /** Bytes of a stored decision searched for in the file: long enough to be unique. */

@@ -11,7 +11,8 @@ import { encodeRequestBody, type Frame } from "../../wire/schemas.ts";
 import { requestSigningInput } from "../../wire/session.ts";
 import { FrameType } from "../../wire/types.ts";
 import { CLASSES, clientFor, collect, createChannels, encode, waitForCount } from "./client-util.ts";
-import { freePortRange, startCluster, type TestCluster, waitFor } from "./harness.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { freePortRange, startCluster, type TestCluster } from "./harness.ts";
 
 const EVENTS_PER_CLASS = 60;
 

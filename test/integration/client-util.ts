@@ -5,7 +5,8 @@
 import { loadClientSetup } from "../../src/client/setup.ts";
 import { FitbClient, type ReceivedBatch } from "../../src/client/index.ts";
 import type { AdminCmd } from "../../wire/schemas.ts";
-import { type TestCluster, waitFor } from "./harness.ts";
+import { waitFor } from "../helpers/wait.ts";
+import type { TestCluster } from "./harness.ts";
 
 export function clientFor(cluster: TestCluster, keyPath: string): FitbClient {
   const setup = loadClientSetup(cluster.configPath, keyPath);

@@ -7,7 +7,8 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Socket, Subprocess } from "bun";
-import { BUN, freePortRange, MAIN, waitFor } from "./harness.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { BUN, freePortRange, MAIN } from "./harness.ts";
 
 const READY_MS = 30_000;
 const STOP_MS = 15_000;

@@ -16,7 +16,8 @@ import type { FitbClient } from "../../src/client/index.ts";
 import { requireClusterConfig } from "../../src/config/cluster.ts";
 import type { Delivered } from "./client-util.ts";
 import { encode } from "./client-util.ts";
-import { logTail, type TestCluster, waitFor } from "./harness.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { logTail, type TestCluster } from "./harness.ts";
 
 export interface Acked {
   readonly payload: string;

@@ -131,25 +131,6 @@ async function collect(stream: ReadableStream<Uint8Array>, into: string[]): Prom
   }
 }
 
-/**
- * Polls `check` every 50 ms until it returns true or `timeoutMs` passes. On timeout the
- * error names what was awaited and, when `lastSeen` is given, what was last observed.
- */
-export async function waitFor(
-  what: string,
-  check: () => boolean | Promise<boolean>,
-  timeoutMs = 20_000,
-  lastSeen?: () => string,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await Bun.sleep(50);
-  }
-  const seen = lastSeen === undefined ? "" : `; last seen: ${lastSeen()}`;
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${seen}`);
-}
-
 /** The last `lines` lines of replica `id`'s output, for a failure message. */
 export function logTail(cluster: TestCluster, id: number, lines = 30): string {
   return (cluster.logs[id] ?? []).join("").split("\n").slice(-lines).join("\n");

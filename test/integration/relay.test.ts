@@ -9,7 +9,8 @@ import { requireClusterConfig, type ClusterConfig } from "../../src/config/clust
 import { formatPublicKey, loadSigningKeyFile, type SigningKey } from "../../src/crypto/keys.ts";
 import { RelayServer } from "../../src/relay/server.ts";
 import { EVENT_BYTES_MAX, RELAY_LINE_BYTES_MAX } from "../../wire/types.ts";
-import { BUN, freePortRange, MAIN, startCluster, waitFor, type TestCluster } from "./harness.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { BUN, freePortRange, MAIN, startCluster, type TestCluster } from "./harness.ts";
 
 const WAIT_MS = 15_000;
 const enc = new TextEncoder();

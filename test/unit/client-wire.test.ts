@@ -32,6 +32,7 @@ import { signDomain, verifyDomain } from "../../src/crypto/ed25519.ts";
 import { toHex } from "../../src/crypto/encoding.ts";
 import { sha256 } from "../../src/crypto/hash.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
+import { waitFor } from "../helpers/wait.ts";
 
 // ---------------------------------------------------------------------------------------
 // The in-test replica
@@ -368,19 +369,6 @@ async function connect(config: ClusterConfig, key = clientKey, logs: string[] = 
   return client;
 }
 
-/** Polls `condition`; the bound is generous because it is only reached when a test fails. */
-function waitUntil(condition: () => boolean, what: string | (() => string), timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  return new Promise((resolve, reject) => {
-    const check = (): void => {
-      if (condition()) resolve();
-      else if (Date.now() > deadline) reject(new Error(`timed out waiting for ${typeof what === "string" ? what : what()}`));
-      else setTimeout(check, 5);
-    };
-    check();
-  });
-}
-
 /** A bare connection with recorded events, for the handshake tests. */
 function connection(port: number, expectedKey: Uint8Array, id = 0) {
   const events = { ready: 0, down: [] as ClientError[], frames: [] as Frame[] };
@@ -414,7 +402,7 @@ describe("session handshake", () => {
     const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger());
     started.push(replica);
     const { conn, events } = connection(replica.port, replicaKeys[0]!.publicKey);
-    await waitUntil(() => events.ready === 1 && replica.authenticated.length === 1, "session");
+    await waitFor("session", () => events.ready === 1 && replica.authenticated.length === 1);
     expect(conn.state).toBe("ready");
     expect(replica.authenticated[0]).toEqual(clientKey.publicKey);
     expect(events.down).toEqual([]);
@@ -425,7 +413,7 @@ describe("session handshake", () => {
     const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger(), { presentKey: impostor });
     started.push(replica);
     const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
-    await waitUntil(() => events.down.length >= 1, "rejection");
+    await waitFor("rejection", () => events.down.length >= 1);
     const error = events.down[0]!;
     expect(error).toBeInstanceOf(HandshakeError);
     expect(error.code).toBe("UNAUTHORIZED");
@@ -439,7 +427,7 @@ describe("session handshake", () => {
     const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger(), { badSignature: true });
     started.push(replica);
     const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
-    await waitUntil(() => events.down.length >= 1, "rejection");
+    await waitFor("rejection", () => events.down.length >= 1);
     expect(events.down[0]!.code).toBe("BAD_SIGNATURE");
     expect(events.ready).toBe(0);
     expect(replica.framesOfType(FrameType.AUTH)).toEqual([]);
@@ -449,7 +437,7 @@ describe("session handshake", () => {
     const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger(), { claimId: 3 });
     started.push(replica);
     const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
-    await waitUntil(() => events.down.length >= 1, "rejection");
+    await waitFor("rejection", () => events.down.length >= 1);
     expect(events.down[0]!.message).toContain("answered as replica 3, expected replica 0");
   });
 
@@ -457,7 +445,7 @@ describe("session handshake", () => {
     const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger(), { refuseHello: true });
     started.push(replica);
     const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
-    await waitUntil(() => events.down.length >= 1, "refusal");
+    await waitFor("refusal", () => events.down.length >= 1);
     expect(events.down[0]).toBeInstanceOf(HandshakeError);
     expect(events.down[0]!.message).toContain("UNAUTHORIZED this key may not connect");
   });
@@ -466,9 +454,9 @@ describe("session handshake", () => {
     const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger());
     started.push(replica);
     const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
-    await waitUntil(() => events.ready === 1 && replica.sockets.size === 1, "session");
+    await waitFor("session", () => events.ready === 1 && replica.sockets.size === 1);
     replica.send([...replica.sockets][0]!, { type: FrameType.PING, body: { n: 77 } });
-    await waitUntil(() => replica.framesOfType(FrameType.PONG).length === 1, "PONG");
+    await waitFor("PONG", () => replica.framesOfType(FrameType.PONG).length === 1);
     expect(replica.framesOfType(FrameType.PONG)[0]!.body).toEqual({ n: 77 });
   });
 
@@ -477,7 +465,7 @@ describe("session handshake", () => {
     const port = probe.port;
     probe.stop(true);
     const { events } = connection(port, replicaKeys[0]!.publicKey);
-    await waitUntil(() => events.down.length >= 3, "three failed attempts");
+    await waitFor("three failed attempts", () => events.down.length >= 3);
     expect(events.down[0]).toBeInstanceOf(ReplicaUnreachableError);
     expect(events.down[0]!.message).toBe(`replica 0 (127.0.0.1:${port}) unreachable: connection refused`);
   });
@@ -486,9 +474,9 @@ describe("session handshake", () => {
     const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger());
     started.push(replica);
     const { conn, events } = connection(replica.port, replicaKeys[0]!.publicKey);
-    await waitUntil(() => events.ready === 1 && replica.authenticated.length === 1, "first session");
+    await waitFor("first session", () => events.ready === 1 && replica.authenticated.length === 1);
     replica.dropConnections();
-    await waitUntil(() => events.ready === 2 && replica.authenticated.length === 2, "second session");
+    await waitFor("second session", () => events.ready === 2 && replica.authenticated.length === 2);
     expect(events.down.length).toBe(1);
     expect(events.down[0]!.message).toContain("connection lost");
     expect(conn.isReady).toBe(true);
@@ -498,9 +486,9 @@ describe("session handshake", () => {
     const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger());
     started.push(replica);
     const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
-    await waitUntil(() => events.ready === 1 && replica.sockets.size === 1, "session");
+    await waitFor("session", () => events.ready === 1 && replica.sockets.size === 1);
     [...replica.sockets][0]!.write(new Uint8Array([0xff, 0xff, 0xff, 0xff, 0x01]));
-    await waitUntil(() => events.down.length === 1, "drop");
+    await waitFor("drop", () => events.down.length === 1);
     expect(events.down[0]!.message).toContain("unusable byte stream");
   });
 });
@@ -656,7 +644,7 @@ describe("publish", () => {
     const logs: string[] = [];
     const client = await connect(config, clientKey, logs);
     await client.publish("net.links", [utf8("e")]);
-    await waitUntil(() => logs.some((line) => line.includes("replica 3")), "the report about replica 3");
+    await waitFor("the report about replica 3", () => logs.some((line) => line.includes("replica 3")));
     // Retries go on meanwhile; none of them may report it again.
     await Bun.sleep(200);
     const aboutReplica3 = logs.filter((line) => line.includes("replica 3"));
@@ -715,7 +703,7 @@ describe("queries", () => {
     const { replicas, config } = group();
     const client = await connect(config);
     replicas[3]!.stop();
-    await waitUntil(() => client.readyReplicas().length === 3, "replica 3 down");
+    await waitFor("replica 3 down", () => client.readyReplicas().length === 3);
     const status = await client.status();
     expect(status).toMatchObject({ view: 2, leader: 2, agreed: true, lastDecided: 41 });
     expect(status.replicas.map((r) => r.answer?.ok ?? null)).toEqual([true, true, true, null]);
@@ -749,7 +737,7 @@ describe("subscribe", () => {
     });
     await publisher.publish("sec.alerts", [utf8("a"), utf8("b")]);
     await publisher.publish("sec.alerts", [utf8("c")]);
-    await waitUntil(() => got.length === 4, "four events");
+    await waitFor("four events", () => got.length === 4);
     expect(got).toEqual(["1:old", "2:a", "3:b", "4:c"]);
     expect(sub.nextSeq).toBe(5);
     expect(signals.some((s) => s.t === "invalid" && s.replica === 0)).toBe(true);
@@ -763,14 +751,14 @@ describe("subscribe", () => {
     const got: number[] = [];
     await subscriber.subscribe("ops.log", {}, (batch) => batch.events.forEach((_, i) => got.push(batch.seq! + i)));
     await publisher.publish("ops.log", [utf8("1"), utf8("2")]);
-    await waitUntil(() => got.length === 2, "first two");
+    await waitFor("first two", () => got.length === 2);
     for (const replica of replicas) replica.dropConnections();
-    await waitUntil(() => subscriber.readyReplicas().length === 4 && replicas.every((r) => r.framesOfType(FrameType.SUBSCRIBE).length >= 2), "resubscribed");
+    await waitFor("resubscribed", () => subscriber.readyReplicas().length === 4 && replicas.every((r) => r.framesOfType(FrameType.SUBSCRIBE).length >= 2));
     const resumed = replicas.map((r) => (r.framesOfType(FrameType.SUBSCRIBE).at(-1)!.body as Subscribe).from);
     expect(resumed).toEqual([3, 3, 3, 3]);
-    await waitUntil(() => publisher.readyReplicas().length === 4, "publisher back");
+    await waitFor("publisher back", () => publisher.readyReplicas().length === 4);
     await publisher.publish("ops.log", [utf8("3")]);
-    await waitUntil(() => got.length === 3, "third");
+    await waitFor("third", () => got.length === 3);
     expect(got).toEqual([1, 2, 3]);
   });
 
@@ -787,7 +775,7 @@ describe("subscribe", () => {
     const publisher = await connect(config);
     await publisher.publish("net.links", [utf8("up")]);
     await publisher.publish("net.links", [utf8("down")]);
-    await waitUntil(() => got.length === 2, "two events");
+    await waitFor("two events", () => got.length === 2);
     await Bun.sleep(50);
     expect(got).toEqual(["up", "down"]);
   });
@@ -802,10 +790,10 @@ describe("subscribe", () => {
     await subscriber.subscribe("sec.alerts", {}, (batch) => batch.events.forEach((_, i) => got.push(batch.seq! + i)));
     // The replica that claimed 1000 is asked again from the chosen start.
     const toLiar = () => replicas[0]!.framesOfType(FrameType.SUBSCRIBE).map((f) => (f.body as Subscribe).from);
-    await waitUntil(() => toLiar().length === 2, "the second SUBSCRIBE");
+    await waitFor("the second SUBSCRIBE", () => toLiar().length === 2);
     expect(toLiar()).toEqual([undefined, 2]);
     await publisher.publish("sec.alerts", [utf8("live")]);
-    await waitUntil(() => got.length === 1, "the live event");
+    await waitFor("the live event", () => got.length === 1);
     expect(got).toEqual([2]);
   });
 
@@ -818,13 +806,13 @@ describe("subscribe", () => {
     const signals: SubscriptionSignal[] = [];
     await subscriber.subscribe("ops.log", { onSignal: (s) => signals.push(s) }, (batch) => batch.events.forEach((_, i) => got.push(batch.seq! + i)));
     await publisher.publish("ops.log", [utf8("1"), utf8("2"), utf8("3")]);
-    await waitUntil(() => got.length === 3, "three events");
+    await waitFor("three events", () => got.length === 3);
     const replica = replicas[1]!;
     const socket = [...replica.sockets].find((s) => s.data.subs.size > 0)!;
     const [subId] = [...socket.data.subs.keys()];
     socket.data.subs.clear();
     replica.send(socket, { type: FrameType.SUB_END, body: { sub: subId!, replica: 1, code: "SLOW", reason: "fell behind" } });
-    await waitUntil(() => replica.framesOfType(FrameType.SUBSCRIBE).length === 2, "resubscribe");
+    await waitFor("resubscribe", () => replica.framesOfType(FrameType.SUBSCRIBE).length === 2);
     expect((replica.framesOfType(FrameType.SUBSCRIBE)[1]!.body as Subscribe).from).toBe(4);
     expect(signals).toContainEqual({ t: "slow", source: "replica", replica: 1, resumeFrom: 4 });
   });
@@ -843,10 +831,10 @@ describe("subscribe", () => {
       batch.events.forEach((_, i) => got.push(batch.seq! + i));
     });
     for (let i = 1; i <= 6; i++) await publisher.publish("ops.log", [utf8(String(i))]);
-    await waitUntil(() => signals.some((s) => s.t === "slow"), "the pause");
+    await waitFor("the pause", () => signals.some((s) => s.t === "slow"));
     expect(sub.stats().queuedEvents).toBeLessThanOrEqual(2);
     release();
-    await waitUntil(() => got.length === 6, "all six after the resume");
+    await waitFor("all six after the resume", () => got.length === 6);
     expect(got).toEqual([1, 2, 3, 4, 5, 6]);
     expect(signals.filter((s) => s.t === "slow")[0]).toMatchObject({ source: "local" });
   });

@@ -13,24 +13,15 @@ import type { SubscribeOptions } from "../../src/client/subscription.ts";
 import { DEFAULT_RELAY_LIMITS, RELAY_PUBLISH_BYTES_MAX } from "../../src/relay/limits.ts";
 import { PublishBytesBudget } from "../../src/relay/publish-bytes.ts";
 import { RelayServer } from "../../src/relay/server.ts";
+import { waitFor } from "../helpers/wait.ts";
 
 const HOST = "127.0.0.1";
-// Generous: reached only when a test fails, never what a passing run waits for.
-const WAIT_MS_MAX = 15_000;
 const EVENT_BYTES = 1_000;
 const cleanups: (() => Promise<void> | void)[] = [];
 
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
-
-async function waitFor(what: string, cond: () => boolean): Promise<void> {
-  const deadline = Date.now() + WAIT_MS_MAX;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(5);
-  }
-}
 
 /** The part of FitbClient the relay publishes through; the test acknowledges by hand. */
 class HandAnsweredClient {
@@ -94,7 +85,7 @@ class LineClient {
   }
 
   async nextLines(count: number): Promise<string[]> {
-    await waitFor(`${count} lines (got ${JSON.stringify(this.lines)})`, () => this.lines.length >= count);
+    await waitFor(`${count} lines`, () => this.lines.length >= count, undefined, () => JSON.stringify(this.lines));
     return this.lines.splice(0, count);
   }
 

@@ -33,24 +33,15 @@ import {
   ReplicaServer,
   type ServerLimits,
 } from "../../src/replica/server.ts";
+import { waitFor } from "../helpers/wait.ts";
 
 const HOST = "127.0.0.1";
-// Generous: reached only when a test fails, never what a passing run waits for.
-const WAIT_MS_MAX = 15_000;
 const quietLog = createLog({}, "error", () => {});
 const cleanups: (() => void)[] = [];
 
 afterEach(() => {
   for (const cleanup of cleanups.splice(0).reverse()) cleanup();
 });
-
-async function waitFor(what: string, cond: () => boolean, timeoutMs: number = WAIT_MS_MAX): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(5);
-  }
-}
 
 // ---------------------------------------------------------------------------------------
 // A raw TCP caller that speaks frames and keeps what it receives
