@@ -181,12 +181,19 @@ export const errorSchema = z.strictObject({ code: errorCodeSchema, reason: reaso
 export const pingSchema = z.strictObject({ n: uintSchema });
 export const pongSchema = z.strictObject({ n: uintSchema });
 
-export const requestFrameSchema = signedRequestSchema;
+/**
+ * A REQUEST frame: the SignedRequest, and `after`, outside the signature: "judge this on
+ * state that has executed at least decided seq `after`" (read-your-writes after an admin
+ * command; PROTOCOL.md section 6.3). It is a hint for when to answer, never a command.
+ */
+export const requestFrameSchema = signedRequestSchema.extend({ after: uintSchema.optional() });
+export type RequestFrame = z.infer<typeof requestFrameSchema>;
 
 /** What a successful publish or admin command produced; identical at every correct replica. */
 export const replyResultSchema = z.discriminatedUnion("t", [
   z.strictObject({ t: z.literal("pub"), tag: tagSchema, span: positiveSchema, first: uintSchema.optional() }),
-  z.strictObject({ t: z.literal("admin"), cmd: z.enum(["create-channel", "destroy-channel", "register"]) }),
+  // `at`: the decided seq at which the command executed, the same at every correct replica.
+  z.strictObject({ t: z.literal("admin"), cmd: z.enum(["create-channel", "destroy-channel", "register"]), at: uintSchema.optional() }),
 ]);
 
 /**
@@ -195,7 +202,7 @@ export const replyResultSchema = z.discriminatedUnion("t", [
  * (REPLAY) instead of taking the old request's reply for its own.
  */
 export const replySchema = z.discriminatedUnion("ok", [
-  z.strictObject({ seq: positiveSchema, replica: uintSchema, d: digestSchema, ok: z.literal(true), res: replyResultSchema }),
+  z.strictObject({ seq: positiveSchema, replica: uintSchema, d: digestSchema, ok: z.literal(true), res: replyResultSchema, at: uintSchema.optional() }),
   z.strictObject({
     seq: positiveSchema,
     replica: uintSchema,
@@ -203,32 +210,36 @@ export const replySchema = z.discriminatedUnion("ok", [
     ok: z.literal(false),
     code: errorCodeSchema,
     reason: reasonSchema,
+    at: uintSchema.optional(),
   }),
 ]);
 
 export const QUERY_KINDS = ["status", "list-channels", "client-seq", "channel-info"] as const;
 
+// `after` (QUERY, SUBSCRIBE) and `at` (QUERY_REPLY, SUB_OK, SUB_END, REPLY) carry decided
+// seqs for read-your-writes: PROTOCOL.md section 6.3.
 export const querySchema = z.discriminatedUnion("q", [
-  z.strictObject({ id: uintSchema, q: z.literal(["status", "list-channels"]) }),
+  z.strictObject({ id: uintSchema, q: z.literal(["status", "list-channels"]), after: uintSchema.optional() }),
   // The sequence space of publishes is per (client, tag); without a tag, the admin space.
-  z.strictObject({ id: uintSchema, q: z.literal("client-seq"), tag: tagSchema.optional() }),
-  z.strictObject({ id: uintSchema, q: z.literal("channel-info"), tag: tagSchema }),
+  z.strictObject({ id: uintSchema, q: z.literal("client-seq"), tag: tagSchema.optional(), after: uintSchema.optional() }),
+  z.strictObject({ id: uintSchema, q: z.literal("channel-info"), tag: tagSchema, after: uintSchema.optional() }),
 ]);
 
 export const queryReplySchema = z.discriminatedUnion("ok", [
-  z.strictObject({ id: uintSchema, replica: uintSchema, ok: z.literal(true), res: canonicalSchema }),
+  z.strictObject({ id: uintSchema, replica: uintSchema, ok: z.literal(true), res: canonicalSchema, at: uintSchema.optional() }),
   z.strictObject({
     id: uintSchema,
     replica: uintSchema,
     ok: z.literal(false),
     code: errorCodeSchema,
     reason: reasonSchema,
+    at: uintSchema.optional(),
   }),
 ]);
 
-export const subscribeSchema = z.strictObject({ sub: uintSchema, tag: tagSchema, from: uintSchema.optional() });
+export const subscribeSchema = z.strictObject({ sub: uintSchema, tag: tagSchema, from: uintSchema.optional(), after: uintSchema.optional() });
 export const unsubscribeSchema = z.strictObject({ sub: uintSchema });
-export const subOkSchema = z.strictObject({ sub: uintSchema, replica: uintSchema, next: uintSchema.optional() });
+export const subOkSchema = z.strictObject({ sub: uintSchema, replica: uintSchema, next: uintSchema.optional(), at: uintSchema.optional() });
 
 export const eventsSchema = z.strictObject({
   sub: uintSchema,
@@ -244,6 +255,7 @@ export const subEndSchema = z.strictObject({
   code: subEndCodeSchema,
   reason: reasonSchema,
   oldest: uintSchema.optional(),
+  at: uintSchema.optional(),
 });
 
 export const peerSchema = z.strictObject({
@@ -278,7 +290,7 @@ export interface FrameBodies {
   [FrameType.ERROR]: ErrorBody;
   [FrameType.PING]: Ping;
   [FrameType.PONG]: Pong;
-  [FrameType.REQUEST]: SignedRequest;
+  [FrameType.REQUEST]: RequestFrame;
   [FrameType.REPLY]: Reply;
   [FrameType.QUERY]: Query;
   [FrameType.QUERY_REPLY]: QueryReply;

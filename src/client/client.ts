@@ -45,9 +45,9 @@ import {
 } from "./errors.ts";
 import { resolveOptions, type ClientLimits, type ClientTimeouts, type FitbClientOptions, type ResolvedOptions } from "./options.ts";
 import {
+  channelInfoRule,
   eachRule,
   matchingRule,
-  parseChannelInfo,
   parseChannelList,
   parseClientSeq,
   parseStatus,
@@ -57,7 +57,7 @@ import {
   type QueryRule,
   type ReplicaStatusAnswer,
 } from "./queries.ts";
-import { adminOp, buildRequest, checkEvents, checkTag, pubOp, spanOf, type BuiltRequest } from "./request.ts";
+import { adminOp, buildRequest, checkEvents, checkTag, pubOp, requestFrame, spanOf, type BuiltRequest } from "./request.ts";
 import { SeqCounter, spaceName } from "./seq.ts";
 import { InflightWindow } from "./window.ts";
 import { SubscriptionCore, type BatchHandler, type SubscribeOptions, type Subscription, type SubscriptionHost } from "./subscription.ts";
@@ -100,6 +100,12 @@ export interface AdminAck {
   readonly cmd: AdminCmd["t"];
   readonly tag: string;
   readonly replicas: readonly number[];
+  /**
+   * The decided seq at which the command executed (null from replicas that do not say).
+   * This client waits for it on later calls by itself; another process can pass it on
+   * (read-your-writes, PROTOCOL.md 6.3).
+   */
+  readonly at: number | null;
 }
 
 /** One replica's line in ClusterStatus. */
@@ -148,6 +154,16 @@ type RequestOutcome =
 
 interface PendingRequest {
   readonly built: BuiltRequest;
+  /** The REQUEST frame as sent now: built.frame, or again with a higher `after`. */
+  frame: Uint8Array;
+  frameAfter: number;
+  /**
+   * Refusals judged on one replica's own state (they carry `at`): not votes until they
+   * are fresh and enough replicas answered (localRefusal below).
+   */
+  readonly local: Map<number, { readonly code: ErrorCode; readonly reason: string; readonly at: number }>;
+  /** Every `at` a replica reported for this request. */
+  readonly ats: Map<number, number>;
   readonly what: string;
   readonly voter: ReplyVoter;
   /** Replicas that have the request on their current session. */
@@ -163,7 +179,10 @@ interface PendingRequest {
 
 interface PendingQuery {
   readonly id: number;
-  readonly frame: Uint8Array;
+  readonly body: Query;
+  frame: Uint8Array;
+  /** Every `at` a replica reported for this query. */
+  readonly ats: Map<number, number>;
   readonly rule: QueryRule<unknown>;
   readonly sentTo: Set<number>;
   readonly answered: Set<number>;
@@ -195,6 +214,12 @@ export class FitbClient {
   private queryCounter = 0;
   private subCounter = 0;
   private closed = false;
+  /**
+   * A decided seq this client knows some correct replica has executed: from its own admin
+   * commands, and the (f+1)-th highest `at` of any answer. Sent as `after` so that a
+   * replica behind it waits instead of answering from older state.
+   */
+  private floor = 0;
 
   constructor(options: FitbClientOptions) {
     this.options = resolveOptions(options);
@@ -265,6 +290,26 @@ export class FitbClient {
   /** The key this client signs with. */
   get publicKey(): Uint8Array {
     return this.options.key.publicKey;
+  }
+
+  /** The decided seq this client waits for replicas to have executed (see `floor`). */
+  get executedFloor(): number {
+    return this.floor;
+  }
+
+  /**
+   * Raises the floor to a decided seq the caller learned elsewhere (e.g. printed by
+   * `fitb admin` in another process): later calls wait for replicas to reach it.
+   */
+  observeExecuted(seq: number): void {
+    if (Number.isSafeInteger(seq) && seq > this.floor) this.floor = seq;
+  }
+
+  /** The (f+1)-th highest of several replicas' `at`: reached by at least one correct replica. */
+  private observeAts(ats: ReadonlyMap<number, number>): void {
+    if (ats.size < this.f + 1) return;
+    const sorted = [...ats.values()].sort((a, b) => b - a);
+    this.observeExecuted(sorted[this.f] as number);
   }
 
   /** Ids of the replicas with a session up now. */
@@ -346,7 +391,9 @@ export class FitbClient {
     if (result.res.t !== "admin" || result.res.cmd !== cmd.t) {
       throw new ClientError("INTERNAL", `${cmd.t} ${cmd.tag}: the replicas acknowledged a different command`);
     }
-    return { cmd: cmd.t, tag: cmd.tag, replicas: result.replicas };
+    const at = result.res.at ?? null;
+    if (at !== null) this.observeExecuted(at);
+    return { cmd: cmd.t, tag: cmd.tag, replicas: result.replicas, at };
   }
 
   /** The limits a batcher (Publisher) must keep to. */
@@ -402,7 +449,7 @@ export class FitbClient {
       // Numbering right after taking the slot, with no await in between, sends every
       // space's requests in the order of their numbers, which total-order replicas need.
       const seq = space.counter.allocate(spanOf(op));
-      const built = buildRequest(this.options.key, { seq, ts: this.options.now(), op }, this.config.limits.frameBytesMax);
+      const built = buildRequest(this.options.key, { seq, ts: this.options.now(), op, after: this.floor }, this.config.limits.frameBytesMax);
       const outcome = await this.track(built, space.kind, `${what} (seq ${seq})`);
       return { outcome, seq };
     } finally {
@@ -415,6 +462,10 @@ export class FitbClient {
       const now = this.options.now();
       const pending: PendingRequest = {
         built,
+        frame: built.frame,
+        frameAfter: this.floor,
+        local: new Map(),
+        ats: new Map(),
         what,
         voter: new ReplyVoter({ n: this.n, f: this.f, kind }),
         sentTo: new Set(),
@@ -424,6 +475,7 @@ export class FitbClient {
         deadline: now + this.options.timeouts.requestMs,
         settle: (outcome) => {
           this.requests.delete(built.digestHex);
+          this.observeAts(pending.ats);
           resolve(outcome);
         },
       };
@@ -434,7 +486,7 @@ export class FitbClient {
 
   private sendRequest(pending: PendingRequest, connection: ReplicaConnection): void {
     if (pending.sentTo.has(connection.id)) return;
-    if (connection.sendEncoded(pending.built.frame)) pending.sentTo.add(connection.id);
+    if (connection.sendEncoded(pending.frame)) pending.sentTo.add(connection.id);
   }
 
   // ---------------------------------------------------------------------------------
@@ -484,8 +536,9 @@ export class FitbClient {
   /** A channel's CLASS, from f+1 matching answers; RequestRejectedError(UNKNOWN_CHANNEL) if f+1 say so. */
   channelInfo(tag: string): Promise<ChannelInfo> {
     checkTag(tag);
-    const rule = matchingRule(this.n, this.f, `channel-info ${tag}`, (res) => parseChannelInfo(res) as Canonical | null);
-    return this.runQuery({ id: 0, q: "channel-info", tag }, rule) as Promise<unknown> as Promise<ChannelInfo>;
+    const rule = channelInfoRule(this.n, this.f, `channel-info ${tag}`, this.floor, () => this.readyReplicas());
+    const body: Query = this.floor > 0 ? { id: 0, q: "channel-info", tag, after: this.floor } : { id: 0, q: "channel-info", tag };
+    return this.runQuery(body, rule);
   }
 
   /** Every channel, sorted by tag, from f+1 matching answers. */
@@ -538,13 +591,16 @@ export class FitbClient {
     return new Promise<T>((resolve, reject) => {
       const pending: PendingQuery = {
         id,
+        body: { ...body, id } as Query,
         frame,
+        ats: new Map(),
         rule: rule as QueryRule<unknown>,
         sentTo: new Set(),
         answered: new Set(),
         deadline: this.options.now() + this.options.timeouts.queryMs,
         settle: (outcome) => {
           this.queries.delete(id);
+          this.observeAts(pending.ats);
           if (outcome.ok) resolve(outcome.value as T);
           else reject(outcome.error);
         },
@@ -587,11 +643,14 @@ export class FitbClient {
     n: this.n,
     f: this.f,
     readyReplicas: () => this.readyReplicas(),
-    subscribeAt: (sub, replica, from) => {
+    executedFloor: () => this.floor,
+    subscribeAt: (sub, replica, from, after) => {
       const connection = this.connections[replica];
       if (connection === undefined || !connection.isReady) return null;
       const subId = ++this.subCounter;
-      const body = from === undefined ? { sub: subId, tag: sub.tag } : { sub: subId, tag: sub.tag, from };
+      const body: { sub: number; tag: string; from?: number; after?: number } = { sub: subId, tag: sub.tag };
+      if (from !== undefined) body.from = from;
+      if (after > 0) body.after = after;
       if (!connection.send({ type: FrameType.SUBSCRIBE, body })) return null;
       this.subRoutes.set(subId, { sub, replica });
       return subId;
@@ -661,11 +720,18 @@ export class FitbClient {
       this.log("warn", `replica ${replica} answered ${pending.what} with seq ${body.seq}; ignored`, replica);
       return;
     }
+    if (body.at !== undefined) pending.ats.set(replica, body.at);
     if (!body.ok && TRANSIENT_REFUSALS.has(body.code)) {
       pending.transient.set(replica, `${body.code} ${body.reason}`);
       pending.sentTo.delete(replica);
       return;
     }
+    if (!body.ok && body.at !== undefined) {
+      pending.local.set(replica, { code: body.code, reason: body.reason, at: body.at });
+      this.judgeLocalRefusals(pending);
+      return;
+    }
+    pending.local.delete(replica);
     if (!body.ok) pending.reasons.set(body.code, body.reason);
     const vote: Canonical = body.ok ? { ok: true, res: body.res as unknown as Canonical } : { ok: false, code: body.code };
     const added = pending.voter.add(replica, vote);
@@ -673,6 +739,49 @@ export class FitbClient {
       this.log("warn", `${pending.what}: replica ${"replica" in conflict ? conflict.replica : "?"} ${conflict.kind}`, replica);
     }
     this.settleIfDone(pending);
+    if (this.requests.get(pending.built.digestHex) === pending && pending.local.size > 0) this.judgeLocalRefusals(pending);
+  }
+
+  /**
+   * Refusals a replica judged on its own state (no such channel, key not registered) may
+   * predate a decision another replica has executed: such an answer is never a vote
+   * against the ordered history. One is stale when its `at` is below the freshest
+   * decided seq known (this client's floor, or any replica's `at` for this request); a
+   * stale replica is asked again with `after` = that seq and waits until it has executed
+   * it. The fresh ones refuse the request once f+1 agree and at least 2f+1 replicas (or
+   * every reachable one) have answered, so that a replica that did execute the decision
+   * had its say.
+   */
+  private judgeLocalRefusals(pending: PendingRequest): void {
+    let fresh = this.floor;
+    for (const at of pending.ats.values()) fresh = Math.max(fresh, at);
+    const counts = new Map<ErrorCode, number>();
+    for (const [replica, refusal] of pending.local) {
+      if (refusal.at < fresh) {
+        pending.transient.set(replica, `${refusal.code} ${refusal.reason} (as of decided seq ${refusal.at}; asked again to wait for ${fresh})`);
+        pending.sentTo.delete(replica);
+        continue;
+      }
+      counts.set(refusal.code, (counts.get(refusal.code) ?? 0) + 1);
+    }
+    if (fresh > pending.frameAfter) {
+      pending.frame = requestFrame(pending.built.body, pending.built.sig, fresh, this.config.limits.frameBytesMax);
+      pending.frameAfter = fresh;
+    }
+    for (const replica of pending.local.keys()) {
+      const connection = this.connections[replica];
+      if (!pending.sentTo.has(replica) && connection !== undefined) this.sendRequest(pending, connection);
+    }
+    const answered = new Set([...pending.ats.keys(), ...pending.local.keys()]);
+    for (const id of this.connections.map((c) => c.id)) if (!pending.voter.missing().includes(id)) answered.add(id);
+    const everyReachable = this.readyReplicas().every((id) => answered.has(id));
+    if (answered.size < 2 * this.f + 1 && !everyReachable) return;
+    for (const [code, count] of counts) {
+      if (count < this.f + 1) continue;
+      const reason = [...pending.local.values()].find((refusal) => refusal.code === code)?.reason ?? code;
+      pending.settle({ ok: false, error: new RequestRejectedError(code, reason) });
+      return;
+    }
   }
 
   private settleIfDone(pending: PendingRequest): void {
@@ -716,9 +825,25 @@ export class FitbClient {
     const pending = this.queries.get(body.id);
     if (pending === undefined || pending.answered.has(replica)) return;
     pending.answered.add(replica);
+    if (body.at !== undefined) pending.ats.set(replica, body.at);
     const outcome = pending.rule.add(replica, body);
     if (outcome !== null) pending.settle(outcome);
-    else this.settleIfReachableAnswered(pending);
+    else this.askStaleAgain(pending);
+    if (this.queries.get(pending.id) === pending) this.settleIfReachableAnswered(pending);
+  }
+
+  /** Replicas whose answer predates what another replica executed are asked again, waiting for it. */
+  private askStaleAgain(pending: PendingQuery): void {
+    const stale = pending.rule.stale?.() ?? null;
+    if (stale === null || stale.replicas.length === 0) return;
+    const body = { ...pending.body, after: stale.after } as Query;
+    pending.frame = encodeTypedFrame({ type: FrameType.QUERY, body }, this.config.limits.frameBytesMax);
+    for (const replica of stale.replicas) {
+      pending.answered.delete(replica);
+      pending.sentTo.delete(replica);
+      const connection = this.connections[replica];
+      if (connection !== undefined) this.sendQuery(pending, connection);
+    }
   }
 
   private settleIfReachableAnswered(pending: PendingQuery): void {

@@ -47,6 +47,8 @@ const statusSchema = z.object({
   leader: z.int().min(0),
   lastDecided: z.int().min(0),
   channels: z.int().min(0),
+  /** Answers held until the replica has executed what the client saw (read-your-writes). */
+  heldForExecution: z.int().min(0).optional(),
   peers: z.array(z.object({ id: z.int().min(0), up: z.boolean() })).optional(),
 });
 
@@ -97,6 +99,90 @@ export interface QueryRule<T> {
   readonly enoughToSettleEarly?: () => boolean;
   add(replica: number, reply: QueryReply): QueryOutcome<T>;
   atDeadline(describeMissing: () => string): QueryOutcome<T> & object;
+  /**
+   * Replicas whose answers are too old to count, to be asked again with `after` (they
+   * wait until they have executed it); null or empty: none.
+   */
+  stale?(): { readonly replicas: readonly number[]; readonly after: number } | null;
+}
+
+/**
+ * channel-info, read-your-writes (PROTOCOL.md 6.3): f+1 matching descriptions settle at
+ * once. "No such channel" is judged by each replica on its own state, which may predate
+ * a create-channel another replica has executed: it counts only when it is as fresh as
+ * the freshest answer seen (its `at` at least the highest `at` of any answer, and the
+ * client's own floor), and only once 2f+1 replicas, or every reachable one, have answered,
+ * so that a replica that executed the create had its say. Older refusals are asked again,
+ * to be judged after the replica has executed that seq.
+ */
+export function channelInfoRule(
+  n: number,
+  f: number,
+  what: string,
+  floor: number,
+  reachable: () => readonly number[],
+): QueryRule<ChannelInfo> {
+  const described = new Map<number, string>();
+  const infos = new Map<string, ChannelInfo>();
+  const refused = new Map<number, { code: ErrorCode; reason: string; at: number | undefined }>();
+  const answeredOnce = new Set<number>();
+  let freshest = floor;
+  const isFresh = (at: number | undefined): boolean => at === undefined || at >= freshest;
+  const refusal = (): QueryOutcome<ChannelInfo> => {
+    const counts = new Map<ErrorCode, { count: number; reason: string }>();
+    for (const answer of refused.values()) {
+      if (!isFresh(answer.at)) continue;
+      const entry = counts.get(answer.code) ?? { count: 0, reason: answer.reason };
+      entry.count++;
+      counts.set(answer.code, entry);
+    }
+    for (const [code, entry] of counts) {
+      if (entry.count >= f + 1) return { ok: false, error: new RequestRejectedError(code, entry.reason) };
+    }
+    return null;
+  };
+  const agreedDescription = (): QueryOutcome<ChannelInfo> => {
+    const counts = new Map<string, number>();
+    for (const key of described.values()) {
+      const count = (counts.get(key) ?? 0) + 1;
+      if (count >= f + 1) return { ok: true, value: infos.get(key) as ChannelInfo };
+      counts.set(key, count);
+    }
+    return null;
+  };
+  const enoughAnswered = (): boolean =>
+    answeredOnce.size >= Math.min(n, 2 * f + 1) || reachable().every((replica) => answeredOnce.has(replica));
+  return {
+    add(replica, reply) {
+      answeredOnce.add(replica);
+      if (reply.at !== undefined) freshest = Math.max(freshest, reply.at);
+      described.delete(replica);
+      refused.delete(replica);
+      if (reply.ok) {
+        const info = parseChannelInfo(reply.res);
+        const key = info === null ? `malformed ${replica}` : JSON.stringify(info);
+        if (info !== null) infos.set(key, info);
+        described.set(replica, key);
+      } else {
+        refused.set(replica, { code: reply.code, reason: reply.reason, at: reply.at });
+      }
+      return agreedDescription() ?? (enoughAnswered() ? refusal() : null);
+    },
+    stale() {
+      const replicas = [...refused].filter(([, answer]) => !isFresh(answer.at)).map(([replica]) => replica);
+      for (const replica of replicas) refused.delete(replica);
+      return { replicas, after: freshest };
+    },
+    atDeadline(describeMissing) {
+      return (
+        agreedDescription() ??
+        refusal() ?? {
+          ok: false,
+          error: new NoQuorumError(`no quorum for ${what}: fewer than ${f + 1} matching answers (${describeMissing()})`),
+        }
+      );
+    },
+  };
 }
 
 /**

@@ -39,6 +39,11 @@ export interface RequestFields {
   readonly seq: number;
   readonly ts: number;
   readonly op: Op;
+  /**
+   * The decided seq the client knows has executed (read-your-writes, PROTOCOL.md 6.3):
+   * sent beside the signature in the frame, never signed. 0 or absent: none.
+   */
+  readonly after?: number;
 }
 
 /** The span a request of this op must carry: its event count, or 1 for admin commands. */
@@ -63,7 +68,7 @@ export function buildRequest(key: SigningKey, fields: RequestFields, frameBytesM
   const sig = sign(key, requestSigningInput(body));
   let frame: Uint8Array;
   try {
-    frame = encodeTypedFrame({ type: FrameType.REQUEST, body: { body, sig } }, frameBytesMax);
+    frame = requestFrame(body, sig, fields.after ?? 0, frameBytesMax);
   } catch (error) {
     if (error instanceof RangeError) {
       throw new InvalidInputError("TOO_LARGE", `request of ${body.byteLength} bytes does not fit in a frame of at most ${frameBytesMax} bytes`);
@@ -72,6 +77,12 @@ export function buildRequest(key: SigningKey, fields: RequestFields, frameBytesM
   }
   const digest = sha256(body);
   return { request, body, sig, digest, digestHex: toHex(digest), frame };
+}
+
+/** The REQUEST frame for signed bytes, with `after` when it is above 0. */
+export function requestFrame(body: Uint8Array, sig: Uint8Array, after: number, frameBytesMax: number): Uint8Array {
+  const frame = after > 0 ? { body, sig, after } : { body, sig };
+  return encodeTypedFrame({ type: FrameType.REQUEST, body: frame }, frameBytesMax);
 }
 
 /** Why a tag is unusable, or null if it is a valid tag. */

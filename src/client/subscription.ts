@@ -140,8 +140,13 @@ export interface SubscriptionHost {
   readonly n: number;
   readonly f: number;
   readyReplicas(): readonly number[];
-  /** Sends SUBSCRIBE; returns the sub id used, or null if the replica is not ready. */
-  subscribeAt(sub: SubscriptionCore, replica: number, from: number | undefined): number | null;
+  /** A decided seq some correct replica has executed, known to the client (read-your-writes). */
+  executedFloor(): number;
+  /**
+   * Sends SUBSCRIBE (with `after` when above 0); returns the sub id used, or null if the
+   * replica is not ready.
+   */
+  subscribeAt(sub: SubscriptionCore, replica: number, from: number | undefined, after: number): number | null;
   /** Sends UNSUBSCRIBE for `subId` (if the replica is ready) and forgets the id. */
   unsubscribeAt(replica: number, subId: number): void;
   /** Forgets a sub id the replica has already ended (no UNSUBSCRIBE needed). */
@@ -202,8 +207,12 @@ export class SubscriptionCore implements Subscription {
   private pumping = false;
   /** Total order: set while paused for a slow handler; where delivery resumes. */
   private pausedAt: number | null = null;
-  /** The last fatal SUB_END per replica; f+1 agreeing end the subscription. */
-  private readonly fatalEnds = new Map<number, { code: string; reason: string }>();
+  /** The last fatal SUB_END per replica; f+1 agreeing (and fresh, see onRefused) end the subscription. */
+  private readonly fatalEnds = new Map<number, { code: string; reason: string; at: number | undefined }>();
+  /** Replicas that answered a SUBSCRIBE at least once (SUB_OK or SUB_END). */
+  private readonly answered = new Set<number>();
+  /** The highest `at` any replica reported to this subscription. */
+  private freshestAt = 0;
   private readonly counters = { deliveredBatches: 0, deliveredEvents: 0, droppedEvents: 0, conflicts: 0 };
   /** Null while running or after a close by the caller; the error the subscription ended with otherwise. */
   private endError: Error | null = null;
@@ -305,6 +314,11 @@ export class SubscriptionCore implements Subscription {
     if (state === undefined || state.t !== "pending" || state.subId !== subId) return;
     this.replicas[replica] = { t: "active", subId, from: state.from, next: body.next };
     this.fatalEnds.delete(replica);
+    this.answered.add(replica);
+    if (body.at !== undefined && body.at > this.freshestAt) {
+      this.freshestAt = body.at;
+      this.askStaleAgain();
+    }
     if (this.start.t === "starting") {
       this.tryStart();
       return;
@@ -472,7 +486,7 @@ export class SubscriptionCore implements Subscription {
 
   private subscribeAt(replica: number): void {
     const from = this.resumePoint();
-    const subId = this.host.subscribeAt(this, replica, from);
+    const subId = this.host.subscribeAt(this, replica, from, this.freshness());
     if (subId === null) {
       // Not sent (queue full or not connected): tick asks again once the replica is ready.
       this.replicas[replica] = { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_SEND_FAILURE_MS, endCode: null };
@@ -493,9 +507,26 @@ export class SubscriptionCore implements Subscription {
     this.replicas[replica] = { t: "retry", at: this.host.now() + delayMs, endCode };
   }
 
+  /**
+   * A refusal a replica judged on its own state (it carries `at`) may predate a decision
+   * another replica executed (a create-channel or register just made): it is never a vote
+   * against that decision. One older than the freshest decided seq known (the client's
+   * floor, or any replica's `at` here) is asked again at once with `after` = that seq, and
+   * the replica answers once it has executed it. Fresh refusals end the subscription once
+   * f+1 agree and 2f+1 replicas, or every reachable one, have answered.
+   */
   private onRefused(replica: number, body: SubEnd): void {
+    this.answered.add(replica);
+    if (body.at !== undefined && body.at > this.freshestAt) this.freshestAt = body.at;
+    if (body.at !== undefined && body.at < this.freshness()) {
+      this.fatalEnds.delete(replica);
+      this.replicas[replica] = { t: "retry", at: this.host.now(), endCode: body.code };
+      if (this.pausedAt === null && this.host.readyReplicas().includes(replica)) this.subscribeAt(replica);
+      return;
+    }
     this.signal({ t: "replica-ended", replica, code: body.code, reason: body.reason });
-    if (FATAL_END_CODES.has(body.code)) this.fatalEnds.set(replica, { code: body.code, reason: body.reason });
+    if (FATAL_END_CODES.has(body.code)) this.fatalEnds.set(replica, { code: body.code, reason: body.reason, at: body.at });
+    this.askStaleAgain();
     const agreed = this.agreedFatalEnd();
     if (agreed !== null) {
       this.end(new SubscriptionEndedError(subEndErrorCode(agreed.code), agreed.code, `subscription to ${this.tag} refused: ${agreed.code} ${agreed.reason}`));
@@ -504,15 +535,37 @@ export class SubscriptionCore implements Subscription {
     this.replicas[replica] = { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_REFUSAL_MS, endCode: body.code };
   }
 
-  /** The fatal end code f+1 replicas agree on, if any. */
+  /** The freshest decided seq known to this subscription: the client's floor or any replica's `at`. */
+  private freshness(): number {
+    return Math.max(this.host.executedFloor(), this.freshestAt);
+  }
+
+  /** Refusals that a fresher answer has made stale are asked again, waiting for that seq. */
+  private askStaleAgain(): void {
+    const fresh = this.freshness();
+    for (const [replica, end] of [...this.fatalEnds]) {
+      if (end.at === undefined || end.at >= fresh) continue;
+      this.fatalEnds.delete(replica);
+      const state = this.replicas[replica];
+      if (state !== undefined && state.t !== "active" && state.t !== "pending") this.subscribeAt(replica);
+    }
+  }
+
+  /** The fatal end code f+1 replicas agree on, if any (see onRefused for ends that carry `at`). */
   private agreedFatalEnd(): { code: string; reason: string } | null {
-    const byCode = new Map<string, { count: number; reason: string }>();
+    const byCode = new Map<string, { count: number; reason: string; local: boolean }>();
     for (const end of this.fatalEnds.values()) {
-      const entry = byCode.get(end.code) ?? { count: 0, reason: end.reason };
+      const entry = byCode.get(end.code) ?? { count: 0, reason: end.reason, local: false };
       entry.count++;
+      entry.local ||= end.at !== undefined;
       byCode.set(end.code, entry);
     }
-    for (const [code, entry] of byCode) if (entry.count >= this.host.f + 1) return { code, reason: entry.reason };
+    const f = this.host.f;
+    const enoughAnswered =
+      this.answered.size >= Math.min(this.host.n, 2 * f + 1) || this.host.readyReplicas().every((replica) => this.answered.has(replica));
+    for (const [code, entry] of byCode) {
+      if (entry.count >= f + 1 && (!entry.local || enoughAnswered)) return { code, reason: entry.reason };
+    }
     return null;
   }
 

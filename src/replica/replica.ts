@@ -19,8 +19,9 @@ import type { ChannelError, StoredBatch, TrimmedError } from "../core/channels/t
 import type { ClientRequest } from "../core/ordering/messages.ts";
 import type { Refusal } from "../core/ordering/types.ts";
 import { type Canonical, tryDecodeCanonical } from "../../wire/canonical.ts";
-import { decodeRequestBody, type Frame, type Reply, type Request, type SignedRequest } from "../../wire/schemas.ts";
+import { decodeRequestBody, type Frame, type Reply, type Request, type RequestFrame, type SignedRequest } from "../../wire/schemas.ts";
 import { type ErrorCode, FrameType } from "../../wire/types.ts";
+import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { OrderingDriver } from "./ordering.ts";
@@ -30,6 +31,9 @@ import { admitRequest, clockSkewProblem, spaceOf } from "./requests.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
 import { Subscriptions } from "./subscriptions.ts";
+
+/** How often answers held for execution (execution-gate.ts) are checked for their deadline. */
+const GATE_CHECK_INTERVAL_MS = 100;
 
 /** Requests of one client connection waiting for their decision; more are refused. */
 export const WAITING_PER_SESSION_MAX = 4096;
@@ -80,6 +84,11 @@ export class Replica {
   private cachedReplies = 0;
   private readonly startedMs = Date.now();
   private readonly rate: RateLimiter;
+  /** Refusals judged on local state, held until this replica executed what the client saw. */
+  private readonly gate = new ExecutionGate();
+  private gateTimer: ReturnType<typeof setInterval> | null = null;
+  /** The decided seq this replica's channel state has executed through. */
+  private executedSeq = 0;
 
   constructor(private readonly options: ReplicaOptions) {
     const { config, id, key, log } = options;
@@ -91,7 +100,10 @@ export class Replica {
       hash: sha256,
       config: channelsConfigFrom(config.limits, config.retention),
     });
-    this.subs = new Subscriptions(id, this.machine, this.metrics, config.limits.connectionSubscriptionsMax);
+    this.subs = new Subscriptions(id, this.machine, this.metrics, config.limits.connectionSubscriptionsMax, {
+      executedSeq: () => this.executedSeq,
+      hold: (session, after, retry) => this.gate.hold(session.id, after, this.executedSeq, Date.now(), retry),
+    });
     this.mesh = new PeerMesh({
       self: id,
       key,
@@ -118,10 +130,13 @@ export class Replica {
       log,
       metrics: this.metrics,
       mesh: this.mesh,
-      onDecided: (requests) => this.executeDecided(requests),
+      onDecided: (requests, decidedSeq) => this.executeDecided(requests, decidedSeq),
       onResendReply: (space, seq) => this.resendReply(space, seq),
       onRefused: (space, seq, reason) => this.refuseWaiting(space, seq, reason),
-      onSnapshotInstalled: () => this.subs.stateReplaced(),
+      onSnapshotInstalled: (seq) => {
+        this.subs.stateReplaced();
+        this.executed(seq);
+      },
       machine: this.machine,
       storage: this.storage,
     });
@@ -146,6 +161,8 @@ export class Replica {
     this.metrics.gauge("last_decided_seq", () => this.ordering.status().lastExecuted);
     this.metrics.gauge("subscriptions", () => this.subs.count);
     this.metrics.gauge("channels", () => this.machine.channelCount);
+    this.metrics.gauge("answers_held_for_execution", () => this.gate.size);
+    this.gateTimer = setInterval(() => this.gate.expire(Date.now()), GATE_CHECK_INTERVAL_MS);
     this.server.listen();
     this.mesh.start();
     this.ordering.start();
@@ -154,6 +171,8 @@ export class Replica {
   }
 
   stop(): void {
+    if (this.gateTimer !== null) clearInterval(this.gateTimer);
+    this.gateTimer = null;
     this.subs.shutdown();
     this.ordering.stop();
     this.mesh.stop();
@@ -171,9 +190,9 @@ export class Replica {
       case FrameType.REQUEST:
         return this.onRequest(session, frame.body);
       case FrameType.QUERY:
-        return this.onQuery(session, frame.body.id, frame.body.q, "tag" in frame.body ? frame.body.tag : undefined);
+        return this.onQuery(session, frame.body.id, frame.body.q, "tag" in frame.body ? frame.body.tag : undefined, frame.body.after);
       case FrameType.SUBSCRIBE:
-        return this.subs.subscribe(session, frame.body.sub, frame.body.tag, frame.body.from);
+        return this.subs.subscribe(session, frame.body.sub, frame.body.tag, frame.body.from, frame.body.after);
       case FrameType.UNSUBSCRIBE:
         return this.subs.unsubscribe(session, frame.body.sub);
       case FrameType.PING:
@@ -192,6 +211,7 @@ export class Replica {
 
   private onClientClosed(session: ClientSession): void {
     this.subs.dropSession(session);
+    this.gate.dropSession(session.id);
     const keys = this.waitingBySession.get(session.id);
     if (keys === undefined) return;
     for (const key of keys) {
@@ -202,8 +222,9 @@ export class Replica {
     this.waitingBySession.delete(session.id);
   }
 
-  private onRequest(session: ClientSession, signed: SignedRequest): void {
+  private onRequest(session: ClientSession, frame: RequestFrame): void {
     this.metrics.inc("requests_total");
+    const signed: SignedRequest = { body: frame.body, sig: frame.sig };
     const admitted = admitRequest(signed, session.keyHex);
     if (!admitted.ok) {
       this.metrics.inc("requests_refused_total");
@@ -226,10 +247,25 @@ export class Replica {
       this.reply(session, failure(request.seq, this.options.id, digest, "RATE_LIMITED", "the client's event rate is over its limit; retry later"));
       return;
     }
+    this.routeRequest(session, signed, request, clientHex, space, digest, frame.after);
+  }
+
+  /** Where an admitted request goes: refused here, stored (unordered), or into ordering. */
+  private routeRequest(
+    session: ClientSession,
+    signed: SignedRequest,
+    request: Request,
+    clientHex: string,
+    space: string,
+    digest: Uint8Array,
+    after: number | undefined,
+  ): void {
     if (request.op.t === "pub") {
       const info = this.machine.channelInfo(request.op.tag);
       if (info === null) {
-        this.reply(session, failure(request.seq, this.options.id, digest, "UNKNOWN_CHANNEL", `no channel ${request.op.tag}`));
+        const again = (expired: boolean): void => this.routeRequest(session, signed, request, clientHex, space, digest, expired ? undefined : after);
+        if (this.gate.hold(session.id, after, this.executedSeq, Date.now(), again)) return;
+        this.reply(session, this.localFailure(request.seq, digest, "UNKNOWN_CHANNEL", `no channel ${request.op.tag}`));
         return;
       }
       const skew = clockSkewProblem(request, Date.now());
@@ -238,7 +274,7 @@ export class Replica {
         this.reply(session, failure(request.seq, this.options.id, digest, "BAD_REQUEST", skew));
         return;
       }
-      if (info.order === "none") return this.publishUnordered(session, signed, request, digest);
+      if (info.order === "none") return this.publishUnordered(session, signed, request, digest, after);
       // Registration is not checked here but at execution, where every replica decides
       // the same: a replica still behind a fresh 'register' would refuse a publisher the
       // others accept, and f+1 such refusals would report as failed a publish that the
@@ -250,11 +286,16 @@ export class Replica {
     this.submitOrdered(session, signed, request, space, digest);
   }
 
-  private publishUnordered(session: ClientSession, signed: SignedRequest, request: Request, digest: Uint8Array): void {
+  private publishUnordered(session: ClientSession, signed: SignedRequest, request: Request, digest: Uint8Array, after: number | undefined): void {
     const outcome = this.machine.acceptUnorderedPublish(signed, request, Date.now());
     const result = outcome.result;
     if (!result.ok) {
-      this.reply(session, failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason));
+      // An unordered publish is judged on this replica's state alone.
+      if (result.code === "unknown-channel" || result.code === "not-registered") {
+        const again = (expired: boolean): void => this.publishUnordered(session, signed, request, digest, expired ? undefined : after);
+        if (this.gate.hold(session.id, after, this.executedSeq, Date.now(), again)) return;
+      }
+      this.reply(session, this.localFailure(request.seq, digest, channelErrorCode(result), result.reason));
       return;
     }
     // "Stored" means durable: the ack waits for the commit of this batch (or of the copy
@@ -262,7 +303,14 @@ export class Replica {
     const generation = this.machine.channelInfo(result.tag)?.generation ?? 0;
     if (outcome.stored !== null) this.storage.recordUnordered(result.tag, generation, outcome.stored.tsMs, signed.body, signed.sig);
     if (outcome.trimmed !== null) this.storage.trimUnordered(result.tag, generation, outcome.trimmed.batchesRemoved);
-    const ack: Reply = { seq: request.seq, replica: this.options.id, d: digest, ok: true, res: { t: "pub", tag: result.tag, span: result.count } };
+    const ack: Reply = {
+      seq: request.seq,
+      replica: this.options.id,
+      d: digest,
+      ok: true,
+      res: { t: "pub", tag: result.tag, span: result.count },
+      at: this.executedSeq,
+    };
     this.storage.afterDurable(() => this.reply(session, ack));
     if (outcome.stored !== null) {
       this.metrics.inc("events_stored_total", outcome.stored.count);
@@ -302,13 +350,20 @@ export class Replica {
   // Execution of decided requests (identical on every replica)
   // ---------------------------------------------------------------------------------
 
-  private executeDecided(requests: readonly ClientRequest[]): void {
-    for (const req of requests) this.executeOne(req);
+  private executeDecided(requests: readonly ClientRequest[], decidedSeq: number): void {
+    for (const req of requests) this.executeOne(req, decidedSeq);
     this.metrics.inc("batches_decided_total");
+    this.executed(decidedSeq);
   }
 
+  /** The channel state now reflects every decision through `seq`. */
+  private executed(seq: number): void {
+    if (seq <= this.executedSeq) return;
+    this.executedSeq = seq;
+    this.gate.advance(seq);
+  }
 
-  private executeOne(req: ClientRequest): void {
+  private executeOne(req: ClientRequest, decidedSeq: number): void {
     const signed: SignedRequest = { body: req.body, sig: req.sig };
     const digest = sha256(req.body);
     // The core decides only requests whose signature it verified (verifyRequest), so
@@ -324,9 +379,9 @@ export class Replica {
       } else {
         const result = this.machine.applyAdmin(request.op.cmd);
         if (result.ok) {
-          reply = { seq: request.seq, replica: this.options.id, d: digest, ok: true, res: { t: "admin", cmd: result.cmd } };
+          reply = { seq: request.seq, replica: this.options.id, d: digest, ok: true, res: { t: "admin", cmd: result.cmd, at: decidedSeq } };
           if (result.cmd === "destroy-channel") this.subs.channelDestroyed(result.tag);
-          this.options.log.info("admin command executed", { cmd: result.cmd, tag: result.tag });
+          this.options.log.info("admin command executed", { cmd: result.cmd, tag: result.tag, seq: decidedSeq });
         } else {
           reply = failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason);
         }
@@ -414,6 +469,11 @@ export class Replica {
     }
   }
 
+  /** A refusal judged on this replica's own state as of the decided seq it executed through. */
+  private localFailure(seq: number, digest: Uint8Array, code: ErrorCode, reason: string): Reply {
+    return { ...failure(seq, this.options.id, digest, code, reason), at: this.executedSeq };
+  }
+
   private reply(session: ClientSession, reply: Reply): void {
     if (!session.conn.send({ type: FrameType.REPLY, body: reply })) this.metrics.inc("replies_dropped_total");
   }
@@ -422,12 +482,12 @@ export class Replica {
   // Queries (read-only, answered from this replica's state)
   // ---------------------------------------------------------------------------------
 
-  private onQuery(session: ClientSession, id: number, q: string, tag: string | undefined): void {
+  private onQuery(session: ClientSession, id: number, q: string, tag: string | undefined, after: number | undefined): void {
     const answer = (res: Canonical): void => {
-      session.conn.send({ type: FrameType.QUERY_REPLY, body: { id, replica: this.options.id, ok: true, res } });
+      session.conn.send({ type: FrameType.QUERY_REPLY, body: { id, replica: this.options.id, ok: true, res, at: this.executedSeq } });
     };
     const refuse = (code: ErrorCode, reason: string): void => {
-      session.conn.send({ type: FrameType.QUERY_REPLY, body: { id, replica: this.options.id, ok: false, code, reason } });
+      session.conn.send({ type: FrameType.QUERY_REPLY, body: { id, replica: this.options.id, ok: false, code, reason, at: this.executedSeq } });
     };
     switch (q) {
       case "status":
@@ -436,7 +496,11 @@ export class Replica {
         return answer({ channels: this.machine.listChannels().map(channelSummary) });
       case "channel-info": {
         const info = tag === undefined ? null : this.machine.channelInfo(tag);
-        if (info === null) return refuse("UNKNOWN_CHANNEL", `no channel ${tag ?? ""}`);
+        if (info === null) {
+          const again = (expired: boolean): void => this.onQuery(session, id, q, tag, expired ? undefined : after);
+          if (this.gate.hold(session.id, after, this.executedSeq, Date.now(), again)) return;
+          return refuse("UNKNOWN_CHANNEL", `no channel ${tag ?? ""}`);
+        }
         return answer({ ...channelSummary(info), next: info.nextSeq, oldest: info.oldestSeq });
       }
       case "client-seq":
@@ -473,6 +537,7 @@ export class Replica {
       stableCheckpoint: core.stableCheckpoint,
       channels: this.machine.channelCount,
       subscriptions: this.subs.count,
+      heldForExecution: this.gate.size,
       peers: this.mesh.status().map((peer) => ({ id: peer.id, up: peer.up })),
       uptimeMs: Date.now() - this.startedMs,
     };

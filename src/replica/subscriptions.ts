@@ -22,6 +22,16 @@ interface Subscription {
   readonly ordered: boolean;
 }
 
+/** How the subscriptions see execution: read-your-writes (execution-gate.ts). */
+export interface ExecutionView {
+  /** The decided seq the channel state has executed through. */
+  executedSeq(): number;
+  /** Holds `retry` until the replica executed `after`; false: answer now. */
+  hold(session: ClientSession, after: number | undefined, retry: (expired: boolean) => void): boolean;
+}
+
+const NEVER_HOLDS: ExecutionView = { executedSeq: () => 0, hold: () => false };
+
 export class Subscriptions {
   private readonly byTag = new Map<string, Map<string, Subscription>>();
   private readonly bySession = new Map<number, Map<number, Subscription>>();
@@ -31,6 +41,7 @@ export class Subscriptions {
     private readonly machine: ChannelMachine,
     private readonly metrics: Metrics,
     private readonly perConnectionMax: number,
+    private readonly execution: ExecutionView = NEVER_HOLDS,
   ) {}
 
   get count(): number {
@@ -44,7 +55,7 @@ export class Subscriptions {
    * keeps the subscriber live. For total-order channels `from` defaults to the next seq;
    * for unordered ones `from` absent means live only and 0 means everything retained.
    */
-  subscribe(session: ClientSession, sub: number, tag: string, from: number | undefined): void {
+  subscribe(session: ClientSession, sub: number, tag: string, from: number | undefined, after?: number): void {
     const mine = this.bySession.get(session.id) ?? new Map<number, Subscription>();
     if (mine.has(sub)) {
       this.end(session, sub, "BAD_REQUEST", `subscription id ${sub} is already in use`);
@@ -56,13 +67,16 @@ export class Subscriptions {
     }
     const access = this.machine.checkSubscribe(tag, session.key);
     if (!access.ok) {
+      // Judged on this replica's state: if the client saw a later decision, wait for it.
+      const again = (expired: boolean): void => this.subscribe(session, sub, tag, from, expired ? undefined : after);
+      if (this.execution.hold(session, after, again)) return;
       const code: SubEndCode = access.code === "unknown-channel" ? "UNKNOWN_CHANNEL" : "UNAUTHORIZED";
-      this.end(session, sub, code, access.reason);
+      this.end(session, sub, code, access.reason, this.execution.executedSeq());
       return;
     }
     const info = this.machine.channelInfo(tag);
     if (info === null) {
-      this.end(session, sub, "UNKNOWN_CHANNEL", `no channel ${tag}`);
+      this.end(session, sub, "UNKNOWN_CHANNEL", `no channel ${tag}`, this.execution.executedSeq());
       return;
     }
     const ordered = info.order === "total";
@@ -73,7 +87,7 @@ export class Subscriptions {
       return;
     }
     const subscription: Subscription = { session, sub, tag, ordered };
-    this.send(session, { type: FrameType.SUB_OK, body: { sub, replica: this.self, next: info.nextSeq } });
+    this.send(session, { type: FrameType.SUB_OK, body: { sub, replica: this.self, next: info.nextSeq, at: this.execution.executedSeq() } });
     if (start !== null && start < info.nextSeq && !this.replayHistory(subscription, start)) return;
     mine.set(sub, subscription);
     this.bySession.set(session.id, mine);
@@ -194,8 +208,10 @@ export class Subscriptions {
     if (tagSubs !== undefined && tagSubs.size === 0) this.byTag.delete(subscription.tag);
   }
 
-  private end(session: ClientSession, sub: number, code: SubEndCode, reason: string): boolean {
-    return this.send(session, { type: FrameType.SUB_END, body: { sub, replica: this.self, code, reason } });
+  /** `at`: the decided seq a refusal judged on this replica's state was judged at. */
+  private end(session: ClientSession, sub: number, code: SubEndCode, reason: string, at?: number): boolean {
+    const body = at === undefined ? { sub, replica: this.self, code, reason } : { sub, replica: this.self, code, reason, at };
+    return this.send(session, { type: FrameType.SUB_END, body });
   }
 
   private send(session: ClientSession, frame: Frame): boolean {

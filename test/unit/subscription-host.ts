@@ -19,18 +19,24 @@ export class ScriptedHost implements SubscriptionHost {
   readonly ready = new Set([0, 1, 2, 3]);
   /** Replicas whose outbound queue is full: SUBSCRIBE cannot be sent. */
   readonly queueFull = new Set<number>();
-  readonly subscribes: { replica: number; subId: number; from: number | undefined }[] = [];
+  readonly subscribes: { replica: number; subId: number; from: number | undefined; after: number }[] = [];
   readonly unsubscribes: { replica: number; subId: number }[] = [];
+  /** The client's read-your-writes floor, as a test sets it. */
+  floor = 0;
   private lastSubId = 0;
 
   readyReplicas(): readonly number[] {
     return [...this.ready];
   }
 
-  subscribeAt(_sub: SubscriptionCore, replica: number, from: number | undefined): number | null {
+  executedFloor(): number {
+    return this.floor;
+  }
+
+  subscribeAt(_sub: SubscriptionCore, replica: number, from: number | undefined, after: number): number | null {
     if (!this.ready.has(replica) || this.queueFull.has(replica)) return null;
     const subId = ++this.lastSubId;
-    this.subscribes.push({ replica, subId, from });
+    this.subscribes.push({ replica, subId, from, after });
     return subId;
   }
 

@@ -200,8 +200,9 @@ async function perform(client: FitbClient, action: AdminAction, io: CommandIo): 
   }
 }
 
-function describeChange(cmd: AdminCmd, ack: { replicas: readonly number[] }): string {
-  const by = `(acknowledged by replicas ${[...ack.replicas].sort((a, b) => a - b).join(", ")})`;
+function describeChange(cmd: AdminCmd, ack: { replicas: readonly number[]; at: number | null }): string {
+  const at = ack.at === null ? "" : `; executed at decided seq ${ack.at}`;
+  const by = `(acknowledged by replicas ${[...ack.replicas].sort((a, b) => a - b).join(", ")}${at})`;
   switch (cmd.t) {
     case "create-channel": {
       const access = cmd.public ? "public subscribe" : "registered subscribers only";

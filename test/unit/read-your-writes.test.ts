@@ -1,0 +1,184 @@
+// Read-your-writes (wire/PROTOCOL.md 6.3): a replica holds a refusal judged on its own
+// state until it has executed the decided seq the client names (`after`), and a client
+// never counts such a refusal from a replica that is behind (`at` below the freshest
+// decided seq it knows) as a vote against what the ordered history says. Each client-side
+// case below failed before: two lagging replicas saying "no channel" first were a verdict.
+import { describe, expect, test } from "bun:test";
+import type { QueryReply, SubEnd } from "../../wire/schemas.ts";
+import { channelInfoRule, type ChannelInfo } from "../../src/client/queries.ts";
+import { SubscriptionCore } from "../../src/client/subscription.ts";
+import { RequestRejectedError } from "../../src/client/errors.ts";
+import { ExecutionGate } from "../../src/replica/execution-gate.ts";
+import { channel, ScriptedHost } from "./subscription-host.ts";
+
+const INFO: ChannelInfo = { tag: "sec.alerts", fault: "byzantine", order: "total", priority: "critical", public: true };
+
+function described(replica: number, at: number): QueryReply {
+  return { id: 1, replica, ok: true, res: { ...INFO, next: 1, oldest: 1 }, at };
+}
+
+function unknown(replica: number, at: number | undefined): QueryReply {
+  const reply = { id: 1, replica, ok: false as const, code: "UNKNOWN_CHANNEL" as const, reason: "no channel sec.alerts" };
+  return at === undefined ? reply : { ...reply, at };
+}
+
+describe("ExecutionGate (replica side)", () => {
+  const limits = { waitMsMax: 1_000, perSessionMax: 2, totalMax: 3 };
+
+  test("nothing to wait for: the caller answers now", () => {
+    const gate = new ExecutionGate(limits);
+    expect(gate.hold(1, undefined, 10, 0, () => undefined)).toBe(false);
+    expect(gate.hold(1, 10, 10, 0, () => undefined)).toBe(false);
+    expect(gate.hold(1, 9, 10, 0, () => undefined)).toBe(false);
+    expect(gate.size).toBe(0);
+  });
+
+  test("held answers are judged again in order of `after` once the replica executed it", () => {
+    const gate = new ExecutionGate({ ...limits, perSessionMax: 10, totalMax: 10 });
+    const ran: string[] = [];
+    expect(gate.hold(1, 14, 10, 0, (expired) => ran.push(`a14 ${expired}`))).toBe(true);
+    expect(gate.hold(2, 12, 10, 0, (expired) => ran.push(`b12 ${expired}`))).toBe(true);
+    expect(gate.hold(1, 12, 10, 0, (expired) => ran.push(`c12 ${expired}`))).toBe(true);
+    gate.advance(11);
+    expect(ran).toEqual([]);
+    gate.advance(13);
+    expect(ran).toEqual(["b12 false", "c12 false"]);
+    gate.advance(20);
+    expect(ran).toEqual(["b12 false", "c12 false", "a14 false"]);
+    expect(gate.size).toBe(0);
+  });
+
+  test("at its deadline an answer goes out as things are (expired), never held again by the gate itself", () => {
+    const gate = new ExecutionGate(limits);
+    const ran: boolean[] = [];
+    gate.hold(1, 50, 10, 0, (expired) => ran.push(expired));
+    gate.expire(999);
+    expect(ran).toEqual([]);
+    gate.expire(1_000);
+    expect(ran).toEqual([true]);
+    expect(gate.size).toBe(0);
+  });
+
+  test("bounded per session and in all; a closed session's answers are dropped", () => {
+    const gate = new ExecutionGate(limits);
+    const ran: number[] = [];
+    expect(gate.hold(1, 20, 10, 0, () => ran.push(1))).toBe(true);
+    expect(gate.hold(1, 20, 10, 0, () => ran.push(2))).toBe(true);
+    expect(gate.hold(1, 20, 10, 0, () => ran.push(3))).toBe(false); // per session
+    expect(gate.hold(2, 20, 10, 0, () => ran.push(4))).toBe(true);
+    expect(gate.hold(3, 20, 10, 0, () => ran.push(5))).toBe(false); // in all
+    gate.dropSession(1);
+    expect(gate.size).toBe(1);
+    expect(gate.hold(3, 20, 10, 0, () => ran.push(6))).toBe(true);
+    gate.advance(20);
+    expect(ran.sort()).toEqual([4, 6]);
+  });
+});
+
+describe("channel-info: a refusal from a replica behind a decision is not a verdict", () => {
+  const ready = () => [0, 1, 2, 3];
+
+  test("two lagging replicas answering 'no channel' first, then two that executed the create: the channel", () => {
+    const rule = channelInfoRule(4, 1, "channel-info sec.alerts", 0, ready);
+    expect(rule.add(2, unknown(2, 9))).toBeNull();
+    expect(rule.add(3, unknown(3, 9))).toBeNull();
+    expect(rule.add(0, described(0, 10))).toBeNull();
+    // The stale refusals are asked again, waiting for seq 10.
+    expect(rule.stale?.()).toEqual({ replicas: [2, 3], after: 10 });
+    expect(rule.add(1, described(1, 11))).toEqual({ ok: true, value: INFO });
+  });
+
+  test("f+1 refusals are not enough before 2f+1 replicas answered", () => {
+    const rule = channelInfoRule(4, 1, "channel-info sec.alerts", 0, ready);
+    expect(rule.add(2, unknown(2, 9))).toBeNull();
+    expect(rule.add(3, unknown(3, 9))).toBeNull();
+    const outcome = rule.add(1, unknown(1, 9));
+    expect(outcome?.ok).toBe(false);
+    expect((outcome as unknown as { error: RequestRejectedError }).error.code).toBe("UNKNOWN_CHANNEL");
+  });
+
+  test("with only f+1 replicas reachable, their fresh refusals settle", () => {
+    const rule = channelInfoRule(4, 1, "channel-info sec.alerts", 0, () => [2, 3]);
+    expect(rule.add(2, unknown(2, 9))).toBeNull();
+    const outcome = rule.add(3, unknown(3, 9));
+    expect(outcome?.ok).toBe(false);
+  });
+
+  test("refusals older than the client's own floor (its admin command's seq) are asked again", () => {
+    const rule = channelInfoRule(4, 1, "channel-info sec.alerts", 12, ready);
+    for (const replica of [0, 1, 2]) expect(rule.add(replica, unknown(replica, 11))).toBeNull();
+    expect(rule.stale?.()).toEqual({ replicas: [0, 1, 2], after: 12 });
+    expect(rule.add(0, described(0, 12))).toBeNull();
+    expect(rule.add(1, described(1, 12))).toEqual({ ok: true, value: INFO });
+  });
+
+  test("at the deadline, fresh refusals from f+1 settle and stale ones never do", () => {
+    const stale = channelInfoRule(4, 1, "channel-info sec.alerts", 12, ready);
+    stale.add(0, unknown(0, 11));
+    stale.add(1, unknown(1, 11));
+    const atDeadline = stale.atDeadline(() => "replica 2: no answer");
+    expect(atDeadline.ok).toBe(false);
+    expect((atDeadline as { error: Error }).error.constructor.name).toBe("NoQuorumError");
+    const fresh = channelInfoRule(4, 1, "channel-info sec.alerts", 12, ready);
+    fresh.add(0, unknown(0, 12));
+    fresh.add(1, unknown(1, undefined)); // a replica that does not say counts as fresh
+    expect((fresh.atDeadline(() => "") as unknown as { error: RequestRejectedError }).error.code).toBe("UNKNOWN_CHANNEL");
+  });
+});
+
+describe("subscribe: a refusal from a replica behind a decision does not end the subscription", () => {
+  function start(floor = 0): { host: ScriptedHost; sub: SubscriptionCore; ended: Error[] } {
+    const host = new ScriptedHost();
+    host.floor = floor;
+    const ended: Error[] = [];
+    const sub = new SubscriptionCore(host, channel("sec.alerts", "byzantine", "total"), {}, () => undefined, 60_000);
+    sub.begin().catch((error: Error) => ended.push(error));
+    sub.done.catch((error: Error) => ended.push(error));
+    return { host, sub, ended };
+  }
+
+  function refuse(host: ScriptedHost, sub: SubscriptionCore, replica: number, at: number): void {
+    const subId = host.subIdAt(replica);
+    const body: SubEnd = { sub: subId, replica, code: "UNKNOWN_CHANNEL", reason: "no channel sec.alerts", at };
+    sub.onSubEnd(replica, subId, body);
+  }
+
+  test("two stale refusals first, then SUB_OK from replicas that executed the create: both asked again with after", async () => {
+    const { host, sub, ended } = start();
+    expect(host.subscribes.every((s) => s.after === 0)).toBe(true);
+    refuse(host, sub, 2, 9);
+    refuse(host, sub, 3, 9);
+    const first = host.subIdAt(0);
+    sub.onSubOk(0, first, { sub: first, replica: 0, next: 1, at: 10 });
+    const second = host.subIdAt(1);
+    sub.onSubOk(1, second, { sub: second, replica: 1, next: 1, at: 10 });
+    await Bun.sleep(0);
+    expect(ended).toEqual([]);
+    const again = host.subscribes.filter((s) => s.after === 10).map((s) => s.replica);
+    expect(again.sort()).toEqual([2, 3]);
+    await sub.close();
+  });
+
+  test("a refusal below the client's floor is asked again at once, and is not reported as the channel's end", async () => {
+    const { host, sub, ended } = start(10);
+    expect(host.subscribes.every((s) => s.after === 10)).toBe(true);
+    refuse(host, sub, 2, 9);
+    refuse(host, sub, 3, 9);
+    await Bun.sleep(0);
+    expect(ended).toEqual([]);
+    expect(host.subscribes.filter((s) => s.replica === 2).length).toBe(2);
+    await sub.close();
+  });
+
+  test("fresh refusals from f+1 end it once 2f+1 replicas answered", async () => {
+    const { host, sub, ended } = start(5);
+    refuse(host, sub, 2, 9);
+    refuse(host, sub, 3, 9);
+    await Bun.sleep(0);
+    expect(ended).toEqual([]);
+    refuse(host, sub, 1, 9);
+    await Bun.sleep(0);
+    expect(ended.length).toBeGreaterThan(0);
+    expect(String(ended[0])).toContain("UNKNOWN_CHANNEL");
+  });
+});
