@@ -10,7 +10,7 @@ import { resolve } from "node:path";
 const ROOT = resolve(import.meta.dir, "../..");
 const BENCHES: Record<string, string[]> = {
   crypto: ["test/bench/crypto.ts"],
-  wire: ["wire/bench.ts"],
+  wire: ["test/bench/wire.ts"],
 };
 
 const wanted = process.argv.slice(2);

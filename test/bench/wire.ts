@@ -1,13 +1,13 @@
 /**
  * Wire codec micro-benchmark: a program that prints figures, never a pass/fail test.
- *   bun wire/bench.ts [seconds-per-case]
+ *   bun test/bench/wire.ts [seconds-per-case]
  * Cases: framing alone, framing + frame schema, framing + schema + request body (the
  * replica's ingress path), and encoding of delivery frames (the fan-out path).
  */
-import { encodeCanonical } from "./canonical.ts";
-import { FrameDecoder } from "./frame.ts";
-import { type Frame, type Request, decodeFrameBody, decodeRequestBody, encodeRequestBody, encodeTypedFrame } from "./schemas.ts";
-import { FrameType } from "./types.ts";
+import { encodeCanonical } from "../../wire/canonical.ts";
+import { FrameDecoder } from "../../wire/frame.ts";
+import { type Frame, type Request, decodeFrameBody, decodeRequestBody, encodeRequestBody, encodeTypedFrame } from "../../wire/schemas.ts";
+import { FrameType } from "../../wire/types.ts";
 
 const SECONDS_DEFAULT = 1;
 const CHUNK_BYTES = 64 * 1024;

@@ -1,6 +1,6 @@
 /**
  * Writes the test vectors in wire/vectors/. Run once after a deliberate protocol change:
- *   bun wire/gen-vectors.ts
+ *   bun tools/gen-vectors.ts
  * The tests never regenerate them: they decode every vector and re-encode it, so a change
  * to the encoding that was not meant shows up as a failing test rather than new vectors.
  *
@@ -11,15 +11,15 @@
  */
 import { createPrivateKey, createPublicKey, diffieHellman } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import * as ed from "@noble/ed25519";
 import { hkdf } from "@noble/hashes/hkdf.js";
 import { hmac } from "@noble/hashes/hmac.js";
 import { sha256, sha512 } from "@noble/hashes/sha2.js";
-import { type Canonical, encodeCanonical } from "./canonical.ts";
-import { encodeFrame } from "./frame.ts";
-import { type Frame, type Hello, type HelloAck, type Request, encodeRequestBody, encodeTypedFrame } from "./schemas.ts";
-import { peerMacInput, requestSigningInput, sessionTranscript, signingInput } from "./session.ts";
+import { type Canonical, encodeCanonical } from "../wire/canonical.ts";
+import { encodeFrame } from "../wire/frame.ts";
+import { type Frame, type Hello, type HelloAck, type Request, encodeRequestBody, encodeTypedFrame } from "../wire/schemas.ts";
+import { peerMacInput, requestSigningInput, sessionTranscript, signingInput } from "../wire/session.ts";
 import {
   DOMAIN_PEER_KEY_I2R,
   DOMAIN_PEER_KEY_R2I,
@@ -27,8 +27,8 @@ import {
   DOMAIN_SESSION_RESPONDER,
   FrameType,
   frameTypeName,
-} from "./types.ts";
-import { type VectorJson, fromHex, toHex, toVectorJson } from "./vector-json.ts";
+} from "../wire/types.ts";
+import { type VectorJson, fromHex, toHex, toVectorJson } from "../wire/vector-json.ts";
 
 ed.hashes.sha512 = sha512;
 
@@ -446,7 +446,7 @@ function sessionVectors(
 }
 
 if (import.meta.main) {
-  const dir = join(dirname(new URL(import.meta.url).pathname), "vectors");
+  const dir = join(import.meta.dir, "..", "wire", "vectors");
   mkdirSync(dir, { recursive: true });
   for (const [file, content] of Object.entries(buildVectors())) {
     writeFileSync(join(dir, file), `${JSON.stringify(content, null, 2)}\n`);
