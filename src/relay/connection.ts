@@ -255,6 +255,14 @@ export class RelayConnection {
 
   private async run(input: RelayInput): Promise<void> {
     if (input.t === "refused") {
+      if (input.closes === true) {
+        // Not a relay command: perhaps another protocol (relay/parser.ts). Answers of
+        // earlier commands go out first, then this one, then the connection closes.
+        this.quitting = true;
+        this.backend.log(`relay connection closed: ${input.reason}`);
+        this.answer({ line: errLine(input.code, input.reason), after: () => this.closeAfterFlush() });
+        return;
+      }
       this.answer({ line: errLine(input.code, input.reason) });
       return;
     }

@@ -7,8 +7,12 @@
  *
  * Every bound holds at every byte: a line is kept only up to RELAY_LINE_BYTES_MAX, a
  * PUBB payload only up to the payload bound, and the bytes of an oversized line or an
- * oversized PUBB payload are counted and dropped, never stored. A refusal never stops
- * the parser: the next line is read as if nothing had happened.
+ * oversized PUBB payload are counted and dropped, never stored. A refused command does
+ * not stop the parser: the next line is read as if nothing had happened. A line that is
+ * no relay command at all does: it is what another protocol looks like (a browser's
+ * `POST / HTTP/1.1` and headers, whose text/plain body could otherwise carry PUB lines
+ * that the relay would sign), so it is refused with `closes` and every later byte of the
+ * stream is dropped unread.
  */
 import { EVENT_BYTES_MAX, RELAY_LINE_BYTES_MAX, TAG_BYTES_MAX, TAG_PATTERN, type ErrorCode } from "../../wire/types.ts";
 
@@ -32,7 +36,7 @@ export type RelayCommand =
 /** One result of parsing: a command, or the `-ERR` answer a refused line gets. */
 export type RelayInput =
   | { readonly t: "command"; readonly command: RelayCommand }
-  | { readonly t: "refused"; readonly code: ErrorCode; readonly reason: string };
+  | { readonly t: "refused"; readonly code: ErrorCode; readonly reason: string; readonly closes?: true };
 
 export interface RelayParserOptions {
   /** The longest line, terminator included (default and protocol maximum: RELAY_LINE_BYTES_MAX). */
@@ -49,7 +53,9 @@ type ParserState =
   /** Collecting the `need` payload bytes of a PUBB. */
   | { readonly t: "payload"; readonly tag: string; readonly need: number }
   /** Dropping the `left` payload bytes of a refused PUBB. */
-  | { readonly t: "discard-payload"; left: number };
+  | { readonly t: "discard-payload"; left: number }
+  /** A line was not a relay command: nothing more of this stream is read. */
+  | { readonly t: "closed" };
 
 export class RelayLineParser {
   readonly lineBytesMax: number;
@@ -71,7 +77,12 @@ export class RelayLineParser {
 
   /** Whether the stream stopped inside a line or a PUBB payload. */
   get inMiddle(): boolean {
-    return this.state.t !== "line" || this.partBytes > 0;
+    return (this.state.t !== "line" && this.state.t !== "closed") || this.partBytes > 0;
+  }
+
+  /** Whether a line that was no relay command ended the stream. */
+  get closed(): boolean {
+    return this.state.t === "closed";
   }
 
   /** Parses the next bytes of the stream; returns what they completed, in order. */
@@ -92,6 +103,8 @@ export class RelayLineParser {
         case "discard-payload":
           at = this.discardPayload(this.state, chunk, at);
           break;
+        case "closed":
+          return out;
         default: {
           const unreachable: never = this.state;
           throw new Error(`unknown parser state ${String(unreachable)}`);
@@ -106,6 +119,7 @@ export class RelayLineParser {
    * short, and publishing a truncated event would be worse than publishing none.
    */
   finish(): void {
+    if (this.state.t === "closed") return;
     this.state = { t: "line" };
     this.clearParts();
   }
@@ -195,7 +209,14 @@ export class RelayLineParser {
         out.push(rest === null ? command({ t: "quit" }) : refused("BAD_REQUEST", "QUIT takes no arguments"));
         return;
       default:
-        out.push(refused("BAD_REQUEST", `unknown command ${shown(space < 0 ? line : line.subarray(0, space))}; expected PUB, PUBB, SUB, UNSUB, PING or QUIT`));
+        this.clearParts();
+        this.state = { t: "closed" };
+        out.push({
+          t: "refused",
+          code: "BAD_REQUEST",
+          reason: `unknown command ${shown(space < 0 ? line : line.subarray(0, space))}; expected PUB, PUBB, SUB, UNSUB, PING or QUIT; closing`,
+          closes: true,
+        });
     }
   }
 

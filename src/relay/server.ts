@@ -1,6 +1,7 @@
 /**
- * The relay's TCP server: it accepts line-protocol connections (wire/PROTOCOL.md
- * section 11) and serves them all through one FitbClient, signing with one key. The
+ * The relay's server: it accepts line-protocol connections (wire/PROTOCOL.md section
+ * 11) on a TCP port and, optionally, a Unix socket (unix-socket.ts), and serves them all
+ * through one FitbClient, signing with one key. The
  * publishes of every connection to one tag go through one shared Publisher, so that
  * concurrent scripts' events travel in the same signed requests (DESIGN.md section 3:
  * signatures are per frame, so a relay batches).
@@ -8,7 +9,7 @@
  * The server only accepts and routes; RelayConnection holds the per-connection state.
  * It does not own the client: whoever made the client closes it after `stop()`.
  */
-import type { Socket, TCPSocketListener } from "bun";
+import type { Socket, SocketHandler, TCPSocketListener, UnixSocketListener } from "bun";
 import type { FitbClient } from "../client/client.ts";
 import { describeError, QueueFullError } from "../client/errors.ts";
 import { Publisher } from "../client/publisher.ts";
@@ -18,6 +19,7 @@ import { errLine } from "./format.ts";
 import { RelayConnection, type LineSocket, type RelayBackend } from "./connection.ts";
 import { resolveRelayLimits, type RelayLimits, type ResolvedRelayLimits } from "./limits.ts";
 import { PublishBytesBudget } from "./publish-bytes.ts";
+import { removeSocket, socketPathProblem, withSocketUmask } from "./unix-socket.ts";
 
 /** How long `stop()` lets connections receive their last answers before closing them. */
 export const RELAY_STOP_GRACE_MS = 5_000;
@@ -33,6 +35,11 @@ export interface RelayServerOptions {
   readonly hostname: string;
   /** 0 picks a free port (see `port`). */
   readonly port: number;
+  /**
+   * A Unix socket to listen on as well (mode 0600). The caller clears a stale socket
+   * file first (clearStaleSocket); a path in use fails the start.
+   */
+  readonly socketPath?: string;
   readonly limits?: Partial<RelayLimits>;
   /** One line per event worth an operator's attention. */
   readonly log?: (message: string) => void;
@@ -52,6 +59,9 @@ export class RelayServer {
   readonly limits: ResolvedRelayLimits;
   private readonly client: FitbClient;
   private readonly listener: TCPSocketListener<SocketData>;
+  private readonly unixListener: UnixSocketListener<SocketData> | null;
+  /** The Unix socket listened on, or null. */
+  readonly socketPath: string | null;
   private readonly connections = new Set<RelayConnection>();
   /** Least recently used first, so the tag retired to make room is the stalest idle one. */
   private readonly publishers = new Map<string, Publisher>();
@@ -75,6 +85,13 @@ export class RelayServer {
       log: this.log,
     };
     this.listener = this.listen(options.hostname, options.port);
+    this.socketPath = options.socketPath ?? null;
+    try {
+      this.unixListener = this.socketPath === null ? null : this.listenUnix(this.socketPath);
+    } catch (error) {
+      this.listener.stop(true);
+      throw error;
+    }
   }
 
   /** Starts listening; throws RelayListenError when the address cannot be used. */
@@ -125,9 +142,12 @@ export class RelayServer {
   private async stopWithin(graceMs: number): Promise<void> {
     const deadline = Date.now() + graceMs;
     this.listener.stop(false);
+    this.unixListener?.stop(false);
+    if (this.socketPath !== null) removeSocket(this.socketPath);
     for (const connection of this.connections) connection.shutdown();
     await this.untilOrDeadline(() => this.connections.size === 0, deadline);
     this.listener.stop(true);
+    this.unixListener?.stop(true);
     const closing = [...this.publishers.values()].map((publisher) => publisher.close());
     this.publishers.clear();
     await Promise.race([Promise.all(closing), Bun.sleep(Math.max(0, deadline - Date.now()))]);
@@ -147,26 +167,34 @@ export class RelayServer {
 
   private listen(hostname: string, port: number): TCPSocketListener<SocketData> {
     try {
-      return Bun.listen<SocketData>({
-        hostname,
-        port,
-        // A client that sends FIN after its last command (nc -N) still gets its answers.
-        allowHalfOpen: true,
-        data: { connection: null },
-        socket: {
-          open: (socket) => this.onOpen(socket),
-          data: (socket, chunk) => socket.data.connection?.onData(chunk),
-          drain: (socket) => socket.data.connection?.onDrain(),
-          end: (socket) => socket.data.connection?.onEnd(),
-          close: (socket) => socket.data.connection?.onClose(),
-          error: (socket, error) => {
-            this.log(`relay connection from ${socket.remoteAddress}: ${describeError(error)}`);
-          },
-        },
-      });
+      // A client that sends FIN after its last command (nc -N) still gets its answers.
+      return Bun.listen<SocketData>({ hostname, port, allowHalfOpen: true, data: { connection: null }, socket: this.handlers() });
     } catch (error) {
       throw new RelayListenError(listenFailure(formatAddress(hostname, port), error));
     }
+  }
+
+  private listenUnix(path: string): UnixSocketListener<SocketData> {
+    const problem = socketPathProblem(path);
+    if (problem !== null) throw new RelayListenError(problem);
+    try {
+      return withSocketUmask(() => Bun.listen<SocketData>({ unix: path, allowHalfOpen: true, data: { connection: null }, socket: this.handlers() }));
+    } catch (error) {
+      throw new RelayListenError(listenFailure(path, error));
+    }
+  }
+
+  private handlers(): SocketHandler<SocketData> {
+    return {
+      open: (socket) => this.onOpen(socket),
+      data: (socket, chunk) => socket.data.connection?.onData(chunk),
+      drain: (socket) => socket.data.connection?.onDrain(),
+      end: (socket) => socket.data.connection?.onEnd(),
+      close: (socket) => socket.data.connection?.onClose(),
+      error: (socket, error) => {
+        this.log(`relay connection from ${socket.remoteAddress || "the Unix socket"}: ${describeError(error)}`);
+      },
+    };
   }
 
   private onOpen(socket: Socket<SocketData>): void {
@@ -177,6 +205,7 @@ export class RelayServer {
       socket.end();
       return;
     }
+    // TCP options (no-ops on the Unix socket).
     socket.setNoDelay(true);
     socket.setKeepAlive(true, RELAY_KEEPALIVE_DELAY_MS);
     const lineSocket: LineSocket = {

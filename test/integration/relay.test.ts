@@ -3,11 +3,15 @@
 // form, errors, bounds, clients that misbehave, and a replica killed with SIGKILL while
 // publishing, after which every acknowledged event is still there.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import type { Socket } from "bun";
+import type { Socket, SocketHandler } from "bun";
 import { FitbClient } from "../../src/client/client.ts";
 import { requireClusterConfig, type ClusterConfig } from "../../src/config/cluster.ts";
 import { formatPublicKey, loadSigningKeyFile, type SigningKey } from "../../src/crypto/keys.ts";
 import { RelayServer } from "../../src/relay/server.ts";
+import { clearStaleSocket } from "../../src/relay/unix-socket.ts";
+import { existsSync, lstatSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { EVENT_BYTES_MAX, RELAY_LINE_BYTES_MAX } from "../../wire/types.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { BUN, freePortRange, MAIN, startCluster, type TestCluster } from "./harness.ts";
@@ -30,23 +34,23 @@ class RawClient {
   private closedFlag = false;
   private socket!: Socket<undefined>;
 
-  static async open(port: number): Promise<RawClient> {
+  /** Connects to the relay's TCP `port`, or to its Unix socket `{ unix: path }`. */
+  static async open(port: number | { unix: string }): Promise<RawClient> {
     const client = new RawClient();
-    client.socket = await Bun.connect({
-      hostname: "127.0.0.1",
-      port,
-      allowHalfOpen: true,
-      socket: {
-        data: (_socket, chunk) => client.onData(chunk),
-        drain: () => client.flush(),
-        close: () => {
-          client.closedFlag = true;
-        },
-        error: () => {
-          client.closedFlag = true;
-        },
+    const socket: SocketHandler<undefined> = {
+      data: (_socket, chunk) => client.onData(chunk),
+      drain: () => client.flush(),
+      close: () => {
+        client.closedFlag = true;
       },
-    });
+      error: () => {
+        client.closedFlag = true;
+      },
+    };
+    client.socket =
+      typeof port === "number"
+        ? await Bun.connect({ hostname: "127.0.0.1", port, allowHalfOpen: true, socket })
+        : await Bun.connect({ unix: port.unix, allowHalfOpen: true, socket });
     return client;
   }
 
@@ -131,7 +135,7 @@ let clientKey: SigningKey;
 let publisherText: string;
 const opened: RawClient[] = [];
 
-async function open(port = relay.port): Promise<RawClient> {
+async function open(port: number | { unix: string } = relay.port): Promise<RawClient> {
   const client = await RawClient.open(port);
   opened.push(client);
   return client;
@@ -283,8 +287,8 @@ describe("relay: the other commands", () => {
         commands.push("PING");
         expected.push(/^PONG$/);
       } else {
-        commands.push("FROB");
-        expected.push(/^-ERR BAD_REQUEST unknown command "FROB"/);
+        commands.push("PUB Bad.Tag x");
+        expected.push(/^-ERR BAD_REQUEST /);
       }
     }
     client.send(`${commands.join("\n")}\n`);
@@ -339,12 +343,11 @@ describe("relay: the other commands", () => {
   });
 });
 
-describe("relay: bad input gets -ERR and the connection goes on", () => {
+describe("relay: bad input gets -ERR and the connection goes on (a line that is no command at all closes it)", () => {
   test("malformed lines, each with its code, then a working PING", async () => {
     const client = await open();
     client.send(
       [
-        "HELLO",
         "PUB",
         "PUB Net.Links x",
         "PUB no.such.channel x",
@@ -358,9 +361,8 @@ describe("relay: bad input gets -ERR and the connection goes on", () => {
         "PING",
       ].join("\r\n") + "\r\n",
     );
-    const lines = await client.lineCount(11);
+    const lines = await client.lineCount(10);
     expect(lines.map((line) => line.split(" ").slice(0, 2).join(" "))).toEqual([
-      "-ERR BAD_REQUEST",
       "-ERR BAD_REQUEST",
       "-ERR BAD_REQUEST",
       "-ERR UNKNOWN_CHANNEL",
@@ -394,6 +396,22 @@ describe("relay: bad input gets -ERR and the connection goes on", () => {
     expect(lines[0]).toBe(`-ERR TOO_LARGE payload of ${tooLargeForProtocol} bytes; at most ${EVENT_BYTES_MAX}`);
     expect(lines[1]).toStartWith("-ERR TOO_LARGE event is");
     expect(lines[2]).toBe("PONG");
+  });
+
+  test("a line that is no relay command (a web page's POST): -ERR, the connection closes, its body is never published", async () => {
+    const sub = await subscribed("storage.disks");
+    const client = await open();
+    const body = "PUB storage.disks from-a-web-page\n";
+    client.send(
+      `POST / HTTP/1.1\r\nHost: 127.0.0.1:${relay.port}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+    );
+    const [line] = await client.lineCount(1);
+    expect(line).toStartWith('-ERR BAD_REQUEST unknown command "POST"');
+    await client.until("the relay to close the connection", (c) => c.closed);
+    expect(client.lines).toHaveLength(1);
+    await published("storage.disks", "marker-after-post");
+    await sub.until("the marker", (c) => c.text.includes("marker-after-post"));
+    expect(sub.text).not.toContain("from-a-web-page");
   });
 
   test("a client that disconnects mid-line publishes nothing, and the relay carries on", async () => {
@@ -471,6 +489,43 @@ describe("relay: bounds at their limit", () => {
       await small.stop(1_000);
     }
   }
+
+  test("the Unix socket: mode 0600, PUB and SUB on it; a stale socket file is replaced, one in use is refused, stop removes it", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "fitb-relay-sock-"));
+    const socketPath = join(dir, "relay.sock");
+    try {
+      writeFileSync(socketPath, "not a socket");
+      await expect(clearStaleSocket(socketPath)).rejects.toThrow("is not a socket");
+      rmSync(socketPath);
+      // A socket file left by a process killed with -9: nobody answers on it.
+      const holder = Bun.spawn([BUN, "-e", `Bun.listen({ unix: ${JSON.stringify(socketPath)}, socket: { data() {} } }); console.log("up"); setInterval(() => {}, 1000);`], {
+        stdout: "pipe",
+      });
+      const reader = holder.stdout.getReader();
+      expect(new TextDecoder().decode((await reader.read()).value)).toContain("up");
+      holder.kill("SIGKILL");
+      await holder.exited;
+      expect(lstatSync(socketPath).isSocket()).toBe(true);
+      await clearStaleSocket(socketPath);
+      const onSocket = RelayServer.listen({ client: relayClient, hostname: "127.0.0.1", port: 0, socketPath });
+      try {
+        expect(lstatSync(socketPath).mode & 0o777).toBe(0o600);
+        await expect(clearStaleSocket(socketPath)).rejects.toThrow("is in use");
+        const sub = await open({ unix: socketPath });
+        sub.send("SUB net.links\n");
+        expect((await sub.lineCount(1))[0]).toBe("+OK");
+        const pub = await open({ unix: socketPath });
+        pub.send("PUB net.links over-the-unix-socket\n");
+        expect((await pub.lineCount(1))[0]).toMatch(/^\+OK net\.links \d+$/);
+        await sub.until("the event", (c) => c.text.includes("over-the-unix-socket"));
+      } finally {
+        await onSocket.stop(1_000);
+      }
+      expect(existsSync(socketPath)).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 
   test("more commands than pendingAnswersMax: reading pauses, and every answer still comes, in order", async () => {
     await withRelay({ pendingAnswersMax: 3 }, async (port) => {

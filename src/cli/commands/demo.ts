@@ -21,6 +21,7 @@ import { formatAddress, PORT_MAX, requireClusterConfig, type ClusterConfig } fro
 import { ADMIN_KEY_FILE_NAME, CLIENT_KEY_FILE_NAME, CLUSTER_FILE_NAME, initCluster } from "../../config/init.ts";
 import { DEFAULT_RELAY_PORT } from "../../relay/listen.ts";
 import { RelayListenError, RelayServer } from "../../relay/server.ts";
+import { clearStaleSocket, RELAY_SOCKET_NAME, SocketPathError, socketPathProblem } from "../../relay/unix-socket.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_OK } from "../errors.ts";
@@ -260,15 +261,24 @@ class Demo {
       },
     });
     this.relayClient = client;
+    const socketPath = join(this.dir, RELAY_SOCKET_NAME);
     try {
-      this.relay = RelayServer.listen({ client, hostname: DEFAULT_HOST, port, log: (message) => this.io.err(`fitb demo: relay: ${message}`) });
+      await clearStaleSocket(socketPath);
+      this.relay = RelayServer.listen({
+        client,
+        hostname: DEFAULT_HOST,
+        port,
+        ...(socketPathProblem(socketPath) === null ? { socketPath } : {}),
+        log: (message) => this.io.err(`fitb demo: relay: ${message}`),
+      });
     } catch (error) {
       if (error instanceof RelayListenError) throw new CommandError(`${error.message}; pass --relay-port`);
+      if (error instanceof SocketPathError) throw new CommandError(error.message);
       throw error;
     }
     client.start();
     await client.waitForSessions(config.n, config.f + 1, DEMO_START_TIMEOUT_MS);
-    this.io.err(`fitb demo: relay on ${this.relay.address}`);
+    this.io.err(`fitb demo: relay on ${this.relay.socketPath === null ? "" : `${this.relay.socketPath} and `}${this.relay.address}`);
   }
 
   /** Stops the relay, the clients and the children; bounded in time. Idempotent. */
@@ -422,6 +432,7 @@ function printInstructions(io: CommandIo, dir: string, config: ClusterConfig, re
     `  printf 'SUB net.links\\n' | nc ${relay}`,
     "Publish with nc:",
     `  printf 'PUB net.links eth0 down\\n' | nc -q1 ${relay}`,
+    `  printf 'PUB net.links eth0 up\\n' | nc -q1 -U ${shellQuote(displayPath(join(dir, RELAY_SOCKET_NAME)))}      (the Unix socket: this user only)`,
     `  printf 'PUBB storage.disks 5\\nhello' | nc -q1 ${relay}      (PUBB: a length, then any bytes)`,
     "",
     "Publish and subscribe with fitb:",

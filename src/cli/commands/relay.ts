@@ -1,6 +1,6 @@
 /**
- * `fitb relay --config C --key K [--listen 127.0.0.1:7400] [--allow-remote]`: the netcat
- * gateway. It holds a probe's key, keeps sessions with the replicas, and offers the text
+ * `fitb relay --config C --key K [--listen 127.0.0.1:7400] [--socket PATH] [--allow-remote]`:
+ * the netcat gateway. It holds a probe's key, keeps sessions with the replicas, and offers the text
  * line protocol of wire/PROTOCOL.md section 11 until SIGTERM or SIGINT.
  */
 import { FitbClient } from "../../client/client.ts";
@@ -8,6 +8,7 @@ import { loadClientSetup } from "../../client/setup.ts";
 import { formatPublicKey } from "../../crypto/keys.ts";
 import { DEFAULT_RELAY_LISTEN, isLoopbackHost, parseListenAddress, type ListenAddress } from "../../relay/listen.ts";
 import { RelayListenError, RelayServer } from "../../relay/server.ts";
+import { clearStaleSocket, defaultRelaySocketPath, RELAY_SOCKET_NAME, SocketPathError } from "../../relay/unix-socket.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
@@ -23,15 +24,25 @@ export const relayCommand: Command = {
     "  PUBB <tag> <n>, then n bytes -> the same, for payloads of any bytes",
     "  SUB <tag> [<from-seq>]       -> +OK, then EVENT (or EVENTB) lines as events arrive",
     "  UNSUB <tag>, PING, QUIT",
-    "Errors are '-ERR <code> <reason>'; the connection goes on after them. Publishes of",
-    "all connections to a tag are batched into signed requests.",
-    "The relay signs for whoever connects, so it listens on loopback only unless",
-    "--allow-remote is given. SIGTERM or SIGINT stops it cleanly.",
+    "Errors are '-ERR <code> <reason>'; the connection goes on after them, except after a",
+    "line that is no command at all (a browser's 'POST / HTTP/1.1'), which closes it.",
+    "Publishes of all connections to a tag are batched into signed requests.",
+    "The relay signs for whoever connects. Probes should use its Unix socket (mode 0600:",
+    `the relay's user only; 'nc -U PATH'), by default ${RELAY_SOCKET_NAME} in the unit's`,
+    "RuntimeDirectory ($RUNTIME_DIRECTORY) or fitb-relay.sock in $XDG_RUNTIME_DIR. The TCP",
+    "port listens on loopback only unless --allow-remote is given.",
+    "SIGTERM or SIGINT stops it cleanly.",
   ],
   flags: [
     CONFIG_FLAG,
     keyFlag("The key the relay signs with (register it as publisher of the channels)"),
-    { name: "listen", kind: "string", valueName: "HOST:PORT", defaultValue: DEFAULT_RELAY_LISTEN, description: "Address to listen on" },
+    { name: "listen", kind: "string", valueName: "HOST:PORT", defaultValue: DEFAULT_RELAY_LISTEN, description: "TCP address to listen on" },
+    {
+      name: "socket",
+      kind: "string",
+      valueName: "PATH",
+      description: "Unix socket to listen on as well, mode 0600 (default: see above; 'none': no socket)",
+    },
     {
       name: "allow-remote",
       kind: "boolean",
@@ -42,6 +53,7 @@ export const relayCommand: Command = {
   positionals: [],
   examples: [
     "fitb relay --config /etc/fitb/cluster.toml --key /etc/fitb/probe.key",
+    "printf 'PUB net.links eth0 down\\n' | nc -q1 -U /run/fitb-relay/relay.sock",
     "printf 'PUB net.links eth0 down\\n' | nc -q1 127.0.0.1 7400",
     "printf 'SUB net.links\\n' | nc 127.0.0.1 7400",
   ],
@@ -51,6 +63,7 @@ export const relayCommand: Command = {
 async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
   const flags = readClientFlags(args);
   const listen = readListen(args);
+  const socketPath = readSocket(args);
   const setup = loadClientSetup(flags.configPath, flags.keyPath);
   for (const warning of setup.warnings) io.err(`fitb relay: warning: ${warning}`);
   const client = new FitbClient({
@@ -61,15 +74,24 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
   });
   let relay: RelayServer;
   try {
-    relay = RelayServer.listen({ client, hostname: listen.host, port: listen.port, log: (message) => io.err(`fitb relay: ${message}`) });
+    if (socketPath !== null) await clearStaleSocket(socketPath);
+    relay = RelayServer.listen({
+      client,
+      hostname: listen.host,
+      port: listen.port,
+      ...(socketPath === null ? {} : { socketPath }),
+      log: (message) => io.err(`fitb relay: ${message}`),
+    });
   } catch (error) {
     client.close();
-    if (error instanceof RelayListenError) throw new CommandError(error.message);
+    if (error instanceof RelayListenError || error instanceof SocketPathError) throw new CommandError(error.message);
     throw error;
   }
   const stopped = stopSignal();
   client.start();
-  io.err(`fitb relay: listening on ${relay.address}, signing as ${formatPublicKey(setup.key.publicKey)} (cluster ${setup.config.name})`);
+  const where = relay.socketPath === null ? relay.address : `${relay.socketPath} and ${relay.address}`;
+  io.err(`fitb relay: listening on ${where}, signing as ${formatPublicKey(setup.key.publicKey)} (cluster ${setup.config.name})`);
+  if (relay.socketPath === null) io.err("fitb relay: no Unix socket (no $RUNTIME_DIRECTORY or $XDG_RUNTIME_DIR; --socket PATH gives one)");
   await reportSessions(client, flags.connectTimeoutMs, io, stopped.promise);
   await stopped.promise;
   io.err("fitb relay: stopping");
@@ -77,6 +99,17 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
   client.close();
   stopped.dispose();
   return EXIT_OK;
+}
+
+/** --socket: a path, 'none', or the default for where the relay runs (null: none). */
+function readSocket(args: ParsedArgs): string | null {
+  const given = args.string("socket");
+  if (given === "none") return null;
+  if (given !== undefined) {
+    if (given === "") throw new UsageError("--socket: give a path, or 'none' for no Unix socket");
+    return given;
+  }
+  return defaultRelaySocketPath();
 }
 
 /** --listen, refused beyond loopback without --allow-remote. */

@@ -59,6 +59,7 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
       exec: `${binary} replica --config ${quote(config)} --id ${id}${keyArg} --data /var/lib/fitb/replica-${id}`,
       user,
       stateDirectory: true,
+      runtimeDirectory: null,
     });
   } else if (kind === "relay") {
     const key = args.string("key");
@@ -69,6 +70,8 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
       exec: `${binary} relay --config ${quote(config)} --key ${quote(resolve(key))} --listen ${listen}`,
       user,
       stateDirectory: false,
+      // $RUNTIME_DIRECTORY/relay.sock, the relay's default Unix socket for probes.
+      runtimeDirectory: "fitb-relay",
     });
   } else {
     throw new UsageError(`KIND must be replica or relay, got ${JSON.stringify(kind)}`);
@@ -82,6 +85,8 @@ interface UnitSpec {
   readonly exec: string;
   readonly user: string;
   readonly stateDirectory: boolean;
+  /** A directory under /run for the unit (RuntimeDirectory=), or null. */
+  readonly runtimeDirectory: string | null;
 }
 
 /** The directives are the ones documented in systemd.service(5) and systemd.exec(5). */
@@ -102,6 +107,7 @@ export function renderUnit(spec: UnitSpec): string {
     `User=${spec.user}`,
     `Group=${spec.user}`,
     ...(spec.stateDirectory ? ["StateDirectory=fitb", "StateDirectoryMode=0700"] : []),
+    ...(spec.runtimeDirectory !== null ? [`RuntimeDirectory=${spec.runtimeDirectory}`, "RuntimeDirectoryMode=0750"] : []),
     "LimitNOFILE=65536",
     "NoNewPrivileges=yes",
     "ProtectSystem=strict",
