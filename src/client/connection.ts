@@ -1,7 +1,7 @@
 /**
  * One client connection to one replica: TCP through Bun.connect, the session handshake
- * (handshake.ts), framing with FrameDecoder, a bounded send queue (outbound.ts), a
- * keepalive, and reconnection with capped exponential backoff and jitter (backoff.ts).
+ * (handshake.ts), framing with FrameDecoder, a bounded send queue (src/net/write-queue.ts),
+ * a keepalive, and reconnection with capped exponential backoff and jitter (backoff.ts).
  *
  * The connection knows nothing about requests or subscriptions. It reports three things
  * to its owner: the session is ready (after every successful handshake, so the owner can
@@ -15,10 +15,10 @@ import { decodeFrameBody, encodeTypedFrame, type Frame, type Hello } from "../..
 import { FrameType } from "../../wire/types.ts";
 import { formatAddress } from "../config/cluster.ts";
 import type { SigningKey } from "../crypto/keys.ts";
+import { WriteQueue } from "../net/write-queue.ts";
 import { backoffDelayMs, checkBackoffPolicy, type BackoffPolicy } from "./backoff.ts";
 import { ClientError, HandshakeError, ReplicaUnreachableError } from "./errors.ts";
 import { checkHelloAck, clientHello, type ExpectedReplica } from "./handshake.ts";
-import { OutboundBuffer } from "./outbound.ts";
 
 /** A replica as the client dials it: the cluster file's entry. */
 export interface ReplicaEndpoint extends ExpectedReplica {
@@ -75,7 +75,7 @@ export class ReplicaConnection {
   private readonly key: SigningKey;
   private readonly events: ConnectionEvents;
   private readonly options: ConnectionOptions;
-  private readonly outbound: OutboundBuffer;
+  private readonly outbound: WriteQueue;
   private currentState: ConnectionState = "idle";
   private socket: TcpSocket | null = null;
   private decoder: FrameDecoder | null = null;
@@ -105,7 +105,7 @@ export class ReplicaConnection {
     this.key = key;
     this.events = events;
     this.options = options;
-    this.outbound = new OutboundBuffer(options.outboundBytesMax);
+    this.outbound = new WriteQueue(options.outboundBytesMax);
   }
 
   get state(): ConnectionState {

@@ -21,10 +21,10 @@
 import { concatByteList } from "../crypto/encoding.ts";
 import { ClientClosedError, ClientError, describeError, SubscriptionEndedError } from "../client/errors.ts";
 import { InOrder, type Settled } from "../client/in-order.ts";
-import { OutboundBuffer } from "../client/outbound.ts";
 import type { EventAck, Publisher } from "../client/publisher.ts";
 import { eventSeq, type BatchHandler, type ReceivedBatch, type SubscribeOptions, type Subscription, type SubscriptionSignal } from "../client/subscription.ts";
 import { formatPublicKey } from "../crypto/keys.ts";
+import { WriteQueue } from "../net/write-queue.ts";
 import { SUB_END_CODES, type ErrorCode, type SubEndCode } from "../../wire/types.ts";
 import { ackLine, endLine, errLine, eventBytes, OK_LINE, PONG_LINE } from "./format.ts";
 import { RelayLineParser, type RelayCommand, type RelayInput } from "./parser.ts";
@@ -89,7 +89,7 @@ type FinishState = "open" | "closing" | "closed";
 export class RelayConnection {
   private readonly parser = new RelayLineParser();
   private readonly answers: InOrder<Answer>;
-  private readonly outbound: OutboundBuffer;
+  private readonly outbound: WriteQueue;
   /** Commands parsed from the current slice; those from `backlogAt` on have not run yet. */
   private backlog: RelayInput[] = [];
   private backlogAt = 0;
@@ -120,7 +120,7 @@ export class RelayConnection {
   ) {
     const limits = backend.limits;
     this.answers = new InOrder<Answer>((outcome) => this.emitAnswer(outcome), limits.pendingAnswersMax);
-    this.outbound = new OutboundBuffer(limits.outboundBytesMax);
+    this.outbound = new WriteQueue(limits.outboundBytesMax);
   }
 
   get isClosed(): boolean {

@@ -1,14 +1,16 @@
 /**
  * A framed TCP connection on the replica side: cuts incoming bytes into frames with the
  * wire's FrameDecoder and writes outgoing frames through a bounded queue that honours
- * the socket's backpressure. Bun's socket.write may take only part of a buffer; what it
- * does not take waits here until `drain`. The queue is bounded in bytes so that a peer or
- * client that stops reading cannot make the replica grow memory: at the bound the caller
- * decides (drop a consensus message, end a slow subscription, or close).
+ * the socket's backpressure (src/net/write-queue.ts, the same queue the client uses).
+ * Bun's socket.write may take only part of a buffer; what it does not take waits there
+ * until `drain`. The queue is bounded in bytes so that a peer or client that stops
+ * reading cannot make the replica grow memory: at the bound the caller decides (drop a
+ * consensus message, end a slow subscription, or close).
  */
 import type { Socket } from "bun";
 import { type DecodeResult, encodeFrame, FrameDecoder } from "../../wire/frame.ts";
 import { encodeFrameBody, type Frame } from "../../wire/schemas.ts";
+import { WriteQueue, type ByteSink } from "../net/write-queue.ts";
 
 /** Default bound of bytes waiting to be written to one connection. */
 export const OUTBOUND_BYTES_MAX_DEFAULT = 16 * 1024 * 1024;
@@ -20,8 +22,13 @@ export interface FramedHandlers {
 
 export class FramedConn {
   readonly decoder: FrameDecoder;
-  private queue: Uint8Array[] = [];
-  private queuedBytes = 0;
+  private readonly queue: WriteQueue;
+  /**
+   * Writes to the socket. A write refused because the socket is already closing (-1)
+   * counts as nothing taken: the bytes wait in the queue until the close handler drops
+   * the connection, and the caller is not told otherwise.
+   */
+  private readonly sink: ByteSink;
   private closed = false;
   /** Opaque per-connection state owned by whoever handles the frames. */
   state: unknown = null;
@@ -29,10 +36,12 @@ export class FramedConn {
   constructor(
     private readonly socket: Socket<unknown>,
     frameBytesMax: number,
-    private readonly outboundBytesMax: number = OUTBOUND_BYTES_MAX_DEFAULT,
+    outboundBytesMax: number = OUTBOUND_BYTES_MAX_DEFAULT,
     readonly remote: string = socket.remoteAddress,
   ) {
     this.decoder = new FrameDecoder({ frameBytesMax, copyPayloads: true });
+    this.queue = new WriteQueue(outboundBytesMax);
+    this.sink = (data) => Math.max(this.socket.write(data), 0);
   }
 
   get isClosed(): boolean {
@@ -40,12 +49,15 @@ export class FramedConn {
   }
 
   get pendingBytes(): number {
-    return this.queuedBytes;
+    return this.queue.bufferedBytes;
   }
 
-  /** True if `bytes` more would stay within the outbound bound. */
+  /**
+   * True if `bytes` more would stay within the outbound bound. Stricter than the queue's
+   * own check: on the replica side even an idle connection takes no frame over the bound.
+   */
   hasRoomFor(bytes: number): boolean {
-    return this.queuedBytes + bytes <= this.outboundBytesMax;
+    return this.queue.bufferedBytes + bytes <= this.queue.bytesMax;
   }
 
   /** Sends a typed frame. Returns false (and sends nothing) when the queue is full or closed. */
@@ -64,40 +76,21 @@ export class FramedConn {
   sendRaw(bytes: Uint8Array): boolean {
     if (this.closed) return false;
     if (!this.hasRoomFor(bytes.length)) return false;
-    if (this.queue.length === 0) {
-      const written = this.socket.write(bytes);
-      if (written === bytes.length) return true;
-      const rest = bytes.subarray(Math.max(written, 0));
-      this.queue.push(rest);
-      this.queuedBytes += rest.length;
-      return true;
-    }
-    this.queue.push(bytes);
-    this.queuedBytes += bytes.length;
-    return true;
+    const result = this.queue.enqueue(this.sink, bytes);
+    return result === "sent" || result === "queued";
   }
 
   /** Called from the socket's drain handler: writes what waits, in order. */
   drain(): void {
-    while (this.queue.length > 0 && !this.closed) {
-      const head = this.queue[0] as Uint8Array;
-      const written = this.socket.write(head);
-      if (written <= 0) return;
-      this.queuedBytes -= written;
-      if (written < head.length) {
-        this.queue[0] = head.subarray(written);
-        return;
-      }
-      this.queue.shift();
-    }
+    if (this.closed) return;
+    this.queue.flush(this.sink);
   }
 
   /** Ends the connection after flushing what the kernel accepts now. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.queue = [];
-    this.queuedBytes = 0;
+    this.queue.clear();
     this.socket.end();
   }
 

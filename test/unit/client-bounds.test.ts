@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { ClientClosedError, QueueFullError } from "../../src/client/errors.ts";
 import { InOrder, type Settled } from "../../src/client/in-order.ts";
-import { OutboundBuffer } from "../../src/client/outbound.ts";
+import { WriteQueue } from "../../src/net/write-queue.ts";
 import { InflightWindow } from "../../src/client/window.ts";
 import { LineSplitter } from "../../src/cli/commands/pub.ts";
 
@@ -81,7 +81,7 @@ describe("InOrder", () => {
   });
 });
 
-describe("OutboundBuffer", () => {
+describe("WriteQueue", () => {
   /** A socket that takes at most `capacity` bytes per write. */
   function sink(capacity: { value: number }, written: number[]) {
     return (data: Uint8Array): number => {
@@ -92,7 +92,7 @@ describe("OutboundBuffer", () => {
   }
 
   test("writes through when the socket takes everything", () => {
-    const buffer = new OutboundBuffer(100);
+    const buffer = new WriteQueue(100);
     const written: number[] = [];
     expect(buffer.enqueue(sink({ value: 1000 }, written), new Uint8Array([1, 2, 3]))).toBe("sent");
     expect(buffer.bufferedBytes).toBe(0);
@@ -100,7 +100,7 @@ describe("OutboundBuffer", () => {
   });
 
   test("keeps the unwritten rest, in order, and flushes it on drain", () => {
-    const buffer = new OutboundBuffer(100);
+    const buffer = new WriteQueue(100);
     const written: number[] = [];
     const capacity = { value: 2 };
     const write = sink(capacity, written);
@@ -116,7 +116,7 @@ describe("OutboundBuffer", () => {
   });
 
   test("refuses past its bound without writing, but an idle connection takes one large frame", () => {
-    const buffer = new OutboundBuffer(10);
+    const buffer = new WriteQueue(10);
     const written: number[] = [];
     const stuck = sink({ value: 0 }, written);
     expect(buffer.enqueue(stuck, new Uint8Array(25))).toBe("queued");
@@ -130,7 +130,7 @@ describe("OutboundBuffer", () => {
   });
 
   test("reports a closed socket", () => {
-    const buffer = new OutboundBuffer(10);
+    const buffer = new WriteQueue(10);
     expect(buffer.enqueue(() => -1, new Uint8Array(3))).toBe("closed");
     expect(buffer.bufferedBytes).toBe(0);
   });

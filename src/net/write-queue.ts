@@ -1,8 +1,18 @@
 /**
- * The bounded send queue of one connection. Bun's socket.write is unbuffered: it takes
- * what the kernel accepts and returns the count. The rest waits here until the socket's
- * `drain` callback, and the queue has a byte bound, so a replica that stops reading
- * (slow, or hostile) costs a bounded amount of memory instead of all of it.
+ * The bounded write queue of one TCP connection, shared by both ends of the wire: the
+ * client's connection to a replica (src/client/connection.ts), the relay's connection to
+ * its local user (src/relay/connection.ts) and the replica's connections to clients and
+ * peers (src/replica/framed.ts).
+ *
+ * Bun's socket.write is unbuffered: it takes what the kernel accepts and returns the
+ * count. The rest waits here until the socket's `drain` callback, and the queue has a
+ * byte bound, so a peer that stops reading (slow, or hostile) costs a bounded amount of
+ * memory instead of all of it. At the bound the caller decides what to do (drop the
+ * frame, end a slow subscription, or close).
+ *
+ * It knows nothing about sockets or frames: the caller passes the write function (a
+ * ByteSink) to each call. Importable from src/client and src/replica alike (it imports
+ * nothing), so neither layer imports the other.
  */
 
 /** Where bytes go: returns how many were taken, or -1 when the socket is closed. */
@@ -14,7 +24,7 @@ export type EnqueueResult =
   | "full" // refused: the queue is at its bound; nothing was written
   | "closed"; // the socket is closed; nothing was written
 
-export class OutboundBuffer {
+export class WriteQueue {
   private readonly chunks: Uint8Array[] = [];
   /** Bytes already written of chunks[0]. */
   private headOffset = 0;
@@ -70,7 +80,7 @@ export class OutboundBuffer {
     return true;
   }
 
-  /** Drops everything queued (the connection is gone; requests are re-sent on the next one). */
+  /** Drops everything queued: the connection is gone (a client re-sends its requests on the next one). */
   clear(): void {
     this.chunks.length = 0;
     this.headOffset = 0;
