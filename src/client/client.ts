@@ -32,7 +32,7 @@ import {
 } from "../../wire/schemas.ts";
 import { FrameType, type ErrorCode } from "../../wire/types.ts";
 import { ReplyVoter } from "../core/voting/reply-voter.ts";
-import { replyKindOf, type ReplyKind } from "../core/voting/quorum.ts";
+import { byzantineQuorum, liveQuorum, replyKindOf, vouchQuorum, type ReplyKind } from "../core/voting/quorum.ts";
 import type { ClusterConfig } from "../config/cluster.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { ReplicaConnection, type ReplicaEndpoint } from "./connection.ts";
@@ -263,7 +263,7 @@ export class FitbClient {
     const client = new FitbClient(options);
     client.start();
     try {
-      await client.waitForSessions(client.n - client.f, client.f + 1, client.options.timeouts.connectMs);
+      await client.waitForSessions(liveQuorum(client.n, client.f), vouchQuorum(client.f), client.options.timeouts.connectMs);
     } catch (error) {
       client.close();
       throw error;
@@ -307,7 +307,7 @@ export class FitbClient {
 
   /** The (f+1)-th highest of several replicas' `at`: reached by at least one correct replica. */
   private observeAts(ats: ReadonlyMap<number, number>): void {
-    if (ats.size < this.f + 1) return;
+    if (ats.size < vouchQuorum(this.f)) return;
     const sorted = [...ats.values()].sort((a, b) => b - a);
     this.observeExecuted(sorted[this.f] as number);
   }
@@ -775,9 +775,9 @@ export class FitbClient {
     const answered = new Set([...pending.ats.keys(), ...pending.local.keys()]);
     for (const id of this.connections.map((c) => c.id)) if (!pending.voter.missing().includes(id)) answered.add(id);
     const everyReachable = this.readyReplicas().every((id) => answered.has(id));
-    if (answered.size < 2 * this.f + 1 && !everyReachable) return;
+    if (answered.size < byzantineQuorum(this.f) && !everyReachable) return;
     for (const [code, count] of counts) {
-      if (count < this.f + 1) continue;
+      if (count < vouchQuorum(this.f)) continue;
       const reason = [...pending.local.values()].find((refusal) => refusal.code === code)?.reason ?? code;
       pending.settle({ ok: false, error: new RequestRejectedError(code, reason) });
       return;
@@ -811,7 +811,7 @@ export class FitbClient {
     let largestRefusal: { code: ErrorCode; count: number } | null = null;
     for (const group of groups) {
       const result = group.result as { ok: boolean; code?: ErrorCode };
-      if (result.ok || group.replicas.length < this.f + 1) continue;
+      if (result.ok || group.replicas.length < vouchQuorum(this.f)) continue;
       if (largestRefusal === null || group.replicas.length > largestRefusal.count) {
         largestRefusal = { code: result.code as ErrorCode, count: group.replicas.length };
       }
@@ -1004,7 +1004,7 @@ export function summarizeStatus(
   return {
     view: best?.view ?? null,
     leader: best?.leader ?? null,
-    agreed: best !== null && best.count >= f + 1,
+    agreed: best !== null && best.count >= vouchQuorum(f),
     lastDecided: rank(good.map((answer) => answer.lastDecided)),
     channels: rank(good.map((answer) => answer.channels)),
     replicas: connections.map((connection) => ({

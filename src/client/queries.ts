@@ -17,9 +17,10 @@ import { z } from "zod";
 import type { Canonical } from "../../wire/canonical.ts";
 import { channelClassFields, tagSchema, type QueryReply } from "../../wire/schemas.ts";
 import type { ErrorCode } from "../../wire/types.ts";
+import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import { ReplyVoter } from "../core/voting/reply-voter.ts";
 import { NoQuorumError, RequestRejectedError, type ClientError } from "./errors.ts";
-import { pickLastSeq, seqAnswersWanted } from "./seq.ts";
+import { pickLastSeq } from "./seq.ts";
 
 /** A channel as the replicas describe it (QUERY channel-info, list-channels). */
 export type ChannelInfo = {
@@ -137,7 +138,7 @@ export function channelInfoRule(
       counts.set(answer.code, entry);
     }
     for (const [code, entry] of counts) {
-      if (entry.count >= f + 1) return { ok: false, error: new RequestRejectedError(code, entry.reason) };
+      if (entry.count >= vouchQuorum(f)) return { ok: false, error: new RequestRejectedError(code, entry.reason) };
     }
     return null;
   };
@@ -145,13 +146,13 @@ export function channelInfoRule(
     const counts = new Map<string, number>();
     for (const key of described.values()) {
       const count = (counts.get(key) ?? 0) + 1;
-      if (count >= f + 1) return { ok: true, value: infos.get(key) as ChannelInfo };
+      if (count >= vouchQuorum(f)) return { ok: true, value: infos.get(key) as ChannelInfo };
       counts.set(key, count);
     }
     return null;
   };
   const enoughAnswered = (): boolean =>
-    answeredOnce.size >= Math.min(n, 2 * f + 1) || reachable().every((replica) => answeredOnce.has(replica));
+    answeredOnce.size >= Math.min(n, byzantineQuorum(f)) || reachable().every((replica) => answeredOnce.has(replica));
   return {
     add(replica, reply) {
       answeredOnce.add(replica);
@@ -178,7 +179,7 @@ export function channelInfoRule(
         agreedDescription() ??
         refusal() ?? {
           ok: false,
-          error: new NoQuorumError(`no quorum for ${what}: fewer than ${f + 1} matching answers (${describeMissing()})`),
+          error: new NoQuorumError(`no quorum for ${what}: fewer than ${vouchQuorum(f)} matching answers (${describeMissing()})`),
         }
       );
     },
@@ -221,7 +222,7 @@ export function matchingRule<T extends Canonical>(
       return (
         settle() ?? {
           ok: false,
-          error: new NoQuorumError(`no quorum for ${what}: fewer than ${f + 1} matching answers (${describeMissing()})`),
+          error: new NoQuorumError(`no quorum for ${what}: fewer than ${vouchQuorum(f)} matching answers (${describeMissing()})`),
         }
       );
     },
@@ -254,9 +255,9 @@ export function rankRule(
 ): QueryRule<number> {
   const numbers = new Map<number, number>();
   const refusals = new Map<number, { code: ErrorCode; reason: string }>();
-  const wanted = everyReplica ? n : Math.min(seqAnswersWanted(f), n);
+  const wanted = everyReplica ? n : Math.min(byzantineQuorum(f), n);
   const refusedByQuorum = (): QueryOutcome<number> => {
-    if (refusals.size < f + 1) return null;
+    if (refusals.size < vouchQuorum(f)) return null;
     const first = refusals.values().next().value as { code: ErrorCode; reason: string };
     return { ok: false, error: new RequestRejectedError(first.code, first.reason) };
   };
@@ -264,7 +265,7 @@ export function rankRule(
     // Replicas without a session cannot answer: once every reachable one has, waiting for
     // the deadline would only delay the same pick.
     settleWhenReachableAnswered: true,
-    enoughToSettleEarly: () => numbers.size >= f + 1,
+    enoughToSettleEarly: () => numbers.size >= vouchQuorum(f),
     add(replica, reply) {
       if (numbers.has(replica) || refusals.has(replica)) return null;
       const value = reply.ok ? read(reply.res) : null;
@@ -279,7 +280,7 @@ export function rankRule(
       return (
         refusedByQuorum() ?? {
           ok: false,
-          error: new NoQuorumError(`no quorum for ${what}: ${numbers.size} usable answers, ${f + 1} needed (${describeMissing()})`),
+          error: new NoQuorumError(`no quorum for ${what}: ${numbers.size} usable answers, ${vouchQuorum(f)} needed (${describeMissing()})`),
         }
       );
     },

@@ -8,7 +8,12 @@
  * the chosen value, and the client never skips numbers that no correct replica will
  * see (which would stall total-order channels). A lagging correct replica can make the
  * choice too low; the request then draws REPLAY and the client asks again.
+ *
+ * Answers to wait for before choosing: 2f+1 (byzantineQuorum), of which at least f+1 are
+ * correct. The fewest answers a choice may rest on: f+1 (vouchQuorum), so at least one is
+ * correct.
  */
+import { vouchQuorum } from "../core/voting/quorum.ts";
 
 /** The name of the admin sequence space; `#` cannot occur in a tag, so no tag collides with it. */
 export const ADMIN_SPACE = "#admin";
@@ -18,16 +23,6 @@ export function spaceName(tag: string | null): string {
   return tag === null ? ADMIN_SPACE : tag;
 }
 
-/** Answers to wait for before choosing: 2f+1, of which at least f+1 are correct. */
-export function seqAnswersWanted(f: number): number {
-  return 2 * f + 1;
-}
-
-/** The fewest answers a choice may rest on: f+1, so at least one is correct. */
-export function seqAnswersNeeded(f: number): number {
-  return f + 1;
-}
-
 /**
  * The last used sequence number to continue after: the (f+1)-th highest answer, or
  * null when fewer than f+1 replicas answered. Answers that are not non-negative safe
@@ -35,7 +30,7 @@ export function seqAnswersNeeded(f: number): number {
  */
 export function pickLastSeq(answers: readonly number[], f: number): number | null {
   const usable = answers.filter((answer) => Number.isSafeInteger(answer) && answer >= 0);
-  if (usable.length < seqAnswersNeeded(f)) return null;
+  if (usable.length < vouchQuorum(f)) return null;
   usable.sort((a, b) => b - a);
   return usable[f] as number;
 }

@@ -25,11 +25,12 @@
 import type { Events, SubEnd, SubOk } from "../../wire/schemas.ts";
 import { CLIENT_CLOCK_SKEW_MS_MAX, DOMAIN_REQUEST, type ErrorCode } from "../../wire/types.ts";
 import { DeliveryVoter, type DeliveredBatch, type DeliveryOutput } from "../core/voting/delivery-voter.ts";
+import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import { verifyDomain } from "../crypto/ed25519.ts";
 import { sha256 } from "../crypto/hash.ts";
 import { ClientClosedError, describeError, NoQuorumError, SubscriptionEndedError } from "./errors.ts";
 import type { ChannelInfo } from "./queries.ts";
-import { pickLastSeq, seqAnswersWanted } from "./seq.ts";
+import { pickLastSeq } from "./seq.ts";
 
 /** Copies held per replica while a live total-order subscription learns where it starts. */
 export const START_BUFFER_COPIES_PER_REPLICA_MAX = 256;
@@ -412,21 +413,21 @@ export class SubscriptionCore implements Subscription {
     const active = this.activeReplicas();
     const f = this.host.f;
     if (this.voter !== null) {
-      if (active.length >= f + 1) this.started();
+      if (active.length >= vouchQuorum(f)) this.started();
       return;
     }
-    if (active.length >= Math.min(seqAnswersWanted(f), this.host.n)) this.fixLiveStart(active);
+    if (active.length >= Math.min(byzantineQuorum(f), this.host.n)) this.fixLiveStart(active);
   }
 
   private startAtDeadline(): void {
     const active = this.activeReplicas();
-    if (active.length >= this.host.f + 1) {
+    if (active.length >= vouchQuorum(this.host.f)) {
       if (this.voter === null) this.fixLiveStart(active);
       else this.started();
       return;
     }
     const error = new NoQuorumError(
-      `no quorum to subscribe to ${this.tag}: ${active.length} replicas accepted, ${this.host.f + 1} needed${this.describeRefusals()}`,
+      `no quorum to subscribe to ${this.tag}: ${active.length} replicas accepted, ${vouchQuorum(this.host.f)} needed${this.describeRefusals()}`,
     );
     this.end(error);
   }
@@ -562,9 +563,9 @@ export class SubscriptionCore implements Subscription {
     }
     const f = this.host.f;
     const enoughAnswered =
-      this.answered.size >= Math.min(this.host.n, 2 * f + 1) || this.host.readyReplicas().every((replica) => this.answered.has(replica));
+      this.answered.size >= Math.min(this.host.n, byzantineQuorum(f)) || this.host.readyReplicas().every((replica) => this.answered.has(replica));
     for (const [code, entry] of byCode) {
-      if (entry.count >= f + 1 && (!entry.local || enoughAnswered)) return { code, reason: entry.reason };
+      if (entry.count >= vouchQuorum(f) && (!entry.local || enoughAnswered)) return { code, reason: entry.reason };
     }
     return null;
   }

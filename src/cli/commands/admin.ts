@@ -17,6 +17,7 @@ import type { AdminCmd } from "../../../wire/schemas.ts";
 import type { FitbClient, ClusterStatus } from "../../client/client.ts";
 import type { ChannelInfo } from "../../client/queries.ts";
 import { loadClientSetup } from "../../client/setup.ts";
+import { byzantineQuorum, vouchQuorum } from "../../core/voting/quorum.ts";
 import { bytesEqual } from "../../crypto/encoding.ts";
 import { formatPublicKey, tryParsePublicKey } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";
@@ -244,13 +245,13 @@ function printChannels(channels: readonly ChannelInfo[], json: boolean, io: Comm
 function printStatus(client: FitbClient, status: ClusterStatus, json: boolean, io: CommandIo): number {
   const answered = status.replicas.filter((replica) => replica.answer?.ok === true).length;
   if (answered === 0) throw new CommandError(`no quorum: no replica answered status (${client.replicaStates().map((r) => `replica ${r.id}: ${r.lastError ?? r.state}`).join("; ")})`);
-  const quorum = 2 * client.f + 1;
+  const quorum = byzantineQuorum(client.f);
   const code = answered >= quorum ? EXIT_OK : EXIT_FAILURE;
   if (json) {
     io.out(JSON.stringify(statusJson(client, status)));
     return code;
   }
-  const agreement = status.agreed ? `agreed by at least ${client.f + 1}` : `NOT agreed by ${client.f + 1} replicas`;
+  const agreement = status.agreed ? `agreed by at least ${vouchQuorum(client.f)}` : `NOT agreed by ${vouchQuorum(client.f)} replicas`;
   io.out(`cluster ${client.config.name}: n=${client.n} f=${client.f}, ${answered} of ${client.n} replicas answered`);
   io.out(`view ${status.view} leader ${status.leader} (${agreement}); last decided ${status.lastDecided}; channels ${status.channels}`);
   for (const replica of status.replicas) {

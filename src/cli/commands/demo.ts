@@ -19,6 +19,7 @@ import { describeError } from "../../client/errors.ts";
 import { loadClientSetup } from "../../client/setup.ts";
 import { formatAddress, PORT_MAX, requireClusterConfig, type ClusterConfig } from "../../config/cluster.ts";
 import { ADMIN_KEY_FILE_NAME, CLIENT_KEY_FILE_NAME, CLUSTER_FILE_NAME, initCluster } from "../../config/init.ts";
+import { vouchQuorum } from "../../core/voting/quorum.ts";
 import { DEFAULT_RELAY_PORT } from "../../relay/listen.ts";
 import { RelayListenError, RelayServer } from "../../relay/server.ts";
 import { clearStaleSocket, RELAY_SOCKET_NAME, SocketPathError, socketPathProblem } from "../../relay/unix-socket.ts";
@@ -277,7 +278,7 @@ class Demo {
       throw error;
     }
     client.start();
-    await client.waitForSessions(config.n, config.f + 1, DEMO_START_TIMEOUT_MS);
+    await client.waitForSessions(config.n, vouchQuorum(config.f), DEMO_START_TIMEOUT_MS);
     this.io.err(`fitb demo: relay on ${this.relay.socketPath === null ? "" : `${this.relay.socketPath} and `}${this.relay.address}`);
   }
 

@@ -5,6 +5,7 @@
  */
 import { FitbClient } from "../../client/client.ts";
 import { loadClientSetup } from "../../client/setup.ts";
+import { vouchQuorum } from "../../core/voting/quorum.ts";
 import { formatPublicKey } from "../../crypto/keys.ts";
 import { DEFAULT_RELAY_LISTEN, isLoopbackHost, parseListenAddress, type ListenAddress } from "../../relay/listen.ts";
 import { RelayListenError, RelayServer } from "../../relay/server.ts";
@@ -136,7 +137,7 @@ export function clientTimeouts(flags: ClientFlags): { connectMs: number; request
  * enough are up, and the client keeps dialling the rest.
  */
 async function reportSessions(client: FitbClient, connectMs: number, io: CommandIo, stopped: Promise<void>): Promise<void> {
-  const waited = client.waitForSessions(client.n, client.f + 1, connectMs).then(
+  const waited = client.waitForSessions(client.n, vouchQuorum(client.f), connectMs).then(
     () => null,
     (error: unknown) => error,
   );
@@ -144,7 +145,7 @@ async function reportSessions(client: FitbClient, connectMs: number, io: Command
   if (outcome === "stopped") return;
   const ready = client.readyReplicas().length;
   if (outcome === null) io.err(`fitb relay: connected to ${ready} of ${client.n} replicas`);
-  else io.err(`fitb relay: warning: connected to ${ready} of ${client.n} replicas; commands fail with TIMEOUT until ${client.f + 1} are up`);
+  else io.err(`fitb relay: warning: connected to ${ready} of ${client.n} replicas; commands fail with TIMEOUT until ${vouchQuorum(client.f)} are up`);
 }
 
 /** Resolves on the first SIGTERM or SIGINT. */

@@ -35,7 +35,7 @@ import { KEYS_PER_CHANNEL_MAX, REQUEST_BYTES_MAX } from "../channels/constants.t
 import { parsePubRequest, signedRequestDigest } from "../channels/request.ts";
 import { SeqRangeWindow } from "../channels/seq-window.ts";
 import type { ChannelClass, HashFn, PubRequest, SignedRequest } from "../channels/types.ts";
-import { checkGroup, replyKindOf } from "./quorum.ts";
+import { checkGroup, replyKindOf, vouchQuorum } from "./quorum.ts";
 
 /** Buffered copies (ahead of the next seq) one replica may hold in a subscription. */
 export const DELIVERY_BUFFERED_BATCHES_PER_REPLICA_MAX = 256;
@@ -232,7 +232,7 @@ export class DeliveryVoter {
     // Byzantine channels need f+1 replicas to agree: on the copy at a seq (total order),
     // or that a publisher key is one they forward (unordered). Crash replicas do not lie,
     // so one is enough there.
-    this.threshold = options.cls.fault === "byzantine" ? options.f + 1 : 1;
+    this.threshold = options.cls.fault === "byzantine" ? vouchQuorum(options.f) : 1;
     this.n = options.n;
     this.hash = options.hash;
     this.verify = options.verify;

@@ -17,6 +17,35 @@ export function replyKindOf(cls: Pick<ChannelClass, "fault" | "order">): ReplyKi
 }
 
 /**
+ * f+1 distinct replicas: at least one of them is correct, whatever the f faulty ones
+ * say. The fewest whose agreement vouches for a fact (a result, a refusal, a channel's
+ * description, a publisher's batch), and the (f+1)-th highest of their numbers is one a
+ * correct replica has reached, so f liars cannot inflate it.
+ */
+export function vouchQuorum(f: number): number {
+  return f + 1;
+}
+
+/**
+ * 2f+1 distinct replicas: at least f+1 of them are correct, so the correct ones
+ * outnumber the f that may lie, and (with n = 3f+1) any two such groups share a correct
+ * replica. What a byzantine/none publish must be stored by, and how many answers a client
+ * hears out before it judges a question that f liars or a stale minority must not decide
+ * (where sequence numbers continue, whether a refusal stands).
+ */
+export function byzantineQuorum(f: number): number {
+  return 2 * f + 1;
+}
+
+/**
+ * n-f: the most replicas a client can wait for, since f of them may be down and never
+ * answer.
+ */
+export function liveQuorum(n: number, f: number): number {
+  return n - f;
+}
+
+/**
  * Distinct matching replies that acknowledge a request of this kind:
  * - crash/none: f+1 replicas stored it (at least one survives f crashes);
  * - byzantine/none: 2f+1 stored it (f+1 correct ones hold it even if f lie);
@@ -24,7 +53,7 @@ export function replyKindOf(cls: Pick<ChannelClass, "fault" | "order">): ReplyKi
  *   replica executed it, and correct replicas execute identically).
  */
 export function ackQuorum(kind: ReplyKind, f: number): number {
-  return kind === "byzantine/none" ? 2 * f + 1 : f + 1;
+  return kind === "byzantine/none" ? byzantineQuorum(f) : vouchQuorum(f);
 }
 
 /** Whether a replica may lie under this kind (admin always runs Byzantine ordering). */
