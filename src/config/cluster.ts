@@ -10,7 +10,7 @@
  *   name = "prod-east"            cluster name
  *   f = 1                         replicas that may be faulty at once; n >= 3f+1
  *   admin_keys = ["ed25519:..."]  at least one
- *   client_keys = ["ed25519:..."] optional
+ *   client_keys = ["ed25519:..."] optional allow-list of client sessions (empty: any key)
  *   [[replicas]]  id, host, port, key, optional key_file and data_dir
  *   [limits]      optional, each field has a default
  *   [retention]   optional, defaults for channels that do not set their own

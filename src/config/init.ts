@@ -1,11 +1,16 @@
 /**
- * Writes a complete cluster directory: the cluster file and a key pair for every
- * replica, one admin and one client. The result runs on loopback as it is, and the
- * comments in the file say what to change for real hosts.
+ * Writes a cluster directory. Two ways:
+ * - everything in one place (a local or test cluster): the cluster file and a key pair
+ *   for every replica, one admin and one client;
+ * - from public keys only (production): each replica host made its own key with
+ *   `fitb keygen` and sent its `.pub`; the cluster file is assembled from those, so no
+ *   host, and not the admin's workstation either, ever holds more than one replica's
+ *   secret key.
+ * The comments in the file say what to change for real hosts.
  */
-import { existsSync, mkdirSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, renameSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { formatPublicKey, publicKeyPathFor, SigningKey, writeKeyPairFiles } from "../crypto/keys.ts";
+import { formatPublicKey, loadPublicKeyFile, publicKeyPathFor, SigningKey, writeKeyPairFiles } from "../crypto/keys.ts";
 import {
   ClusterConfigError,
   defaultReplicaDataDir,
@@ -83,7 +88,7 @@ export function initCluster(options: ClusterInitOptions): ClusterInitResult {
     f: faultToleranceFor(options.replicas),
     replicas: replicaKeys.map((key, id) => ({ id, host: options.host, port: options.basePort + id, publicKey: key.publicKey })),
     adminKeys: [adminKey.publicKey],
-    clientKeys: [clientKey.publicKey],
+    clientKeys: [],
   });
   // Validated before anything is written, so a bad --name or --host leaves no files behind.
   const config = readBack(text, configPath);
@@ -92,11 +97,49 @@ export function initCluster(options: ClusterInitOptions): ClusterInitResult {
   replicaKeyFiles.forEach((path, id) => writeKeyPairFiles(path, replicaKeys[id]!, { overwrite: true }));
   writeKeyPairFiles(adminKeyFile, adminKey, { overwrite: true });
   writeKeyPairFiles(clientKeyFile, clientKey, { overwrite: true });
-  // The cluster file goes last: its presence says the directory is complete.
+  writeClusterFile(configPath, text);
+  return { configPath, config, replicaKeyFiles, adminKeyFile, clientKeyFile };
+}
+
+/**
+ * The cluster file from public keys alone: replica-<id>.key.pub for every replica and
+ * admin*.pub (at least one) in `keysDir`. Writes nothing but the cluster file.
+ */
+export function assembleCluster(options: ClusterInitOptions, keysDir: string): { readonly configPath: string; readonly config: ClusterConfig } {
+  checkInitOptions(options);
+  const dir = resolve(options.dir);
+  const configPath = join(dir, CLUSTER_FILE_NAME);
+  if (!options.overwrite) refuseExisting([configPath]);
+  const replicaKeys = Array.from({ length: options.replicas }, (_, id) => {
+    const path = join(keysDir, `${defaultReplicaKeyFile(id)}.pub`);
+    if (!existsSync(path)) {
+      throw new ClusterInitError("invalid-options", `${path} is missing: on replica ${id}'s host run 'fitb keygen --out ${defaultReplicaKeyFile(id)}' and copy its .pub here`);
+    }
+    return loadPublicKeyFile(path);
+  });
+  const adminFiles = existsSync(keysDir) ? readdirSync(keysDir).filter((name) => name.startsWith("admin") && name.endsWith(".pub")).sort() : [];
+  if (adminFiles.length === 0) {
+    throw new ClusterInitError("invalid-options", `no admin key in ${keysDir}: run 'fitb keygen --out admin.key' where the admin works and copy admin.key.pub here`);
+  }
+  const adminKeys = adminFiles.map((name) => loadPublicKeyFile(join(keysDir, name)));
+  const text = renderClusterToml({
+    name: options.name,
+    f: faultToleranceFor(options.replicas),
+    replicas: replicaKeys.map((publicKey, id) => ({ id, host: options.host, port: options.basePort + id, publicKey })),
+    adminKeys,
+    clientKeys: [],
+  });
+  const config = readBack(text, configPath);
+  if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: CLUSTER_DIR_MODE });
+  writeClusterFile(configPath, text);
+  return { configPath, config };
+}
+
+/** The cluster file goes last and by rename: its presence says the directory is complete. */
+function writeClusterFile(configPath: string, text: string): void {
   const temporary = `${configPath}.tmp`;
   writeFileSync(temporary, text, { mode: CLUSTER_FILE_MODE });
   renameSync(temporary, configPath);
-  return { configPath, config, replicaKeyFiles, adminKeyFile, clientKeyFile };
 }
 
 function checkInitOptions(options: ClusterInitOptions): void {
@@ -163,7 +206,10 @@ export function renderClusterToml(spec: ClusterTomlSpec): string {
     "# Keys allowed to administer channels (create, destroy, register). At least one.",
     `admin_keys = [${spec.adminKeys.map((key) => tomlString(formatPublicKey(key))).join(", ")}]`,
     "",
-    "# Client keys known to the cluster in advance (optional).",
+    "# Client keys that may connect (probes, relays, consoles), besides the admin keys.",
+    "# Empty: any key may open a session (it may publish only to channels it is",
+    "# registered for, and subscribe to public channels and those it is registered for).",
+    "# Listed: only these keys and the admin keys may connect at all.",
     `client_keys = [${spec.clientKeys.map((key) => tomlString(formatPublicKey(key))).join(", ")}]`,
     "",
     "# The replicas. Ids run 0..n-1. For real hosts, change host (a hostname or an IP",

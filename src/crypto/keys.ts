@@ -26,7 +26,7 @@ export const PUBLIC_KEY_FILE_SUFFIX = ".pub";
 /** Owner read/write only: the secret key file must not be readable by anyone else. */
 export const SECRET_KEY_FILE_MODE = 0o600;
 export const PUBLIC_KEY_FILE_MODE = 0o644;
-/** Permission bits for group and others; any of them set on a secret file earns a warning. */
+/** Permission bits for group and others; a secret key file with any of them set is refused. */
 const GROUP_OTHER_PERMISSION_BITS = 0o077;
 /** Key files are one short line; anything bigger is not a key file and is not read whole. */
 export const KEY_FILE_BYTES_MAX = 4096;
@@ -51,7 +51,7 @@ export class KeyFileError extends Error {
   override name = "KeyFileError";
   constructor(
     readonly path: string,
-    readonly reason: "exists" | "io" | "format",
+    readonly reason: "exists" | "io" | "format" | "permissions",
     message: string,
   ) {
     super(message);
@@ -259,17 +259,18 @@ export interface LoadedSigningKey {
 }
 
 /**
- * Loads a secret key file. A file readable by group or others is loaded with a
- * warning rather than refused: refusing would take a replica down over a chmod,
- * while the warning still tells the operator. A `.pub` beside it that names a
- * different key is also a warning, since the secret is authoritative.
+ * Loads a secret key file. A file that group or others may access is refused: a
+ * replica key another local user could read lets that user speak as the replica (one
+ * of the f it may lose), so a replica, relay or client does not start with it; the
+ * message says the chmod that fixes it. A `.pub` beside it that names a different key
+ * is a warning, since the secret is authoritative.
  */
 export function loadSigningKeyFile(path: string): LoadedSigningKey {
   const warnings: string[] = [];
   const mode = statKeyFile(path);
   if ((mode & GROUP_OTHER_PERMISSION_BITS) !== 0) {
     const octal = (mode & 0o777).toString(8).padStart(3, "0");
-    warnings.push(`${path} is accessible by group or others (mode ${octal}); run: chmod 600 ${path}`);
+    throw new KeyFileError(path, "permissions", `${path} is accessible by group or others (mode ${octal}); a secret key must be the owner's only: run chmod 600 ${path}`);
   }
   const key = parseSecretKeyFile(readKeyFile(path), path);
   const publicPath = publicKeyPathFor(path);

@@ -120,6 +120,11 @@ export interface ServerOptions {
   readonly clients: ClientHandler;
   readonly log: Log;
   readonly metrics: Metrics;
+  /**
+   * The client keys (hex) that may open a session (the cluster file's client_keys and
+   * admin_keys), or null: any key may.
+   */
+  readonly clientKeysAllowed?: ReadonlySet<string> | null;
   /** Overrides of SERVER_LIMITS_DEFAULT. */
   readonly limits?: Partial<ServerLimits>;
 }
@@ -387,8 +392,17 @@ export class ReplicaServer {
   }
 
   private onClientHello(conn: FramedConn, state: ConnState, hello: Hello): void {
+    const keyHex = Buffer.from(hello.key).toString("hex");
+    // Before the replica signs anything for it: a key outside the allow-list costs nothing.
+    const allowed = this.options.clientKeysAllowed ?? null;
+    if (allowed !== null && !allowed.has(keyHex)) {
+      this.options.metrics.inc("client_auth_failed_total");
+      this.options.log.info("client key refused: not in client_keys", { remote: conn.remote, key: keyHex });
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "this key is not in the cluster's client_keys" } });
+      return;
+    }
     // Checked here, before the signature is made, and again once AUTH has proved the key.
-    const refusal = this.clientRefusal(Buffer.from(hello.key).toString("hex"), conn.remote);
+    const refusal = this.clientRefusal(keyHex, conn.remote);
     if (refusal !== null) return this.refuseClient(conn, refusal);
     const unsigned = {
       v: PROTOCOL_VERSION,

@@ -109,9 +109,10 @@ describe("fitb (source entry point)", () => {
 
     chmodSync(join(dir, "replica-2.key"), 0o640);
     const loose = await fitb("config", "check", join(dir, "cluster.toml"), "--id", "2");
-    expect(loose.code).toBe(0);
-    expect(loose.stderr).toContain("warning: ");
+    expect(loose.code).toBe(1);
+    expect(loose.stderr).toContain("accessible by group or others (mode 640)");
     expect(loose.stderr).toContain("chmod 600");
+    chmodSync(join(dir, "replica-2.key"), 0o600);
 
     const outOfRange = await fitb("config", "check", join(dir, "cluster.toml"), "--id", "9");
     expect(outOfRange.code).toBe(1);

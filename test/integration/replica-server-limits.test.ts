@@ -197,7 +197,7 @@ interface Fixture {
   readonly clientFrames: Frame[];
 }
 
-function startServer(limits: Partial<ServerLimits> = {}): Fixture {
+function startServer(limits: Partial<ServerLimits> = {}, clientKeysAllowed: ReadonlySet<string> | null = null): Fixture {
   const serverKey = SigningKey.generate();
   const peerKey = SigningKey.generate();
   const metrics = new Metrics();
@@ -219,7 +219,19 @@ function startServer(limits: Partial<ServerLimits> = {}): Fixture {
     },
     onClientClosed() {},
   };
-  const server = new ReplicaServer({ self: 0, host: HOST, port: 0, key: serverKey, frameBytesMax: FRAME_BYTES_MAX, mesh, clients, log: quietLog, metrics, limits });
+  const server = new ReplicaServer({
+    self: 0,
+    host: HOST,
+    port: 0,
+    key: serverKey,
+    frameBytesMax: FRAME_BYTES_MAX,
+    mesh,
+    clients,
+    log: quietLog,
+    metrics,
+    limits,
+    clientKeysAllowed,
+  });
   server.listen();
   cleanups.push(() => {
     server.stop();
@@ -435,3 +447,22 @@ describe("client authentication (PROTOCOL.md §5.1)", () => {
     expect(skipped.error).toBe("UNAUTHORIZED the frame after HELLO must be AUTH");
   });
 });
+
+describe("client_keys: the allow-list of client sessions", () => {
+  test("a key not listed is refused at HELLO, before the replica signs anything; a listed key gets in", async () => {
+    const listed = SigningKey.generate();
+    const fx = startServer({}, new Set([Buffer.from(listed.publicKey).toString("hex")]));
+    const stranger = await RawConn.open(fx.server.port);
+    expect(await sendClientHello(stranger, SigningKey.generate())).toBeNull();
+    await waitFor("the close", () => stranger.closed);
+    expect(stranger.error).toBe("UNAUTHORIZED this key is not in the cluster's client_keys");
+    expect(stranger.has(FrameType.HELLO_ACK)).toBe(false);
+    expectSession(await clientSession(fx.server.port, listed));
+  });
+
+  test("no list: any key may open a session", async () => {
+    const fx = startServer();
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+  });
+});
+

@@ -1,10 +1,10 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ClusterConfigError, loadClusterConfig } from "../../src/config/cluster.ts";
-import { ClusterInitError, faultToleranceFor, initCluster, type ClusterInitOptions } from "../../src/config/init.ts";
-import { loadPublicKeyFile, loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import { assembleCluster, ClusterInitError, faultToleranceFor, initCluster, type ClusterInitOptions } from "../../src/config/init.ts";
+import { formatPublicKey, loadPublicKeyFile, loadSigningKeyFile, SigningKey, writeKeyPairFiles } from "../../src/crypto/keys.ts";
 
 const directory = mkdtempSync(join(tmpdir(), "fitb-init-"));
 afterAll(() => rmSync(directory, { recursive: true, force: true }));
@@ -41,7 +41,9 @@ describe("initCluster", () => {
       expect(key.key.publicKey).toEqual(replica.publicKey);
     }
     expect(loadPublicKeyFile(`${result.adminKeyFile}.pub`)).toEqual(config.adminKeys[0]!);
-    expect(loadSigningKeyFile(result.clientKeyFile).key.publicKey).toEqual(config.clientKeys[0]!);
+    expect(loadSigningKeyFile(result.clientKeyFile).warnings).toEqual([]);
+    // No allow-list by default: any key may connect, and may publish only where registered.
+    expect(config.clientKeys).toEqual([]);
   });
 
   test("the file is commented for an operator editing it for real hosts", () => {
@@ -81,3 +83,54 @@ describe("initCluster", () => {
     for (const dir of [tooFew, badPort, badHost, badName]) expect(existsSync(dir)).toBe(false);
   });
 });
+
+describe("assembleCluster (--keys-from): the cluster file from public keys, no secret anywhere but on its own host", () => {
+  /** Each "host" makes its own key; only the .pub files are copied to `collected`. */
+  function collect(name: string, replicas: number, admins = 1): { collected: string; replicaKeys: SigningKey[]; adminKeys: SigningKey[] } {
+    const collected = join(directory, `${name}-pubs`);
+    const replicaKeys: SigningKey[] = [];
+    for (let id = 0; id < replicas; id++) {
+      const host = join(directory, `${name}-host-${id}`);
+      const key = SigningKey.generate();
+      writeKeyPairFiles(join(ensureDir(host), `replica-${id}.key`), key, { overwrite: false });
+      replicaKeys.push(key);
+      copyFileSync(join(host, `replica-${id}.key.pub`), join(ensureDir(collected), `replica-${id}.key.pub`));
+    }
+    const adminKeys = Array.from({ length: admins }, (_, index) => {
+      const key = SigningKey.generate();
+      const file = index === 0 ? "admin.key" : `admin-${index}.key`;
+      writeKeyPairFiles(join(ensureDir(join(directory, `${name}-admin`)), file), key, { overwrite: false });
+      copyFileSync(join(directory, `${name}-admin`, `${file}.pub`), join(collected, `${file}.pub`));
+      return key;
+    });
+    return { collected, replicaKeys, adminKeys };
+  }
+
+  function ensureDir(path: string): string {
+    mkdirSync(path, { recursive: true });
+    return path;
+  }
+
+  test("writes only cluster.toml, listing every replica's and admin's public key", () => {
+    const { collected, replicaKeys, adminKeys } = collect("prod", 4, 2);
+    const dir = join(directory, "prod");
+    const result = assembleCluster(options(dir, { name: "prod", host: "10.0.1.11" }), collected);
+    expect(readdirSync(dir)).toEqual(["cluster.toml"]);
+    expect(result.config.replicas.map((replica) => replica.publicKeyText)).toEqual(replicaKeys.map((key) => formatPublicKey(key.publicKey)));
+    const texts = (keys: readonly Uint8Array[]) => keys.map((key) => formatPublicKey(key)).sort();
+    expect(texts(result.config.adminKeys)).toEqual(texts(adminKeys.map((key) => key.publicKey)));
+    expect(result.config.clientKeys).toEqual([]);
+  });
+
+  test("a missing replica or admin key is named with the command that makes it, and nothing is written", () => {
+    const { collected } = collect("partial", 3);
+    const dir = join(directory, "partial");
+    expect(() => assembleCluster(options(dir), collected)).toThrow(/replica-3\.key\.pub is missing: on replica 3's host run 'fitb keygen --out replica-3\.key'/);
+    const noAdmin = join(directory, "noadmin-pubs");
+    mkdirSync(noAdmin, { recursive: true });
+    for (let id = 0; id < 4; id++) copyFileSync(join(collected, `replica-${Math.min(id, 2)}.key.pub`), join(noAdmin, `replica-${id}.key.pub`));
+    expect(() => assembleCluster(options(dir), noAdmin)).toThrow(/no admin key/);
+    expect(existsSync(dir)).toBe(false);
+  });
+});
+

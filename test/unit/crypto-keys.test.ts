@@ -135,14 +135,25 @@ describe("key files", () => {
     expect(loadSigningKeyFile(path).key.publicKey).toEqual(second.publicKey);
   });
 
-  test("a secret readable by group or others loads with a warning naming the file", () => {
+  test("a secret that group or others may access is refused, naming the file, its mode and the chmod", () => {
     const path = join(directory, "open.key");
     writeKeyPairFiles(path, SigningKey.generate(), { overwrite: false });
-    chmodSync(path, 0o644);
-    const loaded = loadSigningKeyFile(path);
-    expect(loaded.warnings).toHaveLength(1);
-    expect(loaded.warnings[0]).toContain(path);
-    expect(loaded.warnings[0]).toContain("mode 644");
+    for (const mode of [0o644, 0o640, 0o604, 0o610]) {
+      chmodSync(path, mode);
+      let error: unknown = null;
+      try {
+        loadSigningKeyFile(path);
+      } catch (caught) {
+        error = caught;
+      }
+      expect(error).toBeInstanceOf(KeyFileError);
+      expect((error as KeyFileError).reason).toBe("permissions");
+      expect((error as KeyFileError).message).toContain(path);
+      expect((error as KeyFileError).message).toContain(`mode ${mode.toString(8)}`);
+      expect((error as KeyFileError).message).toContain(`chmod 600 ${path}`);
+    }
+    chmodSync(path, 0o400);
+    expect(loadSigningKeyFile(path).warnings).toEqual([]);
   });
 
   test("a .pub that names a different key earns a warning", () => {

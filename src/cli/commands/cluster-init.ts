@@ -2,9 +2,9 @@
  * `fitb cluster init`: writes a ready-to-run cluster directory (cluster file and
  * keys for every replica, an admin and a client) for loopback, editable for real hosts.
  */
-import { formatAddress, PORT_MAX, REPLICAS_MAX } from "../../config/cluster.ts";
-import { ClusterInitError, initCluster, INIT_REPLICAS_MIN } from "../../config/init.ts";
-import { formatPublicKey } from "../../crypto/keys.ts";
+import { formatAddress, PORT_MAX, REPLICAS_MAX, type ClusterConfig } from "../../config/cluster.ts";
+import { assembleCluster, ClusterInitError, initCluster, INIT_REPLICAS_MIN } from "../../config/init.ts";
+import { formatPublicKey, loadSigningKeyFile } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
@@ -22,6 +22,10 @@ export const clusterInitCommand: Command = {
     "f is the largest the group tolerates: f = floor((N-1)/3).",
     "Replica i listens on HOST:(BASE_PORT+i). Edit host and port in the file for real hosts;",
     "each host then needs only cluster.toml and its own key file.",
+    "For production, make each replica's key on its own host instead, so that no one",
+    "place ever holds more than one replica key: run 'fitb keygen --out replica-<id>.key'",
+    "on host <id> and 'fitb keygen --out admin.key' where the admin works, collect the",
+    ".pub files in one directory, and pass it as --keys-from: only cluster.toml is written.",
   ],
   flags: [
     { name: "replicas", kind: "string", valueName: "N", required: true, description: `Number of replicas, ${INIT_REPLICAS_MIN}..${REPLICAS_MAX}` },
@@ -30,9 +34,19 @@ export const clusterInitCommand: Command = {
     { name: "base-port", kind: "string", valueName: "PORT", defaultValue: String(DEFAULT_BASE_PORT), description: "Port of replica 0; replica i uses PORT+i" },
     { name: "name", kind: "string", valueName: "NAME", defaultValue: DEFAULT_CLUSTER_NAME, description: "Cluster name" },
     { name: "force", kind: "boolean", description: "Replace existing files in DIR" },
+    {
+      name: "keys-from",
+      kind: "string",
+      valueName: "PUBDIR",
+      description: "Build cluster.toml from replica-<id>.key.pub and admin*.pub in PUBDIR; write no secret keys",
+    },
   ],
   positionals: [],
-  examples: ["fitb cluster init --replicas 4 --dir ./cluster", "fitb config check ./cluster/cluster.toml"],
+  examples: [
+    "fitb cluster init --replicas 4 --dir ./cluster",
+    "fitb cluster init --replicas 4 --dir ./prod --name prod --keys-from ./collected-pubs",
+    "fitb config check ./cluster/cluster.toml",
+  ],
   run: runClusterInit,
 };
 
@@ -42,27 +56,32 @@ function runClusterInit(args: ParsedArgs, io: CommandIo): number {
     throw new UsageError(`--replicas: a group needs at least ${INIT_REPLICAS_MIN} replicas (n >= 3f+1 with f >= 1), got ${replicas}`);
   }
   const basePort = args.requiredInteger("base-port", 1, PORT_MAX);
-  let result;
+  const options = {
+    dir: args.requiredString("dir"),
+    replicas,
+    host: args.requiredString("host"),
+    basePort,
+    name: args.requiredString("name"),
+    overwrite: args.boolean("force"),
+  };
+  const keysFrom = args.string("keys-from");
+  let result: { configPath: string; config: ClusterConfig; replicaKeyFiles?: readonly string[]; adminKeyFile?: string; clientKeyFile?: string };
   try {
-    result = initCluster({
-      dir: args.requiredString("dir"),
-      replicas,
-      host: args.requiredString("host"),
-      basePort,
-      name: args.requiredString("name"),
-      overwrite: args.boolean("force"),
-    });
+    result = keysFrom === undefined ? initCluster(options) : assembleCluster(options, keysFrom);
   } catch (error) {
     if (error instanceof ClusterInitError && error.reason === "exists") throw new CommandError(`${error.message}; pass --force to replace them`);
+    if (error instanceof ClusterInitError) throw new CommandError(error.message);
     throw error;
   }
   const { config } = result;
   io.out(`wrote ${result.configPath}: cluster ${config.name}, n=${config.n}, f=${config.f}`);
+  const secrets = result.replicaKeyFiles !== undefined;
   for (const replica of config.replicas) {
-    io.out(`  replica ${replica.id}  ${formatAddress(replica.host, replica.port)}  ${replica.publicKeyText}  ${replica.keyFile}`);
+    io.out(`  replica ${replica.id}  ${formatAddress(replica.host, replica.port)}  ${replica.publicKeyText}${secrets ? `  ${replica.keyFile}` : ""}`);
   }
-  io.out(`  admin      ${formatPublicKey(config.adminKeys[0]!)}  ${result.adminKeyFile}`);
-  io.out(`  client     ${formatPublicKey(config.clientKeys[0]!)}  ${result.clientKeyFile}`);
+  for (const adminKey of config.adminKeys) io.out(`  admin      ${formatPublicKey(adminKey)}${result.adminKeyFile === undefined ? "" : `  ${result.adminKeyFile}`}`);
+  if (result.clientKeyFile !== undefined) io.out(`  client     ${formatPublicKey(loadSigningKeyFile(result.clientKeyFile).key.publicKey)}  ${result.clientKeyFile}`);
+  if (secrets) io.out(`this directory holds every replica's secret key: for production, see --keys-from in 'fitb cluster init --help'`);
   io.out(`check it after editing with: fitb config check ${result.configPath}`);
   return EXIT_OK;
 }
