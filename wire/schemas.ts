@@ -152,6 +152,19 @@ export type SignedRequest = z.infer<typeof signedRequestSchema>;
 
 const version = z.literal(PROTOCOL_VERSION);
 
+/**
+ * Digests of the sections of the cluster file every replica must share (sent by a
+ * replica in its peer HELLO; src/config/digest.ts says what each covers).
+ */
+export const configDigestsSchema = z.strictObject({
+  group: digestSchema,
+  admins: digestSchema,
+  clients: digestSchema,
+  limits: digestSchema,
+  retention: digestSchema,
+});
+export type ConfigDigests = z.infer<typeof configDigestsSchema>;
+
 export const helloSchema = z.discriminatedUnion("role", [
   z.strictObject({ v: version, role: z.literal("client"), key: keySchema, nonce: nonceSchema }),
   z.strictObject({
@@ -161,6 +174,7 @@ export const helloSchema = z.discriminatedUnion("role", [
     key: keySchema,
     nonce: nonceSchema,
     eph: x25519KeySchema,
+    cfg: configDigestsSchema.optional(),
   }),
 ]);
 

@@ -13,6 +13,7 @@
 import { randomBytes } from "node:crypto";
 import type { Socket } from "bun";
 import type { ReplicaEntry } from "../config/cluster.ts";
+import { configDifferences } from "../config/digest.ts";
 import { signDomain, verifyDomain } from "../crypto/ed25519.ts";
 import { bytesEqual } from "../crypto/encoding.ts";
 import type { SigningKey } from "../crypto/keys.ts";
@@ -26,7 +27,7 @@ import {
   type SessionKeys,
 } from "../crypto/session.ts";
 import type { DecodeResult } from "../../wire/frame.ts";
-import { decodeFrameBody, type Frame, type Hello, type HelloAck } from "../../wire/schemas.ts";
+import { type ConfigDigests, decodeFrameBody, type Frame, type Hello, type HelloAck } from "../../wire/schemas.ts";
 import { sessionTranscript } from "../../wire/session.ts";
 import { DOMAIN_SESSION_INITIATOR, DOMAIN_SESSION_RESPONDER, FrameType, NONCE_BYTES, PROTOCOL_VERSION } from "../../wire/types.ts";
 import { FramedConn } from "./framed.ts";
@@ -52,6 +53,12 @@ export interface PeerMeshOptions {
   readonly metrics: Metrics;
   readonly onMessage: (from: number, msg: Uint8Array) => void;
   readonly onPeerUp?: (id: number) => void;
+  /**
+   * Digests of this replica's shared cluster file sections (src/config/digest.ts), sent
+   * in every HELLO; a peer that sends others is refused. Absent (unit tests of the mesh
+   * alone): nothing is sent or checked.
+   */
+  readonly configDigests?: ConfigDigests;
 }
 
 type OutboundPhase = "connecting" | "awaiting-ack" | "open" | "closed";
@@ -197,6 +204,7 @@ export class PeerMesh {
       key: this.options.key.publicKey,
       nonce: new Uint8Array(randomBytes(NONCE_BYTES)),
       eph: eph.publicKey,
+      ...(this.options.configDigests === undefined ? {} : { cfg: this.options.configDigests }),
     };
     link.conn = conn;
     link.hello = hello;
@@ -235,6 +243,16 @@ export class PeerMesh {
       // The dialled side never sends anything else on a link we dialled.
       return this.failOutbound(link, conn, `unexpected frame type ${frame.type}`);
     }
+  }
+
+  /** Why a peer's HELLO shows another cluster file than ours, or null. */
+  private configProblem(hello: Hello): string | null {
+    const mine = this.options.configDigests;
+    if (mine === undefined || hello.role !== "replica") return null;
+    if (hello.cfg === undefined) return "the HELLO carries no cluster file digest (a fitb that does not check configurations)";
+    const differences = configDifferences(mine, hello.cfg);
+    if (differences.length === 0) return null;
+    return `cluster file differs from replica ${this.options.self}'s in: ${differences.join("; ")}`;
   }
 
   private finishHandshake(link: OutboundLink, conn: FramedConn, ack: HelloAck): void {
@@ -296,6 +314,15 @@ export class PeerMesh {
     if (peer === undefined || peer.id === this.options.self || !bytesEqual(peer.publicKey, hello.key)) {
       this.options.metrics.inc("peer_handshake_failed_total");
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "not a replica of this cluster" } });
+      return null;
+    }
+    const configProblem = this.configProblem(hello);
+    if (configProblem !== null) {
+      // Before signing: a peer with another cluster file costs one comparison, and the
+      // operator of both replicas learns which sections to make equal.
+      this.options.metrics.inc("peer_handshake_failed_total");
+      this.options.log.error("peer refused: its cluster file differs", { peer: peer.id, reason: configProblem });
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: configProblem } });
       return null;
     }
     const eph = generateEphemeralKeyPair();

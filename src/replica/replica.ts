@@ -11,6 +11,7 @@
  *   the same channel sequence numbers and answers the client.
  */
 import { channelsConfigFrom, type ClusterConfig } from "../config/cluster.ts";
+import { configDigests } from "../config/digest.ts";
 import { bytesEqual, toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import type { SigningKey } from "../crypto/keys.ts";
@@ -112,6 +113,7 @@ export class Replica {
       log,
       metrics: this.metrics,
       onMessage: (from, msg) => this.ordering.onPeerMessage(from, msg),
+      configDigests: configDigests(config),
     });
     // Opening the store checks every row; the driver then restores the machine and the
     // core from it before the replica listens.
@@ -147,6 +149,8 @@ export class Replica {
       key,
       frameBytesMax: config.limits.frameBytesMax,
       mesh: this.mesh,
+      // client_keys, when the cluster file lists any, is the allow-list of client sessions.
+      clientKeysAllowed: config.clientKeys.length === 0 ? null : new Set([...config.clientKeys, ...config.adminKeys].map(toHex)),
       clients: {
         onClientFrame: (session, frame) => this.onClientFrame(session, frame),
         onClientClosed: (session) => this.onClientClosed(session),

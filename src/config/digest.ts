@@ -1,0 +1,55 @@
+/**
+ * The digest of the part of the cluster file every replica must share. Replicas execute
+ * the same decided requests with their own copy of the file: admin keys decide which admin
+ * commands run, limits and retention decide what is stored and trimmed. Two replicas with
+ * different files would diverge without a word. So a replica sends these digests in its
+ * peer HELLO (signed into the handshake transcript) and a peer whose digests differ is
+ * refused, the refusal naming the sections that differ.
+ *
+ * What is left out is what may differ per host: hosts and ports as written (a replica may
+ * reach a peer by another name), key files and data directories (local paths).
+ */
+import { type Canonical, encodeCanonical } from "../../wire/canonical.ts";
+import type { ConfigDigests } from "../../wire/schemas.ts";
+import { bytesEqual } from "../crypto/encoding.ts";
+import { sha256 } from "../crypto/hash.ts";
+import type { ClusterConfig } from "./cluster.ts";
+
+/** The sections, in the order a difference is reported, with the file's words for them. */
+export const CONFIG_SECTIONS: readonly { readonly key: keyof ConfigDigests; readonly name: string }[] = [
+  { key: "group", name: "name, f and the replicas' ids and keys" },
+  { key: "admins", name: "admin_keys" },
+  { key: "clients", name: "client_keys" },
+  { key: "limits", name: "[limits]" },
+  { key: "retention", name: "[retention]" },
+];
+
+export function configDigests(config: ClusterConfig): ConfigDigests {
+  const digest = (value: Canonical): Uint8Array => sha256(encodeCanonical(value));
+  const { limits, retention } = config;
+  return {
+    group: digest({ name: config.name, f: config.f, replicas: config.replicas.map((replica) => ({ id: replica.id, key: replica.publicKey })) }),
+    admins: digest(sortedKeys(config.adminKeys)),
+    clients: digest(sortedKeys(config.clientKeys)),
+    limits: digest({
+      frameBytesMax: limits.frameBytesMax,
+      eventBytesMax: limits.eventBytesMax,
+      batchEventsMax: limits.batchEventsMax,
+      clientInflightRequestsMax: limits.clientInflightRequestsMax,
+      connectionSubscriptionsMax: limits.connectionSubscriptionsMax,
+      clientEventsPerSecondMax: limits.clientEventsPerSecondMax,
+      clientBurstEventsMax: limits.clientBurstEventsMax,
+    }),
+    retention: digest({ eventsMax: retention.eventsMax, bytesMax: retention.bytesMax, ageSecondsMax: retention.ageSecondsMax }),
+  };
+}
+
+/** The names of the sections whose digests differ; empty when the files agree. */
+export function configDifferences(mine: ConfigDigests, theirs: ConfigDigests): string[] {
+  return CONFIG_SECTIONS.filter((section) => !bytesEqual(mine[section.key], theirs[section.key])).map((section) => section.name);
+}
+
+/** Key lists are sets: the order they are written in does not matter. */
+function sortedKeys(keys: readonly Uint8Array[]): Uint8Array[] {
+  return [...keys].sort((a, b) => Buffer.compare(a, b));
+}
