@@ -35,6 +35,7 @@ import {
 import { FramedConn } from "./framed.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
+import { RateLimiter } from "./rate.ts";
 import type { PeerMesh } from "./peers.ts";
 
 /** A connection whose AUTH has not verified in this time is closed, whatever its HELLO said. */
@@ -46,10 +47,21 @@ export const HANDSHAKE_MS_MAX = 10_000;
  * declare frameBytesMax.
  */
 export const HANDSHAKE_FRAME_BYTES_MAX = 1024;
-/** Connections still in their handshake, in all; more are refused. */
+/**
+ * Connections still in their handshake, in all. At the bound a new connection takes the
+ * slot of the oldest one still in its handshake, which is closed: a replica's or a
+ * client's handshake completes in milliseconds, so whoever holds slots open without
+ * finishing loses them first, and peers and clients always get in.
+ */
 export const HANDSHAKES_MAX = 1024;
 /** Connections still in their handshake from one remote address; more are refused. */
 export const HANDSHAKES_PER_ADDRESS_MAX = 32;
+/**
+ * New connections per remote address: a token bucket. Each HELLO costs the replica a
+ * signature, so one address cannot make it sign more than this many a second.
+ */
+export const HANDSHAKES_PER_ADDRESS_PER_SECOND_MAX = 200;
+export const HANDSHAKES_PER_ADDRESS_BURST_MAX = 1000;
 /** Open client connections at once; more are refused. */
 export const CLIENT_CONNECTIONS_MAX = 4096;
 /** Client connections authenticated with one key: room for a host's relays and CLIs, not for every slot. */
@@ -65,6 +77,8 @@ export interface ServerLimits {
   readonly handshakeFrameBytesMax: number;
   readonly handshakesMax: number;
   readonly handshakesPerAddressMax: number;
+  readonly handshakesPerAddressPerSecondMax: number;
+  readonly handshakesPerAddressBurstMax: number;
   readonly clientConnectionsMax: number;
   readonly clientConnectionsPerKeyMax: number;
   readonly clientConnectionsPerAddressMax: number;
@@ -75,6 +89,8 @@ export const SERVER_LIMITS_DEFAULT: ServerLimits = {
   handshakeFrameBytesMax: HANDSHAKE_FRAME_BYTES_MAX,
   handshakesMax: HANDSHAKES_MAX,
   handshakesPerAddressMax: HANDSHAKES_PER_ADDRESS_MAX,
+  handshakesPerAddressPerSecondMax: HANDSHAKES_PER_ADDRESS_PER_SECOND_MAX,
+  handshakesPerAddressBurstMax: HANDSHAKES_PER_ADDRESS_BURST_MAX,
   clientConnectionsMax: CLIENT_CONNECTIONS_MAX,
   clientConnectionsPerKeyMax: CLIENT_CONNECTIONS_PER_KEY_MAX,
   clientConnectionsPerAddressMax: CLIENT_CONNECTIONS_PER_ADDRESS_MAX,
@@ -127,6 +143,8 @@ export interface ServerOptions {
   readonly clientKeysAllowed?: ReadonlySet<string> | null;
   /** Overrides of SERVER_LIMITS_DEFAULT. */
   readonly limits?: Partial<ServerLimits>;
+  /** The clock of the per-address connection rate (tests); Date.now by default. */
+  readonly now?: () => number;
 }
 
 /** Open connections per key (a client key or a remote address). A key leaves the map at zero, so the map is bounded by what is open. */
@@ -173,12 +191,16 @@ export class ReplicaServer {
   private nextSessionId = 1;
   /** Connections in their handshake, by remote address. */
   private readonly handshakes = new Tally();
+  /** The same connections, oldest first: the one to close when a new one needs its slot. */
+  private readonly inHandshake = new Set<FramedConn>();
+  private readonly newConnections: RateLimiter;
   /** Authenticated client sessions, by client key (hex) and by remote address. */
   private readonly clientsByKey = new Tally();
   private readonly clientsByAddress = new Tally();
 
   constructor(private readonly options: ServerOptions) {
     this.limits = resolveLimits(options.limits);
+    this.newConnections = new RateLimiter(this.limits.handshakesPerAddressPerSecondMax, this.limits.handshakesPerAddressBurstMax);
   }
 
   /** The port listened on: the configured one, or the one the system chose for port 0. */
@@ -237,25 +259,39 @@ export class ReplicaServer {
       conn.closeWith({ type: FrameType.ERROR, body: { code: "OVERLOADED", reason: refusal } });
       return;
     }
+    if (this.handshakes.total >= this.limits.handshakesMax) this.evictOldestHandshake();
     state.handshake = new FrameDecoder({
       frameBytesMax: Math.min(this.limits.handshakeFrameBytesMax, this.options.frameBytesMax),
       copyPayloads: true,
     });
     this.handshakes.add(conn.remote);
+    this.inHandshake.add(conn);
     state.timer = setTimeout(() => this.onHandshakeDeadline(conn, state), this.limits.handshakeMsMax);
   }
 
   /** Why a new connection from `address` may not start a handshake now, or null if it may. */
   private handshakeRefusal(address: string): string | null {
-    const { handshakesMax, handshakesPerAddressMax } = this.limits;
-    if (this.handshakes.total >= handshakesMax) {
-      return `${this.handshakes.total} connections awaiting authentication; at most ${handshakesMax}`;
-    }
+    const { handshakesPerAddressMax, handshakesPerAddressPerSecondMax } = this.limits;
     const fromAddress = this.handshakes.of(address);
     if (fromAddress >= handshakesPerAddressMax) {
       return `${fromAddress} connections awaiting authentication from this address; at most ${handshakesPerAddressMax}`;
     }
+    if (!this.newConnections.take(address, 1, (this.options.now ?? Date.now)())) {
+      return `more than ${handshakesPerAddressPerSecondMax} new connections a second from this address`;
+    }
     return null;
+  }
+
+  /** The handshake slots are full: the oldest connection still in its handshake gives up its slot. */
+  private evictOldestHandshake(): void {
+    const oldest = this.inHandshake.values().next().value as FramedConn | undefined;
+    if (oldest === undefined) return;
+    this.options.metrics.inc("handshakes_evicted_total");
+    this.endHandshake(oldest, oldest.state as ConnState);
+    oldest.closeWith({
+      type: FrameType.ERROR,
+      body: { code: "OVERLOADED", reason: `${this.limits.handshakesMax} connections awaiting authentication; the oldest is closed for a new one` },
+    });
   }
 
   private onHandshakeDeadline(conn: FramedConn, state: ConnState): void {
@@ -272,6 +308,7 @@ export class ReplicaServer {
     if (state.handshake === null) return;
     state.handshake = null;
     this.handshakes.remove(conn.remote);
+    this.inHandshake.delete(conn);
   }
 
   private onClose(conn: FramedConn): void {

@@ -197,7 +197,7 @@ interface Fixture {
   readonly clientFrames: Frame[];
 }
 
-function startServer(limits: Partial<ServerLimits> = {}, clientKeysAllowed: ReadonlySet<string> | null = null): Fixture {
+function startServer(limits: Partial<ServerLimits> = {}, clientKeysAllowed: ReadonlySet<string> | null = null, now?: () => number): Fixture {
   const serverKey = SigningKey.generate();
   const peerKey = SigningKey.generate();
   const metrics = new Metrics();
@@ -231,6 +231,7 @@ function startServer(limits: Partial<ServerLimits> = {}, clientKeysAllowed: Read
     metrics,
     limits,
     clientKeysAllowed,
+    ...(now === undefined ? {} : { now }),
   });
   server.listen();
   cleanups.push(() => {
@@ -293,17 +294,50 @@ describe("the handshake deadline", () => {
     // that claims to be the peer but will never AUTH)...
     const pending = await RawConn.open(fx.server.port);
     await sendReplicaHello(pending, fx.peerKey);
-    // ...and one more is refused.
-    await expectRefused(await RawConn.open(fx.server.port), "1 connections awaiting authentication; at most 1");
-    expect(pending.closed).toBe(false);
+    // ...and the next caller takes it from that one, never from the peer's link.
+    const next = await RawConn.open(fx.server.port);
+    await waitFor("the oldest handshake to be closed", () => pending.closed);
+    expect(pending.error).toBe("OVERLOADED 1 connections awaiting authentication; the oldest is closed for a new one");
+    expect(next.closed).toBe(false);
+    expect(peer.send(0, Uint8Array.of(3))).toBe(true);
+    await waitFor("a peer message after the evictions", () => fx.peerMessages.length === 3);
   });
 });
 
 describe("connections still in their handshake", () => {
   const cases: { name: string; limits: Partial<ServerLimits>; reason: string }[] = [
     { name: "per remote address", limits: { handshakesPerAddressMax: 2 }, reason: "2 connections awaiting authentication from this address; at most 2" },
-    { name: "in all", limits: { handshakesMax: 2 }, reason: "2 connections awaiting authentication; at most 2" },
   ];
+  test("are capped in all: a new connection takes the slot of the oldest one still in its handshake, so slot holders cannot lock anyone out", async () => {
+    const fx = startServer({ handshakesMax: 2 });
+    const first = await RawConn.open(fx.server.port);
+    const second = await RawConn.open(fx.server.port);
+    expect(await sendClientHello(first, SigningKey.generate())).not.toBeNull();
+    expect(await sendClientHello(second, SigningKey.generate())).not.toBeNull();
+    const session = await clientSession(fx.server.port, SigningKey.generate());
+    expectSession(session);
+    await waitFor("the oldest handshake to be closed", () => first.closed);
+    expect(first.error).toBe("OVERLOADED 2 connections awaiting authentication; the oldest is closed for a new one");
+    expect(second.closed).toBe(false);
+    expect(fx.metrics.get("handshakes_evicted_total")).toBe(1);
+    // A replica dialling while slot holders keep arriving still gets its link.
+    for (let i = 0; i < 3; i++) await sendClientHello(await RawConn.open(fx.server.port), SigningKey.generate());
+    const peer = dialAsPeer(fx);
+    await waitFor("the peer link", () => peer.status().every((s) => s.up));
+    expect(peer.send(0, Uint8Array.of(9))).toBe(true);
+    await waitFor("the peer message", () => fx.peerMessages.length === 1);
+  });
+
+  test("new connections per address are rate limited (each HELLO costs a signature); the bucket refills with time", async () => {
+    let nowMs = 1_000_000;
+    const fx = startServer({ handshakesPerAddressPerSecondMax: 1, handshakesPerAddressBurstMax: 2 }, null, () => nowMs);
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+    await expectRefused(await RawConn.open(fx.server.port), "more than 1 new connections a second from this address");
+    nowMs += 1_000;
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+  });
+
   for (const { name, limits, reason } of cases) {
     test(`are capped ${name}: one more gets ERROR OVERLOADED naming the limit, and a slot frees when one closes`, async () => {
       const fx = startServer(limits);
