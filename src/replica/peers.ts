@@ -373,8 +373,12 @@ export class PeerMesh {
     }
     const { seq, msg, mac } = frame.body;
     if (seq !== link.lastSeq + 1 || !checkMac(link.keys.receiveKey, FrameType.PEER, seq, msg, mac)) {
-      // Dropped and counted, never processed (DESIGN §3).
+      // Dropped and counted, never processed; and since a gap or a bad MAC on an ordered
+      // TCP stream means tampering, the link is closed: the peer reconnects with a fresh
+      // handshake (PROTOCOL.md 5.3).
       this.options.metrics.inc("peer_frames_rejected_total");
+      this.options.log.warn("peer frame failed its MAC or sequence check; closing the link", { peer: link.peerId, seq, expected: link.lastSeq + 1 });
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "BAD_MAC", reason: "a peer frame failed its MAC or sequence check" } });
       return;
     }
     link.lastSeq = seq;

@@ -500,3 +500,22 @@ describe("client_keys: the allow-list of client sessions", () => {
   });
 });
 
+describe("peer links (PROTOCOL.md 5.3)", () => {
+  test("a PEER frame that fails its MAC is dropped, counted, and closes the link", async () => {
+    const fx = startServer();
+    const raw = await RawConn.open(fx.server.port);
+    const eph = generateEphemeralKeyPair();
+    const hello: Hello = { v: PROTOCOL_VERSION, role: "replica", replica: 1, key: fx.peerKey.publicKey, nonce: nonce(), eph: eph.publicKey };
+    raw.send({ type: FrameType.HELLO, body: hello });
+    await waitFor("HELLO_ACK", () => raw.has(FrameType.HELLO_ACK));
+    const ack = raw.frames.find((f) => f.type === FrameType.HELLO_ACK);
+    if (ack?.type !== FrameType.HELLO_ACK) throw new Error("no HELLO_ACK");
+    raw.send({ type: FrameType.AUTH, body: { sig: signDomain(fx.peerKey, DOMAIN_SESSION_INITIATOR, sessionTranscript(hello, ack.body)) } });
+    raw.send({ type: FrameType.PEER, body: { seq: 1, msg: Uint8Array.of(1, 2, 3), mac: new Uint8Array(32) } });
+    await waitFor("the link to be closed", () => raw.closed);
+    expect(raw.error).toBe("BAD_MAC a peer frame failed its MAC or sequence check");
+    expect(fx.metrics.get("peer_frames_rejected_total")).toBe(1);
+    expect(fx.peerMessages).toEqual([]);
+  });
+});
+
