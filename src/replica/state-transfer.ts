@@ -190,22 +190,33 @@ interface Cursor {
 }
 
 /**
- * Serving cursors one peer may open for one state within CURSOR_IDLE_MS. Each open may
- * take one of the checkpoint's few spare exports (or a whole fresh export), so a peer
- * asking again and again from part 0 could leave none for the replicas that need them.
+ * Serving cursors one peer may open within CURSOR_IDLE_MS, whatever states it asks for.
+ * Each open may take one of the checkpoint's few spare exports (or a whole fresh export),
+ * so a peer asking again and again from part 0, or alternating between states, could
+ * leave none for the replicas that need them.
  */
 export const SERVE_OPENS_PER_PEER_MAX = 4;
 
 class TransferServer {
   private readonly cursors = new Map<number, Cursor>();
-  /** Per peer: the state it last opened a cursor for, how often, since when. */
-  private readonly opens = new Map<number, { seq: number; count: number; sinceMs: number }>();
+  /** Per peer: cursors opened since `sinceMs`, whatever state each was for. */
+  private readonly opens = new Map<number, { count: number; sinceMs: number }>();
+  /** Parts of the longest valid stream: a get beyond it asks for what no state has. */
+  private readonly partsMax: number;
 
-  constructor(private readonly options: StateTransferOptions) {}
+  constructor(private readonly options: StateTransferOptions) {
+    this.partsMax = streamPartsBound(options.streamBytesMax ?? streamBytesBound(options.machine.config), options.partBytes);
+  }
 
   onGet(from: number, m: Extract<TransferMessage, { t: "get" }>): void {
     const { options } = this;
     options.metrics.inc("state_transfer_serve_requests_total");
+    if (m.part + m.count > this.partsMax) {
+      // Serving it would read (and skip) the whole stored state for nothing.
+      options.metrics.inc("state_transfer_serve_refused_total");
+      options.send(from, encodeTransferMessage({ t: "none", seq: m.seq, nonce: m.nonce, reason: `parts beyond ${this.partsMax}, the most any state has` }));
+      return;
+    }
     const held = this.cursors.get(from);
     const reusable = held !== undefined && held.seq === m.seq && bytesEqual(held.digest, m.digest) && (m.part >= held.next || held.cache.has(m.part));
     const cursor = reusable ? held : this.open(from, m);
@@ -234,7 +245,7 @@ class TransferServer {
   private open(from: number, m: Extract<TransferMessage, { t: "get" }>): Cursor | null {
     const now = this.options.now();
     const last = this.opens.get(from);
-    const opens = last !== undefined && last.seq === m.seq && now - last.sinceMs < CURSOR_IDLE_MS ? last : { seq: m.seq, count: 0, sinceMs: now };
+    const opens = last !== undefined && now - last.sinceMs < CURSOR_IDLE_MS ? last : { count: 0, sinceMs: now };
     if (opens.count >= SERVE_OPENS_PER_PEER_MAX) {
       this.options.metrics.inc("state_transfer_serve_refused_total");
       this.options.send(from, encodeTransferMessage({ t: "none", seq: m.seq, nonce: m.nonce, reason: "too many restarts of this transfer; ask another replica" }));

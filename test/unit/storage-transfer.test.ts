@@ -331,6 +331,33 @@ describe("state transfer", () => {
     expect(answers.filter((a) => a === "part").length).toBeLessThanOrEqual(SERVE_OPENS_PER_PEER_MAX);
   });
 
+  test("a peer alternating between states does not escape the bound on cursor opens", () => {
+    const { net, state } = cluster();
+    const digest = targetFor(state, []).stateDigest;
+    const answers: string[] = [];
+    for (let i = 0; i < SERVE_OPENS_PER_PEER_MAX + 2; i++) {
+      net.delivered.length = 0;
+      // Every other get names another state (one this replica does not hold: still a cursor open).
+      const seq = i % 2 === 0 ? SEQ : SEQ + 1_000;
+      net.send(1, 0, encodeTransferMessage({ t: "get", seq, digest, part: 0, count: 1, nonce: i }));
+      net.pump();
+      const first = net.delivered.find((d) => d.from === 0 && (d.m.t === "part" || d.m.t === "none") && d.m.nonce === i);
+      answers.push(first?.m.t === "none" ? `none: ${first.m.reason}` : (first?.m.t ?? "nothing"));
+    }
+    expect(answers.at(-1)).toBe("none: too many restarts of this transfer; ask another replica");
+    expect(answers.filter((a) => a === "part").length).toBeLessThanOrEqual(SERVE_OPENS_PER_PEER_MAX);
+  });
+
+  test("a get for parts beyond the largest valid stream is refused without reading the stored state", () => {
+    const { net, state } = cluster();
+    const digest = targetFor(state, []).stateDigest;
+    net.delivered.length = 0;
+    net.send(1, 0, encodeTransferMessage({ t: "get", seq: SEQ, digest, part: 2 ** 32 - 2, count: 1, nonce: 7 }));
+    net.pump();
+    const answer = net.delivered.find((d) => d.from === 0 && d.m.t === "none" && d.m.nonce === 7);
+    expect(answer?.m.t === "none" ? answer.m.reason : "").toMatch(/^parts beyond \d+, the most any state has$/);
+  });
+
   describe("a source that sends parts no valid stream has", () => {
     // A bound on messages: a source that is never dropped keeps the transfer going past it.
     const MESSAGES_MAX = 3_000;
