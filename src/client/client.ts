@@ -60,7 +60,7 @@ import {
 import { adminOp, buildRequest, checkEvents, checkTag, pubOp, requestFrame, spanOf, type BuiltRequest } from "./request.ts";
 import { SeqCounter, spaceName } from "./seq.ts";
 import { InflightWindow } from "./window.ts";
-import { SubscriptionCore, type BatchHandler, type SubscribeOptions, type Subscription, type SubscriptionHost } from "./subscription.ts";
+import { ClientSubscription, type BatchHandler, type SubscribeOptions, type Subscription, type SubscriptionHost } from "./subscription.ts";
 
 /**
  * How long a client that already has the sessions it needs waits for the others before it
@@ -191,7 +191,7 @@ interface PendingQuery {
 }
 
 interface SubRoute {
-  readonly sub: SubscriptionCore;
+  readonly sub: ClientSubscription;
   readonly replica: number;
 }
 
@@ -205,7 +205,7 @@ export class FitbClient {
   private readonly spaces = new Map<string, Promise<SeqSpace>>();
   private readonly requests = new Map<string, PendingRequest>();
   private readonly queries = new Map<number, PendingQuery>();
-  private readonly subscriptions = new Set<SubscriptionCore>();
+  private readonly subscriptions = new Set<ClientSubscription>();
   private readonly subRoutes = new Map<number, SubRoute>();
   private readonly everReady = new Set<number>();
   private readonly readyWaiters: (() => void)[] = [];
@@ -631,7 +631,7 @@ export class FitbClient {
       throw new QueueFullError(`${this.subscriptions.size} subscriptions open; at most ${this.options.limits.subscriptionsMax}`);
     }
     const channel = await this.channelInfo(tag);
-    const sub = new SubscriptionCore(this.subscriptionHost, channel, options, onBatch, this.options.timeouts.queryMs);
+    const sub = new ClientSubscription(this.subscriptionHost, channel, options, onBatch, this.options.timeouts.queryMs);
     this.subscriptions.add(sub);
     await sub.begin();
     return sub;

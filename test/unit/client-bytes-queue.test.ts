@@ -5,10 +5,9 @@
 import { describe, expect, test } from "bun:test";
 import type { Events } from "../../wire/schemas.ts";
 import type { ChannelInfo } from "../../src/client/queries.ts";
+import { DELIVERY_QUEUE_BYTES_MAX_DEFAULT, DELIVERY_QUEUE_EVENTS_MAX_DEFAULT } from "../../src/client/delivery-queue.ts";
 import {
-  DELIVERY_QUEUE_BYTES_MAX_DEFAULT,
-  DELIVERY_QUEUE_EVENTS_MAX_DEFAULT,
-  SubscriptionCore,
+  ClientSubscription,
   type ReceivedBatch,
   type SubscribeOptions,
   type SubscriptionHost,
@@ -45,13 +44,13 @@ class GatedHandler {
   }
 }
 
-type Harness = { host: ScriptedHost; sub: SubscriptionCore; handler: GatedHandler; signals: SubscriptionSignal[] };
+type Harness = { host: ScriptedHost; sub: ClientSubscription; handler: GatedHandler; signals: SubscriptionSignal[] };
 
 function subscribe(info: ChannelInfo, options: SubscribeOptions): Harness {
   const host = new ScriptedHost();
   const handler = new GatedHandler();
   const signals: SubscriptionSignal[] = [];
-  const sub = new SubscriptionCore(host, info, { ...options, onSignal: (s) => signals.push(s) }, handler.handle, START_TIMEOUT_MS);
+  const sub = new ClientSubscription(host, info, { ...options, onSignal: (s) => signals.push(s) }, handler.handle, START_TIMEOUT_MS);
   void sub.begin().catch(() => undefined);
   for (const replica of [0, 1]) {
     const subId = host.subIdAt(replica);
@@ -77,7 +76,7 @@ describe("the delivery queue's byte bound", () => {
   test("must be a positive integer", () => {
     const host = new ScriptedHost();
     for (const queueBytesMax of [0, -1, 1.5]) {
-      expect(() => new SubscriptionCore(host, channel("net.links", "crash", "none"), { queueBytesMax }, () => undefined, START_TIMEOUT_MS)).toThrow(RangeError);
+      expect(() => new ClientSubscription(host, channel("net.links", "crash", "none"), { queueBytesMax }, () => undefined, START_TIMEOUT_MS)).toThrow(RangeError);
     }
   });
 

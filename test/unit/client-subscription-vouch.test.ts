@@ -5,11 +5,10 @@
 import { describe, expect, test } from "bun:test";
 import type { Events } from "../../wire/schemas.ts";
 import type { ChannelInfo } from "../../src/client/queries.ts";
+import { RESUBSCRIBE_AFTER_OVERFLOW_MS, RESUBSCRIBE_AFTER_SEND_FAILURE_MS } from "../../src/client/replica-subs.ts";
 import {
-  RESUBSCRIBE_AFTER_OVERFLOW_MS,
-  RESUBSCRIBE_AFTER_SEND_FAILURE_MS,
+  ClientSubscription,
   START_BUFFER_COPIES_PER_REPLICA_MAX,
-  SubscriptionCore,
   type ReceivedBatch,
   type SubscriptionHost,
   type SubscriptionSignal,
@@ -22,7 +21,7 @@ const START_TIMEOUT_MS = 60_000;
 const text = (b: Uint8Array): string => new TextDecoder().decode(b);
 
 
-type Harness = { host: ScriptedHost; sub: SubscriptionCore; got: string[]; signals: SubscriptionSignal[] };
+type Harness = { host: ScriptedHost; sub: ClientSubscription; got: string[]; signals: SubscriptionSignal[] };
 
 function subscribe(info: ChannelInfo, from?: number): Harness {
   const host = new ScriptedHost();
@@ -32,7 +31,7 @@ function subscribe(info: ChannelInfo, from?: number): Harness {
   const handler = (batch: ReceivedBatch) => {
     got.push(...batch.events.map(text));
   };
-  const sub = new SubscriptionCore(host, info, options, handler, START_TIMEOUT_MS);
+  const sub = new ClientSubscription(host, info, options, handler, START_TIMEOUT_MS);
   void sub.begin().catch(() => undefined);
   return { host, sub, got, signals };
 }
@@ -116,7 +115,7 @@ describe("asking a replica again", () => {
   test("a SUBSCRIBE that could not be sent (outbound queue full) is retried", () => {
     const host = new ScriptedHost();
     host.queueFull.add(2);
-    const sub = new SubscriptionCore(host, channel("net.links", "crash", "none"), {}, () => undefined, START_TIMEOUT_MS);
+    const sub = new ClientSubscription(host, channel("net.links", "crash", "none"), {}, () => undefined, START_TIMEOUT_MS);
     void sub.begin().catch(() => undefined);
     expect(host.subscribesTo(2)).toBe(0);
     host.queueFull.delete(2);

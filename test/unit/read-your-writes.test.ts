@@ -6,7 +6,7 @@
 import { describe, expect, test } from "bun:test";
 import type { QueryReply, SubEnd } from "../../wire/schemas.ts";
 import { channelInfoRule, type ChannelInfo } from "../../src/client/queries.ts";
-import { SubscriptionCore } from "../../src/client/subscription.ts";
+import { ClientSubscription } from "../../src/client/subscription.ts";
 import { RequestRejectedError } from "../../src/client/errors.ts";
 import { ExecutionGate } from "../../src/replica/execution-gate.ts";
 import { channel, ScriptedHost } from "./subscription-host.ts";
@@ -127,17 +127,17 @@ describe("channel-info: a refusal from a replica behind a decision is not a verd
 });
 
 describe("subscribe: a refusal from a replica behind a decision does not end the subscription", () => {
-  function start(floor = 0): { host: ScriptedHost; sub: SubscriptionCore; ended: Error[] } {
+  function start(floor = 0): { host: ScriptedHost; sub: ClientSubscription; ended: Error[] } {
     const host = new ScriptedHost();
     host.floor = floor;
     const ended: Error[] = [];
-    const sub = new SubscriptionCore(host, channel("sec.alerts", "byzantine", "total"), {}, () => undefined, 60_000);
+    const sub = new ClientSubscription(host, channel("sec.alerts", "byzantine", "total"), {}, () => undefined, 60_000);
     sub.begin().catch((error: Error) => ended.push(error));
     sub.done.catch((error: Error) => ended.push(error));
     return { host, sub, ended };
   }
 
-  function refuse(host: ScriptedHost, sub: SubscriptionCore, replica: number, at: number): void {
+  function refuse(host: ScriptedHost, sub: ClientSubscription, replica: number, at: number): void {
     const subId = host.subIdAt(replica);
     const body: SubEnd = { sub: subId, replica, code: "UNKNOWN_CHANNEL", reason: "no channel sec.alerts", at };
     sub.onSubEnd(replica, subId, body);

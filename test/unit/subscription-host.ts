@@ -1,5 +1,5 @@
 /**
- * Test helpers for SubscriptionCore: a scripted host standing for the client side of n
+ * Test helpers for ClientSubscription: a scripted host standing for the client side of n
  * replicas (what was sent to each, and whether sending works), and signed requests as a
  * replica forwards them.
  */
@@ -7,7 +7,7 @@ import { encodeCanonical } from "../../wire/canonical.ts";
 import type { Events } from "../../wire/schemas.ts";
 import { DOMAIN_REQUEST } from "../../wire/types.ts";
 import type { ChannelInfo } from "../../src/client/queries.ts";
-import type { SubscriptionCore, SubscriptionHost } from "../../src/client/subscription.ts";
+import type { ClientSubscription, SubscriptionHost } from "../../src/client/subscription.ts";
 import { signDomain } from "../../src/crypto/ed25519.ts";
 import type { SigningKey } from "../../src/crypto/keys.ts";
 
@@ -33,7 +33,7 @@ export class ScriptedHost implements SubscriptionHost {
     return this.floor;
   }
 
-  subscribeAt(_sub: SubscriptionCore, replica: number, from: number | undefined, after: number): number | null {
+  subscribeAt(_sub: ClientSubscription, replica: number, from: number | undefined, after: number): number | null {
     if (!this.ready.has(replica) || this.queueFull.has(replica)) return null;
     const subId = ++this.lastSubId;
     this.subscribes.push({ replica, subId, from, after });

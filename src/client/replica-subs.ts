@@ -1,0 +1,259 @@
+/**
+ * The per-replica side of one subscription: where our SUBSCRIBE stands at each replica
+ * (none, pending, active, or to be retried at some time), subscribing and resubscribing
+ * there through the SubscriptionHost, and the refusals replicas end it with.
+ *
+ * A refusal ends the subscription only once f+1 replicas agree on it, and a refusal a
+ * replica judged on its own state (it carries `at`) only while it is fresh: one older
+ * than the freshest decided seq known is asked again, waiting for that seq (see refused).
+ */
+import type { SubEnd, SubOk } from "../../wire/schemas.ts";
+import type { ErrorCode } from "../../wire/types.ts";
+import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
+import { SubscriptionEndedError } from "./errors.ts";
+import type { ClientSubscription, SubscriptionHost, SubscriptionSignal } from "./subscription.ts";
+
+/** A replica whose copies overflowed the voter's buffer is asked again after this long. */
+export const RESUBSCRIBE_AFTER_OVERFLOW_MS = 250;
+/**
+ * A replica whose SUBSCRIBE could not be sent (its outbound queue full, or not connected)
+ * is asked again after this long, or as soon as it connects.
+ */
+export const RESUBSCRIBE_AFTER_SEND_FAILURE_MS = 250;
+/** A replica that ended the subscription for a reason not yet confirmed by f+1 is asked again after this long. */
+export const RESUBSCRIBE_AFTER_REFUSAL_MS = 1_000;
+
+/** SUB_END codes that f+1 replicas must agree on before the subscription fails. */
+const FATAL_END_CODES: ReadonlySet<string> = new Set(["UNKNOWN_CHANNEL", "UNAUTHORIZED", "DESTROYED", "LIMIT", "BAD_REQUEST"]);
+
+type ReplicaSubState =
+  | { readonly t: "none" }
+  | { readonly t: "pending"; readonly subId: number; readonly from: number | undefined }
+  | { readonly t: "active"; readonly subId: number; readonly from: number | undefined; readonly next: number | undefined }
+  | { readonly t: "retry"; readonly at: number; readonly endCode: string | null };
+
+/** What the per-replica state needs from the subscription it belongs to. */
+export interface ReplicaSubsOwner {
+  readonly tag: string;
+  /** Where a (re)subscription at one replica starts. */
+  resumePoint(): number | undefined;
+  /** Whether delivery is paused for a slow handler. */
+  isPaused(): boolean;
+  signal(signal: SubscriptionSignal): void;
+  /** f+1 replicas refused the subscription: it ends with `error`. */
+  fail(error: Error): void;
+}
+
+export class ReplicaSubs {
+  private readonly replicas: ReplicaSubState[];
+  /** The last fatal SUB_END per replica; f+1 agreeing (and fresh, see refused) end the subscription. */
+  private readonly fatalEnds = new Map<number, { code: string; reason: string; at: number | undefined }>();
+  /** Replicas that answered a SUBSCRIBE at least once (SUB_OK or SUB_END). */
+  private readonly answered = new Set<number>();
+  /** The highest `at` any replica reported to this subscription. */
+  private freshestAt = 0;
+
+  constructor(
+    private readonly host: SubscriptionHost,
+    private readonly sub: ClientSubscription,
+    private readonly owner: ReplicaSubsOwner,
+  ) {
+    this.replicas = Array.from({ length: host.n }, (): ReplicaSubState => ({ t: "none" }));
+  }
+
+  /** The replicas that answered SUB_OK, and the `next` each reported. */
+  activeReplicas(): { replica: number; next: number | undefined }[] {
+    const active: { replica: number; next: number | undefined }[] = [];
+    this.replicas.forEach((state, replica) => {
+      if (state.t === "active") active.push({ replica, next: state.next });
+    });
+    return active;
+  }
+
+  isActive(replica: number): boolean {
+    return this.replicas[replica]?.t === "active";
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Subscribing at one replica
+  // ---------------------------------------------------------------------------------
+
+  subscribeAt(replica: number): void {
+    const from = this.owner.resumePoint();
+    const subId = this.host.subscribeAt(this.sub, replica, from, this.freshness());
+    if (subId === null) {
+      // Not sent (queue full or not connected): tick asks again once the replica is ready.
+      this.replicas[replica] = { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_SEND_FAILURE_MS, endCode: null };
+      return;
+    }
+    this.replicas[replica] = { t: "pending", subId, from };
+  }
+
+  resubscribe(replica: number): void {
+    const state = this.replicas[replica];
+    if (state !== undefined && (state.t === "active" || state.t === "pending")) this.host.unsubscribeAt(replica, state.subId);
+    this.subscribeAt(replica);
+  }
+
+  retryLater(replica: number, delayMs: number, endCode: string | null): void {
+    const state = this.replicas[replica];
+    if (state !== undefined && (state.t === "active" || state.t === "pending")) this.host.unsubscribeAt(replica, state.subId);
+    this.replicas[replica] = { t: "retry", at: this.host.now() + delayMs, endCode };
+  }
+
+  /** The replica's session is up: subscribes there unless a SUBSCRIBE is pending or active. */
+  subscribeIfIdle(replica: number): void {
+    const state = this.replicas[replica];
+    if (state === undefined || state.t === "pending" || state.t === "active") return;
+    this.subscribeAt(replica);
+  }
+
+  /** The replica's connection dropped: its subscription is gone with it. False if it had none pending or active. */
+  dropped(replica: number): boolean {
+    const state = this.replicas[replica];
+    if (state === undefined || state.t === "none" || state.t === "retry") return false;
+    this.replicas[replica] = { t: "none" };
+    return true;
+  }
+
+  /** Subscribes again at every replica that is retrying or subscribed (after a skip). */
+  resubscribeAll(): void {
+    this.replicas.forEach((state, replica) => {
+      if (state.t === "retry" || state.t === "active" || state.t === "pending") this.resubscribe(replica);
+    });
+  }
+
+  /** Unsubscribes everywhere; no replica is asked again until subscribeAt. */
+  unsubscribeAll(): void {
+    this.replicas.forEach((state, replica) => {
+      if (state.t === "active" || state.t === "pending") this.host.unsubscribeAt(replica, state.subId);
+      this.replicas[replica] = { t: "none" };
+    });
+  }
+
+  /** Retries refused or overflowed replicas and unsent SUBSCRIBEs whose time has come. */
+  retryDue(now: number): void {
+    this.replicas.forEach((state, replica) => {
+      if (state.t === "retry" && now >= state.at && this.host.readyReplicas().includes(replica)) this.subscribeAt(replica);
+    });
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Answers from one replica
+  // ---------------------------------------------------------------------------------
+
+  /** SUB_OK: the pending SUBSCRIBE `subId` is active. Its `from`, or null if it answers no pending SUBSCRIBE of ours. */
+  accepted(replica: number, subId: number, body: SubOk): { readonly from: number | undefined } | null {
+    const state = this.replicas[replica];
+    if (state === undefined || state.t !== "pending" || state.subId !== subId) return null;
+    this.replicas[replica] = { t: "active", subId, from: state.from, next: body.next };
+    this.fatalEnds.delete(replica);
+    this.answered.add(replica);
+    if (body.at !== undefined && body.at > this.freshestAt) {
+      this.freshestAt = body.at;
+      this.askStaleAgain();
+    }
+    return { from: state.from };
+  }
+
+  /** Whether `subId` is our SUBSCRIBE at `replica`, pending or active (copies under it count). */
+  carries(replica: number, subId: number): boolean {
+    const state = this.replicas[replica];
+    return state !== undefined && (state.t === "active" || state.t === "pending") && state.subId === subId;
+  }
+
+  /** SUB_END: the replica ended our SUBSCRIBE `subId`, whose id is released. False if it is not ours. */
+  release(replica: number, subId: number): boolean {
+    if (!this.carries(replica, subId)) return false;
+    this.host.releaseSubId(subId);
+    this.replicas[replica] = { t: "none" };
+    return true;
+  }
+
+  /**
+   * A refusal a replica judged on its own state (it carries `at`) may predate a decision
+   * another replica executed (a create-channel or register just made): it is never a vote
+   * against that decision. One older than the freshest decided seq known (the client's
+   * floor, or any replica's `at` here) is asked again at once with `after` = that seq, and
+   * the replica answers once it has executed it. Fresh refusals end the subscription once
+   * f+1 agree and 2f+1 replicas, or every reachable one, have answered.
+   */
+  refused(replica: number, body: SubEnd): void {
+    this.answered.add(replica);
+    if (body.at !== undefined && body.at > this.freshestAt) this.freshestAt = body.at;
+    if (body.at !== undefined && body.at < this.freshness()) {
+      this.fatalEnds.delete(replica);
+      this.replicas[replica] = { t: "retry", at: this.host.now(), endCode: body.code };
+      if (!this.owner.isPaused() && this.host.readyReplicas().includes(replica)) this.subscribeAt(replica);
+      return;
+    }
+    this.owner.signal({ t: "replica-ended", replica, code: body.code, reason: body.reason });
+    if (FATAL_END_CODES.has(body.code)) this.fatalEnds.set(replica, { code: body.code, reason: body.reason, at: body.at });
+    this.askStaleAgain();
+    const agreed = this.agreedFatalEnd();
+    if (agreed !== null) {
+      this.owner.fail(
+        new SubscriptionEndedError(subEndErrorCode(agreed.code), agreed.code, `subscription to ${this.owner.tag} refused: ${agreed.code} ${agreed.reason}`),
+      );
+      return;
+    }
+    this.replicas[replica] = { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_REFUSAL_MS, endCode: body.code };
+  }
+
+  /** The freshest decided seq known to this subscription: the client's floor or any replica's `at`. */
+  private freshness(): number {
+    return Math.max(this.host.executedFloor(), this.freshestAt);
+  }
+
+  /** Refusals that a fresher answer has made stale are asked again, waiting for that seq. */
+  private askStaleAgain(): void {
+    const fresh = this.freshness();
+    for (const [replica, end] of [...this.fatalEnds]) {
+      if (end.at === undefined || end.at >= fresh) continue;
+      this.fatalEnds.delete(replica);
+      const state = this.replicas[replica];
+      if (state !== undefined && state.t !== "active" && state.t !== "pending") this.subscribeAt(replica);
+    }
+  }
+
+  /** The fatal end code f+1 replicas agree on, if any (see refused for ends that carry `at`). */
+  private agreedFatalEnd(): { code: string; reason: string } | null {
+    const byCode = new Map<string, { count: number; reason: string; local: boolean }>();
+    for (const end of this.fatalEnds.values()) {
+      const entry = byCode.get(end.code) ?? { count: 0, reason: end.reason, local: false };
+      entry.count++;
+      entry.local ||= end.at !== undefined;
+      byCode.set(end.code, entry);
+    }
+    const f = this.host.f;
+    const enoughAnswered =
+      this.answered.size >= Math.min(this.host.n, byzantineQuorum(f)) || this.host.readyReplicas().every((replica) => this.answered.has(replica));
+    for (const [code, entry] of byCode) {
+      if (entry.count >= vouchQuorum(f) && (!entry.local || enoughAnswered)) return { code, reason: entry.reason };
+    }
+    return null;
+  }
+
+  /** " (replica 1: UNKNOWN_CHANNEL ...; ...)" for an error message, or "" when no replica refused. */
+  describeRefusals(): string {
+    if (this.fatalEnds.size === 0) return "";
+    const parts = [...this.fatalEnds].map(([replica, end]) => `replica ${replica}: ${end.code} ${end.reason}`);
+    return ` (${parts.join("; ")})`;
+  }
+}
+
+/** The ERROR_CODES entry that stands for a SUB_END code. */
+function subEndErrorCode(code: string): ErrorCode {
+  switch (code) {
+    case "UNKNOWN_CHANNEL":
+    case "UNAUTHORIZED":
+    case "BAD_REQUEST":
+      return code;
+    case "DESTROYED":
+      return "UNKNOWN_CHANNEL";
+    case "LIMIT":
+      return "OVERLOADED";
+    default:
+      return "INTERNAL";
+  }
+}
