@@ -5,44 +5,31 @@
  * - publish / admin: sign a request once, send it to every replica, and vote on the
  *   replies with the quorum the channel's CLASS needs (src/core/voting, DESIGN §3).
  *   Replicas that have not answered get the same signed bytes again after a timeout and
- *   whenever their session comes back; the request fails with TIMEOUT at its deadline.
- *   Sequence numbers are learned from the group once per space (seq.ts) and then
- *   counted locally; a REPLAY answer makes the client learn again and re-number.
+ *   whenever their session comes back; the request fails with TIMEOUT at its deadline
+ *   (request-tracker.ts). Sequence numbers are learned from the group once per space
+ *   (seq-spaces.ts, seq.ts) and then counted locally; a REPLAY answer makes the client
+ *   learn again and re-number.
  * - query: channel-info and list-channels from f+1 matching answers, client-seq by rank,
- *   status from each replica (queries.ts).
- * - subscribe: delivery voting, end-to-end signature checks and resume (subscription.ts).
+ *   status from each replica (queries.ts, query-tracker.ts, cluster-status.ts).
+ * - subscribe: delivery voting, end-to-end signature checks and resume (subscription.ts),
+ *   routed by sub id (subscription-router.ts).
+ *
+ * This class is the facade that ties those units together: it owns the connections
+ * (replica-group.ts), the read-your-writes floor (executed-floor.ts), the window and the
+ * timer, and hands each frame from a replica to the unit it is for.
  *
  * Everything is bounded: requests in flight (the window), callers waiting for the
  * window, each connection's send queue, subscriptions, each subscription's buffers.
  */
-import type { Canonical } from "../../wire/canonical.ts";
-import {
-  encodeTypedFrame,
-  type AdminCmd,
-  type Events,
-  type Frame,
-  type Op,
-  type Query,
-  type QueryKind,
-  type QueryReply,
-  type Reply,
-  type ReplyResult,
-  type SubEnd,
-  type SubOk,
-} from "../../wire/schemas.ts";
+import type { AdminCmd, Frame, Op, Query, QueryKind, ReplyResult } from "../../wire/schemas.ts";
 import { FrameType, type ErrorCode } from "../../wire/types.ts";
-import { ReplyVoter } from "../core/voting/reply-voter.ts";
-import { byzantineQuorum, liveQuorum, replyKindOf, vouchQuorum, type ReplyKind } from "../core/voting/quorum.ts";
+import type { Canonical } from "../../wire/canonical.ts";
+import { liveQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import type { ClusterConfig } from "../config/cluster.ts";
-import { toHex } from "../crypto/encoding.ts";
-import { ReplicaConnection, type ReplicaEndpoint } from "./connection.ts";
-import {
-  ClientClosedError,
-  ClientError,
-  NoQuorumError,
-  QueueFullError,
-  RequestRejectedError,
-} from "./errors.ts";
+import { summarizeStatus, type ClusterStatus } from "./cluster-status.ts";
+import type { ReplicaConnection } from "./connection.ts";
+import { ClientClosedError, ClientError, NoQuorumError, QueueFullError } from "./errors.ts";
+import { ExecutedFloor } from "./executed-floor.ts";
 import { resolveOptions, type ClientLimits, type ClientTimeouts, type FitbClientOptions, type ResolvedOptions } from "./options.ts";
 import {
   channelInfoRule,
@@ -53,14 +40,18 @@ import {
   parseStatus,
   rankRule,
   type ChannelInfo,
-  type EachAnswer,
   type QueryRule,
-  type ReplicaStatusAnswer,
 } from "./queries.ts";
-import { adminOp, buildRequest, checkEvents, checkTag, pubOp, requestFrame, spanOf, type BuiltRequest } from "./request.ts";
-import { SeqCounter, spaceName } from "./seq.ts";
+import { QueryTracker } from "./query-tracker.ts";
+import { ReplicaGroup, type TrackingContext } from "./replica-group.ts";
+import { adminOp, buildRequest, checkEvents, checkTag, pubOp, spanOf } from "./request.ts";
+import { RequestTracker, type RequestOutcome } from "./request-tracker.ts";
+import { SeqSpaces, type SeqSpace } from "./seq-spaces.ts";
+import { ClientSubscription, type BatchHandler, type SubscribeOptions, type Subscription } from "./subscription.ts";
+import { SubscriptionRouter } from "./subscription-router.ts";
 import { InflightWindow } from "./window.ts";
-import { ClientSubscription, type BatchHandler, type SubscribeOptions, type Subscription, type SubscriptionHost } from "./subscription.ts";
+
+export { summarizeStatus, type ClusterStatus, type ReplicaStatus } from "./cluster-status.ts";
 
 /**
  * How long a client that already has the sessions it needs waits for the others before it
@@ -69,13 +60,6 @@ import { ClientSubscription, type BatchHandler, type SubscribeOptions, type Subs
 export const SESSION_GRACE_MS = 1_000;
 /** The client's timers look at deadlines this often at most. */
 const TICK_MS_MAX = 250;
-
-/**
- * Refusals that say "not now" rather than "no": the replica is catching up, shedding
- * load, rate-limiting, or still waiting for an earlier request of ours. They are not
- * votes; the request goes to that replica again at the next resend.
- */
-const TRANSIENT_REFUSALS: ReadonlySet<ErrorCode> = new Set(["OUT_OF_ORDER", "NOT_READY", "OVERLOADED", "RATE_LIMITED", "TIMEOUT"]);
 
 /** Refusals after which what the client believes about a channel (its CLASS) may be stale. */
 const CHANNEL_STALE_REFUSALS: ReadonlySet<ErrorCode> = new Set(["UNKNOWN_CHANNEL", "BAD_REQUEST"]);
@@ -108,118 +92,33 @@ export interface AdminAck {
   readonly at: number | null;
 }
 
-/** One replica's line in ClusterStatus. */
-export interface ReplicaStatus {
-  readonly id: number;
-  readonly address: string;
-  /** Whether the client holds a session with it right now. */
-  readonly connected: boolean;
-  /** Its own status answer, or why there is none. */
-  readonly answer: EachAnswer<ReplicaStatusAnswer> | null;
-}
-
-/** What `status()` reports. */
-export interface ClusterStatus {
-  /** The view f+1 replicas agree on, or the one most replicas report if none has f+1; null if none answered. */
-  readonly view: number | null;
-  readonly leader: number | null;
-  /** Whether `view` and `leader` are backed by f+1 matching answers. */
-  readonly agreed: boolean;
-  /** The (f+1)-th highest last decided seq: reached by at least one correct replica. */
-  readonly lastDecided: number | null;
-  readonly channels: number | null;
-  readonly replicas: readonly ReplicaStatus[];
-}
-
 export type QueryResult =
   | { readonly kind: "status"; readonly value: ClusterStatus }
   | { readonly kind: "list-channels"; readonly value: readonly ChannelInfo[] }
   | { readonly kind: "channel-info"; readonly value: ChannelInfo }
   | { readonly kind: "client-seq"; readonly value: number };
 
-/** A sequence space once learned: the channel's CLASS (publishes) and the counter. */
-interface SeqSpace {
-  readonly name: string;
-  readonly tag: string | null;
-  readonly kind: ReplyKind;
-  readonly counter: SeqCounter;
-  /** Set when a request timed out: its numbers may or may not have been used. */
-  stale: boolean;
-  relearning: Promise<void> | null;
-}
-
-type RequestOutcome =
-  | { readonly ok: true; readonly res: ReplyResult; readonly replicas: readonly number[] }
-  | { readonly ok: false; readonly error: ClientError };
-
-interface PendingRequest {
-  readonly built: BuiltRequest;
-  /** The REQUEST frame as sent now: built.frame, or again with a higher `after`. */
-  frame: Uint8Array;
-  frameAfter: number;
-  /**
-   * Refusals judged on one replica's own state (they carry `at`): not votes until they
-   * are fresh and enough replicas answered (localRefusal below).
-   */
-  readonly local: Map<number, { readonly code: ErrorCode; readonly reason: string; readonly at: number }>;
-  /** Every `at` a replica reported for this request. */
-  readonly ats: Map<number, number>;
-  readonly what: string;
-  readonly voter: ReplyVoter;
-  /** Replicas that have the request on their current session. */
-  readonly sentTo: Set<number>;
-  /** One reason text per refusal code, for the error message. */
-  readonly reasons: Map<string, string>;
-  /** The last transient refusal per replica (not a vote). */
-  readonly transient: Map<number, string>;
-  lastSendAt: number;
-  readonly deadline: number;
-  readonly settle: (outcome: RequestOutcome) => void;
-}
-
-interface PendingQuery {
-  readonly id: number;
-  readonly body: Query;
-  frame: Uint8Array;
-  /** Every `at` a replica reported for this query. */
-  readonly ats: Map<number, number>;
-  readonly rule: QueryRule<unknown>;
-  readonly sentTo: Set<number>;
-  readonly answered: Set<number>;
-  readonly deadline: number;
-  readonly settle: (outcome: { ok: true; value: unknown } | { ok: false; error: ClientError }) => void;
-}
-
-interface SubRoute {
-  readonly sub: ClientSubscription;
-  readonly replica: number;
-}
-
 export class FitbClient {
   readonly config: ClusterConfig;
   readonly n: number;
   readonly f: number;
   private readonly options: ResolvedOptions;
-  private readonly connections: readonly ReplicaConnection[];
+  private readonly group: ReplicaGroup;
   private readonly window: InflightWindow;
-  private readonly spaces = new Map<string, Promise<SeqSpace>>();
-  private readonly requests = new Map<string, PendingRequest>();
-  private readonly queries = new Map<number, PendingQuery>();
-  private readonly subscriptions = new Set<ClientSubscription>();
-  private readonly subRoutes = new Map<number, SubRoute>();
-  private readonly everReady = new Set<number>();
-  private readonly readyWaiters: (() => void)[] = [];
-  private readonly subscriptionHost: SubscriptionHost;
-  private tickTimer: ReturnType<typeof setInterval> | null = null;
-  private queryCounter = 0;
-  private subCounter = 0;
-  private closed = false;
   /**
    * A decided seq this client knows some correct replica has executed: from its own admin
    * commands, and the (f+1)-th highest `at` of any answer. Sent as `after` so that a
    * replica behind it waits instead of answering from older state.
    */
-  private floor = 0;
+  private readonly floor: ExecutedFloor;
+  private readonly spaces: SeqSpaces;
+  private readonly requests: RequestTracker;
+  private readonly queries: QueryTracker;
+  private readonly subscriptions: SubscriptionRouter;
+  private readonly everReady = new Set<number>();
+  private readonly readyWaiters: (() => void)[] = [];
+  private tickTimer: ReturnType<typeof setInterval> | null = null;
+  private closed = false;
 
   constructor(options: FitbClientOptions) {
     this.options = resolveOptions(options);
@@ -228,30 +127,41 @@ export class FitbClient {
     this.f = options.config.f;
     const { limits, timeouts } = this.options;
     this.window = new InflightWindow(limits.inflightRequestsMax, limits.waitersMax);
-    this.subscriptionHost = this.makeSubscriptionHost();
-    this.connections = options.config.replicas.map((replica) => {
-      const endpoint: ReplicaEndpoint = { id: replica.id, host: replica.host, port: replica.port, publicKey: replica.publicKey };
-      return new ReplicaConnection(
-        endpoint,
-        options.key,
-        {
-          onReady: (connection) => this.onReady(connection),
-          onFrame: (connection, frame) => this.onFrame(connection, frame),
-          onDown: (connection, error) => this.onDown(connection, error),
-          onBadFrame: (connection, reason) => this.log("warn", `replica ${connection.id} sent an invalid frame: ${reason}`, connection.id),
-        },
-        {
-          frameBytesMax: options.config.limits.frameBytesMax,
-          outboundBytesMax: limits.outboundBytesMax,
-          sessionTimeoutMs: timeouts.sessionMs,
-          pingIntervalMs: timeouts.pingIntervalMs,
-          idleTimeoutMs: timeouts.idleMs,
-          backoff: this.options.backoff,
-          random: this.options.random,
-          now: this.options.now,
-        },
-      );
+    this.floor = new ExecutedFloor(this.f);
+    this.group = new ReplicaGroup(
+      options.config,
+      options.key,
+      {
+        onReady: (connection) => this.onReady(connection),
+        onFrame: (connection, frame) => this.onFrame(connection, frame),
+        onDown: (connection, error) => this.onDown(connection, error),
+        onBadFrame: (connection, reason) => this.log("warn", `replica ${connection.id} sent an invalid frame: ${reason}`, connection.id),
+      },
+      {
+        frameBytesMax: options.config.limits.frameBytesMax,
+        outboundBytesMax: limits.outboundBytesMax,
+        sessionTimeoutMs: timeouts.sessionMs,
+        pingIntervalMs: timeouts.pingIntervalMs,
+        idleTimeoutMs: timeouts.idleMs,
+        backoff: this.options.backoff,
+        random: this.options.random,
+        now: this.options.now,
+      },
+    );
+    const tracking: TrackingContext = {
+      group: this.group,
+      floor: this.floor,
+      frameBytesMax: options.config.limits.frameBytesMax,
+      now: () => this.options.now(),
+      log: (level, message, replica) => this.log(level, message, replica),
+    };
+    this.requests = new RequestTracker(tracking, timeouts);
+    this.queries = new QueryTracker(tracking, timeouts.queryMs);
+    this.spaces = new SeqSpaces({
+      channelInfo: (tag) => this.channelInfo(tag),
+      clientSeq: (tag, everyReplica) => this.clientSeq(tag, everyReplica),
     });
+    this.subscriptions = new SubscriptionRouter(this.group, this.floor, () => this.options.now());
   }
 
   /**
@@ -276,7 +186,7 @@ export class FitbClient {
     if (this.tickTimer !== null || this.closed) return;
     const tickMs = Math.max(1, Math.min(TICK_MS_MAX, Math.floor(this.options.timeouts.resendMs / 2)));
     this.tickTimer = setInterval(() => this.tick(), tickMs);
-    for (const connection of this.connections) connection.start();
+    this.group.start();
   }
 
   get timeouts(): ClientTimeouts {
@@ -294,7 +204,7 @@ export class FitbClient {
 
   /** The decided seq this client waits for replicas to have executed (see `floor`). */
   get executedFloor(): number {
-    return this.floor;
+    return this.floor.value;
   }
 
   /**
@@ -302,29 +212,17 @@ export class FitbClient {
    * `fitb admin` in another process): later calls wait for replicas to reach it.
    */
   observeExecuted(seq: number): void {
-    if (Number.isSafeInteger(seq) && seq > this.floor) this.floor = seq;
-  }
-
-  /** The (f+1)-th highest of several replicas' `at`: reached by at least one correct replica. */
-  private observeAts(ats: ReadonlyMap<number, number>): void {
-    if (ats.size < vouchQuorum(this.f)) return;
-    const sorted = [...ats.values()].sort((a, b) => b - a);
-    this.observeExecuted(sorted[this.f] as number);
+    this.floor.observe(seq);
   }
 
   /** Ids of the replicas with a session up now. */
   readyReplicas(): number[] {
-    return this.connections.filter((connection) => connection.isReady).map((connection) => connection.id);
+    return this.group.readyReplicas();
   }
 
   /** Each replica's connection state and last error, for diagnostics. */
   replicaStates(): { id: number; address: string; state: string; lastError: string | null }[] {
-    return this.connections.map((connection) => ({
-      id: connection.id,
-      address: connection.address,
-      state: connection.state,
-      lastError: connection.lastError?.message ?? null,
-    }));
+    return this.group.replicaStates();
   }
 
   /** Requests in flight now. */
@@ -360,7 +258,7 @@ export class FitbClient {
     const ready = this.readyReplicas().length;
     if (ready >= needed) return;
     throw new NoQuorumError(
-      `no quorum: ${ready} of ${this.n} replicas reachable within ${timeoutMs} ms, ${needed} needed (${this.describeReplicas(new Set())})`,
+      `no quorum: ${ready} of ${this.n} replicas reachable within ${timeoutMs} ms, ${needed} needed (${this.group.describeReplicas(new Set())})`,
     );
   }
 
@@ -425,18 +323,18 @@ export class FitbClient {
     describe: () => string,
   ): Promise<{ res: ReplyResult; replicas: readonly number[]; pubSeq: number }> {
     for (let attempt = 0; ; attempt++) {
-      const space = await this.space(tag);
-      if (space.stale) await this.relearn(space, space.counter.epoch);
+      const space = await this.spaces.space(tag);
+      if (space.stale) await this.spaces.relearn(space, space.counter.epoch);
       const epoch = space.counter.epoch;
       const { outcome, seq } = await this.submit(space, op, describe());
       if (outcome.ok) return { res: outcome.res, replicas: outcome.replicas, pubSeq: seq };
       const code = outcome.error.code;
       if (code === "REPLAY" && attempt < this.options.limits.replayRetriesMax) {
-        await this.relearn(space, epoch);
+        await this.spaces.relearn(space, epoch);
         continue;
       }
       if (code === "TIMEOUT") space.stale = true;
-      if (tag !== null && CHANNEL_STALE_REFUSALS.has(code)) this.spaces.delete(spaceName(tag));
+      if (tag !== null && CHANNEL_STALE_REFUSALS.has(code)) this.spaces.forget(tag);
       throw outcome.error;
     }
   }
@@ -449,84 +347,12 @@ export class FitbClient {
       // Numbering right after taking the slot, with no await in between, sends every
       // space's requests in the order of their numbers, which total-order replicas need.
       const seq = space.counter.allocate(spanOf(op));
-      const built = buildRequest(this.options.key, { seq, ts: this.options.now(), op, after: this.floor }, this.config.limits.frameBytesMax);
-      const outcome = await this.track(built, space.kind, `${what} (seq ${seq})`);
+      const built = buildRequest(this.options.key, { seq, ts: this.options.now(), op, after: this.floor.value }, this.config.limits.frameBytesMax);
+      const outcome = await this.requests.track(built, space.kind, `${what} (seq ${seq})`);
       return { outcome, seq };
     } finally {
       this.window.release();
     }
-  }
-
-  private track(built: BuiltRequest, kind: ReplyKind, what: string): Promise<RequestOutcome> {
-    return new Promise<RequestOutcome>((resolve) => {
-      const now = this.options.now();
-      const pending: PendingRequest = {
-        built,
-        frame: built.frame,
-        frameAfter: this.floor,
-        local: new Map(),
-        ats: new Map(),
-        what,
-        voter: new ReplyVoter({ n: this.n, f: this.f, kind }),
-        sentTo: new Set(),
-        reasons: new Map(),
-        transient: new Map(),
-        lastSendAt: now,
-        deadline: now + this.options.timeouts.requestMs,
-        settle: (outcome) => {
-          this.requests.delete(built.digestHex);
-          this.observeAts(pending.ats);
-          resolve(outcome);
-        },
-      };
-      this.requests.set(built.digestHex, pending);
-      for (const connection of this.connections) this.sendRequest(pending, connection);
-    });
-  }
-
-  private sendRequest(pending: PendingRequest, connection: ReplicaConnection): void {
-    if (pending.sentTo.has(connection.id)) return;
-    if (connection.sendEncoded(pending.frame)) pending.sentTo.add(connection.id);
-  }
-
-  // ---------------------------------------------------------------------------------
-  // Sequence spaces
-  // ---------------------------------------------------------------------------------
-
-  /** The learned space of `tag` (null: admin), learning it (CLASS and last seq) on first use. */
-  private space(tag: string | null): Promise<SeqSpace> {
-    const name = spaceName(tag);
-    const known = this.spaces.get(name);
-    if (known !== undefined) return known;
-    const learning = this.learnSpace(tag, name);
-    this.spaces.set(name, learning);
-    // A failed learn is forgotten, so the next call asks again instead of failing forever.
-    learning.catch(() => {
-      if (this.spaces.get(name) === learning) this.spaces.delete(name);
-    });
-    return learning;
-  }
-
-  private async learnSpace(tag: string | null, name: string): Promise<SeqSpace> {
-    const kind: ReplyKind = tag === null ? "admin" : replyKindOf(await this.channelInfo(tag));
-    const last = await this.clientSeq(tag, isUnordered(kind));
-    return { name, tag, kind, counter: new SeqCounter(last), stale: false, relearning: null };
-  }
-
-  /** Learns the space's last seq again, once per epoch however many requests ask. */
-  private async relearn(space: SeqSpace, epochSeen: number): Promise<void> {
-    if (space.counter.epoch !== epochSeen) return;
-    if (space.relearning === null) {
-      space.relearning = this.clientSeq(space.tag, isUnordered(space.kind))
-        .then((last) => {
-          space.counter.reset(last);
-          space.stale = false;
-        })
-        .finally(() => {
-          space.relearning = null;
-        });
-    }
-    await space.relearning;
   }
 
   // ---------------------------------------------------------------------------------
@@ -536,8 +362,9 @@ export class FitbClient {
   /** A channel's CLASS, from f+1 matching answers; RequestRejectedError(UNKNOWN_CHANNEL) if f+1 say so. */
   channelInfo(tag: string): Promise<ChannelInfo> {
     checkTag(tag);
-    const rule = channelInfoRule(this.n, this.f, `channel-info ${tag}`, this.floor, () => this.readyReplicas());
-    const body: Query = this.floor > 0 ? { id: 0, q: "channel-info", tag, after: this.floor } : { id: 0, q: "channel-info", tag };
+    const floor = this.floor.value;
+    const rule = channelInfoRule(this.n, this.f, `channel-info ${tag}`, floor, () => this.readyReplicas());
+    const body: Query = floor > 0 ? { id: 0, q: "channel-info", tag, after: floor } : { id: 0, q: "channel-info", tag };
     return this.runQuery(body, rule);
   }
 
@@ -562,7 +389,7 @@ export class FitbClient {
   /** Every replica's status side by side, with the view and leader f+1 of them agree on. */
   async status(): Promise<ClusterStatus> {
     const answers = await this.runQuery({ id: 0, q: "status" }, eachRule(this.n, parseStatus));
-    return summarizeStatus(this.f, answers, this.connections);
+    return summarizeStatus(this.f, answers, this.group.connections);
   }
 
   /** Any query by kind, with the rule that kind takes (see queries.ts). */
@@ -586,33 +413,7 @@ export class FitbClient {
 
   private runQuery<T>(body: Query, rule: QueryRule<T>): Promise<T> {
     this.assertOpen();
-    const id = ++this.queryCounter;
-    const frame = encodeTypedFrame({ type: FrameType.QUERY, body: { ...body, id } as Query }, this.config.limits.frameBytesMax);
-    return new Promise<T>((resolve, reject) => {
-      const pending: PendingQuery = {
-        id,
-        body: { ...body, id } as Query,
-        frame,
-        ats: new Map(),
-        rule: rule as QueryRule<unknown>,
-        sentTo: new Set(),
-        answered: new Set(),
-        deadline: this.options.now() + this.options.timeouts.queryMs,
-        settle: (outcome) => {
-          this.queries.delete(id);
-          this.observeAts(pending.ats);
-          if (outcome.ok) resolve(outcome.value as T);
-          else reject(outcome.error);
-        },
-      };
-      this.queries.set(id, pending);
-      for (const connection of this.connections) this.sendQuery(pending, connection);
-    });
-  }
-
-  private sendQuery(pending: PendingQuery, connection: ReplicaConnection): void {
-    if (pending.sentTo.has(connection.id) || pending.answered.has(connection.id)) return;
-    if (connection.sendEncoded(pending.frame)) pending.sentTo.add(connection.id);
+    return this.queries.run(body, rule);
   }
 
   // ---------------------------------------------------------------------------------
@@ -631,43 +432,10 @@ export class FitbClient {
       throw new QueueFullError(`${this.subscriptions.size} subscriptions open; at most ${this.options.limits.subscriptionsMax}`);
     }
     const channel = await this.channelInfo(tag);
-    const sub = new ClientSubscription(this.subscriptionHost, channel, options, onBatch, this.options.timeouts.queryMs);
+    const sub = new ClientSubscription(this.subscriptions, channel, options, onBatch, this.options.timeouts.queryMs);
     this.subscriptions.add(sub);
     await sub.begin();
     return sub;
-  }
-
-  /** The side of the client a subscription sees: sending, routing, the clock. */
-  private makeSubscriptionHost(): SubscriptionHost {
-    return {
-    n: this.n,
-    f: this.f,
-    readyReplicas: () => this.readyReplicas(),
-    executedFloor: () => this.floor,
-    subscribeAt: (sub, replica, from, after) => {
-      const connection = this.connections[replica];
-      if (connection === undefined || !connection.isReady) return null;
-      const subId = ++this.subCounter;
-      const body: { sub: number; tag: string; from?: number; after?: number } = { sub: subId, tag: sub.tag };
-      if (from !== undefined) body.from = from;
-      if (after > 0) body.after = after;
-      if (!connection.send({ type: FrameType.SUBSCRIBE, body })) return null;
-      this.subRoutes.set(subId, { sub, replica });
-      return subId;
-    },
-    unsubscribeAt: (replica, subId) => {
-      this.subRoutes.delete(subId);
-      this.connections[replica]?.send({ type: FrameType.UNSUBSCRIBE, body: { sub: subId } });
-    },
-    releaseSubId: (subId) => {
-      this.subRoutes.delete(subId);
-    },
-    forget: (sub) => {
-      this.subscriptions.delete(sub);
-      for (const [subId, route] of this.subRoutes) if (route.sub === sub) this.subRoutes.delete(subId);
-    },
-    now: () => this.options.now(),
-    };
   }
 
   // ---------------------------------------------------------------------------------
@@ -677,19 +445,19 @@ export class FitbClient {
   private onFrame(connection: ReplicaConnection, frame: Frame): void {
     switch (frame.type) {
       case FrameType.REPLY:
-        this.onReply(connection.id, frame.body);
+        this.requests.onReply(connection.id, frame.body);
         return;
       case FrameType.QUERY_REPLY:
-        this.onQueryReply(connection.id, frame.body);
+        this.queries.onQueryReply(connection.id, frame.body);
         return;
       case FrameType.SUB_OK:
-        this.onSubOk(connection.id, frame.body);
+        this.subscriptions.onSubOk(connection.id, frame.body);
         return;
       case FrameType.EVENTS:
-        this.onEvents(connection.id, frame.body);
+        this.subscriptions.onEvents(connection.id, frame.body);
         return;
       case FrameType.SUB_END:
-        this.onSubEnd(connection.id, frame.body);
+        this.subscriptions.onSubEnd(connection.id, frame.body);
         return;
       case FrameType.ERROR:
         this.log("warn", `replica ${connection.id} reported ${frame.body.code}: ${frame.body.reason}`, connection.id);
@@ -713,163 +481,6 @@ export class FitbClient {
     }
   }
 
-  private onReply(replica: number, body: Reply): void {
-    const pending = this.requests.get(toHex(body.d));
-    if (pending === undefined) return;
-    if (body.seq !== pending.built.request.seq) {
-      this.log("warn", `replica ${replica} answered ${pending.what} with seq ${body.seq}; ignored`, replica);
-      return;
-    }
-    if (body.at !== undefined) pending.ats.set(replica, body.at);
-    if (!body.ok && TRANSIENT_REFUSALS.has(body.code)) {
-      pending.transient.set(replica, `${body.code} ${body.reason}`);
-      pending.sentTo.delete(replica);
-      return;
-    }
-    if (!body.ok && body.at !== undefined) {
-      pending.local.set(replica, { code: body.code, reason: body.reason, at: body.at });
-      this.judgeLocalRefusals(pending);
-      return;
-    }
-    pending.local.delete(replica);
-    if (!body.ok) pending.reasons.set(body.code, body.reason);
-    const vote: Canonical = body.ok ? { ok: true, res: body.res as unknown as Canonical } : { ok: false, code: body.code };
-    const added = pending.voter.add(replica, vote);
-    for (const conflict of added.conflicts) {
-      this.log("warn", `${pending.what}: replica ${"replica" in conflict ? conflict.replica : "?"} ${conflict.kind}`, replica);
-    }
-    this.settleIfDone(pending);
-    if (this.requests.get(pending.built.digestHex) === pending && pending.local.size > 0) this.judgeLocalRefusals(pending);
-  }
-
-  /**
-   * Refusals a replica judged on its own state (no such channel, key not registered) may
-   * predate a decision another replica has executed: such an answer is never a vote
-   * against the ordered history. One is stale when its `at` is below the freshest
-   * decided seq known (this client's floor, or any replica's `at` for this request); a
-   * stale replica is asked again with `after` = that seq and waits until it has executed
-   * it. The fresh ones refuse the request once f+1 agree and at least 2f+1 replicas (or
-   * every reachable one) have answered, so that a replica that did execute the decision
-   * had its say.
-   */
-  private judgeLocalRefusals(pending: PendingRequest): void {
-    let fresh = this.floor;
-    for (const at of pending.ats.values()) fresh = Math.max(fresh, at);
-    const counts = new Map<ErrorCode, number>();
-    for (const [replica, refusal] of pending.local) {
-      if (refusal.at < fresh) {
-        pending.transient.set(replica, `${refusal.code} ${refusal.reason} (as of decided seq ${refusal.at}; asked again to wait for ${fresh})`);
-        pending.sentTo.delete(replica);
-        continue;
-      }
-      counts.set(refusal.code, (counts.get(refusal.code) ?? 0) + 1);
-    }
-    if (fresh > pending.frameAfter) {
-      pending.frame = requestFrame(pending.built.body, pending.built.sig, fresh, this.config.limits.frameBytesMax);
-      pending.frameAfter = fresh;
-    }
-    for (const replica of pending.local.keys()) {
-      const connection = this.connections[replica];
-      if (!pending.sentTo.has(replica) && connection !== undefined) this.sendRequest(pending, connection);
-    }
-    const answered = new Set([...pending.ats.keys(), ...pending.local.keys()]);
-    for (const id of this.connections.map((c) => c.id)) if (!pending.voter.missing().includes(id)) answered.add(id);
-    const everyReachable = this.readyReplicas().every((id) => answered.has(id));
-    if (answered.size < byzantineQuorum(this.f) && !everyReachable) return;
-    for (const [code, count] of counts) {
-      if (count < vouchQuorum(this.f)) continue;
-      const reason = [...pending.local.values()].find((refusal) => refusal.code === code)?.reason ?? code;
-      pending.settle({ ok: false, error: new RequestRejectedError(code, reason) });
-      return;
-    }
-  }
-
-  private settleIfDone(pending: PendingRequest): void {
-    const status = pending.voter.status();
-    if (status.state === "pending") return;
-    if (status.state === "decided") {
-      const result = status.result as { ok: boolean; res?: ReplyResult; code?: ErrorCode };
-      if (result.ok) pending.settle({ ok: true, res: result.res as ReplyResult, replicas: status.replicas });
-      else pending.settle({ ok: false, error: this.refusal(result.code as ErrorCode, pending) });
-      return;
-    }
-    pending.settle({ ok: false, error: this.disagreement(pending, status.groups) });
-  }
-
-  private refusal(code: ErrorCode, pending: PendingRequest): RequestRejectedError {
-    return new RequestRejectedError(code, pending.reasons.get(code) ?? code);
-  }
-
-  /**
-   * No result can reach its quorum: report the largest refusal that at least f+1 replicas
-   * gave (so at least one correct replica stands behind it), or else the split. A refusal
-   * from f replicas or fewer may be a lie, and what the client does next depends on the
-   * code: REPLAY makes it publish the same events again under new numbers, so one lying
-   * replica answering REPLAY could otherwise have events stored twice.
-   */
-  private disagreement(pending: PendingRequest, groups: readonly { result: Canonical; replicas: readonly number[] }[]): ClientError {
-    let largestRefusal: { code: ErrorCode; count: number } | null = null;
-    for (const group of groups) {
-      const result = group.result as { ok: boolean; code?: ErrorCode };
-      if (result.ok || group.replicas.length < vouchQuorum(this.f)) continue;
-      if (largestRefusal === null || group.replicas.length > largestRefusal.count) {
-        largestRefusal = { code: result.code as ErrorCode, count: group.replicas.length };
-      }
-    }
-    if (largestRefusal !== null) return this.refusal(largestRefusal.code, pending);
-    const answers = groups.map((group) => `${describeVote(group.result)} from ${group.replicas.length}`).join(", ");
-    return new NoQuorumError(`no quorum for ${pending.what}: the replicas answered differently (${answers})`);
-  }
-
-  private onQueryReply(replica: number, body: QueryReply): void {
-    const pending = this.queries.get(body.id);
-    if (pending === undefined || pending.answered.has(replica)) return;
-    pending.answered.add(replica);
-    if (body.at !== undefined) pending.ats.set(replica, body.at);
-    const outcome = pending.rule.add(replica, body);
-    if (outcome !== null) pending.settle(outcome);
-    else this.askStaleAgain(pending);
-    if (this.queries.get(pending.id) === pending) this.settleIfReachableAnswered(pending);
-  }
-
-  /** Replicas whose answer predates what another replica executed are asked again, waiting for it. */
-  private askStaleAgain(pending: PendingQuery): void {
-    const stale = pending.rule.stale?.() ?? null;
-    if (stale === null || stale.replicas.length === 0) return;
-    const body = { ...pending.body, after: stale.after } as Query;
-    pending.frame = encodeTypedFrame({ type: FrameType.QUERY, body }, this.config.limits.frameBytesMax);
-    for (const replica of stale.replicas) {
-      pending.answered.delete(replica);
-      pending.sentTo.delete(replica);
-      const connection = this.connections[replica];
-      if (connection !== undefined) this.sendQuery(pending, connection);
-    }
-  }
-
-  private settleIfReachableAnswered(pending: PendingQuery): void {
-    if (pending.rule.settleWhenReachableAnswered !== true || pending.answered.size === 0) return;
-    if (pending.rule.enoughToSettleEarly !== undefined && !pending.rule.enoughToSettleEarly()) return;
-    if (!this.readyReplicas().every((id) => pending.answered.has(id))) return;
-    pending.settle(pending.rule.atDeadline(() => this.describeReplicas(pending.answered)));
-  }
-
-  private route(replica: number, subId: number): SubRoute | null {
-    const route = this.subRoutes.get(subId);
-    return route !== undefined && route.replica === replica ? route : null;
-  }
-
-  private onSubOk(replica: number, body: SubOk): void {
-    this.route(replica, body.sub)?.sub.onSubOk(replica, body.sub, body);
-  }
-
-  private onEvents(replica: number, body: Events): void {
-    this.route(replica, body.sub)?.sub.onEvents(replica, body.sub, body);
-  }
-
-  private onSubEnd(replica: number, body: SubEnd): void {
-    this.route(replica, body.sub)?.sub.onSubEnd(replica, body.sub, body);
-  }
-
   // ---------------------------------------------------------------------------------
   // Connections coming and going
   // ---------------------------------------------------------------------------------
@@ -879,11 +490,9 @@ export class FitbClient {
     if (this.everReady.has(id)) this.log("info", `replica ${id} (${connection.address}) is back`, id);
     this.everReady.add(id);
     // In creation order, which is number order within each space.
-    for (const pending of this.requests.values()) {
-      if (pending.voter.missing().includes(id)) this.sendRequest(pending, connection);
-    }
-    for (const pending of this.queries.values()) this.sendQuery(pending, connection);
-    for (const sub of this.subscriptions) sub.onReplicaReady(id);
+    this.requests.onReady(connection);
+    this.queries.onReady(connection);
+    this.subscriptions.onReady(id);
     for (const wake of this.readyWaiters.splice(0)) wake();
   }
 
@@ -891,10 +500,9 @@ export class FitbClient {
     const id = connection.id;
     // Report the first failure after being up (or the first ever), not every retry.
     if (connection.consecutiveFailures === 1) this.log("warn", error.message, id);
-    for (const pending of this.requests.values()) pending.sentTo.delete(id);
-    for (const pending of this.queries.values()) pending.sentTo.delete(id);
-    for (const [subId, route] of this.subRoutes) if (route.replica === id) this.subRoutes.delete(subId);
-    for (const sub of this.subscriptions) sub.onReplicaDown(id);
+    this.requests.onDown(id);
+    this.queries.onDown(id);
+    this.subscriptions.onDown(id);
   }
 
   // ---------------------------------------------------------------------------------
@@ -903,46 +511,9 @@ export class FitbClient {
 
   private tick(): void {
     const now = this.options.now();
-    for (const pending of [...this.requests.values()]) this.tickRequest(pending, now);
-    for (const pending of [...this.queries.values()]) {
-      if (now >= pending.deadline) pending.settle(pending.rule.atDeadline(() => this.describeReplicas(pending.answered)));
-      else this.settleIfReachableAnswered(pending);
-    }
-    for (const sub of [...this.subscriptions]) sub.tick(now);
-  }
-
-  private tickRequest(pending: PendingRequest, now: number): void {
-    if (now >= pending.deadline) {
-      const answered = new Set(this.connections.map((c) => c.id).filter((id) => !pending.voter.missing().includes(id)));
-      const quorum = pending.voter.quorum;
-      pending.settle({
-        ok: false,
-        error: new NoQuorumError(
-          `no quorum for ${pending.what}: ${answered.size} of ${this.n} replicas answered within ${this.options.timeouts.requestMs} ms, ${quorum} matching needed (${this.describeReplicas(answered, pending.transient)})`,
-        ),
-      });
-      return;
-    }
-    if (now - pending.lastSendAt < this.options.timeouts.resendMs) return;
-    pending.lastSendAt = now;
-    // The same signed bytes again, to every replica that has not answered.
-    for (const id of pending.voter.missing()) {
-      pending.sentTo.delete(id);
-      const connection = this.connections[id];
-      if (connection !== undefined) this.sendRequest(pending, connection);
-    }
-  }
-
-  /** "replica 2 (127.0.0.1:7002): connection refused; replica 3: no answer" for those not in `answered`. */
-  private describeReplicas(answered: ReadonlySet<number>, notes: ReadonlyMap<number, string> = new Map()): string {
-    const parts: string[] = [];
-    for (const connection of this.connections) {
-      if (answered.has(connection.id)) continue;
-      const note = notes.get(connection.id);
-      const why = note ?? (connection.isReady ? "no answer" : (connection.lastError?.message.replace(/^replica \d+ \([^)]*\) /, "") ?? "not connected"));
-      parts.push(`replica ${connection.id} (${connection.address}): ${why}`);
-    }
-    return parts.length === 0 ? "every replica answered" : parts.join("; ");
+    this.requests.tick(now);
+    this.queries.tick(now);
+    this.subscriptions.tick(now);
   }
 
   // ---------------------------------------------------------------------------------
@@ -957,10 +528,10 @@ export class FitbClient {
     this.tickTimer = null;
     const error = new ClientClosedError();
     this.window.close(error);
-    for (const pending of [...this.requests.values()]) pending.settle({ ok: false, error });
-    for (const pending of [...this.queries.values()]) pending.settle({ ok: false, error });
-    for (const sub of [...this.subscriptions]) sub.end(null);
-    for (const connection of this.connections) connection.close();
+    this.requests.failAll(error);
+    this.queries.failAll(error);
+    this.subscriptions.endAll();
+    this.group.close();
     for (const wake of this.readyWaiters.splice(0)) wake();
   }
 
@@ -975,54 +546,4 @@ export class FitbClient {
   private log(level: "info" | "warn", message: string, replica?: number): void {
     this.options.log(replica === undefined ? { level, message } : { level, message, replica });
   }
-}
-
-/** Folds every replica's status answer into one view of the cluster. */
-export function summarizeStatus(
-  f: number,
-  answers: ReadonlyMap<number, EachAnswer<ReplicaStatusAnswer>>,
-  connections: readonly { id: number; address: string; isReady: boolean }[],
-): ClusterStatus {
-  const good: ReplicaStatusAnswer[] = [];
-  for (const answer of answers.values()) if (answer.ok) good.push(answer.value);
-  const byViewLeader = new Map<string, { view: number; leader: number; count: number }>();
-  for (const answer of good) {
-    const key = `${answer.view}/${answer.leader}`;
-    const entry = byViewLeader.get(key) ?? { view: answer.view, leader: answer.leader, count: 0 };
-    entry.count++;
-    byViewLeader.set(key, entry);
-  }
-  let best: { view: number; leader: number; count: number } | null = null;
-  for (const entry of byViewLeader.values()) {
-    if (best === null || entry.count > best.count || (entry.count === best.count && entry.view > best.view)) best = entry;
-  }
-  const rank = (values: number[]): number | null => {
-    if (values.length === 0) return null;
-    values.sort((a, b) => b - a);
-    return values[Math.min(f, values.length - 1)] as number;
-  };
-  return {
-    view: best?.view ?? null,
-    leader: best?.leader ?? null,
-    agreed: best !== null && best.count >= vouchQuorum(f),
-    lastDecided: rank(good.map((answer) => answer.lastDecided)),
-    channels: rank(good.map((answer) => answer.channels)),
-    replicas: connections.map((connection) => ({
-      id: connection.id,
-      address: connection.address,
-      connected: connection.isReady,
-      answer: answers.get(connection.id) ?? null,
-    })),
-  };
-}
-
-/** One vote as a short phrase for an error message: "ok" or the refusal code. */
-function describeVote(result: Canonical): string {
-  const vote = result as { ok?: boolean; code?: string };
-  return vote.ok === true ? "ok" : String(vote.code ?? "?");
-}
-
-/** Unordered spaces: no agreement keeps the replicas' numbers equal. */
-function isUnordered(kind: ReplyKind): boolean {
-  return kind === "crash/none" || kind === "byzantine/none";
 }

@@ -3,7 +3,8 @@
  * commands and queries, subscribe with delivery voting and resume. `fitb pub`, `fitb
  * sub`, `fitb admin`, `fitb bench` and the relay are all built on it.
  */
-export { FitbClient, summarizeStatus, type AdminAck, type ClusterStatus, type PublishAck, type QueryResult, type ReplicaStatus } from "./client.ts";
+export { FitbClient, type AdminAck, type PublishAck, type QueryResult } from "./client.ts";
+export { summarizeStatus, type ClusterStatus, type ReplicaStatus } from "./cluster-status.ts";
 export { Publisher, type EventAck, type PublisherOptions, type PublishTarget } from "./publisher.ts";
 export { InOrder, type Settled } from "./in-order.ts";
 export {

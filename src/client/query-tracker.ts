@@ -1,0 +1,122 @@
+/**
+ * Query tracking: every QUERY in flight, sent to every replica and settled by the rule
+ * its kind takes (queries.ts): at once when the rule concludes, when every replica with
+ * a session has answered (rules that ask for it), or at the deadline. A replica whose
+ * answer the rule finds stale (read-your-writes, PROTOCOL.md 6.3) is asked again with
+ * `after`, and waits until it has executed that seq.
+ */
+import { encodeTypedFrame, type Query, type QueryReply } from "../../wire/schemas.ts";
+import { FrameType } from "../../wire/types.ts";
+import type { ReplicaConnection } from "./connection.ts";
+import type { ClientError } from "./errors.ts";
+import type { QueryRule } from "./queries.ts";
+import type { TrackingContext } from "./replica-group.ts";
+
+interface PendingQuery {
+  readonly id: number;
+  readonly body: Query;
+  frame: Uint8Array;
+  /** Every `at` a replica reported for this query. */
+  readonly ats: Map<number, number>;
+  readonly rule: QueryRule<unknown>;
+  readonly sentTo: Set<number>;
+  readonly answered: Set<number>;
+  readonly deadline: number;
+  readonly settle: (outcome: { ok: true; value: unknown } | { ok: false; error: ClientError }) => void;
+}
+
+export class QueryTracker {
+  private readonly queries = new Map<number, PendingQuery>();
+  private queryCounter = 0;
+
+  constructor(
+    private readonly ctx: TrackingContext,
+    private readonly queryMs: number,
+  ) {}
+
+  /** Sends `body` (its id replaced by a fresh one) to every replica and settles by `rule`. */
+  run<T>(body: Query, rule: QueryRule<T>): Promise<T> {
+    const id = ++this.queryCounter;
+    const frame = encodeTypedFrame({ type: FrameType.QUERY, body: { ...body, id } as Query }, this.ctx.frameBytesMax);
+    return new Promise<T>((resolve, reject) => {
+      const pending: PendingQuery = {
+        id,
+        body: { ...body, id } as Query,
+        frame,
+        ats: new Map(),
+        rule: rule as QueryRule<unknown>,
+        sentTo: new Set(),
+        answered: new Set(),
+        deadline: this.ctx.now() + this.queryMs,
+        settle: (outcome) => {
+          this.queries.delete(id);
+          this.ctx.floor.observeAts(pending.ats);
+          if (outcome.ok) resolve(outcome.value as T);
+          else reject(outcome.error);
+        },
+      };
+      this.queries.set(id, pending);
+      for (const connection of this.ctx.group.connections) this.sendQuery(pending, connection);
+    });
+  }
+
+  private sendQuery(pending: PendingQuery, connection: ReplicaConnection): void {
+    if (pending.sentTo.has(connection.id) || pending.answered.has(connection.id)) return;
+    if (connection.sendEncoded(pending.frame)) pending.sentTo.add(connection.id);
+  }
+
+  onQueryReply(replica: number, body: QueryReply): void {
+    const pending = this.queries.get(body.id);
+    if (pending === undefined || pending.answered.has(replica)) return;
+    pending.answered.add(replica);
+    if (body.at !== undefined) pending.ats.set(replica, body.at);
+    const outcome = pending.rule.add(replica, body);
+    if (outcome !== null) pending.settle(outcome);
+    else this.askStaleAgain(pending);
+    if (this.queries.get(pending.id) === pending) this.settleIfReachableAnswered(pending);
+  }
+
+  /** Replicas whose answer predates what another replica executed are asked again, waiting for it. */
+  private askStaleAgain(pending: PendingQuery): void {
+    const stale = pending.rule.stale?.() ?? null;
+    if (stale === null || stale.replicas.length === 0) return;
+    const body = { ...pending.body, after: stale.after } as Query;
+    pending.frame = encodeTypedFrame({ type: FrameType.QUERY, body }, this.ctx.frameBytesMax);
+    for (const replica of stale.replicas) {
+      pending.answered.delete(replica);
+      pending.sentTo.delete(replica);
+      const connection = this.ctx.group.connection(replica);
+      if (connection !== undefined) this.sendQuery(pending, connection);
+    }
+  }
+
+  private settleIfReachableAnswered(pending: PendingQuery): void {
+    if (pending.rule.settleWhenReachableAnswered !== true || pending.answered.size === 0) return;
+    if (pending.rule.enoughToSettleEarly !== undefined && !pending.rule.enoughToSettleEarly()) return;
+    if (!this.ctx.group.readyReplicas().every((id) => pending.answered.has(id))) return;
+    pending.settle(pending.rule.atDeadline(() => this.ctx.group.describeReplicas(pending.answered)));
+  }
+
+  /** A session came up: every query in flight goes to it (unless it already answered). */
+  onReady(connection: ReplicaConnection): void {
+    for (const pending of this.queries.values()) this.sendQuery(pending, connection);
+  }
+
+  /** A session went down: what was sent on it is gone with it. */
+  onDown(id: number): void {
+    for (const pending of this.queries.values()) pending.sentTo.delete(id);
+  }
+
+  /** Settles queries past their deadline, and those whose reachable replicas have all answered. */
+  tick(now: number): void {
+    for (const pending of [...this.queries.values()]) {
+      if (now >= pending.deadline) pending.settle(pending.rule.atDeadline(() => this.ctx.group.describeReplicas(pending.answered)));
+      else this.settleIfReachableAnswered(pending);
+    }
+  }
+
+  /** Rejects every query in flight with `error` (the client is closing). */
+  failAll(error: ClientError): void {
+    for (const pending of [...this.queries.values()]) pending.settle({ ok: false, error });
+  }
+}

@@ -1,0 +1,125 @@
+/**
+ * Subscription routing: the client's open subscriptions, and which of them each sub id
+ * belongs to. Every SUBSCRIBE goes out under a fresh sub id at one replica; SUB_OK,
+ * EVENTS and SUB_END are routed back by (replica, sub id), so a replica can only speak
+ * for the subscriptions it was asked for. This is the SubscriptionHost a
+ * ClientSubscription sees: sending, routing, the clock.
+ */
+import type { Events, SubEnd, SubOk } from "../../wire/schemas.ts";
+import { FrameType } from "../../wire/types.ts";
+import type { ExecutedFloor } from "./executed-floor.ts";
+import type { ReplicaGroup } from "./replica-group.ts";
+import type { ClientSubscription, SubscriptionHost } from "./subscription.ts";
+
+interface SubRoute {
+  readonly sub: ClientSubscription;
+  readonly replica: number;
+}
+
+export class SubscriptionRouter implements SubscriptionHost {
+  readonly n: number;
+  readonly f: number;
+  private readonly subscriptions = new Set<ClientSubscription>();
+  private readonly subRoutes = new Map<number, SubRoute>();
+  private subCounter = 0;
+
+  constructor(
+    private readonly group: ReplicaGroup,
+    private readonly floor: ExecutedFloor,
+    private readonly clock: () => number,
+  ) {
+    this.n = group.n;
+    this.f = group.f;
+  }
+
+  /** Subscriptions open now. */
+  get size(): number {
+    return this.subscriptions.size;
+  }
+
+  add(sub: ClientSubscription): void {
+    this.subscriptions.add(sub);
+  }
+
+  // ---------------------------------------------------------------------------------
+  // The host side a subscription sees
+  // ---------------------------------------------------------------------------------
+
+  readyReplicas(): readonly number[] {
+    return this.group.readyReplicas();
+  }
+
+  executedFloor(): number {
+    return this.floor.value;
+  }
+
+  subscribeAt(sub: ClientSubscription, replica: number, from: number | undefined, after: number): number | null {
+    const connection = this.group.connection(replica);
+    if (connection === undefined || !connection.isReady) return null;
+    const subId = ++this.subCounter;
+    const body: { sub: number; tag: string; from?: number; after?: number } = { sub: subId, tag: sub.tag };
+    if (from !== undefined) body.from = from;
+    if (after > 0) body.after = after;
+    if (!connection.send({ type: FrameType.SUBSCRIBE, body })) return null;
+    this.subRoutes.set(subId, { sub, replica });
+    return subId;
+  }
+
+  unsubscribeAt(replica: number, subId: number): void {
+    this.subRoutes.delete(subId);
+    this.group.connection(replica)?.send({ type: FrameType.UNSUBSCRIBE, body: { sub: subId } });
+  }
+
+  releaseSubId(subId: number): void {
+    this.subRoutes.delete(subId);
+  }
+
+  forget(sub: ClientSubscription): void {
+    this.subscriptions.delete(sub);
+    for (const [subId, route] of this.subRoutes) if (route.sub === sub) this.subRoutes.delete(subId);
+  }
+
+  now(): number {
+    return this.clock();
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Frames and connection events from the client
+  // ---------------------------------------------------------------------------------
+
+  private route(replica: number, subId: number): SubRoute | null {
+    const route = this.subRoutes.get(subId);
+    return route !== undefined && route.replica === replica ? route : null;
+  }
+
+  onSubOk(replica: number, body: SubOk): void {
+    this.route(replica, body.sub)?.sub.onSubOk(replica, body.sub, body);
+  }
+
+  onEvents(replica: number, body: Events): void {
+    this.route(replica, body.sub)?.sub.onEvents(replica, body.sub, body);
+  }
+
+  onSubEnd(replica: number, body: SubEnd): void {
+    this.route(replica, body.sub)?.sub.onSubEnd(replica, body.sub, body);
+  }
+
+  onReady(replica: number): void {
+    for (const sub of this.subscriptions) sub.onReplicaReady(replica);
+  }
+
+  /** The replica's connection dropped: its sub ids are gone with it. */
+  onDown(replica: number): void {
+    for (const [subId, route] of this.subRoutes) if (route.replica === replica) this.subRoutes.delete(subId);
+    for (const sub of this.subscriptions) sub.onReplicaDown(replica);
+  }
+
+  tick(now: number): void {
+    for (const sub of [...this.subscriptions]) sub.tick(now);
+  }
+
+  /** Ends every subscription as closed by the caller (the client is closing). */
+  endAll(): void {
+    for (const sub of [...this.subscriptions]) sub.end(null);
+  }
+}
