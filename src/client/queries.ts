@@ -111,7 +111,8 @@ export interface QueryRule<T> {
  * channel-info, read-your-writes (PROTOCOL.md 6.3): f+1 matching descriptions settle at
  * once. "No such channel" is judged by each replica on its own state, which may predate
  * a create-channel another replica has executed: it counts only when it is as fresh as
- * the freshest answer seen (its `at` at least the highest `at` of any answer, and the
+ * the freshest description seen (its `at` at least the highest `at` of any replica that
+ * described the channel; refusals do not raise the bar, so a busy cluster settles), and the
  * client's own floor), and only once 2f+1 replicas, or every reachable one, have answered,
  * so that a replica that executed the create had its say. Older refusals are asked again,
  * to be judged after the replica has executed that seq.
@@ -156,7 +157,7 @@ export function channelInfoRule(
   return {
     add(replica, reply) {
       answeredOnce.add(replica);
-      if (reply.at !== undefined) freshest = Math.max(freshest, reply.at);
+      if (reply.ok && reply.at !== undefined) freshest = Math.max(freshest, reply.at);
       described.delete(replica);
       refused.delete(replica);
       if (reply.ok) {

@@ -174,13 +174,13 @@ export class ReplicaSubs {
    * A refusal a replica judged on its own state (it carries `at`) may predate a decision
    * another replica executed (a create-channel or register just made): it is never a vote
    * against that decision. One older than the freshest decided seq known (the client's
-   * floor, or any replica's `at` here) is asked again at once with `after` = that seq, and
+   * floor, or the `at` of a replica that accepted the subscription; refusals do not raise
+   * it) is asked again at once with `after` = that seq, and
    * the replica answers once it has executed it. Fresh refusals end the subscription once
    * f+1 agree and 2f+1 replicas, or every reachable one, have answered.
    */
   refused(replica: number, body: SubEnd): void {
     this.answered.add(replica);
-    if (body.at !== undefined && body.at > this.freshestAt) this.freshestAt = body.at;
     if (body.at !== undefined && body.at < this.freshness()) {
       this.fatalEnds.delete(replica);
       this.replicas[replica] = { t: "retry", at: this.host.now(), endCode: body.code };
@@ -200,7 +200,7 @@ export class ReplicaSubs {
     this.replicas[replica] = { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_REFUSAL_MS, endCode: body.code };
   }
 
-  /** The freshest decided seq known to this subscription: the client's floor or any replica's `at`. */
+  /** The freshest decided seq known to this subscription: the client's floor or a SUB_OK's `at`. */
   private freshness(): number {
     return Math.max(this.host.executedFloor(), this.freshestAt);
   }

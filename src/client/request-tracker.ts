@@ -43,6 +43,11 @@ interface PendingRequest {
   readonly local: Map<number, { readonly code: ErrorCode; readonly reason: string; readonly at: number }>;
   /** Every `at` a replica reported for this request. */
   readonly ats: Map<number, number>;
+  /**
+   * The highest `at` of a positive answer (stored or ordered): a replica that accepted the
+   * request at that seq shows that refusals judged before it may be stale.
+   */
+  acceptedAt: number;
   readonly what: string;
   readonly voter: ReplyVoter;
   /** Replicas that have the request on their current session. */
@@ -87,6 +92,7 @@ export class RequestTracker {
         frameAfter: floor.value,
         local: new Map(),
         ats: new Map(),
+        acceptedAt: 0,
         what,
         voter: new ReplyVoter({ n: group.n, f: group.f, kind }),
         sentTo: new Set(),
@@ -118,6 +124,7 @@ export class RequestTracker {
       return;
     }
     if (body.at !== undefined) pending.ats.set(replica, body.at);
+    if (body.ok && body.at !== undefined) pending.acceptedAt = Math.max(pending.acceptedAt, body.at);
     if (!body.ok && TRANSIENT_REFUSALS.has(body.code)) {
       pending.transient.set(replica, `${body.code} ${body.reason}`);
       pending.sentTo.delete(replica);
@@ -143,16 +150,16 @@ export class RequestTracker {
    * Refusals a replica judged on its own state (no such channel, key not registered) may
    * predate a decision another replica has executed: such an answer is never a vote
    * against the ordered history. One is stale when its `at` is below the freshest
-   * decided seq known (this client's floor, or any replica's `at` for this request); a
-   * stale replica is asked again with `after` = that seq and waits until it has executed
-   * it. The fresh ones refuse the request once f+1 agree and at least 2f+1 replicas (or
-   * every reachable one) have answered, so that a replica that did execute the decision
-   * had its say.
+   * decided seq known: this client's floor, or the `at` of a replica that accepted the
+   * request (refusals do not raise it: in a busy cluster each replica reports a later
+   * seq, and a bar that every refusal raised would never be met). A stale replica is
+   * asked again with `after` = that seq and waits until it has executed it. The fresh
+   * ones refuse the request once f+1 agree and at least 2f+1 replicas (or every reachable
+   * one) have answered, so that a replica that did execute the decision had its say.
    */
   private judgeLocalRefusals(pending: PendingRequest): void {
     const { group } = this.ctx;
-    let fresh = this.ctx.floor.value;
-    for (const at of pending.ats.values()) fresh = Math.max(fresh, at);
+    const fresh = Math.max(this.ctx.floor.value, pending.acceptedAt);
     const counts = new Map<ErrorCode, number>();
     for (const [replica, refusal] of pending.local) {
       if (refusal.at < fresh) {

@@ -279,10 +279,18 @@ export class Replica {
         return;
       }
       if (info.order === "none") return this.publishUnordered(session, signed, request, digest, after);
-      // Registration is not checked here but at execution, where every replica decides
-      // the same: a replica still behind a fresh 'register' would refuse a publisher the
-      // others accept, and f+1 such refusals would report as failed a publish that the
-      // group then executes.
+      // Only a registered publisher's request may take a place in the ordering core's
+      // pending pool (keys cost nothing to make). A replica behind a fresh 'register'
+      // holds the refusal until it has executed what the client saw (`after`), and the
+      // refusal it sends carries `at`, so the client does not count it against the
+      // ordered history (PROTOCOL.md 6.3). Execution checks again, in order.
+      if (!this.machine.isPublisher(request.op.tag, request.client)) {
+        const again = (expired: boolean): void => this.routeRequest(session, signed, request, clientHex, space, digest, expired ? undefined : after);
+        if (this.gate.hold(session.id, after, this.executedSeq, Date.now(), again)) return;
+        this.metrics.inc("requests_refused_total");
+        this.reply(session, this.localFailure(request.seq, digest, "UNAUTHORIZED", `publisher is not registered on ${request.op.tag}`));
+        return;
+      }
     } else if (!this.adminKeys.has(clientHex)) {
       this.reply(session, failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "admin commands must be signed by an admin key"));
       return;
@@ -402,6 +410,9 @@ export class Replica {
           d: digest,
           ok: true,
           res: { t: "pub", tag: result.tag, span: result.count, first: result.firstSeq },
+          // The state this was judged on: a client does not count another replica's
+          // "not registered" from before it (PROTOCOL.md 6.3).
+          at: decidedSeq,
         };
         if (outcome.stored !== null) {
           this.metrics.inc("events_stored_total", outcome.stored.count);

@@ -104,6 +104,14 @@ describe("channel-info: a refusal from a replica behind a decision is not a verd
     expect(outcome?.ok).toBe(false);
   });
 
+  test("in a busy cluster, refusals judged at rising seqs still settle: refusals do not raise the bar", () => {
+    const rule = channelInfoRule(4, 1, "channel-info sec.alerts", 5, ready);
+    expect(rule.add(0, unknown(0, 9))).toBeNull();
+    expect(rule.add(1, unknown(1, 10))).toBeNull();
+    const outcome = rule.add(2, unknown(2, 11));
+    expect((outcome as unknown as { error: RequestRejectedError }).error.code).toBe("UNKNOWN_CHANNEL");
+  });
+
   test("refusals older than the client's own floor (its admin command's seq) are asked again", () => {
     const rule = channelInfoRule(4, 1, "channel-info sec.alerts", 12, ready);
     for (const replica of [0, 1, 2]) expect(rule.add(replica, unknown(replica, 11))).toBeNull();
