@@ -15,6 +15,33 @@ import { WriteQueue, type ByteSink } from "../net/write-queue.ts";
 /** Default bound of bytes waiting to be written to one connection. */
 export const OUTBOUND_BYTES_MAX_DEFAULT = 16 * 1024 * 1024;
 
+/**
+ * A bound on the bytes waiting in many connections' queues together (the replica's
+ * client connections): each connection's own bound times the number of connections is
+ * far more memory than a replica has.
+ */
+export class OutputBudget {
+  private used = 0;
+
+  constructor(readonly bytesMax: number) {
+    if (!Number.isSafeInteger(bytesMax) || bytesMax < 1) throw new RangeError(`bytesMax must be a positive integer, got ${bytesMax}`);
+  }
+
+  get usedBytes(): number {
+    return this.used;
+  }
+
+  hasRoomFor(bytes: number): boolean {
+    return this.used + bytes <= this.bytesMax;
+  }
+
+  /** A connection's queue grew (positive) or shrank (negative) by `delta` bytes. */
+  change(delta: number): void {
+    this.used += delta;
+    if (this.used < 0) throw new Error(`output budget below zero (${this.used})`);
+  }
+}
+
 export interface FramedHandlers {
   onFrames(conn: FramedConn, results: DecodeResult[]): void;
   onClose(conn: FramedConn): void;
@@ -30,6 +57,9 @@ export class FramedConn {
    */
   private readonly sink: ByteSink;
   private closed = false;
+  private budget: OutputBudget | null = null;
+  /** When the queue last wrote something or was empty: a reader that takes nothing is stuck. */
+  private progressMs: number;
   /** Opaque per-connection state owned by whoever handles the frames. */
   state: unknown = null;
 
@@ -38,10 +68,24 @@ export class FramedConn {
     frameBytesMax: number,
     outboundBytesMax: number = OUTBOUND_BYTES_MAX_DEFAULT,
     readonly remote: string = socket.remoteAddress,
+    private readonly now: () => number = Date.now,
   ) {
     this.decoder = new FrameDecoder({ frameBytesMax, copyPayloads: true });
     this.queue = new WriteQueue(outboundBytesMax);
     this.sink = (data) => Math.max(this.socket.write(data), 0);
+    this.progressMs = now();
+  }
+
+  /** Counts this connection's queued bytes against `budget` from now on (once). */
+  useBudget(budget: OutputBudget): void {
+    if (this.budget !== null) throw new Error("FramedConn: budget already set");
+    this.budget = budget;
+    budget.change(this.queue.bufferedBytes);
+  }
+
+  /** How long bytes have waited without the peer taking any (0 when nothing waits). */
+  stalledMs(): number {
+    return this.queue.bufferedBytes === 0 ? 0 : this.now() - this.progressMs;
   }
 
   get isClosed(): boolean {
@@ -57,6 +101,7 @@ export class FramedConn {
    * own check: on the replica side even an idle connection takes no frame over the bound.
    */
   hasRoomFor(bytes: number): boolean {
+    if (this.budget !== null && !this.budget.hasRoomFor(bytes)) return false;
     return this.queue.bufferedBytes + bytes <= this.queue.bytesMax;
   }
 
@@ -76,22 +121,42 @@ export class FramedConn {
   sendRaw(bytes: Uint8Array): boolean {
     if (this.closed) return false;
     if (!this.hasRoomFor(bytes.length)) return false;
+    const before = this.queue.bufferedBytes;
     const result = this.queue.enqueue(this.sink, bytes);
+    if (before === 0) this.progressMs = this.now();
+    this.accountSince(before);
     return result === "sent" || result === "queued";
   }
 
   /** Called from the socket's drain handler: writes what waits, in order. */
   drain(): void {
     if (this.closed) return;
+    const before = this.queue.bufferedBytes;
     this.queue.flush(this.sink);
+    if (this.queue.bufferedBytes < before) this.progressMs = this.now();
+    this.accountSince(before);
   }
 
   /** Ends the connection after flushing what the kernel accepts now. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    const before = this.queue.bufferedBytes;
     this.queue.clear();
+    this.accountSince(before);
     this.socket.end();
+  }
+
+  /** The socket is gone (closed by either side): what waited is dropped and uncounted. */
+  release(): void {
+    this.closed = true;
+    const before = this.queue.bufferedBytes;
+    this.queue.clear();
+    this.accountSince(before);
+  }
+
+  private accountSince(before: number): void {
+    if (this.budget !== null) this.budget.change(this.queue.bufferedBytes - before);
   }
 
   /** Sends one last frame (an ERROR, typically) and closes. */

@@ -32,7 +32,7 @@ import {
   NONCE_BYTES,
   PROTOCOL_VERSION,
 } from "../../wire/types.ts";
-import { FramedConn } from "./framed.ts";
+import { FramedConn, OutputBudget } from "./framed.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import { RateLimiter } from "./rate.ts";
@@ -70,6 +70,16 @@ export const CLIENT_CONNECTIONS_PER_KEY_MAX = 64;
 export const CLIENT_CONNECTIONS_PER_ADDRESS_MAX = 256;
 /** Bytes that may wait to be written to one client before it counts as slow. */
 export const CLIENT_OUTBOUND_BYTES_MAX = 8 * 1024 * 1024;
+/**
+ * Bytes that may wait for all client connections together. Past it a send to any client
+ * fails as if its own queue were full (a subscription ends SLOW, a reply is dropped and
+ * counted), so 4,096 subscribers that stop reading cost this much memory, not 32 GiB.
+ */
+export const CLIENT_OUTPUT_BYTES_MAX = 512 * 1024 * 1024;
+/** A client session that sends nothing (clients PING every few seconds) for this long is closed. */
+export const CLIENT_IDLE_MS_MAX = 60_000;
+/** A client connection whose queued bytes the client has taken none of for this long is closed. */
+export const CLIENT_STUCK_MS_MAX = 30_000;
 
 /** The server's bounds on connections. Each defaults to the constant of the same name. */
 export interface ServerLimits {
@@ -82,6 +92,9 @@ export interface ServerLimits {
   readonly clientConnectionsMax: number;
   readonly clientConnectionsPerKeyMax: number;
   readonly clientConnectionsPerAddressMax: number;
+  readonly clientOutputBytesMax: number;
+  readonly clientIdleMsMax: number;
+  readonly clientStuckMsMax: number;
 }
 
 export const SERVER_LIMITS_DEFAULT: ServerLimits = {
@@ -94,6 +107,9 @@ export const SERVER_LIMITS_DEFAULT: ServerLimits = {
   clientConnectionsMax: CLIENT_CONNECTIONS_MAX,
   clientConnectionsPerKeyMax: CLIENT_CONNECTIONS_PER_KEY_MAX,
   clientConnectionsPerAddressMax: CLIENT_CONNECTIONS_PER_ADDRESS_MAX,
+  clientOutputBytesMax: CLIENT_OUTPUT_BYTES_MAX,
+  clientIdleMsMax: CLIENT_IDLE_MS_MAX,
+  clientStuckMsMax: CLIENT_STUCK_MS_MAX,
 };
 
 /** An authenticated client connection, as the replica's handlers see it. */
@@ -124,6 +140,8 @@ interface ConnState {
   transcript: Uint8Array | null;
   session: ClientSession | null;
   timer: ReturnType<typeof setTimeout> | null;
+  /** When the last bytes arrived from the other side. */
+  receivedMs: number;
 }
 
 export interface ServerOptions {
@@ -194,6 +212,8 @@ export class ReplicaServer {
   /** The same connections, oldest first: the one to close when a new one needs its slot. */
   private readonly inHandshake = new Set<FramedConn>();
   private readonly newConnections: RateLimiter;
+  private readonly outputBudget: OutputBudget;
+  private sweepTimer: ReturnType<typeof setInterval> | null = null;
   /** Authenticated client sessions, by client key (hex) and by remote address. */
   private readonly clientsByKey = new Tally();
   private readonly clientsByAddress = new Tally();
@@ -201,6 +221,11 @@ export class ReplicaServer {
   constructor(private readonly options: ServerOptions) {
     this.limits = resolveLimits(options.limits);
     this.newConnections = new RateLimiter(this.limits.handshakesPerAddressPerSecondMax, this.limits.handshakesPerAddressBurstMax);
+    this.outputBudget = new OutputBudget(this.limits.clientOutputBytesMax);
+  }
+
+  private now(): number {
+    return (this.options.now ?? Date.now)();
   }
 
   /** The port listened on: the configured one, or the one the system chose for port 0. */
@@ -213,13 +238,16 @@ export class ReplicaServer {
     const server = this;
     this.options.metrics.gauge("handshakes_open", () => this.handshakes.total);
     this.options.metrics.gauge("client_connections", () => this.clientsByKey.total);
+    this.options.metrics.gauge("client_output_bytes", () => this.outputBudget.usedBytes);
+    const { clientIdleMsMax, clientStuckMsMax } = this.limits;
+    this.sweepTimer = setInterval(() => this.sweepClients(), Math.max(10, Math.min(1_000, Math.floor(Math.min(clientIdleMsMax, clientStuckMsMax) / 4))));
     this.listener = Bun.listen<{ conn: FramedConn | null }>({
       hostname: this.options.host,
       port: this.options.port,
       data: { conn: null },
       socket: {
         open(socket) {
-          const conn = new FramedConn(socket as Socket<unknown>, server.options.frameBytesMax, CLIENT_OUTBOUND_BYTES_MAX);
+          const conn = new FramedConn(socket as Socket<unknown>, server.options.frameBytesMax, CLIENT_OUTBOUND_BYTES_MAX, socket.remoteAddress, () => server.now());
           socket.data = { conn };
           server.onOpen(conn);
         },
@@ -242,13 +270,24 @@ export class ReplicaServer {
   }
 
   stop(): void {
+    if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
+    this.sweepTimer = null;
     this.listener?.stop(true);
     this.listener = null;
     for (const conn of this.conns) conn.close();
   }
 
   private onOpen(conn: FramedConn): void {
-    const state: ConnState = { phase: "hello", handshake: null, onPeerFrame: null, clientHello: null, transcript: null, session: null, timer: null };
+    const state: ConnState = {
+      phase: "hello",
+      handshake: null,
+      onPeerFrame: null,
+      clientHello: null,
+      transcript: null,
+      session: null,
+      timer: null,
+      receivedMs: this.now(),
+    };
     conn.state = state;
     this.conns.add(conn);
     const refusal = this.handshakeRefusal(conn.remote);
@@ -314,6 +353,7 @@ export class ReplicaServer {
   private onClose(conn: FramedConn): void {
     const state = conn.state as ConnState;
     this.conns.delete(conn);
+    conn.release();
     this.endHandshake(conn, state);
     if (state.phase === "peer") this.options.mesh.inboundClosed(conn);
     if (state.session !== null) {
@@ -327,6 +367,7 @@ export class ReplicaServer {
   private onData(conn: FramedConn, chunk: Uint8Array): void {
     if (conn.isClosed) return;
     const state = conn.state as ConnState;
+    state.receivedMs = this.now();
     if (state.handshake === null) this.onFrames(conn, conn.decoder.push(chunk));
     else this.onHandshakeData(conn, state, state.handshake, chunk);
   }
@@ -473,9 +514,33 @@ export class ReplicaServer {
     if (refusal !== null) return this.refuseClient(conn, refusal);
     this.endHandshake(conn, state);
     state.phase = "client";
+    conn.useBudget(this.outputBudget);
     state.session = { conn, key: hello.key, keyHex, id: this.nextSessionId++ };
     this.clientsByKey.add(keyHex);
     this.clientsByAddress.add(conn.remote);
+  }
+
+  /**
+   * Closes client sessions that went quiet (no frame, not even a PING, for clientIdleMsMax)
+   * or stopped reading (queued bytes untouched for clientStuckMsMax): each holds a slot
+   * and, when stuck, memory, which a client that is gone or hostile would keep for ever.
+   */
+  private sweepClients(): void {
+    const now = this.now();
+    const { clientIdleMsMax, clientStuckMsMax } = this.limits;
+    for (const conn of [...this.conns]) {
+      const state = conn.state as ConnState;
+      if (state.phase !== "client" || conn.isClosed) continue;
+      if (conn.stalledMs() > clientStuckMsMax) {
+        this.options.metrics.inc("clients_stuck_closed_total");
+        this.options.log.info("client closed: it takes none of what is queued for it", { remote: conn.remote, queuedBytes: conn.pendingBytes });
+        conn.close();
+      } else if (now - state.receivedMs > clientIdleMsMax) {
+        this.options.metrics.inc("clients_idle_closed_total");
+        this.options.log.info("client closed: idle", { remote: conn.remote, idleMs: now - state.receivedMs });
+        conn.closeWith({ type: FrameType.ERROR, body: { code: "TIMEOUT", reason: `nothing received for ${clientIdleMsMax} ms; clients PING while idle` } });
+      }
+    }
   }
 
   /** Why one more client session with this key from this address is refused now, or null if it is not. */

@@ -91,6 +91,11 @@ class RawConn {
     this.socket?.end();
   }
 
+  /** Stops reading: what the server sends piles up in the kernel, then in its queue. */
+  pause(): void {
+    this.socket?.pause();
+  }
+
   has(type: number): boolean {
     return this.frames.some((f) => f.type === type);
   }
@@ -195,7 +200,13 @@ interface Fixture {
   readonly peerMessages: { from: number; msg: Uint8Array }[];
   /** Frames that reached the client handler. */
   readonly clientFrames: Frame[];
+  /** Per QUERY: how many of the large answers the server could queue (send returned true). */
+  readonly bulkSent: number[];
 }
+
+/** The test handler answers a QUERY with this many QUERY_REPLY frames of BULK_FRAME_BYTES each. */
+const BULK_FRAMES = 32;
+const BULK_FRAME_BYTES = 512 * 1024;
 
 function startServer(limits: Partial<ServerLimits> = {}, clientKeysAllowed: ReadonlySet<string> | null = null, now?: () => number): Fixture {
   const serverKey = SigningKey.generate();
@@ -203,6 +214,7 @@ function startServer(limits: Partial<ServerLimits> = {}, clientKeysAllowed: Read
   const metrics = new Metrics();
   const peerMessages: { from: number; msg: Uint8Array }[] = [];
   const clientFrames: Frame[] = [];
+  const bulkSent: number[] = [];
   const mesh = new PeerMesh({
     self: 0,
     key: serverKey,
@@ -216,6 +228,14 @@ function startServer(limits: Partial<ServerLimits> = {}, clientKeysAllowed: Read
     onClientFrame(session, frame) {
       clientFrames.push(frame);
       if (frame.type === FrameType.PING) session.conn.send({ type: FrameType.PONG, body: { n: frame.body.n } });
+      if (frame.type === FrameType.QUERY) {
+        let sent = 0;
+        const res = new Uint8Array(BULK_FRAME_BYTES);
+        for (let i = 0; i < BULK_FRAMES; i++) {
+          if (session.conn.send({ type: FrameType.QUERY_REPLY, body: { id: frame.body.id, replica: 0, ok: true, res } })) sent++;
+        }
+        bulkSent.push(sent);
+      }
     },
     onClientClosed() {},
   };
@@ -238,7 +258,7 @@ function startServer(limits: Partial<ServerLimits> = {}, clientKeysAllowed: Read
     server.stop();
     mesh.stop();
   });
-  return { server, metrics, serverKey, peerKey, peerMessages, clientFrames };
+  return { server, metrics, serverKey, peerKey, peerMessages, clientFrames, bulkSent };
 }
 
 /** Replica 1's real mesh, dialling the server; it sends only on the link it dialled. */
@@ -516,6 +536,55 @@ describe("peer links (PROTOCOL.md 5.3)", () => {
     expect(raw.error).toBe("BAD_MAC a peer frame failed its MAC or sequence check");
     expect(fx.metrics.get("peer_frames_rejected_total")).toBe(1);
     expect(fx.peerMessages).toEqual([]);
+  });
+});
+
+describe("client connections that go quiet or stop reading", () => {
+  test("a session that sends nothing is closed after clientIdleMsMax; one that PINGs stays", async () => {
+    const fx = startServer({ clientIdleMsMax: 400 });
+    const quiet = await clientSession(fx.server.port, SigningKey.generate());
+    const chatty = await clientSession(fx.server.port, SigningKey.generate());
+    let n = 100;
+    const pinger = setInterval(() => chatty.send({ type: FrameType.PING, body: { n: n++ } }), 50);
+    try {
+      await waitFor("the quiet session to be closed", () => quiet.closed);
+      expect(quiet.error).toBe("TIMEOUT nothing received for 400 ms; clients PING while idle");
+      expect(fx.metrics.get("clients_idle_closed_total")).toBe(1);
+      // The sweep that closed the quiet one ran past the deadline; the chatty one kept going.
+      const pongs = chatty.frames.filter((f) => f.type === FrameType.PONG).length;
+      await waitFor("two more PONGs", () => chatty.frames.filter((f) => f.type === FrameType.PONG).length >= pongs + 2);
+      expect(chatty.closed).toBe(false);
+    } finally {
+      clearInterval(pinger);
+    }
+  });
+
+  test("a session that stops reading is closed once its queued bytes sit untouched for clientStuckMsMax", async () => {
+    const fx = startServer({ clientStuckMsMax: 500, clientIdleMsMax: 60_000 });
+    const stuck = await clientSession(fx.server.port, SigningKey.generate());
+    stuck.pause();
+    stuck.send({ type: FrameType.QUERY, body: { id: 1, q: "status" } });
+    await waitFor("the stuck session to be closed", () => fx.metrics.get("clients_stuck_closed_total") === 1);
+    await waitFor("its queued bytes to be released", () => fx.metrics.get("client_output_bytes") === 0);
+  });
+
+  test("the bytes queued for all clients together stay within clientOutputBytesMax", async () => {
+    const budget = 6 * BULK_FRAME_BYTES;
+    const fx = startServer({ clientOutputBytesMax: budget, clientStuckMsMax: 60_000 });
+    const readers = [];
+    for (let i = 0; i < 3; i++) {
+      const raw = await clientSession(fx.server.port, SigningKey.generate());
+      raw.pause();
+      raw.send({ type: FrameType.QUERY, body: { id: i, q: "status" } });
+      readers.push(raw);
+    }
+    await waitFor("three bulk answers", () => fx.bulkSent.length === 3);
+    expect(fx.metrics.get("client_output_bytes")).toBeLessThanOrEqual(budget);
+    // Each queues a little (what the kernel took, then up to the budget): far fewer than asked.
+    const total = fx.bulkSent.reduce((a, b) => a + b, 0);
+    expect(total).toBeLessThan(3 * BULK_FRAMES);
+    for (const raw of readers) raw.close();
+    await waitFor("the queued bytes to be released", () => fx.metrics.get("client_output_bytes") === 0);
   });
 });
 
