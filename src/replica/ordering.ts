@@ -91,14 +91,14 @@ export function coreConfigFor(config: ClusterConfig, id: number): CoreConfig {
   const room = config.limits.frameBytesMax - peerEnvelopeBytes(config.limits.frameBytesMax, config.f);
   // The core counts a request's client name and fields too (requestBytes): room for a
   // request of REQUEST_BYTES_MAX signed bytes from a key on a tag of the longest name.
-  const maxRequestBytes = Math.min(room, REQUEST_BYTES_MAX + REQUEST_NAME_ROOM_BYTES);
+  const requestBytesMax = Math.min(room, REQUEST_BYTES_MAX + REQUEST_NAME_ROOM_BYTES);
   return makeConfig(
     { id, n: config.n, f: config.f, mode: "bft", clusterId: config.name },
     {
       // A request travels in one peer frame; a batch of requests must hold the largest one.
-      maxRequestBytes,
-      maxBatchBytes: Math.min(room, Math.max(DEFAULT_PARAMETERS.maxBatchBytes, maxRequestBytes)),
-      maxRequestSpan: Math.min(config.limits.batchEventsMax, REQUEST_SPAN_MAX),
+      requestBytesMax,
+      batchBytesMax: Math.min(room, Math.max(DEFAULT_PARAMETERS.batchBytesMax, requestBytesMax)),
+      requestSpanMax: Math.min(config.limits.batchEventsMax, REQUEST_SPAN_MAX),
       // Clients may keep this many requests in flight; the core must admit them all or
       // a refused early request would leave a gap that later ones wait behind.
       clientWindow: Math.max(DEFAULT_PARAMETERS.clientWindow, config.limits.clientInflightRequestsMax),
@@ -242,7 +242,7 @@ export class OrderingDriver {
       leader: s.leader,
       status: s.status,
       lastExecuted: s.lastExecuted,
-      stableCheckpoint: s.h,
+      stableCheckpoint: s.stableSeq,
       transferring: this.transfer.fetching,
       baseSnapshot: this.keeper.baseHead?.seq ?? 0,
     };

@@ -137,7 +137,7 @@ export class Checker {
     }
     // h may pass lastExecuted only while the state at h is being fetched (a NEW_VIEW whose
     // stable checkpoint this replica had not reached).
-    if (s.h > s.lastExecuted && (s.transferTo ?? -1) < s.h) this.violation(`replica ${s.id} h ${s.h} above lastExecuted ${s.lastExecuted} with no transfer past it`);
+    if (s.stableSeq > s.lastExecuted && (s.transferTo ?? -1) < s.stableSeq) this.violation(`replica ${s.id} h ${s.stableSeq} above lastExecuted ${s.lastExecuted} with no transfer past it`);
     this.lastStatus.set(life, s);
   }
 
@@ -154,9 +154,9 @@ export class Checker {
       ["farCheckpoints", cfg.n],
       ["viewChanges", cfg.n],
       ["buffered", 3 * L * cfg.n],
-      ["pending", cfg.maxPendingTotal],
+      ["pending", cfg.pendingRequestsMax],
       ["pendingMaxPerClient", cfg.clientWindow],
-      ["forwardQueue", 2 * cfg.maxPendingTotal + cfg.maxBatchRequests],
+      ["forwardQueue", 2 * cfg.pendingRequestsMax + cfg.batchRequestsMax],
       ["quarantined", 10_000],
     ];
     for (const [k, bound] of bounds) {

@@ -47,18 +47,18 @@ export interface ClusterOptions {
 
 /** Small parameters so scripts reach checkpoints and timeouts in a few steps. */
 export const CLUSTER_PARAMETERS: Partial<CoreParameters> = {
-  maxBatchRequests: 4,
+  batchRequestsMax: 4,
   pipelineDepth: 4,
   checkpointInterval: 4,
   logWindow: 8,
   clientWindow: 4,
-  requestTimeout: 20,
-  progressTimeout: 15,
-  vcTimeout: 20,
-  vcRetransmit: 10,
-  tpWindow: 20,
-  tpGrace: 40,
-  transferRetry: 20,
+  requestTimeoutTicks: 20,
+  progressTimeoutTicks: 15,
+  viewChangeTimeoutTicks: 20,
+  retransmitTicks: 10,
+  throughputWindowTicks: 20,
+  throughputGraceTicks: 40,
+  transferRetryTicks: 20,
 };
 
 export class ManualCluster {

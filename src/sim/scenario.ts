@@ -83,7 +83,8 @@ export interface Scenario {
 /**
  * Ticks after heal within which every correct request must be decided at every correct
  * replica. Over 30,000 seeds of the "all" mix the slowest run needed 302; the bound leaves
- * five times that, which still covers the longest view-change backoff (vcTimeout * 2^cap).
+ * five times that, which still covers the longest view-change backoff
+ * (viewChangeTimeoutTicks * 2^viewChangeBackoffDoublingsMax).
  */
 export const LIVENESS_TICKS = 1500;
 /** Delay bounds after heal (ORDERING.md §10: 1-5 ticks after GST). */
@@ -92,26 +93,26 @@ export const DELAY_POST_MAX = 5;
 
 /** Parameters scaled down so that checkpoints, window wrap and view changes happen in short runs. */
 export const SIM_PARAMETERS: Partial<CoreParameters> = {
-  maxBatchRequests: 8,
-  maxBatchBytes: 64 * 1024,
-  maxRequestBytes: 4096,
-  maxRequestSpan: 8,
-  batchDelay: 1,
+  batchRequestsMax: 8,
+  batchBytesMax: 64 * 1024,
+  requestBytesMax: 4096,
+  requestSpanMax: 8,
+  batchDelayTicks: 1,
   pipelineDepth: 4,
   checkpointInterval: 8,
   logWindow: 16,
   clientWindow: 4,
-  maxPendingTotal: 64,
-  requestTimeout: 40,
-  progressTimeout: 25,
-  vcTimeout: 40,
-  vcBackoffCap: 3,
-  vcRetransmit: 12,
-  tpWindow: 40,
-  tpGrace: 160,
-  clientQuarantine: 200,
-  transferRetry: 40,
-  maxTransferItems: 8,
+  pendingRequestsMax: 64,
+  requestTimeoutTicks: 40,
+  progressTimeoutTicks: 25,
+  viewChangeTimeoutTicks: 40,
+  viewChangeBackoffDoublingsMax: 3,
+  retransmitTicks: 12,
+  throughputWindowTicks: 40,
+  throughputGraceTicks: 160,
+  clientQuarantineTicks: 200,
+  transferRetryTicks: 40,
+  transferItemsMax: 8,
 };
 
 /** A mix as drawn for one seed: "all" becomes one of the others or a combination of them. */

@@ -40,7 +40,7 @@ function resign<M extends Prepare | Commit | PrePrepare>(c: ManualCluster, signe
   return { ...m, sig: c.keyring.signAsReplica(signer, signingBytes(m, "cluster-test")) };
 }
 
-/** Submits to the leader, lets batchDelay pass, and runs delivery to quiescence. */
+/** Submits to the leader, lets batchDelayTicks pass, and runs delivery to quiescence. */
 function decideOne(c: ManualCluster, client: number, seq: number, to = 0): void {
   c.submit(to, c.request(client, seq));
   c.tick();
@@ -169,7 +169,7 @@ describe("client requests (ORDERING.md §5)", () => {
     c.tick(3);
     c.deliverAll();
     expect(c.lastExecuted(0)).toBe(1);
-    c.tick(CLUSTER_PARAMETERS.clientQuarantine ?? 6000);
+    c.tick(CLUSTER_PARAMETERS.clientQuarantineTicks ?? 6000);
     c.submit(0, c.request(1, 1));
     c.tick();
     c.deliverAll();
@@ -334,7 +334,7 @@ describe("the ten classic bugs (ORDERING.md §9)", () => {
     const rec = c.records[1]?.find((r) => r.t === "prepared");
     if (rec?.t !== "prepared") throw new Error("no prepared record");
     const cert = rec.cert;
-    const ctx = { n: 4, f: 1, mode: "bft" as const, q: 3, logWindow: 8, checkpointInterval: 4, clusterId: "cluster-test", crypto: c.keyring.cryptoFor(1) };
+    const ctx = { n: 4, f: 1, mode: "bft" as const, quorumSize: 3, logWindow: 8, checkpointInterval: 4, clusterId: "cluster-test", crypto: c.keyring.cryptoFor(1) };
     expect(validPreparedCert(ctx, cert)).toBe(true);
     const p0 = cert.prepares[0] as Prepare;
     const mutants: PreparedCert[] = [
@@ -406,7 +406,7 @@ describe("the ten classic bugs (ORDERING.md §9)", () => {
     c.queue = [];
     // Replica 1 times out on a request of its own and leaves view 0.
     c.submit(1, c.request(2, 1));
-    c.tick((CLUSTER_PARAMETERS.requestTimeout ?? 20) * 2 + 2, [1]);
+    c.tick((CLUSTER_PARAMETERS.requestTimeoutTicks ?? 20) * 2 + 2, [1]);
     expect(c.core(1).status().status).toBe("viewChange");
     const votesBefore = sent(c, 1, "PREPARE").length;
     c.step(1, { kind: "message", from: 0, msg: pp });
@@ -452,7 +452,7 @@ describe("checkpoints and state transfer (ORDERING.md §7)", () => {
     const c = new ManualCluster();
     for (let s = 1; s <= 4; s++) decideOne(c, 0, s);
     for (let id = 0; id < 4; id++) {
-      expect(c.core(id).status().h).toBe(4);
+      expect(c.core(id).status().stableSeq).toBe(4);
       expect(c.core(id).sizes().log).toBe(0);
       expect(c.records[id]?.some((r) => r.t === "stable" && r.seq === 4)).toBe(true);
     }
@@ -507,8 +507,8 @@ describe("checkpoints and state transfer (ORDERING.md §7)", () => {
       c.tick();
       c.deliverAll(dropCheckpointsOf1);
     }
-    expect([0, 2].map((id) => c.core(id).status().h)).toEqual([0, 0]);
-    c.runUntil(() => [0, 1, 2].every((id) => c.core(id).status().h === 4), 3 * (CLUSTER_PARAMETERS.vcRetransmit ?? 10));
+    expect([0, 2].map((id) => c.core(id).status().stableSeq)).toEqual([0, 0]);
+    c.runUntil(() => [0, 1, 2].every((id) => c.core(id).status().stableSeq === 4), 3 * (CLUSTER_PARAMETERS.retransmitTicks ?? 10));
   });
 
   test("a restart from compacted records resumes with the same state", () => {
@@ -520,10 +520,10 @@ describe("checkpoints and state transfer (ORDERING.md §7)", () => {
     c.restart(2, true);
     const after = c.core(2).status();
     expect(after.lastExecuted).toBe(before.lastExecuted);
-    expect(after.h).toBe(before.h);
+    expect(after.stableSeq).toBe(before.stableSeq);
     expect(after.view).toBe(before.view);
     expect(c.core(2).exportClients()).toEqual(clients);
-    expect((c.records[2] ?? []).filter((r) => r.t === "decided").length).toBeLessThanOrEqual(before.lastExecuted - before.h);
+    expect((c.records[2] ?? []).filter((r) => r.t === "decided").length).toBeLessThanOrEqual(before.lastExecuted - before.stableSeq);
     decideOne(c, 0, 6);
     expect(c.lastExecuted(2)).toBe(11);
   });
@@ -531,7 +531,7 @@ describe("checkpoints and state transfer (ORDERING.md §7)", () => {
 
 describe("leader monitoring (Aardvark, ORDERING.md §5)", () => {
   test("a leader that stops proposing while requests wait is replaced (heartbeat)", () => {
-    const c = new ManualCluster({ params: { requestTimeout: 1000 } });
+    const c = new ManualCluster({ params: { requestTimeoutTicks: 1000 } });
     decideOne(c, 0, 1);
     // Replica 0 goes silent as a leader: its proposals are dropped.
     const keep = (m: QueuedMessage): boolean => !(m.from === 0 && m.msg.t === "PRE_PREPARE");
@@ -584,7 +584,7 @@ describe("view-change liveness (cases the simulator found)", () => {
       c.tick();
       c.deliverAll(keep3);
     }
-    expect(c.core(1).status().h).toBe(4);
+    expect(c.core(1).status().stableSeq).toBe(4);
     // The leader crashes; replica 3, which saw nothing, takes part in the view change.
     c.crash(0);
     for (const id of [1, 2, 3]) c.submit(id, c.request(1, 1));
@@ -596,7 +596,7 @@ describe("view-change liveness (cases the simulator found)", () => {
     }
     expect(fetch?.seq).toBe(4);
     const s3 = c.core(3).status();
-    expect(s3.h).toBe(4);
+    expect(s3.stableSeq).toBe(4);
     expect(s3.transferTo).toBe(4);
     expect(c.core(3).sizes().log).toBeLessThanOrEqual(c.cfgs[3]?.logWindow ?? 0);
   });
@@ -628,8 +628,8 @@ describe("catch-up inside the window (cases the integration tests found)", () =>
 
 describe("Aardvark monitors", () => {
   test("throughput: a window below the requirement is slow; one that meets it raises it by 1%", async () => {
-    const { ThroughputMonitor } = await import("../../src/core/ordering/expectations.ts");
-    const m = new ThroughputMonitor({ tpWindow: 10, tpGrace: 0, tpRequiredPercent: 90, tpStepPercent: 1 }, 4);
+    const { ThroughputMonitor } = await import("../../src/core/ordering/monitors.ts");
+    const m = new ThroughputMonitor({ throughputWindowTicks: 10, throughputGraceTicks: 0, throughputRequiredPercent: 90, throughputStepPercent: 1 }, 4);
     m.onViewInstalled(0);
     // View 1 does 2 requests per busy tick.
     for (let t = 1; t <= 10; t++) {
@@ -657,7 +657,7 @@ describe("Aardvark monitors", () => {
   });
 
   test("flooding: a peer far above every other one is flagged once per window", async () => {
-    const { FloodMonitor, FLOOD_MESSAGES_MIN } = await import("../../src/core/ordering/expectations.ts");
+    const { FloodMonitor, FLOOD_MESSAGES_MIN } = await import("../../src/core/ordering/monitors.ts");
     const m = new FloodMonitor(4, 10, 20);
     for (let i = 0; i < FLOOD_MESSAGES_MIN * 2; i++) m.count(2);
     for (let i = 0; i < 10; i++) m.count(1);

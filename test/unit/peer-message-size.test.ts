@@ -43,7 +43,7 @@ describe("peer messages fit one frame", () => {
     test(`frame limit ${frameBytesMax / KIB} KiB: forwards of the largest requests, their batches and a lagging replica's catch-up`, () => {
       const cfg = coreConfigFor(clusterWithFrames(frameBytesMax), 0);
       const c = new ManualCluster({
-        params: { ...CLUSTER_PARAMETERS, maxRequestBytes: cfg.maxRequestBytes, maxBatchBytes: cfg.maxBatchBytes, maxBatchRequests: cfg.maxBatchRequests, checkpointInterval: 64, logWindow: 128 },
+        params: { ...CLUSTER_PARAMETERS, requestBytesMax: cfg.requestBytesMax, batchBytesMax: cfg.batchBytesMax, batchRequestsMax: cfg.batchRequestsMax, checkpointInterval: 64, logWindow: 128 },
       });
       let largest = 0;
       let messages = 0;
@@ -54,7 +54,7 @@ describe("peer messages fit one frame", () => {
       };
       // Requests as large as the core admits, from three clients at once, all given to a
       // backup (so they travel in FORWARDs), while replica 3 hears nothing.
-      const payload = "x".repeat(cfg.maxRequestBytes - REQUEST_HEADER_BYTES - SIG_BYTES - CLIENT_NAME_BYTES - REQUEST_FIELDS_BYTES);
+      const payload = "x".repeat(cfg.requestBytesMax - REQUEST_HEADER_BYTES - SIG_BYTES - CLIENT_NAME_BYTES - REQUEST_FIELDS_BYTES);
       for (let round = 1; round <= 2; round++) {
         for (let client = 0; client < 3; client++) c.submit(1, c.request(client, round, 1, payload));
         c.runUntil(() => c.lastExecuted(0) >= round * 3 || c.lastExecuted(0) >= round * 2, 200, measure(3));
@@ -69,7 +69,7 @@ describe("peer messages fit one frame", () => {
       expect(messages).toBeGreaterThan(0);
       expect(largest).toBeLessThanOrEqual(frameBytesMax);
       // The bound is used, not avoided: the largest message is a good part of a frame.
-      expect(largest).toBeGreaterThan(cfg.maxRequestBytes);
+      expect(largest).toBeGreaterThan(cfg.requestBytesMax);
     });
   }
 });

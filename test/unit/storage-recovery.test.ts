@@ -159,7 +159,7 @@ describe("recovery", () => {
     expect(decidedSeqs.length).toBe(44);
     const core = coreFrom(recovered.coreRecords);
     expect(core.status().lastExecuted).toBe(2 * K + 44);
-    expect(core.status().h).toBe(2 * K);
+    expect(core.status().stableSeq).toBe(2 * K);
   });
 
   test("writing a base deletes the decided rows it covers", () => {

@@ -23,23 +23,23 @@ export interface CertContext {
   readonly n: number;
   readonly f: number;
   readonly mode: FaultMode;
-  /** Quorum size. */
-  readonly q: number;
+  /** Q: quorum size. */
+  readonly quorumSize: number;
   readonly logWindow: number;
   readonly checkpointInterval: number;
   readonly clusterId: string;
   readonly crypto: CoreCrypto;
 }
 
-export function isMember(ctx: CertContext, r: number): boolean {
-  return Number.isSafeInteger(r) && r >= 0 && r < ctx.n;
+export function isMember(context: CertContext, r: number): boolean {
+  return Number.isSafeInteger(r) && r >= 0 && r < context.n;
 }
 
 /** Checks the signature of `m` against the replica that must have made it. */
-export function verifySigned(ctx: CertContext, m: SignedMessage): boolean {
-  const signer = signerOf(m, ctx.n);
-  if (!isMember(ctx, signer)) return false;
-  return ctx.crypto.verify(signer, signingBytes(m, ctx.clusterId), m.sig);
+export function verifySigned(context: CertContext, m: SignedMessage): boolean {
+  const signer = signerOf(m, context.n);
+  if (!isMember(context, signer)) return false;
+  return context.crypto.verify(signer, signingBytes(m, context.clusterId), m.sig);
 }
 
 export function digestOfBatch(crypto: CoreCrypto, batch: readonly ClientRequest[]): Uint8Array {
@@ -57,20 +57,20 @@ export function bodyMatches(crypto: CoreCrypto, digest: Uint8Array, batch: reado
  * entries make the proof invalid rather than being skipped, so a proof has one form.
  */
 export function validCheckpointProof(
-  ctx: CertContext,
+  context: CertContext,
   seq: number,
   digest: Uint8Array,
   proof: readonly Checkpoint[],
   minSigners: number,
 ): boolean {
-  if (proof.length < minSigners || proof.length > ctx.n) return false;
+  if (proof.length < minSigners || proof.length > context.n) return false;
   const seen = new Set<ReplicaId>();
   for (const c of proof) {
     if (c.seq !== seq || !bytesEqual(c.digest, digest)) return false;
-    if (!isMember(ctx, c.replica) || seen.has(c.replica)) return false;
+    if (!isMember(context, c.replica) || seen.has(c.replica)) return false;
     seen.add(c.replica);
   }
-  for (const c of proof) if (!verifySigned(ctx, c)) return false;
+  for (const c of proof) if (!verifySigned(context, c)) return false;
   return true;
 }
 
@@ -80,25 +80,25 @@ export function validCheckpointProof(
  * triple from distinct members other than the leader. In CFT mode it carries no PREPAREs
  * and its body must hash to the digest.
  */
-export function validPreparedCert(ctx: CertContext, cert: PreparedCert): boolean {
-  const h = cert.prePrepare;
-  if (h.view !== cert.view || h.seq !== cert.seq || !bytesEqual(h.digest, cert.digest) || h.batch !== null) return false;
+export function validPreparedCert(context: CertContext, cert: PreparedCert): boolean {
+  const header = cert.prePrepare;
+  if (header.view !== cert.view || header.seq !== cert.seq || !bytesEqual(header.digest, cert.digest) || header.batch !== null) return false;
   if (bytesEqual(cert.digest, NULL_DIGEST) && cert.batch !== null && cert.batch.length > 0) return false;
-  if (ctx.mode === "cft") {
+  if (context.mode === "cft") {
     if (cert.prepares.length !== 0 || cert.batch === null) return false;
-    if (!bodyMatches(ctx.crypto, cert.digest, cert.batch)) return false;
+    if (!bodyMatches(context.crypto, cert.digest, cert.batch)) return false;
   } else {
-    if (cert.batch !== null || cert.prepares.length !== ctx.q - 1) return false;
-    const leader = cert.view % ctx.n;
+    if (cert.batch !== null || cert.prepares.length !== context.quorumSize - 1) return false;
+    const leader = cert.view % context.n;
     const seen = new Set<ReplicaId>();
     for (const p of cert.prepares) {
       if (p.view !== cert.view || p.seq !== cert.seq || !bytesEqual(p.digest, cert.digest)) return false;
-      if (!isMember(ctx, p.replica) || p.replica === leader || seen.has(p.replica)) return false;
+      if (!isMember(context, p.replica) || p.replica === leader || seen.has(p.replica)) return false;
       seen.add(p.replica);
     }
-    for (const p of cert.prepares) if (!verifySigned(ctx, p)) return false;
+    for (const p of cert.prepares) if (!verifySigned(context, p)) return false;
   }
-  return verifySigned(ctx, h);
+  return verifySigned(context, header);
 }
 
 /**
@@ -106,23 +106,23 @@ export function validPreparedCert(ctx: CertContext, cert: PreparedCert): boolean
  * by Q signed CHECKPOINTs (or the genesis state at 0); every prepared entry inside the
  * sender's window, one per seq, from a view below the new one, and itself valid.
  */
-export function validViewChange(ctx: CertContext, vc: ViewChange): boolean {
-  if (!isMember(ctx, vc.replica)) return false;
+export function validViewChange(context: CertContext, vc: ViewChange): boolean {
+  if (!isMember(context, vc.replica)) return false;
   if (vc.stableSeq === 0) {
     if (!bytesEqual(vc.stableDigest, NULL_DIGEST) || vc.stableProof.length !== 0) return false;
-  } else if (vc.stableSeq % ctx.checkpointInterval !== 0) {
+  } else if (vc.stableSeq % context.checkpointInterval !== 0) {
     return false;
   }
-  if (vc.prepared.length > ctx.logWindow) return false;
+  if (vc.prepared.length > context.logWindow) return false;
   const seqs = new Set<number>();
   for (const cert of vc.prepared) {
-    if (cert.seq <= vc.stableSeq || cert.seq > vc.stableSeq + ctx.logWindow) return false;
+    if (cert.seq <= vc.stableSeq || cert.seq > vc.stableSeq + context.logWindow) return false;
     if (cert.view >= vc.newView || seqs.has(cert.seq)) return false;
     seqs.add(cert.seq);
   }
-  if (!verifySigned(ctx, vc)) return false;
-  if (vc.stableSeq > 0 && !validCheckpointProof(ctx, vc.stableSeq, vc.stableDigest, vc.stableProof, ctx.q)) return false;
-  for (const cert of vc.prepared) if (!validPreparedCert(ctx, cert)) return false;
+  if (!verifySigned(context, vc)) return false;
+  if (vc.stableSeq > 0 && !validCheckpointProof(context, vc.stableSeq, vc.stableDigest, vc.stableProof, context.quorumSize)) return false;
+  for (const cert of vc.prepared) if (!validPreparedCert(context, cert)) return false;
   return true;
 }
 
@@ -145,7 +145,7 @@ export interface NewViewPlan {
  * certificates for one (view, seq) with different digests cannot both be valid with at
  * most f faults; if V holds such a pair, the plan is refused (null).
  */
-export function planNewView(ctx: CertContext, vcs: readonly ViewChange[]): NewViewPlan | null {
+export function planNewView(context: CertContext, vcs: readonly ViewChange[]): NewViewPlan | null {
   let minS = 0;
   let stableDigest = NULL_DIGEST;
   let stableProof: Checkpoint[] = [];
@@ -167,7 +167,7 @@ export function planNewView(ctx: CertContext, vcs: readonly ViewChange[]): NewVi
       if (cert.seq > maxS) maxS = cert.seq;
     }
   }
-  if (maxS - minS > ctx.logWindow) return null;
+  if (maxS - minS > context.logWindow) return null;
   const digests: Uint8Array[] = [];
   const bodies = new Map<number, ClientRequest[]>();
   for (let s = minS + 1; s <= maxS; s++) {
@@ -180,19 +180,19 @@ export function planNewView(ctx: CertContext, vcs: readonly ViewChange[]): NewVi
 
 /** Q distinct members signed COMMIT(view, seq, digest): the decision is final (ORDERING.md §3). */
 export function validDecisionCert(
-  ctx: CertContext,
+  context: CertContext,
   view: number,
   seq: number,
   digest: Uint8Array,
   commits: readonly Commit[],
 ): boolean {
-  if (commits.length < ctx.q || commits.length > ctx.n) return false;
+  if (commits.length < context.quorumSize || commits.length > context.n) return false;
   const seen = new Set<ReplicaId>();
   for (const c of commits) {
     if (c.view !== view || c.seq !== seq || !bytesEqual(c.digest, digest)) return false;
-    if (!isMember(ctx, c.replica) || seen.has(c.replica)) return false;
+    if (!isMember(context, c.replica) || seen.has(c.replica)) return false;
     seen.add(c.replica);
   }
-  for (const c of commits) if (!verifySigned(ctx, c)) return false;
+  for (const c of commits) if (!verifySigned(context, c)) return false;
   return true;
 }

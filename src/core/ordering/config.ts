@@ -24,15 +24,15 @@ export interface CoreConfig {
   /** Bound into every signature, so a message of one cluster is worthless in another. */
   readonly clusterId: string;
   /** Requests per proposed batch. */
-  readonly maxBatchRequests: number;
+  readonly batchRequestsMax: number;
   /** Bytes (bodies + signatures) per proposed batch. */
-  readonly maxBatchBytes: number;
+  readonly batchBytesMax: number;
   /** Bytes of one request body. */
-  readonly maxRequestBytes: number;
+  readonly requestBytesMax: number;
   /** Client sequence numbers one request may use. */
-  readonly maxRequestSpan: number;
+  readonly requestSpanMax: number;
   /** Ticks the leader waits to fill a batch before proposing a partial one. */
-  readonly batchDelay: number;
+  readonly batchDelayTicks: number;
   /** Consensus instances in flight beyond the last executed one; must be <= logWindow. */
   readonly pipelineDepth: number;
   /** K: a checkpoint after every K executed sequence numbers. */
@@ -42,61 +42,61 @@ export interface CoreConfig {
   /** Unanswered requests a client may have pending at a replica. */
   readonly clientWindow: number;
   /** Pending requests over all clients. */
-  readonly maxPendingTotal: number;
+  readonly pendingRequestsMax: number;
   /** Ticks before a pending request is forwarded to all, and again before the leader is suspected. */
-  readonly requestTimeout: number;
+  readonly requestTimeoutTicks: number;
   /** Ticks the leader may go without a new proposal while requests wait (Aardvark heartbeat). */
-  readonly progressTimeout: number;
-  /** Base view-change timeout; doubles per attempt up to vcBackoffCap doublings. */
-  readonly vcTimeout: number;
-  readonly vcBackoffCap: number;
+  readonly progressTimeoutTicks: number;
+  /** Base view-change timeout; doubles per attempt up to viewChangeBackoffDoublingsMax doublings. */
+  readonly viewChangeTimeoutTicks: number;
+  readonly viewChangeBackoffDoublingsMax: number;
   /** Ticks between resends of own VIEW_CHANGE and of stalled votes. */
-  readonly vcRetransmit: number;
+  readonly retransmitTicks: number;
   /** Aardvark throughput window and grace period, in ticks. */
-  readonly tpWindow: number;
-  readonly tpGrace: number;
+  readonly throughputWindowTicks: number;
+  readonly throughputGraceTicks: number;
   /** Required throughput at view start, in percent of the best recent view (Aardvark: 90). */
-  readonly tpRequiredPercent: number;
+  readonly throughputRequiredPercent: number;
   /** Raise of the requirement per window that meets it, in percent (Aardvark: 1). */
-  readonly tpStepPercent: number;
+  readonly throughputStepPercent: number;
   /** A request may see this many rounds of fair batches pass it by before the leader is unfair. */
   readonly fairnessMultiplier: number;
   /** Ticks a client with a provably bad signature is ignored. */
-  readonly clientQuarantine: number;
+  readonly clientQuarantineTicks: number;
   /** A peer sending more than this many times the busiest other peer is flagged. */
   readonly floodThreshold: number;
   /** Ticks between retries of a state transfer that has not completed. */
-  readonly transferRetry: number;
+  readonly transferRetryTicks: number;
   /** Decided sequence numbers returned per STATE_RESPONSE. */
-  readonly maxTransferItems: number;
+  readonly transferItemsMax: number;
 }
 
 /** The parameters of ORDERING.md §10 (1 tick = 10 ms). */
 export const DEFAULT_PARAMETERS = {
-  maxBatchRequests: 256,
-  maxBatchBytes: 1024 * 1024,
-  maxRequestBytes: 64 * 1024,
-  maxRequestSpan: 256,
-  batchDelay: 1,
+  batchRequestsMax: 256,
+  batchBytesMax: 1024 * 1024,
+  requestBytesMax: 64 * 1024,
+  requestSpanMax: 256,
+  batchDelayTicks: 1,
   pipelineDepth: 8,
   checkpointInterval: 128,
   logWindow: 256,
   clientWindow: 16,
-  maxPendingTotal: 10_000,
-  requestTimeout: 100,
-  progressTimeout: 50,
-  vcTimeout: 200,
-  vcBackoffCap: 6,
-  vcRetransmit: 100,
-  tpWindow: 100,
-  tpGrace: 500,
-  tpRequiredPercent: 90,
-  tpStepPercent: 1,
+  pendingRequestsMax: 10_000,
+  requestTimeoutTicks: 100,
+  progressTimeoutTicks: 50,
+  viewChangeTimeoutTicks: 200,
+  viewChangeBackoffDoublingsMax: 6,
+  retransmitTicks: 100,
+  throughputWindowTicks: 100,
+  throughputGraceTicks: 500,
+  throughputRequiredPercent: 90,
+  throughputStepPercent: 1,
   fairnessMultiplier: 2,
-  clientQuarantine: 6_000,
+  clientQuarantineTicks: 6_000,
   floodThreshold: 20,
-  transferRetry: 200,
-  maxTransferItems: 32,
+  transferRetryTicks: 200,
+  transferItemsMax: 32,
 } as const;
 
 export type CoreParameters = Omit<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId">;
@@ -117,10 +117,10 @@ export function makeConfig(
 /** Throws a RangeError naming the first inconsistent parameter. */
 export function checkConfig(cfg: CoreConfig): void {
   const positive: Array<keyof CoreConfig> = [
-    "n", "maxBatchRequests", "maxBatchBytes", "maxRequestBytes", "maxRequestSpan", "batchDelay",
-    "pipelineDepth", "checkpointInterval", "logWindow", "clientWindow", "maxPendingTotal",
-    "requestTimeout", "progressTimeout", "vcTimeout", "vcRetransmit", "tpWindow",
-    "fairnessMultiplier", "floodThreshold", "transferRetry", "maxTransferItems",
+    "n", "batchRequestsMax", "batchBytesMax", "requestBytesMax", "requestSpanMax", "batchDelayTicks",
+    "pipelineDepth", "checkpointInterval", "logWindow", "clientWindow", "pendingRequestsMax",
+    "requestTimeoutTicks", "progressTimeoutTicks", "viewChangeTimeoutTicks", "retransmitTicks", "throughputWindowTicks",
+    "fairnessMultiplier", "floodThreshold", "transferRetryTicks", "transferItemsMax",
   ];
   for (const key of positive) {
     const v = cfg[key];
@@ -135,9 +135,9 @@ export function checkConfig(cfg: CoreConfig): void {
   if (cfg.mode !== "bft" && cfg.mode !== "cft") throw new RangeError("mode must be bft or cft");
   if (cfg.pipelineDepth > cfg.logWindow) throw new RangeError("pipelineDepth must be <= logWindow");
   if (cfg.logWindow <= cfg.checkpointInterval) throw new RangeError("logWindow must exceed checkpointInterval");
-  if (cfg.maxRequestBytes > cfg.maxBatchBytes) throw new RangeError("maxRequestBytes must be <= maxBatchBytes");
-  if (cfg.vcBackoffCap < 0 || cfg.tpGrace < 0 || cfg.clientQuarantine < 0) {
-    throw new RangeError("vcBackoffCap, tpGrace and clientQuarantine must be >= 0");
+  if (cfg.requestBytesMax > cfg.batchBytesMax) throw new RangeError("requestBytesMax must be <= batchBytesMax");
+  if (cfg.viewChangeBackoffDoublingsMax < 0 || cfg.throughputGraceTicks < 0 || cfg.clientQuarantineTicks < 0) {
+    throw new RangeError("viewChangeBackoffDoublingsMax, throughputGraceTicks and clientQuarantineTicks must be >= 0");
   }
 }
 

@@ -24,7 +24,7 @@ import {
   verifySigned,
 } from "./certs.ts";
 import { type CoreConfig, checkConfig, leaderOf, quorum, type ReplicaId, weakQuorum } from "./config.ts";
-import { FloodMonitor, ThroughputMonitor } from "./expectations.ts";
+import { FloodMonitor, ThroughputMonitor } from "./monitors.ts";
 import {
   bytesEqual,
   type Checkpoint,
@@ -236,15 +236,15 @@ export class OrderingCore {
       n: cfg.n,
       f: cfg.f,
       mode: cfg.mode,
-      q: quorum(cfg.n, cfg.f, cfg.mode),
+      quorumSize: quorum(cfg.n, cfg.f, cfg.mode),
       logWindow: cfg.logWindow,
       checkpointInterval: cfg.checkpointInterval,
       clusterId: cfg.clusterId,
       crypto,
     };
-    this.progressTimeoutCur = cfg.progressTimeout;
+    this.progressTimeoutCur = cfg.progressTimeoutTicks;
     this.tp = new ThroughputMonitor(cfg, cfg.n);
-    this.flood = new FloodMonitor(cfg.n, cfg.tpWindow, cfg.floodThreshold);
+    this.flood = new FloodMonitor(cfg.n, cfg.throughputWindowTicks, cfg.floodThreshold);
     if (restored !== undefined && restored.length > 0) this.restore(restored);
   }
 
@@ -254,7 +254,7 @@ export class OrderingCore {
 
   /** Q. Every quorum comparison goes through here. */
   protected quorumSize(): number {
-    return this.ctx.q;
+    return this.ctx.quorumSize;
   }
 
   /** The key a vote is stored under: the signer, so that each signer counts once. */
@@ -313,7 +313,7 @@ export class OrderingCore {
       leader: leaderOf(this.view, this.cfg.n),
       status: this.phase,
       lastExecuted: this.lastExecuted,
-      h: this.h,
+      stableSeq: this.h,
       pending: this.pending.total,
       transferTo: this.transfer?.seq ?? null,
     };
@@ -533,7 +533,7 @@ export class OrderingCore {
   }
 
   private onForward(msg: Forward): void {
-    const limit = Math.min(msg.requests.length, this.cfg.maxBatchRequests);
+    const limit = Math.min(msg.requests.length, this.cfg.batchRequestsMax);
     for (let i = 0; i < limit; i++) this.admit(msg.requests[i] as ClientRequest, false);
   }
 
@@ -545,17 +545,17 @@ export class OrderingCore {
     req: ClientRequest,
     authenticated: boolean,
   ): "executed" | "added" | "duplicate" | Refusal | "bad-signature" {
-    if (req.span < 1 || req.span > this.cfg.maxRequestSpan || req.seq < 1) return "invalid";
-    if (requestBytes(req) > this.cfg.maxRequestBytes) return "invalid";
+    if (req.span < 1 || req.span > this.cfg.requestSpanMax || req.seq < 1) return "invalid";
+    if (requestBytes(req) > this.cfg.requestBytesMax) return "invalid";
     const last = this.clients.lastExecuted(req.client);
     if (req.seq + req.span - 1 <= last) return "executed";
     if (req.seq <= last) return "invalid";
     if (this.pending.has(req.client, req.seq)) return "duplicate";
     const until = this.quarantine.get(req.client);
     if (until !== undefined && until > this.now) return "quarantined";
-    if (req.seq - last > this.cfg.clientWindow * this.cfg.maxRequestSpan) return "window";
+    if (req.seq - last > this.cfg.clientWindow * this.cfg.requestSpanMax) return "window";
     if (this.pending.countFor(req.client) >= this.cfg.clientWindow) return "window";
-    if (this.pending.total >= this.cfg.maxPendingTotal) return "overloaded";
+    if (this.pending.total >= this.cfg.pendingRequestsMax) return "overloaded";
     if (!this.crypto.verifyRequest(req)) {
       if (authenticated) this.quarantineClient(req.client);
       return "bad-signature";
@@ -570,7 +570,7 @@ export class OrderingCore {
       if (oldest !== undefined) this.quarantine.delete(oldest);
     }
     this.quarantine.delete(client);
-    this.quarantine.set(client, this.now + this.cfg.clientQuarantine);
+    this.quarantine.set(client, this.now + this.cfg.clientQuarantineTicks);
   }
 
   /** A request already verified when it became pending need not be verified again. */
@@ -585,7 +585,7 @@ export class OrderingCore {
       const last = this.clients.lastExecuted(r.client);
       if (r.seq <= last || this.pending.has(r.client, r.seq)) continue;
       if (this.pending.countFor(r.client) >= this.cfg.clientWindow) continue;
-      if (this.pending.total >= this.cfg.maxPendingTotal) continue;
+      if (this.pending.total >= this.cfg.pendingRequestsMax) continue;
       this.pending.add(r, this.now, this.highestAccepted);
     }
   }
@@ -638,7 +638,7 @@ export class OrderingCore {
         const p = (chains[(start + i) % chains.length] as PendingRequest[])[round];
         if (p === undefined) continue;
         const size = requestBytes(p.req);
-        if (batch.length >= this.cfg.maxBatchRequests || bytes + size > this.cfg.maxBatchBytes) {
+        if (batch.length >= this.cfg.batchRequestsMax || bytes + size > this.cfg.batchBytesMax) {
           full = true;
           break;
         }
@@ -650,7 +650,7 @@ export class OrderingCore {
       if (!took) break;
     }
     if (batch.length === 0) return null;
-    if (!full && batch.length < this.cfg.maxBatchRequests && this.now - oldest < this.cfg.batchDelay) return null;
+    if (!full && batch.length < this.cfg.batchRequestsMax && this.now - oldest < this.cfg.batchDelayTicks) return null;
     this.rrOffset++;
     return batch;
   }
@@ -716,14 +716,14 @@ export class OrderingCore {
    * other requests in the batch, not executed and not in another free proposal of this view.
    */
   private proposalFault(m: PrePrepare, batch: ClientRequest[]): "digest" | "invalid" | null {
-    if (batch.length < 1 || batch.length > this.cfg.maxBatchRequests) return "invalid";
+    if (batch.length < 1 || batch.length > this.cfg.batchRequestsMax) return "invalid";
     let bytes = 0;
     for (const r of batch) bytes += requestBytes(r);
-    if (bytes > this.cfg.maxBatchBytes) return "invalid";
+    if (bytes > this.cfg.batchBytesMax) return "invalid";
     if (!bytesEqual(this.hashBatch(batch), m.digest)) return "digest";
     const nextInBatch = new Map<string, number>();
     for (const r of batch) {
-      if (r.span > this.cfg.maxRequestSpan || requestBytes(r) > this.cfg.maxRequestBytes) return "invalid";
+      if (r.span > this.cfg.requestSpanMax || requestBytes(r) > this.cfg.requestBytesMax) return "invalid";
       const expected = nextInBatch.get(r.client);
       if (expected !== undefined && r.seq !== expected) return "invalid";
       nextInBatch.set(r.client, r.seq + r.span);
@@ -892,7 +892,7 @@ export class OrderingCore {
     if (e !== undefined && !e.fromNewView && this.installedView === this.view && execute.length > 0) {
       // The first new request executed in an installed view ends the view-change backoff.
       this.vcAttempt = 0;
-      this.progressTimeoutCur = this.cfg.progressTimeout;
+      this.progressTimeoutCur = this.cfg.progressTimeoutTicks;
     }
     if (s % this.cfg.checkpointInterval === 0) this.takeCheckpoint(s);
     const t = this.transfer;
@@ -965,7 +965,7 @@ export class OrderingCore {
   private answerWithStable(to: ReplicaId): void {
     if (this.h === 0 || to === this.cfg.id) return;
     const last = this.stableAnsweredAt.get(to) ?? -NO_DEADLINE;
-    if (this.now - last < this.cfg.vcRetransmit) return;
+    if (this.now - last < this.cfg.retransmitTicks) return;
     this.stableAnsweredAt.set(to, this.now);
     const stable: StableProof = { seq: this.h, digest: this.hDigest, proof: this.hProof };
     this.send(to, { t: "STATE_RESPONSE", kind: "decided", nonce: 0, items: [], stable, lastExecuted: this.lastExecuted });
@@ -1037,7 +1037,7 @@ export class OrderingCore {
     this.collectGarbage();
     this.startTransfer(seq, digest, proof);
     if (this.transfer !== null && this.transfer.seq === seq) {
-      this.transfer.nextTryAt = this.now + this.cfg.transferRetry;
+      this.transfer.nextTryAt = this.now + this.cfg.transferRetryTicks;
       this.emitFetch();
     }
   }
@@ -1082,7 +1082,7 @@ export class OrderingCore {
   private startTransfer(seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
     if (this.transfer !== null && this.transfer.seq >= seq) return;
     const inWindow = seq <= this.highWater;
-    const firstTry = inWindow ? this.now + this.cfg.vcRetransmit : this.now + this.cfg.transferRetry;
+    const firstTry = inWindow ? this.now + this.cfg.retransmitTicks : this.now + this.cfg.transferRetryTicks;
     this.transfer = { seq, digest, proof, nextTryAt: firstTry, attempt: 0 };
     if (!inWindow) this.emitFetch();
   }
@@ -1139,14 +1139,14 @@ export class OrderingCore {
     this.servedAt.set(key, this.now);
     const items: DecidedItem[] = [];
     const first = Math.max(m.seq, this.h + 1);
-    const last = Math.min(m.toSeq, first + this.cfg.maxTransferItems - 1, this.highWater);
+    const last = Math.min(m.toSeq, first + this.cfg.transferItemsMax - 1, this.highWater);
     // Bounded in bytes like one batch (at least one item), so the answer fits a message.
     let bytes = 0;
     for (let s = first; s <= last; s++) {
       const item = m.kind === "decided" ? this.decidedItem(s) : this.bodyItem(s, m.digest);
       if (item === null) continue;
       const size = item.batch.reduce((sum, r) => sum + requestBytes(r), 0) + item.commits.length * COMMIT_WIRE_BYTES;
-      if (items.length > 0 && bytes + size > this.cfg.maxBatchBytes) break;
+      if (items.length > 0 && bytes + size > this.cfg.batchBytesMax) break;
       items.push(item);
       bytes += size;
     }
@@ -1267,7 +1267,7 @@ export class OrderingCore {
     this.persistView();
     this.emit({ kind: "suspect", view: target, reason });
     this.send("all", vc);
-    this.vcResendAt = this.now + this.cfg.vcRetransmit;
+    this.vcResendAt = this.now + this.cfg.retransmitTicks;
     this.viewChangeProgress();
   }
 
@@ -1318,7 +1318,7 @@ export class OrderingCore {
   private answerWithNewView(to: ReplicaId): void {
     if (this.newViewMsg === null || this.phase !== "normal") return;
     const last = this.newViewAnsweredAt.get(to) ?? -NO_DEADLINE;
-    if (this.now - last < Math.max(1, Math.floor(this.cfg.vcRetransmit / 2))) return;
+    if (this.now - last < Math.max(1, Math.floor(this.cfg.retransmitTicks / 2))) return;
     this.newViewAnsweredAt.set(to, this.now);
     this.send(to, this.newViewMsg);
   }
@@ -1342,8 +1342,8 @@ export class OrderingCore {
     if (vcs.length < this.quorumSize()) return;
     if (this.vcArmedFor !== this.view) {
       this.vcArmedFor = this.view;
-      const backoff = 2 ** Math.min(this.vcAttempt, this.cfg.vcBackoffCap);
-      this.vcDeadline = this.now + this.cfg.vcTimeout * backoff;
+      const backoff = 2 ** Math.min(this.vcAttempt, this.cfg.viewChangeBackoffDoublingsMax);
+      this.vcDeadline = this.now + this.cfg.viewChangeTimeoutTicks * backoff;
       this.vcAttempt++;
     }
     if (this.isLeader() && this.newViewSentFor !== this.view) this.buildNewView(vcs.slice(0, this.quorumSize()));
@@ -1508,7 +1508,7 @@ export class OrderingCore {
     let hi = -1;
     for (const e of this.log.values()) {
       if (e.batch !== null || e.digest === null) continue;
-      if (e.bodyAskedAt >= 0 && this.now - e.bodyAskedAt < this.cfg.vcRetransmit) continue;
+      if (e.bodyAskedAt >= 0 && this.now - e.bodyAskedAt < this.cfg.retransmitTicks) continue;
       e.bodyAskedAt = this.now;
       lo = Math.min(lo, e.seq);
       hi = Math.max(hi, e.seq);
@@ -1540,7 +1540,7 @@ export class OrderingCore {
     for (const peer of this.flood.onTick(this.now)) this.emit({ kind: "peerFlooding", peer });
     if (this.transfer !== null && this.now >= this.transfer.nextTryAt) {
       this.transfer.attempt++;
-      this.transfer.nextTryAt = this.now + this.cfg.transferRetry;
+      this.transfer.nextTryAt = this.now + this.cfg.transferRetryTicks;
       this.emitFetch();
     }
     if (this.phase === "viewChange") {
@@ -1548,7 +1548,7 @@ export class OrderingCore {
         this.startViewChange(this.view + 1, "view-change-timeout");
       } else if (this.now >= this.vcResendAt && this.myViewChange !== null) {
         this.send("all", this.myViewChange);
-        this.vcResendAt = this.now + this.cfg.vcRetransmit;
+        this.vcResendAt = this.now + this.cfg.retransmitTicks;
       }
     } else {
       this.checkRequestsAndLeader();
@@ -1569,14 +1569,14 @@ export class OrderingCore {
    */
   private resendCheckpoints(): void {
     if (this.now < this.nextCheckpointResendAt) return;
-    if (this.now - this.lastExecProgress < this.cfg.vcRetransmit) return;
+    if (this.now - this.lastExecProgress < this.cfg.retransmitTicks) return;
     let any = false;
     for (const [seq, digest] of this.ownCheckpoints) {
       if (seq <= this.h) continue;
       this.send("all", this.signed<Checkpoint>({ t: "CHECKPOINT", seq, digest, replica: this.cfg.id, sig: EMPTY_SIG }));
       any = true;
     }
-    if (any) this.nextCheckpointResendAt = this.now + this.cfg.vcRetransmit;
+    if (any) this.nextCheckpointResendAt = this.now + this.cfg.retransmitTicks;
   }
 
   /**
@@ -1590,7 +1590,7 @@ export class OrderingCore {
     let unfair = false;
     let timedOut = false;
     const activeClients = this.pending.clientCount();
-    const fairRounds = this.cfg.fairnessMultiplier * Math.ceil(activeClients / this.cfg.maxBatchRequests);
+    const fairRounds = this.cfg.fairnessMultiplier * Math.ceil(activeClients / this.cfg.batchRequestsMax);
     const fairnessBound = this.cfg.pipelineDepth + fairRounds;
     for (const [client, forClient] of this.pending.clients()) {
       const head = forClient.get(this.clients.lastExecuted(client) + 1);
@@ -1603,13 +1603,13 @@ export class OrderingCore {
       }
       if (leader) continue;
       const age = this.now - head.firstSeen;
-      if (age > this.cfg.batchDelay) busy = true;
+      if (age > this.cfg.batchDelayTicks) busy = true;
       const inBatch = this.freeIndex.has(head.key) || this.newViewIndex.has(head.key);
-      if (!inBatch && age > this.cfg.batchDelay) {
+      if (!inBatch && age > this.cfg.batchDelayTicks) {
         waitingSince = Math.min(waitingSince, Math.max(head.firstSeen, head.timerStart));
         if (this.lastExecuted > head.seqAtArrival + fairnessBound) unfair = true;
       }
-      if (this.now - head.timerStart < this.cfg.requestTimeout) continue;
+      if (this.now - head.timerStart < this.cfg.requestTimeoutTicks) continue;
       if (head.stage === 0) {
         head.stage = 1;
         head.timerStart = this.now;
@@ -1627,7 +1627,7 @@ export class OrderingCore {
     const pipelineFull = inFlight >= this.cfg.pipelineDepth;
     if (!pipelineFull && waitingSince !== NO_DEADLINE) {
       if (this.now - Math.max(waitingSince, this.lastLeaderProgress) > this.progressTimeoutCur) {
-        this.progressTimeoutCur = Math.min(this.progressTimeoutCur * 2, this.cfg.progressTimeout * 2 ** PROGRESS_BACKOFF_CAP);
+        this.progressTimeoutCur = Math.min(this.progressTimeoutCur * 2, this.cfg.progressTimeoutTicks * 2 ** PROGRESS_BACKOFF_CAP);
         return this.suspect("heartbeat");
       }
     }
@@ -1636,7 +1636,7 @@ export class OrderingCore {
 
   /** Resend own votes for instances that stopped moving (ORDERING.md §4, retransmission). */
   private retransmitStalled(): void {
-    if (this.now - this.lastExecProgress < this.cfg.vcRetransmit || this.now < this.nextRetransmitAt) return;
+    if (this.now - this.lastExecProgress < this.cfg.retransmitTicks || this.now < this.nextRetransmitAt) return;
     let any = false;
     for (const e of this.log.values()) {
       if (e.seq <= this.lastExecuted || e.header === null || e.digest === null) continue;
@@ -1647,7 +1647,7 @@ export class OrderingCore {
       const c = e.commits.get(this.voteKey(this.cfg.id));
       if (c !== undefined && c.replica === this.cfg.id) this.send("all", c);
     }
-    if (any) this.nextRetransmitAt = this.now + this.cfg.vcRetransmit;
+    if (any) this.nextRetransmitAt = this.now + this.cfg.retransmitTicks;
   }
 
   /**
@@ -1662,7 +1662,7 @@ export class OrderingCore {
     const target = this.kthLargest(this.peerSeq.values(), this.w);
     const stalledTicks = this.now - this.lastExecProgress;
     const farBehind = target > this.lastExecuted + this.cfg.pipelineDepth;
-    const stalled = stalledTicks >= this.cfg.vcRetransmit;
+    const stalled = stalledTicks >= this.cfg.retransmitTicks;
     const req: StateRequest = {
       t: "STATE_REQUEST",
       kind: "decided",
@@ -1675,17 +1675,17 @@ export class OrderingCore {
       for (const [peer, seq] of this.peerSeq) if (seq > this.lastExecuted && peer !== this.cfg.id) this.send(peer, req);
     } else if (this.phase === "viewChange" && stalled) {
       this.send("all", req);
-    } else if (stalledTicks >= IDLE_PROBE_INTERVALS * this.cfg.vcRetransmit) {
+    } else if (stalledTicks >= IDLE_PROBE_INTERVALS * this.cfg.retransmitTicks) {
       const peer = (this.cfg.id + 1 + (this.nonce % (this.cfg.n - 1))) % this.cfg.n;
       this.send(peer, req);
       this.nonce++;
-      this.nextProbeAt = this.now + IDLE_PROBE_INTERVALS * this.cfg.vcRetransmit;
+      this.nextProbeAt = this.now + IDLE_PROBE_INTERVALS * this.cfg.retransmitTicks;
       return;
     } else {
       return;
     }
     this.nonce++;
-    this.nextProbeAt = this.now + this.cfg.vcRetransmit;
+    this.nextProbeAt = this.now + this.cfg.retransmitTicks;
   }
 
   private flushForwards(): void {
@@ -1712,7 +1712,7 @@ export class OrderingCore {
     let bytes = 0;
     for (const r of requests) {
       const size = requestBytes(r);
-      if (piece.length > 0 && (piece.length >= this.cfg.maxBatchRequests || bytes + size > this.cfg.maxBatchBytes)) {
+      if (piece.length > 0 && (piece.length >= this.cfg.batchRequestsMax || bytes + size > this.cfg.batchBytesMax)) {
         out.push(piece);
         piece = [];
         bytes = 0;
@@ -1740,7 +1740,7 @@ export class OrderingCore {
    * or something is due sooner than it said.
    */
   private adviseTimer(): void {
-    let due = this.now + this.cfg.vcRetransmit;
+    let due = this.now + this.cfg.retransmitTicks;
     if (this.forwardQueue.length > 0 || this.forwardAllQueue.length > 0 || this.pending.total > 0) due = this.now + 1;
     if (this.phase === "viewChange") due = Math.min(due, this.vcDeadline, this.vcResendAt);
     if (due < this.lastTimerAdvice || this.lastTimerAdvice <= this.now) {

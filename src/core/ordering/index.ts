@@ -34,8 +34,8 @@
  * the runtime restores its application from the base snapshot record and replays the
  * `decided` records after it.
  *
- * Status: `core.status()` gives view, installedView, leader, status, lastExecuted, h,
- * pending; `core.sizes()` the size of every bounded structure; `core.exportClients()`
+ * Status: `core.status()` gives view, installedView, leader, status, lastExecuted,
+ * stableSeq (h), pending; `core.sizes()` the size of every bounded structure; `core.exportClients()`
  * the client table (lastExecutedSeq per client), which also travels in every snapshot so
  * that deduplication survives state transfer.
  *

@@ -170,8 +170,8 @@ export interface CoreStatus {
   leader: ReplicaId;
   status: "normal" | "viewChange";
   lastExecuted: number;
-  /** Last stable checkpoint. */
-  h: number;
+  /** h: the last stable checkpoint. */
+  stableSeq: number;
   pending: number;
   /** Sequence number of a state transfer in progress, or null. */
   transferTo: number | null;

@@ -1,23 +1,25 @@
 /**
  * Aardvark's expectations of a leader (Clement et al., NSDI'09 §4.3; ORDERING.md §5) that
  * need state across ticks: the throughput requirement, and the per-peer flood counter.
- * The heartbeat and fairness checks are stateless and live in the core's tick handler.
+ * The heartbeat and fairness checks are stateless and live in the core's tick handler
+ * (timers.ts).
  */
 import type { ReplicaId } from "./config.ts";
 
 export interface ThroughputParams {
-  readonly tpWindow: number;
-  readonly tpGrace: number;
-  readonly tpRequiredPercent: number;
-  readonly tpStepPercent: number;
+  readonly throughputWindowTicks: number;
+  readonly throughputGraceTicks: number;
+  readonly throughputRequiredPercent: number;
+  readonly throughputStepPercent: number;
 }
 
 /**
- * Observed throughput = requests executed per busy tick, judged per window of tpWindow
- * ticks. A window with fewer than half its ticks busy is not judged: light load is not a
- * slow leader. At view installation the requirement becomes tpRequiredPercent of the best
- * view among the last `historyViews`; after tpGrace ticks every window that meets it
- * raises it by tpStepPercent, so a leader that merely keeps up is eventually rotated.
+ * Observed throughput = requests executed per busy tick, judged per window of
+ * throughputWindowTicks. A window with fewer than half its ticks busy is not judged: light
+ * load is not a slow leader. At view installation the requirement becomes
+ * throughputRequiredPercent of the best view among the last `historyViews`; after
+ * throughputGraceTicks every window that meets it raises it by throughputStepPercent, so
+ * a leader that merely keeps up is eventually rotated.
  */
 export class ThroughputMonitor {
   private readonly history: number[] = [];
@@ -45,7 +47,7 @@ export class ThroughputMonitor {
       if (this.history.length > this.historyViews) this.history.shift();
     }
     const best = this.history.length === 0 ? 0 : Math.max(...this.history);
-    this.required = (best * this.params.tpRequiredPercent) / 100;
+    this.required = (best * this.params.throughputRequiredPercent) / 100;
     this.viewStart = now;
     this.windowStart = now;
     this.windowBusy = 0;
@@ -61,16 +63,16 @@ export class ThroughputMonitor {
   /** Advances one tick; returns true when a judged window fell below the requirement. */
   onTick(now: number, busy: boolean): boolean {
     if (busy) this.windowBusy++;
-    if (now - this.windowStart < this.params.tpWindow) return false;
-    const judged = this.windowBusy * 2 >= this.params.tpWindow;
+    if (now - this.windowStart < this.params.throughputWindowTicks) return false;
+    const judged = this.windowBusy * 2 >= this.params.throughputWindowTicks;
     let slow = false;
     if (judged) {
       const observed = this.windowExecuted / this.windowBusy;
       this.viewBusy += this.windowBusy;
       this.viewExecuted += this.windowExecuted;
-      if (now - this.viewStart >= this.params.tpGrace && this.required > 0) {
+      if (now - this.viewStart >= this.params.throughputGraceTicks && this.required > 0) {
         if (observed < this.required) slow = true;
-        else this.required *= 1 + this.params.tpStepPercent / 100;
+        else this.required *= 1 + this.params.throughputStepPercent / 100;
       }
     }
     this.windowStart = now;
@@ -90,7 +92,7 @@ export class FloodMonitor {
 
   constructor(
     n: number,
-    private readonly window: number,
+    private readonly windowTicks: number,
     private readonly threshold: number,
   ) {
     this.counts = new Array<number>(n).fill(0);
@@ -102,7 +104,7 @@ export class FloodMonitor {
 
   /** At the end of each window, the peers sending more than `threshold` times any other. */
   onTick(now: number): ReplicaId[] {
-    if (now - this.windowStart < this.window) return [];
+    if (now - this.windowStart < this.windowTicks) return [];
     const flagged: ReplicaId[] = [];
     for (let p = 0; p < this.counts.length; p++) {
       const mine = this.counts[p] ?? 0;
