@@ -25,7 +25,7 @@ import { type ErrorCode, FrameType } from "../../wire/types.ts";
 import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
 import { Metrics } from "./metrics.ts";
-import { OrderingDriver } from "./ordering.ts";
+import { OrderingDriver } from "./ordering-driver.ts";
 import { PeerMesh } from "./peers.ts";
 import { RateLimiter } from "./rate.ts";
 import { admitRequest, clockSkewProblem, spaceOf } from "./requests.ts";

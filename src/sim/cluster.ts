@@ -1,7 +1,7 @@
 /**
  * A hand-driven cluster of real ordering cores for scripted scenarios and unit tests:
  * messages wait in a queue until the script delivers (or drops, or tampers with) them,
- * and time moves only when the script ticks. Everything each replica emitted is kept for
+ * and time moves only when the script ticks. Every Ready each replica returned is kept for
  * inspection.
  */
 import {
@@ -9,13 +9,14 @@ import {
   compactRecords,
   type CoreConfig,
   type CoreInput,
-  type CoreOutput,
   type CoreParameters,
+  type Effect,
   type FaultMode,
   makeConfig,
   OrderingCore,
   type PeerMessage,
   type PersistedRecord,
+  type Ready,
   type ReplicaId,
 } from "../core/ordering/index.ts";
 import { dedupe, nextChain } from "./checkers.ts";
@@ -68,7 +69,8 @@ export class ManualCluster {
   readonly cfgs: CoreConfig[] = [];
   readonly cores: Array<OrderingCore | null> = [];
   readonly records: PersistedRecord[][] = [];
-  readonly outputs: CoreOutput[][][] = [];
+  /** Every Ready each replica returned, step by step. */
+  readonly readies: Ready[][] = [];
   readonly decided: Decision[][] = [];
   readonly chains: Uint8Array[] = [];
   readonly clientLast: Array<Map<string, number>> = [];
@@ -85,7 +87,7 @@ export class ManualCluster {
       this.cfgs.push(cfg);
       this.cores.push(this.factory(cfg, this.keyring.cryptoFor(id)));
       this.records.push([]);
-      this.outputs.push([]);
+      this.readies.push([]);
       this.decided.push([]);
       this.chains.push(new Uint8Array(32));
       this.clientLast.push(new Map());
@@ -106,24 +108,24 @@ export class ManualCluster {
     return { client: key.publicHex, seq, span, body, sig: this.keyring.signRequest(key, body) };
   }
 
-  /** Feeds one input to a replica and performs its outputs; returns them. */
-  step(id: ReplicaId, input: CoreInput): CoreOutput[] {
+  /** Feeds one input to a replica, persists its records and performs its effects; returns its Ready. */
+  step(id: ReplicaId, input: CoreInput): Ready {
     const core = this.cores[id];
-    if (core === null || core === undefined) return [];
-    const outs = core.step(input);
-    (this.outputs[id] as CoreOutput[][]).push(outs);
+    if (core === null || core === undefined) return { persist: [], effects: [] };
+    const ready = core.step(input);
+    (this.readies[id] as Ready[]).push(ready);
+    (this.records[id] as PersistedRecord[]).push(...ready.persist);
     const follow: CoreInput[] = [];
-    for (const o of outs) {
-      if (o.kind === "persist") (this.records[id] as PersistedRecord[]).push(o.record);
-      else if (o.kind === "send") this.enqueue(id, o.to, o.msg);
+    for (const o of ready.effects) {
+      if (o.kind === "send") this.enqueue(id, o.to, o.msg);
       else if (o.kind === "decide") this.applyDecide(id, o);
       else if (o.kind === "takeCheckpoint") follow.push({ kind: "checkpointReady", seq: o.seq, appDigest: this.chains[id] as Uint8Array });
     }
     for (const input2 of follow) this.step(id, input2);
-    return outs;
+    return ready;
   }
 
-  private applyDecide(id: ReplicaId, o: Extract<CoreOutput, { kind: "decide" }>): void {
+  private applyDecide(id: ReplicaId, o: Extract<Effect, { kind: "decide" }>): void {
     (this.decided[id] as Decision[]).push({ seq: o.seq, view: o.view, batch: o.batch, execute: o.execute });
     const exec = dedupe(o.batch, this.clientLast[id] as Map<string, number>);
     this.chains[id] = nextChain(this.chains[id] as Uint8Array, o.seq, exec);
@@ -137,7 +139,7 @@ export class ManualCluster {
     for (let r = 0; r < this.n; r++) if (r !== from) this.queue.push({ from, to: r, msg });
   }
 
-  submit(to: ReplicaId, req: ClientRequest, authenticated = true): CoreOutput[] {
+  submit(to: ReplicaId, req: ClientRequest, authenticated = true): Ready {
     return this.step(to, { kind: "request", req, authenticated });
   }
 
@@ -185,8 +187,8 @@ export class ManualCluster {
     return this.core(id).status().lastExecuted;
   }
 
-  /** Every output of replica `id` so far, flattened. */
-  allOutputs(id: ReplicaId): CoreOutput[] {
-    return (this.outputs[id] as CoreOutput[][]).flat();
+  /** Every effect of replica `id` so far, flattened. */
+  allEffects(id: ReplicaId): Effect[] {
+    return (this.readies[id] as Ready[]).flatMap((ready) => ready.effects);
   }
 }

@@ -50,7 +50,7 @@ export interface CrashSpec {
   at: number;
   /** null: stays down (counts toward f). */
   restartAt: number | null;
-  /** Crash in the middle of a step: a random suffix of its outputs is lost. */
+  /** Crash in the middle of a step: a random suffix of its Ready (records, then effects) is lost. */
   midStep: boolean;
 }
 

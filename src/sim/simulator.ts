@@ -12,12 +12,13 @@ import {
   type CoreConfig,
   type CoreCrypto,
   type CoreInput,
-  type CoreOutput,
+  type Effect,
   leaderOf,
   makeConfig,
   OrderingCore,
   type PeerMessage,
   type PersistedRecord,
+  type Ready,
   type ReplicaId,
   requestKey,
   validatePeerMessage,
@@ -253,33 +254,39 @@ class Simulation {
 
   private step(node: SimNode, input: CoreInput): void {
     if (!node.alive || node.core === null) return;
-    let outs: CoreOutput[];
+    let ready: Ready;
     try {
-      outs = node.core.step(input);
+      ready = node.core.step(input);
     } catch (e) {
       if (node.correct) this.checker.violation(`replica ${node.name} threw: ${(e as Error).message}`);
       this.crash(node);
       return;
     }
     if (node.crashMidStep) {
-      // The crash hits after a random prefix of the outputs was performed.
-      const cut = this.rng.int(0, outs.length);
-      this.perform(node, outs.slice(0, cut));
+      // The crash hits after a random prefix of the Ready was done: some of its records,
+      // or all of them and some of its effects.
+      const cut = this.rng.int(0, ready.persist.length + ready.effects.length);
+      this.persist(node, ready.persist.slice(0, cut));
+      this.perform(node, ready.effects.slice(0, Math.max(0, cut - ready.persist.length)));
       this.crash(node);
       return;
     }
-    this.perform(node, outs);
+    this.persist(node, ready.persist);
+    this.perform(node, ready.effects);
     while (node.inbox.length > 0 && node.alive) this.step(node, node.inbox.shift() as CoreInput);
   }
 
-  private perform(node: SimNode, outs: CoreOutput[]): void {
-    for (const o of outs) {
+  private persist(node: SimNode, records: readonly PersistedRecord[]): void {
+    for (const record of records) {
+      node.records.push(record);
+      if (record.t === "checkpoint" && node.correct) this.checker.onCheckpoint(node.id, record.seq, record.stateDigest);
+      if (node.records.length > RECORDS_COMPACT_AT) node.records = compactRecords(node.records);
+    }
+  }
+
+  private perform(node: SimNode, effects: readonly Effect[]): void {
+    for (const o of effects) {
       switch (o.kind) {
-        case "persist":
-          node.records.push(o.record);
-          if (o.record.t === "checkpoint" && node.correct) this.checker.onCheckpoint(node.id, o.record.seq, o.record.stateDigest);
-          if (node.records.length > RECORDS_COMPACT_AT) node.records = compactRecords(node.records);
-          break;
         case "send":
           this.sendFrom(node, o.to, o.msg);
           break;
@@ -308,12 +315,11 @@ class Simulation {
           break;
         case "resendReply":
         case "refused":
-        case "setTimer":
         case "peerFlooding":
           break;
         default: {
           const never: never = o;
-          throw new Error(`unknown output ${JSON.stringify(never)}`);
+          throw new Error(`unknown effect ${JSON.stringify(never)}`);
         }
       }
     }

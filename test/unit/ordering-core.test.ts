@@ -6,12 +6,13 @@ import { encodeCanonical } from "../../wire/canonical.ts";
 import {
   batchBytes,
   type Commit,
-  type CoreOutput,
+  type Effect,
   type NewView,
   type PeerMessage,
   type Prepare,
   type PreparedCert,
   type PrePrepare,
+  type Ready,
   signingBytes,
   validPreparedCert,
   type ViewChange,
@@ -19,17 +20,17 @@ import {
 import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
 import { sha256 } from "../../src/sim/crypto.ts";
 
-type Sent = Extract<CoreOutput, { kind: "send" }>;
+type Sent = Extract<Effect, { kind: "send" }>;
 
 function sent(c: ManualCluster, id: number, t: PeerMessage["t"]): PeerMessage[] {
   return c
-    .allOutputs(id)
+    .allEffects(id)
     .filter((o): o is Sent => o.kind === "send" && o.msg.t === t)
     .map((o) => o.msg);
 }
 
 function suspects(c: ManualCluster, id: number): string[] {
-  return c.allOutputs(id).flatMap((o) => (o.kind === "suspect" ? [o.reason] : []));
+  return c.allEffects(id).flatMap((o) => (o.kind === "suspect" ? [o.reason] : []));
 }
 
 function decidedSeqs(c: ManualCluster, id: number): number[] {
@@ -76,20 +77,19 @@ describe("normal case (ORDERING.md §4)", () => {
     for (const id of [1, 2, 3]) c.submit(id, c.request(3, 1));
     c.runUntil(() => c.core(1).status().installedView === 1 && c.lastExecuted(1) === 7, 400);
     for (let id = 0; id < 4; id++) {
-      for (const outs of c.outputs[id] ?? []) {
+      for (const ready of c.readies[id] ?? []) {
         const persisted = new Set<string>();
-        for (const o of outs) {
-          if (o.kind === "persist") {
-            const r = o.record;
-            if (r.t === "accept") persisted.add(`accept:${r.prePrepare.view}:${r.prePrepare.seq}`);
-            if (r.t === "prepared") persisted.add(`prepared:${r.cert.view}:${r.cert.seq}`);
-            if (r.t === "view") persisted.add(`view:${r.view}`);
-            if (r.t === "view" && r.newView !== null) for (const h of r.newView.o) persisted.add(`accept:${h.view}:${h.seq}`);
-          }
+        for (const r of ready.persist) {
+          if (r.t === "accept") persisted.add(`accept:${r.prePrepare.view}:${r.prePrepare.seq}`);
+          if (r.t === "prepared") persisted.add(`prepared:${r.cert.view}:${r.cert.seq}`);
+          if (r.t === "view") persisted.add(`view:${r.view}`);
+          if (r.t === "view" && r.newView !== null) for (const h of r.newView.o) persisted.add(`accept:${h.view}:${h.seq}`);
+        }
+        for (const o of ready.effects) {
           if (o.kind !== "send") continue;
           const m = o.msg;
           if (m.t === "PREPARE" && !persisted.has(`accept:${m.view}:${m.seq}`)) {
-            // A resend of an earlier vote is fine: its record went out in an earlier list.
+            // A resend of an earlier vote is fine: its record went out in an earlier Ready.
             expect(c.records[id]?.some((r) => (r.t === "accept" && r.prePrepare.view === m.view && r.prePrepare.seq === m.seq) || (r.t === "view" && r.newView?.o.some((h) => h.view === m.view && h.seq === m.seq)))).toBe(true);
           }
           if (m.t === "COMMIT" && !persisted.has(`prepared:${m.view}:${m.seq}`)) {
@@ -109,7 +109,7 @@ describe("normal case (ORDERING.md §4)", () => {
       for (let s = 1; s <= 5; s++) decideOne(c, s % 2, Math.ceil(s / 2));
       c.tick(30);
       c.deliverAll();
-      return [0, 1, 2, 3].map((id) => encodeCanonical(c.allOutputs(id).map((o) => ({ ...o }) as never)));
+      return [0, 1, 2, 3].map((id) => encodeCanonical((c.readies[id] ?? []).map((r) => ({ persist: [...r.persist], effects: r.effects.map((o) => ({ ...o })) }) as never)));
     };
     const a = run();
     const b = run();
@@ -135,7 +135,7 @@ describe("client requests (ORDERING.md §5)", () => {
     const req = c.request(0, 1);
     decideOne(c, 0, 1);
     const outs = c.submit(1, req);
-    expect(outs.some((o) => o.kind === "resendReply" && o.seq === 1)).toBe(true);
+    expect(outs.effects.some((o) => o.kind === "resendReply" && o.seq === 1)).toBe(true);
     c.tick(5);
     c.deliverAll();
     expect(decidedSeqs(c, 1)).toEqual([1]);
@@ -442,8 +442,8 @@ describe("the ten classic bugs (ORDERING.md §9)", () => {
     const altDigest = sha256(batchBytes(alt));
     const altPp = { ...resign(c, 0, { ...pp, digest: altDigest, batch: null }), batch: alt };
     const outs = c.step(1, { kind: "message", from: 0, msg: altPp });
-    expect(outs.some((o) => o.kind === "send" && o.msg.t === "PREPARE" && Buffer.from(o.msg.digest).equals(Buffer.from(altDigest)))).toBe(false);
-    expect(outs.some((o) => o.kind === "suspect" && o.reason === "equivocation")).toBe(true);
+    expect(outs.effects.some((o) => o.kind === "send" && o.msg.t === "PREPARE" && Buffer.from(o.msg.digest).equals(Buffer.from(altDigest)))).toBe(false);
+    expect(outs.effects.some((o) => o.kind === "suspect" && o.reason === "equivocation")).toBe(true);
   });
 });
 
@@ -475,11 +475,11 @@ describe("checkpoints and state transfer (ORDERING.md §7)", () => {
     expect(c.lastExecuted(0)).toBe(13);
     expect(c.lastExecuted(3)).toBe(0);
     // Reconnect replica 3: it learns of a stable checkpoint beyond its window and asks for state.
-    let fetch: Extract<CoreOutput, { kind: "fetchState" }> | undefined;
+    let fetch: Extract<Effect, { kind: "fetchState" }> | undefined;
     for (let k = 0; k < 200 && fetch === undefined; k++) {
       c.tick();
       c.deliverAll();
-      fetch = c.allOutputs(3).find((o): o is Extract<CoreOutput, { kind: "fetchState" }> => o.kind === "fetchState");
+      fetch = c.allEffects(3).find((o): o is Extract<Effect, { kind: "fetchState" }> => o.kind === "fetchState");
     }
     if (fetch === undefined) throw new Error("no fetchState");
     const clients = c.core(0).exportClients();
@@ -494,7 +494,7 @@ describe("checkpoints and state transfer (ORDERING.md §7)", () => {
     c.step(3, { kind: "snapshotInstalled", seq, stateDigest: fetch.stateDigest, appDigest: own.appDigest, clients: own.clients });
     expect(c.lastExecuted(3)).toBe(seq);
     const outs = c.submit(3, first);
-    expect(outs.some((o) => o.kind === "resendReply")).toBe(true);
+    expect(outs.effects.some((o) => o.kind === "resendReply")).toBe(true);
     c.runUntil(() => c.lastExecuted(3) === 13, 200);
   });
 
@@ -588,11 +588,11 @@ describe("view-change liveness (cases the simulator found)", () => {
     // The leader crashes; replica 3, which saw nothing, takes part in the view change.
     c.crash(0);
     for (const id of [1, 2, 3]) c.submit(id, c.request(1, 1));
-    let fetch: Extract<CoreOutput, { kind: "fetchState" }> | undefined;
+    let fetch: Extract<Effect, { kind: "fetchState" }> | undefined;
     for (let k = 0; k < 400 && fetch === undefined; k++) {
       c.tick();
       c.deliverAll();
-      fetch = c.allOutputs(3).find((o): o is Extract<CoreOutput, { kind: "fetchState" }> => o.kind === "fetchState");
+      fetch = c.allEffects(3).find((o): o is Extract<Effect, { kind: "fetchState" }> => o.kind === "fetchState");
     }
     expect(fetch?.seq).toBe(4);
     const s3 = c.core(3).status();
@@ -668,8 +668,8 @@ describe("Aardvark monitors", () => {
 });
 
 describe("admission refusals reach the client (bounded pending pool)", () => {
-  type Refused = Extract<CoreOutput, { kind: "refused" }>;
-  const refusals = (outputs: CoreOutput[]): Refused[] => outputs.filter((o): o is Refused => o.kind === "refused");
+  type Refused = Extract<Effect, { kind: "refused" }>;
+  const refusals = (ready: Ready): Refused[] => ready.effects.filter((o): o is Refused => o.kind === "refused");
 
   test("a request beyond the client's window is refused as 'window', and an admitted one is not refused", () => {
     const c = new ManualCluster();

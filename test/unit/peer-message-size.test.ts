@@ -11,7 +11,7 @@ import { parseClusterConfig } from "../../src/config/cluster.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
 import { REQUEST_FIELDS_BYTES } from "../../src/core/ordering/messages.ts";
 import { FramedConn } from "../../src/replica/framed.ts";
-import { coreConfigFor } from "../../src/replica/ordering.ts";
+import { coreConfigFor } from "../../src/replica/ordering-driver.ts";
 import { PEER_FRAME_OVERHEAD_BYTES } from "../../src/replica/peers.ts";
 import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
 import { REQUEST_HEADER_BYTES } from "../../src/sim/crypto.ts";

@@ -4,7 +4,7 @@
 import { describe, expect, test } from "bun:test";
 import { makeConfig } from "../../src/core/ordering/config.ts";
 import { OrderingCore } from "../../src/core/ordering/core.ts";
-import type { CoreCrypto, CoreOutput } from "../../src/core/ordering/types.ts";
+import type { CoreCrypto, Ready } from "../../src/core/ordering/types.ts";
 import { sign, verify } from "../../src/crypto/ed25519.ts";
 import { sha256 } from "../../src/crypto/hash.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
@@ -114,11 +114,9 @@ describe("checkpoint state digest", () => {
     const client = new TestClient();
     const appDigest = sha256(new TextEncoder().encode("application state"));
     const checkpoints: { seq: number; stateDigest: Uint8Array; clients: [string, number][] }[] = [];
-    const run = (outputs: CoreOutput[]): void => {
-      for (const o of outputs) {
-        if (o.kind === "takeCheckpoint") run(core.step({ kind: "checkpointReady", seq: o.seq, appDigest }));
-        if (o.kind === "persist" && o.record.t === "checkpoint") checkpoints.push(o.record);
-      }
+    const run = (ready: Ready): void => {
+      for (const r of ready.persist) if (r.t === "checkpoint") checkpoints.push(r);
+      for (const o of ready.effects) if (o.kind === "takeCheckpoint") run(core.step({ kind: "checkpointReady", seq: o.seq, appDigest }));
     };
     for (let i = 0; i < 4 && checkpoints.length === 0; i++) {
       run(core.step({ kind: "request", req: client.pub("a.b", [`event ${i}`]), authenticated: true }));

@@ -6,7 +6,7 @@
  *
  * The class is driven only through `step`; it reads no clock, draws no random number and
  * touches no socket or disk. Everything it needs from the world arrives as an input, and
- * everything it wants done leaves as an output, in an order that is part of the contract
+ * everything it wants done leaves in a `Ready`: the records to persist, then the effects
  * (persist before send).
  */
 import { encodeCanonical } from "../../../wire/canonical.ts";
@@ -47,7 +47,7 @@ import {
   type StateResponse,
   type ViewChange,
 } from "./messages.ts";
-import type { CoreCrypto, CoreInput, CoreOutput, CoreSizes, CoreStatus, PersistedRecord, Refusal, SuspectReason } from "./types.ts";
+import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, Effect, PersistedRecord, Ready, Refusal, SuspectReason } from "./types.ts";
 
 /** Messages held for the target view while a view change is in progress (one per kind, seq, signer). */
 const BUFFERED_PER_REPLICA_PER_SEQ = 3;
@@ -160,7 +160,8 @@ export class OrderingCore {
   protected readonly crypto: CoreCrypto;
   private readonly ctx: CertContext;
   private readonly w: number;
-  private out: CoreOutput[] = [];
+  private records: PersistedRecord[] = [];
+  private effects: Effect[] = [];
   private now = 0;
 
   // View state (ORDERING.md §2).
@@ -225,7 +226,6 @@ export class OrderingCore {
   private nonce = 0;
   private readonly tp: ThroughputMonitor;
   private readonly flood: FloodMonitor;
-  private lastTimerAdvice = -1;
 
   constructor(cfg: CoreConfig, crypto: CoreCrypto, restored?: readonly PersistedRecord[]) {
     checkConfig(cfg);
@@ -276,9 +276,13 @@ export class OrderingCore {
   // Public surface.
   // -------------------------------------------------------------------------------------
 
-  /** Feeds one input; returns the outputs in the order the runtime must perform them. */
-  step(input: CoreInput): CoreOutput[] {
-    this.out = [];
+  /**
+   * Feeds one input; returns what the runtime must do: every record of `persist` made
+   * durable before any of `effects` is performed.
+   */
+  step(input: CoreInput): Ready {
+    this.records = [];
+    this.effects = [];
     switch (input.kind) {
       case "message":
         this.onMessage(input.from, input.msg);
@@ -299,9 +303,10 @@ export class OrderingCore {
         assertNever(input);
     }
     this.afterStep();
-    const out = this.out;
-    this.out = [];
-    return out;
+    const ready: Ready = { persist: this.records, effects: this.effects };
+    this.records = [];
+    this.effects = [];
+    return ready;
   }
 
   status(): CoreStatus {
@@ -365,16 +370,16 @@ export class OrderingCore {
     return this.h + this.cfg.logWindow;
   }
 
-  private emit(o: CoreOutput): void {
-    this.out.push(o);
+  private emit(o: Effect): void {
+    this.effects.push(o);
   }
 
   private persist(record: PersistedRecord): void {
-    this.out.push({ kind: "persist", record });
+    this.records.push(record);
   }
 
   private send(to: ReplicaId | "all", msg: PeerMessage): void {
-    this.out.push({ kind: "send", to, msg });
+    this.effects.push({ kind: "send", to, msg });
   }
 
   private hashBatch(batch: readonly ClientRequest[]): Uint8Array {
@@ -1732,21 +1737,6 @@ export class OrderingCore {
     this.tryExecute();
     this.tryPropose();
     this.tryExecute();
-    this.adviseTimer();
-  }
-
-  /**
-   * Tells the runtime when the core next needs a tick: when the previous advice has passed
-   * or something is due sooner than it said.
-   */
-  private adviseTimer(): void {
-    let due = this.now + this.cfg.retransmitTicks;
-    if (this.forwardQueue.length > 0 || this.forwardAllQueue.length > 0 || this.pending.total > 0) due = this.now + 1;
-    if (this.phase === "viewChange") due = Math.min(due, this.vcDeadline, this.vcResendAt);
-    if (due < this.lastTimerAdvice || this.lastTimerAdvice <= this.now) {
-      this.lastTimerAdvice = due;
-      this.emit({ kind: "setTimer", ticks: Math.max(1, due - this.now) });
-    }
   }
 
   // -------------------------------------------------------------------------------------

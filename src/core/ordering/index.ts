@@ -4,7 +4,10 @@
  * HOW THE RUNTIME USES IT
  *
  *   const core = new OrderingCore(makeConfig({ id, n, f, mode, clusterId }), crypto, records);
- *   for each input:  for (const o of core.step(input)) perform(o);   // in order
+ *   for each input:
+ *     const ready = core.step(input);
+ *     for (const r of ready.persist) append(r);  fsync;    // every record durable first,
+ *     for (const e of ready.effects) perform(e);            // then the effects, in order
  *
  * Inputs (`CoreInput`):
  *   - {kind:'message', from, msg}   a peer message; `msg` passed `validatePeerMessage` and
@@ -14,30 +17,34 @@
  *   - {kind:'checkpointReady', seq, appDigest}   answer to `takeCheckpoint`.
  *   - {kind:'snapshotInstalled', seq, stateDigest, appDigest, clients}   answer to `fetchState`.
  *
- * Outputs (`CoreOutput`), performed in list order. CONTRACT: every `persist` completes
- * (fsync) before any effect that follows it in the same list; a crash may lose a suffix
- * of the list, never a middle part. Same configuration, crypto and inputs give the same
- * outputs, byte for byte.
- *   - persist {record}              append to durable storage (see `compactRecords`).
+ * Output: one `Ready` per step, `{persist, effects}`. CONTRACT: every record of `persist`
+ * completes (fsync) before any effect; a crash may lose a suffix of the records (and then
+ * every effect) or a suffix of the effects, never a middle part. Same configuration,
+ * crypto and inputs give the same Ready, byte for byte.
+ *   persist: PersistedRecord[]      append to durable storage (see `compactRecords`).
+ *   effects: Effect[], in order:
  *   - send {to: id | 'all', msg}    'all' is every other replica.
  *   - decide {seq, view, batch, execute}   apply `execute` (the batch after per-client dedupe).
  *   - takeCheckpoint {seq, clients} store the app snapshot with the client table, then
  *                                   input checkpointReady(seq, appDigest).
  *   - resendReply {client, seq}     the request already executed: resend the cached reply.
+ *   - refused {client, seq, reason} the request was not admitted: tell the client.
  *   - fetchState {seq, stateDigest, from, proof}   fetch + install a snapshot, then input
  *                                   snapshotInstalled.
- *   - setTimer {ticks}              advisory wake-up.
  *   - suspect {view, reason} / viewInstalled {view, leader} / peerFlooding {peer} /
  *     divergence {seq, own, stable}   status and alarms.
+ *
+ * The core has no timer to set: the runtime ticks it steadily (every 10 ms), and the
+ * simulator every simulated tick.
  *
  * Restart: construct with every record persisted so far (or `compactRecords` of them);
  * the runtime restores its application from the base snapshot record and replays the
  * `decided` records after it.
  *
  * Status: `core.status()` gives view, installedView, leader, status, lastExecuted,
- * stableSeq (h), pending; `core.sizes()` the size of every bounded structure; `core.exportClients()`
- * the client table (lastExecutedSeq per client), which also travels in every snapshot so
- * that deduplication survives state transfer.
+ * stableSeq (h), pending, transferTo; `core.sizes()` the size of every bounded structure;
+ * `core.exportClients()` the client table (lastExecutedSeq per client), which also
+ * travels in every snapshot so that deduplication survives state transfer.
  *
  * Modes: 'bft' uses quorums of 2f+1 of n = 3f+1 with PREPARE and COMMIT phases; 'cft' runs
  * on the same group with majority quorums floor(n/2)+1 and no PREPARE phase. `quorum(n, f,
@@ -108,4 +115,4 @@ export {
   type ViewChange,
 } from "./messages.ts";
 export { compactRecords } from "./persist.ts";
-export type { CoreCrypto, CoreInput, CoreOutput, CoreSizes, CoreStatus, PersistedRecord, Refusal, SuspectReason } from "./types.ts";
+export type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, Effect, PersistedRecord, Ready, Refusal, SuspectReason } from "./types.ts";

@@ -1,7 +1,8 @@
 /**
  * The ports of the ordering core: what it is given (crypto, inputs, restored records) and
- * what it asks the runtime to do (outputs). The core is a pure function of its inputs:
- * the same configuration, crypto and input sequence give the same outputs, byte for byte.
+ * what it asks the runtime to do (a `Ready` per step: records to persist, then effects).
+ * The core is a pure function of its inputs: the same configuration, crypto and input
+ * sequence give the same outputs, byte for byte.
  */
 import type { ClientTableExport } from "./clients.ts";
 import type { FaultMode, ReplicaId } from "./config.ts";
@@ -81,12 +82,21 @@ export type SuspectReason =
   | "behind";
 
 /**
- * What the core asks of the runtime, in order. CONTRACT: the runtime completes (fsyncs)
- * every `persist` before it performs any `send`, `decide` or other effect that follows it
- * in the same output list. A crash may lose any suffix of the list, never a middle part.
+ * What one `step` asks of the runtime. CONTRACT: the runtime makes every record of
+ * `persist` durable (fsync), in order, before it performs any of `effects`; the effects
+ * then run in order. A crash may lose a suffix of the records (and then every effect),
+ * or a suffix of the effects, never a middle part. Persist before send is thus a
+ * property of the shape: nothing the core sends can get ahead of what it promised.
  */
-export type CoreOutput =
-  | { kind: "persist"; record: PersistedRecord }
+export interface Ready {
+  /** Records to append to durable storage (see `compactRecords`), in order. */
+  readonly persist: readonly PersistedRecord[];
+  /** What to do once every record of `persist` is durable, in order. */
+  readonly effects: readonly Effect[];
+}
+
+/** An effect of a step: performed after every record of its Ready is durable. */
+export type Effect =
   /** `to: "all"` means every other replica. */
   | { kind: "send"; to: ReplicaId | "all"; msg: PeerMessage }
   /**
@@ -104,8 +114,6 @@ export type CoreOutput =
   | { kind: "resendReply"; client: string; seq: number }
   /** A client's request was not admitted (see Refusal); the runtime tells the client. */
   | { kind: "refused"; client: string; seq: number; reason: Refusal }
-  /** Advisory: the core has work due in `ticks` ticks; a runtime that ticks steadily may ignore it. */
-  | { kind: "setTimer"; ticks: number }
   /**
    * Fetch the snapshot at `seq` whose state digest is `stateDigest` from one of `from`
    * (try them in order), install it, then input `snapshotInstalled`. `proof` holds the
@@ -126,7 +134,7 @@ export type CoreOutput =
   | { kind: "divergence"; seq: number; own: Uint8Array; stable: Uint8Array };
 
 /**
- * Durable records, written through `persist` and handed back to the constructor after a
+ * Durable records, written through a Ready's `persist` and handed back to the constructor after a
  * restart, in the order they were written. `compactRecords` trims them after a stable
  * checkpoint. All are canonical values, so the runtime may store them as canonical CBOR.
  */

@@ -1,13 +1,13 @@
 /**
  * Drives the sans-IO ordering core with real time, real crypto, the peer mesh and the
  * replica's storage (STYLE.md conventions 1-4): ticks from a timer, messages from the
- * mesh, requests from clients; its outputs become durable records, sends, decided
- * batches, checkpoints and state transfers.
+ * mesh, requests from clients; what each step returns becomes durable records, sends,
+ * decided batches, checkpoints and state transfers.
  *
- * Persist before effect (the core's contract, src/core/ordering/types.ts): a `persist`
- * output is staged in the storage's group commit, and every later output is deferred
- * until the transaction holding it is durable. One transaction per event-loop turn
- * carries every record of that turn (storage/group-commit.ts).
+ * Persist before effect (the core's contract, src/core/ordering/types.ts): every record
+ * of a step's Ready is staged in the storage's group commit, and each of its effects is
+ * deferred until the transaction holding those records is durable. One transaction per
+ * event-loop turn carries every record of that turn (storage/group-commit.ts).
  *
  * Restart: the constructor rebuilds the channel state machine and the core's records
  * from the data directory (storage/recovery.ts) before anything else happens, so the
@@ -25,7 +25,7 @@ import { type CoreConfig, DEFAULT_PARAMETERS, makeConfig } from "../core/orderin
 import type { ClientRequest, PeerMessage } from "../core/ordering/messages.ts";
 import { REQUEST_SPAN_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
 import { OrderingCore } from "../core/ordering/core.ts";
-import type { CoreCrypto, CoreInput, CoreOutput, PersistedRecord, Refusal } from "../core/ordering/types.ts";
+import type { CoreCrypto, CoreInput, Effect, PersistedRecord, Ready, Refusal } from "../core/ordering/types.ts";
 import { type Canonical, encodeCanonical, tryDecodeCanonical } from "../../wire/canonical.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
@@ -256,23 +256,18 @@ export class OrderingDriver {
   }
 
   private step(input: CoreInput): void {
-    let outputs: CoreOutput[];
+    let ready: Ready;
     try {
-      outputs = this.core.step(input);
+      ready = this.core.step(input);
     } catch (error) {
       // A core assertion failed: this replica's state can no longer be trusted. Stopping
       // is what a crash-tolerant group expects of it; systemd restarts it.
       this.options.log.error("ordering core assertion failed", { error: (error as Error).message });
       process.exit(EXIT_STATE_UNTRUSTED);
     }
-    for (const output of outputs) this.apply(output);
-  }
-
-  /** A record is staged; anything else waits until every record staged before it is durable. */
-  private apply(output: CoreOutput): void {
-    if (output.kind === "persist") return this.persist(output.record);
-    if (output.kind === "setTimer") return;
-    this.options.storage.afterDurable(() => this.perform(output));
+    // The records are staged; every effect waits until every record staged before it is durable.
+    for (const record of ready.persist) this.persist(record);
+    for (const effect of ready.effects) this.options.storage.afterDurable(() => this.perform(effect));
   }
 
   private persist(record: PersistedRecord): void {
@@ -281,56 +276,53 @@ export class OrderingDriver {
     if (record.t === "checkpoint") this.keeper.checkCheckpoint(record.seq, record.stateDigest);
   }
 
-  private perform(output: CoreOutput): void {
-    switch (output.kind) {
+  private perform(effect: Effect): void {
+    switch (effect.kind) {
       case "send": {
-        const bytes = encodeCanonical({ k: "ord", m: output.msg as unknown as Canonical });
-        if (output.to === "all") this.options.mesh.broadcast(bytes);
-        else this.options.mesh.send(output.to, bytes);
+        const bytes = encodeCanonical({ k: "ord", m: effect.msg as unknown as Canonical });
+        if (effect.to === "all") this.options.mesh.broadcast(bytes);
+        else this.options.mesh.send(effect.to, bytes);
         return;
       }
       case "decide":
         // A decision queued before a snapshot installed past it is already in that state.
-        if (output.seq <= this.appliedSeq) return;
-        this.options.onDecided(output.execute, output.seq);
-        this.appliedSeq = output.seq;
+        if (effect.seq <= this.appliedSeq) return;
+        this.options.onDecided(effect.execute, effect.seq);
+        this.appliedSeq = effect.seq;
         return;
       case "resendReply":
-        this.options.onResendReply(output.client, output.seq);
+        this.options.onResendReply(effect.client, effect.seq);
         return;
       case "refused":
         this.options.metrics.inc("requests_refused_total");
-        this.options.onRefused(output.client, output.seq, output.reason);
+        this.options.onRefused(effect.client, effect.seq, effect.reason);
         return;
       case "takeCheckpoint":
         // Effects run in order, so the machine is exactly at `seq` now, unless a snapshot
         // installed past it meanwhile (then this checkpoint is moot).
-        if (output.seq !== this.appliedSeq) return;
-        this.keeper.capture(output.seq, output.clients);
-        this.step({ kind: "checkpointReady", seq: output.seq, appDigest: this.options.machine.digest() });
+        if (effect.seq !== this.appliedSeq) return;
+        this.keeper.capture(effect.seq, effect.clients);
+        this.step({ kind: "checkpointReady", seq: effect.seq, appDigest: this.options.machine.digest() });
         return;
       case "suspect":
-        this.options.log.warn("suspecting the leader", { view: output.view, reason: output.reason });
+        this.options.log.warn("suspecting the leader", { view: effect.view, reason: effect.reason });
         return;
       case "viewInstalled":
-        this.options.log.info("view installed", { view: output.view, leader: output.leader });
+        this.options.log.info("view installed", { view: effect.view, leader: effect.leader });
         return;
       case "peerFlooding":
         this.options.metrics.inc("peer_flooding_total");
-        this.options.log.warn("peer flooding", { peer: output.peer });
+        this.options.log.warn("peer flooding", { peer: effect.peer });
         return;
       case "divergence":
-        this.options.log.error("state diverged from the stable checkpoint", { seq: output.seq });
+        this.options.log.error("state diverged from the stable checkpoint", { seq: effect.seq });
         process.exit(EXIT_STATE_UNTRUSTED);
         return;
       case "fetchState":
-        this.transfer.fetch({ seq: output.seq, stateDigest: output.stateDigest, from: output.from, proof: output.proof });
-        return;
-      case "persist":
-      case "setTimer":
+        this.transfer.fetch({ seq: effect.seq, stateDigest: effect.stateDigest, from: effect.from, proof: effect.proof });
         return;
       default: {
-        const unreachable: never = output;
+        const unreachable: never = effect;
         return unreachable;
       }
     }
