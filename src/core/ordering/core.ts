@@ -8,9 +8,12 @@
  * touches no socket or disk. Everything it needs from the world arrives as an input, and
  * everything it wants done leaves in a `Ready`: the records to persist, then the effects
  * (persist before send).
+ *
+ * Each part of the protocol is a set of functions of the CoreState every part shares, in
+ * the sections below. At the end, `OrderingCore` holds `step`, the dispatch of every input
+ * and peer message, the role dispatch (`stepLeader` / `stepBackup`) and the normal case.
  */
 import { encodeCanonical } from "../../../wire/canonical.ts";
-import { ClientTable, type ClientTableExport, PendingPool, type PendingRequest, requestKey } from "./clients.ts";
 import {
   bodyMatches,
   type CertContext,
@@ -23,8 +26,8 @@ import {
   validViewChange,
   verifySigned,
 } from "./certs.ts";
-import { type CoreConfig, checkConfig, leaderOf, quorum, type ReplicaId, weakQuorum } from "./config.ts";
-import { FloodMonitor, ThroughputMonitor } from "./monitors.ts";
+import { ClientTable, type ClientTableExport, PendingPool, type PendingRequest, requestKey } from "./clients.ts";
+import { checkConfig, type CoreConfig, leaderOf, quorum, type ReplicaId, weakQuorum } from "./config.ts";
 import {
   bytesEqual,
   type Checkpoint,
@@ -47,20 +50,13 @@ import {
   type StateResponse,
   type ViewChange,
 } from "./messages.ts";
+import { FloodMonitor, ThroughputMonitor } from "./monitors.ts";
 import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, Effect, PersistedRecord, Ready, Refusal, SuspectReason } from "./types.ts";
 
-/** Messages held for the target view while a view change is in progress (one per kind, seq, signer). */
-const BUFFERED_PER_REPLICA_PER_SEQ = 3;
-/** Quarantined clients remembered at once; the oldest entry goes first. */
-const QUARANTINE_ENTRIES_MAX = 10_000;
-/** What one signed COMMIT adds to a message (fields, digest, signature, encoding), for byte bounds. */
-const COMMIT_WIRE_BYTES = 192;
-/** A replica answers at most one state request per peer per this many ticks. */
-const STATE_SERVE_INTERVAL_TICKS = 1;
-/** A replica that executed nothing for this many retransmission intervals asks one peer what it missed. */
-const IDLE_PROBE_INTERVALS = 4;
-/** Progress timeout doublings after repeated heartbeat failures (Aardvark doubles it). */
-const PROGRESS_BACKOFF_CAP = 4;
+// =====================================================================================
+// The state of one replica's ordering core, and the few helpers every part of it uses.
+// The fields of CoreState are grouped by the part of the protocol they belong to.
+// =====================================================================================
 
 const NO_DEADLINE = Number.POSITIVE_INFINITY;
 const EMPTY_SIG = new Uint8Array(SIGNATURE_BYTES);
@@ -79,18 +75,326 @@ function assertNever(x: never): never {
 }
 
 /**
- * Whether a VIEW_CHANGE for `vc.newView` may stand in a quorum for `view` <= newView. Its
- * sender promised to vote in no view below newView, so in none below `view`, and if all
- * its certificates are from views below `view` its report is complete for `view` too.
- * Counting it lets a view form when one replica has already timed out past it; without
- * this, replicas can wait forever for a VIEW_CHANGE their peer will never send again
- * (its retransmissions are for its current, higher view).
+ * The seams a test may override (through OrderingCore's protected methods) to build a
+ * deliberately broken core for the simulator. The correct behaviour is the default.
  */
-function countsForView(vc: ViewChange, view: number): boolean {
-  if (vc.newView < view) return false;
-  for (const cert of vc.prepared) if (cert.view >= view) return false;
-  return true;
+interface Seams {
+  /** Q. Every quorum comparison goes through here. */
+  quorumSize(): number;
+  /** The key a vote is stored under: the signer, so that each signer counts once. */
+  voteKey(signer: ReplicaId): number;
+  /** Whether a vote for `voteDigest` counts toward `entryDigest`: only an equal digest does. */
+  voteMatches(entryDigest: Uint8Array, voteDigest: Uint8Array): boolean;
+  /** Whether a NEW_VIEW's O must equal the one recomputed from its VIEW_CHANGEs. */
+  recomputesNewView(): boolean;
 }
+
+/**
+ * Collects the Ready of one step: the records to persist and the effects, each in the
+ * order the core produced them.
+ */
+class ReadyBuilder {
+  private records: PersistedRecord[] = [];
+  private effects: Effect[] = [];
+
+  persist(record: PersistedRecord): void {
+    this.records.push(record);
+  }
+
+  effect(effect: Effect): void {
+    this.effects.push(effect);
+  }
+
+  /** The Ready collected so far; the builder starts an empty one. */
+  take(): Ready {
+    const ready: Ready = { persist: this.records, effects: this.effects };
+    this.records = [];
+    this.effects = [];
+    return ready;
+  }
+}
+
+/** The k-th largest of `values` (1-based), or -1 when there are fewer than k. */
+function kthLargest(values: Iterable<number>, k: number): number {
+  const sorted = [...values].sort((a, b) => b - a);
+  return sorted[k - 1] ?? -1;
+}
+
+class CoreState {
+  readonly certContext: CertContext;
+  /** W: weak quorum. */
+  readonly weakQuorumSize: number;
+  /** What the current step asks of the runtime. */
+  readonly output = new ReadyBuilder();
+  /** The core's clock: ticks since it started (or restarted). */
+  now = 0;
+
+  // View state (ORDERING.md §2; view-change.ts).
+  view = 0;
+  installedView = 0;
+  phase: "normal" | "viewChange" = "normal";
+  /** View changes started since a new request last executed in an installed view; sets the backoff. */
+  viewChangeAttempts = 0;
+  /** The view whose view-change timer is armed (-1: none). */
+  timerArmedForView = -1;
+  viewChangeDeadline = NO_DEADLINE;
+  viewChangeResendAt = NO_DEADLINE;
+  /** This replica's VIEW_CHANGE for `view` while the view change is in progress. */
+  ownViewChange: ViewChange | null = null;
+  /** The NEW_VIEW of the installed view. */
+  installedNewView: NewView | null = null;
+  /** The view this replica, as its leader, built a NEW_VIEW for (-1: none). */
+  newViewBuiltFor = -1;
+  readonly viewChanges = new Map<ReplicaId, ViewChange>();
+  readonly newViewAnsweredAt = new Map<ReplicaId, number>();
+  /** Normal-case messages for the target view, held while its view change is in progress. */
+  readonly buffered = new Map<string, { from: ReplicaId; msg: PeerMessage }>();
+  /** Transport-authenticated hints of where peers are; used only with W agreeing peers. */
+  readonly peerViews = new Map<ReplicaId, number>();
+  readonly peerSeqs = new Map<ReplicaId, number>();
+
+  // Log state (log.ts).
+  lastExecuted = 0;
+  /** The seq the leader proposes next. */
+  nextProposalSeq = 1;
+  highestAcceptedSeq = 0;
+  entries = new Map<number, Entry>();
+  /** The highest-view prepared certificate per seq, with its body. */
+  readonly preparedCerts = new Map<number, { cert: PreparedCert; batch: ClientRequest[] }>();
+  readonly decided = new Map<number, Decision>();
+  /** Decisions learnt from peers (with their certificates) for seqs not yet executed. */
+  readonly decidedPending = new Map<number, Decision>();
+  /** Requests of freely proposed, unexecuted batches of this view: key -> seq. */
+  readonly inFreeProposal = new Map<string, number>();
+  /** Requests of NEW_VIEW batches of this view not yet executed: key -> count. */
+  readonly inNewViewBatch = new Map<string, number>();
+  /** Digest of every own PRE_PREPARE, PREPARE and COMMIT signed: "<kind>:<view>:<seq>" -> digest. */
+  readonly signedVotes = new Map<string, Uint8Array>();
+
+  // Checkpoints and state transfer (ORDERING.md §7; checkpoints.ts).
+  /** h: the last stable checkpoint, its state digest and its Q signed CHECKPOINTs. */
+  stableSeq = 0;
+  stableDigest: Uint8Array = NULL_DIGEST;
+  stableProof: Checkpoint[] = [];
+  /** CHECKPOINTs inside the window, by seq and signer. */
+  readonly checkpointVotes = new Map<number, Map<ReplicaId, Checkpoint>>();
+  /** The latest CHECKPOINT beyond the window from each replica. */
+  readonly farCheckpoints = new Map<ReplicaId, Checkpoint>();
+  /** This replica's own state digests, by seq. */
+  readonly ownCheckpoints = new Map<number, Uint8Array>();
+  /** Client tables exported at `takeCheckpoint`, waiting for `checkpointReady`. */
+  readonly checkpointClients = new Map<number, CheckpointClients>();
+  transfer: Transfer | null = null;
+  /** When each peer was last answered, per kind of answer ("<peer>:<kind>"); see onStateRequest. */
+  readonly servedAt = new Map<string, number>();
+  readonly stableAnsweredAt = new Map<ReplicaId, number>();
+  /** Nonce of the next STATE_REQUEST this replica sends. */
+  stateRequestNonce = 0;
+
+  // Clients (ORDERING.md §5; clients.ts).
+  readonly clientTable = new ClientTable();
+  readonly pending = new PendingPool();
+  /** Quarantined clients and the tick their quarantine ends. */
+  readonly quarantinedUntil = new Map<string, number>();
+  forwardToLeader: ClientRequest[] = [];
+  forwardToAll: ClientRequest[] = [];
+  /** The request a client gave this replica in the current step, if admitted; a backup forwards it. */
+  admittedFromClient: ClientRequest | null = null;
+  /** Where the leader's next round-robin pass over clients starts. */
+  roundRobinStart = 0;
+
+  // Progress tracking (timers.ts).
+  lastExecutedAt = 0;
+  nextRetransmitAt = 0;
+  nextProbeAt = 0;
+  nextCheckpointResendAt = 0;
+  /** Tick of the last new proposal this replica accepted from the leader. */
+  lastProposalAt = 0;
+  /** The heartbeat timeout now: progressTimeoutTicks, doubled after each heartbeat failure. */
+  progressTimeoutCurrentTicks: number;
+  readonly throughputMonitor: ThroughputMonitor;
+  readonly floodMonitor: FloodMonitor;
+
+  constructor(
+    readonly cfg: CoreConfig,
+    readonly crypto: CoreCrypto,
+    readonly seams: Seams,
+    /** The core's message dispatch: messages held during a view change are replayed through it. */
+    readonly redeliver: (from: ReplicaId, msg: PeerMessage) => void,
+  ) {
+    this.weakQuorumSize = weakQuorum(cfg.n, cfg.f, cfg.mode);
+    this.certContext = {
+      n: cfg.n,
+      f: cfg.f,
+      mode: cfg.mode,
+      quorumSize: quorum(cfg.n, cfg.f, cfg.mode),
+      logWindow: cfg.logWindow,
+      checkpointInterval: cfg.checkpointInterval,
+      clusterId: cfg.clusterId,
+      crypto,
+    };
+    this.progressTimeoutCurrentTicks = cfg.progressTimeoutTicks;
+    this.throughputMonitor = new ThroughputMonitor(cfg, cfg.n);
+    this.floodMonitor = new FloodMonitor(cfg.n, cfg.throughputWindowTicks, cfg.floodThreshold);
+  }
+
+  leader(view: number = this.view): ReplicaId {
+    return leaderOf(view, this.cfg.n);
+  }
+
+  isLeader(): boolean {
+    return this.leader() === this.cfg.id;
+  }
+
+  /** H = h + L: the highest seq the log may hold. */
+  get highWater(): number {
+    return this.stableSeq + this.cfg.logWindow;
+  }
+
+  persist(record: PersistedRecord): void {
+    this.output.persist(record);
+  }
+
+  send(to: ReplicaId | "all", msg: PeerMessage): void {
+    this.output.effect({ kind: "send", to, msg });
+  }
+
+  emit(effect: Effect): void {
+    this.output.effect(effect);
+  }
+
+  hashBatch(batch: readonly ClientRequest[]): Uint8Array {
+    return digestOfBatch(this.crypto, batch);
+  }
+
+  signed<M extends { sig: Uint8Array } & Parameters<typeof signingBytes>[0]>(m: M): M {
+    m.sig = this.crypto.sign(signingBytes(m, this.cfg.clusterId));
+    return m;
+  }
+
+  verify(m: Parameters<typeof signingBytes>[0]): boolean {
+    return verifySigned(this.certContext, m);
+  }
+}
+
+// =====================================================================================
+// Admission and forwarding of client requests (ORDERING.md §5); the client table and the
+// pending pool are in clients.ts.
+// =====================================================================================
+
+/** Quarantined clients remembered at once; the oldest entry goes first. */
+const QUARANTINE_ENTRIES_MAX = 10_000;
+
+const REFUSALS: ReadonlySet<string> = new Set<Refusal>(["invalid", "quarantined", "window", "overloaded"]);
+
+function isRefusal(verdict: string): verdict is Refusal {
+  return REFUSALS.has(verdict);
+}
+
+/** What admission did with a request. */
+type Admission = "executed" | "added" | "duplicate" | Refusal | "bad-signature";
+
+/**
+ * Admission: cheap checks first, the signature last (Aardvark verifies MAC before
+ * signature for the same reason). Returns what happened to the request.
+ */
+function admit(state: CoreState, req: ClientRequest, authenticated: boolean): Admission {
+  const cfg = state.cfg;
+  if (req.span < 1 || req.span > cfg.requestSpanMax || req.seq < 1) return "invalid";
+  if (requestBytes(req) > cfg.requestBytesMax) return "invalid";
+  const last = state.clientTable.lastExecuted(req.client);
+  if (req.seq + req.span - 1 <= last) return "executed";
+  if (req.seq <= last) return "invalid";
+  if (state.pending.has(req.client, req.seq)) return "duplicate";
+  const until = state.quarantinedUntil.get(req.client);
+  if (until !== undefined && until > state.now) return "quarantined";
+  if (req.seq - last > cfg.clientWindow * cfg.requestSpanMax) return "window";
+  if (state.pending.countFor(req.client) >= cfg.clientWindow) return "window";
+  if (state.pending.total >= cfg.pendingRequestsMax) return "overloaded";
+  if (!state.crypto.verifyRequest(req)) {
+    if (authenticated) quarantineClient(state, req.client);
+    return "bad-signature";
+  }
+  state.pending.add(req, state.now, state.highestAcceptedSeq);
+  return "added";
+}
+
+function quarantineClient(state: CoreState, client: string): void {
+  if (state.quarantinedUntil.size >= QUARANTINE_ENTRIES_MAX) {
+    const oldest = state.quarantinedUntil.keys().next().value;
+    if (oldest !== undefined) state.quarantinedUntil.delete(oldest);
+  }
+  state.quarantinedUntil.delete(client);
+  state.quarantinedUntil.set(client, state.now + state.cfg.clientQuarantineTicks);
+}
+
+/** A request already verified when it became pending need not be verified again. */
+function alreadyVerified(state: CoreState, r: ClientRequest): boolean {
+  const p = state.pending.get(r.client, r.seq);
+  return p !== undefined && p.req.span === r.span && bytesEqual(p.req.sig, r.sig) && bytesEqual(p.req.body, r.body);
+}
+
+/** Batch-borne requests become pending too, so their timers run (BFT-SMaRt checkProposedValue). */
+function adoptBatchRequests(state: CoreState, batch: readonly ClientRequest[]): void {
+  for (const r of batch) {
+    const last = state.clientTable.lastExecuted(r.client);
+    if (r.seq <= last || state.pending.has(r.client, r.seq)) continue;
+    if (state.pending.countFor(r.client) >= state.cfg.clientWindow) continue;
+    if (state.pending.total >= state.cfg.pendingRequestsMax) continue;
+    state.pending.add(r, state.now, state.highestAcceptedSeq);
+  }
+}
+
+/** Pending requests go to the new leader again, with fresh timers (ORDERING.md §6). */
+function forwardAllPending(state: CoreState): void {
+  for (const [, forClient] of state.pending.clients()) {
+    for (const p of forClient.values()) state.forwardToLeader.push(p.req);
+  }
+}
+
+/** Sends the requests queued for all replicas and, from a backup in the normal case, those for the leader. */
+function flushForwards(state: CoreState): void {
+  if (state.forwardToAll.length > 0) {
+    for (const requests of chunks(state, state.forwardToAll)) state.send("all", { t: "FORWARD", requests });
+    state.forwardToAll = [];
+  }
+  if (state.forwardToLeader.length > 0) {
+    const leader = state.leader();
+    if (leader !== state.cfg.id && state.phase === "normal") {
+      for (const requests of chunks(state, state.forwardToLeader)) state.send(leader, { t: "FORWARD", requests });
+    }
+    state.forwardToLeader = [];
+  }
+}
+
+/**
+ * Splits requests into FORWARD-sized pieces, bounded like a batch by count and bytes
+ * (each piece holds at least one request), so no message outgrows what a batch may be.
+ */
+function chunks(state: CoreState, requests: readonly ClientRequest[]): ClientRequest[][] {
+  const out: ClientRequest[][] = [];
+  let piece: ClientRequest[] = [];
+  let bytes = 0;
+  for (const r of requests) {
+    const size = requestBytes(r);
+    if (piece.length > 0 && (piece.length >= state.cfg.batchRequestsMax || bytes + size > state.cfg.batchBytesMax)) {
+      out.push(piece);
+      piece = [];
+      bytes = 0;
+    }
+    piece.push(r);
+    bytes += size;
+  }
+  if (piece.length > 0) out.push(piece);
+  return out;
+}
+
+// =====================================================================================
+// The log (ORDERING.md §4): one entry per consensus instance of the current view, the
+// prepared certificates and decisions kept beside it, and the own votes this replica has
+// signed. An entry moves accepted -> prepared -> committed here; core.ts decides when a
+// message is let in, and executes committed entries in order.
+// =====================================================================================
 
 /** One consensus instance of the current view. */
 interface Entry {
@@ -120,6 +424,183 @@ interface Decision {
   commits: Commit[];
 }
 
+function newEntry(view: number, seq: number): Entry {
+  return {
+    view,
+    seq,
+    header: null,
+    digest: null,
+    batch: null,
+    fromNewView: false,
+    prepares: new Map(),
+    commits: new Map(),
+    prepared: false,
+    committed: false,
+    commitCert: null,
+    bodyAskedAt: -1,
+  };
+}
+
+function entryFor(state: CoreState, seq: number): Entry {
+  let e = state.entries.get(seq);
+  if (e === undefined) {
+    e = newEntry(state.view, seq);
+    state.entries.set(seq, e);
+  }
+  return e;
+}
+
+/** Signs a PREPARE or COMMIT; never two digests for one (kind, view, seq), never below the view. */
+function signVote(state: CoreState, t: "PREPARE", view: number, seq: number, digest: Uint8Array): Prepare;
+function signVote(state: CoreState, t: "COMMIT", view: number, seq: number, digest: Uint8Array): Commit;
+function signVote(state: CoreState, t: "PREPARE" | "COMMIT", view: number, seq: number, digest: Uint8Array): Prepare | Commit {
+  assert(view === state.view && state.phase === "normal", `vote in view ${view} while in ${state.phase} ${state.view}`);
+  const key = `${t}:${view}:${seq}`;
+  const prev = state.signedVotes.get(key);
+  assert(prev === undefined || bytesEqual(prev, digest), `second ${t} digest for view ${view} seq ${seq}`);
+  state.signedVotes.set(key, digest);
+  return state.signed<Prepare | Commit>({ t, view, seq, digest, replica: state.cfg.id, sig: EMPTY_SIG });
+}
+
+function signHeader(state: CoreState, view: number, seq: number, digest: Uint8Array): PrePrepare {
+  const key = `PRE_PREPARE:${view}:${seq}`;
+  const prev = state.signedVotes.get(key);
+  assert(prev === undefined || bytesEqual(prev, digest), `second proposal for view ${view} seq ${seq}`);
+  state.signedVotes.set(key, digest);
+  return state.signed({ t: "PRE_PREPARE", view, seq, digest, batch: null, sig: EMPTY_SIG });
+}
+
+/** Signs this replica's PREPARE for `e`, records it as its own vote and sends it. */
+function sendOwnPrepare(state: CoreState, e: Entry, digest: Uint8Array): void {
+  const own = signVote(state, "PREPARE", state.view, e.seq, digest);
+  e.prepares.set(state.seams.voteKey(state.cfg.id), own);
+  state.send("all", own);
+}
+
+function countMatching(state: CoreState, votes: Map<number, Prepare | Commit>, digest: Uint8Array): number {
+  let n = 0;
+  for (const v of votes.values()) if (state.seams.voteMatches(digest, v.digest)) n++;
+  return n;
+}
+
+function matchingVotes<V extends Prepare | Commit>(state: CoreState, votes: Map<number, V>, digest: Uint8Array, count: number): V[] {
+  const list = [...votes.values()].filter((v) => state.seams.voteMatches(digest, v.digest));
+  list.sort((a, b) => a.replica - b.replica);
+  return list.slice(0, count);
+}
+
+/** Records an accepted proposal in `e` and indexes its requests. */
+function acceptInto(state: CoreState, e: Entry, header: PrePrepare, batch: ClientRequest[] | null, fromNewView: boolean): void {
+  e.header = header;
+  e.digest = header.digest;
+  e.fromNewView = fromNewView;
+  e.batch = null;
+  if (batch !== null) setBody(state, e, batch);
+  if (e.seq > state.highestAcceptedSeq) state.highestAcceptedSeq = e.seq;
+  if (!fromNewView) state.lastProposalAt = state.now;
+}
+
+function setBody(state: CoreState, e: Entry, batch: ClientRequest[]): void {
+  e.batch = batch;
+  if (e.seq <= state.lastExecuted) return;
+  for (const r of batch) {
+    const key = requestKey(r.client, r.seq);
+    if (e.fromNewView) state.inNewViewBatch.set(key, (state.inNewViewBatch.get(key) ?? 0) + 1);
+    else state.inFreeProposal.set(key, e.seq);
+  }
+  adoptBatchRequests(state, batch);
+}
+
+function unindex(state: CoreState, e: Entry): void {
+  if (e.batch === null) return;
+  for (const r of e.batch) {
+    const key = requestKey(r.client, r.seq);
+    if (e.fromNewView) {
+      const c = (state.inNewViewBatch.get(key) ?? 0) - 1;
+      if (c <= 0) state.inNewViewBatch.delete(key);
+      else state.inNewViewBatch.set(key, c);
+    } else if (state.inFreeProposal.get(key) === e.seq) {
+      state.inFreeProposal.delete(key);
+    }
+  }
+}
+
+/** A body arrived for an entry that had only its header; it is checked against the digest alone. */
+function attachBody(state: CoreState, e: Entry, batch: ClientRequest[]): void {
+  if (e.digest === null || e.batch !== null) return;
+  if (!bodyMatches(state.crypto, e.digest, batch)) return;
+  setBody(state, e, batch);
+  if (state.cfg.mode === "cft") markPrepared(state, e);
+  else checkPrepared(state, e);
+}
+
+/** Prepared: header accepted, body held, and Q-1 PREPAREs for its digest from distinct non-leaders. */
+function checkPrepared(state: CoreState, e: Entry): void {
+  if (e.prepared || e.header === null || e.digest === null || e.batch === null) return;
+  if (state.phase !== "normal" || e.view !== state.view) return;
+  if (countMatching(state, e.prepares, e.digest) < state.seams.quorumSize() - 1) return;
+  markPrepared(state, e);
+}
+
+/** Stores the certificate, persists it, then sends COMMIT (persist before send). */
+function markPrepared(state: CoreState, e: Entry): void {
+  if (e.prepared || e.header === null || e.digest === null || e.batch === null) return;
+  if (state.phase !== "normal" || e.view !== state.view) return;
+  e.prepared = true;
+  const prepares = state.cfg.mode === "cft" ? [] : matchingVotes(state, e.prepares, e.digest, state.seams.quorumSize() - 1);
+  const cert: PreparedCert = {
+    view: e.view,
+    seq: e.seq,
+    digest: e.digest,
+    prePrepare: e.header,
+    prepares,
+    batch: state.cfg.mode === "cft" ? e.batch : null,
+  };
+  keepPrepared(state, cert, e.batch);
+  state.persist({ t: "prepared", cert, batch: e.batch });
+  const own = signVote(state, "COMMIT", e.view, e.seq, e.digest);
+  e.commits.set(state.seams.voteKey(state.cfg.id), own);
+  state.send("all", own);
+  checkCommitted(state, e);
+}
+
+/** Keeps `cert` as the prepared certificate of its seq unless one from a higher view is kept. */
+function keepPrepared(state: CoreState, cert: PreparedCert, batch: ClientRequest[]): void {
+  const prev = state.preparedCerts.get(cert.seq);
+  if (prev === undefined || prev.cert.view <= cert.view) state.preparedCerts.set(cert.seq, { cert, batch });
+}
+
+/** Committed: prepared and Q COMMITs with the same digest (a COMMIT for another digest never counts). */
+function checkCommitted(state: CoreState, e: Entry): void {
+  if (!e.prepared || e.committed || e.digest === null) return;
+  const q = state.seams.quorumSize();
+  if (countMatching(state, e.commits, e.digest) < q) return;
+  e.committed = true;
+  e.commitCert = matchingVotes(state, e.commits, e.digest, q);
+}
+
+/** Drops every entry at or below `seq` from the log, with its request index. */
+function dropEntriesThrough(state: CoreState, seq: number): void {
+  for (const [s, e] of [...state.entries]) {
+    if (s > seq) continue;
+    unindex(state, e);
+    state.entries.delete(s);
+  }
+}
+
+// =====================================================================================
+// Checkpoints and state transfer (ORDERING.md §7): own checkpoints, stable checkpoints
+// (Q matching signed CHECKPOINTs) and the garbage collection they allow, fetching a
+// snapshot when this replica is behind, and catch-up inside the window from decided
+// batches with their commit certificates (§4).
+// =====================================================================================
+
+/** What one signed COMMIT adds to a message (fields, digest, signature, encoding), for byte bounds. */
+const COMMIT_WIRE_BYTES = 192;
+/** A replica answers at most one state request per peer per this many ticks. */
+const STATE_SERVE_INTERVAL_TICKS = 1;
+
+/** A state transfer in progress: the stable checkpoint it fetches and when to try again. */
 interface Transfer {
   seq: number;
   digest: Uint8Array;
@@ -128,10 +609,10 @@ interface Transfer {
   attempt: number;
 }
 
-const REFUSALS: ReadonlySet<string> = new Set<Refusal>(["invalid", "quarantined", "window", "overloaded"]);
-
-function isRefusal(verdict: string): verdict is Refusal {
-  return REFUSALS.has(verdict);
+/** The client table exported with a checkpoint, and its hash. */
+interface CheckpointClients {
+  hash: Uint8Array;
+  rows: ClientTableExport;
 }
 
 /** hash(canonical(client table)): the client part of a checkpoint's state digest. */
@@ -148,6 +629,999 @@ export function stateDigestOf(hash: (bytes: Uint8Array) => Uint8Array, seq: numb
   return hash(encodeCanonical({ seq, app: appDigest, clients: clientsHash }));
 }
 
+function clientsHash(state: CoreState, rows: ClientTableExport): Uint8Array {
+  return clientTableHash(state.crypto.hash, rows);
+}
+
+function stateDigest(state: CoreState, seq: number, appDigest: Uint8Array, clientsHash: Uint8Array): Uint8Array {
+  return stateDigestOf(state.crypto.hash, seq, appDigest, clientsHash);
+}
+
+/** The stable checkpoint as it travels in a STATE_RESPONSE. */
+function stableProofOf(state: CoreState): StableProof {
+  return { seq: state.stableSeq, digest: state.stableDigest, proof: state.stableProof };
+}
+
+/** This replica's own signed CHECKPOINT for (seq, digest). */
+function ownCheckpoint(state: CoreState, seq: number, digest: Uint8Array): Checkpoint {
+  return state.signed<Checkpoint>({ t: "CHECKPOINT", seq, digest, replica: state.cfg.id, sig: EMPTY_SIG });
+}
+
+function takeCheckpoint(state: CoreState, s: number): void {
+  const rows = state.clientTable.export();
+  state.checkpointClients.set(s, { hash: clientsHash(state, rows), rows });
+  state.emit({ kind: "takeCheckpoint", seq: s, clients: rows });
+}
+
+function onCheckpointReady(state: CoreState, seq: number, appDigest: Uint8Array): void {
+  const taken = state.checkpointClients.get(seq);
+  if (taken === undefined) return;
+  state.checkpointClients.delete(seq);
+  const digest = stateDigest(state, seq, appDigest, taken.hash);
+  state.ownCheckpoints.set(seq, digest);
+  state.persist({ t: "checkpoint", seq, stateDigest: digest, appDigest, clients: taken.rows });
+  if (seq <= state.stableSeq) {
+    checkDivergence(state, seq, state.stableDigest);
+    return;
+  }
+  const msg = ownCheckpoint(state, seq, digest);
+  state.send("all", msg);
+  addCheckpoint(state, msg);
+}
+
+function onCheckpoint(state: CoreState, from: ReplicaId, m: Checkpoint): void {
+  if (!isMember(state.certContext, m.replica) || m.seq % state.cfg.checkpointInterval !== 0) return;
+  if (m.seq <= state.stableSeq) {
+    answerWithStable(state, from);
+    return;
+  }
+  if (m.seq <= state.highWater) {
+    if (state.checkpointVotes.get(m.seq)?.has(m.replica)) return;
+    if (!state.verify(m)) return;
+    addCheckpoint(state, m);
+    return;
+  }
+  const prev = state.farCheckpoints.get(m.replica);
+  if (prev !== undefined && prev.seq >= m.seq) return;
+  if (!state.verify(m)) return;
+  state.farCheckpoints.set(m.replica, m);
+  checkFarCheckpoints(state);
+}
+
+/**
+ * A CHECKPOINT at or below our stable one comes from a replica that may lack the proof
+ * (its own was resent because it saw no quorum): send it ours, at most once per
+ * retransmission interval per peer.
+ */
+function answerWithStable(state: CoreState, to: ReplicaId): void {
+  if (state.stableSeq === 0 || to === state.cfg.id) return;
+  const last = state.stableAnsweredAt.get(to) ?? -NO_DEADLINE;
+  if (state.now - last < state.cfg.retransmitTicks) return;
+  state.stableAnsweredAt.set(to, state.now);
+  const stable = stableProofOf(state);
+  state.send(to, { t: "STATE_RESPONSE", kind: "decided", nonce: 0, items: [], stable, lastExecuted: state.lastExecuted });
+}
+
+/** Adds a verified in-window CHECKPOINT and adopts it as stable at Q matching signers. */
+function addCheckpoint(state: CoreState, m: Checkpoint): void {
+  let set = state.checkpointVotes.get(m.seq);
+  if (set === undefined) {
+    set = new Map();
+    state.checkpointVotes.set(m.seq, set);
+  }
+  if (set.has(m.replica)) return;
+  set.set(m.replica, m);
+  const matching = [...set.values()].filter((c) => bytesEqual(c.digest, m.digest));
+  if (matching.length >= state.seams.quorumSize()) {
+    matching.sort((a, b) => a.replica - b.replica);
+    adoptStable(state, m.seq, m.digest, matching.slice(0, state.seams.quorumSize()));
+  }
+}
+
+/** W agreeing CHECKPOINTs beyond the window: this replica is behind; fetch that state. */
+function checkFarCheckpoints(state: CoreState): void {
+  const groups = new Map<string, Checkpoint[]>();
+  for (const c of state.farCheckpoints.values()) {
+    const key = `${c.seq}:${hex(c.digest)}`;
+    const g = groups.get(key) ?? [];
+    g.push(c);
+    groups.set(key, g);
+  }
+  for (const g of groups.values()) {
+    g.sort((a, b) => a.replica - b.replica);
+    const first = g[0] as Checkpoint;
+    if (g.length >= state.seams.quorumSize()) adoptStable(state, first.seq, first.digest, g.slice(0, state.seams.quorumSize()));
+    else if (g.length >= state.weakQuorumSize && first.seq > state.lastExecuted) startTransfer(state, first.seq, first.digest, g);
+  }
+}
+
+/** Whether `proof` holds Q distinct signers, enough to make its checkpoint stable. */
+function provesStable(state: CoreState, proof: readonly Checkpoint[]): boolean {
+  return new Set(proof.map((c) => c.replica)).size >= state.seams.quorumSize();
+}
+
+/**
+ * A stable checkpoint (Q signers). Below or at lastExecuted it moves h and collects
+ * garbage; above, it becomes the state-transfer target and h moves after installation.
+ */
+function adoptStable(state: CoreState, seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
+  if (seq <= state.stableSeq) return;
+  if (seq > state.lastExecuted) {
+    startTransfer(state, seq, digest, proof);
+    return;
+  }
+  if (!checkDivergence(state, seq, digest)) return;
+  state.stableSeq = seq;
+  state.stableDigest = digest;
+  state.stableProof = proof;
+  state.persist({ t: "stable", seq, digest, proof });
+  collectGarbage(state);
+}
+
+/**
+ * A NEW_VIEW starts the new view's log at minS, a stable checkpoint this replica has not
+ * reached. As in PBFT, h moves there at once (the proof has Q signatures) and the state
+ * is fetched: everything at or below minS is obsolete in the new view, and keeping it
+ * would let the log outgrow its window. Until the snapshot is installed, h is above
+ * lastExecuted and a transfer to h is in progress.
+ */
+function jumpToStable(state: CoreState, seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
+  state.stableSeq = seq;
+  state.stableDigest = digest;
+  state.stableProof = proof;
+  state.persist({ t: "stable", seq, digest, proof });
+  collectGarbage(state);
+  startTransfer(state, seq, digest, proof);
+  if (state.transfer !== null && state.transfer.seq === seq) {
+    state.transfer.nextTryAt = state.now + state.cfg.transferRetryTicks;
+    requestSnapshot(state);
+  }
+}
+
+/** Replicas are deterministic: an own digest that differs from a stable one is fatal. */
+function checkDivergence(state: CoreState, seq: number, stable: Uint8Array): boolean {
+  const own = state.ownCheckpoints.get(seq);
+  if (own === undefined || bytesEqual(own, stable)) return true;
+  state.emit({ kind: "divergence", seq, own, stable });
+  return false;
+}
+
+function collectGarbage(state: CoreState): void {
+  const h = state.stableSeq;
+  dropEntriesThrough(state, h);
+  for (const s of [...state.preparedCerts.keys()]) if (s <= h) state.preparedCerts.delete(s);
+  for (const s of [...state.decided.keys()]) if (s <= h) state.decided.delete(s);
+  for (const s of [...state.decidedPending.keys()]) if (s <= h) state.decidedPending.delete(s);
+  for (const s of [...state.checkpointVotes.keys()]) if (s <= h) state.checkpointVotes.delete(s);
+  for (const s of [...state.ownCheckpoints.keys()]) if (s < h) state.ownCheckpoints.delete(s);
+  for (const s of [...state.checkpointClients.keys()]) if (s < h) state.checkpointClients.delete(s);
+  for (const [r, c] of [...state.farCheckpoints]) {
+    if (c.seq > state.highWater) continue;
+    state.farCheckpoints.delete(r);
+    if (c.seq > h) addCheckpoint(state, c);
+  }
+  for (const key of [...state.signedVotes.keys()]) {
+    const seq = Number(key.slice(key.lastIndexOf(":") + 1));
+    if (seq <= h) state.signedVotes.delete(key);
+  }
+}
+
+/**
+ * Targets the state at `seq`. A target inside the window is usually reached by executing
+ * what is already in flight, so the fetch waits one retransmission interval first; a
+ * target beyond the window can only be reached by a snapshot, so it is fetched at once.
+ */
+function startTransfer(state: CoreState, seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
+  if (state.transfer !== null && state.transfer.seq >= seq) return;
+  const inWindow = seq <= state.highWater;
+  const firstTry = inWindow ? state.now + state.cfg.retransmitTicks : state.now + state.cfg.transferRetryTicks;
+  state.transfer = { seq, digest, proof, nextTryAt: firstTry, attempt: 0 };
+  if (!inWindow) requestSnapshot(state);
+}
+
+/** Asks the runtime for the snapshot, rotating the preferred source on every retry. */
+function requestSnapshot(state: CoreState): void {
+  const t = state.transfer;
+  if (t === null) return;
+  const signers = [...new Set(t.proof.map((c) => c.replica))].filter((r) => r !== state.cfg.id);
+  const k = signers.length === 0 ? 0 : t.attempt % signers.length;
+  const from = [...signers.slice(k), ...signers.slice(0, k)];
+  state.emit({ kind: "fetchState", seq: t.seq, stateDigest: t.digest, from, proof: t.proof });
+}
+
+function onSnapshotInstalled(state: CoreState, seq: number, claimedDigest: Uint8Array, appDigest: Uint8Array, rows: ClientTableExport): void {
+  const t = state.transfer;
+  if (t === null || seq !== t.seq) return;
+  const digest = stateDigest(state, seq, appDigest, clientsHash(state, rows));
+  if (!bytesEqual(digest, t.digest) || !bytesEqual(claimedDigest, t.digest)) return;
+  state.transfer = null;
+  state.lastExecuted = seq;
+  state.lastExecutedAt = state.now;
+  state.clientTable.import(rows);
+  dropEntriesThrough(state, seq);
+  for (const s of [...state.decided.keys()]) if (s <= seq) state.decided.delete(s);
+  for (const s of [...state.decidedPending.keys()]) if (s <= seq) state.decidedPending.delete(s);
+  for (const [client] of [...state.pending.clients()]) state.pending.pruneExecuted(client, state.clientTable.lastExecuted(client));
+  state.ownCheckpoints.set(seq, digest);
+  state.persist({ t: "snapshot", seq, stateDigest: digest, appDigest, clients: rows, proof: t.proof });
+  if (provesStable(state, t.proof)) adoptStable(state, seq, digest, t.proof);
+  state.nextProbeAt = state.now;
+  if (state.nextProposalSeq <= seq) state.nextProposalSeq = seq + 1;
+}
+
+// ---------------------------------------------------------------------------------------
+// Catch-up inside the window: decided batches with commit certificates (ORDERING.md §4).
+// ---------------------------------------------------------------------------------------
+
+/**
+ * Answers a peer's request for decided batches or bodies, at most once per peer and kind
+ * per STATE_SERVE_INTERVAL_TICKS. Each kind has its own budget ("decided", "batch", and
+ * "lagging" for answers to a lagging voter), so that what a stalled replica sends in one
+ * tick never uses up the budget of another: the votes it resends once did, every time
+ * (the answer to the votes starts at the voted seq, the request at the first missing
+ * one), and the replica never caught up.
+ */
+function onStateRequest(state: CoreState, from: ReplicaId, m: StateRequest, budget: "decided" | "batch" | "lagging" = m.kind): void {
+  const key = `${from}:${budget}`;
+  if ((state.servedAt.get(key) ?? -NO_DEADLINE) + STATE_SERVE_INTERVAL_TICKS > state.now) return;
+  state.servedAt.set(key, state.now);
+  const items: DecidedItem[] = [];
+  const first = Math.max(m.seq, state.stableSeq + 1);
+  const last = Math.min(m.toSeq, first + state.cfg.transferItemsMax - 1, state.highWater);
+  // Bounded in bytes like one batch (at least one item), so the answer fits a message.
+  let bytes = 0;
+  for (let s = first; s <= last; s++) {
+    const item = m.kind === "decided" ? decidedItem(state, s) : bodyItem(state, s, m.digest);
+    if (item === null) continue;
+    const size = item.batch.reduce((sum, r) => sum + requestBytes(r), 0) + item.commits.length * COMMIT_WIRE_BYTES;
+    if (items.length > 0 && bytes + size > state.cfg.batchBytesMax) break;
+    items.push(item);
+    bytes += size;
+  }
+  const stable: StableProof | null = state.stableSeq > 0 ? stableProofOf(state) : null;
+  // The stable proof alone is worth sending when the asker has executed up to it: it may
+  // be stuck with a full window for want of exactly that proof.
+  if (items.length === 0 && (stable === null || state.stableSeq < m.seq - 1)) return;
+  const resp: StateResponse = {
+    t: "STATE_RESPONSE",
+    kind: m.kind,
+    nonce: m.nonce,
+    items,
+    stable,
+    lastExecuted: state.lastExecuted,
+  };
+  state.send(from, resp);
+}
+
+/**
+ * A peer still voting on a seq this replica executed has not seen the decision: answer
+ * with the decided batches from there on, instead of counting its vote (ORDERING.md §4,
+ * retransmission).
+ */
+function answerLaggingVoter(state: CoreState, from: ReplicaId, m: Prepare | Commit): void {
+  if (m.seq > state.lastExecuted || m.replica !== from || !state.decided.has(m.seq)) return;
+  // A first vote after the decision is just late; the same vote again is a resend by a
+  // replica that is stuck.
+  const e = state.entries.get(m.seq);
+  const seen = e !== undefined && (m.t === "PREPARE" ? e.prepares : e.commits).has(state.seams.voteKey(from));
+  if (e !== undefined && !seen) return;
+  const req: StateRequest = { t: "STATE_REQUEST", kind: "decided", seq: m.seq, toSeq: state.lastExecuted, digest: null, nonce: 0 };
+  onStateRequest(state, from, req, "lagging");
+}
+
+function decidedItem(state: CoreState, s: number): DecidedItem | null {
+  const d = state.decided.get(s);
+  if (d === undefined) return null;
+  return { view: d.view, seq: s, batch: d.batch, commits: d.commits };
+}
+
+/** Any body this replica holds for `s` (matching `digest` if given); the asker checks it. */
+function bodyItem(state: CoreState, s: number, digest: Uint8Array | null): DecidedItem | null {
+  const candidates: Array<{ view: number; digest: Uint8Array | null; batch: ClientRequest[] | null }> = [];
+  const d = state.decided.get(s);
+  if (d !== undefined) candidates.push(d);
+  const e = state.entries.get(s);
+  if (e !== undefined) candidates.push(e);
+  const p = state.preparedCerts.get(s);
+  if (p !== undefined) candidates.push({ view: p.cert.view, digest: p.cert.digest, batch: p.batch });
+  for (const c of candidates) {
+    if (c.batch === null || c.digest === null) continue;
+    if (digest !== null && !bytesEqual(c.digest, digest)) continue;
+    return { view: c.view, seq: s, batch: c.batch, commits: [] };
+  }
+  return null;
+}
+
+/**
+ * Takes what a STATE_RESPONSE carries: where the peer is, its stable checkpoint, and
+ * decided batches or bodies. Executing them is the caller's part (core.ts).
+ */
+function acceptStateResponse(state: CoreState, from: ReplicaId, m: StateResponse): void {
+  if (m.lastExecuted > (state.peerSeqs.get(from) ?? -1)) state.peerSeqs.set(from, m.lastExecuted);
+  if (m.stable !== null && m.stable.seq > state.stableSeq && m.stable.seq % state.cfg.checkpointInterval === 0) {
+    const st = m.stable;
+    if (validCheckpointProof(state.certContext, st.seq, st.digest, st.proof, state.seams.quorumSize())) {
+      adoptStable(state, st.seq, st.digest, st.proof);
+    }
+  }
+  for (const item of m.items) {
+    if (item.commits.length > 0) acceptDecidedItem(state, item);
+    else acceptBodyItem(state, item);
+  }
+}
+
+function acceptDecidedItem(state: CoreState, item: DecidedItem): void {
+  // Only inside the window: a replica further behind catches up by state transfer.
+  if (item.seq <= state.lastExecuted || item.seq > state.highWater) return;
+  if (state.decidedPending.has(item.seq)) return;
+  // The certificate names the digest; the body must match it (an empty body matches the
+  // null digest of a NEW_VIEW gap).
+  const digest = (item.commits[0] as Commit).digest;
+  if (!bodyMatches(state.crypto, digest, item.batch)) return;
+  if (!validDecisionCert(state.certContext, item.view, item.seq, digest, item.commits)) return;
+  state.decidedPending.set(item.seq, { view: item.view, digest, batch: item.batch, commits: item.commits });
+  const e = state.entries.get(item.seq);
+  if (e !== undefined && e.batch === null && e.digest !== null && bytesEqual(e.digest, digest)) attachBody(state, e, item.batch);
+}
+
+function acceptBodyItem(state: CoreState, item: DecidedItem): void {
+  const e = state.entries.get(item.seq);
+  if (e === undefined || e.batch !== null || e.digest === null) return;
+  attachBody(state, e, item.batch);
+}
+
+// =====================================================================================
+// View change (ORDERING.md §6): leaving a view with a VIEW_CHANGE that reports everything
+// this replica prepared, the new leader's NEW_VIEW, its recomputation by every replica,
+// and installing it. Also how a replica learns that it is behind on views.
+// =====================================================================================
+
+/**
+ * Whether a VIEW_CHANGE for `vc.newView` may stand in a quorum for `view` <= newView. Its
+ * sender promised to vote in no view below newView, so in none below `view`, and if all
+ * its certificates are from views below `view` its report is complete for `view` too.
+ * Counting it lets a view form when one replica has already timed out past it; without
+ * this, replicas can wait forever for a VIEW_CHANGE their peer will never send again
+ * (its retransmissions are for its current, higher view).
+ */
+function countsForView(vc: ViewChange, view: number): boolean {
+  if (vc.newView < view) return false;
+  for (const cert of vc.prepared) if (cert.view >= view) return false;
+  return true;
+}
+
+/** Transport-authenticated hints of where peers are; used only with W agreeing peers. */
+function notePeer(state: CoreState, from: ReplicaId, view: number, seq: number): void {
+  if (seq > (state.peerSeqs.get(from) ?? -1)) state.peerSeqs.set(from, seq);
+  if (view <= (state.peerViews.get(from) ?? -1)) return;
+  state.peerViews.set(from, view);
+  if (view > state.view) catchUpView(state);
+}
+
+/**
+ * W peers send normal-case messages of views above ours, so at least one correct replica
+ * installed such a view: ask for it with a VIEW_CHANGE, which peers at or past that view
+ * answer with their NEW_VIEW (ORDERING.md §6, livelock rules).
+ */
+function catchUpView(state: CoreState): void {
+  const target = kthLargest(state.peerViews.values(), state.weakQuorumSize);
+  if (target > state.view) startViewChange(state, target, "behind");
+}
+
+function suspect(state: CoreState, reason: SuspectReason): void {
+  if (state.phase !== "normal") return;
+  startViewChange(state, state.view + 1, reason);
+}
+
+/**
+ * Step 1 before anything else: from here on no vote below `target` is ever signed, so the
+ * VIEW_CHANGE reports everything this replica prepared. Persisted before it is sent.
+ */
+function startViewChange(state: CoreState, target: number, reason: SuspectReason): void {
+  if (target <= state.view) return;
+  state.view = target;
+  state.phase = "viewChange";
+  state.timerArmedForView = -1;
+  state.viewChangeDeadline = NO_DEADLINE;
+  state.buffered.clear();
+  const vc = buildViewChange(state, target);
+  state.ownViewChange = vc;
+  state.viewChanges.set(state.cfg.id, vc);
+  persistView(state);
+  state.emit({ kind: "suspect", view: target, reason });
+  state.send("all", vc);
+  state.viewChangeResendAt = state.now + state.cfg.retransmitTicks;
+  viewChangeProgress(state);
+}
+
+function buildViewChange(state: CoreState, newView: number): ViewChange {
+  const prepared: PreparedCert[] = [];
+  for (const s of [...state.preparedCerts.keys()].sort((a, b) => a - b)) {
+    if (s <= state.stableSeq || s > state.highWater) continue;
+    prepared.push((state.preparedCerts.get(s) as { cert: PreparedCert }).cert);
+  }
+  return state.signed<ViewChange>({
+    t: "VIEW_CHANGE",
+    newView,
+    stableSeq: state.stableSeq,
+    stableDigest: state.stableDigest,
+    stableProof: state.stableProof,
+    prepared,
+    replica: state.cfg.id,
+    sig: EMPTY_SIG,
+  });
+}
+
+function persistView(state: CoreState): void {
+  state.persist({
+    t: "view",
+    view: state.view,
+    installedView: state.installedView,
+    status: state.phase,
+    viewChange: state.phase === "viewChange" ? state.ownViewChange : null,
+    newView: state.installedNewView,
+  });
+}
+
+/** The view-change timers on a tick: escalate past the deadline, else resend own VIEW_CHANGE. */
+function tickViewChange(state: CoreState): void {
+  if (state.now >= state.viewChangeDeadline) {
+    startViewChange(state, state.view + 1, "view-change-timeout");
+  } else if (state.now >= state.viewChangeResendAt && state.ownViewChange !== null) {
+    state.send("all", state.ownViewChange);
+    state.viewChangeResendAt = state.now + state.cfg.retransmitTicks;
+  }
+}
+
+function onViewChange(state: CoreState, m: ViewChange): void {
+  if (!isMember(state.certContext, m.replica)) return;
+  if (m.newView <= state.installedView) {
+    answerWithNewView(state, m.replica);
+    return;
+  }
+  const prev = state.viewChanges.get(m.replica);
+  if (prev !== undefined && prev.newView >= m.newView) return;
+  if (!validViewChange(state.certContext, m)) return;
+  state.viewChanges.set(m.replica, m);
+  joinIfBehind(state);
+  viewChangeProgress(state);
+}
+
+/** A replica still asking for a view we installed gets our NEW_VIEW (ORDERING.md §6). */
+function answerWithNewView(state: CoreState, to: ReplicaId): void {
+  if (state.installedNewView === null || state.phase !== "normal") return;
+  const last = state.newViewAnsweredAt.get(to) ?? -NO_DEADLINE;
+  if (state.now - last < Math.max(1, Math.floor(state.cfg.retransmitTicks / 2))) return;
+  state.newViewAnsweredAt.set(to, state.now);
+  state.send(to, state.installedNewView);
+}
+
+/** W valid VIEW_CHANGEs for views above ours: join the smallest of them (OSDI'99 §4.5.2). */
+function joinIfBehind(state: CoreState): void {
+  let count = 0;
+  let smallest = NO_DEADLINE;
+  for (const vc of state.viewChanges.values()) {
+    if (vc.newView <= state.view) continue;
+    count++;
+    smallest = Math.min(smallest, vc.newView);
+  }
+  if (count >= state.weakQuorumSize) startViewChange(state, smallest, "join");
+}
+
+/** With Q VIEW_CHANGEs for the target view: arm the escalation timer; the new leader builds NEW_VIEW. */
+function viewChangeProgress(state: CoreState): void {
+  if (state.phase !== "viewChange") return;
+  const vcs = viewChangesFor(state, state.view);
+  if (vcs.length < state.seams.quorumSize()) return;
+  if (state.timerArmedForView !== state.view) {
+    state.timerArmedForView = state.view;
+    const backoff = 2 ** Math.min(state.viewChangeAttempts, state.cfg.viewChangeBackoffDoublingsMax);
+    state.viewChangeDeadline = state.now + state.cfg.viewChangeTimeoutTicks * backoff;
+    state.viewChangeAttempts++;
+  }
+  if (state.isLeader() && state.newViewBuiltFor !== state.view) buildNewView(state, vcs.slice(0, state.seams.quorumSize()));
+}
+
+function viewChangesFor(state: CoreState, view: number): ViewChange[] {
+  const vcs = [...state.viewChanges.values()].filter((vc) => countsForView(vc, view));
+  vcs.sort((a, b) => a.replica - b.replica);
+  return vcs;
+}
+
+/** The new leader's NEW_VIEW: O recomputed from V and a signed header for every entry. */
+function buildNewView(state: CoreState, vcs: ViewChange[]): void {
+  const plan = planNewView(state.certContext, vcs);
+  if (plan === null) return;
+  state.newViewBuiltFor = state.view;
+  const o = plan.digests.map((d, i) => signHeader(state, state.view, plan.minS + 1 + i, d));
+  const nv = state.signed<NewView>({
+    t: "NEW_VIEW",
+    view: state.view,
+    viewChanges: vcs,
+    minS: plan.minS,
+    maxS: plan.maxS,
+    o,
+    sig: EMPTY_SIG,
+  });
+  installNewView(state, nv, plan);
+}
+
+function onNewView(state: CoreState, m: NewView): void {
+  if (m.view <= state.installedView || m.view < state.view) return;
+  if (!state.verify(m)) return;
+  const plan = checkNewView(state, m);
+  if (plan === null) {
+    // Signed by the leader and wrong: the leader is faulty.
+    startViewChange(state, Math.max(m.view, state.view) + 1, "bad-new-view");
+    return;
+  }
+  installNewView(state, m, plan);
+}
+
+/** Every replica recomputes minS, maxS and O from V; they must equal what was sent. */
+function checkNewView(state: CoreState, m: NewView): NewViewPlan | null {
+  const seen = new Set<ReplicaId>();
+  for (const vc of m.viewChanges) {
+    if (!countsForView(vc, m.view) || !isMember(state.certContext, vc.replica) || seen.has(vc.replica)) return null;
+    seen.add(vc.replica);
+  }
+  if (seen.size < state.seams.quorumSize()) return null;
+  for (const vc of m.viewChanges) {
+    const known = state.viewChanges.get(vc.replica);
+    const same = known !== undefined && known.newView === vc.newView && bytesEqual(known.sig, vc.sig);
+    if (!same && !validViewChange(state.certContext, vc)) return null;
+  }
+  const plan = planNewView(state.certContext, m.viewChanges);
+  if (plan === null) return null;
+  if (!state.seams.recomputesNewView()) return { ...plan, minS: m.minS, maxS: m.maxS, digests: m.o.map((header) => header.digest) };
+  if (plan.minS !== m.minS || plan.maxS !== m.maxS || m.o.length !== plan.digests.length) return null;
+  for (let i = 0; i < m.o.length; i++) {
+    const header = m.o[i] as PrePrepare;
+    if (header.view !== m.view || header.seq !== plan.minS + 1 + i || header.batch !== null) return null;
+    if (!bytesEqual(header.digest, plan.digests[i] as Uint8Array)) return null;
+  }
+  for (const header of m.o) if (!state.verify(header)) return null;
+  return plan;
+}
+
+/**
+ * Installs view m.view (ORDERING.md §6, "Installing NEW_VIEW"): adopt or fetch the stable
+ * checkpoint at minS, replace the log by the O entries, persist, then vote on every O
+ * entry (null batches included). Requests of dropped entries stay pending.
+ */
+function installNewView(state: CoreState, m: NewView, plan: NewViewPlan): void {
+  state.view = m.view;
+  if (plan.minS > state.stableSeq && plan.minS > 0) {
+    if (plan.minS > state.lastExecuted) jumpToStable(state, plan.minS, plan.stableDigest, plan.stableProof);
+    else adoptStable(state, plan.minS, plan.stableDigest, plan.stableProof);
+  }
+  const old = state.entries;
+  state.entries = new Map();
+  state.inFreeProposal.clear();
+  state.inNewViewBatch.clear();
+  state.signedVotes.clear();
+  for (let i = 0; i < plan.digests.length; i++) {
+    const s = plan.minS + 1 + i;
+    const digest = plan.digests[i] as Uint8Array;
+    const header = m.o[i] as PrePrepare;
+    if (s <= state.stableSeq) continue;
+    const done = state.decided.get(s);
+    if (done !== undefined) {
+      assert(bytesEqual(done.digest, digest), `NEW_VIEW ${m.view} names another digest at executed seq ${s}`);
+    }
+    const e = newEntry(m.view, s);
+    state.entries.set(s, e);
+    acceptInto(state, e, header, findBody(state, s, digest, old, plan), true);
+    if (state.isLeader()) state.signedVotes.set(`PRE_PREPARE:${m.view}:${s}`, digest);
+  }
+  state.installedView = m.view;
+  state.phase = "normal";
+  state.installedNewView = m;
+  state.ownViewChange = null;
+  state.viewChangeDeadline = NO_DEADLINE;
+  state.timerArmedForView = -1;
+  state.nextProposalSeq = Math.max(plan.maxS, state.lastExecuted) + 1;
+  for (const [r, vc] of [...state.viewChanges]) if (vc.newView <= m.view) state.viewChanges.delete(r);
+  persistView(state);
+  state.emit({ kind: "viewInstalled", view: m.view, leader: state.leader() });
+  if (state.isLeader()) announceNewView(state, m);
+  voteOnNewViewEntries(state);
+  askForMissingBodies(state);
+  state.pending.restartTimers(state.highestAcceptedSeq);
+  state.lastProposalAt = state.now;
+  state.throughputMonitor.onViewInstalled(state.now);
+  if (!state.isLeader()) forwardAllPending(state);
+  replayBuffered(state);
+}
+
+/** A body for O[s] from any source this replica already trusts, or null to fetch it. */
+function findBody(state: CoreState, s: number, digest: Uint8Array, old: Map<number, Entry>, plan: NewViewPlan): ClientRequest[] | null {
+  if (bytesEqual(digest, NULL_DIGEST)) return [];
+  const candidates: Array<ClientRequest[] | null | undefined> = [
+    state.decided.get(s)?.batch,
+    old.get(s)?.batch,
+    state.preparedCerts.get(s)?.batch,
+    plan.bodies.get(s),
+  ];
+  const e = old.get(s);
+  for (const c of candidates) {
+    if (c === null || c === undefined) continue;
+    if (c === e?.batch && e.digest !== null && bytesEqual(e.digest, digest)) return c;
+    if (bodyMatches(state.crypto, digest, c)) return c;
+  }
+  return null;
+}
+
+function announceNewView(state: CoreState, m: NewView): void {
+  state.send("all", m);
+  for (const e of state.entries.values()) {
+    if (e.header === null || e.batch === null || e.batch.length === 0) continue;
+    state.send("all", { ...e.header, batch: e.batch });
+  }
+}
+
+function voteOnNewViewEntries(state: CoreState): void {
+  for (const e of [...state.entries.values()]) {
+    if (e.digest === null) continue;
+    if (state.cfg.mode === "cft") {
+      markPrepared(state, e);
+      continue;
+    }
+    if (!state.isLeader()) sendOwnPrepare(state, e, e.digest);
+    checkPrepared(state, e);
+  }
+}
+
+/** Asks every peer for the bodies of entries that have only a header, at most once per retransmission interval each. */
+function askForMissingBodies(state: CoreState): void {
+  let lo = NO_DEADLINE;
+  let hi = -1;
+  for (const e of state.entries.values()) {
+    if (e.batch !== null || e.digest === null) continue;
+    if (e.bodyAskedAt >= 0 && state.now - e.bodyAskedAt < state.cfg.retransmitTicks) continue;
+    e.bodyAskedAt = state.now;
+    lo = Math.min(lo, e.seq);
+    hi = Math.max(hi, e.seq);
+  }
+  if (hi < 0) return;
+  const req: StateRequest = { t: "STATE_REQUEST", kind: "batch", seq: lo, toSeq: hi, digest: null, nonce: state.stateRequestNonce++ };
+  state.send("all", req);
+}
+
+function replayBuffered(state: CoreState): void {
+  const held = [...state.buffered.values()];
+  state.buffered.clear();
+  for (const { from, msg } of held) state.redeliver(from, msg);
+}
+
+// =====================================================================================
+// Time (ORDERING.md §5 timers, §6 view-change timers, Aardvark expectations): what one
+// tick does. core.ts calls, in order, `startTick`, then by phase and role
+// `tickViewChange` (view-change.ts), `tickLeader` or `tickBackup`, then `finishTick`.
+// A backup watches its leader here: request timers, the heartbeat, fairness and
+// throughput; the expectations that need state across ticks live in monitors.ts.
+// =====================================================================================
+
+/** A replica that executed nothing for this many retransmission intervals asks one peer what it missed. */
+const IDLE_PROBE_INTERVALS = 4;
+/** Progress timeout doublings after repeated heartbeat failures (Aardvark doubles it). */
+const PROGRESS_BACKOFF_DOUBLINGS_MAX = 4;
+
+/** The clock moves; the flood monitor judges its window; a state transfer that has not completed is retried. */
+function startTick(state: CoreState): void {
+  state.now++;
+  for (const peer of state.floodMonitor.onTick(state.now)) state.emit({ kind: "peerFlooding", peer });
+  if (state.transfer !== null && state.now >= state.transfer.nextTryAt) {
+    state.transfer.attempt++;
+    state.transfer.nextTryAt = state.now + state.cfg.transferRetryTicks;
+    requestSnapshot(state);
+  }
+}
+
+/** The leader in the normal case: start request timers, resend what stalled (its proposals too), ask for bodies. */
+function tickLeader(state: CoreState): void {
+  startHeadTimers(state);
+  retransmitStalled(state, true);
+  askForMissingBodies(state);
+}
+
+/**
+ * A backup in the normal case: start request timers and watch the leader; unless that
+ * started a view change, resend what stalled and ask for missing bodies.
+ */
+function tickBackup(state: CoreState): void {
+  startHeadTimers(state);
+  watchLeader(state);
+  if (state.phase === "normal") {
+    retransmitStalled(state, false);
+    askForMissingBodies(state);
+  }
+}
+
+/** Every tick, after the rest: own CHECKPOINTs, catch-up probes, queued forwards. */
+function finishTick(state: CoreState): void {
+  resendCheckpoints(state);
+  catchUpProbe(state);
+  flushForwards(state);
+}
+
+/**
+ * A CHECKPOINT is sent once; if one is lost, the checkpoint may never become stable and
+ * the window fills up for good. So while execution stalls, resend our own CHECKPOINTs
+ * above h (re-signed on demand: ed25519 is deterministic, the bytes are the same).
+ */
+function resendCheckpoints(state: CoreState): void {
+  if (state.now < state.nextCheckpointResendAt) return;
+  if (state.now - state.lastExecutedAt < state.cfg.retransmitTicks) return;
+  let any = false;
+  for (const [seq, digest] of state.ownCheckpoints) {
+    if (seq <= state.stableSeq) continue;
+    state.send("all", ownCheckpoint(state, seq, digest));
+    any = true;
+  }
+  if (any) state.nextCheckpointResendAt = state.now + state.cfg.retransmitTicks;
+}
+
+/**
+ * The head request of every client's chain: a request that just became the head starts
+ * its timer, and its fairness reference, now.
+ */
+function startHeadTimers(state: CoreState): void {
+  for (const [client, forClient] of state.pending.clients()) {
+    const head = forClient.get(state.clientTable.lastExecuted(client) + 1);
+    if (head === undefined) continue;
+    if (head.timerStart < 0) {
+      // The request just became the head of its chain: its timer and its fairness
+      // reference start now, not when it arrived behind a gap.
+      head.timerStart = state.now;
+      head.seqAtArrival = state.highestAcceptedSeq;
+    }
+  }
+}
+
+/**
+ * One pass over the head request of every client's chain: request timers (forward to all,
+ * then suspect), the heartbeat, fairness and throughput expectations.
+ */
+function watchLeader(state: CoreState): void {
+  const cfg = state.cfg;
+  let busy = false;
+  let waitingSince = NO_DEADLINE;
+  let unfair = false;
+  let timedOut = false;
+  const activeClients = state.pending.clientCount();
+  const fairRounds = cfg.fairnessMultiplier * Math.ceil(activeClients / cfg.batchRequestsMax);
+  const fairnessBound = cfg.pipelineDepth + fairRounds;
+  for (const [client, forClient] of state.pending.clients()) {
+    const head = forClient.get(state.clientTable.lastExecuted(client) + 1);
+    if (head === undefined) continue;
+    const age = state.now - head.firstSeen;
+    if (age > cfg.batchDelayTicks) busy = true;
+    const inBatch = state.inFreeProposal.has(head.key) || state.inNewViewBatch.has(head.key);
+    if (!inBatch && age > cfg.batchDelayTicks) {
+      waitingSince = Math.min(waitingSince, Math.max(head.firstSeen, head.timerStart));
+      if (state.lastExecuted > head.seqAtArrival + fairnessBound) unfair = true;
+    }
+    if (state.now - head.timerStart < cfg.requestTimeoutTicks) continue;
+    if (head.stage === 0) {
+      head.stage = 1;
+      head.timerStart = state.now;
+      head.seqAtArrival = state.highestAcceptedSeq;
+      state.forwardToAll.push(head.req);
+    } else if (head.stage === 1) {
+      head.stage = 2;
+      timedOut = true;
+    }
+  }
+  if (timedOut) return suspect(state, "request-timeout");
+  if (unfair) return suspect(state, "unfair");
+  const inFlight = state.highestAcceptedSeq - state.lastExecuted;
+  const pipelineFull = inFlight >= cfg.pipelineDepth;
+  if (!pipelineFull && waitingSince !== NO_DEADLINE) {
+    if (state.now - Math.max(waitingSince, state.lastProposalAt) > state.progressTimeoutCurrentTicks) {
+      state.progressTimeoutCurrentTicks = Math.min(
+        state.progressTimeoutCurrentTicks * 2,
+        cfg.progressTimeoutTicks * 2 ** PROGRESS_BACKOFF_DOUBLINGS_MAX,
+      );
+      return suspect(state, "heartbeat");
+    }
+  }
+  if (state.throughputMonitor.onTick(state.now, busy)) suspect(state, "throughput");
+}
+
+/**
+ * Resend own votes for instances that stopped moving (ORDERING.md §4, retransmission);
+ * the leader resends its proposals too.
+ */
+function retransmitStalled(state: CoreState, resendProposals: boolean): void {
+  if (state.now - state.lastExecutedAt < state.cfg.retransmitTicks || state.now < state.nextRetransmitAt) return;
+  let any = false;
+  for (const e of state.entries.values()) {
+    if (e.seq <= state.lastExecuted || e.header === null || e.digest === null) continue;
+    any = true;
+    if (resendProposals && e.batch !== null && !e.fromNewView) state.send("all", { ...e.header, batch: e.batch });
+    const p = e.prepares.get(state.seams.voteKey(state.cfg.id));
+    if (p !== undefined && p.replica === state.cfg.id) state.send("all", p);
+    const c = e.commits.get(state.seams.voteKey(state.cfg.id));
+    if (c !== undefined && c.replica === state.cfg.id) state.send("all", c);
+  }
+  if (any) state.nextRetransmitAt = state.now + state.cfg.retransmitTicks;
+}
+
+/**
+ * Asks peers for decided batches (or their stable checkpoint) when this replica is
+ * behind: W peers are known to be past it; or it is stuck in a view change, where it
+ * takes no part in agreement; or it has executed nothing for a long time, when one peer
+ * at a time is asked, so that a replica that missed everything before a quiet spell
+ * still catches up.
+ */
+function catchUpProbe(state: CoreState): void {
+  const cfg = state.cfg;
+  if (state.now < state.nextProbeAt) return;
+  const target = kthLargest(state.peerSeqs.values(), state.weakQuorumSize);
+  const stalledTicks = state.now - state.lastExecutedAt;
+  const farBehind = target > state.lastExecuted + cfg.pipelineDepth;
+  const stalled = stalledTicks >= cfg.retransmitTicks;
+  const req: StateRequest = {
+    t: "STATE_REQUEST",
+    kind: "decided",
+    seq: state.lastExecuted + 1,
+    toSeq: state.lastExecuted + cfg.logWindow,
+    digest: null,
+    nonce: state.stateRequestNonce,
+  };
+  if (target > state.lastExecuted && (farBehind || stalled)) {
+    for (const [peer, seq] of state.peerSeqs) if (seq > state.lastExecuted && peer !== cfg.id) state.send(peer, req);
+  } else if (state.phase === "viewChange" && stalled) {
+    state.send("all", req);
+  } else if (stalledTicks >= IDLE_PROBE_INTERVALS * cfg.retransmitTicks) {
+    const peer = (cfg.id + 1 + (state.stateRequestNonce % (cfg.n - 1))) % cfg.n;
+    state.send(peer, req);
+    state.stateRequestNonce++;
+    state.nextProbeAt = state.now + IDLE_PROBE_INTERVALS * cfg.retransmitTicks;
+    return;
+  } else {
+    return;
+  }
+  state.stateRequestNonce++;
+  state.nextProbeAt = state.now + cfg.retransmitTicks;
+}
+
+// =====================================================================================
+// Restart from persisted records (the records `persist` wrote, or `compactRecords` of
+// them, in the order they were written): the client table and decisions, the stable
+// checkpoint, the view, and the current view's log with this replica's own votes.
+// =====================================================================================
+
+function restore(state: CoreState, records: readonly PersistedRecord[]): void {
+  const accepts: PrePrepare[] = [];
+  let viewRec: Extract<PersistedRecord, { t: "view" }> | null = null;
+  for (const r of records) {
+    switch (r.t) {
+      case "view":
+        viewRec = r;
+        break;
+      case "accept":
+        accepts.push(r.prePrepare);
+        break;
+      case "prepared":
+        keepPrepared(state, r.cert, r.batch);
+        break;
+      case "decided":
+        restoreDecided(state, r);
+        break;
+      case "checkpoint":
+        state.ownCheckpoints.set(r.seq, r.stateDigest);
+        break;
+      case "stable":
+        if (r.seq > state.stableSeq) {
+          state.stableSeq = r.seq;
+          state.stableDigest = r.digest;
+          state.stableProof = r.proof;
+        }
+        break;
+      case "snapshot":
+        if (r.seq > state.lastExecuted) {
+          state.lastExecuted = r.seq;
+          state.clientTable.import(r.clients);
+          state.ownCheckpoints.set(r.seq, r.stateDigest);
+          for (const s of [...state.decided.keys()]) if (s <= r.seq) state.decided.delete(s);
+        }
+        break;
+      default:
+        assertNever(r);
+    }
+  }
+  if (viewRec !== null) {
+    state.view = viewRec.view;
+    state.installedView = viewRec.installedView;
+    state.phase = viewRec.status;
+    state.ownViewChange = viewRec.viewChange;
+    state.installedNewView = viewRec.newView;
+  }
+  state.highestAcceptedSeq = state.lastExecuted;
+  state.nextProposalSeq = state.lastExecuted + 1;
+  collectGarbage(state);
+  if (state.phase === "normal") restoreLog(state, accepts);
+  if (state.phase === "viewChange" && state.ownViewChange !== null) {
+    state.viewChanges.set(state.cfg.id, state.ownViewChange);
+    state.viewChangeResendAt = 0;
+  }
+  state.throughputMonitor.onViewInstalled(0);
+  if (state.stableSeq > state.lastExecuted) {
+    // Restarted during a state transfer: ask again.
+    state.transfer = { seq: state.stableSeq, digest: state.stableDigest, proof: state.stableProof, nextTryAt: 0, attempt: 0 };
+  }
+}
+
+function restoreDecided(state: CoreState, r: Extract<PersistedRecord, { t: "decided" }>): void {
+  if (r.seq <= state.lastExecuted) return;
+  assert(r.seq === state.lastExecuted + 1, `restored decision ${r.seq} after ${state.lastExecuted}`);
+  for (const req of r.batch) if (state.clientTable.isNext(req)) state.clientTable.recordExecuted(req);
+  state.lastExecuted = r.seq;
+  state.decided.set(r.seq, { view: r.view, digest: r.digest, batch: r.batch, commits: r.commits });
+}
+
+/** Rebuilds the current view's entries: the NEW_VIEW's O, then accepted proposals. */
+function restoreLog(state: CoreState, accepts: readonly PrePrepare[]): void {
+  const cfg = state.cfg;
+  const nv = state.installedNewView;
+  if (nv !== null && nv.view === state.installedView) {
+    for (const header of nv.o) {
+      if (header.seq <= state.stableSeq) continue;
+      const e = newEntry(nv.view, header.seq);
+      state.entries.set(header.seq, e);
+      const body = bytesEqual(header.digest, NULL_DIGEST)
+        ? []
+        : (state.decided.get(header.seq)?.batch ?? state.preparedCerts.get(header.seq)?.batch ?? null);
+      const matches = body !== null && bodyMatches(state.crypto, header.digest, body);
+      acceptInto(state, e, header, matches ? body : null, true);
+      if (header.seq >= state.nextProposalSeq) state.nextProposalSeq = header.seq + 1;
+    }
+  }
+  for (const pp of accepts) {
+    if (pp.view !== state.installedView || pp.seq <= state.stableSeq || pp.batch === null) continue;
+    const e = entryFor(state, pp.seq);
+    if (e.header !== null) continue;
+    acceptInto(state, e, { ...pp, batch: null }, pp.batch, false);
+    if (pp.seq >= state.nextProposalSeq) state.nextProposalSeq = pp.seq + 1;
+  }
+  for (const e of state.entries.values()) {
+    const p = state.preparedCerts.get(e.seq);
+    if (p !== undefined && p.cert.view === e.view && e.digest !== null && bytesEqual(p.cert.digest, e.digest)) {
+      e.prepared = true;
+    }
+    if (e.digest === null) continue;
+    if (cfg.mode === "cft" && !e.prepared && e.header !== null && e.batch !== null) {
+      // In crash mode acceptance is preparation; a crash between the two records lost
+      // only the second, which follows from the first.
+      e.prepared = true;
+      const cert: PreparedCert = { view: e.view, seq: e.seq, digest: e.digest, prePrepare: e.header, prepares: [], batch: e.batch };
+      keepPrepared(state, cert, e.batch);
+    }
+    const kinds = state.isLeader() || cfg.mode === "cft" ? [] : ["PREPARE"];
+    if (e.prepared) kinds.push("COMMIT");
+    for (const t of kinds) state.signedVotes.set(`${t}:${e.view}:${e.seq}`, e.digest);
+    if (state.isLeader()) state.signedVotes.set(`PRE_PREPARE:${e.view}:${e.seq}`, e.digest);
+  }
+  // Own votes are regenerated on demand: ed25519 is deterministic, so a resent vote is
+  // byte-identical to the one sent before the crash.
+  for (const e of state.entries.values()) {
+    if (e.digest === null || e.seq <= state.lastExecuted) continue;
+    if (cfg.mode === "bft" && !state.isLeader()) {
+      const own = state.signed<Prepare>({ t: "PREPARE", view: e.view, seq: e.seq, digest: e.digest, replica: cfg.id, sig: EMPTY_SIG });
+      e.prepares.set(state.seams.voteKey(cfg.id), own);
+    }
+    if (e.prepared) {
+      const own = state.signed<Commit>({ t: "COMMIT", view: e.view, seq: e.seq, digest: e.digest, replica: cfg.id, sig: EMPTY_SIG });
+      e.commits.set(state.seams.voteKey(cfg.id), own);
+    }
+  }
+}
+
+/** Messages held for the target view while a view change is in progress (one per kind, seq, signer). */
+const BUFFERED_PER_REPLICA_PER_SEQ = 3;
+
 /**
  * The replicated ordering state machine of one replica. See index.ts for the contract.
  *
@@ -158,94 +1632,20 @@ export function stateDigestOf(hash: (bytes: Uint8Array) => Uint8Array, seq: numb
 export class OrderingCore {
   protected readonly cfg: CoreConfig;
   protected readonly crypto: CoreCrypto;
-  private readonly ctx: CertContext;
-  private readonly w: number;
-  private records: PersistedRecord[] = [];
-  private effects: Effect[] = [];
-  private now = 0;
-
-  // View state (ORDERING.md §2).
-  private view = 0;
-  private installedView = 0;
-  private phase: "normal" | "viewChange" = "normal";
-  private vcAttempt = 0;
-  private vcArmedFor = -1;
-  private vcDeadline = NO_DEADLINE;
-  private vcResendAt = NO_DEADLINE;
-  private myViewChange: ViewChange | null = null;
-  private newViewMsg: NewView | null = null;
-  private newViewSentFor = -1;
-  private readonly viewChanges = new Map<ReplicaId, ViewChange>();
-  private readonly newViewAnsweredAt = new Map<ReplicaId, number>();
-  private readonly buffered = new Map<string, { from: ReplicaId; msg: PeerMessage }>();
-
-  // Log state.
-  private h = 0;
-  private hDigest: Uint8Array = NULL_DIGEST;
-  private hProof: Checkpoint[] = [];
-  private lastExecuted = 0;
-  private nextSeq = 1;
-  private highestAccepted = 0;
-  private log = new Map<number, Entry>();
-  private readonly preparedStore = new Map<number, { cert: PreparedCert; batch: ClientRequest[] }>();
-  private readonly decided = new Map<number, Decision>();
-  private readonly decidedPending = new Map<number, Decision>();
-  /** Requests of freely proposed, unexecuted batches of this view: key -> seq. */
-  private readonly freeIndex = new Map<string, number>();
-  /** Requests of NEW_VIEW batches of this view not yet executed: key -> count. */
-  private readonly newViewIndex = new Map<string, number>();
-  private readonly signedVotes = new Map<string, Uint8Array>();
-
-  // Checkpoints and state transfer (ORDERING.md §7).
-  private readonly checkpoints = new Map<number, Map<ReplicaId, Checkpoint>>();
-  private readonly farCheckpoints = new Map<ReplicaId, Checkpoint>();
-  private readonly ownCheckpoints = new Map<number, Uint8Array>();
-  private readonly checkpointClients = new Map<number, { hash: Uint8Array; rows: ClientTableExport }>();
-  private transfer: Transfer | null = null;
-
-  // Clients (ORDERING.md §5).
-  private readonly clients = new ClientTable();
-  private readonly pending = new PendingPool();
-  private readonly quarantine = new Map<string, number>();
-  private forwardQueue: ClientRequest[] = [];
-  private forwardAllQueue: ClientRequest[] = [];
-  private rrOffset = 0;
-
-  // Progress tracking.
-  private lastExecProgress = 0;
-  private nextRetransmitAt = 0;
-  private nextProbeAt = 0;
-  private nextCheckpointResendAt = 0;
-  private lastLeaderProgress = 0;
-  private progressTimeoutCur: number;
-  private readonly peerView = new Map<ReplicaId, number>();
-  private readonly peerSeq = new Map<ReplicaId, number>();
-  /** When each peer was last answered, per kind of answer ("<peer>:<kind>"); see onStateRequest. */
-  private readonly servedAt = new Map<string, number>();
-  private readonly stableAnsweredAt = new Map<ReplicaId, number>();
-  private nonce = 0;
-  private readonly tp: ThroughputMonitor;
-  private readonly flood: FloodMonitor;
+  private readonly state: CoreState;
 
   constructor(cfg: CoreConfig, crypto: CoreCrypto, restored?: readonly PersistedRecord[]) {
     checkConfig(cfg);
     this.cfg = cfg;
     this.crypto = crypto;
-    this.w = weakQuorum(cfg.n, cfg.f, cfg.mode);
-    this.ctx = {
-      n: cfg.n,
-      f: cfg.f,
-      mode: cfg.mode,
-      quorumSize: quorum(cfg.n, cfg.f, cfg.mode),
-      logWindow: cfg.logWindow,
-      checkpointInterval: cfg.checkpointInterval,
-      clusterId: cfg.clusterId,
-      crypto,
+    const seams: Seams = {
+      quorumSize: () => this.quorumSize(),
+      voteKey: (signer: ReplicaId) => this.voteKey(signer),
+      voteMatches: (entryDigest: Uint8Array, voteDigest: Uint8Array) => this.voteMatches(entryDigest, voteDigest),
+      recomputesNewView: () => this.recomputesNewView(),
     };
-    this.progressTimeoutCur = cfg.progressTimeoutTicks;
-    this.tp = new ThroughputMonitor(cfg, cfg.n);
-    this.flood = new FloodMonitor(cfg.n, cfg.throughputWindowTicks, cfg.floodThreshold);
-    if (restored !== undefined && restored.length > 0) this.restore(restored);
+    this.state = new CoreState(cfg, crypto, seams, (from, msg) => this.onMessage(from, msg));
+    if (restored !== undefined && restored.length > 0) restore(this.state, restored);
   }
 
   // -------------------------------------------------------------------------------------
@@ -254,7 +1654,7 @@ export class OrderingCore {
 
   /** Q. Every quorum comparison goes through here. */
   protected quorumSize(): number {
-    return this.ctx.quorumSize;
+    return this.state.certContext.quorumSize;
   }
 
   /** The key a vote is stored under: the signer, so that each signer counts once. */
@@ -281,190 +1681,89 @@ export class OrderingCore {
    * durable before any of `effects` is performed.
    */
   step(input: CoreInput): Ready {
-    this.records = [];
-    this.effects = [];
-    switch (input.kind) {
-      case "message":
-        this.onMessage(input.from, input.msg);
-        break;
-      case "request":
-        this.onClientRequest(input.req, input.authenticated === true);
-        break;
-      case "tick":
-        this.onTick();
-        break;
-      case "checkpointReady":
-        this.onCheckpointReady(input.seq, input.appDigest);
-        break;
-      case "snapshotInstalled":
-        this.onSnapshotInstalled(input.seq, input.stateDigest, input.appDigest, input.clients);
-        break;
-      default:
-        assertNever(input);
-    }
-    this.afterStep();
-    const ready: Ready = { persist: this.records, effects: this.effects };
-    this.records = [];
-    this.effects = [];
-    return ready;
+    const state = this.state;
+    // A step that threw may have left a partial Ready behind: start from an empty one.
+    state.output.take();
+    state.admittedFromClient = null;
+    this.dispatch(input);
+    if (state.isLeader()) this.stepLeader();
+    else this.stepBackup();
+    return state.output.take();
   }
 
   status(): CoreStatus {
+    const state = this.state;
     return {
       id: this.cfg.id,
       mode: this.cfg.mode,
-      view: this.view,
-      installedView: this.installedView,
-      leader: leaderOf(this.view, this.cfg.n),
-      status: this.phase,
-      lastExecuted: this.lastExecuted,
-      stableSeq: this.h,
-      pending: this.pending.total,
-      transferTo: this.transfer?.seq ?? null,
+      view: state.view,
+      installedView: state.installedView,
+      leader: state.leader(),
+      status: state.phase,
+      lastExecuted: state.lastExecuted,
+      stableSeq: state.stableSeq,
+      pending: state.pending.total,
+      transferTo: state.transfer?.seq ?? null,
     };
   }
 
   sizes(): CoreSizes {
+    const state = this.state;
     let votes = 0;
-    for (const set of this.checkpoints.values()) votes += set.size;
+    for (const set of state.checkpointVotes.values()) votes += set.size;
     return {
-      log: this.log.size,
-      prepared: this.preparedStore.size,
-      decided: this.decided.size,
-      decidedPending: this.decidedPending.size,
-      checkpointSeqs: this.checkpoints.size,
+      log: state.entries.size,
+      prepared: state.preparedCerts.size,
+      decided: state.decided.size,
+      decidedPending: state.decidedPending.size,
+      checkpointSeqs: state.checkpointVotes.size,
       checkpointVotes: votes,
-      farCheckpoints: this.farCheckpoints.size,
-      viewChanges: this.viewChanges.size,
-      buffered: this.buffered.size,
-      pending: this.pending.total,
-      pendingMaxPerClient: this.pending.maxPerClient(),
-      forwardQueue: this.forwardQueue.length + this.forwardAllQueue.length,
-      quarantined: this.quarantine.size,
+      farCheckpoints: state.farCheckpoints.size,
+      viewChanges: state.viewChanges.size,
+      buffered: state.buffered.size,
+      pending: state.pending.total,
+      pendingMaxPerClient: state.pending.maxPerClient(),
+      forwardQueue: state.forwardToLeader.length + state.forwardToAll.length,
+      quarantined: state.quarantinedUntil.size,
     };
   }
 
   /** The client table, for the application's snapshot. */
   exportClients(): ClientTableExport {
-    return this.clients.export();
+    return this.state.clientTable.export();
   }
 
   /** The last executed seq of one client (0 if none): a lookup, not an export. */
   lastExecutedOf(client: string): number {
-    return this.clients.lastExecuted(client);
-  }
-
-  // -------------------------------------------------------------------------------------
-  // Small helpers.
-  // -------------------------------------------------------------------------------------
-
-  private leader(view: number = this.view): ReplicaId {
-    return leaderOf(view, this.cfg.n);
-  }
-
-  private isLeader(): boolean {
-    return this.leader() === this.cfg.id;
-  }
-
-  private get highWater(): number {
-    return this.h + this.cfg.logWindow;
-  }
-
-  private emit(o: Effect): void {
-    this.effects.push(o);
-  }
-
-  private persist(record: PersistedRecord): void {
-    this.records.push(record);
-  }
-
-  private send(to: ReplicaId | "all", msg: PeerMessage): void {
-    this.effects.push({ kind: "send", to, msg });
-  }
-
-  private hashBatch(batch: readonly ClientRequest[]): Uint8Array {
-    return digestOfBatch(this.crypto, batch);
-  }
-
-  private signed<M extends { sig: Uint8Array } & Parameters<typeof signingBytes>[0]>(m: M): M {
-    m.sig = this.crypto.sign(signingBytes(m, this.cfg.clusterId));
-    return m;
-  }
-
-  private verify(m: Parameters<typeof signingBytes>[0]): boolean {
-    return verifySigned(this.ctx, m);
-  }
-
-  /** Signs a PREPARE or COMMIT; never two digests for one (kind, view, seq), never below the view. */
-  private signVote(t: "PREPARE", view: number, seq: number, digest: Uint8Array): Prepare;
-  private signVote(t: "COMMIT", view: number, seq: number, digest: Uint8Array): Commit;
-  private signVote(t: "PREPARE" | "COMMIT", view: number, seq: number, digest: Uint8Array): Prepare | Commit {
-    assert(view === this.view && this.phase === "normal", `vote in view ${view} while in ${this.phase} ${this.view}`);
-    const key = `${t}:${view}:${seq}`;
-    const prev = this.signedVotes.get(key);
-    assert(prev === undefined || bytesEqual(prev, digest), `second ${t} digest for view ${view} seq ${seq}`);
-    this.signedVotes.set(key, digest);
-    return this.signed<Prepare | Commit>({ t, view, seq, digest, replica: this.cfg.id, sig: EMPTY_SIG });
-  }
-
-  private signHeader(view: number, seq: number, digest: Uint8Array): PrePrepare {
-    const key = `PRE_PREPARE:${view}:${seq}`;
-    const prev = this.signedVotes.get(key);
-    assert(prev === undefined || bytesEqual(prev, digest), `second proposal for view ${view} seq ${seq}`);
-    this.signedVotes.set(key, digest);
-    return this.signed({ t: "PRE_PREPARE", view, seq, digest, batch: null, sig: EMPTY_SIG });
-  }
-
-  private newEntry(view: number, seq: number): Entry {
-    return {
-      view,
-      seq,
-      header: null,
-      digest: null,
-      batch: null,
-      fromNewView: false,
-      prepares: new Map(),
-      commits: new Map(),
-      prepared: false,
-      committed: false,
-      commitCert: null,
-      bodyAskedAt: -1,
-    };
-  }
-
-  private entryFor(seq: number): Entry {
-    let e = this.log.get(seq);
-    if (e === undefined) {
-      e = this.newEntry(this.view, seq);
-      this.log.set(seq, e);
-    }
-    return e;
-  }
-
-  private countMatching(votes: Map<number, Prepare | Commit>, digest: Uint8Array): number {
-    let n = 0;
-    for (const v of votes.values()) if (this.voteMatches(digest, v.digest)) n++;
-    return n;
-  }
-
-  private matchingVotes<V extends Prepare | Commit>(votes: Map<number, V>, digest: Uint8Array, count: number): V[] {
-    const list = [...votes.values()].filter((v) => this.voteMatches(digest, v.digest));
-    list.sort((a, b) => a.replica - b.replica);
-    return list.slice(0, count);
-  }
-
-  private kthLargest(values: Iterable<number>, k: number): number {
-    const sorted = [...values].sort((a, b) => b - a);
-    return sorted[k - 1] ?? -1;
+    return this.state.clientTable.lastExecuted(client);
   }
 
   // -------------------------------------------------------------------------------------
   // Dispatch.
   // -------------------------------------------------------------------------------------
 
+  private dispatch(input: CoreInput): void {
+    const state = this.state;
+    switch (input.kind) {
+      case "message":
+        return this.onMessage(input.from, input.msg);
+      case "request":
+        return this.onRequest(input.req, input.authenticated === true);
+      case "tick":
+        return this.onTick();
+      case "checkpointReady":
+        return onCheckpointReady(state, input.seq, input.appDigest);
+      case "snapshotInstalled":
+        return onSnapshotInstalled(state, input.seq, input.stateDigest, input.appDigest, input.clients);
+      default:
+        return assertNever(input);
+    }
+  }
+
   private onMessage(from: ReplicaId, msg: PeerMessage): void {
-    if (!isMember(this.ctx, from) || from === this.cfg.id) return;
-    this.flood.count(from);
+    const state = this.state;
+    if (!isMember(state.certContext, from) || from === this.cfg.id) return;
+    state.floodMonitor.count(from);
     switch (msg.t) {
       case "PRE_PREPARE":
         return this.onPrePrepare(from, msg);
@@ -473,20 +1772,49 @@ export class OrderingCore {
       case "COMMIT":
         return this.onCommit(from, msg);
       case "CHECKPOINT":
-        return this.onCheckpoint(from, msg);
+        notePeer(state, from, -1, msg.seq);
+        return onCheckpoint(state, from, msg);
       case "VIEW_CHANGE":
-        return this.onViewChange(from, msg);
+        return onViewChange(state, msg);
       case "NEW_VIEW":
-        return this.onNewView(msg);
+        return onNewView(state, msg);
       case "FORWARD":
         return this.onForward(msg);
       case "STATE_REQUEST":
-        return this.onStateRequest(from, msg);
+        return onStateRequest(state, from, msg);
       case "STATE_RESPONSE":
         return this.onStateResponse(from, msg);
       default:
-        assertNever(msg);
+        return assertNever(msg);
     }
+  }
+
+  /** One tick (timers.ts): the view-change timers during a view change, else the role's timers. */
+  private onTick(): void {
+    const state = this.state;
+    startTick(state);
+    if (state.phase === "viewChange") tickViewChange(state);
+    else if (state.isLeader()) tickLeader(state);
+    else tickBackup(state);
+    finishTick(state);
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Role dispatch, after every input (as etcd raft's stepLeader / stepFollower).
+  // -------------------------------------------------------------------------------------
+
+  /** The leader executes what committed, proposes what waits, and executes what that decided. */
+  private stepLeader(): void {
+    this.tryExecute();
+    this.tryPropose();
+    this.tryExecute();
+  }
+
+  /** A backup hands a request a client gave it to the leader, and executes what committed. */
+  private stepBackup(): void {
+    const state = this.state;
+    if (state.admittedFromClient !== null) state.forwardToLeader.push(state.admittedFromClient);
+    this.tryExecute();
   }
 
   /**
@@ -494,105 +1822,36 @@ export class OrderingCore {
    * during a view change, messages for the target view wait in a bounded buffer.
    */
   private gate(from: ReplicaId, view: number, seq: number, key: string, msg: PeerMessage): boolean {
-    this.notePeer(from, view, seq);
-    if (view < this.installedView) this.answerWithNewView(from);
-    if (view !== this.view) return false;
-    if (seq <= this.h || seq > this.highWater) return false;
-    if (this.phase === "viewChange") {
+    const state = this.state;
+    notePeer(state, from, view, seq);
+    if (view < state.installedView) answerWithNewView(state, from);
+    if (view !== state.view) return false;
+    if (seq <= state.stableSeq || seq > state.highWater) return false;
+    if (state.phase === "viewChange") {
       const bound = BUFFERED_PER_REPLICA_PER_SEQ * this.cfg.logWindow * this.cfg.n;
-      if (!this.buffered.has(key) && this.buffered.size < bound) this.buffered.set(key, { from, msg });
+      if (!state.buffered.has(key) && state.buffered.size < bound) state.buffered.set(key, { from, msg });
       return false;
     }
     return true;
   }
 
-  /** Transport-authenticated hints of where peers are; used only with W agreeing peers. */
-  private notePeer(from: ReplicaId, view: number, seq: number): void {
-    if (seq > (this.peerSeq.get(from) ?? -1)) this.peerSeq.set(from, seq);
-    if (view <= (this.peerView.get(from) ?? -1)) return;
-    this.peerView.set(from, view);
-    if (view > this.view) this.catchUpView();
-  }
-
-  /**
-   * W peers send normal-case messages of views above ours, so at least one correct replica
-   * installed such a view: ask for it with a VIEW_CHANGE, which peers at or past that view
-   * answer with their NEW_VIEW (ORDERING.md §6, livelock rules).
-   */
-  private catchUpView(): void {
-    const target = this.kthLargest(this.peerView.values(), this.w);
-    if (target > this.view) this.startViewChange(target, "behind");
-  }
-
   // -------------------------------------------------------------------------------------
-  // Client requests (ORDERING.md §5).
+  // Client requests (ORDERING.md §5; admission in clients.ts).
   // -------------------------------------------------------------------------------------
 
-  private onClientRequest(req: ClientRequest, authenticated: boolean): void {
-    const verdict = this.admit(req, authenticated);
-    if (verdict === "executed") this.emit({ kind: "resendReply", client: req.client, seq: req.seq });
+  private onRequest(req: ClientRequest, authenticated: boolean): void {
+    const state = this.state;
+    const verdict = admit(state, req, authenticated);
+    if (verdict === "executed") state.emit({ kind: "resendReply", client: req.client, seq: req.seq });
     // A client that reached this replica directly is told at once, so it backs off
     // instead of waiting for its timeout; forwarded copies are refused silently.
-    if (isRefusal(verdict)) this.emit({ kind: "refused", client: req.client, seq: req.seq, reason: verdict });
-    if (verdict === "added" && !this.isLeader()) this.forwardQueue.push(req);
+    if (isRefusal(verdict)) state.emit({ kind: "refused", client: req.client, seq: req.seq, reason: verdict });
+    if (verdict === "added") state.admittedFromClient = req;
   }
 
   private onForward(msg: Forward): void {
     const limit = Math.min(msg.requests.length, this.cfg.batchRequestsMax);
-    for (let i = 0; i < limit; i++) this.admit(msg.requests[i] as ClientRequest, false);
-  }
-
-  /**
-   * Admission: cheap checks first, the signature last (Aardvark verifies MAC before
-   * signature for the same reason). Returns what happened to the request.
-   */
-  private admit(
-    req: ClientRequest,
-    authenticated: boolean,
-  ): "executed" | "added" | "duplicate" | Refusal | "bad-signature" {
-    if (req.span < 1 || req.span > this.cfg.requestSpanMax || req.seq < 1) return "invalid";
-    if (requestBytes(req) > this.cfg.requestBytesMax) return "invalid";
-    const last = this.clients.lastExecuted(req.client);
-    if (req.seq + req.span - 1 <= last) return "executed";
-    if (req.seq <= last) return "invalid";
-    if (this.pending.has(req.client, req.seq)) return "duplicate";
-    const until = this.quarantine.get(req.client);
-    if (until !== undefined && until > this.now) return "quarantined";
-    if (req.seq - last > this.cfg.clientWindow * this.cfg.requestSpanMax) return "window";
-    if (this.pending.countFor(req.client) >= this.cfg.clientWindow) return "window";
-    if (this.pending.total >= this.cfg.pendingRequestsMax) return "overloaded";
-    if (!this.crypto.verifyRequest(req)) {
-      if (authenticated) this.quarantineClient(req.client);
-      return "bad-signature";
-    }
-    this.pending.add(req, this.now, this.highestAccepted);
-    return "added";
-  }
-
-  private quarantineClient(client: string): void {
-    if (this.quarantine.size >= QUARANTINE_ENTRIES_MAX) {
-      const oldest = this.quarantine.keys().next().value;
-      if (oldest !== undefined) this.quarantine.delete(oldest);
-    }
-    this.quarantine.delete(client);
-    this.quarantine.set(client, this.now + this.cfg.clientQuarantineTicks);
-  }
-
-  /** A request already verified when it became pending need not be verified again. */
-  private alreadyVerified(r: ClientRequest): boolean {
-    const p = this.pending.get(r.client, r.seq);
-    return p !== undefined && p.req.span === r.span && bytesEqual(p.req.sig, r.sig) && bytesEqual(p.req.body, r.body);
-  }
-
-  /** Batch-borne requests become pending too, so their timers run (BFT-SMaRt checkProposedValue). */
-  private adoptBatchRequests(batch: readonly ClientRequest[]): void {
-    for (const r of batch) {
-      const last = this.clients.lastExecuted(r.client);
-      if (r.seq <= last || this.pending.has(r.client, r.seq)) continue;
-      if (this.pending.countFor(r.client) >= this.cfg.clientWindow) continue;
-      if (this.pending.total >= this.cfg.pendingRequestsMax) continue;
-      this.pending.add(r, this.now, this.highestAccepted);
-    }
+    for (let i = 0; i < limit; i++) admit(this.state, msg.requests[i] as ClientRequest, false);
   }
 
   // -------------------------------------------------------------------------------------
@@ -600,12 +1859,13 @@ export class OrderingCore {
   // -------------------------------------------------------------------------------------
 
   private tryPropose(): void {
-    if (!this.isLeader() || this.phase !== "normal" || this.installedView !== this.view) return;
-    if (this.transfer !== null) return;
-    for (const e of this.log.values()) {
-      if (e.seq > this.lastExecuted && e.batch === null) return;
+    const state = this.state;
+    if (state.phase !== "normal" || state.installedView !== state.view) return;
+    if (state.transfer !== null) return;
+    for (const e of state.entries.values()) {
+      if (e.seq > state.lastExecuted && e.batch === null) return;
     }
-    while (this.nextSeq <= Math.min(this.highWater, this.lastExecuted + this.cfg.pipelineDepth)) {
+    while (state.nextProposalSeq <= Math.min(state.highWater, state.lastExecuted + this.cfg.pipelineDepth)) {
       const batch = this.buildBatch();
       if (batch === null) return;
       this.propose(batch);
@@ -619,20 +1879,22 @@ export class OrderingCore {
    * may yet be skipped and must not be proposed twice.
    */
   private buildBatch(): ClientRequest[] | null {
+    const state = this.state;
+    const cfg = this.cfg;
     const chains: PendingRequest[][] = [];
-    for (const [client, forClient] of this.pending.clients()) {
+    for (const [client, forClient] of state.pending.clients()) {
       const chain: PendingRequest[] = [];
-      let seq = this.clients.lastExecuted(client) + 1;
-      for (let steps = 0; steps < this.cfg.clientWindow * 2; steps++) {
+      let seq = state.clientTable.lastExecuted(client) + 1;
+      for (let steps = 0; steps < cfg.clientWindow * 2; steps++) {
         const p = forClient.get(seq);
-        if (p === undefined || this.newViewIndex.has(p.key)) break;
-        if (!this.freeIndex.has(p.key)) chain.push(p);
+        if (p === undefined || state.inNewViewBatch.has(p.key)) break;
+        if (!state.inFreeProposal.has(p.key)) chain.push(p);
         seq += p.req.span;
       }
       if (chain.length > 0) chains.push(chain);
     }
     if (chains.length === 0) return null;
-    const start = this.rrOffset % chains.length;
+    const start = state.roundRobinStart % chains.length;
     const batch: ClientRequest[] = [];
     let bytes = 0;
     let oldest = NO_DEADLINE;
@@ -643,7 +1905,7 @@ export class OrderingCore {
         const p = (chains[(start + i) % chains.length] as PendingRequest[])[round];
         if (p === undefined) continue;
         const size = requestBytes(p.req);
-        if (batch.length >= this.cfg.batchRequestsMax || bytes + size > this.cfg.batchBytesMax) {
+        if (batch.length >= cfg.batchRequestsMax || bytes + size > cfg.batchBytesMax) {
           full = true;
           break;
         }
@@ -655,22 +1917,23 @@ export class OrderingCore {
       if (!took) break;
     }
     if (batch.length === 0) return null;
-    if (!full && batch.length < this.cfg.batchRequestsMax && this.now - oldest < this.cfg.batchDelayTicks) return null;
-    this.rrOffset++;
+    if (!full && batch.length < cfg.batchRequestsMax && state.now - oldest < cfg.batchDelayTicks) return null;
+    state.roundRobinStart++;
     return batch;
   }
 
   private propose(batch: ClientRequest[]): void {
-    const seq = this.nextSeq++;
-    const digest = this.hashBatch(batch);
-    const header = this.signHeader(this.view, seq, digest);
-    const e = this.entryFor(seq);
+    const state = this.state;
+    const seq = state.nextProposalSeq++;
+    const digest = state.hashBatch(batch);
+    const header = signHeader(state, state.view, seq, digest);
+    const e = entryFor(state, seq);
     assert(e.header === null, `proposal over an accepted entry at ${seq}`);
-    this.acceptInto(e, header, batch, false);
-    this.persist({ t: "accept", prePrepare: { ...header, batch } });
-    this.send("all", { ...header, batch });
-    if (this.cfg.mode === "cft") this.markPrepared(e);
-    else this.checkPrepared(e);
+    acceptInto(state, e, header, batch, false);
+    state.persist({ t: "accept", prePrepare: { ...header, batch } });
+    state.send("all", { ...header, batch });
+    if (this.cfg.mode === "cft") markPrepared(state, e);
+    else checkPrepared(state, e);
   }
 
   // -------------------------------------------------------------------------------------
@@ -678,40 +1941,39 @@ export class OrderingCore {
   // -------------------------------------------------------------------------------------
 
   private onPrePrepare(from: ReplicaId, m: PrePrepare): void {
+    const state = this.state;
     if (!this.gate(from, m.view, m.seq, `PP:${m.seq}`, m)) return;
-    const e = this.log.get(m.seq);
+    const e = state.entries.get(m.seq);
     if (e?.header) {
       if (e.digest !== null && bytesEqual(e.digest, m.digest)) {
-        if (e.batch === null && m.batch !== null) this.attachBody(e, m.batch);
+        if (e.batch === null && m.batch !== null) attachBody(state, e, m.batch);
         return;
       }
       // Check 6: a second signed header for (view, seq) proves equivocation.
-      if (this.verify(m)) this.suspect("equivocation");
+      if (state.verify(m)) suspect(state, "equivocation");
       return;
     }
-    if (m.seq <= this.lastExecuted || m.batch === null) return;
-    if (!this.verify(m)) return;
+    if (m.seq <= state.lastExecuted || m.batch === null) return;
+    if (!state.verify(m)) return;
     const fault = this.proposalFault(m, m.batch);
     if (fault === "digest") {
       // A body that does not hash to the signed digest proves nothing against the leader
       // unless the leader itself sent it.
-      if (from === this.leader()) this.suspect("bad-proposal");
+      if (from === state.leader()) suspect(state, "bad-proposal");
       return;
     }
     if (fault !== null) {
-      this.suspect("bad-proposal");
+      suspect(state, "bad-proposal");
       return;
     }
-    const entry = this.entryFor(m.seq);
-    this.acceptInto(entry, { ...m, batch: null }, m.batch, false);
-    this.persist({ t: "accept", prePrepare: m });
+    const entry = entryFor(state, m.seq);
+    acceptInto(state, entry, { ...m, batch: null }, m.batch, false);
+    state.persist({ t: "accept", prePrepare: m });
     if (this.cfg.mode === "cft") {
-      this.markPrepared(entry);
+      markPrepared(state, entry);
     } else {
-      const own = this.signVote("PREPARE", this.view, m.seq, m.digest);
-      entry.prepares.set(this.voteKey(this.cfg.id), own);
-      this.send("all", own);
-      this.checkPrepared(entry);
+      sendOwnPrepare(state, entry, m.digest);
+      checkPrepared(state, entry);
     }
   }
 
@@ -721,138 +1983,66 @@ export class OrderingCore {
    * other requests in the batch, not executed and not in another free proposal of this view.
    */
   private proposalFault(m: PrePrepare, batch: ClientRequest[]): "digest" | "invalid" | null {
-    if (batch.length < 1 || batch.length > this.cfg.batchRequestsMax) return "invalid";
+    const state = this.state;
+    const cfg = this.cfg;
+    if (batch.length < 1 || batch.length > cfg.batchRequestsMax) return "invalid";
     let bytes = 0;
     for (const r of batch) bytes += requestBytes(r);
-    if (bytes > this.cfg.batchBytesMax) return "invalid";
-    if (!bytesEqual(this.hashBatch(batch), m.digest)) return "digest";
+    if (bytes > cfg.batchBytesMax) return "invalid";
+    if (!bytesEqual(state.hashBatch(batch), m.digest)) return "digest";
     const nextInBatch = new Map<string, number>();
     for (const r of batch) {
-      if (r.span > this.cfg.requestSpanMax || requestBytes(r) > this.cfg.requestBytesMax) return "invalid";
+      if (r.span > cfg.requestSpanMax || requestBytes(r) > cfg.requestBytesMax) return "invalid";
       const expected = nextInBatch.get(r.client);
       if (expected !== undefined && r.seq !== expected) return "invalid";
       nextInBatch.set(r.client, r.seq + r.span);
-      if (r.seq <= this.clients.lastExecuted(r.client)) return "invalid";
-      if (this.freeIndex.has(requestKey(r.client, r.seq))) return "invalid";
+      if (r.seq <= state.clientTable.lastExecuted(r.client)) return "invalid";
+      if (state.inFreeProposal.has(requestKey(r.client, r.seq))) return "invalid";
     }
     for (const r of batch) {
-      if (!this.alreadyVerified(r) && !this.crypto.verifyRequest(r)) return "invalid";
+      if (!alreadyVerified(state, r) && !this.crypto.verifyRequest(r)) return "invalid";
     }
     return null;
   }
 
-  /** Records an accepted proposal in `e` and indexes its requests. */
-  private acceptInto(e: Entry, header: PrePrepare, batch: ClientRequest[] | null, fromNewView: boolean): void {
-    e.header = header;
-    e.digest = header.digest;
-    e.fromNewView = fromNewView;
-    e.batch = null;
-    if (batch !== null) this.setBody(e, batch);
-    if (e.seq > this.highestAccepted) this.highestAccepted = e.seq;
-    if (!fromNewView) this.lastLeaderProgress = this.now;
-  }
-
-  private setBody(e: Entry, batch: ClientRequest[]): void {
-    e.batch = batch;
-    if (e.seq <= this.lastExecuted) return;
-    for (const r of batch) {
-      const key = requestKey(r.client, r.seq);
-      if (e.fromNewView) this.newViewIndex.set(key, (this.newViewIndex.get(key) ?? 0) + 1);
-      else this.freeIndex.set(key, e.seq);
-    }
-    this.adoptBatchRequests(batch);
-  }
-
-  private unindex(e: Entry): void {
-    if (e.batch === null) return;
-    for (const r of e.batch) {
-      const key = requestKey(r.client, r.seq);
-      if (e.fromNewView) {
-        const c = (this.newViewIndex.get(key) ?? 0) - 1;
-        if (c <= 0) this.newViewIndex.delete(key);
-        else this.newViewIndex.set(key, c);
-      } else if (this.freeIndex.get(key) === e.seq) {
-        this.freeIndex.delete(key);
-      }
-    }
-  }
-
-  /** A body arrived for an entry that had only its header; it is checked against the digest alone. */
-  private attachBody(e: Entry, batch: ClientRequest[]): void {
-    if (e.digest === null || e.batch !== null) return;
-    if (!bodyMatches(this.crypto, e.digest, batch)) return;
-    this.setBody(e, batch);
-    if (this.cfg.mode === "cft") this.markPrepared(e);
-    else this.checkPrepared(e);
-  }
-
   private onPrepare(from: ReplicaId, m: Prepare): void {
+    const state = this.state;
     if (this.cfg.mode === "cft") return;
-    if (!isMember(this.ctx, m.replica)) return;
+    if (!isMember(state.certContext, m.replica)) return;
     if (!this.gate(from, m.view, m.seq, `P:${m.seq}:${m.replica}`, m)) return;
     // The leader's PRE_PREPARE is its vote; a PREPARE from it would count it twice.
-    if (m.replica === this.leader()) return;
-    this.answerLaggingVoter(from, m);
-    const e = m.seq > this.lastExecuted ? this.entryFor(m.seq) : this.log.get(m.seq);
+    if (m.replica === state.leader()) return;
+    answerLaggingVoter(state, from, m);
+    const e = m.seq > state.lastExecuted ? entryFor(state, m.seq) : state.entries.get(m.seq);
     if (e === undefined) return;
     const key = this.voteKey(m.replica);
     if (e.prepares.has(key)) return;
-    if (!this.verify(m)) return;
+    if (!state.verify(m)) return;
     e.prepares.set(key, m);
-    this.checkPrepared(e);
+    checkPrepared(state, e);
   }
 
   private onCommit(from: ReplicaId, m: Commit): void {
-    if (!isMember(this.ctx, m.replica)) return;
+    const state = this.state;
+    if (!isMember(state.certContext, m.replica)) return;
     if (!this.gate(from, m.view, m.seq, `C:${m.seq}:${m.replica}`, m)) return;
-    this.answerLaggingVoter(from, m);
-    const e = m.seq > this.lastExecuted ? this.entryFor(m.seq) : this.log.get(m.seq);
+    answerLaggingVoter(state, from, m);
+    const e = m.seq > state.lastExecuted ? entryFor(state, m.seq) : state.entries.get(m.seq);
     if (e === undefined) return;
     const key = this.voteKey(m.replica);
     if (e.commits.has(key)) return;
-    if (!this.verify(m)) return;
+    if (!state.verify(m)) return;
     e.commits.set(key, m);
-    this.checkCommitted(e);
+    checkCommitted(state, e);
   }
 
-  /** Prepared: header accepted, body held, and Q-1 PREPAREs for its digest from distinct non-leaders. */
-  private checkPrepared(e: Entry): void {
-    if (e.prepared || e.header === null || e.digest === null || e.batch === null) return;
-    if (this.phase !== "normal" || e.view !== this.view) return;
-    if (this.countMatching(e.prepares, e.digest) < this.quorumSize() - 1) return;
-    this.markPrepared(e);
-  }
-
-  /** Stores the certificate, persists it, then sends COMMIT (persist before send). */
-  private markPrepared(e: Entry): void {
-    if (e.prepared || e.header === null || e.digest === null || e.batch === null) return;
-    if (this.phase !== "normal" || e.view !== this.view) return;
-    e.prepared = true;
-    const prepares = this.cfg.mode === "cft" ? [] : this.matchingVotes(e.prepares, e.digest, this.quorumSize() - 1);
-    const cert: PreparedCert = {
-      view: e.view,
-      seq: e.seq,
-      digest: e.digest,
-      prePrepare: e.header,
-      prepares,
-      batch: this.cfg.mode === "cft" ? e.batch : null,
-    };
-    const prev = this.preparedStore.get(e.seq);
-    if (prev === undefined || prev.cert.view <= cert.view) this.preparedStore.set(e.seq, { cert, batch: e.batch });
-    this.persist({ t: "prepared", cert, batch: e.batch });
-    const own = this.signVote("COMMIT", e.view, e.seq, e.digest);
-    e.commits.set(this.voteKey(this.cfg.id), own);
-    this.send("all", own);
-    this.checkCommitted(e);
-  }
-
-  /** Committed: prepared and Q COMMITs with the same digest (a COMMIT for another digest never counts). */
-  private checkCommitted(e: Entry): void {
-    if (!e.prepared || e.committed || e.digest === null) return;
-    const q = this.quorumSize();
-    if (this.countMatching(e.commits, e.digest) < q) return;
-    e.committed = true;
-    e.commitCert = this.matchingVotes(e.commits, e.digest, q);
+  /** Catch-up (checkpoints.ts): what the response carries is taken, then executed here. */
+  private onStateResponse(from: ReplicaId, m: StateResponse): void {
+    const state = this.state;
+    const before = state.lastExecuted;
+    acceptStateResponse(state, from, m);
+    this.tryExecute();
+    if (state.lastExecuted > before) state.nextProbeAt = state.now + 1;
   }
 
   // -------------------------------------------------------------------------------------
@@ -860,14 +2050,15 @@ export class OrderingCore {
   // -------------------------------------------------------------------------------------
 
   private tryExecute(): void {
+    const state = this.state;
     for (;;) {
-      const s = this.lastExecuted + 1;
-      const e = this.log.get(s);
+      const s = state.lastExecuted + 1;
+      const e = state.entries.get(s);
       let d: Decision | undefined;
       if (e?.committed && e.batch !== null && e.digest !== null && e.commitCert !== null) {
         d = { view: e.view, digest: e.digest, batch: e.batch, commits: e.commitCert };
       } else {
-        d = this.decidedPending.get(s);
+        d = state.decidedPending.get(s);
       }
       if (d === undefined) return;
       assert(bodyMatches(this.crypto, d.digest, d.batch), `executing seq ${s} with a body that does not match`);
@@ -876,997 +2067,36 @@ export class OrderingCore {
   }
 
   private execute(s: number, d: Decision, e: Entry | undefined): void {
+    const state = this.state;
     const execute: ClientRequest[] = [];
     for (const r of d.batch) {
       // Dedupe is deterministic: only the next request of each client runs; anything
       // else is skipped with no effect and stays pending to be proposed again.
-      if (this.clients.isNext(r)) {
-        this.clients.recordExecuted(r);
+      if (state.clientTable.isNext(r)) {
+        state.clientTable.recordExecuted(r);
         execute.push(r);
       }
     }
-    this.lastExecuted = s;
-    this.lastExecProgress = this.now;
-    this.decided.set(s, d);
-    this.decidedPending.delete(s);
-    if (e !== undefined) this.unindex(e);
-    for (const r of d.batch) this.pending.pruneExecuted(r.client, this.clients.lastExecuted(r.client));
-    this.persist({ t: "decided", seq: s, view: d.view, digest: d.digest, batch: d.batch, commits: d.commits });
-    this.emit({ kind: "decide", seq: s, view: d.view, batch: d.batch, execute });
-    this.tp.onExecuted(execute.length);
-    if (e !== undefined && !e.fromNewView && this.installedView === this.view && execute.length > 0) {
+    state.lastExecuted = s;
+    state.lastExecutedAt = state.now;
+    state.decided.set(s, d);
+    state.decidedPending.delete(s);
+    if (e !== undefined) unindex(state, e);
+    for (const r of d.batch) state.pending.pruneExecuted(r.client, state.clientTable.lastExecuted(r.client));
+    state.persist({ t: "decided", seq: s, view: d.view, digest: d.digest, batch: d.batch, commits: d.commits });
+    state.emit({ kind: "decide", seq: s, view: d.view, batch: d.batch, execute });
+    state.throughputMonitor.onExecuted(execute.length);
+    if (e !== undefined && !e.fromNewView && state.installedView === state.view && execute.length > 0) {
       // The first new request executed in an installed view ends the view-change backoff.
-      this.vcAttempt = 0;
-      this.progressTimeoutCur = this.cfg.progressTimeoutTicks;
+      state.viewChangeAttempts = 0;
+      state.progressTimeoutCurrentTicks = this.cfg.progressTimeoutTicks;
     }
-    if (s % this.cfg.checkpointInterval === 0) this.takeCheckpoint(s);
-    const t = this.transfer;
+    if (s % this.cfg.checkpointInterval === 0) takeCheckpoint(state, s);
+    const t = state.transfer;
     if (t !== null && s >= t.seq) {
       // Caught up by executing: the transfer is moot, and its proof now moves h.
-      this.transfer = null;
-      if (new Set(t.proof.map((c) => c.replica)).size >= this.quorumSize()) this.adoptStable(t.seq, t.digest, t.proof);
-    }
-  }
-
-  // -------------------------------------------------------------------------------------
-  // Checkpoints and state transfer (ORDERING.md §7).
-  // -------------------------------------------------------------------------------------
-
-  private clientsHash(rows: ClientTableExport): Uint8Array {
-    return clientTableHash(this.crypto.hash, rows);
-  }
-
-  private stateDigest(seq: number, appDigest: Uint8Array, clientsHash: Uint8Array): Uint8Array {
-    return stateDigestOf(this.crypto.hash, seq, appDigest, clientsHash);
-  }
-
-  private takeCheckpoint(s: number): void {
-    const rows = this.clients.export();
-    this.checkpointClients.set(s, { hash: this.clientsHash(rows), rows });
-    this.emit({ kind: "takeCheckpoint", seq: s, clients: rows });
-  }
-
-  private onCheckpointReady(seq: number, appDigest: Uint8Array): void {
-    const taken = this.checkpointClients.get(seq);
-    if (taken === undefined) return;
-    this.checkpointClients.delete(seq);
-    const digest = this.stateDigest(seq, appDigest, taken.hash);
-    this.ownCheckpoints.set(seq, digest);
-    this.persist({ t: "checkpoint", seq, stateDigest: digest, appDigest, clients: taken.rows });
-    if (seq <= this.h) {
-      this.checkDivergence(seq, this.hDigest);
-      return;
-    }
-    const msg = this.signed<Checkpoint>({ t: "CHECKPOINT", seq, digest, replica: this.cfg.id, sig: EMPTY_SIG });
-    this.send("all", msg);
-    this.addCheckpoint(msg);
-  }
-
-  private onCheckpoint(from: ReplicaId, m: Checkpoint): void {
-    this.notePeer(from, -1, m.seq);
-    if (!isMember(this.ctx, m.replica) || m.seq % this.cfg.checkpointInterval !== 0) return;
-    if (m.seq <= this.h) {
-      this.answerWithStable(from);
-      return;
-    }
-    if (m.seq <= this.highWater) {
-      if (this.checkpoints.get(m.seq)?.has(m.replica)) return;
-      if (!this.verify(m)) return;
-      this.addCheckpoint(m);
-      return;
-    }
-    const prev = this.farCheckpoints.get(m.replica);
-    if (prev !== undefined && prev.seq >= m.seq) return;
-    if (!this.verify(m)) return;
-    this.farCheckpoints.set(m.replica, m);
-    this.checkFarCheckpoints();
-  }
-
-  /**
-   * A CHECKPOINT at or below our stable one comes from a replica that may lack the proof
-   * (its own was resent because it saw no quorum): send it ours, at most once per
-   * retransmission interval per peer.
-   */
-  private answerWithStable(to: ReplicaId): void {
-    if (this.h === 0 || to === this.cfg.id) return;
-    const last = this.stableAnsweredAt.get(to) ?? -NO_DEADLINE;
-    if (this.now - last < this.cfg.retransmitTicks) return;
-    this.stableAnsweredAt.set(to, this.now);
-    const stable: StableProof = { seq: this.h, digest: this.hDigest, proof: this.hProof };
-    this.send(to, { t: "STATE_RESPONSE", kind: "decided", nonce: 0, items: [], stable, lastExecuted: this.lastExecuted });
-  }
-
-  /** Adds a verified in-window CHECKPOINT and adopts it as stable at Q matching signers. */
-  private addCheckpoint(m: Checkpoint): void {
-    let set = this.checkpoints.get(m.seq);
-    if (set === undefined) {
-      set = new Map();
-      this.checkpoints.set(m.seq, set);
-    }
-    if (set.has(m.replica)) return;
-    set.set(m.replica, m);
-    const matching = [...set.values()].filter((c) => bytesEqual(c.digest, m.digest));
-    if (matching.length >= this.quorumSize()) {
-      matching.sort((a, b) => a.replica - b.replica);
-      this.adoptStable(m.seq, m.digest, matching.slice(0, this.quorumSize()));
-    }
-  }
-
-  /** W agreeing CHECKPOINTs beyond the window: this replica is behind; fetch that state. */
-  private checkFarCheckpoints(): void {
-    const groups = new Map<string, Checkpoint[]>();
-    for (const c of this.farCheckpoints.values()) {
-      const key = `${c.seq}:${hex(c.digest)}`;
-      const g = groups.get(key) ?? [];
-      g.push(c);
-      groups.set(key, g);
-    }
-    for (const g of groups.values()) {
-      g.sort((a, b) => a.replica - b.replica);
-      const first = g[0] as Checkpoint;
-      if (g.length >= this.quorumSize()) this.adoptStable(first.seq, first.digest, g.slice(0, this.quorumSize()));
-      else if (g.length >= this.w && first.seq > this.lastExecuted) this.startTransfer(first.seq, first.digest, g);
-    }
-  }
-
-  /**
-   * A stable checkpoint (Q signers). Below or at lastExecuted it moves h and collects
-   * garbage; above, it becomes the state-transfer target and h moves after installation.
-   */
-  private adoptStable(seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
-    if (seq <= this.h) return;
-    if (seq > this.lastExecuted) {
-      this.startTransfer(seq, digest, proof);
-      return;
-    }
-    if (!this.checkDivergence(seq, digest)) return;
-    this.h = seq;
-    this.hDigest = digest;
-    this.hProof = proof;
-    this.persist({ t: "stable", seq, digest, proof });
-    this.collectGarbage();
-  }
-
-  /**
-   * A NEW_VIEW starts the new view's log at minS, a stable checkpoint this replica has not
-   * reached. As in PBFT, h moves there at once (the proof has Q signatures) and the state
-   * is fetched: everything at or below minS is obsolete in the new view, and keeping it
-   * would let the log outgrow its window. Until the snapshot is installed, h is above
-   * lastExecuted and a transfer to h is in progress.
-   */
-  private jumpToStable(seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
-    this.h = seq;
-    this.hDigest = digest;
-    this.hProof = proof;
-    this.persist({ t: "stable", seq, digest, proof });
-    this.collectGarbage();
-    this.startTransfer(seq, digest, proof);
-    if (this.transfer !== null && this.transfer.seq === seq) {
-      this.transfer.nextTryAt = this.now + this.cfg.transferRetryTicks;
-      this.emitFetch();
-    }
-  }
-
-  /** Replicas are deterministic: an own digest that differs from a stable one is fatal. */
-  private checkDivergence(seq: number, stable: Uint8Array): boolean {
-    const own = this.ownCheckpoints.get(seq);
-    if (own === undefined || bytesEqual(own, stable)) return true;
-    this.emit({ kind: "divergence", seq, own, stable });
-    return false;
-  }
-
-  private collectGarbage(): void {
-    const h = this.h;
-    for (const [s, e] of this.log) {
-      if (s > h) continue;
-      this.unindex(e);
-      this.log.delete(s);
-    }
-    for (const s of [...this.preparedStore.keys()]) if (s <= h) this.preparedStore.delete(s);
-    for (const s of [...this.decided.keys()]) if (s <= h) this.decided.delete(s);
-    for (const s of [...this.decidedPending.keys()]) if (s <= h) this.decidedPending.delete(s);
-    for (const s of [...this.checkpoints.keys()]) if (s <= h) this.checkpoints.delete(s);
-    for (const s of [...this.ownCheckpoints.keys()]) if (s < h) this.ownCheckpoints.delete(s);
-    for (const s of [...this.checkpointClients.keys()]) if (s < h) this.checkpointClients.delete(s);
-    for (const [r, c] of [...this.farCheckpoints]) {
-      if (c.seq > this.highWater) continue;
-      this.farCheckpoints.delete(r);
-      if (c.seq > h) this.addCheckpoint(c);
-    }
-    for (const key of [...this.signedVotes.keys()]) {
-      const seq = Number(key.slice(key.lastIndexOf(":") + 1));
-      if (seq <= h) this.signedVotes.delete(key);
-    }
-  }
-
-  /**
-   * Targets the state at `seq`. A target inside the window is usually reached by executing
-   * what is already in flight, so the fetch waits one retransmission interval first; a
-   * target beyond the window can only be reached by a snapshot, so it is fetched at once.
-   */
-  private startTransfer(seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
-    if (this.transfer !== null && this.transfer.seq >= seq) return;
-    const inWindow = seq <= this.highWater;
-    const firstTry = inWindow ? this.now + this.cfg.retransmitTicks : this.now + this.cfg.transferRetryTicks;
-    this.transfer = { seq, digest, proof, nextTryAt: firstTry, attempt: 0 };
-    if (!inWindow) this.emitFetch();
-  }
-
-  /** Asks the runtime for the snapshot, rotating the preferred source on every retry. */
-  private emitFetch(): void {
-    const t = this.transfer;
-    if (t === null) return;
-    const signers = [...new Set(t.proof.map((c) => c.replica))].filter((r) => r !== this.cfg.id);
-    const k = signers.length === 0 ? 0 : t.attempt % signers.length;
-    const from = [...signers.slice(k), ...signers.slice(0, k)];
-    this.emit({ kind: "fetchState", seq: t.seq, stateDigest: t.digest, from, proof: t.proof });
-  }
-
-  private onSnapshotInstalled(seq: number, stateDigest: Uint8Array, appDigest: Uint8Array, rows: ClientTableExport): void {
-    const t = this.transfer;
-    if (t === null || seq !== t.seq) return;
-    const digest = this.stateDigest(seq, appDigest, this.clientsHash(rows));
-    if (!bytesEqual(digest, t.digest) || !bytesEqual(stateDigest, t.digest)) return;
-    this.transfer = null;
-    this.lastExecuted = seq;
-    this.lastExecProgress = this.now;
-    this.clients.import(rows);
-    for (const [s, e] of [...this.log]) {
-      if (s > seq) continue;
-      this.unindex(e);
-      this.log.delete(s);
-    }
-    for (const s of [...this.decided.keys()]) if (s <= seq) this.decided.delete(s);
-    for (const s of [...this.decidedPending.keys()]) if (s <= seq) this.decidedPending.delete(s);
-    for (const [client] of [...this.pending.clients()]) this.pending.pruneExecuted(client, this.clients.lastExecuted(client));
-    this.ownCheckpoints.set(seq, digest);
-    this.persist({ t: "snapshot", seq, stateDigest: digest, appDigest, clients: rows, proof: t.proof });
-    if (new Set(t.proof.map((c) => c.replica)).size >= this.quorumSize()) this.adoptStable(seq, digest, t.proof);
-    this.nextProbeAt = this.now;
-    if (this.nextSeq <= seq) this.nextSeq = seq + 1;
-  }
-
-  // -------------------------------------------------------------------------------------
-  // Catch-up inside the window: decided batches with commit certificates (ORDERING.md §4).
-  // -------------------------------------------------------------------------------------
-
-  /**
-   * Answers a peer's request for decided batches or bodies, at most once per peer and kind
-   * per STATE_SERVE_INTERVAL_TICKS. Each kind has its own budget ("decided", "batch", and
-   * "lagging" for answers to a lagging voter), so that what a stalled replica sends in one
-   * tick never uses up the budget of another: the votes it resends once did, every time
-   * (the answer to the votes starts at the voted seq, the request at the first missing
-   * one), and the replica never caught up.
-   */
-  private onStateRequest(from: ReplicaId, m: StateRequest, budget: "decided" | "batch" | "lagging" = m.kind): void {
-    const key = `${from}:${budget}`;
-    if ((this.servedAt.get(key) ?? -NO_DEADLINE) + STATE_SERVE_INTERVAL_TICKS > this.now) return;
-    this.servedAt.set(key, this.now);
-    const items: DecidedItem[] = [];
-    const first = Math.max(m.seq, this.h + 1);
-    const last = Math.min(m.toSeq, first + this.cfg.transferItemsMax - 1, this.highWater);
-    // Bounded in bytes like one batch (at least one item), so the answer fits a message.
-    let bytes = 0;
-    for (let s = first; s <= last; s++) {
-      const item = m.kind === "decided" ? this.decidedItem(s) : this.bodyItem(s, m.digest);
-      if (item === null) continue;
-      const size = item.batch.reduce((sum, r) => sum + requestBytes(r), 0) + item.commits.length * COMMIT_WIRE_BYTES;
-      if (items.length > 0 && bytes + size > this.cfg.batchBytesMax) break;
-      items.push(item);
-      bytes += size;
-    }
-    const stable: StableProof | null = this.h > 0 ? { seq: this.h, digest: this.hDigest, proof: this.hProof } : null;
-    // The stable proof alone is worth sending when the asker has executed up to it: it may
-    // be stuck with a full window for want of exactly that proof.
-    if (items.length === 0 && (stable === null || this.h < m.seq - 1)) return;
-    const resp: StateResponse = {
-      t: "STATE_RESPONSE",
-      kind: m.kind,
-      nonce: m.nonce,
-      items,
-      stable,
-      lastExecuted: this.lastExecuted,
-    };
-    this.send(from, resp);
-  }
-
-  /**
-   * A peer still voting on a seq this replica executed has not seen the decision: answer
-   * with the decided batches from there on, instead of counting its vote (ORDERING.md §4,
-   * retransmission).
-   */
-  private answerLaggingVoter(from: ReplicaId, m: Prepare | Commit): void {
-    if (m.seq > this.lastExecuted || m.replica !== from || !this.decided.has(m.seq)) return;
-    // A first vote after the decision is just late; the same vote again is a resend by a
-    // replica that is stuck.
-    const e = this.log.get(m.seq);
-    const seen = e !== undefined && (m.t === "PREPARE" ? e.prepares : e.commits).has(this.voteKey(from));
-    if (e !== undefined && !seen) return;
-    const req: StateRequest = { t: "STATE_REQUEST", kind: "decided", seq: m.seq, toSeq: this.lastExecuted, digest: null, nonce: 0 };
-    this.onStateRequest(from, req, "lagging");
-  }
-
-  private decidedItem(s: number): DecidedItem | null {
-    const d = this.decided.get(s);
-    if (d === undefined) return null;
-    return { view: d.view, seq: s, batch: d.batch, commits: d.commits };
-  }
-
-  /** Any body this replica holds for `s` (matching `digest` if given); the asker checks it. */
-  private bodyItem(s: number, digest: Uint8Array | null): DecidedItem | null {
-    const candidates: Array<{ view: number; digest: Uint8Array | null; batch: ClientRequest[] | null }> = [];
-    const d = this.decided.get(s);
-    if (d !== undefined) candidates.push(d);
-    const e = this.log.get(s);
-    if (e !== undefined) candidates.push(e);
-    const p = this.preparedStore.get(s);
-    if (p !== undefined) candidates.push({ view: p.cert.view, digest: p.cert.digest, batch: p.batch });
-    for (const c of candidates) {
-      if (c.batch === null || c.digest === null) continue;
-      if (digest !== null && !bytesEqual(c.digest, digest)) continue;
-      return { view: c.view, seq: s, batch: c.batch, commits: [] };
-    }
-    return null;
-  }
-
-  private onStateResponse(from: ReplicaId, m: StateResponse): void {
-    if (m.lastExecuted > (this.peerSeq.get(from) ?? -1)) this.peerSeq.set(from, m.lastExecuted);
-    if (m.stable !== null && m.stable.seq > this.h && m.stable.seq % this.cfg.checkpointInterval === 0) {
-      const st = m.stable;
-      if (validCheckpointProof(this.ctx, st.seq, st.digest, st.proof, this.quorumSize())) {
-        this.adoptStable(st.seq, st.digest, st.proof);
-      }
-    }
-    const before = this.lastExecuted;
-    for (const item of m.items) {
-      if (item.commits.length > 0) this.acceptDecidedItem(item);
-      else this.acceptBodyItem(item);
-    }
-    this.tryExecute();
-    if (this.lastExecuted > before) this.nextProbeAt = this.now + 1;
-  }
-
-  private acceptDecidedItem(item: DecidedItem): void {
-    // Only inside the window: a replica further behind catches up by state transfer.
-    if (item.seq <= this.lastExecuted || item.seq > this.highWater) return;
-    if (this.decidedPending.has(item.seq)) return;
-    // The certificate names the digest; the body must match it (an empty body matches the
-    // null digest of a NEW_VIEW gap).
-    const digest = (item.commits[0] as Commit).digest;
-    if (!bodyMatches(this.crypto, digest, item.batch)) return;
-    if (!validDecisionCert(this.ctx, item.view, item.seq, digest, item.commits)) return;
-    this.decidedPending.set(item.seq, { view: item.view, digest, batch: item.batch, commits: item.commits });
-    const e = this.log.get(item.seq);
-    if (e !== undefined && e.batch === null && e.digest !== null && bytesEqual(e.digest, digest)) this.attachBody(e, item.batch);
-  }
-
-  private acceptBodyItem(item: DecidedItem): void {
-    const e = this.log.get(item.seq);
-    if (e === undefined || e.batch !== null || e.digest === null) return;
-    this.attachBody(e, item.batch);
-  }
-
-  // -------------------------------------------------------------------------------------
-  // View change (ORDERING.md §6).
-  // -------------------------------------------------------------------------------------
-
-  private suspect(reason: SuspectReason): void {
-    if (this.phase !== "normal") return;
-    this.startViewChange(this.view + 1, reason);
-  }
-
-  /**
-   * Step 1 before anything else: from here on no vote below `target` is ever signed, so the
-   * VIEW_CHANGE reports everything this replica prepared. Persisted before it is sent.
-   */
-  private startViewChange(target: number, reason: SuspectReason): void {
-    if (target <= this.view) return;
-    this.view = target;
-    this.phase = "viewChange";
-    this.vcArmedFor = -1;
-    this.vcDeadline = NO_DEADLINE;
-    this.buffered.clear();
-    const vc = this.buildViewChange(target);
-    this.myViewChange = vc;
-    this.viewChanges.set(this.cfg.id, vc);
-    this.persistView();
-    this.emit({ kind: "suspect", view: target, reason });
-    this.send("all", vc);
-    this.vcResendAt = this.now + this.cfg.retransmitTicks;
-    this.viewChangeProgress();
-  }
-
-  private buildViewChange(newView: number): ViewChange {
-    const prepared: PreparedCert[] = [];
-    for (const s of [...this.preparedStore.keys()].sort((a, b) => a - b)) {
-      if (s <= this.h || s > this.highWater) continue;
-      prepared.push((this.preparedStore.get(s) as { cert: PreparedCert }).cert);
-    }
-    return this.signed<ViewChange>({
-      t: "VIEW_CHANGE",
-      newView,
-      stableSeq: this.h,
-      stableDigest: this.hDigest,
-      stableProof: this.hProof,
-      prepared,
-      replica: this.cfg.id,
-      sig: EMPTY_SIG,
-    });
-  }
-
-  private persistView(): void {
-    this.persist({
-      t: "view",
-      view: this.view,
-      installedView: this.installedView,
-      status: this.phase,
-      viewChange: this.phase === "viewChange" ? this.myViewChange : null,
-      newView: this.newViewMsg,
-    });
-  }
-
-  private onViewChange(from: ReplicaId, m: ViewChange): void {
-    if (!isMember(this.ctx, m.replica)) return;
-    if (m.newView <= this.installedView) {
-      this.answerWithNewView(m.replica);
-      return;
-    }
-    const prev = this.viewChanges.get(m.replica);
-    if (prev !== undefined && prev.newView >= m.newView) return;
-    if (!validViewChange(this.ctx, m)) return;
-    this.viewChanges.set(m.replica, m);
-    this.joinIfBehind();
-    this.viewChangeProgress();
-  }
-
-  /** A replica still asking for a view we installed gets our NEW_VIEW (ORDERING.md §6). */
-  private answerWithNewView(to: ReplicaId): void {
-    if (this.newViewMsg === null || this.phase !== "normal") return;
-    const last = this.newViewAnsweredAt.get(to) ?? -NO_DEADLINE;
-    if (this.now - last < Math.max(1, Math.floor(this.cfg.retransmitTicks / 2))) return;
-    this.newViewAnsweredAt.set(to, this.now);
-    this.send(to, this.newViewMsg);
-  }
-
-  /** W valid VIEW_CHANGEs for views above ours: join the smallest of them (OSDI'99 §4.5.2). */
-  private joinIfBehind(): void {
-    let count = 0;
-    let smallest = NO_DEADLINE;
-    for (const vc of this.viewChanges.values()) {
-      if (vc.newView <= this.view) continue;
-      count++;
-      smallest = Math.min(smallest, vc.newView);
-    }
-    if (count >= this.w) this.startViewChange(smallest, "join");
-  }
-
-  /** With Q VIEW_CHANGEs for the target view: arm the escalation timer; the new leader builds NEW_VIEW. */
-  private viewChangeProgress(): void {
-    if (this.phase !== "viewChange") return;
-    const vcs = this.viewChangesFor(this.view);
-    if (vcs.length < this.quorumSize()) return;
-    if (this.vcArmedFor !== this.view) {
-      this.vcArmedFor = this.view;
-      const backoff = 2 ** Math.min(this.vcAttempt, this.cfg.viewChangeBackoffDoublingsMax);
-      this.vcDeadline = this.now + this.cfg.viewChangeTimeoutTicks * backoff;
-      this.vcAttempt++;
-    }
-    if (this.isLeader() && this.newViewSentFor !== this.view) this.buildNewView(vcs.slice(0, this.quorumSize()));
-  }
-
-  private viewChangesFor(view: number): ViewChange[] {
-    const vcs = [...this.viewChanges.values()].filter((vc) => countsForView(vc, view));
-    vcs.sort((a, b) => a.replica - b.replica);
-    return vcs;
-  }
-
-  /** The new leader's NEW_VIEW: O recomputed from V and a signed header for every entry. */
-  private buildNewView(vcs: ViewChange[]): void {
-    const plan = planNewView(this.ctx, vcs);
-    if (plan === null) return;
-    this.newViewSentFor = this.view;
-    const o = plan.digests.map((d, i) => this.signHeader(this.view, plan.minS + 1 + i, d));
-    const nv = this.signed<NewView>({
-      t: "NEW_VIEW",
-      view: this.view,
-      viewChanges: vcs,
-      minS: plan.minS,
-      maxS: plan.maxS,
-      o,
-      sig: EMPTY_SIG,
-    });
-    this.installNewView(nv, plan);
-  }
-
-  private onNewView(m: NewView): void {
-    if (m.view <= this.installedView || m.view < this.view) return;
-    if (!this.verify(m)) return;
-    const plan = this.checkNewView(m);
-    if (plan === null) {
-      // Signed by the leader and wrong: the leader is faulty.
-      this.startViewChange(Math.max(m.view, this.view) + 1, "bad-new-view");
-      return;
-    }
-    this.installNewView(m, plan);
-  }
-
-  /** Every replica recomputes minS, maxS and O from V; they must equal what was sent. */
-  private checkNewView(m: NewView): NewViewPlan | null {
-    const seen = new Set<ReplicaId>();
-    for (const vc of m.viewChanges) {
-      if (!countsForView(vc, m.view) || !isMember(this.ctx, vc.replica) || seen.has(vc.replica)) return null;
-      seen.add(vc.replica);
-    }
-    if (seen.size < this.quorumSize()) return null;
-    for (const vc of m.viewChanges) {
-      const known = this.viewChanges.get(vc.replica);
-      const same = known !== undefined && known.newView === vc.newView && bytesEqual(known.sig, vc.sig);
-      if (!same && !validViewChange(this.ctx, vc)) return null;
-    }
-    const plan = planNewView(this.ctx, m.viewChanges);
-    if (plan === null) return null;
-    if (!this.recomputesNewView()) return { ...plan, minS: m.minS, maxS: m.maxS, digests: m.o.map((h) => h.digest) };
-    if (plan.minS !== m.minS || plan.maxS !== m.maxS || m.o.length !== plan.digests.length) return null;
-    for (let i = 0; i < m.o.length; i++) {
-      const h = m.o[i] as PrePrepare;
-      if (h.view !== m.view || h.seq !== plan.minS + 1 + i || h.batch !== null) return null;
-      if (!bytesEqual(h.digest, plan.digests[i] as Uint8Array)) return null;
-    }
-    for (const h of m.o) if (!this.verify(h)) return null;
-    return plan;
-  }
-
-  /**
-   * Installs view m.view (ORDERING.md §6, "Installing NEW_VIEW"): adopt or fetch the stable
-   * checkpoint at minS, replace the log by the O entries, persist, then vote on every O
-   * entry (null batches included). Requests of dropped entries stay pending.
-   */
-  private installNewView(m: NewView, plan: NewViewPlan): void {
-    this.view = m.view;
-    if (plan.minS > this.h && plan.minS > 0) {
-      if (plan.minS > this.lastExecuted) this.jumpToStable(plan.minS, plan.stableDigest, plan.stableProof);
-      else this.adoptStable(plan.minS, plan.stableDigest, plan.stableProof);
-    }
-    const old = this.log;
-    this.log = new Map();
-    this.freeIndex.clear();
-    this.newViewIndex.clear();
-    this.signedVotes.clear();
-    for (let i = 0; i < plan.digests.length; i++) {
-      const s = plan.minS + 1 + i;
-      const digest = plan.digests[i] as Uint8Array;
-      const header = m.o[i] as PrePrepare;
-      if (s <= this.h) continue;
-      const done = this.decided.get(s);
-      if (done !== undefined) {
-        assert(bytesEqual(done.digest, digest), `NEW_VIEW ${m.view} names another digest at executed seq ${s}`);
-      }
-      const e = this.newEntry(m.view, s);
-      this.log.set(s, e);
-      this.acceptInto(e, header, this.findBody(s, digest, old, plan), true);
-      if (this.isLeader()) this.signedVotes.set(`PRE_PREPARE:${m.view}:${s}`, digest);
-    }
-    this.installedView = m.view;
-    this.phase = "normal";
-    this.newViewMsg = m;
-    this.myViewChange = null;
-    this.vcDeadline = NO_DEADLINE;
-    this.vcArmedFor = -1;
-    this.nextSeq = Math.max(plan.maxS, this.lastExecuted) + 1;
-    for (const [r, vc] of [...this.viewChanges]) if (vc.newView <= m.view) this.viewChanges.delete(r);
-    this.persistView();
-    this.emit({ kind: "viewInstalled", view: m.view, leader: this.leader() });
-    if (this.isLeader()) this.announceNewView(m);
-    this.voteOnNewViewEntries();
-    this.askForMissingBodies();
-    this.pending.restartTimers(this.highestAccepted);
-    this.lastLeaderProgress = this.now;
-    this.tp.onViewInstalled(this.now);
-    if (!this.isLeader()) this.forwardAllPending();
-    this.replayBuffered();
-  }
-
-  /** A body for O[s] from any source this replica already trusts, or null to fetch it. */
-  private findBody(s: number, digest: Uint8Array, old: Map<number, Entry>, plan: NewViewPlan): ClientRequest[] | null {
-    if (bytesEqual(digest, NULL_DIGEST)) return [];
-    const candidates: Array<ClientRequest[] | null | undefined> = [
-      this.decided.get(s)?.batch,
-      old.get(s)?.batch,
-      this.preparedStore.get(s)?.batch,
-      plan.bodies.get(s),
-    ];
-    const e = old.get(s);
-    for (const c of candidates) {
-      if (c === null || c === undefined) continue;
-      if (c === e?.batch && e.digest !== null && bytesEqual(e.digest, digest)) return c;
-      if (bodyMatches(this.crypto, digest, c)) return c;
-    }
-    return null;
-  }
-
-  private announceNewView(m: NewView): void {
-    this.send("all", m);
-    for (const e of this.log.values()) {
-      if (e.header === null || e.batch === null || e.batch.length === 0) continue;
-      this.send("all", { ...e.header, batch: e.batch });
-    }
-  }
-
-  private voteOnNewViewEntries(): void {
-    for (const e of [...this.log.values()]) {
-      if (e.digest === null) continue;
-      if (this.cfg.mode === "cft") {
-        this.markPrepared(e);
-        continue;
-      }
-      if (!this.isLeader()) {
-        const own = this.signVote("PREPARE", this.view, e.seq, e.digest);
-        e.prepares.set(this.voteKey(this.cfg.id), own);
-        this.send("all", own);
-      }
-      this.checkPrepared(e);
-    }
-  }
-
-  private askForMissingBodies(): void {
-    let lo = NO_DEADLINE;
-    let hi = -1;
-    for (const e of this.log.values()) {
-      if (e.batch !== null || e.digest === null) continue;
-      if (e.bodyAskedAt >= 0 && this.now - e.bodyAskedAt < this.cfg.retransmitTicks) continue;
-      e.bodyAskedAt = this.now;
-      lo = Math.min(lo, e.seq);
-      hi = Math.max(hi, e.seq);
-    }
-    if (hi < 0) return;
-    const req: StateRequest = { t: "STATE_REQUEST", kind: "batch", seq: lo, toSeq: hi, digest: null, nonce: this.nonce++ };
-    this.send("all", req);
-  }
-
-  /** Pending requests go to the new leader again, with fresh timers (ORDERING.md §6). */
-  private forwardAllPending(): void {
-    for (const [, forClient] of this.pending.clients()) {
-      for (const p of forClient.values()) this.forwardQueue.push(p.req);
-    }
-  }
-
-  private replayBuffered(): void {
-    const held = [...this.buffered.values()];
-    this.buffered.clear();
-    for (const { from, msg } of held) this.onMessage(from, msg);
-  }
-
-  // -------------------------------------------------------------------------------------
-  // Time (ORDERING.md §5 timers, §6 view-change timers, Aardvark expectations).
-  // -------------------------------------------------------------------------------------
-
-  private onTick(): void {
-    this.now++;
-    for (const peer of this.flood.onTick(this.now)) this.emit({ kind: "peerFlooding", peer });
-    if (this.transfer !== null && this.now >= this.transfer.nextTryAt) {
-      this.transfer.attempt++;
-      this.transfer.nextTryAt = this.now + this.cfg.transferRetryTicks;
-      this.emitFetch();
-    }
-    if (this.phase === "viewChange") {
-      if (this.now >= this.vcDeadline) {
-        this.startViewChange(this.view + 1, "view-change-timeout");
-      } else if (this.now >= this.vcResendAt && this.myViewChange !== null) {
-        this.send("all", this.myViewChange);
-        this.vcResendAt = this.now + this.cfg.retransmitTicks;
-      }
-    } else {
-      this.checkRequestsAndLeader();
-      if (this.phase === "normal") {
-        this.retransmitStalled();
-        this.askForMissingBodies();
-      }
-    }
-    this.resendCheckpoints();
-    this.catchUpProbe();
-    this.flushForwards();
-  }
-
-  /**
-   * A CHECKPOINT is sent once; if one is lost, the checkpoint may never become stable and
-   * the window fills up for good. So while execution stalls, resend our own CHECKPOINTs
-   * above h (re-signed on demand: ed25519 is deterministic, the bytes are the same).
-   */
-  private resendCheckpoints(): void {
-    if (this.now < this.nextCheckpointResendAt) return;
-    if (this.now - this.lastExecProgress < this.cfg.retransmitTicks) return;
-    let any = false;
-    for (const [seq, digest] of this.ownCheckpoints) {
-      if (seq <= this.h) continue;
-      this.send("all", this.signed<Checkpoint>({ t: "CHECKPOINT", seq, digest, replica: this.cfg.id, sig: EMPTY_SIG }));
-      any = true;
-    }
-    if (any) this.nextCheckpointResendAt = this.now + this.cfg.retransmitTicks;
-  }
-
-  /**
-   * One pass over the head request of every client's chain: request timers (forward to all,
-   * then suspect), the heartbeat, fairness and throughput expectations.
-   */
-  private checkRequestsAndLeader(): void {
-    const leader = this.isLeader();
-    let busy = false;
-    let waitingSince = NO_DEADLINE;
-    let unfair = false;
-    let timedOut = false;
-    const activeClients = this.pending.clientCount();
-    const fairRounds = this.cfg.fairnessMultiplier * Math.ceil(activeClients / this.cfg.batchRequestsMax);
-    const fairnessBound = this.cfg.pipelineDepth + fairRounds;
-    for (const [client, forClient] of this.pending.clients()) {
-      const head = forClient.get(this.clients.lastExecuted(client) + 1);
-      if (head === undefined) continue;
-      if (head.timerStart < 0) {
-        // The request just became the head of its chain: its timer and its fairness
-        // reference start now, not when it arrived behind a gap.
-        head.timerStart = this.now;
-        head.seqAtArrival = this.highestAccepted;
-      }
-      if (leader) continue;
-      const age = this.now - head.firstSeen;
-      if (age > this.cfg.batchDelayTicks) busy = true;
-      const inBatch = this.freeIndex.has(head.key) || this.newViewIndex.has(head.key);
-      if (!inBatch && age > this.cfg.batchDelayTicks) {
-        waitingSince = Math.min(waitingSince, Math.max(head.firstSeen, head.timerStart));
-        if (this.lastExecuted > head.seqAtArrival + fairnessBound) unfair = true;
-      }
-      if (this.now - head.timerStart < this.cfg.requestTimeoutTicks) continue;
-      if (head.stage === 0) {
-        head.stage = 1;
-        head.timerStart = this.now;
-        head.seqAtArrival = this.highestAccepted;
-        this.forwardAllQueue.push(head.req);
-      } else if (head.stage === 1) {
-        head.stage = 2;
-        timedOut = true;
-      }
-    }
-    if (leader) return;
-    if (timedOut) return this.suspect("request-timeout");
-    if (unfair) return this.suspect("unfair");
-    const inFlight = this.highestAccepted - this.lastExecuted;
-    const pipelineFull = inFlight >= this.cfg.pipelineDepth;
-    if (!pipelineFull && waitingSince !== NO_DEADLINE) {
-      if (this.now - Math.max(waitingSince, this.lastLeaderProgress) > this.progressTimeoutCur) {
-        this.progressTimeoutCur = Math.min(this.progressTimeoutCur * 2, this.cfg.progressTimeoutTicks * 2 ** PROGRESS_BACKOFF_CAP);
-        return this.suspect("heartbeat");
-      }
-    }
-    if (this.tp.onTick(this.now, busy)) this.suspect("throughput");
-  }
-
-  /** Resend own votes for instances that stopped moving (ORDERING.md §4, retransmission). */
-  private retransmitStalled(): void {
-    if (this.now - this.lastExecProgress < this.cfg.retransmitTicks || this.now < this.nextRetransmitAt) return;
-    let any = false;
-    for (const e of this.log.values()) {
-      if (e.seq <= this.lastExecuted || e.header === null || e.digest === null) continue;
-      any = true;
-      if (this.isLeader() && e.batch !== null && !e.fromNewView) this.send("all", { ...e.header, batch: e.batch });
-      const p = e.prepares.get(this.voteKey(this.cfg.id));
-      if (p !== undefined && p.replica === this.cfg.id) this.send("all", p);
-      const c = e.commits.get(this.voteKey(this.cfg.id));
-      if (c !== undefined && c.replica === this.cfg.id) this.send("all", c);
-    }
-    if (any) this.nextRetransmitAt = this.now + this.cfg.retransmitTicks;
-  }
-
-  /**
-   * Asks peers for decided batches (or their stable checkpoint) when this replica is
-   * behind: W peers are known to be past it; or it is stuck in a view change, where it
-   * takes no part in agreement; or it has executed nothing for a long time, when one peer
-   * at a time is asked, so that a replica that missed everything before a quiet spell
-   * still catches up.
-   */
-  private catchUpProbe(): void {
-    if (this.now < this.nextProbeAt) return;
-    const target = this.kthLargest(this.peerSeq.values(), this.w);
-    const stalledTicks = this.now - this.lastExecProgress;
-    const farBehind = target > this.lastExecuted + this.cfg.pipelineDepth;
-    const stalled = stalledTicks >= this.cfg.retransmitTicks;
-    const req: StateRequest = {
-      t: "STATE_REQUEST",
-      kind: "decided",
-      seq: this.lastExecuted + 1,
-      toSeq: this.lastExecuted + this.cfg.logWindow,
-      digest: null,
-      nonce: this.nonce,
-    };
-    if (target > this.lastExecuted && (farBehind || stalled)) {
-      for (const [peer, seq] of this.peerSeq) if (seq > this.lastExecuted && peer !== this.cfg.id) this.send(peer, req);
-    } else if (this.phase === "viewChange" && stalled) {
-      this.send("all", req);
-    } else if (stalledTicks >= IDLE_PROBE_INTERVALS * this.cfg.retransmitTicks) {
-      const peer = (this.cfg.id + 1 + (this.nonce % (this.cfg.n - 1))) % this.cfg.n;
-      this.send(peer, req);
-      this.nonce++;
-      this.nextProbeAt = this.now + IDLE_PROBE_INTERVALS * this.cfg.retransmitTicks;
-      return;
-    } else {
-      return;
-    }
-    this.nonce++;
-    this.nextProbeAt = this.now + this.cfg.retransmitTicks;
-  }
-
-  private flushForwards(): void {
-    if (this.forwardAllQueue.length > 0) {
-      for (const requests of this.chunks(this.forwardAllQueue)) this.send("all", { t: "FORWARD", requests });
-      this.forwardAllQueue = [];
-    }
-    if (this.forwardQueue.length > 0) {
-      const leader = this.leader();
-      if (leader !== this.cfg.id && this.phase === "normal") {
-        for (const requests of this.chunks(this.forwardQueue)) this.send(leader, { t: "FORWARD", requests });
-      }
-      this.forwardQueue = [];
-    }
-  }
-
-  /**
-   * Splits requests into FORWARD-sized pieces, bounded like a batch by count and bytes
-   * (each piece holds at least one request), so no message outgrows what a batch may be.
-   */
-  private chunks(requests: readonly ClientRequest[]): ClientRequest[][] {
-    const out: ClientRequest[][] = [];
-    let piece: ClientRequest[] = [];
-    let bytes = 0;
-    for (const r of requests) {
-      const size = requestBytes(r);
-      if (piece.length > 0 && (piece.length >= this.cfg.batchRequestsMax || bytes + size > this.cfg.batchBytesMax)) {
-        out.push(piece);
-        piece = [];
-        bytes = 0;
-      }
-      piece.push(r);
-      bytes += size;
-    }
-    if (piece.length > 0) out.push(piece);
-    return out;
-  }
-
-  // -------------------------------------------------------------------------------------
-  // After every step.
-  // -------------------------------------------------------------------------------------
-
-  private afterStep(): void {
-    this.tryExecute();
-    this.tryPropose();
-    this.tryExecute();
-  }
-
-  // -------------------------------------------------------------------------------------
-  // Restart from persisted records.
-  // -------------------------------------------------------------------------------------
-
-  private restore(records: readonly PersistedRecord[]): void {
-    const accepts: PrePrepare[] = [];
-    let viewRec: Extract<PersistedRecord, { t: "view" }> | null = null;
-    for (const r of records) {
-      switch (r.t) {
-        case "view":
-          viewRec = r;
-          break;
-        case "accept":
-          accepts.push(r.prePrepare);
-          break;
-        case "prepared": {
-          const prev = this.preparedStore.get(r.cert.seq);
-          if (prev === undefined || prev.cert.view <= r.cert.view) this.preparedStore.set(r.cert.seq, { cert: r.cert, batch: r.batch });
-          break;
-        }
-        case "decided":
-          this.restoreDecided(r);
-          break;
-        case "checkpoint":
-          this.ownCheckpoints.set(r.seq, r.stateDigest);
-          break;
-        case "stable":
-          if (r.seq > this.h) {
-            this.h = r.seq;
-            this.hDigest = r.digest;
-            this.hProof = r.proof;
-          }
-          break;
-        case "snapshot":
-          if (r.seq > this.lastExecuted) {
-            this.lastExecuted = r.seq;
-            this.clients.import(r.clients);
-            this.ownCheckpoints.set(r.seq, r.stateDigest);
-            for (const s of [...this.decided.keys()]) if (s <= r.seq) this.decided.delete(s);
-          }
-          break;
-        default:
-          assertNever(r);
-      }
-    }
-    if (viewRec !== null) {
-      this.view = viewRec.view;
-      this.installedView = viewRec.installedView;
-      this.phase = viewRec.status;
-      this.myViewChange = viewRec.viewChange;
-      this.newViewMsg = viewRec.newView;
-    }
-    this.highestAccepted = this.lastExecuted;
-    this.nextSeq = this.lastExecuted + 1;
-    this.collectGarbage();
-    if (this.phase === "normal") this.restoreLog(accepts);
-    if (this.phase === "viewChange" && this.myViewChange !== null) {
-      this.viewChanges.set(this.cfg.id, this.myViewChange);
-      this.vcResendAt = 0;
-    }
-    this.tp.onViewInstalled(0);
-    if (this.h > this.lastExecuted) {
-      // Restarted during a state transfer: ask again.
-      this.transfer = { seq: this.h, digest: this.hDigest, proof: this.hProof, nextTryAt: 0, attempt: 0 };
-    }
-  }
-
-  private restoreDecided(r: Extract<PersistedRecord, { t: "decided" }>): void {
-    if (r.seq <= this.lastExecuted) return;
-    assert(r.seq === this.lastExecuted + 1, `restored decision ${r.seq} after ${this.lastExecuted}`);
-    for (const req of r.batch) if (this.clients.isNext(req)) this.clients.recordExecuted(req);
-    this.lastExecuted = r.seq;
-    this.decided.set(r.seq, { view: r.view, digest: r.digest, batch: r.batch, commits: r.commits });
-  }
-
-  /** Rebuilds the current view's entries: the NEW_VIEW's O, then accepted proposals. */
-  private restoreLog(accepts: readonly PrePrepare[]): void {
-    const nv = this.newViewMsg;
-    if (nv !== null && nv.view === this.installedView) {
-      for (const header of nv.o) {
-        if (header.seq <= this.h) continue;
-        const e = this.newEntry(nv.view, header.seq);
-        this.log.set(header.seq, e);
-        const body = bytesEqual(header.digest, NULL_DIGEST)
-          ? []
-          : (this.decided.get(header.seq)?.batch ?? this.preparedStore.get(header.seq)?.batch ?? null);
-        const matches = body !== null && bodyMatches(this.crypto, header.digest, body);
-        this.acceptInto(e, header, matches ? body : null, true);
-        if (header.seq >= this.nextSeq) this.nextSeq = header.seq + 1;
-      }
-    }
-    for (const pp of accepts) {
-      if (pp.view !== this.installedView || pp.seq <= this.h || pp.batch === null) continue;
-      const e = this.entryFor(pp.seq);
-      if (e.header !== null) continue;
-      this.acceptInto(e, { ...pp, batch: null }, pp.batch, false);
-      if (pp.seq >= this.nextSeq) this.nextSeq = pp.seq + 1;
-    }
-    for (const e of this.log.values()) {
-      const p = this.preparedStore.get(e.seq);
-      if (p !== undefined && p.cert.view === e.view && e.digest !== null && bytesEqual(p.cert.digest, e.digest)) {
-        e.prepared = true;
-      }
-      if (e.digest === null) continue;
-      if (this.cfg.mode === "cft" && !e.prepared && e.header !== null && e.batch !== null) {
-        // In crash mode acceptance is preparation; a crash between the two records lost
-        // only the second, which follows from the first.
-        e.prepared = true;
-        const cert: PreparedCert = { view: e.view, seq: e.seq, digest: e.digest, prePrepare: e.header, prepares: [], batch: e.batch };
-        if (p === undefined || p.cert.view <= e.view) this.preparedStore.set(e.seq, { cert, batch: e.batch });
-      }
-      const kinds = this.isLeader() || this.cfg.mode === "cft" ? [] : ["PREPARE"];
-      if (e.prepared) kinds.push("COMMIT");
-      for (const t of kinds) this.signedVotes.set(`${t}:${e.view}:${e.seq}`, e.digest);
-      if (this.isLeader()) this.signedVotes.set(`PRE_PREPARE:${e.view}:${e.seq}`, e.digest);
-    }
-    // Own votes are regenerated on demand: ed25519 is deterministic, so a resent vote is
-    // byte-identical to the one sent before the crash.
-    for (const e of this.log.values()) {
-      if (e.digest === null || e.seq <= this.lastExecuted) continue;
-      if (this.cfg.mode === "bft" && !this.isLeader()) {
-        const own = this.signed<Prepare>({ t: "PREPARE", view: e.view, seq: e.seq, digest: e.digest, replica: this.cfg.id, sig: EMPTY_SIG });
-        e.prepares.set(this.voteKey(this.cfg.id), own);
-      }
-      if (e.prepared) {
-        const own = this.signed<Commit>({ t: "COMMIT", view: e.view, seq: e.seq, digest: e.digest, replica: this.cfg.id, sig: EMPTY_SIG });
-        e.commits.set(this.voteKey(this.cfg.id), own);
-      }
+      state.transfer = null;
+      if (provesStable(state, t.proof)) adoptStable(state, t.seq, t.digest, t.proof);
     }
   }
 }
