@@ -9,25 +9,23 @@
  * everything it wants done leaves in a `Ready`: the records to persist, then the effects
  * (persist before send).
  *
- * Each part of the protocol is a set of functions of the CoreState every part shares, in
- * the sections below. At the end, `OrderingCore` holds `step`, the dispatch of every input
- * and peer message, the role dispatch (`stepLeader` / `stepBackup`) and the normal case.
+ * Each part of the protocol is a set of functions of the CoreState every part shares.
+ * Parts moved out so far: state.ts; the rest follow in sections below. At the end,
+ * `OrderingCore` holds `step`, the dispatch of every input and peer message, the role
+ * dispatch (`stepLeader` / `stepBackup`) and the normal case.
  */
 import { encodeCanonical } from "../../../wire/canonical.ts";
 import {
   bodyMatches,
-  type CertContext,
-  digestOfBatch,
   isMember,
   type NewViewPlan,
   planNewView,
   validCheckpointProof,
   validDecisionCert,
   validViewChange,
-  verifySigned,
 } from "./certs.ts";
-import { ClientTable, type ClientTableExport, PendingPool, type PendingRequest, requestKey } from "./clients.ts";
-import { checkConfig, type CoreConfig, leaderOf, quorum, type ReplicaId, weakQuorum } from "./config.ts";
+import { type ClientTableExport, type PendingRequest, requestKey } from "./clients.ts";
+import { checkConfig, type CoreConfig, type ReplicaId } from "./config.ts";
 import {
   bytesEqual,
   type Checkpoint,
@@ -43,239 +41,15 @@ import {
   type PreparedCert,
   type PrePrepare,
   requestBytes,
-  SIGNATURE_BYTES,
-  signingBytes,
   type StableProof,
   type StateRequest,
   type StateResponse,
   type ViewChange,
 } from "./messages.ts";
-import { FloodMonitor, ThroughputMonitor } from "./monitors.ts";
-import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, Effect, PersistedRecord, Ready, Refusal, SuspectReason } from "./types.ts";
+import { assert, assertNever, CoreState, EMPTY_SIG, kthLargest, NO_DEADLINE, type Seams } from "./state.ts";
+import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, PersistedRecord, Ready, Refusal, SuspectReason } from "./types.ts";
 
-// =====================================================================================
-// The state of one replica's ordering core, and the few helpers every part of it uses.
-// The fields of CoreState are grouped by the part of the protocol they belong to.
-// =====================================================================================
-
-const NO_DEADLINE = Number.POSITIVE_INFINITY;
-const EMPTY_SIG = new Uint8Array(SIGNATURE_BYTES);
-
-/** Fails loudly: the core's assertions stay on in production (STYLE.md, convention 8). */
-export class CoreAssertionError extends Error {
-  override readonly name = "CoreAssertionError";
-}
-
-function assert(cond: boolean, what: string): asserts cond {
-  if (!cond) throw new CoreAssertionError(`ordering core: ${what}`);
-}
-
-function assertNever(x: never): never {
-  throw new CoreAssertionError(`ordering core: unexpected input ${JSON.stringify(x)}`);
-}
-
-/**
- * The seams a test may override (through OrderingCore's protected methods) to build a
- * deliberately broken core for the simulator. The correct behaviour is the default.
- */
-interface Seams {
-  /** Q. Every quorum comparison goes through here. */
-  quorumSize(): number;
-  /** The key a vote is stored under: the signer, so that each signer counts once. */
-  voteKey(signer: ReplicaId): number;
-  /** Whether a vote for `voteDigest` counts toward `entryDigest`: only an equal digest does. */
-  voteMatches(entryDigest: Uint8Array, voteDigest: Uint8Array): boolean;
-  /** Whether a NEW_VIEW's O must equal the one recomputed from its VIEW_CHANGEs. */
-  recomputesNewView(): boolean;
-}
-
-/**
- * Collects the Ready of one step: the records to persist and the effects, each in the
- * order the core produced them.
- */
-class ReadyBuilder {
-  private records: PersistedRecord[] = [];
-  private effects: Effect[] = [];
-
-  persist(record: PersistedRecord): void {
-    this.records.push(record);
-  }
-
-  effect(effect: Effect): void {
-    this.effects.push(effect);
-  }
-
-  /** The Ready collected so far; the builder starts an empty one. */
-  take(): Ready {
-    const ready: Ready = { persist: this.records, effects: this.effects };
-    this.records = [];
-    this.effects = [];
-    return ready;
-  }
-}
-
-/** The k-th largest of `values` (1-based), or -1 when there are fewer than k. */
-function kthLargest(values: Iterable<number>, k: number): number {
-  const sorted = [...values].sort((a, b) => b - a);
-  return sorted[k - 1] ?? -1;
-}
-
-class CoreState {
-  readonly certContext: CertContext;
-  /** W: weak quorum. */
-  readonly weakQuorumSize: number;
-  /** What the current step asks of the runtime. */
-  readonly output = new ReadyBuilder();
-  /** The core's clock: ticks since it started (or restarted). */
-  now = 0;
-
-  // View state (ORDERING.md §2; view-change.ts).
-  view = 0;
-  installedView = 0;
-  phase: "normal" | "viewChange" = "normal";
-  /** View changes started since a new request last executed in an installed view; sets the backoff. */
-  viewChangeAttempts = 0;
-  /** The view whose view-change timer is armed (-1: none). */
-  timerArmedForView = -1;
-  viewChangeDeadline = NO_DEADLINE;
-  viewChangeResendAt = NO_DEADLINE;
-  /** This replica's VIEW_CHANGE for `view` while the view change is in progress. */
-  ownViewChange: ViewChange | null = null;
-  /** The NEW_VIEW of the installed view. */
-  installedNewView: NewView | null = null;
-  /** The view this replica, as its leader, built a NEW_VIEW for (-1: none). */
-  newViewBuiltFor = -1;
-  readonly viewChanges = new Map<ReplicaId, ViewChange>();
-  readonly newViewAnsweredAt = new Map<ReplicaId, number>();
-  /** Normal-case messages for the target view, held while its view change is in progress. */
-  readonly buffered = new Map<string, { from: ReplicaId; msg: PeerMessage }>();
-  /** Transport-authenticated hints of where peers are; used only with W agreeing peers. */
-  readonly peerViews = new Map<ReplicaId, number>();
-  readonly peerSeqs = new Map<ReplicaId, number>();
-
-  // Log state (log.ts).
-  lastExecuted = 0;
-  /** The seq the leader proposes next. */
-  nextProposalSeq = 1;
-  highestAcceptedSeq = 0;
-  entries = new Map<number, Entry>();
-  /** The highest-view prepared certificate per seq, with its body. */
-  readonly preparedCerts = new Map<number, { cert: PreparedCert; batch: ClientRequest[] }>();
-  readonly decided = new Map<number, Decision>();
-  /** Decisions learnt from peers (with their certificates) for seqs not yet executed. */
-  readonly decidedPending = new Map<number, Decision>();
-  /** Requests of freely proposed, unexecuted batches of this view: key -> seq. */
-  readonly inFreeProposal = new Map<string, number>();
-  /** Requests of NEW_VIEW batches of this view not yet executed: key -> count. */
-  readonly inNewViewBatch = new Map<string, number>();
-  /** Digest of every own PRE_PREPARE, PREPARE and COMMIT signed: "<kind>:<view>:<seq>" -> digest. */
-  readonly signedVotes = new Map<string, Uint8Array>();
-
-  // Checkpoints and state transfer (ORDERING.md §7; checkpoints.ts).
-  /** h: the last stable checkpoint, its state digest and its Q signed CHECKPOINTs. */
-  stableSeq = 0;
-  stableDigest: Uint8Array = NULL_DIGEST;
-  stableProof: Checkpoint[] = [];
-  /** CHECKPOINTs inside the window, by seq and signer. */
-  readonly checkpointVotes = new Map<number, Map<ReplicaId, Checkpoint>>();
-  /** The latest CHECKPOINT beyond the window from each replica. */
-  readonly farCheckpoints = new Map<ReplicaId, Checkpoint>();
-  /** This replica's own state digests, by seq. */
-  readonly ownCheckpoints = new Map<number, Uint8Array>();
-  /** Client tables exported at `takeCheckpoint`, waiting for `checkpointReady`. */
-  readonly checkpointClients = new Map<number, CheckpointClients>();
-  transfer: Transfer | null = null;
-  /** When each peer was last answered, per kind of answer ("<peer>:<kind>"); see onStateRequest. */
-  readonly servedAt = new Map<string, number>();
-  readonly stableAnsweredAt = new Map<ReplicaId, number>();
-  /** Nonce of the next STATE_REQUEST this replica sends. */
-  stateRequestNonce = 0;
-
-  // Clients (ORDERING.md §5; clients.ts).
-  readonly clientTable = new ClientTable();
-  readonly pending = new PendingPool();
-  /** Quarantined clients and the tick their quarantine ends. */
-  readonly quarantinedUntil = new Map<string, number>();
-  forwardToLeader: ClientRequest[] = [];
-  forwardToAll: ClientRequest[] = [];
-  /** The request a client gave this replica in the current step, if admitted; a backup forwards it. */
-  admittedFromClient: ClientRequest | null = null;
-  /** Where the leader's next round-robin pass over clients starts. */
-  roundRobinStart = 0;
-
-  // Progress tracking (timers.ts).
-  lastExecutedAt = 0;
-  nextRetransmitAt = 0;
-  nextProbeAt = 0;
-  nextCheckpointResendAt = 0;
-  /** Tick of the last new proposal this replica accepted from the leader. */
-  lastProposalAt = 0;
-  /** The heartbeat timeout now: progressTimeoutTicks, doubled after each heartbeat failure. */
-  progressTimeoutCurrentTicks: number;
-  readonly throughputMonitor: ThroughputMonitor;
-  readonly floodMonitor: FloodMonitor;
-
-  constructor(
-    readonly cfg: CoreConfig,
-    readonly crypto: CoreCrypto,
-    readonly seams: Seams,
-    /** The core's message dispatch: messages held during a view change are replayed through it. */
-    readonly redeliver: (from: ReplicaId, msg: PeerMessage) => void,
-  ) {
-    this.weakQuorumSize = weakQuorum(cfg.n, cfg.f, cfg.mode);
-    this.certContext = {
-      n: cfg.n,
-      f: cfg.f,
-      mode: cfg.mode,
-      quorumSize: quorum(cfg.n, cfg.f, cfg.mode),
-      logWindow: cfg.logWindow,
-      checkpointInterval: cfg.checkpointInterval,
-      clusterId: cfg.clusterId,
-      crypto,
-    };
-    this.progressTimeoutCurrentTicks = cfg.progressTimeoutTicks;
-    this.throughputMonitor = new ThroughputMonitor(cfg, cfg.n);
-    this.floodMonitor = new FloodMonitor(cfg.n, cfg.throughputWindowTicks, cfg.floodThreshold);
-  }
-
-  leader(view: number = this.view): ReplicaId {
-    return leaderOf(view, this.cfg.n);
-  }
-
-  isLeader(): boolean {
-    return this.leader() === this.cfg.id;
-  }
-
-  /** H = h + L: the highest seq the log may hold. */
-  get highWater(): number {
-    return this.stableSeq + this.cfg.logWindow;
-  }
-
-  persist(record: PersistedRecord): void {
-    this.output.persist(record);
-  }
-
-  send(to: ReplicaId | "all", msg: PeerMessage): void {
-    this.output.effect({ kind: "send", to, msg });
-  }
-
-  emit(effect: Effect): void {
-    this.output.effect(effect);
-  }
-
-  hashBatch(batch: readonly ClientRequest[]): Uint8Array {
-    return digestOfBatch(this.crypto, batch);
-  }
-
-  signed<M extends { sig: Uint8Array } & Parameters<typeof signingBytes>[0]>(m: M): M {
-    m.sig = this.crypto.sign(signingBytes(m, this.cfg.clusterId));
-    return m;
-  }
-
-  verify(m: Parameters<typeof signingBytes>[0]): boolean {
-    return verifySigned(this.certContext, m);
-  }
-}
+export { CoreAssertionError } from "./state.ts";
 
 // =====================================================================================
 // Admission and forwarding of client requests (ORDERING.md §5); the client table and the
@@ -397,7 +171,7 @@ function chunks(state: CoreState, requests: readonly ClientRequest[]): ClientReq
 // =====================================================================================
 
 /** One consensus instance of the current view. */
-interface Entry {
+export interface Entry {
   readonly view: number;
   readonly seq: number;
   /** The accepted signed header (its batch field is null); null while only votes arrived. */
@@ -417,7 +191,7 @@ interface Entry {
   bodyAskedAt: number;
 }
 
-interface Decision {
+export interface Decision {
   view: number;
   digest: Uint8Array;
   batch: ClientRequest[];
@@ -601,7 +375,7 @@ const COMMIT_WIRE_BYTES = 192;
 const STATE_SERVE_INTERVAL_TICKS = 1;
 
 /** A state transfer in progress: the stable checkpoint it fetches and when to try again. */
-interface Transfer {
+export interface Transfer {
   seq: number;
   digest: Uint8Array;
   proof: Checkpoint[];
@@ -610,7 +384,7 @@ interface Transfer {
 }
 
 /** The client table exported with a checkpoint, and its hash. */
-interface CheckpointClients {
+export interface CheckpointClients {
   hash: Uint8Array;
   rows: ClientTableExport;
 }
