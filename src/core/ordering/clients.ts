@@ -2,9 +2,15 @@
  * Per-client state of the ordering core: the client table (the last executed client
  * sequence number of each client, which is replicated state and travels in snapshots so
  * that deduplication survives state transfer) and the pool of pending requests (local,
- * bounded, never replicated).
+ * bounded, never replicated); and what the core does with client requests before they
+ * are proposed: admission and forwarding (ORDERING.md §5).
  */
-import type { ClientRequest } from "./messages.ts";
+import { bytesEqual, type ClientRequest, requestBytes } from "./messages.ts";
+import type { CoreState } from "./state.ts";
+import type { Refusal } from "./types.ts";
+
+/** Quarantined clients remembered at once; the oldest entry goes first. */
+const QUARANTINE_ENTRIES_MAX = 10_000;
 
 /** The client table in canonical form: [client, lastExecutedSeq] pairs sorted by client. */
 export type ClientTableExport = Array<[string, number]>;
@@ -151,4 +157,112 @@ export class PendingPool {
     for (const forClient of this.byClient.values()) max = Math.max(max, forClient.size);
     return max;
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Admission and forwarding (ORDERING.md §5).
+// ---------------------------------------------------------------------------------------
+
+const REFUSALS: ReadonlySet<string> = new Set<Refusal>(["invalid", "quarantined", "window", "overloaded"]);
+
+export function isRefusal(verdict: string): verdict is Refusal {
+  return REFUSALS.has(verdict);
+}
+
+/** What admission did with a request. */
+export type Admission = "executed" | "added" | "duplicate" | Refusal | "bad-signature";
+
+/**
+ * Admission: cheap checks first, the signature last (Aardvark verifies MAC before
+ * signature for the same reason). Returns what happened to the request.
+ */
+export function admit(state: CoreState, req: ClientRequest, authenticated: boolean): Admission {
+  const cfg = state.cfg;
+  if (req.span < 1 || req.span > cfg.requestSpanMax || req.seq < 1) return "invalid";
+  if (requestBytes(req) > cfg.requestBytesMax) return "invalid";
+  const last = state.clientTable.lastExecuted(req.client);
+  if (req.seq + req.span - 1 <= last) return "executed";
+  if (req.seq <= last) return "invalid";
+  if (state.pending.has(req.client, req.seq)) return "duplicate";
+  const until = state.quarantinedUntil.get(req.client);
+  if (until !== undefined && until > state.now) return "quarantined";
+  if (req.seq - last > cfg.clientWindow * cfg.requestSpanMax) return "window";
+  if (state.pending.countFor(req.client) >= cfg.clientWindow) return "window";
+  if (state.pending.total >= cfg.pendingRequestsMax) return "overloaded";
+  if (!state.crypto.verifyRequest(req)) {
+    if (authenticated) quarantineClient(state, req.client);
+    return "bad-signature";
+  }
+  state.pending.add(req, state.now, state.highestAcceptedSeq);
+  return "added";
+}
+
+function quarantineClient(state: CoreState, client: string): void {
+  if (state.quarantinedUntil.size >= QUARANTINE_ENTRIES_MAX) {
+    const oldest = state.quarantinedUntil.keys().next().value;
+    if (oldest !== undefined) state.quarantinedUntil.delete(oldest);
+  }
+  state.quarantinedUntil.delete(client);
+  state.quarantinedUntil.set(client, state.now + state.cfg.clientQuarantineTicks);
+}
+
+/** A request already verified when it became pending need not be verified again. */
+export function alreadyVerified(state: CoreState, r: ClientRequest): boolean {
+  const p = state.pending.get(r.client, r.seq);
+  return p !== undefined && p.req.span === r.span && bytesEqual(p.req.sig, r.sig) && bytesEqual(p.req.body, r.body);
+}
+
+/** Batch-borne requests become pending too, so their timers run (BFT-SMaRt checkProposedValue). */
+export function adoptBatchRequests(state: CoreState, batch: readonly ClientRequest[]): void {
+  for (const r of batch) {
+    const last = state.clientTable.lastExecuted(r.client);
+    if (r.seq <= last || state.pending.has(r.client, r.seq)) continue;
+    if (state.pending.countFor(r.client) >= state.cfg.clientWindow) continue;
+    if (state.pending.total >= state.cfg.pendingRequestsMax) continue;
+    state.pending.add(r, state.now, state.highestAcceptedSeq);
+  }
+}
+
+/** Pending requests go to the new leader again, with fresh timers (ORDERING.md §6). */
+export function forwardAllPending(state: CoreState): void {
+  for (const [, forClient] of state.pending.clients()) {
+    for (const p of forClient.values()) state.forwardToLeader.push(p.req);
+  }
+}
+
+/** Sends the requests queued for all replicas and, from a backup in the normal case, those for the leader. */
+export function flushForwards(state: CoreState): void {
+  if (state.forwardToAll.length > 0) {
+    for (const requests of chunks(state, state.forwardToAll)) state.send("all", { t: "FORWARD", requests });
+    state.forwardToAll = [];
+  }
+  if (state.forwardToLeader.length > 0) {
+    const leader = state.leader();
+    if (leader !== state.cfg.id && state.phase === "normal") {
+      for (const requests of chunks(state, state.forwardToLeader)) state.send(leader, { t: "FORWARD", requests });
+    }
+    state.forwardToLeader = [];
+  }
+}
+
+/**
+ * Splits requests into FORWARD-sized pieces, bounded like a batch by count and bytes
+ * (each piece holds at least one request), so no message outgrows what a batch may be.
+ */
+function chunks(state: CoreState, requests: readonly ClientRequest[]): ClientRequest[][] {
+  const out: ClientRequest[][] = [];
+  let piece: ClientRequest[] = [];
+  let bytes = 0;
+  for (const r of requests) {
+    const size = requestBytes(r);
+    if (piece.length > 0 && (piece.length >= state.cfg.batchRequestsMax || bytes + size > state.cfg.batchBytesMax)) {
+      out.push(piece);
+      piece = [];
+      bytes = 0;
+    }
+    piece.push(r);
+    bytes += size;
+  }
+  if (piece.length > 0) out.push(piece);
+  return out;
 }

@@ -10,8 +10,8 @@
  * (persist before send).
  *
  * Each part of the protocol is a set of functions of the CoreState every part shares.
- * Parts moved out so far: state.ts; the rest follow in sections below. At the end,
- * `OrderingCore` holds `step`, the dispatch of every input and peer message, the role
+ * Parts moved out so far: state.ts, clients.ts; the rest follow in sections below. At the
+ * end, `OrderingCore` holds `step`, the dispatch of every input and peer message, the role
  * dispatch (`stepLeader` / `stepBackup`) and the normal case.
  */
 import { encodeCanonical } from "../../../wire/canonical.ts";
@@ -24,7 +24,17 @@ import {
   validDecisionCert,
   validViewChange,
 } from "./certs.ts";
-import { type ClientTableExport, type PendingRequest, requestKey } from "./clients.ts";
+import {
+  admit,
+  adoptBatchRequests,
+  alreadyVerified,
+  type ClientTableExport,
+  flushForwards,
+  forwardAllPending,
+  isRefusal,
+  type PendingRequest,
+  requestKey,
+} from "./clients.ts";
 import { checkConfig, type CoreConfig, type ReplicaId } from "./config.ts";
 import {
   bytesEqual,
@@ -47,121 +57,9 @@ import {
   type ViewChange,
 } from "./messages.ts";
 import { assert, assertNever, CoreState, EMPTY_SIG, kthLargest, NO_DEADLINE, type Seams } from "./state.ts";
-import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, PersistedRecord, Ready, Refusal, SuspectReason } from "./types.ts";
+import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, PersistedRecord, Ready, SuspectReason } from "./types.ts";
 
 export { CoreAssertionError } from "./state.ts";
-
-// =====================================================================================
-// Admission and forwarding of client requests (ORDERING.md §5); the client table and the
-// pending pool are in clients.ts.
-// =====================================================================================
-
-/** Quarantined clients remembered at once; the oldest entry goes first. */
-const QUARANTINE_ENTRIES_MAX = 10_000;
-
-const REFUSALS: ReadonlySet<string> = new Set<Refusal>(["invalid", "quarantined", "window", "overloaded"]);
-
-function isRefusal(verdict: string): verdict is Refusal {
-  return REFUSALS.has(verdict);
-}
-
-/** What admission did with a request. */
-type Admission = "executed" | "added" | "duplicate" | Refusal | "bad-signature";
-
-/**
- * Admission: cheap checks first, the signature last (Aardvark verifies MAC before
- * signature for the same reason). Returns what happened to the request.
- */
-function admit(state: CoreState, req: ClientRequest, authenticated: boolean): Admission {
-  const cfg = state.cfg;
-  if (req.span < 1 || req.span > cfg.requestSpanMax || req.seq < 1) return "invalid";
-  if (requestBytes(req) > cfg.requestBytesMax) return "invalid";
-  const last = state.clientTable.lastExecuted(req.client);
-  if (req.seq + req.span - 1 <= last) return "executed";
-  if (req.seq <= last) return "invalid";
-  if (state.pending.has(req.client, req.seq)) return "duplicate";
-  const until = state.quarantinedUntil.get(req.client);
-  if (until !== undefined && until > state.now) return "quarantined";
-  if (req.seq - last > cfg.clientWindow * cfg.requestSpanMax) return "window";
-  if (state.pending.countFor(req.client) >= cfg.clientWindow) return "window";
-  if (state.pending.total >= cfg.pendingRequestsMax) return "overloaded";
-  if (!state.crypto.verifyRequest(req)) {
-    if (authenticated) quarantineClient(state, req.client);
-    return "bad-signature";
-  }
-  state.pending.add(req, state.now, state.highestAcceptedSeq);
-  return "added";
-}
-
-function quarantineClient(state: CoreState, client: string): void {
-  if (state.quarantinedUntil.size >= QUARANTINE_ENTRIES_MAX) {
-    const oldest = state.quarantinedUntil.keys().next().value;
-    if (oldest !== undefined) state.quarantinedUntil.delete(oldest);
-  }
-  state.quarantinedUntil.delete(client);
-  state.quarantinedUntil.set(client, state.now + state.cfg.clientQuarantineTicks);
-}
-
-/** A request already verified when it became pending need not be verified again. */
-function alreadyVerified(state: CoreState, r: ClientRequest): boolean {
-  const p = state.pending.get(r.client, r.seq);
-  return p !== undefined && p.req.span === r.span && bytesEqual(p.req.sig, r.sig) && bytesEqual(p.req.body, r.body);
-}
-
-/** Batch-borne requests become pending too, so their timers run (BFT-SMaRt checkProposedValue). */
-function adoptBatchRequests(state: CoreState, batch: readonly ClientRequest[]): void {
-  for (const r of batch) {
-    const last = state.clientTable.lastExecuted(r.client);
-    if (r.seq <= last || state.pending.has(r.client, r.seq)) continue;
-    if (state.pending.countFor(r.client) >= state.cfg.clientWindow) continue;
-    if (state.pending.total >= state.cfg.pendingRequestsMax) continue;
-    state.pending.add(r, state.now, state.highestAcceptedSeq);
-  }
-}
-
-/** Pending requests go to the new leader again, with fresh timers (ORDERING.md §6). */
-function forwardAllPending(state: CoreState): void {
-  for (const [, forClient] of state.pending.clients()) {
-    for (const p of forClient.values()) state.forwardToLeader.push(p.req);
-  }
-}
-
-/** Sends the requests queued for all replicas and, from a backup in the normal case, those for the leader. */
-function flushForwards(state: CoreState): void {
-  if (state.forwardToAll.length > 0) {
-    for (const requests of chunks(state, state.forwardToAll)) state.send("all", { t: "FORWARD", requests });
-    state.forwardToAll = [];
-  }
-  if (state.forwardToLeader.length > 0) {
-    const leader = state.leader();
-    if (leader !== state.cfg.id && state.phase === "normal") {
-      for (const requests of chunks(state, state.forwardToLeader)) state.send(leader, { t: "FORWARD", requests });
-    }
-    state.forwardToLeader = [];
-  }
-}
-
-/**
- * Splits requests into FORWARD-sized pieces, bounded like a batch by count and bytes
- * (each piece holds at least one request), so no message outgrows what a batch may be.
- */
-function chunks(state: CoreState, requests: readonly ClientRequest[]): ClientRequest[][] {
-  const out: ClientRequest[][] = [];
-  let piece: ClientRequest[] = [];
-  let bytes = 0;
-  for (const r of requests) {
-    const size = requestBytes(r);
-    if (piece.length > 0 && (piece.length >= state.cfg.batchRequestsMax || bytes + size > state.cfg.batchBytesMax)) {
-      out.push(piece);
-      piece = [];
-      bytes = 0;
-    }
-    piece.push(r);
-    bytes += size;
-  }
-  if (piece.length > 0) out.push(piece);
-  return out;
-}
 
 // =====================================================================================
 // The log (ORDERING.md §4): one entry per consensus instance of the current view, the
