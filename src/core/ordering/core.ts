@@ -10,9 +10,9 @@
  * (persist before send).
  *
  * Each part of the protocol is a set of functions of the CoreState every part shares.
- * Parts moved out so far: state.ts, clients.ts; the rest follow in sections below. At the
- * end, `OrderingCore` holds `step`, the dispatch of every input and peer message, the role
- * dispatch (`stepLeader` / `stepBackup`) and the normal case.
+ * Parts moved out so far: state.ts, clients.ts, log.ts; the rest follow in sections below.
+ * At the end, `OrderingCore` holds `step`, the dispatch of every input and peer message,
+ * the role dispatch (`stepLeader` / `stepBackup`) and the normal case.
  */
 import { encodeCanonical } from "../../../wire/canonical.ts";
 import {
@@ -26,7 +26,6 @@ import {
 } from "./certs.ts";
 import {
   admit,
-  adoptBatchRequests,
   alreadyVerified,
   type ClientTableExport,
   flushForwards,
@@ -36,6 +35,22 @@ import {
   requestKey,
 } from "./clients.ts";
 import { checkConfig, type CoreConfig, type ReplicaId } from "./config.ts";
+import {
+  acceptInto,
+  attachBody,
+  checkCommitted,
+  checkPrepared,
+  type Decision,
+  dropEntriesThrough,
+  type Entry,
+  entryFor,
+  keepPrepared,
+  markPrepared,
+  newEntry,
+  sendOwnPrepare,
+  signHeader,
+  unindex,
+} from "./log.ts";
 import {
   bytesEqual,
   type Checkpoint,
@@ -60,205 +75,6 @@ import { assert, assertNever, CoreState, EMPTY_SIG, kthLargest, NO_DEADLINE, typ
 import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, PersistedRecord, Ready, SuspectReason } from "./types.ts";
 
 export { CoreAssertionError } from "./state.ts";
-
-// =====================================================================================
-// The log (ORDERING.md §4): one entry per consensus instance of the current view, the
-// prepared certificates and decisions kept beside it, and the own votes this replica has
-// signed. An entry moves accepted -> prepared -> committed here; core.ts decides when a
-// message is let in, and executes committed entries in order.
-// =====================================================================================
-
-/** One consensus instance of the current view. */
-export interface Entry {
-  readonly view: number;
-  readonly seq: number;
-  /** The accepted signed header (its batch field is null); null while only votes arrived. */
-  header: PrePrepare | null;
-  digest: Uint8Array | null;
-  /** The body, checked against `digest`; null while missing. */
-  batch: ClientRequest[] | null;
-  /** Named by the NEW_VIEW that installed this view, rather than freely proposed in it. */
-  fromNewView: boolean;
-  /** Votes keyed by `voteKey(signer)`: at most one per signer, the first one. */
-  readonly prepares: Map<number, Prepare>;
-  readonly commits: Map<number, Commit>;
-  prepared: boolean;
-  committed: boolean;
-  commitCert: Commit[] | null;
-  /** Tick the missing body was last asked for. */
-  bodyAskedAt: number;
-}
-
-export interface Decision {
-  view: number;
-  digest: Uint8Array;
-  batch: ClientRequest[];
-  commits: Commit[];
-}
-
-function newEntry(view: number, seq: number): Entry {
-  return {
-    view,
-    seq,
-    header: null,
-    digest: null,
-    batch: null,
-    fromNewView: false,
-    prepares: new Map(),
-    commits: new Map(),
-    prepared: false,
-    committed: false,
-    commitCert: null,
-    bodyAskedAt: -1,
-  };
-}
-
-function entryFor(state: CoreState, seq: number): Entry {
-  let e = state.entries.get(seq);
-  if (e === undefined) {
-    e = newEntry(state.view, seq);
-    state.entries.set(seq, e);
-  }
-  return e;
-}
-
-/** Signs a PREPARE or COMMIT; never two digests for one (kind, view, seq), never below the view. */
-function signVote(state: CoreState, t: "PREPARE", view: number, seq: number, digest: Uint8Array): Prepare;
-function signVote(state: CoreState, t: "COMMIT", view: number, seq: number, digest: Uint8Array): Commit;
-function signVote(state: CoreState, t: "PREPARE" | "COMMIT", view: number, seq: number, digest: Uint8Array): Prepare | Commit {
-  assert(view === state.view && state.phase === "normal", `vote in view ${view} while in ${state.phase} ${state.view}`);
-  const key = `${t}:${view}:${seq}`;
-  const prev = state.signedVotes.get(key);
-  assert(prev === undefined || bytesEqual(prev, digest), `second ${t} digest for view ${view} seq ${seq}`);
-  state.signedVotes.set(key, digest);
-  return state.signed<Prepare | Commit>({ t, view, seq, digest, replica: state.cfg.id, sig: EMPTY_SIG });
-}
-
-function signHeader(state: CoreState, view: number, seq: number, digest: Uint8Array): PrePrepare {
-  const key = `PRE_PREPARE:${view}:${seq}`;
-  const prev = state.signedVotes.get(key);
-  assert(prev === undefined || bytesEqual(prev, digest), `second proposal for view ${view} seq ${seq}`);
-  state.signedVotes.set(key, digest);
-  return state.signed({ t: "PRE_PREPARE", view, seq, digest, batch: null, sig: EMPTY_SIG });
-}
-
-/** Signs this replica's PREPARE for `e`, records it as its own vote and sends it. */
-function sendOwnPrepare(state: CoreState, e: Entry, digest: Uint8Array): void {
-  const own = signVote(state, "PREPARE", state.view, e.seq, digest);
-  e.prepares.set(state.seams.voteKey(state.cfg.id), own);
-  state.send("all", own);
-}
-
-function countMatching(state: CoreState, votes: Map<number, Prepare | Commit>, digest: Uint8Array): number {
-  let n = 0;
-  for (const v of votes.values()) if (state.seams.voteMatches(digest, v.digest)) n++;
-  return n;
-}
-
-function matchingVotes<V extends Prepare | Commit>(state: CoreState, votes: Map<number, V>, digest: Uint8Array, count: number): V[] {
-  const list = [...votes.values()].filter((v) => state.seams.voteMatches(digest, v.digest));
-  list.sort((a, b) => a.replica - b.replica);
-  return list.slice(0, count);
-}
-
-/** Records an accepted proposal in `e` and indexes its requests. */
-function acceptInto(state: CoreState, e: Entry, header: PrePrepare, batch: ClientRequest[] | null, fromNewView: boolean): void {
-  e.header = header;
-  e.digest = header.digest;
-  e.fromNewView = fromNewView;
-  e.batch = null;
-  if (batch !== null) setBody(state, e, batch);
-  if (e.seq > state.highestAcceptedSeq) state.highestAcceptedSeq = e.seq;
-  if (!fromNewView) state.lastProposalAt = state.now;
-}
-
-function setBody(state: CoreState, e: Entry, batch: ClientRequest[]): void {
-  e.batch = batch;
-  if (e.seq <= state.lastExecuted) return;
-  for (const r of batch) {
-    const key = requestKey(r.client, r.seq);
-    if (e.fromNewView) state.inNewViewBatch.set(key, (state.inNewViewBatch.get(key) ?? 0) + 1);
-    else state.inFreeProposal.set(key, e.seq);
-  }
-  adoptBatchRequests(state, batch);
-}
-
-function unindex(state: CoreState, e: Entry): void {
-  if (e.batch === null) return;
-  for (const r of e.batch) {
-    const key = requestKey(r.client, r.seq);
-    if (e.fromNewView) {
-      const c = (state.inNewViewBatch.get(key) ?? 0) - 1;
-      if (c <= 0) state.inNewViewBatch.delete(key);
-      else state.inNewViewBatch.set(key, c);
-    } else if (state.inFreeProposal.get(key) === e.seq) {
-      state.inFreeProposal.delete(key);
-    }
-  }
-}
-
-/** A body arrived for an entry that had only its header; it is checked against the digest alone. */
-function attachBody(state: CoreState, e: Entry, batch: ClientRequest[]): void {
-  if (e.digest === null || e.batch !== null) return;
-  if (!bodyMatches(state.crypto, e.digest, batch)) return;
-  setBody(state, e, batch);
-  if (state.cfg.mode === "cft") markPrepared(state, e);
-  else checkPrepared(state, e);
-}
-
-/** Prepared: header accepted, body held, and Q-1 PREPAREs for its digest from distinct non-leaders. */
-function checkPrepared(state: CoreState, e: Entry): void {
-  if (e.prepared || e.header === null || e.digest === null || e.batch === null) return;
-  if (state.phase !== "normal" || e.view !== state.view) return;
-  if (countMatching(state, e.prepares, e.digest) < state.seams.quorumSize() - 1) return;
-  markPrepared(state, e);
-}
-
-/** Stores the certificate, persists it, then sends COMMIT (persist before send). */
-function markPrepared(state: CoreState, e: Entry): void {
-  if (e.prepared || e.header === null || e.digest === null || e.batch === null) return;
-  if (state.phase !== "normal" || e.view !== state.view) return;
-  e.prepared = true;
-  const prepares = state.cfg.mode === "cft" ? [] : matchingVotes(state, e.prepares, e.digest, state.seams.quorumSize() - 1);
-  const cert: PreparedCert = {
-    view: e.view,
-    seq: e.seq,
-    digest: e.digest,
-    prePrepare: e.header,
-    prepares,
-    batch: state.cfg.mode === "cft" ? e.batch : null,
-  };
-  keepPrepared(state, cert, e.batch);
-  state.persist({ t: "prepared", cert, batch: e.batch });
-  const own = signVote(state, "COMMIT", e.view, e.seq, e.digest);
-  e.commits.set(state.seams.voteKey(state.cfg.id), own);
-  state.send("all", own);
-  checkCommitted(state, e);
-}
-
-/** Keeps `cert` as the prepared certificate of its seq unless one from a higher view is kept. */
-function keepPrepared(state: CoreState, cert: PreparedCert, batch: ClientRequest[]): void {
-  const prev = state.preparedCerts.get(cert.seq);
-  if (prev === undefined || prev.cert.view <= cert.view) state.preparedCerts.set(cert.seq, { cert, batch });
-}
-
-/** Committed: prepared and Q COMMITs with the same digest (a COMMIT for another digest never counts). */
-function checkCommitted(state: CoreState, e: Entry): void {
-  if (!e.prepared || e.committed || e.digest === null) return;
-  const q = state.seams.quorumSize();
-  if (countMatching(state, e.commits, e.digest) < q) return;
-  e.committed = true;
-  e.commitCert = matchingVotes(state, e.commits, e.digest, q);
-}
-
-/** Drops every entry at or below `seq` from the log, with its request index. */
-function dropEntriesThrough(state: CoreState, seq: number): void {
-  for (const [s, e] of [...state.entries]) {
-    if (s > seq) continue;
-    unindex(state, e);
-    state.entries.delete(s);
-  }
-}
 
 // =====================================================================================
 // Checkpoints and state transfer (ORDERING.md §7): own checkpoints, stable checkpoints

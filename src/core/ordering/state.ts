@@ -17,8 +17,9 @@
  */
 import { ClientTable, PendingPool } from "./clients.ts";
 import { type CertContext, digestOfBatch, verifySigned } from "./certs.ts";
-import type { CheckpointClients, Decision, Entry, Transfer } from "./core.ts";
+import type { CheckpointClients, Transfer } from "./core.ts";
 import { type CoreConfig, leaderOf, quorum, type ReplicaId, weakQuorum } from "./config.ts";
+import type { Decision, Entry } from "./log.ts";
 import {
   type Checkpoint,
   type ClientRequest,
