@@ -10,20 +10,26 @@
  * (persist before send).
  *
  * Each part of the protocol is a set of functions of the CoreState every part shares.
- * Parts moved out so far: state.ts, clients.ts, log.ts; the rest follow in sections below.
- * At the end, `OrderingCore` holds `step`, the dispatch of every input and peer message,
- * the role dispatch (`stepLeader` / `stepBackup`) and the normal case.
+ * Parts moved out so far: state.ts, clients.ts, log.ts, checkpoints.ts; the rest follow in
+ * sections below. At the end, `OrderingCore` holds `step`, the dispatch of every input and
+ * peer message, the role dispatch (`stepLeader` / `stepBackup`) and the normal case.
  */
-import { encodeCanonical } from "../../../wire/canonical.ts";
+import { bodyMatches, isMember, type NewViewPlan, planNewView, validViewChange } from "./certs.ts";
 import {
-  bodyMatches,
-  isMember,
-  type NewViewPlan,
-  planNewView,
-  validCheckpointProof,
-  validDecisionCert,
-  validViewChange,
-} from "./certs.ts";
+  acceptStateResponse,
+  adoptStable,
+  answerLaggingVoter,
+  collectGarbage,
+  jumpToStable,
+  onCheckpoint,
+  onCheckpointReady,
+  onSnapshotInstalled,
+  onStateRequest,
+  ownCheckpoint,
+  provesStable,
+  requestSnapshot,
+  takeCheckpoint,
+} from "./checkpoints.ts";
 import {
   admit,
   alreadyVerified,
@@ -41,7 +47,6 @@ import {
   checkCommitted,
   checkPrepared,
   type Decision,
-  dropEntriesThrough,
   type Entry,
   entryFor,
   keepPrepared,
@@ -53,12 +58,9 @@ import {
 } from "./log.ts";
 import {
   bytesEqual,
-  type Checkpoint,
   type ClientRequest,
   type Commit,
-  type DecidedItem,
   type Forward,
-  hex,
   type NewView,
   NULL_DIGEST,
   type PeerMessage,
@@ -66,7 +68,6 @@ import {
   type PreparedCert,
   type PrePrepare,
   requestBytes,
-  type StableProof,
   type StateRequest,
   type StateResponse,
   type ViewChange,
@@ -75,388 +76,6 @@ import { assert, assertNever, CoreState, EMPTY_SIG, kthLargest, NO_DEADLINE, typ
 import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, PersistedRecord, Ready, SuspectReason } from "./types.ts";
 
 export { CoreAssertionError } from "./state.ts";
-
-// =====================================================================================
-// Checkpoints and state transfer (ORDERING.md §7): own checkpoints, stable checkpoints
-// (Q matching signed CHECKPOINTs) and the garbage collection they allow, fetching a
-// snapshot when this replica is behind, and catch-up inside the window from decided
-// batches with their commit certificates (§4).
-// =====================================================================================
-
-/** What one signed COMMIT adds to a message (fields, digest, signature, encoding), for byte bounds. */
-const COMMIT_WIRE_BYTES = 192;
-/** A replica answers at most one state request per peer per this many ticks. */
-const STATE_SERVE_INTERVAL_TICKS = 1;
-
-/** A state transfer in progress: the stable checkpoint it fetches and when to try again. */
-export interface Transfer {
-  seq: number;
-  digest: Uint8Array;
-  proof: Checkpoint[];
-  nextTryAt: number;
-  attempt: number;
-}
-
-/** The client table exported with a checkpoint, and its hash. */
-export interface CheckpointClients {
-  hash: Uint8Array;
-  rows: ClientTableExport;
-}
-
-/** hash(canonical(client table)): the client part of a checkpoint's state digest. */
-export function clientTableHash(hash: (bytes: Uint8Array) => Uint8Array, rows: ClientTableExport): Uint8Array {
-  return hash(encodeCanonical(rows));
-}
-
-/**
- * The checkpoint state digest D = hash(seq, appDigest, hash(clients)) (ORDERING.md §7).
- * Exported so that the runtime checks a fetched or stored snapshot with the very formula
- * the core signs.
- */
-export function stateDigestOf(hash: (bytes: Uint8Array) => Uint8Array, seq: number, appDigest: Uint8Array, clientsHash: Uint8Array): Uint8Array {
-  return hash(encodeCanonical({ seq, app: appDigest, clients: clientsHash }));
-}
-
-function clientsHash(state: CoreState, rows: ClientTableExport): Uint8Array {
-  return clientTableHash(state.crypto.hash, rows);
-}
-
-function stateDigest(state: CoreState, seq: number, appDigest: Uint8Array, clientsHash: Uint8Array): Uint8Array {
-  return stateDigestOf(state.crypto.hash, seq, appDigest, clientsHash);
-}
-
-/** The stable checkpoint as it travels in a STATE_RESPONSE. */
-function stableProofOf(state: CoreState): StableProof {
-  return { seq: state.stableSeq, digest: state.stableDigest, proof: state.stableProof };
-}
-
-/** This replica's own signed CHECKPOINT for (seq, digest). */
-function ownCheckpoint(state: CoreState, seq: number, digest: Uint8Array): Checkpoint {
-  return state.signed<Checkpoint>({ t: "CHECKPOINT", seq, digest, replica: state.cfg.id, sig: EMPTY_SIG });
-}
-
-function takeCheckpoint(state: CoreState, s: number): void {
-  const rows = state.clientTable.export();
-  state.checkpointClients.set(s, { hash: clientsHash(state, rows), rows });
-  state.emit({ kind: "takeCheckpoint", seq: s, clients: rows });
-}
-
-function onCheckpointReady(state: CoreState, seq: number, appDigest: Uint8Array): void {
-  const taken = state.checkpointClients.get(seq);
-  if (taken === undefined) return;
-  state.checkpointClients.delete(seq);
-  const digest = stateDigest(state, seq, appDigest, taken.hash);
-  state.ownCheckpoints.set(seq, digest);
-  state.persist({ t: "checkpoint", seq, stateDigest: digest, appDigest, clients: taken.rows });
-  if (seq <= state.stableSeq) {
-    checkDivergence(state, seq, state.stableDigest);
-    return;
-  }
-  const msg = ownCheckpoint(state, seq, digest);
-  state.send("all", msg);
-  addCheckpoint(state, msg);
-}
-
-function onCheckpoint(state: CoreState, from: ReplicaId, m: Checkpoint): void {
-  if (!isMember(state.certContext, m.replica) || m.seq % state.cfg.checkpointInterval !== 0) return;
-  if (m.seq <= state.stableSeq) {
-    answerWithStable(state, from);
-    return;
-  }
-  if (m.seq <= state.highWater) {
-    if (state.checkpointVotes.get(m.seq)?.has(m.replica)) return;
-    if (!state.verify(m)) return;
-    addCheckpoint(state, m);
-    return;
-  }
-  const prev = state.farCheckpoints.get(m.replica);
-  if (prev !== undefined && prev.seq >= m.seq) return;
-  if (!state.verify(m)) return;
-  state.farCheckpoints.set(m.replica, m);
-  checkFarCheckpoints(state);
-}
-
-/**
- * A CHECKPOINT at or below our stable one comes from a replica that may lack the proof
- * (its own was resent because it saw no quorum): send it ours, at most once per
- * retransmission interval per peer.
- */
-function answerWithStable(state: CoreState, to: ReplicaId): void {
-  if (state.stableSeq === 0 || to === state.cfg.id) return;
-  const last = state.stableAnsweredAt.get(to) ?? -NO_DEADLINE;
-  if (state.now - last < state.cfg.retransmitTicks) return;
-  state.stableAnsweredAt.set(to, state.now);
-  const stable = stableProofOf(state);
-  state.send(to, { t: "STATE_RESPONSE", kind: "decided", nonce: 0, items: [], stable, lastExecuted: state.lastExecuted });
-}
-
-/** Adds a verified in-window CHECKPOINT and adopts it as stable at Q matching signers. */
-function addCheckpoint(state: CoreState, m: Checkpoint): void {
-  let set = state.checkpointVotes.get(m.seq);
-  if (set === undefined) {
-    set = new Map();
-    state.checkpointVotes.set(m.seq, set);
-  }
-  if (set.has(m.replica)) return;
-  set.set(m.replica, m);
-  const matching = [...set.values()].filter((c) => bytesEqual(c.digest, m.digest));
-  if (matching.length >= state.seams.quorumSize()) {
-    matching.sort((a, b) => a.replica - b.replica);
-    adoptStable(state, m.seq, m.digest, matching.slice(0, state.seams.quorumSize()));
-  }
-}
-
-/** W agreeing CHECKPOINTs beyond the window: this replica is behind; fetch that state. */
-function checkFarCheckpoints(state: CoreState): void {
-  const groups = new Map<string, Checkpoint[]>();
-  for (const c of state.farCheckpoints.values()) {
-    const key = `${c.seq}:${hex(c.digest)}`;
-    const g = groups.get(key) ?? [];
-    g.push(c);
-    groups.set(key, g);
-  }
-  for (const g of groups.values()) {
-    g.sort((a, b) => a.replica - b.replica);
-    const first = g[0] as Checkpoint;
-    if (g.length >= state.seams.quorumSize()) adoptStable(state, first.seq, first.digest, g.slice(0, state.seams.quorumSize()));
-    else if (g.length >= state.weakQuorumSize && first.seq > state.lastExecuted) startTransfer(state, first.seq, first.digest, g);
-  }
-}
-
-/** Whether `proof` holds Q distinct signers, enough to make its checkpoint stable. */
-function provesStable(state: CoreState, proof: readonly Checkpoint[]): boolean {
-  return new Set(proof.map((c) => c.replica)).size >= state.seams.quorumSize();
-}
-
-/**
- * A stable checkpoint (Q signers). Below or at lastExecuted it moves h and collects
- * garbage; above, it becomes the state-transfer target and h moves after installation.
- */
-function adoptStable(state: CoreState, seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
-  if (seq <= state.stableSeq) return;
-  if (seq > state.lastExecuted) {
-    startTransfer(state, seq, digest, proof);
-    return;
-  }
-  if (!checkDivergence(state, seq, digest)) return;
-  state.stableSeq = seq;
-  state.stableDigest = digest;
-  state.stableProof = proof;
-  state.persist({ t: "stable", seq, digest, proof });
-  collectGarbage(state);
-}
-
-/**
- * A NEW_VIEW starts the new view's log at minS, a stable checkpoint this replica has not
- * reached. As in PBFT, h moves there at once (the proof has Q signatures) and the state
- * is fetched: everything at or below minS is obsolete in the new view, and keeping it
- * would let the log outgrow its window. Until the snapshot is installed, h is above
- * lastExecuted and a transfer to h is in progress.
- */
-function jumpToStable(state: CoreState, seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
-  state.stableSeq = seq;
-  state.stableDigest = digest;
-  state.stableProof = proof;
-  state.persist({ t: "stable", seq, digest, proof });
-  collectGarbage(state);
-  startTransfer(state, seq, digest, proof);
-  if (state.transfer !== null && state.transfer.seq === seq) {
-    state.transfer.nextTryAt = state.now + state.cfg.transferRetryTicks;
-    requestSnapshot(state);
-  }
-}
-
-/** Replicas are deterministic: an own digest that differs from a stable one is fatal. */
-function checkDivergence(state: CoreState, seq: number, stable: Uint8Array): boolean {
-  const own = state.ownCheckpoints.get(seq);
-  if (own === undefined || bytesEqual(own, stable)) return true;
-  state.emit({ kind: "divergence", seq, own, stable });
-  return false;
-}
-
-function collectGarbage(state: CoreState): void {
-  const h = state.stableSeq;
-  dropEntriesThrough(state, h);
-  for (const s of [...state.preparedCerts.keys()]) if (s <= h) state.preparedCerts.delete(s);
-  for (const s of [...state.decided.keys()]) if (s <= h) state.decided.delete(s);
-  for (const s of [...state.decidedPending.keys()]) if (s <= h) state.decidedPending.delete(s);
-  for (const s of [...state.checkpointVotes.keys()]) if (s <= h) state.checkpointVotes.delete(s);
-  for (const s of [...state.ownCheckpoints.keys()]) if (s < h) state.ownCheckpoints.delete(s);
-  for (const s of [...state.checkpointClients.keys()]) if (s < h) state.checkpointClients.delete(s);
-  for (const [r, c] of [...state.farCheckpoints]) {
-    if (c.seq > state.highWater) continue;
-    state.farCheckpoints.delete(r);
-    if (c.seq > h) addCheckpoint(state, c);
-  }
-  for (const key of [...state.signedVotes.keys()]) {
-    const seq = Number(key.slice(key.lastIndexOf(":") + 1));
-    if (seq <= h) state.signedVotes.delete(key);
-  }
-}
-
-/**
- * Targets the state at `seq`. A target inside the window is usually reached by executing
- * what is already in flight, so the fetch waits one retransmission interval first; a
- * target beyond the window can only be reached by a snapshot, so it is fetched at once.
- */
-function startTransfer(state: CoreState, seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
-  if (state.transfer !== null && state.transfer.seq >= seq) return;
-  const inWindow = seq <= state.highWater;
-  const firstTry = inWindow ? state.now + state.cfg.retransmitTicks : state.now + state.cfg.transferRetryTicks;
-  state.transfer = { seq, digest, proof, nextTryAt: firstTry, attempt: 0 };
-  if (!inWindow) requestSnapshot(state);
-}
-
-/** Asks the runtime for the snapshot, rotating the preferred source on every retry. */
-function requestSnapshot(state: CoreState): void {
-  const t = state.transfer;
-  if (t === null) return;
-  const signers = [...new Set(t.proof.map((c) => c.replica))].filter((r) => r !== state.cfg.id);
-  const k = signers.length === 0 ? 0 : t.attempt % signers.length;
-  const from = [...signers.slice(k), ...signers.slice(0, k)];
-  state.emit({ kind: "fetchState", seq: t.seq, stateDigest: t.digest, from, proof: t.proof });
-}
-
-function onSnapshotInstalled(state: CoreState, seq: number, claimedDigest: Uint8Array, appDigest: Uint8Array, rows: ClientTableExport): void {
-  const t = state.transfer;
-  if (t === null || seq !== t.seq) return;
-  const digest = stateDigest(state, seq, appDigest, clientsHash(state, rows));
-  if (!bytesEqual(digest, t.digest) || !bytesEqual(claimedDigest, t.digest)) return;
-  state.transfer = null;
-  state.lastExecuted = seq;
-  state.lastExecutedAt = state.now;
-  state.clientTable.import(rows);
-  dropEntriesThrough(state, seq);
-  for (const s of [...state.decided.keys()]) if (s <= seq) state.decided.delete(s);
-  for (const s of [...state.decidedPending.keys()]) if (s <= seq) state.decidedPending.delete(s);
-  for (const [client] of [...state.pending.clients()]) state.pending.pruneExecuted(client, state.clientTable.lastExecuted(client));
-  state.ownCheckpoints.set(seq, digest);
-  state.persist({ t: "snapshot", seq, stateDigest: digest, appDigest, clients: rows, proof: t.proof });
-  if (provesStable(state, t.proof)) adoptStable(state, seq, digest, t.proof);
-  state.nextProbeAt = state.now;
-  if (state.nextProposalSeq <= seq) state.nextProposalSeq = seq + 1;
-}
-
-// ---------------------------------------------------------------------------------------
-// Catch-up inside the window: decided batches with commit certificates (ORDERING.md §4).
-// ---------------------------------------------------------------------------------------
-
-/**
- * Answers a peer's request for decided batches or bodies, at most once per peer and kind
- * per STATE_SERVE_INTERVAL_TICKS. Each kind has its own budget ("decided", "batch", and
- * "lagging" for answers to a lagging voter), so that what a stalled replica sends in one
- * tick never uses up the budget of another: the votes it resends once did, every time
- * (the answer to the votes starts at the voted seq, the request at the first missing
- * one), and the replica never caught up.
- */
-function onStateRequest(state: CoreState, from: ReplicaId, m: StateRequest, budget: "decided" | "batch" | "lagging" = m.kind): void {
-  const key = `${from}:${budget}`;
-  if ((state.servedAt.get(key) ?? -NO_DEADLINE) + STATE_SERVE_INTERVAL_TICKS > state.now) return;
-  state.servedAt.set(key, state.now);
-  const items: DecidedItem[] = [];
-  const first = Math.max(m.seq, state.stableSeq + 1);
-  const last = Math.min(m.toSeq, first + state.cfg.transferItemsMax - 1, state.highWater);
-  // Bounded in bytes like one batch (at least one item), so the answer fits a message.
-  let bytes = 0;
-  for (let s = first; s <= last; s++) {
-    const item = m.kind === "decided" ? decidedItem(state, s) : bodyItem(state, s, m.digest);
-    if (item === null) continue;
-    const size = item.batch.reduce((sum, r) => sum + requestBytes(r), 0) + item.commits.length * COMMIT_WIRE_BYTES;
-    if (items.length > 0 && bytes + size > state.cfg.batchBytesMax) break;
-    items.push(item);
-    bytes += size;
-  }
-  const stable: StableProof | null = state.stableSeq > 0 ? stableProofOf(state) : null;
-  // The stable proof alone is worth sending when the asker has executed up to it: it may
-  // be stuck with a full window for want of exactly that proof.
-  if (items.length === 0 && (stable === null || state.stableSeq < m.seq - 1)) return;
-  const resp: StateResponse = {
-    t: "STATE_RESPONSE",
-    kind: m.kind,
-    nonce: m.nonce,
-    items,
-    stable,
-    lastExecuted: state.lastExecuted,
-  };
-  state.send(from, resp);
-}
-
-/**
- * A peer still voting on a seq this replica executed has not seen the decision: answer
- * with the decided batches from there on, instead of counting its vote (ORDERING.md §4,
- * retransmission).
- */
-function answerLaggingVoter(state: CoreState, from: ReplicaId, m: Prepare | Commit): void {
-  if (m.seq > state.lastExecuted || m.replica !== from || !state.decided.has(m.seq)) return;
-  // A first vote after the decision is just late; the same vote again is a resend by a
-  // replica that is stuck.
-  const e = state.entries.get(m.seq);
-  const seen = e !== undefined && (m.t === "PREPARE" ? e.prepares : e.commits).has(state.seams.voteKey(from));
-  if (e !== undefined && !seen) return;
-  const req: StateRequest = { t: "STATE_REQUEST", kind: "decided", seq: m.seq, toSeq: state.lastExecuted, digest: null, nonce: 0 };
-  onStateRequest(state, from, req, "lagging");
-}
-
-function decidedItem(state: CoreState, s: number): DecidedItem | null {
-  const d = state.decided.get(s);
-  if (d === undefined) return null;
-  return { view: d.view, seq: s, batch: d.batch, commits: d.commits };
-}
-
-/** Any body this replica holds for `s` (matching `digest` if given); the asker checks it. */
-function bodyItem(state: CoreState, s: number, digest: Uint8Array | null): DecidedItem | null {
-  const candidates: Array<{ view: number; digest: Uint8Array | null; batch: ClientRequest[] | null }> = [];
-  const d = state.decided.get(s);
-  if (d !== undefined) candidates.push(d);
-  const e = state.entries.get(s);
-  if (e !== undefined) candidates.push(e);
-  const p = state.preparedCerts.get(s);
-  if (p !== undefined) candidates.push({ view: p.cert.view, digest: p.cert.digest, batch: p.batch });
-  for (const c of candidates) {
-    if (c.batch === null || c.digest === null) continue;
-    if (digest !== null && !bytesEqual(c.digest, digest)) continue;
-    return { view: c.view, seq: s, batch: c.batch, commits: [] };
-  }
-  return null;
-}
-
-/**
- * Takes what a STATE_RESPONSE carries: where the peer is, its stable checkpoint, and
- * decided batches or bodies. Executing them is the caller's part (core.ts).
- */
-function acceptStateResponse(state: CoreState, from: ReplicaId, m: StateResponse): void {
-  if (m.lastExecuted > (state.peerSeqs.get(from) ?? -1)) state.peerSeqs.set(from, m.lastExecuted);
-  if (m.stable !== null && m.stable.seq > state.stableSeq && m.stable.seq % state.cfg.checkpointInterval === 0) {
-    const st = m.stable;
-    if (validCheckpointProof(state.certContext, st.seq, st.digest, st.proof, state.seams.quorumSize())) {
-      adoptStable(state, st.seq, st.digest, st.proof);
-    }
-  }
-  for (const item of m.items) {
-    if (item.commits.length > 0) acceptDecidedItem(state, item);
-    else acceptBodyItem(state, item);
-  }
-}
-
-function acceptDecidedItem(state: CoreState, item: DecidedItem): void {
-  // Only inside the window: a replica further behind catches up by state transfer.
-  if (item.seq <= state.lastExecuted || item.seq > state.highWater) return;
-  if (state.decidedPending.has(item.seq)) return;
-  // The certificate names the digest; the body must match it (an empty body matches the
-  // null digest of a NEW_VIEW gap).
-  const digest = (item.commits[0] as Commit).digest;
-  if (!bodyMatches(state.crypto, digest, item.batch)) return;
-  if (!validDecisionCert(state.certContext, item.view, item.seq, digest, item.commits)) return;
-  state.decidedPending.set(item.seq, { view: item.view, digest, batch: item.batch, commits: item.commits });
-  const e = state.entries.get(item.seq);
-  if (e !== undefined && e.batch === null && e.digest !== null && bytesEqual(e.digest, digest)) attachBody(state, e, item.batch);
-}
-
-function acceptBodyItem(state: CoreState, item: DecidedItem): void {
-  const e = state.entries.get(item.seq);
-  if (e === undefined || e.batch !== null || e.digest === null) return;
-  attachBody(state, e, item.batch);
-}
 
 // =====================================================================================
 // View change (ORDERING.md §6): leaving a view with a VIEW_CHANGE that reports everything

@@ -15,9 +15,9 @@
  *
  * The fields below are grouped by the part of the protocol they belong to.
  */
+import type { CheckpointClients, Transfer } from "./checkpoints.ts";
 import { ClientTable, PendingPool } from "./clients.ts";
 import { type CertContext, digestOfBatch, verifySigned } from "./certs.ts";
-import type { CheckpointClients, Transfer } from "./core.ts";
 import { type CoreConfig, leaderOf, quorum, type ReplicaId, weakQuorum } from "./config.ts";
 import type { Decision, Entry } from "./log.ts";
 import {

@@ -6,7 +6,7 @@
  * is checked against the digest recorded with it.
  */
 import type { ClientTableExport } from "../../core/ordering/clients.ts";
-import { clientTableHash, stateDigestOf } from "../../core/ordering/core.ts";
+import { clientTableHash, stateDigestOf } from "../../core/ordering/checkpoints.ts";
 import { sha256 } from "../../crypto/hash.ts";
 
 export function checkpointStateDigest(seq: number, appDigest: Uint8Array, clients: ClientTableExport): Uint8Array {
