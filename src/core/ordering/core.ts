@@ -10,17 +10,17 @@
  * (persist before send).
  *
  * Each part of the protocol is a set of functions of the CoreState every part shares.
- * Parts moved out so far: state.ts, clients.ts, log.ts, checkpoints.ts; the rest follow in
- * sections below. At the end, `OrderingCore` holds `step`, the dispatch of every input and
- * peer message, the role dispatch (`stepLeader` / `stepBackup`) and the normal case.
+ * Parts moved out so far: state.ts, clients.ts, log.ts, checkpoints.ts, view-change.ts;
+ * the rest follow in sections below. At the end, `OrderingCore` holds `step`, the dispatch
+ * of every input and peer message, the role dispatch (`stepLeader` / `stepBackup`) and the
+ * normal case.
  */
-import { bodyMatches, isMember, type NewViewPlan, planNewView, validViewChange } from "./certs.ts";
+import { bodyMatches, isMember } from "./certs.ts";
 import {
   acceptStateResponse,
   adoptStable,
   answerLaggingVoter,
   collectGarbage,
-  jumpToStable,
   onCheckpoint,
   onCheckpointReady,
   onSnapshotInstalled,
@@ -35,7 +35,6 @@ import {
   alreadyVerified,
   type ClientTableExport,
   flushForwards,
-  forwardAllPending,
   isRefusal,
   type PendingRequest,
   requestKey,
@@ -61,7 +60,6 @@ import {
   type ClientRequest,
   type Commit,
   type Forward,
-  type NewView,
   NULL_DIGEST,
   type PeerMessage,
   type Prepare,
@@ -70,336 +68,20 @@ import {
   requestBytes,
   type StateRequest,
   type StateResponse,
-  type ViewChange,
 } from "./messages.ts";
 import { assert, assertNever, CoreState, EMPTY_SIG, kthLargest, NO_DEADLINE, type Seams } from "./state.ts";
-import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, PersistedRecord, Ready, SuspectReason } from "./types.ts";
+import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, PersistedRecord, Ready } from "./types.ts";
+import {
+  answerWithNewView,
+  askForMissingBodies,
+  notePeer,
+  onNewView,
+  onViewChange,
+  suspect,
+  tickViewChange,
+} from "./view-change.ts";
 
 export { CoreAssertionError } from "./state.ts";
-
-// =====================================================================================
-// View change (ORDERING.md §6): leaving a view with a VIEW_CHANGE that reports everything
-// this replica prepared, the new leader's NEW_VIEW, its recomputation by every replica,
-// and installing it. Also how a replica learns that it is behind on views.
-// =====================================================================================
-
-/**
- * Whether a VIEW_CHANGE for `vc.newView` may stand in a quorum for `view` <= newView. Its
- * sender promised to vote in no view below newView, so in none below `view`, and if all
- * its certificates are from views below `view` its report is complete for `view` too.
- * Counting it lets a view form when one replica has already timed out past it; without
- * this, replicas can wait forever for a VIEW_CHANGE their peer will never send again
- * (its retransmissions are for its current, higher view).
- */
-function countsForView(vc: ViewChange, view: number): boolean {
-  if (vc.newView < view) return false;
-  for (const cert of vc.prepared) if (cert.view >= view) return false;
-  return true;
-}
-
-/** Transport-authenticated hints of where peers are; used only with W agreeing peers. */
-function notePeer(state: CoreState, from: ReplicaId, view: number, seq: number): void {
-  if (seq > (state.peerSeqs.get(from) ?? -1)) state.peerSeqs.set(from, seq);
-  if (view <= (state.peerViews.get(from) ?? -1)) return;
-  state.peerViews.set(from, view);
-  if (view > state.view) catchUpView(state);
-}
-
-/**
- * W peers send normal-case messages of views above ours, so at least one correct replica
- * installed such a view: ask for it with a VIEW_CHANGE, which peers at or past that view
- * answer with their NEW_VIEW (ORDERING.md §6, livelock rules).
- */
-function catchUpView(state: CoreState): void {
-  const target = kthLargest(state.peerViews.values(), state.weakQuorumSize);
-  if (target > state.view) startViewChange(state, target, "behind");
-}
-
-function suspect(state: CoreState, reason: SuspectReason): void {
-  if (state.phase !== "normal") return;
-  startViewChange(state, state.view + 1, reason);
-}
-
-/**
- * Step 1 before anything else: from here on no vote below `target` is ever signed, so the
- * VIEW_CHANGE reports everything this replica prepared. Persisted before it is sent.
- */
-function startViewChange(state: CoreState, target: number, reason: SuspectReason): void {
-  if (target <= state.view) return;
-  state.view = target;
-  state.phase = "viewChange";
-  state.timerArmedForView = -1;
-  state.viewChangeDeadline = NO_DEADLINE;
-  state.buffered.clear();
-  const vc = buildViewChange(state, target);
-  state.ownViewChange = vc;
-  state.viewChanges.set(state.cfg.id, vc);
-  persistView(state);
-  state.emit({ kind: "suspect", view: target, reason });
-  state.send("all", vc);
-  state.viewChangeResendAt = state.now + state.cfg.retransmitTicks;
-  viewChangeProgress(state);
-}
-
-function buildViewChange(state: CoreState, newView: number): ViewChange {
-  const prepared: PreparedCert[] = [];
-  for (const s of [...state.preparedCerts.keys()].sort((a, b) => a - b)) {
-    if (s <= state.stableSeq || s > state.highWater) continue;
-    prepared.push((state.preparedCerts.get(s) as { cert: PreparedCert }).cert);
-  }
-  return state.signed<ViewChange>({
-    t: "VIEW_CHANGE",
-    newView,
-    stableSeq: state.stableSeq,
-    stableDigest: state.stableDigest,
-    stableProof: state.stableProof,
-    prepared,
-    replica: state.cfg.id,
-    sig: EMPTY_SIG,
-  });
-}
-
-function persistView(state: CoreState): void {
-  state.persist({
-    t: "view",
-    view: state.view,
-    installedView: state.installedView,
-    status: state.phase,
-    viewChange: state.phase === "viewChange" ? state.ownViewChange : null,
-    newView: state.installedNewView,
-  });
-}
-
-/** The view-change timers on a tick: escalate past the deadline, else resend own VIEW_CHANGE. */
-function tickViewChange(state: CoreState): void {
-  if (state.now >= state.viewChangeDeadline) {
-    startViewChange(state, state.view + 1, "view-change-timeout");
-  } else if (state.now >= state.viewChangeResendAt && state.ownViewChange !== null) {
-    state.send("all", state.ownViewChange);
-    state.viewChangeResendAt = state.now + state.cfg.retransmitTicks;
-  }
-}
-
-function onViewChange(state: CoreState, m: ViewChange): void {
-  if (!isMember(state.certContext, m.replica)) return;
-  if (m.newView <= state.installedView) {
-    answerWithNewView(state, m.replica);
-    return;
-  }
-  const prev = state.viewChanges.get(m.replica);
-  if (prev !== undefined && prev.newView >= m.newView) return;
-  if (!validViewChange(state.certContext, m)) return;
-  state.viewChanges.set(m.replica, m);
-  joinIfBehind(state);
-  viewChangeProgress(state);
-}
-
-/** A replica still asking for a view we installed gets our NEW_VIEW (ORDERING.md §6). */
-function answerWithNewView(state: CoreState, to: ReplicaId): void {
-  if (state.installedNewView === null || state.phase !== "normal") return;
-  const last = state.newViewAnsweredAt.get(to) ?? -NO_DEADLINE;
-  if (state.now - last < Math.max(1, Math.floor(state.cfg.retransmitTicks / 2))) return;
-  state.newViewAnsweredAt.set(to, state.now);
-  state.send(to, state.installedNewView);
-}
-
-/** W valid VIEW_CHANGEs for views above ours: join the smallest of them (OSDI'99 §4.5.2). */
-function joinIfBehind(state: CoreState): void {
-  let count = 0;
-  let smallest = NO_DEADLINE;
-  for (const vc of state.viewChanges.values()) {
-    if (vc.newView <= state.view) continue;
-    count++;
-    smallest = Math.min(smallest, vc.newView);
-  }
-  if (count >= state.weakQuorumSize) startViewChange(state, smallest, "join");
-}
-
-/** With Q VIEW_CHANGEs for the target view: arm the escalation timer; the new leader builds NEW_VIEW. */
-function viewChangeProgress(state: CoreState): void {
-  if (state.phase !== "viewChange") return;
-  const vcs = viewChangesFor(state, state.view);
-  if (vcs.length < state.seams.quorumSize()) return;
-  if (state.timerArmedForView !== state.view) {
-    state.timerArmedForView = state.view;
-    const backoff = 2 ** Math.min(state.viewChangeAttempts, state.cfg.viewChangeBackoffDoublingsMax);
-    state.viewChangeDeadline = state.now + state.cfg.viewChangeTimeoutTicks * backoff;
-    state.viewChangeAttempts++;
-  }
-  if (state.isLeader() && state.newViewBuiltFor !== state.view) buildNewView(state, vcs.slice(0, state.seams.quorumSize()));
-}
-
-function viewChangesFor(state: CoreState, view: number): ViewChange[] {
-  const vcs = [...state.viewChanges.values()].filter((vc) => countsForView(vc, view));
-  vcs.sort((a, b) => a.replica - b.replica);
-  return vcs;
-}
-
-/** The new leader's NEW_VIEW: O recomputed from V and a signed header for every entry. */
-function buildNewView(state: CoreState, vcs: ViewChange[]): void {
-  const plan = planNewView(state.certContext, vcs);
-  if (plan === null) return;
-  state.newViewBuiltFor = state.view;
-  const o = plan.digests.map((d, i) => signHeader(state, state.view, plan.minS + 1 + i, d));
-  const nv = state.signed<NewView>({
-    t: "NEW_VIEW",
-    view: state.view,
-    viewChanges: vcs,
-    minS: plan.minS,
-    maxS: plan.maxS,
-    o,
-    sig: EMPTY_SIG,
-  });
-  installNewView(state, nv, plan);
-}
-
-function onNewView(state: CoreState, m: NewView): void {
-  if (m.view <= state.installedView || m.view < state.view) return;
-  if (!state.verify(m)) return;
-  const plan = checkNewView(state, m);
-  if (plan === null) {
-    // Signed by the leader and wrong: the leader is faulty.
-    startViewChange(state, Math.max(m.view, state.view) + 1, "bad-new-view");
-    return;
-  }
-  installNewView(state, m, plan);
-}
-
-/** Every replica recomputes minS, maxS and O from V; they must equal what was sent. */
-function checkNewView(state: CoreState, m: NewView): NewViewPlan | null {
-  const seen = new Set<ReplicaId>();
-  for (const vc of m.viewChanges) {
-    if (!countsForView(vc, m.view) || !isMember(state.certContext, vc.replica) || seen.has(vc.replica)) return null;
-    seen.add(vc.replica);
-  }
-  if (seen.size < state.seams.quorumSize()) return null;
-  for (const vc of m.viewChanges) {
-    const known = state.viewChanges.get(vc.replica);
-    const same = known !== undefined && known.newView === vc.newView && bytesEqual(known.sig, vc.sig);
-    if (!same && !validViewChange(state.certContext, vc)) return null;
-  }
-  const plan = planNewView(state.certContext, m.viewChanges);
-  if (plan === null) return null;
-  if (!state.seams.recomputesNewView()) return { ...plan, minS: m.minS, maxS: m.maxS, digests: m.o.map((header) => header.digest) };
-  if (plan.minS !== m.minS || plan.maxS !== m.maxS || m.o.length !== plan.digests.length) return null;
-  for (let i = 0; i < m.o.length; i++) {
-    const header = m.o[i] as PrePrepare;
-    if (header.view !== m.view || header.seq !== plan.minS + 1 + i || header.batch !== null) return null;
-    if (!bytesEqual(header.digest, plan.digests[i] as Uint8Array)) return null;
-  }
-  for (const header of m.o) if (!state.verify(header)) return null;
-  return plan;
-}
-
-/**
- * Installs view m.view (ORDERING.md §6, "Installing NEW_VIEW"): adopt or fetch the stable
- * checkpoint at minS, replace the log by the O entries, persist, then vote on every O
- * entry (null batches included). Requests of dropped entries stay pending.
- */
-function installNewView(state: CoreState, m: NewView, plan: NewViewPlan): void {
-  state.view = m.view;
-  if (plan.minS > state.stableSeq && plan.minS > 0) {
-    if (plan.minS > state.lastExecuted) jumpToStable(state, plan.minS, plan.stableDigest, plan.stableProof);
-    else adoptStable(state, plan.minS, plan.stableDigest, plan.stableProof);
-  }
-  const old = state.entries;
-  state.entries = new Map();
-  state.inFreeProposal.clear();
-  state.inNewViewBatch.clear();
-  state.signedVotes.clear();
-  for (let i = 0; i < plan.digests.length; i++) {
-    const s = plan.minS + 1 + i;
-    const digest = plan.digests[i] as Uint8Array;
-    const header = m.o[i] as PrePrepare;
-    if (s <= state.stableSeq) continue;
-    const done = state.decided.get(s);
-    if (done !== undefined) {
-      assert(bytesEqual(done.digest, digest), `NEW_VIEW ${m.view} names another digest at executed seq ${s}`);
-    }
-    const e = newEntry(m.view, s);
-    state.entries.set(s, e);
-    acceptInto(state, e, header, findBody(state, s, digest, old, plan), true);
-    if (state.isLeader()) state.signedVotes.set(`PRE_PREPARE:${m.view}:${s}`, digest);
-  }
-  state.installedView = m.view;
-  state.phase = "normal";
-  state.installedNewView = m;
-  state.ownViewChange = null;
-  state.viewChangeDeadline = NO_DEADLINE;
-  state.timerArmedForView = -1;
-  state.nextProposalSeq = Math.max(plan.maxS, state.lastExecuted) + 1;
-  for (const [r, vc] of [...state.viewChanges]) if (vc.newView <= m.view) state.viewChanges.delete(r);
-  persistView(state);
-  state.emit({ kind: "viewInstalled", view: m.view, leader: state.leader() });
-  if (state.isLeader()) announceNewView(state, m);
-  voteOnNewViewEntries(state);
-  askForMissingBodies(state);
-  state.pending.restartTimers(state.highestAcceptedSeq);
-  state.lastProposalAt = state.now;
-  state.throughputMonitor.onViewInstalled(state.now);
-  if (!state.isLeader()) forwardAllPending(state);
-  replayBuffered(state);
-}
-
-/** A body for O[s] from any source this replica already trusts, or null to fetch it. */
-function findBody(state: CoreState, s: number, digest: Uint8Array, old: Map<number, Entry>, plan: NewViewPlan): ClientRequest[] | null {
-  if (bytesEqual(digest, NULL_DIGEST)) return [];
-  const candidates: Array<ClientRequest[] | null | undefined> = [
-    state.decided.get(s)?.batch,
-    old.get(s)?.batch,
-    state.preparedCerts.get(s)?.batch,
-    plan.bodies.get(s),
-  ];
-  const e = old.get(s);
-  for (const c of candidates) {
-    if (c === null || c === undefined) continue;
-    if (c === e?.batch && e.digest !== null && bytesEqual(e.digest, digest)) return c;
-    if (bodyMatches(state.crypto, digest, c)) return c;
-  }
-  return null;
-}
-
-function announceNewView(state: CoreState, m: NewView): void {
-  state.send("all", m);
-  for (const e of state.entries.values()) {
-    if (e.header === null || e.batch === null || e.batch.length === 0) continue;
-    state.send("all", { ...e.header, batch: e.batch });
-  }
-}
-
-function voteOnNewViewEntries(state: CoreState): void {
-  for (const e of [...state.entries.values()]) {
-    if (e.digest === null) continue;
-    if (state.cfg.mode === "cft") {
-      markPrepared(state, e);
-      continue;
-    }
-    if (!state.isLeader()) sendOwnPrepare(state, e, e.digest);
-    checkPrepared(state, e);
-  }
-}
-
-/** Asks every peer for the bodies of entries that have only a header, at most once per retransmission interval each. */
-function askForMissingBodies(state: CoreState): void {
-  let lo = NO_DEADLINE;
-  let hi = -1;
-  for (const e of state.entries.values()) {
-    if (e.batch !== null || e.digest === null) continue;
-    if (e.bodyAskedAt >= 0 && state.now - e.bodyAskedAt < state.cfg.retransmitTicks) continue;
-    e.bodyAskedAt = state.now;
-    lo = Math.min(lo, e.seq);
-    hi = Math.max(hi, e.seq);
-  }
-  if (hi < 0) return;
-  const req: StateRequest = { t: "STATE_REQUEST", kind: "batch", seq: lo, toSeq: hi, digest: null, nonce: state.stateRequestNonce++ };
-  state.send("all", req);
-}
-
-function replayBuffered(state: CoreState): void {
-  const held = [...state.buffered.values()];
-  state.buffered.clear();
-  for (const { from, msg } of held) state.redeliver(from, msg);
-}
 
 // =====================================================================================
 // Time (ORDERING.md §5 timers, §6 view-change timers, Aardvark expectations): what one
