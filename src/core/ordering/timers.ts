@@ -1,0 +1,197 @@
+/**
+ * Time (ORDERING.md §5 timers, §6 view-change timers, Aardvark expectations): what one
+ * tick does. core.ts calls, in order, `startTick`, then by phase and role
+ * `tickViewChange` (view-change.ts), `tickLeader` or `tickBackup`, then `finishTick`.
+ * A backup watches its leader here: request timers, the heartbeat, fairness and
+ * throughput; the expectations that need state across ticks live in monitors.ts.
+ */
+import { ownCheckpoint, requestSnapshot } from "./checkpoints.ts";
+import { flushForwards } from "./clients.ts";
+import type { StateRequest } from "./messages.ts";
+import { type CoreState, kthLargest, NO_DEADLINE } from "./state.ts";
+import { askForMissingBodies, suspect } from "./view-change.ts";
+
+/** A replica that executed nothing for this many retransmission intervals asks one peer what it missed. */
+const IDLE_PROBE_INTERVALS = 4;
+/** Progress timeout doublings after repeated heartbeat failures (Aardvark doubles it). */
+const PROGRESS_BACKOFF_DOUBLINGS_MAX = 4;
+
+/** The clock moves; the flood monitor judges its window; a state transfer that has not completed is retried. */
+export function startTick(state: CoreState): void {
+  state.now++;
+  for (const peer of state.floodMonitor.onTick(state.now)) state.emit({ kind: "peerFlooding", peer });
+  if (state.transfer !== null && state.now >= state.transfer.nextTryAt) {
+    state.transfer.attempt++;
+    state.transfer.nextTryAt = state.now + state.cfg.transferRetryTicks;
+    requestSnapshot(state);
+  }
+}
+
+/** The leader in the normal case: start request timers, resend what stalled (its proposals too), ask for bodies. */
+export function tickLeader(state: CoreState): void {
+  startHeadTimers(state);
+  retransmitStalled(state, true);
+  askForMissingBodies(state);
+}
+
+/**
+ * A backup in the normal case: start request timers and watch the leader; unless that
+ * started a view change, resend what stalled and ask for missing bodies.
+ */
+export function tickBackup(state: CoreState): void {
+  startHeadTimers(state);
+  watchLeader(state);
+  if (state.phase === "normal") {
+    retransmitStalled(state, false);
+    askForMissingBodies(state);
+  }
+}
+
+/** Every tick, after the rest: own CHECKPOINTs, catch-up probes, queued forwards. */
+export function finishTick(state: CoreState): void {
+  resendCheckpoints(state);
+  catchUpProbe(state);
+  flushForwards(state);
+}
+
+/**
+ * A CHECKPOINT is sent once; if one is lost, the checkpoint may never become stable and
+ * the window fills up for good. So while execution stalls, resend our own CHECKPOINTs
+ * above h (re-signed on demand: ed25519 is deterministic, the bytes are the same).
+ */
+function resendCheckpoints(state: CoreState): void {
+  if (state.now < state.nextCheckpointResendAt) return;
+  if (state.now - state.lastExecutedAt < state.cfg.retransmitTicks) return;
+  let any = false;
+  for (const [seq, digest] of state.ownCheckpoints) {
+    if (seq <= state.stableSeq) continue;
+    state.send("all", ownCheckpoint(state, seq, digest));
+    any = true;
+  }
+  if (any) state.nextCheckpointResendAt = state.now + state.cfg.retransmitTicks;
+}
+
+/**
+ * The head request of every client's chain: a request that just became the head starts
+ * its timer, and its fairness reference, now.
+ */
+function startHeadTimers(state: CoreState): void {
+  for (const [client, forClient] of state.pending.clients()) {
+    const head = forClient.get(state.clientTable.lastExecuted(client) + 1);
+    if (head === undefined) continue;
+    if (head.timerStart < 0) {
+      // The request just became the head of its chain: its timer and its fairness
+      // reference start now, not when it arrived behind a gap.
+      head.timerStart = state.now;
+      head.seqAtArrival = state.highestAcceptedSeq;
+    }
+  }
+}
+
+/**
+ * One pass over the head request of every client's chain: request timers (forward to all,
+ * then suspect), the heartbeat, fairness and throughput expectations.
+ */
+function watchLeader(state: CoreState): void {
+  const cfg = state.cfg;
+  let busy = false;
+  let waitingSince = NO_DEADLINE;
+  let unfair = false;
+  let timedOut = false;
+  const activeClients = state.pending.clientCount();
+  const fairRounds = cfg.fairnessMultiplier * Math.ceil(activeClients / cfg.batchRequestsMax);
+  const fairnessBound = cfg.pipelineDepth + fairRounds;
+  for (const [client, forClient] of state.pending.clients()) {
+    const head = forClient.get(state.clientTable.lastExecuted(client) + 1);
+    if (head === undefined) continue;
+    const age = state.now - head.firstSeen;
+    if (age > cfg.batchDelayTicks) busy = true;
+    const inBatch = state.inFreeProposal.has(head.key) || state.inNewViewBatch.has(head.key);
+    if (!inBatch && age > cfg.batchDelayTicks) {
+      waitingSince = Math.min(waitingSince, Math.max(head.firstSeen, head.timerStart));
+      if (state.lastExecuted > head.seqAtArrival + fairnessBound) unfair = true;
+    }
+    if (state.now - head.timerStart < cfg.requestTimeoutTicks) continue;
+    if (head.stage === 0) {
+      head.stage = 1;
+      head.timerStart = state.now;
+      head.seqAtArrival = state.highestAcceptedSeq;
+      state.forwardToAll.push(head.req);
+    } else if (head.stage === 1) {
+      head.stage = 2;
+      timedOut = true;
+    }
+  }
+  if (timedOut) return suspect(state, "request-timeout");
+  if (unfair) return suspect(state, "unfair");
+  const inFlight = state.highestAcceptedSeq - state.lastExecuted;
+  const pipelineFull = inFlight >= cfg.pipelineDepth;
+  if (!pipelineFull && waitingSince !== NO_DEADLINE) {
+    if (state.now - Math.max(waitingSince, state.lastProposalAt) > state.progressTimeoutCurrentTicks) {
+      state.progressTimeoutCurrentTicks = Math.min(
+        state.progressTimeoutCurrentTicks * 2,
+        cfg.progressTimeoutTicks * 2 ** PROGRESS_BACKOFF_DOUBLINGS_MAX,
+      );
+      return suspect(state, "heartbeat");
+    }
+  }
+  if (state.throughputMonitor.onTick(state.now, busy)) suspect(state, "throughput");
+}
+
+/**
+ * Resend own votes for instances that stopped moving (ORDERING.md §4, retransmission);
+ * the leader resends its proposals too.
+ */
+function retransmitStalled(state: CoreState, resendProposals: boolean): void {
+  if (state.now - state.lastExecutedAt < state.cfg.retransmitTicks || state.now < state.nextRetransmitAt) return;
+  let any = false;
+  for (const e of state.entries.values()) {
+    if (e.seq <= state.lastExecuted || e.header === null || e.digest === null) continue;
+    any = true;
+    if (resendProposals && e.batch !== null && !e.fromNewView) state.send("all", { ...e.header, batch: e.batch });
+    const p = e.prepares.get(state.seams.voteKey(state.cfg.id));
+    if (p !== undefined && p.replica === state.cfg.id) state.send("all", p);
+    const c = e.commits.get(state.seams.voteKey(state.cfg.id));
+    if (c !== undefined && c.replica === state.cfg.id) state.send("all", c);
+  }
+  if (any) state.nextRetransmitAt = state.now + state.cfg.retransmitTicks;
+}
+
+/**
+ * Asks peers for decided batches (or their stable checkpoint) when this replica is
+ * behind: W peers are known to be past it; or it is stuck in a view change, where it
+ * takes no part in agreement; or it has executed nothing for a long time, when one peer
+ * at a time is asked, so that a replica that missed everything before a quiet spell
+ * still catches up.
+ */
+function catchUpProbe(state: CoreState): void {
+  const cfg = state.cfg;
+  if (state.now < state.nextProbeAt) return;
+  const target = kthLargest(state.peerSeqs.values(), state.weakQuorumSize);
+  const stalledTicks = state.now - state.lastExecutedAt;
+  const farBehind = target > state.lastExecuted + cfg.pipelineDepth;
+  const stalled = stalledTicks >= cfg.retransmitTicks;
+  const req: StateRequest = {
+    t: "STATE_REQUEST",
+    kind: "decided",
+    seq: state.lastExecuted + 1,
+    toSeq: state.lastExecuted + cfg.logWindow,
+    digest: null,
+    nonce: state.stateRequestNonce,
+  };
+  if (target > state.lastExecuted && (farBehind || stalled)) {
+    for (const [peer, seq] of state.peerSeqs) if (seq > state.lastExecuted && peer !== cfg.id) state.send(peer, req);
+  } else if (state.phase === "viewChange" && stalled) {
+    state.send("all", req);
+  } else if (stalledTicks >= IDLE_PROBE_INTERVALS * cfg.retransmitTicks) {
+    const peer = (cfg.id + 1 + (state.stateRequestNonce % (cfg.n - 1))) % cfg.n;
+    state.send(peer, req);
+    state.stateRequestNonce++;
+    state.nextProbeAt = state.now + IDLE_PROBE_INTERVALS * cfg.retransmitTicks;
+    return;
+  } else {
+    return;
+  }
+  state.stateRequestNonce++;
+  state.nextProbeAt = state.now + cfg.retransmitTicks;
+}
