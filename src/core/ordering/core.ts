@@ -9,18 +9,15 @@
  * everything it wants done leaves in a `Ready`: the records to persist, then the effects
  * (persist before send).
  *
- * Each part of the protocol is a set of functions of the CoreState every part shares.
- * Parts moved out so far: state.ts, clients.ts, log.ts, checkpoints.ts, view-change.ts,
- * timers.ts; the rest follow in sections below. At the end, `OrderingCore` holds `step`,
- * the dispatch of every input and peer message, the role dispatch (`stepLeader` /
- * `stepBackup`) and the normal case.
+ * This file holds `step`, the dispatch of every input and peer message, the role dispatch
+ * (`stepLeader` / `stepBackup`) and the normal case; state.ts lists the modules that
+ * implement the rest.
  */
 import { bodyMatches, isMember } from "./certs.ts";
 import {
   acceptStateResponse,
   adoptStable,
   answerLaggingVoter,
-  collectGarbage,
   onCheckpoint,
   onCheckpointReady,
   onSnapshotInstalled,
@@ -28,15 +25,8 @@ import {
   provesStable,
   takeCheckpoint,
 } from "./checkpoints.ts";
-import {
-  admit,
-  alreadyVerified,
-  type ClientTableExport,
-  isRefusal,
-  type PendingRequest,
-  requestKey,
-} from "./clients.ts";
-import { checkConfig, type CoreConfig, type ReplicaId } from "./config.ts";
+import { admit, alreadyVerified, type ClientTableExport, isRefusal, type PendingRequest, requestKey } from "./clients.ts";
+import { type CoreConfig, checkConfig, type ReplicaId } from "./config.ts";
 import {
   acceptInto,
   attachBody,
@@ -45,9 +35,7 @@ import {
   type Decision,
   type Entry,
   entryFor,
-  keepPrepared,
   markPrepared,
-  newEntry,
   sendOwnPrepare,
   signHeader,
   unindex,
@@ -57,152 +45,19 @@ import {
   type ClientRequest,
   type Commit,
   type Forward,
-  NULL_DIGEST,
   type PeerMessage,
   type Prepare,
-  type PreparedCert,
   type PrePrepare,
   requestBytes,
   type StateResponse,
 } from "./messages.ts";
-import { assert, assertNever, CoreState, EMPTY_SIG, NO_DEADLINE, type Seams } from "./state.ts";
+import { restore } from "./restore.ts";
+import { assert, assertNever, CoreState, NO_DEADLINE, type Seams } from "./state.ts";
 import { finishTick, startTick, tickBackup, tickLeader } from "./timers.ts";
 import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, PersistedRecord, Ready } from "./types.ts";
 import { answerWithNewView, notePeer, onNewView, onViewChange, suspect, tickViewChange } from "./view-change.ts";
 
 export { CoreAssertionError } from "./state.ts";
-
-// =====================================================================================
-// Restart from persisted records (the records `persist` wrote, or `compactRecords` of
-// them, in the order they were written): the client table and decisions, the stable
-// checkpoint, the view, and the current view's log with this replica's own votes.
-// =====================================================================================
-
-function restore(state: CoreState, records: readonly PersistedRecord[]): void {
-  const accepts: PrePrepare[] = [];
-  let viewRec: Extract<PersistedRecord, { t: "view" }> | null = null;
-  for (const r of records) {
-    switch (r.t) {
-      case "view":
-        viewRec = r;
-        break;
-      case "accept":
-        accepts.push(r.prePrepare);
-        break;
-      case "prepared":
-        keepPrepared(state, r.cert, r.batch);
-        break;
-      case "decided":
-        restoreDecided(state, r);
-        break;
-      case "checkpoint":
-        state.ownCheckpoints.set(r.seq, r.stateDigest);
-        break;
-      case "stable":
-        if (r.seq > state.stableSeq) {
-          state.stableSeq = r.seq;
-          state.stableDigest = r.digest;
-          state.stableProof = r.proof;
-        }
-        break;
-      case "snapshot":
-        if (r.seq > state.lastExecuted) {
-          state.lastExecuted = r.seq;
-          state.clientTable.import(r.clients);
-          state.ownCheckpoints.set(r.seq, r.stateDigest);
-          for (const s of [...state.decided.keys()]) if (s <= r.seq) state.decided.delete(s);
-        }
-        break;
-      default:
-        assertNever(r);
-    }
-  }
-  if (viewRec !== null) {
-    state.view = viewRec.view;
-    state.installedView = viewRec.installedView;
-    state.phase = viewRec.status;
-    state.ownViewChange = viewRec.viewChange;
-    state.installedNewView = viewRec.newView;
-  }
-  state.highestAcceptedSeq = state.lastExecuted;
-  state.nextProposalSeq = state.lastExecuted + 1;
-  collectGarbage(state);
-  if (state.phase === "normal") restoreLog(state, accepts);
-  if (state.phase === "viewChange" && state.ownViewChange !== null) {
-    state.viewChanges.set(state.cfg.id, state.ownViewChange);
-    state.viewChangeResendAt = 0;
-  }
-  state.throughputMonitor.onViewInstalled(0);
-  if (state.stableSeq > state.lastExecuted) {
-    // Restarted during a state transfer: ask again.
-    state.transfer = { seq: state.stableSeq, digest: state.stableDigest, proof: state.stableProof, nextTryAt: 0, attempt: 0 };
-  }
-}
-
-function restoreDecided(state: CoreState, r: Extract<PersistedRecord, { t: "decided" }>): void {
-  if (r.seq <= state.lastExecuted) return;
-  assert(r.seq === state.lastExecuted + 1, `restored decision ${r.seq} after ${state.lastExecuted}`);
-  for (const req of r.batch) if (state.clientTable.isNext(req)) state.clientTable.recordExecuted(req);
-  state.lastExecuted = r.seq;
-  state.decided.set(r.seq, { view: r.view, digest: r.digest, batch: r.batch, commits: r.commits });
-}
-
-/** Rebuilds the current view's entries: the NEW_VIEW's O, then accepted proposals. */
-function restoreLog(state: CoreState, accepts: readonly PrePrepare[]): void {
-  const cfg = state.cfg;
-  const nv = state.installedNewView;
-  if (nv !== null && nv.view === state.installedView) {
-    for (const header of nv.o) {
-      if (header.seq <= state.stableSeq) continue;
-      const e = newEntry(nv.view, header.seq);
-      state.entries.set(header.seq, e);
-      const body = bytesEqual(header.digest, NULL_DIGEST)
-        ? []
-        : (state.decided.get(header.seq)?.batch ?? state.preparedCerts.get(header.seq)?.batch ?? null);
-      const matches = body !== null && bodyMatches(state.crypto, header.digest, body);
-      acceptInto(state, e, header, matches ? body : null, true);
-      if (header.seq >= state.nextProposalSeq) state.nextProposalSeq = header.seq + 1;
-    }
-  }
-  for (const pp of accepts) {
-    if (pp.view !== state.installedView || pp.seq <= state.stableSeq || pp.batch === null) continue;
-    const e = entryFor(state, pp.seq);
-    if (e.header !== null) continue;
-    acceptInto(state, e, { ...pp, batch: null }, pp.batch, false);
-    if (pp.seq >= state.nextProposalSeq) state.nextProposalSeq = pp.seq + 1;
-  }
-  for (const e of state.entries.values()) {
-    const p = state.preparedCerts.get(e.seq);
-    if (p !== undefined && p.cert.view === e.view && e.digest !== null && bytesEqual(p.cert.digest, e.digest)) {
-      e.prepared = true;
-    }
-    if (e.digest === null) continue;
-    if (cfg.mode === "cft" && !e.prepared && e.header !== null && e.batch !== null) {
-      // In crash mode acceptance is preparation; a crash between the two records lost
-      // only the second, which follows from the first.
-      e.prepared = true;
-      const cert: PreparedCert = { view: e.view, seq: e.seq, digest: e.digest, prePrepare: e.header, prepares: [], batch: e.batch };
-      keepPrepared(state, cert, e.batch);
-    }
-    const kinds = state.isLeader() || cfg.mode === "cft" ? [] : ["PREPARE"];
-    if (e.prepared) kinds.push("COMMIT");
-    for (const t of kinds) state.signedVotes.set(`${t}:${e.view}:${e.seq}`, e.digest);
-    if (state.isLeader()) state.signedVotes.set(`PRE_PREPARE:${e.view}:${e.seq}`, e.digest);
-  }
-  // Own votes are regenerated on demand: ed25519 is deterministic, so a resent vote is
-  // byte-identical to the one sent before the crash.
-  for (const e of state.entries.values()) {
-    if (e.digest === null || e.seq <= state.lastExecuted) continue;
-    if (cfg.mode === "bft" && !state.isLeader()) {
-      const own = state.signed<Prepare>({ t: "PREPARE", view: e.view, seq: e.seq, digest: e.digest, replica: cfg.id, sig: EMPTY_SIG });
-      e.prepares.set(state.seams.voteKey(cfg.id), own);
-    }
-    if (e.prepared) {
-      const own = state.signed<Commit>({ t: "COMMIT", view: e.view, seq: e.seq, digest: e.digest, replica: cfg.id, sig: EMPTY_SIG });
-      e.commits.set(state.seams.voteKey(cfg.id), own);
-    }
-  }
-}
 
 /** Messages held for the target view while a view change is in progress (one per kind, seq, signer). */
 const BUFFERED_PER_REPLICA_PER_SEQ = 3;

@@ -55,6 +55,9 @@
  * recomputesNewView) that only test subclasses override, to build deliberately broken
  * cores the simulator must catch. Production code constructs OrderingCore itself.
  *
+ * Layout: core.ts holds `step`, the dispatch and the normal case; state.ts the state all
+ * parts share and a map of the modules that implement the rest.
+ *
  * Per-client integrity: a client's requests execute in order with no gap
  * (next.seq == prev.seq + prev.span); `lastExecutedSeq[client]` is seq+span-1 of the last
  * executed one. Requests at or below it are answered again (`resendReply`), never run twice.
