@@ -3,7 +3,7 @@
  * replica and speaks to the group as a whole:
  *
  * - publish / admin: sign a request once, send it to every replica, and vote on the
- *   replies with the quorum the channel's CLASS needs (src/core/voting, DESIGN §3).
+ *   replies with the quorum the channel's CLASS needs (src/core/voting, src/README.md §3).
  *   Replicas that have not answered get the same signed bytes again after a timeout and
  *   whenever their session comes back; the request fails with TIMEOUT at its deadline
  *   (request-tracker.ts). Sequence numbers are learned from the group once per space

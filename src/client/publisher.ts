@@ -1,6 +1,6 @@
 /**
  * Publisher: batches the events published to one tag into signed requests. A request
- * carries many events under one signature (DESIGN §3: signatures are per frame, so a
+ * carries many events under one signature (src/README.md §3: signatures are per frame, so a
  * gateway batches), which is what lets a small number of replicas take tens of
  * thousands of events a second.
  *

@@ -1,7 +1,7 @@
 /**
  * Request tracking: every signed request in flight, sent to every replica and settled by
  * voting on the replies with the quorum the channel's CLASS needs (src/core/voting,
- * DESIGN §3). Replicas that have not answered get the same signed bytes again after a
+ * src/README.md §3). Replicas that have not answered get the same signed bytes again after a
  * timeout and whenever their session comes back; the request fails with TIMEOUT at its
  * deadline.
  *

@@ -1,5 +1,5 @@
 /**
- * The relay's bounds (STYLE.md rule 9: a limit on everything). Each is a named default
+ * The relay's bounds (src/README.md §9, rule 9: a limit on everything). Each is a named default
  * that `fitb relay` uses as it is and tests may lower to reach the bound quickly.
  */
 import { FRAME_BYTES_MAX, REASON_BYTES_MAX } from "../../wire/types.ts";

@@ -3,7 +3,7 @@
  * 11) on a TCP port and, optionally, a Unix socket (unix-socket.ts), and serves them all
  * through one FitbClient, signing with one key. The
  * publishes of every connection to one tag go through one shared Publisher, so that
- * concurrent scripts' events travel in the same signed requests (DESIGN.md section 3:
+ * concurrent scripts' events travel in the same signed requests (src/README.md §3:
  * signatures are per frame, so a relay batches).
  *
  * The server only accepts and routes; RelayConnection holds the per-connection state.

@@ -1,6 +1,6 @@
 /**
  * Drives the sans-IO ordering core with real time, real crypto, the peer mesh and the
- * replica's storage (STYLE.md conventions 1-4): ticks from a timer, messages from the
+ * replica's storage (src/README.md §9, rules 1-4): ticks from a timer, messages from the
  * mesh, requests from clients; what each step returns becomes durable records, sends,
  * decided batches, checkpoints and state transfers.
  *
@@ -37,7 +37,7 @@ import { type Recovered, recover } from "./storage/recovery.ts";
 import { SnapshotKeeper } from "./storage/snapshots.ts";
 import { partBytesFor } from "./storage/stream.ts";
 
-/** One core tick in real time (ORDERING.md §10: 1 tick = 10 ms). */
+/** One core tick in real time (core/ordering/PROTOCOL.md §10: 1 tick = 10 ms). */
 export const TICK_MS = 10;
 /** Verified request signatures remembered, so a request is verified once, not per proposal. */
 export const VERIFIED_CACHE_MAX = 65_536;
@@ -86,7 +86,7 @@ export function peerEnvelopeBytes(frameBytesMax: number, f: number): number {
   return Math.min(Math.floor(frameBytesMax / 4), 4 * 1024 + (2 * f + 1) * 256);
 }
 
-/** The ordering core's configuration for this cluster (ORDERING.md §10 defaults, sized to the cluster's limits). */
+/** The ordering core's configuration for this cluster (core/ordering/PROTOCOL.md §10 defaults, sized to the cluster's limits). */
 export function coreConfigFor(config: ClusterConfig, id: number): CoreConfig {
   const room = config.limits.frameBytesMax - peerEnvelopeBytes(config.limits.frameBytesMax, config.f);
   // The core counts a request's client name and fields too (requestBytes): room for a

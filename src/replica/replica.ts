@@ -1,8 +1,8 @@
 /**
  * One fitb replica: the listener, the peer mesh, the ordering core and the channel state
- * machine, wired together (DESIGN §4).
+ * machine, wired together (src/README.md §4).
  *
- * Paths per CLASS (DESIGN §3):
+ * Paths per CLASS (src/README.md §3):
  * - unordered channels (crash/none, byzantine/none): a REQUEST is verified, stored by this
  *   replica and forwarded to its subscribers at once; no agreement. The client collects
  *   the acks it needs (f+1 or 2f+1 stored).

@@ -1,5 +1,5 @@
 /**
- * State transfer (ORDERING.md §7, DESIGN §5): a replica behind the stable checkpoint
+ * State transfer (core/ordering/PROTOCOL.md §7, src/README.md §5): a replica behind the stable checkpoint
  * (new, wiped, repaired after corruption, or away too long) fetches the channel state at
  * that checkpoint from its peers, checks it against the digest f+1 replicas signed, and
  * installs it; the ordering core then catches up on the decisions after it.

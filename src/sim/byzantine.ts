@@ -36,7 +36,7 @@ export interface ByzContext {
 
 /** Messages remembered for replays. */
 const HISTORY_MAX = 64;
-/** Far-future offset for flooded votes and view changes (ORDERING.md §9, bug 8). */
+/** Far-future offset for flooded votes and view changes (core/ordering/PROTOCOL.md §9, bug 8). */
 const FAR_FUTURE = 1_000_000;
 /** Copies of a vote sent back to its signer or to all by a vote stuffer. */
 const STUFF_COPIES = 3;

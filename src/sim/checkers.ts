@@ -1,5 +1,5 @@
 /**
- * The safety checkers (ORDERING.md §8) over the correct replicas of a run. Each check runs
+ * The safety checkers (core/ordering/PROTOCOL.md §8) over the correct replicas of a run. Each check runs
  * as the events happen, so the first violation names the step that caused it.
  *
  * - agreement: one batch (by digest of its bytes) per decided seq across correct replicas;

@@ -87,7 +87,7 @@ export interface Scenario {
  * (viewChangeTimeoutTicks * 2^viewChangeBackoffDoublingsMax).
  */
 export const LIVENESS_TICKS = 1500;
-/** Delay bounds after heal (ORDERING.md §10: 1-5 ticks after GST). */
+/** Delay bounds after heal (core/ordering/PROTOCOL.md §10: 1-5 ticks after GST). */
 export const DELAY_POST_MIN = 1;
 export const DELAY_POST_MAX = 5;
 

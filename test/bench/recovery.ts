@@ -12,7 +12,7 @@
  *
  * A light trickle of publishes runs during catch-up, as in production, so that a
  * replica learns how far behind it is from live traffic. Figures are printed, never
- * judged: benchmarks are programs, not timed tests (STYLE.md, convention 12).
+ * judged: benchmarks are programs, not timed tests (src/README.md §9, rule 12).
  */
 import { rmSync } from "node:fs";
 import { FitbClient } from "../../src/client/index.ts";

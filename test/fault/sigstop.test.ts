@@ -1,6 +1,6 @@
 /**
  * A replica frozen with SIGSTOP while the others go through many checkpoints, then
- * resumed (BFT-SMaRt issue #27, ORDERING.md §9 bug 8): it must jump ahead by state
+ * resumed (BFT-SMaRt issue #27, core/ordering/PROTOCOL.md §9 bug 8): it must jump ahead by state
  * transfer rather than replay a backlog, and its memory must stay bounded by what its
  * peers could queue for it, not grow with how far behind it was.
  */
@@ -13,7 +13,7 @@ import { clientFor, createChannels } from "../integration/client-util.ts";
 import { catchUpUnderTraffic, logLines, publishStream, waitConverged } from "../integration/durability-history.ts";
 import { freePortRange, startCluster } from "../integration/harness.ts";
 
-/** Checkpoint interval of the ordering core (ORDERING.md §10). */
+/** Checkpoint interval of the ordering core (core/ordering/PROTOCOL.md §10). */
 const K = 128;
 /** Events per request and bytes per event while the replica is frozen. */
 const EVENTS_PER_REQUEST = 64;

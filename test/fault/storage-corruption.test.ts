@@ -1,5 +1,5 @@
 /**
- * Disk corruption on a real replica (DESIGN §5): a flipped byte inside a stored decision
+ * Disk corruption on a real replica (src/README.md §5): a flipped byte inside a stored decision
  * and a database file cut in half. Each is detected at start, reported (a JSON log line
  * and a metric), never served, and repaired from the other replicas. The proof that the
  * repaired replicas serve correct data: with the two undamaged replicas stopped, the

@@ -1,6 +1,6 @@
 /**
  * The broker end to end: four real `fitb replica` processes on 127.0.0.1, the real client
- * library, every CLASS (DESIGN.md §3), and replica crashes under f = 1.
+ * library, every CLASS (src/README.md §3), and replica crashes under f = 1.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { DEFAULT_BACKOFF, FitbClient, ReplicaConnection } from "../../src/client/index.ts";

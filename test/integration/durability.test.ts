@@ -1,5 +1,5 @@
 /**
- * Durability with real processes (DESIGN §5): four `fitb replica` processes on
+ * Durability with real processes (src/README.md §5): four `fitb replica` processes on
  * 127.0.0.1 with their data directories, killed with SIGKILL mid-stream and restarted;
  * all four killed at once; one wiped and restored by state transfer, then serving
  * history with only f+1 replicas up. Judged by the history checker over everything

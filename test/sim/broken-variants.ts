@@ -1,6 +1,6 @@
 /**
  * Deliberately broken ordering cores, reachable only from tests: each overrides one seam
- * of OrderingCore with a classic bug (ORDERING.md §9). The simulator must catch every one.
+ * of OrderingCore with a classic bug (core/ordering/PROTOCOL.md §9). The simulator must catch every one.
  */
 import { type CoreConfig, type CoreCrypto, OrderingCore, type PersistedRecord, type ReplicaId } from "../../src/core/ordering/index.ts";
 import type { CoreFactory } from "../../src/sim/simulator.ts";

@@ -1,4 +1,4 @@
-// The channel state machine (DESIGN §1 replicated state, §3 per-CLASS paths, §5 retention):
+// The channel state machine (src/README.md §1 replicated state, §3 per-CLASS paths, §5 retention):
 // admin commands, ordered and unordered publishing, reads and resume, retention, and every
 // refusal. Signatures are the caller's job (the machine's contract), so requests here carry
 // a fixed signature; voting tests use real ones.

@@ -1,5 +1,5 @@
-// Quorums, defaults and configuration checks of the ordering core (ORDERING.md §1, §10),
-// and the sans-IO rule for src/core (STYLE.md convention 1).
+// Quorums, defaults and configuration checks of the ordering core (core/ordering/PROTOCOL.md §1, §10),
+// and the sans-IO rule for src/core (src/README.md §9, rule 1).
 import { describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
@@ -44,7 +44,7 @@ describe("quorum(n, f, mode)", () => {
 });
 
 describe("configuration", () => {
-  test("defaults are those of ORDERING.md §10", () => {
+  test("defaults are those of core/ordering/PROTOCOL.md §10", () => {
     const cfg = makeConfig({ id: 0, n: 4, f: 1, mode: "bft", clusterId: "c" });
     expect(cfg.batchRequestsMax).toBe(256);
     expect(cfg.batchBytesMax).toBe(1024 * 1024);

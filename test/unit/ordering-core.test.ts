@@ -1,6 +1,6 @@
 // Handler-level tests of the ordering core on a hand-driven cluster of real cores with
-// real ed25519 (src/sim/cluster.ts). Each test names the rule of ORDERING.md it checks;
-// the "bug N" tests are the ten classic bugs of ORDERING.md §9.
+// real ed25519 (src/sim/cluster.ts). Each test names the rule of core/ordering/PROTOCOL.md it checks;
+// the "bug N" tests are the ten classic bugs of core/ordering/PROTOCOL.md §9.
 import { describe, expect, test } from "bun:test";
 import { encodeCanonical } from "../../wire/canonical.ts";
 import {
@@ -48,7 +48,7 @@ function decideOne(c: ManualCluster, client: number, seq: number, to = 0): void 
   c.deliverAll();
 }
 
-describe("normal case (ORDERING.md §4)", () => {
+describe("normal case (core/ordering/PROTOCOL.md §4)", () => {
   test("a request is decided at every replica at seq 1, once, with the same batch", () => {
     const c = new ManualCluster();
     const req = c.request(0, 1);
@@ -129,7 +129,7 @@ describe("normal case (ORDERING.md §4)", () => {
   });
 });
 
-describe("client requests (ORDERING.md §5)", () => {
+describe("client requests (core/ordering/PROTOCOL.md §5)", () => {
   test("a request that already executed is answered again, never executed twice", () => {
     const c = new ManualCluster();
     const req = c.request(0, 1);
@@ -184,7 +184,7 @@ describe("client requests (ORDERING.md §5)", () => {
   });
 });
 
-describe("the ten classic bugs (ORDERING.md §9)", () => {
+describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
   /** Leader 0 proposes; only replica 1 sees the PRE_PREPARE; returns the proposal. */
   function proposalSeenBy1(c: ManualCluster): PrePrepare {
     c.submit(0, c.request(0, 1));
@@ -447,7 +447,7 @@ describe("the ten classic bugs (ORDERING.md §9)", () => {
   });
 });
 
-describe("checkpoints and state transfer (ORDERING.md §7)", () => {
+describe("checkpoints and state transfer (core/ordering/PROTOCOL.md §7)", () => {
   test("K decisions make a stable checkpoint; h moves and the log is truncated", () => {
     const c = new ManualCluster();
     for (let s = 1; s <= 4; s++) decideOne(c, 0, s);
@@ -529,7 +529,7 @@ describe("checkpoints and state transfer (ORDERING.md §7)", () => {
   });
 });
 
-describe("leader monitoring (Aardvark, ORDERING.md §5)", () => {
+describe("leader monitoring (Aardvark, core/ordering/PROTOCOL.md §5)", () => {
   test("a leader that stops proposing while requests wait is replaced (heartbeat)", () => {
     const c = new ManualCluster({ params: { requestTimeoutTicks: 1000 } });
     decideOne(c, 0, 1);

@@ -1,4 +1,4 @@
-// Peer messages (ORDERING.md §3): the boundary check rebuilds exactly the known shape or
+// Peer messages (core/ordering/PROTOCOL.md §3): the boundary check rebuilds exactly the known shape or
 // refuses, every message survives canonical CBOR, and a signature covers domain, cluster
 // and every signed field.
 import { describe, expect, test } from "bun:test";

@@ -1,4 +1,4 @@
-// Subscriber-side delivery voting (DESIGN §3 "subscriber delivers when"): f+1 matching
+// Subscriber-side delivery voting (src/README.md §3 "subscriber delivers when"): f+1 matching
 // (seq, digest) on byzantine/total, first valid copy elsewhere (on byzantine/none once f+1
 // replicas vouch for the publisher key), in order with no gap and no duplicate, resume,
 // bounded buffers, and per-replica accounting of bad copies. Publisher signatures are real

@@ -1,4 +1,4 @@
-// Client-side reply voting (DESIGN §3 table): quorum per CLASS, distinct replicas only,
+// Client-side reply voting (src/README.md §3 table): quorum per CLASS, distinct replicas only,
 // matching on the whole result, and evidence of lying replicas.
 import { describe, expect, test } from "bun:test";
 import {

@@ -1,5 +1,5 @@
 /**
- * The replicated channel state machine (DESIGN §1 "replicated state", §3 per-CLASS paths).
+ * The replicated channel state machine (src/README.md §1 "replicated state", §3 per-CLASS paths).
  *
  * Replicated part — identical on every correct replica because it changes only through
  * byzantine/total-ordered inputs, applied in decided order, and depends on nothing else:

@@ -1,5 +1,5 @@
 /**
- * Certificate checks and the NEW_VIEW computation (ORDERING.md §6, §7). Pure functions of
+ * Certificate checks and the NEW_VIEW computation (core/ordering/PROTOCOL.md §6, §7). Pure functions of
  * a context; every count is of distinct verified signers, never of messages, and every
  * part of a certificate must match every other part (the classic bugs 1, 6 and 7 of §9).
  */
@@ -102,7 +102,7 @@ export function validPreparedCert(context: CertContext, cert: PreparedCert): boo
 }
 
 /**
- * VIEW_CHANGE validity (ORDERING.md §6): signed by a member; its stable checkpoint proven
+ * VIEW_CHANGE validity (core/ordering/PROTOCOL.md §6): signed by a member; its stable checkpoint proven
  * by Q signed CHECKPOINTs (or the genesis state at 0); every prepared entry inside the
  * sender's window, one per seq, from a view below the new one, and itself valid.
  */
@@ -140,7 +140,7 @@ export interface NewViewPlan {
 }
 
 /**
- * ORDERING.md §6: minS is the highest stable checkpoint in V, maxS the highest prepared
+ * core/ordering/PROTOCOL.md §6: minS is the highest stable checkpoint in V, maxS the highest prepared
  * seq (at least minS), and O[s] the digest of the highest-view certificate for s. Two
  * certificates for one (view, seq) with different digests cannot both be valid with at
  * most f faults; if V holds such a pair, the plan is refused (null).
@@ -178,7 +178,7 @@ export function planNewView(context: CertContext, vcs: readonly ViewChange[]): N
   return { minS, maxS, digests, bodies, stableDigest, stableProof };
 }
 
-/** Q distinct members signed COMMIT(view, seq, digest): the decision is final (ORDERING.md §3). */
+/** Q distinct members signed COMMIT(view, seq, digest): the decision is final (core/ordering/PROTOCOL.md §3). */
 export function validDecisionCert(
   context: CertContext,
   view: number,

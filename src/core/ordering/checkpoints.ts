@@ -1,5 +1,5 @@
 /**
- * Checkpoints and state transfer (ORDERING.md §7): own checkpoints, stable checkpoints
+ * Checkpoints and state transfer (core/ordering/PROTOCOL.md §7): own checkpoints, stable checkpoints
  * (Q matching signed CHECKPOINTs) and the garbage collection they allow, fetching a
  * snapshot when this replica is behind, and catch-up inside the window from decided
  * batches with their commit certificates (§4).
@@ -50,7 +50,7 @@ export function clientTableHash(hash: (bytes: Uint8Array) => Uint8Array, rows: C
 }
 
 /**
- * The checkpoint state digest D = hash(seq, appDigest, hash(clients)) (ORDERING.md §7).
+ * The checkpoint state digest D = hash(seq, appDigest, hash(clients)) (core/ordering/PROTOCOL.md §7).
  * Exported so that the runtime checks a fetched or stored snapshot with the very formula
  * the core signs.
  */
@@ -279,7 +279,7 @@ export function onSnapshotInstalled(state: CoreState, seq: number, claimedDigest
 }
 
 // ---------------------------------------------------------------------------------------
-// Catch-up inside the window: decided batches with commit certificates (ORDERING.md §4).
+// Catch-up inside the window: decided batches with commit certificates (core/ordering/PROTOCOL.md §4).
 // ---------------------------------------------------------------------------------------
 
 /**
@@ -324,7 +324,7 @@ export function onStateRequest(state: CoreState, from: ReplicaId, m: StateReques
 
 /**
  * A peer still voting on a seq this replica executed has not seen the decision: answer
- * with the decided batches from there on, instead of counting its vote (ORDERING.md §4,
+ * with the decided batches from there on, instead of counting its vote (core/ordering/PROTOCOL.md §4,
  * retransmission).
  */
 export function answerLaggingVoter(state: CoreState, from: ReplicaId, m: Prepare | Commit): void {

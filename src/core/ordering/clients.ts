@@ -3,7 +3,7 @@
  * sequence number of each client, which is replicated state and travels in snapshots so
  * that deduplication survives state transfer) and the pool of pending requests (local,
  * bounded, never replicated); and what the core does with client requests before they
- * are proposed: admission and forwarding (ORDERING.md §5).
+ * are proposed: admission and forwarding (core/ordering/PROTOCOL.md §5).
  */
 import { bytesEqual, type ClientRequest, requestBytes } from "./messages.ts";
 import type { CoreState } from "./state.ts";
@@ -140,7 +140,7 @@ export class PendingPool {
     return this.byClient.size;
   }
 
-  /** Restarts every request timer, as after a view change (ORDERING.md §6, pending requests). */
+  /** Restarts every request timer, as after a view change (core/ordering/PROTOCOL.md §6, pending requests). */
   restartTimers(seqAtArrival: number): void {
     for (const forClient of this.byClient.values()) {
       for (const p of forClient.values()) {
@@ -160,7 +160,7 @@ export class PendingPool {
 }
 
 // ---------------------------------------------------------------------------------------
-// Admission and forwarding (ORDERING.md §5).
+// Admission and forwarding (core/ordering/PROTOCOL.md §5).
 // ---------------------------------------------------------------------------------------
 
 const REFUSALS: ReadonlySet<string> = new Set<Refusal>(["invalid", "quarantined", "window", "overloaded"]);
@@ -223,7 +223,7 @@ export function adoptBatchRequests(state: CoreState, batch: readonly ClientReque
   }
 }
 
-/** Pending requests go to the new leader again, with fresh timers (ORDERING.md §6). */
+/** Pending requests go to the new leader again, with fresh timers (core/ordering/PROTOCOL.md §6). */
 export function forwardAllPending(state: CoreState): void {
   for (const [, forClient] of state.pending.clients()) {
     for (const p of forClient.values()) state.forwardToLeader.push(p.req);

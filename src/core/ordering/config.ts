@@ -1,6 +1,6 @@
 /**
  * Configuration of the ordering core: group size, fault mode and every bound and timer of
- * ORDERING.md §10, with the defaults given there. Time is in ticks (1 tick = 10 ms in the
+ * core/ordering/PROTOCOL.md §10, with the defaults given there. Time is in ticks (1 tick = 10 ms in the
  * runtime); the core never reads a clock.
  */
 
@@ -71,7 +71,7 @@ export interface CoreConfig {
   readonly transferItemsMax: number;
 }
 
-/** The parameters of ORDERING.md §10 (1 tick = 10 ms). */
+/** The parameters of core/ordering/PROTOCOL.md §10 (1 tick = 10 ms). */
 export const DEFAULT_PARAMETERS = {
   batchRequestsMax: 256,
   batchBytesMax: 1024 * 1024,
@@ -160,7 +160,7 @@ export function weakQuorum(n: number, f: number, mode: FaultMode): number {
   return f + 1;
 }
 
-/** leader(view) = view mod n (ORDERING.md §6: never a local counter). */
+/** leader(view) = view mod n (core/ordering/PROTOCOL.md §6: never a local counter). */
 export function leaderOf(view: number, n: number): ReplicaId {
   return view % n;
 }

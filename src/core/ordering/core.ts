@@ -1,8 +1,8 @@
 /**
  * The ordering core: PBFT with signatures (Castro & Liskov, OSDI'99 §4; TOCS 2002 §4
  * "BFT-PK"), request handling after BFT-SMaRt / Mod-SMaRt, leader monitoring after
- * Aardvark, as one sans-IO deterministic state machine. ORDERING.md is the reference; the
- * section cited at each handler is the rule it implements.
+ * Aardvark, as one sans-IO deterministic state machine. PROTOCOL.md beside this file is the
+ * reference; the section cited at each handler is the rule it implements.
  *
  * The class is driven only through `step`; it reads no clock, draws no random number and
  * touches no socket or disk. Everything it needs from the world arrives as an input, and
@@ -258,7 +258,7 @@ export class OrderingCore {
   }
 
   /**
-   * The normal-case gate (ORDERING.md §4): only the current view, only inside (h, H];
+   * The normal-case gate (core/ordering/PROTOCOL.md §4): only the current view, only inside (h, H];
    * during a view change, messages for the target view wait in a bounded buffer.
    */
   private gate(from: ReplicaId, view: number, seq: number, key: string, msg: PeerMessage): boolean {
@@ -276,7 +276,7 @@ export class OrderingCore {
   }
 
   // -------------------------------------------------------------------------------------
-  // Client requests (ORDERING.md §5; admission in clients.ts).
+  // Client requests (core/ordering/PROTOCOL.md §5; admission in clients.ts).
   // -------------------------------------------------------------------------------------
 
   private onRequest(req: ClientRequest, authenticated: boolean): void {
@@ -295,7 +295,7 @@ export class OrderingCore {
   }
 
   // -------------------------------------------------------------------------------------
-  // Leader: proposing (ORDERING.md §4, "Leader").
+  // Leader: proposing (core/ordering/PROTOCOL.md §4, "Leader").
   // -------------------------------------------------------------------------------------
 
   private tryPropose(): void {
@@ -377,7 +377,7 @@ export class OrderingCore {
   }
 
   // -------------------------------------------------------------------------------------
-  // Backup: PRE_PREPARE, PREPARE, COMMIT (ORDERING.md §4).
+  // Backup: PRE_PREPARE, PREPARE, COMMIT (core/ordering/PROTOCOL.md §4).
   // -------------------------------------------------------------------------------------
 
   private onPrePrepare(from: ReplicaId, m: PrePrepare): void {
@@ -418,7 +418,7 @@ export class OrderingCore {
   }
 
   /**
-   * Checks 3-5 of ORDERING.md §4: the digest is the body's, the batch is within bounds, and
+   * Checks 3-5 of core/ordering/PROTOCOL.md §4: the digest is the body's, the batch is within bounds, and
    * every request is validly signed, unique in the batch, consecutive with its client's
    * other requests in the batch, not executed and not in another free proposal of this view.
    */
@@ -486,7 +486,7 @@ export class OrderingCore {
   }
 
   // -------------------------------------------------------------------------------------
-  // Execution (ORDERING.md §4, "Execute").
+  // Execution (core/ordering/PROTOCOL.md §4, "Execute").
   // -------------------------------------------------------------------------------------
 
   private tryExecute(): void {

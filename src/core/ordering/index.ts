@@ -48,8 +48,8 @@
  *
  * Modes: 'bft' uses quorums of 2f+1 of n = 3f+1 with PREPARE and COMMIT phases; 'cft' runs
  * on the same group with majority quorums floor(n/2)+1 and no PREPARE phase. `quorum(n, f,
- * mode)` is the one quorum helper. PROTOCOL.md beside this file states the protocol in a
- * page and every departure from ORDERING.md.
+ * mode)` is the one quorum helper. PROTOCOL.md beside this file is the protocol reference,
+ * with every departure from the textbook protocol (its §11).
  *
  * Test seams: OrderingCore has protected methods (quorumSize, voteKey, voteMatches,
  * recomputesNewView) that only test subclasses override, to build deliberately broken

@@ -1,5 +1,5 @@
 /**
- * The log (ORDERING.md §4): one entry per consensus instance of the current view, the
+ * The log (core/ordering/PROTOCOL.md §4): one entry per consensus instance of the current view, the
  * prepared certificates and decisions kept beside it, and the own votes this replica has
  * signed. An entry moves accepted -> prepared -> committed here; core.ts decides when a
  * message is let in, and executes committed entries in order.

@@ -1,5 +1,5 @@
 /**
- * Peer messages of the ordering protocol (ORDERING.md §3), their structural validation and
+ * Peer messages of the ordering protocol (core/ordering/PROTOCOL.md §3), their structural validation and
  * the exact bytes each signature covers.
  *
  * Every message is a plain object of canonical values (null, booleans, safe integers,

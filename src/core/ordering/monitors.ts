@@ -1,5 +1,5 @@
 /**
- * Aardvark's expectations of a leader (Clement et al., NSDI'09 §4.3; ORDERING.md §5) that
+ * Aardvark's expectations of a leader (Clement et al., NSDI'09 §4.3; core/ordering/PROTOCOL.md §5) that
  * need state across ticks: the throughput requirement, and the per-peer flood counter.
  * The heartbeat and fairness checks are stateless and live in the core's tick handler
  * (timers.ts).

@@ -2,7 +2,7 @@
  * Compaction of the persisted records. The core only appends; after a stable checkpoint
  * most of what it wrote is no longer needed to restart. `compactRecords` keeps exactly
  * what `new OrderingCore(cfg, crypto, records)` needs to come back in the same state
- * (ORDERING.md §7: the log before a stable checkpoint is truncated).
+ * (core/ordering/PROTOCOL.md §7: the log before a stable checkpoint is truncated).
  *
  * The runtime must keep the application snapshot at the returned base's `seq` (it stored
  * one at `takeCheckpoint`, or installed one after `fetchState`): on restart it loads that

@@ -6,7 +6,7 @@
  *
  *   core.ts          `step`, the dispatch of every input and message, the normal case
  *   log.ts           log entries, prepared certificates, decisions, own signed votes
- *   view-change.ts   view change and NEW_VIEW (ORDERING.md §6)
+ *   view-change.ts   view change and NEW_VIEW (core/ordering/PROTOCOL.md §6)
  *   checkpoints.ts   checkpoints, state transfer, catch-up inside the window (§7)
  *   timers.ts        what a tick does: request timers, leader expectations, retransmission
  *   clients.ts       client table, pending pool, admission and forwarding (§5)
@@ -37,7 +37,7 @@ import type { CoreCrypto, Effect, PersistedRecord, Ready } from "./types.ts";
 export const NO_DEADLINE = Number.POSITIVE_INFINITY;
 export const EMPTY_SIG = new Uint8Array(SIGNATURE_BYTES);
 
-/** Fails loudly: the core's assertions stay on in production (STYLE.md, convention 8). */
+/** Fails loudly: the core's assertions stay on in production (src/README.md §9, rule 8). */
 export class CoreAssertionError extends Error {
   override readonly name = "CoreAssertionError";
 }
@@ -105,7 +105,7 @@ export class CoreState {
   /** The core's clock: ticks since it started (or restarted). */
   now = 0;
 
-  // View state (ORDERING.md §2; view-change.ts).
+  // View state (core/ordering/PROTOCOL.md §2; view-change.ts).
   view = 0;
   installedView = 0;
   phase: "normal" | "viewChange" = "normal";
@@ -147,7 +147,7 @@ export class CoreState {
   /** Digest of every own PRE_PREPARE, PREPARE and COMMIT signed: "<kind>:<view>:<seq>" -> digest. */
   readonly signedVotes = new Map<string, Uint8Array>();
 
-  // Checkpoints and state transfer (ORDERING.md §7; checkpoints.ts).
+  // Checkpoints and state transfer (core/ordering/PROTOCOL.md §7; checkpoints.ts).
   /** h: the last stable checkpoint, its state digest and its Q signed CHECKPOINTs. */
   stableSeq = 0;
   stableDigest: Uint8Array = NULL_DIGEST;
@@ -167,7 +167,7 @@ export class CoreState {
   /** Nonce of the next STATE_REQUEST this replica sends. */
   stateRequestNonce = 0;
 
-  // Clients (ORDERING.md §5; clients.ts).
+  // Clients (core/ordering/PROTOCOL.md §5; clients.ts).
   readonly clientTable = new ClientTable();
   readonly pending = new PendingPool();
   /** Quarantined clients and the tick their quarantine ends. */

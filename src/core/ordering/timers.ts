@@ -1,5 +1,5 @@
 /**
- * Time (ORDERING.md §5 timers, §6 view-change timers, Aardvark expectations): what one
+ * Time (core/ordering/PROTOCOL.md §5 timers, §6 view-change timers, Aardvark expectations): what one
  * tick does. core.ts calls, in order, `startTick`, then by phase and role
  * `tickViewChange` (view-change.ts), `tickLeader` or `tickBackup`, then `finishTick`.
  * A backup watches its leader here: request timers, the heartbeat, fairness and
@@ -139,7 +139,7 @@ function watchLeader(state: CoreState): void {
 }
 
 /**
- * Resend own votes for instances that stopped moving (ORDERING.md §4, retransmission);
+ * Resend own votes for instances that stopped moving (core/ordering/PROTOCOL.md §4, retransmission);
  * the leader resends its proposals too.
  */
 function retransmitStalled(state: CoreState, resendProposals: boolean): void {

@@ -1,5 +1,5 @@
 /**
- * View change (ORDERING.md §6): leaving a view with a VIEW_CHANGE that reports everything
+ * View change (core/ordering/PROTOCOL.md §6): leaving a view with a VIEW_CHANGE that reports everything
  * this replica prepared, the new leader's NEW_VIEW, its recomputation by every replica,
  * and installing it. Also how a replica learns that it is behind on views.
  */
@@ -46,7 +46,7 @@ export function notePeer(state: CoreState, from: ReplicaId, view: number, seq: n
 /**
  * W peers send normal-case messages of views above ours, so at least one correct replica
  * installed such a view: ask for it with a VIEW_CHANGE, which peers at or past that view
- * answer with their NEW_VIEW (ORDERING.md §6, livelock rules).
+ * answer with their NEW_VIEW (core/ordering/PROTOCOL.md §6, livelock rules).
  */
 function catchUpView(state: CoreState): void {
   const target = kthLargest(state.peerViews.values(), state.weakQuorumSize);
@@ -132,7 +132,7 @@ export function onViewChange(state: CoreState, m: ViewChange): void {
   viewChangeProgress(state);
 }
 
-/** A replica still asking for a view we installed gets our NEW_VIEW (ORDERING.md §6). */
+/** A replica still asking for a view we installed gets our NEW_VIEW (core/ordering/PROTOCOL.md §6). */
 export function answerWithNewView(state: CoreState, to: ReplicaId): void {
   if (state.installedNewView === null || state.phase !== "normal") return;
   const last = state.newViewAnsweredAt.get(to) ?? -NO_DEADLINE;
@@ -230,7 +230,7 @@ function checkNewView(state: CoreState, m: NewView): NewViewPlan | null {
 }
 
 /**
- * Installs view m.view (ORDERING.md §6, "Installing NEW_VIEW"): adopt or fetch the stable
+ * Installs view m.view (core/ordering/PROTOCOL.md §6, "Installing NEW_VIEW"): adopt or fetch the stable
  * checkpoint at minS, replace the log by the O entries, persist, then vote on every O
  * entry (null batches included). Requests of dropped entries stay pending.
  */

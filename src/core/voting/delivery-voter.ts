@@ -1,5 +1,5 @@
 /**
- * Subscriber-side delivery voting for one subscription (DESIGN §3, "subscriber delivers
+ * Subscriber-side delivery voting for one subscription (src/README.md §3, "subscriber delivers
  * when"):
  *
  * - byzantine/total: the batch at channel seq s is delivered only when f+1 distinct

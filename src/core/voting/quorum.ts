@@ -1,5 +1,5 @@
 /**
- * The one place that says how many replicas a client needs (DESIGN §3, per-CLASS table).
+ * The one place that says how many replicas a client needs (src/README.md §3, per-CLASS table).
  * Counts are always of distinct replicas, never of messages.
  */
 import type { ChannelClass } from "../channels/types.ts";

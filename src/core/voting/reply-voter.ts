@@ -1,6 +1,6 @@
 /**
  * Client-side voting on the replies to one request (the "voting on client side" step of
- * BFT-SMaRt's ServiceProxy; DESIGN §3 table for the quorum per CLASS).
+ * BFT-SMaRt's ServiceProxy; src/README.md §3 table for the quorum per CLASS).
  *
  * Replies are grouped by the canonical bytes of the whole result, and a group counts
  * distinct replicas: a replica is counted once, with its first reply. A second,

@@ -1,5 +1,5 @@
 /**
- * The checkpoint state digest D = hash(seq, appDigest, hash(clients)) of ORDERING.md §7,
+ * The checkpoint state digest D = hash(seq, appDigest, hash(clients)) of core/ordering/PROTOCOL.md §7,
  * computed with the ordering core's own formula (stateDigestOf). The runtime
  * needs it before it hands a snapshot to the core: a fetched snapshot is checked against
  * the digest f+1 replicas signed before it replaces the channel state, and a stored base

@@ -1,5 +1,5 @@
 /**
- * A replica's durable storage (DESIGN §5): the ordering core's records, the decided log
+ * A replica's durable storage (src/README.md §5): the ordering core's records, the decided log
  * (one row per decided batch), base snapshots of the channel state machine, snapshots
  * arriving by state transfer, and the replica's own store of unordered channels, in one
  * bun:sqlite database in WAL mode under the data directory.

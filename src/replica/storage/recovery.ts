@@ -1,5 +1,5 @@
 /**
- * Restart from the data directory (DESIGN §5): rebuild the channel state machine and
+ * Restart from the data directory (src/README.md §5): rebuild the channel state machine and
  * the ordering core's records from what the store holds, after any damaged row has been
  * dropped (index.ts). The steps:
  *
