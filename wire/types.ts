@@ -68,6 +68,12 @@ export const TAG_PATTERN = /^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$/;
 export const EVENT_BYTES_MAX = 1024 * 1024;
 /** Events in one publish request (one signature covers them all). */
 export const REQUEST_EVENTS_MAX = 16_384;
+/**
+ * Replicas in one group at most (ids 0..REPLICAS_MAX-1): the bound of the cluster file,
+ * of the ordering core and of every replica id and signer list in a peer message.
+ * All-to-all protocols cost O(n^2) messages; past this size the group needs another design.
+ */
+export const REPLICAS_MAX = 64;
 /** Human-readable reasons in ERROR, REPLY, QUERY_REPLY and SUB_END, in UTF-8 bytes. */
 export const REASON_BYTES_MAX = 1024;
 

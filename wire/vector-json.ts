@@ -3,20 +3,15 @@
  * everything else is plain JSON (integers stay integers; all are safe integers). Another
  * implementation reads wire/vectors/*.json with these two rules.
  */
+import { fromHex, toHex } from "./bytes.ts";
 import type { Canonical } from "./canonical.ts";
+
+export { fromHex, toHex };
 
 export type VectorJson = null | boolean | number | string | VectorJson[] | { [key: string]: VectorJson };
 
 const HEX_KEY = "$hex";
 
-export function toHex(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("hex");
-}
-
-export function fromHex(hex: string): Uint8Array {
-  if (hex.length % 2 !== 0 || !/^[0-9a-f]*$/.test(hex)) throw new Error(`not lowercase hex: ${hex.slice(0, 40)}`);
-  return new Uint8Array(Buffer.from(hex, "hex"));
-}
 
 /** A canonical value as vector JSON. */
 export function toVectorJson(value: Canonical): VectorJson {

@@ -32,13 +32,12 @@ import {
   type ChannelsConfig,
 } from "../core/channels/index.ts";
 import { DEFAULT_PARAMETERS } from "../core/ordering/config.ts";
-import { EVENT_BYTES_MAX, FRAME_BYTES_MAX, REQUEST_EVENTS_MAX } from "../../wire/types.ts";
+import { SIGNED_VOTE_BYTES_MAX } from "../core/ordering/messages.ts";
+import { EVENT_BYTES_MAX, FRAME_BYTES_MAX, REPLICAS_MAX, REQUEST_EVENTS_MAX } from "../../wire/types.ts";
 
 /** The cluster file is a few KiB even for a large group; the bound stops a wrong path (a log, a disk image) from being read whole. */
 export const CONFIG_FILE_BYTES_MAX = 1024 * 1024;
 export const CLUSTER_NAME_CHARS_MAX = 64;
-/** All-to-all protocols cost O(n^2) messages; past this size the group needs a different design. */
-export const REPLICAS_MAX = 64;
 export const ADMIN_KEYS_MAX = 64;
 export const CLIENT_KEYS_MAX = 100_000;
 export const PORT_MIN = 1;
@@ -484,11 +483,11 @@ function checkLimitRelations(file: ClusterFile): ConfigIssue[] {
  * Bytes a NEW_VIEW can reach in the worst case: 2f+1 VIEW_CHANGEs, each carrying a
  * prepared certificate (the signed proposal header and 2f PREPAREs) for every seq of the
  * log window, plus the new view's proposal headers. The figures are encoded sizes of the
- * core's messages (measured: a signed vote is about 152 bytes), rounded up.
+ * core's messages, each signed vote counted as SIGNED_VOTE_BYTES_MAX.
  */
 export function newViewBytesBound(f: number): number {
   const window = DEFAULT_PARAMETERS.logWindow;
-  const signedVoteBytes = 160;
+  const signedVoteBytes = SIGNED_VOTE_BYTES_MAX;
   const certBytes = (2 * f + 1) * signedVoteBytes + 64;
   const viewChangeBytes = window * certBytes + (2 * f + 1) * signedVoteBytes + 1024;
   return (2 * f + 1) * viewChangeBytes + window * (signedVoteBytes + 64) + 4096;

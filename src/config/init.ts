@@ -18,10 +18,10 @@ import {
   LIMIT_BOUNDS,
   parseClusterConfig,
   PORT_MAX,
-  REPLICAS_MAX,
   RETENTION_BOUNDS,
   type ClusterConfig,
 } from "./cluster.ts";
+import { REPLICAS_MAX } from "../../wire/types.ts";
 
 /** Byzantine tolerance needs n >= 3f+1 with f >= 1, so the smallest useful group is 4. */
 export const INIT_REPLICAS_MIN = 4;

@@ -6,7 +6,8 @@
  * whether two spellings name the same key.
  */
 
-const HEX_PATTERN = /^(?:[0-9a-f]{2})*$/;
+export { bytesEqual, fromHex, toHex } from "../../wire/bytes.ts";
+
 const BASE64URL_PATTERN = /^[A-Za-z0-9_-]*$/;
 /** A base64 text of length 4k+1 cannot come from any byte string. */
 const BASE64_IMPOSSIBLE_REMAINDER = 1;
@@ -21,22 +22,6 @@ export function asUint8Array(buffer: Buffer | Uint8Array): Uint8Array {
   return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
 }
 
-/** Lowercase hex of the bytes. */
-export function toHex(bytes: Uint8Array): string {
-  return asBuffer(bytes).toString("hex");
-}
-
-/**
- * Parses lowercase hex (the only form `toHex` produces). Throws a RangeError that
- * says what is wrong, because a silently truncated digest would compare unequal
- * in confusing ways.
- */
-export function fromHex(text: string): Uint8Array {
-  if (!HEX_PATTERN.test(text)) {
-    throw new RangeError("expected lowercase hex with an even number of digits");
-  }
-  return new Uint8Array(Buffer.from(text, "hex"));
-}
 
 /** base64url without padding (RFC 4648 §5). */
 export function toBase64url(bytes: Uint8Array): string {
@@ -58,11 +43,6 @@ export function fromBase64urlStrict(text: string): Uint8Array | null {
   return bytes;
 }
 
-/** Byte equality for public data such as keys; not constant-time, so never use it on secrets. */
-export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.byteLength !== b.byteLength) return false;
-  return asBuffer(a).equals(asBuffer(b));
-}
 
 /** Concatenates byte arrays into one new array. */
 export function concatBytes(...parts: readonly Uint8Array[]): Uint8Array {

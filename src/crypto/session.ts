@@ -38,17 +38,18 @@ import {
   DOMAIN_PEER_MAC,
   DOMAIN_SESSION_INITIATOR,
   DOMAIN_SESSION_RESPONDER,
+  MAC_BYTES,
   PEER_FRAME_TYPE_FIRST,
   PEER_FRAME_TYPE_LAST,
+  X25519_KEY_BYTES,
 } from "../../wire/types.ts";
 
-export const X25519_PUBLIC_KEY_BYTES = 32;
+/** Full-length HMAC-SHA-256 tags and X25519 keys, as the wire defines them. */
+export { MAC_BYTES, X25519_KEY_BYTES };
 export const SHARED_SECRET_BYTES = 32;
 export const SESSION_KEY_BYTES = 32;
-/** Full-length HMAC-SHA-256 tags: the bytes are cheap next to a frame, truncation buys nothing. */
-export const MAC_BYTES = 32;
 /** Frame sequence numbers are unsigned 64-bit on the wire; here they stay safe integers. */
-export const SEQ_MAX = Number.MAX_SAFE_INTEGER;
+export const PEER_FRAME_SEQ_MAX = Number.MAX_SAFE_INTEGER;
 const SEQ_FIELD_BYTES = 8;
 
 /** Peer frames are numbered from 1 (wire/PROTOCOL.md); 0 is never a valid peer seq. */
@@ -87,8 +88,8 @@ export function generateEphemeralKeyPair(): EphemeralKeyPair {
  * deterministic replays: a live handshake must use `generateEphemeralKeyPair`.
  */
 export function ephemeralKeyPairFromSecret(secret: Uint8Array): EphemeralKeyPair {
-  if (secret.byteLength !== X25519_PUBLIC_KEY_BYTES) {
-    throw new SessionCryptoError(`X25519 private key must be ${X25519_PUBLIC_KEY_BYTES} bytes, got ${secret.byteLength}`);
+  if (secret.byteLength !== X25519_KEY_BYTES) {
+    throw new SessionCryptoError(`X25519 private key must be ${X25519_KEY_BYTES} bytes, got ${secret.byteLength}`);
   }
   const privateKey = createPrivateKey({ key: Buffer.concat([PKCS8_X25519_PREFIX, secret]), format: "der", type: "pkcs8" });
   return ephemeralKeyPairFromPrivateKey(privateKey);
@@ -105,8 +106,8 @@ function ephemeralKeyPairFromPrivateKey(privateKey: KeyObject): EphemeralKeyPair
  * (which would make the secret all zeros, known to anyone).
  */
 export function x25519SharedSecret(own: EphemeralKeyPair, peerPublicKey: Uint8Array): Uint8Array {
-  if (peerPublicKey.byteLength !== X25519_PUBLIC_KEY_BYTES) {
-    throw new SessionCryptoError(`peer ephemeral key must be ${X25519_PUBLIC_KEY_BYTES} bytes, got ${peerPublicKey.byteLength}`);
+  if (peerPublicKey.byteLength !== X25519_KEY_BYTES) {
+    throw new SessionCryptoError(`peer ephemeral key must be ${X25519_KEY_BYTES} bytes, got ${peerPublicKey.byteLength}`);
   }
   let secret: Uint8Array;
   try {
@@ -205,7 +206,7 @@ function isValidSeq(seq: number): boolean {
 /** u8 type || u64 big-endian seq. */
 function encodeMacHeader(type: number, seq: number): Uint8Array {
   if (!isPeerFrameType(type)) throw new RangeError(`frame type ${type} is not a peer frame type`);
-  if (!isValidSeq(seq) || seq < PEER_SEQ_FIRST) throw new RangeError(`peer seq must be an integer in ${PEER_SEQ_FIRST}..${SEQ_MAX}, got ${seq}`);
+  if (!isValidSeq(seq) || seq < PEER_SEQ_FIRST) throw new RangeError(`peer seq must be an integer in ${PEER_SEQ_FIRST}..${PEER_FRAME_SEQ_MAX}, got ${seq}`);
   const out = new Uint8Array(FRAME_TYPE_FIELD_BYTES + SEQ_FIELD_BYTES);
   out[0] = type;
   new DataView(out.buffer).setBigUint64(FRAME_TYPE_FIELD_BYTES, BigInt(seq), false);
@@ -236,7 +237,7 @@ export class ReplayGuard {
 
   constructor(options: Partial<ReplayGuardOptions> = {}) {
     const resolved = { ...DEFAULT_REPLAY_GUARD_OPTIONS, ...options };
-    if (!isValidSeq(resolved.firstSeq)) throw new RangeError(`firstSeq must be an integer in 0..${SEQ_MAX}`);
+    if (!isValidSeq(resolved.firstSeq)) throw new RangeError(`firstSeq must be an integer in 0..${PEER_FRAME_SEQ_MAX}`);
     this.#contiguous = resolved.contiguous;
     this.#next = resolved.firstSeq;
   }
@@ -246,7 +247,7 @@ export class ReplayGuard {
     if (!isValidSeq(seq)) return false;
     if (seq < this.#next) return false;
     if (this.#contiguous && seq !== this.#next) return false;
-    // Past SEQ_MAX no further seq could be accepted; the session must be rekeyed long before.
+    // Past PEER_FRAME_SEQ_MAX no further seq could be accepted; the session must be rekeyed long before.
     this.#next = seq + 1;
     return true;
   }
@@ -262,13 +263,13 @@ export class SendSequence {
   #next: number;
 
   constructor(firstSeq = PEER_SEQ_FIRST) {
-    if (!isValidSeq(firstSeq)) throw new RangeError(`firstSeq must be an integer in 0..${SEQ_MAX}`);
+    if (!isValidSeq(firstSeq)) throw new RangeError(`firstSeq must be an integer in 0..${PEER_FRAME_SEQ_MAX}`);
     this.#next = firstSeq;
   }
 
   /** The next seq to put on a frame; throws once the space is used up rather than wrap. */
   next(): number {
-    if (this.#next > SEQ_MAX) throw new RangeError("frame sequence numbers exhausted; the session must be re-established");
+    if (this.#next > PEER_FRAME_SEQ_MAX) throw new RangeError("frame sequence numbers exhausted; the session must be re-established");
     const seq = this.#next;
     this.#next += 1;
     return seq;

@@ -5,19 +5,7 @@
  * small-scope mutations), equivocate, replay or forge. It signs only with its own key:
  * forging another replica's signature is outside the fault model.
  */
-import {
-  batchBytes,
-  type ClientRequest,
-  type Commit,
-  type NewView,
-  NULL_DIGEST,
-  type PeerMessage,
-  type PrePrepare,
-  type ReplicaId,
-  type SignedMessage,
-  signingBytes,
-  type ViewChange,
-} from "../core/ordering/index.ts";
+import { batchBytes, type ClientRequest, type Commit, type NewView, NULL_DIGEST, type PeerMessage, type PrePrepare, type ReplicaId, type SignedMessage, signingBytes, type ViewChange } from "../core/ordering/index.ts";
 import { sha256, type SimKeyring } from "./crypto.ts";
 import type { Prng } from "./prng.ts";
 import type { ByzBehaviour } from "./scenario.ts";

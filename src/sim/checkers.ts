@@ -11,15 +11,8 @@
  * - bounds: every bounded structure within its bound after every tick;
  * - monotonicity: view and installed view never decrease, h <= lastExecuted.
  */
-import {
-  batchBytes,
-  type ClientRequest,
-  type CoreConfig,
-  type CoreSizes,
-  type CoreStatus,
-  hex,
-  type ReplicaId,
-} from "../core/ordering/index.ts";
+import { toHex } from "../../wire/bytes.ts";
+import { batchBytes, type ClientRequest, type CoreConfig, type CoreSizes, type CoreStatus, type ReplicaId } from "../core/ordering/index.ts";
 import { sha256, type SimKeyring } from "./crypto.ts";
 
 /** Violations recorded per run before the rest are only counted. */
@@ -82,7 +75,7 @@ export class Checker {
    */
   onDecide(who: ReplicaId, app: AppState, seq: number, batch: readonly ClientRequest[], execute: readonly ClientRequest[]): void {
     if (seq !== app.lastDecided + 1) this.violation(`replica ${who} decided seq ${seq} after ${app.lastDecided} (gap or repeat)`);
-    const digest = hex(sha256(batchBytes(batch)));
+    const digest = toHex(sha256(batchBytes(batch)));
     const prior = this.batchAt.get(seq);
     if (prior === undefined) this.batchAt.set(seq, { digest, by: who });
     else if (prior.digest !== digest) this.violation(`AGREEMENT: seq ${seq}: replica ${who} decided ${digest.slice(0, 12)}, replica ${prior.by} decided ${prior.digest.slice(0, 12)}`);
@@ -100,7 +93,7 @@ export class Checker {
 
   /** A decision rebuilt from a restarted replica's records: it must agree with everyone's. */
   onReplayedDecide(who: ReplicaId, seq: number, batch: readonly ClientRequest[], chain: Uint8Array): void {
-    const digest = hex(sha256(batchBytes(batch)));
+    const digest = toHex(sha256(batchBytes(batch)));
     const prior = this.batchAt.get(seq);
     if (prior === undefined) this.batchAt.set(seq, { digest, by: who });
     else if (prior.digest !== digest) this.violation(`AGREEMENT: seq ${seq}: restarted replica ${who} holds ${digest.slice(0, 12)}, replica ${prior.by} decided ${prior.digest.slice(0, 12)}`);
@@ -108,7 +101,7 @@ export class Checker {
   }
 
   private compareChain(who: ReplicaId, seq: number, chain: Uint8Array): void {
-    const c = hex(chain);
+    const c = toHex(chain);
     const prior = this.chainAt.get(seq);
     if (prior === undefined) this.chainAt.set(seq, { chain: c, by: who });
     else if (prior.chain !== c) this.violation(`STATE: replica ${who} state after seq ${seq} differs from replica ${prior.by}`);
@@ -121,7 +114,7 @@ export class Checker {
   }
 
   onCheckpoint(who: ReplicaId, seq: number, stateDigest: Uint8Array): void {
-    const d = hex(stateDigest);
+    const d = toHex(stateDigest);
     const prior = this.checkpointAt.get(seq);
     if (prior === undefined) this.checkpointAt.set(seq, { digest: d, by: who });
     else if (prior.digest !== d) this.violation(`CHECKPOINT: replica ${who} digest at ${seq} differs from replica ${prior.by}`);

@@ -4,21 +4,7 @@
  * and time moves only when the script ticks. Every Ready each replica returned is kept for
  * inspection.
  */
-import {
-  type ClientRequest,
-  compactRecords,
-  type CoreConfig,
-  type CoreInput,
-  type CoreParameters,
-  type Effect,
-  type FaultMode,
-  makeConfig,
-  OrderingCore,
-  type PeerMessage,
-  type PersistedRecord,
-  type Ready,
-  type ReplicaId,
-} from "../core/ordering/index.ts";
+import { type ClientRequest, compactRecords, type CoreConfig, type CoreInput, type CoreParameters, type Effect, type FaultMode, makeConfig, OrderingCore, type PeerMessage, type PersistedRecord, type Ready, type ReplicaId } from "../core/ordering/index.ts";
 import { dedupe, nextChain } from "./checkers.ts";
 import { requestBody, type SimCryptoKind, SimKeyring } from "./crypto.ts";
 import type { CoreFactory } from "./simulator.ts";

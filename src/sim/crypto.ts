@@ -12,8 +12,9 @@
  * the keys and adversaries only ever sign as themselves, so unforgeability is preserved
  * within the simulation; it exists for quick local iteration, not for CI.
  */
+import { bytesEqual, toHex } from "../../wire/bytes.ts";
 import { createPrivateKey, createPublicKey, type KeyObject, sign as edSign, verify as edVerify } from "node:crypto";
-import { bytesEqual, type ClientRequest, hex } from "../core/ordering/index.ts";
+import { type ClientRequest } from "../core/ordering/index.ts";
 import { concatBytes } from "../crypto/encoding.ts";
 import type { CoreCrypto, ReplicaId } from "../core/ordering/index.ts";
 
@@ -61,7 +62,7 @@ export class SimKey {
       this.pub = null;
       this.publicKey = sha256(concatBytes(textEncoder.encode("fitb-sim-public"), seed));
     }
-    this.publicHex = hex(this.publicKey);
+    this.publicHex = toHex(this.publicKey);
   }
 
   sign(bytes: Uint8Array): Uint8Array {
@@ -131,7 +132,7 @@ export class SimKeyring {
     if (view.getUint32(32) * 2 ** 32 + view.getUint32(36) !== req.seq) return false;
     if (view.getUint32(40) !== req.span) return false;
     const pubBytes = b.subarray(0, 32);
-    if (hex(pubBytes) !== req.client) return false;
+    if (toHex(pubBytes) !== req.client) return false;
     return this.verifyWith(pubBytes, this.pubKeyObject(req.client, pubBytes), concatBytes(REQUEST_PREFIX, b), req.sig);
   }
 

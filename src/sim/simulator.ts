@@ -5,25 +5,7 @@
  * the checkers found and the liveness figures of the run; the same seed and options give
  * the same run, event for event.
  */
-import {
-  type ClientRequest,
-  type ClientTableExport,
-  compactRecords,
-  type CoreConfig,
-  type CoreCrypto,
-  type CoreInput,
-  type Effect,
-  leaderOf,
-  makeConfig,
-  OrderingCore,
-  type PeerMessage,
-  type PersistedRecord,
-  type Ready,
-  type ReplicaId,
-  requestKey,
-  validatePeerMessage,
-  weakQuorum,
-} from "../core/ordering/index.ts";
+import { type ClientRequest, type ClientTableExport, compactRecords, type CoreConfig, type CoreCrypto, type CoreInput, type Effect, leaderOf, makeConfig, OrderingCore, type PeerMessage, type PersistedRecord, type Ready, type ReplicaId, requestKey, validatePeerMessage, weakQuorum } from "../core/ordering/index.ts";
 import { ByzantineReplica } from "./byzantine.ts";
 import { type AppState, Checker, dedupe, genesisApp, nextChain } from "./checkers.ts";
 import { requestBody, type SimCryptoKind, type SimKey, SimKeyring } from "./crypto.ts";

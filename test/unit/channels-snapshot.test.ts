@@ -1,22 +1,11 @@
 // Snapshot, digest and restore of the replicated channel state: equal inputs give equal
 // bytes on every replica, chunked export and incremental import at any split, structural
 // checks on hostile snapshots, and the documented size bound.
+import { REQUEST_EVENTS_MAX } from "../../wire/types.ts";
 import { describe, expect, test } from "bun:test";
 import { sha256 } from "@noble/hashes/sha2.js";
 import { decodeCanonical, encodeCanonical, type Canonical } from "../../wire/canonical.ts";
-import {
-  BATCH_RECORD_OVERHEAD_BYTES_MAX,
-  CHANNEL_RECORD_BYTES_MAX,
-  ChannelMachine,
-  KEYS_PER_CHANNEL_MAX,
-  SNAPSHOT_CHUNK_BYTES_MAX,
-  SNAPSHOT_RECORD_BYTES_MAX,
-  snapshotBytesBound,
-  type AdminCmd,
-  type ChannelsConfig,
-  type Request,
-  type SignedRequest,
-} from "../../src/core/channels/index.ts";
+import { BATCH_RECORD_OVERHEAD_BYTES_MAX, CHANNEL_RECORD_BYTES_MAX, ChannelMachine, KEYS_PER_CHANNEL_MAX, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_RECORD_BYTES_MAX, snapshotBytesBound, type AdminCmd, type ChannelsConfig, type Request, type SignedRequest } from "../../src/core/channels/index.ts";
 
 const hash = (bytes: Uint8Array): Uint8Array => sha256(bytes);
 const SIG = new Uint8Array(64).fill(7);
@@ -369,8 +358,9 @@ describe("hostile snapshots are refused structurally", () => {
       return f;
     }, "invalid snapshot"],
     ["more events than retention allows", () => {
-      const c = { ...channel, retention: { events: 1, bytes: 20_000, ageMs: 0 }, log: { nextSeq: 65_539, baseChain: new Uint8Array(32), batches: 2 } };
-      return concat([frame(header), frame(c), frame({ ...batch, count: 65_536 }), frame({ ...batch, firstSeq: 65_537, count: 2 })]);
+      // One full request's worth of events more than retention, plus two.
+      const c = { ...channel, retention: { events: 1, bytes: 20_000, ageMs: 0 }, log: { nextSeq: REQUEST_EVENTS_MAX + 3, baseChain: new Uint8Array(32), batches: 2 } };
+      return concat([frame(header), frame(c), frame({ ...batch, count: REQUEST_EVENTS_MAX }), frame({ ...batch, firstSeq: REQUEST_EVENTS_MAX + 1, count: 2 })]);
     }, "more events than retention allows"],
   ];
 

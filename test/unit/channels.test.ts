@@ -7,22 +7,7 @@ import { sha256 } from "@noble/hashes/sha2.js";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { encodeCanonical } from "../../wire/canonical.ts";
-import {
-  ChannelMachine,
-  checkChannelsConfig,
-  DEFAULT_CHANNELS_CONFIG,
-  isValidTag,
-  KEYS_PER_CHANNEL_MAX,
-  READ_BATCHES_MAX,
-  UNORDERED_DEDUPE_RANGES_MAX,
-  type AdminCmd,
-  type ChannelsConfig,
-  type FaultModel,
-  type OrderMode,
-  type ReadResult,
-  type Request,
-  type SignedRequest,
-} from "../../src/core/channels/index.ts";
+import { ChannelMachine, checkChannelsConfig, DEFAULT_CHANNELS_CONFIG, isValidTag, KEYS_PER_CHANNEL_MAX, READ_BATCHES_MAX, UNORDERED_DEDUPE_RANGES_MAX, type AdminCmd, type ChannelsConfig, type FaultModel, type OrderMode, type ReadResult, type Request, type SignedRequest } from "../../src/core/channels/index.ts";
 
 const hash = (bytes: Uint8Array): Uint8Array => sha256(bytes);
 const SIG = new Uint8Array(64).fill(7);

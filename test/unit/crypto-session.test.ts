@@ -16,7 +16,7 @@ import {
   macFrame,
   ReplayGuard,
   SendSequence,
-  SEQ_MAX,
+  PEER_FRAME_SEQ_MAX,
   SessionCryptoError,
   signHandshake,
   transcriptHash,
@@ -166,7 +166,7 @@ describe("frame MACs", () => {
     expect(checkMac(key, PEER, 0, frame, mac)).toBe(false);
     expect(checkMac(key, PEER, -1, frame, mac)).toBe(false);
     expect(checkMac(key, PEER, 1.5, frame, mac)).toBe(false);
-    expect(checkMac(key, PEER, SEQ_MAX + 1, frame, mac)).toBe(false);
+    expect(checkMac(key, PEER, PEER_FRAME_SEQ_MAX + 1, frame, mac)).toBe(false);
     expect(checkMac(key, FrameType.REQUEST, 7, frame, mac)).toBe(false);
   });
 
@@ -244,13 +244,13 @@ describe("ReplayGuard", () => {
     expect(guard.accept(9)).toBe(true);
   });
 
-  test("rejects invalid seqs and stops after SEQ_MAX", () => {
+  test("rejects invalid seqs and stops after PEER_FRAME_SEQ_MAX", () => {
     const guard = new ReplayGuard({ contiguous: false });
     expect(guard.accept(-1)).toBe(false);
     expect(guard.accept(2.5)).toBe(false);
     expect(guard.accept(Number.NaN)).toBe(false);
-    expect(guard.accept(SEQ_MAX)).toBe(true);
-    expect(guard.accept(SEQ_MAX + 1)).toBe(false);
+    expect(guard.accept(PEER_FRAME_SEQ_MAX)).toBe(true);
+    expect(guard.accept(PEER_FRAME_SEQ_MAX + 1)).toBe(false);
     expect(() => new ReplayGuard({ firstSeq: -1 })).toThrow(RangeError);
   });
 });
@@ -260,8 +260,8 @@ describe("SendSequence", () => {
     expect(new SendSequence().next()).toBe(1);
     const sequence = new SendSequence(5);
     expect([sequence.next(), sequence.next(), sequence.next()]).toEqual([5, 6, 7]);
-    const last = new SendSequence(SEQ_MAX);
-    expect(last.next()).toBe(SEQ_MAX);
+    const last = new SendSequence(PEER_FRAME_SEQ_MAX);
+    expect(last.next()).toBe(PEER_FRAME_SEQ_MAX);
     expect(() => last.next()).toThrow(/exhausted/);
   });
 

@@ -3,20 +3,7 @@
 // the "bug N" tests are the ten classic bugs of core/ordering/PROTOCOL.md §9.
 import { describe, expect, test } from "bun:test";
 import { encodeCanonical } from "../../wire/canonical.ts";
-import {
-  batchBytes,
-  type Commit,
-  type Effect,
-  type NewView,
-  type PeerMessage,
-  type Prepare,
-  type PreparedCert,
-  type PrePrepare,
-  type Ready,
-  signingBytes,
-  validPreparedCert,
-  type ViewChange,
-} from "../../src/core/ordering/index.ts";
+import { batchBytes, type Commit, type Effect, type NewView, type PeerMessage, type Prepare, type PreparedCert, type PrePrepare, type Ready, signingBytes, validPreparedCert, type ViewChange } from "../../src/core/ordering/index.ts";
 import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
 import { sha256 } from "../../src/sim/crypto.ts";
 

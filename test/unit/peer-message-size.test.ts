@@ -9,7 +9,8 @@ import { describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
 import { parseClusterConfig } from "../../src/config/cluster.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
-import { REQUEST_FIELDS_BYTES } from "../../src/core/ordering/messages.ts";
+import { INSTANCE_SEQ_MAX, REQUEST_FIELDS_BYTES, SIGNED_VOTE_BYTES_MAX, VIEW_MAX } from "../../src/core/ordering/messages.ts";
+import { REPLICAS_MAX } from "../../wire/types.ts";
 import { FramedConn } from "../../src/replica/framed.ts";
 import { coreConfigFor } from "../../src/replica/ordering-driver.ts";
 import { PEER_FRAME_OVERHEAD_BYTES } from "../../src/replica/peers.ts";
@@ -86,3 +87,20 @@ describe("a frame too large to encode", () => {
     expect(written.length).toBe(1);
   });
 });
+
+describe("SIGNED_VOTE_BYTES_MAX", () => {
+  test("holds the largest signed vote of every kind: view and seq at their bounds, the last replica id", () => {
+    const digest = new Uint8Array(32).fill(0xff);
+    const sig = new Uint8Array(64).fill(0xff);
+    const votes = [
+      { t: "PREPARE", view: VIEW_MAX, seq: INSTANCE_SEQ_MAX, digest, replica: REPLICAS_MAX - 1, sig },
+      { t: "COMMIT", view: VIEW_MAX, seq: INSTANCE_SEQ_MAX, digest, replica: REPLICAS_MAX - 1, sig },
+      { t: "CHECKPOINT", seq: INSTANCE_SEQ_MAX, digest, replica: REPLICAS_MAX - 1, sig },
+      { t: "PRE_PREPARE", view: VIEW_MAX, seq: INSTANCE_SEQ_MAX, digest, batch: null, sig },
+    ];
+    const sizes = votes.map((vote) => encodeCanonical(vote as unknown as Canonical).length);
+    for (const size of sizes) expect(size).toBeLessThanOrEqual(SIGNED_VOTE_BYTES_MAX);
+    expect(Math.max(...sizes)).toBe(SIGNED_VOTE_BYTES_MAX);
+  });
+});
+

@@ -1,5 +1,6 @@
 // Client-side reply voting (src/README.md §3 table): quorum per CLASS, distinct replicas only,
 // matching on the whole result, and evidence of lying replicas.
+import { REPLICAS_MAX } from "../../wire/types.ts";
 import { describe, expect, test } from "bun:test";
 import {
   ackQuorum,
@@ -7,7 +8,6 @@ import {
   isByzantine,
   isDeterministic,
   minReplicas,
-  REPLICAS_MAX,
   replyKindOf,
   ReplyVoter,
   type ReplyKind,

@@ -2,7 +2,8 @@
  * `fitb cluster init`: writes a ready-to-run cluster directory (cluster file and
  * keys for every replica, an admin and a client) for loopback, editable for real hosts.
  */
-import { formatAddress, PORT_MAX, REPLICAS_MAX, type ClusterConfig } from "../../config/cluster.ts";
+import { formatAddress, PORT_MAX, type ClusterConfig } from "../../config/cluster.ts";
+import { REPLICAS_MAX } from "../../../wire/types.ts";
 import { assembleCluster, ClusterInitError, initCluster, INIT_REPLICAS_MIN } from "../../config/init.ts";
 import { formatPublicKey, loadSigningKeyFile } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";

@@ -3,7 +3,8 @@
  * with the field it concerns. With --id it also checks, on a replica's host, that
  * the replica's secret key file is there and matches the key the file lists.
  */
-import { formatConfigIssue, loadClusterConfig, REPLICAS_MAX, type ClusterConfig } from "../../config/cluster.ts";
+import { formatConfigIssue, loadClusterConfig, type ClusterConfig } from "../../config/cluster.ts";
+import { REPLICAS_MAX } from "../../../wire/types.ts";
 import { bytesEqual } from "../../crypto/encoding.ts";
 import { formatPublicKey, loadSigningKeyFile } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";

@@ -2,9 +2,10 @@
  * One channel: its TAG, CLASS, access lists, retention and stored batches. Plain data
  * with small accessors; the rules live in machine.ts.
  */
+import { toHex } from "../../../wire/bytes.ts";
 import { encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
 import { BatchLog, CHAIN_GENESIS } from "./batch-log.ts";
-import { toHex } from "./bytes.ts";
+
 import { UNORDERED_DEDUPE_RANGES_MAX } from "./constants.ts";
 import { SeqRangeWindow } from "./seq-window.ts";
 import type { ChannelClass, ChannelInfo, HashFn, RegisterRole, RetentionLimits } from "./types.ts";

@@ -3,10 +3,10 @@
  * the same values: they decide which publishes are refused as oversized, and the default
  * retention copied into each channel when it is created.
  */
+import { REQUEST_EVENTS_MAX } from "../../../wire/types.ts";
 import {
   CHANNELS_MAX,
   REQUEST_BYTES_MAX,
-  REQUEST_EVENTS_MAX,
   RETAINED_BYTES_PER_CHANNEL_MAX,
   RETAINED_BYTES_TOTAL_MAX,
   RETAINED_EVENTS_PER_CHANNEL_MAX,

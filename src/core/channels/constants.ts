@@ -33,9 +33,6 @@ export const RETAINED_BYTES_TOTAL_MAX = 16 * 1024 * 1024 * 1024;
 /** Ceiling on a configured `requestBytesMax` (signed body + signature of one request). */
 export const REQUEST_BYTES_MAX = 2 * 1024 * 1024;
 
-/** Ceiling on a configured `requestEventsMax` (events in one pub request). */
-export const REQUEST_EVENTS_MAX = 65_536;
-
 /** Batches one `readFrom` returns at most; larger asks are clamped to it. */
 export const READ_BATCHES_MAX = 1024;
 

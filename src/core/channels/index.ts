@@ -13,4 +13,3 @@ export {
   type SnapshotError,
   type SnapshotResult,
 } from "./snapshot.ts";
-export { toHex, bytesEqual } from "./bytes.ts";

@@ -16,8 +16,9 @@
  * already verified the request signature (and the admin signature for admin commands)
  * and passes the decoded request that `signed.body` encodes.
  */
+import { bytesEqual, toHex } from "../../../wire/bytes.ts";
 import { chainNext, type BatchRecord } from "./batch-log.ts";
-import { bytesEqual, toHex } from "./bytes.ts";
+
 import { Channel } from "./channel.ts";
 import { checkChannelsConfig, DEFAULT_CHANNELS_CONFIG, type ChannelsConfig } from "./config.ts";
 import { DIGEST_BYTES, KEYS_PER_CHANNEL_MAX, PUBLIC_KEY_BYTES, READ_BATCHES_MAX, UNORDERED_RETRY_SCAN_MAX } from "./constants.ts";

@@ -27,9 +27,11 @@
  * where head is the chain value over the channel's whole history (batch-log.ts). It
  * commits to every retained batch without reading them.
  */
+import { REQUEST_EVENTS_MAX } from "../../../wire/types.ts";
+import { toHex } from "../../../wire/bytes.ts";
 import { CanonicalError, decodeCanonical, encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
 import { BatchLog, CHAIN_GENESIS, chainNext, type BatchRecord } from "./batch-log.ts";
-import { toHex } from "./bytes.ts";
+
 import { Channel, type KeySet } from "./channel.ts";
 import type { ChannelsConfig } from "./config.ts";
 import {
@@ -39,7 +41,6 @@ import {
   KEYS_PER_CHANNEL_MAX,
   PUBLIC_KEY_BYTES,
   REQUEST_BYTES_MAX,
-  REQUEST_EVENTS_MAX,
   RETAINED_BYTES_PER_CHANNEL_MAX,
   RETAINED_BYTES_TOTAL_MAX,
   RETAINED_EVENTS_PER_CHANNEL_MAX,

@@ -3,20 +3,9 @@
  * a context; every count is of distinct verified signers, never of messages, and every
  * part of a certificate must match every other part (the classic bugs 1, 6 and 7 of §9).
  */
+import { bytesEqual } from "../../../wire/bytes.ts";
 import type { FaultMode, ReplicaId } from "./config.ts";
-import {
-  batchBytes,
-  bytesEqual,
-  type Checkpoint,
-  type ClientRequest,
-  type Commit,
-  NULL_DIGEST,
-  type PreparedCert,
-  type SignedMessage,
-  signerOf,
-  signingBytes,
-  type ViewChange,
-} from "./messages.ts";
+import { batchBytes, type Checkpoint, type ClientRequest, type Commit, NULL_DIGEST, type PreparedCert, type SignedMessage, signerOf, signingBytes, type ViewChange } from "./messages.ts";
 import type { CoreCrypto } from "./types.ts";
 
 export interface CertContext {

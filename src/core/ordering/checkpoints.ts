@@ -4,28 +4,15 @@
  * snapshot when this replica is behind, and catch-up inside the window from decided
  * batches with their commit certificates (§4).
  */
+import { bytesEqual, toHex } from "../../../wire/bytes.ts";
 import { encodeCanonical } from "../../../wire/canonical.ts";
 import { bodyMatches, isMember, validCheckpointProof, validDecisionCert } from "./certs.ts";
 import type { ClientTableExport } from "./clients.ts";
 import type { ReplicaId } from "./config.ts";
 import { attachBody, dropEntriesThrough } from "./log.ts";
-import {
-  bytesEqual,
-  type Checkpoint,
-  type ClientRequest,
-  type Commit,
-  type DecidedItem,
-  hex,
-  type Prepare,
-  requestBytes,
-  type StableProof,
-  type StateRequest,
-  type StateResponse,
-} from "./messages.ts";
+import { type Checkpoint, type ClientRequest, type Commit, type DecidedItem, type Prepare, requestBytes, SIGNED_VOTE_BYTES_MAX, type StableProof, type StateRequest, type StateResponse } from "./messages.ts";
 import { type CoreState, EMPTY_SIG, NO_DEADLINE } from "./state.ts";
 
-/** What one signed COMMIT adds to a message (fields, digest, signature, encoding), for byte bounds. */
-const COMMIT_WIRE_BYTES = 192;
 /** A replica answers at most one state request per peer per this many ticks. */
 const STATE_SERVE_INTERVAL_TICKS = 1;
 
@@ -151,7 +138,7 @@ function addCheckpoint(state: CoreState, m: Checkpoint): void {
 function checkFarCheckpoints(state: CoreState): void {
   const groups = new Map<string, Checkpoint[]>();
   for (const c of state.farCheckpoints.values()) {
-    const key = `${c.seq}:${hex(c.digest)}`;
+    const key = `${c.seq}:${toHex(c.digest)}`;
     const g = groups.get(key) ?? [];
     g.push(c);
     groups.set(key, g);
@@ -302,7 +289,7 @@ export function onStateRequest(state: CoreState, from: ReplicaId, m: StateReques
   for (let s = first; s <= last; s++) {
     const item = m.kind === "decided" ? decidedItem(state, s) : bodyItem(state, s, m.digest);
     if (item === null) continue;
-    const size = item.batch.reduce((sum, r) => sum + requestBytes(r), 0) + item.commits.length * COMMIT_WIRE_BYTES;
+    const size = item.batch.reduce((sum, r) => sum + requestBytes(r), 0) + item.commits.length * SIGNED_VOTE_BYTES_MAX;
     if (items.length > 0 && bytes + size > state.cfg.batchBytesMax) break;
     items.push(item);
     bytes += size;

@@ -5,7 +5,8 @@
  * bounded, never replicated); and what the core does with client requests before they
  * are proposed: admission and forwarding (core/ordering/PROTOCOL.md §5).
  */
-import { bytesEqual, type ClientRequest, requestBytes } from "./messages.ts";
+import { bytesEqual } from "../../../wire/bytes.ts";
+import { type ClientRequest, requestBytes } from "./messages.ts";
 import type { CoreState } from "./state.ts";
 import type { Refusal } from "./types.ts";
 

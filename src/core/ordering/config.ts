@@ -3,6 +3,7 @@
  * core/ordering/PROTOCOL.md §10, with the defaults given there. Time is in ticks (1 tick = 10 ms in the
  * runtime); the core never reads a clock.
  */
+import { REPLICAS_MAX } from "../../../wire/types.ts";
 
 /** A replica is named by its index in the cluster file, 0..n-1. */
 export type ReplicaId = number;
@@ -100,9 +101,6 @@ export const DEFAULT_PARAMETERS = {
 } as const;
 
 export type CoreParameters = Omit<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId">;
-
-/** Largest group the core accepts; ids and vote sets are sized by it. */
-export const REPLICAS_MAX = 256;
 
 /** Builds a full configuration from the identity fields and any overrides; throws on a bad one. */
 export function makeConfig(

@@ -13,6 +13,7 @@
  * (`stepLeader` / `stepBackup`) and the normal case; state.ts lists the modules that
  * implement the rest.
  */
+import { bytesEqual } from "../../../wire/bytes.ts";
 import { bodyMatches, isMember } from "./certs.ts";
 import {
   acceptStateResponse,
@@ -40,17 +41,7 @@ import {
   signHeader,
   unindex,
 } from "./log.ts";
-import {
-  bytesEqual,
-  type ClientRequest,
-  type Commit,
-  type Forward,
-  type PeerMessage,
-  type Prepare,
-  type PrePrepare,
-  requestBytes,
-  type StateResponse,
-} from "./messages.ts";
+import { type ClientRequest, type Commit, type Forward, type PeerMessage, type Prepare, type PrePrepare, requestBytes, type StateResponse } from "./messages.ts";
 import { restore } from "./restore.ts";
 import { assert, assertNever, CoreState, NO_DEADLINE, type Seams } from "./state.ts";
 import { finishTick, startTick, tickBackup, tickLeader } from "./timers.ts";

@@ -72,7 +72,6 @@ export {
   leaderOf,
   makeConfig,
   quorum,
-  REPLICAS_MAX,
   type ReplicaId,
   weakQuorum,
 } from "./config.ts";
@@ -90,7 +89,6 @@ export {
 } from "./certs.ts";
 export {
   batchBytes,
-  bytesEqual,
   type Checkpoint,
   type ClientRequest,
   type Commit,
@@ -98,9 +96,9 @@ export {
   DIGEST_BYTES,
   DOMAIN,
   type Forward,
-  hex,
   type NewView,
   NULL_DIGEST,
+  SIGNED_VOTE_BYTES_MAX,
   type PeerMessage,
   type PeerMessageKind,
   type Prepare,

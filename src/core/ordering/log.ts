@@ -4,9 +4,10 @@
  * signed. An entry moves accepted -> prepared -> committed here; core.ts decides when a
  * message is let in, and executes committed entries in order.
  */
+import { bytesEqual } from "../../../wire/bytes.ts";
 import { bodyMatches } from "./certs.ts";
 import { adoptBatchRequests, requestKey } from "./clients.ts";
-import { bytesEqual, type ClientRequest, type Commit, type Prepare, type PreparedCert, type PrePrepare } from "./messages.ts";
+import { type ClientRequest, type Commit, type Prepare, type PreparedCert, type PrePrepare } from "./messages.ts";
 import { assert, type CoreState, EMPTY_SIG } from "./state.ts";
 
 /** One consensus instance of the current view. */

@@ -12,6 +12,7 @@
  * where the domain names the message kind: a signature made for one kind or one cluster is
  * worthless as another.
  */
+import { DIGEST_BYTES, REPLICAS_MAX, SIGNATURE_BYTES } from "../../../wire/types.ts";
 import { encodeCanonical } from "../../../wire/canonical.ts";
 import type { ReplicaId } from "./config.ts";
 
@@ -126,22 +127,29 @@ export type PeerMessage =
 
 export type PeerMessageKind = PeerMessage["t"];
 
-/** Digest length (SHA-256) and signature length (ed25519). */
-export const DIGEST_BYTES = 32;
-export const SIGNATURE_BYTES = 64;
+/** Digest length (SHA-256) and signature length (ed25519), as the wire defines them. */
+export { DIGEST_BYTES, SIGNATURE_BYTES } from "../../../wire/types.ts";
 /** The O entry of a sequence number no replica had prepared: decides as an empty batch. */
 export const NULL_DIGEST: Uint8Array = new Uint8Array(DIGEST_BYTES);
 
 /** Structural bounds checked at the boundary; the configuration narrows them further. */
 export const VIEW_MAX = 2 ** 48;
-export const SEQ_MAX = 2 ** 48;
+/** Consensus instance numbers (decided seqs), not to be confused with a peer session's frame counter. */
+export const INSTANCE_SEQ_MAX = 2 ** 48;
 export const NONCE_MAX = 2 ** 48;
-export const MESSAGE_REPLICAS_MAX = 256;
 export const BATCH_REQUESTS_MAX = 4096;
 export const REQUEST_BODY_BYTES_MAX = 1024 * 1024;
 export const REQUEST_SPAN_MAX = 65_536;
 export const PREPARED_CERTS_MAX = 4096;
 export const TRANSFER_ITEMS_MAX = 256;
+/**
+ * Bytes one signed vote (PREPARE, COMMIT, CHECKPOINT or a proposal header) takes in a
+ * message at most: kind, view and seq up to 2^48, a replica id, a 32-byte digest and a
+ * 64-byte signature in canonical CBOR (the largest, a proposal header, is exactly this;
+ * test/unit/peer-message-size.test.ts checks it). Byte bounds of certificates, decided
+ * batches and NEW_VIEWs count each vote as this.
+ */
+export const SIGNED_VOTE_BYTES_MAX = 160;
 export const FORWARD_REQUESTS_MAX = 4096;
 /**
  * A client id names a client's sequence space: the hex of its public key, optionally
@@ -277,21 +285,6 @@ export function signerOf(m: SignedMessage, n: number): ReplicaId {
   }
 }
 
-/** Whether two byte strings are equal. */
-export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
-const HEX_PAIRS: string[] = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
-
-/** Lowercase hex, used for map keys of digests. */
-export function hex(bytes: Uint8Array): string {
-  let s = "";
-  for (let i = 0; i < bytes.length; i++) s += HEX_PAIRS[bytes[i] as number];
-  return s;
-}
 
 // ---------------------------------------------------------------------------------------
 // Structural validation. Each function returns a freshly built value or null.
@@ -329,7 +322,7 @@ export function validateClientRequest(x: unknown): ClientRequest | null {
   if (!isRecord(x)) return null;
   const client = x.client;
   if (typeof client !== "string" || !CLIENT_ID_PATTERN.test(client)) return null;
-  const seq = nat(x.seq, SEQ_MAX);
+  const seq = nat(x.seq, INSTANCE_SEQ_MAX);
   const span = nat(x.span, REQUEST_SPAN_MAX);
   if (seq === null || seq < 1 || span === null || span < 1) return null;
   const body = x.body;
@@ -345,7 +338,7 @@ function validateBatch(x: unknown): ClientRequest[] | null {
 
 function validatePrePrepare(x: Rec): PrePrepare | null {
   const view = nat(x.view, VIEW_MAX);
-  const seq = nat(x.seq, SEQ_MAX);
+  const seq = nat(x.seq, INSTANCE_SEQ_MAX);
   const digest = bytesOf(x.digest, DIGEST_BYTES);
   const sig = bytesOf(x.sig, SIGNATURE_BYTES);
   if (view === null || seq === null || seq < 1 || digest === null || sig === null) return null;
@@ -359,18 +352,18 @@ function validatePrePrepare(x: Rec): PrePrepare | null {
 
 function validateVote<K extends "PREPARE" | "COMMIT">(t: K, x: Rec): ({ t: K } & Omit<Prepare, "t">) | null {
   const view = nat(x.view, VIEW_MAX);
-  const seq = nat(x.seq, SEQ_MAX);
+  const seq = nat(x.seq, INSTANCE_SEQ_MAX);
   const digest = bytesOf(x.digest, DIGEST_BYTES);
-  const replica = nat(x.replica, MESSAGE_REPLICAS_MAX - 1);
+  const replica = nat(x.replica, REPLICAS_MAX - 1);
   const sig = bytesOf(x.sig, SIGNATURE_BYTES);
   if (view === null || seq === null || seq < 1 || digest === null || replica === null || sig === null) return null;
   return { t, view, seq, digest, replica, sig };
 }
 
 function validateCheckpoint(x: Rec): Checkpoint | null {
-  const seq = nat(x.seq, SEQ_MAX);
+  const seq = nat(x.seq, INSTANCE_SEQ_MAX);
   const digest = bytesOf(x.digest, DIGEST_BYTES);
-  const replica = nat(x.replica, MESSAGE_REPLICAS_MAX - 1);
+  const replica = nat(x.replica, REPLICAS_MAX - 1);
   const sig = bytesOf(x.sig, SIGNATURE_BYTES);
   if (seq === null || seq < 1 || digest === null || replica === null || sig === null) return null;
   return { t: "CHECKPOINT", seq, digest, replica, sig };
@@ -383,10 +376,10 @@ function nested<T>(t: string, build: (x: Rec) => T | null): (v: unknown) => T | 
 function validateCert(x: unknown): PreparedCert | null {
   if (!isRecord(x)) return null;
   const view = nat(x.view, VIEW_MAX);
-  const seq = nat(x.seq, SEQ_MAX);
+  const seq = nat(x.seq, INSTANCE_SEQ_MAX);
   const digest = bytesOf(x.digest, DIGEST_BYTES);
   const prePrepare = nested("PRE_PREPARE", validatePrePrepare)(x.prePrepare);
-  const prepares = arrayOf(x.prepares, MESSAGE_REPLICAS_MAX, nested("PREPARE", (v) => validateVote("PREPARE", v)));
+  const prepares = arrayOf(x.prepares, REPLICAS_MAX, nested("PREPARE", (v) => validateVote("PREPARE", v)));
   if (view === null || seq === null || seq < 1 || digest === null || prePrepare === null || prepares === null) return null;
   let batch: ClientRequest[] | null = null;
   if (x.batch !== null) {
@@ -398,11 +391,11 @@ function validateCert(x: unknown): PreparedCert | null {
 
 function validateViewChange(x: Rec): ViewChange | null {
   const newView = nat(x.newView, VIEW_MAX);
-  const stableSeq = nat(x.stableSeq, SEQ_MAX);
+  const stableSeq = nat(x.stableSeq, INSTANCE_SEQ_MAX);
   const stableDigest = bytesOf(x.stableDigest, DIGEST_BYTES);
-  const stableProof = arrayOf(x.stableProof, MESSAGE_REPLICAS_MAX, nested("CHECKPOINT", validateCheckpoint));
+  const stableProof = arrayOf(x.stableProof, REPLICAS_MAX, nested("CHECKPOINT", validateCheckpoint));
   const prepared = arrayOf(x.prepared, PREPARED_CERTS_MAX, validateCert);
-  const replica = nat(x.replica, MESSAGE_REPLICAS_MAX - 1);
+  const replica = nat(x.replica, REPLICAS_MAX - 1);
   const sig = bytesOf(x.sig, SIGNATURE_BYTES);
   if (newView === null || stableSeq === null || stableDigest === null || stableProof === null) return null;
   if (prepared === null || replica === null || sig === null) return null;
@@ -411,9 +404,9 @@ function validateViewChange(x: Rec): ViewChange | null {
 
 function validateNewView(x: Rec): NewView | null {
   const view = nat(x.view, VIEW_MAX);
-  const viewChanges = arrayOf(x.viewChanges, MESSAGE_REPLICAS_MAX, nested("VIEW_CHANGE", validateViewChange));
-  const minS = nat(x.minS, SEQ_MAX);
-  const maxS = nat(x.maxS, SEQ_MAX);
+  const viewChanges = arrayOf(x.viewChanges, REPLICAS_MAX, nested("VIEW_CHANGE", validateViewChange));
+  const minS = nat(x.minS, INSTANCE_SEQ_MAX);
+  const maxS = nat(x.maxS, INSTANCE_SEQ_MAX);
   const o = arrayOf(x.o, PREPARED_CERTS_MAX, nested("PRE_PREPARE", validatePrePrepare));
   const sig = bytesOf(x.sig, SIGNATURE_BYTES);
   if (view === null || viewChanges === null || minS === null || maxS === null || o === null || sig === null) return null;
@@ -427,8 +420,8 @@ function validateForward(x: Rec): Forward | null {
 
 function validateStateRequest(x: Rec): StateRequest | null {
   const kind = x.kind === "decided" || x.kind === "batch" ? x.kind : null;
-  const seq = nat(x.seq, SEQ_MAX);
-  const toSeq = nat(x.toSeq, SEQ_MAX);
+  const seq = nat(x.seq, INSTANCE_SEQ_MAX);
+  const toSeq = nat(x.toSeq, INSTANCE_SEQ_MAX);
   const nonce = nat(x.nonce, NONCE_MAX);
   if (kind === null || seq === null || toSeq === null || nonce === null) return null;
   let digest: Uint8Array | null = null;
@@ -442,18 +435,18 @@ function validateStateRequest(x: Rec): StateRequest | null {
 function validateDecidedItem(x: unknown): DecidedItem | null {
   if (!isRecord(x)) return null;
   const view = nat(x.view, VIEW_MAX);
-  const seq = nat(x.seq, SEQ_MAX);
+  const seq = nat(x.seq, INSTANCE_SEQ_MAX);
   const batch = validateBatch(x.batch);
-  const commits = arrayOf(x.commits, MESSAGE_REPLICAS_MAX, nested("COMMIT", (v) => validateVote("COMMIT", v)));
+  const commits = arrayOf(x.commits, REPLICAS_MAX, nested("COMMIT", (v) => validateVote("COMMIT", v)));
   if (view === null || seq === null || seq < 1 || batch === null || commits === null) return null;
   return { view, seq, batch, commits };
 }
 
 function validateStable(x: unknown): StableProof | null {
   if (!isRecord(x)) return null;
-  const seq = nat(x.seq, SEQ_MAX);
+  const seq = nat(x.seq, INSTANCE_SEQ_MAX);
   const digest = bytesOf(x.digest, DIGEST_BYTES);
-  const proof = arrayOf(x.proof, MESSAGE_REPLICAS_MAX, nested("CHECKPOINT", validateCheckpoint));
+  const proof = arrayOf(x.proof, REPLICAS_MAX, nested("CHECKPOINT", validateCheckpoint));
   if (seq === null || digest === null || proof === null) return null;
   return { seq, digest, proof };
 }
@@ -462,7 +455,7 @@ function validateStateResponse(x: Rec): StateResponse | null {
   const kind = x.kind === "decided" || x.kind === "batch" ? x.kind : null;
   const nonce = nat(x.nonce, NONCE_MAX);
   const items = arrayOf(x.items, TRANSFER_ITEMS_MAX, validateDecidedItem);
-  const lastExecuted = nat(x.lastExecuted, SEQ_MAX);
+  const lastExecuted = nat(x.lastExecuted, INSTANCE_SEQ_MAX);
   if (kind === null || nonce === null || items === null || lastExecuted === null) return null;
   let stable: StableProof | null = null;
   if (x.stable !== null) {

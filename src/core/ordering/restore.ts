@@ -3,10 +3,11 @@
  * them, in the order they were written): the client table and decisions, the stable
  * checkpoint, the view, and the current view's log with this replica's own votes.
  */
+import { bytesEqual } from "../../../wire/bytes.ts";
 import { bodyMatches } from "./certs.ts";
 import { collectGarbage } from "./checkpoints.ts";
 import { acceptInto, entryFor, keepPrepared, newEntry } from "./log.ts";
-import { bytesEqual, type Commit, NULL_DIGEST, type Prepare, type PreparedCert, type PrePrepare } from "./messages.ts";
+import { type Commit, NULL_DIGEST, type Prepare, type PreparedCert, type PrePrepare } from "./messages.ts";
 import { assert, assertNever, type CoreState, EMPTY_SIG } from "./state.ts";
 import type { PersistedRecord } from "./types.ts";
 

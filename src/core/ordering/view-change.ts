@@ -3,21 +3,13 @@
  * this replica prepared, the new leader's NEW_VIEW, its recomputation by every replica,
  * and installing it. Also how a replica learns that it is behind on views.
  */
+import { bytesEqual } from "../../../wire/bytes.ts";
 import { bodyMatches, isMember, type NewViewPlan, planNewView, validViewChange } from "./certs.ts";
 import { forwardAllPending } from "./clients.ts";
 import type { ReplicaId } from "./config.ts";
 import { adoptStable, jumpToStable } from "./checkpoints.ts";
 import { acceptInto, checkPrepared, type Entry, markPrepared, newEntry, sendOwnPrepare, signHeader } from "./log.ts";
-import {
-  bytesEqual,
-  type ClientRequest,
-  type NewView,
-  NULL_DIGEST,
-  type PreparedCert,
-  type PrePrepare,
-  type StateRequest,
-  type ViewChange,
-} from "./messages.ts";
+import { type ClientRequest, type NewView, NULL_DIGEST, type PreparedCert, type PrePrepare, type StateRequest, type ViewChange } from "./messages.ts";
 import { assert, type CoreState, EMPTY_SIG, kthLargest, NO_DEADLINE } from "./state.ts";
 import type { SuspectReason } from "./types.ts";
 

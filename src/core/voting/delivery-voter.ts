@@ -29,8 +29,9 @@
  *
  * Pure: outputs are returned, nothing is sent or printed here.
  */
+import { toHex } from "../../../wire/bytes.ts";
 import { decodeCanonical, type Canonical } from "../../../wire/canonical.ts";
-import { toHex } from "../channels/bytes.ts";
+
 import { KEYS_PER_CHANNEL_MAX, REQUEST_BYTES_MAX } from "../channels/constants.ts";
 import { parsePubRequest, signedRequestDigest } from "../channels/request.ts";
 import { SeqRangeWindow } from "../channels/seq-window.ts";

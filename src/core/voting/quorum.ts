@@ -2,6 +2,7 @@
  * The one place that says how many replicas a client needs (src/README.md §3, per-CLASS table).
  * Counts are always of distinct replicas, never of messages.
  */
+import { REPLICAS_MAX } from "../../../wire/types.ts";
 import type { ChannelClass } from "../channels/types.ts";
 
 /** What a reply is for: a publish on a channel of some class, or an admin command. */
@@ -9,8 +10,6 @@ export type ReplyKind = "crash/none" | "crash/total" | "byzantine/none" | "byzan
 
 export const REPLY_KINDS: readonly ReplyKind[] = ["crash/none", "crash/total", "byzantine/none", "byzantine/total", "admin"];
 
-/** Upper bound on the replica group size a voter accepts (ids are 0..n-1). */
-export const REPLICAS_MAX = 256;
 
 export function replyKindOf(cls: Pick<ChannelClass, "fault" | "order">): ReplyKind {
   return `${cls.fault}/${cls.order}`;

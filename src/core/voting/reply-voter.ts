@@ -12,8 +12,9 @@
  * differs from the decided one is reported as wrong: the decided result is backed by at
  * least one correct replica, and correct replicas execute identically.
  */
+import { toHex } from "../../../wire/bytes.ts";
 import { encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
-import { toHex } from "../channels/bytes.ts";
+
 import { ackQuorum, checkGroup, isDeterministic, type ReplyKind } from "./quorum.ts";
 
 export type ReplyVoterOptions = {
