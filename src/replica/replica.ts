@@ -12,7 +12,7 @@
  */
 import { channelsConfigFrom, type ClusterConfig } from "../config/cluster.ts";
 import { configDigests } from "../config/digest.ts";
-import { bytesEqual, toHex } from "../crypto/encoding.ts";
+import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import type { SigningKey } from "../crypto/keys.ts";
 import { ChannelMachine } from "../core/channels/machine.ts";
@@ -32,20 +32,10 @@ import { admitRequest, clockSkewProblem, spaceOf } from "./requests.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
 import { Subscriptions } from "./subscriptions.ts";
+import { keyOf, WaitingRequests } from "./waiting.ts";
 
 /** How often answers held for execution (execution-gate.ts) are checked for their deadline. */
 const GATE_CHECK_INTERVAL_MS = 100;
-
-/** Requests of one client connection waiting for their decision; more are refused. */
-export const WAITING_PER_SESSION_MAX = 4096;
-/**
- * Replies kept for answering duplicates of executed requests: the latest of each space,
- * enough to cover a client's requests in flight (a retransmission of any of them, after
- * a lost reply, gets its reply again, not REPLAY, which would make the client publish it
- * again under new numbers), and a bound on all of them together.
- */
-export const REPLIES_PER_SPACE_MAX = 64;
-export const REPLY_CACHE_ENTRIES_MAX = 200_000;
 
 export interface ReplicaOptions {
   readonly config: ClusterConfig;
@@ -60,12 +50,6 @@ export interface ReplicaOptions {
   readonly sync?: SyncPolicy;
 }
 
-interface CachedReply {
-  readonly seq: number;
-  readonly digest: Uint8Array;
-  readonly reply: Reply;
-}
-
 export class Replica {
   readonly metrics = new Metrics();
   readonly machine: ChannelMachine;
@@ -75,14 +59,8 @@ export class Replica {
   private readonly ordering: OrderingDriver;
   private readonly storage: ReplicaStorage;
   private readonly adminKeys: Set<string>;
-  /** Sessions waiting for a decided request's reply, by space and seq. */
-  private readonly waiting = new Map<string, Set<ClientSession>>();
-  private readonly waitingBySession = new Map<number, Set<string>>();
-  /** sha256 of each waiting request's body, to answer a refusal with the digest the client matches on. */
-  private readonly waitingDigests = new Map<string, Uint8Array>();
-  /** Per space, its latest replies by seq, in execution order; spaces in least-recent order. */
-  private readonly replies = new Map<string, Map<number, CachedReply>>();
-  private cachedReplies = 0;
+  /** Ordered requests waiting for their decision, and the replies kept for retransmissions. */
+  private readonly waiting = new WaitingRequests();
   private readonly startedMs = Date.now();
   private readonly rate: RateLimiter;
   /** Refusals judged on local state, held until this replica executed what the client saw. */
@@ -216,14 +194,7 @@ export class Replica {
   private onClientClosed(session: ClientSession): void {
     this.subs.dropSession(session);
     this.gate.dropSession(session.id);
-    const keys = this.waitingBySession.get(session.id);
-    if (keys === undefined) return;
-    for (const key of keys) {
-      const set = this.waiting.get(key);
-      set?.delete(session);
-      if (set !== undefined && set.size === 0) this.forgetWaiting(key);
-    }
-    this.waitingBySession.delete(session.id);
+    this.waiting.dropSession(session);
   }
 
   private onRequest(session: ClientSession, frame: RequestFrame): void {
@@ -331,29 +302,21 @@ export class Replica {
   }
 
   private submitOrdered(session: ClientSession, signed: SignedRequest, request: Request, space: string, digest: Uint8Array): void {
-    const recent = this.replies.get(space);
-    const latest = recent === undefined ? 0 : (Array.from(recent.keys()).at(-1) ?? 0);
-    if (request.seq <= latest) {
-      const cached = recent?.get(request.seq);
-      if (cached !== undefined && bytesEqual(cached.digest, digest)) {
-        this.reply(session, cached.reply);
-      } else {
-        this.reply(session, failure(request.seq, this.options.id, digest, "REPLAY", "this sequence number was already used"));
+    const arrival = this.waiting.arrive(session, space, request.seq, digest);
+    switch (arrival.t) {
+      case "cached":
+        return this.reply(session, arrival.reply);
+      case "replay":
+        return this.reply(session, failure(request.seq, this.options.id, digest, "REPLAY", "this sequence number was already used"));
+      case "too-many":
+        return this.reply(session, failure(request.seq, this.options.id, digest, "RATE_LIMITED", "too many requests in flight on this connection"));
+      case "waiting":
+        break;
+      default: {
+        const unreachable: never = arrival;
+        return unreachable;
       }
-      return;
     }
-    const key = `${space}#${request.seq}`;
-    const mine = this.waitingBySession.get(session.id) ?? new Set<string>();
-    if (mine.size >= WAITING_PER_SESSION_MAX && !mine.has(key)) {
-      this.reply(session, failure(request.seq, this.options.id, digest, "RATE_LIMITED", "too many requests in flight on this connection"));
-      return;
-    }
-    mine.add(key);
-    this.waitingBySession.set(session.id, mine);
-    const set = this.waiting.get(key) ?? new Set<ClientSession>();
-    set.add(session);
-    this.waiting.set(key, set);
-    this.waitingDigests.set(key, digest);
     const req: ClientRequest = { client: space, seq: request.seq, span: request.span, body: signed.body, sig: signed.sig };
     this.ordering.submit(req);
   }
@@ -422,66 +385,24 @@ export class Replica {
         reply = failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason);
       }
     }
-    this.cacheReply(req.client, { seq: request.seq, digest, reply });
-    const key = `${req.client}#${request.seq}`;
-    const sessions = this.waiting.get(key);
-    if (sessions === undefined) return;
-    this.forgetWaiting(key);
-    for (const session of sessions) {
-      this.waitingBySession.get(session.id)?.delete(key);
-      this.reply(session, reply);
-    }
-  }
-
-  private cacheReply(space: string, cached: CachedReply): void {
-    let recent = this.replies.get(space);
-    if (recent === undefined) recent = new Map();
-    else this.replies.delete(space);
-    this.replies.set(space, recent);
-    if (!recent.has(cached.seq)) this.cachedReplies++;
-    recent.set(cached.seq, cached);
-    if (recent.size > REPLIES_PER_SPACE_MAX) {
-      recent.delete(recent.keys().next().value as number);
-      this.cachedReplies--;
-    }
-    while (this.cachedReplies > REPLY_CACHE_ENTRIES_MAX) {
-      const oldest = this.replies.keys().next().value as string;
-      this.cachedReplies -= this.replies.get(oldest)?.size ?? 0;
-      this.replies.delete(oldest);
-    }
+    for (const session of this.waiting.executed(req.client, request.seq, digest, reply)) this.reply(session, reply);
   }
 
   /** The core saw a duplicate of an executed request: answer the waiting client again. */
   private resendReply(space: string, seq: number): void {
-    const cached = this.replies.get(space)?.get(seq);
-    const key = `${space}#${seq}`;
-    const sessions = this.waiting.get(key);
-    if (sessions === undefined) return;
-    this.forgetWaiting(key);
-    for (const session of sessions) {
-      this.waitingBySession.get(session.id)?.delete(key);
-      if (cached !== undefined) this.reply(session, cached.reply);
+    const cached = this.waiting.cached(space, seq);
+    for (const session of this.waiting.take(keyOf(space, seq))) {
+      if (cached !== null) this.reply(session, cached);
       else this.reply(session, failure(seq, this.options.id, new Uint8Array(32), "REPLAY", "this sequence number was already used"));
     }
   }
 
-  private forgetWaiting(key: string): void {
-    this.waiting.delete(key);
-    this.waitingDigests.delete(key);
-  }
-
   /** The core did not admit a request: the clients waiting for it learn why at once. */
   private refuseWaiting(space: string, seq: number, reason: Refusal): void {
-    const key = `${space}#${seq}`;
-    const sessions = this.waiting.get(key);
-    const digest = this.waitingDigests.get(key);
-    if (sessions === undefined || digest === undefined) return;
-    this.forgetWaiting(key);
+    const digest = this.waiting.digestOf(space, seq);
+    if (digest === null) return;
     const [code, text] = REFUSAL_REPLIES[reason];
-    for (const session of sessions) {
-      this.waitingBySession.get(session.id)?.delete(key);
-      this.reply(session, failure(seq, this.options.id, digest, code, text));
-    }
+    for (const session of this.waiting.take(keyOf(space, seq))) this.reply(session, failure(seq, this.options.id, digest, code, text));
   }
 
   /** A refusal judged on this replica's own state as of the decided seq it executed through. */

@@ -149,7 +149,10 @@ describe("a four-replica cluster", () => {
     // A client with requests in flight whose replies were lost sends them again; calling
     // an executed request REPLAY would make it publish the same events under new numbers.
     const key = loadSigningKeyFile(cluster.adminKey).key;
-    await admin.admin({ t: "register", tag: "storage.disks", role: "publisher", key: key.publicKey });
+    const registered = await admin.admin({ t: "register", tag: "storage.disks", role: "publisher", key: key.publicKey });
+    // Sent to one replica directly, so with `after`: that replica judges the requests only
+    // once it has executed the registration (PROTOCOL.md 6.3).
+    const after = registered.at as number;
     const replica = (await import("../../src/config/cluster.ts")).requireClusterConfig(cluster.configPath).replicas[1];
     if (replica === undefined) throw new Error("no replica 1");
     const frames: Frame[] = [];
@@ -164,7 +167,7 @@ describe("a four-replica cluster", () => {
       await waitFor("the session", () => connection.isReady);
       const requests = [1, 2, 3].map((seq) => {
         const body = encodeRequestBody({ v: 1, client: key.publicKey, seq, span: 1, ts: Date.now(), op: { t: "pub", tag: "storage.disks", events: [encode(`retransmit ${seq}`)] } });
-        return { type: FrameType.REQUEST, body: { body, sig: sign(key, requestSigningInput(body)) } } as const;
+        return { type: FrameType.REQUEST, body: { body, sig: sign(key, requestSigningInput(body)), after } } as const;
       });
       const replies = (seq: number) => frames.filter((f) => f.type === FrameType.REPLY && f.body.seq === seq);
       for (const [i, request] of requests.entries()) {
