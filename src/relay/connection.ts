@@ -17,6 +17,10 @@
  *   makes the PUB wait, which pauses reading), and the relay-wide `publishBytes` budget
  *   bounds every connection's publishes together (past it a PUB is refused with
  *   `-ERR OVERLOADED`, since waiting on the others' publishes would stall every client).
+ *
+ * Why one file of more than 600 lines: every bound above acts on the same ordered stream
+ * of answers and event lines, and the order of answers is easiest to check with the
+ * whole pipeline (parse, run, answer, write) in view.
  */
 import { concatByteList } from "../crypto/encoding.ts";
 import { ClientClosedError, ClientError, describeError, SubscriptionEndedError } from "../client/errors.ts";

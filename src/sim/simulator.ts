@@ -4,6 +4,11 @@
  * replicas and faulty clients, all driven by one seed. `runSeed` returns the violations
  * the checkers found and the liveness figures of the run; the same seed and options give
  * the same run, event for event.
+ *
+ * Why one file of more than 600 lines: the event loop, the simulated runtime of each
+ * replica (persist before send, crashes mid-Ready, restart) and the clients share one
+ * clock and one seeded schedule; the parts that stand alone (network, Byzantine replicas,
+ * checkers, crypto) are in their own files.
  */
 import { type ClientRequest, type ClientTableExport, compactRecords, type CoreConfig, type CoreCrypto, type CoreInput, type Effect, leaderOf, makeConfig, OrderingCore, type PeerMessage, type PersistedRecord, type Ready, type ReplicaId, requestKey, validatePeerMessage, weakQuorum } from "../core/ordering/index.ts";
 import { ByzantineReplica } from "./byzantine.ts";
