@@ -7,6 +7,7 @@
  * Modelled on the nats.js parser: a pure byte-level state machine that never touches a
  * socket, fed by whatever transport delivers the bytes.
  */
+import { assert } from "./assert.ts";
 import {
   FRAME_BYTES_MAX,
   FRAME_HEADER_BYTES,
@@ -210,6 +211,7 @@ export class FrameDecoder {
   }
 
   private beginPartial(length: number): void {
+    assert(length >= 1 && length <= this.frameBytesMax, "frame decoder: a partial frame of a length not accepted");
     this.partial = new Uint8Array(Math.min(length, PARTIAL_INITIAL_BYTES));
     this.partialLength = length;
     this.partialFilled = 0;
@@ -227,8 +229,10 @@ export class FrameDecoder {
       partial = grown;
       this.partial = grown;
     }
+    assert(this.partialFilled + take <= partial.length, "frame decoder: a partial frame outgrew its buffer");
     partial.set(chunk.subarray(at, at + take), this.partialFilled);
     this.partialFilled += take;
+    assert(this.partialFilled <= this.partialLength, "frame decoder: more bytes than the frame's length");
     if (this.partialFilled === this.partialLength) {
       // The assembled buffer belongs to this frame alone, so a view of it is safe to hand out.
       results.push({ ok: true, type: partial[0] as number, payload: partial.subarray(1) });

@@ -7,6 +7,7 @@
  * in time; at the bound the refusal goes out at once, carrying the seq it was judged at
  * (`at`), which the client does not count as a vote against a later decision.
  */
+import { assert } from "../../wire/assert.ts";
 
 /** How long one answer may wait for its replica to execute `after`. */
 export const GATE_WAIT_MS_MAX = 5_000;
@@ -62,6 +63,7 @@ export class ExecutionGate {
     let index = this.held.length;
     while (index > 0 && (this.held[index - 1] as Held).after > after) index--;
     this.held.splice(index, 0, entry);
+    assert(index === 0 || (this.held[index - 1] as Held).after <= after, "execution gate: held answers out of order");
     return true;
   }
 
@@ -91,7 +93,9 @@ export class ExecutionGate {
   /** Retries run after the bookkeeping, so a retry that holds again sees its own count right. */
   private release(entries: readonly Held[], expired: boolean): void {
     for (const entry of entries) {
-      const left = (this.perSession.get(entry.session) ?? 1) - 1;
+      const count = this.perSession.get(entry.session);
+      assert(count !== undefined && count >= 1, "execution gate: a held answer its session does not count");
+      const left = count - 1;
       if (left <= 0) this.perSession.delete(entry.session);
       else this.perSession.set(entry.session, left);
     }

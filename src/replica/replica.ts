@@ -10,6 +10,7 @@
  *   ordering core; once decided, every replica executes it at the same position, assigns
  *   the same channel sequence numbers and answers the client.
  */
+import { assert } from "../../wire/assert.ts";
 import { channelsConfigFrom, type ClusterConfig } from "../config/cluster.ts";
 import { configDigests } from "../config/digest.ts";
 import { toHex } from "../crypto/encoding.ts";
@@ -326,6 +327,9 @@ export class Replica {
   // ---------------------------------------------------------------------------------
 
   private executeDecided(requests: readonly ClientRequest[], decidedSeq: number): void {
+    // Execution follows decided order (a restart resumes above its base snapshot, so a
+    // first seq may skip ahead), and nothing executes twice.
+    assert(decidedSeq > this.executedSeq, `replica: decided seq ${decidedSeq} executed after ${this.executedSeq}`);
     for (const req of requests) this.executeOne(req, decidedSeq);
     this.metrics.inc("batches_decided_total");
     this.executed(decidedSeq);

@@ -13,6 +13,7 @@
  * worthless as another.
  */
 import { DIGEST_BYTES, REPLICAS_MAX, SIGNATURE_BYTES } from "../../../wire/types.ts";
+import type { PersistedRecord } from "./types.ts";
 import { encodeCanonical } from "../../../wire/canonical.ts";
 import type { ReplicaId } from "./config.ts";
 
@@ -463,6 +464,76 @@ function validateStateResponse(x: Rec): StateResponse | null {
     if (stable === null) return null;
   }
   return { t: "STATE_RESPONSE", kind, nonce, items, stable, lastExecuted };
+}
+
+/** A stable checkpoint's proof: signed CHECKPOINTs (signatures not checked here). */
+export function validateCheckpointProof(x: unknown): Checkpoint[] | null {
+  return arrayOf(x, REPLICAS_MAX, nested("CHECKPOINT", validateCheckpoint));
+}
+
+/** A client table as exported with a checkpoint: [client space, last executed seq] rows. */
+export function validateClientRows(x: unknown, rowsMax: number): Array<[string, number]> | null {
+  return arrayOf(x, rowsMax, (row) => {
+    if (!Array.isArray(row) || row.length !== 2) return null;
+    const [client, last] = row as unknown[];
+    if (typeof client !== "string" || !CLIENT_ID_PATTERN.test(client)) return null;
+    const seq = nat(last, INSTANCE_SEQ_MAX);
+    return seq === null ? null : ([client, seq] as [string, number]);
+  });
+}
+
+/**
+ * The persisted records of the ordering core (types.ts, PersistedRecord) rebuilt from what
+ * the store read back, or null. A row's checksum proves the bytes are the ones written;
+ * this proves they have the shape the core will trust (a record written by another build,
+ * or damaged in a way a checksum cannot see, is refused, not handed to restore).
+ */
+export function validatePersistedRecord(x: unknown, clientRowsMax: number): PersistedRecord | null {
+  if (!isRecord(x)) return null;
+  switch (x.t) {
+    case "view": {
+      const view = nat(x.view, VIEW_MAX);
+      const installedView = nat(x.installedView, VIEW_MAX);
+      const status = x.status === "normal" || x.status === "viewChange" ? x.status : null;
+      if (view === null || installedView === null || status === null || installedView > view) return null;
+      const viewChange = x.viewChange === null ? null : nested("VIEW_CHANGE", validateViewChange)(x.viewChange);
+      const newView = x.newView === null ? null : nested("NEW_VIEW", validateNewView)(x.newView);
+      if ((x.viewChange !== null && viewChange === null) || (x.newView !== null && newView === null)) return null;
+      return { t: "view", view, installedView, status, viewChange, newView };
+    }
+    case "accept": {
+      const prePrepare = nested("PRE_PREPARE", validatePrePrepare)(x.prePrepare);
+      return prePrepare === null ? null : { t: "accept", prePrepare };
+    }
+    case "prepared": {
+      const cert = validateCert(x.cert);
+      const batch = validateBatch(x.batch);
+      return cert === null || batch === null ? null : { t: "prepared", cert, batch };
+    }
+    case "decided": {
+      const item = validateDecidedItem(x);
+      const digest = bytesOf(x.digest, DIGEST_BYTES);
+      if (item === null || digest === null) return null;
+      return { t: "decided", seq: item.seq, view: item.view, digest, batch: item.batch, commits: item.commits };
+    }
+    case "checkpoint":
+    case "snapshot": {
+      const seq = nat(x.seq, INSTANCE_SEQ_MAX);
+      const stateDigest = bytesOf(x.stateDigest, DIGEST_BYTES);
+      const appDigest = bytesOf(x.appDigest, DIGEST_BYTES);
+      const clients = validateClientRows(x.clients, clientRowsMax);
+      if (seq === null || stateDigest === null || appDigest === null || clients === null) return null;
+      if (x.t === "checkpoint") return { t: "checkpoint", seq, stateDigest, appDigest, clients };
+      const proof = arrayOf(x.proof, REPLICAS_MAX, nested("CHECKPOINT", validateCheckpoint));
+      return proof === null ? null : { t: "snapshot", seq, stateDigest, appDigest, clients, proof };
+    }
+    case "stable": {
+      const stable = validateStable(x);
+      return stable === null ? null : { t: "stable", seq: stable.seq, digest: stable.digest, proof: stable.proof };
+    }
+    default:
+      return null;
+  }
 }
 
 /**

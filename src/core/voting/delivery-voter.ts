@@ -33,6 +33,7 @@
  * their byte bounds, the counts, and the decode-and-verify step, and the byzantine/none
  * vouching is the part most worth reading in one place next to the rules it serves.
  */
+import { assert } from "../../../wire/assert.ts";
 import { toHex } from "../../../wire/bytes.ts";
 import { decodeCanonical, type Canonical } from "../../../wire/canonical.ts";
 
@@ -557,6 +558,9 @@ export class DeliveryVoter {
     const outputs: DeliveryOutput[] = [];
     for (let group = this.readyGroup(); group !== null; group = this.readyGroup()) {
       const from = this.next;
+      // The group covers the next seq and ends past it: delivery moves forward, never back.
+      assert(group.firstSeq <= from && group.end > from, `delivery voter: group ${group.firstSeq}..${group.end} does not cover seq ${from}`);
+      assert(group.voters.size >= this.threshold, "delivery voter: a group delivered below its threshold");
       outputs.push(this.deliver(group.request, group.signed, group.tsMs, from, from - group.firstSeq));
       this.remember(group.firstSeq, group.key);
       this.next = group.end;

@@ -12,6 +12,7 @@
  * differs from the decided one is reported as wrong: the decided result is backed by at
  * least one correct replica, and correct replicas execute identically.
  */
+import { assert } from "../../../wire/assert.ts";
 import { toHex } from "../../../wire/bytes.ts";
 import { encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
 
@@ -91,7 +92,10 @@ export class ReplyVoter {
     }
     this.answers.set(replica, key);
     const group = this.groupFor(key, result);
+    // A replica counts once: it is in no group yet (quorums count distinct replicas).
+    assert(!group.replicas.includes(replica), `reply voter: replica ${replica} counted twice`);
     group.replicas.push(replica);
+    assert(group.replicas.length <= this.n, "reply voter: a group larger than the cluster");
     return this.outcome("counted", this.record(this.afterCount(key, replica)));
   }
 

@@ -8,18 +8,23 @@
  */
 import { type Canonical, decodeCanonical, encodeCanonical } from "../../../wire/canonical.ts";
 import type { ClientTableExport } from "../../core/ordering/clients.ts";
-import type { Checkpoint } from "../../core/ordering/messages.ts";
+import { type Checkpoint, validateCheckpointProof, validateClientRows, validatePersistedRecord } from "../../core/ordering/messages.ts";
 import type { PersistedRecord } from "../../core/ordering/types.ts";
 
 export type DecidedRecord = Extract<PersistedRecord, { t: "decided" }>;
 
-const RECORD_KINDS: ReadonlySet<string> = new Set(["view", "accept", "prepared", "decided", "checkpoint", "stable", "snapshot"]);
+/**
+ * Rows of a client table in a record or snapshot head at most: more than a snapshot's
+ * 64 MiB of metadata can hold (every row takes more than 64 bytes), so only a damaged or
+ * hostile record reaches it.
+ */
+export const RECORD_CLIENT_ROWS_MAX = 1 << 20;
 
 export function encodeRecord(record: PersistedRecord): Uint8Array {
   return encodeCanonical(record as unknown as Canonical);
 }
 
-/** The record in `bytes`, or null when it is not a record of a known kind. */
+/** The record in `bytes`, or null when it is not a record of the core, field by field. */
 export function decodeRecord(bytes: Uint8Array): PersistedRecord | null {
   let value: Canonical;
   try {
@@ -27,10 +32,7 @@ export function decodeRecord(bytes: Uint8Array): PersistedRecord | null {
   } catch {
     return null;
   }
-  if (value === null || typeof value !== "object" || Array.isArray(value) || value instanceof Uint8Array) return null;
-  const t = (value as { t?: unknown }).t;
-  if (typeof t !== "string" || !RECORD_KINDS.has(t)) return null;
-  return value as unknown as PersistedRecord;
+  return validatePersistedRecord(value, RECORD_CLIENT_ROWS_MAX);
 }
 
 /** The sequence number a record is about, used to prune records below a stable checkpoint. */
@@ -58,7 +60,6 @@ export function recordSeq(record: PersistedRecord): number {
 export function decodeDecided(bytes: Uint8Array, seq: number): DecidedRecord | null {
   const record = decodeRecord(bytes);
   if (record === null || record.t !== "decided" || record.seq !== seq) return null;
-  if (!Array.isArray(record.batch) || !Array.isArray(record.commits)) return null;
   return record;
 }
 
@@ -107,15 +108,18 @@ export function decodeHead(bytes: Uint8Array): SnapshotHead | null {
   if (status !== "complete" && status !== "incoming") return null;
   const ints = [h["seq"], h["parts"], h["bytes"], h["partBytes"]];
   if (!ints.every((x) => typeof x === "number" && Number.isSafeInteger(x) && x >= 0)) return null;
-  if (!(h["stateDigest"] instanceof Uint8Array) || !Array.isArray(h["proof"])) return null;
-  if (status === "complete" && (!(h["appDigest"] instanceof Uint8Array) || !Array.isArray(h["clients"]))) return null;
+  if (!(h["stateDigest"] instanceof Uint8Array)) return null;
+  const proof = validateCheckpointProof(h["proof"]);
+  const clients = h["clients"] === null || h["clients"] === undefined ? null : validateClientRows(h["clients"], RECORD_CLIENT_ROWS_MAX);
+  if (proof === null || (clients === null && h["clients"] !== null && h["clients"] !== undefined)) return null;
+  if (status === "complete" && (!(h["appDigest"] instanceof Uint8Array) || clients === null)) return null;
   return {
     status,
     seq: h["seq"] as number,
     stateDigest: h["stateDigest"],
     appDigest: h["appDigest"] instanceof Uint8Array ? h["appDigest"] : null,
-    clients: Array.isArray(h["clients"]) ? (h["clients"] as unknown as ClientTableExport) : null,
-    proof: h["proof"] as unknown as Checkpoint[],
+    clients: clients as ClientTableExport | null,
+    proof,
     parts: h["parts"] as number,
     bytes: h["bytes"] as number,
     partBytes: h["partBytes"] as number,
