@@ -181,8 +181,20 @@ function buildSession(m: ReturnType<typeof material>) {
   const peerMsg = encodeCanonical({ t: "write", view: 0, seq: 7, digest: bytesOf(32, 0xa0) });
   const peerMac = hmac(sha256, kI2R, peerMacInput(FrameType.PEER, 1, peerMsg));
   return {
-    clientHello, clientAck, clientAuth, clientT,
-    peerHello, peerAck, peerAuth, peerT, shared, salt, kI2R, kR2I, peerMsg, peerMac,
+    clientHello,
+    clientAck,
+    clientAuth,
+    clientT,
+    peerHello,
+    peerAck,
+    peerAuth,
+    peerT,
+    shared,
+    salt,
+    kI2R,
+    kR2I,
+    peerMsg,
+    peerMac,
   };
 }
 
@@ -352,7 +364,12 @@ function invalidFrameVectors(): VectorJson {
     ["unassigned type 0x00", hexFrame(0x00, { n: 1 }), "unknown-type", false],
     ["unassigned type 0x7f", hexFrame(0x7f, { n: 1 }), "unknown-type", false],
     ["payload not CBOR (truncated item)", hexFrame(FrameType.PING, fromHex("a1616e"), true), "malformed-cbor", false],
-    ["payload not canonical (unsorted keys)", hexFrame(FrameType.ERROR, fromHex(`a266726561736f6e6064636f646569${toHex(utf8.encode("BAD_FRAME"))}`), true), "malformed-cbor", false],
+    [
+      "payload not canonical (unsorted keys)",
+      hexFrame(FrameType.ERROR, fromHex(`a266726561736f6e6064636f646569${toHex(utf8.encode("BAD_FRAME"))}`), true),
+      "malformed-cbor",
+      false,
+    ],
     ["payload with a float", hexFrame(FrameType.PING, fromHex("a1616efb3ff8000000000000"), true), "malformed-cbor", false],
     ["payload with trailing bytes", hexFrame(FrameType.PING, fromHex("a1616e0700"), true), "trailing-bytes", false],
     ["PING with a negative n", hexFrame(FrameType.PING, { n: -1 }), "schema", false],
@@ -385,7 +402,11 @@ function requestVectors(m: ReturnType<typeof material>, r: ReturnType<typeof bui
     ["tag with an empty segment", { ...base, span: 1, op: { t: "pub", tag: "a..b", events: [bytesOf(1, 0)] } }, "schema"],
     ["tag of 129 bytes", { ...base, span: 1, op: { t: "pub", tag: "a".repeat(129), events: [bytesOf(1, 0)] } }, "schema"],
     ["client key of 31 bytes", { ...base, client: bytesOf(31, 0), span: 1, op: { t: "pub", tag: "a", events: [bytesOf(1, 0)] } }, "schema"],
-    ["last sequence number above 2^53-1", { ...base, seq: Number.MAX_SAFE_INTEGER, span: 2, op: { t: "pub", tag: "a", events: [bytesOf(1, 0), bytesOf(1, 0)] } }, "schema"],
+    [
+      "last sequence number above 2^53-1",
+      { ...base, seq: Number.MAX_SAFE_INTEGER, span: 2, op: { t: "pub", tag: "a", events: [bytesOf(1, 0), bytesOf(1, 0)] } },
+      "schema",
+    ],
     ["unknown admin command", { ...base, span: 1, op: { t: "admin", cmd: { t: "reboot" } } }, "schema"],
     ["version 2", { ...base, v: 2, span: 1, op: { t: "pub", tag: "a", events: [bytesOf(1, 0)] } }, "bad-version"],
   ];

@@ -29,7 +29,8 @@ export function toHex(bytes: Uint8Array): string {
  * unequal in confusing ways.
  */
 export function fromHex(text: string): Uint8Array {
-  if (!HEX_PATTERN.test(text)) throw new RangeError(`expected lowercase hex with an even number of digits, got ${JSON.stringify(text.slice(0, 40))}`);
+  if (!HEX_PATTERN.test(text))
+    throw new RangeError(`expected lowercase hex with an even number of digits, got ${JSON.stringify(text.slice(0, 40))}`);
   const out = new Uint8Array(text.length / 2);
   for (let i = 0; i < out.length; i++) out[i] = Number.parseInt(text.slice(2 * i, 2 * i + 2), 16);
   return out;

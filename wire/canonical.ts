@@ -18,14 +18,7 @@
  */
 
 /** A value that has exactly one canonical encoding. Numbers must be safe integers. */
-export type Canonical =
-  | null
-  | boolean
-  | number
-  | string
-  | Uint8Array
-  | Canonical[]
-  | { [key: string]: Canonical };
+export type Canonical = null | boolean | number | string | Uint8Array | Canonical[] | { [key: string]: Canonical };
 
 /** Nesting deeper than this is refused, so hostile input cannot exhaust the stack. */
 export const CANONICAL_DEPTH_MAX = 64;
@@ -402,10 +395,7 @@ class Reader {
     const src = this.src;
     const p = this.pos;
     this.pos = p + 4;
-    return (
-      (src[p] as number) * 0x100_0000 +
-      (((src[p + 1] as number) << 16) | ((src[p + 2] as number) << 8) | (src[p + 3] as number))
-    );
+    return (src[p] as number) * 0x100_0000 + (((src[p + 1] as number) << 16) | ((src[p + 2] as number) << 8) | (src[p + 3] as number));
   }
 
   readSimple(initial: number, start: number): Canonical {
@@ -511,7 +501,7 @@ class Reader {
     const src = this.src;
     const aLength = aEnd - aStart;
     const bLength = bEnd - bStart;
-    const n = aLength < bLength ? aLength : bLength;
+    const n = Math.min(aLength, bLength);
     let order = 0;
     for (let i = 0; i < n && order === 0; i++) order = (src[aStart + i] as number) - (src[bStart + i] as number);
     if (order === 0) order = aLength - bLength;
@@ -543,9 +533,7 @@ function setOwn(target: { [key: string]: Canonical }, key: string, value: Canoni
 }
 
 /** Convenience for callers that must not throw: the value or the error. */
-export function tryDecodeCanonical(
-  bytes: Uint8Array,
-): { ok: true; value: Canonical } | { ok: false; error: CanonicalError } {
+export function tryDecodeCanonical(bytes: Uint8Array): { ok: true; value: Canonical } | { ok: false; error: CanonicalError } {
   try {
     return { ok: true, value: decodeCanonical(bytes) };
   } catch (e) {

@@ -8,13 +8,7 @@
  * socket, fed by whatever transport delivers the bytes.
  */
 import { assert } from "./assert.ts";
-import {
-  FRAME_BYTES_MAX,
-  FRAME_HEADER_BYTES,
-  FRAME_LENGTH_BYTES,
-  type WireError,
-  wireError,
-} from "./types.ts";
+import { FRAME_BYTES_MAX, FRAME_HEADER_BYTES, FRAME_LENGTH_BYTES, type WireError, wireError } from "./types.ts";
 
 /** A frame as cut from the stream: its type byte and its (still encoded) payload. */
 export interface RawFrame {

@@ -53,9 +53,7 @@ const utf8 = new TextEncoder();
 
 /** Text bounded in UTF-8 bytes (not UTF-16 units), as PROTOCOL.md states bounds. */
 function textAtMostBytes(max: number) {
-  return z
-    .string()
-    .refine((s) => s.length <= max && utf8.encode(s).length <= max, { error: `expected at most ${max} UTF-8 bytes` });
+  return z.string().refine((s) => s.length <= max && utf8.encode(s).length <= max, { error: `expected at most ${max} UTF-8 bytes` });
 }
 
 export const keySchema = bytesExactly(KEY_BYTES);
@@ -68,10 +66,7 @@ export const eventSchema = bytesAtMost(EVENT_BYTES_MAX);
 export const reasonSchema = textAtMostBytes(REASON_BYTES_MAX);
 
 /** A channel tag: dot-separated segments of [a-z0-9_-]+, at most TAG_BYTES_MAX bytes. */
-export const tagSchema = z
-  .string()
-  .max(TAG_BYTES_MAX)
-  .regex(TAG_PATTERN, { error: "expected dot-separated segments of [a-z0-9_-]+" });
+export const tagSchema = z.string().max(TAG_BYTES_MAX).regex(TAG_PATTERN, { error: "expected dot-separated segments of [a-z0-9_-]+" });
 
 export const errorCodeSchema = z.enum(ERROR_CODES);
 export const subEndCodeSchema = z.enum(SUB_END_CODES);
@@ -216,7 +211,14 @@ export const replyResultSchema = z.discriminatedUnion("t", [
  * (REPLAY) instead of taking the old request's reply for its own.
  */
 export const replySchema = z.discriminatedUnion("ok", [
-  z.strictObject({ seq: positiveSchema, replica: uintSchema, d: digestSchema, ok: z.literal(true), res: replyResultSchema, at: uintSchema.optional() }),
+  z.strictObject({
+    seq: positiveSchema,
+    replica: uintSchema,
+    d: digestSchema,
+    ok: z.literal(true),
+    res: replyResultSchema,
+    at: uintSchema.optional(),
+  }),
   z.strictObject({
     seq: positiveSchema,
     replica: uintSchema,
@@ -251,7 +253,12 @@ export const queryReplySchema = z.discriminatedUnion("ok", [
   }),
 ]);
 
-export const subscribeSchema = z.strictObject({ sub: uintSchema, tag: tagSchema, from: uintSchema.optional(), after: uintSchema.optional() });
+export const subscribeSchema = z.strictObject({
+  sub: uintSchema,
+  tag: tagSchema,
+  from: uintSchema.optional(),
+  after: uintSchema.optional(),
+});
 export const unsubscribeSchema = z.strictObject({ sub: uintSchema });
 export const subOkSchema = z.strictObject({ sub: uintSchema, replica: uintSchema, next: uintSchema.optional(), at: uintSchema.optional() });
 
@@ -347,9 +354,7 @@ const VERSIONED_FRAME_TYPES: ReadonlySet<number> = new Set([FrameType.HELLO, Fra
 // ---------------------------------------------------------------------------------------
 
 export type FrameResult = { readonly ok: true; readonly frame: Frame } | { readonly ok: false; readonly error: WireError };
-export type RequestResult =
-  | { readonly ok: true; readonly request: Request }
-  | { readonly ok: false; readonly error: WireError };
+export type RequestResult = { readonly ok: true; readonly request: Request } | { readonly ok: false; readonly error: WireError };
 
 /**
  * Decodes and validates one frame payload. Never throws. Byte strings in the result are
@@ -403,10 +408,7 @@ export function encodeTypedFrame(frame: Frame, frameBytesMax: number = FRAME_BYT
   return bytes;
 }
 
-function parseCanonical(
-  bytes: Uint8Array,
-  what: string,
-): { ok: true; value: Canonical } | { ok: false; error: WireError } {
+function parseCanonical(bytes: Uint8Array, what: string): { ok: true; value: Canonical } | { ok: false; error: WireError } {
   try {
     return { ok: true, value: decodeCanonical(bytes) };
   } catch (e) {

@@ -40,9 +40,7 @@ export function frameTypeName(type: number): FrameTypeName | undefined {
   return FRAME_TYPE_NAMES.get(type);
 }
 
-const FRAME_TYPE_NAMES = new Map<number, FrameTypeName>(
-  (Object.keys(FrameType) as FrameTypeName[]).map((name) => [FrameType[name], name]),
-);
+const FRAME_TYPE_NAMES = new Map<number, FrameTypeName>((Object.keys(FrameType) as FrameTypeName[]).map((name) => [FrameType[name], name]));
 
 /** The first and last type byte of the replica-to-replica range, all MAC-protected. */
 export const PEER_FRAME_TYPE_FIRST = 0x40;

@@ -12,7 +12,6 @@ export type VectorJson = null | boolean | number | string | VectorJson[] | { [ke
 
 const HEX_KEY = "$hex";
 
-
 /** A canonical value as vector JSON. */
 export function toVectorJson(value: Canonical): VectorJson {
   if (value instanceof Uint8Array) return { [HEX_KEY]: toHex(value) };

@@ -121,7 +121,8 @@ function closestCommand(word: string, commands: readonly Command[]): string | un
   for (const command of commands) {
     const candidate = command.path[0]!;
     const distance = editDistance(word, candidate);
-    if (distance <= COMMAND_SUGGESTION_DISTANCE_MAX && (best === undefined || distance < best.distance)) best = { word: candidate, distance };
+    if (distance <= COMMAND_SUGGESTION_DISTANCE_MAX && (best === undefined || distance < best.distance))
+      best = { word: candidate, distance };
   }
   return best?.word;
 }

@@ -347,7 +347,11 @@ export class FitbClient {
       // Numbering right after taking the slot, with no await in between, sends every
       // space's requests in the order of their numbers, which total-order replicas need.
       const seq = space.counter.allocate(spanOf(op));
-      const built = buildRequest(this.options.key, { seq, ts: this.options.now(), op, after: this.floor.value }, this.config.limits.frameBytesMax);
+      const built = buildRequest(
+        this.options.key,
+        { seq, ts: this.options.now(), op, after: this.floor.value },
+        this.config.limits.frameBytesMax,
+      );
       const outcome = await this.requests.track(built, space.kind, `${what} (seq ${seq})`);
       return { outcome, seq };
     } finally {

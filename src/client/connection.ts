@@ -17,7 +17,7 @@ import { formatAddress } from "../config/cluster.ts";
 import type { SigningKey } from "../crypto/keys.ts";
 import { WriteQueue } from "../net/write-queue.ts";
 import { backoffDelayMs, checkBackoffPolicy, type BackoffPolicy } from "./backoff.ts";
-import { ClientError, HandshakeError, ReplicaUnreachableError } from "./errors.ts";
+import { type ClientError, HandshakeError, ReplicaUnreachableError } from "./errors.ts";
 import { checkHelloAck, clientHello, type ExpectedReplica } from "./handshake.ts";
 
 /** A replica as the client dials it: the cluster file's entry. */
@@ -244,7 +244,9 @@ export class ReplicaConnection {
       return;
     }
     if (frame.type !== FrameType.HELLO_ACK || this.hello === null) {
-      this.goDown(new HandshakeError(this.id, this.address, "BAD_FRAME", `expected HELLO_ACK, got frame type 0x${frame.type.toString(16)}`));
+      this.goDown(
+        new HandshakeError(this.id, this.address, "BAD_FRAME", `expected HELLO_ACK, got frame type 0x${frame.type.toString(16)}`),
+      );
       return;
     }
     const check = checkHelloAck(this.hello, frame.body, this.endpoint, this.key);

@@ -21,7 +21,8 @@ export class InOrder<T> {
     private readonly emit: (outcome: Settled<T>) => void,
     readonly pendingMax: number,
   ) {
-    if (!Number.isSafeInteger(pendingMax) || pendingMax < 1) throw new RangeError(`pendingMax must be a positive integer, got ${pendingMax}`);
+    if (!Number.isSafeInteger(pendingMax) || pendingMax < 1)
+      throw new RangeError(`pendingMax must be a positive integer, got ${pendingMax}`);
   }
 
   /** Outcomes not yet emitted. */

@@ -31,6 +31,12 @@ export {
 } from "./errors.ts";
 export { DEFAULT_TIMEOUTS, type ClientLimits, type ClientLogEntry, type ClientTimeouts, type FitbClientOptions } from "./options.ts";
 export { DEFAULT_BACKOFF, backoffDelayMs, type BackoffPolicy } from "./backoff.ts";
-export { ReplicaConnection, type ConnectionEvents, type ConnectionOptions, type ConnectionState, type ReplicaEndpoint } from "./connection.ts";
+export {
+  ReplicaConnection,
+  type ConnectionEvents,
+  type ConnectionOptions,
+  type ConnectionState,
+  type ReplicaEndpoint,
+} from "./connection.ts";
 export { tagProblem } from "./request.ts";
 export { loadClientSetup, type ClientSetup } from "./setup.ts";

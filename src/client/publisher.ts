@@ -98,7 +98,12 @@ export class Publisher {
       1,
       limits.inflightRequestsMax,
     );
-    this.queueEventsMax = bounded("queueEventsMax", options.queueEventsMax ?? PUBLISHER_QUEUE_BATCHES_DEFAULT * this.batchEventsMax, 1, Number.MAX_SAFE_INTEGER);
+    this.queueEventsMax = bounded(
+      "queueEventsMax",
+      options.queueEventsMax ?? PUBLISHER_QUEUE_BATCHES_DEFAULT * this.batchEventsMax,
+      1,
+      Number.MAX_SAFE_INTEGER,
+    );
     this.queueBytesMax = bounded("queueBytesMax", options.queueBytesMax ?? PUBLISHER_QUEUE_BYTES_DEFAULT, 1, Number.MAX_SAFE_INTEGER);
   }
 
@@ -147,7 +152,9 @@ export class Publisher {
     if (tooLarge !== null) return Promise.reject(new InvalidInputError("TOO_LARGE", tooLarge));
     if (!this.hasRoom(event.byteLength)) {
       return Promise.reject(
-        new QueueFullError(`publisher for ${this.tag} has ${this.queue.length} events (${this.queueBytes} bytes) waiting; at most ${this.queueEventsMax} (${this.queueBytesMax} bytes)`),
+        new QueueFullError(
+          `publisher for ${this.tag} has ${this.queue.length} events (${this.queueBytes} bytes) waiting; at most ${this.queueEventsMax} (${this.queueBytesMax} bytes)`,
+        ),
       );
     }
     return new Promise<EventAck>((resolve, reject) => {
@@ -213,10 +220,15 @@ export class Publisher {
   private send(entries: Entry[]): void {
     const batch: Batch = { entries, outcome: null };
     this.inflight.push(batch);
-    this.target.publish(this.tag, entries.map((entry) => entry.event)).then(
-      (ack) => this.onBatchDone(batch, { ok: true, ack }),
-      (error: unknown) => this.onBatchDone(batch, { ok: false, error: error instanceof Error ? error : new Error(String(error)) }),
-    );
+    this.target
+      .publish(
+        this.tag,
+        entries.map((entry) => entry.event),
+      )
+      .then(
+        (ack) => this.onBatchDone(batch, { ok: true, ack }),
+        (error: unknown) => this.onBatchDone(batch, { ok: false, error: error instanceof Error ? error : new Error(String(error)) }),
+      );
   }
 
   /** Answers finished batches from the oldest on, so acks come out in publish order. */
@@ -243,6 +255,7 @@ function answer(batch: Batch, tag: string): void {
 }
 
 function bounded(name: string, value: number, min: number, max: number): number {
-  if (!Number.isSafeInteger(value) || value < min || value > max) throw new RangeError(`${name} must be an integer in ${min}..${max}, got ${value}`);
+  if (!Number.isSafeInteger(value) || value < min || value > max)
+    throw new RangeError(`${name} must be an integer in ${min}..${max}, got ${value}`);
   return value;
 }

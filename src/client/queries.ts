@@ -192,12 +192,7 @@ export function channelInfoRule(
  * a distinct (wrong) answer. Refusals vote as {ok: false, code}, so f+1 replicas that
  * say UNKNOWN_CHANNEL settle the question as firmly as f+1 that describe the channel.
  */
-export function matchingRule<T extends Canonical>(
-  n: number,
-  f: number,
-  what: string,
-  project: (res: Canonical) => T | null,
-): QueryRule<T> {
+export function matchingRule<T extends Canonical>(n: number, f: number, what: string, project: (res: Canonical) => T | null): QueryRule<T> {
   // byzantine/total is the voter's kind for "f+1 matching, deterministic": what a query
   // about replicated state needs, whatever the class of the channel it is about.
   const voter = new ReplyVoter({ n, f, kind: "byzantine/total" });
@@ -281,7 +276,9 @@ export function rankRule(
       return (
         refusedByQuorum() ?? {
           ok: false,
-          error: new NoQuorumError(`no quorum for ${what}: ${numbers.size} usable answers, ${vouchQuorum(f)} needed (${describeMissing()})`),
+          error: new NoQuorumError(
+            `no quorum for ${what}: ${numbers.size} usable answers, ${vouchQuorum(f)} needed (${describeMissing()})`,
+          ),
         }
       );
     },

@@ -57,7 +57,9 @@ export class ReplicaGroup {
     for (const connection of this.connections) {
       if (answered.has(connection.id)) continue;
       const note = notes.get(connection.id);
-      const why = note ?? (connection.isReady ? "no answer" : (connection.lastError?.message.replace(/^replica \d+ \([^)]*\) /, "") ?? "not connected"));
+      const why =
+        note ??
+        (connection.isReady ? "no answer" : (connection.lastError?.message.replace(/^replica \d+ \([^)]*\) /, "") ?? "not connected"));
       parts.push(`replica ${connection.id} (${connection.address}): ${why}`);
     }
     return parts.length === 0 ? "every replica answered" : parts.join("; ");

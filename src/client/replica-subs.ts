@@ -193,7 +193,11 @@ export class ReplicaSubs {
     const agreed = this.agreedFatalEnd();
     if (agreed !== null) {
       this.owner.fail(
-        new SubscriptionEndedError(subEndErrorCode(agreed.code), agreed.code, `subscription to ${this.owner.tag} refused: ${agreed.code} ${agreed.reason}`),
+        new SubscriptionEndedError(
+          subEndErrorCode(agreed.code),
+          agreed.code,
+          `subscription to ${this.owner.tag} refused: ${agreed.code} ${agreed.reason}`,
+        ),
       );
       return;
     }
@@ -227,7 +231,8 @@ export class ReplicaSubs {
     }
     const f = this.host.f;
     const enoughAnswered =
-      this.answered.size >= Math.min(this.host.n, byzantineQuorum(f)) || this.host.readyReplicas().every((replica) => this.answered.has(replica));
+      this.answered.size >= Math.min(this.host.n, byzantineQuorum(f)) ||
+      this.host.readyReplicas().every((replica) => this.answered.has(replica));
     for (const [code, entry] of byCode) {
       if (entry.count >= vouchQuorum(f) && (!entry.local || enoughAnswered)) return { code, reason: entry.reason };
     }

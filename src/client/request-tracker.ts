@@ -16,7 +16,7 @@ import { byzantineQuorum, vouchQuorum, type ReplyKind } from "../core/voting/quo
 import { ReplyVoter } from "../core/voting/reply-voter.ts";
 import { toHex } from "../crypto/encoding.ts";
 import type { ReplicaConnection } from "./connection.ts";
-import { ClientError, NoQuorumError, RequestRejectedError } from "./errors.ts";
+import { type ClientError, NoQuorumError, RequestRejectedError } from "./errors.ts";
 import type { TrackingContext } from "./replica-group.ts";
 import { requestFrame, type BuiltRequest } from "./request.ts";
 
@@ -163,7 +163,10 @@ export class RequestTracker {
     const counts = new Map<ErrorCode, number>();
     for (const [replica, refusal] of pending.local) {
       if (refusal.at < fresh) {
-        pending.transient.set(replica, `${refusal.code} ${refusal.reason} (as of decided seq ${refusal.at}; asked again to wait for ${fresh})`);
+        pending.transient.set(
+          replica,
+          `${refusal.code} ${refusal.reason} (as of decided seq ${refusal.at}; asked again to wait for ${fresh})`,
+        );
         pending.sentTo.delete(replica);
         continue;
       }

@@ -71,7 +71,10 @@ export function buildRequest(key: SigningKey, fields: RequestFields, frameBytesM
     frame = requestFrame(body, sig, fields.after ?? 0, frameBytesMax);
   } catch (error) {
     if (error instanceof RangeError) {
-      throw new InvalidInputError("TOO_LARGE", `request of ${body.byteLength} bytes does not fit in a frame of at most ${frameBytesMax} bytes`);
+      throw new InvalidInputError(
+        "TOO_LARGE",
+        `request of ${body.byteLength} bytes does not fit in a frame of at most ${frameBytesMax} bytes`,
+      );
     }
     throw error;
   }
@@ -130,4 +133,3 @@ export function pubOp(tag: string, events: readonly Uint8Array[]): Op {
 export function adminOp(cmd: AdminCmd): Op {
   return { t: "admin", cmd };
 }
-

@@ -143,10 +143,7 @@ export interface SubscriptionHost {
   now(): number;
 }
 
-type StartState =
-  | { readonly t: "starting"; readonly deadline: number }
-  | { readonly t: "started" }
-  | { readonly t: "ended" };
+type StartState = { readonly t: "starting"; readonly deadline: number } | { readonly t: "started" } | { readonly t: "ended" };
 
 interface BufferedCopy {
   readonly replica: number;
@@ -476,7 +473,13 @@ export class ClientSubscription implements Subscription {
           break;
         case "publishers-full":
           this.counters.droppedEvents += output.droppedEvents;
-          this.signal({ t: "overflow", source: "publishers", publisher: output.publisher, droppedEvents: output.droppedEvents, reason: output.reason });
+          this.signal({
+            t: "overflow",
+            source: "publishers",
+            publisher: output.publisher,
+            droppedEvents: output.droppedEvents,
+            reason: output.reason,
+          });
           break;
         case "trimmed":
           this.onAgreedTrim(output.nextSeq, output.oldestSeq);

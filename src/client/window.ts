@@ -22,7 +22,8 @@ export class InflightWindow {
     readonly waitersMax: number,
   ) {
     if (!Number.isSafeInteger(size) || size < 1) throw new RangeError(`window size must be a positive integer, got ${size}`);
-    if (!Number.isSafeInteger(waitersMax) || waitersMax < 0) throw new RangeError(`waitersMax must be a non-negative integer, got ${waitersMax}`);
+    if (!Number.isSafeInteger(waitersMax) || waitersMax < 0)
+      throw new RangeError(`waitersMax must be a non-negative integer, got ${waitersMax}`);
   }
 
   get inUse(): number {

@@ -54,7 +54,7 @@ interface LimitBound {
 
 const KIB = 1024;
 const MIB = 1024 * KIB;
-const GIB = 1024 * MIB;
+const _GIB = 1024 * MIB;
 const SECONDS_PER_DAY = 86_400;
 
 /**
@@ -388,7 +388,10 @@ function checkReplicaIds(file: ClusterFile): ConfigIssue[] {
     }
     firstIndexOfId.set(replica.id, index);
     if (replica.id >= n) {
-      issues.push({ path: `replicas[${index}].id`, message: `expected an id in 0..${n - 1} (ids are 0..n-1 with n = ${n}), got ${replica.id}` });
+      issues.push({
+        path: `replicas[${index}].id`,
+        message: `expected an id in 0..${n - 1} (ids are 0..n-1 with n = ${n}), got ${replica.id}`,
+      });
     }
   });
   return issues;
@@ -464,10 +467,12 @@ function checkLimitRelations(file: ClusterFile): ConfigIssue[] {
   if (issues.length === 0) {
     // Whatever else the channel state machine refuses, the check refuses too: a file it
     // calls valid must start every replica.
-    const problem = checkChannelsConfig(channelsConfigFrom(
-      { frameBytesMax: limits.frame_bytes_max, eventBytesMax: limits.event_bytes_max, batchEventsMax: limits.batch_events_max },
-      { eventsMax: retention.events_max, bytesMax: retention.bytes_max, ageSecondsMax: retention.age_seconds_max },
-    ));
+    const problem = checkChannelsConfig(
+      channelsConfigFrom(
+        { frameBytesMax: limits.frame_bytes_max, eventBytesMax: limits.event_bytes_max, batchEventsMax: limits.batch_events_max },
+        { eventsMax: retention.events_max, bytesMax: retention.bytes_max, ageSecondsMax: retention.age_seconds_max },
+      ),
+    );
     if (problem !== null) issues.push({ path: "retention", message: `the channel limits this file makes are refused: ${problem}` });
   }
   if (limits.client_burst_events_max < limits.batch_events_max) {

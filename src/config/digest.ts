@@ -28,7 +28,11 @@ export function configDigests(config: ClusterConfig): ConfigDigests {
   const digest = (value: Canonical): Uint8Array => sha256(encodeCanonical(value));
   const { limits, retention } = config;
   return {
-    group: digest({ name: config.name, f: config.f, replicas: config.replicas.map((replica) => ({ id: replica.id, key: replica.publicKey })) }),
+    group: digest({
+      name: config.name,
+      f: config.f,
+      replicas: config.replicas.map((replica) => ({ id: replica.id, key: replica.publicKey })),
+    }),
     admins: digest(sortedKeys(config.adminKeys)),
     clients: digest(sortedKeys(config.clientKeys)),
     limits: digest({

@@ -105,7 +105,10 @@ export function initCluster(options: ClusterInitOptions): ClusterInitResult {
  * The cluster file from public keys alone: replica-<id>.key.pub for every replica and
  * admin*.pub (at least one) in `keysDir`. Writes nothing but the cluster file.
  */
-export function assembleCluster(options: ClusterInitOptions, keysDir: string): { readonly configPath: string; readonly config: ClusterConfig } {
+export function assembleCluster(
+  options: ClusterInitOptions,
+  keysDir: string,
+): { readonly configPath: string; readonly config: ClusterConfig } {
   checkInitOptions(options);
   const dir = resolve(options.dir);
   const configPath = join(dir, CLUSTER_FILE_NAME);
@@ -113,13 +116,23 @@ export function assembleCluster(options: ClusterInitOptions, keysDir: string): {
   const replicaKeys = Array.from({ length: options.replicas }, (_, id) => {
     const path = join(keysDir, `${defaultReplicaKeyFile(id)}.pub`);
     if (!existsSync(path)) {
-      throw new ClusterInitError("invalid-options", `${path} is missing: on replica ${id}'s host run 'fitb keygen --out ${defaultReplicaKeyFile(id)}' and copy its .pub here`);
+      throw new ClusterInitError(
+        "invalid-options",
+        `${path} is missing: on replica ${id}'s host run 'fitb keygen --out ${defaultReplicaKeyFile(id)}' and copy its .pub here`,
+      );
     }
     return loadPublicKeyFile(path);
   });
-  const adminFiles = existsSync(keysDir) ? readdirSync(keysDir).filter((name) => name.startsWith("admin") && name.endsWith(".pub")).sort() : [];
+  const adminFiles = existsSync(keysDir)
+    ? readdirSync(keysDir)
+        .filter((name) => name.startsWith("admin") && name.endsWith(".pub"))
+        .sort()
+    : [];
   if (adminFiles.length === 0) {
-    throw new ClusterInitError("invalid-options", `no admin key in ${keysDir}: run 'fitb keygen --out admin.key' where the admin works and copy admin.key.pub here`);
+    throw new ClusterInitError(
+      "invalid-options",
+      `no admin key in ${keysDir}: run 'fitb keygen --out admin.key' where the admin works and copy admin.key.pub here`,
+    );
   }
   const adminKeys = adminFiles.map((name) => loadPublicKeyFile(join(keysDir, name)));
   const text = renderClusterToml({
@@ -215,8 +228,8 @@ export function renderClusterToml(spec: ClusterTomlSpec): string {
     "# The replicas. Ids run 0..n-1. For real hosts, change host (a hostname or an IP",
     "# address the other replicas and the clients can reach) and port; keep the keys.",
     "# Optional per replica, relative to this file:",
-    "#   key_file = \"replica-<id>.key\"   the replica's secret key (only on its own host)",
-    "#   data_dir = \"data/replica-<id>\"  where the replica keeps its log and checkpoints",
+    '#   key_file = "replica-<id>.key"   the replica\'s secret key (only on its own host)',
+    '#   data_dir = "data/replica-<id>"  where the replica keeps its log and checkpoints',
   ];
   for (const replica of spec.replicas) {
     lines.push(

@@ -22,7 +22,6 @@ export function asUint8Array(buffer: Buffer | Uint8Array): Uint8Array {
   return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
 }
 
-
 /** base64url without padding (RFC 4648 §5). */
 export function toBase64url(bytes: Uint8Array): string {
   return asBuffer(bytes).toString("base64url");
@@ -42,7 +41,6 @@ export function fromBase64urlStrict(text: string): Uint8Array | null {
   if (toBase64url(bytes) !== text) return null;
   return bytes;
 }
-
 
 /** Concatenates byte arrays into one new array. */
 export function concatBytes(...parts: readonly Uint8Array[]): Uint8Array {

@@ -270,7 +270,11 @@ export function loadSigningKeyFile(path: string): LoadedSigningKey {
   const mode = statKeyFile(path);
   if ((mode & GROUP_OTHER_PERMISSION_BITS) !== 0) {
     const octal = (mode & 0o777).toString(8).padStart(3, "0");
-    throw new KeyFileError(path, "permissions", `${path} is accessible by group or others (mode ${octal}); a secret key must be the owner's only: run chmod 600 ${path}`);
+    throw new KeyFileError(
+      path,
+      "permissions",
+      `${path} is accessible by group or others (mode ${octal}); a secret key must be the owner's only: run chmod 600 ${path}`,
+    );
   }
   const key = parseSecretKeyFile(readKeyFile(path), path);
   const publicPath = publicKeyPathFor(path);
@@ -299,7 +303,7 @@ export function loadPublicKeyFile(path: string): Uint8Array {
 
 /** Returns the file's mode bits after checking it is a regular file of sane size. */
 function statKeyFile(path: string): number {
-  let stats;
+  let stats: ReturnType<typeof statSync>;
   try {
     stats = statSync(path);
   } catch (error) {

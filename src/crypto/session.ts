@@ -168,12 +168,7 @@ export function signHandshake(key: SigningKey, role: SessionRole, transcript: Ui
 }
 
 /** Checks a peer's handshake signature; `peerRole` is the role the peer holds in this session. */
-export function verifyHandshake(
-  peerPublicKey: Uint8Array,
-  peerRole: SessionRole,
-  transcript: Uint8Array,
-  signature: Uint8Array,
-): boolean {
+export function verifyHandshake(peerPublicKey: Uint8Array, peerRole: SessionRole, transcript: Uint8Array, signature: Uint8Array): boolean {
   return verifyDomain(peerPublicKey, handshakeDomain(peerRole), transcript, signature);
 }
 
@@ -206,7 +201,8 @@ function isValidSeq(seq: number): boolean {
 /** u8 type || u64 big-endian seq. */
 function encodeMacHeader(type: number, seq: number): Uint8Array {
   if (!isPeerFrameType(type)) throw new RangeError(`frame type ${type} is not a peer frame type`);
-  if (!isValidSeq(seq) || seq < PEER_SEQ_FIRST) throw new RangeError(`peer seq must be an integer in ${PEER_SEQ_FIRST}..${PEER_FRAME_SEQ_MAX}, got ${seq}`);
+  if (!isValidSeq(seq) || seq < PEER_SEQ_FIRST)
+    throw new RangeError(`peer seq must be an integer in ${PEER_SEQ_FIRST}..${PEER_FRAME_SEQ_MAX}, got ${seq}`);
   const out = new Uint8Array(FRAME_TYPE_FIELD_BYTES + SEQ_FIELD_BYTES);
   out[0] = type;
   new DataView(out.buffer).setBigUint64(FRAME_TYPE_FIELD_BYTES, BigInt(seq), false);

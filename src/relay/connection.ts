@@ -26,7 +26,14 @@ import { concatByteList } from "../crypto/encoding.ts";
 import { ClientClosedError, ClientError, describeError, SubscriptionEndedError } from "../client/errors.ts";
 import { InOrder, type Settled } from "../client/in-order.ts";
 import type { EventAck, Publisher } from "../client/publisher.ts";
-import { eventSeq, type BatchHandler, type ReceivedBatch, type SubscribeOptions, type Subscription, type SubscriptionSignal } from "../client/subscription.ts";
+import {
+  eventSeq,
+  type BatchHandler,
+  type ReceivedBatch,
+  type SubscribeOptions,
+  type Subscription,
+  type SubscriptionSignal,
+} from "../client/subscription.ts";
 import { formatPublicKey } from "../crypto/keys.ts";
 import { WriteQueue } from "../net/write-queue.ts";
 import { SUB_END_CODES, type ErrorCode, type SubEndCode } from "../../wire/types.ts";
@@ -354,7 +361,16 @@ export class RelayConnection {
       this.answer({ line: errLine("OVERLOADED", `${this.subs.size} subscriptions open on this connection; at most ${subsMax}`) });
       return;
     }
-    const sub: RelaySub = { tag, subscription: null, closed: false, answered: false, held: [], heldBytes: 0, pendingEnd: null, trimmedOldest: null };
+    const sub: RelaySub = {
+      tag,
+      subscription: null,
+      closed: false,
+      answered: false,
+      held: [],
+      heldBytes: 0,
+      pendingEnd: null,
+      trimmedOldest: null,
+    };
     this.subs.set(tag, sub);
     const onSignal = (signal: SubscriptionSignal): void => this.onSignal(sub, signal);
     const options: SubscribeOptions = from === null ? { onSignal } : { from, onSignal };
@@ -535,7 +551,8 @@ export class RelayConnection {
   /** Reads while commands can run and the client reads its answers; pauses otherwise. */
   private updateFlow(): void {
     if (this.state === "closed") return;
-    const pause = this.inboxBytes > 0 || this.backlogAt < this.backlog.length || this.queuedBytes() > this.backend.limits.readPauseOutboundBytes;
+    const pause =
+      this.inboxBytes > 0 || this.backlogAt < this.backlog.length || this.queuedBytes() > this.backend.limits.readPauseOutboundBytes;
     if (pause === this.paused) return;
     this.paused = pause;
     if (pause) this.socket.pause();
@@ -627,4 +644,3 @@ function endFor(error: unknown, trimmedOldest: number | null): { code: SubEndCod
   // No SUB_END code names an unexpected failure; the reason says what it was.
   return { code: "SHUTDOWN", reason: describeError(error) };
 }
-

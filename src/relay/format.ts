@@ -77,6 +77,7 @@ export function eventBytes(header: EventHeader, payload: Uint8Array): Uint8Array
  */
 export function oneLineReason(reason: string): string {
   // C0 controls and DEL would break the line, or do things to the reader's terminal.
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
   const flat = reason.replace(/[\u0000-\u001f\u007f]+/g, " ").trim();
   if (encoder.encode(flat).byteLength <= REASON_BYTES_MAX) return flat;
   let cut = flat.slice(0, REASON_BYTES_MAX);

@@ -9,4 +9,12 @@ export { RelayConnection, errorLine, type LineSocket, type RelayBackend } from "
 export { RelayServer, RelayListenError, RELAY_STOP_GRACE_MS, RELAY_KEEPALIVE_DELAY_MS, type RelayServerOptions } from "./server.ts";
 export { PublishBytesBudget } from "./publish-bytes.ts";
 export { DEFAULT_RELAY_LIMITS, resolveRelayLimits, type RelayLimits, type ResolvedRelayLimits } from "./limits.ts";
-export { DEFAULT_RELAY_HOST, DEFAULT_RELAY_LISTEN, DEFAULT_RELAY_PORT, isLoopbackHost, parseListenAddress, type ListenAddress, type ListenParse } from "./listen.ts";
+export {
+  DEFAULT_RELAY_HOST,
+  DEFAULT_RELAY_LISTEN,
+  DEFAULT_RELAY_PORT,
+  isLoopbackHost,
+  parseListenAddress,
+  type ListenAddress,
+  type ListenParse,
+} from "./listen.ts";

@@ -27,7 +27,8 @@ export function parseListenAddress(text: string): ListenParse {
   if (match === null) return { ok: false, reason: `expected HOST:PORT or [IPV6]:PORT, got ${JSON.stringify(text)}` };
   const host = (match[1] ?? match[2]) as string;
   const port = Number(match[3]);
-  if (match[1] !== undefined && isIP(host) !== 6) return { ok: false, reason: `${JSON.stringify(host)} in brackets is not an IPv6 address` };
+  if (match[1] !== undefined && isIP(host) !== 6)
+    return { ok: false, reason: `${JSON.stringify(host)} in brackets is not an IPv6 address` };
   if (port < PORT_MIN || port > PORT_MAX) return { ok: false, reason: `port must be in ${PORT_MIN}..${PORT_MAX}, got ${port}` };
   return { ok: true, address: { host, port } };
 }

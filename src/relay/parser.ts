@@ -385,7 +385,8 @@ function asciiUpper(bytes: Uint8Array): string {
 /** A printable, quoted, shortened rendering of untrusted bytes, for a reason text. */
 function shown(bytes: Uint8Array): string {
   let text = "";
-  for (const byte of bytes.subarray(0, SHOWN_CHARS_MAX)) text += byte >= 0x20 && byte < 0x7f && byte !== 0x22 && byte !== 0x5c ? String.fromCharCode(byte) : "?";
+  for (const byte of bytes.subarray(0, SHOWN_CHARS_MAX))
+    text += byte >= 0x20 && byte < 0x7f && byte !== 0x22 && byte !== 0x5c ? String.fromCharCode(byte) : "?";
   return `"${text}${bytes.byteLength > SHOWN_CHARS_MAX ? "..." : ""}"`;
 }
 
@@ -398,6 +399,7 @@ function refused(code: ErrorCode, reason: string): RelayInput {
 }
 
 function boundOption(name: string, value: number, max: number): number {
-  if (!Number.isSafeInteger(value) || value < 1 || value > max) throw new RangeError(`${name} must be an integer in 1..${max}, got ${value}`);
+  if (!Number.isSafeInteger(value) || value < 1 || value > max)
+    throw new RangeError(`${name} must be an integer in 1..${max}, got ${value}`);
   return value;
 }

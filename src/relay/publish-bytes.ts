@@ -9,7 +9,8 @@ export class PublishBytesBudget {
   private heldBytes = 0;
 
   constructor(readonly bytesMax: number) {
-    if (!Number.isSafeInteger(bytesMax) || bytesMax < 1) throw new RangeError(`publish bytes bound must be a positive integer, got ${bytesMax}`);
+    if (!Number.isSafeInteger(bytesMax) || bytesMax < 1)
+      throw new RangeError(`publish bytes bound must be a positive integer, got ${bytesMax}`);
   }
 
   /** Event bytes of publishes not yet answered. */

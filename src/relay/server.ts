@@ -178,7 +178,9 @@ export class RelayServer {
     const problem = socketPathProblem(path);
     if (problem !== null) throw new RelayListenError(problem);
     try {
-      return withSocketUmask(() => Bun.listen<SocketData>({ unix: path, allowHalfOpen: true, data: { connection: null }, socket: this.handlers() }));
+      return withSocketUmask(() =>
+        Bun.listen<SocketData>({ unix: path, allowHalfOpen: true, data: { connection: null }, socket: this.handlers() }),
+      );
     } catch (error) {
       throw new RelayListenError(listenFailure(path, error));
     }
@@ -200,7 +202,10 @@ export class RelayServer {
   private onOpen(socket: Socket<SocketData>): void {
     socket.data = { connection: null };
     if (this.stopping !== null || this.connections.size >= this.limits.connectionsMax) {
-      const why = this.stopping !== null ? "the relay is stopping" : `${this.connections.size} connections open; at most ${this.limits.connectionsMax}`;
+      const why =
+        this.stopping !== null
+          ? "the relay is stopping"
+          : `${this.connections.size} connections open; at most ${this.limits.connectionsMax}`;
       socket.write(errLine("OVERLOADED", why));
       socket.end();
       return;

@@ -14,7 +14,11 @@ export interface Log {
   error(msg: string, fields?: Record<string, unknown>): void;
 }
 
-export function createLog(base: Record<string, unknown>, minLevel: LogLevel = "info", write: (line: string) => void = (line) => process.stdout.write(line)): Log {
+export function createLog(
+  base: Record<string, unknown>,
+  minLevel: LogLevel = "info",
+  write: (line: string) => void = (line) => process.stdout.write(line),
+): Log {
   const emit = (level: LogLevel, msg: string, fields?: Record<string, unknown>): void => {
     if (LEVEL_RANK[level] < LEVEL_RANK[minLevel]) return;
     write(`${JSON.stringify({ ts: new Date().toISOString(), level, msg, ...base, ...fields })}\n`);

@@ -132,7 +132,10 @@ export class OrderingDriver {
     const coreConfig = coreConfigFor(config, id);
     this.checkpointInterval = coreConfig.checkpointInterval;
     this.partBytes = partBytesFor(config.limits.frameBytesMax);
-    this.keeper = new SnapshotKeeper({ storage, machine, partBytes: this.partBytes, log, metrics, appliedSeq: () => this.appliedSeq }, null);
+    this.keeper = new SnapshotKeeper(
+      { storage, machine, partBytes: this.partBytes, log, metrics, appliedSeq: () => this.appliedSeq },
+      null,
+    );
     const recovered = this.recoverFromDisk();
     this.core = new OrderingCore(coreConfig, crypto, recovered.coreRecords);
     if (this.core.status().lastExecuted !== recovered.lastDecided) {
@@ -350,7 +353,13 @@ export class OrderingDriver {
     this.appliedSeq = head.seq;
     const clients = head.clients ?? [];
     this.keeper.capture(head.seq, clients);
-    this.step({ kind: "snapshotInstalled", seq: head.seq, stateDigest: head.stateDigest, appDigest: head.appDigest ?? new Uint8Array(0), clients });
+    this.step({
+      kind: "snapshotInstalled",
+      seq: head.seq,
+      stateDigest: head.stateDigest,
+      appDigest: head.appDigest ?? new Uint8Array(0),
+      clients,
+    });
     if (this.core.status().lastExecuted < head.seq) {
       // The machine now holds a state the core refused: nothing here can be trusted.
       log.error("the core refused an installed snapshot", { seq: head.seq });

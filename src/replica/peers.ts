@@ -137,7 +137,11 @@ export class PeerMesh {
       this.options.metrics.inc("peer_send_oversized_total");
       if (!this.oversizedReported) {
         this.oversizedReported = true;
-        this.options.log.warn("peer message too large to send; dropped (counted in peer_send_oversized_total)", { peer: to, bytes: msg.length, frameBytesMax: this.options.frameBytesMax });
+        this.options.log.warn("peer message too large to send; dropped (counted in peer_send_oversized_total)", {
+          peer: to,
+          bytes: msg.length,
+          frameBytesMax: this.options.frameBytesMax,
+        });
       }
       return false;
     }
@@ -185,7 +189,7 @@ export class PeerMesh {
           const conn = socket.data.conn;
           if (conn !== null && link.conn === conn) mesh.linkDown(link, "closed");
         },
-        error(socket, error) {
+        error(_socket, error) {
           mesh.options.log.debug("peer link error", { peer: link.peer.id, error: error.message });
         },
         connectError(_socket, error) {
@@ -377,7 +381,11 @@ export class PeerMesh {
       // TCP stream means tampering, the link is closed: the peer reconnects with a fresh
       // handshake (PROTOCOL.md 5.3).
       this.options.metrics.inc("peer_frames_rejected_total");
-      this.options.log.warn("peer frame failed its MAC or sequence check; closing the link", { peer: link.peerId, seq, expected: link.lastSeq + 1 });
+      this.options.log.warn("peer frame failed its MAC or sequence check; closing the link", {
+        peer: link.peerId,
+        seq,
+        expected: link.lastSeq + 1,
+      });
       conn.closeWith({ type: FrameType.ERROR, body: { code: "BAD_MAC", reason: "a peer frame failed its MAC or sequence check" } });
       return;
     }

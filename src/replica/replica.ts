@@ -150,7 +150,11 @@ export class Replica {
     this.mesh.start();
     this.ordering.start();
     const self = this.options.config.replicas[this.options.id];
-    this.options.log.info("replica started", { address: `${self?.host}:${self?.port}`, n: this.options.config.n, f: this.options.config.f });
+    this.options.log.info("replica started", {
+      address: `${self?.host}:${self?.port}`,
+      n: this.options.config.n,
+      f: this.options.config.f,
+    });
   }
 
   stop(): void {
@@ -220,7 +224,10 @@ export class Replica {
     const digest = sha256(signed.body);
     if (!this.rate.take(clientHex, request.span, Date.now())) {
       this.metrics.inc("requests_rate_limited_total");
-      this.reply(session, failure(request.seq, this.options.id, digest, "RATE_LIMITED", "the client's event rate is over its limit; retry later"));
+      this.reply(
+        session,
+        failure(request.seq, this.options.id, digest, "RATE_LIMITED", "the client's event rate is over its limit; retry later"),
+      );
       return;
     }
     this.routeRequest(session, signed, request, clientHex, space, digest, frame.after);
@@ -239,7 +246,8 @@ export class Replica {
     if (request.op.t === "pub") {
       const info = this.machine.channelInfo(request.op.tag);
       if (info === null) {
-        const again = (expired: boolean): void => this.routeRequest(session, signed, request, clientHex, space, digest, expired ? undefined : after);
+        const again = (expired: boolean): void =>
+          this.routeRequest(session, signed, request, clientHex, space, digest, expired ? undefined : after);
         if (this.gate.hold(session.id, after, this.executedSeq, Date.now(), again)) return;
         this.reply(session, this.localFailure(request.seq, digest, "UNKNOWN_CHANNEL", `no channel ${request.op.tag}`));
         return;
@@ -257,7 +265,8 @@ export class Replica {
       // refusal it sends carries `at`, so the client does not count it against the
       // ordered history (PROTOCOL.md 6.3). Execution checks again, in order.
       if (!this.machine.isPublisher(request.op.tag, request.client)) {
-        const again = (expired: boolean): void => this.routeRequest(session, signed, request, clientHex, space, digest, expired ? undefined : after);
+        const again = (expired: boolean): void =>
+          this.routeRequest(session, signed, request, clientHex, space, digest, expired ? undefined : after);
         if (this.gate.hold(session.id, after, this.executedSeq, Date.now(), again)) return;
         this.metrics.inc("requests_refused_total");
         this.reply(session, this.localFailure(request.seq, digest, "UNAUTHORIZED", `publisher is not registered on ${request.op.tag}`));
@@ -270,7 +279,13 @@ export class Replica {
     this.submitOrdered(session, signed, request, space, digest);
   }
 
-  private publishUnordered(session: ClientSession, signed: SignedRequest, request: Request, digest: Uint8Array, after: number | undefined): void {
+  private publishUnordered(
+    session: ClientSession,
+    signed: SignedRequest,
+    request: Request,
+    digest: Uint8Array,
+    after: number | undefined,
+  ): void {
     const outcome = this.machine.acceptUnorderedPublish(signed, request, Date.now());
     const result = outcome.result;
     if (!result.ok) {
@@ -310,7 +325,10 @@ export class Replica {
       case "replay":
         return this.reply(session, failure(request.seq, this.options.id, digest, "REPLAY", "this sequence number was already used"));
       case "too-many":
-        return this.reply(session, failure(request.seq, this.options.id, digest, "RATE_LIMITED", "too many requests in flight on this connection"));
+        return this.reply(
+          session,
+          failure(request.seq, this.options.id, digest, "RATE_LIMITED", "too many requests in flight on this connection"),
+        );
       case "waiting":
         break;
       default: {
@@ -427,7 +445,10 @@ export class Replica {
       session.conn.send({ type: FrameType.QUERY_REPLY, body: { id, replica: this.options.id, ok: true, res, at: this.executedSeq } });
     };
     const refuse = (code: ErrorCode, reason: string): void => {
-      session.conn.send({ type: FrameType.QUERY_REPLY, body: { id, replica: this.options.id, ok: false, code, reason, at: this.executedSeq } });
+      session.conn.send({
+        type: FrameType.QUERY_REPLY,
+        body: { id, replica: this.options.id, ok: false, code, reason, at: this.executedSeq },
+      });
     };
     switch (q) {
       case "status":
@@ -492,7 +513,9 @@ function toJson(value: Canonical): unknown {
   return value;
 }
 
-function channelSummary(info: { tag: string; fault: string; order: string; priority: string; public: boolean }): { [key: string]: Canonical } {
+function channelSummary(info: { tag: string; fault: string; order: string; priority: string; public: boolean }): {
+  [key: string]: Canonical;
+} {
   return { tag: info.tag, fault: info.fault, order: info.order, priority: info.priority, public: info.public };
 }
 

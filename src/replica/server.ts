@@ -240,14 +240,23 @@ export class ReplicaServer {
     this.options.metrics.gauge("client_connections", () => this.clientsByKey.total);
     this.options.metrics.gauge("client_output_bytes", () => this.outputBudget.usedBytes);
     const { clientIdleMsMax, clientStuckMsMax } = this.limits;
-    this.sweepTimer = setInterval(() => this.sweepClients(), Math.max(10, Math.min(1_000, Math.floor(Math.min(clientIdleMsMax, clientStuckMsMax) / 4))));
+    this.sweepTimer = setInterval(
+      () => this.sweepClients(),
+      Math.max(10, Math.min(1_000, Math.floor(Math.min(clientIdleMsMax, clientStuckMsMax) / 4))),
+    );
     this.listener = Bun.listen<{ conn: FramedConn | null }>({
       hostname: this.options.host,
       port: this.options.port,
       data: { conn: null },
       socket: {
         open(socket) {
-          const conn = new FramedConn(socket as Socket<unknown>, server.options.frameBytesMax, CLIENT_OUTBOUND_BYTES_MAX, socket.remoteAddress, () => server.now());
+          const conn = new FramedConn(
+            socket as Socket<unknown>,
+            server.options.frameBytesMax,
+            CLIENT_OUTBOUND_BYTES_MAX,
+            socket.remoteAddress,
+            () => server.now(),
+          );
           socket.data = { conn };
           server.onOpen(conn);
         },
@@ -329,7 +338,10 @@ export class ReplicaServer {
     this.endHandshake(oldest, oldest.state as ConnState);
     oldest.closeWith({
       type: FrameType.ERROR,
-      body: { code: "OVERLOADED", reason: `${this.limits.handshakesMax} connections awaiting authentication; the oldest is closed for a new one` },
+      body: {
+        code: "OVERLOADED",
+        reason: `${this.limits.handshakesMax} connections awaiting authentication; the oldest is closed for a new one`,
+      },
     });
   }
 
@@ -489,7 +501,10 @@ export class ReplicaServer {
       nonce: new Uint8Array(randomBytes(NONCE_BYTES)),
     } as const;
     const transcript = sessionTranscript(hello, unsigned);
-    conn.send({ type: FrameType.HELLO_ACK, body: { ...unsigned, sig: signDomain(this.options.key, DOMAIN_SESSION_RESPONDER, transcript) } });
+    conn.send({
+      type: FrameType.HELLO_ACK,
+      body: { ...unsigned, sig: signDomain(this.options.key, DOMAIN_SESSION_RESPONDER, transcript) },
+    });
     state.clientHello = hello;
     state.transcript = transcript;
     state.phase = "client-auth";
@@ -533,12 +548,18 @@ export class ReplicaServer {
       if (state.phase !== "client" || conn.isClosed) continue;
       if (conn.stalledMs() > clientStuckMsMax) {
         this.options.metrics.inc("clients_stuck_closed_total");
-        this.options.log.info("client closed: it takes none of what is queued for it", { remote: conn.remote, queuedBytes: conn.pendingBytes });
+        this.options.log.info("client closed: it takes none of what is queued for it", {
+          remote: conn.remote,
+          queuedBytes: conn.pendingBytes,
+        });
         conn.close();
       } else if (now - state.receivedMs > clientIdleMsMax) {
         this.options.metrics.inc("clients_idle_closed_total");
         this.options.log.info("client closed: idle", { remote: conn.remote, idleMs: now - state.receivedMs });
-        conn.closeWith({ type: FrameType.ERROR, body: { code: "TIMEOUT", reason: `nothing received for ${clientIdleMsMax} ms; clients PING while idle` } });
+        conn.closeWith({
+          type: FrameType.ERROR,
+          body: { code: "TIMEOUT", reason: `nothing received for ${clientIdleMsMax} ms; clients PING while idle` },
+        });
       }
     }
   }

@@ -214,11 +214,15 @@ class TransferServer {
     if (m.part + m.count > this.partsMax) {
       // Serving it would read (and skip) the whole stored state for nothing.
       options.metrics.inc("state_transfer_serve_refused_total");
-      options.send(from, encodeTransferMessage({ t: "none", seq: m.seq, nonce: m.nonce, reason: `parts beyond ${this.partsMax}, the most any state has` }));
+      options.send(
+        from,
+        encodeTransferMessage({ t: "none", seq: m.seq, nonce: m.nonce, reason: `parts beyond ${this.partsMax}, the most any state has` }),
+      );
       return;
     }
     const held = this.cursors.get(from);
-    const reusable = held !== undefined && held.seq === m.seq && bytesEqual(held.digest, m.digest) && (m.part >= held.next || held.cache.has(m.part));
+    const reusable =
+      held !== undefined && held.seq === m.seq && bytesEqual(held.digest, m.digest) && (m.part >= held.next || held.cache.has(m.part));
     const cursor = reusable ? held : this.open(from, m);
     if (cursor === null) return;
     cursor.lastUsedMs = options.now();
@@ -235,7 +239,10 @@ class TransferServer {
         return;
       }
       if (served === null) return;
-      const sent = options.send(from, encodeTransferMessage({ t: "part", seq: m.seq, nonce: m.nonce, part, data: served.data, end: served.end }));
+      const sent = options.send(
+        from,
+        encodeTransferMessage({ t: "part", seq: m.seq, nonce: m.nonce, part, data: served.data, end: served.end }),
+      );
       if (!sent) return;
       options.metrics.inc("state_transfer_served_bytes_total", served.data.length);
       if (served.end) return;
@@ -248,7 +255,10 @@ class TransferServer {
     const opens = last !== undefined && now - last.sinceMs < CURSOR_IDLE_MS ? last : { count: 0, sinceMs: now };
     if (opens.count >= SERVE_OPENS_PER_PEER_MAX) {
       this.options.metrics.inc("state_transfer_serve_refused_total");
-      this.options.send(from, encodeTransferMessage({ t: "none", seq: m.seq, nonce: m.nonce, reason: "too many restarts of this transfer; ask another replica" }));
+      this.options.send(
+        from,
+        encodeTransferMessage({ t: "none", seq: m.seq, nonce: m.nonce, reason: "too many restarts of this transfer; ask another replica" }),
+      );
       return null;
     }
     opens.count++;
@@ -259,7 +269,15 @@ class TransferServer {
       this.options.send(from, encodeTransferMessage({ t: "none", seq: m.seq, nonce: m.nonce, reason: "state not held here" }));
       return null;
     }
-    const cursor: Cursor = { seq: m.seq, digest: m.digest, source, next: 0, lookahead: undefined, cache: new Map(), lastUsedMs: this.options.now() };
+    const cursor: Cursor = {
+      seq: m.seq,
+      digest: m.digest,
+      source,
+      next: 0,
+      lookahead: undefined,
+      cache: new Map(),
+      lastUsedMs: this.options.now(),
+    };
     this.cursors.set(from, cursor);
     return cursor;
   }
@@ -393,11 +411,15 @@ class TransferFetcher {
    */
   private resumeFromDisk(fetch: Fetch): "fresh" | "resumed" | "ended" {
     const stored = this.resumable;
-    if (stored === null || stored.head.seq !== fetch.target.seq || !bytesEqual(stored.head.stateDigest, fetch.target.stateDigest)) return "fresh";
+    if (stored === null || stored.head.seq !== fetch.target.seq || !bytesEqual(stored.head.stateDigest, fetch.target.stateDigest))
+      return "fresh";
     let last: Uint8Array | null = null;
     for (let part = 0; part < stored.parts; part++) {
       const data = this.options.storage.readPart(stored.head.seq, part);
-      const fits = data !== null && (last === null || last.length === this.options.partBytes) && partProblem(part, data, true, this.options.partBytes, this.partsMax) === null;
+      const fits =
+        data !== null &&
+        (last === null || last.length === this.options.partBytes) &&
+        partProblem(part, data, true, this.options.partBytes, this.partsMax) === null;
       if (!fits || !fetch.reader.push(data).ok) {
         this.restartAttempt(fetch);
         return "resumed";
@@ -521,7 +543,9 @@ class TransferFetcher {
 
   /** Moves to the next trusted source in the target's order and asks it from nextPart. */
   private nextSource(fetch: Fetch): void {
-    const candidates = fetch.target.from.filter((peer) => peer !== this.options.self && !fetch.distrusted.has(peer) && !fetch.unable.has(peer));
+    const candidates = fetch.target.from.filter(
+      (peer) => peer !== this.options.self && !fetch.distrusted.has(peer) && !fetch.unable.has(peer),
+    );
     if (candidates.length === 0) {
       // Every source lied, cannot serve, or is silent: after the next timeout all are
       // asked again (with at most f liars that is the way on, and the core moves the

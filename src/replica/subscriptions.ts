@@ -139,7 +139,14 @@ export class Subscriptions {
     for (const subs of [...this.bySession.values()]) {
       for (const subscription of [...subs.values()]) {
         this.remove(subscription);
-        if (!this.end(subscription.session, subscription.sub, "SLOW", "this replica caught up by state transfer; resubscribe from the next wanted seq")) {
+        if (
+          !this.end(
+            subscription.session,
+            subscription.sub,
+            "SLOW",
+            "this replica caught up by state transfer; resubscribe from the next wanted seq",
+          )
+        ) {
           subscription.session.conn.close();
         }
       }

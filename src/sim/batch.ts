@@ -19,7 +19,10 @@ export interface BatchSpec {
 export function runBatch(spec: BatchSpec, coreFactory?: CoreFactory, onResult?: (r: SeedResult) => void): RunStats {
   const stats = new RunStats();
   for (let seed = spec.start; seed < spec.end; seed += spec.stride) {
-    const r = runSeed(seed, coreFactory === undefined ? { mix: spec.mix, crypto: spec.crypto } : { mix: spec.mix, crypto: spec.crypto, coreFactory });
+    const r = runSeed(
+      seed,
+      coreFactory === undefined ? { mix: spec.mix, crypto: spec.crypto } : { mix: spec.mix, crypto: spec.crypto, coreFactory },
+    );
     stats.add(r);
     onResult?.(r);
   }

@@ -5,7 +5,19 @@
  * small-scope mutations), equivocate, replay or forge. It signs only with its own key:
  * forging another replica's signature is outside the fault model.
  */
-import { batchBytes, type ClientRequest, type Commit, type NewView, NULL_DIGEST, type PeerMessage, type PrePrepare, type ReplicaId, type SignedMessage, signingBytes, type ViewChange } from "../core/ordering/index.ts";
+import {
+  batchBytes,
+  type ClientRequest,
+  type Commit,
+  type NewView,
+  NULL_DIGEST,
+  type PeerMessage,
+  type PrePrepare,
+  type ReplicaId,
+  type SignedMessage,
+  signingBytes,
+  type ViewChange,
+} from "../core/ordering/index.ts";
 import { sha256, type SimKeyring } from "./crypto.ts";
 import type { Prng } from "./prng.ts";
 import type { ByzBehaviour } from "./scenario.ts";
@@ -124,14 +136,28 @@ export class ByzantineReplica {
     const batch = pp.batch as ClientRequest[];
     const alt = alternativeBatch(batch);
     if (alt === null) return false;
-    const altPp = this.resign<PrePrepare>({ t: "PRE_PREPARE", view: pp.view, seq: pp.seq, digest: sha256(batchBytes(alt)), batch: null, sig: pp.sig });
+    const altPp = this.resign<PrePrepare>({
+      t: "PRE_PREPARE",
+      view: pp.view,
+      seq: pp.seq,
+      digest: sha256(batchBytes(alt)),
+      batch: null,
+      sig: pp.sig,
+    });
     const others = this.rng.shuffle(this.others());
     const cut = this.rng.int(1, others.length - 1);
     for (let i = 0; i < others.length; i++) {
       const to = others[i] as ReplicaId;
       const mine = i < cut ? pp : { ...altPp, batch: alt };
       this.ctx.send(to, mine);
-      const commit = this.resign<Commit>({ t: "COMMIT", view: pp.view, seq: pp.seq, digest: mine.digest, replica: this.ctx.id, sig: pp.sig });
+      const commit = this.resign<Commit>({
+        t: "COMMIT",
+        view: pp.view,
+        seq: pp.seq,
+        digest: mine.digest,
+        replica: this.ctx.id,
+        sig: pp.sig,
+      });
       this.ctx.send(to, commit);
     }
     return true;
@@ -153,7 +179,14 @@ export class ByzantineReplica {
       if (executed.length === 0) batch.push(first);
       else batch.unshift(this.rng.pick(executed));
     }
-    const header = this.resign<PrePrepare>({ t: "PRE_PREPARE", view: pp.view, seq: pp.seq, digest: sha256(batchBytes(batch)), batch: null, sig: pp.sig });
+    const header = this.resign<PrePrepare>({
+      t: "PRE_PREPARE",
+      view: pp.view,
+      seq: pp.seq,
+      digest: sha256(batchBytes(batch)),
+      batch: null,
+      sig: pp.sig,
+    });
     return { ...header, batch };
   }
 
@@ -230,7 +263,10 @@ export class ByzantineReplica {
     const to = this.rng.pick(this.others());
     const view = this.highestView + this.rng.int(0, 2);
     const digest = this.rng.bytes(32);
-    this.ctx.send(to, this.resign({ t: "PREPARE", view, seq: FAR_FUTURE + this.rng.int(0, 1000), digest, replica: this.ctx.id, sig: digest }));
+    this.ctx.send(
+      to,
+      this.resign({ t: "PREPARE", view, seq: FAR_FUTURE + this.rng.int(0, 1000), digest, replica: this.ctx.id, sig: digest }),
+    );
     this.ctx.send(to, this.resign({ t: "CHECKPOINT", seq: FAR_FUTURE * 8, digest, replica: this.ctx.id, sig: digest }));
     const vc = this.lastViewChange;
     if (vc !== null && this.rng.chance(0.2)) {

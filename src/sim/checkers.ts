@@ -12,7 +12,14 @@
  * - monotonicity: view and installed view never decrease, h <= lastExecuted.
  */
 import { toHex } from "../../wire/bytes.ts";
-import { batchBytes, type ClientRequest, type CoreConfig, type CoreSizes, type CoreStatus, type ReplicaId } from "../core/ordering/index.ts";
+import {
+  batchBytes,
+  type ClientRequest,
+  type CoreConfig,
+  type CoreSizes,
+  type CoreStatus,
+  type ReplicaId,
+} from "../core/ordering/index.ts";
 import { sha256, type SimKeyring } from "./crypto.ts";
 
 /** Violations recorded per run before the rest are only counted. */
@@ -78,13 +85,17 @@ export class Checker {
     const digest = toHex(sha256(batchBytes(batch)));
     const prior = this.batchAt.get(seq);
     if (prior === undefined) this.batchAt.set(seq, { digest, by: who });
-    else if (prior.digest !== digest) this.violation(`AGREEMENT: seq ${seq}: replica ${who} decided ${digest.slice(0, 12)}, replica ${prior.by} decided ${prior.digest.slice(0, 12)}`);
+    else if (prior.digest !== digest)
+      this.violation(
+        `AGREEMENT: seq ${seq}: replica ${who} decided ${digest.slice(0, 12)}, replica ${prior.by} decided ${prior.digest.slice(0, 12)}`,
+      );
     const expected = dedupe(batch, app.clientLast);
     if (expected.length !== execute.length || expected.some((r, i) => r !== execute[i])) {
       this.violation(`INTEGRITY: replica ${who} seq ${seq}: execute list differs from per-client dedupe of the batch`);
     }
     for (const r of execute) {
-      if (!this.keyring.verifyRequest(r)) this.violation(`VALIDITY: replica ${who} executed an unsigned request ${r.client.slice(0, 8)}:${r.seq}`);
+      if (!this.keyring.verifyRequest(r))
+        this.violation(`VALIDITY: replica ${who} executed an unsigned request ${r.client.slice(0, 8)}:${r.seq}`);
     }
     app.chain = nextChain(app.chain, seq, expected);
     app.lastDecided = seq;
@@ -96,7 +107,10 @@ export class Checker {
     const digest = toHex(sha256(batchBytes(batch)));
     const prior = this.batchAt.get(seq);
     if (prior === undefined) this.batchAt.set(seq, { digest, by: who });
-    else if (prior.digest !== digest) this.violation(`AGREEMENT: seq ${seq}: restarted replica ${who} holds ${digest.slice(0, 12)}, replica ${prior.by} decided ${prior.digest.slice(0, 12)}`);
+    else if (prior.digest !== digest)
+      this.violation(
+        `AGREEMENT: seq ${seq}: restarted replica ${who} holds ${digest.slice(0, 12)}, replica ${prior.by} decided ${prior.digest.slice(0, 12)}`,
+      );
     this.compareChain(who, seq, chain);
   }
 
@@ -130,7 +144,8 @@ export class Checker {
     }
     // h may pass lastExecuted only while the state at h is being fetched (a NEW_VIEW whose
     // stable checkpoint this replica had not reached).
-    if (s.stableSeq > s.lastExecuted && (s.transferTo ?? -1) < s.stableSeq) this.violation(`replica ${s.id} h ${s.stableSeq} above lastExecuted ${s.lastExecuted} with no transfer past it`);
+    if (s.stableSeq > s.lastExecuted && (s.transferTo ?? -1) < s.stableSeq)
+      this.violation(`replica ${s.id} h ${s.stableSeq} above lastExecuted ${s.lastExecuted} with no transfer past it`);
     this.lastStatus.set(life, s);
   }
 

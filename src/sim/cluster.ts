@@ -4,7 +4,21 @@
  * and time moves only when the script ticks. Every Ready each replica returned is kept for
  * inspection.
  */
-import { type ClientRequest, compactRecords, type CoreConfig, type CoreInput, type CoreParameters, type Effect, type FaultMode, makeConfig, OrderingCore, type PeerMessage, type PersistedRecord, type Ready, type ReplicaId } from "../core/ordering/index.ts";
+import {
+  type ClientRequest,
+  compactRecords,
+  type CoreConfig,
+  type CoreInput,
+  type CoreParameters,
+  type Effect,
+  type FaultMode,
+  makeConfig,
+  OrderingCore,
+  type PeerMessage,
+  type PersistedRecord,
+  type Ready,
+  type ReplicaId,
+} from "../core/ordering/index.ts";
 import { dedupe, nextChain } from "./checkers.ts";
 import { requestBody, type SimCryptoKind, SimKeyring } from "./crypto.ts";
 import type { CoreFactory } from "./simulator.ts";
@@ -69,7 +83,10 @@ export class ManualCluster {
     this.keyring = new SimKeyring(opts.crypto ?? "ed25519", this.n, opts.clients ?? 4);
     this.factory = opts.factory ?? ((cfg, crypto, restored) => new OrderingCore(cfg, crypto, restored));
     for (let id = 0; id < this.n; id++) {
-      const cfg = makeConfig({ id, n: this.n, f: this.f, mode: opts.mode ?? "bft", clusterId: "cluster-test" }, { ...CLUSTER_PARAMETERS, ...opts.params });
+      const cfg = makeConfig(
+        { id, n: this.n, f: this.f, mode: opts.mode ?? "bft", clusterId: "cluster-test" },
+        { ...CLUSTER_PARAMETERS, ...opts.params },
+      );
       this.cfgs.push(cfg);
       this.cores.push(this.factory(cfg, this.keyring.cryptoFor(id)));
       this.records.push([]);

@@ -14,7 +14,7 @@
  */
 import { bytesEqual, toHex } from "../../wire/bytes.ts";
 import { createPrivateKey, createPublicKey, type KeyObject, sign as edSign, verify as edVerify } from "node:crypto";
-import { type ClientRequest } from "../core/ordering/index.ts";
+import type { ClientRequest } from "../core/ordering/index.ts";
 import { concatBytes } from "../crypto/encoding.ts";
 import type { CoreCrypto, ReplicaId } from "../core/ordering/index.ts";
 
@@ -45,13 +45,11 @@ export class SimKey {
   readonly publicHex: string;
   private readonly priv: KeyObject | null;
   readonly pub: KeyObject | null;
-  private readonly secret: Uint8Array;
 
   constructor(
     readonly kind: SimCryptoKind,
     seed: Uint8Array,
   ) {
-    this.secret = seed;
     if (kind === "ed25519") {
       this.priv = createPrivateKey({ key: Buffer.from(concatBytes(PKCS8_ED25519_PREFIX, seed)), format: "der", type: "pkcs8" });
       this.pub = createPublicKey(this.priv);
@@ -156,7 +154,9 @@ export class SimKeyring {
   }
 
   private verifyWith(pub: Uint8Array, keyObject: KeyObject | null, bytes: Uint8Array, sig: Uint8Array): boolean {
-    const memoKey = Buffer.from(pub.buffer, pub.byteOffset, pub.byteLength).toString("base64") + Buffer.from(sig.buffer, sig.byteOffset, sig.byteLength).toString("base64");
+    const memoKey =
+      Buffer.from(pub.buffer, pub.byteOffset, pub.byteLength).toString("base64") +
+      Buffer.from(sig.buffer, sig.byteOffset, sig.byteLength).toString("base64");
     const known = this.memo.get(memoKey);
     if (known !== undefined && bytesEqual(known.bytes, bytes)) return known.ok;
     this.verifications++;

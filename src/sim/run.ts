@@ -27,10 +27,19 @@ interface Args {
   trace: boolean;
 }
 
-const USAGE = "usage: bun src/sim/run.ts --seeds N --faults all|crash|byzantine|network|clients|none [--start S] [--workers W] [--crypto ed25519|fast] | --faults MIX --seed N [--trace]";
+const USAGE =
+  "usage: bun src/sim/run.ts --seeds N --faults all|crash|byzantine|network|clients|none [--start S] [--workers W] [--crypto ed25519|fast] | --faults MIX --seed N [--trace]";
 
 function parseArgs(argv: readonly string[]): Args {
-  const args: Args = { seeds: 1000, start: 1, seed: null, faults: "all", workers: Math.min(2, navigator.hardwareConcurrency || 1), crypto: "ed25519", trace: false };
+  const args: Args = {
+    seeds: 1000,
+    start: 1,
+    seed: null,
+    faults: "all",
+    workers: Math.min(2, navigator.hardwareConcurrency || 1),
+    crypto: "ed25519",
+    trace: false,
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = (): string => {
@@ -94,7 +103,9 @@ function replayOne(args: Args, seed: number): number {
   const r = runSeed(seed, { mix: args.faults, crypto: args.crypto, trace: args.trace });
   console.log(`seed ${seed} [${args.faults}] ${r.summary}`);
   if (args.trace) for (const line of r.trace) console.log(`  ${line}`);
-  console.log(`ticks ${r.ticks}, decided ${r.decided}, view-change starts ${r.viewChanges}, recovery ${r.recoveryTicks ?? "none"} ticks after heal`);
+  console.log(
+    `ticks ${r.ticks}, decided ${r.decided}, view-change starts ${r.viewChanges}, recovery ${r.recoveryTicks ?? "none"} ticks after heal`,
+  );
   if (r.violationCount === 0) {
     console.log("no violations");
     return 0;

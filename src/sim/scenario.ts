@@ -28,8 +28,20 @@ export type ByzBehaviour =
   | "forget"; // restarts with no state (Twins' lost-state case)
 
 export const BYZ_BEHAVIOURS: readonly ByzBehaviour[] = [
-  "mute", "omit", "equivocate", "stuff", "corrupt", "wrongsig", "stale", "byzzfuzz",
-  "badproposal", "nvforge", "flood", "slow", "twins", "forget",
+  "mute",
+  "omit",
+  "equivocate",
+  "stuff",
+  "corrupt",
+  "wrongsig",
+  "stale",
+  "byzzfuzz",
+  "badproposal",
+  "nvforge",
+  "flood",
+  "slow",
+  "twins",
+  "forget",
 ];
 
 export type ClientFault = "badsig" | "replay" | "flood" | "equivocate" | "gap";
@@ -201,8 +213,7 @@ function addByzantine(s: Scenario, rng: Prng, forced: ByzBehaviour[] | undefined
     // Replica 0 leads view 0: make it the Byzantine one often, so leader attacks happen early.
     const id = forcedId ?? (i === 0 && rng.chance(0.5) ? 0 : (ids[i] as number));
     if (s.byzantine.some((b) => b.id === id)) continue;
-    const behaviours =
-      forced ?? rng.shuffle([...BYZ_BEHAVIOURS]).slice(0, rng.int(1, 3));
+    const behaviours = forced ?? rng.shuffle([...BYZ_BEHAVIOURS]).slice(0, rng.int(1, 3));
     s.byzantine.push({ id, behaviours });
   }
   return s.byzantine.length;

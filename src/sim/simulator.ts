@@ -10,7 +10,25 @@
  * clock and one seeded schedule; the parts that stand alone (network, Byzantine replicas,
  * checkers, crypto) are in their own files.
  */
-import { type ClientRequest, type ClientTableExport, compactRecords, type CoreConfig, type CoreCrypto, type CoreInput, type Effect, leaderOf, makeConfig, OrderingCore, type PeerMessage, type PersistedRecord, type Ready, type ReplicaId, requestKey, validatePeerMessage, weakQuorum } from "../core/ordering/index.ts";
+import {
+  type ClientRequest,
+  type ClientTableExport,
+  compactRecords,
+  type CoreConfig,
+  type CoreCrypto,
+  type CoreInput,
+  type Effect,
+  leaderOf,
+  makeConfig,
+  OrderingCore,
+  type PeerMessage,
+  type PersistedRecord,
+  type Ready,
+  type ReplicaId,
+  requestKey,
+  validatePeerMessage,
+  weakQuorum,
+} from "../core/ordering/index.ts";
 import { ByzantineReplica } from "./byzantine.ts";
 import { type AppState, Checker, dedupe, genesisApp, nextChain } from "./checkers.ts";
 import { requestBody, type SimCryptoKind, type SimKey, SimKeyring } from "./crypto.ts";
@@ -519,7 +537,11 @@ class Simulation {
             // Far beyond the window: refused before any signature check, so not worth signing.
             const seq = next + 1000 + this.clientRng.int(0, 10_000);
             const body = requestBody(key, seq, 1, this.clientRng.bytes(4));
-            this.clientSend(this.clientRng.int(0, s.n - 1), { client: key.publicHex, seq, span: 1, body, sig: this.clientRng.bytes(64) }, true);
+            this.clientSend(
+              this.clientRng.int(0, s.n - 1),
+              { client: key.publicHex, seq, span: 1, body, sig: this.clientRng.bytes(64) },
+              true,
+            );
           }
           if (this.clientRng.chance(0.05)) {
             this.sendToAll(this.makeRequest(key, next, 1), true);
@@ -602,7 +624,9 @@ class Simulation {
     }
     if (this.checker.violationCount === 0 && this.doneAt === null) {
       const missing = [...this.requests.values()].filter((r) => r.decidedAt === null).length;
-      this.checker.violation(`LIVENESS: not every correct request was decided everywhere ${s.deadline - s.healAt} ticks after heal (${missing} not decided by f+1)`);
+      this.checker.violation(
+        `LIVENESS: not every correct request was decided everywhere ${s.deadline - s.healAt} ticks after heal (${missing} not decided by f+1)`,
+      );
     }
     const latencies: number[] = [];
     for (const cr of this.requests.values()) if (cr.decidedAt !== null) latencies.push(cr.decidedAt - cr.submittedAt);
@@ -636,7 +660,8 @@ export function describe(s: Scenario): string {
   if (s.dupRate > 0) parts.push(`dup=${s.dupRate}`);
   if (s.maxDelayPre > 5) parts.push(`delay<=${s.maxDelayPre}`);
   for (const p of s.partitions) parts.push(`${p.kind}@${p.start}-${p.end}`);
-  for (const c of s.crashes) parts.push(`crash ${c.replica}@${c.at}${c.restartAt === null ? "" : `-${c.restartAt}`}${c.midStep ? "*" : ""}`);
+  for (const c of s.crashes)
+    parts.push(`crash ${c.replica}@${c.at}${c.restartAt === null ? "" : `-${c.restartAt}`}${c.midStep ? "*" : ""}`);
   for (const b of s.byzantine) parts.push(`byz ${b.id}:${b.behaviours.join("+")}`);
   if (s.clientFaults.length > 0) parts.push(`clients:${s.clientFaults.join("+")}`);
   return parts.join(" ");

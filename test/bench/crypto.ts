@@ -51,11 +51,26 @@ function benchSize(messageBytes: number): void {
   let sink = 0;
 
   console.log(`\n${messageBytes}-byte messages`);
-  report("ed25519 sign    native", measure(() => (sink ^= sign(key, message)[0]!)));
-  report("ed25519 verify  native", measure(() => (sink ^= verify(key.publicKey, message, signature) ? 1 : 0)));
-  report("ed25519 sign    @noble/ed25519", measure(() => (sink ^= noble.sign(message, seed)[0]!)));
-  report("ed25519 verify  @noble/ed25519", measure(() => (sink ^= noble.verify(signature, message, key.publicKey) ? 1 : 0)));
-  report("HMAC-SHA-256 frame MAC  native", measure(() => (sink ^= macFrame(macKey, FrameType.PEER, 1, message)[0]!)));
+  report(
+    "ed25519 sign    native",
+    measure(() => (sink ^= sign(key, message)[0]!)),
+  );
+  report(
+    "ed25519 verify  native",
+    measure(() => (sink ^= verify(key.publicKey, message, signature) ? 1 : 0)),
+  );
+  report(
+    "ed25519 sign    @noble/ed25519",
+    measure(() => (sink ^= noble.sign(message, seed)[0]!)),
+  );
+  report(
+    "ed25519 verify  @noble/ed25519",
+    measure(() => (sink ^= noble.verify(signature, message, key.publicKey) ? 1 : 0)),
+  );
+  report(
+    "HMAC-SHA-256 frame MAC  native",
+    measure(() => (sink ^= macFrame(macKey, FrameType.PEER, 1, message)[0]!)),
+  );
   // Using the result keeps the work from being optimized away.
   if (sink === -1) console.log("unreachable");
 }

@@ -49,7 +49,10 @@ async function buildState(publisher: FitbClient): Promise<number> {
   await Promise.all(
     Array.from({ length: PUBLISHERS }, async () => {
       for (let r = next++; r < requests; r = next++) {
-        await publisher.publish(TAG, Array.from({ length: EVENTS_PER_REQUEST }, (_, i) => payload(r, i)));
+        await publisher.publish(
+          TAG,
+          Array.from({ length: EVENTS_PER_REQUEST }, (_, i) => payload(r, i)),
+        );
         published += EVENTS_PER_REQUEST;
         if (r % 100 === 0) process.stderr.write(`\r  published ${published} events`);
       }
@@ -57,7 +60,9 @@ async function buildState(publisher: FitbClient): Promise<number> {
   );
   const seconds = (performance.now() - started) / 1000;
   process.stderr.write("\n");
-  console.log(`state: ${published} events in ${requests} requests, built in ${seconds.toFixed(1)} s (${Math.round(published / seconds)} events/s)`);
+  console.log(
+    `state: ${published} events in ${requests} requests, built in ${seconds.toFixed(1)} s (${Math.round(published / seconds)} events/s)`,
+  );
   return published;
 }
 
@@ -68,7 +73,11 @@ async function measureCatchUp(cluster: TestCluster, admin: FitbClient, publisher
   const recoveredBefore = logLines(cluster, id, "recovered from the data directory").length;
   const started = performance.now();
   cluster.start(id);
-  await waitFor("recovery from disk", () => logLines(cluster, id, "recovered from the data directory").length > recoveredBefore, CATCH_UP_MS_MAX);
+  await waitFor(
+    "recovery from disk",
+    () => logLines(cluster, id, "recovered from the data directory").length > recoveredBefore,
+    CATCH_UP_MS_MAX,
+  );
   const recoveredMs = performance.now() - started;
   await waitFor(
     "catch-up",
@@ -84,9 +93,13 @@ async function measureCatchUp(cluster: TestCluster, admin: FitbClient, publisher
   await waitConverged(admin, [0, 1, 2, 3], CATCH_UP_MS_MAX);
   const recovery = logLines(cluster, id, "recovered from the data directory").at(-1) ?? {};
   console.log(`\n${what}: replica ${id}`);
-  console.log(`  rebuilt from disk in      ${recovery.ms} ms (base snapshot at ${recovery.baseSnapshot}, ${recovery.replayedDecisions} decisions replayed, ${recoveredMs.toFixed(0)} ms after spawn)`);
+  console.log(
+    `  rebuilt from disk in      ${recovery.ms} ms (base snapshot at ${recovery.baseSnapshot}, ${recovery.replayedDecisions} decisions replayed, ${recoveredMs.toFixed(0)} ms after spawn)`,
+  );
   for (const t of logLines(cluster, id, "state transfer completed")) {
-    console.log(`  state transfer            ${t.bytes} bytes in ${t.parts} parts, ${t.ms} ms = ${t.mbPerSecond} MB/s (checkpoint ${t.seq}, from replica ${String(t.sources)})`);
+    console.log(
+      `  state transfer            ${t.bytes} bytes in ${t.parts} parts, ${t.ms} ms = ${t.mbPerSecond} MB/s (checkpoint ${t.seq}, from replica ${String(t.sources)})`,
+    );
   }
   console.log(`  caught up with the group  ${caughtUpMs.toFixed(0)} ms after spawn`);
 }

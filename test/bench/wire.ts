@@ -28,13 +28,26 @@ const SHAPES: Shape[] = [
 
 function request(shape: Shape, seq: number): Request {
   const events = Array.from({ length: shape.eventsPerRequest }, (_, i) => new Uint8Array(shape.eventBytes).fill(i & 0xff));
-  return { v: 1, client: new Uint8Array(32).fill(7), seq, span: events.length, ts: 1_767_225_600_000, op: { t: "pub", tag: "net.links", events } };
+  return {
+    v: 1,
+    client: new Uint8Array(32).fill(7),
+    seq,
+    span: events.length,
+    ts: 1_767_225_600_000,
+    op: { t: "pub", tag: "net.links", events },
+  };
 }
 
 function eventsFrame(shape: Shape, seq: number): Frame {
   return {
     type: FrameType.EVENTS,
-    body: { sub: 1, tag: "net.links", seq, req: { body: encodeRequestBody(request(shape, seq)), sig: new Uint8Array(64).fill(9) }, replica: 0 },
+    body: {
+      sub: 1,
+      tag: "net.links",
+      seq,
+      req: { body: encodeRequestBody(request(shape, seq)), sig: new Uint8Array(64).fill(9) },
+      replica: 0,
+    },
   };
 }
 
@@ -72,7 +85,8 @@ function report(label: string, passesPerSecond: number, framesPerPass: number, e
   const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
   console.log(
     `  ${label.padEnd(34)} ${fmt(frames).padStart(12)} frames/s ${fmt(frames * eventsPerFrame).padStart(13)} events/s ${(
-      (passesPerSecond * bytesPerPass) / 1e6
+      (passesPerSecond * bytesPerPass) /
+      1e6
     )
       .toFixed(0)
       .padStart(6)} MB/s`,
@@ -87,14 +101,48 @@ function main(): void {
     console.log(`${shape.name} (${(bytes.length / FRAMES_IN_STREAM).toFixed(0)} B per EVENTS frame)`);
     const n = FRAMES_IN_STREAM;
     const e = shape.eventsPerRequest;
-    report("framing only", rate(seconds, () => pushInChunks(bytes, () => {})), n, e, bytes.length);
-    report("framing + frame schema", rate(seconds, () => pushInChunks(bytes, (t, p) => checkOk(decodeFrameBody(t, p).ok))), n, e, bytes.length);
-    report("framing + schema + request body", rate(seconds, () => pushInChunks(bytes, decodeFull)), n, e, bytes.length);
+    report(
+      "framing only",
+      rate(seconds, () => pushInChunks(bytes, () => {})),
+      n,
+      e,
+      bytes.length,
+    );
+    report(
+      "framing + frame schema",
+      rate(seconds, () => pushInChunks(bytes, (t, p) => checkOk(decodeFrameBody(t, p).ok))),
+      n,
+      e,
+      bytes.length,
+    );
+    report(
+      "framing + schema + request body",
+      rate(seconds, () => pushInChunks(bytes, decodeFull)),
+      n,
+      e,
+      bytes.length,
+    );
     const frame = eventsFrame(shape, 1);
     const frameBytes = encodeTypedFrame(frame).length;
-    report("encode EVENTS frame", rate(seconds, () => { for (let i = 0; i < 100; i++) encodeTypedFrame(frame); }), 100, e, 100 * frameBytes);
+    report(
+      "encode EVENTS frame",
+      rate(seconds, () => {
+        for (let i = 0; i < 100; i++) encodeTypedFrame(frame);
+      }),
+      100,
+      e,
+      100 * frameBytes,
+    );
     const body = request(shape, 1);
-    report("encode request body (canonical)", rate(seconds, () => { for (let i = 0; i < 100; i++) encodeCanonical(body as never); }), 100, e, 100 * frameBytes);
+    report(
+      "encode request body (canonical)",
+      rate(seconds, () => {
+        for (let i = 0; i < 100; i++) encodeCanonical(body as never);
+      }),
+      100,
+      e,
+      100 * frameBytes,
+    );
   }
 }
 

@@ -61,7 +61,10 @@ describe("a Byzantine replica serving forged events", () => {
     // 2. The publisher's identity claimed, signed by another key.
     forgeries.push({ seq: 1, req: signedBy(attacker, { ...base, op: { t: "pub", tag, events: [encode("FORGED identity")] } }) });
     // 3. Validly signed by a key that was never registered on the channel.
-    forgeries.push({ seq: 1, req: signedBy(attacker, { ...base, client: attacker.publicKey, op: { t: "pub", tag, events: [encode("FORGED unregistered")] } }) });
+    forgeries.push({
+      seq: 1,
+      req: signedBy(attacker, { ...base, client: attacker.publicKey, op: { t: "pub", tag, events: [encode("FORGED unregistered")] } }),
+    });
   }
 
   for (const tag of ["sec.alerts", "sec.ids"] as const) {

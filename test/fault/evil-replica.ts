@@ -63,9 +63,17 @@ export function startEvilReplica(options: {
     switch (frame.type) {
       case FrameType.HELLO: {
         if (frame.body.role !== "client") return void socket.end();
-        const unsigned = { v: PROTOCOL_VERSION, replica: options.id, key: options.key.publicKey, nonce: new Uint8Array(randomBytes(32)) } as const;
+        const unsigned = {
+          v: PROTOCOL_VERSION,
+          replica: options.id,
+          key: options.key.publicKey,
+          nonce: new Uint8Array(randomBytes(32)),
+        } as const;
         const transcript = sessionTranscript(frame.body, unsigned);
-        send(socket, { type: FrameType.HELLO_ACK, body: { ...unsigned, sig: signDomain(options.key, DOMAIN_SESSION_RESPONDER, transcript) } });
+        send(socket, {
+          type: FrameType.HELLO_ACK,
+          body: { ...unsigned, sig: signDomain(options.key, DOMAIN_SESSION_RESPONDER, transcript) },
+        });
         return;
       }
       case FrameType.SUBSCRIBE: {
@@ -79,7 +87,10 @@ export function startEvilReplica(options: {
       }
       case FrameType.QUERY: {
         // Lies about everything it is asked; voting must see through it.
-        send(socket, { type: FrameType.QUERY_REPLY, body: { id: frame.body.id, replica: options.id, ok: false, code: "INTERNAL", reason: "evil" } });
+        send(socket, {
+          type: FrameType.QUERY_REPLY,
+          body: { id: frame.body.id, replica: options.id, ok: false, code: "INTERNAL", reason: "evil" },
+        });
         return;
       }
       case FrameType.PING:

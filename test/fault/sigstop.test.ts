@@ -90,7 +90,15 @@ describe("a replica resumed after SIGSTOP", () => {
       const perStream = Math.ceil(REQUESTS / STREAMS);
       const frozenStreams = await Promise.all(
         Array.from({ length: STREAMS }, (_, s) =>
-          publishStream(publisher, "sec.alerts", `frozen${s}`, (r) => r < perStream || driving, EVENTS_PER_REQUEST, () => undefined, EVENT_BYTES),
+          publishStream(
+            publisher,
+            "sec.alerts",
+            `frozen${s}`,
+            (r) => r < perStream || driving,
+            EVENTS_PER_REQUEST,
+            () => undefined,
+            EVENT_BYTES,
+          ),
         ),
       );
       await moved;

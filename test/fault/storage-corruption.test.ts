@@ -13,7 +13,16 @@ import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, createChannels } from "../integration/client-util.ts";
-import { catchUpUnderTraffic, checkTotalOrder, dataDirOf, historyByCli, killAndWait, logLines, publishStream, waitConverged } from "../integration/durability-history.ts";
+import {
+  catchUpUnderTraffic,
+  checkTotalOrder,
+  dataDirOf,
+  historyByCli,
+  killAndWait,
+  logLines,
+  publishStream,
+  waitConverged,
+} from "../integration/durability-history.ts";
 import { startCluster, type TestCluster } from "../integration/harness.ts";
 
 const CONVERGE_MS = 60_000;
@@ -78,7 +87,13 @@ describe("a damaged store", () => {
       cluster.start(truncated);
 
       const trickled = await catchUpUnderTraffic(cluster, admin, publisher, "sec.alerts", [flipped, truncated], CONVERGE_MS);
-      await waitFor("the damage to be reported", () => logLines(cluster, flipped, "storage corruption detected").length > 0 && logLines(cluster, truncated, "storage corruption detected").length > 0, 10_000);
+      await waitFor(
+        "the damage to be reported",
+        () =>
+          logLines(cluster, flipped, "storage corruption detected").length > 0 &&
+          logLines(cluster, truncated, "storage corruption detected").length > 0,
+        10_000,
+      );
       expect(logLines(cluster, flipped, "storage corruption detected").map((line) => line.table)).toContain("decided");
       expect(logLines(cluster, truncated, "storage corruption detected")[0]?.reason).toMatch(/unreadable/);
       const recovered = logLines(cluster, truncated, "recovered from the data directory").at(-1);

@@ -104,16 +104,28 @@ describe("a four-replica cluster", () => {
     await admin.admin({ t: "register", tag: "sec.alerts", role: "publisher", key: adminPub });
     let offsetMs = 10 * 60_000;
     const setup = loadClientSetup(cluster.configPath, cluster.adminKey);
-    const probe = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 20_000 }, now: () => Date.now() + offsetMs });
+    const probe = new FitbClient({
+      config: setup.config,
+      key: setup.key,
+      timeouts: { requestMs: 20_000 },
+      now: () => Date.now() + offsetMs,
+    });
     probe.start();
     others.push(probe);
-    const refusal = (payload: string) => probe.publish("sec.alerts", [encode(payload)]).then(() => null, (error: Error & { code?: string }) => error);
+    const refusal = (payload: string) =>
+      probe.publish("sec.alerts", [encode(payload)]).then(
+        () => null,
+        (error: Error & { code?: string }) => error,
+      );
     const future = await refusal("from the future");
     expect(future?.code).toBe("BAD_REQUEST");
     expect(future?.message).toMatch(/600 s ahead of this replica's clock/);
     // Unordered channels too: live subscribers tell a replayed old event by its time.
     await admin.admin({ t: "register", tag: "net.links", role: "publisher", key: adminPub });
-    const unordered = await probe.publish("net.links", [encode("from the future")]).then(() => null, (error: Error & { code?: string }) => error);
+    const unordered = await probe.publish("net.links", [encode("from the future")]).then(
+      () => null,
+      (error: Error & { code?: string }) => error,
+    );
     expect(unordered?.code).toBe("BAD_REQUEST");
     offsetMs = -60 * 60_000;
     const past = await refusal("from the past");
@@ -160,13 +172,29 @@ describe("a four-replica cluster", () => {
       { id: 1, host: replica.host, port: replica.port, publicKey: replica.publicKey },
       key,
       { onReady() {}, onFrame: (_c, frame) => frames.push(frame), onDown() {} },
-      { frameBytesMax: 1 << 20, outboundBytesMax: 1 << 20, sessionTimeoutMs: 5_000, pingIntervalMs: 5_000, idleTimeoutMs: 20_000, backoff: DEFAULT_BACKOFF, random: Math.random, now: Date.now },
+      {
+        frameBytesMax: 1 << 20,
+        outboundBytesMax: 1 << 20,
+        sessionTimeoutMs: 5_000,
+        pingIntervalMs: 5_000,
+        idleTimeoutMs: 20_000,
+        backoff: DEFAULT_BACKOFF,
+        random: Math.random,
+        now: Date.now,
+      },
     );
     connection.start();
     try {
       await waitFor("the session", () => connection.isReady);
       const requests = [1, 2, 3].map((seq) => {
-        const body = encodeRequestBody({ v: 1, client: key.publicKey, seq, span: 1, ts: Date.now(), op: { t: "pub", tag: "storage.disks", events: [encode(`retransmit ${seq}`)] } });
+        const body = encodeRequestBody({
+          v: 1,
+          client: key.publicKey,
+          seq,
+          span: 1,
+          ts: Date.now(),
+          op: { t: "pub", tag: "storage.disks", events: [encode(`retransmit ${seq}`)] },
+        });
         return { type: FrameType.REQUEST, body: { body, sig: sign(key, requestSigningInput(body)), after } } as const;
       });
       const replies = (seq: number) => frames.filter((f) => f.type === FrameType.REPLY && f.body.seq === seq);
@@ -194,12 +222,28 @@ describe("a four-replica cluster", () => {
       { id: 0, host: replica.host, port: replica.port, publicKey: replica.publicKey },
       sessionKey,
       { onReady() {}, onFrame: (_c, frame) => frames.push(frame), onDown() {} },
-      { frameBytesMax: 1 << 20, outboundBytesMax: 1 << 20, sessionTimeoutMs: 5_000, pingIntervalMs: 5_000, idleTimeoutMs: 20_000, backoff: DEFAULT_BACKOFF, random: Math.random, now: Date.now },
+      {
+        frameBytesMax: 1 << 20,
+        outboundBytesMax: 1 << 20,
+        sessionTimeoutMs: 5_000,
+        pingIntervalMs: 5_000,
+        idleTimeoutMs: 20_000,
+        backoff: DEFAULT_BACKOFF,
+        random: Math.random,
+        now: Date.now,
+      },
     );
     connection.start();
     try {
       await waitFor("the session", () => connection.isReady);
-      const body = encodeRequestBody({ v: 1, client: otherKey.publicKey, seq: 1, span: 1, ts: Date.now(), op: { t: "pub", tag: "net.links", events: [encode("x")] } });
+      const body = encodeRequestBody({
+        v: 1,
+        client: otherKey.publicKey,
+        seq: 1,
+        span: 1,
+        ts: Date.now(),
+        op: { t: "pub", tag: "net.links", events: [encode("x")] },
+      });
       connection.send({ type: FrameType.REQUEST, body: { body, sig: sign(otherKey, requestSigningInput(body)) } });
       await waitFor("a REPLY", () => frames.some((f) => f.type === FrameType.REPLY));
       const reply = frames.find((f) => f.type === FrameType.REPLY);
@@ -211,7 +255,13 @@ describe("a four-replica cluster", () => {
 });
 
 /** Publishes `count` single-event requests to `tag`, one at a time, returning the acked payloads with their seqs. */
-async function publishStream(client: FitbClient, tag: string, prefix: string, count: number, onHalf?: () => void): Promise<Map<string, number>> {
+async function publishStream(
+  client: FitbClient,
+  tag: string,
+  prefix: string,
+  count: number,
+  onHalf?: () => void,
+): Promise<Map<string, number>> {
   const acked = new Map<string, number>();
   for (let i = 0; i < count; i++) {
     if (i === Math.floor(count / 2)) onHalf?.();
@@ -245,7 +295,10 @@ describe("kill -9 of one replica (f = 1)", () => {
         // Live delivery went on through the crash.
         await waitForCount(live.events, total, "live subscriber after the crash");
         // Everything acknowledged is readable from the survivors, at its acknowledged seq, once.
-        for (const [tag, acked] of [["sec.alerts", alerts], ["storage.disks", disks]] as const) {
+        for (const [tag, acked] of [
+          ["sec.alerts", alerts],
+          ["storage.disks", disks],
+        ] as const) {
           const history = await collect(reader, tag, 1);
           await waitForCount(history.events, total, `history of ${tag}`);
           const bySeq = new Map(history.events.map((e) => [e.seq, e.payload]));
@@ -269,16 +322,30 @@ describe("limits from the cluster file", () => {
   test("a flooding publisher is rate limited and other clients are not held up", async () => {
     // One event a second refills the burst in 100 s: however slowly this machine runs,
     // the second request cannot have earned its tokens within the test.
-    const cluster = await startCluster({ limits: { client_events_per_second_max: 1, client_burst_events_max: 100, batch_events_max: 100 } });
+    const cluster = await startCluster({
+      limits: { client_events_per_second_max: 1, client_burst_events_max: 100, batch_events_max: 100 },
+    });
     const admin = clientFor(cluster, cluster.adminKey);
     const flooder = clientFor(cluster, cluster.clientKey);
     try {
       await createChannels(admin, loadPublicKeyFile(`${cluster.clientKey}.pub`));
       await admin.admin({ t: "register", tag: "net.links", role: "publisher", key: loadPublicKeyFile(`${cluster.adminKey}.pub`) });
       // The burst passes; a request beyond it is refused with RATE_LIMITED, not queued.
-      await flooder.publish("net.links", Array.from({ length: 100 }, (_, i) => encode(`flood ${i}`)));
-      const refused = flooder.publish("net.links", Array.from({ length: 100 }, (_, i) => encode(`more ${i}`)));
-      const outcome = await Promise.race([refused.then(() => "acked", (e: Error) => e.message), Bun.sleep(1_500).then(() => "pending")]);
+      await flooder.publish(
+        "net.links",
+        Array.from({ length: 100 }, (_, i) => encode(`flood ${i}`)),
+      );
+      const refused = flooder.publish(
+        "net.links",
+        Array.from({ length: 100 }, (_, i) => encode(`more ${i}`)),
+      );
+      const outcome = await Promise.race([
+        refused.then(
+          () => "acked",
+          (e: Error) => e.message,
+        ),
+        Bun.sleep(1_500).then(() => "pending"),
+      ]);
       expect(outcome).not.toBe("acked");
       // Another key publishes at once.
       const ack = await admin.publish("net.links", [encode("from another key")]);

@@ -24,7 +24,16 @@ test(
   "bun build --compile produces a fitb that runs --help and keygen on its own",
   async () => {
     const binary = join(directory, "fitb");
-    const build = await runIn(ROOT, [process.execPath, "build", "--compile", "--minify", "--sourcemap", "src/cli/main.ts", "--outfile", binary]);
+    const build = await runIn(ROOT, [
+      process.execPath,
+      "build",
+      "--compile",
+      "--minify",
+      "--sourcemap",
+      "src/cli/main.ts",
+      "--outfile",
+      binary,
+    ]);
     expect(build.code).toBe(0);
 
     const help = await runIn(directory, [binary, "--help"]);

@@ -129,7 +129,12 @@ describe("fitb (source entry point)", () => {
     expect((await fitb("cluster", "init", "--replicas", "4", "--dir", dir)).code).toBe(0);
     const path = join(dir, "cluster.toml");
     const text = readFileSync(path, "utf8");
-    writeFileSync(path, text.replace("port = 7101", "port = 0").replace(/key = "ed25519:[^"]+"\n# key_file = "replica-3/, 'key = "ed25519:xyz"\n# key_file = "replica-3'));
+    writeFileSync(
+      path,
+      text
+        .replace("port = 7101", "port = 0")
+        .replace(/key = "ed25519:[^"]+"\n# key_file = "replica-3/, 'key = "ed25519:xyz"\n# key_file = "replica-3'),
+    );
     const result = await fitb("config", "check", path);
     expect(result.code).toBe(1);
     expect(result.stdout).toBe("");

@@ -16,14 +16,23 @@ async function run(argv: string[]): Promise<{ code: number; out: string; err: st
 }
 
 /** Directives every unit must carry (systemd.service(5), systemd.exec(5)). */
-const REQUIRED = ["Type=simple", "Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "WantedBy=multi-user.target"];
+const REQUIRED = [
+  "Type=simple",
+  "Restart=on-failure",
+  "NoNewPrivileges=yes",
+  "ProtectSystem=strict",
+  "PrivateTmp=yes",
+  "WantedBy=multi-user.target",
+];
 
 describe("fitb service unit", () => {
   test("a replica unit runs the replica with its id and keeps data under /var/lib/fitb", async () => {
     const result = await run(["service", "unit", "replica", "--config", "/etc/fitb/cluster.toml", "--id", "2"]);
     expect(result.code).toBe(EXIT_OK);
     for (const directive of REQUIRED) expect(result.out).toContain(directive);
-    expect(result.out).toContain("ExecStart=/usr/local/bin/fitb replica --config /etc/fitb/cluster.toml --id 2 --data /var/lib/fitb/replica-2");
+    expect(result.out).toContain(
+      "ExecStart=/usr/local/bin/fitb replica --config /etc/fitb/cluster.toml --id 2 --data /var/lib/fitb/replica-2",
+    );
     expect(result.out).toContain("StateDirectory=fitb");
     expect(result.out).toContain("User=fitb");
   });
@@ -55,7 +64,10 @@ describe("fitb service unit", () => {
       const binary = process.execPath;
       for (const [name, argv] of [
         ["fitb-replica.service", ["service", "unit", "replica", "--config", "/etc/fitb/cluster.toml", "--id", "0", "--binary", binary]],
-        ["fitb-relay.service", ["service", "unit", "relay", "--config", "/etc/fitb/cluster.toml", "--key", "/etc/fitb/p.key", "--binary", binary]],
+        [
+          "fitb-relay.service",
+          ["service", "unit", "relay", "--config", "/etc/fitb/cluster.toml", "--key", "/etc/fitb/p.key", "--binary", binary],
+        ],
       ] as const) {
         const result = await run([...argv]);
         expect(result.code).toBe(EXIT_OK);

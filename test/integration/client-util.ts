@@ -37,7 +37,11 @@ export interface Delivered {
 }
 
 /** Subscribes and collects delivered events (seq per event, payload as text). */
-export async function collect(client: FitbClient, tag: string, from?: number): Promise<{ events: Delivered[]; close: () => Promise<void> }> {
+export async function collect(
+  client: FitbClient,
+  tag: string,
+  from?: number,
+): Promise<{ events: Delivered[]; close: () => Promise<void> }> {
   const events: Delivered[] = [];
   const decoder = new TextDecoder();
   const subscription = await client.subscribe(tag, from === undefined ? {} : { from }, (batch: ReceivedBatch) => {

@@ -25,7 +25,7 @@ import { sessionTranscript } from "../../wire/session.ts";
 import { DOMAIN_REQUEST, DOMAIN_SESSION_INITIATOR, DOMAIN_SESSION_RESPONDER, FrameType, type ErrorCode } from "../../wire/types.ts";
 import { FitbClient } from "../../src/client/client.ts";
 import { ReplicaConnection, type ConnectionEvents, type ConnectionOptions } from "../../src/client/connection.ts";
-import { ClientError, HandshakeError, NoQuorumError, ReplicaUnreachableError, RequestRejectedError } from "../../src/client/errors.ts";
+import { type ClientError, HandshakeError, NoQuorumError, ReplicaUnreachableError, RequestRejectedError } from "../../src/client/errors.ts";
 import type { ReceivedBatch, SubscriptionSignal } from "../../src/client/subscription.ts";
 import { parseClusterConfig, type ClusterConfig } from "../../src/config/cluster.ts";
 import { signDomain, verifyDomain } from "../../src/crypto/ed25519.ts";
@@ -197,7 +197,12 @@ class TestReplica {
       return;
     }
     const presented = this.script.presentKey ?? this.key;
-    const unsigned = { v: 1 as const, replica: this.script.claimId ?? this.id, key: presented.publicKey, nonce: new Uint8Array(randomBytes(32)) };
+    const unsigned = {
+      v: 1 as const,
+      replica: this.script.claimId ?? this.id,
+      key: presented.publicKey,
+      nonce: new Uint8Array(randomBytes(32)),
+    };
     const sig = signDomain(presented, DOMAIN_SESSION_RESPONDER, sessionTranscript(hello, unsigned));
     if (this.script.badSignature === true) sig[0] = (sig[0] as number) ^ 0xff;
     const ack: HelloAck = { ...unsigned, sig };
@@ -224,7 +229,8 @@ class TestReplica {
     const digest = toHex(sha256(signed.body));
     const copy = (this.requestCopies.get(digest) ?? 0) + 1;
     this.requestCopies.set(digest, copy);
-    const reply = this.script.onRequest !== undefined ? this.script.onRequest(this, request, signed, copy) : this.honestReply(request, signed);
+    const reply =
+      this.script.onRequest !== undefined ? this.script.onRequest(this, request, signed, copy) : this.honestReply(request, signed);
     if (reply !== null) this.send(socket, reply);
   }
 
@@ -268,7 +274,10 @@ class TestReplica {
   private answerQuery(socket: Conn, query: Query): void {
     const answer = this.script.onQuery !== undefined ? this.script.onQuery(this, query) : this.honestAnswer(socket, query);
     if (answer !== null && typeof answer === "object" && "refuse" in answer) {
-      this.send(socket, { type: FrameType.QUERY_REPLY, body: { id: query.id, replica: this.id, ok: false, code: answer.refuse as ErrorCode, reason: answer.reason as string } });
+      this.send(socket, {
+        type: FrameType.QUERY_REPLY,
+        body: { id: query.id, replica: this.id, ok: false, code: answer.refuse as ErrorCode, reason: answer.reason as string },
+      });
       return;
     }
     this.send(socket, { type: FrameType.QUERY_REPLY, body: { id: query.id, replica: this.id, ok: true, res: answer } });
@@ -300,7 +309,10 @@ class TestReplica {
   private onSubscribe(socket: Conn, subscribe: Subscribe): void {
     const channel = this.ledger.channels.get(subscribe.tag);
     if (channel === undefined) {
-      this.send(socket, { type: FrameType.SUB_END, body: { sub: subscribe.sub, replica: this.id, code: "UNKNOWN_CHANNEL", reason: "no such channel" } });
+      this.send(socket, {
+        type: FrameType.SUB_END,
+        body: { sub: subscribe.sub, replica: this.id, code: "UNKNOWN_CHANNEL", reason: "no such channel" },
+      });
       return;
     }
     const next = this.script.subOkNext ?? this.ledger.nextSeq(subscribe.tag);
@@ -350,7 +362,10 @@ function group(scripts: ReplicaScript[] = []): { ledger: SharedLedger; replicas:
 
 function configFor(ports: readonly number[]): ClusterConfig {
   const replicas = ports
-    .map((port, id) => `[[replicas]]\nid = ${id}\nhost = "127.0.0.1"\nport = ${port}\nkey = "${formatPublicKey((replicaKeys[id] as SigningKey).publicKey)}"\n`)
+    .map(
+      (port, id) =>
+        `[[replicas]]\nid = ${id}\nhost = "127.0.0.1"\nport = ${port}\nkey = "${formatPublicKey((replicaKeys[id] as SigningKey).publicKey)}"\n`,
+    )
     .join("\n");
   const text = `name = "wire-test"\nf = 1\nadmin_keys = ["${formatPublicKey(adminKey.publicKey)}"]\n\n${replicas}`;
   const parsed = parseClusterConfig(text, "/virtual/cluster.toml");
@@ -520,7 +535,9 @@ describe("publish", () => {
   });
 
   test("sequence numbers continue after the (f+1)-th highest client-seq answer, whatever one liar says", async () => {
-    const { ledger, replicas, config } = group([{ onQuery: (r, q) => (q.q === "client-seq" ? { last: 1_000_000 } : r.honestAnswer([...r.sockets][0]!, q)) }]);
+    const { ledger, replicas, config } = group([
+      { onQuery: (r, q) => (q.q === "client-seq" ? { last: 1_000_000 } : r.honestAnswer([...r.sockets][0]!, q)) },
+    ]);
     ledger.channels.set("net.links", { fault: "crash", order: "none" });
     for (const replica of replicas.slice(1)) replica.clientSeqOverride = 7;
     const client = await connect(config);
@@ -536,14 +553,23 @@ describe("publish", () => {
     // Another process with the same key already used seqs 1..3, and each replica's first
     // client-seq answer is stale (0); later answers are the truth.
     for (const replica of replicas) {
-      replica.used.set(`${toHex(clientKey.publicKey)}/net.links`, new Map([[1, "other"], [2, "other"], [3, "other"]]));
+      replica.used.set(
+        `${toHex(clientKey.publicKey)}/net.links`,
+        new Map([
+          [1, "other"],
+          [2, "other"],
+          [3, "other"],
+        ]),
+      );
       replica.staleClientSeqAnswers = 1;
       replica.clientSeqOverride = 0;
     }
     const client = await connect(config);
     const ack = await client.publish("net.links", [utf8("mine")]);
     expect(ack.pubSeq).toBe(4);
-    const seqsTried = replicas[0]!.framesOfType(FrameType.REQUEST).map((f) => (decodeRequestBody((f.body as SignedRequest).body) as { ok: true; request: Request }).request.seq);
+    const seqsTried = replicas[0]!
+      .framesOfType(FrameType.REQUEST)
+      .map((f) => (decodeRequestBody((f.body as SignedRequest).body) as { ok: true; request: Request }).request.seq);
     expect(seqsTried).toEqual([1, 4]);
   });
 
@@ -573,7 +599,9 @@ describe("publish", () => {
     expect(error?.code).toBe("TIMEOUT");
     expect(error?.message).toMatch(/answered differently \(.*REPLAY from 1/);
     const seqsTried = new Set(
-      replicas[0]!.framesOfType(FrameType.REQUEST).map((f) => (decodeRequestBody((f.body as SignedRequest).body) as { ok: true; request: Request }).request.seq),
+      replicas[0]!
+        .framesOfType(FrameType.REQUEST)
+        .map((f) => (decodeRequestBody((f.body as SignedRequest).body) as { ok: true; request: Request }).request.seq),
     );
     expect([...seqsTried]).toEqual([1]);
   });
@@ -591,7 +619,9 @@ describe("publish", () => {
     const client = await connect(config);
     const ack = await client.publish("net.links", [utf8("mine")]);
     expect(ack.pubSeq).toBe(2);
-    const seqsTried = replicas[0]!.framesOfType(FrameType.REQUEST).map((f) => (decodeRequestBody((f.body as SignedRequest).body) as { ok: true; request: Request }).request.seq);
+    const seqsTried = replicas[0]!
+      .framesOfType(FrameType.REQUEST)
+      .map((f) => (decodeRequestBody((f.body as SignedRequest).body) as { ok: true; request: Request }).request.seq);
     expect(seqsTried).toEqual([1, 2]);
   });
 
@@ -611,7 +641,9 @@ describe("publish", () => {
   });
 
   test("a silent replica gets the same signed bytes again, and its late answer completes a 2f+1 quorum", async () => {
-    const dropFirst: ReplicaScript = { onRequest: (replica, request, signed, copy) => (copy === 1 ? null : replica.honestReply(request, signed)) };
+    const dropFirst: ReplicaScript = {
+      onRequest: (replica, request, signed, copy) => (copy === 1 ? null : replica.honestReply(request, signed)),
+    };
     const silent: ReplicaScript = { onRequest: () => null };
     const { ledger, replicas, config } = group([{}, {}, dropFirst, silent]);
     ledger.channels.set("net.bulk", { fault: "byzantine", order: "none" });
@@ -659,7 +691,9 @@ describe("publish", () => {
     const error = (await client.publish("net.bulk", [utf8("e")]).catch((e: unknown) => e)) as NoQuorumError;
     expect(error).toBeInstanceOf(NoQuorumError);
     expect(error.code).toBe("TIMEOUT");
-    expect(error.message).toMatch(/^no quorum for publish to net\.bulk \(seq 1\): 2 of 4 replicas answered within 1500 ms, 3 matching needed/);
+    expect(error.message).toMatch(
+      /^no quorum for publish to net\.bulk \(seq 1\): 2 of 4 replicas answered within 1500 ms, 3 matching needed/,
+    );
     expect(error.message).toContain("replica 1 (127.0.0.1:");
     expect(error.message).toContain("): no answer");
   });
@@ -679,7 +713,14 @@ describe("publish", () => {
   test("admin commands use their own seq space and f+1 matching replies", async () => {
     const { replicas, config } = group([{}, {}, {}, { onRequest: () => null }]);
     const client = await connect(config, adminKey);
-    const ack = await client.admin({ t: "create-channel", tag: "sec.alerts", fault: "byzantine", order: "total", priority: "critical", public: false });
+    const ack = await client.admin({
+      t: "create-channel",
+      tag: "sec.alerts",
+      fault: "byzantine",
+      order: "total",
+      priority: "critical",
+      public: false,
+    });
     expect(ack).toMatchObject({ cmd: "create-channel", tag: "sec.alerts" });
     const queries = replicas[0]!.framesOfType(FrameType.QUERY).map((f) => f.body as Query);
     expect(queries.some((q) => q.q === "client-seq" && q.tag === undefined)).toBe(true);
@@ -753,7 +794,10 @@ describe("subscribe", () => {
     await publisher.publish("ops.log", [utf8("1"), utf8("2")]);
     await waitFor("first two", () => got.length === 2);
     for (const replica of replicas) replica.dropConnections();
-    await waitFor("resubscribed", () => subscriber.readyReplicas().length === 4 && replicas.every((r) => r.framesOfType(FrameType.SUBSCRIBE).length >= 2));
+    await waitFor(
+      "resubscribed",
+      () => subscriber.readyReplicas().length === 4 && replicas.every((r) => r.framesOfType(FrameType.SUBSCRIBE).length >= 2),
+    );
     const resumed = replicas.map((r) => (r.framesOfType(FrameType.SUBSCRIBE).at(-1)!.body as Subscribe).from);
     expect(resumed).toEqual([3, 3, 3, 3]);
     await waitFor("publisher back", () => publisher.readyReplicas().length === 4);
@@ -804,7 +848,9 @@ describe("subscribe", () => {
     const subscriber = await connect(config);
     const got: number[] = [];
     const signals: SubscriptionSignal[] = [];
-    await subscriber.subscribe("ops.log", { onSignal: (s) => signals.push(s) }, (batch) => batch.events.forEach((_, i) => got.push(batch.seq! + i)));
+    await subscriber.subscribe("ops.log", { onSignal: (s) => signals.push(s) }, (batch) =>
+      batch.events.forEach((_, i) => got.push(batch.seq! + i)),
+    );
     await publisher.publish("ops.log", [utf8("1"), utf8("2"), utf8("3")]);
     await waitFor("three events", () => got.length === 3);
     const replica = replicas[1]!;

@@ -26,7 +26,10 @@ test("the digests name each shared section that differs, and ignore hosts and po
   const original = requireClusterConfig(cluster.configPath);
   const text = readFileSync(cluster.configPath, "utf8");
   const otherPath = join(cluster.dir, "other.toml");
-  writeFileSync(otherPath, text.replace(/^events_max = \d+/m, "events_max = 1234").replace(/^event_bytes_max = \d+/m, "event_bytes_max = 1000"));
+  writeFileSync(
+    otherPath,
+    text.replace(/^events_max = \d+/m, "events_max = 1234").replace(/^event_bytes_max = \d+/m, "event_bytes_max = 1000"),
+  );
   const other = requireClusterConfig(otherPath);
   expect(configDifferences(configDigests(original), configDigests(other))).toEqual(["[limits]", "[retention]"]);
   const movedPath = join(cluster.dir, "moved.toml");

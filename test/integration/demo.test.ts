@@ -106,7 +106,8 @@ describe("fitb demo", () => {
     expect(run.output.stdout).toContain(`printf 'PUB net.links eth0 down\\n' | nc -q1 127.0.0.1 ${relayPort}`);
     expect(run.output.stdout).toContain(`printf 'SUB net.links\\n' | nc 127.0.0.1 ${relayPort}`);
     expect(run.output.stdout).toMatch(/ pub --config \S+cluster\.toml --key \S+client\.key /);
-    for (const tag of ["net.links", "storage.disks", "sec.ids", "sec.alerts"]) expect(run.output.stderr).toContain(`created channel ${tag}`);
+    for (const tag of ["net.links", "storage.disks", "sec.ids", "sec.alerts"])
+      expect(run.output.stderr).toContain(`created channel ${tag}`);
 
     const sub = await connect(relayPort);
     sub.socket.write("SUB net.links\n");

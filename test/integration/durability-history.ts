@@ -95,12 +95,18 @@ export function checkTotalOrder(streams: readonly Stream[], history: readonly De
       const at = ack.seq === null ? undefined : bySeq.get(ack.seq);
       if (at !== ack.payload) problems.push(`acknowledged ${ack.payload} at seq ${ack.seq} but the history has ${at ?? "nothing"} there`);
     }
-    problems.push(...fifoProblems(stream.prefix, history.map((e) => e.payload)));
+    problems.push(
+      ...fifoProblems(
+        stream.prefix,
+        history.map((e) => e.payload),
+      ),
+    );
   }
   live.forEach((event, i) => {
     const first = live[0] as Delivered;
     if (event.seq !== first.seq + i) problems.push(`live delivery ${i} has seq ${event.seq}, expected ${first.seq + i}`);
-    if (bySeq.get(event.seq) !== event.payload) problems.push(`live delivered ${event.payload} at ${event.seq}, history has ${bySeq.get(event.seq)}`);
+    if (bySeq.get(event.seq) !== event.payload)
+      problems.push(`live delivered ${event.payload} at ${event.seq}, history has ${bySeq.get(event.seq)}`);
   });
   return problems;
 }
@@ -115,7 +121,8 @@ export function checkUnordered(streams: readonly Stream[], delivered: readonly D
   }
   const attempted = new Set(streams.flatMap((s) => [...s.attempted]));
   for (const payload of seen) if (!attempted.has(payload)) problems.push(`${payload} was never published`);
-  for (const stream of streams) for (const ack of stream.acked) if (!seen.has(ack.payload)) problems.push(`acknowledged ${ack.payload} was not delivered`);
+  for (const stream of streams)
+    for (const ack of stream.acked) if (!seen.has(ack.payload)) problems.push(`acknowledged ${ack.payload} was not delivered`);
   return problems;
 }
 
@@ -126,7 +133,10 @@ function fifoProblems(prefix: string, payloads: readonly string[]): string[] {
   for (const payload of payloads) {
     if (!payload.startsWith(`${prefix}-`)) continue;
     const name = payload.split(" ")[0] as string;
-    const [request, index] = name.slice(prefix.length + 1).split(".").map(Number) as [number, number];
+    const [request, index] = name
+      .slice(prefix.length + 1)
+      .split(".")
+      .map(Number) as [number, number];
     const order = request * 1_000_000 + index;
     if (order <= last) problems.push(`${payload} is out of publish order`);
     last = order;
@@ -219,7 +229,21 @@ export async function catchUpUnderTraffic(
  */
 export async function historyByCli(cluster: TestCluster, tag: string, count: number): Promise<Delivered[]> {
   const sub = await cluster.fitb(
-    ["sub", "--config", cluster.configPath, "--key", cluster.clientKey, tag, "--from", "1", "--count", String(count), "--json", "--connect-timeout", "1000"],
+    [
+      "sub",
+      "--config",
+      cluster.configPath,
+      "--key",
+      cluster.clientKey,
+      tag,
+      "--from",
+      "1",
+      "--count",
+      String(count),
+      "--json",
+      "--connect-timeout",
+      "1000",
+    ],
     { timeoutMs: 30_000 },
   );
   if (sub.code !== 0) throw new Error(`fitb sub exited ${sub.code}: ${sub.stderr.trim()}`);
@@ -245,7 +269,12 @@ export function logLines(cluster: TestCluster, id: number, msg: string): Record<
 }
 
 /** Publishes one small event every `intervalMs` until stopped: traffic that lets a lagging replica see how far behind it is. */
-export function trickle(client: FitbClient, tag: string, prefix: string, intervalMs: number): { stream: Stream; stop: () => Promise<void> } {
+export function trickle(
+  client: FitbClient,
+  tag: string,
+  prefix: string,
+  intervalMs: number,
+): { stream: Stream; stop: () => Promise<void> } {
   const stream: Stream = { tag, prefix, acked: [], attempted: new Set(), failures: 0 };
   let running = true;
   const done = (async () => {

@@ -10,7 +10,17 @@ import { rmSync } from "node:fs";
 import type { FitbClient } from "../../src/client/index.ts";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { clientFor, collect, createChannels, waitForCount } from "./client-util.ts";
-import { catchUpUnderTraffic, checkTotalOrder, checkUnordered, dataDirOf, historyByCli, logLines, publishStream, type Stream, waitConverged } from "./durability-history.ts";
+import {
+  catchUpUnderTraffic,
+  checkTotalOrder,
+  checkUnordered,
+  dataDirOf,
+  historyByCli,
+  logLines,
+  publishStream,
+  type Stream,
+  waitConverged,
+} from "./durability-history.ts";
 import { startCluster, type TestCluster } from "./harness.ts";
 
 /** Requests per stream; each of the streams below runs them one after another. */
@@ -134,7 +144,10 @@ describe("a replica that lost its data directory", () => {
       expect(history.length).toBe(total);
       expect(checkTotalOrder(streams, history)).toEqual([]);
       // f+1 can serve history but cannot order: status says so, and exits 1 for monitoring.
-      const status = await cluster.fitb(["admin", "--config", cluster.configPath, "--key", cluster.adminKey, "status", "--connect-timeout", "1000"], { timeoutMs: 30_000 });
+      const status = await cluster.fitb(
+        ["admin", "--config", cluster.configPath, "--key", cluster.adminKey, "status", "--connect-timeout", "1000"],
+        { timeoutMs: 30_000 },
+      );
       expect(status.code).toBe(1);
       expect(status.stdout).toContain("NO QUORUM: 2 of 4 replicas answered, 3 are needed");
     } finally {

@@ -16,7 +16,9 @@ describe("listenFailure", () => {
       expect(listenFailure(`127.0.0.1:${first.port}`, failure, "replica")).toBe(
         `127.0.0.1:${first.port} is already in use (another replica or program is listening there)`,
       );
-      expect(listenFailure(`127.0.0.1:${first.port}`, failure, "")).toBe(`127.0.0.1:${first.port} is already in use (another program is listening there)`);
+      expect(listenFailure(`127.0.0.1:${first.port}`, failure, "")).toBe(
+        `127.0.0.1:${first.port} is already in use (another program is listening there)`,
+      );
     } finally {
       first.stop(true);
     }

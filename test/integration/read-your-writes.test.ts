@@ -43,7 +43,14 @@ describe("read-your-writes after admin commands", () => {
   }
 
   test("a replica behind the client's floor holds its answer until it has executed it (channel-info, subscribe, unordered publish)", async () => {
-    const base = await admin.admin({ t: "create-channel", tag: "rw.base", fault: "crash", order: "none", priority: "normal", public: true });
+    const base = await admin.admin({
+      t: "create-channel",
+      tag: "rw.base",
+      fault: "crash",
+      order: "none",
+      priority: "normal",
+      public: true,
+    });
     expect(base.at).toBeGreaterThan(0);
     const at = base.at as number;
     // A client that knows of decisions up to at + 2 (as if another process had printed
@@ -59,7 +66,14 @@ describe("read-your-writes after admin commands", () => {
     expect((await info).tag).toBe("rw.late");
 
     // A subscription to a private channel by a key not yet registered as its subscriber.
-    const created = await admin.admin({ t: "create-channel", tag: "rw.private", fault: "crash", order: "total", priority: "normal", public: false });
+    const created = await admin.admin({
+      t: "create-channel",
+      tag: "rw.private",
+      fault: "crash",
+      order: "total",
+      priority: "normal",
+      public: false,
+    });
     const subscriber = client(cluster.clientKey);
     // The two registrations below will be the next two decisions.
     subscriber.observeExecuted((created.at as number) + 2);

@@ -85,7 +85,12 @@ class LineClient {
   }
 
   async nextLines(count: number): Promise<string[]> {
-    await waitFor(`${count} lines`, () => this.lines.length >= count, undefined, () => JSON.stringify(this.lines));
+    await waitFor(
+      `${count} lines`,
+      () => this.lines.length >= count,
+      undefined,
+      () => JSON.stringify(this.lines),
+    );
     return this.lines.splice(0, count);
   }
 
@@ -135,8 +140,11 @@ describe("the relay's byte bound on publishes", () => {
     busy.send(pub("net.links", "a") + pub("net.links", "b") + pub("net.links", "c"));
     await waitFor("three events held", () => relay.publishBytesHeld === 3 * EVENT_BYTES && client.pendingEvents === 3);
 
-    other.send(pub("sec.alerts", "d") + "PING\n");
-    expect(await other.nextLines(2)).toEqual([`-ERR OVERLOADED the relay holds ${3 * EVENT_BYTES} bytes of events not yet acknowledged; at most ${3 * EVENT_BYTES}`, "PONG"]);
+    other.send(`${pub("sec.alerts", "d")}PING\n`);
+    expect(await other.nextLines(2)).toEqual([
+      `-ERR OVERLOADED the relay holds ${3 * EVENT_BYTES} bytes of events not yet acknowledged; at most ${3 * EVENT_BYTES}`,
+      "PONG",
+    ]);
     expect(client.pendingEvents).toBe(3);
     // The connection that holds the bytes is refused its next one too; its answer comes
     // after those of the earlier commands, as always.
@@ -179,7 +187,9 @@ describe("a SUB from a seq older than the retained history", () => {
     class TrimmedClient extends HandAnsweredClient {
       override subscribe(_tag?: unknown, options?: SubscribeOptions): Promise<never> {
         options?.onSignal?.({ t: "trimmed", nextSeq: 1, oldestSeq: 13 });
-        return Promise.reject(new SubscriptionEndedError("BAD_REQUEST", "TRIMMED", "channel t.tot no longer holds seq 1; the oldest retained is 13"));
+        return Promise.reject(
+          new SubscriptionEndedError("BAD_REQUEST", "TRIMMED", "channel t.tot no longer holds seq 1; the oldest retained is 13"),
+        );
       }
     }
     const client = new TrimmedClient();

@@ -69,7 +69,10 @@ class RawClient {
   /** Complete lines received so far. */
   get lines(): string[] {
     const text = this.text;
-    return text.slice(0, text.lastIndexOf("\n") + 1).split("\n").slice(0, -1);
+    return text
+      .slice(0, text.lastIndexOf("\n") + 1)
+      .split("\n")
+      .slice(0, -1);
   }
 
   send(data: string | Uint8Array): void {
@@ -347,7 +350,7 @@ describe("relay: bad input gets -ERR and the connection goes on (a line that is 
   test("malformed lines, each with its code, then a working PING", async () => {
     const client = await open();
     client.send(
-      [
+      `${[
         "PUB",
         "PUB Net.Links x",
         "PUB no.such.channel x",
@@ -359,7 +362,7 @@ describe("relay: bad input gets -ERR and the connection goes on (a line that is 
         "PING now",
         "",
         "PING",
-      ].join("\r\n") + "\r\n",
+      ].join("\r\n")}\r\n`,
     );
     const lines = await client.lineCount(10);
     expect(lines.map((line) => line.split(" ").slice(0, 2).join(" "))).toEqual([
@@ -443,7 +446,12 @@ describe("relay: bad input gets -ERR and the connection goes on (a line that is 
 describe("relay: bounds", () => {
   test("a subscriber that does not read is ended with END <tag> SLOW, not buffered without bound", async () => {
     const eventOutboundBytesMax = 64 * 1024;
-    const slowRelay = RelayServer.listen({ client: relayClient, hostname: "127.0.0.1", port: 0, limits: { eventOutboundBytesMax, readPauseOutboundBytes: 16 * 1024 } });
+    const slowRelay = RelayServer.listen({
+      client: relayClient,
+      hostname: "127.0.0.1",
+      port: 0,
+      limits: { eventOutboundBytesMax, readPauseOutboundBytes: 16 * 1024 },
+    });
     try {
       const sub = await open(slowRelay.port);
       sub.send("SUB storage.disks\n");
@@ -466,7 +474,9 @@ describe("relay: bounds", () => {
       sub.resume();
       await sub.until("END storage.disks SLOW", (c) => c.text.includes("END storage.disks SLOW"));
       const end = sub.lines.find((line) => line.startsWith("END "));
-      expect(end).toMatch(/^END storage\.disks SLOW the client fell behind \(\d+ bytes not yet read\); resume with SUB storage\.disks \d+$/);
+      expect(end).toMatch(
+        /^END storage\.disks SLOW the client fell behind \(\d+ bytes not yet read\); resume with SUB storage\.disks \d+$/,
+      );
       // Some events were never queued for it: the relay dropped the subscription, not its bound.
       const events = sub.lines.filter((line) => line.startsWith("EVENT storage.disks ")).length;
       expect(events).toBeLessThan(acked);
@@ -481,7 +491,10 @@ describe("relay: bounds", () => {
 
 describe("relay: bounds at their limit", () => {
   /** A second relay on the same client, with the given limits, stopped after `body`. */
-  async function withRelay(limits: Parameters<typeof RelayServer.listen>[0]["limits"], body: (port: number) => Promise<void>): Promise<void> {
+  async function withRelay(
+    limits: Parameters<typeof RelayServer.listen>[0]["limits"],
+    body: (port: number) => Promise<void>,
+  ): Promise<void> {
     const small = RelayServer.listen({ client: relayClient, hostname: "127.0.0.1", port: 0, limits });
     try {
       await body(small.port);
@@ -498,9 +511,16 @@ describe("relay: bounds at their limit", () => {
       await expect(clearStaleSocket(socketPath)).rejects.toThrow("is not a socket");
       rmSync(socketPath);
       // A socket file left by a process killed with -9: nobody answers on it.
-      const holder = Bun.spawn([BUN, "-e", `Bun.listen({ unix: ${JSON.stringify(socketPath)}, socket: { data() {} } }); console.log("up"); setInterval(() => {}, 1000);`], {
-        stdout: "pipe",
-      });
+      const holder = Bun.spawn(
+        [
+          BUN,
+          "-e",
+          `Bun.listen({ unix: ${JSON.stringify(socketPath)}, socket: { data() {} } }); console.log("up"); setInterval(() => {}, 1000);`,
+        ],
+        {
+          stdout: "pipe",
+        },
+      );
       const reader = holder.stdout.getReader();
       expect(new TextDecoder().decode((await reader.read()).value)).toContain("up");
       holder.kill("SIGKILL");
@@ -543,7 +563,9 @@ describe("relay: bounds at their limit", () => {
       const client = await open(port);
       client.send("PING\n".repeat(40_000));
       await client.until("the relay to close", (c) => c.closed);
-      expect(client.lines.at(-1)).toBe(`-ERR OVERLOADED more than ${inboxBytesMax} bytes of commands arrived before the earlier ones could run`);
+      expect(client.lines.at(-1)).toBe(
+        `-ERR OVERLOADED more than ${inboxBytesMax} bytes of commands arrived before the earlier ones could run`,
+      );
     });
   });
 
@@ -572,10 +594,13 @@ describe("relay: bounds at their limit", () => {
 describe("relay: `fitb relay` as its own process", () => {
   test("publishes, refuses a port in use, and stops cleanly on SIGTERM", async () => {
     const port = freePortRange(1);
-    const proc = Bun.spawn([BUN, MAIN, "relay", "--config", cluster.configPath, "--key", cluster.clientKey, "--listen", `127.0.0.1:${port}`], {
-      stdout: "pipe",
-      stderr: "pipe",
-    });
+    const proc = Bun.spawn(
+      [BUN, MAIN, "relay", "--config", cluster.configPath, "--key", cluster.clientKey, "--listen", `127.0.0.1:${port}`],
+      {
+        stdout: "pipe",
+        stderr: "pipe",
+      },
+    );
     let stderr = "";
     void (async () => {
       for await (const chunk of proc.stderr) stderr += dec.decode(chunk);
@@ -588,10 +613,13 @@ describe("relay: `fitb relay` as its own process", () => {
       expect(lines[0]).toMatch(/^\+OK net\.links \d+$/);
       expect(lines[1]).toBe("PONG");
 
-      const second = Bun.spawn([BUN, MAIN, "relay", "--config", cluster.configPath, "--key", cluster.clientKey, "--listen", `127.0.0.1:${port}`], {
-        stdout: "pipe",
-        stderr: "pipe",
-      });
+      const second = Bun.spawn(
+        [BUN, MAIN, "relay", "--config", cluster.configPath, "--key", cluster.clientKey, "--listen", `127.0.0.1:${port}`],
+        {
+          stdout: "pipe",
+          stderr: "pipe",
+        },
+      );
       const [secondErr, secondCode] = await Promise.all([new Response(second.stderr).text(), second.exited]);
       expect(secondCode).toBe(1);
       expect(secondErr).toContain(`127.0.0.1:${port} is already in use`);

@@ -208,7 +208,11 @@ interface Fixture {
 const BULK_FRAMES = 32;
 const BULK_FRAME_BYTES = 512 * 1024;
 
-function startServer(limits: Partial<ServerLimits> = {}, clientKeysAllowed: ReadonlySet<string> | null = null, now?: () => number): Fixture {
+function startServer(
+  limits: Partial<ServerLimits> = {},
+  clientKeysAllowed: ReadonlySet<string> | null = null,
+  now?: () => number,
+): Fixture {
   const serverKey = SigningKey.generate();
   const peerKey = SigningKey.generate();
   const metrics = new Metrics();
@@ -326,7 +330,11 @@ describe("the handshake deadline", () => {
 
 describe("connections still in their handshake", () => {
   const cases: { name: string; limits: Partial<ServerLimits>; reason: string }[] = [
-    { name: "per remote address", limits: { handshakesPerAddressMax: 2 }, reason: "2 connections awaiting authentication from this address; at most 2" },
+    {
+      name: "per remote address",
+      limits: { handshakesPerAddressMax: 2 },
+      reason: "2 connections awaiting authentication from this address; at most 2",
+    },
   ];
   test("are capped in all: a new connection takes the slot of the oldest one still in its handshake, so slot holders cannot lock anyone out", async () => {
     const fx = startServer({ handshakesMax: 2 });
@@ -414,7 +422,10 @@ describe("connections still in their handshake", () => {
         at = cut;
         await Bun.sleep(2);
       }
-      await waitFor(`the REQUEST (cuts ${cuts.join(",")})`, () => (fx.clientFrames.length >= seen + 2 && raw.has(FrameType.PONG)) || raw.closed);
+      await waitFor(
+        `the REQUEST (cuts ${cuts.join(",")})`,
+        () => (fx.clientFrames.length >= seen + 2 && raw.has(FrameType.PONG)) || raw.closed,
+      );
       expectSession(raw);
       const request = fx.clientFrames.at(-1);
       expect(request?.type === FrameType.REQUEST ? request.body.body : null).toEqual(bigBody);
@@ -458,7 +469,10 @@ describe("authenticated client connections", () => {
     const fx = startServer({ clientConnectionsPerAddressMax: 2 });
     expectSession(await clientSession(fx.server.port, SigningKey.generate()));
     expectSession(await clientSession(fx.server.port, SigningKey.generate()));
-    await expectRefused(await clientSession(fx.server.port, SigningKey.generate()), "2 client connections open from this address; at most 2");
+    await expectRefused(
+      await clientSession(fx.server.port, SigningKey.generate()),
+      "2 client connections open from this address; at most 2",
+    );
     expect(fx.metrics.get("clients_refused_total")).toBe(1);
   });
 
@@ -525,7 +539,14 @@ describe("peer links (PROTOCOL.md 5.3)", () => {
     const fx = startServer();
     const raw = await RawConn.open(fx.server.port);
     const eph = generateEphemeralKeyPair();
-    const hello: Hello = { v: PROTOCOL_VERSION, role: "replica", replica: 1, key: fx.peerKey.publicKey, nonce: nonce(), eph: eph.publicKey };
+    const hello: Hello = {
+      v: PROTOCOL_VERSION,
+      role: "replica",
+      replica: 1,
+      key: fx.peerKey.publicKey,
+      nonce: nonce(),
+      eph: eph.publicKey,
+    };
     raw.send({ type: FrameType.HELLO, body: hello });
     await waitFor("HELLO_ACK", () => raw.has(FrameType.HELLO_ACK));
     const ack = raw.frames.find((f) => f.type === FrameType.HELLO_ACK);
@@ -587,4 +608,3 @@ describe("client connections that go quiet or stop reading", () => {
     await waitFor("the queued bytes to be released", () => fx.metrics.get("client_output_bytes") === 0);
   });
 });
-

@@ -18,7 +18,11 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 describe("the data directory lock", () => {
   test("a second process is refused while the first runs, and may open it once the first was killed", async () => {
     const holder = Bun.spawn(
-      [process.execPath, "-e", `const { ReplicaStore } = await import(${JSON.stringify(STORE_MODULE)}); ReplicaStore.open(${JSON.stringify(dir)}, "full", ${JSON.stringify(identity)}); console.log("ready"); await Bun.sleep(60_000);`],
+      [
+        process.execPath,
+        "-e",
+        `const { ReplicaStore } = await import(${JSON.stringify(STORE_MODULE)}); ReplicaStore.open(${JSON.stringify(dir)}, "full", ${JSON.stringify(identity)}); console.log("ready"); await Bun.sleep(60_000);`,
+      ],
       { stdout: "pipe", stderr: "inherit" },
     );
     const reader = holder.stdout.getReader();

@@ -35,23 +35,31 @@ function firstCaught(factory: CoreFactory, attack: Attack): { seed: number; viol
 
 describe("deliberately broken cores are caught", () => {
   for (const { name, bug, attack } of CASES) {
-    test(`${bug} (${name})`, () => {
-      const caught = firstCaught(BROKEN_VARIANTS[name], attack);
-      expect(caught).not.toBeNull();
-      // The correct core survives the seed that exposed the broken one.
-      const seed = caught?.seed ?? 1;
-      const r = runSeed(seed, { mix: "byzantine", crypto: "fast", coreFactory: defaultCoreFactory, scenario: attack });
-      expect(r.violations).toEqual([]);
-    }, TEST_TIMEOUT_MS);
+    test(
+      `${bug} (${name})`,
+      () => {
+        const caught = firstCaught(BROKEN_VARIANTS[name], attack);
+        expect(caught).not.toBeNull();
+        // The correct core survives the seed that exposed the broken one.
+        const seed = caught?.seed ?? 1;
+        const r = runSeed(seed, { mix: "byzantine", crypto: "fast", coreFactory: defaultCoreFactory, scenario: attack });
+        expect(r.violations).toEqual([]);
+      },
+      TEST_TIMEOUT_MS,
+    );
   }
 
-  test("the plain byzantine mix of the CI suite catches the vote-counting bugs too", () => {
-    for (const name of ["quorumTwoF", "countsMessages", "digestBlind"] as const) {
-      let seed = 0;
-      for (let s = 1; s <= SEED_BUDGET && seed === 0; s++) {
-        if (runSeed(s, { mix: "byzantine", crypto: "fast", coreFactory: BROKEN_VARIANTS[name] }).violationCount > 0) seed = s;
+  test(
+    "the plain byzantine mix of the CI suite catches the vote-counting bugs too",
+    () => {
+      for (const name of ["quorumTwoF", "countsMessages", "digestBlind"] as const) {
+        let seed = 0;
+        for (let s = 1; s <= SEED_BUDGET && seed === 0; s++) {
+          if (runSeed(s, { mix: "byzantine", crypto: "fast", coreFactory: BROKEN_VARIANTS[name] }).violationCount > 0) seed = s;
+        }
+        expect({ name, caught: seed > 0 }).toEqual({ name, caught: true });
       }
-      expect({ name, caught: seed > 0 }).toEqual({ name, caught: true });
-    }
-  }, TEST_TIMEOUT_MS);
+    },
+    TEST_TIMEOUT_MS,
+  );
 });

@@ -42,6 +42,7 @@ export async function runSeeds(mix: FaultMix, crypto: SimCryptoKind, start: numb
 /** One line per failing seed, with the command that replays it. */
 export function failures(stats: RunStats, mix: FaultMix, crypto: SimCryptoKind): string[] {
   return stats.failures.map(
-    (f) => `seed ${f.seed} [${mix}] ${f.summary}: ${f.violations.join(" | ")} -- replay: bun src/sim/run.ts --faults ${mix} --crypto ${crypto} --seed ${f.seed} --trace`,
+    (f) =>
+      `seed ${f.seed} [${mix}] ${f.summary}: ${f.violations.join(" | ")} -- replay: bun src/sim/run.ts --faults ${mix} --crypto ${crypto} --seed ${f.seed} --trace`,
   );
 }

@@ -24,7 +24,11 @@ const REGRESSIONS: Regression[] = [
     seed: 4325,
     what: "bounds: a leader built a NEW_VIEW whose stable checkpoint it had not reached and kept prepared entries beyond h+L (h now moves to minS and the state is fetched)",
   },
-  { mix: "all", seed: 932, what: "h above lastExecuted after a NEW_VIEW ahead of the replica, with a Byzantine leader proposing bad batches" },
+  {
+    mix: "all",
+    seed: 932,
+    what: "h above lastExecuted after a NEW_VIEW ahead of the replica, with a Byzantine leader proposing bad batches",
+  },
   { mix: "all", seed: 919, what: "h above lastExecuted in crash mode under loss and leader isolation" },
   { mix: "all", seed: 1013, what: "h above lastExecuted after a long split" },
   { mix: "all", seed: 1326, what: "h above lastExecuted with n = 7" },
@@ -46,10 +50,14 @@ const TEST_TIMEOUT_MS = 30_000;
 
 describe("seeds that once failed", () => {
   for (const r of REGRESSIONS) {
-    test(`${r.mix} seed ${r.seed}: ${r.what}`, () => {
-      const result = runSeed(r.seed, { mix: r.mix, crypto: "fast" });
-      expect(result.violations).toEqual([]);
-      expect(result.recoveryTicks).not.toBeNull();
-    }, TEST_TIMEOUT_MS);
+    test(
+      `${r.mix} seed ${r.seed}: ${r.what}`,
+      () => {
+        const result = runSeed(r.seed, { mix: r.mix, crypto: "fast" });
+        expect(result.violations).toEqual([]);
+        expect(result.recoveryTicks).not.toBeNull();
+      },
+      TEST_TIMEOUT_MS,
+    );
   }
 });

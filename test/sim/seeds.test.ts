@@ -23,18 +23,26 @@ const MIXES: readonly { mix: FaultMix; lastSeed: number; fastSeedsPerTest: numbe
 ];
 
 for (const { mix, lastSeed, fastSeedsPerTest } of MIXES) {
-  test(`${mix}: seeds 1..${ED25519_SEEDS} with ed25519`, async () => {
-    const stats = await runSeeds(mix, "ed25519", 1, ED25519_SEEDS);
-    expect(failures(stats, mix, "ed25519")).toEqual([]);
-    expect(stats.seeds).toBe(ED25519_SEEDS);
-  }, TEST_TIMEOUT_MS);
+  test(
+    `${mix}: seeds 1..${ED25519_SEEDS} with ed25519`,
+    async () => {
+      const stats = await runSeeds(mix, "ed25519", 1, ED25519_SEEDS);
+      expect(failures(stats, mix, "ed25519")).toEqual([]);
+      expect(stats.seeds).toBe(ED25519_SEEDS);
+    },
+    TEST_TIMEOUT_MS,
+  );
 
   for (let first = ED25519_SEEDS + 1; first <= lastSeed; first += fastSeedsPerTest) {
     const count = Math.min(fastSeedsPerTest, lastSeed - first + 1);
-    test(`${mix}: seeds ${first}..${first + count - 1}`, async () => {
-      const stats = await runSeeds(mix, "fast", first, count);
-      expect(failures(stats, mix, "fast")).toEqual([]);
-      expect(stats.seeds).toBe(count);
-    }, TEST_TIMEOUT_MS);
+    test(
+      `${mix}: seeds ${first}..${first + count - 1}`,
+      async () => {
+        const stats = await runSeeds(mix, "fast", first, count);
+        expect(failures(stats, mix, "fast")).toEqual([]);
+        expect(stats.seeds).toBe(count);
+      },
+      TEST_TIMEOUT_MS,
+    );
   }
 }

@@ -5,7 +5,19 @@ import { REQUEST_EVENTS_MAX } from "../../wire/types.ts";
 import { describe, expect, test } from "bun:test";
 import { sha256 } from "@noble/hashes/sha2.js";
 import { decodeCanonical, encodeCanonical, type Canonical } from "../../wire/canonical.ts";
-import { BATCH_RECORD_OVERHEAD_BYTES_MAX, CHANNEL_RECORD_BYTES_MAX, ChannelMachine, KEYS_PER_CHANNEL_MAX, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_RECORD_BYTES_MAX, snapshotBytesBound, type AdminCmd, type ChannelsConfig, type Request, type SignedRequest } from "../../src/core/channels/index.ts";
+import {
+  BATCH_RECORD_OVERHEAD_BYTES_MAX,
+  CHANNEL_RECORD_BYTES_MAX,
+  ChannelMachine,
+  KEYS_PER_CHANNEL_MAX,
+  SNAPSHOT_CHUNK_BYTES_MAX,
+  SNAPSHOT_RECORD_BYTES_MAX,
+  snapshotBytesBound,
+  type AdminCmd,
+  type ChannelsConfig,
+  type Request,
+  type SignedRequest,
+} from "../../src/core/channels/index.ts";
 
 const hash = (bytes: Uint8Array): Uint8Array => sha256(bytes);
 const SIG = new Uint8Array(64).fill(7);
@@ -289,7 +301,10 @@ describe("restore", () => {
     const channelIndex = recs.findIndex((r) => r["k"] === "channel" && r["log"] !== null);
     const channel = recs[channelIndex] as { [key: string]: Canonical };
     const copy = [...recs];
-    copy[channelIndex] = { ...channel, log: { ...(channel["log"] as { [key: string]: Canonical }), baseChain: new Uint8Array(32).fill(1) } };
+    copy[channelIndex] = {
+      ...channel,
+      log: { ...(channel["log"] as { [key: string]: Canonical }), baseChain: new Uint8Array(32).fill(1) },
+    };
     const importer = fresh().beginRestore();
     importer.push(concat(copy.map(frame)));
     expect(importer.finish()).toEqual({ ok: true });
@@ -328,12 +343,16 @@ describe("hostile snapshots are refused structurally", () => {
     ["an unknown version", () => concat([frame({ ...header, v: 2 })]), "unsupported snapshot version 2"],
     ["a first record that is not the header", () => concat([frame(channel)]), "the first record is not the header"],
     ["more channels than configured", () => concat([frame({ ...header, channels: 9 })]), "more than 8 channels"],
-    ["channels out of tag order", () => {
-      const h = { ...header, generation: 2, channels: 2 };
-      const c1 = { ...channel, tag: "b", log: null, order: "none" };
-      const c2 = { ...channel, tag: "a", generation: 2, log: null, order: "none" };
-      return concat([frame(h), frame(c1), frame(c2)]);
-    }, "channels out of tag order"],
+    [
+      "channels out of tag order",
+      () => {
+        const h = { ...header, generation: 2, channels: 2 };
+        const c1 = { ...channel, tag: "b", log: null, order: "none" };
+        const c2 = { ...channel, tag: "a", generation: 2, log: null, order: "none" };
+        return concat([frame(h), frame(c1), frame(c2)]);
+      },
+      "channels out of tag order",
+    ],
     ["a generation above the header's", () => concat([frame(header), frame({ ...channel, generation: 2 })]), "bad generation for a"],
     ["a bad tag", () => concat([frame(header), frame({ ...channel, tag: "A B" })]), "bad tag"],
     ["unsorted keys", () => concat([frame(header), frame({ ...channel, publishers: [key(2), key(1)] })]), "keys out of order"],
@@ -341,27 +360,60 @@ describe("hostile snapshots are refused structurally", () => {
     ["an unordered channel with a log", () => concat([frame(header), frame({ ...channel, order: "none" })]), "carries a log"],
     ["a total-order channel without a log", () => concat([frame(header), frame({ ...channel, log: null })]), "has no log"],
     ["a bad class", () => concat([frame(header), frame({ ...channel, fault: "omission" })]), "bad fault model"],
-    ["a log that ends elsewhere than declared", () => concat([frame(header), frame({ ...channel, log: { ...channel.log, nextSeq: 4 } }), frame(batch)]), "log ends at 3, declared 4"],
-    ["a gap between batches", () => {
-      const c = { ...channel, log: { ...channel.log, nextSeq: 6, batches: 2 } };
-      return concat([frame(header), frame(c), frame(batch), frame({ ...batch, firstSeq: 4 })]);
-    }, "batch at 4, expected 3"],
+    [
+      "a log that ends elsewhere than declared",
+      () => concat([frame(header), frame({ ...channel, log: { ...channel.log, nextSeq: 4 } }), frame(batch)]),
+      "log ends at 3, declared 4",
+    ],
+    [
+      "a gap between batches",
+      () => {
+        const c = { ...channel, log: { ...channel.log, nextSeq: 6, batches: 2 } };
+        return concat([frame(header), frame(c), frame(batch), frame({ ...batch, firstSeq: 4 })]);
+      },
+      "batch at 4, expected 3",
+    ],
     ["a batch of zero events", () => concat([frame(header), frame(channel), frame({ ...batch, count: 0 })]), "bad batch range"],
-    ["records after the last channel", () => concat([frame(header), frame(channel), frame(batch), frame(batch)]), "records after the last channel"],
-    ["a record above SNAPSHOT_RECORD_BYTES_MAX", () => {
-      const f = new Uint8Array(8);
-      new DataView(f.buffer).setUint32(0, SNAPSHOT_RECORD_BYTES_MAX + 1);
-      return f;
-    }, `record of ${SNAPSHOT_RECORD_BYTES_MAX + 1} bytes exceeds`],
-    ["a record that is not canonical CBOR", () => {
-      const f = new Uint8Array([0, 0, 0, 2, 0x18, 0x01]);
-      return f;
-    }, "invalid snapshot"],
-    ["more events than retention allows", () => {
-      // One full request's worth of events more than retention, plus two.
-      const c = { ...channel, retention: { events: 1, bytes: 20_000, ageMs: 0 }, log: { nextSeq: REQUEST_EVENTS_MAX + 3, baseChain: new Uint8Array(32), batches: 2 } };
-      return concat([frame(header), frame(c), frame({ ...batch, count: REQUEST_EVENTS_MAX }), frame({ ...batch, firstSeq: REQUEST_EVENTS_MAX + 1, count: 2 })]);
-    }, "more events than retention allows"],
+    [
+      "records after the last channel",
+      () => concat([frame(header), frame(channel), frame(batch), frame(batch)]),
+      "records after the last channel",
+    ],
+    [
+      "a record above SNAPSHOT_RECORD_BYTES_MAX",
+      () => {
+        const f = new Uint8Array(8);
+        new DataView(f.buffer).setUint32(0, SNAPSHOT_RECORD_BYTES_MAX + 1);
+        return f;
+      },
+      `record of ${SNAPSHOT_RECORD_BYTES_MAX + 1} bytes exceeds`,
+    ],
+    [
+      "a record that is not canonical CBOR",
+      () => {
+        const f = new Uint8Array([0, 0, 0, 2, 0x18, 0x01]);
+        return f;
+      },
+      "invalid snapshot",
+    ],
+    [
+      "more events than retention allows",
+      () => {
+        // One full request's worth of events more than retention, plus two.
+        const c = {
+          ...channel,
+          retention: { events: 1, bytes: 20_000, ageMs: 0 },
+          log: { nextSeq: REQUEST_EVENTS_MAX + 3, baseChain: new Uint8Array(32), batches: 2 },
+        };
+        return concat([
+          frame(header),
+          frame(c),
+          frame({ ...batch, count: REQUEST_EVENTS_MAX }),
+          frame({ ...batch, firstSeq: REQUEST_EVENTS_MAX + 1, count: 2 }),
+        ]);
+      },
+      "more events than retention allows",
+    ],
   ];
 
   test.each(cases)("%s", (_what, make, expected) => {

@@ -7,7 +7,22 @@ import { sha256 } from "@noble/hashes/sha2.js";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { encodeCanonical } from "../../wire/canonical.ts";
-import { ChannelMachine, checkChannelsConfig, DEFAULT_CHANNELS_CONFIG, isValidTag, KEYS_PER_CHANNEL_MAX, READ_BATCHES_MAX, UNORDERED_DEDUPE_RANGES_MAX, type AdminCmd, type ChannelsConfig, type FaultModel, type OrderMode, type ReadResult, type Request, type SignedRequest } from "../../src/core/channels/index.ts";
+import {
+  ChannelMachine,
+  checkChannelsConfig,
+  DEFAULT_CHANNELS_CONFIG,
+  isValidTag,
+  KEYS_PER_CHANNEL_MAX,
+  READ_BATCHES_MAX,
+  UNORDERED_DEDUPE_RANGES_MAX,
+  type AdminCmd,
+  type ChannelsConfig,
+  type FaultModel,
+  type OrderMode,
+  type ReadResult,
+  type Request,
+  type SignedRequest,
+} from "../../src/core/channels/index.ts";
 
 const hash = (bytes: Uint8Array): Uint8Array => sha256(bytes);
 const SIG = new Uint8Array(64).fill(7);
@@ -33,7 +48,13 @@ const P1 = key(1);
 const P2 = key(2);
 const S1 = key(101);
 
-function pub(client: Uint8Array, seq: number, tag: string, events: Array<string | Uint8Array>, ts = 1): { signed: SignedRequest; request: Request } {
+function pub(
+  client: Uint8Array,
+  seq: number,
+  tag: string,
+  events: Array<string | Uint8Array>,
+  ts = 1,
+): { signed: SignedRequest; request: Request } {
   const evs = events.map((e) => (typeof e === "string" ? utf8(e) : e));
   const request = { v: 1, client, seq, span: evs.length, ts, op: { t: "pub", tag, events: evs } } as const;
   const body = encodeCanonical({ v: 1, client, seq, span: evs.length, ts, op: { t: "pub", tag, events: evs } });
@@ -88,12 +109,9 @@ describe("tags", () => {
   test.each([["net.links"], ["storage.disks"], ["a"], ["a-b_c.0.z9"], ["x".repeat(128)]])("%s is valid", (tag) => {
     expect(isValidTag(tag)).toBe(true);
   });
-  test.each([[""], ["Net.links"], ["net..links"], [".net"], ["net."], ["net links"], ["x".repeat(129)], ["ñ"]])(
-    "%p is invalid",
-    (tag) => {
-      expect(isValidTag(tag)).toBe(false);
-    },
-  );
+  test.each([[""], ["Net.links"], ["net..links"], [".net"], ["net."], ["net links"], ["x".repeat(129)], ["ñ"]])("%p is invalid", (tag) => {
+    expect(isValidTag(tag)).toBe(false);
+  });
 });
 
 describe("admin commands", () => {
@@ -236,7 +254,14 @@ describe("ordered publish", () => {
     [
       "an admin op on the publish path",
       () => {
-        const request: Request = { v: 1, client: P1, seq: 1, span: 1, ts: 1, op: { t: "admin", cmd: { t: "destroy-channel", tag: "net.links" } } };
+        const request: Request = {
+          v: 1,
+          client: P1,
+          seq: 1,
+          span: 1,
+          ts: 1,
+          op: { t: "admin", cmd: { t: "destroy-channel", tag: "net.links" } },
+        };
         return { signed: { body: new Uint8Array(10), sig: SIG }, request };
       },
       "bad-request",
@@ -582,7 +607,17 @@ describe("listing", () => {
 describe("sans-IO", () => {
   test("core channel and voting code uses no clock, timer, randomness, runtime or I/O", () => {
     const root = join(import.meta.dir, "../../src/core");
-    const forbidden = [/Date\.now/, /new Date\(/, /setTimeout/, /setInterval/, /Math\.random/, /performance\.now/, /from "node:/, /\bBun\./, /from "bun/];
+    const forbidden = [
+      /Date\.now/,
+      /new Date\(/,
+      /setTimeout/,
+      /setInterval/,
+      /Math\.random/,
+      /performance\.now/,
+      /from "node:/,
+      /\bBun\./,
+      /from "bun/,
+    ];
     for (const dir of ["channels", "voting"]) {
       for (const file of readdirSync(join(root, dir))) {
         const text = readFileSync(join(root, dir, file), "utf8");

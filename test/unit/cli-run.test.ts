@@ -15,7 +15,11 @@ async function run(argv: string[], options: { commands?: readonly Command[]; env
   const out: string[] = [];
   const err: string[] = [];
   const io: CommandIo = { out: (line) => out.push(line), err: (line) => err.push(line) };
-  const code = await runCli(argv, { io, env: options.env ?? {}, ...(options.commands === undefined ? {} : { commands: options.commands }) });
+  const code = await runCli(argv, {
+    io,
+    env: options.env ?? {},
+    ...(options.commands === undefined ? {} : { commands: options.commands }),
+  });
   return { code, out, err };
 }
 
@@ -85,7 +89,10 @@ describe("command groups", () => {
   });
 
   test("`fitb cluster --help` and `fitb help cluster` list the group", async () => {
-    for (const argv of [["cluster", "--help"], ["help", "cluster"]]) {
+    for (const argv of [
+      ["cluster", "--help"],
+      ["help", "cluster"],
+    ]) {
       const result = await run(argv);
       expect(result.code).toBe(EXIT_OK);
       expect(result.out.join("\n")).toContain("cluster init");

@@ -6,13 +6,7 @@ import { describe, expect, test } from "bun:test";
 import type { Events } from "../../wire/schemas.ts";
 import type { ChannelInfo } from "../../src/client/queries.ts";
 import { DELIVERY_QUEUE_BYTES_MAX_DEFAULT, DELIVERY_QUEUE_EVENTS_MAX_DEFAULT } from "../../src/client/delivery-queue.ts";
-import {
-  ClientSubscription,
-  type ReceivedBatch,
-  type SubscribeOptions,
-  type SubscriptionHost,
-  type SubscriptionSignal,
-} from "../../src/client/subscription.ts";
+import { ClientSubscription, type ReceivedBatch, type SubscribeOptions, type SubscriptionSignal } from "../../src/client/subscription.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { channel, ScriptedHost, signedRequest } from "./subscription-host.ts";
 
@@ -24,7 +18,6 @@ const MIB = 1024 * KIB;
 function bigEvent(bytes: number, mark: number): Uint8Array {
   return new Uint8Array(bytes).fill(mark);
 }
-
 
 /** A handler that takes the first batch and then holds on to it until released. */
 class GatedHandler {
@@ -76,7 +69,9 @@ describe("the delivery queue's byte bound", () => {
   test("must be a positive integer", () => {
     const host = new ScriptedHost();
     for (const queueBytesMax of [0, -1, 1.5]) {
-      expect(() => new ClientSubscription(host, channel("net.links", "crash", "none"), { queueBytesMax }, () => undefined, START_TIMEOUT_MS)).toThrow(RangeError);
+      expect(
+        () => new ClientSubscription(host, channel("net.links", "crash", "none"), { queueBytesMax }, () => undefined, START_TIMEOUT_MS),
+      ).toThrow(RangeError);
     }
   });
 

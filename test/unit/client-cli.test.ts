@@ -64,10 +64,16 @@ const USAGE_CASES: Record<string, readonly (readonly [readonly string[], string]
     [[...NO_FILES, "create-channel", "net.links", "--fault", "crash"], "needs --order"],
     [[...NO_FILES, "create-channel", "net.links", "--fault", "omission", "--order", "none"], "--fault: expected one of crash, byzantine"],
     [[...NO_FILES, "create-channel", "net.links", "--fault", "crash", "--order", "fifo"], "--order: expected one of none, total"],
-    [[...NO_FILES, "create-channel", "net.links", "--fault", "crash", "--order", "none", "--priority", "urgent"], "--priority: expected one of"],
+    [
+      [...NO_FILES, "create-channel", "net.links", "--fault", "crash", "--order", "none", "--priority", "urgent"],
+      "--priority: expected one of",
+    ],
     [[...NO_FILES, "create-channel", "--fault", "crash", "--order", "none"], "create-channel needs a TAG"],
     [[...NO_FILES, "create-channel", "NET", "--fault", "crash", "--order", "none"], "TAG: tag"],
-    [[...NO_FILES, "create-channel", "net.links", "--fault", "crash", "--order", "none", "--json"], "--json does not apply to create-channel"],
+    [
+      [...NO_FILES, "create-channel", "net.links", "--fault", "crash", "--order", "none", "--json"],
+      "--json does not apply to create-channel",
+    ],
     [[...NO_FILES, "destroy-channel"], "destroy-channel needs a TAG"],
     [[...NO_FILES, "destroy-channel", "net.links", "--public"], "--public does not apply to destroy-channel"],
     [[...NO_FILES, "register", "net.links"], "exactly one of --publisher"],

@@ -3,7 +3,16 @@ import { decodeFrameBody, decodeRequestBody } from "../../wire/schemas.ts";
 import { requestSigningInput } from "../../wire/session.ts";
 import { DOMAIN_REQUEST, FRAME_HEADER_BYTES, FrameType, TAG_BYTES_MAX } from "../../wire/types.ts";
 import { InvalidInputError } from "../../src/client/errors.ts";
-import { adminOp, buildRequest, checkEvents, checkTag, pubOp, REQUEST_FIXED_OVERHEAD_BYTES, EVENT_OVERHEAD_BYTES, tagProblem } from "../../src/client/request.ts";
+import {
+  adminOp,
+  buildRequest,
+  checkEvents,
+  checkTag,
+  pubOp,
+  REQUEST_FIXED_OVERHEAD_BYTES,
+  EVENT_OVERHEAD_BYTES,
+  tagProblem,
+} from "../../src/client/request.ts";
 import { verify, verifyDomain } from "../../src/crypto/ed25519.ts";
 import { toHex } from "../../src/crypto/encoding.ts";
 import { sha256 } from "../../src/crypto/hash.ts";
@@ -60,7 +69,9 @@ describe("building a publish request", () => {
     const many = Array.from({ length: 300 }, (_, i) => new Uint8Array(i * 3));
     const large = buildRequest(key, { seq: Number.MAX_SAFE_INTEGER - 300, ts: Number.MAX_SAFE_INTEGER, op: pubOp(tag, many) }, FRAME_MAX);
     const eventBytes = many.reduce((sum, event) => sum + event.byteLength, 0);
-    expect(large.frame.byteLength).toBeLessThanOrEqual(REQUEST_FIXED_OVERHEAD_BYTES + tag.length + eventBytes + many.length * EVENT_OVERHEAD_BYTES);
+    expect(large.frame.byteLength).toBeLessThanOrEqual(
+      REQUEST_FIXED_OVERHEAD_BYTES + tag.length + eventBytes + many.length * EVENT_OVERHEAD_BYTES,
+    );
   });
 
   test("a request that cannot fit in a frame is refused with TOO_LARGE before sending", () => {
@@ -76,7 +87,14 @@ describe("building a publish request", () => {
 
 describe("building an admin request", () => {
   test("span is 1 and the command is carried as is", () => {
-    const cmd = { t: "create-channel", tag: "sec.alerts", fault: "byzantine", order: "total", priority: "critical", public: false } as const;
+    const cmd = {
+      t: "create-channel",
+      tag: "sec.alerts",
+      fault: "byzantine",
+      order: "total",
+      priority: "critical",
+      public: false,
+    } as const;
     const built = buildRequest(key, { seq: 1, ts: 5, op: adminOp(cmd) }, FRAME_MAX);
     const decoded = decodeRequestBody(built.body);
     expect(decoded.ok).toBe(true);

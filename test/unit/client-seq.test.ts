@@ -10,7 +10,13 @@ const ok = (replica: number, res: QueryReply extends infer R ? (R extends { ok: 
   ok: true,
   res,
 });
-const refused = (replica: number, code: "UNKNOWN_CHANNEL" | "UNAUTHORIZED", reason: string): QueryReply => ({ id: 1, replica, ok: false, code, reason });
+const refused = (replica: number, code: "UNKNOWN_CHANNEL" | "UNAUTHORIZED", reason: string): QueryReply => ({
+  id: 1,
+  replica,
+  ok: false,
+  code,
+  reason,
+});
 
 describe("pickLastSeq: the (f+1)-th highest answer", () => {
   test("with honest answers it is the f+1-th highest", () => {
@@ -35,7 +41,12 @@ describe("pickLastSeq: the (f+1)-th highest answer", () => {
   test("the result is never above the highest correct answer, for every placement of f liars", () => {
     const f = 2;
     const correct = [15, 12, 14];
-    for (const lies of [[0, 0], [1e9, 1e9], [0, 1e9], [13, 1e12]]) {
+    for (const lies of [
+      [0, 0],
+      [1e9, 1e9],
+      [0, 1e9],
+      [13, 1e12],
+    ]) {
       const picked = pickLastSeq([...lies, ...correct], f) as number;
       expect(picked).toBeLessThanOrEqual(Math.max(...correct));
       expect(picked).toBeGreaterThanOrEqual(Math.min(...correct));

@@ -10,7 +10,6 @@ import {
   ClientSubscription,
   START_BUFFER_COPIES_PER_REPLICA_MAX,
   type ReceivedBatch,
-  type SubscriptionHost,
   type SubscriptionSignal,
 } from "../../src/client/subscription.ts";
 import { DELIVERY_PUBLISHERS_MAX } from "../../src/core/voting/index.ts";
@@ -19,7 +18,6 @@ import { channel, ScriptedHost, signedRequest } from "./subscription-host.ts";
 
 const START_TIMEOUT_MS = 60_000;
 const text = (b: Uint8Array): string => new TextDecoder().decode(b);
-
 
 type Harness = { host: ScriptedHost; sub: ClientSubscription; got: string[]; signals: SubscriptionSignal[] };
 

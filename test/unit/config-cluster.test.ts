@@ -61,7 +61,8 @@ function onlyError(text: string): string {
 
 /** Minimal hand-written file: replicas given as [id, host, port, key text]. */
 function handToml(options: { f?: number; replicas?: [number, string, number, string][]; admins?: string[]; extra?: string }): string {
-  const replicas = options.replicas ?? keys(4).map((key, id): [number, string, number, string] => [id, "127.0.0.1", 7100 + id, formatPublicKey(key)]);
+  const replicas =
+    options.replicas ?? keys(4).map((key, id): [number, string, number, string] => [id, "127.0.0.1", 7100 + id, formatPublicKey(key)]);
   const admins = options.admins ?? [formatPublicKey(keys(1)[0]!)];
   const lines = [`name = "hand"`, `f = ${options.f ?? 1}`, `admin_keys = [${admins.map((key) => JSON.stringify(key)).join(", ")}]`];
   if (options.extra !== undefined) lines.push(options.extra);
@@ -89,7 +90,10 @@ describe("a valid cluster file", () => {
   });
 
   test("larger groups parse too (n = 7, f = 2; n = 10, f = 3)", () => {
-    for (const [n, f] of [[7, 2], [10, 3]] as const) {
+    for (const [n, f] of [
+      [7, 2],
+      [10, 3],
+    ] as const) {
       const result = parse(validToml(n, f));
       expect(result.ok && [result.config.n, result.config.f]).toEqual([n, f]);
     }
@@ -105,7 +109,7 @@ describe("a valid cluster file", () => {
   });
 
   test("limits may be set; unset ones keep their defaults", () => {
-    const result = parse(handToml({}) + "[limits]\nbatch_events_max = 10\n[retention]\nevents_max = 50\n");
+    const result = parse(`${handToml({})}[limits]\nbatch_events_max = 10\n[retention]\nevents_max = 50\n`);
     expect(result.ok).toBe(true);
     if (!result.ok) return;
     expect(result.config.limits.batchEventsMax).toBe(10);
@@ -114,14 +118,22 @@ describe("a valid cluster file", () => {
   });
 
   test("retention the replicas would refuse is refused by the check, naming the field", () => {
-    expect(onlyError(handToml({}) + "[limits]\nbatch_events_max = 10\n[retention]\nevents_max = 5\n")).toBe(
+    expect(onlyError(`${handToml({})}[limits]\nbatch_events_max = 10\n[retention]\nevents_max = 5\n`)).toBe(
       "retention.events_max: expected at least limits.batch_events_max (10), so a channel can hold the largest publish; got 5",
     );
-    expect(onlyError(handToml({}) + "[retention]\nevents_max = 20000000\n")).toMatch(/^retention\.events_max: expected an integer in 1\.\.10000000/);
-    expect(onlyError(handToml({}) + "[retention]\nbytes_max = 2048\n")).toMatch(/^retention\.bytes_max: expected at least 2097152/);
+    expect(onlyError(`${handToml({})}[retention]\nevents_max = 20000000\n`)).toMatch(
+      /^retention\.events_max: expected an integer in 1\.\.10000000/,
+    );
+    expect(onlyError(`${handToml({})}[retention]\nbytes_max = 2048\n`)).toMatch(/^retention\.bytes_max: expected at least 2097152/);
     // Every file the check accepts makes a channel configuration the replicas accept.
-    for (const [events, bytes, batch, frame] of [[1024, 4 * 1024 * 1024, 1024, 4 * 1024 * 1024], [10, 2 * 1024 * 1024, 10, 1024 * 1024], [10_000_000, 1024 * 1024 * 1024, 16_384, 4 * 1024 * 1024]]) {
-      const text = handToml({}) + `[limits]\nbatch_events_max = ${batch}\nframe_bytes_max = ${frame}\nevent_bytes_max = 1024\n[retention]\nevents_max = ${events}\nbytes_max = ${bytes}\n`;
+    for (const [events, bytes, batch, frame] of [
+      [1024, 4 * 1024 * 1024, 1024, 4 * 1024 * 1024],
+      [10, 2 * 1024 * 1024, 10, 1024 * 1024],
+      [10_000_000, 1024 * 1024 * 1024, 16_384, 4 * 1024 * 1024],
+    ]) {
+      const text =
+        handToml({}) +
+        `[limits]\nbatch_events_max = ${batch}\nframe_bytes_max = ${frame}\nevent_bytes_max = 1024\n[retention]\nevents_max = ${events}\nbytes_max = ${bytes}\n`;
       const result = parse(text);
       expect(result.ok).toBe(true);
       if (result.ok) expect(checkChannelsConfig(channelsConfigFrom(result.config.limits, result.config.retention))).toBeNull();
@@ -130,7 +142,16 @@ describe("a valid cluster file", () => {
 
   test("replicas may be listed in any order and come out sorted by id", () => {
     const [a, b, c, d] = keys(4).map(formatPublicKey) as [string, string, string, string];
-    const result = parse(handToml({ replicas: [[3, "h3", 1, a], [1, "h1", 1, b], [0, "h0", 1, c], [2, "h2", 1, d]] }));
+    const result = parse(
+      handToml({
+        replicas: [
+          [3, "h3", 1, a],
+          [1, "h1", 1, b],
+          [0, "h0", 1, c],
+          [2, "h2", 1, d],
+        ],
+      }),
+    );
     expect(result.ok && result.config.replicas.map((replica) => replica.host)).toEqual(["h0", "h1", "h2", "h3"]);
   });
 
@@ -148,7 +169,16 @@ describe("a valid cluster file", () => {
 
   test("hostnames, IPv4 and IPv6 hosts are accepted; IPv6 addresses print in brackets", () => {
     const [a, b, c, d] = keys(4).map(formatPublicKey) as [string, string, string, string];
-    const result = parse(handToml({ replicas: [[0, "replica-0.dc1.example.net", 7100, a], [1, "10.0.0.2", 7100, b], [2, "::1", 7100, c], [3, "fd00::3", 7100, d]] }));
+    const result = parse(
+      handToml({
+        replicas: [
+          [0, "replica-0.dc1.example.net", 7100, a],
+          [1, "10.0.0.2", 7100, b],
+          [2, "::1", 7100, c],
+          [3, "fd00::3", 7100, d],
+        ],
+      }),
+    );
     expect(result.ok).toBe(true);
     expect(formatAddress("::1", 7100)).toBe("[::1]:7100");
     expect(formatAddress("10.0.0.2", 7100)).toBe("10.0.0.2:7100");
@@ -157,11 +187,16 @@ describe("a valid cluster file", () => {
 
 describe("rejected files name the field and the expected form", () => {
   test("n = 3 with f = 1 violates n >= 3f+1", () => {
-    expect(onlyError(validToml(3, 1))).toBe("f: f = 1 needs n >= 3f+1 = 4 replicas, but the file lists n = 3; add replicas or lower f to 0");
+    expect(onlyError(validToml(3, 1))).toBe(
+      "f: f = 1 needs n >= 3f+1 = 4 replicas, but the file lists n = 3; add replicas or lower f to 0",
+    );
   });
 
   test("a bad replica key", () => {
-    const text = validToml(4).replace(/key = "ed25519:([^"]+)"\n# key_file = "replica-2/, 'key = "ed25519:not-a-key"\n# key_file = "replica-2');
+    const text = validToml(4).replace(
+      /key = "ed25519:([^"]+)"\n# key_file = "replica-2/,
+      'key = "ed25519:not-a-key"\n# key_file = "replica-2',
+    );
     expect(onlyError(text)).toBe(`replicas[2].key: ${KEY_FORM}, got 9 chars after "ed25519:"`);
   });
 
@@ -184,7 +219,9 @@ describe("rejected files name the field and the expected form", () => {
 
   test("a field of the wrong type", () => {
     expect(onlyError(validToml(4).replace("f = 1", 'f = "1"'))).toBe('f: expected an integer in 0..21, got "1"');
-    expect(onlyError(validToml(4).replace("port = 7100", "port = 70000"))).toBe("replicas[0].port: expected a port number in 1..65535, got 70000");
+    expect(onlyError(validToml(4).replace("port = 7100", "port = 70000"))).toBe(
+      "replicas[0].port: expected a port number in 1..65535, got 70000",
+    );
   });
 
   test("no replicas, no admins", () => {
@@ -203,24 +240,61 @@ describe("rejected files name the field and the expected form", () => {
 
   test("duplicate and out-of-range replica ids", () => {
     const [a, b, c, d] = keys(4).map(formatPublicKey) as [string, string, string, string];
-    expect(errorsOf(handToml({ replicas: [[0, "h", 1, a], [1, "h", 2, b], [1, "h", 3, c], [3, "h", 4, d]] })).map(formatConfigIssue)).toEqual([
-      "replicas[2].id: duplicate id 1 (also replicas[1].id)",
-    ]);
-    expect(onlyError(handToml({ replicas: [[0, "h", 1, a], [1, "h", 2, b], [2, "h", 3, c], [4, "h", 4, d]] }))).toBe(
-      "replicas[3].id: expected an id in 0..3 (ids are 0..n-1 with n = 4), got 4",
-    );
+    expect(
+      errorsOf(
+        handToml({
+          replicas: [
+            [0, "h", 1, a],
+            [1, "h", 2, b],
+            [1, "h", 3, c],
+            [3, "h", 4, d],
+          ],
+        }),
+      ).map(formatConfigIssue),
+    ).toEqual(["replicas[2].id: duplicate id 1 (also replicas[1].id)"]);
+    expect(
+      onlyError(
+        handToml({
+          replicas: [
+            [0, "h", 1, a],
+            [1, "h", 2, b],
+            [2, "h", 3, c],
+            [4, "h", 4, d],
+          ],
+        }),
+      ),
+    ).toBe("replicas[3].id: expected an id in 0..3 (ids are 0..n-1 with n = 4), got 4");
   });
 
   test("two replicas at one address", () => {
     const [a, b, c, d] = keys(4).map(formatPublicKey) as [string, string, string, string];
-    expect(onlyError(handToml({ replicas: [[0, "h", 1, a], [1, "H", 1, b], [2, "h", 3, c], [3, "h", 4, d]] }))).toBe(
-      "replicas[1].port: address h:1 is already used by replicas[0]",
-    );
+    expect(
+      onlyError(
+        handToml({
+          replicas: [
+            [0, "h", 1, a],
+            [1, "H", 1, b],
+            [2, "h", 3, c],
+            [3, "h", 4, d],
+          ],
+        }),
+      ),
+    ).toBe("replicas[1].port: address h:1 is already used by replicas[0]");
   });
 
   test("a key shared by two replicas, or by a replica and an admin", () => {
     const [a, b, c] = keys(3).map(formatPublicKey) as [string, string, string];
-    const errors = errorsOf(handToml({ replicas: [[0, "h", 1, a], [1, "h", 2, b], [2, "h", 3, c], [3, "h", 4, a]], admins: [b] }));
+    const errors = errorsOf(
+      handToml({
+        replicas: [
+          [0, "h", 1, a],
+          [1, "h", 2, b],
+          [2, "h", 3, c],
+          [3, "h", 4, a],
+        ],
+        admins: [b],
+      }),
+    );
     expect(errors.map(formatConfigIssue)).toEqual([
       "replicas[3].key: the same key as replicas[0].key; every replica and admin needs its own key",
       "admin_keys[0]: the same key as replicas[1].key; every replica and admin needs its own key",
@@ -231,32 +305,35 @@ describe("rejected files name the field and the expected form", () => {
     expect(onlyError(validToml(4).replace('host = "127.0.0.1"', 'host = "bad host"'))).toBe(
       'replicas[0].host: expected a hostname, an IPv4 address or an IPv6 address (without brackets), got "bad host"',
     );
-    expect(onlyError(validToml(4).replace('host = "127.0.0.1"', 'host = "999.0.0.1"'))).toMatch(/^replicas\[0\]\.host: expected a hostname/);
+    expect(onlyError(validToml(4).replace('host = "127.0.0.1"', 'host = "999.0.0.1"'))).toMatch(
+      /^replicas\[0\]\.host: expected a hostname/,
+    );
     expect(onlyError(validToml(4).replace('host = "127.0.0.1"', 'host = "[::1]"'))).toMatch(/^replicas\[0\]\.host/);
     expect(onlyError(validToml(4).replace('name = "test"', 'name = "has space"'))).toMatch(/^name: expected a name/);
   });
 
   test("limits out of range, and limits that contradict each other", () => {
-    expect(onlyError(handToml({}) + "[limits]\nbatch_events_max = 0\n")).toBe(
+    expect(onlyError(`${handToml({})}[limits]\nbatch_events_max = 0\n`)).toBe(
       `limits.batch_events_max: expected an integer in 1..${REQUEST_EVENTS_MAX}, got 0`,
     );
-    expect(onlyError(handToml({}) + "[limits]\nframe_bytes_max = 1.5\n")).toMatch(/^limits\.frame_bytes_max: expected an integer/);
-    expect(onlyError(handToml({}) + "[limits]\nframe_bytes_max = 1048576\nevent_bytes_max = 1048576\n")).toMatch(
+    expect(onlyError(`${handToml({})}[limits]\nframe_bytes_max = 1.5\n`)).toMatch(/^limits\.frame_bytes_max: expected an integer/);
+    expect(onlyError(`${handToml({})}[limits]\nframe_bytes_max = 1048576\nevent_bytes_max = 1048576\n`)).toMatch(
       /^limits\.event_bytes_max: expected less than limits\.frame_bytes_max \(1048576\)/,
     );
-    expect(onlyError(handToml({}) + "[limits]\nbatch_events_max = 100\nclient_burst_events_max = 99\n")).toMatch(
+    expect(onlyError(`${handToml({})}[limits]\nbatch_events_max = 100\nclient_burst_events_max = 99\n`)).toMatch(
       /^limits\.client_burst_events_max: expected at least limits\.batch_events_max \(100\)/,
     );
   });
 
   test("frames must hold the largest NEW_VIEW a leader change can need, for this f", () => {
     const needed = newViewBytesBound(1);
-    expect(onlyError(handToml({}) + `[limits]\nframe_bytes_max = ${needed - 1}\nevent_bytes_max = 1024\n`)).toBe(
+    expect(onlyError(`${handToml({})}[limits]\nframe_bytes_max = ${needed - 1}\nevent_bytes_max = 1024\n`)).toBe(
       `limits.frame_bytes_max: with f = 1, a leader change may need a NEW_VIEW message of up to ${needed} bytes, more than limits.frame_bytes_max (${needed - 1}); raise limits.frame_bytes_max to at least ${needed}`,
     );
-    expect(parse(handToml({}) + `[limits]\nframe_bytes_max = ${needed}\nevent_bytes_max = 1024\n`).ok).toBe(true);
+    expect(parse(`${handToml({})}[limits]\nframe_bytes_max = ${needed}\nevent_bytes_max = 1024\n`).ok).toBe(true);
     // f = 5 (16 replicas) cannot fit any frame the protocol allows; f = 4 can.
-    const replicas = (count: number) => keys(count).map((key, id): [number, string, number, string] => [id, "127.0.0.1", 7100 + id, formatPublicKey(key)]);
+    const replicas = (count: number) =>
+      keys(count).map((key, id): [number, string, number, string] => [id, "127.0.0.1", 7100 + id, formatPublicKey(key)]);
     expect(onlyError(handToml({ f: 5, replicas: replicas(16) }))).toMatch(/^limits\.frame_bytes_max: with f = 5, .* so use at most f = 4$/);
     expect(parse(handToml({ f: 4, replicas: replicas(13) })).ok).toBe(true);
   });
@@ -265,10 +342,10 @@ describe("rejected files name the field and the expected form", () => {
     expect(LIMIT_BOUNDS.frame_bytes_max.max).toBe(FRAME_BYTES_MAX);
     expect(LIMIT_BOUNDS.event_bytes_max.max).toBe(EVENT_BYTES_MAX);
     expect(LIMIT_BOUNDS.batch_events_max.max).toBe(REQUEST_EVENTS_MAX);
-    expect(onlyError(handToml({}) + `[limits]\nframe_bytes_max = ${FRAME_BYTES_MAX + 1}\n`)).toBe(
+    expect(onlyError(`${handToml({})}[limits]\nframe_bytes_max = ${FRAME_BYTES_MAX + 1}\n`)).toBe(
       `limits.frame_bytes_max: expected an integer in 4096..${FRAME_BYTES_MAX}, got ${FRAME_BYTES_MAX + 1}`,
     );
-    expect(parse(handToml({}) + `[limits]\nframe_bytes_max = ${FRAME_BYTES_MAX}\n`).ok).toBe(true);
+    expect(parse(`${handToml({})}[limits]\nframe_bytes_max = ${FRAME_BYTES_MAX}\n`).ok).toBe(true);
   });
 
   test("TOML syntax errors name the file", () => {

@@ -22,9 +22,19 @@ describe("initCluster", () => {
     const dir = join(directory, "four");
     const result = initCluster(options(dir));
     expect(readdirSync(dir).sort()).toEqual([
-      "admin.key", "admin.key.pub", "client.key", "client.key.pub", "cluster.toml",
-      "replica-0.key", "replica-0.key.pub", "replica-1.key", "replica-1.key.pub",
-      "replica-2.key", "replica-2.key.pub", "replica-3.key", "replica-3.key.pub",
+      "admin.key",
+      "admin.key.pub",
+      "client.key",
+      "client.key.pub",
+      "cluster.toml",
+      "replica-0.key",
+      "replica-0.key.pub",
+      "replica-1.key",
+      "replica-1.key.pub",
+      "replica-2.key",
+      "replica-2.key.pub",
+      "replica-3.key",
+      "replica-3.key.pub",
     ]);
     expect(statSync(dir).mode & 0o777).toBe(0o700);
     const loaded = loadClusterConfig(result.configPath);
@@ -116,7 +126,9 @@ describe("assembleCluster (--keys-from): the cluster file from public keys, no s
     const dir = join(directory, "prod");
     const result = assembleCluster(options(dir, { name: "prod", host: "10.0.1.11" }), collected);
     expect(readdirSync(dir)).toEqual(["cluster.toml"]);
-    expect(result.config.replicas.map((replica) => replica.publicKeyText)).toEqual(replicaKeys.map((key) => formatPublicKey(key.publicKey)));
+    expect(result.config.replicas.map((replica) => replica.publicKeyText)).toEqual(
+      replicaKeys.map((key) => formatPublicKey(key.publicKey)),
+    );
     const texts = (keys: readonly Uint8Array[]) => keys.map((key) => formatPublicKey(key)).sort();
     expect(texts(result.config.adminKeys)).toEqual(texts(adminKeys.map((key) => key.publicKey)));
     expect(result.config.clientKeys).toEqual([]);
@@ -125,12 +137,14 @@ describe("assembleCluster (--keys-from): the cluster file from public keys, no s
   test("a missing replica or admin key is named with the command that makes it, and nothing is written", () => {
     const { collected } = collect("partial", 3);
     const dir = join(directory, "partial");
-    expect(() => assembleCluster(options(dir), collected)).toThrow(/replica-3\.key\.pub is missing: on replica 3's host run 'fitb keygen --out replica-3\.key'/);
+    expect(() => assembleCluster(options(dir), collected)).toThrow(
+      /replica-3\.key\.pub is missing: on replica 3's host run 'fitb keygen --out replica-3\.key'/,
+    );
     const noAdmin = join(directory, "noadmin-pubs");
     mkdirSync(noAdmin, { recursive: true });
-    for (let id = 0; id < 4; id++) copyFileSync(join(collected, `replica-${Math.min(id, 2)}.key.pub`), join(noAdmin, `replica-${id}.key.pub`));
+    for (let id = 0; id < 4; id++)
+      copyFileSync(join(collected, `replica-${Math.min(id, 2)}.key.pub`), join(noAdmin, `replica-${id}.key.pub`));
     expect(() => assembleCluster(options(dir), noAdmin)).toThrow(/no admin key/);
     expect(existsSync(dir)).toBe(false);
   });
 });
-

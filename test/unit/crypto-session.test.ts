@@ -154,7 +154,15 @@ describe("frame MACs", () => {
     expect(checkMac(key, PEER, 8, frame, mac)).toBe(false);
     expect(checkMac(key, PEER + 1, 7, frame, mac)).toBe(false);
     expect(checkMac(key, PEER, 7, utf8("a frame bodY"), mac)).toBe(false);
-    expect(checkMac(Uint8Array.from(key, (byte) => byte ^ 1), PEER, 7, frame, mac)).toBe(false);
+    expect(
+      checkMac(
+        Uint8Array.from(key, (byte) => byte ^ 1),
+        PEER,
+        7,
+        frame,
+        mac,
+      ),
+    ).toBe(false);
     const flipped = Uint8Array.from(mac);
     flipped[31]! ^= 0x80;
     expect(checkMac(key, PEER, 7, frame, flipped)).toBe(false);

@@ -58,7 +58,8 @@ describe("imports run one way", () => {
       for (const match of readFileSync(file, "utf8").matchAll(IMPORT)) {
         const target = roomOf(resolve(dirname(file), match[1] as string));
         if (target === null || target === from) continue;
-        if (!(ALLOWED[from] as readonly string[]).includes(target)) wrong.push(`${relative(REPO, file)} (${from}) imports ${match[1]} (${target})`);
+        if (!(ALLOWED[from] as readonly string[]).includes(target))
+          wrong.push(`${relative(REPO, file)} (${from}) imports ${match[1]} (${target})`);
       }
     }
     expect(wrong).toEqual([]);

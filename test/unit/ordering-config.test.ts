@@ -126,7 +126,9 @@ describe("src/core stays sans-IO", () => {
       const text = readFileSync(file, "utf8");
       for (const m of text.matchAll(/from\s+["']([^"']+)["']/g)) {
         const spec = m[1] as string;
-        expect(spec.startsWith("./") || ["../../../wire/canonical.ts", "../../../wire/bytes.ts", "../../../wire/types.ts"].includes(spec)).toBe(true);
+        expect(
+          spec.startsWith("./") || ["../../../wire/canonical.ts", "../../../wire/bytes.ts", "../../../wire/types.ts"].includes(spec),
+        ).toBe(true);
       }
     }
   });

@@ -3,7 +3,20 @@
 // the "bug N" tests are the ten classic bugs of core/ordering/PROTOCOL.md §9.
 import { describe, expect, test } from "bun:test";
 import { encodeCanonical } from "../../wire/canonical.ts";
-import { batchBytes, type Commit, type Effect, type NewView, type PeerMessage, type Prepare, type PreparedCert, type PrePrepare, type Ready, signingBytes, validPreparedCert, type ViewChange } from "../../src/core/ordering/index.ts";
+import {
+  batchBytes,
+  type Commit,
+  type Effect,
+  type NewView,
+  type PeerMessage,
+  type Prepare,
+  type PreparedCert,
+  type PrePrepare,
+  type Ready,
+  signingBytes,
+  validPreparedCert,
+  type ViewChange,
+} from "../../src/core/ordering/index.ts";
 import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
 import { sha256 } from "../../src/sim/crypto.ts";
 
@@ -77,7 +90,13 @@ describe("normal case (core/ordering/PROTOCOL.md §4)", () => {
           const m = o.msg;
           if (m.t === "PREPARE" && !persisted.has(`accept:${m.view}:${m.seq}`)) {
             // A resend of an earlier vote is fine: its record went out in an earlier Ready.
-            expect(c.records[id]?.some((r) => (r.t === "accept" && r.prePrepare.view === m.view && r.prePrepare.seq === m.seq) || (r.t === "view" && r.newView?.o.some((h) => h.view === m.view && h.seq === m.seq)))).toBe(true);
+            expect(
+              c.records[id]?.some(
+                (r) =>
+                  (r.t === "accept" && r.prePrepare.view === m.view && r.prePrepare.seq === m.seq) ||
+                  (r.t === "view" && r.newView?.o.some((h) => h.view === m.view && h.seq === m.seq)),
+              ),
+            ).toBe(true);
           }
           if (m.t === "COMMIT" && !persisted.has(`prepared:${m.view}:${m.seq}`)) {
             expect(c.records[id]?.some((r) => r.t === "prepared" && r.cert.view === m.view && r.cert.seq === m.seq)).toBe(true);
@@ -96,7 +115,11 @@ describe("normal case (core/ordering/PROTOCOL.md §4)", () => {
       for (let s = 1; s <= 5; s++) decideOne(c, s % 2, Math.ceil(s / 2));
       c.tick(30);
       c.deliverAll();
-      return [0, 1, 2, 3].map((id) => encodeCanonical((c.readies[id] ?? []).map((r) => ({ persist: [...r.persist], effects: r.effects.map((o) => ({ ...o })) }) as never)));
+      return [0, 1, 2, 3].map((id) =>
+        encodeCanonical(
+          (c.readies[id] ?? []).map((r) => ({ persist: [...r.persist], effects: r.effects.map((o) => ({ ...o })) }) as never),
+        ),
+      );
     };
     const a = run();
     const b = run();
@@ -207,7 +230,12 @@ describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
   test("bug 1: one signer's COMMIT repeated Q times does not commit", () => {
     const c = new ManualCluster();
     const pp = proposalSeenBy1(c);
-    for (const r of [2, 3]) c.step(1, { kind: "message", from: r, msg: resign(c, r, { t: "PREPARE", view: 0, seq: 1, digest: pp.digest, replica: r, sig: pp.sig }) });
+    for (const r of [2, 3])
+      c.step(1, {
+        kind: "message",
+        from: r,
+        msg: resign(c, r, { t: "PREPARE", view: 0, seq: 1, digest: pp.digest, replica: r, sig: pp.sig }),
+      });
     const c2 = resign(c, 2, { t: "COMMIT", view: 0, seq: 1, digest: pp.digest, replica: 2, sig: pp.sig });
     for (let i = 0; i < 5; i++) c.step(1, { kind: "message", from: 2, msg: c2 });
     expect(decidedSeqs(c, 1)).toEqual([]);
@@ -247,9 +275,15 @@ describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
   test("bug 3: COMMITs for another digest never count", () => {
     const c = new ManualCluster();
     const pp = proposalSeenBy1(c);
-    for (const r of [2, 3]) c.step(1, { kind: "message", from: r, msg: resign(c, r, { t: "PREPARE", view: 0, seq: 1, digest: pp.digest, replica: r, sig: pp.sig }) });
+    for (const r of [2, 3])
+      c.step(1, {
+        kind: "message",
+        from: r,
+        msg: resign(c, r, { t: "PREPARE", view: 0, seq: 1, digest: pp.digest, replica: r, sig: pp.sig }),
+      });
     const wrong = sha256(new Uint8Array([1]));
-    for (const r of [0, 2, 3]) c.step(1, { kind: "message", from: r, msg: resign(c, r, { t: "COMMIT", view: 0, seq: 1, digest: wrong, replica: r, sig: pp.sig }) });
+    for (const r of [0, 2, 3])
+      c.step(1, { kind: "message", from: r, msg: resign(c, r, { t: "COMMIT", view: 0, seq: 1, digest: wrong, replica: r, sig: pp.sig }) });
     expect(decidedSeqs(c, 1)).toEqual([]);
   });
 
@@ -321,7 +355,16 @@ describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
     const rec = c.records[1]?.find((r) => r.t === "prepared");
     if (rec?.t !== "prepared") throw new Error("no prepared record");
     const cert = rec.cert;
-    const ctx = { n: 4, f: 1, mode: "bft" as const, quorumSize: 3, logWindow: 8, checkpointInterval: 4, clusterId: "cluster-test", crypto: c.keyring.cryptoFor(1) };
+    const ctx = {
+      n: 4,
+      f: 1,
+      mode: "bft" as const,
+      quorumSize: 3,
+      logWindow: 8,
+      checkpointInterval: 4,
+      clusterId: "cluster-test",
+      crypto: c.keyring.cryptoFor(1),
+    };
     expect(validPreparedCert(ctx, cert)).toBe(true);
     const p0 = cert.prepares[0] as Prepare;
     const mutants: PreparedCert[] = [
@@ -349,8 +392,16 @@ describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
     const vc = sent(c, 1, "VIEW_CHANGE")[0];
     for (let i = 0; i < 300; i++) {
       const d = sha256(new Uint8Array([i & 0xff, i >> 8]));
-      c.step(1, { kind: "message", from: 3, msg: resign(c, 3, { t: "PREPARE", view: 0, seq: 1_000_000 + i, digest: d, replica: 3, sig: d }) });
-      c.step(1, { kind: "message", from: 3, msg: resign(c, 3, { t: "PREPARE", view: 1_000_000 + i, seq: 2, digest: d, replica: 3, sig: d }) });
+      c.step(1, {
+        kind: "message",
+        from: 3,
+        msg: resign(c, 3, { t: "PREPARE", view: 0, seq: 1_000_000 + i, digest: d, replica: 3, sig: d }),
+      });
+      c.step(1, {
+        kind: "message",
+        from: 3,
+        msg: resign(c, 3, { t: "PREPARE", view: 1_000_000 + i, seq: 2, digest: d, replica: 3, sig: d }),
+      });
       const cp = { t: "CHECKPOINT" as const, seq: 4 * (1_000_000 + i), digest: d, replica: 3, sig: d };
       c.step(1, { kind: "message", from: 3, msg: { ...cp, sig: c.keyring.signAsReplica(3, signingBytes(cp, "cluster-test")) } });
       if (vc !== undefined) c.step(1, { kind: "message", from: 3, msg: vc });
@@ -382,7 +433,11 @@ describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
     expect(c.core(0).status().installedView).toBeGreaterThanOrEqual(2);
     expect(c.lastExecuted(0)).toBe(2);
     cut = -1;
-    c.runUntil(() => [0, 1, 2, 3].every((id) => c.lastExecuted(id) >= 2 && c.core(id).status().status === "normal"), 600, () => true);
+    c.runUntil(
+      () => [0, 1, 2, 3].every((id) => c.lastExecuted(id) >= 2 && c.core(id).status().status === "normal"),
+      600,
+      () => true,
+    );
   });
 
   test("bug 10: no vote in a view the replica has left", () => {
@@ -429,7 +484,9 @@ describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
     const altDigest = sha256(batchBytes(alt));
     const altPp = { ...resign(c, 0, { ...pp, digest: altDigest, batch: null }), batch: alt };
     const outs = c.step(1, { kind: "message", from: 0, msg: altPp });
-    expect(outs.effects.some((o) => o.kind === "send" && o.msg.t === "PREPARE" && Buffer.from(o.msg.digest).equals(Buffer.from(altDigest)))).toBe(false);
+    expect(
+      outs.effects.some((o) => o.kind === "send" && o.msg.t === "PREPARE" && Buffer.from(o.msg.digest).equals(Buffer.from(altDigest))),
+    ).toBe(false);
     expect(outs.effects.some((o) => o.kind === "suspect" && o.reason === "equivocation")).toBe(true);
   });
 });
@@ -443,7 +500,9 @@ describe("checkpoints and state transfer (core/ordering/PROTOCOL.md §7)", () =>
       expect(c.core(id).sizes().log).toBe(0);
       expect(c.records[id]?.some((r) => r.t === "stable" && r.seq === 4)).toBe(true);
     }
-    const digests = new Set([0, 1, 2, 3].map((id) => Buffer.from((sent(c, id, "CHECKPOINT")[0] as { digest: Uint8Array }).digest).toString("hex")));
+    const digests = new Set(
+      [0, 1, 2, 3].map((id) => Buffer.from((sent(c, id, "CHECKPOINT")[0] as { digest: Uint8Array }).digest).toString("hex")),
+    );
     expect(digests.size).toBe(1);
   });
 
@@ -616,7 +675,10 @@ describe("catch-up inside the window (cases the integration tests found)", () =>
 describe("Aardvark monitors", () => {
   test("throughput: a window below the requirement is slow; one that meets it raises it by 1%", async () => {
     const { ThroughputMonitor } = await import("../../src/core/ordering/monitors.ts");
-    const m = new ThroughputMonitor({ throughputWindowTicks: 10, throughputGraceTicks: 0, throughputRequiredPercent: 90, throughputStepPercent: 1 }, 4);
+    const m = new ThroughputMonitor(
+      { throughputWindowTicks: 10, throughputGraceTicks: 0, throughputRequiredPercent: 90, throughputStepPercent: 1 },
+      4,
+    );
     m.onViewInstalled(0);
     // View 1 does 2 requests per busy tick.
     for (let t = 1; t <= 10; t++) {

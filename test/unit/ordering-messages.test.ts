@@ -3,7 +3,18 @@
 // and every signed field.
 import { describe, expect, test } from "bun:test";
 import { decodeCanonical, encodeCanonical } from "../../wire/canonical.ts";
-import { type Checkpoint, type ClientRequest, DOMAIN, type Prepare, type PrePrepare, type ViewChange, NULL_DIGEST, type PeerMessage, signingBytes, validatePeerMessage } from "../../src/core/ordering/index.ts";
+import {
+  type Checkpoint,
+  type ClientRequest,
+  DOMAIN,
+  type Prepare,
+  type PrePrepare,
+  type ViewChange,
+  NULL_DIGEST,
+  type PeerMessage,
+  signingBytes,
+  validatePeerMessage,
+} from "../../src/core/ordering/index.ts";
 
 const d32 = (b: number) => new Uint8Array(32).fill(b);
 const s64 = (b: number) => new Uint8Array(64).fill(b);

@@ -26,7 +26,9 @@ const CLIENT_NAME_BYTES = 64;
 const keys = Array.from({ length: 5 }, () => formatPublicKey(SigningKey.generate().publicKey));
 
 function clusterWithFrames(frameBytesMax: number) {
-  const replicas = [0, 1, 2, 3].map((id) => `[[replicas]]\nid = ${id}\nhost = "127.0.0.1"\nport = ${7100 + id}\nkey = "${keys[id]}"\n`).join("\n");
+  const replicas = [0, 1, 2, 3]
+    .map((id) => `[[replicas]]\nid = ${id}\nhost = "127.0.0.1"\nport = ${7100 + id}\nkey = "${keys[id]}"\n`)
+    .join("\n");
   const eventBytes = Math.min(Math.floor(frameBytesMax / 2), 1024 * KIB);
   const text = `name = "size-test"\nf = 1\nadmin_keys = ["${keys[4]}"]\n\n${replicas}\n[limits]\nframe_bytes_max = ${frameBytesMax}\nevent_bytes_max = ${eventBytes}\n`;
   const parsed = parseClusterConfig(text, "/virtual/cluster.toml");
@@ -44,15 +46,24 @@ describe("peer messages fit one frame", () => {
     test(`frame limit ${frameBytesMax / KIB} KiB: forwards of the largest requests, their batches and a lagging replica's catch-up`, () => {
       const cfg = coreConfigFor(clusterWithFrames(frameBytesMax), 0);
       const c = new ManualCluster({
-        params: { ...CLUSTER_PARAMETERS, requestBytesMax: cfg.requestBytesMax, batchBytesMax: cfg.batchBytesMax, batchRequestsMax: cfg.batchRequestsMax, checkpointInterval: 64, logWindow: 128 },
+        params: {
+          ...CLUSTER_PARAMETERS,
+          requestBytesMax: cfg.requestBytesMax,
+          batchBytesMax: cfg.batchBytesMax,
+          batchRequestsMax: cfg.batchRequestsMax,
+          checkpointInterval: 64,
+          logWindow: 128,
+        },
       });
       let largest = 0;
       let messages = 0;
-      const measure = (cutOff: number | null) => (m: QueuedMessage): boolean => {
-        largest = Math.max(largest, frameBytes(m.msg));
-        messages++;
-        return cutOff === null || (m.from !== cutOff && m.to !== cutOff);
-      };
+      const measure =
+        (cutOff: number | null) =>
+        (m: QueuedMessage): boolean => {
+          largest = Math.max(largest, frameBytes(m.msg));
+          messages++;
+          return cutOff === null || (m.from !== cutOff && m.to !== cutOff);
+        };
       // Requests as large as the core admits, from three clients at once, all given to a
       // backup (so they travel in FORWARDs), while replica 3 hears nothing.
       const payload = "x".repeat(cfg.requestBytesMax - REQUEST_HEADER_BYTES - SIG_BYTES - CLIENT_NAME_BYTES - REQUEST_FIELDS_BYTES);
@@ -78,7 +89,15 @@ describe("peer messages fit one frame", () => {
 describe("a frame too large to encode", () => {
   test("is refused by FramedConn.send with false, never a throw, and nothing is written", () => {
     const written: Uint8Array[] = [];
-    const socket = { remoteAddress: "127.0.0.1", write: (bytes: Uint8Array) => (written.push(bytes), bytes.length), end() {}, flush() {} };
+    const socket = {
+      remoteAddress: "127.0.0.1",
+      write: (bytes: Uint8Array) => {
+        written.push(bytes);
+        return bytes.length;
+      },
+      end() {},
+      flush() {},
+    };
     const conn = new FramedConn(socket as unknown as Socket<unknown>, FRAME_BYTES_MAX, 64 * 1024 * 1024);
     const huge = new Uint8Array(FRAME_BYTES_MAX + 1);
     expect(conn.send({ type: FrameType.PEER, body: { seq: 1, msg: huge, mac: new Uint8Array(32) } })).toBe(false);
@@ -103,4 +122,3 @@ describe("SIGNED_VOTE_BYTES_MAX", () => {
     expect(Math.max(...sizes)).toBe(SIGNED_VOTE_BYTES_MAX);
   });
 });
-

@@ -7,7 +7,7 @@ import { describe, expect, test } from "bun:test";
 import type { QueryReply, SubEnd } from "../../wire/schemas.ts";
 import { channelInfoRule, type ChannelInfo } from "../../src/client/queries.ts";
 import { ClientSubscription } from "../../src/client/subscription.ts";
-import { RequestRejectedError } from "../../src/client/errors.ts";
+import type { RequestRejectedError } from "../../src/client/errors.ts";
 import { ExecutionGate } from "../../src/replica/execution-gate.ts";
 import { channel, ScriptedHost } from "./subscription-host.ts";
 

@@ -78,8 +78,10 @@ describe("--listen", () => {
   });
 
   test("loopback: 127.0.0.0/8, ::1, localhost; nothing else", () => {
-    for (const host of ["127.0.0.1", "127.1.2.3", "::1", "localhost", "LOCALHOST", "::ffff:127.0.0.1"]) expect(isLoopbackHost(host)).toBe(true);
-    for (const host of ["0.0.0.0", "::", "10.0.0.1", "192.168.1.2", "128.0.0.1", "example.org", "localhost.example.org"]) expect(isLoopbackHost(host)).toBe(false);
+    for (const host of ["127.0.0.1", "127.1.2.3", "::1", "localhost", "LOCALHOST", "::ffff:127.0.0.1"])
+      expect(isLoopbackHost(host)).toBe(true);
+    for (const host of ["0.0.0.0", "::", "10.0.0.1", "192.168.1.2", "128.0.0.1", "example.org", "localhost.example.org"])
+      expect(isLoopbackHost(host)).toBe(false);
   });
 });
 

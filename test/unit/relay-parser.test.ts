@@ -36,7 +36,10 @@ function parseSplit(stream: Uint8Array, cuts: readonly number[], parser = new Re
 const parseWhole = (stream: Uint8Array, parser?: RelayLineParser): RelayInput[] => parseSplit(stream, [], parser);
 
 function parseByteByByte(stream: Uint8Array): RelayInput[] {
-  return parseSplit(stream, Array.from({ length: Math.max(0, stream.byteLength - 1) }, (_, i) => i + 1));
+  return parseSplit(
+    stream,
+    Array.from({ length: Math.max(0, stream.byteLength - 1) }, (_, i) => i + 1),
+  );
 }
 
 /** xorshift32: a seeded generator, so a failing split pattern can be replayed. */
@@ -62,7 +65,8 @@ function randomCuts(length: number, random: () => number): number[] {
 /** Makes inputs comparable with toEqual (payload bytes as arrays). */
 function plain(inputs: readonly RelayInput[]): unknown[] {
   return inputs.map((input) => {
-    if (input.t === "command" && input.command.t === "pub") return { ...input, command: { ...input.command, payload: [...input.command.payload] } };
+    if (input.t === "command" && input.command.t === "pub")
+      return { ...input, command: { ...input.command, payload: [...input.command.payload] } };
     return input;
   });
 }
@@ -131,7 +135,8 @@ describe("relay line parser: the same results however the stream is split", () =
     for (let seed = 1; seed <= 300; seed++) {
       const cuts = randomCuts(CORPUS.byteLength, prng(seed));
       const result = plain(parseSplit(CORPUS, cuts));
-      if (JSON.stringify(result) !== JSON.stringify(plain(parseWhole(CORPUS)))) throw new Error(`seed ${seed} (cuts ${cuts.join(",")}) differs`);
+      if (JSON.stringify(result) !== JSON.stringify(plain(parseWhole(CORPUS))))
+        throw new Error(`seed ${seed} (cuts ${cuts.join(",")}) differs`);
     }
     expect(plain(parseSplit(CORPUS, randomCuts(CORPUS.byteLength, prng(7))))).toEqual(CORPUS_EXPECTED);
   });
@@ -142,7 +147,8 @@ describe("relay line parser: the same results however the stream is split", () =
     for (let round = 0; round < 200; round++) {
       const length = 1 + Math.floor(random() * 400);
       const stream = new Uint8Array(length);
-      for (let i = 0; i < length; i++) stream[i] = random() < 0.9 ? (alphabet[Math.floor(random() * alphabet.byteLength)] as number) : Math.floor(random() * 256);
+      for (let i = 0; i < length; i++)
+        stream[i] = random() < 0.9 ? (alphabet[Math.floor(random() * alphabet.byteLength)] as number) : Math.floor(random() * 256);
       const small = (): RelayLineParser => new RelayLineParser({ lineBytesMax: 32, payloadBytesMax: 16 });
       const whole = JSON.stringify(plain(parseWhole(stream, small())));
       const parser = small();

@@ -31,7 +31,13 @@ function pub(ts: number, seq = 1, text = "eth0 down"): Request {
 function signed(request: Request, signer: SigningKey = key): ClientRequest {
   const body = encodeRequestBody(request);
   const tag = request.op.t === "pub" ? request.op.tag : "!admin";
-  return { client: `${toHex(request.client)}:${tag}`, seq: request.seq, span: request.span, body, sig: sign(signer, requestSigningInput(body)) };
+  return {
+    client: `${toHex(request.client)}:${tag}`,
+    seq: request.seq,
+    span: request.span,
+    body,
+    sig: sign(signer, requestSigningInput(body)),
+  };
 }
 
 describe("the clock bound at the client's replica", () => {
@@ -42,12 +48,21 @@ describe("the clock bound at the client's replica", () => {
   });
 
   test("a publish stamped too far ahead or behind is refused with a reason naming the clock", () => {
-    expect(clockSkewProblem(pub(NOW + CLIENT_CLOCK_SKEW_MS_MAX + 1_000), NOW)).toMatch(/301 s ahead of this replica's clock .* check the publishing host's clock/);
+    expect(clockSkewProblem(pub(NOW + CLIENT_CLOCK_SKEW_MS_MAX + 1_000), NOW)).toMatch(
+      /301 s ahead of this replica's clock .* check the publishing host's clock/,
+    );
     expect(clockSkewProblem(pub(NOW - 3_600_000), NOW)).toMatch(/3600 s behind/);
   });
 
   test("admin commands are not bound: their timestamp drives nothing", () => {
-    const admin: Request = { v: 1, client: key.publicKey, seq: 1, span: 1, ts: 0, op: { t: "admin", cmd: { t: "destroy-channel", tag: "x" } } };
+    const admin: Request = {
+      v: 1,
+      client: key.publicKey,
+      seq: 1,
+      span: 1,
+      ts: 0,
+      op: { t: "admin", cmd: { t: "destroy-channel", tag: "x" } },
+    };
     expect(clockSkewProblem(admin, NOW)).toBeNull();
     expect(stampedTooFarAhead(admin, NOW)).toBe(false);
   });
@@ -83,7 +98,9 @@ describe("the bound at every replica that accepts a proposal", () => {
   test("the memo key covers header, body and signature, so a swapped body never hits it", () => {
     const good = signed(pub(NOW));
     const swapped: ClientRequest = { ...good, body: encodeRequestBody(pub(NOW, 1, "FORGED")) };
-    const keys = [good, swapped, { ...good, seq: 2 }, { ...good, span: 2 }, { ...good, sig: signed(pub(NOW), other).sig }].map(verifiedCacheKey);
+    const keys = [good, swapped, { ...good, seq: 2 }, { ...good, span: 2 }, { ...good, sig: signed(pub(NOW), other).sig }].map(
+      verifiedCacheKey,
+    );
     expect(new Set(keys).size).toBe(keys.length);
     expect(verifiedCacheKey({ ...good })).toBe(verifiedCacheKey(good));
   });

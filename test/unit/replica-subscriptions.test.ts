@@ -14,18 +14,33 @@ import { Subscriptions } from "../../src/replica/subscriptions.ts";
 import type { Frame } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
 
-const CONFIG: ChannelsConfig = { channelsMax: 4, eventBytesMax: 100, requestBytesMax: 1000, requestEventsMax: 4, retention: { events: 10, bytes: 5000, ageMs: 1000 } };
+const CONFIG: ChannelsConfig = {
+  channelsMax: 4,
+  eventBytesMax: 100,
+  requestBytesMax: 1000,
+  requestEventsMax: 4,
+  retention: { events: 10, bytes: 5000, ageMs: 1000 },
+};
 
 function session(id: number, frames: Frame[]): ClientSession {
   const key = new Uint8Array(32).fill(id);
-  const conn = { send: (frame: Frame) => (frames.push(frame), true), close() {} } as unknown as FramedConn;
+  const conn = {
+    send: (frame: Frame) => {
+      frames.push(frame);
+      return true;
+    },
+    close() {},
+  } as unknown as FramedConn;
   return { conn, key, keyHex: toHex(key), id };
 }
 
 describe("after a snapshot install", () => {
   test("every live subscription is ended as SLOW (resubscribe from the next wanted seq) and gets nothing more", () => {
     const machine = new ChannelMachine({ hash: (b) => sha256(b), config: CONFIG });
-    for (const [tag, order] of [["sec.alerts", "total"], ["net.links", "none"]] as const) {
+    for (const [tag, order] of [
+      ["sec.alerts", "total"],
+      ["net.links", "none"],
+    ] as const) {
       expect(machine.applyAdmin({ t: "create-channel", tag, fault: "byzantine", order, priority: "normal", public: true }).ok).toBe(true);
     }
     const subs = new Subscriptions(2, machine, new Metrics(), 16);
@@ -42,7 +57,11 @@ describe("after a snapshot install", () => {
       [2, "SLOW"],
     ]);
     frames.length = 0;
-    subs.publish("sec.alerts", { firstSeq: 1, count: 1, tsMs: 1, publisher: new Uint8Array(32), pubSeq: 1, body: new Uint8Array(1), sig: new Uint8Array(64) }, true);
+    subs.publish(
+      "sec.alerts",
+      { firstSeq: 1, count: 1, tsMs: 1, publisher: new Uint8Array(32), pubSeq: 1, body: new Uint8Array(1), sig: new Uint8Array(64) },
+      true,
+    );
     expect(frames).toEqual([]);
   });
 });

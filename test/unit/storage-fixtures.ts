@@ -39,7 +39,10 @@ export interface TestLog extends Log {
 
 export function testLog(): TestLog {
   const lines: TestLog["lines"] = [];
-  const at = (level: string) => (msg: string, fields: Record<string, unknown> = {}) => void lines.push({ level, msg, fields });
+  const at =
+    (level: string) =>
+    (msg: string, fields: Record<string, unknown> = {}) =>
+      void lines.push({ level, msg, fields });
   return { lines, debug: at("debug"), info: at("info"), warn: at("warn"), error: at("error") };
 }
 
@@ -65,7 +68,14 @@ export class TestClient {
   }
 
   pub(tag: string, events: string[]): ClientRequest {
-    return this.build(tag, pubOp(tag, events.map((e) => new TextEncoder().encode(e))), events.length);
+    return this.build(
+      tag,
+      pubOp(
+        tag,
+        events.map((e) => new TextEncoder().encode(e)),
+      ),
+      events.length,
+    );
   }
 
   private build(space: string, op: Parameters<typeof buildRequest>[1]["op"], span: number): ClientRequest {

@@ -40,7 +40,10 @@ describe("persisted records", () => {
     ["a decided record without its digest", withoutDigest],
     ["a view record installed past its view", { t: "view", view: 1, installedView: 2, status: "normal", viewChange: null, newView: null }],
     ["a view record with an unknown status", { t: "view", view: 1, installedView: 1, status: "sideways", viewChange: null, newView: null }],
-    ["a checkpoint whose client rows are not pairs", { t: "checkpoint", seq: 128, stateDigest: digest, appDigest: digest, clients: [[client]] }],
+    [
+      "a checkpoint whose client rows are not pairs",
+      { t: "checkpoint", seq: 128, stateDigest: digest, appDigest: digest, clients: [[client]] },
+    ],
     ["a stable proof with a foreign message", { t: "stable", seq: 128, digest, proof: [{ ...commit }] }],
   ];
   for (const [what, value] of damaged) {
@@ -55,7 +58,17 @@ describe("persisted records", () => {
 });
 
 describe("snapshot heads", () => {
-  const head = { status: "complete" as const, seq: 128, stateDigest: digest, appDigest: digest, clients: [[client, 3]] as [string, number][], proof: [checkpoint], parts: 2, bytes: 100, partBytes: 64 };
+  const head = {
+    status: "complete" as const,
+    seq: 128,
+    stateDigest: digest,
+    appDigest: digest,
+    clients: [[client, 3]] as [string, number][],
+    proof: [checkpoint],
+    parts: 2,
+    bytes: 100,
+    partBytes: 64,
+  };
 
   test("a head reads back equal", () => {
     expect(decodeHead(encodeHead(head))).toEqual(head);

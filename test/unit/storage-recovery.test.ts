@@ -41,7 +41,10 @@ class Writer {
   seq = 0;
 
   constructor(readonly storage: ReplicaStorage) {
-    this.keeper = new SnapshotKeeper({ storage, machine: this.machine, partBytes: PART_BYTES, log: testLog(), metrics: new Metrics(), appliedSeq: () => this.seq }, null);
+    this.keeper = new SnapshotKeeper(
+      { storage, machine: this.machine, partBytes: PART_BYTES, log: testLog(), metrics: new Metrics(), appliedSeq: () => this.seq },
+      null,
+    );
   }
 
   decide(batch: ClientRequest[]): void {

@@ -110,7 +110,10 @@ describe("checkpoint state digest", () => {
       },
     };
     // A group of one (f = 0) decides alone, so the core reaches a checkpoint by itself.
-    const core = new OrderingCore(makeConfig({ id: 0, n: 1, f: 0, mode: "bft", clusterId: "unit" }, { checkpointInterval: 2, logWindow: 4, pipelineDepth: 2 }), crypto);
+    const core = new OrderingCore(
+      makeConfig({ id: 0, n: 1, f: 0, mode: "bft", clusterId: "unit" }, { checkpointInterval: 2, logWindow: 4, pipelineDepth: 2 }),
+      crypto,
+    );
     const client = new TestClient();
     const appDigest = sha256(new TextEncoder().encode("application state"));
     const checkpoints: { seq: number; stateDigest: Uint8Array; clients: [string, number][] }[] = [];

@@ -115,7 +115,11 @@ class Network {
   }
 }
 
-function recoverIncoming(storage: ReplicaStorage, machine: ChannelMachine, partBytes: number): { head: SnapshotHead; parts: number } | null {
+function recoverIncoming(
+  storage: ReplicaStorage,
+  machine: ChannelMachine,
+  partBytes: number,
+): { head: SnapshotHead; parts: number } | null {
   return recover({ storage, machine, partBytes, execute: () => undefined }).incoming;
 }
 
@@ -278,7 +282,7 @@ describe("state transfer", () => {
   test("a transfer interrupted by a restart resumes from the parts already on disk", () => {
     const { net, state, fetcher } = cluster();
     const keepParts = 5;
-    net.filter = (from, _to, m) => (m.t === "part" && m.part >= keepParts ? null : m);
+    net.filter = (_from, _to, m) => (m.t === "part" && m.part >= keepParts ? null : m);
     const target = targetFor(state, [0]);
     fetcher.transfer.fetch(target);
     net.pump();
@@ -321,7 +325,8 @@ describe("state transfer", () => {
       // Part 0 again, once the parts after it have pushed it out of the cache, needs a new
       // cursor each time.
       net.send(1, 0, encodeTransferMessage({ t: "get", seq: SEQ, digest, part: 0, count: 1, nonce: i }));
-      for (let part = 1; part <= SERVE_CACHE_PARTS + 1; part++) net.send(1, 0, encodeTransferMessage({ t: "get", seq: SEQ, digest, part, count: 1, nonce: 1000 + part }));
+      for (let part = 1; part <= SERVE_CACHE_PARTS + 1; part++)
+        net.send(1, 0, encodeTransferMessage({ t: "get", seq: SEQ, digest, part, count: 1, nonce: 1000 + part }));
       net.pump();
       const first = net.delivered.find((d) => d.from === 0 && (d.m.t === "part" || d.m.t === "none") && d.m.nonce === i);
       answers.push(first?.m.t ?? "nothing");
@@ -451,7 +456,17 @@ describe("state transfer", () => {
       const target = targetFor(state, [0]);
       fetchWhole(net, fetcher, target);
       // A head as written when a transfer starts, which says nothing of where the stream ends.
-      fetcher.storage.stageHead({ status: "incoming", seq: SEQ, stateDigest: target.stateDigest, appDigest: null, clients: null, proof: [], parts: 0, bytes: 0, partBytes: PART_BYTES });
+      fetcher.storage.stageHead({
+        status: "incoming",
+        seq: SEQ,
+        stateDigest: target.stateDigest,
+        appDigest: null,
+        clients: null,
+        proof: [],
+        parts: 0,
+        bytes: 0,
+        partBytes: PART_BYTES,
+      });
       fetcher.storage.commits.flush();
       installFromDiskAlone(net, fetcher, target, state);
     });

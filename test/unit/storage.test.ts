@@ -68,8 +68,18 @@ describe("ReplicaStore rows", () => {
   test("a stable checkpoint prunes the core records a restart no longer needs", () => {
     const dir = freshDir();
     const storage = openStorage(dir);
-    const pp = (seq: number): PersistedRecord => ({ t: "accept", prePrepare: { t: "PRE_PREPARE", view: 0, seq, digest: DIGEST, batch: [], sig: new Uint8Array(64) } });
-    const view = (v: number): PersistedRecord => ({ t: "view", view: v, installedView: v, status: "normal", viewChange: null, newView: null });
+    const pp = (seq: number): PersistedRecord => ({
+      t: "accept",
+      prePrepare: { t: "PRE_PREPARE", view: 0, seq, digest: DIGEST, batch: [], sig: new Uint8Array(64) },
+    });
+    const view = (v: number): PersistedRecord => ({
+      t: "view",
+      view: v,
+      installedView: v,
+      status: "normal",
+      viewChange: null,
+      newView: null,
+    });
     const checkpoint = (seq: number): PersistedRecord => ({ t: "checkpoint", seq, stateDigest: DIGEST, appDigest: DIGEST, clients: [] });
     write(storage, [view(0), pp(1), pp(2), pp(3), checkpoint(2), view(1), pp(4)]);
     write(storage, [{ t: "stable", seq: 2, digest: DIGEST, proof: [] }, checkpoint(4)]);
@@ -80,8 +90,12 @@ describe("ReplicaStore rows", () => {
   test("a data directory of another replica is refused", () => {
     const dir = freshDir();
     openStorage(dir).close();
-    expect(() => ReplicaStorage.open({ dir, sync: "full", cluster: "unit", replica: 1, log: testLog(), metrics: new Metrics() })).toThrow(StoreIdentityError);
-    expect(() => ReplicaStorage.open({ dir, sync: "full", cluster: "other", replica: 0, log: testLog(), metrics: new Metrics() })).toThrow(StoreIdentityError);
+    expect(() => ReplicaStorage.open({ dir, sync: "full", cluster: "unit", replica: 1, log: testLog(), metrics: new Metrics() })).toThrow(
+      StoreIdentityError,
+    );
+    expect(() => ReplicaStorage.open({ dir, sync: "full", cluster: "other", replica: 0, log: testLog(), metrics: new Metrics() })).toThrow(
+      StoreIdentityError,
+    );
   });
 });
 
@@ -89,7 +103,10 @@ describe("corruption", () => {
   test("a row whose bytes changed is detected at open, reported, and cuts the decided log there", () => {
     const dir = freshDir();
     const storage = openStorage(dir);
-    write(storage, [1, 2, 3, 4, 5].map((seq) => decided(seq)));
+    write(
+      storage,
+      [1, 2, 3, 4, 5].map((seq) => decided(seq)),
+    );
     storage.close();
     // Bit rot inside row 3: the payload changes, its checksum does not.
     const db = new Database(join(dir, STORE_FILE));
@@ -103,7 +120,9 @@ describe("corruption", () => {
     const reopened = openStorage(dir, log, metrics);
     expect(reopened.corruptAtOpen.map((r) => `${r.table} ${r.key}`)).toEqual(["decided seq 3"]);
     expect(metrics.get("storage_corrupt_rows_total")).toBe(1);
-    expect(log.lines.some((l) => l.level === "error" && l.msg === "storage corruption detected" && l.fields.table === "decided")).toBe(true);
+    expect(log.lines.some((l) => l.level === "error" && l.msg === "storage corruption detected" && l.fields.table === "decided")).toBe(
+      true,
+    );
     // Rows from the damaged one on cannot be replayed; peers supply them again.
     expect(decidedSeqs(reopened)).toEqual([1, 2]);
     reopened.close();
@@ -133,7 +152,10 @@ describe("corruption", () => {
   test("a truncated database file is moved aside and the replica starts empty", () => {
     const dir = freshDir();
     const storage = openStorage(dir);
-    write(storage, Array.from({ length: 200 }, (_, i) => decided(i + 1, `payload ${"x".repeat(200)} ${i}`)));
+    write(
+      storage,
+      Array.from({ length: 200 }, (_, i) => decided(i + 1, `payload ${"x".repeat(200)} ${i}`)),
+    );
     storage.close();
     const file = join(dir, STORE_FILE);
     truncateSync(file, Math.floor(statSync(file).size / 2));

@@ -354,7 +354,12 @@ describe("unordered channels", () => {
     }
     const extra = publisher();
     expect(v.onBatch(1, copy(1, signed(extra, 1, ["e", "f"])))).toEqual([
-      { t: "publishers-full", publisher: extra.key, droppedEvents: 2, reason: `more than ${DELIVERY_PUBLISHERS_MAX} publishers on one subscription` },
+      {
+        t: "publishers-full",
+        publisher: extra.key,
+        droppedEvents: 2,
+        reason: `more than ${DELIVERY_PUBLISHERS_MAX} publishers on one subscription`,
+      },
     ]);
     expect(v.stats().overflows).toEqual([0, 1, 0, 0]);
   });
@@ -476,9 +481,9 @@ describe("byzantine/none: publisher keys are vouched for by f+1 replicas", () =>
 
 describe("configuration", () => {
   test("group sizes and resume points are checked", () => {
-    expect(() => new DeliveryVoter({ tag: TAG, cls: { fault: "byzantine", order: "total" }, n: 3, f: 1, hash, verify: verifySignature })).toThrow(
-      RangeError,
-    );
+    expect(
+      () => new DeliveryVoter({ tag: TAG, cls: { fault: "byzantine", order: "total" }, n: 3, f: 1, hash, verify: verifySignature }),
+    ).toThrow(RangeError);
     expect(() => voter("crash", "total", { fromSeq: 0 })).toThrow(RangeError);
   });
 });

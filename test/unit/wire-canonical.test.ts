@@ -81,7 +81,7 @@ describe("canonical encoding: known bytes (RFC 8949 Appendix A where it applies)
     ["", "60"],
     ["a", "6161"],
     ["IETF", "6449455446"],
-    ["\"\\", "62225c"],
+    ['"\\', "62225c"],
     ["\u00fc", "62c3bc"],
     ["\u6c34", "63e6b0b4"],
     ["\ud800\udd51", "64f0908591"],
@@ -229,8 +229,8 @@ describe("canonical decoding: every non-canonical or malformed form is refused",
   }
 
   test("nesting deeper than the bound", () => {
-    expectDecodeError("81".repeat(CANONICAL_DEPTH_MAX + 1) + "00", "depth-exceeded");
-    expectDecodeError("a16161".repeat(CANONICAL_DEPTH_MAX + 1) + "00", "depth-exceeded");
+    expectDecodeError(`${"81".repeat(CANONICAL_DEPTH_MAX + 1)}00`, "depth-exceeded");
+    expectDecodeError(`${"a16161".repeat(CANONICAL_DEPTH_MAX + 1)}00`, "depth-exceeded");
   });
 
   test("decodeCanonical throws CanonicalError with an offset", () => {

@@ -2,13 +2,7 @@
 // whole, one byte at a time and at random split points (the nats.js parser tests' way).
 import { rng } from "./seeded-rng.ts";
 import { describe, expect, test } from "bun:test";
-import {
-  type DecodeResult,
-  FRAME_BYTES_MAX,
-  FRAME_HEADER_BYTES,
-  FrameDecoder,
-  encodeFrame,
-} from "../../wire/index.ts";
+import { type DecodeResult, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, FrameDecoder, encodeFrame } from "../../wire/index.ts";
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex");
 const unhex = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, "hex"));

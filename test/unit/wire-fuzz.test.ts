@@ -52,12 +52,18 @@ const SEEDS: Frame[] = [
   { type: FrameType.PING, body: { n: 300 } },
   { type: FrameType.REQUEST, body: { body: encodeRequestBody(REQUEST), sig: filled(64, 6) } },
   { type: FrameType.REQUEST, body: { body: encodeRequestBody(ADMIN), sig: filled(64, 6) } },
-  { type: FrameType.REPLY, body: { seq: 9, replica: 1, d: filled(32, 8), ok: true, res: { t: "pub", tag: "net.links", span: 2, first: 70000 } } },
+  {
+    type: FrameType.REPLY,
+    body: { seq: 9, replica: 1, d: filled(32, 8), ok: true, res: { t: "pub", tag: "net.links", span: 2, first: 70000 } },
+  },
   { type: FrameType.QUERY, body: { id: 1, q: "channel-info", tag: "a.b" } },
   { type: FrameType.QUERY_REPLY, body: { id: 1, replica: 1, ok: true, res: { a: [1, -2, "x", null, true], b: filled(3, 7) } } },
   { type: FrameType.SUBSCRIBE, body: { sub: 3, tag: "a", from: 2 ** 33 } },
   { type: FrameType.SUB_OK, body: { sub: 3, replica: 0, next: 5 } },
-  { type: FrameType.EVENTS, body: { sub: 3, tag: "net.links", seq: 12, req: { body: encodeRequestBody(REQUEST), sig: filled(64, 6) }, replica: 3 } },
+  {
+    type: FrameType.EVENTS,
+    body: { sub: 3, tag: "net.links", seq: 12, req: { body: encodeRequestBody(REQUEST), sig: filled(64, 6) }, replica: 3 },
+  },
   { type: FrameType.SUB_END, body: { sub: 3, replica: 0, code: "TRIMMED", reason: "r", oldest: 4 } },
   { type: FrameType.PEER, body: { seq: 1, msg: encodeCanonical({ t: "write", view: 0 }), mac: filled(32, 8) } },
 ];
@@ -256,15 +262,43 @@ function perturb(next: () => number, body: Canonical): Canonical {
 
 /** A random map whose keys often are real field names, so schemas are exercised. */
 function randomMap(next: () => number): Canonical {
-  const names = ["v", "n", "sub", "tag", "seq", "sig", "key", "nonce", "role", "code", "reason", "id", "q", "ok", "res", "msg", "mac", "from"];
+  const names = [
+    "v",
+    "n",
+    "sub",
+    "tag",
+    "seq",
+    "sig",
+    "key",
+    "nonce",
+    "role",
+    "code",
+    "reason",
+    "id",
+    "q",
+    "ok",
+    "res",
+    "msg",
+    "mac",
+    "from",
+  ];
   const o: { [k: string]: Canonical } = {};
   const count = int(next, 6);
   for (let i = 0; i < count; i++) {
     const key = names[int(next, names.length)] as string;
     const pick = int(next, 6);
     o[key] =
-      pick === 0 ? int(next, 1000) : pick === 1 ? "a.b" : pick === 2 ? randomBytes(next, [32, 64, 3][int(next, 3)] as number)
-      : pick === 3 ? next() < 0.5 : pick === 4 ? "client" : -1;
+      pick === 0
+        ? int(next, 1000)
+        : pick === 1
+          ? "a.b"
+          : pick === 2
+            ? randomBytes(next, [32, 64, 3][int(next, 3)] as number)
+            : pick === 3
+              ? next() < 0.5
+              : pick === 4
+                ? "client"
+                : -1;
   }
   return o;
 }

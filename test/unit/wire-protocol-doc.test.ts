@@ -42,7 +42,14 @@ describe("PROTOCOL.md matches the code", () => {
   });
 
   test("domain tags", () => {
-    for (const d of [DOMAIN_REQUEST, DOMAIN_SESSION_RESPONDER, DOMAIN_SESSION_INITIATOR, DOMAIN_PEER_KEY_I2R, DOMAIN_PEER_KEY_R2I, DOMAIN_PEER_MAC]) {
+    for (const d of [
+      DOMAIN_REQUEST,
+      DOMAIN_SESSION_RESPONDER,
+      DOMAIN_SESSION_INITIATOR,
+      DOMAIN_PEER_KEY_I2R,
+      DOMAIN_PEER_KEY_R2I,
+      DOMAIN_PEER_MAC,
+    ]) {
       expect(doc).toContain(`| \`${d}\` |`);
     }
   });

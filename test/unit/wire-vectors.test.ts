@@ -36,6 +36,7 @@ import { type VectorJson, fromHex, fromVectorJson, toHex } from "../../wire/vect
 const VECTOR_DIR = join(import.meta.dir, "..", "..", "wire", "vectors");
 
 // Vector files are JSON of a known, published shape; each test reads the fields it checks.
+// biome-ignore lint/suspicious/noExplicitAny: the vectors' JSON is read field by field by each test
 function load(file: string): any {
   return JSON.parse(readFileSync(join(VECTOR_DIR, file), "utf8"));
 }

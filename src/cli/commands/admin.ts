@@ -67,7 +67,12 @@ export const adminCommand: Command = {
     keyFlag("The secret key file to sign with (an admin key for changes)"),
     { name: "fault", kind: "string", valueName: FAULTS.join("|"), description: "create-channel: the fault model" },
     { name: "order", kind: "string", valueName: ORDERS.join("|"), description: "create-channel: the ordering" },
-    { name: "priority", kind: "string", valueName: PRIORITIES.join("|"), description: `create-channel: the priority (default ${DEFAULT_PRIORITY})` },
+    {
+      name: "priority",
+      kind: "string",
+      valueName: PRIORITIES.join("|"),
+      description: `create-channel: the priority (default ${DEFAULT_PRIORITY})`,
+    },
     { name: "public", kind: "boolean", description: "create-channel: any authenticated client may subscribe" },
     { name: "publisher", kind: "string", valueName: "PUBKEY", description: "register: the key allowed to publish" },
     { name: "subscriber", kind: "string", valueName: "PUBKEY", description: "register: the key allowed to subscribe" },
@@ -108,7 +113,8 @@ async function runAdmin(args: ParsedArgs, io: CommandIo): Promise<number> {
 export function parseAction(args: ParsedArgs): AdminAction {
   const word = args.requiredPositional("COMMAND");
   const subcommand = SUBCOMMANDS.find((candidate) => candidate === word);
-  if (subcommand === undefined) throw new UsageError(`unknown admin command ${JSON.stringify(word)}; expected one of ${SUBCOMMANDS.join(", ")}`);
+  if (subcommand === undefined)
+    throw new UsageError(`unknown admin command ${JSON.stringify(word)}; expected one of ${SUBCOMMANDS.join(", ")}`);
   checkFlagsFor(subcommand, args);
   const tagText = args.positional("TAG");
   switch (subcommand) {
@@ -180,7 +186,9 @@ function registerCmd(tag: string, args: ParsedArgs): AdminCmd {
 function checkAdminKey(flags: ClientFlags): void {
   const setup = loadClientSetup(flags.configPath, flags.keyPath);
   if (!setup.config.adminKeys.some((key) => bytesEqual(key, setup.key.publicKey))) {
-    throw new CommandError(`${flags.keyPath} holds ${formatPublicKey(setup.key.publicKey)}, which is not one of the admin_keys in ${flags.configPath}`);
+    throw new CommandError(
+      `${flags.keyPath} holds ${formatPublicKey(setup.key.publicKey)}, which is not one of the admin_keys in ${flags.configPath}`,
+    );
   }
 }
 
@@ -233,7 +241,9 @@ function printChannels(channels: readonly ChannelInfo[], json: boolean, io: Comm
   io.out(`${"TAG".padEnd(width)}  FAULT      ORDER  PRIORITY  SUBSCRIBE`);
   for (const channel of channels) {
     const access = channel.public ? "public" : "registered";
-    io.out(`${channel.tag.padEnd(width)}  ${channel.fault.padEnd(9)}  ${channel.order.padEnd(5)}  ${channel.priority.padEnd(8)}  ${access}`);
+    io.out(
+      `${channel.tag.padEnd(width)}  ${channel.fault.padEnd(9)}  ${channel.order.padEnd(5)}  ${channel.priority.padEnd(8)}  ${access}`,
+    );
   }
 }
 
@@ -244,7 +254,13 @@ function printChannels(channels: readonly ChannelInfo[], json: boolean, io: Comm
  */
 function printStatus(client: FitbClient, status: ClusterStatus, json: boolean, io: CommandIo): number {
   const answered = status.replicas.filter((replica) => replica.answer?.ok === true).length;
-  if (answered === 0) throw new CommandError(`no quorum: no replica answered status (${client.replicaStates().map((r) => `replica ${r.id}: ${r.lastError ?? r.state}`).join("; ")})`);
+  if (answered === 0)
+    throw new CommandError(
+      `no quorum: no replica answered status (${client
+        .replicaStates()
+        .map((r) => `replica ${r.id}: ${r.lastError ?? r.state}`)
+        .join("; ")})`,
+    );
   const quorum = byzantineQuorum(client.f);
   const code = answered >= quorum ? EXIT_OK : EXIT_FAILURE;
   if (json) {
@@ -264,7 +280,10 @@ function printStatus(client: FitbClient, status: ClusterStatus, json: boolean, i
           : `error: ${answer.reason}`;
     io.out(`  replica ${replica.id}  ${replica.address}  ${detail}`);
   }
-  if (code !== EXIT_OK) io.out(`NO QUORUM: ${answered} of ${client.n} replicas answered, ${quorum} are needed to order admin commands and total-order channels`);
+  if (code !== EXIT_OK)
+    io.out(
+      `NO QUORUM: ${answered} of ${client.n} replicas answered, ${quorum} are needed to order admin commands and total-order channels`,
+    );
   return code;
 }
 
@@ -281,7 +300,7 @@ export function statusJson(client: Pick<FitbClient, "config" | "n" | "f">, statu
     channels: status.channels,
     replicas: status.replicas.map((replica) => {
       const answer = replica.answer;
-      if (answer !== null && answer.ok) {
+      if (answer?.ok) {
         return {
           id: replica.id,
           address: replica.address,

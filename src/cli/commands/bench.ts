@@ -59,7 +59,13 @@ export const benchCommand: Command = {
     keyFlag("The secret key file to publish and subscribe with"),
     { name: "channel", kind: "string", valueName: "TAG", required: true, description: "The channel to publish to" },
     { name: "events", kind: "string", valueName: "N", defaultValue: String(DEFAULT_EVENTS), description: "Events to publish" },
-    { name: "size", kind: "string", valueName: "BYTES", defaultValue: String(DEFAULT_SIZE), description: `Bytes per event (at least ${BENCH_HEADER_BYTES})` },
+    {
+      name: "size",
+      kind: "string",
+      valueName: "BYTES",
+      defaultValue: String(DEFAULT_SIZE),
+      description: `Bytes per event (at least ${BENCH_HEADER_BYTES})`,
+    },
     { name: "publishers", kind: "string", valueName: "P", defaultValue: "1", description: "Concurrent publishers" },
     { name: "subscribers", kind: "string", valueName: "S", defaultValue: "1", description: "Subscribing clients" },
     { name: "rate", kind: "string", valueName: "R", description: "Events per second in total (default: as fast as acks allow)" },
@@ -90,9 +96,11 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
   const tag = requireTag(args.requiredString("channel"), "--channel");
   const events = args.requiredInteger("events", 1, BENCH_EVENTS_MAX);
   const size = args.requiredInteger("size", 1, Number.MAX_SAFE_INTEGER);
-  if (size < BENCH_HEADER_BYTES) throw new UsageError(`--size: at least ${BENCH_HEADER_BYTES} bytes (the run id, indexes and send time), got ${size}`);
+  if (size < BENCH_HEADER_BYTES)
+    throw new UsageError(`--size: at least ${BENCH_HEADER_BYTES} bytes (the run id, indexes and send time), got ${size}`);
   const publishers = args.requiredInteger("publishers", 1, BENCH_PUBLISHERS_MAX);
-  if (publishers > events) throw new UsageError(`--publishers: ${publishers} publishers for ${events} events; at most one publisher per event`);
+  if (publishers > events)
+    throw new UsageError(`--publishers: ${publishers} publishers for ${events} events; at most one publisher per event`);
   const subscribers = args.requiredInteger("subscribers", 1, BENCH_SUBSCRIBERS_MAX);
   const rate = args.integer("rate", 1, BENCH_RATE_MAX) ?? null;
   return { tag, events, size, publishers, subscribers, rate, json: args.boolean("json") };
@@ -125,7 +133,13 @@ export interface BenchResult {
   readonly latency: LatencyHistogram;
 }
 
-async function runPlan(plan: BenchPlan, flags: ClientFlags, setup: ClientSetup, clients: FitbClient[], io: CommandIo): Promise<BenchResult> {
+async function runPlan(
+  plan: BenchPlan,
+  flags: ClientFlags,
+  setup: ClientSetup,
+  clients: FitbClient[],
+  io: CommandIo,
+): Promise<BenchResult> {
   const connect = async (): Promise<FitbClient> => {
     const client = await openClient(flags, io, "bench", setup);
     clients.push(client);
@@ -358,7 +372,9 @@ class Progress {
   private report(): void {
     const seconds = (performance.now() - this.started) / MS_PER_SECOND;
     const expected = this.plan.events * this.plan.subscribers;
-    this.io.err(`fitb bench: ${seconds.toFixed(0)} s: published ${this.published}/${this.plan.events}, delivered ${this.counter.delivered}/${expected}`);
+    this.io.err(
+      `fitb bench: ${seconds.toFixed(0)} s: published ${this.published}/${this.plan.events}, delivered ${this.counter.delivered}/${expected}`,
+    );
   }
 }
 
@@ -386,8 +402,12 @@ function printResult(plan: BenchPlan, result: BenchResult, io: CommandIo): void 
     io.out(JSON.stringify(figures));
     return;
   }
-  io.out(`channel ${plan.tag}: ${plan.events} events of ${plan.size} bytes, ${plan.publishers} publishers, ${plan.subscribers} subscribers${plan.rate === null ? "" : `, ${plan.rate} events/s offered`}`);
-  io.out(`acknowledged ${result.acked}, failed ${result.failed}, delivered ${result.delivered} of ${plan.events * plan.subscribers} in ${figures.seconds} s`);
+  io.out(
+    `channel ${plan.tag}: ${plan.events} events of ${plan.size} bytes, ${plan.publishers} publishers, ${plan.subscribers} subscribers${plan.rate === null ? "" : `, ${plan.rate} events/s offered`}`,
+  );
+  io.out(
+    `acknowledged ${result.acked}, failed ${result.failed}, delivered ${result.delivered} of ${plan.events * plan.subscribers} in ${figures.seconds} s`,
+  );
   io.out(`delivered ${figures.delivered_per_s} events/s`);
   io.out(`latency publish -> delivery: p50 ${figures.p50_ms} ms, p99 ${figures.p99_ms} ms, max ${figures.max_ms} ms`);
 }
@@ -405,4 +425,3 @@ function reportProblems(plan: BenchPlan, result: BenchResult, io: CommandIo): nu
   }
   return ok ? EXIT_OK : EXIT_FAILURE;
 }
-

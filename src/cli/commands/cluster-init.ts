@@ -29,10 +29,22 @@ export const clusterInitCommand: Command = {
     ".pub files in one directory, and pass it as --keys-from: only cluster.toml is written.",
   ],
   flags: [
-    { name: "replicas", kind: "string", valueName: "N", required: true, description: `Number of replicas, ${INIT_REPLICAS_MIN}..${REPLICAS_MAX}` },
+    {
+      name: "replicas",
+      kind: "string",
+      valueName: "N",
+      required: true,
+      description: `Number of replicas, ${INIT_REPLICAS_MIN}..${REPLICAS_MAX}`,
+    },
     { name: "dir", kind: "string", valueName: "DIR", required: true, description: "Directory to write (created if missing)" },
     { name: "host", kind: "string", valueName: "HOST", defaultValue: DEFAULT_HOST, description: "Host of every replica" },
-    { name: "base-port", kind: "string", valueName: "PORT", defaultValue: String(DEFAULT_BASE_PORT), description: "Port of replica 0; replica i uses PORT+i" },
+    {
+      name: "base-port",
+      kind: "string",
+      valueName: "PORT",
+      defaultValue: String(DEFAULT_BASE_PORT),
+      description: "Port of replica 0; replica i uses PORT+i",
+    },
     { name: "name", kind: "string", valueName: "NAME", defaultValue: DEFAULT_CLUSTER_NAME, description: "Cluster name" },
     { name: "force", kind: "boolean", description: "Replace existing files in DIR" },
     {
@@ -66,11 +78,18 @@ function runClusterInit(args: ParsedArgs, io: CommandIo): number {
     overwrite: args.boolean("force"),
   };
   const keysFrom = args.string("keys-from");
-  let result: { configPath: string; config: ClusterConfig; replicaKeyFiles?: readonly string[]; adminKeyFile?: string; clientKeyFile?: string };
+  let result: {
+    configPath: string;
+    config: ClusterConfig;
+    replicaKeyFiles?: readonly string[];
+    adminKeyFile?: string;
+    clientKeyFile?: string;
+  };
   try {
     result = keysFrom === undefined ? initCluster(options) : assembleCluster(options, keysFrom);
   } catch (error) {
-    if (error instanceof ClusterInitError && error.reason === "exists") throw new CommandError(`${error.message}; pass --force to replace them`);
+    if (error instanceof ClusterInitError && error.reason === "exists")
+      throw new CommandError(`${error.message}; pass --force to replace them`);
     if (error instanceof ClusterInitError) throw new CommandError(error.message);
     throw error;
   }
@@ -78,10 +97,14 @@ function runClusterInit(args: ParsedArgs, io: CommandIo): number {
   io.out(`wrote ${result.configPath}: cluster ${config.name}, n=${config.n}, f=${config.f}`);
   const secrets = result.replicaKeyFiles !== undefined;
   for (const replica of config.replicas) {
-    io.out(`  replica ${replica.id}  ${formatAddress(replica.host, replica.port)}  ${replica.publicKeyText}${secrets ? `  ${replica.keyFile}` : ""}`);
+    io.out(
+      `  replica ${replica.id}  ${formatAddress(replica.host, replica.port)}  ${replica.publicKeyText}${secrets ? `  ${replica.keyFile}` : ""}`,
+    );
   }
-  for (const adminKey of config.adminKeys) io.out(`  admin      ${formatPublicKey(adminKey)}${result.adminKeyFile === undefined ? "" : `  ${result.adminKeyFile}`}`);
-  if (result.clientKeyFile !== undefined) io.out(`  client     ${formatPublicKey(loadSigningKeyFile(result.clientKeyFile).key.publicKey)}  ${result.clientKeyFile}`);
+  for (const adminKey of config.adminKeys)
+    io.out(`  admin      ${formatPublicKey(adminKey)}${result.adminKeyFile === undefined ? "" : `  ${result.adminKeyFile}`}`);
+  if (result.clientKeyFile !== undefined)
+    io.out(`  client     ${formatPublicKey(loadSigningKeyFile(result.clientKeyFile).key.publicKey)}  ${result.clientKeyFile}`);
   if (secrets) io.out(`this directory holds every replica's secret key: for production, see --keys-from in 'fitb cluster init --help'`);
   io.out(`check it after editing with: fitb config check ${result.configPath}`);
   return EXIT_OK;

@@ -53,9 +53,33 @@ type CreateChannelCmd = Extract<AdminCmd, { t: "create-channel" }>;
 
 export const DEMO_CHANNELS: readonly (CreateChannelCmd & { readonly example: string })[] = [
   { t: "create-channel", tag: "net.links", fault: "crash", order: "none", priority: "normal", public: true, example: "eth0 down" },
-  { t: "create-channel", tag: "storage.disks", fault: "crash", order: "total", priority: "high", example: "sda reallocated sectors 12", public: true },
-  { t: "create-channel", tag: "sec.ids", fault: "byzantine", order: "none", priority: "high", example: "ssh brute force from 10.0.0.7", public: true },
-  { t: "create-channel", tag: "sec.alerts", fault: "byzantine", order: "total", priority: "critical", example: "root login on db1", public: true },
+  {
+    t: "create-channel",
+    tag: "storage.disks",
+    fault: "crash",
+    order: "total",
+    priority: "high",
+    example: "sda reallocated sectors 12",
+    public: true,
+  },
+  {
+    t: "create-channel",
+    tag: "sec.ids",
+    fault: "byzantine",
+    order: "none",
+    priority: "high",
+    example: "ssh brute force from 10.0.0.7",
+    public: true,
+  },
+  {
+    t: "create-channel",
+    tag: "sec.alerts",
+    fault: "byzantine",
+    order: "total",
+    priority: "critical",
+    example: "root login on db1",
+    public: true,
+  },
 ];
 
 export const demoCommand: Command = {
@@ -70,14 +94,26 @@ export const demoCommand: Command = {
     "Ctrl-C stops everything.",
   ],
   flags: [
-    { name: "dir", kind: "string", valueName: "DIR", defaultValue: DEFAULT_DEMO_DIR, description: "The cluster directory (created on the first run)" },
+    {
+      name: "dir",
+      kind: "string",
+      valueName: "DIR",
+      defaultValue: DEFAULT_DEMO_DIR,
+      description: "The cluster directory (created on the first run)",
+    },
     {
       name: "base-port",
       kind: "string",
       valueName: "PORT",
       description: `Port of replica 0 when DIR is created; replica i uses PORT+i (default ${DEFAULT_BASE_PORT}; later runs use DIR's)`,
     },
-    { name: "relay-port", kind: "string", valueName: "PORT", defaultValue: String(DEFAULT_RELAY_PORT), description: "Port of the relay on 127.0.0.1" },
+    {
+      name: "relay-port",
+      kind: "string",
+      valueName: "PORT",
+      defaultValue: String(DEFAULT_RELAY_PORT),
+      description: "Port of the relay on 127.0.0.1",
+    },
   ],
   positionals: [],
   examples: ["fitb demo", "fitb demo --dir /tmp/fitb-demo --base-port 17100 --relay-port 17400"],
@@ -98,7 +134,8 @@ async function runDemo(args: ParsedArgs, io: CommandIo): Promise<number> {
   const basePortFlag = args.integer("base-port", 1, PORT_MAX - DEMO_REPLICAS + 1);
   const configPath = join(dir, CLUSTER_FILE_NAME);
   const existing = existsSync(configPath) ? requireClusterConfig(configPath) : null;
-  const replicaPorts = existing === null ? plannedReplicaPorts(basePortFlag ?? DEFAULT_BASE_PORT) : existingReplicaPorts(existing, basePortFlag, dir);
+  const replicaPorts =
+    existing === null ? plannedReplicaPorts(basePortFlag ?? DEFAULT_BASE_PORT) : existingReplicaPorts(existing, basePortFlag, dir);
   // Every port is checked before anything is written or started.
   const needed = [...replicaPorts, { host: DEFAULT_HOST, port: relayPort, what: "the relay", flag: "--relay-port" }];
   for (const port of needed) if (!portIsFree(port.host, port.port)) throw new CommandError(portInUseMessage(port));
@@ -182,7 +219,14 @@ class Demo {
   }
 
   createClusterDir(basePort: number): ClusterConfig {
-    const result = initCluster({ dir: this.dir, replicas: DEMO_REPLICAS, host: DEFAULT_HOST, basePort, name: DEMO_CLUSTER_NAME, overwrite: false });
+    const result = initCluster({
+      dir: this.dir,
+      replicas: DEMO_REPLICAS,
+      host: DEFAULT_HOST,
+      basePort,
+      name: DEMO_CLUSTER_NAME,
+      overwrite: false,
+    });
     this.io.err(`fitb demo: created ${displayPath(this.dir)} (cluster file, keys for ${DEMO_REPLICAS} replicas, an admin and a client)`);
     return result.config;
   }
@@ -200,7 +244,9 @@ class Demo {
         });
         this.children.push({ id: replica.id, proc, logPath });
         void proc.exited.then((code) => this.onChildExit(replica.id, code, logPath));
-        this.io.err(`fitb demo: replica ${replica.id} on ${formatAddress(replica.host, replica.port)} (pid ${proc.pid}), log ${displayPath(logPath)}`);
+        this.io.err(
+          `fitb demo: replica ${replica.id} on ${formatAddress(replica.host, replica.port)} (pid ${proc.pid}), log ${displayPath(logPath)}`,
+        );
       } finally {
         closeSync(log);
       }
@@ -209,7 +255,9 @@ class Demo {
 
   private onChildExit(id: number, code: number, logPath: string): void {
     if (this.stopping !== null || this.signalCount > 0) return;
-    this.io.err(`fitb demo: warning: replica ${id} exited with code ${code} (see ${displayPath(logPath)}); the cluster tolerates one failed replica`);
+    this.io.err(
+      `fitb demo: warning: replica ${id} exited with code ${code} (see ${displayPath(logPath)}); the cluster tolerates one failed replica`,
+    );
   }
 
   /** Waits until every replica accepts an authenticated session, or one exits. */
@@ -225,7 +273,9 @@ class Demo {
       if (Date.now() >= deadline) {
         const ready = new Set(admin.readyReplicas());
         const missing = config.replicas.filter((replica) => !ready.has(replica.id)).map((replica) => replica.id);
-        throw new CommandError(`replicas ${missing.join(", ")} did not answer within ${DEMO_START_TIMEOUT_MS} ms; see their logs in ${displayPath(this.dir)}`);
+        throw new CommandError(
+          `replicas ${missing.join(", ")} did not answer within ${DEMO_START_TIMEOUT_MS} ms; see their logs in ${displayPath(this.dir)}`,
+        );
       }
       await Bun.sleep(DEMO_POLL_MS);
     }
@@ -258,7 +308,8 @@ class Demo {
       timeouts: demoTimeouts(),
       onLog: (entry) => {
         // After a signal the replicas go too (Ctrl-C reaches the whole process group): not news.
-        if (entry.level === "warn" && this.stopping === null && this.signalCount === 0) this.io.err(`fitb demo: relay: warning: ${entry.message}`);
+        if (entry.level === "warn" && this.stopping === null && this.signalCount === 0)
+          this.io.err(`fitb demo: relay: warning: ${entry.message}`);
       },
     });
     this.relayClient = client;
@@ -290,7 +341,8 @@ class Demo {
 
   private async stopAll(): Promise<void> {
     this.io.err("fitb demo: stopping");
-    if (this.relay !== null) await this.relay.stop(DEMO_RELAY_STOP_GRACE_MS).catch((error: unknown) => this.io.err(`fitb demo: relay: ${describeError(error)}`));
+    if (this.relay !== null)
+      await this.relay.stop(DEMO_RELAY_STOP_GRACE_MS).catch((error: unknown) => this.io.err(`fitb demo: relay: ${describeError(error)}`));
     this.relayClient?.close();
     this.admin?.close();
     await this.stopChildren();
@@ -340,11 +392,23 @@ function fitbInvocation(): string {
 }
 
 function createChannelCmd(channel: CreateChannelCmd): CreateChannelCmd {
-  return { t: "create-channel", tag: channel.tag, fault: channel.fault, order: channel.order, priority: channel.priority, public: channel.public };
+  return {
+    t: "create-channel",
+    tag: channel.tag,
+    fault: channel.fault,
+    order: channel.order,
+    priority: channel.priority,
+    public: channel.public,
+  };
 }
 
 function plannedReplicaPorts(basePort: number): NeededPort[] {
-  return Array.from({ length: DEMO_REPLICAS }, (_, id) => ({ host: DEFAULT_HOST, port: basePort + id, what: `replica ${id}`, flag: "--base-port" }));
+  return Array.from({ length: DEMO_REPLICAS }, (_, id) => ({
+    host: DEFAULT_HOST,
+    port: basePort + id,
+    what: `replica ${id}`,
+    flag: "--base-port",
+  }));
 }
 
 function existingReplicaPorts(config: ClusterConfig, basePortFlag: number | undefined, dir: string): NeededPort[] {
@@ -354,7 +418,12 @@ function existingReplicaPorts(config: ClusterConfig, basePortFlag: number | unde
       `${displayPath(dir)} was set up with base port ${first.port}; leave out --base-port, pass --base-port ${first.port}, or choose another --dir`,
     );
   }
-  return config.replicas.map((replica) => ({ host: replica.host, port: replica.port, what: `replica ${replica.id}`, flag: "a different --dir" }));
+  return config.replicas.map((replica) => ({
+    host: replica.host,
+    port: replica.port,
+    what: `replica ${replica.id}`,
+    flag: "a different --dir",
+  }));
 }
 
 /** Whether nothing listens on host:port now (by trying to listen there). */
@@ -381,7 +450,10 @@ function exitedMessage(child: Child): string {
 function lastLogLine(path: string): string | null {
   try {
     const text = readFileSync(path, "utf8");
-    const lines = text.slice(-LOG_TAIL_BYTES).split("\n").filter((line) => line.trim() !== "");
+    const lines = text
+      .slice(-LOG_TAIL_BYTES)
+      .split("\n")
+      .filter((line) => line.trim() !== "");
     return lines.at(-1) ?? null;
   } catch {
     return null;
@@ -427,7 +499,9 @@ function printInstructions(io: CommandIo, dir: string, config: ClusterConfig, re
     `fitb demo: ${config.n} replicas (f=${config.f}) on ${first?.host}:${first?.port}-${last?.port}, relay on ${DEFAULT_HOST}:${relayPort}, data in ${displayPath(dir)}`,
     "",
     "Channels (one per CLASS):",
-    ...DEMO_CHANNELS.map((channel) => `  ${channel.tag.padEnd(width)}  ${`${channel.fault}/${channel.order}`.padEnd(15)}  ${channel.priority}`),
+    ...DEMO_CHANNELS.map(
+      (channel) => `  ${channel.tag.padEnd(width)}  ${`${channel.fault}/${channel.order}`.padEnd(15)}  ${channel.priority}`,
+    ),
     "",
     "Subscribe with nc (in another shell; Ctrl-C to stop):",
     `  printf 'SUB net.links\\n' | nc ${relay}`,

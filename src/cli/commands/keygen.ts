@@ -16,7 +16,13 @@ export const keygenCommand: Command = {
     "Put the public key in the cluster file; keep FILE on the one host that uses it.",
   ],
   flags: [
-    { name: "out", kind: "string", valueName: "FILE", required: true, description: "Where to write the secret key; the public key goes to FILE.pub" },
+    {
+      name: "out",
+      kind: "string",
+      valueName: "FILE",
+      required: true,
+      description: "Where to write the secret key; the public key goes to FILE.pub",
+    },
     { name: "force", kind: "boolean", description: "Replace FILE and FILE.pub if they exist" },
   ],
   positionals: [],

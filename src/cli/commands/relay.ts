@@ -145,7 +145,10 @@ async function reportSessions(client: FitbClient, connectMs: number, io: Command
   if (outcome === "stopped") return;
   const ready = client.readyReplicas().length;
   if (outcome === null) io.err(`fitb relay: connected to ${ready} of ${client.n} replicas`);
-  else io.err(`fitb relay: warning: connected to ${ready} of ${client.n} replicas; commands fail with TIMEOUT until ${vouchQuorum(client.f)} are up`);
+  else
+    io.err(
+      `fitb relay: warning: connected to ${ready} of ${client.n} replicas; commands fail with TIMEOUT until ${vouchQuorum(client.f)} are up`,
+    );
 }
 
 /** Resolves on the first SIGTERM or SIGINT. */

@@ -39,7 +39,8 @@ export const replicaCommand: Command = {
       kind: "string",
       valueName: "POLICY",
       defaultValue: DEFAULT_SYNC_POLICY,
-      description: "full: fsync every commit before anything depending on it is sent (survives power loss); normal: fsync at WAL checkpoints only (survives a killed process)",
+      description:
+        "full: fsync every commit before anything depending on it is sent (survives power loss); normal: fsync at WAL checkpoints only (survives a killed process)",
     },
     {
       name: "metrics",
@@ -60,7 +61,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   const entry = config.replicas[id];
   if (entry === undefined) throw new CommandError(`replica ${id} is not in ${configPath}`);
   const keyPath = args.string("key") ?? entry.keyFile ?? join(dirname(configPath), `replica-${id}.key`);
-  let loaded;
+  let loaded: ReturnType<typeof loadSigningKeyFile>;
   try {
     loaded = loadSigningKeyFile(keyPath);
   } catch (error) {
@@ -126,14 +127,16 @@ function startMetricsServer(listen: string | undefined, replica: Replica): Retur
   if (listen === undefined) return null;
   const match = /^(.+):(\d{1,5})$/.exec(listen);
   const port = match === null ? NaN : Number(match[2]);
-  if (match === null || !(port >= 1 && port <= 65_535)) throw new UsageError(`--metrics: expected HOST:PORT, got ${JSON.stringify(listen)}`);
+  if (match === null || !(port >= 1 && port <= 65_535))
+    throw new UsageError(`--metrics: expected HOST:PORT, got ${JSON.stringify(listen)}`);
   try {
     return Bun.serve({
       hostname: match[1] as string,
       port,
       fetch(request) {
         const path = new URL(request.url).pathname;
-        if (path === "/metrics") return new Response(replica.metrics.prometheus(), { headers: { "content-type": "text/plain; version=0.0.4" } });
+        if (path === "/metrics")
+          return new Response(replica.metrics.prometheus(), { headers: { "content-type": "text/plain; version=0.0.4" } });
         if (path === "/status") return Response.json(replica.statusJson());
         return new Response("not found: try /metrics or /status\n", { status: 404 });
       },

@@ -27,9 +27,20 @@ export const serviceUnitCommand: Command = {
     "  systemctl enable --now fitb-replica",
   ],
   flags: [
-    { name: "config", kind: "string", valueName: "FILE", required: true, description: "The cluster file on the host (absolute path recommended)" },
+    {
+      name: "config",
+      kind: "string",
+      valueName: "FILE",
+      required: true,
+      description: "The cluster file on the host (absolute path recommended)",
+    },
     { name: "id", kind: "string", valueName: "N", description: "Replica id (replica units: required)" },
-    { name: "key", kind: "string", valueName: "FILE", description: "Secret key file (relay units: required; replica default: replica-N.key beside the config)" },
+    {
+      name: "key",
+      kind: "string",
+      valueName: "FILE",
+      description: "Secret key file (relay units: required; replica default: replica-N.key beside the config)",
+    },
     { name: "user", kind: "string", valueName: "NAME", description: `User to run as (default ${DEFAULT_USER})` },
     { name: "binary", kind: "string", valueName: "PATH", description: `Where fitb is installed (default ${DEFAULT_BINARY})` },
     { name: "listen", kind: "string", valueName: "HOST:PORT", description: `Relay listen address (default ${DEFAULT_RELAY_LISTEN})` },

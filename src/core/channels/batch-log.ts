@@ -30,17 +30,7 @@ export function chainNext(
   batch: Omit<StoredBatch, "body" | "sig">,
   requestDigest: Uint8Array,
 ): Uint8Array {
-  return hash(
-    encodeCanonical([
-      chainBefore,
-      batch.firstSeq,
-      batch.count,
-      batch.tsMs,
-      batch.publisher,
-      batch.pubSeq,
-      requestDigest,
-    ]),
-  );
+  return hash(encodeCanonical([chainBefore, batch.firstSeq, batch.count, batch.tsMs, batch.publisher, batch.pubSeq, requestDigest]));
 }
 
 /** The trigger of a trim: a new batch (count and bytes) and, if given, a point in time. */

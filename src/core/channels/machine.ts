@@ -23,14 +23,7 @@ import { Channel } from "./channel.ts";
 import { checkChannelsConfig, DEFAULT_CHANNELS_CONFIG, type ChannelsConfig } from "./config.ts";
 import { DIGEST_BYTES, KEYS_PER_CHANNEL_MAX, PUBLIC_KEY_BYTES, READ_BATCHES_MAX, UNORDERED_RETRY_SCAN_MAX } from "./constants.ts";
 import { signedRequestDigest } from "./request.ts";
-import {
-  exportState,
-  SnapshotExport,
-  SnapshotImport,
-  stateDigest,
-  type ChannelsState,
-  type SnapshotResult,
-} from "./snapshot.ts";
+import { exportState, type SnapshotExport, SnapshotImport, stateDigest, type ChannelsState, type SnapshotResult } from "./snapshot.ts";
 import { isValidTag } from "./tag.ts";
 import {
   FAULT_MODELS,
@@ -210,7 +203,10 @@ export class ChannelMachine {
       // Acknowledged again only if it is the same request (a retry): a different body
       // under used numbers (another process with the same key) would otherwise be
       // acknowledged and never stored.
-      const stored = checked.log.findRecent((r) => r.pubSeq === pub.seq && r.count === pub.span && bytesEqual(r.publisher, pub.client), UNORDERED_RETRY_SCAN_MAX);
+      const stored = checked.log.findRecent(
+        (r) => r.pubSeq === pub.seq && r.count === pub.span && bytesEqual(r.publisher, pub.client),
+        UNORDERED_RETRY_SCAN_MAX,
+      );
       if (stored !== null && bytesEqual(stored.body, signed.body)) return { result: ok, stored: null, trimmed: null };
       const replayed = refuse("replayed", `publisher seqs ${pub.seq}..${lastSeq} were already used by another request`);
       return { result: replayed, stored: null, trimmed: null };

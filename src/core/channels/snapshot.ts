@@ -81,9 +81,7 @@ function sortedChannels(state: ChannelsState): Channel[] {
 export function stateDigest(hash: HashFn, state: ChannelsState): Uint8Array {
   const channels = sortedChannels(state).map((channel) => ({
     meta: channel.metaDigest(hash),
-    log: channel.isOrdered
-      ? { nextSeq: channel.log.nextSeq, oldestSeq: channel.log.oldestSeq, head: channel.log.headChain }
-      : null,
+    log: channel.isOrdered ? { nextSeq: channel.log.nextSeq, oldestSeq: channel.log.oldestSeq, head: channel.log.headChain } : null,
   }));
   return hash(encodeCanonical({ k: STATE_DIGEST_KIND, v: SNAPSHOT_FORMAT_VERSION, generation: state.generation, channels }));
 }
@@ -131,9 +129,7 @@ function channelRecordValue(capture: ChannelCapture): Canonical {
 export function exportState(hash: HashFn, state: ChannelsState): SnapshotExport {
   const captures = sortedChannels(state).map((channel) => ({
     meta: channel.metaValue(),
-    log: channel.isOrdered
-      ? { nextSeq: channel.log.nextSeq, baseChain: channel.log.baseChain, records: channel.log.records() }
-      : null,
+    log: channel.isOrdered ? { nextSeq: channel.log.nextSeq, baseChain: channel.log.baseChain, records: channel.log.records() } : null,
   }));
   return new SnapshotExport(state.generation, captures, stateDigest(hash, state));
 }

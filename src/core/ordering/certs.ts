@@ -5,7 +5,18 @@
  */
 import { bytesEqual } from "../../../wire/bytes.ts";
 import type { FaultMode, ReplicaId } from "./config.ts";
-import { batchBytes, type Checkpoint, type ClientRequest, type Commit, NULL_DIGEST, type PreparedCert, type SignedMessage, signerOf, signingBytes, type ViewChange } from "./messages.ts";
+import {
+  batchBytes,
+  type Checkpoint,
+  type ClientRequest,
+  type Commit,
+  NULL_DIGEST,
+  type PreparedCert,
+  type SignedMessage,
+  signerOf,
+  signingBytes,
+  type ViewChange,
+} from "./messages.ts";
 import type { CoreCrypto } from "./types.ts";
 
 export interface CertContext {
@@ -71,7 +82,8 @@ export function validCheckpointProof(
  */
 export function validPreparedCert(context: CertContext, cert: PreparedCert): boolean {
   const header = cert.prePrepare;
-  if (header.view !== cert.view || header.seq !== cert.seq || !bytesEqual(header.digest, cert.digest) || header.batch !== null) return false;
+  if (header.view !== cert.view || header.seq !== cert.seq || !bytesEqual(header.digest, cert.digest) || header.batch !== null)
+    return false;
   if (bytesEqual(cert.digest, NULL_DIGEST) && cert.batch !== null && cert.batch.length > 0) return false;
   if (context.mode === "cft") {
     if (cert.prepares.length !== 0 || cert.batch === null) return false;

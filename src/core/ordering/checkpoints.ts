@@ -10,7 +10,18 @@ import { bodyMatches, isMember, validCheckpointProof, validDecisionCert } from "
 import type { ClientTableExport } from "./clients.ts";
 import type { ReplicaId } from "./config.ts";
 import { attachBody, dropEntriesThrough } from "./log.ts";
-import { type Checkpoint, type ClientRequest, type Commit, type DecidedItem, type Prepare, requestBytes, SIGNED_VOTE_BYTES_MAX, type StableProof, type StateRequest, type StateResponse } from "./messages.ts";
+import {
+  type Checkpoint,
+  type ClientRequest,
+  type Commit,
+  type DecidedItem,
+  type Prepare,
+  requestBytes,
+  SIGNED_VOTE_BYTES_MAX,
+  type StableProof,
+  type StateRequest,
+  type StateResponse,
+} from "./messages.ts";
 import { type CoreState, EMPTY_SIG, NO_DEADLINE } from "./state.ts";
 
 /** A replica answers at most one state request per peer per this many ticks. */
@@ -41,7 +52,12 @@ export function clientTableHash(hash: (bytes: Uint8Array) => Uint8Array, rows: C
  * Exported so that the runtime checks a fetched or stored snapshot with the very formula
  * the core signs.
  */
-export function stateDigestOf(hash: (bytes: Uint8Array) => Uint8Array, seq: number, appDigest: Uint8Array, clientsHash: Uint8Array): Uint8Array {
+export function stateDigestOf(
+  hash: (bytes: Uint8Array) => Uint8Array,
+  seq: number,
+  appDigest: Uint8Array,
+  clientsHash: Uint8Array,
+): Uint8Array {
   return hash(encodeCanonical({ seq, app: appDigest, clients: clientsHash }));
 }
 
@@ -245,7 +261,13 @@ export function requestSnapshot(state: CoreState): void {
   state.emit({ kind: "fetchState", seq: t.seq, stateDigest: t.digest, from, proof: t.proof });
 }
 
-export function onSnapshotInstalled(state: CoreState, seq: number, claimedDigest: Uint8Array, appDigest: Uint8Array, rows: ClientTableExport): void {
+export function onSnapshotInstalled(
+  state: CoreState,
+  seq: number,
+  claimedDigest: Uint8Array,
+  appDigest: Uint8Array,
+  rows: ClientTableExport,
+): void {
   const t = state.transfer;
   if (t === null || seq !== t.seq) return;
   const digest = stateDigest(state, seq, appDigest, clientsHash(state, rows));
@@ -385,4 +407,3 @@ function acceptBodyItem(state: CoreState, item: DecidedItem): void {
   if (e === undefined || e.batch !== null || e.digest === null) return;
   attachBody(state, e, item.batch);
 }
-

@@ -115,10 +115,26 @@ export function makeConfig(
 /** Throws a RangeError naming the first inconsistent parameter. */
 export function checkConfig(cfg: CoreConfig): void {
   const positive: Array<keyof CoreConfig> = [
-    "n", "batchRequestsMax", "batchBytesMax", "requestBytesMax", "requestSpanMax", "batchDelayTicks",
-    "pipelineDepth", "checkpointInterval", "logWindow", "clientWindow", "pendingRequestsMax",
-    "requestTimeoutTicks", "progressTimeoutTicks", "viewChangeTimeoutTicks", "retransmitTicks", "throughputWindowTicks",
-    "fairnessMultiplier", "floodThreshold", "transferRetryTicks", "transferItemsMax",
+    "n",
+    "batchRequestsMax",
+    "batchBytesMax",
+    "requestBytesMax",
+    "requestSpanMax",
+    "batchDelayTicks",
+    "pipelineDepth",
+    "checkpointInterval",
+    "logWindow",
+    "clientWindow",
+    "pendingRequestsMax",
+    "requestTimeoutTicks",
+    "progressTimeoutTicks",
+    "viewChangeTimeoutTicks",
+    "retransmitTicks",
+    "throughputWindowTicks",
+    "fairnessMultiplier",
+    "floodThreshold",
+    "transferRetryTicks",
+    "transferItemsMax",
   ];
   for (const key of positive) {
     const v = cfg[key];

@@ -41,7 +41,16 @@ import {
   signHeader,
   unindex,
 } from "./log.ts";
-import { type ClientRequest, type Commit, type Forward, type PeerMessage, type Prepare, type PrePrepare, requestBytes, type StateResponse } from "./messages.ts";
+import {
+  type ClientRequest,
+  type Commit,
+  type Forward,
+  type PeerMessage,
+  type Prepare,
+  type PrePrepare,
+  requestBytes,
+  type StateResponse,
+} from "./messages.ts";
 import { restore } from "./restore.ts";
 import { assert, assertNever, CoreState, NO_DEADLINE, type Seams } from "./state.ts";
 import { finishTick, startTick, tickBackup, tickLeader } from "./timers.ts";

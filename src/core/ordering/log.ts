@@ -7,7 +7,7 @@
 import { bytesEqual } from "../../../wire/bytes.ts";
 import { bodyMatches } from "./certs.ts";
 import { adoptBatchRequests, requestKey } from "./clients.ts";
-import { type ClientRequest, type Commit, type Prepare, type PreparedCert, type PrePrepare } from "./messages.ts";
+import type { ClientRequest, Commit, Prepare, PreparedCert, PrePrepare } from "./messages.ts";
 import { assert, type CoreState, EMPTY_SIG } from "./state.ts";
 
 /** One consensus instance of the current view. */

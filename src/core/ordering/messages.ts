@@ -115,16 +115,7 @@ export type StateResponse = {
   lastExecuted: number;
 };
 
-export type PeerMessage =
-  | PrePrepare
-  | Prepare
-  | Commit
-  | Checkpoint
-  | ViewChange
-  | NewView
-  | Forward
-  | StateRequest
-  | StateResponse;
+export type PeerMessage = PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView | Forward | StateRequest | StateResponse;
 
 export type PeerMessageKind = PeerMessage["t"];
 
@@ -286,7 +277,6 @@ export function signerOf(m: SignedMessage, n: number): ReplicaId {
   }
 }
 
-
 // ---------------------------------------------------------------------------------------
 // Structural validation. Each function returns a freshly built value or null.
 // ---------------------------------------------------------------------------------------
@@ -380,7 +370,11 @@ function validateCert(x: unknown): PreparedCert | null {
   const seq = nat(x.seq, INSTANCE_SEQ_MAX);
   const digest = bytesOf(x.digest, DIGEST_BYTES);
   const prePrepare = nested("PRE_PREPARE", validatePrePrepare)(x.prePrepare);
-  const prepares = arrayOf(x.prepares, REPLICAS_MAX, nested("PREPARE", (v) => validateVote("PREPARE", v)));
+  const prepares = arrayOf(
+    x.prepares,
+    REPLICAS_MAX,
+    nested("PREPARE", (v) => validateVote("PREPARE", v)),
+  );
   if (view === null || seq === null || seq < 1 || digest === null || prePrepare === null || prepares === null) return null;
   let batch: ClientRequest[] | null = null;
   if (x.batch !== null) {
@@ -438,7 +432,11 @@ function validateDecidedItem(x: unknown): DecidedItem | null {
   const view = nat(x.view, VIEW_MAX);
   const seq = nat(x.seq, INSTANCE_SEQ_MAX);
   const batch = validateBatch(x.batch);
-  const commits = arrayOf(x.commits, REPLICAS_MAX, nested("COMMIT", (v) => validateVote("COMMIT", v)));
+  const commits = arrayOf(
+    x.commits,
+    REPLICAS_MAX,
+    nested("COMMIT", (v) => validateVote("COMMIT", v)),
+  );
   if (view === null || seq === null || seq < 1 || batch === null || commits === null) return null;
   return { view, seq, batch, commits };
 }

@@ -20,7 +20,17 @@ import { ClientTable, PendingPool } from "./clients.ts";
 import { type CertContext, digestOfBatch, verifySigned } from "./certs.ts";
 import { type CoreConfig, leaderOf, quorum, type ReplicaId, weakQuorum } from "./config.ts";
 import type { Decision, Entry } from "./log.ts";
-import { type Checkpoint, type ClientRequest, type NewView, NULL_DIGEST, type PeerMessage, type PreparedCert, SIGNATURE_BYTES, signingBytes, type ViewChange } from "./messages.ts";
+import {
+  type Checkpoint,
+  type ClientRequest,
+  type NewView,
+  NULL_DIGEST,
+  type PeerMessage,
+  type PreparedCert,
+  SIGNATURE_BYTES,
+  signingBytes,
+  type ViewChange,
+} from "./messages.ts";
 import { FloodMonitor, ThroughputMonitor } from "./monitors.ts";
 import type { CoreCrypto, Effect, PersistedRecord, Ready } from "./types.ts";
 

@@ -6,16 +6,7 @@
  */
 import type { ClientTableExport } from "./clients.ts";
 import type { FaultMode, ReplicaId } from "./config.ts";
-import type {
-  Checkpoint,
-  ClientRequest,
-  Commit,
-  NewView,
-  PeerMessage,
-  PreparedCert,
-  PrePrepare,
-  ViewChange,
-} from "./messages.ts";
+import type { Checkpoint, ClientRequest, Commit, NewView, PeerMessage, PreparedCert, PrePrepare, ViewChange } from "./messages.ts";
 
 /**
  * Injected, pure cryptography. The core never imports a crypto library; the runtime uses

@@ -9,7 +9,15 @@ import { forwardAllPending } from "./clients.ts";
 import type { ReplicaId } from "./config.ts";
 import { adoptStable, jumpToStable } from "./checkpoints.ts";
 import { acceptInto, checkPrepared, type Entry, markPrepared, newEntry, sendOwnPrepare, signHeader } from "./log.ts";
-import { type ClientRequest, type NewView, NULL_DIGEST, type PreparedCert, type PrePrepare, type StateRequest, type ViewChange } from "./messages.ts";
+import {
+  type ClientRequest,
+  type NewView,
+  NULL_DIGEST,
+  type PreparedCert,
+  type PrePrepare,
+  type StateRequest,
+  type ViewChange,
+} from "./messages.ts";
 import { assert, type CoreState, EMPTY_SIG, kthLargest, NO_DEADLINE } from "./state.ts";
 import type { SuspectReason } from "./types.ts";
 

@@ -559,7 +559,10 @@ export class DeliveryVoter {
     for (let group = this.readyGroup(); group !== null; group = this.readyGroup()) {
       const from = this.next;
       // The group covers the next seq and ends past it: delivery moves forward, never back.
-      assert(group.firstSeq <= from && group.end > from, `delivery voter: group ${group.firstSeq}..${group.end} does not cover seq ${from}`);
+      assert(
+        group.firstSeq <= from && group.end > from,
+        `delivery voter: group ${group.firstSeq}..${group.end} does not cover seq ${from}`,
+      );
       assert(group.voters.size >= this.threshold, "delivery voter: a group delivered below its threshold");
       outputs.push(this.deliver(group.request, group.signed, group.tsMs, from, from - group.firstSeq));
       this.remember(group.firstSeq, group.key);

@@ -10,7 +10,6 @@ export type ReplyKind = "crash/none" | "crash/total" | "byzantine/none" | "byzan
 
 export const REPLY_KINDS: readonly ReplyKind[] = ["crash/none", "crash/total", "byzantine/none", "byzantine/total", "admin"];
 
-
 export function replyKindOf(cls: Pick<ChannelClass, "fault" | "order">): ReplyKind {
   return `${cls.fault}/${cls.order}`;
 }

@@ -19,7 +19,7 @@ import type { Log } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import { GroupCommit } from "./group-commit.ts";
 import { decodeHead, encodeHead, encodeRecord, recordSeq, type SnapshotHead } from "./records.ts";
-import { type Checked, type CorruptRow, ReplicaStore, STORE_FILE, StoreIdentityError, type SyncPolicy } from "./store.ts";
+import { type Checked, type CorruptRow, ReplicaStore, STORE_FILE, type SyncPolicy } from "./store.ts";
 
 export { DEFAULT_SYNC_POLICY, SYNC_POLICIES, type SyncPolicy, StoreIdentityError } from "./store.ts";
 export type { SnapshotHead } from "./records.ts";
@@ -75,9 +75,10 @@ export class ReplicaStorage {
     this.corruptAtOpen = corrupt;
     this.quarantined = quarantined;
     this.commits = new GroupCommit({
-      commit: (writes) => this.store.transaction(() => {
-        for (const write of writes) write();
-      }),
+      commit: (writes) =>
+        this.store.transaction(() => {
+          for (const write of writes) write();
+        }),
       onFailure: (error) => this.fail(error),
       onCommit: (writes, ms) => {
         options.metrics.inc("storage_commits_total");
@@ -111,7 +112,9 @@ export class ReplicaStorage {
       closeQuietly(store);
       quarantined = true;
       const moved = quarantine(options.dir);
-      reportCorruption(options, [{ table: "*", ids: [], key: STORE_FILE, reason: `unreadable (${(error as Error).message}); moved to ${moved}` }]);
+      reportCorruption(options, [
+        { table: "*", ids: [], key: STORE_FILE, reason: `unreadable (${(error as Error).message}); moved to ${moved}` },
+      ]);
       store = ReplicaStore.open(options.dir, options.sync, identity, options.exclusive ?? true);
     }
     if (corrupt.length > 0) reportCorruption(options, corrupt);
@@ -188,7 +191,9 @@ export class ReplicaStorage {
         heads.push(head);
         continue;
       }
-      const row = checked.ok ? { table: "snap_head", ids: [checked.row.seq], key: `seq ${checked.row.seq}`, reason: "malformed head" } : checked.corrupt;
+      const row = checked.ok
+        ? { table: "snap_head", ids: [checked.row.seq], key: `seq ${checked.row.seq}`, reason: "malformed head" }
+        : checked.corrupt;
       this.reportCorrupt([row]);
       this.store.transaction(() => deleteCorruptRow(this.store, row));
     }

@@ -73,12 +73,22 @@ export interface Recovered {
 export function recover(options: RecoverOptions): Recovered {
   const { storage } = options;
   const heads = storage.heads();
-  const base = installBase(options, heads.filter((h) => h.status === "complete"));
+  const base = installBase(
+    options,
+    heads.filter((h) => h.status === "complete"),
+  );
   const baseSeq = base?.seq ?? 0;
-  const incoming = pickIncoming(options, heads.filter((h) => h.status === "incoming"), baseSeq);
+  const incoming = pickIncoming(
+    options,
+    heads.filter((h) => h.status === "incoming"),
+    baseSeq,
+  );
   const kept = new Set([baseSeq, incoming?.head.seq ?? -1]);
   // Parts without a head are a base whose writing a crash interrupted.
-  const orphans = storage.store.partSeqs().map((p) => p.seq).filter((seq) => !heads.some((h) => h.seq === seq));
+  const orphans = storage.store
+    .partSeqs()
+    .map((p) => p.seq)
+    .filter((seq) => !heads.some((h) => h.seq === seq));
   const dropped = [...heads.map((h) => h.seq).filter((seq) => !kept.has(seq)), ...orphans];
   storage.store.transaction(() => dropped.forEach((seq) => storage.store.deleteSnapshot(seq)));
 
@@ -126,7 +136,9 @@ function installBase(options: RecoverOptions, complete: readonly SnapshotHead[])
         return meta === null ? head : { ...head, clients: meta.clients };
       }
     }
-    options.storage.reportCorrupt([{ table: "snap_part", ids: [head.seq], key: `snapshot ${head.seq}`, reason: problem ?? "does not install" }]);
+    options.storage.reportCorrupt([
+      { table: "snap_part", ids: [head.seq], key: `snapshot ${head.seq}`, reason: problem ?? "does not install" },
+    ]);
   }
   return null;
 }
@@ -200,7 +212,13 @@ interface Replay {
   readonly records: DecidedRecord[];
 }
 
-function replayDecided(options: RecoverOptions, base: SnapshotHead | null, lastDecided: number, keepAbove: number, stableSeq: number): Replay {
+function replayDecided(
+  options: RecoverOptions,
+  base: SnapshotHead | null,
+  lastDecided: number,
+  keepAbove: number,
+  stableSeq: number,
+): Replay {
   const clients = new ClientTable();
   clients.import(base?.clients ?? []);
   const records: DecidedRecord[] = [];
@@ -265,7 +283,8 @@ function replayUnordered(options: RecoverOptions): number {
     }
     restored++;
     options.unorderedRestored?.(row.tag, outcome.stored);
-    if (outcome.trimmed !== null) storage.store.transaction(() => storage.store.deleteUnorderedOldest(row.tag, row.gen, outcome.trimmed?.batchesRemoved ?? 0));
+    if (outcome.trimmed !== null)
+      storage.store.transaction(() => storage.store.deleteUnorderedOldest(row.tag, row.gen, outcome.trimmed?.batchesRemoved ?? 0));
   }
   if (stale.length > 0) storage.store.transaction(() => stale.forEach((id) => storage.store.deleteUnorderedRow(id)));
   return restored;
@@ -361,7 +380,14 @@ function pickCoreBase(base: SnapshotHead | null, core: CoreRecords, lastDecided:
     return { t: "snapshot", seq: best.seq, stateDigest: best.stateDigest, appDigest: best.appDigest, clients: best.clients, proof };
   }
   if (base === null || base.appDigest === null || base.clients === null) return null;
-  return { t: "snapshot", seq: base.seq, stateDigest: base.stateDigest, appDigest: base.appDigest, clients: base.clients, proof: base.proof };
+  return {
+    t: "snapshot",
+    seq: base.seq,
+    stateDigest: base.stateDigest,
+    appDigest: base.appDigest,
+    clients: base.clients,
+    proof: base.proof,
+  };
 }
 
 export type { ClientTableExport };

@@ -328,7 +328,11 @@ export class ReplicaStore {
     for (const r of this.db.query("SELECT id, kind, seq, rec, sum FROM core ORDER BY id").iterate() as IterableIterator<Row>) {
       const row: CoreRow = { id: num(r.id), kind: String(r.kind), seq: num(r.seq), rec: blob(r.rec) };
       if (rowIntact("core", [row.id, row.kind, row.seq], [row.rec], r.sum as Uint8Array)) yield { ok: true, row };
-      else yield { ok: false, corrupt: { table: "core", ids: [row.id], key: `id ${row.id} (${row.kind} ${row.seq})`, reason: "checksum mismatch" } };
+      else
+        yield {
+          ok: false,
+          corrupt: { table: "core", ids: [row.id], key: `id ${row.id} (${row.kind} ${row.seq})`, reason: "checksum mismatch" },
+        };
     }
   }
 
@@ -384,7 +388,10 @@ export class ReplicaStore {
   private checkPart(r: Row): Checked<PartRow> {
     const row: PartRow = { seq: num(r.seq), part: num(r.part), data: blob(r.data) };
     if (rowIntact("snap_part", [row.seq, row.part], [row.data], r.sum as Uint8Array)) return { ok: true, row };
-    return { ok: false, corrupt: { table: "snap_part", ids: [row.seq, row.part], key: `seq ${row.seq} part ${row.part}`, reason: "checksum mismatch" } };
+    return {
+      ok: false,
+      corrupt: { table: "snap_part", ids: [row.seq, row.part], key: `seq ${row.seq} part ${row.part}`, reason: "checksum mismatch" },
+    };
   }
 
   *unorderedRows(): Generator<Checked<UnorderedRow>> {
@@ -392,7 +399,8 @@ export class ReplicaStore {
     for (const r of query.iterate() as IterableIterator<Row>) {
       const row: UnorderedRow = { id: num(r.id), tag: String(r.tag), gen: num(r.gen), ts: num(r.ts), body: blob(r.body), sig: blob(r.sig) };
       if (rowIntact("unordered", [row.id, row.tag, row.gen, row.ts], [row.body, row.sig], r.sum as Uint8Array)) yield { ok: true, row };
-      else yield { ok: false, corrupt: { table: "unordered", ids: [row.id], key: `id ${row.id} (${row.tag})`, reason: "checksum mismatch" } };
+      else
+        yield { ok: false, corrupt: { table: "unordered", ids: [row.id], key: `id ${row.id} (${row.tag})`, reason: "checksum mismatch" } };
     }
   }
 
