@@ -14,6 +14,7 @@
  * replica rejoins where it stopped. A replica behind the stable checkpoint fetches the
  * state from its peers (state-transfer.ts), which it also serves to them.
  */
+import { decodeEnvelope, encodeEnvelope } from "./peer-messages.ts";
 import type { ClusterConfig } from "../config/cluster.ts";
 import { sign, verify } from "../crypto/ed25519.ts";
 import { sha256 } from "../crypto/hash.ts";
@@ -26,7 +27,7 @@ import type { ClientRequest, PeerMessage } from "../core/ordering/messages.ts";
 import { REQUEST_SPAN_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
 import { OrderingCore } from "../core/ordering/core.ts";
 import type { CoreCrypto, CoreInput, Effect, PersistedRecord, Ready, Refusal } from "../core/ordering/types.ts";
-import { type Canonical, encodeCanonical, tryDecodeCanonical } from "../../wire/canonical.ts";
+import type { Canonical } from "../../wire/canonical.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { PeerMesh } from "./peers.ts";
@@ -211,21 +212,20 @@ export class OrderingDriver {
     this.step({ kind: "request", req, authenticated: true });
   }
 
-  /** A peer message: {k: "ord"} for the ordering core, {k: "st"} for state transfer. */
+  /** A peer message: an envelope for the ordering core or for state transfer (peer-messages.ts). */
   onPeerMessage(from: number, bytes: Uint8Array): void {
-    const decoded = tryDecodeCanonical(bytes);
-    const envelope = decoded.ok ? (decoded.value as { k?: unknown; m?: unknown } | null) : null;
-    if (envelope !== null && typeof envelope === "object" && envelope.k === "st") {
-      const m = validateTransferMessage(envelope.m, this.partBytes);
+    const envelope = decodeEnvelope(bytes);
+    if (envelope === null) {
+      this.options.metrics.inc("peer_messages_rejected_total");
+      return;
+    }
+    if (envelope.kind === "state-transfer") {
+      const m = validateTransferMessage(envelope.message, this.partBytes);
       if (m === null) this.options.metrics.inc("peer_messages_rejected_total");
       else this.transfer.onMessage(from, m);
       return;
     }
-    if (envelope === null || typeof envelope !== "object" || envelope.k !== "ord") {
-      this.options.metrics.inc("peer_messages_rejected_total");
-      return;
-    }
-    const msg = validatePeerMessage(envelope.m);
+    const msg = validatePeerMessage(envelope.message);
     if (msg === null) {
       this.options.metrics.inc("peer_messages_rejected_total");
       return;
@@ -282,7 +282,7 @@ export class OrderingDriver {
   private perform(effect: Effect): void {
     switch (effect.kind) {
       case "send": {
-        const bytes = encodeCanonical({ k: "ord", m: effect.msg as unknown as Canonical });
+        const bytes = encodeEnvelope("ordering", effect.msg as unknown as Canonical);
         if (effect.to === "all") this.options.mesh.broadcast(bytes);
         else this.options.mesh.send(effect.to, bytes);
         return;

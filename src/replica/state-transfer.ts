@@ -4,7 +4,7 @@
  * that checkpoint from its peers, checks it against the digest f+1 replicas signed, and
  * installs it; the ordering core then catches up on the decisions after it.
  *
- * Protocol, inside the runtime's peer envelope {k: "st", m} (authenticated and MACed by
+ * Protocol, inside the runtime's peer envelope {kind: "state-transfer", message} (authenticated and MACed by
  * the peer mesh like every peer message):
  *   get  {seq, digest, part, count, nonce}   send parts part .. part+count-1 of the state
  *                                            at seq whose state digest is `digest`
@@ -33,7 +33,7 @@
  * storage/snapshots.ts), one cursor per peer, with the last few parts cached for
  * retransmission: memory per peer is a few parts.
  */
-import { type Canonical, encodeCanonical } from "../../wire/canonical.ts";
+import { encodeTransferMessage, STREAM_PARTS_MAX, TRANSFER_WINDOW_PARTS, type TransferMessage } from "./peer-messages.ts";
 import type { ChannelsConfig } from "../core/channels/config.ts";
 import type { ChannelMachine } from "../core/channels/machine.ts";
 import { type SnapshotImport, snapshotBytesBound } from "../core/channels/snapshot.ts";
@@ -46,18 +46,20 @@ import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
 import { type PartSource, type SnapshotKeeper, SourceError } from "./storage/snapshots.ts";
 import { STREAM_META_BYTES_MAX, STREAM_META_PREFIX_BYTES, StreamReader } from "./storage/stream.ts";
 
-/** Parts in flight from the source at once. */
-export const TRANSFER_WINDOW_PARTS = 4;
+export {
+  encodeTransferMessage,
+  STREAM_PARTS_MAX,
+  TRANSFER_WINDOW_PARTS,
+  type TransferMessage,
+  validateTransferMessage,
+} from "./peer-messages.ts";
+
 /** Parts a server keeps per peer for retransmission. */
 export const SERVE_CACHE_PARTS = 2 * TRANSFER_WINDOW_PARTS;
 /** A source that delivered no new part for this long is distrusted for the target and replaced. */
 export const PART_TIMEOUT_MS = 3_000;
 /** A serving cursor idle for this long is dropped (its capture with it). */
 export const CURSOR_IDLE_MS = 30_000;
-/** Parts in one stream at most: far beyond any state retention allows, a bound on hostile input. */
-export const STREAM_PARTS_MAX = 2 ** 32;
-/** Digest length (SHA-256). */
-const DIGEST_BYTES = 32;
 
 /**
  * Bytes of a valid snapshot stream at most under a channel config: the meta record's
@@ -73,41 +75,6 @@ export function streamBytesBound(config: ChannelsConfig): number {
 /** Parts of a stream of at most `streamBytesMax` bytes: all but the last are exactly `partBytes`. */
 export function streamPartsBound(streamBytesMax: number, partBytes: number): number {
   return Math.min(STREAM_PARTS_MAX, Math.ceil(streamBytesMax / partBytes));
-}
-
-export type TransferMessage =
-  | { t: "get"; seq: number; digest: Uint8Array; part: number; count: number; nonce: number }
-  | { t: "part"; seq: number; nonce: number; part: number; data: Uint8Array; end: boolean }
-  | { t: "none"; seq: number; nonce: number; reason: string };
-
-export function encodeTransferMessage(m: TransferMessage): Uint8Array {
-  return encodeCanonical({ k: "st", m: m as unknown as Canonical });
-}
-
-function isInt(x: unknown, min: number, max: number): x is number {
-  return typeof x === "number" && Number.isSafeInteger(x) && x >= min && x <= max;
-}
-
-/** Checks a decoded `m` field against the message forms above; null when it is none of them. */
-export function validateTransferMessage(m: unknown, partBytesMax: number): TransferMessage | null {
-  if (m === null || typeof m !== "object") return null;
-  const x = m as Record<string, unknown>;
-  if (!isInt(x.seq, 1, Number.MAX_SAFE_INTEGER) || !isInt(x.nonce, 0, Number.MAX_SAFE_INTEGER)) return null;
-  switch (x.t) {
-    case "get":
-      if (!(x.digest instanceof Uint8Array) || x.digest.length !== DIGEST_BYTES) return null;
-      if (!isInt(x.part, 0, STREAM_PARTS_MAX) || !isInt(x.count, 1, TRANSFER_WINDOW_PARTS)) return null;
-      return { t: "get", seq: x.seq, digest: x.digest, part: x.part, count: x.count, nonce: x.nonce };
-    case "part":
-      if (!isInt(x.part, 0, STREAM_PARTS_MAX) || typeof x.end !== "boolean") return null;
-      if (!(x.data instanceof Uint8Array) || x.data.length > partBytesMax) return null;
-      return { t: "part", seq: x.seq, nonce: x.nonce, part: x.part, data: x.data, end: x.end };
-    case "none":
-      if (typeof x.reason !== "string" || x.reason.length > 256) return null;
-      return { t: "none", seq: x.seq, nonce: x.nonce, reason: x.reason };
-    default:
-      return null;
-  }
 }
 
 /** What the fetcher wants: the core's `fetchState`. */

@@ -5,6 +5,7 @@
  * A message over the limit would be refused by the receiving replica's decoder and tear
  * the link down, and a client could trigger it with two large publishes.
  */
+import { encodeEnvelope } from "../../src/replica/peer-messages.ts";
 import { describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
 import { parseClusterConfig } from "../../src/config/cluster.ts";
@@ -38,7 +39,7 @@ function clusterWithFrames(frameBytesMax: number) {
 
 /** Bytes of `msg` in a PEER frame, as the mesh sends it. */
 function frameBytes(msg: QueuedMessage["msg"]): number {
-  return encodeCanonical({ k: "ord", m: msg as unknown as Canonical }).length + PEER_FRAME_OVERHEAD_BYTES;
+  return encodeEnvelope("ordering", msg as unknown as Canonical).length + PEER_FRAME_OVERHEAD_BYTES;
 }
 
 describe("peer messages fit one frame", () => {

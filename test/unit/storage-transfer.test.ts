@@ -5,10 +5,10 @@
 // sends parts no valid stream has (empty, short before the end, past the longest valid
 // state) or no new part for a while is dropped and distrusted for the target, and a
 // stream already whole on disk is installed without asking anyone.
+import { decodeEnvelope } from "../../src/replica/peer-messages.ts";
 import { afterEach, describe, expect, test } from "bun:test";
 import type { ChannelMachine } from "../../src/core/channels/machine.ts";
 import type { SnapshotImport } from "../../src/core/channels/snapshot.ts";
-import { decodeCanonical } from "../../wire/canonical.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import {
   encodeTransferMessage,
@@ -64,9 +64,9 @@ class Network {
   pump(limit = 100_000): void {
     for (let i = 0; i < limit && this.queue.length > 0; i++) {
       const { from, to, bytes } = this.queue.shift() as { from: number; to: number; bytes: Uint8Array };
-      const envelope = decodeCanonical(bytes) as { k: string; m: unknown };
-      const m = validateTransferMessage(envelope.m, this.partBytes);
-      if (envelope.k !== "st" || m === null) throw new Error("malformed transfer message");
+      const envelope = decodeEnvelope(bytes);
+      const m = envelope === null ? null : validateTransferMessage(envelope.message, this.partBytes);
+      if (envelope?.kind !== "state-transfer" || m === null) throw new Error("malformed transfer message");
       const passed = this.filter(from, to, m);
       if (passed === null) continue;
       this.delivered.push({ from, to, m: passed });
