@@ -317,6 +317,10 @@ export class OrderingDriver {
         this.options.metrics.inc("peer_flooding_total");
         this.options.log.warn("peer flooding", { peer: effect.peer });
         return;
+      case "peerMisbehaved":
+        this.options.metrics.inc("peer_misbehaviour_total");
+        this.options.log.warn("peer misbehaved", { peer: effect.peer, reason: effect.reason });
+        return;
       case "divergence":
         this.options.log.error("state diverged from the stable checkpoint", { seq: effect.seq });
         process.exit(EXIT_STATE_UNTRUSTED);

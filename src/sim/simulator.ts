@@ -321,6 +321,7 @@ class Simulation {
         case "resendReply":
         case "refused":
         case "peerFlooding":
+        case "peerMisbehaved":
           break;
         default: {
           const never: never = o;

@@ -118,6 +118,11 @@ export type Effect =
   /** A peer sends far more than any other (Aardvark flood defence): the runtime may mute it. */
   | { kind: "peerFlooding"; peer: ReplicaId }
   /**
+   * A peer signed something no correct replica signs (an invalid NEW_VIEW, say): evidence
+   * against it, for the operator. The core does not act on it beyond what the protocol says.
+   */
+  | { kind: "peerMisbehaved"; peer: ReplicaId; reason: string }
+  /**
    * FATAL: this replica's state digest at `seq` differs from the stable one. Replicas are
    * deterministic, so this is a bug or corruption here; the runtime should stop and
    * restore from a peer's snapshot.

@@ -6,7 +6,7 @@
 import { bytesEqual } from "../../../wire/bytes.ts";
 import { bodyMatches, isMember, type NewViewPlan, planNewView, validViewChange } from "./certs.ts";
 import { forwardAllPending } from "./clients.ts";
-import type { ReplicaId } from "./config.ts";
+import { leaderOf, type ReplicaId } from "./config.ts";
 import { adoptStable, jumpToStable } from "./checkpoints.ts";
 import { acceptInto, checkPrepared, type Entry, markPrepared, newEntry, sendOwnPrepare, signHeader } from "./log.ts";
 import {
@@ -120,6 +120,7 @@ export function tickViewChange(state: CoreState): void {
 
 export function onViewChange(state: CoreState, m: ViewChange): void {
   if (!isMember(state.certContext, m.replica)) return;
+  if (m.newView > viewsAcceptedUpTo(state)) return;
   if (m.newView <= state.installedView) {
     answerWithNewView(state, m.replica);
     return;
@@ -192,16 +193,36 @@ function buildNewView(state: CoreState, vcs: ViewChange[]): void {
 }
 
 export function onNewView(state: CoreState, m: NewView): void {
-  if (m.view <= state.installedView || m.view < state.view) return;
+  if (m.view <= state.installedView || m.view < state.view || m.view > viewsAcceptedUpTo(state)) return;
   if (!state.verify(m)) return;
   const plan = checkNewView(state, m);
   if (plan === null) {
-    // Signed by the leader and wrong: the leader is faulty.
-    startViewChange(state, Math.max(m.view, state.view) + 1, "bad-new-view");
+    // Signed by the leader of m.view and wrong: evidence against that replica, never a
+    // reason to jump to its view (a replica leads every view equal to its id mod n, so
+    // one that could move the group by signing garbage could push the view to the ceiling).
+    // Only the leader of the view this replica is changing to can stall it this way,
+    // and for that one it moves on to the next view, as for any faulty new leader.
+    state.emit({ kind: "peerMisbehaved", peer: leaderOf(m.view, state.cfg.n), reason: `invalid NEW_VIEW for view ${m.view}` });
+    if (state.phase === "viewChange" && m.view === state.view) startViewChange(state, state.view + 1, "bad-new-view");
     return;
   }
   installNewView(state, m, plan);
 }
+
+/**
+ * Views above this are not looked at (VIEW_CHANGE, NEW_VIEW): the higher of this replica's
+ * view and the view f+1 peers show in their messages, plus a margin. Correct replicas move
+ * one view per timeout or join a view f+1 of them announced, so only a faulty replica
+ * names a view beyond it, and storing or checking its messages would only cost memory
+ * and signature checks (core/ordering/PROTOCOL.md §6, §11).
+ */
+export function viewsAcceptedUpTo(state: CoreState): number {
+  const announced = kthLargest(state.peerViews.values(), state.weakQuorumSize);
+  return Math.max(state.view, announced) + VIEWS_AHEAD_MAX;
+}
+
+/** How far past the known views a VIEW_CHANGE or NEW_VIEW may name a view. */
+export const VIEWS_AHEAD_MAX = 64;
 
 /** Every replica recomputes minS, maxS and O from V; they must equal what was sent. */
 function checkNewView(state: CoreState, m: NewView): NewViewPlan | null {

@@ -1,0 +1,87 @@
+// One compromised replica must not stop ordering: the attacks of the intrusion-safety
+// review, each against the real core on a hand-driven cluster (src/sim/cluster.ts) with
+// real ed25519. Each test failed on the core before its fix.
+import { describe, expect, test } from "bun:test";
+import { type Effect, type NewView, signingBytes, type ViewChange } from "../../src/core/ordering/index.ts";
+import { VIEW_MAX } from "../../src/core/ordering/messages.ts";
+import { VIEWS_AHEAD_MAX } from "../../src/core/ordering/view-change.ts";
+import { ManualCluster } from "../../src/sim/cluster.ts";
+
+const CLUSTER_ID = "cluster-test";
+
+function signed<M extends NewView | ViewChange>(c: ManualCluster, signer: number, m: M): M {
+  return { ...m, sig: c.keyring.signAsReplica(signer, signingBytes(m, CLUSTER_ID)) };
+}
+
+/** A NEW_VIEW for `view`, signed by its leader, that carries no VIEW_CHANGEs: never valid. */
+function emptyNewView(c: ManualCluster, view: number): NewView {
+  const leader = view % c.n;
+  return signed(c, leader, { t: "NEW_VIEW", view, viewChanges: [], minS: 0, maxS: 0, o: [], sig: new Uint8Array(64) });
+}
+
+function misbehaviour(c: ManualCluster, id: number): Extract<Effect, { kind: "peerMisbehaved" }>[] {
+  return c.allEffects(id).filter((e): e is Extract<Effect, { kind: "peerMisbehaved" }> => e.kind === "peerMisbehaved");
+}
+
+function decideOne(c: ManualCluster, client: number, seq: number): void {
+  c.submit(c.core(0).status().leader, c.request(client, seq));
+  c.runUntil(() => [0, 1, 2].every((id) => c.lastExecuted(id) >= seq), 200);
+}
+
+describe("item 1: a non-leader cannot move the group to a view of its choosing", () => {
+  for (const view of [7, 11, 2 ** 20 - 1]) {
+    test(`an invalid NEW_VIEW(${view}) signed by its leader (replica ${view % 4}) is evidence against it, not a reason to change view`, () => {
+      const c = new ManualCluster();
+      decideOne(c, 0, 1);
+      const forged = emptyNewView(c, view);
+      const liar = view % 4;
+      for (const id of [0, 1, 2, 3].filter((r) => r !== liar)) c.step(id, { kind: "message", from: liar, msg: forged });
+      for (const id of [0, 1, 2, 3].filter((r) => r !== liar)) {
+        expect(c.core(id).status().view).toBe(0);
+        expect(c.core(id).status().status).toBe("normal");
+        if (view <= VIEWS_AHEAD_MAX)
+          expect(misbehaviour(c, id)).toEqual([{ kind: "peerMisbehaved", peer: liar, reason: `invalid NEW_VIEW for view ${view}` }]);
+      }
+      // The group goes on ordering in view 0.
+      decideOne(c, 0, 2);
+      for (const id of [0, 1, 2]) expect(c.core(id).status().view).toBe(0);
+    });
+  }
+
+  test("repeating it five times leaves the view where it was (it took the group to view 20 before)", () => {
+    const c = new ManualCluster();
+    for (let round = 0; round < 5; round++) {
+      const forged = emptyNewView(c, 3 + 4 * (round + 1));
+      for (const id of [0, 1, 2]) c.step(id, { kind: "message", from: 3, msg: forged });
+    }
+    for (const id of [0, 1, 2]) expect(c.core(id).status().view).toBe(0);
+  });
+
+  test("a NEW_VIEW for the last view a message may name does not push the group to the ceiling", () => {
+    const c = new ManualCluster();
+    // The largest view a message may carry whose leader is replica 3.
+    const top = VIEW_MAX - (VIEW_MAX % 4) - 1;
+    const forged = emptyNewView(c, top);
+    for (const id of [0, 1, 2]) c.step(id, { kind: "message", from: top % 4, msg: forged });
+    for (const id of [0, 1, 2]) expect(c.core(id).status().view).toBe(0);
+    decideOne(c, 0, 1);
+  });
+
+  test("the leader of the view a replica is changing to still cannot stall it: an invalid NEW_VIEW for that view moves it on", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    // Leader 0 crashes with a request pending: the others' request timers make them
+    // suspect it. NEW_VIEWs are held back, so they stay in the view change.
+    c.crash(0);
+    for (const id of [1, 2, 3]) c.submit(id, c.request(0, 2));
+    c.runUntil(
+      () => [1, 2, 3].every((id) => c.core(id).status().status === "viewChange"),
+      2_000,
+      (m) => m.msg.t !== "NEW_VIEW",
+    );
+    const target = c.core(1).status().view;
+    const forged = emptyNewView(c, target);
+    c.step(2, { kind: "message", from: target % 4, msg: forged });
+    expect(c.core(2).status().view).toBe(target + 1);
+  });
+});
