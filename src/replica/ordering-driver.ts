@@ -23,14 +23,16 @@ import { REQUEST_BYTES_MAX } from "../core/channels/constants.ts";
 import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { SnapshotImport } from "../core/channels/snapshot.ts";
 import { type CoreConfig, DEFAULT_PARAMETERS, makeConfig } from "../core/ordering/config.ts";
-import type { ClientRequest, PeerMessage } from "../core/ordering/messages.ts";
+import type { ClientRequest, Forward, PeerMessage } from "../core/ordering/messages.ts";
 import { REQUEST_SPAN_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
 import { OrderingCore } from "../core/ordering/core.ts";
 import type { CoreCrypto, CoreInput, Effect, PersistedRecord, Ready, Refusal } from "../core/ordering/types.ts";
 import type { Canonical } from "../../wire/canonical.ts";
+import { toHex } from "../../wire/bytes.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { PeerMesh } from "./peers.ts";
+import { admissibleForwards } from "./forwards.ts";
 import { clientRequestValid, verifiedCacheKey } from "./requests.ts";
 import { StateTransfer, validateTransferMessage } from "./state-transfer.ts";
 import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
@@ -103,6 +105,9 @@ export function coreConfigFor(config: ClusterConfig, id: number): CoreConfig {
       // Clients may keep this many requests in flight; the core must admit them all or
       // a refused early request would leave a gap that later ones wait behind.
       clientWindow: Math.max(DEFAULT_PARAMETERS.clientWindow, config.limits.clientInflightRequestsMax),
+      // A key's requests over all its tags: room for a relay publishing to a few tags at
+      // once, not for one key to take the pool.
+      keyPendingMax: 4 * Math.max(DEFAULT_PARAMETERS.clientWindow, config.limits.clientInflightRequestsMax),
     },
   );
 }
@@ -114,12 +119,15 @@ export class OrderingDriver {
   private readonly transfer: StateTransfer;
   private readonly partBytes: number;
   private readonly checkpointInterval: number;
+  /** Admin keys (hex): the only keys whose admin requests a peer may forward here. */
+  private readonly adminKeys: ReadonlySet<string>;
   private timer: ReturnType<typeof setInterval> | null = null;
   /** The last decided seq executed on the machine (decisions run after their commit). */
   private appliedSeq = 0;
 
   constructor(private readonly options: OrderingDriverOptions) {
     const { config, id, key, machine, storage, log, metrics } = options;
+    this.adminKeys = new Set(config.adminKeys.map(toHex));
     const replicaKeys = config.replicas.map((replica) => replica.publicKey);
     const crypto: CoreCrypto = {
       hash: sha256,
@@ -230,7 +238,15 @@ export class OrderingDriver {
       this.options.metrics.inc("peer_messages_rejected_total");
       return;
     }
-    this.step({ kind: "message", from, msg });
+    this.step({ kind: "message", from, msg: msg.t === "FORWARD" ? this.admissibleForwards(msg) : msg });
+  }
+
+  /** A peer's FORWARD, less what this replica would not take from its own clients (forwards.ts). */
+  private admissibleForwards(msg: Forward): Forward {
+    const kept = admissibleForwards(msg, this.adminKeys, (tag, key) => this.options.machine.isPublisher(tag, key));
+    const dropped = msg.requests.length - kept.requests.length;
+    if (dropped > 0) this.options.metrics.inc("forwarded_requests_dropped_total", dropped);
+    return kept;
   }
 
   /** The last executed seq of a client's sequence space (0 if none). */

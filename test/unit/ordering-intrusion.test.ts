@@ -5,7 +5,9 @@ import { describe, expect, test } from "bun:test";
 import { type Effect, type NewView, signingBytes, type ViewChange } from "../../src/core/ordering/index.ts";
 import { VIEW_MAX } from "../../src/core/ordering/messages.ts";
 import { VIEWS_AHEAD_MAX } from "../../src/core/ordering/view-change.ts";
-import { ManualCluster } from "../../src/sim/cluster.ts";
+import { CLUSTER_PARAMETERS, ManualCluster } from "../../src/sim/cluster.ts";
+
+const CLUSTER_PARAMETERS_TIMEOUT = CLUSTER_PARAMETERS.requestTimeoutTicks as number;
 
 const CLUSTER_ID = "cluster-test";
 
@@ -83,5 +85,46 @@ describe("item 1: a non-leader cannot move the group to a view of its choosing",
     const forged = emptyNewView(c, target);
     c.step(2, { kind: "message", from: target % 4, msg: forged });
     expect(c.core(2).status().view).toBe(target + 1);
+  });
+});
+
+describe("item 2: requests that can never be ordered do not hold the pending pool", () => {
+  function refusals(c: ManualCluster, id: number): string[] {
+    return c.allEffects(id).flatMap((e) => (e.kind === "refused" ? [e.reason] : []));
+  }
+
+  test("gapped requests (seqs 2.. of keys that never send 1) fill the pool, then expire, and a correct client gets in again", () => {
+    const c = new ManualCluster({ clients: 30, params: { pendingRequestsMax: 100, clientWindow: 10, keyPendingMax: 10 } });
+    for (let client = 0; client < 10; client++) {
+      for (let seq = 2; seq <= 11; seq++) c.submit(0, c.request(client, seq));
+    }
+    expect(c.core(0).status().pending).toBe(100);
+    c.submit(0, c.request(29, 1));
+    expect(refusals(c, 0)).toEqual(["overloaded"]);
+    // Nothing can bring them to the head of their chains: after a request timeout they go.
+    c.tick(CLUSTER_PARAMETERS_TIMEOUT + 1, [0]);
+    expect(c.core(0).status().pending).toBe(0);
+    c.submit(0, c.request(29, 1));
+    expect(c.core(0).status().pending).toBe(1);
+    expect(refusals(c, 0)).toEqual(["overloaded"]);
+  });
+
+  test("a client's pipeline behind a head that is still pending does not expire", () => {
+    const c = new ManualCluster({ params: { clientWindow: 10, keyPendingMax: 10 } });
+    for (let seq = 1; seq <= 5; seq++) c.submit(1, c.request(0, seq));
+    c.tick(CLUSTER_PARAMETERS_TIMEOUT + 1, [1]);
+    expect(c.core(1).status().pending).toBe(5);
+  });
+
+  test("one peer's forwards take at most its share of the pool", () => {
+    const c = new ManualCluster({ clients: 30, params: { pendingRequestsMax: 40, clientWindow: 10, keyPendingMax: 10 } });
+    const share = Math.ceil(40 / 4);
+    // FORWARDs of a batch's size (CLUSTER_PARAMETERS.batchRequestsMax), 20 requests in all.
+    const perMessage = CLUSTER_PARAMETERS.batchRequestsMax as number;
+    for (let first = 0; first < 20; first += perMessage) {
+      const requests = Array.from({ length: perMessage }, (_, i) => c.request(first + i, 1));
+      c.step(0, { kind: "message", from: 3, msg: { t: "FORWARD", requests } });
+    }
+    expect(c.core(0).status().pending).toBe(share);
   });
 });

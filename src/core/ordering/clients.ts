@@ -7,6 +7,7 @@
  */
 import { bytesEqual } from "../../../wire/bytes.ts";
 import { type ClientRequest, requestBytes } from "./messages.ts";
+import type { ReplicaId } from "./config.ts";
 import type { CoreState } from "./state.ts";
 import type { Refusal } from "./types.ts";
 
@@ -29,6 +30,14 @@ export interface PendingRequest {
   stage: number;
   /** Highest accepted sequence number when the request last reached the leader (Aardvark fairness). */
   seqAtArrival: number;
+  /** The peer that forwarded it, or null (a client of this replica, or a proposal). */
+  readonly via: ReplicaId | null;
+}
+
+/** The key part of a client space name ("<hex key>:<space>"): quotas are per key. */
+export function keyOfClient(client: string): string {
+  const colon = client.indexOf(":");
+  return colon < 0 ? client : client.slice(0, colon);
 }
 
 export function requestKey(client: string, seq: number): string {
@@ -72,9 +81,11 @@ export class ClientTable {
   }
 }
 
-/** Pending requests, bounded per client and in total. */
+/** Pending requests, bounded per client space, per client key, per forwarding peer and in total. */
 export class PendingPool {
   private readonly byClient = new Map<string, Map<number, PendingRequest>>();
+  private readonly byKey = new Map<string, number>();
+  private readonly byPeer = new Map<ReplicaId, number>();
   private count = 0;
 
   get total(): number {
@@ -85,6 +96,16 @@ export class PendingPool {
     return this.byClient.get(client)?.size ?? 0;
   }
 
+  /** Pending requests of one client key, over all its spaces. */
+  countForKey(key: string): number {
+    return this.byKey.get(key) ?? 0;
+  }
+
+  /** Pending requests a peer forwarded. */
+  countForPeer(peer: ReplicaId): number {
+    return this.byPeer.get(peer) ?? 0;
+  }
+
   get(client: string, seq: number): PendingRequest | undefined {
     return this.byClient.get(client)?.get(seq);
   }
@@ -93,7 +114,7 @@ export class PendingPool {
     return this.byClient.get(client)?.has(seq) ?? false;
   }
 
-  add(req: ClientRequest, now: number, seqAtArrival: number): PendingRequest {
+  add(req: ClientRequest, now: number, seqAtArrival: number, via: ReplicaId | null = null): PendingRequest {
     let forClient = this.byClient.get(req.client);
     if (forClient === undefined) {
       forClient = new Map();
@@ -106,30 +127,54 @@ export class PendingPool {
       timerStart: -1,
       stage: 0,
       seqAtArrival,
+      via,
     };
     forClient.set(req.seq, p);
     this.count++;
+    bump(this.byKey, keyOfClient(req.client), 1);
+    if (via !== null) bump(this.byPeer, via, 1);
     return p;
   }
 
   remove(client: string, seq: number): void {
     const forClient = this.byClient.get(client);
-    if (forClient === undefined || !forClient.delete(seq)) return;
-    this.count--;
-    if (forClient.size === 0) this.byClient.delete(client);
+    const p = forClient?.get(seq);
+    if (forClient === undefined || p === undefined) return;
+    this.drop(forClient, p);
   }
 
   /** Drops every request of `client` that starts at or below `lastExecuted`: executed or overlapping. */
   pruneExecuted(client: string, lastExecuted: number): void {
     const forClient = this.byClient.get(client);
     if (forClient === undefined) return;
-    for (const seq of [...forClient.keys()]) {
-      if (seq <= lastExecuted) {
-        forClient.delete(seq);
-        this.count--;
+    for (const p of [...forClient.values()]) if (p.req.seq <= lastExecuted) this.drop(forClient, p);
+  }
+
+  /**
+   * Drops the requests of clients whose chain has a gap (no request at the next seq this
+   * replica holds) that have waited `ticks` or more: nothing can bring them to the head,
+   * so they would hold their place for ever (a key that sends seqs 2..65 and never 1).
+   * A client that really sent the missing request retransmits the rest with it.
+   */
+  expireGapped(nextOf: (client: string) => number, now: number, ticks: number): number {
+    let dropped = 0;
+    for (const [client, forClient] of [...this.byClient]) {
+      if (forClient.has(nextOf(client))) continue;
+      for (const p of [...forClient.values()]) {
+        if (now - p.firstSeen < ticks) continue;
+        this.drop(forClient, p);
+        dropped++;
       }
     }
-    if (forClient.size === 0) this.byClient.delete(client);
+    return dropped;
+  }
+
+  private drop(forClient: Map<number, PendingRequest>, p: PendingRequest): void {
+    forClient.delete(p.req.seq);
+    this.count--;
+    bump(this.byKey, keyOfClient(p.req.client), -1);
+    if (p.via !== null) bump(this.byPeer, p.via, -1);
+    if (forClient.size === 0) this.byClient.delete(p.req.client);
   }
 
   /** Every client with pending requests, in first-arrival order (deterministic). */
@@ -160,6 +205,13 @@ export class PendingPool {
   }
 }
 
+/** Adds `delta` to a count kept in a map, deleting it at zero so the map holds only what is pending. */
+function bump<K>(counts: Map<K, number>, key: K, delta: number): void {
+  const next = (counts.get(key) ?? 0) + delta;
+  if (next <= 0) counts.delete(key);
+  else counts.set(key, next);
+}
+
 // ---------------------------------------------------------------------------------------
 // Admission and forwarding (core/ordering/PROTOCOL.md §5).
 // ---------------------------------------------------------------------------------------
@@ -177,7 +229,7 @@ export type Admission = "executed" | "added" | "duplicate" | Refusal | "bad-sign
  * Admission: cheap checks first, the signature last (Aardvark verifies MAC before
  * signature for the same reason). Returns what happened to the request.
  */
-export function admit(state: CoreState, req: ClientRequest, authenticated: boolean): Admission {
+export function admit(state: CoreState, req: ClientRequest, authenticated: boolean, via: ReplicaId | null = null): Admission {
   const cfg = state.cfg;
   if (req.span < 1 || req.span > cfg.requestSpanMax || req.seq < 1) return "invalid";
   if (requestBytes(req) > cfg.requestBytesMax) return "invalid";
@@ -189,12 +241,17 @@ export function admit(state: CoreState, req: ClientRequest, authenticated: boole
   if (until !== undefined && until > state.now) return "quarantined";
   if (req.seq - last > cfg.clientWindow * cfg.requestSpanMax) return "window";
   if (state.pending.countFor(req.client) >= cfg.clientWindow) return "window";
+  // A key costs nothing to make, and may name many spaces: it holds a bounded share.
+  if (state.pending.countForKey(keyOfClient(req.client)) >= cfg.keyPendingMax) return "window";
+  // One peer's forwards fill at most its share of the pool, so a lying replica cannot
+  // crowd out the requests the others and this replica's own clients bring.
+  if (via !== null && state.pending.countForPeer(via) >= Math.ceil(cfg.pendingRequestsMax / cfg.n)) return "overloaded";
   if (state.pending.total >= cfg.pendingRequestsMax) return "overloaded";
   if (!state.crypto.verifyRequest(req)) {
     if (authenticated) quarantineClient(state, req.client);
     return "bad-signature";
   }
-  state.pending.add(req, state.now, state.highestAcceptedSeq);
+  state.pending.add(req, state.now, state.highestAcceptedSeq, via);
   return "added";
 }
 

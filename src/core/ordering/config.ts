@@ -44,6 +44,8 @@ export interface CoreConfig {
   readonly clientWindow: number;
   /** Pending requests over all clients. */
   readonly pendingRequestsMax: number;
+  /** Pending requests of one client key over all its spaces (tags and admin). */
+  readonly keyPendingMax: number;
   /** Ticks before a pending request is forwarded to all, and again before the leader is suspected. */
   readonly requestTimeoutTicks: number;
   /** Ticks the leader may go without a new proposal while requests wait (Aardvark heartbeat). */
@@ -84,6 +86,7 @@ export const DEFAULT_PARAMETERS = {
   logWindow: 256,
   clientWindow: 16,
   pendingRequestsMax: 10_000,
+  keyPendingMax: 128,
   requestTimeoutTicks: 100,
   progressTimeoutTicks: 50,
   viewChangeTimeoutTicks: 200,
@@ -126,6 +129,7 @@ export function checkConfig(cfg: CoreConfig): void {
     "logWindow",
     "clientWindow",
     "pendingRequestsMax",
+    "keyPendingMax",
     "requestTimeoutTicks",
     "progressTimeoutTicks",
     "viewChangeTimeoutTicks",
@@ -145,6 +149,7 @@ export function checkConfig(cfg: CoreConfig): void {
   if (!Number.isSafeInteger(cfg.f) || cfg.f < 0) throw new RangeError("f must be a non-negative integer");
   if (cfg.n > REPLICAS_MAX) throw new RangeError(`n must be at most ${REPLICAS_MAX}`);
   if (cfg.n < 3 * cfg.f + 1) throw new RangeError("n must be at least 3f+1");
+  if (cfg.keyPendingMax < cfg.clientWindow) throw new RangeError("keyPendingMax must be at least clientWindow");
   if (!Number.isSafeInteger(cfg.id) || cfg.id < 0 || cfg.id >= cfg.n) throw new RangeError("id must be in 0..n-1");
   if (cfg.mode !== "bft" && cfg.mode !== "cft") throw new RangeError("mode must be bft or cft");
   if (cfg.pipelineDepth > cfg.logWindow) throw new RangeError("pipelineDepth must be <= logWindow");

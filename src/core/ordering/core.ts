@@ -219,7 +219,7 @@ export class OrderingCore {
       case "NEW_VIEW":
         return onNewView(state, msg);
       case "FORWARD":
-        return this.onForward(msg);
+        return this.onForward(from, msg);
       case "STATE_REQUEST":
         return onStateRequest(state, from, msg);
       case "STATE_RESPONSE":
@@ -289,9 +289,9 @@ export class OrderingCore {
     if (verdict === "added") state.admittedFromClient = req;
   }
 
-  private onForward(msg: Forward): void {
+  private onForward(from: ReplicaId, msg: Forward): void {
     const limit = Math.min(msg.requests.length, this.cfg.batchRequestsMax);
-    for (let i = 0; i < limit; i++) admit(this.state, msg.requests[i] as ClientRequest, false);
+    for (let i = 0; i < limit; i++) admit(this.state, msg.requests[i] as ClientRequest, false, from);
   }
 
   // -------------------------------------------------------------------------------------

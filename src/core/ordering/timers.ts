@@ -76,6 +76,7 @@ function resendCheckpoints(state: CoreState): void {
  * its timer, and its fairness reference, now.
  */
 function startHeadTimers(state: CoreState): void {
+  state.pending.expireGapped((client) => state.clientTable.lastExecuted(client) + 1, state.now, state.cfg.requestTimeoutTicks);
   for (const [client, forClient] of state.pending.clients()) {
     const head = forClient.get(state.clientTable.lastExecuted(client) + 1);
     if (head === undefined) continue;
