@@ -122,6 +122,9 @@ export const SIM_PARAMETERS: Partial<CoreParameters> = {
   retransmitTicks: 12,
   throughputWindowTicks: 40,
   throughputGraceTicks: 160,
+  // The simulated network delays a message 1-5 ticks after GST (a real one, well under a
+  // 10 ms tick): a proposal may take that long before a waiting tick counts as starved.
+  starvationSlackTicks: 5,
   clientQuarantineTicks: 200,
   transferRetryTicks: 40,
   transferItemsMax: 8,

@@ -5,7 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { type Effect, type NewView, signingBytes, type ViewChange } from "../../src/core/ordering/index.ts";
 import { VIEW_MAX } from "../../src/core/ordering/messages.ts";
 import { VIEWS_AHEAD_MAX } from "../../src/core/ordering/view-change.ts";
-import { CLUSTER_PARAMETERS, ManualCluster } from "../../src/sim/cluster.ts";
+import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
 
 const CLUSTER_PARAMETERS_TIMEOUT = CLUSTER_PARAMETERS.requestTimeoutTicks as number;
 
@@ -126,5 +126,62 @@ describe("item 2: requests that can never be ordered do not hold the pending poo
       c.step(0, { kind: "message", from: 3, msg: { t: "FORWARD", requests } });
     }
     expect(c.core(0).status().pending).toBe(share);
+  });
+});
+
+describe("item 3: a leader that is slow but stays under every timeout is replaced from the first view", () => {
+  test("a view-0 leader releasing one proposal every 8 ticks while requests wait is suspected (starved) within a few windows", () => {
+    const c = new ManualCluster({ clients: 8 });
+    const clients = c.keyring.clients.map((key) => key.publicHex);
+    const sent = clients.map(() => 0);
+    const held: QueuedMessage[] = [];
+    const starvedAt = (): number =>
+      [1, 2, 3].filter((id) => c.allEffects(id).some((e) => e.kind === "suspect" && e.reason === "starved")).length;
+    let ticks = 0;
+    for (; ticks < 200 && starvedAt() < 3; ticks++) {
+      // Each client keeps one request in flight: the next once the last has executed.
+      clients.forEach((client, index) => {
+        if (c.core(1).lastExecutedOf(client) < (sent[index] as number)) return;
+        sent[index] = (sent[index] as number) + 1;
+        for (const id of [0, 1, 2, 3]) c.submit(id, c.request(index, sent[index] as number));
+      });
+      c.tick();
+      // The leader's proposals are held back and released one every 8 ticks.
+      c.deliverAll((m) => {
+        if (m.from === 0 && m.msg.t === "PRE_PREPARE") {
+          held.push(m);
+          return false;
+        }
+        return true;
+      });
+      if (ticks % 8 === 0 && held.length > 0) {
+        const seq = ((held[0] as QueuedMessage).msg as { seq: number }).seq;
+        for (const m of held.filter((h) => (h.msg as { seq: number }).seq === seq))
+          c.step(m.to, { kind: "message", from: m.from, msg: m.msg });
+        held.splice(0, held.length, ...held.filter((h) => (h.msg as { seq: number }).seq !== seq));
+        c.deliverAll();
+      }
+    }
+    // Work was done (the leader is slow, not silent) and no other expectation fired first.
+    expect(c.lastExecuted(1)).toBeGreaterThan(0);
+    expect(starvedAt()).toBe(3);
+    expect(ticks).toBeLessThanOrEqual(4 * (CLUSTER_PARAMETERS.throughputWindowTicks as number));
+  });
+
+  test("a correct leader under the same load is never found starved", () => {
+    const c = new ManualCluster({ clients: 8 });
+    const clients = c.keyring.clients.map((key) => key.publicHex);
+    const sent = clients.map(() => 0);
+    for (let ticks = 0; ticks < 200; ticks++) {
+      clients.forEach((client, index) => {
+        if (c.core(1).lastExecutedOf(client) < (sent[index] as number)) return;
+        sent[index] = (sent[index] as number) + 1;
+        for (const id of [0, 1, 2, 3]) c.submit(id, c.request(index, sent[index] as number));
+      });
+      c.tick();
+      c.deliverAll();
+    }
+    expect(c.lastExecuted(1)).toBeGreaterThan(100);
+    for (const id of [1, 2, 3]) expect(c.allEffects(id).filter((e) => e.kind === "suspect")).toEqual([]);
   });
 });

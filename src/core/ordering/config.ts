@@ -55,6 +55,10 @@ export interface CoreConfig {
   readonly viewChangeBackoffDoublingsMax: number;
   /** Ticks between resends of own VIEW_CHANGE and of stalled votes. */
   readonly retransmitTicks: number;
+  /** Starved ticks (a request waits, the pipeline has room, no proposal comes) a window may hold, in percent; more suspects the leader. */
+  readonly starvedTicksPercentMax: number;
+  /** Ticks of network delay a proposal may take before a waiting tick counts as starved. */
+  readonly starvationSlackTicks: number;
   /** Aardvark throughput window and grace period, in ticks. */
   readonly throughputWindowTicks: number;
   readonly throughputGraceTicks: number;
@@ -92,6 +96,8 @@ export const DEFAULT_PARAMETERS = {
   viewChangeTimeoutTicks: 200,
   viewChangeBackoffDoublingsMax: 6,
   retransmitTicks: 100,
+  starvedTicksPercentMax: 50,
+  starvationSlackTicks: 2,
   throughputWindowTicks: 100,
   throughputGraceTicks: 500,
   throughputRequiredPercent: 90,
@@ -135,6 +141,7 @@ export function checkConfig(cfg: CoreConfig): void {
     "viewChangeTimeoutTicks",
     "retransmitTicks",
     "throughputWindowTicks",
+    "starvedTicksPercentMax",
     "fairnessMultiplier",
     "floodThreshold",
     "transferRetryTicks",

@@ -82,6 +82,41 @@ export class ThroughputMonitor {
   }
 }
 
+/**
+ * Aardvark's expectation from the first view on, judged against offered load. A tick is
+ * starved when a request has waited at this replica past the batch delay and a little
+ * slack for network delay, the pipeline has room, and no proposal arrived for as long.
+ * A correct leader proposes whenever it has room and requests waiting (core.ts,
+ * tryPropose), so a window in which more than `starvedPercentMax` of the ticks are starved
+ * means the leader keeps the group idle while work waits: a slow leader, replaced in one
+ * window whatever the history says (the throughput requirement needs earlier views to
+ * compare with, and has none in view 0 or after a restart or a quiet spell).
+ */
+export class StarvationMonitor {
+  private windowStart = 0;
+  private starved = 0;
+
+  constructor(
+    private readonly windowTicks: number,
+    private readonly starvedPercentMax: number,
+  ) {}
+
+  onViewInstalled(now: number): void {
+    this.windowStart = now;
+    this.starved = 0;
+  }
+
+  /** Advances one tick; returns true when a window ended with too many starved ticks. */
+  onTick(now: number, starved: boolean): boolean {
+    if (starved) this.starved++;
+    if (now - this.windowStart < this.windowTicks) return false;
+    const slow = this.starved * 100 > this.starvedPercentMax * this.windowTicks;
+    this.windowStart = now;
+    this.starved = 0;
+    return slow;
+  }
+}
+
 /** A peer is flagged only above this many messages per window, whatever the others send. */
 export const FLOOD_MESSAGES_MIN = 1000;
 

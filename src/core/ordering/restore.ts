@@ -66,6 +66,7 @@ export function restore(state: CoreState, records: readonly PersistedRecord[]): 
     state.viewChangeResendAt = 0;
   }
   state.throughputMonitor.onViewInstalled(0);
+  state.starvationMonitor.onViewInstalled(0);
   if (state.stableSeq > state.lastExecuted) {
     // Restarted during a state transfer: ask again.
     state.transfer = { seq: state.stableSeq, digest: state.stableDigest, proof: state.stableProof, nextTryAt: 0, attempt: 0 };

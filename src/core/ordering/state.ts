@@ -31,7 +31,7 @@ import {
   signingBytes,
   type ViewChange,
 } from "./messages.ts";
-import { FloodMonitor, ThroughputMonitor } from "./monitors.ts";
+import { FloodMonitor, StarvationMonitor, ThroughputMonitor } from "./monitors.ts";
 import type { CoreCrypto, Effect, PersistedRecord, Ready } from "./types.ts";
 
 export const NO_DEADLINE = Number.POSITIVE_INFINITY;
@@ -189,6 +189,7 @@ export class CoreState {
   /** The heartbeat timeout now: progressTimeoutTicks, doubled after each heartbeat failure. */
   progressTimeoutCurrentTicks: number;
   readonly throughputMonitor: ThroughputMonitor;
+  readonly starvationMonitor: StarvationMonitor;
   readonly floodMonitor: FloodMonitor;
 
   constructor(
@@ -211,6 +212,7 @@ export class CoreState {
     };
     this.progressTimeoutCurrentTicks = cfg.progressTimeoutTicks;
     this.throughputMonitor = new ThroughputMonitor(cfg, cfg.n);
+    this.starvationMonitor = new StarvationMonitor(cfg.throughputWindowTicks, cfg.starvedTicksPercentMax);
     this.floodMonitor = new FloodMonitor(cfg.n, cfg.throughputWindowTicks, cfg.floodThreshold);
   }
 

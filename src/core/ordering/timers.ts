@@ -127,6 +127,9 @@ function watchLeader(state: CoreState): void {
   if (unfair) return suspect(state, "unfair");
   const inFlight = state.highestAcceptedSeq - state.lastExecuted;
   const pipelineFull = inFlight >= cfg.pipelineDepth;
+  const patience = cfg.batchDelayTicks + cfg.starvationSlackTicks;
+  const starved = !pipelineFull && waitingSince !== NO_DEADLINE && state.now - Math.max(waitingSince, state.lastProposalAt) > patience;
+  if (state.starvationMonitor.onTick(state.now, starved)) return suspect(state, "starved");
   if (!pipelineFull && waitingSince !== NO_DEADLINE) {
     if (state.now - Math.max(waitingSince, state.lastProposalAt) > state.progressTimeoutCurrentTicks) {
       state.progressTimeoutCurrentTicks = Math.min(

@@ -67,6 +67,7 @@ export type SuspectReason =
   | "request-timeout"
   | "heartbeat"
   | "throughput"
+  | "starved"
   | "unfair"
   | "view-change-timeout"
   | "join"

@@ -296,6 +296,7 @@ function installNewView(state: CoreState, m: NewView, plan: NewViewPlan): void {
   state.pending.restartTimers(state.highestAcceptedSeq);
   state.lastProposalAt = state.now;
   state.throughputMonitor.onViewInstalled(state.now);
+  state.starvationMonitor.onViewInstalled(state.now);
   if (!state.isLeader()) forwardAllPending(state);
   replayBuffered(state);
 }
