@@ -90,6 +90,9 @@ export function peerEnvelopeBytes(frameBytesMax: number, f: number): number {
 }
 
 /** The ordering core's configuration for this cluster (core/ordering/PROTOCOL.md §10 defaults, sized to the cluster's limits). */
+/** A peer's misbehaviour is logged at most this often (it is always counted). */
+const MISBEHAVIOUR_LOG_INTERVAL_MS = 60_000;
+
 export function coreConfigFor(config: ClusterConfig, id: number): CoreConfig {
   const room = config.limits.frameBytesMax - peerEnvelopeBytes(config.limits.frameBytesMax, config.f);
   // The core counts a request's client name and fields too (requestBytes): room for a
@@ -119,6 +122,8 @@ export class OrderingDriver {
   private readonly transfer: StateTransfer;
   private readonly partBytes: number;
   private readonly checkpointInterval: number;
+  /** When each peer's misbehaviour was last logged. */
+  private readonly misbehaviourLoggedAt = new Map<number, number>();
   /** Admin keys (hex): the only keys whose admin requests a peer may forward here. */
   private readonly adminKeys: ReadonlySet<string>;
   private timer: ReturnType<typeof setInterval> | null = null;
@@ -333,10 +338,15 @@ export class OrderingDriver {
         this.options.metrics.inc("peer_flooding_total");
         this.options.log.warn("peer flooding", { peer: effect.peer });
         return;
-      case "peerMisbehaved":
+      case "peerMisbehaved": {
         this.options.metrics.inc("peer_misbehaviour_total");
+        // Once a minute per peer at most: a lying peer must not flood the log as well.
+        const now = Date.now();
+        if (now - (this.misbehaviourLoggedAt.get(effect.peer) ?? 0) < MISBEHAVIOUR_LOG_INTERVAL_MS) return;
+        this.misbehaviourLoggedAt.set(effect.peer, now);
         this.options.log.warn("peer misbehaved", { peer: effect.peer, reason: effect.reason });
         return;
+      }
       case "divergence":
         this.options.log.error("state diverged from the stable checkpoint", { seq: effect.seq });
         process.exit(EXIT_STATE_UNTRUSTED);

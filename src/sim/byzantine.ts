@@ -123,6 +123,19 @@ export class ByzantineReplica {
       this.ctx.send(this.rng.pick(this.others()), this.rng.pick(this.history));
     }
     if (this.has("flood")) this.floodTick();
+    if (this.has("nvfuture") && this.rng.chance(0.05)) this.futureNewView();
+  }
+
+  /**
+   * A NEW_VIEW for a view this replica leads, far ahead of any installed one, carrying no
+   * VIEW_CHANGEs: no correct replica may move to it, or past the current view because of it.
+   */
+  private futureNewView(): void {
+    const ahead = this.rng.pick([1, 2, 10, 1_000, 2 ** 40]);
+    const base = this.highestView + ahead * this.ctx.n;
+    const view = base - (base % this.ctx.n) + this.ctx.id;
+    const nv = this.resign<NewView>({ t: "NEW_VIEW", view, viewChanges: [], minS: 0, maxS: 0, o: [], sig: NULL_DIGEST });
+    for (const r of this.others()) this.ctx.send(r, nv);
   }
 
   // ---------------------------------------------------------------------------------------

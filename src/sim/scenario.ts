@@ -23,6 +23,7 @@ export type ByzBehaviour =
   | "badproposal" // as leader: proposes invalid, replayed or duplicate requests
   | "nvforge" // as new leader: a NEW_VIEW whose O does not follow from its VIEW_CHANGEs
   | "flood" // far-future votes and view changes
+  | "nvfuture" // signs NEW_VIEWs for far-future views it leads, with no VIEW_CHANGEs in them
   | "slow" // as leader: holds each proposal back 5-20 ticks (slow, yet within the heartbeat)
   | "twins" // two copies of the replica with the same keys
   | "forget"; // restarts with no state (Twins' lost-state case)
@@ -39,6 +40,7 @@ export const BYZ_BEHAVIOURS: readonly ByzBehaviour[] = [
   "badproposal",
   "nvforge",
   "flood",
+  "nvfuture",
   "slow",
   "twins",
   "forget",
@@ -140,8 +142,10 @@ export interface ScenarioOptions {
   /** Force one Byzantine behaviour set (tests of broken variants and of single attacks). */
   byzantine?: ByzBehaviour[];
   mode?: FaultMode;
-  /** Which replica the (single) forced Byzantine replica is. */
+  /** Which replica the (first) forced Byzantine replica is. */
   byzantineId?: ReplicaId;
+  /** How many replicas get the forced behaviours (default 1; at most f). */
+  byzantineCount?: number;
   /** Isolate the leader of the moment at this tick for 60 ticks, forcing a view change. */
   isolateLeaderAt?: number;
 }
@@ -187,7 +191,7 @@ export function makeScenario(seed: number, opts: ScenarioOptions): Scenario {
     s.partitions.push({ kind: "isolateLeader", start, end: Math.min(s.healAt, start + 60), sideA: [] });
   }
   let faultBudget = f;
-  if (wantsByz && mode === "bft") faultBudget -= addByzantine(s, rng, opts.byzantine, opts.byzantineId);
+  if (wantsByz && mode === "bft") faultBudget -= addByzantine(s, rng, opts.byzantine, opts.byzantineId, opts.byzantineCount);
   if (mix === "crash" || (combined && rng.chance(0.5))) addCrashes(s, rng, faultBudget);
   if (mix === "clients" || (combined && rng.chance(0.5))) addClientFaults(s, rng);
   return s;
@@ -209,12 +213,18 @@ function addNetworkFaults(s: Scenario, rng: Prng): void {
   }
 }
 
-function addByzantine(s: Scenario, rng: Prng, forced: ByzBehaviour[] | undefined, forcedId: ReplicaId | undefined): number {
-  const count = forced !== undefined ? 1 : rng.int(1, s.f);
-  const ids = rng.shuffle([...Array(s.n).keys()]);
+function addByzantine(
+  s: Scenario,
+  rng: Prng,
+  forced: ByzBehaviour[] | undefined,
+  forcedId: ReplicaId | undefined,
+  forcedCount = 1,
+): number {
+  const count = forced !== undefined ? Math.min(forcedCount, s.f) : rng.int(1, s.f);
+  const ids = rng.shuffle([...Array(s.n).keys()]).filter((id) => id !== forcedId);
   for (let i = 0; i < count; i++) {
     // Replica 0 leads view 0: make it the Byzantine one often, so leader attacks happen early.
-    const id = forcedId ?? (i === 0 && rng.chance(0.5) ? 0 : (ids[i] as number));
+    const id = i === 0 && forcedId !== undefined ? forcedId : i === 0 && rng.chance(0.5) ? 0 : (ids[i] as number);
     if (s.byzantine.some((b) => b.id === id)) continue;
     const behaviours = forced ?? rng.shuffle([...BYZ_BEHAVIOURS]).slice(0, rng.int(1, 3));
     s.byzantine.push({ id, behaviours });

@@ -68,6 +68,8 @@ export interface SeedResult {
   trace: string[];
 }
 
+/** A correct replica at or past this view was moved by a forged message (no run reaches it honestly). */
+const VIEW_PUSHED_FLOOR = 1_000;
 /** A client retries an unanswered request to every replica after this many ticks. */
 const CLIENT_RETRY_TICKS = 60;
 /** Issue rate factor: a client's requests span about 1/SPREAD of the submission period more than needed. */
@@ -564,6 +566,11 @@ class Simulation {
             // Skips two sequence numbers now and then: what follows can never execute.
             this.faultyNext[i] = next + (this.clientRng.chance(0.3) ? 3 : 1);
           }
+          // Now and then a burst of requests behind a gap, up to the client window: they
+          // can never execute and must not hold the pending pool.
+          if (this.clientRng.chance(0.02)) {
+            for (let gapped = 2; gapped <= 6; gapped++) this.sendToAll(this.makeRequest(key, next + gapped, 1), true);
+          }
           break;
         default:
           break;
@@ -622,6 +629,12 @@ class Simulation {
       if (this.checker.violationCount > 0) break;
       if (this.doneAt === null && this.now >= s.healAt && this.allDone()) this.doneAt = this.now;
       if (this.doneAt !== null && this.now >= this.doneAt + TAIL_TICKS) break;
+    }
+    // Correct replicas move one view per timeout, or to a view f+1 of them announced: in a
+    // run of this length that stays far below what a forged NEW_VIEW names.
+    for (const node of this.nodes) {
+      const view = node.correct && node.core !== null ? node.core.status().view : 0;
+      if (view >= VIEW_PUSHED_FLOOR) this.checker.violation(`replica ${node.name} was pushed to view ${view}`);
     }
     if (this.checker.violationCount === 0 && this.doneAt === null) {
       const missing = [...this.requests.values()].filter((r) => r.decidedAt === null).length;

@@ -14,12 +14,19 @@ type Attack = Omit<ScenarioOptions, "mix">;
 
 /** An equivocating leader that also reflects each replica's own votes back at it. */
 const EQUIVOCATION: Attack = { byzantine: ["equivocate"] };
+/**
+ * An equivocating leader and a second Byzantine replica (f = 2) that send each of their
+ * own votes several times. (Reflecting another replica's vote no longer reaches a core: a
+ * vote that names another signer than the peer it came from is dropped on arrival, so
+ * the counting bug needs two liars' repeated votes to show.)
+ */
+const EQUIVOCATION_STUFFING: Attack = { f: 2, byzantine: ["equivocate", "stuff"], byzantineId: 0, byzantineCount: 2 };
 /** The next leader forges its NEW_VIEW's O; the current leader is cut off to make it lead. */
 const FORGED_NEW_VIEW: Attack = { byzantine: ["nvforge"], byzantineId: 1, isolateLeaderAt: 60 };
 
 const CASES: Array<{ name: keyof typeof BROKEN_VARIANTS; bug: string; attack: Attack }> = [
   { name: "quorumTwoF", bug: "quorum of 2f instead of 2f+1", attack: EQUIVOCATION },
-  { name: "countsMessages", bug: "counting vote messages instead of distinct signers", attack: EQUIVOCATION },
+  { name: "countsMessages", bug: "counting vote messages instead of distinct signers", attack: EQUIVOCATION_STUFFING },
   { name: "digestBlind", bug: "matching votes on (view, seq) without the digest", attack: EQUIVOCATION },
   { name: "trustsNewView", bug: "installing a NEW_VIEW without recomputing O", attack: FORGED_NEW_VIEW },
 ];

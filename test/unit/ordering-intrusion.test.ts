@@ -2,7 +2,7 @@
 // review, each against the real core on a hand-driven cluster (src/sim/cluster.ts) with
 // real ed25519. Each test failed on the core before its fix.
 import { describe, expect, test } from "bun:test";
-import { type Effect, type NewView, signingBytes, type ViewChange } from "../../src/core/ordering/index.ts";
+import { type Commit, type Effect, type NewView, signingBytes, type ViewChange } from "../../src/core/ordering/index.ts";
 import { VIEW_MAX } from "../../src/core/ordering/messages.ts";
 import { VIEWS_AHEAD_MAX } from "../../src/core/ordering/view-change.ts";
 import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
@@ -183,5 +183,56 @@ describe("item 3: a leader that is slow but stays under every timeout is replace
     }
     expect(c.lastExecuted(1)).toBeGreaterThan(100);
     for (const id of [1, 2, 3]) expect(c.allEffects(id).filter((e) => e.kind === "suspect")).toEqual([]);
+  });
+});
+
+describe("item 8: a replica cannot spend another's slot or make others answer for another", () => {
+  test("a COMMIT naming another signer is dropped on arrival, so the real COMMIT of that signer still counts", () => {
+    const c = new ManualCluster();
+    c.submit(0, c.request(0, 1));
+    c.tick(1, [0]);
+    // Everything flows except the COMMITs of replicas 2 and 3 to replica 1.
+    const held = [] as QueuedMessage[];
+    c.deliverAll((m) => {
+      if (m.to === 1 && m.msg.t === "COMMIT" && (m.from === 2 || m.from === 3)) {
+        held.push(m);
+        return false;
+      }
+      return true;
+    });
+    const real = held.find((m) => m.from === 2) as QueuedMessage;
+    // Replica 3 first sends a COMMIT in replica 2's name, with a signature that is not 2's.
+    const spoof = { ...(real.msg as Commit), sig: new Uint8Array(64).fill(1) };
+    c.step(1, { kind: "message", from: 3, msg: spoof });
+    expect(misbehaviour(c, 1).map((e) => e.peer)).toEqual([3]);
+    c.step(1, { kind: "message", from: 2, msg: real.msg });
+    c.deliverAll();
+    expect(c.lastExecuted(1)).toBe(1);
+  });
+
+  test("a VIEW_CHANGE naming another replica gets no NEW_VIEW sent to that replica", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    // View 1 is installed (leader 0 crashed with a request pending): replica 1 holds a NEW_VIEW.
+    c.crash(0);
+    for (const id of [1, 2, 3]) c.submit(id, c.request(0, 2));
+    c.runUntil(() => [1, 2, 3].every((id) => c.core(id).status().view === 1 && c.core(id).status().status === "normal"), 2_000);
+    const newViewsTo2 = (): number => c.allEffects(1).filter((e) => e.kind === "send" && e.to === 2 && e.msg.t === "NEW_VIEW").length;
+    const before = newViewsTo2();
+    // Replica 3 sends a tiny VIEW_CHANGE in replica 2's name for an installed view.
+    const vc: ViewChange = {
+      t: "VIEW_CHANGE",
+      newView: 1,
+      stableSeq: 0,
+      stableDigest: new Uint8Array(32),
+      stableProof: [],
+      prepared: [],
+      replica: 2,
+      sig: new Uint8Array(64),
+    };
+    c.tick(20, [1]);
+    c.step(1, { kind: "message", from: 3, msg: vc });
+    expect(newViewsTo2()).toBe(before);
+    expect(misbehaviour(c, 1).map((e) => e.peer)).toEqual([3]);
   });
 });

@@ -204,6 +204,17 @@ export class OrderingCore {
     const state = this.state;
     if (!isMember(state.certContext, from) || from === this.cfg.id) return;
     state.floodMonitor.count(from);
+    if (namesAnotherSigner(from, msg)) {
+      // Votes, checkpoints and view changes travel only from their signers (a replica
+      // resends its own, never another's on its own): one naming another signer is a lie,
+      // dropped before it can take that signer's place in a buffer or cost a verification.
+      state.emit({
+        kind: "peerMisbehaved",
+        peer: from,
+        reason: `${msg.t} that names replica ${(msg as { replica: ReplicaId }).replica} as its signer`,
+      });
+      return;
+    }
     switch (msg.t) {
       case "PRE_PREPARE":
         return this.onPrePrepare(from, msg);
@@ -538,5 +549,18 @@ export class OrderingCore {
       state.transfer = null;
       if (provesStable(state, t.proof)) adoptStable(state, t.seq, t.digest, t.proof);
     }
+  }
+}
+
+/** Whether a message that only its signer sends directly arrived from another replica. */
+function namesAnotherSigner(from: ReplicaId, msg: PeerMessage): boolean {
+  switch (msg.t) {
+    case "PREPARE":
+    case "COMMIT":
+    case "CHECKPOINT":
+    case "VIEW_CHANGE":
+      return msg.replica !== from;
+    default:
+      return false;
   }
 }
