@@ -15,9 +15,10 @@
  * during and after the attack; the attacked replica's metrics (client_output_bytes,
  * client_connections, clients_stuck_closed_total, ...); and whether a correct client can
  * still publish 100 events and receive them on a subscription while the attack holds.
- * Sampling ends after --observe-seconds (default 60) once the attacker sessions are open,
- * or earlier once the stuck-session deadline has passed and the attacked replica's RSS
- * has stopped growing.
+ * Sampling goes on for up to 60 s once the attacker sessions are open, and ends earlier
+ * once the stuck-session deadline has passed and the attacked replica's RSS has stopped
+ * growing; `--observe-seconds S` observes exactly S seconds instead (to see the idle
+ * deadline, for one).
  *
  * The attacker sessions come from 127.0.0.1 by default, the address the correct client
  * uses too, so both share the replica's per-address session cap. `--source-addresses K`
@@ -54,6 +55,8 @@ const EVENTS_PER_REQUEST = 256;
 /** Publish requests in flight while the history is built. */
 const FILL_REQUESTS_IN_FLIGHT = 4;
 const SAMPLE_MS = 500;
+/** The attacked replica's RSS, queued bytes and sessions are printed this often from the attack's start. */
+const TIMELINE_STEP_MS = 5_000;
 /** Attacker handshakes in flight at once: under the replica's 32 handshakes per address. */
 const OPEN_IN_FLIGHT = 16;
 /** One attacker handshake step (connect, HELLO_ACK, PONG) may take this long. */
@@ -74,6 +77,8 @@ interface Options {
   readonly historyMib: number;
   readonly sourceAddresses: number;
   readonly observeSeconds: number;
+  /** False when --observe-seconds was given: observe all of it. */
+  readonly observeEndsEarly: boolean;
   readonly json: boolean;
 }
 
@@ -114,6 +119,7 @@ function parseOptions(argv: readonly string[]): Options {
     historyMib: values["history-mib"] as number,
     sourceAddresses: values["source-addresses"] as number,
     observeSeconds: values["observe-seconds"] as number,
+    observeEndsEarly: !argv.includes("--observe-seconds"),
     json,
   };
 }
@@ -135,6 +141,39 @@ function rssBytes(pid: number | undefined): number | null {
   } catch {
     return null;
   }
+}
+
+/** Linux TCP states as /proc/net/tcp writes them (hex). */
+const TCP_STATES: Record<string, string> = {
+  "01": "established",
+  "04": "fin-wait-1",
+  "05": "fin-wait-2",
+  "06": "time-wait",
+  "07": "close",
+  "08": "close-wait",
+  "09": "last-ack",
+  "0B": "closing",
+};
+
+/**
+ * The kernel's view of the connections accepted on `port` (IPv4, /proc/net/tcp): how many
+ * in each state. It shows the connections the replica ended but whose peer never read
+ * what was queued ahead of the FIN.
+ */
+function tcpStatesOnPort(port: number): Record<string, number> {
+  const counts: Record<string, number> = {};
+  const hexPort = port.toString(16).toUpperCase().padStart(4, "0");
+  try {
+    for (const line of readFileSync("/proc/net/tcp", "utf8").split("\n").slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      if (fields.length < 4 || !fields[1]?.endsWith(`:${hexPort}`) || fields[3] === "0A") continue;
+      const state = TCP_STATES[fields[3] as string] ?? `state ${fields[3]}`;
+      counts[state] = (counts[state] ?? 0) + 1;
+    }
+  } catch {
+    // Not Linux, or /proc not mounted: nothing to report.
+  }
+  return counts;
 }
 
 /** The attacked replica's metrics this program reports (Prometheus names without the `fitb_` prefix). */
@@ -166,6 +205,13 @@ async function fetchMetrics(port: number): Promise<MetricValues | null> {
   } catch {
     return null;
   }
+}
+
+interface TimelinePoint {
+  readonly tSeconds: number;
+  readonly rssMib: number;
+  readonly clientOutputMib: number;
+  readonly clientConnections: number;
 }
 
 interface Sample {
@@ -238,6 +284,34 @@ class Sampler {
 
   elapsedMs(): number {
     return performance.now() - this.started;
+  }
+
+  /** Time (ms since `fromMs`) of replica `id`'s largest RSS sample after `fromMs`. */
+  peakAtMs(id: number, fromMs: number): number {
+    let best: Sample | null = null;
+    for (const s of this.samples) if (s.tMs >= fromMs && (best === null || (s.rss[id] ?? 0) > (best.rss[id] ?? 0))) best = s;
+    return best === null ? 0 : best.tMs - fromMs;
+  }
+
+  /**
+   * Every `stepMs` from `fromMs`: replica `id`'s RSS (the first sample at or after that
+   * time) and the attacked replica's queued client bytes and sessions (the last scrape
+   * at or before it).
+   */
+  timeline(id: number, fromMs: number, stepMs: number): TimelinePoint[] {
+    const points: TimelinePoint[] = [];
+    const lastMs = this.samples.at(-1)?.tMs ?? 0;
+    for (let t = fromMs; t <= lastMs; t += stepMs) {
+      const sample = this.samples.find((s) => s.tMs >= t);
+      const scrape = this.metricsSeries.findLast((m) => m.tMs <= t);
+      points.push({
+        tSeconds: Math.round((t - fromMs) / 1000),
+        rssMib: mib(sample?.rss[id] ?? 0),
+        clientOutputMib: mib(scrape?.values.client_output_bytes ?? 0),
+        clientConnections: scrape?.values.client_connections ?? 0,
+      });
+    }
+    return points;
   }
 
   /** True if replica `id`'s RSS rose by less than PLATEAU_GROWTH_MAX over the last PLATEAU_WINDOW_MS. */
@@ -527,6 +601,12 @@ interface Report {
     openSeconds: number;
     observedSeconds: number;
     endedBecause: string;
+    /** Connections on the attacked replica's port by TCP state at the end (peer links included). */
+    tcpStatesAtEnd: Record<string, number>;
+    /** Seconds from the attack's start to the attacked replica's RSS peak. */
+    peakAtSeconds: number;
+    /** The attacked replica every TIMELINE_STEP_MS from the attack's start. */
+    timeline: TimelinePoint[];
   };
   readonly rssMib: {
     attacked: { baseline: number; peak: number; end: number };
@@ -581,6 +661,7 @@ async function run(options: Options, onCluster: (cluster: TestCluster) => void):
       `attack: ${options.sessions} sessions to replica ${ATTACKED} (127.0.0.1:${port}) from ${describeSources(options.sourceAddresses)}`,
     );
     sampler.phase = "attack";
+    const attackStartMs = sampler.elapsedMs();
     const attack = await openAttackers(port, options.sessions, options.sourceAddresses);
     attackers = attack.sessions;
     const observeStarted = performance.now();
@@ -596,7 +677,7 @@ async function run(options: Options, onCluster: (cluster: TestCluster) => void):
     for (;;) {
       const observedMs = performance.now() - observeStarted;
       if (observedMs >= observeMsMax) break;
-      if (observedMs >= Math.min(stuckSeenMs, observeMsMax) && sampler.plateaued(ATTACKED)) {
+      if (options.observeEndsEarly && observedMs >= stuckSeenMs && sampler.plateaued(ATTACKED)) {
         endedBecause = `RSS flat for ${PLATEAU_WINDOW_MS / 1000} s after the ${CLIENT_STUCK_MS_MAX / 1000} s stuck deadline`;
         break;
       }
@@ -613,6 +694,7 @@ async function run(options: Options, onCluster: (cluster: TestCluster) => void):
     sampler.sample();
     // One last scrape, awaited, for the end values.
     const endMetrics = (await fetchMetrics(metricsBase + ATTACKED)) ?? sampler.latestMetrics;
+    const tcpStatesAtEnd = tcpStatesOnPort(port);
     sampler.stop();
     const observedSeconds = (performance.now() - observeStarted) / 1000;
 
@@ -636,6 +718,9 @@ async function run(options: Options, onCluster: (cluster: TestCluster) => void):
         openSeconds: round1(attack.openMs / 1000),
         observedSeconds: round1(observedSeconds),
         endedBecause,
+        tcpStatesAtEnd,
+        peakAtSeconds: round1(sampler.peakAtMs(ATTACKED, attackStartMs) / 1000),
+        timeline: sampler.timeline(ATTACKED, attackStartMs, TIMELINE_STEP_MS),
       },
       rssMib: {
         attacked: { baseline: attacked.baseline, peak: attacked.peak, end: attacked.end },
@@ -699,11 +784,20 @@ function printTable(r: Report): void {
     `observed ${a.observedSeconds} s after the sessions were open (ended: ${a.endedBecause}); ` +
       `limits: client output ${mib(r.limits.clientOutputBytesMax)} MiB, stuck ${r.limits.clientStuckMsMax / 1000} s, ` +
       `${r.limits.clientConnectionsPerAddressMax} sessions per address`,
+    `connections on replica ${a.attacked}'s port at the end, by TCP state (kernel; peer links included): ` +
+      (Object.entries(a.tcpStatesAtEnd)
+        .map(([state, n]) => `${n} ${state}`)
+        .join(", ") || "none"),
     "",
     row("RSS (MiB)", "baseline", "peak", "end"),
     row(`  attacked replica ${a.attacked}`, r.rssMib.attacked.baseline, r.rssMib.attacked.peak, r.rssMib.attacked.end),
     row("  other replicas (max)", r.rssMib.othersMax.baseline, r.rssMib.othersMax.peak, r.rssMib.othersMax.end),
     ...r.rssMib.perReplica.map((p) => row(`    replica ${p.id}`, p.baseline, p.peak, p.end)),
+    `  replica ${a.attacked}'s peak came ${a.peakAtSeconds} s after the attack began; every ${TIMELINE_STEP_MS / 1000} s from the attack's start:`,
+    `    t (s)              ${a.timeline.map((p) => String(p.tSeconds).padStart(6)).join("")}`,
+    `    RSS (MiB)          ${a.timeline.map((p) => p.rssMib.toFixed(0).padStart(6)).join("")}`,
+    `    queued (MiB)       ${a.timeline.map((p) => p.clientOutputMib.toFixed(0).padStart(6)).join("")}`,
+    `    sessions           ${a.timeline.map((p) => String(p.clientConnections).padStart(6)).join("")}`,
     "",
     row(`replica ${a.attacked} metrics`, "max", "end"),
     row("  client_output_bytes (MiB)", mib(r.metrics.max.client_output_bytes ?? 0), mib(r.metrics.end.client_output_bytes ?? 0)),
