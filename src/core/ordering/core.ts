@@ -316,6 +316,10 @@ export class OrderingCore {
     for (const e of state.entries.values()) {
       if (e.seq > state.lastExecuted && e.batch === null) return;
     }
+    // A leader that caught up (decisions or a snapshot from peers, after a restart with
+    // nothing on disk) must not propose at seqs already decided: they are settled, and
+    // proposing there would only fill its log with instances below its window.
+    if (state.nextProposalSeq <= state.lastExecuted) state.nextProposalSeq = state.lastExecuted + 1;
     while (state.nextProposalSeq <= Math.min(state.highWater, state.lastExecuted + this.cfg.pipelineDepth)) {
       const batch = this.buildBatch();
       if (batch === null) return;
