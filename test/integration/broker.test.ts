@@ -168,21 +168,7 @@ describe("a four-replica cluster", () => {
     const replica = (await import("../../src/config/cluster.ts")).requireClusterConfig(cluster.configPath).replicas[1];
     if (replica === undefined) throw new Error("no replica 1");
     const frames: Frame[] = [];
-    const connection = new ReplicaConnection(
-      { id: 1, host: replica.host, port: replica.port, publicKey: replica.publicKey },
-      key,
-      { onReady() {}, onFrame: (_c, frame) => frames.push(frame), onDown() {} },
-      {
-        frameBytesMax: 1 << 20,
-        outboundBytesMax: 1 << 20,
-        sessionTimeoutMs: 5_000,
-        pingIntervalMs: 5_000,
-        idleTimeoutMs: 20_000,
-        backoff: DEFAULT_BACKOFF,
-        random: Math.random,
-        now: Date.now,
-      },
-    );
+    const connection = rawConnection(1, replica, key, frames);
     connection.start();
     try {
       await waitFor("the session", () => connection.isReady);
@@ -218,21 +204,7 @@ describe("a four-replica cluster", () => {
     const replica = (await import("../../src/config/cluster.ts")).requireClusterConfig(cluster.configPath).replicas[0];
     if (replica === undefined) throw new Error("no replica 0");
     const frames: Frame[] = [];
-    const connection = new ReplicaConnection(
-      { id: 0, host: replica.host, port: replica.port, publicKey: replica.publicKey },
-      sessionKey,
-      { onReady() {}, onFrame: (_c, frame) => frames.push(frame), onDown() {} },
-      {
-        frameBytesMax: 1 << 20,
-        outboundBytesMax: 1 << 20,
-        sessionTimeoutMs: 5_000,
-        pingIntervalMs: 5_000,
-        idleTimeoutMs: 20_000,
-        backoff: DEFAULT_BACKOFF,
-        random: Math.random,
-        now: Date.now,
-      },
-    );
+    const connection = rawConnection(0, replica, sessionKey, frames);
     connection.start();
     try {
       await waitFor("the session", () => connection.isReady);
@@ -389,3 +361,27 @@ describe("operations", () => {
     }
   }, 60_000);
 });
+
+/** One raw session to one replica, collecting every frame it sends (no voting, no resends). */
+function rawConnection(
+  id: number,
+  replica: { host: string; port: number; publicKey: Uint8Array },
+  key: SigningKey,
+  frames: Frame[],
+): ReplicaConnection {
+  return new ReplicaConnection(
+    { id, host: replica.host, port: replica.port, publicKey: replica.publicKey },
+    key,
+    { onReady() {}, onFrame: (_c, frame) => frames.push(frame), onDown() {} },
+    {
+      frameBytesMax: 1 << 20,
+      outboundBytesMax: 1 << 20,
+      sessionTimeoutMs: 5_000,
+      pingIntervalMs: 5_000,
+      idleTimeoutMs: 20_000,
+      backoff: DEFAULT_BACKOFF,
+      random: Math.random,
+      now: Date.now,
+    },
+  );
+}
