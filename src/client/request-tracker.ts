@@ -181,7 +181,8 @@ export class RequestTracker {
       if (!pending.sentTo.has(replica) && connection !== undefined) this.sendRequest(pending, connection);
     }
     const answered = new Set([...pending.ats.keys(), ...pending.local.keys()]);
-    for (const id of group.connections.map((c) => c.id)) if (!pending.voter.missing().includes(id)) answered.add(id);
+    const missing = new Set(pending.voter.missing());
+    for (const connection of group.connections) if (!missing.has(connection.id)) answered.add(connection.id);
     const everyReachable = group.readyReplicas().every((id) => answered.has(id));
     if (answered.size < byzantineQuorum(group.f) && !everyReachable) return;
     for (const [code, count] of counts) {

@@ -6,7 +6,6 @@
  * lying replica could fill the pending pool with requests of keys it made (a key costs
  * nothing), and every ordered publish would be refused OVERLOADED.
  */
-import { fromHex } from "../../wire/bytes.ts";
 import type { Forward } from "../core/ordering/messages.ts";
 import { ADMIN_SPACE } from "./requests.ts";
 
@@ -14,7 +13,7 @@ import { ADMIN_SPACE } from "./requests.ts";
 export function admissibleForwards(
   msg: Forward,
   adminKeys: ReadonlySet<string>,
-  isPublisher: (tag: string, key: Uint8Array) => boolean,
+  isPublisher: (tag: string, keyHex: string) => boolean,
 ): Forward {
   const requests = msg.requests.filter((req) => {
     const colon = req.client.indexOf(":");
@@ -23,7 +22,7 @@ export function admissibleForwards(
     const hex = req.client.slice(0, colon);
     const space = req.client.slice(colon + 1);
     if (space === ADMIN_SPACE) return adminKeys.has(hex);
-    return isPublisher(space, fromHex(hex));
+    return isPublisher(space, hex);
   });
   return requests.length === msg.requests.length ? msg : { t: "FORWARD", requests };
 }

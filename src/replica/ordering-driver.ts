@@ -248,7 +248,7 @@ export class OrderingDriver {
 
   /** A peer's FORWARD, less what this replica would not take from its own clients (forwards.ts). */
   private admissibleForwards(msg: Forward): Forward {
-    const kept = admissibleForwards(msg, this.adminKeys, (tag, key) => this.options.machine.isPublisher(tag, key));
+    const kept = admissibleForwards(msg, this.adminKeys, (tag, keyHex) => this.options.machine.isPublisherHex(tag, keyHex));
     const dropped = msg.requests.length - kept.requests.length;
     if (dropped > 0) this.options.metrics.inc("forwarded_requests_dropped_total", dropped);
     return kept;

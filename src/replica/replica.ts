@@ -82,7 +82,7 @@ export class Replica {
     });
     this.subs = new Subscriptions(id, this.machine, this.metrics, config.limits.connectionSubscriptionsMax, {
       executedSeq: () => this.executedSeq,
-      hold: (session, after, retry) => this.gate.hold(session.id, after, this.executedSeq, Date.now(), retry),
+      hold: (session, after, retry) => this.holdUntilExecuted(session, after, retry),
     });
     this.mesh = new PeerMesh({
       self: id,
@@ -248,7 +248,7 @@ export class Replica {
       if (info === null) {
         const again = (expired: boolean): void =>
           this.routeRequest(session, signed, request, clientHex, space, digest, expired ? undefined : after);
-        if (this.gate.hold(session.id, after, this.executedSeq, Date.now(), again)) return;
+        if (this.holdUntilExecuted(session, after, again)) return;
         this.reply(session, this.localFailure(request.seq, digest, "UNKNOWN_CHANNEL", `no channel ${request.op.tag}`));
         return;
       }
@@ -264,10 +264,10 @@ export class Replica {
       // holds the refusal until it has executed what the client saw (`after`), and the
       // refusal it sends carries `at`, so the client does not count it against the
       // ordered history (PROTOCOL.md 6.3). Execution checks again, in order.
-      if (!this.machine.isPublisher(request.op.tag, request.client)) {
+      if (!this.machine.isPublisherHex(request.op.tag, clientHex)) {
         const again = (expired: boolean): void =>
           this.routeRequest(session, signed, request, clientHex, space, digest, expired ? undefined : after);
-        if (this.gate.hold(session.id, after, this.executedSeq, Date.now(), again)) return;
+        if (this.holdUntilExecuted(session, after, again)) return;
         this.metrics.inc("requests_refused_total");
         this.reply(session, this.localFailure(request.seq, digest, "UNAUTHORIZED", `publisher is not registered on ${request.op.tag}`));
         return;
@@ -292,7 +292,7 @@ export class Replica {
       // An unordered publish is judged on this replica's state alone.
       if (result.code === "unknown-channel" || result.code === "not-registered") {
         const again = (expired: boolean): void => this.publishUnordered(session, signed, request, digest, expired ? undefined : after);
-        if (this.gate.hold(session.id, after, this.executedSeq, Date.now(), again)) return;
+        if (this.holdUntilExecuted(session, after, again)) return;
       }
       this.reply(session, this.localFailure(request.seq, digest, channelErrorCode(result), result.reason));
       return;
@@ -427,6 +427,14 @@ export class Replica {
     for (const session of this.waiting.take(keyOf(space, seq))) this.reply(session, failure(seq, this.options.id, digest, code, text));
   }
 
+  /**
+   * Holds a refusal judged on this replica's own state until it has executed `after`
+   * (execution-gate.ts); false: answer now.
+   */
+  private holdUntilExecuted(session: ClientSession, after: number | undefined, retry: (expired: boolean) => void): boolean {
+    return this.gate.hold(session.id, after, this.executedSeq, Date.now(), retry);
+  }
+
   /** A refusal judged on this replica's own state as of the decided seq it executed through. */
   private localFailure(seq: number, digest: Uint8Array, code: ErrorCode, reason: string): Reply {
     return { ...failure(seq, this.options.id, digest, code, reason), at: this.executedSeq };
@@ -459,7 +467,7 @@ export class Replica {
         const info = tag === undefined ? null : this.machine.channelInfo(tag);
         if (info === null) {
           const again = (expired: boolean): void => this.onQuery(session, id, q, tag, expired ? undefined : after);
-          if (this.gate.hold(session.id, after, this.executedSeq, Date.now(), again)) return;
+          if (this.holdUntilExecuted(session, after, again)) return;
           return refuse("UNKNOWN_CHANNEL", `no channel ${tag ?? ""}`);
         }
         return answer({ ...channelSummary(info), next: info.nextSeq, oldest: info.oldestSeq });

@@ -53,7 +53,12 @@ export class Channel {
   }
 
   isPublisher(key: Uint8Array): boolean {
-    return this.publishers.has(toHex(key));
+    return this.isPublisherHex(toHex(key));
+  }
+
+  /** The same, for a key already in hex (the runtime has it at hand per request). */
+  isPublisherHex(keyHex: string): boolean {
+    return this.publishers.has(keyHex);
   }
 
   mayRead(key: Uint8Array): boolean {

@@ -342,6 +342,11 @@ export class ChannelMachine {
     return this.state.channels.get(tag)?.isPublisher(key) ?? false;
   }
 
+  /** isPublisher for a key in lowercase hex. */
+  isPublisherHex(tag: string, keyHex: string): boolean {
+    return this.state.channels.get(tag)?.isPublisherHex(keyHex) ?? false;
+  }
+
   /**
    * The highest publisher seq this replica stored from `publisherHex` (lowercase hex of
    * the key) on an unordered channel; 0 when none or when the channel is not unordered.

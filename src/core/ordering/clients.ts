@@ -157,10 +157,11 @@ export class PendingPool {
    * A client that really sent the missing request retransmits the rest with it.
    */
   expireGapped(nextOf: (client: string) => number, now: number, ticks: number): number {
+    // Runs every tick: no copies (deleting the entry being visited is safe in a Map).
     let dropped = 0;
-    for (const [client, forClient] of [...this.byClient]) {
+    for (const [client, forClient] of this.byClient) {
       if (forClient.has(nextOf(client))) continue;
-      for (const p of [...forClient.values()]) {
+      for (const p of forClient.values()) {
         if (now - p.firstSeen < ticks) continue;
         this.drop(forClient, p);
         dropped++;
