@@ -329,6 +329,10 @@ export class OrderingDriver {
         this.step({ kind: "checkpointReady", seq: effect.seq, appDigest: this.options.machine.digest() });
         return;
       case "suspect":
+        this.options.log.warn("leaving the view", { view: effect.view, reason: effect.reason });
+        return;
+      case "leaderSuspected":
+        this.options.metrics.inc("leader_suspected_total");
         this.options.log.warn("suspecting the leader", { view: effect.view, reason: effect.reason });
         return;
       case "viewInstalled":

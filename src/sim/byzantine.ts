@@ -124,6 +124,25 @@ export class ByzantineReplica {
     }
     if (this.has("flood")) this.floodTick();
     if (this.has("nvfuture") && this.rng.chance(0.05)) this.futureNewView();
+    if (this.has("accuse")) this.accuse();
+  }
+
+  /**
+   * One liar's suspicion moves no one (f+1 are needed), and forged evidence of equivocation
+   * (a real header of the leader, PREPAREs for another digest with signatures that do not
+   * verify) is checked once per view and held against its sender.
+   */
+  private accuse(): void {
+    if (this.rng.chance(0.2)) for (const r of this.others()) this.ctx.send(r, { t: "SUSPECT", view: this.highestView });
+    if (!this.rng.chance(0.05)) return;
+    const header = [...this.history].reverse().find((m): m is PrePrepare => m.t === "PRE_PREPARE");
+    if (header === undefined) return;
+    const digest = sha256(new Uint8Array([this.rng.int(0, 255)]));
+    const prepares = this.others()
+      .filter((r) => r !== header.view % this.ctx.n)
+      .map((replica) => ({ t: "PREPARE", view: header.view, seq: header.seq, digest, replica, sig: this.rng.bytes(64) }));
+    const evidence = { t: "EVIDENCE", a: { ...header, batch: null }, b: null, prepares };
+    for (const r of this.others()) this.ctx.send(r, evidence);
   }
 
   /**

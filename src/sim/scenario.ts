@@ -25,6 +25,7 @@ export type ByzBehaviour =
   | "flood" // far-future votes and view changes
   | "nvfuture" // signs NEW_VIEWs for far-future views it leads, with no VIEW_CHANGEs in them
   | "slow" // as leader: holds each proposal back 5-20 ticks (slow, yet within the heartbeat)
+  | "accuse" // suspects every leader (SUSPECT) and sends forged EVIDENCE of equivocation
   | "twins" // two copies of the replica with the same keys
   | "forget"; // restarts with no state (Twins' lost-state case)
 
@@ -192,6 +193,7 @@ export function makeScenario(seed: number, opts: ScenarioOptions): Scenario {
   }
   let faultBudget = f;
   if (wantsByz && mode === "bft") faultBudget -= addByzantine(s, rng, opts.byzantine, opts.byzantineId, opts.byzantineCount);
+  if (opts.byzantine === undefined) addLaterBehaviours(s, seed);
   if (mix === "crash" || (combined && rng.chance(0.5))) addCrashes(s, rng, faultBudget);
   if (mix === "clients" || (combined && rng.chance(0.5))) addClientFaults(s, rng);
   return s;
@@ -211,6 +213,17 @@ function addNetworkFaults(s: Scenario, rng: Prng): void {
     // Back-to-back leader isolation is Miller's livelock schedule (bft-smart #19).
     t += kind === "isolateLeader" && rng.chance(0.5) ? len : len + rng.int(0, 80);
   }
+}
+
+/**
+ * Behaviours added after seeds were first recorded (EXTRA_BEHAVIOURS) are drawn from a
+ * stream of their own, so every earlier seed still names the scenario it named before.
+ */
+const EXTRA_BEHAVIOURS: readonly ByzBehaviour[] = ["accuse"];
+
+function addLaterBehaviours(s: Scenario, seed: number): void {
+  const rng = new Prng(seed, 9);
+  for (const b of s.byzantine) for (const extra of EXTRA_BEHAVIOURS) if (rng.chance(0.3)) b.behaviours = [...b.behaviours, extra];
 }
 
 function addByzantine(

@@ -314,6 +314,9 @@ class Simulation {
           if (node.correct) this.viewChanges++;
           this.log(`${node.name} suspects, moves to view ${o.view} (${o.reason})`);
           break;
+        case "leaderSuspected":
+          this.log(`${node.name} suspects the leader of view ${o.view} (${o.reason})`);
+          break;
         case "viewInstalled":
           this.log(`${node.name} installed view ${o.view}`);
           break;

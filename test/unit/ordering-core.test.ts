@@ -30,7 +30,7 @@ function sent(c: ManualCluster, id: number, t: PeerMessage["t"]): PeerMessage[] 
 }
 
 function suspects(c: ManualCluster, id: number): string[] {
-  return c.allEffects(id).flatMap((o) => (o.kind === "suspect" ? [o.reason] : []));
+  return c.allEffects(id).flatMap((o) => (o.kind === "suspect" || o.kind === "leaderSuspected" ? [o.reason] : []));
 }
 
 function decidedSeqs(c: ManualCluster, id: number): number[] {
@@ -446,9 +446,12 @@ describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
     c.tick(1, [0]);
     const pp = c.queue.find((m) => m.msg.t === "PRE_PREPARE" && m.to === 1)?.msg as PrePrepare;
     c.queue = [];
-    // Replica 1 times out on a request of its own and leaves view 0.
+    // Replica 1 times out on a request of its own, and with replica 2 suspecting the
+    // leader as well (f+1 suspicions) leaves view 0.
     c.submit(1, c.request(2, 1));
     c.tick((CLUSTER_PARAMETERS.requestTimeoutTicks ?? 20) * 2 + 2, [1]);
+    expect(c.core(1).status().status).toBe("normal");
+    c.step(1, { kind: "message", from: 2, msg: { t: "SUSPECT", view: 0 } });
     expect(c.core(1).status().status).toBe("viewChange");
     const votesBefore = sent(c, 1, "PREPARE").length;
     c.step(1, { kind: "message", from: 0, msg: pp });

@@ -2,7 +2,17 @@
 // review, each against the real core on a hand-driven cluster (src/sim/cluster.ts) with
 // real ed25519. Each test failed on the core before its fix.
 import { describe, expect, test } from "bun:test";
-import { type Commit, type Effect, type NewView, signingBytes, type ViewChange } from "../../src/core/ordering/index.ts";
+import { sha256 } from "../../src/sim/crypto.ts";
+import {
+  batchBytes,
+  type Commit,
+  type Effect,
+  type NewView,
+  type Prepare,
+  type PrePrepare,
+  signingBytes,
+  type ViewChange,
+} from "../../src/core/ordering/index.ts";
 import { VIEW_MAX } from "../../src/core/ordering/messages.ts";
 import { VIEWS_AHEAD_MAX } from "../../src/core/ordering/view-change.ts";
 import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
@@ -11,7 +21,7 @@ const CLUSTER_PARAMETERS_TIMEOUT = CLUSTER_PARAMETERS.requestTimeoutTicks as num
 
 const CLUSTER_ID = "cluster-test";
 
-function signed<M extends NewView | ViewChange>(c: ManualCluster, signer: number, m: M): M {
+function signed<M extends NewView | ViewChange | PrePrepare | Prepare>(c: ManualCluster, signer: number, m: M): M {
   return { ...m, sig: c.keyring.signAsReplica(signer, signingBytes(m, CLUSTER_ID)) };
 }
 
@@ -136,7 +146,7 @@ describe("item 3: a leader that is slow but stays under every timeout is replace
     const sent = clients.map(() => 0);
     const held: QueuedMessage[] = [];
     const starvedAt = (): number =>
-      [1, 2, 3].filter((id) => c.allEffects(id).some((e) => e.kind === "suspect" && e.reason === "starved")).length;
+      [1, 2, 3].filter((id) => c.allEffects(id).some((e) => e.kind === "leaderSuspected" && e.reason === "starved")).length;
     let ticks = 0;
     for (; ticks < 200 && starvedAt() < 3; ticks++) {
       // Each client keeps one request in flight: the next once the last has executed.
@@ -182,7 +192,92 @@ describe("item 3: a leader that is slow but stays under every timeout is replace
       c.deliverAll();
     }
     expect(c.lastExecuted(1)).toBeGreaterThan(100);
-    for (const id of [1, 2, 3]) expect(c.allEffects(id).filter((e) => e.kind === "suspect")).toEqual([]);
+    for (const id of [1, 2, 3]) expect(c.allEffects(id).filter((e) => e.kind === "suspect" || e.kind === "leaderSuspected")).toEqual([]);
+  });
+});
+
+describe("item 4: an equivocating leader cannot cut one correct replica out", () => {
+  /** Leader 0 proposes `a` to replicas 1 and 2 and another batch to replica 3, both at seq 1 of view 0. */
+  function split(c: ManualCluster): { good: PrePrepare; other: PrePrepare } {
+    c.submit(0, c.request(0, 1));
+    c.tick(1, [0]);
+    const good = c.queue.find((m) => m.msg.t === "PRE_PREPARE")?.msg as PrePrepare;
+    c.queue = [];
+    const batch = [c.request(1, 1)];
+    const digest = sha256(batchBytes(batch));
+    const other = { ...signed(c, 0, { ...good, digest, batch: null }), batch };
+    c.step(1, { kind: "message", from: 0, msg: good });
+    c.step(2, { kind: "message", from: 0, msg: good });
+    c.step(3, { kind: "message", from: 0, msg: other });
+    return { good, other };
+  }
+
+  test("f+1 PREPAREs for another digest are evidence: the replica that holds it leaves, the others check it and follow", () => {
+    const c = new ManualCluster();
+    split(c);
+    c.deliverAll();
+    // Replica 3 saw PREPAREs of 1 and 2 for a digest the leader never sent it; so did the
+    // others once it passed the evidence on: all three correct replicas left view 0 together.
+    for (const id of [1, 2, 3]) expect(c.core(id).status().view).toBe(1);
+    for (const id of [1, 2]) expect(misbehaviour(c, id).some((e) => e.peer === 0 && e.reason.includes("equivocation"))).toBe(true);
+    c.runUntil(() => [1, 2, 3].every((id) => c.core(id).status().installedView === 1 && c.lastExecuted(id) >= 1), 100);
+    // What 1 and 2 prepared in view 0 is what seq 1 decided, at replica 3 too.
+    for (const id of [1, 2, 3]) expect((c.decided[id] ?? []).find((d) => d.seq === 1)?.batch[0]?.client).toBe(c.request(0, 1).client);
+  });
+
+  test("two signed headers for one seq travel as evidence too", () => {
+    const c = new ManualCluster();
+    const { good } = split(c);
+    c.queue = [];
+    c.step(3, { kind: "message", from: 1, msg: good });
+    expect(c.core(3).status().status).toBe("viewChange");
+    const evidence = c.queue.filter((m) => m.from === 3 && m.msg.t === "EVIDENCE");
+    expect(evidence.map((m) => m.to).sort()).toEqual([0, 1, 2]);
+    c.deliverAll((m) => m.msg.t === "EVIDENCE");
+    for (const id of [1, 2]) expect(c.core(id).status().status).toBe("viewChange");
+  });
+
+  test("forged evidence is evidence against its sender, checked once per view, and moves no one", () => {
+    const c = new ManualCluster();
+    const { good } = split(c);
+    c.queue = [];
+    const fake = (replica: number): Prepare => ({
+      t: "PREPARE",
+      view: 0,
+      seq: 1,
+      digest: new Uint8Array(32).fill(7),
+      replica,
+      sig: c.keyring.signAsReplica(3, new Uint8Array([replica])),
+    });
+    const header = { ...good, batch: null };
+    for (const prepares of [
+      [fake(2), fake(3)],
+      [fake(0), fake(3)],
+    ]) {
+      c.step(1, { kind: "message", from: 3, msg: { t: "EVIDENCE", a: header, b: null, prepares } });
+    }
+    expect(c.core(1).status().status).toBe("normal");
+    expect(misbehaviour(c, 1).filter((e) => e.peer === 3 && e.reason.includes("EVIDENCE")).length).toBe(1);
+  });
+
+  test("a replica that suspects the leader alone stays in the view and keeps voting, so the leader holds no deciding vote", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    // Replica 3 times out on a request only it holds (its forwards are lost): it suspects
+    // the leader, and no one else does.
+    c.submit(3, c.request(2, 1));
+    c.tick(CLUSTER_PARAMETERS_TIMEOUT * 2 + 2, [3]);
+    c.queue = [];
+    expect(c.allEffects(3).some((e) => e.kind === "leaderSuspected")).toBe(true);
+    expect(c.core(3).status().status).toBe("normal");
+    // The leader now withholds its COMMITs: 1, 2 and 3 decide without it.
+    c.submit(0, c.request(1, 1));
+    c.runUntil(
+      () => [1, 2, 3].every((id) => c.lastExecuted(id) >= 2),
+      50,
+      (m) => !(m.from === 0 && m.msg.t === "COMMIT"),
+    );
+    for (const id of [1, 2, 3]) expect(c.core(id).status().view).toBe(0);
   });
 });
 

@@ -53,6 +53,9 @@ const SAMPLES: PeerMessage[] = [
     stable: { seq: 8, digest: d32(4), proof: [checkpoint] },
     lastExecuted: 12,
   },
+  { t: "SUSPECT", view: 4 },
+  { t: "EVIDENCE", a: header, b: { ...header, digest: d32(9) }, prepares: [] },
+  { t: "EVIDENCE", a: header, b: null, prepares: [prepare, { ...prepare, replica: 0 }] },
 ];
 
 describe("validatePeerMessage", () => {
@@ -98,6 +101,10 @@ describe("validatePeerMessage", () => {
       { ...viewChange, stableProof: [prepare] },
       { t: "STATE_REQUEST", kind: "snapshot", seq: 1, toSeq: 1, digest: null, nonce: 0 },
       { t: "FORWARD", requests: "all" },
+      { t: "SUSPECT", view: -1 },
+      { t: "EVIDENCE", a: { ...header, batch: [req] }, b: null, prepares: [] },
+      { t: "EVIDENCE", a: header, b: prepare, prepares: [] },
+      { t: "EVIDENCE", a: header, b: null, prepares: [header] },
       Object.assign(Object.create({ inherited: true }), prepare),
       new Map([["t", "PREPARE"]]),
     ];

@@ -55,7 +55,8 @@ import { restore } from "./restore.ts";
 import { assert, assertNever, CoreState, NO_DEADLINE, type Seams } from "./state.ts";
 import { finishTick, startTick, tickBackup, tickLeader } from "./timers.ts";
 import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, PersistedRecord, Ready } from "./types.ts";
-import { answerWithNewView, notePeer, onNewView, onViewChange, suspect, tickViewChange } from "./view-change.ts";
+import { checkSplitVote, equivocatedHeaders, onEvidence, onSuspect, suspect } from "./suspicion.ts";
+import { answerWithNewView, notePeer, onNewView, onViewChange, tickViewChange } from "./view-change.ts";
 
 export { CoreAssertionError } from "./state.ts";
 
@@ -235,6 +236,10 @@ export class OrderingCore {
         return onStateRequest(state, from, msg);
       case "STATE_RESPONSE":
         return this.onStateResponse(from, msg);
+      case "SUSPECT":
+        return onSuspect(state, from, msg);
+      case "EVIDENCE":
+        return onEvidence(state, from, msg);
       default:
         return assertNever(msg);
     }
@@ -405,7 +410,7 @@ export class OrderingCore {
         return;
       }
       // Check 6: a second signed header for (view, seq) proves equivocation.
-      if (state.verify(m)) suspect(state, "equivocation");
+      if (e.header !== null && state.verify(m)) equivocatedHeaders(state, e.header, m);
       return;
     }
     if (m.seq <= state.lastExecuted || m.batch === null) return;
@@ -429,6 +434,8 @@ export class OrderingCore {
     } else {
       sendOwnPrepare(state, entry, m.digest);
       checkPrepared(state, entry);
+      // PREPAREs that came before the header may name another digest.
+      if (entry.prepares.size >= state.weakQuorumSize) checkSplitVote(state, entry);
     }
   }
 
@@ -475,6 +482,7 @@ export class OrderingCore {
     if (!state.verify(m)) return;
     e.prepares.set(key, m);
     checkPrepared(state, e);
+    if (e.digest !== null && !bytesEqual(e.digest, m.digest)) checkSplitVote(state, e);
   }
 
   private onCommit(from: ReplicaId, m: Commit): void {

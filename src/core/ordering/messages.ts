@@ -115,7 +115,33 @@ export type StateResponse = {
   lastExecuted: number;
 };
 
-export type PeerMessage = PrePrepare | Prepare | Commit | Checkpoint | ViewChange | NewView | Forward | StateRequest | StateResponse;
+/**
+ * A non-binding suspicion of leader(view) (core/ordering/PROTOCOL.md §6, "Suspicion"): the
+ * sender stays in the view; f+1 of them make every replica start a view change. Unsigned:
+ * it proves nothing to a third replica, only the authenticated link says who sent it.
+ */
+export type Suspect = { t: "SUSPECT"; view: number };
+
+/**
+ * Proof that leader(view) signed two proposals for one (view, seq): its header `a` and
+ * either a second header `b` with another digest, or f+1 PREPAREs from distinct replicas
+ * other than the leader for another digest (at least one of them correct, and a correct
+ * replica prepares only what the leader signed). Headers travel without their batches.
+ */
+export type Evidence = { t: "EVIDENCE"; a: PrePrepare; b: PrePrepare | null; prepares: Prepare[] };
+
+export type PeerMessage =
+  | PrePrepare
+  | Prepare
+  | Commit
+  | Checkpoint
+  | ViewChange
+  | NewView
+  | Forward
+  | StateRequest
+  | StateResponse
+  | Suspect
+  | Evidence;
 
 export type PeerMessageKind = PeerMessage["t"];
 
@@ -413,6 +439,25 @@ function validateForward(x: Rec): Forward | null {
   return requests === null ? null : { t: "FORWARD", requests };
 }
 
+function validateSuspect(x: Rec): Suspect | null {
+  const view = nat(x.view, VIEW_MAX);
+  return view === null ? null : { t: "SUSPECT", view };
+}
+
+function validateEvidence(x: Rec): Evidence | null {
+  const header = nested("PRE_PREPARE", validatePrePrepare);
+  const a = header(x.a);
+  const b = x.b === null ? null : header(x.b);
+  const prepares = arrayOf(
+    x.prepares,
+    REPLICAS_MAX,
+    nested("PREPARE", (v) => validateVote("PREPARE", v)),
+  );
+  if (a === null || a.batch !== null || prepares === null) return null;
+  if (x.b !== null && (b === null || b.batch !== null)) return null;
+  return { t: "EVIDENCE", a, b, prepares };
+}
+
 function validateStateRequest(x: Rec): StateRequest | null {
   const kind = x.kind === "decided" || x.kind === "batch" ? x.kind : null;
   const seq = nat(x.seq, INSTANCE_SEQ_MAX);
@@ -561,6 +606,10 @@ export function validatePeerMessage(x: unknown): PeerMessage | null {
         return validateStateRequest(x);
       case "STATE_RESPONSE":
         return validateStateResponse(x);
+      case "SUSPECT":
+        return validateSuspect(x);
+      case "EVIDENCE":
+        return validateEvidence(x);
       default:
         return null;
     }

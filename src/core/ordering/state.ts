@@ -23,6 +23,7 @@ import type { Decision, Entry } from "./log.ts";
 import {
   type Checkpoint,
   type ClientRequest,
+  type Evidence,
   type NewView,
   NULL_DIGEST,
   type PeerMessage,
@@ -122,6 +123,15 @@ export class CoreState {
   /** The view this replica, as its leader, built a NEW_VIEW for (-1: none). */
   newViewBuiltFor = -1;
   readonly viewChanges = new Map<ReplicaId, ViewChange>();
+  /** The view whose leader this replica suspects (suspicion.ts), or -1. */
+  suspectedView = -1;
+  suspicionResendAt = NO_DEADLINE;
+  /** The view each peer last said it suspects the leader of (SUSPECT). */
+  readonly suspicions = new Map<ReplicaId, number>();
+  /** The proof of equivocation this replica left its last view on; resent with its VIEW_CHANGE. */
+  ownEvidence: Evidence | null = null;
+  /** Peers whose EVIDENCE was checked in this view (one check per peer and view). */
+  readonly evidenceCheckedFrom = new Set<ReplicaId>();
   readonly newViewAnsweredAt = new Map<ReplicaId, number>();
   /** Normal-case messages for the target view, held while its view change is in progress. */
   readonly buffered = new Map<string, { from: ReplicaId; msg: PeerMessage }>();

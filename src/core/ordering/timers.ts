@@ -9,7 +9,8 @@ import { ownCheckpoint, requestSnapshot } from "./checkpoints.ts";
 import { flushForwards } from "./clients.ts";
 import type { StateRequest } from "./messages.ts";
 import { type CoreState, kthLargest, NO_DEADLINE } from "./state.ts";
-import { askForMissingBodies, suspect } from "./view-change.ts";
+import { resendSuspicion, suspect } from "./suspicion.ts";
+import { askForMissingBodies } from "./view-change.ts";
 
 /** A replica that executed nothing for this many retransmission intervals asks one peer what it missed. */
 const IDLE_PROBE_INTERVALS = 4;
@@ -42,6 +43,7 @@ export function tickBackup(state: CoreState): void {
   startHeadTimers(state);
   watchLeader(state);
   if (state.phase === "normal") {
+    resendSuspicion(state);
     retransmitStalled(state, false);
     askForMissingBodies(state);
   }

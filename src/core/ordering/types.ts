@@ -70,6 +70,7 @@ export type SuspectReason =
   | "starved"
   | "unfair"
   | "view-change-timeout"
+  | "suspicion"
   | "join"
   | "behind";
 
@@ -114,6 +115,11 @@ export type Effect =
   | { kind: "fetchState"; seq: number; stateDigest: Uint8Array; from: ReplicaId[]; proof: Checkpoint[] }
   /** This replica left `view - 1` (or lower) for `view`, suspecting its leader. */
   | { kind: "suspect"; view: number; reason: SuspectReason }
+  /**
+   * This replica suspects the leader of `view` but stays in it (a non-binding SUSPECT): the
+   * view changes once f+1 replicas do. For status and logs.
+   */
+  | { kind: "leaderSuspected"; view: number; reason: SuspectReason }
   /** A view is installed; `leader` now orders. */
   | { kind: "viewInstalled"; view: number; leader: ReplicaId }
   /** A peer sends far more than any other (Aardvark flood defence): the runtime may mute it. */

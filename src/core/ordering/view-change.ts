@@ -19,6 +19,7 @@ import {
   type ViewChange,
 } from "./messages.ts";
 import { assert, type CoreState, EMPTY_SIG, kthLargest, NO_DEADLINE } from "./state.ts";
+import { countSuspicions } from "./suspicion.ts";
 import type { SuspectReason } from "./types.ts";
 
 /**
@@ -51,11 +52,6 @@ export function notePeer(state: CoreState, from: ReplicaId, view: number, seq: n
 function catchUpView(state: CoreState): void {
   const target = kthLargest(state.peerViews.values(), state.weakQuorumSize);
   if (target > state.view) startViewChange(state, target, "behind");
-}
-
-export function suspect(state: CoreState, reason: SuspectReason): void {
-  if (state.phase !== "normal") return;
-  startViewChange(state, state.view + 1, reason);
 }
 
 /**
@@ -114,6 +110,8 @@ export function tickViewChange(state: CoreState): void {
     startViewChange(state, state.view + 1, "view-change-timeout");
   } else if (state.now >= state.viewChangeResendAt && state.ownViewChange !== null) {
     state.send("all", state.ownViewChange);
+    // The proof this replica left the view on goes with it, so the others join it.
+    if (state.ownEvidence !== null && state.ownEvidence.a.view + 1 === state.view) state.send("all", state.ownEvidence);
     state.viewChangeResendAt = state.now + state.cfg.retransmitTicks;
   }
 }
@@ -130,6 +128,7 @@ export function onViewChange(state: CoreState, m: ViewChange): void {
   if (!validViewChange(state.certContext, m)) return;
   state.viewChanges.set(m.replica, m);
   joinIfBehind(state);
+  countSuspicions(state);
   viewChangeProgress(state);
 }
 
@@ -284,6 +283,8 @@ function installNewView(state: CoreState, m: NewView, plan: NewViewPlan): void {
   state.phase = "normal";
   state.installedNewView = m;
   state.ownViewChange = null;
+  state.ownEvidence = null;
+  state.evidenceCheckedFrom.clear();
   state.viewChangeDeadline = NO_DEADLINE;
   state.timerArmedForView = -1;
   state.nextProposalSeq = Math.max(plan.maxS, state.lastExecuted) + 1;
