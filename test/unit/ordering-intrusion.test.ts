@@ -305,6 +305,35 @@ describe("item 8: a replica cannot spend another's slot or make others answer fo
     expect(c.lastExecuted(1)).toBe(1);
   });
 
+  test("STATE_REQUESTs repeated every tick get a bounded byte budget, not a batch per kind per tick", () => {
+    const batchBytesMax = 64 * 1024;
+    const c = new ManualCluster({ params: { batchBytesMax, requestBytesMax: 32 * 1024 } });
+    for (let seq = 1; seq <= 3; seq++) {
+      c.submit(0, c.request(0, seq, 1, "x".repeat(16_000)));
+      c.runUntil(() => [0, 1, 2].every((id) => c.lastExecuted(id) >= seq), 200);
+    }
+    c.queue = [];
+    const ticks = 200;
+    let bytes = 0;
+    let answers = 0;
+    for (let t = 0; t < ticks; t++) {
+      c.tick(1, [0]);
+      for (const kind of ["decided", "batch"] as const) {
+        c.step(0, { kind: "message", from: 3, msg: { t: "STATE_REQUEST", kind, seq: 1, toSeq: 3, digest: null, nonce: t } });
+      }
+      for (const m of c.queue) {
+        if (m.from !== 0 || m.to !== 3 || m.msg.t !== "STATE_RESPONSE") continue;
+        answers++;
+        for (const item of m.msg.items) for (const r of item.batch) bytes += r.body.length;
+      }
+      c.queue = [];
+    }
+    // The budget: a burst of four batches, then an eighth of a batch per tick with nothing
+    // being decided (it was a batch per kind per tick: 96 KB x 200 ticks = 19 MB).
+    expect(answers).toBeGreaterThan(0);
+    expect(bytes).toBeLessThanOrEqual(4 * batchBytesMax + (ticks * batchBytesMax) / 8 + batchBytesMax);
+  });
+
   test("a VIEW_CHANGE naming another replica gets no NEW_VIEW sent to that replica", () => {
     const c = new ManualCluster();
     decideOne(c, 0, 1);

@@ -26,6 +26,26 @@ import { type CoreState, EMPTY_SIG, NO_DEADLINE } from "./state.ts";
 
 /** A replica answers at most one state request per peer per this many ticks. */
 const STATE_SERVE_INTERVAL_TICKS = 1;
+/** A peer's answer budget holds at most this many batches' bytes (a burst: two answers of the largest size). */
+const SERVE_BURST_BATCHES = 4;
+/** It refills by at least 1/this of a batch's bytes per tick, even when nothing is decided. */
+const SERVE_FLOOR_DIVISOR = 8;
+/** And by this many times the bytes the group decides per tick, so a lagging replica gains on it. */
+const SERVE_DECIDED_FACTOR = 2;
+
+/**
+ * The bytes a peer may still be sent in answers (decided batches and bodies), refilled
+ * since it was last asked. A correct replica asks for what it misses, about as fast as the
+ * group decides; a faulty one asking for the same window every tick gets no more than
+ * that, instead of a full batch per kind per tick (core/ordering/PROTOCOL.md §7).
+ */
+function serveBudget(state: CoreState, from: ReplicaId): number {
+  const cap = SERVE_BURST_BATCHES * state.cfg.batchBytesMax;
+  const last = state.serveBudgets.get(from);
+  if (last === undefined) return cap;
+  const refill = Math.max(state.cfg.batchBytesMax / SERVE_FLOOR_DIVISOR, SERVE_DECIDED_FACTOR * state.decidedBytesPerTick);
+  return Math.min(cap, last.bytes + (state.now - last.at) * refill);
+}
 
 /** A state transfer in progress: the stable checkpoint it fetches and when to try again. */
 export interface Transfer {
@@ -302,6 +322,8 @@ export function onSnapshotInstalled(
 export function onStateRequest(state: CoreState, from: ReplicaId, m: StateRequest, budget: "decided" | "batch" | "lagging" = m.kind): void {
   const key = `${from}:${budget}`;
   if ((state.servedAt.get(key) ?? -NO_DEADLINE) + STATE_SERVE_INTERVAL_TICKS > state.now) return;
+  const allowance = serveBudget(state, from);
+  if (allowance <= 0) return;
   state.servedAt.set(key, state.now);
   const items: DecidedItem[] = [];
   const first = Math.max(m.seq, state.stableSeq + 1);
@@ -320,6 +342,7 @@ export function onStateRequest(state: CoreState, from: ReplicaId, m: StateReques
   // The stable proof alone is worth sending when the asker has executed up to it: it may
   // be stuck with a full window for want of exactly that proof.
   if (items.length === 0 && (stable === null || state.stableSeq < m.seq - 1)) return;
+  state.serveBudgets.set(from, { bytes: allowance - bytes, at: state.now });
   const resp: StateResponse = {
     t: "STATE_RESPONSE",
     kind: m.kind,

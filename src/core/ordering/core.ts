@@ -549,6 +549,7 @@ export class OrderingCore {
     state.persist({ t: "decided", seq: s, view: d.view, digest: d.digest, batch: d.batch, commits: d.commits });
     state.emit({ kind: "decide", seq: s, view: d.view, batch: d.batch, execute });
     state.throughputMonitor.onExecuted(execute.length);
+    for (const r of d.batch) state.decidedBytesThisTick += requestBytes(r);
     if (e !== undefined && !e.fromNewView && state.installedView === state.view && execute.length > 0) {
       // The first new request executed in an installed view ends the view-change backoff.
       state.viewChangeAttempts = 0;

@@ -174,6 +174,11 @@ export class CoreState {
   /** When each peer was last answered, per kind of answer ("<peer>:<kind>"); see onStateRequest. */
   readonly servedAt = new Map<string, number>();
   readonly stableAnsweredAt = new Map<ReplicaId, number>();
+  /** Each peer's answer budget in bytes when last charged (checkpoints.ts, `serveBudget`). */
+  readonly serveBudgets = new Map<ReplicaId, { bytes: number; at: number }>();
+  /** Bytes of requests decided per tick, a moving average (refills the answer budgets). */
+  decidedBytesPerTick = 0;
+  decidedBytesThisTick = 0;
   /** Nonce of the next STATE_REQUEST this replica sends. */
   stateRequestNonce = 0;
 

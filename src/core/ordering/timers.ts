@@ -14,12 +14,16 @@ import { askForMissingBodies } from "./view-change.ts";
 
 /** A replica that executed nothing for this many retransmission intervals asks one peer what it missed. */
 const IDLE_PROBE_INTERVALS = 4;
+/** Ticks the moving average of decided bytes spans, about. */
+const DECIDED_BYTES_AVERAGE_TICKS = 16;
 /** Progress timeout doublings after repeated heartbeat failures (Aardvark doubles it). */
 const PROGRESS_BACKOFF_DOUBLINGS_MAX = 4;
 
 /** The clock moves; the flood monitor judges its window; a state transfer that has not completed is retried. */
 export function startTick(state: CoreState): void {
   state.now++;
+  state.decidedBytesPerTick += (state.decidedBytesThisTick - state.decidedBytesPerTick) / DECIDED_BYTES_AVERAGE_TICKS;
+  state.decidedBytesThisTick = 0;
   for (const peer of state.floodMonitor.onTick(state.now)) state.emit({ kind: "peerFlooding", peer });
   if (state.transfer !== null && state.now >= state.transfer.nextTryAt) {
     state.transfer.attempt++;
