@@ -33,7 +33,7 @@ import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { PeerMesh } from "./peers.ts";
 import { admissibleForwards } from "./forwards.ts";
-import { clientRequestValid, verifiedCacheKey } from "./requests.ts";
+import { stampWithinBound, verifiedCacheKey, verifiedStamp } from "./requests.ts";
 import { StateTransfer, validateTransferMessage } from "./state-transfer.ts";
 import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
 import { type Recovered, recover } from "./storage/recovery.ts";
@@ -117,7 +117,7 @@ export function coreConfigFor(config: ClusterConfig, id: number): CoreConfig {
 
 export class OrderingDriver {
   private readonly core: OrderingCore;
-  private readonly verified = new Map<string, true>();
+  private readonly verified = new Map<string, number>();
   private readonly keeper: SnapshotKeeper;
   private readonly transfer: StateTransfer;
   private readonly partBytes: number;
@@ -141,7 +141,7 @@ export class OrderingDriver {
         const pub = replicaKeys[replica];
         return pub !== undefined && verify(pub, bytes, sig);
       },
-      verifyRequest: (req) => this.verifyRequest(req),
+      verifyRequest: (req, atMs) => this.verifyRequest(req, atMs),
     };
     const coreConfig = coreConfigFor(config, id);
     this.checkpointInterval = coreConfig.checkpointInterval;
@@ -212,6 +212,8 @@ export class OrderingDriver {
   }
 
   start(): void {
+    // The first tick now, so the core has the clock before anything arrives.
+    this.onTick();
     this.timer = setInterval(() => this.onTick(), TICK_MS);
   }
 
@@ -273,7 +275,7 @@ export class OrderingDriver {
   }
 
   private onTick(): void {
-    this.step({ kind: "tick" });
+    this.step({ kind: "tick", nowMs: Date.now() });
     this.keeper.tick();
     this.transfer.cancelUnless(this.core.status().transferTo);
     this.transfer.tick();
@@ -408,13 +410,17 @@ export class OrderingDriver {
    * timestamp bound (requests.ts). Remembers what passed, keyed by every byte it checked:
    * a leader that kept a verified signature and swapped the body must not hit the cache.
    */
-  private verifyRequest(req: ClientRequest): boolean {
+  private verifyRequest(req: ClientRequest, atMs: number | null): boolean {
     const cacheKey = verifiedCacheKey(req);
-    if (this.verified.has(cacheKey)) return true;
-    if (!clientRequestValid(req, Date.now())) return false;
-    this.verified.set(cacheKey, true);
-    if (this.verified.size > VERIFIED_CACHE_MAX) this.verified.delete(this.verified.keys().next().value as string);
-    return true;
+    let stamp = this.verified.get(cacheKey);
+    if (stamp === undefined) {
+      const checked = verifiedStamp(req);
+      if (checked === null) return false;
+      stamp = checked;
+      this.verified.set(cacheKey, stamp);
+      if (this.verified.size > VERIFIED_CACHE_MAX) this.verified.delete(this.verified.keys().next().value as string);
+    }
+    return stampWithinBound(stamp, atMs ?? Date.now());
   }
 }
 

@@ -44,11 +44,6 @@ export function clockSkewProblem(request: Request, nowMs: number): string | null
   return `the request's timestamp is ${seconds} s ${direction} this replica's clock (at most ${CLIENT_CLOCK_SKEW_MS_MAX / 1000} s allowed); check the publishing host's clock`;
 }
 
-/** Whether a request taken from a peer stamps a time too far in the future to be ordered. */
-export function stampedTooFarAhead(request: Request, nowMs: number): boolean {
-  return request.op.t === "pub" && request.ts > nowMs + PROPOSED_FUTURE_MS_MAX;
-}
-
 /** The space name of admin commands; '!' never appears in a tag. */
 export const ADMIN_SPACE = "!admin";
 
@@ -85,16 +80,34 @@ export function admitRequest(signed: SignedRequest, sessionKeyHex?: string): Adm
 }
 
 /**
- * Whether a request the ordering core holds (from a client, a peer's forward or a
- * proposal) is valid: the client's signature verifies over the body, the header's space,
- * seq and span are the body's, and a publish is not stamped too far in the future.
- * Time-dependent, but monotonic: once true it stays true.
+ * Checks a request the ordering core holds (from a client, a peer's forward or a proposal):
+ * the client's signature verifies over the body and the header's space, seq and span are
+ * the body's. Returns the time the request stamps (a publish's `ts`; -Infinity for an
+ * admin command, which stamps none), or null if it is not valid. The stamp is judged
+ * apart (`stampWithinBound`), against the time the core names.
  */
-export function clientRequestValid(req: ClientRequest, nowMs: number): boolean {
+export function verifiedStamp(req: ClientRequest): number | null {
   const admitted = admitRequest({ body: req.body, sig: req.sig });
-  if (!admitted.ok) return false;
-  if (admitted.space !== req.client || admitted.request.seq !== req.seq || admitted.request.span !== req.span) return false;
-  return !stampedTooFarAhead(admitted.request, nowMs);
+  if (!admitted.ok) return null;
+  if (admitted.space !== req.client || admitted.request.seq !== req.seq || admitted.request.span !== req.span) return null;
+  return admitted.request.op.t === "pub" ? admitted.request.ts : Number.NEGATIVE_INFINITY;
+}
+
+/**
+ * Whether a request stamped `stampMs` may be ordered at `atMs`: the timestamp of the
+ * proposal that carries it (so every correct replica judges it the same way, whatever its
+ * own clock says), or this replica's clock for a request it takes into its own pool. No
+ * more than PROPOSED_FUTURE_MS_MAX ahead; monotonic in `atMs`, so a request that waited in
+ * a queue is never refused later.
+ */
+export function stampWithinBound(stampMs: number, atMs: number): boolean {
+  return stampMs <= atMs + PROPOSED_FUTURE_MS_MAX;
+}
+
+/** Whether a request the ordering core holds is valid at `atMs` (verifiedStamp, then stampWithinBound). */
+export function clientRequestValid(req: ClientRequest, atMs: number): boolean {
+  const stamp = verifiedStamp(req);
+  return stamp !== null && stampWithinBound(stamp, atMs);
 }
 
 /** A key naming every byte clientRequestValid looked at: header, body and signature. */

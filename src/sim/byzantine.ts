@@ -173,6 +173,7 @@ export class ByzantineReplica {
       view: pp.view,
       seq: pp.seq,
       digest: sha256(batchBytes(alt)),
+      ts: pp.ts,
       batch: null,
       sig: pp.sig,
     });
@@ -216,6 +217,7 @@ export class ByzantineReplica {
       view: pp.view,
       seq: pp.seq,
       digest: sha256(batchBytes(batch)),
+      ts: pp.ts,
       batch: null,
       sig: pp.sig,
     });

@@ -464,7 +464,7 @@ describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
     decideOne(c, 0, 1);
     const batch = [req];
     const digest = sha256(batchBytes(batch));
-    const header: PrePrepare = { t: "PRE_PREPARE", view: 0, seq: 2, digest, batch: null, sig: digest };
+    const header: PrePrepare = { t: "PRE_PREPARE", view: 0, seq: 2, digest, ts: 0, batch: null, sig: digest };
     const pp = { ...resign(c, 0, header), batch };
     c.step(1, { kind: "message", from: 0, msg: pp });
     expect(suspects(c, 1)).toEqual(["bad-proposal"]);

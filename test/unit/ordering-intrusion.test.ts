@@ -15,6 +15,7 @@ import {
 } from "../../src/core/ordering/index.ts";
 import { VIEW_MAX } from "../../src/core/ordering/messages.ts";
 import { VIEWS_AHEAD_MAX } from "../../src/core/ordering/view-change.ts";
+import { OrderingCore } from "../../src/core/ordering/index.ts";
 import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
 
 const CLUSTER_PARAMETERS_TIMEOUT = CLUSTER_PARAMETERS.requestTimeoutTicks as number;
@@ -358,5 +359,56 @@ describe("item 8: a replica cannot spend another's slot or make others answer fo
     c.step(1, { kind: "message", from: 3, msg: vc });
     expect(newViewsTo2()).toBe(before);
     expect(misbehaviour(c, 1).map((e) => e.peer)).toEqual([3]);
+  });
+});
+
+describe("item 12: request timestamps are judged from the proposal, not each replica's clock", () => {
+  const T = 1_764_000_000_000;
+  const BOUND = 360_000;
+  /** A cluster whose replicas have clocks `clocks` and judge each request's stamp (set by the test) like the runtime. */
+  function clocked(clocks: number[]): { c: ManualCluster; stamps: Map<string, number>; judgedAt: Array<Array<number | null>> } {
+    const stamps = new Map<string, number>();
+    const judgedAt: Array<Array<number | null>> = clocks.map(() => []);
+    const c = new ManualCluster({
+      factory: (cfg, crypto, restored) =>
+        new OrderingCore(
+          cfg,
+          {
+            ...crypto,
+            verifyRequest: (req, atMs) => {
+              judgedAt[cfg.id]?.push(atMs);
+              const stamp = stamps.get(`${req.client}:${req.seq}`) ?? 0;
+              return crypto.verifyRequest(req, atMs) && stamp <= (atMs ?? (clocks[cfg.id] as number)) + BOUND;
+            },
+          },
+          restored,
+        ),
+    });
+    for (let id = 0; id < c.n; id++) c.step(id, { kind: "tick", nowMs: clocks[id] as number });
+    return { c, stamps, judgedAt };
+  }
+
+  test("a request near the bound of the leader's clock is decided although two backups' clocks are 50 s behind", () => {
+    const { c, stamps, judgedAt } = clocked([T, T - 50_000, T - 50_000, T]);
+    const req = c.request(0, 1);
+    stamps.set(`${req.client}:1`, T + BOUND - 10_000);
+    c.submit(0, req);
+    c.tick(1, [0]);
+    const pp = c.queue.find((m) => m.msg.t === "PRE_PREPARE")?.msg;
+    expect(pp?.t === "PRE_PREPARE" && pp.ts).toBe(T);
+    c.deliverAll();
+    for (const id of [0, 1, 2, 3]) expect(c.lastExecuted(id)).toBe(1);
+    // The backups judged it at the proposal's stamp, not at their own clocks.
+    for (const id of [1, 2]) expect(judgedAt[id]).toContain(T);
+  });
+
+  test("a proposal stamped further ahead of a backup's clock than clocks may differ is refused", () => {
+    const { c } = clocked([T + 61_000, T, T, T]);
+    c.submit(0, c.request(0, 1));
+    c.tick(1, [0]);
+    c.deliverAll();
+    expect(c.lastExecuted(1)).toBe(0);
+    for (const id of [1, 2, 3])
+      expect(c.allEffects(id).some((e) => e.kind === "leaderSuspected" && e.reason === "bad-proposal")).toBe(true);
   });
 });

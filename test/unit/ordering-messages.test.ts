@@ -22,7 +22,7 @@ const req: ClientRequest = { client: "ab".repeat(32), seq: 3, span: 2, body: new
 
 const prepare: Prepare = { t: "PREPARE", view: 2, seq: 7, digest: d32(1), replica: 3, sig: s64(2) };
 const checkpoint: Checkpoint = { t: "CHECKPOINT", seq: 8, digest: d32(4), replica: 1, sig: s64(5) };
-const header: PrePrepare = { t: "PRE_PREPARE", view: 1, seq: 6, digest: d32(7), batch: null, sig: s64(8) };
+const header: PrePrepare = { t: "PRE_PREPARE", view: 1, seq: 6, digest: d32(7), ts: 1_764_000_000_000, batch: null, sig: s64(8) };
 const viewChange: ViewChange = {
   t: "VIEW_CHANGE",
   newView: 3,

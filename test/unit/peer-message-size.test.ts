@@ -10,7 +10,13 @@ import { describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
 import { parseClusterConfig } from "../../src/config/cluster.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
-import { INSTANCE_SEQ_MAX, REQUEST_FIELDS_BYTES, SIGNED_VOTE_BYTES_MAX, VIEW_MAX } from "../../src/core/ordering/messages.ts";
+import {
+  INSTANCE_SEQ_MAX,
+  REQUEST_FIELDS_BYTES,
+  SIGNED_VOTE_BYTES_MAX,
+  TIMESTAMP_MS_MAX,
+  VIEW_MAX,
+} from "../../src/core/ordering/messages.ts";
 import { REPLICAS_MAX } from "../../wire/types.ts";
 import { FramedConn } from "../../src/replica/framed.ts";
 import { coreConfigFor } from "../../src/replica/ordering-driver.ts";
@@ -116,7 +122,7 @@ describe("SIGNED_VOTE_BYTES_MAX", () => {
       { t: "PREPARE", view: VIEW_MAX, seq: INSTANCE_SEQ_MAX, digest, replica: REPLICAS_MAX - 1, sig },
       { t: "COMMIT", view: VIEW_MAX, seq: INSTANCE_SEQ_MAX, digest, replica: REPLICAS_MAX - 1, sig },
       { t: "CHECKPOINT", seq: INSTANCE_SEQ_MAX, digest, replica: REPLICAS_MAX - 1, sig },
-      { t: "PRE_PREPARE", view: VIEW_MAX, seq: INSTANCE_SEQ_MAX, digest, batch: null, sig },
+      { t: "PRE_PREPARE", view: VIEW_MAX, seq: INSTANCE_SEQ_MAX, digest, ts: TIMESTAMP_MS_MAX, batch: null, sig },
     ];
     const sizes = votes.map((vote) => encodeCanonical(vote as unknown as Canonical).length);
     for (const size of sizes) expect(size).toBeLessThanOrEqual(SIGNED_VOTE_BYTES_MAX);

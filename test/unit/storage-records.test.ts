@@ -23,7 +23,7 @@ describe("persisted records", () => {
     const records: PersistedRecord[] = [
       decided,
       { t: "view", view: 3, installedView: 2, status: "viewChange", viewChange: null, newView: null },
-      { t: "accept", prePrepare: { t: "PRE_PREPARE", view: 1, seq: 6, digest, batch: [request], sig } },
+      { t: "accept", prePrepare: { t: "PRE_PREPARE", view: 1, seq: 6, digest, ts: 1_764_000_000_000, batch: [request], sig } },
       { t: "checkpoint", seq: 128, stateDigest: digest, appDigest: digest, clients: [[client, 4]] },
       { t: "stable", seq: 128, digest, proof: [checkpoint] },
       { t: "snapshot", seq: 128, stateDigest: digest, appDigest: digest, clients: [], proof: [checkpoint] },

@@ -70,7 +70,7 @@ describe("ReplicaStore rows", () => {
     const storage = openStorage(dir);
     const pp = (seq: number): PersistedRecord => ({
       t: "accept",
-      prePrepare: { t: "PRE_PREPARE", view: 0, seq, digest: DIGEST, batch: [], sig: new Uint8Array(64) },
+      prePrepare: { t: "PRE_PREPARE", view: 0, seq, digest: DIGEST, ts: 0, batch: [], sig: new Uint8Array(64) },
     });
     const view = (v: number): PersistedRecord => ({
       t: "view",

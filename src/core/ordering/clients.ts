@@ -248,7 +248,7 @@ export function admit(state: CoreState, req: ClientRequest, authenticated: boole
   // crowd out the requests the others and this replica's own clients bring.
   if (via !== null && state.pending.countForPeer(via) >= Math.ceil(cfg.pendingRequestsMax / cfg.n)) return "overloaded";
   if (state.pending.total >= cfg.pendingRequestsMax) return "overloaded";
-  if (!state.crypto.verifyRequest(req)) {
+  if (!state.crypto.verifyRequest(req, null)) {
     if (authenticated) quarantineClient(state, req.client);
     return "bad-signature";
   }

@@ -76,6 +76,11 @@ export interface CoreConfig {
   readonly transferRetryTicks: number;
   /** Decided sequence numbers returned per STATE_RESPONSE. */
   readonly transferItemsMax: number;
+  /**
+   * How far ahead of this replica's clock a proposal's timestamp may be (ms): what correct
+   * replicas' clocks may differ. A proposal further ahead is refused as invalid.
+   */
+  readonly proposalClockSkewMs: number;
 }
 
 /** The parameters of core/ordering/PROTOCOL.md §10 (1 tick = 10 ms). */
@@ -107,6 +112,7 @@ export const DEFAULT_PARAMETERS = {
   floodThreshold: 20,
   transferRetryTicks: 200,
   transferItemsMax: 32,
+  proposalClockSkewMs: 60_000,
 } as const;
 
 export type CoreParameters = Omit<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId">;

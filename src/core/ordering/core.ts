@@ -191,6 +191,7 @@ export class OrderingCore {
       case "request":
         return this.onRequest(input.req, input.authenticated === true);
       case "tick":
+        if (input.nowMs !== undefined) state.nowMs = input.nowMs;
         return this.onTick();
       case "checkpointReady":
         return onCheckpointReady(state, input.seq, input.appDigest);
@@ -427,6 +428,7 @@ export class OrderingCore {
       return;
     }
     const entry = entryFor(state, m.seq);
+    state.proposalTsFloor = Math.max(state.proposalTsFloor, m.ts);
     acceptInto(state, entry, { ...m, batch: null }, m.batch, false);
     state.persist({ t: "accept", prePrepare: m });
     if (this.cfg.mode === "cft") {
@@ -448,6 +450,9 @@ export class OrderingCore {
     const state = this.state;
     const cfg = this.cfg;
     if (batch.length < 1 || batch.length > cfg.batchRequestsMax) return "invalid";
+    // The leader's stamp is what the requests are judged against; it may be behind this
+    // replica's clock (that only judges them more strictly), not further ahead than clocks differ.
+    if (state.nowMs > 0 && m.ts > state.nowMs + cfg.proposalClockSkewMs) return "invalid";
     let bytes = 0;
     for (const r of batch) bytes += requestBytes(r);
     if (bytes > cfg.batchBytesMax) return "invalid";
@@ -462,7 +467,7 @@ export class OrderingCore {
       if (state.inFreeProposal.has(requestKey(r.client, r.seq))) return "invalid";
     }
     for (const r of batch) {
-      if (!alreadyVerified(state, r) && !this.crypto.verifyRequest(r)) return "invalid";
+      if (!alreadyVerified(state, r) && !this.crypto.verifyRequest(r, m.ts)) return "invalid";
     }
     return null;
   }

@@ -76,12 +76,19 @@ export function signVote(state: CoreState, t: "PREPARE" | "COMMIT", view: number
   return state.signed<Prepare | Commit>({ t, view, seq, digest, replica: state.cfg.id, sig: EMPTY_SIG });
 }
 
+/**
+ * Signs a proposal header, stamped with this replica's clock but never below a stamp it
+ * signed or accepted before: a request judged valid against an earlier stamp stays valid
+ * against this one (PROTOCOL.md §4, check 5).
+ */
 export function signHeader(state: CoreState, view: number, seq: number, digest: Uint8Array): PrePrepare {
   const key = `PRE_PREPARE:${view}:${seq}`;
   const prev = state.signedVotes.get(key);
   assert(prev === undefined || bytesEqual(prev, digest), `second proposal for view ${view} seq ${seq}`);
   state.signedVotes.set(key, digest);
-  return state.signed({ t: "PRE_PREPARE", view, seq, digest, batch: null, sig: EMPTY_SIG });
+  const ts = Math.max(state.nowMs, state.proposalTsFloor);
+  state.proposalTsFloor = ts;
+  return state.signed({ t: "PRE_PREPARE", view, seq, digest, ts, batch: null, sig: EMPTY_SIG });
 }
 
 /** Signs this replica's PREPARE for `e`, records it as its own vote and sends it. */

@@ -33,12 +33,18 @@ export type ClientRequest = {
   sig: Uint8Array;
 };
 
-/** Signed by leader(view) over (view, seq, digest); `batch` travels beside the header. */
+/**
+ * Signed by leader(view) over (view, seq, digest, ts); `batch` travels beside the header.
+ * `ts` is the leader's clock when it proposed (ms since the epoch, never decreasing in its
+ * log): the time the batch's requests are judged against (core/ordering/PROTOCOL.md §4,
+ * check 5), so that every correct replica judges them the same way.
+ */
 export type PrePrepare = {
   t: "PRE_PREPARE";
   view: number;
   seq: number;
   digest: Uint8Array;
+  ts: number;
   batch: ClientRequest[] | null;
   sig: Uint8Array;
 };
@@ -155,6 +161,8 @@ export const VIEW_MAX = 2 ** 48;
 /** Consensus instance numbers (decided seqs), not to be confused with a peer session's frame counter. */
 export const INSTANCE_SEQ_MAX = 2 ** 48;
 export const NONCE_MAX = 2 ** 48;
+/** A proposal's timestamp, ms since the epoch: any safe integer (dates far beyond this century are still refused by the clock check). */
+export const TIMESTAMP_MS_MAX = Number.MAX_SAFE_INTEGER;
 export const BATCH_REQUESTS_MAX = 4096;
 export const REQUEST_BODY_BYTES_MAX = 1024 * 1024;
 export const REQUEST_SPAN_MAX = 65_536;
@@ -162,12 +170,13 @@ export const PREPARED_CERTS_MAX = 4096;
 export const TRANSFER_ITEMS_MAX = 256;
 /**
  * Bytes one signed vote (PREPARE, COMMIT, CHECKPOINT or a proposal header) takes in a
- * message at most: kind, view and seq up to 2^48, a replica id, a 32-byte digest and a
- * 64-byte signature in canonical CBOR (the largest, a proposal header, is exactly this;
+ * message at most: kind, view and seq up to 2^48, a replica id, a 32-byte digest, a
+ * proposal's timestamp and a 64-byte signature in canonical CBOR (the largest, a proposal
+ * header with the largest timestamp, is exactly this;
  * test/unit/peer-message-size.test.ts checks it). Byte bounds of certificates, decided
  * batches and NEW_VIEWs count each vote as this.
  */
-export const SIGNED_VOTE_BYTES_MAX = 160;
+export const SIGNED_VOTE_BYTES_MAX = 172;
 export const FORWARD_REQUESTS_MAX = 4096;
 /**
  * A client id names a client's sequence space: the hex of its public key, optionally
@@ -220,11 +229,19 @@ export function batchBytes(batch: readonly ClientRequest[]): Uint8Array {
 }
 
 function headerFields(m: PrePrepare): Canon {
-  return { view: m.view, seq: m.seq, digest: m.digest };
+  return { view: m.view, seq: m.seq, digest: m.digest, ts: m.ts };
 }
 
 function prePrepareFields(m: PrePrepare): Canon {
-  return { t: m.t, view: m.view, seq: m.seq, digest: m.digest, batch: m.batch === null ? null : m.batch.map(requestFields), sig: m.sig };
+  return {
+    t: m.t,
+    view: m.view,
+    seq: m.seq,
+    digest: m.digest,
+    ts: m.ts,
+    batch: m.batch === null ? null : m.batch.map(requestFields),
+    sig: m.sig,
+  };
 }
 
 function voteFields(m: Prepare | Commit): Canon {
@@ -357,14 +374,15 @@ function validatePrePrepare(x: Rec): PrePrepare | null {
   const view = nat(x.view, VIEW_MAX);
   const seq = nat(x.seq, INSTANCE_SEQ_MAX);
   const digest = bytesOf(x.digest, DIGEST_BYTES);
+  const ts = nat(x.ts, TIMESTAMP_MS_MAX);
   const sig = bytesOf(x.sig, SIGNATURE_BYTES);
-  if (view === null || seq === null || seq < 1 || digest === null || sig === null) return null;
+  if (view === null || seq === null || seq < 1 || digest === null || ts === null || sig === null) return null;
   let batch: ClientRequest[] | null = null;
   if (x.batch !== null) {
     batch = validateBatch(x.batch);
     if (batch === null) return null;
   }
-  return { t: "PRE_PREPARE", view, seq, digest, batch, sig };
+  return { t: "PRE_PREPARE", view, seq, digest, ts, batch, sig };
 }
 
 function validateVote<K extends "PREPARE" | "COMMIT">(t: K, x: Rec): ({ t: K } & Omit<Prepare, "t">) | null {

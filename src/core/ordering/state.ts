@@ -105,6 +105,10 @@ export class CoreState {
   readonly output = new ReadyBuilder();
   /** The core's clock: ticks since it started (or restarted). */
   now = 0;
+  /** This replica's clock (ms since the epoch) at the last tick; 0 if the runtime gives none. */
+  nowMs = 0;
+  /** The highest proposal timestamp this replica signed or accepted: its next proposal stamps no less. */
+  proposalTsFloor = 0;
 
   // View state (core/ordering/PROTOCOL.md §2; view-change.ts).
   view = 0;

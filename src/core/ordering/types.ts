@@ -22,8 +22,13 @@ export interface CoreCrypto {
   sign(bytes: Uint8Array): Uint8Array;
   /** Whether `sig` is `replica`'s signature on `bytes`. */
   verify(replica: ReplicaId, bytes: Uint8Array, sig: Uint8Array): boolean;
-  /** Checks the client signature AND that client, seq and span match the signed body (and the runtime's own validity rules; see above). */
-  verifyRequest(req: ClientRequest): boolean;
+  /**
+   * Checks the client signature AND that client, seq and span match the signed body (and
+   * the runtime's own validity rules; see above), judged at `atMs`: the timestamp of the
+   * proposal that carries the request, or null for this replica's own clock (a request it
+   * admits to its own pool). Monotonic in time: valid at some time, valid at every later one.
+   */
+  verifyRequest(req: ClientRequest, atMs: number | null): boolean;
 }
 
 export type CoreInput =
@@ -35,8 +40,12 @@ export type CoreInput =
    * faulty and quarantine it (otherwise anyone could get a correct client quarantined).
    */
   | { kind: "request"; req: ClientRequest; authenticated?: boolean }
-  /** One tick of time (10 ms in the runtime). */
-  | { kind: "tick" }
+  /**
+   * One tick of time (10 ms in the runtime), with this replica's clock in ms since the epoch
+   * (`nowMs`; the simulator leaves it out and the clock stays at 0). The clock only stamps
+   * this leader's proposals and bounds how far ahead another leader's stamp may be.
+   */
+  | { kind: "tick"; nowMs?: number }
   /** The application's digest after executing `seq`, answering a `takeCheckpoint`. */
   | { kind: "checkpointReady"; seq: number; appDigest: Uint8Array }
   /**
