@@ -1,0 +1,362 @@
+/**
+ * The fault matrix: a fresh group of real replicas, each on its own host (a network
+ * namespace, netns.ts), a steady publish stream on a byzantine/total channel and a live
+ * subscriber; one fault is applied, held, healed; then the history checker judges
+ * everything the clients saw (test/integration/durability-history.ts): acknowledged events
+ * never lost, none twice, none invented, one order with no gap for every reader, each
+ * publisher's events in publish order.
+ *
+ * `runFault` is used by `npm run faults` (test/fault/run-matrix.ts) and by the fast rows
+ * of `npm test` (matrix.test.ts). Waits are on conditions (acknowledgements, status
+ * answers); the only fixed time is how long a fault is held, which is the schedule.
+ */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+import { FitbClient } from "../../src/client/index.ts";
+import { loadClientSetup } from "../../src/client/setup.ts";
+import { initCluster } from "../../src/config/init.ts";
+import { collect, type Delivered, encode, waitForCount } from "../integration/client-util.ts";
+import { checkTotalOrder, payloadOf, type Stream, waitConverged } from "../integration/durability-history.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { TestNetwork } from "./netns.ts";
+
+const TAG = "sec.alerts";
+const PORT = 7400;
+const REPLICAS = 4;
+/** Events per publish: small requests, so a stall shows at once. */
+const EVENTS_PER_REQUEST = 4;
+/** Acknowledged requests before the fault and after healing. */
+const REQUESTS_BEFORE = 20;
+const REQUESTS_AFTER = 20;
+const REQUEST_TIMEOUT_MS = 20_000;
+/** Bound on every wait of a row (only reached when the row fails). */
+const WAIT_MS = 90_000;
+
+/** What a fault does to the group: `apply` starts it, `heal` ends it; `holdMs` between. */
+export interface Fault {
+  readonly name: string;
+  readonly what: string;
+  readonly holdMs: number;
+  apply(group: FaultGroup): Promise<void> | void;
+  heal(group: FaultGroup): Promise<void> | void;
+}
+
+export interface FaultRow {
+  readonly fault: string;
+  readonly acked: number;
+  readonly delivered: number;
+  readonly lost: number;
+  readonly duplicated: number;
+  readonly reordered: number;
+  readonly forged: number;
+  readonly longestStallMs: number;
+  readonly recoveryMs: number;
+  readonly problems: readonly string[];
+}
+
+/** A group of replicas on namespaced hosts, with the handles faults need. */
+export class FaultGroup {
+  readonly procs: (Subprocess | null)[] = new Array(REPLICAS).fill(null);
+  readonly logs: string[][] = Array.from({ length: REPLICAS }, () => []);
+  leader = 0;
+
+  constructor(
+    readonly net: TestNetwork,
+    readonly configPath: string,
+    private readonly replicaCommand: readonly string[],
+  ) {}
+
+  start(id: number): void {
+    const proc = Bun.spawn([...this.net.exec(id), ...this.replicaCommand, "replica", "--config", this.configPath, "--id", String(id)], {
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, FITB_LOG: process.env.FITB_LOG ?? "info" },
+    });
+    this.procs[id] = proc;
+    void drain(proc.stdout, this.logs[id] as string[]);
+    void drain(proc.stderr, this.logs[id] as string[]);
+  }
+
+  async kill(id: number): Promise<void> {
+    const proc = this.procs[id];
+    proc?.kill("SIGKILL");
+    await proc?.exited;
+    this.procs[id] = null;
+  }
+
+  signal(id: number, signal: "SIGSTOP" | "SIGCONT"): void {
+    // `ip netns exec` execs the program, so the process spawned is the replica itself.
+    this.procs[id]?.kill(signal);
+  }
+
+  async stop(): Promise<void> {
+    for (const proc of this.procs) {
+      proc?.kill("SIGCONT");
+      proc?.kill("SIGKILL");
+    }
+    await Promise.all(this.procs.map((proc) => proc?.exited));
+  }
+
+  tail(id: number, lines = 20): string {
+    return (this.logs[id] ?? []).join("").split("\n").slice(-lines).join("\n");
+  }
+}
+
+async function drain(stream: ReadableStream<Uint8Array>, into: string[]): Promise<void> {
+  const decoder = new TextDecoder();
+  for await (const chunk of stream) {
+    into.push(decoder.decode(chunk));
+    if (into.length > 10_000) into.splice(0, 5_000);
+  }
+}
+
+/** The faults, alone and combined. `leader` is read from the group's status when the fault starts. */
+export const FAULTS: readonly Fault[] = [
+  {
+    name: "kill-follower",
+    what: "kill -9 of one follower (f = 1), restarted",
+    holdMs: 3_000,
+    apply: (g) => g.kill((g.leader + 1) % REPLICAS),
+    heal: (g) => g.start((g.leader + 1) % REPLICAS),
+  },
+  {
+    name: "kill-leader",
+    what: "kill -9 of the leader, restarted",
+    holdMs: 3_000,
+    apply: (g) => g.kill(g.leader),
+    heal: (g) => g.start(g.leader),
+  },
+  {
+    name: "kill-all",
+    what: "kill -9 of all four replicas, then all restarted",
+    holdMs: 1_000,
+    apply: async (g) => {
+      for (let id = 0; id < REPLICAS; id++) await g.kill(id);
+    },
+    heal: (g) => {
+      for (let id = 0; id < REPLICAS; id++) g.start(id);
+    },
+  },
+  {
+    name: "pause-leader",
+    what: "SIGSTOP of the leader, SIGCONT later",
+    holdMs: 5_000,
+    apply: (g) => g.signal(g.leader, "SIGSTOP"),
+    heal: (g) => g.signal(g.leader, "SIGCONT"),
+  },
+  {
+    name: "pause-follower",
+    what: "SIGSTOP of one follower, SIGCONT later",
+    holdMs: 5_000,
+    apply: (g) => g.signal((g.leader + 1) % REPLICAS, "SIGSTOP"),
+    heal: (g) => g.signal((g.leader + 1) % REPLICAS, "SIGCONT"),
+  },
+  {
+    name: "isolate-leader",
+    what: "the leader's link down (no packet in or out)",
+    holdMs: 5_000,
+    apply: (g) => g.net.isolate(g.leader),
+    heal: (g) => g.net.reconnect(g.leader),
+  },
+  {
+    name: "one-way-cut",
+    what: "packets from the leader to one follower dropped",
+    holdMs: 5_000,
+    apply: (g) => g.net.cut(g.leader, (g.leader + 1) % REPLICAS),
+    heal: (g) => g.net.heal(),
+  },
+  {
+    name: "split-2-2",
+    what: "two halves that cannot reach each other (no quorum: no progress), then healed",
+    holdMs: 5_000,
+    apply: (g) => g.net.split([g.leader, (g.leader + 1) % REPLICAS], [(g.leader + 2) % REPLICAS, (g.leader + 3) % REPLICAS]),
+    heal: (g) => g.net.heal(),
+  },
+  {
+    name: "slow-leader-link",
+    what: "the leader's outgoing bandwidth limited to 2 Mbit/s (tbf)",
+    holdMs: 5_000,
+    apply: (g) => g.net.limit(g.leader, "2mbit"),
+    heal: (g) => g.net.unlimit(g.leader),
+  },
+  {
+    name: "pause-and-kill",
+    what: "the leader paused while a follower is killed (two faults at once; f = 1 is exceeded, so no progress until healed)",
+    holdMs: 4_000,
+    apply: async (g) => {
+      g.signal(g.leader, "SIGSTOP");
+      await g.kill((g.leader + 1) % REPLICAS);
+    },
+    heal: (g) => {
+      g.start((g.leader + 1) % REPLICAS);
+      g.signal(g.leader, "SIGCONT");
+    },
+  },
+];
+
+export function faultNamed(name: string): Fault {
+  const fault = FAULTS.find((f) => f.name === name);
+  if (fault === undefined) throw new Error(`no fault named ${name}; known: ${FAULTS.map((f) => f.name).join(", ")}`);
+  return fault;
+}
+
+/** Writes the group's cluster file with each replica on its own host. */
+function clusterFiles(net: TestNetwork, dir: string): { configPath: string; adminKey: string; clientKey: string } {
+  const init = initCluster({ dir, replicas: REPLICAS, host: "127.0.0.1", basePort: PORT, name: "faults", overwrite: false });
+  let text = readFileSync(init.configPath, "utf8");
+  let id = 0;
+  text = text.replace(/^host = "127\.0\.0\.1"$/gm, () => `host = "${net.host(id++).address}"`);
+  text = text.replace(/^port = \d+$/gm, `port = ${PORT}`);
+  writeFileSync(init.configPath, text);
+  return { configPath: init.configPath, adminKey: init.adminKeyFile, clientKey: init.clientKeyFile };
+}
+
+function client(configPath: string, keyPath: string): FitbClient {
+  const setup = loadClientSetup(configPath, keyPath);
+  const c = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: REQUEST_TIMEOUT_MS } });
+  c.start();
+  return c;
+}
+
+/**
+ * Runs one fault from a fresh group and returns its row. `replicaCommand` is how a replica
+ * is started (`dist/fitb`, or bun with src/cli/main.ts); `progress` gets a line per phase.
+ */
+export async function runFault(
+  fault: Fault,
+  replicaCommand: readonly string[],
+  progress: (line: string) => void = () => {},
+): Promise<FaultRow> {
+  const net = TestNetwork.create(REPLICAS);
+  const dir = mkdtempSync(join(tmpdir(), "fitb-faults-"));
+  const files = clusterFiles(net, dir);
+  const group = new FaultGroup(net, files.configPath, replicaCommand);
+  const clients: FitbClient[] = [];
+  try {
+    for (let id = 0; id < REPLICAS; id++) group.start(id);
+    const admin = client(files.configPath, files.adminKey);
+    clients.push(admin);
+    const publisherKey = loadClientSetup(files.configPath, files.clientKey).key.publicKey;
+    await waitFor(
+      "the group to order an admin command",
+      async () => {
+        try {
+          await admin.admin({ t: "create-channel", tag: TAG, fault: "byzantine", order: "total", priority: "critical", public: true });
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      WAIT_MS,
+    );
+    await admin.admin({ t: "register", tag: TAG, role: "publisher", key: publisherKey });
+    const publisher = client(files.configPath, files.clientKey);
+    const reader = client(files.configPath, files.clientKey);
+    clients.push(publisher, reader);
+    const live = await collect(reader, TAG, 1);
+    progress(`${fault.name}: group up, publishing`);
+
+    const stream: Stream = { tag: TAG, prefix: "ev", acked: [], attempted: new Set(), failures: 0 };
+    const starts: number[] = [];
+    let running = true;
+    const publishing = (async () => {
+      for (let r = 0; running; r++) {
+        starts.push(Date.now());
+        const payloads = Array.from({ length: EVENTS_PER_REQUEST }, (_, i) => payloadOf(stream.prefix, r, i));
+        for (const p of payloads) stream.attempted.add(p);
+        try {
+          const ack = await publisher.publish(TAG, payloads.map(encode));
+          payloads.forEach((payload, i) => stream.acked.push({ payload, seq: ack.channelSeq === null ? null : ack.channelSeq + i }));
+        } catch {
+          stream.failures++;
+        }
+      }
+      starts.push(Date.now());
+    })();
+    const ackedRequests = (): number => stream.acked.length / EVENTS_PER_REQUEST;
+
+    await waitFor("acknowledged publishes before the fault", () => ackedRequests() >= REQUESTS_BEFORE, WAIT_MS);
+    group.leader = (await admin.status()).leader ?? 0;
+    progress(`${fault.name}: applying (${fault.what}; leader is replica ${group.leader})`);
+    await fault.apply(group);
+    await Bun.sleep(fault.holdMs);
+    const beforeHeal = ackedRequests();
+    await fault.heal(group);
+    const healedAt = Date.now();
+    progress(`${fault.name}: healed; waiting for ${REQUESTS_AFTER} more acknowledged publishes`);
+    await waitFor("publishes to be acknowledged again after healing", () => ackedRequests() > beforeHeal, WAIT_MS);
+    const recoveryMs = Date.now() - healedAt;
+    await waitFor("acknowledged publishes after healing", () => ackedRequests() >= beforeHeal + REQUESTS_AFTER, WAIT_MS);
+    running = false;
+    await publishing;
+
+    await waitConverged(admin, [0, 1, 2, 3], WAIT_MS);
+    // A last event marks the end: its seq is the channel's last, and everything before it
+    // is settled at every replica.
+    const marker = payloadOf("end", 0, 0);
+    stream.attempted.add(marker);
+    const endAck = await publisher.publish(TAG, [encode(marker)]);
+    const last = endAck.channelSeq as number;
+    stream.acked.push({ payload: marker, seq: last });
+    await waitForCount(live.events, last, "the live subscriber", WAIT_MS);
+    await live.close();
+    const history = await readHistory(reader, last);
+    const problems = checkTotalOrder([stream], history, live.events);
+    const count = (pattern: RegExp): number => problems.filter((p) => pattern.test(p)).length;
+    let longestStallMs = 0;
+    for (let i = 1; i < starts.length; i++) longestStallMs = Math.max(longestStallMs, (starts[i] as number) - (starts[i - 1] as number));
+    progress(`${fault.name}: done, ${problems.length} problems`);
+    return {
+      fault: fault.name,
+      acked: stream.acked.length,
+      delivered: live.events.length,
+      lost: count(/^acknowledged /),
+      duplicated: count(/appears twice/),
+      reordered: count(/out of publish order|gap or repeat|live delivery/),
+      forged: count(/never published|live delivered/),
+      longestStallMs,
+      recoveryMs,
+      problems,
+    };
+  } catch (error) {
+    const tails = [0, 1, 2, 3].map((id) => `replica ${id}:\n${group.tail(id)}`).join("\n");
+    throw new Error(`${fault.name}: ${(error as Error).message}\n${tails}`);
+  } finally {
+    for (const c of clients) c.close();
+    await group.stop();
+    net.destroy();
+    if (process.env.FITB_KEEP_TEST_DIRS === undefined) rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The channel's history from seq 1 to `last`, read by a fresh subscription. */
+async function readHistory(reader: FitbClient, last: number): Promise<Delivered[]> {
+  const all = await collect(reader, TAG, 1);
+  try {
+    await waitForCount(all.events, last, "the history from seq 1", WAIT_MS);
+  } finally {
+    await all.close();
+  }
+  return all.events.slice(0, last);
+}
+
+/** The table `npm run faults` prints. */
+export function formatRows(rows: readonly FaultRow[]): string {
+  const header = ["fault", "events acked", "delivered", "lost", "duplicated", "reordered", "forged", "longest stall", "recovery"];
+  const lines = rows.map((r) => [
+    r.fault,
+    String(r.acked),
+    String(r.delivered),
+    String(r.lost),
+    String(r.duplicated),
+    String(r.reordered),
+    String(r.forged),
+    `${(r.longestStallMs / 1000).toFixed(1)} s`,
+    `${(r.recoveryMs / 1000).toFixed(1)} s`,
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => (l[i] as string).length)));
+  const fmt = (cells: string[]): string => `| ${cells.map((c, i) => c.padEnd(widths[i] as number)).join(" | ")} |`;
+  return [fmt(header), `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`, ...lines.map(fmt)].join("\n");
+}
