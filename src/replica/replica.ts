@@ -43,8 +43,9 @@ export interface ReplicaOptions {
   readonly id: number;
   readonly key: SigningKey;
   readonly log: Log;
-  /** Overrides for tests: listen address (defaults to the config's). */
+  /** Where to listen (defaults to the config's host and port, which peers and clients still use). */
   readonly listenHost?: string;
+  readonly listenPort?: number;
   /** The data directory (defaults to the config's data_dir for this replica). */
   readonly dataDir?: string;
   /** When commits are fsynced (default: before anything that depends on them is sent). */
@@ -124,7 +125,7 @@ export class Replica {
     this.server = new ReplicaServer({
       self: id,
       host: options.listenHost ?? self.host,
-      port: self.port,
+      port: options.listenPort ?? self.port,
       key,
       frameBytesMax: config.limits.frameBytesMax,
       mesh: this.mesh,

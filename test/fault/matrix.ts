@@ -39,6 +39,8 @@ export interface Fault {
   readonly name: string;
   readonly what: string;
   readonly holdMs: number;
+  /** Each replica listens behind a TCP proxy of its own (proxy.ts) that the fault commands. */
+  readonly proxied?: boolean;
   apply(group: FaultGroup): Promise<void> | void;
   heal(group: FaultGroup): Promise<void> | void;
 }
@@ -60,20 +62,42 @@ export interface FaultRow {
 export class FaultGroup {
   readonly procs: (Subprocess | null)[] = new Array(REPLICAS).fill(null);
   readonly logs: string[][] = Array.from({ length: REPLICAS }, () => []);
+  readonly proxies: (TcpProxy | null)[] = new Array(REPLICAS).fill(null);
   leader = 0;
+  /** Repeats a fault action during the hold (proxy-reset); cleared at heal. */
+  repeat: ReturnType<typeof setInterval> | null = null;
 
   constructor(
     readonly net: TestNetwork,
     readonly configPath: string,
     private readonly replicaCommand: readonly string[],
+    private readonly proxied: boolean,
   ) {}
 
+  /** Starts every replica, each behind its proxy when the fault needs one. */
+  async startAll(): Promise<void> {
+    if (this.proxied) {
+      for (let id = 0; id < REPLICAS; id++) this.proxies[id] = await TcpProxy.start(this.net, id);
+    }
+    for (let id = 0; id < REPLICAS; id++) this.start(id);
+  }
+
+  proxy(id: number): TcpProxy {
+    const proxy = this.proxies[id];
+    if (proxy === null || proxy === undefined) throw new Error(`replica ${id} has no proxy`);
+    return proxy;
+  }
+
   start(id: number): void {
-    const proc = Bun.spawn([...this.net.exec(id), ...this.replicaCommand, "replica", "--config", this.configPath, "--id", String(id)], {
-      stdout: "pipe",
-      stderr: "pipe",
-      env: { ...process.env, FITB_LOG: process.env.FITB_LOG ?? "info" },
-    });
+    const listen = this.proxied ? ["--listen", `127.0.0.1:${PORT + 1}`] : [];
+    const proc = Bun.spawn(
+      [...this.net.exec(id), ...this.replicaCommand, "replica", "--config", this.configPath, "--id", String(id), ...listen],
+      {
+        stdout: "pipe",
+        stderr: "pipe",
+        env: { ...process.env, FITB_LOG: process.env.FITB_LOG ?? "info" },
+      },
+    );
     this.procs[id] = proc;
     void drain(proc.stdout, this.logs[id] as string[]);
     void drain(proc.stderr, this.logs[id] as string[]);
@@ -92,15 +116,65 @@ export class FaultGroup {
   }
 
   async stop(): Promise<void> {
+    if (this.repeat !== null) clearInterval(this.repeat);
     for (const proc of this.procs) {
       proc?.kill("SIGCONT");
       proc?.kill("SIGKILL");
     }
-    await Promise.all(this.procs.map((proc) => proc?.exited));
+    for (const proxy of this.proxies) proxy?.stop();
+    await Promise.all([...this.procs.map((proc) => proc?.exited), ...this.proxies.map((proxy) => proxy?.exited)]);
   }
 
   tail(id: number, lines = 20): string {
     return (this.logs[id] ?? []).join("").split("\n").slice(-lines).join("\n");
+  }
+}
+
+/** A proxy.ts process in front of one replica, in that replica's namespace. */
+export class TcpProxy {
+  private lines: string[] = [];
+
+  private constructor(private readonly proc: Subprocess<"pipe", "pipe", "pipe">) {
+    void (async () => {
+      const decoder = new TextDecoder();
+      let rest = "";
+      for await (const chunk of proc.stdout) {
+        rest += decoder.decode(chunk);
+        const parts = rest.split("\n");
+        rest = parts.pop() ?? "";
+        this.lines.push(...parts);
+      }
+    })();
+  }
+
+  static async start(net: TestNetwork, id: number): Promise<TcpProxy> {
+    const script = join(import.meta.dir, "proxy.ts");
+    const proc = Bun.spawn([...net.exec(id), process.execPath, script, `${net.host(id).address}:${PORT}`, `127.0.0.1:${PORT + 1}`], {
+      stdin: "pipe",
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const proxy = new TcpProxy(proc);
+    await waitFor(`the proxy of replica ${id} to listen`, () => proxy.lines.includes("ready"), WAIT_MS);
+    return proxy;
+  }
+
+  get exited(): Promise<number> {
+    return this.proc.exited;
+  }
+
+  /** Sends a command (pass, delay MS, stall, reset) and waits until the proxy says it is in force. */
+  async command(line: string): Promise<void> {
+    const answer = `ok ${line}`;
+    const seen = this.lines.filter((l) => l === answer).length;
+    this.proc.stdin.write(`${line}\n`);
+    this.proc.stdin.flush();
+    await waitFor(`the proxy to apply "${line}"`, () => this.lines.filter((l) => l === answer).length > seen, WAIT_MS);
+  }
+
+  stop(): void {
+    this.proc.stdin.end();
+    this.proc.kill("SIGKILL");
   }
 }
 
@@ -182,6 +256,35 @@ export const FAULTS: readonly Fault[] = [
     heal: (g) => g.net.unlimit(g.leader),
   },
   {
+    name: "proxy-delay",
+    what: "everything to and from the leader delayed 200 ms (TCP proxy)",
+    holdMs: 5_000,
+    proxied: true,
+    apply: (g) => g.proxy(g.leader).command("delay 200"),
+    heal: (g) => g.proxy(g.leader).command("pass"),
+  },
+  {
+    name: "proxy-stall",
+    what: "the leader's connections stall (bytes held, not dropped), then flow again",
+    holdMs: 5_000,
+    proxied: true,
+    apply: (g) => g.proxy(g.leader).command("stall"),
+    heal: (g) => g.proxy(g.leader).command("pass"),
+  },
+  {
+    name: "proxy-reset",
+    what: "every connection to the leader reset, every 500 ms",
+    holdMs: 5_000,
+    proxied: true,
+    apply: (g) => {
+      g.repeat = setInterval(() => void g.proxy(g.leader).command("reset"), 500);
+    },
+    heal: (g) => {
+      if (g.repeat !== null) clearInterval(g.repeat);
+      g.repeat = null;
+    },
+  },
+  {
     name: "pause-and-kill",
     what: "the leader paused while a follower is killed (two faults at once; f = 1 is exceeded, so no progress until healed)",
     holdMs: 4_000,
@@ -232,10 +335,10 @@ export async function runFault(
   const net = TestNetwork.create(REPLICAS);
   const dir = mkdtempSync(join(tmpdir(), "fitb-faults-"));
   const files = clusterFiles(net, dir);
-  const group = new FaultGroup(net, files.configPath, replicaCommand);
+  const group = new FaultGroup(net, files.configPath, replicaCommand, fault.proxied === true);
   const clients: FitbClient[] = [];
   try {
-    for (let id = 0; id < REPLICAS; id++) group.start(id);
+    await group.startAll();
     const admin = client(files.configPath, files.adminKey);
     clients.push(admin);
     const publisherKey = loadClientSetup(files.configPath, files.clientKey).key.publicKey;

@@ -9,6 +9,7 @@ import { bytesEqual } from "../../crypto/encoding.ts";
 import { KeyFileError, loadSigningKeyFile } from "../../crypto/keys.ts";
 import { formatAddress, requireClusterConfig } from "../../config/cluster.ts";
 import { createLog, logLevelFromEnv } from "../../replica/log.ts";
+import { type ListenAddress, parseListenAddress } from "../../relay/listen.ts";
 import { listenFailure } from "../../relay/server.ts";
 import { Replica } from "../../replica/replica.ts";
 import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy } from "../../replica/storage/index.ts";
@@ -48,6 +49,13 @@ export const replicaCommand: Command = {
       valueName: "HOST:PORT",
       description: "Serve Prometheus metrics at http://HOST:PORT/metrics and JSON status at /status (off by default)",
     },
+    {
+      name: "listen",
+      kind: "string",
+      valueName: "HOST:PORT",
+      description:
+        "Listen here instead of the replica's host:port in the config (behind NAT, a load balancer or a proxy; 0.0.0.0:PORT for every interface); peers and clients still use the config's address",
+    },
   ],
   positionals: [],
   examples: ["fitb replica --config /etc/fitb/cluster.toml --id 0 --key /etc/fitb/replica-0.key --data /var/lib/fitb"],
@@ -74,12 +82,13 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   }
   const dataDir = args.string("data") ?? entry.dataDir;
   const sync = parseSync(args.string("sync") ?? DEFAULT_SYNC_POLICY);
+  const listen = parseListen(args.string("listen"));
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const log = createLog({ replica: id }, logLevelFromEnv());
   for (const warning of loaded.warnings) log.warn(warning);
   let replica: Replica;
   try {
-    replica = new Replica({ config, id, key, log, dataDir, sync });
+    replica = new Replica({ config, id, key, log, dataDir, sync, listenHost: listen?.host, listenPort: listen?.port });
   } catch (error) {
     if (error instanceof StoreIdentityError) throw new CommandError(error.message);
     throw new CommandError(`cannot start replica ${id} on data directory ${dataDir}: ${(error as Error).message}`);
@@ -98,7 +107,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   } catch (error) {
     metricsServer?.stop(true);
     replica.stop();
-    const address = formatAddress(entry.host, entry.port);
+    const address = formatAddress(listen?.host ?? entry.host, listen?.port ?? entry.port);
     // Bun's own message names neither the port nor why; the error code does.
     const problem = listenFailure(address, error, "replica");
     throw new CommandError(problem.startsWith("cannot listen") ? `cannot start replica ${id}: ${problem}` : problem);
@@ -114,6 +123,13 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     process.once("SIGINT", stop);
   });
   return EXIT_OK;
+}
+
+function parseListen(text: string | undefined): ListenAddress | undefined {
+  if (text === undefined) return undefined;
+  const parsed = parseListenAddress(text);
+  if (!parsed.ok) throw new UsageError(`--listen: ${parsed.reason}`);
+  return parsed.address;
 }
 
 function parseSync(text: string): SyncPolicy {
