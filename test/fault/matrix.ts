@@ -10,7 +10,8 @@
  * of `npm test` (matrix.test.ts). Waits are on conditions (acknowledgements, status
  * answers); the only fixed time is how long a fault is held, which is the schedule.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
@@ -41,6 +42,8 @@ export interface Fault {
   readonly holdMs: number;
   /** Each replica listens behind a TCP proxy of its own (proxy.ts) that the fault commands. */
   readonly proxied?: boolean;
+  /** Each replica keeps its data on a tmpfs of its own that the fault can shrink (disk full). */
+  readonly smallDisks?: boolean;
   apply(group: FaultGroup): Promise<void> | void;
   heal(group: FaultGroup): Promise<void> | void;
 }
@@ -75,7 +78,15 @@ export class FaultGroup {
   ) {}
 
   /** Starts every replica, each behind its proxy when the fault needs one. */
-  async startAll(): Promise<void> {
+  async startAll(smallDisks: boolean, dir: string): Promise<void> {
+    if (smallDisks) {
+      for (let id = 0; id < REPLICAS; id++) {
+        const disk = join(dir, `disk-${id}`);
+        mkdirSync(disk);
+        mountTmpfs(disk, DISK_ROOMY);
+        this.disks[id] = disk;
+      }
+    }
     if (this.proxied) {
       for (let id = 0; id < REPLICAS; id++) this.proxies[id] = await TcpProxy.start(this.net, id);
     }
@@ -88,8 +99,13 @@ export class FaultGroup {
     return proxy;
   }
 
+  /** The tmpfs data directory of each replica (smallDisks faults), mounted by startAll. */
+  readonly disks: (string | null)[] = new Array(REPLICAS).fill(null);
+
   start(id: number): void {
     const listen = this.proxied ? ["--listen", `127.0.0.1:${PORT + 1}`] : [];
+    const disk = this.disks[id];
+    if (disk !== null && disk !== undefined) listen.push("--data", disk);
     const proc = Bun.spawn(
       [...this.net.exec(id), ...this.replicaCommand, "replica", "--config", this.configPath, "--id", String(id), ...listen],
       {
@@ -123,6 +139,22 @@ export class FaultGroup {
     }
     for (const proxy of this.proxies) proxy?.stop();
     await Promise.all([...this.procs.map((proc) => proc?.exited), ...this.proxies.map((proxy) => proxy?.exited)]);
+    for (const disk of this.disks) if (disk !== null) spawnSync("umount", ["-l", disk]);
+  }
+
+  /** Shrinks replica `id`'s disk to what it uses now: every further write fails with ENOSPC. */
+  fillDisk(id: number): void {
+    const disk = this.disks[id] as string;
+    const used = spawnSync("df", ["--output=used", "-k", disk], { encoding: "utf8" }).stdout.trim().split("\n").at(-1)?.trim();
+    mountTmpfs(disk, `${Math.max(Number(used), 1)}k`, true);
+  }
+
+  /** Gives replica `id` room again, and restarts it if the full disk stopped it. */
+  async freeDisk(id: number): Promise<void> {
+    mountTmpfs(this.disks[id] as string, DISK_ROOMY, true);
+    const proc = this.procs[id];
+    if (proc !== null && proc !== undefined && proc.exitCode !== null) this.start(id);
+    else if (proc === null) this.start(id);
   }
 
   tail(id: number, lines = 20): string {
@@ -176,6 +208,14 @@ export class TcpProxy {
     this.proc.stdin.end();
     this.proc.kill("SIGKILL");
   }
+}
+
+const DISK_ROOMY = "256m";
+
+function mountTmpfs(path: string, size: string, remount = false): void {
+  const options = remount ? `remount,size=${size}` : `size=${size}`;
+  const r = spawnSync("mount", ["-t", "tmpfs", "-o", options, "tmpfs", path], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`mount ${options} ${path} failed: ${r.stderr.trim()}`);
 }
 
 async function drain(stream: ReadableStream<Uint8Array>, into: string[]): Promise<void> {
@@ -285,6 +325,23 @@ export const FAULTS: readonly Fault[] = [
     },
   },
   {
+    name: "disk-full",
+    what: "a follower's disk full (tmpfs shrunk to what it uses), then room again",
+    holdMs: 5_000,
+    smallDisks: true,
+    apply: async (g) => {
+      const id = (g.leader + 1) % REPLICAS;
+      g.fillDisk(id);
+      // The fault is in force once the replica has met it: it stopped, or said so.
+      await waitFor(
+        `replica ${id} to meet its full disk`,
+        () => g.procs[id]?.exitCode !== null || g.tail(id, 50).includes("storage commit failed"),
+        WAIT_MS,
+      );
+    },
+    heal: (g) => g.freeDisk((g.leader + 1) % REPLICAS),
+  },
+  {
     name: "pause-and-kill",
     what: "the leader paused while a follower is killed (two faults at once; f = 1 is exceeded, so no progress until healed)",
     holdMs: 4_000,
@@ -338,7 +395,7 @@ export async function runFault(
   const group = new FaultGroup(net, files.configPath, replicaCommand, fault.proxied === true);
   const clients: FitbClient[] = [];
   try {
-    await group.startAll();
+    await group.startAll(fault.smallDisks === true, dir);
     const admin = client(files.configPath, files.adminKey);
     clients.push(admin);
     const publisherKey = loadClientSetup(files.configPath, files.clientKey).key.publicKey;
