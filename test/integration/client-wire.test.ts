@@ -10,9 +10,7 @@ import { randomBytes } from "node:crypto";
 import type { Canonical } from "../../wire/canonical.ts";
 import { FrameDecoder } from "../../wire/frame.ts";
 import {
-  decodeFrameBody,
   decodeRequestBody,
-  encodeTypedFrame,
   type Frame,
   type Hello,
   type HelloAck,
@@ -22,7 +20,14 @@ import {
   type Subscribe,
 } from "../../wire/schemas.ts";
 import { sessionTranscript } from "../../wire/session.ts";
-import { DOMAIN_REQUEST, DOMAIN_SESSION_INITIATOR, DOMAIN_SESSION_RESPONDER, FrameType, type ErrorCode } from "../../wire/types.ts";
+import {
+  DOMAIN_REQUEST,
+  DOMAIN_SESSION_INITIATOR,
+  DOMAIN_SESSION_RESPONDER,
+  FrameType,
+  type ErrorCode,
+  PROTOCOL_VERSION,
+} from "../../wire/types.ts";
 import { FitbClient } from "../../src/client/client.ts";
 import { ReplicaConnection, type ConnectionEvents, type ConnectionOptions } from "../../src/client/connection.ts";
 import { type ClientError, HandshakeError, NoQuorumError, ReplicaUnreachableError, RequestRejectedError } from "../../src/client/errors.ts";
@@ -32,6 +37,15 @@ import { signDomain, verifyDomain } from "../../src/crypto/ed25519.ts";
 import { toHex } from "../../src/crypto/encoding.ts";
 import { sha256 } from "../../src/crypto/hash.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
+import {
+  deriveSessionKeys,
+  generateEphemeralKeyPair,
+  type SessionFraming,
+  type SessionKeys,
+  sessionFraming,
+  x25519SharedSecret,
+} from "../../src/crypto/session.ts";
+import { decodeSessionFrame, encodeSessionFrame } from "../helpers/client-session.ts";
 import { waitFor } from "../helpers/wait.ts";
 
 // ---------------------------------------------------------------------------------------
@@ -45,6 +59,9 @@ interface ConnState {
   hello: Hello | null;
   ack: HelloAck | null;
   client: Uint8Array | null;
+  /** The session keys from HELLO until AUTH verifies; then the framing that seals and opens every frame. */
+  keys: SessionKeys | null;
+  framing: SessionFraming | null;
   subs: Map<number, { tag: string; next: number }>;
 }
 
@@ -118,10 +135,18 @@ class TestReplica {
     this.server = Bun.listen<ConnState>({
       hostname: "127.0.0.1",
       port: 0,
-      data: { decoder: new FrameDecoder(), hello: null, ack: null, client: null, subs: new Map() },
+      data: { decoder: new FrameDecoder(), hello: null, ack: null, client: null, keys: null, framing: null, subs: new Map() },
       socket: {
         open: (socket) => {
-          socket.data = { decoder: new FrameDecoder({ copyPayloads: true }), hello: null, ack: null, client: null, subs: new Map() };
+          socket.data = {
+            decoder: new FrameDecoder({ copyPayloads: true }),
+            hello: null,
+            ack: null,
+            client: null,
+            keys: null,
+            framing: null,
+            subs: new Map(),
+          };
           this.sockets.add(socket);
         },
         data: (socket, data) => this.onData(socket, data),
@@ -148,7 +173,7 @@ class TestReplica {
   }
 
   send(socket: Conn, frame: Frame): void {
-    socket.write(encodeTypedFrame(frame));
+    socket.write(encodeSessionFrame(frame, socket.data.framing));
   }
 
   framesOfType(type: number): Frame[] {
@@ -158,8 +183,8 @@ class TestReplica {
   private onData(socket: Conn, data: Uint8Array): void {
     for (const item of socket.data.decoder.push(new Uint8Array(data))) {
       if (!item.ok) throw new Error(`test replica ${this.id}: ${item.error.reason}`);
-      const decoded = decodeFrameBody(item.type, item.payload);
-      if (!decoded.ok) throw new Error(`test replica ${this.id}: ${decoded.error.reason}`);
+      const decoded = decodeSessionFrame(item, socket.data.framing);
+      if (!decoded.ok) throw new Error(`test replica ${this.id}: ${"error" in decoded ? decoded.error.reason : "a frame failed its MAC"}`);
       this.received.push(decoded.frame);
       this.onFrame(socket, decoded.frame);
     }
@@ -197,13 +222,18 @@ class TestReplica {
       return;
     }
     const presented = this.script.presentKey ?? this.key;
+    const eph = generateEphemeralKeyPair();
     const unsigned = {
-      v: 1 as const,
+      v: PROTOCOL_VERSION,
       replica: this.script.claimId ?? this.id,
       key: presented.publicKey,
       nonce: new Uint8Array(randomBytes(32)),
-    };
-    const sig = signDomain(presented, DOMAIN_SESSION_RESPONDER, sessionTranscript(hello, unsigned));
+      eph: eph.publicKey,
+    } as const;
+    const transcript = sessionTranscript(hello, unsigned);
+    if (hello.role === "client")
+      socket.data.keys = deriveSessionKeys(x25519SharedSecret(eph, hello.eph), transcript, "responder", "client");
+    const sig = signDomain(presented, DOMAIN_SESSION_RESPONDER, transcript);
     if (this.script.badSignature === true) sig[0] = (sig[0] as number) ^ 0xff;
     const ack: HelloAck = { ...unsigned, sig };
     socket.data.hello = hello;
@@ -219,6 +249,7 @@ class TestReplica {
       return;
     }
     socket.data.client = hello.key;
+    socket.data.framing = sessionFraming(socket.data.keys as SessionKeys);
     this.authenticated.push(hello.key);
   }
 
