@@ -231,7 +231,7 @@ export const replySchema = z.discriminatedUnion("ok", [
   }),
 ]);
 
-export const QUERY_KINDS = ["status", "list-channels", "client-seq", "channel-info"] as const;
+export const QUERY_KINDS = ["status", "list-channels", "client-seq", "channel-info", "publishers"] as const;
 
 // `after` (QUERY, SUBSCRIBE) and `at` (QUERY_REPLY, SUB_OK, SUB_END, REPLY) carry decided
 // seqs for read-your-writes: PROTOCOL.md section 6.3.
@@ -240,6 +240,8 @@ export const querySchema = z.discriminatedUnion("q", [
   // The sequence space of publishes is per (client, tag); without a tag, the admin space.
   z.strictObject({ id: uintSchema, q: z.literal("client-seq"), tag: tagSchema.optional(), after: uintSchema.optional() }),
   z.strictObject({ id: uintSchema, q: z.literal("channel-info"), tag: tagSchema, after: uintSchema.optional() }),
+  // The keys registered as publishers of a channel: what subscribers of crash-fault channels filter by.
+  z.strictObject({ id: uintSchema, q: z.literal("publishers"), tag: tagSchema, after: uintSchema.optional() }),
 ]);
 
 export const queryReplySchema = z.discriminatedUnion("ok", [

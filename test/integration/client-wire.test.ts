@@ -92,6 +92,8 @@ class SharedLedger {
   /** Per tag: the decided batches, by first channel seq. */
   readonly logs = new Map<string, { first: number; signed: SignedRequest; span: number; digest: string }[]>();
   readonly replicas: TestReplica[] = [];
+  /** Per tag: the registered publishers (default: the test's client key). */
+  readonly publishers = new Map<string, Uint8Array[]>();
 
   /** The channel seq of a request: assigned once, the same for every honest replica. */
   decide(tag: string, signed: SignedRequest, span: number): number {
@@ -334,6 +336,9 @@ class TestReplica {
         return { channels: [...this.ledger.channels].map(([tag, c]) => ({ tag, ...c, priority: "normal", public: true })) };
       case "status":
         return { replica: this.id, view: 2, leader: 2, lastDecided: 40 + this.id, channels: this.ledger.channels.size, peers: [] };
+      case "publishers":
+        if (!this.ledger.channels.has(query.tag)) return { refuse: "UNKNOWN_CHANNEL", reason: `no channel ${query.tag}` };
+        return { publishers: this.ledger.publishers.get(query.tag) ?? [clientKey.publicKey] };
     }
   }
 

@@ -350,7 +350,7 @@ describe("client session frames (wire/PROTOCOL.md 5.2)", () => {
     expect(receive(new FrameOpener(replicaKeys.receiveKey), Buffer.concat(sealed))).toEqual(frames);
     const inPlace = new FrameSealer(clientKeys.sendKey);
     frames.forEach((frame, i) =>
-      expect(inPlace.sealInPlace(encodeTypedFrameWithTrailer(frame, CLIENT_FRAME_MAC_BYTES))).toEqual(sealed[i]),
+      expect(inPlace.sealInPlace(encodeTypedFrameWithTrailer(frame, CLIENT_FRAME_MAC_BYTES))).toEqual(sealed[i] as Uint8Array),
     );
     // The MAC is counted in the length field: a frame is 32 bytes longer than unsealed.
     expect(sealed[0]?.length).toBe(encodeTypedFrame(frames[0] as Frame).length + CLIENT_FRAME_MAC_BYTES);
