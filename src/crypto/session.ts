@@ -297,15 +297,33 @@ const CLIENT_MAC_PREFIX = new TextEncoder().encode(`${DOMAIN_CLIENT_MAC}\u0000`)
 /** The bytes a MAC adds to a client session frame (its length field counts them). */
 export const CLIENT_FRAME_MAC_BYTES = MAC_BYTES;
 
-/** HMAC-SHA-256(key, prefix || u64be seq || typeAndPayload): one frame's MAC. */
-function clientFrameMac(key: Uint8Array, seqField: Uint8Array, typeAndPayload: Uint8Array): Buffer {
-  return createHmac("sha256", key).update(CLIENT_MAC_PREFIX).update(seqField).update(typeAndPayload).digest();
-}
+/**
+ * The fixed start of a MAC input, utf8(DOMAIN_CLIENT_MAC) || 0x00 || u64be seq, with room
+ * for `extraBytes` more (the type byte, on the receiving side): one buffer per session,
+ * rewritten per frame, so that a MAC costs two HMAC updates (measured on Bun: four small
+ * updates cost about a third more per 300-byte frame).
+ */
+class MacHeader {
+  readonly bytes: Uint8Array;
+  private readonly view: DataView;
 
-/** The next frame counter, written as u64 big-endian into `field`; throws once the space is used up. */
-function writeSeqField(field: Uint8Array, seq: number): void {
-  if (seq > PEER_FRAME_SEQ_MAX) throw new RangeError("frame sequence numbers exhausted; the session must be re-established");
-  new DataView(field.buffer, field.byteOffset, field.byteLength).setBigUint64(0, BigInt(seq), false);
+  constructor(extraBytes: number) {
+    this.bytes = new Uint8Array(CLIENT_MAC_PREFIX.length + SEQ_FIELD_BYTES + extraBytes);
+    this.bytes.set(CLIENT_MAC_PREFIX);
+    this.view = new DataView(this.bytes.buffer);
+  }
+
+  /** Writes the frame counter; throws once the space is used up rather than wrap. */
+  setSeq(seq: number): void {
+    if (seq > PEER_FRAME_SEQ_MAX) throw new RangeError("frame sequence numbers exhausted; the session must be re-established");
+    const at = CLIENT_MAC_PREFIX.length;
+    this.view.setUint32(at, Math.floor(seq / 0x1_0000_0000), false);
+    this.view.setUint32(at + 4, seq >>> 0, false);
+  }
+
+  setType(type: number): void {
+    this.bytes[CLIENT_MAC_PREFIX.length + SEQ_FIELD_BYTES] = type;
+  }
 }
 
 /**
@@ -316,7 +334,7 @@ function writeSeqField(field: Uint8Array, seq: number): void {
  */
 export class FrameSealer {
   readonly #key: Uint8Array;
-  readonly #seqField = new Uint8Array(SEQ_FIELD_BYTES);
+  readonly #header = new MacHeader(0);
   #sent = 0;
 
   constructor(key: Uint8Array) {
@@ -336,8 +354,9 @@ export class FrameSealer {
   sealInPlace(frame: Uint8Array): Uint8Array {
     const macAt = frame.length - CLIENT_FRAME_MAC_BYTES;
     if (macAt <= FRAME_LENGTH_BYTES) throw new RangeError("sealInPlace: the frame has no room for its type byte and MAC");
-    writeSeqField(this.#seqField, this.#sent + 1);
-    const mac = clientFrameMac(this.#key, this.#seqField, frame.subarray(FRAME_LENGTH_BYTES, macAt));
+    this.#header.setSeq(this.#sent + 1);
+    // The type byte and the payload follow the length field: one contiguous input.
+    const mac = createHmac("sha256", this.#key).update(this.#header.bytes).update(frame.subarray(FRAME_LENGTH_BYTES, macAt)).digest();
     this.#sent += 1;
     frame.set(mac, macAt);
     return frame;
@@ -361,8 +380,7 @@ export class FrameSealer {
  */
 export class FrameOpener {
   readonly #key: Uint8Array;
-  readonly #seqField = new Uint8Array(SEQ_FIELD_BYTES);
-  readonly #typeField = new Uint8Array(FRAME_TYPE_FIELD_BYTES);
+  readonly #header = new MacHeader(FRAME_TYPE_FIELD_BYTES);
   #accepted = 0;
 
   constructor(key: Uint8Array) {
@@ -384,15 +402,10 @@ export class FrameOpener {
     const macAt = sealedPayload.length - CLIENT_FRAME_MAC_BYTES;
     if (macAt < 0 || !Number.isInteger(type) || type < 0 || type > 0xff) return null;
     if (this.#accepted >= PEER_FRAME_SEQ_MAX) return null;
-    writeSeqField(this.#seqField, this.#accepted + 1);
-    this.#typeField[0] = type;
+    this.#header.setSeq(this.#accepted + 1);
+    this.#header.setType(type);
     const payload = sealedPayload.subarray(0, macAt);
-    const expected = createHmac("sha256", this.#key)
-      .update(CLIENT_MAC_PREFIX)
-      .update(this.#seqField)
-      .update(this.#typeField)
-      .update(payload)
-      .digest();
+    const expected = createHmac("sha256", this.#key).update(this.#header.bytes).update(payload).digest();
     if (!timingSafeEqual(expected, sealedPayload.subarray(macAt))) return null;
     this.#accepted += 1;
     return payload;
