@@ -571,15 +571,16 @@ export class ReplicaServer {
       conn.closeWith({ type: FrameType.ERROR, body: { code: "BAD_SIGNATURE", reason: "AUTH does not verify for the HELLO's key" } });
       return;
     }
+    // AUTH was the last frame without a MAC, in both directions: from here on, even a
+    // refusal is sealed, so the client can tell it from one an attacker made up.
+    conn.framing = sessionFraming(state.clientKeys as SessionKeys);
+    state.clientKeys = null;
     const keyHex = Buffer.from(hello.key).toString("hex");
     // Other handshakes with the same key or address may have finished since the HELLO.
     const refusal = this.clientRefusal(keyHex, conn.remote);
     if (refusal !== null) return this.refuseClient(conn, refusal);
     this.endHandshake(conn, state);
     state.phase = "client";
-    // AUTH was the last frame without a MAC, in both directions.
-    conn.framing = sessionFraming(state.clientKeys as SessionKeys);
-    state.clientKeys = null;
     conn.useBudget(this.outputBudget);
     state.session = { conn, key: hello.key, keyHex, id: this.nextSessionId++ };
     this.clientsByKey.add(keyHex);

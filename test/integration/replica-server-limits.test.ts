@@ -481,6 +481,8 @@ describe("authenticated client connections", () => {
     expectSession(first);
     await sendClientAuth(second, key, secondHandshake);
     await expectRefused(second, "1 connections open with this client key; at most 1");
+    // Refused after AUTH verified: the refusal is sealed like any session frame.
+    expect(second.unsealedFrames).toBe(0);
   });
 
   test("at most clientConnectionsPerAddressMax from one address, whatever the keys", async () => {
