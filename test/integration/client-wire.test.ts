@@ -505,7 +505,8 @@ describe("session handshake", () => {
     const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger());
     started.push(replica);
     const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
-    await waitFor("session", () => events.ready === 1 && replica.sockets.size === 1);
+    // Until the replica has taken AUTH it has no session keys to seal the PING with.
+    await waitFor("session", () => events.ready === 1 && replica.authenticated.length === 1);
     replica.send([...replica.sockets][0]!, { type: FrameType.PING, body: { n: 77 } });
     await waitFor("PONG", () => replica.framesOfType(FrameType.PONG).length === 1);
     expect(replica.framesOfType(FrameType.PONG)[0]!.body).toEqual({ n: 77 });
@@ -531,6 +532,22 @@ describe("session handshake", () => {
     expect(events.down.length).toBe(1);
     expect(events.down[0]!.message).toContain("connection lost");
     expect(conn.isReady).toBe(true);
+  });
+
+  test("a frame whose MAC fails (one byte altered in transit) is not looked at: the session drops, reports it, and comes back", async () => {
+    const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger());
+    started.push(replica);
+    const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
+    await waitFor("session", () => events.ready === 1 && replica.authenticated.length === 1);
+    const socket = [...replica.sockets][0]!;
+    const sealed = encodeSessionFrame({ type: FrameType.ERROR, body: { code: "INTERNAL", reason: "made up" } }, socket.data.framing);
+    sealed[sealed.length - 33] = (sealed[sealed.length - 33] as number) ^ 0x20;
+    socket.write(sealed);
+    await waitFor("drop", () => events.down.length === 1);
+    expect(events.down[0]).toBeInstanceOf(ReplicaUnreachableError);
+    expect(events.down[0]!.message).toContain("frame 1 (type 0x4) failed its MAC check: altered, replayed or reordered in transit");
+    expect(events.frames).toEqual([]);
+    await waitFor("a fresh session", () => events.ready === 2 && replica.authenticated.length === 2);
   });
 
   test("a byte stream that cannot be framed drops the session", async () => {
