@@ -25,7 +25,11 @@ export const REFRESH_INTERVAL_MS = 500;
 export const UNKNOWN_PUBLISHER_WAIT_MS = 5_000;
 /** How long a refused key stays refused before its copies cause another look. */
 export const REFUSED_PUBLISHER_MS = 30_000;
-/** Unknown keys waiting for a refresh at once; past it a new one is refused at once. */
+/**
+ * Unknown keys waiting for a refresh at once. Past it the one waiting longest makes room:
+ * it only loses its place in the wait (its copies stay held, and it is looked at again
+ * with them), so a flood of made-up keys cannot get a newly registered key refused.
+ */
 export const UNKNOWN_PUBLISHERS_MAX = 64;
 /** Refused keys remembered; past it the oldest is forgotten (and may cause a look again). */
 export const REFUSED_PUBLISHERS_MAX = 1024;
@@ -65,7 +69,7 @@ export class PublisherRegistry {
       this.refused.delete(hex);
     }
     if (!this.unknown.has(hex)) {
-      if (this.unknown.size >= UNKNOWN_PUBLISHERS_MAX) return false;
+      if (this.unknown.size >= UNKNOWN_PUBLISHERS_MAX) this.unknown.delete(this.unknown.keys().next().value as string);
       this.unknown.set(hex, nowMs);
     }
     this.wanted = true;
