@@ -19,8 +19,10 @@ import { sha256, sha512 } from "@noble/hashes/sha2.js";
 import { type Canonical, encodeCanonical } from "../wire/canonical.ts";
 import { encodeFrame } from "../wire/frame.ts";
 import { type Frame, type Hello, type HelloAck, type Request, encodeRequestBody, encodeTypedFrame } from "../wire/schemas.ts";
-import { peerMacInput, requestSigningInput, sessionTranscript, signingInput } from "../wire/session.ts";
+import { clientMacInput, peerMacInput, requestSigningInput, sessionTranscript, signingInput } from "../wire/session.ts";
 import {
+  DOMAIN_CLIENT_KEY_I2R,
+  DOMAIN_CLIENT_KEY_R2I,
   DOMAIN_PEER_KEY_I2R,
   DOMAIN_PEER_KEY_R2I,
   DOMAIN_SESSION_INITIATOR,
@@ -45,6 +47,7 @@ export const TEST_LABELS = {
   peerKey: "fitb test vector: replica 1 ed25519 seed",
   peerEph: "fitb test vector: replica 1 x25519 ephemeral",
   replicaEph: "fitb test vector: replica 0 x25519 ephemeral",
+  clientEph: "fitb test vector: client x25519 ephemeral",
   clientNonce: "fitb test vector: client nonce",
   replicaNonce: "fitb test vector: replica nonce",
   peerNonce: "fitb test vector: replica 1 nonce",
@@ -105,6 +108,7 @@ function material() {
     peerNonce: testSeed(TEST_LABELS.peerNonce),
     peerEph: x25519KeyPair(testSeed(TEST_LABELS.peerEph)),
     replicaEph: x25519KeyPair(testSeed(TEST_LABELS.replicaEph)),
+    clientEph: x25519KeyPair(testSeed(TEST_LABELS.clientEph)),
   };
 }
 
@@ -162,15 +166,27 @@ function signed(m: ReturnType<typeof material>, request: Request) {
 }
 
 function buildSession(m: ReturnType<typeof material>) {
-  const clientHello: Hello = { v: 1, role: "client", key: m.clientKey, nonce: m.clientNonce };
-  const clientAckUnsigned = { v: 1 as const, replica: 0, key: m.replicaKey, nonce: m.replicaNonce };
+  const clientHello: Hello = { v: 2, role: "client", key: m.clientKey, nonce: m.clientNonce, eph: m.clientEph.pub };
+  const clientAckUnsigned = { v: 2 as const, replica: 0, key: m.replicaKey, nonce: m.replicaNonce, eph: m.replicaEph.pub };
   const clientT = sessionTranscript(clientHello, clientAckUnsigned);
   const clientAck: HelloAck = { ...clientAckUnsigned, sig: sign(m.replicaSeed, signingInput(DOMAIN_SESSION_RESPONDER, clientT)) };
   const clientAuth = { sig: sign(m.clientSeed, signingInput(DOMAIN_SESSION_INITIATOR, clientT)) };
+  const clientShared = new Uint8Array(diffieHellman({ privateKey: m.clientEph.priv, publicKey: createPublicKey(m.replicaEph.priv) }));
+  const clientSalt = sha256(clientT);
+  const clientKI2R = hkdf(sha256, clientShared, clientSalt, utf8.encode(DOMAIN_CLIENT_KEY_I2R), 32);
+  const clientKR2I = hkdf(sha256, clientShared, clientSalt, utf8.encode(DOMAIN_CLIENT_KEY_R2I), 32);
+  // The client's first frame after AUTH: PING {n: 7}, frame counter 1, MACed under K_i2r.
+  const clientPing = encodeTypedFrame({ type: FrameType.PING, body: { n: 7 } });
+  const clientPingPayload = clientPing.subarray(5);
+  const clientPingMac = hmac(sha256, clientKI2R, clientMacInput(1, FrameType.PING, clientPingPayload));
+  const clientPingSealed = new Uint8Array(clientPing.length + 32);
+  clientPingSealed.set(clientPing);
+  clientPingSealed.set(clientPingMac, clientPing.length);
+  new DataView(clientPingSealed.buffer).setUint32(0, clientPingSealed.length - 4);
 
   // Replica 1 connects to replica 0: replica 1 is the initiator.
-  const peerHello: Hello = { v: 1, role: "replica", replica: 1, key: m.peerKey, nonce: m.peerNonce, eph: m.peerEph.pub };
-  const peerAckUnsigned = { v: 1 as const, replica: 0, key: m.replicaKey, nonce: m.replicaNonce, eph: m.replicaEph.pub };
+  const peerHello: Hello = { v: 2, role: "replica", replica: 1, key: m.peerKey, nonce: m.peerNonce, eph: m.peerEph.pub };
+  const peerAckUnsigned = { v: 2 as const, replica: 0, key: m.replicaKey, nonce: m.replicaNonce, eph: m.replicaEph.pub };
   const peerT = sessionTranscript(peerHello, peerAckUnsigned);
   const peerAck: HelloAck = { ...peerAckUnsigned, sig: sign(m.replicaSeed, signingInput(DOMAIN_SESSION_RESPONDER, peerT)) };
   const peerAuth = { sig: sign(m.peerSeed, signingInput(DOMAIN_SESSION_INITIATOR, peerT)) };
@@ -185,6 +201,13 @@ function buildSession(m: ReturnType<typeof material>) {
     clientAck,
     clientAuth,
     clientT,
+    clientShared,
+    clientSalt,
+    clientKI2R,
+    clientKR2I,
+    clientPingPayload,
+    clientPingMac,
+    clientPingSealed,
     peerHello,
     peerAck,
     peerAuth,
@@ -377,7 +400,8 @@ function invalidFrameVectors(): VectorJson {
     ["SUBSCRIBE with a bad tag", hexFrame(FrameType.SUBSCRIBE, { sub: 1, tag: "Net..Links" }), "schema", false],
     ["AUTH with a short signature", hexFrame(FrameType.AUTH, { sig: bytesOf(63, 0) }), "schema", false],
     ["ERROR with an unknown code", hexFrame(FrameType.ERROR, { code: "OOPS", reason: "" }), "schema", false],
-    ["HELLO of protocol version 2", hexFrame(FrameType.HELLO, { v: 2, role: "client" }), "bad-version", false],
+    ["HELLO of protocol version 1 (no MACs on client frames)", hexFrame(FrameType.HELLO, { v: 1, role: "client" }), "bad-version", false],
+    ["HELLO of protocol version 3", hexFrame(FrameType.HELLO, { v: 3, role: "client" }), "bad-version", false],
   ];
   return {
     description:
@@ -425,7 +449,7 @@ function sessionVectors(
 ): VectorJson {
   return {
     description:
-      "Handshake transcripts, signatures and peer keys. Secret keys are SHA-256 of the labels (test keys only). T = transcript; responder signs 'fitb/v1/session/responder' 0x00 T, initiator signs 'fitb/v1/session/initiator' 0x00 T. Peer keys: HKDF-SHA-256(ikm = X25519 shared secret, salt = SHA-256(T), info = domain, 32 bytes). PEER mac = HMAC-SHA-256(K_i2r, 'fitb/v1/peer-mac' 0x00 type u64be(seq) msg).",
+      "Handshake transcripts, signatures and session keys. Secret keys are SHA-256 of the labels (test keys only). T = transcript; responder signs 'fitb/v1/session/responder' 0x00 T, initiator signs 'fitb/v1/session/initiator' 0x00 T. Session keys: HKDF-SHA-256(ikm = X25519 shared secret, salt = SHA-256(T), info = domain, 32 bytes), with the fitb/v1/client-key/ domains for a client session and the fitb/v1/peer-key/ domains for a peer session. PEER mac = HMAC-SHA-256(K_i2r, 'fitb/v1/peer-mac' 0x00 type u64be(seq) msg). A client session frame after AUTH ends in HMAC-SHA-256(K_dir, 'fitb/v1/client-mac' 0x00 u64be(seq) type payload), seq counted from 1 per direction and not sent; its length field counts the MAC.",
     labels: TEST_LABELS as unknown as VectorJson,
     keys: {
       clientSecret: toHex(m.clientSeed),
@@ -438,11 +462,23 @@ function sessionVectors(
       replica1Eph: toHex(m.peerEph.pub),
       replica0EphSecret: toHex(testSeed(TEST_LABELS.replicaEph)),
       replica0Eph: toHex(m.replicaEph.pub),
+      clientEphSecret: toHex(testSeed(TEST_LABELS.clientEph)),
+      clientEph: toHex(m.clientEph.pub),
     },
     client: {
       transcript: toHex(s.clientT),
       responderSig: toHex(s.clientAck.sig),
       initiatorSig: toHex(s.clientAuth.sig),
+      sharedSecret: toHex(s.clientShared),
+      salt: toHex(s.clientSalt),
+      keyInitiatorToResponder: toHex(s.clientKI2R),
+      keyResponderToInitiator: toHex(s.clientKR2I),
+      macSeq: 1,
+      macType: FrameType.PING,
+      macPayload: toHex(s.clientPingPayload),
+      macInput: toHex(clientMacInput(1, FrameType.PING, s.clientPingPayload)),
+      mac: toHex(s.clientPingMac),
+      sealedFrame: toHex(s.clientPingSealed),
     },
     peer: {
       transcript: toHex(s.peerT),

@@ -104,16 +104,21 @@ export function encodeCanonical(value: Canonical): Uint8Array {
 
 /**
  * Encodes a value canonically behind `prefixBytes` zero bytes that the caller fills in
- * (the frame encoder puts its header there), saving a copy of the whole payload.
+ * (the frame encoder puts its header there), saving a copy of the whole payload, and
+ * before `suffixBytes` zero bytes (a session MAC written in place).
  */
-export function encodeCanonicalAfter(prefixBytes: number, value: Canonical): Uint8Array {
+export function encodeCanonicalAfter(prefixBytes: number, value: Canonical, suffixBytes = 0): Uint8Array {
   outLen = 0;
   encodeDepth = 0;
   ensure(prefixBytes);
   out.fill(0, 0, prefixBytes);
   outLen = prefixBytes;
   writeValue(value);
-  return out.slice(0, outLen);
+  if (suffixBytes === 0) return out.slice(0, outLen);
+  // A suffix (a session MAC) is reserved as zero bytes after the item.
+  const bytes = new Uint8Array(outLen + suffixBytes);
+  bytes.set(out.subarray(0, outLen));
+  return bytes;
 }
 
 function ensure(extraBytes: number): void {

@@ -19,6 +19,7 @@ import {
   NONCE_BYTES,
   PROTOCOL_VERSION,
   REASON_BYTES_MAX,
+  REQUEST_VERSION,
   REQUEST_EVENTS_MAX,
   SIGNATURE_BYTES,
   SUB_END_CODES,
@@ -107,7 +108,7 @@ export const opSchema = z.discriminatedUnion("t", [pubOpSchema, adminOpSchema]);
 
 export const requestSchema = z
   .strictObject({
-    v: z.literal(PROTOCOL_VERSION),
+    v: z.literal(REQUEST_VERSION),
     client: keySchema,
     seq: positiveSchema,
     span: positiveSchema,
@@ -161,7 +162,7 @@ export const configDigestsSchema = z.strictObject({
 export type ConfigDigests = z.infer<typeof configDigestsSchema>;
 
 export const helloSchema = z.discriminatedUnion("role", [
-  z.strictObject({ v: version, role: z.literal("client"), key: keySchema, nonce: nonceSchema }),
+  z.strictObject({ v: version, role: z.literal("client"), key: keySchema, nonce: nonceSchema, eph: x25519KeySchema }),
   z.strictObject({
     v: version,
     role: z.literal("replica"),
@@ -173,13 +174,13 @@ export const helloSchema = z.discriminatedUnion("role", [
   }),
 ]);
 
-/** `eph` is present exactly when the HELLO's role was "replica" (checked by the runtime). */
+/** Both roles exchange ephemeral X25519 keys (since version 2; PROTOCOL.md 5.2, 5.3). */
 export const helloAckSchema = z.strictObject({
   v: version,
   replica: uintSchema,
   key: keySchema,
   nonce: nonceSchema,
-  eph: x25519KeySchema.optional(),
+  eph: x25519KeySchema,
   sig: signatureSchema,
 });
 
@@ -230,7 +231,7 @@ export const replySchema = z.discriminatedUnion("ok", [
   }),
 ]);
 
-export const QUERY_KINDS = ["status", "list-channels", "client-seq", "channel-info"] as const;
+export const QUERY_KINDS = ["status", "list-channels", "client-seq", "channel-info", "publishers"] as const;
 
 // `after` (QUERY, SUBSCRIBE) and `at` (QUERY_REPLY, SUB_OK, SUB_END, REPLY) carry decided
 // seqs for read-your-writes: PROTOCOL.md section 6.3.
@@ -239,6 +240,8 @@ export const querySchema = z.discriminatedUnion("q", [
   // The sequence space of publishes is per (client, tag); without a tag, the admin space.
   z.strictObject({ id: uintSchema, q: z.literal("client-seq"), tag: tagSchema.optional(), after: uintSchema.optional() }),
   z.strictObject({ id: uintSchema, q: z.literal("channel-info"), tag: tagSchema, after: uintSchema.optional() }),
+  // The keys registered as publishers of a channel: what subscribers of crash-fault channels filter by.
+  z.strictObject({ id: uintSchema, q: z.literal("publishers"), tag: tagSchema, after: uintSchema.optional() }),
 ]);
 
 export const queryReplySchema = z.discriminatedUnion("ok", [
@@ -368,7 +371,7 @@ export function decodeFrameBody(type: number, payload: Uint8Array): FrameResult 
   const parsed = parseCanonical(payload, name);
   if (!parsed.ok) return parsed;
   if (VERSIONED_FRAME_TYPES.has(code)) {
-    const versionError = checkVersion(parsed.value, name);
+    const versionError = checkVersion(parsed.value, name, PROTOCOL_VERSION);
     if (versionError !== null) return { ok: false, error: versionError };
   }
   const result = FRAME_SCHEMAS[code].safeParse(parsed.value);
@@ -380,7 +383,7 @@ export function decodeFrameBody(type: number, payload: Uint8Array): FrameResult 
 export function decodeRequestBody(body: Uint8Array): RequestResult {
   const parsed = parseCanonical(body, "request body");
   if (!parsed.ok) return parsed;
-  const versionError = checkVersion(parsed.value, "request body");
+  const versionError = checkVersion(parsed.value, "request body", REQUEST_VERSION);
   if (versionError !== null) return { ok: false, error: versionError };
   const result = requestSchema.safeParse(parsed.value);
   if (!result.success) return { ok: false, error: schemaError("request body", result.error) };
@@ -408,6 +411,17 @@ export function encodeTypedFrame(frame: Frame, frameBytesMax: number = FRAME_BYT
   return bytes;
 }
 
+/**
+ * A frame with `trailerBytes` zero bytes reserved after its payload and counted in its
+ * length field, for a session MAC written in place (PROTOCOL.md 5.2). `frameBytesMax`
+ * bounds the frame without the trailer: the MAC does not count against the frame limit.
+ */
+export function encodeTypedFrameWithTrailer(frame: Frame, trailerBytes: number, frameBytesMax: number = FRAME_BYTES_MAX): Uint8Array {
+  const bytes = encodeCanonicalAfter(FRAME_HEADER_BYTES, frame.body as unknown as Canonical, trailerBytes);
+  writeFrameHeader(bytes, frame.type, frameBytesMax + trailerBytes);
+  return bytes;
+}
+
 function parseCanonical(bytes: Uint8Array, what: string): { ok: true; value: Canonical } | { ok: false; error: WireError } {
   try {
     return { ok: true, value: decodeCanonical(bytes) };
@@ -420,14 +434,18 @@ function parseCanonical(bytes: Uint8Array, what: string): { ok: true; value: Can
   }
 }
 
-function checkVersion(value: Canonical, what: string): WireError | null {
+function checkVersion(value: Canonical, what: string, supported: number): WireError | null {
   if (value === null || typeof value !== "object" || Array.isArray(value) || value instanceof Uint8Array) return null;
   const v = value.v;
-  if (typeof v === "number" && v !== PROTOCOL_VERSION) {
-    return wireError("bad-version", `${what}: version ${v} is not supported (this is version ${PROTOCOL_VERSION})`);
+  if (typeof v === "number" && v !== supported) {
+    const hint = supported === PROTOCOL_VERSION && v < PROTOCOL_VERSION ? `; ${VERSION_2_HINT}` : "";
+    return wireError("bad-version", `${what}: version ${v} is not supported (this is version ${supported}${hint})`);
   }
   return null;
 }
+
+/** Why a version 1 session is refused, for the operator who sees the error. */
+const VERSION_2_HINT = "since version 2 every client frame after the handshake carries a MAC: upgrade the client or replica";
 
 /** Issues beyond this many are summarised, so a reason stays short. */
 const SCHEMA_ISSUES_REPORTED_MAX = 3;

@@ -5,7 +5,7 @@
  */
 import { type Canonical, encodeCanonical } from "./canonical.ts";
 import type { Hello, HelloAck } from "./schemas.ts";
-import { DOMAIN_PEER_MAC, DOMAIN_REQUEST, PEER_FRAME_TYPE_FIRST, PEER_FRAME_TYPE_LAST } from "./types.ts";
+import { DOMAIN_CLIENT_MAC, DOMAIN_PEER_MAC, DOMAIN_REQUEST, PEER_FRAME_TYPE_FIRST, PEER_FRAME_TYPE_LAST } from "./types.ts";
 
 const utf8 = new TextEncoder();
 
@@ -67,5 +67,29 @@ export function peerMacInput(type: number, seq: number, msg: Uint8Array): Uint8A
   view.setUint32(at + 4, seq >>> 0);
   at += 8;
   input.set(msg, at);
+  return input;
+}
+
+/**
+ * The input of a client session frame's MAC (PROTOCOL.md 5.2):
+ * utf8(DOMAIN_CLIENT_MAC) || 0x00 || u64 big-endian seq || u8 frame type || payload.
+ * mac = HMAC-SHA-256(K_dir, this) is appended to the frame (its length field counts it).
+ * `seq` is not sent: each side counts the frames of each direction from 1, so a frame
+ * replayed, reordered or removed in transit fails the next MAC check.
+ */
+export function clientMacInput(seq: number, type: number, payload: Uint8Array): Uint8Array {
+  if (!Number.isSafeInteger(seq) || seq < 1) throw new RangeError(`client frame seq must be a positive safe integer, got ${seq}`);
+  if (!Number.isInteger(type) || type < 0 || type > 0xff) throw new RangeError(`frame type ${type} is not a byte`);
+  const tag = utf8.encode(DOMAIN_CLIENT_MAC);
+  const input = new Uint8Array(tag.length + 1 + 8 + 1 + payload.length);
+  input.set(tag);
+  let at = tag.length;
+  input[at++] = DOMAIN_SEPARATOR;
+  const view = new DataView(input.buffer, input.byteOffset, input.byteLength);
+  view.setUint32(at, Math.floor(seq / TWO_POW_32));
+  view.setUint32(at + 4, seq >>> 0);
+  at += 8;
+  input[at++] = type;
+  input.set(payload, at);
   return input;
 }

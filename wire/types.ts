@@ -4,8 +4,14 @@
  * of schemas.ts; the two must say the same thing.
  */
 
-/** The protocol version carried in HELLO, HELLO_ACK and every Request body. */
-export const PROTOCOL_VERSION = 1;
+/**
+ * The session protocol version carried in HELLO and HELLO_ACK. Version 2 added the
+ * ephemeral key exchange to client sessions and a MAC on every client frame after the
+ * handshake (PROTOCOL.md 5.2); a version 1 HELLO is refused with BAD_VERSION.
+ */
+export const PROTOCOL_VERSION = 2;
+/** The version of the signed Request body (`v`), unchanged since version 1 of the protocol. */
+export const REQUEST_VERSION = 1;
 
 /**
  * Frame type byte values. The ranges group frames by purpose so that a reader of a hex
@@ -102,7 +108,7 @@ export const ERROR_CODES = [
   "BAD_FRAME", // undecodable frame: unknown type, malformed or non-canonical CBOR, schema violation
   "BAD_VERSION", // protocol version not supported
   "BAD_SIGNATURE", // a signature does not verify
-  "BAD_MAC", // a peer frame's MAC does not verify, or its sequence number is not the next one
+  "BAD_MAC", // a peer or client session frame's MAC does not verify, or its sequence number is not the next one
   "REPLAY", // a request sequence number already used, with a different body
   "OUT_OF_ORDER", // a request sequence number beyond the next expected one
   "UNAUTHORIZED", // handshake not done, or the key may not do this
@@ -152,6 +158,12 @@ export const DOMAIN_PEER_KEY_I2R = "fitb/v1/peer-key/initiator-to-responder";
 export const DOMAIN_PEER_KEY_R2I = "fitb/v1/peer-key/responder-to-initiator";
 /** Prefix of every peer frame's MAC input. */
 export const DOMAIN_PEER_MAC = "fitb/v1/peer-mac";
+/** HKDF info for the client session key that protects client -> replica frames. */
+export const DOMAIN_CLIENT_KEY_I2R = "fitb/v1/client-key/initiator-to-responder";
+/** HKDF info for the client session key that protects replica -> client frames. */
+export const DOMAIN_CLIENT_KEY_R2I = "fitb/v1/client-key/responder-to-initiator";
+/** Prefix of the MAC input of every client session frame after the handshake. */
+export const DOMAIN_CLIENT_MAC = "fitb/v1/client-mac";
 
 // ---------------------------------------------------------------------------------------
 // Decoding errors: what FrameDecoder and decodeFrameBody report instead of throwing.
@@ -165,7 +177,7 @@ export type WireErrorKind =
   | "unknown-type" // a type byte with no frame assigned
   | "malformed-cbor" // payload is not canonical CBOR
   | "trailing-bytes" // bytes after the payload's CBOR item
-  | "bad-version" // HELLO / HELLO_ACK / Request with a version other than PROTOCOL_VERSION
+  | "bad-version" // HELLO / HELLO_ACK with a version other than PROTOCOL_VERSION, a Request body other than REQUEST_VERSION
   | "schema"; // canonical CBOR that does not match the frame's schema
 
 /** A decoding failure. `fatal` means the byte stream cannot be trusted any more. */

@@ -38,6 +38,7 @@ import {
   parseChannelList,
   parseClientSeq,
   parseStatus,
+  publishersRule,
   rankRule,
   type ChannelInfo,
   type QueryRule,
@@ -96,7 +97,8 @@ export type QueryResult =
   | { readonly kind: "status"; readonly value: ClusterStatus }
   | { readonly kind: "list-channels"; readonly value: readonly ChannelInfo[] }
   | { readonly kind: "channel-info"; readonly value: ChannelInfo }
-  | { readonly kind: "client-seq"; readonly value: number };
+  | { readonly kind: "client-seq"; readonly value: number }
+  | { readonly kind: "publishers"; readonly value: readonly Uint8Array[] };
 
 export class FitbClient {
   readonly config: ClusterConfig;
@@ -161,7 +163,12 @@ export class FitbClient {
       channelInfo: (tag) => this.channelInfo(tag),
       clientSeq: (tag, everyReplica) => this.clientSeq(tag, everyReplica),
     });
-    this.subscriptions = new SubscriptionRouter(this.group, this.floor, () => this.options.now());
+    this.subscriptions = new SubscriptionRouter(
+      this.group,
+      this.floor,
+      () => this.options.now(),
+      (tag) => this.publishers(tag),
+    );
   }
 
   /**
@@ -372,6 +379,18 @@ export class FitbClient {
     return this.runQuery(body, rule);
   }
 
+  /**
+   * The keys registered as publishers of `tag` that f+1 replicas list, in ascending
+   * order (queries.ts, publishersRule); RequestRejectedError(UNKNOWN_CHANNEL) if f+1 say
+   * there is no such channel.
+   */
+  publishers(tag: string): Promise<readonly Uint8Array[]> {
+    checkTag(tag);
+    const floor = this.floor.value;
+    const body: Query = floor > 0 ? { id: 0, q: "publishers", tag, after: floor } : { id: 0, q: "publishers", tag };
+    return this.runQuery(body, publishersRule(this.n, this.f, `publishers ${tag}`));
+  }
+
   /** Every channel, sorted by tag, from f+1 matching answers. */
   listChannels(): Promise<readonly ChannelInfo[]> {
     const rule = matchingRule(this.n, this.f, "list-channels", (res) => parseChannelList(res) as Canonical | null);
@@ -408,6 +427,9 @@ export class FitbClient {
         return { kind, value: await this.channelInfo(tag) };
       case "client-seq":
         return { kind, value: await this.clientSeq(tag ?? null) };
+      case "publishers":
+        if (tag === undefined) throw new RangeError("publishers needs a tag");
+        return { kind, value: await this.publishers(tag) };
       default: {
         const unreachable: never = kind;
         throw new RangeError(`unknown query kind ${String(unreachable)}`);
@@ -436,7 +458,9 @@ export class FitbClient {
       throw new QueueFullError(`${this.subscriptions.size} subscriptions open; at most ${this.options.limits.subscriptionsMax}`);
     }
     const channel = await this.channelInfo(tag);
-    const sub = new ClientSubscription(this.subscriptions, channel, options, onBatch, this.options.timeouts.queryMs);
+    // Crash-fault channels deliver one replica's copy without a vote: only registered publishers' batches are taken.
+    const publishers = channel.fault === "crash" ? await this.publishers(tag) : [];
+    const sub = new ClientSubscription(this.subscriptions, channel, options, onBatch, this.options.timeouts.queryMs, publishers);
     this.subscriptions.add(sub);
     await sub.begin();
     return sub;

@@ -1,7 +1,12 @@
 /**
  * One client connection to one replica: TCP through Bun.connect, the session handshake
- * (handshake.ts), framing with FrameDecoder, a bounded send queue (src/net/write-queue.ts),
+ * (handshake.ts), framing with FrameDecoder, a MAC on every frame after the handshake in
+ * both directions (wire/PROTOCOL.md 5.2), a bounded send queue (src/net/write-queue.ts),
  * a keepalive, and reconnection with capped exponential backoff and jitter (backoff.ts).
+ *
+ * A frame from the replica whose MAC does not verify for the next frame counter (altered,
+ * replayed, reordered or removed in transit) is never looked at: the connection is
+ * dropped, reported, and dialled again with a fresh handshake.
  *
  * The connection knows nothing about requests or subscriptions. It reports three things
  * to its owner: the session is ready (after every successful handshake, so the owner can
@@ -11,14 +16,15 @@
  */
 import type { Socket } from "bun";
 import { FrameDecoder } from "../../wire/frame.ts";
-import { decodeFrameBody, encodeTypedFrame, type Frame, type Hello } from "../../wire/schemas.ts";
+import { decodeFrameBody, encodeTypedFrame, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
 import { formatAddress } from "../config/cluster.ts";
 import type { SigningKey } from "../crypto/keys.ts";
+import { CLIENT_FRAME_MAC_BYTES, type SessionFraming, sessionFraming } from "../crypto/session.ts";
 import { WriteQueue } from "../net/write-queue.ts";
 import { backoffDelayMs, checkBackoffPolicy, type BackoffPolicy } from "./backoff.ts";
 import { type ClientError, HandshakeError, ReplicaUnreachableError } from "./errors.ts";
-import { checkHelloAck, clientHello, type ExpectedReplica } from "./handshake.ts";
+import { checkHelloAck, type ClientHandshake, clientHello, type ExpectedReplica } from "./handshake.ts";
 
 /** A replica as the client dials it: the cluster file's entry. */
 export interface ReplicaEndpoint extends ExpectedReplica {
@@ -79,7 +85,9 @@ export class ReplicaConnection {
   private currentState: ConnectionState = "idle";
   private socket: TcpSocket | null = null;
   private decoder: FrameDecoder | null = null;
-  private hello: Hello | null = null;
+  private handshake: ClientHandshake | null = null;
+  /** The session's MAC state once the handshake is done; null before (and between sessions). */
+  private framing: SessionFraming | null = null;
   /** Increments per dial; callbacks of an older socket see a different value and do nothing. */
   private attemptId = 0;
   private failures = 0;
@@ -149,16 +157,29 @@ export class ReplicaConnection {
   /** Encodes and sends a frame; false if the session is not ready or the send queue is full. */
   send(frame: Frame): boolean {
     if (!this.isReady) return false;
-    return this.sendEncoded(encodeTypedFrame(frame, this.options.frameBytesMax));
+    return this.sendSealed(encodeTypedFrameWithTrailer(frame, CLIENT_FRAME_MAC_BYTES, this.options.frameBytesMax), true);
   }
 
   /**
    * Sends an already encoded frame (a request fanned out to every replica is encoded
-   * once). False if not ready or the queue is full: the caller re-sends later.
+   * once, and each connection seals its own copy). False if not ready or the queue is
+   * full: the caller re-sends later.
    */
   sendEncoded(bytes: Uint8Array): boolean {
     if (!this.isReady) return false;
-    return this.write(bytes);
+    return this.sendSealed(bytes, false);
+  }
+
+  /**
+   * MACs and writes one session frame. The frame counter advances only for a frame that
+   * is written: the replica expects every counter value, in order.
+   */
+  private sendSealed(bytes: Uint8Array, trailerReserved: boolean): boolean {
+    const framing = this.framing;
+    if (framing === null) return false;
+    const sealedBytes = trailerReserved ? bytes.length : bytes.length + CLIENT_FRAME_MAC_BYTES;
+    if (!this.outbound.hasRoomFor(sealedBytes)) return false;
+    return this.write(trailerReserved ? framing.sealer.sealInPlace(bytes) : framing.sealer.seal(bytes));
   }
 
   /** Closes for good: no reconnect, no more events. */
@@ -176,7 +197,8 @@ export class ReplicaConnection {
   private dial(): void {
     const attempt = ++this.attemptId;
     this.currentState = "connecting";
-    this.decoder = new FrameDecoder({ frameBytesMax: this.options.frameBytesMax, copyPayloads: true });
+    // A session frame's length counts its MAC, which the frame limit does not.
+    this.decoder = new FrameDecoder({ frameBytesMax: this.options.frameBytesMax + CLIENT_FRAME_MAC_BYTES, copyPayloads: true });
     this.lastReplicaError = null;
     this.sessionTimer = setTimeout(() => this.onSessionTimeout(attempt), this.options.sessionTimeoutMs);
     Bun.connect({
@@ -205,9 +227,9 @@ export class ReplicaConnection {
     this.socket = socket;
     socket.setNoDelay(true);
     this.currentState = "handshaking";
-    this.hello = clientHello(this.key);
+    this.handshake = clientHello(this.key);
     this.lastReceivedAt = this.options.now();
-    this.write(encodeTypedFrame({ type: FrameType.HELLO, body: this.hello }, this.options.frameBytesMax));
+    this.write(encodeTypedFrame({ type: FrameType.HELLO, body: this.handshake.hello }, this.options.frameBytesMax));
   }
 
   private onConnectError(attempt: number, error: Error): void {
@@ -243,18 +265,21 @@ export class ReplicaConnection {
       this.goDown(new HandshakeError(this.id, this.address, code, `refused by the replica: ${code} ${reason}`));
       return;
     }
-    if (frame.type !== FrameType.HELLO_ACK || this.hello === null) {
+    if (frame.type !== FrameType.HELLO_ACK || this.handshake === null) {
       this.goDown(
         new HandshakeError(this.id, this.address, "BAD_FRAME", `expected HELLO_ACK, got frame type 0x${frame.type.toString(16)}`),
       );
       return;
     }
-    const check = checkHelloAck(this.hello, frame.body, this.endpoint, this.key);
+    const check = checkHelloAck(this.handshake, frame.body, this.endpoint, this.key);
     if (!check.ok) {
       this.goDown(new HandshakeError(this.id, this.address, check.code, check.reason));
       return;
     }
     this.write(encodeTypedFrame({ type: FrameType.AUTH, body: check.auth }, this.options.frameBytesMax));
+    // AUTH is the last frame without a MAC, in both directions.
+    this.framing = sessionFraming(check.keys);
+    this.handshake = null;
     this.becomeReady();
   }
 
@@ -280,7 +305,12 @@ export class ReplicaConnection {
         this.onUndecodable(item.error.reason, item.error.fatal);
         continue;
       }
-      const decoded = decodeFrameBody(item.type, item.payload);
+      const payload = this.framing === null ? item.payload : this.framing.opener.open(item.type, item.payload);
+      if (payload === null) {
+        this.onBadMac(item.type, item.payload);
+        return;
+      }
+      const decoded = decodeFrameBody(item.type, payload);
       if (!decoded.ok) {
         this.onUndecodable(decoded.error.reason, decoded.error.fatal);
         continue;
@@ -297,7 +327,7 @@ export class ReplicaConnection {
     if (this.currentState !== "ready") return;
     switch (frame.type) {
       case FrameType.PING:
-        this.write(encodeTypedFrame({ type: FrameType.PONG, body: { n: frame.body.n } }, this.options.frameBytesMax));
+        this.send({ type: FrameType.PONG, body: { n: frame.body.n } });
         return;
       case FrameType.PONG:
         return;
@@ -308,6 +338,23 @@ export class ReplicaConnection {
       default:
         this.events.onFrame(this, frame);
     }
+  }
+
+  /**
+   * A frame whose MAC does not verify: it is not looked at, and the session cannot go on
+   * (PROTOCOL.md 5.2), so the connection is dropped and dialled again. An ERROR the
+   * replica sent without a MAC (it refused AUTH) is quoted, marked as unauthenticated.
+   */
+  private onBadMac(type: number, sealedPayload: Uint8Array): void {
+    const framing = this.framing as SessionFraming;
+    let reason = `frame ${framing.opener.opened + 1} (type 0x${type.toString(16)}) failed its MAC check: altered, replayed or reordered in transit`;
+    const unsealed = type === FrameType.ERROR ? decodeFrameBody(type, sealedPayload) : null;
+    if (unsealed?.ok && unsealed.frame.type === FrameType.ERROR) {
+      reason += ` (an unauthenticated ERROR: ${unsealed.frame.body.code} ${unsealed.frame.body.reason})`;
+    }
+    this.framesDropped++;
+    this.events.onBadFrame?.(this, reason);
+    this.goDown(new ReplicaUnreachableError(this.id, this.address, `connection dropped: ${reason}`));
   }
 
   /** A frame that does not decode: a framing error ends the stream, a payload error only the frame. */
@@ -343,7 +390,7 @@ export class ReplicaConnection {
     }
     if (now - this.lastSentAt >= this.options.pingIntervalMs || now - this.lastReceivedAt >= this.options.pingIntervalMs) {
       this.pingCounter++;
-      this.write(encodeTypedFrame({ type: FrameType.PING, body: { n: this.pingCounter } }, this.options.frameBytesMax));
+      this.send({ type: FrameType.PING, body: { n: this.pingCounter } });
     }
   }
 
@@ -371,7 +418,8 @@ export class ReplicaConnection {
     const socket = this.socket;
     this.socket = null;
     this.decoder = null;
-    this.hello = null;
+    this.handshake = null;
+    this.framing = null;
     this.outbound.clear();
     if (socket !== null) socket.terminate();
   }

@@ -2,8 +2,8 @@
  * The client side of the session handshake, as pure functions (no socket here, so the
  * checks can be tested one by one):
  *
- *   client  -> HELLO     {v, role: "client", key, nonce}
- *   replica -> HELLO_ACK {v, replica, key, nonce, sig}
+ *   client  -> HELLO     {v, role: "client", key, nonce, eph}
+ *   replica -> HELLO_ACK {v, replica, key, nonce, eph, sig}
  *   client  -> AUTH      {sig}
  *
  * The client accepts the replica only if `replica` is the id it dialled, `key` is the
@@ -11,6 +11,11 @@
  * (wire/session.ts sessionTranscript) under DOMAIN_SESSION_RESPONDER. Its own AUTH
  * signs the same transcript under DOMAIN_SESSION_INITIATOR. Both nonces are in the
  * transcript, so neither signature can be replayed into another session.
+ *
+ * Both sides also send an ephemeral X25519 key; the shared secret and the transcript give
+ * the two session keys (src/crypto/session.ts) under which every later frame is MACed
+ * (wire/PROTOCOL.md 5.2). The ephemeral keys are in the signed transcript, so a man in
+ * the middle who swaps them cannot sign for the swap, and the keys die with the session.
  */
 import { randomBytes } from "node:crypto";
 import type { Auth, Hello, HelloAck } from "../../wire/schemas.ts";
@@ -19,6 +24,14 @@ import { DOMAIN_SESSION_INITIATOR, DOMAIN_SESSION_RESPONDER, type ErrorCode, NON
 import { signDomain, verifyDomain } from "../crypto/ed25519.ts";
 import { asUint8Array, bytesEqual } from "../crypto/encoding.ts";
 import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
+import {
+  deriveSessionKeys,
+  type EphemeralKeyPair,
+  generateEphemeralKeyPair,
+  SessionCryptoError,
+  type SessionKeys,
+  x25519SharedSecret,
+} from "../crypto/session.ts";
 
 /** Who the client expects at the other end: the cluster file's entry for the replica. */
 export interface ExpectedReplica {
@@ -27,7 +40,7 @@ export interface ExpectedReplica {
 }
 
 export type HelloAckCheck =
-  | { readonly ok: true; readonly auth: Auth }
+  | { readonly ok: true; readonly auth: Auth; readonly keys: SessionKeys }
   | { readonly ok: false; readonly code: ErrorCode; readonly reason: string };
 
 /** A fresh random nonce for one HELLO. */
@@ -35,16 +48,23 @@ export function freshNonce(): Uint8Array {
   return asUint8Array(randomBytes(NONCE_BYTES));
 }
 
-/** The HELLO that opens a client session. */
-export function clientHello(key: SigningKey, nonce: Uint8Array = freshNonce()): Hello {
-  return { v: PROTOCOL_VERSION, role: "client", key: key.publicKey, nonce };
+/** The HELLO that opens a client session, and the ephemeral key pair it announces. */
+export interface ClientHandshake {
+  readonly hello: Hello;
+  readonly eph: EphemeralKeyPair;
+}
+
+/** A fresh HELLO for one connection: a new nonce and a new ephemeral key pair. */
+export function clientHello(key: SigningKey, nonce: Uint8Array = freshNonce(), eph = generateEphemeralKeyPair()): ClientHandshake {
+  return { hello: { v: PROTOCOL_VERSION, role: "client", key: key.publicKey, nonce, eph: eph.publicKey }, eph };
 }
 
 /**
  * Checks the replica's HELLO_ACK against the HELLO sent and the replica expected, and
  * on success returns the AUTH to send. Every failure names what did not match.
  */
-export function checkHelloAck(hello: Hello, ack: HelloAck, expected: ExpectedReplica, key: SigningKey): HelloAckCheck {
+export function checkHelloAck(handshake: ClientHandshake, ack: HelloAck, expected: ExpectedReplica, key: SigningKey): HelloAckCheck {
+  const { hello } = handshake;
   if (ack.replica !== expected.id) {
     return { ok: false, code: "UNAUTHORIZED", reason: `answered as replica ${ack.replica}, expected replica ${expected.id}` };
   }
@@ -55,14 +75,16 @@ export function checkHelloAck(hello: Hello, ack: HelloAck, expected: ExpectedRep
       reason: `presented key ${formatPublicKey(ack.key)}, but the cluster file lists ${formatPublicKey(expected.publicKey)}`,
     };
   }
-  // A client session has no ephemeral key exchange; an `eph` here means the replica took
-  // us for a peer, and the transcript would not be the one a client session signs.
-  if (ack.eph !== undefined) {
-    return { ok: false, code: "BAD_FRAME", reason: "HELLO_ACK carries an ephemeral key, which a client session does not use" };
-  }
   const transcript = sessionTranscript(hello, ack);
   if (!verifyDomain(expected.publicKey, DOMAIN_SESSION_RESPONDER, transcript, ack.sig)) {
     return { ok: false, code: "BAD_SIGNATURE", reason: "HELLO_ACK signature does not verify under the listed key" };
   }
-  return { ok: true, auth: { sig: signDomain(key, DOMAIN_SESSION_INITIATOR, transcript) } };
+  let keys: SessionKeys;
+  try {
+    keys = deriveSessionKeys(x25519SharedSecret(handshake.eph, ack.eph), transcript, "initiator", "client");
+  } catch (error) {
+    if (!(error instanceof SessionCryptoError)) throw error;
+    return { ok: false, code: "UNAUTHORIZED", reason: error.message };
+  }
+  return { ok: true, auth: { sig: signDomain(key, DOMAIN_SESSION_INITIATOR, transcript) }, keys };
 }

@@ -8,6 +8,8 @@
  *   before comparing.
  * - rank: the (f+1)-th highest of the numbers the replicas report (client-seq, see seq.ts).
  * - each: every replica's own answer (status), for the operator to read side by side.
+ * - listed: the keys at least f+1 replicas list (publishers): a replica that has not yet
+ *   executed a registration does not veto it, and f liars cannot add a key.
  *
  * The result shapes are open in the wire schema (`res` is any canonical value), so they
  * are validated here before use: a replica that sends a malformed result is treated as
@@ -16,7 +18,9 @@
 import { z } from "zod";
 import type { Canonical } from "../../wire/canonical.ts";
 import { channelClassFields, tagSchema, type QueryReply } from "../../wire/schemas.ts";
-import type { ErrorCode } from "../../wire/types.ts";
+import { type ErrorCode, KEY_BYTES } from "../../wire/types.ts";
+import { KEYS_PER_CHANNEL_MAX } from "../core/channels/constants.ts";
+import { toHex } from "../crypto/encoding.ts";
 import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import { ReplyVoter } from "../core/voting/reply-voter.ts";
 import { NoQuorumError, RequestRejectedError, type ClientError } from "./errors.ts";
@@ -40,6 +44,10 @@ const channelInfoSchema = z.object({
 const listChannelsSchema = z.object({ channels: z.array(channelInfoSchema) });
 
 const clientSeqSchema = z.object({ last: z.int().min(0) });
+
+const publishersSchema = z.object({
+  publishers: z.array(z.instanceof(Uint8Array).refine((key) => key.length === KEY_BYTES)).max(KEYS_PER_CHANNEL_MAX),
+});
 
 /** The fields of a status answer this client reads; replicas may add more. */
 const statusSchema = z.object({
@@ -75,6 +83,12 @@ export function parseChannelList(res: Canonical): ChannelInfo[] | null {
 export function parseClientSeq(res: Canonical): number | null {
   const parsed = clientSeqSchema.safeParse(res);
   return parsed.success ? parsed.data.last : null;
+}
+
+/** A publishers answer: the registered keys, or null when malformed. */
+export function parsePublishers(res: Canonical): readonly Uint8Array[] | null {
+  const parsed = publishersSchema.safeParse(res);
+  return parsed.success ? parsed.data.publishers : null;
 }
 
 export function parseStatus(res: Canonical): ReplicaStatusAnswer | null {
@@ -281,6 +295,56 @@ export function rankRule(
           ),
         }
       );
+    },
+  };
+}
+
+/**
+ * publishers: the keys at least f+1 replicas list, in ascending hex order. Settles once
+ * 2f+1 replicas (or every reachable one, at least f+1) have answered, or at the deadline
+ * with at least f+1 answers. A replica that says the channel does not exist lists nothing;
+ * f+1 that say so settle it as UNKNOWN_CHANNEL. Each replica counts once, however many
+ * keys it lists, and a malformed answer lists nothing.
+ */
+export function publishersRule(n: number, f: number, what: string): QueryRule<readonly Uint8Array[]> {
+  const lists = new Map<number, ReadonlyMap<string, Uint8Array>>();
+  const refusals = new Map<number, { code: ErrorCode; reason: string }>();
+  const answered = (): number => lists.size + refusals.size;
+  const listed = (): QueryOutcome<readonly Uint8Array[]> => {
+    if (refusals.size >= vouchQuorum(f) && lists.size < vouchQuorum(f)) {
+      const first = refusals.values().next().value as { code: ErrorCode; reason: string };
+      return { ok: false, error: new RequestRejectedError(first.code, first.reason) };
+    }
+    const counts = new Map<string, { key: Uint8Array; count: number }>();
+    for (const list of lists.values()) {
+      for (const [hex, key] of list) {
+        const entry = counts.get(hex) ?? { key, count: 0 };
+        entry.count++;
+        counts.set(hex, entry);
+      }
+    }
+    const agreed = [...counts].filter(([, entry]) => entry.count >= vouchQuorum(f)).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return { ok: true, value: agreed.map(([, entry]) => entry.key) };
+  };
+  return {
+    settleWhenReachableAnswered: true,
+    enoughToSettleEarly: () => answered() >= vouchQuorum(f),
+    add(replica, reply) {
+      if (lists.has(replica) || refusals.has(replica)) return null;
+      if (reply.ok) {
+        const keys = parsePublishers(reply.res) ?? [];
+        lists.set(replica, new Map(keys.map((key) => [toHex(key), key])));
+      } else {
+        refusals.set(replica, { code: reply.code, reason: reply.reason });
+      }
+      return answered() >= Math.min(n, byzantineQuorum(f)) ? listed() : null;
+    },
+    atDeadline(describeMissing) {
+      if (answered() >= vouchQuorum(f)) return listed() as QueryOutcome<readonly Uint8Array[]> & object;
+      return {
+        ok: false,
+        error: new NoQuorumError(`no quorum for ${what}: ${answered()} answers, ${vouchQuorum(f)} needed (${describeMissing()})`),
+      };
     },
   };
 }

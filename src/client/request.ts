@@ -7,7 +7,7 @@
 import type { AdminCmd, Op, Request } from "../../wire/schemas.ts";
 import { encodeRequestBody, encodeTypedFrame } from "../../wire/schemas.ts";
 import { requestSigningInput } from "../../wire/session.ts";
-import { EVENT_BYTES_MAX, FrameType, PROTOCOL_VERSION, REQUEST_EVENTS_MAX, TAG_BYTES_MAX, TAG_PATTERN } from "../../wire/types.ts";
+import { EVENT_BYTES_MAX, FrameType, REQUEST_EVENTS_MAX, REQUEST_VERSION, TAG_BYTES_MAX, TAG_PATTERN } from "../../wire/types.ts";
 import { sign } from "../crypto/ed25519.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
@@ -57,7 +57,7 @@ export function spanOf(op: Op): number {
  */
 export function buildRequest(key: SigningKey, fields: RequestFields, frameBytesMax: number): BuiltRequest {
   const request: Request = {
-    v: PROTOCOL_VERSION,
+    v: REQUEST_VERSION,
     client: key.publicKey,
     seq: fields.seq,
     span: spanOf(fields.op),

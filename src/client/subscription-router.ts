@@ -27,6 +27,7 @@ export class SubscriptionRouter implements SubscriptionHost {
     private readonly group: ReplicaGroup,
     private readonly floor: ExecutedFloor,
     private readonly clock: () => number,
+    private readonly queryPublishers: (tag: string) => Promise<readonly Uint8Array[]>,
   ) {
     this.n = group.n;
     this.f = group.f;
@@ -81,6 +82,10 @@ export class SubscriptionRouter implements SubscriptionHost {
 
   now(): number {
     return this.clock();
+  }
+
+  publishers(tag: string): Promise<readonly Uint8Array[]> {
+    return this.queryPublishers(tag);
   }
 
   // ---------------------------------------------------------------------------------

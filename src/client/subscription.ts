@@ -22,6 +22,11 @@
  *   does an unordered subscription that already tracks as many publishers as a channel
  *   may register.
  *
+ * - On crash-fault channels, where one replica's copy is delivered without a vote, a batch
+ *   is delivered only if its publisher is registered on the channel, as f+1 replicas list
+ *   it (publisher-registry.ts): a copy signed by any other key, however valid the
+ *   signature, is held while the registry is learnt again, then refused.
+ *
  * ClientSubscription keeps the start, the voter and the signals; where our SUBSCRIBE
  * stands at each replica, and the refusals that may end it, are replica-subs.ts; the
  * bounded queue to the caller's handler is delivery-queue.ts.
@@ -33,6 +38,7 @@ import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import { verifyDomain } from "../crypto/ed25519.ts";
 import { sha256 } from "../crypto/hash.ts";
 import { DeliveryQueue } from "./delivery-queue.ts";
+import { PublisherRegistry } from "./publisher-registry.ts";
 import { ClientClosedError, describeError, NoQuorumError, SubscriptionEndedError } from "./errors.ts";
 import type { ChannelInfo } from "./queries.ts";
 import { RESUBSCRIBE_AFTER_OVERFLOW_MS, RESUBSCRIBE_AFTER_REFUSAL_MS, ReplicaSubs } from "./replica-subs.ts";
@@ -140,6 +146,8 @@ export interface SubscriptionHost {
   releaseSubId(subId: number): void;
   /** The subscription has ended; the host drops it. */
   forget(sub: ClientSubscription): void;
+  /** The keys f+1 replicas list as the channel's registered publishers (QUERY "publishers"). */
+  publishers(tag: string): Promise<readonly Uint8Array[]>;
   now(): number;
 }
 
@@ -181,14 +189,28 @@ export class ClientSubscription implements Subscription {
   private readonly startWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
   /** Live total-order start: copies held until the start seq is known. */
   private readonly startBuffer: BufferedCopy[][];
+  /** Crash-fault channels: the registered publishers deliveries are filtered by; null on Byzantine ones (voting covers them). */
+  private readonly registry: PublisherRegistry | null;
   private readonly counters = { deliveredBatches: 0, deliveredEvents: 0, droppedEvents: 0, conflicts: 0 };
   /** Null while running or after a close by the caller; the error the subscription ended with otherwise. */
   private endError: Error | null = null;
   private resolveDone!: () => void;
   private rejectDone!: (error: Error) => void;
 
-  constructor(host: SubscriptionHost, channel: ChannelInfo, options: SubscribeOptions, handler: BatchHandler, startTimeoutMs: number) {
+  /**
+   * `publishers`: the channel's registered publishers as f+1 replicas listed them when
+   * subscribing (crash-fault channels; without it the first copies wait for a query).
+   */
+  constructor(
+    host: SubscriptionHost,
+    channel: ChannelInfo,
+    options: SubscribeOptions,
+    handler: BatchHandler,
+    startTimeoutMs: number,
+    publishers: readonly Uint8Array[] = [],
+  ) {
     this.host = host;
+    this.registry = channel.fault === "crash" ? new PublisherRegistry(publishers) : null;
     this.tag = channel.tag;
     this.channel = channel;
     this.options = options;
@@ -342,6 +364,7 @@ export class ClientSubscription implements Subscription {
   tick(now: number): void {
     if (this.start.t === "ended") return;
     if (this.start.t === "starting" && now >= this.start.deadline) this.startAtDeadline();
+    this.refreshPublishersIfDue();
     if (this.delivery.pausedAt !== null) return;
     this.replicas.retryDue(now);
   }
@@ -351,7 +374,9 @@ export class ClientSubscription implements Subscription {
   // ---------------------------------------------------------------------------------
 
   private newVoter(fromSeq: number, notBeforeMs?: number): DeliveryVoter {
+    const registry = this.registry;
     return new DeliveryVoter({
+      ...(registry === null ? {} : { acceptPublisher: (publisher: Uint8Array) => registry.check(publisher, this.host.now()) }),
       tag: this.tag,
       cls: { fault: this.channel.fault, order: this.channel.order },
       n: this.host.n,
@@ -484,12 +509,43 @@ export class ClientSubscription implements Subscription {
         case "trimmed":
           this.onAgreedTrim(output.nextSeq, output.oldestSeq);
           break;
+        case "unknown-publisher":
+          this.refreshPublishersIfDue();
+          break;
         default: {
           const unreachable: never = output;
           throw new Error(`unknown delivery output ${String(unreachable)}`);
         }
       }
     }
+  }
+
+  /**
+   * Learns the registered publishers again when a copy of an unknown key waits for it
+   * (at most one query at a time, spaced by the registry), then feeds the held copies
+   * back to the voter: delivered if their key is now listed, held or refused if not.
+   */
+  private refreshPublishersIfDue(): void {
+    const registry = this.registry;
+    if (registry === null || this.start.t === "ended" || !registry.shouldRefresh(this.host.now())) return;
+    registry.begin(this.host.now());
+    this.host.publishers(this.tag).then(
+      (publishers) => {
+        registry.update(publishers, this.host.now());
+        this.recheckHeld();
+      },
+      () => {
+        // No quorum in time: the keys stay unknown and are asked about again, or refused
+        // once they have waited too long (their copies then show as "invalid").
+        registry.failed(this.host.now());
+        this.recheckHeld();
+      },
+    );
+  }
+
+  private recheckHeld(): void {
+    if (this.start.t === "ended" || this.voter === null) return;
+    this.handleOutputs(this.voter.recheckHeld());
   }
 
   private onAgreedTrim(nextSeq: number, oldestSeq: number): void {

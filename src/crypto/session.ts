@@ -14,7 +14,11 @@
  *      SHA-256(T), one MAC key per direction (`deriveSessionKeys`);
  *   4. every later peer frame carries HMAC-SHA-256 over the domain tag, the frame type,
  *      the u64 seq and the message, under the sender's key (`macFrame`), and the
- *      receiver accepts each seq once, in order (`ReplayGuard`).
+ *      receiver accepts each seq once, in order (`ReplayGuard`);
+ *   5. client sessions make the same exchange and derive their own pair of keys
+ *      (`deriveSessionKeys(..., "client")`); every later frame in either direction ends
+ *      in HMAC-SHA-256 over the domain tag, an implicit u64 frame counter, the type and
+ *      the payload (`FrameSealer`, `FrameOpener`).
  * Binding the keys to the transcript means a man in the middle who swaps ephemeral
  * keys ends with different MAC keys on each side, so the first MAC fails.
  */
@@ -33,11 +37,15 @@ import { signDomain, verifyDomain } from "./ed25519.ts";
 import { sha256 } from "./hash.ts";
 import type { SigningKey } from "./keys.ts";
 import {
+  DOMAIN_CLIENT_KEY_I2R,
+  DOMAIN_CLIENT_KEY_R2I,
+  DOMAIN_CLIENT_MAC,
   DOMAIN_PEER_KEY_I2R,
   DOMAIN_PEER_KEY_R2I,
   DOMAIN_PEER_MAC,
   DOMAIN_SESSION_INITIATOR,
   DOMAIN_SESSION_RESPONDER,
+  FRAME_LENGTH_BYTES,
   MAC_BYTES,
   PEER_FRAME_TYPE_FIRST,
   PEER_FRAME_TYPE_LAST,
@@ -66,6 +74,8 @@ const PKCS8_X25519_PREFIX = Uint8Array.from([
 ]);
 
 export type SessionRole = "initiator" | "responder";
+/** Which kind of session the keys protect: a replica-to-replica link or a client session. */
+export type SessionKind = "peer" | "client";
 
 /** A handshake that cannot go on (bad peer key, degenerate shared secret). */
 export class SessionCryptoError extends Error {
@@ -136,18 +146,23 @@ export interface SessionKeys {
 
 /**
  * The two directional MAC keys: HKDF-SHA-256(ikm = shared secret,
- * salt = SHA-256(transcript), info = DOMAIN_PEER_KEY_I2R or DOMAIN_PEER_KEY_R2I),
- * 32 bytes each. Both sides
+ * salt = SHA-256(transcript), info = DOMAIN_PEER_KEY_I2R or DOMAIN_PEER_KEY_R2I, or the
+ * DOMAIN_CLIENT_KEY_ pair for a client session), 32 bytes each. Both sides
  * call this with the same transcript bytes and their own role; the initiator's
  * send key is the responder's receive key and the other way round.
  */
-export function deriveSessionKeys(sharedSecret: Uint8Array, transcript: Uint8Array, role: SessionRole): SessionKeys {
+export function deriveSessionKeys(
+  sharedSecret: Uint8Array,
+  transcript: Uint8Array,
+  role: SessionRole,
+  kind: SessionKind = "peer",
+): SessionKeys {
   if (sharedSecret.byteLength !== SHARED_SECRET_BYTES) {
     throw new SessionCryptoError(`shared secret must be ${SHARED_SECRET_BYTES} bytes, got ${sharedSecret.byteLength}`);
   }
   const salt = transcriptHash(transcript);
-  const initiatorToResponder = hkdf(sharedSecret, salt, DOMAIN_PEER_KEY_I2R);
-  const responderToInitiator = hkdf(sharedSecret, salt, DOMAIN_PEER_KEY_R2I);
+  const initiatorToResponder = hkdf(sharedSecret, salt, kind === "peer" ? DOMAIN_PEER_KEY_I2R : DOMAIN_CLIENT_KEY_I2R);
+  const responderToInitiator = hkdf(sharedSecret, salt, kind === "peer" ? DOMAIN_PEER_KEY_R2I : DOMAIN_CLIENT_KEY_R2I);
   return role === "initiator"
     ? { sendKey: initiatorToResponder, receiveKey: responderToInitiator }
     : { sendKey: responderToInitiator, receiveKey: initiatorToResponder };
@@ -270,4 +285,140 @@ export class SendSequence {
     this.#next += 1;
     return seq;
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Client session frames (wire/PROTOCOL.md 5.2): after the handshake every frame in either
+// direction ends in a MAC over an implicit frame counter, its type and its payload.
+// ---------------------------------------------------------------------------------------
+
+/** utf8(DOMAIN_CLIENT_MAC) || 0x00: the constant start of every client frame MAC input. */
+const CLIENT_MAC_PREFIX = new TextEncoder().encode(`${DOMAIN_CLIENT_MAC}\u0000`);
+/** The bytes a MAC adds to a client session frame (its length field counts them). */
+export const CLIENT_FRAME_MAC_BYTES = MAC_BYTES;
+
+/**
+ * The fixed start of a MAC input, utf8(DOMAIN_CLIENT_MAC) || 0x00 || u64be seq, with room
+ * for `extraBytes` more (the type byte, on the receiving side): one buffer per session,
+ * rewritten per frame, so that a MAC costs two HMAC updates (measured on Bun: four small
+ * updates cost about a third more per 300-byte frame).
+ */
+class MacHeader {
+  readonly bytes: Uint8Array;
+  private readonly view: DataView;
+
+  constructor(extraBytes: number) {
+    this.bytes = new Uint8Array(CLIENT_MAC_PREFIX.length + SEQ_FIELD_BYTES + extraBytes);
+    this.bytes.set(CLIENT_MAC_PREFIX);
+    this.view = new DataView(this.bytes.buffer);
+  }
+
+  /** Writes the frame counter; throws once the space is used up rather than wrap. */
+  setSeq(seq: number): void {
+    if (seq > PEER_FRAME_SEQ_MAX) throw new RangeError("frame sequence numbers exhausted; the session must be re-established");
+    const at = CLIENT_MAC_PREFIX.length;
+    this.view.setUint32(at, Math.floor(seq / 0x1_0000_0000), false);
+    this.view.setUint32(at + 4, seq >>> 0, false);
+  }
+
+  setType(type: number): void {
+    this.bytes[CLIENT_MAC_PREFIX.length + SEQ_FIELD_BYTES] = type;
+  }
+}
+
+/**
+ * The sending half of a client session: MACs each frame under the direction's key and
+ * the next frame counter. Seal a frame only when it will be written: the receiver
+ * expects every counter value exactly once, in order, so a sealed frame that is then
+ * dropped makes the next one fail.
+ */
+export class FrameSealer {
+  readonly #key: Uint8Array;
+  readonly #header = new MacHeader(0);
+  #sent = 0;
+
+  constructor(key: Uint8Array) {
+    if (key.byteLength !== SESSION_KEY_BYTES) throw new SessionCryptoError(`session key must be ${SESSION_KEY_BYTES} bytes`);
+    this.#key = key;
+  }
+
+  /** Frames sealed so far (the counter of the last one). */
+  get sealed(): number {
+    return this.#sent;
+  }
+
+  /**
+   * Writes the MAC into the last CLIENT_FRAME_MAC_BYTES of `frame`, an encoded frame whose
+   * length field already counts them (encodeTypedFrameWithTrailer). Returns `frame`.
+   */
+  sealInPlace(frame: Uint8Array): Uint8Array {
+    const macAt = frame.length - CLIENT_FRAME_MAC_BYTES;
+    if (macAt <= FRAME_LENGTH_BYTES) throw new RangeError("sealInPlace: the frame has no room for its type byte and MAC");
+    this.#header.setSeq(this.#sent + 1);
+    // The type byte and the payload follow the length field: one contiguous input.
+    const mac = createHmac("sha256", this.#key).update(this.#header.bytes).update(frame.subarray(FRAME_LENGTH_BYTES, macAt)).digest();
+    this.#sent += 1;
+    frame.set(mac, macAt);
+    return frame;
+  }
+
+  /** A copy of the encoded frame `frame` with its MAC appended and its length field grown to count it. */
+  seal(frame: Uint8Array): Uint8Array {
+    if (frame.length <= FRAME_LENGTH_BYTES) throw new RangeError("seal: not an encoded frame");
+    const sealed = new Uint8Array(frame.length + CLIENT_FRAME_MAC_BYTES);
+    sealed.set(frame);
+    new DataView(sealed.buffer).setUint32(0, sealed.length - FRAME_LENGTH_BYTES, false);
+    return this.sealInPlace(sealed);
+  }
+}
+
+/**
+ * The receiving half of a client session: accepts a frame only if its MAC verifies for
+ * the next frame counter, so a frame altered, replayed, reordered or dropped in transit
+ * is refused. After a refusal the session cannot go on (the counters are out of step on
+ * an ordered stream, or someone is tampering): the caller closes the connection.
+ */
+export class FrameOpener {
+  readonly #key: Uint8Array;
+  readonly #header = new MacHeader(FRAME_TYPE_FIELD_BYTES);
+  #accepted = 0;
+
+  constructor(key: Uint8Array) {
+    if (key.byteLength !== SESSION_KEY_BYTES) throw new SessionCryptoError(`session key must be ${SESSION_KEY_BYTES} bytes`);
+    this.#key = key;
+  }
+
+  /** Frames accepted so far (the counter of the last one). */
+  get opened(): number {
+    return this.#accepted;
+  }
+
+  /**
+   * The payload of a sealed frame (`sealedPayload` is what follows the type byte: the
+   * payload and the MAC), or null if the MAC does not verify for the next counter.
+   * Never throws; a refusal does not advance the counter.
+   */
+  open(type: number, sealedPayload: Uint8Array): Uint8Array | null {
+    const macAt = sealedPayload.length - CLIENT_FRAME_MAC_BYTES;
+    if (macAt < 0 || !Number.isInteger(type) || type < 0 || type > 0xff) return null;
+    if (this.#accepted >= PEER_FRAME_SEQ_MAX) return null;
+    this.#header.setSeq(this.#accepted + 1);
+    this.#header.setType(type);
+    const payload = sealedPayload.subarray(0, macAt);
+    const expected = createHmac("sha256", this.#key).update(this.#header.bytes).update(payload).digest();
+    if (!timingSafeEqual(expected, sealedPayload.subarray(macAt))) return null;
+    this.#accepted += 1;
+    return payload;
+  }
+}
+
+/** Both halves of one side of a client session. */
+export interface SessionFraming {
+  readonly sealer: FrameSealer;
+  readonly opener: FrameOpener;
+}
+
+/** The sealer and opener of one side of a client session, from its keys. */
+export function sessionFraming(keys: SessionKeys): SessionFraming {
+  return { sealer: new FrameSealer(keys.sendKey), opener: new FrameOpener(keys.receiveKey) };
 }

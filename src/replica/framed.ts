@@ -8,8 +8,9 @@
  * consensus message, end a slow subscription, or close).
  */
 import type { Socket } from "bun";
-import { type DecodeResult, encodeFrame, FrameDecoder } from "../../wire/frame.ts";
-import { encodeFrameBody, type Frame } from "../../wire/schemas.ts";
+import { type DecodeResult, FrameDecoder } from "../../wire/frame.ts";
+import { encodeTypedFrame, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
+import { CLIENT_FRAME_MAC_BYTES, type SessionFraming } from "../crypto/session.ts";
 import { WriteQueue, type ByteSink } from "../net/write-queue.ts";
 
 /** Default bound of bytes waiting to be written to one connection. */
@@ -62,6 +63,11 @@ export class FramedConn {
   private progressMs: number;
   /** Opaque per-connection state owned by whoever handles the frames. */
   state: unknown = null;
+  /**
+   * A client session's MAC state, set once its AUTH has verified: from then on every
+   * frame sent is sealed, and the owner opens every frame received (PROTOCOL.md 5.2).
+   */
+  framing: SessionFraming | null = null;
 
   constructor(
     private readonly socket: Socket<unknown>,
@@ -70,7 +76,8 @@ export class FramedConn {
     readonly remote: string = socket.remoteAddress,
     private readonly now: () => number = Date.now,
   ) {
-    this.decoder = new FrameDecoder({ frameBytesMax, copyPayloads: true });
+    // A client session frame's length counts its MAC, which the frame limit does not.
+    this.decoder = new FrameDecoder({ frameBytesMax: frameBytesMax + CLIENT_FRAME_MAC_BYTES, copyPayloads: true });
     this.queue = new WriteQueue(outboundBytesMax);
     this.sink = (data) => Math.max(this.socket.write(data), 0);
     this.progressMs = now();
@@ -105,22 +112,27 @@ export class FramedConn {
     return this.queue.bufferedBytes + bytes <= this.queue.bytesMax;
   }
 
-  /** Sends a typed frame. Returns false (and sends nothing) when the queue is full or closed. */
   /** Sends one frame; false (never a throw) if the connection is closed, full, or the frame cannot be encoded within the frame limit. */
   send(frame: Frame): boolean {
     let bytes: Uint8Array;
     try {
-      bytes = encodeFrame(frame.type, encodeFrameBody(frame));
+      bytes = this.framing === null ? encodeTypedFrame(frame) : encodeTypedFrameWithTrailer(frame, CLIENT_FRAME_MAC_BYTES);
     } catch {
       return false;
     }
-    return this.sendRaw(bytes);
+    if (this.closed || !this.hasRoomFor(bytes.length)) return false;
+    // Sealed only once it is sure to be queued: the other side expects every frame counter.
+    return this.write(this.framing === null ? bytes : this.framing.sealer.sealInPlace(bytes));
   }
 
-  /** Sends already-encoded frame bytes (used to fan one encoding out to many subscribers). */
+  /** Sends already-encoded frame bytes, sealing a copy first on a client session. */
   sendRaw(bytes: Uint8Array): boolean {
-    if (this.closed) return false;
-    if (!this.hasRoomFor(bytes.length)) return false;
+    const length = this.framing === null ? bytes.length : bytes.length + CLIENT_FRAME_MAC_BYTES;
+    if (this.closed || !this.hasRoomFor(length)) return false;
+    return this.write(this.framing === null ? bytes : this.framing.sealer.seal(bytes));
+  }
+
+  private write(bytes: Uint8Array): boolean {
     const before = this.queue.bufferedBytes;
     const result = this.queue.enqueue(this.sink, bytes);
     if (before === 0) this.progressMs = this.now();

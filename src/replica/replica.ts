@@ -473,6 +473,15 @@ export class Replica {
         }
         return answer({ ...channelSummary(info), next: info.nextSeq, oldest: info.oldestSeq });
       }
+      case "publishers": {
+        const publishers = tag === undefined ? null : this.machine.registeredPublishers(tag);
+        if (publishers === null) {
+          const again = (expired: boolean): void => this.onQuery(session, id, q, tag, expired ? undefined : after);
+          if (this.holdUntilExecuted(session, after, again)) return;
+          return refuse("UNKNOWN_CHANNEL", `no channel ${tag ?? ""}`);
+        }
+        return answer({ publishers });
+      }
       case "client-seq":
         return answer({ last: this.lastSeqOf(session.keyHex, tag) });
       default:

@@ -20,6 +20,14 @@ import { randomBytes } from "node:crypto";
 import type { Socket, TCPSocketListener } from "bun";
 import { signDomain, verifyDomain } from "../crypto/ed25519.ts";
 import type { SigningKey } from "../crypto/keys.ts";
+import {
+  deriveSessionKeys,
+  generateEphemeralKeyPair,
+  SessionCryptoError,
+  type SessionKeys,
+  sessionFraming,
+  x25519SharedSecret,
+} from "../crypto/session.ts";
 import { type DecodeResult, FrameDecoder } from "../../wire/frame.ts";
 import { decodeFrameBody, type Frame, type Hello } from "../../wire/schemas.ts";
 import { sessionTranscript } from "../../wire/session.ts";
@@ -138,6 +146,8 @@ interface ConnState {
   onPeerFrame: ((frame: Frame) => void) | null;
   clientHello: Hello | null;
   transcript: Uint8Array | null;
+  /** A client session's keys, from HELLO until AUTH has verified (then held by the connection's framing). */
+  clientKeys: SessionKeys | null;
   session: ClientSession | null;
   timer: ReturnType<typeof setTimeout> | null;
   /** When the last bytes arrived from the other side. */
@@ -293,6 +303,7 @@ export class ReplicaServer {
       onPeerFrame: null,
       clientHello: null,
       transcript: null,
+      clientKeys: null,
       session: null,
       timer: null,
       receivedMs: this.now(),
@@ -417,13 +428,39 @@ export class ReplicaServer {
       conn.closeWith({ type: FrameType.ERROR, body: { code: errorCodeFor(result.error), reason: result.error.reason } });
       return;
     }
-    const decoded = decodeFrameBody(result.type, result.payload);
+    let payload = result.payload;
+    if (conn.framing !== null) {
+      const opened = conn.framing.opener.open(result.type, payload);
+      if (opened === null) return this.onBadMac(conn, result.type);
+      payload = opened;
+    }
+    const decoded = decodeFrameBody(result.type, payload);
     if (!decoded.ok) {
       this.options.metrics.inc("bad_frames_total");
       conn.closeWith({ type: FrameType.ERROR, body: { code: errorCodeFor(decoded.error), reason: decoded.error.reason } });
       return;
     }
     this.onFrame(conn, decoded.frame);
+  }
+
+  /**
+   * A client frame whose MAC does not verify for the next frame counter: altered,
+   * replayed, reordered or removed in transit. It is never processed, and the session
+   * cannot go on (PROTOCOL.md 5.2): the connection is closed; the client reconnects.
+   */
+  private onBadMac(conn: FramedConn, type: number): void {
+    const state = conn.state as ConnState;
+    this.options.metrics.inc("client_frames_bad_mac_total");
+    this.options.log.warn("client frame failed its MAC check; closing the connection", {
+      remote: conn.remote,
+      key: state.session?.keyHex,
+      frame: (conn.framing?.opener.opened ?? 0) + 1,
+      type,
+    });
+    conn.closeWith({
+      type: FrameType.ERROR,
+      body: { code: "BAD_MAC", reason: "a frame failed its MAC check (altered, replayed or reordered)" },
+    });
   }
 
   private onFrame(conn: FramedConn, frame: Frame): void {
@@ -494,13 +531,24 @@ export class ReplicaServer {
     // Checked here, before the signature is made, and again once AUTH has proved the key.
     const refusal = this.clientRefusal(keyHex, conn.remote);
     if (refusal !== null) return this.refuseClient(conn, refusal);
+    // PROTOCOL.md 5.2: an ephemeral key exchange gives the session keys every later frame is MACed with.
+    const eph = generateEphemeralKeyPair();
     const unsigned = {
       v: PROTOCOL_VERSION,
       replica: this.options.self,
       key: this.options.key.publicKey,
       nonce: new Uint8Array(randomBytes(NONCE_BYTES)),
+      eph: eph.publicKey,
     } as const;
     const transcript = sessionTranscript(hello, unsigned);
+    try {
+      state.clientKeys = deriveSessionKeys(x25519SharedSecret(eph, hello.eph), transcript, "responder", "client");
+    } catch (error) {
+      if (!(error instanceof SessionCryptoError)) throw error;
+      this.options.metrics.inc("client_auth_failed_total");
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: error.message } });
+      return;
+    }
     conn.send({
       type: FrameType.HELLO_ACK,
       body: { ...unsigned, sig: signDomain(this.options.key, DOMAIN_SESSION_RESPONDER, transcript) },
@@ -523,6 +571,10 @@ export class ReplicaServer {
       conn.closeWith({ type: FrameType.ERROR, body: { code: "BAD_SIGNATURE", reason: "AUTH does not verify for the HELLO's key" } });
       return;
     }
+    // AUTH was the last frame without a MAC, in both directions: from here on, even a
+    // refusal is sealed, so the client can tell it from one an attacker made up.
+    conn.framing = sessionFraming(state.clientKeys as SessionKeys);
+    state.clientKeys = null;
     const keyHex = Buffer.from(hello.key).toString("hex");
     // Other handshakes with the same key or address may have finished since the HELLO.
     const refusal = this.clientRefusal(keyHex, conn.remote);

@@ -29,17 +29,16 @@
  * Figures are printed, never judged: benchmarks are programs (src/README.md §9, rule 12).
  * Everything is bounded in time; the cluster is torn down on exit and on SIGINT.
  */
-import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 import type { FitbClient, ReceivedBatch } from "../../src/client/index.ts";
-import { signDomain } from "../../src/crypto/ed25519.ts";
 import { loadPublicKeyFile, SigningKey } from "../../src/crypto/keys.ts";
 import { CLIENT_CONNECTIONS_PER_ADDRESS_MAX, CLIENT_OUTPUT_BYTES_MAX, CLIENT_STUCK_MS_MAX } from "../../src/replica/server.ts";
 import { FrameDecoder } from "../../wire/frame.ts";
-import { decodeFrameBody, encodeTypedFrame, type Frame, type Hello } from "../../wire/schemas.ts";
-import { sessionTranscript } from "../../wire/session.ts";
-import { DOMAIN_SESSION_INITIATOR, FrameType, NONCE_BYTES, PROTOCOL_VERSION } from "../../wire/types.ts";
+import type { SessionFraming } from "../../src/crypto/session.ts";
+import { decodeFrameBody, type Frame } from "../../wire/schemas.ts";
+import { FrameType } from "../../wire/types.ts";
+import { decodeSessionFrame, encodeSessionFrame, rawClientAuth, rawClientHello } from "../helpers/client-session.ts";
 import { clientFor } from "../integration/client-util.ts";
 import { freePortRange, startCluster, type TestCluster } from "../integration/harness.ts";
 
@@ -335,6 +334,8 @@ type AttackOutcome = { readonly kind: "subscribed" } | { readonly kind: "refused
 class AttackerSession {
   private readonly frames: Frame[] = [];
   private readonly decoder = new FrameDecoder({ copyPayloads: true });
+  /** The session's MACs once AUTH is sent (wire/PROTOCOL.md 5.2). */
+  private framing: SessionFraming | null = null;
   private closed = false;
   private wake: (() => void) | null = null;
   private readonly socket: net.Socket;
@@ -352,13 +353,14 @@ class AttackerSession {
   async attack(key: SigningKey, tag: string): Promise<AttackOutcome> {
     try {
       await this.until("the connection", () => this.socket.readyState === "open");
-      const hello: Hello = { v: PROTOCOL_VERSION, role: "client", key: key.publicKey, nonce: new Uint8Array(randomBytes(NONCE_BYTES)) };
-      this.send({ type: FrameType.HELLO, body: hello });
+      const state = rawClientHello(key);
+      this.send({ type: FrameType.HELLO, body: state.hello });
       await this.until("HELLO_ACK", () => this.has(FrameType.HELLO_ACK));
       const ack = this.frames.find((f) => f.type === FrameType.HELLO_ACK);
       if (ack?.type !== FrameType.HELLO_ACK) return this.refusal();
-      const sig = signDomain(key, DOMAIN_SESSION_INITIATOR, sessionTranscript(hello, ack.body));
-      this.send({ type: FrameType.AUTH, body: { sig } });
+      const { auth, framing } = rawClientAuth(key, state, ack.body);
+      this.send(auth);
+      this.framing = framing;
       this.send({ type: FrameType.PING, body: { n: 1 } });
       await this.until("PONG", () => this.has(FrameType.PONG));
       if (!this.has(FrameType.PONG)) return this.refusal();
@@ -378,7 +380,7 @@ class AttackerSession {
   }
 
   private send(frame: Frame): void {
-    this.socket.write(encodeTypedFrame(frame));
+    this.socket.write(encodeSessionFrame(frame, this.framing));
   }
 
   private has(type: number): boolean {
@@ -407,7 +409,9 @@ class AttackerSession {
   private onData(chunk: Buffer): void {
     for (const result of this.decoder.push(new Uint8Array(chunk))) {
       if (!result.ok) continue;
-      const decoded = decodeFrameBody(result.type, result.payload);
+      let decoded = decodeSessionFrame(result, this.framing);
+      // A refusal of AUTH (an ERROR) comes before the session's MACs begin.
+      if (!decoded.ok && "mac" in decoded) decoded = decodeFrameBody(result.type, result.payload);
       if (decoded.ok) this.frames.push(decoded.frame);
     }
     this.wake?.();

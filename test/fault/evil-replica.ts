@@ -4,14 +4,13 @@
  * shipped binary; it exists to show that subscribers of Byzantine channels cannot be
  * fooled by up to f such replicas.
  */
-import { randomBytes } from "node:crypto";
 import type { Socket, TCPSocketListener } from "bun";
-import { signDomain } from "../../src/crypto/ed25519.ts";
 import type { SigningKey } from "../../src/crypto/keys.ts";
-import { encodeFrame, FrameDecoder } from "../../wire/frame.ts";
-import { decodeFrameBody, encodeFrameBody, type Frame, type Hello, type SignedRequest } from "../../wire/schemas.ts";
-import { sessionTranscript } from "../../wire/session.ts";
-import { DOMAIN_SESSION_RESPONDER, FrameType, PROTOCOL_VERSION } from "../../wire/types.ts";
+import type { SessionFraming } from "../../src/crypto/session.ts";
+import { FrameDecoder } from "../../wire/frame.ts";
+import type { Frame, SignedRequest } from "../../wire/schemas.ts";
+import { FrameType } from "../../wire/types.ts";
+import { decodeSessionFrame, encodeSessionFrame, replicaSessionKeys } from "../helpers/client-session.ts";
 
 export interface ForgedBatch {
   /** Channel seq (total order) or publisher seq (unordered) the forgery claims. */
@@ -36,46 +35,45 @@ export function startEvilReplica(options: {
   readonly next: () => number;
 }): EvilReplica {
   let subscriptions = 0;
-  const listener: TCPSocketListener<{ decoder: FrameDecoder; hello: Hello | null }> = Bun.listen({
+  // It holds the replica's key, so it completes the session handshake and MACs its frames
+  // like the real one: the MAC proves which replica sent a frame, not that it is honest.
+  type State = { decoder: FrameDecoder; pending: SessionFraming | null; framing: SessionFraming | null };
+  const listener: TCPSocketListener<State> = Bun.listen({
     hostname: "127.0.0.1",
     port: options.port,
-    data: { decoder: new FrameDecoder(), hello: null },
+    data: { decoder: new FrameDecoder(), pending: null, framing: null },
     socket: {
       open(socket) {
-        socket.data = { decoder: new FrameDecoder(), hello: null };
+        socket.data = { decoder: new FrameDecoder({ copyPayloads: true }), pending: null, framing: null };
       },
       data(socket, chunk) {
         for (const result of socket.data.decoder.push(chunk)) {
           if (!result.ok) return void socket.end();
-          const decoded = decodeFrameBody(result.type, result.payload);
+          const decoded = decodeSessionFrame(result, socket.data.framing);
           if (!decoded.ok) return void socket.end();
-          onFrame(socket as Socket<{ decoder: FrameDecoder; hello: Hello | null }>, decoded.frame);
+          onFrame(socket as Socket<State>, decoded.frame);
         }
       },
     },
   });
 
-  function send(socket: Socket<unknown>, frame: Frame): void {
-    socket.write(encodeFrame(frame.type, encodeFrameBody(frame)));
+  function send(socket: Socket<State>, frame: Frame): void {
+    socket.write(encodeSessionFrame(frame, socket.data.framing));
   }
 
-  function onFrame(socket: Socket<{ decoder: FrameDecoder; hello: Hello | null }>, frame: Frame): void {
+  function onFrame(socket: Socket<State>, frame: Frame): void {
     switch (frame.type) {
       case FrameType.HELLO: {
         if (frame.body.role !== "client") return void socket.end();
-        const unsigned = {
-          v: PROTOCOL_VERSION,
-          replica: options.id,
-          key: options.key.publicKey,
-          nonce: new Uint8Array(randomBytes(32)),
-        } as const;
-        const transcript = sessionTranscript(frame.body, unsigned);
-        send(socket, {
-          type: FrameType.HELLO_ACK,
-          body: { ...unsigned, sig: signDomain(options.key, DOMAIN_SESSION_RESPONDER, transcript) },
-        });
+        const { ack, framing } = replicaSessionKeys(options.key, options.id, frame.body);
+        send(socket, { type: FrameType.HELLO_ACK, body: ack });
+        socket.data.pending = framing;
         return;
       }
+      case FrameType.AUTH:
+        // The signature is not checked: this replica lies, it does not guard anything.
+        socket.data.framing = socket.data.pending;
+        return;
       case FrameType.SUBSCRIBE: {
         subscriptions++;
         const { sub, tag } = frame.body;

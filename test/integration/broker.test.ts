@@ -61,6 +61,16 @@ describe("a four-replica cluster", () => {
     }, 60_000);
   }
 
+  test("QUERY publishers: the registered keys f+1 replicas list; an unknown channel is refused", async () => {
+    const publisherKey = loadPublicKeyFile(`${cluster.clientKey}.pub`);
+    expect(await admin.publishers("net.links")).toEqual([publisherKey]);
+    const error = await admin.publishers("no.such").then(
+      () => null,
+      (e: Error & { code?: string }) => e,
+    );
+    expect(error?.code).toBe("UNKNOWN_CHANNEL");
+  }, 30_000);
+
   test("two subscribers of a total-order channel see identical sequences under concurrent publishers", async () => {
     const subA = clientFor(cluster, cluster.clientKey);
     const subB = clientFor(cluster, cluster.adminKey);

@@ -10,9 +10,7 @@ import { randomBytes } from "node:crypto";
 import type { Canonical } from "../../wire/canonical.ts";
 import { FrameDecoder } from "../../wire/frame.ts";
 import {
-  decodeFrameBody,
   decodeRequestBody,
-  encodeTypedFrame,
   type Frame,
   type Hello,
   type HelloAck,
@@ -22,7 +20,14 @@ import {
   type Subscribe,
 } from "../../wire/schemas.ts";
 import { sessionTranscript } from "../../wire/session.ts";
-import { DOMAIN_REQUEST, DOMAIN_SESSION_INITIATOR, DOMAIN_SESSION_RESPONDER, FrameType, type ErrorCode } from "../../wire/types.ts";
+import {
+  DOMAIN_REQUEST,
+  DOMAIN_SESSION_INITIATOR,
+  DOMAIN_SESSION_RESPONDER,
+  FrameType,
+  type ErrorCode,
+  PROTOCOL_VERSION,
+} from "../../wire/types.ts";
 import { FitbClient } from "../../src/client/client.ts";
 import { ReplicaConnection, type ConnectionEvents, type ConnectionOptions } from "../../src/client/connection.ts";
 import { type ClientError, HandshakeError, NoQuorumError, ReplicaUnreachableError, RequestRejectedError } from "../../src/client/errors.ts";
@@ -32,6 +37,15 @@ import { signDomain, verifyDomain } from "../../src/crypto/ed25519.ts";
 import { toHex } from "../../src/crypto/encoding.ts";
 import { sha256 } from "../../src/crypto/hash.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
+import {
+  deriveSessionKeys,
+  generateEphemeralKeyPair,
+  type SessionFraming,
+  type SessionKeys,
+  sessionFraming,
+  x25519SharedSecret,
+} from "../../src/crypto/session.ts";
+import { decodeSessionFrame, encodeSessionFrame } from "../helpers/client-session.ts";
 import { waitFor } from "../helpers/wait.ts";
 
 // ---------------------------------------------------------------------------------------
@@ -45,6 +59,9 @@ interface ConnState {
   hello: Hello | null;
   ack: HelloAck | null;
   client: Uint8Array | null;
+  /** The session keys from HELLO until AUTH verifies; then the framing that seals and opens every frame. */
+  keys: SessionKeys | null;
+  framing: SessionFraming | null;
   subs: Map<number, { tag: string; next: number }>;
 }
 
@@ -75,6 +92,8 @@ class SharedLedger {
   /** Per tag: the decided batches, by first channel seq. */
   readonly logs = new Map<string, { first: number; signed: SignedRequest; span: number; digest: string }[]>();
   readonly replicas: TestReplica[] = [];
+  /** Per tag: the registered publishers (default: the test's client key). */
+  readonly publishers = new Map<string, Uint8Array[]>();
 
   /** The channel seq of a request: assigned once, the same for every honest replica. */
   decide(tag: string, signed: SignedRequest, span: number): number {
@@ -118,10 +137,18 @@ class TestReplica {
     this.server = Bun.listen<ConnState>({
       hostname: "127.0.0.1",
       port: 0,
-      data: { decoder: new FrameDecoder(), hello: null, ack: null, client: null, subs: new Map() },
+      data: { decoder: new FrameDecoder(), hello: null, ack: null, client: null, keys: null, framing: null, subs: new Map() },
       socket: {
         open: (socket) => {
-          socket.data = { decoder: new FrameDecoder({ copyPayloads: true }), hello: null, ack: null, client: null, subs: new Map() };
+          socket.data = {
+            decoder: new FrameDecoder({ copyPayloads: true }),
+            hello: null,
+            ack: null,
+            client: null,
+            keys: null,
+            framing: null,
+            subs: new Map(),
+          };
           this.sockets.add(socket);
         },
         data: (socket, data) => this.onData(socket, data),
@@ -148,7 +175,7 @@ class TestReplica {
   }
 
   send(socket: Conn, frame: Frame): void {
-    socket.write(encodeTypedFrame(frame));
+    socket.write(encodeSessionFrame(frame, socket.data.framing));
   }
 
   framesOfType(type: number): Frame[] {
@@ -158,8 +185,8 @@ class TestReplica {
   private onData(socket: Conn, data: Uint8Array): void {
     for (const item of socket.data.decoder.push(new Uint8Array(data))) {
       if (!item.ok) throw new Error(`test replica ${this.id}: ${item.error.reason}`);
-      const decoded = decodeFrameBody(item.type, item.payload);
-      if (!decoded.ok) throw new Error(`test replica ${this.id}: ${decoded.error.reason}`);
+      const decoded = decodeSessionFrame(item, socket.data.framing);
+      if (!decoded.ok) throw new Error(`test replica ${this.id}: ${"error" in decoded ? decoded.error.reason : "a frame failed its MAC"}`);
       this.received.push(decoded.frame);
       this.onFrame(socket, decoded.frame);
     }
@@ -197,13 +224,18 @@ class TestReplica {
       return;
     }
     const presented = this.script.presentKey ?? this.key;
+    const eph = generateEphemeralKeyPair();
     const unsigned = {
-      v: 1 as const,
+      v: PROTOCOL_VERSION,
       replica: this.script.claimId ?? this.id,
       key: presented.publicKey,
       nonce: new Uint8Array(randomBytes(32)),
-    };
-    const sig = signDomain(presented, DOMAIN_SESSION_RESPONDER, sessionTranscript(hello, unsigned));
+      eph: eph.publicKey,
+    } as const;
+    const transcript = sessionTranscript(hello, unsigned);
+    if (hello.role === "client")
+      socket.data.keys = deriveSessionKeys(x25519SharedSecret(eph, hello.eph), transcript, "responder", "client");
+    const sig = signDomain(presented, DOMAIN_SESSION_RESPONDER, transcript);
     if (this.script.badSignature === true) sig[0] = (sig[0] as number) ^ 0xff;
     const ack: HelloAck = { ...unsigned, sig };
     socket.data.hello = hello;
@@ -219,6 +251,7 @@ class TestReplica {
       return;
     }
     socket.data.client = hello.key;
+    socket.data.framing = sessionFraming(socket.data.keys as SessionKeys);
     this.authenticated.push(hello.key);
   }
 
@@ -303,6 +336,9 @@ class TestReplica {
         return { channels: [...this.ledger.channels].map(([tag, c]) => ({ tag, ...c, priority: "normal", public: true })) };
       case "status":
         return { replica: this.id, view: 2, leader: 2, lastDecided: 40 + this.id, channels: this.ledger.channels.size, peers: [] };
+      case "publishers":
+        if (!this.ledger.channels.has(query.tag)) return { refuse: "UNKNOWN_CHANNEL", reason: `no channel ${query.tag}` };
+        return { publishers: this.ledger.publishers.get(query.tag) ?? [clientKey.publicKey] };
     }
   }
 
@@ -469,7 +505,8 @@ describe("session handshake", () => {
     const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger());
     started.push(replica);
     const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
-    await waitFor("session", () => events.ready === 1 && replica.sockets.size === 1);
+    // Until the replica has taken AUTH it has no session keys to seal the PING with.
+    await waitFor("session", () => events.ready === 1 && replica.authenticated.length === 1);
     replica.send([...replica.sockets][0]!, { type: FrameType.PING, body: { n: 77 } });
     await waitFor("PONG", () => replica.framesOfType(FrameType.PONG).length === 1);
     expect(replica.framesOfType(FrameType.PONG)[0]!.body).toEqual({ n: 77 });
@@ -495,6 +532,22 @@ describe("session handshake", () => {
     expect(events.down.length).toBe(1);
     expect(events.down[0]!.message).toContain("connection lost");
     expect(conn.isReady).toBe(true);
+  });
+
+  test("a frame whose MAC fails (one byte altered in transit) is not looked at: the session drops, reports it, and comes back", async () => {
+    const replica = new TestReplica(0, replicaKeys[0]!, new SharedLedger());
+    started.push(replica);
+    const { events } = connection(replica.port, replicaKeys[0]!.publicKey);
+    await waitFor("session", () => events.ready === 1 && replica.authenticated.length === 1);
+    const socket = [...replica.sockets][0]!;
+    const sealed = encodeSessionFrame({ type: FrameType.ERROR, body: { code: "INTERNAL", reason: "made up" } }, socket.data.framing);
+    sealed[sealed.length - 33] = (sealed[sealed.length - 33] as number) ^ 0x20;
+    socket.write(sealed);
+    await waitFor("drop", () => events.down.length === 1);
+    expect(events.down[0]).toBeInstanceOf(ReplicaUnreachableError);
+    expect(events.down[0]!.message).toContain("frame 1 (type 0x4) failed its MAC check: altered, replayed or reordered in transit");
+    expect(events.frames).toEqual([]);
+    await waitFor("a fresh session", () => events.ready === 2 && replica.authenticated.length === 2);
   });
 
   test("a byte stream that cannot be framed drops the session", async () => {

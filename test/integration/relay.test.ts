@@ -486,7 +486,9 @@ describe("relay: bounds", () => {
     } finally {
       await slowRelay.stop(1_000);
     }
-  });
+    // Up to 800 events of nearly 64 KiB each, every frame MACed on the way in and out:
+    // about 4 s on a quiet machine, so the default 5 s left no room on a busy one.
+  }, 30_000);
 });
 
 describe("relay: bounds at their limit", () => {

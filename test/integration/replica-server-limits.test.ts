@@ -17,7 +17,7 @@ import { DOMAIN_SESSION_INITIATOR, FRAME_BYTES_MAX, FrameType, NONCE_BYTES, PROT
 import type { ReplicaEntry } from "../../src/config/cluster.ts";
 import { signDomain } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
-import { generateEphemeralKeyPair } from "../../src/crypto/session.ts";
+import { generateEphemeralKeyPair, type SessionFraming } from "../../src/crypto/session.ts";
 import { createLog } from "../../src/replica/log.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import { PeerMesh } from "../../src/replica/peers.ts";
@@ -33,6 +33,7 @@ import {
   ReplicaServer,
   type ServerLimits,
 } from "../../src/replica/server.ts";
+import { type ClientHelloState, decodeSessionFrame, encodeSessionFrame, rawClientAuth, rawClientHello } from "../helpers/client-session.ts";
 import { waitFor } from "../helpers/wait.ts";
 
 const HOST = "127.0.0.1";
@@ -50,6 +51,10 @@ afterEach(() => {
 class RawConn {
   readonly frames: Frame[] = [];
   closed = false;
+  /** The session's MACs once AUTH is sent (PROTOCOL.md 5.2); null before. */
+  framing: SessionFraming | null = null;
+  /** Frames that arrived without a valid MAC after AUTH (a refusal of AUTH is sent without one). */
+  unsealedFrames = 0;
   private socket: Socket<undefined> | null = null;
   private readonly decoder = new FrameDecoder({ copyPayloads: true });
 
@@ -80,7 +85,7 @@ class RawConn {
   }
 
   send(frame: Frame): void {
-    this.write(encodeTypedFrame(frame));
+    this.write(encodeSessionFrame(frame, this.framing));
   }
 
   write(bytes: Uint8Array): void {
@@ -109,8 +114,13 @@ class RawConn {
   private onData(chunk: Uint8Array): void {
     for (const result of this.decoder.push(chunk)) {
       if (!result.ok) throw new Error(`server sent a bad frame: ${result.error.reason}`);
-      const decoded = decodeFrameBody(result.type, result.payload);
-      if (!decoded.ok) throw new Error(`server sent a bad frame: ${decoded.error.reason}`);
+      let decoded = decodeSessionFrame(result, this.framing);
+      if (!decoded.ok && "mac" in decoded) {
+        // A refusal of AUTH comes before the session's MACs begin.
+        this.unsealedFrames++;
+        decoded = decodeFrameBody(result.type, result.payload);
+      }
+      if (!decoded.ok) throw new Error(`server sent a bad frame: ${"error" in decoded ? decoded.error.reason : "MAC"}`);
       this.frames.push(decoded.frame);
     }
   }
@@ -120,13 +130,18 @@ function nonce(): Uint8Array {
   return new Uint8Array(randomBytes(NONCE_BYTES));
 }
 
+interface Handshake {
+  readonly state: ClientHelloState;
+  readonly ack: HelloAck;
+}
+
 /** Sends a client HELLO and waits for HELLO_ACK or a refusal; the ACK, or null when refused. */
-async function sendClientHello(raw: RawConn, key: SigningKey): Promise<{ hello: Hello; ack: HelloAck } | null> {
-  const hello: Hello = { v: PROTOCOL_VERSION, role: "client", key: key.publicKey, nonce: nonce() };
-  raw.send({ type: FrameType.HELLO, body: hello });
+async function sendClientHello(raw: RawConn, key: SigningKey): Promise<Handshake | null> {
+  const state = rawClientHello(key);
+  raw.send({ type: FrameType.HELLO, body: state.hello });
   await waitFor("HELLO_ACK or a refusal", () => raw.has(FrameType.HELLO_ACK) || raw.closed);
   const ack = raw.frames.find((f) => f.type === FrameType.HELLO_ACK);
-  return ack?.type === FrameType.HELLO_ACK ? { hello, ack: ack.body } : null;
+  return ack?.type === FrameType.HELLO_ACK ? { state, ack: ack.body } : null;
 }
 
 /** Sends a HELLO claiming to be replica 1, whose public key anyone may know, and waits for HELLO_ACK. */
@@ -143,13 +158,11 @@ async function sendReplicaHello(raw: RawConn, replicaKey: SigningKey): Promise<v
   await waitFor("HELLO_ACK", () => raw.has(FrameType.HELLO_ACK));
 }
 
-function authFrame(key: SigningKey, hello: Hello, ack: HelloAck): Frame {
-  return { type: FrameType.AUTH, body: { sig: signDomain(key, DOMAIN_SESSION_INITIATOR, sessionTranscript(hello, ack)) } };
-}
-
 /** Sends AUTH then PING; waits until the session answers PONG or the server refuses. */
-async function sendClientAuth(raw: RawConn, key: SigningKey, handshake: { hello: Hello; ack: HelloAck }): Promise<void> {
-  raw.send(authFrame(key, handshake.hello, handshake.ack));
+async function sendClientAuth(raw: RawConn, key: SigningKey, handshake: Handshake): Promise<void> {
+  const { auth, framing } = rawClientAuth(key, handshake.state, handshake.ack);
+  raw.send(auth);
+  raw.framing = framing;
   raw.send({ type: FrameType.PING, body: { n: 1 } });
   await waitFor("PONG or a refusal", () => raw.has(FrameType.PONG) || raw.closed);
 }
@@ -202,6 +215,8 @@ interface Fixture {
   readonly clientFrames: Frame[];
   /** Per QUERY: how many of the large answers the server could queue (send returned true). */
   readonly bulkSent: number[];
+  /** The server's log lines at warn and above. */
+  readonly logLines: string[];
 }
 
 /** The test handler answers a QUERY with this many QUERY_REPLY frames of BULK_FRAME_BYTES each. */
@@ -219,6 +234,7 @@ function startServer(
   const peerMessages: { from: number; msg: Uint8Array }[] = [];
   const clientFrames: Frame[] = [];
   const bulkSent: number[] = [];
+  const logLines: string[] = [];
   const mesh = new PeerMesh({
     self: 0,
     key: serverKey,
@@ -251,7 +267,7 @@ function startServer(
     frameBytesMax: FRAME_BYTES_MAX,
     mesh,
     clients,
-    log: quietLog,
+    log: createLog({}, "warn", (line) => logLines.push(line)),
     metrics,
     limits,
     clientKeysAllowed,
@@ -262,7 +278,7 @@ function startServer(
     server.stop();
     mesh.stop();
   });
-  return { server, metrics, serverKey, peerKey, peerMessages, clientFrames, bulkSent };
+  return { server, metrics, serverKey, peerKey, peerMessages, clientFrames, bulkSent, logLines };
 }
 
 /** Replica 1's real mesh, dialling the server; it sends only on the link it dialled. */
@@ -409,10 +425,12 @@ describe("connections still in their handshake", () => {
       const raw = await RawConn.open(fx.server.port);
       const handshake = await sendClientHello(raw, key);
       if (handshake === null) throw new Error("refused");
+      const { auth, framing } = rawClientAuth(key, handshake.state, handshake.ack);
+      raw.framing = framing;
       const frames = [
-        encodeTypedFrame(authFrame(key, handshake.hello, handshake.ack)),
-        encodeTypedFrame({ type: FrameType.PING, body: { n: 7 } }),
-        encodeTypedFrame({ type: FrameType.REQUEST, body: { body: bigBody, sig: new Uint8Array(64) } }),
+        encodeTypedFrame(auth),
+        encodeSessionFrame({ type: FrameType.PING, body: { n: 7 } }, framing),
+        encodeSessionFrame({ type: FrameType.REQUEST, body: { body: bigBody, sig: new Uint8Array(64) } }, framing),
       ];
       const bytes = Buffer.concat(frames);
       const seen = fx.clientFrames.length;
@@ -463,6 +481,8 @@ describe("authenticated client connections", () => {
     expectSession(first);
     await sendClientAuth(second, key, secondHandshake);
     await expectRefused(second, "1 connections open with this client key; at most 1");
+    // Refused after AUTH verified: the refusal is sealed like any session frame.
+    expect(second.unsealedFrames).toBe(0);
   });
 
   test("at most clientConnectionsPerAddressMax from one address, whatever the keys", async () => {
@@ -505,7 +525,7 @@ describe("client authentication (PROTOCOL.md §5.1)", () => {
     const handshake = await sendClientHello(forged, key);
     if (handshake === null) throw new Error("no HELLO_ACK");
     // Signed by another key than the one HELLO named.
-    forged.send(authFrame(SigningKey.generate(), handshake.hello, handshake.ack));
+    forged.send(rawClientAuth(SigningKey.generate(), handshake.state, handshake.ack).auth);
     await waitFor("the close", () => forged.closed);
     expect(forged.error).toBe("BAD_SIGNATURE AUTH does not verify for the HELLO's key");
     const skipped = await RawConn.open(fx.server.port);
@@ -513,6 +533,87 @@ describe("client authentication (PROTOCOL.md §5.1)", () => {
     skipped.send({ type: FrameType.PING, body: { n: 1 } });
     await waitFor("the close", () => skipped.closed);
     expect(skipped.error).toBe("UNAUTHORIZED the frame after HELLO must be AUTH");
+  });
+});
+
+describe("client session MACs (PROTOCOL.md 5.2)", () => {
+  /** A live session (it got PONG), and the frames the handler saw so far. */
+  async function liveSession(fx: Fixture): Promise<RawConn> {
+    const raw = await clientSession(fx.server.port, SigningKey.generate());
+    expectSession(raw);
+    return raw;
+  }
+
+  async function expectClosedForMac(fx: Fixture, raw: RawConn, handled: number): Promise<void> {
+    await waitFor("the connection to be closed", () => raw.closed);
+    expect(raw.error).toBe("BAD_MAC a frame failed its MAC check (altered, replayed or reordered)");
+    // The ERROR itself is sealed: the client can tell it from a forgery.
+    expect(raw.unsealedFrames).toBe(0);
+    expect(fx.metrics.get("client_frames_bad_mac_total")).toBe(1);
+    expect(fx.clientFrames.length).toBe(handled);
+    expect(fx.logLines.some((line) => line.includes("client frame failed its MAC check; closing the connection"))).toBe(true);
+  }
+
+  test("every replica frame after AUTH is sealed, and the session's frames open in order", async () => {
+    const fx = startServer();
+    const raw = await liveSession(fx);
+    raw.send({ type: FrameType.PING, body: { n: 2 } });
+    await waitFor("the second PONG", () => raw.frames.filter((f) => f.type === FrameType.PONG).length === 2);
+    expect(raw.framing?.opener.opened).toBe(2);
+    expect(raw.unsealedFrames).toBe(0);
+  });
+
+  test("a frame with one byte altered is not processed: counted, logged, and the connection closed", async () => {
+    const fx = startServer();
+    const raw = await liveSession(fx);
+    const handled = fx.clientFrames.length;
+    const sealed = encodeSessionFrame({ type: FrameType.PING, body: { n: 77 } }, raw.framing);
+    // The last payload byte: n = 77 becomes 76.
+    sealed[sealed.length - 33] = (sealed[sealed.length - 33] as number) ^ 0x01;
+    raw.write(sealed);
+    await expectClosedForMac(fx, raw, handled);
+  });
+
+  test("a replayed frame (an exact copy of one the replica accepted) is refused", async () => {
+    const fx = startServer();
+    const raw = await liveSession(fx);
+    const sealed = encodeSessionFrame({ type: FrameType.PING, body: { n: 5 } }, raw.framing);
+    raw.write(sealed);
+    await waitFor("the PONG", () => raw.frames.filter((f) => f.type === FrameType.PONG).length === 2);
+    const handled = fx.clientFrames.length;
+    raw.write(sealed);
+    await expectClosedForMac(fx, raw, handled);
+  });
+
+  test("frames out of order are refused", async () => {
+    const fx = startServer();
+    const raw = await liveSession(fx);
+    const framing = raw.framing as SessionFraming;
+    const first = encodeSessionFrame({ type: FrameType.PING, body: { n: 5 } }, framing);
+    const second = encodeSessionFrame({ type: FrameType.PING, body: { n: 6 } }, framing);
+    const handled = fx.clientFrames.length;
+    raw.write(Buffer.concat([second, first]));
+    await expectClosedForMac(fx, raw, handled);
+  });
+
+  test("a frame without a MAC after AUTH (what a version 1 client sends) is refused", async () => {
+    const fx = startServer();
+    const raw = await liveSession(fx);
+    const handled = fx.clientFrames.length;
+    raw.write(encodeTypedFrame({ type: FrameType.PING, body: { n: 9 } }));
+    await expectClosedForMac(fx, raw, handled);
+  });
+
+  test("a version 1 HELLO is refused with BAD_VERSION saying why, before the replica signs anything", async () => {
+    const fx = startServer();
+    const raw = await RawConn.open(fx.server.port);
+    const key = SigningKey.generate();
+    raw.send({ type: FrameType.HELLO, body: { v: 1, role: "client", key: key.publicKey, nonce: nonce() } as unknown as Hello });
+    await waitFor("the refusal", () => raw.closed);
+    expect(raw.error).toBe(
+      "BAD_VERSION HELLO: version 1 is not supported (this is version 2; since version 2 every client frame after the handshake carries a MAC: upgrade the client or replica)",
+    );
+    expect(raw.has(FrameType.HELLO_ACK)).toBe(false);
   });
 });
 

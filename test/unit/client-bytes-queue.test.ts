@@ -39,11 +39,16 @@ class GatedHandler {
 
 type Harness = { host: ScriptedHost; sub: ClientSubscription; handler: GatedHandler; signals: SubscriptionSignal[] };
 
+/** The publisher registered on every channel here (crash-fault subscribers take only registered publishers). */
+const PUBLISHER = SigningKey.generate();
+
 function subscribe(info: ChannelInfo, options: SubscribeOptions): Harness {
   const host = new ScriptedHost();
   const handler = new GatedHandler();
   const signals: SubscriptionSignal[] = [];
-  const sub = new ClientSubscription(host, info, { ...options, onSignal: (s) => signals.push(s) }, handler.handle, START_TIMEOUT_MS);
+  const sub = new ClientSubscription(host, info, { ...options, onSignal: (s) => signals.push(s) }, handler.handle, START_TIMEOUT_MS, [
+    PUBLISHER.publicKey,
+  ]);
   void sub.begin().catch(() => undefined);
   for (const replica of [0, 1]) {
     const subId = host.subIdAt(replica);
@@ -77,7 +82,7 @@ describe("the delivery queue's byte bound", () => {
 
   test("unordered: a few large events past the bound are dropped, counted and signalled as overflow", async () => {
     const h = subscribe(channel("net.links", "crash", "none"), { from: 0, queueBytesMax: 2 * 64 * KIB });
-    const key = SigningKey.generate();
+    const key = PUBLISHER;
     // The first goes to the handler, which holds it; the next two fill the 128 KiB.
     for (let seq = 1; seq <= 3; seq++) send(h, 0, 0, signedRequest(key, "net.links", seq, [bigEvent(64 * KIB, seq)]));
     await settle();
@@ -101,7 +106,7 @@ describe("the delivery queue's byte bound", () => {
 
   test("unordered, default bound: 1 MiB events are dropped past 64 MiB, far below the count bound", async () => {
     const h = subscribe(channel("net.links", "crash", "none"), { from: 0 });
-    const key = SigningKey.generate();
+    const key = PUBLISHER;
     const queuedMax = DELIVERY_QUEUE_BYTES_MAX_DEFAULT / MIB;
     // One held by the handler, then a full queue, then one more.
     const total = 1 + queuedMax + 1;
@@ -116,7 +121,7 @@ describe("the delivery queue's byte bound", () => {
 
   test("total order: a few large events past the bound pause delivery, which resumes where it stopped, nothing lost", async () => {
     const h = subscribe(channel("ops.log", "crash", "total"), { from: 1, queueBytesMax: 2 * 64 * KIB });
-    const key = SigningKey.generate();
+    const key = PUBLISHER;
     const reqs = [1, 2, 3, 4, 5].map((seq) => signedRequest(key, "ops.log", seq, [bigEvent(64 * KIB, seq)]));
     for (let seq = 1; seq <= 3; seq++) send(h, 0, seq, reqs[seq - 1] as Events["req"]);
     await settle();

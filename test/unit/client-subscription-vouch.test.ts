@@ -21,7 +21,7 @@ const text = (b: Uint8Array): string => new TextDecoder().decode(b);
 
 type Harness = { host: ScriptedHost; sub: ClientSubscription; got: string[]; signals: SubscriptionSignal[] };
 
-function subscribe(info: ChannelInfo, from?: number): Harness {
+function subscribe(info: ChannelInfo, from?: number, publishers: readonly Uint8Array[] = []): Harness {
   const host = new ScriptedHost();
   const got: string[] = [];
   const signals: SubscriptionSignal[] = [];
@@ -29,7 +29,7 @@ function subscribe(info: ChannelInfo, from?: number): Harness {
   const handler = (batch: ReceivedBatch) => {
     got.push(...batch.events.map(text));
   };
-  const sub = new ClientSubscription(host, info, options, handler, START_TIMEOUT_MS);
+  const sub = new ClientSubscription(host, info, options, handler, START_TIMEOUT_MS, publishers);
   void sub.begin().catch(() => undefined);
   return { host, sub, got, signals };
 }
@@ -70,12 +70,17 @@ describe("byzantine/none subscription", () => {
 
 describe("a full publisher table", () => {
   test("is signalled as overflow and counted, and the replica is not dropped for it", async () => {
-    const h = subscribe(channel("net.links", "crash", "none"));
+    const keys = Array.from({ length: DELIVERY_PUBLISHERS_MAX + 1 }, () => SigningKey.generate());
+    const h = subscribe(
+      channel("net.links", "crash", "none"),
+      undefined,
+      keys.map((key) => key.publicKey),
+    );
     for (const replica of [0, 1]) subOk(h, replica);
-    for (let i = 0; i < DELIVERY_PUBLISHERS_MAX; i++) send(h, 0, 0, signedRequest(SigningKey.generate(), "net.links", 1, ["e"]));
+    for (const key of keys.slice(0, DELIVERY_PUBLISHERS_MAX)) send(h, 0, 0, signedRequest(key, "net.links", 1, ["e"]));
     await settle();
     expect(h.got).toHaveLength(DELIVERY_PUBLISHERS_MAX);
-    const extra = SigningKey.generate();
+    const extra = keys[DELIVERY_PUBLISHERS_MAX] as SigningKey;
     send(h, 1, 0, signedRequest(extra, "net.links", 1, ["lost", "too"]));
     await settle();
     expect(h.got).toHaveLength(DELIVERY_PUBLISHERS_MAX);

@@ -8,8 +8,12 @@ import { concatBytes, fromHex } from "../../src/crypto/encoding.ts";
 import { domainMessage } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import {
+  CLIENT_FRAME_MAC_BYTES,
   checkMac,
   deriveSessionKeys,
+  FrameOpener,
+  FrameSealer,
+  sessionFraming,
   ephemeralKeyPairFromSecret,
   generateEphemeralKeyPair,
   MAC_BYTES,
@@ -23,8 +27,12 @@ import {
   verifyHandshake,
   x25519SharedSecret,
 } from "../../src/crypto/session.ts";
-import { peerMacInput, signingInput } from "../../wire/session.ts";
+import { FrameDecoder } from "../../wire/frame.ts";
+import { decodeFrameBody, encodeTypedFrame, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
+import { clientMacInput, peerMacInput, signingInput } from "../../wire/session.ts";
 import {
+  DOMAIN_CLIENT_KEY_I2R,
+  DOMAIN_CLIENT_KEY_R2I,
   DOMAIN_PEER_KEY_I2R,
   DOMAIN_PEER_KEY_R2I,
   DOMAIN_SESSION_INITIATOR,
@@ -218,6 +226,22 @@ describe("wire/vectors/session.json", () => {
     expect(x25519SharedSecret(responder, initiator.publicKey)).toEqual(fromHex(vectors.peer.sharedSecret));
   });
 
+  test("client session keys and the sealed client frame match", () => {
+    const client = ephemeralKeyPairFromSecret(fromHex(vectors.keys.clientEphSecret));
+    const replica = ephemeralKeyPairFromSecret(fromHex(vectors.keys.replica0EphSecret));
+    expect(client.publicKey).toEqual(fromHex(vectors.keys.clientEph));
+    const shared = x25519SharedSecret(client, replica.publicKey);
+    expect(shared).toEqual(fromHex(vectors.client.sharedSecret));
+    const keys = deriveSessionKeys(shared, clientTranscript, "initiator", "client");
+    expect(keys.sendKey).toEqual(fromHex(vectors.client.keyInitiatorToResponder));
+    expect(keys.receiveKey).toEqual(fromHex(vectors.client.keyResponderToInitiator));
+    const payload = fromHex(vectors.client.macPayload);
+    expect(clientMacInput(vectors.client.macSeq, vectors.client.macType, payload)).toEqual(fromHex(vectors.client.macInput));
+    const sealed = new FrameSealer(keys.sendKey).seal(encodeTypedFrame({ type: FrameType.PING, body: { n: 7 } }));
+    expect(sealed).toEqual(fromHex(vectors.client.sealedFrame));
+    expect(sealed.subarray(sealed.length - CLIENT_FRAME_MAC_BYTES)).toEqual(fromHex(vectors.client.mac));
+  });
+
   test("session keys and the peer MAC match", () => {
     const shared = fromHex(vectors.peer.sharedSecret);
     expect(transcriptHash(peerTranscript)).toEqual(fromHex(vectors.peer.salt));
@@ -277,5 +301,112 @@ describe("SendSequence", () => {
     const sender = new SendSequence();
     const receiver = new ReplayGuard();
     for (let i = 0; i < 100; i += 1) expect(receiver.accept(sender.next())).toBe(true);
+  });
+});
+
+describe("client session frames (wire/PROTOCOL.md 5.2)", () => {
+  const shared = x25519SharedSecret(generateEphemeralKeyPair(), generateEphemeralKeyPair().publicKey);
+  const clientKeys = deriveSessionKeys(shared, TRANSCRIPT, "initiator", "client");
+  const replicaKeys = deriveSessionKeys(shared, TRANSCRIPT, "responder", "client");
+  const frames: Frame[] = [
+    { type: FrameType.PING, body: { n: 1 } },
+    { type: FrameType.QUERY, body: { id: 2, q: "list-channels" } },
+    { type: FrameType.PING, body: { n: 3 } },
+  ];
+
+  /** What a receiver does with a byte stream: cut, open, decode; null marks a frame refused by its MAC, the last one read. */
+  function receive(opener: FrameOpener, bytes: Uint8Array): (Frame | null)[] {
+    const out: (Frame | null)[] = [];
+    for (const item of new FrameDecoder({ frameBytesMax: 1024 + CLIENT_FRAME_MAC_BYTES }).push(bytes)) {
+      if (!item.ok) throw new Error(item.error.reason);
+      const payload = opener.open(item.type, item.payload);
+      if (payload === null) {
+        // The runtime closes the connection at the first refusal: nothing after it is read.
+        out.push(null);
+        return out;
+      }
+      const decoded = decodeFrameBody(item.type, payload);
+      if (!decoded.ok) throw new Error(decoded.error.reason);
+      out.push(decoded.frame);
+    }
+    return out;
+  }
+
+  function sealAll(sealer: FrameSealer): Uint8Array[] {
+    return frames.map((frame) => sealer.seal(encodeTypedFrame(frame)));
+  }
+
+  test("client keys are their own pair, apart from the peer keys of the same secret and transcript", () => {
+    const peer = deriveSessionKeys(shared, TRANSCRIPT, "initiator", "peer");
+    expect(clientKeys.sendKey).not.toEqual(peer.sendKey);
+    expect(clientKeys.sendKey).toEqual(replicaKeys.receiveKey);
+    expect(clientKeys.receiveKey).toEqual(replicaKeys.sendKey);
+    expect(clientKeys.sendKey).not.toEqual(clientKeys.receiveKey);
+    expect(DOMAIN_CLIENT_KEY_I2R).not.toBe(DOMAIN_CLIENT_KEY_R2I);
+  });
+
+  test("frames sealed in order open in order, as the frames sent; sealed in place or by copy, the same bytes", () => {
+    const sealed = sealAll(new FrameSealer(clientKeys.sendKey));
+    expect(receive(new FrameOpener(replicaKeys.receiveKey), Buffer.concat(sealed))).toEqual(frames);
+    const inPlace = new FrameSealer(clientKeys.sendKey);
+    frames.forEach((frame, i) =>
+      expect(inPlace.sealInPlace(encodeTypedFrameWithTrailer(frame, CLIENT_FRAME_MAC_BYTES))).toEqual(sealed[i] as Uint8Array),
+    );
+    // The MAC is counted in the length field: a frame is 32 bytes longer than unsealed.
+    expect(sealed[0]?.length).toBe(encodeTypedFrame(frames[0] as Frame).length + CLIENT_FRAME_MAC_BYTES);
+  });
+
+  test("a tampered byte anywhere after the length field (type, payload or MAC) is refused", () => {
+    const [first] = sealAll(new FrameSealer(clientKeys.sendKey));
+    if (first === undefined) throw new Error("no frame");
+    for (let at = 4; at < first.length; at++) {
+      const tampered = Uint8Array.from(first);
+      tampered[at] = (tampered[at] as number) ^ 0x01;
+      const opener = new FrameOpener(replicaKeys.receiveKey);
+      const type = tampered[4] as number;
+      expect(opener.open(type, tampered.subarray(5))).toBeNull();
+      expect(opener.opened).toBe(0);
+    }
+  });
+
+  test("a replayed frame is refused: the receiver expects the next counter", () => {
+    const [first, second] = sealAll(new FrameSealer(clientKeys.sendKey));
+    if (first === undefined || second === undefined) throw new Error("no frames");
+    expect(receive(new FrameOpener(replicaKeys.receiveKey), Buffer.concat([first, first]))).toEqual([frames[0] as Frame, null]);
+    // A frame of an earlier session is refused by a new one, even as its first frame.
+    const otherKeys = deriveSessionKeys(shared, utf8("another session's transcript"), "responder", "client");
+    expect(receive(new FrameOpener(otherKeys.receiveKey), first)).toEqual([null]);
+  });
+
+  test("reordered or dropped frames are refused", () => {
+    const [first, second, third] = sealAll(new FrameSealer(clientKeys.sendKey));
+    if (first === undefined || second === undefined || third === undefined) throw new Error("no frames");
+    expect(receive(new FrameOpener(replicaKeys.receiveKey), Buffer.concat([second, first]))).toEqual([null]);
+    expect(receive(new FrameOpener(replicaKeys.receiveKey), Buffer.concat([first, third]))).toEqual([frames[0] as Frame, null]);
+  });
+
+  test("a frame is not accepted in the other direction (reflected back to its sender)", () => {
+    const [first] = sealAll(new FrameSealer(clientKeys.sendKey));
+    if (first === undefined) throw new Error("no frame");
+    expect(receive(new FrameOpener(clientKeys.receiveKey), first)).toEqual([null]);
+  });
+
+  test("a refusal does not advance the counter, and a frame too short to hold a MAC is refused without a throw", () => {
+    const framing = sessionFraming(replicaKeys);
+    expect(framing.opener.open(FrameType.PING, new Uint8Array(CLIENT_FRAME_MAC_BYTES - 1))).toBeNull();
+    expect(framing.opener.open(FrameType.PING, new Uint8Array(CLIENT_FRAME_MAC_BYTES))).toBeNull();
+    const [first] = sealAll(new FrameSealer(clientKeys.sendKey));
+    expect(receive(framing.opener, first as Uint8Array)).toEqual([frames[0] as Frame]);
+    expect(framing.opener.opened).toBe(1);
+  });
+
+  test("the MAC covers the domain, the u64 counter, the type and the payload (clientMacInput)", () => {
+    const frame = encodeTypedFrame({ type: FrameType.PING, body: { n: 9 } });
+    const sealed = new FrameSealer(clientKeys.sendKey).seal(frame);
+    const expected = hmac(nobleSha256, clientKeys.sendKey, clientMacInput(1, FrameType.PING, frame.subarray(5)));
+    expect(sealed.subarray(frame.length)).toEqual(expected);
+    expect(clientMacInput(2 ** 32 + 5, 0x05, Uint8Array.of(0xee))).toEqual(
+      concatBytes(utf8("fitb/v1/client-mac"), Uint8Array.of(0, 0, 0, 0, 1, 0, 0, 0, 5, 0x05, 0xee)),
+    );
   });
 });

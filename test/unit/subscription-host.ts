@@ -33,6 +33,26 @@ export class ScriptedHost implements SubscriptionHost {
     return this.floor;
   }
 
+  /** The registered publishers the host answers with, and how often it was asked. */
+  registered: Uint8Array[] = [];
+  publisherQueries = 0;
+  /** Answers queued while set: the test releases them with `answerPublishers`. */
+  holdPublisherQueries = false;
+  private readonly heldPublisherQueries: (() => void)[] = [];
+
+  publishers(_tag: string): Promise<readonly Uint8Array[]> {
+    this.publisherQueries++;
+    return new Promise((resolve) => {
+      const answer = () => resolve([...this.registered]);
+      if (this.holdPublisherQueries) this.heldPublisherQueries.push(answer);
+      else answer();
+    });
+  }
+
+  answerPublishers(): void {
+    for (const answer of this.heldPublisherQueries.splice(0)) answer();
+  }
+
   subscribeAt(_sub: ClientSubscription, replica: number, from: number | undefined, after: number): number | null {
     if (!this.ready.has(replica) || this.queueFull.has(replica)) return null;
     const subId = ++this.lastSubId;

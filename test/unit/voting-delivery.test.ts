@@ -15,6 +15,7 @@ import {
   DELIVERY_HELD_BYTES_PER_PUBLISHER_MAX,
   DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX,
   DELIVERY_PUBLISHERS_MAX,
+  DELIVERY_UNKNOWN_PUBLISHER_COPIES_PER_REPLICA_MAX,
   DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX,
   DeliveryVoter,
   type BatchCopy,
@@ -506,5 +507,50 @@ describe("live unordered subscriptions refuse old events replayed to them", () =
     const v = voter("crash", "none");
     const p = publisher();
     expect(delivered(v.onBatch(0, copy(1, signed(p, 1, ["old"], TAG, 5))))).toEqual([[null, ["old"]]]);
+  });
+});
+
+describe("a publisher filter that does not know a key yet (crash channels)", () => {
+  const known = new Set<string>([Buffer.from(ALICE.key).toString("hex")]);
+  const filter = (publisher: Uint8Array) => (known.has(Buffer.from(publisher).toString("hex")) ? true : "unknown");
+
+  test("its copies are held, not delivered nor dropped, and go through again once the key is known", () => {
+    const v = voter("crash", "total", { acceptPublisher: filter });
+    const bob = signed(BOB, 1, ["b1"]);
+    const out = v.onBatch(0, copy(1, bob));
+    expect(delivered(out)).toEqual([]);
+    expect(others(out)).toEqual([{ t: "unknown-publisher", replica: 0, publisher: BOB.key }]);
+    expect(v.stats().heldUnknown).toBe(1);
+    // Nothing moves past seq 1 while it waits; ALICE's batch at seq 2 waits behind it.
+    expect(delivered(v.onBatch(1, copy(2, signed(ALICE, 1, ["a1"]))))).toEqual([]);
+    known.add(Buffer.from(BOB.key).toString("hex"));
+    expect(delivered(v.recheckHeld())).toEqual([
+      [1, ["b1"]],
+      [2, ["a1"]],
+    ]);
+    expect(v.stats().heldUnknown).toBe(0);
+  });
+
+  test(`at most ${DELIVERY_UNKNOWN_PUBLISHER_COPIES_PER_REPLICA_MAX} held per replica: past it the sender's oldest is pushed out (re-read on total order)`, () => {
+    const v = voter("crash", "total", { acceptPublisher: () => "unknown" });
+    for (let seq = 1; seq <= DELIVERY_UNKNOWN_PUBLISHER_COPIES_PER_REPLICA_MAX; seq++) {
+      expect(others(v.onBatch(3, copy(seq, signed(BOB, seq, ["x"])))).map((o) => o.t)).toEqual(["unknown-publisher"]);
+    }
+    const past = others(v.onBatch(3, copy(999, signed(BOB, 999, ["x"])))).map((o) => o.t);
+    expect(past).toEqual(["overflow", "unknown-publisher"]);
+    expect(v.stats().heldUnknown).toBe(DELIVERY_UNKNOWN_PUBLISHER_COPIES_PER_REPLICA_MAX);
+    expect(v.stats().heldDropped[3]).toBe(1);
+    // Another replica's allowance is its own.
+    expect(others(v.onBatch(0, copy(1, signed(BOB, 1, ["x"])))).map((o) => o.t)).toEqual(["unknown-publisher"]);
+  });
+
+  test("a key refused after the wait: its held copies are dropped as publisher-refused", () => {
+    let verdict: boolean | "unknown" = "unknown";
+    const v = voter("crash", "none", { acceptPublisher: () => verdict });
+    v.onBatch(2, copy(0, signed(BOB, 1, ["forged"])));
+    verdict = false;
+    const out = v.recheckHeld();
+    expect(delivered(out)).toEqual([]);
+    expect(others(out)).toEqual([{ t: "invalid", replica: 2, reason: "publisher-refused" }]);
   });
 });

@@ -7,6 +7,9 @@ import {
   CANONICAL_DEPTH_MAX,
   DOMAIN_PEER_KEY_I2R,
   DOMAIN_PEER_KEY_R2I,
+  DOMAIN_CLIENT_KEY_I2R,
+  DOMAIN_CLIENT_KEY_R2I,
+  DOMAIN_CLIENT_MAC,
   DOMAIN_PEER_MAC,
   DOMAIN_REQUEST,
   DOMAIN_SESSION_INITIATOR,
@@ -49,6 +52,9 @@ describe("PROTOCOL.md matches the code", () => {
       DOMAIN_PEER_KEY_I2R,
       DOMAIN_PEER_KEY_R2I,
       DOMAIN_PEER_MAC,
+      DOMAIN_CLIENT_KEY_I2R,
+      DOMAIN_CLIENT_KEY_R2I,
+      DOMAIN_CLIENT_MAC,
     ]) {
       expect(doc).toContain(`| \`${d}\` |`);
     }

@@ -19,7 +19,7 @@
 import { bytesEqual, toHex } from "../../../wire/bytes.ts";
 import { chainNext, type BatchRecord } from "./batch-log.ts";
 
-import { Channel } from "./channel.ts";
+import { Channel, sortedKeys } from "./channel.ts";
 import { checkChannelsConfig, DEFAULT_CHANNELS_CONFIG, type ChannelsConfig } from "./config.ts";
 import { DIGEST_BYTES, KEYS_PER_CHANNEL_MAX, PUBLIC_KEY_BYTES, READ_BATCHES_MAX, UNORDERED_RETRY_SCAN_MAX } from "./constants.ts";
 import { signedRequestDigest } from "./request.ts";
@@ -360,6 +360,16 @@ export class ChannelMachine {
 
   channelInfo(tag: string): ChannelInfo | null {
     return this.state.channels.get(tag)?.info() ?? null;
+  }
+
+  /**
+   * The publisher keys registered on a channel, in ascending bytewise order (equal
+   * registries give equal lists), or null when there is no such channel. What subscribers
+   * of crash-fault channels filter deliveries by (QUERY "publishers").
+   */
+  registeredPublishers(tag: string): Uint8Array[] | null {
+    const channel = this.state.channels.get(tag);
+    return channel === undefined ? null : sortedKeys(channel.publishers);
   }
 
   /** Every channel, in tag order. */

@@ -18,6 +18,12 @@
  * can be delivered or vouch for a key (end-to-end authenticity; on byzantine/total once
  * per distinct copy). Invalid copies are dropped and counted per replica.
  *
+ * An optional publisher filter (`acceptPublisher`) says whether a key is registered on the
+ * channel; the client uses it on crash channels, where one replica's copy is delivered on
+ * its own. A key the filter does not know yet ("unknown") is neither delivered nor
+ * dropped: its copies are held per replica, within a bound, an "unknown-publisher"
+ * output asks the caller to learn the registry again, and `recheckHeld` feeds them back.
+ *
  * Total-order channels are delivered in seq order with no gap and no duplicate,
  * starting at `fromSeq` (a resume point may fall inside a batch: the events before it
  * are cut off). Copies that arrive ahead of the next seq wait in per-replica buffers with
@@ -45,6 +51,10 @@ import { checkGroup, replyKindOf, vouchQuorum } from "./quorum.ts";
 
 /** Buffered copies (ahead of the next seq) one replica may hold in a subscription. */
 export const DELIVERY_BUFFERED_BATCHES_PER_REPLICA_MAX = 256;
+/** Copies of keys the publisher filter does not know yet that one replica may have held at once. */
+export const DELIVERY_UNKNOWN_PUBLISHER_COPIES_PER_REPLICA_MAX = 64;
+/** Bytes (body + signature) of such copies one replica may have held: two of the largest requests. */
+export const DELIVERY_UNKNOWN_PUBLISHER_BYTES_PER_REPLICA_MAX = 2 * REQUEST_BYTES_MAX;
 /** Bytes of buffered copies (body + signature) one replica may hold in a subscription. */
 export const DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX = 8 * 1024 * 1024;
 /** Distinct vouched publishers an unordered subscription tracks (publishers must be registered). */
@@ -75,8 +85,11 @@ export type DeliveryVoterOptions = {
   readonly fromSeq?: number;
   readonly hash: HashFn;
   readonly verify: VerifyRequest;
-  /** Optional filter, e.g. the channel's registered publishers; default accepts all. */
-  readonly acceptPublisher?: (publisher: Uint8Array) => boolean;
+  /**
+   * Optional filter, e.g. the channel's registered publishers; default accepts all.
+   * "unknown": the caller does not know yet; the copy is held until `recheckHeld`.
+   */
+  readonly acceptPublisher?: (publisher: Uint8Array) => PublisherVerdict;
   /**
    * Unordered: copies of requests signed before this time (the publisher's `ts`) are
    * dropped as stale. A live subscription sets it a little before it started, so a
@@ -84,6 +97,9 @@ export type DeliveryVoterOptions = {
    */
   readonly notBeforeMs?: number;
 };
+
+/** What the publisher filter says of a key: registered, not registered, or not known yet. */
+export type PublisherVerdict = boolean | "unknown";
 
 /** A stored batch as a replica sends it to a subscriber. */
 export type BatchCopy = {
@@ -125,7 +141,12 @@ export type DeliveryOutput =
    */
   | { readonly t: "publishers-full"; readonly publisher: Uint8Array; readonly droppedEvents: number; readonly reason: string }
   /** Enough replicas say `nextSeq` is no longer retained; `oldestSeq` is where to go on. */
-  | { readonly t: "trimmed"; readonly nextSeq: number; readonly oldestSeq: number };
+  | { readonly t: "trimmed"; readonly nextSeq: number; readonly oldestSeq: number }
+  /**
+   * A copy signed by a key the publisher filter does not know yet is held: learn the
+   * registry again, then call `recheckHeld`.
+   */
+  | { readonly t: "unknown-publisher"; readonly replica: number; readonly publisher: Uint8Array };
 
 /** Why a copy was dropped as invalid. */
 export type InvalidReason =
@@ -158,6 +179,8 @@ export type DeliveryStats = {
   readonly evictions: readonly number[];
   /** Unordered: copies held until their publisher key is vouched for, all replicas together. */
   readonly held: number;
+  /** Copies held until the publisher filter knows their key, all replicas together. */
+  readonly heldUnknown: number;
 };
 
 /** One distinct copy waiting at a seq, with the replicas that sent it. */
@@ -186,7 +209,10 @@ type Evidence = { readonly held: HeldCopy[]; bytes: number };
 
 type CountName = "invalid" | "duplicates" | "conflicts" | "overflows" | "stale" | "heldDropped" | "evictions";
 
-type Opened = { readonly request: PubRequest } | { readonly invalid: InvalidReason };
+type Opened = { readonly request: PubRequest } | { readonly invalid: InvalidReason } | { readonly unknown: PubRequest };
+
+/** A copy held until the publisher filter knows its key. */
+type UnknownCopy = { readonly arrival: number; readonly copy: BatchCopy; readonly bytes: number };
 
 export class DeliveryVoter {
   private readonly tag: string;
@@ -196,7 +222,10 @@ export class DeliveryVoter {
   private readonly hash: HashFn;
   private readonly verify: VerifyRequest;
   private readonly notBeforeMs: number;
-  private readonly acceptPublisher: (publisher: Uint8Array) => boolean;
+  private readonly acceptPublisher: (publisher: Uint8Array) => PublisherVerdict;
+  /** Per replica: copies whose key the publisher filter does not know yet, oldest first. */
+  private readonly unknownHeld: UnknownCopy[][];
+  private readonly unknownHeldBytes: number[];
   private next: number;
 
   // Total order: copies waiting, by first seq, then by copy key.
@@ -247,6 +276,8 @@ export class DeliveryVoter {
     this.next = fromSeq;
     this.votes = Array.from({ length: options.n }, () => new Map<number, string>());
     this.unvouched = Array.from({ length: options.n }, () => new Map<string, Evidence>());
+    this.unknownHeld = Array.from({ length: options.n }, (): UnknownCopy[] => []);
+    this.unknownHeldBytes = new Array<number>(options.n).fill(0);
     this.bufferedBytes = new Array<number>(options.n).fill(0);
     const zeros = (): number[] => new Array<number>(options.n).fill(0);
     this.counts = {
@@ -303,6 +334,8 @@ export class DeliveryVoter {
     for (const groups of this.pending.values()) for (const group of groups.values()) buffered += group.voters.size;
     let held = 0;
     for (const evidence of this.unvouched) for (const own of evidence.values()) held += own.held.length;
+    let heldUnknown = 0;
+    for (const copies of this.unknownHeld) heldUnknown += copies.length;
     return {
       deliveredBatches: this.deliveredBatches,
       deliveredEvents: this.deliveredEvents,
@@ -316,6 +349,7 @@ export class DeliveryVoter {
       heldDropped: [...this.counts.heldDropped],
       evictions: [...this.counts.evictions],
       held,
+      heldUnknown,
     };
   }
 
@@ -333,8 +367,63 @@ export class DeliveryVoter {
     const request = parsePubRequest(value);
     if (request === null) return { invalid: "malformed" };
     if (request.op.tag !== this.tag) return { invalid: "wrong-tag" };
-    if (!this.acceptPublisher(request.client)) return { invalid: "publisher-refused" };
+    const verdict = this.acceptPublisher(request.client);
+    if (verdict === "unknown") return { unknown: request };
+    if (!verdict) return { invalid: "publisher-refused" };
     return { request };
+  }
+
+  /**
+   * Holds a copy whose key the publisher filter does not know yet, within the sender's
+   * own allowance (a replica that floods made-up keys pushes out only its own copies).
+   * On a total-order channel a copy pushed out is asked for again (overflow: re-read
+   * from the next seq), so nothing is skipped; on an unordered one it is counted.
+   */
+  private holdUnknown(replica: number, copy: BatchCopy, publisher: Uint8Array): DeliveryOutput[] {
+    const held = this.unknownHeld[replica] as UnknownCopy[];
+    const bytes = copy.body.length + copy.sig.length;
+    const outputs: DeliveryOutput[] = [];
+    let pushedOut = 0;
+    while (
+      held.length > 0 &&
+      (held.length >= DELIVERY_UNKNOWN_PUBLISHER_COPIES_PER_REPLICA_MAX ||
+        (this.unknownHeldBytes[replica] as number) + bytes > DELIVERY_UNKNOWN_PUBLISHER_BYTES_PER_REPLICA_MAX)
+    ) {
+      const oldest = held.shift() as UnknownCopy;
+      this.unknownHeldBytes[replica] = (this.unknownHeldBytes[replica] as number) - oldest.bytes;
+      pushedOut++;
+    }
+    if (bytes > DELIVERY_UNKNOWN_PUBLISHER_BYTES_PER_REPLICA_MAX) pushedOut++;
+    else {
+      held.push({ arrival: this.arrivals++, copy, bytes });
+      this.unknownHeldBytes[replica] = (this.unknownHeldBytes[replica] as number) + bytes;
+    }
+    if (pushedOut > 0) {
+      this.dropHeld(replica, pushedOut);
+      if (this.ordered)
+        outputs.push(
+          ...this.overflow(replica, `more than ${DELIVERY_UNKNOWN_PUBLISHER_COPIES_PER_REPLICA_MAX} copies of unknown publishers held`),
+        );
+    }
+    outputs.push({ t: "unknown-publisher", replica, publisher });
+    return outputs;
+  }
+
+  /**
+   * The publisher filter has learnt more: every held copy of a key it did not know goes
+   * through again, in arrival order (delivered, refused, or held again if still unknown).
+   */
+  recheckHeld(): DeliveryOutput[] {
+    const copies: { arrival: number; replica: number; copy: BatchCopy }[] = [];
+    this.unknownHeld.forEach((held, replica) => {
+      for (const entry of held) copies.push({ arrival: entry.arrival, replica, copy: entry.copy });
+      held.length = 0;
+      this.unknownHeldBytes[replica] = 0;
+    });
+    copies.sort((a, b) => a.arrival - b.arrival);
+    const outputs: DeliveryOutput[] = [];
+    for (const entry of copies) outputs.push(...this.onBatch(entry.replica, entry.copy));
+    return outputs;
   }
 
   private count(what: CountName, replica: number): void {
@@ -348,6 +437,7 @@ export class DeliveryVoter {
   private onUnorderedCopy(replica: number, copy: BatchCopy): DeliveryOutput[] {
     const decoded = this.decode(copy.body);
     if ("invalid" in decoded) return this.invalidCopy(replica, decoded.invalid);
+    if ("unknown" in decoded) return this.holdUnknown(replica, copy, decoded.unknown.client);
     const request = decoded.request;
     if (request.ts < this.notBeforeMs) {
       this.count("stale", replica);
@@ -500,6 +590,7 @@ export class DeliveryVoter {
     if (earlier !== undefined) return [this.conflict(replica, copy.firstSeq, "sent two different batches at one seq")];
     const group = this.pending.get(copy.firstSeq)?.get(key) ?? this.openGroup(copy, key);
     if ("invalid" in group) return this.invalidCopy(replica, group.invalid);
+    if ("unknown" in group) return this.holdUnknown(replica, copy, group.unknown.client);
     if ("late" in group) return this.lateCopy(replica, copy.firstSeq, true);
     const full = this.bufferFull(replica, group.bytes);
     if (full !== null) return this.overflow(replica, full);
@@ -518,9 +609,12 @@ export class DeliveryVoter {
    * Opens a copy not seen before. A copy that ends before the next seq is late (a
    * resume point past it) and is not worth a signature check; others are verified.
    */
-  private openGroup(copy: BatchCopy, key: string): Group | { readonly invalid: InvalidReason } | { readonly late: true } {
+  private openGroup(
+    copy: BatchCopy,
+    key: string,
+  ): Group | { readonly invalid: InvalidReason } | { readonly late: true } | { readonly unknown: PubRequest } {
     const decoded = this.decode(copy.body);
-    if ("invalid" in decoded) return decoded;
+    if ("invalid" in decoded || "unknown" in decoded) return decoded;
     const request = decoded.request;
     const end = copy.firstSeq + request.span;
     if (end <= this.next) return { late: true };

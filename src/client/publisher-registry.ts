@@ -1,0 +1,125 @@
+/**
+ * The publishers registered on one channel, as a subscriber of a crash-fault channel
+ * knows them. There a single replica's copy of a batch is delivered on its own (no vote),
+ * so without this filter one compromised replica, or an attacker who could inject frames,
+ * could deliver any batch validly signed by any key at all. With it, a copy is delivered
+ * only if its publisher is a key that f+1 replicas list as registered (QUERY
+ * "publishers", queries.ts `publishersRule`): at least one of them is correct.
+ *
+ * Registrations happen while a subscription runs, and replicas execute them at different
+ * moments, so a key not in the set is not refused at once: it is "unknown", its copies
+ * are held (delivery-voter.ts), and the set is learnt again. A key still missing
+ * UNKNOWN_PUBLISHER_WAIT_MS after it first appeared is refused, and stays refused for
+ * REFUSED_PUBLISHER_MS before it may cause another look. Refreshes are at most one at a
+ * time and REFRESH_INTERVAL_MS apart, so made-up keys cost the replicas a bounded trickle
+ * of queries, and every map here is bounded.
+ *
+ * Pure bookkeeping: the caller runs the queries and passes the clock.
+ */
+import { toHex } from "../crypto/encoding.ts";
+import type { PublisherVerdict } from "../core/voting/delivery-voter.ts";
+
+/** Least time between two refreshes of one subscription's set. */
+export const REFRESH_INTERVAL_MS = 500;
+/** How long a key may stay unknown (its copies held) before it is refused. */
+export const UNKNOWN_PUBLISHER_WAIT_MS = 5_000;
+/** How long a refused key stays refused before its copies cause another look. */
+export const REFUSED_PUBLISHER_MS = 30_000;
+/**
+ * Unknown keys waiting for a refresh at once. Past it the one waiting longest makes room:
+ * it only loses its place in the wait (its copies stay held, and it is looked at again
+ * with them), so a flood of made-up keys cannot get a newly registered key refused.
+ */
+export const UNKNOWN_PUBLISHERS_MAX = 64;
+/** Refused keys remembered; past it the oldest is forgotten (and may cause a look again). */
+export const REFUSED_PUBLISHERS_MAX = 1024;
+
+export class PublisherRegistry {
+  private known: ReadonlySet<string>;
+  /** Unknown keys, by hex: when each was first seen. */
+  private readonly unknown = new Map<string, number>();
+  /** Refused keys, by hex: when each was refused. Oldest first. */
+  private readonly refused = new Map<string, number>();
+  private inFlight = false;
+  private wanted = false;
+  private lastStartMs = Number.NEGATIVE_INFINITY;
+  private refreshes = 0;
+
+  constructor(publishers: readonly Uint8Array[]) {
+    this.known = new Set(publishers.map(toHex));
+  }
+
+  /** Keys in the set now. */
+  get size(): number {
+    return this.known.size;
+  }
+
+  /** Completed refreshes (for tests and diagnostics). */
+  get refreshCount(): number {
+    return this.refreshes;
+  }
+
+  /** Registered (true), refused (false), or not known yet ("unknown": hold its copies, refresh). */
+  check(publisher: Uint8Array, nowMs: number): PublisherVerdict {
+    const hex = toHex(publisher);
+    if (this.known.has(hex)) return true;
+    const refusedAt = this.refused.get(hex);
+    if (refusedAt !== undefined) {
+      if (nowMs - refusedAt < REFUSED_PUBLISHER_MS) return false;
+      this.refused.delete(hex);
+    }
+    if (!this.unknown.has(hex)) {
+      if (this.unknown.size >= UNKNOWN_PUBLISHERS_MAX) this.unknown.delete(this.unknown.keys().next().value as string);
+      this.unknown.set(hex, nowMs);
+    }
+    this.wanted = true;
+    return "unknown";
+  }
+
+  /** Whether a refresh should start now: one is wanted, none runs, and the last began long enough ago. */
+  shouldRefresh(nowMs: number): boolean {
+    return this.wanted && !this.inFlight && nowMs - this.lastStartMs >= REFRESH_INTERVAL_MS;
+  }
+
+  /** A refresh has started. */
+  begin(nowMs: number): void {
+    this.inFlight = true;
+    this.wanted = false;
+    this.lastStartMs = nowMs;
+  }
+
+  /**
+   * A refresh answered: the set is replaced (a destroyed and re-created channel may have
+   * dropped keys). Unknown keys now in it are known; those still missing after
+   * UNKNOWN_PUBLISHER_WAIT_MS are refused; the others wait for another refresh.
+   */
+  update(publishers: readonly Uint8Array[], nowMs: number): void {
+    this.inFlight = false;
+    this.refreshes++;
+    this.known = new Set(publishers.map(toHex));
+    for (const [hex, firstSeenMs] of this.unknown) {
+      if (this.known.has(hex)) this.unknown.delete(hex);
+      else if (nowMs - firstSeenMs >= UNKNOWN_PUBLISHER_WAIT_MS) {
+        this.unknown.delete(hex);
+        this.refuse(hex, nowMs);
+      }
+    }
+    if (this.unknown.size > 0) this.wanted = true;
+  }
+
+  /** A refresh failed (no quorum in time): unknown keys wait for the next one, or are refused once they waited too long. */
+  failed(nowMs: number): void {
+    this.inFlight = false;
+    for (const [hex, firstSeenMs] of this.unknown) {
+      if (nowMs - firstSeenMs < UNKNOWN_PUBLISHER_WAIT_MS) continue;
+      this.unknown.delete(hex);
+      this.refuse(hex, nowMs);
+    }
+    if (this.unknown.size > 0) this.wanted = true;
+  }
+
+  private refuse(hex: string, nowMs: number): void {
+    if (this.refused.size >= REFUSED_PUBLISHERS_MAX) this.refused.delete(this.refused.keys().next().value as string);
+    this.refused.set(hex, nowMs);
+  }
+}
