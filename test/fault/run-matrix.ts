@@ -3,12 +3,11 @@
  * one fresh group per fault, and one table. Run on purpose (it takes minutes, needs root);
  * every row is bounded in time and the whole run stops by itself.
  *
- *   npm run faults                      every fault, dist/fitb (built first if missing)
+ *   npm run faults                      every fault, dist/fitb (built first)
  *   npm run faults -- --fault kill-all  one row
  *   npm run faults -- --json            one JSON object per row on stdout
  *   npm run faults -- --source          run replicas from src/ with bun instead of dist/fitb
  */
-import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { FAULTS, type FaultRow, faultNamed, formatRows, runFault } from "./matrix.ts";
 import { netnsUnavailable } from "./netns.ts";
@@ -42,13 +41,12 @@ function parse(argv: string[]): { fault: string | null; json: boolean; source: b
 
 async function replicaCommand(source: boolean): Promise<string[]> {
   if (source) return [process.execPath, join(REPO, "src/cli/main.ts")];
-  const binary = join(REPO, "dist/fitb");
-  if (!existsSync(binary)) {
-    console.error("building dist/fitb (npm run build)");
-    const build = Bun.spawnSync(["npm", "run", "build"], { cwd: REPO, stdout: "inherit", stderr: "inherit" });
-    if (build.exitCode !== 0) throw new Error("npm run build failed");
-  }
-  return [binary];
+  // Built every time (about a second): a stale binary would speak an older protocol than
+  // the clients of this run.
+  console.error("building dist/fitb (npm run build)");
+  const build = Bun.spawnSync(["npm", "run", "build"], { cwd: REPO, stdout: "ignore", stderr: "inherit" });
+  if (build.exitCode !== 0) throw new Error("npm run build failed");
+  return [join(REPO, "dist/fitb")];
 }
 
 async function main(): Promise<void> {
