@@ -873,8 +873,10 @@ describe("subscribe", () => {
     await publisher.publish("net.links", [utf8("up")]);
     await publisher.publish("net.links", [utf8("down")]);
     await waitFor("two events", () => got.length === 2);
-    await Bun.sleep(50);
-    expect(got).toEqual(["up", "down"]);
+    // Delivered after the two: nothing else came in between or before.
+    await publisher.publish("net.links", [utf8("end")]);
+    await waitFor("the end marker", () => got.includes("end"));
+    expect(got).toEqual(["up", "down", "end"]);
   });
 
   test("a live start is the (f+1)-th highest SUB_OK next: a replica claiming to be far ahead cannot skip events", async () => {
