@@ -32,6 +32,8 @@ const EVENTS_PER_REQUEST = 4;
 const REQUESTS_BEFORE = 20;
 const REQUESTS_AFTER = 20;
 const REQUEST_TIMEOUT_MS = 20_000;
+/** Pause after a publish that failed, before the next. */
+const RETRY_PAUSE_MS = 50;
 /** Bound on every wait of a row (only reached when the row fails). */
 const WAIT_MS = 90_000;
 
@@ -142,15 +144,21 @@ export class FaultGroup {
     for (const disk of this.disks) if (disk !== null) spawnSync("umount", ["-l", disk]);
   }
 
-  /** Shrinks replica `id`'s disk to what it uses now: every further write fails with ENOSPC. */
+  /**
+   * Fills replica `id`'s disk: the tmpfs is shrunk to a little more than it uses (it cannot
+   * shrink below what is in use, which grows meanwhile) and the rest taken by a ballast
+   * file, so every further allocation fails with ENOSPC.
+   */
   fillDisk(id: number): void {
     const disk = this.disks[id] as string;
     const used = spawnSync("df", ["--output=used", "-k", disk], { encoding: "utf8" }).stdout.trim().split("\n").at(-1)?.trim();
-    mountTmpfs(disk, `${Math.max(Number(used), 1)}k`, true);
+    mountTmpfs(disk, `${Math.max(Number(used), 1) + DISK_MARGIN_KB}k`, true);
+    spawnSync("dd", ["if=/dev/zero", `of=${join(disk, "ballast")}`, "bs=4k"], { stdio: "ignore" });
   }
 
   /** Gives replica `id` room again, and restarts it if the full disk stopped it. */
   async freeDisk(id: number): Promise<void> {
+    rmSync(join(this.disks[id] as string, "ballast"), { force: true });
     mountTmpfs(this.disks[id] as string, DISK_ROOMY, true);
     const proc = this.procs[id];
     if (proc !== null && proc !== undefined && proc.exitCode !== null) this.start(id);
@@ -211,6 +219,8 @@ export class TcpProxy {
 }
 
 const DISK_ROOMY = "256m";
+/** Room left above what a disk uses when it is shrunk; the ballast file then takes it. */
+const DISK_MARGIN_KB = 1024;
 
 function mountTmpfs(path: string, size: string, remount = false): void {
   const options = remount ? `remount,size=${size}` : `size=${size}`;
@@ -394,6 +404,10 @@ export async function runFault(
   const files = clusterFiles(net, dir);
   const group = new FaultGroup(net, files.configPath, replicaCommand, fault.proxied === true);
   const clients: FitbClient[] = [];
+  let running = true;
+  const stopPublishing = (): void => {
+    running = false;
+  };
   try {
     await group.startAll(fault.smallDisks === true, dir);
     const admin = client(files.configPath, files.adminKey);
@@ -420,7 +434,6 @@ export async function runFault(
 
     const stream: Stream = { tag: TAG, prefix: "ev", acked: [], attempted: new Set(), failures: 0 };
     const starts: number[] = [];
-    let running = true;
     const publishing = (async () => {
       for (let r = 0; running; r++) {
         starts.push(Date.now());
@@ -431,6 +444,8 @@ export async function runFault(
           payloads.forEach((payload, i) => stream.acked.push({ payload, seq: ack.channelSeq === null ? null : ack.channelSeq + i }));
         } catch {
           stream.failures++;
+          // A refused publish can fail at once: let timers and I/O run before the next one.
+          await Bun.sleep(RETRY_PAUSE_MS);
         }
       }
       starts.push(Date.now());
@@ -481,9 +496,11 @@ export async function runFault(
       problems,
     };
   } catch (error) {
+    stopPublishing();
     const tails = [0, 1, 2, 3].map((id) => `replica ${id}:\n${group.tail(id)}`).join("\n");
     throw new Error(`${fault.name}: ${(error as Error).message}\n${tails}`);
   } finally {
+    stopPublishing();
     for (const c of clients) c.close();
     await group.stop();
     net.destroy();
