@@ -29,6 +29,7 @@ import { OrderingCore } from "../core/ordering/core.ts";
 import type { CoreCrypto, CoreInput, Effect, PersistedRecord, Ready, Refusal } from "../core/ordering/types.ts";
 import type { Canonical } from "../../wire/canonical.ts";
 import { toHex } from "../../wire/bytes.ts";
+import type { ErrorCode } from "../../wire/types.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { PeerMesh } from "./peers.ts";
@@ -90,6 +91,17 @@ export function peerEnvelopeBytes(frameBytesMax: number, f: number): number {
 }
 
 /** The ordering core's configuration for this cluster (core/ordering/PROTOCOL.md §10 defaults, sized to the cluster's limits). */
+/** The error code a client is sent for each refusal of the core (replica.ts says why in words). */
+const REFUSAL_CODES: Record<Refusal, ErrorCode> = {
+  invalid: "BAD_REQUEST",
+  quarantined: "UNAUTHORIZED",
+  window: "OUT_OF_ORDER",
+  overloaded: "OVERLOADED",
+};
+
+/** PRE-PREPAREs timed for the ordering histogram at once (a window's worth; more: start again). */
+const PROPOSALS_TIMED_MAX = 4096;
+
 /** A peer's misbehaviour is logged at most this often (it is always counted). */
 const MISBEHAVIOUR_LOG_INTERVAL_MS = 60_000;
 
@@ -129,6 +141,10 @@ export class OrderingDriver {
   private timer: ReturnType<typeof setInterval> | null = null;
   /** The last decided seq executed on the machine (decisions run after their commit). */
   private appliedSeq = 0;
+  /** The highest seq each peer sent a COMMIT for: how far it has got (peer lag). */
+  private readonly peerCommitSeq = new Map<number, number>();
+  /** When each seq's PRE-PREPARE was first sent or seen (performance.now ms), for the ordering histogram. */
+  private readonly proposedMs = new Map<number, number>();
 
   constructor(private readonly options: OrderingDriverOptions) {
     const { config, id, key, machine, storage, log, metrics } = options;
@@ -243,7 +259,21 @@ export class OrderingDriver {
       this.options.metrics.inc("peer_messages_rejected_total");
       return;
     }
+    if (msg.t === "COMMIT" && msg.seq > (this.peerCommitSeq.get(from) ?? 0)) this.peerCommitSeq.set(from, msg.seq);
+    else if (msg.t === "PRE_PREPARE") this.proposalSeen(msg.seq);
     this.step({ kind: "message", from, msg: msg.t === "FORWARD" ? this.admissibleForwards(msg) : msg });
+  }
+
+  /** How many decided seqs a peer is behind this replica, by the COMMITs it sent (0 if ahead). */
+  peerLag(peer: number): number {
+    return Math.max(0, this.core.status().lastExecuted - (this.peerCommitSeq.get(peer) ?? 0));
+  }
+
+  private proposalSeen(seq: number): void {
+    if (this.proposedMs.has(seq)) return;
+    // Seqs proposed in a view that then changed never decide here: bound what they leave.
+    if (this.proposedMs.size >= PROPOSALS_TIMED_MAX) this.proposedMs.clear();
+    this.proposedMs.set(seq, performance.now());
   }
 
   /** A peer's FORWARD, less what this replica would not take from its own clients (forwards.ts). */
@@ -303,6 +333,7 @@ export class OrderingDriver {
   private perform(effect: Effect): void {
     switch (effect.kind) {
       case "send": {
+        if (effect.msg.t === "PRE_PREPARE") this.proposalSeen(effect.msg.seq);
         const bytes = encodeEnvelope("ordering", effect.msg as unknown as Canonical);
         if (effect.to === "all") this.options.mesh.broadcast(bytes);
         else this.options.mesh.send(effect.to, bytes);
@@ -311,6 +342,7 @@ export class OrderingDriver {
       case "decide":
         // A decision queued before a snapshot installed past it is already in that state.
         if (effect.seq <= this.appliedSeq) return;
+        this.observeOrdering(effect.seq);
         this.options.onDecided(effect.execute, effect.seq);
         this.appliedSeq = effect.seq;
         return;
@@ -318,7 +350,7 @@ export class OrderingDriver {
         this.options.onResendReply(effect.client, effect.seq);
         return;
       case "refused":
-        this.options.metrics.inc("requests_refused_total");
+        this.options.metrics.refused(REFUSAL_CODES[effect.reason]);
         this.options.onRefused(effect.client, effect.seq, effect.reason);
         return;
       case "takeCheckpoint":
@@ -359,6 +391,13 @@ export class OrderingDriver {
         return unreachable;
       }
     }
+  }
+
+  private observeOrdering(seq: number): void {
+    const proposed = this.proposedMs.get(seq);
+    if (proposed === undefined) return;
+    this.proposedMs.delete(seq);
+    this.options.metrics.ordering.observe((performance.now() - proposed) / 1000);
   }
 
   /**

@@ -25,6 +25,7 @@ import { decodeRequestBody, type Frame, type Reply, type Request, type RequestFr
 import { type ErrorCode, FrameType } from "../../wire/types.ts";
 import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
+import { type ChannelCells, ChannelMetrics } from "./channel-metrics.ts";
 import { Metrics } from "./metrics.ts";
 import { OrderingDriver } from "./ordering-driver.ts";
 import { PeerMesh } from "./peers.ts";
@@ -54,6 +55,7 @@ export interface ReplicaOptions {
 export class Replica {
   readonly metrics = new Metrics();
   readonly machine: ChannelMachine;
+  readonly channelMetrics: ChannelMetrics;
   private readonly mesh: PeerMesh;
   private readonly server: ReplicaServer;
   private readonly subs: Subscriptions;
@@ -80,10 +82,18 @@ export class Replica {
       hash: sha256,
       config: channelsConfigFrom(config.limits, config.retention),
     });
-    this.subs = new Subscriptions(id, this.machine, this.metrics, config.limits.connectionSubscriptionsMax, {
-      executedSeq: () => this.executedSeq,
-      hold: (session, after, retry) => this.holdUntilExecuted(session, after, retry),
-    });
+    this.channelMetrics = new ChannelMetrics(this.metrics.registry, this.machine);
+    this.subs = new Subscriptions(
+      id,
+      this.machine,
+      this.metrics,
+      config.limits.connectionSubscriptionsMax,
+      {
+        executedSeq: () => this.executedSeq,
+        hold: (session, after, retry) => this.holdUntilExecuted(session, after, retry),
+      },
+      this.channelMetrics,
+    );
     this.mesh = new PeerMesh({
       self: id,
       key,
@@ -141,7 +151,11 @@ export class Replica {
 
   start(): void {
     this.metrics.gauge("view", () => this.ordering.status().view);
+    this.metrics.gauge("leader", () => this.ordering.status().leader);
+    this.metrics.gauge("is_leader", () => (this.ordering.status().leader === this.options.id ? 1 : 0));
     this.metrics.gauge("last_decided_seq", () => this.ordering.status().lastExecuted);
+    this.metrics.gauge("stable_checkpoint_seq", () => this.ordering.status().stableCheckpoint);
+    this.metrics.registry.onScrape(() => this.refreshStateMetrics());
     this.metrics.gauge("subscriptions", () => this.subs.count);
     this.metrics.gauge("channels", () => this.machine.channelCount);
     this.metrics.gauge("answers_held_for_execution", () => this.gate.size);
@@ -155,6 +169,17 @@ export class Replica {
       n: this.options.config.n,
       f: this.options.config.f,
     });
+  }
+
+  /** Mode and per-peer gauges, read from the ordering driver and the mesh at each scrape. */
+  private refreshStateMetrics(): void {
+    const core = this.ordering.status();
+    this.metrics.setMode(core.transferring !== null ? "stateTransfer" : core.status === "viewChange" ? "viewChange" : "normal");
+    for (const peer of this.mesh.status()) {
+      const label = String(peer.id);
+      this.metrics.peerUp.with(label).set(peer.up ? 1 : 0);
+      this.metrics.peerLag.with(label).set(this.ordering.peerLag(peer.id));
+    }
   }
 
   stop(): void {
@@ -207,7 +232,7 @@ export class Replica {
     const signed: SignedRequest = { body: frame.body, sig: frame.sig };
     const admitted = admitRequest(signed, session.keyHex);
     if (!admitted.ok) {
-      this.metrics.inc("requests_refused_total");
+      this.metrics.refused(admitted.code);
       const seq = peekSeq(signed);
       if (seq === null || admitted.code === "BAD_SIGNATURE") {
         // Unsigned, forged or undecodable requests are hostile: answer and close.
@@ -224,6 +249,8 @@ export class Replica {
     const digest = sha256(signed.body);
     if (!this.rate.take(clientHex, request.span, Date.now())) {
       this.metrics.inc("requests_rate_limited_total");
+      this.metrics.refused("RATE_LIMITED");
+      if (request.op.t === "pub") this.channelMetrics.of(request.op.tag)?.shedRate.inc(request.span);
       this.reply(
         session,
         failure(request.seq, this.options.id, digest, "RATE_LIMITED", "the client's event rate is over its limit; retry later"),
@@ -254,7 +281,7 @@ export class Replica {
       }
       const skew = clockSkewProblem(request, Date.now());
       if (skew !== null) {
-        this.metrics.inc("requests_refused_total");
+        this.metrics.refused("BAD_REQUEST");
         this.reply(session, failure(request.seq, this.options.id, digest, "BAD_REQUEST", skew));
         return;
       }
@@ -268,11 +295,13 @@ export class Replica {
         const again = (expired: boolean): void =>
           this.routeRequest(session, signed, request, clientHex, space, digest, expired ? undefined : after);
         if (this.holdUntilExecuted(session, after, again)) return;
-        this.metrics.inc("requests_refused_total");
+        this.metrics.refused("UNAUTHORIZED");
         this.reply(session, this.localFailure(request.seq, digest, "UNAUTHORIZED", `publisher is not registered on ${request.op.tag}`));
         return;
       }
+      this.channelMetrics.of(request.op.tag)?.published.inc(request.span);
     } else if (!this.adminKeys.has(clientHex)) {
+      this.metrics.refused("UNAUTHORIZED");
       this.reply(session, failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "admin commands must be signed by an admin key"));
       return;
     }
@@ -286,6 +315,7 @@ export class Replica {
     digest: Uint8Array,
     after: number | undefined,
   ): void {
+    const arrivedMs = performance.now();
     const outcome = this.machine.acceptUnorderedPublish(signed, request, Date.now());
     const result = outcome.result;
     if (!result.ok) {
@@ -294,6 +324,7 @@ export class Replica {
         const again = (expired: boolean): void => this.publishUnordered(session, signed, request, digest, expired ? undefined : after);
         if (this.holdUntilExecuted(session, after, again)) return;
       }
+      this.metrics.refused(channelErrorCode(result));
       this.reply(session, this.localFailure(request.seq, digest, channelErrorCode(result), result.reason));
       return;
     }
@@ -310,21 +341,30 @@ export class Replica {
       res: { t: "pub", tag: result.tag, span: result.count },
       at: this.executedSeq,
     };
-    this.storage.afterDurable(() => this.reply(session, ack));
+    const cells = this.channelMetrics.of(result.tag);
+    const ackLatency = this.metrics.publishAck.with(cells?.labels[1] ?? "crash/none");
+    this.storage.afterDurable(() => {
+      ackLatency.observe((performance.now() - arrivedMs) / 1000);
+      this.reply(session, ack);
+    });
+    cells?.published.inc(result.count);
     if (outcome.stored !== null) {
       this.metrics.inc("events_stored_total", outcome.stored.count);
+      cells?.stored.inc(outcome.stored.count);
       this.subs.publish(result.tag, outcome.stored, false);
     }
   }
 
   private submitOrdered(session: ClientSession, signed: SignedRequest, request: Request, space: string, digest: Uint8Array): void {
-    const arrival = this.waiting.arrive(session, space, request.seq, digest);
+    const arrival = this.waiting.arrive(session, space, request.seq, digest, performance.now());
     switch (arrival.t) {
       case "cached":
         return this.reply(session, arrival.reply);
       case "replay":
         return this.reply(session, failure(request.seq, this.options.id, digest, "REPLAY", "this sequence number was already used"));
       case "too-many":
+        this.metrics.refused("RATE_LIMITED");
+        if (request.op.t === "pub") this.channelMetrics.of(request.op.tag)?.shedRate.inc(request.span);
         return this.reply(
           session,
           failure(request.seq, this.options.id, digest, "RATE_LIMITED", "too many requests in flight on this connection"),
@@ -370,6 +410,7 @@ export class Replica {
     const request = decoded.request;
     const clientHex = toHex(request.client);
     let reply: Reply;
+    let cells: ChannelCells | null = null;
     if (request.op.t === "admin") {
       if (!this.adminKeys.has(clientHex)) {
         reply = failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "admin commands must be signed by an admin key");
@@ -399,15 +440,20 @@ export class Replica {
           // "not registered" from before it (PROTOCOL.md 6.3).
           at: decidedSeq,
         };
+        cells = this.channelMetrics.of(result.tag);
         if (outcome.stored !== null) {
           this.metrics.inc("events_stored_total", outcome.stored.count);
+          cells?.stored.inc(outcome.stored.count);
           this.subs.publish(result.tag, outcome.stored as StoredBatch, true);
         }
       } else {
         reply = failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason);
       }
     }
-    for (const session of this.waiting.executed(req.client, request.seq, digest, reply)) this.reply(session, reply);
+    const waited = this.waiting.executed(req.client, request.seq, digest, reply);
+    if (cells !== null && waited.arrivedMs !== null)
+      this.metrics.publishAck.with(cells.labels[1]).observe((performance.now() - waited.arrivedMs) / 1000);
+    for (const session of waited.sessions) this.reply(session, reply);
   }
 
   /** The core saw a duplicate of an executed request: answer the waiting client again. */
@@ -424,6 +470,10 @@ export class Replica {
     const digest = this.waiting.digestOf(space, seq);
     if (digest === null) return;
     const [code, text] = REFUSAL_REPLIES[reason];
+    if (reason === "overloaded") {
+      const tag = space.slice(space.indexOf(":") + 1);
+      if (!tag.startsWith("!")) this.channelMetrics.of(tag)?.shedOverload.inc();
+    }
     for (const session of this.waiting.take(keyOf(space, seq))) this.reply(session, failure(seq, this.options.id, digest, code, text));
   }
 
