@@ -22,7 +22,7 @@ import type { SigningKey } from "../crypto/keys.ts";
 import { REQUEST_BYTES_MAX } from "../core/channels/constants.ts";
 import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { SnapshotImport } from "../core/channels/snapshot.ts";
-import { type CoreConfig, DEFAULT_PARAMETERS, makeConfig } from "../core/ordering/config.ts";
+import { type CoreConfig, DEFAULT_PARAMETERS, leaderOf, makeConfig } from "../core/ordering/config.ts";
 import type { ClientRequest, Forward, PeerMessage } from "../core/ordering/messages.ts";
 import { REQUEST_SPAN_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
 import { OrderingCore } from "../core/ordering/core.ts";
@@ -30,6 +30,7 @@ import type { CoreCrypto, CoreInput, Effect, PersistedRecord, Ready, Refusal } f
 import type { Canonical } from "../../wire/canonical.ts";
 import { toHex } from "../../wire/bytes.ts";
 import type { ErrorCode } from "../../wire/types.ts";
+import type { AuditKind, AuditLog } from "./audit.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { PeerMesh } from "./peers.ts";
@@ -54,6 +55,8 @@ export interface OrderingDriverOptions {
   readonly key: SigningKey;
   readonly log: Log;
   readonly metrics: Metrics;
+  /** Where suspected leaders and flooding or misbehaving peers are reported (audit.ts). */
+  readonly audit?: AuditLog;
   readonly mesh: PeerMesh;
   readonly onDecided: (requests: readonly ClientRequest[], decidedSeq: number) => void;
   readonly onResendReply: (space: string, seq: number) => void;
@@ -361,14 +364,28 @@ export class OrderingDriver {
         this.step({ kind: "checkpointReady", seq: effect.seq, appDigest: this.options.machine.digest() });
         return;
       case "suspect":
-        this.options.log.warn("suspecting the leader", { view: effect.view, reason: effect.reason });
+        // The view left is the one before effect.view (or lower): its leader is the suspect.
+        this.auditPeer(
+          "leader-suspected",
+          "suspecting the leader",
+          leaderOf(Math.max(0, effect.view - 1), this.options.config.n),
+          effect.reason,
+          {
+            view: effect.view,
+          },
+        );
         return;
       case "viewInstalled":
         this.options.log.info("view installed", { view: effect.view, leader: effect.leader });
         return;
       case "peerFlooding":
         this.options.metrics.inc("peer_flooding_total");
-        this.options.log.warn("peer flooding", { peer: effect.peer });
+        this.auditPeer(
+          "peer-muted",
+          "peer flooding: its messages are not taken for a while",
+          effect.peer,
+          "sends far more than the others",
+        );
         return;
       case "peerMisbehaved": {
         this.options.metrics.inc("peer_misbehaviour_total");
@@ -376,7 +393,7 @@ export class OrderingDriver {
         const now = Date.now();
         if (now - (this.misbehaviourLoggedAt.get(effect.peer) ?? 0) < MISBEHAVIOUR_LOG_INTERVAL_MS) return;
         this.misbehaviourLoggedAt.set(effect.peer, now);
-        this.options.log.warn("peer misbehaved", { peer: effect.peer, reason: effect.reason });
+        this.auditPeer("peer-misbehaved", "peer misbehaved", effect.peer, effect.reason);
         return;
       }
       case "divergence":
@@ -391,6 +408,16 @@ export class OrderingDriver {
         return unreachable;
       }
     }
+  }
+
+  /** An audit line about a peer: its id, key and address from the cluster file. */
+  private auditPeer(kind: AuditKind, msg: string, peer: number, reason: string, extra: Record<string, unknown> = {}): void {
+    const entry = this.options.config.replicas[peer];
+    const fields = { peer, reason, ...extra };
+    const audit = this.options.audit;
+    if (audit === undefined) this.options.log.warn(msg, fields);
+    else if (entry === undefined) audit.warn(kind, msg, fields);
+    else audit.warn(kind, msg, { ...fields, key: entry.publicKey, address: `${entry.host}:${entry.port}` });
   }
 
   private observeOrdering(seq: number): void {

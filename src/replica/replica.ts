@@ -15,14 +15,23 @@ import { channelsConfigFrom, type ClusterConfig } from "../config/cluster.ts";
 import { configDigests } from "../config/digest.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
-import type { SigningKey } from "../crypto/keys.ts";
+import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
 import { ChannelMachine } from "../core/channels/machine.ts";
 import type { ChannelError, StoredBatch, TrimmedError } from "../core/channels/types.ts";
 import type { ClientRequest } from "../core/ordering/messages.ts";
 import type { Refusal } from "../core/ordering/types.ts";
 import { type Canonical, tryDecodeCanonical } from "../../wire/canonical.ts";
-import { decodeRequestBody, type Frame, type Reply, type Request, type RequestFrame, type SignedRequest } from "../../wire/schemas.ts";
+import {
+  type AdminCmd,
+  decodeRequestBody,
+  type Frame,
+  type Reply,
+  type Request,
+  type RequestFrame,
+  type SignedRequest,
+} from "../../wire/schemas.ts";
 import { type ErrorCode, FrameType } from "../../wire/types.ts";
+import { AuditLog } from "./audit.ts";
 import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
 import { type ChannelCells, ChannelMetrics } from "./channel-metrics.ts";
@@ -71,12 +80,16 @@ export class Replica {
   private gateTimer: ReturnType<typeof setInterval> | null = null;
   /** The decided seq this replica's channel state has executed through. */
   private executedSeq = 0;
+  /** True while the constructor re-executes the decided log from disk: admin lines say "replayed". */
+  private replaying = true;
+  private readonly audit: AuditLog;
 
   constructor(private readonly options: ReplicaOptions) {
     const { config, id, key, log } = options;
     const self = config.replicas[id];
     if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
     this.adminKeys = new Set(config.adminKeys.map(toHex));
+    this.audit = new AuditLog(log);
     this.rate = new RateLimiter(config.limits.clientEventsPerSecondMax, config.limits.clientBurstEventsMax);
     this.machine = new ChannelMachine({
       hash: sha256,
@@ -93,6 +106,7 @@ export class Replica {
         hold: (session, after, retry) => this.holdUntilExecuted(session, after, retry),
       },
       this.channelMetrics,
+      this.audit,
     );
     this.mesh = new PeerMesh({
       self: id,
@@ -101,6 +115,7 @@ export class Replica {
       frameBytesMax: config.limits.frameBytesMax,
       log,
       metrics: this.metrics,
+      audit: this.audit,
       onMessage: (from, msg) => this.ordering.onPeerMessage(from, msg),
       configDigests: configDigests(config),
     });
@@ -130,7 +145,9 @@ export class Replica {
       },
       machine: this.machine,
       storage: this.storage,
+      audit: this.audit,
     });
+    this.replaying = false;
     this.server = new ReplicaServer({
       self: id,
       host: options.listenHost ?? self.host,
@@ -146,6 +163,7 @@ export class Replica {
       },
       log,
       metrics: this.metrics,
+      audit: this.audit,
     });
   }
 
@@ -159,7 +177,10 @@ export class Replica {
     this.metrics.gauge("subscriptions", () => this.subs.count);
     this.metrics.gauge("channels", () => this.machine.channelCount);
     this.metrics.gauge("answers_held_for_execution", () => this.gate.size);
-    this.gateTimer = setInterval(() => this.gate.expire(Date.now()), GATE_CHECK_INTERVAL_MS);
+    this.gateTimer = setInterval(() => {
+      this.gate.expire(Date.now());
+      this.audit.flush();
+    }, GATE_CHECK_INTERVAL_MS);
     this.server.listen();
     this.mesh.start();
     this.ordering.start();
@@ -233,6 +254,7 @@ export class Replica {
     const admitted = admitRequest(signed, session.keyHex);
     if (!admitted.ok) {
       this.metrics.refused(admitted.code);
+      this.auditRefusal(session, admitted.code, admitted.reason);
       const seq = peekSeq(signed);
       if (seq === null || admitted.code === "BAD_SIGNATURE") {
         // Unsigned, forged or undecodable requests are hostile: answer and close.
@@ -251,6 +273,12 @@ export class Replica {
       this.metrics.inc("requests_rate_limited_total");
       this.metrics.refused("RATE_LIMITED");
       if (request.op.t === "pub") this.channelMetrics.of(request.op.tag)?.shedRate.inc(request.span);
+      this.auditRefusal(
+        session,
+        "RATE_LIMITED",
+        "the client's event rate is over its limit",
+        request.op.t === "pub" ? request.op.tag : undefined,
+      );
       this.reply(
         session,
         failure(request.seq, this.options.id, digest, "RATE_LIMITED", "the client's event rate is over its limit; retry later"),
@@ -276,12 +304,14 @@ export class Replica {
         const again = (expired: boolean): void =>
           this.routeRequest(session, signed, request, clientHex, space, digest, expired ? undefined : after);
         if (this.holdUntilExecuted(session, after, again)) return;
+        this.auditRefusal(session, "UNKNOWN_CHANNEL", "no such channel", request.op.tag);
         this.reply(session, this.localFailure(request.seq, digest, "UNKNOWN_CHANNEL", `no channel ${request.op.tag}`));
         return;
       }
       const skew = clockSkewProblem(request, Date.now());
       if (skew !== null) {
         this.metrics.refused("BAD_REQUEST");
+        this.auditRefusal(session, "BAD_REQUEST", skew, request.op.tag);
         this.reply(session, failure(request.seq, this.options.id, digest, "BAD_REQUEST", skew));
         return;
       }
@@ -296,12 +326,14 @@ export class Replica {
           this.routeRequest(session, signed, request, clientHex, space, digest, expired ? undefined : after);
         if (this.holdUntilExecuted(session, after, again)) return;
         this.metrics.refused("UNAUTHORIZED");
+        this.auditRefusal(session, "UNAUTHORIZED", "publisher is not registered on the channel", request.op.tag);
         this.reply(session, this.localFailure(request.seq, digest, "UNAUTHORIZED", `publisher is not registered on ${request.op.tag}`));
         return;
       }
       this.channelMetrics.of(request.op.tag)?.published.inc(request.span);
     } else if (!this.adminKeys.has(clientHex)) {
       this.metrics.refused("UNAUTHORIZED");
+      this.auditRefusal(session, "UNAUTHORIZED", "admin command not signed by an admin key");
       this.reply(session, failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "admin commands must be signed by an admin key"));
       return;
     }
@@ -325,6 +357,7 @@ export class Replica {
         if (this.holdUntilExecuted(session, after, again)) return;
       }
       this.metrics.refused(channelErrorCode(result));
+      this.auditRefusal(session, channelErrorCode(result), result.reason, request.op.t === "pub" ? request.op.tag : undefined);
       this.reply(session, this.localFailure(request.seq, digest, channelErrorCode(result), result.reason));
       return;
     }
@@ -365,6 +398,7 @@ export class Replica {
       case "too-many":
         this.metrics.refused("RATE_LIMITED");
         if (request.op.t === "pub") this.channelMetrics.of(request.op.tag)?.shedRate.inc(request.span);
+        this.auditRefusal(session, "RATE_LIMITED", "too many requests in flight on this connection");
         return this.reply(
           session,
           failure(request.seq, this.options.id, digest, "RATE_LIMITED", "too many requests in flight on this connection"),
@@ -414,12 +448,21 @@ export class Replica {
     if (request.op.t === "admin") {
       if (!this.adminKeys.has(clientHex)) {
         reply = failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "admin commands must be signed by an admin key");
+        this.options.log.warn("admin command refused: not signed by an admin key", {
+          ...adminTarget(request.op.cmd),
+          signer: formatPublicKey(request.client),
+        });
       } else {
         const result = this.machine.applyAdmin(request.op.cmd);
         if (result.ok) {
           reply = { seq: request.seq, replica: this.options.id, d: digest, ok: true, res: { t: "admin", cmd: result.cmd, at: decidedSeq } };
           if (result.cmd === "destroy-channel") this.subs.channelDestroyed(result.tag);
-          this.options.log.info("admin command executed", { cmd: result.cmd, tag: result.tag, seq: decidedSeq });
+          this.options.log.info(this.replaying ? "admin command replayed from disk" : "admin command executed", {
+            ...adminTarget(request.op.cmd),
+            signer: formatPublicKey(request.client),
+            seq: decidedSeq,
+            ...(this.replaying ? { replay: true } : {}),
+          });
         } else {
           reply = failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason);
         }
@@ -474,7 +517,10 @@ export class Replica {
       const tag = space.slice(space.indexOf(":") + 1);
       if (!tag.startsWith("!")) this.channelMetrics.of(tag)?.shedOverload.inc();
     }
-    for (const session of this.waiting.take(keyOf(space, seq))) this.reply(session, failure(seq, this.options.id, digest, code, text));
+    for (const session of this.waiting.take(keyOf(space, seq))) {
+      this.auditRefusal(session, code, text);
+      this.reply(session, failure(seq, this.options.id, digest, code, text));
+    }
   }
 
   /**
@@ -488,6 +534,13 @@ export class Replica {
   /** A refusal judged on this replica's own state as of the decided seq it executed through. */
   private localFailure(seq: number, digest: Uint8Array, code: ErrorCode, reason: string): Reply {
     return { ...failure(seq, this.options.id, digest, code, reason), at: this.executedSeq };
+  }
+
+  /** An audit line for a refused request: who (key, address), what and why. */
+  private auditRefusal(session: ClientSession, code: ErrorCode, reason: string, tag?: string): void {
+    const kind = code === "RATE_LIMITED" ? "rate-limited" : "request-refused";
+    const fields = { key: session.key, address: session.conn.remote, reason: `${code}: ${reason}`, ...(tag === undefined ? {} : { tag }) };
+    this.audit.warn(kind, code === "RATE_LIMITED" ? "request rate-limited" : "request refused", fields);
   }
 
   private reply(session: ClientSession, reply: Reply): void {
@@ -575,6 +628,22 @@ function channelSummary(info: { tag: string; fault: string; order: string; prior
   [key: string]: Canonical;
 } {
   return { tag: info.tag, fault: info.fault, order: info.order, priority: info.priority, public: info.public };
+}
+
+/** What an admin command acts on, for its log line: the channel and, for register, the key and role. */
+function adminTarget(cmd: AdminCmd): Record<string, string> {
+  switch (cmd.t) {
+    case "create-channel":
+      return { cmd: cmd.t, tag: cmd.tag, class: `${cmd.fault}/${cmd.order}`, priority: cmd.priority };
+    case "destroy-channel":
+      return { cmd: cmd.t, tag: cmd.tag };
+    case "register":
+      return { cmd: cmd.t, tag: cmd.tag, role: cmd.role, target: formatPublicKey(cmd.key) };
+    default: {
+      const unreachable: never = cmd;
+      return { cmd: String(unreachable) };
+    }
+  }
 }
 
 /** What a client is told for each kind of refusal by the ordering core. */

@@ -9,6 +9,7 @@ import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { StoredBatch } from "../core/channels/types.ts";
 import type { Frame } from "../../wire/schemas.ts";
 import { FrameType, type SubEndCode } from "../../wire/types.ts";
+import type { AuditLog } from "./audit.ts";
 import type { ChannelMetrics } from "./channel-metrics.ts";
 import type { Metrics } from "./metrics.ts";
 import type { ClientSession } from "./server.ts";
@@ -44,6 +45,7 @@ export class Subscriptions {
     private readonly perConnectionMax: number,
     private readonly execution: ExecutionView = NEVER_HOLDS,
     private readonly channels: ChannelMetrics | null = null,
+    private readonly audit: AuditLog | null = null,
   ) {}
 
   get count(): number {
@@ -65,6 +67,7 @@ export class Subscriptions {
     }
     if (mine.size >= this.perConnectionMax) {
       this.end(session, sub, "LIMIT", `at most ${this.perConnectionMax} subscriptions per connection`);
+      this.auditRefusal(session, tag, "LIMIT", `at most ${this.perConnectionMax} subscriptions per connection`);
       return;
     }
     const access = this.machine.checkSubscribe(tag, session.key);
@@ -74,6 +77,7 @@ export class Subscriptions {
       if (this.execution.hold(session, after, again)) return;
       const code: SubEndCode = access.code === "unknown-channel" ? "UNKNOWN_CHANNEL" : "UNAUTHORIZED";
       this.end(session, sub, code, access.reason, this.execution.executedSeq());
+      this.auditRefusal(session, tag, code, access.reason);
       return;
     }
     const info = this.machine.channelInfo(tag);
@@ -157,6 +161,15 @@ export class Subscriptions {
         }
       }
     }
+  }
+
+  private auditRefusal(session: ClientSession, tag: string, code: SubEndCode, reason: string): void {
+    this.audit?.warn("subscribe-refused", "subscribe refused", {
+      key: session.key,
+      address: session.conn.remote,
+      tag,
+      reason: `${code}: ${reason}`,
+    });
   }
 
   /** Ends every subscription (the replica is stopping). */

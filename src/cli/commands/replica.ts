@@ -8,7 +8,7 @@ import { dirname, join } from "node:path";
 import { bytesEqual } from "../../crypto/encoding.ts";
 import { KeyFileError, loadSigningKeyFile } from "../../crypto/keys.ts";
 import { formatAddress, requireClusterConfig } from "../../config/cluster.ts";
-import { createLog, logLevelFromEnv } from "../../replica/log.ts";
+import { createLog, parseLogLevel } from "../../replica/log.ts";
 import { listenFailure } from "../../relay/server.ts";
 import { Replica } from "../../replica/replica.ts";
 import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy } from "../../replica/storage/index.ts";
@@ -56,6 +56,8 @@ export const replicaCommand: Command = {
 };
 
 async function runReplica(args: ParsedArgs): Promise<number> {
+  const level = parseLogLevel(process.env.FITB_LOG);
+  if (!level.ok) throw new UsageError(level.reason);
   const configPath = args.requiredString("config");
   const config = requireClusterConfig(configPath);
   const id = args.requiredInteger("id", 0, config.n - 1);
@@ -76,7 +78,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   const dataDir = args.string("data") ?? entry.dataDir;
   const sync = parseSync(args.string("sync") ?? DEFAULT_SYNC_POLICY);
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const log = createLog({ replica: id }, logLevelFromEnv());
+  const log = createLog({ replica: id }, level.level);
   for (const warning of loaded.warnings) log.warn(warning);
   let replica: Replica;
   try {

@@ -1,0 +1,139 @@
+/**
+ * Audit lines from real replicas (issue 15, item 3): a refused publish, a failed peer
+ * handshake, admin commands with their signer and target, the replay of admin history at
+ * start marked as such, and FITB_LOG checked.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { randomBytes } from "node:crypto";
+import { loadClientSetup } from "../../src/client/setup.ts";
+import { FitbClient } from "../../src/client/index.ts";
+import { formatPublicKey, loadSigningKeyFile, SigningKey } from "../../src/crypto/keys.ts";
+import { encodeTypedFrame } from "../../wire/schemas.ts";
+import { FrameType, PROTOCOL_VERSION } from "../../wire/types.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { clientFor, createChannels, encode } from "./client-util.ts";
+import { BUN, logTail, MAIN, startCluster, type TestCluster } from "./harness.ts";
+
+let cluster: TestCluster;
+
+/** Replica `id`'s JSON log lines so far. */
+function logLines(id: number): Record<string, unknown>[] {
+  const out: Record<string, unknown>[] = [];
+  for (const line of (cluster.logs[id] ?? []).join("").split("\n")) {
+    if (!line.startsWith("{")) continue;
+    try {
+      out.push(JSON.parse(line) as Record<string, unknown>);
+    } catch {
+      // A line cut between two chunks: the next read has it whole.
+    }
+  }
+  return out;
+}
+
+async function waitForLine(id: number, what: string, match: (line: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> {
+  let found: Record<string, unknown> | undefined;
+  await waitFor(
+    `replica ${id} to log ${what}`,
+    () => {
+      found = logLines(id).find(match);
+      return found !== undefined;
+    },
+    20_000,
+    () => logTail(cluster, id, 10),
+  );
+  return found as Record<string, unknown>;
+}
+
+beforeAll(async () => {
+  cluster = await startCluster();
+  const admin = clientFor(cluster, cluster.adminKey);
+  try {
+    await createChannels(admin, loadSigningKeyFile(cluster.clientKey).key.publicKey);
+  } finally {
+    admin.close();
+  }
+});
+
+afterAll(async () => {
+  await cluster.stop();
+});
+
+describe("audit log lines", () => {
+  test("admin commands are logged with the signer and the target", async () => {
+    const adminKey = formatPublicKey(loadSigningKeyFile(cluster.adminKey).key.publicKey);
+    const clientKey = formatPublicKey(loadSigningKeyFile(cluster.clientKey).key.publicKey);
+    const line = await waitForLine(0, "the register command", (l) => l.msg === "admin command executed" && l.cmd === "register");
+    expect(line).toMatchObject({ signer: adminKey, tag: "net.links", role: "publisher", target: clientKey });
+    const create = await waitForLine(0, "the create command", (l) => l.msg === "admin command executed" && l.cmd === "create-channel");
+    expect(create).toMatchObject({ signer: adminKey, tag: "net.links", class: "crash/none", priority: "normal" });
+  });
+
+  test("a publish by an unregistered key: warn with the key, the address and the reason", async () => {
+    const stranger = SigningKey.generate();
+    const setup = loadClientSetup(cluster.configPath, cluster.clientKey);
+    const client = new FitbClient({ config: setup.config, key: stranger, timeouts: { requestMs: 10_000 } });
+    client.start();
+    try {
+      await expect(client.publish("sec.alerts", [encode("not mine")])).rejects.toThrow();
+    } finally {
+      client.close();
+    }
+    const line = await waitForLine(
+      0,
+      "the refused publish",
+      (l) => l.audit === "request-refused" && l.key === formatPublicKey(stranger.publicKey),
+    );
+    expect(line.level).toBe("warn");
+    expect(line.address).toBe("127.0.0.1");
+    expect(String(line.reason)).toStartWith("UNAUTHORIZED");
+    expect(line.tag).toBe("sec.alerts");
+  });
+
+  test("a failed peer handshake: warn with the key offered, the address and the reason", async () => {
+    const impostor = new Uint8Array(randomBytes(32));
+    const hello = encodeTypedFrame({
+      type: FrameType.HELLO,
+      body: {
+        v: PROTOCOL_VERSION,
+        role: "replica",
+        replica: 1,
+        key: impostor,
+        nonce: new Uint8Array(randomBytes(32)),
+        eph: new Uint8Array(randomBytes(32)),
+      },
+    });
+    const socket = await Bun.connect({ hostname: "127.0.0.1", port: cluster.basePort, socket: { data() {} } });
+    socket.write(hello);
+    try {
+      const line = await waitForLine(
+        0,
+        "the failed handshake",
+        (l) => l.audit === "handshake-failed" && l.key === formatPublicKey(impostor),
+      );
+      expect(line).toMatchObject({ level: "warn", msg: "peer handshake failed", address: "127.0.0.1" });
+      expect(String(line.reason)).toContain("replica 1");
+    } finally {
+      socket.end();
+    }
+  });
+
+  test("at restart, the admin history executed again from disk is marked as a replay", async () => {
+    cluster.kill(0);
+    cluster.logs[0]?.splice(0);
+    cluster.start(0);
+    const line = await waitForLine(0, "a replayed admin command", (l) => l.msg === "admin command replayed from disk");
+    expect(line.replay).toBe(true);
+    expect(logLines(0).filter((l) => l.msg === "admin command executed")).toEqual([]);
+  });
+
+  test("FITB_LOG with an unknown level is refused at start, naming the value", async () => {
+    const proc = Bun.spawn([BUN, MAIN, "replica", "--config", cluster.configPath, "--id", "1"], {
+      env: { ...process.env, FITB_LOG: "verbose" },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+    expect(code).toBe(2);
+    expect(stderr).toContain('FITB_LOG="verbose": expected one of debug, info, warn, error');
+  });
+});
