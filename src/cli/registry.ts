@@ -14,6 +14,7 @@ import { adminCommand } from "./commands/admin.ts";
 import { benchCommand } from "./commands/bench.ts";
 import { relayCommand } from "./commands/relay.ts";
 import { demoCommand } from "./commands/demo.ts";
+import { topCommand } from "./commands/top.ts";
 
 export const COMMANDS: readonly Command[] = [
   keygenCommand,
@@ -24,6 +25,7 @@ export const COMMANDS: readonly Command[] = [
   pubCommand,
   subCommand,
   adminCommand,
+  topCommand,
   benchCommand,
   relayCommand,
   demoCommand,

@@ -103,6 +103,19 @@ export class ChannelMetrics {
     }
   }
 
+  /** Each series' counters, for the status query (`fitb top` turns them into rates). */
+  traffic(): { tag: string; class: string; priority: string; published: number; stored: number; delivered: number; shed: number }[] {
+    return [...this.own.values(), ...this.folded.values()].map((cells) => ({
+      tag: cells.labels[0],
+      class: cells.labels[1],
+      priority: cells.labels[2],
+      published: cells.published.value,
+      stored: cells.stored.value,
+      delivered: cells.delivered.value,
+      shed: cells.shedRate.value + cells.shedOverload.value,
+    }));
+  }
+
   /** Channels with series of their own (for tests and the docs' bound). */
   get ownCount(): number {
     return this.own.size;

@@ -15,8 +15,10 @@ import {
   type GaugeFamily,
   type HistogramCell,
   type HistogramFamily,
+  LATENCY_BUCKETS_SECONDS,
   MetricsRegistry,
 } from "../metrics/registry.ts";
+import type { Canonical } from "../../wire/canonical.ts";
 
 const COUNTERS = {
   requests_total: "Client REQUEST frames received",
@@ -155,6 +157,33 @@ export class Metrics {
     out.requests_refused_total = this.get("requests_refused_total");
     for (const name of Object.keys(GAUGES)) out[name] = this.gaugeReads.get(name)?.() ?? 0;
     return out;
+  }
+
+  /**
+   * The latency histograms summed over their labels, for the status query (integers, as
+   * the wire's canonical CBOR wants): bucket bounds in microseconds, counts per bucket
+   * (+Inf last) and the sum. `fitb top` takes the difference of two answers to show the
+   * latency of the last interval.
+   */
+  latencySummary(): { [key: string]: Canonical } {
+    const summed = (cells: HistogramCell[]): { [key: string]: Canonical } => {
+      const counts = new Array<number>(LATENCY_BUCKETS_SECONDS.length + 1).fill(0);
+      let sum = 0;
+      for (const cell of cells) {
+        cell.counts.forEach((count, i) => {
+          counts[i] = (counts[i] as number) + count;
+        });
+        sum += cell.sum;
+      }
+      return { counts, sumUs: Math.round(sum * 1e6) };
+    };
+    return {
+      boundsUs: LATENCY_BUCKETS_SECONDS.map((seconds) => Math.round(seconds * 1e6)),
+      publishAck: summed(CLASSES.map((cls) => this.publishAck.with(cls))),
+      ordering: summed([this.ordering]),
+      storageCommit: summed([this.storageCommit]),
+      delivery: summed(CLASSES.map((cls) => this.delivery.with(cls))),
+    };
   }
 
   /** The Prometheus text format. */

@@ -610,8 +610,11 @@ export class Replica {
       channels: this.machine.channelCount,
       subscriptions: this.subs.count,
       heldForExecution: this.gate.size,
-      peers: this.mesh.status().map((peer) => ({ id: peer.id, up: peer.up })),
+      peers: this.mesh.status().map((peer) => ({ id: peer.id, up: peer.up, lag: this.ordering.peerLag(peer.id) })),
       uptimeMs: Date.now() - this.startedMs,
+      // For `fitb top`: counters it turns into rates, histograms into recent latency.
+      traffic: this.channelMetrics.traffic(),
+      latency: this.metrics.latencySummary(),
     };
   }
 }

@@ -65,7 +65,9 @@ describe("fitb admin status", () => {
     );
     const leader = (report as unknown as JsonReport).leader as number;
     const victim = (leader + 1) % cluster.n;
+    const proc = cluster.procs[victim];
     cluster.kill(victim);
+    await proc?.exited;
     const json = await status(true);
     expect(json.code).toBe(1);
     const degraded = JSON.parse(json.stdout) as JsonReport;

@@ -14,7 +14,7 @@
  * subcommand as the first argument, rather than one command per word.
  */
 import type { AdminCmd } from "../../../wire/schemas.ts";
-import { FitbClient, summarizeStatus } from "../../client/client.ts";
+import type { FitbClient } from "../../client/client.ts";
 import type { ChannelInfo } from "../../client/queries.ts";
 import { loadClientSetup } from "../../client/setup.ts";
 import { bytesEqual } from "../../crypto/encoding.ts";
@@ -22,7 +22,8 @@ import { formatPublicKey, tryParsePublicKey } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
-import { assessStatus, statusJsonReport, statusTable } from "./status-report.ts";
+import { openStatusClient, readStatusReport } from "./status-client.ts";
+import { statusJsonReport, statusTable } from "./status-report.ts";
 import { CONFIG_FLAG, keyFlag, openClient, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors, type ClientFlags } from "./pub.ts";
 
 const SUBCOMMANDS = ["create-channel", "destroy-channel", "register", "list-channels", "status"] as const;
@@ -250,52 +251,15 @@ function printChannels(channels: readonly ChannelInfo[], json: boolean, io: Comm
   }
 }
 
-/**
- * `status` talks to whichever replicas answer, so it does not wait for a quorum of
- * sessions first: it waits until each replica is up or has failed once (a refused
- * connection fails at once), asks those that are up, and prints every replica's line.
- */
+/** `status`: every replica's row, without first waiting for a quorum of sessions (status-client.ts). */
 async function runStatus(flags: ClientFlags, json: boolean, io: CommandIo): Promise<number> {
-  const setup = loadClientSetup(flags.configPath, flags.keyPath);
-  for (const warning of setup.warnings) io.err(`fitb admin: warning: ${warning}`);
-  const client = new FitbClient({
-    config: setup.config,
-    key: setup.key,
-    timeouts: { connectMs: flags.connectTimeoutMs, requestMs: flags.timeoutMs, queryMs: flags.timeoutMs },
-  });
-  client.start();
+  const client = openStatusClient(flags, io, "admin");
   try {
-    await sessionsSettled(client, flags.connectTimeoutMs);
-    const status =
-      client.readyReplicas().length === 0
-        ? summarizeStatus(client.f, new Map(), connectionsOf(client))
-        : await withClientErrors(() => client.status());
-    // The connection's error names the replica and its address, which the row shows already.
-    const downReasons = new Map(
-      client
-        .replicaStates()
-        .map((r) => [r.id, r.lastError?.replace(/^replica \d+ \([^)]*\) /, "") ?? (r.state === "ready" ? "no answer" : r.state)]),
-    );
-    const report = assessStatus({ name: client.config.name, n: client.n, f: client.f }, status, downReasons);
+    const report = await readStatusReport(client, flags.connectTimeoutMs);
     if (json) io.out(JSON.stringify(statusJsonReport(report)));
     else for (const line of statusTable(report)) io.out(line);
     return report.exitCode;
   } finally {
     client.close();
   }
-}
-
-/** How often `status` looks whether every session is up or has failed. */
-const SETTLE_POLL_MS = 10;
-
-async function sessionsSettled(client: FitbClient, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (client.replicaStates().every((r) => r.state === "ready" || r.lastError !== null)) return;
-    await Bun.sleep(SETTLE_POLL_MS);
-  }
-}
-
-function connectionsOf(client: FitbClient): { id: number; address: string; isReady: boolean }[] {
-  return client.replicaStates().map((r) => ({ id: r.id, address: r.address, isReady: r.state === "ready" }));
 }

@@ -48,6 +48,8 @@ export interface StatusReport {
   /** Each problem in one sentence, most serious first. */
   readonly problems: readonly string[];
   readonly replicas: readonly ReplicaRow[];
+  /** The answers the report was made from. */
+  readonly status: ClusterStatus;
 }
 
 /** Why a replica that did not answer is down, as the client saw it. */
@@ -128,6 +130,7 @@ export function assessStatus(
     exitCode: health === "ok" ? STATUS_OK : health === "degraded" ? STATUS_DEGRADED : STATUS_NO_QUORUM,
     problems,
     replicas: rows,
+    status,
   };
 }
 
