@@ -5,7 +5,7 @@
  * series of tag="_other" for their class and priority (README "Metrics").
  */
 import type { ChannelInfo } from "../core/channels/types.ts";
-import type { CounterCell, CounterFamily, GaugeFamily, MetricsRegistry } from "../metrics/registry.ts";
+import type { CounterCell, CounterFamily, GaugeFamily, HistogramCell, HistogramFamily, MetricsRegistry } from "../metrics/registry.ts";
 
 /** Channels with series of their own; more fold into tag="_other". */
 export const METRICS_CHANNELS_MAX = 200;
@@ -24,6 +24,15 @@ export interface ChannelCells {
   readonly delivered: CounterCell;
   readonly shedRate: CounterCell;
   readonly shedOverload: CounterCell;
+  /** The class's latency histograms (labelled by class only), bound here so the hot paths build no label. */
+  readonly ackLatency: HistogramCell | null;
+  readonly deliveryLatency: HistogramCell | null;
+}
+
+/** The histograms labelled by class that channel cells carry. */
+export interface ClassHistograms {
+  readonly publishAck: HistogramFamily;
+  readonly delivery: HistogramFamily;
 }
 
 type ChannelClass = Pick<ChannelInfo, "tag" | "fault" | "order" | "priority">;
@@ -48,6 +57,7 @@ export class ChannelMetrics {
     registry: MetricsRegistry,
     private readonly channels: { listChannels(): readonly ChannelInfo[]; channelInfo(tag: string): ChannelInfo | null },
     private readonly limit = METRICS_CHANNELS_MAX,
+    private readonly histograms: ClassHistograms | null = null,
   ) {
     const labels = ["tag", "class", "priority"];
     this.published = registry.counter("channel_events_published_total", "Events in publish requests admitted for this channel", labels);
@@ -162,6 +172,8 @@ export class ChannelMetrics {
       delivered: this.delivered.with(...labels),
       shedRate: this.shed.with(...labels, "rate_limited"),
       shedOverload: this.shed.with(...labels, "overloaded"),
+      ackLatency: this.histograms?.publishAck.with(labels[1]) ?? null,
+      deliveryLatency: this.histograms?.delivery.with(labels[1]) ?? null,
     };
   }
 }

@@ -34,7 +34,7 @@ import { type ErrorCode, FrameType } from "../../wire/types.ts";
 import { AuditLog } from "./audit.ts";
 import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
-import { type ChannelCells, ChannelMetrics } from "./channel-metrics.ts";
+import { type ChannelCells, ChannelMetrics, METRICS_CHANNELS_MAX } from "./channel-metrics.ts";
 import { Metrics } from "./metrics.ts";
 import { OrderingDriver } from "./ordering-driver.ts";
 import { PeerMesh } from "./peers.ts";
@@ -95,7 +95,7 @@ export class Replica {
       hash: sha256,
       config: channelsConfigFrom(config.limits, config.retention),
     });
-    this.channelMetrics = new ChannelMetrics(this.metrics.registry, this.machine);
+    this.channelMetrics = new ChannelMetrics(this.metrics.registry, this.machine, METRICS_CHANNELS_MAX, this.metrics);
     this.subs = new Subscriptions(
       id,
       this.machine,
@@ -375,9 +375,9 @@ export class Replica {
       at: this.executedSeq,
     };
     const cells = this.channelMetrics.of(result.tag);
-    const ackLatency = this.metrics.publishAck.with(cells?.labels[1] ?? "crash/none");
+    const ackLatency = cells?.ackLatency ?? null;
     this.storage.afterDurable(() => {
-      ackLatency.observe((performance.now() - arrivedMs) / 1000);
+      ackLatency?.observe((performance.now() - arrivedMs) / 1000);
       this.reply(session, ack);
     });
     cells?.published.inc(result.count);
@@ -494,8 +494,7 @@ export class Replica {
       }
     }
     const waited = this.waiting.executed(req.client, request.seq, digest, reply);
-    if (cells !== null && waited.arrivedMs !== null)
-      this.metrics.publishAck.with(cells.labels[1]).observe((performance.now() - waited.arrivedMs) / 1000);
+    if (cells?.ackLatency != null && waited.arrivedMs !== null) cells.ackLatency.observe((performance.now() - waited.arrivedMs) / 1000);
     for (const session of waited.sessions) this.reply(session, reply);
   }
 

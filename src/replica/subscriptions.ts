@@ -124,7 +124,7 @@ export class Subscriptions {
     const cells = this.channels?.of(tag) ?? null;
     // Once per batch: the publisher's signed time to this fan-out (hosts' clocks are kept
     // within CLIENT_CLOCK_SKEW_MS_MAX, so this is end-to-end latency give or take the skew).
-    if (cells !== null) this.metrics.delivery.with(cells.labels[1]).observe(Math.max(0, Date.now() - batch.tsMs) / 1000);
+    cells?.deliveryLatency?.observe(Math.max(0, Date.now() - batch.tsMs) / 1000);
     for (const subscription of [...subs.values()]) this.deliver(subscription, batch, ordered, cells);
   }
 
