@@ -15,6 +15,7 @@ import { benchCommand } from "./commands/bench.ts";
 import { relayCommand } from "./commands/relay.ts";
 import { demoCommand } from "./commands/demo.ts";
 import { topCommand } from "./commands/top.ts";
+import { consoleCommand } from "./commands/console.ts";
 
 export const COMMANDS: readonly Command[] = [
   keygenCommand,
@@ -26,6 +27,7 @@ export const COMMANDS: readonly Command[] = [
   subCommand,
   adminCommand,
   topCommand,
+  consoleCommand,
   benchCommand,
   relayCommand,
   demoCommand,

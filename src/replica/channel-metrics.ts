@@ -115,6 +115,8 @@ export class ChannelMetrics {
 
   /** Each series' counters, for the status query (`fitb top` turns them into rates). */
   traffic(): { tag: string; class: string; priority: string; published: number; stored: number; delivered: number; shed: number }[] {
+    // Every channel, even one with no traffic yet (the cells are bound at scrapes otherwise).
+    this.refresh();
     return [...this.own.values(), ...this.folded.values()].map((cells) => ({
       tag: cells.labels[0],
       class: cells.labels[1],
