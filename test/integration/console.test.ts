@@ -132,13 +132,12 @@ describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {
     const errors: string[] = [];
     page.on("pageerror", (error) => errors.push(error.message));
     await page.goto(adminUrl);
-    await page.waitForFunction('document.querySelectorAll("#replicas tbody tr").length === 4', undefined, { timeout: 20_000 });
+    await page.locator("#replicas tbody tr").nth(3).waitFor({ timeout: 20_000 });
+    expect(await page.locator("#replicas tbody tr").count()).toBe(4);
     expect(await page.textContent("#health")).toBe("ok");
     expect(await page.locator(".uplot canvas").count()).toBe(2);
     await page.click('#channels tr[data-tag="sec.alerts"] button:text("tail")');
-    await page.waitForFunction('document.getElementById("tail-state")?.textContent?.startsWith("live") === true', undefined, {
-      timeout: 20_000,
-    });
+    await page.locator("#tail-state", { hasText: /^live/ }).waitFor({ timeout: 20_000 });
     const publisher = clientFor(cluster, cluster.clientKey);
     try {
       for (let i = 1; i <= 3; i++) await publisher.publish("sec.alerts", [encode(`disk ${i} on db-7 failed`)]);
@@ -151,11 +150,7 @@ describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {
     expect(cells[2]).toBe(`${formatPublicKey(loadSigningKeyFile(cluster.clientKey).key.publicKey).slice(0, 20)}...`);
     expect(cells[3]).toBe("2 of 4 (same batch)");
     // The charts get a point per refresh: wait for the rate to show the events.
-    await page.waitForFunction(
-      `Number(document.querySelector('#channels tr[data-tag="sec.alerts"] td:nth-child(8)')?.textContent) >= 3`,
-      undefined,
-      { timeout: 20_000 },
-    );
+    await page.locator('#channels tr[data-tag="sec.alerts"] td:nth-child(8)', { hasText: /^3$/ }).waitFor({ timeout: 20_000 });
     const shot = process.env.FITB_CONSOLE_SCREENSHOT;
     if (shot !== undefined) {
       await page.waitForTimeout(4_500);
@@ -172,14 +167,12 @@ describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {
     await page.selectOption('#create select[name="fault"]', "byzantine");
     await page.selectOption('#create select[name="order"]', "total");
     await page.click('#create button[type="submit"]');
-    await page.waitForFunction('document.getElementById("admin-result")?.textContent?.startsWith("ok:") === true', undefined, {
-      timeout: 20_000,
-    });
+    await page.locator("#admin-result", { hasText: /^ok:/ }).waitFor({ timeout: 20_000 });
     await page.locator('#channels tr[data-tag="ops.console"]').waitFor({ timeout: 20_000 });
     await page.close();
     const readOnly = await browser.newPage();
     await readOnly.goto(readOnlyUrl);
-    await readOnly.waitForFunction('document.querySelectorAll("#channels tbody tr").length > 0', undefined, { timeout: 20_000 });
+    await readOnly.locator("#channels tbody tr").first().waitFor({ timeout: 20_000 });
     expect(await readOnly.isVisible("#admin")).toBe(false);
     expect(await readOnly.locator('#channels button:text("destroy")').count()).toBe(0);
     await readOnly.close();
