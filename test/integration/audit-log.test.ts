@@ -18,8 +18,12 @@ let cluster: TestCluster;
 
 /** Replica `id`'s JSON log lines so far. */
 function logLines(id: number): Record<string, unknown>[] {
+  return linesOf(cluster, id);
+}
+
+function linesOf(of: TestCluster, id: number): Record<string, unknown>[] {
   const out: Record<string, unknown>[] = [];
-  for (const line of (cluster.logs[id] ?? []).join("").split("\n")) {
+  for (const line of (of.logs[id] ?? []).join("").split("\n")) {
     if (!line.startsWith("{")) continue;
     try {
       out.push(JSON.parse(line) as Record<string, unknown>);
@@ -125,6 +129,30 @@ describe("audit log lines", () => {
     expect(line.replay).toBe(true);
     expect(logLines(0).filter((l) => l.msg === "admin command executed")).toEqual([]);
   });
+
+  test("a client over its event rate: a rate-limited line with its key and address", async () => {
+    const limited = await startCluster({ limits: { batch_events_max: 1, client_events_per_second_max: 1, client_burst_events_max: 1 } });
+    const admin = clientFor(limited, limited.adminKey);
+    const publisher = clientFor(limited, limited.clientKey);
+    try {
+      await admin.admin({ t: "create-channel", tag: "net.links", fault: "crash", order: "none", priority: "normal", public: true });
+      await admin.admin({ t: "register", tag: "net.links", role: "publisher", key: publisher.publicKey });
+      // Four at once with a rate of one event a second: the replicas refuse some (the
+      // client retries them later; the test does not wait for that).
+      for (const i of [1, 2, 3, 4]) publisher.publish("net.links", [encode(`flap ${i}`)]).catch(() => undefined);
+      let line: Record<string, unknown> | undefined;
+      await waitFor("a rate-limited audit line", () => {
+        line = linesOf(limited, 0).find((l) => l.audit === "rate-limited" && l.key === formatPublicKey(publisher.publicKey));
+        return line !== undefined;
+      });
+      expect(line).toMatchObject({ level: "warn", key: formatPublicKey(publisher.publicKey), address: "127.0.0.1", tag: "net.links" });
+      expect(String(line?.reason)).toStartWith("RATE_LIMITED");
+    } finally {
+      admin.close();
+      publisher.close();
+      await limited.stop();
+    }
+  }, 60_000);
 
   test("FITB_LOG with an unknown level is refused at start, naming the value", async () => {
     const proc = Bun.spawn([BUN, MAIN, "replica", "--config", cluster.configPath, "--id", "1"], {
