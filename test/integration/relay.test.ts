@@ -486,7 +486,9 @@ describe("relay: bounds", () => {
     } finally {
       await slowRelay.stop(1_000);
     }
-  });
+    // It publishes a few MiB through four replicas: seconds on a loaded machine, and a
+    // timeout here would take the file's shared cluster down with it.
+  }, 30_000);
 });
 
 describe("relay: bounds at their limit", () => {
