@@ -56,7 +56,7 @@ beforeAll(async () => {
   } finally {
     admin.close();
   }
-});
+}, 60_000);
 
 afterAll(async () => {
   await cluster.stop();
@@ -70,7 +70,7 @@ describe("audit log lines", () => {
     expect(line).toMatchObject({ signer: adminKey, tag: "net.links", role: "publisher", target: clientKey });
     const create = await waitForLine(0, "the create command", (l) => l.msg === "admin command executed" && l.cmd === "create-channel");
     expect(create).toMatchObject({ signer: adminKey, tag: "net.links", class: "crash/none", priority: "normal" });
-  });
+  }, 30_000);
 
   test("a publish by an unregistered key: warn with the key, the address and the reason", async () => {
     const stranger = SigningKey.generate();
@@ -91,7 +91,7 @@ describe("audit log lines", () => {
     expect(line.address).toBe("127.0.0.1");
     expect(String(line.reason)).toStartWith("UNAUTHORIZED");
     expect(line.tag).toBe("sec.alerts");
-  });
+  }, 30_000);
 
   test("a failed peer handshake: warn with the key offered, the address and the reason", async () => {
     const impostor = new Uint8Array(randomBytes(32));
@@ -119,7 +119,7 @@ describe("audit log lines", () => {
     } finally {
       socket.end();
     }
-  });
+  }, 30_000);
 
   test("at restart, the admin history executed again from disk is marked as a replay", async () => {
     cluster.kill(0);
@@ -128,7 +128,7 @@ describe("audit log lines", () => {
     const line = await waitForLine(0, "a replayed admin command", (l) => l.msg === "admin command replayed from disk");
     expect(line.replay).toBe(true);
     expect(logLines(0).filter((l) => l.msg === "admin command executed")).toEqual([]);
-  });
+  }, 30_000);
 
   test("a client over its event rate: a rate-limited line with its key and address", async () => {
     const limited = await startCluster({ limits: { batch_events_max: 1, client_events_per_second_max: 1, client_burst_events_max: 1 } });
@@ -163,5 +163,5 @@ describe("audit log lines", () => {
     const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
     expect(code).toBe(2);
     expect(stderr).toContain('FITB_LOG="verbose": expected one of debug, info, warn, error');
-  });
+  }, 30_000);
 });

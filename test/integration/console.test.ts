@@ -74,7 +74,7 @@ describe("fitb console over HTTP", () => {
     const seen = status as unknown as { health: string; traffic: { tag: string }[]; latency: object };
     expect(seen.traffic.map((c) => c.tag)).toEqual(["net.links", "sec.alerts", "sec.ids", "storage.disks"]);
     expect(Object.keys(seen.latency)).toEqual(["publishAck", "ordering", "storageCommit", "delivery"]);
-  });
+  }, 30_000);
 
   test("uPlot is served from the binary, not a CDN", async () => {
     const page = await (await fetch(readOnlyUrl)).text();
@@ -83,7 +83,7 @@ describe("fitb console over HTTP", () => {
     const script = await fetch(`${readOnlyUrl}assets/uPlot.iife.min.js`);
     expect(script.status).toBe(200);
     expect(await script.text()).toContain("uPlot");
-  });
+  }, 30_000);
 
   test("a request naming another host is refused (DNS rebinding), as is a POST without the page's token", async () => {
     const answer = await rawRequest(readOnlyPort, "GET /api/status HTTP/1.1\r\nHost: attacker.example:80\r\nConnection: close\r\n\r\n");
@@ -93,7 +93,7 @@ describe("fitb console over HTTP", () => {
       body: JSON.stringify({ t: "destroy-channel", tag: "net.links" }),
     });
     expect(noToken.status).toBe(403);
-  });
+  }, 30_000);
 
   test("a read-only console refuses changes even with its token", async () => {
     const page = await (await fetch(readOnlyUrl)).text();
@@ -105,13 +105,13 @@ describe("fitb console over HTTP", () => {
     });
     expect(refused.status).toBe(403);
     expect(((await refused.json()) as { error: string }).error).toContain("read-only");
-  });
+  }, 30_000);
 
   test("a --listen beyond loopback needs --allow-remote", async () => {
     const result = await cluster.fitb(["console", "--config", cluster.configPath, "--key", cluster.clientKey, "--listen", "0.0.0.0:7599"]);
     expect(result.code).toBe(2);
     expect(result.stderr).toContain("needs --allow-remote");
-  });
+  }, 30_000);
 });
 
 describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {

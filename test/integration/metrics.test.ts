@@ -94,7 +94,7 @@ beforeAll(async () => {
   (async () => {
     for await (const chunk of relay.stderr as ReadableStream<Uint8Array>) relayLog.push(new TextDecoder().decode(chunk));
   })();
-});
+}, 60_000);
 
 afterAll(async () => {
   relay?.kill("SIGKILL");

@@ -21,7 +21,7 @@ beforeAll(async () => {
     admin.close();
     publisher.close();
   }
-});
+}, 60_000);
 
 afterAll(async () => {
   await cluster.stop();
