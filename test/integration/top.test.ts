@@ -37,7 +37,9 @@ describe("fitb top", () => {
     const blocks = result.stdout.trimEnd().split("\n\nfitb top");
     expect(blocks).toHaveLength(2);
     const last = blocks[1] as string;
-    expect(last).toContain("4/4 up  ok");
+    // "ok", or "degraded" when a replica of a loaded machine suspected the leader alone
+    // (it then shows in another view): top reports it either way.
+    expect(last).toMatch(/4\/4 up {2}(ok|degraded) /);
     for (const id of [0, 1, 2, 3]) expect(last).toMatch(new RegExp(`\\n${id} +127\\.0\\.0\\.1:\\d+ +true `));
     const alerts = last.split("\n").find((line) => line.startsWith("sec.alerts ")) as string;
     expect(alerts).toMatch(/^sec\.alerts +byzantine\/total +critical +\d+(\.\d)? +\d+(\.\d)? +\d+(\.\d)? +\d+(\.\d)? +3$/);
