@@ -95,6 +95,17 @@ describe("fitb console over HTTP", () => {
     expect(noToken.status).toBe(403);
   }, 30_000);
 
+  test("a POST from another site's page is refused even with the token", async () => {
+    const page = await (await fetch(adminUrl)).text();
+    const token = (/"token":"([0-9a-f]+)"/.exec(page) as RegExpExecArray)[1] as string;
+    const body = JSON.stringify({ t: "destroy-channel", tag: "net.links" });
+    for (const origin of ["http://attacker.example", "null"]) {
+      const refused = await fetch(`${adminUrl}api/admin`, { method: "POST", headers: { "x-fitb-console-token": token, origin }, body });
+      expect(refused.status).toBe(403);
+      expect(((await refused.json()) as { error: string }).error).toBe("cross-origin request refused");
+    }
+  }, 30_000);
+
   test("a read-only console refuses changes even with its token", async () => {
     const page = await (await fetch(readOnlyUrl)).text();
     const token = (/"token":"([0-9a-f]+)"/.exec(page) as RegExpExecArray)[1] as string;

@@ -120,8 +120,21 @@ export class ConsoleServer {
       for (const name of ["localhost", "127.0.0.1", "[::1]"]) names.add(name);
     }
     if (listened === "0.0.0.0" || listened === "::") return true;
-    const cut = host.lastIndexOf(":");
-    return cut > 0 && host.slice(cut + 1) === port && names.has(host.slice(0, cut));
+    // "name:port", "[v6]:port", or a bare name when the port is HTTP's default.
+    const match = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(host);
+    if (match === null) return false;
+    return (match[2] ?? "80") === port && names.has(match[1] as string);
+  }
+
+  /** No Origin (not a browser's cross-site request), or this console's own. */
+  private sameOrigin(origin: string | null): boolean {
+    if (origin === null) return true;
+    try {
+      const url = new URL(origin);
+      return url.protocol === "http:" && this.hostAllowed(url.host);
+    } catch {
+      return false; // "null" (a sandboxed frame) or garbage
+    }
   }
 
   private async onStatus(): Promise<Response> {
@@ -228,9 +241,7 @@ export class ConsoleServer {
   private async onAdmin(request: Request): Promise<Response> {
     if (request.headers.get("x-fitb-console-token") !== this.token)
       return json(403, { ok: false, error: "missing or wrong console token" });
-    const origin = request.headers.get("origin");
-    if (origin !== null && origin !== new URL(this.url).origin && !this.hostAllowed(new URL(origin).host))
-      return json(403, { ok: false, error: "cross-origin request refused" });
+    if (!this.sameOrigin(request.headers.get("origin"))) return json(403, { ok: false, error: "cross-origin request refused" });
     if (!this.options.admin) return json(403, { ok: false, error: "read-only console: start it with an admin key to change channels" });
     const body = await request.text();
     if (body.length > ADMIN_BODY_BYTES_MAX) return json(413, { ok: false, error: "request too large" });
