@@ -57,6 +57,8 @@ export interface OrderingDriverOptions {
   readonly metrics: Metrics;
   /** Where suspected leaders and flooding or misbehaving peers are reported (audit.ts). */
   readonly audit?: AuditLog;
+  /** Views installed and leaders suspected, for `$sys.events` (sys-channels.ts). */
+  readonly onGroupEvent?: (kind: string, fields: Record<string, unknown>) => void;
   readonly mesh: PeerMesh;
   readonly onDecided: (requests: readonly ClientRequest[], decidedSeq: number) => void;
   readonly onResendReply: (space: string, seq: number) => void;
@@ -363,20 +365,16 @@ export class OrderingDriver {
         this.keeper.capture(effect.seq, effect.clients);
         this.step({ kind: "checkpointReady", seq: effect.seq, appDigest: this.options.machine.digest() });
         return;
-      case "suspect":
+      case "suspect": {
         // The view left is the one before effect.view (or lower): its leader is the suspect.
-        this.auditPeer(
-          "leader-suspected",
-          "suspecting the leader",
-          leaderOf(Math.max(0, effect.view - 1), this.options.config.n),
-          effect.reason,
-          {
-            view: effect.view,
-          },
-        );
+        const suspect = leaderOf(Math.max(0, effect.view - 1), this.options.config.n);
+        this.auditPeer("leader-suspected", "suspecting the leader", suspect, effect.reason, { view: effect.view });
+        this.options.onGroupEvent?.("leader-suspected", { leader: suspect, view: effect.view, reason: effect.reason });
         return;
+      }
       case "viewInstalled":
         this.options.log.info("view installed", { view: effect.view, leader: effect.leader });
+        this.options.onGroupEvent?.("view-installed", { view: effect.view, leader: effect.leader });
         return;
       case "peerFlooding":
         this.options.metrics.inc("peer_flooding_total");

@@ -56,6 +56,8 @@ export interface PeerMeshOptions {
   readonly audit?: AuditLog;
   readonly onMessage: (from: number, msg: Uint8Array) => void;
   readonly onPeerUp?: (id: number) => void;
+  /** An open link to a peer went down (for `$sys.events`). */
+  readonly onPeerDown?: (id: number, reason: string) => void;
   /**
    * Digests of this replica's shared cluster file sections (src/config/digest.ts), sent
    * in every HELLO; a peer that sends others is refused. Absent (unit tests of the mesh
@@ -299,7 +301,10 @@ export class PeerMesh {
     link.phase = "closed";
     link.conn = null;
     link.keys = null;
-    if (wasOpen) this.options.log.info("peer link down", { peer: link.peer.id, reason });
+    if (wasOpen) {
+      this.options.log.info("peer link down", { peer: link.peer.id, reason });
+      this.options.onPeerDown?.(link.peer.id, reason);
+    }
     if (this.stopped || link.timer !== null) return;
     const wait = link.backoffMs;
     link.backoffMs = Math.min(link.backoffMs * 2, PEER_RECONNECT_MS_MAX);

@@ -43,6 +43,7 @@ import { admitRequest, clockSkewProblem, spaceOf } from "./requests.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
 import { Subscriptions } from "./subscriptions.ts";
+import { isSysTag, SysChannels } from "./sys-channels.ts";
 import { keyOf, WaitingRequests } from "./waiting.ts";
 
 /** How often answers held for execution (execution-gate.ts) are checked for their deadline. */
@@ -83,6 +84,8 @@ export class Replica {
   /** True while the constructor re-executes the decided log from disk: admin lines say "replayed". */
   private replaying = true;
   private readonly audit: AuditLog;
+  /** `$sys.replica.<id>` and `$sys.events` (sys-channels.ts). */
+  private readonly sys: SysChannels;
 
   constructor(private readonly options: ReplicaOptions) {
     const { config, id, key, log } = options;
@@ -90,6 +93,7 @@ export class Replica {
     if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
     this.adminKeys = new Set(config.adminKeys.map(toHex));
     this.audit = new AuditLog(log);
+    this.sys = new SysChannels({ self: id, n: config.n, key, health: () => this.health() });
     this.rate = new RateLimiter(config.limits.clientEventsPerSecondMax, config.limits.clientBurstEventsMax);
     this.machine = new ChannelMachine({
       hash: sha256,
@@ -116,6 +120,8 @@ export class Replica {
       log,
       metrics: this.metrics,
       audit: this.audit,
+      onPeerUp: (peer) => this.sys.event("peer-up", { peer }),
+      onPeerDown: (peer, reason) => this.sys.event("peer-down", { peer, reason }),
       onMessage: (from, msg) => this.ordering.onPeerMessage(from, msg),
       configDigests: configDigests(config),
     });
@@ -146,6 +152,7 @@ export class Replica {
       machine: this.machine,
       storage: this.storage,
       audit: this.audit,
+      onGroupEvent: (kind, fields) => this.sys.event(kind, fields),
     });
     this.replaying = false;
     this.server = new ReplicaServer({
@@ -184,6 +191,7 @@ export class Replica {
     this.server.listen();
     this.mesh.start();
     this.ordering.start();
+    this.sys.start();
     const self = this.options.config.replicas[this.options.id];
     this.options.log.info("replica started", {
       address: `${self?.host}:${self?.port}`,
@@ -206,6 +214,7 @@ export class Replica {
   stop(): void {
     if (this.gateTimer !== null) clearInterval(this.gateTimer);
     this.gateTimer = null;
+    this.sys.stop();
     this.subs.shutdown();
     this.ordering.stop();
     this.mesh.stop();
@@ -225,8 +234,10 @@ export class Replica {
       case FrameType.QUERY:
         return this.onQuery(session, frame.body.id, frame.body.q, "tag" in frame.body ? frame.body.tag : undefined, frame.body.after);
       case FrameType.SUBSCRIBE:
+        if (isSysTag(frame.body.tag)) return this.sys.subscribe(session, frame.body.sub, frame.body.tag);
         return this.subs.subscribe(session, frame.body.sub, frame.body.tag, frame.body.from, frame.body.after);
       case FrameType.UNSUBSCRIBE:
+        if (this.sys.unsubscribe(session, frame.body.sub)) return;
         return this.subs.unsubscribe(session, frame.body.sub);
       case FrameType.PING:
         session.conn.send({ type: FrameType.PONG, body: { n: frame.body.n } });
@@ -244,6 +255,7 @@ export class Replica {
 
   private onClientClosed(session: ClientSession): void {
     this.subs.dropSession(session);
+    this.sys.dropSession(session);
     this.gate.dropSession(session.id);
     this.waiting.dropSession(session);
   }
@@ -566,6 +578,10 @@ export class Replica {
       case "list-channels":
         return answer({ channels: this.machine.listChannels().map(channelSummary) });
       case "channel-info": {
+        if (tag !== undefined && isSysTag(tag)) {
+          const sysInfo = this.sys.info(tag);
+          return sysInfo === null ? refuse("UNKNOWN_CHANNEL", `no system channel ${tag}`) : answer(sysInfo);
+        }
         const info = tag === undefined ? null : this.machine.channelInfo(tag);
         if (info === null) {
           const again = (expired: boolean): void => this.onQuery(session, id, q, tag, expired ? undefined : after);
@@ -587,6 +603,27 @@ export class Replica {
     const info = this.machine.channelInfo(tag);
     if (info !== null && info.order === "none") return this.machine.lastUnorderedSeq(tag, clientHex);
     return this.ordering.lastExecutedSeq(spaceOf(clientHex, { op: { t: "pub", tag } } as Request));
+  }
+
+  /** What this replica publishes to `$sys.replica.<id>` every few seconds. */
+  private health(): Record<string, unknown> {
+    const core = this.ordering.status();
+    return {
+      view: core.view,
+      leader: core.leader,
+      mode: core.transferring !== null ? "stateTransfer" : core.status,
+      lastDecided: core.lastExecuted,
+      stableCheckpoint: core.stableCheckpoint,
+      peersUp: this.mesh
+        .status()
+        .filter((peer) => peer.up)
+        .map((peer) => peer.id),
+      channels: this.machine.channelCount,
+      subscriptions: this.subs.count + this.sys.count,
+      clientConnections: this.metrics.get("client_connections"),
+      uptimeMs: Date.now() - this.startedMs,
+      rssBytes: process.memoryUsage().rss,
+    };
   }
 
   /** The status page: status() plus the counters. */

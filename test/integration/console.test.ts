@@ -172,6 +172,18 @@ describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {
     await page.close();
   }, 90_000);
 
+  test("a replica's $sys health report shows in the tail", async () => {
+    const page = await browser.newPage();
+    await page.goto(readOnlyUrl);
+    await page.locator('#replicas tr[data-replica="1"] button:text("health")').click({ timeout: 20_000 });
+    const row = page.locator("#tail tbody tr", { hasText: '"kind":"health"' });
+    await row.first().waitFor({ timeout: 20_000 });
+    const cells = await row.first().locator("td").allTextContents();
+    expect(cells[3]).toBe("1 of 4 (crash: first copy)");
+    expect(cells[4]).toContain('"replica":1');
+    await page.close();
+  }, 60_000);
+
   test("with an admin key the page creates a channel; read-only shows no admin controls", async () => {
     const page = await browser.newPage();
     await page.goto(adminUrl);

@@ -42,8 +42,8 @@ export function consolePage(options: PageOptions): string {
     <div><h2>Latency p99 (ms)</h2><div id="chart-latency"></div></div>
   </section>
   <section>
-    <h2>Replicas</h2>
-    <table id="replicas"><thead><tr><th>replica</th><th>address</th><th>up</th><th>view</th><th>leader</th><th>decided</th><th>behind</th><th>note</th></tr></thead><tbody></tbody></table>
+    <h2>Replicas <button id="sys-events" title="what the replicas report about the group">tail $sys.events</button></h2>
+    <table id="replicas"><thead><tr><th>replica</th><th>address</th><th>up</th><th>view</th><th>leader</th><th>decided</th><th>behind</th><th>note</th><th></th></tr></thead><tbody></tbody></table>
   </section>
   <section>
     <h2>Channels</h2>
@@ -122,6 +122,7 @@ function render(s) {
     cell(row, r.id); cell(row, r.address); cell(row, r.up ? "up" : "down", r.up ? "" : "down");
     cell(row, r.view); cell(row, r.leader); cell(row, r.last_decided); cell(row, r.behind);
     cell(row, r.up ? r.flags.join(", ") : r.reason, r.up ? "flag" : "down");
+    const h = document.createElement("button"); h.textContent = "health"; h.title = "tail $sys.replica." + r.id; h.onclick = () => tail("$sys.replica." + r.id); row.insertCell().appendChild(h);
   }
   const channels = $("channels").tBodies[0]; channels.replaceChildren();
   for (const c of s.traffic) {
@@ -167,5 +168,6 @@ $("create").onsubmit = (ev) => {
   ev.preventDefault(); const f = new FormData(ev.target);
   admin({ t: "create-channel", tag: f.get("tag"), fault: f.get("fault"), order: f.get("order"), priority: f.get("priority"), public: f.get("public") === "on" });
 };
+$("sys-events").onclick = () => tail("$sys.events");
 poll();
 `;
