@@ -65,8 +65,14 @@ export const FRAME_HEADER_BYTES = FRAME_LENGTH_BYTES + 1;
 
 /** A tag is at most 128 bytes (ASCII, so also 128 characters). */
 export const TAG_BYTES_MAX = 128;
-/** Tags: dot-separated segments of lowercase letters, digits, '_' and '-'. */
-export const TAG_PATTERN = /^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$/;
+/**
+ * Tags: dot-separated segments of lowercase letters, digits, '_' and '-'. The first segment
+ * may also be `$sys`: the replicas' own system channels (PROTOCOL.md 2.1), which clients
+ * subscribe to and never create or publish to.
+ */
+export const TAG_PATTERN = /^(?:\$sys|[a-z0-9_-]+)(?:\.[a-z0-9_-]+)*$/;
+/** The first segment of the replicas' system channels. */
+export const SYS_TAG_PREFIX = "$sys.";
 
 /** One event's payload. Larger payloads belong in a blob store, not on a monitoring bus. */
 export const EVENT_BYTES_MAX = 1024 * 1024;

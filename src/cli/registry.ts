@@ -14,6 +14,8 @@ import { adminCommand } from "./commands/admin.ts";
 import { benchCommand } from "./commands/bench.ts";
 import { relayCommand } from "./commands/relay.ts";
 import { demoCommand } from "./commands/demo.ts";
+import { topCommand } from "./commands/top.ts";
+import { consoleCommand } from "./commands/console.ts";
 
 export const COMMANDS: readonly Command[] = [
   keygenCommand,
@@ -24,6 +26,8 @@ export const COMMANDS: readonly Command[] = [
   pubCommand,
   subCommand,
   adminCommand,
+  topCommand,
+  consoleCommand,
   benchCommand,
   relayCommand,
   demoCommand,

@@ -48,6 +48,7 @@ const clientSeqSchema = z.object({ last: z.int().min(0) });
 const publishersSchema = z.object({
   publishers: z.array(z.instanceof(Uint8Array).refine((key) => key.length === KEY_BYTES)).max(KEYS_PER_CHANNEL_MAX),
 });
+const latencyHistogramSchema = z.object({ counts: z.array(z.int().min(0)), sumUs: z.int().min(0) });
 
 /** The fields of a status answer this client reads; replicas may add more. */
 const statusSchema = z.object({
@@ -58,7 +59,31 @@ const statusSchema = z.object({
   channels: z.int().min(0),
   /** Answers held until the replica has executed what the client saw (read-your-writes). */
   heldForExecution: z.int().min(0).optional(),
-  peers: z.array(z.object({ id: z.int().min(0), up: z.boolean() })).optional(),
+  peers: z.array(z.object({ id: z.int().min(0), up: z.boolean(), lag: z.int().min(0).optional() })).optional(),
+  /** Per-channel counters since the replica started (`fitb top` turns them into rates). */
+  traffic: z
+    .array(
+      z.object({
+        tag: z.string(),
+        class: z.string(),
+        priority: z.string(),
+        published: z.int().min(0),
+        stored: z.int().min(0),
+        delivered: z.int().min(0),
+        shed: z.int().min(0),
+      }),
+    )
+    .optional(),
+  /** Latency histograms since the replica started: bucket bounds (µs), counts per bucket (+Inf last), sum (µs). */
+  latency: z
+    .object({
+      boundsUs: z.array(z.int().min(0)),
+      publishAck: latencyHistogramSchema,
+      ordering: latencyHistogramSchema,
+      storageCommit: latencyHistogramSchema,
+      delivery: latencyHistogramSchema,
+    })
+    .optional(),
 });
 
 export type ReplicaStatusAnswer = z.infer<typeof statusSchema>;

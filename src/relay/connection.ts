@@ -40,6 +40,7 @@ import { SUB_END_CODES, type ErrorCode, type SubEndCode } from "../../wire/types
 import { ackLine, endLine, errLine, eventBytes, OK_LINE, PONG_LINE } from "./format.ts";
 import { RelayLineParser, type RelayCommand, type RelayInput } from "./parser.ts";
 import type { ResolvedRelayLimits } from "./limits.ts";
+import type { RelayMetrics } from "./metrics.ts";
 import type { PublishBytesBudget } from "./publish-bytes.ts";
 
 const encoder = new TextEncoder();
@@ -65,6 +66,8 @@ export interface LineSocket {
 /** What a connection needs from the relay around it. */
 export interface RelayBackend {
   readonly limits: ResolvedRelayLimits;
+  /** Counts publishes, acks and deliveries (metrics.ts); null: not counted. */
+  readonly metrics: RelayMetrics | null;
   /** Event bytes of publishes not yet answered, shared by every connection. */
   readonly publishBytes: PublishBytesBudget;
   /** The shared publisher of `tag`: publishes of every connection to a tag batch together. */
@@ -271,6 +274,7 @@ export class RelayConnection {
         // earlier commands go out first, then this one, then the connection closes.
         this.quitting = true;
         this.backend.log(`relay connection closed: ${input.reason}`);
+        if (this.backend.metrics !== null) this.backend.metrics.connectionsClosedBadInput.inc();
         this.answer({ line: errLine(input.code, input.reason), after: () => this.closeAfterFlush() });
         return;
       }
@@ -323,19 +327,29 @@ export class RelayConnection {
     }
     const budget = this.backend.publishBytes;
     const bytes = payload.byteLength;
+    const metrics = this.backend.metrics;
     const refusal = budget.take(bytes);
     if (refusal !== null) {
+      metrics?.refusedWith("OVERLOADED");
       this.answer({ line: errLine("OVERLOADED", refusal) });
       return;
     }
+    const cells = metrics?.tag(tag) ?? null;
+    cells?.published.inc();
+    const startedMs = performance.now();
     this.answers.push(
       publisher.publish(payload).then(
         (ack: EventAck): Answer => {
           budget.release(bytes);
+          if (cells !== null && metrics !== null) {
+            cells.acked.inc();
+            metrics.publishAck.observe((performance.now() - startedMs) / 1000);
+          }
           return { line: ackLine(ack.tag, ack.seq) };
         },
         (error: unknown): Answer => {
           budget.release(bytes);
+          metrics?.refusedWith(error instanceof ClientError ? error.code : "INTERNAL");
           return { line: errorLine(error) };
         },
       ),
@@ -442,6 +456,11 @@ export class RelayConnection {
 
   private onBatch(sub: RelaySub, batch: ReceivedBatch): void {
     if (sub.closed || this.state !== "open") return;
+    const metrics = this.backend.metrics;
+    if (metrics !== null) {
+      metrics.tag(sub.tag).delivered.inc(batch.events.length);
+      metrics.delivery.observe(Math.max(0, Date.now() - batch.ts) / 1000);
+    }
     const bytes = batchBytes(batch);
     const eventBytesMax = this.backend.limits.eventOutboundBytesMax;
     const waiting = this.queuedBytes() + sub.heldBytes;

@@ -17,6 +17,7 @@ import type { BatchHandler, SubscribeOptions, Subscription } from "../client/sub
 import { formatAddress } from "../config/cluster.ts";
 import { errLine } from "./format.ts";
 import { RelayConnection, type LineSocket, type RelayBackend } from "./connection.ts";
+import type { RelayMetrics } from "./metrics.ts";
 import { resolveRelayLimits, type RelayLimits, type ResolvedRelayLimits } from "./limits.ts";
 import { PublishBytesBudget } from "./publish-bytes.ts";
 import { removeSocket, socketPathProblem, withSocketUmask } from "./unix-socket.ts";
@@ -43,6 +44,8 @@ export interface RelayServerOptions {
   readonly limits?: Partial<RelayLimits>;
   /** One line per event worth an operator's attention. */
   readonly log?: (message: string) => void;
+  /** Counts the relay's traffic for `--metrics` (metrics.ts). */
+  readonly metrics?: RelayMetrics;
 }
 
 /** The relay could not listen (address in use, not an address of this host, ...). */
@@ -80,6 +83,7 @@ export class RelayServer {
     this.backend = {
       limits: this.limits,
       publishBytes: this.publishBytes,
+      metrics: options.metrics ?? null,
       publisherFor: (tag) => this.publisherFor(tag),
       subscribe: (tag, subscribeOptions, onBatch) => this.subscribe(tag, subscribeOptions, onBatch),
       log: this.log,
@@ -221,6 +225,7 @@ export class RelayServer {
       terminate: () => socket.terminate(),
     };
     const connection = new RelayConnection(lineSocket, this.backend, (gone) => this.onGone(gone));
+    this.backend.metrics?.connectionsAccepted.inc();
     this.connections.add(connection);
     socket.data.connection = connection;
   }

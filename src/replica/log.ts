@@ -31,7 +31,12 @@ export function createLog(
   };
 }
 
-export function logLevelFromEnv(): LogLevel {
-  const level = process.env.FITB_LOG;
-  return level === "debug" || level === "warn" || level === "error" ? level : "info";
+export const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
+
+/** FITB_LOG's level (unset or empty: info); anything else is refused with a reason, not taken as info. */
+export function parseLogLevel(value: string | undefined): { ok: true; level: LogLevel } | { ok: false; reason: string } {
+  if (value === undefined || value === "") return { ok: true, level: "info" };
+  const level = LOG_LEVELS.find((candidate) => candidate === value.toLowerCase());
+  if (level !== undefined) return { ok: true, level };
+  return { ok: false, reason: `FITB_LOG=${JSON.stringify(value)}: expected one of ${LOG_LEVELS.join(", ")} (default info)` };
 }

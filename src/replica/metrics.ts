@@ -1,36 +1,195 @@
 /**
- * Counters and gauges, exposed in the Prometheus text format. Names follow Prometheus
- * conventions: `_total` for counters, units last.
+ * The replica's metrics: every family declared here with its help text, so that a scrape
+ * shows each of them from the start (README "Metrics" lists them). Names follow
+ * Prometheus conventions: `_total` for counters, units last; the exported name has the
+ * `fitb_` prefix.
+ *
+ * Callers count through `inc(name)` for the plain counters, and through the pre-bound
+ * cells of `channels` (channel-metrics.ts), `peers` and the latency histograms, so the
+ * hot paths add to a number and build no string.
  */
+import { ERROR_CODES, type ErrorCode } from "../../wire/types.ts";
+import {
+  type CounterCell,
+  type CounterFamily,
+  type GaugeFamily,
+  type HistogramCell,
+  type HistogramFamily,
+  LATENCY_BUCKETS_SECONDS,
+  MetricsRegistry,
+} from "../metrics/registry.ts";
+import type { Canonical } from "../../wire/canonical.ts";
+
+const COUNTERS = {
+  requests_total: "Client REQUEST frames received",
+  requests_rate_limited_total: "Requests refused because the client's event rate was over its limit",
+  bad_frames_total: "Client frames that did not decode or were not for this port",
+  events_stored_total: "Events stored by this replica (ordered and unordered channels)",
+  batches_decided_total: "Batches decided by the ordering protocol and executed",
+  replies_dropped_total: "Replies not sent because the client's connection queue was full",
+  events_delivered_total: "Events sent to subscribers (one per subscriber)",
+  subscribers_dropped_slow_total: "Subscriptions ended because the subscriber fell behind",
+  peer_send_dropped_total: "Peer messages not sent because the link was down or its queue full",
+  peer_send_oversized_total: "Peer messages not sent because they exceed the frame limit",
+  peer_handshake_failed_total: "Peer handshakes that failed (bad key, config drift, bad signature)",
+  peer_frames_rejected_total: "Peer frames that failed their MAC or sequence check",
+  peer_messages_rejected_total: "Peer messages that did not validate",
+  peer_flooding_total: "Times a peer was found flooding the ordering core",
+  leader_suspected_total: "Times this replica suspected the leader of its view (SUSPECT; the view changes once f+1 do)",
+  peer_misbehaviour_total: "Peer messages that proved misbehaviour (bad signature, equivocation)",
+  forwarded_requests_dropped_total: "Requests in a peer's FORWARD dropped as not admissible here",
+  storage_commits_total: "Storage transactions committed",
+  storage_writes_total: "Records written in storage transactions",
+  storage_commit_failures_total: "Storage commits that failed",
+  storage_corrupt_rows_total: "Rows found damaged at open and deleted",
+  snapshot_digest_mismatches_total: "Base snapshots whose digest did not match the checkpoint",
+  snapshot_bases_written_total: "Base snapshots written",
+  handshakes_refused_total: "Handshakes refused at the per-address or total bound",
+  handshakes_evicted_total: "Open handshakes evicted to make room for new ones",
+  handshake_timeouts_total: "Handshakes that did not finish in time",
+  client_auth_failed_total: "Client handshakes that failed authentication",
+  client_frames_bad_mac_total: "Client frames that failed their MAC check (the session is closed)",
+  clients_stuck_closed_total: "Client sessions closed because they did not read their output",
+  clients_idle_closed_total: "Idle client sessions closed",
+  clients_refused_total: "Client sessions refused at a connection bound",
+  state_transfer_serve_requests_total: "State transfer requests from peers",
+  state_transfer_serve_refused_total: "State transfer requests refused",
+  state_transfer_served_bytes_total: "State transfer bytes served to peers",
+  state_transfer_started_total: "State transfers started by this replica",
+  state_transfer_received_bytes_total: "State transfer bytes received",
+  state_transfer_completed_total: "State transfers completed",
+  state_transfer_rejected_total: "State transfer parts or snapshots rejected",
+  state_transfer_sources_dropped_total: "State transfer sources distrusted",
+  state_transfer_abandoned_total: "State transfers abandoned",
+  state_transfer_source_timeouts_total: "State transfer sources that timed out",
+} as const;
+
+const GAUGES = {
+  view: "The ordering view this replica is in",
+  leader: "The leader of the current view (replica id)",
+  is_leader: "1 if this replica leads the current view",
+  last_decided_seq: "The last decided seq this replica executed",
+  stable_checkpoint_seq: "The last stable checkpoint seq",
+  subscriptions: "Open subscriptions",
+  channels: "Channels in the replicated state",
+  answers_held_for_execution: "Answers held until this replica executes what the client saw",
+  storage_pending_writes: "Records staged for the next storage commit",
+  storage_file_bytes: "Size of the storage file",
+  snapshot_base_seq: "Seq of the base snapshot on disk",
+  snapshot_base_bytes: "Size of the base snapshot on disk",
+  handshakes_open: "Handshakes in progress",
+  client_connections: "Open client sessions",
+  client_output_bytes: "Bytes queued to client sessions",
+  state_transfer_target_seq: "Seq a state transfer is fetching (0: none)",
+} as const;
+
+export type CounterName = keyof typeof COUNTERS;
+export type GaugeName = keyof typeof GAUGES;
+
+/** The modes `fitb_mode{mode}` reports, one of them 1. */
+export const MODES = ["normal", "viewChange", "stateTransfer"] as const;
+export type Mode = (typeof MODES)[number];
+
+/** The per-class label value of a channel: "byzantine/total", ... */
+export const CLASSES = ["crash/none", "crash/total", "byzantine/none", "byzantine/total"] as const;
+
 export class Metrics {
-  private readonly counters = new Map<string, number>();
-  private readonly gauges = new Map<string, () => number>();
+  readonly registry = new MetricsRegistry();
+  private readonly counters = new Map<string, CounterCell>();
+  private readonly gaugeReads = new Map<string, () => number>();
+  private readonly refusedFamily: CounterFamily;
+  private readonly refusedCells = new Map<ErrorCode, CounterCell>();
+  private readonly modeFamily: GaugeFamily;
+  readonly peerUp: GaugeFamily;
+  readonly peerLag: GaugeFamily;
+  /** Request arrival to "stored"/"ordered" reply, by channel class. */
+  readonly publishAck: HistogramFamily;
+  /** PRE-PREPARE sent or received to the batch decided. */
+  readonly ordering: HistogramCell;
+  readonly storageCommit: HistogramCell;
+  /** The publisher's signed time to the events' fan-out to subscribers, by class. */
+  readonly delivery: HistogramFamily;
 
-  inc(name: string, by = 1): void {
-    this.counters.set(name, (this.counters.get(name) ?? 0) + by);
+  constructor() {
+    const r = this.registry;
+    for (const [name, help] of Object.entries(COUNTERS)) this.counters.set(name, r.counter(name, help).with());
+    this.refusedFamily = r.counter("requests_refused_total", "Requests refused, by the error code the client was sent", ["reason"]);
+    for (const code of ERROR_CODES) this.refusedCells.set(code, this.refusedFamily.with(code));
+    for (const [name, help] of Object.entries(GAUGES)) {
+      const cell = r.gauge(name, help).with();
+      r.onScrape(() => cell.set(this.gaugeReads.get(name)?.() ?? 0));
+    }
+    this.modeFamily = r.gauge("mode", "1 for the mode this replica is in (normal, viewChange, stateTransfer), 0 for the others", ["mode"]);
+    for (const mode of MODES) this.modeFamily.with(mode);
+    this.peerUp = r.gauge("peer_up", "1 if the authenticated link to this peer is open", ["peer"]);
+    this.peerLag = r.gauge("peer_lag_seqs", "How many decided seqs this peer is behind this replica, by the COMMITs it sent", ["peer"]);
+    this.publishAck = r.histogram("publish_ack_seconds", "Publish request arrival to this replica's ack (stored or ordered)", ["class"]);
+    for (const cls of CLASSES) this.publishAck.with(cls);
+    this.ordering = r.histogram("ordering_seconds", "A batch's PRE-PREPARE (proposed or received) to its decision").with();
+    this.storageCommit = r.histogram("storage_commit_seconds", "One storage transaction, fsync included").with();
+    this.delivery = r.histogram("delivery_seconds", "The publisher's signed time to the fan-out to live subscribers", ["class"]);
+    for (const cls of CLASSES) this.delivery.with(cls);
   }
 
-  get(name: string): number {
-    return this.counters.get(name) ?? this.gauges.get(name)?.() ?? 0;
+  inc(name: CounterName, by = 1): void {
+    (this.counters.get(name) as CounterCell).value += by;
   }
 
-  gauge(name: string, read: () => number): void {
-    this.gauges.set(name, read);
+  refused(code: ErrorCode): void {
+    (this.refusedCells.get(code) as CounterCell).value += 1;
+  }
+
+  /** The current value of a counter or gauge (requests_refused_total: over every reason). */
+  get(name: CounterName | GaugeName | "requests_refused_total"): number {
+    if (name === "requests_refused_total") return this.refusedFamily.total((cell) => cell.value);
+    return this.counters.get(name)?.value ?? this.gaugeReads.get(name)?.() ?? 0;
+  }
+
+  gauge(name: GaugeName, read: () => number): void {
+    this.gaugeReads.set(name, read);
+  }
+
+  setMode(mode: Mode): void {
+    for (const m of MODES) this.modeFamily.with(m).set(m === mode ? 1 : 0);
   }
 
   snapshot(): Record<string, number> {
     const out: Record<string, number> = {};
-    for (const [name, value] of this.counters) out[name] = value;
-    for (const [name, read] of this.gauges) out[name] = read();
+    for (const [name, cell] of this.counters) out[name] = cell.value;
+    out.requests_refused_total = this.get("requests_refused_total");
+    for (const name of Object.keys(GAUGES)) out[name] = this.gaugeReads.get(name)?.() ?? 0;
     return out;
   }
 
-  prometheus(prefix = "fitb_"): string {
-    const lines: string[] = [];
-    for (const [name, value] of [...Object.entries(this.snapshot())].sort()) {
-      lines.push(`# TYPE ${prefix}${name} ${name.endsWith("_total") ? "counter" : "gauge"}`);
-      lines.push(`${prefix}${name} ${value}`);
-    }
-    return `${lines.join("\n")}\n`;
+  /**
+   * The latency histograms summed over their labels, for the status query (integers, as
+   * the wire's canonical CBOR wants): bucket bounds in microseconds, counts per bucket
+   * (+Inf last) and the sum. `fitb top` takes the difference of two answers to show the
+   * latency of the last interval.
+   */
+  latencySummary(): { [key: string]: Canonical } {
+    const summed = (cells: HistogramCell[]): { [key: string]: Canonical } => {
+      const counts = new Array<number>(LATENCY_BUCKETS_SECONDS.length + 1).fill(0);
+      let sum = 0;
+      for (const cell of cells) {
+        cell.counts.forEach((count, i) => {
+          counts[i] = (counts[i] as number) + count;
+        });
+        sum += cell.sum;
+      }
+      return { counts, sumUs: Math.round(sum * 1e6) };
+    };
+    return {
+      boundsUs: LATENCY_BUCKETS_SECONDS.map((seconds) => Math.round(seconds * 1e6)),
+      publishAck: summed(CLASSES.map((cls) => this.publishAck.with(cls))),
+      ordering: summed([this.ordering]),
+      storageCommit: summed([this.storageCommit]),
+      delivery: summed(CLASSES.map((cls) => this.delivery.with(cls))),
+    };
+  }
+
+  /** The Prometheus text format. */
+  prometheus(): Promise<string> {
+    return this.registry.text();
   }
 }

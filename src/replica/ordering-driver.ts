@@ -22,13 +22,15 @@ import type { SigningKey } from "../crypto/keys.ts";
 import { REQUEST_BYTES_MAX } from "../core/channels/constants.ts";
 import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { SnapshotImport } from "../core/channels/snapshot.ts";
-import { type CoreConfig, DEFAULT_PARAMETERS, makeConfig } from "../core/ordering/config.ts";
+import { type CoreConfig, DEFAULT_PARAMETERS, leaderOf, makeConfig } from "../core/ordering/config.ts";
 import type { ClientRequest, Forward, PeerMessage } from "../core/ordering/messages.ts";
 import { REQUEST_SPAN_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
 import { OrderingCore } from "../core/ordering/core.ts";
 import type { CoreCrypto, CoreInput, Effect, PersistedRecord, Ready, Refusal } from "../core/ordering/types.ts";
 import type { Canonical } from "../../wire/canonical.ts";
 import { toHex } from "../../wire/bytes.ts";
+import type { ErrorCode } from "../../wire/types.ts";
+import type { AuditKind, AuditLog } from "./audit.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { PeerMesh } from "./peers.ts";
@@ -53,6 +55,10 @@ export interface OrderingDriverOptions {
   readonly key: SigningKey;
   readonly log: Log;
   readonly metrics: Metrics;
+  /** Where suspected leaders and flooding or misbehaving peers are reported (audit.ts). */
+  readonly audit?: AuditLog;
+  /** Views installed and leaders suspected, for `$sys.events` (sys-channels.ts). */
+  readonly onGroupEvent?: (kind: string, fields: Record<string, unknown>) => void;
   readonly mesh: PeerMesh;
   readonly onDecided: (requests: readonly ClientRequest[], decidedSeq: number) => void;
   readonly onResendReply: (space: string, seq: number) => void;
@@ -90,6 +96,17 @@ export function peerEnvelopeBytes(frameBytesMax: number, f: number): number {
 }
 
 /** The ordering core's configuration for this cluster (core/ordering/PROTOCOL.md §10 defaults, sized to the cluster's limits). */
+/** The error code a client is sent for each refusal of the core (replica.ts says why in words). */
+const REFUSAL_CODES: Record<Refusal, ErrorCode> = {
+  invalid: "BAD_REQUEST",
+  quarantined: "UNAUTHORIZED",
+  window: "OUT_OF_ORDER",
+  overloaded: "OVERLOADED",
+};
+
+/** PRE-PREPAREs timed for the ordering histogram at once (a window's worth; more: start again). */
+const PROPOSALS_TIMED_MAX = 4096;
+
 /** A peer's misbehaviour is logged at most this often (it is always counted). */
 const MISBEHAVIOUR_LOG_INTERVAL_MS = 60_000;
 
@@ -129,6 +146,10 @@ export class OrderingDriver {
   private timer: ReturnType<typeof setInterval> | null = null;
   /** The last decided seq executed on the machine (decisions run after their commit). */
   private appliedSeq = 0;
+  /** The highest seq each peer sent a COMMIT for: how far it has got (peer lag). */
+  private readonly peerCommitSeq = new Map<number, number>();
+  /** When each seq's PRE-PREPARE was first sent or seen (performance.now ms), for the ordering histogram. */
+  private readonly proposedMs = new Map<number, number>();
 
   constructor(private readonly options: OrderingDriverOptions) {
     const { config, id, key, machine, storage, log, metrics } = options;
@@ -245,7 +266,21 @@ export class OrderingDriver {
       this.options.metrics.inc("peer_messages_rejected_total");
       return;
     }
+    if (msg.t === "COMMIT" && msg.seq > (this.peerCommitSeq.get(from) ?? 0)) this.peerCommitSeq.set(from, msg.seq);
+    else if (msg.t === "PRE_PREPARE") this.proposalSeen(msg.seq);
     this.step({ kind: "message", from, msg: msg.t === "FORWARD" ? this.admissibleForwards(msg) : msg });
+  }
+
+  /** How many decided seqs a peer is behind this replica, by the COMMITs it sent (0 if ahead). */
+  peerLag(peer: number): number {
+    return Math.max(0, this.core.status().lastExecuted - (this.peerCommitSeq.get(peer) ?? 0));
+  }
+
+  private proposalSeen(seq: number): void {
+    if (this.proposedMs.has(seq)) return;
+    // Seqs proposed in a view that then changed never decide here: bound what they leave.
+    if (this.proposedMs.size >= PROPOSALS_TIMED_MAX) this.proposedMs.clear();
+    this.proposedMs.set(seq, performance.now());
   }
 
   /** A peer's FORWARD, less what this replica would not take from its own clients (forwards.ts). */
@@ -305,6 +340,7 @@ export class OrderingDriver {
   private perform(effect: Effect): void {
     switch (effect.kind) {
       case "send": {
+        if (effect.msg.t === "PRE_PREPARE") this.proposalSeen(effect.msg.seq);
         const bytes = encodeEnvelope("ordering", effect.msg as unknown as Canonical);
         if (effect.to === "all") this.options.mesh.broadcast(bytes);
         else this.options.mesh.send(effect.to, bytes);
@@ -313,6 +349,7 @@ export class OrderingDriver {
       case "decide":
         // A decision queued before a snapshot installed past it is already in that state.
         if (effect.seq <= this.appliedSeq) return;
+        this.observeOrdering(effect.seq);
         this.options.onDecided(effect.execute, effect.seq);
         this.appliedSeq = effect.seq;
         return;
@@ -320,7 +357,7 @@ export class OrderingDriver {
         this.options.onResendReply(effect.client, effect.seq);
         return;
       case "refused":
-        this.options.metrics.inc("requests_refused_total");
+        this.options.metrics.refused(REFUSAL_CODES[effect.reason]);
         this.options.onRefused(effect.client, effect.seq, effect.reason);
         return;
       case "takeCheckpoint":
@@ -330,19 +367,34 @@ export class OrderingDriver {
         this.keeper.capture(effect.seq, effect.clients);
         this.step({ kind: "checkpointReady", seq: effect.seq, appDigest: this.options.machine.digest() });
         return;
-      case "suspect":
-        this.options.log.warn("leaving the view", { view: effect.view, reason: effect.reason });
+      case "suspect": {
+        // Leaving the view (f+1 replicas suspect its leader, or a proof): the view left is
+        // the one before effect.view (or lower); its leader is the suspect.
+        const suspect = leaderOf(Math.max(0, effect.view - 1), this.options.config.n);
+        this.options.log.warn("leaving the view", { view: effect.view, reason: effect.reason, leader: suspect });
+        this.options.onGroupEvent?.("view-change", { leader: suspect, view: effect.view, reason: effect.reason });
         return;
-      case "leaderSuspected":
+      }
+      case "leaderSuspected": {
+        // This replica's own suspicion (a SUSPECT; it stays in the view until f+1 do).
         this.options.metrics.inc("leader_suspected_total");
-        this.options.log.warn("suspecting the leader", { view: effect.view, reason: effect.reason });
+        const suspect = leaderOf(effect.view, this.options.config.n);
+        this.auditPeer("leader-suspected", "suspecting the leader", suspect, effect.reason, { view: effect.view });
+        this.options.onGroupEvent?.("leader-suspected", { leader: suspect, view: effect.view, reason: effect.reason });
         return;
+      }
       case "viewInstalled":
         this.options.log.info("view installed", { view: effect.view, leader: effect.leader });
+        this.options.onGroupEvent?.("view-installed", { view: effect.view, leader: effect.leader });
         return;
       case "peerFlooding":
         this.options.metrics.inc("peer_flooding_total");
-        this.options.log.warn("peer flooding", { peer: effect.peer });
+        this.auditPeer(
+          "peer-muted",
+          "peer flooding: its messages are not taken for a while",
+          effect.peer,
+          "sends far more than the others",
+        );
         return;
       case "peerMisbehaved": {
         this.options.metrics.inc("peer_misbehaviour_total");
@@ -350,7 +402,7 @@ export class OrderingDriver {
         const now = Date.now();
         if (now - (this.misbehaviourLoggedAt.get(effect.peer) ?? 0) < MISBEHAVIOUR_LOG_INTERVAL_MS) return;
         this.misbehaviourLoggedAt.set(effect.peer, now);
-        this.options.log.warn("peer misbehaved", { peer: effect.peer, reason: effect.reason });
+        this.auditPeer("peer-misbehaved", "peer misbehaved", effect.peer, effect.reason);
         return;
       }
       case "divergence":
@@ -365,6 +417,23 @@ export class OrderingDriver {
         return unreachable;
       }
     }
+  }
+
+  /** An audit line about a peer: its id, key and address from the cluster file. */
+  private auditPeer(kind: AuditKind, msg: string, peer: number, reason: string, extra: Record<string, unknown> = {}): void {
+    const entry = this.options.config.replicas[peer];
+    const fields = { peer, reason, ...extra };
+    const audit = this.options.audit;
+    if (audit === undefined) this.options.log.warn(msg, fields);
+    else if (entry === undefined) audit.warn(kind, msg, fields);
+    else audit.warn(kind, msg, { ...fields, key: entry.publicKey, address: `${entry.host}:${entry.port}` });
+  }
+
+  private observeOrdering(seq: number): void {
+    const proposed = this.proposedMs.get(seq);
+    if (proposed === undefined) return;
+    this.proposedMs.delete(seq);
+    this.options.metrics.ordering.observe((performance.now() - proposed) / 1000);
   }
 
   /**

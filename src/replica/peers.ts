@@ -31,6 +31,7 @@ import { type ConfigDigests, decodeFrameBody, type Frame, type Hello, type Hello
 import { sessionTranscript } from "../../wire/session.ts";
 import { DOMAIN_SESSION_INITIATOR, DOMAIN_SESSION_RESPONDER, FrameType, NONCE_BYTES, PROTOCOL_VERSION } from "../../wire/types.ts";
 import { FramedConn } from "./framed.ts";
+import type { AuditLog } from "./audit.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 
@@ -51,8 +52,12 @@ export interface PeerMeshOptions {
   readonly frameBytesMax: number;
   readonly log: Log;
   readonly metrics: Metrics;
+  /** Where failed peer handshakes are reported (audit.ts); none in some tests. */
+  readonly audit?: AuditLog;
   readonly onMessage: (from: number, msg: Uint8Array) => void;
   readonly onPeerUp?: (id: number) => void;
+  /** An open link to a peer went down (for `$sys.events`). */
+  readonly onPeerDown?: (id: number, reason: string) => void;
   /**
    * Digests of this replica's shared cluster file sections (src/config/digest.ts), sent
    * in every HELLO; a peer that sends others is refused. Absent (unit tests of the mesh
@@ -296,7 +301,10 @@ export class PeerMesh {
     link.phase = "closed";
     link.conn = null;
     link.keys = null;
-    if (wasOpen) this.options.log.info("peer link down", { peer: link.peer.id, reason });
+    if (wasOpen) {
+      this.options.log.info("peer link down", { peer: link.peer.id, reason });
+      this.options.onPeerDown?.(link.peer.id, reason);
+    }
     if (this.stopped || link.timer !== null) return;
     const wait = link.backoffMs;
     link.backoffMs = Math.min(link.backoffMs * 2, PEER_RECONNECT_MS_MAX);
@@ -317,6 +325,11 @@ export class PeerMesh {
     const peer = this.options.replicas[hello.replica];
     if (peer === undefined || peer.id === this.options.self || !bytesEqual(peer.publicKey, hello.key)) {
       this.options.metrics.inc("peer_handshake_failed_total");
+      this.options.audit?.warn("handshake-failed", "peer handshake failed", {
+        key: hello.key,
+        address: conn.remote,
+        reason: `HELLO as replica ${hello.replica} with a key that is not that replica's`,
+      });
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "not a replica of this cluster" } });
       return null;
     }
@@ -325,7 +338,7 @@ export class PeerMesh {
       // Before signing: a peer with another cluster file costs one comparison, and the
       // operator of both replicas learns which sections to make equal.
       this.options.metrics.inc("peer_handshake_failed_total");
-      this.options.log.error("peer refused: its cluster file differs", { peer: peer.id, reason: configProblem });
+      this.options.log.error("peer refused: its cluster file differs", { peer: peer.id, address: conn.remote, reason: configProblem });
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: configProblem } });
       return null;
     }
@@ -353,6 +366,11 @@ export class PeerMesh {
       if (!authed) {
         if (frame.type !== FrameType.AUTH || !verifyDomain(peer.publicKey, DOMAIN_SESSION_INITIATOR, transcript, frame.body.sig)) {
           this.options.metrics.inc("peer_handshake_failed_total");
+          this.options.audit?.warn("handshake-failed", "peer handshake failed", {
+            key: peer.publicKey,
+            address: conn.remote,
+            reason: "AUTH does not verify for the replica's key",
+          });
           conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "peer authentication failed" } });
           return;
         }

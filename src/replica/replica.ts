@@ -15,16 +15,26 @@ import { channelsConfigFrom, type ClusterConfig } from "../config/cluster.ts";
 import { configDigests } from "../config/digest.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
-import type { SigningKey } from "../crypto/keys.ts";
+import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
 import { ChannelMachine } from "../core/channels/machine.ts";
 import type { ChannelError, StoredBatch, TrimmedError } from "../core/channels/types.ts";
 import type { ClientRequest } from "../core/ordering/messages.ts";
 import type { Refusal } from "../core/ordering/types.ts";
 import { type Canonical, tryDecodeCanonical } from "../../wire/canonical.ts";
-import { decodeRequestBody, type Frame, type Reply, type Request, type RequestFrame, type SignedRequest } from "../../wire/schemas.ts";
+import {
+  type AdminCmd,
+  decodeRequestBody,
+  type Frame,
+  type Reply,
+  type Request,
+  type RequestFrame,
+  type SignedRequest,
+} from "../../wire/schemas.ts";
 import { type ErrorCode, FrameType } from "../../wire/types.ts";
+import { AuditLog } from "./audit.ts";
 import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
+import { type ChannelCells, ChannelMetrics, METRICS_CHANNELS_MAX } from "./channel-metrics.ts";
 import { Metrics } from "./metrics.ts";
 import { OrderingDriver } from "./ordering-driver.ts";
 import { PeerMesh } from "./peers.ts";
@@ -33,6 +43,7 @@ import { admitRequest, clockSkewProblem, spaceOf } from "./requests.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
 import { Subscriptions } from "./subscriptions.ts";
+import { isSysTag, SysChannels } from "./sys-channels.ts";
 import { keyOf, WaitingRequests } from "./waiting.ts";
 
 /** How often answers held for execution (execution-gate.ts) are checked for their deadline. */
@@ -55,6 +66,7 @@ export interface ReplicaOptions {
 export class Replica {
   readonly metrics = new Metrics();
   readonly machine: ChannelMachine;
+  readonly channelMetrics: ChannelMetrics;
   private readonly mesh: PeerMesh;
   private readonly server: ReplicaServer;
   private readonly subs: Subscriptions;
@@ -70,21 +82,37 @@ export class Replica {
   private gateTimer: ReturnType<typeof setInterval> | null = null;
   /** The decided seq this replica's channel state has executed through. */
   private executedSeq = 0;
+  /** True while the constructor re-executes the decided log from disk: admin lines say "replayed". */
+  private replaying = true;
+  private readonly audit: AuditLog;
+  /** `$sys.replica.<id>` and `$sys.events` (sys-channels.ts). */
+  private readonly sys: SysChannels;
 
   constructor(private readonly options: ReplicaOptions) {
     const { config, id, key, log } = options;
     const self = config.replicas[id];
     if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
     this.adminKeys = new Set(config.adminKeys.map(toHex));
+    this.audit = new AuditLog(log);
+    this.sys = new SysChannels({ self: id, n: config.n, key, health: () => this.health() });
     this.rate = new RateLimiter(config.limits.clientEventsPerSecondMax, config.limits.clientBurstEventsMax);
     this.machine = new ChannelMachine({
       hash: sha256,
       config: channelsConfigFrom(config.limits, config.retention),
     });
-    this.subs = new Subscriptions(id, this.machine, this.metrics, config.limits.connectionSubscriptionsMax, {
-      executedSeq: () => this.executedSeq,
-      hold: (session, after, retry) => this.holdUntilExecuted(session, after, retry),
-    });
+    this.channelMetrics = new ChannelMetrics(this.metrics.registry, this.machine, METRICS_CHANNELS_MAX, this.metrics);
+    this.subs = new Subscriptions(
+      id,
+      this.machine,
+      this.metrics,
+      config.limits.connectionSubscriptionsMax,
+      {
+        executedSeq: () => this.executedSeq,
+        hold: (session, after, retry) => this.holdUntilExecuted(session, after, retry),
+      },
+      this.channelMetrics,
+      this.audit,
+    );
     this.mesh = new PeerMesh({
       self: id,
       key,
@@ -92,6 +120,9 @@ export class Replica {
       frameBytesMax: config.limits.frameBytesMax,
       log,
       metrics: this.metrics,
+      audit: this.audit,
+      onPeerUp: (peer) => this.sys.event("peer-up", { peer }),
+      onPeerDown: (peer, reason) => this.sys.event("peer-down", { peer, reason }),
       onMessage: (from, msg) => this.ordering.onPeerMessage(from, msg),
       configDigests: configDigests(config),
     });
@@ -121,7 +152,10 @@ export class Replica {
       },
       machine: this.machine,
       storage: this.storage,
+      audit: this.audit,
+      onGroupEvent: (kind, fields) => this.sys.event(kind, fields),
     });
+    this.replaying = false;
     this.server = new ReplicaServer({
       self: id,
       host: options.listenHost ?? self.host,
@@ -137,19 +171,28 @@ export class Replica {
       },
       log,
       metrics: this.metrics,
+      audit: this.audit,
     });
   }
 
   start(): void {
     this.metrics.gauge("view", () => this.ordering.status().view);
+    this.metrics.gauge("leader", () => this.ordering.status().leader);
+    this.metrics.gauge("is_leader", () => (this.ordering.status().leader === this.options.id ? 1 : 0));
     this.metrics.gauge("last_decided_seq", () => this.ordering.status().lastExecuted);
+    this.metrics.gauge("stable_checkpoint_seq", () => this.ordering.status().stableCheckpoint);
+    this.metrics.registry.onScrape(() => this.refreshStateMetrics());
     this.metrics.gauge("subscriptions", () => this.subs.count);
     this.metrics.gauge("channels", () => this.machine.channelCount);
     this.metrics.gauge("answers_held_for_execution", () => this.gate.size);
-    this.gateTimer = setInterval(() => this.gate.expire(Date.now()), GATE_CHECK_INTERVAL_MS);
+    this.gateTimer = setInterval(() => {
+      this.gate.expire(Date.now());
+      this.audit.flush();
+    }, GATE_CHECK_INTERVAL_MS);
     this.server.listen();
     this.mesh.start();
     this.ordering.start();
+    this.sys.start();
     const self = this.options.config.replicas[this.options.id];
     this.options.log.info("replica started", {
       address: `${self?.host}:${self?.port}`,
@@ -158,9 +201,21 @@ export class Replica {
     });
   }
 
+  /** Mode and per-peer gauges, read from the ordering driver and the mesh at each scrape. */
+  private refreshStateMetrics(): void {
+    const core = this.ordering.status();
+    this.metrics.setMode(core.transferring !== null ? "stateTransfer" : core.status === "viewChange" ? "viewChange" : "normal");
+    for (const peer of this.mesh.status()) {
+      const label = String(peer.id);
+      this.metrics.peerUp.with(label).set(peer.up ? 1 : 0);
+      this.metrics.peerLag.with(label).set(this.ordering.peerLag(peer.id));
+    }
+  }
+
   stop(): void {
     if (this.gateTimer !== null) clearInterval(this.gateTimer);
     this.gateTimer = null;
+    this.sys.stop();
     this.subs.shutdown();
     this.ordering.stop();
     this.mesh.stop();
@@ -180,8 +235,10 @@ export class Replica {
       case FrameType.QUERY:
         return this.onQuery(session, frame.body.id, frame.body.q, "tag" in frame.body ? frame.body.tag : undefined, frame.body.after);
       case FrameType.SUBSCRIBE:
+        if (isSysTag(frame.body.tag)) return this.sys.subscribe(session, frame.body.sub, frame.body.tag);
         return this.subs.subscribe(session, frame.body.sub, frame.body.tag, frame.body.from, frame.body.after);
       case FrameType.UNSUBSCRIBE:
+        if (this.sys.unsubscribe(session, frame.body.sub)) return;
         return this.subs.unsubscribe(session, frame.body.sub);
       case FrameType.PING:
         session.conn.send({ type: FrameType.PONG, body: { n: frame.body.n } });
@@ -199,6 +256,7 @@ export class Replica {
 
   private onClientClosed(session: ClientSession): void {
     this.subs.dropSession(session);
+    this.sys.dropSession(session);
     this.gate.dropSession(session.id);
     this.waiting.dropSession(session);
   }
@@ -208,7 +266,8 @@ export class Replica {
     const signed: SignedRequest = { body: frame.body, sig: frame.sig };
     const admitted = admitRequest(signed, session.keyHex);
     if (!admitted.ok) {
-      this.metrics.inc("requests_refused_total");
+      this.metrics.refused(admitted.code);
+      this.auditRefusal(session, admitted.code, admitted.reason);
       const seq = peekSeq(signed);
       if (seq === null || admitted.code === "BAD_SIGNATURE") {
         // Unsigned, forged or undecodable requests are hostile: answer and close.
@@ -225,6 +284,14 @@ export class Replica {
     const digest = sha256(signed.body);
     if (!this.rate.take(clientHex, request.span, Date.now())) {
       this.metrics.inc("requests_rate_limited_total");
+      this.metrics.refused("RATE_LIMITED");
+      if (request.op.t === "pub") this.channelMetrics.of(request.op.tag)?.shedRate.inc(request.span);
+      this.auditRefusal(
+        session,
+        "RATE_LIMITED",
+        "the client's event rate is over its limit",
+        request.op.t === "pub" ? request.op.tag : undefined,
+      );
       this.reply(
         session,
         failure(request.seq, this.options.id, digest, "RATE_LIMITED", "the client's event rate is over its limit; retry later"),
@@ -250,12 +317,14 @@ export class Replica {
         const again = (expired: boolean): void =>
           this.routeRequest(session, signed, request, clientHex, space, digest, expired ? undefined : after);
         if (this.holdUntilExecuted(session, after, again)) return;
+        this.auditRefusal(session, "UNKNOWN_CHANNEL", "no such channel", request.op.tag);
         this.reply(session, this.localFailure(request.seq, digest, "UNKNOWN_CHANNEL", `no channel ${request.op.tag}`));
         return;
       }
       const skew = clockSkewProblem(request, Date.now());
       if (skew !== null) {
-        this.metrics.inc("requests_refused_total");
+        this.metrics.refused("BAD_REQUEST");
+        this.auditRefusal(session, "BAD_REQUEST", skew, request.op.tag);
         this.reply(session, failure(request.seq, this.options.id, digest, "BAD_REQUEST", skew));
         return;
       }
@@ -269,11 +338,15 @@ export class Replica {
         const again = (expired: boolean): void =>
           this.routeRequest(session, signed, request, clientHex, space, digest, expired ? undefined : after);
         if (this.holdUntilExecuted(session, after, again)) return;
-        this.metrics.inc("requests_refused_total");
+        this.metrics.refused("UNAUTHORIZED");
+        this.auditRefusal(session, "UNAUTHORIZED", "publisher is not registered on the channel", request.op.tag);
         this.reply(session, this.localFailure(request.seq, digest, "UNAUTHORIZED", `publisher is not registered on ${request.op.tag}`));
         return;
       }
+      this.channelMetrics.of(request.op.tag)?.published.inc(request.span);
     } else if (!this.adminKeys.has(clientHex)) {
+      this.metrics.refused("UNAUTHORIZED");
+      this.auditRefusal(session, "UNAUTHORIZED", "admin command not signed by an admin key");
       this.reply(session, failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "admin commands must be signed by an admin key"));
       return;
     }
@@ -287,6 +360,7 @@ export class Replica {
     digest: Uint8Array,
     after: number | undefined,
   ): void {
+    const arrivedMs = performance.now();
     const outcome = this.machine.acceptUnorderedPublish(signed, request, Date.now());
     const result = outcome.result;
     if (!result.ok) {
@@ -295,6 +369,8 @@ export class Replica {
         const again = (expired: boolean): void => this.publishUnordered(session, signed, request, digest, expired ? undefined : after);
         if (this.holdUntilExecuted(session, after, again)) return;
       }
+      this.metrics.refused(channelErrorCode(result));
+      this.auditRefusal(session, channelErrorCode(result), result.reason, request.op.t === "pub" ? request.op.tag : undefined);
       this.reply(session, this.localFailure(request.seq, digest, channelErrorCode(result), result.reason));
       return;
     }
@@ -311,21 +387,31 @@ export class Replica {
       res: { t: "pub", tag: result.tag, span: result.count },
       at: this.executedSeq,
     };
-    this.storage.afterDurable(() => this.reply(session, ack));
+    const cells = this.channelMetrics.of(result.tag);
+    const ackLatency = cells?.ackLatency ?? null;
+    this.storage.afterDurable(() => {
+      ackLatency?.observe((performance.now() - arrivedMs) / 1000);
+      this.reply(session, ack);
+    });
+    cells?.published.inc(result.count);
     if (outcome.stored !== null) {
       this.metrics.inc("events_stored_total", outcome.stored.count);
+      cells?.stored.inc(outcome.stored.count);
       this.subs.publish(result.tag, outcome.stored, false);
     }
   }
 
   private submitOrdered(session: ClientSession, signed: SignedRequest, request: Request, space: string, digest: Uint8Array): void {
-    const arrival = this.waiting.arrive(session, space, request.seq, digest);
+    const arrival = this.waiting.arrive(session, space, request.seq, digest, performance.now());
     switch (arrival.t) {
       case "cached":
         return this.reply(session, arrival.reply);
       case "replay":
         return this.reply(session, failure(request.seq, this.options.id, digest, "REPLAY", "this sequence number was already used"));
       case "too-many":
+        this.metrics.refused("RATE_LIMITED");
+        if (request.op.t === "pub") this.channelMetrics.of(request.op.tag)?.shedRate.inc(request.span);
+        this.auditRefusal(session, "RATE_LIMITED", "too many requests in flight on this connection");
         return this.reply(
           session,
           failure(request.seq, this.options.id, digest, "RATE_LIMITED", "too many requests in flight on this connection"),
@@ -371,15 +457,25 @@ export class Replica {
     const request = decoded.request;
     const clientHex = toHex(request.client);
     let reply: Reply;
+    let cells: ChannelCells | null = null;
     if (request.op.t === "admin") {
       if (!this.adminKeys.has(clientHex)) {
         reply = failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "admin commands must be signed by an admin key");
+        this.options.log.warn("admin command refused: not signed by an admin key", {
+          ...adminTarget(request.op.cmd),
+          signer: formatPublicKey(request.client),
+        });
       } else {
         const result = this.machine.applyAdmin(request.op.cmd);
         if (result.ok) {
           reply = { seq: request.seq, replica: this.options.id, d: digest, ok: true, res: { t: "admin", cmd: result.cmd, at: decidedSeq } };
           if (result.cmd === "destroy-channel") this.subs.channelDestroyed(result.tag);
-          this.options.log.info("admin command executed", { cmd: result.cmd, tag: result.tag, seq: decidedSeq });
+          this.options.log.info(this.replaying ? "admin command replayed from disk" : "admin command executed", {
+            ...adminTarget(request.op.cmd),
+            signer: formatPublicKey(request.client),
+            seq: decidedSeq,
+            ...(this.replaying ? { replay: true } : {}),
+          });
         } else {
           reply = failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason);
         }
@@ -400,15 +496,19 @@ export class Replica {
           // "not registered" from before it (PROTOCOL.md 6.3).
           at: decidedSeq,
         };
+        cells = this.channelMetrics.of(result.tag);
         if (outcome.stored !== null) {
           this.metrics.inc("events_stored_total", outcome.stored.count);
+          cells?.stored.inc(outcome.stored.count);
           this.subs.publish(result.tag, outcome.stored as StoredBatch, true);
         }
       } else {
         reply = failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason);
       }
     }
-    for (const session of this.waiting.executed(req.client, request.seq, digest, reply)) this.reply(session, reply);
+    const waited = this.waiting.executed(req.client, request.seq, digest, reply);
+    if (cells?.ackLatency != null && waited.arrivedMs !== null) cells.ackLatency.observe((performance.now() - waited.arrivedMs) / 1000);
+    for (const session of waited.sessions) this.reply(session, reply);
   }
 
   /** The core saw a duplicate of an executed request: answer the waiting client again. */
@@ -425,7 +525,14 @@ export class Replica {
     const digest = this.waiting.digestOf(space, seq);
     if (digest === null) return;
     const [code, text] = REFUSAL_REPLIES[reason];
-    for (const session of this.waiting.take(keyOf(space, seq))) this.reply(session, failure(seq, this.options.id, digest, code, text));
+    if (reason === "overloaded") {
+      const tag = space.slice(space.indexOf(":") + 1);
+      if (!tag.startsWith("!")) this.channelMetrics.of(tag)?.shedOverload.inc();
+    }
+    for (const session of this.waiting.take(keyOf(space, seq))) {
+      this.auditRefusal(session, code, text);
+      this.reply(session, failure(seq, this.options.id, digest, code, text));
+    }
   }
 
   /**
@@ -439,6 +546,13 @@ export class Replica {
   /** A refusal judged on this replica's own state as of the decided seq it executed through. */
   private localFailure(seq: number, digest: Uint8Array, code: ErrorCode, reason: string): Reply {
     return { ...failure(seq, this.options.id, digest, code, reason), at: this.executedSeq };
+  }
+
+  /** An audit line for a refused request: who (key, address), what and why. */
+  private auditRefusal(session: ClientSession, code: ErrorCode, reason: string, tag?: string): void {
+    const kind = code === "RATE_LIMITED" ? "rate-limited" : "request-refused";
+    const fields = { key: session.key, address: session.conn.remote, reason: `${code}: ${reason}`, ...(tag === undefined ? {} : { tag }) };
+    this.audit.warn(kind, code === "RATE_LIMITED" ? "request rate-limited" : "request refused", fields);
   }
 
   private reply(session: ClientSession, reply: Reply): void {
@@ -465,6 +579,10 @@ export class Replica {
       case "list-channels":
         return answer({ channels: this.machine.listChannels().map(channelSummary) });
       case "channel-info": {
+        if (tag !== undefined && isSysTag(tag)) {
+          const sysInfo = this.sys.info(tag);
+          return sysInfo === null ? refuse("UNKNOWN_CHANNEL", `no system channel ${tag}`) : answer(sysInfo);
+        }
         const info = tag === undefined ? null : this.machine.channelInfo(tag);
         if (info === null) {
           const again = (expired: boolean): void => this.onQuery(session, id, q, tag, expired ? undefined : after);
@@ -497,6 +615,27 @@ export class Replica {
     return this.ordering.lastExecutedSeq(spaceOf(clientHex, { op: { t: "pub", tag } } as Request));
   }
 
+  /** What this replica publishes to `$sys.replica.<id>` every few seconds. */
+  private health(): Record<string, unknown> {
+    const core = this.ordering.status();
+    return {
+      view: core.view,
+      leader: core.leader,
+      mode: core.transferring !== null ? "stateTransfer" : core.status,
+      lastDecided: core.lastExecuted,
+      stableCheckpoint: core.stableCheckpoint,
+      peersUp: this.mesh
+        .status()
+        .filter((peer) => peer.up)
+        .map((peer) => peer.id),
+      channels: this.machine.channelCount,
+      subscriptions: this.subs.count + this.sys.count,
+      clientConnections: this.metrics.get("client_connections"),
+      uptimeMs: Date.now() - this.startedMs,
+      rssBytes: process.memoryUsage().rss,
+    };
+  }
+
   /** The status page: status() plus the counters. */
   statusJson(): unknown {
     return { ...(toJson(this.status()) as object), metrics: this.metrics.snapshot() };
@@ -517,8 +656,11 @@ export class Replica {
       channels: this.machine.channelCount,
       subscriptions: this.subs.count,
       heldForExecution: this.gate.size,
-      peers: this.mesh.status().map((peer) => ({ id: peer.id, up: peer.up })),
+      peers: this.mesh.status().map((peer) => ({ id: peer.id, up: peer.up, lag: this.ordering.peerLag(peer.id) })),
       uptimeMs: Date.now() - this.startedMs,
+      // For `fitb top`: counters it turns into rates, histograms into recent latency.
+      traffic: this.channelMetrics.traffic(),
+      latency: this.metrics.latencySummary(),
     };
   }
 }
@@ -535,6 +677,22 @@ function channelSummary(info: { tag: string; fault: string; order: string; prior
   [key: string]: Canonical;
 } {
   return { tag: info.tag, fault: info.fault, order: info.order, priority: info.priority, public: info.public };
+}
+
+/** What an admin command acts on, for its log line: the channel and, for register, the key and role. */
+function adminTarget(cmd: AdminCmd): Record<string, string> {
+  switch (cmd.t) {
+    case "create-channel":
+      return { cmd: cmd.t, tag: cmd.tag, class: `${cmd.fault}/${cmd.order}`, priority: cmd.priority };
+    case "destroy-channel":
+      return { cmd: cmd.t, tag: cmd.tag };
+    case "register":
+      return { cmd: cmd.t, tag: cmd.tag, role: cmd.role, target: formatPublicKey(cmd.key) };
+    default: {
+      const unreachable: never = cmd;
+      return { cmd: String(unreachable) };
+    }
+  }
 }
 
 /** What a client is told for each kind of refusal by the ordering core. */

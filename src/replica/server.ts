@@ -41,6 +41,7 @@ import {
   PROTOCOL_VERSION,
 } from "../../wire/types.ts";
 import { FramedConn, OutputBudget } from "./framed.ts";
+import type { AuditLog } from "./audit.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import { RateLimiter } from "./rate.ts";
@@ -164,6 +165,8 @@ export interface ServerOptions {
   readonly clients: ClientHandler;
   readonly log: Log;
   readonly metrics: Metrics;
+  /** Where failed handshakes and refused sessions are reported (audit.ts); none in some tests. */
+  readonly audit?: AuditLog;
   /**
    * The client keys (hex) that may open a session (the cluster file's client_keys and
    * admin_keys), or null: any key may.
@@ -314,7 +317,7 @@ export class ReplicaServer {
     if (refusal !== null) {
       state.phase = "closed";
       this.options.metrics.inc("handshakes_refused_total");
-      this.options.log.debug("connection refused", { remote: conn.remote, reason: refusal });
+      this.options.audit?.warn("client-refused", "connection refused", { address: conn.remote, reason: refusal });
       conn.closeWith({ type: FrameType.ERROR, body: { code: "OVERLOADED", reason: refusal } });
       return;
     }
@@ -360,6 +363,7 @@ export class ReplicaServer {
     state.timer = null;
     if (state.handshake === null) return;
     this.options.metrics.inc("handshake_timeouts_total");
+    this.options.audit?.warn("handshake-failed", "handshake failed", { address: conn.remote, reason: "not authenticated in time" });
     conn.close();
   }
 
@@ -508,6 +512,10 @@ export class ReplicaServer {
   private onPeerAuth(conn: FramedConn, state: ConnState, frame: Frame): void {
     if (frame.type !== FrameType.AUTH) {
       this.options.metrics.inc("peer_handshake_failed_total");
+      this.options.audit?.warn("handshake-failed", "peer handshake failed", {
+        address: conn.remote,
+        reason: "the frame after HELLO was not AUTH",
+      });
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "the frame after HELLO must be AUTH" } });
       return;
     }
@@ -524,7 +532,11 @@ export class ReplicaServer {
     const allowed = this.options.clientKeysAllowed ?? null;
     if (allowed !== null && !allowed.has(keyHex)) {
       this.options.metrics.inc("client_auth_failed_total");
-      this.options.log.info("client key refused: not in client_keys", { remote: conn.remote, key: keyHex });
+      this.options.audit?.warn("handshake-failed", "client handshake failed", {
+        key: hello.key,
+        address: conn.remote,
+        reason: "key not in client_keys",
+      });
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "this key is not in the cluster's client_keys" } });
       return;
     }
@@ -562,12 +574,22 @@ export class ReplicaServer {
     const hello = state.clientHello as Hello;
     if (frame.type !== FrameType.AUTH) {
       this.options.metrics.inc("client_auth_failed_total");
+      this.options.audit?.warn("handshake-failed", "client handshake failed", {
+        key: hello.key,
+        address: conn.remote,
+        reason: "the frame after HELLO was not AUTH",
+      });
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "the frame after HELLO must be AUTH" } });
       return;
     }
     if (!verifyDomain(hello.key, DOMAIN_SESSION_INITIATOR, state.transcript as Uint8Array, frame.body.sig)) {
       // PROTOCOL.md §5.1 step 4.
       this.options.metrics.inc("client_auth_failed_total");
+      this.options.audit?.warn("handshake-failed", "client handshake failed", {
+        key: hello.key,
+        address: conn.remote,
+        reason: "AUTH does not verify for the HELLO's key",
+      });
       conn.closeWith({ type: FrameType.ERROR, body: { code: "BAD_SIGNATURE", reason: "AUTH does not verify for the HELLO's key" } });
       return;
     }
@@ -635,7 +657,7 @@ export class ReplicaServer {
 
   private refuseClient(conn: FramedConn, reason: string): void {
     this.options.metrics.inc("clients_refused_total");
-    this.options.log.debug("client refused", { remote: conn.remote, reason });
+    this.options.audit?.warn("client-refused", "client session refused", { address: conn.remote, reason });
     conn.closeWith({ type: FrameType.ERROR, body: { code: "OVERLOADED", reason } });
   }
 }

@@ -9,6 +9,8 @@ import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { StoredBatch } from "../core/channels/types.ts";
 import type { Frame } from "../../wire/schemas.ts";
 import { FrameType, type SubEndCode } from "../../wire/types.ts";
+import type { AuditLog } from "./audit.ts";
+import type { ChannelMetrics } from "./channel-metrics.ts";
 import type { Metrics } from "./metrics.ts";
 import type { ClientSession } from "./server.ts";
 
@@ -42,6 +44,8 @@ export class Subscriptions {
     private readonly metrics: Metrics,
     private readonly perConnectionMax: number,
     private readonly execution: ExecutionView = NEVER_HOLDS,
+    private readonly channels: ChannelMetrics | null = null,
+    private readonly audit: AuditLog | null = null,
   ) {}
 
   get count(): number {
@@ -63,6 +67,7 @@ export class Subscriptions {
     }
     if (mine.size >= this.perConnectionMax) {
       this.end(session, sub, "LIMIT", `at most ${this.perConnectionMax} subscriptions per connection`);
+      this.auditRefusal(session, tag, "LIMIT", `at most ${this.perConnectionMax} subscriptions per connection`);
       return;
     }
     const access = this.machine.checkSubscribe(tag, session.key);
@@ -72,6 +77,7 @@ export class Subscriptions {
       if (this.execution.hold(session, after, again)) return;
       const code: SubEndCode = access.code === "unknown-channel" ? "UNKNOWN_CHANNEL" : "UNAUTHORIZED";
       this.end(session, sub, code, access.reason, this.execution.executedSeq());
+      this.auditRefusal(session, tag, code, access.reason);
       return;
     }
     const info = this.machine.channelInfo(tag);
@@ -115,7 +121,11 @@ export class Subscriptions {
   publish(tag: string, batch: StoredBatch, ordered: boolean): void {
     const subs = this.byTag.get(tag);
     if (subs === undefined) return;
-    for (const subscription of [...subs.values()]) this.deliver(subscription, batch, ordered);
+    const cells = this.channels?.of(tag) ?? null;
+    // Once per batch: the publisher's signed time to this fan-out (hosts' clocks are kept
+    // within CLIENT_CLOCK_SKEW_MS_MAX, so this is end-to-end latency give or take the skew).
+    cells?.deliveryLatency?.observe(Math.max(0, Date.now() - batch.tsMs) / 1000);
+    for (const subscription of [...subs.values()]) this.deliver(subscription, batch, ordered, cells);
   }
 
   /** Ends every subscription of a destroyed channel. */
@@ -153,6 +163,15 @@ export class Subscriptions {
     }
   }
 
+  private auditRefusal(session: ClientSession, tag: string, code: SubEndCode, reason: string): void {
+    this.audit?.warn("subscribe-refused", "subscribe refused", {
+      key: session.key,
+      address: session.conn.remote,
+      tag,
+      reason: `${code}: ${reason}`,
+    });
+  }
+
   /** Ends every subscription (the replica is stopping). */
   shutdown(): void {
     for (const subs of this.bySession.values()) {
@@ -183,7 +202,12 @@ export class Subscriptions {
   }
 
   /** Sends one batch; on a full connection ends the subscription as SLOW. */
-  private deliver(subscription: Subscription, batch: StoredBatch, ordered: boolean): boolean {
+  private deliver(
+    subscription: Subscription,
+    batch: StoredBatch,
+    ordered: boolean,
+    cells = this.channels?.of(subscription.tag) ?? null,
+  ): boolean {
     const frame: Frame = {
       type: FrameType.EVENTS,
       body: {
@@ -196,6 +220,7 @@ export class Subscriptions {
     };
     if (subscription.session.conn.send(frame)) {
       this.metrics.inc("events_delivered_total", batch.count);
+      cells?.delivered.inc(batch.count);
       return true;
     }
     this.metrics.inc("subscribers_dropped_slow_total");

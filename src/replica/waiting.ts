@@ -37,12 +37,14 @@ export class WaitingRequests {
   private readonly bySession = new Map<number, Set<string>>();
   /** sha256 of each waiting request's body, to answer a refusal with the digest the client matches on. */
   private readonly digests = new Map<string, Uint8Array>();
+  /** When each waiting request first arrived (ms, the caller's clock), for the publish-to-ack histogram. */
+  private readonly arrivals = new Map<string, number>();
   /** Per space, its latest replies by seq, in execution order; spaces in least-recent order. */
   private readonly replies = new Map<string, Map<number, CachedReply>>();
   private cachedReplies = 0;
 
   /** Records that `session` waits for (space, seq), unless it executed already or the session is at its bound. */
-  arrive(session: ClientSession, space: string, seq: number, digest: Uint8Array): Arrival {
+  arrive(session: ClientSession, space: string, seq: number, digest: Uint8Array, nowMs = 0): Arrival {
     const recent = this.replies.get(space);
     const latest = recent === undefined ? 0 : (Array.from(recent.keys()).at(-1) ?? 0);
     if (seq <= latest) {
@@ -58,13 +60,16 @@ export class WaitingRequests {
     set.add(session);
     this.waiting.set(key, set);
     this.digests.set(key, digest);
+    if (!this.arrivals.has(key)) this.arrivals.set(key, nowMs);
     return { t: "waiting" };
   }
 
-  /** The request executed: keeps its reply, and returns the sessions that wait for it. */
-  executed(space: string, seq: number, digest: Uint8Array, reply: Reply): readonly ClientSession[] {
+  /** The request executed: keeps its reply, and returns the sessions that wait for it and when it arrived (null: none waits). */
+  executed(space: string, seq: number, digest: Uint8Array, reply: Reply): { sessions: readonly ClientSession[]; arrivedMs: number | null } {
     this.cache(space, { seq, digest, reply });
-    return this.take(keyOf(space, seq));
+    const key = keyOf(space, seq);
+    const arrivedMs = this.arrivals.get(key) ?? null;
+    return { sessions: this.take(key), arrivedMs };
   }
 
   /** The reply kept for (space, seq), if any. */
@@ -78,6 +83,7 @@ export class WaitingRequests {
     if (sessions === undefined) return [];
     this.waiting.delete(key);
     this.digests.delete(key);
+    this.arrivals.delete(key);
     for (const session of sessions) this.bySession.get(session.id)?.delete(key);
     return [...sessions];
   }
@@ -97,6 +103,7 @@ export class WaitingRequests {
       if (set !== undefined && set.size === 0) {
         this.waiting.delete(key);
         this.digests.delete(key);
+        this.arrivals.delete(key);
       }
     }
     this.bySession.delete(session.id);

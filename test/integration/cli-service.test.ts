@@ -45,6 +45,34 @@ describe("fitb service unit", () => {
     expect(result.out).not.toContain("StateDirectory");
   });
 
+  test("--metrics HOST:PORT is passed to the replica and the relay", async () => {
+    const replica = await run([
+      "service",
+      "unit",
+      "replica",
+      "--config",
+      "/etc/fitb/cluster.toml",
+      "--id",
+      "1",
+      "--metrics",
+      "127.0.0.1:9464",
+    ]);
+    expect(replica.out).toContain("--data /var/lib/fitb/replica-1 --metrics 127.0.0.1:9464\n");
+    const relay = await run([
+      "service",
+      "unit",
+      "relay",
+      "--config",
+      "/etc/fitb/cluster.toml",
+      "--key",
+      "/etc/fitb/probe.key",
+      "--metrics",
+      "127.0.0.1:9465",
+    ]);
+    expect(relay.out).toContain("--listen 127.0.0.1:7400 --metrics 127.0.0.1:9465\n");
+    expect((await run(["service", "unit", "relay", "--config", "c", "--key", "/k", "--metrics", "9465"])).code).toBe(EXIT_USAGE);
+  });
+
   test("bad input is a usage error", async () => {
     expect((await run(["service", "unit", "broker", "--config", "c"])).code).toBe(EXIT_USAGE);
     expect((await run(["service", "unit", "replica", "--config", "c"])).code).toBe(EXIT_USAGE);

@@ -143,12 +143,12 @@ describe("a replica that lost its data directory", () => {
       const history = await historyByCli(cluster, "sec.alerts", total);
       expect(history.length).toBe(total);
       expect(checkTotalOrder(streams, history)).toEqual([]);
-      // f+1 can serve history but cannot order: status says so, and exits 1 for monitoring.
+      // f+1 can serve history but cannot order: status says so, and exits 2 (no quorum) for monitoring.
       const status = await cluster.fitb(
         ["admin", "--config", cluster.configPath, "--key", cluster.adminKey, "status", "--connect-timeout", "1000"],
         { timeoutMs: 30_000 },
       );
-      expect(status.code).toBe(1);
+      expect(status.code).toBe(2);
       expect(status.stdout).toContain("NO QUORUM: 2 of 4 replicas answered, 3 are needed");
     } finally {
       admin.close();

@@ -151,7 +151,6 @@ describe("valid arguments reach the files and the network", () => {
 
   for (const argv of [
     ["sub", "net.links"],
-    ["admin", "status"],
     ["admin", "list-channels", "--json"],
     ["bench", "--channel", "net.links", "--events", "10"],
   ]) {
@@ -161,6 +160,13 @@ describe("valid arguments reach the files and the network", () => {
       expect(result.err.at(-1)).toContain("no quorum: 0 of 4 replicas reachable within 200 ms");
     });
   }
+
+  test("fitb admin status without replicas still prints every replica, up false with the reason, exit 2 (no quorum)", async () => {
+    const result = await run(["admin", "--config", configPath, "--key", clientKey, "--connect-timeout", "200", "status"]);
+    expect(result.code).toBe(2);
+    expect(result.out.filter((line) => /^\d+ +127\.0\.0\.1:\d+ +false /.test(line))).toHaveLength(4);
+    expect(result.out).toContain("NO QUORUM: 0 of 4 replicas answered, 3 are needed to order admin commands and total-order channels");
+  });
 
   test("admin changes need an admin key, checked before connecting", async () => {
     const args = ["admin", "--config", configPath, "--connect-timeout", "200", "destroy-channel", "net.links"];

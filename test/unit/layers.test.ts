@@ -16,9 +16,21 @@ const ALLOWED: Record<string, readonly string[]> = {
   "src/config": ["wire", "src/core", "src/crypto"],
   "src/sim": ["wire", "src/core", "src/crypto"],
   "src/client": ["wire", "src/core", "src/crypto", "src/config", "src/net"],
-  "src/replica": ["wire", "src/core", "src/crypto", "src/config", "src/net"],
-  "src/relay": ["wire", "src/core", "src/crypto", "src/config", "src/net", "src/client"],
-  "src/cli": ["wire", "src/core", "src/crypto", "src/config", "src/net", "src/client", "src/replica", "src/relay", "src/sim"],
+  "src/metrics": [],
+  "src/replica": ["wire", "src/core", "src/crypto", "src/config", "src/net", "src/metrics"],
+  "src/relay": ["wire", "src/core", "src/crypto", "src/config", "src/net", "src/client", "src/metrics"],
+  "src/cli": [
+    "wire",
+    "src/core",
+    "src/crypto",
+    "src/config",
+    "src/net",
+    "src/client",
+    "src/replica",
+    "src/relay",
+    "src/sim",
+    "src/metrics",
+  ],
 };
 
 function roomOf(path: string): string | null {

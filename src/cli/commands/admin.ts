@@ -14,15 +14,16 @@
  * subcommand as the first argument, rather than one command per word.
  */
 import type { AdminCmd } from "../../../wire/schemas.ts";
-import type { FitbClient, ClusterStatus } from "../../client/client.ts";
+import type { FitbClient } from "../../client/client.ts";
 import type { ChannelInfo } from "../../client/queries.ts";
 import { loadClientSetup } from "../../client/setup.ts";
-import { byzantineQuorum, vouchQuorum } from "../../core/voting/quorum.ts";
 import { bytesEqual } from "../../crypto/encoding.ts";
 import { formatPublicKey, tryParsePublicKey } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
-import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
+import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
+import { openStatusClient, readStatusReport } from "./status-client.ts";
+import { statusJsonReport, statusTable } from "./status-report.ts";
 import { CONFIG_FLAG, keyFlag, openClient, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors, type ClientFlags } from "./pub.ts";
 
 const SUBCOMMANDS = ["create-channel", "destroy-channel", "register", "list-channels", "status"] as const;
@@ -56,8 +57,10 @@ export const adminCommand: Command = {
     "  register TAG --publisher PUBKEY | --subscriber PUBKEY",
     "      Allows the key (ed25519:...) to publish to, or subscribe to, channel TAG.",
     "  list-channels [--json]       Channels and their CLASS (--json: one object per channel)",
-    "  status [--json]              Replicas up, view, leader, last decided seq, channels;",
-    "                               exits 1 when fewer than 2f+1 replicas answered",
+    "  status [--json]              Every replica: up or why not, view, leader, last decided seq and",
+    "                               how far behind; flags a dead or disputed leader, replicas in",
+    "                               another view and lagging ones. Exit 0 ok, 1 degraded, 2 no",
+    "                               quorum (fewer than 2f+1 replicas answered)",
     "create-channel, destroy-channel and register must be signed by an admin key of the",
     "cluster file; they are ordered through Byzantine agreement and acknowledged by f+1",
     "matching replies. list-channels takes f+1 matching answers; status shows every replica.",
@@ -101,6 +104,7 @@ async function runAdmin(args: ParsedArgs, io: CommandIo): Promise<number> {
   const flags = readClientFlags(args);
   const action = parseAction(args);
   if (action.t === "change") checkAdminKey(flags);
+  if (action.t === "status") return runStatus(flags, action.json, io);
   const client = await openClient(flags, io, "admin");
   try {
     return await withClientErrors(() => perform(client, action, io));
@@ -201,7 +205,7 @@ async function perform(client: FitbClient, action: AdminAction, io: CommandIo): 
       printChannels(await client.listChannels(), action.json, io);
       return EXIT_OK;
     case "status":
-      return printStatus(client, await client.status(), action.json, io);
+      throw new Error("status runs without a connected client (runStatus)");
     default: {
       const unreachable: never = action;
       throw new Error(`unknown admin action ${String(unreachable)}`);
@@ -247,71 +251,15 @@ function printChannels(channels: readonly ChannelInfo[], json: boolean, io: Comm
   }
 }
 
-/**
- * Prints the status; the exit code says whether the group can order: EXIT_OK when at least
- * 2f+1 replicas answered (admin commands and total-order channels work), EXIT_FAILURE
- * otherwise, so a monitoring check can rely on it.
- */
-function printStatus(client: FitbClient, status: ClusterStatus, json: boolean, io: CommandIo): number {
-  const answered = status.replicas.filter((replica) => replica.answer?.ok === true).length;
-  if (answered === 0)
-    throw new CommandError(
-      `no quorum: no replica answered status (${client
-        .replicaStates()
-        .map((r) => `replica ${r.id}: ${r.lastError ?? r.state}`)
-        .join("; ")})`,
-    );
-  const quorum = byzantineQuorum(client.f);
-  const code = answered >= quorum ? EXIT_OK : EXIT_FAILURE;
-  if (json) {
-    io.out(JSON.stringify(statusJson(client, status)));
-    return code;
+/** `status`: every replica's row, without first waiting for a quorum of sessions (status-client.ts). */
+async function runStatus(flags: ClientFlags, json: boolean, io: CommandIo): Promise<number> {
+  const client = openStatusClient(flags, io, "admin");
+  try {
+    const report = await readStatusReport(client, flags.connectTimeoutMs);
+    if (json) io.out(JSON.stringify(statusJsonReport(report)));
+    else for (const line of statusTable(report)) io.out(line);
+    return report.exitCode;
+  } finally {
+    client.close();
   }
-  const agreement = status.agreed ? `agreed by at least ${vouchQuorum(client.f)}` : `NOT agreed by ${vouchQuorum(client.f)} replicas`;
-  io.out(`cluster ${client.config.name}: n=${client.n} f=${client.f}, ${answered} of ${client.n} replicas answered`);
-  io.out(`view ${status.view} leader ${status.leader} (${agreement}); last decided ${status.lastDecided}; channels ${status.channels}`);
-  for (const replica of status.replicas) {
-    const answer = replica.answer;
-    const detail =
-      answer === null
-        ? `down: ${client.replicaStates()[replica.id]?.lastError ?? "no answer"}`
-        : answer.ok
-          ? `up    view ${answer.value.view} leader ${answer.value.leader} last decided ${answer.value.lastDecided} channels ${answer.value.channels}`
-          : `error: ${answer.reason}`;
-    io.out(`  replica ${replica.id}  ${replica.address}  ${detail}`);
-  }
-  if (code !== EXIT_OK)
-    io.out(
-      `NO QUORUM: ${answered} of ${client.n} replicas answered, ${quorum} are needed to order admin commands and total-order channels`,
-    );
-  return code;
-}
-
-/** The JSON form: at least "view", "leader" (a replica id) and "replicas". */
-export function statusJson(client: Pick<FitbClient, "config" | "n" | "f">, status: ClusterStatus): Record<string, unknown> {
-  return {
-    cluster: client.config.name,
-    n: client.n,
-    f: client.f,
-    view: status.view,
-    leader: status.leader,
-    agreed: status.agreed,
-    last_decided: status.lastDecided,
-    channels: status.channels,
-    replicas: status.replicas.map((replica) => {
-      const answer = replica.answer;
-      if (answer?.ok) {
-        return {
-          id: replica.id,
-          address: replica.address,
-          up: true,
-          view: answer.value.view,
-          leader: answer.value.leader,
-          last_decided: answer.value.lastDecided,
-          channels: answer.value.channels,
-        };
-      }
-      return { id: replica.id, address: replica.address, up: false, error: answer === null ? "no answer" : answer.reason };
-    }),
-  };
 }

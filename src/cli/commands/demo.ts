@@ -1,5 +1,5 @@
 /**
- * `fitb demo [--dir DIR] [--base-port 7100] [--relay-port 7400]` (what `npm start`
+ * `fitb demo [--dir DIR] [--base-port 7100] [--relay-port 7400] [--console-port 7500]` (what `npm start`
  * runs): a whole local cluster from one command. It writes a cluster directory on the
  * first run (4 replicas on 127.0.0.1, f=1, keys for the replicas, an admin and a client)
  * and reuses it later; starts the 4 replicas as child processes of this same executable;
@@ -21,14 +21,18 @@ import { formatAddress, PORT_MAX, requireClusterConfig, type ClusterConfig } fro
 import { ADMIN_KEY_FILE_NAME, CLIENT_KEY_FILE_NAME, CLUSTER_FILE_NAME, initCluster } from "../../config/init.ts";
 import { vouchQuorum } from "../../core/voting/quorum.ts";
 import { DEFAULT_RELAY_PORT } from "../../relay/listen.ts";
-import { RelayListenError, RelayServer } from "../../relay/server.ts";
+import { listenFailure, RelayListenError, RelayServer } from "../../relay/server.ts";
 import { clearStaleSocket, RELAY_SOCKET_NAME, SocketPathError, socketPathProblem } from "../../relay/unix-socket.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
+import { ConsoleServer } from "../console/server.ts";
 import { CommandError, EXIT_OK } from "../errors.ts";
+import { VERSION } from "../run.ts";
 import { DEFAULT_BASE_PORT, DEFAULT_HOST } from "./cluster-init.ts";
 
 export const DEFAULT_DEMO_DIR = ".fitb-demo";
+/** Where the demo's web console listens (on 127.0.0.1), as `fitb console` by default. */
+export const DEFAULT_CONSOLE_PORT = 7500;
 /** n = 3f+1 with f = 1: the smallest group that tolerates a Byzantine replica. */
 export const DEMO_REPLICAS = 4;
 export const DEMO_CLUSTER_NAME = "demo";
@@ -114,6 +118,13 @@ export const demoCommand: Command = {
       defaultValue: String(DEFAULT_RELAY_PORT),
       description: "Port of the relay on 127.0.0.1",
     },
+    {
+      name: "console-port",
+      kind: "string",
+      valueName: "PORT",
+      defaultValue: String(DEFAULT_CONSOLE_PORT),
+      description: "Port of the read-only web console on 127.0.0.1 (0: none; in use: the demo goes on without it)",
+    },
   ],
   positionals: [],
   examples: ["fitb demo", "fitb demo --dir /tmp/fitb-demo --base-port 17100 --relay-port 17400"],
@@ -131,6 +142,7 @@ interface NeededPort {
 async function runDemo(args: ParsedArgs, io: CommandIo): Promise<number> {
   const dir = resolve(args.requiredString("dir"));
   const relayPort = args.requiredInteger("relay-port", 1, PORT_MAX);
+  const consolePort = args.requiredInteger("console-port", 0, PORT_MAX);
   const basePortFlag = args.integer("base-port", 1, PORT_MAX - DEMO_REPLICAS + 1);
   const configPath = join(dir, CLUSTER_FILE_NAME);
   const existing = existsSync(configPath) ? requireClusterConfig(configPath) : null;
@@ -149,7 +161,8 @@ async function runDemo(args: ParsedArgs, io: CommandIo): Promise<number> {
     await demo.untilStopOr(demo.waitForReplicas(config, configPath));
     await demo.untilStopOr(demo.ensureChannels());
     await demo.untilStopOr(demo.startRelay(config, configPath, relayPort));
-    printInstructions(io, dir, config, relayPort);
+    const consoleUrl = consolePort === 0 ? null : demo.startConsole(consolePort);
+    printInstructions(io, dir, config, relayPort, consoleUrl);
     await stopRequested;
   } catch (error) {
     if (!(error instanceof StopRequested)) {
@@ -178,6 +191,7 @@ class Demo {
   private admin: FitbClient | null = null;
   private relayClient: FitbClient | null = null;
   private relay: RelayServer | null = null;
+  private console: ConsoleServer | null = null;
   private stopping: Promise<void> | null = null;
   private stopSignal: Promise<void>;
   private signalled!: () => void;
@@ -333,6 +347,28 @@ class Demo {
     this.io.err(`fitb demo: relay on ${this.relay.socketPath === null ? "" : `${this.relay.socketPath} and `}${this.relay.address}`);
   }
 
+  /**
+   * The web console runs in this process too, read-only, on the relay's client. It is a
+   * convenience: a port in use is a warning, not a reason to stop the demo. Returns its URL.
+   */
+  startConsole(port: number): string | null {
+    if (this.relayClient === null) return null;
+    try {
+      this.console = ConsoleServer.start({
+        client: this.relayClient,
+        admin: false,
+        hostname: DEFAULT_HOST,
+        port,
+        version: VERSION,
+        connectMs: DEMO_START_TIMEOUT_MS,
+      });
+    } catch (error) {
+      this.io.err(`fitb demo: warning: no web console: ${listenFailure(`${DEFAULT_HOST}:${port}`, error, "console")}; pass --console-port`);
+      return null;
+    }
+    return this.console.url;
+  }
+
   /** Stops the relay, the clients and the children; bounded in time. Idempotent. */
   stop(): Promise<void> {
     this.stopping ??= this.stopAll();
@@ -341,6 +377,7 @@ class Demo {
 
   private async stopAll(): Promise<void> {
     this.io.err("fitb demo: stopping");
+    this.console?.stop();
     if (this.relay !== null)
       await this.relay.stop(DEMO_RELAY_STOP_GRACE_MS).catch((error: unknown) => this.io.err(`fitb demo: relay: ${describeError(error)}`));
     this.relayClient?.close();
@@ -485,7 +522,7 @@ function shellQuote(word: string): string {
   return /^[A-Za-z0-9_./:@%+=,-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`;
 }
 
-function printInstructions(io: CommandIo, dir: string, config: ClusterConfig, relayPort: number): void {
+function printInstructions(io: CommandIo, dir: string, config: ClusterConfig, relayPort: number, consoleUrl: string | null): void {
   const fitb = fitbInvocation();
   const cfg = shellQuote(displayPath(join(dir, CLUSTER_FILE_NAME)));
   const clientKey = shellQuote(displayPath(join(dir, CLIENT_KEY_FILE_NAME)));
@@ -514,7 +551,15 @@ function printInstructions(io: CommandIo, dir: string, config: ClusterConfig, re
     `  ${fitb} pub --config ${cfg} --key ${clientKey} sec.alerts '${DEMO_CHANNELS[3]?.example}'`,
     `  ${fitb} sub --config ${cfg} --key ${clientKey} sec.alerts --from 1`,
     `  ${fitb} admin --config ${cfg} --key ${adminKey} status`,
+    `  ${fitb} top --config ${cfg} --key ${clientKey}`,
     "",
+    ...(consoleUrl === null
+      ? []
+      : [
+          `Web console (read-only): ${consoleUrl}`,
+          `  with the admin key: ${fitb} console --config ${cfg} --key ${adminKey} --listen 127.0.0.1:7501`,
+          "",
+        ]),
     `Replica logs: ${displayPath(join(dir, "replica-N.log"))}. Ctrl-C stops everything; the next start reuses ${displayPath(dir)}.`,
     DEMO_READY_LINE,
   ];

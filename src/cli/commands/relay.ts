@@ -11,6 +11,8 @@ import { DEFAULT_RELAY_LISTEN, isLoopbackHost, parseListenAddress, type ListenAd
 import { RelayListenError, RelayServer } from "../../relay/server.ts";
 import { clearStaleSocket, defaultRelaySocketPath, RELAY_SOCKET_NAME, SocketPathError } from "../../relay/unix-socket.ts";
 import type { ParsedArgs } from "../args.ts";
+import { type MetricsServer, startMetricsServer } from "../metrics-server.ts";
+import { RelayMetrics } from "../../relay/metrics.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
 import { CONFIG_FLAG, keyFlag, readClientFlags, TIMEOUT_FLAGS, type ClientFlags } from "./pub.ts";
@@ -49,6 +51,12 @@ export const relayCommand: Command = {
       kind: "boolean",
       description: "Allow a --listen address other than loopback (whoever connects publishes with the key)",
     },
+    {
+      name: "metrics",
+      kind: "string",
+      valueName: "HOST:PORT",
+      description: "Serve Prometheus metrics at http://HOST:PORT/metrics (off by default)",
+    },
     ...TIMEOUT_FLAGS,
   ],
   positionals: [],
@@ -73,8 +81,17 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
     timeouts: clientTimeouts(flags),
     onLog: (entry) => io.err(`fitb relay: ${entry.level === "warn" ? "warning: " : ""}${entry.message}`),
   });
-  let relay: RelayServer;
+  let relay: RelayServer | null = null;
+  const metrics = new RelayMetrics(() => ({
+    connections: relay?.connectionCount ?? 0,
+    subscriptions: relay?.subscriptionCount ?? 0,
+    publishers: relay?.publisherCount ?? 0,
+    publishBytesHeld: relay?.publishBytesHeld ?? 0,
+    replicas: client.replicaStates(),
+  }));
+  let metricsServer: MetricsServer | null = null;
   try {
+    metricsServer = startMetricsServer(args.string("metrics"), { registry: metrics.registry });
     if (socketPath !== null) await clearStaleSocket(socketPath);
     relay = RelayServer.listen({
       client,
@@ -82,8 +99,10 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
       port: listen.port,
       ...(socketPath === null ? {} : { socketPath }),
       log: (message) => io.err(`fitb relay: ${message}`),
+      metrics,
     });
   } catch (error) {
+    metricsServer?.stop(true);
     client.close();
     if (error instanceof RelayListenError || error instanceof SocketPathError) throw new CommandError(error.message);
     throw error;
@@ -92,11 +111,13 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
   client.start();
   const where = relay.socketPath === null ? relay.address : `${relay.socketPath} and ${relay.address}`;
   io.err(`fitb relay: listening on ${where}, signing as ${formatPublicKey(setup.key.publicKey)} (cluster ${setup.config.name})`);
+  if (metricsServer !== null) io.err(`fitb relay: metrics at http://${metricsServer.hostname}:${metricsServer.port}/metrics`);
   if (relay.socketPath === null) io.err("fitb relay: no Unix socket (no $RUNTIME_DIRECTORY or $XDG_RUNTIME_DIR; --socket PATH gives one)");
   await reportSessions(client, flags.connectTimeoutMs, io, stopped.promise);
   await stopped.promise;
   io.err("fitb relay: stopping");
   await relay.stop();
+  metricsServer?.stop(true);
   client.close();
   stopped.dispose();
   return EXIT_OK;

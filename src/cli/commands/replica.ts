@@ -8,12 +8,13 @@ import { dirname, join } from "node:path";
 import { bytesEqual } from "../../crypto/encoding.ts";
 import { KeyFileError, loadSigningKeyFile } from "../../crypto/keys.ts";
 import { formatAddress, requireClusterConfig } from "../../config/cluster.ts";
-import { createLog, logLevelFromEnv } from "../../replica/log.ts";
+import { createLog, parseLogLevel } from "../../replica/log.ts";
 import { type ListenAddress, parseListenAddress } from "../../relay/listen.ts";
 import { listenFailure } from "../../relay/server.ts";
 import { Replica } from "../../replica/replica.ts";
 import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy } from "../../replica/storage/index.ts";
 import type { ParsedArgs } from "../args.ts";
+import { type MetricsServer, startMetricsServer } from "../metrics-server.ts";
 import type { Command } from "../command.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
 
@@ -63,6 +64,8 @@ export const replicaCommand: Command = {
 };
 
 async function runReplica(args: ParsedArgs): Promise<number> {
+  const level = parseLogLevel(process.env.FITB_LOG);
+  if (!level.ok) throw new UsageError(level.reason);
   const configPath = args.requiredString("config");
   const config = requireClusterConfig(configPath);
   const id = args.requiredInteger("id", 0, config.n - 1);
@@ -84,7 +87,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   const sync = parseSync(args.string("sync") ?? DEFAULT_SYNC_POLICY);
   const listen = parseListen(args.string("listen"));
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const log = createLog({ replica: id }, logLevelFromEnv());
+  const log = createLog({ replica: id }, level.level);
   for (const warning of loaded.warnings) log.warn(warning);
   let replica: Replica;
   try {
@@ -95,9 +98,9 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   }
   // The metrics address is checked before the replica joins the group, so a bad one
   // stops the start instead of a running replica.
-  let metricsServer: ReturnType<typeof Bun.serve> | null;
+  let metricsServer: MetricsServer | null;
   try {
-    metricsServer = startMetricsServer(args.string("metrics"), replica);
+    metricsServer = startMetricsServer(args.string("metrics"), { registry: replica.metrics.registry, status: () => replica.statusJson() });
   } catch (error) {
     replica.stop();
     throw error;
@@ -136,28 +139,4 @@ function parseSync(text: string): SyncPolicy {
   const policy = SYNC_POLICIES.find((p) => p === text);
   if (policy === undefined) throw new UsageError(`--sync: expected one of ${SYNC_POLICIES.join(", ")}, got ${JSON.stringify(text)}`);
   return policy;
-}
-
-/** The optional HTTP endpoint for Prometheus scrapes and a status page. */
-function startMetricsServer(listen: string | undefined, replica: Replica): ReturnType<typeof Bun.serve> | null {
-  if (listen === undefined) return null;
-  const match = /^(.+):(\d{1,5})$/.exec(listen);
-  const port = match === null ? NaN : Number(match[2]);
-  if (match === null || !(port >= 1 && port <= 65_535))
-    throw new UsageError(`--metrics: expected HOST:PORT, got ${JSON.stringify(listen)}`);
-  try {
-    return Bun.serve({
-      hostname: match[1] as string,
-      port,
-      fetch(request) {
-        const path = new URL(request.url).pathname;
-        if (path === "/metrics")
-          return new Response(replica.metrics.prometheus(), { headers: { "content-type": "text/plain; version=0.0.4" } });
-        if (path === "/status") return Response.json(replica.statusJson());
-        return new Response("not found: try /metrics or /status\n", { status: 404 });
-      },
-    });
-  } catch (error) {
-    throw new CommandError(`--metrics: ${listenFailure(listen, error, "")}`);
-  }
 }

@@ -44,6 +44,12 @@ export const serviceUnitCommand: Command = {
     { name: "user", kind: "string", valueName: "NAME", description: `User to run as (default ${DEFAULT_USER})` },
     { name: "binary", kind: "string", valueName: "PATH", description: `Where fitb is installed (default ${DEFAULT_BINARY})` },
     { name: "listen", kind: "string", valueName: "HOST:PORT", description: `Relay listen address (default ${DEFAULT_RELAY_LISTEN})` },
+    {
+      name: "metrics",
+      kind: "string",
+      valueName: "HOST:PORT",
+      description: "Serve Prometheus metrics there (--metrics of the replica or relay)",
+    },
   ],
   positionals: [{ name: "KIND", required: true, description: "replica or relay" }],
   examples: [
@@ -60,6 +66,10 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
   if (!USER_PATTERN.test(user)) throw new UsageError(`--user: ${JSON.stringify(user)} is not a valid user name`);
   const binary = args.string("binary") ?? DEFAULT_BINARY;
   if (!binary.startsWith("/")) throw new UsageError("--binary: must be an absolute path (systemd requires one)");
+  const metrics = args.string("metrics");
+  if (metrics !== undefined && !/^\S+:\d{1,5}$/.test(metrics))
+    throw new UsageError(`--metrics: expected HOST:PORT, got ${JSON.stringify(metrics)}`);
+  const metricsArg = metrics === undefined ? "" : ` --metrics ${metrics}`;
   let unit: string;
   if (kind === "replica") {
     const id = args.requiredInteger("id", 0, 1023);
@@ -67,7 +77,7 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
     const keyArg = key === undefined ? "" : ` --key ${quote(resolve(key))}`;
     unit = renderUnit({
       description: `fitb replica ${id}`,
-      exec: `${binary} replica --config ${quote(config)} --id ${id}${keyArg} --data /var/lib/fitb/replica-${id}`,
+      exec: `${binary} replica --config ${quote(config)} --id ${id}${keyArg} --data /var/lib/fitb/replica-${id}${metricsArg}`,
       user,
       stateDirectory: true,
       runtimeDirectory: null,
@@ -78,7 +88,7 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
     const listen = args.string("listen") ?? DEFAULT_RELAY_LISTEN;
     unit = renderUnit({
       description: "fitb relay (netcat gateway)",
-      exec: `${binary} relay --config ${quote(config)} --key ${quote(resolve(key))} --listen ${listen}`,
+      exec: `${binary} relay --config ${quote(config)} --key ${quote(resolve(key))} --listen ${listen}${metricsArg}`,
       user,
       stateDirectory: false,
       // $RUNTIME_DIRECTORY/relay.sock, the relay's default Unix socket for probes.

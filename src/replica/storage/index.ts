@@ -83,7 +83,7 @@ export class ReplicaStorage {
       onCommit: (writes, ms) => {
         options.metrics.inc("storage_commits_total");
         options.metrics.inc("storage_writes_total", writes);
-        options.metrics.inc("storage_commit_ms_total", ms);
+        options.metrics.storageCommit.observe(ms / 1000);
       },
     });
     options.metrics.gauge("storage_pending_writes", () => this.commits.pendingWrites);

@@ -1,0 +1,192 @@
+/**
+ * `fitb admin status` as a monitoring check: every replica's line, whether or not it
+ * answered, and what is wrong with the group, in a table and in JSON that say the same.
+ *
+ * Exit codes (README "Status"): 0 ok; 1 degraded (a replica down, in another view,
+ * lagging, or the leader dead or disputed) while 2f+1 replicas answer; 2 no quorum (fewer
+ * than 2f+1 answer: admin commands and total-order channels cannot be ordered).
+ */
+import type { ClusterStatus } from "../../client/client.ts";
+import { byzantineQuorum, vouchQuorum } from "../../core/voting/quorum.ts";
+
+export const STATUS_OK = 0;
+export const STATUS_DEGRADED = 1;
+export const STATUS_NO_QUORUM = 2;
+
+/** A replica this many decided seqs behind the most advanced one is flagged as lagging. */
+export const LAG_SEQS_DEFAULT = 100;
+
+export type Health = "ok" | "degraded" | "no-quorum";
+
+export interface ReplicaRow {
+  readonly id: number;
+  readonly address: string;
+  readonly up: boolean;
+  /** Why it is not up (connection refused, no answer, an error answer); null when up. */
+  readonly reason: string | null;
+  readonly view: number | null;
+  readonly leader: number | null;
+  readonly lastDecided: number | null;
+  /** Decided seqs behind the most advanced replica that answered; null when down. */
+  readonly behind: number | null;
+  /** "other-view", "lagging", "leader-down" (it names a leader that does not answer). */
+  readonly flags: readonly string[];
+}
+
+export interface StatusReport {
+  readonly cluster: string;
+  readonly n: number;
+  readonly f: number;
+  readonly answered: number;
+  readonly view: number | null;
+  readonly leader: number | null;
+  readonly agreed: boolean;
+  readonly lastDecided: number | null;
+  readonly channels: number | null;
+  readonly health: Health;
+  readonly exitCode: number;
+  /** Each problem in one sentence, most serious first. */
+  readonly problems: readonly string[];
+  readonly replicas: readonly ReplicaRow[];
+  /** The answers the report was made from. */
+  readonly status: ClusterStatus;
+}
+
+/** Why a replica that did not answer is down, as the client saw it. */
+export type DownReasons = ReadonlyMap<number, string>;
+
+export function assessStatus(
+  cluster: { name: string; n: number; f: number },
+  status: ClusterStatus,
+  downReasons: DownReasons,
+  lagSeqsMax = LAG_SEQS_DEFAULT,
+): StatusReport {
+  const { n, f } = cluster;
+  const answers = status.replicas.map((r) => (r.answer?.ok === true ? r.answer.value : null));
+  const answered = answers.filter((a) => a !== null).length;
+  const highest = Math.max(0, ...answers.map((a) => a?.lastDecided ?? 0));
+  const upIds = new Set(status.replicas.filter((_, i) => answers[i] !== null).map((r) => r.id));
+  const problems: string[] = [];
+  const quorum = byzantineQuorum(f);
+  if (answered < quorum)
+    problems.push(
+      `NO QUORUM: ${answered} of ${n} replicas answered, ${quorum} are needed to order admin commands and total-order channels`,
+    );
+  if (answered > 0 && !status.agreed) problems.push(`leader disputed: fewer than ${vouchQuorum(f)} replicas agree on a view and leader`);
+  const leaderDown = status.leader !== null && !upIds.has(status.leader);
+  if (leaderDown) problems.push(`leader ${status.leader} (view ${status.view}) does not answer`);
+  const rows = status.replicas.map((replica, i): ReplicaRow => {
+    const answer = answers[i] ?? null;
+    if (answer === null) {
+      const reason = replica.answer?.ok === false ? replica.answer.reason : (downReasons.get(replica.id) ?? "no answer");
+      problems.push(`replica ${replica.id} is down: ${reason}`);
+      return {
+        id: replica.id,
+        address: replica.address,
+        up: false,
+        reason,
+        view: null,
+        leader: null,
+        lastDecided: null,
+        behind: null,
+        flags: [],
+      };
+    }
+    const flags: string[] = [];
+    const behind = highest - answer.lastDecided;
+    if (status.view !== null && answer.view !== status.view) {
+      flags.push("other-view");
+      problems.push(`replica ${replica.id} is in view ${answer.view} (leader ${answer.leader}), not view ${status.view}`);
+    }
+    if (behind > lagSeqsMax) {
+      flags.push("lagging");
+      problems.push(`replica ${replica.id} is ${behind} decided seqs behind`);
+    }
+    if (!upIds.has(answer.leader)) flags.push("leader-down");
+    return {
+      id: replica.id,
+      address: replica.address,
+      up: true,
+      reason: null,
+      view: answer.view,
+      leader: answer.leader,
+      lastDecided: answer.lastDecided,
+      behind,
+      flags,
+    };
+  });
+  const health: Health = answered < quorum ? "no-quorum" : problems.length > 0 ? "degraded" : "ok";
+  return {
+    cluster: cluster.name,
+    n,
+    f,
+    answered,
+    view: status.view,
+    leader: status.leader,
+    agreed: status.agreed,
+    lastDecided: status.lastDecided,
+    channels: status.channels,
+    health,
+    exitCode: health === "ok" ? STATUS_OK : health === "degraded" ? STATUS_DEGRADED : STATUS_NO_QUORUM,
+    problems,
+    replicas: rows,
+    status,
+  };
+}
+
+/** The table: a header line, one line per replica, then the problems. */
+export function statusTable(report: StatusReport): string[] {
+  const lines: string[] = [];
+  const agreement = report.agreed ? `agreed by at least ${vouchQuorum(report.f)}` : `NOT agreed by ${vouchQuorum(report.f)} replicas`;
+  lines.push(
+    `cluster ${report.cluster}: n=${report.n} f=${report.f}, ${report.answered} of ${report.n} replicas answered: ${report.health}`,
+  );
+  if (report.view !== null)
+    lines.push(
+      `view ${report.view} leader ${report.leader} (${agreement}); last decided ${report.lastDecided}; channels ${report.channels}`,
+    );
+  const width = Math.max(7, ...report.replicas.map((r) => r.address.length));
+  lines.push(`REPLICA  ${"ADDRESS".padEnd(width)}  UP     VIEW  LEADER  DECIDED  BEHIND  NOTE`);
+  for (const r of report.replicas) {
+    const cell = (value: number | null, size: number): string => (value === null ? "-" : String(value)).padEnd(size);
+    const note = r.up ? r.flags.join(",") : r.reason;
+    lines.push(
+      `${String(r.id).padEnd(7)}  ${r.address.padEnd(width)}  ${(r.up ? "true" : "false").padEnd(5)}  ${cell(r.view, 4)}  ${cell(r.leader, 6)}  ` +
+        `${cell(r.lastDecided, 7)}  ${cell(r.behind, 6)}  ${note ?? ""}`.trimEnd(),
+    );
+  }
+  for (const problem of report.problems) lines.push(problem);
+  return lines;
+}
+
+/** The JSON form: the same facts and reasons as the table, snake_case. */
+export function statusJsonReport(report: StatusReport): Record<string, unknown> {
+  return {
+    cluster: report.cluster,
+    n: report.n,
+    f: report.f,
+    answered: report.answered,
+    view: report.view,
+    leader: report.leader,
+    agreed: report.agreed,
+    last_decided: report.lastDecided,
+    channels: report.channels,
+    health: report.health,
+    exit_code: report.exitCode,
+    problems: report.problems,
+    replicas: report.replicas.map((r) =>
+      r.up
+        ? {
+            id: r.id,
+            address: r.address,
+            up: true,
+            view: r.view,
+            leader: r.leader,
+            last_decided: r.lastDecided,
+            behind: r.behind,
+            flags: r.flags,
+          }
+        : { id: r.id, address: r.address, up: false, reason: r.reason, flags: r.flags },
+    ),
+  };
+}

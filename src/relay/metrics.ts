@@ -1,0 +1,89 @@
+/**
+ * The relay's metrics (`fitb relay --metrics HOST:PORT`): connections, publishes and
+ * their acks, subscriptions and deliveries, per tag, and the session to each replica.
+ * Per-tag series are bounded like the replica's: the first RELAY_METRICS_TAGS_MAX tags
+ * have their own, the rest share tag="_other".
+ */
+import { type CounterCell, type CounterFamily, type GaugeCell, type HistogramCell, MetricsRegistry } from "../metrics/registry.ts";
+
+export const RELAY_METRICS_TAGS_MAX = 200;
+const OTHER_TAG = "_other";
+
+/** The cells one tag's traffic counts into. */
+export interface RelayTagCells {
+  readonly published: CounterCell;
+  readonly acked: CounterCell;
+  readonly delivered: CounterCell;
+}
+
+/** What the relay reads at each scrape. */
+export interface RelayState {
+  readonly connections: number;
+  readonly subscriptions: number;
+  readonly publishers: number;
+  readonly publishBytesHeld: number;
+  readonly replicas: readonly { readonly id: number; readonly state: string }[];
+}
+
+export class RelayMetrics {
+  readonly registry = new MetricsRegistry();
+  readonly connectionsAccepted: CounterCell;
+  readonly connectionsClosedBadInput: CounterCell;
+  readonly publishAck: HistogramCell;
+  readonly delivery: HistogramCell;
+  private readonly published: CounterFamily;
+  private readonly acked: CounterFamily;
+  private readonly delivered: CounterFamily;
+  private readonly refused: CounterFamily;
+  private readonly tags = new Map<string, RelayTagCells>();
+  private readonly stateGauges: Record<"connections" | "subscriptions" | "publishers" | "publishBytesHeld", GaugeCell>;
+
+  constructor(
+    state: () => RelayState,
+    private readonly tagsMax = RELAY_METRICS_TAGS_MAX,
+  ) {
+    const r = this.registry;
+    this.connectionsAccepted = r.counter("relay_connections_total", "Line-protocol connections accepted (TCP and Unix socket)").with();
+    this.connectionsClosedBadInput = r
+      .counter("relay_connections_closed_bad_input_total", "Connections closed because a line was no relay command")
+      .with();
+    this.published = r.counter("relay_events_published_total", "Events given to the relay by PUB or PUBB", ["tag"]);
+    this.acked = r.counter("relay_events_acked_total", "Events acknowledged by the replicas (+OK)", ["tag"]);
+    this.delivered = r.counter("relay_events_delivered_total", "Events written to SUB connections", ["tag"]);
+    this.refused = r.counter("relay_publishes_refused_total", "PUBs answered -ERR, by error code", ["reason"]);
+    this.publishAck = r.histogram("relay_publish_ack_seconds", "A PUB line read to its +OK (the replicas' quorum acked)").with();
+    this.delivery = r.histogram("relay_delivery_seconds", "The publisher's signed time to the relay receiving the voted events").with();
+    this.stateGauges = {
+      connections: r.gauge("relay_connections", "Open line-protocol connections").with(),
+      subscriptions: r.gauge("relay_subscriptions", "Open SUBs across connections").with(),
+      publishers: r.gauge("relay_publishers", "Tags with a batching publisher now").with(),
+      publishBytesHeld: r.gauge("relay_publish_bytes_held", "Event bytes of publishes not yet answered").with(),
+    };
+    const replicaUp = r.gauge("relay_replica_up", "1 if the relay's session to this replica is open", ["replica"]);
+    r.onScrape(() => {
+      const now = state();
+      for (const key of ["connections", "subscriptions", "publishers", "publishBytesHeld"] as const) this.stateGauges[key].set(now[key]);
+      for (const replica of now.replicas) replicaUp.with(String(replica.id)).set(replica.state === "ready" ? 1 : 0);
+    });
+  }
+
+  /** The cells of a tag (its own up to the bound, then the shared "_other"). */
+  tag(tag: string): RelayTagCells {
+    const found = this.tags.get(tag);
+    if (found !== undefined) return found;
+    // Tags come from whoever connects: past the bound none is remembered.
+    if (this.tags.size >= this.tagsMax) return this.cellsFor(OTHER_TAG);
+    const cells = this.cellsFor(tag);
+    this.tags.set(tag, cells);
+    return cells;
+  }
+
+  private cellsFor(label: string): RelayTagCells {
+    return { published: this.published.with(label), acked: this.acked.with(label), delivered: this.delivered.with(label) };
+  }
+
+  /** A PUB answered -ERR: `code` is the error code of the line. */
+  refusedWith(code: string): void {
+    this.refused.with(code).inc();
+  }
+}

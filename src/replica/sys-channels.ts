@@ -1,0 +1,199 @@
+/**
+ * The replicas' system channels (wire/PROTOCOL.md 2.1): `$sys.replica.<id>`, where replica
+ * <id> publishes its own health every SYS_HEALTH_INTERVAL_MS, and `$sys.events`, where each
+ * replica publishes what it sees happen to the group (views installed, leaders suspected,
+ * peers up and down, its own start).
+ *
+ * They are not in the replicated channel state: every replica knows them by name, serves
+ * them to its own subscribers, live only, and signs what it publishes with its own key,
+ * as a pub request on a crash/none channel. A subscriber thus gets each replica's report
+ * under that replica's signature; it is one replica's word, which is what a health
+ * report is. The publisher seq starts from the clock in ms, so it keeps increasing across
+ * restarts and a long-lived subscriber's dedupe never mistakes a new report for an old one.
+ */
+import { encodeRequestBody, type Frame } from "../../wire/schemas.ts";
+import { requestSigningInput } from "../../wire/session.ts";
+import { FrameType, type SubEndCode, SYS_TAG_PREFIX } from "../../wire/types.ts";
+import { sign } from "../crypto/ed25519.ts";
+import type { SigningKey } from "../crypto/keys.ts";
+import type { ClientSession } from "./server.ts";
+
+export const SYS_EVENTS_TAG = `${SYS_TAG_PREFIX}events`;
+export const SYS_HEALTH_INTERVAL_MS = 5_000;
+/** System subscriptions one connection may hold, and all of them together. */
+export const SYS_SUBSCRIPTIONS_PER_SESSION_MAX = 16;
+export const SYS_SUBSCRIPTIONS_MAX = 4_096;
+
+export function isSysTag(tag: string): boolean {
+  return tag.startsWith(SYS_TAG_PREFIX);
+}
+
+export interface SysChannelsOptions {
+  readonly self: number;
+  readonly n: number;
+  readonly key: SigningKey;
+  /** This replica's health now, as one JSON object. */
+  readonly health: () => Record<string, unknown>;
+  readonly now?: () => number;
+}
+
+interface SysSubscription {
+  readonly session: ClientSession;
+  readonly sub: number;
+  readonly tag: string;
+}
+
+export class SysChannels {
+  /** Subscriptions by tag, then by "session/sub". */
+  private readonly byTag = new Map<string, Map<string, SysSubscription>>();
+  private readonly bySession = new Map<number, Map<number, SysSubscription>>();
+  private total = 0;
+  private lastSeq = 0;
+  private lastHealth: { body: Uint8Array; sig: Uint8Array; seq: number } | null = null;
+  private timer: ReturnType<typeof setInterval> | null = null;
+  private readonly now: () => number;
+  readonly ownTag: string;
+
+  constructor(private readonly options: SysChannelsOptions) {
+    this.now = options.now ?? Date.now;
+    this.ownTag = `${SYS_TAG_PREFIX}replica.${options.self}`;
+  }
+
+  /** The channel-info answer for a system tag, or null when there is no such channel. */
+  info(tag: string): { [key: string]: string | number | boolean } | null {
+    if (!this.exists(tag)) return null;
+    return { tag, fault: "crash", order: "none", priority: "low", public: true, next: 0, oldest: 0 };
+  }
+
+  start(): void {
+    this.publishHealth();
+    this.timer = setInterval(() => this.publishHealth(), SYS_HEALTH_INTERVAL_MS);
+  }
+
+  stop(): void {
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+    for (const subs of this.bySession.values()) for (const s of subs.values()) this.end(s.session, s.sub, "SHUTDOWN", "replica stopping");
+    this.byTag.clear();
+    this.bySession.clear();
+    this.total = 0;
+  }
+
+  get count(): number {
+    return this.total;
+  }
+
+  subscribe(session: ClientSession, sub: number, tag: string): void {
+    if (!this.exists(tag)) {
+      this.end(session, sub, "UNKNOWN_CHANNEL", `no system channel ${tag}: $sys.events or $sys.replica.0..${this.options.n - 1}`);
+      return;
+    }
+    const mine = this.bySession.get(session.id) ?? new Map<number, SysSubscription>();
+    if (mine.has(sub)) {
+      this.end(session, sub, "BAD_REQUEST", `subscription id ${sub} is already in use`);
+      return;
+    }
+    if (mine.size >= SYS_SUBSCRIPTIONS_PER_SESSION_MAX || this.total >= SYS_SUBSCRIPTIONS_MAX) {
+      this.end(session, sub, "LIMIT", `at most ${SYS_SUBSCRIPTIONS_PER_SESSION_MAX} system subscriptions per connection`);
+      return;
+    }
+    const subscription: SysSubscription = { session, sub, tag };
+    mine.set(sub, subscription);
+    this.bySession.set(session.id, mine);
+    const tagSubs = this.byTag.get(tag) ?? new Map<string, SysSubscription>();
+    tagSubs.set(`${session.id}/${sub}`, subscription);
+    this.byTag.set(tag, tagSubs);
+    this.total++;
+    this.send(session, { type: FrameType.SUB_OK, body: { sub, replica: this.options.self, next: 0 } });
+    // A new subscriber of this replica's health gets the latest report at once.
+    if (tag === this.ownTag && this.lastHealth !== null) this.deliver(subscription, this.lastHealth);
+  }
+
+  /** True when `sub` was a system subscription of this session (then it is ended). */
+  unsubscribe(session: ClientSession, sub: number): boolean {
+    const subscription = this.bySession.get(session.id)?.get(sub);
+    if (subscription === undefined) return false;
+    this.remove(subscription);
+    this.end(session, sub, "UNSUBSCRIBED", "unsubscribed");
+    return true;
+  }
+
+  dropSession(session: ClientSession): void {
+    const mine = this.bySession.get(session.id);
+    if (mine === undefined) return;
+    for (const subscription of [...mine.values()]) this.remove(subscription);
+  }
+
+  /** Publishes one event to `$sys.events`: `kind` and its fields, with this replica's id. */
+  event(kind: string, fields: Record<string, unknown> = {}): void {
+    if (!this.byTag.has(SYS_EVENTS_TAG)) return;
+    this.publish(SYS_EVENTS_TAG, { kind, replica: this.options.self, ...fields });
+  }
+
+  private publishHealth(): void {
+    this.lastHealth = this.signed(this.ownTag, { kind: "health", replica: this.options.self, ...this.options.health() });
+    for (const subscription of this.byTag.get(this.ownTag)?.values() ?? []) this.deliver(subscription, this.lastHealth);
+  }
+
+  private publish(tag: string, payload: Record<string, unknown>): void {
+    const signed = this.signed(tag, payload);
+    for (const subscription of [...(this.byTag.get(tag)?.values() ?? [])]) this.deliver(subscription, signed);
+  }
+
+  private signed(tag: string, payload: Record<string, unknown>): { body: Uint8Array; sig: Uint8Array; seq: number } {
+    const ts = this.now();
+    this.lastSeq = Math.max(this.lastSeq + 1, ts);
+    const event = new TextEncoder().encode(JSON.stringify({ ts, ...payload }));
+    const body = encodeRequestBody({
+      v: 1,
+      client: this.options.key.publicKey,
+      seq: this.lastSeq,
+      span: 1,
+      ts,
+      op: { t: "pub", tag, events: [event] },
+    });
+    return { body, sig: sign(this.options.key, requestSigningInput(body)), seq: this.lastSeq };
+  }
+
+  /** Sends one report; a connection too full to take it loses the subscription (SLOW), as on any channel. */
+  private deliver(subscription: SysSubscription, signed: { body: Uint8Array; sig: Uint8Array; seq: number }): void {
+    const frame: Frame = {
+      type: FrameType.EVENTS,
+      body: {
+        sub: subscription.sub,
+        tag: subscription.tag,
+        seq: signed.seq,
+        req: { body: signed.body, sig: signed.sig },
+        replica: this.options.self,
+      },
+    };
+    if (this.send(subscription.session, frame)) return;
+    this.remove(subscription);
+    if (!this.end(subscription.session, subscription.sub, "SLOW", "subscriber fell behind; subscribe again"))
+      subscription.session.conn.close();
+  }
+
+  private exists(tag: string): boolean {
+    if (tag === SYS_EVENTS_TAG) return true;
+    const match = /^\$sys\.replica\.(0|[1-9]\d{0,3})$/.exec(tag);
+    return match !== null && Number(match[1]) < this.options.n;
+  }
+
+  private remove(subscription: SysSubscription): void {
+    const mine = this.bySession.get(subscription.session.id);
+    if (mine?.delete(subscription.sub) !== true) return;
+    if (mine.size === 0) this.bySession.delete(subscription.session.id);
+    const tagSubs = this.byTag.get(subscription.tag);
+    tagSubs?.delete(`${subscription.session.id}/${subscription.sub}`);
+    if (tagSubs !== undefined && tagSubs.size === 0) this.byTag.delete(subscription.tag);
+    this.total--;
+  }
+
+  private end(session: ClientSession, sub: number, code: SubEndCode, reason: string): boolean {
+    return this.send(session, { type: FrameType.SUB_END, body: { sub, replica: this.options.self, code, reason } });
+  }
+
+  private send(session: ClientSession, frame: Frame): boolean {
+    return session.conn.send(frame);
+  }
+}
