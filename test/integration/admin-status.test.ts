@@ -60,7 +60,7 @@ describe("fitb admin status", () => {
         const result = await status(true);
         report = result.stdout === "" ? null : (JSON.parse(result.stdout) as JsonReport);
         code = result.code;
-        return report !== null && report.replicas.every((r) => r.up);
+        return report?.replicas.every((r) => r.up) === true;
       },
       60_000,
       () => JSON.stringify(report),
