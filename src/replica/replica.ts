@@ -94,7 +94,13 @@ export class Replica {
     if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
     this.adminKeys = new Set(config.adminKeys.map(toHex));
     this.audit = new AuditLog(log);
-    this.sys = new SysChannels({ self: id, n: config.n, key, health: () => this.health() });
+    this.sys = new SysChannels({
+      self: id,
+      n: config.n,
+      key,
+      replicaKeys: config.replicas.map((replica) => replica.publicKey),
+      health: () => this.health(),
+    });
     this.rate = new RateLimiter(config.limits.clientEventsPerSecondMax, config.limits.clientBurstEventsMax);
     this.machine = new ChannelMachine({
       hash: sha256,
@@ -592,6 +598,12 @@ export class Replica {
         return answer({ ...channelSummary(info), next: info.nextSeq, oldest: info.oldestSeq });
       }
       case "publishers": {
+        if (tag !== undefined && isSysTag(tag)) {
+          const sysPublishers = this.sys.publishers(tag);
+          return sysPublishers === null
+            ? refuse("UNKNOWN_CHANNEL", `no system channel ${tag}`)
+            : answer({ publishers: [...sysPublishers] });
+        }
         const publishers = tag === undefined ? null : this.machine.registeredPublishers(tag);
         if (publishers === null) {
           const again = (expired: boolean): void => this.onQuery(session, id, q, tag, expired ? undefined : after);

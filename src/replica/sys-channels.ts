@@ -31,6 +31,8 @@ export function isSysTag(tag: string): boolean {
 export interface SysChannelsOptions {
   readonly self: number;
   readonly n: number;
+  /** Every replica's public key, by id: the publishers of the system channels. */
+  readonly replicaKeys: readonly Uint8Array[];
   readonly key: SigningKey;
   /** This replica's health now, as one JSON object. */
   readonly health: () => Record<string, unknown>;
@@ -63,6 +65,19 @@ export class SysChannels {
   info(tag: string): { [key: string]: string | number | boolean } | null {
     if (!this.exists(tag)) return null;
     return { tag, fault: "crash", order: "none", priority: "low", public: true, next: 0, oldest: 0 };
+  }
+
+  /**
+   * The publishers answer for a system tag (QUERY "publishers"), or null when there is no
+   * such channel: replica <id>'s key for `$sys.replica.<id>`, every replica's for
+   * `$sys.events`. Subscribers of crash channels deliver only registered publishers' events.
+   */
+  publishers(tag: string): readonly Uint8Array[] | null {
+    if (!this.exists(tag)) return null;
+    if (tag === SYS_EVENTS_TAG) return this.options.replicaKeys;
+    const id = Number(tag.slice(`${SYS_TAG_PREFIX}replica.`.length));
+    const key = this.options.replicaKeys[id];
+    return key === undefined ? null : [key];
   }
 
   start(): void {
