@@ -594,7 +594,7 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
       adversaryProc?.out.last((t) => t.includes('"adversary ') && !t.includes("attack on")) ??
       attackerProc?.err.last((t) => t.startsWith("adversary-clients")) ??
       null;
-    const replaceLeaderMs = adversary === null ? null : replacementMs(installed, correct, adversary, attackStartMs);
+    const replaceLeaderMs = base.leaderAttack && adversary !== null ? replacementMs(installed, correct, adversary, attackStartMs) : null;
     const row: RowResult = {
       ...base,
       faultFree,
