@@ -442,7 +442,11 @@ async function runBench(cluster: TestCluster, events: number, label: string): Pr
     const match = BENCH_PROGRESS.exec(l.text);
     return match === null ? [] : [{ atMs: l.atMs, delivered: Number(match[2]) }];
   });
-  const problems = err.lines.map((l) => l.text).filter((t) => t.startsWith("fitb bench:") && !BENCH_PROGRESS.test(t));
+  // What bench said besides progress: its own complaints, or the error it stopped on.
+  const problems = err.lines
+    .map((l) => l.text.trim())
+    .filter((t) => t !== "" && !BENCH_PROGRESS.test(t))
+    .slice(-3);
   if (!killed && json !== null) {
     const figures = JSON.parse(json) as { delivered: number; seconds: number; delivered_per_s: number; p99_ms: number };
     return {
@@ -467,7 +471,9 @@ async function runBench(cluster: TestCluster, events: number, label: string): Pr
     delivered,
     seconds,
     exitCode: killed ? null : exitCode,
-    problem: killed ? `killed after ${BENCH_MS_MAX / 1_000} s, ${delivered} delivered` : `no result (exit ${exitCode})`,
+    problem: killed
+      ? `killed after ${BENCH_MS_MAX / 1_000} s, ${delivered} delivered`
+      : `no result (exit ${exitCode}): ${problems.join("; ") || "nothing said"}`.slice(0, 300),
     samples,
     endMs,
   };
@@ -583,6 +589,12 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
 
     progress(`${tagOf}: bench under attack`);
     const underAttack = await runBench(cluster, events, "under attack");
+    // Hostile clients stop here, so that replicas they swamped can answer their status
+    // (the view changes that count happened meanwhile). An adversary replica stays: if it
+    // crashed now, a view it leads would change once more.
+    const attackerReport = attackerProc?.err.last((t) => t.startsWith("adversary-clients")) ?? null;
+    attackerProc?.proc.kill("SIGKILL");
+    await attackerProc?.proc.exited;
     const after = await waitForStatuses(
       correctPorts,
       (all) => all.every((s) => s.mode === "normal" && s.view === all[0]?.view),
@@ -590,10 +602,7 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
     );
     const viewAfter = Math.max(...after.statuses.map((s) => s?.view ?? 0));
     const installed = viewsInstalled(cluster, correct);
-    const adversaryReport =
-      adversaryProc?.out.last((t) => t.includes('"adversary ') && !t.includes("attack on")) ??
-      attackerProc?.err.last((t) => t.startsWith("adversary-clients")) ??
-      null;
+    const adversaryReport = adversaryProc?.out.last((t) => t.includes('"adversary ') && !t.includes("attack on")) ?? attackerReport;
     const replaceLeaderMs = base.leaderAttack && adversary !== null ? replacementMs(installed, correct, adversary, attackStartMs) : null;
     const row: RowResult = {
       ...base,
