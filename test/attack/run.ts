@@ -24,7 +24,7 @@
  * rows below 90% retained. Every wait is bounded, the whole run too; every process it
  * started is killed on every way out.
  */
-import { writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import type { FitbClient } from "../../src/client/index.ts";
@@ -129,6 +129,8 @@ export interface Options {
   readonly events: number;
   readonly json: boolean;
   readonly help: boolean;
+  /** Where each row's logs go (DIR/<attack>/replica-N.log, adversary.log), or null. */
+  readonly logsDir: string | null;
 }
 
 export const USAGE = [
@@ -139,6 +141,7 @@ export const USAGE = [
   `  --attack NAME  one row only; NAME is one of: ${ATTACKS.map((a) => a.name).join(", ")}`,
   `  --events N     events per bench run (default ${EVENTS_DEFAULT})`,
   "  --json         one JSON object instead of the table",
+  "  --logs DIR     keep every row's replica, adversary and bench output in DIR/<attack>/",
 ].join("\n");
 
 /** The options, or a message saying what is wrong with the arguments. */
@@ -147,11 +150,16 @@ export function parseOptions(argv: readonly string[]): Options | string {
   let events = EVENTS_DEFAULT;
   let json = false;
   let help = false;
+  let logsDir: string | null = null;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "--json") json = true;
     else if (arg === "--help" || arg === "-h") help = true;
-    else if (arg === "--attack") {
+    else if (arg === "--logs") {
+      const dir = argv[++i];
+      if (dir === undefined || dir.startsWith("--")) return "--logs: a directory is missing";
+      logsDir = dir;
+    } else if (arg === "--attack") {
       const name = argv[++i];
       const spec = ATTACKS.find((a) => a.name === name);
       if (spec === undefined) return `--attack: expected one of ${ATTACKS.map((a) => a.name).join(", ")}, got ${name ?? "nothing"}`;
@@ -163,7 +171,7 @@ export function parseOptions(argv: readonly string[]): Options | string {
       events = value;
     } else return `unknown argument ${arg}`;
   }
-  return { attacks, events, json, help };
+  return { attacks, events, json, help, logsDir };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -401,7 +409,7 @@ async function waitForStatuses(
 
 const BENCH_PROGRESS = /^fitb bench: (\d+) s: published \d+\/\d+, delivered (\d+)\/\d+/;
 
-async function runBench(cluster: TestCluster, events: number, label: string): Promise<BenchFigures> {
+async function runBench(cluster: TestCluster, events: number, label: string, keep: string[]): Promise<BenchFigures> {
   const { proc, out, err } = spawn(
     [
       BUN,
@@ -437,6 +445,7 @@ async function runBench(cluster: TestCluster, events: number, label: string): Pr
   clearInterval(ticker);
   // Let the pipes finish (bounded: the process is gone).
   await Bun.sleep(0);
+  keep.push(`# bench ${label}, exit ${killed ? "killed" : exitCode}`, ...out.lines.map((l) => l.text), ...err.lines.map((l) => l.text));
   const json = out.last((t) => t.startsWith("{"));
   const samples = err.lines.flatMap((l) => {
     const match = BENCH_PROGRESS.exec(l.text);
@@ -528,7 +537,7 @@ export function replacementMs(
   return latest;
 }
 
-async function runRow(spec: AttackSpec, events: number, index: number, total: number): Promise<RowResult> {
+async function runRow(spec: AttackSpec, events: number, index: number, total: number, logsDir: string | null): Promise<RowResult> {
   const tagOf = `[${index + 1}/${total}] ${spec.name}`;
   const adversary = spec.kind === "replica" ? spec.adversary : null;
   const metricsBase = freePortRange(4);
@@ -538,6 +547,7 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
   let adversaryProc: ReturnType<typeof spawn> | null = null;
   let attackerProc: ReturnType<typeof spawn> | null = null;
   let admin: FitbClient | null = null;
+  const benchLogs: string[] = [];
   const base = { attack: spec.name, what: spec.what, leaderAttack: spec.kind === "replica" && spec.adversary === 0 };
   try {
     progress(`${tagOf}: starting 4 replicas${adversary === null ? "" : ` (replica ${adversary} is the adversary: ${spec.what})`}`);
@@ -562,7 +572,7 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
     }
 
     progress(`${tagOf}: fault-free bench (${events} events of ${EVENT_BYTES} B)`);
-    const faultFree = await runBench(cluster, events, "fault-free");
+    const faultFree = await runBench(cluster, events, "fault-free", benchLogs);
     const before = await waitForStatuses(
       correctPorts,
       (all) => all.every((s) => s.mode === "normal" && s.view === all[0]?.view),
@@ -588,7 +598,7 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
     }
 
     progress(`${tagOf}: bench under attack`);
-    const underAttack = await runBench(cluster, events, "under attack");
+    const underAttack = await runBench(cluster, events, "under attack", benchLogs);
     // Hostile clients stop here, so that replicas they swamped can answer their status
     // (the view changes that count happened meanwhile). An adversary replica stays: if it
     // crashed now, a view it leads would change once more.
@@ -639,7 +649,25 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
     adversaryProc?.proc.kill("SIGKILL");
     await Promise.all([attackerProc?.proc.exited, adversaryProc?.proc.exited]);
     await cluster.stop();
+    if (logsDir !== null) keepLogs(join(logsDir, spec.name), cluster, correct, adversaryProc, attackerProc, benchLogs);
   }
+}
+
+/** Writes a row's output where --logs said, one file per process. */
+function keepLogs(
+  dir: string,
+  cluster: TestCluster,
+  correct: readonly number[],
+  adversaryProc: ReturnType<typeof spawn> | null,
+  attackerProc: ReturnType<typeof spawn> | null,
+  benchLogs: readonly string[],
+): void {
+  mkdirSync(dir, { recursive: true });
+  const text = (lines: Lines | undefined): string => (lines?.lines ?? []).map((l) => `${l.text}\n`).join("");
+  for (const id of correct) writeFileSync(join(dir, `replica-${id}.log`), (cluster.logs[id] ?? []).join(""));
+  if (adversaryProc !== null) writeFileSync(join(dir, "adversary.log"), text(adversaryProc.out) + text(adversaryProc.err));
+  if (attackerProc !== null) writeFileSync(join(dir, "attacker.log"), text(attackerProc.out) + text(attackerProc.err));
+  writeFileSync(join(dir, "bench.log"), benchLogs.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -667,7 +695,8 @@ async function main(): Promise<void> {
   const deadline = setTimeout(() => bail(1, `run exceeded ${RUN_MS_MAX / 60_000} min: stopping every process`), RUN_MS_MAX);
   const startedMs = Date.now();
   const rows: RowResult[] = [];
-  for (const [index, spec] of options.attacks.entries()) rows.push(await runRow(spec, options.events, index, options.attacks.length));
+  for (const [index, spec] of options.attacks.entries())
+    rows.push(await runRow(spec, options.events, index, options.attacks.length, options.logsDir));
   clearTimeout(deadline);
   const seconds = Math.round((Date.now() - startedMs) / 1_000);
   if (options.json) {

@@ -55,12 +55,13 @@ function row(attack: string, faultFree: number, underAttack: number, extra: Part
 
 describe("npm run attack: arguments", () => {
   test("no arguments: every attack, the default event count, a table", () => {
-    expect(parseOptions([])).toEqual({ attacks: ATTACKS, events: EVENTS_DEFAULT, json: false, help: false });
+    expect(parseOptions([])).toEqual({ attacks: ATTACKS, events: EVENTS_DEFAULT, json: false, help: false, logsDir: null });
   });
 
   test("--attack NAME runs one row; --events and --json are read", () => {
-    const options = parseOptions(["--attack", "slow-leader", "--events", "5000", "--json"]);
+    const options = parseOptions(["--attack", "slow-leader", "--events", "5000", "--json", "--logs", "out"]);
     if (typeof options === "string") throw new Error(options);
+    expect(options.logsDir).toBe("out");
     expect(options.attacks.map((a) => a.name)).toEqual(["slow-leader"]);
     expect(options.events).toBe(5000);
     expect(options.json).toBe(true);
@@ -77,6 +78,7 @@ describe("npm run attack: arguments", () => {
     expect(parseOptions(["--events", "12.5"])).toContain("--events");
     expect(parseOptions(["--events", "10"])).toContain("--events");
     expect(parseOptions(["--fast"])).toBe("unknown argument --fast");
+    expect(parseOptions(["--logs"])).toBe("--logs: a directory is missing");
   });
 
   test("every attack has a unique name; leader attacks take replica 0, the leader of view 0", () => {
