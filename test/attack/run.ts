@@ -208,6 +208,8 @@ export interface RowResult {
   readonly adversaryReport: string | null;
   /** Why the row has no figures, when it has none. */
   readonly error: string | null;
+  /** Why earlier attempts at this row were not kept (the leader moved before the attack). */
+  readonly retries?: readonly string[];
 }
 
 export function retainedPercent(row: RowResult): number | null {
@@ -280,6 +282,9 @@ export function formatFindings(rows: readonly RowResult[]): string[] {
       ["under attack", row.underAttack],
     ] as const) {
       if (figures?.problem) notes.push(`bench ${when}: ${figures.problem}`);
+    }
+    if (row.retries !== undefined && row.retries.length > 0) {
+      notes.push(`run ${row.retries.length + (row.error === null ? 1 : 0)} times, not kept: ${row.retries.join("; ")}`);
     }
     if (notes.length > 0) lines.push(`${row.attack}: ${notes.join("; ")}`);
   }
@@ -537,6 +542,47 @@ export function replacementMs(
   return latest;
 }
 
+/** A row that measured nothing meaningful and is worth running again. */
+class RetryRow extends Error {}
+
+/** Times a row is run at most when its fault-free run moved the leader. */
+const ROW_ATTEMPTS_MAX = 3;
+
+async function runRowWithRetries(
+  spec: AttackSpec,
+  events: number,
+  index: number,
+  total: number,
+  logsDir: string | null,
+): Promise<RowResult> {
+  const notes: string[] = [];
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const row = await runRow(spec, events, index, total, logsDir);
+      return notes.length === 0 ? row : { ...row, retries: notes };
+    } catch (error) {
+      if (!(error instanceof RetryRow)) throw error;
+      notes.push(error.message);
+      progress(`[${index + 1}/${total}] ${spec.name}: ${error.message}; ${attempt < ROW_ATTEMPTS_MAX ? "again" : "giving up"}`);
+      if (attempt >= ROW_ATTEMPTS_MAX) {
+        return {
+          attack: spec.name,
+          what: spec.what,
+          leaderAttack: spec.kind === "replica" && spec.adversary === 0,
+          faultFree: null,
+          underAttack: null,
+          viewChanges: null,
+          replaceLeaderMs: null,
+          afterReplacementEventsPerSecond: null,
+          adversaryReport: null,
+          error: `${ROW_ATTEMPTS_MAX} attempts: ${error.message}`,
+          retries: notes,
+        };
+      }
+    }
+  }
+}
+
 async function runRow(spec: AttackSpec, events: number, index: number, total: number, logsDir: string | null): Promise<RowResult> {
   const tagOf = `[${index + 1}/${total}] ${spec.name}`;
   const adversary = spec.kind === "replica" ? spec.adversary : null;
@@ -579,6 +625,11 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
       SETTLE_MS_MAX,
     );
     const viewBefore = Math.max(...before.statuses.map((s) => s?.view ?? 0));
+    if (adversary !== null && base.leaderAttack !== (viewBefore % cluster.n === adversary)) {
+      // The leader changed during the fault-free run (a suspicion under load): the attack
+      // would not hit the replica it is meant for. The row is run again on a fresh cluster.
+      throw new RetryRow(`the view moved to ${viewBefore} during the fault-free run; replica ${viewBefore % cluster.n} leads it`);
+    }
 
     progress(`${tagOf}: turning the attack on`);
     const attackStartMs = Date.now();
@@ -631,6 +682,7 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
     );
     return row;
   } catch (error) {
+    if (error instanceof RetryRow) throw error;
     const message = error instanceof Error ? error.message : String(error);
     progress(`${tagOf}: failed: ${message}`);
     return {
@@ -696,7 +748,7 @@ async function main(): Promise<void> {
   const startedMs = Date.now();
   const rows: RowResult[] = [];
   for (const [index, spec] of options.attacks.entries())
-    rows.push(await runRow(spec, options.events, index, options.attacks.length, options.logsDir));
+    rows.push(await runRowWithRetries(spec, options.events, index, options.attacks.length, options.logsDir));
   clearTimeout(deadline);
   const seconds = Math.round((Date.now() - startedMs) / 1_000);
   if (options.json) {
