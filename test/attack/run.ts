@@ -284,7 +284,7 @@ export function formatFindings(rows: readonly RowResult[]): string[] {
       if (figures?.problem) notes.push(`bench ${when}: ${figures.problem}`);
     }
     if (row.retries !== undefined && row.retries.length > 0) {
-      notes.push(`run ${row.retries.length + (row.error === null ? 1 : 0)} times, not kept: ${row.retries.join("; ")}`);
+      notes.push(`${row.retries.length} earlier attempt(s) not kept: ${row.retries.join("; ")}`);
     }
     if (notes.length > 0) lines.push(`${row.attack}: ${notes.join("; ")}`);
   }

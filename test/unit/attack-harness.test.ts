@@ -142,11 +142,13 @@ describe("npm run attack: the table", () => {
       }),
       row("flooding-replica", 20_000, 2_000, { viewChanges: 21 }),
       { ...row("mute-leader", 0, 0), faultFree: null, underAttack: null, leaderAttack: true, error: "boom" },
+      row("mute-leader", 20_000, 20_000, { viewChanges: 1, replaceLeaderMs: 900, leaderAttack: true, retries: ["the view moved"] }),
     ]);
     expect(findings).toEqual([
       "equivocating-leader: retained 50% < 90% over the whole run, 95% once the leader was replaced",
       "flooding-replica: retained 10% < 90%; 21 view changes",
       "mute-leader: no figures: boom; the leader was not replaced",
+      "mute-leader: 1 earlier attempt(s) not kept: the view moved",
     ]);
   });
 
