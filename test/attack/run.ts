@@ -24,7 +24,7 @@
  * rows below 90% retained. Every wait is bounded, the whole run too; every process it
  * started is killed on every way out.
  */
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import type { FitbClient } from "../../src/client/index.ts";
@@ -206,6 +206,8 @@ export interface RowResult {
   readonly leaderAttack: boolean;
   /** What the adversary reported (its last counters), for the reader. */
   readonly adversaryReport: string | null;
+  /** CPU the adversary's process used during the attacked run, in percent of one core (it shares the machine). */
+  readonly adversaryCpuPercent?: number | null;
   /** Why the row has no figures, when it has none. */
   readonly error: string | null;
   /** Why earlier attempts at this row were not kept (the leader moved before the attack). */
@@ -273,7 +275,9 @@ export function formatFindings(rows: readonly RowResult[]): string[] {
         after === null || row.faultFree === null
           ? ""
           : ` over the whole run, ${((100 * after) / row.faultFree.eventsPerSecond).toFixed(0)}% once the leader was replaced`;
-      notes.push(`retained ${retained.toFixed(0)}% < ${RETAINED_PERCENT_MIN}%${since}`);
+      const cpu = row.adversaryCpuPercent;
+      const cpuNote = cpu === null || cpu === undefined ? "" : ` (the adversary's process used ${cpu.toFixed(0)}% of a core meanwhile)`;
+      notes.push(`retained ${retained.toFixed(0)}% < ${RETAINED_PERCENT_MIN}%${since}${cpuNote}`);
     }
     if (row.viewChanges !== null && row.viewChanges > 1) notes.push(`${row.viewChanges} view changes`);
     if (row.leaderAttack && row.replaceLeaderMs === null) notes.push("the leader was not replaced");
@@ -367,6 +371,22 @@ function spawn(argv: string[], stdin: "pipe" | "ignore"): { proc: Subprocess<"pi
 
 function killAll(): void {
   for (const proc of started) proc.kill("SIGKILL");
+}
+
+/** Linux's clock ticks per second in /proc/PID/stat (USER_HZ, 100 on every common build). */
+const CLOCK_TICKS_PER_SECOND = 100;
+
+/** User plus system CPU seconds a process has used (Linux /proc), or null. */
+function cpuSeconds(pid: number | undefined): number | null {
+  if (pid === undefined) return null;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+  } catch {
+    return null;
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -649,7 +669,12 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
     }
 
     progress(`${tagOf}: bench under attack`);
+    const attackerPid = (adversaryProc ?? attackerProc)?.proc.pid;
+    const cpuBefore = { cpu: cpuSeconds(attackerPid), wallMs: Date.now() };
     const underAttack = await runBench(cluster, events, "under attack", benchLogs);
+    const cpuAfter = cpuSeconds(attackerPid);
+    const adversaryCpuPercent =
+      cpuBefore.cpu === null || cpuAfter === null ? null : (100 * (cpuAfter - cpuBefore.cpu) * 1_000) / (Date.now() - cpuBefore.wallMs);
     // Hostile clients stop here, so that replicas they swamped can answer their status
     // (the view changes that count happened meanwhile). An adversary replica stays: if it
     // crashed now, a view it leads would change once more.
@@ -673,6 +698,7 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
       replaceLeaderMs,
       afterReplacementEventsPerSecond: replaceLeaderMs === null ? null : rateAfter(underAttack, attackStartMs + replaceLeaderMs),
       adversaryReport,
+      adversaryCpuPercent,
       error: null,
     };
     const retained = retainedPercent(row);
