@@ -13,7 +13,8 @@
  * as an attacker holding that host would.
  *
  * It starts honest, so that the harness can measure the same cluster fault-free first;
- * the line `attack` on standard input (or `--active`) turns the behaviour on:
+ * the line `attack` on standard input (or `--active`) turns the behaviour on, the line
+ * `peace` off again (the harness measures fault-free once more after the attack):
  *
  * - `slow-leader`: holds each of its PRE_PREPAREs for D ms before sending it (default 90%
  *   of the ordering core's progress timeout, so just under the heartbeat and well under the
@@ -142,9 +143,11 @@ export class SlowLeader implements Behaviour {
 
   incoming(): void {}
 
+  /** Stops holding: what is held goes out now, so that nothing the core sent is lost. */
   stop(): void {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
+    for (const item of this.held.splice(0)) item.send(item.to, item.bytes);
   }
 
   private release(): void {
@@ -450,7 +453,10 @@ export function makeBehaviour(name: BehaviourName, ctx: AdversaryContext, delayM
  * every outgoing peer message goes through (`broadcast` calls it per peer), and the
  * ordering driver's `onPeerMessage`, which the mesh hands every incoming one to.
  */
-export function tapReplica(replica: Replica, makeFor: (send: SendFn) => Behaviour): { activate: () => void; behaviour: Behaviour } {
+export function tapReplica(
+  replica: Replica,
+  makeFor: (send: SendFn) => Behaviour,
+): { activate: () => void; deactivate: () => void; behaviour: Behaviour } {
   const mesh = replica["mesh"];
   const ordering = replica["ordering"];
   const realSend: SendFn = mesh.send.bind(mesh);
@@ -468,6 +474,11 @@ export function tapReplica(replica: Replica, makeFor: (send: SendFn) => Behaviou
       if (active) return;
       active = true;
       behaviour.start();
+    },
+    deactivate: () => {
+      if (!active) return;
+      active = false;
+      behaviour.stop();
     },
   };
 }
@@ -557,6 +568,10 @@ async function main(): Promise<void> {
       const line = buffered.slice(0, newline).trim();
       buffered = buffered.slice(newline + 1);
       if (line === "attack") tap.activate();
+      if (line === "peace") {
+        tap.deactivate();
+        log.info("adversary attack off", { behaviour: options.behaviour });
+      }
       newline = buffered.indexOf("\n");
     }
   }

@@ -9,7 +9,9 @@
  * one subscriber, as fast as acknowledgements allow). The workload runs once fault-free,
  * then the attack is turned on (the adversary replica is told to attack, or the hostile
  * clients of adversary-clients.ts start) and the same workload runs again in the same
- * cluster. One row per attack:
+ * cluster, then once more fault-free with the attack turned off. "fault-free ev/s" is the
+ * mean of the two fault-free runs: the machine's load drifts, and the two runs around the
+ * attack show by how much. One row per attack:
  *
  *   attack | fault-free ev/s | under attack ev/s | retained % | p99 ms | view changes | time to replace the leader
  *
@@ -197,6 +199,8 @@ export interface RowResult {
   readonly what: string;
   readonly faultFree: BenchFigures | null;
   readonly underAttack: BenchFigures | null;
+  /** The same workload once more after the attack was turned off (absent in rows built by hand). */
+  readonly faultFreeAfter?: BenchFigures | null;
   readonly viewChanges: number | null;
   /** Ms from the attack's start until every correct replica installed a view with a correct leader; null if it did not happen. */
   readonly replaceLeaderMs: number | null;
@@ -214,9 +218,20 @@ export interface RowResult {
   readonly retries?: readonly string[];
 }
 
+/**
+ * The fault-free figure a row compares with: the mean of the runs before and after the
+ * attack (the machine's load drifts; two runs around the attack show by how much).
+ */
+export function faultFreeRate(row: RowResult): number | null {
+  const runs = [row.faultFree, row.faultFreeAfter ?? null].filter((f): f is BenchFigures => f !== null);
+  if (runs.length === 0) return null;
+  return runs.reduce((sum, f) => sum + f.eventsPerSecond, 0) / runs.length;
+}
+
 export function retainedPercent(row: RowResult): number | null {
-  if (row.faultFree === null || row.underAttack === null || row.faultFree.eventsPerSecond <= 0) return null;
-  return (100 * row.underAttack.eventsPerSecond) / row.faultFree.eventsPerSecond;
+  const faultFree = faultFreeRate(row);
+  if (faultFree === null || row.underAttack === null || faultFree <= 0) return null;
+  return (100 * row.underAttack.eventsPerSecond) / faultFree;
 }
 
 /** Shortest stretch after a replacement that gives a rate worth printing. */
@@ -247,10 +262,10 @@ export function formatTable(rows: readonly RowResult[]): string {
     const mark = retained !== null && retained < RETAINED_PERCENT_MIN ? " **" : "";
     return [
       row.attack,
-      row.faultFree === null ? "-" : String(Math.round(row.faultFree.eventsPerSecond)),
+      faultFreeRate(row) === null ? "-" : String(Math.round(faultFreeRate(row) as number)),
       row.underAttack === null ? "-" : String(Math.round(row.underAttack.eventsPerSecond)),
       retained === null ? "-" : `${retained.toFixed(0)}${mark}`,
-      row.underAttack === null ? "-" : String(Math.round(row.underAttack.p99Ms)),
+      row.underAttack === null || !Number.isFinite(row.underAttack.p99Ms) ? "-" : String(Math.round(row.underAttack.p99Ms)),
       row.viewChanges === null ? "?" : String(row.viewChanges),
       formatReplace(row),
     ];
@@ -272,17 +287,22 @@ export function formatFindings(rows: readonly RowResult[]): string[] {
     if (retained !== null && retained < RETAINED_PERCENT_MIN) {
       const after = row.afterReplacementEventsPerSecond;
       const since =
-        after === null || row.faultFree === null
+        after === null || faultFreeRate(row) === null
           ? ""
-          : ` over the whole run, ${((100 * after) / row.faultFree.eventsPerSecond).toFixed(0)}% once the leader was replaced`;
+          : ` over the whole run, ${((100 * after) / (faultFreeRate(row) as number)).toFixed(0)}% once the leader was replaced`;
       const cpu = row.adversaryCpuPercent;
       const cpuNote = cpu === null || cpu === undefined ? "" : ` (the adversary's process used ${cpu.toFixed(0)}% of a core meanwhile)`;
-      notes.push(`retained ${retained.toFixed(0)}% < ${RETAINED_PERCENT_MIN}%${since}${cpuNote}`);
+      const around =
+        row.faultFree === null || row.faultFreeAfter === undefined || row.faultFreeAfter === null
+          ? ""
+          : `; fault-free ${Math.round(row.faultFree.eventsPerSecond)} ev/s before, ${Math.round(row.faultFreeAfter.eventsPerSecond)} after`;
+      notes.push(`retained ${retained.toFixed(0)}% < ${RETAINED_PERCENT_MIN}%${since}${cpuNote}${around}`);
     }
     if (row.viewChanges !== null && row.viewChanges > 1) notes.push(`${row.viewChanges} view changes`);
     if (row.leaderAttack && row.replaceLeaderMs === null) notes.push("the leader was not replaced");
     for (const [when, figures] of [
       ["fault-free", row.faultFree],
+      ["fault-free after", row.faultFreeAfter ?? null],
       ["under attack", row.underAttack],
     ] as const) {
       if (figures?.problem) notes.push(`bench ${when}: ${figures.problem}`);
@@ -689,11 +709,20 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
     const viewAfter = Math.max(...after.statuses.map((s) => s?.view ?? 0));
     const installed = viewsInstalled(cluster, correct);
     const adversaryReport = adversaryProc?.out.last((t) => t.includes('"adversary ') && !t.includes("attack on")) ?? attackerReport;
+    if (adversaryProc !== null) {
+      adversaryProc.proc.stdin?.write("peace\n");
+      adversaryProc.proc.stdin?.flush();
+      const off = await adversaryProc.out.waitFor((t) => t.includes('"adversary attack off"'), ENGAGE_MS_MAX);
+      if (off === null) throw new Error("the adversary replica did not turn its attack off");
+    }
+    progress(`${tagOf}: fault-free bench again, the attack off`);
+    const faultFreeAfter = await runBench(cluster, events, "fault-free after", benchLogs);
     const replaceLeaderMs = base.leaderAttack && adversary !== null ? replacementMs(installed, correct, adversary, attackStartMs) : null;
     const row: RowResult = {
       ...base,
       faultFree,
       underAttack,
+      faultFreeAfter,
       viewChanges: after.ok ? viewAfter - viewBefore : null,
       replaceLeaderMs,
       afterReplacementEventsPerSecond: replaceLeaderMs === null ? null : rateAfter(underAttack, attackStartMs + replaceLeaderMs),
@@ -703,7 +732,7 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
     };
     const retained = retainedPercent(row);
     progress(
-      `${tagOf}: fault-free ${Math.round(faultFree.eventsPerSecond)} ev/s, under attack ${Math.round(underAttack.eventsPerSecond)} ev/s` +
+      `${tagOf}: fault-free ${Math.round(faultFree.eventsPerSecond)} and ${Math.round(faultFreeAfter.eventsPerSecond)} ev/s, under attack ${Math.round(underAttack.eventsPerSecond)} ev/s` +
         ` (${retained === null ? "-" : retained.toFixed(0)}%), views ${viewBefore} -> ${viewAfter}${after.ok ? "" : " (the replicas did not agree on a view)"}`,
     );
     return row;
