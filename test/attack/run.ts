@@ -202,6 +202,8 @@ export interface RowResult {
   /** The same workload once more after the attack was turned off (absent in rows built by hand). */
   readonly faultFreeAfter?: BenchFigures | null;
   readonly viewChanges: number | null;
+  /** When the correct replicas did not agree on a view after the attack: what each one said. */
+  readonly viewsDisagree?: string | null;
   /** Ms from the attack's start until every correct replica installed a view with a correct leader; null if it did not happen. */
   readonly replaceLeaderMs: number | null;
   /** Delivered events/s of the attacked run from the first progress line after the leader was replaced; null if not known. */
@@ -300,6 +302,8 @@ export function formatFindings(rows: readonly RowResult[]): string[] {
     }
     if (row.viewChanges !== null && row.viewChanges > 1) notes.push(`${row.viewChanges} view changes`);
     if (row.leaderAttack && row.replaceLeaderMs === null) notes.push("the leader was not replaced");
+    if (row.viewsDisagree)
+      notes.push(`the correct replicas did not agree on a view ${SETTLE_MS_MAX / 1_000} s after the attack (${row.viewsDisagree})`);
     for (const [when, figures] of [
       ["fault-free", row.faultFree],
       ["fault-free after", row.faultFreeAfter ?? null],
@@ -428,6 +432,11 @@ async function replicaStatus(port: number): Promise<ReplicaStatus | null> {
   } catch {
     return null;
   }
+}
+
+function describeStatus(status: ReplicaStatus | null): string {
+  if (status === null) return "no status";
+  return status.mode === "normal" ? `view ${status.view}` : `${status.mode} to view ${status.view}`;
 }
 
 /** Polls until `check` holds on every listed replica's status, or `timeoutMs`; the last statuses either way. */
@@ -724,6 +733,7 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
       underAttack,
       faultFreeAfter,
       viewChanges: after.ok ? viewAfter - viewBefore : null,
+      viewsDisagree: after.ok ? null : correct.map((id, i) => `replica ${id}: ${describeStatus(after.statuses[i] ?? null)}`).join(", "),
       replaceLeaderMs,
       afterReplacementEventsPerSecond: replaceLeaderMs === null ? null : rateAfter(underAttack, attackStartMs + replaceLeaderMs),
       adversaryReport,

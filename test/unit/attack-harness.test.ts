@@ -145,12 +145,14 @@ describe("npm run attack: the table", () => {
       row("flooding-replica", 20_000, 2_000, { viewChanges: 21, faultFreeAfter: figures(20_000, 1), adversaryCpuPercent: 97.4 }),
       { ...row("mute-leader", 0, 0), faultFree: null, underAttack: null, leaderAttack: true, error: "boom" },
       row("mute-leader", 20_000, 20_000, { viewChanges: 1, replaceLeaderMs: 900, leaderAttack: true, retries: ["the view moved"] }),
+      row("client-oversize", 20_000, 19_000, { viewChanges: null, viewsDisagree: "replica 3: viewChange to view 1" }),
     ]);
     expect(findings).toEqual([
       "equivocating-leader: retained 50% < 90% over the whole run, 95% once the leader was replaced",
       "flooding-replica: retained 10% < 90% (the adversary's process used 97% of a core meanwhile); fault-free 20000 ev/s before, 20000 after; 21 view changes",
       "mute-leader: no figures: boom; the leader was not replaced",
       "mute-leader: 1 earlier attempt(s) not kept: the view moved",
+      "client-oversize: the correct replicas did not agree on a view 30 s after the attack (replica 3: viewChange to view 1)",
     ]);
   });
 
