@@ -70,8 +70,8 @@ const FLOOD_REQUESTS_MAX = 256;
 const FLOOD_FORWARD_REQUESTS = 16;
 /** Counters are logged this often while the attack is on. */
 const REPORT_INTERVAL_MS = 1_000;
-/** Proposals split by the equivocating leader, remembered so that a retransmission repeats the same split. */
-const EQUIVOCATIONS_KEPT_MAX = 1024;
+/** Seqs remembered per adversary (split proposals, delayed ones logged): a retransmission repeats the same split. */
+const SEQS_REMEMBERED_MAX = 1024;
 
 /** Sends an envelope to one peer for real; false when the link dropped it (down or full). */
 type SendFn = (to: number, bytes: Uint8Array) => boolean;
@@ -157,7 +157,7 @@ export class SlowLeader implements Behaviour {
       item.send(item.to, item.bytes);
       if (!this.loggedSeqs.has(item.seq)) {
         this.loggedSeqs.add(item.seq);
-        if (this.loggedSeqs.size > EQUIVOCATIONS_KEPT_MAX) this.loggedSeqs.delete(this.loggedSeqs.values().next().value as number);
+        if (this.loggedSeqs.size > SEQS_REMEMBERED_MAX) this.loggedSeqs.delete(this.loggedSeqs.values().next().value as number);
         this.ctx.log.info("adversary proposal delayed", { seq: item.seq, heldMs: Math.round(now - (item.due - this.delayMs)) });
       }
     }
@@ -170,8 +170,8 @@ export class SlowLeader implements Behaviour {
 
 /** Sends one signed batch per seq to the lowest other replica and another signed batch to the rest. */
 export class EquivocatingLeader implements Behaviour {
-  /** seq -> the second proposal (null: withheld from the second group). */
-  private readonly splits = new Map<number, PrePrepare | null>();
+  /** seq -> the view split and its second proposal (null: withheld from the second group). */
+  private readonly splits = new Map<number, { view: number; other: PrePrepare | null }>();
   private readonly groupA: number;
 
   constructor(private readonly ctx: AdversaryContext) {
@@ -195,9 +195,8 @@ export class EquivocatingLeader implements Behaviour {
   stop(): void {}
 
   private secondProposal(m: PrePrepare, batch: ClientRequest[]): PrePrepare | null {
-    const key = m.seq;
-    const known = this.splits.get(key);
-    if (known !== undefined && known?.view === m.view) return known;
+    const known = this.splits.get(m.seq);
+    if (known !== undefined && known.view === m.view) return known.other;
     let other: PrePrepare | null = null;
     if (batch.length >= 2) {
       const shorter = batch.slice(0, -1);
@@ -205,8 +204,8 @@ export class EquivocatingLeader implements Behaviour {
       unsigned.sig = sign(this.ctx.key, signingBytes(unsigned, this.ctx.clusterId));
       other = { ...unsigned, batch: shorter };
     }
-    this.splits.set(key, other);
-    if (this.splits.size > EQUIVOCATIONS_KEPT_MAX) this.splits.delete(this.splits.keys().next().value as number);
+    this.splits.set(m.seq, { view: m.view, other });
+    if (this.splits.size > SEQS_REMEMBERED_MAX) this.splits.delete(this.splits.keys().next().value as number);
     this.ctx.log.info("adversary proposal split", {
       view: m.view,
       seq: m.seq,

@@ -228,4 +228,38 @@ describe("the adversaries", () => {
     expect(second.digest).not.toEqual(real.digest);
     expect(verify(key.publicKey, signingBytes(second, "it"), second.sig)).toBe(true);
   });
+
+  test("the equivocating leader repeats its split on a retransmission and withholds a one-request batch from the second group", () => {
+    const key = SigningKey.generate();
+    const ctx: AdversaryContext = {
+      id: 0,
+      n: 4,
+      clusterId: "it",
+      key,
+      log: createLog({}, "error"),
+      send: () => true,
+      status: () => ({ view: 0, lastDecided: 0 }),
+    };
+    const client = "cd".repeat(32);
+    const proposal = (seq: number, requests: number): Uint8Array => {
+      const batch = Array.from({ length: requests }, (_, i) => ({
+        client,
+        seq: i + 1,
+        span: 1,
+        body: new Uint8Array([i]),
+        sig: new Uint8Array(64),
+      }));
+      const message = { t: "PRE_PREPARE", view: 0, seq, digest: new Uint8Array(32), batch, sig: new Uint8Array(64) };
+      return encodeEnvelope("ordering", message as unknown as Canonical);
+    };
+    const adversary = new EquivocatingLeader(ctx);
+    const sent: [number, Uint8Array][] = [];
+    const send = (peer: number, out: Uint8Array): boolean => sent.push([peer, out]) > 0;
+    for (const to of [1, 2, 3]) adversary.outgoing(to, proposal(1, 1), send);
+    expect(sent.map(([peer]) => peer)).toEqual([1]);
+    sent.length = 0;
+    for (let round = 0; round < 2; round++) for (const to of [2, 3]) adversary.outgoing(to, proposal(2, 2), send);
+    expect(sent).toHaveLength(4);
+    expect(new Set(sent.map(([, out]) => Buffer.from(out).toString("hex"))).size).toBe(1);
+  });
 });
