@@ -1,7 +1,7 @@
 /**
  * Throughput under attack (run on purpose, not part of `npm test`):
  *
- *   npm run attack [-- --attack NAME] [--events N] [--json] [--help]
+ *   npm run attack [-- --attack NAME] [--events N] [--json] [--logs DIR] [--help]
  *
  * For each attack: four real replicas on 127.0.0.1 (one of them the adversary replica of
  * adversary-replica.ts when the attack needs a replica), a byzantine/total channel, and the
@@ -136,7 +136,7 @@ export interface Options {
 }
 
 export const USAGE = [
-  "usage: npm run attack -- [--attack NAME] [--events N] [--json] [--help]",
+  "usage: npm run attack -- [--attack NAME] [--events N] [--json] [--logs DIR] [--help]",
   "",
   "Runs the fitb bench workload (byzantine/total, 200-byte events) on 4 local replicas,",
   "fault-free and then under each attack, and prints one table.",
