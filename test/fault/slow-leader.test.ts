@@ -1,0 +1,81 @@
+/**
+ * The slow-leader adversary of the attack harness (test/attack/adversary-replica.ts) really
+ * delays its proposals: replica 0, the leader of view 0, holds each PRE_PREPARE just under
+ * the progress timeout, says so in its log, and the group still orders an admin command.
+ * A smoke test of the adversary, not of the defence: the harness (`npm run attack`)
+ * measures that.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+import type { FitbClient } from "../../src/client/index.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { clientFor } from "../integration/client-util.ts";
+import { BUN, REPO, startCluster, type TestCluster } from "../integration/harness.ts";
+import { SLOW_LEADER_DELAY_MS_DEFAULT } from "../attack/adversary-replica.ts";
+
+const ADVERSARY = 0;
+
+describe("the slow-leader adversary", () => {
+  let cluster: TestCluster;
+  let adversary: Subprocess<"ignore", "pipe", "pipe">;
+  const output: string[] = [];
+  let admin: FitbClient;
+
+  beforeAll(async () => {
+    cluster = await startCluster({ start: false });
+    for (let id = 1; id < cluster.n; id++) cluster.start(id);
+    adversary = Bun.spawn(
+      [
+        BUN,
+        join(REPO, "test/attack/adversary-replica.ts"),
+        "--config",
+        cluster.configPath,
+        "--id",
+        String(ADVERSARY),
+        "--behaviour",
+        "slow-leader",
+        "--active",
+      ],
+      { stdin: "ignore", stdout: "pipe", stderr: "pipe" },
+    );
+    void (async () => {
+      const decoder = new TextDecoder();
+      for await (const chunk of adversary.stdout) output.push(decoder.decode(chunk));
+    })();
+    admin = clientFor(cluster, cluster.adminKey);
+  }, 30_000);
+
+  afterAll(async () => {
+    admin?.close();
+    adversary?.kill("SIGKILL");
+    await adversary?.exited;
+    await cluster?.stop();
+  });
+
+  test("holds each proposal just under the progress timeout, and the command is still ordered", async () => {
+    const reply = await admin.admin({
+      t: "create-channel",
+      tag: "slow.leader",
+      fault: "byzantine",
+      order: "total",
+      priority: "normal",
+      public: true,
+    });
+    expect(reply.cmd).toBe("create-channel");
+    const delayed = (): { seq: number; heldMs: number }[] =>
+      output
+        .join("")
+        .split("\n")
+        .filter((line) => line.includes('"adversary proposal delayed"'))
+        .map((line) => JSON.parse(line) as { seq: number; heldMs: number });
+    await waitFor(
+      "a delayed proposal in the adversary's log",
+      () => delayed().length > 0,
+      15_000,
+      () => output.join("").slice(-2_000),
+    );
+    expect(output.join("")).toContain('"adversary attack on"');
+    for (const line of delayed()) expect(line.heldMs).toBeGreaterThanOrEqual(SLOW_LEADER_DELAY_MS_DEFAULT);
+  }, 20_000);
+});
