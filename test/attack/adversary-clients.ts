@@ -27,12 +27,12 @@ import { randomBytes } from "node:crypto";
 import net from "node:net";
 import { buildRequest, requestFrame } from "../../src/client/request.ts";
 import { type ClusterConfig, requireClusterConfig } from "../../src/config/cluster.ts";
-import { signDomain } from "../../src/crypto/ed25519.ts";
+import type { SessionFraming } from "../../src/crypto/session.ts";
 import { loadSigningKeyFile, SigningKey } from "../../src/crypto/keys.ts";
 import { FrameDecoder } from "../../wire/frame.ts";
-import { decodeFrameBody, encodeTypedFrame, type Frame, type Hello } from "../../wire/schemas.ts";
-import { sessionTranscript } from "../../wire/session.ts";
-import { DOMAIN_SESSION_INITIATOR, FRAME_HEADER_BYTES, FrameType, NONCE_BYTES, PROTOCOL_VERSION } from "../../wire/types.ts";
+import { encodeTypedFrame, type Frame } from "../../wire/schemas.ts";
+import { FRAME_HEADER_BYTES, FrameType } from "../../wire/types.ts";
+import { decodeSessionFrame, rawClientAuth, rawClientHello } from "../helpers/client-session.ts";
 
 export const CLIENT_ATTACKS = ["flood-valid", "bad-signatures", "malformed", "oversize", "gapped-seqs", "idle"] as const;
 export type ClientAttackName = (typeof CLIENT_ATTACKS)[number];
@@ -83,6 +83,8 @@ class RawSession {
   private readonly decoder = new FrameDecoder({ copyPayloads: true });
   private readonly waiters: { type: number; resolve: (frame: Frame | null) => void }[] = [];
   private closedWaiters: (() => void)[] = [];
+  /** The session's MAC keys once AUTH is sent; null before. */
+  private framing: SessionFraming | null = null;
 
   constructor(
     port: number,
@@ -112,28 +114,30 @@ class RawSession {
     });
   }
 
-  /** HELLO, HELLO_ACK, AUTH; true once the replica took the session (a PING is answered). */
+  /**
+   * HELLO, HELLO_ACK, AUTH; true once the replica took the session (a PING is answered).
+   * Every frame after AUTH is sealed with the session's MAC (wire/PROTOCOL.md 5.2), in both
+   * directions, as a real client's.
+   */
   async handshake(key: SigningKey): Promise<boolean> {
     if (!(await this.connected())) return false;
-    const hello: Hello = { v: PROTOCOL_VERSION, role: "client", key: key.publicKey, nonce: new Uint8Array(randomBytes(NONCE_BYTES)) };
+    const state = rawClientHello(key);
     const ackWait = this.next(FrameType.HELLO_ACK);
-    this.write(encodeTypedFrame({ type: FrameType.HELLO, body: hello }));
+    this.write(encodeTypedFrame({ type: FrameType.HELLO, body: state.hello }));
     const ack = await ackWait;
     if (ack?.type !== FrameType.HELLO_ACK) return false;
+    const { auth, framing } = rawClientAuth(key, state, ack.body);
     const pongWait = this.next(FrameType.PONG);
-    this.write(
-      encodeTypedFrame({
-        type: FrameType.AUTH,
-        body: { sig: signDomain(key, DOMAIN_SESSION_INITIATOR, sessionTranscript(hello, ack.body)) },
-      }),
-    );
+    this.write(encodeTypedFrame(auth));
+    this.framing = framing;
     this.write(encodeTypedFrame({ type: FrameType.PING, body: { n: 1 } }));
     return (await pongWait) !== null;
   }
 
-  /** Writes; false when the kernel buffer is full (wait for drained()). */
-  write(bytes: Uint8Array): boolean {
+  /** Writes (sealed once the handshake is done); false when the kernel buffer is full (wait for drained()). */
+  write(frame: Uint8Array): boolean {
     if (this.closed) return false;
+    const bytes = this.framing === null ? frame : this.framing.sealer.seal(frame);
     this.counters.framesSent++;
     this.counters.bytesSent += bytes.byteLength;
     return this.socket.write(bytes);
@@ -172,7 +176,7 @@ class RawSession {
   private onData(chunk: Buffer): void {
     for (const result of this.decoder.push(new Uint8Array(chunk))) {
       if (!result.ok) continue;
-      const decoded = decodeFrameBody(result.type, result.payload);
+      const decoded = decodeSessionFrame({ type: result.type, payload: result.payload }, this.framing);
       if (!decoded.ok) continue;
       const frame = decoded.frame;
       if (frame.type === FrameType.REPLY) this.counters.repliesReceived++;

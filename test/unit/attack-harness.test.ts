@@ -210,6 +210,7 @@ describe("the adversaries", () => {
       view: 0,
       seq: 7,
       digest: new Uint8Array(32).fill(9),
+      ts: 1_764_000_000_000,
       batch: null,
       sig: new Uint8Array(64),
     } as PrePrepare;
@@ -249,7 +250,7 @@ describe("the adversaries", () => {
         body: new Uint8Array([i]),
         sig: new Uint8Array(64),
       }));
-      const message = { t: "PRE_PREPARE", view: 0, seq, digest: new Uint8Array(32), batch, sig: new Uint8Array(64) };
+      const message = { t: "PRE_PREPARE", view: 0, seq, digest: new Uint8Array(32), ts: 0, batch, sig: new Uint8Array(64) };
       return encodeEnvelope("ordering", message as unknown as Canonical);
     };
     const adversary = new EquivocatingLeader(ctx);
