@@ -615,16 +615,10 @@ async function runRowWithRetries(
       progress(`[${index + 1}/${total}] ${spec.name}: ${error.message}; ${attempt < ROW_ATTEMPTS_MAX ? "again" : "giving up"}`);
       if (attempt >= ROW_ATTEMPTS_MAX) {
         return {
+          ...unmeasured(`${ROW_ATTEMPTS_MAX} attempts: ${error.message}`),
           attack: spec.name,
           what: spec.what,
           leaderAttack: spec.kind === "replica" && spec.adversary === 0,
-          faultFree: null,
-          underAttack: null,
-          viewChanges: null,
-          replaceLeaderMs: null,
-          afterReplacementEventsPerSecond: null,
-          adversaryReport: null,
-          error: `${ROW_ATTEMPTS_MAX} attempts: ${error.message}`,
           retries: notes,
         };
       }
@@ -750,16 +744,7 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
     if (error instanceof RetryRow) throw error;
     const message = error instanceof Error ? error.message : String(error);
     progress(`${tagOf}: failed: ${message}`);
-    return {
-      ...base,
-      faultFree: null,
-      underAttack: null,
-      viewChanges: null,
-      replaceLeaderMs: null,
-      afterReplacementEventsPerSecond: null,
-      adversaryReport: null,
-      error: message,
-    };
+    return { ...base, ...unmeasured(message) };
   } finally {
     admin?.close();
     attackerProc?.proc.kill("SIGKILL");
@@ -833,3 +818,16 @@ async function main(): Promise<void> {
 }
 
 if (import.meta.main) await main();
+
+/** The figures of a row that could not be measured, and why. */
+function unmeasured(error: string) {
+  return {
+    faultFree: null,
+    underAttack: null,
+    viewChanges: null,
+    replaceLeaderMs: null,
+    afterReplacementEventsPerSecond: null,
+    adversaryReport: null,
+    error,
+  };
+}

@@ -11,7 +11,7 @@ import { formatPublicKey, loadSigningKeyFile, SigningKey } from "../../src/crypt
 import { encodeTypedFrame } from "../../wire/schemas.ts";
 import { FrameType, PROTOCOL_VERSION } from "../../wire/types.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { clientFor, createChannels, encode } from "./client-util.ts";
+import { clientFor, encode, startClusterWithChannels } from "./client-util.ts";
 import { BUN, logTail, MAIN, startCluster, type TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
@@ -49,13 +49,7 @@ async function waitForLine(id: number, what: string, match: (line: Record<string
 }
 
 beforeAll(async () => {
-  cluster = await startCluster();
-  const admin = clientFor(cluster, cluster.adminKey);
-  try {
-    await createChannels(admin, loadSigningKeyFile(cluster.clientKey).key.publicKey);
-  } finally {
-    admin.close();
-  }
+  cluster = await startClusterWithChannels();
 }, 60_000);
 
 afterAll(async () => {

@@ -6,7 +6,8 @@ import { loadClientSetup } from "../../src/client/setup.ts";
 import { FitbClient, type ReceivedBatch } from "../../src/client/index.ts";
 import type { AdminCmd } from "../../wire/schemas.ts";
 import { waitFor } from "../helpers/wait.ts";
-import type { TestCluster } from "./harness.ts";
+import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import { startCluster, type TestCluster } from "./harness.ts";
 
 export function clientFor(cluster: TestCluster, keyPath: string): FitbClient {
   const setup = loadClientSetup(cluster.configPath, keyPath);
@@ -29,6 +30,18 @@ export async function createChannels(admin: FitbClient, publisher: Uint8Array): 
     await admin.admin(create);
     await admin.admin({ t: "register", tag: c.tag, role: "publisher", key: publisher });
   }
+}
+
+/** A started test cluster with the four example channels, the cluster's client key registered on each. */
+export async function startClusterWithChannels(): Promise<TestCluster> {
+  const cluster = await startCluster();
+  const admin = clientFor(cluster, cluster.adminKey);
+  try {
+    await createChannels(admin, loadSigningKeyFile(cluster.clientKey).key.publicKey);
+  } finally {
+    admin.close();
+  }
+  return cluster;
 }
 
 export interface Delivered {

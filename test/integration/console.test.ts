@@ -12,8 +12,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Subprocess } from "bun";
 import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { clientFor, createChannels, encode } from "./client-util.ts";
-import { BUN, freePortRange, MAIN, startCluster, type TestCluster } from "./harness.ts";
+import { clientFor, encode, startClusterWithChannels } from "./client-util.ts";
+import { BUN, freePortRange, MAIN, type TestCluster } from "./harness.ts";
 
 const CHROMIUM = Bun.which("chromium") ?? Bun.which("chromium-browser");
 
@@ -45,13 +45,7 @@ async function startConsole(key: string, port: number): Promise<string> {
 }
 
 beforeAll(async () => {
-  cluster = await startCluster();
-  const admin = clientFor(cluster, cluster.adminKey);
-  try {
-    await createChannels(admin, loadSigningKeyFile(cluster.clientKey).key.publicKey);
-  } finally {
-    admin.close();
-  }
+  cluster = await startClusterWithChannels();
   const ports = freePortRange(2);
   adminUrl = await startConsole(cluster.adminKey, ports);
   readOnlyPort = ports + 1;

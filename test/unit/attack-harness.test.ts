@@ -53,6 +53,11 @@ function row(attack: string, faultFree: number, underAttack: number, extra: Part
   };
 }
 
+/** The context of an adversary that leads view 0 of a 4-replica group and sends nowhere. */
+function leaderContext(key: SigningKey): AdversaryContext {
+  return { id: 0, n: 4, clusterId: "it", key, log: createLog({}, "error"), send: () => true, status: () => ({ view: 0, lastDecided: 0 }) };
+}
+
 describe("npm run attack: arguments", () => {
   test("no arguments: every attack, the default event count, a table", () => {
     expect(parseOptions([])).toEqual({ attacks: ATTACKS, events: EVENTS_DEFAULT, json: false, help: false, logsDir: null });
@@ -194,15 +199,7 @@ describe("the adversaries", () => {
 
   test("the equivocating leader sends the real proposal to one backup and another validly signed one to the rest", () => {
     const key = SigningKey.generate();
-    const ctx: AdversaryContext = {
-      id: 0,
-      n: 4,
-      clusterId: "it",
-      key,
-      log: createLog({}, "error"),
-      send: () => true,
-      status: () => ({ view: 0, lastDecided: 0 }),
-    };
+    const ctx = leaderContext(key);
     const client = "ab".repeat(32);
     const batch = [1, 2, 3].map((seq) => ({ client, seq, span: 1, body: new Uint8Array([seq]), sig: new Uint8Array(64) }));
     const header = {
@@ -232,15 +229,7 @@ describe("the adversaries", () => {
 
   test("the equivocating leader repeats its split on a retransmission and withholds a one-request batch from the second group", () => {
     const key = SigningKey.generate();
-    const ctx: AdversaryContext = {
-      id: 0,
-      n: 4,
-      clusterId: "it",
-      key,
-      log: createLog({}, "error"),
-      send: () => true,
-      status: () => ({ view: 0, lastDecided: 0 }),
-    };
+    const ctx = leaderContext(key);
     const client = "cd".repeat(32);
     const proposal = (seq: number, requests: number): Uint8Array => {
       const batch = Array.from({ length: requests }, (_, i) => ({
