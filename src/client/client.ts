@@ -26,6 +26,7 @@ import { FrameType, type ErrorCode } from "../../wire/types.ts";
 import type { Canonical } from "../../wire/canonical.ts";
 import { liveQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import type { ClusterConfig } from "../config/cluster.ts";
+import { type ChannelKeys, type ChannelListing, listChannelsRule, parseChannelKeys } from "./channel-listing.ts";
 import { summarizeStatus, type ClusterStatus } from "./cluster-status.ts";
 import type { ReplicaConnection } from "./connection.ts";
 import { ClientClosedError, ClientError, NoQuorumError, QueueFullError } from "./errors.ts";
@@ -35,7 +36,6 @@ import {
   channelInfoRule,
   eachRule,
   matchingRule,
-  parseChannelList,
   parseClientSeq,
   parseStatus,
   rankRule,
@@ -94,7 +94,7 @@ export interface AdminAck {
 
 export type QueryResult =
   | { readonly kind: "status"; readonly value: ClusterStatus }
-  | { readonly kind: "list-channels"; readonly value: readonly ChannelInfo[] }
+  | { readonly kind: "list-channels"; readonly value: readonly ChannelListing[] }
   | { readonly kind: "channel-info"; readonly value: ChannelInfo }
   | { readonly kind: "client-seq"; readonly value: number };
 
@@ -372,10 +372,18 @@ export class FitbClient {
     return this.runQuery(body, rule);
   }
 
-  /** Every channel, sorted by tag, from f+1 matching answers. */
-  listChannels(): Promise<readonly ChannelInfo[]> {
-    const rule = matchingRule(this.n, this.f, "list-channels", (res) => parseChannelList(res) as Canonical | null);
-    return this.runQuery({ id: 0, q: "list-channels" }, rule) as Promise<unknown> as Promise<readonly ChannelInfo[]>;
+  /** Every channel, sorted by tag: CLASS and key counts from f+1 matching answers, with retention figures. */
+  listChannels(): Promise<readonly ChannelListing[]> {
+    return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.n, this.f));
+  }
+
+  /** A channel's registered publisher and subscriber keys, from f+1 matching answers. */
+  channelKeys(tag: string): Promise<ChannelKeys> {
+    checkTag(tag);
+    const floor = this.floor.value;
+    const rule = matchingRule(this.n, this.f, `channel-info ${tag}`, (res) => parseChannelKeys(res) as Canonical | null);
+    const body: Query = { id: 0, q: "channel-info", tag, keys: true, ...(floor > 0 ? { after: floor } : {}) };
+    return this.runQuery(body, rule) as Promise<unknown> as Promise<ChannelKeys>;
   }
 
   /**

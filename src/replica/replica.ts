@@ -17,11 +17,19 @@ import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import type { SigningKey } from "../crypto/keys.ts";
 import { ChannelMachine } from "../core/channels/machine.ts";
-import type { ChannelError, StoredBatch, TrimmedError } from "../core/channels/types.ts";
+import type { ChannelError, ChannelInfo, StoredBatch, TrimmedError } from "../core/channels/types.ts";
 import type { ClientRequest } from "../core/ordering/messages.ts";
 import type { Refusal } from "../core/ordering/types.ts";
 import { type Canonical, tryDecodeCanonical } from "../../wire/canonical.ts";
-import { decodeRequestBody, type Frame, type Reply, type Request, type RequestFrame, type SignedRequest } from "../../wire/schemas.ts";
+import {
+  decodeRequestBody,
+  type Frame,
+  type Query,
+  type Reply,
+  type Request,
+  type RequestFrame,
+  type SignedRequest,
+} from "../../wire/schemas.ts";
 import { type ErrorCode, FrameType } from "../../wire/types.ts";
 import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
@@ -177,7 +185,7 @@ export class Replica {
       case FrameType.REQUEST:
         return this.onRequest(session, frame.body);
       case FrameType.QUERY:
-        return this.onQuery(session, frame.body.id, frame.body.q, "tag" in frame.body ? frame.body.tag : undefined, frame.body.after);
+        return this.onQuery(session, frame.body);
       case FrameType.SUBSCRIBE:
         return this.subs.subscribe(session, frame.body.sub, frame.body.tag, frame.body.from, frame.body.after);
       case FrameType.UNSUBSCRIBE:
@@ -378,6 +386,7 @@ export class Replica {
         if (result.ok) {
           reply = { seq: request.seq, replica: this.options.id, d: digest, ok: true, res: { t: "admin", cmd: result.cmd, at: decidedSeq } };
           if (result.cmd === "destroy-channel") this.subs.channelDestroyed(result.tag);
+          if (result.cmd === "unregister" && result.role === "subscriber") this.subs.accessRevoked(result.tag);
           this.options.log.info("admin command executed", { cmd: result.cmd, tag: result.tag, seq: decidedSeq });
         } else {
           reply = failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason);
@@ -448,7 +457,9 @@ export class Replica {
   // Queries (read-only, answered from this replica's state)
   // ---------------------------------------------------------------------------------
 
-  private onQuery(session: ClientSession, id: number, q: string, tag: string | undefined, after: number | undefined): void {
+  private onQuery(session: ClientSession, query: Query): void {
+    const { id, q, after } = query;
+    const tag = "tag" in query ? query.tag : undefined;
     const answer = (res: Canonical): void => {
       session.conn.send({ type: FrameType.QUERY_REPLY, body: { id, replica: this.options.id, ok: true, res, at: this.executedSeq } });
     };
@@ -462,15 +473,19 @@ export class Replica {
       case "status":
         return answer(this.status());
       case "list-channels":
-        return answer({ channels: this.machine.listChannels().map(channelSummary) });
+        return answer({ channels: this.machine.listChannels().map(channelListing) });
       case "channel-info": {
         const info = tag === undefined ? null : this.machine.channelInfo(tag);
         if (info === null) {
-          const again = (expired: boolean): void => this.onQuery(session, id, q, tag, expired ? undefined : after);
+          const again = (expired: boolean): void => this.onQuery(session, expired ? { ...query, after: undefined } : query);
           if (this.holdUntilExecuted(session, after, again)) return;
           return refuse("UNKNOWN_CHANNEL", `no channel ${tag ?? ""}`);
         }
-        return answer({ ...channelSummary(info), next: info.nextSeq, oldest: info.oldestSeq });
+        const keys = "keys" in query && query.keys === true ? this.machine.channelKeys(info.tag) : null;
+        return answer({
+          ...channelListing(info),
+          ...(keys === null ? {} : { publisherKeys: keys.publishers, subscriberKeys: keys.subscribers }),
+        });
       }
       case "client-seq":
         return answer({ last: this.lastSeqOf(session.keyHex, tag) });
@@ -521,10 +536,28 @@ function toJson(value: Canonical): unknown {
   return value;
 }
 
-function channelSummary(info: { tag: string; fault: string; order: string; priority: string; public: boolean }): {
-  [key: string]: Canonical;
-} {
-  return { tag: info.tag, fault: info.fault, order: info.order, priority: info.priority, public: info.public };
+/**
+ * A channel as list-channels and channel-info describe it (PROTOCOL.md section 8): its
+ * CLASS and access, how many keys are registered, and how much of its retention it uses.
+ * `next`, `oldest`, `events` and `bytes` differ between correct replicas (execution
+ * progress; each replica's own store of unordered channels), so clients vote only on the
+ * rest.
+ */
+function channelListing(info: ChannelInfo): { [key: string]: Canonical } {
+  return {
+    tag: info.tag,
+    fault: info.fault,
+    order: info.order,
+    priority: info.priority,
+    public: info.public,
+    publishers: info.publishers,
+    subscribers: info.subscribers,
+    retention: { events: info.retention.events, bytes: info.retention.bytes, ageMs: info.retention.ageMs },
+    next: info.nextSeq,
+    oldest: info.oldestSeq,
+    events: info.retainedEvents,
+    bytes: info.retainedBytes,
+  };
 }
 
 /** What a client is told for each kind of refusal by the ordering core. */

@@ -129,6 +129,22 @@ export class Subscriptions {
   }
 
   /**
+   * A subscriber key was unregistered from `tag`: each live subscription whose key may no
+   * longer read it (a private channel) ends as UNAUTHORIZED. Called at the decided seq of
+   * the revocation, so every correct replica ends the same subscriptions, and the client
+   * sees f+1 agreeing ends. On a public channel nothing ends.
+   */
+  accessRevoked(tag: string): void {
+    const subs = this.byTag.get(tag);
+    if (subs === undefined) return;
+    for (const subscription of [...subs.values()]) {
+      if (this.machine.canSubscribe(tag, subscription.session.key)) continue;
+      this.remove(subscription);
+      this.end(subscription.session, subscription.sub, "UNAUTHORIZED", `the subscriber key was unregistered from ${tag}`);
+    }
+  }
+
+  /**
    * The channel state jumped to an installed snapshot: live subscribers would silently
    * miss the decisions it covers, and a channel destroyed and created again in that range
    * would go on feeding them with no new access check. Every live subscription is ended

@@ -3,8 +3,9 @@
  * cluster status.
  *
  *   create-channel TAG --fault crash|byzantine --order none|total --priority low|normal|high|critical [--public]
- *   destroy-channel TAG
+ *   destroy-channel TAG [--yes]
  *   register TAG --publisher PUBKEY | --subscriber PUBKEY
+ *   unregister TAG --publisher PUBKEY | --subscriber PUBKEY
  *   list-channels [--json]
  *   status [--json]
  *
@@ -15,7 +16,6 @@
  */
 import type { AdminCmd } from "../../../wire/schemas.ts";
 import type { FitbClient, ClusterStatus } from "../../client/client.ts";
-import type { ChannelInfo } from "../../client/queries.ts";
 import { loadClientSetup } from "../../client/setup.ts";
 import { byzantineQuorum, vouchQuorum } from "../../core/voting/quorum.ts";
 import { bytesEqual } from "../../crypto/encoding.ts";
@@ -23,9 +23,10 @@ import { formatPublicKey, tryParsePublicKey } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
+import { checkDestroy, printChannels } from "./admin-channels.ts";
 import { CONFIG_FLAG, keyFlag, openClient, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors, type ClientFlags } from "./pub.ts";
 
-const SUBCOMMANDS = ["create-channel", "destroy-channel", "register", "list-channels", "status"] as const;
+const SUBCOMMANDS = ["create-channel", "destroy-channel", "register", "unregister", "list-channels", "status"] as const;
 type Subcommand = (typeof SUBCOMMANDS)[number];
 
 const FAULTS = ["crash", "byzantine"] as const;
@@ -36,29 +37,35 @@ const DEFAULT_PRIORITY = "normal";
 /** Flags each subcommand accepts besides the common ones; any other is a usage error. */
 const SUBCOMMAND_FLAGS: Readonly<Record<Subcommand, readonly string[]>> = {
   "create-channel": ["fault", "order", "priority", "public"],
-  "destroy-channel": [],
+  "destroy-channel": ["yes"],
   register: ["publisher", "subscriber"],
+  unregister: ["publisher", "subscriber"],
   "list-channels": ["json"],
   status: ["json"],
 };
-const SPECIFIC_FLAGS = ["fault", "order", "priority", "public", "publisher", "subscriber", "json"] as const;
-const BOOLEAN_FLAGS: ReadonlySet<string> = new Set(["public", "json"]);
+const SPECIFIC_FLAGS = ["fault", "order", "priority", "public", "publisher", "subscriber", "json", "yes"] as const;
+const BOOLEAN_FLAGS: ReadonlySet<string> = new Set(["public", "json", "yes"]);
 
 export const adminCommand: Command = {
   path: ["admin"],
-  summary: "Create, destroy and list channels, register keys, show cluster status",
+  summary: "Create, destroy and list channels, register and revoke keys, show cluster status",
   description: [
     "Commands:",
     "  create-channel TAG --fault crash|byzantine --order none|total [--priority P] [--public]",
     `      Creates channel TAG with its CLASS (priority: ${PRIORITIES.join("|")}, default ${DEFAULT_PRIORITY}).`,
     "      --public lets any authenticated client subscribe; publishers must always be registered.",
-    "  destroy-channel TAG",
+    "  destroy-channel TAG [--yes]",
+    "      Deletes the channel and its stored events; asks for --yes when it holds events.",
     "  register TAG --publisher PUBKEY | --subscriber PUBKEY",
     "      Allows the key (ed25519:...) to publish to, or subscribe to, channel TAG.",
-    "  list-channels [--json]       Channels and their CLASS (--json: one object per channel)",
+    "  unregister TAG --publisher PUBKEY | --subscriber PUBKEY",
+    "      Revokes it: the key's later publishes are refused by every replica; a revoked",
+    "      subscriber's live subscriptions to a private channel end.",
+    "  list-channels [--json]       Channels: CLASS, registered keys, last seq, retention use",
+    "                               (--json: one object per channel, with the keys)",
     "  status [--json]              Replicas up, view, leader, last decided seq, channels;",
     "                               exits 1 when fewer than 2f+1 replicas answered",
-    "create-channel, destroy-channel and register must be signed by an admin key of the",
+    "create-channel, destroy-channel, register and unregister must be signed by an admin key of the",
     "cluster file; they are ordered through Byzantine agreement and acknowledged by f+1",
     "matching replies. list-channels takes f+1 matching answers; status shows every replica.",
   ],
@@ -74,18 +81,20 @@ export const adminCommand: Command = {
       description: `create-channel: the priority (default ${DEFAULT_PRIORITY})`,
     },
     { name: "public", kind: "boolean", description: "create-channel: any authenticated client may subscribe" },
-    { name: "publisher", kind: "string", valueName: "PUBKEY", description: "register: the key allowed to publish" },
-    { name: "subscriber", kind: "string", valueName: "PUBKEY", description: "register: the key allowed to subscribe" },
+    { name: "publisher", kind: "string", valueName: "PUBKEY", description: "register, unregister: the publisher key" },
+    { name: "subscriber", kind: "string", valueName: "PUBKEY", description: "register, unregister: the subscriber key" },
+    { name: "yes", kind: "boolean", description: "destroy-channel: destroy even though the channel holds events" },
     { name: "json", kind: "boolean", description: "list-channels, status: print JSON, one object per line" },
     ...TIMEOUT_FLAGS,
   ],
   positionals: [
     { name: "COMMAND", description: SUBCOMMANDS.join(" | "), required: true },
-    { name: "TAG", description: "The channel (create-channel, destroy-channel, register)", required: false },
+    { name: "TAG", description: "The channel (create-channel, destroy-channel, register, unregister)", required: false },
   ],
   examples: [
     "fitb admin --config cluster.toml --key admin.key create-channel sec.alerts --fault byzantine --order total --priority critical",
     "fitb admin --config cluster.toml --key admin.key register sec.alerts --publisher ed25519:...",
+    "fitb admin --config cluster.toml --key admin.key unregister sec.alerts --publisher ed25519:...",
     "fitb admin --config cluster.toml --key admin.key status --json",
   ],
   run: runAdmin,
@@ -93,7 +102,7 @@ export const adminCommand: Command = {
 
 /** A fully validated invocation: what to do, decided before any file is read. */
 type AdminAction =
-  | { readonly t: "change"; readonly cmd: AdminCmd }
+  | { readonly t: "change"; readonly cmd: AdminCmd; readonly yes: boolean }
   | { readonly t: "list-channels"; readonly json: boolean }
   | { readonly t: "status"; readonly json: boolean };
 
@@ -123,11 +132,12 @@ export function parseAction(args: ParsedArgs): AdminAction {
       if (tagText !== undefined) throw new UsageError(`${subcommand} takes no TAG, got ${JSON.stringify(tagText)}`);
       return { t: subcommand, json: args.boolean("json") };
     case "create-channel":
-      return { t: "change", cmd: createChannelCmd(requireTag(requiredTag(tagText, subcommand)), args) };
+      return { t: "change", cmd: createChannelCmd(requireTag(requiredTag(tagText, subcommand)), args), yes: false };
     case "destroy-channel":
-      return { t: "change", cmd: { t: "destroy-channel", tag: requireTag(requiredTag(tagText, subcommand)) } };
+      return { t: "change", cmd: { t: "destroy-channel", tag: requireTag(requiredTag(tagText, subcommand)) }, yes: args.boolean("yes") };
     case "register":
-      return { t: "change", cmd: registerCmd(requireTag(requiredTag(tagText, subcommand)), args) };
+    case "unregister":
+      return { t: "change", cmd: keyCmd(subcommand, requireTag(requiredTag(tagText, subcommand)), args), yes: false };
     default: {
       const unreachable: never = subcommand;
       throw new UsageError(`unknown admin command ${String(unreachable)}`);
@@ -169,17 +179,17 @@ function createChannelCmd(tag: string, args: ParsedArgs): AdminCmd {
   };
 }
 
-function registerCmd(tag: string, args: ParsedArgs): AdminCmd {
+function keyCmd(t: "register" | "unregister", tag: string, args: ParsedArgs): AdminCmd {
   const publisher = args.string("publisher");
   const subscriber = args.string("subscriber");
   if ((publisher === undefined) === (subscriber === undefined)) {
-    throw new UsageError("register needs exactly one of --publisher PUBKEY or --subscriber PUBKEY");
+    throw new UsageError(`${t} needs exactly one of --publisher PUBKEY or --subscriber PUBKEY`);
   }
   const role = publisher !== undefined ? "publisher" : "subscriber";
   const text = (publisher ?? subscriber) as string;
   const parsed = tryParsePublicKey(text);
   if (!parsed.ok) throw new UsageError(`--${role}: ${parsed.reason}`);
-  return { t: "register", tag, role, key: parsed.key };
+  return { t, tag, role, key: parsed.key };
 }
 
 /** Changes need an admin key; saying so here beats an UNAUTHORIZED from every replica. */
@@ -195,10 +205,11 @@ function checkAdminKey(flags: ClientFlags): void {
 async function perform(client: FitbClient, action: AdminAction, io: CommandIo): Promise<number> {
   switch (action.t) {
     case "change":
+      if (action.cmd.t === "destroy-channel") await checkDestroy(client, action.cmd.tag, action.yes);
       io.out(describeChange(action.cmd, await client.admin(action.cmd)));
       return EXIT_OK;
     case "list-channels":
-      printChannels(await client.listChannels(), action.json, io);
+      await printChannels(client, await client.listChannels(), action.json, io);
       return EXIT_OK;
     case "status":
       return printStatus(client, await client.status(), action.json, io);
@@ -221,29 +232,12 @@ function describeChange(cmd: AdminCmd, ack: { replicas: readonly number[]; at: n
       return `ok: destroyed channel ${cmd.tag} ${by}`;
     case "register":
       return `ok: registered ${formatPublicKey(cmd.key)} as ${cmd.role} of ${cmd.tag} ${by}`;
+    case "unregister":
+      return `ok: unregistered ${formatPublicKey(cmd.key)} as ${cmd.role} of ${cmd.tag} ${by}`;
     default: {
       const unreachable: never = cmd;
       return String(unreachable);
     }
-  }
-}
-
-function printChannels(channels: readonly ChannelInfo[], json: boolean, io: CommandIo): void {
-  if (json) {
-    for (const channel of channels) io.out(JSON.stringify(channel));
-    return;
-  }
-  if (channels.length === 0) {
-    io.out("no channels");
-    return;
-  }
-  const width = Math.max(3, ...channels.map((channel) => channel.tag.length));
-  io.out(`${"TAG".padEnd(width)}  FAULT      ORDER  PRIORITY  SUBSCRIBE`);
-  for (const channel of channels) {
-    const access = channel.public ? "public" : "registered";
-    io.out(
-      `${channel.tag.padEnd(width)}  ${channel.fault.padEnd(9)}  ${channel.order.padEnd(5)}  ${channel.priority.padEnd(8)}  ${access}`,
-    );
   }
 }
 

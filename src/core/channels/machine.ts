@@ -19,7 +19,7 @@
 import { bytesEqual, toHex } from "../../../wire/bytes.ts";
 import { chainNext, type BatchRecord } from "./batch-log.ts";
 
-import { Channel } from "./channel.ts";
+import { Channel, sortedKeys } from "./channel.ts";
 import { checkChannelsConfig, DEFAULT_CHANNELS_CONFIG, type ChannelsConfig } from "./config.ts";
 import { DIGEST_BYTES, KEYS_PER_CHANNEL_MAX, PUBLIC_KEY_BYTES, READ_BATCHES_MAX, UNORDERED_RETRY_SCAN_MAX } from "./constants.ts";
 import { signedRequestDigest } from "./request.ts";
@@ -46,6 +46,7 @@ import {
   type StoredBatch,
   type TrimReport,
   type UnorderedPublishOutcome,
+  type UnregisterCmd,
 } from "./types.ts";
 
 export type ChannelMachineOptions = {
@@ -100,6 +101,8 @@ export class ChannelMachine {
         return this.destroyChannel(cmd.tag);
       case "register":
         return this.register(cmd);
+      case "unregister":
+        return this.unregister(cmd);
       default:
         return refuse("bad-request", `unknown admin command ${String((cmd as { t: unknown }).t)}`);
     }
@@ -130,20 +133,41 @@ export class ChannelMachine {
   }
 
   private register(cmd: RegisterCmd): AdminResult {
-    if (cmd.role !== "publisher" && cmd.role !== "subscriber") {
-      return refuse("bad-request", "role must be publisher or subscriber");
-    }
-    if (!(cmd.key instanceof Uint8Array) || cmd.key.length !== PUBLIC_KEY_BYTES) {
-      return refuse("bad-request", `key must be ${PUBLIC_KEY_BYTES} bytes`);
-    }
-    const channel = this.state.channels.get(cmd.tag);
-    if (channel === undefined) return refuse("unknown-channel", `no channel ${cmd.tag}`);
+    const channel = this.keyCommandChannel(cmd);
+    if (!(channel instanceof Channel)) return channel;
     const keys = channel.keys(cmd.role);
     if (!keys.has(toHex(cmd.key)) && keys.size >= KEYS_PER_CHANNEL_MAX) {
       return refuse("keys-full", `at most ${KEYS_PER_CHANNEL_MAX} ${cmd.role}s per channel`);
     }
     const added = channel.register(cmd.role, cmd.key);
     return { ok: true, cmd: "register", tag: cmd.tag, role: cmd.role, added };
+  }
+
+  /**
+   * Revokes a key. Refused when the key is not registered in that role, so that a typo
+   * in the key is reported rather than taken for a revocation. From the next decided
+   * input on, a revoked publisher's requests are refused (`checkPublish`) and a revoked
+   * subscriber may no longer read a private channel; the runtime ends its live
+   * subscriptions there.
+   */
+  private unregister(cmd: UnregisterCmd): AdminResult {
+    const channel = this.keyCommandChannel(cmd);
+    if (!(channel instanceof Channel)) return channel;
+    if (!channel.unregister(cmd.role, cmd.key)) {
+      return refuse("bad-request", `the key is not a registered ${cmd.role} of ${cmd.tag}`);
+    }
+    return { ok: true, cmd: "unregister", tag: cmd.tag, role: cmd.role };
+  }
+
+  /** The checks register and unregister share; returns the channel when they pass. */
+  private keyCommandChannel(cmd: RegisterCmd | UnregisterCmd): Channel | ChannelError {
+    if (cmd.role !== "publisher" && cmd.role !== "subscriber") {
+      return refuse("bad-request", "role must be publisher or subscriber");
+    }
+    if (!(cmd.key instanceof Uint8Array) || cmd.key.length !== PUBLIC_KEY_BYTES) {
+      return refuse("bad-request", `key must be ${PUBLIC_KEY_BYTES} bytes`);
+    }
+    return this.state.channels.get(cmd.tag) ?? refuse("unknown-channel", `no channel ${cmd.tag}`);
   }
 
   // ---------------------------------------------------------------------------------
@@ -340,6 +364,13 @@ export class ChannelMachine {
 
   isPublisher(tag: string, key: Uint8Array): boolean {
     return this.state.channels.get(tag)?.isPublisher(key) ?? false;
+  }
+
+  /** A channel's registered keys, each list in ascending bytewise order; null: no channel. */
+  channelKeys(tag: string): { readonly publishers: Uint8Array[]; readonly subscribers: Uint8Array[] } | null {
+    const channel = this.state.channels.get(tag);
+    if (channel === undefined) return null;
+    return { publishers: sortedKeys(channel.publishers), subscribers: sortedKeys(channel.subscribers) };
   }
 
   /** isPublisher for a key in lowercase hex. */

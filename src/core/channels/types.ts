@@ -68,7 +68,14 @@ export type RegisterCmd = {
   readonly role: RegisterRole;
   readonly key: Uint8Array;
 };
-export type AdminCmd = CreateChannelCmd | DestroyChannelCmd | RegisterCmd;
+/** Revokes a key's registration: a compromised probe key is removed without destroying the channel. */
+export type UnregisterCmd = {
+  readonly t: "unregister";
+  readonly tag: string;
+  readonly role: RegisterRole;
+  readonly key: Uint8Array;
+};
+export type AdminCmd = CreateChannelCmd | DestroyChannelCmd | RegisterCmd | UnregisterCmd;
 export type AdminOp = { readonly t: "admin"; readonly cmd: AdminCmd };
 
 /** What a client signs. A pub request's events carry publisher seqs seq .. seq+span-1. */
@@ -139,7 +146,8 @@ export type AdminOk =
       readonly tag: string;
       readonly role: RegisterRole;
       readonly added: boolean;
-    };
+    }
+  | { readonly ok: true; readonly cmd: "unregister"; readonly tag: string; readonly role: RegisterRole };
 export type AdminResult = AdminOk | ChannelError;
 
 /** Acknowledgement of an ordered publish: the channel seqs its events received. */
