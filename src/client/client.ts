@@ -29,7 +29,7 @@ import type { ClusterConfig } from "../config/cluster.ts";
 import { type ChannelKeys, type ChannelListing, listChannelsRule, parseChannelKeys } from "./channel-listing.ts";
 import { summarizeStatus, type ClusterStatus } from "./cluster-status.ts";
 import type { ReplicaConnection } from "./connection.ts";
-import { ClientClosedError, ClientError, NoQuorumError, QueueFullError } from "./errors.ts";
+import { ClientClosedError, ClientError, NoQuorumError, QueueFullError, ReplicaUnreachableError } from "./errors.ts";
 import { ExecutedFloor } from "./executed-floor.ts";
 import { resolveOptions, type ClientLimits, type ClientTimeouts, type FitbClientOptions, type ResolvedOptions } from "./options.ts";
 import {
@@ -58,6 +58,9 @@ export { summarizeStatus, type ClusterStatus, type ReplicaStatus } from "./clust
  * goes on (they keep connecting in the background).
  */
 export const SESSION_GRACE_MS = 1_000;
+
+/** Connection failures that retrying within seconds will not cure (describeSocketError's words). */
+const DEFINITE_REFUSALS: ReadonlySet<string> = new Set(["connection refused", "host name not found"]);
 /** The client's timers look at deadlines this often at most. */
 const TICK_MS_MAX = 250;
 
@@ -169,11 +172,18 @@ export class FitbClient {
    * timeout, if at least f+1 are. Otherwise rejects with NoQuorumError naming why each
    * replica is missing. Replicas not yet up keep being dialled in the background.
    */
-  static async connect(options: FitbClientOptions): Promise<FitbClient> {
+  /**
+   * `refusedFailsAtOnce`: give up as soon as so many replicas refused the connection
+   * (nothing listens at their address) that the rest cannot make a quorum, instead of
+   * waiting out the connect timeout. For one-shot commands; a long-running client, whose
+   * replicas may be starting, keeps trying.
+   */
+  static async connect(options: FitbClientOptions, how: { readonly refusedFailsAtOnce?: boolean } = {}): Promise<FitbClient> {
     const client = new FitbClient(options);
     client.start();
     try {
-      await client.waitForSessions(liveQuorum(client.n, client.f), vouchQuorum(client.f), client.options.timeouts.connectMs);
+      const { connectMs } = client.options.timeouts;
+      await client.waitForSessions(liveQuorum(client.n, client.f), vouchQuorum(client.f), connectMs, how.refusedFailsAtOnce ?? false);
     } catch (error) {
       client.close();
       throw error;
@@ -234,11 +244,17 @@ export class FitbClient {
    * Resolves once `wanted` sessions are up; at `timeoutMs` resolves if at least `needed`
    * are, else rejects with NoQuorumError.
    */
-  async waitForSessions(wanted: number, needed: number, timeoutMs: number): Promise<void> {
+  async waitForSessions(wanted: number, needed: number, timeoutMs: number, refusedFailsAtOnce = false): Promise<void> {
     let deadline = this.options.now() + timeoutMs;
     let graceStarted = false;
     while (this.readyReplicas().length < wanted) {
       if (this.closed) throw new ClientClosedError();
+      const refused = refusedFailsAtOnce ? this.refusedReplicas() : 0;
+      if (this.n - refused < needed) {
+        throw new NoQuorumError(
+          `no quorum: ${refused} of ${this.n} replicas refused the connection (nothing listens there), so fewer than the ${needed} needed can answer (${this.group.describeReplicas(new Set())})`,
+        );
+      }
       // Once enough are ready, the rest get a short grace, not the whole timeout: with
       // replicas down, a publish should not first wait out --connect-timeout.
       if (!graceStarted && this.readyReplicas().length >= needed) {
@@ -370,6 +386,21 @@ export class FitbClient {
     const rule = channelInfoRule(this.n, this.f, `channel-info ${tag}`, floor, () => this.readyReplicas());
     const body: Query = floor > 0 ? { id: 0, q: "channel-info", tag, after: floor } : { id: 0, q: "channel-info", tag };
     return this.runQuery(body, rule);
+  }
+
+  /**
+   * Where a total-order channel's next event will go: the (f+1)-th highest `next` the
+   * replicas report (at least one correct replica has stored up to just below it); null
+   * for an unordered channel, whose seqs are each replica's own.
+   */
+  async nextChannelSeq(tag: string): Promise<number | null> {
+    const info = await this.channelInfo(tag);
+    if (info.order !== "total") return null;
+    const read = (res: Canonical): number | null => {
+      const next = (res as { next?: unknown } | null)?.next;
+      return typeof next === "number" && Number.isSafeInteger(next) && next >= 1 ? next : null;
+    };
+    return this.runQuery({ id: 0, q: "channel-info", tag }, rankRule(this.n, this.f, `channel-info ${tag}`, read));
   }
 
   /** Every channel, sorted by tag: CLASS and key counts from f+1 matching answers, with retention figures. */
@@ -508,8 +539,20 @@ export class FitbClient {
     for (const wake of this.readyWaiters.splice(0)) wake();
   }
 
+  /** Replicas that are not up and whose last attempt met a definite "no": nothing listens, or no such host. */
+  private refusedReplicas(): number {
+    return this.group.connections.filter(
+      (connection) =>
+        !connection.isReady &&
+        connection.lastError instanceof ReplicaUnreachableError &&
+        DEFINITE_REFUSALS.has(connection.lastError.detail),
+    ).length;
+  }
+
   private onDown(connection: ReplicaConnection, error: ClientError): void {
     const id = connection.id;
+    // waitForSessions looks again: this may have been the refusal that leaves no quorum.
+    for (const wake of this.readyWaiters.splice(0)) wake();
     // Report the first failure after being up (or the first ever), not every retry.
     if (connection.consecutiveFailures === 1) this.log("warn", error.message, id);
     this.requests.onDown(id);

@@ -15,6 +15,7 @@
  * subcommand as the first argument, rather than one command per word.
  */
 import type { AdminCmd } from "../../../wire/schemas.ts";
+import { ClientError } from "../../client/errors.ts";
 import type { FitbClient, ClusterStatus } from "../../client/client.ts";
 import { loadClientSetup } from "../../client/setup.ts";
 import { byzantineQuorum, vouchQuorum } from "../../core/voting/quorum.ts";
@@ -24,7 +25,17 @@ import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
 import { checkDestroy, printChannels } from "./admin-channels.ts";
-import { CONFIG_FLAG, keyFlag, openClient, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors, type ClientFlags } from "./pub.ts";
+import {
+  CONFIG_FLAG,
+  keyFlag,
+  keyNoteOf,
+  openClient,
+  readClientFlags,
+  requireTag,
+  TIMEOUT_FLAGS,
+  withClientErrors,
+  type ClientFlags,
+} from "./pub.ts";
 
 const SUBCOMMANDS = ["create-channel", "destroy-channel", "register", "unregister", "list-channels", "status"] as const;
 type Subcommand = (typeof SUBCOMMANDS)[number];
@@ -112,7 +123,7 @@ async function runAdmin(args: ParsedArgs, io: CommandIo): Promise<number> {
   if (action.t === "change") checkAdminKey(flags);
   const client = await openClient(flags, io, "admin");
   try {
-    return await withClientErrors(() => perform(client, action, io));
+    return await withClientErrors(() => perform(client, action, io), keyNoteOf(client, flags.keyPath));
   } finally {
     client.close();
   }
@@ -206,7 +217,7 @@ async function perform(client: FitbClient, action: AdminAction, io: CommandIo): 
   switch (action.t) {
     case "change":
       if (action.cmd.t === "destroy-channel") await checkDestroy(client, action.cmd.tag, action.yes);
-      io.out(describeChange(action.cmd, await client.admin(action.cmd)));
+      io.out(describeChange(action.cmd, await client.admin(action.cmd).catch((error) => Promise.reject(namingKey(error, action.cmd)))));
       return EXIT_OK;
     case "list-channels":
       await printChannels(client, await client.listChannels(), action.json, io);
@@ -218,6 +229,12 @@ async function perform(client: FitbClient, action: AdminAction, io: CommandIo): 
       throw new Error(`unknown admin action ${String(unreachable)}`);
     }
   }
+}
+
+/** A refused register or unregister names the key it was about (the operator may have pasted the wrong one). */
+function namingKey(error: unknown, cmd: AdminCmd): unknown {
+  if (!(error instanceof ClientError) || (cmd.t !== "register" && cmd.t !== "unregister")) return error;
+  return new CommandError(`${error.message} (${cmd.role} key ${formatPublicKey(cmd.key)})`);
 }
 
 function describeChange(cmd: AdminCmd, ack: { replicas: readonly number[]; at: number | null }): string {

@@ -1,0 +1,125 @@
+// Honest command-line failures, with real replica processes and the `fitb` command: a
+// closed output pipe ends `fitb sub` quietly, refusals name the key used, plain `fitb sub`
+// lines can show time and publisher, a cluster with nothing listening fails at once, and
+// a publish that timed out says it may still be ordered, why, and how to check.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import { BUN, MAIN, startCluster, type TestCluster } from "./harness.ts";
+
+let cluster: TestCluster;
+let A: string[];
+let C: string[];
+let probe: string;
+
+async function ok(args: string[]): Promise<string> {
+  const run = await cluster.fitb(args);
+  if (run.code !== 0) throw new Error(`fitb ${args.join(" ")} exited ${run.code}: ${run.stderr}${run.stdout}`);
+  return run.stdout;
+}
+
+beforeAll(async () => {
+  cluster = await startCluster();
+  A = ["--config", cluster.configPath, "--key", cluster.adminKey];
+  C = ["--config", cluster.configPath, "--key", cluster.clientKey];
+  probe = formatPublicKey(loadSigningKeyFile(cluster.clientKey).key.publicKey);
+  await ok(["admin", ...A, "create-channel", "sec.alerts", "--fault", "byzantine", "--order", "total", "--public"]);
+  await ok(["admin", ...A, "register", "sec.alerts", "--publisher", probe]);
+  await ok(["pub", ...C, "sec.alerts", "first"]);
+}, 60_000);
+
+afterAll(async () => {
+  await cluster.stop();
+});
+
+describe("fitb sub", () => {
+  test("| head -n 1 ends it quietly, with status 0, at its next write", async () => {
+    const sub = `${BUN} ${MAIN} sub ${C.join(" ")} sec.alerts --from 1`;
+    const rcFile = join(cluster.dir, "sub.rc");
+    const shell = Bun.spawn(["bash", "-c", `${sub} 2>"${rcFile}.err" | head -n 1; echo "\${PIPESTATUS[0]}" > "${rcFile}"`], {
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    // The first line, read as it comes (the whole output ends only when the pipeline does).
+    const reader = shell.stdout.getReader();
+    let seen = "";
+    while (!seen.includes("\n")) {
+      const chunk = await reader.read();
+      if (chunk.done) break;
+      seen += new TextDecoder().decode(chunk.value);
+    }
+    expect(seen).toBe("sec.alerts 1 first\n");
+    // head has exited; the subscription notices at its next write: publish until it does.
+    let published = 0;
+    while (shell.exitCode === null && published < 50) {
+      await ok(["pub", ...C, "sec.alerts", `more ${published++}`]);
+    }
+    expect(await shell.exited).toBe(0);
+    expect(readFileSync(rcFile, "utf8").trim()).toBe("0");
+    expect(readFileSync(`${rcFile}.err`, "utf8")).toBe("");
+  }, 60_000);
+
+  test("--format shows time and publisher; an unknown field is a usage error", async () => {
+    const out = await ok(["sub", ...C, "sec.alerts", "--from", "1", "--count", "1", "--format", "{seq} {time} {publisher} {payload}"]);
+    expect(out).toMatch(new RegExp(`^1 \\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z ${probe} first\\n$`));
+    const bad = await cluster.fitb(["sub", ...C, "sec.alerts", "--format", "{seq} {when}"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("--format: unknown field {when}");
+  }, 30_000);
+});
+
+describe("refusals", () => {
+  test("a refused publish and a refused subscription name the key used", async () => {
+    const stranger = join(cluster.dir, "stranger.key");
+    await ok(["keygen", "--out", stranger]);
+    const strangerKey = formatPublicKey(loadSigningKeyFile(stranger).key.publicKey);
+    const pub = await cluster.fitb(["pub", "--config", cluster.configPath, "--key", stranger, "sec.alerts", "x"]);
+    expect(pub.code).toBe(1);
+    expect(pub.stdout).toBe(`-ERR UNAUTHORIZED publisher is not registered on sec.alerts (key ${strangerKey} from ${stranger})\n`);
+    await ok(["admin", ...A, "create-channel", "private.ch", "--fault", "crash", "--order", "total"]);
+    const sub = await cluster.fitb(["sub", "--config", cluster.configPath, "--key", stranger, "private.ch"]);
+    expect(sub.code).toBe(1);
+    expect(sub.stderr).toContain(`(key ${strangerKey} from ${stranger})`);
+  }, 30_000);
+
+  test("with nothing listening at any replica address, commands fail at once, not after --connect-timeout", async () => {
+    const dead = join(cluster.dir, "dead.toml");
+    // Ports of this cluster's replicas moved by 1000: nothing listens there (refused at once).
+    writeFileSync(
+      dead,
+      readFileSync(cluster.configPath, "utf8").replace(/^port = (\d+)$/gm, (_, port) => `port = ${Number(port) + 1000}`),
+    );
+    for (const args of [
+      ["pub", "--config", dead, "--key", cluster.clientKey, "sec.alerts", "x"],
+      ["sub", "--config", dead, "--key", cluster.clientKey, "sec.alerts"],
+      ["admin", "--config", dead, "--key", cluster.adminKey, "list-channels"],
+    ]) {
+      const startedMs = Date.now();
+      const run = await cluster.fitb([...args, "--connect-timeout", "120000"], { timeoutMs: 60_000 });
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain("replicas refused the connection (nothing listens there)");
+      // The bound only catches a wait for the 120 s connect timeout; it never decides a pass.
+      expect(Date.now() - startedMs).toBeLessThan(60_000);
+    }
+  }, 200_000);
+});
+
+describe("a publish that timed out", () => {
+  test("says it may still be ordered, which quorum was missing, and how to check", async () => {
+    // Two of four replicas: enough to connect (f+1) but not to order (2f+1).
+    cluster.kill(2);
+    cluster.kill(3);
+    const run = await cluster.fitb(["pub", ...C, "sec.alerts", "in doubt", "--timeout", "1500"]);
+    expect(run.code).toBe(1);
+    expect(run.stdout).toMatch(/^-ERR TIMEOUT no quorum for publish to sec\.alerts \(seq \d+\): .*2 matching needed/);
+    expect(run.stderr).toContain(
+      "fitb pub: 1 event timed out without the acknowledgement the channel needs; it may still be stored or ordered.",
+    );
+    expect(run.stderr).toContain("2 of 4 replicas were reachable at the end; a total-order channel is ordered only while 3 (2f+1) agree");
+    const next = Number(/--from (\d+) --format/.exec(run.stderr)?.[1]);
+    expect(next).toBeGreaterThan(1);
+    expect(run.stderr).toContain(`Check: fitb sub ${C.join(" ")} sec.alerts --from ${next} --format '{seq} {time} {publisher} {payload}'`);
+    expect(run.stderr).toContain(`this publisher is ${probe}`);
+  }, 60_000);
+});
