@@ -9,6 +9,7 @@ import { vouchQuorum } from "../../core/voting/quorum.ts";
 import { formatPublicKey } from "../../crypto/keys.ts";
 import { DEFAULT_RELAY_LISTEN, isLoopbackHost, parseListenAddress, type ListenAddress } from "../../relay/listen.ts";
 import { RelayListenError, RelayServer } from "../../relay/server.ts";
+import { portHolderNote } from "../port-holder.ts";
 import { clearStaleSocket, defaultRelaySocketPath, RELAY_SOCKET_NAME, SocketPathError } from "../../relay/unix-socket.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
@@ -85,7 +86,11 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
     });
   } catch (error) {
     client.close();
-    if (error instanceof RelayListenError || error instanceof SocketPathError) throw new CommandError(error.message);
+    if (error instanceof RelayListenError) {
+      const holder = error.message.includes("already in use") ? portHolderNote(listen.port) : "";
+      throw new CommandError(`${error.message}${holder}`);
+    }
+    if (error instanceof SocketPathError) throw new CommandError(error.message);
     throw error;
   }
   const stopped = stopSignal();

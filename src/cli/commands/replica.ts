@@ -15,6 +15,8 @@ import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy
 import type { ParsedArgs } from "../args.ts";
 import type { Command } from "../command.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
+import { untilStdinEnds } from "../lifetime.ts";
+import { portHolderNote } from "../port-holder.ts";
 
 export const replicaCommand: Command = {
   path: ["replica"],
@@ -47,6 +49,12 @@ export const replicaCommand: Command = {
       kind: "string",
       valueName: "HOST:PORT",
       description: "Serve Prometheus metrics at http://HOST:PORT/metrics and JSON status at /status (off by default)",
+    },
+    {
+      name: "with-parent",
+      kind: "boolean",
+      description:
+        "Stop, as on SIGTERM, when standard input ends: for a parent that holds a pipe to it (fitb demo), so that the replica dies with it",
     },
   ],
   positionals: [],
@@ -101,17 +109,27 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     const address = formatAddress(entry.host, entry.port);
     // Bun's own message names neither the port nor why; the error code does.
     const problem = listenFailure(address, error, "replica");
-    throw new CommandError(problem.startsWith("cannot listen") ? `cannot start replica ${id}: ${problem}` : problem);
+    const holder = problem.includes("already in use") ? portHolderNote(entry.port) : "";
+    throw new CommandError(problem.startsWith("cannot listen") ? `cannot start replica ${id}: ${problem}` : `${problem}${holder}`);
   }
   if (metricsServer !== null) log.info("metrics listening", { url: `http://${metricsServer.hostname}:${metricsServer.port}/metrics` });
   await new Promise<void>((resolve) => {
+    let stopped = false;
     const stop = (): void => {
+      if (stopped) return;
+      stopped = true;
       metricsServer?.stop(true);
       replica.stop();
       resolve();
     };
     process.once("SIGTERM", stop);
     process.once("SIGINT", stop);
+    if (args.boolean("with-parent")) {
+      void untilStdinEnds().then(() => {
+        if (!stopped) log.info("standard input ended: the parent process is gone; stopping");
+        stop();
+      });
+    }
   });
   return EXIT_OK;
 }
