@@ -3,7 +3,7 @@
 // lines can show time and publisher, a cluster with nothing listening fails at once, and
 // a publish that timed out says it may still be ordered, why, and how to check.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { BUN, MAIN, startCluster, type TestCluster } from "./harness.ts";
@@ -103,6 +103,46 @@ describe("refusals", () => {
       expect(Date.now() - startedMs).toBeLessThan(60_000);
     }
   }, 200_000);
+});
+
+describe("defaults", () => {
+  /** Runs fitb with extra environment and a working directory; no --config or --key. */
+  async function fitbWith(args: string[], env: Record<string, string>, cwd: string): Promise<{ code: number; out: string; err: string }> {
+    const clean = Object.fromEntries(Object.entries(process.env).filter(([name]) => name !== "FITB_CONFIG" && name !== "FITB_KEY"));
+    const proc = Bun.spawn([BUN, MAIN, ...args], { env: { ...clean, ...env }, cwd, stdout: "pipe", stderr: "pipe" });
+    const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    return { code, out, err };
+  }
+
+  test("FITB_CONFIG and FITB_KEY stand in for --config and --key; ./cluster.toml is found", async () => {
+    const env = { FITB_CONFIG: cluster.configPath, FITB_KEY: cluster.clientKey };
+    const pub = await fitbWith(["pub", "sec.alerts", "from the environment"], env, "/");
+    expect(pub.err).toBe("");
+    expect(pub.out).toMatch(/^\+OK sec\.alerts \d+\n$/);
+    const seq = pub.out.trim().split(" ")[2] as string;
+    // Only FITB_KEY: the cluster file is ./cluster.toml (unless this host has /etc/fitb/cluster.toml, which comes first).
+    const cwdConfig = !existsSync("/etc/fitb/cluster.toml");
+    const sub = await fitbWith(
+      ["sub", "sec.alerts", "--from", seq, "--count", "1"],
+      cwdConfig ? { FITB_KEY: cluster.clientKey } : env,
+      cluster.dir,
+    );
+    expect(sub.out).toBe(`sec.alerts ${seq} from the environment\n`);
+    const none = await fitbWith(["pub", "sec.alerts", "x"], {}, cluster.dir);
+    expect(none.code).toBe(2);
+    expect(none.err).toContain("no key file: pass --key FILE or set FITB_KEY");
+  }, 30_000);
+
+  test("a TOML syntax error names the file, line and column", async () => {
+    const broken = join(cluster.dir, "broken.toml");
+    writeFileSync(broken, readFileSync(cluster.configPath, "utf8").replace("[limits]", "[limits"));
+    const line = readFileSync(broken, "utf8").split("\n").indexOf("[limits") + 1;
+    const run = await cluster.fitb(["pub", "--config", broken, "--key", cluster.clientKey, "sec.alerts", "x"]);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain(`${broken}:${line}:8: not valid TOML: Expected ']' to close a table header`);
+    const check = await cluster.fitb(["config", "check", broken]);
+    expect(check.stdout + check.stderr).toContain(`${broken}:${line}:8: not valid TOML`);
+  }, 30_000);
 });
 
 describe("a publish that timed out", () => {

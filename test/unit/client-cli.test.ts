@@ -38,8 +38,7 @@ describe("every client command has --help", () => {
 /** Each case: argv after the command word, and a fragment of the one-line reason. */
 const USAGE_CASES: Record<string, readonly (readonly [readonly string[], string])[]> = {
   pub: [
-    [["--key", "k", "net.links"], "missing required flag --config"],
-    [["--config", "c", "net.links"], "missing required flag --key"],
+    [["--config", "c", "net.links"], "no key file: pass --key FILE or set FITB_KEY"],
     [[...NO_FILES], "missing argument TAG"],
     [[...NO_FILES, "Net.Links"], "TAG: tag"],
     [[...NO_FILES, "net..links"], "TAG: tag"],

@@ -17,6 +17,7 @@ import { formatPublicKey } from "../../crypto/keys.ts";
 import { loadClientSetup, type ClientSetup } from "../../client/setup.ts";
 import type { FlagSpec, ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
+import { CONFIG_DEFAULT_TEXT, KEY_DEFAULT_TEXT, resolveConfigPath, resolveKeyPath } from "../defaults.ts";
 import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
 import { timeoutHint } from "./pub-timeout.ts";
 
@@ -28,10 +29,15 @@ import { timeoutHint } from "./pub-timeout.ts";
 export const TIMEOUT_MS_MIN = 1;
 export const TIMEOUT_MS_MAX = 3_600_000;
 
-export const CONFIG_FLAG: FlagSpec = { name: "config", kind: "string", valueName: "FILE", required: true, description: "The cluster file" };
+export const CONFIG_FLAG: FlagSpec = {
+  name: "config",
+  kind: "string",
+  valueName: "FILE",
+  description: `The cluster file (${CONFIG_DEFAULT_TEXT})`,
+};
 
 export function keyFlag(description: string): FlagSpec {
-  return { name: "key", kind: "string", valueName: "FILE", required: true, description };
+  return { name: "key", kind: "string", valueName: "FILE", description: `${description} (${KEY_DEFAULT_TEXT})` };
 }
 
 export const TIMEOUT_FLAGS: readonly FlagSpec[] = [
@@ -61,8 +67,8 @@ export interface ClientFlags {
 /** Reads the common flags; every problem is a UsageError (exit 2) before any file is opened. */
 export function readClientFlags(args: ParsedArgs): ClientFlags {
   return {
-    configPath: args.requiredString("config"),
-    keyPath: args.requiredString("key"),
+    configPath: resolveConfigPath(args.string("config")),
+    keyPath: resolveKeyPath(args.string("key")),
     timeoutMs: args.requiredInteger("timeout", TIMEOUT_MS_MIN, TIMEOUT_MS_MAX),
     connectTimeoutMs: args.requiredInteger("connect-timeout", TIMEOUT_MS_MIN, TIMEOUT_MS_MAX),
   };

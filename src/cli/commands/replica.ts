@@ -14,6 +14,7 @@ import { Replica } from "../../replica/replica.ts";
 import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy } from "../../replica/storage/index.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command } from "../command.ts";
+import { CONFIG_DEFAULT_TEXT, resolveConfigPath } from "../defaults.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
 import { untilStdinEnds } from "../lifetime.ts";
 import { portHolderNote } from "../port-holder.ts";
@@ -32,7 +33,7 @@ export const replicaCommand: Command = {
     "Logs are JSON lines on standard output (FITB_LOG=debug for more).",
   ],
   flags: [
-    { name: "config", kind: "string", valueName: "FILE", required: true, description: "The cluster file (cluster.toml)" },
+    { name: "config", kind: "string", valueName: "FILE", description: `The cluster file (${CONFIG_DEFAULT_TEXT})` },
     { name: "id", kind: "string", valueName: "N", required: true, description: "This replica's id in the cluster file" },
     { name: "key", kind: "string", valueName: "FILE", description: "This replica's secret key (default: replica-N.key beside the config)" },
     { name: "data", kind: "string", valueName: "DIR", description: "Data directory (default: the replica's data_dir in the config)" },
@@ -63,7 +64,7 @@ export const replicaCommand: Command = {
 };
 
 async function runReplica(args: ParsedArgs): Promise<number> {
-  const configPath = args.requiredString("config");
+  const configPath = resolveConfigPath(args.string("config"));
   const config = requireClusterConfig(configPath);
   const id = args.requiredInteger("id", 0, config.n - 1);
   const entry = config.replicas[id];
