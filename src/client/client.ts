@@ -29,7 +29,7 @@ import type { ClusterConfig } from "../config/cluster.ts";
 import { type ChannelKeys, type ChannelListing, listChannelsRule, parseChannelKeys } from "./channel-listing.ts";
 import { summarizeStatus, type ClusterStatus } from "./cluster-status.ts";
 import type { ReplicaConnection } from "./connection.ts";
-import { ClientClosedError, ClientError, NoQuorumError, QueueFullError, ReplicaUnreachableError } from "./errors.ts";
+import { ClientClosedError, ClientError, InvalidInputError, NoQuorumError, QueueFullError, ReplicaUnreachableError } from "./errors.ts";
 import { ExecutedFloor } from "./executed-floor.ts";
 import { resolveOptions, type ClientLimits, type ClientTimeouts, type FitbClientOptions, type ResolvedOptions } from "./options.ts";
 import {
@@ -47,7 +47,15 @@ import { ReplicaGroup, type TrackingContext } from "./replica-group.ts";
 import { adminOp, buildRequest, checkEvents, checkTag, pubOp, spanOf } from "./request.ts";
 import { RequestTracker, type RequestOutcome } from "./request-tracker.ts";
 import { SeqSpaces, type SeqSpace } from "./seq-spaces.ts";
-import { ClientSubscription, type BatchHandler, type SubscribeOptions, type Subscription } from "./subscription.ts";
+import { isPattern, patternProblem } from "./pattern.ts";
+import { type PatternHost, PatternSubscription } from "./pattern-subscription.ts";
+import {
+  ClientSubscription,
+  type BatchHandler,
+  type SubscribeOptions,
+  type Subscription,
+  type SubscriptionHandle,
+} from "./subscription.ts";
 import { SubscriptionRouter } from "./subscription-router.ts";
 import { InflightWindow } from "./window.ts";
 
@@ -462,6 +470,30 @@ export class FitbClient {
   // ---------------------------------------------------------------------------------
   // Subscriptions
   // ---------------------------------------------------------------------------------
+
+  /**
+   * Subscribes to every channel whose tag matches `pattern` (`net.*`, `net.>`;
+   * pattern.ts), including channels created later (pattern-subscription.ts). Live only:
+   * `from` is refused, as channel seqs differ between channels.
+   */
+  async subscribePattern(pattern: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<PatternSubscription> {
+    this.assertOpen();
+    const problem = patternProblem(pattern);
+    if (problem !== null) throw new InvalidInputError("BAD_REQUEST", problem);
+    if (options.from !== undefined)
+      throw new InvalidInputError("BAD_REQUEST", "a pattern subscription is live: --from names a seq of one channel");
+    const host: PatternHost = {
+      listChannels: () => this.listChannels(),
+      subscribe: (tag, channelOptions, handler) => this.subscribe(tag, channelOptions, handler),
+      subscriptionsMax: this.config.limits.connectionSubscriptionsMax,
+    };
+    return PatternSubscription.start(pattern, host, options, onBatch);
+  }
+
+  /** `subscribe` for a tag, `subscribePattern` for a pattern. */
+  subscribeAny(tagOrPattern: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
+    return isPattern(tagOrPattern) ? this.subscribePattern(tagOrPattern, options, onBatch) : this.subscribe(tagOrPattern, options, onBatch);
+  }
 
   /**
    * Subscribes to `tag` and resolves once the subscription has started (see

@@ -13,7 +13,7 @@ import type { Socket, SocketHandler, TCPSocketListener, UnixSocketListener } fro
 import type { FitbClient } from "../client/client.ts";
 import { describeError, QueueFullError } from "../client/errors.ts";
 import { Publisher } from "../client/publisher.ts";
-import type { BatchHandler, SubscribeOptions, Subscription } from "../client/subscription.ts";
+import type { BatchHandler, SubscribeOptions, SubscriptionHandle } from "../client/subscription.ts";
 import { formatAddress } from "../config/cluster.ts";
 import { errLine } from "./format.ts";
 import { RelayConnection, type LineSocket, type RelayBackend } from "./connection.ts";
@@ -263,8 +263,8 @@ export class RelayServer {
     throw new QueueFullError(`publishes to ${this.publishers.size} tags are in flight; at most ${this.limits.publishersMax}`);
   }
 
-  private subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<Subscription> {
-    return this.client.subscribe(tag, options, onBatch);
+  private subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
+    return this.client.subscribeAny(tag, options, onBatch);
   }
 }
 

@@ -25,6 +25,7 @@ export const relayCommand: Command = {
     "  PUB <tag> <payload>          -> +OK <tag> <seq> once the channel's quorum has it",
     "  PUBB <tag> <n>, then n bytes -> the same, for payloads of any bytes",
     "  SUB <tag> [<from-seq>]       -> +OK, then EVENT (or EVENTB) lines as events arrive",
+    "  SUB net.* / SUB net.>        -> the same for every matching channel, also those created later",
     "  UNSUB <tag>, PING, QUIT",
     "Errors are '-ERR <code> <reason>'; the connection goes on after them, except after a",
     "line that is no command at all (a browser's 'POST / HTTP/1.1'), which closes it.",

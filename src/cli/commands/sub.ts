@@ -12,7 +12,8 @@
  * time), {ts} (the same in ms), {publisher} (ed25519:...).
  */
 import { formatPublicKey } from "../../crypto/keys.ts";
-import { eventSeq, type ReceivedBatch, type Subscription, type SubscriptionSignal } from "../../client/subscription.ts";
+import { isPattern, patternProblem } from "../../client/pattern.ts";
+import { eventSeq, type ReceivedBatch, type SubscriptionHandle, type SubscriptionSignal } from "../../client/subscription.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { EXIT_OK, UsageError } from "../errors.ts";
@@ -37,6 +38,10 @@ export const subCommand: Command = {
     "--format TEMPLATE shapes plain lines: {tag} {seq} {payload} as above, {time} (ISO 8601",
     "UTC of the publisher's signed time), {ts} (the same in ms since the epoch), {publisher}.",
     "Default '{tag} {seq} {payload}'. A reader that closes the output (| head) ends it quietly.",
+    "TAG may be a pattern: 'net.*' matches one segment (net.links), 'net.>' one or more",
+    "(net.links, net.links.eth0). Each matching channel is delivered with its own",
+    "guarantees; channels created later that match are followed from their first event.",
+    "A pattern subscription is live (no --from).",
   ],
   flags: [
     CONFIG_FLAG,
@@ -57,19 +62,25 @@ export const subCommand: Command = {
     },
     ...TIMEOUT_FLAGS,
   ],
-  positionals: [{ name: "TAG", description: "The channel, e.g. net.links", required: true }],
+  positionals: [
+    { name: "TAG", description: "The channel, e.g. net.links, or a pattern: net.* (one segment), net.> (one or more)", required: true },
+  ],
   examples: [
     "fitb sub --config cluster.toml --key console.key net.links",
     "fitb sub --config cluster.toml --key console.key sec.alerts --from 1 --count 100 --json",
     "fitb sub --config cluster.toml --key console.key sec.alerts --format '{time} {publisher} {payload}'",
+    "fitb sub --config cluster.toml --key console.key 'net.>'",
   ],
   run: runSub,
 };
 
 async function runSub(args: ParsedArgs, io: CommandIo): Promise<number> {
   const flags = readClientFlags(args);
-  const tag = requireTag(args.requiredPositional("TAG"));
+  const tagText = args.requiredPositional("TAG");
+  const pattern = isPattern(tagText);
+  const tag = pattern ? requirePattern(tagText) : requireTag(tagText);
   const from = args.integer("from", 0, SEQ_ARG_MAX);
+  if (pattern && from !== undefined) throw new UsageError("--from names a seq of one channel; a pattern subscription is live");
   const count = args.integer("count", 1, SEQ_ARG_MAX);
   const json = args.boolean("json");
   const template = args.string("format");
@@ -79,7 +90,7 @@ async function runSub(args: ParsedArgs, io: CommandIo): Promise<number> {
   const keyNote = keyNoteOf(client, flags.keyPath);
   try {
     let printed = 0;
-    let subscription: Subscription | null = null;
+    let subscription: SubscriptionHandle | null = null;
     const reached = (): boolean => count !== undefined && printed >= count;
     const onSignal = (signal: SubscriptionSignal): void => reportSignal(io, signal);
     const onBatch = (batch: ReceivedBatch): void => {
@@ -91,7 +102,7 @@ async function runSub(args: ParsedArgs, io: CommandIo): Promise<number> {
       if (reached()) void subscription?.close();
     };
     const started = await withClientErrors(
-      () => client.subscribe(tag, from === undefined ? { onSignal } : { from, onSignal }, onBatch),
+      () => client.subscribeAny(tag, from === undefined ? { onSignal } : { from, onSignal }, onBatch),
       keyNote,
     );
     subscription = started;
@@ -101,6 +112,13 @@ async function runSub(args: ParsedArgs, io: CommandIo): Promise<number> {
   } finally {
     client.close();
   }
+}
+
+/** A TAG argument that is a pattern: a UsageError naming what is wrong with it. */
+function requirePattern(text: string): string {
+  const problem = patternProblem(text);
+  if (problem !== null) throw new UsageError(`TAG: ${problem}`);
+  return text;
 }
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
@@ -212,12 +230,34 @@ function reportSignal(io: CommandIo, signal: SubscriptionSignal): void {
     case "trimmed":
       io.err(`fitb sub: warning: seq ${signal.nextSeq} is no longer retained; the oldest is ${signal.oldestSeq}`);
       return;
+    case "channel":
+      io.err(describeChannelSignal(signal));
+      return;
     case "replica-ended":
       io.err(`fitb sub: warning: replica ${signal.replica} ended the subscription: ${signal.code} ${signal.reason}`);
       return;
     default: {
       const unreachable: never = signal;
       throw new Error(`unknown signal ${String(unreachable)}`);
+    }
+  }
+}
+
+function describeChannelSignal(signal: Extract<SubscriptionSignal, { t: "channel" }>): string {
+  switch (signal.event) {
+    case "added":
+      return `fitb sub: following ${signal.tag}${signal.reason === "created" ? " (created since; from its first retained event)" : ""}`;
+    case "skipped":
+      return `fitb sub: warning: not following ${signal.tag}: ${signal.reason}`;
+    case "refused":
+      return `fitb sub: warning: ${signal.tag} refused the subscription: ${signal.reason}`;
+    case "ended":
+      return `fitb sub: warning: no longer following ${signal.tag}: ${signal.reason}`;
+    case "list-failed":
+      return `fitb sub: warning: could not look for new channels matching ${signal.tag}: ${signal.reason}`;
+    default: {
+      const unreachable: never = signal.event;
+      return String(unreachable);
     }
   }
 }
