@@ -99,6 +99,14 @@ export const adminCmdSchema = z.discriminatedUnion("t", [
     role: z.enum(["publisher", "subscriber"]),
     key: keySchema,
   }),
+  // A key's own limits; a limit left out keeps the cluster default; none at all removes the quota.
+  z.strictObject({
+    t: z.literal("set-quota"),
+    key: keySchema,
+    eventsPerSecond: positiveSchema.optional(),
+    bytesPerSecond: positiveSchema.optional(),
+    subscriptions: positiveSchema.optional(),
+  }),
 ]);
 
 export const pubOpSchema = z.strictObject({
@@ -210,7 +218,7 @@ export const replyResultSchema = z.discriminatedUnion("t", [
   // `at`: the decided seq at which the command executed, the same at every correct replica.
   z.strictObject({
     t: z.literal("admin"),
-    cmd: z.enum(["create-channel", "destroy-channel", "register", "unregister"]),
+    cmd: z.enum(["create-channel", "destroy-channel", "register", "unregister", "set-quota"]),
     at: uintSchema.optional(),
   }),
 ]);

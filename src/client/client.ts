@@ -25,6 +25,7 @@ import type { AdminCmd, Frame, Op, Query, QueryKind, ReplyResult } from "../../w
 import { FrameType, type ErrorCode } from "../../wire/types.ts";
 import type { Canonical } from "../../wire/canonical.ts";
 import { liveQuorum, vouchQuorum } from "../core/voting/quorum.ts";
+import { formatPublicKey } from "../crypto/keys.ts";
 import type { ClusterConfig } from "../config/cluster.ts";
 import { type ChannelKeys, type ChannelListing, listChannelsRule, parseChannelKeys } from "./channel-listing.ts";
 import { summarizeStatus, type ClusterStatus } from "./cluster-status.ts";
@@ -93,7 +94,8 @@ export interface PublishAck {
 /** The acknowledgement of an admin command. */
 export interface AdminAck {
   readonly cmd: AdminCmd["t"];
-  readonly tag: string;
+  /** The channel the command was about; null for set-quota, which is about a key. */
+  readonly tag: string | null;
   readonly replicas: readonly number[];
   /**
    * The decided seq at which the command executed (null from replicas that do not say).
@@ -308,14 +310,16 @@ export class FitbClient {
   /** Runs an admin command (signed by this client's key, which must be an admin key). */
   async admin(cmd: AdminCmd): Promise<AdminAck> {
     this.assertOpen();
-    checkTag(cmd.tag);
-    const result = await this.submitWithRetries(null, adminOp(cmd), () => `${cmd.t} ${cmd.tag}`);
+    const tag = "tag" in cmd ? cmd.tag : null;
+    if (tag !== null) checkTag(tag);
+    const what = cmd.t === "set-quota" ? `set-quota ${formatPublicKey(cmd.key)}` : `${cmd.t} ${cmd.tag}`;
+    const result = await this.submitWithRetries(null, adminOp(cmd), () => what);
     if (result.res.t !== "admin" || result.res.cmd !== cmd.t) {
-      throw new ClientError("INTERNAL", `${cmd.t} ${cmd.tag}: the replicas acknowledged a different command`);
+      throw new ClientError("INTERNAL", `${what}: the replicas acknowledged a different command`);
     }
     const at = result.res.at ?? null;
     if (at !== null) this.observeExecuted(at);
-    return { cmd: cmd.t, tag: cmd.tag, replicas: result.replicas, at };
+    return { cmd: cmd.t, tag, replicas: result.replicas, at };
   }
 
   /** The limits a batcher (Publisher) must keep to. */

@@ -36,7 +36,7 @@ import type { Log } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { OrderingDriver } from "./ordering-driver.ts";
 import { PeerMesh } from "./peers.ts";
-import { RateLimiter } from "./rate.ts";
+import { ClientLimits, keyText } from "./quota.ts";
 import { admitRequest, clockSkewProblem, spaceOf } from "./requests.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
@@ -71,7 +71,7 @@ export class Replica {
   /** Ordered requests waiting for their decision, and the replies kept for retransmissions. */
   private readonly waiting = new WaitingRequests();
   private readonly startedMs = Date.now();
-  private readonly rate: RateLimiter;
+  private readonly limits: ClientLimits;
   /** Refusals judged on local state, held until this replica executed what the client saw. */
   private readonly gate = new ExecutionGate();
   private gateTimer: ReturnType<typeof setInterval> | null = null;
@@ -83,15 +83,23 @@ export class Replica {
     const self = config.replicas[id];
     if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
     this.adminKeys = new Set(config.adminKeys.map(toHex));
-    this.rate = new RateLimiter(config.limits.clientEventsPerSecondMax, config.limits.clientBurstEventsMax);
     this.machine = new ChannelMachine({
       hash: sha256,
       config: channelsConfigFrom(config.limits, config.retention),
     });
-    this.subs = new Subscriptions(id, this.machine, this.metrics, config.limits.connectionSubscriptionsMax, {
-      executedSeq: () => this.executedSeq,
-      hold: (session, after, retry) => this.holdUntilExecuted(session, after, retry),
-    });
+    const defaults = { eventsPerSecond: config.limits.clientEventsPerSecondMax, burstEvents: config.limits.clientBurstEventsMax };
+    this.limits = new ClientLimits(defaults, (keyHex) => this.machine.quotaOf(keyHex));
+    this.subs = new Subscriptions(
+      id,
+      this.machine,
+      this.metrics,
+      config.limits.connectionSubscriptionsMax,
+      {
+        executedSeq: () => this.executedSeq,
+        hold: (session, after, retry) => this.holdUntilExecuted(session, after, retry),
+      },
+      (keyHex) => this.limits.subscriptionsOf(keyHex),
+    );
     this.mesh = new PeerMesh({
       self: id,
       key,
@@ -230,12 +238,10 @@ export class Replica {
     // below is charged to the key that really sent.
     const { request, clientHex, space } = admitted;
     const digest = sha256(signed.body);
-    if (!this.rate.take(clientHex, request.span, Date.now())) {
+    const overLimit = this.limits.admit(clientHex, request.span, signed.body.length, Date.now());
+    if (overLimit !== null) {
       this.metrics.inc("requests_rate_limited_total");
-      this.reply(
-        session,
-        failure(request.seq, this.options.id, digest, "RATE_LIMITED", "the client's event rate is over its limit; retry later"),
-      );
+      this.reply(session, failure(request.seq, this.options.id, digest, "RATE_LIMITED", overLimit));
       return;
     }
     this.routeRequest(session, signed, request, clientHex, space, digest, frame.after);
@@ -387,7 +393,8 @@ export class Replica {
           reply = { seq: request.seq, replica: this.options.id, d: digest, ok: true, res: { t: "admin", cmd: result.cmd, at: decidedSeq } };
           if (result.cmd === "destroy-channel") this.subs.channelDestroyed(result.tag);
           if (result.cmd === "unregister" && result.role === "subscriber") this.subs.accessRevoked(result.tag);
-          this.options.log.info("admin command executed", { cmd: result.cmd, tag: result.tag, seq: decidedSeq });
+          const about = result.cmd === "set-quota" ? { key: keyText(toHex(result.key)) } : { tag: result.tag };
+          this.options.log.info("admin command executed", { cmd: result.cmd, ...about, seq: decidedSeq });
         } else {
           reply = failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason);
         }
@@ -583,6 +590,7 @@ function channelErrorCode(error: ChannelError | TrimmedError): ErrorCode {
     case "oversized":
     case "channels-full":
     case "keys-full":
+    case "quotas-full":
       return "TOO_LARGE";
     case "replayed":
       return "REPLAY";

@@ -10,6 +10,7 @@ import type { StoredBatch } from "../core/channels/types.ts";
 import type { Frame } from "../../wire/schemas.ts";
 import { FrameType, type SubEndCode } from "../../wire/types.ts";
 import type { Metrics } from "./metrics.ts";
+import { keyText } from "./quota.ts";
 import type { ClientSession } from "./server.ts";
 
 /** Batches sent per history read; the read repeats until the subscriber is live. */
@@ -35,6 +36,8 @@ const NEVER_HOLDS: ExecutionView = { executedSeq: () => 0, hold: () => false };
 export class Subscriptions {
   private readonly byTag = new Map<string, Map<string, Subscription>>();
   private readonly bySession = new Map<number, Map<number, Subscription>>();
+  /** Open subscriptions per client key (lowercase hex), for keys' subscription quotas. */
+  private readonly byKey = new Map<string, number>();
 
   constructor(
     private readonly self: number,
@@ -42,6 +45,8 @@ export class Subscriptions {
     private readonly metrics: Metrics,
     private readonly perConnectionMax: number,
     private readonly execution: ExecutionView = NEVER_HOLDS,
+    /** A key's quota of open subscriptions at this replica (set-quota), or null: none. */
+    private readonly keyQuota: (keyHex: string) => number | null = () => null,
   ) {}
 
   get count(): number {
@@ -63,6 +68,13 @@ export class Subscriptions {
     }
     if (mine.size >= this.perConnectionMax) {
       this.end(session, sub, "LIMIT", `at most ${this.perConnectionMax} subscriptions per connection`);
+      return;
+    }
+    const quota = this.keyQuota(session.keyHex);
+    const open = this.byKey.get(session.keyHex) ?? 0;
+    if (quota !== null && open >= quota) {
+      const reason = `key ${keyText(session.keyHex)} has ${open} subscriptions open at this replica; its quota is ${quota} (set-quota)`;
+      this.end(session, sub, "LIMIT", reason);
       return;
     }
     const access = this.machine.checkSubscribe(tag, session.key);
@@ -91,6 +103,7 @@ export class Subscriptions {
     if (start !== null && start < info.nextSeq && !this.replayHistory(subscription, start)) return;
     mine.set(sub, subscription);
     this.bySession.set(session.id, mine);
+    this.byKey.set(session.keyHex, (this.byKey.get(session.keyHex) ?? 0) + 1);
     const tagSubs = this.byTag.get(tag) ?? new Map<string, Subscription>();
     tagSubs.set(`${session.id}/${sub}`, subscription);
     this.byTag.set(tag, tagSubs);
@@ -176,6 +189,7 @@ export class Subscriptions {
     }
     this.bySession.clear();
     this.byTag.clear();
+    this.byKey.clear();
   }
 
   private replayHistory(subscription: Subscription, from: number): boolean {
@@ -225,10 +239,16 @@ export class Subscriptions {
   }
 
   private remove(subscription: Subscription): void {
-    this.bySession.get(subscription.session.id)?.delete(subscription.sub);
+    if (this.bySession.get(subscription.session.id)?.delete(subscription.sub) === true) this.forgetKeyOf(subscription.session.keyHex);
     const tagSubs = this.byTag.get(subscription.tag);
     tagSubs?.delete(`${subscription.session.id}/${subscription.sub}`);
     if (tagSubs !== undefined && tagSubs.size === 0) this.byTag.delete(subscription.tag);
+  }
+
+  private forgetKeyOf(keyHex: string): void {
+    const open = (this.byKey.get(keyHex) ?? 1) - 1;
+    if (open > 0) this.byKey.set(keyHex, open);
+    else this.byKey.delete(keyHex);
   }
 
   /** `at`: the decided seq a refusal judged on this replica's state was judged at. */

@@ -283,6 +283,35 @@ describe("unregister (revoking a key)", () => {
   });
 });
 
+describe("set-quota", () => {
+  test("sets, changes and clears a key's quota; refuses bad limits", () => {
+    const m = machine();
+    const hex = Buffer.from(P1).toString("hex");
+    expect(m.quotaOf(hex)).toBeNull();
+    expect(m.applyAdmin({ t: "set-quota", key: P1, eventsPerSecond: 5 })).toMatchObject({ ok: true, cmd: "set-quota", cleared: false });
+    expect(m.quotaOf(hex)).toMatchObject({ eventsPerSecond: 5, bytesPerSecond: null, subscriptions: null });
+    m.applyAdmin({ t: "set-quota", key: P1, bytesPerSecond: 100, subscriptions: 2 });
+    expect(m.quotaOf(hex)).toMatchObject({ eventsPerSecond: null, bytesPerSecond: 100, subscriptions: 2 });
+    expect(m.applyAdmin({ t: "set-quota", key: P1 })).toMatchObject({ ok: true, cleared: true });
+    expect(m.quotaOf(hex)).toBeNull();
+    expect(m.applyAdmin({ t: "set-quota", key: P1, eventsPerSecond: 0 })).toMatchObject({ ok: false, code: "bad-request" });
+    expect(m.applyAdmin({ t: "set-quota", key: new Uint8Array(3), eventsPerSecond: 1 })).toMatchObject({ ok: false, code: "bad-request" });
+  });
+
+  test("quotas are replicated state: digest and snapshot; a state without any keeps its old digest", () => {
+    const m = withChannel("net.links");
+    const before = m.digest();
+    m.applyAdmin({ t: "set-quota", key: P2, eventsPerSecond: 7, subscriptions: 1 });
+    expect(m.digest()).not.toEqual(before);
+    const copy = machine();
+    expect(copy.restore(m.snapshot())).toEqual({ ok: true });
+    expect(copy.digest()).toEqual(m.digest());
+    expect(copy.quotaOf(Buffer.from(P2).toString("hex"))).toMatchObject({ eventsPerSecond: 7, bytesPerSecond: null, subscriptions: 1 });
+    m.applyAdmin({ t: "set-quota", key: P2 });
+    expect(m.digest()).toEqual(before);
+  });
+});
+
 describe("ordered publish", () => {
   test("events receive consecutive channel seqs and each request is stored as one batch", () => {
     const m = withChannel("net.links");

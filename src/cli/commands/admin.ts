@@ -6,6 +6,7 @@
  *   destroy-channel TAG [--yes]
  *   register TAG --publisher PUBKEY | --subscriber PUBKEY
  *   unregister TAG --publisher PUBKEY | --subscriber PUBKEY
+ *   set-quota PUBKEY [--events-per-second N] [--bytes-per-second N] [--subscriptions N]
  *   list-channels [--json]
  *   status [--json]
  *
@@ -37,7 +38,7 @@ import {
   type ClientFlags,
 } from "./pub.ts";
 
-const SUBCOMMANDS = ["create-channel", "destroy-channel", "register", "unregister", "list-channels", "status"] as const;
+const SUBCOMMANDS = ["create-channel", "destroy-channel", "register", "unregister", "set-quota", "list-channels", "status"] as const;
 type Subcommand = (typeof SUBCOMMANDS)[number];
 
 const FAULTS = ["crash", "byzantine"] as const;
@@ -51,10 +52,23 @@ const SUBCOMMAND_FLAGS: Readonly<Record<Subcommand, readonly string[]>> = {
   "destroy-channel": ["yes"],
   register: ["publisher", "subscriber"],
   unregister: ["publisher", "subscriber"],
+  "set-quota": ["events-per-second", "bytes-per-second", "subscriptions"],
   "list-channels": ["json"],
   status: ["json"],
 };
-const SPECIFIC_FLAGS = ["fault", "order", "priority", "public", "publisher", "subscriber", "json", "yes"] as const;
+const SPECIFIC_FLAGS = [
+  "fault",
+  "order",
+  "priority",
+  "public",
+  "publisher",
+  "subscriber",
+  "json",
+  "yes",
+  "events-per-second",
+  "bytes-per-second",
+  "subscriptions",
+] as const;
 const BOOLEAN_FLAGS: ReadonlySet<string> = new Set(["public", "json", "yes"]);
 
 export const adminCommand: Command = {
@@ -72,6 +86,10 @@ export const adminCommand: Command = {
     "  unregister TAG --publisher PUBKEY | --subscriber PUBKEY",
     "      Revokes it: the key's later publishes are refused by every replica; a revoked",
     "      subscriber's live subscriptions to a private channel end.",
+    "  set-quota PUBKEY [--events-per-second N] [--bytes-per-second N] [--subscriptions N]",
+    "      Limits of one client key at every replica, overriding the cluster's [limits]",
+    "      defaults; a limit not given keeps the default; no limit at all removes the quota.",
+    "      A refused request or subscription names the limit it met.",
     "  list-channels [--json]       Channels: CLASS, registered keys, last seq, retention use",
     "                               (--json: one object per channel, with the keys)",
     "  status [--json]              Replicas up, view, leader, last decided seq, channels;",
@@ -95,12 +113,24 @@ export const adminCommand: Command = {
     { name: "publisher", kind: "string", valueName: "PUBKEY", description: "register, unregister: the publisher key" },
     { name: "subscriber", kind: "string", valueName: "PUBKEY", description: "register, unregister: the subscriber key" },
     { name: "yes", kind: "boolean", description: "destroy-channel: destroy even though the channel holds events" },
+    {
+      name: "events-per-second",
+      kind: "string",
+      valueName: "N",
+      description: "set-quota: the key's events per second (burst: one second's worth)",
+    },
+    { name: "bytes-per-second", kind: "string", valueName: "N", description: "set-quota: the key's request bytes per second" },
+    { name: "subscriptions", kind: "string", valueName: "N", description: "set-quota: the key's open subscriptions at each replica" },
     { name: "json", kind: "boolean", description: "list-channels, status: print JSON, one object per line" },
     ...TIMEOUT_FLAGS,
   ],
   positionals: [
     { name: "COMMAND", description: SUBCOMMANDS.join(" | "), required: true },
-    { name: "TAG", description: "The channel (create-channel, destroy-channel, register, unregister)", required: false },
+    {
+      name: "TAG",
+      description: "The channel (create-channel, destroy-channel, register, unregister); set-quota: the key",
+      required: false,
+    },
   ],
   examples: [
     "fitb admin --config cluster.toml --key admin.key create-channel sec.alerts --fault byzantine --order total --priority critical",
@@ -149,6 +179,8 @@ export function parseAction(args: ParsedArgs): AdminAction {
     case "register":
     case "unregister":
       return { t: "change", cmd: keyCmd(subcommand, requireTag(requiredTag(tagText, subcommand)), args), yes: false };
+    case "set-quota":
+      return { t: "change", cmd: setQuotaCmd(tagText, args), yes: false };
     default: {
       const unreachable: never = subcommand;
       throw new UsageError(`unknown admin command ${String(unreachable)}`);
@@ -203,6 +235,25 @@ function keyCmd(t: "register" | "unregister", tag: string, args: ParsedArgs): Ad
   return { t, tag, role, key: parsed.key };
 }
 
+/** Quota limits are positive whole numbers; this bound keeps them safe integers. */
+const QUOTA_LIMIT_MAX = 1_000_000_000_000;
+
+function setQuotaCmd(keyText: string | undefined, args: ParsedArgs): AdminCmd {
+  if (keyText === undefined) throw new UsageError("set-quota needs the PUBKEY (ed25519:...) of the client key");
+  const parsed = tryParsePublicKey(keyText);
+  if (!parsed.ok) throw new UsageError(`PUBKEY: ${parsed.reason}`);
+  const eventsPerSecond = args.integer("events-per-second", 1, QUOTA_LIMIT_MAX);
+  const bytesPerSecond = args.integer("bytes-per-second", 1, QUOTA_LIMIT_MAX);
+  const subscriptions = args.integer("subscriptions", 1, QUOTA_LIMIT_MAX);
+  return {
+    t: "set-quota",
+    key: parsed.key,
+    ...(eventsPerSecond === undefined ? {} : { eventsPerSecond }),
+    ...(bytesPerSecond === undefined ? {} : { bytesPerSecond }),
+    ...(subscriptions === undefined ? {} : { subscriptions }),
+  };
+}
+
 /** Changes need an admin key; saying so here beats an UNAUTHORIZED from every replica. */
 function checkAdminKey(flags: ClientFlags): void {
   const setup = loadClientSetup(flags.configPath, flags.keyPath);
@@ -251,6 +302,17 @@ function describeChange(cmd: AdminCmd, ack: { replicas: readonly number[]; at: n
       return `ok: registered ${formatPublicKey(cmd.key)} as ${cmd.role} of ${cmd.tag} ${by}`;
     case "unregister":
       return `ok: unregistered ${formatPublicKey(cmd.key)} as ${cmd.role} of ${cmd.tag} ${by}`;
+    case "set-quota": {
+      const limits = [
+        cmd.eventsPerSecond === undefined ? null : `${cmd.eventsPerSecond} events/s`,
+        cmd.bytesPerSecond === undefined ? null : `${cmd.bytesPerSecond} bytes/s`,
+        cmd.subscriptions === undefined ? null : `${cmd.subscriptions} subscriptions`,
+      ].filter((limit) => limit !== null);
+      const what = limits.length === 0 ? "removed the quota of" : `set the quota of`;
+      const detail =
+        limits.length === 0 ? " (the cluster's defaults apply)" : `: ${limits.join(", ")} (other limits: the cluster's defaults)`;
+      return `ok: ${what} ${formatPublicKey(cmd.key)}${detail} ${by}`;
+    }
     default: {
       const unreachable: never = cmd;
       return String(unreachable);

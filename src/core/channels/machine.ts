@@ -21,7 +21,14 @@ import { chainNext, type BatchRecord } from "./batch-log.ts";
 
 import { Channel, sortedKeys } from "./channel.ts";
 import { checkChannelsConfig, DEFAULT_CHANNELS_CONFIG, type ChannelsConfig } from "./config.ts";
-import { DIGEST_BYTES, KEYS_PER_CHANNEL_MAX, PUBLIC_KEY_BYTES, READ_BATCHES_MAX, UNORDERED_RETRY_SCAN_MAX } from "./constants.ts";
+import {
+  DIGEST_BYTES,
+  KEYS_PER_CHANNEL_MAX,
+  PUBLIC_KEY_BYTES,
+  QUOTAS_MAX,
+  READ_BATCHES_MAX,
+  UNORDERED_RETRY_SCAN_MAX,
+} from "./constants.ts";
 import { signedRequestDigest } from "./request.ts";
 import { exportState, type SnapshotExport, SnapshotImport, stateDigest, type ChannelsState, type SnapshotResult } from "./snapshot.ts";
 import { isValidTag } from "./tag.ts";
@@ -47,6 +54,8 @@ import {
   type TrimReport,
   type UnorderedPublishOutcome,
   type UnregisterCmd,
+  type SetQuotaCmd,
+  type KeyQuota,
 } from "./types.ts";
 
 export type ChannelMachineOptions = {
@@ -72,7 +81,7 @@ function assertTimestamp(ms: number, what: string): void {
 export class ChannelMachine {
   readonly config: ChannelsConfig;
   private readonly hash: HashFn;
-  private state: ChannelsState = { generation: 0, channels: new Map() };
+  private state: ChannelsState = { generation: 0, channels: new Map(), quotas: new Map() };
   /** Tags in ascending order, rebuilt only after a create, destroy or restore. */
   private tagOrder: string[] | null = null;
 
@@ -103,6 +112,8 @@ export class ChannelMachine {
         return this.register(cmd);
       case "unregister":
         return this.unregister(cmd);
+      case "set-quota":
+        return this.setQuota(cmd);
       default:
         return refuse("bad-request", `unknown admin command ${String((cmd as { t: unknown }).t)}`);
     }
@@ -157,6 +168,42 @@ export class ChannelMachine {
       return refuse("bad-request", `the key is not a registered ${cmd.role} of ${cmd.tag}`);
     }
     return { ok: true, cmd: "unregister", tag: cmd.tag, role: cmd.role };
+  }
+
+  /**
+   * Sets, changes or (with no limit given) removes a key's quota. The runtime applies
+   * it to the key's requests and subscriptions at every replica (src/replica/quota.ts).
+   */
+  private setQuota(cmd: SetQuotaCmd): AdminResult {
+    if (!(cmd.key instanceof Uint8Array) || cmd.key.length !== PUBLIC_KEY_BYTES) {
+      return refuse("bad-request", `key must be ${PUBLIC_KEY_BYTES} bytes`);
+    }
+    for (const name of ["eventsPerSecond", "bytesPerSecond", "subscriptions"] as const) {
+      const limit = cmd[name];
+      if (limit !== undefined && !(Number.isSafeInteger(limit) && limit >= 1))
+        return refuse("bad-request", `${name} must be a positive integer`);
+    }
+    const hex = toHex(cmd.key);
+    const entry = {
+      key: cmd.key.slice(),
+      eventsPerSecond: cmd.eventsPerSecond ?? null,
+      bytesPerSecond: cmd.bytesPerSecond ?? null,
+      subscriptions: cmd.subscriptions ?? null,
+    };
+    if (entry.eventsPerSecond === null && entry.bytesPerSecond === null && entry.subscriptions === null) {
+      this.state.quotas.delete(hex);
+      return { ok: true, cmd: "set-quota", key: entry.key, cleared: true };
+    }
+    if (!this.state.quotas.has(hex) && this.state.quotas.size >= QUOTAS_MAX) {
+      return refuse("quotas-full", `at most ${QUOTAS_MAX} keys may have a quota`);
+    }
+    this.state.quotas.set(hex, entry);
+    return { ok: true, cmd: "set-quota", key: entry.key, cleared: false };
+  }
+
+  /** A key's quota (lowercase hex of the key), or null: the cluster's defaults apply. */
+  quotaOf(keyHex: string): KeyQuota | null {
+    return this.state.quotas.get(keyHex) ?? null;
   }
 
   /** The checks register and unregister share; returns the channel when they pass. */
