@@ -27,8 +27,12 @@ describe("--format templates", () => {
   test("fields are replaced, the rest is kept; time is ISO 8601 UTC of the signed ts", () => {
     const line = templateLine(parseTemplate("[{time}] {ts} {publisher} {tag}#{seq}: {payload}!"));
     const b = { ...batch([utf8("a"), new Uint8Array([0xff])]), ts: 1767225600004 };
-    expect(line(b, 0)).toBe("[2026-01-01T00:00:00.004Z] 1767225600004 ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA sec.alerts#14: a!");
-    expect(line(b, 1)).toBe("[2026-01-01T00:00:00.004Z] 1767225600004 ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA sec.alerts#15: base64:/w==!");
+    expect(line(b, 0)).toBe(
+      "[2026-01-01T00:00:00.004Z] 1767225600004 ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA sec.alerts#14: a!",
+    );
+    expect(line(b, 1)).toBe(
+      "[2026-01-01T00:00:00.004Z] 1767225600004 ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA sec.alerts#15: base64:/w==!",
+    );
     expect(templateLine(parseTemplate("{seq}"))(b, 1)).toBe("15");
   });
 
