@@ -8,7 +8,7 @@ import { dirname, join } from "node:path";
 import { bytesEqual } from "../../crypto/encoding.ts";
 import { KeyFileError, loadSigningKeyFile } from "../../crypto/keys.ts";
 import { formatAddress, requireClusterConfig } from "../../config/cluster.ts";
-import { createLog, logLevelFromEnv } from "../../replica/log.ts";
+import { createLog, type Log, logLevelFromEnv } from "../../replica/log.ts";
 import { listenFailure } from "../../relay/server.ts";
 import { Replica } from "../../replica/replica.ts";
 import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy } from "../../replica/storage/index.ts";
@@ -18,6 +18,7 @@ import { CONFIG_DEFAULT_TEXT, resolveConfigPath } from "../defaults.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
 import { untilStdinEnds } from "../lifetime.ts";
 import { portHolderNote } from "../port-holder.ts";
+import { SystemdNotifier, watchdogIntervalMs } from "../sd-notify.ts";
 
 export const replicaCommand: Command = {
   path: ["replica"],
@@ -31,6 +32,9 @@ export const replicaCommand: Command = {
     "is on disk there first; after kill -9 or power loss the replica restarts from it,",
     "and a replica that is behind or has lost its data fetches the state from its peers.",
     "Logs are JSON lines on standard output (FITB_LOG=debug for more).",
+    "Under systemd (Type=notify, $NOTIFY_SOCKET) it reports READY=1 once it has joined its",
+    "group (2f peers up in a normal view), WATCHDOG=1 when the unit sets WatchdogSec=, and",
+    "STOPPING=1 on SIGTERM; 'joined the group' is logged either way.",
   ],
   flags: [
     { name: "config", kind: "string", valueName: "FILE", description: `The cluster file (${CONFIG_DEFAULT_TEXT})` },
@@ -114,11 +118,13 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     throw new CommandError(problem.startsWith("cannot listen") ? `cannot start replica ${id}: ${problem}` : `${problem}${holder}`);
   }
   if (metricsServer !== null) log.info("metrics listening", { url: `http://${metricsServer.hostname}:${metricsServer.port}/metrics` });
+  const supervisor = superviseWithSystemd(replica, log);
   await new Promise<void>((resolve) => {
     let stopped = false;
     const stop = (): void => {
       if (stopped) return;
       stopped = true;
+      supervisor.stopping();
       metricsServer?.stop(true);
       replica.stop();
       resolve();
@@ -133,6 +139,46 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     }
   });
   return EXIT_OK;
+}
+
+/** How often readiness is looked at until the replica has joined its group. */
+const JOIN_POLL_MS = 100;
+
+/**
+ * Readiness for systemd (`Type=notify`, sd-notify.ts) and the log: the replica has joined
+ * its group once it reaches 2f peers (with itself, the 2f+1 that order) in a normal
+ * view. Then READY=1; WATCHDOG=1 at half the interval systemd asks for, from the event
+ * loop (a stuck loop stops them, and systemd restarts the replica); STOPPING=1 on stop.
+ */
+function superviseWithSystemd(replica: Replica, log: Log): { stopping(): void } {
+  const notifier = new SystemdNotifier();
+  let warned = false;
+  const notify = (message: string): void => {
+    try {
+      notifier.notify(message);
+    } catch (error) {
+      if (!warned) log.warn("cannot notify systemd", { error: (error as Error).message });
+      warned = true;
+    }
+  };
+  const joinTimer = setInterval(() => {
+    const status = replica.status() as { f?: number; mode?: string; peers?: { up: boolean }[] };
+    const peersUp = (status.peers ?? []).filter((peer) => peer.up).length;
+    if (status.mode !== "normal" || peersUp < 2 * (status.f ?? 0)) return;
+    clearInterval(joinTimer);
+    log.info("joined the group", { peersUp });
+    notify(`READY=1\nSTATUS=joined the group (${peersUp} peers up)`);
+  }, JOIN_POLL_MS);
+  const watchdogMs = notifier.enabled ? watchdogIntervalMs() : null;
+  const watchdogTimer = watchdogMs === null ? null : setInterval(() => notify("WATCHDOG=1"), Math.max(1, Math.floor(watchdogMs / 2)));
+  return {
+    stopping() {
+      clearInterval(joinTimer);
+      if (watchdogTimer !== null) clearInterval(watchdogTimer);
+      notify("STOPPING=1");
+      notifier.close();
+    },
+  };
 }
 
 function parseSync(text: string): SyncPolicy {
