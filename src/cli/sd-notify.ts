@@ -12,6 +12,8 @@ import { dlopen, FFIType, ptr } from "bun:ffi";
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;
 const SOCK_CLOEXEC = 0o2000000;
+/** Never block the event loop on a supervisor that does not read: a full queue fails the send instead. */
+const SOCK_NONBLOCK = 0o4000;
 /** sizeof(struct sockaddr_un) on Linux: a 2-byte family and a 108-byte path. */
 const SOCKADDR_UN_BYTES = 110;
 const SUN_PATH_BYTES = 108;
@@ -80,7 +82,7 @@ export class SystemdNotifier {
     if (this.address === null) return;
     if (this.libc === null) this.libc = openLibc();
     if (this.fd < 0) {
-      this.fd = this.libc.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      this.fd = this.libc.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
       if (this.fd < 0) throw new Error("cannot open a datagram socket for sd_notify");
     }
     const bytes = new TextEncoder().encode(message);

@@ -13,10 +13,10 @@ const sockets: NotifySocket[] = [];
 const procs: Subprocess[] = [];
 const logs: string[] = [];
 
-/** Starts replica `id` with its own notify socket (and a 200 ms watchdog for replica 0). */
+/** Starts replica `id` with its own notify socket (and a 1 s watchdog for replica 0). */
 function startReplica(id: number): void {
   const env: Record<string, string> = { ...(process.env as Record<string, string>), NOTIFY_SOCKET: (sockets[id] as NotifySocket).path };
-  if (id === 0) env.WATCHDOG_USEC = "200000";
+  if (id === 0) env.WATCHDOG_USEC = "1000000";
   const proc = Bun.spawn([BUN, MAIN, "replica", "--config", cluster.configPath, "--id", String(id)], {
     env,
     stdout: "pipe",
