@@ -28,6 +28,7 @@ import { liveQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import { formatPublicKey } from "../crypto/keys.ts";
 import type { ClusterConfig } from "../config/cluster.ts";
 import { type ChannelKeys, type ChannelListing, listChannelsRule, parseChannelKeys } from "./channel-listing.ts";
+import { ChannelWatch } from "./channel-watch.ts";
 import { summarizeStatus, type ClusterStatus } from "./cluster-status.ts";
 import type { ReplicaConnection } from "./connection.ts";
 import { ClientClosedError, ClientError, InvalidInputError, NoQuorumError, QueueFullError, ReplicaUnreachableError } from "./errors.ts";
@@ -132,6 +133,8 @@ export class FitbClient {
   private readonly readyWaiters: (() => void)[] = [];
   private tickTimer: ReturnType<typeof setInterval> | null = null;
   private closed = false;
+  /** The channel list, read once per interval for all wildcard subscriptions (channel-watch.ts). */
+  private readonly channelWatch = new ChannelWatch<ChannelInfo>(() => this.listChannels());
 
   constructor(options: FitbClientOptions) {
     this.options = resolveOptions(options);
@@ -488,6 +491,7 @@ export class FitbClient {
       throw new InvalidInputError("BAD_REQUEST", "a pattern subscription is live: --from names a seq of one channel");
     const host: PatternHost = {
       listChannels: () => this.listChannels(),
+      watchChannels: (listener) => this.channelWatch.listen(listener),
       subscribe: (tag, channelOptions, handler) => this.subscribe(tag, channelOptions, handler),
       subscriptionsMax: this.config.limits.connectionSubscriptionsMax,
     };
@@ -617,6 +621,7 @@ export class FitbClient {
     this.closed = true;
     if (this.tickTimer !== null) clearInterval(this.tickTimer);
     this.tickTimer = null;
+    this.channelWatch.stop();
     const error = new ClientClosedError();
     this.window.close(error);
     this.requests.failAll(error);

@@ -6,25 +6,28 @@
  * that nothing published before the watch saw them is missed. There is no order across
  * channels.
  *
+ * The channel list is read through the client's one shared watch (channel-watch.ts).
+ *
  * Bounds: at most PATTERN_CHANNELS_MAX channels (and never more than the replicas allow
  * subscriptions per connection) are followed at once; a matching channel past the bound
  * is reported with a signal and left out. A channel that ends its subscription
  * (destroyed, the key revoked) is reported and dropped; one created again under its tag
  * is followed again.
  */
+import type { ChannelListListener } from "./channel-watch.ts";
 import type { ChannelInfo } from "./queries.ts";
 import { matchesPattern } from "./pattern.ts";
 import type { BatchHandler, SubscribeOptions, SubscriptionHandle, SubscriptionSignal } from "./subscription.ts";
 import { describeError } from "./errors.ts";
 
-/** How often the channel list is read for new matching channels. */
-export const PATTERN_POLL_MS = 1_000;
 /** Channels one pattern subscription follows at most. */
 export const PATTERN_CHANNELS_MAX = 64;
 
 /** What a pattern subscription needs from the client. */
 export interface PatternHost {
   listChannels(): Promise<readonly ChannelInfo[]>;
+  /** Each later reading of the channel list, until the returned function is called. */
+  watchChannels(listener: ChannelListListener<ChannelInfo>): () => void;
   subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle>;
   /** The replicas' bound on subscriptions per connection (config limits). */
   readonly subscriptionsMax: number;
@@ -36,7 +39,7 @@ export class PatternSubscription implements SubscriptionHandle {
   /** Tags refused or left out; not tried again while they exist. */
   private readonly passed = new Set<string>();
   private readonly channelsMax: number;
-  private timer: ReturnType<typeof setTimeout> | null = null;
+  private unwatch: (() => void) | null = null;
   private closed = false;
   private resolveDone!: () => void;
 
@@ -56,7 +59,7 @@ export class PatternSubscription implements SubscriptionHandle {
   static async start(pattern: string, host: PatternHost, options: SubscribeOptions, onBatch: BatchHandler): Promise<PatternSubscription> {
     const subscription = new PatternSubscription(pattern, host, options, onBatch);
     await subscription.follow(await host.listChannels(), false);
-    subscription.schedulePoll();
+    if (!subscription.closed) subscription.unwatch = host.watchChannels((reading) => void subscription.onReading(reading));
     return subscription;
   }
 
@@ -68,32 +71,24 @@ export class PatternSubscription implements SubscriptionHandle {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
+    this.unwatch?.();
+    this.unwatch = null;
     const open = [...this.followed.values()];
     this.followed.clear();
     await Promise.all(open.map((subscription) => subscription?.close()));
     this.resolveDone();
   }
 
-  private schedulePoll(): void {
+  private async onReading(reading: Parameters<ChannelListListener<ChannelInfo>>[0]): Promise<void> {
     if (this.closed) return;
-    this.timer = setTimeout(() => void this.poll(), PATTERN_POLL_MS);
-  }
-
-  private async poll(): Promise<void> {
-    this.timer = null;
-    try {
-      const channels = await this.host.listChannels();
-      if (this.closed) return;
-      // A tag passed over that no longer exists may be created again: it is looked at then.
-      const present = new Set(channels.map((channel) => channel.tag));
-      for (const tag of [...this.passed]) if (!present.has(tag)) this.passed.delete(tag);
-      await this.follow(channels, true);
-    } catch (error) {
-      this.signal({ t: "channel", tag: this.tag, event: "list-failed", reason: describeError(error) });
+    if (!reading.ok) {
+      this.signal({ t: "channel", tag: this.tag, event: "list-failed", reason: describeError(reading.error) });
+      return;
     }
-    this.schedulePoll();
+    // A tag passed over that no longer exists may be created again: it is looked at then.
+    const present = new Set(reading.channels.map((channel) => channel.tag));
+    for (const tag of [...this.passed]) if (!present.has(tag)) this.passed.delete(tag);
+    await this.follow(reading.channels, true);
   }
 
   /** Subscribes to each matching channel not yet followed; `fromStart` for channels created since. */

@@ -1,6 +1,7 @@
 // A wildcard subscription against a fake client (src/client/pattern-subscription.ts):
 // which channels it follows, with which options, its bound, and channels that end.
 import { describe, expect, test } from "bun:test";
+import { ChannelWatch } from "../../src/client/channel-watch.ts";
 import { type PatternHost, PatternSubscription } from "../../src/client/pattern-subscription.ts";
 import type { ChannelInfo } from "../../src/client/queries.ts";
 import type { SubscribeOptions, SubscriptionHandle, SubscriptionSignal } from "../../src/client/subscription.ts";
@@ -18,12 +19,16 @@ const info = (tag: string, order: "none" | "total" = "total"): ChannelInfo => ({
 function fakeHost(channels: ChannelInfo[], subscriptionsMax = 256) {
   const made: { tag: string; options: SubscribeOptions; end: (error?: Error) => void; closed: boolean }[] = [];
   const calls = { lists: 0 };
+  const listChannels = async (): Promise<ChannelInfo[]> => {
+    calls.lists++;
+    return [...channels];
+  };
+  // The client's shared watch, reading every 20 ms here.
+  const watch = new ChannelWatch<ChannelInfo>(listChannels, 20);
   const host: PatternHost = {
     subscriptionsMax,
-    listChannels: async () => {
-      calls.lists++;
-      return [...channels];
-    },
+    listChannels,
+    watchChannels: (listener) => watch.listen(listener),
     subscribe: async (tag, options) => {
       let settle!: { resolve: () => void; reject: (error: Error) => void };
       const done = new Promise<void>((resolve, reject) => {
@@ -95,5 +100,24 @@ describe("PatternSubscription", () => {
     await waitFor("the channel followed again", () => made.length === 2, 10_000);
     expect(made[1]?.options).toMatchObject({ from: 1 });
     await sub.close();
+  });
+});
+
+describe("ChannelWatch", () => {
+  test("one reading of the list per interval however many listen", async () => {
+    let lists = 0;
+    const watch = new ChannelWatch<string>(async () => {
+      lists++;
+      return ["net.links"];
+    }, 10);
+    const seen = { a: 0, b: 0 };
+    const stopA = watch.listen(() => seen.a++);
+    const stopB = watch.listen(() => seen.b++);
+    await waitFor("three readings each", () => seen.a >= 3 && seen.b >= 3);
+    // Both listeners were handed the same readings: the list was read once for both.
+    expect(lists).toBeLessThanOrEqual(Math.max(seen.a, seen.b) + 1);
+    stopA();
+    stopB();
+    watch.stop();
   });
 });
