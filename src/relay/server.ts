@@ -13,6 +13,7 @@ import type { Socket, SocketHandler, TCPSocketListener, UnixSocketListener } fro
 import type { FitbClient } from "../client/client.ts";
 import { describeError, QueueFullError } from "../client/errors.ts";
 import { Publisher } from "../client/publisher.ts";
+import { isPattern } from "../client/pattern.ts";
 import type { BatchHandler, SubscribeOptions, SubscriptionHandle } from "../client/subscription.ts";
 import { formatAddress } from "../config/cluster.ts";
 import { errLine } from "./format.ts";
@@ -264,7 +265,8 @@ export class RelayServer {
   }
 
   private subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
-    return this.client.subscribeAny(tag, options, onBatch);
+    // A pattern (net.*, net.>) follows every matching channel; a tag, that channel.
+    return isPattern(tag) ? this.client.subscribePattern(tag, options, onBatch) : this.client.subscribe(tag, options, onBatch);
   }
 }
 
