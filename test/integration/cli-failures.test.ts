@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
-import { BUN, MAIN, startCluster, type TestCluster } from "./harness.ts";
+import { BUN, freePortRange, MAIN, startCluster, type TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
 let A: string[];
@@ -85,10 +85,12 @@ describe("refusals", () => {
 
   test("with nothing listening at any replica address, commands fail at once, not after --connect-timeout", async () => {
     const dead = join(cluster.dir, "dead.toml");
-    // Ports of this cluster's replicas moved by 1000: nothing listens there (refused at once).
+    // Four ports found free just now: nothing listens there (refused at once).
+    const free = freePortRange(4);
+    let index = 0;
     writeFileSync(
       dead,
-      readFileSync(cluster.configPath, "utf8").replace(/^port = (\d+)$/gm, (_, port) => `port = ${Number(port) + 1000}`),
+      readFileSync(cluster.configPath, "utf8").replace(/^port = \d+$/gm, () => `port = ${free + index++}`),
     );
     for (const args of [
       ["pub", "--config", dead, "--key", cluster.clientKey, "sec.alerts", "x"],
