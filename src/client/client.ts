@@ -69,6 +69,13 @@ export { summarizeStatus, type ClusterStatus, type ReplicaStatus } from "./clust
  */
 export const SESSION_GRACE_MS = 1_000;
 
+/**
+ * How long replicas must have refused connections before a one-shot command gives up
+ * (`refusedFailsAtOnce`): long enough for replicas started a moment ago (`fitb replica &`,
+ * then a command) to begin listening, far shorter than the connect timeout.
+ */
+export const REFUSED_GRACE_MS = 1_000;
+
 /** Connection failures that retrying within seconds will not cure (describeSocketError's words). */
 const DEFINITE_REFUSALS: ReadonlySet<string> = new Set(["connection refused", "host name not found"]);
 /** The client's timers look at deadlines this often at most. */
@@ -258,14 +265,15 @@ export class FitbClient {
    * are, else rejects with NoQuorumError.
    */
   async waitForSessions(wanted: number, needed: number, timeoutMs: number, refusedFailsAtOnce = false): Promise<void> {
-    let deadline = this.options.now() + timeoutMs;
+    const startedMs = this.options.now();
+    let deadline = startedMs + timeoutMs;
     let graceStarted = false;
     while (this.readyReplicas().length < wanted) {
       if (this.closed) throw new ClientClosedError();
-      const refused = refusedFailsAtOnce ? this.refusedReplicas() : 0;
+      const refused = refusedFailsAtOnce && this.options.now() - startedMs >= REFUSED_GRACE_MS ? this.refusedReplicas() : 0;
       if (this.n - refused < needed) {
         throw new NoQuorumError(
-          `no quorum: ${refused} of ${this.n} replicas refused the connection (nothing listens there), so fewer than the ${needed} needed can answer (${this.group.describeReplicas(new Set())})`,
+          `no quorum: ${refused} of ${this.n} replicas refused the connection for ${REFUSED_GRACE_MS} ms (nothing listens there), so fewer than the ${needed} needed can answer (${this.group.describeReplicas(new Set())})`,
         );
       }
       // Once enough are ready, the rest get a short grace, not the whole timeout: with
@@ -274,10 +282,14 @@ export class FitbClient {
         graceStarted = true;
         deadline = Math.min(deadline, this.options.now() + SESSION_GRACE_MS);
       }
-      const left = deadline - this.options.now();
+      const now = this.options.now();
+      const left = deadline - now;
       if (left <= 0) break;
+      // Look again when the refusal grace ends, not only at the next event.
+      const untilGraceEnds = startedMs + REFUSED_GRACE_MS - now;
+      const waitMs = refusedFailsAtOnce && untilGraceEnds > 0 ? Math.min(left, untilGraceEnds) : left;
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
+        const timer = setTimeout(resolve, waitMs);
         this.readyWaiters.push(() => {
           clearTimeout(timer);
           resolve();

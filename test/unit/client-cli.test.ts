@@ -143,13 +143,13 @@ describe("valid arguments reach the files and the network", () => {
   });
 
   test("no reachable replica: one clear line naming the quorum and each replica, exit 1", async () => {
-    const result = await run(["pub", "--config", configPath, "--key", clientKey, "--connect-timeout", "300", "net.links", "hello"]);
+    const result = await run(["pub", "--config", configPath, "--key", clientKey, "--connect-timeout", "60000", "net.links", "hello"]);
     expect(result.code).toBe(EXIT_FAILURE);
     expect(result.out).toEqual([]);
     const last = result.err.at(-1) as string;
-    // Nothing listens at ports 1-4: refused at once, so the command does not wait out the timeout.
+    // Nothing listens at ports 1-4: refused for a second, so the command does not wait out the 60 s timeout.
     expect(last).toMatch(
-      /^fitb pub: no quorum: [34] of 4 replicas refused the connection \(nothing listens there\), so fewer than the 2 needed/,
+      /^fitb pub: no quorum: [34] of 4 replicas refused the connection for 1000 ms \(nothing listens there\), so fewer than the 2 needed/,
     );
     expect(last).toContain("replica 0 (127.0.0.1:1): unreachable: connection refused");
     expect(last).toContain("replica 3 (127.0.0.1:4)");
@@ -178,9 +178,9 @@ describe("valid arguments reach the files and the network", () => {
     ["bench", "--channel", "net.links", "--events", "10"],
   ]) {
     test(`fitb ${argv.join(" ")} without replicas fails with the same kind of line`, async () => {
-      const result = await run([argv[0]!, "--config", configPath, "--key", clientKey, "--connect-timeout", "200", ...argv.slice(1)]);
+      const result = await run([argv[0]!, "--config", configPath, "--key", clientKey, "--connect-timeout", "60000", ...argv.slice(1)]);
       expect(result.code).toBe(EXIT_FAILURE);
-      expect(result.err.at(-1)).toMatch(/no quorum: [34] of 4 replicas refused the connection/);
+      expect(result.err.at(-1)).toMatch(/no quorum: [34] of 4 replicas refused the connection for 1000 ms/);
     });
   }
 

@@ -91,7 +91,7 @@ export async function openClient(flags: ClientFlags, io: CommandIo, name: string
   // Warnings while connecting are held back: if no quorum is reached, the error line
   // already names every replica and why, and the same facts twice would be noise.
   let connected = false;
-  const heldBack: string[] = [];
+  const heldBack: { line: string; replica: number | undefined }[] = [];
   const client = await withClientErrors(() =>
     FitbClient.connect(
       {
@@ -102,7 +102,7 @@ export async function openClient(flags: ClientFlags, io: CommandIo, name: string
           if (entry.level !== "warn") return;
           const line = `fitb ${name}: warning: ${entry.message}`;
           if (connected) io.err(line);
-          else heldBack.push(line);
+          else heldBack.push({ line, replica: entry.replica });
         },
       },
       // With every replica refusing connections (none running there), fail at once.
@@ -110,7 +110,9 @@ export async function openClient(flags: ClientFlags, io: CommandIo, name: string
     ),
   );
   connected = true;
-  for (const line of heldBack) io.err(line);
+  // What went wrong with a replica that has since come up (one started a moment ago) is not news.
+  const ready = new Set(client.readyReplicas());
+  for (const held of heldBack) if (held.replica === undefined || !ready.has(held.replica)) io.err(held.line);
   return client;
 }
 
