@@ -486,7 +486,7 @@ describe("relay: bounds", () => {
     } finally {
       await slowRelay.stop(1_000);
     }
-  });
+  }, 60_000);
 });
 
 describe("relay: bounds at their limit", () => {
