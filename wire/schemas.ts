@@ -94,6 +94,20 @@ export const adminCmdSchema = z.discriminatedUnion("t", [
     role: z.enum(["publisher", "subscriber"]),
     key: keySchema,
   }),
+  z.strictObject({
+    t: z.literal("unregister"),
+    tag: tagSchema,
+    role: z.enum(["publisher", "subscriber"]),
+    key: keySchema,
+  }),
+  // A key's own limits; a limit left out keeps the cluster default; none at all removes the quota.
+  z.strictObject({
+    t: z.literal("set-quota"),
+    key: keySchema,
+    eventsPerSecond: positiveSchema.optional(),
+    bytesPerSecond: positiveSchema.optional(),
+    subscriptions: positiveSchema.optional(),
+  }),
 ]);
 
 export const pubOpSchema = z.strictObject({
@@ -203,7 +217,11 @@ export type RequestFrame = z.infer<typeof requestFrameSchema>;
 export const replyResultSchema = z.discriminatedUnion("t", [
   z.strictObject({ t: z.literal("pub"), tag: tagSchema, span: positiveSchema, first: uintSchema.optional() }),
   // `at`: the decided seq at which the command executed, the same at every correct replica.
-  z.strictObject({ t: z.literal("admin"), cmd: z.enum(["create-channel", "destroy-channel", "register"]), at: uintSchema.optional() }),
+  z.strictObject({
+    t: z.literal("admin"),
+    cmd: z.enum(["create-channel", "destroy-channel", "register", "unregister", "set-quota"]),
+    at: uintSchema.optional(),
+  }),
 ]);
 
 /**
@@ -239,7 +257,14 @@ export const querySchema = z.discriminatedUnion("q", [
   z.strictObject({ id: uintSchema, q: z.literal(["status", "list-channels"]), after: uintSchema.optional() }),
   // The sequence space of publishes is per (client, tag); without a tag, the admin space.
   z.strictObject({ id: uintSchema, q: z.literal("client-seq"), tag: tagSchema.optional(), after: uintSchema.optional() }),
-  z.strictObject({ id: uintSchema, q: z.literal("channel-info"), tag: tagSchema, after: uintSchema.optional() }),
+  // `keys`: also list the channel's registered publisher and subscriber keys.
+  z.strictObject({
+    id: uintSchema,
+    q: z.literal("channel-info"),
+    tag: tagSchema,
+    keys: z.literal(true).optional(),
+    after: uintSchema.optional(),
+  }),
   // The keys registered as publishers of a channel: what subscribers of crash-fault channels filter by.
   z.strictObject({ id: uintSchema, q: z.literal("publishers"), tag: tagSchema, after: uintSchema.optional() }),
 ]);

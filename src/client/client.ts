@@ -25,17 +25,19 @@ import type { AdminCmd, Frame, Op, Query, QueryKind, ReplyResult } from "../../w
 import { FrameType, type ErrorCode } from "../../wire/types.ts";
 import type { Canonical } from "../../wire/canonical.ts";
 import { liveQuorum, vouchQuorum } from "../core/voting/quorum.ts";
+import { formatPublicKey } from "../crypto/keys.ts";
 import type { ClusterConfig } from "../config/cluster.ts";
+import { type ChannelKeys, type ChannelListing, listChannelsRule, parseChannelKeys } from "./channel-listing.ts";
+import { ChannelWatch } from "./channel-watch.ts";
 import { summarizeStatus, type ClusterStatus } from "./cluster-status.ts";
 import type { ReplicaConnection } from "./connection.ts";
-import { ClientClosedError, ClientError, NoQuorumError, QueueFullError } from "./errors.ts";
+import { ClientClosedError, ClientError, InvalidInputError, NoQuorumError, QueueFullError, ReplicaUnreachableError } from "./errors.ts";
 import { ExecutedFloor } from "./executed-floor.ts";
 import { resolveOptions, type ClientLimits, type ClientTimeouts, type FitbClientOptions, type ResolvedOptions } from "./options.ts";
 import {
   channelInfoRule,
   eachRule,
   matchingRule,
-  parseChannelList,
   parseClientSeq,
   parseStatus,
   publishersRule,
@@ -48,7 +50,15 @@ import { ReplicaGroup, type TrackingContext } from "./replica-group.ts";
 import { adminOp, buildRequest, checkEvents, checkTag, pubOp, spanOf } from "./request.ts";
 import { RequestTracker, type RequestOutcome } from "./request-tracker.ts";
 import { SeqSpaces, type SeqSpace } from "./seq-spaces.ts";
-import { ClientSubscription, type BatchHandler, type SubscribeOptions, type Subscription } from "./subscription.ts";
+import { isPattern, patternProblem } from "./pattern.ts";
+import { type PatternHost, PatternSubscription } from "./pattern-subscription.ts";
+import {
+  ClientSubscription,
+  type BatchHandler,
+  type SubscribeOptions,
+  type Subscription,
+  type SubscriptionHandle,
+} from "./subscription.ts";
 import { SubscriptionRouter } from "./subscription-router.ts";
 import { InflightWindow } from "./window.ts";
 
@@ -59,6 +69,16 @@ export { summarizeStatus, type ClusterStatus, type ReplicaStatus } from "./clust
  * goes on (they keep connecting in the background).
  */
 export const SESSION_GRACE_MS = 1_000;
+
+/**
+ * How long replicas must have refused connections before a one-shot command gives up
+ * (`refusedFailsAtOnce`): long enough for replicas started a moment ago (`fitb replica &`,
+ * then a command) to begin listening, far shorter than the connect timeout.
+ */
+export const REFUSED_GRACE_MS = 1_000;
+
+/** Connection failures that retrying within seconds will not cure (describeSocketError's words). */
+const DEFINITE_REFUSALS: ReadonlySet<string> = new Set(["connection refused", "host name not found"]);
 /** The client's timers look at deadlines this often at most. */
 const TICK_MS_MAX = 250;
 
@@ -83,7 +103,8 @@ export interface PublishAck {
 /** The acknowledgement of an admin command. */
 export interface AdminAck {
   readonly cmd: AdminCmd["t"];
-  readonly tag: string;
+  /** The channel the command was about; null for set-quota, which is about a key. */
+  readonly tag: string | null;
   readonly replicas: readonly number[];
   /**
    * The decided seq at which the command executed (null from replicas that do not say).
@@ -95,7 +116,7 @@ export interface AdminAck {
 
 export type QueryResult =
   | { readonly kind: "status"; readonly value: ClusterStatus }
-  | { readonly kind: "list-channels"; readonly value: readonly ChannelInfo[] }
+  | { readonly kind: "list-channels"; readonly value: readonly ChannelListing[] }
   | { readonly kind: "channel-info"; readonly value: ChannelInfo }
   | { readonly kind: "client-seq"; readonly value: number }
   | { readonly kind: "publishers"; readonly value: readonly Uint8Array[] };
@@ -121,6 +142,8 @@ export class FitbClient {
   private readonly readyWaiters: (() => void)[] = [];
   private tickTimer: ReturnType<typeof setInterval> | null = null;
   private closed = false;
+  /** The channel list, read once per interval for all wildcard subscriptions (channel-watch.ts). */
+  private readonly channelWatch = new ChannelWatch<ChannelInfo>(() => this.listChannels());
 
   constructor(options: FitbClientOptions) {
     this.options = resolveOptions(options);
@@ -176,11 +199,18 @@ export class FitbClient {
    * timeout, if at least f+1 are. Otherwise rejects with NoQuorumError naming why each
    * replica is missing. Replicas not yet up keep being dialled in the background.
    */
-  static async connect(options: FitbClientOptions): Promise<FitbClient> {
+  /**
+   * `refusedFailsAtOnce`: give up as soon as so many replicas refused the connection
+   * (nothing listens at their address) that the rest cannot make a quorum, instead of
+   * waiting out the connect timeout. For one-shot commands; a long-running client, whose
+   * replicas may be starting, keeps trying.
+   */
+  static async connect(options: FitbClientOptions, how: { readonly refusedFailsAtOnce?: boolean } = {}): Promise<FitbClient> {
     const client = new FitbClient(options);
     client.start();
     try {
-      await client.waitForSessions(liveQuorum(client.n, client.f), vouchQuorum(client.f), client.options.timeouts.connectMs);
+      const { connectMs } = client.options.timeouts;
+      await client.waitForSessions(liveQuorum(client.n, client.f), vouchQuorum(client.f), connectMs, how.refusedFailsAtOnce ?? false);
     } catch (error) {
       client.close();
       throw error;
@@ -241,21 +271,32 @@ export class FitbClient {
    * Resolves once `wanted` sessions are up; at `timeoutMs` resolves if at least `needed`
    * are, else rejects with NoQuorumError.
    */
-  async waitForSessions(wanted: number, needed: number, timeoutMs: number): Promise<void> {
-    let deadline = this.options.now() + timeoutMs;
+  async waitForSessions(wanted: number, needed: number, timeoutMs: number, refusedFailsAtOnce = false): Promise<void> {
+    const startedMs = this.options.now();
+    let deadline = startedMs + timeoutMs;
     let graceStarted = false;
     while (this.readyReplicas().length < wanted) {
       if (this.closed) throw new ClientClosedError();
+      const refused = refusedFailsAtOnce && this.options.now() - startedMs >= REFUSED_GRACE_MS ? this.refusedReplicas() : 0;
+      if (this.n - refused < needed) {
+        throw new NoQuorumError(
+          `no quorum: ${refused} of ${this.n} replicas refused the connection for ${REFUSED_GRACE_MS} ms (nothing listens there), so fewer than the ${needed} needed can answer (${this.group.describeReplicas(new Set())})`,
+        );
+      }
       // Once enough are ready, the rest get a short grace, not the whole timeout: with
       // replicas down, a publish should not first wait out --connect-timeout.
       if (!graceStarted && this.readyReplicas().length >= needed) {
         graceStarted = true;
         deadline = Math.min(deadline, this.options.now() + SESSION_GRACE_MS);
       }
-      const left = deadline - this.options.now();
+      const now = this.options.now();
+      const left = deadline - now;
       if (left <= 0) break;
+      // Look again when the refusal grace ends, not only at the next event.
+      const untilGraceEnds = startedMs + REFUSED_GRACE_MS - now;
+      const waitMs = refusedFailsAtOnce && untilGraceEnds > 0 ? Math.min(left, untilGraceEnds) : left;
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
+        const timer = setTimeout(resolve, waitMs);
         this.readyWaiters.push(() => {
           clearTimeout(timer);
           resolve();
@@ -291,14 +332,16 @@ export class FitbClient {
   /** Runs an admin command (signed by this client's key, which must be an admin key). */
   async admin(cmd: AdminCmd): Promise<AdminAck> {
     this.assertOpen();
-    checkTag(cmd.tag);
-    const result = await this.submitWithRetries(null, adminOp(cmd), () => `${cmd.t} ${cmd.tag}`);
+    const tag = "tag" in cmd ? cmd.tag : null;
+    if (tag !== null) checkTag(tag);
+    const what = cmd.t === "set-quota" ? `set-quota ${formatPublicKey(cmd.key)}` : `${cmd.t} ${cmd.tag}`;
+    const result = await this.submitWithRetries(null, adminOp(cmd), () => what);
     if (result.res.t !== "admin" || result.res.cmd !== cmd.t) {
-      throw new ClientError("INTERNAL", `${cmd.t} ${cmd.tag}: the replicas acknowledged a different command`);
+      throw new ClientError("INTERNAL", `${what}: the replicas acknowledged a different command`);
     }
     const at = result.res.at ?? null;
     if (at !== null) this.observeExecuted(at);
-    return { cmd: cmd.t, tag: cmd.tag, replicas: result.replicas, at };
+    return { cmd: cmd.t, tag, replicas: result.replicas, at };
   }
 
   /** The limits a batcher (Publisher) must keep to. */
@@ -391,10 +434,33 @@ export class FitbClient {
     return this.runQuery(body, publishersRule(this.n, this.f, `publishers ${tag}`));
   }
 
-  /** Every channel, sorted by tag, from f+1 matching answers. */
-  listChannels(): Promise<readonly ChannelInfo[]> {
-    const rule = matchingRule(this.n, this.f, "list-channels", (res) => parseChannelList(res) as Canonical | null);
-    return this.runQuery({ id: 0, q: "list-channels" }, rule) as Promise<unknown> as Promise<readonly ChannelInfo[]>;
+  /**
+   * Where a total-order channel's next event will go: the (f+1)-th highest `next` the
+   * replicas report (at least one correct replica has stored up to just below it); null
+   * for an unordered channel, whose seqs are each replica's own.
+   */
+  async nextChannelSeq(tag: string): Promise<number | null> {
+    const info = await this.channelInfo(tag);
+    if (info.order !== "total") return null;
+    const read = (res: Canonical): number | null => {
+      const next = (res as { next?: unknown } | null)?.next;
+      return typeof next === "number" && Number.isSafeInteger(next) && next >= 1 ? next : null;
+    };
+    return this.runQuery({ id: 0, q: "channel-info", tag }, rankRule(this.n, this.f, `channel-info ${tag}`, read));
+  }
+
+  /** Every channel, sorted by tag: CLASS and key counts from f+1 matching answers, with retention figures. */
+  listChannels(): Promise<readonly ChannelListing[]> {
+    return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.n, this.f));
+  }
+
+  /** A channel's registered publisher and subscriber keys, from f+1 matching answers. */
+  channelKeys(tag: string): Promise<ChannelKeys> {
+    checkTag(tag);
+    const floor = this.floor.value;
+    const rule = matchingRule(this.n, this.f, `channel-info ${tag}`, (res) => parseChannelKeys(res) as Canonical | null);
+    const body: Query = { id: 0, q: "channel-info", tag, keys: true, ...(floor > 0 ? { after: floor } : {}) };
+    return this.runQuery(body, rule) as Promise<unknown> as Promise<ChannelKeys>;
   }
 
   /**
@@ -445,6 +511,31 @@ export class FitbClient {
   // ---------------------------------------------------------------------------------
   // Subscriptions
   // ---------------------------------------------------------------------------------
+
+  /**
+   * Subscribes to every channel whose tag matches `pattern` (`net.*`, `net.>`;
+   * pattern.ts), including channels created later (pattern-subscription.ts). Live only:
+   * `from` is refused, as channel seqs differ between channels.
+   */
+  async subscribePattern(pattern: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<PatternSubscription> {
+    this.assertOpen();
+    const problem = patternProblem(pattern);
+    if (problem !== null) throw new InvalidInputError("BAD_REQUEST", problem);
+    if (options.from !== undefined)
+      throw new InvalidInputError("BAD_REQUEST", "a pattern subscription is live: --from names a seq of one channel");
+    const host: PatternHost = {
+      listChannels: () => this.listChannels(),
+      watchChannels: (listener) => this.channelWatch.listen(listener),
+      subscribe: (tag, channelOptions, handler) => this.subscribe(tag, channelOptions, handler),
+      subscriptionsMax: this.config.limits.connectionSubscriptionsMax,
+    };
+    return PatternSubscription.start(pattern, host, options, onBatch);
+  }
+
+  /** `subscribe` for a tag, `subscribePattern` for a pattern. */
+  subscribeAny(tagOrPattern: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
+    return isPattern(tagOrPattern) ? this.subscribePattern(tagOrPattern, options, onBatch) : this.subscribe(tagOrPattern, options, onBatch);
+  }
 
   /**
    * Subscribes to `tag` and resolves once the subscription has started (see
@@ -524,8 +615,20 @@ export class FitbClient {
     for (const wake of this.readyWaiters.splice(0)) wake();
   }
 
+  /** Replicas that are not up and whose last attempt met a definite "no": nothing listens, or no such host. */
+  private refusedReplicas(): number {
+    return this.group.connections.filter(
+      (connection) =>
+        !connection.isReady &&
+        connection.lastError instanceof ReplicaUnreachableError &&
+        DEFINITE_REFUSALS.has(connection.lastError.detail),
+    ).length;
+  }
+
   private onDown(connection: ReplicaConnection, error: ClientError): void {
     const id = connection.id;
+    // waitForSessions looks again: this may have been the refusal that leaves no quorum.
+    for (const wake of this.readyWaiters.splice(0)) wake();
     // Report the first failure after being up (or the first ever), not every retry.
     if (connection.consecutiveFailures === 1) this.log("warn", error.message, id);
     this.requests.onDown(id);
@@ -554,6 +657,7 @@ export class FitbClient {
     this.closed = true;
     if (this.tickTimer !== null) clearInterval(this.tickTimer);
     this.tickTimer = null;
+    this.channelWatch.stop();
     const error = new ClientClosedError();
     this.window.close(error);
     this.requests.failAll(error);

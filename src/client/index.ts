@@ -17,6 +17,7 @@ export {
   type SubscriptionStats,
 } from "./subscription.ts";
 export type { ChannelInfo, EachAnswer, ReplicaStatusAnswer } from "./queries.ts";
+export type { ChannelKeys, ChannelListing } from "./channel-listing.ts";
 export {
   ClientClosedError,
   ClientError,

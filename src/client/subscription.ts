@@ -99,6 +99,17 @@ export type SubscriptionSignal =
   | { readonly t: "conflict"; readonly replica: number; readonly seq: number; readonly reason: string }
   /** History before `oldestSeq` is gone; with `skipTrimmed` delivery went on from there. */
   | { readonly t: "trimmed"; readonly nextSeq: number; readonly oldestSeq: number }
+  /**
+   * A wildcard subscription (pattern-subscription.ts) began to follow a matching channel
+   * (`added`), left one out (`skipped`: at its bound; `refused`), stopped following one
+   * (`ended`), or could not read the channel list this time (`list-failed`).
+   */
+  | {
+      readonly t: "channel";
+      readonly tag: string;
+      readonly event: "added" | "skipped" | "refused" | "ended" | "list-failed";
+      readonly reason: string;
+    }
   /** One replica ended the subscription; the others carry on. */
   | { readonly t: "replica-ended"; readonly replica: number; readonly code: string; readonly reason: string };
 
@@ -158,8 +169,18 @@ interface BufferedCopy {
   readonly events: Events;
 }
 
+/** What every subscription offers, to one channel or to a pattern of them. */
+export interface SubscriptionHandle {
+  /** The channel's tag, or the pattern. */
+  readonly tag: string;
+  /** Unsubscribes everywhere and stops delivering. */
+  close(): Promise<void>;
+  /** Resolves when closed; rejects when the subscription ends for a reason the caller must see. */
+  readonly done: Promise<void>;
+}
+
 /** The public face of a subscription. */
-export interface Subscription {
+export interface Subscription extends SubscriptionHandle {
   readonly tag: string;
   readonly channel: ChannelInfo;
   /** Total order: the next channel seq to deliver (where a new subscription would resume). Null on unordered channels. */

@@ -20,6 +20,7 @@ import { readFileSync, statSync } from "node:fs";
 import { isIP, isIPv4 } from "node:net";
 import { dirname, resolve } from "node:path";
 import { z } from "zod";
+import { tomlErrorPosition } from "./toml-position.ts";
 import { bytesEqual } from "../crypto/encoding.ts";
 import { describeIoError, formatPublicKey, PUBLIC_KEY_FORM, tryParsePublicKey } from "../crypto/keys.ts";
 import {
@@ -286,7 +287,7 @@ export function parseClusterConfig(text: string, sourceName: string, options: Pa
   try {
     document = Bun.TOML.parse(text);
   } catch (error) {
-    return { ok: false, errors: [{ path: "", message: describeTomlError(error, sourceName) }] };
+    return { ok: false, errors: [{ path: "", message: describeTomlError(error, sourceName, text) }] };
   }
   const parsed = clusterFileSchema.safeParse(document);
   if (!parsed.success) return { ok: false, errors: parsed.error.issues.flatMap(issueFromZod) };
@@ -323,12 +324,16 @@ export function requireClusterConfig(path: string): ClusterConfig {
 }
 
 /**
- * Bun's TOML errors carry no position within the TOML text (their `line` is the
- * JavaScript caller's), so the message is passed on without one.
+ * `FILE:LINE:COLUMN: not valid TOML: ...`. Bun's TOML errors carry no position within
+ * the TOML text (their `line` is the JavaScript caller's), so toml-position.ts finds it;
+ * the offending line is quoted after the message.
  */
-function describeTomlError(error: unknown, sourceName: string): string {
+function describeTomlError(error: unknown, sourceName: string, text: string): string {
   const message = error instanceof Error ? error.message.replace(/^TOML Parse error: /, "") : String(error);
-  return `${sourceName}: not valid TOML: ${message}`;
+  const position = tomlErrorPosition(text);
+  if (position === null) return `${sourceName}: not valid TOML: ${message}`;
+  const line = (text.split("\n")[position.line - 1] ?? "").replace(/\r$/, "");
+  return `${sourceName}:${position.line}:${position.column}: not valid TOML: ${message} (line ${position.line}: ${JSON.stringify(line)})`;
 }
 
 /** Turns one zod issue into issues with file paths; unknown keys become one issue each. */

@@ -31,7 +31,7 @@ import {
   type BatchHandler,
   type ReceivedBatch,
   type SubscribeOptions,
-  type Subscription,
+  type SubscriptionHandle,
   type SubscriptionSignal,
 } from "../client/subscription.ts";
 import { formatPublicKey } from "../crypto/keys.ts";
@@ -72,7 +72,8 @@ export interface RelayBackend {
   readonly publishBytes: PublishBytesBudget;
   /** The shared publisher of `tag`: publishes of every connection to a tag batch together. */
   publisherFor(tag: string): Publisher;
-  subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<Subscription>;
+  /** `tag` may be a pattern (net.*, net.>): one subscription that follows every matching channel. */
+  subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle>;
   log(message: string): void;
 }
 
@@ -85,7 +86,7 @@ interface Answer {
 /** One `SUB` of this connection. */
 interface RelaySub {
   readonly tag: string;
-  subscription: Subscription | null;
+  subscription: SubscriptionHandle | null;
   /** Set by UNSUB, by an end, or when the connection goes: nothing more is written for it. */
   closed: boolean;
   /** Whether the SUB's `+OK` is written; event lines before it wait in `held`. */
@@ -388,7 +389,7 @@ export class RelayConnection {
     this.subs.set(tag, sub);
     const onSignal = (signal: SubscriptionSignal): void => this.onSignal(sub, signal);
     const options: SubscribeOptions = from === null ? { onSignal } : { from, onSignal };
-    let started: Promise<Subscription>;
+    let started: Promise<SubscriptionHandle>;
     try {
       started = this.backend.subscribe(tag, options, (batch) => this.onBatch(sub, batch));
     } catch (error) {
@@ -402,7 +403,7 @@ export class RelayConnection {
     );
   }
 
-  private onSubStarted(sub: RelaySub, subscription: Subscription): Answer {
+  private onSubStarted(sub: RelaySub, subscription: SubscriptionHandle): Answer {
     sub.subscription = subscription;
     if (sub.closed) {
       // UNSUB, an end (SLOW) or a close came while the subscription was starting; an

@@ -14,6 +14,7 @@
  * that the relay would sign), so it is refused with `closes` and every later byte of the
  * stream is dropped unread.
  */
+import { isPattern, patternProblem } from "../client/pattern.ts";
 import { EVENT_BYTES_MAX, RELAY_LINE_BYTES_MAX, TAG_BYTES_MAX, TAG_PATTERN, type ErrorCode } from "../../wire/types.ts";
 
 const LF = 0x0a;
@@ -306,12 +307,12 @@ function parsePub(rest: Uint8Array | null): RelayInput {
   return command({ t: "pub", tag: latin1(tagBytes), payload, form: "PUB" });
 }
 
-/** `SUB <tag> [<from>]`. */
+/** `SUB <tag> [<from>]`; the tag may be a pattern (`net.*`, `net.>`). */
 function parseSub(rest: Uint8Array | null): RelayInput {
   const fields = splitFields(rest);
   if (fields === null || fields.length > 2) return refused("BAD_REQUEST", "usage: SUB <tag> [<from-seq>]");
   const [tagBytes, fromBytes] = fields as [Uint8Array, Uint8Array | undefined];
-  const tagError = tagProblem(tagBytes);
+  const tagError = tagOrPatternProblem(tagBytes);
   if (tagError !== null) return refused("BAD_REQUEST", tagError);
   if (fromBytes === undefined) return command({ t: "sub", tag: latin1(tagBytes), from: null });
   const from = parseNumber(fromBytes);
@@ -324,7 +325,7 @@ function parseUnsub(rest: Uint8Array | null): RelayInput {
   const fields = splitFields(rest);
   if (fields === null || fields.length !== 1) return refused("BAD_REQUEST", "usage: UNSUB <tag>");
   const tagBytes = fields[0] as Uint8Array;
-  const tagError = tagProblem(tagBytes);
+  const tagError = tagOrPatternProblem(tagBytes);
   if (tagError !== null) return refused("BAD_REQUEST", tagError);
   return command({ t: "unsub", tag: latin1(tagBytes) });
 }
@@ -366,6 +367,12 @@ function tagProblem(bytes: Uint8Array): string | null {
   if (bytes.byteLength > TAG_BYTES_MAX) return `tag is ${bytes.byteLength} bytes; at most ${TAG_BYTES_MAX}`;
   if (!TAG_PATTERN.test(latin1(bytes))) return `tag ${shown(bytes)} is not dot-separated segments of [a-z0-9_-]+`;
   return null;
+}
+
+/** A tag, or a wildcard pattern of tags (SUB and UNSUB only). */
+function tagOrPatternProblem(bytes: Uint8Array): string | null {
+  const text = latin1(bytes);
+  return isPattern(text) ? patternProblem(text) : tagProblem(bytes);
 }
 
 /** One byte per character: exact for ASCII, and never throws on other bytes. */

@@ -13,7 +13,8 @@ import type { Socket, SocketHandler, TCPSocketListener, UnixSocketListener } fro
 import type { FitbClient } from "../client/client.ts";
 import { describeError, QueueFullError } from "../client/errors.ts";
 import { Publisher } from "../client/publisher.ts";
-import type { BatchHandler, SubscribeOptions, Subscription } from "../client/subscription.ts";
+import { isPattern } from "../client/pattern.ts";
+import type { BatchHandler, SubscribeOptions, SubscriptionHandle } from "../client/subscription.ts";
 import { formatAddress } from "../config/cluster.ts";
 import { errLine } from "./format.ts";
 import { RelayConnection, type LineSocket, type RelayBackend } from "./connection.ts";
@@ -268,8 +269,9 @@ export class RelayServer {
     throw new QueueFullError(`publishes to ${this.publishers.size} tags are in flight; at most ${this.limits.publishersMax}`);
   }
 
-  private subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<Subscription> {
-    return this.client.subscribe(tag, options, onBatch);
+  private subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
+    // A pattern (net.*, net.>) follows every matching channel; a tag, that channel.
+    return isPattern(tag) ? this.client.subscribePattern(tag, options, onBatch) : this.client.subscribe(tag, options, onBatch);
   }
 }
 

@@ -19,16 +19,19 @@ export class RateLimiter {
     private readonly burst: number,
   ) {}
 
-  /** Takes `events` tokens for `client` at time `nowMs`; false if the bucket has too few. */
-  take(client: string, events: number, nowMs: number): boolean {
+  /**
+   * Takes `events` tokens for `client` at time `nowMs`; false if the bucket has too few.
+   * `perSecond` and `burst` override the limiter's own for this client (a key's quota).
+   */
+  take(client: string, events: number, nowMs: number, perSecond = this.eventsPerSecond, burst = this.burst): boolean {
     let bucket = this.buckets.get(client);
     if (bucket === undefined) {
       if (this.buckets.size >= RATE_BUCKETS_MAX) this.evictOldest();
-      bucket = { tokens: this.burst, updatedMs: nowMs };
+      bucket = { tokens: burst, updatedMs: nowMs };
       this.buckets.set(client, bucket);
     }
     const elapsedMs = Math.max(0, nowMs - bucket.updatedMs);
-    bucket.tokens = Math.min(this.burst, bucket.tokens + (elapsedMs * this.eventsPerSecond) / 1000);
+    bucket.tokens = Math.min(burst, bucket.tokens + (elapsedMs * perSecond) / 1000);
     bucket.updatedMs = nowMs;
     if (bucket.tokens < events) return false;
     bucket.tokens -= events;

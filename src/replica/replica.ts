@@ -17,7 +17,7 @@ import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
 import { ChannelMachine } from "../core/channels/machine.ts";
-import type { ChannelError, StoredBatch, TrimmedError } from "../core/channels/types.ts";
+import type { ChannelError, ChannelInfo, StoredBatch, TrimmedError } from "../core/channels/types.ts";
 import type { ClientRequest } from "../core/ordering/messages.ts";
 import type { Refusal } from "../core/ordering/types.ts";
 import { type Canonical, tryDecodeCanonical } from "../../wire/canonical.ts";
@@ -25,6 +25,7 @@ import {
   type AdminCmd,
   decodeRequestBody,
   type Frame,
+  type Query,
   type Reply,
   type Request,
   type RequestFrame,
@@ -38,7 +39,7 @@ import { type ChannelCells, ChannelMetrics, METRICS_CHANNELS_MAX } from "./chann
 import { Metrics } from "./metrics.ts";
 import { OrderingDriver } from "./ordering-driver.ts";
 import { PeerMesh } from "./peers.ts";
-import { RateLimiter } from "./rate.ts";
+import { ClientLimits } from "./quota.ts";
 import { admitRequest, clockSkewProblem, spaceOf } from "./requests.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
@@ -76,7 +77,7 @@ export class Replica {
   /** Ordered requests waiting for their decision, and the replies kept for retransmissions. */
   private readonly waiting = new WaitingRequests();
   private readonly startedMs = Date.now();
-  private readonly rate: RateLimiter;
+  private readonly limits: ClientLimits;
   /** Refusals judged on local state, held until this replica executed what the client saw. */
   private readonly gate = new ExecutionGate();
   private gateTimer: ReturnType<typeof setInterval> | null = null;
@@ -101,12 +102,13 @@ export class Replica {
       replicaKeys: config.replicas.map((replica) => replica.publicKey),
       health: () => this.health(),
     });
-    this.rate = new RateLimiter(config.limits.clientEventsPerSecondMax, config.limits.clientBurstEventsMax);
     this.machine = new ChannelMachine({
       hash: sha256,
       config: channelsConfigFrom(config.limits, config.retention),
     });
     this.channelMetrics = new ChannelMetrics(this.metrics.registry, this.machine, METRICS_CHANNELS_MAX, this.metrics);
+    const defaults = { eventsPerSecond: config.limits.clientEventsPerSecondMax, burstEvents: config.limits.clientBurstEventsMax };
+    this.limits = new ClientLimits(defaults, (keyHex) => this.machine.quotaOf(keyHex));
     this.subs = new Subscriptions(
       id,
       this.machine,
@@ -118,6 +120,7 @@ export class Replica {
       },
       this.channelMetrics,
       this.audit,
+      (keyHex) => this.limits.subscriptionsOf(keyHex),
     );
     this.mesh = new PeerMesh({
       self: id,
@@ -239,7 +242,7 @@ export class Replica {
       case FrameType.REQUEST:
         return this.onRequest(session, frame.body);
       case FrameType.QUERY:
-        return this.onQuery(session, frame.body.id, frame.body.q, "tag" in frame.body ? frame.body.tag : undefined, frame.body.after);
+        return this.onQuery(session, frame.body);
       case FrameType.SUBSCRIBE:
         if (isSysTag(frame.body.tag)) return this.sys.subscribe(session, frame.body.sub, frame.body.tag);
         return this.subs.subscribe(session, frame.body.sub, frame.body.tag, frame.body.from, frame.body.after);
@@ -288,20 +291,13 @@ export class Replica {
     // below is charged to the key that really sent.
     const { request, clientHex, space } = admitted;
     const digest = sha256(signed.body);
-    if (!this.rate.take(clientHex, request.span, Date.now())) {
+    const overLimit = this.limits.admit(clientHex, request.span, signed.body.length, Date.now());
+    if (overLimit !== null) {
       this.metrics.inc("requests_rate_limited_total");
       this.metrics.refused("RATE_LIMITED");
       if (request.op.t === "pub") this.channelMetrics.of(request.op.tag)?.shedRate.inc(request.span);
-      this.auditRefusal(
-        session,
-        "RATE_LIMITED",
-        "the client's event rate is over its limit",
-        request.op.t === "pub" ? request.op.tag : undefined,
-      );
-      this.reply(
-        session,
-        failure(request.seq, this.options.id, digest, "RATE_LIMITED", "the client's event rate is over its limit; retry later"),
-      );
+      this.auditRefusal(session, "RATE_LIMITED", overLimit, request.op.t === "pub" ? request.op.tag : undefined);
+      this.reply(session, failure(request.seq, this.options.id, digest, "RATE_LIMITED", overLimit));
       return;
     }
     this.routeRequest(session, signed, request, clientHex, space, digest, frame.after);
@@ -476,6 +472,7 @@ export class Replica {
         if (result.ok) {
           reply = { seq: request.seq, replica: this.options.id, d: digest, ok: true, res: { t: "admin", cmd: result.cmd, at: decidedSeq } };
           if (result.cmd === "destroy-channel") this.subs.channelDestroyed(result.tag);
+          if (result.cmd === "unregister" && result.role === "subscriber") this.subs.accessRevoked(result.tag);
           this.options.log.info(this.replaying ? "admin command replayed from disk" : "admin command executed", {
             ...adminTarget(request.op.cmd),
             signer: formatPublicKey(request.client),
@@ -569,7 +566,9 @@ export class Replica {
   // Queries (read-only, answered from this replica's state)
   // ---------------------------------------------------------------------------------
 
-  private onQuery(session: ClientSession, id: number, q: string, tag: string | undefined, after: number | undefined): void {
+  private onQuery(session: ClientSession, query: Query): void {
+    const { id, q, after } = query;
+    const tag = "tag" in query ? query.tag : undefined;
     const answer = (res: Canonical): void => {
       session.conn.send({ type: FrameType.QUERY_REPLY, body: { id, replica: this.options.id, ok: true, res, at: this.executedSeq } });
     };
@@ -583,7 +582,7 @@ export class Replica {
       case "status":
         return answer(this.status());
       case "list-channels":
-        return answer({ channels: this.machine.listChannels().map(channelSummary) });
+        return answer({ channels: this.machine.listChannels().map(channelListing) });
       case "channel-info": {
         if (tag !== undefined && isSysTag(tag)) {
           const sysInfo = this.sys.info(tag);
@@ -591,11 +590,15 @@ export class Replica {
         }
         const info = tag === undefined ? null : this.machine.channelInfo(tag);
         if (info === null) {
-          const again = (expired: boolean): void => this.onQuery(session, id, q, tag, expired ? undefined : after);
+          const again = (expired: boolean): void => this.onQuery(session, expired ? { ...query, after: undefined } : query);
           if (this.holdUntilExecuted(session, after, again)) return;
           return refuse("UNKNOWN_CHANNEL", `no channel ${tag ?? ""}`);
         }
-        return answer({ ...channelSummary(info), next: info.nextSeq, oldest: info.oldestSeq });
+        const keys = "keys" in query && query.keys === true ? this.machine.channelKeys(info.tag) : null;
+        return answer({
+          ...channelListing(info),
+          ...(keys === null ? {} : { publisherKeys: keys.publishers, subscriberKeys: keys.subscribers }),
+        });
       }
       case "publishers": {
         if (tag !== undefined && isSysTag(tag)) {
@@ -606,7 +609,7 @@ export class Replica {
         }
         const publishers = tag === undefined ? null : this.machine.registeredPublishers(tag);
         if (publishers === null) {
-          const again = (expired: boolean): void => this.onQuery(session, id, q, tag, expired ? undefined : after);
+          const again = (expired: boolean): void => this.onQuery(session, expired ? { ...query, after: undefined } : query);
           if (this.holdUntilExecuted(session, after, again)) return;
           return refuse("UNKNOWN_CHANNEL", `no channel ${tag ?? ""}`);
         }
@@ -685,10 +688,28 @@ function toJson(value: Canonical): unknown {
   return value;
 }
 
-function channelSummary(info: { tag: string; fault: string; order: string; priority: string; public: boolean }): {
-  [key: string]: Canonical;
-} {
-  return { tag: info.tag, fault: info.fault, order: info.order, priority: info.priority, public: info.public };
+/**
+ * A channel as list-channels and channel-info describe it (PROTOCOL.md section 8): its
+ * CLASS and access, how many keys are registered, and how much of its retention it uses.
+ * `next`, `oldest`, `events` and `bytes` differ between correct replicas (execution
+ * progress; each replica's own store of unordered channels), so clients vote only on the
+ * rest.
+ */
+function channelListing(info: ChannelInfo): { [key: string]: Canonical } {
+  return {
+    tag: info.tag,
+    fault: info.fault,
+    order: info.order,
+    priority: info.priority,
+    public: info.public,
+    publishers: info.publishers,
+    subscribers: info.subscribers,
+    retention: { events: info.retention.events, bytes: info.retention.bytes, ageMs: info.retention.ageMs },
+    next: info.nextSeq,
+    oldest: info.oldestSeq,
+    events: info.retainedEvents,
+    bytes: info.retainedBytes,
+  };
 }
 
 /** What an admin command acts on, for its log line: the channel and, for register, the key and role. */
@@ -699,7 +720,10 @@ function adminTarget(cmd: AdminCmd): Record<string, string> {
     case "destroy-channel":
       return { cmd: cmd.t, tag: cmd.tag };
     case "register":
+    case "unregister":
       return { cmd: cmd.t, tag: cmd.tag, role: cmd.role, target: formatPublicKey(cmd.key) };
+    case "set-quota":
+      return { cmd: cmd.t, target: formatPublicKey(cmd.key) };
     default: {
       const unreachable: never = cmd;
       return { cmd: String(unreachable) };
@@ -730,6 +754,7 @@ function channelErrorCode(error: ChannelError | TrimmedError): ErrorCode {
     case "oversized":
     case "channels-full":
     case "keys-full":
+    case "quotas-full":
       return "TOO_LARGE";
     case "replayed":
       return "REPLAY";

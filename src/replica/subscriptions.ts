@@ -12,6 +12,7 @@ import { FrameType, type SubEndCode } from "../../wire/types.ts";
 import type { AuditLog } from "./audit.ts";
 import type { ChannelMetrics } from "./channel-metrics.ts";
 import type { Metrics } from "./metrics.ts";
+import { keyText } from "./quota.ts";
 import type { ClientSession } from "./server.ts";
 
 /** Batches sent per history read; the read repeats until the subscriber is live. */
@@ -37,6 +38,8 @@ const NEVER_HOLDS: ExecutionView = { executedSeq: () => 0, hold: () => false };
 export class Subscriptions {
   private readonly byTag = new Map<string, Map<string, Subscription>>();
   private readonly bySession = new Map<number, Map<number, Subscription>>();
+  /** Open subscriptions per client key (lowercase hex), for keys' subscription quotas. */
+  private readonly byKey = new Map<string, number>();
 
   constructor(
     private readonly self: number,
@@ -46,6 +49,8 @@ export class Subscriptions {
     private readonly execution: ExecutionView = NEVER_HOLDS,
     private readonly channels: ChannelMetrics | null = null,
     private readonly audit: AuditLog | null = null,
+    /** A key's quota of open subscriptions at this replica (set-quota), or null: none. */
+    private readonly keyQuota: (keyHex: string) => number | null = () => null,
   ) {}
 
   get count(): number {
@@ -68,6 +73,13 @@ export class Subscriptions {
     if (mine.size >= this.perConnectionMax) {
       this.end(session, sub, "LIMIT", `at most ${this.perConnectionMax} subscriptions per connection`);
       this.auditRefusal(session, tag, "LIMIT", `at most ${this.perConnectionMax} subscriptions per connection`);
+      return;
+    }
+    const quota = this.keyQuota(session.keyHex);
+    const open = this.byKey.get(session.keyHex) ?? 0;
+    if (quota !== null && open >= quota) {
+      const reason = `key ${keyText(session.keyHex)} has ${open} subscriptions open at this replica; its quota is ${quota} (set-quota)`;
+      this.end(session, sub, "LIMIT", reason);
       return;
     }
     const access = this.machine.checkSubscribe(tag, session.key);
@@ -97,6 +109,7 @@ export class Subscriptions {
     if (start !== null && start < info.nextSeq && !this.replayHistory(subscription, start)) return;
     mine.set(sub, subscription);
     this.bySession.set(session.id, mine);
+    this.byKey.set(session.keyHex, (this.byKey.get(session.keyHex) ?? 0) + 1);
     const tagSubs = this.byTag.get(tag) ?? new Map<string, Subscription>();
     tagSubs.set(`${session.id}/${sub}`, subscription);
     this.byTag.set(tag, tagSubs);
@@ -135,6 +148,22 @@ export class Subscriptions {
     for (const subscription of [...subs.values()]) {
       this.remove(subscription);
       this.end(subscription.session, subscription.sub, "DESTROYED", `channel ${tag} was destroyed`);
+    }
+  }
+
+  /**
+   * A subscriber key was unregistered from `tag`: each live subscription whose key may no
+   * longer read it (a private channel) ends as UNAUTHORIZED. Called at the decided seq of
+   * the revocation, so every correct replica ends the same subscriptions, and the client
+   * sees f+1 agreeing ends. On a public channel nothing ends.
+   */
+  accessRevoked(tag: string): void {
+    const subs = this.byTag.get(tag);
+    if (subs === undefined) return;
+    for (const subscription of [...subs.values()]) {
+      if (this.machine.canSubscribe(tag, subscription.session.key)) continue;
+      this.remove(subscription);
+      this.end(subscription.session, subscription.sub, "UNAUTHORIZED", `the subscriber key was unregistered from ${tag}`);
     }
   }
 
@@ -179,6 +208,7 @@ export class Subscriptions {
     }
     this.bySession.clear();
     this.byTag.clear();
+    this.byKey.clear();
   }
 
   private replayHistory(subscription: Subscription, from: number): boolean {
@@ -234,10 +264,16 @@ export class Subscriptions {
   }
 
   private remove(subscription: Subscription): void {
-    this.bySession.get(subscription.session.id)?.delete(subscription.sub);
+    if (this.bySession.get(subscription.session.id)?.delete(subscription.sub) === true) this.forgetKeyOf(subscription.session.keyHex);
     const tagSubs = this.byTag.get(subscription.tag);
     tagSubs?.delete(`${subscription.session.id}/${subscription.sub}`);
     if (tagSubs !== undefined && tagSubs.size === 0) this.byTag.delete(subscription.tag);
+  }
+
+  private forgetKeyOf(keyHex: string): void {
+    const open = (this.byKey.get(keyHex) ?? 1) - 1;
+    if (open > 0) this.byKey.set(keyHex, open);
+    else this.byKey.delete(keyHex);
   }
 
   /** `at`: the decided seq a refusal judged on this replica's state was judged at. */

@@ -6,6 +6,9 @@ import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { NotifySocket } from "../helpers/notify-socket.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { freePortRange } from "./harness.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
 const directory = mkdtempSync(join(tmpdir(), "fitb-binary-"));
@@ -54,3 +57,79 @@ test(
   },
   COMPILE_TEST_TIMEOUT_MS,
 );
+
+test(
+  "the compiled fitb: a demo whose replicas notify READY, unregister, list-channels, set-quota, sub 'sec.*' | head, and kill -9 of the demo leaves no replica",
+  async () => {
+    const binary = join(directory, "fitb");
+    expect(statSync(binary).isFile()).toBe(true);
+    const base = freePortRange(5);
+    const dir = join(directory, "demo");
+    const notify = NotifySocket.open(join(directory, "notify.sock"));
+    const demo = Bun.spawn([binary, "demo", "--dir", dir, "--base-port", String(base), "--relay-port", String(base + 4)], {
+      cwd: directory,
+      env: { ...process.env, NOTIFY_SOCKET: notify.path },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    let out = "";
+    let err = "";
+    void (async () => {
+      for await (const chunk of demo.stdout) out += new TextDecoder().decode(chunk);
+    })();
+    void (async () => {
+      for await (const chunk of demo.stderr) err += new TextDecoder().decode(chunk);
+    })();
+    try {
+      await waitFor(
+        "the demo's ready line",
+        () => out.includes("fitb demo: ready") || demo.exitCode !== null,
+        60_000,
+        () => err,
+      );
+      const pids = [...err.matchAll(/\(pid (\d+)\)/g)].map((match) => Number(match[1]));
+      expect(pids).toHaveLength(4);
+      // Each replica (a child inheriting NOTIFY_SOCKET) said it joined its group.
+      await waitFor("READY=1 from the 4 replicas", () => notify.messages().filter((m) => m.startsWith("READY=1")).length === 4, 30_000);
+      const A = ["--config", join(dir, "cluster.toml"), "--key", join(dir, "admin.key")];
+      const C = ["--config", join(dir, "cluster.toml"), "--key", join(dir, "client.key")];
+      const client = readFileSync(join(dir, "client.key.pub"), "utf8").trim();
+      expect((await runIn(directory, [binary, "pub", ...C, "sec.alerts", "one"])).stdout).toBe("+OK sec.alerts 1\n");
+      const listed = await runIn(directory, [binary, "admin", ...A, "list-channels"]);
+      expect(listed.stdout).toMatch(/^sec\.alerts\s+byzantine\s+total\s+critical\s+public\s+1\s+0\s+1\s+1 events/m);
+      // A live wildcard subscription into `head -n 1`: the first event ends head, the next write ends fitb sub, quietly.
+      const rc = join(directory, "sub.rc");
+      const shell = Bun.spawn([
+        "bash",
+        "-c",
+        `"${binary}" sub ${C.join(" ")} 'sec.*' 2>"${rc}.err" | head -n 1 >/dev/null; echo "\${PIPESTATUS[0]}" > "${rc}"`,
+      ]);
+      for (let i = 0; shell.exitCode === null && i < 60; i++) await runIn(directory, [binary, "pub", ...C, "sec.alerts", `pipe ${i}`]);
+      expect(await shell.exited).toBe(0);
+      expect(readFileSync(rc, "utf8").trim()).toBe("0");
+      expect(readFileSync(`${rc}.err`, "utf8")).not.toContain("EPIPE");
+      const quota = await runIn(directory, [binary, "admin", ...A, "set-quota", client, "--subscriptions", "2"]);
+      expect(quota.stdout).toContain(`ok: set the quota of ${client}: 2 subscriptions`);
+      const revoked = await runIn(directory, [binary, "admin", ...A, "unregister", "sec.alerts", "--publisher", client]);
+      expect(revoked.stdout).toContain(`ok: unregistered ${client} as publisher of sec.alerts`);
+      const refused = await runIn(directory, [binary, "pub", ...C, "sec.alerts", "two"]);
+      expect(refused.stdout).toContain(`-ERR UNAUTHORIZED publisher is not registered on sec.alerts (key ${client} from `);
+      demo.kill("SIGKILL");
+      await demo.exited;
+      await waitFor("every replica to exit after the demo's kill -9", () => pids.every((pid) => !isAlive(pid)), 20_000);
+    } finally {
+      demo.kill("SIGKILL");
+      notify.close();
+    }
+  },
+  COMPILE_TEST_TIMEOUT_MS,
+);
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

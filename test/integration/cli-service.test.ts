@@ -16,14 +16,7 @@ async function run(argv: string[]): Promise<{ code: number; out: string; err: st
 }
 
 /** Directives every unit must carry (systemd.service(5), systemd.exec(5)). */
-const REQUIRED = [
-  "Type=simple",
-  "Restart=on-failure",
-  "NoNewPrivileges=yes",
-  "ProtectSystem=strict",
-  "PrivateTmp=yes",
-  "WantedBy=multi-user.target",
-];
+const REQUIRED = ["Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "WantedBy=multi-user.target"];
 
 describe("fitb service unit", () => {
   test("a replica unit runs the replica with its id and keeps data under /var/lib/fitb", async () => {
@@ -31,10 +24,27 @@ describe("fitb service unit", () => {
     expect(result.code).toBe(EXIT_OK);
     for (const directive of REQUIRED) expect(result.out).toContain(directive);
     expect(result.out).toContain(
-      "ExecStart=/usr/local/bin/fitb replica --config /etc/fitb/cluster.toml --id 2 --data /var/lib/fitb/replica-2",
+      "ExecStart=/usr/local/bin/fitb replica --config /etc/fitb/cluster.toml --id 2 --data /var/lib/fitb/replica-2\n",
     );
     expect(result.out).toContain("StateDirectory=fitb");
     expect(result.out).toContain("User=fitb");
+    // Started means joined: the replica sends READY=1 then, and WATCHDOG=1 from its event loop.
+    for (const directive of ["Type=notify", "NotifyAccess=main", "WatchdogSec=30s", "TimeoutStartSec=infinity"]) {
+      expect(result.out).toContain(`${directive}\n`);
+    }
+    expect(result.out).not.toContain("ReadWritePaths=");
+  });
+
+  test("--data, --sync and --metrics reach the replica; a data directory elsewhere is made writable", async () => {
+    const argv = ["service", "unit", "replica", "--config", "/etc/fitb/cluster.toml", "--id", "1"];
+    const result = await run([...argv, "--data", "/srv/fitb/r1", "--sync", "normal", "--metrics", "127.0.0.1:9464"]);
+    expect(result.code).toBe(EXIT_OK);
+    expect(result.out).toContain(
+      "ExecStart=/usr/local/bin/fitb replica --config /etc/fitb/cluster.toml --id 1 --data /srv/fitb/r1 --sync normal --metrics 127.0.0.1:9464\n",
+    );
+    expect(result.out).toContain("ReadWritePaths=/srv/fitb/r1\n");
+    expect((await run([...argv, "--sync", "sometimes"])).code).toBe(EXIT_USAGE);
+    expect((await run([...argv, "--metrics", "9464"])).code).toBe(EXIT_USAGE);
   });
 
   test("a relay unit needs a key and listens on loopback by default", async () => {
@@ -43,6 +53,7 @@ describe("fitb service unit", () => {
     expect(result.code).toBe(EXIT_OK);
     expect(result.out).toContain("--listen 127.0.0.1:7400");
     expect(result.out).not.toContain("StateDirectory");
+    expect(result.out).toContain("Type=simple\n");
   });
 
   test("--metrics HOST:PORT is passed to the replica and the relay", async () => {
@@ -106,6 +117,35 @@ describe("fitb service unit", () => {
         // Complaints about the sandboxed build host (no running systemd, missing users) are not
         // about the unit file; anything naming an unknown directive or a bad value is.
         expect(stderr).not.toMatch(/Unknown (key|section)|Failed to parse|Invalid/i);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("systemd-analyze security", () => {
+  test("both units score an exposure of at most 2.0 (OK)", async () => {
+    if (!existsSync("/usr/bin/systemd-analyze")) {
+      expect(existsSync("/usr/bin/systemd-analyze")).toBe(false);
+      return;
+    }
+    const dir = mkdtempSync(join(tmpdir(), "fitb-unit-security-"));
+    try {
+      for (const [name, argv] of [
+        ["fitb-replica.service", ["service", "unit", "replica", "--config", "/etc/fitb/cluster.toml", "--id", "0"]],
+        ["fitb-relay.service", ["service", "unit", "relay", "--config", "/etc/fitb/cluster.toml", "--key", "/etc/fitb/p.key"]],
+      ] as const) {
+        const path = join(dir, name);
+        writeFileSync(path, `${(await run([...argv])).out}\n`);
+        const proc = Bun.spawnSync(["systemd-analyze", "security", "--offline=true", "--no-pager", path], {
+          stdout: "pipe",
+          stderr: "pipe",
+        });
+        const output = `${proc.stdout.toString()}${proc.stderr.toString()}`;
+        const score = Number(/Overall exposure level for \S+: (\d+\.\d+)/.exec(output)?.[1]);
+        expect(score).toBeGreaterThan(0);
+        expect(score).toBeLessThanOrEqual(2.0);
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });

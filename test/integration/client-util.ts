@@ -3,8 +3,13 @@
  * channel setup through real admin commands, and bounded collection of deliveries.
  */
 import { loadClientSetup } from "../../src/client/setup.ts";
-import { FitbClient, type ReceivedBatch } from "../../src/client/index.ts";
-import type { AdminCmd } from "../../wire/schemas.ts";
+import { DEFAULT_BACKOFF, FitbClient, ReplicaConnection, type ReceivedBatch } from "../../src/client/index.ts";
+import { requireClusterConfig } from "../../src/config/cluster.ts";
+import { sign } from "../../src/crypto/ed25519.ts";
+import type { SigningKey } from "../../src/crypto/keys.ts";
+import { type AdminCmd, encodeRequestBody, type Frame } from "../../wire/schemas.ts";
+import { requestSigningInput } from "../../wire/session.ts";
+import { FrameType } from "../../wire/types.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { startCluster, type TestCluster } from "./harness.ts";
@@ -69,4 +74,39 @@ export async function waitForCount(events: readonly unknown[], count: number, wh
 
 export function encode(text: string): Uint8Array {
   return new TextEncoder().encode(text);
+}
+
+/** One raw session to one replica of the cluster, collecting every frame it sends (no voting, no resends). */
+export function rawSession(cluster: TestCluster, id: number, key: SigningKey, frames: Frame[]): ReplicaConnection {
+  const replica = requireClusterConfig(cluster.configPath).replicas[id];
+  if (replica === undefined) throw new Error(`no replica ${id}`);
+  return new ReplicaConnection(
+    { id, host: replica.host, port: replica.port, publicKey: replica.publicKey },
+    key,
+    { onReady() {}, onFrame: (_c, frame) => frames.push(frame), onDown() {} },
+    {
+      frameBytesMax: 1 << 20,
+      outboundBytesMax: 1 << 20,
+      sessionTimeoutMs: 5_000,
+      pingIntervalMs: 5_000,
+      idleTimeoutMs: 20_000,
+      backoff: DEFAULT_BACKOFF,
+      random: Math.random,
+      now: Date.now,
+    },
+  );
+}
+
+/** A signed one-event publish REQUEST frame, `after` set for read-your-writes. */
+export function publishFrame(key: SigningKey, seq: number, tag: string, text: string, after?: number): Frame {
+  const body = encodeRequestBody({
+    v: 1,
+    client: key.publicKey,
+    seq,
+    span: 1,
+    ts: Date.now(),
+    op: { t: "pub", tag, events: [encode(text)] },
+  });
+  const sig = sign(key, requestSigningInput(body));
+  return { type: FrameType.REQUEST, body: after === undefined ? { body, sig } : { body, sig, after } };
 }

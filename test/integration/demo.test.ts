@@ -1,7 +1,8 @@
 // `fitb demo` (what `npm start` runs) as its own process: it brings up 4 replicas and the
 // relay, an event published through the relay with raw TCP reaches a SUB connection,
-// SIGINT stops every child, a second start reuses the directory, and ports in use are
-// reported before anything starts.
+// SIGINT stops every child, a second start reuses the directory, no replica outlives the
+// demo (kill -9 of the demo, or of the shell `npm start` runs it in), and ports in use are
+// reported, with the process holding them, before anything starts.
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -31,8 +32,11 @@ interface DemoRun {
   readonly output: { stdout: string; stderr: string };
 }
 
-function startDemo(basePort: number, relayPort: number): DemoRun {
-  const proc = Bun.spawn([BUN, MAIN, "demo", "--dir", dir, "--base-port", String(basePort), "--relay-port", String(relayPort)], {
+function startDemo(basePort: number, relayPort: number, underShell = false): DemoRun {
+  const argv = [BUN, MAIN, "demo", "--dir", dir, "--base-port", String(basePort), "--relay-port", String(relayPort)];
+  // As `npm start` runs it: a shell that waits for the demo (the `; true` keeps sh from exec'ing it).
+  const command = underShell ? ["sh", "-c", `${argv.map((word) => `'${word}'`).join(" ")}; true`] : argv;
+  const proc = Bun.spawn(command, {
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
@@ -141,16 +145,39 @@ describe("fitb demo", () => {
     for (const pid of pids) expect(isAlive(pid)).toBe(false);
   }, 60_000);
 
-  test("a port in use is one clear line naming it, before anything starts", async () => {
+  test("kill -9 of the demo leaves no replica behind", async () => {
+    const run = startDemo(base, relayPort);
+    await ready(run);
+    const pids = childPids(run);
+    expect(pids).toHaveLength(4);
+    run.proc.kill("SIGKILL");
+    await run.proc.exited;
+    // Each replica reads end of file on the pipe the demo held, and stops.
+    await waitFor("every replica to exit", () => pids.every((pid) => !isAlive(pid)), STOP_MS);
+  }, 60_000);
+
+  test("when the shell that runs it dies (npm start stopped by a signal), the demo stops and its replicas too", async () => {
+    const run = startDemo(base, relayPort, true);
+    await ready(run);
+    const pids = childPids(run);
+    expect(pids).toHaveLength(4);
+    run.proc.kill("SIGKILL");
+    await run.proc.exited;
+    await waitFor("the demo to stop", () => run.output.stderr.includes("fitb demo: stopped"), STOP_MS);
+    expect(run.output.stderr).toContain("fitb demo: the parent process is gone; stopping");
+    await waitFor("every replica to exit", () => pids.every((pid) => !isAlive(pid)), STOP_MS);
+  }, 60_000);
+
+  test("a port in use is one clear line naming it and who holds it, before anything starts", async () => {
     const blocker = Bun.listen({ hostname: "127.0.0.1", port: relayPort, socket: { data() {} } });
     try {
       const run = startDemo(base, relayPort);
       const code = await run.proc.exited;
       await Bun.sleep(50);
       expect(code).toBe(1);
-      expect(run.output.stderr.trim()).toBe(
-        `fitb demo: port ${relayPort} on 127.0.0.1 is already in use (needed for the relay); stop what uses it (an earlier demo?) or pass --relay-port`,
-      );
+      const line = run.output.stderr.trim();
+      expect(line).toStartWith(`fitb demo: port ${relayPort} on 127.0.0.1 is already in use (held by pid ${process.pid}: `);
+      expect(line).toEndWith("(needed for the relay); stop what uses it (an earlier demo?) or pass --relay-port");
       expect(childPids(run)).toEqual([]);
     } finally {
       blocker.stop(true);

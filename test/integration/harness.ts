@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { initCluster } from "../../src/config/init.ts";
+import { WAIT_MS_DEFAULT, waitFor } from "../helpers/wait.ts";
 
 export const REPO = resolve(import.meta.dir, "../..");
 export const MAIN = join(REPO, "src/cli/main.ts");
@@ -108,7 +109,17 @@ export async function startCluster(
       return { code, stdout, stderr };
     },
   };
-  if (options.start !== false) for (let id = 0; id < n; id++) cluster.start(id);
+  if (options.start !== false) {
+    for (let id = 0; id < n; id++) cluster.start(id);
+    // One-shot commands give up at once when nothing listens at the replicas' addresses
+    // (fitb pub/sub/admin), so tests begin once every replica listens.
+    await waitFor(
+      "every replica to listen",
+      () => logs.every((lines) => lines.join("").includes('"msg":"replica started"')),
+      WAIT_MS_DEFAULT,
+      () => logs.map((lines, id) => `replica ${id}: ${lines.join("").slice(-300)}`).join("\n"),
+    );
+  }
   return cluster;
 }
 

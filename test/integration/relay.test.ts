@@ -488,7 +488,7 @@ describe("relay: bounds", () => {
     }
     // Up to 800 events of nearly 64 KiB each, every frame MACed on the way in and out:
     // about 4 s on a quiet machine, so the default 5 s left no room on a busy one.
-  }, 30_000);
+  }, 60_000);
 });
 
 describe("relay: bounds at their limit", () => {

@@ -215,6 +215,103 @@ describe("subscribe permission", () => {
   });
 });
 
+describe("unregister (revoking a key)", () => {
+  test("a revoked publisher's later publishes are refused on both paths, and others' are not", () => {
+    for (const order of ["total", "none"] as const) {
+      const m = withChannel("net.links", order);
+      m.applyAdmin({ t: "register", tag: "net.links", role: "publisher", key: P2 });
+      const publish = (client: Uint8Array, seq: number) => {
+        const { signed, request } = pub(client, seq, "net.links", ["x"]);
+        return order === "total" ? m.applyOrderedPublish(signed, request, 5).result : m.acceptUnorderedPublish(signed, request, 5).result;
+      };
+      expect(publish(P1, 1).ok).toBe(true);
+      expect(m.applyAdmin({ t: "unregister", tag: "net.links", role: "publisher", key: P1 })).toEqual({
+        ok: true,
+        cmd: "unregister",
+        tag: "net.links",
+        role: "publisher",
+      });
+      expect(m.isPublisher("net.links", P1)).toBe(false);
+      expect(publish(P1, 2)).toMatchObject({ ok: false, code: "not-registered" });
+      expect(publish(P2, 1).ok).toBe(true);
+      // Registered again, the key publishes again.
+      m.applyAdmin({ t: "register", tag: "net.links", role: "publisher", key: P1 });
+      expect(publish(P1, 3).ok).toBe(true);
+    }
+  });
+
+  test("a revoked subscriber may no longer subscribe to a private channel; a public one stays open to it", () => {
+    const m = machine();
+    m.applyAdmin(create("private.ch"));
+    m.applyAdmin(create("public.ch", "crash", "total", true));
+    for (const tag of ["private.ch", "public.ch"]) m.applyAdmin({ t: "register", tag, role: "subscriber", key: S1 });
+    for (const tag of ["private.ch", "public.ch"])
+      expect(m.applyAdmin({ t: "unregister", tag, role: "subscriber", key: S1 }).ok).toBe(true);
+    expect(m.checkSubscribe("private.ch", S1)).toMatchObject({ ok: false, code: "not-registered" });
+    expect(m.canSubscribe("public.ch", S1)).toBe(true);
+  });
+
+  test("a key not registered in that role, a bad key and an unknown channel are refused, and change nothing", () => {
+    const m = withChannel("net.links");
+    const before = m.digest();
+    expect(m.applyAdmin({ t: "unregister", tag: "net.links", role: "subscriber", key: P1 })).toEqual({
+      ok: false,
+      code: "bad-request",
+      reason: "the key is not a registered subscriber of net.links",
+    });
+    expect(m.applyAdmin({ t: "unregister", tag: "net.links", role: "publisher", key: P2 })).toMatchObject({ code: "bad-request" });
+    expect(m.applyAdmin({ t: "unregister", tag: "net.links", role: "publisher", key: new Uint8Array(31) })).toMatchObject({
+      code: "bad-request",
+    });
+    expect(m.applyAdmin({ t: "unregister", tag: "nope", role: "publisher", key: P1 })).toMatchObject({ code: "unknown-channel" });
+    expect(m.digest()).toEqual(before);
+  });
+
+  test("the revocation is part of the replicated state: digest, snapshot and keys listing", () => {
+    const m = withChannel("net.links");
+    m.applyAdmin({ t: "register", tag: "net.links", role: "publisher", key: P2 });
+    const registered = m.digest();
+    m.applyAdmin({ t: "unregister", tag: "net.links", role: "publisher", key: P1 });
+    expect(m.digest()).not.toEqual(registered);
+    expect(m.channelKeys("net.links")).toEqual({ publishers: [P2], subscribers: [] });
+    const copy = machine();
+    expect(copy.restore(m.snapshot())).toEqual({ ok: true });
+    expect(copy.digest()).toEqual(m.digest());
+    expect(copy.isPublisher("net.links", P1)).toBe(false);
+    expect(copy.isPublisher("net.links", P2)).toBe(true);
+    expect(m.channelKeys("nope")).toBeNull();
+  });
+});
+
+describe("set-quota", () => {
+  test("sets, changes and clears a key's quota; refuses bad limits", () => {
+    const m = machine();
+    const hex = Buffer.from(P1).toString("hex");
+    expect(m.quotaOf(hex)).toBeNull();
+    expect(m.applyAdmin({ t: "set-quota", key: P1, eventsPerSecond: 5 })).toMatchObject({ ok: true, cmd: "set-quota", cleared: false });
+    expect(m.quotaOf(hex)).toMatchObject({ eventsPerSecond: 5, bytesPerSecond: null, subscriptions: null });
+    m.applyAdmin({ t: "set-quota", key: P1, bytesPerSecond: 100, subscriptions: 2 });
+    expect(m.quotaOf(hex)).toMatchObject({ eventsPerSecond: null, bytesPerSecond: 100, subscriptions: 2 });
+    expect(m.applyAdmin({ t: "set-quota", key: P1 })).toMatchObject({ ok: true, cleared: true });
+    expect(m.quotaOf(hex)).toBeNull();
+    expect(m.applyAdmin({ t: "set-quota", key: P1, eventsPerSecond: 0 })).toMatchObject({ ok: false, code: "bad-request" });
+    expect(m.applyAdmin({ t: "set-quota", key: new Uint8Array(3), eventsPerSecond: 1 })).toMatchObject({ ok: false, code: "bad-request" });
+  });
+
+  test("quotas are replicated state: digest and snapshot; a state without any keeps its old digest", () => {
+    const m = withChannel("net.links");
+    const before = m.digest();
+    m.applyAdmin({ t: "set-quota", key: P2, eventsPerSecond: 7, subscriptions: 1 });
+    expect(m.digest()).not.toEqual(before);
+    const copy = machine();
+    expect(copy.restore(m.snapshot())).toEqual({ ok: true });
+    expect(copy.digest()).toEqual(m.digest());
+    expect(copy.quotaOf(Buffer.from(P2).toString("hex"))).toMatchObject({ eventsPerSecond: 7, bytesPerSecond: null, subscriptions: 1 });
+    m.applyAdmin({ t: "set-quota", key: P2 });
+    expect(m.digest()).toEqual(before);
+  });
+});
+
 describe("ordered publish", () => {
   test("events receive consecutive channel seqs and each request is stored as one batch", () => {
     const m = withChannel("net.links");

@@ -1,7 +1,8 @@
 /** `fitb sub` plain lines: text when it is safe, and `base64:` always meaning base64. */
 import { describe, expect, test } from "bun:test";
 import type { ReceivedBatch } from "../../src/client/subscription.ts";
-import { plainLine } from "../../src/cli/commands/sub.ts";
+import { parseTemplate, plainLine, templateLine } from "../../src/cli/commands/sub.ts";
+import { UsageError } from "../../src/cli/errors.ts";
 
 const utf8 = (text: string): Uint8Array => new TextEncoder().encode(text);
 
@@ -19,5 +20,24 @@ describe("plain lines", () => {
     expect(plainLine(b, 0)).toBe("sec.alerts 14 base64:/wA=");
     expect(plainLine(b, 1)).toBe(`sec.alerts 15 base64:${Buffer.from("two\nlines").toString("base64")}`);
     expect(plainLine(b, 2)).toBe(`sec.alerts 16 base64:${Buffer.from("base64:aGVsbG8=").toString("base64")}`);
+  });
+});
+
+describe("--format templates", () => {
+  test("fields are replaced, the rest is kept; time is ISO 8601 UTC of the signed ts", () => {
+    const line = templateLine(parseTemplate("[{time}] {ts} {publisher} {tag}#{seq}: {payload}!"));
+    const b = { ...batch([utf8("a"), new Uint8Array([0xff])]), ts: 1767225600004 };
+    expect(line(b, 0)).toBe(
+      "[2026-01-01T00:00:00.004Z] 1767225600004 ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA sec.alerts#14: a!",
+    );
+    expect(line(b, 1)).toBe(
+      "[2026-01-01T00:00:00.004Z] 1767225600004 ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA sec.alerts#15: base64:/w==!",
+    );
+    expect(templateLine(parseTemplate("{seq}"))(b, 1)).toBe("15");
+  });
+
+  test("an unknown field is a usage error naming it", () => {
+    expect(() => parseTemplate("{seq} {when}")).toThrow(UsageError);
+    expect(() => parseTemplate("{seq} {when}")).toThrow("unknown field {when}");
   });
 });

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from "../../src/cli/errors.ts";
@@ -38,8 +38,7 @@ describe("every client command has --help", () => {
 /** Each case: argv after the command word, and a fragment of the one-line reason. */
 const USAGE_CASES: Record<string, readonly (readonly [readonly string[], string])[]> = {
   pub: [
-    [["--key", "k", "net.links"], "missing required flag --config"],
-    [["--config", "c", "net.links"], "missing required flag --key"],
+    [["--config", "c", "net.links"], "no key file: pass --key FILE or set FITB_KEY"],
     [[...NO_FILES], "missing argument TAG"],
     [[...NO_FILES, "Net.Links"], "TAG: tag"],
     [[...NO_FILES, "net..links"], "TAG: tag"],
@@ -80,6 +79,10 @@ const USAGE_CASES: Record<string, readonly (readonly [readonly string[], string]
     [[...NO_FILES, "register", "net.links", "--publisher", PUBKEY, "--subscriber", PUBKEY], "exactly one of --publisher"],
     [[...NO_FILES, "register", "net.links", "--publisher", "ed25519:short"], "--publisher: expected"],
     [[...NO_FILES, "register", "net.links", "--subscriber", "0123abcd"], "--subscriber: expected"],
+    [[...NO_FILES, "unregister", "net.links"], "unregister needs exactly one of --publisher"],
+    [[...NO_FILES, "unregister", "net.links", "--publisher", "ed25519:short"], "--publisher: expected"],
+    [[...NO_FILES, "unregister", "--publisher", PUBKEY], "unregister needs a TAG"],
+    [[...NO_FILES, "register", "net.links", "--publisher", PUBKEY, "--yes"], "--yes does not apply to register"],
     [[...NO_FILES, "list-channels", "net.links"], "list-channels takes no TAG"],
     [[...NO_FILES, "status", "--fault", "crash"], "--fault does not apply to status"],
     [[...NO_FILES, "status", "--timeout", "-5"], "--timeout"],
@@ -140,13 +143,32 @@ describe("valid arguments reach the files and the network", () => {
   });
 
   test("no reachable replica: one clear line naming the quorum and each replica, exit 1", async () => {
-    const result = await run(["pub", "--config", configPath, "--key", clientKey, "--connect-timeout", "300", "net.links", "hello"]);
+    const result = await run(["pub", "--config", configPath, "--key", clientKey, "--connect-timeout", "60000", "net.links", "hello"]);
     expect(result.code).toBe(EXIT_FAILURE);
     expect(result.out).toEqual([]);
     const last = result.err.at(-1) as string;
-    expect(last).toStartWith("fitb pub: no quorum: 0 of 4 replicas reachable within 300 ms, 2 needed");
+    // Nothing listens at ports 1-4: refused for a second, so the command does not wait out the 60 s timeout.
+    expect(last).toMatch(
+      /^fitb pub: no quorum: [34] of 4 replicas refused the connection for 1000 ms \(nothing listens there\), so fewer than the 2 needed/,
+    );
     expect(last).toContain("replica 0 (127.0.0.1:1): unreachable: connection refused");
     expect(last).toContain("replica 3 (127.0.0.1:4)");
+  });
+
+  test("replicas that accept but do not answer are waited for until --connect-timeout", async () => {
+    // Listeners that accept and never answer: not a refusal, so the client waits.
+    const silent = [0, 1, 2, 3].map(() => Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }));
+    try {
+      let index = 0;
+      const text = readFileSync(configPath, "utf8").replace(/^port = \d+$/gm, () => `port = ${silent[index++]?.port}`);
+      const silentConfig = join(dir, "silent.toml");
+      writeFileSync(silentConfig, text);
+      const result = await run(["pub", "--config", silentConfig, "--key", clientKey, "--connect-timeout", "300", "net.links", "x"]);
+      expect(result.code).toBe(EXIT_FAILURE);
+      expect(result.err.at(-1)).toStartWith("fitb pub: no quorum: 0 of 4 replicas reachable within 300 ms, 2 needed");
+    } finally {
+      for (const listener of silent) listener.stop(true);
+    }
   });
 
   for (const argv of [
@@ -155,9 +177,9 @@ describe("valid arguments reach the files and the network", () => {
     ["bench", "--channel", "net.links", "--events", "10"],
   ]) {
     test(`fitb ${argv.join(" ")} without replicas fails with the same kind of line`, async () => {
-      const result = await run([argv[0]!, "--config", configPath, "--key", clientKey, "--connect-timeout", "200", ...argv.slice(1)]);
+      const result = await run([argv[0]!, "--config", configPath, "--key", clientKey, "--connect-timeout", "60000", ...argv.slice(1)]);
       expect(result.code).toBe(EXIT_FAILURE);
-      expect(result.err.at(-1)).toContain("no quorum: 0 of 4 replicas reachable within 200 ms");
+      expect(result.err.at(-1)).toMatch(/no quorum: [34] of 4 replicas refused the connection for 1000 ms/);
     });
   }
 

@@ -2,6 +2,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { tomlErrorPosition } from "../../src/config/toml-position.ts";
 import {
   formatAddress,
   formatConfigIssue,
@@ -348,9 +349,20 @@ describe("rejected files name the field and the expected form", () => {
     expect(parse(`${handToml({})}[limits]\nframe_bytes_max = ${FRAME_BYTES_MAX}\n`).ok).toBe(true);
   });
 
-  test("TOML syntax errors name the file", () => {
+  test("TOML syntax errors name the file, the line and the column, and quote the line", () => {
     const source = join(directory, "cluster.toml");
-    expect(onlyError('name = "unterminated\n')).toStartWith(`${source}: not valid TOML: `);
+    expect(onlyError('name = "unterminated\n')).toStartWith(`${source}:1:`);
+    expect(onlyError('name = "x"\n[limits\nfoo = 1\n')).toBe(
+      `${source}:2:8: not valid TOML: Expected ']' to close a table header but found (0x0A) (line 2: "[limits")`,
+    );
+    expect(onlyError("a = 1\nb = 1 2\nc = 3\n")).toStartWith(`${source}:2:7: not valid TOML: `);
+    expect(onlyError("arr = [1,\n2,,\n3]\n")).toStartWith(`${source}:2:3: not valid TOML: Expected a value but found ','`);
+    // A multi-line array before the error does not mislead the search.
+    expect(onlyError('a = [\n  1,\n  2,\n]\nname = "x"\nx = tru\n')).toStartWith(`${source}:6:7: not valid TOML: `);
+  });
+
+  test("tomlErrorPosition: null for valid TOML", () => {
+    expect(tomlErrorPosition('a = 1\n[t]\nb = "x"\n')).toBeNull();
   });
 });
 

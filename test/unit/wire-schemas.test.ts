@@ -196,6 +196,7 @@ describe("request bodies", () => {
       }),
       request({ span: 1, op: { t: "admin", cmd: { t: "destroy-channel", tag: "a" } } }),
       request({ span: 1, op: { t: "admin", cmd: { t: "register", tag: "a", role: "subscriber", key: KEY2 } } }),
+      request({ span: 1, op: { t: "admin", cmd: { t: "unregister", tag: "a", role: "publisher", key: KEY2 } } }),
     ];
     for (const req of reqs) {
       const body = encodeRequestBody(req);

@@ -3,8 +3,10 @@
  * cluster status.
  *
  *   create-channel TAG --fault crash|byzantine --order none|total --priority low|normal|high|critical [--public]
- *   destroy-channel TAG
+ *   destroy-channel TAG [--yes]
  *   register TAG --publisher PUBKEY | --subscriber PUBKEY
+ *   unregister TAG --publisher PUBKEY | --subscriber PUBKEY
+ *   set-quota PUBKEY [--events-per-second N] [--bytes-per-second N] [--subscriptions N]
  *   list-channels [--json]
  *   status [--json]
  *
@@ -14,19 +16,30 @@
  * subcommand as the first argument, rather than one command per word.
  */
 import type { AdminCmd } from "../../../wire/schemas.ts";
+import { ClientError } from "../../client/errors.ts";
 import type { FitbClient } from "../../client/client.ts";
-import type { ChannelInfo } from "../../client/queries.ts";
 import { loadClientSetup } from "../../client/setup.ts";
 import { bytesEqual } from "../../crypto/encoding.ts";
 import { formatPublicKey, tryParsePublicKey } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
+import { checkDestroy, printChannels } from "./admin-channels.ts";
 import { openStatusClient, readStatusReport } from "./status-client.ts";
 import { statusJsonReport, statusTable } from "./status-report.ts";
-import { CONFIG_FLAG, keyFlag, openClient, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors, type ClientFlags } from "./pub.ts";
+import {
+  CONFIG_FLAG,
+  keyFlag,
+  keyNoteOf,
+  openClient,
+  readClientFlags,
+  requireTag,
+  TIMEOUT_FLAGS,
+  withClientErrors,
+  type ClientFlags,
+} from "./pub.ts";
 
-const SUBCOMMANDS = ["create-channel", "destroy-channel", "register", "list-channels", "status"] as const;
+const SUBCOMMANDS = ["create-channel", "destroy-channel", "register", "unregister", "set-quota", "list-channels", "status"] as const;
 type Subcommand = (typeof SUBCOMMANDS)[number];
 
 const FAULTS = ["crash", "byzantine"] as const;
@@ -37,31 +50,54 @@ const DEFAULT_PRIORITY = "normal";
 /** Flags each subcommand accepts besides the common ones; any other is a usage error. */
 const SUBCOMMAND_FLAGS: Readonly<Record<Subcommand, readonly string[]>> = {
   "create-channel": ["fault", "order", "priority", "public"],
-  "destroy-channel": [],
+  "destroy-channel": ["yes"],
   register: ["publisher", "subscriber"],
+  unregister: ["publisher", "subscriber"],
+  "set-quota": ["events-per-second", "bytes-per-second", "subscriptions"],
   "list-channels": ["json"],
   status: ["json"],
 };
-const SPECIFIC_FLAGS = ["fault", "order", "priority", "public", "publisher", "subscriber", "json"] as const;
-const BOOLEAN_FLAGS: ReadonlySet<string> = new Set(["public", "json"]);
+const SPECIFIC_FLAGS = [
+  "fault",
+  "order",
+  "priority",
+  "public",
+  "publisher",
+  "subscriber",
+  "json",
+  "yes",
+  "events-per-second",
+  "bytes-per-second",
+  "subscriptions",
+] as const;
+const BOOLEAN_FLAGS: ReadonlySet<string> = new Set(["public", "json", "yes"]);
 
 export const adminCommand: Command = {
   path: ["admin"],
-  summary: "Create, destroy and list channels, register keys, show cluster status",
+  summary: "Create, destroy and list channels, register and revoke keys, show cluster status",
   description: [
     "Commands:",
     "  create-channel TAG --fault crash|byzantine --order none|total [--priority P] [--public]",
     `      Creates channel TAG with its CLASS (priority: ${PRIORITIES.join("|")}, default ${DEFAULT_PRIORITY}).`,
     "      --public lets any authenticated client subscribe; publishers must always be registered.",
-    "  destroy-channel TAG",
+    "  destroy-channel TAG [--yes]",
+    "      Deletes the channel and its stored events; asks for --yes when it holds events.",
     "  register TAG --publisher PUBKEY | --subscriber PUBKEY",
     "      Allows the key (ed25519:...) to publish to, or subscribe to, channel TAG.",
-    "  list-channels [--json]       Channels and their CLASS (--json: one object per channel)",
+    "  unregister TAG --publisher PUBKEY | --subscriber PUBKEY",
+    "      Revokes it: the key's later publishes are refused by every replica; a revoked",
+    "      subscriber's live subscriptions to a private channel end.",
+    "  set-quota PUBKEY [--events-per-second N] [--bytes-per-second N] [--subscriptions N]",
+    "      Limits of one client key at every replica, overriding the cluster's [limits]",
+    "      defaults; a limit not given keeps the default; no limit at all removes the quota.",
+    "      A refused request or subscription names the limit it met.",
+    "  list-channels [--json]       Channels: CLASS, registered keys, last seq, retention use",
+    "                               (--json: one object per channel, with the keys)",
     "  status [--json]              Every replica: up or why not, view, leader, last decided seq and",
     "                               how far behind; flags a dead or disputed leader, replicas in",
     "                               another view and lagging ones. Exit 0 ok, 1 degraded, 2 no",
     "                               quorum (fewer than 2f+1 replicas answered)",
-    "create-channel, destroy-channel and register must be signed by an admin key of the",
+    "create-channel, destroy-channel, register and unregister must be signed by an admin key of the",
     "cluster file; they are ordered through Byzantine agreement and acknowledged by f+1",
     "matching replies. list-channels takes f+1 matching answers; status shows every replica.",
   ],
@@ -77,18 +113,32 @@ export const adminCommand: Command = {
       description: `create-channel: the priority (default ${DEFAULT_PRIORITY})`,
     },
     { name: "public", kind: "boolean", description: "create-channel: any authenticated client may subscribe" },
-    { name: "publisher", kind: "string", valueName: "PUBKEY", description: "register: the key allowed to publish" },
-    { name: "subscriber", kind: "string", valueName: "PUBKEY", description: "register: the key allowed to subscribe" },
+    { name: "publisher", kind: "string", valueName: "PUBKEY", description: "register, unregister: the publisher key" },
+    { name: "subscriber", kind: "string", valueName: "PUBKEY", description: "register, unregister: the subscriber key" },
+    { name: "yes", kind: "boolean", description: "destroy-channel: destroy even though the channel holds events" },
+    {
+      name: "events-per-second",
+      kind: "string",
+      valueName: "N",
+      description: "set-quota: the key's events per second (burst: one second's worth)",
+    },
+    { name: "bytes-per-second", kind: "string", valueName: "N", description: "set-quota: the key's request bytes per second" },
+    { name: "subscriptions", kind: "string", valueName: "N", description: "set-quota: the key's open subscriptions at each replica" },
     { name: "json", kind: "boolean", description: "list-channels, status: print JSON, one object per line" },
     ...TIMEOUT_FLAGS,
   ],
   positionals: [
     { name: "COMMAND", description: SUBCOMMANDS.join(" | "), required: true },
-    { name: "TAG", description: "The channel (create-channel, destroy-channel, register)", required: false },
+    {
+      name: "TAG",
+      description: "The channel (create-channel, destroy-channel, register, unregister); set-quota: the key",
+      required: false,
+    },
   ],
   examples: [
     "fitb admin --config cluster.toml --key admin.key create-channel sec.alerts --fault byzantine --order total --priority critical",
     "fitb admin --config cluster.toml --key admin.key register sec.alerts --publisher ed25519:...",
+    "fitb admin --config cluster.toml --key admin.key unregister sec.alerts --publisher ed25519:...",
     "fitb admin --config cluster.toml --key admin.key status --json",
   ],
   run: runAdmin,
@@ -96,7 +146,7 @@ export const adminCommand: Command = {
 
 /** A fully validated invocation: what to do, decided before any file is read. */
 type AdminAction =
-  | { readonly t: "change"; readonly cmd: AdminCmd }
+  | { readonly t: "change"; readonly cmd: AdminCmd; readonly yes: boolean }
   | { readonly t: "list-channels"; readonly json: boolean }
   | { readonly t: "status"; readonly json: boolean };
 
@@ -107,7 +157,7 @@ async function runAdmin(args: ParsedArgs, io: CommandIo): Promise<number> {
   if (action.t === "status") return runStatus(flags, action.json, io);
   const client = await openClient(flags, io, "admin");
   try {
-    return await withClientErrors(() => perform(client, action, io));
+    return await withClientErrors(() => perform(client, action, io), keyNoteOf(client, flags.keyPath));
   } finally {
     client.close();
   }
@@ -127,11 +177,14 @@ export function parseAction(args: ParsedArgs): AdminAction {
       if (tagText !== undefined) throw new UsageError(`${subcommand} takes no TAG, got ${JSON.stringify(tagText)}`);
       return { t: subcommand, json: args.boolean("json") };
     case "create-channel":
-      return { t: "change", cmd: createChannelCmd(requireTag(requiredTag(tagText, subcommand)), args) };
+      return { t: "change", cmd: createChannelCmd(requireTag(requiredTag(tagText, subcommand)), args), yes: false };
     case "destroy-channel":
-      return { t: "change", cmd: { t: "destroy-channel", tag: requireTag(requiredTag(tagText, subcommand)) } };
+      return { t: "change", cmd: { t: "destroy-channel", tag: requireTag(requiredTag(tagText, subcommand)) }, yes: args.boolean("yes") };
     case "register":
-      return { t: "change", cmd: registerCmd(requireTag(requiredTag(tagText, subcommand)), args) };
+    case "unregister":
+      return { t: "change", cmd: keyCmd(subcommand, requireTag(requiredTag(tagText, subcommand)), args), yes: false };
+    case "set-quota":
+      return { t: "change", cmd: setQuotaCmd(tagText, args), yes: false };
     default: {
       const unreachable: never = subcommand;
       throw new UsageError(`unknown admin command ${String(unreachable)}`);
@@ -173,17 +226,36 @@ function createChannelCmd(tag: string, args: ParsedArgs): AdminCmd {
   };
 }
 
-function registerCmd(tag: string, args: ParsedArgs): AdminCmd {
+function keyCmd(t: "register" | "unregister", tag: string, args: ParsedArgs): AdminCmd {
   const publisher = args.string("publisher");
   const subscriber = args.string("subscriber");
   if ((publisher === undefined) === (subscriber === undefined)) {
-    throw new UsageError("register needs exactly one of --publisher PUBKEY or --subscriber PUBKEY");
+    throw new UsageError(`${t} needs exactly one of --publisher PUBKEY or --subscriber PUBKEY`);
   }
   const role = publisher !== undefined ? "publisher" : "subscriber";
   const text = (publisher ?? subscriber) as string;
   const parsed = tryParsePublicKey(text);
   if (!parsed.ok) throw new UsageError(`--${role}: ${parsed.reason}`);
-  return { t: "register", tag, role, key: parsed.key };
+  return { t, tag, role, key: parsed.key };
+}
+
+/** Quota limits are positive whole numbers; this bound keeps them safe integers. */
+const QUOTA_LIMIT_MAX = 1_000_000_000_000;
+
+function setQuotaCmd(keyText: string | undefined, args: ParsedArgs): AdminCmd {
+  if (keyText === undefined) throw new UsageError("set-quota needs the PUBKEY (ed25519:...) of the client key");
+  const parsed = tryParsePublicKey(keyText);
+  if (!parsed.ok) throw new UsageError(`PUBKEY: ${parsed.reason}`);
+  const eventsPerSecond = args.integer("events-per-second", 1, QUOTA_LIMIT_MAX);
+  const bytesPerSecond = args.integer("bytes-per-second", 1, QUOTA_LIMIT_MAX);
+  const subscriptions = args.integer("subscriptions", 1, QUOTA_LIMIT_MAX);
+  return {
+    t: "set-quota",
+    key: parsed.key,
+    ...(eventsPerSecond === undefined ? {} : { eventsPerSecond }),
+    ...(bytesPerSecond === undefined ? {} : { bytesPerSecond }),
+    ...(subscriptions === undefined ? {} : { subscriptions }),
+  };
 }
 
 /** Changes need an admin key; saying so here beats an UNAUTHORIZED from every replica. */
@@ -199,10 +271,11 @@ function checkAdminKey(flags: ClientFlags): void {
 async function perform(client: FitbClient, action: AdminAction, io: CommandIo): Promise<number> {
   switch (action.t) {
     case "change":
-      io.out(describeChange(action.cmd, await client.admin(action.cmd)));
+      if (action.cmd.t === "destroy-channel") await checkDestroy(client, action.cmd.tag, action.yes);
+      io.out(describeChange(action.cmd, await client.admin(action.cmd).catch((error) => Promise.reject(namingKey(error, action.cmd)))));
       return EXIT_OK;
     case "list-channels":
-      printChannels(await client.listChannels(), action.json, io);
+      await printChannels(client, await client.listChannels(), action.json, io);
       return EXIT_OK;
     case "status":
       throw new Error("status runs without a connected client (runStatus)");
@@ -211,6 +284,12 @@ async function perform(client: FitbClient, action: AdminAction, io: CommandIo): 
       throw new Error(`unknown admin action ${String(unreachable)}`);
     }
   }
+}
+
+/** A refused register or unregister names the key it was about (the operator may have pasted the wrong one). */
+function namingKey(error: unknown, cmd: AdminCmd): unknown {
+  if (!(error instanceof ClientError) || (cmd.t !== "register" && cmd.t !== "unregister")) return error;
+  return new CommandError(`${error.message} (${cmd.role} key ${formatPublicKey(cmd.key)})`);
 }
 
 function describeChange(cmd: AdminCmd, ack: { replicas: readonly number[]; at: number | null }): string {
@@ -225,29 +304,23 @@ function describeChange(cmd: AdminCmd, ack: { replicas: readonly number[]; at: n
       return `ok: destroyed channel ${cmd.tag} ${by}`;
     case "register":
       return `ok: registered ${formatPublicKey(cmd.key)} as ${cmd.role} of ${cmd.tag} ${by}`;
+    case "unregister":
+      return `ok: unregistered ${formatPublicKey(cmd.key)} as ${cmd.role} of ${cmd.tag} ${by}`;
+    case "set-quota": {
+      const limits = [
+        cmd.eventsPerSecond === undefined ? null : `${cmd.eventsPerSecond} events/s`,
+        cmd.bytesPerSecond === undefined ? null : `${cmd.bytesPerSecond} bytes/s`,
+        cmd.subscriptions === undefined ? null : `${cmd.subscriptions} subscriptions`,
+      ].filter((limit) => limit !== null);
+      const what = limits.length === 0 ? "removed the quota of" : `set the quota of`;
+      const detail =
+        limits.length === 0 ? " (the cluster's defaults apply)" : `: ${limits.join(", ")} (other limits: the cluster's defaults)`;
+      return `ok: ${what} ${formatPublicKey(cmd.key)}${detail} ${by}`;
+    }
     default: {
       const unreachable: never = cmd;
       return String(unreachable);
     }
-  }
-}
-
-function printChannels(channels: readonly ChannelInfo[], json: boolean, io: CommandIo): void {
-  if (json) {
-    for (const channel of channels) io.out(JSON.stringify(channel));
-    return;
-  }
-  if (channels.length === 0) {
-    io.out("no channels");
-    return;
-  }
-  const width = Math.max(3, ...channels.map((channel) => channel.tag.length));
-  io.out(`${"TAG".padEnd(width)}  FAULT      ORDER  PRIORITY  SUBSCRIBE`);
-  for (const channel of channels) {
-    const access = channel.public ? "public" : "registered";
-    io.out(
-      `${channel.tag.padEnd(width)}  ${channel.fault.padEnd(9)}  ${channel.order.padEnd(5)}  ${channel.priority.padEnd(8)}  ${access}`,
-    );
   }
 }
 

@@ -7,6 +7,11 @@
  * to publish and subscribe with nc and with fitb. SIGINT (Ctrl-C) or SIGTERM stops
  * everything: the children get SIGTERM, then SIGKILL if they outlast a bound.
  *
+ * Nothing outlives the demo (lifetime.ts): each replica's standard input is a pipe from
+ * the demo and the replica stops when it ends, so even `kill -9` of the demo stops the
+ * replicas; and the demo stops as on SIGTERM when its own parent goes (`npm start`
+ * stopped by a signal leaves its shell's child behind otherwise).
+ *
  * Progress goes to standard error; the instructions, ending with the line "fitb demo:
  * ready", to standard output.
  */
@@ -28,6 +33,8 @@ import type { Command, CommandIo } from "../command.ts";
 import { ConsoleServer } from "../console/server.ts";
 import { CommandError, EXIT_OK } from "../errors.ts";
 import { VERSION } from "../run.ts";
+import { untilParentChanges } from "../lifetime.ts";
+import { portHolderNote } from "../port-holder.ts";
 import { DEFAULT_BASE_PORT, DEFAULT_HOST } from "./cluster-init.ts";
 
 export const DEFAULT_DEMO_DIR = ".fitb-demo";
@@ -207,10 +214,18 @@ class Demo {
     });
   }
 
-  /** Resolves on the first SIGINT or SIGTERM; a second one kills the children at once. */
+  /**
+   * Resolves on the first SIGINT or SIGTERM, or when this process's parent is gone; a
+   * second signal kills the children at once.
+   */
   watchSignals(): Promise<void> {
     process.on("SIGINT", this.onSignal);
     process.on("SIGTERM", this.onSignal);
+    untilParentChanges(() => {
+      if (this.signalCount > 0) return;
+      this.io.err("fitb demo: the parent process is gone; stopping");
+      this.handleSignal();
+    });
     return this.stopSignal;
   }
 
@@ -251,8 +266,10 @@ class Demo {
       const logPath = join(this.dir, `replica-${replica.id}.log`);
       const log = openSync(logPath, "w", 0o600);
       try {
-        const proc = Bun.spawn([...selfCommand(), "replica", "--config", configPath, "--id", String(replica.id)], {
-          stdin: "ignore",
+        // stdin: a pipe this process holds and never writes; it closes when this process
+        // dies, however it dies, and --with-parent makes the replica stop then.
+        const proc = Bun.spawn([...selfCommand(), "replica", "--config", configPath, "--id", String(replica.id), "--with-parent"], {
+          stdin: "pipe",
           stdout: log,
           stderr: log,
         });
@@ -475,7 +492,7 @@ export function portIsFree(host: string, port: number): boolean {
 }
 
 function portInUseMessage(port: NeededPort): string {
-  return `port ${port.port} on ${port.host} is already in use (needed for ${port.what}); stop what uses it (an earlier demo?) or pass ${port.flag}`;
+  return `port ${port.port} on ${port.host} is already in use${portHolderNote(port.port)} (needed for ${port.what}); stop what uses it (an earlier demo?) or pass ${port.flag}`;
 }
 
 function exitedMessage(child: Child): string {

@@ -13,10 +13,13 @@ import { InOrder, type Settled } from "../../client/in-order.ts";
 import { DEFAULT_TIMEOUTS } from "../../client/options.ts";
 import { Publisher, type EventAck } from "../../client/publisher.ts";
 import { tagProblem } from "../../client/request.ts";
+import { formatPublicKey } from "../../crypto/keys.ts";
 import { loadClientSetup, type ClientSetup } from "../../client/setup.ts";
 import type { FlagSpec, ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
+import { CONFIG_DEFAULT_TEXT, KEY_DEFAULT_TEXT, resolveConfigPath, resolveKeyPath } from "../defaults.ts";
 import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
+import { timeoutHint } from "./pub-timeout.ts";
 
 // ---------------------------------------------------------------------------------------
 // Shared by pub, sub, admin and bench
@@ -26,10 +29,15 @@ import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
 export const TIMEOUT_MS_MIN = 1;
 export const TIMEOUT_MS_MAX = 3_600_000;
 
-export const CONFIG_FLAG: FlagSpec = { name: "config", kind: "string", valueName: "FILE", required: true, description: "The cluster file" };
+export const CONFIG_FLAG: FlagSpec = {
+  name: "config",
+  kind: "string",
+  valueName: "FILE",
+  description: `The cluster file (${CONFIG_DEFAULT_TEXT})`,
+};
 
 export function keyFlag(description: string): FlagSpec {
-  return { name: "key", kind: "string", valueName: "FILE", required: true, description };
+  return { name: "key", kind: "string", valueName: "FILE", description: `${description} (${KEY_DEFAULT_TEXT})` };
 }
 
 export const TIMEOUT_FLAGS: readonly FlagSpec[] = [
@@ -59,8 +67,8 @@ export interface ClientFlags {
 /** Reads the common flags; every problem is a UsageError (exit 2) before any file is opened. */
 export function readClientFlags(args: ParsedArgs): ClientFlags {
   return {
-    configPath: args.requiredString("config"),
-    keyPath: args.requiredString("key"),
+    configPath: resolveConfigPath(args.string("config")),
+    keyPath: resolveKeyPath(args.string("key")),
     timeoutMs: args.requiredInteger("timeout", TIMEOUT_MS_MIN, TIMEOUT_MS_MAX),
     connectTimeoutMs: args.requiredInteger("connect-timeout", TIMEOUT_MS_MIN, TIMEOUT_MS_MAX),
   };
@@ -83,39 +91,54 @@ export async function openClient(flags: ClientFlags, io: CommandIo, name: string
   // Warnings while connecting are held back: if no quorum is reached, the error line
   // already names every replica and why, and the same facts twice would be noise.
   let connected = false;
-  const heldBack: string[] = [];
+  const heldBack: { line: string; replica: number | undefined }[] = [];
   const client = await withClientErrors(() =>
-    FitbClient.connect({
-      config: setup.config,
-      key: setup.key,
-      timeouts: { connectMs: flags.connectTimeoutMs, requestMs: flags.timeoutMs, queryMs: flags.timeoutMs },
-      onLog: (entry) => {
-        if (entry.level !== "warn") return;
-        const line = `fitb ${name}: warning: ${entry.message}`;
-        if (connected) io.err(line);
-        else heldBack.push(line);
+    FitbClient.connect(
+      {
+        config: setup.config,
+        key: setup.key,
+        timeouts: { connectMs: flags.connectTimeoutMs, requestMs: flags.timeoutMs, queryMs: flags.timeoutMs },
+        onLog: (entry) => {
+          if (entry.level !== "warn") return;
+          const line = `fitb ${name}: warning: ${entry.message}`;
+          if (connected) io.err(line);
+          else heldBack.push({ line, replica: entry.replica });
+        },
       },
-    }),
+      // With every replica refusing connections (none running there), fail at once.
+      { refusedFailsAtOnce: true },
+    ),
   );
   connected = true;
-  for (const line of heldBack) io.err(line);
+  // What went wrong with a replica that has since come up (one started a moment ago) is not news.
+  const ready = new Set(client.readyReplicas());
+  for (const held of heldBack) if (held.replica === undefined || !ready.has(held.replica)) io.err(held.line);
   return client;
 }
 
-/** Runs `action`, turning a ClientError into a CommandError: one line, exit 1. */
-export async function withClientErrors<T>(action: () => Promise<T>): Promise<T> {
+/**
+ * Runs `action`, turning a ClientError into a CommandError: one line, exit 1. `keyNote`
+ * (see keyNoteOf) is added to refusals of the key, so the operator sees which key was
+ * refused, not only that one was.
+ */
+export async function withClientErrors<T>(action: () => Promise<T>, keyNote = ""): Promise<T> {
   try {
     return await action();
   } catch (error) {
-    if (error instanceof ClientError) throw new CommandError(error.message);
+    if (error instanceof ClientError) throw new CommandError(`${error.message}${error.code === "UNAUTHORIZED" ? keyNote : ""}`);
     throw error;
   }
 }
 
-/** `-ERR CODE reason` for a failed event. */
-export function errLine(error: unknown): string {
+/** " (key ed25519:... from FILE)": which key a refusal was about. */
+export function keyNoteOf(client: FitbClient, keyPath: string): string {
+  return ` (key ${formatPublicKey(client.publicKey)} from ${keyPath})`;
+}
+
+/** `-ERR CODE reason` for a failed event; refusals of the key name it (`keyNote`). */
+export function errLine(error: unknown, keyNote = ""): string {
   const code = error instanceof ClientError ? error.code : "INTERNAL";
-  return `-ERR ${code} ${describeError(error)}`;
+  return `-ERR ${code} ${describeError(error)}${code === "UNAUTHORIZED" ? keyNote : ""}`;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -218,6 +241,8 @@ export const pubCommand: Command = {
     "'+OK TAG SEQ' once the channel's quorum acknowledged it, or '-ERR CODE reason'.",
     "SEQ is the channel sequence number on total-order channels and the publisher's own",
     "sequence number on unordered ones. Exits 1 if any event failed.",
+    "A publish that timed out (-ERR TIMEOUT) may still be ordered: the command then says",
+    "on standard error which quorum was missing and how to check with 'fitb sub'.",
   ],
   flags: [CONFIG_FLAG, keyFlag("This publisher's secret key file"), ...TIMEOUT_FLAGS],
   positionals: [
@@ -237,19 +262,25 @@ async function runPub(args: ParsedArgs, io: CommandIo): Promise<number> {
   const message = args.positional("MESSAGE");
   const client = await openClient(flags, io, "pub");
   try {
+    const keyNote = keyNoteOf(client, flags.keyPath);
+    // Where this run's events go at the earliest, for the hint after a timeout (below).
+    const startSeq = await client.nextChannelSeq(tag).catch(() => undefined);
     const publisher = new Publisher(client, tag);
     let failed = 0;
+    let timedOut = 0;
     const answers = new InOrder<EventAck>((outcome: Settled<EventAck>) => {
       if (outcome.ok) io.out(`+OK ${outcome.value.tag} ${outcome.value.seq}`);
       else {
         failed++;
-        io.out(errLine(outcome.error));
+        if (outcome.error instanceof ClientError && outcome.error.code === "TIMEOUT") timedOut++;
+        io.out(errLine(outcome.error, keyNote));
       }
     }, PUB_PENDING_ANSWERS_MAX);
     if (message !== undefined) answers.push(publisher.publish(new TextEncoder().encode(message)));
     else await publishLines(publisher, answers, client.config.limits.eventBytesMax);
     await answers.drained();
     await publisher.close();
+    if (timedOut > 0) for (const line of timeoutHint({ client, flags, tag, timedOut, startSeq })) io.err(`fitb pub: ${line}`);
     return failed === 0 ? EXIT_OK : EXIT_FAILURE;
   } finally {
     client.close();

@@ -9,6 +9,7 @@ import { vouchQuorum } from "../../core/voting/quorum.ts";
 import { formatPublicKey } from "../../crypto/keys.ts";
 import { DEFAULT_RELAY_LISTEN, isLoopbackHost, parseListenAddress, type ListenAddress } from "../../relay/listen.ts";
 import { RelayListenError, RelayServer } from "../../relay/server.ts";
+import { portHolderNote } from "../port-holder.ts";
 import { clearStaleSocket, defaultRelaySocketPath, RELAY_SOCKET_NAME, SocketPathError } from "../../relay/unix-socket.ts";
 import type { ParsedArgs } from "../args.ts";
 import { type MetricsServer, startMetricsServer } from "../metrics-server.ts";
@@ -26,6 +27,7 @@ export const relayCommand: Command = {
     "  PUB <tag> <payload>          -> +OK <tag> <seq> once the channel's quorum has it",
     "  PUBB <tag> <n>, then n bytes -> the same, for payloads of any bytes",
     "  SUB <tag> [<from-seq>]       -> +OK, then EVENT (or EVENTB) lines as events arrive",
+    "  SUB net.* / SUB net.>        -> the same for every matching channel, also those created later",
     "  UNSUB <tag>, PING, QUIT",
     "Errors are '-ERR <code> <reason>'; the connection goes on after them, except after a",
     "line that is no command at all (a browser's 'POST / HTTP/1.1'), which closes it.",
@@ -104,7 +106,11 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
   } catch (error) {
     metricsServer?.stop(true);
     client.close();
-    if (error instanceof RelayListenError || error instanceof SocketPathError) throw new CommandError(error.message);
+    if (error instanceof RelayListenError) {
+      const holder = error.message.includes("already in use") ? portHolderNote(listen.port) : "";
+      throw new CommandError(`${error.message}${holder}`);
+    }
+    if (error instanceof SocketPathError) throw new CommandError(error.message);
     throw error;
   }
   const stopped = stopSignal();

@@ -8,7 +8,7 @@ import { dirname, join } from "node:path";
 import { bytesEqual } from "../../crypto/encoding.ts";
 import { KeyFileError, loadSigningKeyFile } from "../../crypto/keys.ts";
 import { formatAddress, requireClusterConfig } from "../../config/cluster.ts";
-import { createLog, parseLogLevel } from "../../replica/log.ts";
+import { createLog, type Log, parseLogLevel } from "../../replica/log.ts";
 import { type ListenAddress, parseListenAddress } from "../../relay/listen.ts";
 import { listenFailure } from "../../relay/server.ts";
 import { Replica } from "../../replica/replica.ts";
@@ -16,7 +16,11 @@ import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy
 import type { ParsedArgs } from "../args.ts";
 import { type MetricsServer, startMetricsServer } from "../metrics-server.ts";
 import type { Command } from "../command.ts";
+import { CONFIG_DEFAULT_TEXT, resolveConfigPath } from "../defaults.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
+import { untilStdinEnds } from "../lifetime.ts";
+import { portHolderNote } from "../port-holder.ts";
+import { SystemdNotifier, watchdogIntervalMs } from "../sd-notify.ts";
 
 export const replicaCommand: Command = {
   path: ["replica"],
@@ -30,9 +34,12 @@ export const replicaCommand: Command = {
     "is on disk there first; after kill -9 or power loss the replica restarts from it,",
     "and a replica that is behind or has lost its data fetches the state from its peers.",
     "Logs are JSON lines on standard output (FITB_LOG=debug for more).",
+    "Under systemd (Type=notify, $NOTIFY_SOCKET) it reports READY=1 once it has joined its",
+    "group (2f peers up in a normal view), WATCHDOG=1 when the unit sets WatchdogSec=, and",
+    "STOPPING=1 on SIGTERM; 'joined the group' is logged either way.",
   ],
   flags: [
-    { name: "config", kind: "string", valueName: "FILE", required: true, description: "The cluster file (cluster.toml)" },
+    { name: "config", kind: "string", valueName: "FILE", description: `The cluster file (${CONFIG_DEFAULT_TEXT})` },
     { name: "id", kind: "string", valueName: "N", required: true, description: "This replica's id in the cluster file" },
     { name: "key", kind: "string", valueName: "FILE", description: "This replica's secret key (default: replica-N.key beside the config)" },
     { name: "data", kind: "string", valueName: "DIR", description: "Data directory (default: the replica's data_dir in the config)" },
@@ -57,6 +64,12 @@ export const replicaCommand: Command = {
       description:
         "Listen here instead of the replica's host:port in the config (behind NAT, a load balancer or a proxy; 0.0.0.0:PORT for every interface); peers and clients still use the config's address",
     },
+    {
+      name: "with-parent",
+      kind: "boolean",
+      description:
+        "Stop, as on SIGTERM, when standard input ends: for a parent that holds a pipe to it (fitb demo), so that the replica dies with it",
+    },
   ],
   positionals: [],
   examples: ["fitb replica --config /etc/fitb/cluster.toml --id 0 --key /etc/fitb/replica-0.key --data /var/lib/fitb"],
@@ -66,7 +79,7 @@ export const replicaCommand: Command = {
 async function runReplica(args: ParsedArgs): Promise<number> {
   const level = parseLogLevel(process.env.FITB_LOG);
   if (!level.ok) throw new UsageError(level.reason);
-  const configPath = args.requiredString("config");
+  const configPath = resolveConfigPath(args.string("config"));
   const config = requireClusterConfig(configPath);
   const id = args.requiredInteger("id", 0, config.n - 1);
   const entry = config.replicas[id];
@@ -113,17 +126,29 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     const address = formatAddress(listen?.host ?? entry.host, listen?.port ?? entry.port);
     // Bun's own message names neither the port nor why; the error code does.
     const problem = listenFailure(address, error, "replica");
-    throw new CommandError(problem.startsWith("cannot listen") ? `cannot start replica ${id}: ${problem}` : problem);
+    const holder = problem.includes("already in use") ? portHolderNote(entry.port) : "";
+    throw new CommandError(problem.startsWith("cannot listen") ? `cannot start replica ${id}: ${problem}` : `${problem}${holder}`);
   }
   if (metricsServer !== null) log.info("metrics listening", { url: `http://${metricsServer.hostname}:${metricsServer.port}/metrics` });
+  const supervisor = superviseWithSystemd(replica, log);
   await new Promise<void>((resolve) => {
+    let stopped = false;
     const stop = (): void => {
+      if (stopped) return;
+      stopped = true;
+      supervisor.stopping();
       metricsServer?.stop(true);
       replica.stop();
       resolve();
     };
     process.once("SIGTERM", stop);
     process.once("SIGINT", stop);
+    if (args.boolean("with-parent")) {
+      void untilStdinEnds().then(() => {
+        if (!stopped) log.info("standard input ended: the parent process is gone; stopping");
+        stop();
+      });
+    }
   });
   return EXIT_OK;
 }
@@ -133,6 +158,46 @@ function parseListen(text: string | undefined): ListenAddress | undefined {
   const parsed = parseListenAddress(text);
   if (!parsed.ok) throw new UsageError(`--listen: ${parsed.reason}`);
   return parsed.address;
+}
+
+/** How often readiness is looked at until the replica has joined its group. */
+const JOIN_POLL_MS = 100;
+
+/**
+ * Readiness for systemd (`Type=notify`, sd-notify.ts) and the log: the replica has joined
+ * its group once it reaches 2f peers (with itself, the 2f+1 that order) in a normal
+ * view. Then READY=1; WATCHDOG=1 at half the interval systemd asks for, from the event
+ * loop (a stuck loop stops them, and systemd restarts the replica); STOPPING=1 on stop.
+ */
+function superviseWithSystemd(replica: Replica, log: Log): { stopping(): void } {
+  const notifier = new SystemdNotifier();
+  let warned = false;
+  const notify = (message: string): void => {
+    try {
+      notifier.notify(message);
+    } catch (error) {
+      if (!warned) log.warn("cannot notify systemd", { error: (error as Error).message });
+      warned = true;
+    }
+  };
+  const joinTimer = setInterval(() => {
+    const status = replica.status() as { f?: number; mode?: string; peers?: { up: boolean }[] };
+    const peersUp = (status.peers ?? []).filter((peer) => peer.up).length;
+    if (status.mode !== "normal" || peersUp < 2 * (status.f ?? 0)) return;
+    clearInterval(joinTimer);
+    log.info("joined the group", { peersUp });
+    notify(`READY=1\nSTATUS=joined the group (${peersUp} peers up)`);
+  }, JOIN_POLL_MS);
+  const watchdogMs = notifier.enabled ? watchdogIntervalMs() : null;
+  const watchdogTimer = watchdogMs === null ? null : setInterval(() => notify("WATCHDOG=1"), Math.max(1, Math.floor(watchdogMs / 2)));
+  return {
+    stopping() {
+      clearInterval(joinTimer);
+      if (watchdogTimer !== null) clearInterval(watchdogTimer);
+      notify("STOPPING=1");
+      notifier.close();
+    },
+  };
 }
 
 function parseSync(text: string): SyncPolicy {

@@ -1,7 +1,14 @@
 /**
- * `fitb service unit replica|relay --config C [--id N] [--user fitb] [--binary PATH]`:
- * prints a systemd unit for running a replica or a relay as a service. The operator
- * redirects it into /etc/systemd/system/ and enables it.
+ * `fitb service unit replica|relay --config C [--id N] [--user fitb] [--binary PATH]
+ * [--data DIR] [--sync full|normal] [--metrics HOST:PORT]`: prints a systemd unit for
+ * running a replica or a relay as a service. The operator redirects it into
+ * /etc/systemd/system/ and enables it.
+ *
+ * A replica unit is `Type=notify`: the replica tells systemd READY=1 once it has joined
+ * its group, so units ordered After= it start once it can serve; WatchdogSec= has it
+ * send WATCHDOG=1 from its event loop, and a replica whose loop is stuck is restarted.
+ * Because joining needs 2f other replicas, the first start of a new cluster waits for
+ * them (TimeoutStartSec=infinity; `systemctl enable --now --no-block` returns at once).
  */
 import { resolve } from "node:path";
 import type { ParsedArgs } from "../args.ts";
@@ -11,6 +18,10 @@ import { EXIT_OK, UsageError } from "../errors.ts";
 export const DEFAULT_BINARY = "/usr/local/bin/fitb";
 export const DEFAULT_USER = "fitb";
 export const DEFAULT_RELAY_LISTEN = "127.0.0.1:7400";
+/** Where systemd's StateDirectory=fitb puts the replica's data. */
+const STATE_ROOT = "/var/lib/fitb";
+/** A stuck event loop is noticed within this (the replica notifies at half of it). */
+const WATCHDOG_SEC = 30;
 /** User names systemd accepts (a conservative subset of POSIX names). */
 const USER_PATTERN = /^[a-z_][a-z0-9_-]{0,31}$/;
 
@@ -22,9 +33,13 @@ export const serviceUnitCommand: Command = {
     "The unit runs the binary as an unprivileged user with a hardened sandbox",
     "(NoNewPrivileges, ProtectSystem=strict, PrivateTmp, ...); replica data lives under",
     "/var/lib/fitb (StateDirectory), and the service restarts on failure.",
+    "A replica unit is Type=notify: started means joined its group (2f peers up), and",
+    "WatchdogSec=30s restarts a replica whose event loop is stuck. --data, --sync and",
+    "--metrics are passed to the replica (a --data outside /var/lib/fitb is made writable",
+    "with ReadWritePaths=).",
     "Install: fitb service unit replica --config /etc/fitb/cluster.toml --id 0 \\",
     "  > /etc/systemd/system/fitb-replica.service && systemctl daemon-reload &&",
-    "  systemctl enable --now fitb-replica",
+    "  systemctl enable --now --no-block fitb-replica",
   ],
   flags: [
     {
@@ -44,11 +59,13 @@ export const serviceUnitCommand: Command = {
     { name: "user", kind: "string", valueName: "NAME", description: `User to run as (default ${DEFAULT_USER})` },
     { name: "binary", kind: "string", valueName: "PATH", description: `Where fitb is installed (default ${DEFAULT_BINARY})` },
     { name: "listen", kind: "string", valueName: "HOST:PORT", description: `Relay listen address (default ${DEFAULT_RELAY_LISTEN})` },
+    { name: "data", kind: "string", valueName: "DIR", description: `Replica data directory (default ${STATE_ROOT}/replica-N)` },
+    { name: "sync", kind: "string", valueName: "POLICY", description: "Replica --sync: full (default) or normal" },
     {
       name: "metrics",
       kind: "string",
       valueName: "HOST:PORT",
-      description: "Serve Prometheus metrics there (--metrics of the replica or relay)",
+      description: "Serve Prometheus metrics there (--metrics of the replica or relay; the replica's /status too)",
     },
   ],
   positionals: [{ name: "KIND", required: true, description: "replica or relay" }],
@@ -75,12 +92,19 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
     const id = args.requiredInteger("id", 0, 1023);
     const key = args.string("key");
     const keyArg = key === undefined ? "" : ` --key ${quote(resolve(key))}`;
+    const data = resolve(args.string("data") ?? `${STATE_ROOT}/replica-${id}`);
+    const sync = args.string("sync");
+    if (sync !== undefined && sync !== "full" && sync !== "normal")
+      throw new UsageError(`--sync: expected full or normal, got ${JSON.stringify(sync)}`);
+    const extra = `${sync === undefined ? "" : ` --sync ${sync}`}${metricsArg}`;
     unit = renderUnit({
       description: `fitb replica ${id}`,
-      exec: `${binary} replica --config ${quote(config)} --id ${id}${keyArg} --data /var/lib/fitb/replica-${id}${metricsArg}`,
+      exec: `${binary} replica --config ${quote(config)} --id ${id}${keyArg} --data ${quote(data)}${extra}`,
       user,
       stateDirectory: true,
       runtimeDirectory: null,
+      notify: true,
+      readWritePaths: data === STATE_ROOT || data.startsWith(`${STATE_ROOT}/`) ? [] : [data],
     });
   } else if (kind === "relay") {
     const key = args.string("key");
@@ -93,6 +117,8 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
       stateDirectory: false,
       // $RUNTIME_DIRECTORY/relay.sock, the relay's default Unix socket for probes.
       runtimeDirectory: "fitb-relay",
+      notify: false,
+      readWritePaths: [],
     });
   } else {
     throw new UsageError(`KIND must be replica or relay, got ${JSON.stringify(kind)}`);
@@ -108,6 +134,10 @@ interface UnitSpec {
   readonly stateDirectory: boolean;
   /** A directory under /run for the unit (RuntimeDirectory=), or null. */
   readonly runtimeDirectory: string | null;
+  /** Type=notify with a watchdog (the replica), or Type=simple. */
+  readonly notify: boolean;
+  /** Directories the service writes besides its StateDirectory (ProtectSystem=strict makes the rest read-only). */
+  readonly readWritePaths: readonly string[];
 }
 
 /** The directives are the ones documented in systemd.service(5) and systemd.exec(5). */
@@ -119,7 +149,7 @@ export function renderUnit(spec: UnitSpec): string {
     "Wants=network-online.target",
     "",
     "[Service]",
-    "Type=simple",
+    ...(spec.notify ? ["Type=notify", "NotifyAccess=main", `WatchdogSec=${WATCHDOG_SEC}s`, "TimeoutStartSec=infinity"] : ["Type=simple"]),
     `ExecStart=${spec.exec}`,
     "Restart=on-failure",
     "RestartSec=1s",
@@ -129,6 +159,8 @@ export function renderUnit(spec: UnitSpec): string {
     `Group=${spec.user}`,
     ...(spec.stateDirectory ? ["StateDirectory=fitb", "StateDirectoryMode=0700"] : []),
     ...(spec.runtimeDirectory !== null ? [`RuntimeDirectory=${spec.runtimeDirectory}`, "RuntimeDirectoryMode=0750"] : []),
+    ...(spec.readWritePaths.length > 0 ? [`ReadWritePaths=${spec.readWritePaths.map(quote).join(" ")}`] : []),
+    "UMask=0077",
     "LimitNOFILE=65536",
     "NoNewPrivileges=yes",
     "ProtectSystem=strict",
@@ -144,6 +176,18 @@ export function renderUnit(spec: UnitSpec): string {
     "RestrictRealtime=yes",
     "SystemCallArchitectures=native",
     "CapabilityBoundingSet=",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectProc=invisible",
+    "RestrictSUIDSGID=yes",
+    "RemoveIPC=yes",
+    "PrivateIPC=yes",
+    "PrivateMounts=yes",
+    // A deny list of groups no part of fitb uses; denied calls fail with EPERM rather than
+    // kill the process. (No MemoryDenyWriteExecute=: the JavaScript JIT needs it.)
+    "SystemCallFilter=~@clock @cpu-emulation @debug @module @mount @obsolete @raw-io @reboot @swap",
+    "SystemCallErrorNumber=EPERM",
     "",
     "[Install]",
     "WantedBy=multi-user.target",

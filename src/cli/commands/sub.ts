@@ -7,14 +7,17 @@
  * breaks and does not itself begin with `base64:`, else `base64:` and its base64 (so the
  * prefix always means base64). --json lines are
  * {"tag","seq","publisher","ts","payload"} with `payload_b64` instead of `payload` when
- * the payload is not valid UTF-8.
+ * the payload is not valid UTF-8. --format TEMPLATE prints plain lines of the caller's
+ * shape: {tag} {seq} {payload} as above, {time} (ISO 8601, UTC, of the publish's signed
+ * time), {ts} (the same in ms), {publisher} (ed25519:...).
  */
 import { formatPublicKey } from "../../crypto/keys.ts";
-import { eventSeq, type ReceivedBatch, type Subscription, type SubscriptionSignal } from "../../client/subscription.ts";
+import { isPattern, patternProblem } from "../../client/pattern.ts";
+import { eventSeq, type ReceivedBatch, type SubscriptionHandle, type SubscriptionSignal } from "../../client/subscription.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
-import { EXIT_OK } from "../errors.ts";
-import { CONFIG_FLAG, keyFlag, openClient, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors } from "./pub.ts";
+import { EXIT_OK, UsageError } from "../errors.ts";
+import { CONFIG_FLAG, keyFlag, keyNoteOf, openClient, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors } from "./pub.ts";
 
 /** --count and --from accept at most this (a safe integer). */
 const SEQ_ARG_MAX = Number.MAX_SAFE_INTEGER;
@@ -32,6 +35,13 @@ export const subCommand: Command = {
     "is not UTF-8 text on one line or itself begins with 'base64:'), or with --json one",
     "object per line:",
     '{"tag","seq","publisher","ts","payload"} ("payload_b64" when not UTF-8).',
+    "--format TEMPLATE shapes plain lines: {tag} {seq} {payload} as above, {time} (ISO 8601",
+    "UTC of the publisher's signed time), {ts} (the same in ms since the epoch), {publisher}.",
+    "Default '{tag} {seq} {payload}'. A reader that closes the output (| head) ends it quietly.",
+    "TAG may be a pattern: 'net.*' matches one segment (net.links), 'net.>' one or more",
+    "(net.links, net.links.eth0). Each matching channel is delivered with its own",
+    "guarantees; channels created later that match are followed from their first event.",
+    "A pattern subscription is live (no --from).",
   ],
   flags: [
     CONFIG_FLAG,
@@ -44,27 +54,43 @@ export const subCommand: Command = {
     },
     { name: "count", kind: "string", valueName: "N", description: "Exit after N events" },
     { name: "json", kind: "boolean", description: "Print one JSON object per event" },
+    {
+      name: "format",
+      kind: "string",
+      valueName: "TEMPLATE",
+      description: "Plain line template: {tag} {seq} {time} {ts} {publisher} {payload}",
+    },
     ...TIMEOUT_FLAGS,
   ],
-  positionals: [{ name: "TAG", description: "The channel, e.g. net.links", required: true }],
+  positionals: [
+    { name: "TAG", description: "The channel, e.g. net.links, or a pattern: net.* (one segment), net.> (one or more)", required: true },
+  ],
   examples: [
     "fitb sub --config cluster.toml --key console.key net.links",
     "fitb sub --config cluster.toml --key console.key sec.alerts --from 1 --count 100 --json",
+    "fitb sub --config cluster.toml --key console.key sec.alerts --format '{time} {publisher} {payload}'",
+    "fitb sub --config cluster.toml --key console.key 'net.>'",
   ],
   run: runSub,
 };
 
 async function runSub(args: ParsedArgs, io: CommandIo): Promise<number> {
   const flags = readClientFlags(args);
-  const tag = requireTag(args.requiredPositional("TAG"));
+  const tagText = args.requiredPositional("TAG");
+  const pattern = isPattern(tagText);
+  const tag = pattern ? requirePattern(tagText) : requireTag(tagText);
   const from = args.integer("from", 0, SEQ_ARG_MAX);
+  if (pattern && from !== undefined) throw new UsageError("--from names a seq of one channel; a pattern subscription is live");
   const count = args.integer("count", 1, SEQ_ARG_MAX);
   const json = args.boolean("json");
+  const template = args.string("format");
+  if (json && template !== undefined) throw new UsageError("--format shapes plain lines; it does not apply with --json");
+  const format = json ? jsonLine : template === undefined ? plainLine : templateLine(parseTemplate(template));
   const client = await openClient(flags, io, "sub");
+  const keyNote = keyNoteOf(client, flags.keyPath);
   try {
     let printed = 0;
-    let subscription: Subscription | null = null;
-    const format = json ? jsonLine : plainLine;
+    let subscription: SubscriptionHandle | null = null;
     const reached = (): boolean => count !== undefined && printed >= count;
     const onSignal = (signal: SubscriptionSignal): void => reportSignal(io, signal);
     const onBatch = (batch: ReceivedBatch): void => {
@@ -75,14 +101,24 @@ async function runSub(args: ParsedArgs, io: CommandIo): Promise<number> {
       // Deliveries may begin before subscribe() returns; then the close happens just after.
       if (reached()) void subscription?.close();
     };
-    const started = await withClientErrors(() => client.subscribe(tag, from === undefined ? { onSignal } : { from, onSignal }, onBatch));
+    const started = await withClientErrors(
+      () => client.subscribeAny(tag, from === undefined ? { onSignal } : { from, onSignal }, onBatch),
+      keyNote,
+    );
     subscription = started;
     if (reached()) await started.close();
-    await withClientErrors(() => started.done);
+    await withClientErrors(() => started.done, keyNote);
     return EXIT_OK;
   } finally {
     client.close();
   }
+}
+
+/** A TAG argument that is a pattern: a UsageError naming what is wrong with it. */
+function requirePattern(text: string): string {
+  const problem = patternProblem(text);
+  if (problem !== null) throw new UsageError(`TAG: ${problem}`);
+  return text;
 }
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
@@ -101,11 +137,63 @@ const BASE64_PREFIX = "base64:";
 
 /** `TAG SEQ PAYLOAD`. */
 export function plainLine(batch: ReceivedBatch, index: number): string {
-  const payload = batch.events[index] as Uint8Array;
+  return `${batch.tag} ${eventSeq(batch, index)} ${shownPayload(batch.events[index] as Uint8Array)}`;
+}
+
+/** The payload as text when that is safe on one line, else `base64:...`. */
+function shownPayload(payload: Uint8Array): string {
   const text = payloadText(payload);
   const plain = text !== null && !/[\r\n]/.test(text) && !text.startsWith(BASE64_PREFIX);
-  const shown = plain ? text : `${BASE64_PREFIX}${Buffer.from(payload).toString("base64")}`;
-  return `${batch.tag} ${eventSeq(batch, index)} ${shown}`;
+  return plain ? text : `${BASE64_PREFIX}${Buffer.from(payload).toString("base64")}`;
+}
+
+const TEMPLATE_FIELDS = ["tag", "seq", "time", "ts", "publisher", "payload"] as const;
+type TemplateField = (typeof TEMPLATE_FIELDS)[number];
+/** A --format template cut into literal text and fields. */
+export type Template = readonly (string | { readonly field: TemplateField })[];
+
+/** Parses `{seq} {time} ...`; an unknown {name} is a usage error (a typo would print nothing useful). */
+export function parseTemplate(text: string): Template {
+  const parts: (string | { field: TemplateField })[] = [];
+  let rest = text;
+  for (let match = /\{([a-z]+)\}/.exec(rest); match !== null; match = /\{([a-z]+)\}/.exec(rest)) {
+    const field = TEMPLATE_FIELDS.find((name) => name === match?.[1]);
+    if (field === undefined)
+      throw new UsageError(`--format: unknown field {${match[1]}}; known: ${TEMPLATE_FIELDS.map((n) => `{${n}}`).join(" ")}`);
+    if (match.index > 0) parts.push(rest.slice(0, match.index));
+    parts.push({ field });
+    rest = rest.slice(match.index + match[0].length);
+  }
+  if (rest.length > 0) parts.push(rest);
+  return parts;
+}
+
+/** A line printer for a parsed template. */
+export function templateLine(template: Template): (batch: ReceivedBatch, index: number) => string {
+  return (batch, index) =>
+    template
+      .map((part) => {
+        if (typeof part === "string") return part;
+        switch (part.field) {
+          case "tag":
+            return batch.tag;
+          case "seq":
+            return String(eventSeq(batch, index));
+          case "time":
+            return new Date(batch.ts).toISOString();
+          case "ts":
+            return String(batch.ts);
+          case "publisher":
+            return formatPublicKey(batch.publisher);
+          case "payload":
+            return shownPayload(batch.events[index] as Uint8Array);
+          default: {
+            const unreachable: never = part.field;
+            return String(unreachable);
+          }
+        }
+      })
+      .join("");
 }
 
 /** {"tag","seq","publisher","ts","payload"} or with "payload_b64". */
@@ -142,12 +230,34 @@ function reportSignal(io: CommandIo, signal: SubscriptionSignal): void {
     case "trimmed":
       io.err(`fitb sub: warning: seq ${signal.nextSeq} is no longer retained; the oldest is ${signal.oldestSeq}`);
       return;
+    case "channel":
+      io.err(describeChannelSignal(signal));
+      return;
     case "replica-ended":
       io.err(`fitb sub: warning: replica ${signal.replica} ended the subscription: ${signal.code} ${signal.reason}`);
       return;
     default: {
       const unreachable: never = signal;
       throw new Error(`unknown signal ${String(unreachable)}`);
+    }
+  }
+}
+
+function describeChannelSignal(signal: Extract<SubscriptionSignal, { t: "channel" }>): string {
+  switch (signal.event) {
+    case "added":
+      return `fitb sub: following ${signal.tag}${signal.reason === "created" ? " (created since; from its first retained event)" : ""}`;
+    case "skipped":
+      return `fitb sub: warning: not following ${signal.tag}: ${signal.reason}`;
+    case "refused":
+      return `fitb sub: warning: ${signal.tag} refused the subscription: ${signal.reason}`;
+    case "ended":
+      return `fitb sub: warning: no longer following ${signal.tag}: ${signal.reason}`;
+    case "list-failed":
+      return `fitb sub: warning: could not look for new channels matching ${signal.tag}: ${signal.reason}`;
+    default: {
+      const unreachable: never = signal.event;
+      return String(unreachable);
     }
   }
 }

@@ -252,7 +252,7 @@ export class ConsoleServer {
       return json(400, { ok: false, error: "not JSON" });
     }
     const cmd = adminCmdSchema.safeParse(parsed);
-    if (!cmd.success || cmd.data.t === "register")
+    if (!cmd.success || (cmd.data.t !== "create-channel" && cmd.data.t !== "destroy-channel"))
       return json(400, { ok: false, error: "expected create-channel (tag, fault, order, priority, public) or destroy-channel (tag)" });
     try {
       const ack = await this.options.client.admin(cmd.data);

@@ -52,6 +52,13 @@ export class Channel {
     return true;
   }
 
+  /** Removes a key; returns false when it was not registered. */
+  unregister(role: RegisterRole, key: Uint8Array): boolean {
+    if (!this.keys(role).delete(toHex(key))) return false;
+    this.metaDigestCache = null;
+    return true;
+  }
+
   isPublisher(key: Uint8Array): boolean {
     return this.isPublisherHex(toHex(key));
   }

@@ -69,3 +69,9 @@ export const SNAPSHOT_CHUNK_BYTES_MAX = 64 * 1024 * 1024;
 
 /** The snapshot format this code writes and reads. */
 export const SNAPSHOT_FORMAT_VERSION = 1;
+
+/** Client keys with a quota of their own (set-quota), at most. */
+export const QUOTAS_MAX = 4096;
+
+/** Upper bound on one quota entry in a snapshot header (key, three limits, CBOR framing). */
+export const QUOTA_RECORD_BYTES_MAX = 128;

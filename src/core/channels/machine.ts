@@ -21,7 +21,14 @@ import { chainNext, type BatchRecord } from "./batch-log.ts";
 
 import { Channel, sortedKeys } from "./channel.ts";
 import { checkChannelsConfig, DEFAULT_CHANNELS_CONFIG, type ChannelsConfig } from "./config.ts";
-import { DIGEST_BYTES, KEYS_PER_CHANNEL_MAX, PUBLIC_KEY_BYTES, READ_BATCHES_MAX, UNORDERED_RETRY_SCAN_MAX } from "./constants.ts";
+import {
+  DIGEST_BYTES,
+  KEYS_PER_CHANNEL_MAX,
+  PUBLIC_KEY_BYTES,
+  QUOTAS_MAX,
+  READ_BATCHES_MAX,
+  UNORDERED_RETRY_SCAN_MAX,
+} from "./constants.ts";
 import { signedRequestDigest } from "./request.ts";
 import { exportState, type SnapshotExport, SnapshotImport, stateDigest, type ChannelsState, type SnapshotResult } from "./snapshot.ts";
 import { isValidTag } from "./tag.ts";
@@ -46,6 +53,9 @@ import {
   type StoredBatch,
   type TrimReport,
   type UnorderedPublishOutcome,
+  type UnregisterCmd,
+  type SetQuotaCmd,
+  type KeyQuota,
 } from "./types.ts";
 
 export type ChannelMachineOptions = {
@@ -71,7 +81,7 @@ function assertTimestamp(ms: number, what: string): void {
 export class ChannelMachine {
   readonly config: ChannelsConfig;
   private readonly hash: HashFn;
-  private state: ChannelsState = { generation: 0, channels: new Map() };
+  private state: ChannelsState = { generation: 0, channels: new Map(), quotas: new Map() };
   /** Tags in ascending order, rebuilt only after a create, destroy or restore. */
   private tagOrder: string[] | null = null;
 
@@ -100,6 +110,10 @@ export class ChannelMachine {
         return this.destroyChannel(cmd.tag);
       case "register":
         return this.register(cmd);
+      case "unregister":
+        return this.unregister(cmd);
+      case "set-quota":
+        return this.setQuota(cmd);
       default:
         return refuse("bad-request", `unknown admin command ${String((cmd as { t: unknown }).t)}`);
     }
@@ -130,20 +144,77 @@ export class ChannelMachine {
   }
 
   private register(cmd: RegisterCmd): AdminResult {
-    if (cmd.role !== "publisher" && cmd.role !== "subscriber") {
-      return refuse("bad-request", "role must be publisher or subscriber");
-    }
-    if (!(cmd.key instanceof Uint8Array) || cmd.key.length !== PUBLIC_KEY_BYTES) {
-      return refuse("bad-request", `key must be ${PUBLIC_KEY_BYTES} bytes`);
-    }
-    const channel = this.state.channels.get(cmd.tag);
-    if (channel === undefined) return refuse("unknown-channel", `no channel ${cmd.tag}`);
+    const channel = this.keyCommandChannel(cmd);
+    if (!(channel instanceof Channel)) return channel;
     const keys = channel.keys(cmd.role);
     if (!keys.has(toHex(cmd.key)) && keys.size >= KEYS_PER_CHANNEL_MAX) {
       return refuse("keys-full", `at most ${KEYS_PER_CHANNEL_MAX} ${cmd.role}s per channel`);
     }
     const added = channel.register(cmd.role, cmd.key);
     return { ok: true, cmd: "register", tag: cmd.tag, role: cmd.role, added };
+  }
+
+  /**
+   * Revokes a key. Refused when the key is not registered in that role, so that a typo
+   * in the key is reported rather than taken for a revocation. From the next decided
+   * input on, a revoked publisher's requests are refused (`checkPublish`) and a revoked
+   * subscriber may no longer read a private channel; the runtime ends its live
+   * subscriptions there.
+   */
+  private unregister(cmd: UnregisterCmd): AdminResult {
+    const channel = this.keyCommandChannel(cmd);
+    if (!(channel instanceof Channel)) return channel;
+    if (!channel.unregister(cmd.role, cmd.key)) {
+      return refuse("bad-request", `the key is not a registered ${cmd.role} of ${cmd.tag}`);
+    }
+    return { ok: true, cmd: "unregister", tag: cmd.tag, role: cmd.role };
+  }
+
+  /**
+   * Sets, changes or (with no limit given) removes a key's quota. The runtime applies
+   * it to the key's requests and subscriptions at every replica (src/replica/quota.ts).
+   */
+  private setQuota(cmd: SetQuotaCmd): AdminResult {
+    if (!(cmd.key instanceof Uint8Array) || cmd.key.length !== PUBLIC_KEY_BYTES) {
+      return refuse("bad-request", `key must be ${PUBLIC_KEY_BYTES} bytes`);
+    }
+    for (const name of ["eventsPerSecond", "bytesPerSecond", "subscriptions"] as const) {
+      const limit = cmd[name];
+      if (limit !== undefined && !(Number.isSafeInteger(limit) && limit >= 1))
+        return refuse("bad-request", `${name} must be a positive integer`);
+    }
+    const hex = toHex(cmd.key);
+    const entry = {
+      key: cmd.key.slice(),
+      eventsPerSecond: cmd.eventsPerSecond ?? null,
+      bytesPerSecond: cmd.bytesPerSecond ?? null,
+      subscriptions: cmd.subscriptions ?? null,
+    };
+    if (entry.eventsPerSecond === null && entry.bytesPerSecond === null && entry.subscriptions === null) {
+      this.state.quotas.delete(hex);
+      return { ok: true, cmd: "set-quota", key: entry.key, cleared: true };
+    }
+    if (!this.state.quotas.has(hex) && this.state.quotas.size >= QUOTAS_MAX) {
+      return refuse("quotas-full", `at most ${QUOTAS_MAX} keys may have a quota`);
+    }
+    this.state.quotas.set(hex, entry);
+    return { ok: true, cmd: "set-quota", key: entry.key, cleared: false };
+  }
+
+  /** A key's quota (lowercase hex of the key), or null: the cluster's defaults apply. */
+  quotaOf(keyHex: string): KeyQuota | null {
+    return this.state.quotas.get(keyHex) ?? null;
+  }
+
+  /** The checks register and unregister share; returns the channel when they pass. */
+  private keyCommandChannel(cmd: RegisterCmd | UnregisterCmd): Channel | ChannelError {
+    if (cmd.role !== "publisher" && cmd.role !== "subscriber") {
+      return refuse("bad-request", "role must be publisher or subscriber");
+    }
+    if (!(cmd.key instanceof Uint8Array) || cmd.key.length !== PUBLIC_KEY_BYTES) {
+      return refuse("bad-request", `key must be ${PUBLIC_KEY_BYTES} bytes`);
+    }
+    return this.state.channels.get(cmd.tag) ?? refuse("unknown-channel", `no channel ${cmd.tag}`);
   }
 
   // ---------------------------------------------------------------------------------
@@ -340,6 +411,13 @@ export class ChannelMachine {
 
   isPublisher(tag: string, key: Uint8Array): boolean {
     return this.state.channels.get(tag)?.isPublisher(key) ?? false;
+  }
+
+  /** A channel's registered keys, each list in ascending bytewise order; null: no channel. */
+  channelKeys(tag: string): { readonly publishers: Uint8Array[]; readonly subscribers: Uint8Array[] } | null {
+    const channel = this.state.channels.get(tag);
+    if (channel === undefined) return null;
+    return { publishers: sortedKeys(channel.publishers), subscribers: sortedKeys(channel.subscribers) };
   }
 
   /** isPublisher for a key in lowercase hex. */

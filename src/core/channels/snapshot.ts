@@ -4,12 +4,15 @@
  * Format: a sequence of records, each framed as a 4-byte big-endian length followed by
  * the record's canonical CBOR encoding:
  *
- *   header   { k: "header", v: 1, generation, channels: <number of channel records> }
+ *   header   { k: "header", v: 1, generation, channels: <number of channel records>,
+ *              quotas?: [{ key, eventsPerSecond?, bytesPerSecond?, subscriptions? }...] }
  *   channel  { k: "channel", tag, generation, fault, order, priority, public,
  *              publishers: [key...], subscribers: [key...], retention: {events, bytes, ageMs},
  *              log: null | { nextSeq, baseChain, batches: <number of batch records> } }
  *   batch    { k: "batch", firstSeq, count, tsMs, publisher, pubSeq, body, sig }
  *
+ * `quotas` (set-quota) is present only when some key has one, in ascending key order, so
+ * a state without quotas has the bytes and digest it had before quotas existed.
  * Channels come in ascending tag order, keys in ascending byte order, each channel
  * followed by its retained batches oldest first; so equal states give equal bytes.
  * Unordered channels carry `log: null`: their stores are per replica, not replicated.
@@ -40,6 +43,8 @@ import {
   DIGEST_BYTES,
   KEYS_PER_CHANNEL_MAX,
   PUBLIC_KEY_BYTES,
+  QUOTA_RECORD_BYTES_MAX,
+  QUOTAS_MAX,
   REQUEST_BYTES_MAX,
   RETAINED_BYTES_PER_CHANNEL_MAX,
   RETAINED_BYTES_TOTAL_MAX,
@@ -52,14 +57,32 @@ import {
 } from "./constants.ts";
 import { signedRequestDigest } from "./request.ts";
 import { isValidTag } from "./tag.ts";
-import { FAULT_MODELS, ORDER_MODES, PRIORITIES, type ChannelClass, type HashFn, type RetentionLimits } from "./types.ts";
+import { FAULT_MODELS, ORDER_MODES, PRIORITIES, type ChannelClass, type HashFn, type KeyQuota, type RetentionLimits } from "./types.ts";
 
-/** The replicated state: the channel registry and the logs of total-order channels. */
+/** One key's quota, with the key itself. */
+export type QuotaEntry = KeyQuota & { readonly key: Uint8Array };
+
+/** The replicated state: the channel registry, the logs of total-order channels, and the keys' quotas. */
 export type ChannelsState = {
   /** Channels created so far; a new channel's generation is this plus one. */
   generation: number;
   channels: Map<string, Channel>;
+  /** By lowercase hex of the key. */
+  quotas: Map<string, QuotaEntry>;
 };
+
+/** The quotas as canonical values in key order; null when there are none (see the file header). */
+function quotasValue(state: ChannelsState): Canonical[] | null {
+  if (state.quotas.size === 0) return null;
+  return [...state.quotas.keys()].sort().map((hex) => {
+    const entry = state.quotas.get(hex) as QuotaEntry;
+    const value: { [key: string]: Canonical } = { key: entry.key };
+    if (entry.eventsPerSecond !== null) value["eventsPerSecond"] = entry.eventsPerSecond;
+    if (entry.bytesPerSecond !== null) value["bytesPerSecond"] = entry.bytesPerSecond;
+    if (entry.subscriptions !== null) value["subscriptions"] = entry.subscriptions;
+    return value;
+  });
+}
 
 export type SnapshotError = { readonly ok: false; readonly reason: string };
 export type SnapshotResult = { readonly ok: true } | SnapshotError;
@@ -68,7 +91,7 @@ const STATE_DIGEST_KIND = "fitb/v1/channels-state";
 
 /** Upper bound on the snapshot bytes of any state reachable under `config`. */
 export function snapshotBytesBound(config: ChannelsConfig): number {
-  const header = SNAPSHOT_FRAME_HEADER_BYTES + 64;
+  const header = SNAPSHOT_FRAME_HEADER_BYTES + 64 + QUOTAS_MAX * QUOTA_RECORD_BYTES_MAX;
   const batches = config.retention.bytes + config.retention.events * BATCH_RECORD_OVERHEAD_BYTES_MAX;
   return header + config.channelsMax * (SNAPSHOT_FRAME_HEADER_BYTES + CHANNEL_RECORD_BYTES_MAX + batches);
 }
@@ -83,7 +106,9 @@ export function stateDigest(hash: HashFn, state: ChannelsState): Uint8Array {
     meta: channel.metaDigest(hash),
     log: channel.isOrdered ? { nextSeq: channel.log.nextSeq, oldestSeq: channel.log.oldestSeq, head: channel.log.headChain } : null,
   }));
-  return hash(encodeCanonical({ k: STATE_DIGEST_KIND, v: SNAPSHOT_FORMAT_VERSION, generation: state.generation, channels }));
+  const quotas = quotasValue(state);
+  const value = { k: STATE_DIGEST_KIND, v: SNAPSHOT_FORMAT_VERSION, generation: state.generation, channels };
+  return hash(encodeCanonical(quotas === null ? value : { ...value, quotas }));
 }
 
 // -------------------------------------------------------------------------------------
@@ -131,7 +156,7 @@ export function exportState(hash: HashFn, state: ChannelsState): SnapshotExport 
     meta: channel.metaValue(),
     log: channel.isOrdered ? { nextSeq: channel.log.nextSeq, baseChain: channel.log.baseChain, records: channel.log.records() } : null,
   }));
-  return new SnapshotExport(state.generation, captures, stateDigest(hash, state));
+  return new SnapshotExport(state.generation, captures, stateDigest(hash, state), quotasValue(state));
 }
 
 /**
@@ -149,6 +174,7 @@ export class SnapshotExport {
     private readonly captures: readonly ChannelCapture[],
     /** The digest of the captured state. */
     readonly digest: Uint8Array,
+    private readonly quotas: Canonical[] | null = null,
   ) {
     this.frames = this.generateFrames();
   }
@@ -158,7 +184,8 @@ export class SnapshotExport {
   }
 
   private *generateFrames(): Generator<Uint8Array, void, undefined> {
-    yield frame({ k: "header", v: SNAPSHOT_FORMAT_VERSION, generation: this.generation, channels: this.captures.length });
+    const header = { k: "header", v: SNAPSHOT_FORMAT_VERSION, generation: this.generation, channels: this.captures.length };
+    yield frame(this.quotas === null ? header : { ...header, quotas: this.quotas });
     for (const capture of this.captures) {
       yield frame(channelRecordValue(capture));
       for (const record of capture.log?.records ?? []) yield frame(batchRecordValue(record));
@@ -273,7 +300,7 @@ export class SnapshotImport {
   private previousTag = "";
   private open: OpenChannel | null = null;
   private retainedBytesTotal = 0;
-  private readonly built: ChannelsState = { generation: 0, channels: new Map() };
+  private readonly built: ChannelsState = { generation: 0, channels: new Map(), quotas: new Map() };
   private completed = false;
   private taken = false;
 
@@ -363,6 +390,7 @@ export class SnapshotImport {
     if (!intIn(record["channels"], 0, this.config.channelsMax)) invalid(`more than ${this.config.channelsMax} channels`);
     this.headerGeneration = record["generation"];
     this.built.generation = record["generation"];
+    if (record["quotas"] !== undefined) this.built.quotas = readQuotas(record["quotas"]);
     this.channelsRemaining = record["channels"];
     this.phase = this.channelsRemaining === 0 ? "done" : "channel";
   }
@@ -470,6 +498,37 @@ function readRetention(value: Canonical | undefined): RetentionLimits {
   if (!intIn(bytes, 1, RETAINED_BYTES_PER_CHANNEL_MAX)) invalid("bad retention.bytes");
   if (!intIn(ageMs, 0, Number.MAX_SAFE_INTEGER)) invalid("bad retention.ageMs");
   return { events, bytes, ageMs };
+}
+
+/** Quotas: at most QUOTAS_MAX, keys strictly ascending, each with at least one limit, every limit positive. */
+function readQuotas(value: Canonical): Map<string, QuotaEntry> {
+  if (!Array.isArray(value) || value.length === 0 || value.length > QUOTAS_MAX) invalid("bad quota list");
+  const quotas = new Map<string, QuotaEntry>();
+  let previous = "";
+  for (const item of value) {
+    if (!isMap(item) || !bytesOf(item["key"], PUBLIC_KEY_BYTES)) invalid("bad quota");
+    const hex = toHex(item["key"]);
+    if (hex <= previous) invalid("quotas out of order");
+    previous = hex;
+    const limit = (name: string): number | null => {
+      const field = item[name];
+      if (field === undefined) return null;
+      if (!intIn(field, 1, Number.MAX_SAFE_INTEGER)) invalid(`bad quota ${name}`);
+      return field;
+    };
+    const entry = {
+      key: item["key"].slice(),
+      eventsPerSecond: limit("eventsPerSecond"),
+      bytesPerSecond: limit("bytesPerSecond"),
+      subscriptions: limit("subscriptions"),
+    };
+    if (entry.eventsPerSecond === null && entry.bytesPerSecond === null && entry.subscriptions === null) invalid("empty quota");
+    if (Object.keys(item).some((name) => !["key", "eventsPerSecond", "bytesPerSecond", "subscriptions"].includes(name))) {
+      invalid("unknown quota field");
+    }
+    quotas.set(hex, entry);
+  }
+  return quotas;
 }
 
 /** Keys must be 32 bytes each, strictly ascending (so unique), at most KEYS_PER_CHANNEL_MAX. */

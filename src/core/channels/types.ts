@@ -68,7 +68,32 @@ export type RegisterCmd = {
   readonly role: RegisterRole;
   readonly key: Uint8Array;
 };
-export type AdminCmd = CreateChannelCmd | DestroyChannelCmd | RegisterCmd;
+/** Revokes a key's registration: a compromised probe key is removed without destroying the channel. */
+export type UnregisterCmd = {
+  readonly t: "unregister";
+  readonly tag: string;
+  readonly role: RegisterRole;
+  readonly key: Uint8Array;
+};
+/**
+ * Sets a client key's own limits, overriding the cluster's defaults at every replica;
+ * a limit left out keeps the default, and a command with none removes the key's quota.
+ */
+export type SetQuotaCmd = {
+  readonly t: "set-quota";
+  readonly key: Uint8Array;
+  readonly eventsPerSecond?: number;
+  readonly bytesPerSecond?: number;
+  readonly subscriptions?: number;
+};
+export type AdminCmd = CreateChannelCmd | DestroyChannelCmd | RegisterCmd | UnregisterCmd | SetQuotaCmd;
+
+/** A key's quota; null: the cluster's default for that limit (bytes per second: none). */
+export type KeyQuota = {
+  readonly eventsPerSecond: number | null;
+  readonly bytesPerSecond: number | null;
+  readonly subscriptions: number | null;
+};
 export type AdminOp = { readonly t: "admin"; readonly cmd: AdminCmd };
 
 /** What a client signs. A pub request's events carry publisher seqs seq .. seq+span-1. */
@@ -109,6 +134,7 @@ export type ChannelErrorCode =
   | "unknown-channel"
   | "channels-full" // the configured channel count is reached
   | "keys-full" // KEYS_PER_CHANNEL_MAX keys of that role are registered
+  | "quotas-full" // QUOTAS_MAX keys have a quota
   | "not-registered" // the publisher is not registered on the channel
   | "class-mismatch" // an ordered-path request for an unordered channel, or the reverse
   | "oversized" // an event, the request, or its event count is above the configured bound
@@ -139,7 +165,9 @@ export type AdminOk =
       readonly tag: string;
       readonly role: RegisterRole;
       readonly added: boolean;
-    };
+    }
+  | { readonly ok: true; readonly cmd: "unregister"; readonly tag: string; readonly role: RegisterRole }
+  | { readonly ok: true; readonly cmd: "set-quota"; readonly key: Uint8Array; readonly cleared: boolean };
 export type AdminResult = AdminOk | ChannelError;
 
 /** Acknowledgement of an ordered publish: the channel seqs its events received. */

@@ -1,0 +1,98 @@
+/**
+ * What `fitb admin` shows and checks about channels: the list-channels table (CLASS,
+ * registered keys, last seq, retention use), its JSON form with the keys themselves, and
+ * the check that makes destroy-channel ask for --yes when events are stored.
+ */
+import type { ChannelListing } from "../../client/channel-listing.ts";
+import type { FitbClient } from "../../client/client.ts";
+import { formatPublicKey } from "../../crypto/keys.ts";
+import type { CommandIo } from "../command.ts";
+import { CommandError } from "../errors.ts";
+
+/** Prints the channels: a table, or with `json` one object per line with the registered keys. */
+export async function printChannels(client: FitbClient, channels: readonly ChannelListing[], json: boolean, io: CommandIo): Promise<void> {
+  if (json) {
+    for (const channel of channels) {
+      const keys = await client.channelKeys(channel.tag);
+      io.out(
+        JSON.stringify({
+          ...channel,
+          publisherKeys: keys.publisherKeys.map(formatPublicKey),
+          subscriberKeys: keys.subscriberKeys.map(formatPublicKey),
+        }),
+      );
+    }
+    return;
+  }
+  if (channels.length === 0) {
+    io.out("no channels");
+    return;
+  }
+  const rows = channels.map((channel) => [
+    channel.tag,
+    channel.fault,
+    channel.order,
+    channel.priority,
+    channel.public ? "public" : "registered",
+    figure(channel.publishers),
+    figure(channel.subscribers),
+    channel.order === "total" ? figure(channel.lastSeq) : "-",
+    retentionUse(channel),
+  ]);
+  const header = ["TAG", "FAULT", "ORDER", "PRIORITY", "SUBSCRIBE", "PUBLISHERS", "SUBSCRIBERS", "LAST-SEQ", "RETAINED"];
+  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] as string).length)));
+  for (const row of [header, ...rows])
+    io.out(
+      row
+        .map((cell, column) => cell.padEnd(widths[column] as number))
+        .join("  ")
+        .trimEnd(),
+    );
+}
+
+function figure(value: number | null): string {
+  return value === null ? "?" : String(value);
+}
+
+/** "120 events, 24.1 KiB (1% of 1.0 GiB)": what is stored against the tighter of the two limits. */
+function retentionUse(channel: ChannelListing): string {
+  if (channel.retainedEvents === null || channel.retainedBytes === null) return "?";
+  const stored = `${channel.retainedEvents} events, ${formatBytes(channel.retainedBytes)}`;
+  const limits = channel.retention;
+  if (limits === null) return stored;
+  const eventShare = limits.events > 0 ? channel.retainedEvents / limits.events : 0;
+  const byteShare = limits.bytes > 0 ? channel.retainedBytes / limits.bytes : 0;
+  const share = Math.max(eventShare, byteShare);
+  const limit = eventShare >= byteShare ? `${limits.events} events` : formatBytes(limits.bytes);
+  return `${stored} (${Math.floor(share * 100)}% of ${limit})`;
+}
+
+export function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  const units = ["KiB", "MiB", "GiB", "TiB"];
+  let value = bytes / 1024;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${value.toFixed(1)} ${units[unit]}`;
+}
+
+/**
+ * destroy-channel deletes the channel's stored events on every replica, for good: without
+ * --yes it is refused when the channel holds any (or when the replicas do not say).
+ */
+export async function checkDestroy(client: FitbClient, tag: string, yes: boolean): Promise<void> {
+  if (yes) return;
+  const channel = (await client.listChannels()).find((candidate) => candidate.tag === tag);
+  // An unknown channel is left to the replicas, whose refusal says so.
+  if (channel === undefined || channel.retainedEvents === 0) return;
+  const held =
+    channel.retainedEvents === null
+      ? "may hold events (the replicas did not say how many)"
+      : `holds ${channel.retainedEvents} events (${formatBytes(channel.retainedBytes ?? 0)})${
+          channel.lastSeq === null ? "" : `, last seq ${channel.lastSeq}`
+        }`;
+  throw new CommandError(`channel ${tag} ${held}; destroying it deletes them on every replica. Run again with --yes to destroy it`);
+}

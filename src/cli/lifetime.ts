@@ -1,0 +1,42 @@
+/**
+ * Processes that must not outlive the one that started them. A child can learn that its
+ * parent died in two ways that also work after `kill -9` of the parent, which runs no
+ * handler of its own:
+ *
+ * - standard input is a pipe the parent holds: the kernel closes the parent's end when
+ *   it dies, and the child reads end of file (`untilStdinEnds`). `fitb demo` starts its
+ *   replicas so (`fitb replica --with-parent`).
+ * - the parent process id changes: the orphan is re-parented to init or a subreaper
+ *   (`untilParentChanges`). `fitb demo` watches its own parent so, because `npm start`
+ *   runs it under `sh -c`, and npm stopped by a signal does not stop that shell's child.
+ */
+
+/** How often the parent process id is looked at: the orphan is stopped within this. */
+export const PARENT_POLL_MS = 500;
+
+/** Resolves once standard input reaches end of file (or fails). Reads and drops whatever comes. */
+export async function untilStdinEnds(): Promise<void> {
+  try {
+    for await (const _chunk of Bun.stdin.stream()) {
+      // The parent sends nothing; the pipe only tells that it is alive.
+    }
+  } catch {
+    // A read error means the same as end of file here: the parent's end is gone.
+  }
+}
+
+/**
+ * Calls `onGone` once, when this process's parent id is no longer the one it had at the
+ * start. Returns a function that stops watching.
+ */
+export function untilParentChanges(onGone: () => void, pollMs = PARENT_POLL_MS): () => void {
+  const parent = process.ppid;
+  const timer = setInterval(() => {
+    if (process.ppid === parent) return;
+    clearInterval(timer);
+    onGone();
+  }, pollMs);
+  // Watching alone does not keep the process alive.
+  timer.unref();
+  return () => clearInterval(timer);
+}

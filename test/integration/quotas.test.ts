@@ -1,0 +1,93 @@
+// Per-key quotas with real replica processes and the `fitb` command: `admin set-quota`
+// overrides the cluster's defaults for one key at every replica (events/s, bytes/s, open
+// subscriptions), refusals name the limit, and a quota with no limits is removed.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { BUN, MAIN, startCluster, type TestCluster } from "./harness.ts";
+
+let cluster: TestCluster;
+let A: string[];
+let C: string[];
+let probe: string;
+const running: Subprocess[] = [];
+
+async function ok(args: string[]): Promise<string> {
+  const run = await cluster.fitb(args);
+  if (run.code !== 0) throw new Error(`fitb ${args.join(" ")} exited ${run.code}: ${run.stderr}${run.stdout}`);
+  return run.stdout;
+}
+
+/** Runs set-quota and waits until every replica has executed it (each applies it on its own). */
+async function setQuota(key: string, limits: string[]): Promise<string> {
+  const out = await ok(["admin", ...A, "set-quota", key, ...limits]);
+  const at = Number(/executed at decided seq (\d+)/.exec(out)?.[1]);
+  await waitFor(`every replica at decided seq ${at}`, async () => {
+    const status = JSON.parse((await cluster.fitb(["admin", ...A, "status", "--json"])).stdout || "{}");
+    return (status.replicas ?? []).every((replica: { last_decided?: number }) => (replica.last_decided ?? 0) >= at);
+  });
+  return out;
+}
+
+beforeAll(async () => {
+  cluster = await startCluster();
+  A = ["--config", cluster.configPath, "--key", cluster.adminKey];
+  C = ["--config", cluster.configPath, "--key", cluster.clientKey];
+  probe = formatPublicKey(loadSigningKeyFile(cluster.clientKey).key.publicKey);
+  for (const tag of ["sec.alerts", "sec.audit"]) {
+    await ok(["admin", ...A, "create-channel", tag, "--fault", "byzantine", "--order", "total", "--public"]);
+    await ok(["admin", ...A, "register", tag, "--publisher", probe]);
+  }
+}, 60_000);
+
+afterAll(async () => {
+  for (const proc of running) proc.kill("SIGKILL");
+  await Promise.all(running.map((proc) => proc.exited));
+  await cluster.stop();
+});
+
+describe("admin set-quota", () => {
+  test("events per second: a publish over the key's quota is refused, naming the quota; removed, it passes", async () => {
+    expect(await setQuota(probe, ["--events-per-second", "5"])).toContain(`ok: set the quota of ${probe}: 5 events/s`);
+    // Ten lines go out as one request of 10 events, more than 5 events/s allows at once.
+    const lines = Array.from({ length: 10 }, (_, i) => `burst ${i}`).join("\n");
+    const refused = await cluster.fitb(["pub", ...C, "sec.alerts", "--timeout", "1500"], { stdin: `${lines}\n` });
+    expect(refused.code).toBe(1);
+    expect(refused.stdout).toContain(`RATE_LIMITED key ${probe} is over its quota of 5 events/s (set-quota)`);
+    expect(await setQuota(probe, [])).toContain(`ok: removed the quota of ${probe} (the cluster's defaults apply)`);
+    const passed = await cluster.fitb(["pub", ...C, "sec.alerts"], { stdin: `${lines}\n` });
+    expect(passed.code).toBe(0);
+    expect(passed.stdout.trim().split("\n")).toHaveLength(10);
+  }, 60_000);
+
+  test("bytes per second: a request larger than the quota allows is refused, naming it", async () => {
+    await setQuota(probe, ["--bytes-per-second", "200"]);
+    const refused = await cluster.fitb(["pub", ...C, "sec.alerts", "x".repeat(500), "--timeout", "1500"]);
+    expect(refused.code).toBe(1);
+    expect(refused.stdout).toContain("is over its quota of 200 bytes/s");
+    expect(await ok(["pub", ...C, "sec.alerts", "small"])).toMatch(/^\+OK sec\.alerts \d+\n$/);
+    await setQuota(probe, []);
+  }, 60_000);
+
+  test("subscriptions: past the key's quota a subscription is refused with LIMIT, naming it", async () => {
+    const console = join(cluster.dir, "console.key");
+    await ok(["keygen", "--out", console]);
+    const consoleKey = formatPublicKey(loadSigningKeyFile(console).key.publicKey);
+    await setQuota(consoleKey, ["--subscriptions", "1"]);
+    const first = Bun.spawn([BUN, MAIN, "sub", "--config", cluster.configPath, "--key", console, "sec.alerts", "--from", "1"], {
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    running.push(first);
+    const reader = first.stdout.getReader();
+    const chunk = await reader.read();
+    expect(new TextDecoder().decode(chunk.value)).toStartWith("sec.alerts 1 ");
+    const second = await cluster.fitb(["sub", "--config", cluster.configPath, "--key", console, "sec.audit"]);
+    expect(second.code).toBe(1);
+    expect(second.stderr).toContain(`LIMIT key ${consoleKey} has 1 subscriptions open at this replica; its quota is 1 (set-quota)`);
+    first.kill("SIGTERM");
+    await first.exited;
+  }, 60_000);
+});

@@ -1,0 +1,150 @@
+// Revoking and inspecting keys with real replica processes and the `fitb` command:
+// `admin unregister` makes every replica refuse the revoked publisher's later publishes,
+// ends a revoked subscriber's live subscription to a private channel, `list-channels`
+// shows the CLASS, key counts, last seq and retention use (the keys with --json), and
+// `destroy-channel` asks for --yes when events are stored.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import type { Frame } from "../../wire/schemas.ts";
+import { FrameType } from "../../wire/types.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { publishFrame, rawSession } from "./client-util.ts";
+import { BUN, MAIN, startCluster, type TestCluster } from "./harness.ts";
+
+let cluster: TestCluster;
+let A: string[];
+let C: string[];
+let probe: string;
+let subKeyPath: string;
+let subscriber: string;
+
+async function ok(args: string[]): Promise<string> {
+  const run = await cluster.fitb(args);
+  if (run.code !== 0) throw new Error(`fitb ${args.join(" ")} exited ${run.code}: ${run.stderr}${run.stdout}`);
+  return run.stdout;
+}
+
+beforeAll(async () => {
+  cluster = await startCluster();
+  A = ["--config", cluster.configPath, "--key", cluster.adminKey];
+  C = ["--config", cluster.configPath, "--key", cluster.clientKey];
+  probe = formatPublicKey(loadSigningKeyFile(cluster.clientKey).key.publicKey);
+  subKeyPath = join(cluster.dir, "console.key");
+  await ok(["keygen", "--out", subKeyPath]);
+  subscriber = formatPublicKey(loadSigningKeyFile(subKeyPath).key.publicKey);
+  await ok(["admin", ...A, "create-channel", "sec.alerts", "--fault", "byzantine", "--order", "total", "--priority", "critical"]);
+  await ok(["admin", ...A, "create-channel", "net.links", "--fault", "crash", "--order", "none", "--public"]);
+  for (const tag of ["sec.alerts", "net.links"]) await ok(["admin", ...A, "register", tag, "--publisher", probe]);
+  await ok(["admin", ...A, "register", "sec.alerts", "--subscriber", subscriber]);
+}, 60_000);
+
+afterAll(async () => {
+  await cluster.stop();
+});
+
+describe("admin unregister", () => {
+  test("a revoked publisher's later publishes are refused by every replica, on both paths", async () => {
+    expect(await ok(["pub", ...C, "sec.alerts", "before"])).toBe("+OK sec.alerts 1\n");
+    expect(await ok(["pub", ...C, "net.links", "before"])).toMatch(/^\+OK net\.links \d+\n$/);
+    let at = 0;
+    for (const tag of ["sec.alerts", "net.links"]) {
+      const out = await ok(["admin", ...A, "unregister", tag, "--publisher", probe]);
+      expect(out).toContain(`ok: unregistered ${probe} as publisher of ${tag}`);
+      at = Number(/executed at decided seq (\d+)/.exec(out)?.[1]);
+    }
+    // Each replica on its own, judged once it has executed the revocations (`after`).
+    const key = loadSigningKeyFile(cluster.clientKey).key;
+    for (let id = 0; id < cluster.n; id++) {
+      const frames: Frame[] = [];
+      const session = rawSession(cluster, id, key, frames);
+      session.start();
+      try {
+        await waitFor(`a session with replica ${id}`, () => session.isReady);
+        session.send(publishFrame(key, 2, "sec.alerts", "after", at));
+        session.send(publishFrame(key, 1_000, "net.links", "after", at));
+        const replies = () => frames.flatMap((frame) => (frame.type === FrameType.REPLY ? [frame.body] : []));
+        await waitFor(`two replies from replica ${id}`, () => replies().length === 2);
+        for (const reply of replies()) {
+          expect(reply.ok ? "ok" : `${reply.code} ${reply.reason}`).toMatch(
+            /^UNAUTHORIZED publisher is not registered on (sec\.alerts|net\.links)$/,
+          );
+        }
+      } finally {
+        session.close();
+      }
+    }
+    const refused = await cluster.fitb(["pub", ...C, "sec.alerts", "after"]);
+    expect(refused.code).toBe(1);
+    expect(refused.stdout + refused.stderr).toContain("UNAUTHORIZED");
+    // Registered again, the key publishes again (its sequence space went on).
+    await ok(["admin", ...A, "register", "sec.alerts", "--publisher", probe]);
+    expect(await ok(["pub", ...C, "sec.alerts", "again"])).toBe("+OK sec.alerts 2\n");
+  }, 60_000);
+
+  test("a revoked subscriber's live subscription to a private channel ends, and `fitb sub` says why", async () => {
+    const sub = Bun.spawn([BUN, MAIN, "sub", "--config", cluster.configPath, "--key", subKeyPath, "sec.alerts", "--from", "1"], {
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const out: string[] = [];
+    const err: string[] = [];
+    void (async () => {
+      for await (const chunk of sub.stdout) out.push(new TextDecoder().decode(chunk));
+    })();
+    void (async () => {
+      for await (const chunk of sub.stderr) err.push(new TextDecoder().decode(chunk));
+    })();
+    try {
+      await waitFor(
+        "the subscriber's first event",
+        () => out.join("").includes("before"),
+        20_000,
+        () => out.join("") + err.join(""),
+      );
+      await ok(["admin", ...A, "unregister", "sec.alerts", "--subscriber", subscriber]);
+      expect(await sub.exited).toBe(1);
+      expect(err.join("")).toMatch(/UNAUTHORIZED.*the subscriber key was unregistered from sec\.alerts/);
+    } finally {
+      sub.kill("SIGKILL");
+    }
+    const again = await cluster.fitb(["sub", "--config", cluster.configPath, "--key", subKeyPath, "sec.alerts", "--from", "1"]);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toMatch(/UNAUTHORIZED.*subscriber is not registered on sec\.alerts/);
+  }, 60_000);
+
+  test("unregistering a key that is not registered is refused, naming the key", async () => {
+    const run = await cluster.fitb(["admin", ...A, "unregister", "sec.alerts", "--subscriber", probe]);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain("the key is not a registered subscriber of sec.alerts");
+  }, 30_000);
+});
+
+describe("admin list-channels and destroy-channel", () => {
+  test("list-channels shows CLASS, key counts, last seq and retention use; --json the keys", async () => {
+    const table = (await ok(["admin", ...A, "list-channels"])).trimEnd().split("\n");
+    expect(table[0]).toMatch(/^TAG\s+FAULT\s+ORDER\s+PRIORITY\s+SUBSCRIBE\s+PUBLISHERS\s+SUBSCRIBERS\s+LAST-SEQ\s+RETAINED$/);
+    const row = (tag: string) => (table.find((line) => line.startsWith(`${tag} `)) ?? "").split(/\s{2,}/);
+    expect(row("sec.alerts").slice(0, 8)).toEqual(["sec.alerts", "byzantine", "total", "critical", "registered", "1", "0", "2"]);
+    expect(row("sec.alerts")[8]).toMatch(/^2 events, \d+ B \(0% of /);
+    expect(row("net.links").slice(0, 8)).toEqual(["net.links", "crash", "none", "normal", "public", "0", "0", "-"]);
+    const json = (await ok(["admin", ...A, "list-channels", "--json"]))
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line));
+    const alerts = json.find((channel) => channel.tag === "sec.alerts");
+    expect(alerts).toMatchObject({ fault: "byzantine", order: "total", publishers: 1, subscribers: 0, lastSeq: 2, retainedEvents: 2 });
+    expect(alerts.publisherKeys).toEqual([probe]);
+    expect(alerts.subscriberKeys).toEqual([]);
+  }, 30_000);
+
+  test("destroy-channel asks for --yes when the channel holds events", async () => {
+    const refused = await cluster.fitb(["admin", ...A, "destroy-channel", "sec.alerts"]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/channel sec\.alerts holds 2 events \(\d+ B\), last seq 2; .*--yes/);
+    expect(await ok(["admin", ...A, "list-channels"])).toContain("sec.alerts");
+    expect(await ok(["admin", ...A, "destroy-channel", "sec.alerts", "--yes"])).toContain("ok: destroyed channel sec.alerts");
+    await ok(["admin", ...A, "create-channel", "empty.one", "--fault", "crash", "--order", "total"]);
+    expect(await ok(["admin", ...A, "destroy-channel", "empty.one"])).toContain("ok: destroyed channel empty.one");
+  }, 30_000);
+});
