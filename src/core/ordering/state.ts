@@ -7,6 +7,7 @@
  *   core.ts          `step`, the dispatch of every input and message, the normal case
  *   log.ts           log entries, prepared certificates, decisions, own signed votes
  *   view-change.ts   view change and NEW_VIEW (core/ordering/PROTOCOL.md §6)
+ *   suspicion.ts     suspecting the leader (SUSPECT, f+1 of them) and evidence of equivocation
  *   checkpoints.ts   checkpoints, state transfer, catch-up inside the window (§7)
  *   timers.ts        what a tick does: request timers, leader expectations, retransmission
  *   clients.ts       client table, pending pool, admission and forwarding (§5)
