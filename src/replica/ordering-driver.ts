@@ -14,6 +14,7 @@
  * replica rejoins where it stopped. A replica behind the stable checkpoint fetches the
  * state from its peers (state-transfer.ts), which it also serves to them.
  */
+import { FatalError, type FatalHandler, throwFatal } from "./fatal.ts";
 import { decodeEnvelope, encodeEnvelope } from "./peer-messages.ts";
 import type { ClusterConfig } from "../config/cluster.ts";
 import { sign, verify } from "../crypto/ed25519.ts";
@@ -50,6 +51,8 @@ export const VERIFIED_CACHE_MAX = 65_536;
 export const EXIT_STATE_UNTRUSTED = 70;
 
 export interface OrderingDriverOptions {
+  /** What to do when this replica's state can no longer be trusted (fatal.ts); thrown by default. */
+  readonly onFatal?: FatalHandler;
   readonly config: ClusterConfig;
   readonly id: number;
   readonly key: SigningKey;
@@ -175,7 +178,7 @@ export class OrderingDriver {
     this.core = new OrderingCore(coreConfig, crypto, recovered.coreRecords);
     if (this.core.status().lastExecuted !== recovered.lastDecided) {
       log.error("restored core and state machine disagree", { core: this.core.status().lastExecuted, machine: recovered.lastDecided });
-      process.exit(EXIT_STATE_UNTRUSTED);
+      this.fatal("the restored core and state machine disagree");
     }
     this.transfer = new StateTransfer(
       {
@@ -316,6 +319,11 @@ export class OrderingDriver {
     this.transfer.tick();
   }
 
+  /** Stops this replica: its state can no longer be trusted (EXIT_STATE_UNTRUSTED). */
+  private fatal(reason: string): never {
+    return (this.options.onFatal ?? throwFatal)(new FatalError(EXIT_STATE_UNTRUSTED, reason));
+  }
+
   private step(input: CoreInput): void {
     let ready: Ready;
     try {
@@ -324,7 +332,7 @@ export class OrderingDriver {
       // A core assertion failed: this replica's state can no longer be trusted. Stopping
       // is what a crash-tolerant group expects of it; systemd restarts it.
       this.options.log.error("ordering core assertion failed", { error: (error as Error).message });
-      process.exit(EXIT_STATE_UNTRUSTED);
+      this.fatal(`ordering core assertion failed: ${(error as Error).message}`);
     }
     // The records are staged; every effect waits until every record staged before it is durable.
     for (const record of ready.persist) this.persist(record);
@@ -407,7 +415,7 @@ export class OrderingDriver {
       }
       case "divergence":
         this.options.log.error("state diverged from the stable checkpoint", { seq: effect.seq });
-        process.exit(EXIT_STATE_UNTRUSTED);
+        this.fatal(`state diverged from the stable checkpoint at seq ${effect.seq}`);
         return;
       case "fetchState":
         this.transfer.fetch({ seq: effect.seq, stateDigest: effect.stateDigest, from: effect.from, proof: effect.proof });
@@ -468,7 +476,7 @@ export class OrderingDriver {
     if (this.core.status().lastExecuted < head.seq) {
       // The machine now holds a state the core refused: nothing here can be trusted.
       log.error("the core refused an installed snapshot", { seq: head.seq });
-      process.exit(EXIT_STATE_UNTRUSTED);
+      this.fatal(`the core refused the snapshot installed at seq ${head.seq}`);
     }
     log.info("snapshot installed", { seq: head.seq });
     this.options.onSnapshotInstalled?.(head.seq);

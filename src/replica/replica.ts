@@ -10,6 +10,7 @@
  *   ordering core; once decided, every replica executes it at the same position, assigns
  *   the same channel sequence numbers and answers the client.
  */
+import type { FatalHandler } from "./fatal.ts";
 import { assert } from "../../wire/assert.ts";
 import { channelsConfigFrom, type ClusterConfig } from "../config/cluster.ts";
 import { configDigests } from "../config/digest.ts";
@@ -62,6 +63,8 @@ export interface ReplicaOptions {
   readonly dataDir?: string;
   /** When commits are fsynced (default: before anything that depends on them is sent). */
   readonly sync?: SyncPolicy;
+  /** What to do when the replica must stop (fatal.ts): `fitb replica` exits with the error's code. */
+  readonly onFatal?: FatalHandler;
 }
 
 export class Replica {
@@ -144,8 +147,10 @@ export class Replica {
       replica: id,
       log,
       metrics: this.metrics,
+      onFatal: options.onFatal,
     });
     this.ordering = new OrderingDriver({
+      onFatal: options.onFatal,
       config,
       id,
       key,

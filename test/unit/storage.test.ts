@@ -8,7 +8,8 @@ import { existsSync, readFileSync, statSync, truncateSync, writeFileSync } from 
 import { join } from "node:path";
 import type { PersistedRecord } from "../../src/core/ordering/types.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
-import { QUARANTINE_DIR, ReplicaStorage, StoreIdentityError } from "../../src/replica/storage/index.ts";
+import { FatalError } from "../../src/replica/fatal.ts";
+import { EXIT_STORAGE_FAILED, QUARANTINE_DIR, ReplicaStorage, StoreIdentityError } from "../../src/replica/storage/index.ts";
 import { decodeRecord } from "../../src/replica/storage/records.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import { openStorage, tempDir, testLog, TestClient } from "./storage-fixtures.ts";
@@ -189,5 +190,33 @@ describe("corruption", () => {
     expect(metrics.get("storage_corrupt_rows_total")).toBe(1);
     expect(log.lines.some((l) => l.msg === "storage corruption detected" && l.fields.table === "snap_part")).toBe(true);
     storage.close();
+  });
+  test("a commit that fails stops the replica through its fatal handler, with the storage exit status (no process.exit in the library)", () => {
+    const dir = freshDir();
+    const log = testLog();
+    const metrics = new Metrics();
+    const stops: FatalError[] = [];
+    const storage = ReplicaStorage.open({
+      dir,
+      sync: "full",
+      cluster: "unit",
+      replica: 0,
+      log,
+      metrics,
+      exclusive: false,
+      onFatal: (error) => {
+        stops.push(error);
+        throw error;
+      },
+    });
+    // The table goes away under the running store: the next commit cannot be made durable.
+    const db = new Database(join(dir, STORE_FILE));
+    db.run("DROP TABLE snap_part");
+    db.close();
+    storage.stagePart(7, 0, new Uint8Array([1, 2, 3, 4]));
+    expect(() => storage.commits.flush()).toThrow(FatalError);
+    expect(stops.map((e) => e.exitCode)).toEqual([EXIT_STORAGE_FAILED]);
+    expect(metrics.get("storage_commit_failures_total")).toBe(1);
+    expect(log.lines.some((l) => l.msg.startsWith("storage commit failed"))).toBe(true);
   });
 });

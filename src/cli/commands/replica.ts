@@ -104,7 +104,18 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   for (const warning of loaded.warnings) log.warn(warning);
   let replica: Replica;
   try {
-    replica = new Replica({ config, id, key, log, dataDir, sync, listenHost: listen?.host, listenPort: listen?.port });
+    replica = new Replica({
+      config,
+      id,
+      key,
+      log,
+      dataDir,
+      sync,
+      listenHost: listen?.host,
+      listenPort: listen?.port,
+      // The replica logged why; its exit status says what kind of stop it is (systemd restarts it).
+      onFatal: (error) => process.exit(error.exitCode),
+    });
   } catch (error) {
     if (error instanceof StoreIdentityError) throw new CommandError(error.message);
     throw new CommandError(`cannot start replica ${id} on data directory ${dataDir}: ${(error as Error).message}`);

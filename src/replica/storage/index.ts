@@ -12,6 +12,7 @@
  * what was lost comes back from the other replicas: decisions inside the log window by
  * the core's own catch-up, anything older by state transfer (state-transfer.ts).
  */
+import { FatalError, type FatalHandler, throwFatal } from "../fatal.ts";
 import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { PersistedRecord } from "../../core/ordering/types.ts";
@@ -44,6 +45,8 @@ export interface StorageOptions {
    * store, to play a disk that went bad, turn it off.
    */
   readonly exclusive?: boolean;
+  /** What to do when a commit fails (fatal.ts); thrown by default. */
+  readonly onFatal?: FatalHandler;
 }
 
 /** Decided rows and bytes written since the current base snapshot (restart replays them). */
@@ -267,7 +270,7 @@ export class ReplicaStorage {
       error: (error as Error).message,
     });
     this.options.metrics.inc("storage_commit_failures_total");
-    process.exit(EXIT_STORAGE_FAILED);
+    return (this.options.onFatal ?? throwFatal)(new FatalError(EXIT_STORAGE_FAILED, `storage commit failed: ${(error as Error).message}`));
   }
 }
 
