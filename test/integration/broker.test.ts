@@ -3,14 +3,14 @@
  * library, every CLASS (src/README.md §3), and replica crashes under f = 1.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { DEFAULT_BACKOFF, FitbClient, ReplicaConnection } from "../../src/client/index.ts";
+import { FitbClient } from "../../src/client/index.ts";
 import { loadClientSetup } from "../../src/client/setup.ts";
 import { sign } from "../../src/crypto/ed25519.ts";
 import { loadPublicKeyFile, loadSigningKeyFile, SigningKey } from "../../src/crypto/keys.ts";
 import { encodeRequestBody, type Frame } from "../../wire/schemas.ts";
 import { requestSigningInput } from "../../wire/session.ts";
 import { FrameType } from "../../wire/types.ts";
-import { CLASSES, clientFor, collect, createChannels, encode, waitForCount } from "./client-util.ts";
+import { CLASSES, clientFor, collect, createChannels, encode, rawSession, waitForCount } from "./client-util.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { freePortRange, startCluster, type TestCluster } from "./harness.ts";
 
@@ -178,10 +178,8 @@ describe("a four-replica cluster", () => {
     // Sent to one replica directly, so with `after`: that replica judges the requests only
     // once it has executed the registration (PROTOCOL.md 6.3).
     const after = registered.at as number;
-    const replica = (await import("../../src/config/cluster.ts")).requireClusterConfig(cluster.configPath).replicas[1];
-    if (replica === undefined) throw new Error("no replica 1");
     const frames: Frame[] = [];
-    const connection = rawConnection(1, replica, key, frames);
+    const connection = rawSession(cluster, 1, key, frames);
     connection.start();
     try {
       await waitFor("the session", () => connection.isReady);
@@ -214,10 +212,8 @@ describe("a four-replica cluster", () => {
   test("a session may only send requests signed by the key it authenticated with", async () => {
     const sessionKey = loadSigningKeyFile(cluster.clientKey).key;
     const otherKey = loadSigningKeyFile(cluster.adminKey).key;
-    const replica = (await import("../../src/config/cluster.ts")).requireClusterConfig(cluster.configPath).replicas[0];
-    if (replica === undefined) throw new Error("no replica 0");
     const frames: Frame[] = [];
-    const connection = rawConnection(0, replica, sessionKey, frames);
+    const connection = rawSession(cluster, 0, sessionKey, frames);
     connection.start();
     try {
       await waitFor("the session", () => connection.isReady);
@@ -374,27 +370,3 @@ describe("operations", () => {
     }
   }, 60_000);
 });
-
-/** One raw session to one replica, collecting every frame it sends (no voting, no resends). */
-function rawConnection(
-  id: number,
-  replica: { host: string; port: number; publicKey: Uint8Array },
-  key: SigningKey,
-  frames: Frame[],
-): ReplicaConnection {
-  return new ReplicaConnection(
-    { id, host: replica.host, port: replica.port, publicKey: replica.publicKey },
-    key,
-    { onReady() {}, onFrame: (_c, frame) => frames.push(frame), onDown() {} },
-    {
-      frameBytesMax: 1 << 20,
-      outboundBytesMax: 1 << 20,
-      sessionTimeoutMs: 5_000,
-      pingIntervalMs: 5_000,
-      idleTimeoutMs: 20_000,
-      backoff: DEFAULT_BACKOFF,
-      random: Math.random,
-      now: Date.now,
-    },
-  );
-}

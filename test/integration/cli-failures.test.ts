@@ -7,16 +7,15 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { BUN, freePortRange, MAIN, startCluster, type TestCluster } from "./harness.ts";
+import { fitbOk } from "./client-util.ts";
 
 let cluster: TestCluster;
 let A: string[];
 let C: string[];
 let probe: string;
 
-async function ok(args: string[]): Promise<string> {
-  const run = await cluster.fitb(args);
-  if (run.code !== 0) throw new Error(`fitb ${args.join(" ")} exited ${run.code}: ${run.stderr}${run.stdout}`);
-  return run.stdout;
+function ok(args: string[]): Promise<string> {
+  return fitbOk(cluster, args);
 }
 
 beforeAll(async () => {

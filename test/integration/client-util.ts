@@ -110,3 +110,10 @@ export function publishFrame(key: SigningKey, seq: number, tag: string, text: st
   const sig = sign(key, requestSigningInput(body));
   return { type: FrameType.REQUEST, body: after === undefined ? { body, sig } : { body, sig, after } };
 }
+
+/** Runs `fitb ARGS` against the cluster; its standard output, or an error with everything it printed if it failed. */
+export async function fitbOk(cluster: TestCluster, args: string[]): Promise<string> {
+  const run = await cluster.fitb(args);
+  if (run.code !== 0) throw new Error(`fitb ${args.join(" ")} exited ${run.code}: ${run.stderr}${run.stdout}`);
+  return run.stdout;
+}

@@ -9,7 +9,7 @@ import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import type { Frame } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { publishFrame, rawSession } from "./client-util.ts";
+import { fitbOk, publishFrame, rawSession } from "./client-util.ts";
 import { BUN, MAIN, startCluster, type TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
@@ -19,10 +19,8 @@ let probe: string;
 let subKeyPath: string;
 let subscriber: string;
 
-async function ok(args: string[]): Promise<string> {
-  const run = await cluster.fitb(args);
-  if (run.code !== 0) throw new Error(`fitb ${args.join(" ")} exited ${run.code}: ${run.stderr}${run.stdout}`);
-  return run.stdout;
+function ok(args: string[]): Promise<string> {
+  return fitbOk(cluster, args);
 }
 
 beforeAll(async () => {
