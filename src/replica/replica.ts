@@ -41,7 +41,7 @@ import { Metrics } from "./metrics.ts";
 import { OrderingDriver } from "./ordering-driver.ts";
 import { PeerMesh } from "./peers.ts";
 import { ClientLimits } from "./quota.ts";
-import { admitRequest, clockSkewProblem, spaceOf } from "./requests.ts";
+import { admitRequest, clockSkewProblem, type Refused, spaceOf } from "./requests.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
 import { Subscriptions } from "./subscriptions.ts";
@@ -278,10 +278,14 @@ export class Replica {
   private onRequest(session: ClientSession, frame: RequestFrame): void {
     this.metrics.inc("requests_total");
     const signed: SignedRequest = { body: frame.body, sig: frame.sig };
-    const admitted = admitRequest(signed, session.keyHex);
+    const admitted = admitRequest(signed, session.keyHex, (request) => this.refusedBeforeVerify(request, session.keyHex, frame.after));
     if (!admitted.ok) {
       this.metrics.refused(admitted.code);
-      this.auditRefusal(session, admitted.code, admitted.reason);
+      this.auditRefusal(session, admitted.code, admitted.reason, admitted.local?.tag);
+      if (admitted.local !== undefined) {
+        this.reply(session, this.localFailure(admitted.local.seq, sha256(signed.body), admitted.code, admitted.reason));
+        return;
+      }
       const seq = peekSeq(signed);
       if (seq === null || admitted.code === "BAD_SIGNATURE") {
         // Unsigned, forged or undecodable requests are hostile: answer and close.
@@ -306,6 +310,22 @@ export class Replica {
       return;
     }
     this.routeRequest(session, signed, request, clientHex, space, digest, frame.after);
+  }
+
+  /**
+   * A publish by a key that is not a registered publisher of an existing channel, refused
+   * before its signature is verified (admitRequest, which has checked that the request is
+   * the session key's own, `keyHex`): the same refusal routeRequest would
+   * give after it, without the cost. Not judged while this replica has executed less than
+   * the client saw (`after`): routeRequest holds those until it has.
+   */
+  private refusedBeforeVerify(request: Request, keyHex: string, after: number | undefined): Refused | null {
+    if (request.op.t !== "pub" || (after !== undefined && after > this.executedSeq)) return null;
+    const tag = request.op.tag;
+    // A registered publisher (the common case) costs one lookup; the channel is looked
+    // up only for a key that is not one (an unknown channel is routeRequest's to answer).
+    if (this.machine.isPublisherHex(tag, keyHex) || this.machine.channelInfo(tag) === null) return null;
+    return { ok: false, code: "UNAUTHORIZED", reason: `publisher is not registered on ${tag}`, local: { seq: request.seq, tag } };
   }
 
   /** Where an admitted request goes: refused here, stored (unordered), or into ordering. */

@@ -51,9 +51,16 @@ export function spaceOf(clientHex: string, request: Request): string {
   return request.op.t === "admin" ? `${clientHex}:${ADMIN_SPACE}` : `${clientHex}:${request.op.tag}`;
 }
 
-export type Admission =
-  | { readonly ok: true; readonly request: Request; readonly clientHex: string; readonly space: string }
-  | { readonly ok: false; readonly code: "BAD_REQUEST" | "BAD_SIGNATURE" | "BAD_VERSION" | "UNAUTHORIZED"; readonly reason: string };
+/** A request refused at admission, and why. */
+export type Refused = {
+  readonly ok: false;
+  readonly code: "BAD_REQUEST" | "BAD_SIGNATURE" | "BAD_VERSION" | "UNAUTHORIZED";
+  readonly reason: string;
+  /** Judged on this replica's channel state (its reply carries `at`, PROTOCOL.md 6.3), and the channel's tag. */
+  readonly local?: { readonly seq: number; readonly tag: string };
+};
+
+export type Admission = { readonly ok: true; readonly request: Request; readonly clientHex: string; readonly space: string } | Refused;
 
 /**
  * Decodes and verifies a signed request. Pure apart from the signature check. With
@@ -62,7 +69,11 @@ export type Admission =
  * a subscriber replaying a publisher's signed bodies must not cost the replica a verify
  * each, nor use up that publisher's rate.
  */
-export function admitRequest(signed: SignedRequest, sessionKeyHex?: string): Admission {
+export function admitRequest(
+  signed: SignedRequest,
+  sessionKeyHex?: string,
+  beforeVerify?: (request: Request) => Refused | null,
+): Admission {
   const decoded = decodeRequestBody(signed.body);
   if (!decoded.ok) {
     const code = decoded.error.kind === "bad-version" ? "BAD_VERSION" : "BAD_REQUEST";
@@ -72,6 +83,11 @@ export function admitRequest(signed: SignedRequest, sessionKeyHex?: string): Adm
   if (sessionKeyHex !== undefined && toHex(request.client) !== sessionKeyHex) {
     return { ok: false, code: "UNAUTHORIZED", reason: "requests must be signed by the key this session authenticated with" };
   }
+  // What the session's own key may not do is refused before its signature costs a
+  // verification (the session is authenticated as that key: a refusal says nothing the
+  // signature would change), so a key flooding requests it may not make costs little.
+  const early = sessionKeyHex === undefined ? null : (beforeVerify?.(request) ?? null);
+  if (early !== null) return early;
   if (!verify(request.client, requestSigningInput(signed.body), signed.sig)) {
     return { ok: false, code: "BAD_SIGNATURE", reason: "the request signature does not verify for its client key" };
   }

@@ -233,6 +233,35 @@ describe("a four-replica cluster", () => {
       connection.close();
     }
   }, 30_000);
+  test("a publish by a key that is not a registered publisher is refused before its signature is checked", async () => {
+    // A key nobody registered, with a session of its own: its request carries a signature
+    // that does not verify. Checked first, it would be BAD_SIGNATURE and the session
+    // closed; refused first for what it is, it costs the replica no verification.
+    const key = SigningKey.generate();
+    const frames: Frame[] = [];
+    const connection = rawSession(cluster, 0, key, frames);
+    connection.start();
+    try {
+      await waitFor("the session", () => connection.isReady);
+      const body = encodeRequestBody({
+        v: 1,
+        client: key.publicKey,
+        seq: 1,
+        span: 1,
+        ts: Date.now(),
+        op: { t: "pub", tag: "sec.alerts", events: [encode("x")] },
+      });
+      connection.send({ type: FrameType.REQUEST, body: { body, sig: new Uint8Array(64) } });
+      await waitFor("a REPLY", () => frames.some((f) => f.type === FrameType.REPLY));
+      const reply = frames.find((f) => f.type === FrameType.REPLY);
+      expect(reply?.type === FrameType.REPLY && !reply.body.ok ? reply.body.code : "ok").toBe("UNAUTHORIZED");
+      expect(reply?.type === FrameType.REPLY && typeof reply.body.at).toBe("number");
+      expect(frames.some((f) => f.type === FrameType.ERROR)).toBe(false);
+      expect(connection.isReady).toBe(true);
+    } finally {
+      connection.close();
+    }
+  }, 30_000);
 });
 
 /** Publishes `count` single-event requests to `tag`, one at a time, returning the acked payloads with their seqs. */
