@@ -160,9 +160,9 @@ export class FaultGroup {
   async freeDisk(id: number): Promise<void> {
     rmSync(join(this.disks[id] as string, "ballast"), { force: true });
     mountTmpfs(this.disks[id] as string, DISK_ROOMY, true);
+    // The full disk stopped it (or it was never running): start it again.
     const proc = this.procs[id];
-    if (proc !== null && proc !== undefined && proc.exitCode !== null) this.start(id);
-    else if (proc === null) this.start(id);
+    if (proc === null || proc === undefined || proc.exitCode !== null) this.start(id);
   }
 
   tail(id: number, lines = 20): string {

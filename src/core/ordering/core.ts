@@ -550,11 +550,13 @@ export class OrderingCore {
     state.decided.set(s, d);
     state.decidedPending.delete(s);
     if (e !== undefined) unindex(state, e);
-    for (const r of d.batch) state.pending.pruneExecuted(r.client, state.clientTable.lastExecuted(r.client));
+    for (const r of d.batch) {
+      state.pending.pruneExecuted(r.client, state.clientTable.lastExecuted(r.client));
+      state.decidedBytesThisTick += requestBytes(r);
+    }
     state.persist({ t: "decided", seq: s, view: d.view, digest: d.digest, batch: d.batch, commits: d.commits });
     state.emit({ kind: "decide", seq: s, view: d.view, batch: d.batch, execute });
     state.throughputMonitor.onExecuted(execute.length);
-    for (const r of d.batch) state.decidedBytesThisTick += requestBytes(r);
     if (e !== undefined && !e.fromNewView && state.installedView === state.view && execute.length > 0) {
       // The first new request executed in an installed view ends the view-change backoff.
       state.viewChangeAttempts = 0;
