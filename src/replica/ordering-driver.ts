@@ -36,7 +36,7 @@ import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { PeerMesh } from "./peers.ts";
 import { admissibleForwards } from "./forwards.ts";
-import { stampWithinBound, verifiedCacheKey, verifiedStamp } from "./requests.ts";
+import { stampWithinBound, urgencyOfSpace, verifiedCacheKey, verifiedStamp } from "./requests.ts";
 import { StateTransfer, validateTransferMessage } from "./state-transfer.ts";
 import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
 import { type Recovered, recover } from "./storage/recovery.ts";
@@ -175,7 +175,8 @@ export class OrderingDriver {
       null,
     );
     const recovered = this.recoverFromDisk();
-    this.core = new OrderingCore(coreConfig, crypto, recovered.coreRecords);
+    const policy = { urgencyOf: (client: string) => urgencyOfSpace(client, (tag) => machine.priorityOf(tag)) };
+    this.core = new OrderingCore(coreConfig, crypto, recovered.coreRecords, policy);
     if (this.core.status().lastExecuted !== recovered.lastDecided) {
       log.error("restored core and state machine disagree", { core: this.core.status().lastExecuted, machine: recovered.lastDecided });
       this.fatal("the restored core and state machine disagree");

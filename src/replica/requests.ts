@@ -7,7 +7,9 @@
  * of several channels, some ordered and some not, from leaving gaps in any one ordered
  * stream (the ordering core executes each space's requests with no gap).
  */
+import { PRIORITIES, type Priority } from "../core/channels/types.ts";
 import type { ClientRequest } from "../core/ordering/messages.ts";
+import { URGENCY_MAX } from "../core/ordering/priority.ts";
 import { verify } from "../crypto/ed25519.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
@@ -49,6 +51,18 @@ export const ADMIN_SPACE = "!admin";
 
 export function spaceOf(clientHex: string, request: Request): string {
   return request.op.t === "admin" ? `${clientHex}:${ADMIN_SPACE}` : `${clientHex}:${request.op.tag}`;
+}
+
+/**
+ * How urgent a client space's requests are, for the leader's batch fill (core/ordering
+ * priority.ts): its channel's priority (low 0 .. critical 3); admin commands are the most
+ * urgent (revoking a key during an attack must not wait behind the attack).
+ */
+export function urgencyOfSpace(space: string, priorityOf: (tag: string) => Priority | null): number {
+  const tag = space.slice(space.indexOf(":") + 1);
+  if (tag === ADMIN_SPACE) return URGENCY_MAX;
+  const priority = priorityOf(tag);
+  return priority === null ? 0 : PRIORITIES.indexOf(priority);
 }
 
 /** A request refused at admission, and why. */

@@ -49,7 +49,7 @@ describe("configuration", () => {
     expect(cfg.batchRequestsMax).toBe(256);
     expect(cfg.batchBytesMax).toBe(1024 * 1024);
     expect(cfg.requestBytesMax).toBe(64 * 1024);
-    expect(cfg.batchDelayTicks).toBe(1);
+    expect(cfg.batchDelayTicks).toBe(0);
     expect(cfg.pipelineDepth).toBe(8);
     expect(cfg.checkpointInterval).toBe(128);
     expect(cfg.logWindow).toBe(256);

@@ -142,7 +142,8 @@ describe("item 2: requests that can never be ordered do not hold the pending poo
 
 describe("item 3: a leader that is slow but stays under every timeout is replaced from the first view", () => {
   test("a view-0 leader releasing one proposal every 8 ticks while requests wait is suspected (starved) within a few windows", () => {
-    const c = new ManualCluster({ clients: 8 });
+    // A leader that batches (one tick), so its pipeline has room while requests wait.
+    const c = new ManualCluster({ clients: 8, params: { batchDelayTicks: 1 } });
     const clients = c.keyring.clients.map((key) => key.publicHex);
     const sent = clients.map(() => 0);
     const held: QueuedMessage[] = [];

@@ -45,6 +45,7 @@ import {
   type HashFn,
   type OrderedPublishOutcome,
   type OrderMode,
+  type Priority,
   type PubRequest,
   type ReadResult,
   type RegisterCmd,
@@ -434,6 +435,11 @@ export class ChannelMachine {
     const channel = this.state.channels.get(tag);
     if (channel === undefined || channel.isOrdered) return 0;
     return channel.dedupe.get(publisherHex)?.highestSeq ?? 0;
+  }
+
+  /** A channel's priority, or null when there is no such channel (the leader's batch fill reads it per request). */
+  priorityOf(tag: string): Priority | null {
+    return this.state.channels.get(tag)?.cls.priority ?? null;
   }
 
   channelInfo(tag: string): ChannelInfo | null {

@@ -89,7 +89,7 @@ export const DEFAULT_PARAMETERS = {
   batchBytesMax: 1024 * 1024,
   requestBytesMax: 64 * 1024,
   requestSpanMax: 256,
-  batchDelayTicks: 1,
+  batchDelayTicks: 0,
   pipelineDepth: 8,
   checkpointInterval: 128,
   logWindow: 256,
@@ -135,7 +135,6 @@ export function checkConfig(cfg: CoreConfig): void {
     "batchBytesMax",
     "requestBytesMax",
     "requestSpanMax",
-    "batchDelayTicks",
     "pipelineDepth",
     "checkpointInterval",
     "logWindow",
@@ -159,6 +158,9 @@ export function checkConfig(cfg: CoreConfig): void {
       throw new RangeError(`${key} must be a positive integer`);
     }
   }
+  // 0: the leader proposes as soon as a request waits and the pipeline has room.
+  if (!Number.isSafeInteger(cfg.batchDelayTicks) || cfg.batchDelayTicks < 0)
+    throw new RangeError("batchDelayTicks must be a non-negative integer");
   if (!Number.isSafeInteger(cfg.f) || cfg.f < 0) throw new RangeError("f must be a non-negative integer");
   if (cfg.n > REPLICAS_MAX) throw new RangeError(`n must be at most ${REPLICAS_MAX}`);
   if (cfg.n < 3 * cfg.f + 1) throw new RangeError("n must be at least 3f+1");

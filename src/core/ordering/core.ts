@@ -26,7 +26,7 @@ import {
   provesStable,
   takeCheckpoint,
 } from "./checkpoints.ts";
-import { admit, alreadyVerified, type ClientTableExport, isRefusal, type PendingRequest, requestKey } from "./clients.ts";
+import { admit, alreadyVerified, type ClientTableExport, isRefusal, requestKey } from "./clients.ts";
 import { type CoreConfig, checkConfig, type ReplicaId } from "./config.ts";
 import {
   acceptInto,
@@ -51,8 +51,9 @@ import {
   requestBytes,
   type StateResponse,
 } from "./messages.ts";
+import { buildBatch, FLAT_POLICY, type ProposalPolicy, URGENT_PIPELINE_SLOTS } from "./priority.ts";
 import { restore } from "./restore.ts";
-import { assert, assertNever, CoreState, NO_DEADLINE, type Seams } from "./state.ts";
+import { assert, assertNever, CoreState, type Seams } from "./state.ts";
 import { finishTick, startTick, tickBackup, tickLeader } from "./timers.ts";
 import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, PersistedRecord, Ready } from "./types.ts";
 import { checkSplitVote, equivocatedHeaders, onEvidence, onSuspect, suspect } from "./suspicion.ts";
@@ -75,7 +76,8 @@ export class OrderingCore {
   protected readonly crypto: CoreCrypto;
   private readonly state: CoreState;
 
-  constructor(cfg: CoreConfig, crypto: CoreCrypto, restored?: readonly PersistedRecord[]) {
+  /** `policy`: how urgent each client's requests are, for batch fill (priority.ts); all equal by default. */
+  constructor(cfg: CoreConfig, crypto: CoreCrypto, restored?: readonly PersistedRecord[], policy: ProposalPolicy = FLAT_POLICY) {
     checkConfig(cfg);
     this.cfg = cfg;
     this.crypto = crypto;
@@ -85,7 +87,7 @@ export class OrderingCore {
       voteMatches: (entryDigest: Uint8Array, voteDigest: Uint8Array) => this.voteMatches(entryDigest, voteDigest),
       recomputesNewView: () => this.recomputesNewView(),
     };
-    this.state = new CoreState(cfg, crypto, seams, (from, msg) => this.onMessage(from, msg));
+    this.state = new CoreState(cfg, crypto, seams, (from, msg) => this.onMessage(from, msg), policy);
     if (restored !== undefined && restored.length > 0) restore(this.state, restored);
   }
 
@@ -327,60 +329,16 @@ export class OrderingCore {
     // proposing there would only fill its log with instances below its window.
     if (state.nextProposalSeq <= state.lastExecuted) state.nextProposalSeq = state.lastExecuted + 1;
     while (state.nextProposalSeq <= Math.min(state.highWater, state.lastExecuted + this.cfg.pipelineDepth)) {
-      const batch = this.buildBatch();
+      const batch = buildBatch(state, false);
       if (batch === null) return;
       this.propose(batch);
     }
-  }
-
-  /**
-   * Round-robin over clients, each client's requests strictly in chain order from its last
-   * executed sequence number. A request already in a free proposal of this view is stepped
-   * over (it executes first); one named by the NEW_VIEW stops its client's chain, because it
-   * may yet be skipped and must not be proposed twice.
-   */
-  private buildBatch(): ClientRequest[] | null {
-    const state = this.state;
-    const cfg = this.cfg;
-    const chains: PendingRequest[][] = [];
-    for (const [client, forClient] of state.pending.clients()) {
-      const chain: PendingRequest[] = [];
-      let seq = state.clientTable.lastExecuted(client) + 1;
-      for (let steps = 0; steps < cfg.clientWindow * 2; steps++) {
-        const p = forClient.get(seq);
-        if (p === undefined || state.inNewViewBatch.has(p.key)) break;
-        if (!state.inFreeProposal.has(p.key)) chain.push(p);
-        seq += p.req.span;
-      }
-      if (chain.length > 0) chains.push(chain);
+    // The pipeline is full: urgent requests may still take the slots kept for them (priority.ts).
+    while (state.nextProposalSeq <= Math.min(state.highWater, state.lastExecuted + this.cfg.pipelineDepth + URGENT_PIPELINE_SLOTS)) {
+      const batch = buildBatch(state, true);
+      if (batch === null) return;
+      this.propose(batch);
     }
-    if (chains.length === 0) return null;
-    const start = state.roundRobinStart % chains.length;
-    const batch: ClientRequest[] = [];
-    let bytes = 0;
-    let oldest = NO_DEADLINE;
-    let full = false;
-    for (let round = 0; !full; round++) {
-      let took = false;
-      for (let i = 0; i < chains.length && !full; i++) {
-        const p = (chains[(start + i) % chains.length] as PendingRequest[])[round];
-        if (p === undefined) continue;
-        const size = requestBytes(p.req);
-        if (batch.length >= cfg.batchRequestsMax || bytes + size > cfg.batchBytesMax) {
-          full = true;
-          break;
-        }
-        batch.push(p.req);
-        bytes += size;
-        oldest = Math.min(oldest, p.firstSeen);
-        took = true;
-      }
-      if (!took) break;
-    }
-    if (batch.length === 0) return null;
-    if (!full && batch.length < cfg.batchRequestsMax && state.now - oldest < cfg.batchDelayTicks) return null;
-    state.roundRobinStart++;
-    return batch;
   }
 
   private propose(batch: ClientRequest[]): void {

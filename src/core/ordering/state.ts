@@ -16,6 +16,7 @@
  *
  * The fields below are grouped by the part of the protocol they belong to.
  */
+import type { ProposalPolicy } from "./priority.ts";
 import type { CheckpointClients, Transfer } from "./checkpoints.ts";
 import { ClientTable, PendingPool } from "./clients.ts";
 import { type CertContext, digestOfBatch, verifySigned } from "./certs.ts";
@@ -218,6 +219,8 @@ export class CoreState {
     readonly seams: Seams,
     /** The core's message dispatch: messages held during a view change are replayed through it. */
     readonly redeliver: (from: ReplicaId, msg: PeerMessage) => void,
+    /** How urgent each client's requests are (priority.ts). */
+    readonly policy: ProposalPolicy,
   ) {
     this.weakQuorumSize = weakQuorum(cfg.n, cfg.f, cfg.mode);
     this.certContext = {

@@ -5,6 +5,7 @@
  * A backup watches its leader here: request timers, the heartbeat, fairness and
  * throughput; the expectations that need state across ticks live in monitors.ts.
  */
+import { lessUrgentRequests, URGENT_PIPELINE_SLOTS, urgencyOf } from "./priority.ts";
 import { ownCheckpoint, requestSnapshot } from "./checkpoints.ts";
 import { flushForwards } from "./clients.ts";
 import type { StateRequest } from "./messages.ts";
@@ -106,8 +107,13 @@ function watchLeader(state: CoreState): void {
   let unfair = false;
   let timedOut = false;
   const activeClients = state.pending.clientCount();
-  const fairRounds = cfg.fairnessMultiplier * Math.ceil(activeClients / cfg.batchRequestsMax);
-  const fairnessBound = cfg.pipelineDepth + fairRounds;
+  // A leader fills batches most urgent first (priority.ts): a request less urgent than the
+  // most urgent waiting is owed only the share kept for the less urgent.
+  let mostUrgent = 0;
+  for (const [client] of state.pending.clients()) mostUrgent = Math.max(mostUrgent, urgencyOf(state.policy, client));
+  const inFlightMax = cfg.pipelineDepth + URGENT_PIPELINE_SLOTS;
+  const fairnessBound = inFlightMax + cfg.fairnessMultiplier * Math.ceil(activeClients / cfg.batchRequestsMax);
+  const lessUrgentBound = inFlightMax + cfg.fairnessMultiplier * Math.ceil(activeClients / lessUrgentRequests(cfg.batchRequestsMax));
   for (const [client, forClient] of state.pending.clients()) {
     const head = forClient.get(state.clientTable.lastExecuted(client) + 1);
     if (head === undefined) continue;
@@ -116,7 +122,8 @@ function watchLeader(state: CoreState): void {
     const inBatch = state.inFreeProposal.has(head.key) || state.inNewViewBatch.has(head.key);
     if (!inBatch && age > cfg.batchDelayTicks) {
       waitingSince = Math.min(waitingSince, Math.max(head.firstSeen, head.timerStart));
-      if (state.lastExecuted > head.seqAtArrival + fairnessBound) unfair = true;
+      const bound = mostUrgent > 0 && urgencyOf(state.policy, client) < mostUrgent ? lessUrgentBound : fairnessBound;
+      if (state.lastExecuted > head.seqAtArrival + bound) unfair = true;
     }
     if (state.now - head.timerStart < cfg.requestTimeoutTicks) continue;
     if (head.stage === 0) {

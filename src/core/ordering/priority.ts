@@ -1,0 +1,136 @@
+/**
+ * What the leader puts into a batch first (core/ordering/PROTOCOL.md §4 "Batch fill and
+ * priority"): requests of more urgent clients before less urgent ones, round robin among
+ * clients of one urgency, each client's requests in chain order; a share of every batch
+ * kept for the less urgent when they wait, so they never starve; and a few pipeline slots
+ * past `pipelineDepth` that only urgent requests may take, so an alert does not wait for
+ * a full pipeline of bulk traffic to drain.
+ *
+ * Urgency is the runtime's to say (a channel's priority); it need not agree across
+ * replicas for safety, because a backup accepts any valid batch in any order. The backups'
+ * fairness expectation (timers.ts) uses the same share to bound how long a less urgent
+ * request may wait.
+ */
+import type { PendingRequest } from "./clients.ts";
+import { type ClientRequest, requestBytes } from "./messages.ts";
+import { NO_DEADLINE } from "./state.ts";
+import type { CoreState } from "./state.ts";
+
+/** Urgency of the runtime's channel priorities: low 0, normal 1, high 2, critical 3. */
+export const URGENCY_MAX = 3;
+/** Requests of this urgency or more may use the pipeline slots kept for urgent requests. */
+export const URGENT = 2;
+/** Proposals past `pipelineDepth` that only urgent requests may take (still within the log window). */
+export const URGENT_PIPELINE_SLOTS = 2;
+/** Of each batch's requests and bytes, the share kept for less urgent requests while they wait, in percent. */
+export const LESS_URGENT_SHARE_PERCENT = 10;
+
+/** Tells the core how urgent a client's requests are (0..URGENCY_MAX; out-of-range values are clamped). */
+export interface ProposalPolicy {
+  urgencyOf(client: string): number;
+}
+
+/** Every client equally urgent: batch fill is plain round robin (the simulator, tests). */
+export const FLAT_POLICY: ProposalPolicy = { urgencyOf: () => 0 };
+
+/** The requests of each batch kept for less urgent clients while they wait (at least one). */
+export function lessUrgentRequests(batchRequestsMax: number): number {
+  return Math.max(1, Math.floor((batchRequestsMax * LESS_URGENT_SHARE_PERCENT) / 100));
+}
+
+export function urgencyOf(policy: ProposalPolicy, client: string): number {
+  const u = policy.urgencyOf(client);
+  return Number.isInteger(u) ? Math.min(URGENCY_MAX, Math.max(0, u)) : 0;
+}
+
+/**
+ * The next batch, or null when nothing may be proposed yet. `urgentOnly`: only clients of
+ * urgency URGENT or more (the reserved pipeline slots). A partial batch waits until its
+ * oldest request is `batchDelayTicks` old (0: propose on arrival).
+ */
+export function buildBatch(state: CoreState, urgentOnly: boolean): ClientRequest[] | null {
+  const cfg = state.cfg;
+  // Each client's chain: its requests in order from its last executed seq. A request
+  // already in a free proposal of this view is stepped over (it executes first); one named
+  // by the NEW_VIEW stops its client's chain, because it may yet be skipped and must not be
+  // proposed twice.
+  const byUrgency: PendingRequest[][][] = Array.from({ length: URGENCY_MAX + 1 }, () => []);
+  let waiting = 0;
+  for (const [client, forClient] of state.pending.clients()) {
+    const urgency = urgencyOf(state.policy, client);
+    if (urgentOnly && urgency < URGENT) continue;
+    const chain: PendingRequest[] = [];
+    let seq = state.clientTable.lastExecuted(client) + 1;
+    for (let steps = 0; steps < cfg.clientWindow * 2; steps++) {
+      const p = forClient.get(seq);
+      if (p === undefined || state.inNewViewBatch.has(p.key)) break;
+      if (!state.inFreeProposal.has(p.key)) chain.push(p);
+      seq += p.req.span;
+    }
+    if (chain.length > 0) {
+      (byUrgency[urgency] as PendingRequest[][]).push(chain);
+      waiting++;
+    }
+  }
+  if (waiting === 0) return null;
+  const fill = new BatchFill(cfg.batchRequestsMax, cfg.batchBytesMax);
+  const keptRequests = lessUrgentRequests(cfg.batchRequestsMax);
+  const keptBytes = Math.floor((cfg.batchBytesMax * LESS_URGENT_SHARE_PERCENT) / 100);
+  let lessUrgentWaiting = waiting;
+  for (let urgency = URGENCY_MAX; urgency >= 0 && !fill.full; urgency--) {
+    const chains = byUrgency[urgency] as PendingRequest[][];
+    if (chains.length === 0) continue;
+    lessUrgentWaiting -= chains.length;
+    const keep = lessUrgentWaiting > 0;
+    fill.take(
+      chains,
+      state.roundRobinStart,
+      keep ? cfg.batchRequestsMax - keptRequests : cfg.batchRequestsMax,
+      keep ? cfg.batchBytesMax - keptBytes : cfg.batchBytesMax,
+    );
+  }
+  if (fill.batch.length === 0) return null;
+  const full = fill.full || fill.batch.length >= cfg.batchRequestsMax;
+  if (!full && !urgentOnly && state.now - fill.oldest < cfg.batchDelayTicks) return null;
+  state.roundRobinStart++;
+  return fill.batch;
+}
+
+/** A batch being filled: round robin over chains, under the batch's bounds and a class's cap. */
+class BatchFill {
+  readonly batch: ClientRequest[] = [];
+  bytes = 0;
+  oldest = NO_DEADLINE;
+  /** The batch's own bounds are reached. */
+  full = false;
+
+  constructor(
+    private readonly requestsMax: number,
+    private readonly bytesMax: number,
+  ) {}
+
+  /** Takes from `chains` round robin (starting at `start`) until they are empty or a cap is reached. */
+  take(chains: readonly PendingRequest[][], start: number, requestsCap: number, bytesCap: number): void {
+    const first = start % chains.length;
+    for (let round = 0; ; round++) {
+      let took = false;
+      for (let i = 0; i < chains.length; i++) {
+        const p = (chains[(first + i) % chains.length] as PendingRequest[])[round];
+        if (p === undefined) continue;
+        const size = requestBytes(p.req);
+        if (this.batch.length >= this.requestsMax || this.bytes + size > this.bytesMax) {
+          this.full = true;
+          return;
+        }
+        // A class's cap leaves room for the less urgent; the first request of a batch is
+        // always taken, so a request larger than the cap is not held forever.
+        if (this.batch.length > 0 && (this.batch.length >= requestsCap || this.bytes + size > bytesCap)) return;
+        this.batch.push(p.req);
+        this.bytes += size;
+        this.oldest = Math.min(this.oldest, p.firstSeen);
+        took = true;
+      }
+      if (!took) return;
+    }
+  }
+}

@@ -1,0 +1,129 @@
+/**
+ * Batch fill by urgency (core/ordering/priority.ts, PROTOCOL.md §4 "Batch fill and
+ * priority"): the most urgent requests go first, the less urgent keep a share of every
+ * batch, urgent requests may take pipeline slots past pipelineDepth, and a leader that
+ * serves by urgency is not suspected of unfairness by backups.
+ */
+import { describe, expect, test } from "bun:test";
+import { OrderingCore, type PeerMessage, type PrePrepare } from "../../src/core/ordering/index.ts";
+import { buildBatch, lessUrgentRequests, type ProposalPolicy, URGENT_PIPELINE_SLOTS, urgencyOf } from "../../src/core/ordering/priority.ts";
+import { ManualCluster } from "../../src/sim/cluster.ts";
+import { SimKeyring } from "../../src/sim/crypto.ts";
+
+const LOW = 0;
+const CRITICAL = 3;
+
+/** Client 0 is low, client 1 critical (and the clients in `alsoCritical`), the others normal. */
+function clusterWithUrgency(
+  params: Record<string, number> = {},
+  alsoCritical: readonly number[] = [],
+): { c: ManualCluster; low: number; critical: number } {
+  const keyring = new SimKeyring("fast", 4, 4);
+  const urgency = new Map<string, number>([
+    [keyring.clients[0]?.publicHex as string, LOW],
+    [keyring.clients[1]?.publicHex as string, CRITICAL],
+    ...alsoCritical.map((i): [string, number] => [keyring.clients[i]?.publicHex as string, CRITICAL]),
+  ]);
+  const policy: ProposalPolicy = { urgencyOf: (client) => urgency.get(client) ?? 1 };
+  const c = new ManualCluster({
+    crypto: "fast",
+    params,
+    factory: (cfg, crypto, restored) => new OrderingCore(cfg, crypto, restored, policy),
+  });
+  return { c, low: 0, critical: 1 };
+}
+
+function proposals(c: ManualCluster): PrePrepare[] {
+  return c
+    .allEffects(0)
+    .flatMap((o) => (o.kind === "send" && o.msg.t === "PRE_PREPARE" ? [o.msg as PrePrepare] : []))
+    .filter((m: PeerMessage): m is PrePrepare => m.t === "PRE_PREPARE");
+}
+
+describe("batch fill by urgency", () => {
+  test("critical requests go into a batch before low ones that arrived first", () => {
+    // A partial batch waits a tick, so the low requests are pending when the critical one comes.
+    const { c, low, critical } = clusterWithUrgency({ batchDelayTicks: 1 });
+    const lowHex = c.keyring.clients[low]?.publicHex as string;
+    const criticalHex = c.keyring.clients[critical]?.publicHex as string;
+    for (let seq = 1; seq <= 3; seq++) c.submit(0, c.request(low, seq));
+    expect(proposals(c)).toEqual([]);
+    // The fourth request fills a batch (batchRequestsMax 4): it goes out at once, critical first.
+    c.submit(0, c.request(critical, 1));
+    expect(proposals(c)[0]?.batch?.map((r) => r.client)).toEqual([criticalHex, lowHex, lowHex, lowHex]);
+    c.runUntil(() => c.lastExecuted(3) >= 1, 50);
+    const decided = (c.decided[3] ?? []).flatMap((d) => d.execute.map((r) => `${r.client === criticalHex ? "c" : "l"}${r.seq}`));
+    expect(decided).toEqual(["c1", "l1", "l2", "l3"]);
+  });
+
+  test("with every client equally urgent the fill is round robin (the order before priorities)", () => {
+    const c = new ManualCluster({ crypto: "fast", params: { batchDelayTicks: 1 } });
+    for (let seq = 1; seq <= 2; seq++) {
+      c.submit(0, c.request(0, seq));
+      c.submit(0, c.request(1, seq));
+    }
+    const clients = proposals(c)[0]?.batch?.map((r) => r.client) ?? [];
+    expect(new Set(clients.slice(0, 2)).size).toBe(2);
+    expect(new Set(clients.slice(2, 4)).size).toBe(2);
+  });
+
+  test("a proposal goes out as soon as a request arrives (batchDelayTicks 0, no tick needed)", () => {
+    const { c, low } = clusterWithUrgency();
+    c.submit(0, c.request(low, 1));
+    expect(proposals(c).length).toBe(1);
+  });
+
+  test("with the pipeline full, a critical request takes a slot kept for urgent requests; a low one waits", () => {
+    const { c, low, critical } = clusterWithUrgency({ batchRequestsMax: 1, clientWindow: 4 });
+    // Four low requests fill pipelineDepth 4 (nothing is delivered, so nothing executes).
+    for (let seq = 1; seq <= 4; seq++) c.submit(0, c.request(low, seq));
+    expect(proposals(c).map((p) => p.seq)).toEqual([1, 2, 3, 4]);
+    c.submit(0, c.request(2, 1)); // a normal client: waits for the pipeline
+    expect(proposals(c).length).toBe(4);
+    c.submit(0, c.request(critical, 1));
+    const all = proposals(c);
+    expect(all.length).toBe(5);
+    expect(all[4]?.seq).toBe(5);
+    expect(all[4]?.batch?.[0]?.client).toBe(c.keyring.clients[critical]?.publicHex);
+    expect(URGENT_PIPELINE_SLOTS).toBeGreaterThanOrEqual(1);
+    // Once decisions free the pipeline, the normal request is proposed too.
+    c.runUntil(() => proposals(c).some((p) => p.batch?.[0]?.client === c.keyring.clients[2]?.publicHex), 50);
+  });
+
+  test("urgency out of range is clamped; a non-integer counts as the least urgent", () => {
+    const policy: ProposalPolicy = { urgencyOf: (client) => ({ a: 9, b: -2, c: 1.5 })[client] ?? 2 };
+    expect([urgencyOf(policy, "a"), urgencyOf(policy, "b"), urgencyOf(policy, "c"), urgencyOf(policy, "d")]).toEqual([3, 0, 0, 2]);
+    expect(typeof buildBatch).toBe("function");
+  });
+});
+
+describe("fairness expectation with priorities (timers.ts)", () => {
+  test("backups do not suspect a leader that serves saturating critical clients first while low gets its share", () => {
+    // Clients 1-3 critical, each with a full window always waiting: more than the pipeline carries.
+    const { c, low } = clusterWithUrgency({ batchRequestsMax: 4, clientWindow: 4, pipelineDepth: 1, fairnessMultiplier: 1 }, [2, 3]);
+    const hex = (i: number): string => c.keyring.clients[i]?.publicHex as string;
+    const next = (i: number): number => c.core(3).lastExecutedOf(hex(i)) + 1;
+    for (let round = 0; round < 40; round++) {
+      for (const client of [1, 2, 3, low]) {
+        const from = next(client);
+        for (const id of [0, 1, 2, 3]) for (let k = 0; k < 4; k++) c.submit(id, c.request(client, from + k));
+      }
+      c.tick();
+      c.deliverAll();
+    }
+    // The low client progressed, and every batch that carried critical requests while
+    // low ones waited kept at most the low share (one of four).
+    expect(next(low) - 1).toBeGreaterThan(10);
+    const lowHex = hex(low);
+    const mixed = (c.decided[3] ?? []).filter((d) => d.batch.some((r) => r.client !== lowHex));
+    expect(mixed.length).toBeGreaterThan(10);
+    for (const d of mixed) {
+      const lows = d.batch.filter((r) => r.client === lowHex).length;
+      if (d.batch.length === 4) expect(lows).toBeLessThanOrEqual(lessUrgentRequests(4));
+    }
+    for (const id of [1, 2, 3]) {
+      const reasons = c.allEffects(id).flatMap((o) => (o.kind === "leaderSuspected" || o.kind === "suspect" ? [o.reason] : []));
+      expect(reasons).toEqual([]);
+    }
+  });
+});
