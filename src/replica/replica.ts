@@ -761,7 +761,10 @@ const REFUSAL_REPLIES: Record<Refusal, [ErrorCode, string]> = {
   invalid: ["BAD_REQUEST", "the request's sequence numbers or size are not acceptable"],
   quarantined: ["UNAUTHORIZED", "this client sent a bad signature and is refused for a while"],
   window: ["OUT_OF_ORDER", "too many requests of this client are pending here; retry once earlier ones are answered"],
-  overloaded: ["OVERLOADED", "the replica's pending requests are at their bound; retry later"],
+  overloaded: [
+    "OVERLOADED",
+    "the replica's pending requests are at this channel priority's share of their bound (low priority is refused first); retry later",
+  ],
 };
 
 function failure(seq: number, replica: number, digest: Uint8Array, code: ErrorCode, reason: string): Reply {

@@ -17,6 +17,16 @@ afterAll(() => rmSync(directory, { recursive: true, force: true }));
 /** Compiling embeds the Bun runtime (about 100 MB written); a slow disk needs the room. */
 const COMPILE_TEST_TIMEOUT_MS = 120_000;
 
+/** `npm run build`'s command line (package.json), writing to `outfile` instead of dist/fitb. */
+function buildArgs(outfile: string): string[] {
+  const script = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: { build: string } }).scripts.build;
+  const words = script.split(/\s+/);
+  expect(words.slice(0, 2)).toEqual(["bun", "build"]);
+  const out = words.indexOf("--outfile");
+  expect(out).toBeGreaterThan(0);
+  return [...words.slice(1, out), "--outfile", outfile, ...words.slice(out + 2)];
+}
+
 async function runIn(cwd: string, argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const child = Bun.spawn(argv, { cwd, stdout: "pipe", stderr: "pipe" });
   const [stdout, stderr, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
@@ -27,16 +37,7 @@ test(
   "bun build --compile produces a fitb that runs --help and keygen on its own",
   async () => {
     const binary = join(directory, "fitb");
-    const build = await runIn(ROOT, [
-      process.execPath,
-      "build",
-      "--compile",
-      "--minify",
-      "--sourcemap",
-      "src/cli/main.ts",
-      "--outfile",
-      binary,
-    ]);
+    const build = await runIn(ROOT, [process.execPath, ...buildArgs(binary)]);
     expect(build.code).toBe(0);
 
     const help = await runIn(directory, [binary, "--help"]);

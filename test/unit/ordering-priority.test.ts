@@ -6,7 +6,14 @@
  */
 import { describe, expect, test } from "bun:test";
 import { OrderingCore, type PeerMessage, type PrePrepare } from "../../src/core/ordering/index.ts";
-import { buildBatch, lessUrgentRequests, type ProposalPolicy, URGENT_PIPELINE_SLOTS, urgencyOf } from "../../src/core/ordering/priority.ts";
+import {
+  buildBatch,
+  lessUrgentRequests,
+  poolLimitFor,
+  type ProposalPolicy,
+  URGENT_PIPELINE_SLOTS,
+  urgencyOf,
+} from "../../src/core/ordering/priority.ts";
 import { ManualCluster } from "../../src/sim/cluster.ts";
 import { SimKeyring } from "../../src/sim/crypto.ts";
 
@@ -94,6 +101,26 @@ describe("batch fill by urgency", () => {
     const policy: ProposalPolicy = { urgencyOf: (client) => ({ a: 9, b: -2, c: 1.5 })[client] ?? 2 };
     expect([urgencyOf(policy, "a"), urgencyOf(policy, "b"), urgencyOf(policy, "c"), urgencyOf(policy, "d")]).toEqual([3, 0, 0, 2]);
     expect(typeof buildBatch).toBe("function");
+  });
+});
+
+describe("shedding under overload", () => {
+  test("with the pending pool 70% full a low request is refused as overloaded; a critical one is admitted up to the whole pool", () => {
+    const { c, low, critical } = clusterWithUrgency(
+      { pendingRequestsMax: 20, clientWindow: 16, keyPendingMax: 64, batchDelayTicks: 1 },
+      [2, 3],
+    );
+    expect(poolLimitFor(20, 0)).toBe(14);
+    expect(poolLimitFor(20, 3)).toBe(20);
+    // Replica 1 (a backup: it proposes nothing, so its pool only fills) takes 14 critical requests.
+    for (let seq = 1; seq <= 14; seq++) c.submit(1, c.request(2 + (seq % 2), Math.ceil(seq / 2)));
+    expect(c.core(1).status().pending).toBe(14);
+    const refusedLow = c.submit(1, c.request(low, 1)).effects.filter((e) => e.kind === "refused");
+    expect(refusedLow.map((e) => (e as { reason: string }).reason)).toEqual(["overloaded"]);
+    for (let seq = 1; seq <= 6; seq++) c.submit(1, c.request(critical, seq));
+    expect(c.core(1).status().pending).toBe(20);
+    const refusedCritical = c.submit(1, c.request(critical, 7)).effects.filter((e) => e.kind === "refused");
+    expect(refusedCritical.map((e) => (e as { reason: string }).reason)).toEqual(["overloaded"]);
   });
 });
 

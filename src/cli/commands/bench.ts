@@ -22,6 +22,8 @@ import { bytesEqual } from "../../crypto/encoding.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
+import { workerEntry } from "../../threads/entry.ts";
+import type { FloodCounts, FloodIn, FloodOut, FloodPlan } from "./bench-flood.ts";
 import { CONFIG_FLAG, keyFlag, openClient, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors, type ClientFlags } from "./pub.ts";
 
 /** Run id (8) + publisher index (4) + event index (4) + send time in µs (8). */
@@ -31,6 +33,9 @@ export const BENCH_PUBLISHERS_MAX = 64;
 export const BENCH_SUBSCRIBERS_MAX = 64;
 export const BENCH_RATE_MAX = 10_000_000;
 const DEFAULT_EVENTS = 10_000;
+const DEFAULT_MIX_PUBLISHERS = 4;
+/** The measured channel's rate in a --mix run when --rate is not given (the issue's alert rate). */
+const DEFAULT_MIX_RATE = 1_000;
 const DEFAULT_SIZE = 100;
 /** Progress lines go to stderr this often once a run takes longer than it. */
 const PROGRESS_INTERVAL_MS = 1_000;
@@ -53,6 +58,15 @@ export const benchCommand: Command = {
     '{"events","delivered","seconds","delivered_per_s","p50_ms","p99_ms","max_ms"}.',
     "The key must be allowed to publish to the channel and to subscribe to it.",
     "Progress goes to standard error. Exits 1 if events failed or were not delivered.",
+    "",
+    "--mix LOWTAG measures priority: first LOWTAG alone, saturated by --mix-publishers",
+    "publishers (as fast as acks allow, in a thread of their own) for 1 s of warm-up and",
+    "then as long as the measured run will take; then the measured run on TAG at --rate (default 1000 ev/s)",
+    "while LOWTAG stays saturated. It prints TAG's p50/p99/max, LOWTAG's acknowledged",
+    "events/s alone and during the run, and how many LOWTAG events were refused",
+    'OVERLOADED (shed). --json adds {"mix":{"low_solo_per_s","low_mixed_per_s",',
+    '"low_retained_pct","low_shed","low_failed"}}. Make TAG critical and LOWTAG low to',
+    "see priorities at work; both must accept the key.",
   ],
   flags: [
     CONFIG_FLAG,
@@ -69,6 +83,19 @@ export const benchCommand: Command = {
     { name: "publishers", kind: "string", valueName: "P", defaultValue: "1", description: "Concurrent publishers" },
     { name: "subscribers", kind: "string", valueName: "S", defaultValue: "1", description: "Subscribing clients" },
     { name: "rate", kind: "string", valueName: "R", description: "Events per second in total (default: as fast as acks allow)" },
+    {
+      name: "mix",
+      kind: "string",
+      valueName: "LOWTAG",
+      description: "Priority run: saturate LOWTAG alone, then measure TAG at --rate (default 1000) while LOWTAG stays saturated",
+    },
+    {
+      name: "mix-publishers",
+      kind: "string",
+      valueName: "N",
+      defaultValue: String(DEFAULT_MIX_PUBLISHERS),
+      description: "Publishers saturating LOWTAG in a --mix run",
+    },
     { name: "json", kind: "boolean", description: "Print one JSON object with the figures" },
     ...TIMEOUT_FLAGS,
   ],
@@ -76,6 +103,7 @@ export const benchCommand: Command = {
   examples: [
     "fitb bench --config cluster.toml --key bench.key --channel bench.crash --events 100000 --size 200",
     "fitb bench --config cluster.toml --key bench.key --channel bench.bft --publishers 4 --subscribers 2 --json",
+    "fitb bench --config cluster.toml --key bench.key --channel sec.alerts --rate 1000 --events 5000 --mix bulk.metrics",
   ],
   run: runBench,
 };
@@ -89,6 +117,8 @@ export interface BenchPlan {
   /** Events per second in total, or null for as fast as acks allow. */
   readonly rate: number | null;
   readonly json: boolean;
+  /** A --mix run: the channel saturated meanwhile, and by how many publishers. */
+  readonly mix: { readonly tag: string; readonly publishers: number } | null;
 }
 
 /** Validates every flag (UsageError, exit 2) before anything is opened. */
@@ -102,8 +132,14 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
   if (publishers > events)
     throw new UsageError(`--publishers: ${publishers} publishers for ${events} events; at most one publisher per event`);
   const subscribers = args.requiredInteger("subscribers", 1, BENCH_SUBSCRIBERS_MAX);
-  const rate = args.integer("rate", 1, BENCH_RATE_MAX) ?? null;
-  return { tag, events, size, publishers, subscribers, rate, json: args.boolean("json") };
+  const mixTag = args.string("mix");
+  const mix =
+    mixTag === undefined
+      ? null
+      : { tag: requireTag(mixTag, "--mix"), publishers: args.requiredInteger("mix-publishers", 1, BENCH_PUBLISHERS_MAX) };
+  if (mix !== null && mix.tag === tag) throw new UsageError("--mix: the saturated channel must differ from --channel");
+  const rate = args.integer("rate", 1, BENCH_RATE_MAX) ?? (mix === null ? null : DEFAULT_MIX_RATE);
+  return { tag, events, size, publishers, subscribers, rate, json: args.boolean("json"), mix };
 }
 
 async function runBench(args: ParsedArgs, io: CommandIo): Promise<number> {
@@ -115,11 +151,20 @@ async function runBench(args: ParsedArgs, io: CommandIo): Promise<number> {
     throw new CommandError(`--size ${plan.size} exceeds the cluster's event_bytes_max of ${setup.config.limits.eventBytesMax}`);
   }
   const clients: FitbClient[] = [];
+  const flood = plan.mix === null ? null : new Flood(plan, flags);
   try {
-    const result = await withClientErrors(() => runPlan(plan, flags, setup, clients, io));
-    printResult(plan, result, io);
-    return reportProblems(plan, result, io);
+    let mix: MixFigures | null = null;
+    let result: BenchResult;
+    if (flood === null) result = await withClientErrors(() => runPlan(plan, flags, setup, clients, io));
+    else {
+      const measured = await withClientErrors(() => runMix(plan, flags, setup, clients, io, flood));
+      result = measured.result;
+      mix = measured.mix;
+    }
+    printResult(plan, result, io, mix);
+    return reportProblems(plan, result, io, mix);
   } finally {
+    flood?.terminate();
     for (const client of clients) client.close();
   }
 }
@@ -168,6 +213,145 @@ async function runPlan(
     delivered: counter.delivered,
     seconds: Math.max(end - started, 0) / MS_PER_SECOND,
     latency: counter.latency,
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// --mix: the measured channel while another is saturated
+// ---------------------------------------------------------------------------------------
+
+export interface MixFigures {
+  readonly lowSoloPerS: number;
+  readonly lowMixedPerS: number;
+  readonly lowShed: number;
+  readonly lowFailed: number;
+  readonly lowFirstError: string | null;
+}
+
+/** The saturated channel runs this long before its solo rate is measured. */
+const MIX_WARMUP_MS = 1_000;
+
+/** Answers of the flood thread are bounded by this, so a wedged thread fails the run instead of hanging it. */
+const FLOOD_ANSWER_MS = 30_000;
+
+/** The flood thread (bench-flood.ts) and its answers. */
+class Flood {
+  private readonly worker: Worker;
+  private readonly answers: FloodOut[] = [];
+  private waiter: (() => void) | null = null;
+  private failure: string | null = null;
+
+  constructor(
+    private readonly plan: BenchPlan,
+    private readonly flags: ClientFlags,
+  ) {
+    this.worker = new Worker(workerEntry("cli/commands/bench-flood.ts"));
+    this.worker.onmessage = (message: MessageEvent<FloodOut>) => {
+      if (message.data.t === "failed") this.failure = message.data.error;
+      else this.answers.push(message.data);
+      this.waiter?.();
+    };
+    this.worker.onerror = (event) => {
+      this.failure = event.message;
+      this.waiter?.();
+    };
+  }
+
+  async start(): Promise<void> {
+    const mix = this.plan.mix as NonNullable<BenchPlan["mix"]>;
+    const floodPlan: FloodPlan = {
+      configPath: this.flags.configPath,
+      keyPath: this.flags.keyPath,
+      tag: mix.tag,
+      size: this.plan.size,
+      publishers: mix.publishers,
+      connectTimeoutMs: this.flags.connectTimeoutMs,
+      timeoutMs: this.flags.timeoutMs,
+    };
+    this.send({ t: "start", plan: floodPlan });
+    await this.next("ready");
+  }
+
+  async mark(): Promise<FloodCounts> {
+    this.send({ t: "mark" });
+    return (await this.next("counts")) as FloodCounts;
+  }
+
+  async stop(): Promise<FloodCounts> {
+    this.send({ t: "stop" });
+    return (await this.next("counts")) as FloodCounts;
+  }
+
+  terminate(): void {
+    void this.worker.terminate();
+  }
+
+  private send(message: FloodIn): void {
+    this.worker.postMessage(message);
+  }
+
+  private async next(kind: FloodOut["t"]): Promise<FloodOut> {
+    const deadline = performance.now() + FLOOD_ANSWER_MS;
+    for (;;) {
+      if (this.failure !== null) throw new CommandError(`--mix: the flood of ${this.plan.mix?.tag}: ${this.failure}`);
+      const answer = this.answers.shift();
+      if (answer !== undefined) {
+        if (answer.t !== kind) throw new CommandError(`--mix: the flood thread answered ${answer.t}, expected ${kind}`);
+        return answer;
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) throw new CommandError(`--mix: the flood thread did not answer within ${FLOOD_ANSWER_MS / 1000} s`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.waiter = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.waiter = null;
+    }
+  }
+}
+
+function perSecond(from: FloodCounts, to: FloodCounts): number {
+  const seconds = (to.atMs - from.atMs) / MS_PER_SECOND;
+  return seconds > 0 ? (to.acked - from.acked) / seconds : 0;
+}
+
+/**
+ * The saturated channel alone for as long as the measured run will take (events / rate),
+ * then the measured run with the saturation going on; the flood's acknowledged events/s
+ * in both, and what was shed.
+ */
+async function runMix(
+  plan: BenchPlan,
+  flags: ClientFlags,
+  setup: ClientSetup,
+  clients: FitbClient[],
+  io: CommandIo,
+  flood: Flood,
+): Promise<{ result: BenchResult; mix: MixFigures }> {
+  const mix = plan.mix as NonNullable<BenchPlan["mix"]>;
+  const soloMs = (plan.events / (plan.rate as number)) * MS_PER_SECOND;
+  io.err(`fitb bench: --mix: ${mix.tag} alone, saturated by ${mix.publishers} publishers, for ${(soloMs / MS_PER_SECOND).toFixed(1)} s`);
+  await flood.start();
+  // The flood's first second fills the pipelines: measured from after it.
+  await Bun.sleep(MIX_WARMUP_MS);
+  const soloStart = await flood.mark();
+  await Bun.sleep(soloMs);
+  const soloEnd = await flood.mark();
+  io.err(`fitb bench: --mix: ${plan.tag} at ${plan.rate} events/s while ${mix.tag} stays saturated`);
+  const result = await runPlan(plan, flags, setup, clients, io);
+  const mixedEnd = await flood.stop();
+  return {
+    result,
+    mix: {
+      lowSoloPerS: perSecond(soloStart, soloEnd),
+      lowMixedPerS: perSecond(soloEnd, mixedEnd),
+      lowShed: mixedEnd.shed,
+      lowFailed: mixedEnd.failed,
+      lowFirstError: mixedEnd.firstError,
+    },
   };
 }
 
@@ -383,6 +567,16 @@ function roundMs(ms: number): number {
   return Math.round(ms * 100) / 100;
 }
 
+export function mixJson(mix: MixFigures): Record<string, number> {
+  return {
+    low_solo_per_s: Math.round(mix.lowSoloPerS),
+    low_mixed_per_s: Math.round(mix.lowMixedPerS),
+    low_retained_pct: mix.lowSoloPerS > 0 ? Math.round((mix.lowMixedPerS / mix.lowSoloPerS) * 1000) / 10 : 0,
+    low_shed: mix.lowShed,
+    low_failed: mix.lowFailed,
+  };
+}
+
 export function resultJson(plan: BenchPlan, result: BenchResult): Record<string, number> {
   const perSecond = result.seconds > 0 ? result.delivered / result.seconds : 0;
   return {
@@ -396,10 +590,10 @@ export function resultJson(plan: BenchPlan, result: BenchResult): Record<string,
   };
 }
 
-function printResult(plan: BenchPlan, result: BenchResult, io: CommandIo): void {
+function printResult(plan: BenchPlan, result: BenchResult, io: CommandIo, mix: MixFigures | null): void {
   const figures = resultJson(plan, result);
   if (plan.json) {
-    io.out(JSON.stringify(figures));
+    io.out(JSON.stringify(mix === null ? figures : { ...figures, mix: mixJson(mix) }));
     return;
   }
   io.out(
@@ -410,10 +604,19 @@ function printResult(plan: BenchPlan, result: BenchResult, io: CommandIo): void 
   );
   io.out(`delivered ${figures.delivered_per_s} events/s`);
   io.out(`latency publish -> delivery: p50 ${figures.p50_ms} ms, p99 ${figures.p99_ms} ms, max ${figures.max_ms} ms`);
+  if (mix === null || plan.mix === null) return;
+  const m = mixJson(mix);
+  io.out(
+    `saturated ${plan.mix.tag} (${plan.mix.publishers} publishers): ${m.low_solo_per_s} events/s acknowledged alone, ${m.low_mixed_per_s} during the run (${m.low_retained_pct}%), ${m.low_shed} shed (OVERLOADED)`,
+  );
 }
 
-function reportProblems(plan: BenchPlan, result: BenchResult, io: CommandIo): number {
+function reportProblems(plan: BenchPlan, result: BenchResult, io: CommandIo, mix: MixFigures | null): number {
   let ok = true;
+  if (mix !== null && mix.lowFailed > 0) {
+    io.err(`fitb bench: ${mix.lowFailed} events of ${plan.mix?.tag} failed (not shed); first error: ${mix.lowFirstError ?? "unknown"}`);
+    ok = false;
+  }
   if (result.failed > 0) {
     io.err(`fitb bench: ${result.failed} events failed to publish; first error: ${result.firstError ?? "unknown"}`);
     ok = false;

@@ -3,7 +3,7 @@
  * runs): a whole local cluster from one command. It writes a cluster directory on the
  * first run (4 replicas on 127.0.0.1, f=1, keys for the replicas, an admin and a client)
  * and reuses it later; starts the 4 replicas as child processes of this same executable;
- * creates one example channel per CLASS; runs the relay in this process; and prints how
+ * creates one example channel per CLASS and a low-priority bulk one; runs the relay in this process; and prints how
  * to publish and subscribe with nc and with fitb. SIGINT (Ctrl-C) or SIGTERM stops
  * everything: the children get SIGTERM, then SIGKILL if they outlast a bound.
  *
@@ -59,7 +59,7 @@ const DEMO_POLL_MS = 100;
 const LOG_TAIL_BYTES = 2_048;
 export const DEMO_READY_LINE = "fitb demo: ready";
 
-/** The example channels: one per CLASS (fault x order). */
+/** The example channels: one per CLASS (fault x order), and a low-priority bulk one. */
 type CreateChannelCmd = Extract<AdminCmd, { t: "create-channel" }>;
 
 export const DEMO_CHANNELS: readonly (CreateChannelCmd & { readonly example: string })[] = [
@@ -91,6 +91,17 @@ export const DEMO_CHANNELS: readonly (CreateChannelCmd & { readonly example: str
     example: "root login on db1",
     public: true,
   },
+  {
+    // Bulk telemetry on the same CLASS as the alerts, at the lowest priority: what
+    // `fitb bench --mix bulk.metrics` saturates while sec.alerts is measured.
+    t: "create-channel",
+    tag: "bulk.metrics",
+    fault: "byzantine",
+    order: "total",
+    priority: "low",
+    example: "db1 cpu 0.73",
+    public: true,
+  },
 ];
 
 export const demoCommand: Command = {
@@ -99,7 +110,8 @@ export const demoCommand: Command = {
   description: [
     "Starts a complete fitb on this machine: 4 replicas (f=1) on 127.0.0.1, the relay on",
     "127.0.0.1, and one example channel per CLASS (net.links crash/none, storage.disks",
-    "crash/total, sec.ids byzantine/none, sec.alerts byzantine/total). The first run",
+    "crash/total, sec.ids byzantine/none, sec.alerts byzantine/total critical), and",
+    "bulk.metrics (byzantine/total, low) for 'fitb bench --mix'. The first run",
     "writes DIR (cluster file and keys); later runs reuse it. Replica logs go to",
     "DIR/replica-N.log. Prints how to publish and subscribe with nc and with fitb.",
     "Ctrl-C stops everything.",

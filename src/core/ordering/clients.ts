@@ -7,6 +7,7 @@
  */
 import { bytesEqual } from "../../../wire/bytes.ts";
 import { type ClientRequest, requestBytes } from "./messages.ts";
+import { poolLimitFor, urgencyOf } from "./priority.ts";
 import type { ReplicaId } from "./config.ts";
 import type { CoreState } from "./state.ts";
 import type { Refusal } from "./types.ts";
@@ -247,7 +248,8 @@ export function admit(state: CoreState, req: ClientRequest, authenticated: boole
   // One peer's forwards fill at most its share of the pool, so a lying replica cannot
   // crowd out the requests the others and this replica's own clients bring.
   if (via !== null && state.pending.countForPeer(via) >= Math.ceil(cfg.pendingRequestsMax / cfg.n)) return "overloaded";
-  if (state.pending.total >= cfg.pendingRequestsMax) return "overloaded";
+  // Under overload the least urgent are refused first (priority.ts).
+  if (state.pending.total >= poolLimitFor(cfg.pendingRequestsMax, urgencyOf(state.policy, req.client))) return "overloaded";
   if (!state.crypto.verifyRequest(req, null)) {
     if (authenticated) quarantineClient(state, req.client);
     return "bad-signature";

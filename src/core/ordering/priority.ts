@@ -33,6 +33,20 @@ export interface ProposalPolicy {
 /** Every client equally urgent: batch fill is plain round robin (the simulator, tests). */
 export const FLAT_POLICY: ProposalPolicy = { urgencyOf: () => 0 };
 
+/** Of the pending-request pool, the share the least urgent may fill, in percent; each urgency up adds POOL_STEP_PERCENT. */
+export const POOL_SHARE_LEAST_PERCENT = 70;
+export const POOL_STEP_PERCENT = 10;
+
+/**
+ * Pending requests past which a request of `urgency` is refused as overloaded: under
+ * overload `low` is shed first (70% of the pool), then normal (80%), high (90%); critical
+ * requests may fill the pool.
+ */
+export function poolLimitFor(pendingRequestsMax: number, urgency: number): number {
+  if (urgency >= URGENCY_MAX) return pendingRequestsMax;
+  return Math.floor((pendingRequestsMax * (POOL_SHARE_LEAST_PERCENT + POOL_STEP_PERCENT * urgency)) / 100);
+}
+
 /** The requests of each batch kept for less urgent clients while they wait (at least one). */
 export function lessUrgentRequests(batchRequestsMax: number): number {
   return Math.max(1, Math.floor((batchRequestsMax * LESS_URGENT_SHARE_PERCENT) / 100));

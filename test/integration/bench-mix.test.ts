@@ -1,0 +1,76 @@
+/**
+ * `fitb bench --mix`: a low-priority channel saturated in a thread of its own while a
+ * critical channel is measured; the figures of both come out, nothing is lost.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import { clientFor, startClusterWithChannels } from "./client-util.ts";
+import type { TestCluster } from "./harness.ts";
+
+let cluster: TestCluster;
+
+beforeAll(async () => {
+  cluster = await startClusterWithChannels();
+  const admin = clientFor(cluster, cluster.adminKey);
+  try {
+    const key = loadSigningKeyFile(cluster.clientKey).key.publicKey;
+    await admin.admin({ t: "create-channel", tag: "bulk.metrics", fault: "byzantine", order: "total", priority: "low", public: true });
+    await admin.admin({ t: "register", tag: "bulk.metrics", role: "publisher", key });
+  } finally {
+    admin.close();
+  }
+});
+
+afterAll(async () => {
+  await cluster?.stop();
+});
+
+test("bench --mix prints the critical channel's latency and the saturated channel's rate alone and during the run", async () => {
+  const run = await cluster.fitb(
+    [
+      "bench",
+      "--config",
+      cluster.configPath,
+      "--key",
+      cluster.clientKey,
+      "--channel",
+      "sec.alerts",
+      "--events",
+      "400",
+      "--size",
+      "64",
+      "--rate",
+      "400",
+      "--mix",
+      "bulk.metrics",
+      "--mix-publishers",
+      "2",
+      "--json",
+    ],
+    { timeoutMs: 120_000 },
+  );
+  expect(run.code, run.stderr).toBe(0);
+  const figures = JSON.parse(run.stdout) as { delivered: number; p99_ms: number; mix: Record<string, number> };
+  expect(figures.delivered).toBe(400);
+  expect(figures.p99_ms).toBeGreaterThan(0);
+  expect(figures.mix.low_solo_per_s).toBeGreaterThan(0);
+  expect(figures.mix.low_mixed_per_s).toBeGreaterThan(0);
+  expect(figures.mix.low_failed).toBe(0);
+  expect(run.stderr).toContain("bulk.metrics alone, saturated by 2 publishers");
+}, 180_000);
+
+test("bench --mix refuses the measured channel as the saturated one", async () => {
+  const run = await cluster.fitb([
+    "bench",
+    "--config",
+    cluster.configPath,
+    "--key",
+    cluster.clientKey,
+    "--channel",
+    "sec.alerts",
+    "--mix",
+    "sec.alerts",
+  ]);
+  expect(run.code).toBe(2);
+  expect(run.stderr).toContain("--mix: the saturated channel must differ from --channel");
+});
