@@ -56,6 +56,8 @@ const statusSchema = z.object({
   view: z.int().min(0),
   leader: z.int().min(0),
   lastDecided: z.int().min(0),
+  /** The last checkpoint 2f+1 replicas signed the same state digest for (this replica's among them). */
+  stableCheckpoint: z.int().min(0).optional(),
   channels: z.int().min(0),
   /** Answers held until the replica has executed what the client saw (read-your-writes). */
   heldForExecution: z.int().min(0).optional(),

@@ -247,9 +247,19 @@ export class OrderingDriver {
     this.timer = null;
   }
 
-  /** A request from an authenticated client session whose key signed it. */
-  submit(req: ClientRequest): void {
+  /**
+   * A request from an authenticated client session whose key signed it. With `verified`
+   * (the runtime checked the signature, the header and decoded the stamp: requests.ts),
+   * the check is remembered so the core's admission does not verify it again.
+   */
+  submit(req: ClientRequest, verified?: { readonly stamp: number; readonly bodyDigest: Uint8Array }): void {
+    if (verified !== undefined) this.rememberVerified(verifiedCacheKey(req, verified.bodyDigest), verified.stamp);
     this.step({ kind: "request", req, authenticated: true });
+  }
+
+  private rememberVerified(cacheKey: string, stamp: number): void {
+    this.verified.set(cacheKey, stamp);
+    if (this.verified.size > VERIFIED_CACHE_MAX) this.verified.delete(this.verified.keys().next().value as string);
   }
 
   /** A peer message: an envelope for the ordering core or for state transfer (peer-messages.ts). */
@@ -495,8 +505,7 @@ export class OrderingDriver {
       const checked = verifiedStamp(req);
       if (checked === null) return false;
       stamp = checked;
-      this.verified.set(cacheKey, stamp);
-      if (this.verified.size > VERIFIED_CACHE_MAX) this.verified.delete(this.verified.keys().next().value as string);
+      this.rememberVerified(cacheKey, stamp);
     }
     return stampWithinBound(stamp, atMs ?? Date.now());
   }

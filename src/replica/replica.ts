@@ -10,7 +10,7 @@
  *   ordering core; once decided, every replica executes it at the same position, assigns
  *   the same channel sequence numbers and answers the client.
  */
-import type { FatalHandler } from "./fatal.ts";
+import { FatalError, type FatalHandler, throwFatal } from "./fatal.ts";
 import { assert } from "../../wire/assert.ts";
 import { channelsConfigFrom, type ClusterConfig } from "../config/cluster.ts";
 import { configDigests } from "../config/digest.ts";
@@ -38,10 +38,12 @@ import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
 import { type ChannelCells, ChannelMetrics, METRICS_CHANNELS_MAX } from "./channel-metrics.ts";
 import { Metrics } from "./metrics.ts";
-import { OrderingDriver } from "./ordering-driver.ts";
+import { EXIT_STATE_UNTRUSTED, OrderingDriver } from "./ordering-driver.ts";
 import { PeerMesh } from "./peers.ts";
 import { ClientLimits } from "./quota.ts";
-import { admitRequest, clockSkewProblem, type Refused, spaceOf } from "./requests.ts";
+import { type Admission, admitUnverified, BAD_SIGNATURE, clockSkewProblem, type Refused, spaceOf, stampOf } from "./requests.ts";
+import { type Lane, VerifyPool } from "../threads/verify-pool.ts";
+import { requestSigningInput } from "../../wire/session.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
 import { Subscriptions } from "./subscriptions.ts";
@@ -65,6 +67,8 @@ export interface ReplicaOptions {
   readonly sync?: SyncPolicy;
   /** What to do when the replica must stop (fatal.ts): `fitb replica` exits with the error's code. */
   readonly onFatal?: FatalHandler;
+  /** Threads verifying client signatures (src/threads/verify-pool.ts); 0 (the default here): on the event loop. */
+  readonly threads?: number;
 }
 
 export class Replica {
@@ -91,6 +95,10 @@ export class Replica {
   private readonly audit: AuditLog;
   /** `$sys.replica.<id>` and `$sys.events` (sys-channels.ts). */
   private readonly sys: SysChannels;
+  /** Client signatures are verified here, on threads unless `threads` is 0. */
+  private readonly verifier: VerifyPool;
+  /** Each client session's line of signature checks: its requests go on in the order it sent them. */
+  private readonly lanes = new WeakMap<ClientSession, Lane>();
 
   constructor(private readonly options: ReplicaOptions) {
     const { config, id, key, log } = options;
@@ -98,6 +106,14 @@ export class Replica {
     if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
     this.adminKeys = new Set(config.adminKeys.map(toHex));
     this.audit = new AuditLog(log);
+    this.verifier = new VerifyPool({
+      threads: options.threads ?? 0,
+      onFailure: (reason) => {
+        log.error("a verification thread failed; stopping", { reason });
+        (options.onFatal ?? throwFatal)(new FatalError(EXIT_STATE_UNTRUSTED, reason));
+      },
+      onReady: () => log.info("verification threads ready", { threads: options.threads ?? 0 }),
+    });
     this.sys = new SysChannels({
       self: id,
       n: config.n,
@@ -212,6 +228,7 @@ export class Replica {
       address: `${self?.host}:${self?.port}`,
       n: this.options.config.n,
       f: this.options.config.f,
+      verifyThreads: this.verifier.threadCount,
     });
   }
 
@@ -231,6 +248,7 @@ export class Replica {
     this.gateTimer = null;
     this.sys.stop();
     this.subs.shutdown();
+    this.verifier.stop();
     this.ordering.stop();
     this.mesh.stop();
     this.server.stop();
@@ -269,6 +287,7 @@ export class Replica {
   }
 
   private onClientClosed(session: ClientSession): void {
+    this.lanes.get(session)?.close();
     this.subs.dropSession(session);
     this.sys.dropSession(session);
     this.gate.dropSession(session.id);
@@ -278,23 +297,51 @@ export class Replica {
   private onRequest(session: ClientSession, frame: RequestFrame): void {
     this.metrics.inc("requests_total");
     const signed: SignedRequest = { body: frame.body, sig: frame.sig };
-    const admitted = admitRequest(signed, session.keyHex, (request) => this.refusedBeforeVerify(request, session.keyHex, frame.after));
-    if (!admitted.ok) {
-      this.metrics.refused(admitted.code);
-      this.auditRefusal(session, admitted.code, admitted.reason, admitted.local?.tag);
-      if (admitted.local !== undefined) {
-        this.reply(session, this.localFailure(admitted.local.seq, sha256(signed.body), admitted.code, admitted.reason));
-        return;
-      }
-      const seq = peekSeq(signed);
-      if (seq === null || admitted.code === "BAD_SIGNATURE") {
-        // Unsigned, forged or undecodable requests are hostile: answer and close.
-        session.conn.closeWith({ type: FrameType.ERROR, body: { code: admitted.code, reason: admitted.reason } });
-        return;
-      }
-      this.reply(session, failure(seq, this.options.id, sha256(signed.body), admitted.code, admitted.reason));
+    const admitted = admitUnverified(signed, session.keyHex, (request) => this.refusedBeforeVerify(request, session.keyHex, frame.after));
+    if (!admitted.ok) return this.refuseAdmission(session, signed, admitted);
+    // The signature is checked on a verification thread; the session's requests go on in
+    // the order it sent them (its lane), and only once their check is in.
+    let lane = this.lanes.get(session);
+    if (lane === undefined) {
+      lane = this.verifier.lane();
+      this.lanes.set(session, lane);
+    }
+    this.verifier.verify(
+      admitted.request.client,
+      requestSigningInput(signed.body),
+      signed.sig,
+      (ok) => {
+        if (!ok) return this.refuseAdmission(session, signed, BAD_SIGNATURE);
+        this.onVerifiedRequest(session, signed, admitted, frame.after);
+      },
+      lane,
+    );
+  }
+
+  /** A request admitRequest's checks refused. */
+  private refuseAdmission(session: ClientSession, signed: SignedRequest, admitted: Refused): void {
+    this.metrics.refused(admitted.code);
+    this.auditRefusal(session, admitted.code, admitted.reason, admitted.local?.tag);
+    if (admitted.local !== undefined) {
+      this.reply(session, this.localFailure(admitted.local.seq, sha256(signed.body), admitted.code, admitted.reason));
       return;
     }
+    const seq = peekSeq(signed);
+    if (seq === null || admitted.code === "BAD_SIGNATURE") {
+      // Unsigned, forged or undecodable requests are hostile: answer and close.
+      session.conn.closeWith({ type: FrameType.ERROR, body: { code: admitted.code, reason: admitted.reason } });
+      return;
+    }
+    this.reply(session, failure(seq, this.options.id, sha256(signed.body), admitted.code, admitted.reason));
+  }
+
+  /** A request whose signature verified: rate limits, then where it goes (routeRequest). */
+  private onVerifiedRequest(
+    session: ClientSession,
+    signed: SignedRequest,
+    admitted: Extract<Admission, { ok: true }>,
+    after: number | undefined,
+  ): void {
     // admitRequest refused any key but the session's own: that keeps the core's
     // "authenticated" admission (which may quarantine a client) honest, and the rate
     // below is charged to the key that really sent.
@@ -309,7 +356,7 @@ export class Replica {
       this.reply(session, failure(request.seq, this.options.id, digest, "RATE_LIMITED", overLimit));
       return;
     }
-    this.routeRequest(session, signed, request, clientHex, space, digest, frame.after);
+    this.routeRequest(session, signed, request, clientHex, space, digest, after);
   }
 
   /**
@@ -451,7 +498,8 @@ export class Replica {
       }
     }
     const req: ClientRequest = { client: space, seq: request.seq, span: request.span, body: signed.body, sig: signed.sig };
-    this.ordering.submit(req);
+    // Verified already (onRequest): the core's admission does not verify it again.
+    this.ordering.submit(req, { stamp: stampOf(request), bodyDigest: digest });
   }
 
   // ---------------------------------------------------------------------------------

@@ -88,6 +88,28 @@ export function admitRequest(
   sessionKeyHex?: string,
   beforeVerify?: (request: Request) => Refused | null,
 ): Admission {
+  const admitted = admitUnverified(signed, sessionKeyHex, beforeVerify);
+  if (!admitted.ok) return admitted;
+  if (!verify(admitted.request.client, requestSigningInput(signed.body), signed.sig)) return BAD_SIGNATURE;
+  return admitted;
+}
+
+/** The refusal of a request whose signature does not verify. */
+export const BAD_SIGNATURE: Refused = {
+  ok: false,
+  code: "BAD_SIGNATURE",
+  reason: "the request signature does not verify for its client key",
+};
+
+/**
+ * Everything admitRequest checks but the signature: the caller verifies it (on a
+ * verification thread, src/threads/verify-pool.ts) before acting on the request.
+ */
+export function admitUnverified(
+  signed: SignedRequest,
+  sessionKeyHex?: string,
+  beforeVerify?: (request: Request) => Refused | null,
+): Admission {
   const decoded = decodeRequestBody(signed.body);
   if (!decoded.ok) {
     const code = decoded.error.kind === "bad-version" ? "BAD_VERSION" : "BAD_REQUEST";
@@ -102,9 +124,6 @@ export function admitRequest(
   // signature would change), so a key flooding requests it may not make costs little.
   const early = sessionKeyHex === undefined ? null : (beforeVerify?.(request) ?? null);
   if (early !== null) return early;
-  if (!verify(request.client, requestSigningInput(signed.body), signed.sig)) {
-    return { ok: false, code: "BAD_SIGNATURE", reason: "the request signature does not verify for its client key" };
-  }
   const clientHex = toHex(request.client);
   return { ok: true, request, clientHex, space: spaceOf(clientHex, request) };
 }
@@ -120,7 +139,7 @@ export function verifiedStamp(req: ClientRequest): number | null {
   const admitted = admitRequest({ body: req.body, sig: req.sig });
   if (!admitted.ok) return null;
   if (admitted.space !== req.client || admitted.request.seq !== req.seq || admitted.request.span !== req.span) return null;
-  return admitted.request.op.t === "pub" ? admitted.request.ts : Number.NEGATIVE_INFINITY;
+  return stampOf(admitted.request);
 }
 
 /**
@@ -140,7 +159,12 @@ export function clientRequestValid(req: ClientRequest, atMs: number): boolean {
   return stamp !== null && stampWithinBound(stamp, atMs);
 }
 
-/** A key naming every byte clientRequestValid looked at: header, body and signature. */
-export function verifiedCacheKey(req: ClientRequest): string {
-  return `${req.client}#${req.seq}#${req.span}#${toHex(sha256(req.body))}#${toHex(req.sig)}`;
+/** A key naming every byte clientRequestValid looked at: header, body and signature (`bodyDigest`: sha256 of the body, if already known). */
+export function verifiedCacheKey(req: ClientRequest, bodyDigest: Uint8Array = sha256(req.body)): string {
+  return `${req.client}#${req.seq}#${req.span}#${toHex(bodyDigest)}#${toHex(req.sig)}`;
+}
+
+/** The stamp verifiedStamp gives a request already decoded and verified (a publish's `ts`; -Infinity for admin). */
+export function stampOf(request: Request): number {
+  return request.op.t === "pub" ? request.ts : Number.NEGATIVE_INFINITY;
 }

@@ -60,7 +60,7 @@ test(
 );
 
 test(
-  "the compiled fitb: a demo whose replicas notify READY, unregister, list-channels, set-quota, sub 'sec.*' | head, and kill -9 of the demo leaves no replica",
+  "the compiled fitb: a demo whose replicas notify READY and verify on threads, bench --mix, unregister, list-channels, set-quota, sub 'sec.*' | head, and kill -9 of the demo leaves no replica",
   async () => {
     const binary = join(directory, "fitb");
     expect(statSync(binary).isFile()).toBe(true);
@@ -92,6 +92,12 @@ test(
       expect(pids).toHaveLength(4);
       // Each replica (a child inheriting NOTIFY_SOCKET) said it joined its group.
       await waitFor("READY=1 from the 4 replicas", () => notify.messages().filter((m) => m.startsWith("READY=1")).length === 4, 30_000);
+      // The verification threads' code is in the executable (package.json's build lists it).
+      for (let id = 0; id < 4; id++) {
+        await waitFor(`replica ${id}'s verification threads`, () =>
+          readFileSync(join(dir, `replica-${id}.log`), "utf8").includes('"msg":"verification threads ready"'),
+        );
+      }
       const A = ["--config", join(dir, "cluster.toml"), "--key", join(dir, "admin.key")];
       const C = ["--config", join(dir, "cluster.toml"), "--key", join(dir, "client.key")];
       const client = readFileSync(join(dir, "client.key.pub"), "utf8").trim();
@@ -109,6 +115,25 @@ test(
       expect(await shell.exited).toBe(0);
       expect(readFileSync(rc, "utf8").trim()).toBe("0");
       expect(readFileSync(`${rc}.err`, "utf8")).not.toContain("EPIPE");
+      // bench --mix runs its flood in a thread: its code is in the executable too.
+      const mix = await runIn(directory, [
+        binary,
+        "bench",
+        ...C,
+        "--channel",
+        "sec.alerts",
+        "--events",
+        "200",
+        "--rate",
+        "200",
+        "--mix",
+        "bulk.metrics",
+        "--mix-publishers",
+        "1",
+        "--json",
+      ]);
+      expect(mix.code, mix.stderr).toBe(0);
+      expect((JSON.parse(mix.stdout) as { mix: { low_solo_per_s: number } }).mix.low_solo_per_s).toBeGreaterThan(0);
       const quota = await runIn(directory, [binary, "admin", ...A, "set-quota", client, "--subscriptions", "2"]);
       expect(quota.stdout).toContain(`ok: set the quota of ${client}: 2 subscriptions`);
       const revoked = await runIn(directory, [binary, "admin", ...A, "unregister", "sec.alerts", "--publisher", client]);

@@ -38,8 +38,8 @@ export async function createChannels(admin: FitbClient, publisher: Uint8Array): 
 }
 
 /** A started test cluster with the four example channels, the cluster's client key registered on each. */
-export async function startClusterWithChannels(): Promise<TestCluster> {
-  const cluster = await startCluster();
+export async function startClusterWithChannels(options: Parameters<typeof startCluster>[0] = {}): Promise<TestCluster> {
+  const cluster = await startCluster(options);
   const admin = clientFor(cluster, cluster.adminKey);
   try {
     await createChannels(admin, loadSigningKeyFile(cluster.clientKey).key.publicKey);

@@ -98,8 +98,8 @@ describe("the bound at every replica that accepts a proposal", () => {
   test("the memo key covers header, body and signature, so a swapped body never hits it", () => {
     const good = signed(pub(NOW));
     const swapped: ClientRequest = { ...good, body: encodeRequestBody(pub(NOW, 1, "FORGED")) };
-    const keys = [good, swapped, { ...good, seq: 2 }, { ...good, span: 2 }, { ...good, sig: signed(pub(NOW), other).sig }].map(
-      verifiedCacheKey,
+    const keys = [good, swapped, { ...good, seq: 2 }, { ...good, span: 2 }, { ...good, sig: signed(pub(NOW), other).sig }].map((r) =>
+      verifiedCacheKey(r),
     );
     expect(new Set(keys).size).toBe(keys.length);
     expect(verifiedCacheKey({ ...good })).toBe(verifiedCacheKey(good));

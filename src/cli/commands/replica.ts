@@ -3,6 +3,7 @@
  * runs one replica in the foreground until SIGTERM or SIGINT, logging JSON lines on
  * standard output. Its state lives in the data directory and survives kill -9.
  */
+import { defaultThreads, THREADS_MAX } from "../../threads/verify-pool.ts";
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { bytesEqual } from "../../crypto/encoding.ts";
@@ -65,6 +66,12 @@ export const replicaCommand: Command = {
         "Listen here instead of the replica's host:port in the config (behind NAT, a load balancer or a proxy; 0.0.0.0:PORT for every interface); peers and clients still use the config's address",
     },
     {
+      name: "threads",
+      kind: "string",
+      valueName: "N",
+      description: `Threads verifying client signatures beside the event loop (default: the cores but one, at least 1, at most 8; here ${defaultThreads()}); 0: everything on one thread, for small hosts`,
+    },
+    {
       name: "with-parent",
       kind: "boolean",
       description:
@@ -99,6 +106,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   const dataDir = args.string("data") ?? entry.dataDir;
   const sync = parseSync(args.string("sync") ?? DEFAULT_SYNC_POLICY);
   const listen = parseListen(args.string("listen"));
+  const threads = args.integer("threads", 0, THREADS_MAX) ?? defaultThreads();
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const log = createLog({ replica: id }, level.level);
   for (const warning of loaded.warnings) log.warn(warning);
@@ -113,6 +121,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
       sync,
       listenHost: listen?.host,
       listenPort: listen?.port,
+      threads,
       // The replica logged why; its exit status says what kind of stop it is (systemd restarts it).
       onFatal: (error) => process.exit(error.exitCode),
     });

@@ -1,0 +1,270 @@
+/**
+ * Client signatures verified off the event loop (src/README.md §9): a small pool of
+ * worker threads (verify-worker.ts) takes the ed25519 checks of client requests, so the
+ * thread that owns the sockets, the ordering core and storage does not spend most of its
+ * time in them, and a replica uses more than one core.
+ *
+ * Batches, never single checks: every check asked for in one event-loop turn goes out at
+ * the end of the turn (setImmediate), split over the threads by how much each has in
+ * hand, one message per thread. Answers come back per batch.
+ *
+ * Order: checks asked on one lane (a client session) are answered on that lane in the
+ * order they were asked, whatever thread finished first, so a client's requests reach
+ * the replica in the order it sent them, exactly as without threads.
+ *
+ * Bounds: at most CHECKS_IN_FLIGHT_MAX checks are out at once; past that a check runs
+ * inline (it costs the loop, but nothing waits without bound and nothing is dropped).
+ * `threads: 0` runs every check inline, synchronously (small hosts; the tests compare).
+ *
+ * A thread that fails (throws, or its process runs out of memory) cannot be trusted to
+ * have answered: the pool calls `onFailure`, which stops the replica (fatal.ts); systemd
+ * restarts it.
+ */
+import { sign, verify } from "../crypto/ed25519.ts";
+import { SigningKey } from "../crypto/keys.ts";
+import { workerEntry } from "./entry.ts";
+
+/** A batch to a thread. */
+export interface VerifyBatch {
+  readonly id: number;
+  readonly keys: Uint8Array[];
+  readonly messages: Uint8Array[];
+  readonly sigs: Uint8Array[];
+}
+
+/** A thread's answer: one byte per item, 1 when the signature verifies. */
+export interface VerifyResults {
+  readonly id: number;
+  readonly results: Uint8Array;
+}
+
+/** Checks sent to threads and not yet answered, over all threads. */
+export const CHECKS_IN_FLIGHT_MAX = 16_384;
+/** Most checks in one message to a thread. */
+export const CHECKS_PER_BATCH_MAX = 1_024;
+/** Most threads a replica starts (`--threads`). */
+export const THREADS_MAX = 64;
+
+export interface VerifyPoolOptions {
+  /** Threads to start; 0: verify inline on the calling thread. */
+  readonly threads: number;
+  /** A thread failed: the replica cannot go on. Must not return normally in production. */
+  readonly onFailure: (reason: string) => void;
+  /** Every thread answered a first check correctly (at once with 0 threads). */
+  readonly onReady?: () => void;
+}
+
+/** A check's continuation: called once with whether the signature verifies. */
+export type Verified = (ok: boolean) => void;
+
+interface Check {
+  readonly key: Uint8Array;
+  readonly message: Uint8Array;
+  readonly sig: Uint8Array;
+  readonly lane: Lane | null;
+  /** The check's place in its lane's line (-1 without a lane). */
+  readonly position: number;
+  readonly done: Verified;
+}
+
+interface Thread {
+  readonly worker: Worker;
+  /** Checks sent to this thread and not answered. */
+  inHand: number;
+}
+
+/** The default thread count: the cores but one (the event loop's), at least 1, at most 8. */
+export function defaultThreads(): number {
+  const cores = typeof navigator !== "undefined" ? navigator.hardwareConcurrency : 1;
+  return Math.max(1, Math.min(8, cores - 1));
+}
+
+export class VerifyPool {
+  private readonly threads: Thread[] = [];
+  private queued: Check[] = [];
+  private scheduled = false;
+  private nextId = 1;
+  private inFlight = 0;
+  private readonly sent = new Map<number, { thread: Thread; checks: Check[] }>();
+  private stopped = false;
+  /** Checks verified on a thread, and inline (no threads, or the pool was full). */
+  verifiedOnThreads = 0;
+  verifiedInline = 0;
+
+  constructor(private readonly options: VerifyPoolOptions) {
+    if (!Number.isInteger(options.threads) || options.threads < 0 || options.threads > THREADS_MAX) {
+      throw new RangeError(`threads must be an integer in 0..${THREADS_MAX}, got ${options.threads}`);
+    }
+    for (let i = 0; i < options.threads; i++) this.threads.push(this.startThread(i));
+    this.probe();
+  }
+
+  /**
+   * A good and a forged signature to every thread at start: a thread that cannot load, or
+   * answers wrong, stops the replica before it takes a client, not at its first request.
+   */
+  private probe(): void {
+    const key = SigningKey.generate();
+    const message = new TextEncoder().encode("fitb verification thread probe");
+    const good = sign(key, message);
+    const forged = good.slice();
+    forged[0] = (forged[0] as number) ^ 1;
+    let waiting = this.threads.length * 2;
+    if (waiting === 0) {
+      this.options.onReady?.();
+      return;
+    }
+    const expect = (want: boolean) => (ok: boolean) => {
+      if (ok !== want) return this.fail(`a verification thread answered ${ok} for a ${want ? "good" : "forged"} signature`);
+      if (--waiting === 0) this.options.onReady?.();
+    };
+    for (const thread of this.threads) {
+      this.send(thread, [
+        { key: key.publicKey, message, sig: good, lane: null, position: -1, done: expect(true) },
+        { key: key.publicKey, message, sig: forged, lane: null, position: -1, done: expect(false) },
+      ]);
+    }
+  }
+
+  get threadCount(): number {
+    return this.threads.length;
+  }
+
+  /** A lane whose answers come back in the order its checks were asked (one per client session). */
+  lane(): Lane {
+    return new Lane();
+  }
+
+  /** Verifies `sig` over `message` for `key`; `done` runs once with the outcome (at once when inline). */
+  verify(key: Uint8Array, message: Uint8Array, sig: Uint8Array, done: Verified, lane: Lane | null = null): void {
+    if (this.stopped) return;
+    const check: Check = { key, message, sig, lane, position: lane === null ? -1 : lane.ask(), done };
+    if (this.threads.length === 0 || this.inFlight + this.queued.length >= CHECKS_IN_FLIGHT_MAX) {
+      this.verifiedInline++;
+      this.answer(check, verify(key, message, sig));
+      return;
+    }
+    this.queued.push(check);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  /** Stops every thread; checks not answered are dropped (the replica is stopping). */
+  stop(): void {
+    this.stopped = true;
+    for (const thread of this.threads) void thread.worker.terminate();
+    this.sent.clear();
+    this.queued = [];
+  }
+
+  private startThread(index: number): Thread {
+    const worker = new Worker(workerEntry("threads/verify-worker.ts"));
+    const thread: Thread = { worker, inHand: 0 };
+    worker.onmessage = (event: MessageEvent<VerifyResults>) => this.onResults(event.data);
+    worker.onerror = (event) => this.fail(`verification thread ${index} failed: ${event.message}`);
+    worker.addEventListener("close", () => this.fail(`verification thread ${index} exited`));
+    return thread;
+  }
+
+  private fail(reason: string): void {
+    if (this.stopped) return;
+    this.stop();
+    this.options.onFailure(reason);
+  }
+
+  /** Sends what this turn asked for, in batches, to the threads with least in hand. */
+  private flush(): void {
+    this.scheduled = false;
+    if (this.stopped) return;
+    const checks = this.queued;
+    this.queued = [];
+    for (let start = 0; start < checks.length; ) {
+      // Spread a turn's checks over every thread: each gets an equal share, at most a batch.
+      const share = Math.min(CHECKS_PER_BATCH_MAX, Math.ceil((checks.length - start) / this.threads.length));
+      const batch = checks.slice(start, start + share);
+      start += share;
+      this.send(this.leastBusy(), batch);
+    }
+  }
+
+  private leastBusy(): Thread {
+    let best = this.threads[0] as Thread;
+    for (const thread of this.threads) if (thread.inHand < best.inHand) best = thread;
+    return best;
+  }
+
+  private send(thread: Thread, checks: Check[]): void {
+    const id = this.nextId++;
+    const batch: VerifyBatch = {
+      id,
+      keys: checks.map((c) => c.key),
+      messages: checks.map((c) => c.message),
+      sigs: checks.map((c) => c.sig),
+    };
+    this.sent.set(id, { thread, checks });
+    thread.inHand += checks.length;
+    this.inFlight += checks.length;
+    thread.worker.postMessage(batch);
+  }
+
+  private onResults(answer: VerifyResults): void {
+    const sent = this.sent.get(answer.id);
+    if (sent === undefined) return;
+    this.sent.delete(answer.id);
+    sent.thread.inHand -= sent.checks.length;
+    this.inFlight -= sent.checks.length;
+    if (answer.results.length !== sent.checks.length) {
+      this.fail(`a verification thread answered ${answer.results.length} checks for ${sent.checks.length}`);
+      return;
+    }
+    this.verifiedOnThreads += sent.checks.length;
+    sent.checks.forEach((check, i) => this.answer(check, answer.results[i] === 1));
+  }
+
+  private answer(check: Check, ok: boolean): void {
+    if (check.lane === null) check.done(ok);
+    else check.lane.answer(check.position, () => check.done(ok));
+  }
+}
+
+/**
+ * Answers in the order asked: an answer that overtook an earlier one on the same lane
+ * waits until that one is in.
+ */
+export class Lane {
+  private nextAsked = 0;
+  private nextReleased = 0;
+  private readonly ready = new Map<number, () => void>();
+  private closed = false;
+
+  /** @internal The pool takes a place in line for a check. */
+  ask(): number {
+    return this.nextAsked++;
+  }
+
+  /** @internal The answer for place `position`: released once every earlier place is. */
+  answer(position: number, release: () => void): void {
+    if (this.closed) return;
+    this.ready.set(position, release);
+    for (;;) {
+      const next = this.ready.get(this.nextReleased);
+      if (next === undefined || this.closed) return;
+      this.ready.delete(this.nextReleased);
+      this.nextReleased++;
+      next();
+    }
+  }
+
+  /** The lane's session ended: answers still due are dropped. */
+  close(): void {
+    this.closed = true;
+    this.ready.clear();
+  }
+
+  /** Checks asked and not yet answered. */
+  get pending(): number {
+    return this.nextAsked - this.nextReleased;
+  }
+}

@@ -1,0 +1,111 @@
+/**
+ * The signature-verification threads (src/threads/verify-pool.ts): the same answers as
+ * verifying inline, in ask order per lane whatever thread finished first, batches not
+ * single checks, a bound past which checks run inline, and a dead thread reported.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { sign } from "../../src/crypto/ed25519.ts";
+import { SigningKey } from "../../src/crypto/keys.ts";
+import { VerifyPool } from "../../src/threads/verify-pool.ts";
+import { waitFor } from "../helpers/wait.ts";
+
+const pools: VerifyPool[] = [];
+afterEach(() => {
+  for (const pool of pools.splice(0)) pool.stop();
+});
+
+function pool(threads: number, onFailure: (reason: string) => void = () => {}): VerifyPool {
+  const p = new VerifyPool({ threads, onFailure });
+  pools.push(p);
+  return p;
+}
+
+/** Checks of which every third is forged; sizes vary so threads finish out of order. */
+function checks(count: number): { key: Uint8Array; message: Uint8Array; sig: Uint8Array; valid: boolean }[] {
+  const key = SigningKey.generate();
+  return Array.from({ length: count }, (_, i) => {
+    const message = new Uint8Array(32 + ((i * 7919) % 20_000)).fill(i % 251);
+    const sig = sign(key, message);
+    const valid = i % 3 !== 0;
+    if (!valid) sig[0] = (sig[0] as number) ^ 1;
+    return { key: key.publicKey, message, sig, valid };
+  });
+}
+
+describe("verification threads", () => {
+  test("answers match inline verification, and a lane's answers come in ask order", async () => {
+    const p = pool(3);
+    const lane = p.lane();
+    const items = checks(600);
+    const answers: [number, boolean][] = [];
+    items.forEach((c, i) => p.verify(c.key, c.message, c.sig, (ok) => answers.push([i, ok]), lane));
+    await waitFor("every answer", () => answers.length === items.length, 30_000);
+    expect(answers.map(([i]) => i)).toEqual(items.map((_, i) => i));
+    expect(answers.map(([, ok]) => ok)).toEqual(items.map((c) => c.valid));
+    // Each thread also answered the start probe (a good and a forged signature).
+    expect(p.verifiedOnThreads).toBe(600 + 2 * 3);
+    expect(p.verifiedInline).toBe(0);
+  });
+
+  test("threads 0 verifies inline, at once, with the same answers", () => {
+    const p = pool(0);
+    const items = checks(30);
+    const answers: boolean[] = [];
+    for (const c of items) p.verify(c.key, c.message, c.sig, (ok) => answers.push(ok), p.lane());
+    expect(answers).toEqual(items.map((c) => c.valid));
+    expect(p.verifiedInline).toBe(30);
+  });
+
+  test("a closed lane drops the answers still due", async () => {
+    const p = pool(1);
+    const lane = p.lane();
+    const other = p.lane();
+    const items = checks(4);
+    const seen: string[] = [];
+    for (const c of items) p.verify(c.key, c.message, c.sig, () => seen.push("closed lane"), lane);
+    lane.close();
+    p.verify(
+      items[1]?.key as Uint8Array,
+      items[1]?.message as Uint8Array,
+      items[1]?.sig as Uint8Array,
+      () => seen.push("open lane"),
+      other,
+    );
+    // The open lane's answer comes after the closed lane's checks were answered (one thread, in order).
+    await waitFor("the open lane's answer", () => seen.includes("open lane"), 30_000);
+    expect(seen).toEqual(["open lane"]);
+  });
+
+  test("a thread that dies is reported, and the pool takes no more checks", async () => {
+    const failures: string[] = [];
+    const p = pool(2, (reason) => failures.push(reason));
+    const threads = (p as unknown as { threads: { worker: Worker }[] }).threads;
+    void threads[1]?.worker.terminate();
+    await waitFor("the failure", () => failures.length > 0, 30_000);
+    expect(failures[0]).toContain("verification thread 1");
+    const c = checks(1)[0] as { key: Uint8Array; message: Uint8Array; sig: Uint8Array };
+    let answered = false;
+    p.verify(c.key, c.message, c.sig, () => {
+      answered = true;
+    });
+    expect(answered).toBe(false);
+    expect(failures.length).toBe(1);
+  });
+
+  test("every thread answers a good and a forged probe at start before the pool says it is ready", async () => {
+    let ready = false;
+    const p = new VerifyPool({ threads: 2, onFailure: () => {}, onReady: () => (ready = true) });
+    pools.push(p);
+    expect(ready).toBe(false);
+    await waitFor("ready", () => ready, 30_000);
+    expect(p.verifiedOnThreads).toBe(4);
+    let inlineReady = false;
+    pools.push(new VerifyPool({ threads: 0, onFailure: () => {}, onReady: () => (inlineReady = true) }));
+    expect(inlineReady).toBe(true);
+  });
+
+  test("a thread count out of range is refused", () => {
+    expect(() => new VerifyPool({ threads: -1, onFailure: () => {} })).toThrow("threads must be an integer");
+    expect(() => new VerifyPool({ threads: 65, onFailure: () => {} })).toThrow("threads must be an integer");
+  });
+});
