@@ -41,7 +41,16 @@ import { Metrics } from "./metrics.ts";
 import { EXIT_STATE_UNTRUSTED, OrderingDriver } from "./ordering-driver.ts";
 import { PeerMesh } from "./peers.ts";
 import { ClientLimits } from "./quota.ts";
-import { type Admission, admitUnverified, BAD_SIGNATURE, clockSkewProblem, type Refused, spaceOf, stampOf } from "./requests.ts";
+import {
+  type Admission,
+  admitUnverified,
+  BAD_SIGNATURE,
+  clockSkewProblem,
+  type Refused,
+  spaceOf,
+  stampOf,
+  urgencyOfSpace,
+} from "./requests.ts";
 import { type Lane, VerifyPool } from "../threads/verify-pool.ts";
 import { requestSigningInput } from "../../wire/session.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
@@ -315,6 +324,7 @@ export class Replica {
         this.onVerifiedRequest(session, signed, admitted, frame.after);
       },
       lane,
+      urgencyOfSpace(admitted.space, (tag) => this.machine.priorityOf(tag)),
     );
   }
 

@@ -65,6 +65,8 @@ interface Check {
   /** The check's place in its lane's line (-1 without a lane). */
   readonly position: number;
   readonly done: Verified;
+  /** Higher goes out first (the request's channel priority). */
+  readonly urgency: number;
 }
 
 interface Thread {
@@ -120,8 +122,8 @@ export class VerifyPool {
     };
     for (const thread of this.threads) {
       this.send(thread, [
-        { key: key.publicKey, message, sig: good, lane: null, position: -1, done: expect(true) },
-        { key: key.publicKey, message, sig: forged, lane: null, position: -1, done: expect(false) },
+        { key: key.publicKey, message, sig: good, lane: null, position: -1, done: expect(true), urgency: 0 },
+        { key: key.publicKey, message, sig: forged, lane: null, position: -1, done: expect(false), urgency: 0 },
       ]);
     }
   }
@@ -135,10 +137,14 @@ export class VerifyPool {
     return new Lane();
   }
 
-  /** Verifies `sig` over `message` for `key`; `done` runs once with the outcome (at once when inline). */
-  verify(key: Uint8Array, message: Uint8Array, sig: Uint8Array, done: Verified, lane: Lane | null = null): void {
+  /**
+   * Verifies `sig` over `message` for `key`; `done` runs once with the outcome (at once
+   * when inline). Checks of higher `urgency` (a channel's priority) go out first in the
+   * turn's batches.
+   */
+  verify(key: Uint8Array, message: Uint8Array, sig: Uint8Array, done: Verified, lane: Lane | null = null, urgency = 0): void {
     if (this.stopped) return;
-    const check: Check = { key, message, sig, lane, position: lane === null ? -1 : lane.ask(), done };
+    const check: Check = { key, message, sig, lane, position: lane === null ? -1 : lane.ask(), done, urgency };
     if (this.threads.length === 0 || this.inFlight + this.queued.length >= CHECKS_IN_FLIGHT_MAX) {
       this.verifiedInline++;
       this.answer(check, verify(key, message, sig));
@@ -180,6 +186,8 @@ export class VerifyPool {
     if (this.stopped) return;
     const checks = this.queued;
     this.queued = [];
+    // Most urgent first; the sort is stable, so each urgency keeps its arrival order.
+    if (checks.some((c) => c.urgency !== (checks[0] as Check).urgency)) checks.sort((a, b) => b.urgency - a.urgency);
     for (let start = 0; start < checks.length; ) {
       // Spread a turn's checks over every thread: each gets an equal share, at most a batch.
       const share = Math.min(CHECKS_PER_BATCH_MAX, Math.ceil((checks.length - start) / this.threads.length));

@@ -47,6 +47,19 @@ describe("verification threads", () => {
     expect(p.verifiedInline).toBe(0);
   });
 
+  test("checks asked in one turn go out most urgent first", async () => {
+    const p = pool(1);
+    await waitFor("ready", () => p.verifiedOnThreads === 2, 30_000);
+    const items = checks(6);
+    const order: string[] = [];
+    // Separate lanes (one per session): only urgency orders them.
+    items.forEach((c, i) =>
+      p.verify(c.key, c.message, c.sig, () => order.push(i < 3 ? `low${i}` : `critical${i}`), p.lane(), i < 3 ? 0 : 3),
+    );
+    await waitFor("every answer", () => order.length === 6, 30_000);
+    expect(order).toEqual(["critical3", "critical4", "critical5", "low0", "low1", "low2"]);
+  });
+
   test("threads 0 verifies inline, at once, with the same answers", () => {
     const p = pool(0);
     const items = checks(30);
