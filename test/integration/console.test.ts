@@ -66,7 +66,7 @@ describe("fitb console over HTTP", () => {
       return status?.replicas.filter((r) => r.up).length === 4;
     });
     const seen = status as unknown as { health: string; traffic: { tag: string }[]; latency: object };
-    expect(seen.traffic.map((c) => c.tag)).toEqual(["bulk.metrics", "net.links", "sec.alerts", "sec.ids", "storage.disks"]);
+    expect(seen.traffic.map((c) => c.tag)).toEqual(["net.links", "sec.alerts", "sec.ids", "storage.disks"]);
     expect(Object.keys(seen.latency)).toEqual(["publishAck", "ordering", "storageCommit", "delivery"]);
   }, 30_000);
 

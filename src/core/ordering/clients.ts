@@ -249,7 +249,9 @@ export function admit(state: CoreState, req: ClientRequest, authenticated: boole
   // crowd out the requests the others and this replica's own clients bring.
   if (via !== null && state.pending.countForPeer(via) >= Math.ceil(cfg.pendingRequestsMax / cfg.n)) return "overloaded";
   // Under overload the least urgent are refused first (priority.ts).
-  if (state.pending.total >= poolLimitFor(cfg.pendingRequestsMax, urgencyOf(state.policy, req.client))) return "overloaded";
+  const poolLimit =
+    state.policy.flat === true ? cfg.pendingRequestsMax : poolLimitFor(cfg.pendingRequestsMax, urgencyOf(state.policy, req.client));
+  if (state.pending.total >= poolLimit) return "overloaded";
   if (!state.crypto.verifyRequest(req, null)) {
     if (authenticated) quarantineClient(state, req.client);
     return "bad-signature";

@@ -28,10 +28,12 @@ export const LESS_URGENT_SHARE_PERCENT = 10;
 /** Tells the core how urgent a client's requests are (0..URGENCY_MAX; out-of-range values are clamped). */
 export interface ProposalPolicy {
   urgencyOf(client: string): number;
+  /** No priorities at all: round-robin batch fill, no urgent slots, no shedding by urgency. */
+  readonly flat?: boolean;
 }
 
 /** Every client equally urgent: batch fill is plain round robin (the simulator, tests). */
-export const FLAT_POLICY: ProposalPolicy = { urgencyOf: () => 0 };
+export const FLAT_POLICY: ProposalPolicy = { urgencyOf: () => 0, flat: true };
 
 /** Of the pending-request pool, the share the least urgent may fill, in percent; each urgency up adds POOL_STEP_PERCENT. */
 export const POOL_SHARE_LEAST_PERCENT = 70;
