@@ -5,6 +5,7 @@
  * partition), crashed replicas are back, and at most f replicas are faulty; liveness is
  * judged from then on.
  */
+import { URGENCY_MAX } from "../core/ordering/priority.ts";
 import type { CoreParameters, FaultMode, ReplicaId } from "../core/ordering/index.ts";
 import { Prng } from "./prng.ts";
 
@@ -93,6 +94,8 @@ export interface Scenario {
   correctClients: number;
   requestsPerClient: number;
   clientFaults: ClientFault[];
+  /** Each client key's urgency (channel priority, 0..3) by key index, or null: all equal (core/ordering/priority.ts). */
+  urgency: number[] | null;
 }
 
 /**
@@ -179,6 +182,7 @@ export function makeScenario(seed: number, opts: ScenarioOptions): Scenario {
     correctClients: rng.int(2, 4),
     requestsPerClient: rng.int(8, 24),
     clientFaults: [],
+    urgency: null,
   };
   const light = (): void => {
     s.dropRate = rng.pick([0, 0.01, 0.05]);
@@ -194,6 +198,7 @@ export function makeScenario(seed: number, opts: ScenarioOptions): Scenario {
   let faultBudget = f;
   if (wantsByz && mode === "bft") faultBudget -= addByzantine(s, rng, opts.byzantine, opts.byzantineId, opts.byzantineCount);
   if (opts.byzantine === undefined) addLaterBehaviours(s, seed);
+  if (opts.byzantine === undefined) addPriorities(s, seed);
   if (mix === "crash" || (combined && rng.chance(0.5))) addCrashes(s, rng, faultBudget);
   if (mix === "clients" || (combined && rng.chance(0.5))) addClientFaults(s, rng);
   return s;
@@ -224,6 +229,23 @@ const EXTRA_BEHAVIOURS: readonly ByzBehaviour[] = ["accuse"];
 function addLaterBehaviours(s: Scenario, seed: number): void {
   const rng = new Prng(seed, 9);
   for (const b of s.byzantine) for (const extra of EXTRA_BEHAVIOURS) if (rng.chance(0.3)) b.behaviours = [...b.behaviours, extra];
+}
+
+/**
+ * Channel priorities (core/ordering/priority.ts) and proposing on arrival, from a stream
+ * of their own (11) so earlier seeds keep their scenarios: in half the seeds each client
+ * key gets an urgency, so batch fill by urgency, the urgent pipeline slots, the share kept
+ * for the less urgent, shedding by urgency and the fairness bound run under every fault;
+ * independently, half the seeds propose on arrival as the runtime does.
+ */
+const PRIORITY_KEYS = 16;
+
+function addPriorities(s: Scenario, seed: number): void {
+  const rng = new Prng(seed, 11);
+  const urgency = Array.from({ length: PRIORITY_KEYS }, () => rng.int(0, URGENCY_MAX));
+  if (rng.chance(0.5)) s.urgency = urgency;
+  // The runtime proposes on arrival (batchDelayTicks 0); half the seeds do too.
+  if (rng.chance(0.5)) s.params = { ...s.params, batchDelayTicks: 0 };
 }
 
 function addByzantine(

@@ -29,6 +29,7 @@ import {
   validatePeerMessage,
   weakQuorum,
 } from "../core/ordering/index.ts";
+import { FLAT_POLICY, type ProposalPolicy } from "../core/ordering/priority.ts";
 import { ByzantineReplica } from "./byzantine.ts";
 import { type AppState, Checker, dedupe, genesisApp, nextChain } from "./checkers.ts";
 import { requestBody, type SimCryptoKind, type SimKey, SimKeyring } from "./crypto.ts";
@@ -37,9 +38,14 @@ import { Prng } from "./prng.ts";
 import { type FaultMix, faultyReplicas, makeScenario, type Scenario, type ScenarioOptions } from "./scenario.ts";
 
 /** Builds a replica's core; tests substitute deliberately broken subclasses here. */
-export type CoreFactory = (cfg: CoreConfig, crypto: CoreCrypto, restored?: readonly PersistedRecord[]) => OrderingCore;
+export type CoreFactory = (
+  cfg: CoreConfig,
+  crypto: CoreCrypto,
+  restored?: readonly PersistedRecord[],
+  policy?: ProposalPolicy,
+) => OrderingCore;
 
-export const defaultCoreFactory: CoreFactory = (cfg, crypto, restored) => new OrderingCore(cfg, crypto, restored);
+export const defaultCoreFactory: CoreFactory = (cfg, crypto, restored, policy) => new OrderingCore(cfg, crypto, restored, policy);
 
 export interface RunOptions {
   mix: FaultMix;
@@ -150,6 +156,8 @@ class Simulation {
   twinSideA = new Set<ReplicaId>();
   forgetAt = -1;
   doneAt: number | null = null;
+  /** How urgent each client is to the cores (scenario.urgency), or all equal. */
+  private policy: ProposalPolicy = FLAT_POLICY;
 
   constructor(
     readonly scenario: Scenario,
@@ -164,6 +172,11 @@ class Simulation {
     this.net = new Network(s, this.netRng);
     this.checker = new Checker(this.keyring, () => this.now);
     this.faulty = faultyReplicas(s);
+    // Channel priorities, when the scenario drew them: each client key its own urgency.
+    if (s.urgency !== null) {
+      const byClient = new Map(this.keyring.clients.map((key, i) => [key.publicHex, s.urgency?.[i % s.urgency.length] ?? 0]));
+      this.policy = { urgencyOf: (client) => byClient.get(client) ?? 0 };
+    }
     for (let id = 0; id < s.n; id++) {
       this.cfgs.push(makeConfig({ id, n: s.n, f: s.f, mode: s.mode, clusterId: `sim-${s.seed}` }, s.params));
     }
@@ -215,7 +228,7 @@ class Simulation {
     node.records = records;
     node.life++;
     try {
-      node.core = factory(cfg, this.keyring.cryptoFor(node.id), records.length > 0 ? records : undefined);
+      node.core = factory(cfg, this.keyring.cryptoFor(node.id), records.length > 0 ? records : undefined, this.policy);
     } catch (e) {
       if (node.correct) this.checker.violation(`replica ${node.name} failed to restart: ${(e as Error).message}`);
       node.core = null;
