@@ -39,10 +39,13 @@ import {
   eachRule,
   matchingRule,
   parseClientSeq,
+  parseQuotas,
   parseStatus,
   publishersRule,
+  quotaListings,
   rankRule,
   type ChannelInfo,
+  type KeyQuotaListing,
   type QueryRule,
 } from "./queries.ts";
 import { QueryTracker } from "./query-tracker.ts";
@@ -119,7 +122,8 @@ export type QueryResult =
   | { readonly kind: "list-channels"; readonly value: readonly ChannelListing[] }
   | { readonly kind: "channel-info"; readonly value: ChannelInfo }
   | { readonly kind: "client-seq"; readonly value: number }
-  | { readonly kind: "publishers"; readonly value: readonly Uint8Array[] };
+  | { readonly kind: "publishers"; readonly value: readonly Uint8Array[] }
+  | { readonly kind: "quotas"; readonly value: readonly KeyQuotaListing[] };
 
 export class FitbClient {
   readonly config: ClusterConfig;
@@ -454,6 +458,13 @@ export class FitbClient {
     return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.n, this.f));
   }
 
+  /** The client keys with a quota of their own (set-quota), in ascending key order, from f+1 matching answers. */
+  async listQuotas(): Promise<readonly KeyQuotaListing[]> {
+    const floor = this.floor.value;
+    const body: Query = floor > 0 ? { id: 0, q: "quotas", after: floor } : { id: 0, q: "quotas" };
+    return quotaListings(await this.runQuery(body, matchingRule(this.n, this.f, "quotas", parseQuotas)));
+  }
+
   /** A channel's registered publisher and subscriber keys, from f+1 matching answers. */
   channelKeys(tag: string): Promise<ChannelKeys> {
     checkTag(tag);
@@ -496,6 +507,8 @@ export class FitbClient {
       case "publishers":
         if (tag === undefined) throw new RangeError("publishers needs a tag");
         return { kind, value: await this.publishers(tag) };
+      case "quotas":
+        return { kind, value: await this.listQuotas() };
       default: {
         const unreachable: never = kind;
         throw new RangeError(`unknown query kind ${String(unreachable)}`);

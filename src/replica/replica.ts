@@ -18,7 +18,7 @@ import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
 import { ChannelMachine } from "../core/channels/machine.ts";
-import type { ChannelError, ChannelInfo, StoredBatch, TrimmedError } from "../core/channels/types.ts";
+import type { ChannelError, ChannelInfo, KeyQuota, StoredBatch, TrimmedError } from "../core/channels/types.ts";
 import type { ClientRequest } from "../core/ordering/messages.ts";
 import type { Refusal } from "../core/ordering/types.ts";
 import { type Canonical, tryDecodeCanonical } from "../../wire/canonical.ts";
@@ -642,6 +642,8 @@ export class Replica {
       }
       case "client-seq":
         return answer({ last: this.lastSeqOf(session.keyHex, tag) });
+      case "quotas":
+        return answer({ quotas: this.machine.listQuotas().map(quotaListing) });
       default:
         return refuse("BAD_REQUEST", `unknown query ${q}`);
     }
@@ -703,6 +705,16 @@ export class Replica {
       latency: this.metrics.latencySummary(),
     };
   }
+}
+
+/** A key's quota as the quotas query lists it (PROTOCOL.md section 8): a limit left to the cluster's default is left out. */
+function quotaListing(quota: KeyQuota & { readonly key: Uint8Array }): Canonical {
+  return {
+    key: quota.key,
+    ...(quota.eventsPerSecond === null ? {} : { eventsPerSecond: quota.eventsPerSecond }),
+    ...(quota.bytesPerSecond === null ? {} : { bytesPerSecond: quota.bytesPerSecond }),
+    ...(quota.subscriptions === null ? {} : { subscriptions: quota.subscriptions }),
+  };
 }
 
 /** status() as plain JSON (byte strings are not expected in it; numbers and text only). */
