@@ -20,7 +20,7 @@ function loadKeyBytes(text: string): Buffer {
   return Buffer.from(parsed.key);
 }
 
-function escape(text: string): string {
+function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
 }
 
@@ -99,8 +99,8 @@ describe("admin set-quota", () => {
     );
     const table = (await ok(["admin", ...C, "list-quotas"])).trim().split("\n");
     expect(table[0]).toMatch(/^KEY +EVENTS\/S +BYTES\/S +SUBSCRIPTIONS$/);
-    expect(table).toContainEqual(expect.stringMatching(new RegExp(`^${escape(probe)} +500 +none +4$`)));
-    expect(table).toContainEqual(expect.stringMatching(new RegExp(`^${escape(otherKey)} +default +9000 +default$`)));
+    expect(table).toContainEqual(expect.stringMatching(new RegExp(`^${escapeRegExp(probe)} +500 +none +4$`)));
+    expect(table).toContainEqual(expect.stringMatching(new RegExp(`^${escapeRegExp(otherKey)} +default +9000 +default$`)));
     await setQuota(probe, []);
     await setQuota(otherKey, []);
     expect((await ok(["admin", ...A, "list-quotas"])).trim()).toBe("no quotas (every key has the cluster's [limits] defaults)");
