@@ -33,7 +33,14 @@ import { summarizeStatus, type ClusterStatus } from "./cluster-status.ts";
 import type { ReplicaConnection } from "./connection.ts";
 import { ClientClosedError, ClientError, InvalidInputError, NoQuorumError, QueueFullError, ReplicaUnreachableError } from "./errors.ts";
 import { ExecutedFloor } from "./executed-floor.ts";
-import { resolveOptions, type ClientLimits, type ClientTimeouts, type FitbClientOptions, type ResolvedOptions } from "./options.ts";
+import {
+  PREFERRED_RETRY_MS_MAX,
+  resolveOptions,
+  type ClientLimits,
+  type ClientTimeouts,
+  type FitbClientOptions,
+  type ResolvedOptions,
+} from "./options.ts";
 import {
   channelInfoRule,
   eachRule,
@@ -172,6 +179,11 @@ export class FitbClient {
         sessionTimeoutMs: timeouts.sessionMs,
         pingIntervalMs: timeouts.pingIntervalMs,
         idleTimeoutMs: timeouts.idleMs,
+        failover: {
+          silenceMs: timeouts.addressSilenceMs,
+          preferredRetryMsMin: timeouts.preferredRetryMs,
+          preferredRetryMsMax: Math.max(timeouts.preferredRetryMs, PREFERRED_RETRY_MS_MAX),
+        },
         backoff: this.options.backoff,
         random: this.options.random,
         now: this.options.now,
@@ -642,8 +654,11 @@ export class FitbClient {
     const id = connection.id;
     // waitForSessions looks again: this may have been the refusal that leaves no quorum.
     for (const wake of this.readyWaiters.splice(0)) wake();
-    // Report the first failure after being up (or the first ever), not every retry.
+    // Report the first failure after being up (or the first ever), not every retry; a
+    // multi-homed replica's every move to another address.
     if (connection.consecutiveFailures === 1) this.log("warn", error.message, id);
+    else if (connection.multiHomed && connection.consecutiveFailures === 0)
+      this.log("warn", `${error.message}; dialling ${connection.address} next`, id);
     this.requests.onDown(id);
     this.queries.onDown(id);
     this.subscriptions.onDown(id);

@@ -56,9 +56,14 @@ export interface ReplicaOptions {
   readonly id: number;
   readonly key: SigningKey;
   readonly log: Log;
-  /** Where to listen (defaults to the config's host and port, which peers and clients still use). */
+  /**
+   * Where to listen (defaults to the config's host and port, which peers and clients still
+   * use, and each of the config's further `hosts` at that port).
+   */
   readonly listenHost?: string;
   readonly listenPort?: number;
+  /** More addresses to listen on besides listenHost:listenPort (a repeated --listen). */
+  readonly listenAlso?: readonly { readonly host: string; readonly port: number }[];
   /** The data directory (defaults to the config's data_dir for this replica). */
   readonly dataDir?: string;
   /** When commits are fsynced (default: before anything that depends on them is sent). */
@@ -174,6 +179,11 @@ export class Replica {
       self: id,
       host: options.listenHost ?? self.host,
       port: options.listenPort ?? self.port,
+      // A multi-homed replica listens on each of its addresses, unless told where to listen.
+      alsoListen:
+        options.listenHost === undefined && options.listenPort === undefined
+          ? self.hosts.map((host) => ({ host, port: self.port }))
+          : (options.listenAlso ?? []),
       key,
       frameBytesMax: config.limits.frameBytesMax,
       mesh: this.mesh,
@@ -698,7 +708,7 @@ export class Replica {
       channels: this.machine.channelCount,
       subscriptions: this.subs.count,
       heldForExecution: this.gate.size,
-      peers: this.mesh.status().map((peer) => ({ id: peer.id, up: peer.up, lag: this.ordering.peerLag(peer.id) })),
+      peers: this.mesh.status().map((peer) => ({ id: peer.id, up: peer.up, lag: this.ordering.peerLag(peer.id), address: peer.address })),
       uptimeMs: Date.now() - this.startedMs,
       // For `fitb top`: counters it turns into rates, histograms into recent latency.
       traffic: this.channelMetrics.traffic(),
