@@ -37,6 +37,13 @@ const RETRY_PAUSE_MS = 50;
 /** Bound on every wait of a row (only reached when the row fails). */
 const WAIT_MS = 90_000;
 
+/**
+ * The longest stall the cut-network row allows: a silent session is given up after 3 s
+ * (clients; 2.5 s for peer links), then the next address is dialled at once. Well under
+ * the row's 10 s hold, which is the stall without failover.
+ */
+export const CUT_NETWORK_STALL_MS_MAX = 8_000;
+
 /** What a fault does to the group: `apply` starts it, `heal` ends it; `holdMs` between. */
 export interface Fault {
   readonly name: string;
@@ -46,6 +53,8 @@ export interface Fault {
   readonly proxied?: boolean;
   /** Each replica keeps its data on a tmpfs of its own that the fault can shrink (disk full). */
   readonly smallDisks?: boolean;
+  /** Networks every host is on (default 1); with more, each replica lists its further addresses (`hosts`). */
+  readonly networks?: number;
   apply(group: FaultGroup): Promise<void> | void;
   heal(group: FaultGroup): Promise<void> | void;
 }
@@ -53,6 +62,8 @@ export interface Fault {
 export interface FaultRow {
   readonly fault: string;
   readonly acked: number;
+  /** Events acknowledged while the fault was in force (between apply and heal). */
+  readonly ackedDuringFault: number;
   readonly delivered: number;
   readonly lost: number;
   readonly duplicated: number;
@@ -352,6 +363,14 @@ export const FAULTS: readonly Fault[] = [
     heal: (g) => g.freeDisk((g.leader + 1) % REPLICAS),
   },
   {
+    name: "cut-network",
+    what: "replicas on two networks; the preferred one (clients' too) goes dark, then comes back",
+    holdMs: 10_000,
+    networks: 2,
+    apply: (g) => g.net.cutNetwork(0),
+    heal: (g) => g.net.restoreNetwork(0),
+  },
+  {
     name: "pause-and-kill",
     what: "the leader paused while a follower is killed (two faults at once; f = 1 is exceeded, so no progress until healed)",
     holdMs: 4_000,
@@ -372,12 +391,18 @@ export function faultNamed(name: string): Fault {
   return fault;
 }
 
-/** Writes the group's cluster file with each replica on its own host. */
+/** Writes the group's cluster file with each replica on its own host (and its further addresses on further networks). */
 function clusterFiles(net: TestNetwork, dir: string): { configPath: string; adminKey: string; clientKey: string } {
-  const init = initCluster({ dir, replicas: REPLICAS, host: "127.0.0.1", basePort: PORT, name: "faults", overwrite: false });
+  const init = initCluster({
+    dir,
+    replicas: REPLICAS,
+    host: "127.0.0.1",
+    addresses: net.hosts.map((host) => ({ host: host.address, hosts: host.addresses.slice(1) })),
+    basePort: PORT,
+    name: "faults",
+    overwrite: false,
+  });
   let text = readFileSync(init.configPath, "utf8");
-  let id = 0;
-  text = text.replace(/^host = "127\.0\.0\.1"$/gm, () => `host = "${net.host(id++).address}"`);
   text = text.replace(/^port = \d+$/gm, `port = ${PORT}`);
   writeFileSync(init.configPath, text);
   return { configPath: init.configPath, adminKey: init.adminKeyFile, clientKey: init.clientKeyFile };
@@ -399,7 +424,7 @@ export async function runFault(
   replicaCommand: readonly string[],
   progress: (line: string) => void = () => {},
 ): Promise<FaultRow> {
-  const net = TestNetwork.create(REPLICAS);
+  const net = TestNetwork.create(REPLICAS, fault.networks ?? 1);
   const dir = mkdtempSync(join(tmpdir(), "fitb-faults-"));
   const files = clusterFiles(net, dir);
   const group = new FaultGroup(net, files.configPath, replicaCommand, fault.proxied === true);
@@ -456,7 +481,9 @@ export async function runFault(
     group.leader = (await admin.status()).leader ?? 0;
     progress(`${fault.name}: applying (${fault.what}; leader is replica ${group.leader})`);
     await fault.apply(group);
+    const ackedAtFault = stream.acked.length;
     await Bun.sleep(fault.holdMs);
+    const ackedDuringFault = stream.acked.length - ackedAtFault;
     const beforeHeal = ackedRequests();
     await fault.heal(group);
     const healedAt = Date.now();
@@ -486,6 +513,7 @@ export async function runFault(
     return {
       fault: fault.name,
       acked: stream.acked.length,
+      ackedDuringFault,
       delivered: live.events.length,
       lost: count(/^acknowledged /),
       duplicated: count(/appears twice/),

@@ -436,8 +436,13 @@ describe("multi-homed replicas (hosts)", () => {
       'replicas[1].hosts[1]: expected a hostname, an IPv4 address or an IPv6 address (without brackets), got "999.1.1.1"',
     );
     expect(onlyError(withHosts('hosts = "10.1.0.2"'))).toStartWith("replicas[1].hosts: expected an array of at most 8 further addresses");
-    expect(onlyError(withHosts('hosts = ["127.0.0.1"]'))).toBe("replicas[1].hosts[0]: address 127.0.0.1:7101 is already used by this replica");
-    const text = validToml(4).replace(/(\[\[replicas\]\]\nid = 1\nhost = "127\.0\.0\.1"\n)port = 7101/, '$1hosts = ["10.9.0.1"]\nport = 7100');
+    expect(onlyError(withHosts('hosts = ["127.0.0.1"]'))).toBe(
+      "replicas[1].hosts[0]: address 127.0.0.1:7101 is already used by this replica",
+    );
+    const text = validToml(4).replace(
+      /(\[\[replicas\]\]\nid = 1\nhost = "127\.0\.0\.1"\n)port = 7101/,
+      '$1hosts = ["10.9.0.1"]\nport = 7100',
+    );
     expect(errorsOf(text).map(formatConfigIssue)).toContain("replicas[1].port: address 127.0.0.1:7100 is already used by replicas[0]");
     const many = Array.from({ length: 9 }, (_, i) => `"10.1.0.${i + 1}"`).join(", ");
     expect(onlyError(withHosts(`hosts = [${many}]`))).toStartWith("replicas[1].hosts: expected an array of at most 8 further addresses");

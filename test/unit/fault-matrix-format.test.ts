@@ -20,6 +20,7 @@ describe("fault matrix", () => {
     const row = {
       fault: "kill-all",
       acked: 12,
+      ackedDuringFault: 4,
       delivered: 12,
       lost: 0,
       duplicated: 0,
