@@ -96,7 +96,10 @@ const statusSchema = z.object({
   channels: z.int().min(0),
   /** Answers held until the replica has executed what the client saw (read-your-writes). */
   heldForExecution: z.int().min(0).optional(),
-  peers: z.array(z.object({ id: z.int().min(0), up: z.boolean(), lag: z.int().min(0).optional() })).optional(),
+  /** The replica's links to its peers; `address`: where it reaches that peer (multi-homed peers have several). */
+  peers: z
+    .array(z.object({ id: z.int().min(0), up: z.boolean(), lag: z.int().min(0).optional(), address: z.string().max(300).optional() }))
+    .optional(),
   /** Per-channel counters since the replica started (`fitb top` turns them into rates). */
   traffic: z
     .array(

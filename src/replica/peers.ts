@@ -127,7 +127,14 @@ interface OutboundLink {
   /** Set on that second connection: the link it replaces once its handshake is done. */
   readonly preferredFor: OutboundLink | null;
   /** The data of the socket this link dialled last: its callbacks act on `data.link`. */
-  socketData: { conn: FramedConn | null; link: OutboundLink } | null;
+  socketData: DialData | null;
+}
+
+/** A dial's socket data; `abandoned`: its TCP connect took too long or its link moved on, so it is closed if it ever opens. */
+interface DialData {
+  conn: FramedConn | null;
+  link: OutboundLink;
+  abandoned: boolean;
 }
 
 interface InboundLink {
@@ -224,15 +231,29 @@ export class PeerMesh {
     const mesh = this;
     // `link` is read from the socket's data: a connection to the preferred address moves
     // onto the link it replaces once its handshake is done (adoptPreferred).
-    Bun.connect<{ conn: FramedConn | null; link: OutboundLink }>({
+    const data: DialData = { conn: null, link, abandoned: false };
+    link.socketData = data;
+    if (link.hosts.length > 1) {
+      // A dark address may leave a TCP connect hanging for minutes: a multi-homed peer has
+      // other addresses to try, so the connect is bounded like the handshake.
+      setTimeout(() => {
+        if (data.conn !== null || data.abandoned) return;
+        data.abandoned = true;
+        if (data.link.socketData === data) mesh.linkDown(data.link, `no TCP connection within ${PEER_HANDSHAKE_MS_MAX} ms`);
+      }, PEER_HANDSHAKE_MS_MAX);
+    }
+    Bun.connect<DialData>({
       hostname: link.hosts[link.hostIndex] as string,
       port: link.peer.port,
-      data: { conn: null, link },
+      data,
       socket: {
         open(socket) {
+          if (socket.data.abandoned) {
+            socket.terminate();
+            return;
+          }
           const conn = new FramedConn(socket as Socket<unknown>, mesh.options.frameBytesMax, PEER_OUTBOUND_BYTES_MAX);
           socket.data.conn = conn;
-          socket.data.link.socketData = socket.data;
           mesh.beginHandshake(socket.data.link, conn);
         },
         data(socket, chunk) {
@@ -250,10 +271,12 @@ export class PeerMesh {
           mesh.options.log.debug("peer link error", { peer: socket.data.link.peer.id, error: error.message });
         },
         connectError(socket, error) {
-          mesh.linkDown(socket.data.link, error.message);
+          if (!socket.data.abandoned) mesh.linkDown(socket.data.link, error.message);
         },
       },
-    }).catch((error: Error) => mesh.linkDown(link, error.message));
+    }).catch((error: Error) => {
+      if (!data.abandoned) mesh.linkDown(data.link, error.message);
+    });
   }
 
   private beginHandshake(link: OutboundLink, conn: FramedConn): void {
@@ -424,6 +447,7 @@ export class PeerMesh {
     // The socket's callbacks now act on the link itself.
     if (attempt.socketData !== null) attempt.socketData.link = link;
     link.socketData = attempt.socketData;
+    attempt.socketData = null;
     old?.close();
     this.startLiveness(link);
     this.options.metrics.inc("peer_links_back_to_preferred_total");
@@ -441,6 +465,8 @@ export class PeerMesh {
     link.preferred = null;
     if (attempt === null) return;
     if (attempt.timer !== null) clearTimeout(attempt.timer);
+    // A connect still pending is closed if it ever opens.
+    if (attempt.socketData !== null) attempt.socketData.abandoned = true;
     const conn = attempt.conn;
     attempt.conn = null;
     attempt.phase = "closed";
@@ -449,7 +475,8 @@ export class PeerMesh {
 
   private failOutbound(link: OutboundLink, conn: FramedConn, reason: string): void {
     this.options.metrics.inc("peer_handshake_failed_total");
-    this.options.log.warn("peer link failed", { peer: link.peer.id, reason });
+    const what = link.preferredFor === null ? "peer link failed" : "peer link to the preferred address failed";
+    this.options.log.warn(what, { peer: link.peer.id, reason });
     conn.close();
     this.linkDown(link, reason);
   }

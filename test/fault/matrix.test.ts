@@ -37,6 +37,8 @@ describe.skipIf(unavailable !== null)("the fault matrix on namespaced hosts", ()
       expect(row.delivered).toBe(row.acked);
       expect(row.ackedDuringFault, formatRows([row])).toBeGreaterThan(0);
       expect(row.longestStallMs, formatRows([row])).toBeLessThan(CUT_NETWORK_STALL_MS_MAX);
+      // runFault waited for every peer link and client session to be back on the preferred network.
+      expect(row.backOnPreferredMs).not.toBeNull();
     },
     ROW_TIMEOUT_MS,
   );

@@ -71,6 +71,8 @@ export interface FaultRow {
   readonly forged: number;
   readonly longestStallMs: number;
   readonly recoveryMs: number;
+  /** Multi-network rows: from the heal until every peer link and the admin client's sessions are back on network 0. */
+  readonly backOnPreferredMs: number | null;
   readonly problems: readonly string[];
 }
 
@@ -490,6 +492,12 @@ export async function runFault(
     progress(`${fault.name}: healed; waiting for ${REQUESTS_AFTER} more acknowledged publishes`);
     await waitFor("publishes to be acknowledged again after healing", () => ackedRequests() > beforeHeal, WAIT_MS);
     const recoveryMs = Date.now() - healedAt;
+    let backOnPreferredMs: number | null = null;
+    if (net.networks > 1) {
+      await waitFor("every peer link and client session back on the preferred network", () => onPreferredNetwork(admin, net), WAIT_MS);
+      backOnPreferredMs = Date.now() - healedAt;
+      progress(`${fault.name}: every link back on the preferred network ${(backOnPreferredMs / 1000).toFixed(1)} s after the heal`);
+    }
     await waitFor("acknowledged publishes after healing", () => ackedRequests() >= beforeHeal + REQUESTS_AFTER, WAIT_MS);
     running = false;
     await publishing;
@@ -521,6 +529,7 @@ export async function runFault(
       forged: count(/never published|live delivered/),
       longestStallMs,
       recoveryMs,
+      backOnPreferredMs,
       problems,
     };
   } catch (error) {
@@ -534,6 +543,19 @@ export async function runFault(
     net.destroy();
     if (process.env.FITB_KEEP_TEST_DIRS === undefined) rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** Whether every replica reaches every peer, and `client` reaches every replica, at its network-0 address. */
+async function onPreferredNetwork(client: FitbClient, net: TestNetwork): Promise<boolean> {
+  const status = await client.status().catch(() => null);
+  if (status === null) return false;
+  const preferred = (id: number): string => `${net.host(id).address}:${PORT}`;
+  return status.replicas.every((replica) => {
+    const answer = replica.answer;
+    if (!replica.connected || replica.address !== preferred(replica.id) || answer === null || !answer.ok) return false;
+    const peers = answer.value.peers ?? [];
+    return peers.length === REPLICAS - 1 && peers.every((peer) => peer.up && peer.address === preferred(peer.id));
+  });
 }
 
 /** The channel's history from seq 1 to `last`, read by a fresh subscription. */

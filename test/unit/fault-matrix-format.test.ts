@@ -28,6 +28,7 @@ describe("fault matrix", () => {
       forged: 0,
       longestStallMs: 3100,
       recoveryMs: 2000,
+      backOnPreferredMs: null,
       problems: [],
     };
     const lines = formatRows([row, { ...row, fault: "split-2-2", acked: 1234 }]).split("\n");
