@@ -181,7 +181,7 @@ export class PeerMesh {
     return [...this.outbound.values()].map((link) => ({
       id: link.peer.id,
       up: link.phase === "open",
-      address: formatAddress(link.hosts[link.hostIndex] as string, link.peer.port),
+      address: linkAddress(link),
     }));
   }
 
@@ -244,7 +244,7 @@ export class PeerMesh {
     }
     Bun.connect<DialData>({
       hostname: link.hosts[link.hostIndex] as string,
-      port: link.peer.port,
+      port: dialPort(link.peer),
       data,
       socket: {
         open(socket) {
@@ -372,7 +372,7 @@ export class PeerMesh {
     this.startLiveness(link);
     this.options.log.info("peer link up", {
       peer: link.peer.id,
-      address: formatAddress(link.hosts[link.hostIndex] as string, link.peer.port),
+      address: linkAddress(link),
     });
     this.options.onPeerUp?.(link.peer.id);
   }
@@ -393,7 +393,7 @@ export class PeerMesh {
         this.options.metrics.inc("peer_links_silent_total");
         this.options.log.warn("peer link silent; trying the peer's next address", {
           peer: link.peer.id,
-          address: formatAddress(link.hosts[link.hostIndex] as string, link.peer.port),
+          address: linkAddress(link),
           silentMs,
         });
         conn.close();
@@ -434,7 +434,7 @@ export class PeerMesh {
       return;
     }
     const old = link.conn;
-    const from = formatAddress(link.hosts[link.hostIndex] as string, link.peer.port);
+    const from = linkAddress(link);
     link.conn = conn;
     link.keys = attempt.keys;
     link.hello = attempt.hello;
@@ -454,7 +454,7 @@ export class PeerMesh {
     this.options.log.info("peer link back on the preferred address", {
       peer: link.peer.id,
       from,
-      address: formatAddress(link.hosts[0] as string, link.peer.port),
+      address: formatAddress(link.hosts[0] as string, dialPort(link.peer)),
     });
   }
 
@@ -496,7 +496,7 @@ export class PeerMesh {
     }
     if (link.phase === "closed" && link.timer !== null) return;
     const wasOpen = link.phase === "open";
-    const address = formatAddress(link.hosts[link.hostIndex] as string, link.peer.port);
+    const address = linkAddress(link);
     link.phase = "closed";
     link.conn = null;
     link.keys = null;
@@ -516,7 +516,7 @@ export class PeerMesh {
         this.options.log.info("peer address failed; dialling its next address", {
           peer: link.peer.id,
           failed: address,
-          next: formatAddress(link.hosts[link.hostIndex] as string, link.peer.port),
+          next: linkAddress(link),
           reason,
         });
         link.timer = setTimeout(() => this.dial(link), 0);
@@ -633,6 +633,16 @@ export class PeerMesh {
   inboundClosed(conn: FramedConn): void {
     for (const [id, c] of this.inbound) if (c === conn) this.inbound.delete(id);
   }
+}
+
+/** The port peers dial at every one of a replica's addresses. */
+function dialPort(peer: ReplicaEntry): number {
+  return peer.port;
+}
+
+/** `host:port` of the address a link dials or uses now. */
+function linkAddress(link: OutboundLink): string {
+  return formatAddress(link.hosts[link.hostIndex] as string, dialPort(link.peer));
 }
 
 function newOutboundLink(
