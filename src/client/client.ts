@@ -645,6 +645,8 @@ export class FitbClient {
     return this.group.connections.filter(
       (connection) =>
         !connection.isReady &&
+        // A multi-homed replica that refused at one address may still answer at the next.
+        !connection.tryingNextAddress &&
         connection.lastError instanceof ReplicaUnreachableError &&
         DEFINITE_REFUSALS.has(connection.lastError.detail),
     ).length;

@@ -161,6 +161,11 @@ export class ReplicaConnection {
     return formatAddress(this.hosts[this.hostIndex] as string, this.endpoint.port);
   }
 
+  /** Whether an address failed since the last session and another one is being tried before the backoff. */
+  get tryingNextAddress(): boolean {
+    return this.failedHosts > 0;
+  }
+
   /** Whether the replica lists more than one address. */
   get multiHomed(): boolean {
     return this.hosts.length > 1;
