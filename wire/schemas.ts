@@ -249,7 +249,7 @@ export const replySchema = z.discriminatedUnion("ok", [
   }),
 ]);
 
-export const QUERY_KINDS = ["status", "list-channels", "client-seq", "channel-info", "publishers"] as const;
+export const QUERY_KINDS = ["status", "list-channels", "client-seq", "channel-info", "publishers", "quotas"] as const;
 
 // `after` (QUERY, SUBSCRIBE) and `at` (QUERY_REPLY, SUB_OK, SUB_END, REPLY) carry decided
 // seqs for read-your-writes: PROTOCOL.md section 6.3.
@@ -267,6 +267,8 @@ export const querySchema = z.discriminatedUnion("q", [
   }),
   // The keys registered as publishers of a channel: what subscribers of crash-fault channels filter by.
   z.strictObject({ id: uintSchema, q: z.literal("publishers"), tag: tagSchema, after: uintSchema.optional() }),
+  // The client keys with a quota of their own (set-quota) and their limits.
+  z.strictObject({ id: uintSchema, q: z.literal("quotas"), after: uintSchema.optional() }),
 ]);
 
 export const queryReplySchema = z.discriminatedUnion("ok", [

@@ -33,16 +33,26 @@ import { summarizeStatus, type ClusterStatus } from "./cluster-status.ts";
 import type { ReplicaConnection } from "./connection.ts";
 import { ClientClosedError, ClientError, InvalidInputError, NoQuorumError, QueueFullError, ReplicaUnreachableError } from "./errors.ts";
 import { ExecutedFloor } from "./executed-floor.ts";
-import { resolveOptions, type ClientLimits, type ClientTimeouts, type FitbClientOptions, type ResolvedOptions } from "./options.ts";
+import {
+  PREFERRED_RETRY_MS_MAX,
+  resolveOptions,
+  type ClientLimits,
+  type ClientTimeouts,
+  type FitbClientOptions,
+  type ResolvedOptions,
+} from "./options.ts";
 import {
   channelInfoRule,
   eachRule,
   matchingRule,
   parseClientSeq,
+  parseQuotas,
   parseStatus,
   publishersRule,
+  quotaListings,
   rankRule,
   type ChannelInfo,
+  type KeyQuotaListing,
   type QueryRule,
 } from "./queries.ts";
 import { QueryTracker } from "./query-tracker.ts";
@@ -119,7 +129,8 @@ export type QueryResult =
   | { readonly kind: "list-channels"; readonly value: readonly ChannelListing[] }
   | { readonly kind: "channel-info"; readonly value: ChannelInfo }
   | { readonly kind: "client-seq"; readonly value: number }
-  | { readonly kind: "publishers"; readonly value: readonly Uint8Array[] };
+  | { readonly kind: "publishers"; readonly value: readonly Uint8Array[] }
+  | { readonly kind: "quotas"; readonly value: readonly KeyQuotaListing[] };
 
 export class FitbClient {
   readonly config: ClusterConfig;
@@ -168,6 +179,11 @@ export class FitbClient {
         sessionTimeoutMs: timeouts.sessionMs,
         pingIntervalMs: timeouts.pingIntervalMs,
         idleTimeoutMs: timeouts.idleMs,
+        failover: {
+          silenceMs: timeouts.addressSilenceMs,
+          preferredRetryMsMin: timeouts.preferredRetryMs,
+          preferredRetryMsMax: Math.max(timeouts.preferredRetryMs, PREFERRED_RETRY_MS_MAX),
+        },
         backoff: this.options.backoff,
         random: this.options.random,
         now: this.options.now,
@@ -454,6 +470,13 @@ export class FitbClient {
     return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.n, this.f));
   }
 
+  /** The client keys with a quota of their own (set-quota), in ascending key order, from f+1 matching answers. */
+  async listQuotas(): Promise<readonly KeyQuotaListing[]> {
+    const floor = this.floor.value;
+    const body: Query = floor > 0 ? { id: 0, q: "quotas", after: floor } : { id: 0, q: "quotas" };
+    return quotaListings(await this.runQuery(body, matchingRule(this.n, this.f, "quotas", parseQuotas)));
+  }
+
   /** A channel's registered publisher and subscriber keys, from f+1 matching answers. */
   channelKeys(tag: string): Promise<ChannelKeys> {
     checkTag(tag);
@@ -496,6 +519,8 @@ export class FitbClient {
       case "publishers":
         if (tag === undefined) throw new RangeError("publishers needs a tag");
         return { kind, value: await this.publishers(tag) };
+      case "quotas":
+        return { kind, value: await this.listQuotas() };
       default: {
         const unreachable: never = kind;
         throw new RangeError(`unknown query kind ${String(unreachable)}`);
@@ -620,6 +645,8 @@ export class FitbClient {
     return this.group.connections.filter(
       (connection) =>
         !connection.isReady &&
+        // A multi-homed replica that refused at one address may still answer at the next.
+        !connection.tryingNextAddress &&
         connection.lastError instanceof ReplicaUnreachableError &&
         DEFINITE_REFUSALS.has(connection.lastError.detail),
     ).length;
@@ -629,8 +656,11 @@ export class FitbClient {
     const id = connection.id;
     // waitForSessions looks again: this may have been the refusal that leaves no quorum.
     for (const wake of this.readyWaiters.splice(0)) wake();
-    // Report the first failure after being up (or the first ever), not every retry.
+    // Report the first failure after being up (or the first ever), not every retry; a
+    // multi-homed replica's every move to another address.
     if (connection.consecutiveFailures === 1) this.log("warn", error.message, id);
+    else if (connection.multiHomed && connection.consecutiveFailures === 0)
+      this.log("warn", `${error.message}; dialling ${connection.address} next`, id);
     this.requests.onDown(id);
     this.queries.onDown(id);
     this.subscriptions.onDown(id);

@@ -13,6 +13,15 @@
  * re-send what this replica has not answered), a validated frame arrived, and the
  * connection went down (with a typed error saying why). Frames are attributed to the
  * replica this connection dialled and authenticated, never to an id a frame claims.
+ *
+ * A multi-homed replica (`hosts` in the cluster file) is dialled at its preferred address
+ * first and at the next one when an attempt fails or the session goes silent; on such a
+ * replica the keepalive is tighter (a PING after a third of `failover.silenceMs` without
+ * receiving, the session given up after `silenceMs`). While on another address the
+ * preferred one is probed in the background (TCP connect, HELLO, and a HELLO_ACK signed by
+ * the replica's key; no session is opened), every `preferredRetryMsMin`, doubling to
+ * `preferredRetryMsMax` while it fails; once a probe passes, the session moves back to the
+ * preferred address (reported down, then ready again, like any reconnect).
  */
 import type { Socket } from "bun";
 import { FrameDecoder } from "../../wire/frame.ts";
@@ -28,9 +37,23 @@ import { checkHelloAck, type ClientHandshake, clientHello, type ExpectedReplica 
 
 /** A replica as the client dials it: the cluster file's entry. */
 export interface ReplicaEndpoint extends ExpectedReplica {
+  /** The preferred address. */
   readonly host: string;
+  /** Further addresses of a multi-homed replica (same port), tried in order after `host`. */
+  readonly hosts?: readonly string[];
   readonly port: number;
 }
+
+/** Liveness and failover timing for multi-homed replicas. */
+export interface FailoverTiming {
+  /** A session to a multi-homed replica that receives nothing for this long moves to the next address. */
+  readonly silenceMs: number;
+  /** While on another address, the preferred one is probed after this long, doubling to the max while it fails. */
+  readonly preferredRetryMsMin: number;
+  readonly preferredRetryMsMax: number;
+}
+
+export const DEFAULT_FAILOVER: FailoverTiming = { silenceMs: 3_000, preferredRetryMsMin: 2_000, preferredRetryMsMax: 30_000 };
 
 export interface ConnectionOptions {
   /** Largest frame accepted from the replica and sent to it (the cluster's frame_bytes_max). */
@@ -48,6 +71,8 @@ export interface ConnectionOptions {
   readonly random: () => number;
   /** Clock for keepalive bookkeeping. */
   readonly now: () => number;
+  /** For multi-homed replicas; DEFAULT_FAILOVER when absent. */
+  readonly failover?: FailoverTiming;
 }
 
 export type ConnectionState =
@@ -76,8 +101,16 @@ type TcpSocket = Socket<undefined>;
 
 export class ReplicaConnection {
   readonly id: number;
-  readonly address: string;
   private readonly endpoint: ReplicaEndpoint;
+  /** The replica's addresses, the preferred first, and the one dialled or in use. */
+  private readonly hosts: readonly string[];
+  private hostIndex = 0;
+  /** Addresses that failed since the last session: when all have, the backoff applies. */
+  private failedHosts = 0;
+  private readonly failover: FailoverTiming;
+  private preferredRetryMs: number;
+  private preferredTimer: ReturnType<typeof setTimeout> | null = null;
+  private probe: { socket: TcpSocket | null; timer: ReturnType<typeof setTimeout> } | null = null;
   private readonly key: SigningKey;
   private readonly events: ConnectionEvents;
   private readonly options: ConnectionOptions;
@@ -109,7 +142,10 @@ export class ReplicaConnection {
     }
     this.endpoint = endpoint;
     this.id = endpoint.id;
-    this.address = formatAddress(endpoint.host, endpoint.port);
+    this.hosts = [endpoint.host, ...(endpoint.hosts ?? [])];
+    this.failover = options.failover ?? DEFAULT_FAILOVER;
+    if (this.hosts.length > 1 && this.failover.silenceMs < 3) throw new RangeError("failover.silenceMs must be at least 3 ms");
+    this.preferredRetryMs = this.failover.preferredRetryMsMin;
     this.key = key;
     this.events = events;
     this.options = options;
@@ -118,6 +154,21 @@ export class ReplicaConnection {
 
   get state(): ConnectionState {
     return this.currentState;
+  }
+
+  /** The address dialled or in use now (`host:port`). */
+  get address(): string {
+    return formatAddress(this.hosts[this.hostIndex] as string, this.endpoint.port);
+  }
+
+  /** Whether an address failed since the last session and another one is being tried before the backoff. */
+  get tryingNextAddress(): boolean {
+    return this.failedHosts > 0;
+  }
+
+  /** Whether the replica lists more than one address. */
+  get multiHomed(): boolean {
+    return this.hosts.length > 1;
   }
 
   get isReady(): boolean {
@@ -202,7 +253,7 @@ export class ReplicaConnection {
     this.lastReplicaError = null;
     this.sessionTimer = setTimeout(() => this.onSessionTimeout(attempt), this.options.sessionTimeoutMs);
     Bun.connect({
-      hostname: this.endpoint.host,
+      hostname: this.hosts[this.hostIndex] as string,
       port: this.endpoint.port,
       socket: {
         binaryType: "uint8array",
@@ -287,9 +338,109 @@ export class ReplicaConnection {
     this.clearSessionTimer();
     this.currentState = "ready";
     this.failures = 0;
-    const checkEveryMs = Math.max(1, Math.floor(this.options.pingIntervalMs / KEEPALIVE_CHECK_DIVISOR));
+    this.failedHosts = 0;
+    const checkEveryMs = Math.max(1, Math.floor(this.pingIntervalMs() / KEEPALIVE_CHECK_DIVISOR));
     this.keepaliveTimer = setInterval(() => this.keepalive(), checkEveryMs);
+    if (this.hostIndex !== 0) this.schedulePreferredProbe();
     this.events.onReady(this);
+  }
+
+  /** The keepalive's PING interval and silence bound: tighter for a multi-homed replica, which has somewhere else to go. */
+  private pingIntervalMs(): number {
+    return this.multiHomed ? Math.min(this.options.pingIntervalMs, Math.floor(this.failover.silenceMs / 3)) : this.options.pingIntervalMs;
+  }
+
+  private idleTimeoutMs(): number {
+    return this.multiHomed ? Math.min(this.options.idleTimeoutMs, this.failover.silenceMs) : this.options.idleTimeoutMs;
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Multi-homed replicas: the way back to the preferred address
+  // ---------------------------------------------------------------------------------
+
+  private schedulePreferredProbe(): void {
+    if (this.preferredTimer !== null || this.probe !== null) return;
+    this.preferredTimer = setTimeout(() => {
+      this.preferredTimer = null;
+      if (this.currentState === "ready" && this.hostIndex !== 0) this.probePreferred();
+    }, this.preferredRetryMs);
+  }
+
+  /**
+   * Checks that the preferred address answers as the replica (a HELLO_ACK signed by its
+   * key), without opening a session there; then moves the session onto it.
+   */
+  private probePreferred(): void {
+    const handshake = clientHello(this.key);
+    const decoder = new FrameDecoder({ frameBytesMax: this.options.frameBytesMax, copyPayloads: true });
+    const preferred = formatAddress(this.hosts[0] as string, this.endpoint.port);
+    let settled = false;
+    const finish = (passed: boolean, why: string): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(mine.timer);
+      mine.socket?.terminate();
+      if (this.probe !== mine) return;
+      this.probe = null;
+      if (this.currentState !== "ready" || this.hostIndex === 0) return;
+      if (!passed) {
+        this.preferredRetryMs = Math.min(this.preferredRetryMs * 2, this.failover.preferredRetryMsMax);
+        this.schedulePreferredProbe();
+        return;
+      }
+      this.preferredRetryMs = this.failover.preferredRetryMsMin;
+      this.moveToPreferred(why);
+    };
+    const mine: { socket: TcpSocket | null; timer: ReturnType<typeof setTimeout> } = {
+      socket: null,
+      timer: setTimeout(() => finish(false, "probe timed out"), this.options.sessionTimeoutMs),
+    };
+    this.probe = mine;
+    Bun.connect({
+      hostname: this.hosts[0] as string,
+      port: this.endpoint.port,
+      socket: {
+        binaryType: "uint8array",
+        open: (socket) => {
+          if (settled) {
+            socket.terminate();
+            return;
+          }
+          mine.socket = socket;
+          socket.write(encodeTypedFrame({ type: FrameType.HELLO, body: handshake.hello }, this.options.frameBytesMax));
+        },
+        data: (_socket, data) => {
+          for (const item of decoder.push(data)) {
+            if (!item.ok) return finish(false, item.error.reason);
+            const decoded = decodeFrameBody(item.type, item.payload);
+            if (!decoded.ok || decoded.frame.type !== FrameType.HELLO_ACK) return finish(false, "no HELLO_ACK");
+            const check = checkHelloAck(handshake, decoded.frame.body, this.endpoint, this.key);
+            return finish(check.ok, check.ok ? `${preferred} answers again` : check.reason);
+          }
+        },
+        close: () => finish(false, "closed"),
+        error: () => finish(false, "socket error"),
+        end: () => finish(false, "closed"),
+        connectError: () => finish(false, "connect failed"),
+      },
+    }).catch(() => {
+      // connectError has reported the failure.
+    });
+  }
+
+  /** Ends the session on the other address and dials the preferred one at once. */
+  private moveToPreferred(why: string): void {
+    const from = this.address;
+    this.attemptId++;
+    this.clearTimers();
+    this.dropSocket();
+    const error = new ReplicaUnreachableError(this.id, from, `moving back to the preferred address: ${why}`);
+    this.lastDownError = error;
+    this.hostIndex = 0;
+    this.failedHosts = 0;
+    this.currentState = "waiting";
+    this.events.onDown(this, error);
+    if (this.currentState === "waiting") this.dial();
   }
 
   // ---------------------------------------------------------------------------------
@@ -384,11 +535,13 @@ export class ReplicaConnection {
   private keepalive(): void {
     if (this.currentState !== "ready") return;
     const now = this.options.now();
-    if (now - this.lastReceivedAt > this.options.idleTimeoutMs) {
-      this.goDown(new ReplicaUnreachableError(this.id, this.address, `nothing received for ${this.options.idleTimeoutMs} ms`));
+    const idleMs = this.idleTimeoutMs();
+    if (now - this.lastReceivedAt > idleMs) {
+      this.goDown(new ReplicaUnreachableError(this.id, this.address, `nothing received for ${idleMs} ms`));
       return;
     }
-    if (now - this.lastSentAt >= this.options.pingIntervalMs || now - this.lastReceivedAt >= this.options.pingIntervalMs) {
+    const pingMs = this.pingIntervalMs();
+    if (now - this.lastSentAt >= pingMs || now - this.lastReceivedAt >= pingMs) {
       this.pingCounter++;
       this.send({ type: FrameType.PING, body: { n: this.pingCounter } });
     }
@@ -405,8 +558,18 @@ export class ReplicaConnection {
     this.dropSocket();
     this.lastDownError = error;
     this.currentState = "waiting";
-    const delayMs = backoffDelayMs(this.failures, this.options.backoff, this.options.random);
-    this.failures++;
+    let delayMs: number;
+    if (this.multiHomed && ++this.failedHosts < this.hosts.length) {
+      // The next address at once while some address has not failed since the last
+      // session; once every one has, from the preferred one again after the backoff.
+      this.hostIndex = (this.hostIndex + 1) % this.hosts.length;
+      delayMs = 0;
+    } else {
+      this.failedHosts = 0;
+      this.hostIndex = 0;
+      delayMs = backoffDelayMs(this.failures, this.options.backoff, this.options.random);
+      this.failures++;
+    }
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;
       if (this.currentState === "waiting") this.dial();
@@ -435,6 +598,14 @@ export class ReplicaConnection {
     this.retryTimer = null;
     if (this.keepaliveTimer !== null) clearInterval(this.keepaliveTimer);
     this.keepaliveTimer = null;
+    if (this.preferredTimer !== null) clearTimeout(this.preferredTimer);
+    this.preferredTimer = null;
+    const probe = this.probe;
+    this.probe = null;
+    if (probe !== null) {
+      clearTimeout(probe.timer);
+      probe.socket?.terminate();
+    }
   }
 }
 

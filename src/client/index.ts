@@ -16,7 +16,7 @@ export {
   type SubscriptionSignal,
   type SubscriptionStats,
 } from "./subscription.ts";
-export type { ChannelInfo, EachAnswer, ReplicaStatusAnswer } from "./queries.ts";
+export type { ChannelInfo, EachAnswer, KeyQuotaListing, ReplicaStatusAnswer } from "./queries.ts";
 export type { ChannelKeys, ChannelListing } from "./channel-listing.ts";
 export {
   ClientClosedError,

@@ -22,6 +22,10 @@ export interface ClientTimeouts {
   readonly pingIntervalMs: number;
   /** A connection is dropped after this long without receiving anything. */
   readonly idleMs: number;
+  /** A session to a multi-homed replica (several addresses) moves to its next address after this long without receiving anything. */
+  readonly addressSilenceMs: number;
+  /** While a multi-homed replica is reached at another address, its preferred address is probed after this long (doubling to 30 s while it fails). */
+  readonly preferredRetryMs: number;
 }
 
 export const DEFAULT_TIMEOUTS: ClientTimeouts = {
@@ -32,7 +36,12 @@ export const DEFAULT_TIMEOUTS: ClientTimeouts = {
   queryMs: 5_000,
   pingIntervalMs: 5_000,
   idleMs: 20_000,
+  addressSilenceMs: 3_000,
+  preferredRetryMs: 2_000,
 };
+
+/** The longest wait between probes of a multi-homed replica's preferred address. */
+export const PREFERRED_RETRY_MS_MAX = 30_000;
 
 export interface ClientLimits {
   /** Requests in flight at once (default: the cluster's client_inflight_requests_max). */

@@ -3,7 +3,7 @@
  * one result. Three rules, one per kind of question:
  *
  * - matching: the answer f+1 replicas give identically (at least one of them is
- *   correct). Used for list-channels and channel-info; fields that legitimately differ
+ *   correct). Used for list-channels, channel-info and quotas; fields that legitimately differ
  *   between correct replicas (a channel's next seq, list order) are projected away
  *   before comparing.
  * - rank: the (f+1)-th highest of the numbers the replicas report (client-seq, see seq.ts).
@@ -19,7 +19,7 @@ import { z } from "zod";
 import type { Canonical } from "../../wire/canonical.ts";
 import { channelClassFields, tagSchema, type QueryReply } from "../../wire/schemas.ts";
 import { type ErrorCode, KEY_BYTES } from "../../wire/types.ts";
-import { KEYS_PER_CHANNEL_MAX } from "../core/channels/constants.ts";
+import { KEYS_PER_CHANNEL_MAX, QUOTAS_MAX } from "../core/channels/constants.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import { ReplyVoter } from "../core/voting/reply-voter.ts";
@@ -48,6 +48,43 @@ const clientSeqSchema = z.object({ last: z.int().min(0) });
 const publishersSchema = z.object({
   publishers: z.array(z.instanceof(Uint8Array).refine((key) => key.length === KEY_BYTES)).max(KEYS_PER_CHANNEL_MAX),
 });
+/** A client key's own limits (set-quota); a limit left out is the cluster's default. */
+export type KeyQuotaListing = {
+  readonly key: Uint8Array;
+  readonly eventsPerSecond: number | null;
+  readonly bytesPerSecond: number | null;
+  readonly subscriptions: number | null;
+};
+
+const quotaLimitSchema = z.int().min(1).max(Number.MAX_SAFE_INTEGER).optional();
+const quotasSchema = z.object({
+  quotas: z
+    .array(
+      z.strictObject({
+        key: z.instanceof(Uint8Array).refine((key) => key.length === KEY_BYTES),
+        eventsPerSecond: quotaLimitSchema,
+        bytesPerSecond: quotaLimitSchema,
+        subscriptions: quotaLimitSchema,
+      }),
+    )
+    .max(QUOTAS_MAX),
+});
+
+/** The quotas of a `quotas` answer, as the replica sent them (canonical, for voting); null when malformed. */
+export function parseQuotas(res: Canonical): Canonical | null {
+  return quotasSchema.safeParse(res).success ? res : null;
+}
+
+/** The voted `quotas` answer as listings, in the replicas' (ascending key) order. */
+export function quotaListings(res: Canonical): KeyQuotaListing[] {
+  return quotasSchema.parse(res).quotas.map((quota) => ({
+    key: quota.key,
+    eventsPerSecond: quota.eventsPerSecond ?? null,
+    bytesPerSecond: quota.bytesPerSecond ?? null,
+    subscriptions: quota.subscriptions ?? null,
+  }));
+}
+
 const latencyHistogramSchema = z.object({ counts: z.array(z.int().min(0)), sumUs: z.int().min(0) });
 
 /** The fields of a status answer this client reads; replicas may add more. */
@@ -61,7 +98,10 @@ const statusSchema = z.object({
   channels: z.int().min(0),
   /** Answers held until the replica has executed what the client saw (read-your-writes). */
   heldForExecution: z.int().min(0).optional(),
-  peers: z.array(z.object({ id: z.int().min(0), up: z.boolean(), lag: z.int().min(0).optional() })).optional(),
+  /** The replica's links to its peers; `address`: where it reaches that peer (multi-homed peers have several). */
+  peers: z
+    .array(z.object({ id: z.int().min(0), up: z.boolean(), lag: z.int().min(0).optional(), address: z.string().max(300).optional() }))
+    .optional(),
   /** Per-channel counters since the replica started (`fitb top` turns them into rates). */
   traffic: z
     .array(

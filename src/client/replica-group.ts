@@ -18,7 +18,13 @@ export class ReplicaGroup {
     this.n = config.n;
     this.f = config.f;
     this.connections = config.replicas.map((replica) => {
-      const endpoint: ReplicaEndpoint = { id: replica.id, host: replica.host, port: replica.port, publicKey: replica.publicKey };
+      const endpoint: ReplicaEndpoint = {
+        id: replica.id,
+        host: replica.host,
+        hosts: replica.hosts,
+        port: replica.port,
+        publicKey: replica.publicKey,
+      };
       return new ReplicaConnection(endpoint, key, events, options);
     });
   }

@@ -11,7 +11,9 @@
  *   f = 1                         replicas that may be faulty at once; n >= 3f+1
  *   admin_keys = ["ed25519:..."]  at least one
  *   client_keys = ["ed25519:..."] optional allow-list of client sessions (empty: any key)
- *   [[replicas]]  id, host, port, key, optional key_file and data_dir
+ *   [[replicas]]  id, host, port, key, optional hosts, key_file and data_dir
+ *                 (hosts: further addresses of a multi-homed replica, same port, tried
+ *                 in order after host)
  *   [limits]      optional, each field has a default
  *   [retention]   optional, defaults for channels that do not set their own
  * Relative paths (key_file, data_dir) are relative to the directory of the file.
@@ -44,6 +46,8 @@ export const CLIENT_KEYS_MAX = 100_000;
 export const PORT_MIN = 1;
 export const PORT_MAX = 65_535;
 export const HOST_CHARS_MAX = 253;
+/** Further addresses one replica may list besides `host` (a management and a data network, say). */
+export const REPLICA_HOSTS_MAX = 8;
 const PATH_CHARS_MAX = 4096;
 
 /** One bound per limit: [default, least allowed, most allowed]. */
@@ -98,7 +102,10 @@ export interface RetentionDefaults {
 
 export interface ReplicaEntry {
   readonly id: number;
+  /** The preferred address: peers and clients dial it first and go back to it when it works. */
   readonly host: string;
+  /** Further addresses of a multi-homed replica, same port, tried in this order after `host`; often empty. */
+  readonly hosts: readonly string[];
   readonly port: number;
   /** The replica's ed25519 public key, 32 raw bytes. */
   readonly publicKey: Uint8Array;
@@ -217,6 +224,10 @@ const replicaSchema = z.strictObject(
   {
     id: boundedInteger(`an integer in 0..${REPLICAS_MAX - 1}`, 0, REPLICAS_MAX - 1),
     host: hostSchema,
+    hosts: z
+      .array(hostSchema, { error: expected(`an array of at most ${REPLICA_HOSTS_MAX} further addresses, each ${HOST_FORM}`) })
+      .max(REPLICA_HOSTS_MAX, { error: expected(`an array of at most ${REPLICA_HOSTS_MAX} further addresses, each ${HOST_FORM}`) })
+      .optional(),
     port: boundedInteger(`a port number in ${PORT_MIN}..${PORT_MAX}`, PORT_MIN, PORT_MAX),
     key: publicKeySchema,
     key_file: pathSchema.optional(),
@@ -414,7 +425,25 @@ function checkReplicaAddresses(file: ClusterFile): ConfigIssue[] {
     }
     firstIndexOfAddress.set(address, index);
   });
+  // A multi-homed replica's further addresses (same port) may be no other address of any replica, nor repeat its own.
+  file.replicas.forEach((replica, index) => {
+    (replica.hosts ?? []).forEach((host, position) => {
+      const address = formatAddress(host.toLowerCase(), replica.port);
+      const previous = firstIndexOfAddress.get(address);
+      if (previous !== undefined) {
+        const whose = previous === index ? "this replica" : `replicas[${previous}]`;
+        issues.push({ path: `replicas[${index}].hosts[${position}]`, message: `address ${address} is already used by ${whose}` });
+        return;
+      }
+      firstIndexOfAddress.set(address, index);
+    });
+  });
   return issues;
+}
+
+/** Every address of a replica, the preferred one (`host`) first: what peers and clients dial, in order. */
+export function replicaHosts(replica: Pick<ReplicaEntry, "host"> & { readonly hosts?: readonly string[] }): string[] {
+  return [replica.host, ...(replica.hosts ?? [])];
 }
 
 /**
@@ -551,6 +580,7 @@ function buildConfig(file: ClusterFile, baseDir: string): ClusterConfig {
       (replica): ReplicaEntry => ({
         id: replica.id,
         host: replica.host,
+        hosts: replica.hosts ?? [],
         port: replica.port,
         publicKey: replica.key,
         publicKeyText: formatPublicKey(replica.key),

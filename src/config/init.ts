@@ -37,6 +37,11 @@ export interface ClusterInitOptions {
   readonly replicas: number;
   readonly host: string;
   readonly basePort: number;
+  /**
+   * Per replica (by id), its preferred host and further addresses (multi-homed replicas);
+   * when absent every replica is on `host` with no further address.
+   */
+  readonly addresses?: readonly { readonly host: string; readonly hosts: readonly string[] }[];
   readonly name: string;
   /** Replace existing files; without it any existing target file is an error. */
   readonly overwrite: boolean;
@@ -86,7 +91,7 @@ export function initCluster(options: ClusterInitOptions): ClusterInitResult {
   const text = renderClusterToml({
     name: options.name,
     f: faultToleranceFor(options.replicas),
-    replicas: replicaKeys.map((key, id) => ({ id, host: options.host, port: options.basePort + id, publicKey: key.publicKey })),
+    replicas: replicaKeys.map((key, id) => ({ id, ...addressesOf(options, id), port: options.basePort + id, publicKey: key.publicKey })),
     adminKeys: [adminKey.publicKey],
     clientKeys: [],
   });
@@ -138,7 +143,7 @@ export function assembleCluster(
   const text = renderClusterToml({
     name: options.name,
     f: faultToleranceFor(options.replicas),
-    replicas: replicaKeys.map((publicKey, id) => ({ id, host: options.host, port: options.basePort + id, publicKey })),
+    replicas: replicaKeys.map((publicKey, id) => ({ id, ...addressesOf(options, id), port: options.basePort + id, publicKey })),
     adminKeys,
     clientKeys: [],
   });
@@ -155,7 +160,17 @@ function writeClusterFile(configPath: string, text: string): void {
   renameSync(temporary, configPath);
 }
 
+function addressesOf(options: ClusterInitOptions, id: number): { host: string; hosts: readonly string[] } {
+  return options.addresses?.[id] ?? { host: options.host, hosts: [] };
+}
+
 function checkInitOptions(options: ClusterInitOptions): void {
+  if (options.addresses !== undefined && options.addresses.length !== options.replicas) {
+    throw new ClusterInitError(
+      "invalid-options",
+      `addresses are given for ${options.addresses.length} replicas, but there are ${options.replicas}`,
+    );
+  }
   if (!Number.isSafeInteger(options.replicas) || options.replicas < INIT_REPLICAS_MIN || options.replicas > REPLICAS_MAX) {
     throw new ClusterInitError(
       "invalid-options",
@@ -188,6 +203,8 @@ function readBack(text: string, configPath: string): ClusterConfig {
 export interface ClusterTomlReplica {
   readonly id: number;
   readonly host: string;
+  /** Further addresses (multi-homed); none when absent or empty. */
+  readonly hosts?: readonly string[];
   readonly port: number;
   readonly publicKey: Uint8Array;
 }
@@ -227,6 +244,9 @@ export function renderClusterToml(spec: ClusterTomlSpec): string {
     "",
     "# The replicas. Ids run 0..n-1. For real hosts, change host (a hostname or an IP",
     "# address the other replicas and the clients can reach) and port; keep the keys.",
+    "# A replica on several networks lists its further addresses (same port) in",
+    '# hosts = ["10.1.0.1", ...]: peers and clients dial host first, move to the next',
+    "# address when one fails or goes silent, and come back to host when it works again.",
     "# Optional per replica, relative to this file:",
     '#   key_file = "replica-<id>.key"   the replica\'s secret key (only on its own host)',
     '#   data_dir = "data/replica-<id>"  where the replica keeps its log and checkpoints',
@@ -237,6 +257,7 @@ export function renderClusterToml(spec: ClusterTomlSpec): string {
       "[[replicas]]",
       `id = ${replica.id}`,
       `host = ${tomlString(replica.host)}`,
+      ...((replica.hosts ?? []).length === 0 ? [] : [`hosts = [${(replica.hosts ?? []).map(tomlString).join(", ")}]`]),
       `port = ${replica.port}`,
       `key = ${tomlString(formatPublicKey(replica.publicKey))}`,
       `# key_file = ${tomlString(defaultReplicaKeyFile(replica.id))}`,

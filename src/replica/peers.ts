@@ -9,10 +9,19 @@
  *
  * What flows is opaque bytes (`msg`): the replica runtime encodes its own envelopes. The
  * mesh guarantees only who sent it (`from`), integrity, and no replay within a session.
+ *
+ * A multi-homed peer (`hosts` in the cluster file) is dialled at its preferred address
+ * (`host`) first, and at the next one when a dial fails or an open link goes silent: on
+ * such links the dialler PINGs every PEER_PING_MS and gives the link up after
+ * PEER_SILENCE_MS without a PONG. While on another address the dialler tries the
+ * preferred one again in the background (a full handshake on a second connection, every
+ * PEER_PREFERRED_RETRY_MS_MIN, doubling to _MAX while it fails) and, once that handshake
+ * is done, moves the link onto it: the peer replaces its inbound session by the new one,
+ * as after a reconnect. A peer with one address keeps the behaviour it always had.
  */
 import { randomBytes } from "node:crypto";
 import type { Socket } from "bun";
-import type { ReplicaEntry } from "../config/cluster.ts";
+import { formatAddress, type ReplicaEntry, replicaHosts } from "../config/cluster.ts";
 import { configDifferences } from "../config/digest.ts";
 import { signDomain, verifyDomain } from "../crypto/ed25519.ts";
 import { bytesEqual } from "../crypto/encoding.ts";
@@ -44,6 +53,28 @@ export const PEER_OUTBOUND_BYTES_MAX = 32 * 1024 * 1024;
 export const PEER_FRAME_OVERHEAD_BYTES = 96;
 /** A handshake that has not finished in this time is abandoned. */
 export const PEER_HANDSHAKE_MS_MAX = 5_000;
+/** On a link to a multi-homed peer: a PING this often... */
+export const PEER_PING_MS = 500;
+/** ...and the link is given up for the next address after this long without receiving anything. */
+export const PEER_SILENCE_MS = 2_500;
+/** While on another address, the preferred one is tried again after this long, doubling to the max while it fails. */
+export const PEER_PREFERRED_RETRY_MS_MIN = 2_000;
+export const PEER_PREFERRED_RETRY_MS_MAX = 30_000;
+
+/** Liveness and failover timing of links to multi-homed peers (tests shorten them). */
+export interface PeerFailoverTiming {
+  readonly pingMs: number;
+  readonly silenceMs: number;
+  readonly preferredRetryMsMin: number;
+  readonly preferredRetryMsMax: number;
+}
+
+export const PEER_FAILOVER_TIMING: PeerFailoverTiming = {
+  pingMs: PEER_PING_MS,
+  silenceMs: PEER_SILENCE_MS,
+  preferredRetryMsMin: PEER_PREFERRED_RETRY_MS_MIN,
+  preferredRetryMsMax: PEER_PREFERRED_RETRY_MS_MAX,
+};
 
 export interface PeerMeshOptions {
   readonly self: number;
@@ -64,6 +95,8 @@ export interface PeerMeshOptions {
    * alone): nothing is sent or checked.
    */
   readonly configDigests?: ConfigDigests;
+  /** Failover timing for multi-homed peers; PEER_FAILOVER_TIMING when absent. */
+  readonly failover?: PeerFailoverTiming;
 }
 
 type OutboundPhase = "connecting" | "awaiting-ack" | "open" | "closed";
@@ -78,6 +111,30 @@ interface OutboundLink {
   sendSeq: number;
   backoffMs: number;
   timer: ReturnType<typeof setTimeout> | null;
+  /** The peer's addresses, the preferred first, and the one this link dials or uses. */
+  readonly hosts: readonly string[];
+  hostIndex: number;
+  /** Addresses that failed since the link was last open: when all have, the backoff applies. */
+  failedHosts: number;
+  /** Multi-homed peers only: when the open link last received anything, and its PING timer. */
+  receivedMs: number;
+  pingTimer: ReturnType<typeof setInterval> | null;
+  pings: number;
+  /** A second connection to the preferred address while the link is on another one, and when the next is due. */
+  preferred: OutboundLink | null;
+  preferredTimer: ReturnType<typeof setTimeout> | null;
+  preferredRetryMs: number;
+  /** Set on that second connection: the link it replaces once its handshake is done. */
+  readonly preferredFor: OutboundLink | null;
+  /** The data of the socket this link dialled last: its callbacks act on `data.link`. */
+  socketData: DialData | null;
+}
+
+/** A dial's socket data; `abandoned`: its TCP connect took too long or its link moved on, so it is closed if it ever opens. */
+interface DialData {
+  conn: FramedConn | null;
+  link: OutboundLink;
+  abandoned: boolean;
 }
 
 interface InboundLink {
@@ -92,20 +149,13 @@ export class PeerMesh {
   private stopped = false;
   private oversizedReported = false;
 
+  private readonly timing: PeerFailoverTiming;
+
   constructor(private readonly options: PeerMeshOptions) {
+    this.timing = options.failover ?? PEER_FAILOVER_TIMING;
     for (const peer of options.replicas) {
       if (peer.id === options.self) continue;
-      this.outbound.set(peer.id, {
-        peer,
-        phase: "closed",
-        conn: null,
-        hello: null,
-        eph: null,
-        keys: null,
-        sendSeq: 0,
-        backoffMs: PEER_RECONNECT_MS_MIN,
-        timer: null,
-      });
+      this.outbound.set(peer.id, newOutboundLink(peer, replicaHosts(peer), 0, null, this.timing));
     }
   }
 
@@ -117,6 +167,8 @@ export class PeerMesh {
     this.stopped = true;
     for (const link of this.outbound.values()) {
       if (link.timer !== null) clearTimeout(link.timer);
+      this.stopLiveness(link);
+      this.dropPreferred(link);
       link.conn?.close();
       link.phase = "closed";
     }
@@ -124,9 +176,13 @@ export class PeerMesh {
     this.inbound.clear();
   }
 
-  /** Which peers we can send to now. */
-  status(): { id: number; up: boolean }[] {
-    return [...this.outbound.values()].map((link) => ({ id: link.peer.id, up: link.phase === "open" }));
+  /** Which peers we can send to now, and at which of its addresses each link is. */
+  status(): { id: number; up: boolean; address: string }[] {
+    return [...this.outbound.values()].map((link) => ({
+      id: link.peer.id,
+      up: link.phase === "open",
+      address: linkAddress(link),
+    }));
   }
 
   /** Sends `msg` to one peer; false if the link is down or its queue is full (counted). */
@@ -173,35 +229,54 @@ export class PeerMesh {
     link.phase = "connecting";
     link.timer = null;
     const mesh = this;
-    Bun.connect<{ conn: FramedConn | null }>({
-      hostname: link.peer.host,
-      port: link.peer.port,
-      data: { conn: null },
+    // `link` is read from the socket's data: a connection to the preferred address moves
+    // onto the link it replaces once its handshake is done (adoptPreferred).
+    const data: DialData = { conn: null, link, abandoned: false };
+    link.socketData = data;
+    if (link.hosts.length > 1) {
+      // A dark address may leave a TCP connect hanging for minutes: a multi-homed peer has
+      // other addresses to try, so the connect is bounded like the handshake.
+      setTimeout(() => {
+        if (data.conn !== null || data.abandoned) return;
+        data.abandoned = true;
+        if (data.link.socketData === data) mesh.linkDown(data.link, `no TCP connection within ${PEER_HANDSHAKE_MS_MAX} ms`);
+      }, PEER_HANDSHAKE_MS_MAX);
+    }
+    Bun.connect<DialData>({
+      hostname: link.hosts[link.hostIndex] as string,
+      port: dialPort(link.peer),
+      data,
       socket: {
         open(socket) {
+          if (socket.data.abandoned) {
+            socket.terminate();
+            return;
+          }
           const conn = new FramedConn(socket as Socket<unknown>, mesh.options.frameBytesMax, PEER_OUTBOUND_BYTES_MAX);
           socket.data.conn = conn;
-          mesh.beginHandshake(link, conn);
+          mesh.beginHandshake(socket.data.link, conn);
         },
         data(socket, chunk) {
           const conn = socket.data.conn;
-          if (conn !== null) mesh.onOutboundFrames(link, conn, conn.decoder.push(chunk));
+          if (conn !== null) mesh.onOutboundFrames(socket.data.link, conn, conn.decoder.push(chunk));
         },
         drain(socket) {
           socket.data.conn?.drain();
         },
         close(socket) {
           const conn = socket.data.conn;
-          if (conn !== null && link.conn === conn) mesh.linkDown(link, "closed");
+          if (conn !== null && socket.data.link.conn === conn) mesh.linkDown(socket.data.link, "closed");
         },
-        error(_socket, error) {
-          mesh.options.log.debug("peer link error", { peer: link.peer.id, error: error.message });
+        error(socket, error) {
+          mesh.options.log.debug("peer link error", { peer: socket.data.link.peer.id, error: error.message });
         },
-        connectError(_socket, error) {
-          mesh.linkDown(link, error.message);
+        connectError(socket, error) {
+          if (!socket.data.abandoned) mesh.linkDown(socket.data.link, error.message);
         },
       },
-    }).catch((error: Error) => mesh.linkDown(link, error.message));
+    }).catch((error: Error) => {
+      if (!data.abandoned) mesh.linkDown(data.link, error.message);
+    });
   }
 
   private beginHandshake(link: OutboundLink, conn: FramedConn): void {
@@ -249,6 +324,11 @@ export class PeerMesh {
         conn.send({ type: FrameType.PONG, body: { n: frame.body.n } });
         continue;
       }
+      if (frame.type === FrameType.PONG) {
+        // The answer to our liveness PING (multi-homed peers); its arrival is what counts.
+        link.receivedMs = Date.now();
+        continue;
+      }
       // The dialled side never sends anything else on a link we dialled.
       return this.failOutbound(link, conn, `unexpected frame type ${frame.type}`);
     }
@@ -282,30 +362,169 @@ export class PeerMesh {
     }
     link.keys = deriveSessionKeys(secret, transcript, "initiator");
     conn.send({ type: FrameType.AUTH, body: { sig: signDomain(this.options.key, DOMAIN_SESSION_INITIATOR, transcript) } });
+    if (link.preferredFor !== null) {
+      this.adoptPreferred(link.preferredFor, link);
+      return;
+    }
     link.phase = "open";
     link.backoffMs = PEER_RECONNECT_MS_MIN;
-    this.options.log.info("peer link up", { peer: link.peer.id });
+    link.failedHosts = 0;
+    this.startLiveness(link);
+    this.options.log.info("peer link up", {
+      peer: link.peer.id,
+      address: linkAddress(link),
+    });
     this.options.onPeerUp?.(link.peer.id);
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Multi-homed peers: liveness on the open link, and the way back to the preferred address
+  // ---------------------------------------------------------------------------------
+
+  private startLiveness(link: OutboundLink): void {
+    this.stopLiveness(link);
+    if (link.hosts.length < 2) return;
+    link.receivedMs = Date.now();
+    const conn = link.conn;
+    link.pingTimer = setInterval(() => {
+      if (link.conn !== conn || conn === null || link.phase !== "open") return;
+      const silentMs = Date.now() - link.receivedMs;
+      if (silentMs > this.timing.silenceMs) {
+        this.options.metrics.inc("peer_links_silent_total");
+        this.options.log.warn("peer link silent; trying the peer's next address", {
+          peer: link.peer.id,
+          address: linkAddress(link),
+          silentMs,
+        });
+        conn.close();
+        this.linkDown(link, `nothing received for ${silentMs} ms`);
+        return;
+      }
+      conn.send({ type: FrameType.PING, body: { n: ++link.pings } });
+    }, this.timing.pingMs);
+    if (link.hostIndex !== 0) this.schedulePreferred(link);
+  }
+
+  private stopLiveness(link: OutboundLink): void {
+    if (link.pingTimer !== null) clearInterval(link.pingTimer);
+    link.pingTimer = null;
+  }
+
+  /** While the link is open on another address, a handshake on the preferred one is tried after the current wait. */
+  private schedulePreferred(link: OutboundLink): void {
+    if (link.preferredTimer !== null || link.preferred !== null || this.stopped) return;
+    link.preferredTimer = setTimeout(() => {
+      link.preferredTimer = null;
+      if (this.stopped || link.phase !== "open" || link.hostIndex === 0) return;
+      const attempt = newOutboundLink(link.peer, link.hosts, 0, link, this.timing);
+      link.preferred = attempt;
+      this.dial(attempt);
+    }, link.preferredRetryMs);
+  }
+
+  /** The handshake on the preferred address is done: the link moves onto that connection. */
+  private adoptPreferred(link: OutboundLink, attempt: OutboundLink): void {
+    const conn = attempt.conn as FramedConn;
+    link.preferred = null;
+    if (link.phase !== "open" || this.stopped) {
+      // The link went down meanwhile and is being dialled on its own: this connection is not needed.
+      attempt.phase = "closed";
+      attempt.conn = null;
+      conn.close();
+      return;
+    }
+    const old = link.conn;
+    const from = linkAddress(link);
+    link.conn = conn;
+    link.keys = attempt.keys;
+    link.hello = attempt.hello;
+    link.eph = attempt.eph;
+    link.sendSeq = attempt.sendSeq;
+    link.hostIndex = 0;
+    link.preferredRetryMs = this.timing.preferredRetryMsMin;
+    attempt.conn = null;
+    attempt.phase = "closed";
+    // The socket's callbacks now act on the link itself.
+    if (attempt.socketData !== null) attempt.socketData.link = link;
+    link.socketData = attempt.socketData;
+    attempt.socketData = null;
+    old?.close();
+    this.startLiveness(link);
+    this.options.metrics.inc("peer_links_back_to_preferred_total");
+    this.options.log.info("peer link back on the preferred address", {
+      peer: link.peer.id,
+      from,
+      address: formatAddress(link.hosts[0] as string, dialPort(link.peer)),
+    });
+  }
+
+  private dropPreferred(link: OutboundLink): void {
+    if (link.preferredTimer !== null) clearTimeout(link.preferredTimer);
+    link.preferredTimer = null;
+    const attempt = link.preferred;
+    link.preferred = null;
+    if (attempt === null) return;
+    if (attempt.timer !== null) clearTimeout(attempt.timer);
+    // A connect still pending is closed if it ever opens.
+    if (attempt.socketData !== null) attempt.socketData.abandoned = true;
+    const conn = attempt.conn;
+    attempt.conn = null;
+    attempt.phase = "closed";
+    conn?.close();
   }
 
   private failOutbound(link: OutboundLink, conn: FramedConn, reason: string): void {
     this.options.metrics.inc("peer_handshake_failed_total");
-    this.options.log.warn("peer link failed", { peer: link.peer.id, reason });
+    const what = link.preferredFor === null ? "peer link failed" : "peer link to the preferred address failed";
+    this.options.log.warn(what, { peer: link.peer.id, reason });
     conn.close();
     this.linkDown(link, reason);
   }
 
   private linkDown(link: OutboundLink, reason: string): void {
+    const owner = link.preferredFor;
+    if (owner !== null) {
+      if (link.phase === "closed") return;
+      // The try of the preferred address failed: the link stays where it is, and waits longer before the next try.
+      if (owner.preferred === link) owner.preferred = null;
+      link.phase = "closed";
+      link.conn = null;
+      owner.preferredRetryMs = Math.min(owner.preferredRetryMs * 2, this.timing.preferredRetryMsMax);
+      this.options.log.debug("peer's preferred address still fails", { peer: link.peer.id, reason });
+      if (owner.phase === "open") this.schedulePreferred(owner);
+      return;
+    }
     if (link.phase === "closed" && link.timer !== null) return;
     const wasOpen = link.phase === "open";
+    const address = linkAddress(link);
     link.phase = "closed";
     link.conn = null;
     link.keys = null;
+    this.stopLiveness(link);
+    this.dropPreferred(link);
     if (wasOpen) {
-      this.options.log.info("peer link down", { peer: link.peer.id, reason });
+      this.options.log.info("peer link down", { peer: link.peer.id, address, reason });
       this.options.onPeerDown?.(link.peer.id, reason);
     }
     if (this.stopped || link.timer !== null) return;
+    if (link.hosts.length > 1) {
+      // The next address at once while some address has not failed since the link was last
+      // open; once every one has, from the preferred one again after the backoff.
+      link.failedHosts++;
+      link.hostIndex = (link.hostIndex + 1) % link.hosts.length;
+      if (link.failedHosts < link.hosts.length) {
+        this.options.log.info("peer address failed; dialling its next address", {
+          peer: link.peer.id,
+          failed: address,
+          next: linkAddress(link),
+          reason,
+        });
+        link.timer = setTimeout(() => this.dial(link), 0);
+        return;
+      }
+      link.failedHosts = 0;
+      link.hostIndex = 0;
+    }
     const wait = link.backoffMs;
     link.backoffMs = Math.min(link.backoffMs * 2, PEER_RECONNECT_MS_MAX);
     link.timer = setTimeout(() => this.dial(link), wait);
@@ -414,4 +633,45 @@ export class PeerMesh {
   inboundClosed(conn: FramedConn): void {
     for (const [id, c] of this.inbound) if (c === conn) this.inbound.delete(id);
   }
+}
+
+/** The port peers dial at every one of a replica's addresses. */
+function dialPort(peer: ReplicaEntry): number {
+  return peer.port;
+}
+
+/** `host:port` of the address a link dials or uses now. */
+function linkAddress(link: OutboundLink): string {
+  return formatAddress(link.hosts[link.hostIndex] as string, dialPort(link.peer));
+}
+
+function newOutboundLink(
+  peer: ReplicaEntry,
+  hosts: readonly string[],
+  hostIndex: number,
+  preferredFor: OutboundLink | null,
+  timing: PeerFailoverTiming,
+): OutboundLink {
+  return {
+    peer,
+    phase: "closed",
+    conn: null,
+    hello: null,
+    eph: null,
+    keys: null,
+    sendSeq: 0,
+    backoffMs: PEER_RECONNECT_MS_MIN,
+    timer: null,
+    hosts,
+    hostIndex,
+    failedHosts: 0,
+    receivedMs: 0,
+    pingTimer: null,
+    pings: 0,
+    preferred: null,
+    preferredTimer: null,
+    preferredRetryMs: timing.preferredRetryMsMin,
+    preferredFor,
+    socketData: null,
+  };
 }

@@ -18,7 +18,7 @@ import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
 import { ChannelMachine } from "../core/channels/machine.ts";
-import type { ChannelError, ChannelInfo, StoredBatch, TrimmedError } from "../core/channels/types.ts";
+import type { ChannelError, ChannelInfo, KeyQuota, StoredBatch, TrimmedError } from "../core/channels/types.ts";
 import type { ClientRequest } from "../core/ordering/messages.ts";
 import type { Refusal } from "../core/ordering/types.ts";
 import { type Canonical, tryDecodeCanonical } from "../../wire/canonical.ts";
@@ -67,9 +67,14 @@ export interface ReplicaOptions {
   readonly id: number;
   readonly key: SigningKey;
   readonly log: Log;
-  /** Where to listen (defaults to the config's host and port, which peers and clients still use). */
+  /**
+   * Where to listen (defaults to the config's host and port, which peers and clients still
+   * use, and each of the config's further `hosts` at that port).
+   */
   readonly listenHost?: string;
   readonly listenPort?: number;
+  /** More addresses to listen on besides listenHost:listenPort (a repeated --listen). */
+  readonly listenAlso?: readonly { readonly host: string; readonly port: number }[];
   /** The data directory (defaults to the config's data_dir for this replica). */
   readonly dataDir?: string;
   /** When commits are fsynced (default: before anything that depends on them is sent). */
@@ -199,6 +204,11 @@ export class Replica {
       self: id,
       host: options.listenHost ?? self.host,
       port: options.listenPort ?? self.port,
+      // A multi-homed replica listens on each of its addresses, unless told where to listen.
+      alsoListen:
+        options.listenHost === undefined && options.listenPort === undefined
+          ? self.hosts.map((host) => ({ host, port: self.port }))
+          : (options.listenAlso ?? []),
       key,
       frameBytesMax: config.limits.frameBytesMax,
       mesh: this.mesh,
@@ -700,6 +710,8 @@ export class Replica {
       }
       case "client-seq":
         return answer({ last: this.lastSeqOf(session.keyHex, tag) });
+      case "quotas":
+        return answer({ quotas: this.machine.listQuotas().map(quotaListing) });
       default:
         return refuse("BAD_REQUEST", `unknown query ${q}`);
     }
@@ -754,13 +766,23 @@ export class Replica {
       channels: this.machine.channelCount,
       subscriptions: this.subs.count,
       heldForExecution: this.gate.size,
-      peers: this.mesh.status().map((peer) => ({ id: peer.id, up: peer.up, lag: this.ordering.peerLag(peer.id) })),
+      peers: this.mesh.status().map((peer) => ({ id: peer.id, up: peer.up, lag: this.ordering.peerLag(peer.id), address: peer.address })),
       uptimeMs: Date.now() - this.startedMs,
       // For `fitb top`: counters it turns into rates, histograms into recent latency.
       traffic: this.channelMetrics.traffic(),
       latency: this.metrics.latencySummary(),
     };
   }
+}
+
+/** A key's quota as the quotas query lists it (PROTOCOL.md section 8): a limit left to the cluster's default is left out. */
+function quotaListing(quota: KeyQuota & { readonly key: Uint8Array }): Canonical {
+  return {
+    key: quota.key,
+    ...(quota.eventsPerSecond === null ? {} : { eventsPerSecond: quota.eventsPerSecond }),
+    ...(quota.bytesPerSecond === null ? {} : { bytesPerSecond: quota.bytesPerSecond }),
+    ...(quota.subscriptions === null ? {} : { subscriptions: quota.subscriptions }),
+  };
 }
 
 /** status() as plain JSON (byte strings are not expected in it; numbers and text only). */

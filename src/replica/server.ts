@@ -17,7 +17,8 @@
  * against the client caps: the cluster's own links must not be crowded out by clients.
  */
 import { randomBytes } from "node:crypto";
-import type { Socket, TCPSocketListener } from "bun";
+import type { Socket, SocketHandler, TCPSocketListener } from "bun";
+import { formatAddress } from "../config/cluster.ts";
 import { signDomain, verifyDomain } from "../crypto/ed25519.ts";
 import type { SigningKey } from "../crypto/keys.ts";
 import {
@@ -159,6 +160,8 @@ export interface ServerOptions {
   readonly self: number;
   readonly host: string;
   readonly port: number;
+  /** Further addresses to listen on as well, with the same handling (a multi-homed replica's other networks). */
+  readonly alsoListen?: readonly { readonly host: string; readonly port: number }[];
   readonly key: SigningKey;
   readonly frameBytesMax: number;
   readonly mesh: PeerMesh;
@@ -217,6 +220,7 @@ function resolveLimits(overrides: Partial<ServerLimits> = {}): ServerLimits {
 
 export class ReplicaServer {
   private listener: TCPSocketListener<{ conn: FramedConn | null }> | null = null;
+  private readonly moreListeners: TCPSocketListener<{ conn: FramedConn | null }>[] = [];
   private readonly conns = new Set<FramedConn>();
   private readonly limits: ServerLimits;
   private nextSessionId = 1;
@@ -257,38 +261,49 @@ export class ReplicaServer {
       () => this.sweepClients(),
       Math.max(10, Math.min(1_000, Math.floor(Math.min(clientIdleMsMax, clientStuckMsMax) / 4))),
     );
-    this.listener = Bun.listen<{ conn: FramedConn | null }>({
-      hostname: this.options.host,
-      port: this.options.port,
-      data: { conn: null },
-      socket: {
-        open(socket) {
-          const conn = new FramedConn(
-            socket as Socket<unknown>,
-            server.options.frameBytesMax,
-            CLIENT_OUTBOUND_BYTES_MAX,
-            socket.remoteAddress,
-            () => server.now(),
-          );
-          socket.data = { conn };
-          server.onOpen(conn);
-        },
-        data(socket, chunk) {
-          const conn = socket.data.conn;
-          if (conn !== null) server.onData(conn, chunk);
-        },
-        drain(socket) {
-          socket.data.conn?.drain();
-        },
-        close(socket) {
-          const conn = socket.data.conn;
-          if (conn !== null) server.onClose(conn);
-        },
-        error(_socket, error) {
-          server.options.log.debug("connection error", { error: error.message });
-        },
+    const socketHandler: SocketHandler<{ conn: FramedConn | null }> = {
+      open(socket) {
+        const conn = new FramedConn(
+          socket as Socket<unknown>,
+          server.options.frameBytesMax,
+          CLIENT_OUTBOUND_BYTES_MAX,
+          socket.remoteAddress,
+          () => server.now(),
+        );
+        socket.data = { conn };
+        server.onOpen(conn);
       },
-    });
+      data(socket, chunk) {
+        const conn = socket.data.conn;
+        if (conn !== null) server.onData(conn, chunk);
+      },
+      drain(socket) {
+        socket.data.conn?.drain();
+      },
+      close(socket) {
+        const conn = socket.data.conn;
+        if (conn !== null) server.onClose(conn);
+      },
+      error(_socket, error) {
+        server.options.log.debug("connection error", { error: error.message });
+      },
+    };
+    const open = (host: string, port: number): TCPSocketListener<{ conn: FramedConn | null }> => {
+      try {
+        return Bun.listen<{ conn: FramedConn | null }>({ hostname: host, port, data: { conn: null }, socket: socketHandler });
+      } catch (error) {
+        // Which of several addresses failed, for the message that explains why.
+        if (error !== null && typeof error === "object") Object.assign(error, { listenAddress: formatAddress(host, port) });
+        throw error;
+      }
+    };
+    this.listener = open(this.options.host, this.options.port);
+    try {
+      for (const more of this.options.alsoListen ?? []) this.moreListeners.push(open(more.host, more.port));
+    } catch (error) {
+      this.stop();
+      throw error;
+    }
   }
 
   stop(): void {
@@ -296,6 +311,7 @@ export class ReplicaServer {
     this.sweepTimer = null;
     this.listener?.stop(true);
     this.listener = null;
+    for (const listener of this.moreListeners.splice(0)) listener.stop(true);
     for (const conn of this.conns) conn.close();
   }
 

@@ -1,10 +1,13 @@
-// Two rows of the fault matrix (matrix.ts; the whole matrix is `npm run faults`): real
+// Three rows of the fault matrix (matrix.ts; the whole matrix is `npm run faults`): real
 // replicas, each on its own host in a network namespace, a steady publish stream and a
 // live subscriber; the history checker must find nothing lost, duplicated, reordered or
 // invented. Needs root for the namespaces; skipped, saying why, without it.
+// cut-network: every replica on two networks (two bridges); the preferred one, which the
+// clients use too, goes dark for 10 s: peers and clients move to the second network, so
+// publishing goes on during the cut, and the stall stays under CUT_NETWORK_STALL_MS_MAX.
 import { describe, expect, test } from "bun:test";
 import { BUN, MAIN } from "../integration/harness.ts";
-import { faultNamed, formatRows, runFault } from "./matrix.ts";
+import { CUT_NETWORK_STALL_MS_MAX, faultNamed, formatRows, runFault } from "./matrix.ts";
 import { netnsUnavailable } from "./netns.ts";
 
 const unavailable = netnsUnavailable();
@@ -25,4 +28,18 @@ describe.skipIf(unavailable !== null)("the fault matrix on namespaced hosts", ()
       ROW_TIMEOUT_MS,
     );
   }
+
+  test(
+    "cut-network: multi-homed replicas; the preferred network goes dark and publishing goes on over the other, nothing lost, duplicated or reordered",
+    async () => {
+      const row = await runFault(faultNamed("cut-network"), [BUN, MAIN]);
+      expect(row.problems, formatRows([row])).toEqual([]);
+      expect(row.delivered).toBe(row.acked);
+      expect(row.ackedDuringFault, formatRows([row])).toBeGreaterThan(0);
+      expect(row.longestStallMs, formatRows([row])).toBeLessThan(CUT_NETWORK_STALL_MS_MAX);
+      // runFault waited for every peer link and client session to be back on the preferred network.
+      expect(row.backOnPreferredMs).not.toBeNull();
+    },
+    ROW_TIMEOUT_MS,
+  );
 });

@@ -37,6 +37,13 @@ const RETRY_PAUSE_MS = 50;
 /** Bound on every wait of a row (only reached when the row fails). */
 const WAIT_MS = 90_000;
 
+/**
+ * The longest stall the cut-network row allows: a silent session is given up after 3 s
+ * (clients; 2.5 s for peer links), then the next address is dialled at once. Well under
+ * the row's 10 s hold, which is the stall without failover.
+ */
+export const CUT_NETWORK_STALL_MS_MAX = 8_000;
+
 /** What a fault does to the group: `apply` starts it, `heal` ends it; `holdMs` between. */
 export interface Fault {
   readonly name: string;
@@ -46,6 +53,8 @@ export interface Fault {
   readonly proxied?: boolean;
   /** Each replica keeps its data on a tmpfs of its own that the fault can shrink (disk full). */
   readonly smallDisks?: boolean;
+  /** Networks every host is on (default 1); with more, each replica lists its further addresses (`hosts`). */
+  readonly networks?: number;
   apply(group: FaultGroup): Promise<void> | void;
   heal(group: FaultGroup): Promise<void> | void;
 }
@@ -53,6 +62,8 @@ export interface Fault {
 export interface FaultRow {
   readonly fault: string;
   readonly acked: number;
+  /** Events acknowledged while the fault was in force (between apply and heal). */
+  readonly ackedDuringFault: number;
   readonly delivered: number;
   readonly lost: number;
   readonly duplicated: number;
@@ -60,6 +71,8 @@ export interface FaultRow {
   readonly forged: number;
   readonly longestStallMs: number;
   readonly recoveryMs: number;
+  /** Multi-network rows: from the heal until every peer link and the admin client's sessions are back on network 0. */
+  readonly backOnPreferredMs: number | null;
   readonly problems: readonly string[];
 }
 
@@ -352,6 +365,14 @@ export const FAULTS: readonly Fault[] = [
     heal: (g) => g.freeDisk((g.leader + 1) % REPLICAS),
   },
   {
+    name: "cut-network",
+    what: "replicas on two networks; the preferred one (clients' too) goes dark, then comes back",
+    holdMs: 10_000,
+    networks: 2,
+    apply: (g) => g.net.cutNetwork(0),
+    heal: (g) => g.net.restoreNetwork(0),
+  },
+  {
     name: "pause-and-kill",
     what: "the leader paused while a follower is killed (two faults at once; f = 1 is exceeded, so no progress until healed)",
     holdMs: 4_000,
@@ -372,12 +393,18 @@ export function faultNamed(name: string): Fault {
   return fault;
 }
 
-/** Writes the group's cluster file with each replica on its own host. */
+/** Writes the group's cluster file with each replica on its own host (and its further addresses on further networks). */
 function clusterFiles(net: TestNetwork, dir: string): { configPath: string; adminKey: string; clientKey: string } {
-  const init = initCluster({ dir, replicas: REPLICAS, host: "127.0.0.1", basePort: PORT, name: "faults", overwrite: false });
+  const init = initCluster({
+    dir,
+    replicas: REPLICAS,
+    host: "127.0.0.1",
+    addresses: net.hosts.map((host) => ({ host: host.address, hosts: host.addresses.slice(1) })),
+    basePort: PORT,
+    name: "faults",
+    overwrite: false,
+  });
   let text = readFileSync(init.configPath, "utf8");
-  let id = 0;
-  text = text.replace(/^host = "127\.0\.0\.1"$/gm, () => `host = "${net.host(id++).address}"`);
   text = text.replace(/^port = \d+$/gm, `port = ${PORT}`);
   writeFileSync(init.configPath, text);
   return { configPath: init.configPath, adminKey: init.adminKeyFile, clientKey: init.clientKeyFile };
@@ -399,7 +426,7 @@ export async function runFault(
   replicaCommand: readonly string[],
   progress: (line: string) => void = () => {},
 ): Promise<FaultRow> {
-  const net = TestNetwork.create(REPLICAS);
+  const net = TestNetwork.create(REPLICAS, fault.networks ?? 1);
   const dir = mkdtempSync(join(tmpdir(), "fitb-faults-"));
   const files = clusterFiles(net, dir);
   const group = new FaultGroup(net, files.configPath, replicaCommand, fault.proxied === true);
@@ -456,13 +483,21 @@ export async function runFault(
     group.leader = (await admin.status()).leader ?? 0;
     progress(`${fault.name}: applying (${fault.what}; leader is replica ${group.leader})`);
     await fault.apply(group);
+    const ackedAtFault = stream.acked.length;
     await Bun.sleep(fault.holdMs);
+    const ackedDuringFault = stream.acked.length - ackedAtFault;
     const beforeHeal = ackedRequests();
     await fault.heal(group);
     const healedAt = Date.now();
     progress(`${fault.name}: healed; waiting for ${REQUESTS_AFTER} more acknowledged publishes`);
     await waitFor("publishes to be acknowledged again after healing", () => ackedRequests() > beforeHeal, WAIT_MS);
     const recoveryMs = Date.now() - healedAt;
+    let backOnPreferredMs: number | null = null;
+    if (net.networks > 1) {
+      await waitFor("every peer link and client session back on the preferred network", () => onPreferredNetwork(admin, net), WAIT_MS);
+      backOnPreferredMs = Date.now() - healedAt;
+      progress(`${fault.name}: every link back on the preferred network ${(backOnPreferredMs / 1000).toFixed(1)} s after the heal`);
+    }
     await waitFor("acknowledged publishes after healing", () => ackedRequests() >= beforeHeal + REQUESTS_AFTER, WAIT_MS);
     running = false;
     await publishing;
@@ -486,6 +521,7 @@ export async function runFault(
     return {
       fault: fault.name,
       acked: stream.acked.length,
+      ackedDuringFault,
       delivered: live.events.length,
       lost: count(/^acknowledged /),
       duplicated: count(/appears twice/),
@@ -493,6 +529,7 @@ export async function runFault(
       forged: count(/never published|live delivered/),
       longestStallMs,
       recoveryMs,
+      backOnPreferredMs,
       problems,
     };
   } catch (error) {
@@ -506,6 +543,19 @@ export async function runFault(
     net.destroy();
     if (process.env.FITB_KEEP_TEST_DIRS === undefined) rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** Whether every replica reaches every peer, and `client` reaches every replica, at its network-0 address. */
+async function onPreferredNetwork(client: FitbClient, net: TestNetwork): Promise<boolean> {
+  const status = await client.status().catch(() => null);
+  if (status === null) return false;
+  const preferred = (id: number): string => `${net.host(id).address}:${PORT}`;
+  return status.replicas.every((replica) => {
+    const answer = replica.answer;
+    if (!replica.connected || replica.address !== preferred(replica.id) || answer === null || !answer.ok) return false;
+    const peers = answer.value.peers ?? [];
+    return peers.length === REPLICAS - 1 && peers.every((peer) => peer.up && peer.address === preferred(peer.id));
+  });
 }
 
 /** The channel's history from seq 1 to `last`, read by a fresh subscription. */

@@ -3,11 +3,13 @@
  * (eth0) on a bridge that lives in a namespace of its own, and a veth from the test's own
  * namespace onto the same bridge so the test process (clients, admin) reaches every host
  * directly. Addresses are a private /24 chosen at random per network, so parallel runs do
- * not collide.
+ * not collide. With several networks (multi-homed hosts) each has its own bridge, /24 and
+ * test leg, and host interface ethK is on network K.
  *
  * Faults, without netem or iptables (this kernel has neither): a host cut off (its link
  * down), a one-way cut (a blackhole route on the sender for the receiver's address), a
- * split into two sides (blackhole routes both ways), and a bandwidth limit (the tbf qdisc).
+ * split into two sides (blackhole routes both ways), a bandwidth limit (the tbf qdisc), and
+ * a whole network cut (its bridge down: no frame crosses it, nothing is reset).
  *
  * Everything is torn down by `destroy()`, on exit and on SIGINT/SIGTERM; and namespaces
  * left behind by a test process that died (named `fitb-<pid>-...`, for a pid that is no
@@ -55,7 +57,10 @@ export interface NetHost {
   readonly id: number;
   /** The namespace the host's processes run in. */
   readonly ns: string;
+  /** Its address on network 0. */
   readonly address: string;
+  /** Its address on each network, network 0 first. */
+  readonly addresses: readonly string[];
 }
 
 const live = new Set<TestNetwork>();
@@ -78,30 +83,34 @@ function hookExit(): void {
 
 export class TestNetwork {
   readonly hosts: NetHost[] = [];
-  /** The test process's own address on the bridge. */
+  /** The test process's own address on the bridge of network 0. */
   readonly localAddress: string;
-  private readonly hub: string;
+  private readonly hubs: string[] = [];
   private readonly tag: string;
-  private readonly subnet: string;
+  private readonly subnets: string[] = [];
   private readonly limited = new Set<number>();
   private destroyed = false;
 
-  private constructor(n: number) {
+  private constructor(n: number, networks: number) {
     this.tag = Math.random().toString(16).slice(2, 8);
     const a = 200 + Math.floor(Math.random() * 50);
-    const b = Math.floor(Math.random() * 256);
-    this.subnet = `10.${a}.${b}`;
-    this.localAddress = `${this.subnet}.254`;
-    this.hub = `${NAME_PREFIX}${process.pid}-${this.tag}-hub`;
-    for (let id = 0; id < n; id++)
-      this.hosts.push({ id, ns: `${NAME_PREFIX}${process.pid}-${this.tag}-h${id}`, address: `${this.subnet}.${id + 1}` });
+    const b = Math.floor(Math.random() * (256 - networks));
+    for (let k = 0; k < networks; k++) {
+      this.subnets.push(`10.${a}.${b + k}`);
+      this.hubs.push(`${NAME_PREFIX}${process.pid}-${this.tag}-hub${k === 0 ? "" : k}`);
+    }
+    this.localAddress = `${this.subnets[0]}.254`;
+    for (let id = 0; id < n; id++) {
+      const addresses = this.subnets.map((subnet) => `${subnet}.${id + 1}`);
+      this.hosts.push({ id, ns: `${NAME_PREFIX}${process.pid}-${this.tag}-h${id}`, address: addresses[0] as string, addresses });
+    }
   }
 
-  /** Creates n hosts on one bridge. Throws with the failing command if the kernel refuses. */
-  static create(n: number): TestNetwork {
+  /** Creates n hosts, each on `networks` bridges (default one). Throws with the failing command if the kernel refuses. */
+  static create(n: number, networks = 1): TestNetwork {
     sweepStale();
     hookExit();
-    const net = new TestNetwork(n);
+    const net = new TestNetwork(n, networks);
     live.add(net);
     try {
       net.build();
@@ -113,34 +122,69 @@ export class TestNetwork {
   }
 
   private build(): void {
-    const hub = this.hub;
-    run(["ip", "netns", "add", hub]);
-    run(["ip", "-n", hub, "link", "set", "lo", "up"]);
-    run(["ip", "-n", hub, "link", "add", "br0", "type", "bridge"]);
-    run(["ip", "-n", hub, "link", "set", "br0", "up"]);
     for (const host of this.hosts) {
-      const inner = `fv${this.tag}${host.id}`;
-      const outer = `fw${this.tag}${host.id}`;
       run(["ip", "netns", "add", host.ns]);
       run(["ip", "-n", host.ns, "link", "set", "lo", "up"]);
-      run(["ip", "link", "add", inner, "type", "veth", "peer", "name", outer]);
-      run(["ip", "link", "set", inner, "netns", host.ns]);
-      run(["ip", "link", "set", outer, "netns", hub]);
-      run(["ip", "-n", host.ns, "link", "set", inner, "name", "eth0"]);
-      run(["ip", "-n", host.ns, "addr", "add", `${host.address}/24`, "dev", "eth0"]);
-      run(["ip", "-n", host.ns, "link", "set", "eth0", "up"]);
-      run(["ip", "-n", hub, "link", "set", outer, "master", "br0"]);
-      run(["ip", "-n", hub, "link", "set", outer, "up"]);
     }
-    // The test's own leg: deleting the hub namespace deletes this pair too.
-    const local = `fr${this.tag}`;
-    const hubSide = `fs${this.tag}`;
-    run(["ip", "link", "add", local, "type", "veth", "peer", "name", hubSide]);
-    run(["ip", "link", "set", hubSide, "netns", hub]);
-    run(["ip", "-n", hub, "link", "set", hubSide, "master", "br0"]);
-    run(["ip", "-n", hub, "link", "set", hubSide, "up"]);
-    run(["ip", "addr", "add", `${this.localAddress}/24`, "dev", local]);
-    run(["ip", "link", "set", local, "up"]);
+    this.hubs.forEach((hub, k) => {
+      run(["ip", "netns", "add", hub]);
+      run(["ip", "-n", hub, "link", "set", "lo", "up"]);
+      run(["ip", "-n", hub, "link", "add", "br0", "type", "bridge"]);
+      run(["ip", "-n", hub, "link", "set", "br0", "up"]);
+      // Network 0 keeps the names of a single-network run.
+      const net = k === 0 ? "" : `n${k}`;
+      for (const host of this.hosts) {
+        const inner = `fv${this.tag}${net}${host.id}`;
+        const outer = `fw${this.tag}${net}${host.id}`;
+        const eth = `eth${k}`;
+        run(["ip", "link", "add", inner, "type", "veth", "peer", "name", outer]);
+        run(["ip", "link", "set", inner, "netns", host.ns]);
+        run(["ip", "link", "set", outer, "netns", hub]);
+        run(["ip", "-n", host.ns, "link", "set", inner, "name", eth]);
+        run(["ip", "-n", host.ns, "addr", "add", `${host.addresses[k]}/24`, "dev", eth]);
+        run(["ip", "-n", host.ns, "link", "set", eth, "up"]);
+        run(["ip", "-n", hub, "link", "set", outer, "master", "br0"]);
+        run(["ip", "-n", hub, "link", "set", outer, "up"]);
+      }
+      // The test's own leg: deleting the hub namespace deletes this pair too.
+      const local = `fr${this.tag}${net}`;
+      const hubSide = `fs${this.tag}${net}`;
+      run(["ip", "link", "add", local, "type", "veth", "peer", "name", hubSide]);
+      run(["ip", "link", "set", hubSide, "netns", hub]);
+      run(["ip", "-n", hub, "link", "set", hubSide, "master", "br0"]);
+      run(["ip", "-n", hub, "link", "set", hubSide, "up"]);
+      run(["ip", "addr", "add", `${this.subnets[k]}.254/24`, "dev", local]);
+      run(["ip", "link", "set", local, "up"]);
+    });
+  }
+
+  /** How many networks each host is on. */
+  get networks(): number {
+    return this.hubs.length;
+  }
+
+  private hub(k: number): string {
+    const hub = this.hubs[k];
+    if (hub === undefined) throw new Error(`no network ${k}`);
+    return hub;
+  }
+
+  /**
+   * Network `k` goes dark: every port of its bridge goes down, so no frame crosses it in
+   * either direction and nothing is reset (connections on it just go silent). Hosts keep
+   * their addresses on it.
+   */
+  cutNetwork(k: number): void {
+    for (const port of this.bridgePorts(k)) run(["ip", "-n", this.hub(k), "link", "set", port, "down"]);
+  }
+
+  restoreNetwork(k: number): void {
+    for (const port of this.bridgePorts(k)) run(["ip", "-n", this.hub(k), "link", "set", port, "up"]);
+  }
+
+  private bridgePorts(k: number): string[] {
+    const net = k === 0 ? "" : `n${k}`;
+    return [...this.hosts.map((host) => `fw${this.tag}${net}${host.id}`), `fs${this.tag}${net}`];
   }
 
   host(id: number): NetHost {
@@ -154,13 +198,13 @@ export class TestNetwork {
     return ["ip", "netns", "exec", this.host(id).ns];
   }
 
-  /** Host `id`'s link goes down: nothing reaches it, it reaches nothing. */
+  /** Host `id`'s links go down: nothing reaches it, it reaches nothing. */
   isolate(id: number): void {
-    run(["ip", "-n", this.host(id).ns, "link", "set", "eth0", "down"]);
+    for (let k = 0; k < this.networks; k++) run(["ip", "-n", this.host(id).ns, "link", "set", `eth${k}`, "down"]);
   }
 
   reconnect(id: number): void {
-    run(["ip", "-n", this.host(id).ns, "link", "set", "eth0", "up"]);
+    for (let k = 0; k < this.networks; k++) run(["ip", "-n", this.host(id).ns, "link", "set", `eth${k}`, "up"]);
   }
 
   /** Packets from `from` to `to` are dropped (a blackhole route on `from`). */
@@ -219,6 +263,6 @@ export class TestNetwork {
     this.destroyed = true;
     live.delete(this);
     for (const host of this.hosts) run(["ip", "netns", "delete", host.ns], true);
-    run(["ip", "netns", "delete", this.hub], true);
+    for (const hub of this.hubs) run(["ip", "netns", "delete", hub], true);
   }
 }

@@ -339,6 +339,9 @@ class TestReplica {
       case "publishers":
         if (!this.ledger.channels.has(query.tag)) return { refuse: "UNKNOWN_CHANNEL", reason: `no channel ${query.tag}` };
         return { publishers: this.ledger.publishers.get(query.tag) ?? [clientKey.publicKey] };
+      case "quotas":
+        // This scripted replica keeps no quotas.
+        return { quotas: [] };
     }
   }
 

@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
-import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import { formatPublicKey, loadSigningKeyFile, tryParsePublicKey } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { BUN, MAIN, startCluster, type TestCluster } from "./harness.ts";
 
@@ -13,6 +13,16 @@ let A: string[];
 let C: string[];
 let probe: string;
 const running: Subprocess[] = [];
+
+function loadKeyBytes(text: string): Buffer {
+  const parsed = tryParsePublicKey(text);
+  if (!parsed.ok) throw new Error(parsed.reason);
+  return Buffer.from(parsed.key);
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+}
 
 async function ok(args: string[]): Promise<string> {
   const run = await cluster.fitb(args);
@@ -69,6 +79,31 @@ describe("admin set-quota", () => {
     expect(refused.stdout).toContain("is over its quota of 200 bytes/s");
     expect(await ok(["pub", ...C, "sec.alerts", "small"])).toMatch(/^\+OK sec\.alerts \d+\n$/);
     await setQuota(probe, []);
+  }, 60_000);
+
+  test("list-quotas shows every key's own limits as the replicas agree, and a removed quota is gone from it", async () => {
+    const other = join(cluster.dir, "other.key");
+    await ok(["keygen", "--out", other]);
+    const otherKey = formatPublicKey(loadSigningKeyFile(other).key.publicKey);
+    await setQuota(probe, ["--events-per-second", "500", "--subscriptions", "4"]);
+    await setQuota(otherKey, ["--bytes-per-second", "9000"]);
+    const json = (await ok(["admin", ...A, "list-quotas", "--json"]))
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line));
+    expect(json).toEqual(
+      [
+        { key: probe, eventsPerSecond: 500, bytesPerSecond: null, subscriptions: 4 },
+        { key: otherKey, eventsPerSecond: null, bytesPerSecond: 9000, subscriptions: null },
+      ].sort((a, b) => Buffer.compare(loadKeyBytes(a.key), loadKeyBytes(b.key))),
+    );
+    const table = (await ok(["admin", ...C, "list-quotas"])).trim().split("\n");
+    expect(table[0]).toMatch(/^KEY +EVENTS\/S +BYTES\/S +SUBSCRIPTIONS$/);
+    expect(table).toContainEqual(expect.stringMatching(new RegExp(`^${escapeRegExp(probe)} +500 +none +4$`)));
+    expect(table).toContainEqual(expect.stringMatching(new RegExp(`^${escapeRegExp(otherKey)} +default +9000 +default$`)));
+    await setQuota(probe, []);
+    await setQuota(otherKey, []);
+    expect((await ok(["admin", ...A, "list-quotas"])).trim()).toBe("no quotas (every key has the cluster's [limits] defaults)");
   }, 60_000);
 
   test("subscriptions: past the key's quota a subscription is refused with LIMIT, naming it", async () => {

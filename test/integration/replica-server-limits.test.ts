@@ -195,6 +195,7 @@ function replicaEntries(keys: readonly SigningKey[], port0: number): ReplicaEntr
   return keys.map((key, id) => ({
     id,
     host: HOST,
+    hosts: [],
     port: id === 0 ? port0 : 0,
     publicKey: key.publicKey,
     publicKeyText: key.publicKeyText,

@@ -401,3 +401,50 @@ test("formatPath writes indexes in brackets", () => {
   expect(formatPath(["limits", "frame_bytes_max"])).toBe("limits.frame_bytes_max");
   expect(formatPath([])).toBe("");
 });
+
+describe("multi-homed replicas (hosts)", () => {
+  /** The generated file with replica 1's `hosts` line set to `hostsLine`. */
+  function withHosts(hostsLine: string): string {
+    const text = validToml(4);
+    return text.replace(/(\[\[replicas\]\]\nid = 1\nhost = "127\.0\.0\.1")/, `$1\n${hostsLine}`);
+  }
+
+  test("further addresses parse in order; a replica without them has none; cluster init writes them", () => {
+    const result = parse(withHosts('hosts = ["10.1.0.2", "data-1.example.net", "fd00::2"]'));
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    expect(result.config.replicas[1]!.hosts).toEqual(["10.1.0.2", "data-1.example.net", "fd00::2"]);
+    expect(result.config.replicas[0]!.hosts).toEqual([]);
+    const written = renderClusterToml({
+      name: "t",
+      f: 1,
+      replicas: keys(4).map((publicKey, id) => ({ id, host: `10.0.0.${id + 1}`, hosts: [`10.1.0.${id + 1}`], port: 7100, publicKey })),
+      adminKeys: keys(1),
+      clientKeys: [],
+    });
+    const reread = parse(written);
+    expect(reread.ok && reread.config.replicas.map((replica) => [replica.host, ...replica.hosts])).toEqual([
+      ["10.0.0.1", "10.1.0.1"],
+      ["10.0.0.2", "10.1.0.2"],
+      ["10.0.0.3", "10.1.0.3"],
+      ["10.0.0.4", "10.1.0.4"],
+    ]);
+  });
+
+  test("each is validated like host, and no address may repeat one of any replica", () => {
+    expect(onlyError(withHosts('hosts = ["10.1.0.2", "999.1.1.1"]'))).toBe(
+      'replicas[1].hosts[1]: expected a hostname, an IPv4 address or an IPv6 address (without brackets), got "999.1.1.1"',
+    );
+    expect(onlyError(withHosts('hosts = "10.1.0.2"'))).toStartWith("replicas[1].hosts: expected an array of at most 8 further addresses");
+    expect(onlyError(withHosts('hosts = ["127.0.0.1"]'))).toBe(
+      "replicas[1].hosts[0]: address 127.0.0.1:7101 is already used by this replica",
+    );
+    const text = validToml(4).replace(
+      /(\[\[replicas\]\]\nid = 1\nhost = "127\.0\.0\.1"\n)port = 7101/,
+      '$1hosts = ["10.9.0.1"]\nport = 7100',
+    );
+    expect(errorsOf(text).map(formatConfigIssue)).toContain("replicas[1].port: address 127.0.0.1:7100 is already used by replicas[0]");
+    const many = Array.from({ length: 9 }, (_, i) => `"10.1.0.${i + 1}"`).join(", ");
+    expect(onlyError(withHosts(`hosts = [${many}]`))).toStartWith("replicas[1].hosts: expected an array of at most 8 further addresses");
+  });
+});

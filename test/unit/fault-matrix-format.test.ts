@@ -20,6 +20,7 @@ describe("fault matrix", () => {
     const row = {
       fault: "kill-all",
       acked: 12,
+      ackedDuringFault: 4,
       delivered: 12,
       lost: 0,
       duplicated: 0,
@@ -27,6 +28,7 @@ describe("fault matrix", () => {
       forged: 0,
       longestStallMs: 3100,
       recoveryMs: 2000,
+      backOnPreferredMs: null,
       problems: [],
     };
     const lines = formatRows([row, { ...row, fault: "split-2-2", acked: 1234 }]).split("\n");

@@ -1,10 +1,12 @@
 /**
  * What `fitb admin` shows and checks about channels: the list-channels table (CLASS,
- * registered keys, last seq, retention use), its JSON form with the keys themselves, and
- * the check that makes destroy-channel ask for --yes when events are stored.
+ * registered keys, last seq, retention use), its JSON form with the keys themselves, the
+ * check that makes destroy-channel ask for --yes when events are stored, and the
+ * list-quotas table of the keys with limits of their own.
  */
 import type { ChannelListing } from "../../client/channel-listing.ts";
 import type { FitbClient } from "../../client/client.ts";
+import type { KeyQuotaListing } from "../../client/queries.ts";
 import { formatPublicKey } from "../../crypto/keys.ts";
 import type { CommandIo } from "../command.ts";
 import { CommandError } from "../errors.ts";
@@ -40,6 +42,35 @@ export async function printChannels(client: FitbClient, channels: readonly Chann
     retentionUse(channel),
   ]);
   const header = ["TAG", "FAULT", "ORDER", "PRIORITY", "SUBSCRIBE", "PUBLISHERS", "SUBSCRIBERS", "LAST-SEQ", "RETAINED"];
+  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] as string).length)));
+  for (const row of [header, ...rows])
+    io.out(
+      row
+        .map((cell, column) => cell.padEnd(widths[column] as number))
+        .join("  ")
+        .trimEnd(),
+    );
+}
+
+/** Prints the keys with a quota: a table, or with `json` one object per line (null: the cluster's default). */
+export function printQuotas(quotas: readonly KeyQuotaListing[], json: boolean, io: CommandIo): void {
+  if (json) {
+    for (const quota of quotas) io.out(JSON.stringify({ ...quota, key: formatPublicKey(quota.key) }));
+    return;
+  }
+  if (quotas.length === 0) {
+    io.out("no quotas (every key has the cluster's [limits] defaults)");
+    return;
+  }
+  // Without a quota of its own a key has the cluster's events/s and subscriptions, and no bytes/s limit.
+  const limit = (value: number | null, otherwise: string): string => (value === null ? otherwise : String(value));
+  const rows = quotas.map((quota) => [
+    formatPublicKey(quota.key),
+    limit(quota.eventsPerSecond, "default"),
+    limit(quota.bytesPerSecond, "none"),
+    limit(quota.subscriptions, "default"),
+  ]);
+  const header = ["KEY", "EVENTS/S", "BYTES/S", "SUBSCRIPTIONS"];
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] as string).length)));
   for (const row of [header, ...rows])
     io.out(

@@ -8,6 +8,7 @@
  *   unregister TAG --publisher PUBKEY | --subscriber PUBKEY
  *   set-quota PUBKEY [--events-per-second N] [--bytes-per-second N] [--subscriptions N]
  *   list-channels [--json]
+ *   list-quotas [--json]
  *   status [--json]
  *
  * Commands that change state are signed by the admin key and go through Byzantine total
@@ -24,7 +25,7 @@ import { formatPublicKey, tryParsePublicKey } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
-import { checkDestroy, printChannels } from "./admin-channels.ts";
+import { checkDestroy, printChannels, printQuotas } from "./admin-channels.ts";
 import { openStatusClient, readStatusReport } from "./status-client.ts";
 import { statusJsonReport, statusTable } from "./status-report.ts";
 import {
@@ -39,7 +40,16 @@ import {
   type ClientFlags,
 } from "./pub.ts";
 
-const SUBCOMMANDS = ["create-channel", "destroy-channel", "register", "unregister", "set-quota", "list-channels", "status"] as const;
+const SUBCOMMANDS = [
+  "create-channel",
+  "destroy-channel",
+  "register",
+  "unregister",
+  "set-quota",
+  "list-channels",
+  "list-quotas",
+  "status",
+] as const;
 type Subcommand = (typeof SUBCOMMANDS)[number];
 
 const FAULTS = ["crash", "byzantine"] as const;
@@ -55,6 +65,7 @@ const SUBCOMMAND_FLAGS: Readonly<Record<Subcommand, readonly string[]>> = {
   unregister: ["publisher", "subscriber"],
   "set-quota": ["events-per-second", "bytes-per-second", "subscriptions"],
   "list-channels": ["json"],
+  "list-quotas": ["json"],
   status: ["json"],
 };
 const SPECIFIC_FLAGS = [
@@ -93,13 +104,16 @@ export const adminCommand: Command = {
     "      A refused request or subscription names the limit it met.",
     "  list-channels [--json]       Channels: CLASS, registered keys, last seq, retention use",
     "                               (--json: one object per channel, with the keys)",
+    "  list-quotas [--json]         Keys with a quota of their own (set-quota) and their limits;",
+    "                               'default': the cluster's [limits]; 'none': no bytes/s limit",
+    "                               (--json: one object per key, null for a default)",
     "  status [--json]              Every replica: up or why not, view, leader, last decided seq and",
     "                               how far behind; flags a dead or disputed leader, replicas in",
     "                               another view and lagging ones. Exit 0 ok, 1 degraded, 2 no",
     "                               quorum (fewer than 2f+1 replicas answered)",
     "create-channel, destroy-channel, register and unregister must be signed by an admin key of the",
     "cluster file; they are ordered through Byzantine agreement and acknowledged by f+1",
-    "matching replies. list-channels takes f+1 matching answers; status shows every replica.",
+    "matching replies. list-channels and list-quotas take f+1 matching answers; status shows every replica.",
   ],
   flags: [
     CONFIG_FLAG,
@@ -124,7 +138,7 @@ export const adminCommand: Command = {
     },
     { name: "bytes-per-second", kind: "string", valueName: "N", description: "set-quota: the key's request bytes per second" },
     { name: "subscriptions", kind: "string", valueName: "N", description: "set-quota: the key's open subscriptions at each replica" },
-    { name: "json", kind: "boolean", description: "list-channels, status: print JSON, one object per line" },
+    { name: "json", kind: "boolean", description: "list-channels, list-quotas, status: print JSON, one object per line" },
     ...TIMEOUT_FLAGS,
   ],
   positionals: [
@@ -148,6 +162,7 @@ export const adminCommand: Command = {
 type AdminAction =
   | { readonly t: "change"; readonly cmd: AdminCmd; readonly yes: boolean }
   | { readonly t: "list-channels"; readonly json: boolean }
+  | { readonly t: "list-quotas"; readonly json: boolean }
   | { readonly t: "status"; readonly json: boolean };
 
 async function runAdmin(args: ParsedArgs, io: CommandIo): Promise<number> {
@@ -173,6 +188,7 @@ export function parseAction(args: ParsedArgs): AdminAction {
   const tagText = args.positional("TAG");
   switch (subcommand) {
     case "list-channels":
+    case "list-quotas":
     case "status":
       if (tagText !== undefined) throw new UsageError(`${subcommand} takes no TAG, got ${JSON.stringify(tagText)}`);
       return { t: subcommand, json: args.boolean("json") };
@@ -276,6 +292,9 @@ async function perform(client: FitbClient, action: AdminAction, io: CommandIo): 
       return EXIT_OK;
     case "list-channels":
       await printChannels(client, await client.listChannels(), action.json, io);
+      return EXIT_OK;
+    case "list-quotas":
+      printQuotas(await client.listQuotas(), action.json, io);
       return EXIT_OK;
     case "status":
       throw new Error("status runs without a connected client (runStatus)");

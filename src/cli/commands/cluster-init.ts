@@ -22,6 +22,8 @@ export const clusterInitCommand: Command = {
     "an admin (DIR/admin.key) and a client (DIR/client.key), each with its .pub.",
     "f is the largest the group tolerates: f = floor((N-1)/3).",
     "Replica i listens on HOST:(BASE_PORT+i). Edit host and port in the file for real hosts;",
+    "--host takes one host for every replica or a comma-separated list, one per replica; each",
+    "--hosts adds a further address per replica (a second network: multi-homed replicas).",
     "each host then needs only cluster.toml and its own key file.",
     "For production, make each replica's key on its own host instead, so that no one",
     "place ever holds more than one replica key: run 'fitb keygen --out replica-<id>.key'",
@@ -37,7 +39,21 @@ export const clusterInitCommand: Command = {
       description: `Number of replicas, ${INIT_REPLICAS_MIN}..${REPLICAS_MAX}`,
     },
     { name: "dir", kind: "string", valueName: "DIR", required: true, description: "Directory to write (created if missing)" },
-    { name: "host", kind: "string", valueName: "HOST", defaultValue: DEFAULT_HOST, description: "Host of every replica" },
+    {
+      name: "host",
+      kind: "string",
+      valueName: "HOST[,HOST...]",
+      defaultValue: DEFAULT_HOST,
+      description: "Host of every replica, or one per replica (comma-separated, in id order)",
+    },
+    {
+      name: "hosts",
+      kind: "string",
+      valueName: "HOST[,HOST...]",
+      repeated: true,
+      description:
+        "A further address of every replica, or one per replica (comma-separated, in id order), same port: the file's hosts; repeat for each further network",
+    },
     {
       name: "base-port",
       kind: "string",
@@ -63,16 +79,30 @@ export const clusterInitCommand: Command = {
   run: runClusterInit,
 };
 
+/** One host for every replica, or a comma-separated list with one per replica. */
+function perReplica(flag: string, text: string, replicas: number): string[] {
+  const hosts = text.split(",").map((host) => host.trim());
+  if (hosts.some((host) => host === "")) throw new UsageError(`--${flag}: an empty host in ${JSON.stringify(text)}`);
+  if (hosts.length === 1) return new Array<string>(replicas).fill(hosts[0] as string);
+  if (hosts.length !== replicas) {
+    throw new UsageError(`--${flag}: expected one host or ${replicas} (one per replica), got ${hosts.length} in ${JSON.stringify(text)}`);
+  }
+  return hosts;
+}
+
 function runClusterInit(args: ParsedArgs, io: CommandIo): number {
   const replicas = args.requiredInteger("replicas", 1, REPLICAS_MAX);
   if (replicas < INIT_REPLICAS_MIN) {
     throw new UsageError(`--replicas: a group needs at least ${INIT_REPLICAS_MIN} replicas (n >= 3f+1 with f >= 1), got ${replicas}`);
   }
   const basePort = args.requiredInteger("base-port", 1, PORT_MAX);
+  const preferred = perReplica("host", args.requiredString("host"), replicas);
+  const further = args.strings("hosts").map((list) => perReplica("hosts", list, replicas));
   const options = {
     dir: args.requiredString("dir"),
     replicas,
-    host: args.requiredString("host"),
+    host: preferred[0] as string,
+    addresses: preferred.map((host, id) => ({ host, hosts: further.map((network) => network[id] as string) })),
     basePort,
     name: args.requiredString("name"),
     overwrite: args.boolean("force"),
@@ -98,7 +128,7 @@ function runClusterInit(args: ParsedArgs, io: CommandIo): number {
   const secrets = result.replicaKeyFiles !== undefined;
   for (const replica of config.replicas) {
     io.out(
-      `  replica ${replica.id}  ${formatAddress(replica.host, replica.port)}  ${replica.publicKeyText}${secrets ? `  ${replica.keyFile}` : ""}`,
+      `  replica ${replica.id}  ${[replica.host, ...replica.hosts].map((host) => formatAddress(host, replica.port)).join(" ")}  ${replica.publicKeyText}${secrets ? `  ${replica.keyFile}` : ""}`,
     );
   }
   for (const adminKey of config.adminKeys)

@@ -62,8 +62,9 @@ export const replicaCommand: Command = {
       name: "listen",
       kind: "string",
       valueName: "HOST:PORT",
+      repeated: true,
       description:
-        "Listen here instead of the replica's host:port in the config (behind NAT, a load balancer or a proxy; 0.0.0.0:PORT for every interface); peers and clients still use the config's address",
+        "Listen here instead of the replica's host:port and its further hosts in the config (behind NAT, a load balancer or a proxy; 0.0.0.0:PORT for every interface; repeat for several addresses); peers and clients still use the config's addresses",
     },
     {
       name: "threads",
@@ -105,7 +106,8 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   }
   const dataDir = args.string("data") ?? entry.dataDir;
   const sync = parseSync(args.string("sync") ?? DEFAULT_SYNC_POLICY);
-  const listen = parseListen(args.string("listen"));
+  const listens = args.strings("listen").map(parseListen);
+  const listen = listens[0];
   const threads = args.integer("threads", 0, THREADS_MAX) ?? defaultThreads();
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const log = createLog({ replica: id }, level.level);
@@ -122,6 +124,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
       listenHost: listen?.host,
       listenPort: listen?.port,
       threads,
+      listenAlso: listens.slice(1),
       // The replica logged why; its exit status says what kind of stop it is (systemd restarts it).
       onFatal: (error) => process.exit(error.exitCode),
     });
@@ -143,7 +146,9 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   } catch (error) {
     metricsServer?.stop(true);
     replica.stop();
-    const address = formatAddress(listen?.host ?? entry.host, listen?.port ?? entry.port);
+    // With several addresses (further hosts, repeated --listen), the server names the one that failed.
+    const failed = (error as { listenAddress?: unknown } | null)?.listenAddress;
+    const address = typeof failed === "string" ? failed : formatAddress(listen?.host ?? entry.host, listen?.port ?? entry.port);
     // Bun's own message names neither the port nor why; the error code does.
     const problem = listenFailure(address, error, "replica");
     const holder = problem.includes("already in use") ? portHolderNote(entry.port) : "";
@@ -173,8 +178,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   return EXIT_OK;
 }
 
-function parseListen(text: string | undefined): ListenAddress | undefined {
-  if (text === undefined) return undefined;
+function parseListen(text: string): ListenAddress {
   const parsed = parseListenAddress(text);
   if (!parsed.ok) throw new UsageError(`--listen: ${parsed.reason}`);
   return parsed.address;

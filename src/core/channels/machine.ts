@@ -207,6 +207,18 @@ export class ChannelMachine {
     return this.state.quotas.get(keyHex) ?? null;
   }
 
+  /** Every key with a quota of its own, in ascending bytewise order of the key (at most QUOTAS_MAX). */
+  listQuotas(): (KeyQuota & { readonly key: Uint8Array })[] {
+    return [...this.state.quotas.entries()]
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([, quota]) => ({
+        key: quota.key.slice(),
+        eventsPerSecond: quota.eventsPerSecond,
+        bytesPerSecond: quota.bytesPerSecond,
+        subscriptions: quota.subscriptions,
+      }));
+  }
+
   /** The checks register and unregister share; returns the channel when they pass. */
   private keyCommandChannel(cmd: RegisterCmd | UnregisterCmd): Channel | ChannelError {
     if (cmd.role !== "publisher" && cmd.role !== "subscriber") {
