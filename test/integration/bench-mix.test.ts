@@ -59,6 +59,34 @@ test("bench --mix prints the critical channel's latency and the saturated channe
   expect(run.stderr).toContain("bulk.metrics alone, saturated by 2 publishers");
 }, 180_000);
 
+test("bench --rate R1,R2 sweeps the rates and prints one row per rate", async () => {
+  const run = await cluster.fitb(
+    [
+      "bench",
+      "--config",
+      cluster.configPath,
+      "--key",
+      cluster.clientKey,
+      "--channel",
+      "sec.alerts",
+      "--events",
+      "200",
+      "--size",
+      "64",
+      "--rate",
+      "200,400",
+      "--json",
+    ],
+    { timeoutMs: 120_000 },
+  );
+  expect(run.code, run.stderr).toBe(0);
+  const rows = JSON.parse(run.stdout) as { rate: number; delivered: number }[];
+  expect(rows.map((row) => [row.rate, row.delivered])).toEqual([
+    [200, 200],
+    [400, 200],
+  ]);
+}, 180_000);
+
 test("bench --mix refuses the measured channel as the saturated one", async () => {
   const run = await cluster.fitb([
     "bench",

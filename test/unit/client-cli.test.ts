@@ -97,6 +97,11 @@ const USAGE_CASES: Record<string, readonly (readonly [readonly string[], string]
     [[...NO_FILES, "--channel", "b.x", "--events", "3", "--publishers", "4"], "at most one publisher per event"],
     [[...NO_FILES, "--channel", "b.x", "--subscribers", "0"], "--subscribers: expected an integer"],
     [[...NO_FILES, "--channel", "b.x", "--rate", "0"], "--rate: expected an integer"],
+    [
+      [...NO_FILES, "--channel", "b.x", "--rate", "100,x"],
+      '--rate: expected an integer from 1 to 10000000 (or a comma-separated list), got "x"',
+    ],
+    [[...NO_FILES, "--channel", "b.x", "--rate", "100,200", "--mix", "b.y"], "--rate: a sweep of rates does not combine with --mix"],
     [[...NO_FILES, "--channel", "b.x", "extra"], "unexpected argument"],
   ],
 };

@@ -32,6 +32,7 @@ export const BENCH_EVENTS_MAX = 100_000_000;
 export const BENCH_PUBLISHERS_MAX = 64;
 export const BENCH_SUBSCRIBERS_MAX = 64;
 export const BENCH_RATE_MAX = 10_000_000;
+export const BENCH_SWEEP_RATES_MAX = 32;
 const DEFAULT_EVENTS = 10_000;
 const DEFAULT_MIX_PUBLISHERS = 4;
 /** The measured channel's rate in a --mix run when --rate is not given (the issue's alert rate). */
@@ -59,6 +60,9 @@ export const benchCommand: Command = {
     "The key must be allowed to publish to the channel and to subscribe to it.",
     "Progress goes to standard error. Exits 1 if events failed or were not delivered.",
     "",
+    "--rate R1,R2,... sweeps: the same run at each rate in turn, then one table (or a JSON",
+    "array) of delivered events/s and p50/p99/max latency against the offered load.",
+    "",
     "--mix LOWTAG measures priority: first LOWTAG alone, saturated by --mix-publishers",
     "publishers (as fast as acks allow, in a thread of their own) for 1 s of warm-up and",
     "then as long as the measured run will take; then the measured run on TAG at --rate (default 1000 ev/s)",
@@ -82,7 +86,12 @@ export const benchCommand: Command = {
     },
     { name: "publishers", kind: "string", valueName: "P", defaultValue: "1", description: "Concurrent publishers" },
     { name: "subscribers", kind: "string", valueName: "S", defaultValue: "1", description: "Subscribing clients" },
-    { name: "rate", kind: "string", valueName: "R", description: "Events per second in total (default: as fast as acks allow)" },
+    {
+      name: "rate",
+      kind: "string",
+      valueName: "R[,R...]",
+      description: "Events per second in total (default: as fast as acks allow); a list sweeps the rates and prints latency against load",
+    },
     {
       name: "mix",
       kind: "string",
@@ -104,6 +113,7 @@ export const benchCommand: Command = {
     "fitb bench --config cluster.toml --key bench.key --channel bench.crash --events 100000 --size 200",
     "fitb bench --config cluster.toml --key bench.key --channel bench.bft --publishers 4 --subscribers 2 --json",
     "fitb bench --config cluster.toml --key bench.key --channel sec.alerts --rate 1000 --events 5000 --mix bulk.metrics",
+    "fitb bench --config cluster.toml --key bench.key --channel sec.alerts --events 20000 --rate 1000,5000,20000",
   ],
   run: runBench,
 };
@@ -116,6 +126,8 @@ export interface BenchPlan {
   readonly subscribers: number;
   /** Events per second in total, or null for as fast as acks allow. */
   readonly rate: number | null;
+  /** More rates to run after `rate` (a sweep: `--rate 1000,5000,20000`). */
+  readonly sweep: readonly number[];
   readonly json: boolean;
   /** A --mix run: the channel saturated meanwhile, and by how many publishers. */
   readonly mix: { readonly tag: string; readonly publishers: number } | null;
@@ -138,8 +150,26 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
       ? null
       : { tag: requireTag(mixTag, "--mix"), publishers: args.requiredInteger("mix-publishers", 1, BENCH_PUBLISHERS_MAX) };
   if (mix !== null && mix.tag === tag) throw new UsageError("--mix: the saturated channel must differ from --channel");
-  const rate = args.integer("rate", 1, BENCH_RATE_MAX) ?? (mix === null ? null : DEFAULT_MIX_RATE);
-  return { tag, events, size, publishers, subscribers, rate, json: args.boolean("json"), mix };
+  const rates = parseRates(args.string("rate"));
+  if (rates.length > 1 && mix !== null) throw new UsageError("--rate: a sweep of rates does not combine with --mix");
+  const rate = rates[0] ?? (mix === null ? null : DEFAULT_MIX_RATE);
+  return { tag, events, size, publishers, subscribers, rate, sweep: rates.slice(1), json: args.boolean("json"), mix };
+}
+
+/** `--rate R` or `--rate R1,R2,...` (a sweep), each an integer in 1..BENCH_RATE_MAX. */
+function parseRates(text: string | undefined): number[] {
+  if (text === undefined) return [];
+  const rates = text.split(",").map((part) => part.trim());
+  if (rates.length > BENCH_SWEEP_RATES_MAX) throw new UsageError(`--rate: at most ${BENCH_SWEEP_RATES_MAX} rates in a sweep`);
+  return rates.map((part) => {
+    const rate = /^[0-9]+$/.test(part) ? Number(part) : Number.NaN;
+    if (!Number.isSafeInteger(rate) || rate < 1 || rate > BENCH_RATE_MAX) {
+      throw new UsageError(
+        `--rate: expected an integer from 1 to ${BENCH_RATE_MAX} (or a comma-separated list), got ${JSON.stringify(part)}`,
+      );
+    }
+    return rate;
+  });
 }
 
 async function runBench(args: ParsedArgs, io: CommandIo): Promise<number> {
@@ -155,6 +185,7 @@ async function runBench(args: ParsedArgs, io: CommandIo): Promise<number> {
   try {
     let mix: MixFigures | null = null;
     let result: BenchResult;
+    if (plan.sweep.length > 0) return await withClientErrors(() => runSweep(plan, flags, setup, clients, io));
     if (flood === null) result = await withClientErrors(() => runPlan(plan, flags, setup, clients, io));
     else {
       const measured = await withClientErrors(() => runMix(plan, flags, setup, clients, io, flood));
@@ -214,6 +245,37 @@ async function runPlan(
     seconds: Math.max(end - started, 0) / MS_PER_SECOND,
     latency: counter.latency,
   };
+}
+
+// ---------------------------------------------------------------------------------------
+// --rate R1,R2,...: latency against load
+// ---------------------------------------------------------------------------------------
+
+/** The plan once per rate, one after the other on fresh clients; a table (or a JSON array) of the figures. */
+async function runSweep(plan: BenchPlan, flags: ClientFlags, setup: ClientSetup, clients: FitbClient[], io: CommandIo): Promise<number> {
+  const rows: Record<string, number>[] = [];
+  let status = EXIT_OK;
+  for (const rate of [plan.rate as number, ...plan.sweep]) {
+    const step: BenchPlan = { ...plan, rate, sweep: [] };
+    io.err(`fitb bench: sweep: ${rate} events/s offered`);
+    const result = await runPlan(step, flags, setup, clients, io);
+    for (const client of clients.splice(0)) client.close();
+    rows.push({ rate, ...resultJson(step, result) });
+    if (reportProblems(step, result, io, null) !== EXIT_OK) status = EXIT_FAILURE;
+  }
+  if (plan.json) io.out(JSON.stringify(rows));
+  else {
+    io.out(
+      `channel ${plan.tag}: ${plan.events} events of ${plan.size} bytes per rate, ${plan.publishers} publishers, ${plan.subscribers} subscribers`,
+    );
+    io.out("offered ev/s  delivered ev/s   p50 ms   p99 ms   max ms");
+    for (const row of rows) {
+      io.out(
+        `${String(row.rate).padStart(12)}  ${String(row.delivered_per_s).padStart(14)}  ${String(row.p50_ms).padStart(7)}  ${String(row.p99_ms).padStart(7)}  ${String(row.max_ms).padStart(7)}`,
+      );
+    }
+  }
+  return status;
 }
 
 // ---------------------------------------------------------------------------------------
