@@ -26,6 +26,10 @@ export type ByzBehaviour =
   | "nvfuture" // signs NEW_VIEWs for far-future views it leads, with no VIEW_CHANGEs in them
   | "slow" // as leader: holds each proposal back 5-20 ticks (slow, yet within the heartbeat)
   | "accuse" // suspects every leader (SUSPECT) and sends forged EVIDENCE of equivocation
+  | "hold" // as leader: releases one proposal at a time, spaced just under the heartbeat (the attack harness's slow leader)
+  | "split" // as leader: the real batch to the lowest other replica, the batch less its last request to the rest
+  | "spam" // floods every peer each tick: FORWARDs of real requests, STATE_REQUESTs for the window, bad-signature PREPAREs, junk
+  | "replay" // re-sends the validly signed messages it sent and received, oldest first, to every peer each tick
   | "twins" // two copies of the replica with the same keys
   | "forget"; // restarts with no state (Twins' lost-state case)
 
@@ -93,6 +97,11 @@ export interface Scenario {
   correctClients: number;
   requestsPerClient: number;
   clientFaults: ClientFault[];
+  /**
+   * Throughput runs (src/sim/throughput.ts): every correct client keeps its window full
+   * until `submitUntil` (closed loop) instead of issuing `requestsPerClient` requests.
+   */
+  closedLoop?: boolean;
 }
 
 /**
@@ -149,6 +158,11 @@ export interface ScenarioOptions {
   byzantineCount?: number;
   /** Isolate the leader of the moment at this tick for 60 ticks, forcing a view change. */
   isolateLeaderAt?: number;
+  /**
+   * Whether random Byzantine replicas may draw ATTACK_BEHAVIOURS (default true). Seeds
+   * recorded before those behaviours existed replay their original run with false.
+   */
+  attackBehaviours?: boolean;
 }
 
 export function makeScenario(seed: number, opts: ScenarioOptions): Scenario {
@@ -193,7 +207,7 @@ export function makeScenario(seed: number, opts: ScenarioOptions): Scenario {
   }
   let faultBudget = f;
   if (wantsByz && mode === "bft") faultBudget -= addByzantine(s, rng, opts.byzantine, opts.byzantineId, opts.byzantineCount);
-  if (opts.byzantine === undefined) addLaterBehaviours(s, seed);
+  if (opts.byzantine === undefined) addLaterBehaviours(s, seed, opts.attackBehaviours ?? true);
   if (mix === "crash" || (combined && rng.chance(0.5))) addCrashes(s, rng, faultBudget);
   if (mix === "clients" || (combined && rng.chance(0.5))) addClientFaults(s, rng);
   return s;
@@ -216,14 +230,20 @@ function addNetworkFaults(s: Scenario, rng: Prng): void {
 }
 
 /**
- * Behaviours added after seeds were first recorded (EXTRA_BEHAVIOURS) are drawn from a
- * stream of their own, so every earlier seed still names the scenario it named before.
+ * Behaviours added after seeds were first recorded are drawn from streams of their own,
+ * one per generation (EXTRA_BEHAVIOURS from stream 9, ATTACK_BEHAVIOURS from stream 10),
+ * so every earlier seed still names the scenario it named before.
  */
 const EXTRA_BEHAVIOURS: readonly ByzBehaviour[] = ["accuse"];
+/** The attacks of the attack harness (test/attack) that the older behaviours did not cover. */
+export const ATTACK_BEHAVIOURS: readonly ByzBehaviour[] = ["hold", "split", "spam", "replay"];
 
-function addLaterBehaviours(s: Scenario, seed: number): void {
+function addLaterBehaviours(s: Scenario, seed: number, attackBehaviours: boolean): void {
   const rng = new Prng(seed, 9);
   for (const b of s.byzantine) for (const extra of EXTRA_BEHAVIOURS) if (rng.chance(0.3)) b.behaviours = [...b.behaviours, extra];
+  if (!attackBehaviours) return;
+  const attacks = new Prng(seed, 10);
+  for (const b of s.byzantine) for (const extra of ATTACK_BEHAVIOURS) if (attacks.chance(0.15)) b.behaviours = [...b.behaviours, extra];
 }
 
 function addByzantine(
