@@ -49,7 +49,7 @@ const SPAM_REQUESTS_MAX = 64;
 const SPAM_FORWARD_REQUESTS = 16;
 /** Validly signed messages a replayer keeps. */
 const REPLAY_MAX = 512;
-/** Proposals whose split a splitting leader remembers, so that a resend repeats it. */
+/** Proposals whose split (or release tick) a splitting (or holding) leader remembers, so that a resend repeats it. */
 const SPLITS_MAX = 256;
 
 type Signable = SignedMessage;
@@ -65,6 +65,8 @@ export class ByzantineReplica {
   private highestSeq = 0;
   /** hold: when the last held proposal goes out. */
   private lastRelease = Number.NEGATIVE_INFINITY;
+  /** hold: "view:seq" -> the tick its proposal goes out. */
+  private readonly releases = new Map<string, number>();
   /** split: "view:seq" -> the second proposal (null: withheld from the rest). */
   private readonly splits = new Map<string, PrePrepare | null>();
   /** spam: real client requests seen; the round-robin turn; the next STATE_REQUEST nonce. */
@@ -79,7 +81,13 @@ export class ByzantineReplica {
     private readonly ctx: ByzContext,
     readonly behaviours: readonly ByzBehaviour[],
     private readonly rng: Prng,
+    /** The tick the behaviours turn on; before it the replica sends what its core says. */
+    private readonly from = 0,
   ) {}
+
+  private honest(): boolean {
+    return this.ctx.now() < this.from;
+  }
 
   has(b: ByzBehaviour): boolean {
     return this.behaviours.includes(b);
@@ -103,6 +111,11 @@ export class ByzantineReplica {
 
   /** What this replica's honest core wanted to send; decides what actually goes out. */
   outgoing(to: ReplicaId | "all", msg: PeerMessage): void {
+    if (this.honest()) {
+      this.observe(msg);
+      for (const target of to === "all" ? this.others() : [to]) this.ctx.send(target, msg);
+      return;
+    }
     if (this.has("mute")) return;
     this.remember(msg);
     this.observe(msg);
@@ -115,7 +128,7 @@ export class ByzantineReplica {
     }
     if (m.t === "NEW_VIEW" && this.has("nvforge") && m.o.length > 0) m = this.forgeNewView(m);
     let extraDelay = m.t === "PRE_PREPARE" && this.has("slow") ? this.rng.int(5, 20) : 0;
-    if (m.t === "PRE_PREPARE" && m.batch !== null && this.has("hold")) extraDelay += this.holdDelay();
+    if (m.t === "PRE_PREPARE" && m.batch !== null && this.has("hold")) extraDelay += this.holdDelay(m);
     if (m.t === "PRE_PREPARE" && m.batch !== null && this.has("split")) {
       this.split(to, m, extraDelay);
       return;
@@ -137,6 +150,7 @@ export class ByzantineReplica {
   incoming(from: ReplicaId, msg: PeerMessage): void {
     this.remember(msg);
     this.observe(msg);
+    if (this.honest()) return;
     // Only first-hand votes are reflected, so two stuffers cannot amplify each other.
     if (!isVote(msg) || msg.replica !== from) return;
     // Reflecting a correct replica's own vote back at it, several times, is how an
@@ -148,7 +162,7 @@ export class ByzantineReplica {
   }
 
   tick(): void {
-    if (this.has("mute")) return;
+    if (this.has("mute") || this.honest()) return;
     if (this.has("stale") && this.history.length > 0 && this.rng.chance(0.1)) {
       this.ctx.send(this.rng.pick(this.others()), this.rng.pick(this.history));
     }
@@ -184,11 +198,18 @@ export class ByzantineReplica {
    * backup sees a new proposal within its progress timeout however the network delays it
    * (1 to 5 ticks), while the pipeline runs far below what it could.
    */
-  private holdDelay(): number {
-    const gap = Math.max(1, this.ctx.params.progressTimeoutTicks - DELAY_POST_MAX - 2);
+  private holdDelay(pp: PrePrepare): number {
     const now = this.ctx.now();
+    const key = `${pp.view}:${pp.seq}`;
+    // A resend goes out with its proposal's slot (at once if that has passed); only a new
+    // proposal takes the next slot.
+    const slot = this.releases.get(key);
+    if (slot !== undefined) return Math.max(0, slot - now);
+    const gap = Math.max(1, this.ctx.params.progressTimeoutTicks - DELAY_POST_MAX - 2);
     const at = Math.max(now, this.lastRelease + gap);
     this.lastRelease = at;
+    this.releases.set(key, at);
+    if (this.releases.size > SPLITS_MAX) this.releases.delete(this.releases.keys().next().value as string);
     return at - now;
   }
 

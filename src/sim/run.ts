@@ -19,7 +19,7 @@ import type { SimCryptoKind } from "./crypto.ts";
 import { FAULT_MIXES, type FaultMix } from "./scenario.ts";
 import { runSeed, type SeedResult } from "./simulator.ts";
 import { RunStats } from "./stats.ts";
-import { runThroughput, THROUGHPUT_ATTACKS, type ThroughputResult, throughputTable } from "./throughput.ts";
+import { runThroughputSeed, THROUGHPUT_ATTACKS, type ThroughputResult, throughputTable } from "./throughput.ts";
 
 /** Seconds between progress lines. */
 const PROGRESS_INTERVAL_S = 2;
@@ -201,12 +201,11 @@ function runThroughputs(args: Args): number {
   const results: ThroughputResult[] = [];
   const t0 = performance.now();
   for (const seed of seeds) {
-    for (const attack of attacks) {
-      const r = runThroughput(seed, attack, { crypto: args.crypto });
+    for (const r of runThroughputSeed(seed, attacks, { crypto: args.crypto })) {
       results.push(r);
       const replaced = r.replaceTicks === null ? "" : `, replaced after ${r.replaceTicks} ticks`;
       console.log(
-        `seed ${seed} ${attack.name}: ${r.faultFree.toFixed(0)} -> ${r.underAttack.toFixed(0)} req/s (${r.retainedPercent.toFixed(0)}%), ${r.viewChanges} view changes${replaced}`,
+        `seed ${seed} ${r.attack}: ${r.faultFree.toFixed(0)} -> ${r.underAttack.toFixed(0)} req/s (${r.retainedPercent.toFixed(0)}%), ${r.viewChanges} view changes${replaced}`,
       );
       for (const v of r.violations) console.log(`  VIOLATION ${v}`);
     }

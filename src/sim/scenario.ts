@@ -76,6 +76,8 @@ export interface CrashSpec {
 export interface ByzSpec {
   id: ReplicaId;
   behaviours: ByzBehaviour[];
+  /** The tick the behaviours turn on (default 0); before it the replica behaves (throughput runs). */
+  from?: number;
 }
 
 export interface Scenario {

@@ -76,10 +76,12 @@ export interface LoadFigures {
   /** The highest view installed by a correct replica at the end. */
   finalView: number;
   /**
-   * The first tick at which every correct replica was in the normal case of an installed
-   * view led by a correct replica (0 if the run began so; null if that never happened).
+   * The first tick, from the one the attack began at, at which every correct replica was in
+   * the normal case of an installed view led by a correct replica (null if never).
    */
   correctLeaderAt: number | null;
+  /** The tick the attack began (the earliest `from` of the Byzantine replicas; 0 without any). */
+  attackFrom: number;
 }
 
 /** A correct replica at or past this view was moved by a forged message (no run reaches it honestly). */
@@ -187,7 +189,10 @@ class Simulation {
       const spec = s.byzantine.find((b) => b.id === id);
       const copies = spec?.behaviours.includes("twins") ? 2 : 1;
       for (let twin = 0; twin < copies; twin++) {
-        const byz = spec === undefined ? null : new ByzantineReplica(this.byzContext(id), spec.behaviours, this.byzRng.fork(id * 2 + twin));
+        const byz =
+          spec === undefined
+            ? null
+            : new ByzantineReplica(this.byzContext(id), spec.behaviours, this.byzRng.fork(id * 2 + twin), spec.from ?? 0);
         const node = new SimNode(id, twin, spec === undefined, byz);
         this.nodes.push(node);
         const list = this.byId.get(id) ?? [];
@@ -711,7 +716,8 @@ class Simulation {
 
   /** Whether every correct replica is in the normal case of an installed view with a correct leader. */
   private watchLeaders(): void {
-    if (this.correctLeaderAt !== null) return;
+    const attackFrom = Math.min(...this.scenario.byzantine.map((b) => b.from ?? 0));
+    if (this.correctLeaderAt !== null || this.now < attackFrom) return;
     let allCorrect = true;
     for (const node of this.nodes) {
       if (!node.correct || node.core === null) continue;
@@ -729,7 +735,9 @@ class Simulation {
     let finalView = 0;
     for (const node of this.nodes)
       if (node.correct && node.core !== null) finalView = Math.max(finalView, node.core.status().installedView);
-    return { decided, finalView, correctLeaderAt: this.correctLeaderAt };
+    const froms = this.scenario.byzantine.map((b) => b.from ?? 0);
+    const attackFrom = froms.length === 0 ? 0 : Math.min(...froms);
+    return { decided, finalView, correctLeaderAt: this.correctLeaderAt, attackFrom };
   }
 }
 

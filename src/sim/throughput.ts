@@ -12,16 +12,29 @@
  * duplicates), not the CPU a real replica spends on each message; the attack harness
  * measures that.
  */
-import type { CoreParameters, ReplicaId } from "../core/ordering/index.ts";
+import type { CoreParameters } from "../core/ordering/index.ts";
 import type { SimCryptoKind } from "./crypto.ts";
 import { Prng } from "./prng.ts";
-import { type ByzBehaviour, LIVENESS_TICKS, SIM_PARAMETERS, type Scenario } from "./scenario.ts";
+import { type ByzBehaviour, type ByzSpec, LIVENESS_TICKS, SIM_PARAMETERS, type Scenario } from "./scenario.ts";
 import { type CoreFactory, runScenario, type SeedResult } from "./simulator.ts";
 
 /** Ticks of client load in one run (15 simulated seconds). */
 export const LOAD_TICKS = 1500;
+/** The attack turns on at a tick drawn between these. */
+const ATTACK_FROM_MIN = 100;
+const ATTACK_FROM_MAX = 300;
 /** A tick is 10 ms in the runtime (`TICK_MS` in src/replica/ordering-driver.ts). */
 export const TICKS_PER_SECOND = 100;
+/**
+ * The simulator's parameters, with the request timeout at twice the progress timeout as in
+ * the runtime's defaults (100 and 50 ticks): the slow leader of the harness stays under the
+ * heartbeat and well under the request timers, so only the leader expectations can catch it
+ * (SIM_PARAMETERS' shorter request timeout would catch it by its queued requests).
+ */
+export const THROUGHPUT_PARAMETERS: Partial<CoreParameters> = {
+  ...SIM_PARAMETERS,
+  requestTimeoutTicks: 2 * (SIM_PARAMETERS.progressTimeoutTicks as number),
+};
 /** Scenario stream of the throughput runs: nothing else draws from it. */
 const THROUGHPUT_STREAM = 11;
 
@@ -44,7 +57,7 @@ export const THROUGHPUT_ATTACKS: readonly ThroughputAttack[] = [
 export interface ThroughputOptions {
   crypto?: SimCryptoKind;
   coreFactory?: CoreFactory;
-  /** Overrides of the simulator's parameters (SIM_PARAMETERS), for both runs. */
+  /** Overrides of THROUGHPUT_PARAMETERS, for both runs. */
   params?: Partial<CoreParameters>;
   loadTicks?: number;
 }
@@ -61,7 +74,7 @@ export interface ThroughputResult {
   viewChanges: number;
   /** Fault-free run: how far the view moved with no fault at all (a rotation of correct leaders). */
   faultFreeViewChanges: number;
-  /** Ticks until every correct replica was in a view led by a correct replica (leader attacks; null: never). */
+  /** Ticks from the attack's start until every correct replica was in a view led by a correct replica (leader attacks; null: never). */
   replaceTicks: number | null;
   /** Safety and liveness violations of either run. */
   violations: string[];
@@ -70,7 +83,8 @@ export interface ThroughputResult {
 /**
  * The group and the load of a throughput run: n = 4, synchronous from the start (delays
  * of 1 to 5 ticks, no loss), 4 to 8 closed-loop clients, and with `attack` one replica
- * attacking: replica 0, the leader of view 0, or a backup chosen by the seed.
+ * attacking from a tick chosen by the seed: replica 0, the leader of view 0, or a backup
+ * chosen by the seed.
  */
 export function throughputScenario(seed: number, attack: ThroughputAttack | null, opts: ThroughputOptions = {}): Scenario {
   const rng = new Prng(seed, THROUGHPUT_STREAM);
@@ -78,15 +92,18 @@ export function throughputScenario(seed: number, attack: ThroughputAttack | null
   const loadTicks = opts.loadTicks ?? LOAD_TICKS;
   const correctClients = rng.int(4, 8);
   const backup = rng.int(1, n - 1);
-  const byzantine: { id: ReplicaId; behaviours: ByzBehaviour[] }[] = [];
-  if (attack !== null) byzantine.push({ id: attack.target === "leader" ? 0 : backup, behaviours: [...attack.behaviours] });
+  // Like the harness, the attacker starts honest and turns the attack on in the middle of
+  // the run, at no particular point of the leader-monitoring windows.
+  const from = rng.int(ATTACK_FROM_MIN, ATTACK_FROM_MAX);
+  const byzantine: ByzSpec[] = [];
+  if (attack !== null) byzantine.push({ id: attack.target === "leader" ? 0 : backup, behaviours: [...attack.behaviours], from });
   return {
     seed,
     mix: "none",
     n,
     f: 1,
     mode: "bft",
-    params: { ...SIM_PARAMETERS, ...opts.params },
+    params: { ...THROUGHPUT_PARAMETERS, ...opts.params },
     healAt: 0,
     submitUntil: loadTicks,
     deadline: loadTicks + LIVENESS_TICKS,
@@ -103,12 +120,22 @@ export function throughputScenario(seed: number, attack: ThroughputAttack | null
   };
 }
 
+function replaceTicks(r: SeedResult): number | null {
+  const at = r.load?.correctLeaderAt ?? null;
+  return at === null ? null : at - (r.load?.attackFrom ?? 0);
+}
+
 function perSecond(r: SeedResult, loadTicks: number): number {
   return ((r.load?.decided ?? 0) * TICKS_PER_SECOND) / loadTicks;
 }
 
 /** One seed, one attack: the fault-free run and the attacked run, and what they show. */
 export function runThroughput(seed: number, attack: ThroughputAttack, opts: ThroughputOptions = {}): ThroughputResult {
+  return runThroughputSeed(seed, [attack], opts)[0] as ThroughputResult;
+}
+
+/** One seed, several attacks against one fault-free run of the same load. */
+export function runThroughputSeed(seed: number, attacks: readonly ThroughputAttack[], opts: ThroughputOptions = {}): ThroughputResult[] {
   const loadTicks = opts.loadTicks ?? LOAD_TICKS;
   const run = (a: ThroughputAttack | null): SeedResult =>
     runScenario(throughputScenario(seed, a, opts), {
@@ -116,21 +143,23 @@ export function runThroughput(seed: number, attack: ThroughputAttack, opts: Thro
       ...(opts.coreFactory === undefined ? {} : { coreFactory: opts.coreFactory }),
     });
   const clean = run(null);
-  const attacked = run(attack);
   const faultFree = perSecond(clean, loadTicks);
-  const underAttack = perSecond(attacked, loadTicks);
-  return {
-    seed,
-    attack: attack.name,
-    clients: throughputScenario(seed, null, opts).correctClients,
-    faultFree,
-    underAttack,
-    retainedPercent: faultFree > 0 ? (100 * underAttack) / faultFree : 0,
-    viewChanges: attacked.load?.finalView ?? 0,
-    faultFreeViewChanges: clean.load?.finalView ?? 0,
-    replaceTicks: attack.target === "leader" ? (attacked.load?.correctLeaderAt ?? null) : null,
-    violations: [...clean.violations.map((v) => `fault-free: ${v}`), ...attacked.violations.map((v) => `${attack.name}: ${v}`)],
-  };
+  return attacks.map((attack) => {
+    const attacked = run(attack);
+    const underAttack = perSecond(attacked, loadTicks);
+    return {
+      seed,
+      attack: attack.name,
+      clients: throughputScenario(seed, null, opts).correctClients,
+      faultFree,
+      underAttack,
+      retainedPercent: faultFree > 0 ? (100 * underAttack) / faultFree : 0,
+      viewChanges: attacked.load?.finalView ?? 0,
+      faultFreeViewChanges: clean.load?.finalView ?? 0,
+      replaceTicks: attack.target === "leader" ? replaceTicks(attacked) : null,
+      violations: [...clean.violations.map((v) => `fault-free: ${v}`), ...attacked.violations.map((v) => `${attack.name}: ${v}`)],
+    };
+  });
 }
 
 /** A table over seeds, one row per attack: the figures the CLI prints. */
