@@ -4,6 +4,7 @@
 import { describe, expect, test } from "bun:test";
 import { encodeCanonical } from "../../wire/canonical.ts";
 import {
+  CLIENT_PENDING_WINDOWS,
   batchBytes,
   type Commit,
   type Effect,
@@ -186,11 +187,11 @@ describe("client requests (core/ordering/PROTOCOL.md §5)", () => {
     expect(c.lastExecuted(0)).toBe(2);
   });
 
-  test("pending requests are bounded per client by clientWindow", () => {
+  test("pending requests are bounded per client by CLIENT_PENDING_WINDOWS client windows", () => {
     const c = new ManualCluster();
     c.crash(0);
-    for (let s = 1; s <= 10; s++) c.submit(1, c.request(0, s));
-    expect(c.core(1).sizes().pending).toBe(CLUSTER_PARAMETERS.clientWindow as number);
+    for (let s = 1; s <= 20; s++) c.submit(1, c.request(0, s));
+    expect(c.core(1).sizes().pending).toBe(CLIENT_PENDING_WINDOWS * (CLUSTER_PARAMETERS.clientWindow as number));
   });
 });
 
@@ -725,10 +726,23 @@ describe("admission refusals reach the client (bounded pending pool)", () => {
 
   test("a request beyond the client's window is refused as 'window', and an admitted one is not refused", () => {
     const c = new ManualCluster();
-    // clientWindow is 4 in the test cluster: four pending requests fill it.
-    for (let seq = 1; seq <= 4; seq++) expect(refusals(c.submit(1, c.request(0, seq)))).toEqual([]);
-    const fifth = c.request(0, 5);
-    expect(refusals(c.submit(1, fifth)).map((r) => [r.client, r.seq, r.reason])).toEqual([[fifth.client, 5, "window"]]);
+    // clientWindow is 4 in the test cluster: a replica holds two windows of one client,
+    // eight pending requests (CLIENT_PENDING_WINDOWS), before it refuses.
+    for (let seq = 1; seq <= 8; seq++) expect(refusals(c.submit(1, c.request(0, seq)))).toEqual([]);
+    const ninth = c.request(0, 9);
+    expect(refusals(c.submit(1, ninth)).map((r) => [r.client, r.seq, r.reason])).toEqual([[ninth.client, 9, "window"]]);
+  });
+
+  test("a leader that has not yet executed a client's last window still takes the client's next requests", () => {
+    // The client sent 1..4, saw f+1 replicas execute them and sent 5..8; the leader, a few
+    // seqs behind those replicas, still holds 1..4. Refusing 5..8 there (as one window did)
+    // left the backups that took them watching them wait in no batch, and they suspected
+    // the correct leader of unfairness.
+    const c = new ManualCluster();
+    for (let seq = 1; seq <= 4; seq++) c.step(0, { kind: "message", from: 1, msg: { t: "FORWARD", requests: [c.request(0, seq)] } });
+    const before = c.core(0).status().pending;
+    c.step(0, { kind: "message", from: 1, msg: { t: "FORWARD", requests: [5, 6, 7, 8].map((seq) => c.request(0, seq)) } });
+    expect(c.core(0).status().pending).toBe(before + 4);
   });
 
   test("a request whose seq was already executed with a different span is refused as 'invalid'", () => {
