@@ -134,18 +134,28 @@ export function runThroughput(seed: number, attack: ThroughputAttack, opts: Thro
   return runThroughputSeed(seed, [attack], opts)[0] as ThroughputResult;
 }
 
-/** One seed, several attacks against one fault-free run of the same load. */
-export function runThroughputSeed(seed: number, attacks: readonly ThroughputAttack[], opts: ThroughputOptions = {}): ThroughputResult[] {
+/** One run of a seed's load, fault-free (`attack` null) or under one attack. */
+export function throughputRun(seed: number, attack: ThroughputAttack | null, opts: ThroughputOptions = {}): SeedResult {
+  return runScenario(throughputScenario(seed, attack, opts), {
+    crypto: opts.crypto ?? "fast",
+    ...(opts.coreFactory === undefined ? {} : { coreFactory: opts.coreFactory }),
+  });
+}
+
+/**
+ * One seed, several attacks against one fault-free run of the same load (`clean`, that
+ * run if the caller has it already, with the same options).
+ */
+export function runThroughputSeed(
+  seed: number,
+  attacks: readonly ThroughputAttack[],
+  opts: ThroughputOptions = {},
+  clean: SeedResult = throughputRun(seed, null, opts),
+): ThroughputResult[] {
   const loadTicks = opts.loadTicks ?? LOAD_TICKS;
-  const run = (a: ThroughputAttack | null): SeedResult =>
-    runScenario(throughputScenario(seed, a, opts), {
-      crypto: opts.crypto ?? "fast",
-      ...(opts.coreFactory === undefined ? {} : { coreFactory: opts.coreFactory }),
-    });
-  const clean = run(null);
   const faultFree = perSecond(clean, loadTicks);
   return attacks.map((attack) => {
-    const attacked = run(attack);
+    const attacked = throughputRun(seed, attack, opts);
     const underAttack = perSecond(attacked, loadTicks);
     return {
       seed,
