@@ -190,11 +190,10 @@ export function throughputTable(results: readonly ThroughputResult[]): string {
     const mine = results.filter((r) => r.attack === attack);
     const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
     const retained = mine.map((r) => r.retainedPercent).sort((a, b) => a - b);
+    const leaderAttack = THROUGHPUT_ATTACKS.find((a) => a.name === attack)?.target === "leader";
     const replace = mine.map((r) => r.replaceTicks).filter((t): t is number => t !== null);
-    const neverReplaced =
-      mine.some((r) => r.replaceTicks === null) &&
-      mine.some((r) => THROUGHPUT_ATTACKS.find((a) => a.name === r.attack)?.target === "leader");
     replace.sort((a, b) => a - b);
+    const never = leaderAttack ? mine.length - replace.length : 0;
     rows.push([
       attack,
       String(mine.length),
@@ -203,8 +202,8 @@ export function throughputTable(results: readonly ThroughputResult[]): string {
       (retained[0] ?? 0).toFixed(0),
       (retained[Math.floor((retained.length - 1) / 2)] ?? 0).toFixed(0),
       String(Math.max(...mine.map((r) => r.viewChanges))),
-      replace.length === 0 ? "-" : String(replace[Math.floor((replace.length - 1) / 2)]),
-      replace.length === 0 ? "-" : `${replace[replace.length - 1]}${neverReplaced ? " (some never)" : ""}`,
+      replace.length === 0 ? (never > 0 ? "never" : "-") : String(replace[Math.floor((replace.length - 1) / 2)]),
+      replace.length === 0 ? (never > 0 ? "never" : "-") : `${replace[replace.length - 1]}${never > 0 ? ` (${never} never)` : ""}`,
     ]);
   }
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] as string).length)));
