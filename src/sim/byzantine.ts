@@ -20,7 +20,7 @@ import {
 } from "../core/ordering/index.ts";
 import { sha256, type SimKeyring } from "./crypto.ts";
 import type { Prng } from "./prng.ts";
-import type { ByzBehaviour } from "./scenario.ts";
+import { type ByzBehaviour, DELAY_POST_MAX } from "./scenario.ts";
 
 export interface ByzContext {
   readonly id: ReplicaId;
@@ -32,6 +32,8 @@ export interface ByzContext {
   send(to: ReplicaId, msg: unknown, extraDelay?: number): void;
   /** Requests executed somewhere, for replay attacks. */
   executed(): readonly ClientRequest[];
+  /** The group's parameters the attacks are tuned to. */
+  readonly params: { readonly progressTimeoutTicks: number; readonly logWindow: number; readonly pipelineDepth: number };
 }
 
 /** Messages remembered for replays. */
@@ -40,6 +42,15 @@ const HISTORY_MAX = 64;
 const FAR_FUTURE = 1_000_000;
 /** Copies of a vote sent back to its signer or to all by a vote stuffer. */
 const STUFF_COPIES = 3;
+/** Messages a spamming or replaying replica sends each peer per tick (the harness's pump sends as fast as links drain). */
+const SPAM_PER_TICK = 8;
+/** Real client requests a spammer keeps to forward again, and requests per flooded FORWARD. */
+const SPAM_REQUESTS_MAX = 64;
+const SPAM_FORWARD_REQUESTS = 16;
+/** Validly signed messages a replayer keeps. */
+const REPLAY_MAX = 512;
+/** Proposals whose split (or release tick) a splitting (or holding) leader remembers, so that a resend repeats it. */
+const SPLITS_MAX = 256;
 
 type Signable = SignedMessage;
 
@@ -51,12 +62,32 @@ export class ByzantineReplica {
   private readonly history: PeerMessage[] = [];
   private lastViewChange: ViewChange | null = null;
   private highestView = 0;
+  private highestSeq = 0;
+  /** hold: when the last held proposal goes out. */
+  private lastRelease = Number.NEGATIVE_INFINITY;
+  /** hold: "view:seq" -> the tick its proposal goes out. */
+  private readonly releases = new Map<string, number>();
+  /** split: "view:seq" -> the second proposal (null: withheld from the rest). */
+  private readonly splits = new Map<string, PrePrepare | null>();
+  /** spam: real client requests seen; the round-robin turn; the next STATE_REQUEST nonce. */
+  private readonly seenRequests: ClientRequest[] = [];
+  private spamTurn = 0;
+  private spamNonce = 1;
+  /** replay: what was sent and received, and where the replay is. */
+  private readonly recorded: PeerMessage[] = [];
+  private replayCursor = 0;
 
   constructor(
     private readonly ctx: ByzContext,
     readonly behaviours: readonly ByzBehaviour[],
     private readonly rng: Prng,
+    /** The tick the behaviours turn on; before it the replica sends what its core says. */
+    private readonly from = 0,
   ) {}
+
+  private honest(): boolean {
+    return this.ctx.now() < this.from;
+  }
 
   has(b: ByzBehaviour): boolean {
     return this.behaviours.includes(b);
@@ -80,8 +111,14 @@ export class ByzantineReplica {
 
   /** What this replica's honest core wanted to send; decides what actually goes out. */
   outgoing(to: ReplicaId | "all", msg: PeerMessage): void {
+    if (this.honest()) {
+      this.observe(msg);
+      for (const target of to === "all" ? this.others() : [to]) this.ctx.send(target, msg);
+      return;
+    }
     if (this.has("mute")) return;
     this.remember(msg);
+    this.observe(msg);
     if (msg.t === "VIEW_CHANGE") this.lastViewChange = msg;
     if ("view" in msg && typeof msg.view === "number") this.highestView = Math.max(this.highestView, msg.view);
     let m: PeerMessage = msg;
@@ -90,7 +127,12 @@ export class ByzantineReplica {
       if (this.has("badproposal") && this.rng.chance(0.5)) m = this.badProposal(m);
     }
     if (m.t === "NEW_VIEW" && this.has("nvforge") && m.o.length > 0) m = this.forgeNewView(m);
-    const extraDelay = m.t === "PRE_PREPARE" && this.has("slow") ? this.rng.int(5, 20) : 0;
+    let extraDelay = m.t === "PRE_PREPARE" && this.has("slow") ? this.rng.int(5, 20) : 0;
+    if (m.t === "PRE_PREPARE" && m.batch !== null && this.has("hold")) extraDelay += this.holdDelay(m);
+    if (m.t === "PRE_PREPARE" && m.batch !== null && this.has("split")) {
+      this.split(to, m, extraDelay);
+      return;
+    }
     const targets = to === "all" ? this.others() : [to];
     for (const target of targets) {
       if (this.has("omit") && this.rng.chance(0.5)) continue;
@@ -107,6 +149,8 @@ export class ByzantineReplica {
   /** A message delivered to this replica (already passed to its core). */
   incoming(from: ReplicaId, msg: PeerMessage): void {
     this.remember(msg);
+    this.observe(msg);
+    if (this.honest()) return;
     // Only first-hand votes are reflected, so two stuffers cannot amplify each other.
     if (!isVote(msg) || msg.replica !== from) return;
     // Reflecting a correct replica's own vote back at it, several times, is how an
@@ -118,13 +162,137 @@ export class ByzantineReplica {
   }
 
   tick(): void {
-    if (this.has("mute")) return;
+    if (this.has("mute") || this.honest()) return;
     if (this.has("stale") && this.history.length > 0 && this.rng.chance(0.1)) {
       this.ctx.send(this.rng.pick(this.others()), this.rng.pick(this.history));
     }
     if (this.has("flood")) this.floodTick();
     if (this.has("nvfuture") && this.rng.chance(0.05)) this.futureNewView();
     if (this.has("accuse")) this.accuse();
+    if (this.has("spam")) this.spamTick();
+    if (this.has("replay")) this.replayTick();
+  }
+
+  /** What the attacks of the harness need from every message: requests, signed messages, the highest seq. */
+  private observe(m: PeerMessage): void {
+    if ((m.t === "PRE_PREPARE" || m.t === "PREPARE" || m.t === "COMMIT") && m.seq > this.highestSeq) this.highestSeq = m.seq;
+    if (this.has("spam")) {
+      const found = m.t === "FORWARD" ? m.requests : m.t === "PRE_PREPARE" && m.batch !== null ? m.batch : [];
+      for (const r of found) {
+        this.seenRequests.push(r);
+        if (this.seenRequests.length > SPAM_REQUESTS_MAX) this.seenRequests.shift();
+      }
+    }
+    if (this.has("replay") && m.t !== "FORWARD" && m.t !== "STATE_REQUEST" && m.t !== "STATE_RESPONSE") {
+      this.recorded.push(m);
+      if (this.recorded.length > REPLAY_MAX) {
+        this.recorded.shift();
+        this.replayCursor = Math.max(0, this.replayCursor - 1);
+      }
+    }
+  }
+
+  /**
+   * The harness's slow leader, held just under the heartbeat: proposals go out one at a
+   * time, each `progressTimeoutTicks - DELAY_POST_MAX - 2` ticks after the one before, so a
+   * backup sees a new proposal within its progress timeout however the network delays it
+   * (1 to 5 ticks), while the pipeline runs far below what it could.
+   */
+  private holdDelay(pp: PrePrepare): number {
+    const now = this.ctx.now();
+    const key = `${pp.view}:${pp.seq}`;
+    // A resend goes out with its proposal's slot (at once if that has passed); only a new
+    // proposal takes the next slot.
+    const slot = this.releases.get(key);
+    if (slot !== undefined) return Math.max(0, slot - now);
+    const gap = Math.max(1, this.ctx.params.progressTimeoutTicks - DELAY_POST_MAX - 2);
+    const at = Math.max(now, this.lastRelease + gap);
+    this.lastRelease = at;
+    this.releases.set(key, at);
+    if (this.releases.size > SPLITS_MAX) this.releases.delete(this.releases.keys().next().value as string);
+    return at - now;
+  }
+
+  /**
+   * The harness's equivocating leader: the real batch to the lowest other replica, the
+   * same batch less its last request, signed, to the others (a one-request batch goes to
+   * the lowest other replica only), so that no batch can gather a quorum. A resend repeats
+   * the same split.
+   */
+  private split(to: ReplicaId | "all", pp: PrePrepare, extraDelay: number): void {
+    const first = this.others()[0] as ReplicaId;
+    const key = `${pp.view}:${pp.seq}`;
+    let other = this.splits.get(key);
+    if (other === undefined) {
+      const batch = pp.batch as ClientRequest[];
+      other = null;
+      if (batch.length >= 2) {
+        const shorter = batch.slice(0, -1);
+        const header = this.resign<PrePrepare>({ ...pp, batch: null, digest: sha256(batchBytes(shorter)) });
+        other = { ...header, batch: shorter };
+      }
+      this.splits.set(key, other);
+      if (this.splits.size > SPLITS_MAX) this.splits.delete(this.splits.keys().next().value as string);
+    }
+    for (const target of to === "all" ? this.others() : [to]) {
+      if (target === first) this.ctx.send(target, pp, extraDelay);
+      else if (other !== null) this.ctx.send(target, other, extraDelay);
+    }
+  }
+
+  /**
+   * The harness's flooding replica, round robin to every peer: FORWARDs of real client
+   * requests it has seen, STATE_REQUESTs for the whole log window, PREPAREs for the
+   * current view with bad signatures, and junk that does not decode.
+   */
+  private spamTick(): void {
+    const { logWindow, pipelineDepth } = this.ctx.params;
+    for (const to of this.others()) {
+      for (let i = 0; i < SPAM_PER_TICK; i++) {
+        const turn = this.spamTurn++;
+        switch (turn % 4) {
+          case 0: {
+            if (this.seenRequests.length === 0) break;
+            const start = turn % this.seenRequests.length;
+            const requests = [...this.seenRequests.slice(start), ...this.seenRequests.slice(0, start)].slice(0, SPAM_FORWARD_REQUESTS);
+            this.ctx.send(to, { t: "FORWARD", requests });
+            break;
+          }
+          case 1:
+            this.ctx.send(to, {
+              t: "STATE_REQUEST",
+              kind: "decided",
+              seq: Math.max(1, this.highestSeq - logWindow + 1),
+              toSeq: this.highestSeq + logWindow,
+              digest: null,
+              nonce: this.spamNonce++,
+            });
+            break;
+          case 2:
+            this.ctx.send(to, {
+              t: "PREPARE",
+              view: this.highestView,
+              seq: this.highestSeq + 1 + (turn % pipelineDepth),
+              digest: sha256(new Uint8Array([turn & 0xff, (turn >> 8) & 0xff])),
+              replica: this.ctx.id,
+              sig: new Uint8Array(64).fill(turn & 0xff),
+            });
+            break;
+          default:
+            this.ctx.send(to, { t: "JUNK", bytes: new Uint8Array(200).fill(turn & 0xff) });
+        }
+      }
+    }
+  }
+
+  /** The harness's replayer: recorded signed messages (its own and its peers'), oldest first, to every peer. */
+  private replayTick(): void {
+    if (this.recorded.length === 0) return;
+    for (let i = 0; i < SPAM_PER_TICK; i++) {
+      if (this.replayCursor >= this.recorded.length) this.replayCursor = 0;
+      const m = this.recorded[this.replayCursor++] as PeerMessage;
+      for (const to of this.others()) this.ctx.send(to, m);
+    }
   }
 
   /**

@@ -14,6 +14,7 @@
 import { toHex } from "../../wire/bytes.ts";
 import {
   batchBytes,
+  CLIENT_PENDING_WINDOWS,
   type ClientRequest,
   type CoreConfig,
   type CoreSizes,
@@ -163,7 +164,7 @@ export class Checker {
       ["viewChanges", cfg.n],
       ["buffered", 3 * L * cfg.n],
       ["pending", cfg.pendingRequestsMax],
-      ["pendingMaxPerClient", cfg.clientWindow],
+      ["pendingMaxPerClient", CLIENT_PENDING_WINDOWS * cfg.clientWindow],
       ["forwardQueue", 2 * cfg.pendingRequestsMax + cfg.batchRequestsMax],
       ["quarantined", 10_000],
     ];

@@ -4,6 +4,12 @@
  *   bun src/sim/run.ts --seeds 100000 --faults all|crash|byzantine|network|clients|none
  *                      [--start S] [--workers W] [--crypto ed25519|fast]
  *   bun src/sim/run.ts --faults MIX --seed N [--trace]      replays one seed exactly
+ *   bun src/sim/run.ts --throughput [--attack NAME] [--seeds N] [--start S] [--crypto ed25519|fast]
+ *
+ * --throughput runs, per seed, the same closed-loop client load fault-free and under each
+ * attack of the attack harness (src/sim/throughput.ts) in simulated time, and prints
+ * correct requests decided per simulated second, the share retained under attack, how
+ * far the view moved and the ticks until a bad leader was replaced.
  *
  * Prints progress, every failing seed with the command that replays it, and at the end
  * seeds/s, violations and the liveness figures. Exits 1 if any seed violated a check.
@@ -13,6 +19,7 @@ import type { SimCryptoKind } from "./crypto.ts";
 import { FAULT_MIXES, type FaultMix } from "./scenario.ts";
 import { runSeed, type SeedResult } from "./simulator.ts";
 import { RunStats } from "./stats.ts";
+import { runThroughputSeed, THROUGHPUT_ATTACKS, type ThroughputResult, throughputTable } from "./throughput.ts";
 
 /** Seconds between progress lines. */
 const PROGRESS_INTERVAL_S = 2;
@@ -25,10 +32,21 @@ interface Args {
   workers: number;
   crypto: SimCryptoKind;
   trace: boolean;
+  throughput: boolean;
+  /** --throughput: one attack by name, or null for all. */
+  attack: string | null;
+  seedsGiven: boolean;
 }
 
-const USAGE =
-  "usage: bun src/sim/run.ts --seeds N --faults all|crash|byzantine|network|clients|none [--start S] [--workers W] [--crypto ed25519|fast] | --faults MIX --seed N [--trace]";
+const USAGE = [
+  "usage: bun src/sim/run.ts --seeds N --faults all|crash|byzantine|network|clients|none [--start S] [--workers W] [--crypto ed25519|fast]",
+  "       bun src/sim/run.ts --faults MIX --seed N [--trace]                 replay one seed",
+  `       bun src/sim/run.ts --throughput [--attack ${THROUGHPUT_ATTACKS.map((a) => a.name).join("|")}] [--seeds N (default 10)] [--start S] [--crypto ed25519|fast (default fast)]`,
+  "           throughput under attack in simulated time: per seed, the same client load fault-free and under the attack",
+].join("\n");
+
+/** Seeds of a throughput run unless --seeds says otherwise. */
+const THROUGHPUT_SEEDS_DEFAULT = 10;
 
 function parseArgs(argv: readonly string[]): Args {
   const args: Args = {
@@ -39,7 +57,11 @@ function parseArgs(argv: readonly string[]): Args {
     workers: Math.min(2, navigator.hardwareConcurrency || 1),
     crypto: "ed25519",
     trace: false,
+    throughput: false,
+    attack: null,
+    seedsGiven: false,
   };
+  let cryptoGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = (): string => {
@@ -55,6 +77,7 @@ function parseArgs(argv: readonly string[]): Args {
     switch (a) {
       case "--seeds":
         args.seeds = int();
+        args.seedsGiven = true;
         break;
       case "--start":
         args.start = int();
@@ -75,6 +98,16 @@ function parseArgs(argv: readonly string[]): Args {
         const v = value();
         if (v !== "ed25519" && v !== "fast") throw new Error(`unknown crypto ${v}\n${USAGE}`);
         args.crypto = v;
+        cryptoGiven = true;
+        break;
+      }
+      case "--throughput":
+        args.throughput = true;
+        break;
+      case "--attack": {
+        const v = value();
+        if (!THROUGHPUT_ATTACKS.some((x) => x.name === v)) throw new Error(`unknown attack ${v}\n${USAGE}`);
+        args.attack = v;
         break;
       }
       case "--trace":
@@ -88,6 +121,11 @@ function parseArgs(argv: readonly string[]): Args {
       default:
         throw new Error(`unknown argument ${a}\n${USAGE}`);
     }
+  }
+  if (args.attack !== null && !args.throughput) throw new Error(`--attack goes with --throughput\n${USAGE}`);
+  if (args.throughput) {
+    if (!args.seedsGiven) args.seeds = THROUGHPUT_SEEDS_DEFAULT;
+    if (!cryptoGiven) args.crypto = "fast";
   }
   return args;
 }
@@ -156,6 +194,29 @@ async function runMany(args: Args): Promise<number> {
   return stats.violations === 0 ? 0 : 1;
 }
 
+/** --throughput: a table over seeds, each attack against the same seed fault-free; exits 1 on a violation. */
+function runThroughputs(args: Args): number {
+  const attacks = THROUGHPUT_ATTACKS.filter((a) => args.attack === null || a.name === args.attack);
+  const seeds = args.seed !== null ? [args.seed] : Array.from({ length: args.seeds }, (_, i) => args.start + i);
+  const results: ThroughputResult[] = [];
+  const t0 = performance.now();
+  for (const seed of seeds) {
+    for (const r of runThroughputSeed(seed, attacks, { crypto: args.crypto })) {
+      results.push(r);
+      const replaced = r.replaceTicks === null ? "" : `, replaced after ${r.replaceTicks} ticks`;
+      console.log(
+        `seed ${seed} ${r.attack}: ${r.faultFree.toFixed(0)} -> ${r.underAttack.toFixed(0)} req/s (${r.retainedPercent.toFixed(0)}%), ${r.viewChanges} view changes${replaced}`,
+      );
+      for (const v of r.violations) console.log(`  VIOLATION ${v}`);
+    }
+  }
+  console.log(
+    `\nthroughput, crypto ${args.crypto}, seeds ${seeds[0]}..${seeds[seeds.length - 1]}, ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+  );
+  console.log(throughputTable(results));
+  return results.some((r) => r.violations.length > 0) ? 1 : 0;
+}
+
 async function main(): Promise<void> {
   let args: Args;
   try {
@@ -164,7 +225,7 @@ async function main(): Promise<void> {
     console.error((e as Error).message);
     process.exit(2);
   }
-  const code = args.seed !== null ? replayOne(args, args.seed) : await runMany(args);
+  const code = args.throughput ? runThroughputs(args) : args.seed !== null ? replayOne(args, args.seed) : await runMany(args);
   process.exit(code);
 }
 

@@ -27,6 +27,10 @@ export type ByzBehaviour =
   | "nvfuture" // signs NEW_VIEWs for far-future views it leads, with no VIEW_CHANGEs in them
   | "slow" // as leader: holds each proposal back 5-20 ticks (slow, yet within the heartbeat)
   | "accuse" // suspects every leader (SUSPECT) and sends forged EVIDENCE of equivocation
+  | "hold" // as leader: releases one proposal at a time, spaced just under the heartbeat (the attack harness's slow leader)
+  | "split" // as leader: the real batch to the lowest other replica, the batch less its last request to the rest
+  | "spam" // floods every peer each tick: FORWARDs of real requests, STATE_REQUESTs for the window, bad-signature PREPAREs, junk
+  | "replay" // re-sends the validly signed messages it sent and received, oldest first, to every peer each tick
   | "twins" // two copies of the replica with the same keys
   | "forget"; // restarts with no state (Twins' lost-state case)
 
@@ -73,6 +77,8 @@ export interface CrashSpec {
 export interface ByzSpec {
   id: ReplicaId;
   behaviours: ByzBehaviour[];
+  /** The tick the behaviours turn on (default 0); before it the replica behaves (throughput runs). */
+  from?: number;
 }
 
 export interface Scenario {
@@ -96,6 +102,11 @@ export interface Scenario {
   clientFaults: ClientFault[];
   /** Each client key's urgency (channel priority, 0..3) by key index, or null: all equal (core/ordering/priority.ts). */
   urgency: number[] | null;
+  /**
+   * Throughput runs (src/sim/throughput.ts): every correct client keeps its window full
+   * until `submitUntil` (closed loop) instead of issuing `requestsPerClient` requests.
+   */
+  closedLoop?: boolean;
 }
 
 /**
@@ -152,6 +163,11 @@ export interface ScenarioOptions {
   byzantineCount?: number;
   /** Isolate the leader of the moment at this tick for 60 ticks, forcing a view change. */
   isolateLeaderAt?: number;
+  /**
+   * Whether random Byzantine replicas may draw ATTACK_BEHAVIOURS (default true). Seeds
+   * recorded before those behaviours existed replay their original run with false.
+   */
+  attackBehaviours?: boolean;
 }
 
 export function makeScenario(seed: number, opts: ScenarioOptions): Scenario {
@@ -197,8 +213,8 @@ export function makeScenario(seed: number, opts: ScenarioOptions): Scenario {
   }
   let faultBudget = f;
   if (wantsByz && mode === "bft") faultBudget -= addByzantine(s, rng, opts.byzantine, opts.byzantineId, opts.byzantineCount);
-  if (opts.byzantine === undefined) addLaterBehaviours(s, seed);
-  if (opts.byzantine === undefined) addPriorities(s, seed);
+  if (opts.byzantine === undefined) addLaterBehaviours(s, seed, opts.attackBehaviours ?? true);
+  if (opts.byzantine === undefined && (opts.attackBehaviours ?? true)) addPriorities(s, seed);
   if (mix === "crash" || (combined && rng.chance(0.5))) addCrashes(s, rng, faultBudget);
   if (mix === "clients" || (combined && rng.chance(0.5))) addClientFaults(s, rng);
   return s;
@@ -221,19 +237,25 @@ function addNetworkFaults(s: Scenario, rng: Prng): void {
 }
 
 /**
- * Behaviours added after seeds were first recorded (EXTRA_BEHAVIOURS) are drawn from a
- * stream of their own, so every earlier seed still names the scenario it named before.
+ * Behaviours added after seeds were first recorded are drawn from streams of their own,
+ * one per generation (EXTRA_BEHAVIOURS from stream 9, ATTACK_BEHAVIOURS from stream 10),
+ * so every earlier seed still names the scenario it named before.
  */
 const EXTRA_BEHAVIOURS: readonly ByzBehaviour[] = ["accuse"];
+/** The attacks of the attack harness (test/attack) that the older behaviours did not cover. */
+export const ATTACK_BEHAVIOURS: readonly ByzBehaviour[] = ["hold", "split", "spam", "replay"];
 
-function addLaterBehaviours(s: Scenario, seed: number): void {
+function addLaterBehaviours(s: Scenario, seed: number, attackBehaviours: boolean): void {
   const rng = new Prng(seed, 9);
   for (const b of s.byzantine) for (const extra of EXTRA_BEHAVIOURS) if (rng.chance(0.3)) b.behaviours = [...b.behaviours, extra];
+  if (!attackBehaviours) return;
+  const attacks = new Prng(seed, 10);
+  for (const b of s.byzantine) for (const extra of ATTACK_BEHAVIOURS) if (attacks.chance(0.15)) b.behaviours = [...b.behaviours, extra];
 }
 
 /**
  * Channel priorities (core/ordering/priority.ts) and proposing on arrival, from a stream
- * of their own (11) so earlier seeds keep their scenarios: in half the seeds each client
+ * of their own (12) so earlier seeds keep their scenarios: in half the seeds each client
  * key gets an urgency, so batch fill by urgency, the urgent pipeline slots, the share kept
  * for the less urgent, shedding by urgency and the fairness bound run under every fault;
  * independently, half the seeds propose on arrival as the runtime does.
@@ -241,7 +263,7 @@ function addLaterBehaviours(s: Scenario, seed: number): void {
 const PRIORITY_KEYS = 16;
 
 function addPriorities(s: Scenario, seed: number): void {
-  const rng = new Prng(seed, 11);
+  const rng = new Prng(seed, 12);
   const urgency = Array.from({ length: PRIORITY_KEYS }, () => rng.int(0, URGENCY_MAX));
   if (rng.chance(0.5)) s.urgency = urgency;
   // The runtime proposes on arrival (batchDelayTicks 0); half the seeds do too.

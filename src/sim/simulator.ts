@@ -72,6 +72,22 @@ export interface SeedResult {
   messages: number;
   verifications: number;
   trace: string[];
+  /** Throughput runs (closed-loop clients) only: what src/sim/throughput.ts reports. */
+  load: LoadFigures | null;
+}
+
+export interface LoadFigures {
+  /** Correct requests decided (executed by f+1 correct replicas) by `submitUntil`. */
+  decided: number;
+  /** The highest view installed by a correct replica at the end. */
+  finalView: number;
+  /**
+   * The first tick, from the one the attack began at, at which every correct replica was in
+   * the normal case of an installed view led by a correct replica (null if never).
+   */
+  correctLeaderAt: number | null;
+  /** The tick the attack began (the earliest `from` of the Byzantine replicas; 0 without any). */
+  attackFrom: number;
 }
 
 /** A correct replica at or past this view was moved by a forged message (no run reaches it honestly). */
@@ -150,6 +166,7 @@ class Simulation {
   private readonly clientNext: number[] = [];
   private readonly clientIssued: number[] = [];
   private readonly faultyNext: number[] = [];
+  private readonly openByClient: CorrectRequest[][] = [];
   readonly trace: string[] = [];
   now = 0;
   viewChanges = 0;
@@ -158,6 +175,7 @@ class Simulation {
   doneAt: number | null = null;
   /** How urgent each client is to the cores (scenario.urgency), or all equal. */
   private policy: ProposalPolicy = FLAT_POLICY;
+  correctLeaderAt: number | null = null;
 
   constructor(
     readonly scenario: Scenario,
@@ -184,7 +202,10 @@ class Simulation {
       const spec = s.byzantine.find((b) => b.id === id);
       const copies = spec?.behaviours.includes("twins") ? 2 : 1;
       for (let twin = 0; twin < copies; twin++) {
-        const byz = spec === undefined ? null : new ByzantineReplica(this.byzContext(id), spec.behaviours, this.byzRng.fork(id * 2 + twin));
+        const byz =
+          spec === undefined
+            ? null
+            : new ByzantineReplica(this.byzContext(id), spec.behaviours, this.byzRng.fork(id * 2 + twin), spec.from ?? 0);
         const node = new SimNode(id, twin, spec === undefined, byz);
         this.nodes.push(node);
         const list = this.byId.get(id) ?? [];
@@ -215,6 +236,7 @@ class Simulation {
       now: () => this.now,
       send: (to: ReplicaId, msg: unknown, extraDelay = 0) => this.net.send(this.now, { from: id, to, msg }, extraDelay),
       executed: () => this.executedPool,
+      params: this.cfgs[id] as CoreConfig,
     };
   }
 
@@ -503,7 +525,10 @@ class Simulation {
     for (let c = 0; c < s.correctClients; c++) {
       const key = this.keyring.clients[c] as SimKey;
       let outstanding = 0;
-      for (const cr of this.requests.values()) {
+      // A closed-loop client looks only at its own undecided requests (thousands are issued
+      // in a throughput run); the same requests, in the same order, as the scan of all.
+      const own = s.closedLoop === true ? this.undecided(c) : this.requests.values();
+      for (const cr of own) {
         if (cr.req.client !== key.publicHex || cr.decidedAt !== null) continue;
         outstanding++;
         if (this.now - cr.lastSentAt >= CLIENT_RETRY_TICKS) {
@@ -512,23 +537,43 @@ class Simulation {
         }
       }
       const issued = this.clientIssued[c] as number;
+      if (s.closedLoop === true) {
+        for (let k = outstanding; k < window && this.now <= s.submitUntil; k++) this.issue(c, key);
+        continue;
+      }
       if (this.now > s.submitUntil || issued >= s.requestsPerClient || outstanding >= window) continue;
       // Requests are spread over the whole submission period, so some are in flight while
       // faults strike and some right at heal.
       const rate = Math.min(1, (CLIENT_ISSUE_SPREAD * s.requestsPerClient) / Math.max(1, s.submitUntil));
       if (!this.clientRng.chance(rate)) continue;
-      const seq = this.clientNext[c] as number;
-      const span = this.clientRng.int(1, 3);
-      const req = this.makeRequest(key, seq, span);
-      this.clientNext[c] = seq + span;
-      this.clientIssued[c] = issued + 1;
-      this.requests.set(requestKey(req.client, req.seq), {
-        req,
-        submittedAt: this.now,
-        lastSentAt: this.now,
-        decidedAt: null,
-        executedBy: new Set(),
-      });
+      this.issue(c, key);
+    }
+  }
+
+  /** Client `c`'s undecided requests, in the order it issued them (closed-loop runs). */
+  private undecided(c: number): CorrectRequest[] {
+    const list = (this.openByClient[c] ?? []).filter((cr) => cr.decidedAt === null);
+    this.openByClient[c] = list;
+    return list;
+  }
+
+  /** Client `c` issues its next request. */
+  private issue(c: number, key: SimKey): void {
+    const seq = this.clientNext[c] as number;
+    const span = this.clientRng.int(1, 3);
+    const req = this.makeRequest(key, seq, span);
+    this.clientNext[c] = seq + span;
+    this.clientIssued[c] = (this.clientIssued[c] as number) + 1;
+    const cr: CorrectRequest = { req, submittedAt: this.now, lastSentAt: this.now, decidedAt: null, executedBy: new Set() };
+    this.requests.set(requestKey(req.client, req.seq), cr);
+    // A closed-loop client sends to every replica, as fitb's client library does; the
+    // others reach only some replicas, so forwarding and retries are exercised.
+    if (this.scenario.closedLoop === true) {
+      const open = this.openByClient[c] ?? [];
+      open.push(cr);
+      this.openByClient[c] = open;
+      this.sendToAll(req, true);
+    } else {
       this.sendToSome(req, true);
     }
   }
@@ -611,6 +656,7 @@ class Simulation {
 
   private allDone(): boolean {
     const s = this.scenario;
+    if (s.closedLoop === true && this.now <= s.submitUntil) return false;
     for (let c = 0; c < s.correctClients; c++) {
       if ((this.clientIssued[c] as number) < s.requestsPerClient && this.now <= s.submitUntil) return false;
     }
@@ -642,6 +688,7 @@ class Simulation {
           this.checker.onSizes(node.id, node.core.sizes(), this.cfgs[node.id] as CoreConfig);
         }
       }
+      if (s.closedLoop === true) this.watchLeaders();
       if (this.checker.violationCount > 0) break;
       if (this.doneAt === null && this.now >= s.healAt && this.allDone()) this.doneAt = this.now;
       if (this.doneAt !== null && this.now >= this.doneAt + TAIL_TICKS) break;
@@ -663,6 +710,7 @@ class Simulation {
     let decided = 0;
     for (const node of this.nodes) if (node.correct) decided = Math.max(decided, node.app.lastDecided);
     return {
+      load: s.closedLoop === true ? this.loadFigures() : null,
       seed: s.seed,
       summary: describe(s),
       violations: this.checker.violations,
@@ -677,6 +725,32 @@ class Simulation {
       verifications: this.keyring.verifications,
       trace: this.trace,
     };
+  }
+
+  /** Whether every correct replica is in the normal case of an installed view with a correct leader. */
+  private watchLeaders(): void {
+    const attackFrom = Math.min(...this.scenario.byzantine.map((b) => b.from ?? 0));
+    if (this.correctLeaderAt !== null || this.now < attackFrom) return;
+    let allCorrect = true;
+    for (const node of this.nodes) {
+      if (!node.correct || node.core === null) continue;
+      const st = node.core.status();
+      if (st.status !== "normal" || st.installedView !== st.view || this.faulty.has(leaderOf(st.installedView, this.scenario.n))) {
+        allCorrect = false;
+      }
+    }
+    if (allCorrect) this.correctLeaderAt = this.now;
+  }
+
+  private loadFigures(): LoadFigures {
+    let decided = 0;
+    for (const cr of this.requests.values()) if (cr.decidedAt !== null && cr.decidedAt <= this.scenario.submitUntil) decided++;
+    let finalView = 0;
+    for (const node of this.nodes)
+      if (node.correct && node.core !== null) finalView = Math.max(finalView, node.core.status().installedView);
+    const froms = this.scenario.byzantine.map((b) => b.from ?? 0);
+    const attackFrom = froms.length === 0 ? 0 : Math.min(...froms);
+    return { decided, finalView, correctLeaderAt: this.correctLeaderAt, attackFrom };
   }
 }
 
@@ -700,4 +774,9 @@ export function describe(s: Scenario): string {
 export function runSeed(seed: number, opts: RunOptions): SeedResult {
   const scenario = makeScenario(seed, { ...opts.scenario, mix: opts.mix });
   return new Simulation(scenario, opts).run();
+}
+
+/** Runs a scenario built by hand (the throughput runs of src/sim/throughput.ts). */
+export function runScenario(scenario: Scenario, opts: Omit<RunOptions, "mix" | "scenario">): SeedResult {
+  return new Simulation(scenario, { ...opts, mix: scenario.mix }).run();
 }

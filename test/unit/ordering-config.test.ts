@@ -63,7 +63,7 @@ describe("configuration", () => {
     expect(cfg.throughputWindowTicks).toBe(100);
     expect(cfg.throughputGraceTicks).toBe(500);
     expect(cfg.throughputRequiredPercent).toBe(90);
-    expect(cfg.throughputStepPercent).toBe(1);
+    expect(cfg.throughputStepPercent).toBe(0);
     expect(cfg.fairnessMultiplier).toBe(2);
     expect(cfg.clientQuarantineTicks).toBe(6_000);
     expect(cfg.floodThreshold).toBe(20);

@@ -22,7 +22,7 @@ const CLUSTER_PARAMETERS_TIMEOUT = CLUSTER_PARAMETERS.requestTimeoutTicks as num
 
 const CLUSTER_ID = "cluster-test";
 
-function signed<M extends NewView | ViewChange | PrePrepare | Prepare>(c: ManualCluster, signer: number, m: M): M {
+function signed<M extends NewView | ViewChange | PrePrepare | Prepare | Commit>(c: ManualCluster, signer: number, m: M): M {
   return { ...m, sig: c.keyring.signAsReplica(signer, signingBytes(m, CLUSTER_ID)) };
 }
 
@@ -281,6 +281,28 @@ describe("item 4: an equivocating leader cannot cut one correct replica out", ()
     );
     for (const id of [1, 2, 3]) expect(c.core(id).status().view).toBe(0);
   });
+});
+
+describe("a faulty backup cannot stall a correct leader with votes for seqs it never proposed", () => {
+  // A vote that comes before its proposal opens an entry without a body, and the leader
+  // proposes only while it holds the body of every entry it has: a PREPARE or COMMIT for
+  // the next seq, validly signed by a faulty backup, held the leader until the heartbeat
+  // deposed it (the simulator's flooding replica found it with bad signatures too).
+  for (const kind of ["PREPARE", "COMMIT"] as const) {
+    test(`a validly signed ${kind} for the next seq is dropped and reported; the leader proposes there when a request comes`, () => {
+      const c = new ManualCluster();
+      decideOne(c, 0, 1);
+      const bogus = signed(c, 3, { t: kind, view: 0, seq: 2, digest: sha256(new Uint8Array([7])), replica: 3, sig: new Uint8Array(64) });
+      c.step(0, { kind: "message", from: 3, msg: bogus });
+      expect(misbehaviour(c, 0)).toEqual([
+        { kind: "peerMisbehaved", peer: 3, reason: `${kind} for seq 2 of view 0, which its leader never proposed` },
+      ]);
+      c.submit(0, c.request(0, 2));
+      const proposed = (): boolean => c.allEffects(0).some((e) => e.kind === "send" && e.msg.t === "PRE_PREPARE" && e.msg.seq === 2);
+      for (let t = 0; t < 3 && !proposed(); t++) c.tick(1, [0]);
+      expect(proposed()).toBe(true);
+    });
+  }
 });
 
 describe("item 8: a replica cannot spend another's slot or make others answer for another", () => {

@@ -14,6 +14,15 @@ import type { Refusal } from "./types.ts";
 
 /** Quarantined clients remembered at once; the oldest entry goes first. */
 const QUARANTINE_ENTRIES_MAX = 10_000;
+/**
+ * Pending requests one client may have at a replica, in client windows. A client sends its
+ * next request once f+1 replicas executed an earlier one, so a replica a few seqs behind
+ * them still holds the earlier ones: refusing at exactly one window refused, at whichever
+ * replica lagged, requests the client was entitled to send. When that replica was the
+ * leader, the backups that took the request saw it wait in no batch and suspected a
+ * correct leader of unfairness (the simulator's throughput runs found it).
+ */
+export const CLIENT_PENDING_WINDOWS = 2;
 
 /** The client table in canonical form: [client, lastExecutedSeq] pairs sorted by client. */
 export type ClientTableExport = Array<[string, number]>;
@@ -242,7 +251,7 @@ export function admit(state: CoreState, req: ClientRequest, authenticated: boole
   const until = state.quarantinedUntil.get(req.client);
   if (until !== undefined && until > state.now) return "quarantined";
   if (req.seq - last > cfg.clientWindow * cfg.requestSpanMax) return "window";
-  if (state.pending.countFor(req.client) >= cfg.clientWindow) return "window";
+  if (state.pending.countFor(req.client) >= CLIENT_PENDING_WINDOWS * cfg.clientWindow) return "window";
   // A key costs nothing to make, and may name many spaces: it holds a bounded share.
   if (state.pending.countForKey(keyOfClient(req.client)) >= cfg.keyPendingMax) return "window";
   // One peer's forwards fill at most its share of the pool, so a lying replica cannot
@@ -280,7 +289,7 @@ export function adoptBatchRequests(state: CoreState, batch: readonly ClientReque
   for (const r of batch) {
     const last = state.clientTable.lastExecuted(r.client);
     if (r.seq <= last || state.pending.has(r.client, r.seq)) continue;
-    if (state.pending.countFor(r.client) >= state.cfg.clientWindow) continue;
+    if (state.pending.countFor(r.client) >= CLIENT_PENDING_WINDOWS * state.cfg.clientWindow) continue;
     if (state.pending.total >= state.cfg.pendingRequestsMax) continue;
     state.pending.add(r, state.now, state.highestAcceptedSeq);
   }

@@ -62,9 +62,9 @@ export interface CoreConfig {
   /** Aardvark throughput window and grace period, in ticks. */
   readonly throughputWindowTicks: number;
   readonly throughputGraceTicks: number;
-  /** Required throughput at view start, in percent of the best recent view (Aardvark: 90). */
+  /** Required throughput, in percent of the median of the last n views (Aardvark: 90, of the best). */
   readonly throughputRequiredPercent: number;
-  /** Raise of the requirement per window that meets it, in percent (Aardvark: 1). */
+  /** Raise of the requirement per window that meets it, in percent (Aardvark: 1; 0, the default, keeps a leader that keeps up). */
   readonly throughputStepPercent: number;
   /** A request may see this many rounds of fair batches pass it by before the leader is unfair. */
   readonly fairnessMultiplier: number;
@@ -106,7 +106,7 @@ export const DEFAULT_PARAMETERS = {
   throughputWindowTicks: 100,
   throughputGraceTicks: 500,
   throughputRequiredPercent: 90,
-  throughputStepPercent: 1,
+  throughputStepPercent: 0,
   fairnessMultiplier: 2,
   clientQuarantineTicks: 6_000,
   floodThreshold: 20,

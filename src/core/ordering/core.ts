@@ -438,14 +438,34 @@ export class OrderingCore {
     // The leader's PRE_PREPARE is its vote; a PREPARE from it would count it twice.
     if (m.replica === state.leader()) return;
     answerLaggingVoter(state, from, m);
-    const e = m.seq > state.lastExecuted ? entryFor(state, m.seq) : state.entries.get(m.seq);
-    if (e === undefined) return;
     const key = this.voteKey(m.replica);
-    if (e.prepares.has(key)) return;
-    if (!state.verify(m)) return;
+    const existing = state.entries.get(m.seq);
+    if (existing === undefined && m.seq <= state.lastExecuted) return;
+    if (existing?.prepares.has(key) === true || !this.voteMayOpenEntry(m, existing)) return;
+    const e = existing ?? entryFor(state, m.seq);
     e.prepares.set(key, m);
     checkPrepared(state, e);
     if (e.digest !== null && !bytesEqual(e.digest, m.digest)) checkSplitVote(state, e);
+  }
+
+  /**
+   * A vote is kept only once its signature verifies, and the leader keeps none for a seq it
+   * has not proposed in this view: a correct backup votes only on a proposal it accepted.
+   * A vote waiting for its proposal opens an entry without a body, and the leader proposes
+   * only while it holds the body of every entry it has, so a bogus vote for the next seq
+   * (validly signed by a faulty backup, or not signed at all) would stall a correct leader
+   * until the heartbeat deposed it. A validly signed one is reported.
+   */
+  private voteMayOpenEntry(m: Prepare | Commit, existing: Entry | undefined): boolean {
+    const state = this.state;
+    if (!state.verify(m)) return false;
+    if (!state.isLeader() || m.seq < state.nextProposalSeq || (existing !== undefined && existing.header !== null)) return true;
+    state.emit({
+      kind: "peerMisbehaved",
+      peer: m.replica,
+      reason: `${m.t} for seq ${m.seq} of view ${m.view}, which its leader never proposed`,
+    });
+    return false;
   }
 
   private onCommit(from: ReplicaId, m: Commit): void {
@@ -453,11 +473,11 @@ export class OrderingCore {
     if (!isMember(state.certContext, m.replica)) return;
     if (!this.gate(from, m.view, m.seq, `C:${m.seq}:${m.replica}`, m)) return;
     answerLaggingVoter(state, from, m);
-    const e = m.seq > state.lastExecuted ? entryFor(state, m.seq) : state.entries.get(m.seq);
-    if (e === undefined) return;
     const key = this.voteKey(m.replica);
-    if (e.commits.has(key)) return;
-    if (!state.verify(m)) return;
+    const existing = state.entries.get(m.seq);
+    if (existing === undefined && m.seq <= state.lastExecuted) return;
+    if (existing?.commits.has(key) === true || !this.voteMayOpenEntry(m, existing)) return;
+    const e = existing ?? entryFor(state, m.seq);
     e.commits.set(key, m);
     checkCommitted(state, e);
   }

@@ -141,7 +141,8 @@ function watchLeader(state: CoreState): void {
   const inFlight = state.highestAcceptedSeq - state.lastExecuted;
   const pipelineFull = inFlight >= cfg.pipelineDepth;
   const patience = cfg.batchDelayTicks + cfg.starvationSlackTicks;
-  const starved = !pipelineFull && waitingSince !== NO_DEADLINE && state.now - Math.max(waitingSince, state.lastProposalAt) > patience;
+  const leaderBound = !pipelineFull && waitingSince !== NO_DEADLINE && state.now - waitingSince > patience;
+  const starved = leaderBound && state.now - state.lastProposalAt > patience;
   if (state.starvationMonitor.onTick(state.now, starved)) return suspect(state, "starved");
   if (!pipelineFull && waitingSince !== NO_DEADLINE) {
     if (state.now - Math.max(waitingSince, state.lastProposalAt) > state.progressTimeoutCurrentTicks) {
@@ -152,7 +153,7 @@ function watchLeader(state: CoreState): void {
       return suspect(state, "heartbeat");
     }
   }
-  if (state.throughputMonitor.onTick(state.now, busy)) suspect(state, "throughput");
+  if (state.throughputMonitor.onTick(state.now, busy, leaderBound)) suspect(state, "throughput");
 }
 
 /**
