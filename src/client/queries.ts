@@ -62,6 +62,8 @@ const statusSchema = z.object({
   /** Answers held until the replica has executed what the client saw (read-your-writes). */
   heldForExecution: z.int().min(0).optional(),
   peers: z.array(z.object({ id: z.int().min(0), up: z.boolean(), lag: z.int().min(0).optional() })).optional(),
+  /** The replica process's CPU time (µs, user + system) since it started. */
+  cpuUs: z.int().min(0).optional(),
   /** Per-channel counters since the replica started (`fitb top` turns them into rates). */
   traffic: z
     .array(
