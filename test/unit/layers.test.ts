@@ -17,7 +17,8 @@ const ALLOWED: Record<string, readonly string[]> = {
   "src/sim": ["wire", "src/core", "src/crypto"],
   "src/client": ["wire", "src/core", "src/crypto", "src/config", "src/net"],
   "src/metrics": [],
-  "src/replica": ["wire", "src/core", "src/crypto", "src/config", "src/net", "src/metrics"],
+  "src/threads": ["wire", "src/crypto"],
+  "src/replica": ["wire", "src/core", "src/crypto", "src/config", "src/net", "src/metrics", "src/threads"],
   "src/relay": ["wire", "src/core", "src/crypto", "src/config", "src/net", "src/client", "src/metrics"],
   "src/cli": [
     "wire",
@@ -30,6 +31,7 @@ const ALLOWED: Record<string, readonly string[]> = {
     "src/relay",
     "src/sim",
     "src/metrics",
+    "src/threads",
   ],
 };
 
