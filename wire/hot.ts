@@ -1,5 +1,5 @@
 /**
- * Hand-written checks for the payloads on the hot path: a publish request body, and the
+ * Hand-written code for the payloads on the hot path: checks: a publish request body, and the
  * REQUEST, PEER, EVENTS and successful publish REPLY frames. They accept exactly what the
  * zod schemas of schemas.ts accept for those shapes (test/unit/wire-hot.test.ts fuzzes one
  * against the other) at a fraction of the cost, which matters because a request body is
@@ -11,12 +11,15 @@
  * does not cover (admin commands, refusals) or refuses with its precise message. So these
  * checks must never accept anything zod refuses, and that is what the test pins.
  */
-import type { Canonical } from "./canonical.ts";
+import { type Canonical, encodeCanonical } from "./canonical.ts";
+import { writeFrameHeader } from "./frame.ts";
 import type { Events, Peer, Reply, Request, RequestFrame } from "./schemas.ts";
 import {
   DIGEST_BYTES,
   EVENT_BYTES_MAX,
   FRAME_BYTES_MAX,
+  FRAME_HEADER_BYTES,
+  FrameType,
   KEY_BYTES,
   MAC_BYTES,
   REQUEST_EVENTS_MAX,
@@ -118,4 +121,68 @@ export function fastPublishReply(value: Canonical): Reply | null {
   const first = res["first"];
   if (first === undefined ? keyCount(res) !== 3 : keyCount(res) !== 4 || !isUint(first)) return null;
   return value as unknown as Reply;
+}
+
+// ---------------------------------------------------------------------------------------
+// EVENTS frames for fan-out: the batch encoded once, each subscriber's fields after it
+// ---------------------------------------------------------------------------------------
+
+/**
+ * The part of an EVENTS frame's payload every subscriber of one batch shares: the map's
+ * head and, in canonical key order (shorter keys first, then bytewise: req, seq, sub, tag,
+ * replica), `req` with the signed body and `seq`. What follows differs per subscription
+ * (`sub`) or is small (`tag`, `replica`): eventsFrame appends it. The bytes are exactly
+ * those encodeTypedFrame writes for the same body (test/unit/wire-hot.test.ts).
+ */
+export interface EventsPrefix {
+  readonly bytes: Uint8Array;
+}
+
+const EVENTS_MAP_HEAD = 0xa5; // a map of 5 pairs
+const KEY_REQ = encodeCanonical("req");
+const KEY_SEQ = encodeCanonical("seq");
+const KEY_SUB = encodeCanonical("sub");
+const KEY_TAG = encodeCanonical("tag");
+const KEY_REPLICA = encodeCanonical("replica");
+
+export function eventsPrefix(req: { readonly body: Uint8Array; readonly sig: Uint8Array }, seq: number): EventsPrefix {
+  const reqBytes = encodeCanonical({ body: req.body, sig: req.sig });
+  const seqBytes = encodeCanonical(seq);
+  const bytes = new Uint8Array(1 + KEY_REQ.length + reqBytes.length + KEY_SEQ.length + seqBytes.length);
+  let at = 0;
+  bytes[at++] = EVENTS_MAP_HEAD;
+  for (const part of [KEY_REQ, reqBytes, KEY_SEQ, seqBytes]) {
+    bytes.set(part, at);
+    at += part.length;
+  }
+  return { bytes };
+}
+
+/**
+ * A complete EVENTS frame (header, payload, and `trailerBytes` zero bytes for a session MAC
+ * counted in the length, as encodeTypedFrameWithTrailer) from a shared prefix and one
+ * subscription's fields: one allocation and one copy of the batch per subscriber. Throws
+ * RangeError past `frameBytesMax` (not counting the trailer), as encodeTypedFrame does.
+ */
+export function eventsFrame(
+  prefix: EventsPrefix,
+  sub: number,
+  tag: string,
+  replica: number,
+  trailerBytes: number,
+  frameBytesMax: number = FRAME_BYTES_MAX,
+): Uint8Array {
+  const tail = [KEY_SUB, encodeCanonical(sub), KEY_TAG, encodeCanonical(tag), KEY_REPLICA, encodeCanonical(replica)];
+  let tailBytes = 0;
+  for (const part of tail) tailBytes += part.length;
+  const frame = new Uint8Array(FRAME_HEADER_BYTES + prefix.bytes.length + tailBytes + trailerBytes);
+  let at = FRAME_HEADER_BYTES;
+  frame.set(prefix.bytes, at);
+  at += prefix.bytes.length;
+  for (const part of tail) {
+    frame.set(part, at);
+    at += part.length;
+  }
+  writeFrameHeader(frame, FrameType.EVENTS, frameBytesMax + trailerBytes);
+  return frame;
 }
