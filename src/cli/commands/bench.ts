@@ -195,10 +195,29 @@ export interface BenchResult {
   readonly rateLimited: number;
 }
 
-/** Each replica's process CPU time (µs) from its status answer, by replica id; null where none came. */
+/** Status queries for the replicas' CPU times: a replica whose session is still coming up is asked again. */
+const CPU_READ_ATTEMPTS = 10;
+const CPU_READ_RETRY_MS = 200;
+
+/**
+ * Each replica's process CPU time (µs) from its status answer, by replica id; null where
+ * none came after every attempt, or where the replica answered without one (an older
+ * replica, not asked again).
+ */
 async function replicaCpuMicros(client: FitbClient): Promise<(number | null)[]> {
-  const status = await client.status();
-  return status.replicas.map((replica) => (replica.answer?.ok === true ? (replica.answer.value.cpuUs ?? null) : null));
+  const cpu: (number | null)[] = [];
+  const answered = new Set<number>();
+  for (let attempt = 0; attempt < CPU_READ_ATTEMPTS; attempt++) {
+    const status = await client.status();
+    for (const replica of status.replicas) {
+      if (answered.has(replica.id) || replica.answer?.ok !== true) continue;
+      answered.add(replica.id);
+      cpu[replica.id] = replica.answer.value.cpuUs ?? null;
+    }
+    if (answered.size === status.replicas.length) break;
+    await Bun.sleep(CPU_READ_RETRY_MS);
+  }
+  return Array.from({ length: client.n }, (_, id) => cpu[id] ?? null);
 }
 
 /** CPU seconds between two readings, per replica; null where either is missing or the replica restarted. */
