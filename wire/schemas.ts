@@ -6,6 +6,7 @@
 import { z } from "zod";
 import { type Canonical, CanonicalError, decodeCanonical, encodeCanonical, encodeCanonicalAfter } from "./canonical.ts";
 import { writeFrameHeader } from "./frame.ts";
+import { fastEvents, fastPeer, fastPublishReply, fastPublishRequest, fastRequestFrame } from "./hot.ts";
 import {
   DIGEST_BYTES,
   ERROR_CODES,
@@ -401,10 +402,23 @@ export function decodeFrameBody(type: number, payload: Uint8Array): FrameResult 
     const versionError = checkVersion(parsed.value, name, PROTOCOL_VERSION);
     if (versionError !== null) return { ok: false, error: versionError };
   }
+  const fast = FAST_FRAME_CHECKS[code]?.(parsed.value) ?? null;
+  if (fast !== null) return { ok: true, frame: { type: code, body: fast } as Frame };
   const result = FRAME_SCHEMAS[code].safeParse(parsed.value);
   if (!result.success) return { ok: false, error: schemaError(name, result.error) };
   return { ok: true, frame: { type: code, body: result.data } as Frame };
 }
+
+/**
+ * The hot frames' hand-written checks (hot.ts): what they accept, the schema would too;
+ * what they do not cover (null) goes through the schema, for its exact verdict and message.
+ */
+const FAST_FRAME_CHECKS: { readonly [K in FrameTypeCode]?: (value: Canonical) => FrameBodies[K] | null } = {
+  [FrameType.REQUEST]: fastRequestFrame,
+  [FrameType.PEER]: fastPeer,
+  [FrameType.EVENTS]: fastEvents,
+  [FrameType.REPLY]: fastPublishReply,
+};
 
 /** Decodes and validates a Request body (the bytes a client signed). Never throws. */
 export function decodeRequestBody(body: Uint8Array): RequestResult {
@@ -412,6 +426,8 @@ export function decodeRequestBody(body: Uint8Array): RequestResult {
   if (!parsed.ok) return parsed;
   const versionError = checkVersion(parsed.value, "request body", REQUEST_VERSION);
   if (versionError !== null) return { ok: false, error: versionError };
+  const fast = fastPublishRequest(parsed.value);
+  if (fast !== null) return { ok: true, request: fast };
   const result = requestSchema.safeParse(parsed.value);
   if (!result.success) return { ok: false, error: schemaError("request body", result.error) };
   return { ok: true, request: result.data };

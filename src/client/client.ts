@@ -283,6 +283,11 @@ export class FitbClient {
     return this.requests.size;
   }
 
+  /** "Not now" refusals (RATE_LIMITED, OVERLOADED, ...) received and retried since the client started, by code. */
+  get transientRefusals(): ReadonlyMap<ErrorCode, number> {
+    return this.requests.transientRefusals;
+  }
+
   /**
    * Resolves once `wanted` sessions are up; at `timeoutMs` resolves if at least `needed`
    * are, else rejects with NoQuorumError.

@@ -102,6 +102,8 @@ const statusSchema = z.object({
   peers: z
     .array(z.object({ id: z.int().min(0), up: z.boolean(), lag: z.int().min(0).optional(), address: z.string().max(300).optional() }))
     .optional(),
+  /** The replica process's CPU time (µs, user + system) since it started. */
+  cpuUs: z.int().min(0).optional(),
   /** Per-channel counters since the replica started (`fitb top` turns them into rates). */
   traffic: z
     .array(

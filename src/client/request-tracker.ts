@@ -70,6 +70,8 @@ export interface RequestTiming {
 export class RequestTracker {
   /** By request digest (hex). */
   private readonly requests = new Map<string, PendingRequest>();
+  /** Transient refusals received since the client started, by code (a closed set of five). */
+  private readonly transientCounts = new Map<ErrorCode, number>();
 
   constructor(
     private readonly ctx: TrackingContext,
@@ -79,6 +81,15 @@ export class RequestTracker {
   /** Requests in flight now. */
   get size(): number {
     return this.requests.size;
+  }
+
+  /**
+   * How many "not now" refusals (RATE_LIMITED, OVERLOADED, ...) replicas answered since the
+   * client started, by code. They are retried, not failures, so a caller that measures
+   * throughput reads them here to tell a broker's limit from a rate limit.
+   */
+  get transientRefusals(): ReadonlyMap<ErrorCode, number> {
+    return this.transientCounts;
   }
 
   /** Sends a built request to every replica and resolves with its outcome (never rejects). */
@@ -126,6 +137,7 @@ export class RequestTracker {
     if (body.at !== undefined) pending.ats.set(replica, body.at);
     if (body.ok && body.at !== undefined) pending.acceptedAt = Math.max(pending.acceptedAt, body.at);
     if (!body.ok && TRANSIENT_REFUSALS.has(body.code)) {
+      this.transientCounts.set(body.code, (this.transientCounts.get(body.code) ?? 0) + 1);
       pending.transient.set(replica, `${body.code} ${body.reason}`);
       pending.sentTo.delete(replica);
       return;

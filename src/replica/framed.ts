@@ -125,6 +125,20 @@ export class FramedConn {
     return this.write(this.framing === null ? bytes : this.framing.sealer.sealInPlace(bytes));
   }
 
+  /** Bytes to reserve after a frame's payload for its seal (sendEncoded): the MAC on a client session, else 0. */
+  get trailerBytes(): number {
+    return this.framing === null ? 0 : CLIENT_FRAME_MAC_BYTES;
+  }
+
+  /**
+   * Sends a frame encoded with `trailerBytes` reserved after its payload and counted in its
+   * length (wire/hot.ts eventsFrame), sealing it in place: no copy and no re-encoding.
+   */
+  sendEncoded(bytes: Uint8Array): boolean {
+    if (this.closed || !this.hasRoomFor(bytes.length)) return false;
+    return this.write(this.framing === null ? bytes : this.framing.sealer.sealInPlace(bytes));
+  }
+
   /** Sends already-encoded frame bytes, sealing a copy first on a client session. */
   sendRaw(bytes: Uint8Array): boolean {
     const length = this.framing === null ? bytes.length : bytes.length + CLIENT_FRAME_MAC_BYTES;

@@ -768,6 +768,8 @@ export class Replica {
       heldForExecution: this.gate.size,
       peers: this.mesh.status().map((peer) => ({ id: peer.id, up: peer.up, lag: this.ordering.peerLag(peer.id), address: peer.address })),
       uptimeMs: Date.now() - this.startedMs,
+      // The process's CPU time (µs, user + system, every thread): `fitb bench` reads it before and after a run.
+      cpuUs: processCpuMicros(),
       // For `fitb top`: counters it turns into rates, histograms into recent latency.
       traffic: this.channelMetrics.traffic(),
       latency: this.metrics.latencySummary(),
@@ -783,6 +785,12 @@ function quotaListing(quota: KeyQuota & { readonly key: Uint8Array }): Canonical
     ...(quota.bytesPerSecond === null ? {} : { bytesPerSecond: quota.bytesPerSecond }),
     ...(quota.subscriptions === null ? {} : { subscriptions: quota.subscriptions }),
   };
+}
+
+/** CPU time (µs) this process has used, user and system, over all its threads. */
+function processCpuMicros(): number {
+  const usage = process.cpuUsage();
+  return usage.user + usage.system;
 }
 
 /** status() as plain JSON (byte strings are not expected in it; numbers and text only). */

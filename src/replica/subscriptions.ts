@@ -7,6 +7,7 @@
  */
 import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { StoredBatch } from "../core/channels/types.ts";
+import { eventsFrame, eventsPrefix } from "../../wire/hot.ts";
 import type { Frame } from "../../wire/schemas.ts";
 import { FrameType, type SubEndCode } from "../../wire/types.ts";
 import type { AuditLog } from "./audit.ts";
@@ -138,7 +139,9 @@ export class Subscriptions {
     // Once per batch: the publisher's signed time to this fan-out (hosts' clocks are kept
     // within CLIENT_CLOCK_SKEW_MS_MAX, so this is end-to-end latency give or take the skew).
     cells?.deliveryLatency?.observe(Math.max(0, Date.now() - batch.tsMs) / 1000);
-    for (const subscription of [...subs.values()]) this.deliver(subscription, batch, ordered, cells);
+    // The batch is encoded once for every subscriber; each frame adds its sub id and seal.
+    const prefix = eventsPrefix({ body: batch.body, sig: batch.sig }, ordered ? batch.firstSeq : batch.pubSeq);
+    for (const subscription of [...subs.values()]) this.deliver(subscription, batch, ordered, cells, prefix);
   }
 
   /** Ends every subscription of a destroyed channel. */
@@ -237,18 +240,16 @@ export class Subscriptions {
     batch: StoredBatch,
     ordered: boolean,
     cells = this.channels?.of(subscription.tag) ?? null,
+    prefix = eventsPrefix({ body: batch.body, sig: batch.sig }, ordered ? batch.firstSeq : batch.pubSeq),
   ): boolean {
-    const frame: Frame = {
-      type: FrameType.EVENTS,
-      body: {
-        sub: subscription.sub,
-        tag: subscription.tag,
-        seq: ordered ? batch.firstSeq : batch.pubSeq,
-        req: { body: batch.body, sig: batch.sig },
-        replica: this.self,
-      },
-    };
-    if (subscription.session.conn.send(frame)) {
+    const conn = subscription.session.conn;
+    let frame: Uint8Array | null;
+    try {
+      frame = eventsFrame(prefix, subscription.sub, subscription.tag, this.self, conn.trailerBytes);
+    } catch {
+      frame = null; // over the frame limit: treated like a full connection, as send() did
+    }
+    if (frame !== null && conn.sendEncoded(frame)) {
       this.metrics.inc("events_delivered_total", batch.count);
       cells?.delivered.inc(batch.count);
       return true;

@@ -13,8 +13,8 @@ import type { FramedConn } from "../../src/replica/framed.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import type { ClientSession } from "../../src/replica/server.ts";
 import { Subscriptions } from "../../src/replica/subscriptions.ts";
-import { encodeRequestBody, type Frame } from "../../wire/schemas.ts";
-import { FrameType } from "../../wire/types.ts";
+import { decodeFrameBody, encodeRequestBody, type Frame } from "../../wire/schemas.ts";
+import { FRAME_HEADER_BYTES, FrameType } from "../../wire/types.ts";
 
 const CONFIG: ChannelsConfig = {
   channelsMax: 4,
@@ -29,6 +29,14 @@ function session(id: number, frames: Frame[]): ClientSession {
   const conn = {
     send: (frame: Frame) => {
       frames.push(frame);
+      return true;
+    },
+    // EVENTS come pre-encoded (wire/hot.ts): decoded back, so the test sees what a client would.
+    trailerBytes: 0,
+    sendEncoded: (bytes: Uint8Array) => {
+      const decoded = decodeFrameBody(bytes[FRAME_HEADER_BYTES - 1] as number, bytes.subarray(FRAME_HEADER_BYTES));
+      if (!decoded.ok) throw new Error(decoded.error.reason);
+      frames.push(decoded.frame);
       return true;
     },
     close() {},

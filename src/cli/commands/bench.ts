@@ -30,7 +30,13 @@ import { CONFIG_FLAG, keyFlag, openClient, readClientFlags, requireTag, TIMEOUT_
 export const BENCH_HEADER_BYTES = 24;
 export const BENCH_EVENTS_MAX = 100_000_000;
 export const BENCH_PUBLISHERS_MAX = 64;
-export const BENCH_SUBSCRIBERS_MAX = 64;
+export const BENCH_SUBSCRIBERS_MAX = 128;
+/**
+ * Subscribers share at most this many client connections (round robin), so that a run with
+ * more subscribers stays within the replicas' connections per key (64); each subscription
+ * is still its own subscription at every replica.
+ */
+export const BENCH_SUBSCRIBER_CLIENTS_MAX = 32;
 export const BENCH_RATE_MAX = 10_000_000;
 export const BENCH_SWEEP_RATES_MAX = 32;
 const DEFAULT_EVENTS = 10_000;
@@ -55,8 +61,15 @@ export const benchCommand: Command = {
     "in total or as fast as acknowledgements allow. Counts the events the subscribers",
     "deliver (after voting and signature checks) and prints delivered events/s and the",
     "p50/p99/max latency from publish to delivery. 'delivered' counts every subscriber's",
-    "deliveries, so a complete run delivers N*S. --json prints one object:",
-    '{"events","delivered","seconds","delivered_per_s","p50_ms","p99_ms","max_ms"}.',
+    "deliveries, so a complete run delivers N*S. It reads every replica's CPU time from its",
+    "status answer before and after the run and prints each replica's CPU seconds and CPU",
+    "µs per delivered event (and per published event with S > 1; other traffic at the same",
+    "time counts too). It says when replicas refused publishes RATE_LIMITED (the key's rate",
+    "limit, not the broker, then set the figure). More than 32 subscribers share 32 client",
+    'connections. --json prints one object: {"events","delivered","seconds",',
+    '"delivered_per_s","p50_ms","p99_ms","max_ms","cpu_s","cpu_us_per_event",',
+    '"cpu_us_per_published_event","rate_limited"}; the cpu lists are by replica id, null',
+    "where a replica did not report.",
     "The key must be allowed to publish to the channel and to subscribe to it.",
     "Progress goes to standard error. Exits 1 if events failed or were not delivered.",
     "",
@@ -207,6 +220,44 @@ export interface BenchResult {
   readonly delivered: number;
   readonly seconds: number;
   readonly latency: LatencyHistogram;
+  /** Each replica's CPU seconds during the run, by replica id; null where it did not report them. */
+  readonly replicaCpuSeconds: readonly (number | null)[];
+  /** RATE_LIMITED refusals the publishing client got (and retried) during the run. */
+  readonly rateLimited: number;
+}
+
+/** Status queries for the replicas' CPU times: a replica whose session is still coming up is asked again. */
+const CPU_READ_ATTEMPTS = 10;
+const CPU_READ_RETRY_MS = 200;
+
+/**
+ * Each replica's process CPU time (µs) from its status answer, by replica id; null where
+ * none came after every attempt, or where the replica answered without one (an older
+ * replica, not asked again).
+ */
+async function replicaCpuMicros(client: FitbClient): Promise<(number | null)[]> {
+  const cpu: (number | null)[] = [];
+  const answered = new Set<number>();
+  for (let attempt = 0; attempt < CPU_READ_ATTEMPTS; attempt++) {
+    const status = await client.status();
+    for (const replica of status.replicas) {
+      if (answered.has(replica.id) || replica.answer?.ok !== true) continue;
+      answered.add(replica.id);
+      cpu[replica.id] = replica.answer.value.cpuUs ?? null;
+    }
+    if (answered.size === status.replicas.length) break;
+    await Bun.sleep(CPU_READ_RETRY_MS);
+  }
+  return Array.from({ length: client.n }, (_, id) => cpu[id] ?? null);
+}
+
+/** CPU seconds between two readings, per replica; null where either is missing or the replica restarted. */
+export function cpuSecondsBetween(before: readonly (number | null)[], after: readonly (number | null)[]): (number | null)[] {
+  return after.map((end, id) => {
+    const start = before[id] ?? null;
+    if (end === null || start === null || end < start) return null;
+    return (end - start) / 1e6;
+  });
 }
 
 async function runPlan(
@@ -224,17 +275,22 @@ async function runPlan(
   const runId = new Uint8Array(randomBytes(RUN_ID_BYTES));
   const counter = new DeliveryCounter(runId);
   const subscriptions: Subscription[] = [];
+  const subscriberClients: FitbClient[] = [];
   for (let i = 0; i < plan.subscribers; i++) {
-    const client = await connect();
+    if (subscriberClients.length < BENCH_SUBSCRIBER_CLIENTS_MAX) subscriberClients.push(await connect());
+    const client = subscriberClients[i % subscriberClients.length] as FitbClient;
     subscriptions.push(await client.subscribe(plan.tag, {}, (batch) => counter.onBatch(batch)));
   }
   const publishClient = await connect();
+  const cpuBefore = await replicaCpuMicros(publishClient);
+  const rateLimitedBefore = publishClient.transientRefusals.get("RATE_LIMITED") ?? 0;
   const progress = new Progress(plan, counter, io);
   const started = performance.now();
   const published = await publishAll(plan, publishClient, runId, progress);
   const expected = published.acked * plan.subscribers;
   await counter.waitFor(expected, flags.timeoutMs);
   progress.stop();
+  const cpuAfter = await replicaCpuMicros(publishClient);
   for (const subscription of subscriptions) await subscription.close();
   const end = counter.lastDeliveryAt ?? performance.now();
   return {
@@ -244,6 +300,8 @@ async function runPlan(
     delivered: counter.delivered,
     seconds: Math.max(end - started, 0) / MS_PER_SECOND,
     latency: counter.latency,
+    replicaCpuSeconds: cpuSecondsBetween(cpuBefore, cpuAfter),
+    rateLimited: (publishClient.transientRefusals.get("RATE_LIMITED") ?? 0) - rateLimitedBefore,
   };
 }
 
@@ -639,7 +697,30 @@ export function mixJson(mix: MixFigures): Record<string, number> {
   };
 }
 
-export function resultJson(plan: BenchPlan, result: BenchResult): Record<string, number> {
+/** One decimal: CPU figures are noisy well above that. */
+function roundTenth(value: number): number {
+  return Math.round(value * 10) / 10;
+}
+
+/** What the replicas' CPU cost per event, by replica id (null where a replica did not report its CPU time). */
+export interface CpuFigures {
+  readonly cpu_s: (number | null)[];
+  /** CPU µs per delivered event (every subscriber's deliveries counted). */
+  readonly cpu_us_per_event: (number | null)[];
+  /** CPU µs per acknowledged (published) event, whatever the number of subscribers. */
+  readonly cpu_us_per_published_event: (number | null)[];
+}
+
+export function cpuFigures(result: BenchResult): CpuFigures {
+  const per = (count: number) => (seconds: number | null) => (seconds === null || count === 0 ? null : roundTenth((seconds * 1e6) / count));
+  return {
+    cpu_s: result.replicaCpuSeconds.map((seconds) => (seconds === null ? null : Math.round(seconds * 1000) / 1000)),
+    cpu_us_per_event: result.replicaCpuSeconds.map(per(result.delivered)),
+    cpu_us_per_published_event: result.replicaCpuSeconds.map(per(result.acked)),
+  };
+}
+
+export function resultJson(plan: BenchPlan, result: BenchResult): Record<string, number | (number | null)[]> {
   const perSecond = result.seconds > 0 ? result.delivered / result.seconds : 0;
   return {
     events: plan.events,
@@ -649,7 +730,14 @@ export function resultJson(plan: BenchPlan, result: BenchResult): Record<string,
     p50_ms: roundMs(result.latency.percentile(50)),
     p99_ms: roundMs(result.latency.percentile(99)),
     max_ms: roundMs(result.latency.max),
+    ...cpuFigures(result),
+    rate_limited: result.rateLimited,
   };
+}
+
+/** A list of per-replica figures as text: `r0 1.2, r1 1.3, r2 -` ("-": not reported). */
+function perReplica(values: readonly (number | null)[]): string {
+  return values.map((value, id) => `r${id} ${value === null ? "-" : value}`).join(", ");
 }
 
 function printResult(plan: BenchPlan, result: BenchResult, io: CommandIo, mix: MixFigures | null): void {
@@ -666,6 +754,14 @@ function printResult(plan: BenchPlan, result: BenchResult, io: CommandIo, mix: M
   );
   io.out(`delivered ${figures.delivered_per_s} events/s`);
   io.out(`latency publish -> delivery: p50 ${figures.p50_ms} ms, p99 ${figures.p99_ms} ms, max ${figures.max_ms} ms`);
+  const cpu = cpuFigures(result);
+  if (cpu.cpu_s.every((seconds) => seconds === null)) io.out("replica CPU: not reported by any replica (replicas older than this bench)");
+  else {
+    io.out(`replica CPU seconds during the run: ${perReplica(cpu.cpu_s)}`);
+    io.out(`replica CPU µs per delivered event: ${perReplica(cpu.cpu_us_per_event)}`);
+    if (plan.subscribers > 1) io.out(`replica CPU µs per published event: ${perReplica(cpu.cpu_us_per_published_event)}`);
+  }
+  if (result.rateLimited > 0) io.out(rateLimitedLine(result.rateLimited));
   if (mix === null || plan.mix === null) return;
   const m = mixJson(mix);
   io.out(
@@ -673,8 +769,14 @@ function printResult(plan: BenchPlan, result: BenchResult, io: CommandIo, mix: M
   );
 }
 
+/** Said in text and on standard error with --json: the figure is then the client's rate limit, not the broker's. */
+function rateLimitedLine(refusals: number): string {
+  return `RATE_LIMITED: replicas refused ${refusals} publish requests for the key's event rate (client_events_per_second_max, or its set-quota); they were retried, and delivered events/s shows that limit, not the broker's`;
+}
+
 function reportProblems(plan: BenchPlan, result: BenchResult, io: CommandIo, mix: MixFigures | null): number {
   let ok = true;
+  if (plan.json && result.rateLimited > 0) io.err(`fitb bench: ${rateLimitedLine(result.rateLimited)}`);
   if (mix !== null && mix.lowFailed > 0) {
     io.err(`fitb bench: ${mix.lowFailed} events of ${plan.mix?.tag} failed (not shed); first error: ${mix.lowFirstError ?? "unknown"}`);
     ok = false;

@@ -1,0 +1,268 @@
+// The hand-written hot-path checks (wire/hot.ts) against the zod schemas they stand in for:
+// seeded random mutations of valid payloads (a field replaced by an edge value of any
+// type, a key dropped or added, an array grown or shrunk). A check may answer null for
+// a value the schema accepts only outside its shape (admin commands, refusals); anything
+// it accepts, the schema must accept with the same value, and within its shape it must
+// agree with the schema exactly. A failure prints its seed.
+import { describe, expect, test } from "bun:test";
+import type { z } from "zod";
+import { type Canonical, decodeCanonical, encodeCanonical } from "../../wire/canonical.ts";
+import { eventsFrame, eventsPrefix, fastEvents, fastPeer, fastPublishReply, fastPublishRequest, fastRequestFrame } from "../../wire/hot.ts";
+import {
+  decodeFrameBody,
+  decodeRequestBody,
+  encodeTypedFrame,
+  encodeTypedFrameWithTrailer,
+  eventsSchema,
+  peerSchema,
+  replySchema,
+  requestFrameSchema,
+  requestSchema,
+} from "../../wire/schemas.ts";
+import { FrameType, REQUEST_EVENTS_MAX, TAG_BYTES_MAX } from "../../wire/types.ts";
+import { rng } from "./seeded-rng.ts";
+
+const CASES_PER_SHAPE = 4000;
+const filled = (n: number, v: number): Uint8Array => new Uint8Array(n).fill(v);
+
+/** Values at and around every bound the schemas state, of every type. */
+const EDGE_VALUES: readonly Canonical[] = [
+  null,
+  true,
+  false,
+  0,
+  1,
+  2,
+  -1,
+  Number.MAX_SAFE_INTEGER,
+  Number.MAX_SAFE_INTEGER - 1,
+  -Number.MAX_SAFE_INTEGER,
+  "",
+  "pub",
+  "admin",
+  "net.links",
+  "Net.links",
+  "net..links",
+  ".net",
+  "$sys.events",
+  "a".repeat(TAG_BYTES_MAX),
+  "a".repeat(TAG_BYTES_MAX + 1),
+  "é",
+  new Uint8Array(0),
+  filled(1, 1),
+  filled(31, 2),
+  filled(32, 3),
+  filled(33, 4),
+  filled(63, 5),
+  filled(64, 6),
+  filled(65, 7),
+  [],
+  [new Uint8Array(0)],
+  {},
+  { t: "pub" },
+];
+
+interface Shape {
+  readonly name: string;
+  readonly fast: (value: Canonical) => unknown;
+  readonly schema: z.ZodType;
+  /** Valid values of the fast shape. */
+  readonly seeds: readonly Canonical[];
+  /** Whether a value the schema accepts is one the fast check covers. */
+  readonly inShape: (value: Canonical) => boolean;
+}
+
+const pubBody = (events: Uint8Array[], seq = 7): Canonical => ({
+  v: 1,
+  client: filled(32, 9),
+  seq,
+  span: events.length,
+  ts: 1_700_000_000_000,
+  op: { t: "pub", tag: "net.links", events },
+});
+const signed = { body: filled(40, 1), sig: filled(64, 2) };
+const field = (value: Canonical, ...path: string[]): Canonical | undefined => {
+  let at: Canonical | undefined = value;
+  for (const key of path)
+    at = at !== null && typeof at === "object" && !Array.isArray(at) && !(at instanceof Uint8Array) ? at[key] : undefined;
+  return at;
+};
+
+const SHAPES: readonly Shape[] = [
+  {
+    name: "publish request body",
+    fast: fastPublishRequest,
+    schema: requestSchema,
+    seeds: [
+      pubBody([filled(3, 1)]),
+      pubBody([new Uint8Array(0), filled(200, 2), filled(5, 3)]),
+      pubBody([filled(1, 1)], Number.MAX_SAFE_INTEGER),
+      pubBody([filled(1, 1), filled(1, 1)], Number.MAX_SAFE_INTEGER - 1),
+    ],
+    inShape: (value) => field(value, "op", "t") === "pub",
+  },
+  {
+    name: "REQUEST frame",
+    fast: fastRequestFrame,
+    schema: requestFrameSchema,
+    seeds: [signed, { ...signed, after: 0 }, { ...signed, after: 12 }],
+    inShape: () => true,
+  },
+  {
+    name: "PEER frame",
+    fast: fastPeer,
+    schema: peerSchema,
+    seeds: [
+      { seq: 1, msg: filled(10, 1), mac: filled(32, 2) },
+      { seq: 99, msg: new Uint8Array(0), mac: filled(32, 3) },
+    ],
+    inShape: () => true,
+  },
+  {
+    name: "EVENTS frame",
+    fast: fastEvents,
+    schema: eventsSchema,
+    seeds: [
+      { sub: 0, tag: "sec.alerts", seq: 0, req: signed, replica: 3 },
+      { sub: 5, tag: "$sys.events", seq: 12, req: signed, replica: 0 },
+    ],
+    inShape: () => true,
+  },
+  {
+    name: "publish REPLY",
+    fast: fastPublishReply,
+    schema: replySchema,
+    seeds: [
+      { seq: 1, replica: 0, d: filled(32, 1), ok: true, res: { t: "pub", tag: "net.links", span: 3 } },
+      { seq: 4, replica: 2, d: filled(32, 1), ok: true, res: { t: "pub", tag: "net.links", span: 1, first: 9 }, at: 17 },
+    ],
+    inShape: (value) => field(value, "ok") === true && field(value, "res", "t") === "pub",
+  },
+];
+
+/** A deep copy (byte strings shared: nothing mutates them). */
+function copy(value: Canonical): Canonical {
+  if (Array.isArray(value)) return value.map(copy);
+  if (value !== null && typeof value === "object" && !(value instanceof Uint8Array)) {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, copy(v)]));
+  }
+  return value;
+}
+
+/** Every container (map or array) inside `value`, itself included. */
+function containers(
+  value: Canonical,
+  out: (Canonical[] | { [key: string]: Canonical })[] = [],
+): (Canonical[] | { [key: string]: Canonical })[] {
+  if (Array.isArray(value)) {
+    out.push(value);
+    for (const item of value) containers(item, out);
+  } else if (value !== null && typeof value === "object" && !(value instanceof Uint8Array)) {
+    out.push(value);
+    for (const item of Object.values(value)) containers(item, out);
+  }
+  return out;
+}
+
+/** One to three random mutations of a copy of `seed`. */
+function mutate(seed: Canonical, next: () => number): Canonical {
+  const value = copy(seed);
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)] as T;
+  const rounds = 1 + Math.floor(next() * 3);
+  for (let round = 0; round < rounds; round++) {
+    const target = pick(containers(value));
+    const roll = next();
+    if (Array.isArray(target)) {
+      if (roll < 0.4 && target.length > 0) target.splice(Math.floor(next() * target.length), 1);
+      else if (roll < 0.8) target.push(copy(pick(EDGE_VALUES)));
+      else if (target.length > 0) target[Math.floor(next() * target.length)] = copy(pick(EDGE_VALUES));
+      continue;
+    }
+    const keys = Object.keys(target);
+    if (roll < 0.15 && keys.length > 0) delete target[pick(keys)];
+    else if (roll < 0.3) {
+      // defineProperty: a plain assignment of "__proto__" would set the prototype instead of adding a key.
+      const key = pick(["extra", "after", "at", "first", "t", "__proto__", "ok"]);
+      Object.defineProperty(target, key, { value: copy(pick(EDGE_VALUES)), enumerable: true, writable: true, configurable: true });
+    } else if (keys.length > 0) target[pick(keys)] = copy(pick(EDGE_VALUES));
+  }
+  // Through canonical bytes and back: the shape the checks meet on the wire (sorted keys, views).
+  return decodeCanonical(encodeCanonical(value));
+}
+
+describe("hot-path checks agree with the zod schemas", () => {
+  for (const shape of SHAPES) {
+    test(`${shape.name}: every seed passes the fast check`, () => {
+      for (const seed of shape.seeds) {
+        const value = decodeCanonical(encodeCanonical(seed));
+        expect(shape.schema.safeParse(value).success).toBe(true);
+        expect(shape.fast(value)).not.toBeNull();
+      }
+    });
+
+    test(`${shape.name}: ${CASES_PER_SHAPE} mutations, never accepted by the fast check alone`, () => {
+      const seed = 0x5eed + shape.name.length;
+      const next = rng(seed);
+      let accepted = 0;
+      let refused = 0;
+      for (let i = 0; i < CASES_PER_SHAPE; i++) {
+        const value = mutate(shape.seeds[i % shape.seeds.length] as Canonical, next);
+        const fast = shape.fast(value);
+        const zod = shape.schema.safeParse(value);
+        const context = `seed ${seed}, case ${i}: ${JSON.stringify(value, (_k, v) => (v instanceof Uint8Array ? `bytes(${v.length})` : v))}`;
+        if (fast !== null) {
+          expect(zod.success, context).toBe(true);
+          expect(fast as object, context).toEqual(zod.data as object);
+          accepted++;
+        } else if (zod.success) {
+          // The schema accepts it: only a shape the fast check leaves to the schema.
+          expect(shape.inShape(value), context).toBe(false);
+        } else refused++;
+      }
+      // The mutations reach both sides of the bounds.
+      expect(accepted).toBeGreaterThan(CASES_PER_SHAPE / 50);
+      expect(refused).toBeGreaterThan(CASES_PER_SHAPE / 4);
+    });
+  }
+
+  test("a publish of REQUEST_EVENTS_MAX events passes, one more does not, and the fast path gives the schema's answer", () => {
+    const most = Array.from({ length: REQUEST_EVENTS_MAX }, () => new Uint8Array(0));
+    expect(fastPublishRequest(decodeCanonical(encodeCanonical(pubBody(most))))).not.toBeNull();
+    const tooMany = encodeCanonical(pubBody([...most, new Uint8Array(0)]));
+    expect(fastPublishRequest(decodeCanonical(tooMany))).toBeNull();
+    const decoded = decodeRequestBody(tooMany);
+    expect(decoded.ok).toBe(false);
+    if (!decoded.ok) expect(decoded.error.reason).toContain("op.events");
+  });
+
+  test("decodeFrameBody still refuses what the fast check leaves to the schema, with the schema's message", () => {
+    const bad = encodeCanonical({ seq: 0, msg: new Uint8Array(0), mac: filled(32, 1) });
+    const decoded = decodeFrameBody(FrameType.PEER, bad);
+    expect(decoded.ok).toBe(false);
+    if (!decoded.ok) expect(decoded.error.reason).toStartWith("PEER: seq:");
+  });
+
+  test("an EVENTS frame from a shared prefix is byte for byte encodeTypedFrame's, with and without a MAC trailer", () => {
+    const next = rng(0xe7e);
+    const uints = [0, 1, 23, 24, 255, 256, 65_535, 65_536, 2 ** 32, Number.MAX_SAFE_INTEGER];
+    const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)] as T;
+    for (let i = 0; i < 500; i++) {
+      const req = { body: filled(1 + Math.floor(next() * 300), 1), sig: filled(64, 2) };
+      const seq = pick(uints);
+      const prefix = eventsPrefix(req, seq);
+      for (const sub of [pick(uints), pick(uints)]) {
+        const tag = pick(["a", "net.links", "$sys.events", "x".repeat(TAG_BYTES_MAX)]);
+        const replica = pick([0, 3, 24, 1000]);
+        const frame = { type: FrameType.EVENTS, body: { sub, tag, seq, req, replica } } as const;
+        expect(eventsFrame(prefix, sub, tag, replica, 0)).toEqual(encodeTypedFrame(frame));
+        expect(eventsFrame(prefix, sub, tag, replica, 32)).toEqual(encodeTypedFrameWithTrailer(frame, 32));
+      }
+    }
+  });
+
+  test("an EVENTS frame over the frame limit is refused as encodeTypedFrame refuses it", () => {
+    const prefix = eventsPrefix({ body: filled(5000, 1), sig: filled(64, 2) }, 1);
+    expect(() => eventsFrame(prefix, 1, "a", 0, 32, 4096)).toThrow(RangeError);
+    expect(eventsFrame(prefix, 1, "a", 0, 32, 8192).length).toBeGreaterThan(5000);
+  });
+});

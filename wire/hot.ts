@@ -1,0 +1,188 @@
+/**
+ * Hand-written code for the payloads on the hot path: checks: a publish request body, and the
+ * REQUEST, PEER, EVENTS and successful publish REPLY frames. They accept exactly what the
+ * zod schemas of schemas.ts accept for those shapes (test/unit/wire-hot.test.ts fuzzes one
+ * against the other) at a fraction of the cost, which matters because a request body is
+ * checked at every replica for every request, and a publish carries up to thousands of
+ * events, each of which zod checks with a closure call.
+ *
+ * Each check answers the typed value, or null: "not this fast shape". null is not a
+ * refusal; the caller then runs the zod schema, which either accepts a shape the fast path
+ * does not cover (admin commands, refusals) or refuses with its precise message. So these
+ * checks must never accept anything zod refuses, and that is what the test pins.
+ */
+import { type Canonical, encodeCanonical } from "./canonical.ts";
+import { writeFrameHeader } from "./frame.ts";
+import type { Events, Peer, Reply, Request, RequestFrame } from "./schemas.ts";
+import {
+  DIGEST_BYTES,
+  EVENT_BYTES_MAX,
+  FRAME_BYTES_MAX,
+  FRAME_HEADER_BYTES,
+  FrameType,
+  KEY_BYTES,
+  MAC_BYTES,
+  REQUEST_EVENTS_MAX,
+  REQUEST_VERSION,
+  SIGNATURE_BYTES,
+  TAG_BYTES_MAX,
+  TAG_PATTERN,
+} from "./types.ts";
+
+type CanonicalMap = { [key: string]: Canonical };
+
+/** A decoded map (not an array, byte string or null). */
+function isMap(value: Canonical | undefined): value is CanonicalMap {
+  return typeof value === "object" && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array);
+}
+
+/** Own enumerable keys of a decoded map: the decoder makes only those. */
+function keyCount(map: CanonicalMap): number {
+  let count = 0;
+  for (const _ in map) count++;
+  return count;
+}
+
+function isUint(value: Canonical | undefined): value is number {
+  return typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
+}
+
+function isPositive(value: Canonical | undefined): value is number {
+  return typeof value === "number" && Number.isSafeInteger(value) && value >= 1;
+}
+
+function isBytes(value: Canonical | undefined, length: number): value is Uint8Array {
+  return value instanceof Uint8Array && value.length === length;
+}
+
+function isBytesWithin(value: Canonical | undefined, min: number, max: number): value is Uint8Array {
+  return value instanceof Uint8Array && value.length >= min && value.length <= max;
+}
+
+function isTag(value: Canonical | undefined): value is string {
+  return typeof value === "string" && value.length <= TAG_BYTES_MAX && TAG_PATTERN.test(value);
+}
+
+/** A publish request body (requestSchema with a pub op), or null. */
+export function fastPublishRequest(value: Canonical): Request | null {
+  if (!isMap(value) || keyCount(value) !== 6) return null;
+  const { v, client, seq, span, ts, op } = value;
+  if (v !== REQUEST_VERSION || !isBytes(client, KEY_BYTES) || !isPositive(seq) || !isPositive(span) || !isUint(ts)) return null;
+  if (!isMap(op) || keyCount(op) !== 3 || op["t"] !== "pub" || !isTag(op["tag"])) return null;
+  const events = op["events"];
+  if (!Array.isArray(events) || events.length < 1 || events.length > REQUEST_EVENTS_MAX) return null;
+  for (let i = 0; i < events.length; i++) if (!isBytesWithin(events[i], 0, EVENT_BYTES_MAX)) return null;
+  // requestSchema's refinements: the span is the number of events, and seq + span - 1 stays safe.
+  if (span !== events.length || seq > Number.MAX_SAFE_INTEGER - span + 1) return null;
+  return value as unknown as Request;
+}
+
+/** The signed envelope {body, sig} (signedRequestSchema), or null. */
+function isSignedRequest(value: Canonical | undefined): boolean {
+  return (
+    isMap(value) && keyCount(value) === 2 && isBytesWithin(value["body"], 1, FRAME_BYTES_MAX) && isBytes(value["sig"], SIGNATURE_BYTES)
+  );
+}
+
+/** A REQUEST frame body (requestFrameSchema), or null. */
+export function fastRequestFrame(value: Canonical): RequestFrame | null {
+  if (!isMap(value)) return null;
+  const count = keyCount(value);
+  const after = value["after"];
+  if (after === undefined ? count !== 2 : count !== 3 || !isUint(after)) return null;
+  if (!isBytesWithin(value["body"], 1, FRAME_BYTES_MAX) || !isBytes(value["sig"], SIGNATURE_BYTES)) return null;
+  return value as unknown as RequestFrame;
+}
+
+/** A PEER frame body (peerSchema), or null. */
+export function fastPeer(value: Canonical): Peer | null {
+  if (!isMap(value) || keyCount(value) !== 3) return null;
+  if (!isPositive(value["seq"]) || !isBytesWithin(value["msg"], 0, FRAME_BYTES_MAX) || !isBytes(value["mac"], MAC_BYTES)) return null;
+  return value as unknown as Peer;
+}
+
+/** An EVENTS frame body (eventsSchema), or null. */
+export function fastEvents(value: Canonical): Events | null {
+  if (!isMap(value) || keyCount(value) !== 5) return null;
+  if (!isUint(value["sub"]) || !isTag(value["tag"]) || !isUint(value["seq"]) || !isUint(value["replica"])) return null;
+  if (!isSignedRequest(value["req"])) return null;
+  return value as unknown as Events;
+}
+
+/** A successful publish REPLY (replySchema, ok: true, a pub result), or null. */
+export function fastPublishReply(value: Canonical): Reply | null {
+  if (!isMap(value) || value["ok"] !== true) return null;
+  const count = keyCount(value);
+  const at = value["at"];
+  if (at === undefined ? count !== 5 : count !== 6 || !isUint(at)) return null;
+  if (!isPositive(value["seq"]) || !isUint(value["replica"]) || !isBytes(value["d"], DIGEST_BYTES)) return null;
+  const res = value["res"];
+  if (!isMap(res) || res["t"] !== "pub" || !isTag(res["tag"]) || !isPositive(res["span"])) return null;
+  const first = res["first"];
+  if (first === undefined ? keyCount(res) !== 3 : keyCount(res) !== 4 || !isUint(first)) return null;
+  return value as unknown as Reply;
+}
+
+// ---------------------------------------------------------------------------------------
+// EVENTS frames for fan-out: the batch encoded once, each subscriber's fields after it
+// ---------------------------------------------------------------------------------------
+
+/**
+ * The part of an EVENTS frame's payload every subscriber of one batch shares: the map's
+ * head and, in canonical key order (shorter keys first, then bytewise: req, seq, sub, tag,
+ * replica), `req` with the signed body and `seq`. What follows differs per subscription
+ * (`sub`) or is small (`tag`, `replica`): eventsFrame appends it. The bytes are exactly
+ * those encodeTypedFrame writes for the same body (test/unit/wire-hot.test.ts).
+ */
+export interface EventsPrefix {
+  readonly bytes: Uint8Array;
+}
+
+const EVENTS_MAP_HEAD = 0xa5; // a map of 5 pairs
+const KEY_REQ = encodeCanonical("req");
+const KEY_SEQ = encodeCanonical("seq");
+const KEY_SUB = encodeCanonical("sub");
+const KEY_TAG = encodeCanonical("tag");
+const KEY_REPLICA = encodeCanonical("replica");
+
+export function eventsPrefix(req: { readonly body: Uint8Array; readonly sig: Uint8Array }, seq: number): EventsPrefix {
+  const reqBytes = encodeCanonical({ body: req.body, sig: req.sig });
+  const seqBytes = encodeCanonical(seq);
+  const bytes = new Uint8Array(1 + KEY_REQ.length + reqBytes.length + KEY_SEQ.length + seqBytes.length);
+  let at = 0;
+  bytes[at++] = EVENTS_MAP_HEAD;
+  for (const part of [KEY_REQ, reqBytes, KEY_SEQ, seqBytes]) {
+    bytes.set(part, at);
+    at += part.length;
+  }
+  return { bytes };
+}
+
+/**
+ * A complete EVENTS frame (header, payload, and `trailerBytes` zero bytes for a session MAC
+ * counted in the length, as encodeTypedFrameWithTrailer) from a shared prefix and one
+ * subscription's fields: one allocation and one copy of the batch per subscriber. Throws
+ * RangeError past `frameBytesMax` (not counting the trailer), as encodeTypedFrame does.
+ */
+export function eventsFrame(
+  prefix: EventsPrefix,
+  sub: number,
+  tag: string,
+  replica: number,
+  trailerBytes: number,
+  frameBytesMax: number = FRAME_BYTES_MAX,
+): Uint8Array {
+  const tail = [KEY_SUB, encodeCanonical(sub), KEY_TAG, encodeCanonical(tag), KEY_REPLICA, encodeCanonical(replica)];
+  let tailBytes = 0;
+  for (const part of tail) tailBytes += part.length;
+  const frame = new Uint8Array(FRAME_HEADER_BYTES + prefix.bytes.length + tailBytes + trailerBytes);
+  let at = FRAME_HEADER_BYTES;
+  frame.set(prefix.bytes, at);
+  at += prefix.bytes.length;
+  for (const part of tail) {
+    frame.set(part, at);
+    at += part.length;
+  }
+  writeFrameHeader(frame, FrameType.EVENTS, frameBytesMax + trailerBytes);
+  return frame;
+}
