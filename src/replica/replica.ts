@@ -120,14 +120,6 @@ export class Replica {
     if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
     this.adminKeys = new Set(config.adminKeys.map(toHex));
     this.audit = new AuditLog(log);
-    this.verifier = new VerifyPool({
-      threads: options.threads ?? 0,
-      onFailure: (reason) => {
-        log.error("a verification thread failed; stopping", { reason });
-        (options.onFatal ?? throwFatal)(new FatalError(EXIT_STATE_UNTRUSTED, reason));
-      },
-      onReady: () => log.info("verification threads ready", { threads: options.threads ?? 0 }),
-    });
     this.sys = new SysChannels({
       self: id,
       n: config.n,
@@ -221,6 +213,16 @@ export class Replica {
       log,
       metrics: this.metrics,
       audit: this.audit,
+    });
+    // The threads start last: a constructor that threw before leaves none running.
+    this.verifier = new VerifyPool({
+      threads: options.threads ?? 0,
+      onFailure: (reason) => {
+        log.error("a verification thread failed; stopping", { reason });
+        (options.onFatal ?? throwFatal)(new FatalError(EXIT_STATE_UNTRUSTED, reason));
+      },
+      onReady: () => log.info("verification threads ready", { threads: options.threads ?? 0 }),
+      onCallbackError: (error) => log.error("handling a verified request failed", { error: (error as Error).message }),
     });
   }
 
@@ -387,7 +389,12 @@ export class Replica {
    * the client saw (`after`): routeRequest holds those until it has.
    */
   private refusedBeforeVerify(request: Request, keyHex: string, after: number | undefined): Refused | null {
-    if (request.op.t !== "pub" || (after !== undefined && after > this.executedSeq)) return null;
+    // Admin keys are in the cluster file, not in replicated state: judged at once.
+    if (request.op.t === "admin") {
+      if (this.adminKeys.has(keyHex)) return null;
+      return { ok: false, code: "UNAUTHORIZED", reason: "admin commands must be signed by an admin key" };
+    }
+    if (after !== undefined && after > this.executedSeq) return null;
     const tag = request.op.tag;
     // A registered publisher (the common case) costs one lookup; the channel is looked
     // up only for a key that is not one (an unknown channel is routeRequest's to answer).

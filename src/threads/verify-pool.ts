@@ -1,5 +1,5 @@
 /**
- * Client signatures verified off the event loop (src/README.md §9): a small pool of
+ * Client signatures verified off the event loop (src/README.md §4): a small pool of
  * worker threads (verify-worker.ts) takes the ed25519 checks of client requests, so the
  * thread that owns the sockets, the ordering core and storage does not spend most of its
  * time in them, and a replica uses more than one core.
@@ -12,13 +12,17 @@
  * order they were asked, whatever thread finished first, so a client's requests reach
  * the replica in the order it sent them, exactly as without threads.
  *
- * Bounds: at most CHECKS_IN_FLIGHT_MAX checks are out at once; past that a check runs
- * inline (it costs the loop, but nothing waits without bound and nothing is dropped).
+ * Bounds: at most CHECKS_IN_FLIGHT_MAX checks are out at once, and at most
+ * LANE_CHECKS_MAX of one lane; past either a check runs inline (it costs the loop, which
+ * then reads that session no faster than it verifies, but nothing waits without bound and
+ * nothing is dropped). Keys and signatures are copied before they go to a thread: a view
+ * into a frame's buffer would make postMessage copy the whole buffer.
  * `threads: 0` runs every check inline, synchronously (small hosts; the tests compare).
  *
- * A thread that fails (throws, or its process runs out of memory) cannot be trusted to
- * have answered: the pool calls `onFailure`, which stops the replica (fatal.ts); systemd
- * restarts it.
+ * A thread that fails (throws, exits, or answers its start probe wrong) cannot be trusted
+ * to have answered: the pool calls `onFailure`, which stops the replica (fatal.ts); systemd
+ * restarts it. The probe is answered within moments of the start; requests that arrive
+ * before it wait on the threads like any other.
  */
 import { sign, verify } from "../crypto/ed25519.ts";
 import { SigningKey } from "../crypto/keys.ts";
@@ -40,6 +44,8 @@ export interface VerifyResults {
 
 /** Checks sent to threads and not yet answered, over all threads. */
 export const CHECKS_IN_FLIGHT_MAX = 16_384;
+/** Checks of one lane (one client session) out on threads at once. */
+export const LANE_CHECKS_MAX = 256;
 /** Most checks in one message to a thread. */
 export const CHECKS_PER_BATCH_MAX = 1_024;
 /** Most threads a replica starts (`--threads`). */
@@ -52,6 +58,8 @@ export interface VerifyPoolOptions {
   readonly onFailure: (reason: string) => void;
   /** Every thread answered a first check correctly (at once with 0 threads). */
   readonly onReady?: () => void;
+  /** A continuation threw (a bug in the caller): reported, and the other answers still run. */
+  readonly onCallbackError?: (error: unknown) => void;
 }
 
 /** A check's continuation: called once with whether the signature verifies. */
@@ -144,8 +152,9 @@ export class VerifyPool {
    */
   verify(key: Uint8Array, message: Uint8Array, sig: Uint8Array, done: Verified, lane: Lane | null = null, urgency = 0): void {
     if (this.stopped) return;
-    const check: Check = { key, message, sig, lane, position: lane === null ? -1 : lane.ask(), done, urgency };
-    if (this.threads.length === 0 || this.inFlight + this.queued.length >= CHECKS_IN_FLIGHT_MAX) {
+    const laneFull = lane !== null && lane.pending >= LANE_CHECKS_MAX;
+    const check: Check = { key: key.slice(), message, sig: sig.slice(), lane, position: lane === null ? -1 : lane.ask(), done, urgency };
+    if (this.threads.length === 0 || laneFull || this.inFlight + this.queued.length >= CHECKS_IN_FLIGHT_MAX) {
       this.verifiedInline++;
       this.answer(check, verify(key, message, sig));
       return;
@@ -232,8 +241,17 @@ export class VerifyPool {
   }
 
   private answer(check: Check, ok: boolean): void {
-    if (check.lane === null) check.done(ok);
-    else check.lane.answer(check.position, () => check.done(ok));
+    if (check.lane === null) this.release(check.done, ok);
+    else check.lane.answer(check.position, () => this.release(check.done, ok));
+  }
+
+  /** Runs a continuation; one that throws is reported and does not keep the others of its batch from running. */
+  private release(done: Verified, ok: boolean): void {
+    try {
+      done(ok);
+    } catch (error) {
+      this.options.onCallbackError?.(error);
+    }
   }
 }
 

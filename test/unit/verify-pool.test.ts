@@ -6,7 +6,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { sign } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
-import { VerifyPool } from "../../src/threads/verify-pool.ts";
+import { LANE_CHECKS_MAX, VerifyPool } from "../../src/threads/verify-pool.ts";
 import { waitFor } from "../helpers/wait.ts";
 
 const pools: VerifyPool[] = [];
@@ -33,16 +33,20 @@ function checks(count: number): { key: Uint8Array; message: Uint8Array; sig: Uin
 }
 
 describe("verification threads", () => {
-  test("answers match inline verification, and a lane's answers come in ask order", async () => {
+  test("answers match inline verification, and each lane's answers come in ask order", async () => {
     const p = pool(3);
-    const lane = p.lane();
+    const lanes = [p.lane(), p.lane(), p.lane()];
     const items = checks(600);
-    const answers: [number, boolean][] = [];
-    items.forEach((c, i) => p.verify(c.key, c.message, c.sig, (ok) => answers.push([i, ok]), lane));
-    await waitFor("every answer", () => answers.length === items.length, 30_000);
-    expect(answers.map(([i]) => i)).toEqual(items.map((_, i) => i));
-    expect(answers.map(([, ok]) => ok)).toEqual(items.map((c) => c.valid));
-    // Each thread also answered the start probe (a good and a forged signature).
+    const answers: [number, boolean][][] = [[], [], []];
+    items.forEach((c, i) => p.verify(c.key, c.message, c.sig, (ok) => answers[i % 3]?.push([i, ok]), lanes[i % 3]));
+    await waitFor("every answer", () => answers.every((lane) => lane.length === 200), 30_000);
+    for (let l = 0; l < 3; l++) {
+      const asked = items.map((c, i) => ({ i, valid: c.valid })).filter(({ i }) => i % 3 === l);
+      expect(answers[l]?.map(([i]) => i)).toEqual(asked.map(({ i }) => i));
+      expect(answers[l]?.map(([, ok]) => ok)).toEqual(asked.map(({ valid }) => valid));
+    }
+    // Each thread also answered the start probe (a good and a forged signature); no lane
+    // passed LANE_CHECKS_MAX, so nothing ran inline.
     expect(p.verifiedOnThreads).toBe(600 + 2 * 3);
     expect(p.verifiedInline).toBe(0);
   });
@@ -115,6 +119,34 @@ describe("verification threads", () => {
     let inlineReady = false;
     pools.push(new VerifyPool({ threads: 0, onFailure: () => {}, onReady: () => (inlineReady = true) }));
     expect(inlineReady).toBe(true);
+  });
+
+  test("past LANE_CHECKS_MAX checks out on one lane, the rest run inline, still answered in order", async () => {
+    const p = pool(1);
+    const lane = p.lane();
+    const items = checks(LANE_CHECKS_MAX + 40);
+    const answers: number[] = [];
+    items.forEach((c, i) => p.verify(c.key, c.message, c.sig, () => answers.push(i), lane));
+    expect(p.verifiedInline).toBe(40);
+    await waitFor("every answer", () => answers.length === items.length, 30_000);
+    expect(answers).toEqual(items.map((_, i) => i));
+  });
+
+  test("a continuation that throws is reported and the other answers of its batch still run", async () => {
+    const errors: unknown[] = [];
+    const p = new VerifyPool({ threads: 1, onFailure: () => {}, onCallbackError: (error) => errors.push(error) });
+    pools.push(p);
+    const items = checks(5);
+    const answered: number[] = [];
+    items.forEach((c, i) =>
+      p.verify(c.key, c.message, c.sig, () => {
+        if (i === 1) throw new Error("boom");
+        answered.push(i);
+      }),
+    );
+    await waitFor("the other answers", () => answered.length === 4, 30_000);
+    expect(answered).toEqual([0, 2, 3, 4]);
+    expect(String(errors[0])).toContain("boom");
   });
 
   test("a thread count out of range is refused", () => {

@@ -257,9 +257,11 @@ export function admit(state: CoreState, req: ClientRequest, authenticated: boole
   // One peer's forwards fill at most its share of the pool, so a lying replica cannot
   // crowd out the requests the others and this replica's own clients bring.
   if (via !== null && state.pending.countForPeer(via) >= Math.ceil(cfg.pendingRequestsMax / cfg.n)) return "overloaded";
-  // Under overload the least urgent are refused first (priority.ts).
-  const poolLimit =
-    state.policy.flat === true ? cfg.pendingRequestsMax : poolLimitFor(cfg.pendingRequestsMax, urgencyOf(state.policy, req.client));
+  // Under overload the least urgent of this replica's own clients are refused first
+  // (priority.ts). A peer's forward may use the whole pool: a backup that took a request
+  // and forwards it when its timer runs out must not find the leader refusing it.
+  const shedsByUrgency = state.policy.flat !== true && via === null;
+  const poolLimit = shedsByUrgency ? poolLimitFor(cfg.pendingRequestsMax, urgencyOf(state.policy, req.client)) : cfg.pendingRequestsMax;
   if (state.pending.total >= poolLimit) return "overloaded";
   if (!state.crypto.verifyRequest(req, null)) {
     if (authenticated) quarantineClient(state, req.client);

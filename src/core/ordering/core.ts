@@ -51,7 +51,7 @@ import {
   requestBytes,
   type StateResponse,
 } from "./messages.ts";
-import { buildBatch, FLAT_POLICY, type ProposalPolicy, URGENT_PIPELINE_SLOTS } from "./priority.ts";
+import { buildBatch, countUrgentInFlight, FLAT_POLICY, type ProposalPolicy, URGENT_PIPELINE_SLOTS } from "./priority.ts";
 import { restore } from "./restore.ts";
 import { assert, assertNever, CoreState, type Seams } from "./state.ts";
 import { finishTick, startTick, tickBackup, tickLeader } from "./timers.ts";
@@ -328,15 +328,21 @@ export class OrderingCore {
     // nothing on disk) must not propose at seqs already decided: they are settled, and
     // proposing there would only fill its log with instances below its window.
     if (state.nextProposalSeq <= state.lastExecuted) state.nextProposalSeq = state.lastExecuted + 1;
-    while (state.nextProposalSeq <= Math.min(state.highWater, state.lastExecuted + this.cfg.pipelineDepth)) {
+    // Proposals made in the slots kept for urgent requests (priority.ts) are counted apart:
+    // they never take the place of ordinary ones, so a steady trickle of urgent requests
+    // cannot keep the ordinary pipeline full and lock the less urgent out.
+    const urgentInFlight = countUrgentInFlight(state);
+    let ordinaryInFlight = state.nextProposalSeq - 1 - state.lastExecuted - urgentInFlight;
+    while (ordinaryInFlight < this.cfg.pipelineDepth && state.nextProposalSeq <= state.highWater) {
       const batch = buildBatch(state, false);
       if (batch === null) return;
       this.propose(batch);
+      ordinaryInFlight++;
     }
-    // The pipeline is full: urgent requests may still take the slots kept for them (priority.ts).
-    while (state.nextProposalSeq <= Math.min(state.highWater, state.lastExecuted + this.cfg.pipelineDepth + URGENT_PIPELINE_SLOTS)) {
+    for (let urgent = urgentInFlight; urgent < URGENT_PIPELINE_SLOTS && state.nextProposalSeq <= state.highWater; urgent++) {
       const batch = buildBatch(state, true);
       if (batch === null) return;
+      state.urgentSlotSeqs.add(state.nextProposalSeq);
       this.propose(batch);
     }
   }

@@ -49,6 +49,20 @@ export function poolLimitFor(pendingRequestsMax: number, urgency: number): numbe
   return Math.floor((pendingRequestsMax * (POOL_SHARE_LEAST_PERCENT + POOL_STEP_PERCENT * urgency)) / 100);
 }
 
+/**
+ * Proposals in flight that this leader made in the urgent slots. Forgets those executed or
+ * no longer ahead of the next proposal, and all of them when the view changed.
+ */
+export function countUrgentInFlight(state: CoreState): number {
+  const seqs = state.urgentSlotSeqs;
+  if (state.urgentSlotsView !== state.view) {
+    seqs.clear();
+    state.urgentSlotsView = state.view;
+  }
+  for (const seq of seqs) if (seq <= state.lastExecuted || seq >= state.nextProposalSeq) seqs.delete(seq);
+  return seqs.size;
+}
+
 /** The requests of each batch kept for less urgent clients while they wait (at least one). */
 export function lessUrgentRequests(batchRequestsMax: number): number {
   return Math.max(1, Math.floor((batchRequestsMax * LESS_URGENT_SHARE_PERCENT) / 100));
@@ -90,19 +104,20 @@ export function buildBatch(state: CoreState, urgentOnly: boolean): ClientRequest
   }
   if (waiting === 0) return null;
   const fill = new BatchFill(cfg.batchRequestsMax, cfg.batchBytesMax);
+  // Each less urgent class that waits keeps its own share: with critical, normal and low
+  // waiting, critical may fill up to 80% of the batch, normal up to 90%, low the rest.
   const keptRequests = lessUrgentRequests(cfg.batchRequestsMax);
   const keptBytes = Math.floor((cfg.batchBytesMax * LESS_URGENT_SHARE_PERCENT) / 100);
-  let lessUrgentWaiting = waiting;
+  let lessUrgentClasses = byUrgency.filter((chains) => chains.length > 0).length;
   for (let urgency = URGENCY_MAX; urgency >= 0 && !fill.full; urgency--) {
     const chains = byUrgency[urgency] as PendingRequest[][];
     if (chains.length === 0) continue;
-    lessUrgentWaiting -= chains.length;
-    const keep = lessUrgentWaiting > 0;
+    lessUrgentClasses--;
     fill.take(
       chains,
       state.roundRobinStart,
-      keep ? cfg.batchRequestsMax - keptRequests : cfg.batchRequestsMax,
-      keep ? cfg.batchBytesMax - keptBytes : cfg.batchBytesMax,
+      cfg.batchRequestsMax - keptRequests * lessUrgentClasses,
+      cfg.batchBytesMax - keptBytes * lessUrgentClasses,
     );
   }
   if (fill.batch.length === 0) return null;
@@ -128,6 +143,7 @@ class BatchFill {
   /** Takes from `chains` round robin (starting at `start`) until they are empty or a cap is reached. */
   take(chains: readonly PendingRequest[][], start: number, requestsCap: number, bytesCap: number): void {
     const first = start % chains.length;
+    let taken = 0;
     for (let round = 0; ; round++) {
       let took = false;
       for (let i = 0; i < chains.length; i++) {
@@ -138,10 +154,12 @@ class BatchFill {
           this.full = true;
           return;
         }
-        // A class's cap leaves room for the less urgent; the first request of a batch is
-        // always taken, so a request larger than the cap is not held forever.
-        if (this.batch.length > 0 && (this.batch.length >= requestsCap || this.bytes + size > bytesCap)) return;
+        // A class's cap leaves room for the less urgent; each class's first request is
+        // taken whenever the batch's own bounds allow, so a request larger than its
+        // class's share is not held forever.
+        if (taken > 0 && (this.batch.length >= requestsCap || this.bytes + size > bytesCap)) return;
         this.batch.push(p.req);
+        taken++;
         this.bytes += size;
         this.oldest = Math.min(this.oldest, p.firstSeen);
         took = true;

@@ -199,6 +199,9 @@ export class CoreState {
   admittedFromClient: ClientRequest | null = null;
   /** Where the leader's next round-robin pass over clients starts. */
   roundRobinStart = 0;
+  /** Seqs this leader proposed in the slots kept for urgent requests (priority.ts), and the view it proposed them in. */
+  readonly urgentSlotSeqs = new Set<number>();
+  urgentSlotsView = -1;
 
   // Progress tracking (timers.ts).
   lastExecutedAt = 0;
