@@ -28,6 +28,7 @@ describe("fault matrix", () => {
       longestStallMs: 3100,
       recoveryMs: 2000,
       problems: [],
+      notes: [],
     };
     const lines = formatRows([row, { ...row, fault: "split-2-2", acked: 1234 }]).split("\n");
     expect(lines.length).toBe(4);
