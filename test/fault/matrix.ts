@@ -357,6 +357,12 @@ const DISK_ROOMY = "256m";
 const CLOCK_TOLERANCE_MS = 30_000;
 /** How far a clock-skew row moves a clock: past every bound the protocol sets (60 s for proposals, 300 s for requests). */
 const SKEW_S = 600;
+/**
+ * Decisions the group makes after the lost-unsynced-writes row sets the leader's disk
+ * aside: past two checkpoints (K = 128) and the log window (L = 2K), so the replica
+ * cannot replay what it lost from its peers' logs.
+ */
+const LOST_SEQS = 400;
 /** Room left above what a disk uses when it is shrunk; the ballast file then takes it. */
 const DISK_MARGIN_KB = 1024;
 
@@ -512,7 +518,10 @@ export const FAULTS: readonly Fault[] = [
       await g.leaderReplaced(g.leader, `${SKEW_S} s ahead`);
     },
     heal: (g) => g.skewClock(g.leader, 0),
-    settled: (g) => g.noteReason((g.leader + 1) % REPLICAS, "leaving the view"),
+    settled: (g) => {
+      g.noteReason((g.leader + 1) % REPLICAS, "suspecting the leader");
+      g.noteReason((g.leader + 1) % REPLICAS, "leaving the view");
+    },
   },
   {
     name: "clock-behind-leader",
@@ -524,7 +533,10 @@ export const FAULTS: readonly Fault[] = [
       await g.leaderReplaced(g.leader, `${SKEW_S} s behind`);
     },
     heal: (g) => g.skewClock(g.leader, 0),
-    settled: (g) => g.noteReason((g.leader + 1) % REPLICAS, "leaving the view"),
+    settled: (g) => {
+      g.noteReason((g.leader + 1) % REPLICAS, "suspecting the leader");
+      g.noteReason((g.leader + 1) % REPLICAS, "leaving the view");
+    },
   },
   {
     name: "clock-ahead-follower",
@@ -546,10 +558,16 @@ export const FAULTS: readonly Fault[] = [
   },
   {
     name: "lost-unsynced-writes",
-    what: "--sync normal; the leader is killed -9 and its disk keeps only what it held 5 s earlier (the writes not yet fsynced are lost)",
-    holdMs: 5_000,
+    what: `--sync normal; the leader is killed -9 and its disk keeps only what it held ${LOST_SEQS} decisions earlier (the writes not yet fsynced are lost)`,
+    holdMs: 1_000,
     syncNormal: true,
-    apply: (g) => g.keepDiskAsIs(g.leader),
+    apply: async (g) => {
+      g.keepDiskAsIs(g.leader);
+      // Held until the group has decided past the log window the replica could replay
+      // from its peers: what it lost can only come back by state transfer.
+      const kept = await g.lastDecided();
+      await waitFor(`the group to decide ${LOST_SEQS} more seqs`, async () => (await g.lastDecided()) >= kept + LOST_SEQS, WAIT_MS);
+    },
     heal: async (g) => {
       const id = g.leader;
       await g.kill(id);
@@ -570,8 +588,8 @@ export const FAULTS: readonly Fault[] = [
     },
     settled: (g) => {
       const id = g.leader;
-      const transfers = g.logLines(id, "state transfer completed").length;
-      g.notes.push(`replica ${id} caught up ${transfers > 0 ? "by state transfer" : "from its peers' logs (no state transfer needed)"}`);
+      if (g.logLines(id, "state transfer completed").length === 0) throw new Error(`replica ${id} caught up without a state transfer`);
+      g.notes.push(`replica ${id} caught up by state transfer`);
     },
   },
 ];
