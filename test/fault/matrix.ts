@@ -6,6 +6,11 @@
  * never lost, none twice, none invented, one order with no gap for every reader, each
  * publisher's events in publish order.
  *
+ * Faults come from outside the replica, never from a flag of the shipped binary: network
+ * namespaces and routes, a TCP proxy, signals, a tmpfs, a copy of the data directory put
+ * back after kill -9 (writes lost before an fsync), and libfaketime for a skewed wall
+ * clock (faketime.ts).
+ *
  * `runFault` is used by `npm run faults` (test/fault/run-matrix.ts) and by the fast rows
  * of `npm test` (matrix.test.ts). Waits are on conditions (acknowledgements, status
  * answers); the only fixed time is how long a fault is held, which is the schedule.
