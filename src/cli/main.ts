@@ -8,6 +8,7 @@
  */
 import type { CommandIo } from "./command.ts";
 import { EXIT_OK } from "./errors.ts";
+import { flushed } from "./flush.ts";
 import { runCli } from "./run.ts";
 
 function isClosedPipe(error: unknown): boolean {
@@ -42,11 +43,7 @@ const io: CommandIo = {
   },
 };
 
-/** Resolves once everything written so far has left the stream, so exit cannot cut output short. */
-function drained(stream: NodeJS.WriteStream): Promise<void> {
-  return new Promise((resolve) => stream.write("", () => resolve()));
-}
-
 const exitCode = await runCli(process.argv.slice(2), { io, env: process.env });
-await Promise.all([drained(process.stdout), drained(process.stderr)]);
+// Everything written has left the process before it exits, however slowly a pipe is read.
+await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
 process.exit(exitCode);

@@ -11,7 +11,7 @@ import { loadPublicKeyFile, loadSigningKeyFile, SigningKey } from "../../src/cry
 import { encodeRequestBody, type Request, type SignedRequest } from "../../wire/schemas.ts";
 import { requestSigningInput } from "../../wire/session.ts";
 import { clientFor, collect, createChannels, encode, waitForCount } from "../integration/client-util.ts";
-import { startCluster, type TestCluster } from "../integration/harness.ts";
+import { startCluster, type TestCluster, waitListening } from "../integration/harness.ts";
 import { type EvilReplica, type ForgedBatch, startEvilReplica } from "./evil-replica.ts";
 import { waitFor } from "../helpers/wait.ts";
 
@@ -36,6 +36,11 @@ describe("a Byzantine replica serving forged events", () => {
     for (let id = 0; id < cluster.n; id++) if (id !== EVIL_ID) cluster.start(id);
     const evilKey = loadSigningKeyFile(join(cluster.dir, `replica-${EVIL_ID}.key`)).key;
     evil = startEvilReplica({ id: EVIL_ID, port: cluster.basePort + EVIL_ID, key: evilKey, forgeries: () => forgeries, next: () => 1 });
+    // The clients give up at once on refused connections: every replica listens first.
+    await waitListening(
+      cluster,
+      [0, 1, 2, 3].filter((id) => id !== EVIL_ID),
+    );
     admin = clientFor(cluster, cluster.adminKey);
     publisher = clientFor(cluster, cluster.clientKey);
     subscriber = clientFor(cluster, cluster.clientKey);

@@ -6,12 +6,17 @@
  * never lost, none twice, none invented, one order with no gap for every reader, each
  * publisher's events in publish order.
  *
+ * Faults come from outside the replica, never from a flag of the shipped binary: network
+ * namespaces and routes, a TCP proxy, signals, a tmpfs, a copy of the data directory put
+ * back after kill -9 (writes lost before an fsync), and libfaketime for a skewed wall
+ * clock (faketime.ts).
+ *
  * `runFault` is used by `npm run faults` (test/fault/run-matrix.ts) and by the fast rows
  * of `npm test` (matrix.test.ts). Waits are on conditions (acknowledgements, status
  * answers); the only fixed time is how long a fault is held, which is the schedule.
  */
 import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
@@ -21,10 +26,13 @@ import { initCluster } from "../../src/config/init.ts";
 import { collect, type Delivered, encode, waitForCount } from "../integration/client-util.ts";
 import { checkTotalOrder, payloadOf, type Stream, waitConverged } from "../integration/durability-history.ts";
 import { waitFor } from "../helpers/wait.ts";
+import { faketimeLibrary, skewedClockEnv, writeOffset } from "./faketime.ts";
 import { TestNetwork } from "./netns.ts";
 
 const TAG = "sec.alerts";
 const PORT = 7400;
+/** Each replica's status page (--metrics), on its host's address: clock rows read its clock there. */
+const STATUS_PORT = 7409;
 const REPLICAS = 4;
 /** Events per publish: small requests, so a stall shows at once. */
 const EVENTS_PER_REQUEST = 4;
@@ -55,8 +63,14 @@ export interface Fault {
   readonly smallDisks?: boolean;
   /** Networks every host is on (default 1); with more, each replica lists its further addresses (`hosts`). */
   readonly networks?: number;
+  /** Each replica's wall clock can be moved (libfaketime, faketime.ts), read back on its status page. */
+  readonly skewableClocks?: boolean;
+  /** Every replica runs `--sync normal`: its last commits are not yet fsynced, and may be lost. */
+  readonly syncNormal?: boolean;
   apply(group: FaultGroup): Promise<void> | void;
   heal(group: FaultGroup): Promise<void> | void;
+  /** Once every replica has caught up after the heal: notes on how (FaultRow.notes). */
+  settled?(group: FaultGroup): void;
 }
 
 export interface FaultRow {
@@ -74,6 +88,8 @@ export interface FaultRow {
   /** Multi-network rows: from the heal until every peer link and the admin client's sessions are back on network 0. */
   readonly backOnPreferredMs: number | null;
   readonly problems: readonly string[];
+  /** What the fault did, in words, where the row's numbers do not say it (a leader replaced, seqs lost). */
+  readonly notes: readonly string[];
 }
 
 /** A group of replicas on namespaced hosts, with the handles faults need. */
@@ -84,17 +100,38 @@ export class FaultGroup {
   leader = 0;
   /** Repeats a fault action during the hold (proxy-reset); cleared at heal. */
   repeat: ReturnType<typeof setInterval> | null = null;
+  /** The admin client of the run: faults ask it for the group's status. */
+  admin: FitbClient | null = null;
+  /** What the fault did, for the row (FaultRow.notes). */
+  readonly notes: string[] = [];
+  /** When each replica was last started (this process's clock): its real uptime. */
+  private readonly startedAt: number[] = new Array(REPLICAS).fill(0);
+  /** libfaketime, when the fault moves clocks (skewableClocks). */
+  private faketime: string | null = null;
 
   constructor(
     readonly net: TestNetwork,
     readonly configPath: string,
     private readonly replicaCommand: readonly string[],
-    private readonly proxied: boolean,
+    private readonly fault: Fault,
+    private readonly dir: string,
   ) {}
 
+  private get proxied(): boolean {
+    return this.fault.proxied === true;
+  }
+
   /** Starts every replica, each behind its proxy when the fault needs one. */
-  async startAll(smallDisks: boolean, dir: string): Promise<void> {
-    if (smallDisks) {
+  async startAll(): Promise<void> {
+    const dir = this.dir;
+    if (this.fault.skewableClocks === true) {
+      const found = faketimeLibrary(false);
+      if ("why" in found) throw new Error(found.why);
+      this.faketime = found.path;
+      for (let id = 0; id < REPLICAS; id++) writeOffset(this.clockFile(id), "+0");
+    }
+    for (let id = 0; id < REPLICAS; id++) this.dataDirs[id] = join(dir, `data-${id}`);
+    if (this.fault.smallDisks === true) {
       for (let id = 0; id < REPLICAS; id++) {
         const disk = join(dir, `disk-${id}`);
         mkdirSync(disk);
@@ -116,20 +153,28 @@ export class FaultGroup {
 
   /** The tmpfs data directory of each replica (smallDisks faults), mounted by startAll. */
   readonly disks: (string | null)[] = new Array(REPLICAS).fill(null);
+  /** Each replica's data directory (its tmpfs for smallDisks faults). */
+  readonly dataDirs: string[] = new Array(REPLICAS).fill("");
 
   start(id: number): void {
-    const listen = this.proxied ? ["--listen", `127.0.0.1:${PORT + 1}`] : [];
-    const disk = this.disks[id];
-    if (disk !== null && disk !== undefined) listen.push("--data", disk);
+    const args = this.proxied ? ["--listen", `127.0.0.1:${PORT + 1}`] : [];
+    args.push("--data", this.disks[id] ?? (this.dataDirs[id] as string));
+    if (this.fault.syncNormal === true) args.push("--sync", "normal");
+    const clock: Record<string, string> = {};
+    if (this.faketime !== null) {
+      args.push("--metrics", `${this.net.host(id).address}:${STATUS_PORT}`);
+      Object.assign(clock, skewedClockEnv(this.faketime, this.clockFile(id)));
+    }
     const proc = Bun.spawn(
-      [...this.net.exec(id), ...this.replicaCommand, "replica", "--config", this.configPath, "--id", String(id), ...listen],
+      [...this.net.exec(id), ...this.replicaCommand, "replica", "--config", this.configPath, "--id", String(id), ...args],
       {
         stdout: "pipe",
         stderr: "pipe",
-        env: { ...process.env, FITB_LOG: process.env.FITB_LOG ?? "info" },
+        env: { ...process.env, FITB_LOG: process.env.FITB_LOG ?? "info", ...clock },
       },
     );
     this.procs[id] = proc;
+    this.startedAt[id] = Date.now();
     void drain(proc.stdout, this.logs[id] as string[]);
     void drain(proc.stderr, this.logs[id] as string[]);
   }
@@ -176,6 +221,100 @@ export class FaultGroup {
     // The full disk stopped it (or it was never running): start it again.
     const proc = this.procs[id];
     if (proc === null || proc === undefined || proc.exitCode !== null) this.start(id);
+  }
+
+  private clockFile(id: number): string {
+    return join(this.dir, `clock-${id}`);
+  }
+
+  /**
+   * Moves replica `id`'s wall clock to `seconds` from the true time and waits until the
+   * replica's own clock says so (its status page's uptime, counted from the true time it
+   * started, is off by that much).
+   */
+  async skewClock(id: number, seconds: number): Promise<void> {
+    writeOffset(this.clockFile(id), `${seconds >= 0 ? "+" : ""}${seconds}s`);
+    let seen = "no answer";
+    await waitFor(
+      `replica ${id}'s clock to be ${seconds} s off`,
+      async () => {
+        try {
+          const page = (await (await fetch(`http://${this.net.host(id).address}:${STATUS_PORT}/status`)).json()) as { uptimeMs: number };
+          const offMs = page.uptimeMs - (Date.now() - (this.startedAt[id] as number));
+          seen = `${Math.round(offMs / 1000)} s off`;
+          return Math.abs(offMs - seconds * 1000) < CLOCK_TOLERANCE_MS;
+        } catch (error) {
+          seen = (error as Error).message;
+          return false;
+        }
+      },
+      WAIT_MS,
+      () => seen,
+    );
+  }
+
+  /** Waits until f+1 replicas agree on a leader other than `old`, and notes it. */
+  async leaderReplaced(old: number, why: string): Promise<void> {
+    const admin = this.admin as FitbClient;
+    let now: number | null = old;
+    await waitFor(
+      `the group to replace leader ${old}`,
+      async () => {
+        const status = await admin.status().catch(() => null);
+        now = status?.agreed === true ? status.leader : old;
+        return now !== old;
+      },
+      WAIT_MS,
+    );
+    this.notes.push(`leader ${old} ${why}, replaced by ${now}`);
+  }
+
+  /** The group's last decided seq as f+1 replicas report it. */
+  async lastDecided(): Promise<number> {
+    return (await (this.admin as FitbClient).status()).lastDecided ?? 0;
+  }
+
+  /**
+   * What replica `id`'s disk holds now, set aside (the process is stopped while it is
+   * copied, so the copy is what a crash at this moment would leave): `rollBackDisk` puts it
+   * back, losing every write since.
+   */
+  keepDiskAsIs(id: number): void {
+    this.signal(id, "SIGSTOP");
+    try {
+      const copy = spawnSync("cp", ["-a", this.dataDirs[id] as string, `${this.dataDirs[id]}.kept`], { encoding: "utf8" });
+      if (copy.status !== 0) throw new Error(`copying the data directory of replica ${id} failed: ${copy.stderr.trim()}`);
+    } finally {
+      this.signal(id, "SIGCONT");
+    }
+  }
+
+  /** Replica `id`'s data directory goes back to what keepDiskAsIs set aside (the replica must be down). */
+  rollBackDisk(id: number): void {
+    const dataDir = this.dataDirs[id] as string;
+    rmSync(dataDir, { recursive: true, force: true });
+    renameSync(`${dataDir}.kept`, dataDir);
+  }
+
+  /** The JSON log lines of replica `id` whose msg is `msg`. */
+  logLines(id: number, msg: string): Record<string, unknown>[] {
+    const out: Record<string, unknown>[] = [];
+    for (const line of (this.logs[id] ?? []).join("").split("\n")) {
+      if (!line.includes(msg)) continue;
+      try {
+        const parsed = JSON.parse(line) as Record<string, unknown>;
+        if (parsed.msg === msg) out.push(parsed);
+      } catch {
+        // A line cut between two chunks of output.
+      }
+    }
+    return out;
+  }
+
+  /** Notes why replica `id` said `msg` the first time (its `reason` field), or that it never did. */
+  noteReason(id: number, msg: string): void {
+    const line = this.logLines(id, msg)[0];
+    this.notes.push(line === undefined ? `replica ${id} never logged "${msg}"` : `replica ${id}: ${msg} (${String(line.reason)})`);
   }
 
   tail(id: number, lines = 20): string {
@@ -232,6 +371,16 @@ export class TcpProxy {
 }
 
 const DISK_ROOMY = "256m";
+/** How close a replica's clock must come to the offset asked for (the status page is read over the network). */
+const CLOCK_TOLERANCE_MS = 30_000;
+/** How far a clock-skew row moves a clock: past every bound the protocol sets (60 s for proposals, 300 s for requests). */
+const SKEW_S = 600;
+/**
+ * Decisions the group makes after the lost-unsynced-writes row sets the leader's disk
+ * aside: past two checkpoints (K = 128) and the log window (L = 2K), so the replica
+ * cannot replay what it lost from its peers' logs.
+ */
+const LOST_SEQS = 400;
 /** Room left above what a disk uses when it is shrunk; the ballast file then takes it. */
 const DISK_MARGIN_KB = 1024;
 
@@ -385,6 +534,90 @@ export const FAULTS: readonly Fault[] = [
       g.signal(g.leader, "SIGCONT");
     },
   },
+  {
+    name: "clock-ahead-leader",
+    what: `the leader's wall clock jumps ${SKEW_S / 60} min ahead (libfaketime), past the 60 s bound on proposals; set right later`,
+    holdMs: 5_000,
+    skewableClocks: true,
+    apply: async (g) => {
+      await g.skewClock(g.leader, SKEW_S);
+      await g.leaderReplaced(g.leader, `${SKEW_S} s ahead`);
+    },
+    heal: (g) => g.skewClock(g.leader, 0),
+    settled: (g) => {
+      g.noteReason((g.leader + 1) % REPLICAS, "suspecting the leader");
+      g.noteReason((g.leader + 1) % REPLICAS, "leaving the view");
+    },
+  },
+  {
+    name: "clock-behind-leader",
+    what: `the leader's wall clock jumps ${SKEW_S / 60} min back (libfaketime), past the 300 s bound on request timestamps; set right later`,
+    holdMs: 5_000,
+    skewableClocks: true,
+    apply: async (g) => {
+      await g.skewClock(g.leader, -SKEW_S);
+      await g.leaderReplaced(g.leader, `${SKEW_S} s behind`);
+    },
+    heal: (g) => g.skewClock(g.leader, 0),
+    settled: (g) => {
+      g.noteReason((g.leader + 1) % REPLICAS, "suspecting the leader");
+      g.noteReason((g.leader + 1) % REPLICAS, "leaving the view");
+    },
+  },
+  {
+    name: "clock-ahead-follower",
+    what: `a follower's wall clock jumps ${SKEW_S / 60} min ahead (libfaketime); set right later`,
+    holdMs: 5_000,
+    skewableClocks: true,
+    apply: (g) => g.skewClock((g.leader + 1) % REPLICAS, SKEW_S),
+    heal: (g) => g.skewClock((g.leader + 1) % REPLICAS, 0),
+    settled: (g) => g.noteReason((g.leader + 1) % REPLICAS, "suspecting the leader"),
+  },
+  {
+    name: "clock-behind-follower",
+    what: `a follower's wall clock jumps ${SKEW_S / 60} min back (libfaketime), so every proposal looks far ahead to it; set right later`,
+    holdMs: 5_000,
+    skewableClocks: true,
+    apply: (g) => g.skewClock((g.leader + 1) % REPLICAS, -SKEW_S),
+    heal: (g) => g.skewClock((g.leader + 1) % REPLICAS, 0),
+    settled: (g) => g.noteReason((g.leader + 1) % REPLICAS, "suspecting the leader"),
+  },
+  {
+    name: "lost-unsynced-writes",
+    what: `--sync normal; the leader is killed -9 and its disk keeps only what it held ${LOST_SEQS} decisions earlier (the writes not yet fsynced are lost)`,
+    holdMs: 1_000,
+    syncNormal: true,
+    apply: async (g) => {
+      g.keepDiskAsIs(g.leader);
+      // Held until the group has decided past the log window the replica could replay
+      // from its peers: what it lost can only come back by state transfer.
+      const kept = await g.lastDecided();
+      await waitFor(`the group to decide ${LOST_SEQS} more seqs`, async () => (await g.lastDecided()) >= kept + LOST_SEQS, WAIT_MS);
+    },
+    heal: async (g) => {
+      const id = g.leader;
+      await g.kill(id);
+      const decided = await g.lastDecided();
+      g.rollBackDisk(id);
+      const before = g.logLines(id, "recovered from the data directory").length;
+      g.start(id);
+      await waitFor(
+        `replica ${id} to recover from its disk`,
+        () => g.logLines(id, "recovered from the data directory").length > before,
+        WAIT_MS,
+      );
+      const recovered = g.logLines(id, "recovered from the data directory").at(-1)?.lastDecided as number;
+      // The fault is real only if the replica came back knowing less than it had decided.
+      if (!(recovered < decided))
+        throw new Error(`replica ${id} recovered at seq ${recovered}, not behind seq ${decided}: nothing was lost`);
+      g.notes.push(`replica ${id} came back from its disk at seq ${recovered}, ${decided - recovered} decided seqs lost`);
+    },
+    settled: (g) => {
+      const id = g.leader;
+      if (g.logLines(id, "state transfer completed").length === 0) throw new Error(`replica ${id} caught up without a state transfer`);
+      g.notes.push(`replica ${id} caught up by state transfer`);
+    },
+  },
 ];
 
 export function faultNamed(name: string): Fault {
@@ -429,16 +662,17 @@ export async function runFault(
   const net = TestNetwork.create(REPLICAS, fault.networks ?? 1);
   const dir = mkdtempSync(join(tmpdir(), "fitb-faults-"));
   const files = clusterFiles(net, dir);
-  const group = new FaultGroup(net, files.configPath, replicaCommand, fault.proxied === true);
+  const group = new FaultGroup(net, files.configPath, replicaCommand, fault, dir);
   const clients: FitbClient[] = [];
   let running = true;
   const stopPublishing = (): void => {
     running = false;
   };
   try {
-    await group.startAll(fault.smallDisks === true, dir);
+    await group.startAll();
     const admin = client(files.configPath, files.adminKey);
     clients.push(admin);
+    group.admin = admin;
     const publisherKey = loadClientSetup(files.configPath, files.clientKey).key.publicKey;
     await waitFor(
       "the group to order an admin command",
@@ -503,6 +737,7 @@ export async function runFault(
     await publishing;
 
     await waitConverged(admin, [0, 1, 2, 3], WAIT_MS);
+    fault.settled?.(group);
     // A last event marks the end: its seq is the channel's last, and everything before it
     // is settled at every replica.
     const marker = payloadOf("end", 0, 0);
@@ -517,6 +752,7 @@ export async function runFault(
     const count = (pattern: RegExp): number => problems.filter((p) => pattern.test(p)).length;
     let longestStallMs = 0;
     for (let i = 1; i < starts.length; i++) longestStallMs = Math.max(longestStallMs, (starts[i] as number) - (starts[i - 1] as number));
+    for (const note of group.notes) progress(`${fault.name}: ${note}`);
     progress(`${fault.name}: done, ${problems.length} problems`);
     return {
       fault: fault.name,
@@ -531,6 +767,7 @@ export async function runFault(
       recoveryMs,
       backOnPreferredMs,
       problems,
+      notes: group.notes,
     };
   } catch (error) {
     stopPublishing();

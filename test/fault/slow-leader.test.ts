@@ -11,7 +11,7 @@ import type { Subprocess } from "bun";
 import type { FitbClient } from "../../src/client/index.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor } from "../integration/client-util.ts";
-import { BUN, REPO, startCluster, type TestCluster } from "../integration/harness.ts";
+import { BUN, REPO, startCluster, type TestCluster, waitListening } from "../integration/harness.ts";
 import { SLOW_LEADER_DELAY_MS_DEFAULT } from "../attack/adversary-replica.ts";
 
 const ADVERSARY = 0;
@@ -43,8 +43,16 @@ describe("the slow-leader adversary", () => {
       const decoder = new TextDecoder();
       for await (const chunk of adversary.stdout) output.push(decoder.decode(chunk));
     })();
+    // The client gives up at once on refused connections: every replica listens first.
+    await waitListening(cluster, [1, 2, 3]);
+    await waitFor(
+      "the adversary to listen",
+      () => output.join("").includes('"msg":"replica started"'),
+      20_000,
+      () => output.join("").slice(-1_000),
+    );
     admin = clientFor(cluster, cluster.adminKey);
-  }, 30_000);
+  }, 60_000);
 
   afterAll(async () => {
     admin?.close();

@@ -733,8 +733,10 @@ describe("publish", () => {
     const client = await connect(config, clientKey, logs);
     await client.publish("net.links", [utf8("e")]);
     await waitFor("the report about replica 3", () => logs.some((line) => line.includes("replica 3")));
-    // Retries go on meanwhile; none of them may report it again.
-    await Bun.sleep(200);
+    // Retries go on meanwhile; none of them may report it again. The connection's own count
+    // of failed attempts is the signal that several retries have run.
+    const toReplica3 = client["group"].connection(3) as ReplicaConnection;
+    await waitFor("three more failed attempts to reach replica 3", () => toReplica3.consecutiveFailures >= 4);
     const aboutReplica3 = logs.filter((line) => line.includes("replica 3"));
     expect(aboutReplica3).toEqual([`warn: replica 3 (127.0.0.1:${replicas[3]!.port}) unreachable: connection refused`]);
   });

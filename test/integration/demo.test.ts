@@ -30,6 +30,8 @@ afterAll(async () => {
 interface DemoRun {
   readonly proc: Subprocess<"ignore", "pipe", "pipe">;
   readonly output: { stdout: string; stderr: string };
+  /** Settles once both output streams have ended: everything the demo printed is in `output`. */
+  readonly drained: Promise<void>;
 }
 
 function startDemo(basePort: number, relayPort: number, underShell = false): DemoRun {
@@ -43,13 +45,15 @@ function startDemo(basePort: number, relayPort: number, underShell = false): Dem
   });
   running.push(proc);
   const output = { stdout: "", stderr: "" };
-  void (async () => {
-    for await (const chunk of proc.stdout) output.stdout += dec.decode(chunk);
-  })();
-  void (async () => {
-    for await (const chunk of proc.stderr) output.stderr += dec.decode(chunk);
-  })();
-  return { proc, output };
+  const drained = Promise.all([
+    (async () => {
+      for await (const chunk of proc.stdout) output.stdout += dec.decode(chunk);
+    })(),
+    (async () => {
+      for await (const chunk of proc.stderr) output.stderr += dec.decode(chunk);
+    })(),
+  ]).then(() => undefined);
+  return { proc, output, drained };
 }
 
 async function ready(run: DemoRun): Promise<void> {
@@ -173,7 +177,7 @@ describe("fitb demo", () => {
     try {
       const run = startDemo(base, relayPort);
       const code = await run.proc.exited;
-      await Bun.sleep(50);
+      await run.drained;
       expect(code).toBe(1);
       const line = run.output.stderr.trim();
       expect(line).toStartWith(`fitb demo: port ${relayPort} on 127.0.0.1 is already in use (held by pid ${process.pid}: `);

@@ -9,7 +9,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { rmSync } from "node:fs";
 import type { FitbClient } from "../../src/client/index.ts";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
-import { clientFor, collect, createChannels, waitForCount } from "./client-util.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { clientFor, collect, createChannels, type Delivered, encode, waitForCount } from "./client-util.ts";
 import {
   catchUpUnderTraffic,
   checkTotalOrder,
@@ -17,6 +18,7 @@ import {
   dataDirOf,
   historyByCli,
   logLines,
+  payloadOf,
   publishStream,
   type Stream,
   waitConverged,
@@ -28,12 +30,35 @@ const REQUESTS = 120;
 /** Bound on waiting for replicas to converge after a restart. */
 const CONVERGE_MS = 60_000;
 
-async function readHistory(client: FitbClient, tag: string, from: number, count: number) {
+let markers = 0;
+
+/**
+ * The history of `streams`' channel from `from`, read by a fresh subscription up to an end
+ * marker published after everything else. The marker's delivery is the signal that the
+ * subscription has passed every earlier event (a total-order channel delivers in seq
+ * order), so no fixed wait decides when the history is complete; on an unordered channel
+ * the read also waits for every acknowledged event. The marker joins `streams` (it was
+ * acknowledged and belongs to the history from now on).
+ */
+async function readHistory(client: FitbClient, publisher: FitbClient, streams: Stream[], from: number): Promise<Delivered[]> {
+  const tag = (streams[0] as Stream).tag;
+  const prefix = `end${++markers}`;
+  const marker = payloadOf(prefix, 0, 0);
+  const ack = await publisher.publish(tag, [encode(marker)]);
+  streams.push({ tag, prefix, acked: [{ payload: marker, seq: ack.channelSeq }], attempted: new Set([marker]), failures: 0 });
   const history = await collect(client, tag, from);
-  await waitForCount(history.events, count, `history of ${tag}`, 30_000);
-  await Bun.sleep(100);
-  await history.close();
-  return history.events;
+  try {
+    await waitFor(
+      `the end marker of ${tag} (${history.events.length} events so far)`,
+      () => history.events.some((e) => e.payload === marker),
+      30_000,
+    );
+    await waitForCount(history.events, acked(streams), `history of ${tag}`, 30_000);
+  } finally {
+    await history.close();
+  }
+  if (ack.channelSeq === null) return history.events;
+  return history.events.slice(0, history.events.findIndex((e) => e.payload === marker) + 1);
 }
 
 function acked(streams: readonly Stream[]): number {
@@ -90,12 +115,20 @@ describe("kill -9 during a publish stream", () => {
       expect(recoveries.length).toBe(2);
       expect(recoveries[1]?.lastDecided as number).toBeGreaterThan(0);
     }
-    const alertHistory = await readHistory(reader, "sec.alerts", 1, acked(alerts));
-    const diskHistory = await readHistory(reader, "storage.disks", 1, acked(disks));
+    const alertHistory = await readHistory(reader, publisher, alerts, 1);
+    const diskHistory = await readHistory(reader, publisher, disks, 1);
+    // The live subscribers are judged up to the same end markers.
+    for (const [live, history] of [
+      [liveAlerts, alertHistory],
+      [liveDisks, diskHistory],
+    ] as const) {
+      const end = (history.at(-1) as Delivered).payload;
+      await waitFor(`the live subscriber to get ${end}`, () => live.events.some((e) => e.payload === end), 30_000);
+    }
     expect(checkTotalOrder(alerts, alertHistory, liveAlerts.events)).toEqual([]);
     expect(checkTotalOrder(disks, diskHistory, liveDisks.events)).toEqual([]);
     expect(liveAlerts.events.length).toBeGreaterThanOrEqual(acked(alerts));
-    const linkHistory = await readHistory(reader, "net.links", 0, acked(links));
+    const linkHistory = await readHistory(reader, publisher, links, 0);
     expect(checkUnordered(links, linkHistory)).toEqual([]);
     await liveAlerts.close();
     await liveDisks.close();
@@ -109,11 +142,11 @@ describe("kill -9 during a publish stream", () => {
     const more = await publishStream(publisher, "sec.alerts", "after", 5, 1);
     expect(more.acked.length).toBe(5);
     alerts.push(more);
-    const alertHistory = await readHistory(reader, "sec.alerts", 1, acked(alerts));
+    const alertHistory = await readHistory(reader, publisher, alerts, 1);
     expect(checkTotalOrder(alerts, alertHistory)).toEqual([]);
-    const diskHistory = await readHistory(reader, "storage.disks", 1, acked(disks));
+    const diskHistory = await readHistory(reader, publisher, disks, 1);
     expect(checkTotalOrder(disks, diskHistory)).toEqual([]);
-    const linkHistory = await readHistory(reader, "net.links", 0, acked(links));
+    const linkHistory = await readHistory(reader, publisher, links, 0);
     expect(checkUnordered(links, linkHistory)).toEqual([]);
   }, 180_000);
 });

@@ -111,16 +111,25 @@ export async function startCluster(
   };
   if (options.start !== false) {
     for (let id = 0; id < n; id++) cluster.start(id);
-    // One-shot commands give up at once when nothing listens at the replicas' addresses
-    // (fitb pub/sub/admin), so tests begin once every replica listens.
-    await waitFor(
-      "every replica to listen",
-      () => logs.every((lines) => lines.join("").includes('"msg":"replica started"')),
-      WAIT_MS_DEFAULT,
-      () => logs.map((lines, id) => `replica ${id}: ${lines.join("").slice(-300)}`).join("\n"),
-    );
+    await waitListening(cluster, [...procs.keys()]);
   }
   return cluster;
+}
+
+/**
+ * Waits until each replica in `ids` (started with `cluster.start`) listens: its log says
+ * "replica started". Clients and one-shot commands give up at once when nothing listens
+ * at the replicas' addresses (fitb pub/sub/admin), so a test that starts replicas itself
+ * waits for this before its first request.
+ */
+export async function waitListening(cluster: TestCluster, ids: readonly number[]): Promise<void> {
+  const text = (id: number): string => (cluster.logs[id] ?? []).join("");
+  await waitFor(
+    `replicas ${ids.join(",")} to listen`,
+    () => ids.every((id) => text(id).includes('"msg":"replica started"')),
+    WAIT_MS_DEFAULT,
+    () => ids.map((id) => `replica ${id}: ${text(id).slice(-300)}`).join("\n"),
+  );
 }
 
 /** Rewrites `key = value` lines of the cluster file's [limits] section. */

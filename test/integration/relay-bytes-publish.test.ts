@@ -11,6 +11,7 @@ import type { FitbClient, PublishAck } from "../../src/client/client.ts";
 import { SubscriptionEndedError } from "../../src/client/errors.ts";
 import type { SubscribeOptions } from "../../src/client/subscription.ts";
 import { DEFAULT_RELAY_LIMITS, RELAY_PUBLISH_BYTES_MAX } from "../../src/relay/limits.ts";
+import { RelayMetrics } from "../../src/relay/metrics.ts";
 import { PublishBytesBudget } from "../../src/relay/publish-bytes.ts";
 import { RelayServer } from "../../src/relay/server.ts";
 import { waitFor } from "../helpers/wait.ts";
@@ -102,14 +103,28 @@ class LineClient {
   }
 }
 
-function startRelay(publishBytesMax: number): { relay: RelayServer; client: HandAnsweredClient } {
+function startRelay(publishBytesMax: number): { relay: RelayServer; client: HandAnsweredClient; refusedOverloaded: () => Promise<number> } {
   const client = new HandAnsweredClient();
-  const relay = RelayServer.listen({ client: client as unknown as FitbClient, hostname: HOST, port: 0, limits: { publishBytesMax } });
+  // The state gauges are not read here: only the refusal counter is.
+  const metrics = new RelayMetrics(() => ({ connections: 0, subscriptions: 0, publishers: 0, publishBytesHeld: 0, replicas: [] }));
+  const relay = RelayServer.listen({
+    client: client as unknown as FitbClient,
+    hostname: HOST,
+    port: 0,
+    limits: { publishBytesMax },
+    metrics,
+  });
+  const refusedOverloaded = async (): Promise<number> => {
+    const line = (await metrics.registry.text())
+      .split("\n")
+      .find((l) => l.startsWith('fitb_relay_publishes_refused_total{reason="OVERLOADED"} '));
+    return line === undefined ? 0 : Number(line.split(" ")[1]);
+  };
   cleanups.push(async () => {
     client.ackAll();
     await relay.stop(100);
   });
-  return { relay, client };
+  return { relay, client, refusedOverloaded };
 }
 
 const pub = (tag: string, fill: string): string => `PUB ${tag} ${fill.repeat(EVENT_BYTES)}\n`;
@@ -133,7 +148,7 @@ describe("the relay's byte bound on publishes", () => {
   });
 
   test("past the bound a PUB on any connection is refused with OVERLOADED, and taken again once acknowledged", async () => {
-    const { relay, client } = startRelay(3 * EVENT_BYTES);
+    const { relay, client, refusedOverloaded } = startRelay(3 * EVENT_BYTES);
     const busy = await LineClient.connect(relay.port);
     const other = await LineClient.connect(relay.port);
 
@@ -149,7 +164,8 @@ describe("the relay's byte bound on publishes", () => {
     // The connection that holds the bytes is refused its next one too; its answer comes
     // after those of the earlier commands, as always.
     busy.send(pub("net.links", "e"));
-    await Bun.sleep(20);
+    // The relay has run that PUB (refused it) once the refusal is counted; its answer waits.
+    await waitFor("the second refusal counted", async () => (await refusedOverloaded()) === 2);
     expect(busy.lines).toEqual([]);
 
     client.ackAll();

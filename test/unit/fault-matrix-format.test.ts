@@ -30,6 +30,7 @@ describe("fault matrix", () => {
       recoveryMs: 2000,
       backOnPreferredMs: null,
       problems: [],
+      notes: [],
     };
     const lines = formatRows([row, { ...row, fault: "split-2-2", acked: 1234 }]).split("\n");
     expect(lines.length).toBe(4);
