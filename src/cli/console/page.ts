@@ -42,7 +42,7 @@ export function consolePage(options: PageOptions): string {
     <div><h2>Latency p99 (ms)</h2><div id="chart-latency"></div></div>
   </section>
   <section>
-    <h2>Replicas <button id="sys-events" title="what the replicas report about the group">tail $sys.events</button></h2>
+    <h2>Replicas <button id="sys-events" title="what the group agrees happened to it: f+1 replicas reported it">tail $sys.events</button></h2>
     <table id="replicas"><thead><tr><th>replica</th><th>address</th><th>up</th><th>view</th><th>leader</th><th>decided</th><th>behind</th><th>note</th><th></th></tr></thead><tbody></tbody></table>
   </section>
   <section>
