@@ -581,7 +581,16 @@ export class FitbClient {
     const channel = await this.channelInfo(tag);
     // Crash-fault channels deliver one replica's copy without a vote: only registered publishers' batches are taken.
     const publishers = channel.fault === "crash" ? await this.publishers(tag) : [];
-    const sub = new ClientSubscription(this.subscriptions, channel, options, onBatch, this.options.timeouts.queryMs, publishers);
+    const replicaKeys = this.config.replicas.map((replica) => replica.publicKey);
+    const sub = new ClientSubscription(
+      this.subscriptions,
+      channel,
+      options,
+      onBatch,
+      this.options.timeouts.queryMs,
+      publishers,
+      replicaKeys,
+    );
     this.subscriptions.add(sub);
     await sub.begin();
     return sub;

@@ -10,6 +10,7 @@ export { InOrder, type Settled } from "./in-order.ts";
 export {
   eventSeq,
   type BatchHandler,
+  type CopySeen,
   type ReceivedBatch,
   type SubscribeOptions,
   type Subscription,

@@ -27,13 +27,23 @@
  *   it (publisher-registry.ts): a copy signed by any other key, however valid the
  *   signature, is held while the registry is learnt again, then refused.
  *
+ * - On `$sys.events` the batches the voter delivers are the replicas' signed reports, and
+ *   they go on to the group event voter (src/core/voting/group-events.ts): a group event
+ *   is handed to the caller once f+1 replicas reported it, once.
+ * - An optional observer (`onCopy`) is told of every copy a replica sent, with a key a
+ *   delivered batch carries too (`copyKey`), so a caller can show how many replicas sent
+ *   what it received. It watches only: delivery is the same with or without it.
+ *
  * ClientSubscription keeps the start, the voter and the signals; where our SUBSCRIBE
  * stands at each replica, and the refusals that may end it, are replica-subs.ts; the
  * bounded queue to the caller's handler is delivery-queue.ts.
  */
+import { toHex } from "../../wire/bytes.ts";
 import type { Events, SubEnd, SubOk } from "../../wire/schemas.ts";
 import { CLIENT_CLOCK_SKEW_MS_MAX, DOMAIN_REQUEST } from "../../wire/types.ts";
+import { signedRequestDigest } from "../core/channels/request.ts";
 import { DeliveryVoter, type DeliveredBatch, type DeliveryOutput } from "../core/voting/delivery-voter.ts";
+import { type GroupEvent, GroupEventVoter, SYS_EVENTS_TAG } from "../core/voting/group-events.ts";
 import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import { verifyDomain } from "../crypto/ed25519.ts";
 import { sha256 } from "../crypto/hash.ts";
@@ -64,6 +74,11 @@ export interface ReceivedBatch {
   /** The publisher's timestamp (ms since the epoch), from the signed request. */
   readonly ts: number;
   readonly events: readonly Uint8Array[];
+  /**
+   * The key its copies are reported under to `onCopy` (set when the subscription has an
+   * observer, and always on `$sys.events`).
+   */
+  readonly copyKey?: string;
 }
 
 /** The SEQ of event `index` of a batch: channel seq on total order, publisher seq otherwise. */
@@ -126,6 +141,21 @@ export interface SubscribeOptions {
   /** Continue after a trimmed gap instead of failing (default false: a gap ends the subscription). */
   readonly skipTrimmed?: boolean;
   readonly onSignal?: (signal: SubscriptionSignal) => void;
+  /**
+   * Told of every copy a replica sent, before any voting, with a key: on total-order
+   * channels the channel seq and the digest of the signed request, on unordered ones the
+   * digest; a delivered batch carries the key of its copies (`ReceivedBatch.copyKey`), so
+   * the distinct replicas reported under it are those that sent that same batch. On
+   * `$sys.events`, each valid signed report, under the key of the group event it reports.
+   * Watching only: it changes nothing delivered. Called on the client's event loop; keep it short.
+   */
+  readonly onCopy?: (copy: CopySeen) => void;
+}
+
+/** One replica's copy, as `onCopy` is told of it. */
+export interface CopySeen {
+  readonly replica: number;
+  readonly key: string;
 }
 
 export interface SubscriptionStats {
@@ -212,7 +242,14 @@ export class ClientSubscription implements Subscription {
   private readonly startBuffer: BufferedCopy[][];
   /** Crash-fault channels: the registered publishers deliveries are filtered by; null on Byzantine ones (voting covers them). */
   private readonly registry: PublisherRegistry | null;
-  private readonly counters = { deliveredBatches: 0, deliveredEvents: 0, droppedEvents: 0, conflicts: 0 };
+  private readonly counters = { deliveredBatches: 0, deliveredEvents: 0, droppedEvents: 0, conflicts: 0, invalidReports: 0 };
+  /** `$sys.events`: the group event voter the replicas' reports go to; null on other channels. */
+  private readonly group: GroupEventVoter | null;
+  /** `$sys.events`: replica ids by the hex of their keys, who signed each report. */
+  private readonly reporterIds = new Map<string, number>();
+  /** `$sys.events`: group events delivered so far (their `pubSeq`), and the key of each queued one. */
+  private groupSeq = 0;
+  private readonly groupKeys = new WeakMap<DeliveredBatch, string>();
   /** Null while running or after a close by the caller; the error the subscription ended with otherwise. */
   private endError: Error | null = null;
   private resolveDone!: () => void;
@@ -221,6 +258,8 @@ export class ClientSubscription implements Subscription {
   /**
    * `publishers`: the channel's registered publishers as f+1 replicas listed them when
    * subscribing (crash-fault channels; without it the first copies wait for a query).
+   * `replicaKeys`: every replica's key by id, from the cluster file; `$sys.events` needs
+   * them to count its reports by replica.
    */
   constructor(
     host: SubscriptionHost,
@@ -229,8 +268,11 @@ export class ClientSubscription implements Subscription {
     handler: BatchHandler,
     startTimeoutMs: number,
     publishers: readonly Uint8Array[] = [],
+    replicaKeys: readonly Uint8Array[] = [],
   ) {
     this.host = host;
+    this.group = channel.tag === SYS_EVENTS_TAG ? new GroupEventVoter({ n: host.n, f: host.f }) : null;
+    replicaKeys.forEach((key, id) => this.reporterIds.set(toHex(key), id));
     this.registry = channel.fault === "crash" ? new PublisherRegistry(publishers) : null;
     this.tag = channel.tag;
     this.channel = channel;
@@ -242,7 +284,7 @@ export class ClientSubscription implements Subscription {
         deliver: (batch) => {
           this.counters.deliveredBatches++;
           this.counters.deliveredEvents += batch.events.length;
-          return this.handler(toReceived(batch));
+          return this.handler(this.toReceived(batch));
         },
         failed: (error) => this.end(error instanceof Error ? error : new Error(describeError(error))),
         ended: () => this.start.t === "ended",
@@ -297,7 +339,7 @@ export class ClientSubscription implements Subscription {
       droppedEvents: this.counters.droppedEvents,
       queuedEvents: this.delivery.queuedEvents,
       queuedBytes: this.delivery.queuedBytes,
-      invalidCopies: sum(voterStats?.invalid),
+      invalidCopies: sum(voterStats?.invalid) + this.counters.invalidReports,
       conflicts: this.counters.conflicts,
     };
   }
@@ -351,6 +393,7 @@ export class ClientSubscription implements Subscription {
   onEvents(replica: number, subId: number, events: Events): void {
     if (!this.replicas.carries(replica, subId)) return;
     if (events.tag !== this.tag || this.start.t === "ended" || this.delivery.pausedAt !== null) return;
+    if (this.options.onCopy !== undefined && this.group === null) this.options.onCopy({ replica, key: copyKeyOf(this.ordered, events) });
     const voter = this.voter;
     if (voter === null) {
       this.bufferForStart(replica, events);
@@ -505,7 +548,8 @@ export class ClientSubscription implements Subscription {
       if (this.start.t === "ended") return;
       switch (output.t) {
         case "deliver":
-          this.enqueue(output.batch);
+          if (this.group === null) this.enqueue(output.batch);
+          else this.onReports(this.group, output.batch);
           break;
         case "invalid":
           this.signal({ t: "invalid", replica: output.replica, reason: output.reason });
@@ -587,6 +631,69 @@ export class ClientSubscription implements Subscription {
     this.handleOutputs(outputs);
   }
 
+  /**
+   * `$sys.events`: the voter delivered one replica's signed reports; the group event voter
+   * counts them by the replica that signed, and what f+1 replicas reported is queued.
+   */
+  private onReports(group: GroupEventVoter, batch: DeliveredBatch): void {
+    const replica = this.reporterIds.get(toHex(batch.publisher));
+    if (replica === undefined) {
+      this.counters.invalidReports++;
+      this.signal({ t: "invalid", replica: -1, reason: "a $sys.events report signed by a key that is no replica's in the cluster file" });
+      return;
+    }
+    for (const payload of batch.events) {
+      for (const output of group.onReport(replica, payload)) {
+        if (this.start.t === "ended") return;
+        switch (output.t) {
+          case "report":
+            this.options.onCopy?.({ replica: output.replica, key: output.key });
+            break;
+          case "invalid":
+            this.counters.invalidReports++;
+            this.signal({ t: "invalid", replica: output.replica, reason: `$sys.events report: ${output.reason}` });
+            break;
+          case "deliver":
+            this.enqueueGroupEvent(batch, output.event);
+            break;
+          default: {
+            const unreachable: never = output;
+            throw new Error(`unknown group event output ${String(unreachable)}`);
+          }
+        }
+      }
+    }
+  }
+
+  /**
+   * A group event goes to the caller as a batch of one event: its JSON, signed by none
+   * of them but vouched for by the reporters it names; `publisher` and `ts` are those of
+   * the report that made f+1, `pubSeq` counts the group events this subscription delivered.
+   */
+  private enqueueGroupEvent(report: DeliveredBatch, event: GroupEvent): void {
+    this.groupSeq++;
+    const batch: DeliveredBatch = { ...report, pubSeq: this.groupSeq, events: [event.payload] };
+    this.groupKeys.set(batch, event.key);
+    this.enqueue(batch);
+  }
+
+  private toReceived(batch: DeliveredBatch): ReceivedBatch {
+    const received: ReceivedBatch = {
+      tag: batch.tag,
+      seq: batch.seq,
+      pubSeq: batch.pubSeq,
+      publisher: batch.publisher,
+      ts: batch.request.ts,
+      events: batch.events,
+    };
+    const groupKey = this.groupKeys.get(batch);
+    if (groupKey !== undefined) return { ...received, copyKey: groupKey };
+    if (this.options.onCopy === undefined) return received;
+    // The copy began at the batch's first seq; a resume point may have cut the batch.
+    const firstSeq = batch.seq === null ? null : batch.seq - (batch.pubSeq - batch.request.seq);
+    return { ...received, copyKey: copyKey(firstSeq, batch.signed) };
+  }
+
   private enqueue(batch: DeliveredBatch): void {
     if (this.delivery.enqueue(batch) === "full") this.onQueueFull(batch);
   }
@@ -643,13 +750,12 @@ export class ClientSubscription implements Subscription {
   }
 }
 
-function toReceived(batch: DeliveredBatch): ReceivedBatch {
-  return {
-    tag: batch.tag,
-    seq: batch.seq,
-    pubSeq: batch.pubSeq,
-    publisher: batch.publisher,
-    ts: batch.request.ts,
-    events: batch.events,
-  };
+/** The key a copy is reported under to `onCopy`: its first channel seq (total order) and the digest of its signed request. */
+function copyKey(firstSeq: number | null, signed: { readonly body: Uint8Array; readonly sig: Uint8Array }): string {
+  const digest = toHex(signedRequestDigest(sha256, signed));
+  return firstSeq === null ? digest : `${firstSeq}/${digest}`;
+}
+
+function copyKeyOf(ordered: boolean, events: Events): string {
+  return copyKey(ordered ? events.seq : null, events.req);
 }

@@ -1,24 +1,27 @@
 /**
  * The replicas' system channels (wire/PROTOCOL.md 2.1): `$sys.replica.<id>`, where replica
  * <id> publishes its own health every SYS_HEALTH_INTERVAL_MS, and `$sys.events`, where each
- * replica publishes what it sees happen to the group (views installed, leaders suspected,
- * peers up and down, its own start).
+ * replica reports what it sees happen to the group (views installed, view changes, leaders
+ * suspected, peers up and down).
  *
  * They are not in the replicated channel state: every replica knows them by name, serves
  * them to its own subscribers, live only, and signs what it publishes with its own key,
- * as a pub request on a crash/none channel. A subscriber thus gets each replica's report
- * under that replica's signature; it is one replica's word, which is what a health
- * report is. The publisher seq starts from the clock in ms, so it keeps increasing across
- * restarts and a long-lived subscriber's dedupe never mistakes a new report for an old one.
+ * as a pub request on a crash/none channel. A health report is one replica's word, and is
+ * delivered as such. A `$sys.events` report is one vote: subscribers deliver a group event
+ * once f+1 replicas reported the same kind and agreed fields (src/core/voting/group-events.ts),
+ * so a report carries the agreed fields as they are for every replica (the view, the
+ * leader, the peer) and keeps what is this replica's own to `ts`, `replica` and `reason`.
+ * The publisher seq starts from the clock in ms, so it keeps increasing across restarts
+ * and a long-lived subscriber's dedupe never mistakes a new report for an old one.
  */
 import { encodeRequestBody, type Frame } from "../../wire/schemas.ts";
 import { requestSigningInput } from "../../wire/session.ts";
 import { FrameType, type SubEndCode, SYS_TAG_PREFIX } from "../../wire/types.ts";
 import { sign } from "../crypto/ed25519.ts";
+import { SYS_EVENTS_TAG } from "../core/voting/group-events.ts";
 import type { SigningKey } from "../crypto/keys.ts";
 import type { ClientSession } from "./server.ts";
 
-export const SYS_EVENTS_TAG = `${SYS_TAG_PREFIX}events`;
 export const SYS_HEALTH_INTERVAL_MS = 5_000;
 /** System subscriptions one connection may hold, and all of them together. */
 export const SYS_SUBSCRIPTIONS_PER_SESSION_MAX = 16;
@@ -139,10 +142,14 @@ export class SysChannels {
     for (const subscription of [...mine.values()]) this.remove(subscription);
   }
 
-  /** Publishes one event to `$sys.events`: `kind` and its fields, with this replica's id. */
+  /**
+   * Reports one event to `$sys.events`: `kind` and its fields, with this replica's id.
+   * Every field but `reason` must be one all correct replicas report alike, or their
+   * reports never agree (GROUP_REPORT_OWN_FIELDS).
+   */
   event(kind: string, fields: Record<string, unknown> = {}): void {
     if (!this.byTag.has(SYS_EVENTS_TAG)) return;
-    this.publish(SYS_EVENTS_TAG, { kind, replica: this.options.self, ...fields });
+    this.publish(SYS_EVENTS_TAG, { ...fields, kind, replica: this.options.self });
   }
 
   private publishHealth(): void {

@@ -1,21 +1,29 @@
 /**
  * The web console (issue 15, items 6 and 7) against real replicas: in headless Chromium
- * (Debian package `chromium`, driven by playwright-core) the page shows the replicas,
- * channels and live charts, tails a channel with each event's publisher and vouch count,
- * and, with an admin key, creates a channel; a read-only console offers no changes and
- * refuses them. Without Chromium the browser tests are skipped, saying why; the HTTP
- * checks (Host, token, read-only, loopback) run either way.
+ * (Debian package `chromium`, driven by playwright-core) the page shows the replicas, the
+ * leader, channels and live charts; an event published with `fitb pub` is in the live tail
+ * within 2 s of its acknowledgement, with its publisher and the replicas that sent it,
+ * counted live (4/4 with every replica up, 3/4 once one is killed); a killed replica turns
+ * red; `$sys.events` shows the group's agreed events; with an admin key the page creates a
+ * channel; a read-only console offers no changes and refuses them. Without Chromium the
+ * browser tests are skipped, saying why; the HTTP checks (Host, token, read-only,
+ * loopback) run either way.
  *
- * FITB_CONSOLE_SCREENSHOT=FILE writes the page as a PNG (the README's picture).
+ * Screenshots are written to test-output/console/ (FITB_TEST_OUTPUT=DIR elsewhere), and
+ * their paths printed. FITB_CONSOLE_SCREENSHOT=FILE writes the README's picture.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, encode, startClusterWithChannels } from "./client-util.ts";
-import { BUN, freePortRange, MAIN, type TestCluster } from "./harness.ts";
+import { BUN, freePortRange, MAIN, REPO, type TestCluster } from "./harness.ts";
 
 const CHROMIUM = Bun.which("chromium") ?? Bun.which("chromium-browser");
+/** Where the browser tests leave their screenshots. */
+const OUTPUT_DIR = join(process.env.FITB_TEST_OUTPUT ?? join(REPO, "test-output"), "console");
 
 let cluster: TestCluster;
 let adminUrl = "";
@@ -132,7 +140,38 @@ describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {
     await browser?.close();
   });
 
-  test("replicas, channels and two live charts; a tail shows new events with publisher and vouch count", async () => {
+  /** Writes a screenshot of the page to OUTPUT_DIR and says where. */
+  async function screenshot(page: import("playwright-core").Page, name: string): Promise<void> {
+    mkdirSync(OUTPUT_DIR, { recursive: true });
+    const path = join(OUTPUT_DIR, `${name}.png`);
+    await page.screenshot({ path, fullPage: true });
+    console.log(`console.test.ts: screenshot ${path}`);
+  }
+
+  /** The tail row of the event whose payload is `payload`. */
+  const tailRow = (page: import("playwright-core").Page, payload: string) =>
+    page.locator("#tail tbody tr", { has: page.locator("td:nth-child(5)", { hasText: new RegExp(`^${payload}$`) }) });
+
+  /** Runs `fitb pub TAG MESSAGE`; resolves with the time its acknowledgement (+OK) was printed. */
+  async function fitbPub(tag: string, message: string): Promise<number> {
+    const proc = Bun.spawn([BUN, MAIN, "pub", "--config", cluster.configPath, "--key", cluster.clientKey, tag, message], {
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const timer = setTimeout(() => proc.kill("SIGKILL"), 30_000);
+    let out = "";
+    let ackedAt = 0;
+    for await (const chunk of proc.stdout) {
+      out += new TextDecoder().decode(chunk);
+      if (ackedAt === 0 && out.includes("+OK")) ackedAt = Date.now();
+    }
+    const code = await proc.exited;
+    clearTimeout(timer);
+    if (code !== 0 || ackedAt === 0) throw new Error(`fitb pub exited ${code}: ${out}${await new Response(proc.stderr).text()}`);
+    return ackedAt;
+  }
+
+  test("replicas, leader and two live charts; an event from fitb pub is in the tail within 2 s, sent by 4/4 replicas", async () => {
     const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
     const errors: string[] = [];
     page.on("pageerror", (error) => errors.push(error.message));
@@ -141,24 +180,32 @@ describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {
     expect(await page.locator("#replicas tbody tr").count()).toBe(4);
     // "degraded" when a replica of a loaded machine suspected the leader alone (another view).
     expect(["ok", "degraded"]).toContain((await page.textContent("#health")) as string);
+    expect(await page.textContent("#summary")).toMatch(/leader [0-3]\b/);
     expect(await page.locator(".uplot canvas").count()).toBe(2);
     await page.click('#channels tr[data-tag="sec.alerts"] button:text("tail")');
     await page.locator("#tail-state", { hasText: /^live/ }).waitFor({ timeout: 20_000 });
-    const publisher = clientFor(cluster, cluster.clientKey);
-    try {
-      for (let i = 1; i <= 3; i++) await publisher.publish("sec.alerts", [encode(`disk ${i} on db-7 failed`)]);
-    } finally {
-      publisher.close();
-    }
-    const row = page.locator("#tail tbody tr", { hasText: "disk 3 on db-7 failed" });
-    await row.waitFor({ timeout: 20_000 });
+    const row = tailRow(page, "disk 1 on db-7 failed");
+    const shownAt = row.waitFor({ timeout: 30_000 }).then(() => Date.now());
+    const ackedAt = await fitbPub("sec.alerts", "disk 1 on db-7 failed");
+    expect((await shownAt) - ackedAt).toBeLessThanOrEqual(2_000);
     const cells = await row.locator("td").allTextContents();
     expect(cells[2]).toBe(`${formatPublicKey(loadSigningKeyFile(cluster.clientKey).key.publicKey).slice(0, 20)}...`);
-    expect(cells[3]).toBe("2 of 4 (same batch)");
-    // The charts get a point per refresh: wait for the rate to show the events.
-    await page.locator('#channels tr[data-tag="sec.alerts"] td:nth-child(8)', { hasText: /^3$/ }).waitFor({ timeout: 20_000 });
+    // Delivered once 2 replicas sent the same batch; the others' copies are counted as they come.
+    await row.locator("td.vouched", { hasText: /^4\/4 replicas$/ }).waitFor({ timeout: 20_000 });
+    expect(await row.locator("td.vouched").getAttribute("title")).toBe(
+      "replicas 0, 1, 2, 3; delivered once 2 replicas sent the same batch",
+    );
+    // The charts get a point per refresh: wait for the rate to show the event.
+    await page.locator('#channels tr[data-tag="sec.alerts"] td:nth-child(8)', { hasText: /^1$/ }).waitFor({ timeout: 20_000 });
+    await screenshot(page, "console-tail");
     const shot = process.env.FITB_CONSOLE_SCREENSHOT;
     if (shot !== undefined) {
+      const publisher = clientFor(cluster, cluster.clientKey);
+      try {
+        for (let i = 2; i <= 3; i++) await publisher.publish("sec.alerts", [encode(`disk ${i} on db-7 failed`)]);
+      } finally {
+        publisher.close();
+      }
       await page.waitForTimeout(4_500);
       await page.screenshot({ path: shot, fullPage: true });
     }
@@ -166,14 +213,14 @@ describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {
     await page.close();
   }, 90_000);
 
-  test("a replica's $sys health report shows in the tail", async () => {
+  test("a replica's $sys health report shows in the tail, sent by that replica alone", async () => {
     const page = await browser.newPage();
     await page.goto(readOnlyUrl);
     await page.locator('#replicas tr[data-replica="1"] button:text("health")').click({ timeout: 20_000 });
     const row = page.locator("#tail tbody tr", { hasText: '"kind":"health"' });
     await row.first().waitFor({ timeout: 20_000 });
     const cells = await row.first().locator("td").allTextContents();
-    expect(cells[3]).toBe("1 of 4 (crash: first copy)");
+    expect(cells[3]).toBe("1/4 replicas");
     expect(cells[4]).toContain('"replica":1');
     await page.close();
   }, 60_000);
@@ -195,6 +242,59 @@ describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {
     expect(await readOnly.locator('#channels button:text("destroy")').count()).toBe(0);
     await readOnly.close();
   }, 60_000);
+
+  // Last: it kills a replica.
+  test("a killed replica turns red; later events are sent by the 3 left; $sys.events shows the group's peer-down", async () => {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+    await page.goto(readOnlyUrl);
+    await page.locator("#replicas tbody tr").nth(3).waitFor({ timeout: 20_000 });
+    const leader = Number((/leader (\d)/.exec((await page.textContent("#summary")) as string) as RegExpExecArray)[1]);
+    // Not the leader: the tail goes on without waiting for a view change.
+    const victim = leader === 3 ? 2 : 3;
+    const events = await browser.newPage();
+    await events.goto(readOnlyUrl);
+    await events.click("#sys-events");
+    await events.locator("#tail-state", { hasText: /^live/ }).waitFor({ timeout: 20_000 });
+    await page.click('#channels tr[data-tag="sec.alerts"] button:text("tail")');
+    await page.locator("#tail-state", { hasText: /^live/ }).waitFor({ timeout: 20_000 });
+    await fitbPub("sec.alerts", "before the kill");
+    await tailRow(page, "before the kill")
+      .locator("td.vouched", { hasText: /^4\/4 replicas$/ })
+      .waitFor({ timeout: 20_000 });
+
+    const proc = cluster.procs[victim];
+    cluster.kill(victim);
+    await proc?.exited;
+    const upCell = page.locator(`#replicas tr[data-replica="${victim}"] td:nth-child(3)`);
+    await upCell.locator("text=down").waitFor({ timeout: 20_000 });
+    // The page's red (#c62828), read in the browser (the test's own types know no DOM).
+    const colorOf = (td: unknown) =>
+      (globalThis as unknown as { getComputedStyle(el: unknown): { color: string } }).getComputedStyle(td).color;
+    expect(await upCell.evaluate(colorOf)).toBe("rgb(198, 40, 40)");
+    await screenshot(page, "console-replica-down");
+
+    for (const message of ["after the kill 1", "after the kill 2"]) {
+      await fitbPub("sec.alerts", message);
+      await tailRow(page, message)
+        .locator("td.vouched", { hasText: /^3\/4 replicas$/ })
+        .waitFor({ timeout: 20_000 });
+    }
+    // The second event's copies came after the first's from the same three replicas: the
+    // first stays at 3, and the row names who sent it.
+    const first = tailRow(page, "after the kill 1").locator("td.vouched");
+    expect(await first.textContent()).toBe("3/4 replicas");
+    const survivors = [0, 1, 2, 3].filter((id) => id !== victim).join(", ");
+    expect(await first.getAttribute("title")).toStartWith(`replicas ${survivors};`);
+
+    // On $sys.events the group's peer-down is one row, delivered once 2 replicas reported
+    // it and counted up to the 3 that did.
+    const down = events.locator("#tail tbody tr", { hasText: `"kind":"peer-down","peer":${victim},` });
+    await down.locator("td.vouched", { hasText: /^3\/4 replicas$/ }).waitFor({ timeout: 30_000 });
+    expect(await down.count()).toBe(1);
+    await screenshot(events, "console-sys-events");
+    await events.close();
+    await page.close();
+  }, 120_000);
 });
 
 if (CHROMIUM === null) {

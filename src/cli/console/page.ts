@@ -42,7 +42,7 @@ export function consolePage(options: PageOptions): string {
     <div><h2>Latency p99 (ms)</h2><div id="chart-latency"></div></div>
   </section>
   <section>
-    <h2>Replicas <button id="sys-events" title="what the replicas report about the group">tail $sys.events</button></h2>
+    <h2>Replicas <button id="sys-events" title="what the group agrees happened to it: f+1 replicas reported it">tail $sys.events</button></h2>
     <table id="replicas"><thead><tr><th>replica</th><th>address</th><th>up</th><th>view</th><th>leader</th><th>decided</th><th>behind</th><th>note</th><th></th></tr></thead><tbody></tbody></table>
   </section>
   <section>
@@ -65,7 +65,7 @@ export function consolePage(options: PageOptions): string {
   <section>
     <h2>Live tail <span id="tail-tag"></span></h2>
     <p id="tail-state">Pick a channel above ("tail").</p>
-    <table id="tail"><thead><tr><th>time</th><th>seq</th><th>publisher</th><th>vouched</th><th>payload</th></tr></thead><tbody></tbody></table>
+    <table id="tail"><thead><tr><th>time</th><th>seq</th><th>publisher</th><th>vouched by</th><th>payload</th></tr></thead><tbody></tbody></table>
   </section>
 </main>
 <script src="/assets/uPlot.iife.min.js"></script>
@@ -146,6 +146,13 @@ async function poll() {
   setTimeout(poll, 2000);
 }
 let source = null;
+const TAIL_ROWS_MAX = 200;
+/** "3/4 replicas": how many replicas sent this event's batch so far; which ones, and the delivery rule, on hover. */
+function showVouchers(row, td, vouchers) {
+  td.textContent = vouchers.length === 0 ? "not counted" : vouchers.length + "/" + row.dataset.of + " replicas";
+  td.title = (vouchers.length === 0 ? "" : "replicas " + vouchers.join(", ") + "; ") + row.dataset.rule;
+  td.className = "vouched";
+}
 function tail(tag) {
   if (source) source.close();
   $("tail-tag").textContent = tag; $("tail").tBodies[0].replaceChildren(); $("tail-state").textContent = "subscribing...";
@@ -153,8 +160,13 @@ function tail(tag) {
   source.addEventListener("ready", () => { $("tail-state").textContent = "live: new events of " + tag + " appear here"; });
   source.addEventListener("event", (m) => {
     const e = JSON.parse(m.data); const body = $("tail").tBodies[0]; const row = body.insertRow(0);
-    cell(row, new Date(e.ts).toLocaleTimeString()); cell(row, e.seq); cell(row, e.publisher.slice(0, 20) + "..."); cell(row, e.vouched); cell(row, e.payload);
-    while (body.rows.length > 200) body.deleteRow(-1);
+    row.dataset.batch = e.batch; row.dataset.of = e.of; row.dataset.rule = e.rule;
+    cell(row, new Date(e.ts).toLocaleTimeString()); cell(row, e.seq); cell(row, e.publisher.slice(0, 20) + "..."); showVouchers(row, cell(row, ""), e.vouchers); cell(row, e.payload);
+    while (body.rows.length > TAIL_ROWS_MAX) body.deleteRow(-1);
+  });
+  source.addEventListener("vouch", (m) => {
+    const v = JSON.parse(m.data);
+    for (const row of $("tail").tBodies[0].querySelectorAll('tr[data-batch="' + Number(v.batch) + '"]')) showVouchers(row, row.cells[3], v.vouchers);
   });
   source.addEventListener("dropped", (m) => { $("tail-state").textContent = JSON.parse(m.data).reason; });
   source.addEventListener("end", (m) => { $("tail-state").textContent = "ended: " + JSON.parse(m.data).reason; source.close(); });

@@ -1,8 +1,9 @@
 /**
  * The web console's HTTP server (`fitb console`, and inside `fitb demo`): the page, the
  * embedded uPlot, `/api/status` (the cluster as `fitb top` sees it, sampled every
- * SAMPLE_INTERVAL_MS), `/api/tail?tag=T` (a channel's new events as server-sent events)
- * and, only when the console holds an admin key, `POST /api/admin`.
+ * SAMPLE_INTERVAL_MS), `/api/tail?tag=T` (a channel's new events as server-sent events,
+ * each with the replicas that sent it, counted live: vouches.ts) and, only when the
+ * console holds an admin key, `POST /api/admin`.
  *
  * Who may use it: it listens on loopback unless told otherwise (the caller checks), and
  * it answers only requests whose Host header names the address it listens on, so a web
@@ -14,6 +15,7 @@ import { randomBytes } from "node:crypto";
 import type { FitbClient } from "../../client/client.ts";
 import { describeError } from "../../client/errors.ts";
 import type { ReceivedBatch, Subscription } from "../../client/subscription.ts";
+import { SYS_EVENTS_TAG } from "../../core/voting/group-events.ts";
 import { vouchQuorum } from "../../core/voting/quorum.ts";
 import { formatPublicKey } from "../../crypto/keys.ts";
 import { isLineSafe } from "../../relay/format.ts";
@@ -23,6 +25,7 @@ import { statusJsonReport } from "../commands/status-report.ts";
 import { channelRates, intervalLatency, LATENCY_KINDS, type TopSample } from "../commands/top-view.ts";
 import { ASSETS } from "./assets.ts";
 import { consolePage } from "./page.ts";
+import { VouchCounter } from "./vouches.ts";
 
 /** How often the console asks the replicas for their status. */
 export const SAMPLE_INTERVAL_MS = 2_000;
@@ -166,7 +169,12 @@ export class ConsoleServer {
     }
   }
 
-  /** Server-sent events: "ready", then one "event" per delivered event; "dropped" and "end" say why things stop. */
+  /**
+   * Server-sent events: "ready", then one "event" per delivered event, with `batch` (the
+   * tail's id of its batch) and `vouchers` (the replicas that sent that batch so far),
+   * and "vouch" (`batch`, `vouchers`) as more of them do; "dropped" and "end" say why
+   * things stop.
+   */
   private onTail(tag: string): Response {
     if (this.tails.size >= TAILS_MAX) return text(429, `at most ${TAILS_MAX} tails at once\n`);
     const client = this.options.client;
@@ -179,23 +187,30 @@ export class ConsoleServer {
         start: (controller) => {
           const send = (event: string, data: unknown): boolean => {
             if (closed) return false;
-            if ((controller.desiredSize ?? 1) <= 0 && event === "event") {
-              dropped++;
+            if ((controller.desiredSize ?? 1) <= 0 && (event === "event" || event === "vouch")) {
+              if (event === "event") dropped++;
               return false;
             }
             controller.enqueue(encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`));
             return true;
           };
-          let vouched = "";
+          let rule = "";
+          let batches = 0;
+          const vouches = new VouchCounter(Date.now, (batch, vouchers) => send("vouch", { batch, vouchers }));
           const onBatch = (batch: ReceivedBatch): void => {
             if (dropped > 0 && send("dropped", { reason: `${dropped} events dropped: the page did not keep up` })) dropped = 0;
+            const id = ++batches;
+            const vouchers = batch.copyKey === undefined ? [] : vouches.delivered(batch.copyKey, id);
             batch.events.forEach((payload, i) => {
               send("event", {
                 tag: batch.tag,
                 seq: (batch.seq ?? batch.pubSeq) + i,
                 publisher: formatPublicKey(batch.publisher),
                 ts: batch.ts,
-                vouched,
+                batch: id,
+                vouchers,
+                of: client.n,
+                rule,
                 payload: showPayload(payload),
               });
             });
@@ -203,8 +218,8 @@ export class ConsoleServer {
           client
             .channelInfo(tag)
             .then((info) => {
-              vouched = vouchedBy(client.f, client.n, info.fault, info.order);
-              return client.subscribe(tag, { skipTrimmed: true }, onBatch);
+              rule = deliveryRule(tag, client.f, info.fault, info.order);
+              return client.subscribe(tag, { skipTrimmed: true, onCopy: (copy) => vouches.copy(copy.replica, copy.key) }, onBatch);
             })
             .then((started) => {
               subscription = started;
@@ -280,13 +295,17 @@ function json(status: number, body: unknown): Response {
 }
 
 /**
- * How many replicas vouched for an event before this client delivered it: its class's
- * delivery rule (src/README.md §3): byzantine/total, f+1 replicas sent the same batch;
- * byzantine/none, f+1 replicas sent events of its publisher; crash, the first copy.
+ * When this client delivers an event of the channel (src/README.md §3), shown beside the
+ * count of replicas that actually sent it: byzantine/total, once f+1 replicas sent the
+ * same batch; byzantine/none, once f+1 replicas sent events of its publisher; crash, the
+ * first copy; `$sys.events`, once f+1 replicas reported the same group event.
  */
-function vouchedBy(f: number, n: number, fault: string, order: string): string {
-  if (fault === "crash") return `1 of ${n} (crash: first copy)`;
-  return order === "total" ? `${vouchQuorum(f)} of ${n} (same batch)` : `${vouchQuorum(f)} of ${n} (publisher)`;
+function deliveryRule(tag: string, f: number, fault: string, order: string): string {
+  if (tag === SYS_EVENTS_TAG) return `delivered once ${vouchQuorum(f)} replicas reported the same event`;
+  if (fault === "crash") return "delivered on the first copy (crash channel)";
+  return order === "total"
+    ? `delivered once ${vouchQuorum(f)} replicas sent the same batch`
+    : `delivered once ${vouchQuorum(f)} replicas sent events of its publisher`;
 }
 
 function showPayload(payload: Uint8Array): string {

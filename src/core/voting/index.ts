@@ -2,3 +2,4 @@
 export * from "./quorum.ts";
 export * from "./reply-voter.ts";
 export * from "./delivery-voter.ts";
+export * from "./group-events.ts";
