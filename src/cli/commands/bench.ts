@@ -351,6 +351,8 @@ export interface MixFigures {
 /** The saturated channel runs this long before its solo rate is measured. */
 const MIX_WARMUP_MS = 1_000;
 
+/** How often the bench asks the flood thread for its counts while it waits for an acknowledgement. */
+const FLOOD_POLL_MS = 50;
 /** Answers of the flood thread are bounded by this, so a wedged thread fails the run instead of hanging it. */
 const FLOOD_ANSWER_MS = 30_000;
 
@@ -395,6 +397,18 @@ class Flood {
   async mark(): Promise<FloodCounts> {
     this.send({ t: "mark" });
     return (await this.next("counts")) as FloodCounts;
+  }
+
+  /** Waits until the flood has had more than `acked` events acknowledged (bounded by FLOOD_ANSWER_MS). */
+  async acknowledged(acked: number): Promise<void> {
+    const deadline = performance.now() + FLOOD_ANSWER_MS;
+    for (;;) {
+      if ((await this.mark()).acked > acked) return;
+      if (performance.now() >= deadline) {
+        throw new CommandError(`--mix: ${this.plan.mix?.tag} had no event acknowledged within ${FLOOD_ANSWER_MS / 1000} s`);
+      }
+      await Bun.sleep(FLOOD_POLL_MS);
+    }
   }
 
   async stop(): Promise<FloodCounts> {
@@ -455,10 +469,14 @@ async function runMix(
   const soloMs = (plan.events / (plan.rate as number)) * MS_PER_SECOND;
   io.err(`fitb bench: --mix: ${mix.tag} alone, saturated by ${mix.publishers} publishers, for ${(soloMs / MS_PER_SECOND).toFixed(1)} s`);
   await flood.start();
-  // The flood's first second fills the pipelines: measured from after it.
+  // The flood's first acknowledgement and first second fill the pipelines: measured from
+  // after them, and over at least one more acknowledgement (a slow machine may take
+  // longer than the planned window to give one), within FLOOD_ANSWER_MS.
+  await flood.acknowledged(0);
   await Bun.sleep(MIX_WARMUP_MS);
   const soloStart = await flood.mark();
   await Bun.sleep(soloMs);
+  await flood.acknowledged(soloStart.acked);
   const soloEnd = await flood.mark();
   io.err(`fitb bench: --mix: ${plan.tag} at ${plan.rate} events/s while ${mix.tag} stays saturated`);
   const result = await runPlan(plan, flags, setup, clients, io);
