@@ -11,7 +11,7 @@
  *   f = 1                         replicas that may be faulty at once; n >= 3f+1
  *   admin_keys = ["ed25519:..."]  at least one
  *   client_keys = ["ed25519:..."] optional allow-list of client sessions (empty: any key)
- *   [[replicas]]  id, host, port, key, optional key_file and data_dir
+ *   [[replicas]]  id, host, port, key, optional peer_port, key_file and data_dir
  *   [limits]      optional, each field has a default
  *   [retention]   optional, defaults for channels that do not set their own
  * Relative paths (key_file, data_dir) are relative to the directory of the file.
@@ -100,6 +100,11 @@ export interface ReplicaEntry {
   readonly id: number;
   readonly host: string;
   readonly port: number;
+  /**
+   * The port the replica takes its peers on, apart from its clients (separate listener,
+   * separate bounds); null: peers and clients share `port`.
+   */
+  readonly peerPort: number | null;
   /** The replica's ed25519 public key, 32 raw bytes. */
   readonly publicKey: Uint8Array;
   /** The same key in its `ed25519:...` text form, as written in the file. */
@@ -218,6 +223,7 @@ const replicaSchema = z.strictObject(
     id: boundedInteger(`an integer in 0..${REPLICAS_MAX - 1}`, 0, REPLICAS_MAX - 1),
     host: hostSchema,
     port: boundedInteger(`a port number in ${PORT_MIN}..${PORT_MAX}`, PORT_MIN, PORT_MAX),
+    peer_port: boundedInteger(`a port number in ${PORT_MIN}..${PORT_MAX}`, PORT_MIN, PORT_MAX).optional(),
     key: publicKeySchema,
     key_file: pathSchema.optional(),
     data_dir: pathSchema.optional(),
@@ -406,13 +412,17 @@ function checkReplicaAddresses(file: ClusterFile): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   const firstIndexOfAddress = new Map<string, number>();
   file.replicas.forEach((replica, index) => {
-    const address = formatAddress(replica.host.toLowerCase(), replica.port);
-    const previous = firstIndexOfAddress.get(address);
-    if (previous !== undefined) {
-      issues.push({ path: `replicas[${index}].port`, message: `address ${address} is already used by replicas[${previous}]` });
-      return;
+    const ports: [string, number][] = [["port", replica.port]];
+    if (replica.peer_port !== undefined) ports.push(["peer_port", replica.peer_port]);
+    for (const [field, port] of ports) {
+      const address = formatAddress(replica.host.toLowerCase(), port);
+      const previous = firstIndexOfAddress.get(address);
+      if (previous !== undefined) {
+        issues.push({ path: `replicas[${index}].${field}`, message: `address ${address} is already used by replicas[${previous}]` });
+        continue;
+      }
+      firstIndexOfAddress.set(address, index);
     }
-    firstIndexOfAddress.set(address, index);
   });
   return issues;
 }
@@ -552,6 +562,7 @@ function buildConfig(file: ClusterFile, baseDir: string): ClusterConfig {
         id: replica.id,
         host: replica.host,
         port: replica.port,
+        peerPort: replica.peer_port ?? null,
         publicKey: replica.key,
         publicKeyText: formatPublicKey(replica.key),
         keyFile: resolve(baseDir, replica.key_file ?? defaultReplicaKeyFile(replica.id)),

@@ -37,6 +37,11 @@ export interface ClusterInitOptions {
   readonly replicas: number;
   readonly host: string;
   readonly basePort: number;
+  /**
+   * The first peer port (replica i takes peers on it + i, apart from its clients); null:
+   * no peer_port is written and peers share the client port. Default: peerBasePortFor.
+   */
+  readonly peerBasePort?: number | null;
   readonly name: string;
   /** Replace existing files; without it any existing target file is an error. */
   readonly overwrite: boolean;
@@ -62,6 +67,21 @@ export class ClusterInitError extends Error {
 }
 
 /** The largest fault count n replicas tolerate: f = floor((n - 1) / 3). */
+/** How far above the client ports `cluster init` puts the peer ports by default (below, if they would not fit). */
+export const PEER_PORT_OFFSET = 1000;
+
+/** The first peer port `cluster init` writes for replicas on basePort.. (options.peerBasePort when given). */
+export function peerBasePortFor(options: ClusterInitOptions): number | null {
+  if (options.peerBasePort !== undefined) return options.peerBasePort;
+  const above = options.basePort + PEER_PORT_OFFSET;
+  return above + options.replicas - 1 <= PORT_MAX ? above : options.basePort - PEER_PORT_OFFSET;
+}
+
+function replicaPorts(options: ClusterInitOptions, id: number): { port: number; peerPort: number | null } {
+  const peerBase = peerBasePortFor(options);
+  return { port: options.basePort + id, peerPort: peerBase === null ? null : peerBase + id };
+}
+
 export function faultToleranceFor(replicas: number): number {
   return Math.floor((replicas - 1) / 3);
 }
@@ -86,7 +106,7 @@ export function initCluster(options: ClusterInitOptions): ClusterInitResult {
   const text = renderClusterToml({
     name: options.name,
     f: faultToleranceFor(options.replicas),
-    replicas: replicaKeys.map((key, id) => ({ id, host: options.host, port: options.basePort + id, publicKey: key.publicKey })),
+    replicas: replicaKeys.map((key, id) => ({ id, host: options.host, ...replicaPorts(options, id), publicKey: key.publicKey })),
     adminKeys: [adminKey.publicKey],
     clientKeys: [],
   });
@@ -138,7 +158,7 @@ export function assembleCluster(
   const text = renderClusterToml({
     name: options.name,
     f: faultToleranceFor(options.replicas),
-    replicas: replicaKeys.map((publicKey, id) => ({ id, host: options.host, port: options.basePort + id, publicKey })),
+    replicas: replicaKeys.map((publicKey, id) => ({ id, host: options.host, ...replicaPorts(options, id), publicKey })),
     adminKeys,
     clientKeys: [],
   });
@@ -169,6 +189,17 @@ function checkInitOptions(options: ClusterInitOptions): void {
       `base port must leave room for ${options.replicas} consecutive ports within 1..${PORT_MAX}, got ${options.basePort}`,
     );
   }
+  const peerBase = peerBasePortFor(options);
+  if (peerBase === null) return;
+  if (!Number.isSafeInteger(peerBase) || peerBase < 1 || peerBase + options.replicas - 1 > PORT_MAX) {
+    throw new ClusterInitError(
+      "invalid-options",
+      `peer base port must leave room for ${options.replicas} consecutive ports within 1..${PORT_MAX}, got ${peerBase}`,
+    );
+  }
+  if (peerBase <= lastPort && peerBase + options.replicas - 1 >= options.basePort) {
+    throw new ClusterInitError("invalid-options", `peer ports ${peerBase}.. overlap the client ports ${options.basePort}..${lastPort}`);
+  }
 }
 
 function refuseExisting(paths: readonly string[]): void {
@@ -189,6 +220,7 @@ export interface ClusterTomlReplica {
   readonly id: number;
   readonly host: string;
   readonly port: number;
+  readonly peerPort?: number | null;
   readonly publicKey: Uint8Array;
 }
 
@@ -226,7 +258,8 @@ export function renderClusterToml(spec: ClusterTomlSpec): string {
     `client_keys = [${spec.clientKeys.map((key) => tomlString(formatPublicKey(key))).join(", ")}]`,
     "",
     "# The replicas. Ids run 0..n-1. For real hosts, change host (a hostname or an IP",
-    "# address the other replicas and the clients can reach) and port; keep the keys.",
+    "# address the other replicas and the clients can reach), port (clients) and",
+    "# peer_port (the other replicas; without it they share port); keep the keys.",
     "# Optional per replica, relative to this file:",
     '#   key_file = "replica-<id>.key"   the replica\'s secret key (only on its own host)',
     '#   data_dir = "data/replica-<id>"  where the replica keeps its log and checkpoints',
@@ -238,6 +271,7 @@ export function renderClusterToml(spec: ClusterTomlSpec): string {
       `id = ${replica.id}`,
       `host = ${tomlString(replica.host)}`,
       `port = ${replica.port}`,
+      ...(replica.peerPort === undefined || replica.peerPort === null ? [] : [`peer_port = ${replica.peerPort}`]),
       `key = ${tomlString(formatPublicKey(replica.publicKey))}`,
       `# key_file = ${tomlString(defaultReplicaKeyFile(replica.id))}`,
       `# data_dir = ${tomlString(defaultReplicaDataDir(replica.id))}`,

@@ -175,7 +175,8 @@ export class PeerMesh {
     const mesh = this;
     Bun.connect<{ conn: FramedConn | null }>({
       hostname: link.peer.host,
-      port: link.peer.port,
+      // A peer with a peer_port takes replicas there, and only there.
+      port: link.peer.peerPort ?? link.peer.port,
       data: { conn: null },
       socket: {
         open(socket) {

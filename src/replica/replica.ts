@@ -73,6 +73,8 @@ export class Replica {
   readonly channelMetrics: ChannelMetrics;
   private readonly mesh: PeerMesh;
   private readonly server: ReplicaServer;
+  /** The listener of the peer_port, apart from the clients' (null: peers use the client port). */
+  private readonly peerServer: ReplicaServer | null;
   private readonly subs: Subscriptions;
   private readonly ordering: OrderingDriver;
   private readonly storage: ReplicaStorage;
@@ -170,8 +172,11 @@ export class Replica {
       onGroupEvent: (kind, fields) => this.sys.event(kind, fields),
     });
     this.replaying = false;
+    const peerPort = self.peerPort;
     this.server = new ReplicaServer({
       self: id,
+      accepts: peerPort === null ? "both" : "clients",
+      ...(peerPort === null ? {} : { otherPort: peerPort }),
       host: options.listenHost ?? self.host,
       port: options.listenPort ?? self.port,
       key,
@@ -187,6 +192,29 @@ export class Replica {
       metrics: this.metrics,
       audit: this.audit,
     });
+    this.peerServer =
+      peerPort === null
+        ? null
+        : new ReplicaServer({
+            self: id,
+            accepts: "peers",
+            otherPort: self.port,
+            host: options.listenHost ?? self.host,
+            port: peerPort,
+            key,
+            frameBytesMax: config.limits.frameBytesMax,
+            mesh: this.mesh,
+            clientKeysAllowed: null,
+            clients: {
+              onClientFrame: () => {
+                throw new Error("replica: a client session on the peer port");
+              },
+              onClientClosed: () => {},
+            },
+            log,
+            metrics: this.metrics,
+            audit: this.audit,
+          });
   }
 
   start(): void {
@@ -204,12 +232,14 @@ export class Replica {
       this.audit.flush();
     }, GATE_CHECK_INTERVAL_MS);
     this.server.listen();
+    this.peerServer?.listen();
     this.mesh.start();
     this.ordering.start();
     this.sys.start();
     const self = this.options.config.replicas[this.options.id];
     this.options.log.info("replica started", {
       address: `${self?.host}:${self?.port}`,
+      ...(self?.peerPort === null || self === undefined ? {} : { peerAddress: `${self.host}:${self.peerPort}` }),
       n: this.options.config.n,
       f: this.options.config.f,
     });
@@ -234,6 +264,7 @@ export class Replica {
     this.ordering.stop();
     this.mesh.stop();
     this.server.stop();
+    this.peerServer?.stop();
     this.storage.close();
     this.options.log.info("replica stopped");
   }

@@ -1,6 +1,9 @@
 /**
- * The replica's one TCP listener. Peers and clients share the port; the first frame, a
- * HELLO, says which one is calling. Client sessions are authenticated (the replica signs
+ * A replica's TCP listener. With a peer_port in the cluster file a replica runs two: one
+ * that takes only clients and one that takes only peers, each with its own handshake and
+ * connection bounds, so that clients cannot crowd out the cluster's own links nor a peer
+ * the clients; without it one listener takes both. The first frame, a HELLO, says which
+ * one is calling; a HELLO on the wrong listener is refused and says where to go. Client sessions are authenticated (the replica signs
  * the transcript, the client answers with AUTH) before any other frame is taken; peer
  * sessions are handed to the peer mesh.
  *
@@ -155,8 +158,14 @@ interface ConnState {
   receivedMs: number;
 }
 
+/** Whom a listener takes: clients, peers, or both (one shared port). */
+export type ListenerRole = "clients" | "peers" | "both";
+
 export interface ServerOptions {
   readonly self: number;
+  /** Whom this listener takes (default both); the other listener's port, for the refusal's reason. */
+  readonly accepts?: ListenerRole;
+  readonly otherPort?: number;
   readonly host: string;
   readonly port: number;
   readonly key: SigningKey;
@@ -241,6 +250,10 @@ export class ReplicaServer {
     return (this.options.now ?? Date.now)();
   }
 
+  private get accepts(): ListenerRole {
+    return this.options.accepts ?? "both";
+  }
+
   /** The port listened on: the configured one, or the one the system chose for port 0. */
   get port(): number {
     if (this.listener === null) throw new Error("server: not listening");
@@ -249,9 +262,13 @@ export class ReplicaServer {
 
   listen(): void {
     const server = this;
-    this.options.metrics.gauge("handshakes_open", () => this.handshakes.total);
-    this.options.metrics.gauge("client_connections", () => this.clientsByKey.total);
-    this.options.metrics.gauge("client_output_bytes", () => this.outputBudget.usedBytes);
+    if (this.accepts === "peers") {
+      this.options.metrics.gauge("peer_handshakes_open", () => this.handshakes.total);
+    } else {
+      this.options.metrics.gauge("handshakes_open", () => this.handshakes.total);
+      this.options.metrics.gauge("client_connections", () => this.clientsByKey.total);
+      this.options.metrics.gauge("client_output_bytes", () => this.outputBudget.usedBytes);
+    }
     const { clientIdleMsMax, clientStuckMsMax } = this.limits;
     this.sweepTimer = setInterval(
       () => this.sweepClients(),
@@ -494,8 +511,21 @@ export class ReplicaServer {
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "the first frame must be HELLO" } });
       return;
     }
-    if (frame.body.role === "replica") this.onPeerHello(conn, state, frame.body);
+    const isPeer = frame.body.role === "replica";
+    if (this.accepts !== "both" && isPeer !== (this.accepts === "peers")) return this.refuseWrongPort(conn, isPeer, frame.body);
+    if (isPeer) this.onPeerHello(conn, state, frame.body);
     else this.onClientHello(conn, state, frame.body);
+  }
+
+  /** A replica's HELLO on the client port, or a client's on the peer port: refused, saying which port to use. */
+  private refuseWrongPort(conn: FramedConn, isPeer: boolean, hello: Hello): void {
+    const where = this.options.otherPort === undefined ? "" : ` (port ${this.options.otherPort})`;
+    const reason = isPeer
+      ? `this is replica ${this.options.self}'s client port; replicas connect to its peer_port${where}`
+      : `this is replica ${this.options.self}'s peer port; clients connect to its port${where}`;
+    this.options.metrics.inc("handshakes_wrong_port_total");
+    this.options.audit?.warn("handshake-failed", "handshake refused on the wrong port", { key: hello.key, address: conn.remote, reason });
+    conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason } });
   }
 
   /**

@@ -196,6 +196,7 @@ function replicaEntries(keys: readonly SigningKey[], port0: number): ReplicaEntr
     id,
     host: HOST,
     port: id === 0 ? port0 : 0,
+    peerPort: null,
     publicKey: key.publicKey,
     publicKeyText: key.publicKeyText,
     keyFile: "",
