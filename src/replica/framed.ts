@@ -83,6 +83,15 @@ export class FramedConn {
     this.progressMs = now();
   }
 
+  /** Stops reading from the socket (the other side sees TCP backpressure); frames already read may still arrive. */
+  pauseReading(): void {
+    if (!this.closed) this.socket.pause();
+  }
+
+  resumeReading(): void {
+    if (!this.closed) this.socket.resume();
+  }
+
   /** Counts this connection's queued bytes against `budget` from now on (once). */
   useBudget(budget: OutputBudget): void {
     if (this.budget !== null) throw new Error("FramedConn: budget already set");

@@ -104,6 +104,10 @@ export class Metrics {
   private readonly modeFamily: GaugeFamily;
   readonly peerUp: GaugeFamily;
   readonly peerLag: GaugeFamily;
+  /** Times a peer was muted, by peer and reason (budget, flooding). */
+  readonly peerMuted: CounterFamily;
+  /** Peer messages dropped before they were decoded, by peer and reason (peer-inbox.ts, peer-filter.ts). */
+  readonly peerDropped: CounterFamily;
   /** Request arrival to "stored"/"ordered" reply, by channel class. */
   readonly publishAck: HistogramFamily;
   /** PRE-PREPARE sent or received to the batch decided. */
@@ -125,6 +129,15 @@ export class Metrics {
     for (const mode of MODES) this.modeFamily.with(mode);
     this.peerUp = r.gauge("peer_up", "1 if the authenticated link to this peer is open", ["peer"]);
     this.peerLag = r.gauge("peer_lag_seqs", "How many decided seqs this peer is behind this replica, by the COMMITs it sent", ["peer"]);
+    this.peerMuted = r.counter("peer_muted_total", "Times a peer was muted (its reads paused, its messages dropped), by reason", [
+      "peer",
+      "reason",
+    ]);
+    this.peerDropped = r.counter(
+      "peer_messages_dropped_total",
+      "Peer messages dropped before decoding: muted, executed (an executed seq), another-signer, duplicate (FORWARD)",
+      ["peer", "reason"],
+    );
     this.publishAck = r.histogram("publish_ack_seconds", "Publish request arrival to this replica's ack (stored or ordered)", ["class"]);
     for (const cls of CLASSES) this.publishAck.with(cls);
     this.ordering = r.histogram("ordering_seconds", "A batch's PRE-PREPARE (proposed or received) to its decision").with();

@@ -34,6 +34,15 @@ import { FramedConn } from "./framed.ts";
 import type { AuditLog } from "./audit.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
+import {
+  type MuteReason,
+  PEER_BYTES_PER_SECOND_MAX,
+  PEER_FLOOD_MUTE_MS,
+  PEER_MESSAGES_PER_SECOND_MAX,
+  PEER_MUTE_MS,
+  PeerInbox,
+  type PeerInboxLimits,
+} from "./peer-inbox.ts";
 
 /** Reconnect backoff: first wait, cap. */
 export const PEER_RECONNECT_MS_MIN = 50;
@@ -64,6 +73,12 @@ export interface PeerMeshOptions {
    * alone): nothing is sent or checked.
    */
   readonly configDigests?: ConfigDigests;
+  /** Overrides of the inbound budgets (peer-inbox.ts); the defaults are its constants. */
+  readonly inbox?: Partial<PeerInboxLimits>;
+  /** Why an inbound message may be dropped before it is decoded (peer-filter.ts), or null. */
+  readonly precheck?: (from: number, msg: Uint8Array) => string | null;
+  /** Whether an inbound message counts against its peer's byte budget (default: every one). */
+  readonly chargesBytes?: (msg: Uint8Array) => boolean;
 }
 
 type OutboundPhase = "connecting" | "awaiting-ack" | "open" | "closed";
@@ -91,8 +106,29 @@ export class PeerMesh {
   private readonly inbound = new Map<number, FramedConn>();
   private stopped = false;
   private oversizedReported = false;
+  /** Inbound messages, per peer, fairly and within budgets (peer-inbox.ts). */
+  private readonly inbox: PeerInbox;
 
   constructor(private readonly options: PeerMeshOptions) {
+    this.inbox = new PeerInbox({
+      limits: {
+        bytesPerSecondMax: PEER_BYTES_PER_SECOND_MAX,
+        messagesPerSecondMax: PEER_MESSAGES_PER_SECOND_MAX,
+        muteMs: PEER_MUTE_MS,
+        floodMuteMs: PEER_FLOOD_MUTE_MS,
+        queueBytesMax: 4 * options.frameBytesMax,
+        ...options.inbox,
+      },
+      process: (from, msg) => options.onMessage(from, msg),
+      ...(options.precheck === undefined ? {} : { precheck: options.precheck }),
+      ...(options.chargesBytes === undefined ? {} : { chargesBytes: options.chargesBytes }),
+      pause: (peer) => this.inbound.get(peer)?.pauseReading(),
+      resume: (peer) => this.inbound.get(peer)?.resumeReading(),
+      onMuted: (peer, reason, detail, ms) => this.onMuted(peer, reason, detail, ms),
+      onDropped: (peer, reason) => {
+        options.metrics.peerDropped.with(String(peer), reason).value += 1;
+      },
+    });
     for (const peer of options.replicas) {
       if (peer.id === options.self) continue;
       this.outbound.set(peer.id, {
@@ -122,6 +158,35 @@ export class PeerMesh {
     }
     for (const conn of this.inbound.values()) conn.close();
     this.inbound.clear();
+    this.inbox.stop();
+  }
+
+  /** Mutes a peer the ordering core found flooding (its `peerFlooding` advisory) for PEER_FLOOD_MUTE_MS. */
+  muteFlooding(peer: number): void {
+    this.inbox.mute(peer, "flooding", "the ordering core found it sending far more than the others", this.floodMuteMs);
+  }
+
+  private get floodMuteMs(): number {
+    return this.options.inbox?.floodMuteMs ?? PEER_FLOOD_MUTE_MS;
+  }
+
+  /** Whether a peer is muted now (status, tests). */
+  isMuted(peer: number): boolean {
+    return this.inbox.isMuted(peer);
+  }
+
+  private onMuted(peer: number, reason: MuteReason, detail: string, ms: number): void {
+    this.options.metrics.peerMuted.with(String(peer), reason).value += 1;
+    const entry = this.options.replicas[peer];
+    const fields = {
+      peer,
+      reason: `${reason}: ${detail}`,
+      ms,
+      ...(entry === undefined ? {} : { key: entry.publicKey }),
+      address: this.inbound.get(peer)?.remote ?? (entry === undefined ? "unknown" : `${entry.host}`),
+    };
+    if (this.options.audit === undefined) this.options.log.warn("peer muted: its messages are not taken for a while", fields);
+    else this.options.audit.warn("peer-muted", "peer muted: its messages are not taken for a while", fields);
   }
 
   /** Which peers we can send to now. */
@@ -379,6 +444,7 @@ export class PeerMesh {
         // A newer session from the same peer replaces the old one (it restarted).
         this.inbound.get(peer.id)?.close();
         this.inbound.set(peer.id, conn);
+        this.inbox.connected(peer.id);
         return;
       }
       this.onInboundFrame(link, conn, frame);
@@ -409,7 +475,7 @@ export class PeerMesh {
       return;
     }
     link.lastSeq = seq;
-    this.options.onMessage(link.peerId, msg);
+    this.inbox.push(link.peerId, msg);
   }
 
   inboundClosed(conn: FramedConn): void {

@@ -39,6 +39,7 @@ import type { Log } from "./log.ts";
 import { type ChannelCells, ChannelMetrics, METRICS_CHANNELS_MAX } from "./channel-metrics.ts";
 import { Metrics } from "./metrics.ts";
 import { OrderingDriver } from "./ordering-driver.ts";
+import { PeerFilter, peekPeerMessage } from "./peer-filter.ts";
 import { PeerMesh } from "./peers.ts";
 import { ClientLimits } from "./quota.ts";
 import { admitRequest, clockSkewProblem, type Refused, spaceOf } from "./requests.ts";
@@ -127,6 +128,7 @@ export class Replica {
       this.audit,
       (keyHex) => this.limits.subscriptionsOf(keyHex),
     );
+    const peerFilter = new PeerFilter(() => this.ordering.status().lastExecuted);
     this.mesh = new PeerMesh({
       self: id,
       key,
@@ -139,7 +141,11 @@ export class Replica {
       onPeerDown: (peer, reason) => this.sys.event("peer-down", { peer, reason }),
       onMessage: (from, msg) => this.ordering.onPeerMessage(from, msg),
       configDigests: configDigests(config),
+      precheck: (from, msg) => peerFilter.check(from, msg, peekPeerMessage(msg)),
+      // State transfer parts answer this replica's own requests, a window at a time.
+      chargesBytes: (msg) => peekPeerMessage(msg)?.kind !== "state-transfer",
     });
+
     // Opening the store checks every row; the driver then restores the machine and the
     // core from it before the replica listens.
     this.storage = ReplicaStorage.open({
@@ -170,6 +176,7 @@ export class Replica {
       storage: this.storage,
       audit: this.audit,
       onGroupEvent: (kind, fields) => this.sys.event(kind, fields),
+      onPeerFlooding: (peer) => this.mesh.muteFlooding(peer),
     });
     this.replaying = false;
     const peerPort = self.peerPort;
