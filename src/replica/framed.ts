@@ -58,6 +58,7 @@ export class FramedConn {
    */
   private readonly sink: ByteSink;
   private closed = false;
+  private paused = false;
   private budget: OutputBudget | null = null;
   /** When the queue last wrote something or was empty: a reader that takes nothing is stuck. */
   private progressMs: number;
@@ -85,11 +86,19 @@ export class FramedConn {
 
   /** Stops reading from the socket (the other side sees TCP backpressure); frames already read may still arrive. */
   pauseReading(): void {
-    if (!this.closed) this.socket.pause();
+    if (this.closed) return;
+    this.paused = true;
+    this.socket.pause();
   }
 
   resumeReading(): void {
-    if (!this.closed) this.socket.resume();
+    if (this.closed) return;
+    this.paused = false;
+    this.socket.resume();
+  }
+
+  get readPaused(): boolean {
+    return this.paused;
   }
 
   /** Counts this connection's queued bytes against `budget` from now on (once). */

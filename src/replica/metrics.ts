@@ -23,6 +23,11 @@ import type { Canonical } from "../../wire/canonical.ts";
 const COUNTERS = {
   requests_total: "Client REQUEST frames received",
   requests_rate_limited_total: "Requests refused because the client's event rate was over its limit",
+  client_key_budget_refused_total: "Requests refused before verification: the client key was over its verification budget",
+  client_address_budget_refused_total: "Requests refused before verification: the source address was over its verification budget",
+  requests_gap_refused_total: "Ordered requests refused before verification: behind a sequence gap (OUT_OF_ORDER)",
+  clients_blacklisted_total: "Client keys and addresses blacklisted (a bad request signature, an undecodable or oversize frame)",
+  clients_blacklisted_refused_total: "Connections and sessions refused because their address or key is blacklisted",
   bad_frames_total: "Client frames that did not decode or were not for this port",
   events_stored_total: "Events stored by this replica (ordered and unordered channels)",
   batches_decided_total: "Batches decided by the ordering protocol and executed",

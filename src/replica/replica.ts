@@ -33,6 +33,7 @@ import {
   type SignedRequest,
 } from "../../wire/schemas.ts";
 import { type ErrorCode, FrameType } from "../../wire/types.ts";
+import { ClientAdmission, OVER_BUDGET_PAUSE_MS } from "./admission.ts";
 import { AuditLog } from "./audit.ts";
 import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
@@ -92,6 +93,8 @@ export class Replica {
   /** True while the constructor re-executes the decided log from disk: admin lines say "replayed". */
   private replaying = true;
   private readonly audit: AuditLog;
+  /** Verification budgets per client key and address, and the blacklist (admission.ts). */
+  private readonly admission = new ClientAdmission();
   /** `$sys.replica.<id>` and `$sys.events` (sys-channels.ts). */
   private readonly sys: SysChannels;
 
@@ -191,6 +194,7 @@ export class Replica {
       mesh: this.mesh,
       // client_keys, when the cluster file lists any, is the allow-list of client sessions.
       clientKeysAllowed: config.clientKeys.length === 0 ? null : new Set([...config.clientKeys, ...config.adminKeys].map(toHex)),
+      admission: this.admission,
       clients: {
         onClientFrame: (session, frame) => this.onClientFrame(session, frame),
         onClientClosed: (session) => this.onClientClosed(session),
@@ -316,7 +320,7 @@ export class Replica {
   private onRequest(session: ClientSession, frame: RequestFrame): void {
     this.metrics.inc("requests_total");
     const signed: SignedRequest = { body: frame.body, sig: frame.sig };
-    const admitted = admitRequest(signed, session.keyHex, (request) => this.refusedBeforeVerify(request, session.keyHex, frame.after));
+    const admitted = admitRequest(signed, session.keyHex, (request) => this.beforeVerify(session, request, frame.after));
     if (!admitted.ok) {
       this.metrics.refused(admitted.code);
       this.auditRefusal(session, admitted.code, admitted.reason, admitted.local?.tag);
@@ -324,7 +328,8 @@ export class Replica {
         this.reply(session, this.localFailure(admitted.local.seq, sha256(signed.body), admitted.code, admitted.reason));
         return;
       }
-      const seq = peekSeq(signed);
+      const seq = admitted.seq ?? peekSeq(signed);
+      if (admitted.code === "BAD_SIGNATURE") this.blacklist(session, "a request signature that does not verify");
       if (seq === null || admitted.code === "BAD_SIGNATURE") {
         // Unsigned, forged or undecodable requests are hostile: answer and close.
         session.conn.closeWith({ type: FrameType.ERROR, body: { code: admitted.code, reason: admitted.reason } });
@@ -351,6 +356,42 @@ export class Replica {
   }
 
   /**
+   * The one point just before a request's signature is verified: the key's and address's
+   * verification budgets (admission.ts), then what may be refused without a verification.
+   * A session over budget is also not read for OVER_BUDGET_PAUSE_MS.
+   */
+  private beforeVerify(session: ClientSession, request: Request, after: number | undefined): Refused | null {
+    const over = this.admission.beforeVerify(session.keyHex, session.conn.remote);
+    if (over !== null) {
+      this.metrics.inc(over.budget === "key" ? "client_key_budget_refused_total" : "client_address_budget_refused_total");
+      this.pauseSession(session, OVER_BUDGET_PAUSE_MS);
+      return { ok: false, code: over.code, reason: over.reason, seq: request.seq };
+    }
+    return this.refusedBeforeVerify(request, session.keyHex, after);
+  }
+
+  /** Stops reading a client session for `ms` (TCP backpressure on a client over its budget). */
+  private pauseSession(session: ClientSession, ms: number): void {
+    const conn = session.conn;
+    if (conn.isClosed || conn.readPaused) return;
+    conn.pauseReading();
+    setTimeout(() => conn.resumeReading(), ms);
+  }
+
+  /** The session proved hostile: its key and address are blacklisted for a while (admission.ts). */
+  private blacklist(session: ClientSession, why: string): void {
+    this.admission.blacklist(session.keyHex, session.conn.remote, why);
+    this.metrics.inc("clients_blacklisted_total");
+    this.audit.warn("client-blacklisted", "client key and address blacklisted", {
+      key: session.key,
+      address: session.conn.remote,
+      reason: why,
+      keyMs: this.admission.limits.keyBlacklistMs,
+      addressMs: this.admission.limits.addressBlacklistMs,
+    });
+  }
+
+  /**
    * A publish by a key that is not a registered publisher of an existing channel, refused
    * before its signature is verified (admitRequest, which has checked that the request is
    * the session key's own, `keyHex`): the same refusal routeRequest would
@@ -358,12 +399,36 @@ export class Replica {
    * the client saw (`after`): routeRequest holds those until it has.
    */
   private refusedBeforeVerify(request: Request, keyHex: string, after: number | undefined): Refused | null {
+    const gap = this.gapBefore(request, keyHex);
+    if (gap !== null) return gap;
     if (request.op.t !== "pub" || (after !== undefined && after > this.executedSeq)) return null;
     const tag = request.op.tag;
     // A registered publisher (the common case) costs one lookup; the channel is looked
     // up only for a key that is not one (an unknown channel is routeRequest's to answer).
     if (this.machine.isPublisherHex(tag, keyHex) || this.machine.channelInfo(tag) === null) return null;
     return { ok: false, code: "UNAUTHORIZED", reason: `publisher is not registered on ${tag}`, local: { seq: request.seq, tag } };
+  }
+
+  /**
+   * An ordered request behind a sequence gap: its space has neither executed nor has
+   * waiting here the seq before it. The ordering core would hold it until the gap is
+   * filled, after its signature is verified; a client sends its requests in order on
+   * one connection, so a gap here means a lost or refused request, which the client
+   * sends again (OUT_OF_ORDER is transient): refused now, before any verification.
+   */
+  private gapBefore(request: Request, keyHex: string): Refused | null {
+    if (request.seq <= 1) return null;
+    if (request.op.t === "pub" && this.machine.channelInfo(request.op.tag)?.order !== "total") return null;
+    const space = spaceOf(keyHex, request);
+    const executed = this.ordering.lastExecutedSeq(space);
+    if (request.seq <= executed + 1 || this.waiting.digestOf(space, request.seq - 1) !== null) return null;
+    this.metrics.inc("requests_gap_refused_total");
+    return {
+      ok: false,
+      code: "OUT_OF_ORDER",
+      reason: `seq ${request.seq - 1} of this space has not reached this replica (executed through ${executed}); send it first`,
+      seq: request.seq,
+    };
   }
 
   /** Where an admitted request goes: refused here, stored (unordered), or into ordering. */

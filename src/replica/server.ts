@@ -44,6 +44,7 @@ import {
   PROTOCOL_VERSION,
 } from "../../wire/types.ts";
 import { FramedConn, OutputBudget } from "./framed.ts";
+import type { ClientAdmission } from "./admission.ts";
 import type { AuditLog } from "./audit.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
@@ -183,6 +184,8 @@ export interface ServerOptions {
   readonly clientKeysAllowed?: ReadonlySet<string> | null;
   /** Overrides of SERVER_LIMITS_DEFAULT. */
   readonly limits?: Partial<ServerLimits>;
+  /** The client blacklist (admission.ts): blacklisted addresses and keys are refused, hostile ones added. */
+  readonly admission?: ClientAdmission;
   /** The clock of the per-address connection rate (tests); Date.now by default. */
   readonly now?: () => number;
 }
@@ -330,6 +333,14 @@ export class ReplicaServer {
     };
     conn.state = state;
     this.conns.add(conn);
+    // On a clients-only port a blacklisted address costs one lookup (on a shared port a
+    // replica may call from it, so the address is judged at a client's HELLO instead).
+    const blacklisted = this.accepts === "clients" ? (this.options.admission?.addressRefusal(conn.remote) ?? null) : null;
+    if (blacklisted !== null) {
+      state.phase = "closed";
+      this.refuseBlacklisted(conn, null, blacklisted);
+      return;
+    }
     const refusal = this.handshakeRefusal(conn.remote);
     if (refusal !== null) {
       state.phase = "closed";
@@ -443,9 +454,39 @@ export class ReplicaServer {
     }
   }
 
+  private refuseBlacklisted(conn: FramedConn, key: Uint8Array | null, reason: string): void {
+    this.options.metrics.inc("clients_blacklisted_refused_total");
+    this.options.audit?.warn("client-refused", "connection refused: blacklisted", {
+      ...(key === null ? {} : { key }),
+      address: conn.remote,
+      reason,
+    });
+    conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason } });
+  }
+
+  /**
+   * A client connection sent a frame that does not decode or is over the size limit: no
+   * correct client does. Its address (and key, once authenticated) are blacklisted.
+   * Peer connections are not (a broken link is the mesh's to report).
+   */
+  private onHostileFrame(conn: FramedConn, reason: string): void {
+    const state = conn.state as ConnState;
+    const admission = this.options.admission;
+    if (admission === undefined || state.phase === "peer" || state.phase === "peer-auth") return;
+    const why = `a frame that does not decode or is too large (${reason.slice(0, 120)})`;
+    admission.blacklist(state.session?.keyHex ?? null, conn.remote, why);
+    this.options.metrics.inc("clients_blacklisted_total");
+    this.options.audit?.warn("client-blacklisted", "client address blacklisted", {
+      ...(state.session === null ? {} : { key: state.session.key }),
+      address: conn.remote,
+      reason: why,
+    });
+  }
+
   private onResult(conn: FramedConn, result: DecodeResult): void {
     if (!result.ok) {
       this.options.metrics.inc("bad_frames_total");
+      this.onHostileFrame(conn, result.error.reason);
       conn.closeWith({ type: FrameType.ERROR, body: { code: errorCodeFor(result.error), reason: result.error.reason } });
       return;
     }
@@ -458,6 +499,7 @@ export class ReplicaServer {
     const decoded = decodeFrameBody(result.type, payload);
     if (!decoded.ok) {
       this.options.metrics.inc("bad_frames_total");
+      this.onHostileFrame(conn, decoded.error.reason);
       conn.closeWith({ type: FrameType.ERROR, body: { code: errorCodeFor(decoded.error), reason: decoded.error.reason } });
       return;
     }
@@ -570,6 +612,12 @@ export class ReplicaServer {
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "this key is not in the cluster's client_keys" } });
       return;
     }
+    const admission = this.options.admission;
+    const blacklisted =
+      admission === undefined
+        ? null
+        : (admission.keyRefusal(keyHex) ?? (this.accepts === "both" ? admission.addressRefusal(conn.remote) : null));
+    if (blacklisted !== null) return this.refuseBlacklisted(conn, hello.key, blacklisted);
     // Checked here, before the signature is made, and again once AUTH has proved the key.
     const refusal = this.clientRefusal(keyHex, conn.remote);
     if (refusal !== null) return this.refuseClient(conn, refusal);
