@@ -56,7 +56,12 @@ describe("PeerInbox: round robin", () => {
     h.inbox.push(2, msg(202));
     h.turn();
     // The first turn takes one message of each peer in turn: 1, 2 and 3 all get one in the first three.
-    expect(h.processed.slice(0, 3).map(([from]) => from).sort()).toEqual([1, 2, 3]);
+    expect(
+      h.processed
+        .slice(0, 3)
+        .map(([from]) => from)
+        .sort(),
+    ).toEqual([1, 2, 3]);
     expect(h.processed.length).toBeLessThanOrEqual(TURN_MESSAGES_MAX);
     // The rest waits for later turns, each yielding to the event loop in between.
     expect(h.hasTurn()).toBe(true);
