@@ -50,6 +50,8 @@ import { Subscriptions } from "./subscriptions.ts";
 import { isSysTag, SysChannels } from "./sys-channels.ts";
 import { keyOf, WaitingRequests } from "./waiting.ts";
 
+/** Ordered spaces whose last received seq is remembered (gapBefore); past it the oldest is forgotten. */
+const ARRIVED_SPACES_MAX = 100_000;
 /** How often answers held for execution (execution-gate.ts) are checked for their deadline. */
 const GATE_CHECK_INTERVAL_MS = 100;
 
@@ -93,6 +95,11 @@ export class Replica {
   /** True while the constructor re-executes the decided log from disk: admin lines say "replayed". */
   private replaying = true;
   private readonly audit: AuditLog;
+  /**
+   * Per ordered space, the last seq (seq + span - 1) of the requests taken here for
+   * ordering, the most recent spaces last (bounded): a request after it is behind a gap.
+   */
+  private readonly arrivedThrough = new Map<string, number>();
   /** Verification budgets per client key and address, and the blacklist (admission.ts). */
   private readonly admission = new ClientAdmission();
   /** `$sys.replica.<id>` and `$sys.events` (sys-channels.ts). */
@@ -421,12 +428,13 @@ export class Replica {
     if (request.op.t === "pub" && this.machine.channelInfo(request.op.tag)?.order !== "total") return null;
     const space = spaceOf(keyHex, request);
     const executed = this.ordering.lastExecutedSeq(space);
-    if (request.seq <= executed + 1 || this.waiting.digestOf(space, request.seq - 1) !== null) return null;
+    const arrived = this.arrivedThrough.get(space) ?? 0;
+    if (request.seq <= Math.max(executed, arrived) + 1) return null;
     this.metrics.inc("requests_gap_refused_total");
     return {
       ok: false,
       code: "OUT_OF_ORDER",
-      reason: `seq ${request.seq - 1} of this space has not reached this replica (executed through ${executed}); send it first`,
+      reason: `seq ${request.seq - 1} of this space has not reached this replica (executed through ${executed}, received through ${Math.max(executed, arrived)}); send it first`,
       seq: request.seq,
     };
   }
@@ -546,8 +554,16 @@ export class Replica {
           session,
           failure(request.seq, this.options.id, digest, "RATE_LIMITED", "too many requests in flight on this connection"),
         );
-      case "waiting":
+      case "waiting": {
+        // The space's requests arrive in order on a connection: remember how far, for gapBefore.
+        const end = request.seq + request.span - 1;
+        if (end > (this.arrivedThrough.get(space) ?? 0)) {
+          this.arrivedThrough.delete(space);
+          this.arrivedThrough.set(space, end);
+          if (this.arrivedThrough.size > ARRIVED_SPACES_MAX) this.arrivedThrough.delete(this.arrivedThrough.keys().next().value as string);
+        }
         break;
+      }
       default: {
         const unreachable: never = arrival;
         return unreachable;

@@ -206,7 +206,7 @@ describe("a cluster with peer ports", () => {
     const refused = await session.next(FrameType.REPLY, "the refusal of seq 3");
     expect(refused.body).toMatchObject({ seq: 3, ok: false, code: "OUT_OF_ORDER" });
     expect((refused.body as { reason: string }).reason).toBe(
-      "seq 2 of this space has not reached this replica (executed through 0); send it first",
+      "seq 2 of this space has not reached this replica (executed through 0, received through 0); send it first",
     );
     expect(await metric(metricsBase + 1, /^fitb_requests_gap_refused_total /)).toBe(before + 1);
     const first = request(1);
