@@ -10,11 +10,15 @@
  * understand, so it changes only the cost of a message, never whether a valid one counts.
  *
  * What `PeerFilter` drops, each something the ordering core would ignore anyway:
- * - a PRE_PREPARE, PREPARE or COMMIT for a seq this replica has executed (a replayed or
- *   late message: the seq is decided here, and a later vote for it adds nothing);
+ * - a PRE_PREPARE for a seq this replica has executed (replayed or late: the seq is
+ *   decided here) beyond one per peer per EXECUTED_PASS_MS, which still lets the core see
+ *   an executed seq's second header now and then (evidence of equivocation). Votes for
+ *   executed seqs are not dropped: the core answers a lagging voter with the decisions;
  * - a PREPARE, COMMIT, CHECKPOINT or VIEW_CHANGE naming a signer other than the peer that
  *   sent it (the core refuses those: votes travel only from their signers);
- * - a FORWARD byte-identical to one the same peer sent in the last DUPLICATE_WINDOW_MS
+ * - a FORWARD larger than any a correct replica sends (the core cuts its forwards into
+ *   chunks of one batch, or one request), or whose every request this replica has
+ *   executed, or byte-identical to one the same peer sent in the last DUPLICATE_WINDOW_MS
  *   (its requests are in this replica's pool or executed; a client's own retransmission
  *   still reaches the leader through its own session and its replicas' later forwards).
  * Dropping a peer message is always safe (the network may lose any); each rule is bounded
@@ -37,8 +41,11 @@ export interface PeerPeek {
   readonly replica: number | null;
 }
 
+/** An executed seq's PRE_PREPARE from one peer is let through at most this often. */
+export const EXECUTED_PASS_MS = 1_000;
+
 /** Why a message was dropped cheaply: the `reason` label of fitb_peer_messages_dropped_total. */
-export type DropReason = "executed" | "another-signer" | "duplicate";
+export type DropReason = "executed" | "another-signer" | "duplicate" | "oversize";
 
 class Reader {
   pos = 0;
@@ -131,31 +138,96 @@ export function peekPeerMessage(bytes: Uint8Array): PeerPeek | null {
   return { kind, t, seq, replica };
 }
 
+/**
+ * Whether every request of a FORWARD has executed here (`lastExecutedOf` a client space
+ * is its last executed seq); false when it holds none or cannot be read.
+ */
+export function forwardAllExecuted(bytes: Uint8Array, lastExecutedOf: (space: string) => number): boolean {
+  const r = new Reader(bytes);
+  const envelope = r.head();
+  if (envelope === null || envelope.major !== 5 || envelope.arg !== 2) return false;
+  if (r.text() !== "kind" || r.text() !== "ordering" || r.text() !== "message") return false;
+  const map = r.head();
+  if (map === null || map.major !== 5) return false;
+  for (let i = 0; i < map.arg; i++) {
+    const key = r.text();
+    if (key === null) return false;
+    if (key !== "requests") {
+      if (!r.skip()) return false;
+      continue;
+    }
+    const list = r.head();
+    if (list === null || list.major !== 4 || list.arg === 0) return false;
+    for (let j = 0; j < list.arg; j++) {
+      const req = r.head();
+      if (req === null || req.major !== 5) return false;
+      let client: string | null = null;
+      let seq: number | null = null;
+      let span: number | null = null;
+      for (let k = 0; k < req.arg; k++) {
+        const field = r.text();
+        if (field === "client") {
+          client = r.text();
+        } else if (field === "seq" || field === "span") {
+          const h = r.head();
+          if (h === null || h.major !== 0) return false;
+          if (field === "seq") seq = h.arg;
+          else span = h.arg;
+        } else if (field === null || !r.skip()) {
+          return false;
+        }
+      }
+      if (client === null || seq === null || span === null || seq + span - 1 > lastExecutedOf(client)) return false;
+    }
+    return true;
+  }
+  return false;
+}
+
 const VOTES_WITH_SIGNER = new Set(["PREPARE", "COMMIT", "CHECKPOINT", "VIEW_CHANGE"]);
-const FOR_ONE_SEQ = new Set(["PRE_PREPARE", "PREPARE", "COMMIT"]);
+
+export interface PeerFilterOptions {
+  /** The last seq this replica executed (the ordering core's). */
+  readonly lastExecuted: () => number;
+  /** A client space's last executed seq (the ordering core's). */
+  readonly lastExecutedOf: (space: string) => number;
+  /** The largest FORWARD a correct replica sends, in envelope bytes. */
+  readonly forwardBytesMax: number;
+  readonly now?: () => number;
+  readonly windowMs?: number;
+}
 
 export class PeerFilter {
   /** Per peer, FORWARD digests (hex) and when each was taken, oldest first. */
   private readonly forwards = new Map<number, Map<string, number>>();
+  /** Per peer, when an executed seq's PRE_PREPARE was last let through. */
+  private readonly executedPassed = new Map<number, number>();
 
-  constructor(
-    /** The last seq this replica executed (the ordering core's). */
-    private readonly lastExecuted: () => number,
-    private readonly now: () => number = Date.now,
-    private readonly windowMs = DUPLICATE_WINDOW_MS,
-  ) {}
+  constructor(private readonly options: PeerFilterOptions) {}
+
+  private now(): number {
+    return (this.options.now ?? Date.now)();
+  }
 
   /** Why `msg` from `from` can be dropped before it is decoded, or null: it goes on. */
   check(from: number, msg: Uint8Array, peek: PeerPeek | null): DropReason | null {
     if (peek === null || peek.kind !== "ordering" || peek.t === null) return null;
     if (VOTES_WITH_SIGNER.has(peek.t) && peek.replica !== null && peek.replica !== from) return "another-signer";
-    if (FOR_ONE_SEQ.has(peek.t) && peek.seq !== null && peek.seq <= this.lastExecuted()) return "executed";
-    if (peek.t === "FORWARD") return this.duplicateForward(from, msg) ? "duplicate" : null;
-    return null;
+    if (peek.t === "PRE_PREPARE" && peek.seq !== null && peek.seq <= this.options.lastExecuted()) {
+      const now = this.now();
+      if (now - (this.executedPassed.get(from) ?? Number.NEGATIVE_INFINITY) < EXECUTED_PASS_MS) return "executed";
+      this.executedPassed.set(from, now);
+      return null;
+    }
+    if (peek.t !== "FORWARD") return null;
+    if (msg.length > this.options.forwardBytesMax) return "oversize";
+    if (forwardAllExecuted(msg, this.options.lastExecutedOf)) return "executed";
+    return this.duplicateForward(from, msg) ? "duplicate" : null;
   }
 
   private duplicateForward(from: number, msg: Uint8Array): boolean {
     const now = this.now();
+    const windowMs = this.options.windowMs ?? DUPLICATE_WINDOW_MS;
     let seen = this.forwards.get(from);
     if (seen === undefined) {
       seen = new Map();
@@ -163,7 +235,7 @@ export class PeerFilter {
     }
     const digest = toHex(sha256(msg));
     const at = seen.get(digest);
-    if (at !== undefined && now - at < this.windowMs) return true;
+    if (at !== undefined && now - at < windowMs) return true;
     seen.delete(digest);
     seen.set(digest, now);
     while (seen.size > DUPLICATES_REMEMBERED_MAX) seen.delete(seen.keys().next().value as string);

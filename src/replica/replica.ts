@@ -39,7 +39,7 @@ import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
 import { type ChannelCells, ChannelMetrics, METRICS_CHANNELS_MAX } from "./channel-metrics.ts";
 import { Metrics } from "./metrics.ts";
-import { OrderingDriver } from "./ordering-driver.ts";
+import { coreConfigFor, OrderingDriver } from "./ordering-driver.ts";
 import { PeerFilter, peekPeerMessage } from "./peer-filter.ts";
 import { PeerMesh } from "./peers.ts";
 import { ClientLimits } from "./quota.ts";
@@ -50,6 +50,8 @@ import { Subscriptions } from "./subscriptions.ts";
 import { isSysTag, SysChannels } from "./sys-channels.ts";
 import { keyOf, WaitingRequests } from "./waiting.ts";
 
+/** Envelope bytes a forwarded request may add to its signed body and signature (field names, client name). */
+const FORWARD_REQUEST_OVERHEAD_BYTES = 512;
 /** Ordered spaces whose last received seq is remembered (gapBefore); past it the oldest is forgotten. */
 const ARRIVED_SPACES_MAX = 100_000;
 /** How often answers held for execution (execution-gate.ts) are checked for their deadline. */
@@ -138,7 +140,14 @@ export class Replica {
       this.audit,
       (keyHex) => this.limits.subscriptionsOf(keyHex),
     );
-    const peerFilter = new PeerFilter(() => this.ordering.status().lastExecuted);
+    const core = coreConfigFor(config, id);
+    const peerFilter = new PeerFilter({
+      lastExecuted: () => this.ordering.status().lastExecuted,
+      lastExecutedOf: (space) => this.ordering.lastExecutedSeq(space),
+      // The core cuts its forwards into chunks of one batch (or one larger request); each
+      // request adds its CBOR field names and client name to the envelope.
+      forwardBytesMax: Math.max(core.batchBytesMax, core.requestBytesMax) + core.batchRequestsMax * FORWARD_REQUEST_OVERHEAD_BYTES,
+    });
     this.mesh = new PeerMesh({
       self: id,
       key,
