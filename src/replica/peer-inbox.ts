@@ -9,10 +9,14 @@
  *   connection (TCP backpressure; its own send queue then drops, which the protocol
  *   retransmits), resumed once the queue is down to half.
  * - Each peer has a budget of bytes and messages per second (token buckets with a burst of
- *   one second). A peer that spends it is muted for muteMs: its queue is dropped, its
- *   connection's reads are paused, and what still arrives is dropped uncounted by the
- *   core; counted per peer (fitb_peer_muted_total{peer,reason}) and logged. The ordering
- *   core's `peerFlooding` advisory mutes a peer the same way for floodMuteMs.
+ *   one second). The leader of the current view proposes, so its byte budget is
+ *   bytesPerSecondMax; any other peer sends votes, checkpoints and the odd forward, and
+ *   gets backupBytesPerSecondMax. A peer that spends its budget is muted: its queue is
+ *   dropped and `mute` is called (the mesh closes its link and refuses it until the mute
+ *   ends), counted per peer (fitb_peer_muted_total{peer,reason}) and logged. A mute lasts
+ *   muteMs, doubled each time the peer is muted again within MUTE_MEMORY_MS of the last
+ *   one, up to muteMsMax. The ordering core's `peerFlooding` advisory mutes a peer the
+ *   same way for floodMuteMs.
  * - Before a message is processed, `precheck` (peer-filter.ts) may drop it cheaply.
  *
  * Muting is always time-bounded, and nothing here decides what a message means: a muted
@@ -21,11 +25,16 @@
  */
 import { RateLimiter } from "./rate.ts";
 
-/** The budget interval: budgets are per second, with a burst of one second's worth. */
+/** The budget interval: budgets are per second, with a burst of one second's worth. The leader's bytes: */
 export const PEER_BYTES_PER_SECOND_MAX = 48 * 1024 * 1024;
+/** Any other peer's bytes: votes, checkpoints, forwards after a timeout, view changes. */
+export const PEER_BACKUP_BYTES_PER_SECOND_MAX = 8 * 1024 * 1024;
 export const PEER_MESSAGES_PER_SECOND_MAX = 20_000;
-/** How long a peer that spent its budget is muted. */
+/** How long a peer that spent its budget is muted, at first; again soon after, twice as long, up to PEER_MUTE_MS_MAX. */
 export const PEER_MUTE_MS = 1_000;
+export const PEER_MUTE_MS_MAX = 30_000;
+/** A mute this long after the last one ended starts again from PEER_MUTE_MS. */
+export const MUTE_MEMORY_MS = 60_000;
 /** How long a peer the ordering core flags as flooding is muted. */
 export const PEER_FLOOD_MUTE_MS = 5_000;
 /** Messages processed in one drain turn at most, and its time, before the loop gets a turn. */
@@ -34,8 +43,10 @@ export const TURN_MS = 10;
 
 export interface PeerInboxLimits {
   readonly bytesPerSecondMax: number;
+  readonly backupBytesPerSecondMax: number;
   readonly messagesPerSecondMax: number;
   readonly muteMs: number;
+  readonly muteMsMax: number;
   readonly floodMuteMs: number;
   /** Bytes waiting in one peer's queue before its reads are paused. */
   readonly queueBytesMax: number;
@@ -51,11 +62,15 @@ export interface PeerInboxOptions {
   readonly chargesBytes?: (msg: Uint8Array) => boolean;
   /** Why a message may be dropped before processing (peer-filter.ts), or null. */
   readonly precheck?: (from: number, msg: Uint8Array) => string | null;
-  /** Stop and start reading the peer's inbound connection. */
+  /** Whether the peer leads the current view (its byte budget is the leader's). */
+  readonly isLeader?: (peer: number) => boolean;
+  /** Stop and start reading the peer's inbound connection (its queue is full, then drained). */
   readonly pause: (peer: number) => void;
   readonly resume: (peer: number) => void;
-  /** A peer was muted: count it and log it. */
+  /** A peer was muted for `ms`: cut it off, count it and log it. */
   readonly onMuted: (peer: number, reason: MuteReason, detail: string, ms: number) => void;
+  /** The peer's mute ended. */
+  readonly onUnmuted?: (peer: number) => void;
   /** A message was dropped without processing: count it. */
   readonly onDropped: (peer: number, reason: string) => void;
   readonly now?: () => number;
@@ -71,6 +86,8 @@ interface PeerQueue {
   pausedForQueue: boolean;
   mutedUntil: number;
   unmuteTimer: ReturnType<typeof setTimeout> | null;
+  /** How long the next budget mute lasts (doubles while the peer keeps being muted). */
+  nextMuteMs: number;
 }
 
 export class PeerInbox {
@@ -95,7 +112,7 @@ export class PeerInbox {
   private queueOf(peer: number): PeerQueue {
     let q = this.queues.get(peer);
     if (q === undefined) {
-      q = { items: [], head: 0, bytes: 0, pausedForQueue: false, mutedUntil: 0, unmuteTimer: null };
+      q = { items: [], head: 0, bytes: 0, pausedForQueue: false, mutedUntil: 0, unmuteTimer: null, nextMuteMs: this.options.limits.muteMs };
       this.queues.set(peer, q);
       this.order = [...this.queues.keys()].sort((a, b) => a - b);
     }
@@ -121,14 +138,16 @@ export class PeerInbox {
       this.options.onDropped(peer, "muted");
       return;
     }
-    const { bytesPerSecondMax, messagesPerSecondMax, muteMs, queueBytesMax } = this.options.limits;
+    const { messagesPerSecondMax, queueBytesMax } = this.options.limits;
     if (!this.messages.take(String(peer), 1, now)) {
-      this.mute(peer, "budget", `more than ${messagesPerSecondMax} messages a second`, muteMs);
+      this.budgetMute(peer, q, `more than ${messagesPerSecondMax} messages a second`);
       this.options.onDropped(peer, "muted");
       return;
     }
-    if ((this.options.chargesBytes?.(msg) ?? true) && !this.bytes.take(String(peer), msg.length, now)) {
-      this.mute(peer, "budget", `more than ${bytesPerSecondMax} bytes a second`, muteMs);
+    const leader = this.options.isLeader?.(peer) ?? true;
+    const bytesMax = leader ? this.options.limits.bytesPerSecondMax : this.options.limits.backupBytesPerSecondMax;
+    if ((this.options.chargesBytes?.(msg) ?? true) && !this.bytes.take(String(peer), msg.length, now, bytesMax, bytesMax)) {
+      this.budgetMute(peer, q, `more than ${bytesMax} bytes a second${leader ? "" : " (not the leader)"}`);
       this.options.onDropped(peer, "muted");
       return;
     }
@@ -141,12 +160,20 @@ export class PeerInbox {
     this.schedule();
   }
 
+  /** Mutes a peer over its budget, for longer each time it comes back over it soon after. */
+  private budgetMute(peer: number, q: PeerQueue, detail: string): void {
+    const { muteMs, muteMsMax } = this.options.limits;
+    if (this.now() - q.mutedUntil > MUTE_MEMORY_MS) q.nextMuteMs = muteMs;
+    const ms = q.nextMuteMs;
+    q.nextMuteMs = Math.min(muteMsMax, ms * 2);
+    this.mute(peer, "budget", detail, ms);
+  }
+
   /** Mutes `peer` for `ms` (from now; a longer mute already on stays). */
   mute(peer: number, reason: MuteReason, detail: string, ms: number): void {
     if (this.stopped) return;
     const q = this.queueOf(peer);
     const until = this.now() + ms;
-    const wasMuted = q.mutedUntil > this.now();
     if (until <= q.mutedUntil) return;
     q.mutedUntil = until;
     for (let i = q.head; i < q.items.length; i++) this.options.onDropped(peer, "muted");
@@ -154,7 +181,6 @@ export class PeerInbox {
     q.head = 0;
     q.bytes = 0;
     q.pausedForQueue = false;
-    if (!wasMuted) this.options.pause(peer);
     if (q.unmuteTimer !== null) clearTimeout(q.unmuteTimer);
     q.unmuteTimer = setTimeout(() => this.unmute(peer, q), ms);
     this.options.onMuted(peer, reason, detail, ms);
@@ -168,15 +194,19 @@ export class PeerInbox {
       q.unmuteTimer = setTimeout(() => this.unmute(peer, q), left);
       return;
     }
-    this.options.resume(peer);
+    this.options.onUnmuted?.(peer);
   }
 
-  /** The peer's connection was replaced (it reconnected): a new connection starts unpaused unless muted. */
+  /** The peer's connection was replaced (it reconnected): a new connection starts unpaused. */
   connected(peer: number): void {
     const q = this.queues.get(peer);
     if (q === undefined) return;
     q.pausedForQueue = false;
-    if (q.mutedUntil > this.now()) this.options.pause(peer);
+  }
+
+  /** How long the peer stays muted (0: it is not). */
+  mutedForMs(peer: number): number {
+    return Math.max(0, (this.queues.get(peer)?.mutedUntil ?? 0) - this.now());
   }
 
   stop(): void {
@@ -225,7 +255,7 @@ export class PeerInbox {
       }
       if (q.pausedForQueue && q.bytes <= queueBytesMax / 2) {
         q.pausedForQueue = false;
-        if (q.mutedUntil <= this.now()) this.options.resume(peer);
+        this.options.resume(peer);
       }
       processed++;
       const dropped = this.options.precheck?.(peer, msg) ?? null;

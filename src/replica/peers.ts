@@ -36,10 +36,12 @@ import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import {
   type MuteReason,
+  PEER_BACKUP_BYTES_PER_SECOND_MAX,
   PEER_BYTES_PER_SECOND_MAX,
   PEER_FLOOD_MUTE_MS,
   PEER_MESSAGES_PER_SECOND_MAX,
   PEER_MUTE_MS,
+  PEER_MUTE_MS_MAX,
   PeerInbox,
   type PeerInboxLimits,
 } from "./peer-inbox.ts";
@@ -79,6 +81,8 @@ export interface PeerMeshOptions {
   readonly precheck?: (from: number, msg: Uint8Array) => string | null;
   /** Whether an inbound message counts against its peer's byte budget (default: every one). */
   readonly chargesBytes?: (msg: Uint8Array) => boolean;
+  /** Whether a peer leads the current view: it gets the leader's byte budget (default: every peer does). */
+  readonly isLeader?: (peer: number) => boolean;
 }
 
 type OutboundPhase = "connecting" | "awaiting-ack" | "open" | "closed";
@@ -113,8 +117,10 @@ export class PeerMesh {
     this.inbox = new PeerInbox({
       limits: {
         bytesPerSecondMax: PEER_BYTES_PER_SECOND_MAX,
+        backupBytesPerSecondMax: PEER_BACKUP_BYTES_PER_SECOND_MAX,
         messagesPerSecondMax: PEER_MESSAGES_PER_SECOND_MAX,
         muteMs: PEER_MUTE_MS,
+        muteMsMax: PEER_MUTE_MS_MAX,
         floodMuteMs: PEER_FLOOD_MUTE_MS,
         queueBytesMax: 4 * options.frameBytesMax,
         ...options.inbox,
@@ -122,6 +128,7 @@ export class PeerMesh {
       process: (from, msg) => options.onMessage(from, msg),
       ...(options.precheck === undefined ? {} : { precheck: options.precheck }),
       ...(options.chargesBytes === undefined ? {} : { chargesBytes: options.chargesBytes }),
+      ...(options.isLeader === undefined ? {} : { isLeader: options.isLeader }),
       pause: (peer) => this.inbound.get(peer)?.pauseReading(),
       resume: (peer) => this.inbound.get(peer)?.resumeReading(),
       onMuted: (peer, reason, detail, ms) => this.onMuted(peer, reason, detail, ms),
@@ -185,8 +192,15 @@ export class PeerMesh {
       ...(entry === undefined ? {} : { key: entry.publicKey }),
       address: this.inbound.get(peer)?.remote ?? (entry === undefined ? "unknown" : `${entry.host}`),
     };
-    if (this.options.audit === undefined) this.options.log.warn("peer muted: its messages are not taken for a while", fields);
-    else this.options.audit.warn("peer-muted", "peer muted: its messages are not taken for a while", fields);
+    if (this.options.audit === undefined) this.options.log.warn("peer muted: its link is closed and refused for a while", fields);
+    else this.options.audit.warn("peer-muted", "peer muted: its link is closed and refused for a while", fields);
+    // Cut off at once: nothing more of it is read, decoded or MAC-checked until the mute
+    // ends; then it reconnects with a fresh handshake (counters from 1), as after any drop.
+    const conn = this.inbound.get(peer);
+    if (conn !== undefined) {
+      this.inbound.delete(peer);
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "OVERLOADED", reason: `muted for ${ms} ms: ${reason}: ${detail}` } });
+    }
   }
 
   /** Which peers we can send to now. */
@@ -397,6 +411,13 @@ export class PeerMesh {
         reason: `HELLO as replica ${hello.replica} with a key that is not that replica's`,
       });
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "not a replica of this cluster" } });
+      return null;
+    }
+    const mutedMs = this.inbox.mutedForMs(peer.id);
+    if (mutedMs > 0) {
+      // Before signing anything: a muted peer's reconnections cost one lookup.
+      this.options.metrics.peerDropped.with(String(peer.id), "muted-handshake").value += 1;
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "OVERLOADED", reason: `replica ${peer.id} is muted for ${mutedMs} ms more` } });
       return null;
     }
     const configProblem = this.configProblem(hello);

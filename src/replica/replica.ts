@@ -163,6 +163,8 @@ export class Replica {
       precheck: (from, msg) => peerFilter.check(from, msg, peekPeerMessage(msg)),
       // State transfer parts answer this replica's own requests, a window at a time.
       chargesBytes: (msg) => peekPeerMessage(msg)?.kind !== "state-transfer",
+      // The leader proposes (batches): it gets the larger byte budget.
+      isLeader: (peer) => this.ordering.status().leader === peer,
     });
 
     // Opening the store checks every row; the driver then restores the machine and the

@@ -4,20 +4,28 @@ import { waitFor } from "../helpers/wait.ts";
 
 const LIMITS: PeerInboxLimits = {
   bytesPerSecondMax: 1_000_000,
+  backupBytesPerSecondMax: 1_000_000,
   messagesPerSecondMax: 100_000,
   muteMs: 50,
+  muteMsMax: 400,
   floodMuteMs: 100,
   queueBytesMax: 1_000_000,
 };
 
 /** An inbox whose drain runs only when the test says, with a clock the test moves. */
-function harness(limits: Partial<PeerInboxLimits> = {}, precheck?: (from: number, msg: Uint8Array) => string | null) {
+function harness(
+  limits: Partial<PeerInboxLimits> = {},
+  precheck?: (from: number, msg: Uint8Array) => string | null,
+  isLeader?: (peer: number) => boolean,
+) {
   let t = 0;
   let pending: (() => void) | null = null;
   const processed: [number, number][] = [];
   const paused = new Set<number>();
   const events: string[] = [];
   const muted: [number, MuteReason, string][] = [];
+  const muteMs: number[] = [];
+  const unmuted: number[] = [];
   const dropped: [number, string][] = [];
   const inbox = new PeerInbox({
     limits: { ...LIMITS, ...limits },
@@ -31,8 +39,13 @@ function harness(limits: Partial<PeerInboxLimits> = {}, precheck?: (from: number
       paused.delete(peer);
       events.push(`resume ${peer}`);
     },
-    onMuted: (peer, reason, detail) => muted.push([peer, reason, detail]),
+    onMuted: (peer, reason, detail, ms) => {
+      muted.push([peer, reason, detail]);
+      muteMs.push(ms);
+    },
+    onUnmuted: (peer) => unmuted.push(peer),
     onDropped: (peer, reason) => dropped.push([peer, reason]),
+    ...(isLeader === undefined ? {} : { isLeader }),
     now: () => t,
     schedule: (run) => {
       pending = run;
@@ -43,7 +56,19 @@ function harness(limits: Partial<PeerInboxLimits> = {}, precheck?: (from: number
     pending = null;
     run?.();
   };
-  return { inbox, processed, paused, events, muted, dropped, turn, advance: (ms: number) => (t += ms), hasTurn: () => pending !== null };
+  return {
+    inbox,
+    processed,
+    paused,
+    events,
+    muted,
+    muteMs,
+    unmuted,
+    dropped,
+    turn,
+    advance: (ms: number) => (t += ms),
+    hasTurn: () => pending !== null,
+  };
 }
 
 const msg = (tag: number, bytes = 10): Uint8Array => new Uint8Array(bytes).fill(tag);
@@ -89,15 +114,16 @@ describe("PeerInbox: round robin", () => {
 });
 
 describe("PeerInbox: budgets and muting", () => {
-  test("a peer over its message budget is muted: queue dropped, reads paused, counted, resumed when the mute ends", async () => {
+  test("a peer over its message budget is muted: queue dropped, counted, and heard again when the mute ends", async () => {
     const h = harness({ messagesPerSecondMax: 5, muteMs: 30 });
     for (let i = 0; i < 5; i++) h.inbox.push(3, msg(i));
     h.inbox.push(1, msg(100));
     expect(h.muted).toEqual([]);
     h.inbox.push(3, msg(5));
     expect(h.muted).toEqual([[3, "budget", "more than 5 messages a second"]]);
+    expect(h.muteMs).toEqual([30]);
     expect(h.inbox.isMuted(3)).toBe(true);
-    expect(h.paused.has(3)).toBe(true);
+    expect(h.inbox.mutedForMs(3)).toBe(30);
     // What it had queued is dropped; the other peer's message is not.
     h.turn();
     expect(h.processed).toEqual([[1, 100]]);
@@ -105,13 +131,40 @@ describe("PeerInbox: budgets and muting", () => {
     // What still arrives while muted is dropped before anything else.
     h.inbox.push(3, msg(9));
     expect(h.dropped.at(-1)).toEqual([3, "muted"]);
-    // Time-bounded: the mute ends, its reads resume and its messages are taken again.
+    // Time-bounded: the mute ends and its messages are taken again.
     h.advance(1_000);
-    await waitFor("the muted peer's reads to resume", () => !h.paused.has(3), 10_000);
+    await waitFor("the mute to end", () => h.unmuted.includes(3), 10_000);
     expect(h.inbox.isMuted(3)).toBe(false);
     h.inbox.push(3, msg(42));
     h.turn();
     expect(h.processed.at(-1)).toEqual([3, 42]);
+  });
+
+  test("a peer muted again soon after is muted twice as long each time, up to the bound; after a quiet minute, from the start", () => {
+    const h = harness({ messagesPerSecondMax: 1, muteMs: 50, muteMsMax: 400 });
+    const overBudget = (): void => {
+      h.advance(1_000);
+      h.inbox.push(2, msg(1));
+      h.inbox.push(2, msg(2));
+    };
+    for (let i = 0; i < 5; i++) overBudget();
+    expect(h.muteMs).toEqual([50, 100, 200, 400, 400]);
+    h.advance(61_000);
+    overBudget();
+    expect(h.muteMs.at(-1)).toBe(50);
+    h.inbox.stop();
+  });
+
+  test("the leader's byte budget is the leader's; another peer gets the backup budget", () => {
+    const h = harness({ bytesPerSecondMax: 10_000, backupBytesPerSecondMax: 1_000 }, undefined, (peer) => peer === 0);
+    h.inbox.push(0, msg(1, 5_000));
+    h.inbox.push(1, msg(1, 900));
+    expect(h.muted).toEqual([]);
+    h.inbox.push(1, msg(1, 200));
+    expect(h.muted).toEqual([[1, "budget", "more than 1000 bytes a second (not the leader)"]]);
+    h.inbox.push(0, msg(1, 4_000));
+    expect(h.muted).toHaveLength(1);
+    h.inbox.stop();
   });
 
   test("a peer over its byte budget is muted; another peer's budget is its own", () => {
