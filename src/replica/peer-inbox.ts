@@ -27,11 +27,15 @@ import { RateLimiter } from "./rate.ts";
 
 /** The budget interval: budgets are per second, with a burst of one second's worth. The leader's bytes: */
 export const PEER_BYTES_PER_SECOND_MAX = 48 * 1024 * 1024;
-/** Any other peer's bytes: votes, checkpoints, forwards after a timeout, view changes. */
+/**
+ * Any other peer's bytes: votes, checkpoints, forwards after a timeout, view changes. Its
+ * burst is one largest frame (FRAME_BYTES_MAX), so every message a correct peer may send
+ * fits, and a flood is cut off after about one frame's worth of work.
+ */
 export const PEER_BACKUP_BYTES_PER_SECOND_MAX = 8 * 1024 * 1024;
 export const PEER_MESSAGES_PER_SECOND_MAX = 20_000;
 /** How long a peer that spent its budget is muted, at first; again soon after, twice as long, up to PEER_MUTE_MS_MAX. */
-export const PEER_MUTE_MS = 1_000;
+export const PEER_MUTE_MS = 5_000;
 export const PEER_MUTE_MS_MAX = 30_000;
 /** A mute this long after the last one ended starts again from PEER_MUTE_MS. */
 export const MUTE_MEMORY_MS = 60_000;
@@ -44,6 +48,8 @@ export const TURN_MS = 10;
 export interface PeerInboxLimits {
   readonly bytesPerSecondMax: number;
   readonly backupBytesPerSecondMax: number;
+  /** The backup byte budget's burst: at least the largest peer frame. */
+  readonly backupBytesBurst: number;
   readonly messagesPerSecondMax: number;
   readonly muteMs: number;
   readonly muteMsMax: number;
@@ -145,8 +151,10 @@ export class PeerInbox {
       return;
     }
     const leader = this.options.isLeader?.(peer) ?? true;
-    const bytesMax = leader ? this.options.limits.bytesPerSecondMax : this.options.limits.backupBytesPerSecondMax;
-    if ((this.options.chargesBytes?.(msg) ?? true) && !this.bytes.take(String(peer), msg.length, now, bytesMax, bytesMax)) {
+    const { bytesPerSecondMax, backupBytesPerSecondMax, backupBytesBurst } = this.options.limits;
+    const bytesMax = leader ? bytesPerSecondMax : backupBytesPerSecondMax;
+    const burst = leader ? bytesPerSecondMax : backupBytesBurst;
+    if ((this.options.chargesBytes?.(msg) ?? true) && !this.bytes.take(String(peer), msg.length, now, bytesMax, burst)) {
       this.budgetMute(peer, q, `more than ${bytesMax} bytes a second${leader ? "" : " (not the leader)"}`);
       this.options.onDropped(peer, "muted");
       return;

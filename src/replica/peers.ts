@@ -118,6 +118,7 @@ export class PeerMesh {
       limits: {
         bytesPerSecondMax: PEER_BYTES_PER_SECOND_MAX,
         backupBytesPerSecondMax: PEER_BACKUP_BYTES_PER_SECOND_MAX,
+        backupBytesBurst: Math.min(PEER_BACKUP_BYTES_PER_SECOND_MAX, options.frameBytesMax),
         messagesPerSecondMax: PEER_MESSAGES_PER_SECOND_MAX,
         muteMs: PEER_MUTE_MS,
         muteMsMax: PEER_MUTE_MS_MAX,

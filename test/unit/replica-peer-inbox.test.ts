@@ -5,6 +5,7 @@ import { waitFor } from "../helpers/wait.ts";
 const LIMITS: PeerInboxLimits = {
   bytesPerSecondMax: 1_000_000,
   backupBytesPerSecondMax: 1_000_000,
+  backupBytesBurst: 1_000_000,
   messagesPerSecondMax: 100_000,
   muteMs: 50,
   muteMsMax: 400,
@@ -156,7 +157,11 @@ describe("PeerInbox: budgets and muting", () => {
   });
 
   test("the leader's byte budget is the leader's; another peer gets the backup budget", () => {
-    const h = harness({ bytesPerSecondMax: 10_000, backupBytesPerSecondMax: 1_000 }, undefined, (peer) => peer === 0);
+    const h = harness(
+      { bytesPerSecondMax: 10_000, backupBytesPerSecondMax: 1_000, backupBytesBurst: 1_000 },
+      undefined,
+      (peer) => peer === 0,
+    );
     h.inbox.push(0, msg(1, 5_000));
     h.inbox.push(1, msg(1, 900));
     expect(h.muted).toEqual([]);

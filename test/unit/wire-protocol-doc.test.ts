@@ -82,7 +82,9 @@ describe("PROTOCOL.md states the replica's ingress bounds as the code sets them"
     expect(doc).toContain(`\`ADDRESS_BLACKLIST_MS\` = ${n(admission.ADDRESS_BLACKLIST_MS)} ms`);
     expect(doc).toContain(`\`KEY_BLACKLIST_MS\` = ${n(admission.KEY_BLACKLIST_MS)} ms`);
     expect(doc).toContain(`\`PEER_BYTES_PER_SECOND_MAX\` = ${inbox.PEER_BYTES_PER_SECOND_MAX / (1024 * 1024)} MiB`);
-    expect(doc).toContain(`\`PEER_MESSAGES_PER_SECOND_MAX\` = ${n(inbox.PEER_MESSAGES_PER_SECOND_MAX)} messages`);
+    expect(doc).toContain(`\`PEER_BACKUP_BYTES_PER_SECOND_MAX\` = ${inbox.PEER_BACKUP_BYTES_PER_SECOND_MAX / (1024 * 1024)} MiB`);
+    expect(doc).toContain(`\`PEER_MUTE_MS_MAX\` =\n${n(inbox.PEER_MUTE_MS_MAX)} ms`);
+    expect(doc).toContain(`\`PEER_MESSAGES_PER_SECOND_MAX\` = ${n(inbox.PEER_MESSAGES_PER_SECOND_MAX)}\nmessages`);
     expect(doc).toContain(`\`PEER_MUTE_MS\` = ${n(inbox.PEER_MUTE_MS)} ms`);
     expect(doc).toContain(`\`PEER_FLOOD_MUTE_MS\` = ${n(inbox.PEER_FLOOD_MUTE_MS)} ms`);
   });
