@@ -7,9 +7,10 @@
  *   burst two seconds' worth; ADDRESS_VERIFICATIONS_PER_SECOND_MAX likewise). One over
  *   either budget is refused RATE_LIMITED with a reason naming the budget, before its
  *   signature costs anything; the caller also pauses the session's reads for
- *   OVER_BUDGET_PAUSE_MS, so a key writing at full speed is slowed by TCP instead of costing
- *   a refusal per request. A correct client's requests carry up to batch_events_max events
- *   each, far under these rates.
+ *   OVER_BUDGET_PAUSE_MS, doubling while it stays over (up to OVER_BUDGET_PAUSE_MS_MAX), so
+ *   a key writing at full speed is slowed by TCP instead of costing a refusal per request.
+ *   A correct client's requests carry up to batch_events_max events each, far under these
+ *   rates.
  * - **Blacklist.** A session whose request signature does not verify, or that sends a frame
  *   that does not decode or is over the size limit, proves its sender hostile or broken: its
  *   key is blacklisted for KEY_BLACKLIST_MS and its remote address for ADDRESS_BLACKLIST_MS
@@ -25,12 +26,16 @@ import { fromHex } from "../../wire/bytes.ts";
 import { formatPublicKey } from "../crypto/keys.ts";
 import { RateLimiter } from "./rate.ts";
 
-export const KEY_VERIFICATIONS_PER_SECOND_MAX = 5_000;
-export const ADDRESS_VERIFICATIONS_PER_SECOND_MAX = 20_000;
+export const KEY_VERIFICATIONS_PER_SECOND_MAX = 2_000;
+export const ADDRESS_VERIFICATIONS_PER_SECOND_MAX = 10_000;
 /** Budgets allow a burst of this many seconds' worth. */
 export const VERIFICATION_BURST_SECONDS = 2;
-/** A session over a budget is not read for this long. */
+/**
+ * A session over a budget is not read for this long; twice as long each time it is over
+ * again before a request of it passes, up to OVER_BUDGET_PAUSE_MS_MAX.
+ */
 export const OVER_BUDGET_PAUSE_MS = 100;
+export const OVER_BUDGET_PAUSE_MS_MAX = 5_000;
 export const KEY_BLACKLIST_MS = 10 * 60_000;
 export const ADDRESS_BLACKLIST_MS = 60_000;
 /** Keys and addresses blacklisted at once, each; past it the oldest entry is forgotten. */

@@ -33,7 +33,7 @@ import {
   type SignedRequest,
 } from "../../wire/schemas.ts";
 import { type ErrorCode, FrameType } from "../../wire/types.ts";
-import { ClientAdmission, OVER_BUDGET_PAUSE_MS } from "./admission.ts";
+import { ClientAdmission, OVER_BUDGET_PAUSE_MS, OVER_BUDGET_PAUSE_MS_MAX } from "./admission.ts";
 import { AuditLog } from "./audit.ts";
 import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
@@ -102,6 +102,8 @@ export class Replica {
    * ordering, the most recent spaces last (bounded): a request after it is behind a gap.
    */
   private readonly arrivedThrough = new Map<string, number>();
+  /** How long a session over its budget is paused next (admission.ts), while it stays over. */
+  private readonly overBudgetPauseMs = new WeakMap<ClientSession, number>();
   /** Verification budgets per client key and address, and the blacklist (admission.ts). */
   private readonly admission = new ClientAdmission();
   /** `$sys.replica.<id>` and `$sys.events` (sys-channels.ts). */
@@ -376,15 +378,19 @@ export class Replica {
   /**
    * The one point just before a request's signature is verified: the key's and address's
    * verification budgets (admission.ts), then what may be refused without a verification.
-   * A session over budget is also not read for OVER_BUDGET_PAUSE_MS.
+   * A session over budget is also not read for a while: OVER_BUDGET_PAUSE_MS, doubling
+   * while it stays over (up to OVER_BUDGET_PAUSE_MS_MAX), from the first request that passes.
    */
   private beforeVerify(session: ClientSession, request: Request, after: number | undefined): Refused | null {
     const over = this.admission.beforeVerify(session.keyHex, session.conn.remote);
     if (over !== null) {
       this.metrics.inc(over.budget === "key" ? "client_key_budget_refused_total" : "client_address_budget_refused_total");
-      this.pauseSession(session, OVER_BUDGET_PAUSE_MS);
+      const pauseMs = this.overBudgetPauseMs.get(session) ?? OVER_BUDGET_PAUSE_MS;
+      this.overBudgetPauseMs.set(session, Math.min(OVER_BUDGET_PAUSE_MS_MAX, pauseMs * 2));
+      this.pauseSession(session, pauseMs);
       return { ok: false, code: over.code, reason: over.reason, seq: request.seq };
     }
+    this.overBudgetPauseMs.delete(session);
     return this.refusedBeforeVerify(request, session.keyHex, after);
   }
 
