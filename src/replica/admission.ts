@@ -36,6 +36,13 @@ export const VERIFICATION_BURST_SECONDS = 2;
  */
 export const OVER_BUDGET_PAUSE_MS = 100;
 export const OVER_BUDGET_PAUSE_MS_MAX = 5_000;
+/**
+ * Refusals before verification one session may draw without being paused: a burst of
+ * REFUSALS_BURST (room for a client's whole window of requests in flight refused at once,
+ * say behind a gap), refilled at REFUSALS_PER_SECOND.
+ */
+export const REFUSALS_PER_SECOND = 100;
+export const REFUSALS_BURST = 1_024;
 export const KEY_BLACKLIST_MS = 10 * 60_000;
 export const ADDRESS_BLACKLIST_MS = 60_000;
 /** Keys and addresses blacklisted at once, each; past it the oldest entry is forgotten. */

@@ -59,6 +59,8 @@ export class FramedConn {
   private readonly sink: ByteSink;
   private closed = false;
   private paused = false;
+  /** Work held while reads are paused (holdUntilResumed). */
+  private readonly held: (() => void)[] = [];
   private budget: OutputBudget | null = null;
   /** When the queue last wrote something or was empty: a reader that takes nothing is stuck. */
   private progressMs: number;
@@ -94,11 +96,23 @@ export class FramedConn {
   resumeReading(): void {
     if (this.closed) return;
     this.paused = false;
-    this.socket.resume();
+    // What was held runs first, in order, until it is done or the connection is paused again.
+    while (this.held.length > 0 && !this.paused && !this.closed) (this.held.shift() as () => void)();
+    if (!this.paused && !this.closed) this.socket.resume();
   }
 
   get readPaused(): boolean {
     return this.paused;
+  }
+
+  /** Whether work read before a pause still waits for the resume. */
+  get holding(): boolean {
+    return this.held.length > 0;
+  }
+
+  /** Work on frames already read, to run when reads resume (in order); dropped if the connection closes. */
+  holdUntilResumed(work: () => void): void {
+    if (!this.closed) this.held.push(work);
   }
 
   /** Counts this connection's queued bytes against `budget` from now on (once). */
@@ -171,6 +185,7 @@ export class FramedConn {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.held.length = 0;
     const before = this.queue.bufferedBytes;
     this.queue.clear();
     this.accountSince(before);
@@ -180,6 +195,7 @@ export class FramedConn {
   /** The socket is gone (closed by either side): what waited is dropped and uncounted. */
   release(): void {
     this.closed = true;
+    this.held.length = 0;
     const before = this.queue.bufferedBytes;
     this.queue.clear();
     this.accountSince(before);

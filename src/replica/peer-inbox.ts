@@ -32,7 +32,7 @@ export const PEER_BYTES_PER_SECOND_MAX = 48 * 1024 * 1024;
  * burst is one largest frame (FRAME_BYTES_MAX), so every message a correct peer may send
  * fits, and a flood is cut off after about one frame's worth of work.
  */
-export const PEER_BACKUP_BYTES_PER_SECOND_MAX = 8 * 1024 * 1024;
+export const PEER_BACKUP_BYTES_PER_SECOND_MAX = 2 * 1024 * 1024;
 export const PEER_MESSAGES_PER_SECOND_MAX = 20_000;
 /** How long a peer that spent its budget is muted, at first; again soon after, twice as long, up to PEER_MUTE_MS_MAX. */
 export const PEER_MUTE_MS = 5_000;

@@ -33,7 +33,7 @@ import {
   type SignedRequest,
 } from "../../wire/schemas.ts";
 import { type ErrorCode, FrameType } from "../../wire/types.ts";
-import { ClientAdmission, OVER_BUDGET_PAUSE_MS, OVER_BUDGET_PAUSE_MS_MAX } from "./admission.ts";
+import { ClientAdmission, OVER_BUDGET_PAUSE_MS, OVER_BUDGET_PAUSE_MS_MAX, REFUSALS_BURST, REFUSALS_PER_SECOND } from "./admission.ts";
 import { AuditLog } from "./audit.ts";
 import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
@@ -43,6 +43,7 @@ import { coreConfigFor, OrderingDriver } from "./ordering-driver.ts";
 import { PeerFilter, peekPeerMessage } from "./peer-filter.ts";
 import { PeerMesh } from "./peers.ts";
 import { ClientLimits } from "./quota.ts";
+import { RateLimiter } from "./rate.ts";
 import { admitRequest, clockSkewProblem, type Refused, spaceOf } from "./requests.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
@@ -104,6 +105,8 @@ export class Replica {
   private readonly arrivedThrough = new Map<string, number>();
   /** How long a session over its budget is paused next (admission.ts), while it stays over. */
   private readonly overBudgetPauseMs = new WeakMap<ClientSession, number>();
+  /** Refusals before verification per session (by id), before it is paused. */
+  private readonly refusals = new RateLimiter(REFUSALS_PER_SECOND, REFUSALS_BURST);
   /** Verification budgets per client key and address, and the blacklist (admission.ts). */
   private readonly admission = new ClientAdmission();
   /** `$sys.replica.<id>` and `$sys.events` (sys-channels.ts). */
@@ -378,20 +381,29 @@ export class Replica {
   /**
    * The one point just before a request's signature is verified: the key's and address's
    * verification budgets (admission.ts), then what may be refused without a verification.
-   * A session over budget is also not read for a while: OVER_BUDGET_PAUSE_MS, doubling
-   * while it stays over (up to OVER_BUDGET_PAUSE_MS_MAX), from the first request that passes.
+   * A session whose requests are refused here (over budget, or asking what its key may
+   * not do) faster than REFUSALS_PER_SECOND, past a burst of REFUSALS_BURST, is also not
+   * read for a while: OVER_BUDGET_PAUSE_MS, doubling while its requests keep being refused
+   * (up to OVER_BUDGET_PAUSE_MS_MAX), until one passes. A correct client is refused here
+   * rarely and briefly; one writing refused requests at full speed is slowed by TCP
+   * instead of costing a refusal each.
    */
   private beforeVerify(session: ClientSession, request: Request, after: number | undefined): Refused | null {
     const over = this.admission.beforeVerify(session.keyHex, session.conn.remote);
-    if (over !== null) {
-      this.metrics.inc(over.budget === "key" ? "client_key_budget_refused_total" : "client_address_budget_refused_total");
-      const pauseMs = this.overBudgetPauseMs.get(session) ?? OVER_BUDGET_PAUSE_MS;
-      this.overBudgetPauseMs.set(session, Math.min(OVER_BUDGET_PAUSE_MS_MAX, pauseMs * 2));
-      this.pauseSession(session, pauseMs);
-      return { ok: false, code: over.code, reason: over.reason, seq: request.seq };
+    if (over !== null) this.metrics.inc(over.budget === "key" ? "client_key_budget_refused_total" : "client_address_budget_refused_total");
+    const refused =
+      over === null
+        ? this.refusedBeforeVerify(request, session.keyHex, after)
+        : { ok: false as const, code: over.code, reason: over.reason, seq: request.seq };
+    if (refused === null) {
+      this.overBudgetPauseMs.delete(session);
+      return null;
     }
-    this.overBudgetPauseMs.delete(session);
-    return this.refusedBeforeVerify(request, session.keyHex, after);
+    if (this.refusals.take(String(session.id), 1, Date.now())) return refused;
+    const pauseMs = this.overBudgetPauseMs.get(session) ?? OVER_BUDGET_PAUSE_MS;
+    this.overBudgetPauseMs.set(session, Math.min(OVER_BUDGET_PAUSE_MS_MAX, pauseMs * 2));
+    this.pauseSession(session, pauseMs);
+    return refused;
   }
 
   /** Stops reading a client session for `ms` (TCP backpressure on a client over its budget). */

@@ -423,8 +423,12 @@ export class ReplicaServer {
     if (conn.isClosed) return;
     const state = conn.state as ConnState;
     state.receivedMs = this.now();
-    if (state.handshake === null) this.onFrames(conn, conn.decoder.push(chunk));
-    else this.onHandshakeData(conn, state, state.handshake, chunk);
+    if (state.handshake === null) {
+      const results = conn.decoder.push(chunk);
+      // Bun may hand over bytes read before a pause: they wait behind what is held.
+      if (conn.readPaused || conn.holding) conn.holdUntilResumed(() => this.onFrames(conn, results));
+      else this.onFrames(conn, results);
+    } else this.onHandshakeData(conn, state, state.handshake, chunk);
   }
 
   /**
@@ -447,10 +451,19 @@ export class ReplicaServer {
     }
   }
 
+  /**
+   * Handles the frames cut from one chunk, in order. A connection whose reads were paused
+   * meanwhile (a client over its budget, replica.ts) keeps the rest, unprocessed, until
+   * it is resumed: what was already read is not worked on while the pause lasts.
+   */
   private onFrames(conn: FramedConn, results: DecodeResult[]): void {
-    for (const result of results) {
+    for (let i = 0; i < results.length; i++) {
       if (conn.isClosed) return;
-      this.onResult(conn, result);
+      if (conn.readPaused) {
+        conn.holdUntilResumed(() => this.onFrames(conn, results.slice(i)));
+        return;
+      }
+      this.onResult(conn, results[i] as DecodeResult);
     }
   }
 
