@@ -47,6 +47,14 @@ export const EXECUTED_PASS_MS = 1_000;
 /** Why a message was dropped cheaply: the `reason` label of fitb_peer_messages_dropped_total. */
 export type DropReason = "executed" | "another-signer" | "duplicate" | "oversize";
 
+/**
+ * The reasons no correct replica ever gives: the core cuts its forwards into chunks of at
+ * most one batch, and a replica sends only votes it signed. A peer that sends one is muted.
+ */
+export function provesFaulty(reason: string): boolean {
+  return reason === "oversize" || reason === "another-signer";
+}
+
 class Reader {
   pos = 0;
   constructor(private readonly bytes: Uint8Array) {}

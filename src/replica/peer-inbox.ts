@@ -9,14 +9,16 @@
  *   connection (TCP backpressure; its own send queue then drops, which the protocol
  *   retransmits), resumed once the queue is down to half.
  * - Each peer has a budget of bytes and messages per second (token buckets with a burst of
- *   one second). The leader of the current view proposes, so its byte budget is
- *   bytesPerSecondMax; any other peer sends votes, checkpoints and the odd forward, and
- *   gets backupBytesPerSecondMax. A peer that spends its budget is muted: its queue is
- *   dropped and `mute` is called (the mesh closes its link and refuses it until the mute
- *   ends), counted per peer (fitb_peer_muted_total{peer,reason}) and logged. A mute lasts
- *   muteMs, doubled each time the peer is muted again within MUTE_MEMORY_MS of the last
- *   one, up to muteMsMax. The ordering core's `peerFlooding` advisory mutes a peer the
- *   same way for floodMuteMs.
+ *   one second). Bytes cannot tell a flood from work: the leader sends every batch, and
+ *   each backup forwards the client requests it receives, so the byte budget is a bound
+ *   far above what a replica processes, not a fair share. A peer that spends its budget
+ *   is muted: its queue is dropped and `onMuted` is called (the mesh closes its link and
+ *   refuses it until the mute ends), counted per peer (fitb_peer_muted_total{peer,reason})
+ *   and logged. A mute lasts muteMs, doubled each time the peer is muted again within
+ *   MUTE_MEMORY_MS of the last one, up to muteMsMax.
+ * - A peer whose message `precheck` finds no correct replica sends (`proves`: a FORWARD
+ *   larger than the core ever sends, a vote naming another signer) is muted the same way,
+ *   as misbehaving; the ordering core's `peerFlooding` advisory mutes it for floodMuteMs.
  * - Before a message is processed, `precheck` (peer-filter.ts) may drop it cheaply.
  *
  * Muting is always time-bounded, and nothing here decides what a message means: a muted
@@ -25,14 +27,8 @@
  */
 import { RateLimiter } from "./rate.ts";
 
-/** The budget interval: budgets are per second, with a burst of one second's worth. The leader's bytes: */
+/** The budget interval: budgets are per second, with a burst of one second's worth. */
 export const PEER_BYTES_PER_SECOND_MAX = 48 * 1024 * 1024;
-/**
- * Any other peer's bytes: votes, checkpoints, forwards after a timeout, view changes. Its
- * burst is one largest frame (FRAME_BYTES_MAX), so every message a correct peer may send
- * fits, and a flood is cut off after about one frame's worth of work.
- */
-export const PEER_BACKUP_BYTES_PER_SECOND_MAX = 2 * 1024 * 1024;
 export const PEER_MESSAGES_PER_SECOND_MAX = 20_000;
 /** How long a peer that spent its budget is muted, at first; again soon after, twice as long, up to PEER_MUTE_MS_MAX. */
 export const PEER_MUTE_MS = 5_000;
@@ -47,9 +43,6 @@ export const TURN_MS = 10;
 
 export interface PeerInboxLimits {
   readonly bytesPerSecondMax: number;
-  readonly backupBytesPerSecondMax: number;
-  /** The backup byte budget's burst: at least the largest peer frame. */
-  readonly backupBytesBurst: number;
   readonly messagesPerSecondMax: number;
   readonly muteMs: number;
   readonly muteMsMax: number;
@@ -58,7 +51,7 @@ export interface PeerInboxLimits {
   readonly queueBytesMax: number;
 }
 
-export type MuteReason = "budget" | "flooding";
+export type MuteReason = "budget" | "flooding" | "misbehaving";
 
 export interface PeerInboxOptions {
   readonly limits: PeerInboxLimits;
@@ -68,8 +61,8 @@ export interface PeerInboxOptions {
   readonly chargesBytes?: (msg: Uint8Array) => boolean;
   /** Why a message may be dropped before processing (peer-filter.ts), or null. */
   readonly precheck?: (from: number, msg: Uint8Array) => string | null;
-  /** Whether the peer leads the current view (its byte budget is the leader's). */
-  readonly isLeader?: (peer: number) => boolean;
+  /** Whether a precheck's reason proves the peer faulty (no correct replica sends it): it is muted. */
+  readonly proves?: (reason: string) => boolean;
   /** Stop and start reading the peer's inbound connection (its queue is full, then drained). */
   readonly pause: (peer: number) => void;
   readonly resume: (peer: number) => void;
@@ -150,12 +143,9 @@ export class PeerInbox {
       this.options.onDropped(peer, "muted");
       return;
     }
-    const leader = this.options.isLeader?.(peer) ?? true;
-    const { bytesPerSecondMax, backupBytesPerSecondMax, backupBytesBurst } = this.options.limits;
-    const bytesMax = leader ? bytesPerSecondMax : backupBytesPerSecondMax;
-    const burst = leader ? bytesPerSecondMax : backupBytesBurst;
-    if ((this.options.chargesBytes?.(msg) ?? true) && !this.bytes.take(String(peer), msg.length, now, bytesMax, burst)) {
-      this.budgetMute(peer, q, `more than ${bytesMax} bytes a second${leader ? "" : " (not the leader)"}`);
+    const { bytesPerSecondMax } = this.options.limits;
+    if ((this.options.chargesBytes?.(msg) ?? true) && !this.bytes.take(String(peer), msg.length, now)) {
+      this.budgetMute(peer, q, `more than ${bytesPerSecondMax} bytes a second`);
       this.options.onDropped(peer, "muted");
       return;
     }
@@ -168,13 +158,13 @@ export class PeerInbox {
     this.schedule();
   }
 
-  /** Mutes a peer over its budget, for longer each time it comes back over it soon after. */
-  private budgetMute(peer: number, q: PeerQueue, detail: string): void {
+  /** Mutes a peer over its budget or misbehaving, for longer each time it comes back soon after. */
+  private budgetMute(peer: number, q: PeerQueue, detail: string, reason: MuteReason = "budget"): void {
     const { muteMs, muteMsMax } = this.options.limits;
     if (this.now() - q.mutedUntil > MUTE_MEMORY_MS) q.nextMuteMs = muteMs;
     const ms = q.nextMuteMs;
     q.nextMuteMs = Math.min(muteMsMax, ms * 2);
-    this.mute(peer, "budget", detail, ms);
+    this.mute(peer, reason, detail, ms);
   }
 
   /** Mutes `peer` for `ms` (from now; a longer mute already on stays). */
@@ -267,8 +257,12 @@ export class PeerInbox {
       }
       processed++;
       const dropped = this.options.precheck?.(peer, msg) ?? null;
-      if (dropped !== null) this.options.onDropped(peer, dropped);
-      else this.options.process(peer, msg);
+      if (dropped === null) this.options.process(peer, msg);
+      else {
+        this.options.onDropped(peer, dropped);
+        if (this.options.proves?.(dropped) === true)
+          this.budgetMute(peer, q, `sent what no correct replica sends (${dropped})`, "misbehaving");
+      }
       if (this.stopped) return;
       if (performance.now() - started > TURN_MS) break;
     }

@@ -36,7 +36,6 @@ import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import {
   type MuteReason,
-  PEER_BACKUP_BYTES_PER_SECOND_MAX,
   PEER_BYTES_PER_SECOND_MAX,
   PEER_FLOOD_MUTE_MS,
   PEER_MESSAGES_PER_SECOND_MAX,
@@ -81,8 +80,8 @@ export interface PeerMeshOptions {
   readonly precheck?: (from: number, msg: Uint8Array) => string | null;
   /** Whether an inbound message counts against its peer's byte budget (default: every one). */
   readonly chargesBytes?: (msg: Uint8Array) => boolean;
-  /** Whether a peer leads the current view: it gets the leader's byte budget (default: every peer does). */
-  readonly isLeader?: (peer: number) => boolean;
+  /** Whether a precheck's reason proves the peer faulty: it is muted (peer-inbox.ts). */
+  readonly proves?: (reason: string) => boolean;
 }
 
 type OutboundPhase = "connecting" | "awaiting-ack" | "open" | "closed";
@@ -117,8 +116,6 @@ export class PeerMesh {
     this.inbox = new PeerInbox({
       limits: {
         bytesPerSecondMax: PEER_BYTES_PER_SECOND_MAX,
-        backupBytesPerSecondMax: PEER_BACKUP_BYTES_PER_SECOND_MAX,
-        backupBytesBurst: Math.min(PEER_BACKUP_BYTES_PER_SECOND_MAX, options.frameBytesMax),
         messagesPerSecondMax: PEER_MESSAGES_PER_SECOND_MAX,
         muteMs: PEER_MUTE_MS,
         muteMsMax: PEER_MUTE_MS_MAX,
@@ -129,7 +126,7 @@ export class PeerMesh {
       process: (from, msg) => options.onMessage(from, msg),
       ...(options.precheck === undefined ? {} : { precheck: options.precheck }),
       ...(options.chargesBytes === undefined ? {} : { chargesBytes: options.chargesBytes }),
-      ...(options.isLeader === undefined ? {} : { isLeader: options.isLeader }),
+      ...(options.proves === undefined ? {} : { proves: options.proves }),
       pause: (peer) => this.inbound.get(peer)?.pauseReading(),
       resume: (peer) => this.inbound.get(peer)?.resumeReading(),
       onMuted: (peer, reason, detail, ms) => this.onMuted(peer, reason, detail, ms),

@@ -40,7 +40,7 @@ import type { Log } from "./log.ts";
 import { type ChannelCells, ChannelMetrics, METRICS_CHANNELS_MAX } from "./channel-metrics.ts";
 import { Metrics } from "./metrics.ts";
 import { coreConfigFor, OrderingDriver } from "./ordering-driver.ts";
-import { PeerFilter, peekPeerMessage } from "./peer-filter.ts";
+import { PeerFilter, peekPeerMessage, provesFaulty } from "./peer-filter.ts";
 import { PeerMesh } from "./peers.ts";
 import { ClientLimits } from "./quota.ts";
 import { RateLimiter } from "./rate.ts";
@@ -168,8 +168,7 @@ export class Replica {
       precheck: (from, msg) => peerFilter.check(from, msg, peekPeerMessage(msg)),
       // State transfer parts answer this replica's own requests, a window at a time.
       chargesBytes: (msg) => peekPeerMessage(msg)?.kind !== "state-transfer",
-      // The leader proposes (batches): it gets the larger byte budget.
-      isLeader: (peer) => this.ordering.status().leader === peer,
+      proves: provesFaulty,
     });
 
     // Opening the store checks every row; the driver then restores the machine and the

@@ -75,7 +75,7 @@ describe("a flooding peer", () => {
     expect(fields.peer).toBe(ADVERSARY);
     expect(String(fields.key)).toStartWith("ed25519:");
     expect(String(fields.address)).toContain("127.0.0.1");
-    expect(String(fields.reason)).toMatch(/^(flooding|budget): /);
+    expect(String(fields.reason)).toMatch(/^(flooding|budget|misbehaving): /);
     const reply = await admin.admin({
       t: "create-channel",
       tag: "flood.ok",

@@ -4,8 +4,6 @@ import { waitFor } from "../helpers/wait.ts";
 
 const LIMITS: PeerInboxLimits = {
   bytesPerSecondMax: 1_000_000,
-  backupBytesPerSecondMax: 1_000_000,
-  backupBytesBurst: 1_000_000,
   messagesPerSecondMax: 100_000,
   muteMs: 50,
   muteMsMax: 400,
@@ -156,20 +154,30 @@ describe("PeerInbox: budgets and muting", () => {
     h.inbox.stop();
   });
 
-  test("the leader's byte budget is the leader's; another peer gets the backup budget", () => {
-    const h = harness(
-      { bytesPerSecondMax: 10_000, backupBytesPerSecondMax: 1_000, backupBytesBurst: 1_000 },
-      undefined,
-      (peer) => peer === 0,
-    );
-    h.inbox.push(0, msg(1, 5_000));
-    h.inbox.push(1, msg(1, 900));
+  test("a peer whose message proves it faulty is muted as misbehaving; a drop that proves nothing is only counted", () => {
+    const h = harness();
+    const proving = new PeerInbox({
+      limits: { ...LIMITS, muteMs: 50 },
+      process: (from, m) => h.processed.push([from, m[0] as number]),
+      precheck: (_from, m) => (m[0] === 1 ? "oversize" : m[0] === 2 ? "duplicate" : null),
+      proves: (reason) => reason === "oversize",
+      pause: () => {},
+      resume: () => {},
+      onMuted: (peer, reason, detail) => h.muted.push([peer, reason, detail]),
+      onDropped: (peer, reason) => h.dropped.push([peer, reason]),
+      schedule: (run) => run(),
+    });
+    proving.push(2, msg(2));
     expect(h.muted).toEqual([]);
-    h.inbox.push(1, msg(1, 200));
-    expect(h.muted).toEqual([[1, "budget", "more than 1000 bytes a second (not the leader)"]]);
-    h.inbox.push(0, msg(1, 4_000));
-    expect(h.muted).toHaveLength(1);
-    h.inbox.stop();
+    proving.push(3, msg(1));
+    expect(h.muted).toEqual([[3, "misbehaving", "sent what no correct replica sends (oversize)"]]);
+    expect(proving.isMuted(3)).toBe(true);
+    expect(proving.isMuted(2)).toBe(false);
+    expect(h.dropped).toEqual([
+      [2, "duplicate"],
+      [3, "oversize"],
+    ]);
+    proving.stop();
   });
 
   test("a peer over its byte budget is muted; another peer's budget is its own", () => {
