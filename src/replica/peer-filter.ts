@@ -32,6 +32,13 @@ import { toHex } from "../../wire/bytes.ts";
 export const DUPLICATE_WINDOW_MS = 10_000;
 /** FORWARD digests remembered per peer (the oldest is forgotten first). */
 export const DUPLICATES_REMEMBERED_MAX = 1024;
+/**
+ * A FORWARD is recognised by its length and the SHA-256 of its last bytes, which hold its
+ * last request's signature: hashing whole forwards would cost every correct one as much
+ * as a flood. Two different FORWARDs that share both are dropped as one (the client's
+ * retransmission brings the other), never one that was not sent.
+ */
+export const FORWARD_FINGERPRINT_BYTES = 512;
 
 /** What the peek read: the envelope's kind and, for an ordering message, its type and small fields. */
 export interface PeerPeek {
@@ -55,6 +62,8 @@ export function provesFaulty(reason: string): boolean {
   return reason === "oversize" || reason === "another-signer";
 }
 
+const UTF8 = new TextDecoder();
+
 class Reader {
   pos = 0;
   constructor(private readonly bytes: Uint8Array) {}
@@ -77,7 +86,7 @@ class Reader {
   text(): string | null {
     const h = this.head();
     if (h === null || h.major !== 3 || this.pos + h.arg > this.bytes.length) return null;
-    const s = new TextDecoder().decode(this.bytes.subarray(this.pos, this.pos + h.arg));
+    const s = UTF8.decode(this.bytes.subarray(this.pos, this.pos + h.arg));
     this.pos += h.arg;
     return s;
   }
@@ -109,6 +118,12 @@ class Reader {
         return false;
     }
   }
+}
+
+/** Whether an envelope is for state transfer: its kind's text head and first letter, read in place. */
+export function isStateTransferEnvelope(bytes: Uint8Array): boolean {
+  // a2 (map of 2) 64 "kind" 6e "state-transfer"(14 chars); an ordering envelope has 68 "ordering".
+  return bytes.length > 7 && bytes[0] === 0xa2 && bytes[1] === 0x64 && bytes[6] === 0x6e && bytes[7] === 0x73;
 }
 
 /** The head of a peer envelope, or null when it is not one the peek can read. */
@@ -241,7 +256,7 @@ export class PeerFilter {
       seen = new Map();
       this.forwards.set(from, seen);
     }
-    const digest = toHex(sha256(msg));
+    const digest = `${msg.length}:${toHex(sha256(msg.subarray(Math.max(0, msg.length - FORWARD_FINGERPRINT_BYTES))))}`;
     const at = seen.get(digest);
     if (at !== undefined && now - at < windowMs) return true;
     seen.delete(digest);

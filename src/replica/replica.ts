@@ -40,7 +40,7 @@ import type { Log } from "./log.ts";
 import { type ChannelCells, ChannelMetrics, METRICS_CHANNELS_MAX } from "./channel-metrics.ts";
 import { Metrics } from "./metrics.ts";
 import { coreConfigFor, OrderingDriver } from "./ordering-driver.ts";
-import { PeerFilter, peekPeerMessage, provesFaulty } from "./peer-filter.ts";
+import { isStateTransferEnvelope, PeerFilter, peekPeerMessage, provesFaulty } from "./peer-filter.ts";
 import { PeerMesh } from "./peers.ts";
 import { ClientLimits } from "./quota.ts";
 import { RateLimiter } from "./rate.ts";
@@ -167,7 +167,7 @@ export class Replica {
       configDigests: configDigests(config),
       precheck: (from, msg) => peerFilter.check(from, msg, peekPeerMessage(msg)),
       // State transfer parts answer this replica's own requests, a window at a time.
-      chargesBytes: (msg) => peekPeerMessage(msg)?.kind !== "state-transfer",
+      chargesBytes: (msg) => !isStateTransferEnvelope(msg),
       proves: provesFaulty,
     });
 

@@ -4,6 +4,7 @@ import {
   DUPLICATE_WINDOW_MS,
   EXECUTED_PASS_MS,
   forwardAllExecuted,
+  isStateTransferEnvelope,
   PeerFilter,
   type PeerFilterOptions,
   peekPeerMessage,
@@ -27,6 +28,12 @@ describe("peekPeerMessage", () => {
     expect(peekPeerMessage(forward([1]))).toEqual({ kind: "ordering", t: "FORWARD", seq: null, replica: null });
     const transfer = encodeTransferMessage({ t: "none", seq: 4, nonce: 1, reason: "x" });
     expect(peekPeerMessage(transfer)).toEqual({ kind: "state-transfer", t: null, seq: null, replica: null });
+  });
+
+  test("a state transfer envelope is told from an ordering one by its head alone", () => {
+    expect(isStateTransferEnvelope(encodeTransferMessage({ t: "none", seq: 4, nonce: 1, reason: "x" }))).toBe(true);
+    expect(isStateTransferEnvelope(prePrepare(3))).toBe(false);
+    expect(isStateTransferEnvelope(new Uint8Array([0xa2]))).toBe(false);
   });
 
   test("what it cannot read is null (the full path judges it), never a throw", () => {
