@@ -11,9 +11,10 @@
  *   f = 1                         replicas that may be faulty at once; n >= 3f+1
  *   admin_keys = ["ed25519:..."]  at least one
  *   client_keys = ["ed25519:..."] optional allow-list of client sessions (empty: any key)
- *   [[replicas]]  id, host, port, key, optional hosts, key_file and data_dir
- *                 (hosts: further addresses of a multi-homed replica, same port, tried
- *                 in order after host)
+ *   [[replicas]]  id, host, port, key, optional peer_port, hosts, key_file and data_dir
+ *                 (peer_port: the other replicas' listener, apart from clients; hosts:
+ *                 further addresses of a multi-homed replica, same ports, tried in order
+ *                 after host)
  *   [limits]      optional, each field has a default
  *   [retention]   optional, defaults for channels that do not set their own
  * Relative paths (key_file, data_dir) are relative to the directory of the file.
@@ -107,6 +108,11 @@ export interface ReplicaEntry {
   /** Further addresses of a multi-homed replica, same port, tried in this order after `host`; often empty. */
   readonly hosts: readonly string[];
   readonly port: number;
+  /**
+   * The port the replica takes its peers on, apart from its clients (separate listener,
+   * separate bounds); null: peers and clients share `port`.
+   */
+  readonly peerPort: number | null;
   /** The replica's ed25519 public key, 32 raw bytes. */
   readonly publicKey: Uint8Array;
   /** The same key in its `ed25519:...` text form, as written in the file. */
@@ -229,6 +235,7 @@ const replicaSchema = z.strictObject(
       .max(REPLICA_HOSTS_MAX, { error: expected(`an array of at most ${REPLICA_HOSTS_MAX} further addresses, each ${HOST_FORM}`) })
       .optional(),
     port: boundedInteger(`a port number in ${PORT_MIN}..${PORT_MAX}`, PORT_MIN, PORT_MAX),
+    peer_port: boundedInteger(`a port number in ${PORT_MIN}..${PORT_MAX}`, PORT_MIN, PORT_MAX).optional(),
     key: publicKeySchema,
     key_file: pathSchema.optional(),
     data_dir: pathSchema.optional(),
@@ -417,13 +424,17 @@ function checkReplicaAddresses(file: ClusterFile): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
   const firstIndexOfAddress = new Map<string, number>();
   file.replicas.forEach((replica, index) => {
-    const address = formatAddress(replica.host.toLowerCase(), replica.port);
-    const previous = firstIndexOfAddress.get(address);
-    if (previous !== undefined) {
-      issues.push({ path: `replicas[${index}].port`, message: `address ${address} is already used by replicas[${previous}]` });
-      return;
+    const ports: [string, number][] = [["port", replica.port]];
+    if (replica.peer_port !== undefined) ports.push(["peer_port", replica.peer_port]);
+    for (const [field, port] of ports) {
+      const address = formatAddress(replica.host.toLowerCase(), port);
+      const previous = firstIndexOfAddress.get(address);
+      if (previous !== undefined) {
+        issues.push({ path: `replicas[${index}].${field}`, message: `address ${address} is already used by replicas[${previous}]` });
+        continue;
+      }
+      firstIndexOfAddress.set(address, index);
     }
-    firstIndexOfAddress.set(address, index);
   });
   // A multi-homed replica's further addresses (same port) may be no other address of any replica, nor repeat its own.
   file.replicas.forEach((replica, index) => {
@@ -582,6 +593,7 @@ function buildConfig(file: ClusterFile, baseDir: string): ClusterConfig {
         host: replica.host,
         hosts: replica.hosts ?? [],
         port: replica.port,
+        peerPort: replica.peer_port ?? null,
         publicKey: replica.key,
         publicKeyText: formatPublicKey(replica.key),
         keyFile: resolve(baseDir, replica.key_file ?? defaultReplicaKeyFile(replica.id)),

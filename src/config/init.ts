@@ -42,6 +42,11 @@ export interface ClusterInitOptions {
    * when absent every replica is on `host` with no further address.
    */
   readonly addresses?: readonly { readonly host: string; readonly hosts: readonly string[] }[];
+  /**
+   * The first peer port (replica i takes peers on it + i, apart from its clients); null:
+   * no peer_port is written and peers share the client port. Default: peerBasePortFor.
+   */
+  readonly peerBasePort?: number | null;
   readonly name: string;
   /** Replace existing files; without it any existing target file is an error. */
   readonly overwrite: boolean;
@@ -67,6 +72,21 @@ export class ClusterInitError extends Error {
 }
 
 /** The largest fault count n replicas tolerate: f = floor((n - 1) / 3). */
+/** How far above the client ports `cluster init` puts the peer ports by default (below, if they would not fit). */
+export const PEER_PORT_OFFSET = 1000;
+
+/** The first peer port `cluster init` writes for replicas on basePort.. (options.peerBasePort when given). */
+export function peerBasePortFor(options: ClusterInitOptions): number | null {
+  if (options.peerBasePort !== undefined) return options.peerBasePort;
+  const above = options.basePort + PEER_PORT_OFFSET;
+  return above + options.replicas - 1 <= PORT_MAX ? above : options.basePort - PEER_PORT_OFFSET;
+}
+
+function replicaPorts(options: ClusterInitOptions, id: number): { port: number; peerPort: number | null } {
+  const peerBase = peerBasePortFor(options);
+  return { port: options.basePort + id, peerPort: peerBase === null ? null : peerBase + id };
+}
+
 export function faultToleranceFor(replicas: number): number {
   return Math.floor((replicas - 1) / 3);
 }
@@ -91,7 +111,7 @@ export function initCluster(options: ClusterInitOptions): ClusterInitResult {
   const text = renderClusterToml({
     name: options.name,
     f: faultToleranceFor(options.replicas),
-    replicas: replicaKeys.map((key, id) => ({ id, ...addressesOf(options, id), port: options.basePort + id, publicKey: key.publicKey })),
+    replicas: replicaKeys.map((key, id) => ({ id, ...addressesOf(options, id), ...replicaPorts(options, id), publicKey: key.publicKey })),
     adminKeys: [adminKey.publicKey],
     clientKeys: [],
   });
@@ -143,7 +163,7 @@ export function assembleCluster(
   const text = renderClusterToml({
     name: options.name,
     f: faultToleranceFor(options.replicas),
-    replicas: replicaKeys.map((publicKey, id) => ({ id, ...addressesOf(options, id), port: options.basePort + id, publicKey })),
+    replicas: replicaKeys.map((publicKey, id) => ({ id, ...addressesOf(options, id), ...replicaPorts(options, id), publicKey })),
     adminKeys,
     clientKeys: [],
   });
@@ -184,6 +204,17 @@ function checkInitOptions(options: ClusterInitOptions): void {
       `base port must leave room for ${options.replicas} consecutive ports within 1..${PORT_MAX}, got ${options.basePort}`,
     );
   }
+  const peerBase = peerBasePortFor(options);
+  if (peerBase === null) return;
+  if (!Number.isSafeInteger(peerBase) || peerBase < 1 || peerBase + options.replicas - 1 > PORT_MAX) {
+    throw new ClusterInitError(
+      "invalid-options",
+      `peer base port must leave room for ${options.replicas} consecutive ports within 1..${PORT_MAX}, got ${peerBase}`,
+    );
+  }
+  if (peerBase <= lastPort && peerBase + options.replicas - 1 >= options.basePort) {
+    throw new ClusterInitError("invalid-options", `peer ports ${peerBase}.. overlap the client ports ${options.basePort}..${lastPort}`);
+  }
 }
 
 function refuseExisting(paths: readonly string[]): void {
@@ -206,6 +237,7 @@ export interface ClusterTomlReplica {
   /** Further addresses (multi-homed); none when absent or empty. */
   readonly hosts?: readonly string[];
   readonly port: number;
+  readonly peerPort?: number | null;
   readonly publicKey: Uint8Array;
 }
 
@@ -243,8 +275,9 @@ export function renderClusterToml(spec: ClusterTomlSpec): string {
     `client_keys = [${spec.clientKeys.map((key) => tomlString(formatPublicKey(key))).join(", ")}]`,
     "",
     "# The replicas. Ids run 0..n-1. For real hosts, change host (a hostname or an IP",
-    "# address the other replicas and the clients can reach) and port; keep the keys.",
-    "# A replica on several networks lists its further addresses (same port) in",
+    "# address the other replicas and the clients can reach), port (clients) and",
+    "# peer_port (the other replicas; without it they share port); keep the keys.",
+    "# A replica on several networks lists its further addresses (same ports) in",
     '# hosts = ["10.1.0.1", ...]: peers and clients dial host first, move to the next',
     "# address when one fails or goes silent, and come back to host when it works again.",
     "# Optional per replica, relative to this file:",
@@ -259,6 +292,7 @@ export function renderClusterToml(spec: ClusterTomlSpec): string {
       `host = ${tomlString(replica.host)}`,
       ...((replica.hosts ?? []).length === 0 ? [] : [`hosts = [${(replica.hosts ?? []).map(tomlString).join(", ")}]`]),
       `port = ${replica.port}`,
+      ...(replica.peerPort === undefined || replica.peerPort === null ? [] : [`peer_port = ${replica.peerPort}`]),
       `key = ${tomlString(formatPublicKey(replica.publicKey))}`,
       `# key_file = ${tomlString(defaultReplicaKeyFile(replica.id))}`,
       `# data_dir = ${tomlString(defaultReplicaDataDir(replica.id))}`,

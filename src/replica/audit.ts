@@ -20,6 +20,7 @@ export type AuditKind =
   | "request-refused"
   | "subscribe-refused"
   | "rate-limited"
+  | "client-blacklisted"
   | "peer-muted"
   | "peer-misbehaved"
   | "leader-suspected";

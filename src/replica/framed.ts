@@ -58,6 +58,9 @@ export class FramedConn {
    */
   private readonly sink: ByteSink;
   private closed = false;
+  private paused = false;
+  /** Work held while reads are paused (holdUntilResumed). */
+  private readonly held: (() => void)[] = [];
   private budget: OutputBudget | null = null;
   /** When the queue last wrote something or was empty: a reader that takes nothing is stuck. */
   private progressMs: number;
@@ -81,6 +84,35 @@ export class FramedConn {
     this.queue = new WriteQueue(outboundBytesMax);
     this.sink = (data) => Math.max(this.socket.write(data), 0);
     this.progressMs = now();
+  }
+
+  /** Stops reading from the socket (the other side sees TCP backpressure); frames already read may still arrive. */
+  pauseReading(): void {
+    if (this.closed) return;
+    this.paused = true;
+    this.socket.pause();
+  }
+
+  resumeReading(): void {
+    if (this.closed) return;
+    this.paused = false;
+    // What was held runs first, in order, until it is done or the connection is paused again.
+    while (this.held.length > 0 && !this.paused && !this.closed) (this.held.shift() as () => void)();
+    if (!this.paused && !this.closed) this.socket.resume();
+  }
+
+  get readPaused(): boolean {
+    return this.paused;
+  }
+
+  /** Whether work read before a pause still waits for the resume. */
+  get holding(): boolean {
+    return this.held.length > 0;
+  }
+
+  /** Work on frames already read, to run when reads resume (in order); dropped if the connection closes. */
+  holdUntilResumed(work: () => void): void {
+    if (!this.closed) this.held.push(work);
   }
 
   /** Counts this connection's queued bytes against `budget` from now on (once). */
@@ -167,6 +199,7 @@ export class FramedConn {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.held.length = 0;
     const before = this.queue.bufferedBytes;
     this.queue.clear();
     this.accountSince(before);
@@ -176,6 +209,7 @@ export class FramedConn {
   /** The socket is gone (closed by either side): what waited is dropped and uncounted. */
   release(): void {
     this.closed = true;
+    this.held.length = 0;
     const before = this.queue.bufferedBytes;
     this.queue.clear();
     this.accountSince(before);

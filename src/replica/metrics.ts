@@ -23,6 +23,11 @@ import type { Canonical } from "../../wire/canonical.ts";
 const COUNTERS = {
   requests_total: "Client REQUEST frames received",
   requests_rate_limited_total: "Requests refused because the client's event rate was over its limit",
+  client_key_budget_refused_total: "Requests refused before verification: the client key was over its verification budget",
+  client_address_budget_refused_total: "Requests refused before verification: the source address was over its verification budget",
+  requests_gap_refused_total: "Ordered requests refused before verification: behind a sequence gap (OUT_OF_ORDER)",
+  clients_blacklisted_total: "Client keys and addresses blacklisted (a bad request signature, an undecodable or oversize frame)",
+  clients_blacklisted_refused_total: "Connections and sessions refused because their address or key is blacklisted",
   bad_frames_total: "Client frames that did not decode or were not for this port",
   events_stored_total: "Events stored by this replica (ordered and unordered channels)",
   batches_decided_total: "Batches decided by the ordering protocol and executed",
@@ -47,6 +52,7 @@ const COUNTERS = {
   snapshot_digest_mismatches_total: "Base snapshots whose digest did not match the checkpoint",
   snapshot_bases_written_total: "Base snapshots written",
   handshakes_refused_total: "Handshakes refused at the per-address or total bound",
+  handshakes_wrong_port_total: "HELLOs refused because a replica called the client port or a client the peer port",
   handshakes_evicted_total: "Open handshakes evicted to make room for new ones",
   handshake_timeouts_total: "Handshakes that did not finish in time",
   client_auth_failed_total: "Client handshakes that failed authentication",
@@ -79,7 +85,8 @@ const GAUGES = {
   storage_file_bytes: "Size of the storage file",
   snapshot_base_seq: "Seq of the base snapshot on disk",
   snapshot_base_bytes: "Size of the base snapshot on disk",
-  handshakes_open: "Handshakes in progress",
+  handshakes_open: "Handshakes in progress on the client port (on the shared port: peers too)",
+  peer_handshakes_open: "Handshakes in progress on the peer port (0 without a peer_port)",
   client_connections: "Open client sessions",
   client_output_bytes: "Bytes queued to client sessions",
   state_transfer_target_seq: "Seq a state transfer is fetching (0: none)",
@@ -104,6 +111,10 @@ export class Metrics {
   private readonly modeFamily: GaugeFamily;
   readonly peerUp: GaugeFamily;
   readonly peerLag: GaugeFamily;
+  /** Times a peer was muted, by peer and reason (budget, flooding). */
+  readonly peerMuted: CounterFamily;
+  /** Peer messages dropped before they were decoded, by peer and reason (peer-inbox.ts, peer-filter.ts). */
+  readonly peerDropped: CounterFamily;
   /** Request arrival to "stored"/"ordered" reply, by channel class. */
   readonly publishAck: HistogramFamily;
   /** PRE-PREPARE sent or received to the batch decided. */
@@ -125,6 +136,15 @@ export class Metrics {
     for (const mode of MODES) this.modeFamily.with(mode);
     this.peerUp = r.gauge("peer_up", "1 if the authenticated link to this peer is open", ["peer"]);
     this.peerLag = r.gauge("peer_lag_seqs", "How many decided seqs this peer is behind this replica, by the COMMITs it sent", ["peer"]);
+    this.peerMuted = r.counter("peer_muted_total", "Times a peer was muted (its reads paused, its messages dropped), by reason", [
+      "peer",
+      "reason",
+    ]);
+    this.peerDropped = r.counter(
+      "peer_messages_dropped_total",
+      "Peer messages dropped before decoding: muted, executed (an executed seq), another-signer, duplicate (FORWARD)",
+      ["peer", "reason"],
+    );
     this.publishAck = r.histogram("publish_ack_seconds", "Publish request arrival to this replica's ack (stored or ordered)", ["class"]);
     for (const cls of CLASSES) this.publishAck.with(cls);
     this.ordering = r.histogram("ordering_seconds", "A batch's PRE-PREPARE (proposed or received) to its decision").with();

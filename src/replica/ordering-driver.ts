@@ -62,6 +62,8 @@ export interface OrderingDriverOptions {
   readonly audit?: AuditLog;
   /** Views installed and leaders suspected, for `$sys.events` (sys-channels.ts). */
   readonly onGroupEvent?: (kind: string, fields: Record<string, unknown>) => void;
+  /** The core found a peer flooding it (Aardvark): the runtime mutes it for a while (peer-inbox.ts). */
+  readonly onPeerFlooding?: (peer: number) => void;
   readonly mesh: PeerMesh;
   readonly onDecided: (requests: readonly ClientRequest[], decidedSeq: number) => void;
   readonly onResendReply: (space: string, seq: number) => void;
@@ -408,6 +410,7 @@ export class OrderingDriver {
         return;
       case "peerFlooding":
         this.options.metrics.inc("peer_flooding_total");
+        this.options.onPeerFlooding?.(effect.peer);
         this.auditPeer(
           "peer-muted",
           "peer flooding: its messages are not taken for a while",

@@ -43,6 +43,16 @@ import { FramedConn } from "./framed.ts";
 import type { AuditLog } from "./audit.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
+import {
+  type MuteReason,
+  PEER_BYTES_PER_SECOND_MAX,
+  PEER_FLOOD_MUTE_MS,
+  PEER_MESSAGES_PER_SECOND_MAX,
+  PEER_MUTE_MS,
+  PEER_MUTE_MS_MAX,
+  PeerInbox,
+  type PeerInboxLimits,
+} from "./peer-inbox.ts";
 
 /** Reconnect backoff: first wait, cap. */
 export const PEER_RECONNECT_MS_MIN = 50;
@@ -97,6 +107,14 @@ export interface PeerMeshOptions {
   readonly configDigests?: ConfigDigests;
   /** Failover timing for multi-homed peers; PEER_FAILOVER_TIMING when absent. */
   readonly failover?: PeerFailoverTiming;
+  /** Overrides of the inbound budgets (peer-inbox.ts); the defaults are its constants. */
+  readonly inbox?: Partial<PeerInboxLimits>;
+  /** Why an inbound message may be dropped before it is decoded (peer-filter.ts), or null. */
+  readonly precheck?: (from: number, msg: Uint8Array) => string | null;
+  /** Whether an inbound message counts against its peer's byte budget (default: every one). */
+  readonly chargesBytes?: (msg: Uint8Array) => boolean;
+  /** Whether a precheck's reason proves the peer faulty: it is muted (peer-inbox.ts). */
+  readonly proves?: (reason: string) => boolean;
 }
 
 type OutboundPhase = "connecting" | "awaiting-ack" | "open" | "closed";
@@ -148,11 +166,34 @@ export class PeerMesh {
   private readonly inbound = new Map<number, FramedConn>();
   private stopped = false;
   private oversizedReported = false;
+  /** Inbound messages, per peer, fairly and within budgets (peer-inbox.ts). */
+  private readonly inbox: PeerInbox;
 
   private readonly timing: PeerFailoverTiming;
 
   constructor(private readonly options: PeerMeshOptions) {
     this.timing = options.failover ?? PEER_FAILOVER_TIMING;
+    this.inbox = new PeerInbox({
+      limits: {
+        bytesPerSecondMax: PEER_BYTES_PER_SECOND_MAX,
+        messagesPerSecondMax: PEER_MESSAGES_PER_SECOND_MAX,
+        muteMs: PEER_MUTE_MS,
+        muteMsMax: PEER_MUTE_MS_MAX,
+        floodMuteMs: PEER_FLOOD_MUTE_MS,
+        queueBytesMax: 4 * options.frameBytesMax,
+        ...options.inbox,
+      },
+      process: (from, msg) => options.onMessage(from, msg),
+      ...(options.precheck === undefined ? {} : { precheck: options.precheck }),
+      ...(options.chargesBytes === undefined ? {} : { chargesBytes: options.chargesBytes }),
+      ...(options.proves === undefined ? {} : { proves: options.proves }),
+      pause: (peer) => this.inbound.get(peer)?.pauseReading(),
+      resume: (peer) => this.inbound.get(peer)?.resumeReading(),
+      onMuted: (peer, reason, detail, ms) => this.onMuted(peer, reason, detail, ms),
+      onDropped: (peer, reason) => {
+        options.metrics.peerDropped.with(String(peer), reason).value += 1;
+      },
+    });
     for (const peer of options.replicas) {
       if (peer.id === options.self) continue;
       this.outbound.set(peer.id, newOutboundLink(peer, replicaHosts(peer), 0, null, this.timing));
@@ -174,6 +215,42 @@ export class PeerMesh {
     }
     for (const conn of this.inbound.values()) conn.close();
     this.inbound.clear();
+    this.inbox.stop();
+  }
+
+  /** Mutes a peer the ordering core found flooding (its `peerFlooding` advisory) for PEER_FLOOD_MUTE_MS. */
+  muteFlooding(peer: number): void {
+    this.inbox.mute(peer, "flooding", "the ordering core found it sending far more than the others", this.floodMuteMs);
+  }
+
+  private get floodMuteMs(): number {
+    return this.options.inbox?.floodMuteMs ?? PEER_FLOOD_MUTE_MS;
+  }
+
+  /** Whether a peer is muted now (status, tests). */
+  isMuted(peer: number): boolean {
+    return this.inbox.isMuted(peer);
+  }
+
+  private onMuted(peer: number, reason: MuteReason, detail: string, ms: number): void {
+    this.options.metrics.peerMuted.with(String(peer), reason).value += 1;
+    const entry = this.options.replicas[peer];
+    const fields = {
+      peer,
+      reason: `${reason}: ${detail}`,
+      ms,
+      ...(entry === undefined ? {} : { key: entry.publicKey }),
+      address: this.inbound.get(peer)?.remote ?? (entry === undefined ? "unknown" : `${entry.host}`),
+    };
+    if (this.options.audit === undefined) this.options.log.warn("peer muted: its link is closed and refused for a while", fields);
+    else this.options.audit.warn("peer-muted", "peer muted: its link is closed and refused for a while", fields);
+    // Cut off at once: nothing more of it is read, decoded or MAC-checked until the mute
+    // ends; then it reconnects with a fresh handshake (counters from 1), as after any drop.
+    const conn = this.inbound.get(peer);
+    if (conn !== undefined) {
+      this.inbound.delete(peer);
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "OVERLOADED", reason: `muted for ${ms} ms: ${reason}: ${detail}` } });
+    }
   }
 
   /** Which peers we can send to now, and at which of its addresses each link is. */
@@ -552,6 +629,13 @@ export class PeerMesh {
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "not a replica of this cluster" } });
       return null;
     }
+    const mutedMs = this.inbox.mutedForMs(peer.id);
+    if (mutedMs > 0) {
+      // Before signing anything: a muted peer's reconnections cost one lookup.
+      this.options.metrics.peerDropped.with(String(peer.id), "muted-handshake").value += 1;
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "OVERLOADED", reason: `replica ${peer.id} is muted for ${mutedMs} ms more` } });
+      return null;
+    }
     const configProblem = this.configProblem(hello);
     if (configProblem !== null) {
       // Before signing: a peer with another cluster file costs one comparison, and the
@@ -597,6 +681,7 @@ export class PeerMesh {
         // A newer session from the same peer replaces the old one (it restarted).
         this.inbound.get(peer.id)?.close();
         this.inbound.set(peer.id, conn);
+        this.inbox.connected(peer.id);
         return;
       }
       this.onInboundFrame(link, conn, frame);
@@ -627,7 +712,7 @@ export class PeerMesh {
       return;
     }
     link.lastSeq = seq;
-    this.options.onMessage(link.peerId, msg);
+    this.inbox.push(link.peerId, msg);
   }
 
   inboundClosed(conn: FramedConn): void {
@@ -637,7 +722,8 @@ export class PeerMesh {
 
 /** The port peers dial at every one of a replica's addresses. */
 function dialPort(peer: ReplicaEntry): number {
-  return peer.port;
+  // A peer with a peer_port takes replicas there, and only there.
+  return peer.peerPort ?? peer.port;
 }
 
 /** `host:port` of the address a link dials or uses now. */

@@ -33,14 +33,17 @@ import {
   type SignedRequest,
 } from "../../wire/schemas.ts";
 import { type ErrorCode, FrameType } from "../../wire/types.ts";
+import { ClientAdmission, OVER_BUDGET_PAUSE_MS, OVER_BUDGET_PAUSE_MS_MAX, REFUSALS_BURST, REFUSALS_PER_SECOND } from "./admission.ts";
 import { AuditLog } from "./audit.ts";
 import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
 import { type ChannelCells, ChannelMetrics, METRICS_CHANNELS_MAX } from "./channel-metrics.ts";
 import { Metrics } from "./metrics.ts";
-import { EXIT_STATE_UNTRUSTED, OrderingDriver } from "./ordering-driver.ts";
+import { coreConfigFor, EXIT_STATE_UNTRUSTED, OrderingDriver } from "./ordering-driver.ts";
+import { isStateTransferEnvelope, PeerFilter, peekPeerMessage, provesFaulty } from "./peer-filter.ts";
 import { PeerMesh } from "./peers.ts";
 import { ClientLimits } from "./quota.ts";
+import { RateLimiter } from "./rate.ts";
 import {
   type Admission,
   admitUnverified,
@@ -59,6 +62,10 @@ import { Subscriptions } from "./subscriptions.ts";
 import { isSysTag, SysChannels } from "./sys-channels.ts";
 import { keyOf, WaitingRequests } from "./waiting.ts";
 
+/** Envelope bytes a forwarded request may add to its signed body and signature (field names, client name). */
+const FORWARD_REQUEST_OVERHEAD_BYTES = 512;
+/** Ordered spaces whose last received seq is remembered (gapBefore); past it the oldest is forgotten. */
+const ARRIVED_SPACES_MAX = 100_000;
 /** How often answers held for execution (execution-gate.ts) are checked for their deadline. */
 const GATE_CHECK_INTERVAL_MS = 100;
 
@@ -91,6 +98,8 @@ export class Replica {
   readonly channelMetrics: ChannelMetrics;
   private readonly mesh: PeerMesh;
   private readonly server: ReplicaServer;
+  /** The listener of the peer_port, apart from the clients' (null: peers use the client port). */
+  private readonly peerServer: ReplicaServer | null;
   private readonly subs: Subscriptions;
   private readonly ordering: OrderingDriver;
   private readonly storage: ReplicaStorage;
@@ -107,6 +116,17 @@ export class Replica {
   /** True while the constructor re-executes the decided log from disk: admin lines say "replayed". */
   private replaying = true;
   private readonly audit: AuditLog;
+  /**
+   * Per ordered space, the last seq (seq + span - 1) of the requests taken here for
+   * ordering, the most recent spaces last (bounded): a request after it is behind a gap.
+   */
+  private readonly arrivedThrough = new Map<string, number>();
+  /** How long a session over its budget is paused next (admission.ts), while it stays over. */
+  private readonly overBudgetPauseMs = new WeakMap<ClientSession, number>();
+  /** Refusals before verification per session (by id), before it is paused. */
+  private readonly refusals = new RateLimiter(REFUSALS_PER_SECOND, REFUSALS_BURST);
+  /** Verification budgets per client key and address, and the blacklist (admission.ts). */
+  private readonly admission = new ClientAdmission();
   /** `$sys.replica.<id>` and `$sys.events` (sys-channels.ts). */
   private readonly sys: SysChannels;
   /** Client signatures are verified here, on threads unless `threads` is 0. */
@@ -147,6 +167,14 @@ export class Replica {
       this.audit,
       (keyHex) => this.limits.subscriptionsOf(keyHex),
     );
+    const core = coreConfigFor(config, id);
+    const peerFilter = new PeerFilter({
+      lastExecuted: () => this.ordering.status().lastExecuted,
+      lastExecutedOf: (space) => this.ordering.lastExecutedSeq(space),
+      // The core cuts its forwards into chunks of one batch (or one larger request); each
+      // request adds its CBOR field names and client name to the envelope.
+      forwardBytesMax: Math.max(core.batchBytesMax, core.requestBytesMax) + core.batchRequestsMax * FORWARD_REQUEST_OVERHEAD_BYTES,
+    });
     this.mesh = new PeerMesh({
       self: id,
       key,
@@ -159,7 +187,12 @@ export class Replica {
       onPeerDown: (peer, reason) => this.sys.event("peer-down", { peer, reason }),
       onMessage: (from, msg) => this.ordering.onPeerMessage(from, msg),
       configDigests: configDigests(config),
+      precheck: (from, msg) => peerFilter.check(from, msg, peekPeerMessage(msg)),
+      // State transfer parts answer this replica's own requests, a window at a time.
+      chargesBytes: (msg) => !isStateTransferEnvelope(msg),
+      proves: provesFaulty,
     });
+
     // Opening the store checks every row; the driver then restores the machine and the
     // core from it before the replica listens.
     this.storage = ReplicaStorage.open({
@@ -190,10 +223,14 @@ export class Replica {
       storage: this.storage,
       audit: this.audit,
       onGroupEvent: (kind, fields) => this.sys.event(kind, fields),
+      onPeerFlooding: (peer) => this.mesh.muteFlooding(peer),
     });
     this.replaying = false;
+    const peerPort = self.peerPort;
     this.server = new ReplicaServer({
       self: id,
+      accepts: peerPort === null ? "both" : "clients",
+      ...(peerPort === null ? {} : { otherPort: peerPort }),
       host: options.listenHost ?? self.host,
       port: options.listenPort ?? self.port,
       // A multi-homed replica listens on each of its addresses, unless told where to listen.
@@ -206,6 +243,7 @@ export class Replica {
       mesh: this.mesh,
       // client_keys, when the cluster file lists any, is the allow-list of client sessions.
       clientKeysAllowed: config.clientKeys.length === 0 ? null : new Set([...config.clientKeys, ...config.adminKeys].map(toHex)),
+      admission: this.admission,
       clients: {
         onClientFrame: (session, frame) => this.onClientFrame(session, frame),
         onClientClosed: (session) => this.onClientClosed(session),
@@ -214,6 +252,29 @@ export class Replica {
       metrics: this.metrics,
       audit: this.audit,
     });
+    this.peerServer =
+      peerPort === null
+        ? null
+        : new ReplicaServer({
+            self: id,
+            accepts: "peers",
+            otherPort: self.port,
+            host: options.listenHost ?? self.host,
+            port: peerPort,
+            key,
+            frameBytesMax: config.limits.frameBytesMax,
+            mesh: this.mesh,
+            clientKeysAllowed: null,
+            clients: {
+              onClientFrame: () => {
+                throw new Error("replica: a client session on the peer port");
+              },
+              onClientClosed: () => {},
+            },
+            log,
+            metrics: this.metrics,
+            audit: this.audit,
+          });
     // The threads start last: a constructor that threw before leaves none running.
     this.verifier = new VerifyPool({
       threads: options.threads ?? 0,
@@ -241,12 +302,14 @@ export class Replica {
       this.audit.flush();
     }, GATE_CHECK_INTERVAL_MS);
     this.server.listen();
+    this.peerServer?.listen();
     this.mesh.start();
     this.ordering.start();
     this.sys.start();
     const self = this.options.config.replicas[this.options.id];
     this.options.log.info("replica started", {
       address: `${self?.host}:${self?.port}`,
+      ...(self?.peerPort === null || self === undefined ? {} : { peerAddress: `${self.host}:${self.peerPort}` }),
       n: this.options.config.n,
       f: this.options.config.f,
       verifyThreads: this.verifier.threadCount,
@@ -273,6 +336,7 @@ export class Replica {
     this.ordering.stop();
     this.mesh.stop();
     this.server.stop();
+    this.peerServer?.stop();
     this.storage.close();
     this.options.log.info("replica stopped");
   }
@@ -318,8 +382,12 @@ export class Replica {
   private onRequest(session: ClientSession, frame: RequestFrame): void {
     this.metrics.inc("requests_total");
     const signed: SignedRequest = { body: frame.body, sig: frame.sig };
-    const admitted = admitUnverified(signed, session.keyHex, (request) => this.refusedBeforeVerify(request, session.keyHex, frame.after));
+    const admitted = admitUnverified(signed, session.keyHex, (request) => this.beforeVerify(session, request, frame.after));
     if (!admitted.ok) return this.refuseAdmission(session, signed, admitted);
+    // In the pipeline from here: a later request of the space is no gap (gapBefore).
+    if (admitted.request.op.t === "admin" || this.machine.channelInfo(admitted.request.op.tag)?.order === "total") {
+      this.noteArrived(admitted.space, admitted.request);
+    }
     // The signature is checked on a verification thread; the session's requests go on in
     // the order it sent them (its lane), and only once their check is in.
     let lane = this.lanes.get(session);
@@ -348,7 +416,8 @@ export class Replica {
       this.reply(session, this.localFailure(admitted.local.seq, sha256(signed.body), admitted.code, admitted.reason));
       return;
     }
-    const seq = peekSeq(signed);
+    const seq = admitted.seq ?? peekSeq(signed);
+    if (admitted.code === "BAD_SIGNATURE") this.blacklist(session, "a request signature that does not verify");
     if (seq === null || admitted.code === "BAD_SIGNATURE") {
       // Unsigned, forged or undecodable requests are hostile: answer and close.
       session.conn.closeWith({ type: FrameType.ERROR, body: { code: admitted.code, reason: admitted.reason } });
@@ -382,6 +451,55 @@ export class Replica {
   }
 
   /**
+   * The one point just before a request's signature is verified: the key's and address's
+   * verification budgets (admission.ts), then what may be refused without a verification.
+   * A session whose requests are refused here (over budget, or asking what its key may
+   * not do) faster than REFUSALS_PER_SECOND, past a burst of REFUSALS_BURST, is also not
+   * read for a while: OVER_BUDGET_PAUSE_MS, doubling while its requests keep being refused
+   * (up to OVER_BUDGET_PAUSE_MS_MAX), until one passes. A correct client is refused here
+   * rarely and briefly; one writing refused requests at full speed is slowed by TCP
+   * instead of costing a refusal each.
+   */
+  private beforeVerify(session: ClientSession, request: Request, after: number | undefined): Refused | null {
+    const over = this.admission.beforeVerify(session.keyHex, session.conn.remote);
+    if (over !== null) this.metrics.inc(over.budget === "key" ? "client_key_budget_refused_total" : "client_address_budget_refused_total");
+    const refused =
+      over === null
+        ? this.refusedBeforeVerify(request, session.keyHex, after)
+        : { ok: false as const, code: over.code, reason: over.reason, seq: request.seq };
+    if (refused === null) {
+      this.overBudgetPauseMs.delete(session);
+      return null;
+    }
+    if (this.refusals.take(String(session.id), 1, Date.now())) return refused;
+    const pauseMs = this.overBudgetPauseMs.get(session) ?? OVER_BUDGET_PAUSE_MS;
+    this.overBudgetPauseMs.set(session, Math.min(OVER_BUDGET_PAUSE_MS_MAX, pauseMs * 2));
+    this.pauseSession(session, pauseMs);
+    return refused;
+  }
+
+  /** Stops reading a client session for `ms` (TCP backpressure on a client over its budget). */
+  private pauseSession(session: ClientSession, ms: number): void {
+    const conn = session.conn;
+    if (conn.isClosed || conn.readPaused) return;
+    conn.pauseReading();
+    setTimeout(() => conn.resumeReading(), ms);
+  }
+
+  /** The session proved hostile: its key and address are blacklisted for a while (admission.ts). */
+  private blacklist(session: ClientSession, why: string): void {
+    this.admission.blacklist(session.keyHex, session.conn.remote, why);
+    this.metrics.inc("clients_blacklisted_total");
+    this.audit.warn("client-blacklisted", "client key and address blacklisted", {
+      key: session.key,
+      address: session.conn.remote,
+      reason: why,
+      keyMs: this.admission.limits.keyBlacklistMs,
+      addressMs: this.admission.limits.addressBlacklistMs,
+    });
+  }
+
+  /**
    * A publish by a key that is not a registered publisher of an existing channel, refused
    * before its signature is verified (admitRequest, which has checked that the request is
    * the session key's own, `keyHex`): the same refusal routeRequest would
@@ -390,16 +508,54 @@ export class Replica {
    */
   private refusedBeforeVerify(request: Request, keyHex: string, after: number | undefined): Refused | null {
     // Admin keys are in the cluster file, not in replicated state: judged at once.
-    if (request.op.t === "admin") {
-      if (this.adminKeys.has(keyHex)) return null;
+    if (request.op.t === "admin" && !this.adminKeys.has(keyHex)) {
       return { ok: false, code: "UNAUTHORIZED", reason: "admin commands must be signed by an admin key" };
     }
-    if (after !== undefined && after > this.executedSeq) return null;
+    const gap = this.gapBefore(request, keyHex);
+    if (gap !== null) return gap;
+    if (request.op.t !== "pub" || (after !== undefined && after > this.executedSeq)) return null;
     const tag = request.op.tag;
     // A registered publisher (the common case) costs one lookup; the channel is looked
     // up only for a key that is not one (an unknown channel is routeRequest's to answer).
     if (this.machine.isPublisherHex(tag, keyHex) || this.machine.channelInfo(tag) === null) return null;
     return { ok: false, code: "UNAUTHORIZED", reason: `publisher is not registered on ${tag}`, local: { seq: request.seq, tag } };
+  }
+
+  /**
+   * An ordered request behind a sequence gap: its space has neither executed nor has
+   * waiting here the seq before it. The ordering core would hold it until the gap is
+   * filled, after its signature is verified; a client sends its requests in order on
+   * one connection, so a gap here means a lost or refused request, which the client
+   * sends again (OUT_OF_ORDER is transient): refused now, before any verification.
+   */
+  private gapBefore(request: Request, keyHex: string): Refused | null {
+    if (request.seq <= 1) return null;
+    if (request.op.t === "pub" && this.machine.channelInfo(request.op.tag)?.order !== "total") return null;
+    const space = spaceOf(keyHex, request);
+    const executed = this.ordering.lastExecutedSeq(space);
+    const arrived = this.arrivedThrough.get(space) ?? 0;
+    if (request.seq <= Math.max(executed, arrived) + 1) return null;
+    this.metrics.inc("requests_gap_refused_total");
+    return {
+      ok: false,
+      code: "OUT_OF_ORDER",
+      reason: `seq ${request.seq - 1} of this space has not reached this replica (executed through ${executed}, received through ${Math.max(executed, arrived)}); send it first`,
+      seq: request.seq,
+    };
+  }
+
+  /**
+   * The space's requests arrive in order on a connection: remember how far, for
+   * gapBefore. Noted when a request passes the checks before verification (it is then in
+   * the pipeline: the next may arrive before its signature is checked on a thread).
+   */
+  private noteArrived(space: string, request: Request): void {
+    const end = request.seq + request.span - 1;
+    if (end > (this.arrivedThrough.get(space) ?? 0)) {
+      this.arrivedThrough.delete(space);
+      this.arrivedThrough.set(space, end);
+      if (this.arrivedThrough.size > ARRIVED_SPACES_MAX) this.arrivedThrough.delete(this.arrivedThrough.keys().next().value as string);
+    }
   }
 
   /** Where an admitted request goes: refused here, stored (unordered), or into ordering. */
@@ -518,6 +674,7 @@ export class Replica {
           failure(request.seq, this.options.id, digest, "RATE_LIMITED", "too many requests in flight on this connection"),
         );
       case "waiting":
+        this.noteArrived(space, request);
         break;
       default: {
         const unreachable: never = arrival;

@@ -68,8 +68,10 @@ export function urgencyOfSpace(space: string, priorityOf: (tag: string) => Prior
 /** A request refused at admission, and why. */
 export type Refused = {
   readonly ok: false;
-  readonly code: "BAD_REQUEST" | "BAD_SIGNATURE" | "BAD_VERSION" | "UNAUTHORIZED";
+  readonly code: "BAD_REQUEST" | "BAD_SIGNATURE" | "BAD_VERSION" | "UNAUTHORIZED" | "RATE_LIMITED" | "OUT_OF_ORDER";
   readonly reason: string;
+  /** The request's seq, when it was decoded before the refusal. */
+  readonly seq?: number;
   /** Judged on this replica's channel state (its reply carries `at`, PROTOCOL.md 6.3), and the channel's tag. */
   readonly local?: { readonly seq: number; readonly tag: string };
 };

@@ -1,6 +1,9 @@
 /**
- * The replica's one TCP listener. Peers and clients share the port; the first frame, a
- * HELLO, says which one is calling. Client sessions are authenticated (the replica signs
+ * A replica's TCP listener. With a peer_port in the cluster file a replica runs two: one
+ * that takes only clients and one that takes only peers, each with its own handshake and
+ * connection bounds, so that clients cannot crowd out the cluster's own links nor a peer
+ * the clients; without it one listener takes both. The first frame, a HELLO, says which
+ * one is calling; a HELLO on the wrong listener is refused and says where to go. Client sessions are authenticated (the replica signs
  * the transcript, the client answers with AUTH) before any other frame is taken; peer
  * sessions are handed to the peer mesh.
  *
@@ -42,6 +45,7 @@ import {
   PROTOCOL_VERSION,
 } from "../../wire/types.ts";
 import { FramedConn, OutputBudget } from "./framed.ts";
+import type { ClientAdmission } from "./admission.ts";
 import type { AuditLog } from "./audit.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
@@ -156,8 +160,14 @@ interface ConnState {
   receivedMs: number;
 }
 
+/** Whom a listener takes: clients, peers, or both (one shared port). */
+export type ListenerRole = "clients" | "peers" | "both";
+
 export interface ServerOptions {
   readonly self: number;
+  /** Whom this listener takes (default both); the other listener's port, for the refusal's reason. */
+  readonly accepts?: ListenerRole;
+  readonly otherPort?: number;
   readonly host: string;
   readonly port: number;
   /** Further addresses to listen on as well, with the same handling (a multi-homed replica's other networks). */
@@ -177,6 +187,8 @@ export interface ServerOptions {
   readonly clientKeysAllowed?: ReadonlySet<string> | null;
   /** Overrides of SERVER_LIMITS_DEFAULT. */
   readonly limits?: Partial<ServerLimits>;
+  /** The client blacklist (admission.ts): blacklisted addresses and keys are refused, hostile ones added. */
+  readonly admission?: ClientAdmission;
   /** The clock of the per-address connection rate (tests); Date.now by default. */
   readonly now?: () => number;
 }
@@ -245,6 +257,10 @@ export class ReplicaServer {
     return (this.options.now ?? Date.now)();
   }
 
+  private get accepts(): ListenerRole {
+    return this.options.accepts ?? "both";
+  }
+
   /** The port listened on: the configured one, or the one the system chose for port 0. */
   get port(): number {
     if (this.listener === null) throw new Error("server: not listening");
@@ -253,9 +269,13 @@ export class ReplicaServer {
 
   listen(): void {
     const server = this;
-    this.options.metrics.gauge("handshakes_open", () => this.handshakes.total);
-    this.options.metrics.gauge("client_connections", () => this.clientsByKey.total);
-    this.options.metrics.gauge("client_output_bytes", () => this.outputBudget.usedBytes);
+    if (this.accepts === "peers") {
+      this.options.metrics.gauge("peer_handshakes_open", () => this.handshakes.total);
+    } else {
+      this.options.metrics.gauge("handshakes_open", () => this.handshakes.total);
+      this.options.metrics.gauge("client_connections", () => this.clientsByKey.total);
+      this.options.metrics.gauge("client_output_bytes", () => this.outputBudget.usedBytes);
+    }
     const { clientIdleMsMax, clientStuckMsMax } = this.limits;
     this.sweepTimer = setInterval(
       () => this.sweepClients(),
@@ -329,6 +349,14 @@ export class ReplicaServer {
     };
     conn.state = state;
     this.conns.add(conn);
+    // On a clients-only port a blacklisted address costs one lookup (on a shared port a
+    // replica may call from it, so the address is judged at a client's HELLO instead).
+    const blacklisted = this.accepts === "clients" ? (this.options.admission?.addressRefusal(conn.remote) ?? null) : null;
+    if (blacklisted !== null) {
+      state.phase = "closed";
+      this.refuseBlacklisted(conn, null, blacklisted);
+      return;
+    }
     const refusal = this.handshakeRefusal(conn.remote);
     if (refusal !== null) {
       state.phase = "closed";
@@ -411,8 +439,12 @@ export class ReplicaServer {
     if (conn.isClosed) return;
     const state = conn.state as ConnState;
     state.receivedMs = this.now();
-    if (state.handshake === null) this.onFrames(conn, conn.decoder.push(chunk));
-    else this.onHandshakeData(conn, state, state.handshake, chunk);
+    if (state.handshake === null) {
+      const results = conn.decoder.push(chunk);
+      // Bun may hand over bytes read before a pause: they wait behind what is held.
+      if (conn.readPaused || conn.holding) conn.holdUntilResumed(() => this.onFrames(conn, results));
+      else this.onFrames(conn, results);
+    } else this.onHandshakeData(conn, state, state.handshake, chunk);
   }
 
   /**
@@ -435,16 +467,55 @@ export class ReplicaServer {
     }
   }
 
+  /**
+   * Handles the frames cut from one chunk, in order. A connection whose reads were paused
+   * meanwhile (a client over its budget, replica.ts) keeps the rest, unprocessed, until
+   * it is resumed: what was already read is not worked on while the pause lasts.
+   */
   private onFrames(conn: FramedConn, results: DecodeResult[]): void {
-    for (const result of results) {
+    for (let i = 0; i < results.length; i++) {
       if (conn.isClosed) return;
-      this.onResult(conn, result);
+      if (conn.readPaused) {
+        conn.holdUntilResumed(() => this.onFrames(conn, results.slice(i)));
+        return;
+      }
+      this.onResult(conn, results[i] as DecodeResult);
     }
+  }
+
+  private refuseBlacklisted(conn: FramedConn, key: Uint8Array | null, reason: string): void {
+    this.options.metrics.inc("clients_blacklisted_refused_total");
+    this.options.audit?.warn("client-refused", "connection refused: blacklisted", {
+      ...(key === null ? {} : { key }),
+      address: conn.remote,
+      reason,
+    });
+    conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason } });
+  }
+
+  /**
+   * A client connection sent a frame that does not decode or is over the size limit: no
+   * correct client does. Its address (and key, once authenticated) are blacklisted.
+   * Peer connections are not (a broken link is the mesh's to report).
+   */
+  private onHostileFrame(conn: FramedConn, reason: string): void {
+    const state = conn.state as ConnState;
+    const admission = this.options.admission;
+    if (admission === undefined || state.phase === "peer" || state.phase === "peer-auth") return;
+    const why = `a frame that does not decode or is too large (${reason.slice(0, 120)})`;
+    admission.blacklist(state.session?.keyHex ?? null, conn.remote, why);
+    this.options.metrics.inc("clients_blacklisted_total");
+    this.options.audit?.warn("client-blacklisted", "client address blacklisted", {
+      ...(state.session === null ? {} : { key: state.session.key }),
+      address: conn.remote,
+      reason: why,
+    });
   }
 
   private onResult(conn: FramedConn, result: DecodeResult): void {
     if (!result.ok) {
       this.options.metrics.inc("bad_frames_total");
+      this.onHostileFrame(conn, result.error.reason);
       conn.closeWith({ type: FrameType.ERROR, body: { code: errorCodeFor(result.error), reason: result.error.reason } });
       return;
     }
@@ -457,6 +528,7 @@ export class ReplicaServer {
     const decoded = decodeFrameBody(result.type, payload);
     if (!decoded.ok) {
       this.options.metrics.inc("bad_frames_total");
+      this.onHostileFrame(conn, decoded.error.reason);
       conn.closeWith({ type: FrameType.ERROR, body: { code: errorCodeFor(decoded.error), reason: decoded.error.reason } });
       return;
     }
@@ -510,8 +582,21 @@ export class ReplicaServer {
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "the first frame must be HELLO" } });
       return;
     }
-    if (frame.body.role === "replica") this.onPeerHello(conn, state, frame.body);
+    const isPeer = frame.body.role === "replica";
+    if (this.accepts !== "both" && isPeer !== (this.accepts === "peers")) return this.refuseWrongPort(conn, isPeer, frame.body);
+    if (isPeer) this.onPeerHello(conn, state, frame.body);
     else this.onClientHello(conn, state, frame.body);
+  }
+
+  /** A replica's HELLO on the client port, or a client's on the peer port: refused, saying which port to use. */
+  private refuseWrongPort(conn: FramedConn, isPeer: boolean, hello: Hello): void {
+    const where = this.options.otherPort === undefined ? "" : ` (port ${this.options.otherPort})`;
+    const reason = isPeer
+      ? `this is replica ${this.options.self}'s client port; replicas connect to its peer_port${where}`
+      : `this is replica ${this.options.self}'s peer port; clients connect to its port${where}`;
+    this.options.metrics.inc("handshakes_wrong_port_total");
+    this.options.audit?.warn("handshake-failed", "handshake refused on the wrong port", { key: hello.key, address: conn.remote, reason });
+    conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason } });
   }
 
   /**
@@ -556,6 +641,12 @@ export class ReplicaServer {
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "this key is not in the cluster's client_keys" } });
       return;
     }
+    const admission = this.options.admission;
+    const blacklisted =
+      admission === undefined
+        ? null
+        : (admission.keyRefusal(keyHex) ?? (this.accepts === "both" ? admission.addressRefusal(conn.remote) : null));
+    if (blacklisted !== null) return this.refuseBlacklisted(conn, hello.key, blacklisted);
     // Checked here, before the signature is made, and again once AUTH has proved the key.
     const refusal = this.clientRefusal(keyHex, conn.remote);
     if (refusal !== null) return this.refuseClient(conn, refusal);

@@ -22,6 +22,10 @@
  * - `idle`: thousands of sessions (fresh keys, from 127.0.0.2..127.0.0.9 so as not to take
  *   the correct clients' per-address share) that complete the handshake and then say
  *   nothing; any the replica closes is opened again.
+ *
+ * The other attacks connect from ATTACKER_ADDRESS, not from the correct clients' 127.0.0.1:
+ * an attacker is another host, and a replica's per-address budgets and blacklist
+ * (src/replica/admission.ts) can only tell hosts apart by address.
  */
 import { randomBytes } from "node:crypto";
 import net from "node:net";
@@ -36,6 +40,9 @@ import { decodeSessionFrame, rawClientAuth, rawClientHello } from "../helpers/cl
 
 export const CLIENT_ATTACKS = ["flood-valid", "bad-signatures", "malformed", "oversize", "gapped-seqs", "idle"] as const;
 export type ClientAttackName = (typeof CLIENT_ATTACKS)[number];
+
+/** The address the hostile clients connect from (idle: ATTACKER_ADDRESS and the next seven). */
+export const ATTACKER_ADDRESS = "127.0.0.2";
 
 /** Bytes of each event the attackers publish (the workload's size). */
 const EVENT_BYTES = 200;
@@ -248,7 +255,7 @@ async function floodValid(ctx: AttackContext): Promise<void> {
   const sessions: { session: RawSession; frames: Uint8Array[] }[] = [];
   for (const [k, key] of keys.entries()) {
     for (const port of ports(ctx)) {
-      const session = new RawSession(port, "127.0.0.1", ctx.counters);
+      const session = new RawSession(port, ATTACKER_ADDRESS, ctx.counters);
       if (await session.handshake(key)) sessions.push({ session, frames: prepared[k] as Uint8Array[] });
     }
   }
@@ -270,7 +277,7 @@ async function gappedSeqs(ctx: AttackContext): Promise<void> {
   );
   const sessions: RawSession[] = [];
   for (const port of ports(ctx)) {
-    const session = new RawSession(port, "127.0.0.1", ctx.counters);
+    const session = new RawSession(port, ATTACKER_ADDRESS, ctx.counters);
     if (await session.handshake(key)) sessions.push(session);
   }
   ctx.engaged({ sessions: sessions.length, seqs: "2..257, round and round" });
@@ -301,7 +308,7 @@ async function churn(ctx: AttackContext, detail: Record<string, unknown>, cycle:
 async function badSignatures(ctx: AttackContext): Promise<void> {
   await churn(ctx, { requestsPerSession: BAD_REQUESTS_PER_SESSION }, async (port) => {
     const key = SigningKey.generate();
-    const session = new RawSession(port, "127.0.0.1", ctx.counters);
+    const session = new RawSession(port, ATTACKER_ADDRESS, ctx.counters);
     if (await session.handshake(key)) {
       const ts = Date.now();
       for (let seq = 1; seq <= BAD_REQUESTS_PER_SESSION; seq++) {
@@ -338,7 +345,7 @@ async function malformed(ctx: AttackContext): Promise<void> {
   const frames = malformedFrames();
   let next = 0;
   await churn(ctx, { kinds: frames.length }, async (port) => {
-    const session = new RawSession(port, "127.0.0.1", ctx.counters);
+    const session = new RawSession(port, ATTACKER_ADDRESS, ctx.counters);
     if (await session.connected()) session.write(frames[next++ % frames.length] as Uint8Array);
     await session.untilClosed();
   });
@@ -352,7 +359,7 @@ async function oversize(ctx: AttackContext): Promise<void> {
   header[4] = FrameType.REQUEST;
   const filler = new Uint8Array(64 * 1024).fill(0x41);
   await churn(ctx, { claimedBytes: claimed }, async (port) => {
-    const session = new RawSession(port, "127.0.0.1", ctx.counters);
+    const session = new RawSession(port, ATTACKER_ADDRESS, ctx.counters);
     if (await session.connected()) {
       session.write(header);
       let sent = 0;

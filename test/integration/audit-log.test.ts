@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { loadClientSetup } from "../../src/client/setup.ts";
+import { requireClusterConfig } from "../../src/config/cluster.ts";
 import { FitbClient } from "../../src/client/index.ts";
 import { formatPublicKey, loadSigningKeyFile, SigningKey } from "../../src/crypto/keys.ts";
 import { encodeTypedFrame } from "../../wire/schemas.ts";
@@ -104,7 +105,9 @@ describe("audit log lines", () => {
         eph: new Uint8Array(randomBytes(32)),
       },
     });
-    const socket = await Bun.connect({ hostname: "127.0.0.1", port: cluster.basePort, socket: { data() {} } });
+    // Replicas call each other on the peer port (the client port refuses a replica's HELLO).
+    const peerPort = requireClusterConfig(cluster.configPath).replicas[0]?.peerPort ?? cluster.basePort;
+    const socket = await Bun.connect({ hostname: "127.0.0.1", port: peerPort, socket: { data() {} } });
     socket.write(hello);
     try {
       const line = await waitForLine(

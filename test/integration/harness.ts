@@ -59,12 +59,21 @@ export interface TestCluster {
 }
 
 export async function startCluster(
-  options: { replicas?: number; start?: boolean; limits?: Record<string, number>; replicaArgs?: (id: number) => string[] } = {},
+  options: {
+    replicas?: number;
+    start?: boolean;
+    limits?: Record<string, number>;
+    replicaArgs?: (id: number) => string[];
+    /** No peer_port: peers and clients share each replica's port. */
+    sharedPort?: boolean;
+  } = {},
 ): Promise<TestCluster> {
   const n = options.replicas ?? 4;
   const dir = mkdtempSync(join(tmpdir(), "fitb-it-"));
   const basePort = freePortRange(n);
-  const init = initCluster({ dir, replicas: n, host: "127.0.0.1", basePort, name: "it", overwrite: false });
+  let peerBasePort: number | null = null;
+  while (options.sharedPort !== true && (peerBasePort === null || Math.abs(peerBasePort - basePort) < n)) peerBasePort = freePortRange(n);
+  const init = initCluster({ dir, replicas: n, host: "127.0.0.1", basePort, peerBasePort, name: "it", overwrite: false });
   if (options.limits !== undefined) patchLimits(init.configPath, options.limits);
   const procs: (Subprocess | null)[] = new Array(n).fill(null);
   const logs: string[][] = Array.from({ length: n }, () => []);

@@ -197,6 +197,7 @@ function replicaEntries(keys: readonly SigningKey[], port0: number): ReplicaEntr
     host: HOST,
     hosts: [],
     port: id === 0 ? port0 : 0,
+    peerPort: null,
     publicKey: key.publicKey,
     publicKeyText: key.publicKeyText,
     keyFile: "",

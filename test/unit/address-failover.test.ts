@@ -117,7 +117,7 @@ class SilentableProxy {
 }
 
 function entry(id: number, key: SigningKey, host: string, hosts: string[], port: number): ReplicaEntry {
-  return { id, host, hosts, port, publicKey: key.publicKey, publicKeyText: key.publicKeyText, keyFile: "", dataDir: "" };
+  return { id, host, hosts, port, peerPort: null, publicKey: key.publicKey, publicKeyText: key.publicKeyText, keyFile: "", dataDir: "" };
 }
 
 /**

@@ -283,6 +283,23 @@ describe("rejected files name the field and the expected form", () => {
     ).toBe("replicas[1].port: address h:1 is already used by replicas[0]");
   });
 
+  test("peer_port is optional; a peer port may not take another replica's or its own client address", () => {
+    const base = validToml(4);
+    const shared = parse(base);
+    expect(shared.ok && shared.config.replicas.map((r) => r.peerPort)).toEqual([null, null, null, null]);
+    const split = parse(base.replace("port = 7100\n", "port = 7100\npeer_port = 8100\n"));
+    expect(split.ok && split.config.replicas.map((r) => r.peerPort)).toEqual([8100, null, null, null]);
+    expect(onlyError(base.replace("port = 7101\n", "port = 7101\npeer_port = 7100\n"))).toBe(
+      "replicas[1].peer_port: address 127.0.0.1:7100 is already used by replicas[0]",
+    );
+    expect(onlyError(base.replace("port = 7101\n", "port = 7101\npeer_port = 7101\n"))).toBe(
+      "replicas[1].peer_port: address 127.0.0.1:7101 is already used by replicas[1]",
+    );
+    expect(onlyError(base.replace("port = 7101\n", "port = 7101\npeer_port = 0\n"))).toBe(
+      "replicas[1].peer_port: expected a port number in 1..65535, got 0",
+    );
+  });
+
   test("a key shared by two replicas, or by a replica and an admin", () => {
     const [a, b, c] = keys(3).map(formatPublicKey) as [string, string, string];
     const errors = errorsOf(

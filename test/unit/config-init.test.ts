@@ -3,7 +3,14 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFile
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ClusterConfigError, loadClusterConfig } from "../../src/config/cluster.ts";
-import { assembleCluster, ClusterInitError, faultToleranceFor, initCluster, type ClusterInitOptions } from "../../src/config/init.ts";
+import {
+  assembleCluster,
+  ClusterInitError,
+  faultToleranceFor,
+  initCluster,
+  PEER_PORT_OFFSET,
+  type ClusterInitOptions,
+} from "../../src/config/init.ts";
 import { formatPublicKey, loadPublicKeyFile, loadSigningKeyFile, SigningKey, writeKeyPairFiles } from "../../src/crypto/keys.ts";
 
 const directory = mkdtempSync(join(tmpdir(), "fitb-init-"));
@@ -70,6 +77,23 @@ describe("initCluster", () => {
     expect(result.config.f).toBe(2);
     expect(result.config.name).toBe("east");
     expect(result.config.replicas[6]).toMatchObject({ host: "10.1.2.3", port: 9006 });
+  });
+
+  test("writes a peer_port per replica, PEER_PORT_OFFSET above the client ports (below when they would not fit), or none when asked", () => {
+    const above = initCluster(options(join(directory, "peers-above")));
+    expect(above.config.replicas.map((r) => [r.port, r.peerPort])).toEqual([
+      [7100, 7100 + PEER_PORT_OFFSET],
+      [7101, 7101 + PEER_PORT_OFFSET],
+      [7102, 7102 + PEER_PORT_OFFSET],
+      [7103, 7103 + PEER_PORT_OFFSET],
+    ]);
+    expect(readFileSync(above.configPath, "utf8")).toContain(`peer_port = ${7100 + PEER_PORT_OFFSET}`);
+    const below = initCluster(options(join(directory, "peers-below"), { basePort: 65_000 }));
+    expect(below.config.replicas[0]?.peerPort).toBe(65_000 - PEER_PORT_OFFSET);
+    const none = initCluster(options(join(directory, "peers-none"), { peerBasePort: null }));
+    expect(none.config.replicas.map((r) => r.peerPort)).toEqual([null, null, null, null]);
+    expect(readFileSync(none.configPath, "utf8")).not.toContain("peer_port =");
+    expect(() => initCluster(options(join(directory, "peers-overlap"), { peerBasePort: 7102 }))).toThrow(/overlap the client ports/);
   });
 
   test("refuses to overwrite an existing directory's files unless asked", () => {

@@ -71,3 +71,22 @@ describe("PROTOCOL.md matches the code", () => {
     expect(doc).toContain(`at most ${CANONICAL_DEPTH_MAX} arrays/maps deep`);
   });
 });
+
+describe("PROTOCOL.md states the replica's ingress bounds as the code sets them", () => {
+  test("verification budgets, blacklist periods, peer budgets and mutes", async () => {
+    const admission = await import("../../src/replica/admission.ts");
+    const inbox = await import("../../src/replica/peer-inbox.ts");
+    const n = (x: number): string => x.toLocaleString("en-US");
+    const text = doc.replace(/\s+/g, " ");
+    expect(text).toContain(`\`KEY_VERIFICATIONS_PER_SECOND_MAX\` = ${n(admission.KEY_VERIFICATIONS_PER_SECOND_MAX)} a second`);
+    expect(text).toContain(`\`ADDRESS_VERIFICATIONS_PER_SECOND_MAX\` = ${n(admission.ADDRESS_VERIFICATIONS_PER_SECOND_MAX)})`);
+    expect(text).toContain(`\`ADDRESS_BLACKLIST_MS\` = ${n(admission.ADDRESS_BLACKLIST_MS)} ms`);
+    expect(text).toContain(`\`KEY_BLACKLIST_MS\` = ${n(admission.KEY_BLACKLIST_MS)} ms`);
+    expect(text).toContain(`faster than ${n(admission.REFUSALS_PER_SECOND)} a second, past a burst of ${n(admission.REFUSALS_BURST)}`);
+    expect(text).toContain(`\`PEER_BYTES_PER_SECOND_MAX\` = ${inbox.PEER_BYTES_PER_SECOND_MAX / (1024 * 1024)} MiB`);
+    expect(text).toContain(`\`PEER_MESSAGES_PER_SECOND_MAX\` = ${n(inbox.PEER_MESSAGES_PER_SECOND_MAX)} messages`);
+    expect(text).toContain(`\`PEER_MUTE_MS\` = ${n(inbox.PEER_MUTE_MS)} ms`);
+    expect(text).toContain(`\`PEER_MUTE_MS_MAX\` = ${n(inbox.PEER_MUTE_MS_MAX)} ms`);
+    expect(text).toContain(`\`PEER_FLOOD_MUTE_MS\` = ${n(inbox.PEER_FLOOD_MUTE_MS)} ms`);
+  });
+});

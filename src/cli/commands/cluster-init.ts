@@ -59,7 +59,7 @@ export const clusterInitCommand: Command = {
       kind: "string",
       valueName: "PORT",
       defaultValue: String(DEFAULT_BASE_PORT),
-      description: "Port of replica 0; replica i uses PORT+i",
+      description: "Port of replica 0; replica i uses PORT+i (its clients), and PORT+1000+i for the other replicas (peer_port)",
     },
     { name: "name", kind: "string", valueName: "NAME", defaultValue: DEFAULT_CLUSTER_NAME, description: "Cluster name" },
     { name: "force", kind: "boolean", description: "Replace existing files in DIR" },

@@ -265,6 +265,8 @@ class Demo {
       replicas: DEMO_REPLICAS,
       host: DEFAULT_HOST,
       basePort,
+      // One port per replica keeps the demo's port plan short; production files split them.
+      peerBasePort: null,
       name: DEMO_CLUSTER_NAME,
       overwrite: false,
     });

@@ -1,0 +1,267 @@
+/**
+ * Cheap checks on a peer message before it costs a full decode, validation or signature
+ * check: what cannot matter is dropped here, counted by the caller.
+ *
+ * `peekPeerMessage` reads only the head of the canonical CBOR envelope (peer-messages.ts):
+ * its kind, and for an ordering message the few small fields the checks need (`t`, `seq`,
+ * `replica`), walking over the others without copying them. Canonical CBOR sorts map keys
+ * shortest first, so `t` and `seq` come before a PRE_PREPARE's batch. Anything it cannot
+ * read goes on to the full path unjudged: the peek never refuses what it does not
+ * understand, so it changes only the cost of a message, never whether a valid one counts.
+ *
+ * What `PeerFilter` drops, each something the ordering core would ignore anyway:
+ * - a PRE_PREPARE for a seq this replica has executed (replayed or late: the seq is
+ *   decided here) beyond one per peer per EXECUTED_PASS_MS, which still lets the core see
+ *   an executed seq's second header now and then (evidence of equivocation). Votes for
+ *   executed seqs are not dropped: the core answers a lagging voter with the decisions;
+ * - a PREPARE, COMMIT, CHECKPOINT or VIEW_CHANGE naming a signer other than the peer that
+ *   sent it (the core refuses those: votes travel only from their signers);
+ * - a FORWARD larger than any a correct replica sends (the core cuts its forwards into
+ *   chunks of one batch, or one request), or whose every request this replica has
+ *   executed, or byte-identical to one the same peer sent in the last DUPLICATE_WINDOW_MS
+ *   (its requests are in this replica's pool or executed; a client's own retransmission
+ *   still reaches the leader through its own session and its replicas' later forwards).
+ * Dropping a peer message is always safe (the network may lose any); each rule is bounded
+ * in time or by what this replica has executed, so a correct peer's message that matters
+ * is never refused for good.
+ */
+import { sha256 } from "../crypto/hash.ts";
+import { toHex } from "../../wire/bytes.ts";
+
+/** A FORWARD equal to one the same peer sent within this many ms is dropped. */
+export const DUPLICATE_WINDOW_MS = 10_000;
+/** FORWARD digests remembered per peer (the oldest is forgotten first). */
+export const DUPLICATES_REMEMBERED_MAX = 1024;
+/**
+ * A FORWARD is recognised by its length and the SHA-256 of its last bytes, which hold its
+ * last request's signature: hashing whole forwards would cost every correct one as much
+ * as a flood. Two different FORWARDs that share both are dropped as one (the client's
+ * retransmission brings the other), never one that was not sent.
+ */
+export const FORWARD_FINGERPRINT_BYTES = 512;
+
+/** What the peek read: the envelope's kind and, for an ordering message, its type and small fields. */
+export interface PeerPeek {
+  readonly kind: "ordering" | "state-transfer";
+  readonly t: string | null;
+  readonly seq: number | null;
+  readonly replica: number | null;
+}
+
+/** An executed seq's PRE_PREPARE from one peer is let through at most this often. */
+export const EXECUTED_PASS_MS = 1_000;
+
+/** Why a message was dropped cheaply: the `reason` label of fitb_peer_messages_dropped_total. */
+export type DropReason = "executed" | "another-signer" | "duplicate" | "oversize";
+
+/**
+ * The reasons no correct replica ever gives: the core cuts its forwards into chunks of at
+ * most one batch, and a replica sends only votes it signed. A peer that sends one is muted.
+ */
+export function provesFaulty(reason: string): boolean {
+  return reason === "oversize" || reason === "another-signer";
+}
+
+const UTF8 = new TextDecoder();
+
+class Reader {
+  pos = 0;
+  constructor(private readonly bytes: Uint8Array) {}
+
+  /** A head (major type and argument); null past the end or for an indefinite length. */
+  head(): { major: number; arg: number } | null {
+    const b = this.bytes;
+    if (this.pos >= b.length) return null;
+    const initial = b[this.pos++] as number;
+    const major = initial >> 5;
+    const info = initial & 0x1f;
+    if (info < 24) return { major, arg: info };
+    const width = info === 24 ? 1 : info === 25 ? 2 : info === 26 ? 4 : info === 27 ? 8 : 0;
+    if (width === 0 || this.pos + width > b.length) return null;
+    let arg = 0;
+    for (let i = 0; i < width; i++) arg = arg * 256 + (b[this.pos++] as number);
+    return Number.isSafeInteger(arg) ? { major, arg } : null;
+  }
+
+  text(): string | null {
+    const h = this.head();
+    if (h === null || h.major !== 3 || this.pos + h.arg > this.bytes.length) return null;
+    const s = UTF8.decode(this.bytes.subarray(this.pos, this.pos + h.arg));
+    this.pos += h.arg;
+    return s;
+  }
+
+  /** Steps over one whole item; false when it cannot. Depth-bounded: canonical peer messages nest little. */
+  skip(depth = 0): boolean {
+    if (depth > 16) return false;
+    const h = this.head();
+    if (h === null) return false;
+    switch (h.major) {
+      case 0:
+      case 1:
+      case 7:
+        return true;
+      case 2:
+      case 3:
+        if (this.pos + h.arg > this.bytes.length) return false;
+        this.pos += h.arg;
+        return true;
+      case 4:
+        for (let i = 0; i < h.arg; i++) if (!this.skip(depth + 1)) return false;
+        return true;
+      case 5:
+        for (let i = 0; i < 2 * h.arg; i++) if (!this.skip(depth + 1)) return false;
+        return true;
+      case 6:
+        return this.skip(depth + 1);
+      default:
+        return false;
+    }
+  }
+}
+
+/** Whether an envelope is for state transfer: its kind's text head and first letter, read in place. */
+export function isStateTransferEnvelope(bytes: Uint8Array): boolean {
+  // a2 (map of 2) 64 "kind" 6e "state-transfer"(14 chars); an ordering envelope has 68 "ordering".
+  return bytes.length > 7 && bytes[0] === 0xa2 && bytes[1] === 0x64 && bytes[6] === 0x6e && bytes[7] === 0x73;
+}
+
+/** The head of a peer envelope, or null when it is not one the peek can read. */
+export function peekPeerMessage(bytes: Uint8Array): PeerPeek | null {
+  const r = new Reader(bytes);
+  const envelope = r.head();
+  if (envelope === null || envelope.major !== 5 || envelope.arg !== 2) return null;
+  if (r.text() !== "kind") return null;
+  const kind = r.text();
+  if (kind !== "ordering" && kind !== "state-transfer") return null;
+  if (r.text() !== "message") return null;
+  if (kind === "state-transfer") return { kind, t: null, seq: null, replica: null };
+  const map = r.head();
+  if (map === null || map.major !== 5) return null;
+  let t: string | null = null;
+  let seq: number | null = null;
+  let replica: number | null = null;
+  for (let i = 0; i < map.arg; i++) {
+    const key = r.text();
+    if (key === null) return null;
+    if (key === "t") {
+      t = r.text();
+      if (t === null) return null;
+    } else if (key === "seq" || key === "replica") {
+      const h = r.head();
+      if (h === null) return null;
+      if (h.major !== 0) continue;
+      if (key === "seq") seq = h.arg;
+      else replica = h.arg;
+    } else if (!r.skip()) {
+      return null;
+    }
+    if (t !== null && seq !== null && replica !== null) break;
+  }
+  return { kind, t, seq, replica };
+}
+
+/**
+ * Whether every request of a FORWARD has executed here (`lastExecutedOf` a client space
+ * is its last executed seq); false when it holds none or cannot be read.
+ */
+export function forwardAllExecuted(bytes: Uint8Array, lastExecutedOf: (space: string) => number): boolean {
+  const r = new Reader(bytes);
+  const envelope = r.head();
+  if (envelope === null || envelope.major !== 5 || envelope.arg !== 2) return false;
+  if (r.text() !== "kind" || r.text() !== "ordering" || r.text() !== "message") return false;
+  const map = r.head();
+  if (map === null || map.major !== 5) return false;
+  for (let i = 0; i < map.arg; i++) {
+    const key = r.text();
+    if (key === null) return false;
+    if (key !== "requests") {
+      if (!r.skip()) return false;
+      continue;
+    }
+    const list = r.head();
+    if (list === null || list.major !== 4 || list.arg === 0) return false;
+    for (let j = 0; j < list.arg; j++) {
+      const req = r.head();
+      if (req === null || req.major !== 5) return false;
+      let client: string | null = null;
+      let seq: number | null = null;
+      let span: number | null = null;
+      for (let k = 0; k < req.arg; k++) {
+        const field = r.text();
+        if (field === "client") {
+          client = r.text();
+        } else if (field === "seq" || field === "span") {
+          const h = r.head();
+          if (h === null || h.major !== 0) return false;
+          if (field === "seq") seq = h.arg;
+          else span = h.arg;
+        } else if (field === null || !r.skip()) {
+          return false;
+        }
+      }
+      if (client === null || seq === null || span === null || seq + span - 1 > lastExecutedOf(client)) return false;
+    }
+    return true;
+  }
+  return false;
+}
+
+const VOTES_WITH_SIGNER = new Set(["PREPARE", "COMMIT", "CHECKPOINT", "VIEW_CHANGE"]);
+
+export interface PeerFilterOptions {
+  /** The last seq this replica executed (the ordering core's). */
+  readonly lastExecuted: () => number;
+  /** A client space's last executed seq (the ordering core's). */
+  readonly lastExecutedOf: (space: string) => number;
+  /** The largest FORWARD a correct replica sends, in envelope bytes. */
+  readonly forwardBytesMax: number;
+  readonly now?: () => number;
+  readonly windowMs?: number;
+}
+
+export class PeerFilter {
+  /** Per peer, FORWARD digests (hex) and when each was taken, oldest first. */
+  private readonly forwards = new Map<number, Map<string, number>>();
+  /** Per peer, when an executed seq's PRE_PREPARE was last let through. */
+  private readonly executedPassed = new Map<number, number>();
+
+  constructor(private readonly options: PeerFilterOptions) {}
+
+  private now(): number {
+    return (this.options.now ?? Date.now)();
+  }
+
+  /** Why `msg` from `from` can be dropped before it is decoded, or null: it goes on. */
+  check(from: number, msg: Uint8Array, peek: PeerPeek | null): DropReason | null {
+    if (peek === null || peek.kind !== "ordering" || peek.t === null) return null;
+    if (VOTES_WITH_SIGNER.has(peek.t) && peek.replica !== null && peek.replica !== from) return "another-signer";
+    if (peek.t === "PRE_PREPARE" && peek.seq !== null && peek.seq <= this.options.lastExecuted()) {
+      const now = this.now();
+      if (now - (this.executedPassed.get(from) ?? Number.NEGATIVE_INFINITY) < EXECUTED_PASS_MS) return "executed";
+      this.executedPassed.set(from, now);
+      return null;
+    }
+    if (peek.t !== "FORWARD") return null;
+    if (msg.length > this.options.forwardBytesMax) return "oversize";
+    if (forwardAllExecuted(msg, this.options.lastExecutedOf)) return "executed";
+    return this.duplicateForward(from, msg) ? "duplicate" : null;
+  }
+
+  private duplicateForward(from: number, msg: Uint8Array): boolean {
+    const now = this.now();
+    const windowMs = this.options.windowMs ?? DUPLICATE_WINDOW_MS;
+    let seen = this.forwards.get(from);
+    if (seen === undefined) {
+      seen = new Map();
+      this.forwards.set(from, seen);
+    }
+    const digest = `${msg.length}:${toHex(sha256(msg.subarray(Math.max(0, msg.length - FORWARD_FINGERPRINT_BYTES))))}`;
+    const at = seen.get(digest);
+    if (at !== undefined && now - at < windowMs) return true;
+    seen.delete(digest);
+    seen.set(digest, now);
+    while (seen.size > DUPLICATES_REMEMBERED_MAX) seen.delete(seen.keys().next().value as string);
+    return false;
+  }
+}

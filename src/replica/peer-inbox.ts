@@ -1,0 +1,278 @@
+/**
+ * Fair, bounded intake of peer messages (Aardvark's per-peer queues and budgets): one
+ * replica, correct or not, cannot take the event loop from the others.
+ *
+ * - Each peer's messages, once their MAC has verified (peers.ts), wait in that peer's own
+ *   queue; a drain takes one message of each peer in turn (round robin), at most
+ *   TURN_MESSAGES_MAX or TURN_MS per turn, then yields to the event loop (timers, clients,
+ *   commits) and goes on. A queue over queueBytesMax pauses the reads of that peer's
+ *   connection (TCP backpressure; its own send queue then drops, which the protocol
+ *   retransmits), resumed once the queue is down to half.
+ * - Each peer has a budget of bytes and messages per second (token buckets with a burst of
+ *   one second). Bytes cannot tell a flood from work: the leader sends every batch, and
+ *   each backup forwards the client requests it receives, so the byte budget is a bound
+ *   far above what a replica processes, not a fair share. A peer that spends its budget
+ *   is muted: its queue is dropped and `onMuted` is called (the mesh closes its link and
+ *   refuses it until the mute ends), counted per peer (fitb_peer_muted_total{peer,reason})
+ *   and logged. A mute lasts muteMs, doubled each time the peer is muted again within
+ *   MUTE_MEMORY_MS of the last one, up to muteMsMax.
+ * - A peer whose message `precheck` finds no correct replica sends (`proves`: a FORWARD
+ *   larger than the core ever sends, a vote naming another signer) is muted the same way,
+ *   as misbehaving; the ordering core's `peerFlooding` advisory mutes it for floodMuteMs.
+ * - Before a message is processed, `precheck` (peer-filter.ts) may drop it cheaply.
+ *
+ * Muting is always time-bounded, and nothing here decides what a message means: a muted
+ * correct peer loses some messages, as on a lossy network, and is heard again when its
+ * mute ends. Safety never depends on it.
+ */
+import { RateLimiter } from "./rate.ts";
+
+/** The budget interval: budgets are per second, with a burst of one second's worth. */
+export const PEER_BYTES_PER_SECOND_MAX = 48 * 1024 * 1024;
+export const PEER_MESSAGES_PER_SECOND_MAX = 20_000;
+/** How long a peer that spent its budget is muted, at first; again soon after, twice as long, up to PEER_MUTE_MS_MAX. */
+export const PEER_MUTE_MS = 5_000;
+export const PEER_MUTE_MS_MAX = 30_000;
+/** A mute this long after the last one ended starts again from PEER_MUTE_MS. */
+export const MUTE_MEMORY_MS = 60_000;
+/** How long a peer the ordering core flags as flooding is muted. */
+export const PEER_FLOOD_MUTE_MS = 5_000;
+/** Messages processed in one drain turn at most, and its time, before the loop gets a turn. */
+export const TURN_MESSAGES_MAX = 256;
+export const TURN_MS = 10;
+
+export interface PeerInboxLimits {
+  readonly bytesPerSecondMax: number;
+  readonly messagesPerSecondMax: number;
+  readonly muteMs: number;
+  readonly muteMsMax: number;
+  readonly floodMuteMs: number;
+  /** Bytes waiting in one peer's queue before its reads are paused. */
+  readonly queueBytesMax: number;
+}
+
+export type MuteReason = "budget" | "flooding" | "misbehaving";
+
+export interface PeerInboxOptions {
+  readonly limits: PeerInboxLimits;
+  /** Processes one message (decode, validate, the ordering core). */
+  readonly process: (from: number, msg: Uint8Array) => void;
+  /** Whether a message counts against the byte budget (state transfer parts, which this replica asked for, do not). */
+  readonly chargesBytes?: (msg: Uint8Array) => boolean;
+  /** Why a message may be dropped before processing (peer-filter.ts), or null. */
+  readonly precheck?: (from: number, msg: Uint8Array) => string | null;
+  /** Whether a precheck's reason proves the peer faulty (no correct replica sends it): it is muted. */
+  readonly proves?: (reason: string) => boolean;
+  /** Stop and start reading the peer's inbound connection (its queue is full, then drained). */
+  readonly pause: (peer: number) => void;
+  readonly resume: (peer: number) => void;
+  /** A peer was muted for `ms`: cut it off, count it and log it. */
+  readonly onMuted: (peer: number, reason: MuteReason, detail: string, ms: number) => void;
+  /** The peer's mute ended. */
+  readonly onUnmuted?: (peer: number) => void;
+  /** A message was dropped without processing: count it. */
+  readonly onDropped: (peer: number, reason: string) => void;
+  readonly now?: () => number;
+  /** How the next drain turn is scheduled (tests); setImmediate by default. */
+  readonly schedule?: (run: () => void) => void;
+}
+
+interface PeerQueue {
+  readonly items: Uint8Array[];
+  head: number;
+  bytes: number;
+  /** Reads paused because the queue is full (not because of a mute). */
+  pausedForQueue: boolean;
+  mutedUntil: number;
+  unmuteTimer: ReturnType<typeof setTimeout> | null;
+  /** How long the next budget mute lasts (doubles while the peer keeps being muted). */
+  nextMuteMs: number;
+}
+
+export class PeerInbox {
+  private readonly queues = new Map<number, PeerQueue>();
+  private readonly bytes: RateLimiter;
+  private readonly messages: RateLimiter;
+  private order: number[] = [];
+  private next = 0;
+  private scheduled = false;
+  private stopped = false;
+
+  constructor(private readonly options: PeerInboxOptions) {
+    const { bytesPerSecondMax, messagesPerSecondMax } = options.limits;
+    this.bytes = new RateLimiter(bytesPerSecondMax, bytesPerSecondMax);
+    this.messages = new RateLimiter(messagesPerSecondMax, messagesPerSecondMax);
+  }
+
+  private now(): number {
+    return (this.options.now ?? Date.now)();
+  }
+
+  private queueOf(peer: number): PeerQueue {
+    let q = this.queues.get(peer);
+    if (q === undefined) {
+      q = { items: [], head: 0, bytes: 0, pausedForQueue: false, mutedUntil: 0, unmuteTimer: null, nextMuteMs: this.options.limits.muteMs };
+      this.queues.set(peer, q);
+      this.order = [...this.queues.keys()].sort((a, b) => a - b);
+    }
+    return q;
+  }
+
+  /** Whether the peer is muted now. */
+  isMuted(peer: number): boolean {
+    return (this.queues.get(peer)?.mutedUntil ?? 0) > this.now();
+  }
+
+  /** Bytes waiting for `peer` (tests, status). */
+  queuedBytes(peer: number): number {
+    return this.queues.get(peer)?.bytes ?? 0;
+  }
+
+  /** A message from `peer` whose MAC verified: queued, or dropped if the peer is muted or over its budget. */
+  push(peer: number, msg: Uint8Array): void {
+    if (this.stopped) return;
+    const q = this.queueOf(peer);
+    const now = this.now();
+    if (q.mutedUntil > now) {
+      this.options.onDropped(peer, "muted");
+      return;
+    }
+    const { messagesPerSecondMax, queueBytesMax } = this.options.limits;
+    if (!this.messages.take(String(peer), 1, now)) {
+      this.budgetMute(peer, q, `more than ${messagesPerSecondMax} messages a second`);
+      this.options.onDropped(peer, "muted");
+      return;
+    }
+    const { bytesPerSecondMax } = this.options.limits;
+    if ((this.options.chargesBytes?.(msg) ?? true) && !this.bytes.take(String(peer), msg.length, now)) {
+      this.budgetMute(peer, q, `more than ${bytesPerSecondMax} bytes a second`);
+      this.options.onDropped(peer, "muted");
+      return;
+    }
+    q.items.push(msg);
+    q.bytes += msg.length;
+    if (q.bytes > queueBytesMax && !q.pausedForQueue) {
+      q.pausedForQueue = true;
+      this.options.pause(peer);
+    }
+    this.schedule();
+  }
+
+  /** Mutes a peer over its budget or misbehaving, for longer each time it comes back soon after. */
+  private budgetMute(peer: number, q: PeerQueue, detail: string, reason: MuteReason = "budget"): void {
+    const { muteMs, muteMsMax } = this.options.limits;
+    if (this.now() - q.mutedUntil > MUTE_MEMORY_MS) q.nextMuteMs = muteMs;
+    const ms = q.nextMuteMs;
+    q.nextMuteMs = Math.min(muteMsMax, ms * 2);
+    this.mute(peer, reason, detail, ms);
+  }
+
+  /** Mutes `peer` for `ms` (from now; a longer mute already on stays). */
+  mute(peer: number, reason: MuteReason, detail: string, ms: number): void {
+    if (this.stopped) return;
+    const q = this.queueOf(peer);
+    const until = this.now() + ms;
+    if (until <= q.mutedUntil) return;
+    q.mutedUntil = until;
+    for (let i = q.head; i < q.items.length; i++) this.options.onDropped(peer, "muted");
+    q.items.length = 0;
+    q.head = 0;
+    q.bytes = 0;
+    q.pausedForQueue = false;
+    if (q.unmuteTimer !== null) clearTimeout(q.unmuteTimer);
+    q.unmuteTimer = setTimeout(() => this.unmute(peer, q), ms);
+    this.options.onMuted(peer, reason, detail, ms);
+  }
+
+  private unmute(peer: number, q: PeerQueue): void {
+    q.unmuteTimer = null;
+    if (this.stopped) return;
+    const left = q.mutedUntil - this.now();
+    if (left > 0) {
+      q.unmuteTimer = setTimeout(() => this.unmute(peer, q), left);
+      return;
+    }
+    this.options.onUnmuted?.(peer);
+  }
+
+  /** The peer's connection was replaced (it reconnected): a new connection starts unpaused. */
+  connected(peer: number): void {
+    const q = this.queues.get(peer);
+    if (q === undefined) return;
+    q.pausedForQueue = false;
+  }
+
+  /** How long the peer stays muted (0: it is not). */
+  mutedForMs(peer: number): number {
+    return Math.max(0, (this.queues.get(peer)?.mutedUntil ?? 0) - this.now());
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const q of this.queues.values()) {
+      if (q.unmuteTimer !== null) clearTimeout(q.unmuteTimer);
+      q.unmuteTimer = null;
+      q.items.length = 0;
+      q.head = 0;
+      q.bytes = 0;
+    }
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    (this.options.schedule ?? ((run: () => void) => void setImmediate(run)))(() => this.drain());
+  }
+
+  /** One turn: one message per peer in turn, within the turn's bounds. */
+  drain(): void {
+    this.scheduled = false;
+    if (this.stopped) return;
+    const started = performance.now();
+    let processed = 0;
+    let idle = 0;
+    const { queueBytesMax } = this.options.limits;
+    while (processed < TURN_MESSAGES_MAX && idle < this.order.length) {
+      const peer = this.order[this.next % this.order.length] as number;
+      this.next = (this.next + 1) % this.order.length;
+      const q = this.queues.get(peer) as PeerQueue;
+      if (q.head >= q.items.length) {
+        idle++;
+        continue;
+      }
+      idle = 0;
+      const msg = q.items[q.head] as Uint8Array;
+      q.items[q.head++] = EMPTY;
+      q.bytes -= msg.length;
+      if (q.head >= q.items.length) {
+        q.items.length = 0;
+        q.head = 0;
+      } else if (q.head > 1024 && q.head * 2 > q.items.length) {
+        q.items.splice(0, q.head);
+        q.head = 0;
+      }
+      if (q.pausedForQueue && q.bytes <= queueBytesMax / 2) {
+        q.pausedForQueue = false;
+        this.options.resume(peer);
+      }
+      processed++;
+      const dropped = this.options.precheck?.(peer, msg) ?? null;
+      if (dropped === null) this.options.process(peer, msg);
+      else {
+        this.options.onDropped(peer, dropped);
+        if (this.options.proves?.(dropped) === true)
+          this.budgetMute(peer, q, `sent what no correct replica sends (${dropped})`, "misbehaving");
+      }
+      if (this.stopped) return;
+      if (performance.now() - started > TURN_MS) break;
+    }
+    for (const q of this.queues.values()) {
+      if (q.head < q.items.length) {
+        this.schedule();
+        return;
+      }
+    }
+  }
+}
+
+const EMPTY = new Uint8Array(0);

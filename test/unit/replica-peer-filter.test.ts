@@ -1,0 +1,109 @@
+import { describe, expect, test } from "bun:test";
+import type { Canonical } from "../../wire/canonical.ts";
+import {
+  DUPLICATE_WINDOW_MS,
+  EXECUTED_PASS_MS,
+  forwardAllExecuted,
+  isStateTransferEnvelope,
+  PeerFilter,
+  type PeerFilterOptions,
+  peekPeerMessage,
+} from "../../src/replica/peer-filter.ts";
+import { encodeEnvelope, encodeTransferMessage } from "../../src/replica/peer-messages.ts";
+
+const ordering = (m: Record<string, unknown>): Uint8Array => encodeEnvelope("ordering", m as unknown as Canonical);
+const bytes = (n: number, fill = 0): Uint8Array => new Uint8Array(n).fill(fill);
+const request = (seq: number) => ({ client: `${"ab".repeat(32)}:t`, seq, span: 1, body: bytes(3000, seq), sig: bytes(64) });
+const prePrepare = (seq: number) =>
+  ordering({ t: "PRE_PREPARE", view: 1, seq, ts: 5, digest: bytes(32), batch: [request(1), request(2)], sig: bytes(64) });
+const vote = (t: string, seq: number, replica: number) => ordering({ t, view: 1, seq, digest: bytes(32), replica, sig: bytes(64) });
+const forward = (seqs: number[]) => ordering({ t: "FORWARD", requests: seqs.map(request) });
+const filterWith = (options: Partial<PeerFilterOptions>) =>
+  new PeerFilter({ lastExecuted: () => 0, lastExecutedOf: () => 0, forwardBytesMax: 1 << 20, ...options });
+
+describe("peekPeerMessage", () => {
+  test("reads the kind, type, seq and signer without decoding the batch", () => {
+    expect(peekPeerMessage(prePrepare(77))).toEqual({ kind: "ordering", t: "PRE_PREPARE", seq: 77, replica: null });
+    expect(peekPeerMessage(vote("COMMIT", 300, 2))).toEqual({ kind: "ordering", t: "COMMIT", seq: 300, replica: 2 });
+    expect(peekPeerMessage(forward([1]))).toEqual({ kind: "ordering", t: "FORWARD", seq: null, replica: null });
+    const transfer = encodeTransferMessage({ t: "none", seq: 4, nonce: 1, reason: "x" });
+    expect(peekPeerMessage(transfer)).toEqual({ kind: "state-transfer", t: null, seq: null, replica: null });
+  });
+
+  test("a state transfer envelope is told from an ordering one by its head alone", () => {
+    expect(isStateTransferEnvelope(encodeTransferMessage({ t: "none", seq: 4, nonce: 1, reason: "x" }))).toBe(true);
+    expect(isStateTransferEnvelope(prePrepare(3))).toBe(false);
+    expect(isStateTransferEnvelope(new Uint8Array([0xa2]))).toBe(false);
+  });
+
+  test("what it cannot read is null (the full path judges it), never a throw", () => {
+    expect(peekPeerMessage(new Uint8Array([0xff, 0x00, 0x13]))).toBeNull();
+    expect(peekPeerMessage(new Uint8Array(0))).toBeNull();
+    const cut = prePrepare(5);
+    for (let end = 0; end < 60; end++) expect(() => peekPeerMessage(cut.subarray(0, end))).not.toThrow();
+    expect(peekPeerMessage(encodeEnvelope("ordering", "text" as Canonical))).toBeNull();
+  });
+});
+
+describe("PeerFilter", () => {
+  test("drops PRE_PREPAREs for seqs this replica executed, but one per peer per EXECUTED_PASS_MS; votes are left to the core", () => {
+    let executed = 100;
+    let t = 0;
+    const filter = filterWith({ lastExecuted: () => executed, now: () => t });
+    const check = (m: Uint8Array, from = 1) => filter.check(from, m, peekPeerMessage(m));
+    expect(check(prePrepare(100))).toBeNull();
+    expect(check(prePrepare(100))).toBe("executed");
+    expect(check(prePrepare(7))).toBe("executed");
+    expect(check(prePrepare(7), 2)).toBeNull();
+    t += EXECUTED_PASS_MS;
+    expect(check(prePrepare(7))).toBeNull();
+    expect(check(prePrepare(101))).toBeNull();
+    // A lagging voter's votes are answered by the core with the decisions: not dropped.
+    expect(check(vote("PREPARE", 99, 1))).toBeNull();
+    expect(check(vote("COMMIT", 1, 1))).toBeNull();
+    executed = 200;
+    expect(check(prePrepare(101))).toBe("executed");
+  });
+
+  test("drops votes naming a signer other than the peer that sent them", () => {
+    const filter = filterWith({});
+    const check = (m: Uint8Array, from: number) => filter.check(from, m, peekPeerMessage(m));
+    expect(check(vote("PREPARE", 5, 2), 3)).toBe("another-signer");
+    expect(check(ordering({ t: "CHECKPOINT", seq: 50, digest: bytes(32), replica: 2, sig: bytes(64) }), 3)).toBe("another-signer");
+    expect(check(vote("PREPARE", 5, 3), 3)).toBeNull();
+  });
+
+  test("drops a FORWARD larger than a correct replica sends", () => {
+    const filter = filterWith({ forwardBytesMax: 10_000 });
+    const check = (m: Uint8Array) => filter.check(1, m, peekPeerMessage(m));
+    expect(check(forward([1, 2]))).toBeNull();
+    expect(check(forward([1, 2, 3, 4]))).toBe("oversize");
+  });
+
+  test("drops a FORWARD whose every request executed here; one with a request still to execute goes on", () => {
+    let executed = 2;
+    const filter = filterWith({ lastExecutedOf: (space) => (space === `${"ab".repeat(32)}:t` ? executed : 0) });
+    const check = (m: Uint8Array) => filter.check(1, m, peekPeerMessage(m));
+    expect(forwardAllExecuted(forward([1, 2]), () => 2)).toBe(true);
+    expect(forwardAllExecuted(forward([1, 2, 3]), () => 2)).toBe(false);
+    expect(forwardAllExecuted(prePrepare(1), () => 99)).toBe(false);
+    expect(check(forward([1, 2]))).toBe("executed");
+    expect(check(forward([2, 3]))).toBeNull();
+    executed = 3;
+    expect(check(forward([3]))).toBe("executed");
+  });
+
+  test("drops a FORWARD the same peer sent within the window; another peer's copy, or a later one, passes", () => {
+    let t = 0;
+    const filter = filterWith({ now: () => t });
+    const check = (m: Uint8Array, from: number) => filter.check(from, m, peekPeerMessage(m));
+    const f = forward([1, 2, 3]);
+    expect(check(f, 3)).toBeNull();
+    expect(check(f, 3)).toBe("duplicate");
+    expect(check(forward([1, 2]), 3)).toBeNull();
+    expect(check(f, 2)).toBeNull();
+    t += DUPLICATE_WINDOW_MS;
+    expect(check(f, 3)).toBeNull();
+    expect(check(f, 3)).toBe("duplicate");
+  });
+});
