@@ -261,6 +261,11 @@ export class Replica {
             otherPort: self.port,
             host: options.listenHost ?? self.host,
             port: peerPort,
+            // A multi-homed replica takes its peers on each of its addresses too.
+            alsoListen:
+              options.listenHost === undefined && options.listenPort === undefined
+                ? self.hosts.map((host) => ({ host, port: peerPort }))
+                : (options.listenAlso ?? []).map((listen) => ({ host: listen.host, port: peerPort })),
             key,
             frameBytesMax: config.limits.frameBytesMax,
             mesh: this.mesh,

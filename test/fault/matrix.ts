@@ -791,7 +791,10 @@ async function onPreferredNetwork(client: FitbClient, net: TestNetwork): Promise
     const answer = replica.answer;
     if (!replica.connected || replica.address !== preferred(replica.id) || answer === null || !answer.ok) return false;
     const peers = answer.value.peers ?? [];
-    return peers.length === REPLICAS - 1 && peers.every((peer) => peer.up && peer.address === preferred(peer.id));
+    // Peer links may use the replica's peer_port: the host is what says which network.
+    return (
+      peers.length === REPLICAS - 1 && peers.every((peer) => peer.up && peer.address?.startsWith(`${net.host(peer.id).address}:`) === true)
+    );
   });
 }
 
