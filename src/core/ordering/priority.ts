@@ -122,9 +122,22 @@ export function buildBatch(state: CoreState, urgentOnly: boolean): ClientRequest
   }
   if (fill.batch.length === 0) return null;
   const full = fill.full || fill.batch.length >= cfg.batchRequestsMax;
-  if (!full && !urgentOnly && state.now - fill.oldest < cfg.batchDelayTicks) return null;
+  if (!full && !urgentOnly && state.now - fill.oldest < partialBatchDelayTicks(state)) return null;
   state.roundRobinStart++;
   return fill.batch;
+}
+
+/**
+ * How long a partial batch waits for more requests. `batchDelayTicks` 0 proposes on
+ * arrival while nothing is in flight; with proposals in flight, a partial batch waits up
+ * to one tick for what arrives meanwhile (one instance carries what would otherwise be
+ * many: each costs every replica signatures and a disk commit). One tick stays under the
+ * backups' starvation patience (`batchDelayTicks + starvationSlackTicks`).
+ */
+export function partialBatchDelayTicks(state: CoreState): number {
+  const delay = state.cfg.batchDelayTicks;
+  if (delay > 0) return delay;
+  return state.nextProposalSeq - 1 > state.lastExecuted ? 1 : 0;
 }
 
 /** A batch being filled: round robin over chains, under the batch's bounds and a class's cap. */
