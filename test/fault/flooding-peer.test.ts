@@ -5,12 +5,11 @@
  * and log it with its id, key and address, and still order commands meanwhile.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { join } from "node:path";
-import type { Subprocess } from "bun";
 import type { FitbClient } from "../../src/client/index.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor } from "../integration/client-util.ts";
-import { BUN, freePortRange, REPO, startCluster, type TestCluster } from "../integration/harness.ts";
+import { freePortRange, startCluster, type TestCluster } from "../integration/harness.ts";
+import { type Adversary, startWithAdversary } from "../helpers/adversary.ts";
 
 const ADVERSARY = 3;
 
@@ -26,35 +25,20 @@ async function mutedCount(port: number): Promise<number> {
 
 describe("a flooding peer", () => {
   let cluster: TestCluster;
-  let adversary: Subprocess<"ignore", "pipe", "pipe">;
+  let adversary: Adversary;
   let admin: FitbClient;
   let metricsBase: number;
 
   beforeAll(async () => {
     metricsBase = freePortRange(3);
     cluster = await startCluster({ start: false, replicaArgs: (id) => ["--metrics", `127.0.0.1:${metricsBase + id}`] });
-    for (let id = 0; id < ADVERSARY; id++) cluster.start(id);
-    adversary = Bun.spawn(
-      [
-        BUN,
-        join(REPO, "test/attack/adversary-replica.ts"),
-        "--config",
-        cluster.configPath,
-        "--id",
-        String(ADVERSARY),
-        "--behaviour",
-        "flooding",
-        "--active",
-      ],
-      { stdin: "ignore", stdout: "pipe", stderr: "pipe" },
-    );
+    adversary = await startWithAdversary(cluster, ADVERSARY, "flooding");
     admin = clientFor(cluster, cluster.adminKey);
-  }, 30_000);
+  }, 60_000);
 
   afterAll(async () => {
     admin?.close();
-    adversary?.kill("SIGKILL");
-    await adversary?.exited;
+    await adversary?.stop();
     await cluster?.stop();
   });
 

@@ -6,58 +6,29 @@
  * measures that.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { join } from "node:path";
-import type { Subprocess } from "bun";
 import type { FitbClient } from "../../src/client/index.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor } from "../integration/client-util.ts";
-import { BUN, REPO, startCluster, type TestCluster, waitListening } from "../integration/harness.ts";
+import { startCluster, type TestCluster } from "../integration/harness.ts";
+import { type Adversary, startWithAdversary } from "../helpers/adversary.ts";
 import { SLOW_LEADER_DELAY_MS_DEFAULT } from "../attack/adversary-replica.ts";
 
 const ADVERSARY = 0;
 
 describe("the slow-leader adversary", () => {
   let cluster: TestCluster;
-  let adversary: Subprocess<"ignore", "pipe", "pipe">;
-  const output: string[] = [];
+  let adversary: Adversary;
   let admin: FitbClient;
 
   beforeAll(async () => {
     cluster = await startCluster({ start: false });
-    for (let id = 1; id < cluster.n; id++) cluster.start(id);
-    adversary = Bun.spawn(
-      [
-        BUN,
-        join(REPO, "test/attack/adversary-replica.ts"),
-        "--config",
-        cluster.configPath,
-        "--id",
-        String(ADVERSARY),
-        "--behaviour",
-        "slow-leader",
-        "--active",
-      ],
-      { stdin: "ignore", stdout: "pipe", stderr: "pipe" },
-    );
-    void (async () => {
-      const decoder = new TextDecoder();
-      for await (const chunk of adversary.stdout) output.push(decoder.decode(chunk));
-    })();
-    // The client gives up at once on refused connections: every replica listens first.
-    await waitListening(cluster, [1, 2, 3]);
-    await waitFor(
-      "the adversary to listen",
-      () => output.join("").includes('"msg":"replica started"'),
-      20_000,
-      () => output.join("").slice(-1_000),
-    );
+    adversary = await startWithAdversary(cluster, ADVERSARY, "slow-leader");
     admin = clientFor(cluster, cluster.adminKey);
   }, 60_000);
 
   afterAll(async () => {
     admin?.close();
-    adversary?.kill("SIGKILL");
-    await adversary?.exited;
+    await adversary?.stop();
     await cluster?.stop();
   });
 
@@ -72,7 +43,7 @@ describe("the slow-leader adversary", () => {
     });
     expect(reply.cmd).toBe("create-channel");
     const delayed = (): { seq: number; heldMs: number }[] =>
-      output
+      adversary.output
         .join("")
         .split("\n")
         .filter((line) => line.includes('"adversary proposal delayed"'))
@@ -81,9 +52,9 @@ describe("the slow-leader adversary", () => {
       "a delayed proposal in the adversary's log",
       () => delayed().length > 0,
       15_000,
-      () => output.join("").slice(-2_000),
+      () => adversary.output.join("").slice(-2_000),
     );
-    expect(output.join("")).toContain('"adversary attack on"');
+    expect(adversary.output.join("")).toContain('"adversary attack on"');
     for (const line of delayed()) expect(line.heldMs).toBeGreaterThanOrEqual(SLOW_LEADER_DELAY_MS_DEFAULT);
   }, 20_000);
 });
