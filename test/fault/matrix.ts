@@ -15,6 +15,7 @@
  * of `npm test` (matrix.test.ts). Waits are on conditions (acknowledgements, status
  * answers); the only fixed time is how long a fault is held, which is the schedule.
  */
+import { jsonLogLines } from "../helpers/log-lines.ts";
 import { spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -298,17 +299,7 @@ export class FaultGroup {
 
   /** The JSON log lines of replica `id` whose msg is `msg`. */
   logLines(id: number, msg: string): Record<string, unknown>[] {
-    const out: Record<string, unknown>[] = [];
-    for (const line of (this.logs[id] ?? []).join("").split("\n")) {
-      if (!line.includes(msg)) continue;
-      try {
-        const parsed = JSON.parse(line) as Record<string, unknown>;
-        if (parsed.msg === msg) out.push(parsed);
-      } catch {
-        // A line cut between two chunks of output.
-      }
-    }
-    return out;
+    return jsonLogLines(this.logs[id], msg);
   }
 
   /** Notes why replica `id` said `msg` the first time (its `reason` field), or that it never did. */

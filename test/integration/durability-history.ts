@@ -12,6 +12,7 @@
  *   6. What a live subscriber received is exactly the history at those seqs, gap-free.
  * For an unordered channel: every acknowledged event is delivered, none twice, none invented.
  */
+import { jsonLogLines } from "../helpers/log-lines.ts";
 import type { FitbClient } from "../../src/client/index.ts";
 import { requireClusterConfig } from "../../src/config/cluster.ts";
 import type { Delivered } from "./client-util.ts";
@@ -255,17 +256,7 @@ export async function historyByCli(cluster: TestCluster, tag: string, count: num
 
 /** The JSON log lines of replica `id` whose msg is `msg`. */
 export function logLines(cluster: TestCluster, id: number, msg: string): Record<string, unknown>[] {
-  const out: Record<string, unknown>[] = [];
-  for (const line of (cluster.logs[id] ?? []).join("").split("\n")) {
-    if (!line.includes(msg)) continue;
-    try {
-      const parsed = JSON.parse(line) as Record<string, unknown>;
-      if (parsed.msg === msg) out.push(parsed);
-    } catch {
-      // A line cut between two chunks of output; the next read has it whole.
-    }
-  }
-  return out;
+  return jsonLogLines(cluster.logs[id], msg);
 }
 
 /** Publishes one small event every `intervalMs` until stopped: traffic that lets a lagging replica see how far behind it is. */
