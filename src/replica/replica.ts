@@ -390,7 +390,7 @@ export class Replica {
     const admitted = admitUnverified(signed, session.keyHex, (request) => this.beforeVerify(session, request, frame.after));
     if (!admitted.ok) return this.refuseAdmission(session, signed, admitted);
     // In the pipeline from here: a later request of the space is no gap (gapBefore).
-    if (admitted.request.op.t === "admin" || this.machine.channelInfo(admitted.request.op.tag)?.order === "total") {
+    if (admitted.request.op.t === "admin" || this.machine.orderOf(admitted.request.op.tag) === "total") {
       this.noteArrived(admitted.space, admitted.request);
     }
     // The signature is checked on a verification thread; the session's requests go on in
@@ -535,7 +535,7 @@ export class Replica {
    */
   private gapBefore(request: Request, keyHex: string): Refused | null {
     if (request.seq <= 1) return null;
-    if (request.op.t === "pub" && this.machine.channelInfo(request.op.tag)?.order !== "total") return null;
+    if (request.op.t === "pub" && this.machine.orderOf(request.op.tag) !== "total") return null;
     const space = spaceOf(keyHex, request);
     const executed = this.ordering.lastExecutedSeq(space);
     const arrived = this.arrivedThrough.get(space) ?? 0;

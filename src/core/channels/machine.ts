@@ -449,6 +449,11 @@ export class ChannelMachine {
     return channel.dedupe.get(publisherHex)?.highestSeq ?? 0;
   }
 
+  /** A channel's ordering, or null when there is no such channel (read per request before verification; no info object built). */
+  orderOf(tag: string): OrderMode | null {
+    return this.state.channels.get(tag)?.cls.order ?? null;
+  }
+
   /** A channel's priority, or null when there is no such channel (the leader's batch fill reads it per request). */
   priorityOf(tag: string): Priority | null {
     return this.state.channels.get(tag)?.cls.priority ?? null;
