@@ -13,10 +13,20 @@
  * mean of the two fault-free runs: the machine's load drifts, and the two runs around the
  * attack show by how much. One row per attack:
  *
- *   attack | fault-free ev/s | under attack ev/s | retained % | p99 ms | view changes | time to replace the leader
+ *   attack | fault-free ev/s | under attack ev/s | retained % | after replacement % |
+ *   CPU-matched ev/s | vs CPU-matched % | p99 ms | view changes | time to replace the leader
  *
  * "under attack ev/s" is the correct clients' delivered events/s over the whole run,
- * detection and replacement of a bad leader included. "p99 ms" is bench's
+ * detection and replacement of a bad leader included; "after replacement %" is the rate
+ * from the first progress line after the leader was replaced to the end of that run,
+ * against fault-free (leader attacks, when that stretch is long enough to measure).
+ *
+ * The adversary's process shares the machine's cores with the replicas, bench and its
+ * subscriber; on real hosts it would burn its own. So a last fault-free run goes beside
+ * cpu-hog.ts asked for the CPU the adversary's process used under attack ("CPU-matched
+ * ev/s", when the adversary used at least CONTROL_CPU_PERCENT_MIN of a core), and
+ * "vs CPU-matched %" compares the attacked run with it: what the attack costs beyond the
+ * CPU its process took from the machine. "p99 ms" is bench's
  * publish-to-delivery p99 under attack. "view changes" is how far the correct replicas'
  * view moved during the attacked run (read from their status once they agree on it again);
  * "time to replace the leader" is from the attack's start to the moment the last correct
@@ -121,6 +131,9 @@ const SETTLE_MS_MAX = 30_000;
 const RUN_MS_MAX = 45 * 60_000;
 const ADVERSARY_REPLICA = join(REPO, "test/attack/adversary-replica.ts");
 const ADVERSARY_CLIENTS = join(REPO, "test/attack/adversary-clients.ts");
+const CPU_HOG = join(REPO, "test/attack/cpu-hog.ts");
+/** Below this share of one core taken by the adversary, no CPU-matched run is made. */
+export const CONTROL_CPU_PERCENT_MIN = 5;
 
 // ---------------------------------------------------------------------------------------
 // Arguments
@@ -214,6 +227,10 @@ export interface RowResult {
   readonly adversaryReport: string | null;
   /** CPU the adversary's process used during the attacked run, in percent of one core (it shares the machine). */
   readonly adversaryCpuPercent?: number | null;
+  /** The fault-free workload beside cpu-hog.ts taking the adversary's CPU; null when not run. */
+  readonly cpuMatched?: BenchFigures | null;
+  /** CPU the hog really used during that run, in percent of one core. */
+  readonly cpuMatchedHogPercent?: number | null;
   /** Why the row has no figures, when it has none. */
   readonly error: string | null;
   /** Why earlier attempts at this row were not kept (the leader moved before the attack). */
@@ -236,6 +253,27 @@ export function retainedPercent(row: RowResult): number | null {
   return (100 * row.underAttack.eventsPerSecond) / faultFree;
 }
 
+/** The rate once the leader was replaced, against fault-free; null when not measured. */
+export function afterReplacementPercent(row: RowResult): number | null {
+  const faultFree = faultFreeRate(row);
+  if (faultFree === null || faultFree <= 0 || row.afterReplacementEventsPerSecond === null) return null;
+  return (100 * row.afterReplacementEventsPerSecond) / faultFree;
+}
+
+/** The attacked run against the fault-free run beside a hog taking the adversary's CPU. */
+export function cpuMatchedPercent(row: RowResult): number | null {
+  const control = row.cpuMatched ?? null;
+  if (control === null || row.underAttack === null || control.eventsPerSecond <= 0) return null;
+  return (100 * row.underAttack.eventsPerSecond) / control.eventsPerSecond;
+}
+
+/** The share of one core each hog is asked for, one hog per started core, or [] below the minimum. */
+export function hogShares(adversaryCpuPercent: number | null | undefined): number[] {
+  if (adversaryCpuPercent === null || adversaryCpuPercent === undefined || adversaryCpuPercent < CONTROL_CPU_PERCENT_MIN) return [];
+  const hogs = Math.ceil(adversaryCpuPercent / 100);
+  return Array.from({ length: hogs }, () => Math.min(100, adversaryCpuPercent / hogs));
+}
+
 /** Shortest stretch after a replacement that gives a rate worth printing. */
 const AFTER_REPLACEMENT_MS_MIN = 2_000;
 
@@ -255,18 +293,36 @@ function formatReplace(row: RowResult): string {
   return `${(row.replaceLeaderMs / 1_000).toFixed(1)} s`;
 }
 
-const HEADER = ["attack", "fault-free ev/s", "under attack ev/s", "retained %", "p99 ms", "view changes", "time to replace the leader"];
+const HEADER = [
+  "attack",
+  "fault-free ev/s",
+  "under attack ev/s",
+  "retained %",
+  "after replacement %",
+  "CPU-matched ev/s",
+  "vs CPU-matched %",
+  "p99 ms",
+  "view changes",
+  "time to replace the leader",
+];
+
+function percentCell(percent: number | null): string {
+  if (percent === null) return "-";
+  return `${percent.toFixed(0)}${percent < RETAINED_PERCENT_MIN ? " **" : ""}`;
+}
 
 /** The table, as Markdown (readable on a terminal, pasted as is into the README). */
 export function formatTable(rows: readonly RowResult[]): string {
   const cells = rows.map((row) => {
-    const retained = retainedPercent(row);
-    const mark = retained !== null && retained < RETAINED_PERCENT_MIN ? " **" : "";
+    const control = row.cpuMatched ?? null;
     return [
       row.attack,
       faultFreeRate(row) === null ? "-" : String(Math.round(faultFreeRate(row) as number)),
       row.underAttack === null ? "-" : String(Math.round(row.underAttack.eventsPerSecond)),
-      retained === null ? "-" : `${retained.toFixed(0)}${mark}`,
+      percentCell(retainedPercent(row)),
+      percentCell(afterReplacementPercent(row)),
+      control === null ? "-" : String(Math.round(control.eventsPerSecond)),
+      percentCell(cpuMatchedPercent(row)),
       row.underAttack === null || !Number.isFinite(row.underAttack.p99Ms) ? "-" : String(Math.round(row.underAttack.p99Ms)),
       row.viewChanges === null ? "?" : String(row.viewChanges),
       formatReplace(row),
@@ -293,7 +349,14 @@ export function formatFindings(rows: readonly RowResult[]): string[] {
           ? ""
           : ` over the whole run, ${((100 * after) / (faultFreeRate(row) as number)).toFixed(0)}% once the leader was replaced`;
       const cpu = row.adversaryCpuPercent;
-      const cpuNote = cpu === null || cpu === undefined ? "" : ` (the adversary's process used ${cpu.toFixed(0)}% of a core meanwhile)`;
+      const matched = cpuMatchedPercent(row);
+      const hog = row.cpuMatchedHogPercent;
+      const matchedNote =
+        matched === null
+          ? ""
+          : `; ${matched.toFixed(0)}% of the fault-free run beside a process taking ${hog === null || hog === undefined ? "?" : hog.toFixed(0)}% of a core`;
+      const cpuNote =
+        cpu === null || cpu === undefined ? "" : ` (the adversary's process used ${cpu.toFixed(0)}% of a core meanwhile${matchedNote})`;
       const around =
         row.faultFree === null || row.faultFreeAfter === undefined || row.faultFreeAfter === null
           ? ""
@@ -720,6 +783,7 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
     }
     progress(`${tagOf}: fault-free bench again, the attack off`);
     const faultFreeAfter = await runBench(cluster, events, "fault-free after", benchLogs);
+    const control = await runCpuMatched(cluster, events, adversaryCpuPercent, tagOf, benchLogs);
     const replaceLeaderMs = base.leaderAttack && adversary !== null ? replacementMs(installed, correct, adversary, attackStartMs) : null;
     const row: RowResult = {
       ...base,
@@ -732,6 +796,8 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
       afterReplacementEventsPerSecond: replaceLeaderMs === null ? null : rateAfter(underAttack, attackStartMs + replaceLeaderMs),
       adversaryReport,
       adversaryCpuPercent,
+      cpuMatched: control?.figures ?? null,
+      cpuMatchedHogPercent: control?.hogPercent ?? null,
       error: null,
     };
     const retained = retainedPercent(row);
@@ -752,6 +818,40 @@ async function runRow(spec: AttackSpec, events: number, index: number, total: nu
     await Promise.all([attackerProc?.proc.exited, adversaryProc?.proc.exited]);
     await cluster.stop();
     if (logsDir !== null) keepLogs(join(logsDir, spec.name), cluster, correct, adversaryProc, attackerProc, benchLogs);
+  }
+}
+
+/**
+ * The fault-free workload once more beside hogs asking for the CPU the adversary used
+ * (see cpu-hog.ts), and the CPU they really took; null when the adversary used too little.
+ */
+async function runCpuMatched(
+  cluster: TestCluster,
+  events: number,
+  adversaryCpuPercent: number | null,
+  tagOf: string,
+  benchLogs: string[],
+): Promise<{ figures: BenchFigures; hogPercent: number | null } | null> {
+  const shares = hogShares(adversaryCpuPercent);
+  if (shares.length === 0) return null;
+  progress(`${tagOf}: fault-free bench beside ${shares.length} process(es) taking ${adversaryCpuPercent?.toFixed(0)}% of a core`);
+  const hogs = shares.map((share) => spawn([BUN, CPU_HOG, "--percent", share.toFixed(1)], "ignore"));
+  try {
+    for (const hog of hogs) {
+      if ((await hog.out.waitFor((t) => t.includes('"hog running"'), ENGAGE_MS_MAX)) === null) throw new Error("the CPU hog did not start");
+    }
+    const before = { cpu: hogs.map((h) => cpuSeconds(h.proc.pid)), wallMs: Date.now() };
+    const figures = await runBench(cluster, events, "fault-free beside the CPU hog", benchLogs);
+    const after = hogs.map((h) => cpuSeconds(h.proc.pid));
+    const wallMs = Date.now() - before.wallMs;
+    const used = after.reduce<number | null>((sum, cpu, i) => {
+      const start = before.cpu[i];
+      return sum === null || cpu === null || start === null || start === undefined ? null : sum + (cpu - start);
+    }, 0);
+    return { figures, hogPercent: used === null ? null : (100 * used * 1_000) / wallMs };
+  } finally {
+    for (const hog of hogs) hog.proc.kill("SIGKILL");
+    await Promise.all(hogs.map((h) => h.proc.exited));
   }
 }
 

@@ -21,12 +21,17 @@ import {
   parseAdversaryArgs,
   SLOW_LEADER_DELAY_MS_DEFAULT,
 } from "../attack/adversary-replica.ts";
+import { parseHogArgs } from "../attack/cpu-hog.ts";
 import {
   ATTACKS,
+  afterReplacementPercent,
   type BenchFigures,
+  CONTROL_CPU_PERCENT_MIN,
+  cpuMatchedPercent,
   EVENTS_DEFAULT,
   formatFindings,
   formatTable,
+  hogShares,
   parseOptions,
   type RowResult,
   rateAfter,
@@ -121,21 +126,53 @@ describe("npm run attack: arguments", () => {
 describe("npm run attack: the table", () => {
   test("one Markdown row per attack, fault-free the mean of the runs around the attack; rows below 90% retained are marked", () => {
     const table = formatTable([
-      row("slow-leader", 20_000, 19_000, { viewChanges: 1, replaceLeaderMs: 1_400, leaderAttack: true }),
+      row("slow-leader", 20_000, 19_000, {
+        viewChanges: 1,
+        replaceLeaderMs: 1_400,
+        leaderAttack: true,
+        afterReplacementEventsPerSecond: 19_800,
+      }),
       row("client-idle", 20_000, 9_000, { faultFreeAfter: figures(16_000, 1) }),
       { ...row("mute-leader", 0, 0), faultFree: null, underAttack: null, viewChanges: null, leaderAttack: true, error: "boom" },
-      row("client-oversize", 20_000, 19_000, { underAttack: figures(19_000, Number.NaN) }),
+      row("client-oversize", 20_000, 15_000, { underAttack: figures(15_000, Number.NaN), cpuMatched: figures(16_000, 1) }),
     ]);
     expect(table).toBe(
       [
-        "| attack          | fault-free ev/s | under attack ev/s | retained % | p99 ms | view changes | time to replace the leader |",
-        "|-----------------|----------------:|------------------:|-----------:|-------:|-------------:|---------------------------:|",
-        "| slow-leader     |           20000 |             19000 |         95 |    123 |            1 |                      1.4 s |",
-        "| client-idle     |           18000 |              9000 |      50 ** |    123 |            0 |                          - |",
-        "| mute-leader     |               - |                 - |          - |      - |            ? |               not replaced |",
-        "| client-oversize |           20000 |             19000 |         95 |      - |            0 |                          - |",
+        "| attack          | fault-free ev/s | under attack ev/s | retained % | after replacement % | CPU-matched ev/s | vs CPU-matched % | p99 ms | view changes | time to replace the leader |",
+        "|-----------------|----------------:|------------------:|-----------:|--------------------:|-----------------:|-----------------:|-------:|-------------:|---------------------------:|",
+        "| slow-leader     |           20000 |             19000 |         95 |                  99 |                - |                - |    123 |            1 |                      1.4 s |",
+        "| client-idle     |           18000 |              9000 |      50 ** |                   - |                - |                - |    123 |            0 |                          - |",
+        "| mute-leader     |               - |                 - |          - |                   - |                - |                - |      - |            ? |               not replaced |",
+        "| client-oversize |           20000 |             15000 |      75 ** |                   - |            16000 |               94 |      - |            0 |                          - |",
       ].join("\n"),
     );
+  });
+
+  test("the CPU-matched control: one hog per started core of what the adversary used, none below the minimum", () => {
+    expect(hogShares(null)).toEqual([]);
+    expect(hogShares(CONTROL_CPU_PERCENT_MIN - 1)).toEqual([]);
+    expect(hogShares(40)).toEqual([40]);
+    expect(hogShares(100)).toEqual([100]);
+    expect(hogShares(150)).toEqual([75, 75]);
+    expect(cpuMatchedPercent(row("x", 20_000, 9_000, { cpuMatched: figures(10_000, 1) }))).toBe(90);
+    expect(cpuMatchedPercent(row("x", 20_000, 9_000))).toBeNull();
+    expect(afterReplacementPercent(row("x", 20_000, 9_000, { afterReplacementEventsPerSecond: 19_000 }))).toBe(95);
+    expect(parseHogArgs(["--percent", "40"])).toEqual({ percent: 40, seconds: 600 });
+    expect(parseHogArgs(["--percent", "0"])).toContain("--percent");
+    expect(parseHogArgs(["--percent", "101"])).toContain("--percent");
+    expect(parseHogArgs([])).toBe("--percent is missing");
+    expect(parseHogArgs(["--percent", "5", "--seconds", "0"])).toContain("--seconds");
+  });
+
+  test("the hog takes no more CPU than it is asked for, and some", async () => {
+    const hog = Bun.spawn([process.execPath, "test/attack/cpu-hog.ts", "--percent", "20", "--seconds", "1"], { stdout: "pipe" });
+    const lines = (await new Response(hog.stdout).text()).trim().split("\n");
+    expect(await hog.exited).toBe(0);
+    const done = JSON.parse(lines.at(-1) as string) as { msg: string; wallMs: number; cpuMs: number };
+    expect(done.msg).toBe("hog done");
+    expect(done.cpuMs).toBeGreaterThan(0);
+    // It spins only while behind its share, at most one 5 ms slot at a time (the runtime's own threads add a little).
+    expect(done.cpuMs).toBeLessThanOrEqual((done.wallMs * 20) / 100 + 50);
   });
 
   test("findings name each row below the bar or with a problem, and why", () => {
