@@ -108,8 +108,12 @@ export type SubscriptionSignal =
       readonly droppedEvents: number;
       readonly reason: string;
     }
-  /** A replica sent a copy that failed its checks (bad signature, wrong tag, ...); dropped. */
-  | { readonly t: "invalid"; readonly replica: number; readonly reason: string }
+  /**
+   * A replica sent a copy that failed its checks (bad signature, wrong tag, ...); dropped.
+   * `replica` is null when the copy cannot be tied to one replica (a `$sys.events` report
+   * the replicas agreed to carry, signed by a key that is no replica's in the cluster file).
+   */
+  | { readonly t: "invalid"; readonly replica: number | null; readonly reason: string }
   /** A replica sent something that contradicts the others (evidence of a fault). */
   | { readonly t: "conflict"; readonly replica: number; readonly seq: number; readonly reason: string }
   /** History before `oldestSeq` is gone; with `skipTrimmed` delivery went on from there. */
@@ -639,7 +643,7 @@ export class ClientSubscription implements Subscription {
     const replica = this.reporterIds.get(toHex(batch.publisher));
     if (replica === undefined) {
       this.counters.invalidReports++;
-      this.signal({ t: "invalid", replica: -1, reason: "a $sys.events report signed by a key that is no replica's in the cluster file" });
+      this.signal({ t: "invalid", replica: null, reason: "a $sys.events report signed by a key that is no replica's in the cluster file" });
       return;
     }
     for (const payload of batch.events) {

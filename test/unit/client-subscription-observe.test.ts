@@ -89,7 +89,10 @@ describe("$sys.events through a subscription", () => {
     send(h, 3, 0, report(3, { kind: "peer-up", peer: 2 }));
     await settle();
     expect(h.got).toEqual([]);
-    expect(h.signals.filter((s) => s.t === "invalid")).toHaveLength(2);
+    const invalid = h.signals.filter((s) => s.t === "invalid");
+    expect(invalid).toHaveLength(2);
+    // The carried report is signed by no replica: the signal names none (null, not a made-up id).
+    expect(invalid.map((s) => (s.t === "invalid" ? s.replica : "?"))).toContain(null);
     expect(h.sub.stats().invalidCopies).toBe(2);
   });
 });

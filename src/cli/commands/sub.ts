@@ -222,7 +222,9 @@ function reportSignal(io: CommandIo, signal: SubscriptionSignal): void {
       );
       return;
     case "invalid":
-      io.err(`fitb sub: warning: replica ${signal.replica} sent an invalid copy (${signal.reason}); dropped`);
+      io.err(
+        `fitb sub: warning: ${signal.replica === null ? "a copy" : `replica ${signal.replica} sent a copy that`} failed its checks (${signal.reason}); dropped`,
+      );
       return;
     case "conflict":
       io.err(`fitb sub: warning: replica ${signal.replica} contradicts the others at seq ${signal.seq}: ${signal.reason}`);
