@@ -27,6 +27,8 @@ interface BenchJson {
   cpu_us_per_event: (number | null)[];
   cpu_us_per_published_event: (number | null)[];
   rate_limited: number;
+  slow_cutoffs: number;
+  dropped_events: number;
 }
 
 function bench(tag: string, extra: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -50,6 +52,9 @@ test("bench reports every replica's CPU seconds and CPU per event, with subscrib
   }
   expect(figures.rate_limited).toBe(0);
   expect(run.stderr).not.toContain("RATE_LIMITED");
+  // Counted, not asserted zero: a loaded machine may cut a subscriber off (total order re-sends).
+  expect(figures.slow_cutoffs).toBeGreaterThanOrEqual(0);
+  expect(figures.dropped_events).toBeGreaterThanOrEqual(0);
 
   const text = await bench("net.links", ["--events", "100"]);
   expect(text.code, text.stderr).toBe(0);
