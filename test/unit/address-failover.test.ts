@@ -116,6 +116,13 @@ class SilentableProxy {
   }
 }
 
+/**
+ * How long a link may say nothing before it moves on: long enough that a loaded machine's
+ * stalled event loop does not pass for a silent link (a spurious move would change the
+ * addresses these tests follow), short enough to keep them quick.
+ */
+const SILENCE_MS = 1_500;
+
 function entry(id: number, key: SigningKey, host: string, hosts: string[], port: number): ReplicaEntry {
   return { id, host, hosts, port, peerPort: null, publicKey: key.publicKey, publicKeyText: key.publicKeyText, keyFile: "", dataDir: "" };
 }
@@ -186,7 +193,7 @@ describe("a client connection to a multi-homed replica", () => {
         sessionTimeoutMs: 1_000,
         pingIntervalMs: 5_000,
         idleTimeoutMs: 20_000,
-        failover: { silenceMs: 300, preferredRetryMsMin: 100, preferredRetryMsMax: 200 },
+        failover: { silenceMs: SILENCE_MS, preferredRetryMsMin: 100, preferredRetryMsMax: 200 },
         backoff: DEFAULT_BACKOFF,
         random: Math.random,
         now: Date.now,
@@ -203,7 +210,9 @@ describe("a client connection to a multi-homed replica", () => {
       20_000,
       () => `${connection.state} at ${connection.address}; downs: ${downs.join(" | ")}`,
     );
-    expect(downs.some((message) => message.includes(`${PREFERRED}:${port}`) && message.includes("nothing received for 300 ms"))).toBe(true);
+    expect(
+      downs.some((message) => message.includes(`${PREFERRED}:${port}`) && message.includes(`nothing received for ${SILENCE_MS} ms`)),
+    ).toBe(true);
     // The preferred address is tried again (the proxy accepts, and says nothing) and the session stays where it works.
     await waitFor("two tries of the silent preferred address", () => proxy.acceptedWhileSilent >= 2);
     expect(connection.isReady).toBe(true);
@@ -217,7 +226,8 @@ describe("a client connection to a multi-homed replica", () => {
       () => `${connection.state} at ${connection.address}; downs: ${downs.join(" | ")}`,
     );
     expect(downs.at(-1)).toContain("moving back to the preferred address");
-    expect(readies).toBe(3);
+    // At least the three sessions above (a loaded machine may stall a link past the silence bound once more).
+    expect(readies).toBeGreaterThanOrEqual(3);
   }, 60_000);
 
   test("a refused preferred address: the session opens on the next one at once", async () => {
@@ -256,7 +266,7 @@ describe("the peer mesh dialling a multi-homed replica", () => {
       log: quietLog,
       metrics: new Metrics(),
       onMessage() {},
-      failover: { pingMs: 50, silenceMs: 300, preferredRetryMsMin: 100, preferredRetryMsMax: 200 },
+      failover: { pingMs: 50, silenceMs: SILENCE_MS, preferredRetryMsMin: 100, preferredRetryMsMax: 200 },
     });
     cleanups.push(() => mesh.stop());
     mesh.start();
