@@ -167,8 +167,15 @@ export function formatTable(rows: readonly Row[]): string {
 // Processes
 // ---------------------------------------------------------------------------------------
 
+let progressName = "bench:peers";
+
+/** Progress lines go to standard error, each led by the program's name. */
 export function progress(text: string): void {
-  process.stderr.write(`bench:peers: ${text}\n`);
+  process.stderr.write(`${progressName}: ${text}\n`);
+}
+
+export function setProgressName(name: string): void {
+  progressName = name;
 }
 
 /** Every process this program started, killed on every way out. */

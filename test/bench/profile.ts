@@ -1,7 +1,7 @@
 /**
  * Where a replica's time goes under `fitb bench` (run on purpose, not part of `npm test`):
  *
- *   npx bun test/bench/profile.ts [--class CLASS|all] [--events N] [--top K] [--threads N] [--keep DIR] [--json] [--help]
+ *   npx bun test/bench/profile.ts [--class CLASS|all] [--events N] [--top K] [--threads N] [--sync MODE] [--keep DIR] [--json] [--help]
  *
  * For each CLASS: four replicas from source, each under Bun's sampling profiler
  * (`bun --cpu-prof`, one sample a millisecond of the main thread), one channel of that
@@ -41,6 +41,7 @@ import {
   killAll,
   type Options as PeersOptions,
   progress,
+  setProgressName,
   runFitbBench,
   tagOf,
   track,
@@ -64,13 +65,14 @@ export interface Options {
   readonly events: number;
   readonly top: number;
   readonly threads: number | null;
+  readonly sync: "full" | "normal" | null;
   readonly keep: string | null;
   readonly json: boolean;
   readonly help: boolean;
 }
 
 export const USAGE = [
-  "usage: npx bun test/bench/profile.ts [--class CLASS|all] [--events N] [--top K] [--threads N] [--keep DIR] [--json] [--help]",
+  "usage: npx bun test/bench/profile.ts [--class CLASS|all] [--events N] [--top K] [--threads N] [--sync MODE] [--keep DIR] [--json] [--help]",
   "",
   "Profiles 4 local replicas (bun --cpu-prof) while fitb bench runs on a channel of CLASS,",
   "stops them cleanly and prints, for the leader (replica 0) and a follower (replica 1),",
@@ -80,6 +82,7 @@ export const USAGE = [
   `  --events N     events in the bench run (default ${EVENTS_DEFAULT})`,
   `  --top K        groups per table (default ${TOP_DEFAULT}), and as many top functions`,
   "  --threads N    the replicas' --threads (default: theirs, the cores but one); 0 puts signature checks on the profiled thread",
+  "  --sync MODE    the replicas' --sync (full, their default, or normal: no fsync at each commit)",
   "  --keep DIR     keep the .cpuprofile files in DIR/<class>/ (open them in Chrome's DevTools)",
   "  --json         one JSON object instead of the tables",
 ].join("\n");
@@ -90,6 +93,7 @@ export function parseOptions(argv: readonly string[]): Options | string {
   let top = TOP_DEFAULT;
   let threads: number | null = null;
   let keep: string | null = null;
+  let sync: Options["sync"] = null;
   let json = false;
   let help = false;
   for (let i = 0; i < argv.length; i++) {
@@ -113,13 +117,17 @@ export function parseOptions(argv: readonly string[]): Options | string {
       if (arg === "--events") events = value;
       else if (arg === "--top") top = value;
       else threads = value;
+    } else if (arg === "--sync") {
+      const mode = argv[++i];
+      if (mode !== "full" && mode !== "normal") return `--sync: full or normal, got ${mode ?? "nothing"}`;
+      sync = mode;
     } else if (arg === "--keep") {
       const dir = argv[++i];
       if (dir === undefined || dir.startsWith("--")) return "--keep: a directory is missing";
       keep = dir;
     } else return `unknown argument ${arg}`;
   }
-  return { classes, events, top, threads, keep, json, help };
+  return { classes, events, top, threads, sync, keep, json, help };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -328,7 +336,49 @@ export interface ClassProfile {
   readonly bench: { delivered_per_s: number; seconds: number; p99_ms: number; cpu_us_per_event: readonly (number | null)[] } | null;
   readonly benchError: string | null;
   /** By replica id: the summary of its profile, or why there is none. */
-  readonly replicas: readonly { readonly id: number; readonly summary: ProfileSummary | null; readonly error: string | null }[];
+  readonly replicas: readonly {
+    readonly id: number;
+    readonly summary: ProfileSummary | null;
+    /** CPU seconds of the replica's threads during the bench, by kind (main, verify threads, GC helpers, JIT, other). */
+    readonly threadCpu: Record<string, number> | null;
+    readonly error: string | null;
+  }[];
+}
+
+/** CPU seconds of each thread of a process by kind (Linux /proc/PID/task), or null. */
+export function threadCpu(pid: number): Map<string, number> | null {
+  const kinds = new Map<string, number>();
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      const seconds = (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+      const kind = Number(tid) === pid ? "main" : threadKind(comm);
+      kinds.set(kind, (kinds.get(kind) ?? 0) + seconds);
+    }
+    return kinds;
+  } catch {
+    return null;
+  }
+}
+
+/** What a thread of a Bun process does, by its name. */
+function threadKind(comm: string): string {
+  if (comm === "Worker") return "verify threads";
+  if (comm.startsWith("HeapHelper") || comm.includes("Heap") || comm.includes("GC")) return "GC helpers";
+  if (comm.startsWith("JIT")) return "JIT";
+  return "other";
+}
+
+/** Linux's clock ticks per second in /proc (USER_HZ, 100 on every common build). */
+const CLOCK_TICKS_PER_SECOND = 100;
+
+function cpuBetween(before: Map<string, number> | null, after: Map<string, number> | null): Record<string, number> | null {
+  if (before === null || after === null) return null;
+  const result: Record<string, number> = {};
+  for (const [kind, seconds] of after) result[kind] = Math.round((seconds - (before.get(kind) ?? 0)) * 100) / 100;
+  return result;
 }
 
 async function waitForLine(lines: string[], needle: string, timeoutMs: number): Promise<boolean> {
@@ -356,6 +406,7 @@ async function profileClass(className: ClassName, options: Options, index: numbe
       const argv = [BUN, "--cpu-prof", `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=replica-${id}.cpuprofile`, MAIN, "replica"];
       argv.push("--config", cluster.configPath, "--id", String(id));
       if (options.threads !== null) argv.push("--threads", String(options.threads));
+      if (options.sync !== null) argv.push("--sync", options.sync);
       const proc = track(Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, FITB_LOG: "info" } }));
       const lines: string[] = [];
       const sink = (line: string): void => {
@@ -379,9 +430,11 @@ async function profileClass(className: ClassName, options: Options, index: numbe
     }
     progress(`${label}: fitb bench, ${options.events} events of 200 B`);
     const benchOptions: PeersOptions = { events: options.events, publishers: 1, size: 200, natsServer: null, json: true, help: false };
+    const cpuBefore = PROFILED.map((id) => threadCpu(procs[id]?.pid ?? -1));
     const benchStartMs = Date.now();
     const bench = await runFitbBench(cluster, tagOf(className), benchOptions, label);
     const benchEndMs = Date.now();
+    const cpuAfter = PROFILED.map((id) => threadCpu(procs[id]?.pid ?? -1));
     if (!(bench instanceof Error))
       progress(`${label}: ${bench.delivered_per_s} ev/s in ${bench.seconds} s, p99 ${bench.p99_ms} ms; stopping the replicas (SIGTERM)`);
     for (const proc of procs) proc.kill("SIGTERM");
@@ -390,12 +443,14 @@ async function profileClass(className: ClassName, options: Options, index: numbe
       Bun.sleep(STOP_MS_MAX).then(() => false),
     ]);
     if (!stopped) progress(`${label}: a replica did not stop within ${STOP_MS_MAX / 1_000} s of SIGTERM; its profile may be missing`);
-    const replicas = PROFILED.map((id) => {
+    const replicas = PROFILED.map((id, index) => {
       const path = join(profileDir, `replica-${id}.cpuprofile`);
-      if (!existsSync(path)) return { id, summary: null, error: `no profile written (${readdirSync(profileDir).join(", ") || "none"})` };
+      if (!existsSync(path))
+        return { id, summary: null, error: `no profile written (${readdirSync(profileDir).join(", ") || "none"})`, threadCpu: null };
       return {
         id,
         summary: summarize(JSON.parse(readFileSync(path, "utf8")) as CpuProfile, options.top, benchStartMs * 1_000, benchEndMs * 1_000),
+        threadCpu: cpuBetween(cpuBefore[index] ?? null, cpuAfter[index] ?? null),
         error: null,
       };
     });
@@ -437,6 +492,12 @@ function printClass(result: ClassProfile, top: number): void {
     console.log(
       `replica ${replica.id} (${role}): ${s.samples} samples of its main thread during the ${s.windowSeconds.toFixed(1)} s of the bench (${s.samplesAll} over its life)`,
     );
+    if (replica.threadCpu !== null)
+      console.log(
+        `CPU seconds during the bench by thread: ${Object.entries(replica.threadCpu)
+          .map(([kind, seconds]) => `${kind} ${seconds}`)
+          .join(", ")}`,
+      );
     console.log("");
     console.log(formatGroups(s, top));
     console.log("");
@@ -456,6 +517,7 @@ async function main(): Promise<void> {
     console.log(USAGE);
     process.exit(0);
   }
+  setProgressName("profile");
   const bail = (code: number, why: string): never => {
     progress(why);
     killAll();
