@@ -24,7 +24,9 @@
  *
  * "server CPU µs/event" is the CPU time of every server process (fitb: the four replicas,
  * from their status answers; NATS: the nats-server process, from /proc) over the run,
- * divided by the events delivered. Without nats-server it says how to install it and runs
+ * divided by the events delivered; "client CPU µs/event" that of the Bun process that
+ * published and subscribed (fitb: the whole `fitb bench` process, its start and connecting
+ * included; NATS: this program's process during the run). Without nats-server it says how to install it and runs
  * fitb alone. A benchmark is a program: it prints figures and never judges them. Every wait
  * is bounded, the whole run too; every process it started is killed on every way out.
  */
@@ -132,11 +134,13 @@ export interface Row {
   readonly serverCpuUsPerEvent: number | null;
   /** How many server processes that CPU is spread over. */
   readonly serverProcesses: number;
+  /** CPU µs per delivered event of the Bun process that published and subscribed; null when not known. */
+  readonly clientCpuUsPerEvent: number | null;
   /** What went wrong or what to know (events lost, refusals), or null. */
   readonly note: string | null;
 }
 
-const HEADER = ["system", "CLASS / mode", "delivered ev/s", "p50 ms", "p99 ms", "server CPU µs/event", "note"];
+const HEADER = ["system", "CLASS / mode", "delivered ev/s", "p50 ms", "p99 ms", "server CPU µs/event", "client CPU µs/event", "note"];
 
 function fixed(value: number, digits: number): string {
   return Number.isFinite(value) ? value.toFixed(digits) : "-";
@@ -153,10 +157,11 @@ export function formatTable(rows: readonly Row[]): string {
     row.serverCpuUsPerEvent === null
       ? "-"
       : `${fixed(row.serverCpuUsPerEvent, 1)}${row.serverProcesses > 1 ? ` (${row.serverProcesses} processes)` : ""}`,
+    row.clientCpuUsPerEvent === null ? "-" : fixed(row.clientCpuUsPerEvent, 1),
     row.note ?? "",
   ]);
   const widths = HEADER.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] as string).length)));
-  const numeric = (i: number): boolean => i >= 2 && i <= 5;
+  const numeric = (i: number): boolean => i >= 2 && i <= 6;
   const line = (values: readonly string[]): string =>
     `| ${values.map((v, i) => (numeric(i) ? v.padStart(widths[i] as number) : v.padEnd(widths[i] as number))).join(" | ")} |`;
   const rule = `|${widths.map((w, i) => (numeric(i) ? `${"-".repeat(w + 1)}:` : "-".repeat(w + 2))).join("|")}|`;
@@ -238,6 +243,8 @@ export interface FitbBenchJson {
   readonly cpu_s: readonly (number | null)[];
   readonly cpu_us_per_event: readonly (number | null)[];
   readonly rate_limited: number;
+  /** CPU seconds of the whole bench process (startup and connecting included), from its resource usage. */
+  readonly clientCpuSeconds?: number | null;
 }
 
 /** Limits that keep the key's rate limit from setting the figure. */
@@ -285,7 +292,11 @@ export async function runFitbBench(cluster: TestCluster, tag: string, options: O
   const json = out.findLast((line) => line.startsWith("{"));
   const said = err.filter((line) => !BENCH_PROGRESS.test(line)).slice(-3);
   if (json === undefined) return new Error(`fitb bench gave no figures (exit ${code}): ${said.join("; ") || "nothing said"}`);
-  const figures = JSON.parse(json) as FitbBenchJson;
+  const usage = proc.resourceUsage();
+  const figures = {
+    ...(JSON.parse(json) as FitbBenchJson),
+    clientCpuSeconds: usage === undefined ? null : Number(usage.cpuTime.total) / 1e6,
+  };
   if (code !== 0 && said.length > 0) progress(`  ${label}: ${said.join("; ")}`);
   return figures;
 }
@@ -310,6 +321,10 @@ function fitbRow(mode: string, figures: FitbBenchJson | Error, events: number): 
     p99Ms: figures.p99_ms,
     serverCpuUsPerEvent: known.length === 0 ? null : known.reduce((sum, value) => sum + value, 0),
     serverProcesses: cpu.length,
+    clientCpuUsPerEvent:
+      figures.clientCpuSeconds === null || figures.clientCpuSeconds === undefined || figures.delivered === 0
+        ? null
+        : (figures.clientCpuSeconds * 1e6) / figures.delivered,
     note: notes.length === 0 ? null : notes.join("; "),
   };
 }
@@ -325,6 +340,7 @@ function emptyRow(system: Row["system"], mode: string, events: number, note: str
     p99Ms: Number.NaN,
     serverCpuUsPerEvent: null,
     serverProcesses: 1,
+    clientCpuUsPerEvent: null,
     note,
   };
 }
@@ -534,7 +550,7 @@ async function driveNats(
   };
 }
 
-function natsRow(mode: string, run: NatsRun | Error, events: number, cpuSecondsUsed: number | null): Row {
+function natsRow(mode: string, run: NatsRun | Error, events: number, cpuSecondsUsed: number | null, clientCpuSeconds: number): Row {
   if (run instanceof Error) return emptyRow("NATS", mode, events, run.message);
   const notes: string[] = [];
   if (run.failed > 0) notes.push(`${run.failed} failed (${run.firstError})`);
@@ -549,6 +565,7 @@ function natsRow(mode: string, run: NatsRun | Error, events: number, cpuSecondsU
     p99Ms: run.latency.percentile(99),
     serverCpuUsPerEvent: cpuSecondsUsed === null || run.delivered === 0 ? null : (cpuSecondsUsed * 1e6) / run.delivered,
     serverProcesses: 1,
+    clientCpuUsPerEvent: run.delivered === 0 ? null : (clientCpuSeconds * 1e6) / run.delivered,
     note: notes.length === 0 ? null : notes.join("; "),
   };
 }
@@ -577,6 +594,7 @@ async function runNats(options: Options, executable: string): Promise<Row[]> {
       subscriber.subscribe(subject, { callback: (error, msg) => (error === null ? deliveries.onEvent(msg.data) : undefined) });
       await subscriber.flush();
       const cpuBefore = cpuSeconds(server.proc.pid);
+      const clientBefore = process.cpuUsage();
       // A round trip (flush) every half window; a publisher waits for the one before it, so
       // at most a window of its events is unconfirmed at once.
       const flushes: (Promise<void> | null)[] = new Array(options.publishers).fill(null);
@@ -597,8 +615,16 @@ async function runNats(options: Options, executable: string): Promise<Row[]> {
         label,
       ).catch((error: unknown) => (error instanceof Error ? error : new Error(String(error))));
       const cpuAfter = cpuSeconds(server.proc.pid);
+      const client = process.cpuUsage(clientBefore);
+      const clientSeconds = (client.user + client.system) / 1e6;
       await Promise.all([publisherConnection.close(), subscriber.close()]);
-      const row = natsRow("core", run, options.events, cpuBefore === null || cpuAfter === null ? null : cpuAfter - cpuBefore);
+      const row = natsRow(
+        "core",
+        run,
+        options.events,
+        cpuBefore === null || cpuAfter === null ? null : cpuAfter - cpuBefore,
+        clientSeconds,
+      );
       progress(`${label}: ${Math.round(row.deliveredPerSecond)} ev/s, p99 ${fixed(row.p99Ms, 1)} ms${row.note ? ` (${row.note})` : ""}`);
       rows.push(row);
     }
@@ -621,13 +647,22 @@ async function runNats(options: Options, executable: string): Promise<Row[]> {
       const messages = await consumer.consume({ callback: (msg) => deliveries.onEvent(msg.data) });
       const js = jetstream(publisherConnection);
       const cpuBefore = cpuSeconds(server.proc.pid);
+      const clientBefore = process.cpuUsage();
       const run = await driveNats(options, deliveries, runId, (_publisher, event) => js.publish(subject, event), true, label).catch(
         (error: unknown) => (error instanceof Error ? error : new Error(String(error))),
       );
       const cpuAfter = cpuSeconds(server.proc.pid);
+      const client = process.cpuUsage(clientBefore);
+      const clientSeconds = (client.user + client.system) / 1e6;
       await messages.close();
       await Promise.all([publisherConnection.close(), subscriber.close()]);
-      const row = natsRow("JetStream R1 file", run, options.events, cpuBefore === null || cpuAfter === null ? null : cpuAfter - cpuBefore);
+      const row = natsRow(
+        "JetStream R1 file",
+        run,
+        options.events,
+        cpuBefore === null || cpuAfter === null ? null : cpuAfter - cpuBefore,
+        clientSeconds,
+      );
       progress(`${label}: ${Math.round(row.deliveredPerSecond)} ev/s, p99 ${fixed(row.p99Ms, 1)} ms${row.note ? ` (${row.note})` : ""}`);
       rows.push(row);
     }

@@ -25,10 +25,11 @@ test("without nats-server, bench:peers says how to install it and prints fitb's 
   const rows = run.stdout.split("\n").filter((line) => line.startsWith("| fitb"));
   expect(rows.map((row) => row.split("|")[2]?.trim())).toEqual([...FITB_CLASSES]);
   for (const row of rows) {
-    const [, , , perSecond, p50, p99, cpu, note] = row.split("|").map((cell) => cell.trim());
+    const [, , , perSecond, p50, p99, cpu, clientCpu, note] = row.split("|").map((cell) => cell.trim());
     expect(Number(perSecond)).toBeGreaterThan(0);
     expect(Number(p99)).toBeGreaterThanOrEqual(Number(p50));
     expect(cpu).toMatch(/^[\d.]+ \(4 processes\)$/);
+    expect(Number(clientCpu)).toBeGreaterThan(0);
     expect(note).toBe("");
   }
   expect(run.stdout).not.toContain("| NATS");
