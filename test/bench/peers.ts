@@ -197,7 +197,10 @@ export function track<T extends Subprocess>(proc: T): T {
 
 export function killAll(): void {
   for (const proc of started) proc.kill("SIGKILL");
-  for (const cluster of clusters) for (const proc of cluster.procs) proc?.kill("SIGKILL");
+  for (const cluster of clusters) {
+    for (const proc of cluster.procs) proc?.kill("SIGKILL");
+    rmSync(cluster.dir, { recursive: true, force: true });
+  }
   for (const dir of madeDirs) rmSync(dir, { recursive: true, force: true });
 }
 
