@@ -195,6 +195,11 @@ export function track<T extends Subprocess>(proc: T): T {
   return proc;
 }
 
+/** A directory removed by killAll (on an interrupted run). */
+export function trackDir(dir: string): void {
+  madeDirs.add(dir);
+}
+
 export function killAll(): void {
   for (const proc of started) proc.kill("SIGKILL");
   for (const cluster of clusters) {

@@ -45,6 +45,7 @@ import {
   runFitbBench,
   tagOf,
   track,
+  trackDir,
   UNLIMITED_CLIENT,
 } from "./peers.ts";
 
@@ -76,8 +77,8 @@ export const USAGE = [
   "",
   "Profiles 4 local replicas (bun --cpu-prof) while fitb bench runs on a channel of CLASS,",
   "stops them cleanly and prints, for the leader (replica 0) and a follower (replica 1),",
-  "the top groups of self time: ed25519, hashing, HMAC, CBOR, validation, sockets, storage,",
-  "GC, ordering core, channel machine, fan-out, ...",
+  "the share of its main thread's samples by group: ed25519, hashing, HMAC, CBOR, validation,",
+  "sockets, storage commit and append, ordering core, channel machine, fan-out, ...",
   `  --class CLASS  one of ${FITB_CLASSES.join(", ")}, or all (default)`,
   `  --events N     events in the bench run (default ${EVENTS_DEFAULT})`,
   `  --top K        groups per table (default ${TOP_DEFAULT}), and as many top functions`,
@@ -398,6 +399,8 @@ async function profileClass(className: ClassName, options: Options, index: numbe
   const profileDir = join(options.keep ?? join(tmpdir(), `fitb-profile-${process.pid}`), className.replace("/", "-"));
   rmSync(profileDir, { recursive: true, force: true });
   mkdirSync(profileDir, { recursive: true });
+  trackDir(cluster.dir);
+  if (options.keep === null) trackDir(profileDir);
   const procs: Subprocess[] = [];
   const logs: string[][] = [];
   try {
