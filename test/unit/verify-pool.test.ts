@@ -6,6 +6,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { sign } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
+import { BATCH_BYTES_MAX, packBatch, unpackBatch } from "../../src/threads/verify-batch.ts";
 import { LANE_CHECKS_MAX, VerifyPool } from "../../src/threads/verify-pool.ts";
 import { waitFor } from "../helpers/wait.ts";
 
@@ -147,6 +148,45 @@ describe("verification threads", () => {
     await waitFor("the other answers", () => answered.length === 4, 30_000);
     expect(answered).toEqual([0, 2, 3, 4]);
     expect(String(errors[0])).toContain("boom");
+  });
+
+  test("a batch packs into one buffer and reads back the same triples, an empty message included", () => {
+    const items = checks(5).map(({ key, message, sig }) => ({ key, message, sig }));
+    items.push({ key: items[0]?.key as Uint8Array, message: new Uint8Array(0), sig: new Uint8Array(64).fill(9) });
+    const back = unpackBatch(packBatch(items));
+    expect(back.map((b) => [b.key, b.sig, b.message])).toEqual(items.map((i) => [i.key, i.sig, i.message]));
+    expect(() => packBatch([{ key: new Uint8Array(31), sig: new Uint8Array(64), message: new Uint8Array(1) }])).toThrow(RangeError);
+  });
+
+  test("a turn's checks go out in batches of at most BATCH_BYTES_MAX message bytes, each check in one", async () => {
+    const p = pool(1);
+    await waitFor("the start probe answered", () => p.verifiedOnThreads === 2);
+    const key = SigningKey.generate();
+    const big = Math.floor(BATCH_BYTES_MAX * 0.6);
+    const items = [0, 1, 2].map((i) => {
+      const message = new Uint8Array(big).fill(i);
+      return { message, sig: sign(key, message) };
+    });
+    const before = p.batchesSent;
+    const answers: boolean[] = [];
+    for (const item of items) p.verify(key.publicKey, item.message, item.sig, (ok) => answers.push(ok));
+    await waitFor("three answers", () => answers.length === 3, 30_000);
+    expect(answers).toEqual([true, true, true]);
+    // Two of them would pass the bound together: three batches, one check each.
+    expect(p.batchesSent - before).toBe(3);
+  });
+
+  test("a key or signature of the wrong size is answered false inline, and the pool goes on", async () => {
+    const p = pool(1);
+    const [good] = checks(2).filter((c) => c.valid);
+    const answers: boolean[] = [];
+    p.verify(new Uint8Array(31), new Uint8Array(8), new Uint8Array(64), (ok) => answers.push(ok));
+    p.verify(good?.key as Uint8Array, good?.message as Uint8Array, new Uint8Array(63), (ok) => answers.push(ok));
+    expect(answers).toEqual([false, false]);
+    expect(p.verifiedInline).toBe(2);
+    p.verify(good?.key as Uint8Array, good?.message as Uint8Array, good?.sig as Uint8Array, (ok) => answers.push(ok));
+    await waitFor("the good check answered by the thread", () => answers.length === 3);
+    expect(answers[2]).toBe(true);
   });
 
   test("a thread count out of range is refused", () => {
