@@ -101,12 +101,11 @@ describe("batches written once", () => {
   test("accept, prepared and decided name one batch row; a restart puts the batch back in each", () => {
     const marker = "only-once-0123456789abcdef";
     const { dir, storage, batches } = setup(6, (seq) => `${marker} ${seq}`);
-    expect(batchRows(storage)).toBe(6);
     storage.close();
     // Closing folds the write-ahead log into the file: each payload is in it once.
     const file = readFileSync(join(dir, STORE_FILE));
     for (let seq = 2; seq <= 6; seq++) expect(occurrences(file, `${marker} ${seq}`)).toBe(1);
-    const { recovered, machine } = reopen(dir);
+    const { recovered, machine, storage: reopened } = reopen(dir);
     expect(recovered.lastDecided).toBe(6);
     expect(payloads(machine, "sec.alerts")).toEqual([2, 3, 4, 5, 6].map((seq) => `${marker} ${seq}`));
     for (const r of coreOf(recovered, "decided")) expect(r.batch).toEqual(batches.get(r.seq) as ClientRequest[]);
@@ -114,6 +113,7 @@ describe("batches written once", () => {
     for (const r of coreOf(recovered, "prepared")) expect(r.batch).toEqual(batches.get(r.cert.seq) as ClientRequest[]);
     expect(coreOf(recovered, "accept").length).toBe(6);
     expect(coreOf(recovered, "prepared").length).toBe(6);
+    expect(batchRows(reopened)).toBe(6);
   });
 
   test("in crash mode the certificate's body is the same batch and is stored once too", () => {
