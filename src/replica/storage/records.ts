@@ -125,6 +125,28 @@ function withBatch(record: PersistedRecord, batch: ClientRequest[]): PersistedRe
   }
 }
 
+type CanonicalMap = { [key: string]: Canonical };
+
+function isMap(x: Canonical | undefined): x is CanonicalMap {
+  return x !== null && typeof x === "object" && !Array.isArray(x) && !(x instanceof Uint8Array);
+}
+
+/** A stored reference record, as decoded, with `batch` in the places withBatch emptied. */
+function withStoredBatch(r: CanonicalMap, batch: Canonical): CanonicalMap {
+  switch (r["t"]) {
+    case "accept": {
+      const pp = r["prePrepare"];
+      return isMap(pp) ? { ...r, prePrepare: { ...pp, batch } } : r;
+    }
+    case "prepared": {
+      const cert = r["cert"];
+      return { ...r, cert: isMap(cert) && cert["batch"] !== null ? { ...cert, batch } : (cert as Canonical), batch };
+    }
+    default:
+      return { ...r, batch };
+  }
+}
+
 /** Where a referenced batch is looked up when a record is read: the decoded batch, or why not. */
 export type BatchLookup = (digest: Uint8Array) => ClientRequest[] | string;
 
@@ -141,14 +163,15 @@ export function readRecord(bytes: Uint8Array, batches: BatchLookup = NO_BATCHES)
   } catch {
     return MALFORMED;
   }
-  const ref = value as { [key: string]: Canonical } | null;
-  if (ref !== null && typeof ref === "object" && !Array.isArray(ref) && !(ref instanceof Uint8Array) && "v" in ref) {
-    if (ref["v"] !== REF_VERSION || !(ref["b"] instanceof Uint8Array)) return MALFORMED;
-    const stripped = validatePersistedRecord(ref["r"], RECORD_CLIENT_ROWS_MAX);
-    if (stripped === null || (stripped.t !== "accept" && stripped.t !== "prepared" && stripped.t !== "decided")) return MALFORMED;
+  const ref = value;
+  if (isMap(ref) && "v" in ref) {
+    const stripped = ref["r"];
+    if (ref["v"] !== REF_VERSION || !(ref["b"] instanceof Uint8Array) || !isMap(stripped)) return MALFORMED;
+    if (stripped["t"] !== "accept" && stripped["t"] !== "prepared" && stripped["t"] !== "decided") return MALFORMED;
     const batch = batches(ref["b"]);
     if (typeof batch === "string") return { ok: false, reason: batch };
-    const record = validatePersistedRecord(withBatch(stripped, batch), RECORD_CLIENT_ROWS_MAX);
+    // The whole record, batch put back, is checked field by field once.
+    const record = validatePersistedRecord(withStoredBatch(stripped, batch as unknown as Canonical), RECORD_CLIENT_ROWS_MAX);
     // The record must name its batch by the digest it was stored under.
     const named = record === null ? null : digestNamed(record);
     if (record === null || named === null || !bytesEqual(named, ref["b"])) return MALFORMED;

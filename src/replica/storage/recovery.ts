@@ -262,19 +262,33 @@ export class RecoveryError extends Error {
   override readonly name = "RecoveryError";
 }
 
+/** Bytes of batches kept decoded between the passes of a recovery (the decided log is read twice). */
+export const RECOVERY_BATCH_CACHE_BYTES = 64 * 1024 * 1024;
+
 /**
  * Reads batches stored apart (records.ts) for the records that name them, and notes which
  * were named: a row that names a batch stays only if its batch reads back, so the rest can go.
+ * A batch read once is kept (up to RECOVERY_BATCH_CACHE_BYTES) for the second read of the
+ * decided log and for the vote records of the same seqs.
  */
 function batchLookup(storage: ReplicaStorage): { readonly lookup: BatchLookup; readonly named: Set<string> } {
   const named = new Set<string>();
+  const cache = new Map<string, ClientRequest[]>();
+  let cachedBytes = 0;
   const lookup: BatchLookup = (digest) => {
-    const checked = storage.store.batch(digest);
-    if (checked === null) return "batch missing";
-    if (!checked.ok) return "batch damaged";
-    const batch = decodeBatch(digest, checked.row.data);
+    const key = toHex(digest);
+    const cached = cache.get(key);
+    if (cached !== undefined) return cached;
+    // Every row's checksum was checked at open; the digest checks these bytes whole.
+    const data = storage.store.batchData(digest);
+    if (data === null) return "batch missing";
+    const batch = decodeBatch(digest, data);
     if (batch === null) return "batch does not match its digest";
-    named.add(toHex(digest));
+    named.add(key);
+    if (cachedBytes + data.length <= RECOVERY_BATCH_CACHE_BYTES) {
+      cache.set(key, batch);
+      cachedBytes += data.length;
+    }
     return batch;
   };
   return { lookup, named };

@@ -141,6 +141,7 @@ function prepareStatements(db: Database) {
     deleteDecidedFrom: db.prepare("DELETE FROM decided WHERE seq >= ?"),
     putBatch: db.prepare("INSERT OR REPLACE INTO batch (digest, seq, data, sum) VALUES (?, ?, ?, ?)"),
     readBatch: db.prepare("SELECT id, digest, seq, data, sum FROM batch WHERE digest = ?"),
+    readBatchData: db.prepare("SELECT data FROM batch WHERE digest = ?"),
     deleteBatchesUpTo: db.prepare("DELETE FROM batch WHERE seq <= ?"),
     deleteBatchId: db.prepare("DELETE FROM batch WHERE id = ?"),
     putHead: db.prepare("INSERT OR REPLACE INTO snap_head (seq, head, sum) VALUES (?, ?, ?)"),
@@ -397,6 +398,15 @@ export class ReplicaStore {
   batch(digest: Uint8Array): Checked<BatchRow> | null {
     const r = this.stmts.readBatch.get(digest) as Row | null;
     return r === null ? null : this.checkBatch(r);
+  }
+
+  /**
+   * The bytes stored under `digest`, unchecked; null when there is none. For a reader
+   * that checks them against the digest itself (content addressing is the stronger check).
+   */
+  batchData(digest: Uint8Array): Uint8Array | null {
+    const r = this.stmts.readBatchData.get(digest) as Row | null;
+    return r === null ? null : blob(r.data);
   }
 
   *batchRows(): Generator<Checked<BatchRow>> {
