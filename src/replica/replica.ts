@@ -48,6 +48,7 @@ import {
   type Admission,
   admitUnverified,
   BAD_SIGNATURE,
+  bodyDigestOf,
   clockSkewProblem,
   type Refused,
   spaceOf,
@@ -442,7 +443,7 @@ export class Replica {
     // "authenticated" admission (which may quarantine a client) honest, and the rate
     // below is charged to the key that really sent.
     const { request, clientHex, space } = admitted;
-    const digest = sha256(signed.body);
+    const digest = bodyDigestOf(signed.body);
     const overLimit = this.limits.admit(clientHex, request.span, signed.body.length, Date.now());
     if (overLimit !== null) {
       this.metrics.inc("requests_rate_limited_total");
@@ -713,7 +714,7 @@ export class Replica {
 
   private executeOne(req: ClientRequest, decidedSeq: number): void {
     const signed: SignedRequest = { body: req.body, sig: req.sig };
-    const digest = sha256(req.body);
+    const digest = bodyDigestOf(req.body);
     // The core decides only requests whose signature it verified (verifyRequest), so
     // execution decodes without verifying again.
     const decoded = decodeRequestBody(req.body);

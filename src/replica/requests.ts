@@ -161,8 +161,28 @@ export function clientRequestValid(req: ClientRequest, atMs: number): boolean {
   return stamp !== null && stampWithinBound(stamp, atMs);
 }
 
+/**
+ * sha256 of request bodies, by body object. A body is hashed when its request arrives
+ * (the reply names it), for the verified-signature cache when the core admits it and
+ * when a proposal carrying it is checked, and again when it executes; the same bytes
+ * object travels that whole way on the replica that received it, and from the proposal
+ * to execution on the others. Bodies are views into received frames that are never
+ * written again (wire/canonical.ts), so a hit is the digest of the same bytes.
+ */
+const bodyDigests = new WeakMap<Uint8Array, Uint8Array>();
+
+/** sha256 of a request body, computed once per body object. */
+export function bodyDigestOf(body: Uint8Array): Uint8Array {
+  let digest = bodyDigests.get(body);
+  if (digest === undefined) {
+    digest = sha256(body);
+    bodyDigests.set(body, digest);
+  }
+  return digest;
+}
+
 /** A key naming every byte clientRequestValid looked at: header, body and signature (`bodyDigest`: sha256 of the body, if already known). */
-export function verifiedCacheKey(req: ClientRequest, bodyDigest: Uint8Array = sha256(req.body)): string {
+export function verifiedCacheKey(req: ClientRequest, bodyDigest: Uint8Array = bodyDigestOf(req.body)): string {
   return `${req.client}#${req.seq}#${req.span}#${toHex(bodyDigest)}#${toHex(req.sig)}`;
 }
 

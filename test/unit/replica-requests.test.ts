@@ -8,7 +8,9 @@ import { sign } from "../../src/crypto/ed25519.ts";
 import { toHex } from "../../src/crypto/encoding.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import type { ClientRequest } from "../../src/core/ordering/messages.ts";
+import { sha256 } from "../../src/crypto/hash.ts";
 import {
+  bodyDigestOf,
   CLIENT_CLOCK_SKEW_MS_MAX,
   clientRequestValid,
   clockSkewProblem,
@@ -103,5 +105,19 @@ describe("the bound at every replica that accepts a proposal", () => {
     );
     expect(new Set(keys).size).toBe(keys.length);
     expect(verifiedCacheKey({ ...good })).toBe(verifiedCacheKey(good));
+  });
+});
+
+describe("request body digests", () => {
+  test("a body is hashed once however often its digest is asked for (arrival, verification, execution)", () => {
+    const body = encodeRequestBody(pub(NOW));
+    const digest = bodyDigestOf(body);
+    expect(digest).toEqual(sha256(body));
+    // The same object back: no second hash.
+    expect(bodyDigestOf(body)).toBe(digest);
+    // Another body with the same bytes is hashed on its own, to the same digest.
+    const copy = body.slice();
+    expect(bodyDigestOf(copy)).not.toBe(digest);
+    expect(bodyDigestOf(copy)).toEqual(digest);
   });
 });

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { adminOp, buildRequest, pubOp } from "../../src/client/request.ts";
 import { ChannelMachine } from "../../src/core/channels/machine.ts";
 import type { ChannelsConfig } from "../../src/core/channels/config.ts";
-import type { ClientRequest } from "../../src/core/ordering/messages.ts";
+import { batchBytes, type ClientRequest } from "../../src/core/ordering/messages.ts";
 import { toHex } from "../../src/crypto/encoding.ts";
 import { sha256 } from "../../src/crypto/hash.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
@@ -27,6 +27,11 @@ export const MACHINE_CONFIG: ChannelsConfig = {
   requestEventsMax: 64,
   retention: { events: 10_000, bytes: 1024 * 1024, ageMs: 0 },
 };
+
+/** The digest the ordering core gives `batch` (its records name their batch by it). */
+export function batchDigest(batch: readonly ClientRequest[]): Uint8Array {
+  return sha256(batchBytes(batch));
+}
 
 export function tempDir(prefix = "fitb-storage-"): { dir: string; remove: () => void } {
   const dir = mkdtempSync(join(tmpdir(), prefix));

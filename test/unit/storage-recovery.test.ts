@@ -17,7 +17,7 @@ import { SnapshotKeeper } from "../../src/replica/storage/snapshots.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import { checkpointStateDigest } from "../../src/replica/storage/digest.ts";
 import { decodeRequestBody } from "../../wire/schemas.ts";
-import { execute, newMachine, openStorage, payloads, tempDir, testLog, TestClient } from "./storage-fixtures.ts";
+import { batchDigest, execute, newMachine, openStorage, payloads, tempDir, testLog, TestClient } from "./storage-fixtures.ts";
 
 const K = 128;
 const PART_BYTES = 2048;
@@ -49,7 +49,7 @@ class Writer {
 
   decide(batch: ClientRequest[]): void {
     const seq = ++this.seq;
-    this.storage.persist({ t: "decided", seq, view: 0, digest: DIGEST, batch, commits: [] });
+    this.storage.persist({ t: "decided", seq, view: 0, digest: batchDigest(batch), batch, commits: [] });
     const run = batch.filter((req) => {
       if (!this.clients.isNext(req)) return false;
       this.clients.recordExecuted(req);

@@ -42,8 +42,28 @@ export function verifySigned(context: CertContext, m: SignedMessage): boolean {
   return context.crypto.verify(signer, signingBytes(m, context.clusterId), m.sig);
 }
 
+/**
+ * Digests already computed, by hash function and batch: a batch is hashed when it is
+ * proposed or accepted and checked again before it executes, and the same array object
+ * travels the whole way (in the simulator, from one replica to the others too). Batches
+ * are never changed in place once built (a Byzantine variant in the simulator copies
+ * before it alters), so a hit is the digest of the same bytes; arrays that are gone take
+ * their entries with them.
+ */
+const batchDigests = new WeakMap<CoreCrypto["hash"], WeakMap<readonly ClientRequest[], Uint8Array>>();
+
 export function digestOfBatch(crypto: CoreCrypto, batch: readonly ClientRequest[]): Uint8Array {
-  return crypto.hash(batchBytes(batch));
+  let known = batchDigests.get(crypto.hash);
+  if (known === undefined) {
+    known = new WeakMap();
+    batchDigests.set(crypto.hash, known);
+  }
+  let digest = known.get(batch);
+  if (digest === undefined) {
+    digest = crypto.hash(batchBytes(batch));
+    known.set(batch, digest);
+  }
+  return digest;
 }
 
 /** Whether `batch` is the body of `digest` (the null digest names the empty batch). */

@@ -19,7 +19,8 @@ import type { PersistedRecord } from "../../core/ordering/types.ts";
 import type { Log } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import { GroupCommit } from "./group-commit.ts";
-import { decodeHead, encodeHead, encodeRecord, recordSeq, type SnapshotHead } from "./records.ts";
+import { toHex } from "../../crypto/encoding.ts";
+import { decodeHead, encodeBatch, encodeHead, encodeRecord, recordBatch, recordSeq, type SnapshotHead } from "./records.ts";
 import { type Checked, type CorruptRow, ReplicaStore, STORE_FILE, type SyncPolicy } from "./store.ts";
 
 export { DEFAULT_SYNC_POLICY, SYNC_POLICIES, type SyncPolicy, StoreIdentityError } from "./store.ts";
@@ -63,6 +64,20 @@ export class ReplicaStorage {
   readonly quarantined: boolean;
   readonly sinceBase: SinceBase = { rows: 0, bytes: 0 };
   private closed = false;
+  /**
+   * The batch rows as they stand once every staged write has run: hex digest -> the
+   * highest seq a record names the batch at, and its size. A record whose batch is here
+   * is written by reference alone.
+   */
+  private readonly batches = new Map<string, { seq: number; bytes: number }>();
+  /**
+   * The highest stable seq whose accept and prepared rows were deleted, and the highest
+   * base seq whose decided rows were, since this store was opened. A batch named at no
+   * seq above both is named by no row any more (see persist) and is deleted.
+   */
+  private prunedVotesTo = 0;
+  private prunedDecidedTo = 0;
+  private batchesPrunedTo = 0;
 
   /** The data directory. */
   get dir(): string {
@@ -89,6 +104,7 @@ export class ReplicaStorage {
         options.metrics.storageCommit.observe(ms / 1000);
       },
     });
+    for (const row of store.batchIndex()) this.batches.set(toHex(row.digest), { seq: row.seq, bytes: row.bytes });
     options.metrics.gauge("storage_pending_writes", () => this.commits.pendingWrites);
     options.metrics.gauge("storage_file_bytes", () => (this.closed ? 0 : this.store.sizeBytes()));
   }
@@ -150,35 +166,94 @@ export class ReplicaStorage {
    * Stages one record of the core's `persist` output. Decisions go to the decided log;
    * the rest to the core table, where a stable checkpoint prunes what a restart no
    * longer needs (the same rule as compactRecords in src/core/ordering/persist.ts).
+   *
+   * A record's batch is written once, to the batch table, and the record names it by
+   * digest (records.ts). The batch row carries the highest seq any record names it at;
+   * it is deleted once that seq is at or below both the stable seq whose votes were
+   * pruned and the base whose decisions were. For that to never leave a reference
+   * dangling, a record is written by reference only if the pruning that will delete it
+   * has not passed its seq yet (an `accept` or `prepared` record above the last pruned
+   * stable seq, a `decided` record above the last base); any other carries its batch.
    */
   persist(record: PersistedRecord): void {
-    const rec = encodeRecord(record);
     const store = this.store;
+    const seq = recordSeq(record);
+    const rec = this.encodeStaged(record, seq);
     if (record.t === "decided") {
       this.sinceBase.rows++;
-      this.sinceBase.bytes += rec.length;
-      this.commits.stage(() => store.insertDecided(record.seq, rec));
+      this.sinceBase.bytes += rec.length + (rec.byRef ? this.batchBytes(rec.key) : 0);
+      this.commits.stage(() => store.insertDecided(record.seq, rec.bytes));
       return;
     }
-    const seq = recordSeq(record);
     switch (record.t) {
       case "view":
       case "snapshot":
         // Only the latest of each matters for a restart.
-        this.commits.stage(() => store.deleteCoreOlderThan(record.t, store.insertCore(record.t, seq, rec)));
+        this.commits.stage(() => store.deleteCoreOlderThan(record.t, store.insertCore(record.t, seq, rec.bytes)));
         return;
       case "stable":
         this.commits.stage(() => {
-          store.deleteCoreOlderThan("stable", store.insertCore("stable", seq, rec));
+          store.deleteCoreOlderThan("stable", store.insertCore("stable", seq, rec.bytes));
           store.deleteCoreUpTo("accept", seq);
           store.deleteCoreUpTo("prepared", seq);
           // The checkpoint at the stable seq is the base the core restarts from.
           store.deleteCoreBelow("checkpoint", seq);
         });
+        this.prunedVotesTo = Math.max(this.prunedVotesTo, seq);
+        this.pruneBatches();
         return;
       default:
-        this.commits.stage(() => void store.insertCore(record.t, seq, rec));
+        this.commits.stage(() => void store.insertCore(record.t, seq, rec.bytes));
     }
+  }
+
+  /** The stored form of a record, staging its batch row first when it is not stored yet. */
+  private encodeStaged(record: PersistedRecord, seq: number): { bytes: Uint8Array; length: number; byRef: boolean; key: string } {
+    const carried = recordBatch(record);
+    const prunedTo = record.t === "decided" ? this.prunedDecidedTo : this.prunedVotesTo;
+    if (carried === null || seq <= prunedTo) {
+      const bytes = encodeRecord(record);
+      return { bytes, length: bytes.length, byRef: false, key: "" };
+    }
+    const key = toHex(carried.digest);
+    const known = this.batches.get(key);
+    if (known === undefined || known.seq < seq) {
+      const data = encodeBatch(carried.batch);
+      const digest = carried.digest;
+      this.batches.set(key, { seq, bytes: data.length });
+      this.commits.stage(() => this.store.putBatch(digest, seq, data));
+    }
+    const bytes = encodeRecord(record, true);
+    return { bytes, length: bytes.length, byRef: true, key };
+  }
+
+  /**
+   * Deletes, at once, every stored batch whose digest (hex) is not in `named`: recovery
+   * passes the batches the rows it kept name. Returns how many went.
+   */
+  dropBatchesExcept(named: ReadonlySet<string>): number {
+    const drop = this.store.batchIndex().filter((row) => !named.has(toHex(row.digest)));
+    if (drop.length === 0) return 0;
+    this.store.transaction(() => {
+      for (const row of drop) this.store.deleteBatchRow(row.id);
+    });
+    for (const row of drop) this.batches.delete(toHex(row.digest));
+    return drop.length;
+  }
+
+  /** The size of the stored batch named `hexDigest`, or 0 when none is stored. */
+  batchBytes(hexDigest: string): number {
+    return this.batches.get(hexDigest)?.bytes ?? 0;
+  }
+
+  /** Deletes the batches no remaining row can name (see persist). */
+  private pruneBatches(): void {
+    const upTo = Math.min(this.prunedVotesTo, this.prunedDecidedTo);
+    if (upTo <= this.batchesPrunedTo) return;
+    this.batchesPrunedTo = upTo;
+    for (const [key, batch] of this.batches) if (batch.seq <= upTo) this.batches.delete(key);
+    const store = this.store;
+    this.commits.stage(() => store.deleteBatchesUpTo(upTo));
   }
 
   // -----------------------------------------------------------------------------------
@@ -238,6 +313,8 @@ export class ReplicaStorage {
     });
     this.sinceBase.rows = 0;
     this.sinceBase.bytes = 0;
+    this.prunedDecidedTo = Math.max(this.prunedDecidedTo, head.seq);
+    this.pruneBatches();
   }
 
   /** One stored part, checked; a damaged part is reported and null is returned. */
@@ -282,6 +359,7 @@ function scanAndDelete(store: ReplicaStore): CorruptRow[] {
   };
   for (const row of store.coreRows()) note(row);
   for (const row of store.decidedRows(0)) note(row);
+  for (const row of store.batchRows()) note(row);
   for (const row of store.heads()) note(row);
   for (const { seq } of store.partSeqs()) for (const row of store.parts(seq)) note(row);
   for (const row of store.unorderedRows()) note(row);
@@ -302,6 +380,9 @@ export function deleteCorruptRow(store: ReplicaStore, row: CorruptRow): void {
       return store.deleteCoreRow(first);
     case "decided":
       return store.deleteDecidedFrom(first);
+    case "batch":
+      // The records that name it are refused when read (recovery.ts).
+      return store.deleteBatchRow(first);
     case "snap_head":
     case "snap_part":
       return store.deleteSnapshot(first);

@@ -28,10 +28,10 @@ import { ClientTable, type ClientTableExport } from "../../core/ordering/clients
 import type { ClientRequest } from "../../core/ordering/messages.ts";
 import type { PersistedRecord } from "../../core/ordering/types.ts";
 import { decodeRequestBody } from "../../../wire/schemas.ts";
-import { bytesEqual } from "../../crypto/encoding.ts";
+import { bytesEqual, toHex } from "../../crypto/encoding.ts";
 import { checkpointStateDigest } from "./digest.ts";
 import type { ReplicaStorage, SnapshotHead } from "./index.ts";
-import { decodeDecided, decodeRecord, type DecidedRecord } from "./records.ts";
+import { type BatchLookup, type DecidedRecord, decodeBatch, readDecided, readRecord, recordBatch } from "./records.ts";
 import type { CorruptRow } from "./store.ts";
 import { StreamReader } from "./stream.ts";
 
@@ -92,11 +92,14 @@ export function recover(options: RecoverOptions): Recovered {
   const dropped = [...heads.map((h) => h.seq).filter((seq) => !kept.has(seq)), ...orphans];
   storage.store.transaction(() => dropped.forEach((seq) => storage.store.deleteSnapshot(seq)));
 
-  const lastDecided = decidedRunEnd(storage, baseSeq);
-  const core = readCoreRecords(storage, lastDecided);
+  const batches = batchLookup(storage);
+  const lastDecided = decidedRunEnd(storage, baseSeq, batches.lookup);
+  const core = readCoreRecords(storage, lastDecided, batches.lookup);
+  // A batch no kept row names (its records were lost, or pruned before a crash) goes.
+  storage.dropBatchesExcept(batches.named);
   const coreBase = pickCoreBase(base, core, lastDecided);
   const coreBaseSeq = coreBase?.seq ?? 0;
-  const replay = replayDecided(options, base, lastDecided, coreBaseSeq, core.stable?.seq ?? 0);
+  const replay = replayDecided(options, base, lastDecided, coreBaseSeq, core.stable?.seq ?? 0, batches.lookup);
   const restoredUnordered = replayUnordered(options);
 
   const coreRecords: PersistedRecord[] = [];
@@ -190,12 +193,13 @@ function pickIncoming(options: RecoverOptions, incoming: readonly SnapshotHead[]
  * decision of its seq; the rows before the base and from the first gap or bad row on are
  * deleted.
  */
-function decidedRunEnd(storage: ReplicaStorage, baseSeq: number): number {
+function decidedRunEnd(storage: ReplicaStorage, baseSeq: number, batches: BatchLookup): number {
   let last = baseSeq;
   for (const checked of storage.store.decidedRows(baseSeq + 1)) {
     if (!checked.ok || checked.row.seq !== last + 1) break;
-    if (decodeDecided(checked.row.rec, checked.row.seq) === null) {
-      storage.reportCorrupt([{ table: "decided", ids: [checked.row.seq], key: `seq ${checked.row.seq}`, reason: "malformed record" }]);
+    const read = readDecided(checked.row.rec, checked.row.seq, batches);
+    if (!read.ok) {
+      storage.reportCorrupt([{ table: "decided", ids: [checked.row.seq], key: `seq ${checked.row.seq}`, reason: read.reason }]);
       break;
     }
     last = checked.row.seq;
@@ -218,6 +222,7 @@ function replayDecided(
   lastDecided: number,
   keepAbove: number,
   stableSeq: number,
+  batches: BatchLookup,
 ): Replay {
   const clients = new ClientTable();
   clients.import(base?.clients ?? []);
@@ -226,7 +231,8 @@ function replayDecided(
   let expected = first;
   for (const checked of options.storage.store.decidedRows(first)) {
     if (expected > lastDecided) break;
-    const record = checked.ok ? decodeDecided(checked.row.rec, checked.row.seq) : null;
+    const read = checked.ok ? readDecided(checked.row.rec, checked.row.seq, batches) : null;
+    const record = read?.ok === true ? read.record : null;
     if (record === null || record.seq !== expected) {
       // Every row was checked a moment ago (decidedRunEnd): this is damage that happened
       // since. Stopping is safe; the next start cuts the log there.
@@ -242,7 +248,9 @@ function replayDecided(
     options.afterSeq?.(record.seq, clients, stableSeq);
     if (record.seq > keepAbove) records.push(record);
     options.storage.sinceBase.rows++;
-    options.storage.sinceBase.bytes += checked.ok ? checked.row.rec.length : 0;
+    const stored = recordBatch(record);
+    options.storage.sinceBase.bytes +=
+      (checked.ok ? checked.row.rec.length : 0) + (stored === null ? 0 : options.storage.batchBytes(toHex(stored.digest)));
     expected++;
   }
   if (expected !== lastDecided + 1) throw new RecoveryError(`decided log ends at ${expected - 1}, expected ${lastDecided}`);
@@ -252,6 +260,38 @@ function replayDecided(
 /** The store changed under recovery in a way it cannot continue from; a restart rescans. */
 export class RecoveryError extends Error {
   override readonly name = "RecoveryError";
+}
+
+/** Bytes of batches kept decoded between the passes of a recovery (the decided log is read twice). */
+export const RECOVERY_BATCH_CACHE_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Reads batches stored apart (records.ts) for the records that name them, and notes which
+ * were named: a row that names a batch stays only if its batch reads back, so the rest can go.
+ * A batch read once is kept (up to RECOVERY_BATCH_CACHE_BYTES) for the second read of the
+ * decided log and for the vote records of the same seqs.
+ */
+function batchLookup(storage: ReplicaStorage): { readonly lookup: BatchLookup; readonly named: Set<string> } {
+  const named = new Set<string>();
+  const cache = new Map<string, ClientRequest[]>();
+  let cachedBytes = 0;
+  const lookup: BatchLookup = (digest) => {
+    const key = toHex(digest);
+    const cached = cache.get(key);
+    if (cached !== undefined) return cached;
+    // Every row's checksum was checked at open; the digest checks these bytes whole.
+    const data = storage.store.batchData(digest);
+    if (data === null) return "batch missing";
+    const batch = decodeBatch(digest, data);
+    if (batch === null) return "batch does not match its digest";
+    named.add(key);
+    if (cachedBytes + data.length <= RECOVERY_BATCH_CACHE_BYTES) {
+      cache.set(key, batch);
+      cachedBytes += data.length;
+    }
+    return batch;
+  };
+  return { lookup, named };
 }
 
 // -------------------------------------------------------------------------------------
@@ -306,7 +346,7 @@ interface CoreRecords {
  * The core table, in write order. Stable and checkpoint records past the replayed log
  * are dropped and deleted: the core's h must never exceed its lastExecuted.
  */
-function readCoreRecords(storage: ReplicaStorage, lastDecided: number): CoreRecords {
+function readCoreRecords(storage: ReplicaStorage, lastDecided: number, batches: BatchLookup): CoreRecords {
   const out: CoreRecords = { view: null, stable: null, checkpoints: new Map(), prepared: [], accepts: [] };
   const remove: number[] = [];
   const malformed: CorruptRow[] = [];
@@ -317,12 +357,13 @@ function readCoreRecords(storage: ReplicaStorage, lastDecided: number): CoreReco
       continue;
     }
     const { id, kind } = checked.row;
-    const record = decodeRecord(checked.row.rec);
-    if (record === null || record.t !== kind) {
-      malformed.push({ table: "core", ids: [id], key: `id ${id} (${kind})`, reason: "malformed record" });
+    const read = readRecord(checked.row.rec, batches);
+    if (!read.ok || read.record.t !== kind) {
+      malformed.push({ table: "core", ids: [id], key: `id ${id} (${kind})`, reason: read.ok ? "malformed record" : read.reason });
       remove.push(id);
       continue;
     }
+    const record = read.record;
     if (!keepCoreRecord(out, record, lastDecided)) remove.push(id);
   }
   if (malformed.length > 0) storage.reportCorrupt(malformed);

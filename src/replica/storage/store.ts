@@ -6,8 +6,11 @@
  *              of another replica or cluster is refused, never silently adopted.
  *   core       the ordering core's persisted records other than decisions, canonical CBOR,
  *              in the order they were written (`id`), with their kind and seq for pruning.
- *   decided    one row per decided sequence number (the batch and its commit certificate),
- *              not one per event: the decided log the channel state is replayed from.
+ *   decided    one row per decided sequence number (its commit certificate and its batch,
+ *              by digest), not one per event: the decided log the channel state is replayed from.
+ *   batch      each batch of client requests once, keyed by its digest, with the highest
+ *              seq a record refers to it at (records.ts: accept, prepared and decided
+ *              records name their batch by digest instead of carrying it).
  *   snap_head  one row per stored snapshot of the channel state machine: a base to
  *              restart from, or one arriving by state transfer.
  *   snap_part  the snapshot's byte stream (stream.ts) cut into parts of equal size.
@@ -26,8 +29,13 @@ import { rowChecksum, rowIntact } from "./checksum.ts";
 
 /** The database file inside the data directory; SQLite adds -wal and -shm beside it. */
 export const STORE_FILE = "fitb.db";
-/** Bumped when the tables or the meaning of a row change incompatibly. */
-export const STORE_FORMAT_VERSION = 1;
+/**
+ * Bumped when the tables or the meaning of a row change incompatibly. 2: records name
+ * their batch by digest (the batch table). This build reads format 1 stores as they are
+ * (their records carry their batches) and marks them 2; a build that reads only 1
+ * refuses a format 2 store, naming both versions.
+ */
+export const STORE_FORMAT_VERSION = 2;
 
 /**
  * `full`: every commit is fsynced before anything that depends on it is sent (survives
@@ -65,6 +73,13 @@ export interface DecidedRow {
   readonly rec: Uint8Array;
 }
 
+export interface BatchRow {
+  readonly id: number;
+  readonly digest: Uint8Array;
+  readonly seq: number;
+  readonly data: Uint8Array;
+}
+
 export interface PartRow {
   readonly seq: number;
   readonly part: number;
@@ -95,6 +110,8 @@ const SCHEMA = [
   "CREATE TABLE IF NOT EXISTS core (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, seq INTEGER NOT NULL, rec BLOB NOT NULL, sum BLOB NOT NULL)",
   "CREATE INDEX IF NOT EXISTS core_kind_seq ON core (kind, seq)",
   "CREATE TABLE IF NOT EXISTS decided (seq INTEGER PRIMARY KEY, rec BLOB NOT NULL, sum BLOB NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS batch (id INTEGER PRIMARY KEY, digest BLOB NOT NULL UNIQUE, seq INTEGER NOT NULL, data BLOB NOT NULL, sum BLOB NOT NULL)",
+  "CREATE INDEX IF NOT EXISTS batch_seq ON batch (seq)",
   "CREATE TABLE IF NOT EXISTS snap_head (seq INTEGER PRIMARY KEY, head BLOB NOT NULL, sum BLOB NOT NULL)",
   "CREATE TABLE IF NOT EXISTS snap_part (id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, part INTEGER NOT NULL, data BLOB NOT NULL, sum BLOB NOT NULL)",
   "CREATE UNIQUE INDEX IF NOT EXISTS snap_part_seq ON snap_part (seq, part)",
@@ -122,6 +139,11 @@ function prepareStatements(db: Database) {
     insertDecided: db.prepare("INSERT OR REPLACE INTO decided (seq, rec, sum) VALUES (?, ?, ?)"),
     deleteDecidedUpTo: db.prepare("DELETE FROM decided WHERE seq <= ?"),
     deleteDecidedFrom: db.prepare("DELETE FROM decided WHERE seq >= ?"),
+    putBatch: db.prepare("INSERT OR REPLACE INTO batch (digest, seq, data, sum) VALUES (?, ?, ?, ?)"),
+    readBatch: db.prepare("SELECT id, digest, seq, data, sum FROM batch WHERE digest = ?"),
+    readBatchData: db.prepare("SELECT data FROM batch WHERE digest = ?"),
+    deleteBatchesUpTo: db.prepare("DELETE FROM batch WHERE seq <= ?"),
+    deleteBatchId: db.prepare("DELETE FROM batch WHERE id = ?"),
     putHead: db.prepare("INSERT OR REPLACE INTO snap_head (seq, head, sum) VALUES (?, ?, ?)"),
     insertPart: db.prepare("INSERT OR REPLACE INTO snap_part (seq, part, data, sum) VALUES (?, ?, ?, ?)"),
     deleteHead: db.prepare("DELETE FROM snap_head WHERE seq = ?"),
@@ -286,6 +308,20 @@ export class ReplicaStore {
     this.stmts.deleteDecidedFrom.run(seq);
   }
 
+  /** Stores a batch under its digest (replacing the row when it is named at a higher seq). */
+  putBatch(digest: Uint8Array, seq: number, data: Uint8Array): void {
+    this.stmts.putBatch.run(digest, seq, data, rowChecksum("batch", [digest, seq], [data]));
+  }
+
+  /** Deletes the batches no record at a seq above `seq` names. */
+  deleteBatchesUpTo(seq: number): void {
+    this.stmts.deleteBatchesUpTo.run(seq);
+  }
+
+  deleteBatchRow(id: number): void {
+    this.stmts.deleteBatchId.run(id);
+  }
+
   putHead(seq: number, head: Uint8Array): void {
     this.stmts.putHead.run(seq, head, rowChecksum("snap_head", seq, [head]));
   }
@@ -356,6 +392,38 @@ export class ReplicaStore {
   decidedRange(): { readonly first: number; readonly last: number; readonly count: number } | null {
     const r = this.db.query("SELECT MIN(seq) AS lo, MAX(seq) AS hi, COUNT(*) AS n FROM decided").get() as Row;
     return r.lo === null ? null : { first: num(r.lo), last: num(r.hi), count: num(r.n) };
+  }
+
+  /** The batch stored under `digest`, checked; null when there is none. */
+  batch(digest: Uint8Array): Checked<BatchRow> | null {
+    const r = this.stmts.readBatch.get(digest) as Row | null;
+    return r === null ? null : this.checkBatch(r);
+  }
+
+  /**
+   * The bytes stored under `digest`, unchecked; null when there is none. For a reader
+   * that checks them against the digest itself (content addressing is the stronger check).
+   */
+  batchData(digest: Uint8Array): Uint8Array | null {
+    const r = this.stmts.readBatchData.get(digest) as Row | null;
+    return r === null ? null : blob(r.data);
+  }
+
+  *batchRows(): Generator<Checked<BatchRow>> {
+    const query = this.db.query("SELECT id, digest, seq, data, sum FROM batch ORDER BY id");
+    for (const r of query.iterate() as IterableIterator<Row>) yield this.checkBatch(r);
+  }
+
+  /** Every stored batch's id, digest, seq and size (no payload is read). */
+  batchIndex(): { readonly id: number; readonly digest: Uint8Array; readonly seq: number; readonly bytes: number }[] {
+    const rows = this.db.query("SELECT id, digest, seq, length(data) AS n FROM batch").all() as Row[];
+    return rows.map((r) => ({ id: num(r.id), digest: blob(r.digest), seq: num(r.seq), bytes: num(r.n) }));
+  }
+
+  private checkBatch(r: Row): Checked<BatchRow> {
+    const row: BatchRow = { id: num(r.id), digest: blob(r.digest), seq: num(r.seq), data: blob(r.data) };
+    if (rowIntact("batch", [row.digest, row.seq], [row.data], r.sum as Uint8Array)) return { ok: true, row };
+    return { ok: false, corrupt: { table: "batch", ids: [row.id], key: `batch ${row.id} (seq ${row.seq})`, reason: "checksum mismatch" } };
   }
 
   *heads(): Generator<Checked<{ readonly seq: number; readonly head: Uint8Array }>> {
