@@ -6,11 +6,18 @@
  * until `drain`. The queue is bounded in bytes so that a peer or client that stops
  * reading cannot make the replica grow memory: at the bound the caller decides (drop a
  * consensus message, end a slow subscription, or close).
+ *
+ * A client session's frames are coalesced (`coalesceWrites`): the frames sent in one
+ * event-loop turn (a fan-out sends one EVENTS frame per subscription, and a connection may
+ * carry many) are gathered and written with one socket write when the turn's synchronous
+ * work is done, in a microtask, so the replica makes one system call per connection and
+ * turn rather than one per frame. Gathered bytes count against the same bounds as queued
+ * ones.
  */
 import type { Socket } from "bun";
 import { type DecodeResult, FrameDecoder } from "../../wire/frame.ts";
 import { encodeTypedFrame, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
-import { CLIENT_FRAME_MAC_BYTES, type SessionFraming } from "../crypto/session.ts";
+import { CLIENT_FRAME_MAC_BYTES, type SessionFraming, type SharedPayloadPrefix } from "../crypto/session.ts";
 import { WriteQueue, type ByteSink } from "../net/write-queue.ts";
 
 /** Default bound of bytes waiting to be written to one connection. */
@@ -71,6 +78,10 @@ export class FramedConn {
    * frame sent is sealed, and the owner opens every frame received (PROTOCOL.md 5.2).
    */
   framing: SessionFraming | null = null;
+  /** Frames of this turn waiting for the microtask that writes them together (coalesceWrites). */
+  private gathered: Uint8Array[] = [];
+  private gatheredBytes = 0;
+  private coalescing = false;
 
   constructor(
     private readonly socket: Socket<unknown>,
@@ -84,6 +95,15 @@ export class FramedConn {
     this.queue = new WriteQueue(outboundBytesMax);
     this.sink = (data) => Math.max(this.socket.write(data), 0);
     this.progressMs = now();
+  }
+
+  /**
+   * From now on frames sent in one event-loop turn are written together at the end of it
+   * (one socket write instead of one per frame). Order is kept: every later frame goes
+   * through the same gathering, and close() writes what was gathered first.
+   */
+  coalesceWrites(): void {
+    this.coalescing = true;
   }
 
   /** Stops reading from the socket (the other side sees TCP backpressure); frames already read may still arrive. */
@@ -119,20 +139,21 @@ export class FramedConn {
   useBudget(budget: OutputBudget): void {
     if (this.budget !== null) throw new Error("FramedConn: budget already set");
     this.budget = budget;
-    budget.change(this.queue.bufferedBytes);
+    budget.change(this.pendingBytes);
   }
 
   /** How long bytes have waited without the peer taking any (0 when nothing waits). */
   stalledMs(): number {
-    return this.queue.bufferedBytes === 0 ? 0 : this.now() - this.progressMs;
+    return this.pendingBytes === 0 ? 0 : this.now() - this.progressMs;
   }
 
   get isClosed(): boolean {
     return this.closed;
   }
 
+  /** Bytes waiting to be written: queued for the socket, or gathered in this turn. */
   get pendingBytes(): number {
-    return this.queue.bufferedBytes;
+    return this.queue.bufferedBytes + this.gatheredBytes;
   }
 
   /**
@@ -141,7 +162,7 @@ export class FramedConn {
    */
   hasRoomFor(bytes: number): boolean {
     if (this.budget !== null && !this.budget.hasRoomFor(bytes)) return false;
-    return this.queue.bufferedBytes + bytes <= this.queue.bytesMax;
+    return this.pendingBytes + bytes <= this.queue.bytesMax;
   }
 
   /** Sends one frame; false (never a throw) if the connection is closed, full, or the frame cannot be encoded within the frame limit. */
@@ -165,10 +186,12 @@ export class FramedConn {
   /**
    * Sends a frame encoded with `trailerBytes` reserved after its payload and counted in its
    * length (wire/hot.ts eventsFrame), sealing it in place: no copy and no re-encoding.
+   * `shared`: the payload starts with bytes many frames share, hashed once for all of them
+   * (FrameSealer.sealInPlace).
    */
-  sendEncoded(bytes: Uint8Array): boolean {
+  sendEncoded(bytes: Uint8Array, shared?: SharedPayloadPrefix): boolean {
     if (this.closed || !this.hasRoomFor(bytes.length)) return false;
-    return this.write(this.framing === null ? bytes : this.framing.sealer.sealInPlace(bytes));
+    return this.write(this.framing === null ? bytes : this.framing.sealer.sealInPlace(bytes, shared));
   }
 
   /** Sends already-encoded frame bytes, sealing a copy first on a client session. */
@@ -179,28 +202,70 @@ export class FramedConn {
   }
 
   private write(bytes: Uint8Array): boolean {
-    const before = this.queue.bufferedBytes;
+    if (!this.coalescing) return this.enqueue(bytes);
+    // The caller checked the room (hasRoomFor counts gathered bytes), so the queue takes
+    // the gathered bytes when they are written.
+    const before = this.pendingBytes;
+    if (this.gathered.length === 0) queueMicrotask(this.writeGathered);
+    this.gathered.push(bytes);
+    this.gatheredBytes += bytes.length;
+    if (before === 0) this.progressMs = this.now();
+    this.accountSince(before);
+    return true;
+  }
+
+  private enqueue(bytes: Uint8Array): boolean {
+    const before = this.pendingBytes;
     const result = this.queue.enqueue(this.sink, bytes);
     if (before === 0) this.progressMs = this.now();
     this.accountSince(before);
     return result === "sent" || result === "queued";
   }
 
+  /** Writes this turn's gathered frames as one buffer (the queue keeps what the socket does not take). */
+  private readonly writeGathered = (): void => {
+    if (this.gathered.length === 0 || this.closed) return;
+    const parts = this.gathered;
+    const total = this.gatheredBytes;
+    const before = this.pendingBytes;
+    this.gathered = [];
+    this.gatheredBytes = 0;
+    let bytes: Uint8Array;
+    if (parts.length === 1) bytes = parts[0] as Uint8Array;
+    else {
+      bytes = new Uint8Array(total);
+      let at = 0;
+      for (const part of parts) {
+        bytes.set(part, at);
+        at += part.length;
+      }
+    }
+    const result = this.queue.enqueue(this.sink, bytes);
+    this.accountSince(before);
+    // Frames are sealed: dropping some would break the session's frame counter, so a
+    // refusal (which hasRoomFor, checked before each frame was gathered, rules out) ends
+    // the connection.
+    if (result === "full") this.close();
+  };
+
   /** Called from the socket's drain handler: writes what waits, in order. */
   drain(): void {
     if (this.closed) return;
-    const before = this.queue.bufferedBytes;
+    const queuedBefore = this.queue.bufferedBytes;
+    const before = this.pendingBytes;
     this.queue.flush(this.sink);
-    if (this.queue.bufferedBytes < before) this.progressMs = this.now();
+    if (this.queue.bufferedBytes < queuedBefore) this.progressMs = this.now();
     this.accountSince(before);
   }
 
   /** Ends the connection after flushing what the kernel accepts now. */
   close(): void {
     if (this.closed) return;
+    // What this turn gathered goes to the socket first, as it would have without gathering.
+    this.writeGathered();
     this.closed = true;
     this.held.length = 0;
-    const before = this.queue.bufferedBytes;
+    const before = this.pendingBytes;
     this.queue.clear();
     this.accountSince(before);
     this.socket.end();
@@ -210,19 +275,23 @@ export class FramedConn {
   release(): void {
     this.closed = true;
     this.held.length = 0;
-    const before = this.queue.bufferedBytes;
+    const before = this.pendingBytes;
     this.queue.clear();
+    this.gathered = [];
+    this.gatheredBytes = 0;
     this.accountSince(before);
   }
 
+  /** Tells the budget how much the pending bytes changed since they were `before`. */
   private accountSince(before: number): void {
-    if (this.budget !== null) this.budget.change(this.queue.bufferedBytes - before);
+    if (this.budget !== null) this.budget.change(this.pendingBytes - before);
   }
 
   /** Sends one last frame (an ERROR, typically) and closes. */
   closeWith(frame: Frame): void {
     if (this.closed) return;
     this.send(frame);
+    this.writeGathered();
     this.socket.flush();
     this.close();
   }

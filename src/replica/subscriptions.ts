@@ -7,7 +7,8 @@
  */
 import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { StoredBatch } from "../core/channels/types.ts";
-import { eventsFrame, eventsPrefix } from "../../wire/hot.ts";
+import { SharedPayloadPrefix } from "../crypto/session.ts";
+import { type EventsPrefix, eventsFrame, eventsPrefix } from "../../wire/hot.ts";
 import type { Frame } from "../../wire/schemas.ts";
 import { FrameType, type SubEndCode } from "../../wire/types.ts";
 import type { AuditLog } from "./audit.ts";
@@ -139,9 +140,11 @@ export class Subscriptions {
     // Once per batch: the publisher's signed time to this fan-out (hosts' clocks are kept
     // within CLIENT_CLOCK_SKEW_MS_MAX, so this is end-to-end latency give or take the skew).
     cells?.deliveryLatency?.observe(Math.max(0, Date.now() - batch.tsMs) / 1000);
-    // The batch is encoded once for every subscriber; each frame adds its sub id and seal.
+    // The batch is encoded once and hashed once for every subscriber; each frame adds its
+    // sub id, and its seal is a MAC over that hash (wire/PROTOCOL.md 5.2).
     const prefix = eventsPrefix({ body: batch.body, sig: batch.sig }, ordered ? batch.firstSeq : batch.pubSeq);
-    for (const subscription of [...subs.values()]) this.deliver(subscription, batch, ordered, cells, prefix);
+    const shared = new SharedPayloadPrefix(prefix.bytes);
+    for (const subscription of [...subs.values()]) this.deliver(subscription, batch, ordered, cells, prefix, shared);
   }
 
   /** Ends every subscription of a destroyed channel. */
@@ -240,7 +243,8 @@ export class Subscriptions {
     batch: StoredBatch,
     ordered: boolean,
     cells = this.channels?.of(subscription.tag) ?? null,
-    prefix = eventsPrefix({ body: batch.body, sig: batch.sig }, ordered ? batch.firstSeq : batch.pubSeq),
+    prefix: EventsPrefix = eventsPrefix({ body: batch.body, sig: batch.sig }, ordered ? batch.firstSeq : batch.pubSeq),
+    shared?: SharedPayloadPrefix,
   ): boolean {
     const conn = subscription.session.conn;
     let frame: Uint8Array | null;
@@ -249,7 +253,7 @@ export class Subscriptions {
     } catch {
       frame = null; // over the frame limit: treated like a full connection, as send() did
     }
-    if (frame !== null && conn.sendEncoded(frame)) {
+    if (frame !== null && conn.sendEncoded(frame, shared)) {
       this.metrics.inc("events_delivered_total", batch.count);
       cells?.delivered.inc(batch.count);
       return true;
