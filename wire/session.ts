@@ -82,7 +82,8 @@ export function peerMacInput(type: number, seq: number, msg: Uint8Array): Uint8A
 export function clientMacInput(seq: number, type: number, payloadDigest: Uint8Array): Uint8Array {
   if (!Number.isSafeInteger(seq) || seq < 1) throw new RangeError(`client frame seq must be a positive safe integer, got ${seq}`);
   if (!Number.isInteger(type) || type < 0 || type > 0xff) throw new RangeError(`frame type ${type} is not a byte`);
-  if (payloadDigest.length !== CLIENT_MAC_DIGEST_BYTES) throw new RangeError(`payload digest must be ${CLIENT_MAC_DIGEST_BYTES} bytes (SHA-256)`);
+  if (payloadDigest.length !== CLIENT_MAC_DIGEST_BYTES)
+    throw new RangeError(`payload digest must be ${CLIENT_MAC_DIGEST_BYTES} bytes (SHA-256)`);
   const tag = utf8.encode(DOMAIN_CLIENT_MAC);
   const input = new Uint8Array(tag.length + 1 + 8 + 1 + payloadDigest.length);
   input.set(tag);
