@@ -332,19 +332,20 @@ function payloadDigest(payload: Uint8Array): Uint8Array {
 }
 
 /**
- * The SHA-256 state after the first bytes of a payload that many frames share: the batch
- * of an EVENTS frame a replica sends to every subscriber of a channel, whose frames differ
- * only in their last few bytes (the subscription id). `FrameSealer.sealInPlace` continues
- * from it, so the batch is hashed once for all of them.
+ * The first bytes of a payload that many frames share, with the SHA-256 state after them:
+ * the batch of an EVENTS frame a replica sends to every subscriber of a channel, whose
+ * frames differ only in their last few bytes (the subscription id). `FrameSealer.macShared`
+ * continues from the state, so the batch is hashed once for all of them.
  */
 export class SharedPayloadPrefix {
   readonly #state: Hash;
-  /** How many bytes of each payload the state covers. */
-  readonly length: number;
 
-  constructor(prefix: Uint8Array) {
-    this.#state = createHash("sha256").update(prefix);
-    this.length = prefix.length;
+  constructor(readonly bytes: Uint8Array) {
+    this.#state = createHash("sha256").update(bytes);
+  }
+
+  get length(): number {
+    return this.bytes.length;
   }
 
   /** SHA-256(prefix || rest). */
@@ -377,24 +378,31 @@ export class FrameSealer {
   /**
    * Writes the MAC into the last CLIENT_FRAME_MAC_BYTES of `frame`, an encoded frame whose
    * length field already counts them (encodeTypedFrameWithTrailer). Returns `frame`.
-   * With `shared`, the payload's first `shared.length` bytes MUST be the prefix `shared`
-   * was made from (the caller copied them there): only the rest is hashed.
    */
-  sealInPlace(frame: Uint8Array, shared?: SharedPayloadPrefix): Uint8Array {
+  sealInPlace(frame: Uint8Array): Uint8Array {
     const macAt = frame.length - CLIENT_FRAME_MAC_BYTES;
     const payloadAt = FRAME_LENGTH_BYTES + FRAME_TYPE_FIELD_BYTES;
     if (macAt < payloadAt) throw new RangeError("sealInPlace: the frame has no room for its type byte and MAC");
-    let digest: Uint8Array;
-    if (shared === undefined) digest = payloadDigest(frame.subarray(payloadAt, macAt));
-    else {
-      if (macAt - payloadAt < shared.length) throw new RangeError("sealInPlace: the payload is shorter than its shared prefix");
-      digest = shared.digestWith(frame.subarray(payloadAt + shared.length, macAt));
-    }
-    this.#input.set(this.#sent + 1, frame[FRAME_LENGTH_BYTES] as number, digest);
+    frame.set(this.#next(frame[FRAME_LENGTH_BYTES] as number, payloadDigest(frame.subarray(payloadAt, macAt))), macAt);
+    return frame;
+  }
+
+  /**
+   * The MAC of the next frame, of type `type` and payload shared.bytes || rest, for a caller
+   * that writes the frame from those parts (src/replica/framed.ts sendShared): the shared
+   * bytes are not hashed again. Counts the frame as sealed, as sealInPlace does.
+   */
+  macShared(type: number, shared: SharedPayloadPrefix, rest: Uint8Array): Uint8Array {
+    if (!Number.isInteger(type) || type < 0 || type > 0xff) throw new RangeError(`frame type ${type} is not a byte`);
+    return this.#next(type, shared.digestWith(rest));
+  }
+
+  /** The MAC under the next counter, which it then uses up. */
+  #next(type: number, digest: Uint8Array): Uint8Array {
+    this.#input.set(this.#sent + 1, type, digest);
     const mac = createHmac("sha256", this.#key).update(this.#input.bytes).digest();
     this.#sent += 1;
-    frame.set(mac, macAt);
-    return frame;
+    return mac;
   }
 
   /** A copy of the encoded frame `frame` with its MAC appended and its length field grown to count it. */

@@ -17,11 +17,31 @@
 import type { Socket } from "bun";
 import { type DecodeResult, FrameDecoder } from "../../wire/frame.ts";
 import { encodeTypedFrame, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
+import { FRAME_BYTES_MAX, FRAME_HEADER_BYTES, FRAME_LENGTH_BYTES } from "../../wire/types.ts";
 import { CLIENT_FRAME_MAC_BYTES, type SessionFraming, type SharedPayloadPrefix } from "../crypto/session.ts";
 import { WriteQueue, type ByteSink } from "../net/write-queue.ts";
 
 /** Default bound of bytes waiting to be written to one connection. */
 export const OUTBOUND_BYTES_MAX_DEFAULT = 16 * 1024 * 1024;
+
+/**
+ * One buffer, reused, that a turn's gathered frames are copied into for their socket write
+ * (the write copies them into the kernel at once); a fresh one per turn would cost the
+ * allocation and, for large fan-outs, the page faults of new memory. When the socket does
+ * not take all of it the queue keeps the rest, and the buffer is the queue's from then on.
+ */
+let gatherScratch: Uint8Array | null = null;
+const GATHER_SCRATCH_BYTES_MIN = 64 * 1024;
+/** Larger turns get a buffer of their own rather than a scratch buffer this large kept for good. */
+const GATHER_SCRATCH_BYTES_MAX = 4 * 1024 * 1024;
+
+function gatherBuffer(bytes: number): Uint8Array {
+  if (bytes > GATHER_SCRATCH_BYTES_MAX) return new Uint8Array(bytes);
+  if (gatherScratch === null || gatherScratch.length < bytes) {
+    gatherScratch = new Uint8Array(Math.max(GATHER_SCRATCH_BYTES_MIN, 2 ** Math.ceil(Math.log2(bytes))));
+  }
+  return gatherScratch.subarray(0, bytes);
+}
 
 /**
  * A bound on the bytes waiting in many connections' queues together (the replica's
@@ -178,20 +198,33 @@ export class FramedConn {
     return this.write(this.framing === null ? bytes : this.framing.sealer.sealInPlace(bytes));
   }
 
-  /** Bytes to reserve after a frame's payload for its seal (sendEncoded): the MAC on a client session, else 0. */
-  get trailerBytes(): number {
-    return this.framing === null ? 0 : CLIENT_FRAME_MAC_BYTES;
-  }
-
   /**
-   * Sends a frame encoded with `trailerBytes` reserved after its payload and counted in its
-   * length (wire/hot.ts eventsFrame), sealing it in place: no copy and no re-encoding.
-   * `shared`: the payload starts with bytes many frames share, hashed once for all of them
-   * (FrameSealer.sealInPlace).
+   * Sends a frame of `type` whose payload is shared.bytes || rest: an EVENTS frame of a
+   * fan-out (wire/hot.ts eventsPrefix, eventsRest), the batch shared by every subscriber.
+   * On a client session its MAC hashes only `rest` (FrameSealer.macShared). The shared
+   * bytes are not copied per frame: only into the turn's socket write (coalesceWrites).
+   * False (never a throw) if the connection is closed or full, or the frame is over the
+   * frame limit.
    */
-  sendEncoded(bytes: Uint8Array, shared?: SharedPayloadPrefix): boolean {
-    if (this.closed || !this.hasRoomFor(bytes.length)) return false;
-    return this.write(this.framing === null ? bytes : this.framing.sealer.sealInPlace(bytes, shared));
+  sendShared(type: number, shared: SharedPayloadPrefix, rest: Uint8Array): boolean {
+    const length = 1 + shared.length + rest.length;
+    if (length > FRAME_BYTES_MAX) return false;
+    const trailer = this.framing === null ? 0 : CLIENT_FRAME_MAC_BYTES;
+    const total = FRAME_LENGTH_BYTES + length + trailer;
+    if (this.closed || !this.hasRoomFor(total)) return false;
+    const head = new Uint8Array(FRAME_HEADER_BYTES);
+    new DataView(head.buffer).setUint32(0, length + trailer, false);
+    head[FRAME_LENGTH_BYTES] = type;
+    const mac = this.framing === null ? null : this.framing.sealer.macShared(type, shared, rest);
+    const parts = mac === null ? [head, shared.bytes, rest] : [head, shared.bytes, rest, mac];
+    if (this.coalescing) return this.gather(parts, total);
+    const frame = new Uint8Array(total);
+    let at = 0;
+    for (const part of parts) {
+      frame.set(part, at);
+      at += part.length;
+    }
+    return this.enqueue(frame);
   }
 
   /** Sends already-encoded frame bytes, sealing a copy first on a client session. */
@@ -202,13 +235,18 @@ export class FramedConn {
   }
 
   private write(bytes: Uint8Array): boolean {
-    if (!this.coalescing) return this.enqueue(bytes);
-    // The caller checked the room (hasRoomFor counts gathered bytes), so the queue takes
-    // the gathered bytes when they are written.
+    return this.coalescing ? this.gather([bytes], bytes.length) : this.enqueue(bytes);
+  }
+
+  /**
+   * Adds the parts of one frame (`bytes` in all) to this turn's write. The caller checked
+   * the room (hasRoomFor counts gathered bytes), so the queue takes them when they are written.
+   */
+  private gather(parts: readonly Uint8Array[], bytes: number): boolean {
     const before = this.pendingBytes;
     if (this.gathered.length === 0) queueMicrotask(this.writeGathered);
-    this.gathered.push(bytes);
-    this.gatheredBytes += bytes.length;
+    for (const part of parts) this.gathered.push(part);
+    this.gatheredBytes += bytes;
     if (before === 0) this.progressMs = this.now();
     this.accountSince(before);
     return true;
@@ -233,7 +271,7 @@ export class FramedConn {
     let bytes: Uint8Array;
     if (parts.length === 1) bytes = parts[0] as Uint8Array;
     else {
-      bytes = new Uint8Array(total);
+      bytes = gatherBuffer(total);
       let at = 0;
       for (const part of parts) {
         bytes.set(part, at);
@@ -241,6 +279,8 @@ export class FramedConn {
       }
     }
     const result = this.queue.enqueue(this.sink, bytes);
+    // The queue holds what the socket did not take: that buffer is no longer scratch.
+    if (result !== "sent" && gatherScratch !== null && bytes.buffer === gatherScratch.buffer) gatherScratch = null;
     this.accountSince(before);
     // Frames are sealed: dropping some would break the session's frame counter, so a
     // refusal (which hasRoomFor, checked before each frame was gathered, rules out) ends

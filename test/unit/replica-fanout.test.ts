@@ -29,7 +29,7 @@ import { Metrics } from "../../src/replica/metrics.ts";
 import type { ClientSession } from "../../src/replica/server.ts";
 import { Subscriptions } from "../../src/replica/subscriptions.ts";
 import { FrameDecoder } from "../../wire/frame.ts";
-import { eventsFrame, eventsPrefix } from "../../wire/hot.ts";
+import { eventsPrefix, eventsRest, eventsTail } from "../../wire/hot.ts";
 import { decodeFrameBody, encodeRequestBody, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
 import { FRAME_BYTES_MAX, FrameType } from "../../wire/types.ts";
 
@@ -195,24 +195,33 @@ describe("fan-out on sealed sessions", () => {
     }
   });
 
-  test("a frame sealed over a shared prefix is byte for byte the frame sealed over its whole payload", () => {
+  test("a MAC over a shared prefix and the rest is the MAC of the whole frame sealed in place", () => {
     const keys = sessionKeys("same bytes");
-    const prefix = eventsPrefix({ body: new Uint8Array(3000).fill(7), sig: new Uint8Array(64).fill(9) }, 42);
-    const shared = new SharedPayloadPrefix(prefix.bytes);
+    const req = { body: new Uint8Array(3000).fill(7), sig: new Uint8Array(64).fill(9) };
+    const shared = new SharedPayloadPrefix(eventsPrefix(req, 42).bytes);
     const viaShared = new FrameSealer(keys.replica.sendKey);
     const whole = new FrameSealer(keys.replica.sendKey);
     for (const sub of [1, 2, 300]) {
-      const frame = eventsFrame(prefix, sub, TAG, 3, CLIENT_FRAME_MAC_BYTES);
-      expect(viaShared.sealInPlace(Uint8Array.from(frame), shared)).toEqual(whole.sealInPlace(Uint8Array.from(frame)));
+      const rest = eventsRest(sub, eventsTail(TAG, 3));
+      const frame = encodeTypedFrameWithTrailer(
+        { type: FrameType.EVENTS, body: { sub, seq: 42, tag: TAG, replica: 3, req } },
+        CLIENT_FRAME_MAC_BYTES,
+      );
+      const mac = viaShared.macShared(FrameType.EVENTS, shared, rest);
+      expect(mac).toEqual(whole.sealInPlace(frame).subarray(frame.length - CLIENT_FRAME_MAC_BYTES));
     }
-    const body = { sub: 5, seq: 42, tag: TAG, replica: 3, req: { body: new Uint8Array(3000).fill(7), sig: new Uint8Array(64).fill(9) } };
-    const encoded = encodeTypedFrameWithTrailer({ type: FrameType.EVENTS, body }, CLIENT_FRAME_MAC_BYTES);
-    expect(new FrameSealer(keys.replica.sendKey).sealInPlace(Uint8Array.from(encoded), shared)).toEqual(
-      new FrameSealer(keys.replica.sendKey).sealInPlace(Uint8Array.from(encoded)),
-    );
-    expect(() => new FrameSealer(keys.replica.sendKey).sealInPlace(new Uint8Array(10 + CLIENT_FRAME_MAC_BYTES), shared)).toThrow(
-      RangeError,
-    );
+    expect(viaShared.sealed).toBe(3);
+  });
+
+  test("an EVENTS frame over the frame limit is refused (false, never a throw): nothing is written and the frame counter is not used", async () => {
+    const w = wire(1);
+    const huge = new SharedPayloadPrefix(eventsPrefix({ body: new Uint8Array(FRAME_BYTES_MAX), sig: new Uint8Array(64) }, 1).bytes);
+    const rest = eventsRest(1, eventsTail(TAG, 0));
+    expect(w.conn.sendShared(FrameType.EVENTS, huge, rest)).toBe(false);
+    const small = new SharedPayloadPrefix(eventsPrefix({ body: new Uint8Array(10), sig: new Uint8Array(64) }, 1).bytes);
+    expect(w.conn.sendShared(FrameType.EVENTS, small, rest)).toBe(true);
+    await nextTurn();
+    expect(receive(opener(w), concat(w.writes)).map((f) => f?.type)).toEqual([FrameType.EVENTS]);
   });
 
   test("a tampered byte in the batch, in the subscription id or in the MAC is refused", async () => {
