@@ -61,6 +61,8 @@ interface Wire {
   readonly keys: { client: SessionKeys; replica: SessionKeys };
   /** Whether the socket takes bytes (a reader that stopped takes none). */
   reading: boolean;
+  /** At most this many bytes per socket write (the kernel's buffer filling up). */
+  takeMax: number;
   /** What was written before `writes` was cleared (the SUB_OK frames): the client opens it first. */
   preamble: Uint8Array;
 }
@@ -68,13 +70,14 @@ interface Wire {
 /** A replica-side client connection, sealed and coalescing as after AUTH, over a socket that records its writes. */
 function wire(id: number, outboundBytesMax = 16 * 1024 * 1024): Wire {
   const writes: Uint8Array[] = [];
-  const self: { reading: boolean } = { reading: true };
+  const self: { reading: boolean; takeMax: number } = { reading: true, takeMax: Number.POSITIVE_INFINITY };
   const socket = {
     remoteAddress: "127.0.0.1",
     write: (bytes: Uint8Array) => {
       if (!self.reading) return 0;
-      writes.push(Uint8Array.from(bytes));
-      return bytes.length;
+      const taken = bytes.subarray(0, Math.min(bytes.length, self.takeMax));
+      writes.push(Uint8Array.from(taken));
+      return taken.length;
     },
     end() {},
     flush() {},
@@ -84,8 +87,17 @@ function wire(id: number, outboundBytesMax = 16 * 1024 * 1024): Wire {
   conn.framing = sessionFraming(keys.replica);
   conn.coalesceWrites();
   const key = new Uint8Array(32).fill(id);
-  const result: Wire = { session: { conn, key, keyHex: toHex(key), id }, conn, writes, keys, reading: true, preamble: new Uint8Array(0) };
+  const result: Wire = {
+    session: { conn, key, keyHex: toHex(key), id },
+    conn,
+    writes,
+    keys,
+    reading: true,
+    takeMax: Number.POSITIVE_INFINITY,
+    preamble: new Uint8Array(0),
+  };
   Object.defineProperty(self, "reading", { get: () => result.reading });
+  Object.defineProperty(self, "takeMax", { get: () => result.takeMax });
   return result;
 }
 
@@ -301,6 +313,37 @@ describe("coalesced writes and the outbound bound", () => {
     expect(fast.writes.length).toBe(1);
     const frames = receive(opener(fast), concat(fast.writes));
     expect(frames.filter((f) => f?.type === FrameType.EVENTS).length).toBe(20);
+  });
+
+  test("bytes a socket did not take stay intact while other connections write later turns", async () => {
+    const { subs, publish } = channel();
+    const a = wire(1);
+    const b = wire(2);
+    for (const w of [a, b]) subs.subscribe(w.session, 1, TAG, undefined);
+    await nextTurn();
+    for (const w of [a, b]) {
+      w.preamble = concat(w.writes);
+      w.writes.length = 0;
+    }
+    // a's socket takes 1,000 bytes of its turn: the rest waits in its queue.
+    a.takeMax = 1000;
+    publish(20);
+    publish(20);
+    await nextTurn();
+    expect(a.conn.pendingBytes).toBeGreaterThan(0);
+    // Later turns write other batches to b (and queue more for a) meanwhile.
+    a.takeMax = 0;
+    for (let turn = 0; turn < 3; turn++) {
+      publish(20);
+      await nextTurn();
+    }
+    a.takeMax = Number.POSITIVE_INFINITY;
+    a.conn.drain();
+    expect(a.conn.pendingBytes).toBe(0);
+    for (const w of [a, b]) {
+      const frames = receive(opener(w), concat(w.writes));
+      expect(frames.map((f) => (f?.type === FrameType.EVENTS ? f.body.seq : null))).toEqual([1, 21, 41, 61, 81]);
+    }
   });
 
   test("what was gathered is written before the connection closes", () => {
