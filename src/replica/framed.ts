@@ -19,7 +19,7 @@ import { type DecodeResult, FrameDecoder } from "../../wire/frame.ts";
 import { encodeTypedFrame, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
 import { FRAME_BYTES_MAX, FRAME_HEADER_BYTES, FRAME_LENGTH_BYTES } from "../../wire/types.ts";
 import { CLIENT_FRAME_MAC_BYTES, type SessionFraming, type SharedPayloadPrefix } from "../crypto/session.ts";
-import { WriteQueue, type ByteSink } from "../net/write-queue.ts";
+import { WriteQueue, type ByteSink, type EnqueueResult } from "../net/write-queue.ts";
 
 /** Default bound of bytes waiting to be written to one connection. */
 export const OUTBOUND_BYTES_MAX_DEFAULT = 16 * 1024 * 1024;
@@ -260,9 +260,18 @@ export class FramedConn {
     return result === "sent" || result === "queued";
   }
 
-  /** Writes this turn's gathered frames as one buffer (the queue keeps what the socket does not take). */
+  /** The end of a turn: its gathered frames go to the socket. */
   private readonly writeGathered = (): void => {
-    if (this.gathered.length === 0 || this.closed) return;
+    if (this.closed) return;
+    // Frames are sealed: dropping some would break the session's frame counter, so a
+    // refusal (which hasRoomFor, checked before each frame was gathered, rules out) ends
+    // the connection.
+    if (this.flushGathered() === "full") this.close();
+  };
+
+  /** Writes the gathered frames as one buffer (the queue keeps what the socket does not take). */
+  private flushGathered(): EnqueueResult | null {
+    if (this.gathered.length === 0) return null;
     const parts = this.gathered;
     const total = this.gatheredBytes;
     const before = this.pendingBytes;
@@ -282,11 +291,8 @@ export class FramedConn {
     // The queue holds what the socket did not take: that buffer is no longer scratch.
     if (result !== "sent" && gatherScratch !== null && bytes.buffer === gatherScratch.buffer) gatherScratch = null;
     this.accountSince(before);
-    // Frames are sealed: dropping some would break the session's frame counter, so a
-    // refusal (which hasRoomFor, checked before each frame was gathered, rules out) ends
-    // the connection.
-    if (result === "full") this.close();
-  };
+    return result;
+  }
 
   /** Called from the socket's drain handler: writes what waits, in order. */
   drain(): void {
@@ -301,9 +307,9 @@ export class FramedConn {
   /** Ends the connection after flushing what the kernel accepts now. */
   close(): void {
     if (this.closed) return;
-    // What this turn gathered goes to the socket first, as it would have without gathering.
-    this.writeGathered();
     this.closed = true;
+    // What this turn gathered goes to the socket first, as it would have without gathering.
+    this.flushGathered();
     this.held.length = 0;
     const before = this.pendingBytes;
     this.queue.clear();
@@ -331,7 +337,7 @@ export class FramedConn {
   closeWith(frame: Frame): void {
     if (this.closed) return;
     this.send(frame);
-    this.writeGathered();
+    this.flushGathered();
     this.socket.flush();
     this.close();
   }
