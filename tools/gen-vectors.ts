@@ -178,7 +178,7 @@ function buildSession(m: ReturnType<typeof material>) {
   // The client's first frame after AUTH: PING {n: 7}, frame counter 1, MACed under K_i2r.
   const clientPing = encodeTypedFrame({ type: FrameType.PING, body: { n: 7 } });
   const clientPingPayload = clientPing.subarray(5);
-  const clientPingMac = hmac(sha256, clientKI2R, clientMacInput(1, FrameType.PING, clientPingPayload));
+  const clientPingMac = hmac(sha256, clientKI2R, clientMacInput(1, FrameType.PING, sha256(clientPingPayload)));
   const clientPingSealed = new Uint8Array(clientPing.length + 32);
   clientPingSealed.set(clientPing);
   clientPingSealed.set(clientPingMac, clientPing.length);
@@ -449,7 +449,7 @@ function sessionVectors(
 ): VectorJson {
   return {
     description:
-      "Handshake transcripts, signatures and session keys. Secret keys are SHA-256 of the labels (test keys only). T = transcript; responder signs 'fitb/v1/session/responder' 0x00 T, initiator signs 'fitb/v1/session/initiator' 0x00 T. Session keys: HKDF-SHA-256(ikm = X25519 shared secret, salt = SHA-256(T), info = domain, 32 bytes), with the fitb/v1/client-key/ domains for a client session and the fitb/v1/peer-key/ domains for a peer session. PEER mac = HMAC-SHA-256(K_i2r, 'fitb/v1/peer-mac' 0x00 type u64be(seq) msg). A client session frame after AUTH ends in HMAC-SHA-256(K_dir, 'fitb/v1/client-mac' 0x00 u64be(seq) type payload), seq counted from 1 per direction and not sent; its length field counts the MAC.",
+      "Handshake transcripts, signatures and session keys. Secret keys are SHA-256 of the labels (test keys only). T = transcript; responder signs 'fitb/v1/session/responder' 0x00 T, initiator signs 'fitb/v1/session/initiator' 0x00 T. Session keys: HKDF-SHA-256(ikm = X25519 shared secret, salt = SHA-256(T), info = domain, 32 bytes), with the fitb/v1/client-key/ domains for a client session and the fitb/v1/peer-key/ domains for a peer session. PEER mac = HMAC-SHA-256(K_i2r, 'fitb/v1/peer-mac' 0x00 type u64be(seq) msg). A client session frame after AUTH ends in HMAC-SHA-256(K_dir, 'fitb/v1/client-mac/payload-sha256' 0x00 u64be(seq) type SHA-256(payload)), seq counted from 1 per direction and not sent; its length field counts the MAC.",
     labels: TEST_LABELS as unknown as VectorJson,
     keys: {
       clientSecret: toHex(m.clientSeed),
@@ -476,7 +476,8 @@ function sessionVectors(
       macSeq: 1,
       macType: FrameType.PING,
       macPayload: toHex(s.clientPingPayload),
-      macInput: toHex(clientMacInput(1, FrameType.PING, s.clientPingPayload)),
+      macPayloadDigest: toHex(sha256(s.clientPingPayload)),
+      macInput: toHex(clientMacInput(1, FrameType.PING, sha256(s.clientPingPayload))),
       mac: toHex(s.clientPingMac),
       sealedFrame: toHex(s.clientPingSealed),
     },

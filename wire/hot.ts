@@ -12,14 +12,11 @@
  * checks must never accept anything zod refuses, and that is what the test pins.
  */
 import { type Canonical, encodeCanonical } from "./canonical.ts";
-import { writeFrameHeader } from "./frame.ts";
 import type { Events, Peer, Reply, Request, RequestFrame } from "./schemas.ts";
 import {
   DIGEST_BYTES,
   EVENT_BYTES_MAX,
   FRAME_BYTES_MAX,
-  FRAME_HEADER_BYTES,
-  FrameType,
   KEY_BYTES,
   MAC_BYTES,
   REQUEST_EVENTS_MAX,
@@ -124,15 +121,15 @@ export function fastPublishReply(value: Canonical): Reply | null {
 }
 
 // ---------------------------------------------------------------------------------------
-// EVENTS frames for fan-out: the batch encoded once, each subscriber's fields after it
+// EVENTS payloads for fan-out: the batch encoded once, each subscriber's fields after it
 // ---------------------------------------------------------------------------------------
 
 /**
  * The part of an EVENTS frame's payload every subscriber of one batch shares: the map's
  * head and, in canonical key order (shorter keys first, then bytewise: req, seq, sub, tag,
  * replica), `req` with the signed body and `seq`. What follows differs per subscription
- * (`sub`) or is small (`tag`, `replica`): eventsFrame appends it. The bytes are exactly
- * those encodeTypedFrame writes for the same body (test/unit/wire-hot.test.ts).
+ * (`sub`) or is small (`tag`, `replica`): eventsRest. The bytes are exactly those
+ * encodeTypedFrame writes for the same body (test/unit/wire-hot.test.ts).
  */
 export interface EventsPrefix {
   readonly bytes: Uint8Array;
@@ -158,31 +155,34 @@ export function eventsPrefix(req: { readonly body: Uint8Array; readonly sig: Uin
   return { bytes };
 }
 
+/** The last two fields of an EVENTS payload, `tag` and `replica`: the same for every subscriber of one fan-out. */
+export interface EventsTail {
+  readonly bytes: Uint8Array;
+}
+
+export function eventsTail(tag: string, replica: number): EventsTail {
+  const parts = [KEY_TAG, encodeCanonical(tag), KEY_REPLICA, encodeCanonical(replica)];
+  return { bytes: concatParts(parts) };
+}
+
 /**
- * A complete EVENTS frame (header, payload, and `trailerBytes` zero bytes for a session MAC
- * counted in the length, as encodeTypedFrameWithTrailer) from a shared prefix and one
- * subscription's fields: one allocation and one copy of the batch per subscriber. Throws
- * RangeError past `frameBytesMax` (not counting the trailer), as encodeTypedFrame does.
+ * What follows the shared prefix in one subscription's EVENTS payload: `sub`, then the
+ * tail. The payload is prefix.bytes || eventsRest(sub, tail), exactly the bytes
+ * encodeTypedFrame writes for the same body (test/unit/wire-hot.test.ts); the sender frames
+ * it (src/replica/framed.ts sendShared) without copying the prefix per subscriber.
  */
-export function eventsFrame(
-  prefix: EventsPrefix,
-  sub: number,
-  tag: string,
-  replica: number,
-  trailerBytes: number,
-  frameBytesMax: number = FRAME_BYTES_MAX,
-): Uint8Array {
-  const tail = [KEY_SUB, encodeCanonical(sub), KEY_TAG, encodeCanonical(tag), KEY_REPLICA, encodeCanonical(replica)];
-  let tailBytes = 0;
-  for (const part of tail) tailBytes += part.length;
-  const frame = new Uint8Array(FRAME_HEADER_BYTES + prefix.bytes.length + tailBytes + trailerBytes);
-  let at = FRAME_HEADER_BYTES;
-  frame.set(prefix.bytes, at);
-  at += prefix.bytes.length;
-  for (const part of tail) {
-    frame.set(part, at);
+export function eventsRest(sub: number, tail: EventsTail): Uint8Array {
+  return concatParts([KEY_SUB, encodeCanonical(sub), tail.bytes]);
+}
+
+function concatParts(parts: readonly Uint8Array[]): Uint8Array {
+  let length = 0;
+  for (const part of parts) length += part.length;
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
     at += part.length;
   }
-  writeFrameHeader(frame, FrameType.EVENTS, frameBytesMax + trailerBytes);
-  return frame;
+  return out;
 }

@@ -72,16 +72,20 @@ export function peerMacInput(type: number, seq: number, msg: Uint8Array): Uint8A
 
 /**
  * The input of a client session frame's MAC (PROTOCOL.md 5.2):
- * utf8(DOMAIN_CLIENT_MAC) || 0x00 || u64 big-endian seq || u8 frame type || payload.
+ * utf8(DOMAIN_CLIENT_MAC) || 0x00 || u64 big-endian seq || u8 frame type || SHA-256(payload).
  * mac = HMAC-SHA-256(K_dir, this) is appended to the frame (its length field counts it).
  * `seq` is not sent: each side counts the frames of each direction from 1, so a frame
- * replayed, reordered or removed in transit fails the next MAC check.
+ * replayed, reordered or removed in transit fails the next MAC check. The caller hashes
+ * the payload (`payloadDigest`, 32 bytes): a replica sending one batch to many sessions
+ * hashes the bytes they share once.
  */
-export function clientMacInput(seq: number, type: number, payload: Uint8Array): Uint8Array {
+export function clientMacInput(seq: number, type: number, payloadDigest: Uint8Array): Uint8Array {
   if (!Number.isSafeInteger(seq) || seq < 1) throw new RangeError(`client frame seq must be a positive safe integer, got ${seq}`);
   if (!Number.isInteger(type) || type < 0 || type > 0xff) throw new RangeError(`frame type ${type} is not a byte`);
+  if (payloadDigest.length !== CLIENT_MAC_DIGEST_BYTES)
+    throw new RangeError(`payload digest must be ${CLIENT_MAC_DIGEST_BYTES} bytes (SHA-256)`);
   const tag = utf8.encode(DOMAIN_CLIENT_MAC);
-  const input = new Uint8Array(tag.length + 1 + 8 + 1 + payload.length);
+  const input = new Uint8Array(tag.length + 1 + 8 + 1 + payloadDigest.length);
   input.set(tag);
   let at = tag.length;
   input[at++] = DOMAIN_SEPARATOR;
@@ -90,6 +94,9 @@ export function clientMacInput(seq: number, type: number, payload: Uint8Array): 
   view.setUint32(at + 4, seq >>> 0);
   at += 8;
   input[at++] = type;
-  input.set(payload, at);
+  input.set(payloadDigest, at);
   return input;
 }
+
+/** SHA-256's output: what a client frame MAC covers instead of the payload. */
+const CLIENT_MAC_DIGEST_BYTES = 32;

@@ -169,7 +169,7 @@ export const DOMAIN_CLIENT_KEY_I2R = "fitb/v1/client-key/initiator-to-responder"
 /** HKDF info for the client session key that protects replica -> client frames. */
 export const DOMAIN_CLIENT_KEY_R2I = "fitb/v1/client-key/responder-to-initiator";
 /** Prefix of the MAC input of every client session frame after the handshake. */
-export const DOMAIN_CLIENT_MAC = "fitb/v1/client-mac";
+export const DOMAIN_CLIENT_MAC = "fitb/v1/client-mac/payload-sha256";
 
 // ---------------------------------------------------------------------------------------
 // Decoding errors: what FrameDecoder and decodeFrameBody report instead of throwing.

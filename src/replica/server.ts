@@ -703,6 +703,8 @@ export class ReplicaServer {
     // AUTH was the last frame without a MAC, in both directions: from here on, even a
     // refusal is sealed, so the client can tell it from one an attacker made up.
     conn.framing = sessionFraming(state.clientKeys as SessionKeys);
+    // A fan-out sends many frames to one connection in a turn: one socket write for them.
+    conn.coalesceWrites();
     state.clientKeys = null;
     const keyHex = Buffer.from(hello.key).toString("hex");
     // Other handshakes with the same key or address may have finished since the HELLO.

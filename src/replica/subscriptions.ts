@@ -7,7 +7,8 @@
  */
 import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { StoredBatch } from "../core/channels/types.ts";
-import { eventsFrame, eventsPrefix } from "../../wire/hot.ts";
+import { SharedPayloadPrefix } from "../crypto/session.ts";
+import { type EventsTail, eventsPrefix, eventsRest, eventsTail } from "../../wire/hot.ts";
 import type { Frame } from "../../wire/schemas.ts";
 import { FrameType, type SubEndCode } from "../../wire/types.ts";
 import type { AuditLog } from "./audit.ts";
@@ -139,9 +140,11 @@ export class Subscriptions {
     // Once per batch: the publisher's signed time to this fan-out (hosts' clocks are kept
     // within CLIENT_CLOCK_SKEW_MS_MAX, so this is end-to-end latency give or take the skew).
     cells?.deliveryLatency?.observe(Math.max(0, Date.now() - batch.tsMs) / 1000);
-    // The batch is encoded once for every subscriber; each frame adds its sub id and seal.
-    const prefix = eventsPrefix({ body: batch.body, sig: batch.sig }, ordered ? batch.firstSeq : batch.pubSeq);
-    for (const subscription of [...subs.values()]) this.deliver(subscription, batch, ordered, cells, prefix);
+    // The batch is encoded and hashed once for every subscriber; each frame adds its sub id,
+    // and its seal is a MAC over the payload's hash (wire/PROTOCOL.md 5.2).
+    const shared = this.sharedPayload(batch, ordered);
+    const tail = eventsTail(tag, this.self);
+    for (const subscription of [...subs.values()]) this.deliver(subscription, batch, cells, shared, tail);
   }
 
   /** Ends every subscription of a destroyed channel. */
@@ -226,30 +229,30 @@ export class Subscriptions {
         return false;
       }
       if (read.batches.length === 0) return true;
+      const tail = eventsTail(subscription.tag, this.self);
+      const cells = this.channels?.of(subscription.tag) ?? null;
       for (const batch of read.batches) {
-        if (!this.deliver(subscription, batch, subscription.ordered)) return false;
+        if (!this.deliver(subscription, batch, cells, this.sharedPayload(batch, subscription.ordered), tail)) return false;
         next = batch.firstSeq + batch.count;
       }
       if (next >= read.nextSeq) return true;
     }
   }
 
-  /** Sends one batch; on a full connection ends the subscription as SLOW. */
+  /** The part of a batch's EVENTS payload every subscriber shares, with its hash state. */
+  private sharedPayload(batch: StoredBatch, ordered: boolean): SharedPayloadPrefix {
+    return new SharedPayloadPrefix(eventsPrefix({ body: batch.body, sig: batch.sig }, ordered ? batch.firstSeq : batch.pubSeq).bytes);
+  }
+
+  /** Sends one batch; on a full connection (or a frame over the limit) ends the subscription as SLOW. */
   private deliver(
     subscription: Subscription,
     batch: StoredBatch,
-    ordered: boolean,
-    cells = this.channels?.of(subscription.tag) ?? null,
-    prefix = eventsPrefix({ body: batch.body, sig: batch.sig }, ordered ? batch.firstSeq : batch.pubSeq),
+    cells: ReturnType<ChannelMetrics["of"]> | null,
+    shared: SharedPayloadPrefix,
+    tail: EventsTail,
   ): boolean {
-    const conn = subscription.session.conn;
-    let frame: Uint8Array | null;
-    try {
-      frame = eventsFrame(prefix, subscription.sub, subscription.tag, this.self, conn.trailerBytes);
-    } catch {
-      frame = null; // over the frame limit: treated like a full connection, as send() did
-    }
-    if (frame !== null && conn.sendEncoded(frame)) {
+    if (subscription.session.conn.sendShared(FrameType.EVENTS, shared, eventsRest(subscription.sub, tail))) {
       this.metrics.inc("events_delivered_total", batch.count);
       cells?.delivered.inc(batch.count);
       return true;

@@ -236,7 +236,8 @@ describe("wire/vectors/session.json", () => {
     expect(keys.sendKey).toEqual(fromHex(vectors.client.keyInitiatorToResponder));
     expect(keys.receiveKey).toEqual(fromHex(vectors.client.keyResponderToInitiator));
     const payload = fromHex(vectors.client.macPayload);
-    expect(clientMacInput(vectors.client.macSeq, vectors.client.macType, payload)).toEqual(fromHex(vectors.client.macInput));
+    expect<Uint8Array>(nobleSha256(payload)).toEqual(fromHex(vectors.client.macPayloadDigest));
+    expect(clientMacInput(vectors.client.macSeq, vectors.client.macType, nobleSha256(payload))).toEqual(fromHex(vectors.client.macInput));
     const sealed = new FrameSealer(keys.sendKey).seal(encodeTypedFrame({ type: FrameType.PING, body: { n: 7 } }));
     expect(sealed).toEqual(fromHex(vectors.client.sealedFrame));
     expect(sealed.subarray(sealed.length - CLIENT_FRAME_MAC_BYTES)).toEqual(fromHex(vectors.client.mac));
@@ -400,13 +401,15 @@ describe("client session frames (wire/PROTOCOL.md 5.2)", () => {
     expect(framing.opener.opened).toBe(1);
   });
 
-  test("the MAC covers the domain, the u64 counter, the type and the payload (clientMacInput)", () => {
+  test("the MAC covers the domain, the u64 counter, the type and the SHA-256 of the payload (clientMacInput)", () => {
     const frame = encodeTypedFrame({ type: FrameType.PING, body: { n: 9 } });
     const sealed = new FrameSealer(clientKeys.sendKey).seal(frame);
-    const expected = hmac(nobleSha256, clientKeys.sendKey, clientMacInput(1, FrameType.PING, frame.subarray(5)));
+    const expected = hmac(nobleSha256, clientKeys.sendKey, clientMacInput(1, FrameType.PING, nobleSha256(frame.subarray(5))));
     expect(sealed.subarray(frame.length)).toEqual(expected);
-    expect(clientMacInput(2 ** 32 + 5, 0x05, Uint8Array.of(0xee))).toEqual(
-      concatBytes(utf8("fitb/v1/client-mac"), Uint8Array.of(0, 0, 0, 0, 1, 0, 0, 0, 5, 0x05, 0xee)),
+    const digest = new Uint8Array(32).fill(0xee);
+    expect(clientMacInput(2 ** 32 + 5, 0x05, digest)).toEqual(
+      concatBytes(utf8("fitb/v1/client-mac/payload-sha256"), Uint8Array.of(0, 0, 0, 0, 1, 0, 0, 0, 5, 0x05), digest),
     );
+    expect(() => clientMacInput(1, 0x05, Uint8Array.of(0xee))).toThrow(RangeError);
   });
 });

@@ -9,12 +9,13 @@ import { sha256 } from "@noble/hashes/sha2.js";
 import { ChannelMachine, type ChannelsConfig } from "../../src/core/channels/index.ts";
 import type { StoredBatch } from "../../src/core/channels/types.ts";
 import { toHex } from "../../src/crypto/encoding.ts";
+import type { SharedPayloadPrefix } from "../../src/crypto/session.ts";
 import type { FramedConn } from "../../src/replica/framed.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import type { ClientSession } from "../../src/replica/server.ts";
 import { Subscriptions } from "../../src/replica/subscriptions.ts";
 import { decodeFrameBody, encodeRequestBody, type Frame } from "../../wire/schemas.ts";
-import { FRAME_HEADER_BYTES, FrameType } from "../../wire/types.ts";
+import { FrameType } from "../../wire/types.ts";
 
 const CONFIG: ChannelsConfig = {
   channelsMax: 4,
@@ -31,10 +32,9 @@ function session(id: number, frames: Frame[]): ClientSession {
       frames.push(frame);
       return true;
     },
-    // EVENTS come pre-encoded (wire/hot.ts): decoded back, so the test sees what a client would.
-    trailerBytes: 0,
-    sendEncoded: (bytes: Uint8Array) => {
-      const decoded = decodeFrameBody(bytes[FRAME_HEADER_BYTES - 1] as number, bytes.subarray(FRAME_HEADER_BYTES));
+    // EVENTS come as a shared prefix and a rest (wire/hot.ts): decoded back, so the test sees what a client would.
+    sendShared: (type: number, shared: SharedPayloadPrefix, rest: Uint8Array) => {
+      const decoded = decodeFrameBody(type, Uint8Array.from(Buffer.concat([shared.bytes, rest])));
       if (!decoded.ok) throw new Error(decoded.error.reason);
       frames.push(decoded.frame);
       return true;
