@@ -166,8 +166,8 @@ function signed(m: ReturnType<typeof material>, request: Request) {
 }
 
 function buildSession(m: ReturnType<typeof material>) {
-  const clientHello: Hello = { v: 2, role: "client", key: m.clientKey, nonce: m.clientNonce, eph: m.clientEph.pub };
-  const clientAckUnsigned = { v: 2 as const, replica: 0, key: m.replicaKey, nonce: m.replicaNonce, eph: m.replicaEph.pub };
+  const clientHello: Hello = { v: 3, role: "client", key: m.clientKey, nonce: m.clientNonce, eph: m.clientEph.pub };
+  const clientAckUnsigned = { v: 3 as const, replica: 0, key: m.replicaKey, nonce: m.replicaNonce, eph: m.replicaEph.pub };
   const clientT = sessionTranscript(clientHello, clientAckUnsigned);
   const clientAck: HelloAck = { ...clientAckUnsigned, sig: sign(m.replicaSeed, signingInput(DOMAIN_SESSION_RESPONDER, clientT)) };
   const clientAuth = { sig: sign(m.clientSeed, signingInput(DOMAIN_SESSION_INITIATOR, clientT)) };
@@ -185,8 +185,8 @@ function buildSession(m: ReturnType<typeof material>) {
   new DataView(clientPingSealed.buffer).setUint32(0, clientPingSealed.length - 4);
 
   // Replica 1 connects to replica 0: replica 1 is the initiator.
-  const peerHello: Hello = { v: 2, role: "replica", replica: 1, key: m.peerKey, nonce: m.peerNonce, eph: m.peerEph.pub };
-  const peerAckUnsigned = { v: 2 as const, replica: 0, key: m.replicaKey, nonce: m.replicaNonce, eph: m.replicaEph.pub };
+  const peerHello: Hello = { v: 3, role: "replica", replica: 1, key: m.peerKey, nonce: m.peerNonce, eph: m.peerEph.pub };
+  const peerAckUnsigned = { v: 3 as const, replica: 0, key: m.replicaKey, nonce: m.replicaNonce, eph: m.replicaEph.pub };
   const peerT = sessionTranscript(peerHello, peerAckUnsigned);
   const peerAck: HelloAck = { ...peerAckUnsigned, sig: sign(m.replicaSeed, signingInput(DOMAIN_SESSION_RESPONDER, peerT)) };
   const peerAuth = { sig: sign(m.peerSeed, signingInput(DOMAIN_SESSION_INITIATOR, peerT)) };
@@ -401,7 +401,13 @@ function invalidFrameVectors(): VectorJson {
     ["AUTH with a short signature", hexFrame(FrameType.AUTH, { sig: bytesOf(63, 0) }), "schema", false],
     ["ERROR with an unknown code", hexFrame(FrameType.ERROR, { code: "OOPS", reason: "" }), "schema", false],
     ["HELLO of protocol version 1 (no MACs on client frames)", hexFrame(FrameType.HELLO, { v: 1, role: "client" }), "bad-version", false],
-    ["HELLO of protocol version 3", hexFrame(FrameType.HELLO, { v: 3, role: "client" }), "bad-version", false],
+    ["HELLO of protocol version 4", hexFrame(FrameType.HELLO, { v: 4, role: "client" }), "bad-version", false],
+    [
+      "HELLO of protocol version 2 (before MACs covered the payload digest)",
+      hexFrame(FrameType.HELLO, { v: 2, role: "client" }),
+      "bad-version",
+      false,
+    ],
   ];
   return {
     description:

@@ -481,14 +481,17 @@ function checkVersion(value: Canonical, what: string, supported: number): WireEr
   if (value === null || typeof value !== "object" || Array.isArray(value) || value instanceof Uint8Array) return null;
   const v = value.v;
   if (typeof v === "number" && v !== supported) {
-    const hint = supported === PROTOCOL_VERSION && v < PROTOCOL_VERSION ? `; ${VERSION_2_HINT}` : "";
+    const hint = supported === PROTOCOL_VERSION && v < PROTOCOL_VERSION ? `; ${olderVersionHint(v)}` : "";
     return wireError("bad-version", `${what}: version ${v} is not supported (this is version ${supported}${hint})`);
   }
   return null;
 }
 
-/** Why a version 1 session is refused, for the operator who sees the error. */
-const VERSION_2_HINT = "since version 2 every client frame after the handshake carries a MAC: upgrade the client or replica";
+/** Why an older session is refused, for the operator who sees the error. */
+function olderVersionHint(v: number): string {
+  const mac = v < 2 ? "since version 2 every client frame after the handshake carries a MAC, and " : "";
+  return `${mac}since version 3 a client frame's MAC covers the SHA-256 of its payload: upgrade the client or replica`;
+}
 
 /** Issues beyond this many are summarised, so a reason stays short. */
 const SCHEMA_ISSUES_REPORTED_MAX = 3;

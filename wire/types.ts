@@ -7,9 +7,10 @@
 /**
  * The session protocol version carried in HELLO and HELLO_ACK. Version 2 added the
  * ephemeral key exchange to client sessions and a MAC on every client frame after the
- * handshake (PROTOCOL.md 5.2); a version 1 HELLO is refused with BAD_VERSION.
+ * handshake; version 3 made that MAC cover the SHA-256 of the payload (PROTOCOL.md 5.2).
+ * A HELLO of another version is refused with BAD_VERSION.
  */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 /** The version of the signed Request body (`v`), unchanged since version 1 of the protocol. */
 export const REQUEST_VERSION = 1;
 

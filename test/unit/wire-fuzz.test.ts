@@ -45,10 +45,10 @@ const ADMIN: Request = {
   op: { t: "admin", cmd: { t: "create-channel", tag: "a", fault: "crash", order: "total", priority: "high", public: false } },
 };
 const SEEDS: Frame[] = [
-  { type: FrameType.HELLO, body: { v: 2, role: "replica", replica: 2, key: filled(32, 1), nonce: filled(32, 2), eph: filled(32, 3) } },
+  { type: FrameType.HELLO, body: { v: 3, role: "replica", replica: 2, key: filled(32, 1), nonce: filled(32, 2), eph: filled(32, 3) } },
   {
     type: FrameType.HELLO_ACK,
-    body: { v: 2, replica: 0, key: filled(32, 1), nonce: filled(32, 2), eph: filled(32, 3), sig: filled(64, 4) },
+    body: { v: 3, replica: 0, key: filled(32, 1), nonce: filled(32, 2), eph: filled(32, 3), sig: filled(64, 4) },
   },
   { type: FrameType.AUTH, body: { sig: filled(64, 5) } },
   { type: FrameType.ERROR, body: { code: "BAD_FRAME", reason: "x", ref: 1 } },

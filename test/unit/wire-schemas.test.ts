@@ -52,9 +52,9 @@ function request(overrides: Partial<Request> = {}): Request {
 
 /** At least one frame of every type, with optional fields both present and absent. */
 const SAMPLE_FRAMES: Frame[] = [
-  { type: FrameType.HELLO, body: { v: 2, role: "client", key: KEY, nonce: KEY2, eph: KEY } },
-  { type: FrameType.HELLO, body: { v: 2, role: "replica", replica: 3, key: KEY, nonce: KEY2, eph: KEY } },
-  { type: FrameType.HELLO_ACK, body: { v: 2, replica: 0, key: KEY, nonce: KEY2, eph: KEY2, sig: SIG } },
+  { type: FrameType.HELLO, body: { v: 3, role: "client", key: KEY, nonce: KEY2, eph: KEY } },
+  { type: FrameType.HELLO, body: { v: 3, role: "replica", replica: 3, key: KEY, nonce: KEY2, eph: KEY } },
+  { type: FrameType.HELLO_ACK, body: { v: 3, replica: 0, key: KEY, nonce: KEY2, eph: KEY2, sig: SIG } },
   { type: FrameType.AUTH, body: { sig: SIG } },
   { type: FrameType.ERROR, body: { code: "REPLAY", reason: "seq 5 used", ref: 5 } },
   { type: FrameType.ERROR, body: { code: "INTERNAL", reason: "" } },
@@ -159,17 +159,20 @@ describe("decodeFrameBody: each bad-input class has its typed error", () => {
     expectError(FrameType.REPLY, cbor({ seq: 0, replica: 0, d: KEY, ok: false, code: "INTERNAL", reason: "" }), "schema");
     expectError(FrameType.PEER, cbor({ seq: 0, msg: new Uint8Array(0), mac: KEY }), "schema");
     expectError(FrameType.REQUEST, cbor({ body: new Uint8Array(0), sig: SIG }), "schema");
-    expectError(FrameType.HELLO, cbor({ v: 2, role: "replica", key: KEY, nonce: KEY }), "schema");
-    expectError(FrameType.HELLO, cbor({ v: 2, role: "admin", key: KEY, nonce: KEY }), "schema");
+    expectError(FrameType.HELLO, cbor({ v: 3, role: "replica", key: KEY, nonce: KEY }), "schema");
+    expectError(FrameType.HELLO, cbor({ v: 3, role: "admin", key: KEY, nonce: KEY }), "schema");
     // Since version 2 a client HELLO carries an ephemeral key, and so does every HELLO_ACK.
-    expectError(FrameType.HELLO, cbor({ v: 2, role: "client", key: KEY, nonce: KEY }), "schema");
-    expectError(FrameType.HELLO_ACK, cbor({ v: 2, replica: 0, key: KEY, nonce: KEY2, sig: SIG }), "schema");
+    expectError(FrameType.HELLO, cbor({ v: 3, role: "client", key: KEY, nonce: KEY }), "schema");
+    expectError(FrameType.HELLO_ACK, cbor({ v: 3, replica: 0, key: KEY, nonce: KEY2, sig: SIG }), "schema");
   });
 
-  test("a version other than 2 in HELLO / HELLO_ACK is bad-version; a version 1 client is told why", () => {
-    expect(expectError(FrameType.HELLO, cbor({ v: 3, role: "client", key: KEY, nonce: KEY }), "bad-version")).toContain("version 3");
+  test("a version other than 3 in HELLO / HELLO_ACK is bad-version; an older client is told why", () => {
+    expect(expectError(FrameType.HELLO, cbor({ v: 4, role: "client", key: KEY, nonce: KEY }), "bad-version")).toContain("version 4");
+    expect(expectError(FrameType.HELLO, cbor({ v: 2, role: "client", key: KEY, nonce: KEY }), "bad-version")).toBe(
+      "HELLO: version 2 is not supported (this is version 3; since version 3 a client frame's MAC covers the SHA-256 of its payload: upgrade the client or replica)",
+    );
     expect(expectError(FrameType.HELLO, cbor({ v: 1, role: "client", key: KEY, nonce: KEY }), "bad-version")).toBe(
-      "HELLO: version 1 is not supported (this is version 2; since version 2 every client frame after the handshake carries a MAC: upgrade the client or replica)",
+      "HELLO: version 1 is not supported (this is version 3; since version 2 every client frame after the handshake carries a MAC, and since version 3 a client frame's MAC covers the SHA-256 of its payload: upgrade the client or replica)",
     );
     expectError(FrameType.HELLO_ACK, cbor({ v: 0 }), "bad-version");
     expectError(FrameType.HELLO, cbor({ v: "1", role: "client", key: KEY, nonce: KEY }), "schema");
@@ -253,8 +256,8 @@ describe("the bytes signatures and MACs cover", () => {
   });
 
   test("sessionTranscript encodes {hello, ack without sig}", () => {
-    const hello = { v: 2 as const, role: "client" as const, key: KEY, nonce: KEY2, eph: KEY };
-    const ack = { v: 2 as const, replica: 0, key: KEY2, nonce: KEY, eph: KEY2, sig: SIG };
+    const hello = { v: 3 as const, role: "client" as const, key: KEY, nonce: KEY2, eph: KEY };
+    const ack = { v: 3 as const, replica: 0, key: KEY2, nonce: KEY, eph: KEY2, sig: SIG };
     const { sig: _sig, ...unsigned } = ack;
     const expected = cbor({ hello, ack: unsigned });
     expect(hex(sessionTranscript(hello, ack))).toBe(hex(expected));
