@@ -67,6 +67,7 @@ describe("configuration", () => {
     expect(cfg.fairnessMultiplier).toBe(2);
     expect(cfg.clientQuarantineTicks).toBe(6_000);
     expect(cfg.floodThreshold).toBe(20);
+    expect(cfg.externalBarrier).toBe(false);
     expect(DEFAULT_PARAMETERS.logWindow as number).toBe(2 * DEFAULT_PARAMETERS.checkpointInterval);
   });
 

@@ -81,6 +81,13 @@ export interface CoreConfig {
    * replicas' clocks may differ. A proposal further ahead is refused as invalid.
    */
   readonly proposalClockSkewMs: number;
+  /**
+   * Whether every proposal carries an external barrier (PROTOCOL.md §12): the leader puts
+   * the number the runtime last reported with an `external` input at the head of each
+   * batch, and a replica executes that batch only once its own reported number reached it.
+   * Off (the default), batches carry none and `external` inputs are ignored.
+   */
+  readonly externalBarrier: boolean;
 }
 
 /** The parameters of core/ordering/PROTOCOL.md §10 (1 tick = 10 ms). */
@@ -113,6 +120,7 @@ export const DEFAULT_PARAMETERS = {
   transferRetryTicks: 200,
   transferItemsMax: 32,
   proposalClockSkewMs: 60_000,
+  externalBarrier: false,
 } as const;
 
 export type CoreParameters = Omit<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId">;
@@ -167,6 +175,7 @@ export function checkConfig(cfg: CoreConfig): void {
   if (cfg.keyPendingMax < cfg.clientWindow) throw new RangeError("keyPendingMax must be at least clientWindow");
   if (!Number.isSafeInteger(cfg.id) || cfg.id < 0 || cfg.id >= cfg.n) throw new RangeError("id must be in 0..n-1");
   if (cfg.mode !== "bft" && cfg.mode !== "cft") throw new RangeError("mode must be bft or cft");
+  if (typeof cfg.externalBarrier !== "boolean") throw new RangeError("externalBarrier must be a boolean");
   if (cfg.pipelineDepth > cfg.logWindow) throw new RangeError("pipelineDepth must be <= logWindow");
   if (cfg.logWindow <= cfg.checkpointInterval) throw new RangeError("logWindow must exceed checkpointInterval");
   if (cfg.requestBytesMax > cfg.batchBytesMax) throw new RangeError("requestBytesMax must be <= batchBytesMax");
