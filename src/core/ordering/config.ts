@@ -4,6 +4,7 @@
  * runtime); the core never reads a clock.
  */
 import { REPLICAS_MAX } from "../../../wire/types.ts";
+import { BATCH_REQUESTS_MAX } from "./messages.ts";
 
 /** A replica is named by its index in the cluster file, 0..n-1. */
 export type ReplicaId = number;
@@ -176,6 +177,10 @@ export function checkConfig(cfg: CoreConfig): void {
   if (!Number.isSafeInteger(cfg.id) || cfg.id < 0 || cfg.id >= cfg.n) throw new RangeError("id must be in 0..n-1");
   if (cfg.mode !== "bft" && cfg.mode !== "cft") throw new RangeError("mode must be bft or cft");
   if (typeof cfg.externalBarrier !== "boolean") throw new RangeError("externalBarrier must be a boolean");
+  // A batch, with its barrier (§12), must pass the structural bound every replica checks.
+  if (cfg.batchRequestsMax + (cfg.externalBarrier ? 1 : 0) > BATCH_REQUESTS_MAX) {
+    throw new RangeError(`batchRequestsMax must leave a batch within ${BATCH_REQUESTS_MAX} elements`);
+  }
   if (cfg.pipelineDepth > cfg.logWindow) throw new RangeError("pipelineDepth must be <= logWindow");
   if (cfg.logWindow <= cfg.checkpointInterval) throw new RangeError("logWindow must exceed checkpointInterval");
   if (cfg.requestBytesMax > cfg.batchBytesMax) throw new RangeError("requestBytesMax must be <= batchBytesMax");
