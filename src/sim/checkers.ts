@@ -16,6 +16,7 @@ import {
   batchBytes,
   CLIENT_PENDING_WINDOWS,
   type ClientRequest,
+  isBarrier,
   type CoreConfig,
   type CoreSizes,
   type CoreStatus,
@@ -42,6 +43,8 @@ export function genesisApp(): AppState {
 export function dedupe(batch: readonly ClientRequest[], clientLast: Map<string, number>): ClientRequest[] {
   const out: ClientRequest[] = [];
   for (const r of batch) {
+    // A batch's external barrier (PROTOCOL.md §12) is no client's request.
+    if (isBarrier(r)) continue;
     if (r.seq === (clientLast.get(r.client) ?? 0) + 1) {
       clientLast.set(r.client, r.seq + r.span - 1);
       out.push(r);

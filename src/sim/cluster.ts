@@ -34,6 +34,8 @@ export interface Decision {
   view: number;
   batch: ClientRequest[];
   execute: ClientRequest[];
+  /** The batch's external barrier (PROTOCOL.md §12; 0 without one). */
+  after: number;
 }
 
 export interface ClusterOptions {
@@ -129,7 +131,7 @@ export class ManualCluster {
   }
 
   private applyDecide(id: ReplicaId, o: Extract<Effect, { kind: "decide" }>): void {
-    (this.decided[id] as Decision[]).push({ seq: o.seq, view: o.view, batch: o.batch, execute: o.execute });
+    (this.decided[id] as Decision[]).push({ seq: o.seq, view: o.view, batch: o.batch, execute: o.execute, after: o.after });
     const exec = dedupe(o.batch, this.clientLast[id] as Map<string, number>);
     this.chains[id] = nextChain(this.chains[id] as Uint8Array, o.seq, exec);
   }

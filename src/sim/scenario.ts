@@ -185,7 +185,9 @@ export function makeScenario(seed: number, opts: ScenarioOptions): Scenario {
     n,
     f,
     mode,
-    params: { ...SIM_PARAMETERS },
+    // Crash mode runs as the runtime's second instance would: behind an external order
+    // (PROTOCOL.md §12), which the simulator advances with a lag per replica.
+    params: mode === "cft" ? { ...SIM_PARAMETERS, externalBarrier: true } : { ...SIM_PARAMETERS },
     healAt,
     submitUntil: healAt + rng.int(20, 120),
     deadline: healAt + LIVENESS_TICKS,

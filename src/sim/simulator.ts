@@ -117,6 +117,17 @@ interface Fetch {
   at: number;
 }
 
+/** Ticks each replica's external order lags the clock by, in crash mode (0, 5 or 10): barriers make the others wait. */
+const EXTERNAL_LAG_TICKS = 5;
+
+/**
+ * How far replica `id`'s external order (PROTOCOL.md §12) has executed at tick `now`: the
+ * clock less a lag per replica, so a leader's barrier is often ahead of a backup's order.
+ */
+function externalAt(id: ReplicaId, now: number): number {
+  return Math.max(0, now - EXTERNAL_LAG_TICKS * (id % 3));
+}
+
 class SimNode {
   core: OrderingCore | null = null;
   records: PersistedRecord[] = [];
@@ -333,6 +344,12 @@ class Simulation {
           this.sendFrom(node, o.to, o.msg);
           break;
         case "decide":
+          // §12: a batch never runs before this replica's own external order reached its barrier.
+          if (node.correct && o.after > externalAt(node.id, this.now)) {
+            this.checker.violation(
+              `replica ${node.name} executed seq ${o.seq} behind barrier ${o.after} at external ${externalAt(node.id, this.now)}`,
+            );
+          }
           this.log(`${node.name} decided seq ${o.seq} in view ${o.view}: ${o.execute.length}/${o.batch.length} requests executed`);
           this.onDecide(node, o.seq, o.batch, o.execute);
           break;
@@ -680,6 +697,7 @@ class Simulation {
       this.faultyClientsAct();
       for (const node of this.nodes) {
         if (!node.alive) continue;
+        if (s.params.externalBarrier === true) this.step(node, { kind: "external", seq: externalAt(node.id, this.now) });
         this.step(node, { kind: "tick" });
         node.byz?.tick();
         this.completeFetch(node);

@@ -67,12 +67,15 @@ describe("configuration", () => {
     expect(cfg.fairnessMultiplier).toBe(2);
     expect(cfg.clientQuarantineTicks).toBe(6_000);
     expect(cfg.floodThreshold).toBe(20);
+    expect(cfg.externalBarrier).toBe(false);
     expect(DEFAULT_PARAMETERS.logWindow as number).toBe(2 * DEFAULT_PARAMETERS.checkpointInterval);
   });
 
   test("inconsistent configurations are refused", () => {
     const base = { id: 0, n: 4, f: 1, mode: "bft" as const, clusterId: "c" };
     expect(() => makeConfig({ ...base, n: 3 })).toThrow(/3f\+1/);
+    expect(() => makeConfig(base, { batchRequestsMax: 4096, externalBarrier: true })).toThrow(/within 4096/);
+    expect(makeConfig(base, { batchRequestsMax: 4095, externalBarrier: true }).batchRequestsMax).toBe(4095);
     expect(() => makeConfig({ ...base, id: 4 })).toThrow(/id/);
     expect(() => makeConfig(base, { pipelineDepth: 300 })).toThrow(/pipelineDepth/);
     expect(() => makeConfig(base, { logWindow: 128 })).toThrow(/logWindow/);

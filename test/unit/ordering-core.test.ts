@@ -4,8 +4,12 @@
 import { describe, expect, test } from "bun:test";
 import { encodeCanonical } from "../../wire/canonical.ts";
 import {
+  BARRIER_CLIENT,
+  barrierRequest,
   CLIENT_PENDING_WINDOWS,
   batchBytes,
+  isBarrier,
+  type Checkpoint,
   type Commit,
   type Effect,
   type NewView,
@@ -138,6 +142,41 @@ describe("normal case (core/ordering/PROTOCOL.md §4)", () => {
       expect(decidedSeqs(c, id)).toEqual([1]);
       expect(sent(c, id, "PREPARE")).toEqual([]);
       expect(sent(c, id, "COMMIT").length).toBe(1);
+    }
+  });
+});
+
+describe("crash-mode COMMITs are authenticated by the peer link (core/ordering/PROTOCOL.md §3)", () => {
+  test("crash mode sends its COMMITs unsigned and decides on them; PRE_PREPAREs and CHECKPOINTs stay signed", () => {
+    const c = new ManualCluster({ mode: "cft" });
+    for (let s = 1; s <= 4; s++) decideOne(c, 0, s);
+    for (const id of [0, 1, 2, 3]) {
+      expect(decidedSeqs(c, id)).toEqual([1, 2, 3, 4]);
+      const commits = sent(c, id, "COMMIT") as Commit[];
+      expect(commits.length).toBeGreaterThan(0);
+      for (const m of commits) expect(m.sig).toEqual(new Uint8Array(64));
+      for (const m of sent(c, id, "CHECKPOINT") as Checkpoint[]) expect(m.sig).not.toEqual(new Uint8Array(64));
+    }
+    for (const m of sent(c, 0, "PRE_PREPARE") as PrePrepare[]) expect(m.sig).not.toEqual(new Uint8Array(64));
+  });
+
+  test("a crash-mode COMMIT counts only from the replica it names; in BFT mode an unsigned COMMIT counts not at all", () => {
+    for (const mode of ["cft", "bft"] as const) {
+      const c = new ManualCluster({ mode });
+      c.submit(0, c.request(0, 1));
+      c.tick(1, [0]);
+      // Everything but the COMMITs: nothing decides yet.
+      c.deliverAll((m) => m.msg.t !== "COMMIT");
+      expect(decidedSeqs(c, 1)).toEqual([]);
+      const digest = (sent(c, 0, "PRE_PREPARE")[0] as PrePrepare).digest;
+      const unsigned = (replica: number): Commit => ({ t: "COMMIT", view: 0, seq: 1, digest, replica, sig: new Uint8Array(64) });
+      // Replica 3's COMMIT arriving on replica 2's link is someone else's vote: dropped.
+      c.step(1, { kind: "message", from: 2, msg: unsigned(3) });
+      c.step(1, { kind: "message", from: 3, msg: unsigned(2) });
+      expect(decidedSeqs(c, 1)).toEqual([]);
+      c.step(1, { kind: "message", from: 2, msg: unsigned(2) });
+      c.step(1, { kind: "message", from: 3, msg: unsigned(3) });
+      expect(decidedSeqs(c, 1)).toEqual(mode === "cft" ? [1] : []);
     }
   });
 });
@@ -807,5 +846,107 @@ describe("admission refusals reach the client (bounded pending pool)", () => {
     for (let seq = 1; seq <= 4; seq++) c.submit(1, c.request(0, seq));
     const outputs = c.step(1, { kind: "message", from: 2, msg: { t: "FORWARD", requests: [c.request(0, 5)] } });
     expect(refusals(outputs)).toEqual([]);
+  });
+});
+
+describe("external barrier (core/ordering/PROTOCOL.md §12)", () => {
+  const barrierParams = { externalBarrier: true } as const;
+
+  function reach(c: ManualCluster, ids: readonly number[], seq: number): void {
+    for (const id of ids) c.step(id, { kind: "external", seq });
+  }
+
+  test("a batch carries its leader's external number and runs at a backup only once the backup's order reached it", () => {
+    const c = new ManualCluster({ mode: "cft", params: barrierParams });
+    reach(c, [0], 7);
+    reach(c, [1, 2, 3], 3);
+    decideOne(c, 0, 1);
+    expect(c.decided[0]?.map((d) => d.after)).toEqual([7]);
+    const pp = sent(c, 0, "PRE_PREPARE")[0] as PrePrepare;
+    expect(pp.batch?.[0]).toEqual(barrierRequest(7));
+    // The backups committed (they sent their COMMITs) but wait for their own order.
+    for (const id of [1, 2, 3]) {
+      expect(sent(c, id, "COMMIT").length).toBe(1);
+      expect(decidedSeqs(c, id)).toEqual([]);
+    }
+    // The wait is theirs, not the leader's: no suspicion however long it lasts.
+    c.tick(3 * (CLUSTER_PARAMETERS.requestTimeoutTicks as number));
+    c.deliverAll();
+    for (const id of [1, 2, 3]) expect(suspects(c, id)).toEqual([]);
+    reach(c, [1, 2], 7);
+    for (const id of [1, 2]) {
+      expect(c.decided[id]?.map((d) => d.after)).toEqual([7]);
+      expect(c.decided[id]?.[0]?.batch).toEqual(c.decided[0]?.[0]?.batch as never);
+      expect(c.decided[id]?.[0]?.execute.map((r) => r.seq)).toEqual([1]);
+    }
+    expect(decidedSeqs(c, 3)).toEqual([]);
+  });
+
+  test("the barrier is inside the digest: a batch re-proposed by a new leader keeps it", () => {
+    const c = new ManualCluster({ mode: "cft", params: barrierParams });
+    reach(c, [0], 9);
+    c.submit(0, c.request(0, 1));
+    c.tick(1, [0]);
+    // The proposal is accepted everywhere, but no COMMIT of view 0 gets through: nothing decides in it.
+    const noCommitInView0 = (m: QueuedMessage): boolean => m.msg.t !== "COMMIT" || m.msg.view !== 0;
+    c.deliverAll(noCommitInView0);
+    c.crash(0);
+    reach(c, [1, 2, 3], 2);
+    for (const id of [1, 2, 3]) c.submit(id, c.request(1, 1));
+    c.runUntil(() => [1, 2, 3].every((id) => c.core(id).status().installedView >= 1), 400, noCommitInView0);
+    const nv = sent(c, 1, "NEW_VIEW")[0] as NewView;
+    expect(nv.o[0]?.digest).toEqual(sha256(batchBytes([barrierRequest(9), c.request(0, 1)])));
+    // Replica 1 leads view 1 with its order at 2, yet seq 1 is the batch proposed behind 9.
+    expect(decidedSeqs(c, 2)).toEqual([]);
+    reach(c, [1, 2, 3], 9);
+    c.runUntil(() => [1, 2, 3].every((id) => c.lastExecuted(id) >= 2), 400);
+    for (const id of [1, 2, 3]) {
+      expect(c.decided[id]?.[0]?.after).toBe(9);
+      expect(c.decided[id]?.[1]?.after).toBeLessThanOrEqual(9);
+    }
+    expect(c.decided[2]?.[1]?.batch).toEqual(c.decided[3]?.[1]?.batch as never);
+  });
+
+  test("a proposal without its barrier, or with one among its requests, is refused; no client can use the barrier's name", () => {
+    const c = new ManualCluster({ mode: "cft", params: barrierParams });
+    const req = c.request(0, 1);
+    // Two valid requests and no barrier: the first must not be taken for one.
+    const plain = [c.request(1, 1), req];
+    const bare = resign(c, 0, {
+      t: "PRE_PREPARE",
+      view: 0,
+      seq: 1,
+      digest: sha256(batchBytes(plain)),
+      ts: 0,
+      batch: plain,
+      sig: new Uint8Array(64),
+    });
+    c.step(1, { kind: "message", from: 0, msg: bare });
+    expect(sent(c, 1, "COMMIT")).toEqual([]);
+    const twice = [barrierRequest(0), req, barrierRequest(0)];
+    const inner = resign(c, 0, {
+      t: "PRE_PREPARE",
+      view: 0,
+      seq: 1,
+      digest: sha256(batchBytes(twice)),
+      ts: 0,
+      batch: twice,
+      sig: new Uint8Array(64),
+    });
+    c.step(2, { kind: "message", from: 0, msg: inner });
+    expect(sent(c, 2, "COMMIT")).toEqual([]);
+    const named = { ...req, client: BARRIER_CLIENT };
+    expect(c.submit(0, named).effects).toContainEqual({ kind: "refused", client: BARRIER_CLIENT, seq: 1, reason: "invalid" });
+  });
+
+  test("without externalBarrier, batches carry none and external inputs change nothing", () => {
+    const c = new ManualCluster({ mode: "cft" });
+    reach(c, [1, 2, 3], 0);
+    reach(c, [0], 5);
+    decideOne(c, 0, 1);
+    for (const id of [0, 1, 2, 3]) {
+      expect(c.decided[id]?.map((d) => d.after)).toEqual([0]);
+      expect(c.decided[id]?.[0]?.batch.some(isBarrier)).toBe(false);
+    }
   });
 });

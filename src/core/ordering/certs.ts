@@ -35,11 +35,21 @@ export function isMember(context: CertContext, r: number): boolean {
   return Number.isSafeInteger(r) && r >= 0 && r < context.n;
 }
 
-/** Checks the signature of `m` against the replica that must have made it. */
+/**
+ * Checks the signature of `m` against the replica that must have made it. In crash mode a
+ * COMMIT carries none (core/ordering/PROTOCOL.md §3, "Crash mode"): the peer link's MAC
+ * authenticates it, and it is taken only from the replica it names.
+ */
 export function verifySigned(context: CertContext, m: SignedMessage): boolean {
   const signer = signerOf(m, context.n);
   if (!isMember(context, signer)) return false;
+  if (isLinkAuthenticated(context.mode, m)) return true;
   return context.crypto.verify(signer, signingBytes(m, context.clusterId), m.sig);
+}
+
+/** Whether `m` is authenticated by the peer link rather than signed: a COMMIT in crash mode. */
+export function isLinkAuthenticated(mode: FaultMode, m: SignedMessage): boolean {
+  return mode === "cft" && m.t === "COMMIT";
 }
 
 /**

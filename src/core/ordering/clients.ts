@@ -5,6 +5,7 @@
  * bounded, never replicated); and what the core does with client requests before they
  * are proposed: admission and forwarding (core/ordering/PROTOCOL.md §5).
  */
+import { isBarrier } from "./barrier.ts";
 import { bytesEqual } from "../../../wire/bytes.ts";
 import { type ClientRequest, requestBytes } from "./messages.ts";
 import { poolLimitFor, urgencyOf } from "./priority.ts";
@@ -242,7 +243,7 @@ export type Admission = "executed" | "added" | "duplicate" | Refusal | "bad-sign
  */
 export function admit(state: CoreState, req: ClientRequest, authenticated: boolean, via: ReplicaId | null = null): Admission {
   const cfg = state.cfg;
-  if (req.span < 1 || req.span > cfg.requestSpanMax || req.seq < 1) return "invalid";
+  if (req.span < 1 || req.span > cfg.requestSpanMax || req.seq < 1 || isBarrier(req)) return "invalid";
   if (requestBytes(req) > cfg.requestBytesMax) return "invalid";
   const last = state.clientTable.lastExecuted(req.client);
   if (req.seq + req.span - 1 <= last) return "executed";
@@ -289,6 +290,7 @@ export function alreadyVerified(state: CoreState, r: ClientRequest): boolean {
 /** Batch-borne requests become pending too, so their timers run (BFT-SMaRt checkProposedValue). */
 export function adoptBatchRequests(state: CoreState, batch: readonly ClientRequest[]): void {
   for (const r of batch) {
+    if (isBarrier(r)) continue;
     const last = state.clientTable.lastExecuted(r.client);
     if (r.seq <= last || state.pending.has(r.client, r.seq)) continue;
     if (state.pending.countFor(r.client) >= CLIENT_PENDING_WINDOWS * state.cfg.clientWindow) continue;

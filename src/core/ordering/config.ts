@@ -4,6 +4,7 @@
  * runtime); the core never reads a clock.
  */
 import { REPLICAS_MAX } from "../../../wire/types.ts";
+import { BATCH_REQUESTS_MAX } from "./messages.ts";
 
 /** A replica is named by its index in the cluster file, 0..n-1. */
 export type ReplicaId = number;
@@ -81,6 +82,13 @@ export interface CoreConfig {
    * replicas' clocks may differ. A proposal further ahead is refused as invalid.
    */
   readonly proposalClockSkewMs: number;
+  /**
+   * Whether every proposal carries an external barrier (PROTOCOL.md §12): the leader puts
+   * the number the runtime last reported with an `external` input at the head of each
+   * batch, and a replica executes that batch only once its own reported number reached it.
+   * Off (the default), batches carry none and `external` inputs are ignored.
+   */
+  readonly externalBarrier: boolean;
 }
 
 /** The parameters of core/ordering/PROTOCOL.md §10 (1 tick = 10 ms). */
@@ -113,6 +121,7 @@ export const DEFAULT_PARAMETERS = {
   transferRetryTicks: 200,
   transferItemsMax: 32,
   proposalClockSkewMs: 60_000,
+  externalBarrier: false,
 } as const;
 
 export type CoreParameters = Omit<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId">;
@@ -167,6 +176,11 @@ export function checkConfig(cfg: CoreConfig): void {
   if (cfg.keyPendingMax < cfg.clientWindow) throw new RangeError("keyPendingMax must be at least clientWindow");
   if (!Number.isSafeInteger(cfg.id) || cfg.id < 0 || cfg.id >= cfg.n) throw new RangeError("id must be in 0..n-1");
   if (cfg.mode !== "bft" && cfg.mode !== "cft") throw new RangeError("mode must be bft or cft");
+  if (typeof cfg.externalBarrier !== "boolean") throw new RangeError("externalBarrier must be a boolean");
+  // A batch, with its barrier (§12), must pass the structural bound every replica checks.
+  if (cfg.batchRequestsMax + (cfg.externalBarrier ? 1 : 0) > BATCH_REQUESTS_MAX) {
+    throw new RangeError(`batchRequestsMax must leave a batch within ${BATCH_REQUESTS_MAX} elements`);
+  }
   if (cfg.pipelineDepth > cfg.logWindow) throw new RangeError("pipelineDepth must be <= logWindow");
   if (cfg.logWindow <= cfg.checkpointInterval) throw new RangeError("logWindow must exceed checkpointInterval");
   if (cfg.requestBytesMax > cfg.batchBytesMax) throw new RangeError("requestBytesMax must be <= batchBytesMax");

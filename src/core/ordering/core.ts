@@ -13,6 +13,7 @@
  * (`stepLeader` / `stepBackup`) and the normal case; state.ts lists the modules that
  * implement the rest.
  */
+import { barrierOf, barrierRequest, isBarrier, isWellFormedBarrier } from "./barrier.ts";
 import { bytesEqual } from "../../../wire/bytes.ts";
 import { bodyMatches, isMember } from "./certs.ts";
 import {
@@ -197,6 +198,10 @@ export class OrderingCore {
         return this.onTick();
       case "checkpointReady":
         return onCheckpointReady(state, input.seq, input.appDigest);
+      case "external":
+        // Execution catches up in the role step that follows every input.
+        if (this.cfg.externalBarrier && input.seq > state.externalExecuted) state.externalExecuted = input.seq;
+        return;
       case "snapshotInstalled":
         return onSnapshotInstalled(state, input.seq, input.stateDigest, input.appDigest, input.clients);
       default:
@@ -347,8 +352,10 @@ export class OrderingCore {
     }
   }
 
-  private propose(batch: ClientRequest[]): void {
+  private propose(requests: ClientRequest[]): void {
     const state = this.state;
+    // §12: the batch carries the external order this leader had executed, inside its digest.
+    const batch = this.cfg.externalBarrier ? [barrierRequest(state.externalExecuted), ...requests] : requests;
     const seq = state.nextProposalSeq++;
     const digest = state.hashBatch(batch);
     const header = signHeader(state, state.view, seq, digest);
@@ -410,9 +417,17 @@ export class OrderingCore {
    * every request is validly signed, unique in the batch, consecutive with its client's
    * other requests in the batch, not executed and not in another free proposal of this view.
    */
-  private proposalFault(m: PrePrepare, batch: ClientRequest[]): "digest" | "invalid" | null {
+  private proposalFault(m: PrePrepare, proposed: ClientRequest[]): "digest" | "invalid" | null {
     const state = this.state;
     const cfg = this.cfg;
+    // §12: with barriers, a batch is its marker followed by requests; without, a marker is
+    // never valid (admission refuses its name, so none can be pending here either).
+    let batch = proposed;
+    if (cfg.externalBarrier) {
+      const marker = proposed[0];
+      if (marker === undefined || !isWellFormedBarrier(marker)) return "invalid";
+      batch = proposed.slice(1);
+    }
     if (batch.length < 1 || batch.length > cfg.batchRequestsMax) return "invalid";
     // The leader's stamp is what the requests are judged against; it may be behind this
     // replica's clock (that only judges them more strictly), not further ahead than clocks differ.
@@ -420,9 +435,10 @@ export class OrderingCore {
     let bytes = 0;
     for (const r of batch) bytes += requestBytes(r);
     if (bytes > cfg.batchBytesMax) return "invalid";
-    if (!bytesEqual(state.hashBatch(batch), m.digest)) return "digest";
+    if (!bytesEqual(state.hashBatch(proposed), m.digest)) return "digest";
     const nextInBatch = new Map<string, number>();
     for (const r of batch) {
+      if (isBarrier(r)) return "invalid";
       if (r.span > cfg.requestSpanMax || requestBytes(r) > cfg.requestBytesMax) return "invalid";
       const expected = nextInBatch.get(r.client);
       if (expected !== undefined && r.seq !== expected) return "invalid";
@@ -512,7 +528,13 @@ export class OrderingCore {
       } else {
         d = state.decidedPending.get(s);
       }
+      state.barrierBlocked = false;
       if (d === undefined) return;
+      // §12: a batch runs only once this replica's external order reached its barrier.
+      if (barrierOf(d.batch) > state.externalExecuted) {
+        state.barrierBlocked = true;
+        return;
+      }
       assert(bodyMatches(this.crypto, d.digest, d.batch), `executing seq ${s} with a body that does not match`);
       this.execute(s, d, e);
     }
@@ -522,6 +544,7 @@ export class OrderingCore {
     const state = this.state;
     const execute: ClientRequest[] = [];
     for (const r of d.batch) {
+      if (isBarrier(r)) continue;
       // Dedupe is deterministic: only the next request of each client runs; anything
       // else is skipped with no effect and stays pending to be proposed again.
       if (state.clientTable.isNext(r)) {
@@ -535,11 +558,12 @@ export class OrderingCore {
     state.decidedPending.delete(s);
     if (e !== undefined) unindex(state, e);
     for (const r of d.batch) {
+      if (isBarrier(r)) continue;
       state.pending.pruneExecuted(r.client, state.clientTable.lastExecuted(r.client));
       state.decidedBytesThisTick += requestBytes(r);
     }
     state.persist({ t: "decided", seq: s, view: d.view, digest: d.digest, batch: d.batch, commits: d.commits });
-    state.emit({ kind: "decide", seq: s, view: d.view, batch: d.batch, execute });
+    state.emit({ kind: "decide", seq: s, view: d.view, batch: d.batch, execute, after: barrierOf(d.batch) });
     state.throughputMonitor.onExecuted(execute.length);
     if (e !== undefined && !e.fromNewView && state.installedView === state.view && execute.length > 0) {
       // The first new request executed in an installed view ends the view-change backoff.

@@ -62,6 +62,7 @@
  * (next.seq == prev.seq + prev.span); `lastExecutedSeq[client]` is seq+span-1 of the last
  * executed one. Requests at or below it are answered again (`resendReply`), never run twice.
  */
+export { BARRIER_CLIENT, barrierOf, barrierRequest, isBarrier } from "./barrier.ts";
 export { CLIENT_PENDING_WINDOWS, ClientTable, type ClientTableExport, PendingPool, requestKey } from "./clients.ts";
 export {
   type CoreConfig,

@@ -4,8 +4,9 @@
  * signed. An entry moves accepted -> prepared -> committed here; core.ts decides when a
  * message is let in, and executes committed entries in order.
  */
+import { isBarrier } from "./barrier.ts";
 import { bytesEqual } from "../../../wire/bytes.ts";
-import { bodyMatches } from "./certs.ts";
+import { bodyMatches, isLinkAuthenticated } from "./certs.ts";
 import { adoptBatchRequests, requestKey } from "./clients.ts";
 import type { ClientRequest, Commit, Prepare, PreparedCert, PrePrepare } from "./messages.ts";
 import { assert, type CoreState, EMPTY_SIG } from "./state.ts";
@@ -73,7 +74,9 @@ export function signVote(state: CoreState, t: "PREPARE" | "COMMIT", view: number
   const prev = state.signedVotes.get(key);
   assert(prev === undefined || bytesEqual(prev, digest), `second ${t} digest for view ${view} seq ${seq}`);
   state.signedVotes.set(key, digest);
-  return state.signed<Prepare | Commit>({ t, view, seq, digest, replica: state.cfg.id, sig: EMPTY_SIG });
+  const vote: Prepare | Commit = { t, view, seq, digest, replica: state.cfg.id, sig: EMPTY_SIG };
+  // A crash-mode COMMIT is authenticated by the peer link, not signed (PROTOCOL.md §3).
+  return isLinkAuthenticated(state.cfg.mode, vote) ? vote : state.signed(vote);
 }
 
 /**
@@ -125,6 +128,7 @@ function setBody(state: CoreState, e: Entry, batch: ClientRequest[]): void {
   e.batch = batch;
   if (e.seq <= state.lastExecuted) return;
   for (const r of batch) {
+    if (isBarrier(r)) continue;
     const key = requestKey(r.client, r.seq);
     if (e.fromNewView) state.inNewViewBatch.set(key, (state.inNewViewBatch.get(key) ?? 0) + 1);
     else state.inFreeProposal.set(key, e.seq);
@@ -135,6 +139,7 @@ function setBody(state: CoreState, e: Entry, batch: ClientRequest[]): void {
 export function unindex(state: CoreState, e: Entry): void {
   if (e.batch === null) return;
   for (const r of e.batch) {
+    if (isBarrier(r)) continue;
     const key = requestKey(r.client, r.seq);
     if (e.fromNewView) {
       const c = (state.inNewViewBatch.get(key) ?? 0) - 1;

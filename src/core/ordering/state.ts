@@ -109,6 +109,10 @@ export class CoreState {
   now = 0;
   /** This replica's clock (ms since the epoch) at the last tick; 0 if the runtime gives none. */
   nowMs = 0;
+  /** How far the runtime's external order has executed here (`external` inputs; PROTOCOL.md §12). */
+  externalExecuted = 0;
+  /** Whether the next decided batch waits for the external order (§12): the wait is this replica's, not its leader's. */
+  barrierBlocked = false;
   /** The highest proposal timestamp this replica signed or accepted: its next proposal stamps no less. */
   proposalTsFloor = 0;
 

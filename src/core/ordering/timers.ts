@@ -46,7 +46,8 @@ export function tickLeader(state: CoreState): void {
  */
 export function tickBackup(state: CoreState): void {
   startHeadTimers(state);
-  watchLeader(state);
+  if (state.barrierBlocked) restartHeadTimers(state);
+  else watchLeader(state);
   if (state.phase === "normal") {
     resendSuspicion(state);
     retransmitStalled(state, false);
@@ -76,6 +77,18 @@ function resendCheckpoints(state: CoreState): void {
     any = true;
   }
   if (any) state.nextCheckpointResendAt = state.now + state.cfg.retransmitTicks;
+}
+
+/**
+ * While the next decided batch waits for this replica's own external order (§12), the
+ * leader is not judged: the wait is here. Request timers start again from now, so a leader
+ * is never suspected for time spent behind a barrier.
+ */
+function restartHeadTimers(state: CoreState): void {
+  for (const [client, forClient] of state.pending.clients()) {
+    const head = forClient.get(state.clientTable.lastExecuted(client) + 1);
+    if (head !== undefined) head.timerStart = state.now;
+  }
 }
 
 /**

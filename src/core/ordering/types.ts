@@ -49,6 +49,12 @@ export type CoreInput =
   /** The application's digest after executing `seq`, answering a `takeCheckpoint`. */
   | { kind: "checkpointReady"; seq: number; appDigest: Uint8Array }
   /**
+   * How far the runtime's external order has executed here (with `externalBarrier`,
+   * PROTOCOL.md §12): a decided batch whose barrier is above it waits. Never decreases;
+   * a lower number is ignored.
+   */
+  | { kind: "external"; seq: number }
+  /**
    * The runtime installed a snapshot fetched after `fetchState`. The core recomputes the
    * state digest from `appDigest` and `clients` and accepts it only if it matches the
    * digest it asked for; `stateDigest` is the runtime's claim and must match too.
@@ -104,9 +110,12 @@ export type Effect =
   /**
    * Sequence number `seq` is decided and executed. `batch` is the decided batch (every
    * replica sees the same bytes); `execute` are the requests that passed per-client
-   * dedupe, in order: apply exactly these, and reply to their clients.
+   * dedupe, in order: apply exactly these, and reply to their clients. `after` is the
+   * batch's external barrier (PROTOCOL.md §12; 0 without `externalBarrier`): every replica
+   * executes this batch with the same `after`, and only once its own external order
+   * reached it.
    */
-  | { kind: "decide"; seq: number; view: number; batch: ClientRequest[]; execute: ClientRequest[] }
+  | { kind: "decide"; seq: number; view: number; batch: ClientRequest[]; execute: ClientRequest[]; after: number }
   /**
    * After the decide of `seq` (a multiple of K): store the application snapshot at `seq`
    * together with `clients`, then answer with `checkpointReady(seq, appDigest)`.
