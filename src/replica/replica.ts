@@ -665,9 +665,13 @@ export class Replica {
   }
 
   private submitOrdered(session: ClientSession, signed: SignedRequest, request: Request, space: string, digest: Uint8Array): void {
-    const arrival = this.waiting.arrive(session, space, request.seq, digest, performance.now());
+    const arrivedMs = performance.now();
+    const arrival = this.waiting.arrive(session, space, request.seq, digest, arrivedMs);
     switch (arrival.t) {
       case "cached":
+        // Executed before this copy arrived (the leader's or a forwarded copy came first):
+        // acknowledged now, and counted like every other acknowledgement.
+        if (request.op.t === "pub") this.channelMetrics.of(request.op.tag)?.ackLatency?.observe((performance.now() - arrivedMs) / 1000);
         return this.reply(session, arrival.reply);
       case "replay":
         return this.reply(session, failure(request.seq, this.options.id, digest, "REPLAY", "this sequence number was already used"));

@@ -163,10 +163,15 @@ describe("metrics on a running cluster", () => {
     const alerts = 'tag="sec.alerts",class="byzantine/total",priority="critical"';
     let values = new Map<string, number>();
     await waitFor(
-      "replica 0 to count the stored and delivered events",
+      "replica 0 to count the stored and delivered events, and its acknowledgements of them",
       async () => {
         values = samples(await scrape(metricsBase));
-        return (values.get(`fitb_channel_events_delivered_total{${alerts}}`) ?? 0) >= 5;
+        // The client's own copy of a publish may reach replica 0 after it executed a
+        // forwarded one; its acknowledgement (counted too) then comes later.
+        return (
+          (values.get(`fitb_channel_events_delivered_total{${alerts}}`) ?? 0) >= 5 &&
+          (values.get('fitb_publish_ack_seconds_count{class="byzantine/total"}') ?? 0) >= 5
+        );
       },
       20_000,
       () => logTail(cluster, 0),
