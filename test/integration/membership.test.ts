@@ -22,7 +22,7 @@ type MembersJson = {
   f: number;
   n: number;
   digest: string;
-  members: { id: number; host: string; port: number; key: string }[];
+  members: { id: number; host: string; port: number; peerPort: number | null; key: string }[];
   pending: (MembersJson & { from: number }) | null;
 };
 
