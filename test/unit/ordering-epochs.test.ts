@@ -6,7 +6,6 @@
  * leader is replaced, and old-epoch signatures count for nothing.
  */
 import { describe, expect, test } from "bun:test";
-import type { ClientRequest } from "../../src/core/ordering/index.ts";
 import { validViewChange } from "../../src/core/ordering/certs.ts";
 import { signingBytes } from "../../src/core/ordering/messages.ts";
 import { SimKeyring } from "../../src/sim/crypto.ts";
