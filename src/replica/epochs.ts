@@ -9,8 +9,72 @@
 import { sha256 } from "../crypto/hash.ts";
 import { formatPublicKey } from "../crypto/keys.ts";
 import type { ClusterConfig } from "../config/cluster.ts";
-import { type Membership, membershipValue, type PendingMembership } from "../core/channels/membership.ts";
+import { type Member, type Membership, membershipValue, type PendingMembership } from "../core/channels/membership.ts";
+import { checkConfig, type CoreConfig } from "../core/ordering/config.ts";
 import { type Canonical, encodeCanonical } from "../../wire/canonical.ts";
+
+/**
+ * The group one ordering core runs with: an epoch's members by rank (ascending id), its
+ * f, its cluster id and the checkpoint it starts from. Ranks are what the core calls
+ * replicas; ids are what peers, logs and clients call them.
+ */
+export class EpochView {
+  private readonly rankById: Map<number, number>;
+
+  constructor(
+    readonly epoch: number,
+    readonly f: number,
+    readonly members: readonly Member[],
+    /** The checkpoint the epoch starts from; null for epoch 0. */
+    readonly start: { readonly seq: number; readonly digest: Uint8Array } | null,
+    readonly clusterName: string,
+  ) {
+    this.rankById = new Map(members.map((member, rank) => [member.id, rank]));
+  }
+
+  static of(membership: Membership, start: EpochView["start"], clusterName: string): EpochView {
+    return new EpochView(membership.epoch, membership.f, membership.members, start, clusterName);
+  }
+
+  get n(): number {
+    return this.members.length;
+  }
+
+  /** Bound into every signature of the epoch's core: the cluster's name, then `/e<epoch>` from epoch 1 on. */
+  get clusterId(): string {
+    return this.epoch === 0 ? this.clusterName : `${this.clusterName}/e${this.epoch}`;
+  }
+
+  /** The core's rank of replica `id`, or -1 when it is not a member of this epoch. */
+  rankOf(id: number): number {
+    return this.rankById.get(id) ?? -1;
+  }
+
+  /** The replica id of a core rank (the rank itself if out of range, for logs). */
+  idOf(rank: number): number {
+    return this.members[rank]?.id ?? rank;
+  }
+
+  keyOfRank(rank: number): Uint8Array | null {
+    return this.members[rank]?.key ?? null;
+  }
+
+  /** The core's configuration for replica `id` in this epoch (from the cluster's own), or null when it is no member. */
+  coreConfig(base: CoreConfig, id: number): CoreConfig | null {
+    const rank = this.rankOf(id);
+    if (rank < 0) return null;
+    const cfg: CoreConfig = {
+      ...base,
+      id: rank,
+      n: this.n,
+      f: this.f,
+      clusterId: this.clusterId,
+      ...(this.start === null ? {} : { epochStart: this.start }),
+    };
+    checkConfig(cfg);
+    return cfg;
+  }
+}
 
 /** The cluster file's group: epoch 0, the same at every replica of the cluster. */
 export function genesisMembership(config: ClusterConfig): Membership {

@@ -89,6 +89,8 @@ export interface ReplicaOptions {
   readonly sync?: SyncPolicy;
   /** What to do when the replica must stop (fatal.ts): `fitb replica` exits with the error's code. */
   readonly onFatal?: FatalHandler;
+  /** Called once this replica stopped because a membership change removed it from the group (epochs.ts). */
+  readonly onRemoved?: () => void;
   /** Threads verifying client signatures (src/threads/verify-pool.ts); 0 (the default here): on the event loop. */
   readonly threads?: number;
 }
@@ -176,6 +178,7 @@ export class Replica {
       // The core cuts its forwards into chunks of one batch (or one larger request); each
       // request adds its CBOR field names and client name to the envelope.
       forwardBytesMax: Math.max(core.batchBytesMax, core.requestBytesMax) + core.batchRequestsMax * FORWARD_REQUEST_OVERHEAD_BYTES,
+      rankOf: (peer, epoch) => (epoch === this.ordering.epoch.epoch ? this.ordering.epoch.rankOf(peer) : -1),
     });
     this.mesh = new PeerMesh({
       self: id,
@@ -226,6 +229,14 @@ export class Replica {
       audit: this.audit,
       onGroupEvent: (kind, fields) => this.sys.event(kind, fields),
       onPeerFlooding: (peer) => this.mesh.muteFlooding(peer),
+      onRemoved: () => {
+        // Removed from the group: it serves no client any more. Stopped after this turn's
+        // commit, which carries the epoch switch.
+        setTimeout(() => {
+          this.stop();
+          this.options.onRemoved?.();
+        }, 0);
+      },
     });
     this.replaying = false;
     const peerPort = self.peerPort;
