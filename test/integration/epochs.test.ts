@@ -36,7 +36,8 @@ describe("epoch switch", () => {
       publisher,
       "sec.alerts",
       "r",
-      (r) => r < 20 || !remaining.every(started) || afterSwitch++ < 30,
+      // Bounded: a group that never switched fails below instead of publishing forever.
+      (r) => r < 600 && (r < 20 || !remaining.every(started) || afterSwitch++ < 30),
       1,
       async (r) => {
         if (r !== 10) return;
