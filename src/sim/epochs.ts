@@ -43,7 +43,7 @@ export interface EpochSpec {
   readonly members: readonly EpochMember[];
 }
 
-interface EpochMessage {
+export interface EpochMessage {
   readonly from: number;
   readonly to: number;
   readonly epoch: number;
@@ -74,6 +74,8 @@ interface Node {
   submitted: Map<string, ClientRequest>;
   /** Old-epoch decisions above the switch point that were dropped, never executed. */
   droppedAboveSwitch: number;
+  /** The old epoch's stable proof of each switch point, by old epoch: sent to a peer still there. */
+  switchProofs: Map<number, Extract<PersistedRecord, { t: "stable" }>>;
   removed: boolean;
 }
 
@@ -117,6 +119,7 @@ export class EpochGroup {
       decided: [],
       submitted: new Map(),
       droppedAboveSwitch: 0,
+      switchProofs: new Map(),
       removed: false,
     };
   }
@@ -216,7 +219,7 @@ export class EpochGroup {
       this.perform(id, node, epoch, effect);
     }
     for (const record of ready.persist) {
-      if (record.t === "stable" && node.core === core) this.maybeSwitch(id, node, record.seq);
+      if (record.t === "stable" && node.core === core) this.maybeSwitch(id, node, record);
     }
     return ready;
   }
@@ -288,9 +291,10 @@ export class EpochGroup {
   }
 
   /** At the stable checkpoint that ends its epoch, a replica moves to the next one (or stops, if removed). */
-  private maybeSwitch(id: number, node: Node, stableSeq: number): void {
+  private maybeSwitch(id: number, node: Node, stable: Extract<PersistedRecord, { t: "stable" }>): void {
     const at = this.switchPoint(node.epoch);
-    if (at === null || stableSeq !== at || node.executed !== at) return;
+    if (at === null || stable.seq !== at || node.executed !== at) return;
+    node.switchProofs.set(node.epoch, stable);
     const own = [...node.records].reverse().find((r) => (r.t === "checkpoint" || r.t === "snapshot") && r.seq === at);
     if (own === undefined || (own.t !== "checkpoint" && own.t !== "snapshot")) throw new Error(`replica ${id} has no checkpoint at ${at}`);
     const next = node.epoch + 1;
@@ -325,9 +329,9 @@ export class EpochGroup {
   }
 
   /** Delivers queued messages until none is left (or `maxRounds`); one of another epoch is refused. */
-  deliverAll(keep: (m: EpochMessage) => boolean = () => true, maxRounds = 50): void {
+  deliverAll(keep: (m: EpochMessage) => boolean = () => true, maxRounds = 50, order?: (batch: EpochMessage[]) => EpochMessage[]): void {
     for (let round = 0; round < maxRounds && this.queue.length > 0; round++) {
-      const batch = this.queue;
+      const batch = order === undefined ? this.queue : order(this.queue);
       this.queue = [];
       for (const m of batch) {
         if (!keep(m)) continue;
@@ -335,6 +339,13 @@ export class EpochGroup {
         if (node === undefined || node.core === null) continue;
         if (node.epoch !== m.epoch) {
           this.refused.push({ from: m.from, to: m.to, reason: `a message of epoch ${m.epoch}; this replica is in epoch ${node.epoch}` });
+          // A peer still in an epoch this replica left gets the proof that ended it, as the runtime sends it.
+          const proof = node.switchProofs.get(m.epoch);
+          if (proof !== undefined) {
+            const stable = { seq: proof.seq, digest: proof.digest, proof: proof.proof };
+            const msg: PeerMessage = { t: "STATE_RESPONSE", kind: "decided", nonce: 0, items: [], stable, lastExecuted: proof.seq };
+            this.queue.push({ from: m.to, to: m.from, epoch: m.epoch, msg });
+          }
           continue;
         }
         const rank = (this.specs[m.epoch] as EpochSpec).members.findIndex((member) => member.id === m.from);
