@@ -126,6 +126,9 @@ const MISBEHAVIOUR_LOG_INTERVAL_MS = 60_000;
 /** Messages of another epoch are logged at most this often per peer (they are always counted). */
 const OTHER_EPOCH_LOG_INTERVAL_MS = 10_000;
 
+/** A peer still in an ended epoch is sent the proof that ended it at most this often. */
+const PROOF_RESEND_MS = 1000;
+
 /** Messages of the next epoch held until this replica switches to it (the switch is at most a few checkpoints' votes away). */
 const NEXT_EPOCH_HELD_MAX = 4096;
 
@@ -175,6 +178,8 @@ export class OrderingDriver {
   private readonly submitted = new Map<string, ClientRequest>();
   /** Peer messages of the next epoch, held until this replica gets there (bounded, oldest kept). */
   private nextEpochHeld: { from: number; bytes: Uint8Array }[] = [];
+  /** When each peer still in the ended epoch was last sent the proof that ended it. */
+  private readonly proofSentAt = new Map<number, number>();
   /** When a message of another epoch from each peer was last logged. */
   private readonly otherEpochLoggedAt = new Map<number, number>();
   private readonly baseCoreConfig: CoreConfig;
@@ -363,6 +368,8 @@ export class OrderingDriver {
     this.coreGeneration++;
     const cfg = view.coreConfig(this.baseCoreConfig, id);
     storage.stageEpochStart({ epoch: view.epoch, seq: pending.seq, digest: pending.base.stateDigest }, pending.base);
+    // A peer still in the ended epoch fetches the state at the switch point from here.
+    this.keeper.pin(pending.seq);
     if (cfg === null) {
       this.removed = true;
       this.options.metrics.inc("epoch_switches_total");
@@ -412,7 +419,8 @@ export class OrderingDriver {
       });
     }
     const proof = this.switchProof;
-    if (proof !== null && proof.epoch === theirs) {
+    if (proof !== null && proof.epoch === theirs && now - (this.proofSentAt.get(from) ?? 0) >= PROOF_RESEND_MS) {
+      this.proofSentAt.set(from, now);
       const stable = { seq: proof.seq, digest: proof.digest, proof: proof.proof };
       const msg = { t: "STATE_RESPONSE", kind: "decided", nonce: 0, items: [], stable, lastExecuted: proof.seq };
       this.options.mesh.send(from, encodeEnvelope("ordering", msg as unknown as Canonical, theirs));
