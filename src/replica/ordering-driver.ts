@@ -172,6 +172,8 @@ export class OrderingDriver {
     digest: Uint8Array;
     proof: Extract<PersistedRecord, { t: "stable" }>["proof"];
   } | null = null;
+  /** The switch point became stable in this step: the switch follows the step's effects. */
+  private switchDue = false;
   /** This replica is not a member of the current epoch: it orders nothing any more. */
   private removed = false;
   /** Requests submitted here and not executed yet, by client space and seq (bounded). */
@@ -566,6 +568,10 @@ export class OrderingDriver {
         if (generation === this.coreGeneration) this.perform(effect);
       });
     }
+    if (this.switchDue) {
+      this.switchDue = false;
+      this.options.storage.afterDurable(() => this.switchEpoch());
+    }
   }
 
   private persist(record: PersistedRecord): void {
@@ -588,7 +594,8 @@ export class OrderingDriver {
     }
     if (record.t === "stable") {
       this.switchProof = { epoch: this.epochView.epoch, seq: record.seq, digest: record.digest, proof: record.proof };
-      this.options.storage.afterDurable(() => this.switchEpoch());
+      // Switched once this step's effects ran (its own CHECKPOINT at the switch point among them).
+      this.switchDue = true;
     }
   }
 
