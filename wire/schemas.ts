@@ -20,6 +20,7 @@ import {
   NONCE_BYTES,
   PROTOCOL_VERSION,
   REASON_BYTES_MAX,
+  REPLICAS_MAX,
   REQUEST_VERSION,
   REQUEST_EVENTS_MAX,
   SIGNATURE_BYTES,
@@ -76,6 +77,10 @@ export const subEndCodeSchema = z.enum(SUB_END_CODES);
 /** Any decoded canonical value (used where the payload is open, e.g. query results). */
 const canonicalSchema = z.custom<Canonical>((v) => v !== undefined, { error: "expected a value" });
 
+/** A replica's host name or IP literal in a membership command (what a cluster file allows), and its ports. */
+const HOST_BYTES_MAX = 253;
+const PORT_NUMBER_MAX = 65_535;
+
 // ---------------------------------------------------------------------------------------
 // Request body (what a client signs; carried as REQUEST.body)
 // ---------------------------------------------------------------------------------------
@@ -108,6 +113,40 @@ export const adminCmdSchema = z.discriminatedUnion("t", [
     eventsPerSecond: positiveSchema.optional(),
     bytesPerSecond: positiveSchema.optional(),
     subscriptions: positiveSchema.optional(),
+  }),
+  // Membership (PROTOCOL.md section 6.4): decided like the others, effective at the next checkpoint boundary.
+  z.strictObject({
+    t: z.literal("add-replica"),
+    id: z
+      .int()
+      .min(0)
+      .max(REPLICAS_MAX - 1),
+    host: z.string().min(1).max(HOST_BYTES_MAX),
+    port: z.int().min(1).max(PORT_NUMBER_MAX),
+    peerPort: z.int().min(1).max(PORT_NUMBER_MAX).optional(),
+    key: keySchema,
+  }),
+  z.strictObject({
+    t: z.literal("remove-replica"),
+    id: z
+      .int()
+      .min(0)
+      .max(REPLICAS_MAX - 1),
+  }),
+  z.strictObject({
+    t: z.literal("rotate-replica-key"),
+    id: z
+      .int()
+      .min(0)
+      .max(REPLICAS_MAX - 1),
+    key: keySchema,
+  }),
+  z.strictObject({
+    t: z.literal("set-f"),
+    f: z
+      .int()
+      .min(0)
+      .max(Math.floor((REPLICAS_MAX - 1) / 3)),
   }),
 ]);
 
@@ -220,7 +259,17 @@ export const replyResultSchema = z.discriminatedUnion("t", [
   // `at`: the decided seq at which the command executed, the same at every correct replica.
   z.strictObject({
     t: z.literal("admin"),
-    cmd: z.enum(["create-channel", "destroy-channel", "register", "unregister", "set-quota"]),
+    cmd: z.enum([
+      "create-channel",
+      "destroy-channel",
+      "register",
+      "unregister",
+      "set-quota",
+      "add-replica",
+      "remove-replica",
+      "rotate-replica-key",
+      "set-f",
+    ]),
     at: uintSchema.optional(),
   }),
 ]);
@@ -250,7 +299,7 @@ export const replySchema = z.discriminatedUnion("ok", [
   }),
 ]);
 
-export const QUERY_KINDS = ["status", "list-channels", "client-seq", "channel-info", "publishers", "quotas"] as const;
+export const QUERY_KINDS = ["status", "list-channels", "client-seq", "channel-info", "publishers", "quotas", "members"] as const;
 
 // `after` (QUERY, SUBSCRIBE) and `at` (QUERY_REPLY, SUB_OK, SUB_END, REPLY) carry decided
 // seqs for read-your-writes: PROTOCOL.md section 6.3.
@@ -270,6 +319,8 @@ export const querySchema = z.discriminatedUnion("q", [
   z.strictObject({ id: uintSchema, q: z.literal("publishers"), tag: tagSchema, after: uintSchema.optional() }),
   // The client keys with a quota of their own (set-quota) and their limits.
   z.strictObject({ id: uintSchema, q: z.literal("quotas"), after: uintSchema.optional() }),
+  // The replica group: its epoch, f, members and any pending change (replicated state).
+  z.strictObject({ id: uintSchema, q: z.literal("members"), after: uintSchema.optional() }),
 ]);
 
 export const queryReplySchema = z.discriminatedUnion("ok", [

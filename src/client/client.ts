@@ -53,6 +53,9 @@ import {
   rankRule,
   type ChannelInfo,
   type KeyQuotaListing,
+  type MembersListing,
+  membersListing,
+  parseMembers,
   type QueryRule,
 } from "./queries.ts";
 import { QueryTracker } from "./query-tracker.ts";
@@ -130,7 +133,8 @@ export type QueryResult =
   | { readonly kind: "channel-info"; readonly value: ChannelInfo }
   | { readonly kind: "client-seq"; readonly value: number }
   | { readonly kind: "publishers"; readonly value: readonly Uint8Array[] }
-  | { readonly kind: "quotas"; readonly value: readonly KeyQuotaListing[] };
+  | { readonly kind: "quotas"; readonly value: readonly KeyQuotaListing[] }
+  | { readonly kind: "members"; readonly value: MembersListing };
 
 export class FitbClient {
   readonly config: ClusterConfig;
@@ -355,7 +359,7 @@ export class FitbClient {
     this.assertOpen();
     const tag = "tag" in cmd ? cmd.tag : null;
     if (tag !== null) checkTag(tag);
-    const what = cmd.t === "set-quota" ? `set-quota ${formatPublicKey(cmd.key)}` : `${cmd.t} ${cmd.tag}`;
+    const what = describeCmd(cmd);
     const result = await this.submitWithRetries(null, adminOp(cmd), () => what);
     if (result.res.t !== "admin" || result.res.cmd !== cmd.t) {
       throw new ClientError("INTERNAL", `${what}: the replicas acknowledged a different command`);
@@ -482,6 +486,13 @@ export class FitbClient {
     return quotaListings(await this.runQuery(body, matchingRule(this.n, this.f, "quotas", parseQuotas)));
   }
 
+  /** The replica group (epoch, f, members, digest and any pending change), from f+1 matching answers. */
+  async members(): Promise<MembersListing> {
+    const floor = this.floor.value;
+    const body: Query = floor > 0 ? { id: 0, q: "members", after: floor } : { id: 0, q: "members" };
+    return membersListing(await this.runQuery(body, matchingRule(this.n, this.f, "members", parseMembers)));
+  }
+
   /** A channel's registered publisher and subscriber keys, from f+1 matching answers. */
   channelKeys(tag: string): Promise<ChannelKeys> {
     checkTag(tag);
@@ -526,6 +537,8 @@ export class FitbClient {
         return { kind, value: await this.publishers(tag) };
       case "quotas":
         return { kind, value: await this.listQuotas() };
+      case "members":
+        return { kind, value: await this.members() };
       default: {
         const unreachable: never = kind;
         throw new RangeError(`unknown query kind ${String(unreachable)}`);
@@ -721,5 +734,21 @@ export class FitbClient {
 
   private log(level: "info" | "warn", message: string, replica?: number): void {
     this.options.log(replica === undefined ? { level, message } : { level, message, replica });
+  }
+}
+
+/** How errors name an admin command: its kind and what it is about. */
+function describeCmd(cmd: AdminCmd): string {
+  switch (cmd.t) {
+    case "set-quota":
+      return `set-quota ${formatPublicKey(cmd.key)}`;
+    case "add-replica":
+    case "remove-replica":
+    case "rotate-replica-key":
+      return `${cmd.t} ${cmd.id}`;
+    case "set-f":
+      return `set-f ${cmd.f}`;
+    default:
+      return `${cmd.t} ${cmd.tag}`;
   }
 }

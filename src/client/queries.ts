@@ -18,7 +18,7 @@
 import { z } from "zod";
 import type { Canonical } from "../../wire/canonical.ts";
 import { channelClassFields, tagSchema, type QueryReply } from "../../wire/schemas.ts";
-import { type ErrorCode, KEY_BYTES } from "../../wire/types.ts";
+import { type ErrorCode, KEY_BYTES, REPLICAS_MAX } from "../../wire/types.ts";
 import { KEYS_PER_CHANNEL_MAX, QUOTAS_MAX } from "../core/channels/constants.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
@@ -83,6 +83,65 @@ export function quotaListings(res: Canonical): KeyQuotaListing[] {
     bytesPerSecond: quota.bytesPerSecond ?? null,
     subscriptions: quota.subscriptions ?? null,
   }));
+}
+
+/** One replica of the group, as the `members` answer lists it. */
+export type MemberListing = {
+  readonly id: number;
+  readonly host: string;
+  readonly port: number;
+  readonly peerPort: number | null;
+  readonly key: Uint8Array;
+};
+/** The replica group: the `members` answer that f+1 replicas sent alike. */
+export type GroupListing = {
+  readonly epoch: number;
+  readonly f: number;
+  readonly members: readonly MemberListing[];
+  /** What every replica that executed the same seqs computes over the group (epochs.ts membershipDigest). */
+  readonly digest: Uint8Array;
+};
+export type MembersListing = GroupListing & {
+  /** A decided change waiting for its checkpoint boundary: it takes effect once seq `from` has executed. */
+  readonly pending: (GroupListing & { readonly from: number }) | null;
+};
+
+const memberSchema = z.strictObject({
+  id: z
+    .int()
+    .min(0)
+    .max(REPLICAS_MAX - 1),
+  host: z.string().min(1).max(253),
+  port: z.int().min(1).max(65_535),
+  peerPort: z.int().min(1).max(65_535).optional(),
+  key: z.instanceof(Uint8Array).refine((key) => key.length === KEY_BYTES),
+});
+const groupFields = {
+  epoch: z.int().min(0),
+  f: z.int().min(0),
+  members: z.array(memberSchema).min(1).max(REPLICAS_MAX),
+  digest: z.instanceof(Uint8Array).refine((digest) => digest.length === 32),
+};
+const membersSchema = z.strictObject({
+  ...groupFields,
+  pending: z.strictObject({ ...groupFields, from: z.int().min(1) }).nullable(),
+});
+
+/** A `members` answer as the replica sent it (canonical, for voting); null when malformed. */
+export function parseMembers(res: Canonical): Canonical | null {
+  return membersSchema.safeParse(res).success ? res : null;
+}
+
+/** The voted `members` answer as a listing. */
+export function membersListing(res: Canonical): MembersListing {
+  const parsed = membersSchema.parse(res);
+  const group = (value: z.infer<typeof membersSchema> | NonNullable<z.infer<typeof membersSchema>["pending"]>): GroupListing => ({
+    epoch: value.epoch,
+    f: value.f,
+    members: value.members.map((member) => ({ ...member, peerPort: member.peerPort ?? null })),
+    digest: value.digest,
+  });
+  return { ...group(parsed), pending: parsed.pending === null ? null : { ...group(parsed.pending), from: parsed.pending.from } };
 }
 
 const latencyHistogramSchema = z.object({ counts: z.array(z.int().min(0)), sumUs: z.int().min(0) });

@@ -41,6 +41,12 @@ const COUNTERS = {
   peer_links_back_to_preferred_total: "Links to multi-homed peers moved back onto the peer's preferred address",
   peer_frames_rejected_total: "Peer frames that failed their MAC or sequence check",
   peer_messages_rejected_total: "Peer messages that did not validate",
+  peer_messages_other_epoch_total:
+    "Peer messages of another membership epoch (or from a replica that is not a member of this one), refused",
+  epoch_switches_total:
+    "Membership epochs this replica moved to (a decided add-replica, remove-replica, rotate-replica-key or set-f took effect)",
+  decisions_past_epoch_end_total:
+    "Decisions of an epoch above the checkpoint that ended it, never executed (the next epoch orders from there)",
   peer_flooding_total: "Times a peer was found flooding the ordering core",
   leader_suspected_total: "Times this replica suspected the leader of its view (SUSPECT; the view changes once f+1 do)",
   peer_misbehaviour_total: "Peer messages that proved misbehaviour (bad signature, equivocation)",

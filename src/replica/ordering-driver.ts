@@ -42,6 +42,7 @@ import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
 import { type Recovered, recover } from "./storage/recovery.ts";
 import { SnapshotKeeper } from "./storage/snapshots.ts";
 import { partBytesFor } from "./storage/stream.ts";
+import { EpochView } from "./epochs.ts";
 
 /** One core tick in real time (core/ordering/PROTOCOL.md §10: 1 tick = 10 ms). */
 export const TICK_MS = 10;
@@ -70,6 +71,13 @@ export interface OrderingDriverOptions {
   readonly onRefused: (space: string, seq: number, reason: Refusal) => void;
   /** The machine jumped to an installed snapshot: what live subscribers were sent may no longer continue from there. */
   readonly onSnapshotInstalled?: (seq: number) => void;
+  /**
+   * A membership change that removed this replica took effect (src/replica/epochs.ts):
+   * it no longer orders; the runtime stops serving clients.
+   */
+  readonly onRemoved?: (epoch: number, seq: number) => void;
+  /** A new epoch's core started here (its number, first seq, group). */
+  readonly onEpochStarted?: (view: EpochView) => void;
   /** The channel state machine the decided batches run on (snapshots, restore). */
   readonly machine: ChannelMachine;
   readonly storage: ReplicaStorage;
@@ -115,6 +123,18 @@ const PROPOSALS_TIMED_MAX = 4096;
 /** A peer's misbehaviour is logged at most this often (it is always counted). */
 const MISBEHAVIOUR_LOG_INTERVAL_MS = 60_000;
 
+/** Messages of another epoch are logged at most this often per peer (they are always counted). */
+const OTHER_EPOCH_LOG_INTERVAL_MS = 10_000;
+
+/** A peer still in an ended epoch is sent the proof that ended it at most this often. */
+const PROOF_RESEND_MS = 1000;
+
+/** Messages of the next epoch held until this replica switches to it (the switch is at most a few checkpoints' votes away). */
+const NEXT_EPOCH_HELD_MAX = 4096;
+
+/** Requests submitted here and not yet executed, remembered to submit them again to a new epoch's core. */
+const SUBMITTED_REMEMBERED_MAX = 16_384;
+
 export function coreConfigFor(config: ClusterConfig, id: number): CoreConfig {
   const room = config.limits.frameBytesMax - peerEnvelopeBytes(config.limits.frameBytesMax, config.f);
   // The core counts a request's client name and fields too (requestBytes): room for a
@@ -138,7 +158,33 @@ export function coreConfigFor(config: ClusterConfig, id: number): CoreConfig {
 }
 
 export class OrderingDriver {
-  private readonly core: OrderingCore;
+  private core: OrderingCore;
+  /** The group the core runs with (epochs.ts); ranks in the core, ids everywhere else. */
+  private epochView: EpochView;
+  /** Bumped at every epoch switch: effects of an older core are dropped. */
+  private coreGeneration = 0;
+  /** The checkpoint at which the current epoch ends (a decided membership change took effect there), with its record. */
+  private switchAt: { seq: number; base: Extract<PersistedRecord, { t: "snapshot" }> | null } | null = null;
+  /** The old epoch's stable proof of the last switch point, for a peer still in that epoch. */
+  private switchProof: {
+    epoch: number;
+    seq: number;
+    digest: Uint8Array;
+    proof: Extract<PersistedRecord, { t: "stable" }>["proof"];
+  } | null = null;
+  /** The switch point became stable in this step: the switch follows the step's effects. */
+  private switchDue = false;
+  /** This replica is not a member of the current epoch: it orders nothing any more. */
+  private removed = false;
+  /** Requests submitted here and not executed yet, by client space and seq (bounded). */
+  private readonly submitted = new Map<string, ClientRequest>();
+  /** Peer messages of the next epoch, held until this replica gets there (bounded, oldest kept). */
+  private nextEpochHeld: { from: number; bytes: Uint8Array }[] = [];
+  /** When each peer still in the ended epoch was last sent the proof that ended it. */
+  private readonly proofSentAt = new Map<number, number>();
+  /** When a message of another epoch from each peer was last logged. */
+  private readonly otherEpochLoggedAt = new Map<number, number>();
+  private readonly baseCoreConfig: CoreConfig;
   private readonly verified = new Map<string, number>();
   private readonly keeper: SnapshotKeeper;
   private readonly transfer: StateTransfer;
@@ -159,17 +205,18 @@ export class OrderingDriver {
   constructor(private readonly options: OrderingDriverOptions) {
     const { config, id, key, machine, storage, log, metrics } = options;
     this.adminKeys = new Set(config.adminKeys.map(toHex));
-    const replicaKeys = config.replicas.map((replica) => replica.publicKey);
     const crypto: CoreCrypto = {
       hash: sha256,
       sign: (bytes) => sign(key, bytes),
-      verify: (replica, bytes, sig) => {
-        const pub = replicaKeys[replica];
-        return pub !== undefined && verify(pub, bytes, sig);
+      // The current epoch's keys by rank (a rotated key verifies nothing from the epoch it took effect).
+      verify: (rank, bytes, sig) => {
+        const pub = this.epochView.keyOfRank(rank);
+        return pub !== null && verify(pub, bytes, sig);
       },
       verifyRequest: (req, atMs) => this.verifyRequest(req, atMs),
     };
     const coreConfig = coreConfigFor(config, id);
+    this.baseCoreConfig = coreConfig;
     this.checkpointInterval = coreConfig.checkpointInterval;
     this.partBytes = partBytesFor(config.limits.frameBytesMax);
     this.keeper = new SnapshotKeeper(
@@ -177,9 +224,18 @@ export class OrderingDriver {
       null,
     );
     const recovered = this.recoverFromDisk();
-    const policy = { urgencyOf: (client: string) => urgencyOfSpace(client, (tag) => machine.priorityOf(tag)) };
-    this.core = new OrderingCore(coreConfig, crypto, recovered.coreRecords, policy);
-    if (this.core.status().lastExecuted !== recovered.lastDecided) {
+    this.policy = { urgencyOf: (client: string) => urgencyOfSpace(client, (tag) => machine.priorityOf(tag)) };
+    this.crypto = crypto;
+    this.epochView = this.recoveredEpoch();
+    const epochConfig = this.epochView.coreConfig(coreConfig, id);
+    if (epochConfig === null) {
+      // Removed while it was down: it keeps its data and orders nothing.
+      this.removed = true;
+      log.warn("this replica is not a member of the group: it was removed and orders nothing", { epoch: this.epochView.epoch });
+      options.onRemoved?.(this.epochView.epoch, 0);
+    }
+    this.core = new OrderingCore(epochConfig ?? coreConfig, crypto, epochConfig === null ? [] : recovered.coreRecords, this.policy);
+    if (!this.removed && this.core.status().lastExecuted !== recovered.lastDecided) {
       log.error("restored core and state machine disagree", { core: this.core.status().lastExecuted, machine: recovered.lastDecided });
       this.fatal("the restored core and state machine disagree");
     }
@@ -238,6 +294,141 @@ export class OrderingDriver {
     return recovered;
   }
 
+  private readonly policy: { urgencyOf: (client: string) => number };
+  private readonly crypto: CoreCrypto;
+
+  /**
+   * The epoch the recovered machine is in, with the start stored at its switch. A machine
+   * ahead of the stored start (a stop between a change taking effect and the switch) is
+   * not resumed: the replica stops and says how to rejoin.
+   */
+  private recoveredEpoch(): EpochView {
+    const { machine, storage, config } = this.options;
+    const membership = machine.membership();
+    if (membership === null || membership.epoch === 0) {
+      return new EpochView(
+        0,
+        config.f,
+        config.replicas.map((r) => ({ id: r.id, host: r.host, port: r.port, peerPort: r.peerPort, key: r.publicKey })),
+        null,
+        config.name,
+      );
+    }
+    const start = storage.epochStart();
+    if (start === null || start.epoch !== membership.epoch) {
+      this.options.log.error("the data directory stopped in the middle of an epoch switch", {
+        epoch: membership.epoch,
+        stored: start?.epoch ?? 0,
+      });
+      this.fatal(
+        `the data directory stopped in the middle of the switch to epoch ${membership.epoch}; move it aside to rejoin by state transfer`,
+      );
+    }
+    return EpochView.of(membership, { seq: start.seq, digest: start.digest }, config.name);
+  }
+
+  /** The current epoch's group (for status and the peer mesh). */
+  get epoch(): EpochView {
+    return this.epochView;
+  }
+
+  get isRemoved(): boolean {
+    return this.removed;
+  }
+
+  /**
+   * After a decided seq executed or a snapshot installed: a membership change that took
+   * effect in the machine ends this epoch at that checkpoint. Old-epoch decisions above it
+   * are never executed (nor kept on disk).
+   */
+  private noteMembership(seq: number): void {
+    const membership = this.options.machine.membership();
+    if (membership === null || membership.epoch <= this.epochView.epoch || this.switchAt !== null) return;
+    this.switchAt = { seq, base: null };
+    this.options.storage.stageDropDecidedAbove(seq);
+    this.options.log.info("membership change decided: this epoch ends at its checkpoint", {
+      epoch: this.epochView.epoch,
+      next: membership.epoch,
+      seq,
+    });
+  }
+
+  /**
+   * Starts the next epoch's core at the switch checkpoint, once the old epoch made it
+   * stable (src/core/ordering/PROTOCOL.md §13): the same machine state, a new core with
+   * the new group's ranks, quorums, keys and cluster id, and every request submitted here
+   * and not executed submitted again. A replica the change removed stops ordering.
+   */
+  private switchEpoch(): void {
+    const pending = this.switchAt;
+    const membership = this.options.machine.membership();
+    if (pending === null || membership === null || pending.base === null) return;
+    const { log, id, storage } = this.options;
+    this.switchAt = null;
+    const view = EpochView.of(membership, { seq: pending.seq, digest: pending.base.stateDigest }, this.options.config.name);
+    this.epochView = view;
+    this.coreGeneration++;
+    const cfg = view.coreConfig(this.baseCoreConfig, id);
+    storage.stageEpochStart({ epoch: view.epoch, seq: pending.seq, digest: pending.base.stateDigest }, pending.base);
+    // A peer still in the ended epoch fetches the state at the switch point from here.
+    this.keeper.pin(pending.seq);
+    if (cfg === null) {
+      this.removed = true;
+      this.options.metrics.inc("epoch_switches_total");
+      log.warn("this replica was removed from the group: it stops ordering and serving clients", { epoch: view.epoch, seq: pending.seq });
+      this.options.onRemoved?.(view.epoch, pending.seq);
+      return;
+    }
+    this.core = new OrderingCore(cfg, this.crypto, [pending.base], this.policy);
+    this.options.metrics.inc("epoch_switches_total");
+    log.info("epoch started", {
+      epoch: view.epoch,
+      seq: pending.seq,
+      n: view.n,
+      f: view.f,
+      rank: cfg.id,
+      members: view.members.map((member) => member.id),
+    });
+    this.options.onEpochStarted?.(view);
+    let again = 0;
+    for (const [key, req] of [...this.submitted]) {
+      if (this.core.lastExecutedOf(req.client) >= req.seq) {
+        this.submitted.delete(key);
+        continue;
+      }
+      again++;
+      this.step({ kind: "request", req, authenticated: true });
+    }
+    if (again > 0) log.info("requests submitted again to the new epoch", { epoch: view.epoch, requests: again });
+    const held = this.nextEpochHeld;
+    this.nextEpochHeld = [];
+    for (const message of held) this.onPeerMessage(message.from, message.bytes);
+  }
+
+  /** A peer's message of another epoch: counted, logged (rate-limited), and a peer one epoch behind is sent the proof that ends it. */
+  private otherEpoch(from: number, theirs: number): void {
+    this.options.metrics.inc("peer_messages_rejected_total");
+    this.options.metrics.inc("peer_messages_other_epoch_total");
+    const now = Date.now();
+    if (now - (this.otherEpochLoggedAt.get(from) ?? 0) >= OTHER_EPOCH_LOG_INTERVAL_MS) {
+      this.otherEpochLoggedAt.set(from, now);
+      const why = theirs < this.epochView.epoch ? "the peer is in an older epoch" : "the peer is in a newer epoch";
+      this.options.log.warn("peer message of another epoch refused", {
+        peer: from,
+        epoch: theirs,
+        ours: this.epochView.epoch,
+        reason: why,
+      });
+    }
+    const proof = this.switchProof;
+    if (proof !== null && proof.epoch === theirs && now - (this.proofSentAt.get(from) ?? 0) >= PROOF_RESEND_MS) {
+      this.proofSentAt.set(from, now);
+      const stable = { seq: proof.seq, digest: proof.digest, proof: proof.proof };
+      const msg = { t: "STATE_RESPONSE", kind: "decided", nonce: 0, items: [], stable, lastExecuted: proof.seq };
+      this.options.mesh.send(from, encodeEnvelope("ordering", msg as unknown as Canonical, theirs));
+    }
+  }
+
   start(): void {
     // The first tick now, so the core has the clock before anything arrives.
     this.onTick();
@@ -256,6 +447,9 @@ export class OrderingDriver {
    */
   submit(req: ClientRequest, verified?: { readonly stamp: number; readonly bodyDigest: Uint8Array }): void {
     if (verified !== undefined) this.rememberVerified(verifiedCacheKey(req, verified.bodyDigest), verified.stamp);
+    if (this.removed) return;
+    this.submitted.set(`${req.client}#${req.seq}`, req);
+    if (this.submitted.size > SUBMITTED_REMEMBERED_MAX) this.submitted.delete(this.submitted.keys().next().value as string);
     this.step({ kind: "request", req, authenticated: true });
   }
 
@@ -271,10 +465,27 @@ export class OrderingDriver {
       this.options.metrics.inc("peer_messages_rejected_total");
       return;
     }
+    if (this.removed && envelope.kind === "ordering") return;
     if (envelope.kind === "state-transfer") {
       const m = validateTransferMessage(envelope.message, this.partBytes);
       if (m === null) this.options.metrics.inc("peer_messages_rejected_total");
       else this.transfer.onMessage(from, m);
+      return;
+    }
+    // The epoch is checked first, for a clear reason: its signatures would not verify anyway
+    // (the cluster id names the epoch).
+    if (envelope.epoch === this.epochView.epoch + 1 && this.nextEpochHeld.length < NEXT_EPOCH_HELD_MAX) {
+      // A peer switched first: its messages are for the core this replica is about to start.
+      this.nextEpochHeld.push({ from, bytes });
+      return;
+    }
+    if (envelope.epoch !== this.epochView.epoch) {
+      this.otherEpoch(from, envelope.epoch);
+      return;
+    }
+    const rank = this.epochView.rankOf(from);
+    if (rank < 0) {
+      this.otherEpoch(from, envelope.epoch);
       return;
     }
     const msg = validatePeerMessage(envelope.message);
@@ -284,7 +495,7 @@ export class OrderingDriver {
     }
     if (msg.t === "COMMIT" && msg.seq > (this.peerCommitSeq.get(from) ?? 0)) this.peerCommitSeq.set(from, msg.seq);
     else if (msg.t === "PRE_PREPARE") this.proposalSeen(msg.seq);
-    this.step({ kind: "message", from, msg: msg.t === "FORWARD" ? this.admissibleForwards(msg) : msg });
+    this.step({ kind: "message", from: rank, msg: msg.t === "FORWARD" ? this.admissibleForwards(msg) : msg });
   }
 
   /** How many decided seqs a peer is behind this replica, by the COMMITs it sent (0 if ahead). */
@@ -316,7 +527,7 @@ export class OrderingDriver {
     const s = this.core.status();
     return {
       view: s.view,
-      leader: s.leader,
+      leader: this.epochView.idOf(s.leader),
       status: s.status,
       lastExecuted: s.lastExecuted,
       stableCheckpoint: s.stableSeq,
@@ -326,6 +537,7 @@ export class OrderingDriver {
   }
 
   private onTick(): void {
+    if (this.removed) return;
     this.step({ kind: "tick", nowMs: Date.now() });
     this.keeper.tick();
     this.transfer.cancelUnless(this.core.status().transferTo);
@@ -348,31 +560,69 @@ export class OrderingDriver {
       this.fatal(`ordering core assertion failed: ${(error as Error).message}`);
     }
     // The records are staged; every effect waits until every record staged before it is durable.
+    const generation = this.coreGeneration;
     for (const record of ready.persist) this.persist(record);
-    for (const effect of ready.effects) this.options.storage.afterDurable(() => this.perform(effect));
+    for (const effect of ready.effects) {
+      this.options.storage.afterDurable(() => {
+        // An effect of the previous epoch's core, queued before the switch: moot.
+        if (generation === this.coreGeneration) this.perform(effect);
+      });
+    }
+    if (this.switchDue) {
+      this.switchDue = false;
+      this.options.storage.afterDurable(() => this.switchEpoch());
+    }
   }
 
   private persist(record: PersistedRecord): void {
+    const switchAt = this.switchAt;
+    // The old epoch's decisions above its last checkpoint never execute: not kept either.
+    if (switchAt !== null && record.t === "decided" && record.seq > switchAt.seq) return;
     this.options.storage.persist(record);
     if (record.t === "stable") this.keeper.onStable(record.seq, record.digest, record.proof);
     if (record.t === "checkpoint") this.keeper.checkCheckpoint(record.seq, record.stateDigest);
+    if (switchAt === null || !("seq" in record) || record.seq !== switchAt.seq) return;
+    if (record.t === "checkpoint" || record.t === "snapshot") {
+      switchAt.base = {
+        t: "snapshot",
+        seq: record.seq,
+        stateDigest: record.stateDigest,
+        appDigest: record.appDigest,
+        clients: record.clients,
+        proof: [],
+      };
+    }
+    if (record.t === "stable") {
+      this.switchProof = { epoch: this.epochView.epoch, seq: record.seq, digest: record.digest, proof: record.proof };
+      // Switched once this step's effects ran (its own CHECKPOINT at the switch point among them).
+      this.switchDue = true;
+    }
   }
 
   private perform(effect: Effect): void {
     switch (effect.kind) {
       case "send": {
         if (effect.msg.t === "PRE_PREPARE") this.proposalSeen(effect.msg.seq);
-        const bytes = encodeEnvelope("ordering", effect.msg as unknown as Canonical);
-        if (effect.to === "all") this.options.mesh.broadcast(bytes);
-        else this.options.mesh.send(effect.to, bytes);
+        const view = this.epochView;
+        const bytes = encodeEnvelope("ordering", effect.msg as unknown as Canonical, view.epoch);
+        if (effect.to !== "all") this.options.mesh.send(view.idOf(effect.to), bytes);
+        else if (view.epoch === 0) this.options.mesh.broadcast(bytes);
+        else for (const member of view.members) if (member.id !== this.options.id) this.options.mesh.send(member.id, bytes);
         return;
       }
       case "decide":
         // A decision queued before a snapshot installed past it is already in that state.
         if (effect.seq <= this.appliedSeq) return;
+        // Past the checkpoint that ends this epoch: the next epoch orders from there.
+        if (this.switchAt !== null && effect.seq > this.switchAt.seq) {
+          this.options.metrics.inc("decisions_past_epoch_end_total");
+          return;
+        }
         this.observeOrdering(effect.seq);
         this.options.onDecided(effect.execute, effect.seq);
         this.appliedSeq = effect.seq;
+        for (const req of effect.batch) this.submitted.delete(`${req.client}#${req.seq}`);
+        this.noteMembership(effect.seq);
         return;
       case "resendReply":
         this.options.onResendReply(effect.client, effect.seq);
@@ -391,7 +641,7 @@ export class OrderingDriver {
       case "suspect": {
         // Leaving the view (f+1 replicas suspect its leader, or a proof): the view left is
         // the one before effect.view (or lower); its leader is the suspect.
-        const suspect = leaderOf(Math.max(0, effect.view - 1), this.options.config.n);
+        const suspect = this.epochView.idOf(leaderOf(Math.max(0, effect.view - 1), this.epochView.n));
         this.options.log.warn("leaving the view", { view: effect.view, reason: effect.reason, leader: suspect });
         this.options.onGroupEvent?.("view-change", { leader: suspect, view: effect.view, reason: effect.reason });
         return;
@@ -399,22 +649,26 @@ export class OrderingDriver {
       case "leaderSuspected": {
         // This replica's own suspicion (a SUSPECT; it stays in the view until f+1 do).
         this.options.metrics.inc("leader_suspected_total");
-        const suspect = leaderOf(effect.view, this.options.config.n);
+        const suspect = this.epochView.idOf(leaderOf(effect.view, this.epochView.n));
         this.auditPeer("leader-suspected", "suspecting the leader", suspect, effect.reason, { view: effect.view });
         this.options.onGroupEvent?.("leader-suspected", { leader: suspect, view: effect.view, reason: effect.reason });
         return;
       }
       case "viewInstalled":
-        this.options.log.info("view installed", { view: effect.view, leader: effect.leader });
-        this.options.onGroupEvent?.("view-installed", { view: effect.view, leader: effect.leader });
+        this.options.log.info("view installed", {
+          view: effect.view,
+          leader: this.epochView.idOf(effect.leader),
+          epoch: this.epochView.epoch,
+        });
+        this.options.onGroupEvent?.("view-installed", { view: effect.view, leader: this.epochView.idOf(effect.leader) });
         return;
       case "peerFlooding":
         this.options.metrics.inc("peer_flooding_total");
-        this.options.onPeerFlooding?.(effect.peer);
+        this.options.onPeerFlooding?.(this.epochView.idOf(effect.peer));
         this.auditPeer(
           "peer-muted",
           "peer flooding: its messages are not taken for a while",
-          effect.peer,
+          this.epochView.idOf(effect.peer),
           "sends far more than the others",
         );
         return;
@@ -424,7 +678,7 @@ export class OrderingDriver {
         const now = Date.now();
         if (now - (this.misbehaviourLoggedAt.get(effect.peer) ?? 0) < MISBEHAVIOUR_LOG_INTERVAL_MS) return;
         this.misbehaviourLoggedAt.set(effect.peer, now);
-        this.auditPeer("peer-misbehaved", "peer misbehaved", effect.peer, effect.reason);
+        this.auditPeer("peer-misbehaved", "peer misbehaved", this.epochView.idOf(effect.peer), effect.reason);
         return;
       }
       case "divergence":
@@ -432,7 +686,12 @@ export class OrderingDriver {
         this.fatal(`state diverged from the stable checkpoint at seq ${effect.seq}`);
         return;
       case "fetchState":
-        this.transfer.fetch({ seq: effect.seq, stateDigest: effect.stateDigest, from: effect.from, proof: effect.proof });
+        this.transfer.fetch({
+          seq: effect.seq,
+          stateDigest: effect.stateDigest,
+          from: effect.from.map((rank) => this.epochView.idOf(rank)),
+          proof: effect.proof,
+        });
         return;
       default: {
         const unreachable: never = effect;
@@ -478,6 +737,7 @@ export class OrderingDriver {
     }
     this.keeper.adoptInstalled(head);
     this.appliedSeq = head.seq;
+    this.noteMembership(head.seq);
     const clients = head.clients ?? [];
     this.keeper.capture(head.seq, clients);
     this.step({

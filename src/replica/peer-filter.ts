@@ -46,6 +46,8 @@ export interface PeerPeek {
   readonly t: string | null;
   readonly seq: number | null;
   readonly replica: number | null;
+  /** The membership epoch the envelope names (absent or 0: epoch 0). */
+  readonly epoch?: number;
 }
 
 /** An executed seq's PRE_PREPARE from one peer is let through at most this often. */
@@ -130,12 +132,23 @@ export function isStateTransferEnvelope(bytes: Uint8Array): boolean {
 export function peekPeerMessage(bytes: Uint8Array): PeerPeek | null {
   const r = new Reader(bytes);
   const envelope = r.head();
-  if (envelope === null || envelope.major !== 5 || envelope.arg !== 2) return null;
+  if (envelope === null || envelope.major !== 5 || (envelope.arg !== 2 && envelope.arg !== 3)) return null;
   if (r.text() !== "kind") return null;
   const kind = r.text();
   if (kind !== "ordering" && kind !== "state-transfer") return null;
-  if (r.text() !== "message") return null;
-  if (kind === "state-transfer") return { kind, t: null, seq: null, replica: null };
+  let next = r.text();
+  let envelopeEpoch = 0;
+  // From epoch 1 on the envelope names its membership epoch (peer-messages.ts), between kind and message.
+  if (envelope.arg === 3) {
+    if (next !== "epoch") return null;
+    const epoch = r.head();
+    if (epoch === null || epoch.major !== 0) return null;
+    envelopeEpoch = epoch.arg;
+    next = r.text();
+  }
+  if (next !== "message") return null;
+  const epochField = envelopeEpoch === 0 ? {} : { epoch: envelopeEpoch };
+  if (kind === "state-transfer") return { kind, t: null, seq: null, replica: null, ...epochField };
   const map = r.head();
   if (map === null || map.major !== 5) return null;
   let t: string | null = null;
@@ -158,7 +171,7 @@ export function peekPeerMessage(bytes: Uint8Array): PeerPeek | null {
     }
     if (t !== null && seq !== null && replica !== null) break;
   }
-  return { kind, t, seq, replica };
+  return { kind, t, seq, replica, ...epochField };
 }
 
 /**
@@ -216,6 +229,12 @@ export interface PeerFilterOptions {
   readonly lastExecutedOf: (space: string) => number;
   /** The largest FORWARD a correct replica sends, in envelope bytes. */
   readonly forwardBytesMax: number;
+  /**
+   * The core's rank of a peer in membership epoch `epoch` (src/replica/epochs.ts): what a
+   * vote's signer field holds; -1 when the epoch is not this replica's or the peer is no
+   * member (the driver refuses those, with the reason). Default: the id itself.
+   */
+  readonly rankOf?: (id: number, epoch: number) => number;
   readonly now?: () => number;
   readonly windowMs?: number;
 }
@@ -235,7 +254,9 @@ export class PeerFilter {
   /** Why `msg` from `from` can be dropped before it is decoded, or null: it goes on. */
   check(from: number, msg: Uint8Array, peek: PeerPeek | null): DropReason | null {
     if (peek === null || peek.kind !== "ordering" || peek.t === null) return null;
-    if (VOTES_WITH_SIGNER.has(peek.t) && peek.replica !== null && peek.replica !== from) return "another-signer";
+    // A peer that is no member of this epoch (rank -1) is refused by the driver, with its reason.
+    const rank = this.options.rankOf?.(from, peek.epoch ?? 0) ?? from;
+    if (VOTES_WITH_SIGNER.has(peek.t) && peek.replica !== null && rank >= 0 && peek.replica !== rank) return "another-signer";
     if (peek.t === "PRE_PREPARE" && peek.seq !== null && peek.seq <= this.options.lastExecuted()) {
       const now = this.now();
       if (now - (this.executedPassed.get(from) ?? Number.NEGATIVE_INFINITY) < EXECUTED_PASS_MS) return "executed";

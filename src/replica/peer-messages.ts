@@ -16,19 +16,26 @@ const REASON_CHARS_MAX = 256;
 
 export type EnvelopeKind = "ordering" | "state-transfer";
 
-/** One peer message: who it is for, and the message as a canonical value. */
-export function encodeEnvelope(kind: EnvelopeKind, message: Canonical): Uint8Array {
-  return encodeCanonical({ kind, message });
+/**
+ * One peer message: who it is for, the message as a canonical value, and the membership
+ * epoch of the ordering core that sent it (`epoch`, present from epoch 1 on; src/replica/epochs.ts).
+ */
+export function encodeEnvelope(kind: EnvelopeKind, message: Canonical, epoch = 0): Uint8Array {
+  return encodeCanonical(epoch === 0 ? { kind, message } : { kind, message, epoch });
 }
 
 /** The envelope in `bytes`, or null when it is none (the caller counts and drops it). */
-export function decodeEnvelope(bytes: Uint8Array): { readonly kind: EnvelopeKind; readonly message: unknown } | null {
+export function decodeEnvelope(
+  bytes: Uint8Array,
+): { readonly kind: EnvelopeKind; readonly message: unknown; readonly epoch: number } | null {
   const decoded = tryDecodeCanonical(bytes);
   if (!decoded.ok) return null;
-  const value = decoded.value as { kind?: unknown; message?: unknown } | null;
+  const value = decoded.value as { kind?: unknown; message?: unknown; epoch?: unknown } | null;
   if (value === null || typeof value !== "object" || value instanceof Uint8Array || Array.isArray(value)) return null;
   if (value.kind !== "ordering" && value.kind !== "state-transfer") return null;
-  return { kind: value.kind, message: value.message };
+  const epoch = value.epoch ?? 0;
+  if (typeof epoch !== "number" || !Number.isSafeInteger(epoch) || epoch < 0) return null;
+  return { kind: value.kind, message: value.message, epoch };
 }
 
 export type TransferMessage =

@@ -59,6 +59,7 @@ import { type Lane, VerifyPool } from "../threads/verify-pool.ts";
 import { requestSigningInput } from "../../wire/session.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
+import { epochLogFields, genesisMembership, membersAnswer } from "./epochs.ts";
 import { Subscriptions } from "./subscriptions.ts";
 import { isSysTag, SysChannels } from "./sys-channels.ts";
 import { keyOf, WaitingRequests } from "./waiting.ts";
@@ -89,6 +90,8 @@ export interface ReplicaOptions {
   readonly sync?: SyncPolicy;
   /** What to do when the replica must stop (fatal.ts): `fitb replica` exits with the error's code. */
   readonly onFatal?: FatalHandler;
+  /** Called once this replica stopped because a membership change removed it from the group (epochs.ts). */
+  readonly onRemoved?: () => void;
   /** Threads verifying client signatures (src/threads/verify-pool.ts); 0 (the default here): on the event loop. */
   readonly threads?: number;
 }
@@ -151,6 +154,7 @@ export class Replica {
     this.machine = new ChannelMachine({
       hash: sha256,
       config: channelsConfigFrom(config.limits, config.retention),
+      membership: { genesis: genesisMembership(config), checkpointInterval: coreConfigFor(config, id).checkpointInterval },
     });
     this.channelMetrics = new ChannelMetrics(this.metrics.registry, this.machine, METRICS_CHANNELS_MAX, this.metrics);
     const defaults = { eventsPerSecond: config.limits.clientEventsPerSecondMax, burstEvents: config.limits.clientBurstEventsMax };
@@ -175,6 +179,7 @@ export class Replica {
       // The core cuts its forwards into chunks of one batch (or one larger request); each
       // request adds its CBOR field names and client name to the envelope.
       forwardBytesMax: Math.max(core.batchBytesMax, core.requestBytesMax) + core.batchRequestsMax * FORWARD_REQUEST_OVERHEAD_BYTES,
+      rankOf: (peer, epoch) => (epoch === this.ordering.epoch.epoch ? this.ordering.epoch.rankOf(peer) : -1),
     });
     this.mesh = new PeerMesh({
       self: id,
@@ -225,6 +230,14 @@ export class Replica {
       audit: this.audit,
       onGroupEvent: (kind, fields) => this.sys.event(kind, fields),
       onPeerFlooding: (peer) => this.mesh.muteFlooding(peer),
+      onRemoved: () => {
+        // Removed from the group: it serves no client any more. Stopped after this turn's
+        // commit, which carries the epoch switch.
+        setTimeout(() => {
+          this.stop();
+          this.options.onRemoved?.();
+        }, 0);
+      },
     });
     this.replaying = false;
     const peerPort = self.peerPort;
@@ -706,6 +719,14 @@ export class Replica {
     assert(decidedSeq > this.executedSeq, `replica: decided seq ${decidedSeq} executed after ${this.executedSeq}`);
     for (const req of requests) this.executeOne(req, decidedSeq);
     this.metrics.inc("batches_decided_total");
+    const previous = this.machine.membership();
+    const epoch = this.machine.endOfDecision(decidedSeq);
+    if (epoch !== null && previous !== null) {
+      this.options.log.info("membership change took effect", {
+        ...epochLogFields(previous, epoch, decidedSeq),
+        ...(this.replaying ? { replay: true } : {}),
+      });
+    }
     this.executed(decidedSeq);
   }
 
@@ -735,7 +756,7 @@ export class Replica {
           signer: formatPublicKey(request.client),
         });
       } else {
-        const result = this.machine.applyAdmin(request.op.cmd);
+        const result = this.machine.applyAdmin(request.op.cmd, decidedSeq);
         if (result.ok) {
           reply = { seq: request.seq, replica: this.options.id, d: digest, ok: true, res: { t: "admin", cmd: result.cmd, at: decidedSeq } };
           if (result.cmd === "destroy-channel") this.subs.channelDestroyed(result.tag);
@@ -886,6 +907,11 @@ export class Replica {
         return answer({ last: this.lastSeqOf(session.keyHex, tag) });
       case "quotas":
         return answer({ quotas: this.machine.listQuotas().map(quotaListing) });
+      case "members": {
+        const current = this.machine.membership();
+        if (current === null) return refuse("BAD_REQUEST", "this replica does not manage its group's membership");
+        return answer(membersAnswer(current, this.machine.pendingMembership()));
+      }
       default:
         return refuse("BAD_REQUEST", `unknown query ${q}`);
     }
@@ -1011,6 +1037,14 @@ function adminTarget(cmd: AdminCmd): Record<string, string> {
       return { cmd: cmd.t, tag: cmd.tag, role: cmd.role, target: formatPublicKey(cmd.key) };
     case "set-quota":
       return { cmd: cmd.t, target: formatPublicKey(cmd.key) };
+    case "add-replica":
+      return { cmd: cmd.t, replica: String(cmd.id), address: `${cmd.host}:${cmd.port}`, target: formatPublicKey(cmd.key) };
+    case "remove-replica":
+      return { cmd: cmd.t, replica: String(cmd.id) };
+    case "rotate-replica-key":
+      return { cmd: cmd.t, replica: String(cmd.id), target: formatPublicKey(cmd.key) };
+    case "set-f":
+      return { cmd: cmd.t, f: String(cmd.f) };
     default: {
       const unreachable: never = cmd;
       return { cmd: String(unreachable) };

@@ -113,6 +113,23 @@ export class SimKeyring {
     };
   }
 
+  /**
+   * The CoreCrypto of replica `id` in a group whose core ranks are the replica ids
+   * `members` (an epoch after a membership change: src/sim/epochs.ts).
+   */
+  cryptoForMembers(id: number, members: readonly number[]): CoreCrypto {
+    const key = this.replicas[id] as SimKey;
+    return {
+      hash: sha256,
+      sign: (bytes) => this.signWith(key, bytes),
+      verify: (rank, bytes, sig) => {
+        const k = this.replicas[members[rank] ?? -1];
+        return k !== undefined && this.verifyWith(k.publicKey, k.pub, bytes, sig);
+      },
+      verifyRequest: (req) => this.verifyRequest(req),
+    };
+  }
+
   signWith(key: SimKey, bytes: Uint8Array): Uint8Array {
     this.signatures++;
     return key.sign(bytes);

@@ -342,6 +342,8 @@ class TestReplica {
       case "quotas":
         // This scripted replica keeps no quotas.
         return { quotas: [] };
+      case "members":
+        return { refuse: "BAD_REQUEST", reason: "this scripted replica does not answer members" };
     }
   }
 

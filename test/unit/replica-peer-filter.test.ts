@@ -107,3 +107,17 @@ describe("PeerFilter", () => {
     expect(check(f, 3)).toBe("duplicate");
   });
 });
+
+describe("membership epochs", () => {
+  test("the envelope's epoch is read, and a vote's signer is judged against the peer's rank in that epoch only", () => {
+    const vote = (epoch: number, replica: number): Uint8Array =>
+      encodeEnvelope("ordering", { t: "COMMIT", view: 0, seq: 5, digest: bytes(32), replica, sig: bytes(64) }, epoch);
+    // Epoch 1 after replica 0 left: replica 3 is rank 2.
+    const filter = filterWith({ rankOf: (id, epoch) => (epoch === 1 ? ([-1, 0, 1, 2, 3][id] ?? -1) : -1) });
+    expect(peekPeerMessage(vote(1, 2))).toMatchObject({ kind: "ordering", t: "COMMIT", replica: 2, epoch: 1 });
+    expect(filter.check(3, vote(1, 2), peekPeerMessage(vote(1, 2)))).toBeNull();
+    expect(filter.check(3, vote(1, 3), peekPeerMessage(vote(1, 3)))).toBe("another-signer");
+    // A message of another epoch is not judged here: the driver refuses it with its reason.
+    expect(filter.check(3, vote(0, 3), peekPeerMessage(vote(0, 3)))).toBeNull();
+  });
+});

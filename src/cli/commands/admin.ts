@@ -10,6 +10,7 @@
  *   list-channels [--json]
  *   list-quotas [--json]
  *   status [--json]
+ *   add-replica | remove-replica | rotate-replica-key | set-f | members (admin-members.ts)
  *
  * Commands that change state are signed by the admin key and go through Byzantine total
  * order at the replicas; they succeed on f+1 matching replies. The command word comes
@@ -26,6 +27,15 @@ import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
 import { checkDestroy, printChannels, printQuotas } from "./admin-channels.ts";
+import {
+  describeMembershipChange,
+  MEMBERSHIP_FLAG_SPECS,
+  MEMBERSHIP_FLAGS,
+  MEMBERSHIP_HELP,
+  MEMBERSHIP_SUBCOMMANDS,
+  membershipCmd,
+  printMembers,
+} from "./admin-members.ts";
 import { openStatusClient, readStatusReport } from "./status-client.ts";
 import { statusJsonReport, statusTable } from "./status-report.ts";
 import {
@@ -49,6 +59,8 @@ const SUBCOMMANDS = [
   "list-channels",
   "list-quotas",
   "status",
+  ...MEMBERSHIP_SUBCOMMANDS,
+  "members",
 ] as const;
 type Subcommand = (typeof SUBCOMMANDS)[number];
 
@@ -67,6 +79,7 @@ const SUBCOMMAND_FLAGS: Readonly<Record<Subcommand, readonly string[]>> = {
   "list-channels": ["json"],
   "list-quotas": ["json"],
   status: ["json"],
+  ...MEMBERSHIP_FLAGS,
 };
 const SPECIFIC_FLAGS = [
   "fault",
@@ -80,6 +93,11 @@ const SPECIFIC_FLAGS = [
   "events-per-second",
   "bytes-per-second",
   "subscriptions",
+  "id",
+  "host",
+  "port",
+  "peer-port",
+  "replica-key",
 ] as const;
 const BOOLEAN_FLAGS: ReadonlySet<string> = new Set(["public", "json", "yes"]);
 
@@ -111,7 +129,8 @@ export const adminCommand: Command = {
     "                               how far behind; flags a dead or disputed leader, replicas in",
     "                               another view and lagging ones. Exit 0 ok, 1 degraded, 2 no",
     "                               quorum (fewer than 2f+1 replicas answered)",
-    "create-channel, destroy-channel, register and unregister must be signed by an admin key of the",
+    ...MEMBERSHIP_HELP,
+    "create-channel, destroy-channel, register, unregister and the membership changes must be signed by an admin key of the",
     "cluster file; they are ordered through Byzantine agreement and acknowledged by f+1",
     "matching replies. list-channels and list-quotas take f+1 matching answers; status shows every replica.",
   ],
@@ -138,14 +157,15 @@ export const adminCommand: Command = {
     },
     { name: "bytes-per-second", kind: "string", valueName: "N", description: "set-quota: the key's request bytes per second" },
     { name: "subscriptions", kind: "string", valueName: "N", description: "set-quota: the key's open subscriptions at each replica" },
-    { name: "json", kind: "boolean", description: "list-channels, list-quotas, status: print JSON, one object per line" },
+    ...MEMBERSHIP_FLAG_SPECS,
+    { name: "json", kind: "boolean", description: "list-channels, list-quotas, status, members: print JSON, one object per line" },
     ...TIMEOUT_FLAGS,
   ],
   positionals: [
     { name: "COMMAND", description: SUBCOMMANDS.join(" | "), required: true },
     {
       name: "TAG",
-      description: "The channel (create-channel, destroy-channel, register, unregister); set-quota: the key",
+      description: "The channel (create-channel, destroy-channel, register, unregister); set-quota: the key; set-f: F",
       required: false,
     },
   ],
@@ -154,6 +174,8 @@ export const adminCommand: Command = {
     "fitb admin --config cluster.toml --key admin.key register sec.alerts --publisher ed25519:...",
     "fitb admin --config cluster.toml --key admin.key unregister sec.alerts --publisher ed25519:...",
     "fitb admin --config cluster.toml --key admin.key status --json",
+    "fitb admin --config cluster.toml --key admin.key add-replica --id 4 --host 10.0.0.5 --port 7000 --replica-key ed25519:...",
+    "fitb admin --config cluster.toml --key admin.key members --json",
   ],
   run: runAdmin,
 };
@@ -163,6 +185,7 @@ type AdminAction =
   | { readonly t: "change"; readonly cmd: AdminCmd; readonly yes: boolean }
   | { readonly t: "list-channels"; readonly json: boolean }
   | { readonly t: "list-quotas"; readonly json: boolean }
+  | { readonly t: "members"; readonly json: boolean }
   | { readonly t: "status"; readonly json: boolean };
 
 async function runAdmin(args: ParsedArgs, io: CommandIo): Promise<number> {
@@ -189,6 +212,7 @@ export function parseAction(args: ParsedArgs): AdminAction {
   switch (subcommand) {
     case "list-channels":
     case "list-quotas":
+    case "members":
     case "status":
       if (tagText !== undefined) throw new UsageError(`${subcommand} takes no TAG, got ${JSON.stringify(tagText)}`);
       return { t: subcommand, json: args.boolean("json") };
@@ -201,6 +225,11 @@ export function parseAction(args: ParsedArgs): AdminAction {
       return { t: "change", cmd: keyCmd(subcommand, requireTag(requiredTag(tagText, subcommand)), args), yes: false };
     case "set-quota":
       return { t: "change", cmd: setQuotaCmd(tagText, args), yes: false };
+    case "add-replica":
+    case "remove-replica":
+    case "rotate-replica-key":
+    case "set-f":
+      return { t: "change", cmd: membershipCmd(subcommand, tagText, args), yes: false };
     default: {
       const unreachable: never = subcommand;
       throw new UsageError(`unknown admin command ${String(unreachable)}`);
@@ -296,6 +325,9 @@ async function perform(client: FitbClient, action: AdminAction, io: CommandIo): 
     case "list-quotas":
       printQuotas(await client.listQuotas(), action.json, io);
       return EXIT_OK;
+    case "members":
+      printMembers(await client.members(), action.json, io);
+      return EXIT_OK;
     case "status":
       throw new Error("status runs without a connected client (runStatus)");
     default: {
@@ -336,6 +368,11 @@ function describeChange(cmd: AdminCmd, ack: { replicas: readonly number[]; at: n
         limits.length === 0 ? " (the cluster's defaults apply)" : `: ${limits.join(", ")} (other limits: the cluster's defaults)`;
       return `ok: ${what} ${formatPublicKey(cmd.key)}${detail} ${by}`;
     }
+    case "add-replica":
+    case "remove-replica":
+    case "rotate-replica-key":
+    case "set-f":
+      return describeMembershipChange(cmd, by) as string;
     default: {
       const unreachable: never = cmd;
       return String(unreachable);

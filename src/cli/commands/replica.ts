@@ -127,6 +127,8 @@ async function runReplica(args: ParsedArgs): Promise<number> {
       listenAlso: listens.slice(1),
       // The replica logged why; its exit status says what kind of stop it is (systemd restarts it).
       onFatal: (error) => process.exit(error.exitCode),
+      // A membership change removed it (it said so in its log): a clean stop.
+      onRemoved: () => process.exit(0),
     });
   } catch (error) {
     if (error instanceof StoreIdentityError) throw new CommandError(error.message);

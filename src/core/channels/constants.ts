@@ -75,3 +75,10 @@ export const QUOTAS_MAX = 4096;
 
 /** Upper bound on one quota entry in a snapshot header (key, three limits, CBOR framing). */
 export const QUOTA_RECORD_BYTES_MAX = 128;
+
+/**
+ * Upper bound on the membership record of a snapshot header: two groups (current and
+ * pending) of at most REPLICAS_MAX members, each an id, a host of at most 253 bytes, two
+ * ports and a key, with CBOR field names.
+ */
+export const MEMBERSHIP_RECORD_BYTES_MAX = 2 * 64 * 400 + 256;

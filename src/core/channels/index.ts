@@ -13,3 +13,21 @@ export {
   type SnapshotError,
   type SnapshotResult,
 } from "./snapshot.ts";
+export {
+  boundaryAfter,
+  checkMembership,
+  coreIndexOf,
+  memberOf,
+  MEMBERSHIP_CMDS,
+  membershipValue,
+  readMembership,
+  type AddReplicaCmd,
+  type Member,
+  type Membership,
+  type MembershipCmd,
+  type MembershipOk,
+  type PendingMembership,
+  type RemoveReplicaCmd,
+  type RotateReplicaKeyCmd,
+  type SetFCmd,
+} from "./membership.ts";

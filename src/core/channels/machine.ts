@@ -29,6 +29,7 @@ import {
   READ_BATCHES_MAX,
   UNORDERED_RETRY_SCAN_MAX,
 } from "./constants.ts";
+import { MEMBERSHIP_CMDS, MembershipRegistry, type Membership, type MembershipCmd, type PendingMembership } from "./membership.ts";
 import { signedRequestDigest } from "./request.ts";
 import { exportState, type SnapshotExport, SnapshotImport, stateDigest, type ChannelsState, type SnapshotResult } from "./snapshot.ts";
 import { isValidTag } from "./tag.ts";
@@ -64,6 +65,12 @@ export type ChannelMachineOptions = {
   readonly hash: HashFn;
   /** Defaults to DEFAULT_CHANNELS_CONFIG. Must be equal on every replica. */
   readonly config?: ChannelsConfig;
+  /**
+   * The replica group as replicated state (membership.ts): the cluster file's group and
+   * the ordering core's checkpoint interval, equal on every replica. Without it the
+   * membership commands are refused.
+   */
+  readonly membership?: { readonly genesis: Membership; readonly checkpointInterval: number };
 };
 
 function refuse(code: Exclude<ChannelErrorCode, "trimmed">, reason: string): ChannelError {
@@ -82,7 +89,8 @@ function assertTimestamp(ms: number, what: string): void {
 export class ChannelMachine {
   readonly config: ChannelsConfig;
   private readonly hash: HashFn;
-  private state: ChannelsState = { generation: 0, channels: new Map(), quotas: new Map() };
+  private state: ChannelsState = { generation: 0, channels: new Map(), quotas: new Map(), membership: null };
+  private readonly members: MembershipRegistry | null;
   /** Tags in ascending order, rebuilt only after a create, destroy or restore. */
   private tagOrder: string[] | null = null;
 
@@ -92,6 +100,8 @@ export class ChannelMachine {
     if (problem !== null) throw new RangeError(`invalid channels config: ${problem}`);
     this.hash = options.hash;
     if (this.hash(new Uint8Array(0)).length !== DIGEST_BYTES) throw new RangeError("hash must return 32 bytes");
+    this.members =
+      options.membership === undefined ? null : new MembershipRegistry(options.membership.genesis, options.membership.checkpointInterval);
   }
 
   get channelCount(): number {
@@ -102,8 +112,13 @@ export class ChannelMachine {
   // Admin commands (always decided through byzantine total order)
   // ---------------------------------------------------------------------------------
 
-  /** Applies an admin command whose admin signature the caller has checked. */
-  applyAdmin(cmd: AdminCmd): AdminResult {
+  /**
+   * Applies an admin command whose admin signature the caller has checked. `decidedSeq`,
+   * the seq that decided it, is needed by the membership commands only (a change takes
+   * effect at the checkpoint boundary after it).
+   */
+  applyAdmin(cmd: AdminCmd, decidedSeq?: number): AdminResult {
+    if ((MEMBERSHIP_CMDS as readonly string[]).includes(cmd.t)) return this.changeMembership(cmd as MembershipCmd, decidedSeq);
     switch (cmd.t) {
       case "create-channel":
         return this.createChannel(cmd);
@@ -200,6 +215,36 @@ export class ChannelMachine {
     }
     this.state.quotas.set(hex, entry);
     return { ok: true, cmd: "set-quota", key: entry.key, cleared: false };
+  }
+
+  private changeMembership(cmd: MembershipCmd, decidedSeq: number | undefined): AdminResult {
+    if (this.members === null) return refuse("bad-request", "this replica group's membership is not managed by the replicas");
+    if (decidedSeq === undefined) return refuse("bad-request", "a membership change needs the seq that decided it");
+    const result = this.members.apply(cmd, decidedSeq);
+    this.state.membership = this.members.record();
+    return result;
+  }
+
+  /**
+   * Called once every decided seq has executed, in order (also when a restart replays
+   * decisions). At a change's checkpoint boundary the pending membership becomes current
+   * and is returned, before the checkpoint digest of that seq is taken; otherwise null.
+   */
+  endOfDecision(seq: number): Membership | null {
+    if (this.members === null) return null;
+    const changed = this.members.endOfDecision(seq);
+    if (changed !== null) this.state.membership = this.members.record();
+    return changed;
+  }
+
+  /** The group now (the cluster file's at epoch 0); null when membership is not managed. */
+  membership(): Membership | null {
+    return this.members?.current ?? null;
+  }
+
+  /** A decided change waiting for its checkpoint boundary, or null. */
+  pendingMembership(): PendingMembership | null {
+    return this.members?.pending ?? null;
   }
 
   /** A key's quota (lowercase hex of the key), or null: the cluster's defaults apply. */
@@ -519,7 +564,11 @@ export class ChannelMachine {
   installSnapshot(imported: SnapshotImport): SnapshotResult {
     const finished = imported.finish();
     if (!finished.ok) return finished;
+    const membership = imported.state().membership;
+    if (membership !== null && this.members === null)
+      return { ok: false, reason: "invalid snapshot: it carries a membership this machine does not manage" };
     const next = imported.take();
+    this.members?.install(membership);
     for (const [tag, channel] of next.channels) {
       const previous = this.state.channels.get(tag);
       if (channel.isOrdered || previous === undefined || previous.generation !== channel.generation) continue;

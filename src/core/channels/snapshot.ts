@@ -12,7 +12,10 @@
  *   batch    { k: "batch", firstSeq, count, tsMs, publisher, pubSeq, body, sig }
  *
  * `quotas` (set-quota) is present only when some key has one, in ascending key order, so
- * a state without quotas has the bytes and digest it had before quotas existed.
+ * a state without quotas has the bytes and digest it had before quotas existed. The
+ * header's `membership` ({ current, pending }, membership.ts) is present, and in the
+ * digest, only once the replica group changed or a change is pending; before that the
+ * group is the cluster file's.
  * Channels come in ascending tag order, keys in ascending byte order, each channel
  * followed by its retained batches oldest first; so equal states give equal bytes.
  * Unordered channels carry `log: null`: their stores are per replica, not replicated.
@@ -42,6 +45,7 @@ import {
   CHANNEL_RECORD_BYTES_MAX,
   DIGEST_BYTES,
   KEYS_PER_CHANNEL_MAX,
+  MEMBERSHIP_RECORD_BYTES_MAX,
   PUBLIC_KEY_BYTES,
   QUOTA_RECORD_BYTES_MAX,
   QUOTAS_MAX,
@@ -55,6 +59,7 @@ import {
   SNAPSHOT_FRAME_HEADER_BYTES,
   SNAPSHOT_RECORD_BYTES_MAX,
 } from "./constants.ts";
+import { readRecord } from "./membership.ts";
 import { signedRequestDigest } from "./request.ts";
 import { isValidTag } from "./tag.ts";
 import { FAULT_MODELS, ORDER_MODES, PRIORITIES, type ChannelClass, type HashFn, type KeyQuota, type RetentionLimits } from "./types.ts";
@@ -69,6 +74,8 @@ export type ChannelsState = {
   channels: Map<string, Channel>;
   /** By lowercase hex of the key. */
   quotas: Map<string, QuotaEntry>;
+  /** The replica group's record (membership.ts `record()`); null: the cluster file's group, unchanged. */
+  membership: Canonical | null;
 };
 
 /** The quotas as canonical values in key order; null when there are none (see the file header). */
@@ -91,7 +98,7 @@ const STATE_DIGEST_KIND = "fitb/v1/channels-state";
 
 /** Upper bound on the snapshot bytes of any state reachable under `config`. */
 export function snapshotBytesBound(config: ChannelsConfig): number {
-  const header = SNAPSHOT_FRAME_HEADER_BYTES + 64 + QUOTAS_MAX * QUOTA_RECORD_BYTES_MAX;
+  const header = SNAPSHOT_FRAME_HEADER_BYTES + 64 + QUOTAS_MAX * QUOTA_RECORD_BYTES_MAX + MEMBERSHIP_RECORD_BYTES_MAX;
   const batches = config.retention.bytes + config.retention.events * BATCH_RECORD_OVERHEAD_BYTES_MAX;
   return header + config.channelsMax * (SNAPSHOT_FRAME_HEADER_BYTES + CHANNEL_RECORD_BYTES_MAX + batches);
 }
@@ -107,8 +114,10 @@ export function stateDigest(hash: HashFn, state: ChannelsState): Uint8Array {
     log: channel.isOrdered ? { nextSeq: channel.log.nextSeq, oldestSeq: channel.log.oldestSeq, head: channel.log.headChain } : null,
   }));
   const quotas = quotasValue(state);
-  const value = { k: STATE_DIGEST_KIND, v: SNAPSHOT_FORMAT_VERSION, generation: state.generation, channels };
-  return hash(encodeCanonical(quotas === null ? value : { ...value, quotas }));
+  const value: { [key: string]: Canonical } = { k: STATE_DIGEST_KIND, v: SNAPSHOT_FORMAT_VERSION, generation: state.generation, channels };
+  if (quotas !== null) value["quotas"] = quotas;
+  if (state.membership !== null) value["membership"] = state.membership;
+  return hash(encodeCanonical(value));
 }
 
 // -------------------------------------------------------------------------------------
@@ -156,7 +165,7 @@ export function exportState(hash: HashFn, state: ChannelsState): SnapshotExport 
     meta: channel.metaValue(),
     log: channel.isOrdered ? { nextSeq: channel.log.nextSeq, baseChain: channel.log.baseChain, records: channel.log.records() } : null,
   }));
-  return new SnapshotExport(state.generation, captures, stateDigest(hash, state), quotasValue(state));
+  return new SnapshotExport(state.generation, captures, stateDigest(hash, state), quotasValue(state), state.membership);
 }
 
 /**
@@ -175,6 +184,7 @@ export class SnapshotExport {
     /** The digest of the captured state. */
     readonly digest: Uint8Array,
     private readonly quotas: Canonical[] | null = null,
+    private readonly membership: Canonical | null = null,
   ) {
     this.frames = this.generateFrames();
   }
@@ -184,8 +194,15 @@ export class SnapshotExport {
   }
 
   private *generateFrames(): Generator<Uint8Array, void, undefined> {
-    const header = { k: "header", v: SNAPSHOT_FORMAT_VERSION, generation: this.generation, channels: this.captures.length };
-    yield frame(this.quotas === null ? header : { ...header, quotas: this.quotas });
+    const header: { [key: string]: Canonical } = {
+      k: "header",
+      v: SNAPSHOT_FORMAT_VERSION,
+      generation: this.generation,
+      channels: this.captures.length,
+    };
+    if (this.quotas !== null) header["quotas"] = this.quotas;
+    if (this.membership !== null) header["membership"] = this.membership;
+    yield frame(header);
     for (const capture of this.captures) {
       yield frame(channelRecordValue(capture));
       for (const record of capture.log?.records ?? []) yield frame(batchRecordValue(record));
@@ -300,7 +317,7 @@ export class SnapshotImport {
   private previousTag = "";
   private open: OpenChannel | null = null;
   private retainedBytesTotal = 0;
-  private readonly built: ChannelsState = { generation: 0, channels: new Map(), quotas: new Map() };
+  private readonly built: ChannelsState = { generation: 0, channels: new Map(), quotas: new Map(), membership: null };
   private completed = false;
   private taken = false;
 
@@ -391,6 +408,7 @@ export class SnapshotImport {
     this.headerGeneration = record["generation"];
     this.built.generation = record["generation"];
     if (record["quotas"] !== undefined) this.built.quotas = readQuotas(record["quotas"]);
+    if (record["membership"] !== undefined) this.built.membership = checkedMembership(record["membership"]);
     this.channelsRemaining = record["channels"];
     this.phase = this.channelsRemaining === 0 ? "done" : "channel";
   }
@@ -529,6 +547,17 @@ function readQuotas(value: Canonical): Map<string, QuotaEntry> {
     quotas.set(hex, entry);
   }
   return quotas;
+}
+
+/** A membership record as membership.ts reads it, kept as the canonical value it came in. */
+function checkedMembership(value: Canonical): Canonical {
+  try {
+    readRecord(value);
+  } catch (e) {
+    if (e instanceof RangeError) invalid(`bad membership: ${e.message}`);
+    throw e;
+  }
+  return value;
 }
 
 /** Keys must be 32 bytes each, strictly ascending (so unique), at most KEYS_PER_CHANNEL_MAX. */

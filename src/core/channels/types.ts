@@ -11,6 +11,7 @@
  * floats), because replicas send results to clients and clients vote on their canonical
  * bytes (src/core/voting/reply-voter.ts).
  */
+import type { MembershipCmd, MembershipOk } from "./membership.ts";
 
 /** `crash` tolerates f crashed replicas; `byzantine` tolerates f arbitrary ones (n >= 3f+1). */
 export type FaultModel = "crash" | "byzantine";
@@ -86,7 +87,7 @@ export type SetQuotaCmd = {
   readonly bytesPerSecond?: number;
   readonly subscriptions?: number;
 };
-export type AdminCmd = CreateChannelCmd | DestroyChannelCmd | RegisterCmd | UnregisterCmd | SetQuotaCmd;
+export type AdminCmd = CreateChannelCmd | DestroyChannelCmd | RegisterCmd | UnregisterCmd | SetQuotaCmd | MembershipCmd;
 
 /** A key's quota; null: the cluster's default for that limit (bytes per second: none). */
 export type KeyQuota = {
@@ -167,7 +168,8 @@ export type AdminOk =
       readonly added: boolean;
     }
   | { readonly ok: true; readonly cmd: "unregister"; readonly tag: string; readonly role: RegisterRole }
-  | { readonly ok: true; readonly cmd: "set-quota"; readonly key: Uint8Array; readonly cleared: boolean };
+  | { readonly ok: true; readonly cmd: "set-quota"; readonly key: Uint8Array; readonly cleared: boolean }
+  | MembershipOk;
 export type AdminResult = AdminOk | ChannelError;
 
 /** Acknowledgement of an ordered publish: the channel seqs its events received. */

@@ -29,6 +29,14 @@ export interface CertContext {
   readonly checkpointInterval: number;
   readonly clusterId: string;
   readonly crypto: CoreCrypto;
+  /** The epoch's starting checkpoint, stable without signatures of this epoch (config.ts). */
+  readonly epochStart?: { readonly seq: number; readonly digest: Uint8Array } | null;
+}
+
+/** Whether (seq, digest) with this proof is the epoch's starting checkpoint, which needs no proof. */
+export function isEpochStart(context: CertContext, seq: number, digest: Uint8Array, proof: readonly unknown[]): boolean {
+  const start = context.epochStart;
+  return start !== undefined && start !== null && proof.length === 0 && seq === start.seq && bytesEqual(digest, start.digest);
 }
 
 export function isMember(context: CertContext, r: number): boolean {
@@ -152,7 +160,12 @@ export function validViewChange(context: CertContext, vc: ViewChange): boolean {
     seqs.add(cert.seq);
   }
   if (!verifySigned(context, vc)) return false;
-  if (vc.stableSeq > 0 && !validCheckpointProof(context, vc.stableSeq, vc.stableDigest, vc.stableProof, context.quorumSize)) return false;
+  if (
+    vc.stableSeq > 0 &&
+    !isEpochStart(context, vc.stableSeq, vc.stableDigest, vc.stableProof) &&
+    !validCheckpointProof(context, vc.stableSeq, vc.stableDigest, vc.stableProof, context.quorumSize)
+  )
+    return false;
   for (const cert of vc.prepared) if (!validPreparedCert(context, cert)) return false;
   return true;
 }

@@ -275,7 +275,9 @@ function startTransfer(state: CoreState, seq: number, digest: Uint8Array, proof:
 export function requestSnapshot(state: CoreState): void {
   const t = state.transfer;
   if (t === null) return;
-  const signers = [...new Set(t.proof.map((c) => c.replica))].filter((r) => r !== state.cfg.id);
+  // The epoch's starting checkpoint has no signers of this epoch: any other member may hold it.
+  const vouched = t.proof.length === 0 ? Array.from({ length: state.cfg.n }, (_, r) => r) : t.proof.map((c) => c.replica);
+  const signers = [...new Set(vouched)].filter((r) => r !== state.cfg.id);
   const k = signers.length === 0 ? 0 : t.attempt % signers.length;
   const from = [...signers.slice(k), ...signers.slice(0, k)];
   state.emit({ kind: "fetchState", seq: t.seq, stateDigest: t.digest, from, proof: t.proof });

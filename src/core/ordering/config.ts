@@ -89,6 +89,13 @@ export interface CoreConfig {
    * Off (the default), batches carry none and `external` inputs are ignored.
    */
   readonly externalBarrier: boolean;
+  /**
+   * The checkpoint this group's epoch starts from (PROTOCOL.md §13): a state the previous
+   * epoch's members certified, which every member of this epoch holds or fetches. It is
+   * stable by configuration: h starts at `seq`, and a stable checkpoint at `seq` with
+   * `digest` needs no CHECKPOINT signatures of this epoch. Absent: the group starts at 0.
+   */
+  readonly epochStart?: { readonly seq: number; readonly digest: Uint8Array };
 }
 
 /** The parameters of core/ordering/PROTOCOL.md §10 (1 tick = 10 ms). */
@@ -124,11 +131,11 @@ export const DEFAULT_PARAMETERS = {
   externalBarrier: false,
 } as const;
 
-export type CoreParameters = Omit<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId">;
+export type CoreParameters = Omit<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId" | "epochStart">;
 
 /** Builds a full configuration from the identity fields and any overrides; throws on a bad one. */
 export function makeConfig(
-  base: Pick<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId">,
+  base: Pick<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId" | "epochStart">,
   overrides: Partial<CoreParameters> = {},
 ): CoreConfig {
   const cfg: CoreConfig = { ...DEFAULT_PARAMETERS, ...overrides, ...base };
@@ -184,6 +191,13 @@ export function checkConfig(cfg: CoreConfig): void {
   if (cfg.pipelineDepth > cfg.logWindow) throw new RangeError("pipelineDepth must be <= logWindow");
   if (cfg.logWindow <= cfg.checkpointInterval) throw new RangeError("logWindow must exceed checkpointInterval");
   if (cfg.requestBytesMax > cfg.batchBytesMax) throw new RangeError("requestBytesMax must be <= batchBytesMax");
+  if (cfg.epochStart !== undefined) {
+    const { seq, digest } = cfg.epochStart;
+    if (!Number.isSafeInteger(seq) || seq < 1 || seq % cfg.checkpointInterval !== 0) {
+      throw new RangeError("epochStart.seq must be a positive multiple of checkpointInterval");
+    }
+    if (!(digest instanceof Uint8Array) || digest.length !== 32) throw new RangeError("epochStart.digest must be 32 bytes");
+  }
   if (cfg.viewChangeBackoffDoublingsMax < 0 || cfg.throughputGraceTicks < 0 || cfg.clientQuarantineTicks < 0) {
     throw new RangeError("viewChangeBackoffDoublingsMax, throughputGraceTicks and clientQuarantineTicks must be >= 0");
   }

@@ -53,7 +53,7 @@ import {
   type StateResponse,
 } from "./messages.ts";
 import { buildBatch, countUrgentInFlight, FLAT_POLICY, type ProposalPolicy, URGENT_PIPELINE_SLOTS } from "./priority.ts";
-import { restore } from "./restore.ts";
+import { restore, startEmptyInEpoch } from "./restore.ts";
 import { assert, assertNever, CoreState, type Seams } from "./state.ts";
 import { finishTick, startTick, tickBackup, tickLeader } from "./timers.ts";
 import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, PersistedRecord, Ready } from "./types.ts";
@@ -90,6 +90,7 @@ export class OrderingCore {
     };
     this.state = new CoreState(cfg, crypto, seams, (from, msg) => this.onMessage(from, msg), policy);
     if (restored !== undefined && restored.length > 0) restore(this.state, restored);
+    else if (cfg.epochStart !== undefined) startEmptyInEpoch(this.state);
   }
 
   // -------------------------------------------------------------------------------------

@@ -137,3 +137,13 @@ function restoreLog(state: CoreState, accepts: readonly PrePrepare[]): void {
     }
   }
 }
+
+/**
+ * A replica that joins an epoch without its starting state (a new member): h is the
+ * epoch's starting checkpoint (config), nothing is executed, so it fetches that state
+ * from the epoch's other members before it takes part (PROTOCOL.md §13).
+ */
+export function startEmptyInEpoch(state: CoreState): void {
+  if (state.stableSeq <= state.lastExecuted) return;
+  state.transfer = { seq: state.stableSeq, digest: state.stableDigest, proof: [], nextTryAt: 0, attempt: 0 };
+}

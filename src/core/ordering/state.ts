@@ -239,7 +239,13 @@ export class CoreState {
       checkpointInterval: cfg.checkpointInterval,
       clusterId: cfg.clusterId,
       crypto,
+      epochStart: cfg.epochStart ?? null,
     };
+    if (cfg.epochStart !== undefined) {
+      // The epoch starts at a checkpoint the previous epoch certified (PROTOCOL.md §13).
+      this.stableSeq = cfg.epochStart.seq;
+      this.stableDigest = cfg.epochStart.digest;
+    }
     this.progressTimeoutCurrentTicks = cfg.progressTimeoutTicks;
     this.throughputMonitor = new ThroughputMonitor(cfg, cfg.n);
     this.starvationMonitor = new StarvationMonitor(cfg.throughputWindowTicks, cfg.starvedTicksPercentMax);

@@ -56,6 +56,9 @@ export interface SinceBase {
   bytes: number;
 }
 
+/** Where a membership epoch's core starts: the checkpoint seq and its state digest. */
+export type EpochStart = { readonly epoch: number; readonly seq: number; readonly digest: Uint8Array };
+
 export class ReplicaStorage {
   readonly commits: GroupCommit;
   /** Rows found damaged at open (deleted since); for the start-up report. */
@@ -254,6 +257,39 @@ export class ReplicaStorage {
     for (const [key, batch] of this.batches) if (batch.seq <= upTo) this.batches.delete(key);
     const store = this.store;
     this.commits.stage(() => store.deleteBatchesUpTo(upTo));
+  }
+
+  /**
+   * A membership epoch starts at the checkpoint `start.seq` (src/replica/epochs.ts): the
+   * previous epoch's core records and any decision it persisted above that seq are
+   * dropped, the new core's base record is written, and the epoch's start is kept so a
+   * restart rebuilds the same core. One transaction, with what was staged before it.
+   */
+  stageEpochStart(start: EpochStart, base: Extract<PersistedRecord, { t: "snapshot" }>): void {
+    const rec = encodeRecord(base);
+    const store = this.store;
+    this.commits.stage(() => {
+      for (const kind of ["view", "accept", "prepared", "checkpoint", "stable", "snapshot"])
+        store.deleteCoreUpTo(kind, Number.MAX_SAFE_INTEGER);
+      store.deleteDecidedFrom(start.seq + 1);
+      store.insertCore("snapshot", base.seq, rec);
+      store.putMeta("epoch", { epoch: start.epoch, seq: start.seq, digest: start.digest });
+    });
+  }
+
+  /** Drops decisions persisted above `seq`: the old epoch's, past its last checkpoint (they never execute). */
+  stageDropDecidedAbove(seq: number): void {
+    const store = this.store;
+    this.commits.stage(() => store.deleteDecidedFrom(seq + 1));
+  }
+
+  /** The epoch this replica's core runs in and where it started, or null: epoch 0 (the cluster file's group). */
+  epochStart(): EpochStart | null {
+    const value = this.store.meta("epoch") as { epoch?: unknown; seq?: unknown; digest?: unknown } | null;
+    if (value === null || typeof value !== "object") return null;
+    const { epoch, seq, digest } = value;
+    if (typeof epoch !== "number" || typeof seq !== "number" || !(digest instanceof Uint8Array)) return null;
+    return { epoch, seq, digest };
   }
 
   // -----------------------------------------------------------------------------------

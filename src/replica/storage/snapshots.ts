@@ -98,6 +98,21 @@ export class SnapshotKeeper {
     return this.base;
   }
 
+  /**
+   * Keeps the capture at `seq` (an epoch's switch point, src/replica/epochs.ts) while
+   * later checkpoints become stable, so a replica still in the ended epoch can fetch that
+   * state; it serves as many transfers as it has spare exports. A later pin replaces it.
+   */
+  pin(seq: number): void {
+    this.pinned = seq;
+  }
+
+  private pinned: number | null = null;
+
+  private drop(seq: number): void {
+    if (seq !== this.pinned) this.captures.delete(seq);
+  }
+
   /** Captures the machine as it is now, which must be its state right after `seq`. */
   capture(seq: number, clients: ClientTableExport): void {
     const machine = this.options.machine;
@@ -106,7 +121,11 @@ export class SnapshotKeeper {
     const appDigest = (spare[0] as SnapshotExport).digest;
     const stateDigest = checkpointStateDigest(seq, appDigest, clients);
     this.captures.set(seq, { seq, stateDigest, appDigest, clients, meta: encodeStreamMeta({ seq, clients }), spare });
-    while (this.captures.size > CAPTURES_MAX) this.captures.delete(this.captures.keys().next().value as number);
+    while (this.captures.size > CAPTURES_MAX + (this.pinned === null ? 0 : 1)) {
+      const oldest = [...this.captures.keys()].find((s) => s !== this.pinned);
+      if (oldest === undefined) break;
+      this.captures.delete(oldest);
+    }
   }
 
   /**
@@ -125,7 +144,7 @@ export class SnapshotKeeper {
 
   /** A stable checkpoint: older captures go, and a new base may start. */
   onStable(seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
-    for (const s of [...this.captures.keys()]) if (s < seq) this.captures.delete(s);
+    for (const s of [...this.captures.keys()]) if (s < seq) this.drop(s);
     const capture = this.captures.get(seq);
     if (capture === undefined || !bytesEqual(capture.stateDigest, digest) || this.writing !== null) return;
     if (!this.baseDue()) return;
@@ -202,7 +221,7 @@ export class SnapshotKeeper {
     const previous = [...this.damaged.splice(0), ...(this.base === null ? [] : [this.base.seq])];
     this.options.storage.stageAdoptBase(head, previous);
     this.base = head;
-    for (const s of [...this.captures.keys()]) if (s < head.seq) this.captures.delete(s);
+    for (const s of [...this.captures.keys()]) if (s < head.seq) this.drop(s);
   }
 
   /**

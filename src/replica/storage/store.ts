@@ -238,7 +238,15 @@ export class ReplicaStore {
     this.putMeta("identity", { cluster: identity.cluster, replica: identity.replica });
   }
 
-  private putMeta(k: string, value: Canonical): void {
+  /** A meta value (null when absent or damaged): what the runtime keeps beside the identity (the epoch start). */
+  meta(k: string): Canonical | null {
+    const row = this.db.query("SELECT v, sum FROM meta WHERE k = ?").get(k) as Row | null;
+    if (row === null) return null;
+    const v = blob(row.v);
+    return rowIntact("meta", k, [v], row.sum as Uint8Array) ? decodeCanonical(v) : null;
+  }
+
+  putMeta(k: string, value: Canonical): void {
     const v = encodeCanonical(value);
     this.stmts.putMeta.run(k, v, rowChecksum("meta", k, [v]));
   }

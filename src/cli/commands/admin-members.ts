@@ -1,0 +1,149 @@
+/**
+ * The membership part of `fitb admin`: add-replica, remove-replica, rotate-replica-key,
+ * set-f (ordered admin commands; src/core/channels/membership.ts) and `members`, the
+ * group f+1 replicas agree on.
+ *
+ * The replica's public key is given with `--replica-key`, since `--key` is the admin's
+ * own secret key file that signs the command.
+ */
+import type { AdminCmd } from "../../../wire/schemas.ts";
+import { REPLICAS_MAX } from "../../../wire/types.ts";
+import type { GroupListing, MembersListing } from "../../client/queries.ts";
+import { toHex } from "../../crypto/encoding.ts";
+import { formatPublicKey, tryParsePublicKey } from "../../crypto/keys.ts";
+import type { ParsedArgs } from "../args.ts";
+import type { CommandIo } from "../command.ts";
+import { UsageError } from "../errors.ts";
+
+export const MEMBERSHIP_SUBCOMMANDS = ["add-replica", "remove-replica", "rotate-replica-key", "set-f"] as const;
+export type MembershipSubcommand = (typeof MEMBERSHIP_SUBCOMMANDS)[number];
+
+/** Flags of the membership subcommands (beside the common ones). */
+export const MEMBERSHIP_FLAGS = {
+  "add-replica": ["id", "host", "port", "peer-port", "replica-key"],
+  "remove-replica": ["id"],
+  "rotate-replica-key": ["id", "replica-key"],
+  "set-f": [],
+  members: ["json"],
+} as const;
+
+export const MEMBERSHIP_FLAG_SPECS = [
+  { name: "id", kind: "string", valueName: "N", description: "add-replica, remove-replica, rotate-replica-key: the replica id" },
+  { name: "host", kind: "string", valueName: "HOST", description: "add-replica: the address peers and clients dial" },
+  { name: "port", kind: "string", valueName: "PORT", description: "add-replica: the replica's client (and peer) port" },
+  { name: "peer-port", kind: "string", valueName: "PORT", description: "add-replica: a separate port for peers" },
+  {
+    name: "replica-key",
+    kind: "string",
+    valueName: "PUBKEY",
+    description: "add-replica, rotate-replica-key: the replica's public key (ed25519:...)",
+  },
+] as const;
+
+export const MEMBERSHIP_HELP = [
+  "  add-replica --id N --host H --port P [--peer-port P] --replica-key PUBKEY",
+  "      Adds a replica to the group; it takes effect at the next checkpoint boundary as a new epoch.",
+  "  remove-replica --id N        Removes a replica (refused if n would drop below 3f+1).",
+  "  rotate-replica-key --id N --replica-key PUBKEY",
+  "      Gives the replica a new key; its old key is worth nothing from the new epoch on.",
+  "  set-f F                      Faults tolerated (refused unless n >= 3F+1).",
+  "  members [--json]             The group f+1 replicas agree on: epoch, f, members, digest, pending change",
+];
+
+/** The admin command of a membership subcommand; every problem is a UsageError. */
+export function membershipCmd(subcommand: MembershipSubcommand, positional: string | undefined, args: ParsedArgs): AdminCmd {
+  if (subcommand === "set-f") {
+    if (positional === undefined) throw new UsageError("set-f needs F, the number of faults to tolerate");
+    if (!/^[0-9]+$/.test(positional)) throw new UsageError(`F must be a whole number, got ${JSON.stringify(positional)}`);
+    const f = Number(positional);
+    const fMax = Math.floor((REPLICAS_MAX - 1) / 3);
+    if (f > fMax) throw new UsageError(`F must be 0..${fMax}`);
+    return { t: "set-f", f };
+  }
+  if (positional !== undefined) throw new UsageError(`${subcommand} takes no positional argument, got ${JSON.stringify(positional)}`);
+  const id = args.integer("id", 0, REPLICAS_MAX - 1);
+  if (id === undefined) throw new UsageError(`${subcommand} needs --id N`);
+  switch (subcommand) {
+    case "remove-replica":
+      return { t: "remove-replica", id };
+    case "rotate-replica-key":
+      return { t: "rotate-replica-key", id, key: replicaKey(args) };
+    case "add-replica": {
+      const host = args.string("host");
+      if (host === undefined || host.length === 0) throw new UsageError("add-replica needs --host HOST");
+      const port = args.integer("port", 1, 65_535);
+      if (port === undefined) throw new UsageError("add-replica needs --port PORT");
+      const peerPort = args.integer("peer-port", 1, 65_535);
+      return { t: "add-replica", id, host, port, ...(peerPort === undefined ? {} : { peerPort }), key: replicaKey(args) };
+    }
+    default: {
+      const unreachable: never = subcommand;
+      throw new UsageError(`unknown membership command ${String(unreachable)}`);
+    }
+  }
+}
+
+function replicaKey(args: ParsedArgs): Uint8Array {
+  const text = args.string("replica-key");
+  if (text === undefined) throw new UsageError("needs --replica-key PUBKEY (ed25519:...), the replica's public key");
+  const parsed = tryParsePublicKey(text);
+  if (!parsed.ok) throw new UsageError(`--replica-key: ${parsed.reason}`);
+  return parsed.key;
+}
+
+/** What `fitb admin` prints once a membership command was acknowledged. */
+export function describeMembershipChange(cmd: AdminCmd, by: string): string | null {
+  const when = "; it takes effect at the next checkpoint boundary as a new epoch (see admin members)";
+  switch (cmd.t) {
+    case "add-replica":
+      return `ok: adding replica ${cmd.id} at ${cmd.host}:${cmd.port} with key ${formatPublicKey(cmd.key)}${when} ${by}`;
+    case "remove-replica":
+      return `ok: removing replica ${cmd.id}${when} ${by}`;
+    case "rotate-replica-key":
+      return `ok: replica ${cmd.id}'s key becomes ${formatPublicKey(cmd.key)}${when} ${by}`;
+    case "set-f":
+      return `ok: f becomes ${cmd.f}${when} ${by}`;
+    default:
+      return null;
+  }
+}
+
+function groupJson(group: GroupListing): Record<string, unknown> {
+  return {
+    epoch: group.epoch,
+    f: group.f,
+    n: group.members.length,
+    digest: toHex(group.digest),
+    members: group.members.map((member) => ({
+      id: member.id,
+      host: member.host,
+      port: member.port,
+      peerPort: member.peerPort,
+      key: formatPublicKey(member.key),
+    })),
+  };
+}
+
+/** `admin members`: one JSON object, or a table per group. */
+export function printMembers(listing: MembersListing, json: boolean, io: CommandIo): void {
+  if (json) {
+    io.out(
+      JSON.stringify({
+        ...groupJson(listing),
+        pending: listing.pending === null ? null : { ...groupJson(listing.pending), from: listing.pending.from },
+      }),
+    );
+    return;
+  }
+  const table = (group: GroupListing): void => {
+    io.out(`epoch ${group.epoch}: n=${group.members.length} f=${group.f} digest ${toHex(group.digest)}`);
+    for (const member of group.members) {
+      const peer = member.peerPort === null ? "" : ` (peers: ${member.peerPort})`;
+      io.out(`  replica ${member.id}  ${member.host}:${member.port}${peer}  ${formatPublicKey(member.key)}`);
+    }
+  };
+  table(listing);
+  if (listing.pending === null) return;
+  io.out(`pending, effective after seq ${listing.pending.from}:`);
+  table(listing.pending);
+}
