@@ -29,7 +29,7 @@ function genesis(n = 4, f = 1): Membership {
 }
 
 function machine(): ChannelMachine {
-  return new ChannelMachine({ hash, membership: { genesis: genesis(), checkpointInterval: K } });
+  return new ChannelMachine({ hash, membership: { genesis: genesis(), checkpointInterval: K, admitsNewReplicas: true } });
 }
 
 function add(id: number): AdminCmd {

@@ -70,7 +70,7 @@ export type ChannelMachineOptions = {
    * the ordering core's checkpoint interval, equal on every replica. Without it the
    * membership commands are refused.
    */
-  readonly membership?: { readonly genesis: Membership; readonly checkpointInterval: number };
+  readonly membership?: { readonly genesis: Membership; readonly checkpointInterval: number; readonly admitsNewReplicas?: boolean };
 };
 
 function refuse(code: Exclude<ChannelErrorCode, "trimmed">, reason: string): ChannelError {
@@ -101,7 +101,9 @@ export class ChannelMachine {
     this.hash = options.hash;
     if (this.hash(new Uint8Array(0)).length !== DIGEST_BYTES) throw new RangeError("hash must return 32 bytes");
     this.members =
-      options.membership === undefined ? null : new MembershipRegistry(options.membership.genesis, options.membership.checkpointInterval);
+      options.membership === undefined
+        ? null
+        : new MembershipRegistry(options.membership.genesis, options.membership.checkpointInterval, options.membership.admitsNewReplicas);
   }
 
   get channelCount(): number {

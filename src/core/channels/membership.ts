@@ -144,6 +144,12 @@ export function boundaryAfter(seq: number, checkpointInterval: number): number {
  * epoch 0 with nothing pending, so a group that never changed keeps the snapshot bytes
  * and digest it had before membership was replicated.
  */
+/** Why add-replica and rotate-replica-key are refused by this build's replicas. */
+export const NOT_ADMITTED =
+  "this build's replicas cannot yet let a replica or key that the cluster file does not name join a running group " +
+  "(their peers dial and check only the cluster file's replicas); to add a replica or change a key, stop the replicas, " +
+  "give every host the new cluster.toml and start them again (README: Changing the replica group)";
+
 export class MembershipRegistry {
   private currentValue: Membership;
   private pendingValue: PendingMembership | null = null;
@@ -153,6 +159,13 @@ export class MembershipRegistry {
     readonly genesis: Membership,
     /** K of the ordering core: changes take effect at multiples of it. */
     readonly checkpointInterval: number,
+    /**
+     * Whether add-replica and rotate-replica-key are taken. The replica runtime cannot yet
+     * let a replica or key the cluster file does not name join a running group (its peers
+     * dial, and check the keys of, the cluster file's replicas only), so it refuses them:
+     * an added replica nobody talks to would still count in every quorum.
+     */
+    readonly admitsNewReplicas = false,
   ) {
     const problem = checkMembership(genesis);
     if (problem !== null) throw new RangeError(`invalid membership: ${problem}`);
@@ -196,6 +209,7 @@ export class MembershipRegistry {
   }
 
   private changed(base: Membership, cmd: MembershipCmd): { f: number; members: Member[] } | { reason: string } {
+    if (!this.admitsNewReplicas && (cmd.t === "add-replica" || cmd.t === "rotate-replica-key")) return { reason: NOT_ADMITTED };
     const members = [...base.members];
     const n = members.length;
     switch (cmd.t) {
