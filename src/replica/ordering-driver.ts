@@ -68,6 +68,11 @@ export interface OrderingDriverOptions {
   readonly mesh: PeerTransport;
   /** Time and timers (ports.ts); the system clock by default, a simulated one in the simulator. */
   readonly clock?: Clock;
+  /**
+   * Replaces the ed25519 signatures of peer messages by a cheaper scheme with the same
+   * contract (the simulator's `--crypto fast`); real signatures when not set.
+   */
+  readonly peerSignatures?: Pick<CoreCrypto, "sign" | "verify">;
   /** Overrides of the ordering core's parameters (the simulator's short checkpoint interval); none in a replica. */
   readonly coreParameters?: Partial<CoreParameters>;
   readonly onDecided: (requests: readonly ClientRequest[], decidedSeq: number) => void;
@@ -170,11 +175,13 @@ export class OrderingDriver {
     const replicaKeys = config.replicas.map((replica) => replica.publicKey);
     const crypto: CoreCrypto = {
       hash: sha256,
-      sign: (bytes) => sign(key, bytes),
-      verify: (replica, bytes, sig) => {
-        const pub = replicaKeys[replica];
-        return pub !== undefined && verify(pub, bytes, sig);
-      },
+      sign: options.peerSignatures?.sign ?? ((bytes) => sign(key, bytes)),
+      verify:
+        options.peerSignatures?.verify ??
+        ((replica, bytes, sig) => {
+          const pub = replicaKeys[replica];
+          return pub !== undefined && verify(pub, bytes, sig);
+        }),
       verifyRequest: (req, atMs) => this.verifyRequest(req, atMs),
     };
     const coreConfig = coreConfigFor(config, id, options.coreParameters);
