@@ -403,7 +403,11 @@ class RuntimeSimulation {
         const every = Math.max(1, Math.round(ms / TICK_MS));
         const timer: Timer = { every, next: this.now + every, run, live: true };
         if (r.life === life) r.timers.push(timer);
-        return { cancel: () => void (timer.live = false) };
+        return {
+          cancel: () => {
+            timer.live = false;
+          },
+        };
       },
       afterTurn: (run) => {
         if (r.life === life) r.turn.push(run);
