@@ -23,7 +23,7 @@ import type { SigningKey } from "../crypto/keys.ts";
 import { REQUEST_BYTES_MAX } from "../core/channels/constants.ts";
 import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { SnapshotImport } from "../core/channels/snapshot.ts";
-import { type CoreConfig, DEFAULT_PARAMETERS, leaderOf, makeConfig } from "../core/ordering/config.ts";
+import { type CoreConfig, type CoreParameters, DEFAULT_PARAMETERS, leaderOf, makeConfig } from "../core/ordering/config.ts";
 import type { ClientRequest, Forward, PeerMessage } from "../core/ordering/messages.ts";
 import { REQUEST_SPAN_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
 import { OrderingCore } from "../core/ordering/core.ts";
@@ -34,7 +34,7 @@ import type { ErrorCode } from "../../wire/types.ts";
 import type { AuditKind, AuditLog } from "./audit.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
-import type { PeerMesh } from "./peers.ts";
+import { type Clock, type ClockTimer, type PeerTransport, systemClock } from "./ports.ts";
 import { admissibleForwards } from "./forwards.ts";
 import { stampWithinBound, urgencyOfSpace, verifiedCacheKey, verifiedStamp } from "./requests.ts";
 import { StateTransfer, validateTransferMessage } from "./state-transfer.ts";
@@ -65,7 +65,17 @@ export interface OrderingDriverOptions {
   readonly onGroupEvent?: (kind: string, fields: Record<string, unknown>) => void;
   /** The core found a peer flooding it (Aardvark): the runtime mutes it for a while (peer-inbox.ts). */
   readonly onPeerFlooding?: (peer: number) => void;
-  readonly mesh: PeerMesh;
+  /** Where peer messages go: the PeerMesh (or the simulator's network). */
+  readonly mesh: PeerTransport;
+  /** Time and timers (ports.ts); the system clock by default, a simulated one in the simulator. */
+  readonly clock?: Clock;
+  /**
+   * Replaces the ed25519 signatures of peer messages by a cheaper scheme with the same
+   * contract (the simulator's `--crypto fast`); real signatures when not set.
+   */
+  readonly peerSignatures?: Pick<CoreCrypto, "sign" | "verify">;
+  /** Overrides of the ordering core's parameters (the simulator's short checkpoint interval); none in a replica. */
+  readonly coreParameters?: Partial<CoreParameters>;
   readonly onDecided: (requests: readonly ClientRequest[], decidedSeq: number) => void;
   readonly onResendReply: (space: string, seq: number) => void;
   readonly onRefused: (space: string, seq: number, reason: Refusal) => void;
@@ -135,7 +145,7 @@ const NEXT_EPOCH_HELD_MAX = 4096;
 /** Requests submitted here and not yet executed, remembered to submit them again to a new epoch's core. */
 const SUBMITTED_REMEMBERED_MAX = 16_384;
 
-export function coreConfigFor(config: ClusterConfig, id: number): CoreConfig {
+export function coreConfigFor(config: ClusterConfig, id: number, overrides: Partial<CoreParameters> = {}): CoreConfig {
   const room = config.limits.frameBytesMax - peerEnvelopeBytes(config.limits.frameBytesMax, config.f);
   // The core counts a request's client name and fields too (requestBytes): room for a
   // request of REQUEST_BYTES_MAX signed bytes from a key on a tag of the longest name.
@@ -153,6 +163,7 @@ export function coreConfigFor(config: ClusterConfig, id: number): CoreConfig {
       // A key's requests over all its tags: room for a relay publishing to a few tags at
       // once, not for one key to take the pool.
       keyPendingMax: 4 * Math.max(DEFAULT_PARAMETERS.clientWindow, config.limits.clientInflightRequestsMax),
+      ...overrides,
     },
   );
 }
@@ -194,28 +205,32 @@ export class OrderingDriver {
   private readonly misbehaviourLoggedAt = new Map<number, number>();
   /** Admin keys (hex): the only keys whose admin requests a peer may forward here. */
   private readonly adminKeys: ReadonlySet<string>;
-  private timer: ReturnType<typeof setInterval> | null = null;
+  private timer: ClockTimer | null = null;
+  private readonly clock: Clock;
   /** The last decided seq executed on the machine (decisions run after their commit). */
   private appliedSeq = 0;
   /** The highest seq each peer sent a COMMIT for: how far it has got (peer lag). */
   private readonly peerCommitSeq = new Map<number, number>();
-  /** When each seq's PRE-PREPARE was first sent or seen (performance.now ms), for the ordering histogram. */
+  /** When each seq's PRE-PREPARE was first sent or seen (the clock's monotonic ms), for the ordering histogram. */
   private readonly proposedMs = new Map<number, number>();
 
   constructor(private readonly options: OrderingDriverOptions) {
     const { config, id, key, machine, storage, log, metrics } = options;
+    this.clock = options.clock ?? systemClock;
     this.adminKeys = new Set(config.adminKeys.map(toHex));
     const crypto: CoreCrypto = {
       hash: sha256,
-      sign: (bytes) => sign(key, bytes),
+      sign: options.peerSignatures?.sign ?? ((bytes) => sign(key, bytes)),
       // The current epoch's keys by rank (a rotated key verifies nothing from the epoch it took effect).
-      verify: (rank, bytes, sig) => {
-        const pub = this.epochView.keyOfRank(rank);
-        return pub !== null && verify(pub, bytes, sig);
-      },
+      verify:
+        options.peerSignatures?.verify ??
+        ((rank, bytes, sig) => {
+          const pub = this.epochView.keyOfRank(rank);
+          return pub !== null && verify(pub, bytes, sig);
+        }),
       verifyRequest: (req, atMs) => this.verifyRequest(req, atMs),
     };
-    const coreConfig = coreConfigFor(config, id);
+    const coreConfig = coreConfigFor(config, id, options.coreParameters);
     this.baseCoreConfig = coreConfig;
     this.checkpointInterval = coreConfig.checkpointInterval;
     this.partBytes = partBytesFor(config.limits.frameBytesMax);
@@ -249,7 +264,7 @@ export class OrderingDriver {
         partBytes: this.partBytes,
         log,
         metrics,
-        now: () => Date.now(),
+        now: () => this.clock.now(),
         install: (importer, head) => storage.afterDurable(() => this.installSnapshot(importer, head)),
       },
       recovered.incoming,
@@ -263,7 +278,7 @@ export class OrderingDriver {
    */
   private recoverFromDisk(): Recovered {
     const { storage, machine, log } = this.options;
-    const startedMs = performance.now();
+    const startedMs = this.clock.monotonic();
     const recovered = recover({
       storage,
       machine,
@@ -289,7 +304,7 @@ export class OrderingDriver {
       unorderedBatches: recovered.restoredUnordered,
       corruptRows: storage.corruptAtOpen.length,
       quarantined: storage.quarantined,
-      ms: Math.round(performance.now() - startedMs),
+      ms: Math.round(this.clock.monotonic() - startedMs),
     });
     return recovered;
   }
@@ -409,7 +424,7 @@ export class OrderingDriver {
   private otherEpoch(from: number, theirs: number): void {
     this.options.metrics.inc("peer_messages_rejected_total");
     this.options.metrics.inc("peer_messages_other_epoch_total");
-    const now = Date.now();
+    const now = this.clock.now();
     if (now - (this.otherEpochLoggedAt.get(from) ?? 0) >= OTHER_EPOCH_LOG_INTERVAL_MS) {
       this.otherEpochLoggedAt.set(from, now);
       const why = theirs < this.epochView.epoch ? "the peer is in an older epoch" : "the peer is in a newer epoch";
@@ -432,11 +447,11 @@ export class OrderingDriver {
   start(): void {
     // The first tick now, so the core has the clock before anything arrives.
     this.onTick();
-    this.timer = setInterval(() => this.onTick(), TICK_MS);
+    this.timer = this.clock.every(TICK_MS, () => this.onTick());
   }
 
   stop(): void {
-    if (this.timer !== null) clearInterval(this.timer);
+    this.timer?.cancel();
     this.timer = null;
   }
 
@@ -507,7 +522,7 @@ export class OrderingDriver {
     if (this.proposedMs.has(seq)) return;
     // Seqs proposed in a view that then changed never decide here: bound what they leave.
     if (this.proposedMs.size >= PROPOSALS_TIMED_MAX) this.proposedMs.clear();
-    this.proposedMs.set(seq, performance.now());
+    this.proposedMs.set(seq, this.clock.monotonic());
   }
 
   /** A peer's FORWARD, less what this replica would not take from its own clients (forwards.ts). */
@@ -538,7 +553,7 @@ export class OrderingDriver {
 
   private onTick(): void {
     if (this.removed) return;
-    this.step({ kind: "tick", nowMs: Date.now() });
+    this.step({ kind: "tick", nowMs: this.clock.now() });
     this.keeper.tick();
     this.transfer.cancelUnless(this.core.status().transferTo);
     this.transfer.tick();
@@ -675,7 +690,7 @@ export class OrderingDriver {
       case "peerMisbehaved": {
         this.options.metrics.inc("peer_misbehaviour_total");
         // Once a minute per peer at most: a lying peer must not flood the log as well.
-        const now = Date.now();
+        const now = this.clock.now();
         if (now - (this.misbehaviourLoggedAt.get(effect.peer) ?? 0) < MISBEHAVIOUR_LOG_INTERVAL_MS) return;
         this.misbehaviourLoggedAt.set(effect.peer, now);
         this.auditPeer("peer-misbehaved", "peer misbehaved", this.epochView.idOf(effect.peer), effect.reason);
@@ -714,7 +729,7 @@ export class OrderingDriver {
     const proposed = this.proposedMs.get(seq);
     if (proposed === undefined) return;
     this.proposedMs.delete(seq);
-    this.options.metrics.ordering.observe((performance.now() - proposed) / 1000);
+    this.options.metrics.ordering.observe((this.clock.monotonic() - proposed) / 1000);
   }
 
   /**
@@ -770,7 +785,7 @@ export class OrderingDriver {
       stamp = checked;
       this.rememberVerified(cacheKey, stamp);
     }
-    return stampWithinBound(stamp, atMs ?? Date.now());
+    return stampWithinBound(stamp, atMs ?? this.clock.now());
   }
 }
 

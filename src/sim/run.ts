@@ -5,6 +5,11 @@
  *                      [--start S] [--workers W] [--crypto ed25519|fast]
  *   bun src/sim/run.ts --faults MIX --seed N [--trace]      replays one seed exactly
  *   bun src/sim/run.ts --throughput [--attack NAME] [--seeds N] [--start S] [--crypto ed25519|fast]
+ *   bun src/sim/run.ts --runtime [--seeds N] [--start S] [--disk-faults LIST] [--seed N --trace]
+ *
+ * --runtime runs the replica runtime itself (ordering driver, channel machine, storage on
+ * a simulated disk with torn writes, lost fsyncs and bitflips, state transfer) instead of
+ * the ordering core alone: src/sim/runtime.
  *
  * --throughput runs, per seed, the same closed-loop client load fault-free and under each
  * attack of the attack harness (src/sim/throughput.ts) in simulated time, and prints
@@ -19,6 +24,8 @@ import type { SimCryptoKind } from "./crypto.ts";
 import { FAULT_MIXES, type FaultMix } from "./scenario.ts";
 import { runSeed, type SeedResult } from "./simulator.ts";
 import { RunStats } from "./stats.ts";
+import { parseDiskFaults, RUNTIME_USAGE, runRuntimeCli } from "./runtime/cli.ts";
+import { DISK_FAULT_KINDS, type DiskFaultKind } from "./runtime/simulation.ts";
 import { runThroughputSeed, THROUGHPUT_ATTACKS, type ThroughputResult, throughputTable } from "./throughput.ts";
 
 /** Seconds between progress lines. */
@@ -36,6 +43,8 @@ interface Args {
   /** --throughput: one attack by name, or null for all. */
   attack: string | null;
   seedsGiven: boolean;
+  runtime: boolean;
+  diskFaults: readonly DiskFaultKind[];
 }
 
 const USAGE = [
@@ -43,6 +52,7 @@ const USAGE = [
   "       bun src/sim/run.ts --faults MIX --seed N [--trace]                 replay one seed",
   `       bun src/sim/run.ts --throughput [--attack ${THROUGHPUT_ATTACKS.map((a) => a.name).join("|")}] [--seeds N (default 10)] [--start S] [--crypto ed25519|fast (default fast)]`,
   "           throughput under attack in simulated time: per seed, the same client load fault-free and under the attack",
+  RUNTIME_USAGE,
 ].join("\n");
 
 /** Seeds of a throughput run unless --seeds says otherwise. */
@@ -60,6 +70,8 @@ function parseArgs(argv: readonly string[]): Args {
     throughput: false,
     attack: null,
     seedsGiven: false,
+    runtime: false,
+    diskFaults: DISK_FAULT_KINDS,
   };
   let cryptoGiven = false;
   for (let i = 0; i < argv.length; i++) {
@@ -112,6 +124,12 @@ function parseArgs(argv: readonly string[]): Args {
       }
       case "--trace":
         args.trace = true;
+        break;
+      case "--runtime":
+        args.runtime = true;
+        break;
+      case "--disk-faults":
+        args.diskFaults = parseDiskFaults(value());
         break;
       case "--help":
       case "-h":
@@ -225,7 +243,13 @@ async function main(): Promise<void> {
     console.error((e as Error).message);
     process.exit(2);
   }
-  const code = args.throughput ? runThroughputs(args) : args.seed !== null ? replayOne(args, args.seed) : await runMany(args);
+  const code = args.runtime
+    ? runRuntimeCli(args)
+    : args.throughput
+      ? runThroughputs(args)
+      : args.seed !== null
+        ? replayOne(args, args.seed)
+        : await runMany(args);
   process.exit(code);
 }
 

@@ -14,7 +14,9 @@ const ALLOWED: Record<string, readonly string[]> = {
   "src/crypto": ["wire"],
   "src/core": ["wire"],
   "src/config": ["wire", "src/core", "src/crypto"],
-  "src/sim": ["wire", "src/core", "src/crypto"],
+  "src/sim": ["wire", "src/core", "src/crypto", "src/sim/runtime"],
+  // The runtime under simulation: the real replica runtime on a simulated clock, network and disk.
+  "src/sim/runtime": ["wire", "src/core", "src/crypto", "src/config", "src/client", "src/replica", "src/sim"],
   "src/client": ["wire", "src/core", "src/crypto", "src/config", "src/net"],
   "src/metrics": [],
   "src/threads": ["wire", "src/crypto"],
@@ -30,6 +32,7 @@ const ALLOWED: Record<string, readonly string[]> = {
     "src/replica",
     "src/relay",
     "src/sim",
+    "src/sim/runtime",
     "src/metrics",
     "src/threads",
   ],

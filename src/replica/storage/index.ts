@@ -13,11 +13,11 @@
  * the core's own catch-up, anything older by state transfer (state-transfer.ts).
  */
 import { FatalError, type FatalHandler, throwFatal } from "../fatal.ts";
-import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { PersistedRecord } from "../../core/ordering/types.ts";
 import type { Log } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
+import { type Disk, realDisk } from "./disk.ts";
 import { GroupCommit } from "./group-commit.ts";
 import { toHex } from "../../crypto/encoding.ts";
 import { decodeHead, encodeBatch, encodeHead, encodeRecord, recordBatch, recordSeq, type SnapshotHead } from "./records.ts";
@@ -48,6 +48,10 @@ export interface StorageOptions {
   readonly exclusive?: boolean;
   /** What to do when a commit fails (fatal.ts); thrown by default. */
   readonly onFatal?: FatalHandler;
+  /** The file system (disk.ts); the real one by default, a simulated one in the simulator. */
+  readonly disk?: Disk;
+  /** Schedules the group commit at the end of the event-loop turn (setImmediate by default; ports.ts Clock.afterTurn). */
+  readonly afterTurn?: (run: () => void) => void;
 }
 
 /** Decided rows and bytes written since the current base snapshot (restart replays them). */
@@ -101,6 +105,7 @@ export class ReplicaStorage {
           for (const write of writes) write();
         }),
       onFailure: (error) => this.fail(error),
+      ...(options.afterTurn === undefined ? {} : { schedule: options.afterTurn }),
       onCommit: (writes, ms) => {
         options.metrics.inc("storage_commits_total");
         options.metrics.inc("storage_writes_total", writes);
@@ -117,13 +122,14 @@ export class ReplicaStorage {
    * when the directory belongs to another replica.
    */
   static open(options: StorageOptions): ReplicaStorage {
-    mkdirSync(options.dir, { recursive: true, mode: 0o700 });
+    const disk = options.disk ?? realDisk;
+    disk.makeDir(options.dir);
     const identity = { cluster: options.cluster, replica: options.replica };
     let store: ReplicaStore | null = null;
     let corrupt: CorruptRow[] = [];
     let quarantined = false;
     try {
-      store = ReplicaStore.open(options.dir, options.sync, identity, options.exclusive ?? true);
+      store = ReplicaStore.open(options.dir, options.sync, identity, options.exclusive ?? true, disk);
       const structural = store.quickCheck();
       if (structural !== null) throw new StructuralDamage(`SQLite integrity check failed: ${structural}`);
       corrupt = scanAndDelete(store);
@@ -133,11 +139,11 @@ export class ReplicaStorage {
       if (!isDamage(error)) throw error;
       closeQuietly(store);
       quarantined = true;
-      const moved = quarantine(options.dir);
+      const moved = quarantine(disk, options.dir);
       reportCorruption(options, [
         { table: "*", ids: [], key: STORE_FILE, reason: `unreadable (${(error as Error).message}); moved to ${moved}` },
       ]);
-      store = ReplicaStore.open(options.dir, options.sync, identity, options.exclusive ?? true);
+      store = ReplicaStore.open(options.dir, options.sync, identity, options.exclusive ?? true, disk);
     }
     if (corrupt.length > 0) reportCorruption(options, corrupt);
     return new ReplicaStorage(store, options, corrupt, quarantined);
@@ -452,13 +458,13 @@ function closeQuietly(store: ReplicaStore | null): void {
 }
 
 /** Moves the database files aside; returns where to. */
-function quarantine(dir: string): string {
+function quarantine(disk: Disk, dir: string): string {
   const target = join(dir, QUARANTINE_DIR);
-  rmSync(target, { recursive: true, force: true });
-  mkdirSync(target, { recursive: true, mode: 0o700 });
+  disk.removeTree(target);
+  disk.makeDir(target);
   for (const suffix of ["", "-wal", "-shm"]) {
     const file = join(dir, STORE_FILE + suffix);
-    if (existsSync(file)) renameSync(file, join(target, STORE_FILE + suffix));
+    if (disk.exists(file)) disk.rename(file, join(target, STORE_FILE + suffix));
   }
   return target;
 }

@@ -21,11 +21,11 @@
  * calls are synchronous: a commit returns once SQLite has written (and, under the FULL
  * sync policy, fsynced) the write-ahead log.
  */
-import { Database } from "bun:sqlite";
-import { chmodSync, existsSync } from "node:fs";
+import type { Database } from "bun:sqlite";
 import { join } from "node:path";
 import { type Canonical, decodeCanonical, encodeCanonical } from "../../../wire/canonical.ts";
 import { rowChecksum, rowIntact } from "./checksum.ts";
+import { type Disk, realDisk } from "./disk.ts";
 
 /** The database file inside the data directory; SQLite adds -wal and -shm beside it. */
 export const STORE_FILE = "fitb.db";
@@ -177,11 +177,14 @@ export class ReplicaStore {
   private nextCoreId: number;
   private nextUnorderedId: number;
 
-  private constructor(dir: string, sync: SyncPolicy, exclusive: boolean) {
+  private constructor(
+    dir: string,
+    sync: SyncPolicy,
+    exclusive: boolean,
+    private readonly disk: Disk,
+  ) {
     this.path = join(dir, STORE_FILE);
-    const fresh = !existsSync(this.path);
-    this.db = new Database(this.path, { create: true, strict: true });
-    if (fresh) chmodSync(this.path, 0o600);
+    this.db = disk.openDatabase(this.path);
     try {
       // The first write takes the database's lock and keeps it until this process ends
       // (the kernel drops it even on kill -9): a second replica process started on the
@@ -204,8 +207,8 @@ export class ReplicaStore {
    * Opens (creating if needed) the store in `dir`. Throws StoreIdentityError for a store
    * of another replica, and SQLite's own errors for a file it cannot read at all.
    */
-  static open(dir: string, sync: SyncPolicy, identity: StoreIdentity, exclusive = true): ReplicaStore {
-    const store = new ReplicaStore(dir, sync, exclusive);
+  static open(dir: string, sync: SyncPolicy, identity: StoreIdentity, exclusive = true, disk: Disk = realDisk): ReplicaStore {
+    const store = new ReplicaStore(dir, sync, exclusive, disk);
     try {
       store.checkIdentity(identity);
     } catch (error) {
@@ -260,7 +263,7 @@ export class ReplicaStore {
 
   /** Runs `fn` in one transaction: all of its writes become durable together, or none. */
   transaction(fn: () => void): void {
-    this.db.transaction(fn)();
+    this.disk.commit(this.db, fn);
   }
 
   /** Folds the write-ahead log into the database file and closes it (a clean stop). */
