@@ -41,4 +41,4 @@ test("crash-mode seeds: batches wait for their barrier at lagging replicas, and 
   expect(decidedBehindBarrier).toBeGreaterThan(0);
   // Most crash-mode runs have a batch held until the replica's own external order moved.
   expect(seedsThatWaited).toBeGreaterThanOrEqual(CFT_SEEDS_WANTED / 2);
-}, 60_000);
+}, 180_000);

@@ -9,7 +9,7 @@ import { type DiskFaultKind, type RuntimeCrypto, type RuntimeSeedResult, runRunt
 
 const SEEDS_PER_TEST = 50;
 const LAST_SEED = 200;
-const TEST_TIMEOUT_MS = 120_000;
+const TEST_TIMEOUT_MS = 180_000;
 
 function failures(results: readonly RuntimeSeedResult[], crypto: RuntimeCrypto): string[] {
   return results
