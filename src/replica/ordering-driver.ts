@@ -141,6 +141,12 @@ const PROOF_RESEND_MS = 1000;
 
 /** Messages of the next epoch held until this replica switches to it (the switch is at most a few checkpoints' votes away). */
 const NEXT_EPOCH_HELD_MAX = 4096;
+/**
+ * Bytes of next-epoch messages held from one peer: enough for the votes and proposals of
+ * the few checkpoints a switch takes; past it they are refused like other epochs' (the
+ * sender retransmits once this replica switched).
+ */
+const NEXT_EPOCH_HELD_BYTES_PER_PEER_MAX = 8 * 1024 * 1024;
 
 /** Requests submitted here and not yet executed, remembered to submit them again to a new epoch's core. */
 const SUBMITTED_REMEMBERED_MAX = 16_384;
@@ -185,12 +191,16 @@ export class OrderingDriver {
   } | null = null;
   /** The switch point became stable in this step: the switch follows the step's effects. */
   private switchDue = false;
+  /** The last stable checkpoint this replica persisted, with its proof (the switch may come after it). */
+  private lastStable: { seq: number; digest: Uint8Array; proof: Extract<PersistedRecord, { t: "stable" }>["proof"] } | null = null;
   /** This replica is not a member of the current epoch: it orders nothing any more. */
   private removed = false;
   /** Requests submitted here and not executed yet, by client space and seq (bounded). */
   private readonly submitted = new Map<string, ClientRequest>();
   /** Peer messages of the next epoch, held until this replica gets there (bounded, oldest kept). */
   private nextEpochHeld: { from: number; bytes: Uint8Array }[] = [];
+  /** Bytes held in nextEpochHeld, by peer. */
+  private readonly nextEpochHeldBytes = new Map<number, number>();
   /** When each peer still in the ended epoch was last sent the proof that ended it. */
   private readonly proofSentAt = new Map<number, number>();
   /** When a message of another epoch from each peer was last logged. */
@@ -361,6 +371,7 @@ export class OrderingDriver {
     if (membership === null || membership.epoch <= this.epochView.epoch || this.switchAt !== null) return;
     this.switchAt = { seq, base: null };
     this.options.storage.stageDropDecidedAbove(seq);
+    this.armSwitch();
     this.options.log.info("membership change decided: this epoch ends at its checkpoint", {
       epoch: this.epochView.epoch,
       next: membership.epoch,
@@ -417,6 +428,7 @@ export class OrderingDriver {
     if (again > 0) log.info("requests submitted again to the new epoch", { epoch: view.epoch, requests: again });
     const held = this.nextEpochHeld;
     this.nextEpochHeld = [];
+    this.nextEpochHeldBytes.clear();
     for (const message of held) this.onPeerMessage(message.from, message.bytes);
   }
 
@@ -489,9 +501,10 @@ export class OrderingDriver {
     }
     // The epoch is checked first, for a clear reason: its signatures would not verify anyway
     // (the cluster id names the epoch).
-    if (envelope.epoch === this.epochView.epoch + 1 && this.nextEpochHeld.length < NEXT_EPOCH_HELD_MAX) {
+    if (envelope.epoch === this.epochView.epoch + 1 && this.mayHoldNextEpoch(from, bytes.length)) {
       // A peer switched first: its messages are for the core this replica is about to start.
       this.nextEpochHeld.push({ from, bytes });
+      this.nextEpochHeldBytes.set(from, (this.nextEpochHeldBytes.get(from) ?? 0) + bytes.length);
       return;
     }
     if (envelope.epoch !== this.epochView.epoch) {
@@ -511,6 +524,19 @@ export class OrderingDriver {
     if (msg.t === "COMMIT" && msg.seq > (this.peerCommitSeq.get(from) ?? 0)) this.peerCommitSeq.set(from, msg.seq);
     else if (msg.t === "PRE_PREPARE") this.proposalSeen(msg.seq);
     this.step({ kind: "message", from: rank, msg: msg.t === "FORWARD" ? this.admissibleForwards(msg) : msg });
+  }
+
+  /**
+   * Whether a next-epoch message of `bytes` from `from` may wait here: only while this
+   * replica's own switch is decided and pending, only from a member of the next group, and
+   * within a count and a per-peer byte bound (a Byzantine member cannot fill memory with
+   * messages for an epoch that is not coming).
+   */
+  private mayHoldNextEpoch(from: number, bytes: number): boolean {
+    if (this.switchAt === null || this.nextEpochHeld.length >= NEXT_EPOCH_HELD_MAX) return false;
+    const next = this.options.machine.membership();
+    if (next === null || next.epoch !== this.epochView.epoch + 1 || !next.members.some((member) => member.id === from)) return false;
+    return (this.nextEpochHeldBytes.get(from) ?? 0) + bytes <= NEXT_EPOCH_HELD_BYTES_PER_PEER_MAX;
   }
 
   /** How many decided seqs a peer is behind this replica, by the COMMITs it sent (0 if ahead). */
@@ -594,7 +620,10 @@ export class OrderingDriver {
     // The old epoch's decisions above its last checkpoint never execute: not kept either.
     if (switchAt !== null && record.t === "decided" && record.seq > switchAt.seq) return;
     this.options.storage.persist(record);
-    if (record.t === "stable") this.keeper.onStable(record.seq, record.digest, record.proof);
+    if (record.t === "stable") {
+      this.keeper.onStable(record.seq, record.digest, record.proof);
+      this.lastStable = { seq: record.seq, digest: record.digest, proof: record.proof };
+    }
     if (record.t === "checkpoint") this.keeper.checkCheckpoint(record.seq, record.stateDigest);
     if (switchAt === null || !("seq" in record) || record.seq !== switchAt.seq) return;
     if (record.t === "checkpoint" || record.t === "snapshot") {
@@ -607,11 +636,22 @@ export class OrderingDriver {
         proof: [],
       };
     }
-    if (record.t === "stable") {
-      this.switchProof = { epoch: this.epochView.epoch, seq: record.seq, digest: record.digest, proof: record.proof };
-      // Switched once this step's effects ran (its own CHECKPOINT at the switch point among them).
-      this.switchDue = true;
-    }
+    this.armSwitch();
+  }
+
+  /**
+   * Level-triggered: once the switch point is decided here, its checkpoint record is in
+   * hand and the old epoch made it stable, in whatever order those three came (a lagging
+   * replica may persist the others' stable proof before its own decision of that seq
+   * executes), the switch follows the current step's effects (its own CHECKPOINT at the
+   * switch point among them).
+   */
+  private armSwitch(): void {
+    const pending = this.switchAt;
+    const stable = this.lastStable;
+    if (pending === null || pending.base === null || stable === null || stable.seq !== pending.seq) return;
+    this.switchProof = { epoch: this.epochView.epoch, seq: stable.seq, digest: stable.digest, proof: stable.proof };
+    this.switchDue = true;
   }
 
   private perform(effect: Effect): void {

@@ -6,7 +6,7 @@
 import { describe, expect, test } from "bun:test";
 import { sha256 } from "@noble/hashes/sha2.js";
 import { ChannelMachine } from "../../src/core/channels/machine.ts";
-import { boundaryAfter, checkMembership, coreIndexOf, type Membership } from "../../src/core/channels/membership.ts";
+import { boundaryAfter, checkMembership, coreIndexOf, type Membership, NOT_ADMITTED } from "../../src/core/channels/membership.ts";
 import type { AdminCmd, AdminResult } from "../../src/core/channels/types.ts";
 import { parseArgs } from "../../src/cli/args.ts";
 import { adminCommand, parseAction } from "../../src/cli/commands/admin.ts";
@@ -111,6 +111,18 @@ describe("membership commands", () => {
     const rotated = m.endOfDecision(128) as Membership;
     expect(rotated.members[2]?.key).toEqual(key(40));
     expect(rotated.members.some((member) => member.key.every((byte, i) => byte === key(2)[i]))).toBe(false);
+  });
+
+  test("as the replica runtime builds it, the machine refuses add-replica, rotate-replica-key and an f above the cluster file's", () => {
+    const m = new ChannelMachine({ hash, membership: { genesis: genesis(7, 1), checkpointInterval: K } });
+    const before = m.digest();
+    expect(refusal(m.applyAdmin(add(9), 5))).toBe(NOT_ADMITTED);
+    expect(refusal(m.applyAdmin({ t: "rotate-replica-key", id: 1, key: key(40) }, 5))).toBe(NOT_ADMITTED);
+    expect(refusal(m.applyAdmin({ t: "set-f", f: 2 }, 5))).toContain("above the cluster file's f = 1");
+    expect(m.digest()).toEqual(before);
+    // Lowering f, and removing a replica, are taken.
+    expect(m.applyAdmin({ t: "remove-replica", id: 6 }, 5).ok).toBe(true);
+    expect(m.applyAdmin({ t: "set-f", f: 0 }, 6).ok).toBe(true);
   });
 
   test("a machine that does not manage membership refuses the commands", () => {

@@ -74,8 +74,11 @@ describe("configuration", () => {
   test("inconsistent configurations are refused", () => {
     const base = { id: 0, n: 4, f: 1, mode: "bft" as const, clusterId: "c" };
     expect(() => makeConfig({ ...base, n: 3 })).toThrow(/3f\+1/);
-    expect(() => makeConfig(base, { batchRequestsMax: 4096, externalBarrier: true })).toThrow(/within 4096/);
-    expect(makeConfig(base, { batchRequestsMax: 4095, externalBarrier: true }).batchRequestsMax).toBe(4095);
+    const cft = { ...base, mode: "cft" as const };
+    expect(() => makeConfig(cft, { batchRequestsMax: 4096, externalBarrier: true })).toThrow(/within 4096/);
+    expect(makeConfig(cft, { batchRequestsMax: 4095, externalBarrier: true }).batchRequestsMax).toBe(4095);
+    // A barrier suspends suspicion of the leader: a BFT instance never carries one.
+    expect(() => makeConfig(base, { externalBarrier: true })).toThrow(/needs mode cft/);
     expect(() => makeConfig({ ...base, id: 4 })).toThrow(/id/);
     expect(() => makeConfig(base, { pipelineDepth: 300 })).toThrow(/pipelineDepth/);
     expect(() => makeConfig(base, { logWindow: 128 })).toThrow(/logWindow/);

@@ -253,6 +253,11 @@ export class MembershipRegistry {
         if (cmd.f === base.f) return { reason: `f is already ${cmd.f}` };
         if (n < 3 * cmd.f + 1)
           return { reason: `f = ${cmd.f} needs n >= 3f+1 = ${3 * cmd.f + 1}, the group has n = ${n}; add replicas first` };
+        if (!this.admitsNewReplicas && cmd.f > this.genesis.f) {
+          return {
+            reason: `f = ${cmd.f} is above the cluster file's f = ${this.genesis.f}: clients vote with the cluster file's f and peers size their messages by it, so a larger f takes a new cluster.toml and a restart`,
+          };
+        }
         return { f: cmd.f, members };
       }
       default:

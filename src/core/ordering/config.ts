@@ -184,6 +184,9 @@ export function checkConfig(cfg: CoreConfig): void {
   if (!Number.isSafeInteger(cfg.id) || cfg.id < 0 || cfg.id >= cfg.n) throw new RangeError("id must be in 0..n-1");
   if (cfg.mode !== "bft" && cfg.mode !== "cft") throw new RangeError("mode must be bft or cft");
   if (typeof cfg.externalBarrier !== "boolean") throw new RangeError("externalBarrier must be a boolean");
+  // A barrier holds execution and the suspicion of the leader: only a crash-mode instance,
+  // whose leader is trusted not to lie about it, may carry one.
+  if (cfg.externalBarrier && cfg.mode !== "cft") throw new RangeError("externalBarrier needs mode cft");
   // A batch, with its barrier (§12), must pass the structural bound every replica checks.
   if (cfg.batchRequestsMax + (cfg.externalBarrier ? 1 : 0) > BATCH_REQUESTS_MAX) {
     throw new RangeError(`batchRequestsMax must leave a batch within ${BATCH_REQUESTS_MAX} elements`);
