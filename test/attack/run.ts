@@ -45,6 +45,7 @@ import { clientFor } from "../integration/client-util.ts";
 import { BUN, freePortRange, MAIN, REPO, startCluster, type TestCluster } from "../integration/harness.ts";
 import type { ClientAttackName } from "./adversary-clients.ts";
 import type { BehaviourName } from "./adversary-replica.ts";
+import { optionsOrExit, stopOnSignalsAndDeadline } from "../helpers/program.ts";
 
 // ---------------------------------------------------------------------------------------
 // The attacks
@@ -877,24 +878,13 @@ function keepLogs(
 // ---------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
-  const options = parseOptions(process.argv.slice(2));
-  if (typeof options === "string") {
-    console.error(options);
-    console.error(USAGE);
-    process.exit(2);
-  }
-  if (options.help) {
-    console.log(USAGE);
-    process.exit(0);
-  }
+  const options = optionsOrExit(parseOptions(process.argv.slice(2)), USAGE);
   const bail = (code: number, why: string): never => {
     progress(why);
     killAll();
     process.exit(code);
   };
-  process.once("SIGINT", () => bail(130, "interrupted: stopping every process"));
-  process.once("SIGTERM", () => bail(143, "terminated: stopping every process"));
-  const deadline = setTimeout(() => bail(1, `run exceeded ${RUN_MS_MAX / 60_000} min: stopping every process`), RUN_MS_MAX);
+  const deadline = stopOnSignalsAndDeadline(bail, RUN_MS_MAX);
   const startedMs = Date.now();
   const rows: RowResult[] = [];
   for (const [index, spec] of options.attacks.entries())

@@ -37,6 +37,7 @@ import type { Subprocess } from "bun";
 import { benchEvent, benchSentAt, LatencyHistogram } from "../../src/cli/commands/bench.ts";
 import { CLASSES, startClusterWithChannels } from "../integration/client-util.ts";
 import { BUN, freePortRange, MAIN, type TestCluster } from "../integration/harness.ts";
+import { optionsOrExit, stopOnSignalsAndDeadline } from "../helpers/program.ts";
 
 // ---------------------------------------------------------------------------------------
 // Options
@@ -685,24 +686,13 @@ async function runNats(options: Options, executable: string): Promise<Row[]> {
 // ---------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
-  const options = parseOptions(process.argv.slice(2));
-  if (typeof options === "string") {
-    console.error(options);
-    console.error(USAGE);
-    process.exit(2);
-  }
-  if (options.help) {
-    console.log(USAGE);
-    process.exit(0);
-  }
+  const options = optionsOrExit(parseOptions(process.argv.slice(2)), USAGE);
   const bail = (code: number, why: string): never => {
     progress(why);
     killAll();
     process.exit(code);
   };
-  process.once("SIGINT", () => bail(130, "interrupted: stopping every process"));
-  process.once("SIGTERM", () => bail(143, "terminated: stopping every process"));
-  const deadline = setTimeout(() => bail(1, `run exceeded ${PROGRAM_MS_MAX / 60_000} min: stopping every process`), PROGRAM_MS_MAX);
+  const deadline = stopOnSignalsAndDeadline(bail, PROGRAM_MS_MAX);
   const nats = findNatsServer(options.natsServer);
   if (nats === null) progress(INSTALL_HINT);
   const startedAt = Date.now();

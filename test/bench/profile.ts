@@ -48,6 +48,7 @@ import {
   trackDir,
   UNLIMITED_CLIENT,
 } from "./peers.ts";
+import { optionsOrExit, stopOnSignalsAndDeadline } from "../helpers/program.ts";
 
 // ---------------------------------------------------------------------------------------
 // Options
@@ -510,25 +511,14 @@ function printClass(result: ClassProfile, top: number): void {
 }
 
 async function main(): Promise<void> {
-  const options = parseOptions(process.argv.slice(2));
-  if (typeof options === "string") {
-    console.error(options);
-    console.error(USAGE);
-    process.exit(2);
-  }
-  if (options.help) {
-    console.log(USAGE);
-    process.exit(0);
-  }
+  const options = optionsOrExit(parseOptions(process.argv.slice(2)), USAGE);
   setProgressName("profile");
   const bail = (code: number, why: string): never => {
     progress(why);
     killAll();
     process.exit(code);
   };
-  process.once("SIGINT", () => bail(130, "interrupted: stopping every process"));
-  process.once("SIGTERM", () => bail(143, "terminated: stopping every process"));
-  const deadline = setTimeout(() => bail(1, `run exceeded ${PROGRAM_MS_MAX / 60_000} min: stopping every process`), PROGRAM_MS_MAX);
+  const deadline = stopOnSignalsAndDeadline(bail, PROGRAM_MS_MAX);
   const results: ClassProfile[] = [];
   for (const [index, className] of options.classes.entries()) results.push(await profileClass(className, options, index));
   clearTimeout(deadline);

@@ -26,6 +26,7 @@ import { availableParallelism } from "node:os";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { clientFor } from "../integration/client-util.ts";
 import { BUN, MAIN, startCluster, type TestCluster } from "../integration/harness.ts";
+import { optionsOrExit, stopOnSignalsAndDeadline } from "../helpers/program.ts";
 
 const CLASSES = {
   "byzantine/total": { fault: "byzantine", order: "total" },
@@ -223,16 +224,7 @@ interface ReplicaFigures {
 const usPerEvent = (seconds: number, events: number): number => (events === 0 ? 0 : Math.round((seconds * 1e7) / events) / 10);
 
 async function main(): Promise<void> {
-  const options = parseOptions(process.argv.slice(2));
-  if (typeof options === "string") {
-    console.error(options);
-    console.error(USAGE);
-    process.exit(2);
-  }
-  if (options.help) {
-    console.log(USAGE);
-    process.exit(0);
-  }
+  const options = optionsOrExit(parseOptions(process.argv.slice(2)), USAGE);
   const threadArgs = options.threads === null ? [] : ["--threads", String(options.threads)];
   progress(`starting 4 replicas${threadArgs.length === 0 ? "" : ` with --threads ${options.threads}`}`);
   const cluster = await startCluster({ replicaArgs: () => threadArgs });
@@ -241,8 +233,7 @@ async function main(): Promise<void> {
     for (const proc of cluster.procs) proc?.kill("SIGKILL");
     process.exit(code);
   };
-  process.once("SIGINT", () => stop(130, "interrupted: stopping the replicas"));
-  const deadline = setTimeout(() => stop(1, `run exceeded ${RUN_MS_MAX / 60_000} min: stopping the replicas`), RUN_MS_MAX);
+  const deadline = stopOnSignalsAndDeadline(stop, RUN_MS_MAX, "the replicas");
   try {
     const admin = clientFor(cluster, cluster.adminKey);
     const cls = CLASSES[options.className];
