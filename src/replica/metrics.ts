@@ -119,6 +119,8 @@ export class Metrics {
   readonly peerLag: GaugeFamily;
   /** Times a peer was muted, by peer and reason (budget, flooding). */
   readonly peerMuted: CounterFamily;
+  /** Messages this replica did not send to a peer, by peer and why (link down, queue full). */
+  readonly peerSendDropped: CounterFamily;
   /** Peer messages dropped before they were decoded, by peer and reason (peer-inbox.ts, peer-filter.ts). */
   readonly peerDropped: CounterFamily;
   /** Request arrival to "stored"/"ordered" reply, by channel class. */
@@ -146,6 +148,11 @@ export class Metrics {
       "peer",
       "reason",
     ]);
+    this.peerSendDropped = r.counter(
+      "peer_send_dropped_by_peer_total",
+      "Peer messages not sent, by peer and reason: link-down, queue-full (the protocol retransmits)",
+      ["peer", "reason"],
+    );
     this.peerDropped = r.counter(
       "peer_messages_dropped_total",
       "Peer messages dropped before decoding: muted, executed (an executed seq), another-signer, duplicate (FORWARD)",

@@ -161,11 +161,16 @@ interface InboundLink {
   lastSeq: number;
 }
 
+/** A peer's dropped sends are logged at most this often per reason (they are always counted). */
+const SEND_DROP_LOG_MS = 10_000;
+
 export class PeerMesh {
   private readonly outbound = new Map<number, OutboundLink>();
   private readonly inbound = new Map<number, FramedConn>();
   private stopped = false;
   private oversizedReported = false;
+  /** When each peer's dropped sends were last logged, by "peer:reason", and how many since. */
+  private readonly sendDropLog = new Map<string, { at: number; unlogged: number }>();
   /** Inbound messages, per peer, fairly and within budgets (peer-inbox.ts). */
   private readonly inbox: PeerInbox;
 
@@ -266,7 +271,7 @@ export class PeerMesh {
   send(to: number, msg: Uint8Array): boolean {
     const link = this.outbound.get(to);
     if (link === undefined || link.phase !== "open" || link.conn === null || link.keys === null) {
-      this.options.metrics.inc("peer_send_dropped_total");
+      this.sendDropped(to, "link-down");
       return false;
     }
     if (msg.length + PEER_FRAME_OVERHEAD_BYTES > this.options.frameBytesMax) {
@@ -286,11 +291,27 @@ export class PeerMesh {
     if (!link.conn.hasRoomFor(msg.length + PEER_FRAME_OVERHEAD_BYTES)) {
       // A dropped consensus message is recovered by the protocol's retransmission; the
       // sequence number is not consumed, so the receiver still sees no gap.
-      this.options.metrics.inc("peer_send_dropped_total");
+      this.sendDropped(to, "queue-full");
       return false;
     }
     const seq = ++link.sendSeq;
     return link.conn.send({ type: FrameType.PEER, body: { seq, msg, mac: macFrame(link.keys.sendKey, FrameType.PEER, seq, msg) } });
+  }
+
+  /** A message not sent to `to`: counted by peer and reason, and logged at most once per SEND_DROP_LOG_MS per peer and reason. */
+  private sendDropped(to: number, reason: "link-down" | "queue-full"): void {
+    this.options.metrics.inc("peer_send_dropped_total");
+    this.options.metrics.peerSendDropped.with(String(to), reason).inc();
+    const key = `${to}:${reason}`;
+    const now = performance.now();
+    const last = this.sendDropLog.get(key);
+    if (last !== undefined && now - last.at < SEND_DROP_LOG_MS) {
+      last.unlogged++;
+      return;
+    }
+    const since = last?.unlogged ?? 0;
+    this.sendDropLog.set(key, { at: now, unlogged: 0 });
+    this.options.log.warn("peer message not sent", { peer: to, reason, alsoSinceLastLine: since });
   }
 
   broadcast(msg: Uint8Array): void {
