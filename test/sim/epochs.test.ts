@@ -4,7 +4,7 @@
  * integrity and liveness. The long run is `bun src/sim/epochs-run.ts --seeds 10000`.
  */
 import { describe, expect, test } from "bun:test";
-import { runEpochSeed } from "../../src/sim/epochs-run.ts";
+import { parseEpochRunArgs, runEpochSeed } from "../../src/sim/epochs-run.ts";
 
 describe("membership changes in the simulator", () => {
   test("100 seeds: no violation, and every kind of change is exercised", () => {
@@ -18,4 +18,18 @@ describe("membership changes in the simulator", () => {
     expect(failing).toEqual([]);
     expect([...kinds].sort()).toEqual(["add", "remove", "rotate", "set-f"]);
   });
+});
+
+test("epochs-run reads its arguments and refuses bad ones with a reason", () => {
+  expect(parseEpochRunArgs([])).toEqual({ seeds: 100, start: 1, crypto: "fast", help: false });
+  expect(parseEpochRunArgs(["--seeds", "5", "--start", "9", "--crypto", "ed25519"])).toEqual({
+    seeds: 5,
+    start: 9,
+    crypto: "ed25519",
+    help: false,
+  });
+  expect(parseEpochRunArgs(["--help"])).toMatchObject({ help: true });
+  expect(parseEpochRunArgs(["--seeds", "0"])).toContain("--seeds");
+  expect(parseEpochRunArgs(["--crypto", "rsa"])).toContain("--crypto");
+  expect(parseEpochRunArgs(["--fast"])).toBe("unknown argument --fast");
 });
