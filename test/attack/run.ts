@@ -42,7 +42,7 @@ import type { Subprocess } from "bun";
 import type { FitbClient } from "../../src/client/index.ts";
 import { formatSecretKeyFile, loadPublicKeyFile, SigningKey } from "../../src/crypto/keys.ts";
 import { clientFor } from "../integration/client-util.ts";
-import { BUN, freePortRange, MAIN, REPO, startCluster, type TestCluster } from "../integration/harness.ts";
+import { BUN, benchArgv, freePortRange, REPO, startCluster, type TestCluster } from "../integration/harness.ts";
 import type { ClientAttackName } from "./adversary-clients.ts";
 import type { BehaviourName } from "./adversary-replica.ts";
 import { optionsOrExit, stopOnSignalsAndDeadline } from "../helpers/program.ts";
@@ -528,25 +528,7 @@ async function waitForStatuses(
 const BENCH_PROGRESS = /^fitb bench: (\d+) s: published \d+\/\d+, delivered (\d+)\/\d+/;
 
 async function runBench(cluster: TestCluster, events: number, label: string, keep: string[]): Promise<BenchFigures> {
-  const { proc, out, err } = spawn(
-    [
-      BUN,
-      MAIN,
-      "bench",
-      "--config",
-      cluster.configPath,
-      "--key",
-      cluster.clientKey,
-      "--channel",
-      TAG,
-      "--events",
-      String(events),
-      "--size",
-      String(EVENT_BYTES),
-      "--json",
-    ],
-    "ignore",
-  );
+  const { proc, out, err } = spawn(benchArgv(cluster, TAG, events, EVENT_BYTES), "ignore");
   const startedMs = Date.now();
   let killed = false;
   const ticker = setInterval(() => {

@@ -25,7 +25,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { clientFor } from "../integration/client-util.ts";
-import { BUN, MAIN, startCluster, type TestCluster } from "../integration/harness.ts";
+import { benchArgv, startCluster, type TestCluster } from "../integration/harness.ts";
 import { optionsOrExit, stopOnSignalsAndDeadline } from "../helpers/program.ts";
 
 const CLASSES = {
@@ -181,25 +181,7 @@ interface BenchJson {
 }
 
 async function runBench(cluster: TestCluster, events: number): Promise<BenchJson> {
-  const proc = Bun.spawn(
-    [
-      BUN,
-      MAIN,
-      "bench",
-      "--config",
-      cluster.configPath,
-      "--key",
-      cluster.clientKey,
-      "--channel",
-      TAG,
-      "--events",
-      String(events),
-      "--size",
-      String(EVENT_BYTES),
-      "--json",
-    ],
-    { stdout: "pipe", stderr: "inherit" },
-  );
+  const proc = Bun.spawn(benchArgv(cluster, TAG, events, EVENT_BYTES), { stdout: "pipe", stderr: "inherit" });
   const timer = setTimeout(() => proc.kill("SIGKILL"), BENCH_MS_MAX);
   const [stdout, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
   clearTimeout(timer);

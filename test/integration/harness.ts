@@ -42,6 +42,26 @@ export function freePortRange(count: number): number {
   throw new Error("no free port range found");
 }
 
+/** `fitb bench` (from source) on `tag` of `cluster`: `events` events of `bytes` bytes, one JSON result line. */
+export function benchArgv(cluster: TestCluster, tag: string, events: number, bytes: number): string[] {
+  return [
+    BUN,
+    MAIN,
+    "bench",
+    "--config",
+    cluster.configPath,
+    "--key",
+    cluster.clientKey,
+    "--channel",
+    tag,
+    "--events",
+    String(events),
+    "--size",
+    String(bytes),
+    "--json",
+  ];
+}
+
 export interface TestCluster {
   readonly dir: string;
   readonly configPath: string;

@@ -5,55 +5,16 @@
  * messages by hand.
  */
 import { afterAll, expect, test } from "bun:test";
-import { join } from "node:path";
-import { channelsConfigFrom } from "../../src/config/cluster.ts";
-import { initCluster } from "../../src/config/init.ts";
-import { ChannelMachine } from "../../src/core/channels/machine.ts";
-import { sha256 } from "../../src/crypto/hash.ts";
-import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
-import { Metrics } from "../../src/replica/metrics.ts";
-import { OrderingDriver } from "../../src/replica/ordering-driver.ts";
 import { encodeEnvelope } from "../../src/replica/peer-messages.ts";
-import { PeerMesh } from "../../src/replica/peers.ts";
-import { ReplicaStorage } from "../../src/replica/storage/index.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { tempDir, testLog } from "./storage-fixtures.ts";
+import { driverFixture } from "./driver-fixture.ts";
+import { tempDir } from "./storage-fixtures.ts";
 
 const temp = tempDir("fitb-flooding-");
 afterAll(() => temp.remove());
 
 test("a peer the ordering core finds flooding is muted for PEER_FLOOD_MUTE_MS, counted and logged", async () => {
-  const init = initCluster({ dir: temp.dir, replicas: 4, host: "127.0.0.1", basePort: 40_000, name: "unit", overwrite: false });
-  const config = init.config;
-  const key = loadSigningKeyFile(init.replicaKeyFiles[0] as string).key;
-  const log = testLog();
-  const metrics = new Metrics();
-  const machine = new ChannelMachine({ hash: sha256, config: channelsConfigFrom(config.limits, config.retention) });
-  const storage = ReplicaStorage.open({ dir: join(temp.dir, "data"), sync: "normal", cluster: config.name, replica: 0, log, metrics });
-  let driver: OrderingDriver | null = null;
-  const mesh = new PeerMesh({
-    self: 0,
-    key,
-    replicas: config.replicas,
-    frameBytesMax: config.limits.frameBytesMax,
-    log,
-    metrics,
-    onMessage: (from, msg) => driver?.onPeerMessage(from, msg),
-  });
-  driver = new OrderingDriver({
-    config,
-    id: 0,
-    key,
-    log,
-    metrics,
-    mesh,
-    machine,
-    storage,
-    onDecided: () => {},
-    onResendReply: () => {},
-    onRefused: () => {},
-    onPeerFlooding: (peer) => mesh.muteFlooding(peer),
-  });
+  const { driver, mesh, metrics, log, close } = driverFixture(temp.dir, 40_000);
   driver.start();
   try {
     // Replica 3 says "I suspect the leader of view 0" over and over: valid, harmless one at
@@ -61,7 +22,7 @@ test("a peer the ordering core finds flooding is muted for PEER_FLOOD_MUTE_MS, c
     // end of its window.
     const suspect = encodeEnvelope("ordering", { t: "SUSPECT", view: 0 });
     const flood = setInterval(() => {
-      for (let i = 0; i < 200; i++) driver?.onPeerMessage(3, suspect);
+      for (let i = 0; i < 200; i++) driver.onPeerMessage(3, suspect);
     }, 20);
     try {
       await waitFor("replica 3 to be muted", () => mesh.isMuted(3), 30_000);
@@ -75,8 +36,6 @@ test("a peer the ordering core finds flooding is muted for PEER_FLOOD_MUTE_MS, c
     expect(line?.fields).toMatchObject({ peer: 3, ms: 5_000, address: "127.0.0.1" });
     expect(String(line?.fields.reason)).toStartWith("flooding: ");
   } finally {
-    driver.stop();
-    mesh.stop();
-    storage.close();
+    close();
   }
 }, 60_000);

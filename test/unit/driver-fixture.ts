@@ -1,0 +1,82 @@
+/**
+ * One replica's ordering runtime for unit tests: a real OrderingDriver with its core,
+ * channel machine, store and peer mesh (not started: no link is up), for tests that feed
+ * it peer messages by hand. The mesh hands what it receives to the driver and mutes a
+ * peer the core finds flooding, as the replica does.
+ */
+import { join } from "node:path";
+import { channelsConfigFrom, type ClusterConfig } from "../../src/config/cluster.ts";
+import { initCluster } from "../../src/config/init.ts";
+import { ChannelMachine } from "../../src/core/channels/machine.ts";
+import { sha256 } from "../../src/crypto/hash.ts";
+import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import { genesisMembership } from "../../src/replica/epochs.ts";
+import { Metrics } from "../../src/replica/metrics.ts";
+import { coreConfigFor, OrderingDriver } from "../../src/replica/ordering-driver.ts";
+import { PeerMesh } from "../../src/replica/peers.ts";
+import { ReplicaStorage } from "../../src/replica/storage/index.ts";
+import { type TestLog, testLog } from "./storage-fixtures.ts";
+
+export interface DriverFixture {
+  readonly config: ClusterConfig;
+  readonly driver: OrderingDriver;
+  readonly mesh: PeerMesh;
+  readonly metrics: Metrics;
+  readonly log: TestLog;
+  /** Stops the driver and the mesh and closes the store. */
+  close(): void;
+}
+
+/** Replica 0 of a 4-replica cluster written to `dir`; `membership`: its machine manages the group. */
+export function driverFixture(dir: string, basePort: number, options: { membership?: boolean } = {}): DriverFixture {
+  const init = initCluster({ dir, replicas: 4, host: "127.0.0.1", basePort, name: "unit", overwrite: false });
+  const config = init.config;
+  const key = loadSigningKeyFile(init.replicaKeyFiles[0] as string).key;
+  const log = testLog();
+  const metrics = new Metrics();
+  const machine = new ChannelMachine({
+    hash: sha256,
+    config: channelsConfigFrom(config.limits, config.retention),
+    ...(options.membership === true
+      ? { membership: { genesis: genesisMembership(config), checkpointInterval: coreConfigFor(config, 0).checkpointInterval } }
+      : {}),
+  });
+  const storage = ReplicaStorage.open({ dir: join(dir, "data"), sync: "normal", cluster: config.name, replica: 0, log, metrics });
+  let driver: OrderingDriver | null = null;
+  const mesh = new PeerMesh({
+    self: 0,
+    key,
+    replicas: config.replicas,
+    frameBytesMax: config.limits.frameBytesMax,
+    log,
+    metrics,
+    onMessage: (from, msg) => driver?.onPeerMessage(from, msg),
+  });
+  driver = new OrderingDriver({
+    config,
+    id: 0,
+    key,
+    log,
+    metrics,
+    mesh,
+    machine,
+    storage,
+    onDecided: () => {},
+    onResendReply: () => {},
+    onRefused: () => {},
+    onPeerFlooding: (peer) => mesh.muteFlooding(peer),
+  });
+  const started = driver;
+  return {
+    config,
+    driver: started,
+    mesh,
+    metrics,
+    log,
+    close() {
+      started.stop();
+      mesh.stop();
+      storage.close();
+    },
+  };
+}
