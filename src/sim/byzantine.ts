@@ -18,7 +18,7 @@ import {
   signingBytes,
   type ViewChange,
 } from "../core/ordering/index.ts";
-import { sha256, type SimKeyring } from "./crypto.ts";
+import { sha256 } from "./crypto.ts";
 import type { Prng } from "./prng.ts";
 import { type ByzBehaviour, DELAY_POST_MAX } from "./scenario.ts";
 
@@ -26,7 +26,8 @@ export interface ByzContext {
   readonly id: ReplicaId;
   readonly n: number;
   readonly clusterId: string;
-  readonly keyring: SimKeyring;
+  /** Signs with this replica's own key (never another's: forging one is outside the fault model). */
+  signAsSelf(bytes: Uint8Array): Uint8Array;
   now(): number;
   /** Raw network send as this replica; `msg` may be anything. */
   send(to: ReplicaId, msg: unknown, extraDelay?: number): void;
@@ -105,7 +106,7 @@ export class ByzantineReplica {
   }
 
   private resign<M extends Signable>(m: M): M {
-    m.sig = this.ctx.keyring.signAsReplica(this.ctx.id, signingBytes(m, this.ctx.clusterId));
+    m.sig = this.ctx.signAsSelf(signingBytes(m, this.ctx.clusterId));
     return m;
   }
 

@@ -1,10 +1,12 @@
 /**
  * Membership changes as simulator inputs: each seed runs a group of real ordering cores
  * (src/sim/epochs.ts) through one change (add replicas, remove one, rotate a key, or
- * change f) under a request stream, with a replica crashing before or after the change,
- * messages dropped and delivered out of order, and checks that every replica executed
- * the same requests at every seq, none twice, and that every request executed at every
- * live member of the final epoch.
+ * change f) under a request stream, with one replica crashing before or after the change
+ * or Byzantine throughout (the simulator's behaviours in every epoch, and replays of
+ * earlier epochs' messages into the current one), a rotated-away key sometimes in an
+ * attacker's hands, messages dropped and delivered out of order, and checks that every
+ * correct replica executed the same requests at every seq, none twice, and that every
+ * request executed at every live correct member of the final epoch.
  *
  *   bun src/sim/epochs-run.ts --seeds 10000 [--start S] [--crypto fast|ed25519]
  *
@@ -14,6 +16,7 @@
 import { SimKeyring, type SimCryptoKind } from "./crypto.ts";
 import { type EpochMessage, type EpochSpec, EpochGroup } from "./epochs.ts";
 import { Prng } from "./prng.ts";
+import { BYZ_BEHAVIOURS } from "./scenario.ts";
 
 const K = 4;
 const REQUESTS = 12;
@@ -24,6 +27,8 @@ export interface EpochSeedResult {
   readonly change: string;
   readonly violations: string[];
   readonly ticks: number;
+  /** What the attacks sent: the Byzantine member's messages, its old-epoch replays, old-key copies; malformed ones dropped. */
+  readonly attacks: { byzantine: number; oldEpochReplays: number; oldKeyCopies: number; malformed: number };
 }
 
 function specOf(f: number, ids: readonly number[], keys: Map<number, number>): EpochSpec {
@@ -61,10 +66,31 @@ export function runEpochSeed(seed: number, crypto: SimCryptoKind = "fast"): Epoc
     if (f1 === f0) f1 = n0 >= 7 ? 2 : 1;
   }
   const next = specOf(f1, ids1, keys1);
-  // One crash among replicas the fault budget of both epochs allows (never one that joins).
+  // One faulty replica among those the fault budget of both epochs allows (never one that
+  // joins): it crashes, or it is Byzantine from the start (the simulator's behaviours in
+  // every epoch, and replays of earlier epochs' messages into the current one).
   const budget = Math.min(f0, f1);
   const crashable = ids0.filter((id) => !added.includes(id));
-  const crashId = budget > 0 && rng.chance(0.7) ? (crashable[rng.int(0, crashable.length - 1)] as number) : null;
+  const faultRoll = rng.float();
+  const faultyId = budget > 0 && faultRoll < 0.8 ? (crashable[rng.int(0, crashable.length - 1)] as number) : null;
+  const crashId = faultyId !== null && faultRoll < 0.35 ? faultyId : null;
+  const byzId = faultyId !== null && crashId === null ? faultyId : null;
+  let byzDescription = "";
+  if (byzId !== null) {
+    const behaviours = rng.shuffle(BYZ_BEHAVIOURS.filter((b) => b !== "twins" && b !== "forget")).slice(0, rng.int(1, 3));
+    const replayOldEpochs = rng.chance(0.5);
+    group.makeByzantine(byzId, { behaviours, rng: rng.fork(1000 + byzId), replayOldEpochs });
+    byzDescription = ` byzantine ${byzId} [${behaviours.join(",")}${replayOldEpochs ? ",epoch-replay" : ""}]`;
+  }
+  // A rotated-away key in an attacker's hands: it signs as its former owner in the new epoch.
+  let oldKeyDescription = "";
+  if (kind === "rotate" && rng.chance(0.5)) {
+    const rotated = [...keys1].find(([id, key]) => (keys.get(id) ?? id) !== key);
+    if (rotated !== undefined) {
+      group.holdOldKey(rotated[0], keys.get(rotated[0]) ?? rotated[0], rng.fork(2000));
+      oldKeyDescription = ` old-key ${rotated[0]}`;
+    }
+  }
   const crashAtRequest = rng.int(0, REQUESTS - 1);
   // The network: some loss and reordering.
   const dropRate = rng.chance(0.5) ? rng.float() * 0.05 : 0;
@@ -107,7 +133,7 @@ export function runEpochSeed(seed: number, crypto: SimCryptoKind = "fast"): Epoc
       for (const id of added) if (!group.nodes.has(id) && group.starts[1] !== null && group.starts[1] !== undefined) group.join(id);
       const members = (group.specs[finalEpoch] as EpochSpec).members
         .map((m) => m.id)
-        .filter((id) => group.nodes.get(id)?.core !== null && group.nodes.has(id));
+        .filter((id) => group.nodes.get(id)?.core !== null && group.nodes.has(id) && group.correct(id));
       return members.length > 0 && members.every((id) => group.node(id).epoch === finalEpoch && executedAll(group, id, total));
     };
     for (let t = 0; !done(); t++) {
@@ -125,16 +151,19 @@ export function runEpochSeed(seed: number, crypto: SimCryptoKind = "fast"): Epoc
   violations.push(...safetyViolations(group));
   return {
     seed,
-    change: `${kind} n=${n0}->${ids1.length} f=${f0}->${f1}${crashId === null ? "" : ` crash ${crashId}`} drop=${dropRate.toFixed(3)}`,
+    change: `${kind} n=${n0}->${ids1.length} f=${f0}->${f1}${crashId === null ? "" : ` crash ${crashId}`}${byzDescription}${oldKeyDescription} drop=${dropRate.toFixed(3)}`,
     violations,
     ticks,
+    attacks: { ...group.attacks, malformed: group.malformed },
   };
 }
 
 /** Submits again to every live replica the requests not yet executed everywhere (same bytes: signing is deterministic). */
 function retransmit(group: EpochGroup, total: number): void {
   const floor = Math.min(
-    ...[...group.nodes.values()].filter((node) => node.core !== null).map((node) => Math.max(0, ...node.clientLast.values())),
+    ...[...group.nodes.entries()]
+      .filter(([id, node]) => node.core !== null && group.correct(id))
+      .map(([, node]) => Math.max(0, ...node.clientLast.values())),
   );
   for (let seq = floor + 1; seq <= total; seq++) group.submitAll(group.request(0, seq, `r${seq}`));
 }
@@ -149,6 +178,7 @@ function safetyViolations(group: EpochGroup): string[] {
   const problems: string[] = [];
   const bySeq = new Map<number, { key: string; by: number }>();
   for (const [id, node] of group.nodes) {
+    if (!group.correct(id)) continue; // a Byzantine member may execute anything
     const seen = new Set<string>();
     for (const d of node.decided) {
       const key = d.execute.map((r) => `${r.client.slice(0, 8)}:${r.seq}`).join(",");
@@ -169,8 +199,9 @@ const USAGE = [
   "usage: bun src/sim/epochs-run.ts [--seeds N] [--start S] [--crypto fast|ed25519] [--help]",
   "",
   "Runs N seeds (default 100) from S (default 1), each a group of real ordering cores through",
-  "one membership change under crashes, loss and reordering; prints failing seeds with a",
-  "replay command, then seeds/s and the violations. Exits 1 if a seed violated a check.",
+  "one membership change under a crashed or Byzantine replica, a rotated-away key in an",
+  "attacker's hands, loss and reordering; prints failing seeds with a replay command, then",
+  "seeds/s, the violations and what the attacks sent. Exits 1 if a seed violated a check.",
 ].join("\n");
 
 /** The options, or why the arguments are wrong. */
@@ -215,10 +246,17 @@ function main(argv: readonly string[]): number {
   let failed = 0;
   let violations = 0;
   const kinds = new Map<string, number>();
+  const attacks = { byzantine: 0, oldEpochReplays: 0, oldKeyCopies: 0, malformed: 0, byzantineSeeds: 0, oldKeySeeds: 0 };
   for (let seed = start; seed < start + seeds; seed++) {
     const result = runEpochSeed(seed, crypto);
     const kind = result.change.split(" ")[0] as string;
     kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
+    attacks.byzantine += result.attacks.byzantine;
+    attacks.oldEpochReplays += result.attacks.oldEpochReplays;
+    attacks.oldKeyCopies += result.attacks.oldKeyCopies;
+    attacks.malformed += result.attacks.malformed;
+    if (result.change.includes(" byzantine ")) attacks.byzantineSeeds++;
+    if (result.change.includes(" old-key ")) attacks.oldKeySeeds++;
     if (result.violations.length > 0) {
       failed++;
       violations += result.violations.length;
@@ -229,6 +267,9 @@ function main(argv: readonly string[]): number {
   const seconds = (performance.now() - began) / 1000;
   console.log(
     `${seeds} seeds (${[...kinds].map(([k, c]) => `${k} ${c}`).join(", ")}) in ${seconds.toFixed(1)} s (${(seeds / seconds).toFixed(1)} seeds/s): ${failed} failing seeds, ${violations} violations`,
+  );
+  console.log(
+    `attacks: ${attacks.byzantineSeeds} seeds with a Byzantine member (${attacks.byzantine} messages sent by it, ${attacks.malformed} malformed dropped, ${attacks.oldEpochReplays} replays of earlier epochs); ${attacks.oldKeySeeds} seeds with a rotated-away key in an attacker's hands (${attacks.oldKeyCopies} messages signed with it)`,
   );
   return failed === 0 ? 0 : 1;
 }

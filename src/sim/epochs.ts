@@ -14,6 +14,13 @@
  *
  * Messages wait in a queue until the script delivers them, and time moves only when the
  * script ticks, as in cluster.ts. The application is the hash chain of checkers.ts.
+ *
+ * A member may be Byzantine (`makeByzantine`): in each epoch it runs a real core wrapped
+ * in the simulator's ByzantineReplica (byzantine.ts), which lies on the way out with its
+ * own key of that epoch, and it may also replay what it saw in earlier epochs into the
+ * current one under the current epoch's label. A rotated-away key may be held by an
+ * attacker (`holdOldKey`) that signs copies of its former owner's messages with it in the
+ * new epoch. Both must be refused by the signatures' epoch-bound cluster id and key.
  */
 import {
   type ClientRequest,
@@ -27,9 +34,14 @@ import {
   type PersistedRecord,
   type Ready,
 } from "../core/ordering/index.ts";
+import { validatePeerMessage } from "../core/ordering/messages.ts";
+import { signingBytes } from "../core/ordering/index.ts";
+import { type ByzContext, ByzantineReplica } from "./byzantine.ts";
 import { CLUSTER_PARAMETERS } from "./cluster.ts";
 import { dedupe, nextChain } from "./checkers.ts";
 import { requestBody, type SimKeyring } from "./crypto.ts";
+import type { Prng } from "./prng.ts";
+import type { ByzBehaviour } from "./scenario.ts";
 
 /** A member of an epoch: its id and the index of its key in the keyring (rotation changes the key). */
 export interface EpochMember {
@@ -47,7 +59,21 @@ export interface EpochMessage {
   readonly from: number;
   readonly to: number;
   readonly epoch: number;
+  /** What the sender put on the wire: a Byzantine sender's may be malformed (checked on delivery). */
   readonly msg: PeerMessage;
+}
+
+/** Messages a Byzantine member keeps from earlier epochs to replay into the current one. */
+const OLD_EPOCH_MESSAGES_MAX = 256;
+/** Old-epoch messages it replays per tick, and old-key copies an attacker sends per tick. */
+const REPLAYS_PER_TICK = 2;
+
+/** What a Byzantine member does: the simulator's behaviours in every epoch, and replays across epochs. */
+export interface EpochByzantine {
+  readonly behaviours: readonly ByzBehaviour[];
+  readonly rng: Prng;
+  /** Replays messages of earlier epochs into the current one, labelled with the current epoch. */
+  readonly replayOldEpochs: boolean;
 }
 
 /** The application state at a checkpoint, as a state transfer hands it over. */
@@ -77,6 +103,13 @@ interface Node {
   /** The old epoch's stable proof of each switch point, by old epoch: sent to a peer still there. */
   switchProofs: Map<number, Extract<PersistedRecord, { t: "stable" }>>;
   removed: boolean;
+  /** Set for a Byzantine member: its behaviours, and the liar wrapped around its current core. */
+  byzantine: EpochByzantine | null;
+  byz: ByzantineReplica | null;
+  /** A Byzantine member's record of the messages it sent and received, by epoch, for replays into later epochs. */
+  oldEpochs: { epoch: number; msg: PeerMessage }[];
+  /** The last epoch in which it sent its burst of old-epoch messages for seqs past the switch point. */
+  burstEpoch: number;
 }
 
 export class EpochGroup {
@@ -87,6 +120,16 @@ export class EpochGroup {
   queue: EpochMessage[] = [];
   /** Messages refused because sender and receiver were in different epochs. */
   readonly refused: { from: number; to: number; reason: string }[] = [];
+  /** Messages refused before the core because they were malformed (a Byzantine sender's). */
+  malformed = 0;
+  /** Messages sent by Byzantine members and by the holder of a rotated-away key (what the attacks tried). */
+  readonly attacks = { byzantine: 0, oldEpochReplays: 0, oldKeyCopies: 0 };
+  /** The simulated time, in ticks (what a Byzantine member's timing attacks read). */
+  now = 0;
+  /** Messages a Byzantine member sent with a delay: released when their tick comes. */
+  private delayed: { at: number; m: EpochMessage }[] = [];
+  /** An attacker holding a member's rotated-away key: signs copies of that member's messages with it. */
+  private oldKey: { id: number; key: number; rng: Prng } | null = null;
   /** A change waiting for its checkpoint: the next epoch's group and the seq it starts after. */
   private scheduled: { spec: EpochSpec; at: number } | null = null;
   private readonly params: Partial<CoreParameters>;
@@ -121,6 +164,10 @@ export class EpochGroup {
       droppedAboveSwitch: 0,
       switchProofs: new Map(),
       removed: false,
+      byzantine: null,
+      byz: null,
+      oldEpochs: [],
+      burstEpoch: 0,
     };
   }
 
@@ -159,6 +206,75 @@ export class EpochGroup {
     );
     node.epoch = epoch;
     node.core = new OrderingCore(cfg, crypto, restored);
+    node.byz =
+      node.byzantine === null
+        ? null
+        : new ByzantineReplica(
+            this.byzContext(id, epoch, rank, keyIndex, cfg),
+            node.byzantine.behaviours,
+            node.byzantine.rng.fork(epoch),
+            0,
+          );
+  }
+
+  /** What a Byzantine member's liar may do in `epoch`: send as its rank there, sign with its key of that epoch. */
+  private byzContext(id: number, epoch: number, rank: number, keyIndex: number, cfg: ReturnType<typeof makeConfig>): ByzContext {
+    const spec = this.specs[epoch] as EpochSpec;
+    return {
+      id: rank,
+      n: spec.members.length,
+      clusterId: this.clusterIdOf(epoch),
+      signAsSelf: (bytes) => this.keyring.signAsReplica(keyIndex, bytes),
+      now: () => this.now,
+      send: (toRank, msg, extraDelay = 0) => {
+        const to = spec.members[toRank]?.id;
+        if (to === undefined || to === id) return;
+        this.attacks.byzantine++;
+        const m: EpochMessage = { from: id, to, epoch, msg: msg as PeerMessage };
+        if (extraDelay > 0) this.delayed.push({ at: this.now + extraDelay, m });
+        else this.queue.push(m);
+      },
+      executed: () => [...this.nodes.values()].flatMap((node) => node.decided.flatMap((d) => d.execute)).slice(-64),
+      params: cfg,
+    };
+  }
+
+  /**
+   * Makes member `id` Byzantine from now on (in this epoch and every later one it is a
+   * member of). Its decisions are not checked: a faulty replica may execute anything.
+   */
+  makeByzantine(id: number, byzantine: EpochByzantine): void {
+    const node = this.node(id);
+    node.byzantine = byzantine;
+    const spec = this.specs[node.epoch] as EpochSpec;
+    const rank = spec.members.findIndex((member) => member.id === id);
+    if (node.core !== null && rank >= 0) {
+      const keyIndex = (spec.members[rank] as EpochMember).key;
+      const cfg = makeConfig(
+        { id: rank, n: spec.members.length, f: spec.f, mode: "bft", clusterId: this.clusterIdOf(node.epoch) },
+        this.params,
+      );
+      node.byz = new ByzantineReplica(
+        this.byzContext(id, node.epoch, rank, keyIndex, cfg),
+        byzantine.behaviours,
+        byzantine.rng.fork(node.epoch),
+        0,
+      );
+    }
+  }
+
+  /**
+   * An attacker keeps member `id`'s key `key` after it was rotated away: from the epoch in
+   * which `id` no longer has that key, it signs copies of `id`'s messages (some altered)
+   * with it, as if it were `id`.
+   */
+  holdOldKey(id: number, key: number, rng: Prng): void {
+    this.oldKey = { id, key, rng };
+  }
+
+  /** Whether member `id` is correct (its decisions are checked). */
+  correct(id: number): boolean {
+    return this.node(id).byzantine === null;
   }
 
   /** A request of client `client`, signed by it. */
@@ -228,6 +344,11 @@ export class EpochGroup {
     const spec = this.specs[epoch] as EpochSpec;
     switch (effect.kind) {
       case "send": {
+        if (node.byz !== null) {
+          if (node.byzantine?.replayOldEpochs) this.recordForReplay(node, epoch, effect.msg);
+          node.byz.outgoing(effect.to, effect.msg);
+          return;
+        }
         const targets =
           effect.to === "all"
             ? spec.members.map((member) => member.id).filter((other) => other !== id)
@@ -325,7 +446,93 @@ export class EpochGroup {
   }
 
   tick(ticks = 1): void {
-    for (let t = 0; t < ticks; t++) for (const id of [...this.nodes.keys()]) this.step(id, { kind: "tick" });
+    for (let t = 0; t < ticks; t++) {
+      this.now++;
+      for (const id of [...this.nodes.keys()]) this.step(id, { kind: "tick" });
+      this.attackTick();
+    }
+  }
+
+  /** A Byzantine member remembers what it sent and received; it replays them once the epoch has moved on. */
+  private recordForReplay(node: Node, epoch: number, msg: PeerMessage): void {
+    node.oldEpochs.push({ epoch, msg });
+    if (node.oldEpochs.length > OLD_EPOCH_MESSAGES_MAX * 2) node.oldEpochs.splice(0, OLD_EPOCH_MESSAGES_MAX);
+  }
+
+  /** The attacks that are not the liar's: delayed sends, old-epoch replays, old-key copies. */
+  private attackTick(): void {
+    const due = this.delayed.filter((d) => d.at <= this.now);
+    if (due.length > 0) {
+      this.delayed = this.delayed.filter((d) => d.at > this.now);
+      for (const d of due) this.queue.push(d.m);
+    }
+    for (const [id, node] of this.nodes) {
+      if (node.byz === null || node.core === null) continue;
+      node.byz.tick();
+      const byzantine = node.byzantine as EpochByzantine;
+      if (!byzantine.replayOldEpochs || node.epoch === 0) continue;
+      // Messages of an earlier epoch were signed under that epoch's cluster id: labelled with
+      // the current epoch, their signatures must fail.
+      const old = node.oldEpochs.filter((o) => o.epoch < node.epoch);
+      const spec = this.specs[node.epoch] as EpochSpec;
+      // Once per epoch, at once: every old message about a seq past the switch point (the
+      // old epoch's decisions there were dropped, and the new epoch orders those seqs
+      // again), to every member: with the signatures bound to the epoch, none counts.
+      if (node.burstEpoch !== node.epoch) {
+        node.burstEpoch = node.epoch;
+        const from = (this.starts[node.epoch] as { seq: number }).seq;
+        for (const { msg } of old) {
+          if (!("seq" in msg) || typeof msg.seq !== "number" || msg.seq <= from) continue;
+          for (const member of spec.members) {
+            if (member.id === id) continue;
+            this.attacks.oldEpochReplays++;
+            this.queue.push({ from: id, to: member.id, epoch: node.epoch, msg });
+          }
+        }
+      }
+      for (let i = 0; i < REPLAYS_PER_TICK && old.length > 0; i++) {
+        const msg = (old[byzantine.rng.int(0, old.length - 1)] as { msg: PeerMessage }).msg;
+        const to = spec.members[byzantine.rng.int(0, spec.members.length - 1)]?.id;
+        if (to === undefined || to === id) continue;
+        this.attacks.oldEpochReplays++;
+        this.queue.push({ from: id, to, epoch: node.epoch, msg });
+      }
+    }
+    this.oldKeyTick();
+  }
+
+  /**
+   * The holder of a rotated-away key: once its former owner's current epoch names another
+   * key, copies of the owner's queued messages (votes with another digest) go out signed
+   * with the old key under the current epoch's cluster id.
+   */
+  private oldKeyTick(): void {
+    const attacker = this.oldKey;
+    if (attacker === null) return;
+    const owner = this.nodes.get(attacker.id);
+    if (owner === undefined || owner.core === null) return;
+    const spec = this.specs[owner.epoch] as EpochSpec;
+    const rank = spec.members.findIndex((member) => member.id === attacker.id);
+    if (rank < 0 || (spec.members[rank] as EpochMember).key === attacker.key) return;
+    // The owner may itself be Byzantine and queue anything: only well-formed signed messages are copied.
+    const mine = this.queue.filter(
+      (m) => m.from === attacker.id && m.epoch === owner.epoch && validatePeerMessage(m.msg) !== null && SIGNED.has(m.msg.t),
+    );
+    for (let i = 0; i < REPLAYS_PER_TICK && mine.length > 0; i++) {
+      const original = mine[attacker.rng.int(0, mine.length - 1)] as EpochMessage;
+      const copy = { ...original.msg } as PeerMessage & { sig: Uint8Array };
+      if ((copy.t === "PREPARE" || copy.t === "COMMIT" || copy.t === "CHECKPOINT") && attacker.rng.chance(0.5)) {
+        copy.digest = attacker.rng.bytes(32);
+      }
+      copy.sig = this.keyring.signAsReplica(
+        attacker.key,
+        signingBytes(copy as Parameters<typeof signingBytes>[0], this.clusterIdOf(owner.epoch)),
+      );
+      const to = spec.members[attacker.rng.int(0, spec.members.length - 1)]?.id;
+      if (to === undefined || to === attacker.id) continue;
+      this.attacks.oldKeyCopies++;
+      this.queue.push({ from: attacker.id, to, epoch: owner.epoch, msg: copy });
+    }
   }
 
   /** Delivers queued messages until none is left (or `maxRounds`); one of another epoch is refused. */
@@ -353,7 +560,16 @@ export class EpochGroup {
           this.refused.push({ from: m.from, to: m.to, reason: `replica ${m.from} is not a member of epoch ${m.epoch}` });
           continue;
         }
-        this.step(m.to, { kind: "message", from: rank, msg: m.msg });
+        const msg = validatePeerMessage(m.msg);
+        if (msg === null) {
+          this.malformed++;
+          continue;
+        }
+        this.step(m.to, { kind: "message", from: rank, msg });
+        if (node.byz !== null && node.core !== null && node.epoch === m.epoch) {
+          if (node.byzantine?.replayOldEpochs) this.recordForReplay(node, m.epoch, msg);
+          node.byz.incoming(rank, msg);
+        }
       }
     }
   }
@@ -373,6 +589,9 @@ export class EpochGroup {
     return this.step(to, { kind: "message", from: fromRank, msg });
   }
 }
+
+/** Messages that carry a replica's signature (what an old key can be used to sign). */
+const SIGNED: ReadonlySet<string> = new Set(["PRE_PREPARE", "PREPARE", "COMMIT", "CHECKPOINT", "VIEW_CHANGE", "NEW_VIEW"]);
 
 function bytesSame(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((byte, i) => byte === b[i]);

@@ -243,7 +243,7 @@ class Simulation {
       id,
       n: this.scenario.n,
       clusterId: `sim-${this.scenario.seed}`,
-      keyring: this.keyring,
+      signAsSelf: (bytes: Uint8Array) => this.keyring.signAsReplica(id, bytes),
       now: () => this.now,
       send: (to: ReplicaId, msg: unknown, extraDelay = 0) => this.net.send(this.now, { from: id, to, msg }, extraDelay),
       executed: () => this.executedPool,

@@ -1,22 +1,34 @@
 /**
  * Membership changes as simulator inputs (src/sim/epochs-run.ts): seeds with a change
- * (add, remove, rotate a key, set f), a crash, loss and reordering, checked for agreement,
+ * (add, remove, rotate a key, set f), a crashed or Byzantine replica, a rotated-away key
+ * in an attacker's hands, loss and reordering, checked for agreement,
  * integrity and liveness. The long run is `bun src/sim/epochs-run.ts --seeds 10000`.
  */
 import { describe, expect, test } from "bun:test";
 import { parseEpochRunArgs, runEpochSeed } from "../../src/sim/epochs-run.ts";
 
 describe("membership changes in the simulator", () => {
-  test("100 seeds: no violation, and every kind of change is exercised", () => {
+  test("100 seeds: no violation, every kind of change is exercised, and the attacks really sent", () => {
     const kinds = new Set<string>();
     const failing: string[] = [];
+    const attacks = { byzantineSeeds: 0, byzantine: 0, oldEpochReplays: 0, oldKeyCopies: 0 };
     for (let seed = 1; seed <= 100; seed++) {
       const result = runEpochSeed(seed);
       kinds.add(result.change.split(" ")[0] as string);
+      if (result.change.includes(" byzantine ")) attacks.byzantineSeeds++;
+      attacks.byzantine += result.attacks.byzantine;
+      attacks.oldEpochReplays += result.attacks.oldEpochReplays;
+      attacks.oldKeyCopies += result.attacks.oldKeyCopies;
       if (result.violations.length > 0) failing.push(`seed ${seed} (${result.change}): ${result.violations.join("; ")}`);
     }
     expect(failing).toEqual([]);
     expect([...kinds].sort()).toEqual(["add", "remove", "rotate", "set-f"]);
+    // A Byzantine member in a good share of the seeds, replaying earlier epochs' messages
+    // into later ones, and an attacker signing with a rotated-away key in some.
+    expect(attacks.byzantineSeeds).toBeGreaterThan(20);
+    expect(attacks.byzantine).toBeGreaterThan(0);
+    expect(attacks.oldEpochReplays).toBeGreaterThan(0);
+    expect(attacks.oldKeyCopies).toBeGreaterThan(0);
   });
 });
 
