@@ -235,3 +235,48 @@ describe("corruption", () => {
     expect(log.lines.some((l) => l.msg.startsWith("storage commit failed"))).toBe(true);
   });
 });
+
+describe("overlapped fsync on the real disk", () => {
+  test("under sync full an effect waits for the log's fsync, which runs off the event loop while the next transaction is written", async () => {
+    const dir = freshDir();
+    const storage = openStorage(dir);
+    expect(storage.store.walSync).not.toBeNull();
+    storage.persist(decided(1));
+    let ran = false;
+    storage.afterDurable(() => {
+      ran = true;
+    });
+    storage.commits.flush();
+    // Written (readable here), not yet durable: what depends on it waits.
+    expect(decidedSeqs(storage)).toEqual([1]);
+    expect(ran).toBe(false);
+    expect(storage.commits.pendingEffects).toBe(1);
+    // The next seq's write does not wait for that fsync.
+    storage.persist(decided(2));
+    storage.commits.flush();
+    expect(decidedSeqs(storage)).toEqual([1, 2]);
+    const deadline = Date.now() + 30_000;
+    while (!ran && Date.now() < deadline) await Bun.sleep(1);
+    expect(ran).toBe(true);
+    while (storage.commits.pendingWrites > 0 && Date.now() < deadline) await Bun.sleep(1);
+    expect(storage.commits.pendingWrites).toBe(0);
+    storage.close();
+    const reopened = openStorage(dir);
+    expect(decidedSeqs(reopened)).toEqual([1, 2]);
+    reopened.close();
+  });
+
+  test("under sync normal nothing waits for an fsync: an effect runs at the commit", () => {
+    const dir = freshDir();
+    const storage = ReplicaStorage.open({ dir, sync: "normal", cluster: "unit", replica: 0, log: testLog(), metrics: new Metrics() });
+    expect(storage.store.walSync).toBeNull();
+    storage.persist(decided(1));
+    let ran = false;
+    storage.afterDurable(() => {
+      ran = true;
+    });
+    storage.commits.flush();
+    expect(ran).toBe(true);
+    storage.close();
+  });
+});
