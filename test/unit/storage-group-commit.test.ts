@@ -135,7 +135,7 @@ function overlapped() {
   const turn = (): void => {
     for (const run of pending.splice(0)) run();
   };
-  /** Settles fsync `n` (1-based) and lets its continuation run. */
+  /** Settles fsync `n` (1-based) and lets its continuation run (it schedules the flush of the next turn). */
   const settle = async (n: number, error?: Error): Promise<void> => {
     const sync = syncs[n - 1];
     if (sync === undefined) throw new Error(`fsync ${n} was never started`);
@@ -162,9 +162,11 @@ describe("GroupCommit with an overlapped fsync", () => {
     expect(events.slice(3)).toEqual(["accept seq 2", "write(1)"]);
     expect(gc.pendingEffects).toBe(2);
     await settle(1);
+    turn();
     // Fsync 1 covered seq 1 only: its vote goes, seq 2's waits for the next fsync.
     expect(events.slice(5)).toEqual(["PREPARE seq 1", "fsync 2 started"]);
     await settle(2);
+    turn();
     expect(events.slice(7)).toEqual(["PREPARE seq 2"]);
     expect(gc.pendingWrites).toBe(0);
     expect(gc.pendingEffects).toBe(0);
@@ -186,6 +188,7 @@ describe("GroupCommit with an overlapped fsync", () => {
     });
     turn();
     await settle(1);
+    turn();
     expect(events).toEqual([
       "decided",
       "write(1)",
@@ -196,6 +199,7 @@ describe("GroupCommit with an overlapped fsync", () => {
       "fsync 2 started",
     ]);
     await settle(2);
+    turn();
     expect(events.at(-1)).toBe("CHECKPOINT sent");
   });
 

@@ -209,7 +209,9 @@ export class GroupCommit {
         if (this.failed) return;
         this.durableTotal = Math.max(this.durableTotal, target);
         this.options.onCommit?.(writes, performance.now() - started);
-        this.flush();
+        // The effects run from the turn's flush, not inside a promise callback: an effect
+        // that throws (a fatal error) then fails the turn as it does without the overlap.
+        this.scheduleFlush();
       },
       (error: unknown) => {
         this.syncing = false;
