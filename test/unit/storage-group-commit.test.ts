@@ -229,6 +229,18 @@ describe("GroupCommit with an overlapped fsync", () => {
     expect(events).toEqual(["w", "write(1)", "fsync in place", "reply"]);
   });
 
+  test("a close while an fsync is in flight syncs in place; that fsync's later failure stops nothing", async () => {
+    const { gc, events, turn, settle, pending } = overlapped();
+    gc.stage(() => events.push("w"));
+    gc.defer(() => events.push("reply"));
+    turn();
+    gc.close();
+    expect(events).toEqual(["w", "write(1)", "fsync 1 started", "fsync in place", "reply"]);
+    await settle(1, new Error("EBADF"));
+    expect(pending).toEqual([]);
+    expect(events.some((event) => event.startsWith("failure"))).toBe(false);
+  });
+
   test("at the bound of deferred effects the flush syncs in place", () => {
     const { gc, events } = overlapped();
     gc.stage(() => undefined);

@@ -65,20 +65,38 @@ function fileWalSync(path: string): WalSync {
     fd = opened;
     return opened;
   };
+  // The descriptor is closed only once no fsync on it is in flight: closed earlier, its
+  // number could be reused by another file while the fsync still runs on it.
+  let inFlight = 0;
+  let closing = false;
+  const closeIfIdle = (): void => {
+    if (!closing || inFlight > 0 || fd === null) return;
+    closeSync(fd);
+    fd = null;
+  };
   return {
     later: () =>
       new Promise<void>((resolve, reject) => {
-        const log = open();
-        if (log === null) resolve();
-        else fsync(log, (error) => (error ? reject(error) : resolve()));
+        const log = closing ? null : open();
+        if (log === null) {
+          resolve();
+          return;
+        }
+        inFlight++;
+        fsync(log, (error) => {
+          inFlight--;
+          closeIfIdle();
+          if (error) reject(error);
+          else resolve();
+        });
       }),
     now: () => {
       const log = open();
       if (log !== null) fsyncSync(log);
     },
     close: () => {
-      if (fd !== null) closeSync(fd);
-      fd = null;
+      closing = true;
+      closeIfIdle();
     },
   };
 }

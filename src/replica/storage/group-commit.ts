@@ -215,6 +215,8 @@ export class GroupCommit {
       },
       (error: unknown) => {
         this.syncing = false;
+        // Stopped meanwhile: close() synced everything in place before its last effects ran.
+        if (this.closed) return;
         this.failed = true;
         // Fails at the end of the turn like a commit that throws there, not as a rejected promise.
         this.schedule(() => this.options.onFailure(error));
