@@ -105,3 +105,149 @@ describe("GroupCommit", () => {
     expect(gc.pendingEffects).toBe(0);
   });
 });
+
+/**
+ * A group commit in overlapped mode: `commit` only writes, and each fsync is a promise the
+ * test resolves (or rejects) by hand, so which effect may run when is exact.
+ */
+function overlapped() {
+  const events: string[] = [];
+  const pending: (() => void)[] = [];
+  const syncs: { resolve: () => void; reject: (error: Error) => void }[] = [];
+  const gc = new GroupCommit({
+    commit: (writes: readonly StagedWrite[]) => {
+      for (const write of writes) write();
+      events.push(`write(${writes.length})`);
+    },
+    onFailure: (error) => {
+      events.push(`failure: ${(error as Error).message}`);
+      throw new Error("stopped");
+    },
+    schedule: (run) => void pending.push(run),
+    sync: {
+      later: () => {
+        events.push(`fsync ${syncs.length + 1} started`);
+        return new Promise<void>((resolve, reject) => void syncs.push({ resolve, reject }));
+      },
+      now: () => void events.push("fsync in place"),
+    },
+  });
+  const turn = (): void => {
+    for (const run of pending.splice(0)) run();
+  };
+  /** Settles fsync `n` (1-based) and lets its continuation run (it schedules the flush of the next turn). */
+  const settle = async (n: number, error?: Error): Promise<void> => {
+    const sync = syncs[n - 1];
+    if (sync === undefined) throw new Error(`fsync ${n} was never started`);
+    if (error === undefined) sync.resolve();
+    else sync.reject(error);
+    await Promise.resolve();
+    await Promise.resolve();
+  };
+  return { gc, events, turn, settle, pending };
+}
+
+describe("GroupCommit with an overlapped fsync", () => {
+  test("the next turn's transaction is written while the previous one's fsync is in flight", async () => {
+    const { gc, events, turn, settle } = overlapped();
+    gc.stage(() => events.push("accept seq 1"));
+    gc.defer(() => events.push("PREPARE seq 1"));
+    turn();
+    // Written, not durable: the vote waits, and the event loop is free.
+    expect(events).toEqual(["accept seq 1", "write(1)", "fsync 1 started"]);
+    gc.stage(() => events.push("accept seq 2"));
+    gc.defer(() => events.push("PREPARE seq 2"));
+    turn();
+    // Seq 2's log write did not wait for seq 1's fsync; one fsync at a time.
+    expect(events.slice(3)).toEqual(["accept seq 2", "write(1)"]);
+    expect(gc.pendingEffects).toBe(2);
+    await settle(1);
+    turn();
+    // Fsync 1 covered seq 1 only: its vote goes, seq 2's waits for the next fsync.
+    expect(events.slice(5)).toEqual(["PREPARE seq 1", "fsync 2 started"]);
+    await settle(2);
+    turn();
+    expect(events.slice(7)).toEqual(["PREPARE seq 2"]);
+    expect(gc.pendingWrites).toBe(0);
+    expect(gc.pendingEffects).toBe(0);
+  });
+
+  test("an effect with nothing staged before it still runs at once", () => {
+    const { gc, events } = overlapped();
+    gc.defer(() => events.push("send"));
+    expect(events).toEqual(["send"]);
+  });
+
+  test("writes staged by an effect are written and synced before the effects deferred after them", async () => {
+    const { gc, events, turn, settle } = overlapped();
+    gc.stage(() => events.push("decided"));
+    gc.defer(() => {
+      events.push("execute (stages a checkpoint)");
+      gc.stage(() => events.push("checkpoint"));
+      gc.defer(() => events.push("CHECKPOINT sent"));
+    });
+    turn();
+    await settle(1);
+    turn();
+    expect(events).toEqual([
+      "decided",
+      "write(1)",
+      "fsync 1 started",
+      "execute (stages a checkpoint)",
+      "checkpoint",
+      "write(1)",
+      "fsync 2 started",
+    ]);
+    await settle(2);
+    turn();
+    expect(events.at(-1)).toBe("CHECKPOINT sent");
+  });
+
+  test("a failed fsync runs no dependent effect and no other fsync starts after it", async () => {
+    const { gc, events, turn, settle, pending } = overlapped();
+    gc.stage(() => events.push("w1"));
+    gc.defer(() => events.push("e1"));
+    turn();
+    gc.stage(() => events.push("w2"));
+    gc.defer(() => events.push("e2"));
+    turn();
+    await settle(1, new Error("EIO"));
+    // The failure is reported at the end of the turn, as a failed commit is.
+    expect(pending.length).toBeGreaterThan(0);
+    expect(() => turn()).toThrow("stopped");
+    expect(events).toContain("failure: EIO");
+    expect(events).not.toContain("e1");
+    expect(events).not.toContain("e2");
+    expect(events).not.toContain("fsync 2 started");
+  });
+
+  test("close syncs in place and runs every waiting effect", () => {
+    const { gc, events } = overlapped();
+    gc.stage(() => events.push("w"));
+    gc.defer(() => events.push("reply"));
+    gc.close();
+    expect(events).toEqual(["w", "write(1)", "fsync in place", "reply"]);
+  });
+
+  test("a close while an fsync is in flight syncs in place; that fsync's later failure stops nothing", async () => {
+    const { gc, events, turn, settle, pending } = overlapped();
+    gc.stage(() => events.push("w"));
+    gc.defer(() => events.push("reply"));
+    turn();
+    gc.close();
+    expect(events).toEqual(["w", "write(1)", "fsync 1 started", "fsync in place", "reply"]);
+    await settle(1, new Error("EBADF"));
+    expect(pending).toEqual([]);
+    expect(events.some((event) => event.startsWith("failure"))).toBe(false);
+  });
+
+  test("at the bound of deferred effects the flush syncs in place", () => {
+    const { gc, events } = overlapped();
+    gc.stage(() => undefined);
+    let ran = 0;
+    for (let i = 0; i <= DEFERRED_EFFECTS_MAX; i++) gc.defer(() => void ran++);
+    expect(events).toEqual(["write(1)", "fsync in place"]);
+    expect(ran).toBe(DEFERRED_EFFECTS_MAX + 1);
+    expect(gc.pendingEffects).toBe(0);
+  });
+});

@@ -4,13 +4,14 @@
 // another replica is refused.
 import { afterEach, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { existsSync, readFileSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, readlinkSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { PersistedRecord } from "../../src/core/ordering/types.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import { FatalError } from "../../src/replica/fatal.ts";
 import { EXIT_STORAGE_FAILED, QUARANTINE_DIR, ReplicaStorage, StoreIdentityError } from "../../src/replica/storage/index.ts";
 import { type BatchLookup, decodeBatch, decodeRecord } from "../../src/replica/storage/records.ts";
+import { realDisk } from "../../src/replica/storage/disk.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import { batchDigest, openStorage, tempDir, testLog, TestClient } from "./storage-fixtures.ts";
 
@@ -233,5 +234,79 @@ describe("corruption", () => {
     expect(stops.map((e) => e.exitCode)).toEqual([EXIT_STORAGE_FAILED]);
     expect(metrics.get("storage_commit_failures_total")).toBe(1);
     expect(log.lines.some((l) => l.msg.startsWith("storage commit failed"))).toBe(true);
+  });
+});
+
+/** How many of this process's file descriptors are open on `path`. */
+function openDescriptorsOf(path: string): number {
+  let count = 0;
+  for (const fd of readdirSync("/proc/self/fd")) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${fd}`) === path) count++;
+    } catch {
+      // Closed while listing (the directory's own descriptor): not ours.
+    }
+  }
+  return count;
+}
+
+describe("overlapped fsync on the real disk", () => {
+  test("under sync full an effect waits for the log's fsync, which runs off the event loop while the next transaction is written", async () => {
+    const dir = freshDir();
+    const storage = openStorage(dir);
+    expect(storage.store.walSync).not.toBeNull();
+    storage.persist(decided(1));
+    let ran = false;
+    storage.afterDurable(() => {
+      ran = true;
+    });
+    storage.commits.flush();
+    // Written (readable here), not yet durable: what depends on it waits.
+    expect(decidedSeqs(storage)).toEqual([1]);
+    expect(ran).toBe(false);
+    expect(storage.commits.pendingEffects).toBe(1);
+    // The next seq's write does not wait for that fsync.
+    storage.persist(decided(2));
+    storage.commits.flush();
+    expect(decidedSeqs(storage)).toEqual([1, 2]);
+    const deadline = Date.now() + 30_000;
+    while (!ran && Date.now() < deadline) await Bun.sleep(1);
+    expect(ran).toBe(true);
+    while (storage.commits.pendingWrites > 0 && Date.now() < deadline) await Bun.sleep(1);
+    expect(storage.commits.pendingWrites).toBe(0);
+    storage.close();
+    const reopened = openStorage(dir);
+    expect(decidedSeqs(reopened)).toEqual([1, 2]);
+    reopened.close();
+  });
+
+  test("the log's descriptor is closed only after the fsync in flight on it returns", async () => {
+    const dir = freshDir();
+    const path = join(dir, "x.db");
+    writeFileSync(`${path}-wal`, "log");
+    const sync = realDisk.walSync?.(path);
+    if (sync === undefined) throw new Error("the real disk has no overlapped fsync");
+    const inFlight = sync.later();
+    sync.close();
+    // Still open: the fsync in flight holds its number (Linux lists open descriptors in /proc).
+    expect(openDescriptorsOf(`${path}-wal`)).toBe(1);
+    await inFlight;
+    expect(openDescriptorsOf(`${path}-wal`)).toBe(0);
+    // A sync asked for after the close has nothing to do.
+    await sync.later();
+  });
+
+  test("under sync normal nothing waits for an fsync: an effect runs at the commit", () => {
+    const dir = freshDir();
+    const storage = ReplicaStorage.open({ dir, sync: "normal", cluster: "unit", replica: 0, log: testLog(), metrics: new Metrics() });
+    expect(storage.store.walSync).toBeNull();
+    storage.persist(decided(1));
+    let ran = false;
+    storage.afterDurable(() => {
+      ran = true;
+    });
+    storage.commits.flush();
+    expect(ran).toBe(true);
+    storage.close();
   });
 });

@@ -11,7 +11,8 @@
  * the same on either disk.
  */
 import { Database } from "bun:sqlite";
-import { chmodSync, existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, fsync, fsyncSync, mkdirSync, openSync, renameSync, rmSync } from "node:fs";
+import { dirname } from "node:path";
 
 export interface Disk {
   /** Creates the directory and its parents (owner-only) if missing. */
@@ -28,6 +29,76 @@ export interface Disk {
    * policy's fsync done). A throw means nothing of it may be relied on.
    */
   commit(db: Database, writes: () => void): void;
+  /**
+   * Overlapped fsync, where the disk offers it: the database at `path` then commits to the
+   * operating system only (SQLite `synchronous = NORMAL` in WAL mode, which stays
+   * consistent after a crash), and this makes its write-ahead log durable, off the event
+   * loop or in place (group-commit.ts). Absent: `commit` syncs.
+   */
+  walSync?(path: string): WalSync;
+}
+
+/** Makes every transaction committed so far to one database durable (its write-ahead log fsynced). */
+export interface WalSync {
+  /** Off the event loop: resolves once durable, rejects if the fsync failed. */
+  later(): Promise<void>;
+  /** In place: returns once durable, throws if the fsync failed. */
+  now(): void;
+  close(): void;
+}
+
+/** fsync of a database's `-wal` file, opened at the first sync (SQLite creates it at the first write). */
+function fileWalSync(path: string): WalSync {
+  let fd: number | null = null;
+  /** The log's descriptor; null while SQLite has not created it (then nothing is waiting in it). */
+  const open = (): number | null => {
+    if (fd !== null) return fd;
+    if (!existsSync(`${path}-wal`)) return null;
+    const opened = openSync(`${path}-wal`, "r");
+    // The log file itself must survive power loss too: its directory entry is synced once.
+    const dir = openSync(dirname(path), "r");
+    try {
+      fsyncSync(dir);
+    } finally {
+      closeSync(dir);
+    }
+    fd = opened;
+    return opened;
+  };
+  // The descriptor is closed only once no fsync on it is in flight: closed earlier, its
+  // number could be reused by another file while the fsync still runs on it.
+  let inFlight = 0;
+  let closing = false;
+  const closeIfIdle = (): void => {
+    if (!closing || inFlight > 0 || fd === null) return;
+    closeSync(fd);
+    fd = null;
+  };
+  return {
+    later: () =>
+      new Promise<void>((resolve, reject) => {
+        const log = closing ? null : open();
+        if (log === null) {
+          resolve();
+          return;
+        }
+        inFlight++;
+        fsync(log, (error) => {
+          inFlight--;
+          closeIfIdle();
+          if (error) reject(error);
+          else resolve();
+        });
+      }),
+    now: () => {
+      const log = open();
+      if (log !== null) fsyncSync(log);
+    },
+    close: () => {
+      closing = true;
+      closeIfIdle();
+    },
+  };
 }
 
 export const realDisk: Disk = {
@@ -42,4 +113,5 @@ export const realDisk: Disk = {
     return db;
   },
   commit: (db, writes) => db.transaction(writes)(),
+  walSync: fileWalSync,
 };

@@ -14,6 +14,14 @@
  * Effects may stage and defer more (executing a decision takes a checkpoint, which the
  * core then persists); those wait for the next commit within the same flush, so order
  * and the persist-before-effect rule hold across any depth of such chains.
+ *
+ * Overlapped fsync (`sync` given): a commit then only writes its transaction (to the
+ * operating system), and durability comes from an fsync run off the event loop. While
+ * one fsync is in flight the loop goes on: later turns write their transactions, and one
+ * more fsync starts when the first returns, covering all of them. An effect still runs
+ * only once every write staged before it is covered by a completed fsync, so the rule is
+ * the same; what changes is that the log writes of consecutive sequence numbers no longer
+ * wait for each other's fsync, and the event loop is not blocked while the disk syncs.
  */
 
 /** A write, run inside the next transaction. */
@@ -31,6 +39,15 @@ export interface GroupCommitOptions {
   readonly schedule?: (run: () => void) => void;
   /** Called after each commit with the number of writes and the time it took. */
   readonly onCommit?: (writes: number, ms: number) => void;
+  /**
+   * Present when `commit` only writes (not durable yet): makes every transaction committed
+   * so far durable, `later` off the event loop, `now` before returning. Absent: `commit`
+   * itself returns once durable.
+   */
+  readonly sync?: {
+    readonly later: () => Promise<void>;
+    readonly now: () => void;
+  };
 }
 
 interface Deferred {
@@ -41,9 +58,17 @@ interface Deferred {
 
 export class GroupCommit {
   private staged: StagedWrite[] = [];
-  /** Writes staged ever, and writes committed ever: an effect waits for `after <= committed`. */
+  /**
+   * Writes staged ever, committed (written) ever, and made durable ever: an effect waits
+   * for `after <= durable`. Without `sync`, committed and durable move together.
+   */
   private stagedTotal = 0;
   private committedTotal = 0;
+  private durableTotal = 0;
+  /** An fsync in flight (overlapped mode). */
+  private syncing = false;
+  /** An fsync failed: nothing is durable past it, whatever a later fsync says (its pages may be lost). */
+  private failed = false;
   private deferred: Deferred[] = [];
   private deferredHead = 0;
   private scheduled = false;
@@ -52,9 +77,9 @@ export class GroupCommit {
 
   constructor(private readonly options: GroupCommitOptions) {}
 
-  /** Writes staged and not yet committed. */
+  /** Writes staged and not yet durable. */
   get pendingWrites(): number {
-    return this.stagedTotal - this.committedTotal;
+    return this.stagedTotal - this.durableTotal;
   }
 
   /** Effects waiting for a commit. */
@@ -83,31 +108,46 @@ export class GroupCommit {
     }
     this.deferred.push({ effect, after: this.stagedTotal });
     this.scheduleFlush();
-    if (!this.flushing && this.pendingEffects > DEFERRED_EFFECTS_MAX) this.flush();
+    if (!this.flushing && this.pendingEffects > DEFERRED_EFFECTS_MAX) this.flush(true);
   }
 
-  /** Commits what is staged and runs the effects that were waiting for it, until none is left. */
-  flush(): void {
+  /**
+   * Commits what is staged and runs the effects that were waiting for it, until none is
+   * left. In overlapped mode it runs the effects already durable and starts an fsync for
+   * the rest (they run when it returns), unless `waitDurable`: then it fsyncs in place.
+   */
+  flush(waitDurable = false): void {
     if (this.flushing) return;
     this.flushing = true;
     try {
       while (this.pendingEffects > 0) {
         const next = this.deferred[this.deferredHead] as Deferred;
         if (next.after > this.committedTotal) this.commitStaged();
+        if (next.after > this.durableTotal) {
+          if (!waitDurable) break;
+          this.syncNow();
+        }
         this.deferredHead++;
         next.effect();
       }
-      this.deferred = [];
-      this.deferredHead = 0;
-      if (this.pendingWrites > 0) this.commitStaged();
+      if (this.pendingEffects === 0) {
+        this.deferred = [];
+        this.deferredHead = 0;
+      }
+      if (this.stagedTotal > this.committedTotal) this.commitStaged();
+      if (this.committedTotal > this.durableTotal) {
+        if (waitDurable) this.syncNow();
+        else this.syncLater();
+      }
     } finally {
       this.flushing = false;
     }
   }
 
-  /** Commits and stops accepting writes (a clean stop). */
+  /** Commits, makes everything durable, runs every effect, and stops accepting writes (a clean stop). */
   close(): void {
-    this.flush();
+    this.flush(true);
+    // Effects run by that flush may have staged more; it committed them, and synced them.
     this.closed = true;
   }
 
@@ -121,14 +161,77 @@ export class GroupCommit {
       this.options.onFailure(error);
     }
     this.committedTotal += writes.length;
-    this.options.onCommit?.(writes.length, performance.now() - started);
+    if (this.options.sync === undefined) {
+      this.durableTotal = this.committedTotal;
+      this.options.onCommit?.(writes.length, performance.now() - started);
+    } else {
+      this.writtenUnsynced += writes.length;
+    }
+  }
+
+  /** Writes committed and not yet covered by an fsync that started (overlapped mode; for onCommit). */
+  private writtenUnsynced = 0;
+
+  /** Makes every committed write durable before returning (overlapped mode). */
+  private syncNow(): void {
+    const sync = this.options.sync;
+    if (sync === undefined || this.durableTotal >= this.committedTotal) return;
+    if (this.failed) this.options.onFailure(new Error("an earlier fsync failed"));
+    const target = this.committedTotal;
+    const writes = this.writtenUnsynced;
+    this.writtenUnsynced = 0;
+    const started = performance.now();
+    try {
+      sync.now();
+    } catch (error) {
+      this.options.onFailure(error);
+    }
+    this.durableTotal = Math.max(this.durableTotal, target);
+    this.options.onCommit?.(writes, performance.now() - started);
+  }
+
+  /**
+   * Starts an fsync of everything committed so far, off the event loop, unless one is in
+   * flight: then the next starts when it returns (one at a time, each covering all that
+   * was committed before it started). The effects it covers run when it returns.
+   */
+  private syncLater(): void {
+    const sync = this.options.sync;
+    if (sync === undefined || this.syncing || this.failed || this.durableTotal >= this.committedTotal) return;
+    this.syncing = true;
+    const target = this.committedTotal;
+    const writes = this.writtenUnsynced;
+    this.writtenUnsynced = 0;
+    const started = performance.now();
+    sync.later().then(
+      () => {
+        this.syncing = false;
+        if (this.failed) return;
+        this.durableTotal = Math.max(this.durableTotal, target);
+        this.options.onCommit?.(writes, performance.now() - started);
+        // The effects run from the turn's flush, not inside a promise callback: an effect
+        // that throws (a fatal error) then fails the turn as it does without the overlap.
+        this.scheduleFlush();
+      },
+      (error: unknown) => {
+        this.syncing = false;
+        // Stopped meanwhile: close() synced everything in place before its last effects ran.
+        if (this.closed) return;
+        this.failed = true;
+        // Fails at the end of the turn like a commit that throws there, not as a rejected promise.
+        this.schedule(() => this.options.onFailure(error));
+      },
+    );
+  }
+
+  private schedule(run: () => void): void {
+    (this.options.schedule ?? ((next: () => void) => void setImmediate(next)))(run);
   }
 
   private scheduleFlush(): void {
     if (this.scheduled || this.closed) return;
     this.scheduled = true;
-    const schedule = this.options.schedule ?? ((run: () => void) => void setImmediate(run));
-    schedule(() => {
+    this.schedule(() => {
       this.scheduled = false;
       this.flush();
     });

@@ -101,10 +101,11 @@ export class ReplicaStorage {
     this.quarantined = quarantined;
     this.commits = new GroupCommit({
       commit: (writes) =>
-        this.store.transaction(() => {
+        this.store.transactionWritten(() => {
           for (const write of writes) write();
         }),
       onFailure: (error) => this.fail(error),
+      ...(store.walSync === null ? {} : { sync: store.walSync }),
       ...(options.afterTurn === undefined ? {} : { schedule: options.afterTurn }),
       onCommit: (writes, ms) => {
         options.metrics.inc("storage_commits_total");

@@ -19,13 +19,14 @@
  * This class only reads and writes rows and checks their sums; what the rows mean, and
  * what to do about a damaged one, is decided by its callers (recovery.ts, index.ts). All
  * calls are synchronous: a commit returns once SQLite has written (and, under the FULL
- * sync policy, fsynced) the write-ahead log.
+ * sync policy, fsynced) the write-ahead log; on the real disk under `full` the fsync is
+ * the group commit's instead, run off the event loop (`walSync`, group-commit.ts).
  */
 import type { Database } from "bun:sqlite";
 import { join } from "node:path";
 import { type Canonical, decodeCanonical, encodeCanonical } from "../../../wire/canonical.ts";
 import { rowChecksum, rowIntact } from "./checksum.ts";
-import { type Disk, realDisk } from "./disk.ts";
+import { type Disk, realDisk, type WalSync } from "./disk.ts";
 
 /** The database file inside the data directory; SQLite adds -wal and -shm beside it. */
 export const STORE_FILE = "fitb.db";
@@ -176,6 +177,12 @@ export class ReplicaStore {
   private readonly stmts: Statements;
   private nextCoreId: number;
   private nextUnorderedId: number;
+  /**
+   * Under `full` on a disk that offers it: the fsync of the write-ahead log, which the
+   * group commit runs after `transaction` (index.ts); then `transaction` only writes.
+   * Null: `transaction` returns once durable under the sync policy.
+   */
+  readonly walSync: WalSync | null = null;
 
   private constructor(
     dir: string,
@@ -191,7 +198,9 @@ export class ReplicaStore {
       // same data directory is refused instead of writing beside this one.
       if (exclusive) this.db.exec("PRAGMA locking_mode = EXCLUSIVE");
       this.db.exec("PRAGMA journal_mode = WAL");
-      this.db.exec(`PRAGMA synchronous = ${sync === "full" ? "FULL" : "NORMAL"}`);
+      // `full` with an overlapped fsync (disk.ts walSync): SQLite writes, the group commit syncs.
+      this.walSync = sync === "full" && disk.walSync !== undefined ? disk.walSync(this.path) : null;
+      this.db.exec(`PRAGMA synchronous = ${sync === "full" && this.walSync === null ? "FULL" : "NORMAL"}`);
       for (const statement of SCHEMA) this.db.exec(statement);
     } catch (error) {
       if (!isLocked(error)) throw error;
@@ -211,6 +220,8 @@ export class ReplicaStore {
     const store = new ReplicaStore(dir, sync, exclusive, disk);
     try {
       store.checkIdentity(identity);
+      // The tables and the identity written at creation are durable before anything else.
+      store.walSync?.now();
     } catch (error) {
       store.close();
       throw error;
@@ -264,6 +275,16 @@ export class ReplicaStore {
   /** Runs `fn` in one transaction: all of its writes become durable together, or none. */
   transaction(fn: () => void): void {
     this.disk.commit(this.db, fn);
+    this.walSync?.now();
+  }
+
+  /**
+   * Runs `fn` in one transaction that is written but, with `walSync`, not yet durable: the
+   * group commit (index.ts) makes it durable with `walSync` before anything depends on it.
+   * Without `walSync`, the same as `transaction`.
+   */
+  transactionWritten(fn: () => void): void {
+    this.disk.commit(this.db, fn);
   }
 
   /** Folds the write-ahead log into the database file and closes it (a clean stop). */
@@ -271,6 +292,7 @@ export class ReplicaStore {
     this.db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
     for (const statement of Object.values(this.stmts)) statement.finalize();
     this.db.close();
+    this.walSync?.close();
   }
 
   // -----------------------------------------------------------------------------------
