@@ -41,7 +41,7 @@ import { type ChannelCells, ChannelMetrics, METRICS_CHANNELS_MAX } from "./chann
 import { Metrics } from "./metrics.ts";
 import { coreConfigFor, EXIT_STATE_UNTRUSTED, OrderingDriver } from "./ordering-driver.ts";
 import { isStateTransferEnvelope, PeerFilter, peekPeerMessage, provesFaulty } from "./peer-filter.ts";
-import { PeerMesh } from "./peers.ts";
+import { type AcceptedKey, PeerMesh, type PeerEntry } from "./peers.ts";
 import { ClientLimits } from "./quota.ts";
 import { RateLimiter } from "./rate.ts";
 import {
@@ -224,7 +224,9 @@ export class Replica {
       onSnapshotInstalled: (seq) => {
         this.subs.stateReplaced();
         this.executed(seq);
+        this.followMembership();
       },
+      onEpochStarted: () => this.followMembership(),
       machine: this.machine,
       storage: this.storage,
       audit: this.audit,
@@ -240,6 +242,7 @@ export class Replica {
       },
     });
     this.replaying = false;
+    this.followMembership();
     const peerPort = self.peerPort;
     this.server = new ReplicaServer({
       self: id,
@@ -728,6 +731,46 @@ export class Replica {
       });
     }
     this.executed(decidedSeq);
+    if (!this.replaying) this.followMembership();
+  }
+
+  /** The groups the peer mesh last followed (followMembership): unchanged objects mean nothing to do. */
+  private meshFollows: readonly unknown[] = [];
+
+  /**
+   * The peer mesh follows the replicated membership: it links with the members of the
+   * ordering core's epoch (an ended epoch still needs its members until the switch), of
+   * the machine's current group and of a pending change, and accepts each one's keys
+   * (a rotated key stays accepted until the epoch that replaces it starts here).
+   */
+  private followMembership(): void {
+    const current = this.machine.membership();
+    // Not before the driver exists (a snapshot installed while it is being built).
+    if (current === null || (this.ordering as OrderingDriver | undefined) === undefined) return;
+    const pending = this.machine.pendingMembership();
+    const view = this.ordering.epoch;
+    const groups = [view.members, current.members, ...(pending === null ? [] : [pending.next.members])];
+    if (groups.length === this.meshFollows.length && groups.every((group, i) => group === this.meshFollows[i])) return;
+    this.meshFollows = groups;
+    const dial = new Map<number, PeerEntry>();
+    const accept: AcceptedKey[] = [];
+    for (const group of groups) {
+      for (const member of group) {
+        const file = this.options.config.replicas.find((replica) => replica.id === member.id);
+        // A cluster file entry keeps its further addresses (hosts) when the membership names the same preferred one.
+        const hosts = file !== undefined && file.host === member.host ? file.hosts : [];
+        dial.set(member.id, {
+          id: member.id,
+          host: member.host,
+          hosts,
+          port: member.port,
+          peerPort: member.peerPort,
+          publicKey: member.key,
+        });
+        accept.push({ id: member.id, key: member.key });
+      }
+    }
+    this.mesh.setGroup([...dial.values()], accept);
   }
 
   /** The channel state now reflects every decision through `seq`. */
