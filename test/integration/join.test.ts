@@ -78,6 +78,20 @@ afterAll(async () => {
 });
 
 describe("joining a running group", () => {
+  test("a replica that is not in the cluster file and not a member refuses to start, saying why", async () => {
+    const key = await keygen("replica-5.key");
+    const run = await cluster.fitb(
+      ["replica", "--config", cluster.configPath, "--id", "5", "--key", key.path, "--data", join(cluster.dir, "data-5")],
+      {
+        timeoutMs: 60_000,
+      },
+    );
+    expect(run.code).not.toBe(0);
+    expect(`${run.stdout}${run.stderr}`).toContain(
+      "replica 5 is not a member of the group (epoch 0): add it first (fitb admin add-replica)",
+    );
+  }, 120_000);
+
   test("add-replica under a publish stream; replica 4 starts from the cluster file, catches up, and is in the quorums once replica 3 stops", async () => {
     const key = await keygen("replica-4.key");
     const [port, metricsPort] = [freePortRange(1), freePortRange(1)];
