@@ -40,10 +40,20 @@ export const replicaCommand: Command = {
     "Under systemd (Type=notify, $NOTIFY_SOCKET) it reports READY=1 once it has joined its",
     "group (2f peers up in a normal view), WATCHDOG=1 when the unit sets WatchdogSec=, and",
     "STOPPING=1 on SIGTERM; 'joined the group' is logged either way.",
+    "A replica added with 'fitb admin add-replica' starts with the same cluster file, which",
+    "does not list it: give --id, --key and --data; it learns its group from f+1 matching",
+    "answers of the file's replicas and fetches the state. So does a replica restarted with",
+    "a key the group rotated to (rotate-replica-key).",
   ],
   flags: [
     { name: "config", kind: "string", valueName: "FILE", description: `The cluster file (${CONFIG_DEFAULT_TEXT})` },
-    { name: "id", kind: "string", valueName: "N", required: true, description: "This replica's id in the cluster file" },
+    {
+      name: "id",
+      kind: "string",
+      valueName: "N",
+      required: true,
+      description: "This replica's id (in the cluster file, or given by add-replica)",
+    },
     { name: "key", kind: "string", valueName: "FILE", description: "This replica's secret key (default: replica-N.key beside the config)" },
     { name: "data", kind: "string", valueName: "DIR", description: "Data directory (default: the replica's data_dir in the config)" },
     {
