@@ -207,7 +207,7 @@ export class OrderingDriver {
   private switchDue = false;
   /** The last stable checkpoint this replica persisted, with its proof (the switch may come after it). */
   private lastStable: { seq: number; digest: Uint8Array; proof: Extract<PersistedRecord, { t: "stable" }>["proof"] } | null = null;
-  /** Started from a join (options.join): the core began empty in the group's epoch. */
+  /** Started from a join (options.join) with a data directory of an older epoch: the core began empty in the group's epoch. */
   private joining = false;
   /** This replica is not a member of the current epoch: it orders nothing any more. */
   private removed = false;
@@ -351,8 +351,13 @@ export class OrderingDriver {
     const join = this.options.join;
     const at = membership?.epoch ?? 0;
     if (join !== undefined && (at < join.membership.epoch || (at === join.membership.epoch && storage.epochStart()?.epoch !== at))) {
-      this.joining = true;
-      this.options.log.info("joining the group: starting in its current epoch, fetching the state", {
+      // Its records are the join epoch's own when the data directory already got there (a
+      // restart after joining); otherwise the core starts empty and fetches the state.
+      this.joining = at < join.membership.epoch;
+      const msg = this.joining
+        ? "joining the group: starting in its current epoch, fetching the state"
+        : "joined the group's epoch before: resuming it from the data directory";
+      this.options.log.info(msg, {
         epoch: join.membership.epoch,
         from: join.start.seq,
         members: join.membership.members.map((member) => member.id),

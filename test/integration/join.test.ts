@@ -4,7 +4,8 @@
 // (which does not list it), its own key and a data directory: it learns the group from
 // f+1 matching `members` answers, starts in epoch 1, fetches the state and catches up.
 // Then replica 3 is stopped: a group of five needs four for a quorum, so the events
-// acknowledged after that were ordered with replica 4's votes. The history checker finds
+// acknowledged after that were ordered with replica 4's votes. Replica 4 restarted
+// resumes its epoch from its data directory. The history checker finds
 // no acknowledged event lost, none twice, one order. Last, rotate-replica-key for
 // replica 2: once the epoch that rotates it starts, its old key can no longer connect
 // (refused as rotated, counted), and replica 2 restarted with the new key takes part again.
@@ -182,6 +183,36 @@ describe("joining a running group", () => {
 
     cluster.start(3);
     await waitListening(cluster, [3]);
+
+    // Restarted, replica 4 resumes its epoch from its data directory and catches up again.
+    joiner.kill("SIGKILL");
+    await joiner.exited;
+    joinerLog.length = 0;
+    joiner = spawnReplica(
+      ["--id", "4", "--key", key.path, "--data", join(cluster.dir, "data-4"), "--metrics", `127.0.0.1:${metricsPort}`],
+      joinerLog,
+    );
+    const again = trickle(publisher, "sec.alerts", "u", 20);
+    let target2: number | null = null;
+    try {
+      await waitFor(
+        "replica 4 to catch up after its restart",
+        async () => {
+          const seqs: (number | null)[] = await lastDecided(publisher).catch(() => []);
+          const others = seqs.filter((seq): seq is number => seq !== null);
+          if (target2 === null && others.length > 0) target2 = Math.max(...others);
+          const mine = await joinerDecided();
+          return target2 !== null && mine !== null && mine >= target2;
+        },
+        120_000,
+        () => `target ${target2}\n${tail(joinerLog)}`,
+      );
+    } finally {
+      await again.stop();
+      streams.push(again.stream);
+    }
+    expect(jsonLogLines(joinerLog, "joined the group's epoch before: resuming it from the data directory")).toHaveLength(1);
+
     const history = await collect(publisher, "sec.alerts", 1);
     const acked = streams.reduce((sum, s) => sum + s.acked.length, 0);
     await waitFor("the history to be read", () => history.events.length >= acked, 60_000);
