@@ -497,7 +497,7 @@ export class FitbClient {
 
   /**
    * `members` with the checkpoint the current epoch started from, from f+1 matching
-   * answers: what a replica joining the group starts at (src/replica/join.ts).
+   * answers: what a replica joining the group starts at (src/cli/join.ts).
    */
   async membersWithStart(): Promise<ReturnType<typeof membersWithStart>> {
     return membersWithStart(

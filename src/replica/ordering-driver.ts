@@ -90,7 +90,7 @@ export interface OrderingDriverOptions {
   /** A new epoch's core started here (its number, first seq, group). */
   readonly onEpochStarted?: (view: EpochView) => void;
   /**
-   * A replica joining a running group (src/replica/join.ts): the group's current epoch and
+   * A replica joining a running group (src/cli/join.ts): the group's current epoch and
    * its starting checkpoint, from f+1 matching answers. Used while the data directory is
    * not in that epoch yet: the core starts there and fetches the state (state transfer).
    */

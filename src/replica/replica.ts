@@ -95,7 +95,7 @@ export interface ReplicaOptions {
   /** Threads verifying client signatures (src/threads/verify-pool.ts); 0 (the default here): on the event loop. */
   readonly threads?: number;
   /**
-   * A replica the cluster file does not list, joining a running group (join.ts): its
+   * A replica the cluster file does not list, joining a running group (src/cli/join.ts): its
    * entry as the membership names it, and the epoch it starts in.
    */
   readonly joining?: { readonly self: ReplicaEntry; readonly epoch: JoinEpoch };
@@ -153,7 +153,7 @@ export class Replica {
     if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
     this.self = self;
     this.adminKeys = new Set(config.adminKeys.map(toHex));
-    // A joining replica asks the group with its own key (join.ts): members' keys may open a session.
+    // A joining replica asks the group with its own key (src/cli/join.ts): members' keys may open a session.
     this.clientKeysAllowed =
       config.clientKeys.length === 0
         ? null
@@ -169,7 +169,7 @@ export class Replica {
     this.machine = new ChannelMachine({
       hash: sha256,
       config: channelsConfigFrom(config.limits, config.retention),
-      // Replicas and keys the file does not name are admitted (the mesh follows the group, a new replica joins: join.ts); f above the file's is not (clients vote with it).
+      // Replicas and keys the file does not name are admitted (the mesh follows the group, a new replica joins: src/cli/join.ts); f above the file's is not (clients vote with it).
       membership: {
         genesis: genesisMembership(config),
         checkpointInterval: coreConfigFor(config, id).checkpointInterval,

@@ -12,7 +12,7 @@ import { formatAddress, requireClusterConfig } from "../../config/cluster.ts";
 import { createLog, type Log, parseLogLevel } from "../../replica/log.ts";
 import { type ListenAddress, parseListenAddress } from "../../relay/listen.ts";
 import { listenFailure } from "../../relay/server.ts";
-import { type Joined, JoinRefused, learnGroup } from "../../replica/join.ts";
+import { type Joined, JoinRefused, learnGroup } from "../join.ts";
 import { Replica } from "../../replica/replica.ts";
 import { REPLICAS_MAX } from "../../../wire/types.ts";
 import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy } from "../../replica/storage/index.ts";

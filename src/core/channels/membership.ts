@@ -162,7 +162,7 @@ export class MembershipRegistry {
     /**
      * Whether add-replica and rotate-replica-key are taken: the replica runtime takes them
      * (its peer mesh follows the membership, and a new replica joins by state transfer:
-     * src/replica/join.ts); a registry built without it refuses them with NOT_ADMITTED.
+     * src/cli/join.ts); a registry built without it refuses them with NOT_ADMITTED.
      */
     readonly admitsNewReplicas = false,
     /**

@@ -14,8 +14,8 @@ import type { ClusterConfig, ReplicaEntry } from "../config/cluster.ts";
 import { FitbClient } from "../client/client.ts";
 import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
 import { bytesEqual } from "../crypto/encoding.ts";
-import type { Log } from "./log.ts";
-import type { JoinEpoch } from "./ordering-driver.ts";
+import type { Log } from "../replica/log.ts";
+import type { JoinEpoch } from "../replica/ordering-driver.ts";
 
 /** Pause between two asks while the change that names this replica is pending. */
 export const JOIN_POLL_MS = 1_000;
