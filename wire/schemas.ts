@@ -320,7 +320,8 @@ export const querySchema = z.discriminatedUnion("q", [
   // The client keys with a quota of their own (set-quota) and their limits.
   z.strictObject({ id: uintSchema, q: z.literal("quotas"), after: uintSchema.optional() }),
   // The replica group: its epoch, f, members and any pending change (replicated state).
-  z.strictObject({ id: uintSchema, q: z.literal("members"), after: uintSchema.optional() }),
+  // `start`: also the checkpoint the current epoch started from (what a joining replica starts at).
+  z.strictObject({ id: uintSchema, q: z.literal("members"), after: uintSchema.optional(), start: z.literal(true).optional() }),
 ]);
 
 export const queryReplySchema = z.discriminatedUnion("ok", [

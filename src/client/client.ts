@@ -55,7 +55,9 @@ import {
   type KeyQuotaListing,
   type MembersListing,
   membersListing,
+  membersWithStart,
   parseMembers,
+  parseMembersWithStart,
   type QueryRule,
 } from "./queries.ts";
 import { QueryTracker } from "./query-tracker.ts";
@@ -491,6 +493,16 @@ export class FitbClient {
     const floor = this.floor.value;
     const body: Query = floor > 0 ? { id: 0, q: "members", after: floor } : { id: 0, q: "members" };
     return membersListing(await this.runQuery(body, matchingRule(this.n, this.f, "members", parseMembers)));
+  }
+
+  /**
+   * `members` with the checkpoint the current epoch started from, from f+1 matching
+   * answers: what a replica joining the group starts at (src/cli/join.ts).
+   */
+  async membersWithStart(): Promise<ReturnType<typeof membersWithStart>> {
+    return membersWithStart(
+      await this.runQuery({ id: 0, q: "members", start: true }, matchingRule(this.n, this.f, "members", parseMembersWithStart)),
+    );
   }
 
   /** A channel's registered publisher and subscriber keys, from f+1 matching answers. */

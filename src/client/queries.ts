@@ -132,6 +132,23 @@ export function parseMembers(res: Canonical): Canonical | null {
   return membersSchema.safeParse(res).success ? res : null;
 }
 
+/** A `members` answer asked with `start` (what a joining replica reads): the group and the current epoch's starting checkpoint. */
+const membersWithStartSchema = z.strictObject({
+  ...membersSchema.shape,
+  start: z.strictObject({ seq: z.int().min(1), digest: z.instanceof(Uint8Array).refine((digest) => digest.length === 32) }).nullable(),
+});
+
+/** A `members` answer with `start`, as the replica sent it (for voting); null when malformed. */
+export function parseMembersWithStart(res: Canonical): Canonical | null {
+  return membersWithStartSchema.safeParse(res).success ? res : null;
+}
+
+/** The voted `members` answer with `start`: the listing, and the checkpoint the current epoch started from (null: epoch 0, or not known yet). */
+export function membersWithStart(res: Canonical): { members: MembersListing; start: { seq: number; digest: Uint8Array } | null } {
+  const { start, ...rest } = membersWithStartSchema.parse(res);
+  return { members: membersListing(rest as unknown as Canonical), start };
+}
+
 /** The voted `members` answer as a listing. */
 export function membersListing(res: Canonical): MembersListing {
   const parsed = membersSchema.parse(res);

@@ -37,6 +37,7 @@ const COUNTERS = {
   peer_send_dropped_total: "Peer messages not sent because the link was down or its queue full",
   peer_send_oversized_total: "Peer messages not sent because they exceed the frame limit",
   peer_handshake_failed_total: "Peer handshakes that failed (bad key, config drift, bad signature)",
+  peer_handshake_retired_key_total: "Peer handshakes refused because the key was rotated out or its replica removed from the group",
   peer_links_silent_total: "Links to multi-homed peers given up for the next address after going silent",
   peer_links_back_to_preferred_total: "Links to multi-homed peers moved back onto the peer's preferred address",
   peer_frames_rejected_total: "Peer frames that failed their MAC or sequence check",

@@ -42,6 +42,7 @@ import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
 import { type Recovered, recover } from "./storage/recovery.ts";
 import { SnapshotKeeper } from "./storage/snapshots.ts";
 import { partBytesFor } from "./storage/stream.ts";
+import type { Membership } from "../core/channels/membership.ts";
 import { EpochView } from "./epochs.ts";
 
 /** One core tick in real time (core/ordering/PROTOCOL.md §10: 1 tick = 10 ms). */
@@ -88,6 +89,12 @@ export interface OrderingDriverOptions {
   readonly onRemoved?: (epoch: number, seq: number) => void;
   /** A new epoch's core started here (its number, first seq, group). */
   readonly onEpochStarted?: (view: EpochView) => void;
+  /**
+   * A replica joining a running group (src/cli/join.ts): the group's current epoch and
+   * its starting checkpoint, from f+1 matching answers. Used while the data directory is
+   * not in that epoch yet: the core starts there and fetches the state (state transfer).
+   */
+  readonly join?: JoinEpoch;
   /** The channel state machine the decided batches run on (snapshots, restore). */
   readonly machine: ChannelMachine;
   readonly storage: ReplicaStorage;
@@ -133,6 +140,12 @@ const PROPOSALS_TIMED_MAX = 4096;
 /** A peer's misbehaviour is logged at most this often (it is always counted). */
 const MISBEHAVIOUR_LOG_INTERVAL_MS = 60_000;
 
+/** The epoch a joining replica starts in: the group and the checkpoint the epoch started from. */
+export interface JoinEpoch {
+  readonly membership: Membership;
+  readonly start: { readonly seq: number; readonly digest: Uint8Array };
+}
+
 /** Messages of another epoch are logged at most this often per peer (they are always counted). */
 const OTHER_EPOCH_LOG_INTERVAL_MS = 10_000;
 
@@ -157,7 +170,8 @@ export function coreConfigFor(config: ClusterConfig, id: number, overrides: Part
   // request of REQUEST_BYTES_MAX signed bytes from a key on a tag of the longest name.
   const requestBytesMax = Math.min(room, REQUEST_BYTES_MAX + REQUEST_NAME_ROOM_BYTES);
   return makeConfig(
-    { id, n: config.n, f: config.f, mode: "bft", clusterId: config.name },
+    // The id is the cluster file's rank (each epoch's core gets its own: epochs.ts); a replica joining with an id the file does not list gets rank 0 here.
+    { id: id < config.n ? id : 0, n: config.n, f: config.f, mode: "bft", clusterId: config.name },
     {
       // A request travels in one peer frame; a batch of requests must hold the largest one.
       requestBytesMax,
@@ -193,6 +207,8 @@ export class OrderingDriver {
   private switchDue = false;
   /** The last stable checkpoint this replica persisted, with its proof (the switch may come after it). */
   private lastStable: { seq: number; digest: Uint8Array; proof: Extract<PersistedRecord, { t: "stable" }>["proof"] } | null = null;
+  /** Started from a join (options.join) with a data directory of an older epoch: the core began empty in the group's epoch. */
+  private joining = false;
   /** This replica is not a member of the current epoch: it orders nothing any more. */
   private removed = false;
   /** Requests submitted here and not executed yet, by client space and seq (bounded). */
@@ -259,8 +275,10 @@ export class OrderingDriver {
       log.warn("this replica is not a member of the group: it was removed and orders nothing", { epoch: this.epochView.epoch });
       options.onRemoved?.(this.epochView.epoch, 0);
     }
-    this.core = new OrderingCore(epochConfig ?? coreConfig, crypto, epochConfig === null ? [] : recovered.coreRecords, this.policy);
-    if (!this.removed && this.core.status().lastExecuted !== recovered.lastDecided) {
+    // A joining replica's core starts empty in the group's epoch and fetches its start state.
+    const coreRecords = epochConfig === null || this.joining ? [] : recovered.coreRecords;
+    this.core = new OrderingCore(epochConfig ?? coreConfig, crypto, coreRecords, this.policy);
+    if (!this.removed && !this.joining && this.core.status().lastExecuted !== recovered.lastDecided) {
       log.error("restored core and state machine disagree", { core: this.core.status().lastExecuted, machine: recovered.lastDecided });
       this.fatal("the restored core and state machine disagree");
     }
@@ -330,6 +348,22 @@ export class OrderingDriver {
   private recoveredEpoch(): EpochView {
     const { machine, storage, config } = this.options;
     const membership = machine.membership();
+    const join = this.options.join;
+    const at = membership?.epoch ?? 0;
+    if (join !== undefined && (at < join.membership.epoch || (at === join.membership.epoch && storage.epochStart()?.epoch !== at))) {
+      // Its records are the join epoch's own when the data directory already got there (a
+      // restart after joining); otherwise the core starts empty and fetches the state.
+      this.joining = at < join.membership.epoch;
+      const msg = this.joining
+        ? "joining the group: starting in its current epoch, fetching the state"
+        : "joined the group's epoch before: resuming it from the data directory";
+      this.options.log.info(msg, {
+        epoch: join.membership.epoch,
+        from: join.start.seq,
+        members: join.membership.members.map((member) => member.id),
+      });
+      return EpochView.of(join.membership, join.start, config.name);
+    }
     if (membership === null || membership.epoch === 0) {
       return new EpochView(
         0,

@@ -18,13 +18,20 @@
  * PEER_PREFERRED_RETRY_MS_MIN, doubling to _MAX while it fails) and, once that handshake
  * is done, moves the link onto it: the peer replaces its inbound session by the new one,
  * as after a reconnect. A peer with one address keeps the behaviour it always had.
+ *
+ * The group starts as the cluster file's replicas and then follows the replicated
+ * membership (`setGroup`, called by the replica runtime as changes are decided and take
+ * effect): a replica added by add-replica is dialled and its handshake accepted with the
+ * key the membership names, a removed one's links are closed, and a key that a
+ * rotate-replica-key replaced (or a removed replica's) is refused with its own reason,
+ * counted in peer_handshake_retired_key_total.
  */
 import { randomBytes } from "node:crypto";
 import type { Socket } from "bun";
 import { formatAddress, type ReplicaEntry, replicaHosts } from "../config/cluster.ts";
 import { configDifferences } from "../config/digest.ts";
 import { signDomain, verifyDomain } from "../crypto/ed25519.ts";
-import { bytesEqual } from "../crypto/encoding.ts";
+import { bytesEqual, toHex } from "../crypto/encoding.ts";
 import type { SigningKey } from "../crypto/keys.ts";
 import {
   checkMac,
@@ -86,6 +93,18 @@ export const PEER_FAILOVER_TIMING: PeerFailoverTiming = {
   preferredRetryMsMax: PEER_PREFERRED_RETRY_MS_MAX,
 };
 
+/** A replica the mesh links with: the cluster file's entry, or a member of the replicated membership. */
+export type PeerEntry = Pick<ReplicaEntry, "id" | "host" | "port" | "peerPort" | "publicKey"> & { readonly hosts?: readonly string[] };
+
+/** A key the mesh accepts in a replica's handshake. */
+export interface AcceptedKey {
+  readonly id: number;
+  readonly key: Uint8Array;
+}
+
+/** Keys that were accepted once and no longer are, remembered to name the reason (oldest forgotten first). */
+const RETIRED_KEYS_MAX = 256;
+
 export interface PeerMeshOptions {
   readonly self: number;
   readonly key: SigningKey;
@@ -120,7 +139,11 @@ export interface PeerMeshOptions {
 type OutboundPhase = "connecting" | "awaiting-ack" | "open" | "closed";
 
 interface OutboundLink {
-  readonly peer: ReplicaEntry;
+  readonly peer: PeerEntry;
+  /** The peer left the mesh's group: nothing is dialled again. */
+  retired: boolean;
+  /** The key the peer authenticated with on the open link. */
+  peerKey: Uint8Array | null;
   phase: OutboundPhase;
   conn: FramedConn | null;
   hello: Hello | null;
@@ -157,6 +180,7 @@ interface DialData {
 
 interface InboundLink {
   readonly peerId: number;
+  readonly key: Uint8Array;
   readonly keys: SessionKeys;
   lastSeq: number;
 }
@@ -167,6 +191,13 @@ const SEND_DROP_LOG_MS = 10_000;
 export class PeerMesh {
   private readonly outbound = new Map<number, OutboundLink>();
   private readonly inbound = new Map<number, FramedConn>();
+  /** The key each open inbound session authenticated with. */
+  private readonly inboundKeys = new Map<number, Uint8Array>();
+  /** The keys accepted in each replica's handshake (two while a rotation waits for its epoch). */
+  private accepted = new Map<number, Uint8Array[]>();
+  /** Keys no longer accepted, by hex, with the replica that held them and why. */
+  private readonly retiredKeys = new Map<string, { id: number; why: string }>();
+  private started = false;
   private stopped = false;
   private oversizedReported = false;
   /** When each peer's dropped sends were last logged, by "peer:reason", and how many since. */
@@ -202,11 +233,95 @@ export class PeerMesh {
     for (const peer of options.replicas) {
       if (peer.id === options.self) continue;
       this.outbound.set(peer.id, newOutboundLink(peer, replicaHosts(peer), 0, null, this.timing));
+      this.accepted.set(peer.id, [peer.publicKey]);
     }
   }
 
   start(): void {
+    this.started = true;
     for (const link of this.outbound.values()) this.dial(link);
+  }
+
+  /**
+   * The group the mesh links with from now on: `peers` are dialled (links to others are
+   * closed and not dialled again; a peer whose address or key changed is dialled afresh),
+   * and a replica's handshake is accepted only with a key in `accept` (open sessions
+   * authenticated with another key are closed). Ids and keys come from the replicated
+   * membership: the current epoch's and, while a change is pending, the next one's.
+   */
+  setGroup(peers: readonly PeerEntry[], accept: readonly AcceptedKey[]): void {
+    if (this.stopped) return;
+    const self = this.options.self;
+    const next = new Map<number, Uint8Array[]>();
+    for (const { id, key } of accept) {
+      if (id === self) continue;
+      const keys = next.get(id) ?? [];
+      if (!keys.some((known) => bytesEqual(known, key))) keys.push(key);
+      next.set(id, keys);
+    }
+    for (const [id, keys] of this.accepted) {
+      for (const key of keys) {
+        const kept = next.get(id);
+        if (kept?.some((known) => bytesEqual(known, key))) continue;
+        const why = kept === undefined ? `replica ${id} was removed from the group` : `replica ${id}'s key was rotated`;
+        this.retiredKeys.set(toHex(key), { id, why });
+        if (this.retiredKeys.size > RETIRED_KEYS_MAX) this.retiredKeys.delete(this.retiredKeys.keys().next().value as string);
+      }
+    }
+    for (const keys of next.values()) for (const key of keys) this.retiredKeys.delete(toHex(key));
+    this.accepted = next;
+    for (const [id, key] of [...this.inboundKeys]) {
+      if (this.accepts(id, key)) continue;
+      const conn = this.inbound.get(id);
+      this.inbound.delete(id);
+      this.inboundKeys.delete(id);
+      const why = this.retiredKeys.get(toHex(key))?.why ?? `replica ${id} left the group`;
+      this.options.log.info("peer session closed: its key is no longer accepted", { peer: id, reason: why });
+      conn?.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: `${why}: this key is no longer accepted` } });
+    }
+    const wanted = new Map(peers.filter((peer) => peer.id !== self).map((peer) => [peer.id, peer]));
+    for (const [id, link] of [...this.outbound]) {
+      const want = wanted.get(id);
+      const keyRetired = link.peerKey !== null && !this.accepts(id, link.peerKey);
+      if (want !== undefined && samePeer(link.peer, want) && !keyRetired) continue;
+      this.retireLink(link);
+      this.outbound.delete(id);
+      this.options.log.info(
+        want === undefined ? "peer left the group: its link is closed" : "peer's address or key changed: dialling it afresh",
+        {
+          peer: id,
+        },
+      );
+    }
+    for (const [id, peer] of wanted) {
+      if (this.outbound.has(id)) continue;
+      const link = newOutboundLink(peer, replicaHosts(peer), 0, null, this.timing);
+      this.outbound.set(id, link);
+      this.options.log.info("peer joined the group: dialling it", { peer: id, address: linkAddress(link) });
+      if (this.started) this.dial(link);
+    }
+  }
+
+  /** Whether `key` is accepted now in replica `id`'s handshake. */
+  private accepts(id: number, key: Uint8Array): boolean {
+    return this.accepted.get(id)?.some((known) => bytesEqual(known, key)) === true;
+  }
+
+  /** A link of a peer that left the group: closed for good. */
+  private retireLink(link: OutboundLink): void {
+    link.retired = true;
+    if (link.timer !== null) clearTimeout(link.timer);
+    link.timer = null;
+    this.stopLiveness(link);
+    this.dropPreferred(link);
+    if (link.socketData !== null) link.socketData.abandoned = true;
+    const conn = link.conn;
+    link.conn = null;
+    link.keys = null;
+    const wasOpen = link.phase === "open";
+    link.phase = "closed";
+    conn?.close();
+    if (wasOpen) this.options.onPeerDown?.(link.peer.id, "left the group");
   }
 
   stop(): void {
@@ -239,12 +354,13 @@ export class PeerMesh {
 
   private onMuted(peer: number, reason: MuteReason, detail: string, ms: number): void {
     this.options.metrics.peerMuted.with(String(peer), reason).value += 1;
-    const entry = this.options.replicas[peer];
+    const entry = this.outbound.get(peer)?.peer;
+    const key = this.inboundKeys.get(peer) ?? entry?.publicKey;
     const fields = {
       peer,
       reason: `${reason}: ${detail}`,
       ms,
-      ...(entry === undefined ? {} : { key: entry.publicKey }),
+      ...(key === undefined ? {} : { key }),
       address: this.inbound.get(peer)?.remote ?? (entry === undefined ? "unknown" : `${entry.host}`),
     };
     if (this.options.audit === undefined) this.options.log.warn("peer muted: its link is closed and refused for a while", fields);
@@ -254,6 +370,7 @@ export class PeerMesh {
     const conn = this.inbound.get(peer);
     if (conn !== undefined) {
       this.inbound.delete(peer);
+      this.inboundKeys.delete(peer);
       conn.closeWith({ type: FrameType.ERROR, body: { code: "OVERLOADED", reason: `muted for ${ms} ms: ${reason}: ${detail}` } });
     }
   }
@@ -323,7 +440,7 @@ export class PeerMesh {
   // ---------------------------------------------------------------------------------
 
   private dial(link: OutboundLink): void {
-    if (this.stopped) return;
+    if (this.stopped || link.retired) return;
     link.phase = "connecting";
     link.timer = null;
     const mesh = this;
@@ -445,11 +562,18 @@ export class PeerMesh {
   private finishHandshake(link: OutboundLink, conn: FramedConn, ack: HelloAck): void {
     const hello = link.hello as Hello;
     const eph = link.eph as EphemeralKeyPair;
-    if (ack.replica !== link.peer.id || !bytesEqual(ack.key, link.peer.publicKey) || ack.eph === undefined) {
-      return this.failOutbound(link, conn, "peer presented the wrong identity");
+    // The key the group names for the peer (while a rotation waits for its epoch, the old or the new one).
+    if (ack.replica !== link.peer.id || !this.accepts(link.peer.id, ack.key) || ack.eph === undefined) {
+      const retired = this.retiredKeys.get(toHex(ack.key));
+      if (retired !== undefined) this.options.metrics.inc("peer_handshake_retired_key_total");
+      return this.failOutbound(
+        link,
+        conn,
+        retired === undefined ? "peer presented the wrong identity" : `peer answered with a retired key: ${retired.why}`,
+      );
     }
     const transcript = sessionTranscript(hello, ack);
-    if (!verifyDomain(link.peer.publicKey, DOMAIN_SESSION_RESPONDER, transcript, ack.sig)) {
+    if (!verifyDomain(ack.key, DOMAIN_SESSION_RESPONDER, transcript, ack.sig)) {
       return this.failOutbound(link, conn, "peer handshake signature does not verify");
     }
     let secret: Uint8Array;
@@ -459,6 +583,7 @@ export class PeerMesh {
       return this.failOutbound(link, conn, (error as Error).message);
     }
     link.keys = deriveSessionKeys(secret, transcript, "initiator");
+    link.peerKey = ack.key.slice();
     conn.send({ type: FrameType.AUTH, body: { sig: signDomain(this.options.key, DOMAIN_SESSION_INITIATOR, transcript) } });
     if (link.preferredFor !== null) {
       this.adoptPreferred(link.preferredFor, link);
@@ -535,6 +660,7 @@ export class PeerMesh {
     const from = linkAddress(link);
     link.conn = conn;
     link.keys = attempt.keys;
+    link.peerKey = attempt.peerKey;
     link.hello = attempt.hello;
     link.eph = attempt.eph;
     link.sendSeq = attempt.sendSeq;
@@ -581,6 +707,7 @@ export class PeerMesh {
 
   private linkDown(link: OutboundLink, reason: string): void {
     const owner = link.preferredFor;
+    if (link.retired || owner?.retired === true) return;
     if (owner !== null) {
       if (link.phase === "closed") return;
       // The try of the preferred address failed: the link stays where it is, and waits longer before the next try.
@@ -598,6 +725,7 @@ export class PeerMesh {
     link.phase = "closed";
     link.conn = null;
     link.keys = null;
+    link.peerKey = null;
     this.stopLiveness(link);
     this.dropPreferred(link);
     if (wasOpen) {
@@ -639,9 +767,21 @@ export class PeerMesh {
    */
   acceptInbound(conn: FramedConn, hello: Hello): ((frame: Frame) => void) | null {
     if (hello.role !== "replica") return null;
-    const peer = this.options.replicas[hello.replica];
-    if (peer === undefined || peer.id === this.options.self || !bytesEqual(peer.publicKey, hello.key)) {
+    if (hello.replica === this.options.self || !this.accepts(hello.replica, hello.key)) {
       this.options.metrics.inc("peer_handshake_failed_total");
+      const retired = this.retiredKeys.get(toHex(hello.key));
+      if (retired !== undefined) {
+        // A key the group accepted once: its replica was removed or its key rotated. Its
+        // holder (the old host, or whoever has the old key) learns why.
+        this.options.metrics.inc("peer_handshake_retired_key_total");
+        this.options.audit?.warn("handshake-failed", "peer handshake refused: the key is no longer accepted", {
+          key: hello.key,
+          address: conn.remote,
+          reason: `HELLO as replica ${hello.replica} with a retired key: ${retired.why}`,
+        });
+        conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: `key no longer accepted: ${retired.why}` } });
+        return null;
+      }
       this.options.audit?.warn("handshake-failed", "peer handshake failed", {
         key: hello.key,
         address: conn.remote,
@@ -650,6 +790,7 @@ export class PeerMesh {
       conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "not a replica of this cluster" } });
       return null;
     }
+    const peer = { id: hello.replica, publicKey: hello.key.slice() };
     const mutedMs = this.inbox.mutedForMs(peer.id);
     if (mutedMs > 0) {
       // Before signing anything: a muted peer's reconnections cost one lookup.
@@ -685,7 +826,7 @@ export class PeerMesh {
     }
     conn.send({ type: FrameType.HELLO_ACK, body: ack });
     let authed = false;
-    const link: InboundLink = { peerId: peer.id, keys, lastSeq: 0 };
+    const link: InboundLink = { peerId: peer.id, key: peer.publicKey, keys, lastSeq: 0 };
     return (frame: Frame) => {
       if (!authed) {
         if (frame.type !== FrameType.AUTH || !verifyDomain(peer.publicKey, DOMAIN_SESSION_INITIATOR, transcript, frame.body.sig)) {
@@ -698,10 +839,18 @@ export class PeerMesh {
           conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "peer authentication failed" } });
           return;
         }
+        if (!this.accepts(peer.id, peer.publicKey)) {
+          // The key was retired while this handshake was under way.
+          this.options.metrics.inc("peer_handshake_failed_total");
+          this.options.metrics.inc("peer_handshake_retired_key_total");
+          conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "key no longer accepted" } });
+          return;
+        }
         authed = true;
         // A newer session from the same peer replaces the old one (it restarted).
         this.inbound.get(peer.id)?.close();
         this.inbound.set(peer.id, conn);
+        this.inboundKeys.set(peer.id, peer.publicKey);
         this.inbox.connected(peer.id);
         return;
       }
@@ -737,12 +886,23 @@ export class PeerMesh {
   }
 
   inboundClosed(conn: FramedConn): void {
-    for (const [id, c] of this.inbound) if (c === conn) this.inbound.delete(id);
+    for (const [id, c] of this.inbound) {
+      if (c !== conn) continue;
+      this.inbound.delete(id);
+      this.inboundKeys.delete(id);
+    }
   }
 }
 
+/** Whether two entries of a peer dial the same addresses (the key is checked against the accepted ones). */
+function samePeer(a: PeerEntry, b: PeerEntry): boolean {
+  const hostsA = replicaHosts(a);
+  const hostsB = replicaHosts(b);
+  return dialPort(a) === dialPort(b) && hostsA.length === hostsB.length && hostsA.every((host, i) => host === hostsB[i]);
+}
+
 /** The port peers dial at every one of a replica's addresses. */
-function dialPort(peer: ReplicaEntry): number {
+function dialPort(peer: PeerEntry): number {
   // A peer with a peer_port takes replicas there, and only there.
   return peer.peerPort ?? peer.port;
 }
@@ -753,7 +913,7 @@ function linkAddress(link: OutboundLink): string {
 }
 
 function newOutboundLink(
-  peer: ReplicaEntry,
+  peer: PeerEntry,
   hosts: readonly string[],
   hostIndex: number,
   preferredFor: OutboundLink | null,
@@ -761,6 +921,8 @@ function newOutboundLink(
 ): OutboundLink {
   return {
     peer,
+    retired: false,
+    peerKey: null,
     phase: "closed",
     conn: null,
     hello: null,

@@ -12,7 +12,7 @@
  */
 import { FatalError, type FatalHandler, throwFatal } from "./fatal.ts";
 import { assert } from "../../wire/assert.ts";
-import { channelsConfigFrom, type ClusterConfig } from "../config/cluster.ts";
+import { channelsConfigFrom, type ClusterConfig, type ReplicaEntry } from "../config/cluster.ts";
 import { configDigests } from "../config/digest.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
@@ -39,9 +39,9 @@ import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
 import { type ChannelCells, ChannelMetrics, METRICS_CHANNELS_MAX } from "./channel-metrics.ts";
 import { Metrics } from "./metrics.ts";
-import { coreConfigFor, EXIT_STATE_UNTRUSTED, OrderingDriver } from "./ordering-driver.ts";
+import { coreConfigFor, EXIT_STATE_UNTRUSTED, type JoinEpoch, OrderingDriver } from "./ordering-driver.ts";
 import { isStateTransferEnvelope, PeerFilter, peekPeerMessage, provesFaulty } from "./peer-filter.ts";
-import { PeerMesh } from "./peers.ts";
+import { type AcceptedKey, PeerMesh, type PeerEntry } from "./peers.ts";
 import { ClientLimits } from "./quota.ts";
 import { RateLimiter } from "./rate.ts";
 import {
@@ -94,6 +94,11 @@ export interface ReplicaOptions {
   readonly onRemoved?: () => void;
   /** Threads verifying client signatures (src/threads/verify-pool.ts); 0 (the default here): on the event loop. */
   readonly threads?: number;
+  /**
+   * A replica the cluster file does not list, joining a running group (src/cli/join.ts): its
+   * entry as the membership names it, and the epoch it starts in.
+   */
+  readonly joining?: { readonly self: ReplicaEntry; readonly epoch: JoinEpoch };
 }
 
 export class Replica {
@@ -108,6 +113,10 @@ export class Replica {
   private readonly ordering: OrderingDriver;
   private readonly storage: ReplicaStorage;
   private readonly adminKeys: Set<string>;
+  /** This replica's entry: the cluster file's, or the membership's when it joined (options.joining). */
+  private readonly self: ReplicaEntry;
+  /** The client_keys allow-list (null: open), with the group's replica keys added as the group changes. */
+  private readonly clientKeysAllowed: Set<string> | null;
   /** Ordered requests waiting for their decision, and the replies kept for retransmissions. */
   private readonly waiting = new WaitingRequests();
   private readonly startedMs = Date.now();
@@ -140,9 +149,15 @@ export class Replica {
 
   constructor(private readonly options: ReplicaOptions) {
     const { config, id, key, log } = options;
-    const self = config.replicas[id];
+    const self = options.joining?.self ?? config.replicas[id];
     if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
+    this.self = self;
     this.adminKeys = new Set(config.adminKeys.map(toHex));
+    // A joining replica asks the group with its own key (src/cli/join.ts): members' keys may open a session.
+    this.clientKeysAllowed =
+      config.clientKeys.length === 0
+        ? null
+        : new Set([...config.clientKeys, ...config.adminKeys, ...config.replicas.map((r) => r.publicKey)].map(toHex));
     this.audit = new AuditLog(log);
     this.sys = new SysChannels({
       self: id,
@@ -154,7 +169,13 @@ export class Replica {
     this.machine = new ChannelMachine({
       hash: sha256,
       config: channelsConfigFrom(config.limits, config.retention),
-      membership: { genesis: genesisMembership(config), checkpointInterval: coreConfigFor(config, id).checkpointInterval },
+      // Replicas and keys the file does not name are admitted (the mesh follows the group, a new replica joins: src/cli/join.ts); f above the file's is not (clients vote with it).
+      membership: {
+        genesis: genesisMembership(config),
+        checkpointInterval: coreConfigFor(config, id).checkpointInterval,
+        admitsNewReplicas: true,
+        admitsLargerF: false,
+      },
     });
     this.channelMetrics = new ChannelMetrics(this.metrics.registry, this.machine, METRICS_CHANNELS_MAX, this.metrics);
     const defaults = { eventsPerSecond: config.limits.clientEventsPerSecondMax, burstEvents: config.limits.clientBurstEventsMax };
@@ -224,7 +245,10 @@ export class Replica {
       onSnapshotInstalled: (seq) => {
         this.subs.stateReplaced();
         this.executed(seq);
+        this.followMembership();
       },
+      onEpochStarted: () => this.followMembership(),
+      ...(options.joining === undefined ? {} : { join: options.joining.epoch }),
       machine: this.machine,
       storage: this.storage,
       audit: this.audit,
@@ -240,6 +264,7 @@ export class Replica {
       },
     });
     this.replaying = false;
+    this.followMembership();
     const peerPort = self.peerPort;
     this.server = new ReplicaServer({
       self: id,
@@ -256,7 +281,7 @@ export class Replica {
       frameBytesMax: config.limits.frameBytesMax,
       mesh: this.mesh,
       // client_keys, when the cluster file lists any, is the allow-list of client sessions.
-      clientKeysAllowed: config.clientKeys.length === 0 ? null : new Set([...config.clientKeys, ...config.adminKeys].map(toHex)),
+      clientKeysAllowed: this.clientKeysAllowed,
       admission: this.admission,
       clients: {
         onClientFrame: (session, frame) => this.onClientFrame(session, frame),
@@ -325,7 +350,7 @@ export class Replica {
     this.mesh.start();
     this.ordering.start();
     this.sys.start();
-    const self = this.options.config.replicas[this.options.id];
+    const self = this.self;
     this.options.log.info("replica started", {
       address: `${self?.host}:${self?.port}`,
       ...(self?.peerPort === null || self === undefined ? {} : { peerAddress: `${self.host}:${self.peerPort}` }),
@@ -728,6 +753,47 @@ export class Replica {
       });
     }
     this.executed(decidedSeq);
+    if (!this.replaying) this.followMembership();
+  }
+
+  /** The groups the peer mesh last followed (followMembership): unchanged objects mean nothing to do. */
+  private meshFollows: readonly unknown[] = [];
+
+  /**
+   * The peer mesh follows the replicated membership: it links with the members of the
+   * ordering core's epoch (an ended epoch still needs its members until the switch), of
+   * the machine's current group and of a pending change, and accepts each one's keys
+   * (a rotated key stays accepted until the epoch that replaces it starts here).
+   */
+  private followMembership(): void {
+    const current = this.machine.membership();
+    // Not before the driver exists (a snapshot installed while it is being built).
+    if (current === null || (this.ordering as OrderingDriver | undefined) === undefined) return;
+    const pending = this.machine.pendingMembership();
+    const view = this.ordering.epoch;
+    const groups = [view.members, current.members, ...(pending === null ? [] : [pending.next.members])];
+    if (groups.length === this.meshFollows.length && groups.every((group, i) => group === this.meshFollows[i])) return;
+    this.meshFollows = groups;
+    const dial = new Map<number, PeerEntry>();
+    const accept: AcceptedKey[] = [];
+    for (const group of groups) {
+      for (const member of group) {
+        const file = this.options.config.replicas.find((replica) => replica.id === member.id);
+        // A cluster file entry keeps its further addresses (hosts) when the membership names the same preferred one.
+        const hosts = file !== undefined && file.host === member.host ? file.hosts : [];
+        dial.set(member.id, {
+          id: member.id,
+          host: member.host,
+          hosts,
+          port: member.port,
+          peerPort: member.peerPort,
+          publicKey: member.key,
+        });
+        accept.push({ id: member.id, key: member.key });
+        this.clientKeysAllowed?.add(toHex(member.key));
+      }
+    }
+    this.mesh.setGroup([...dial.values()], accept);
   }
 
   /** The channel state now reflects every decision through `seq`. */
@@ -910,7 +976,12 @@ export class Replica {
       case "members": {
         const current = this.machine.membership();
         if (current === null) return refuse("BAD_REQUEST", "this replica does not manage its group's membership");
-        return answer(membersAnswer(current, this.machine.pendingMembership()));
+        const listing = membersAnswer(current, this.machine.pendingMembership()) as { [key: string]: Canonical };
+        if (!("start" in query) || query.start !== true) return answer(listing);
+        // The current epoch's starting checkpoint, once this replica's core runs in it.
+        const view = this.ordering.epoch;
+        const start = view.epoch === current.epoch && view.start !== null ? { seq: view.start.seq, digest: view.start.digest } : null;
+        return answer({ ...listing, start });
       }
       default:
         return refuse("BAD_REQUEST", `unknown query ${q}`);

@@ -1,13 +1,11 @@
 // The replica group as replicated state, with real replica processes and the `fitb`
 // command: `admin members` shows the cluster file's group at epoch 0 on f+1 matching
-// answers; unsafe changes (n below 3f+1) are refused by the replicas with their reason,
-// and so are add-replica and rotate-replica-key, which this build's replicas cannot yet
-// carry out in a running group. Removing a replica, with the epoch switch at the
-// checkpoint under a publish stream, is tested in epochs.test.ts.
+// answers; unsafe changes (n below 3f+1, a key or id already taken, f above the cluster
+// file's) are refused by the replicas with their reason. Removing a replica, with the
+// epoch switch at the checkpoint under a publish stream, is tested in epochs.test.ts;
+// adding one and rotating a key in join.test.ts.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { join } from "node:path";
 import type { FitbClient } from "../../src/client/index.ts";
-import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { clientFor, startClusterWithChannels } from "./client-util.ts";
 import type { TestCluster } from "./harness.ts";
 
@@ -59,13 +57,10 @@ describe("membership as replicated state", () => {
     expect((await members()).pending).toBeNull();
   }, 60_000);
 
-  test("add-replica and rotate-replica-key are refused in a running group, saying why; the group stays as it was", async () => {
-    const keyPath = join(cluster.dir, "replica-4.key");
-    const keygen = await cluster.fitb(["keygen", "--out", keyPath]);
-    expect(keygen.code).toBe(0);
-    const newKey = formatPublicKey(loadSigningKeyFile(keyPath).key.publicKey);
+  test("add-replica and rotate-replica-key keep their checks (unique ids, keys and addresses), set-f above the cluster file's f is refused; the group stays as it was", async () => {
     const before = await members();
-    const add = await cluster.fitb([
+    const fileKey = (id: number): string => before.members.find((member) => member.id === id)?.key ?? "";
+    const taken = await cluster.fitb([
       "admin",
       ...A,
       "add-replica",
@@ -76,15 +71,30 @@ describe("membership as replicated state", () => {
       "--port",
       String(cluster.basePort + 40),
       "--replica-key",
-      newKey,
+      fileKey(1),
     ]);
-    expect(add.code).not.toBe(0);
-    expect(`${add.stdout}${add.stderr}`).toContain(
-      "cannot yet let a replica or key that the cluster file does not name join a running group",
-    );
-    const rotate = await cluster.fitb(["admin", ...A, "rotate-replica-key", "--id", "2", "--replica-key", newKey]);
+    expect(taken.code).not.toBe(0);
+    expect(`${taken.stdout}${taken.stderr}`).toContain("the key is replica 1's");
+    const again = await cluster.fitb([
+      "admin",
+      ...A,
+      "add-replica",
+      "--id",
+      "2",
+      "--host",
+      "127.0.0.1",
+      "--port",
+      String(cluster.basePort + 41),
+      "--replica-key",
+      fileKey(0),
+    ]);
+    expect(again.code).not.toBe(0);
+    expect(`${again.stdout}${again.stderr}`).toContain("replica 2 is already a member");
+    const rotate = await cluster.fitb(["admin", ...A, "rotate-replica-key", "--id", "2", "--replica-key", fileKey(3)]);
     expect(rotate.code).not.toBe(0);
-    expect(`${rotate.stdout}${rotate.stderr}`).toContain("stop the replicas, give every host the new cluster.toml");
+    expect(`${rotate.stdout}${rotate.stderr}`).toContain("the key is replica 3's");
+    const raised = await cluster.fitb(["admin", ...A, "set-f", "2"]);
+    expect(raised.code).not.toBe(0);
     const after = await members();
     expect(after).toEqual(before);
     expect(after.pending).toBeNull();

@@ -113,7 +113,22 @@ describe("membership commands", () => {
     expect(rotated.members.some((member) => member.key.every((byte, i) => byte === key(2)[i]))).toBe(false);
   });
 
-  test("as the replica runtime builds it, the machine refuses add-replica, rotate-replica-key and an f above the cluster file's", () => {
+  test("as the replica runtime builds it, the machine takes add-replica and rotate-replica-key but refuses an f above the cluster file's", () => {
+    const m = new ChannelMachine({
+      hash,
+      membership: { genesis: genesis(4, 1), checkpointInterval: K, admitsNewReplicas: true, admitsLargerF: false },
+    });
+    for (const id of [4, 5, 6]) expect(m.applyAdmin(add(id), 5).ok).toBe(true);
+    expect(m.applyAdmin({ t: "rotate-replica-key", id: 1, key: key(40) }, 5).ok).toBe(true);
+    // n = 7 would allow f = 2, but clients still vote with the cluster file's f = 1.
+    expect(refusal(m.applyAdmin({ t: "set-f", f: 2 }, 6))).toContain("above the cluster file's f = 1");
+    // The checks stay: a key or an id already taken.
+    expect(refusal(m.applyAdmin({ ...add(7), key: key(5) } as AdminCmd, 6))).toBe("the key is replica 5's");
+    expect(refusal(m.applyAdmin(add(4), 6))).toBe("replica 4 is already a member");
+    expect(m.endOfDecision(128)?.members.map((member) => member.id)).toEqual([0, 1, 2, 3, 4, 5, 6]);
+  });
+
+  test("a machine built without admitsNewReplicas refuses add-replica, rotate-replica-key and an f above the cluster file's", () => {
     const m = new ChannelMachine({ hash, membership: { genesis: genesis(7, 1), checkpointInterval: K } });
     const before = m.digest();
     expect(refusal(m.applyAdmin(add(9), 5))).toBe(NOT_ADMITTED);

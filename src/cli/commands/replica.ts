@@ -12,7 +12,9 @@ import { formatAddress, requireClusterConfig } from "../../config/cluster.ts";
 import { createLog, type Log, parseLogLevel } from "../../replica/log.ts";
 import { type ListenAddress, parseListenAddress } from "../../relay/listen.ts";
 import { listenFailure } from "../../relay/server.ts";
+import { type Joined, JoinRefused, learnGroup } from "../join.ts";
 import { Replica } from "../../replica/replica.ts";
+import { REPLICAS_MAX } from "../../../wire/types.ts";
 import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy } from "../../replica/storage/index.ts";
 import type { ParsedArgs } from "../args.ts";
 import { type MetricsServer, startMetricsServer } from "../metrics-server.ts";
@@ -38,10 +40,20 @@ export const replicaCommand: Command = {
     "Under systemd (Type=notify, $NOTIFY_SOCKET) it reports READY=1 once it has joined its",
     "group (2f peers up in a normal view), WATCHDOG=1 when the unit sets WatchdogSec=, and",
     "STOPPING=1 on SIGTERM; 'joined the group' is logged either way.",
+    "A replica added with 'fitb admin add-replica' starts with the same cluster file, which",
+    "does not list it: give --id, --key and --data; it learns its group from f+1 matching",
+    "answers of the file's replicas and fetches the state. So does a replica restarted with",
+    "a key the group rotated to (rotate-replica-key).",
   ],
   flags: [
     { name: "config", kind: "string", valueName: "FILE", description: `The cluster file (${CONFIG_DEFAULT_TEXT})` },
-    { name: "id", kind: "string", valueName: "N", required: true, description: "This replica's id in the cluster file" },
+    {
+      name: "id",
+      kind: "string",
+      valueName: "N",
+      required: true,
+      description: "This replica's id (in the cluster file, or given by add-replica)",
+    },
     { name: "key", kind: "string", valueName: "FILE", description: "This replica's secret key (default: replica-N.key beside the config)" },
     { name: "data", kind: "string", valueName: "DIR", description: "Data directory (default: the replica's data_dir in the config)" },
     {
@@ -89,10 +101,10 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   if (!level.ok) throw new UsageError(level.reason);
   const configPath = resolveConfigPath(args.string("config"));
   const config = requireClusterConfig(configPath);
-  const id = args.requiredInteger("id", 0, config.n - 1);
+  const id = args.requiredInteger("id", 0, REPLICAS_MAX - 1);
+  // A replica the file does not list joins the group that add-replica made it a member of (join.ts).
   const entry = config.replicas[id];
-  if (entry === undefined) throw new CommandError(`replica ${id} is not in ${configPath}`);
-  const keyPath = args.string("key") ?? entry.keyFile ?? join(dirname(configPath), `replica-${id}.key`);
+  const keyPath = args.string("key") ?? entry?.keyFile ?? join(dirname(configPath), `replica-${id}.key`);
   let loaded: ReturnType<typeof loadSigningKeyFile>;
   try {
     loaded = loadSigningKeyFile(keyPath);
@@ -101,10 +113,13 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     throw error;
   }
   const key = loaded.key;
-  if (!bytesEqual(key.publicKey, entry.publicKey)) {
-    throw new CommandError(`${keyPath} is not the key of replica ${id}: its public key differs from the one in ${configPath}`);
+  // Not in the file, or a key the file does not name (rotate-replica-key): the group says whether it is this replica's.
+  const learns = entry === undefined || !bytesEqual(key.publicKey, entry.publicKey);
+  const dataArg = args.string("data");
+  if (entry === undefined && dataArg === undefined) {
+    throw new CommandError(`replica ${id} is not in ${configPath}: give its data directory (--data) to join the group`);
   }
-  const dataDir = args.string("data") ?? entry.dataDir;
+  const dataDir = dataArg ?? (entry as { dataDir: string }).dataDir;
   const sync = parseSync(args.string("sync") ?? DEFAULT_SYNC_POLICY);
   const listens = args.strings("listen").map(parseListen);
   const listen = listens[0];
@@ -112,6 +127,18 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const log = createLog({ replica: id }, level.level);
   for (const warning of loaded.warnings) log.warn(warning);
+  let joining: Joined | undefined;
+  if (learns) {
+    log.info("the cluster file does not name this replica with this key: asking the group", {
+      file: entry === undefined ? "no such replica" : "another key",
+    });
+    try {
+      joining = await learnGroup({ config, id, key, keyFile: keyPath, dataDir, log });
+    } catch (error) {
+      if (error instanceof JoinRefused) throw new CommandError(`${keyPath}: ${error.message}`);
+      throw new CommandError(`replica ${id} could not learn its group from the replicas of ${configPath}: ${(error as Error).message}`);
+    }
+  }
   let replica: Replica;
   try {
     replica = new Replica({
@@ -125,6 +152,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
       listenPort: listen?.port,
       threads,
       listenAlso: listens.slice(1),
+      ...(joining === undefined ? {} : { joining }),
       // The replica logged why; its exit status says what kind of stop it is (systemd restarts it).
       onFatal: (error) => process.exit(error.exitCode),
       // A membership change removed it (it said so in its log): a clean stop.
@@ -150,10 +178,11 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     replica.stop();
     // With several addresses (further hosts, repeated --listen), the server names the one that failed.
     const failed = (error as { listenAddress?: unknown } | null)?.listenAddress;
-    const address = typeof failed === "string" ? failed : formatAddress(listen?.host ?? entry.host, listen?.port ?? entry.port);
+    const self = joining?.self ?? (entry as NonNullable<typeof entry>);
+    const address = typeof failed === "string" ? failed : formatAddress(listen?.host ?? self.host, listen?.port ?? self.port);
     // Bun's own message names neither the port nor why; the error code does.
     const problem = listenFailure(address, error, "replica");
-    const holder = problem.includes("already in use") ? portHolderNote(entry.port) : "";
+    const holder = problem.includes("already in use") ? portHolderNote(self.port) : "";
     throw new CommandError(problem.startsWith("cannot listen") ? `cannot start replica ${id}: ${problem}` : `${problem}${holder}`);
   }
   if (metricsServer !== null) log.info("metrics listening", { url: `http://${metricsServer.hostname}:${metricsServer.port}/metrics` });

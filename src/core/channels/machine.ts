@@ -70,7 +70,12 @@ export type ChannelMachineOptions = {
    * the ordering core's checkpoint interval, equal on every replica. Without it the
    * membership commands are refused.
    */
-  readonly membership?: { readonly genesis: Membership; readonly checkpointInterval: number; readonly admitsNewReplicas?: boolean };
+  readonly membership?: {
+    readonly genesis: Membership;
+    readonly checkpointInterval: number;
+    readonly admitsNewReplicas?: boolean;
+    readonly admitsLargerF?: boolean;
+  };
 };
 
 function refuse(code: Exclude<ChannelErrorCode, "trimmed">, reason: string): ChannelError {
@@ -103,7 +108,12 @@ export class ChannelMachine {
     this.members =
       options.membership === undefined
         ? null
-        : new MembershipRegistry(options.membership.genesis, options.membership.checkpointInterval, options.membership.admitsNewReplicas);
+        : new MembershipRegistry(
+            options.membership.genesis,
+            options.membership.checkpointInterval,
+            options.membership.admitsNewReplicas,
+            options.membership.admitsLargerF ?? options.membership.admitsNewReplicas,
+          );
   }
 
   get channelCount(): number {

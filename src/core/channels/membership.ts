@@ -144,10 +144,10 @@ export function boundaryAfter(seq: number, checkpointInterval: number): number {
  * epoch 0 with nothing pending, so a group that never changed keeps the snapshot bytes
  * and digest it had before membership was replicated.
  */
-/** Why add-replica and rotate-replica-key are refused by this build's replicas. */
+/** Why add-replica and rotate-replica-key are refused by a registry built without `admitsNewReplicas`. */
 export const NOT_ADMITTED =
-  "this build's replicas cannot yet let a replica or key that the cluster file does not name join a running group " +
-  "(their peers dial and check only the cluster file's replicas); to add a replica or change a key, stop the replicas, " +
+  "this group does not admit a replica or key that the cluster file does not name " +
+  "(its peers dial and check only the cluster file's replicas); to add a replica or change a key, stop the replicas, " +
   "give every host the new cluster.toml and start them again (README: Changing the replica group)";
 
 export class MembershipRegistry {
@@ -160,12 +160,17 @@ export class MembershipRegistry {
     /** K of the ordering core: changes take effect at multiples of it. */
     readonly checkpointInterval: number,
     /**
-     * Whether add-replica and rotate-replica-key are taken. The replica runtime cannot yet
-     * let a replica or key the cluster file does not name join a running group (its peers
-     * dial, and check the keys of, the cluster file's replicas only), so it refuses them:
-     * an added replica nobody talks to would still count in every quorum.
+     * Whether add-replica and rotate-replica-key are taken: the replica runtime takes them
+     * (its peer mesh follows the membership, and a new replica joins by state transfer:
+     * src/cli/join.ts); a registry built without it refuses them with NOT_ADMITTED.
      */
     readonly admitsNewReplicas = false,
+    /**
+     * Whether set-f may raise f above the cluster file's. Clients still vote with the
+     * cluster file's f (f+1 matching answers), so a larger f would let that many faulty
+     * replicas outvote them: the replica runtime refuses it until clients learn the group.
+     */
+    readonly admitsLargerF = admitsNewReplicas,
   ) {
     const problem = checkMembership(genesis);
     if (problem !== null) throw new RangeError(`invalid membership: ${problem}`);
@@ -253,9 +258,9 @@ export class MembershipRegistry {
         if (cmd.f === base.f) return { reason: `f is already ${cmd.f}` };
         if (n < 3 * cmd.f + 1)
           return { reason: `f = ${cmd.f} needs n >= 3f+1 = ${3 * cmd.f + 1}, the group has n = ${n}; add replicas first` };
-        if (!this.admitsNewReplicas && cmd.f > this.genesis.f) {
+        if (!this.admitsLargerF && cmd.f > this.genesis.f) {
           return {
-            reason: `f = ${cmd.f} is above the cluster file's f = ${this.genesis.f}: clients vote with the cluster file's f and peers size their messages by it, so a larger f takes a new cluster.toml and a restart`,
+            reason: `f = ${cmd.f} is above the cluster file's f = ${this.genesis.f}: clients vote with the cluster file's f (f+1 matching answers), so a larger f takes a new cluster.toml for every client and replica and a restart`,
           };
         }
         return { f: cmd.f, members };

@@ -1,0 +1,102 @@
+/**
+ * A replica that is not in its cluster file (added by add-replica), or whose key the
+ * group rotated, learns the group it belongs to from the running replicas before it
+ * starts: the current membership and the checkpoint the current epoch started from, from
+ * f+1 matching `members` answers (the same query `fitb admin members` reads, asked with
+ * `start`), over client sessions with its own key. It then starts its ordering core in
+ * that epoch and fetches the state there by state transfer (ordering-driver.ts `join`),
+ * and votes only once it has it.
+ *
+ * It waits while the change that adds it (or rotates its key) is pending, and refuses to
+ * start, saying why, when the group does not name it with this key.
+ */
+import type { ClusterConfig, ReplicaEntry } from "../config/cluster.ts";
+import { FitbClient } from "../client/client.ts";
+import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
+import { bytesEqual } from "../crypto/encoding.ts";
+import type { Log } from "../replica/log.ts";
+import type { JoinEpoch } from "../replica/ordering-driver.ts";
+
+/** Pause between two asks while the change that names this replica is pending. */
+export const JOIN_POLL_MS = 1_000;
+
+/** The group does not name this replica with this key: it must not start. */
+export class JoinRefused extends Error {
+  override name = "JoinRefused";
+}
+
+export interface Joined {
+  /** This replica as the group names it (the cluster file's further addresses and paths kept when it lists the id). */
+  readonly self: ReplicaEntry;
+  readonly epoch: JoinEpoch;
+}
+
+/**
+ * Asks the cluster file's replicas (f+1 matching answers) until the group's current
+ * epoch names replica `id` with `key` and has started; throws JoinRefused when the group
+ * does not (and no pending change will) name it.
+ */
+export async function learnGroup(options: {
+  readonly config: ClusterConfig;
+  readonly id: number;
+  readonly key: SigningKey;
+  readonly keyFile: string;
+  readonly dataDir: string;
+  readonly log: Log;
+  readonly pollMs?: number;
+}): Promise<Joined> {
+  const { config, id, key, log } = options;
+  const client = await FitbClient.connect({ config, key });
+  let waitingFor = "";
+  try {
+    for (;;) {
+      const { members, start } = await client.membersWithStart();
+      const member = members.members.find((m) => m.id === id);
+      const next = members.pending?.members.find((m) => m.id === id);
+      const named = member !== undefined && bytesEqual(member.key, key.publicKey);
+      let waiting: string;
+      if (named && start !== null) {
+        const file = config.replicas.find((r) => r.id === id);
+        const self: ReplicaEntry = {
+          id,
+          host: member.host,
+          hosts: file !== undefined && file.host === member.host ? file.hosts : [],
+          port: member.port,
+          peerPort: member.peerPort,
+          publicKey: key.publicKey,
+          publicKeyText: formatPublicKey(key.publicKey),
+          keyFile: options.keyFile,
+          dataDir: options.dataDir,
+        };
+        const membership = {
+          epoch: members.epoch,
+          f: members.f,
+          members: members.members.map((m) => ({ id: m.id, host: m.host, port: m.port, peerPort: m.peerPort, key: m.key })),
+        };
+        log.info("learned the group from its replicas", {
+          epoch: members.epoch,
+          n: membership.members.length,
+          f: members.f,
+          from: start.seq,
+        });
+        return { self, epoch: { membership, start } };
+      }
+      if (named) waiting = `epoch ${members.epoch} has not started at f+1 replicas yet`;
+      else if (next !== undefined && bytesEqual(next.key, key.publicKey))
+        waiting = `the change naming replica ${id} takes effect at seq ${members.pending?.from}`;
+      else if (member !== undefined)
+        throw new JoinRefused(
+          `the group (epoch ${members.epoch}) names another key for replica ${id}: ${formatPublicKey(member.key)} (rotate-replica-key first)`,
+        );
+      else
+        throw new JoinRefused(`replica ${id} is not a member of the group (epoch ${members.epoch}): add it first (fitb admin add-replica)`);
+      if (waiting !== waitingFor) {
+        waitingFor = waiting;
+        log.info("waiting to join the group", { reason: waiting });
+      }
+      await Bun.sleep(options.pollMs ?? JOIN_POLL_MS);
+    }
+  } finally {
+    client.close();
+  }
+}
