@@ -815,7 +815,12 @@ export class FitbClient {
     const change = this.group.apply(
       group.epoch,
       group.f,
-      group.members.map((member) => ({ id: member.id, host: member.host, port: member.port, publicKey: member.key })),
+      group.members.map((member) => {
+        // The group lists one address per member; a multi-homed one keeps the file's further addresses while its address is the same.
+        const entry = this.config.replicas.find((replica) => replica.id === member.id);
+        const hosts = entry !== undefined && entry.host === member.host && entry.port === member.port ? entry.hosts : [];
+        return { id: member.id, host: member.host, hosts, port: member.port, publicKey: member.key };
+      }),
     );
     this.follow.epoch = group.epoch;
     this.follow.changes++;
