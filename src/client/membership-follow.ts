@@ -106,10 +106,11 @@ export interface FollowedGroup {
 
 /**
  * Whether an agreed group should replace the one the client has: a newer epoch, or the
- * first group learned when it differs from the cluster file's.
+ * first group learned when it differs from the cluster file's (whatever its epoch: a
+ * file exported at epoch 3 already is the group of epoch 3).
  */
 export function isNewer(group: GroupListing, current: FollowedGroup, sameAsFile: boolean): boolean {
-  if (current.epoch === null) return group.epoch > 0 || !sameAsFile;
+  if (current.epoch === null) return !sameAsFile;
   return group.epoch > current.epoch;
 }
 

@@ -34,7 +34,8 @@ export const clusterExportCommand: Command = {
     "retention, and for replicas still in the group their further addresses (hosts),",
     "key_file and data_dir. A replica added since gets the default key_file and data_dir.",
     "Without --out the file goes to standard output. A change decided but not yet in effect",
-    "(see 'fitb admin members') is not in the file; a warning says so.",
+    "(see 'fitb admin members') is not in the file; a warning says so. A cluster file lists",
+    "ids 0..n-1: a group with a gap (a replica other than the highest removed) is refused.",
   ],
   flags: [
     CONFIG_FLAG,
@@ -61,8 +62,15 @@ function pathFor(outDir: string, path: string): string {
 /**
  * The text of the cluster file for `listing`, keeping what the group does not decide from
  * `config`; `outDir` is the directory the file is for (relative paths are from there).
+ * A CommandError when the group's ids are not 0..n-1, which a cluster file cannot list.
  */
 export function exportClusterToml(config: ClusterConfig, listing: MembersListing, outDir: string): string {
+  const ids = listing.members.map((member) => member.id);
+  if (ids.some((id, index) => id !== index)) {
+    throw new CommandError(
+      `the group of epoch ${listing.epoch} has replica ids ${ids.join(", ")}, but a cluster file lists ids 0..n-1; it cannot be written as one until the ids are contiguous again (add a replica with each missing id)`,
+    );
+  }
   const replicas: ClusterTomlReplica[] = listing.members.map((member) => {
     const kept = config.replicas.find((replica) => replica.id === member.id);
     const sameAddress = kept !== undefined && kept.host === member.host && kept.port === member.port;
