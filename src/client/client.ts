@@ -532,28 +532,28 @@ export class FitbClient {
 
   /** Every channel, sorted by tag: CLASS and key counts from f+1 matching answers, with retention figures. */
   listChannels(): Promise<readonly ChannelListing[]> {
-    return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.n, this.f));
+    return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.group.slots, this.f));
   }
 
   /** The client keys with a quota of their own (set-quota), in ascending key order, from f+1 matching answers. */
   async listQuotas(): Promise<readonly KeyQuotaListing[]> {
     const floor = this.floor.value;
     const body: Query = floor > 0 ? { id: 0, q: "quotas", after: floor } : { id: 0, q: "quotas" };
-    return quotaListings(await this.runQuery(body, matchingRule(this.n, this.f, "quotas", parseQuotas)));
+    return quotaListings(await this.runQuery(body, matchingRule(this.group.slots, this.f, "quotas", parseQuotas)));
   }
 
   /** The replica group (epoch, f, members, digest and any pending change), from f+1 matching answers. */
   async members(): Promise<MembersListing> {
     const floor = this.floor.value;
     const body: Query = floor > 0 ? { id: 0, q: "members", after: floor } : { id: 0, q: "members" };
-    return membersListing(await this.runQuery(body, matchingRule(this.n, this.f, "members", parseMembers)));
+    return membersListing(await this.runQuery(body, matchingRule(this.group.slots, this.f, "members", parseMembers)));
   }
 
   /** A channel's registered publisher and subscriber keys, from f+1 matching answers. */
   channelKeys(tag: string): Promise<ChannelKeys> {
     checkTag(tag);
     const floor = this.floor.value;
-    const rule = matchingRule(this.n, this.f, `channel-info ${tag}`, (res) => parseChannelKeys(res) as Canonical | null);
+    const rule = matchingRule(this.group.slots, this.f, `channel-info ${tag}`, (res) => parseChannelKeys(res) as Canonical | null);
     const body: Query = { id: 0, q: "channel-info", tag, keys: true, ...(floor > 0 ? { after: floor } : {}) };
     return this.runQuery(body, rule) as Promise<unknown> as Promise<ChannelKeys>;
   }
@@ -780,8 +780,10 @@ export class FitbClient {
     } catch (error) {
       if (this.closed) return;
       this.follow.failedReads++;
-      // The first failure of a run is logged, not every retry.
-      if (this.follow.failedReads === 1) this.log("warn", `could not read the replica group: ${(error as Error).message}`);
+      // Once per run of failures, not every retry: at info for the first (a one-shot command
+      // whose replicas are still coming up), as a warning once the next read failed too.
+      if (this.follow.failedReads <= 2)
+        this.log(this.follow.failedReads === 1 ? "info" : "warn", `could not read the replica group: ${(error as Error).message}`);
     } finally {
       this.follow.inFlight = false;
     }

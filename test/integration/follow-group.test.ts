@@ -180,4 +180,29 @@ describe("following the replica group", () => {
     await waitFor("the fresh client to read the group", () => fresh.membership.epoch === 1, WAIT_MS);
     expect(fresh.membership.changes).toBe(0);
   }, 120_000);
+
+  test("after set-f 0 and removing replica 1 the ids have a gap: the client votes in the id space (replica 3 alone answers a query), and export refuses the gap", async () => {
+    const client = started(new FitbClient({ config, key: clientKey, timeouts: { requestMs: 20_000, queryMs: 20_000 } }));
+    const admin = ["--config", cluster.configPath, "--key", cluster.adminKey];
+    const change = async (args: string[], epoch: number): Promise<void> => {
+      const run = await cluster.fitb(["admin", ...admin, ...args]);
+      expect(`${run.code} ${run.stdout}${run.stderr}`).toContain("ok:");
+      // Checkpoints come with traffic: publish until the client follows the new epoch.
+      for (let r = 0; r < 1_000 && client.membership.epoch !== epoch; r++) await client.publish(TAG, [encode(`${args[0]} ${r}`)]);
+      expect(client.membership.epoch).toBe(epoch);
+    };
+    await change(["set-f", "0"], 2);
+    await change(["remove-replica", "--id", "1"], 3);
+    expect(client.membership).toMatchObject({ ids: [0, 2, 3], f: 0 });
+    const ack = await client.publish(TAG, [encode("with a gap")]);
+    expect(ack.replicas.length).toBeGreaterThanOrEqual(1);
+    const refused = await cluster.fitb(["cluster", "export", ...admin]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain("has replica ids 0, 2, 3, but a cluster file lists ids 0..n-1");
+    // Only replica 3, whose id is n = 3, is left to answer: its answer must count.
+    for (const id of [0, 2]) cluster.kill(id);
+    await waitFor("replicas 0 and 2 to be down", () => client.readyReplicas().join() === "3", WAIT_MS);
+    const channels = await client.listChannels();
+    expect(channels.map((channel) => channel.tag)).toContain(TAG);
+  }, 300_000);
 });
