@@ -3,6 +3,7 @@
  * one file under commands/ and one line here.
  */
 import type { Command } from "./command.ts";
+import { clusterExportCommand } from "./commands/cluster-export.ts";
 import { clusterInitCommand } from "./commands/cluster-init.ts";
 import { configCheckCommand } from "./commands/config-check.ts";
 import { keygenCommand } from "./commands/keygen.ts";
@@ -20,6 +21,7 @@ import { consoleCommand } from "./commands/console.ts";
 export const COMMANDS: readonly Command[] = [
   keygenCommand,
   clusterInitCommand,
+  clusterExportCommand,
   configCheckCommand,
   replicaCommand,
   serviceUnitCommand,

@@ -25,6 +25,7 @@ import type { AdminCmd, Frame, Op, Query, QueryKind, ReplyResult } from "../../w
 import { FrameType, type ErrorCode } from "../../wire/types.ts";
 import type { Canonical } from "../../wire/canonical.ts";
 import { liveQuorum, vouchQuorum } from "../core/voting/quorum.ts";
+import { bytesEqual } from "../crypto/encoding.ts";
 import { formatPublicKey } from "../crypto/keys.ts";
 import type { ClusterConfig } from "../config/cluster.ts";
 import { type ChannelKeys, type ChannelListing, listChannelsRule, parseChannelKeys } from "./channel-listing.ts";
@@ -53,6 +54,7 @@ import {
   rankRule,
   type ChannelInfo,
   type KeyQuotaListing,
+  type GroupListing,
   type MembersListing,
   membersListing,
   membersWithStart,
@@ -60,6 +62,7 @@ import {
   parseMembersWithStart,
   type QueryRule,
 } from "./queries.ts";
+import { type AgreedGroup, groupProblem, isNewer, MEMBERSHIP_REFRESH_MIN_MS, membershipRule } from "./membership-follow.ts";
 import { QueryTracker } from "./query-tracker.ts";
 import { ReplicaGroup, type TrackingContext } from "./replica-group.ts";
 import { adminOp, buildRequest, checkEvents, checkTag, pubOp, spanOf } from "./request.ts";
@@ -76,6 +79,29 @@ import {
 } from "./subscription.ts";
 import { SubscriptionRouter } from "./subscription-router.ts";
 import { InflightWindow } from "./window.ts";
+
+/** What `FitbClient.membership` reports. */
+export interface MembershipState {
+  /** The epoch the client follows; null until it has read the group (it runs on the cluster file's). */
+  readonly epoch: number | null;
+  readonly ids: readonly number[];
+  readonly f: number;
+  /** Groups taken since the client started. */
+  readonly changes: number;
+  /** Answers naming a newer group that fewer than f+1 replicas backed, and agreed groups the client could not vote with. */
+  readonly refused: number;
+  /** Reads of the group in a row that found no f+1 agreement. */
+  readonly failedReads: number;
+}
+
+/** Whether a group is the one the cluster file lists (same f, ids, addresses and keys). */
+function sameAsFile(group: GroupListing, config: ClusterConfig): boolean {
+  if (group.f !== config.f || group.members.length !== config.replicas.length) return false;
+  return group.members.every((member) => {
+    const entry = config.replicas.find((replica) => replica.id === member.id);
+    return entry !== undefined && entry.host === member.host && entry.port === member.port && bytesEqual(entry.publicKey, member.key);
+  });
+}
 
 export { summarizeStatus, type ClusterStatus, type ReplicaStatus } from "./cluster-status.ts";
 
@@ -139,9 +165,8 @@ export type QueryResult =
   | { readonly kind: "members"; readonly value: MembersListing };
 
 export class FitbClient {
+  /** The cluster file the client started from (its replicas may since have changed: see `members` and `membership`). */
   readonly config: ClusterConfig;
-  readonly n: number;
-  readonly f: number;
   private readonly options: ResolvedOptions;
   private readonly group: ReplicaGroup;
   private readonly window: InflightWindow;
@@ -161,15 +186,23 @@ export class FitbClient {
   private closed = false;
   /** The channel list, read once per interval for all wildcard subscriptions (channel-watch.ts). */
   private readonly channelWatch = new ChannelWatch<ChannelInfo>(() => this.listChannels());
+  /** Following the group (membership-follow.ts). */
+  private readonly follow = {
+    epoch: null as number | null,
+    inFlight: false,
+    lastAt: Number.NEGATIVE_INFINITY,
+    dueAt: Number.POSITIVE_INFINITY,
+    changes: 0,
+    refused: 0,
+    failedReads: 0,
+  };
 
   constructor(options: FitbClientOptions) {
     this.options = resolveOptions(options);
     this.config = options.config;
-    this.n = options.config.n;
-    this.f = options.config.f;
     const { limits, timeouts } = this.options;
     this.window = new InflightWindow(limits.inflightRequestsMax, limits.waitersMax);
-    this.floor = new ExecutedFloor(this.f);
+    this.floor = new ExecutedFloor(options.config.f);
     this.group = new ReplicaGroup(
       options.config,
       options.key,
@@ -240,9 +273,32 @@ export class FitbClient {
     return client;
   }
 
+  /** Replicas in the group the client follows now (the cluster file's until it learns another; membership-follow.ts). */
+  get n(): number {
+    return this.group.n;
+  }
+
+  /** Faults tolerated by the group the client follows now. */
+  get f(): number {
+    return this.group.f;
+  }
+
+  /** The group the client follows: its epoch (null: the cluster file's), members, and reads of it. */
+  get membership(): MembershipState {
+    return {
+      epoch: this.follow.epoch,
+      ids: this.group.connections.map((connection) => connection.id),
+      f: this.group.f,
+      changes: this.follow.changes,
+      refused: this.follow.refused,
+      failedReads: this.follow.failedReads,
+    };
+  }
+
   /** Starts the connections and timers (connect() does this). */
   start(): void {
     if (this.tickTimer !== null || this.closed) return;
+    this.follow.dueAt = this.options.now();
     const tickMs = Math.max(1, Math.min(TICK_MS_MAX, Math.floor(this.options.timeouts.resendMs / 2)));
     this.tickTimer = setInterval(() => this.tick(), tickMs);
     this.group.start();
@@ -478,21 +534,21 @@ export class FitbClient {
 
   /** Every channel, sorted by tag: CLASS and key counts from f+1 matching answers, with retention figures. */
   listChannels(): Promise<readonly ChannelListing[]> {
-    return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.n, this.f));
+    return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.group.slots, this.f));
   }
 
   /** The client keys with a quota of their own (set-quota), in ascending key order, from f+1 matching answers. */
   async listQuotas(): Promise<readonly KeyQuotaListing[]> {
     const floor = this.floor.value;
     const body: Query = floor > 0 ? { id: 0, q: "quotas", after: floor } : { id: 0, q: "quotas" };
-    return quotaListings(await this.runQuery(body, matchingRule(this.n, this.f, "quotas", parseQuotas)));
+    return quotaListings(await this.runQuery(body, matchingRule(this.group.slots, this.f, "quotas", parseQuotas)));
   }
 
   /** The replica group (epoch, f, members, digest and any pending change), from f+1 matching answers. */
   async members(): Promise<MembersListing> {
     const floor = this.floor.value;
     const body: Query = floor > 0 ? { id: 0, q: "members", after: floor } : { id: 0, q: "members" };
-    return membersListing(await this.runQuery(body, matchingRule(this.n, this.f, "members", parseMembers)));
+    return membersListing(await this.runQuery(body, matchingRule(this.group.slots, this.f, "members", parseMembers)));
   }
 
   /**
@@ -509,7 +565,7 @@ export class FitbClient {
   channelKeys(tag: string): Promise<ChannelKeys> {
     checkTag(tag);
     const floor = this.floor.value;
-    const rule = matchingRule(this.n, this.f, `channel-info ${tag}`, (res) => parseChannelKeys(res) as Canonical | null);
+    const rule = matchingRule(this.group.slots, this.f, `channel-info ${tag}`, (res) => parseChannelKeys(res) as Canonical | null);
     const body: Query = { id: 0, q: "channel-info", tag, keys: true, ...(floor > 0 ? { after: floor } : {}) };
     return this.runQuery(body, rule) as Promise<unknown> as Promise<ChannelKeys>;
   }
@@ -697,12 +753,103 @@ export class FitbClient {
     for (const wake of this.readyWaiters.splice(0)) wake();
     // Report the first failure after being up (or the first ever), not every retry; a
     // multi-homed replica's every move to another address.
-    if (connection.consecutiveFailures === 1) this.log("warn", error.message, id);
-    else if (connection.multiHomed && connection.consecutiveFailures === 0)
+    if (connection.consecutiveFailures === 1) {
+      this.log("warn", error.message, id);
+      // A member that went away may have been removed: read the group again soon.
+      this.refreshMembershipSoon();
+    } else if (connection.multiHomed && connection.consecutiveFailures === 0)
       this.log("warn", `${error.message}; dialling ${connection.address} next`, id);
     this.requests.onDown(id);
     this.queries.onDown(id);
     this.subscriptions.onDown(id);
+  }
+
+  // ---------------------------------------------------------------------------------
+  // Following the group (membership-follow.ts)
+  // ---------------------------------------------------------------------------------
+
+  private refreshMembershipSoon(): void {
+    this.follow.dueAt = Math.min(this.follow.dueAt, this.follow.lastAt + MEMBERSHIP_REFRESH_MIN_MS);
+  }
+
+  /**
+   * Reads the group (f+1 matching answers of the members trusted now) and moves to it if
+   * it is newer. Never rejects: a read that fails is counted and logged, and the next one
+   * comes at the next interval.
+   */
+  async refreshMembership(): Promise<void> {
+    if (this.follow.inFlight || this.closed) return;
+    this.follow.inFlight = true;
+    this.follow.lastAt = this.options.now();
+    this.follow.dueAt = this.follow.lastAt + this.options.timeouts.membershipRefreshMs;
+    try {
+      const floor = this.floor.value;
+      const body: Query = floor > 0 ? { id: 0, q: "members", after: floor } : { id: 0, q: "members" };
+      const trusted = new Set(this.group.connections.map((connection) => connection.id));
+      const agreed = await this.queries.run(body, membershipRule(this.group.f, trusted));
+      this.follow.failedReads = 0;
+      this.takeGroup(agreed);
+    } catch (error) {
+      if (this.closed) return;
+      this.follow.failedReads++;
+      // Once per run of failures, not every retry: at info for the first (a one-shot command
+      // whose replicas are still coming up), as a warning once the next read failed too.
+      if (this.follow.failedReads <= 2)
+        this.log(this.follow.failedReads === 1 ? "info" : "warn", `could not read the replica group: ${(error as Error).message}`);
+    } finally {
+      this.follow.inFlight = false;
+    }
+  }
+
+  private takeGroup({ group, dissent }: AgreedGroup): void {
+    let newerClaimed = false;
+    for (const [replica, epoch] of dissent) {
+      if (epoch === null || epoch <= group.epoch) continue;
+      // One replica (or f) naming a newer group moves nothing; the group is read again soon.
+      newerClaimed = true;
+      this.follow.refused++;
+      this.log(
+        "warn",
+        `replica ${replica} named epoch ${epoch}, but ${vouchQuorum(this.group.f)} replicas agree on epoch ${group.epoch}; not taken`,
+        replica,
+      );
+    }
+    if (newerClaimed) this.refreshMembershipSoon();
+    const current = { epoch: this.follow.epoch, ids: this.group.connections.map((connection) => connection.id) };
+    if (!isNewer(group, current, sameAsFile(group, this.config))) {
+      if (this.follow.epoch === null) this.follow.epoch = group.epoch;
+      return;
+    }
+    const problem = groupProblem(group);
+    if (problem !== null) {
+      this.follow.refused++;
+      this.log("warn", `the replicas agree on epoch ${group.epoch}, but the client cannot vote with it (${problem}); not taken`);
+      return;
+    }
+    const change = this.group.apply(
+      group.epoch,
+      group.f,
+      group.members.map((member) => {
+        // The group lists one address per member; a multi-homed one keeps the file's further addresses while its address is the same.
+        const entry = this.config.replicas.find((replica) => replica.id === member.id);
+        const hosts = entry !== undefined && entry.host === member.host && entry.port === member.port ? entry.hosts : [];
+        return { id: member.id, host: member.host, hosts, port: member.port, publicKey: member.key };
+      }),
+    );
+    this.follow.epoch = group.epoch;
+    this.follow.changes++;
+    for (const id of [...change.removed, ...change.replaced]) {
+      this.everReady.delete(id);
+      this.requests.onDown(id);
+      this.queries.onDown(id);
+      this.subscriptions.onDown(id);
+    }
+    for (const wake of this.readyWaiters.splice(0)) wake();
+    const listed = (ids: readonly number[]): string => (ids.length === 0 ? "none" : ids.join(", "));
+    this.log(
+      "info",
+      `following the replica group of epoch ${group.epoch}: n=${group.members.length} f=${group.f}; added ${listed(change.added)}, removed ${listed(change.removed)}, reconnected ${listed(change.replaced)}`,
+    );
   }
 
   // ---------------------------------------------------------------------------------
@@ -711,6 +858,7 @@ export class FitbClient {
 
   private tick(): void {
     const now = this.options.now();
+    if (!this.follow.inFlight && now >= this.follow.dueAt) void this.refreshMembership();
     this.requests.tick(now);
     this.queries.tick(now);
     this.subscriptions.tick(now);

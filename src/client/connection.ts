@@ -101,7 +101,7 @@ type TcpSocket = Socket<undefined>;
 
 export class ReplicaConnection {
   readonly id: number;
-  private readonly endpoint: ReplicaEndpoint;
+  readonly endpoint: ReplicaEndpoint;
   /** The replica's addresses, the preferred first, and the one dialled or in use. */
   private readonly hosts: readonly string[];
   private hostIndex = 0;

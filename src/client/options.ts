@@ -26,6 +26,8 @@ export interface ClientTimeouts {
   readonly addressSilenceMs: number;
   /** While a multi-homed replica is reached at another address, its preferred address is probed after this long (doubling to 30 s while it fails). */
   readonly preferredRetryMs: number;
+  /** The replica group is read again this often, to follow changes (membership-follow.ts). */
+  readonly membershipRefreshMs: number;
 }
 
 export const DEFAULT_TIMEOUTS: ClientTimeouts = {
@@ -38,6 +40,7 @@ export const DEFAULT_TIMEOUTS: ClientTimeouts = {
   idleMs: 20_000,
   addressSilenceMs: 3_000,
   preferredRetryMs: 2_000,
+  membershipRefreshMs: 10_000,
 };
 
 /** The longest wait between probes of a multi-homed replica's preferred address. */

@@ -4,20 +4,42 @@
  * each one's state, and why the ones that did not answer something did not.
  */
 import type { ClusterConfig } from "../config/cluster.ts";
+import { bytesEqual } from "../crypto/encoding.ts";
 import type { SigningKey } from "../crypto/keys.ts";
 import { ReplicaConnection, type ConnectionEvents, type ConnectionOptions, type ReplicaEndpoint } from "./connection.ts";
 import type { ExecutedFloor } from "./executed-floor.ts";
 
-export class ReplicaGroup {
-  readonly n: number;
-  readonly f: number;
-  /** Indexed by replica id. */
-  readonly connections: readonly ReplicaConnection[];
+/** A member of the group as the client dials it. */
+export type GroupMember = ReplicaEndpoint;
 
-  constructor(config: ClusterConfig, key: SigningKey, events: ConnectionEvents, options: ConnectionOptions) {
+/** What `ReplicaGroup.apply` changed. */
+export interface GroupChange {
+  readonly added: readonly number[];
+  readonly removed: readonly number[];
+  /** Members whose key or address changed: their connection was replaced. */
+  readonly replaced: readonly number[];
+}
+
+export class ReplicaGroup {
+  /** Members now. */
+  n: number;
+  /** Faults the group tolerates now. */
+  f: number;
+  /** The membership epoch this view is of: 0 for the cluster file's group. */
+  epoch: number;
+  private readonly byId = new Map<number, ReplicaConnection>();
+  private started = false;
+
+  constructor(
+    config: ClusterConfig,
+    private readonly key: SigningKey,
+    private readonly events: ConnectionEvents,
+    private readonly options: ConnectionOptions,
+  ) {
     this.n = config.n;
     this.f = config.f;
-    this.connections = config.replicas.map((replica) => {
+    this.epoch = 0;
+    for (const replica of config.replicas) {
       const endpoint: ReplicaEndpoint = {
         id: replica.id,
         host: replica.host,
@@ -25,16 +47,72 @@ export class ReplicaGroup {
         port: replica.port,
         publicKey: replica.publicKey,
       };
-      return new ReplicaConnection(endpoint, key, events, options);
-    });
+      this.byId.set(replica.id, new ReplicaConnection(endpoint, key, events, options));
+    }
+  }
+
+  /** The connections to the members, in ascending id order. */
+  get connections(): readonly ReplicaConnection[] {
+    return [...this.byId.values()].sort((a, b) => a.id - b.id);
+  }
+
+  /**
+   * One more than the highest member id: the id space reply voters count in. Ids stay
+   * with a replica across changes, so after a removal they need not be 0..n-1.
+   */
+  get slots(): number {
+    let max = -1;
+    for (const id of this.byId.keys()) max = Math.max(max, id);
+    return max + 1;
+  }
+
+  /** Whether replica `id` is a member now. */
+  has(id: number): boolean {
+    return this.byId.has(id);
+  }
+
+  /**
+   * Moves to another group (an epoch f+1 replicas agreed on): connects to new members,
+   * closes the connections to removed ones, and replaces those whose key or address
+   * changed. Callers vouch for `members`; this only applies it.
+   */
+  apply(epoch: number, f: number, members: readonly GroupMember[]): GroupChange {
+    const added: number[] = [];
+    const removed: number[] = [];
+    const replaced: number[] = [];
+    const wanted = new Map(members.map((member) => [member.id, member]));
+    for (const [id, connection] of [...this.byId]) {
+      if (wanted.has(id)) continue;
+      this.byId.delete(id);
+      connection.close();
+      removed.push(id);
+    }
+    for (const member of members) {
+      const current = this.byId.get(member.id);
+      if (current !== undefined && sameEndpoint(current.endpoint, member)) continue;
+      if (current !== undefined) {
+        current.close();
+        replaced.push(member.id);
+      } else {
+        added.push(member.id);
+      }
+      const connection = new ReplicaConnection(member, this.key, this.events, this.options);
+      this.byId.set(member.id, connection);
+      if (this.started) connection.start();
+    }
+    this.epoch = epoch;
+    this.f = f;
+    this.n = members.length;
+    return { added, removed, replaced };
   }
 
   /** The connection to replica `id`, if the cluster has one. */
   connection(id: number): ReplicaConnection | undefined {
-    return this.connections[id];
+    return this.byId.get(id);
   }
 
   start(): void {
+    this.started = true;
     for (const connection of this.connections) connection.start();
   }
 
@@ -70,6 +148,18 @@ export class ReplicaGroup {
     }
     return parts.length === 0 ? "every replica answered" : parts.join("; ");
   }
+}
+
+function sameEndpoint(a: ReplicaEndpoint, b: ReplicaEndpoint): boolean {
+  const hostsA = a.hosts ?? [];
+  const hostsB = b.hosts ?? [];
+  return (
+    a.host === b.host &&
+    a.port === b.port &&
+    hostsA.length === hostsB.length &&
+    hostsA.every((host, i) => host === hostsB[i]) &&
+    bytesEqual(a.publicKey, b.publicKey)
+  );
 }
 
 /** What request and query tracking need from the client: the replicas, the floor, the cluster's frame bound, the clock and the log. */

@@ -105,7 +105,7 @@ export class RequestTracker {
         ats: new Map(),
         acceptedAt: 0,
         what,
-        voter: new ReplyVoter({ n: group.n, f: group.f, kind }),
+        voter: new ReplyVoter({ n: group.slots, f: group.f, kind }),
         sentTo: new Set(),
         reasons: new Map(),
         transient: new Map(),

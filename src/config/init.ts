@@ -239,6 +239,9 @@ export interface ClusterTomlReplica {
   readonly port: number;
   readonly peerPort?: number | null;
   readonly publicKey: Uint8Array;
+  /** key_file and data_dir as written (relative to the file); commented-out defaults when absent. */
+  readonly keyFile?: string;
+  readonly dataDir?: string;
 }
 
 export interface ClusterTomlSpec {
@@ -247,6 +250,9 @@ export interface ClusterTomlSpec {
   readonly replicas: readonly ClusterTomlReplica[];
   readonly adminKeys: readonly Uint8Array[];
   readonly clientKeys: readonly Uint8Array[];
+  /** [limits] and [retention] values by their file names; defaults where absent. */
+  readonly limits?: Partial<Record<keyof typeof LIMIT_BOUNDS, number>>;
+  readonly retention?: Partial<Record<keyof typeof RETENTION_BOUNDS, number>>;
 }
 
 /** The text of a commented cluster file with every limit spelled out at its default. */
@@ -294,14 +300,18 @@ export function renderClusterToml(spec: ClusterTomlSpec): string {
       `port = ${replica.port}`,
       ...(replica.peerPort === undefined || replica.peerPort === null ? [] : [`peer_port = ${replica.peerPort}`]),
       `key = ${tomlString(formatPublicKey(replica.publicKey))}`,
-      `# key_file = ${tomlString(defaultReplicaKeyFile(replica.id))}`,
-      `# data_dir = ${tomlString(defaultReplicaDataDir(replica.id))}`,
+      replica.keyFile === undefined
+        ? `# key_file = ${tomlString(defaultReplicaKeyFile(replica.id))}`
+        : `key_file = ${tomlString(replica.keyFile)}`,
+      replica.dataDir === undefined
+        ? `# data_dir = ${tomlString(defaultReplicaDataDir(replica.id))}`
+        : `data_dir = ${tomlString(replica.dataDir)}`,
     );
   }
   lines.push("", "# Limits every replica enforces. Each line may be removed to use its default.", "[limits]");
-  lines.push(...limitLines(LIMIT_BOUNDS, LIMIT_COMMENTS));
+  lines.push(...limitLines(LIMIT_BOUNDS, LIMIT_COMMENTS, spec.limits));
   lines.push("", "# Retention for channels that do not set their own.", "[retention]");
-  lines.push(...limitLines(RETENTION_BOUNDS, RETENTION_COMMENTS));
+  lines.push(...limitLines(RETENTION_BOUNDS, RETENTION_COMMENTS, spec.retention));
   return `${lines.join("\n")}\n`;
 }
 
@@ -324,10 +334,11 @@ const RETENTION_COMMENTS: Record<keyof typeof RETENTION_BOUNDS, string> = {
 function limitLines<K extends string>(
   bounds: Record<K, { readonly defaultValue: number; readonly min: number; readonly max: number }>,
   comments: Record<K, string>,
+  values: Partial<Record<K, number>> = {},
 ): string[] {
   return (Object.keys(bounds) as K[]).map((key) => {
     const bound = bounds[key];
-    return `${key} = ${bound.defaultValue}  # ${comments[key]} (${bound.min}..${bound.max})`;
+    return `${key} = ${values[key] ?? bound.defaultValue}  # ${comments[key]} (${bound.min}..${bound.max})`;
   });
 }
 

@@ -23,6 +23,8 @@ export interface RelayState {
   readonly publishers: number;
   readonly publishBytesHeld: number;
   readonly replicas: readonly { readonly id: number; readonly state: string }[];
+  /** The replica group the relay's client follows (FitbClient.membership); absent: not reported. */
+  readonly membership?: { readonly epoch: number | null; readonly changes: number; readonly refused: number };
 }
 
 export class RelayMetrics {
@@ -60,8 +62,23 @@ export class RelayMetrics {
       publishBytesHeld: r.gauge("relay_publish_bytes_held", "Event bytes of publishes not yet answered").with(),
     };
     const replicaUp = r.gauge("relay_replica_up", "1 if the relay's session to this replica is open", ["replica"]);
+    const membership = {
+      epoch: r.gauge("relay_membership_epoch", "The replica group's epoch the relay follows; -1 until it has read the group").with(),
+      changes: r.gauge("relay_membership_changes", "Replica groups the relay moved to since it started").with(),
+      refused: r
+        .gauge(
+          "relay_membership_refused",
+          "Answers naming a newer replica group that fewer than f+1 replicas backed, and agreed groups it could not vote with, since it started",
+        )
+        .with(),
+    };
     r.onScrape(() => {
       const now = state();
+      if (now.membership !== undefined) {
+        membership.epoch.set(now.membership.epoch ?? -1);
+        membership.changes.set(now.membership.changes);
+        membership.refused.set(now.membership.refused);
+      }
       for (const key of ["connections", "subscriptions", "publishers", "publishBytesHeld"] as const) this.stateGauges[key].set(now[key]);
       for (const replica of now.replicas) replicaUp.with(String(replica.id)).set(replica.state === "ready" ? 1 : 0);
     });

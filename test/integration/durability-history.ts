@@ -148,7 +148,13 @@ function fifoProblems(prefix: string, payloads: readonly string[]): string[] {
 /** Each replica's last decided seq from its own status answer (null: no answer). */
 export async function lastDecided(client: FitbClient): Promise<(number | null)[]> {
   const status = await client.status();
-  return status.replicas.map((r) => (r.answer?.ok === true ? r.answer.value.lastDecided : null));
+  // By replica id: the client lists only the members it follows, so a removed replica leaves a gap.
+  const seqs: (number | null)[] = [];
+  for (const r of status.replicas) {
+    while (seqs.length < r.id) seqs.push(null);
+    seqs[r.id] = r.answer?.ok === true ? r.answer.value.lastDecided : null;
+  }
+  return seqs;
 }
 
 /** Waits until the replicas in `ids` all answer and report the same last decided seq. */

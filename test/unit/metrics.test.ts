@@ -102,6 +102,16 @@ describe("per-channel series", () => {
     expect(channels.ownCount).toBe(1);
   });
 
+  test("the relay reports the replica group its client follows", async () => {
+    const state = { connections: 0, subscriptions: 0, publishers: 0, publishBytesHeld: 0, replicas: [] };
+    const before = await new RelayMetrics(() => ({ ...state, membership: { epoch: null, changes: 0, refused: 0 } })).registry.text();
+    expect(lines(before)).toContain("fitb_relay_membership_epoch -1");
+    const after = await new RelayMetrics(() => ({ ...state, membership: { epoch: 2, changes: 1, refused: 3 } })).registry.text();
+    expect(lines(after)).toEqual(
+      expect.arrayContaining(["fitb_relay_membership_epoch 2", "fitb_relay_membership_changes 1", "fitb_relay_membership_refused 3"]),
+    );
+  });
+
   test("the relay's per-tag series are bounded too, whatever tags clients send", async () => {
     const metrics = new RelayMetrics(() => ({ connections: 0, subscriptions: 0, publishers: 0, publishBytesHeld: 0, replicas: [] }), 3);
     for (let i = 0; i < 1000; i++) metrics.tag(`t${i}`).published.inc();

@@ -90,6 +90,7 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
     publishers: relay?.publisherCount ?? 0,
     publishBytesHeld: relay?.publishBytesHeld ?? 0,
     replicas: client.replicaStates(),
+    membership: client.membership,
   }));
   let metricsServer: MetricsServer | null = null;
   try {

@@ -1,0 +1,147 @@
+/**
+ * Following the replica group (src/client/membership-follow.ts, replica-group.ts): the
+ * rule that takes a group only from f+1 matching answers of the members trusted now, when
+ * an agreed group replaces the client's, and how the client's connections change with it.
+ */
+import { describe, expect, test } from "bun:test";
+import type { Canonical } from "../../wire/canonical.ts";
+import type { QueryReply } from "../../wire/schemas.ts";
+import { DEFAULT_BACKOFF } from "../../src/client/backoff.ts";
+import { NoQuorumError } from "../../src/client/errors.ts";
+import { groupProblem, isNewer, membershipRule } from "../../src/client/membership-follow.ts";
+import type { GroupListing } from "../../src/client/queries.ts";
+import { ReplicaGroup } from "../../src/client/replica-group.ts";
+import type { ClusterConfig } from "../../src/config/cluster.ts";
+import { parseClusterConfig } from "../../src/config/cluster.ts";
+import { renderClusterToml } from "../../src/config/init.ts";
+import { SigningKey } from "../../src/crypto/keys.ts";
+
+const keys = Array.from({ length: 6 }, () => SigningKey.generate().publicKey);
+const digest = (byte: number): Uint8Array => new Uint8Array(32).fill(byte);
+
+function members(ids: readonly number[]): Canonical[] {
+  return ids.map((id) => ({ id, host: "127.0.0.1", port: 7100 + id, key: keys[id] as Uint8Array }));
+}
+
+function answer(replica: number, epoch: number, ids: readonly number[], pending: Canonical = null): QueryReply {
+  return { id: 1, replica, ok: true, res: { epoch, f: 1, members: members(ids), digest: digest(epoch), pending } };
+}
+
+const FOUR = new Set([0, 1, 2, 3]);
+
+describe("membership rule: f+1 matching answers of the trusted group", () => {
+  test("a lone replica naming another group settles nothing, and is listed as dissent once f+1 agree", () => {
+    const rule = membershipRule(1, FOUR);
+    expect(rule.add(3, answer(3, 7, [3, 4, 5]))).toBeNull();
+    expect(rule.add(0, answer(0, 1, [0, 1, 2, 3]))).toBeNull();
+    const outcome = rule.add(1, answer(1, 1, [0, 1, 2, 3]));
+    expect(outcome?.ok).toBe(true);
+    if (outcome?.ok !== true) throw new Error("not agreed");
+    expect(outcome.value.group.epoch).toBe(1);
+    expect(outcome.value.group.members.map((member) => member.id)).toEqual([0, 1, 2, 3]);
+    expect([...outcome.value.dissent]).toEqual([[3, 7]]);
+  });
+
+  test("f+1 matching answers move it", () => {
+    const rule = membershipRule(1, FOUR);
+    expect(rule.add(2, answer(2, 2, [0, 1, 2]))).toBeNull();
+    const outcome = rule.add(3, answer(3, 2, [0, 1, 2]));
+    expect(outcome?.ok === true && outcome.value.group.epoch).toBe(2);
+  });
+
+  test("answers from replicas outside the trusted group do not count, nor a second answer from the same replica", () => {
+    const rule = membershipRule(1, FOUR);
+    // Replica 5 is not trusted; replica 3 answering twice is one answer.
+    expect(rule.add(5, answer(5, 9, [3, 4, 5]))).toBeNull();
+    expect(rule.add(3, answer(3, 9, [3, 4, 5]))).toBeNull();
+    expect(rule.add(3, answer(3, 9, [3, 4, 5]))).toBeNull();
+    const outcome = rule.atDeadline(() => "replica 0: no answer");
+    expect(outcome.ok).toBe(false);
+    if (outcome.ok) throw new Error("agreed");
+    expect(outcome.error).toBeInstanceOf(NoQuorumError);
+    expect(outcome.error.message).toContain("fewer than 2 replicas of the group sent the same group");
+  });
+
+  test("a pending change one replica has executed and another not does not stand in the way", () => {
+    const rule = membershipRule(1, FOUR);
+    const pending = { epoch: 2, f: 1, members: members([0, 1, 2]), digest: digest(2), from: 256 };
+    expect(rule.add(0, answer(0, 1, [0, 1, 2, 3], pending))).toBeNull();
+    expect(rule.add(1, answer(1, 1, [0, 1, 2, 3]))?.ok).toBe(true);
+  });
+
+  test("malformed answers and refusals match nothing", () => {
+    const rule = membershipRule(1, FOUR);
+    expect(rule.add(0, { id: 1, replica: 0, ok: true, res: { epoch: 1 } })).toBeNull();
+    expect(rule.add(1, { id: 1, replica: 1, ok: false, code: "BAD_REQUEST", reason: "no" })).toBeNull();
+    expect(rule.add(2, answer(2, 1, [0, 1, 2, 3]))).toBeNull();
+    expect(rule.atDeadline(() => "").ok).toBe(false);
+  });
+});
+
+describe("which agreed group replaces the client's", () => {
+  const group = (epoch: number, ids: number[], f = 1): GroupListing => ({
+    epoch,
+    f,
+    members: ids.map((id) => ({ id, host: "h", port: 1, peerPort: null, key: keys[id] as Uint8Array })),
+    digest: digest(epoch),
+  });
+  test("a newer epoch does; the same or an older one does not", () => {
+    const current = { epoch: 3, ids: [0, 1, 2, 3] };
+    expect(isNewer(group(4, [0, 1, 2, 3]), current, false)).toBe(true);
+    expect(isNewer(group(3, [0, 1, 2, 4]), current, false)).toBe(false);
+    expect(isNewer(group(2, [0, 1, 2, 4]), current, false)).toBe(false);
+  });
+  test("before any epoch is known, the first group does when it differs from the cluster file, whatever its epoch", () => {
+    const fromFile = { epoch: null, ids: [0, 1, 2, 3] };
+    expect(isNewer(group(0, [0, 1, 2, 3, 4]), fromFile, false)).toBe(true);
+    expect(isNewer(group(5, [0, 1, 2, 3]), fromFile, true)).toBe(false);
+  });
+  test("a group the client cannot vote with is named", () => {
+    expect(groupProblem(group(1, [0, 1, 2], 1))).toBe("n=3 is below 3f+1 for f=1");
+    expect(groupProblem(group(1, [0, 1, 1, 2], 0))).toBe("a replica id is listed twice");
+    expect(groupProblem(group(1, [0, 1, 2, 4], 1))).toBeNull();
+  });
+});
+
+describe("the client's connections follow the group", () => {
+  const config = (): ClusterConfig => {
+    const text = renderClusterToml({
+      name: "t",
+      f: 1,
+      replicas: [0, 1, 2, 3].map((id) => ({ id, host: "127.0.0.1", port: 7100 + id, publicKey: keys[id] as Uint8Array })),
+      adminKeys: [keys[5] as Uint8Array],
+      clientKeys: [],
+    });
+    const parsed = parseClusterConfig(text, "/nonexistent/cluster.toml");
+    if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
+    return parsed.config;
+  };
+  const none = { onReady() {}, onFrame() {}, onDown() {}, onBadFrame() {} };
+  const options = {
+    frameBytesMax: 1 << 20,
+    outboundBytesMax: 1 << 20,
+    sessionTimeoutMs: 1_000,
+    pingIntervalMs: 1_000,
+    idleTimeoutMs: 5_000,
+    failover: { silenceMs: 1_000, preferredRetryMsMin: 1_000, preferredRetryMsMax: 2_000 },
+    backoff: DEFAULT_BACKOFF,
+    random: () => 0.5,
+    now: () => Date.now(),
+  };
+  const endpoint = (id: number, key = keys[id] as Uint8Array, port = 7100 + id) => ({ id, host: "127.0.0.1", port, publicKey: key });
+
+  test("removed members are closed, new ones added, a changed key or address replaces the connection; n, f and the id space follow", () => {
+    const group = new ReplicaGroup(config(), SigningKey.generate(), none, options);
+    const before = new Map(group.connections.map((connection) => [connection.id, connection]));
+    const change = group.apply(1, 1, [endpoint(0), endpoint(1, keys[4]), endpoint(2, keys[2], 7200), endpoint(4)]);
+    expect(change).toEqual({ added: [4], removed: [3], replaced: [1, 2] });
+    expect(group.connections.map((connection) => connection.id)).toEqual([0, 1, 2, 4]);
+    expect(group.connection(0)).toBe(before.get(0));
+    expect(before.get(3)?.state).toBe("closed");
+    expect(before.get(1)?.state).toBe("closed");
+    expect(group.connection(2)?.address).toBe("127.0.0.1:7200");
+    expect(group.connection(3)).toBeUndefined();
+    expect([group.n, group.f, group.epoch, group.slots]).toEqual([4, 1, 1, 5]);
+    group.close();
+  });
+});
