@@ -100,8 +100,10 @@ describe("following the replica group", () => {
     let afterSwitch = 0;
     const ackersAfterSwitch = new Set<number>();
     const switched = (): boolean => publisher.membership.epoch === 1 && relayClient.membership.epoch === 1;
-    // Bounded: clients that never follow fail below instead of publishing forever.
-    for (let r = 0; r < 1_000 && afterSwitch < 30; r++) {
+    // Bounded in time, not in count (the clients follow on a timer, however fast the
+    // publishes go): clients that never follow fail below instead of publishing forever.
+    const deadline = Date.now() + 2 * WAIT_MS;
+    for (let r = 0; (r <= 10 || Date.now() < deadline) && afterSwitch < 30; r++) {
       if (r === 10) {
         const run = await cluster.fitb(["admin", ...admin, "remove-replica", "--id", "4"]);
         removal = `${run.code} ${run.stdout}${run.stderr}`;
@@ -187,8 +189,12 @@ describe("following the replica group", () => {
     const change = async (args: string[], epoch: number): Promise<void> => {
       const run = await cluster.fitb(["admin", ...admin, ...args]);
       expect(`${run.code} ${run.stdout}${run.stderr}`).toContain("ok:");
-      // Checkpoints come with traffic: publish until the client follows the new epoch.
-      for (let r = 0; r < 1_000 && client.membership.epoch !== epoch; r++) await client.publish(TAG, [encode(`${args[0]} ${r}`)]);
+      // Checkpoints come with traffic: publish until the client follows the new epoch (it
+      // reads the group every membershipRefreshMs, however fast the publishes go).
+      const deadline = Date.now() + WAIT_MS;
+      for (let r = 0; Date.now() < deadline && client.membership.epoch !== epoch; r++) {
+        await client.publish(TAG, [encode(`${args[0]} ${r}`)]);
+      }
       expect(client.membership.epoch).toBe(epoch);
     };
     await change(["set-f", "0"], 2);
