@@ -18,6 +18,8 @@ import type { ReplicaEntry } from "../../src/config/cluster.ts";
 import { signDomain } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { generateEphemeralKeyPair, type SessionFraming } from "../../src/crypto/session.ts";
+import { ClientAdmission } from "../../src/replica/admission.ts";
+import { AuditLog } from "../../src/replica/audit.ts";
 import { createLog } from "../../src/replica/log.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import { PeerMesh } from "../../src/replica/peers.ts";
@@ -25,11 +27,13 @@ import {
   CLIENT_CONNECTIONS_MAX,
   CLIENT_CONNECTIONS_PER_ADDRESS_MAX,
   CLIENT_CONNECTIONS_PER_KEY_MAX,
+  BLACKLIST_NOTICE_MS,
   type ClientHandler,
   HANDSHAKE_FRAME_BYTES_MAX,
   HANDSHAKE_MS_MAX,
   HANDSHAKES_MAX,
   HANDSHAKES_PER_ADDRESS_MAX,
+  type ListenerRole,
   ReplicaServer,
   type ServerLimits,
 } from "../../src/replica/server.ts";
@@ -229,6 +233,7 @@ function startServer(
   limits: Partial<ServerLimits> = {},
   clientKeysAllowed: ReadonlySet<string> | null = null,
   now?: () => number,
+  more: { readonly accepts?: ListenerRole; readonly admission?: ClientAdmission; readonly audit?: boolean } = {},
 ): Fixture {
   const serverKey = SigningKey.generate();
   const peerKey = SigningKey.generate();
@@ -261,6 +266,7 @@ function startServer(
     },
     onClientClosed() {},
   };
+  const log = createLog({}, "warn", (line) => logLines.push(line));
   const server = new ReplicaServer({
     self: 0,
     host: HOST,
@@ -269,11 +275,14 @@ function startServer(
     frameBytesMax: FRAME_BYTES_MAX,
     mesh,
     clients,
-    log: createLog({}, "warn", (line) => logLines.push(line)),
+    log,
     metrics,
     limits,
     clientKeysAllowed,
     ...(now === undefined ? {} : { now }),
+    ...(more.accepts === undefined ? {} : { accepts: more.accepts }),
+    ...(more.admission === undefined ? {} : { admission: more.admission }),
+    ...(more.audit === true ? { audit: new AuditLog(log, now) } : {}),
   });
   server.listen();
   cleanups.push(() => {
@@ -621,6 +630,43 @@ describe("client session MACs (PROTOCOL.md 5.2)", () => {
       "BAD_VERSION HELLO: version 1 is not supported (this is version 3; since version 2 every client frame after the handshake carries a MAC, and since version 3 a client frame's MAC covers the SHA-256 of its payload: upgrade the client or replica)",
     );
     expect(raw.has(FrameType.HELLO_ACK)).toBe(false);
+  });
+});
+
+describe("a blacklisted address on a clients-only port", () => {
+  test("one refusal per BLACKLIST_NOTICE_MS is answered with the reason and logged; the others are reset at once, counted, and reported in one line", async () => {
+    let nowMs = 1_000_000;
+    const admission = new ClientAdmission({}, () => nowMs);
+    const fx = startServer({}, null, () => nowMs, { accepts: "clients", admission, audit: true });
+    admission.blacklist(null, HOST, "a test's reason");
+    const refusals = () => fx.logLines.filter((line) => line.includes("connection refused: blacklisted")).length;
+
+    const first = await RawConn.open(fx.server.port);
+    await waitFor("the first refusal to close the connection", () => first.closed);
+    expect(first.error).toMatch(/^UNAUTHORIZED address 127\.0\.0\.1 is blacklisted for 60 s after a test's reason/);
+    expect(refusals()).toBe(1);
+
+    // The same second: nothing written, no line each, but every one counted.
+    for (let i = 0; i < 5; i++) {
+      const again = await RawConn.open(fx.server.port);
+      await waitFor("the refusal to close the connection", () => again.closed);
+      expect(again.frames).toEqual([]);
+    }
+    expect(fx.metrics.get("clients_blacklisted_refused_total")).toBe(6);
+    expect(refusals()).toBe(1);
+
+    // The window ends: the five are reported together, and the next refusal is answered again.
+    nowMs += BLACKLIST_NOTICE_MS;
+    await waitFor("the line reporting the quiet refusals", () =>
+      fx.logLines.some((line) => line.includes("connections refused without an answer: blacklisted")),
+    );
+    const report = JSON.parse(fx.logLines.find((line) => line.includes("without an answer")) as string) as Record<string, unknown>;
+    expect(report).toMatchObject({ audit: "client-refused", address: HOST, connections: 5 });
+    const later = await RawConn.open(fx.server.port);
+    await waitFor("the refusal to close the connection", () => later.closed);
+    expect(later.error).toMatch(/^UNAUTHORIZED address 127\.0\.0\.1 is blacklisted/);
+    expect(fx.metrics.get("clients_blacklisted_refused_total")).toBe(7);
+    expect(refusals()).toBe(2);
   });
 });
 
