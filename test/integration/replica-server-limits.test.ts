@@ -233,7 +233,13 @@ function startServer(
   limits: Partial<ServerLimits> = {},
   clientKeysAllowed: ReadonlySet<string> | null = null,
   now?: () => number,
-  more: { readonly accepts?: ListenerRole; readonly admission?: ClientAdmission; readonly audit?: boolean } = {},
+  more: {
+    readonly accepts?: ListenerRole;
+    readonly admission?: ClientAdmission;
+    readonly audit?: boolean;
+    /** The mesh's precheck (peer-filter.ts); with it the mesh logs to the fixture's log lines. */
+    readonly precheck?: (from: number, msg: Uint8Array) => string | null;
+  } = {},
 ): Fixture {
   const serverKey = SigningKey.generate();
   const peerKey = SigningKey.generate();
@@ -242,14 +248,16 @@ function startServer(
   const clientFrames: Frame[] = [];
   const bulkSent: number[] = [];
   const logLines: string[] = [];
+  const log = createLog({}, "warn", (line) => logLines.push(line));
   const mesh = new PeerMesh({
     self: 0,
     key: serverKey,
     replicas: replicaEntries([serverKey, peerKey], 0),
     frameBytesMax: FRAME_BYTES_MAX,
-    log: quietLog,
+    log: more.precheck === undefined ? quietLog : log,
     metrics,
     onMessage: (from, msg) => peerMessages.push({ from, msg }),
+    ...(more.precheck === undefined ? {} : { precheck: more.precheck }),
   });
   const clients: ClientHandler = {
     onClientFrame(session, frame) {
@@ -266,7 +274,6 @@ function startServer(
     },
     onClientClosed() {},
   };
-  const log = createLog({}, "warn", (line) => logLines.push(line));
   const server = new ReplicaServer({
     self: 0,
     host: HOST,
@@ -711,6 +718,20 @@ describe("peer links (PROTOCOL.md 5.3)", () => {
     expect(raw.error).toBe("BAD_MAC a peer frame failed its MAC or sequence check");
     expect(fx.metrics.get("peer_frames_rejected_total")).toBe(1);
     expect(fx.peerMessages).toEqual([]);
+  });
+
+  test("messages the precheck drops are counted by peer and reason and logged, once per interval per peer and reason", async () => {
+    const fx = startServer({}, null, undefined, { precheck: (_from, msg) => (msg[0] === 0xff ? "duplicate" : null) });
+    const peer = dialAsPeer(fx);
+    await waitFor("replica 1's link to the server", () => peer.status().some((link) => link.id === 0 && link.up));
+    for (let i = 0; i < 5; i++) expect(peer.send(0, Uint8Array.of(0xff, i))).toBe(true);
+    expect(peer.send(0, Uint8Array.of(1))).toBe(true);
+    // A peer's messages are taken in the order they came: the one that passes comes after the five.
+    await waitFor("the message that passes the precheck", () => fx.peerMessages.length === 1);
+    expect(fx.peerMessages[0]?.msg).toEqual(Uint8Array.of(1));
+    expect(fx.metrics.peerDropped.with("1", "duplicate").value).toBe(5);
+    const lines = fx.logLines.filter((line) => line.includes("peer message dropped before processing")).map((line) => JSON.parse(line));
+    expect(lines).toEqual([expect.objectContaining({ level: "warn", peer: 1, reason: "duplicate", alsoSinceLastLine: 0 })]);
   });
 });
 
