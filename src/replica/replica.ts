@@ -94,6 +94,8 @@ export interface ReplicaOptions {
   readonly onRemoved?: () => void;
   /** Threads verifying client signatures (src/threads/verify-pool.ts); 0 (the default here): on the event loop. */
   readonly threads?: number;
+  /** The verification budgets and blacklist (admission.ts); tests give one with small budgets and their clock. */
+  readonly admission?: ClientAdmission;
 }
 
 export class Replica {
@@ -130,7 +132,7 @@ export class Replica {
   /** Refusals before verification per session (by id), before it is paused. */
   private readonly refusals = new RateLimiter(REFUSALS_PER_SECOND, REFUSALS_BURST);
   /** Verification budgets per client key and address, and the blacklist (admission.ts). */
-  private readonly admission = new ClientAdmission();
+  private readonly admission: ClientAdmission;
   /** `$sys.replica.<id>` and `$sys.events` (sys-channels.ts). */
   private readonly sys: SysChannels;
   /** Client signatures are verified here, on threads unless `threads` is 0. */
@@ -140,6 +142,7 @@ export class Replica {
 
   constructor(private readonly options: ReplicaOptions) {
     const { config, id, key, log } = options;
+    this.admission = options.admission ?? new ClientAdmission();
     const self = config.replicas[id];
     if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
     this.adminKeys = new Set(config.adminKeys.map(toHex));
