@@ -148,6 +148,11 @@ export class ClientAdmission {
     this.addresses.add(address, why, now + this.limits.addressBlacklistMs);
   }
 
+  /** Whether a connection from `address` is refused now (addressRefusal without making the reason). */
+  isAddressBlacklisted(address: string): boolean {
+    return this.addresses.get(address, this.now()) !== null;
+  }
+
   /** Why a connection from `address` is refused now, or null. */
   addressRefusal(address: string): string | null {
     const now = this.now();

@@ -148,6 +148,8 @@ export interface JoinEpoch {
 
 /** Messages of another epoch are logged at most this often per peer (they are always counted). */
 const OTHER_EPOCH_LOG_INTERVAL_MS = 10_000;
+/** A peer's messages (or forwarded requests) refused for one reason are logged at most this often; they are always counted. */
+const REFUSED_LOG_INTERVAL_MS = 10_000;
 
 /** A peer still in an ended epoch is sent the proof that ended it at most this often. */
 const PROOF_RESEND_MS = 1000;
@@ -221,6 +223,8 @@ export class OrderingDriver {
   private readonly proofSentAt = new Map<number, number>();
   /** When a message of another epoch from each peer was last logged. */
   private readonly otherEpochLoggedAt = new Map<number, number>();
+  /** By "peer:reason": when a refusal was last logged, and how many since (refusedByPeer). */
+  private readonly refusedLog = new Map<string, { at: number; unlogged: number }>();
   private readonly baseCoreConfig: CoreConfig;
   private readonly verified = new Map<string, number>();
   private readonly keeper: SnapshotKeeper;
@@ -524,13 +528,16 @@ export class OrderingDriver {
     const envelope = decodeEnvelope(bytes);
     if (envelope === null) {
       this.options.metrics.inc("peer_messages_rejected_total");
+      this.refusedByPeer(from, "an envelope that does not decode");
       return;
     }
     if (this.removed && envelope.kind === "ordering") return;
     if (envelope.kind === "state-transfer") {
       const m = validateTransferMessage(envelope.message, this.partBytes);
-      if (m === null) this.options.metrics.inc("peer_messages_rejected_total");
-      else this.transfer.onMessage(from, m);
+      if (m === null) {
+        this.options.metrics.inc("peer_messages_rejected_total");
+        this.refusedByPeer(from, "a state transfer message that is not valid");
+      } else this.transfer.onMessage(from, m);
       return;
     }
     // The epoch is checked first, for a clear reason: its signatures would not verify anyway
@@ -553,11 +560,25 @@ export class OrderingDriver {
     const msg = validatePeerMessage(envelope.message);
     if (msg === null) {
       this.options.metrics.inc("peer_messages_rejected_total");
+      this.refusedByPeer(from, "an ordering message that is not valid");
       return;
     }
     if (msg.t === "COMMIT" && msg.seq > (this.peerCommitSeq.get(from) ?? 0)) this.peerCommitSeq.set(from, msg.seq);
     else if (msg.t === "PRE_PREPARE") this.proposalSeen(msg.seq);
-    this.step({ kind: "message", from: rank, msg: msg.t === "FORWARD" ? this.admissibleForwards(msg) : msg });
+    this.step({ kind: "message", from: rank, msg: msg.t === "FORWARD" ? this.admissibleForwards(from, msg) : msg });
+  }
+
+  /** A message (or forwarded requests) of `from` refused for `reason`: logged at most once per REFUSED_LOG_INTERVAL_MS per peer and reason, with the count since. */
+  private refusedByPeer(from: number, reason: string, count = 1): void {
+    const key = `${from}:${reason}`;
+    const now = this.clock.monotonic();
+    const last = this.refusedLog.get(key);
+    if (last !== undefined && now - last.at < REFUSED_LOG_INTERVAL_MS) {
+      last.unlogged += count;
+      return;
+    }
+    this.refusedLog.set(key, { at: now, unlogged: 0 });
+    this.options.log.warn("peer message refused", { peer: from, reason, count, alsoSinceLastLine: last?.unlogged ?? 0 });
   }
 
   /**
@@ -586,10 +607,13 @@ export class OrderingDriver {
   }
 
   /** A peer's FORWARD, less what this replica would not take from its own clients (forwards.ts). */
-  private admissibleForwards(msg: Forward): Forward {
+  private admissibleForwards(from: number, msg: Forward): Forward {
     const kept = admissibleForwards(msg, this.adminKeys, (tag, keyHex) => this.options.machine.isPublisherHex(tag, keyHex));
     const dropped = msg.requests.length - kept.requests.length;
-    if (dropped > 0) this.options.metrics.inc("forwarded_requests_dropped_total", dropped);
+    if (dropped > 0) {
+      this.options.metrics.inc("forwarded_requests_dropped_total", dropped);
+      this.refusedByPeer(from, "forwarded requests of keys not registered for them", dropped);
+    }
     return kept;
   }
 

@@ -185,7 +185,7 @@ interface InboundLink {
   lastSeq: number;
 }
 
-/** A peer's dropped sends are logged at most this often per reason (they are always counted). */
+/** A peer's dropped sends, and its messages dropped before processing, are logged at most this often per reason (they are always counted). */
 const SEND_DROP_LOG_MS = 10_000;
 
 export class PeerMesh {
@@ -200,7 +200,7 @@ export class PeerMesh {
   private started = false;
   private stopped = false;
   private oversizedReported = false;
-  /** When each peer's dropped sends were last logged, by "peer:reason", and how many since. */
+  /** When each peer's dropped sends (and received messages, "in:peer:reason") were last logged, by "peer:reason", and how many since. */
   private readonly sendDropLog = new Map<string, { at: number; unlogged: number }>();
   /** Inbound messages, per peer, fairly and within budgets (peer-inbox.ts). */
   private readonly inbox: PeerInbox;
@@ -226,9 +226,7 @@ export class PeerMesh {
       pause: (peer) => this.inbound.get(peer)?.pauseReading(),
       resume: (peer) => this.inbound.get(peer)?.resumeReading(),
       onMuted: (peer, reason, detail, ms) => this.onMuted(peer, reason, detail, ms),
-      onDropped: (peer, reason) => {
-        options.metrics.peerDropped.with(String(peer), reason).value += 1;
-      },
+      onDropped: (peer, reason) => this.receiveDropped(peer, reason),
     });
     for (const peer of options.replicas) {
       if (peer.id === options.self) continue;
@@ -419,16 +417,31 @@ export class PeerMesh {
   private sendDropped(to: number, reason: "link-down" | "queue-full"): void {
     this.options.metrics.inc("peer_send_dropped_total");
     this.options.metrics.peerSendDropped.with(String(to), reason).inc();
-    const key = `${to}:${reason}`;
+    const since = this.dropLogDue(`${to}:${reason}`);
+    if (since !== null) this.options.log.warn("peer message not sent", { peer: to, reason, alsoSinceLastLine: since });
+  }
+
+  /**
+   * A message of `peer` dropped before processing (peer-inbox.ts: muted, or peer-filter.ts's
+   * reason): counted by peer and reason, and logged at most once per SEND_DROP_LOG_MS per
+   * peer and reason.
+   */
+  private receiveDropped(peer: number, reason: string): void {
+    this.options.metrics.peerDropped.with(String(peer), reason).value += 1;
+    const since = this.dropLogDue(`in:${peer}:${reason}`);
+    if (since !== null) this.options.log.warn("peer message dropped before processing", { peer, reason, alsoSinceLastLine: since });
+  }
+
+  /** Null when a line for `key` was written less than SEND_DROP_LOG_MS ago (this drop is counted for the next); else the drops since that line. */
+  private dropLogDue(key: string): number | null {
     const now = performance.now();
     const last = this.sendDropLog.get(key);
     if (last !== undefined && now - last.at < SEND_DROP_LOG_MS) {
       last.unlogged++;
-      return;
+      return null;
     }
-    const since = last?.unlogged ?? 0;
     this.sendDropLog.set(key, { at: now, unlogged: 0 });
-    this.options.log.warn("peer message not sent", { peer: to, reason, alsoSinceLastLine: since });
+    return last?.unlogged ?? 0;
   }
 
   broadcast(msg: Uint8Array): void {
@@ -794,7 +807,7 @@ export class PeerMesh {
     const mutedMs = this.inbox.mutedForMs(peer.id);
     if (mutedMs > 0) {
       // Before signing anything: a muted peer's reconnections cost one lookup.
-      this.options.metrics.peerDropped.with(String(peer.id), "muted-handshake").value += 1;
+      this.receiveDropped(peer.id, "muted-handshake");
       conn.closeWith({ type: FrameType.ERROR, body: { code: "OVERLOADED", reason: `replica ${peer.id} is muted for ${mutedMs} ms more` } });
       return null;
     }

@@ -99,6 +99,8 @@ export interface ReplicaOptions {
    * entry as the membership names it, and the epoch it starts in.
    */
   readonly joining?: { readonly self: ReplicaEntry; readonly epoch: JoinEpoch };
+  /** The verification budgets and blacklist (admission.ts); tests give one with small budgets and their clock. */
+  readonly admission?: ClientAdmission;
 }
 
 export class Replica {
@@ -139,7 +141,7 @@ export class Replica {
   /** Refusals before verification per session (by id), before it is paused. */
   private readonly refusals = new RateLimiter(REFUSALS_PER_SECOND, REFUSALS_BURST);
   /** Verification budgets per client key and address, and the blacklist (admission.ts). */
-  private readonly admission = new ClientAdmission();
+  private readonly admission: ClientAdmission;
   /** `$sys.replica.<id>` and `$sys.events` (sys-channels.ts). */
   private readonly sys: SysChannels;
   /** Client signatures are verified here, on threads unless `threads` is 0. */
@@ -149,6 +151,7 @@ export class Replica {
 
   constructor(private readonly options: ReplicaOptions) {
     const { config, id, key, log } = options;
+    this.admission = options.admission ?? new ClientAdmission();
     const self = options.joining?.self ?? config.replicas[id];
     if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
     this.self = self;

@@ -95,6 +95,17 @@ export const CLIENT_IDLE_MS_MAX = 60_000;
 /** A client connection whose queued bytes the client has taken none of for this long is closed. */
 export const CLIENT_STUCK_MS_MAX = 30_000;
 
+/**
+ * On a clients-only port, the connections of a blacklisted address are answered (ERROR with
+ * the reason) and logged at most once per this window; the others in the window are
+ * counted, closed at once (a reset: nothing written, nothing more read), and reported
+ * together in one line when the window is over. A hostile host that reconnects as fast as
+ * it can then costs a replica a lookup and a close per connection.
+ */
+export const BLACKLIST_NOTICE_MS = 1_000;
+/** Addresses with a notice window open, at most; past it the oldest is reported and forgotten. */
+const BLACKLIST_NOTICE_ADDRESSES_MAX = 10_000;
+
 /** The server's bounds on connections. Each defaults to the constant of the same name. */
 export interface ServerLimits {
   readonly handshakeMsMax: number;
@@ -220,6 +231,41 @@ class Tally {
   }
 }
 
+/** Per blacklisted address: when its last answered refusal was, and how many were closed quietly since. */
+class BlacklistNotices {
+  private readonly windows = new Map<string, { sinceMs: number; quiet: number }>();
+
+  /** True when a refusal of `address` now is to be closed quietly (one was answered less than BLACKLIST_NOTICE_MS ago); counts it. */
+  quiet(address: string, nowMs: number): boolean {
+    const window = this.windows.get(address);
+    if (window === undefined || nowMs - window.sinceMs >= BLACKLIST_NOTICE_MS) return false;
+    window.quiet++;
+    return true;
+  }
+
+  /** A refusal of `address` is answered now: a new window opens; the quiet refusals of the last one, if any, are reported. */
+  answered(address: string, nowMs: number, report: (address: string, quiet: number) => void): void {
+    const window = this.windows.get(address);
+    if (window !== undefined && window.quiet > 0) report(address, window.quiet);
+    this.windows.delete(address);
+    this.windows.set(address, { sinceMs: nowMs, quiet: 0 });
+    while (this.windows.size > BLACKLIST_NOTICE_ADDRESSES_MAX) {
+      const [oldest, left] = this.windows.entries().next().value as [string, { quiet: number }];
+      if (left.quiet > 0) report(oldest, left.quiet);
+      this.windows.delete(oldest);
+    }
+  }
+
+  /** Ends the windows that are over, reporting their quiet refusals. */
+  sweep(nowMs: number, report: (address: string, quiet: number) => void): void {
+    for (const [address, window] of this.windows) {
+      if (nowMs - window.sinceMs < BLACKLIST_NOTICE_MS) continue;
+      if (window.quiet > 0) report(address, window.quiet);
+      this.windows.delete(address);
+    }
+  }
+}
+
 function resolveLimits(overrides: Partial<ServerLimits> = {}): ServerLimits {
   const limits: Record<keyof ServerLimits, number> = { ...SERVER_LIMITS_DEFAULT };
   for (const name of Object.keys(SERVER_LIMITS_DEFAULT) as (keyof ServerLimits)[]) {
@@ -246,6 +292,7 @@ export class ReplicaServer {
   /** Authenticated client sessions, by client key (hex) and by remote address. */
   private readonly clientsByKey = new Tally();
   private readonly clientsByAddress = new Tally();
+  private readonly blacklistNotices = new BlacklistNotices();
 
   constructor(private readonly options: ServerOptions) {
     this.limits = resolveLimits(options.limits);
@@ -283,6 +330,7 @@ export class ReplicaServer {
     );
     const socketHandler: SocketHandler<{ conn: FramedConn | null }> = {
       open(socket) {
+        if (server.refusedQuietly(socket)) return;
         const conn = new FramedConn(
           socket as Socket<unknown>,
           server.options.frameBytesMax,
@@ -326,6 +374,29 @@ export class ReplicaServer {
     }
   }
 
+  /**
+   * A connection from a blacklisted address on a clients-only port, while one refusal of
+   * that address was answered less than BLACKLIST_NOTICE_MS ago: counted and reset before
+   * anything is allocated for it, written to it or read from it.
+   */
+  private refusedQuietly(socket: Socket<{ conn: FramedConn | null }>): boolean {
+    const admission = this.options.admission;
+    if (this.accepts !== "clients" || admission === undefined) return false;
+    const address = socket.remoteAddress;
+    if (!admission.isAddressBlacklisted(address) || !this.blacklistNotices.quiet(address, this.now())) return false;
+    this.options.metrics.inc("clients_blacklisted_refused_total");
+    socket.terminate();
+    return true;
+  }
+
+  private reportQuietRefusals = (address: string, connections: number): void => {
+    this.options.audit?.warn("client-refused", "connections refused without an answer: blacklisted", {
+      address,
+      connections,
+      reason: `address blacklisted; at most one refusal a second is answered`,
+    });
+  };
+
   stop(): void {
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
     this.sweepTimer = null;
@@ -354,6 +425,7 @@ export class ReplicaServer {
     const blacklisted = this.accepts === "clients" ? (this.options.admission?.addressRefusal(conn.remote) ?? null) : null;
     if (blacklisted !== null) {
       state.phase = "closed";
+      this.blacklistNotices.answered(conn.remote, this.now(), this.reportQuietRefusals);
       this.refuseBlacklisted(conn, null, blacklisted);
       return;
     }
@@ -725,6 +797,7 @@ export class ReplicaServer {
    */
   private sweepClients(): void {
     const now = this.now();
+    this.blacklistNotices.sweep(now, this.reportQuietRefusals);
     const { clientIdleMsMax, clientStuckMsMax } = this.limits;
     for (const conn of [...this.conns]) {
       const state = conn.state as ConnState;

@@ -226,6 +226,28 @@ describe("a cluster with peer ports", () => {
     ]);
     session.destroy();
   });
+
+  test("a publish by a key not registered on the channel is refused UNAUTHORIZED before verification: a bad signature gets the same refusal and no blacklist", async () => {
+    const port = cluster.basePort + 3;
+    // The channel must have executed here, or the refusal waits for the signature check.
+    const decided = (await admin.status()).lastDecided ?? 0;
+    await waitFor("replica 3 executed the channel's creation", async () => {
+      const answer = (await admin.status()).replicas[3]?.answer;
+      return answer?.ok === true && answer.value.lastDecided >= decided;
+    });
+    const key = SigningKey.generate();
+    const session = new Raw(port, "127.0.0.6");
+    await session.handshake(key);
+    const built = buildRequest(key, { seq: 1, ts: Date.now(), op: { t: "pub", tag: TAG, events: [new Uint8Array(8)] } }, 1 << 20);
+    session.write(requestFrame(built.body, new Uint8Array(randomBytes(64)), 0, 1 << 20));
+    const refused = await session.next(FrameType.REPLY, "the refusal of the unregistered publisher");
+    expect(refused.body).toMatchObject({ seq: 1, ok: false, code: "UNAUTHORIZED", reason: `publisher is not registered on ${TAG}` });
+    // Still open: a PING is answered.
+    session.send({ type: FrameType.PING, body: { n: 8 } });
+    await session.next(FrameType.PONG, "the PONG after the refusal");
+    expect(session.closed).toBe(false);
+    session.destroy();
+  });
 });
 
 describe("a cluster file without peer_port", () => {

@@ -18,6 +18,8 @@ import type { ReplicaEntry } from "../../src/config/cluster.ts";
 import { signDomain } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { generateEphemeralKeyPair, type SessionFraming } from "../../src/crypto/session.ts";
+import { ClientAdmission } from "../../src/replica/admission.ts";
+import { AuditLog } from "../../src/replica/audit.ts";
 import { createLog } from "../../src/replica/log.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import { PeerMesh } from "../../src/replica/peers.ts";
@@ -25,11 +27,13 @@ import {
   CLIENT_CONNECTIONS_MAX,
   CLIENT_CONNECTIONS_PER_ADDRESS_MAX,
   CLIENT_CONNECTIONS_PER_KEY_MAX,
+  BLACKLIST_NOTICE_MS,
   type ClientHandler,
   HANDSHAKE_FRAME_BYTES_MAX,
   HANDSHAKE_MS_MAX,
   HANDSHAKES_MAX,
   HANDSHAKES_PER_ADDRESS_MAX,
+  type ListenerRole,
   ReplicaServer,
   type ServerLimits,
 } from "../../src/replica/server.ts";
@@ -229,6 +233,13 @@ function startServer(
   limits: Partial<ServerLimits> = {},
   clientKeysAllowed: ReadonlySet<string> | null = null,
   now?: () => number,
+  more: {
+    readonly accepts?: ListenerRole;
+    readonly admission?: ClientAdmission;
+    readonly audit?: boolean;
+    /** The mesh's precheck (peer-filter.ts); with it the mesh logs to the fixture's log lines. */
+    readonly precheck?: (from: number, msg: Uint8Array) => string | null;
+  } = {},
 ): Fixture {
   const serverKey = SigningKey.generate();
   const peerKey = SigningKey.generate();
@@ -237,14 +248,16 @@ function startServer(
   const clientFrames: Frame[] = [];
   const bulkSent: number[] = [];
   const logLines: string[] = [];
+  const log = createLog({}, "warn", (line) => logLines.push(line));
   const mesh = new PeerMesh({
     self: 0,
     key: serverKey,
     replicas: replicaEntries([serverKey, peerKey], 0),
     frameBytesMax: FRAME_BYTES_MAX,
-    log: quietLog,
+    log: more.precheck === undefined ? quietLog : log,
     metrics,
     onMessage: (from, msg) => peerMessages.push({ from, msg }),
+    ...(more.precheck === undefined ? {} : { precheck: more.precheck }),
   });
   const clients: ClientHandler = {
     onClientFrame(session, frame) {
@@ -269,11 +282,14 @@ function startServer(
     frameBytesMax: FRAME_BYTES_MAX,
     mesh,
     clients,
-    log: createLog({}, "warn", (line) => logLines.push(line)),
+    log,
     metrics,
     limits,
     clientKeysAllowed,
     ...(now === undefined ? {} : { now }),
+    ...(more.accepts === undefined ? {} : { accepts: more.accepts }),
+    ...(more.admission === undefined ? {} : { admission: more.admission }),
+    ...(more.audit === true ? { audit: new AuditLog(log, now) } : {}),
   });
   server.listen();
   cleanups.push(() => {
@@ -624,6 +640,43 @@ describe("client session MACs (PROTOCOL.md 5.2)", () => {
   });
 });
 
+describe("a blacklisted address on a clients-only port", () => {
+  test("one refusal per BLACKLIST_NOTICE_MS is answered with the reason and logged; the others are reset at once, counted, and reported in one line", async () => {
+    let nowMs = 1_000_000;
+    const admission = new ClientAdmission({}, () => nowMs);
+    const fx = startServer({}, null, () => nowMs, { accepts: "clients", admission, audit: true });
+    admission.blacklist(null, HOST, "a test's reason");
+    const refusals = () => fx.logLines.filter((line) => line.includes("connection refused: blacklisted")).length;
+
+    const first = await RawConn.open(fx.server.port);
+    await waitFor("the first refusal to close the connection", () => first.closed);
+    expect(first.error).toMatch(/^UNAUTHORIZED address 127\.0\.0\.1 is blacklisted for 60 s after a test's reason/);
+    expect(refusals()).toBe(1);
+
+    // The same second: nothing written, no line each, but every one counted.
+    for (let i = 0; i < 5; i++) {
+      const again = await RawConn.open(fx.server.port);
+      await waitFor("the refusal to close the connection", () => again.closed);
+      expect(again.frames).toEqual([]);
+    }
+    expect(fx.metrics.get("clients_blacklisted_refused_total")).toBe(6);
+    expect(refusals()).toBe(1);
+
+    // The window ends: the five are reported together, and the next refusal is answered again.
+    nowMs += BLACKLIST_NOTICE_MS;
+    await waitFor("the line reporting the quiet refusals", () =>
+      fx.logLines.some((line) => line.includes("connections refused without an answer: blacklisted")),
+    );
+    const report = JSON.parse(fx.logLines.find((line) => line.includes("without an answer")) as string) as Record<string, unknown>;
+    expect(report).toMatchObject({ audit: "client-refused", address: HOST, connections: 5 });
+    const later = await RawConn.open(fx.server.port);
+    await waitFor("the refusal to close the connection", () => later.closed);
+    expect(later.error).toMatch(/^UNAUTHORIZED address 127\.0\.0\.1 is blacklisted/);
+    expect(fx.metrics.get("clients_blacklisted_refused_total")).toBe(7);
+    expect(refusals()).toBe(2);
+  });
+});
+
 describe("client_keys: the allow-list of client sessions", () => {
   test("a key not listed is refused at HELLO, before the replica signs anything; a listed key gets in", async () => {
     const listed = SigningKey.generate();
@@ -665,6 +718,20 @@ describe("peer links (PROTOCOL.md 5.3)", () => {
     expect(raw.error).toBe("BAD_MAC a peer frame failed its MAC or sequence check");
     expect(fx.metrics.get("peer_frames_rejected_total")).toBe(1);
     expect(fx.peerMessages).toEqual([]);
+  });
+
+  test("messages the precheck drops are counted by peer and reason and logged, once per interval per peer and reason", async () => {
+    const fx = startServer({}, null, undefined, { precheck: (_from, msg) => (msg[0] === 0xff ? "duplicate" : null) });
+    const peer = dialAsPeer(fx);
+    await waitFor("replica 1's link to the server", () => peer.status().some((link) => link.id === 0 && link.up));
+    for (let i = 0; i < 5; i++) expect(peer.send(0, Uint8Array.of(0xff, i))).toBe(true);
+    expect(peer.send(0, Uint8Array.of(1))).toBe(true);
+    // A peer's messages are taken in the order they came: the one that passes comes after the five.
+    await waitFor("the message that passes the precheck", () => fx.peerMessages.length === 1);
+    expect(fx.peerMessages[0]?.msg).toEqual(Uint8Array.of(1));
+    expect(fx.metrics.peerDropped.with("1", "duplicate").value).toBe(5);
+    const lines = fx.logLines.filter((line) => line.includes("peer message dropped before processing")).map((line) => JSON.parse(line));
+    expect(lines).toEqual([expect.objectContaining({ level: "warn", peer: 1, reason: "duplicate", alsoSinceLastLine: 0 })]);
   });
 });
 

@@ -4,6 +4,7 @@
 // any machine, however loaded; a defence that stops working shows as a lower share, more
 // view changes or a later replacement of the bad leader.
 import { describe, expect, test } from "bun:test";
+import { DEFAULT_PARAMETERS } from "../../src/core/ordering/config.ts";
 import { SIM_PARAMETERS } from "../../src/sim/scenario.ts";
 import type { SeedResult } from "../../src/sim/simulator.ts";
 import { runThroughput, runThroughputSeed, THROUGHPUT_ATTACKS, type ThroughputAttack, throughputRun } from "../../src/sim/throughput.ts";
@@ -80,6 +81,38 @@ describe("throughput under attack, against the same seed fault-free", () => {
       );
     }
   }
+});
+
+describe("the runtime's own leader expectations (DEFAULT_PARAMETERS, not the simulator's shorter ones)", () => {
+  test(
+    "the slow leader is replaced by one view change within one throughput window of the runtime, and keeps 85%",
+    () => {
+      // The timers and expectations fitb replicas run with (a tick is 10 ms): a change to
+      // them that lets a slow leader stay longer than one judgement window fails here.
+      const P = DEFAULT_PARAMETERS;
+      const params = {
+        progressTimeoutTicks: P.progressTimeoutTicks,
+        requestTimeoutTicks: P.requestTimeoutTicks,
+        throughputWindowTicks: P.throughputWindowTicks,
+        starvedTicksPercentMax: P.starvedTicksPercentMax,
+        throughputGraceTicks: P.throughputGraceTicks,
+        throughputRequiredPercent: P.throughputRequiredPercent,
+      };
+      const r = runThroughput(SEEDS[0] as number, attack("slow-leader"), { params });
+      const line = `${r.retainedPercent.toFixed(0)}%, ${r.viewChanges} view changes, replaced after ${r.replaceTicks} ticks`;
+      expect({ line, violations: r.violations, faultFreeViewChanges: r.faultFreeViewChanges, viewChanges: r.viewChanges }).toEqual({
+        line,
+        violations: [],
+        faultFreeViewChanges: 0,
+        viewChanges: 1,
+      });
+      // One window (the runtime's is 100 ticks, 1 s) and a view change; an absolute bound,
+      // so that a longer window fails here too.
+      const inTime = r.replaceTicks !== null && r.replaceTicks <= Math.min(P.throughputWindowTicks, 100) + 30;
+      expect({ line, inTime, kept: r.retainedPercent >= 85 }).toEqual({ line, inTime: true, kept: true });
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
 
 describe("the throughput check sees a defence taken away", () => {

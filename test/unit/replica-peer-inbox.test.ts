@@ -93,6 +93,18 @@ describe("PeerInbox: round robin", () => {
     expect(h.processed).toHaveLength(1_002);
   });
 
+  test("the turn moves on after each message, also from the peer it started with: a long queue there does not hold the others back", () => {
+    const h = harness();
+    // Peer 1 comes first in the order and has the long queue.
+    for (let i = 0; i < 1_000; i++) h.inbox.push(1, msg(i % 256));
+    h.inbox.push(2, msg(202));
+    h.inbox.push(3, msg(203));
+    h.turn();
+    expect(h.processed.slice(0, 3).map(([from]) => from)).toEqual([1, 2, 3]);
+    // Once the others are empty, the long queue goes on alone.
+    expect(h.processed.slice(3).every(([from]) => from === 1)).toBe(true);
+  });
+
   test("a peer's queue over its bound pauses its reads until it is down to half", () => {
     const h = harness({ queueBytesMax: 100 });
     for (let i = 0; i < 11; i++) h.inbox.push(2, msg(i));

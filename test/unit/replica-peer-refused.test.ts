@@ -1,0 +1,36 @@
+/**
+ * What the ordering runtime refuses of a peer before the core sees it (an envelope that
+ * does not decode, a message that is not valid, forwarded requests of keys not registered
+ * for them) is counted and logged with the peer, at most one line per peer and reason per
+ * interval, each line saying how many were refused since the one before. A real driver,
+ * core, store and mesh (not started), fed peer messages by hand.
+ */
+import { afterAll, expect, test } from "bun:test";
+import { encodeEnvelope } from "../../src/replica/peer-messages.ts";
+import { driverFixture } from "./driver-fixture.ts";
+import { tempDir } from "./storage-fixtures.ts";
+
+const temp = tempDir("fitb-peer-refused-");
+afterAll(() => temp.remove());
+
+test("refused peer messages and forwarded requests are counted and logged with the peer, once per interval per peer and reason", () => {
+  const { driver, metrics, log, close } = driverFixture(temp.dir, 41_000);
+  driver.start();
+  try {
+    for (let i = 0; i < 3; i++) driver.onPeerMessage(2, Uint8Array.of(0xff, 0x00, i));
+    driver.onPeerMessage(1, encodeEnvelope("ordering", { t: "PREPARE" }));
+    const stranger = "cc".repeat(32);
+    const request = { client: `${stranger}:net.links`, seq: 1, span: 1, body: new Uint8Array([1]), sig: new Uint8Array(64) };
+    for (let i = 0; i < 2; i++) driver.onPeerMessage(3, encodeEnvelope("ordering", { t: "FORWARD", requests: [request, request] }));
+    expect(metrics.get("peer_messages_rejected_total")).toBe(4);
+    expect(metrics.get("forwarded_requests_dropped_total")).toBe(4);
+    const lines = log.lines.filter((l) => l.msg === "peer message refused").map((l) => l.fields);
+    expect(lines).toEqual([
+      { peer: 2, reason: "an envelope that does not decode", count: 1, alsoSinceLastLine: 0 },
+      { peer: 1, reason: "an ordering message that is not valid", count: 1, alsoSinceLastLine: 0 },
+      { peer: 3, reason: "forwarded requests of keys not registered for them", count: 2, alsoSinceLastLine: 0 },
+    ]);
+  } finally {
+    close();
+  }
+});
