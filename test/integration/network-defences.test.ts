@@ -99,12 +99,22 @@ describe("a cluster with peer ports", () => {
   let cluster: TestCluster;
   let admin: FitbClient;
   let metricsBase: number;
+  /** The seq at which the channel's creation executed (at f+1 replicas when admin() returned). */
+  let createdAt = 0;
 
   beforeAll(async () => {
     metricsBase = freePortRange(4);
     cluster = await startCluster({ replicaArgs: (id) => ["--metrics", `127.0.0.1:${metricsBase + id}`] });
     admin = clientFor(cluster, cluster.adminKey);
-    await admin.admin({ t: "create-channel", tag: TAG, fault: "byzantine", order: "total", priority: "normal", public: true });
+    const created = await admin.admin({
+      t: "create-channel",
+      tag: TAG,
+      fault: "byzantine",
+      order: "total",
+      priority: "normal",
+      public: true,
+    });
+    createdAt = created.at ?? 0;
   }, 60_000);
 
   afterAll(async () => {
@@ -192,10 +202,11 @@ describe("a cluster with peer ports", () => {
 
   test("an ordered request behind a sequence gap is refused OUT_OF_ORDER before verification; the next in line is taken", async () => {
     const key = SigningKey.generate();
-    await admin.admin({ t: "register", tag: TAG, role: "publisher", key: key.publicKey });
+    const registered = await admin.admin({ t: "register", tag: TAG, role: "publisher", key: key.publicKey });
     const port = cluster.basePort + 1;
-    // The registration executes on every replica in its own time: wait until this one has it.
-    const decided = (await admin.status()).lastDecided ?? 0;
+    // The registration executes on every replica in its own time: wait until this one has
+    // it (the seq it executed at, not the group's agreed decided seq, which may lag it).
+    const decided = Math.max(registered.at ?? 0, (await admin.status()).lastDecided ?? 0);
     await waitFor("replica 1 executed the registration", async () => {
       const answer = (await admin.status()).replicas[1]?.answer;
       return answer?.ok === true && answer.value.lastDecided >= decided;
@@ -230,7 +241,7 @@ describe("a cluster with peer ports", () => {
   test("a publish by a key not registered on the channel is refused UNAUTHORIZED before verification: a bad signature gets the same refusal and no blacklist", async () => {
     const port = cluster.basePort + 3;
     // The channel must have executed here, or the refusal waits for the signature check.
-    const decided = (await admin.status()).lastDecided ?? 0;
+    const decided = Math.max(createdAt, (await admin.status()).lastDecided ?? 0);
     await waitFor("replica 3 executed the channel's creation", async () => {
       const answer = (await admin.status()).replicas[3]?.answer;
       return answer?.ok === true && answer.value.lastDecided >= decided;
