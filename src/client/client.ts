@@ -25,7 +25,6 @@ import type { AdminCmd, Frame, Op, Query, QueryKind, ReplyResult } from "../../w
 import { FrameType, type ErrorCode } from "../../wire/types.ts";
 import type { Canonical } from "../../wire/canonical.ts";
 import { liveQuorum, vouchQuorum } from "../core/voting/quorum.ts";
-import { bytesEqual } from "../crypto/encoding.ts";
 import { formatPublicKey } from "../crypto/keys.ts";
 import type { ClusterConfig } from "../config/cluster.ts";
 import { type ChannelKeys, type ChannelListing, listChannelsRule, parseChannelKeys } from "./channel-listing.ts";
@@ -54,7 +53,6 @@ import {
   rankRule,
   type ChannelInfo,
   type KeyQuotaListing,
-  type GroupListing,
   type MembersListing,
   membersListing,
   membersWithStart,
@@ -62,7 +60,15 @@ import {
   parseMembersWithStart,
   type QueryRule,
 } from "./queries.ts";
-import { type AgreedGroup, groupProblem, isNewer, MEMBERSHIP_REFRESH_MIN_MS, membershipRule } from "./membership-follow.ts";
+import {
+  type AgreedGroup,
+  fileEntryOf,
+  groupProblem,
+  isNewer,
+  MEMBERSHIP_REFRESH_MIN_MS,
+  membershipRule,
+  sameAsFile,
+} from "./membership-follow.ts";
 import { QueryTracker } from "./query-tracker.ts";
 import { ReplicaGroup, type TrackingContext } from "./replica-group.ts";
 import { adminOp, buildRequest, checkEvents, checkTag, pubOp, spanOf } from "./request.ts";
@@ -92,15 +98,6 @@ export interface MembershipState {
   readonly refused: number;
   /** Reads of the group in a row that found no f+1 agreement. */
   readonly failedReads: number;
-}
-
-/** Whether a group is the one the cluster file lists (same f, ids, addresses and keys). */
-function sameAsFile(group: GroupListing, config: ClusterConfig): boolean {
-  if (group.f !== config.f || group.members.length !== config.replicas.length) return false;
-  return group.members.every((member) => {
-    const entry = config.replicas.find((replica) => replica.id === member.id);
-    return entry !== undefined && entry.host === member.host && entry.port === member.port && bytesEqual(entry.publicKey, member.key);
-  });
 }
 
 export { summarizeStatus, type ClusterStatus, type ReplicaStatus } from "./cluster-status.ts";
@@ -195,6 +192,8 @@ export class FitbClient {
     changes: 0,
     refused: 0,
     failedReads: 0,
+    /** The newer epoch each dissenting replica last claimed: a claim is logged and read again soon once, not at every read. */
+    claims: new Map<number, number>(),
   };
 
   constructor(options: FitbClientOptions) {
@@ -557,7 +556,7 @@ export class FitbClient {
    */
   async membersWithStart(): Promise<ReturnType<typeof membersWithStart>> {
     return membersWithStart(
-      await this.runQuery({ id: 0, q: "members", start: true }, matchingRule(this.n, this.f, "members", parseMembersWithStart)),
+      await this.runQuery({ id: 0, q: "members", start: true }, matchingRule(this.group.slots, this.f, "members", parseMembersWithStart)),
     );
   }
 
@@ -805,15 +804,22 @@ export class FitbClient {
     let newerClaimed = false;
     for (const [replica, epoch] of dissent) {
       if (epoch === null || epoch <= group.epoch) continue;
-      // One replica (or f) naming a newer group moves nothing; the group is read again soon.
-      newerClaimed = true;
+      // One replica (or f) naming a newer group moves nothing. A new claim is logged and the
+      // group read again soon (the others may be about to switch); the same claim again is
+      // only counted, so a lying replica cannot make every client read once a second and log
+      // at every read.
       this.follow.refused++;
+      if (this.follow.claims.get(replica) === epoch) continue;
+      this.follow.claims.set(replica, epoch);
+      newerClaimed = true;
       this.log(
         "warn",
         `replica ${replica} named epoch ${epoch}, but ${vouchQuorum(this.group.f)} replicas agree on epoch ${group.epoch}; not taken`,
         replica,
       );
     }
+    for (const replica of this.follow.claims.keys())
+      if (!this.group.connections.some((c) => c.id === replica)) this.follow.claims.delete(replica);
     if (newerClaimed) this.refreshMembershipSoon();
     const current = { epoch: this.follow.epoch, ids: this.group.connections.map((connection) => connection.id) };
     if (!isNewer(group, current, sameAsFile(group, this.config))) {
@@ -830,10 +836,12 @@ export class FitbClient {
       group.epoch,
       group.f,
       group.members.map((member) => {
-        // The group lists one address per member; a multi-homed one keeps the file's further addresses while its address is the same.
-        const entry = this.config.replicas.find((replica) => replica.id === member.id);
-        const hosts = entry !== undefined && entry.host === member.host && entry.port === member.port ? entry.hosts : [];
-        return { id: member.id, host: member.host, hosts, port: member.port, publicKey: member.key };
+        // A member the file lists with the same key is dialled where the file says (the
+        // client may reach it by another name than the replicas' file gives, and a
+        // multi-homed one keeps its further addresses); others at the group's address.
+        const entry = fileEntryOf(this.config, member);
+        if (entry !== undefined) return { id: member.id, host: entry.host, hosts: entry.hosts, port: entry.port, publicKey: member.key };
+        return { id: member.id, host: member.host, hosts: [], port: member.port, publicKey: member.key };
       }),
     );
     this.follow.epoch = group.epoch;

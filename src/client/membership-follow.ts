@@ -19,7 +19,8 @@
 import type { Canonical } from "../../wire/canonical.ts";
 import { encodeCanonical } from "../../wire/canonical.ts";
 import type { QueryReply } from "../../wire/schemas.ts";
-import { toHex } from "../crypto/encoding.ts";
+import type { ClusterConfig } from "../config/cluster.ts";
+import { bytesEqual, toHex } from "../crypto/encoding.ts";
 import { vouchQuorum } from "../core/voting/quorum.ts";
 import { NoQuorumError } from "./errors.ts";
 import { type GroupListing, membersListing, parseMembers, type QueryOutcome, type QueryRule } from "./queries.ts";
@@ -120,4 +121,20 @@ export function groupProblem(group: GroupListing): string | null {
   if (ids.size !== group.members.length) return "a replica id is listed twice";
   if (group.members.length < 3 * group.f + 1) return `n=${group.members.length} is below 3f+1 for f=${group.f}`;
   return null;
+}
+
+/**
+ * Whether a group is the one the cluster file lists: same f, ids and keys. Addresses do
+ * not count: a client may reach a replica by another name or port than the replicas'
+ * own file gives (NAT, a public name), as peers may (config/digest.ts).
+ */
+export function sameAsFile(group: GroupListing, config: ClusterConfig): boolean {
+  if (group.f !== config.f || group.members.length !== config.replicas.length) return false;
+  return group.members.every((member) => fileEntryOf(config, member) !== undefined);
+}
+
+/** The cluster file's entry for a member with the same id and key, if the file lists it so. */
+export function fileEntryOf(config: ClusterConfig, member: { id: number; key: Uint8Array }): ClusterConfig["replicas"][number] | undefined {
+  const entry = config.replicas.find((replica) => replica.id === member.id);
+  return entry !== undefined && bytesEqual(entry.publicKey, member.key) ? entry : undefined;
 }

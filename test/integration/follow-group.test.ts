@@ -210,5 +210,9 @@ describe("following the replica group", () => {
     await waitFor("replicas 0 and 2 to be down", () => client.readyReplicas().join() === "3", WAIT_MS);
     const channels = await client.listChannels();
     expect(channels.map((channel) => channel.tag)).toContain(TAG);
+    // What a joining replica asks (src/cli/join.ts) counts in the id space too.
+    const withStart = await client.membersWithStart();
+    expect(withStart.members.epoch).toBe(3);
+    expect(withStart.members.members.map((member) => member.id)).toEqual([0, 2, 3]);
   }, 300_000);
 });

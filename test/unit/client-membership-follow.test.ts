@@ -8,7 +8,7 @@ import type { Canonical } from "../../wire/canonical.ts";
 import type { QueryReply } from "../../wire/schemas.ts";
 import { DEFAULT_BACKOFF } from "../../src/client/backoff.ts";
 import { NoQuorumError } from "../../src/client/errors.ts";
-import { groupProblem, isNewer, membershipRule } from "../../src/client/membership-follow.ts";
+import { fileEntryOf, groupProblem, isNewer, membershipRule, sameAsFile } from "../../src/client/membership-follow.ts";
 import type { GroupListing } from "../../src/client/queries.ts";
 import { ReplicaGroup } from "../../src/client/replica-group.ts";
 import type { ClusterConfig } from "../../src/config/cluster.ts";
@@ -95,6 +95,33 @@ describe("which agreed group replaces the client's", () => {
     const fromFile = { epoch: null, ids: [0, 1, 2, 3] };
     expect(isNewer(group(0, [0, 1, 2, 3, 4]), fromFile, false)).toBe(true);
     expect(isNewer(group(5, [0, 1, 2, 3]), fromFile, true)).toBe(false);
+  });
+  test("the group the replicas' own file makes is the client's file's group even where the client reaches replicas at other addresses; a new key or id is not", () => {
+    const text = renderClusterToml({
+      name: "t",
+      f: 1,
+      // The client reaches the replicas by a public name and forwarded ports.
+      replicas: [0, 1, 2, 3].map((id) => ({ id, host: "bus.example.net", port: 9100 + id, publicKey: keys[id] as Uint8Array })),
+      adminKeys: [keys[5] as Uint8Array],
+      clientKeys: [],
+    });
+    const parsed = parseClusterConfig(text, "/nonexistent/cluster.toml");
+    if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
+    const file = parsed.config;
+    // What the replicas list: their private addresses (group() above: host "h", port 1).
+    expect(sameAsFile(group(0, [0, 1, 2, 3]), file)).toBe(true);
+    expect(sameAsFile(group(0, [0, 1, 2, 4]), file)).toBe(false);
+    expect(sameAsFile(group(0, [0, 1, 2, 3], 0), file)).toBe(false);
+    const rotated = {
+      ...group(1, [0, 1, 2, 3]),
+      members: group(1, [0, 1, 2, 3]).members.map((m) => (m.id === 2 ? { ...m, key: keys[4] as Uint8Array } : m)),
+    };
+    expect(sameAsFile(rotated, file)).toBe(false);
+    // A member the file lists with the same key is dialled where the file says; a new one, or a new key, where the group says.
+    expect(fileEntryOf(file, { id: 1, key: keys[1] as Uint8Array })?.host).toBe("bus.example.net");
+    expect(fileEntryOf(file, { id: 1, key: keys[1] as Uint8Array })?.port).toBe(9101);
+    expect(fileEntryOf(file, { id: 2, key: keys[4] as Uint8Array })).toBeUndefined();
+    expect(fileEntryOf(file, { id: 4, key: keys[4] as Uint8Array })).toBeUndefined();
   });
   test("a group the client cannot vote with is named", () => {
     expect(groupProblem(group(1, [0, 1, 2], 1))).toBe("n=3 is below 3f+1 for f=1");
