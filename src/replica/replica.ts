@@ -317,6 +317,8 @@ export class Replica {
   start(): void {
     const shedder = this.shedder;
     if (shedder !== null) this.stopLagProbe = startLagProbe((nowMs, lagMs) => shedder.observeLag(nowMs, lagMs));
+    this.metrics.gauge("priority_low_admitted_percent", () => Math.round((shedder?.share("low", performance.now()) ?? 1) * 100));
+    this.metrics.gauge("priority_normal_admitted_percent", () => Math.round((shedder?.share("normal", performance.now()) ?? 1) * 100));
     this.metrics.gauge("view", () => this.ordering.status().view);
     this.metrics.gauge("leader", () => this.ordering.status().leader);
     this.metrics.gauge("is_leader", () => (this.ordering.status().leader === this.options.id ? 1 : 0));

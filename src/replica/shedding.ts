@@ -40,7 +40,7 @@ export const URGENT_DELAY_TARGET_MS_DEFAULT = 2;
 /** The largest target `fitb replica --urgent-delay-target-ms` takes. */
 export const URGENT_DELAY_TARGET_MS_MAX = 10_000;
 /** The share of a shed class's publishes always admitted (the issue: low keeps >= 10% of its solo throughput). */
-export const SHED_FLOOR_SHARE = 0.2;
+export const SHED_FLOOR_SHARE = 0.25;
 /** How long an urgent publish keeps the policy on. */
 export const URGENT_WINDOW_MS = 1000;
 /** How often the event loop's lag is probed. */
@@ -142,7 +142,7 @@ export class UrgentShedder {
     else this.normalCredit = credit;
     if (admitted) return null;
     return (
-      `priority shedding: urgent traffic is waiting (event loop lag ${this.lastLagMs.toFixed(1)} ms over the ${this.options.targetMs} ms target); ` +
+      `priority shedding: urgent traffic is waiting (event loop lag ${this.lastLagMs.toFixed(1)} ms, target ${this.options.targetMs} ms); ` +
       `${Math.round(share * 100)}% of ${priority} publishes are admitted; retry later`
     );
   }

@@ -54,7 +54,7 @@ describe("UrgentShedder", () => {
     const decisions = [0, 1, 2, 3].map(() => shedder.admit("low", 10));
     expect(decisions.map((d) => d === null)).toEqual([false, true, false, true]);
     expect(decisions[0]).toBe(
-      "priority shedding: urgent traffic is waiting (event loop lag 12.3 ms over the 5 ms target); 50% of low publishes are admitted; retry later",
+      "priority shedding: urgent traffic is waiting (event loop lag 12.3 ms, target 5 ms); 50% of low publishes are admitted; retry later",
     );
   });
 
