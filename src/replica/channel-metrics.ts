@@ -13,7 +13,7 @@ export const METRICS_CHANNELS_MAX = 200;
 export const OTHER_TAG = "_other";
 
 /** Why events were shed (refused under load, counted per channel). */
-export const SHED_REASONS = ["rate_limited", "overloaded"] as const;
+export const SHED_REASONS = ["rate_limited", "overloaded", "priority"] as const;
 export type ShedReason = (typeof SHED_REASONS)[number];
 
 /** The cells of one channel (or of one folded group): the hot paths keep these. */
@@ -24,6 +24,8 @@ export interface ChannelCells {
   readonly delivered: CounterCell;
   readonly shedRate: CounterCell;
   readonly shedOverload: CounterCell;
+  /** Shed by priority shedding (shedding.ts): a less urgent publish while urgent traffic waits. */
+  readonly shedPriority: CounterCell;
   /** The class's latency histograms (labelled by class only), bound here so the hot paths build no label. */
   readonly ackLatency: HistogramCell | null;
   readonly deliveryLatency: HistogramCell | null;
@@ -174,6 +176,7 @@ export class ChannelMetrics {
       delivered: this.delivered.with(...labels),
       shedRate: this.shed.with(...labels, "rate_limited"),
       shedOverload: this.shed.with(...labels, "overloaded"),
+      shedPriority: this.shed.with(...labels, "priority"),
       ackLatency: this.histograms?.publishAck.with(labels[1]) ?? null,
       deliveryLatency: this.histograms?.delivery.with(labels[1]) ?? null,
     };

@@ -97,6 +97,8 @@ const GAUGES = {
   client_connections: "Open client sessions",
   client_output_bytes: "Bytes queued to client sessions",
   state_transfer_target_seq: "Seq a state transfer is fetching (0: none)",
+  priority_low_admitted_percent: "Share of clients' low publishes admitted by priority shedding now (100: none shed)",
+  priority_normal_admitted_percent: "Share of clients' normal publishes admitted by priority shedding now (100: none shed)",
 } as const;
 
 export type CounterName = keyof typeof COUNTERS;

@@ -60,6 +60,7 @@ import { requestSigningInput } from "../../wire/session.ts";
 import { type ClientSession, ReplicaServer } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
 import { epochLogFields, genesisMembership, membersAnswer } from "./epochs.ts";
+import { startLagProbe, URGENT_DELAY_TARGET_MS_DEFAULT, UrgentShedder } from "./shedding.ts";
 import { Subscriptions } from "./subscriptions.ts";
 import { isSysTag, SysChannels } from "./sys-channels.ts";
 import { keyOf, WaitingRequests } from "./waiting.ts";
@@ -101,6 +102,8 @@ export interface ReplicaOptions {
   readonly joining?: { readonly self: ReplicaEntry; readonly epoch: JoinEpoch };
   /** The verification budgets and blacklist (admission.ts); tests give one with small budgets and their clock. */
   readonly admission?: ClientAdmission;
+  /** Priority shedding's event loop lag target in ms (shedding.ts; default URGENT_DELAY_TARGET_MS_DEFAULT); 0: off. */
+  readonly urgentDelayTargetMs?: number;
 }
 
 export class Replica {
@@ -121,6 +124,9 @@ export class Replica {
   private readonly clientKeysAllowed: Set<string> | null;
   /** Ordered requests waiting for their decision, and the replies kept for retransmissions. */
   private readonly waiting = new WaitingRequests();
+  /** Priority shedding of less urgent client publishes while urgent ones wait (null: off). */
+  private readonly shedder: UrgentShedder | null;
+  private stopLagProbe: (() => void) | null = null;
   private readonly startedMs = Date.now();
   private readonly limits: ClientLimits;
   /** Refusals judged on local state, held until this replica executed what the client saw. */
@@ -183,6 +189,8 @@ export class Replica {
     this.channelMetrics = new ChannelMetrics(this.metrics.registry, this.machine, METRICS_CHANNELS_MAX, this.metrics);
     const defaults = { eventsPerSecond: config.limits.clientEventsPerSecondMax, burstEvents: config.limits.clientBurstEventsMax };
     this.limits = new ClientLimits(defaults, (keyHex) => this.machine.quotaOf(keyHex));
+    const targetMs = options.urgentDelayTargetMs ?? URGENT_DELAY_TARGET_MS_DEFAULT;
+    this.shedder = targetMs === 0 ? null : new UrgentShedder({ targetMs });
     this.subs = new Subscriptions(
       id,
       this.machine,
@@ -335,6 +343,10 @@ export class Replica {
   }
 
   start(): void {
+    const shedder = this.shedder;
+    if (shedder !== null) this.stopLagProbe = startLagProbe((nowMs, lagMs) => shedder.observeLag(nowMs, lagMs));
+    this.metrics.gauge("priority_low_admitted_percent", () => Math.round((shedder?.share("low", performance.now()) ?? 1) * 100));
+    this.metrics.gauge("priority_normal_admitted_percent", () => Math.round((shedder?.share("normal", performance.now()) ?? 1) * 100));
     this.metrics.gauge("view", () => this.ordering.status().view);
     this.metrics.gauge("leader", () => this.ordering.status().leader);
     this.metrics.gauge("is_leader", () => (this.ordering.status().leader === this.options.id ? 1 : 0));
@@ -375,6 +387,7 @@ export class Replica {
   }
 
   stop(): void {
+    this.stopLagProbe?.();
     if (this.gateTimer !== null) clearInterval(this.gateTimer);
     this.gateTimer = null;
     this.sys.stop();
@@ -435,6 +448,7 @@ export class Replica {
     if (admitted.request.op.t === "admin" || this.machine.orderOf(admitted.request.op.tag) === "total") {
       this.noteArrived(admitted.space, admitted.request);
     }
+    if (this.shedForUrgent(session, signed, admitted.request)) return;
     // The signature is checked on a verification thread; the session's requests go on in
     // the order it sent them (its lane), and only once their check is in.
     let lane = this.lanes.get(session);
@@ -453,6 +467,24 @@ export class Replica {
       lane,
       urgencyOfSpace(admitted.space, (tag) => this.machine.priorityOf(tag)),
     );
+  }
+
+  /**
+   * Priority shedding (shedding.ts): a client's less urgent publish refused OVERLOADED
+   * while urgent ones wait here, before its verification costs anything. Only client
+   * requests pass here: forwarded and proposed requests are never shed by it.
+   */
+  private shedForUrgent(session: ClientSession, signed: SignedRequest, request: Request): boolean {
+    if (this.shedder === null || request.op.t !== "pub") return false;
+    const priority = this.machine.priorityOf(request.op.tag);
+    if (priority === null) return false;
+    const reason = this.shedder.admit(priority, performance.now());
+    if (reason === null) return false;
+    this.metrics.refused("OVERLOADED");
+    this.channelMetrics.of(request.op.tag)?.shedPriority.inc(request.span);
+    this.auditRefusal(session, "OVERLOADED", reason, request.op.tag);
+    this.reply(session, failure(request.seq, this.options.id, sha256(signed.body), "OVERLOADED", reason));
+    return true;
   }
 
   /** A request admitRequest's checks refused. */

@@ -3,6 +3,7 @@
  * runs one replica in the foreground until SIGTERM or SIGINT, logging JSON lines on
  * standard output. Its state lives in the data directory and survives kill -9.
  */
+import { URGENT_DELAY_TARGET_MS_DEFAULT, URGENT_DELAY_TARGET_MS_MAX } from "../../replica/shedding.ts";
 import { defaultThreads, THREADS_MAX } from "../../threads/verify-pool.ts";
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -85,6 +86,14 @@ export const replicaCommand: Command = {
       description: `Threads verifying client signatures beside the event loop (default: the cores but one, at least 1, at most 8; here ${defaultThreads()}); 0: everything on one thread, for small hosts`,
     },
     {
+      name: "urgent-delay-target-ms",
+      kind: "string",
+      valueName: "MS",
+      defaultValue: String(URGENT_DELAY_TARGET_MS_DEFAULT),
+      description:
+        "Priority shedding: while high/critical publishes arrive, refuse a growing share of low (then normal) publishes OVERLOADED whenever the event loop runs more than MS late, down to a guaranteed floor; 0: off",
+    },
+    {
       name: "with-parent",
       kind: "boolean",
       description:
@@ -124,6 +133,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   const listens = args.strings("listen").map(parseListen);
   const listen = listens[0];
   const threads = args.integer("threads", 0, THREADS_MAX) ?? defaultThreads();
+  const urgentDelayTargetMs = args.integer("urgent-delay-target-ms", 0, URGENT_DELAY_TARGET_MS_MAX) ?? URGENT_DELAY_TARGET_MS_DEFAULT;
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const log = createLog({ replica: id }, level.level);
   for (const warning of loaded.warnings) log.warn(warning);
@@ -151,6 +161,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
       listenHost: listen?.host,
       listenPort: listen?.port,
       threads,
+      urgentDelayTargetMs,
       listenAlso: listens.slice(1),
       ...(joining === undefined ? {} : { joining }),
       // The replica logged why; its exit status says what kind of stop it is (systemd restarts it).
