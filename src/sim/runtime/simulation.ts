@@ -44,7 +44,7 @@ import type { AdminCmd } from "../../../wire/schemas.ts";
 import { decodeRequestBody } from "../../../wire/schemas.ts";
 import { FRAME_BYTES_MAX } from "../../../wire/types.ts";
 import { Prng } from "../prng.ts";
-import { type FaultNote, SimDisk } from "./disk.ts";
+import { type FaultNote, type PendingSync, SimDisk } from "./disk.ts";
 
 /** The wall clock of tick 0 (a fixed date, so timestamps are the same in every run). */
 const EPOCH_MS = 1_760_000_000_000;
@@ -60,8 +60,18 @@ const OPERATOR_TICKS = 40;
 const CHECKPOINT_INTERVAL = 8;
 const LOG_WINDOW = 16;
 
-export type DiskFaultKind = "torn" | "lost-fsync" | "bitflip";
-export const DISK_FAULT_KINDS: readonly DiskFaultKind[] = ["torn", "lost-fsync", "bitflip"];
+export type DiskFaultKind = "torn" | "lost-fsync" | "bitflip" | "fsync-error";
+export const DISK_FAULT_KINDS: readonly DiskFaultKind[] = ["torn", "lost-fsync", "bitflip", "fsync-error"];
+
+/**
+ * How commits become durable (disk.ts): `in-commit` (SQLite fsyncs inside the commit) or
+ * `overlapped` (the disk offers walSync, and the group commit fsyncs off the loop while
+ * later turns keep writing).
+ */
+export type FsyncMode = "in-commit" | "overlapped";
+export const FSYNC_MODES: readonly FsyncMode[] = ["in-commit", "overlapped"];
+/** The longest an overlapped fsync takes, in ticks, drawn per seed from these. */
+const SYNC_DELAY_MAX: readonly number[] = [0, 1, 2, 4, 10];
 
 /** The channels of the run: one per CLASS. */
 const CHANNELS: readonly { tag: string; fault: "crash" | "byzantine"; order: "none" | "total" }[] = [
@@ -86,6 +96,8 @@ export interface RuntimeOptions {
   diskFaults?: readonly DiskFaultKind[];
   /** Force the number of replicas with disk faults (default: drawn, 0..f). */
   faultyDisks?: number;
+  /** How commits become durable (default: drawn per seed, half each). */
+  fsync?: FsyncMode;
 }
 
 export interface RuntimeFigures {
@@ -105,6 +117,22 @@ export interface RuntimeFigures {
   decided: number;
   acked: number;
   commits: number;
+  /** 1 if the run used overlapped fsyncs (summed over seeds: how many did). */
+  overlapped: number;
+  /** Overlapped fsyncs started, completed, and failed by the failing-fsync fault. */
+  syncs: number;
+  syncsCompleted: number;
+  syncFailures: number;
+  /** Commits failed by the failing-fsync fault (in-commit mode). */
+  commitFailures: number;
+  /** Transactions written while an overlapped fsync of the same replica was in flight. */
+  writesDuringSync: number;
+  /** Effects (peer messages sent, decisions executed, unordered publishes acknowledged) that ran only once an fsync in flight completed. */
+  effectsAfterSync: number;
+  /** Crashes with an overlapped fsync in flight; transactions written and not covered at a crash, and those that survived it. */
+  crashesSyncInFlight: number;
+  unsyncedAtCrash: number;
+  unsyncedKept: number;
 }
 
 export interface RuntimeSeedResult {
@@ -138,10 +166,17 @@ interface Scenario {
   crashes: PlannedCrash[][];
   publishers: number;
   eventsMax: number;
+  fsync: FsyncMode;
+  syncDelayMax: number;
 }
 
 function drawScenario(seed: number, options: RuntimeOptions): Scenario {
   const rng = new Prng(seed, 11);
+  // Stream 15: what came with the overlapped fsync, so the draws of stream 11 stay as they were.
+  const syncRng = new Prng(seed, 15);
+  const fsync = options.fsync ?? (syncRng.chance(0.5) ? "overlapped" : "in-commit");
+  const syncDelayMax = syncRng.pick(SYNC_DELAY_MAX);
+  const earlierKinds = kindsBefore(options.diskFaults ?? DISK_FAULT_KINDS);
   const n = rng.chance(0.93) ? 4 : 7;
   const f = Math.floor((n - 1) / 3);
   const healAt = rng.int(150, 400);
@@ -156,7 +191,11 @@ function drawScenario(seed: number, options: RuntimeOptions): Scenario {
     for (let i = 0; i < count && from < healAt - 40; i++) {
       const at = rng.int(from, Math.min(healAt - 30, from + 250));
       const restartAt = Math.min(healAt - 1, at + (rng.chance(0.3) ? rng.int(100, 300) : rng.int(3, 60)));
-      const fault = diskFaulty.has(id) && kinds.length > 0 ? rng.pick(kinds) : null;
+      let fault: DiskFaultKind | null = null;
+      if (diskFaulty.has(id) && kinds.length > 0) {
+        fault = earlierKinds.length > 0 ? rng.pick(earlierKinds) : "fsync-error";
+        if (kinds.includes("fsync-error") && earlierKinds.length > 0 && syncRng.chance(0.25)) fault = "fsync-error";
+      }
       list.push({ at, restartAt, midTurn: rng.chance(0.5), fault, faultAt: Math.max(1, at - rng.int(1, 60)) });
       from = restartAt + 5;
     }
@@ -175,7 +214,14 @@ function drawScenario(seed: number, options: RuntimeOptions): Scenario {
     crashes,
     publishers: rng.int(1, 2),
     eventsMax: rng.int(1, 4),
+    fsync,
+    syncDelayMax,
   };
+}
+
+/** The fault kinds drawn from stream 11, as before the failing fsync was added (it is drawn from stream 15). */
+function kindsBefore(kinds: readonly DiskFaultKind[]): DiskFaultKind[] {
+  return kinds.filter((k) => k !== "fsync-error");
 }
 
 /** A message in flight: bytes between two replicas. */
@@ -287,8 +333,12 @@ class RuntimeSimulation {
   private readonly netRng: Prng;
   private readonly diskRng: Prng;
   private readonly clientRng: Prng;
+  /** Stream 16: the overlapped fsyncs' delays and where between the tick's turns each completes. */
+  private readonly syncRng: Prng;
   private readonly net: SimNetwork;
-  readonly disk = new SimDisk();
+  readonly disk: SimDisk;
+  /** The replica whose turn runs because an fsync of it completed (effects then counted as waiting for it). */
+  private releasing: number | null = null;
   readonly replicas: SimReplica[] = [];
   readonly config: ClusterConfig;
   private readonly adminKey: SigningKey;
@@ -316,6 +366,16 @@ class RuntimeSimulation {
     decided: 0,
     acked: 0,
     commits: 0,
+    overlapped: 0,
+    syncs: 0,
+    syncsCompleted: 0,
+    syncFailures: 0,
+    commitFailures: 0,
+    writesDuringSync: 0,
+    effectsAfterSync: 0,
+    crashesSyncInFlight: 0,
+    unsyncedAtCrash: 0,
+    unsyncedKept: 0,
   };
 
   constructor(
@@ -327,6 +387,9 @@ class RuntimeSimulation {
     this.netRng = new Prng(seed, 12);
     this.diskRng = new Prng(seed, 13);
     this.clientRng = new Prng(seed, 14);
+    this.syncRng = new Prng(seed, 16);
+    this.disk = new SimDisk(s.fsync === "overlapped" ? { rng: this.syncRng, delayMax: s.syncDelayMax, now: () => this.now } : null);
+    if (s.fsync === "overlapped") this.figures.overlapped = 1;
     this.net = new SimNetwork(s, this.netRng);
     const keyRng = this.clientRng.fork(1);
     const keys = [...Array(s.n)].map(() => SigningKey.fromSeed(keyRng.bytes(32)));
@@ -419,11 +482,15 @@ class RuntimeSimulation {
     const up = (): boolean => r.life === life && r.downUntil === null;
     return {
       send: (to, bytes) => {
-        if (up() && to !== r.id) this.net.send(this.now, { from: r.id, to, bytes });
+        if (up() && to !== r.id) {
+          this.countEffect(r);
+          this.net.send(this.now, { from: r.id, to, bytes });
+        }
         return true;
       },
       broadcast: (bytes) => {
         if (!up()) return;
+        this.countEffect(r);
         for (let to = 0; to < this.scenario.n; to++) if (to !== r.id) this.net.send(this.now, { from: r.id, to, bytes });
       },
     };
@@ -501,8 +568,43 @@ class RuntimeSimulation {
     r.downUntil = restartAt;
     const note = this.disk.crash(r.file, this.diskRng);
     this.noteFault(r, note);
-    this.log(`crash replica ${r.id}${note.kind === "none" ? "" : ` (${note.kind}: ${note.detail})`}`);
+    if ((note.syncsInFlight ?? 0) > 0) this.figures.crashesSyncInFlight++;
+    this.figures.unsyncedAtCrash += note.unsynced ?? 0;
+    this.figures.unsyncedKept += note.unsyncedKept ?? 0;
+    const unsynced = note.unsynced === undefined ? "" : `, ${note.unsynced} transactions unsynced (${note.unsyncedKept ?? 0} kept), ${note.syncsInFlight ?? 0} fsyncs in flight`;
+    this.log(`crash replica ${r.id}${note.kind === "none" ? "" : ` (${note.kind}: ${note.detail})`}${unsynced}`);
   }
+
+  /** An effect of replica `r` ran: counted when it ran because an fsync in flight completed. */
+  private countEffect(r: SimReplica): void {
+    if (this.releasing === r.id) this.figures.effectsAfterSync++;
+  }
+
+  /**
+   * An overlapped fsync completes between two turns of its replica: the group commit's
+   * callback runs, and the effects it made durable run in the turn that follows.
+   */
+  private completeSync(p: PendingSync): void {
+    const r = this.replicas.find((x) => x.file === p.path);
+    if (r === undefined || !r.up) throw new Error(`an fsync completed for ${p.path}, whose replica is down`);
+    this.releasing = r.id;
+    try {
+      this.call(r, "an fsync completion", () => this.disk.complete(p));
+    } finally {
+      this.releasing = null;
+    }
+  }
+
+  /** A failed fsync (or commit) must stop its replica in the turn it is reported. */
+  private checkStoppedAfterFailure(r: SimReplica, life: number): void {
+    const failures = this.disk.syncs.failed + this.disk.syncs.commitsFailed;
+    if (failures === this.failuresSeen) return;
+    this.failuresSeen = failures;
+    this.log(`replica ${r.id}'s fsync failed`);
+    if (r.life === life && r.up) this.violation(`replica ${r.id} kept running after its fsync failed`);
+  }
+
+  private failuresSeen = 0;
 
   private noteFault(r: SimReplica, note: FaultNote): void {
     if (note.kind !== "none" && !r.diskFaulty) this.violation(`a disk fault hit replica ${r.id}, which is not one of the faulty`);
@@ -550,9 +652,11 @@ class RuntimeSimulation {
       fn();
     } catch (error) {
       if (r.life === life) this.stopped(r, error, what);
+      this.checkStoppedAfterFailure(r, life);
       return;
     }
     if (r.life === life) this.endTurn(r);
+    this.checkStoppedAfterFailure(r, life);
   }
 
   // -------------------------------------------------------------------------------------
@@ -561,6 +665,7 @@ class RuntimeSimulation {
 
   private execute(r: SimReplica, requests: readonly ClientRequest[], seq: number): void {
     const digest = toHex(sha256Parts(requests.flatMap((q) => [new TextEncoder().encode(`${q.client}#${q.seq}#${q.span}`), q.body, q.sig])));
+    this.countEffect(r);
     const seen = this.executedAt.get(seq);
     if (seen === undefined) this.executedAt.set(seq, digest);
     else if (seen !== digest) this.violation(`replica ${r.id} executed other requests at seq ${seq}`);
@@ -758,7 +863,9 @@ class RuntimeSimulation {
     if (outcome.trimmed !== null) storage.trimUnordered(outcome.result.tag, generation, outcome.trimmed.batchesRemoved);
     const life = r.life;
     storage.afterDurable(() => {
-      if (r.life === life) this.answer(r.id, q.key, "stored");
+      if (r.life !== life) return;
+      this.countEffect(r);
+      this.answer(r.id, q.key, "stored");
     });
   }
 
@@ -780,7 +887,13 @@ class RuntimeSimulation {
     let doneAt: number | null = null;
     for (this.now = 1; this.now <= bound; this.now++) {
       this.faults();
-      for (const d of this.net.take(this.now)) {
+      // Overlapped fsyncs due now complete between the deliveries, each at a drawn place.
+      const deliveries = this.net.take(this.now);
+      const completions = this.disk.due(this.now).map((p) => ({ p, before: this.syncRng.int(0, deliveries.length) }));
+      for (let i = 0; i <= deliveries.length; i++) {
+        for (const c of completions) if (c.before === i) this.completeSync(c.p);
+        const d = deliveries[i];
+        if (d === undefined) continue;
         const r = this.replicas[d.to] as SimReplica;
         this.call(r, "a peer message", () => r.driver?.onPeerMessage(d.from, d.bytes));
       }
@@ -795,6 +908,8 @@ class RuntimeSimulation {
         }
         if (r.up && r.midTurnRestartAt !== null) this.endTurn(r);
       }
+      // Those started this tick that take no tick complete at its end.
+      for (const p of this.disk.due(this.now)) this.completeSync(p);
       if (doneAt === null && this.done()) doneAt = this.now;
       if (doneAt !== null && this.now >= doneAt + TAIL_TICKS) break;
     }
@@ -802,6 +917,11 @@ class RuntimeSimulation {
     this.finalChecks(doneAt);
     for (const r of this.replicas) this.figures.corruptRows += r.metrics?.get("storage_corrupt_rows_total") ?? 0;
     this.figures.commits = this.disk.commits;
+    this.figures.syncs = this.disk.syncs.started;
+    this.figures.syncsCompleted = this.disk.syncs.completed;
+    this.figures.syncFailures = this.disk.syncs.failed;
+    this.figures.commitFailures = this.disk.syncs.commitsFailed;
+    this.figures.writesDuringSync = this.disk.syncs.writesDuringSync;
     this.disk.closeAll();
     return ticks;
   }
@@ -813,6 +933,7 @@ class RuntimeSimulation {
         if (c.faultAt === this.now && c.fault !== null && r.up) {
           if (c.fault === "lost-fsync" && this.disk.loseSyncs(r.file)) this.log(`replica ${r.id}'s disk stops syncing`);
           if (c.fault === "torn") this.disk.armTorn(r.file);
+          if (c.fault === "fsync-error" && this.disk.failSyncs(r.file)) this.log(`replica ${r.id}'s disk starts failing fsyncs`);
         }
         if (c.at === this.now && r.up) {
           if (c.midTurn) r.midTurnRestartAt = c.restartAt;
@@ -910,6 +1031,11 @@ export function runRuntimeSeed(seed: number, options: RuntimeOptions = {}): Runt
     `n=${s.n} f=${s.f} heal@${s.healAt} drop=${s.dropRate} disk-faulty=[${faulty.join(",")}] crashes=${fig.crashes} ` +
     `(mid-turn ${fig.midTurnCrashes}) torn=${fig.torn} lost-fsync=${fig.lostFsync} bitflip=${fig.bitflipFile}+${fig.bitflipRow}row ` +
     `corrupt-rows=${fig.corruptRows} quarantined=${fig.quarantined} fatal=${fig.fatalStops} transfers=${fig.snapshotsInstalled} ` +
-    `decided=${fig.decided} acked=${fig.acked}`;
+    `decided=${fig.decided} acked=${fig.acked} fsync=${s.fsync}` +
+    (s.fsync === "overlapped"
+      ? ` (<=${s.syncDelayMax} ticks: syncs=${fig.syncs} writes-during-sync=${fig.writesDuringSync} effects-after-sync=${fig.effectsAfterSync} ` +
+        `crashes-sync-in-flight=${fig.crashesSyncInFlight} unsynced-at-crash=${fig.unsyncedAtCrash} kept=${fig.unsyncedKept})`
+      : "") +
+    (fig.syncFailures + fig.commitFailures > 0 ? ` fsync-failures=${fig.syncFailures + fig.commitFailures}` : "");
   return { seed, summary, violations: sim.violations, ticks, figures: fig, trace: sim.trace };
 }
