@@ -36,7 +36,8 @@ export interface RuntimeArgs {
 
 /** Parses --fsync. */
 export function parseFsyncMode(text: string): FsyncMode {
-  if (!(FSYNC_MODES as readonly string[]).includes(text)) throw new Error(`unknown fsync mode ${text}: expected ${FSYNC_MODES.join(" or ")}`);
+  if (!(FSYNC_MODES as readonly string[]).includes(text))
+    throw new Error(`unknown fsync mode ${text}: expected ${FSYNC_MODES.join(" or ")}`);
   return text as FsyncMode;
 }
 

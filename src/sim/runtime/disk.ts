@@ -69,6 +69,9 @@ interface SimFile {
   failSyncs: boolean;
   /** Overlapped mode, while open: what the completed fsyncs made durable. */
   sync: OpenSync | null;
+  /** While open: transactions committed, and how many of them the disk has reported durable (a lying disk included). */
+  written: number;
+  reported: number;
 }
 
 /** Overlapped mode: the durability of one open file. */
@@ -108,6 +111,8 @@ export interface OverlappedSync {
   /** An fsync completes 0..delayMax ticks after it starts. */
   readonly delayMax: number;
   readonly now: () => number;
+  /** Whether a crash may keep a prefix of the transactions no completed fsync covered (else it keeps none). */
+  readonly keepUnsynced: boolean;
 }
 
 /**
@@ -119,6 +124,7 @@ export class SimSettle<T = void> implements PromiseLike<T> {
   private outcome: { ok: true; value: T } | { ok: false; error: unknown } | null = null;
   private readonly waiting: ((outcome: { ok: true; value: T } | { ok: false; error: unknown }) => void)[] = [];
 
+  // biome-ignore lint/suspicious/noThenProperty: a thenable on purpose: the group commit consumes WalSync.later() through then (disk.ts).
   then<A = T, B = never>(
     onFulfilled?: ((value: T) => A | PromiseLike<A>) | null,
     onRejected?: ((reason: unknown) => B | PromiseLike<B>) | null,
@@ -216,15 +222,36 @@ export class SimDisk implements Disk {
   openDatabase(path: string): Database {
     let file = this.files.get(path);
     if (file === undefined) {
-      file = { image: null, db: null, pinned: null, tornArmed: false, beforeLast: null, failSyncs: false, sync: null };
+      file = {
+        image: null,
+        db: null,
+        pinned: null,
+        tornArmed: false,
+        beforeLast: null,
+        failSyncs: false,
+        sync: null,
+        written: 0,
+        reported: 0,
+      };
       this.files.set(path, file);
     }
     if (file.db !== null) throw Object.assign(new Error("database is locked"), { code: "SQLITE_BUSY" });
     const db =
       file.image === null ? new Database(":memory:", { strict: true }) : Database.deserialize(file.image, { strict: true } as never);
     file.db = db;
+    file.written = 0;
+    file.reported = 0;
     if (this.overlapped !== null)
-      file.sync = { durable: file.image, written: 0, durableWritten: 0, durableOrder: 0, started: 0, unsynced: [], inFlight: 0, lying: false };
+      file.sync = {
+        durable: file.image,
+        written: 0,
+        durableWritten: 0,
+        durableOrder: 0,
+        started: 0,
+        unsynced: [],
+        inFlight: 0,
+        lying: false,
+      };
     this.byDb.set(db, file);
     return db;
   }
@@ -241,12 +268,14 @@ export class SimDisk implements Disk {
       if (file?.tornArmed === true) file.beforeLast = db.serialize();
       db.transaction(writes)();
       this.commits++;
+      if (file !== undefined) file.reported = ++file.written;
       return;
     }
     // Overlapped: the transaction goes to the operating system only; an fsync makes it durable.
     db.transaction(writes)();
     this.commits++;
     sync.written++;
+    if (file !== undefined) file.written++;
     sync.unsynced.push({ written: sync.written, image: db.serialize() });
     if (sync.inFlight > 0) this.syncs.writesDuringSync++;
   }
@@ -290,6 +319,7 @@ export class SimDisk implements Disk {
           throw Object.assign(new Error("EIO: i/o error, fsync"), { code: "EIO" });
         }
         sync.started++;
+        file.reported = Math.max(file.reported, sync.written);
         this.makeDurable(sync, sync.started, sync.written, db.serialize());
       },
       close: () => {},
@@ -312,6 +342,11 @@ export class SimDisk implements Disk {
     return due;
   }
 
+  /** Whether an fsync taken by `due` is still in flight (its file was not closed or crashed since). */
+  inFlight(p: PendingSync): boolean {
+    return p.file.db === p.db;
+  }
+
   /** Completes an overlapped fsync: durable, or (failing-fsync fault) rejected with EIO. */
   complete(p: PendingSync): void {
     const sync = p.file.db === p.db ? p.file.sync : null;
@@ -323,8 +358,22 @@ export class SimDisk implements Disk {
       return;
     }
     this.syncs.completed++;
+    p.file.reported = Math.max(p.file.reported, p.written);
     this.makeDurable(sync, p.order, p.written, p.image);
     p.result.resolve();
+  }
+
+  /**
+   * Transactions committed to the open file at `path`, and how many of them the disk has
+   * reported durable (a commit returned in-commit, an fsync covering them completed
+   * overlapped); 0 when not open.
+   */
+  writtenCount(path: string): number {
+    return this.files.get(path)?.written ?? 0;
+  }
+
+  reportedDurable(path: string): number {
+    return this.files.get(path)?.reported ?? 0;
   }
 
   /** Whether an overlapped fsync of this file is in flight. */
@@ -391,7 +440,12 @@ export class SimDisk implements Disk {
       const bytes = sync.durable?.length ?? 0;
       return {
         image: sync.durable,
-        note: { kind: "lost-fsync", detail: `file back to ${bytes} bytes from ${live.length} (the last honest fsync)`, ...counts, unsyncedKept: 0 },
+        note: {
+          kind: "lost-fsync",
+          detail: `file back to ${bytes} bytes from ${live.length} (the last honest fsync)`,
+          ...counts,
+          unsyncedKept: 0,
+        },
       };
     }
     if (tornArmed && sync.unsynced.length > 0) {
@@ -407,7 +461,8 @@ export class SimDisk implements Disk {
         },
       };
     }
-    const kept = sync.unsynced.length > 0 && rng.chance(0.5) ? rng.int(1, sync.unsynced.length) : 0;
+    const kept =
+      sync.unsynced.length > 0 && this.overlapped?.keepUnsynced === true && rng.chance(0.5) ? rng.int(1, sync.unsynced.length) : 0;
     const image = kept === 0 ? sync.durable : (sync.unsynced[kept - 1] as { image: Uint8Array }).image;
     return { image, note: { kind: "none", detail: "", ...counts, unsyncedKept: kept } };
   }

@@ -98,7 +98,15 @@ export interface RuntimeOptions {
   faultyDisks?: number;
   /** How commits become durable (default: drawn per seed, half each). */
   fsync?: FsyncMode;
+  /**
+   * Targeted (overlapped): each planned crash waits until its replica has an fsync in
+   * flight, and the crash keeps none of the writes no completed fsync covered.
+   */
+  crashInFlight?: boolean;
 }
+
+/** The longest crashInFlight postpones a planned crash, in ticks. */
+const CRASH_IN_FLIGHT_WAIT_TICKS = 60;
 
 export interface RuntimeFigures {
   crashes: number;
@@ -146,6 +154,8 @@ export interface RuntimeSeedResult {
 
 interface PlannedCrash {
   at: number;
+  /** `at` as drawn (crashInFlight may postpone `at`). */
+  plannedAt: number;
   restartAt: number;
   midTurn: boolean;
   fault: DiskFaultKind | null;
@@ -196,7 +206,7 @@ function drawScenario(seed: number, options: RuntimeOptions): Scenario {
         fault = earlierKinds.length > 0 ? rng.pick(earlierKinds) : "fsync-error";
         if (kinds.includes("fsync-error") && earlierKinds.length > 0 && syncRng.chance(0.25)) fault = "fsync-error";
       }
-      list.push({ at, restartAt, midTurn: rng.chance(0.5), fault, faultAt: Math.max(1, at - rng.int(1, 60)) });
+      list.push({ at, plannedAt: at, restartAt, midTurn: rng.chance(0.5), fault, faultAt: Math.max(1, at - rng.int(1, 60)) });
       from = restartAt + 5;
     }
     crashes.push(list);
@@ -388,7 +398,11 @@ class RuntimeSimulation {
     this.diskRng = new Prng(seed, 13);
     this.clientRng = new Prng(seed, 14);
     this.syncRng = new Prng(seed, 16);
-    this.disk = new SimDisk(s.fsync === "overlapped" ? { rng: this.syncRng, delayMax: s.syncDelayMax, now: () => this.now } : null);
+    this.disk = new SimDisk(
+      s.fsync === "overlapped"
+        ? { rng: this.syncRng, delayMax: s.syncDelayMax, now: () => this.now, keepUnsynced: options.crashInFlight !== true }
+        : null,
+    );
     if (s.fsync === "overlapped") this.figures.overlapped = 1;
     this.net = new SimNetwork(s, this.netRng);
     const keyRng = this.clientRng.fork(1);
@@ -571,7 +585,10 @@ class RuntimeSimulation {
     if ((note.syncsInFlight ?? 0) > 0) this.figures.crashesSyncInFlight++;
     this.figures.unsyncedAtCrash += note.unsynced ?? 0;
     this.figures.unsyncedKept += note.unsyncedKept ?? 0;
-    const unsynced = note.unsynced === undefined ? "" : `, ${note.unsynced} transactions unsynced (${note.unsyncedKept ?? 0} kept), ${note.syncsInFlight ?? 0} fsyncs in flight`;
+    const unsynced =
+      note.unsynced === undefined
+        ? ""
+        : `, ${note.unsynced} transactions unsynced (${note.unsyncedKept ?? 0} kept), ${note.syncsInFlight ?? 0} fsyncs in flight`;
     this.log(`crash replica ${r.id}${note.kind === "none" ? "" : ` (${note.kind}: ${note.detail})`}${unsynced}`);
   }
 
@@ -585,6 +602,8 @@ class RuntimeSimulation {
    * callback runs, and the effects it made durable run in the turn that follows.
    */
   private completeSync(p: PendingSync): void {
+    // Its replica crashed earlier in this tick: the fsync went down with it.
+    if (!this.disk.inFlight(p)) return;
     const r = this.replicas.find((x) => x.file === p.path);
     if (r === undefined || !r.up) throw new Error(`an fsync completed for ${p.path}, whose replica is down`);
     this.releasing = r.id;
@@ -862,9 +881,18 @@ class RuntimeSimulation {
     if (outcome.stored !== null) storage.recordUnordered(outcome.result.tag, generation, outcome.stored.tsMs, signed.body, signed.sig);
     if (outcome.trimmed !== null) storage.trimUnordered(outcome.result.tag, generation, outcome.trimmed.batchesRemoved);
     const life = r.life;
+    // The rows staged here (if any: a publish already stored stages nothing) go to disk in
+    // the next transaction of this file: the acknowledgment may go out only once the disk
+    // has reported that one durable.
+    const transaction = outcome.stored === null && outcome.trimmed === null ? 0 : this.disk.writtenCount(r.file) + 1;
     storage.afterDurable(() => {
       if (r.life !== life) return;
       this.countEffect(r);
+      const durable = this.disk.reportedDurable(r.file);
+      if (durable < transaction)
+        this.violation(
+          `replica ${r.id} acknowledged ${q.key} before its write was durable (transaction ${transaction}, durable up to ${durable})`,
+        );
       this.answer(r.id, q.key, "stored");
     });
   }
@@ -934,6 +962,10 @@ class RuntimeSimulation {
           if (c.fault === "lost-fsync" && this.disk.loseSyncs(r.file)) this.log(`replica ${r.id}'s disk stops syncing`);
           if (c.fault === "torn") this.disk.armTorn(r.file);
           if (c.fault === "fsync-error" && this.disk.failSyncs(r.file)) this.log(`replica ${r.id}'s disk starts failing fsyncs`);
+        }
+        if (c.at === this.now && r.up && this.options.crashInFlight === true && !this.disk.syncing(r.file)) {
+          // Targeted: the crash waits (a bounded while) for a moment with an fsync in flight.
+          if (c.at < c.restartAt - 1 && c.at < c.plannedAt + CRASH_IN_FLIGHT_WAIT_TICKS) c.at++;
         }
         if (c.at === this.now && r.up) {
           if (c.midTurn) r.midTurnRestartAt = c.restartAt;
