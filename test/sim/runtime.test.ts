@@ -1,6 +1,6 @@
 // The runtime under simulation (src/sim/runtime): the replica runtime itself (ordering
 // driver, channel machine, storage on a simulated disk, state transfer) under crashes,
-// torn writes, lost fsyncs and bitflips, over 200 seeds: zero violations of
+// torn writes, lost and failing fsyncs and bitflips, over 200 seeds: zero violations of
 // agreement, identical channel state, no acknowledged event lost, liveness after heal.
 // The first 50 seeds sign peer messages with ed25519, the rest with keyed hashes (the
 // same schedule: signatures are opaque to it). Each seed draws how commits become durable:

@@ -11,9 +11,9 @@
  *   commit is durable once it returns;
  * - overlapped (`overlapped` given, so the disk offers `walSync`, as the real one does): a
  *   commit only writes (to the operating system), and `walSync().later()` starts an fsync
- *   that completes `1..delayMax` ticks later (or 0: at the end of the tick), settled by the
- *   simulation through `due` and `complete` between the turns of the replicas, so later
- *   turns keep writing meanwhile. A completed fsync makes durable exactly the image the
+ *   that completes 0..delayMax ticks later, settled by the simulation through `due` and
+ *   `complete` between the turns of the replicas (at a drawn place among the deliveries of
+ *   that tick, or at its end), so later turns keep writing meanwhile. A completed fsync makes durable exactly the image the
  *   file had when it started; `now()` syncs in place. At a crash everything no completed
  *   fsync covered is dropped, or (half the time) a prefix of those transactions survives,
  *   as the operating system may have written part of the log back before the power went.

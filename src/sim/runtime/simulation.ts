@@ -6,21 +6,30 @@
  * and none) after an admin created them and registered the publishers; replicas crash
  * (at the end of a turn, or in the middle of one before its commit) and restart by
  * recovering from what their disk kept; up to f replicas get disk faults (disk.ts): torn
- * writes, lost fsyncs, bits flipped at rest. A replica that finds its data unusable stops
+ * writes, lost and failing fsyncs, bits flipped at rest. A replica that finds its data unusable stops
  * with a fatal error, and the simulated operator then wipes its data directory and starts
  * it again (it comes back by state transfer).
+ *
+ * Durability: each seed draws (or `fsync` forces) how commits become durable, inside the
+ * commit or overlapped (disk.ts: the disk offers walSync, as the real one does, and an
+ * fsync completes up to a drawn number of ticks after it starts, at a drawn place between
+ * the deliveries of its tick). A crash is a power loss: in overlapped mode the writes no
+ * completed fsync covered are dropped (or a prefix of them kept). A failing fsync is a
+ * disk fault of its own.
  *
  * Checkers: every replica executes the same requests at every decided seq, with the same
  * result; at the end the live replicas have executed the same seq and hold the same
  * channel state (ChannelMachine.digest); every acknowledged event is there (total order:
  * in every replica's state; none: in the store of every replica without a disk fault that
- * acknowledged it); no replica without a disk fault ever stops; and after the faults heal
- * every request is acknowledged and every replica catches up, within a bounded number of
- * ticks.
+ * acknowledged it); no unordered publish is acknowledged before the disk reported the
+ * transaction holding it durable; a replica whose fsync failed stops in that turn; no
+ * replica without a disk fault ever stops; and after the faults heal every request is
+ * acknowledged and every replica catches up, within a bounded number of ticks.
  *
- * Randomness: stream 11 draws the scenario, 12 the network, 13 the disk faults and 14 the
- * clients, all from the seed (prng.ts), apart from the streams of the ordering-core
- * simulator, so a seed of either mode draws what it drew before.
+ * Randomness: stream 11 draws the scenario, 12 the network, 13 the disk faults, 14 the
+ * clients, 15 the durability mode, the fsync delays' bound and the failing fsyncs, 16 each
+ * fsync's delay and place, all from the seed (prng.ts), apart from the streams of the
+ * ordering-core simulator, so a seed of either mode draws what it drew before.
  */
 import type { ClusterConfig, ReplicaEntry } from "../../config/cluster.ts";
 import { channelsConfigFrom, LIMIT_BOUNDS, RETENTION_BOUNDS } from "../../config/cluster.ts";
