@@ -108,14 +108,19 @@ export interface RuntimeOptions {
   /** How commits become durable (default: drawn per seed, half each). */
   fsync?: FsyncMode;
   /**
-   * Targeted (overlapped): each planned crash waits until its replica has an fsync in
-   * flight, and the crash keeps none of the writes no completed fsync covered.
+   * Targeted (overlapped): each planned crash waits for its replica to have an
+   * acknowledgment out whose write is not durable yet (which a correct group commit never
+   * allows), or else an fsync in flight; the crash keeps none of the writes no completed
+   * fsync covered.
    */
   crashInFlight?: boolean;
 }
 
-/** The longest crashInFlight postpones a planned crash, in ticks. */
-const CRASH_IN_FLIGHT_WAIT_TICKS = 60;
+/** The longest crashInFlight postpones a planned crash, in ticks; and how long it waits for an acknowledgment not durable yet. */
+const CRASH_IN_FLIGHT_WAIT_TICKS = 80;
+const CRASH_EXPOSED_WAIT_TICKS = 40;
+/** crashInFlight: the most crashes a run adds at moments an acknowledgment is out before its write is durable. */
+const EXPOSED_CRASHES_MAX = 4;
 
 export interface RuntimeFigures {
   crashes: number;
@@ -308,6 +313,8 @@ class SimReplica {
   wipe = false;
   /** Crash at the end of the next call into the runtime, before its commit, and restart at this tick. */
   midTurnRestartAt: number | null = null;
+  /** The highest transaction of its file an acknowledgment of this life depended on. */
+  ackedTransaction = 0;
   /** The results this replica gave, by request (space#seq). */
   readonly results = new Map<string, string>();
 
@@ -525,6 +532,7 @@ class RuntimeSimulation {
     r.turn.length = 0;
     r.timers = [];
     r.midTurnRestartAt = null;
+    r.ackedTransaction = 0;
     if (r.wipe) {
       this.disk.removeTree(r.dir);
       this.log(`operator wipes replica ${r.id}'s data directory`);
@@ -897,6 +905,7 @@ class RuntimeSimulation {
     storage.afterDurable(() => {
       if (r.life !== life) return;
       this.countEffect(r);
+      r.ackedTransaction = Math.max(r.ackedTransaction, transaction);
       const durable = this.disk.reportedDurable(r.file);
       if (durable < transaction)
         this.violation(
@@ -972,15 +981,31 @@ class RuntimeSimulation {
           if (c.fault === "torn") this.disk.armTorn(r.file);
           if (c.fault === "fsync-error" && this.disk.failSyncs(r.file)) this.log(`replica ${r.id}'s disk starts failing fsyncs`);
         }
-        if (c.at === this.now && r.up && this.options.crashInFlight === true && !this.disk.syncing(r.file)) {
-          // Targeted: the crash waits (a bounded while) for a moment with an fsync in flight.
-          if (c.at < c.restartAt - 1 && c.at < c.plannedAt + CRASH_IN_FLIGHT_WAIT_TICKS) c.at++;
+        if (c.at === this.now && r.up && this.options.crashInFlight === true && c.at < c.restartAt - 1) {
+          // Targeted: the crash waits (a bounded while) for the worst moment: an
+          // acknowledgment out whose write is not durable yet (never, if the group commit
+          // keeps its rule), or else any moment with an fsync in flight.
+          const exposed = r.ackedTransaction > this.disk.reportedDurable(r.file);
+          const waited = this.now - c.plannedAt;
+          const ready = exposed || (this.disk.syncing(r.file) && waited >= CRASH_EXPOSED_WAIT_TICKS);
+          if (!ready && waited < CRASH_IN_FLIGHT_WAIT_TICKS) c.at++;
         }
         if (c.at === this.now && r.up) {
           if (c.midTurn) r.midTurnRestartAt = c.restartAt;
           else this.crash(r, c.restartAt);
           if (c.fault === "bitflip") this.pendingFlip.add(r.id);
         }
+      }
+      if (
+        this.options.crashInFlight === true &&
+        r.up &&
+        r.ackedTransaction > this.disk.reportedDurable(r.file) &&
+        this.exposedCrashes < EXPOSED_CRASHES_MAX
+      ) {
+        // The worst moment for a power loss: an acknowledgment is out and its write not durable.
+        this.exposedCrashes++;
+        this.log(`replica ${r.id} acknowledged a write not durable yet: power loss now`);
+        this.crash(r, this.now + 3);
       }
       if (this.pendingFlip.has(r.id) && !r.up) {
         this.pendingFlip.delete(r.id);
@@ -993,6 +1018,9 @@ class RuntimeSimulation {
       }
     }
   }
+
+  /** crashInFlight: crashes made at a moment an acknowledgment was out before its write was durable. */
+  private exposedCrashes = 0;
 
   /** Replicas whose disk gets a flipped bit once they are down. */
   private readonly pendingFlip = new Set<number>();
