@@ -5,10 +5,11 @@
  *                      [--start S] [--workers W] [--crypto ed25519|fast]
  *   bun src/sim/run.ts --faults MIX --seed N [--trace]      replays one seed exactly
  *   bun src/sim/run.ts --throughput [--attack NAME] [--seeds N] [--start S] [--crypto ed25519|fast]
- *   bun src/sim/run.ts --runtime [--seeds N] [--start S] [--disk-faults LIST] [--seed N --trace]
+ *   bun src/sim/run.ts --runtime [--seeds N] [--start S] [--disk-faults LIST] [--fsync MODE] [--seed N --trace]
  *
  * --runtime runs the replica runtime itself (ordering driver, channel machine, storage on
- * a simulated disk with torn writes, lost fsyncs and bitflips, state transfer) instead of
+ * a simulated disk with torn writes, lost and failing fsyncs, bitflips and overlapped
+ * fsyncs, state transfer) instead of
  * the ordering core alone: src/sim/runtime.
  *
  * --throughput runs, per seed, the same closed-loop client load fault-free and under each
@@ -24,8 +25,8 @@ import type { SimCryptoKind } from "./crypto.ts";
 import { FAULT_MIXES, type FaultMix } from "./scenario.ts";
 import { runSeed, type SeedResult } from "./simulator.ts";
 import { RunStats } from "./stats.ts";
-import { parseDiskFaults, RUNTIME_USAGE, runRuntimeCli } from "./runtime/cli.ts";
-import { DISK_FAULT_KINDS, type DiskFaultKind } from "./runtime/simulation.ts";
+import { parseDiskFaults, parseFsyncMode, RUNTIME_USAGE, runRuntimeCli } from "./runtime/cli.ts";
+import { DISK_FAULT_KINDS, type DiskFaultKind, type FsyncMode } from "./runtime/simulation.ts";
 import { runThroughputSeed, THROUGHPUT_ATTACKS, type ThroughputResult, throughputTable } from "./throughput.ts";
 
 /** Seconds between progress lines. */
@@ -45,6 +46,8 @@ interface Args {
   seedsGiven: boolean;
   runtime: boolean;
   diskFaults: readonly DiskFaultKind[];
+  /** --runtime: forced for every seed, or null: drawn per seed. */
+  fsync: FsyncMode | null;
 }
 
 const USAGE = [
@@ -72,6 +75,7 @@ function parseArgs(argv: readonly string[]): Args {
     seedsGiven: false,
     runtime: false,
     diskFaults: DISK_FAULT_KINDS,
+    fsync: null,
   };
   let cryptoGiven = false;
   for (let i = 0; i < argv.length; i++) {
@@ -130,6 +134,9 @@ function parseArgs(argv: readonly string[]): Args {
         break;
       case "--disk-faults":
         args.diskFaults = parseDiskFaults(value());
+        break;
+      case "--fsync":
+        args.fsync = parseFsyncMode(value());
         break;
       case "--help":
       case "-h":

@@ -5,7 +5,8 @@
  * create) the database file, commit a transaction durably, and, when the file is damaged,
  * move it aside (exists, rename, remove). `realDisk` is the file system under the shipped
  * replica; the simulator (src/sim/runtime/disk.ts) keeps database images in memory and
- * injects the disk's faults there: torn writes, lost fsyncs and flipped bits.
+ * injects the disk's faults there: torn writes, lost and failing fsyncs, flipped bits,
+ * and (with `walSync`) fsyncs that complete ticks after they start.
  *
  * The record formats (records.ts) and the tables (store.ts) sit above this port and are
  * the same on either disk.
@@ -40,8 +41,11 @@ export interface Disk {
 
 /** Makes every transaction committed so far to one database durable (its write-ahead log fsynced). */
 export interface WalSync {
-  /** Off the event loop: resolves once durable, rejects if the fsync failed. */
-  later(): Promise<void>;
+  /**
+   * Off the event loop: resolves once durable, rejects if the fsync failed. Only `then` is
+   * used (group-commit.ts): the simulated disk settles it at a simulated time.
+   */
+  later(): PromiseLike<void>;
   /** In place: returns once durable, throws if the fsync failed. */
   now(): void;
   close(): void;

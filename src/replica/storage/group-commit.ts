@@ -45,7 +45,7 @@ export interface GroupCommitOptions {
    * itself returns once durable.
    */
   readonly sync?: {
-    readonly later: () => Promise<void>;
+    readonly later: () => PromiseLike<void>;
     readonly now: () => void;
   };
 }

@@ -4,13 +4,23 @@
  * ranges to use two cores), prints every failing seed with the command that replays it,
  * progress on stderr, and at the end the seeds, violations and fault counts.
  */
-import { DISK_FAULT_KINDS, type DiskFaultKind, type RuntimeCrypto, type RuntimeFigures, runRuntimeSeed } from "./simulation.ts";
+import {
+  DISK_FAULT_KINDS,
+  type DiskFaultKind,
+  FSYNC_MODES,
+  type FsyncMode,
+  type RuntimeCrypto,
+  type RuntimeFigures,
+  runRuntimeSeed,
+} from "./simulation.ts";
 
 export const RUNTIME_USAGE = [
-  "       bun src/sim/run.ts --runtime [--seeds N] [--start S] [--crypto ed25519|fast] [--disk-faults torn,lost-fsync,bitflip]",
+  "       bun src/sim/run.ts --runtime [--seeds N] [--start S] [--crypto ed25519|fast] [--disk-faults torn,lost-fsync,bitflip,fsync-error]",
+  "                                    [--fsync overlapped|in-commit (default: drawn per seed, half each)]",
   "       bun src/sim/run.ts --runtime --seed N [--trace]                     replay one seed of the runtime simulation",
   "           the replica runtime (ordering driver, channel machine, storage on a simulated disk, state transfer)",
-  "           under crashes, torn writes, lost fsyncs and bitflips; one process, seeds in order",
+  "           under crashes, torn writes, lost and failing fsyncs and bitflips, with the group commit's fsync overlapped",
+  "           (walSync, completing ticks later) or inside the commit; one process, seeds in order",
 ].join("\n");
 
 export interface RuntimeArgs {
@@ -20,6 +30,15 @@ export interface RuntimeArgs {
   readonly trace: boolean;
   readonly crypto: RuntimeCrypto;
   readonly diskFaults: readonly DiskFaultKind[];
+  /** Forced for every seed, or null: drawn per seed. */
+  readonly fsync: FsyncMode | null;
+}
+
+/** Parses --fsync. */
+export function parseFsyncMode(text: string): FsyncMode {
+  if (!(FSYNC_MODES as readonly string[]).includes(text))
+    throw new Error(`unknown fsync mode ${text}: expected ${FSYNC_MODES.join(" or ")}`);
+  return text as FsyncMode;
 }
 
 /** Parses --disk-faults: a comma-separated list of DISK_FAULT_KINDS (or "none"). */
@@ -34,12 +53,13 @@ export function parseDiskFaults(text: string): DiskFaultKind[] {
 function replayCommand(args: RuntimeArgs, seed: number): string {
   const crypto = args.crypto === "ed25519" ? "" : ` --crypto ${args.crypto}`;
   const faults = args.diskFaults.length === DISK_FAULT_KINDS.length ? "" : ` --disk-faults ${args.diskFaults.join(",") || "none"}`;
-  return `bun src/sim/run.ts --runtime${crypto}${faults} --seed ${seed} --trace`;
+  const fsync = args.fsync === null ? "" : ` --fsync ${args.fsync}`;
+  return `bun src/sim/run.ts --runtime${crypto}${faults}${fsync} --seed ${seed} --trace`;
 }
 
 /** Runs the seeds (or replays one); returns the exit code: 1 if any seed violated a check. */
 export function runRuntimeCli(args: RuntimeArgs): number {
-  const options = { crypto: args.crypto, diskFaults: args.diskFaults };
+  const options = { crypto: args.crypto, diskFaults: args.diskFaults, ...(args.fsync === null ? {} : { fsync: args.fsync }) };
   if (args.seed !== null) {
     const r = runRuntimeSeed(args.seed, { ...options, trace: args.trace });
     console.log(`seed ${r.seed} [runtime] ${r.summary}`);
@@ -70,7 +90,7 @@ export function runRuntimeCli(args: RuntimeArgs): number {
   }
   const seconds = (performance.now() - t0) / 1000;
   console.log(
-    `runtime, crypto ${args.crypto}, disk faults ${args.diskFaults.join(",") || "none"}, seeds ${args.start}..${args.start + args.seeds - 1}: ` +
+    `runtime, crypto ${args.crypto}, disk faults ${args.diskFaults.join(",") || "none"}, fsync ${args.fsync ?? "drawn"}, seeds ${args.start}..${args.start + args.seeds - 1}: ` +
       `${failed} failing seeds, ${seconds.toFixed(0)} s`,
   );
   console.log(

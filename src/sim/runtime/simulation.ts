@@ -6,21 +6,30 @@
  * and none) after an admin created them and registered the publishers; replicas crash
  * (at the end of a turn, or in the middle of one before its commit) and restart by
  * recovering from what their disk kept; up to f replicas get disk faults (disk.ts): torn
- * writes, lost fsyncs, bits flipped at rest. A replica that finds its data unusable stops
+ * writes, lost and failing fsyncs, bits flipped at rest. A replica that finds its data unusable stops
  * with a fatal error, and the simulated operator then wipes its data directory and starts
  * it again (it comes back by state transfer).
+ *
+ * Durability: each seed draws (or `fsync` forces) how commits become durable, inside the
+ * commit or overlapped (disk.ts: the disk offers walSync, as the real one does, and an
+ * fsync completes up to a drawn number of ticks after it starts, at a drawn place between
+ * the deliveries of its tick). A crash is a power loss: in overlapped mode the writes no
+ * completed fsync covered are dropped (or a prefix of them kept). A failing fsync is a
+ * disk fault of its own.
  *
  * Checkers: every replica executes the same requests at every decided seq, with the same
  * result; at the end the live replicas have executed the same seq and hold the same
  * channel state (ChannelMachine.digest); every acknowledged event is there (total order:
  * in every replica's state; none: in the store of every replica without a disk fault that
- * acknowledged it); no replica without a disk fault ever stops; and after the faults heal
- * every request is acknowledged and every replica catches up, within a bounded number of
- * ticks.
+ * acknowledged it); no unordered publish is acknowledged before the disk reported the
+ * transaction holding it durable; a replica whose fsync failed stops in that turn; no
+ * replica without a disk fault ever stops; and after the faults heal every request is
+ * acknowledged and every replica catches up, within a bounded number of ticks.
  *
- * Randomness: stream 11 draws the scenario, 12 the network, 13 the disk faults and 14 the
- * clients, all from the seed (prng.ts), apart from the streams of the ordering-core
- * simulator, so a seed of either mode draws what it drew before.
+ * Randomness: stream 11 draws the scenario, 12 the network, 13 the disk faults, 14 the
+ * clients, 15 the durability mode, the fsync delays' bound and the failing fsyncs, 16 each
+ * fsync's delay and place, all from the seed (prng.ts), apart from the streams of the
+ * ordering-core simulator, so a seed of either mode draws what it drew before.
  */
 import type { ClusterConfig, ReplicaEntry } from "../../config/cluster.ts";
 import { channelsConfigFrom, LIMIT_BOUNDS, RETENTION_BOUNDS } from "../../config/cluster.ts";
@@ -44,7 +53,7 @@ import type { AdminCmd } from "../../../wire/schemas.ts";
 import { decodeRequestBody } from "../../../wire/schemas.ts";
 import { FRAME_BYTES_MAX } from "../../../wire/types.ts";
 import { Prng } from "../prng.ts";
-import { type FaultNote, SimDisk } from "./disk.ts";
+import { type FaultNote, type PendingSync, SimDisk } from "./disk.ts";
 
 /** The wall clock of tick 0 (a fixed date, so timestamps are the same in every run). */
 const EPOCH_MS = 1_760_000_000_000;
@@ -60,8 +69,18 @@ const OPERATOR_TICKS = 40;
 const CHECKPOINT_INTERVAL = 8;
 const LOG_WINDOW = 16;
 
-export type DiskFaultKind = "torn" | "lost-fsync" | "bitflip";
-export const DISK_FAULT_KINDS: readonly DiskFaultKind[] = ["torn", "lost-fsync", "bitflip"];
+export type DiskFaultKind = "torn" | "lost-fsync" | "bitflip" | "fsync-error";
+export const DISK_FAULT_KINDS: readonly DiskFaultKind[] = ["torn", "lost-fsync", "bitflip", "fsync-error"];
+
+/**
+ * How commits become durable (disk.ts): `in-commit` (SQLite fsyncs inside the commit) or
+ * `overlapped` (the disk offers walSync, and the group commit fsyncs off the loop while
+ * later turns keep writing).
+ */
+export type FsyncMode = "in-commit" | "overlapped";
+export const FSYNC_MODES: readonly FsyncMode[] = ["in-commit", "overlapped"];
+/** The longest an overlapped fsync takes, in ticks, drawn per seed from these. */
+const SYNC_DELAY_MAX: readonly number[] = [0, 1, 2, 4, 10];
 
 /** The channels of the run: one per CLASS. */
 const CHANNELS: readonly { tag: string; fault: "crash" | "byzantine"; order: "none" | "total" }[] = [
@@ -86,7 +105,22 @@ export interface RuntimeOptions {
   diskFaults?: readonly DiskFaultKind[];
   /** Force the number of replicas with disk faults (default: drawn, 0..f). */
   faultyDisks?: number;
+  /** How commits become durable (default: drawn per seed, half each). */
+  fsync?: FsyncMode;
+  /**
+   * Targeted (overlapped): each planned crash waits for its replica to have an
+   * acknowledgment out whose write is not durable yet (which a correct group commit never
+   * allows), or else an fsync in flight; the crash keeps none of the writes no completed
+   * fsync covered.
+   */
+  crashInFlight?: boolean;
 }
+
+/** The longest crashInFlight postpones a planned crash, in ticks; and how long it waits for an acknowledgment not durable yet. */
+const CRASH_IN_FLIGHT_WAIT_TICKS = 80;
+const CRASH_EXPOSED_WAIT_TICKS = 40;
+/** crashInFlight: the most crashes a run adds at moments an acknowledgment is out before its write is durable. */
+const EXPOSED_CRASHES_MAX = 4;
 
 export interface RuntimeFigures {
   crashes: number;
@@ -105,6 +139,22 @@ export interface RuntimeFigures {
   decided: number;
   acked: number;
   commits: number;
+  /** 1 if the run used overlapped fsyncs (summed over seeds: how many did). */
+  overlapped: number;
+  /** Overlapped fsyncs started, completed, and failed by the failing-fsync fault. */
+  syncs: number;
+  syncsCompleted: number;
+  syncFailures: number;
+  /** Commits failed by the failing-fsync fault (in-commit mode). */
+  commitFailures: number;
+  /** Transactions written while an overlapped fsync of the same replica was in flight. */
+  writesDuringSync: number;
+  /** Effects (peer messages sent, decisions executed, unordered publishes acknowledged) that ran only once an fsync in flight completed. */
+  effectsAfterSync: number;
+  /** Crashes with an overlapped fsync in flight; transactions written and not covered at a crash, and those that survived it. */
+  crashesSyncInFlight: number;
+  unsyncedAtCrash: number;
+  unsyncedKept: number;
 }
 
 export interface RuntimeSeedResult {
@@ -118,6 +168,8 @@ export interface RuntimeSeedResult {
 
 interface PlannedCrash {
   at: number;
+  /** `at` as drawn (crashInFlight may postpone `at`). */
+  plannedAt: number;
   restartAt: number;
   midTurn: boolean;
   fault: DiskFaultKind | null;
@@ -138,10 +190,17 @@ interface Scenario {
   crashes: PlannedCrash[][];
   publishers: number;
   eventsMax: number;
+  fsync: FsyncMode;
+  syncDelayMax: number;
 }
 
 function drawScenario(seed: number, options: RuntimeOptions): Scenario {
   const rng = new Prng(seed, 11);
+  // Stream 15: what came with the overlapped fsync, so the draws of stream 11 stay as they were.
+  const syncRng = new Prng(seed, 15);
+  const fsync = options.fsync ?? (syncRng.chance(0.5) ? "overlapped" : "in-commit");
+  const syncDelayMax = syncRng.pick(SYNC_DELAY_MAX);
+  const earlierKinds = kindsBefore(options.diskFaults ?? DISK_FAULT_KINDS);
   const n = rng.chance(0.93) ? 4 : 7;
   const f = Math.floor((n - 1) / 3);
   const healAt = rng.int(150, 400);
@@ -156,8 +215,12 @@ function drawScenario(seed: number, options: RuntimeOptions): Scenario {
     for (let i = 0; i < count && from < healAt - 40; i++) {
       const at = rng.int(from, Math.min(healAt - 30, from + 250));
       const restartAt = Math.min(healAt - 1, at + (rng.chance(0.3) ? rng.int(100, 300) : rng.int(3, 60)));
-      const fault = diskFaulty.has(id) && kinds.length > 0 ? rng.pick(kinds) : null;
-      list.push({ at, restartAt, midTurn: rng.chance(0.5), fault, faultAt: Math.max(1, at - rng.int(1, 60)) });
+      let fault: DiskFaultKind | null = null;
+      if (diskFaulty.has(id) && kinds.length > 0) {
+        fault = earlierKinds.length > 0 ? rng.pick(earlierKinds) : "fsync-error";
+        if (kinds.includes("fsync-error") && earlierKinds.length > 0 && syncRng.chance(0.25)) fault = "fsync-error";
+      }
+      list.push({ at, plannedAt: at, restartAt, midTurn: rng.chance(0.5), fault, faultAt: Math.max(1, at - rng.int(1, 60)) });
       from = restartAt + 5;
     }
     crashes.push(list);
@@ -175,7 +238,14 @@ function drawScenario(seed: number, options: RuntimeOptions): Scenario {
     crashes,
     publishers: rng.int(1, 2),
     eventsMax: rng.int(1, 4),
+    fsync,
+    syncDelayMax,
   };
+}
+
+/** The fault kinds drawn from stream 11, as before the failing fsync was added (it is drawn from stream 15). */
+function kindsBefore(kinds: readonly DiskFaultKind[]): DiskFaultKind[] {
+  return kinds.filter((k) => k !== "fsync-error");
 }
 
 /** A message in flight: bytes between two replicas. */
@@ -243,6 +313,8 @@ class SimReplica {
   wipe = false;
   /** Crash at the end of the next call into the runtime, before its commit, and restart at this tick. */
   midTurnRestartAt: number | null = null;
+  /** The highest transaction of its file an acknowledgment of this life depended on. */
+  ackedTransaction = 0;
   /** The results this replica gave, by request (space#seq). */
   readonly results = new Map<string, string>();
 
@@ -287,8 +359,12 @@ class RuntimeSimulation {
   private readonly netRng: Prng;
   private readonly diskRng: Prng;
   private readonly clientRng: Prng;
+  /** Stream 16: the overlapped fsyncs' delays and where between the tick's turns each completes. */
+  private readonly syncRng: Prng;
   private readonly net: SimNetwork;
-  readonly disk = new SimDisk();
+  readonly disk: SimDisk;
+  /** The replica whose turn runs because an fsync of it completed (effects then counted as waiting for it). */
+  private releasing: number | null = null;
   readonly replicas: SimReplica[] = [];
   readonly config: ClusterConfig;
   private readonly adminKey: SigningKey;
@@ -316,6 +392,16 @@ class RuntimeSimulation {
     decided: 0,
     acked: 0,
     commits: 0,
+    overlapped: 0,
+    syncs: 0,
+    syncsCompleted: 0,
+    syncFailures: 0,
+    commitFailures: 0,
+    writesDuringSync: 0,
+    effectsAfterSync: 0,
+    crashesSyncInFlight: 0,
+    unsyncedAtCrash: 0,
+    unsyncedKept: 0,
   };
 
   constructor(
@@ -327,6 +413,13 @@ class RuntimeSimulation {
     this.netRng = new Prng(seed, 12);
     this.diskRng = new Prng(seed, 13);
     this.clientRng = new Prng(seed, 14);
+    this.syncRng = new Prng(seed, 16);
+    this.disk = new SimDisk(
+      s.fsync === "overlapped"
+        ? { rng: this.syncRng, delayMax: s.syncDelayMax, now: () => this.now, keepUnsynced: options.crashInFlight !== true }
+        : null,
+    );
+    if (s.fsync === "overlapped") this.figures.overlapped = 1;
     this.net = new SimNetwork(s, this.netRng);
     const keyRng = this.clientRng.fork(1);
     const keys = [...Array(s.n)].map(() => SigningKey.fromSeed(keyRng.bytes(32)));
@@ -419,11 +512,15 @@ class RuntimeSimulation {
     const up = (): boolean => r.life === life && r.downUntil === null;
     return {
       send: (to, bytes) => {
-        if (up() && to !== r.id) this.net.send(this.now, { from: r.id, to, bytes });
+        if (up() && to !== r.id) {
+          this.countEffect(r);
+          this.net.send(this.now, { from: r.id, to, bytes });
+        }
         return true;
       },
       broadcast: (bytes) => {
         if (!up()) return;
+        this.countEffect(r);
         for (let to = 0; to < this.scenario.n; to++) if (to !== r.id) this.net.send(this.now, { from: r.id, to, bytes });
       },
     };
@@ -435,6 +532,7 @@ class RuntimeSimulation {
     r.turn.length = 0;
     r.timers = [];
     r.midTurnRestartAt = null;
+    r.ackedTransaction = 0;
     if (r.wipe) {
       this.disk.removeTree(r.dir);
       this.log(`operator wipes replica ${r.id}'s data directory`);
@@ -501,8 +599,48 @@ class RuntimeSimulation {
     r.downUntil = restartAt;
     const note = this.disk.crash(r.file, this.diskRng);
     this.noteFault(r, note);
-    this.log(`crash replica ${r.id}${note.kind === "none" ? "" : ` (${note.kind}: ${note.detail})`}`);
+    if ((note.syncsInFlight ?? 0) > 0) this.figures.crashesSyncInFlight++;
+    this.figures.unsyncedAtCrash += note.unsynced ?? 0;
+    this.figures.unsyncedKept += note.unsyncedKept ?? 0;
+    const unsynced =
+      note.unsynced === undefined
+        ? ""
+        : `, ${note.unsynced} transactions unsynced (${note.unsyncedKept ?? 0} kept), ${note.syncsInFlight ?? 0} fsyncs in flight`;
+    this.log(`crash replica ${r.id}${note.kind === "none" ? "" : ` (${note.kind}: ${note.detail})`}${unsynced}`);
   }
+
+  /** An effect of replica `r` ran: counted when it ran because an fsync in flight completed. */
+  private countEffect(r: SimReplica): void {
+    if (this.releasing === r.id) this.figures.effectsAfterSync++;
+  }
+
+  /**
+   * An overlapped fsync completes between two turns of its replica: the group commit's
+   * callback runs, and the effects it made durable run in the turn that follows.
+   */
+  private completeSync(p: PendingSync): void {
+    // Its replica crashed earlier in this tick: the fsync went down with it.
+    if (!this.disk.inFlight(p)) return;
+    const r = this.replicas.find((x) => x.file === p.path);
+    if (r === undefined || !r.up) throw new Error(`an fsync completed for ${p.path}, whose replica is down`);
+    this.releasing = r.id;
+    try {
+      this.call(r, "an fsync completion", () => this.disk.complete(p));
+    } finally {
+      this.releasing = null;
+    }
+  }
+
+  /** A failed fsync (or commit) must stop its replica in the turn it is reported. */
+  private checkStoppedAfterFailure(r: SimReplica, life: number): void {
+    const failures = this.disk.syncs.failed + this.disk.syncs.commitsFailed;
+    if (failures === this.failuresSeen) return;
+    this.failuresSeen = failures;
+    this.log(`replica ${r.id}'s fsync failed`);
+    if (r.life === life && r.up) this.violation(`replica ${r.id} kept running after its fsync failed`);
+  }
+
+  private failuresSeen = 0;
 
   private noteFault(r: SimReplica, note: FaultNote): void {
     if (note.kind !== "none" && !r.diskFaulty) this.violation(`a disk fault hit replica ${r.id}, which is not one of the faulty`);
@@ -550,9 +688,11 @@ class RuntimeSimulation {
       fn();
     } catch (error) {
       if (r.life === life) this.stopped(r, error, what);
+      this.checkStoppedAfterFailure(r, life);
       return;
     }
     if (r.life === life) this.endTurn(r);
+    this.checkStoppedAfterFailure(r, life);
   }
 
   // -------------------------------------------------------------------------------------
@@ -561,6 +701,7 @@ class RuntimeSimulation {
 
   private execute(r: SimReplica, requests: readonly ClientRequest[], seq: number): void {
     const digest = toHex(sha256Parts(requests.flatMap((q) => [new TextEncoder().encode(`${q.client}#${q.seq}#${q.span}`), q.body, q.sig])));
+    this.countEffect(r);
     const seen = this.executedAt.get(seq);
     if (seen === undefined) this.executedAt.set(seq, digest);
     else if (seen !== digest) this.violation(`replica ${r.id} executed other requests at seq ${seq}`);
@@ -757,8 +898,20 @@ class RuntimeSimulation {
     if (outcome.stored !== null) storage.recordUnordered(outcome.result.tag, generation, outcome.stored.tsMs, signed.body, signed.sig);
     if (outcome.trimmed !== null) storage.trimUnordered(outcome.result.tag, generation, outcome.trimmed.batchesRemoved);
     const life = r.life;
+    // The rows staged here (if any: a publish already stored stages nothing) go to disk in
+    // the next transaction of this file: the acknowledgment may go out only once the disk
+    // has reported that one durable.
+    const transaction = outcome.stored === null && outcome.trimmed === null ? 0 : this.disk.writtenCount(r.file) + 1;
     storage.afterDurable(() => {
-      if (r.life === life) this.answer(r.id, q.key, "stored");
+      if (r.life !== life) return;
+      this.countEffect(r);
+      r.ackedTransaction = Math.max(r.ackedTransaction, transaction);
+      const durable = this.disk.reportedDurable(r.file);
+      if (durable < transaction)
+        this.violation(
+          `replica ${r.id} acknowledged ${q.key} before its write was durable (transaction ${transaction}, durable up to ${durable})`,
+        );
+      this.answer(r.id, q.key, "stored");
     });
   }
 
@@ -780,7 +933,13 @@ class RuntimeSimulation {
     let doneAt: number | null = null;
     for (this.now = 1; this.now <= bound; this.now++) {
       this.faults();
-      for (const d of this.net.take(this.now)) {
+      // Overlapped fsyncs due now complete between the deliveries, each at a drawn place.
+      const deliveries = this.net.take(this.now);
+      const completions = this.disk.due(this.now).map((p) => ({ p, before: this.syncRng.int(0, deliveries.length) }));
+      for (let i = 0; i <= deliveries.length; i++) {
+        for (const c of completions) if (c.before === i) this.completeSync(c.p);
+        const d = deliveries[i];
+        if (d === undefined) continue;
         const r = this.replicas[d.to] as SimReplica;
         this.call(r, "a peer message", () => r.driver?.onPeerMessage(d.from, d.bytes));
       }
@@ -795,6 +954,8 @@ class RuntimeSimulation {
         }
         if (r.up && r.midTurnRestartAt !== null) this.endTurn(r);
       }
+      // Those started this tick that take no tick complete at its end.
+      for (const p of this.disk.due(this.now)) this.completeSync(p);
       if (doneAt === null && this.done()) doneAt = this.now;
       if (doneAt !== null && this.now >= doneAt + TAIL_TICKS) break;
     }
@@ -802,6 +963,11 @@ class RuntimeSimulation {
     this.finalChecks(doneAt);
     for (const r of this.replicas) this.figures.corruptRows += r.metrics?.get("storage_corrupt_rows_total") ?? 0;
     this.figures.commits = this.disk.commits;
+    this.figures.syncs = this.disk.syncs.started;
+    this.figures.syncsCompleted = this.disk.syncs.completed;
+    this.figures.syncFailures = this.disk.syncs.failed;
+    this.figures.commitFailures = this.disk.syncs.commitsFailed;
+    this.figures.writesDuringSync = this.disk.syncs.writesDuringSync;
     this.disk.closeAll();
     return ticks;
   }
@@ -813,12 +979,33 @@ class RuntimeSimulation {
         if (c.faultAt === this.now && c.fault !== null && r.up) {
           if (c.fault === "lost-fsync" && this.disk.loseSyncs(r.file)) this.log(`replica ${r.id}'s disk stops syncing`);
           if (c.fault === "torn") this.disk.armTorn(r.file);
+          if (c.fault === "fsync-error" && this.disk.failSyncs(r.file)) this.log(`replica ${r.id}'s disk starts failing fsyncs`);
+        }
+        if (c.at === this.now && r.up && this.options.crashInFlight === true && c.at < c.restartAt - 1) {
+          // Targeted: the crash waits (a bounded while) for the worst moment: an
+          // acknowledgment out whose write is not durable yet (never, if the group commit
+          // keeps its rule), or else any moment with an fsync in flight.
+          const exposed = r.ackedTransaction > this.disk.reportedDurable(r.file);
+          const waited = this.now - c.plannedAt;
+          const ready = exposed || (this.disk.syncing(r.file) && waited >= CRASH_EXPOSED_WAIT_TICKS);
+          if (!ready && waited < CRASH_IN_FLIGHT_WAIT_TICKS) c.at++;
         }
         if (c.at === this.now && r.up) {
           if (c.midTurn) r.midTurnRestartAt = c.restartAt;
           else this.crash(r, c.restartAt);
           if (c.fault === "bitflip") this.pendingFlip.add(r.id);
         }
+      }
+      if (
+        this.options.crashInFlight === true &&
+        r.up &&
+        r.ackedTransaction > this.disk.reportedDurable(r.file) &&
+        this.exposedCrashes < EXPOSED_CRASHES_MAX
+      ) {
+        // The worst moment for a power loss: an acknowledgment is out and its write not durable.
+        this.exposedCrashes++;
+        this.log(`replica ${r.id} acknowledged a write not durable yet: power loss now`);
+        this.crash(r, this.now + 3);
       }
       if (this.pendingFlip.has(r.id) && !r.up) {
         this.pendingFlip.delete(r.id);
@@ -831,6 +1018,9 @@ class RuntimeSimulation {
       }
     }
   }
+
+  /** crashInFlight: crashes made at a moment an acknowledgment was out before its write was durable. */
+  private exposedCrashes = 0;
 
   /** Replicas whose disk gets a flipped bit once they are down. */
   private readonly pendingFlip = new Set<number>();
@@ -910,6 +1100,11 @@ export function runRuntimeSeed(seed: number, options: RuntimeOptions = {}): Runt
     `n=${s.n} f=${s.f} heal@${s.healAt} drop=${s.dropRate} disk-faulty=[${faulty.join(",")}] crashes=${fig.crashes} ` +
     `(mid-turn ${fig.midTurnCrashes}) torn=${fig.torn} lost-fsync=${fig.lostFsync} bitflip=${fig.bitflipFile}+${fig.bitflipRow}row ` +
     `corrupt-rows=${fig.corruptRows} quarantined=${fig.quarantined} fatal=${fig.fatalStops} transfers=${fig.snapshotsInstalled} ` +
-    `decided=${fig.decided} acked=${fig.acked}`;
+    `decided=${fig.decided} acked=${fig.acked} fsync=${s.fsync}` +
+    (s.fsync === "overlapped"
+      ? ` (<=${s.syncDelayMax} ticks: syncs=${fig.syncs} writes-during-sync=${fig.writesDuringSync} effects-after-sync=${fig.effectsAfterSync} ` +
+        `crashes-sync-in-flight=${fig.crashesSyncInFlight} unsynced-at-crash=${fig.unsyncedAtCrash} kept=${fig.unsyncedKept})`
+      : "") +
+    (fig.syncFailures + fig.commitFailures > 0 ? ` fsync-failures=${fig.syncFailures + fig.commitFailures}` : "");
   return { seed, summary, violations: sim.violations, ticks, figures: fig, trace: sim.trace };
 }
