@@ -102,7 +102,7 @@ export interface ReplicaOptions {
   readonly joining?: { readonly self: ReplicaEntry; readonly epoch: JoinEpoch };
   /** The verification budgets and blacklist (admission.ts); tests give one with small budgets and their clock. */
   readonly admission?: ClientAdmission;
-  /** Priority shedding's event loop lag target in ms (shedding.ts; default URGENT_DELAY_TARGET_MS_DEFAULT); 0: off. */
+  /** Priority shedding's event loop lag target in ms (shedding.ts); 0 or absent (the default): off. */
   readonly urgentDelayTargetMs?: number;
 }
 

@@ -35,8 +35,16 @@ export interface SheddingOptions {
   readonly increase: number;
 }
 
-/** The event loop lag (ms) past which `low` then `normal` publishes are shed while urgent ones flow. */
-export const URGENT_DELAY_TARGET_MS_DEFAULT = 2;
+/**
+ * The default of `fitb replica --urgent-delay-target-ms`: off. A fixed lag target sheds
+ * `normal` publishes at every GC pause or neighbour's burst on a shared host whenever an
+ * alert flows, and an unordered event refused by one replica is then stored by the others
+ * only; an operator turns it on for a host that carries critical channels, with
+ * URGENT_DELAY_TARGET_MS_SUGGESTED on a dedicated one.
+ */
+export const URGENT_DELAY_TARGET_MS_DEFAULT = 0;
+/** The event loop lag (ms) past which `low` then `normal` publishes are shed while urgent ones flow, on a dedicated host. */
+export const URGENT_DELAY_TARGET_MS_SUGGESTED = 2;
 /** The largest target `fitb replica --urgent-delay-target-ms` takes. */
 export const URGENT_DELAY_TARGET_MS_MAX = 10_000;
 /** The share of a shed class's publishes always admitted (the issue: low keeps >= 10% of its solo throughput). */
@@ -47,7 +55,7 @@ export const URGENT_WINDOW_MS = 1000;
 export const LAG_PROBE_INTERVAL_MS = 10;
 
 export const SHEDDING_DEFAULTS: SheddingOptions = {
-  targetMs: URGENT_DELAY_TARGET_MS_DEFAULT,
+  targetMs: URGENT_DELAY_TARGET_MS_SUGGESTED,
   floor: SHED_FLOOR_SHARE,
   urgentWindowMs: URGENT_WINDOW_MS,
   decrease: 0.5,

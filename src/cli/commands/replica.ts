@@ -91,7 +91,7 @@ export const replicaCommand: Command = {
       valueName: "MS",
       defaultValue: String(URGENT_DELAY_TARGET_MS_DEFAULT),
       description:
-        "Priority shedding: while high/critical publishes arrive, refuse a growing share of low (then normal) publishes OVERLOADED whenever the event loop runs more than MS late, down to a guaranteed floor; 0: off",
+        "Priority shedding: while high/critical publishes arrive, refuse a growing share of low (then normal) publishes OVERLOADED whenever the event loop runs more than MS late, down to a guaranteed floor; 0 (the default): off; 2 suits a host dedicated to fitb that carries critical channels",
     },
     {
       name: "with-parent",
