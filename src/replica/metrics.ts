@@ -66,6 +66,7 @@ const COUNTERS = {
   client_frames_bad_mac_total: "Client frames that failed their MAC check (the session is closed)",
   clients_stuck_closed_total: "Client sessions closed because they did not read their output",
   clients_idle_closed_total: "Idle client sessions closed",
+  clients_key_revoked_closed_total: "Client sessions closed because their key left the allow-list (a replica key rotated away or removed)",
   clients_refused_total: "Client sessions refused at a connection bound",
   state_transfer_serve_requests_total: "State transfer requests from peers",
   state_transfer_serve_refused_total: "State transfer requests refused",

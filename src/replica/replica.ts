@@ -120,7 +120,7 @@ export class Replica {
   private readonly adminKeys: Set<string>;
   /** This replica's entry: the cluster file's, or the membership's when it joined (options.joining). */
   private readonly self: ReplicaEntry;
-  /** The client_keys allow-list (null: open), with the group's replica keys added as the group changes. */
+  /** The client_keys allow-list (null: open) with the admin keys and the group's replica keys, rebuilt as the group changes (followClientKeys). */
   private readonly clientKeysAllowed: Set<string> | null;
   /** Ordered requests waiting for their decision, and the replies kept for retransmissions. */
   private readonly waiting = new WaitingRequests();
@@ -825,10 +825,26 @@ export class Replica {
           publicKey: member.key,
         });
         accept.push({ id: member.id, key: member.key });
-        this.clientKeysAllowed?.add(toHex(member.key));
       }
     }
     this.mesh.setGroup([...dial.values()], accept);
+    this.followClientKeys(accept);
+  }
+
+  /**
+   * client_keys follows the group too: the file's client and admin keys and the keys of the
+   * groups the mesh accepts, rebuilt (not only added to), so that a replica key rotated away
+   * (often because it leaked) or a removed replica's may no longer open a client session,
+   * and the sessions it has open are closed.
+   */
+  private followClientKeys(accepted: readonly AcceptedKey[]): void {
+    const allowed = this.clientKeysAllowed;
+    if (allowed === null) return;
+    const { clientKeys, adminKeys } = this.options.config;
+    allowed.clear();
+    for (const key of [...clientKeys, ...adminKeys, ...accepted.map((member) => member.key)]) allowed.add(toHex(key));
+    // Not before the server exists (the first follow runs while the replica is built).
+    (this.server as ReplicaServer | undefined)?.closeClientsNotAllowed("not in client_keys and no longer a replica key of the group");
   }
 
   /** The channel state now reflects every decision through `seq`. */

@@ -23,7 +23,7 @@ import { randomBytes } from "node:crypto";
 import type { Socket, SocketHandler, TCPSocketListener } from "bun";
 import { formatAddress } from "../config/cluster.ts";
 import { signDomain, verifyDomain } from "../crypto/ed25519.ts";
-import type { SigningKey } from "../crypto/keys.ts";
+import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
 import {
   deriveSessionKeys,
   generateEphemeralKeyPair,
@@ -818,6 +818,37 @@ export class ReplicaServer {
         });
       }
     }
+  }
+
+  /**
+   * Closes the client sessions, and the handshakes past HELLO, whose key is no longer in
+   * `clientKeysAllowed` (the caller changed the set: a replica key rotated away or a removed
+   * replica's): each key is logged once with its count and why, each session counted in
+   * clients_key_revoked_closed_total. Returns how many were closed.
+   */
+  closeClientsNotAllowed(why: string): number {
+    const allowed = this.options.clientKeysAllowed ?? null;
+    if (allowed === null) return 0;
+    const closedByKey = new Map<string, number>();
+    for (const conn of [...this.conns]) {
+      const state = conn.state as ConnState;
+      if (conn.isClosed || (state.phase !== "client" && state.phase !== "client-auth")) continue;
+      const key = state.session?.key ?? state.clientHello?.key;
+      if (key === undefined) continue;
+      const keyHex = Buffer.from(key).toString("hex");
+      if (allowed.has(keyHex)) continue;
+      this.options.metrics.inc("clients_key_revoked_closed_total");
+      closedByKey.set(keyHex, (closedByKey.get(keyHex) ?? 0) + 1);
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: `this key may no longer open a session: ${why}` } });
+    }
+    for (const [keyHex, sessions] of closedByKey) {
+      this.options.log.warn("client sessions closed: their key left the allow-list", {
+        key: formatPublicKey(Buffer.from(keyHex, "hex")),
+        sessions,
+        reason: why,
+      });
+    }
+    return [...closedByKey.values()].reduce((sum, count) => sum + count, 0);
   }
 
   /** Why one more client session with this key from this address is refused now, or null if it is not. */

@@ -237,17 +237,22 @@ describe("corruption", () => {
   });
 });
 
-/** How many of this process's file descriptors are open on `path`. */
-function openDescriptorsOf(path: string): number {
-  let count = 0;
+/** This process's file descriptors open on `path`. */
+function descriptorsOf(path: string): string[] {
+  const fds: string[] = [];
   for (const fd of readdirSync("/proc/self/fd")) {
     try {
-      if (readlinkSync(`/proc/self/fd/${fd}`) === path) count++;
+      if (readlinkSync(`/proc/self/fd/${fd}`) === path) fds.push(fd);
     } catch {
       // Closed while listing (the directory's own descriptor): not ours.
     }
   }
-  return count;
+  return fds;
+}
+
+/** How many of this process's file descriptors are open on `path`. */
+function openDescriptorsOf(path: string): number {
+  return descriptorsOf(path).length;
 }
 
 describe("overlapped fsync on the real disk", () => {
@@ -292,8 +297,37 @@ describe("overlapped fsync on the real disk", () => {
     expect(openDescriptorsOf(`${path}-wal`)).toBe(1);
     await inFlight;
     expect(openDescriptorsOf(`${path}-wal`)).toBe(0);
-    // A sync asked for after the close has nothing to do.
-    await sync.later();
+  });
+
+  test("now() and later() use different descriptors (each open file description gets its own writeback error report)", async () => {
+    const dir = freshDir();
+    const path = join(dir, "x.db");
+    writeFileSync(`${path}-wal`, "log");
+    const sync = realDisk.walSync?.(path);
+    if (sync === undefined) throw new Error("the real disk has no overlapped fsync");
+    const before = new Set(descriptorsOf(`${path}-wal`));
+    const inFlight = sync.later();
+    sync.now();
+    const opened = descriptorsOf(`${path}-wal`).filter((fd) => !before.has(fd));
+    // Two descriptors, each from its own open: no fd sharing one file description.
+    expect(opened.length).toBe(2);
+    await inFlight;
+    sync.close();
+    expect(descriptorsOf(`${path}-wal`).filter((fd) => !before.has(fd))).toEqual([]);
+  });
+
+  test("after close the log's sync refuses: later() rejects and now() throws, neither reopens the log", async () => {
+    const dir = freshDir();
+    const path = join(dir, "x.db");
+    writeFileSync(`${path}-wal`, "log");
+    const sync = realDisk.walSync?.(path);
+    if (sync === undefined) throw new Error("the real disk has no overlapped fsync");
+    sync.now();
+    sync.close();
+    expect(openDescriptorsOf(`${path}-wal`)).toBe(0);
+    expect(() => sync.now()).toThrow("is closed");
+    await expect(sync.later()).rejects.toThrow("is closed");
+    expect(openDescriptorsOf(`${path}-wal`)).toBe(0);
   });
 
   test("under sync normal nothing waits for an fsync: an effect runs at the commit", () => {

@@ -42,52 +42,76 @@ export interface Disk {
 /** Makes every transaction committed so far to one database durable (its write-ahead log fsynced). */
 export interface WalSync {
   /**
-   * Off the event loop: resolves once durable, rejects if the fsync failed. Only `then` is
-   * used (group-commit.ts): the simulated disk settles it at a simulated time.
+   * Off the event loop: resolves once durable, rejects if the fsync failed or after close.
+   * Only `then` is used (group-commit.ts): the simulated disk settles it at a simulated time.
    */
   later(): PromiseLike<void>;
-  /** In place: returns once durable, throws if the fsync failed. */
+  /** In place: returns once durable, throws if the fsync failed or after close. */
   now(): void;
+  /** Refuses every later sync; an fsync in flight still completes (and reports its error). */
   close(): void;
 }
 
-/** fsync of a database's `-wal` file, opened at the first sync (SQLite creates it at the first write). */
+/**
+ * fsync of a database's `-wal` file, opened at the first sync (SQLite creates it at the
+ * first write).
+ *
+ * `later` and `now` fsync through two descriptors of their own, each from its own
+ * `open`: Linux reports a writeback error (EIO) once per open file description, so an
+ * fsync in flight off the loop and one run in place at the same time (the bound of
+ * deferred effects, a close) would share one report through one descriptor, and the one
+ * that did not get it would take lost pages as durable.
+ */
 function fileWalSync(path: string): WalSync {
-  let fd: number | null = null;
-  /** The log's descriptor; null while SQLite has not created it (then nothing is waiting in it). */
-  const open = (): number | null => {
-    if (fd !== null) return fd;
-    if (!existsSync(`${path}-wal`)) return null;
-    const opened = openSync(`${path}-wal`, "r");
-    // The log file itself must survive power loss too: its directory entry is synced once.
-    const dir = openSync(dirname(path), "r");
+  const logPath = `${path}-wal`;
+  /** The two descriptors; null while SQLite has not created the log (then nothing is waiting in it). */
+  let fds: { later: number; now: number } | null = null;
+  const open = (): { later: number; now: number } | null => {
+    if (fds !== null) return fds;
+    if (!existsSync(logPath)) return null;
+    // Both at once, so that neither misses an error of a write made before it was opened.
+    const later = openSync(logPath, "r");
+    let now: number;
     try {
-      fsyncSync(dir);
-    } finally {
-      closeSync(dir);
+      now = openSync(logPath, "r");
+      // The log file itself must survive power loss too: its directory entry is synced once.
+      const dir = openSync(dirname(path), "r");
+      try {
+        fsyncSync(dir);
+      } finally {
+        closeSync(dir);
+      }
+    } catch (error) {
+      closeSync(later);
+      throw error;
     }
-    fd = opened;
-    return opened;
+    fds = { later, now };
+    return fds;
   };
-  // The descriptor is closed only once no fsync on it is in flight: closed earlier, its
-  // number could be reused by another file while the fsync still runs on it.
+  // The descriptor of `later` is closed only once no fsync on it is in flight: closed
+  // earlier, its number could be reused by another file while the fsync still runs on it.
   let inFlight = 0;
   let closing = false;
   const closeIfIdle = (): void => {
-    if (!closing || inFlight > 0 || fd === null) return;
-    closeSync(fd);
-    fd = null;
+    if (!closing || inFlight > 0 || fds === null) return;
+    closeSync(fds.later);
+    fds = null;
   };
+  const refused = (): Error => new Error(`the write-ahead log sync of ${path} is closed`);
   return {
     later: () =>
       new Promise<void>((resolve, reject) => {
-        const log = closing ? null : open();
+        if (closing) {
+          reject(refused());
+          return;
+        }
+        const log = open();
         if (log === null) {
           resolve();
           return;
         }
         inFlight++;
-        fsync(log, (error) => {
+        fsync(log.later, (error) => {
           inFlight--;
           closeIfIdle();
           if (error) reject(error);
@@ -95,11 +119,15 @@ function fileWalSync(path: string): WalSync {
         });
       }),
     now: () => {
+      if (closing) throw refused();
       const log = open();
-      if (log !== null) fsyncSync(log);
+      if (log !== null) fsyncSync(log.now);
     },
     close: () => {
+      if (closing) return;
       closing = true;
+      // Nothing is ever in flight on the in-place descriptor.
+      if (fds !== null) closeSync(fds.now);
       closeIfIdle();
     },
   };

@@ -215,8 +215,9 @@ export class GroupCommit {
       },
       (error: unknown) => {
         this.syncing = false;
-        // Stopped meanwhile: close() synced everything in place before its last effects ran.
-        if (this.closed) return;
+        // Even after close(), which synced in place and ran the last effects: its fsync
+        // went through a descriptor of its own (disk.ts), but this failure still says
+        // pages written before it may be lost, and a reply may have gone out on them.
         this.failed = true;
         // Fails at the end of the turn like a commit that throws there, not as a rejected promise.
         this.schedule(() => this.options.onFailure(error));
