@@ -284,6 +284,23 @@ export class ReplicaStorage {
     });
   }
 
+  /**
+   * A replica joining the group in epoch `start.epoch` (ordering-driver.ts `join`): the
+   * core records of any older epoch this directory held, and decisions above the start,
+   * are dropped (they are never valid in the new epoch), and the epoch's start is kept so
+   * a restart resumes this epoch, not an older one. Its core starts empty and fetches the
+   * state; this is staged before it can vote, so it is durable before any vote leaves.
+   */
+  stageJoinEpoch(start: EpochStart): void {
+    const store = this.store;
+    this.commits.stage(() => {
+      for (const kind of ["view", "accept", "prepared", "checkpoint", "stable", "snapshot"])
+        store.deleteCoreUpTo(kind, Number.MAX_SAFE_INTEGER);
+      store.deleteDecidedFrom(start.seq + 1);
+      store.putMeta("epoch", { epoch: start.epoch, seq: start.seq, digest: start.digest });
+    });
+  }
+
   /** Drops decisions persisted above `seq`: the old epoch's, past its last checkpoint (they never execute). */
   stageDropDecidedAbove(seq: number): void {
     const store = this.store;
