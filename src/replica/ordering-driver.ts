@@ -210,7 +210,7 @@ export class OrderingDriver {
   private switchDue = false;
   /** The last stable checkpoint this replica persisted, with its proof (the switch may come after it). */
   private lastStable: { seq: number; digest: Uint8Array; proof: Extract<PersistedRecord, { t: "stable" }>["proof"] } | null = null;
-  /** Started from a join (options.join) with a data directory of an older epoch: the core began empty in the group's epoch. */
+  /** Started from a join (options.join) with a data directory of an older epoch: the core began empty in the group's epoch (until its state is installed). */
   private joining = false;
   /** This replica is not a member of the current epoch: it orders nothing any more. */
   private removed = false;
@@ -397,6 +397,9 @@ export class OrderingDriver {
         `the data directory stopped in the middle of the switch to epoch ${membership.epoch}; move it aside to rejoin by state transfer`,
       );
     }
+    this.options.log.info("resuming the epoch from the data directory", { epoch: membership.epoch, from: start.seq });
+    // Started from the group's answer (a new key) in the epoch it is already in: later starts need not ask.
+    if (join !== undefined && join.membership.epoch === membership.epoch) storage.stageJoined(join);
     return EpochView.of(membership, { seq: start.seq, digest: start.digest }, config.name);
   }
 
@@ -874,6 +877,12 @@ export class OrderingDriver {
       // The machine now holds a state the core refused: nothing here can be trusted.
       log.error("the core refused an installed snapshot", { seq: head.seq });
       this.fatal(`the core refused the snapshot installed at seq ${head.seq}`);
+    }
+    const join = this.options.join;
+    if (this.joining && join !== undefined && machine.membership()?.epoch === join.membership.epoch) {
+      // It has its state in the epoch it joined: later starts resume here without asking the group.
+      this.joining = false;
+      this.options.storage.stageJoined(join);
     }
     log.info("snapshot installed", { seq: head.seq });
     this.options.onSnapshotInstalled?.(head.seq);
