@@ -16,6 +16,8 @@ import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
 import { bytesEqual } from "../crypto/encoding.ts";
 import type { Log } from "../replica/log.ts";
 import type { JoinEpoch } from "../replica/ordering-driver.ts";
+import { readJoined, StoreIdentityError } from "../replica/storage/index.ts";
+import type { Member } from "../core/channels/membership.ts";
 
 /** Pause between two asks while the change that names this replica is pending. */
 export const JOIN_POLL_MS = 1_000;
@@ -29,6 +31,55 @@ export interface Joined {
   /** This replica as the group names it (the cluster file's further addresses and paths kept when it lists the id). */
   readonly self: ReplicaEntry;
   readonly epoch: JoinEpoch;
+}
+
+/** This replica as the group names it, with the cluster file's further addresses when the file lists it at the same host. */
+function selfEntry(config: ClusterConfig, member: Member, key: SigningKey, keyFile: string, dataDir: string): ReplicaEntry {
+  const file = config.replicas.find((r) => r.id === member.id);
+  return {
+    id: member.id,
+    host: member.host,
+    hosts: file !== undefined && file.host === member.host ? file.hosts : [],
+    port: member.port,
+    peerPort: member.peerPort,
+    publicKey: key.publicKey,
+    publicKeyText: formatPublicKey(key.publicKey),
+    keyFile,
+    dataDir,
+  };
+}
+
+/**
+ * The group this replica joined before, from its data directory (stored once it got its
+ * state there: ordering-driver.ts), when that group names it with `key`; null otherwise
+ * (it then asks the group: learnGroup). A replica that has joined starts from its own
+ * records like one the file lists, so a cold restart of the group needs no other
+ * replica's answer. It catches up from there (a newer epoch's members send it the proof
+ * that ended its epoch).
+ */
+export function joinedBefore(options: {
+  readonly config: ClusterConfig;
+  readonly id: number;
+  readonly key: SigningKey;
+  readonly keyFile: string;
+  readonly dataDir: string;
+  readonly log: Log;
+}): Joined | null {
+  let stored: ReturnType<typeof readJoined>;
+  try {
+    stored = readJoined(options.dataDir, options.config.name, options.id);
+  } catch (error) {
+    if (error instanceof StoreIdentityError) throw error;
+    // Opening the store for the replica checks and repairs it (and says what it found); until then, ask the group.
+    options.log.warn("cannot read the group this replica joined from its data directory: asking the group", {
+      dir: options.dataDir,
+      error: (error as Error).message,
+    });
+    return null;
+  }
+  const member = stored?.membership.members.find((m) => m.id === options.id);
+  if (stored === null || member === undefined || !bytesEqual(member.key, options.key.publicKey)) return null;
+  return { self: selfEntry(options.config, member, options.key, options.keyFile, options.dataDir), epoch: stored };
 }
 
 /**
@@ -56,18 +107,7 @@ export async function learnGroup(options: {
       const named = member !== undefined && bytesEqual(member.key, key.publicKey);
       let waiting: string;
       if (named && start !== null) {
-        const file = config.replicas.find((r) => r.id === id);
-        const self: ReplicaEntry = {
-          id,
-          host: member.host,
-          hosts: file !== undefined && file.host === member.host ? file.hosts : [],
-          port: member.port,
-          peerPort: member.peerPort,
-          publicKey: key.publicKey,
-          publicKeyText: formatPublicKey(key.publicKey),
-          keyFile: options.keyFile,
-          dataDir: options.dataDir,
-        };
+        const self = selfEntry(config, member, key, options.keyFile, options.dataDir);
         const membership = {
           epoch: members.epoch,
           f: members.f,

@@ -93,6 +93,7 @@ export interface OrderingDriverOptions {
    * A replica joining a running group (src/cli/join.ts): the group's current epoch and
    * its starting checkpoint, from f+1 matching answers. Used while the data directory is
    * not in that epoch yet: the core starts there and fetches the state (state transfer).
+   * A data directory already in that epoch resumes from its stored epoch start.
    */
   readonly join?: JoinEpoch;
   /** The channel state machine the decided batches run on (snapshots, restore). */
@@ -209,7 +210,7 @@ export class OrderingDriver {
   private switchDue = false;
   /** The last stable checkpoint this replica persisted, with its proof (the switch may come after it). */
   private lastStable: { seq: number; digest: Uint8Array; proof: Extract<PersistedRecord, { t: "stable" }>["proof"] } | null = null;
-  /** Started from a join (options.join) with a data directory of an older epoch: the core began empty in the group's epoch. */
+  /** Started from a join (options.join) with a data directory of an older epoch: the core began empty in the group's epoch (until its state is installed). */
   private joining = false;
   /** This replica is not a member of the current epoch: it orders nothing any more. */
   private removed = false;
@@ -345,28 +346,37 @@ export class OrderingDriver {
   private readonly crypto: CoreCrypto;
 
   /**
-   * The epoch the recovered machine is in, with the start stored at its switch. A machine
-   * ahead of the stored start (a stop between a change taking effect and the switch) is
-   * not resumed: the replica stops and says how to rejoin.
+   * The epoch the recovered machine is in, with the start stored at its switch (or at its
+   * join). A machine ahead of the stored start (a stop between a change taking effect and
+   * the switch) is not resumed: the replica stops and says how to rejoin.
    */
   private recoveredEpoch(): EpochView {
     const { machine, storage, config } = this.options;
     const membership = machine.membership();
     const join = this.options.join;
     const at = membership?.epoch ?? 0;
-    if (join !== undefined && (at < join.membership.epoch || (at === join.membership.epoch && storage.epochStart()?.epoch !== at))) {
-      // Its records are the join epoch's own when the data directory already got there (a
-      // restart after joining); otherwise the core starts empty and fetches the state.
-      this.joining = at < join.membership.epoch;
-      const msg = this.joining
-        ? "joining the group: starting in its current epoch, fetching the state"
-        : "joined the group's epoch before: resuming it from the data directory";
-      this.options.log.info(msg, {
+    if (join !== undefined && at < join.membership.epoch) {
+      // The core starts empty in the group's epoch and fetches the state. The epoch's start
+      // is stored first (and older epochs' core records dropped), so a restart resumes this
+      // epoch from the data directory: the normal path below, which never runs a core on
+      // another epoch's records (a machine at the join epoch without its stored start
+      // stopped in the middle of a switch, and is refused there like any replica's).
+      this.joining = true;
+      storage.stageJoinEpoch({ epoch: join.membership.epoch, seq: join.start.seq, digest: join.start.digest });
+      this.options.log.info("joining the group: starting in its current epoch, fetching the state", {
         epoch: join.membership.epoch,
         from: join.start.seq,
         members: join.membership.members.map((member) => member.id),
       });
       return EpochView.of(join.membership, join.start, config.name);
+    }
+    const stored = storage.epochStart();
+    if (stored !== null && stored.epoch > at) {
+      // It began joining that epoch and has not got its state yet: only the group can say where to resume.
+      this.options.log.error("the data directory stopped while joining an epoch", { epoch: stored.epoch, machine: at });
+      this.fatal(
+        `the data directory stopped while joining epoch ${stored.epoch} before it got the state; start it so it asks the group again, or move it aside`,
+      );
     }
     if (membership === null || membership.epoch === 0) {
       return new EpochView(
@@ -377,7 +387,7 @@ export class OrderingDriver {
         config.name,
       );
     }
-    const start = storage.epochStart();
+    const start = stored;
     if (start === null || start.epoch !== membership.epoch) {
       this.options.log.error("the data directory stopped in the middle of an epoch switch", {
         epoch: membership.epoch,
@@ -387,6 +397,9 @@ export class OrderingDriver {
         `the data directory stopped in the middle of the switch to epoch ${membership.epoch}; move it aside to rejoin by state transfer`,
       );
     }
+    this.options.log.info("resuming the epoch from the data directory", { epoch: membership.epoch, from: start.seq });
+    // Started from the group's answer (a new key) in the epoch it is already in: later starts need not ask.
+    if (join !== undefined && join.membership.epoch === membership.epoch) storage.stageJoined(join);
     return EpochView.of(membership, { seq: start.seq, digest: start.digest }, config.name);
   }
 
@@ -864,6 +877,12 @@ export class OrderingDriver {
       // The machine now holds a state the core refused: nothing here can be trusted.
       log.error("the core refused an installed snapshot", { seq: head.seq });
       this.fatal(`the core refused the snapshot installed at seq ${head.seq}`);
+    }
+    const join = this.options.join;
+    if (this.joining && join !== undefined && machine.membership()?.epoch === join.membership.epoch) {
+      // It has its state in the epoch it joined: later starts resume here without asking the group.
+      this.joining = false;
+      this.options.storage.stageJoined(join);
     }
     log.info("snapshot installed", { seq: head.seq });
     this.options.onSnapshotInstalled?.(head.seq);

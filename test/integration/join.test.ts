@@ -9,6 +9,8 @@
 // no acknowledged event lost, none twice, one order. Last, rotate-replica-key for
 // replica 2: once the epoch that rotates it starts, its old key can no longer connect
 // (refused as rotated, counted), and replica 2 restarted with the new key takes part again.
+// Then a cold restart: every replica stopped, replicas 4 and 2 start from their data
+// directories (they stored the group they joined) while no replica of the file runs.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Subprocess } from "bun";
 import { join } from "node:path";
@@ -211,7 +213,10 @@ describe("joining a running group", () => {
       await again.stop();
       streams.push(again.stream);
     }
-    expect(jsonLogLines(joinerLog, "joined the group's epoch before: resuming it from the data directory")).toHaveLength(1);
+    // It had stored the epoch it joined: it starts from its data directory without asking the group.
+    expect(jsonLogLines(joinerLog, "joined the group before: starting from the data directory")).toHaveLength(1);
+    expect(jsonLogLines(joinerLog, "learned the group from its replicas")).toEqual([]);
+    expect(jsonLogLines(joinerLog, "resuming the epoch from the data directory")[0]).toMatchObject({ epoch: 1 });
 
     const history = await collect(publisher, "sec.alerts", 1);
     const acked = streams.reduce((sum, s) => sum + s.acked.length, 0);
@@ -281,6 +286,65 @@ describe("joining a running group", () => {
     } finally {
       renewed.kill("SIGKILL");
       await renewed.exited;
+    }
+  }, 300_000);
+
+  test("cold restart: replicas 4 (added) and 2 (new key) start from their data directories before any replica of the cluster file runs", async () => {
+    for (const id of [0, 1, 3]) await killAndWait(cluster, id);
+    joiner?.kill("SIGKILL");
+    await joiner?.exited;
+    // Only the replicas the cluster file does not name with their keys run: nobody can answer them.
+    joinerLog.length = 0;
+    joiner = spawnReplica(
+      [
+        "--id",
+        "4",
+        "--key",
+        join(cluster.dir, "replica-4.key"),
+        "--data",
+        join(cluster.dir, "data-4"),
+        "--metrics",
+        `127.0.0.1:${joinerMetricsPort}`,
+      ],
+      joinerLog,
+    );
+    const log2: string[] = [];
+    const second = spawnReplica(["--id", "2", "--key", join(cluster.dir, "replica-2-new.key")], log2);
+    try {
+      for (const [name, log] of [
+        ["replica 4", joinerLog],
+        ["replica 2", log2],
+      ] as const) {
+        await waitFor(
+          `${name} to start from its data directory`,
+          () => jsonLogLines(log, "joined the group before: starting from the data directory").length > 0,
+          60_000,
+          () => tail(log),
+        );
+      }
+      await waitFor(
+        "replica 4 to resume epoch 2 from its data directory",
+        () => jsonLogLines(joinerLog, "resuming the epoch from the data directory").some((line) => line["epoch"] === 2),
+        60_000,
+        () => tail(joinerLog),
+      );
+      for (const id of [0, 1, 3]) cluster.start(id);
+      await waitListening(cluster, [0, 1, 3]);
+      // Five replicas, quorum four: the events are ordered with replicas 2 and 4.
+      await killAndWait(cluster, 3);
+      const q = await publishStream(publisher, "sec.alerts", "c", 20, 1);
+      streams.push(q);
+      expect(q.acked.length).toBe(20);
+      cluster.start(3);
+      await waitListening(cluster, [3]);
+      const history = await collect(publisher, "sec.alerts", 1);
+      const acked = streams.reduce((sum, s) => sum + s.acked.length, 0);
+      await waitFor("the history to be read", () => history.events.length >= acked, 60_000);
+      await history.close();
+      expect(checkTotalOrder(streams, history.events)).toEqual([]);
+    } finally {
+      second.kill("SIGKILL");
+      await second.exited;
     }
   }, 300_000);
 });

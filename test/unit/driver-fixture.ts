@@ -12,7 +12,7 @@ import { sha256 } from "../../src/crypto/hash.ts";
 import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { genesisMembership } from "../../src/replica/epochs.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
-import { coreConfigFor, OrderingDriver } from "../../src/replica/ordering-driver.ts";
+import { coreConfigFor, type JoinEpoch, OrderingDriver } from "../../src/replica/ordering-driver.ts";
 import { PeerMesh } from "../../src/replica/peers.ts";
 import { ReplicaStorage } from "../../src/replica/storage/index.ts";
 import { type TestLog, testLog } from "./storage-fixtures.ts";
@@ -27,9 +27,16 @@ export interface DriverFixture {
   close(): void;
 }
 
-/** Replica 0 of a 4-replica cluster written to `dir`; `membership`: its machine manages the group. */
-export function driverFixture(dir: string, basePort: number, options: { membership?: boolean } = {}): DriverFixture {
-  const init = initCluster({ dir, replicas: 4, host: "127.0.0.1", basePort, name: "unit", overwrite: false });
+/**
+ * Replica 0 of a 4-replica cluster written to `dir` (reused when it is there: a restart);
+ * `membership`: its machine manages the group; `join`: it starts as a replica joining that epoch.
+ */
+export function driverFixture(
+  dir: string,
+  basePort: number,
+  options: { membership?: boolean; join?: JoinEpoch; overwrite?: boolean } = {},
+): DriverFixture {
+  const init = initCluster({ dir, replicas: 4, host: "127.0.0.1", basePort, name: "unit", overwrite: options.overwrite ?? false });
   const config = init.config;
   const key = loadSigningKeyFile(init.replicaKeyFiles[0] as string).key;
   const log = testLog();
@@ -65,6 +72,7 @@ export function driverFixture(dir: string, basePort: number, options: { membersh
     onResendReply: () => {},
     onRefused: () => {},
     onPeerFlooding: (peer) => mesh.muteFlooding(peer),
+    ...(options.join === undefined ? {} : { join: options.join }),
   });
   const started = driver;
   return {

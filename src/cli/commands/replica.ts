@@ -13,7 +13,7 @@ import { formatAddress, requireClusterConfig } from "../../config/cluster.ts";
 import { createLog, type Log, parseLogLevel } from "../../replica/log.ts";
 import { type ListenAddress, parseListenAddress } from "../../relay/listen.ts";
 import { listenFailure } from "../../relay/server.ts";
-import { type Joined, JoinRefused, learnGroup } from "../join.ts";
+import { type Joined, JoinRefused, joinedBefore, learnGroup } from "../join.ts";
 import { Replica } from "../../replica/replica.ts";
 import { REPLICAS_MAX } from "../../../wire/types.ts";
 import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy } from "../../replica/storage/index.ts";
@@ -44,7 +44,8 @@ export const replicaCommand: Command = {
     "A replica added with 'fitb admin add-replica' starts with the same cluster file, which",
     "does not list it: give --id, --key and --data; it learns its group from f+1 matching",
     "answers of the file's replicas and fetches the state. So does a replica restarted with",
-    "a key the group rotated to (rotate-replica-key).",
+    "a key the group rotated to (rotate-replica-key). Once it has the state, its data",
+    "directory holds the group it joined: later starts resume from there without asking.",
   ],
   flags: [
     { name: "config", kind: "string", valueName: "FILE", description: `The cluster file (${CONFIG_DEFAULT_TEXT})` },
@@ -139,6 +140,16 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   for (const warning of loaded.warnings) log.warn(warning);
   let joining: Joined | undefined;
   if (learns) {
+    try {
+      joining = joinedBefore({ config, id, key, keyFile: keyPath, dataDir, log }) ?? undefined;
+    } catch (error) {
+      if (error instanceof StoreIdentityError) throw new CommandError(error.message);
+      throw error;
+    }
+  }
+  if (joining !== undefined) {
+    log.info("joined the group before: starting from the data directory", { epoch: joining.epoch.membership.epoch });
+  } else if (learns) {
     log.info("the cluster file does not name this replica with this key: asking the group", {
       file: entry === undefined ? "no such replica" : "another key",
     });

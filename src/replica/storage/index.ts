@@ -15,6 +15,7 @@
 import { FatalError, type FatalHandler, throwFatal } from "../fatal.ts";
 import { join } from "node:path";
 import type { PersistedRecord } from "../../core/ordering/types.ts";
+import type { Member, Membership } from "../../core/channels/membership.ts";
 import type { Log } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import { type Disk, realDisk } from "./disk.ts";
@@ -62,6 +63,37 @@ export interface SinceBase {
 
 /** Where a membership epoch's core starts: the checkpoint seq and its state digest. */
 export type EpochStart = { readonly epoch: number; readonly seq: number; readonly digest: Uint8Array };
+/** The group a replica joined (not from its cluster file) and the start of the epoch it joined. */
+export type JoinedRecord = {
+  readonly membership: Membership;
+  readonly start: { readonly seq: number; readonly digest: Uint8Array };
+};
+
+/**
+ * The group the replica of data directory `dir` joined (stageJoined), or null: none, or
+ * unreadable. Opens the store briefly (no row scan); it is refused like any open when
+ * another process holds it or it belongs to another replica.
+ */
+export function readJoined(dir: string, cluster: string, replica: number, disk: Disk = realDisk): JoinedRecord | null {
+  disk.makeDir(dir);
+  const store = ReplicaStore.open(dir, "normal", { cluster, replica }, true, disk);
+  try {
+    const v = store.meta("joined") as { epoch?: unknown; f?: unknown; members?: unknown; seq?: unknown; digest?: unknown } | null;
+    if (v === null || typeof v !== "object") return null;
+    const { epoch, f, members, seq, digest } = v;
+    if (typeof epoch !== "number" || typeof f !== "number" || typeof seq !== "number" || !(digest instanceof Uint8Array)) return null;
+    if (!Array.isArray(members)) return null;
+    const list: Member[] = [];
+    for (const m of members as { id?: unknown; host?: unknown; port?: unknown; peerPort?: unknown; key?: unknown }[]) {
+      if (typeof m.id !== "number" || typeof m.host !== "string" || typeof m.port !== "number" || !(m.key instanceof Uint8Array))
+        return null;
+      list.push({ id: m.id, host: m.host, port: m.port, peerPort: typeof m.peerPort === "number" ? m.peerPort : null, key: m.key });
+    }
+    return { membership: { epoch, f, members: list }, start: { seq, digest } };
+  } finally {
+    store.close();
+  }
+}
 
 export class ReplicaStorage {
   readonly commits: GroupCommit;
@@ -282,6 +314,40 @@ export class ReplicaStorage {
       store.insertCore("snapshot", base.seq, rec);
       store.putMeta("epoch", { epoch: start.epoch, seq: start.seq, digest: start.digest });
     });
+  }
+
+  /**
+   * A replica joining the group in epoch `start.epoch` (ordering-driver.ts `join`): the
+   * core records of any older epoch this directory held, and decisions above the start,
+   * are dropped (they are never valid in the new epoch), and the epoch's start is kept so
+   * a restart resumes this epoch, not an older one. Its core starts empty and fetches the
+   * state; this is staged before it can vote, so it is durable before any vote leaves.
+   */
+  stageJoinEpoch(start: EpochStart): void {
+    const store = this.store;
+    this.commits.stage(() => {
+      for (const kind of ["view", "accept", "prepared", "checkpoint", "stable", "snapshot"])
+        store.deleteCoreUpTo(kind, Number.MAX_SAFE_INTEGER);
+      store.deleteDecidedFrom(start.seq + 1);
+      store.putMeta("epoch", { epoch: start.epoch, seq: start.seq, digest: start.digest });
+    });
+  }
+
+  /**
+   * A joining replica got its state in the epoch it joined: the group it joined and that
+   * epoch's start are kept, so a later start resumes from this directory without asking
+   * the cluster file's replicas (readJoined, src/cli/join.ts).
+   */
+  stageJoined(joined: JoinedRecord): void {
+    const value = {
+      epoch: joined.membership.epoch,
+      f: joined.membership.f,
+      members: joined.membership.members.map((m) => ({ id: m.id, host: m.host, port: m.port, peerPort: m.peerPort, key: m.key })),
+      seq: joined.start.seq,
+      digest: joined.start.digest,
+    };
+    const store = this.store;
+    this.commits.stage(() => store.putMeta("joined", value));
   }
 
   /** Drops decisions persisted above `seq`: the old epoch's, past its last checkpoint (they never execute). */
