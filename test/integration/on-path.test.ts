@@ -190,6 +190,10 @@ describe("an on-path attacker between a client and the replicas", () => {
     publisher.start();
     cleanups.push(() => publisher.close());
     publisher.observeExecuted(admin.executedFloor);
+    // Every session up first (through the proxy, on a loaded machine, one may take longer
+    // than the client's grace): the publish then goes to all four at once, and the proxy
+    // forges the first answers of 0 and 1 while it holds 2 and 3.
+    await waitFor("all four sessions up", () => publisher.readyReplicas().length === 4);
 
     const ack = await publisher.publish("sec.alerts", [encode("disk failed")]);
     expect(proxy.forged).toBe(2);
