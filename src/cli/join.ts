@@ -49,6 +49,16 @@ function selfEntry(config: ClusterConfig, member: Member, key: SigningKey, keyFi
   };
 }
 
+/** Who is starting: the replica's id, key (and its file) and data directory, under the cluster file. */
+export interface JoinOptions {
+  readonly config: ClusterConfig;
+  readonly id: number;
+  readonly key: SigningKey;
+  readonly keyFile: string;
+  readonly dataDir: string;
+  readonly log: Log;
+}
+
 /**
  * The group this replica joined before, from its data directory (stored once it got its
  * state there: ordering-driver.ts), when that group names it with `key`; null otherwise
@@ -57,14 +67,7 @@ function selfEntry(config: ClusterConfig, member: Member, key: SigningKey, keyFi
  * replica's answer. It catches up from there (a newer epoch's members send it the proof
  * that ended its epoch).
  */
-export function joinedBefore(options: {
-  readonly config: ClusterConfig;
-  readonly id: number;
-  readonly key: SigningKey;
-  readonly keyFile: string;
-  readonly dataDir: string;
-  readonly log: Log;
-}): Joined | null {
+export function joinedBefore(options: JoinOptions): Joined | null {
   let stored: ReturnType<typeof readJoined>;
   try {
     stored = readJoined(options.dataDir, options.config.name, options.id);
@@ -87,15 +90,7 @@ export function joinedBefore(options: {
  * epoch names replica `id` with `key` and has started; throws JoinRefused when the group
  * does not (and no pending change will) name it.
  */
-export async function learnGroup(options: {
-  readonly config: ClusterConfig;
-  readonly id: number;
-  readonly key: SigningKey;
-  readonly keyFile: string;
-  readonly dataDir: string;
-  readonly log: Log;
-  readonly pollMs?: number;
-}): Promise<Joined> {
+export async function learnGroup(options: JoinOptions & { readonly pollMs?: number }): Promise<Joined> {
   const { config, id, key, log } = options;
   const client = await FitbClient.connect({ config, key });
   let waitingFor = "";
