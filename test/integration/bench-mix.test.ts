@@ -3,22 +3,13 @@
  * critical channel is measured; the figures of both come out, nothing is lost.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
-import { clientFor, startClusterWithChannels } from "./client-util.ts";
+import { startClusterWithLowChannel } from "./client-util.ts";
 import type { TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
 
 beforeAll(async () => {
-  cluster = await startClusterWithChannels();
-  const admin = clientFor(cluster, cluster.adminKey);
-  try {
-    const key = loadSigningKeyFile(cluster.clientKey).key.publicKey;
-    await admin.admin({ t: "create-channel", tag: "bulk.metrics", fault: "byzantine", order: "total", priority: "low", public: true });
-    await admin.admin({ t: "register", tag: "bulk.metrics", role: "publisher", key });
-  } finally {
-    admin.close();
-  }
+  cluster = await startClusterWithLowChannel();
 });
 
 afterAll(async () => {

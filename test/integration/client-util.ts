@@ -49,6 +49,20 @@ export async function startClusterWithChannels(options: Parameters<typeof startC
   return cluster;
 }
 
+/** startClusterWithChannels, plus `bulk.metrics` (byzantine/total, low priority) with the client key registered: a channel to saturate. */
+export async function startClusterWithLowChannel(options: Parameters<typeof startCluster>[0] = {}): Promise<TestCluster> {
+  const cluster = await startClusterWithChannels(options);
+  const admin = clientFor(cluster, cluster.adminKey);
+  try {
+    const key = loadSigningKeyFile(cluster.clientKey).key.publicKey;
+    await admin.admin({ t: "create-channel", tag: "bulk.metrics", fault: "byzantine", order: "total", priority: "low", public: true });
+    await admin.admin({ t: "register", tag: "bulk.metrics", role: "publisher", key });
+  } finally {
+    admin.close();
+  }
+  return cluster;
+}
+
 export interface Delivered {
   readonly seq: number;
   readonly payload: string;

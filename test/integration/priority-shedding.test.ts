@@ -10,7 +10,7 @@ import type { Frame, Reply } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
 import { loadSigningKeyFile, type SigningKey } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { clientFor, publishFrame, rawSession, startClusterWithChannels } from "./client-util.ts";
+import { publishFrame, rawSession, startClusterWithLowChannel } from "./client-util.ts";
 import { freePortRange, type TestCluster } from "./harness.ts";
 
 const TARGET_MS = 5;
@@ -23,17 +23,9 @@ let metricsPort: number;
 
 beforeAll(async () => {
   metricsPort = freePortRange(1);
-  cluster = await startClusterWithChannels({
+  cluster = await startClusterWithLowChannel({
     replicaArgs: (id) => (id === 0 ? ["--metrics", `127.0.0.1:${metricsPort}`, "--urgent-delay-target-ms", String(TARGET_MS)] : []),
   });
-  const admin = clientFor(cluster, cluster.adminKey);
-  try {
-    const key = loadSigningKeyFile(cluster.clientKey).key.publicKey;
-    await admin.admin({ t: "create-channel", tag: "bulk.metrics", fault: "byzantine", order: "total", priority: "low", public: true });
-    await admin.admin({ t: "register", tag: "bulk.metrics", role: "publisher", key });
-  } finally {
-    admin.close();
-  }
 });
 
 afterAll(async () => {
