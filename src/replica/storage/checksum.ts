@@ -5,7 +5,7 @@
  * at start. SHA-256 rather than a CRC: it is what the rest of fitb already hashes with,
  * it runs natively, and a checksum that never collides by accident needs no argument.
  */
-import { encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
+import { CanonicalError, encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
 import { bytesEqual } from "../../crypto/encoding.ts";
 import { sha256Parts } from "../../crypto/hash.ts";
 
@@ -19,9 +19,21 @@ export function rowChecksum(table: string, key: Canonical, payload: readonly Uin
   return sha256Parts([DOMAIN, encodeCanonical([table, key]), ...payload]);
 }
 
-/** Whether `stored` is the checksum of the row as read. */
+/**
+ * Whether `stored` is the checksum of the row as read. A key field a damaged file gives
+ * back as something no row is written with (a flipped bit in SQLite's record header turns
+ * an integer into a float, NaN say, which the canonical encoding refuses) makes the row
+ * damaged too, not an error of the reader.
+ */
 export function rowIntact(table: string, key: Canonical, payload: readonly Uint8Array[], stored: Uint8Array | null | undefined): boolean {
   if (!(stored instanceof Uint8Array) || stored.length !== CHECKSUM_BYTES) return false;
   for (const part of payload) if (!(part instanceof Uint8Array)) return false;
-  return bytesEqual(rowChecksum(table, key, payload), stored);
+  let expected: Uint8Array;
+  try {
+    expected = rowChecksum(table, key, payload);
+  } catch (error) {
+    if (error instanceof CanonicalError) return false;
+    throw error;
+  }
+  return bytesEqual(expected, stored);
 }
