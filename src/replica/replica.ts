@@ -697,14 +697,14 @@ export class Replica {
     after: number | undefined,
   ): void {
     const arrivedMs = performance.now();
+    // Stored here, an unordered event is stored for good: a replica behind what the client
+    // saw (`after`: a revocation, say) judges it once it has executed that, whichever way.
+    const again = (expired: boolean): void => this.publishUnordered(session, signed, request, digest, expired ? undefined : after);
+    if (this.holdUntilExecuted(session, after, again)) return;
     const outcome = this.machine.acceptUnorderedPublish(signed, request, Date.now());
     const result = outcome.result;
     if (!result.ok) {
-      // An unordered publish is judged on this replica's state alone.
-      if (result.code === "unknown-channel" || result.code === "not-registered") {
-        const again = (expired: boolean): void => this.publishUnordered(session, signed, request, digest, expired ? undefined : after);
-        if (this.holdUntilExecuted(session, after, again)) return;
-      }
+      // An unordered publish is judged on this replica's state alone (through `after`, above).
       this.metrics.refused(channelErrorCode(result));
       this.auditRefusal(session, channelErrorCode(result), result.reason, request.op.t === "pub" ? request.op.tag : undefined);
       this.reply(session, this.localFailure(request.seq, digest, channelErrorCode(result), result.reason));
