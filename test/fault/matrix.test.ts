@@ -1,7 +1,9 @@
-// Three rows of the fault matrix (matrix.ts; the whole matrix is `npm run faults`): real
+// Four rows of the fault matrix (matrix.ts; the whole matrix is `npm run faults`): real
 // replicas, each on its own host in a network namespace, a steady publish stream and a
 // live subscriber; the history checker must find nothing lost, duplicated, reordered or
 // invented. Needs root for the namespaces; skipped, saying why, without it.
+// proxy-reset: the TCP proxies in front of the leader's client and peer ports reset every
+// connection every 500 ms.
 // cut-network: every replica on two networks (two bridges); the preferred one, which the
 // clients use too, goes dark for 10 s: peers and clients move to the second network, so
 // publishing goes on during the cut, and the stall stays under CUT_NETWORK_STALL_MS_MAX.
@@ -16,7 +18,7 @@ if (unavailable !== null) console.warn(`skipping the fault matrix rows: ${unavai
 const ROW_TIMEOUT_MS = 240_000;
 
 describe.skipIf(unavailable !== null)("the fault matrix on namespaced hosts", () => {
-  for (const name of ["isolate-leader", "kill-leader"]) {
+  for (const name of ["isolate-leader", "kill-leader", "proxy-reset"]) {
     test(
       `${name}: nothing acknowledged is lost, nothing is duplicated, reordered or invented`,
       async () => {

@@ -32,6 +32,8 @@ import { TestNetwork } from "./netns.ts";
 
 const TAG = "sec.alerts";
 const PORT = 7400;
+/** Every replica's peer_port (each on its own host): the proxied rows put a proxy in front of it too. */
+const PEER_PORT = 8400;
 /** Each replica's status page (--metrics), on its host's address: clock rows read its clock there. */
 const STATUS_PORT = 7409;
 const REPLICAS = 4;
@@ -158,6 +160,7 @@ export class FaultGroup {
   readonly dataDirs: string[] = new Array(REPLICAS).fill("");
 
   start(id: number): void {
+    // Behind its proxies a replica listens on loopback: clients at PORT + 1, peers at 127.0.0.1:PEER_PORT.
     const args = this.proxied ? ["--listen", `127.0.0.1:${PORT + 1}`] : [];
     args.push("--data", this.disks[id] ?? (this.dataDirs[id] as string));
     if (this.fault.syncNormal === true) args.push("--sync", "normal");
@@ -313,11 +316,11 @@ export class FaultGroup {
   }
 }
 
-/** A proxy.ts process in front of one replica, in that replica's namespace. */
-export class TcpProxy {
-  private lines: string[] = [];
+/** One proxy.ts process: LISTEN_HOST:port in the host's namespace forwarded to 127.0.0.1:target. */
+class ProxyProcess {
+  readonly lines: string[] = [];
 
-  private constructor(private readonly proc: Subprocess<"pipe", "pipe", "pipe">) {
+  constructor(private readonly proc: Subprocess<"pipe", "pipe", "pipe">) {
     void (async () => {
       const decoder = new TextDecoder();
       let rest = "";
@@ -330,23 +333,10 @@ export class TcpProxy {
     })();
   }
 
-  static async start(net: TestNetwork, id: number): Promise<TcpProxy> {
-    const script = join(import.meta.dir, "proxy.ts");
-    const proc = Bun.spawn([...net.exec(id), process.execPath, script, `${net.host(id).address}:${PORT}`, `127.0.0.1:${PORT + 1}`], {
-      stdin: "pipe",
-      stdout: "pipe",
-      stderr: "pipe",
-    });
-    const proxy = new TcpProxy(proc);
-    await waitFor(`the proxy of replica ${id} to listen`, () => proxy.lines.includes("ready"), WAIT_MS);
-    return proxy;
-  }
-
   get exited(): Promise<number> {
     return this.proc.exited;
   }
 
-  /** Sends a command (pass, delay MS, stall, reset) and waits until the proxy says it is in force. */
   async command(line: string): Promise<void> {
     const answer = `ok ${line}`;
     const seen = this.lines.filter((l) => l === answer).length;
@@ -358,6 +348,46 @@ export class TcpProxy {
   stop(): void {
     this.proc.stdin.end();
     this.proc.kill("SIGKILL");
+  }
+}
+
+/**
+ * The proxies in front of one replica, in that replica's namespace: one for its client port
+ * and one for its peer port (the replicas' links use peer_port), commanded together.
+ */
+export class TcpProxy {
+  private constructor(private readonly procs: readonly ProxyProcess[]) {}
+
+  static async start(net: TestNetwork, id: number): Promise<TcpProxy> {
+    const script = join(import.meta.dir, "proxy.ts");
+    const procs = [
+      [PORT, PORT + 1],
+      [PEER_PORT, PEER_PORT],
+    ].map(
+      ([listen, target]) =>
+        new ProxyProcess(
+          Bun.spawn([...net.exec(id), process.execPath, script, `${net.host(id).address}:${listen}`, `127.0.0.1:${target}`], {
+            stdin: "pipe",
+            stdout: "pipe",
+            stderr: "pipe",
+          }),
+        ),
+    );
+    for (const proc of procs) await waitFor(`the proxies of replica ${id} to listen`, () => proc.lines.includes("ready"), WAIT_MS);
+    return new TcpProxy(procs);
+  }
+
+  get exited(): Promise<number> {
+    return Promise.race(this.procs.map((proc) => proc.exited));
+  }
+
+  /** Sends a command (pass, delay MS, stall, reset) to both proxies and waits until each says it is in force. */
+  async command(line: string): Promise<void> {
+    await Promise.all(this.procs.map((proc) => proc.command(line)));
+  }
+
+  stop(): void {
+    for (const proc of this.procs) proc.stop();
   }
 }
 
@@ -629,7 +659,7 @@ function clusterFiles(net: TestNetwork, dir: string): { configPath: string; admi
     overwrite: false,
   });
   let text = readFileSync(init.configPath, "utf8");
-  text = text.replace(/^port = \d+$/gm, `port = ${PORT}`);
+  text = text.replace(/^port = \d+$/gm, `port = ${PORT}`).replace(/^peer_port = \d+$/gm, `peer_port = ${PEER_PORT}`);
   writeFileSync(init.configPath, text);
   return { configPath: init.configPath, adminKey: init.adminKeyFile, clientKey: init.clientKeyFile };
 }
