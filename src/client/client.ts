@@ -852,6 +852,7 @@ export class FitbClient {
       this.queries.onDown(id);
       this.subscriptions.onDown(id);
     }
+    this.subscriptions.onGroupChange([...change.removed, ...change.replaced]);
     for (const wake of this.readyWaiters.splice(0)) wake();
     const listed = (ids: readonly number[]): string => (ids.length === 0 ? "none" : ids.join(", "));
     this.log(

@@ -175,8 +175,11 @@ export interface SubscriptionStats {
 
 /** What a subscription needs from the client that owns the connections. */
 export interface SubscriptionHost {
+  /** Members of the group the client follows now, and the faults it tolerates (they change: onGroupChange). */
   readonly n: number;
   readonly f: number;
+  /** The members' replica ids now. */
+  members(): readonly number[];
   readyReplicas(): readonly number[];
   /** A decided seq some correct replica has executed, known to the client (read-your-writes). */
   executedFloor(): number;
@@ -242,8 +245,8 @@ export class ClientSubscription implements Subscription {
   private voter: DeliveryVoter | null = null;
   private start: StartState;
   private readonly startWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
-  /** Live total-order start: copies held until the start seq is known. */
-  private readonly startBuffer: BufferedCopy[][];
+  /** Live total-order start: copies held per replica id until the start seq is known. */
+  private readonly startBuffer = new Map<number, BufferedCopy[]>();
   /** Crash-fault channels: the registered publishers deliveries are filtered by; null on Byzantine ones (voting covers them). */
   private readonly registry: PublisherRegistry | null;
   private readonly counters = { deliveredBatches: 0, deliveredEvents: 0, droppedEvents: 0, conflicts: 0, invalidReports: 0 };
@@ -308,7 +311,6 @@ export class ClientSubscription implements Subscription {
       signal: (signal) => this.signal(signal),
       fail: (error) => this.end(error),
     });
-    this.startBuffer = Array.from({ length: host.n }, (): BufferedCopy[] => []);
     this.start = { t: "starting", deadline: host.now() + startTimeoutMs };
     this.done = new Promise<void>((resolve, reject) => {
       this.resolveDone = resolve;
@@ -376,7 +378,26 @@ export class ClientSubscription implements Subscription {
 
   /** The replica's connection dropped: its subscription is gone with it. */
   onReplicaDown(replica: number): void {
-    if (this.replicas.dropped(replica)) this.startBuffer[replica] = [];
+    if (this.replicas.dropped(replica)) this.startBuffer.delete(replica);
+  }
+
+  /**
+   * The client moved to another group (membership-follow.ts). `left`: members removed, or
+   * whose key or address changed (their connection was replaced). Their SUBSCRIBEs are
+   * forgotten and their votes taken back; the voter votes with the new members and f
+   * (DeliveryVoter.regroup has the rule at the switch). New members are subscribed once
+   * their session is up (onReplicaReady), from the next undelivered seq like any replica
+   * that comes back, so nothing is skipped and nothing delivered twice.
+   */
+  onGroupChange(left: readonly number[]): void {
+    if (this.start.t === "ended") return;
+    for (const replica of left) {
+      this.replicas.forget(replica);
+      this.startBuffer.delete(replica);
+    }
+    const voter = this.voter;
+    if (voter !== null) this.handleOutputs(voter.regroup(this.host.members(), this.host.f, left));
+    if (this.start.t === "starting") this.tryStart();
   }
 
   onSubOk(replica: number, subId: number, body: SubOk): void {
@@ -443,7 +464,7 @@ export class ClientSubscription implements Subscription {
 
   private newVoter(fromSeq: number, notBeforeMs?: number): DeliveryVoter {
     const registry = this.registry;
-    return new DeliveryVoter({
+    const voter = new DeliveryVoter({
       ...(registry === null ? {} : { acceptPublisher: (publisher: Uint8Array) => registry.check(publisher, this.host.now()) }),
       tag: this.tag,
       cls: { fault: this.channel.fault, order: this.channel.order },
@@ -454,6 +475,9 @@ export class ClientSubscription implements Subscription {
       hash: sha256,
       verify: (body, sig, publisher) => verifyDomain(publisher, DOMAIN_REQUEST, body, sig),
     });
+    // Counts only the members' copies, by their ids (after a removal they need not be 0..n-1).
+    voter.regroup(this.host.members(), this.host.f);
+    return voter;
   }
 
   /**
@@ -491,8 +515,8 @@ export class ClientSubscription implements Subscription {
     for (const entry of active) {
       if ((entry.next ?? 1) > startSeq) this.replicas.resubscribe(entry.replica);
     }
-    const buffered = this.startBuffer.flat();
-    this.startBuffer.forEach((_, replica) => (this.startBuffer[replica] = []));
+    const buffered = [...this.startBuffer.values()].flat();
+    this.startBuffer.clear();
     for (const copy of buffered) {
       if (!this.replicas.isActive(copy.replica)) continue;
       const outputs = voter.onBatch(copy.replica, {
@@ -507,15 +531,16 @@ export class ClientSubscription implements Subscription {
   }
 
   private bufferForStart(replica: number, events: Events): void {
-    const buffer = this.startBuffer[replica] as BufferedCopy[];
+    const buffer = this.startBuffer.get(replica) ?? [];
     if (buffer.length >= START_BUFFER_COPIES_PER_REPLICA_MAX) {
       // Too much arrived before the start is known; this replica is asked again from the
       // start. Its current subscription is ended first, or it would go on streaming.
       this.replicas.retryLater(replica, RESUBSCRIBE_AFTER_OVERFLOW_MS, null);
-      this.startBuffer[replica] = [];
+      this.startBuffer.delete(replica);
       return;
     }
     buffer.push({ replica, events });
+    this.startBuffer.set(replica, buffer);
   }
 
   private started(): void {
