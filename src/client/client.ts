@@ -661,7 +661,9 @@ export class FitbClient {
     const channel = await this.channelInfo(tag);
     // Crash-fault channels deliver one replica's copy without a vote: only registered publishers' batches are taken.
     const publishers = channel.fault === "crash" ? await this.publishers(tag) : [];
-    const replicaKeys = this.config.replicas.map((replica) => replica.publicKey);
+    // The members' keys by id ($sys.events counts reports by who signed them).
+    const replicaKeys: Uint8Array[] = [];
+    for (const connection of this.group.connections) replicaKeys[connection.id] = connection.endpoint.publicKey;
     const sub = new ClientSubscription(
       this.subscriptions,
       channel,

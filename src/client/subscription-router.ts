@@ -134,7 +134,8 @@ export class SubscriptionRouter implements SubscriptionHost {
    */
   onGroupChange(left: readonly number[]): void {
     for (const [subId, route] of this.subRoutes) if (left.includes(route.replica)) this.subRoutes.delete(subId);
-    for (const sub of [...this.subscriptions]) sub.onGroupChange(left);
+    const keys = new Map(this.group.connections.map((connection) => [connection.id, connection.endpoint.publicKey]));
+    for (const sub of [...this.subscriptions]) sub.onGroupChange(left, keys);
   }
 
   tick(now: number): void {

@@ -111,7 +111,7 @@ export type SubscriptionSignal =
   /**
    * A replica sent a copy that failed its checks (bad signature, wrong tag, ...); dropped.
    * `replica` is null when the copy cannot be tied to one replica (a `$sys.events` report
-   * the replicas agreed to carry, signed by a key that is no replica's in the cluster file).
+   * the replicas agreed to carry, signed by a key that is no member's).
    */
   | { readonly t: "invalid"; readonly replica: number | null; readonly reason: string }
   /** A replica sent something that contradicts the others (evidence of a fault). */
@@ -252,7 +252,7 @@ export class ClientSubscription implements Subscription {
   private readonly counters = { deliveredBatches: 0, deliveredEvents: 0, droppedEvents: 0, conflicts: 0, invalidReports: 0 };
   /** `$sys.events`: the group event voter the replicas' reports go to; null on other channels. */
   private readonly group: GroupEventVoter | null;
-  /** `$sys.events`: replica ids by the hex of their keys, who signed each report. */
+  /** `$sys.events`: replica ids by the hex of their keys, who signed each report (the group's members: onGroupChange). */
   private readonly reporterIds = new Map<string, number>();
   /** `$sys.events`: group events delivered so far (their `pubSeq`), and the key of each queued one. */
   private groupSeq = 0;
@@ -265,8 +265,8 @@ export class ClientSubscription implements Subscription {
   /**
    * `publishers`: the channel's registered publishers as f+1 replicas listed them when
    * subscribing (crash-fault channels; without it the first copies wait for a query).
-   * `replicaKeys`: every replica's key by id, from the cluster file; `$sys.events` needs
-   * them to count its reports by replica.
+   * `replicaKeys`: every member's key by id; `$sys.events` needs them to count its
+   * reports by replica (onGroupChange brings them up to date).
    */
   constructor(
     host: SubscriptionHost,
@@ -279,6 +279,7 @@ export class ClientSubscription implements Subscription {
   ) {
     this.host = host;
     this.group = channel.tag === SYS_EVENTS_TAG ? new GroupEventVoter({ n: host.n, f: host.f }) : null;
+    this.group?.regroup(host.members(), host.f);
     replicaKeys.forEach((key, id) => this.reporterIds.set(toHex(key), id));
     this.registry = channel.fault === "crash" ? new PublisherRegistry(publishers) : null;
     this.tag = channel.tag;
@@ -383,17 +384,26 @@ export class ClientSubscription implements Subscription {
 
   /**
    * The client moved to another group (membership-follow.ts). `left`: members removed, or
-   * whose key or address changed (their connection was replaced). Their SUBSCRIBEs are
+   * whose key or address changed (their connection was replaced); `memberKeys`: each
+   * member's key by id (`$sys.events` counts reports by who signed them). Their SUBSCRIBEs are
    * forgotten and their votes taken back; the voter votes with the new members and f
    * (DeliveryVoter.regroup has the rule at the switch). New members are subscribed once
    * their session is up (onReplicaReady), from the next undelivered seq like any replica
    * that comes back, so nothing is skipped and nothing delivered twice.
    */
-  onGroupChange(left: readonly number[]): void {
+  onGroupChange(left: readonly number[], memberKeys?: ReadonlyMap<number, Uint8Array>): void {
     if (this.start.t === "ended") return;
     for (const replica of left) {
       this.replicas.forget(replica);
       this.startBuffer.delete(replica);
+    }
+    if (this.group !== null) {
+      // `$sys.events`: reports count by the members' keys now, f+1 of the new f.
+      if (memberKeys !== undefined) {
+        this.reporterIds.clear();
+        for (const [id, key] of memberKeys) this.reporterIds.set(toHex(key), id);
+      }
+      this.group.regroup(this.host.members(), this.host.f, left);
     }
     const voter = this.voter;
     if (voter !== null) this.handleOutputs(voter.regroup(this.host.members(), this.host.f, left));
@@ -668,7 +678,7 @@ export class ClientSubscription implements Subscription {
     const replica = this.reporterIds.get(toHex(batch.publisher));
     if (replica === undefined) {
       this.counters.invalidReports++;
-      this.signal({ t: "invalid", replica: null, reason: "a $sys.events report signed by a key that is no replica's in the cluster file" });
+      this.signal({ t: "invalid", replica: null, reason: "a $sys.events report signed by a key that is no member's" });
       return;
     }
     for (const payload of batch.events) {

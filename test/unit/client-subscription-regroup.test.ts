@@ -67,3 +67,44 @@ test("a total-order subscription grows to 7 replicas with f=2 and shrinks back, 
   expect(sub.nextSeq).toBe(4);
   await sub.close();
 });
+
+test("$sys.events counts reports by the members' keys and f after a change: a new member's report counts, f+1 of the new f", async () => {
+  const keys = [0, 1, 2, 3, 4, 5, 6].map(() => SigningKey.generate());
+  const host = new ScriptedHost();
+  const got: ReceivedBatch[] = [];
+  const publicKeys = keys.map((key) => key.publicKey);
+  const info = channel("$sys.events", "crash", "none");
+  const sub = new ClientSubscription(host, info, {}, (b) => void got.push(b), 60_000, publicKeys, publicKeys.slice(0, 4));
+  const started = sub.begin();
+  const ok = (replica: number): void => {
+    const subId = host.subIdAt(replica);
+    sub.onSubOk(replica, subId, { sub: subId, replica });
+  };
+  for (const replica of [0, 1, 2, 3]) ok(replica);
+  await started;
+  let seq = 0;
+  const report = (signer: number, fields: Record<string, unknown>): Events["req"] =>
+    signedRequest(keys[signer] as SigningKey, "$sys.events", ++seq, [JSON.stringify({ ts: seq, replica: signer, ...fields })]);
+  const send = (via: number, req: Events["req"]): void => {
+    const subId = host.subIdAt(via);
+    sub.onEvents(via, subId, { sub: subId, tag: "$sys.events", seq: 0, req, replica: via });
+  };
+  // Replica 0 reports before the switch; under f=1 one more report would deliver it.
+  send(0, report(0, { kind: "view-installed", view: 3, leader: 3 }));
+  host.memberIds = [0, 1, 2, 3, 4, 5, 6];
+  host.f = 2;
+  sub.onGroupChange([], new Map(publicKeys.map((key, id) => [id, key])));
+  for (const replica of [4, 5, 6]) {
+    host.ready.add(replica);
+    sub.onReplicaReady(replica);
+    ok(replica);
+  }
+  send(4, report(4, { kind: "view-installed", view: 3, leader: 3 }));
+  await Bun.sleep(1);
+  expect(got).toEqual([]);
+  send(5, report(5, { kind: "view-installed", view: 3, leader: 3 }));
+  await Bun.sleep(1);
+  expect(got).toHaveLength(1);
+  expect(JSON.parse(text((got[0] as ReceivedBatch).events[0] as Uint8Array))).toMatchObject({ reporters: [0, 4, 5], vouched: 3 });
+  await sub.close();
+});
