@@ -661,7 +661,9 @@ export class FitbClient {
     const channel = await this.channelInfo(tag);
     // Crash-fault channels deliver one replica's copy without a vote: only registered publishers' batches are taken.
     const publishers = channel.fault === "crash" ? await this.publishers(tag) : [];
-    const replicaKeys = this.config.replicas.map((replica) => replica.publicKey);
+    // The members' keys by id ($sys.events counts reports by who signed them).
+    const replicaKeys: Uint8Array[] = [];
+    for (const connection of this.group.connections) replicaKeys[connection.id] = connection.endpoint.publicKey;
     const sub = new ClientSubscription(
       this.subscriptions,
       channel,
@@ -852,6 +854,7 @@ export class FitbClient {
       this.queries.onDown(id);
       this.subscriptions.onDown(id);
     }
+    this.subscriptions.onGroupChange([...change.removed, ...change.replaced]);
     for (const wake of this.readyWaiters.splice(0)) wake();
     const listed = (ids: readonly number[]): string => (ids.length === 0 ? "none" : ids.join(", "));
     this.log(

@@ -45,7 +45,8 @@ export interface ReplicaSubsOwner {
 }
 
 export class ReplicaSubs {
-  private readonly replicas: ReplicaSubState[];
+  /** By replica id; a replica with no entry is "none" (a member added later starts so). */
+  private readonly replicas = new Map<number, ReplicaSubState>();
   /** The last fatal SUB_END per replica; f+1 agreeing (and fresh, see refused) end the subscription. */
   private readonly fatalEnds = new Map<number, { code: string; reason: string; at: number | undefined }>();
   /** Replicas that answered a SUBSCRIBE at least once (SUB_OK or SUB_END). */
@@ -57,21 +58,19 @@ export class ReplicaSubs {
     private readonly host: SubscriptionHost,
     private readonly sub: ClientSubscription,
     private readonly owner: ReplicaSubsOwner,
-  ) {
-    this.replicas = Array.from({ length: host.n }, (): ReplicaSubState => ({ t: "none" }));
-  }
+  ) {}
 
   /** The replicas that answered SUB_OK, and the `next` each reported. */
   activeReplicas(): { replica: number; next: number | undefined }[] {
     const active: { replica: number; next: number | undefined }[] = [];
-    this.replicas.forEach((state, replica) => {
+    for (const [replica, state] of [...this.replicas].sort((a, b) => a[0] - b[0])) {
       if (state.t === "active") active.push({ replica, next: state.next });
-    });
+    }
     return active;
   }
 
   isActive(replica: number): boolean {
-    return this.replicas[replica]?.t === "active";
+    return this.replicas.get(replica)?.t === "active";
   }
 
   // ---------------------------------------------------------------------------------
@@ -83,59 +82,71 @@ export class ReplicaSubs {
     const subId = this.host.subscribeAt(this.sub, replica, from, this.freshness());
     if (subId === null) {
       // Not sent (queue full or not connected): tick asks again once the replica is ready.
-      this.replicas[replica] = { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_SEND_FAILURE_MS, endCode: null };
+      this.replicas.set(replica, { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_SEND_FAILURE_MS, endCode: null });
       return;
     }
-    this.replicas[replica] = { t: "pending", subId, from };
+    this.replicas.set(replica, { t: "pending", subId, from });
   }
 
   resubscribe(replica: number): void {
-    const state = this.replicas[replica];
+    const state = this.replicas.get(replica);
     if (state !== undefined && (state.t === "active" || state.t === "pending")) this.host.unsubscribeAt(replica, state.subId);
     this.subscribeAt(replica);
   }
 
   retryLater(replica: number, delayMs: number, endCode: string | null): void {
-    const state = this.replicas[replica];
+    const state = this.replicas.get(replica);
     if (state !== undefined && (state.t === "active" || state.t === "pending")) this.host.unsubscribeAt(replica, state.subId);
-    this.replicas[replica] = { t: "retry", at: this.host.now() + delayMs, endCode };
+    this.replicas.set(replica, { t: "retry", at: this.host.now() + delayMs, endCode });
   }
 
   /** The replica's session is up: subscribes there unless a SUBSCRIBE is pending or active. */
   subscribeIfIdle(replica: number): void {
-    const state = this.replicas[replica];
-    if (state === undefined || state.t === "pending" || state.t === "active") return;
+    const state = this.replicas.get(replica);
+    if (state !== undefined && (state.t === "pending" || state.t === "active")) return;
     this.subscribeAt(replica);
   }
 
   /** The replica's connection dropped: its subscription is gone with it. False if it had none pending or active. */
   dropped(replica: number): boolean {
-    const state = this.replicas[replica];
+    const state = this.replicas.get(replica);
     if (state === undefined || state.t === "none" || state.t === "retry") return false;
-    this.replicas[replica] = { t: "none" };
+    this.replicas.set(replica, { t: "none" });
     return true;
+  }
+
+  /**
+   * The replica left the group (or its key was replaced): our SUBSCRIBE there is ended and
+   * everything it said to this subscription (answers, refusals) is forgotten.
+   */
+  forget(replica: number): void {
+    const state = this.replicas.get(replica);
+    if (state !== undefined && (state.t === "active" || state.t === "pending")) this.host.unsubscribeAt(replica, state.subId);
+    this.replicas.delete(replica);
+    this.fatalEnds.delete(replica);
+    this.answered.delete(replica);
   }
 
   /** Subscribes again at every replica that is retrying or subscribed (after a skip). */
   resubscribeAll(): void {
-    this.replicas.forEach((state, replica) => {
+    for (const [replica, state] of [...this.replicas]) {
       if (state.t === "retry" || state.t === "active" || state.t === "pending") this.resubscribe(replica);
-    });
+    }
   }
 
   /** Unsubscribes everywhere; no replica is asked again until subscribeAt. */
   unsubscribeAll(): void {
-    this.replicas.forEach((state, replica) => {
+    for (const [replica, state] of [...this.replicas]) {
       if (state.t === "active" || state.t === "pending") this.host.unsubscribeAt(replica, state.subId);
-      this.replicas[replica] = { t: "none" };
-    });
+      this.replicas.set(replica, { t: "none" });
+    }
   }
 
   /** Retries refused or overflowed replicas and unsent SUBSCRIBEs whose time has come. */
   retryDue(now: number): void {
-    this.replicas.forEach((state, replica) => {
+    for (const [replica, state] of [...this.replicas]) {
       if (state.t === "retry" && now >= state.at && this.host.readyReplicas().includes(replica)) this.subscribeAt(replica);
-    });
+    }
   }
 
   // ---------------------------------------------------------------------------------
@@ -144,9 +155,9 @@ export class ReplicaSubs {
 
   /** SUB_OK: the pending SUBSCRIBE `subId` is active. Its `from`, or null if it answers no pending SUBSCRIBE of ours. */
   accepted(replica: number, subId: number, body: SubOk): { readonly from: number | undefined } | null {
-    const state = this.replicas[replica];
+    const state = this.replicas.get(replica);
     if (state === undefined || state.t !== "pending" || state.subId !== subId) return null;
-    this.replicas[replica] = { t: "active", subId, from: state.from, next: body.next };
+    this.replicas.set(replica, { t: "active", subId, from: state.from, next: body.next });
     this.fatalEnds.delete(replica);
     this.answered.add(replica);
     if (body.at !== undefined && body.at > this.freshestAt) {
@@ -158,7 +169,7 @@ export class ReplicaSubs {
 
   /** Whether `subId` is our SUBSCRIBE at `replica`, pending or active (copies under it count). */
   carries(replica: number, subId: number): boolean {
-    const state = this.replicas[replica];
+    const state = this.replicas.get(replica);
     return state !== undefined && (state.t === "active" || state.t === "pending") && state.subId === subId;
   }
 
@@ -166,7 +177,7 @@ export class ReplicaSubs {
   release(replica: number, subId: number): boolean {
     if (!this.carries(replica, subId)) return false;
     this.host.releaseSubId(subId);
-    this.replicas[replica] = { t: "none" };
+    this.replicas.set(replica, { t: "none" });
     return true;
   }
 
@@ -183,7 +194,7 @@ export class ReplicaSubs {
     this.answered.add(replica);
     if (body.at !== undefined && body.at < this.freshness()) {
       this.fatalEnds.delete(replica);
-      this.replicas[replica] = { t: "retry", at: this.host.now(), endCode: body.code };
+      this.replicas.set(replica, { t: "retry", at: this.host.now(), endCode: body.code });
       if (!this.owner.isPaused() && this.host.readyReplicas().includes(replica)) this.subscribeAt(replica);
       return;
     }
@@ -201,7 +212,7 @@ export class ReplicaSubs {
       );
       return;
     }
-    this.replicas[replica] = { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_REFUSAL_MS, endCode: body.code };
+    this.replicas.set(replica, { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_REFUSAL_MS, endCode: body.code });
   }
 
   /** The freshest decided seq known to this subscription: the client's floor or a SUB_OK's `at`. */
@@ -215,7 +226,7 @@ export class ReplicaSubs {
     for (const [replica, end] of [...this.fatalEnds]) {
       if (end.at === undefined || end.at >= fresh) continue;
       this.fatalEnds.delete(replica);
-      const state = this.replicas[replica];
+      const state = this.replicas.get(replica);
       if (state !== undefined && state.t !== "active" && state.t !== "pending") this.subscribeAt(replica);
     }
   }

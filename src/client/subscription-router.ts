@@ -17,8 +17,6 @@ interface SubRoute {
 }
 
 export class SubscriptionRouter implements SubscriptionHost {
-  readonly n: number;
-  readonly f: number;
   private readonly subscriptions = new Set<ClientSubscription>();
   private readonly subRoutes = new Map<number, SubRoute>();
   private subCounter = 0;
@@ -28,9 +26,19 @@ export class SubscriptionRouter implements SubscriptionHost {
     private readonly floor: ExecutedFloor,
     private readonly clock: () => number,
     private readonly queryPublishers: (tag: string) => Promise<readonly Uint8Array[]>,
-  ) {
-    this.n = group.n;
-    this.f = group.f;
+  ) {}
+
+  /** Members of the group the client follows now (it changes: onGroupChange). */
+  get n(): number {
+    return this.group.n;
+  }
+
+  get f(): number {
+    return this.group.f;
+  }
+
+  members(): readonly number[] {
+    return this.group.connections.map((connection) => connection.id);
   }
 
   /** Subscriptions open now. */
@@ -117,6 +125,17 @@ export class SubscriptionRouter implements SubscriptionHost {
   onDown(replica: number): void {
     for (const [subId, route] of this.subRoutes) if (route.replica === replica) this.subRoutes.delete(subId);
     for (const sub of this.subscriptions) sub.onReplicaDown(replica);
+  }
+
+  /**
+   * The client moved to another group: `left` are the members removed or replaced (their
+   * sub ids went with their connections: onDown). Every subscription votes with the new
+   * group from now on.
+   */
+  onGroupChange(left: readonly number[]): void {
+    for (const [subId, route] of this.subRoutes) if (left.includes(route.replica)) this.subRoutes.delete(subId);
+    const keys = new Map(this.group.connections.map((connection) => [connection.id, connection.endpoint.publicKey]));
+    for (const sub of [...this.subscriptions]) sub.onGroupChange(left, keys);
   }
 
   tick(now: number): void {

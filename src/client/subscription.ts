@@ -111,7 +111,7 @@ export type SubscriptionSignal =
   /**
    * A replica sent a copy that failed its checks (bad signature, wrong tag, ...); dropped.
    * `replica` is null when the copy cannot be tied to one replica (a `$sys.events` report
-   * the replicas agreed to carry, signed by a key that is no replica's in the cluster file).
+   * the replicas agreed to carry, signed by a key that is no member's).
    */
   | { readonly t: "invalid"; readonly replica: number | null; readonly reason: string }
   /** A replica sent something that contradicts the others (evidence of a fault). */
@@ -175,8 +175,11 @@ export interface SubscriptionStats {
 
 /** What a subscription needs from the client that owns the connections. */
 export interface SubscriptionHost {
+  /** Members of the group the client follows now, and the faults it tolerates (they change: onGroupChange). */
   readonly n: number;
   readonly f: number;
+  /** The members' replica ids now. */
+  members(): readonly number[];
   readyReplicas(): readonly number[];
   /** A decided seq some correct replica has executed, known to the client (read-your-writes). */
   executedFloor(): number;
@@ -242,14 +245,14 @@ export class ClientSubscription implements Subscription {
   private voter: DeliveryVoter | null = null;
   private start: StartState;
   private readonly startWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
-  /** Live total-order start: copies held until the start seq is known. */
-  private readonly startBuffer: BufferedCopy[][];
+  /** Live total-order start: copies held per replica id until the start seq is known. */
+  private readonly startBuffer = new Map<number, BufferedCopy[]>();
   /** Crash-fault channels: the registered publishers deliveries are filtered by; null on Byzantine ones (voting covers them). */
   private readonly registry: PublisherRegistry | null;
   private readonly counters = { deliveredBatches: 0, deliveredEvents: 0, droppedEvents: 0, conflicts: 0, invalidReports: 0 };
   /** `$sys.events`: the group event voter the replicas' reports go to; null on other channels. */
   private readonly group: GroupEventVoter | null;
-  /** `$sys.events`: replica ids by the hex of their keys, who signed each report. */
+  /** `$sys.events`: replica ids by the hex of their keys, who signed each report (the group's members: onGroupChange). */
   private readonly reporterIds = new Map<string, number>();
   /** `$sys.events`: group events delivered so far (their `pubSeq`), and the key of each queued one. */
   private groupSeq = 0;
@@ -262,8 +265,8 @@ export class ClientSubscription implements Subscription {
   /**
    * `publishers`: the channel's registered publishers as f+1 replicas listed them when
    * subscribing (crash-fault channels; without it the first copies wait for a query).
-   * `replicaKeys`: every replica's key by id, from the cluster file; `$sys.events` needs
-   * them to count its reports by replica.
+   * `replicaKeys`: every member's key by id; `$sys.events` needs them to count its
+   * reports by replica (onGroupChange brings them up to date).
    */
   constructor(
     host: SubscriptionHost,
@@ -276,6 +279,7 @@ export class ClientSubscription implements Subscription {
   ) {
     this.host = host;
     this.group = channel.tag === SYS_EVENTS_TAG ? new GroupEventVoter({ n: host.n, f: host.f }) : null;
+    this.group?.regroup(host.members(), host.f);
     replicaKeys.forEach((key, id) => this.reporterIds.set(toHex(key), id));
     this.registry = channel.fault === "crash" ? new PublisherRegistry(publishers) : null;
     this.tag = channel.tag;
@@ -308,7 +312,6 @@ export class ClientSubscription implements Subscription {
       signal: (signal) => this.signal(signal),
       fail: (error) => this.end(error),
     });
-    this.startBuffer = Array.from({ length: host.n }, (): BufferedCopy[] => []);
     this.start = { t: "starting", deadline: host.now() + startTimeoutMs };
     this.done = new Promise<void>((resolve, reject) => {
       this.resolveDone = resolve;
@@ -376,7 +379,35 @@ export class ClientSubscription implements Subscription {
 
   /** The replica's connection dropped: its subscription is gone with it. */
   onReplicaDown(replica: number): void {
-    if (this.replicas.dropped(replica)) this.startBuffer[replica] = [];
+    if (this.replicas.dropped(replica)) this.startBuffer.delete(replica);
+  }
+
+  /**
+   * The client moved to another group (membership-follow.ts). `left`: members removed, or
+   * whose key or address changed (their connection was replaced); `memberKeys`: each
+   * member's key by id (`$sys.events` counts reports by who signed them). Their SUBSCRIBEs are
+   * forgotten and their votes taken back; the voter votes with the new members and f
+   * (DeliveryVoter.regroup has the rule at the switch). New members are subscribed once
+   * their session is up (onReplicaReady), from the next undelivered seq like any replica
+   * that comes back, so nothing is skipped and nothing delivered twice.
+   */
+  onGroupChange(left: readonly number[], memberKeys?: ReadonlyMap<number, Uint8Array>): void {
+    if (this.start.t === "ended") return;
+    for (const replica of left) {
+      this.replicas.forget(replica);
+      this.startBuffer.delete(replica);
+    }
+    if (this.group !== null) {
+      // `$sys.events`: reports count by the members' keys now, f+1 of the new f.
+      if (memberKeys !== undefined) {
+        this.reporterIds.clear();
+        for (const [id, key] of memberKeys) this.reporterIds.set(toHex(key), id);
+      }
+      this.group.regroup(this.host.members(), this.host.f, left);
+    }
+    const voter = this.voter;
+    if (voter !== null) this.handleOutputs(voter.regroup(this.host.members(), this.host.f, left));
+    if (this.start.t === "starting") this.tryStart();
   }
 
   onSubOk(replica: number, subId: number, body: SubOk): void {
@@ -443,7 +474,7 @@ export class ClientSubscription implements Subscription {
 
   private newVoter(fromSeq: number, notBeforeMs?: number): DeliveryVoter {
     const registry = this.registry;
-    return new DeliveryVoter({
+    const voter = new DeliveryVoter({
       ...(registry === null ? {} : { acceptPublisher: (publisher: Uint8Array) => registry.check(publisher, this.host.now()) }),
       tag: this.tag,
       cls: { fault: this.channel.fault, order: this.channel.order },
@@ -454,6 +485,9 @@ export class ClientSubscription implements Subscription {
       hash: sha256,
       verify: (body, sig, publisher) => verifyDomain(publisher, DOMAIN_REQUEST, body, sig),
     });
+    // Counts only the members' copies, by their ids (after a removal they need not be 0..n-1).
+    voter.regroup(this.host.members(), this.host.f);
+    return voter;
   }
 
   /**
@@ -491,8 +525,8 @@ export class ClientSubscription implements Subscription {
     for (const entry of active) {
       if ((entry.next ?? 1) > startSeq) this.replicas.resubscribe(entry.replica);
     }
-    const buffered = this.startBuffer.flat();
-    this.startBuffer.forEach((_, replica) => (this.startBuffer[replica] = []));
+    const buffered = [...this.startBuffer.values()].flat();
+    this.startBuffer.clear();
     for (const copy of buffered) {
       if (!this.replicas.isActive(copy.replica)) continue;
       const outputs = voter.onBatch(copy.replica, {
@@ -507,15 +541,16 @@ export class ClientSubscription implements Subscription {
   }
 
   private bufferForStart(replica: number, events: Events): void {
-    const buffer = this.startBuffer[replica] as BufferedCopy[];
+    const buffer = this.startBuffer.get(replica) ?? [];
     if (buffer.length >= START_BUFFER_COPIES_PER_REPLICA_MAX) {
       // Too much arrived before the start is known; this replica is asked again from the
       // start. Its current subscription is ended first, or it would go on streaming.
       this.replicas.retryLater(replica, RESUBSCRIBE_AFTER_OVERFLOW_MS, null);
-      this.startBuffer[replica] = [];
+      this.startBuffer.delete(replica);
       return;
     }
     buffer.push({ replica, events });
+    this.startBuffer.set(replica, buffer);
   }
 
   private started(): void {
@@ -643,7 +678,7 @@ export class ClientSubscription implements Subscription {
     const replica = this.reporterIds.get(toHex(batch.publisher));
     if (replica === undefined) {
       this.counters.invalidReports++;
-      this.signal({ t: "invalid", replica: null, reason: "a $sys.events report signed by a key that is no replica's in the cluster file" });
+      this.signal({ t: "invalid", replica: null, reason: "a $sys.events report signed by a key that is no member's" });
       return;
     }
     for (const payload of batch.events) {

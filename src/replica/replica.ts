@@ -178,12 +178,11 @@ export class Replica {
     this.machine = new ChannelMachine({
       hash: sha256,
       config: channelsConfigFrom(config.limits, config.retention),
-      // Replicas and keys the file does not name are admitted (the mesh follows the group, a new replica joins: src/cli/join.ts); f above the file's is not (clients vote with it).
+      // Replicas and keys the file does not name are admitted (the mesh follows the group, a new replica joins: src/cli/join.ts), and f above the file's (clients and their subscriptions vote with the group they follow).
       membership: {
         genesis: genesisMembership(config),
         checkpointInterval: coreConfigFor(config, id).checkpointInterval,
         admitsNewReplicas: true,
-        admitsLargerF: false,
       },
     });
     this.channelMetrics = new ChannelMetrics(this.metrics.registry, this.machine, METRICS_CHANNELS_MAX, this.metrics);

@@ -3,7 +3,7 @@
  * channel setup through real admin commands, and bounded collection of deliveries.
  */
 import { loadClientSetup } from "../../src/client/setup.ts";
-import { DEFAULT_BACKOFF, FitbClient, ReplicaConnection, type ReceivedBatch } from "../../src/client/index.ts";
+import { DEFAULT_BACKOFF, FitbClient, ReplicaConnection, type ReceivedBatch, type SubscribeOptions } from "../../src/client/index.ts";
 import { requireClusterConfig } from "../../src/config/cluster.ts";
 import { sign } from "../../src/crypto/ed25519.ts";
 import type { SigningKey } from "../../src/crypto/keys.ts";
@@ -73,10 +73,11 @@ export async function collect(
   client: FitbClient,
   tag: string,
   from?: number,
+  options: SubscribeOptions = {},
 ): Promise<{ events: Delivered[]; close: () => Promise<void> }> {
   const events: Delivered[] = [];
   const decoder = new TextDecoder();
-  const subscription = await client.subscribe(tag, from === undefined ? {} : { from }, (batch: ReceivedBatch) => {
+  const subscription = await client.subscribe(tag, from === undefined ? options : { ...options, from }, (batch: ReceivedBatch) => {
     batch.events.forEach((event, index) => events.push({ seq: (batch.seq ?? batch.pubSeq) + index, payload: decoder.decode(event) }));
   });
   return { events, close: () => subscription.close() };

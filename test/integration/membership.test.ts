@@ -1,7 +1,7 @@
 // The replica group as replicated state, with real replica processes and the `fitb`
 // command: `admin members` shows the cluster file's group at epoch 0 on f+1 matching
-// answers; unsafe changes (n below 3f+1, a key or id already taken, f above the cluster
-// file's) are refused by the replicas with their reason. Removing a replica, with the
+// answers; unsafe changes (n below 3f+1, a key or id already taken) are refused by the
+// replicas with their reason. Removing a replica, with the
 // epoch switch at the checkpoint under a publish stream, is tested in epochs.test.ts;
 // adding one and rotating a key in join.test.ts.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
@@ -53,11 +53,12 @@ describe("membership as replicated state", () => {
     expect(`${removed.stdout}${removed.stderr}`).toContain("removing replica 3 leaves n = 3, below 3f+1 = 4");
     const raised = await cluster.fitb(["admin", ...A, "set-f", "2"]);
     expect(raised.code).not.toBe(0);
+    expect(`${raised.stdout}${raised.stderr}`).toContain("needs n >= 3f+1 = 7");
     expect(`${raised.stdout}${raised.stderr}`).toContain("f = 2 needs n >= 3f+1 = 7");
     expect((await members()).pending).toBeNull();
   }, 60_000);
 
-  test("add-replica and rotate-replica-key keep their checks (unique ids, keys and addresses), set-f above the cluster file's f is refused; the group stays as it was", async () => {
+  test("add-replica and rotate-replica-key keep their checks (unique ids, keys and addresses), set-f needs n >= 3f+1; the group stays as it was", async () => {
     const before = await members();
     const fileKey = (id: number): string => before.members.find((member) => member.id === id)?.key ?? "";
     const taken = await cluster.fitb([
@@ -95,6 +96,7 @@ describe("membership as replicated state", () => {
     expect(`${rotate.stdout}${rotate.stderr}`).toContain("the key is replica 3's");
     const raised = await cluster.fitb(["admin", ...A, "set-f", "2"]);
     expect(raised.code).not.toBe(0);
+    expect(`${raised.stdout}${raised.stderr}`).toContain("needs n >= 3f+1 = 7");
     const after = await members();
     expect(after).toEqual(before);
     expect(after.pending).toBeNull();

@@ -113,15 +113,16 @@ describe("membership commands", () => {
     expect(rotated.members.some((member) => member.key.every((byte, i) => byte === key(2)[i]))).toBe(false);
   });
 
-  test("as the replica runtime builds it, the machine takes add-replica and rotate-replica-key but refuses an f above the cluster file's", () => {
+  test("as the replica runtime builds it, the machine takes add-replica, rotate-replica-key and an f above the cluster file's once n >= 3f+1", () => {
     const m = new ChannelMachine({
       hash,
-      membership: { genesis: genesis(4, 1), checkpointInterval: K, admitsNewReplicas: true, admitsLargerF: false },
+      membership: { genesis: genesis(4, 1), checkpointInterval: K, admitsNewReplicas: true },
     });
+    expect(refusal(m.applyAdmin({ t: "set-f", f: 2 }, 5))).toContain("needs n >= 3f+1 = 7");
     for (const id of [4, 5, 6]) expect(m.applyAdmin(add(id), 5).ok).toBe(true);
     expect(m.applyAdmin({ t: "rotate-replica-key", id: 1, key: key(40) }, 5).ok).toBe(true);
-    // n = 7 would allow f = 2, but clients still vote with the cluster file's f = 1.
-    expect(refusal(m.applyAdmin({ t: "set-f", f: 2 }, 6))).toContain("above the cluster file's f = 1");
+    // n = 7 allows f = 2: clients and subscriptions vote with the group's f.
+    expect(m.applyAdmin({ t: "set-f", f: 2 }, 6).ok).toBe(true);
     // The checks stay: a key or an id already taken.
     expect(refusal(m.applyAdmin({ ...add(7), key: key(5) } as AdminCmd, 6))).toBe("the key is replica 5's");
     expect(refusal(m.applyAdmin(add(4), 6))).toBe("replica 4 is already a member");

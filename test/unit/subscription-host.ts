@@ -13,8 +13,9 @@ import type { SigningKey } from "../../src/crypto/keys.ts";
 
 /** The client side of n replicas: what was sent to each, and whether sending works. */
 export class ScriptedHost implements SubscriptionHost {
-  readonly n = 4;
-  readonly f = 1;
+  /** The group's members and f; a test changes them, then calls ClientSubscription.onGroupChange. */
+  memberIds: number[] = [0, 1, 2, 3];
+  f = 1;
   nowMs = 1_000;
   readonly ready = new Set([0, 1, 2, 3]);
   /** Replicas whose outbound queue is full: SUBSCRIBE cannot be sent. */
@@ -24,6 +25,14 @@ export class ScriptedHost implements SubscriptionHost {
   /** The client's read-your-writes floor, as a test sets it. */
   floor = 0;
   private lastSubId = 0;
+
+  get n(): number {
+    return this.memberIds.length;
+  }
+
+  members(): readonly number[] {
+    return this.memberIds;
+  }
 
   readyReplicas(): readonly number[] {
     return [...this.ready];

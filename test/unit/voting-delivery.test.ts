@@ -554,3 +554,69 @@ describe("a publisher filter that does not know a key yet (crash channels)", () 
     expect(others(out)).toEqual([{ t: "invalid", replica: 2, reason: "publisher-refused" }]);
   });
 });
+
+describe("the group changes mid-stream (regroup)", () => {
+  const seven = [0, 1, 2, 3, 4, 5, 6];
+
+  test("f 1 -> 2: a batch with f_old+1 copies waits for f_new+1 copies of current members", () => {
+    const v = voter("byzantine", "total");
+    expect(v.onBatch(0, copy(1, B1))).toEqual([]);
+    expect(v.regroup(seven, 2)).toEqual([]);
+    // Two copies were enough for f=1; under f=2 they are not.
+    expect(v.onBatch(4, copy(1, B1))).toEqual([]);
+    expect(delivered(v.onBatch(5, copy(1, B1)))).toEqual([[1, ["a1", "a2"]]]);
+    // The next batch needs three copies too, and one of a new member counts like any other.
+    expect(v.onBatch(6, copy(3, B3))).toEqual([]);
+    expect(v.onBatch(1, copy(3, B3))).toEqual([]);
+    expect(delivered(v.onBatch(2, copy(3, B3)))).toEqual([[3, ["b1"]]]);
+    expect(v.nextSeq).toBe(4);
+  });
+
+  test("f 2 -> 1 and members removed: a removed replica's votes are taken back, its later copies ignored", () => {
+    const v = new DeliveryVoter({ tag: TAG, cls: { fault: "byzantine", order: "total" }, n: 7, f: 2, hash, verify: verifySignature });
+    expect(v.onBatch(0, copy(1, B1))).toEqual([]);
+    expect(v.onBatch(5, copy(1, B1))).toEqual([]);
+    // Now 4 replicas, f=1: two copies would do, but replica 5 is no longer a member.
+    expect(v.regroup([0, 1, 2, 3], 1)).toEqual([]);
+    expect(v.onBatch(6, copy(1, B1))).toEqual([]);
+    expect(v.stats().unknownReplica).toBe(1);
+    expect(delivered(v.onBatch(1, copy(1, B1)))).toEqual([[1, ["a1", "a2"]]]);
+  });
+
+  test("a lower threshold delivers what already has enough copies of members at once, in order", () => {
+    const v = new DeliveryVoter({ tag: TAG, cls: { fault: "byzantine", order: "total" }, n: 7, f: 2, hash, verify: verifySignature });
+    for (const replica of [0, 1]) {
+      expect(v.onBatch(replica, copy(1, B1))).toEqual([]);
+      expect(v.onBatch(replica, copy(3, B3))).toEqual([]);
+    }
+    expect(delivered(v.regroup([0, 1, 2, 3], 1))).toEqual([
+      [1, ["a1", "a2"]],
+      [3, ["b1"]],
+    ]);
+    // Nothing is delivered twice: a late copy is a duplicate.
+    expect(v.onBatch(2, copy(1, B1))).toEqual([]);
+    expect(v.stats().duplicates[2]).toBe(1);
+  });
+
+  test("a member whose key was replaced has its votes taken back", () => {
+    const v = voter("byzantine", "total");
+    expect(v.onBatch(2, copy(1, B1))).toEqual([]);
+    expect(v.regroup([0, 1, 2, 3], 1, [2])).toEqual([]);
+    expect(v.onBatch(0, copy(1, B1))).toEqual([]);
+    expect(delivered(v.onBatch(2, copy(1, B1)))).toEqual([[1, ["a1", "a2"]]]);
+  });
+
+  test("byzantine/none: a key needs f_new+1 vouching members after the switch", () => {
+    const v = voter("byzantine", "none");
+    const a = signed(ALICE, 1, ["x"]);
+    expect(v.onBatch(0, copy(0, a))).toEqual([]);
+    expect(v.regroup(seven, 2)).toEqual([]);
+    expect(v.onBatch(4, copy(0, a))).toEqual([]);
+    expect(delivered(v.onBatch(5, copy(0, a)))).toEqual([[null, ["x"]]]);
+  });
+
+  test("a group the class cannot vote with is refused", () => {
+    const v = voter("byzantine", "total");
+    expect(() => v.regroup([0, 1, 2, 3, 4], 2)).toThrow(RangeError);
+  });
+});

@@ -166,9 +166,10 @@ export class MembershipRegistry {
      */
     readonly admitsNewReplicas = false,
     /**
-     * Whether set-f may raise f above the cluster file's. Clients still vote with the
-     * cluster file's f (f+1 matching answers), so a larger f would let that many faulty
-     * replicas outvote them: the replica runtime refuses it until clients learn the group.
+     * Whether set-f may raise f above the cluster file's. Only safe where clients vote
+     * with the group's f rather than the file's: the replica runtime admits it (clients,
+     * relays and their subscriptions follow the group, src/client/membership-follow.ts);
+     * a registry built without admitsNewReplicas refuses it.
      */
     readonly admitsLargerF = admitsNewReplicas,
   ) {
@@ -260,7 +261,7 @@ export class MembershipRegistry {
           return { reason: `f = ${cmd.f} needs n >= 3f+1 = ${3 * cmd.f + 1}, the group has n = ${n}; add replicas first` };
         if (!this.admitsLargerF && cmd.f > this.genesis.f) {
           return {
-            reason: `f = ${cmd.f} is above the cluster file's f = ${this.genesis.f}: clients vote with the cluster file's f (f+1 matching answers), so a larger f takes a new cluster.toml for every client and replica and a restart`,
+            reason: `f = ${cmd.f} is above the cluster file's f = ${this.genesis.f}, and this group does not admit a larger f`,
           };
         }
         return { f: cmd.f, members };

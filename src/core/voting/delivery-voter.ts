@@ -217,22 +217,26 @@ type UnknownCopy = { readonly arrival: number; readonly copy: BatchCopy; readonl
 export class DeliveryVoter {
   private readonly tag: string;
   private readonly ordered: boolean;
-  private readonly threshold: number;
-  private readonly n: number;
+  private readonly byzantine: boolean;
+  private threshold: number;
+  /** One more than the highest replica id copies are taken from (per-replica arrays are this long). */
+  private n: number;
+  /** The replicas whose copies count; null: every id below n (no regroup yet). */
+  private members: ReadonlySet<number> | null = null;
   private readonly hash: HashFn;
   private readonly verify: VerifyRequest;
   private readonly notBeforeMs: number;
   private readonly acceptPublisher: (publisher: Uint8Array) => PublisherVerdict;
   /** Per replica: copies whose key the publisher filter does not know yet, oldest first. */
   private readonly unknownHeld: UnknownCopy[][];
-  private readonly unknownHeldBytes: number[];
+  private unknownHeldBytes: number[];
   private next: number;
 
   // Total order: copies waiting, by first seq, then by copy key.
   private readonly pending = new Map<number, Map<string, Group>>();
   /** Per replica: the key it voted for at each first seq still pending. */
   private readonly votes: Map<number, string>[];
-  private readonly bufferedBytes: number[];
+  private bufferedBytes: number[];
   private readonly history = new Map<number, string>();
   private readonly trimNotices = new Map<number, number>();
   /**
@@ -267,7 +271,8 @@ export class DeliveryVoter {
     // Byzantine channels need f+1 replicas to agree: on the copy at a seq (total order),
     // or that a publisher key is one they forward (unordered). Crash replicas do not lie,
     // so one is enough there.
-    this.threshold = options.cls.fault === "byzantine" ? vouchQuorum(options.f) : 1;
+    this.byzantine = options.cls.fault === "byzantine";
+    this.threshold = this.byzantine ? vouchQuorum(options.f) : 1;
     this.n = options.n;
     this.hash = options.hash;
     this.verify = options.verify;
@@ -298,7 +303,7 @@ export class DeliveryVoter {
 
   /** Takes one copy from `replica` and returns what it caused, in order. */
   onBatch(replica: number, copy: BatchCopy): DeliveryOutput[] {
-    if (!Number.isSafeInteger(replica) || replica < 0 || replica >= this.n) {
+    if (!this.isMember(replica)) {
       this.unknownReplica++;
       return [];
     }
@@ -312,7 +317,7 @@ export class DeliveryVoter {
    * oldest seqs: the least the subscriber must skip. Nothing is skipped until `skipTo`.
    */
   onTrimmed(replica: number, oldestSeq: number): DeliveryOutput[] {
-    if (!this.ordered || !Number.isSafeInteger(replica) || replica < 0 || replica >= this.n) return [];
+    if (!this.ordered || !this.isMember(replica)) return [];
     if (!Number.isSafeInteger(oldestSeq) || oldestSeq <= this.next) return [];
     this.trimNotices.set(replica, oldestSeq);
     if (this.trimNotices.size < this.threshold || this.trimReportedAt === this.next) return [];
@@ -327,6 +332,79 @@ export class DeliveryVoter {
     this.trimNotices.clear();
     this.dropBehind();
     return this.deliverReady();
+  }
+
+  /**
+   * The group the subscriber follows changed (membership-follow.ts): from now on only
+   * copies of `members` count, and a delivery needs f+1 of them for the new `f`. The rule
+   * at the switch: every vote of a replica that is no longer a member, or whose key was
+   * replaced (`withdrawn`), is taken back, and each batch still waiting is judged again
+   * against the new threshold with the votes that remain. So a batch that had f_old+1
+   * copies but fewer than f_new+1 waits for more copies of current members; a batch that
+   * now reaches a lower threshold is delivered at once. Nothing delivered is taken back
+   * and nothing is delivered twice: the next seq and, on unordered channels, the dedupe
+   * windows of vouched publishers stay (a key vouched for under the earlier group stays
+   * vouched: its events still carry the publisher's verified signature).
+   */
+  regroup(members: readonly number[], f: number, withdrawn: readonly number[] = []): DeliveryOutput[] {
+    checkGroup(replyKindOf({ fault: this.byzantine ? "byzantine" : "crash", order: this.ordered ? "total" : "none" }), members.length, f);
+    for (const id of members) {
+      if (!Number.isSafeInteger(id) || id < 0) throw new RangeError(`replica id ${id} is not a non-negative integer`);
+    }
+    const top = Math.max(this.n, ...members.map((id) => id + 1));
+    const grow = <T>(list: T[], make: () => T): void => {
+      while (list.length < top) list.push(make());
+    };
+    grow(this.votes, () => new Map<number, string>());
+    grow(this.unvouched, () => new Map<string, Evidence>());
+    grow(this.unknownHeld, (): UnknownCopy[] => []);
+    grow(this.unknownHeldBytes, () => 0);
+    grow(this.bufferedBytes, () => 0);
+    for (const name of Object.keys(this.counts) as CountName[]) grow(this.counts[name], () => 0);
+    this.n = top;
+    const next = new Set(members);
+    this.members = next;
+    this.threshold = this.byzantine ? vouchQuorum(f) : 1;
+    const gone = new Set(withdrawn);
+    for (let id = 0; id < this.n; id++) if (!next.has(id)) gone.add(id);
+    for (const replica of gone) this.withdraw(replica);
+    if (this.ordered) return this.deliverReady();
+    const outputs: DeliveryOutput[] = [];
+    const keys = new Set<string>();
+    for (const evidence of this.unvouched) for (const key of evidence.keys()) keys.add(key);
+    for (const publisherHex of keys) {
+      if (this.vouchersOf(publisherHex) < this.threshold) continue;
+      const held = this.takeHeld(publisherHex);
+      const first = held[0];
+      if (first !== undefined) outputs.push(...this.admit(publisherHex, first.request.client, held));
+    }
+    return outputs;
+  }
+
+  /** Takes back every vote, held copy and trim notice of `replica`. */
+  private withdraw(replica: number): void {
+    if (replica >= this.n) return;
+    for (const [firstSeq, key] of [...(this.votes[replica] as Map<number, string>)]) {
+      const groups = this.pending.get(firstSeq);
+      const group = groups?.get(key);
+      if (groups === undefined || group === undefined) continue;
+      group.voters.delete(replica);
+      this.unvote(replica, group);
+      if (group.voters.size === 0) groups.delete(key);
+      if (groups.size === 0) this.pending.delete(firstSeq);
+    }
+    (this.votes[replica] as Map<number, string>).clear();
+    const evidence = this.unvouched[replica] as Map<string, Evidence>;
+    evidence.clear();
+    (this.unknownHeld[replica] as UnknownCopy[]).length = 0;
+    this.unknownHeldBytes[replica] = 0;
+    this.bufferedBytes[replica] = 0;
+    this.trimNotices.delete(replica);
+  }
+
+  private isMember(replica: number): boolean {
+    if (!Number.isSafeInteger(replica) || replica < 0 || replica >= this.n) return false;
+    return this.members === null || this.members.has(replica);
   }
 
   stats(): DeliveryStats {

@@ -70,8 +70,10 @@ export interface GroupEventVoterOptions {
 type Parsed = { readonly kind: string; readonly fields: Record<string, Scalar> } | { readonly invalid: string };
 
 export class GroupEventVoter {
-  private readonly n: number;
-  private readonly threshold: number;
+  private n: number;
+  private threshold: number;
+  /** The replicas whose reports count; null: every id below n (no regroup yet). */
+  private members: ReadonlySet<number> | null = null;
   /** Events not delivered yet, by key: the replicas that reported each. */
   private readonly pending = new Map<string, Set<number>>();
   /** Per replica: the keys of its pending reports, oldest first. */
@@ -97,7 +99,7 @@ export class GroupEventVoter {
 
   /** Takes one report signed by `replica` (its signature already checked) and returns what it caused. */
   onReport(replica: number, payload: Uint8Array): GroupReportOutput[] {
-    if (!Number.isSafeInteger(replica) || replica < 0 || replica >= this.n) {
+    if (!Number.isSafeInteger(replica) || replica < 0 || replica >= this.n || (this.members !== null && !this.members.has(replica))) {
       return [{ t: "invalid", replica, reason: `no replica ${replica}` }];
     }
     const parsed = parseReport(replica, payload);
@@ -117,6 +119,28 @@ export class GroupEventVoter {
     const reporters = this.vote(replica, key);
     if (reporters.size < this.threshold) return [report];
     return [report, { t: "deliver", event: this.deliver(key, parsed.kind, parsed.fields, reporters, opposite) }];
+  }
+
+  /**
+   * The group changed: only reports of `members` count from now on, f+1 of the new `f`.
+   * Pending reports of replicas that left (or whose key was replaced: `withdrawn`) are
+   * taken back. Nothing is delivered here: an event whose reports meet a lower threshold
+   * only through the switch is delivered with its next report.
+   */
+  regroup(members: readonly number[], f: number, withdrawn: readonly number[] = []): void {
+    if (!Number.isSafeInteger(f) || f < 0 || members.length < 3 * f + 1) {
+      throw new RangeError(`group event voting needs n >= 3f+1 (n=${members.length}, f=${f})`);
+    }
+    const top = Math.max(this.n, ...members.map((id) => id + 1));
+    while (this.votes.length < top) this.votes.push(new Set<string>());
+    this.n = top;
+    const next = new Set(members);
+    this.members = next;
+    this.threshold = vouchQuorum(f);
+    for (let replica = 0; replica < this.n; replica++) {
+      if (next.has(replica) && !withdrawn.includes(replica)) continue;
+      for (const key of [...(this.votes[replica] as Set<string>)]) this.withdraw(replica, key);
+    }
   }
 
   /** Counts the replica's report of `key`, within its allowance; the replicas that reported it so far. */
