@@ -156,6 +156,7 @@ async function main(): Promise<void> {
     const keyText = formatPublicKey(loadSigningKeyFile(keyPath).key.publicKey);
     const [port, metricsPort] = [freePortRange(1), freePortRange(1)];
 
+    const peaksBefore = [0, 1, 2, 3].map((id) => peakRssMib(cluster.procs[id]?.pid));
     // The change takes effect at the next checkpoint: live traffic gets the group there.
     const traffic = trickle(publisher, TAG, "join-trickle", 50);
     const t0 = Date.now();
@@ -289,7 +290,10 @@ async function main(): Promise<void> {
     ];
     const width = Math.max(...rows.map((r) => r[0].length));
     for (const [what, when, detail] of rows) console.log(`  ${what.padEnd(width)}  ${when.padStart(8)}  ${detail}`);
-    console.log(`\npeak RSS: replica 4 ${peakJoiner.mib} MiB; replicas 0-3 ${peaks.map((m) => `${m ?? "?"} MiB`).join(", ")}`);
+    const mib = (list: (number | null)[]): string => list.map((m) => `${m ?? "?"} MiB`).join(", ");
+    console.log(
+      `\npeak RSS: replica ${JOINER} ${peakJoiner.mib} MiB; replicas 0-3 ${mib(peaksBefore)} before add-replica, ${mib(peaks)} once it caught up`,
+    );
   } finally {
     admin.close();
     publisher.close();
