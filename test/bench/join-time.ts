@@ -21,7 +21,7 @@
  * checkpoints. Figures are printed, never judged (src/README.md §9, rule 12). Every wait is
  * bounded; every process is killed at the end.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { FitbClient } from "../../src/client/index.ts";
@@ -32,7 +32,7 @@ import { waitFor } from "../helpers/wait.ts";
 import { lastDecided, logLines, trickle, waitConverged } from "../integration/durability-history.ts";
 import { BUN, freePortRange, MAIN, startCluster, type TestCluster } from "../integration/harness.ts";
 
-const USAGE = "usage: npm run bench:join -- [--events N] [--size BYTES] [--publishers P]";
+const USAGE = "usage: npm run bench:join -- [--events N] [--size BYTES] [--publishers P] [--joiner-log FILE]";
 
 function flag(name: string, fallback: number): number {
   const at = process.argv.indexOf(`--${name}`);
@@ -52,6 +52,8 @@ if (process.argv.includes("--help")) {
 const EVENTS = flag("events", 1_000_000);
 const EVENT_BYTES = flag("size", 200);
 const PUBLISHERS = flag("publishers", 4);
+/** Where to write replica 4's whole log (and replica i's to FILE.i), for a closer look (--joiner-log FILE). */
+const JOINER_LOG_FILE = process.argv.includes("--joiner-log") ? process.argv[process.argv.indexOf("--joiner-log") + 1] : undefined;
 /** Events per request: the cluster's default batch_events_max. */
 const EVENTS_PER_REQUEST = 1024;
 /** Retention (cluster defaults, so the channel keeps them) and client rate limits lifted for the fill. */
@@ -290,11 +292,24 @@ async function main(): Promise<void> {
     ];
     const width = Math.max(...rows.map((r) => r[0].length));
     for (const [what, when, detail] of rows) console.log(`  ${what.padEnd(width)}  ${when.padStart(8)}  ${detail}`);
+    // Anything that slowed the transfer: a source that could not serve, was dropped or timed out.
+    for (const msg of [
+      "state transfer could not ask a source: no link to it; asking the next",
+      "state transfer source cannot serve",
+      "state transfer dropped a source",
+      "state transfer abandoned",
+    ]) {
+      for (const line of jsonLogLines(joinerLog, msg)) console.log(`  replica ${JOINER} at ${at(line)}: ${msg} ${JSON.stringify(line)}`);
+    }
     const mib = (list: (number | null)[]): string => list.map((m) => `${m ?? "?"} MiB`).join(", ");
     console.log(
       `\npeak RSS: replica ${JOINER} ${peakJoiner.mib} MiB; replicas 0-3 ${mib(peaksBefore)} before add-replica, ${mib(peaks)} once it caught up`,
     );
   } finally {
+    if (JOINER_LOG_FILE !== undefined) {
+      writeFileSync(JOINER_LOG_FILE, joinerLog.join(""));
+      for (const id of [0, 1, 2, 3]) writeFileSync(`${JOINER_LOG_FILE}.${id}`, (cluster.logs[id] ?? []).join(""));
+    }
     admin.close();
     publisher.close();
     joiner?.kill("SIGKILL");
