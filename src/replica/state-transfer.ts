@@ -603,6 +603,12 @@ class TransferFetcher {
       return;
     }
     this.options.metrics.inc("state_transfer_source_timeouts_total");
+    // At most once per PART_TIMEOUT_MS.
+    this.options.log.info("state transfer source timed out: asking the next", {
+      seq: fetch.target.seq,
+      source: fetch.source,
+      part: fetch.nextPart,
+    });
     if (fetch.source >= 0) fetch.distrusted.add(fetch.source);
     this.nextSource(fetch);
   }

@@ -297,6 +297,7 @@ async function main(): Promise<void> {
       "state transfer could not ask a source: no link to it; asking the next",
       "state transfer source cannot serve",
       "state transfer dropped a source",
+      "state transfer source timed out: asking the next",
       "state transfer abandoned",
     ]) {
       for (const line of jsonLogLines(joinerLog, msg)) console.log(`  replica ${JOINER} at ${at(line)}: ${msg} ${JSON.stringify(line)}`);
