@@ -170,9 +170,8 @@ export class Replica {
     this.audit = new AuditLog(log);
     this.sys = new SysChannels({
       self: id,
-      n: config.n,
       key,
-      replicaKeys: config.replicas.map((replica) => replica.publicKey),
+      members: () => this.machine.membership()?.members ?? config.replicas.map((replica) => ({ id: replica.id, key: replica.publicKey })),
       health: () => this.health(),
     });
     this.machine = new ChannelMachine({
@@ -808,6 +807,8 @@ export class Replica {
     const groups = [view.members, current.members, ...(pending === null ? [] : [pending.next.members])];
     if (groups.length === this.meshFollows.length && groups.every((group, i) => group === this.meshFollows[i])) return;
     this.meshFollows = groups;
+    // A removed replica's $sys.replica.<id> is retired with it.
+    this.sys.followMembers();
     const dial = new Map<number, PeerEntry>();
     const accept: AcceptedKey[] = [];
     for (const group of groups) {

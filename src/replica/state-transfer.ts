@@ -58,6 +58,22 @@ export {
 export const SERVE_CACHE_PARTS = 2 * TRANSFER_WINDOW_PARTS;
 /** A source that delivered no new part for this long is distrusted for the target and replaced. */
 export const PART_TIMEOUT_MS = 3_000;
+/**
+ * An ask that could not be sent (no link to the source yet: a replica that just started
+ * asks before its links are up) goes to the next source after this long, instead of
+ * waiting out PART_TIMEOUT_MS for an answer to a message that never left.
+ */
+export const UNSENT_ASK_RETRY_MS = 100;
+/**
+ * Until a source's first part arrives, its ask is repeated this often (until
+ * PART_TIMEOUT_MS replaces the source). A source's parts go over its own link to the
+ * fetcher, which may not be up yet when the fetcher's link to it is (a replica that just
+ * joined: the others dial it again only after their redial backoff, up to about 2 s), and
+ * a part the source could not send is lost, not queued. A repeated ask is served from the
+ * source's cache of its last parts; it repeats at most a window of parts, a few times,
+ * and only before any part arrived.
+ */
+export const FIRST_PART_REASK_MS = 500;
 /** A serving cursor idle for this long is dropped (its capture with it). */
 export const CURSOR_IDLE_MS = 30_000;
 
@@ -301,6 +317,11 @@ interface Fetch {
   readonly unable: Set<number>;
   source: number;
   lastProgressMs: number;
+  /** When an ask to `source` could not be sent (its link down), or null: the last one went out. */
+  unsentSinceMs: number | null;
+  /** Parts `source` delivered since it was asked; until the first, the ask is repeated at `reaskAtMs`. */
+  partsFromSource: number;
+  reaskAtMs: number;
 }
 
 class TransferFetcher {
@@ -353,6 +374,9 @@ class TransferFetcher {
       unable: new Set(),
       source: -1,
       lastProgressMs: options.now(),
+      unsentSinceMs: null,
+      partsFromSource: 0,
+      reaskAtMs: 0,
     };
     this.active = fetch;
     options.metrics.inc("state_transfer_started_total");
@@ -424,6 +448,7 @@ class TransferFetcher {
     if (!pushed.ok) return this.reject(fetch, pushed.reason);
     options.storage.stagePart(fetch.target.seq, fetch.nextPart, data);
     fetch.nextPart++;
+    fetch.partsFromSource++;
     fetch.bytes += data.length;
     fetch.lastProgressMs = options.now();
     options.metrics.inc("state_transfer_received_bytes_total", data.length);
@@ -527,12 +552,23 @@ class TransferFetcher {
     fetch.source = candidates[(at + 1) % candidates.length] as number;
     fetch.askedUpTo = fetch.nextPart;
     fetch.lastProgressMs = this.options.now();
+    fetch.partsFromSource = 0;
+    fetch.reaskAtMs = fetch.lastProgressMs + FIRST_PART_REASK_MS;
     this.ask(fetch, fetch.nextPart, TRANSFER_WINDOW_PARTS);
   }
 
   private ask(fetch: Fetch, part: number, count: number): void {
     const m: TransferMessage = { t: "get", seq: fetch.target.seq, digest: fetch.target.stateDigest, part, count, nonce: fetch.nonce };
-    this.options.send(fetch.source, encodeTransferMessage(m));
+    if (this.options.send(fetch.source, encodeTransferMessage(m))) fetch.unsentSinceMs = null;
+    else if (fetch.unsentSinceMs === null) {
+      fetch.unsentSinceMs = this.options.now();
+      this.options.metrics.inc("state_transfer_asks_unsent_total");
+      this.options.log.info("state transfer could not ask a source: no link to it; asking the next", {
+        seq: fetch.target.seq,
+        source: fetch.source,
+        part,
+      });
+    } else this.options.metrics.inc("state_transfer_asks_unsent_total");
     fetch.askedUpTo = Math.max(fetch.askedUpTo, part + count);
   }
 
@@ -551,8 +587,28 @@ class TransferFetcher {
   tick(): void {
     const fetch = this.active;
     if (fetch === null) return;
-    if (this.options.now() - fetch.lastProgressMs < PART_TIMEOUT_MS) return;
+    const now = this.options.now();
+    // The ask never left (no link yet): the next source, without distrusting this one.
+    if (fetch.unsentSinceMs !== null && now - fetch.unsentSinceMs >= UNSENT_ASK_RETRY_MS) {
+      fetch.unsentSinceMs = now;
+      return this.nextSource(fetch);
+    }
+    if (now - fetch.lastProgressMs < PART_TIMEOUT_MS) {
+      // No part from this source yet: it may have had no link back to send it on.
+      if (fetch.source >= 0 && fetch.partsFromSource === 0 && now >= fetch.reaskAtMs) {
+        fetch.reaskAtMs = now + FIRST_PART_REASK_MS;
+        this.options.metrics.inc("state_transfer_asks_repeated_total");
+        this.ask(fetch, fetch.nextPart, TRANSFER_WINDOW_PARTS);
+      }
+      return;
+    }
     this.options.metrics.inc("state_transfer_source_timeouts_total");
+    // At most once per PART_TIMEOUT_MS.
+    this.options.log.info("state transfer source timed out: asking the next", {
+      seq: fetch.target.seq,
+      source: fetch.source,
+      part: fetch.nextPart,
+    });
     if (fetch.source >= 0) fetch.distrusted.add(fetch.source);
     this.nextSource(fetch);
   }

@@ -13,6 +13,12 @@
  * leader, the peer) and keeps what is this replica's own to `ts`, `replica` and `reason`.
  * The publisher seq starts from the clock in ms, so it keeps increasing across restarts
  * and a long-lived subscriber's dedupe never mistakes a new report for an old one.
+ *
+ * Which `$sys.replica.<id>` channels exist, and whose key publishes each, follow the
+ * replicated membership (core/channels/membership.ts): a replica added by add-replica has
+ * one from the decision that makes its epoch current, a removed replica's is retired at
+ * the same decision (its subscribers are ended, DESTROYED), and a rotated key publishes
+ * from then on. Every replica switches at the same seq, as it does for its peer links.
  */
 import { encodeRequestBody, type Frame } from "../../wire/schemas.ts";
 import { requestSigningInput } from "../../wire/session.ts";
@@ -31,11 +37,16 @@ export function isSysTag(tag: string): boolean {
   return tag.startsWith(SYS_TAG_PREFIX);
 }
 
+/** A member of the group as the system channels know it: its id and the key that signs its reports. */
+export interface SysMember {
+  readonly id: number;
+  readonly key: Uint8Array;
+}
+
 export interface SysChannelsOptions {
   readonly self: number;
-  readonly n: number;
-  /** Every replica's public key, by id: the publishers of the system channels. */
-  readonly replicaKeys: readonly Uint8Array[];
+  /** The group now (the replicated membership): the publishers of the system channels. */
+  readonly members: () => readonly SysMember[];
   readonly key: SigningKey;
   /** This replica's health now, as one JSON object. */
   readonly health: () => Record<string, unknown>;
@@ -77,10 +88,24 @@ export class SysChannels {
    */
   publishers(tag: string): readonly Uint8Array[] | null {
     if (!this.exists(tag)) return null;
-    if (tag === SYS_EVENTS_TAG) return this.options.replicaKeys;
-    const id = Number(tag.slice(`${SYS_TAG_PREFIX}replica.`.length));
-    const key = this.options.replicaKeys[id];
+    const members = this.options.members();
+    if (tag === SYS_EVENTS_TAG) return members.map((member) => member.key);
+    const key = members.find((member) => member.id === replicaOf(tag))?.key;
     return key === undefined ? null : [key];
+  }
+
+  /**
+   * The membership changed (called once the decision that changed it executed): the
+   * subscriptions to a removed replica's `$sys.replica.<id>` are ended, DESTROYED.
+   */
+  followMembers(): void {
+    for (const tag of [...this.byTag.keys()]) {
+      if (this.exists(tag)) continue;
+      for (const subscription of [...(this.byTag.get(tag)?.values() ?? [])]) {
+        this.remove(subscription);
+        this.end(subscription.session, subscription.sub, "DESTROYED", `replica ${replicaOf(tag)} was removed from the group`);
+      }
+    }
   }
 
   start(): void {
@@ -103,7 +128,11 @@ export class SysChannels {
 
   subscribe(session: ClientSession, sub: number, tag: string): void {
     if (!this.exists(tag)) {
-      this.end(session, sub, "UNKNOWN_CHANNEL", `no system channel ${tag}: $sys.events or $sys.replica.0..${this.options.n - 1}`);
+      const ids = this.options
+        .members()
+        .map((member) => member.id)
+        .join(",");
+      this.end(session, sub, "UNKNOWN_CHANNEL", `no system channel ${tag}: $sys.events or $sys.replica.<id> for a member (${ids})`);
       return;
     }
     const mine = this.bySession.get(session.id) ?? new Map<number, SysSubscription>();
@@ -197,8 +226,8 @@ export class SysChannels {
 
   private exists(tag: string): boolean {
     if (tag === SYS_EVENTS_TAG) return true;
-    const match = /^\$sys\.replica\.(0|[1-9]\d{0,3})$/.exec(tag);
-    return match !== null && Number(match[1]) < this.options.n;
+    const id = replicaOf(tag);
+    return id !== null && this.options.members().some((member) => member.id === id);
   }
 
   private remove(subscription: SysSubscription): void {
@@ -218,4 +247,10 @@ export class SysChannels {
   private send(session: ClientSession, frame: Frame): boolean {
     return session.conn.send(frame);
   }
+}
+
+/** The id in `$sys.replica.<id>`, or null for any other tag. */
+function replicaOf(tag: string): number | null {
+  const match = /^\$sys\.replica\.(0|[1-9]\d{0,3})$/.exec(tag);
+  return match === null ? null : Number(match[1]);
 }

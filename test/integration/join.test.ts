@@ -11,10 +11,15 @@
 // (refused as rotated, counted), and replica 2 restarted with the new key takes part again.
 // Then a cold restart: every replica stopped, replicas 4 and 2 start from their data
 // directories (they stored the group they joined) while no replica of the file runs.
+// Replica 4's own `$sys.replica.4` exists from the epoch that adds it (every replica
+// answers for it with its key) and is retired by remove-replica: its subscribers are
+// ended, DESTROYED, at every remaining replica.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Subprocess } from "bun";
 import { join } from "node:path";
-import type { FitbClient } from "../../src/client/index.ts";
+import { FitbClient } from "../../src/client/index.ts";
+import { loadClientSetup } from "../../src/client/setup.ts";
+import type { ReceivedBatch } from "../../src/client/subscription.ts";
 import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, collect, startClusterWithChannels } from "./client-util.ts";
@@ -244,6 +249,17 @@ describe("joining a running group", () => {
     expect(checkTotalOrder(streams, history.events)).toEqual([]);
   }, 300_000);
 
+  test("the joined replica has its $sys.replica.4: the replicas of the file list it with replica 4's key", async () => {
+    const info = await publisher.channelInfo("$sys.replica.4");
+    expect(info).toMatchObject({ tag: "$sys.replica.4", fault: "crash", order: "none", public: true });
+    const publishers = await publisher.publishers("$sys.replica.4");
+    expect(publishers.map(formatPublicKey)).toEqual([
+      formatPublicKey(loadSigningKeyFile(join(cluster.dir, "replica-4.key")).key.publicKey),
+    ]);
+    // $sys.events: every member reports, replica 4 among them.
+    expect((await publisher.publishers("$sys.events")).map(formatPublicKey)).toContain(formatPublicKey(publishers[0] as Uint8Array));
+  }, 60_000);
+
   test("rotate-replica-key: once its epoch starts the old key can no longer connect; replica 2 restarted with the new key is in the quorums", async () => {
     const key = await keygen("replica-2-new.key");
     let rotateOut = "";
@@ -344,6 +360,58 @@ describe("joining a running group", () => {
     } finally {
       second.kill("SIGKILL");
       await second.exited;
+    }
+  }, 300_000);
+
+  test("remove-replica retires $sys.replica.4: a subscriber of replica 4's health is ended, DESTROYED, and the channel is gone", async () => {
+    // A client of the running group's file (exported): it connects to replica 4 too.
+    const grown = join(cluster.dir, "grown.toml");
+    const exported = await cluster.fitb(["cluster", "export", "--config", cluster.configPath, "--key", cluster.adminKey, "--out", grown]);
+    expect(exported.code).toBe(0);
+    const setup = loadClientSetup(grown, cluster.clientKey);
+    const watcher = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 20_000 } });
+    watcher.start();
+    const batches: ReceivedBatch[] = [];
+    try {
+      const health = await watcher.subscribe("$sys.replica.4", {}, (batch) => {
+        batches.push(batch);
+      });
+      await waitFor("replica 4's health report", () => batches.length >= 1, 30_000);
+      const report = JSON.parse(new TextDecoder().decode(batches[0]?.events[0])) as Record<string, unknown>;
+      expect(report).toMatchObject({ kind: "health", replica: 4 });
+      let removeOut = "";
+      let afterSwitch = 0;
+      const live = [0, 1, 3];
+      const stream = await publishStream(
+        publisher,
+        "sec.alerts",
+        "r",
+        (r) => r < 600 && (r < 5 || !live.every((id) => startedEpoch(id, 3)) || afterSwitch++ < 10),
+        1,
+        async (r) => {
+          if (r !== 2) return;
+          const run = await cluster.fitb(["admin", ...A, "remove-replica", "--id", "4"]);
+          removeOut = `${run.code} ${run.stdout}${run.stderr}`;
+        },
+      );
+      streams.push(stream);
+      expect(removeOut).toContain("ok:");
+      const ended = await health.done.then(
+        () => "closed",
+        (error: Error) => error.message,
+      );
+      expect(ended).toContain("replica 4 was removed from the group");
+      expect(await publisher.channelInfo("$sys.replica.4").catch((error: Error) => error.message)).toContain(
+        "no system channel $sys.replica.4",
+      );
+      await waitFor(
+        "replica 4 to stop, removed",
+        () => jsonLogLines(joinerLog, "this replica was removed from the group: it stops ordering and serving clients").length > 0,
+        60_000,
+        () => tail(joinerLog),
+      );
+    } finally {
+      watcher.close();
     }
   }, 300_000);
 });

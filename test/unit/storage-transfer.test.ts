@@ -13,6 +13,8 @@ import { Metrics } from "../../src/replica/metrics.ts";
 import {
   encodeTransferMessage,
   PART_TIMEOUT_MS,
+  UNSENT_ASK_RETRY_MS,
+  FIRST_PART_REASK_MS,
   SERVE_CACHE_PARTS,
   SERVE_OPENS_PER_PEER_MAX,
   StateTransfer,
@@ -53,10 +55,13 @@ class Network {
   now = 1_000_000;
   filter: (from: number, to: number, m: TransferMessage) => TransferMessage | null = (_f, _t, m) => m;
   readonly delivered: { from: number; to: number; m: TransferMessage }[] = [];
+  /** Peers with no link: a send to one fails (returns false), as the mesh's does while a link is down. */
+  readonly unlinked = new Set<number>();
 
   constructor(readonly partBytes = PART_BYTES) {}
 
   send(from: number, to: number, bytes: Uint8Array): boolean {
+    if (this.unlinked.has(to)) return false;
     this.queue.push({ from, to, bytes });
     return true;
   }
@@ -268,6 +273,72 @@ describe("state transfer", () => {
     net.pump();
     expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
     expect(fetcher.metrics.get("state_transfer_source_timeouts_total")).toBe(1);
+  });
+
+  test("an ask that could not be sent (no link yet) goes to the next source at once, not after the part timeout", () => {
+    const { net, state, fetcher } = cluster();
+    net.unlinked.add(2);
+    fetcher.transfer.fetch(targetFor(state, [2, 3]));
+    net.pump();
+    expect(fetcher.installed).toBeNull();
+    net.now += UNSENT_ASK_RETRY_MS;
+    expect(UNSENT_ASK_RETRY_MS).toBeLessThan(PART_TIMEOUT_MS);
+    fetcher.transfer.tick();
+    net.pump();
+    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+    expect(fetcher.metrics.get("state_transfer_asks_unsent_total")).toBe(1);
+    expect(fetcher.metrics.get("state_transfer_source_timeouts_total")).toBe(0);
+    // Replica 2 was not distrusted: with no link anywhere the asks go round, and the first link up serves.
+    const again = cluster();
+    again.net.unlinked.add(2);
+    again.net.unlinked.add(3);
+    again.fetcher.transfer.fetch(targetFor(again.state, [2, 3]));
+    // Asked 2 (unsent), then 3 (unsent); replica 2's link comes up, and 2 is asked again.
+    again.net.now += UNSENT_ASK_RETRY_MS;
+    again.fetcher.transfer.tick();
+    again.net.unlinked.delete(2);
+    again.net.now += UNSENT_ASK_RETRY_MS;
+    again.fetcher.transfer.tick();
+    again.net.pump();
+    expect(again.fetcher.installed?.importer.digest()).toEqual(again.state.digest());
+    expect(partsFrom(again.net, 2)).toBe(again.fetcher.installed?.head.parts ?? -1);
+  });
+
+  test("a source whose parts could not reach the fetcher (no link back yet) is asked again soon, not after the part timeout", () => {
+    const { net, state, fetcher } = cluster();
+    // Replica 2 gets the ask, but its parts are lost until its own link to replica 1 is up.
+    let linkBack = false;
+    net.filter = (from, _to, m) => (from === 2 && m.t === "part" && !linkBack ? null : m);
+    fetcher.transfer.fetch(targetFor(state, [2, 3]));
+    net.pump();
+    expect(fetcher.installed).toBeNull();
+    linkBack = true;
+    net.now += FIRST_PART_REASK_MS - 1;
+    fetcher.transfer.tick();
+    net.pump();
+    expect(fetcher.installed).toBeNull();
+    net.now += 1;
+    fetcher.transfer.tick();
+    net.pump();
+    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+    expect(partsFrom(net, 2)).toBe(fetcher.installed?.head.parts ?? -1);
+    expect(fetcher.metrics.get("state_transfer_asks_repeated_total")).toBe(1);
+    expect(fetcher.metrics.get("state_transfer_source_timeouts_total")).toBe(0);
+  });
+
+  test("asks repeated for a silent source are bounded, and the part timeout still replaces it", () => {
+    const { net, state, fetcher } = cluster();
+    net.filter = (from, _to, m) => (from === 2 ? null : m);
+    fetcher.transfer.fetch(targetFor(state, [2, 3]));
+    for (let ms = 0; ms <= PART_TIMEOUT_MS; ms += 10) {
+      net.now += 10;
+      fetcher.transfer.tick();
+      net.pump();
+    }
+    // 500, 1000, 1500, 2000 and 2500 ms after the ask: five repeats, then replica 3 serves.
+    expect(fetcher.metrics.get("state_transfer_asks_repeated_total")).toBe(5);
+    expect(fetcher.metrics.get("state_transfer_source_timeouts_total")).toBe(1);
+    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
   });
 
   test("a replica that no longer holds the state says so, and the next one serves it", () => {
