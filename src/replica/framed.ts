@@ -195,6 +195,13 @@ export class FramedConn {
     return this.pendingBytes + bytes <= this.queue.bytesMax;
   }
 
+  /** Why send() may have returned false, for a log line: closed, or how full the queue and the budget are. */
+  describeNoRoom(): string {
+    if (this.closed) return "the connection is closed";
+    const own = `${this.pendingBytes} of ${this.queue.bytesMax} bytes wait on the connection`;
+    return this.budget === null ? own : `${own}, ${this.budget.usedBytes} of ${this.budget.bytesMax} for all clients`;
+  }
+
   /** Sends one frame; false (never a throw) if the connection is closed, full, or the frame cannot be encoded within the frame limit. */
   send(frame: Frame): boolean {
     let bytes: Uint8Array;

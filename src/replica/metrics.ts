@@ -30,6 +30,8 @@ const COUNTERS = {
   clients_blacklisted_refused_total: "Connections and sessions refused because their address or key is blacklisted",
   client_reads_backpressured_total:
     "Times a client connection's reads were paused because its frames waiting for the client scheduler were over its bound",
+  client_sessions_paused_total:
+    "Client sessions not read for a while because their requests were refused before verification too fast (over a budget, or asking what their key may not do)",
   bad_frames_total: "Client frames that did not decode or were not for this port",
   events_stored_total: "Events stored by this replica (ordered and unordered channels)",
   batches_decided_total: "Batches decided by the ordering protocol and executed",
