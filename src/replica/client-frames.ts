@@ -6,7 +6,11 @@
  * - A client connection's frames, once read and cut, wait in that connection's own queue
  *   instead of being worked on in the read callback. A queue over queueBytesMax pauses the
  *   connection's reads (TCP backpressure), resumed once it is down to half: what a
- *   connection holds here is bounded by queueBytesMax plus one read.
+ *   connection holds here is bounded by queueBytesMax plus one read. Past totalBytesMax
+ *   for all connections together, a connection that sends more while it holds more than a
+ *   sixteenth of queueBytesMax is paused too (so all together hold at most totalBytesMax
+ *   plus a sixteenth of queueBytesMax per connection), resumed once it holds half that:
+ *   those that hold little, as a correct client's queue does between turns, go on.
  * - A drain turn first lets the peer inbox take a turn (`peersFirst`, peer-inbox.ts), then
  *   takes one frame of each connection in turn (round robin), at most CLIENT_TURN_FRAMES_MAX
  *   frames or CLIENT_TURN_MS, then yields to the event loop (timers, peer reads, commits)
@@ -24,6 +28,11 @@ export const CLIENT_TURN_FRAMES_MAX = 256;
 export const CLIENT_TURN_MS = 10;
 /** Bytes one connection may have waiting here before its reads are paused. */
 export const CLIENT_QUEUE_BYTES_MAX = 1024 * 1024;
+/**
+ * Bytes all connections together may have waiting here: past it, a connection that sends
+ * more while it has more than a sixteenth of its own bound waiting is paused too.
+ */
+export const CLIENT_QUEUES_BYTES_MAX = 64 * 1024 * 1024;
 /** What a queued frame counts for besides its payload (so that empty frames are bounded too). */
 export const CLIENT_FRAME_OVERHEAD_BYTES = 64;
 
@@ -46,6 +55,7 @@ export interface ClientFramesOptions<C extends ScheduledConn, F> {
   /** A connection's reads were paused because its queue is full: count it. */
   readonly onBackpressure?: (conn: C) => void;
   readonly queueBytesMax?: number;
+  readonly totalBytesMax?: number;
   /** How the next drain turn is scheduled (tests); setImmediate by default. */
   readonly schedule?: (run: () => void) => void;
 }
@@ -66,10 +76,18 @@ export class ClientFrames<C extends ScheduledConn, F> {
   private readonly ready = new Set<C>();
   private scheduled = false;
   private stopped = false;
+  /** Connections whose reads the scheduler paused. */
+  private readonly blocked = new Set<C>();
   private readonly queueBytesMax: number;
+  private readonly totalBytesMax: number;
+  /** What a connection may hold while the total is over totalBytesMax. */
+  private readonly shareBytesMax: number;
+  private totalBytes = 0;
 
   constructor(private readonly options: ClientFramesOptions<C, F>) {
     this.queueBytesMax = options.queueBytesMax ?? CLIENT_QUEUE_BYTES_MAX;
+    this.totalBytesMax = options.totalBytesMax ?? CLIENT_QUEUES_BYTES_MAX;
+    this.shareBytesMax = Math.floor(this.queueBytesMax / 16);
   }
 
   /** Frames read from `conn`, in order, with each one's payload size. */
@@ -85,9 +103,12 @@ export class ClientFrames<C extends ScheduledConn, F> {
       q.frames.push(frame);
       q.sizes.push(size);
       q.bytes += size;
+      this.totalBytes += size;
     }
-    if (q.bytes > this.queueBytesMax && !q.backpressured) {
+    const over = q.bytes > this.queueBytesMax || (this.totalBytes > this.totalBytesMax && q.bytes > this.shareBytesMax);
+    if (over && !q.backpressured) {
       q.backpressured = true;
+      this.blocked.add(conn);
       conn.setBackpressure(true);
       this.options.onBackpressure?.(conn);
     }
@@ -100,6 +121,11 @@ export class ClientFrames<C extends ScheduledConn, F> {
     return this.queues.get(conn)?.bytes ?? 0;
   }
 
+  /** Bytes waiting, all connections together (tests). */
+  get queuedBytesTotal(): number {
+    return this.totalBytes;
+  }
+
   /** Frames waiting, all connections together (tests, status). */
   get queuedFrames(): number {
     let n = 0;
@@ -109,14 +135,33 @@ export class ClientFrames<C extends ScheduledConn, F> {
 
   /** The connection closed: what it had queued is dropped. */
   forget(conn: C): void {
+    const q = this.queues.get(conn);
+    if (q !== undefined) this.totalBytes -= q.bytes;
     this.queues.delete(conn);
     this.ready.delete(conn);
+    this.blocked.delete(conn);
+    this.release();
   }
 
   stop(): void {
     this.stopped = true;
     this.queues.clear();
     this.ready.clear();
+    this.blocked.clear();
+    this.totalBytes = 0;
+  }
+
+  /** Resumes the reads of paused connections down to half their bound (half their share while the total is over half its own). */
+  private release(): void {
+    if (this.blocked.size === 0) return;
+    const bound = this.totalBytes > this.totalBytesMax / 2 ? this.shareBytesMax / 2 : this.queueBytesMax / 2;
+    for (const conn of this.blocked) {
+      const q = this.queues.get(conn);
+      if (q !== undefined && q.bytes > bound) continue;
+      this.blocked.delete(conn);
+      if (q !== undefined) q.backpressured = false;
+      conn.setBackpressure(false);
+    }
   }
 
   private schedule(): void {
@@ -150,6 +195,7 @@ export class ClientFrames<C extends ScheduledConn, F> {
         q.frames[q.head] = undefined as F;
         q.head++;
         q.bytes -= size;
+        this.totalBytes -= size;
         // Round robin: this connection goes to the back of the ready set.
         this.ready.delete(conn);
         if (q.head >= q.frames.length) {
@@ -164,10 +210,6 @@ export class ClientFrames<C extends ScheduledConn, F> {
           }
           this.ready.add(conn);
         }
-        if (q.backpressured && q.bytes <= this.queueBytesMax / 2) {
-          q.backpressured = false;
-          conn.setBackpressure(false);
-        }
         processed++;
         this.options.process(conn, frame);
         if (this.stopped) return;
@@ -175,6 +217,7 @@ export class ClientFrames<C extends ScheduledConn, F> {
       }
       if (performance.now() - started > CLIENT_TURN_MS) break;
     }
+    this.release();
     this.schedule();
   }
 

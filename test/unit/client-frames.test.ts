@@ -29,7 +29,7 @@ class Conn implements ScheduledConn {
 }
 
 /** Both queues with turns the test runs by hand, and a log of what was worked on, in order. */
-function harness() {
+function harness(limits: { queueBytesMax?: number; totalBytesMax?: number } = {}) {
   const worked: string[] = [];
   let clientTurn: (() => void) | null = null;
   let peerTurn: (() => void) | null = null;
@@ -52,6 +52,7 @@ function harness() {
     },
   });
   const frames = new ClientFrames<Conn, number>({
+    ...limits,
     process: (conn, frame) => worked.push(`client ${conn.id} frame ${frame}`),
     peersFirst: () => inbox.drainPending(),
     schedule: (run) => {
@@ -137,6 +138,25 @@ describe("client frames scheduler", () => {
     expect(conn.backpressured).toBe(false);
     expect(h.frames.queuedBytes(conn)).toBeLessThanOrEqual(CLIENT_QUEUE_BYTES_MAX / 2);
     expect(conn.backpressureChanges).toBe(2);
+  });
+
+  test("all connections together are bounded: past the total a connection holding more than its share is paused, one holding little is not", () => {
+    // Shares of 10,000 bytes (a sixteenth of the connection bound), 100,000 in all.
+    const h = harness({ queueBytesMax: 160_000, totalBytesMax: 100_000 });
+    const conns = range(20).map((i) => new Conn(i));
+    // 11,000 bytes each, every one under its own bound: from the tenth on the total is over 100,000.
+    for (const conn of conns) h.frames.push(conn, range(11), () => 1_000 - 64);
+    expect(conns.filter((conn) => conn.backpressured).map((conn) => conn.id)).toEqual(range(11, 9));
+    const small = new Conn(99);
+    h.frames.push(small, [1], () => 1_000 - 64);
+    expect(small.backpressured).toBe(false);
+    let turns = 0;
+    while (conns.some((conn) => conn.backpressured) && turns < 100) {
+      h.clientTurn();
+      turns++;
+    }
+    expect(conns.every((conn) => !conn.backpressured)).toBe(true);
+    expect(h.frames.queuedBytesTotal).toBeLessThanOrEqual(50_000);
   });
 
   test("a connection its owner paused is not worked on until resumed, then goes on in order", () => {
