@@ -20,6 +20,8 @@ export type AuditKind =
   | "request-refused"
   | "subscribe-refused"
   | "rate-limited"
+  | "client-paused"
+  | "reply-dropped"
   | "client-blacklisted"
   | "peer-muted"
   | "peer-misbehaved"

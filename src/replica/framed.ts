@@ -86,6 +86,8 @@ export class FramedConn {
   private readonly sink: ByteSink;
   private closed = false;
   private paused = false;
+  /** Reads paused because the frames read wait in the client scheduler (client-frames.ts). */
+  private backpressured = false;
   /** Work held while reads are paused (holdUntilResumed). */
   private readonly held: (() => void)[] = [];
   private budget: OutputBudget | null = null;
@@ -138,7 +140,15 @@ export class FramedConn {
     this.paused = false;
     // What was held runs first, in order, until it is done or the connection is paused again.
     while (this.held.length > 0 && !this.paused && !this.closed) (this.held.shift() as () => void)();
-    if (!this.paused && !this.closed) this.socket.resume();
+    if (!this.paused && !this.closed && !this.backpressured) this.socket.resume();
+  }
+
+  /** Pauses or resumes the socket's reads for the scheduler's bound, apart from pauseReading's. */
+  setBackpressure(on: boolean): void {
+    if (this.closed || this.backpressured === on) return;
+    this.backpressured = on;
+    if (on) this.socket.pause();
+    else if (!this.paused) this.socket.resume();
   }
 
   get readPaused(): boolean {
@@ -183,6 +193,13 @@ export class FramedConn {
   hasRoomFor(bytes: number): boolean {
     if (this.budget !== null && !this.budget.hasRoomFor(bytes)) return false;
     return this.pendingBytes + bytes <= this.queue.bytesMax;
+  }
+
+  /** Why send() may have returned false, for a log line: closed, or how full the queue and the budget are. */
+  describeNoRoom(): string {
+    if (this.closed) return "the connection is closed";
+    const own = `${this.pendingBytes} of ${this.queue.bytesMax} bytes wait on the connection`;
+    return this.budget === null ? own : `${own}, ${this.budget.usedBytes} of ${this.budget.bytesMax} for all clients`;
   }
 
   /** Sends one frame; false (never a throw) if the connection is closed, full, or the frame cannot be encoded within the frame limit. */

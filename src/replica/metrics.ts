@@ -28,6 +28,10 @@ const COUNTERS = {
   requests_gap_refused_total: "Ordered requests refused before verification: behind a sequence gap (OUT_OF_ORDER)",
   clients_blacklisted_total: "Client keys and addresses blacklisted (a bad request signature, an undecodable or oversize frame)",
   clients_blacklisted_refused_total: "Connections and sessions refused because their address or key is blacklisted",
+  client_reads_backpressured_total:
+    "Times a client connection's reads were paused because its frames waiting for the client scheduler were over its bound",
+  client_sessions_paused_total:
+    "Client sessions not read for a while because their requests were refused before verification too fast (over a budget, or asking what their key may not do)",
   bad_frames_total: "Client frames that did not decode or were not for this port",
   events_stored_total: "Events stored by this replica (ordered and unordered channels)",
   batches_decided_total: "Batches decided by the ordering protocol and executed",

@@ -218,6 +218,17 @@ export class PeerInbox {
     }
   }
 
+  /** Whether messages wait to be processed. */
+  get pending(): boolean {
+    for (const q of this.queues.values()) if (q.head < q.items.length) return true;
+    return false;
+  }
+
+  /** A turn now, if messages wait (the client scheduler gives the peers the first turn, client-frames.ts). */
+  drainPending(): void {
+    if (this.pending) this.drain();
+  }
+
   private schedule(): void {
     if (this.scheduled) return;
     this.scheduled = true;

@@ -336,6 +336,11 @@ export class PeerMesh {
     this.inbox.stop();
   }
 
+  /** The peer inbox's turn, if messages wait: taken before each turn of client frames (client-frames.ts). */
+  peersTurn(): void {
+    this.inbox.drainPending();
+  }
+
   /** Mutes a peer the ordering core found flooding (its `peerFlooding` advisory) for PEER_FLOOD_MUTE_MS. */
   muteFlooding(peer: number): void {
     this.inbox.mute(peer, "flooding", "the ordering core found it sending far more than the others", this.floodMuteMs);

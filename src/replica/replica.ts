@@ -57,7 +57,7 @@ import {
 } from "./requests.ts";
 import { type Lane, VerifyPool } from "../threads/verify-pool.ts";
 import { requestSigningInput } from "../../wire/session.ts";
-import { type ClientSession, ReplicaServer } from "./server.ts";
+import { type ClientSession, ReplicaServer, type ServerLimits } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
 import { epochLogFields, genesisMembership, membersAnswer } from "./epochs.ts";
 import { startLagProbe, URGENT_DELAY_TARGET_MS_DEFAULT, UrgentShedder } from "./shedding.ts";
@@ -102,6 +102,8 @@ export interface ReplicaOptions {
   readonly joining?: { readonly self: ReplicaEntry; readonly epoch: JoinEpoch };
   /** The verification budgets and blacklist (admission.ts); tests give one with small budgets and their clock. */
   readonly admission?: ClientAdmission;
+  /** Overrides of the client listener's limits (server.ts); tests give small ones. */
+  readonly serverLimits?: Partial<ServerLimits>;
   /** Priority shedding's event loop lag target in ms (shedding.ts); 0 or absent (the default): off. */
   readonly urgentDelayTargetMs?: number;
 }
@@ -292,6 +294,7 @@ export class Replica {
       // client_keys, when the cluster file lists any, is the allow-list of client sessions.
       clientKeysAllowed: this.clientKeysAllowed,
       admission: this.admission,
+      ...(options.serverLimits === undefined ? {} : { limits: options.serverLimits }),
       clients: {
         onClientFrame: (session, frame) => this.onClientFrame(session, frame),
         onClientClosed: (session) => this.onClientClosed(session),
@@ -551,16 +554,23 @@ export class Replica {
     if (this.refusals.take(String(session.id), 1, Date.now())) return refused;
     const pauseMs = this.overBudgetPauseMs.get(session) ?? OVER_BUDGET_PAUSE_MS;
     this.overBudgetPauseMs.set(session, Math.min(OVER_BUDGET_PAUSE_MS_MAX, pauseMs * 2));
-    this.pauseSession(session, pauseMs);
+    this.pauseSession(session, pauseMs, refused.reason);
     return refused;
   }
 
-  /** Stops reading a client session for `ms` (TCP backpressure on a client over its budget). */
-  private pauseSession(session: ClientSession, ms: number): void {
+  /** Stops reading a client session for `ms` (TCP backpressure on a client over its budget): counted and logged. */
+  private pauseSession(session: ClientSession, ms: number, why: string): void {
     const conn = session.conn;
     if (conn.isClosed || conn.readPaused) return;
     conn.pauseReading();
     setTimeout(() => conn.resumeReading(), ms);
+    this.metrics.inc("client_sessions_paused_total");
+    this.audit.warn("client-paused", "client session not read for a while: its requests are refused too fast", {
+      key: session.key,
+      address: conn.remote,
+      reason: `more than ${REFUSALS_PER_SECOND} refusals a second past a burst of ${REFUSALS_BURST}; the last: ${why}`,
+      pauseMs: ms,
+    });
   }
 
   /** The session proved hostile: its key and address are blacklisted for a while (admission.ts). */
@@ -964,7 +974,14 @@ export class Replica {
   }
 
   private reply(session: ClientSession, reply: Reply): void {
-    if (!session.conn.send({ type: FrameType.REPLY, body: reply })) this.metrics.inc("replies_dropped_total");
+    if (session.conn.send({ type: FrameType.REPLY, body: reply })) return;
+    this.metrics.inc("replies_dropped_total");
+    this.audit.warn("reply-dropped", "reply not sent: the client's connection has no room for it", {
+      key: session.key,
+      address: session.conn.remote,
+      reason: session.conn.describeNoRoom(),
+      seq: reply.seq,
+    });
   }
 
   // ---------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import {
   NONCE_BYTES,
   PROTOCOL_VERSION,
 } from "../../wire/types.ts";
+import { ClientFrames } from "./client-frames.ts";
 import { FramedConn, OutputBudget } from "./framed.ts";
 import type { ClientAdmission } from "./admission.ts";
 import type { AuditLog } from "./audit.ts";
@@ -293,9 +294,16 @@ export class ReplicaServer {
   private readonly clientsByKey = new Tally();
   private readonly clientsByAddress = new Tally();
   private readonly blacklistNotices = new BlacklistNotices();
+  /** Client sessions' frames, worked on in bounded turns after the peers' (client-frames.ts). */
+  private readonly clientFrames: ClientFrames<FramedConn, DecodeResult>;
 
   constructor(private readonly options: ServerOptions) {
     this.limits = resolveLimits(options.limits);
+    this.clientFrames = new ClientFrames<FramedConn, DecodeResult>({
+      process: (conn, result) => this.onResult(conn, result),
+      peersFirst: () => options.mesh.peersTurn(),
+      onBackpressure: () => options.metrics.inc("client_reads_backpressured_total"),
+    });
     this.newConnections = new RateLimiter(this.limits.handshakesPerAddressPerSecondMax, this.limits.handshakesPerAddressBurstMax);
     this.outputBudget = new OutputBudget(this.limits.clientOutputBytesMax);
   }
@@ -404,6 +412,7 @@ export class ReplicaServer {
     this.listener = null;
     for (const listener of this.moreListeners.splice(0)) listener.stop(true);
     for (const conn of this.conns) conn.close();
+    this.clientFrames.stop();
   }
 
   private onOpen(conn: FramedConn): void {
@@ -496,6 +505,7 @@ export class ReplicaServer {
   private onClose(conn: FramedConn): void {
     const state = conn.state as ConnState;
     this.conns.delete(conn);
+    this.clientFrames.forget(conn);
     conn.release();
     this.endHandshake(conn, state);
     if (state.phase === "peer") this.options.mesh.inboundClosed(conn);
@@ -511,12 +521,21 @@ export class ReplicaServer {
     if (conn.isClosed) return;
     const state = conn.state as ConnState;
     state.receivedMs = this.now();
-    if (state.handshake === null) {
-      const results = conn.decoder.push(chunk);
-      // Bun may hand over bytes read before a pause: they wait behind what is held.
-      if (conn.readPaused || conn.holding) conn.holdUntilResumed(() => this.onFrames(conn, results));
-      else this.onFrames(conn, results);
-    } else this.onHandshakeData(conn, state, state.handshake, chunk);
+    if (state.handshake === null) this.onFramesRead(conn, state, conn.decoder.push(chunk));
+    else this.onHandshakeData(conn, state, state.handshake, chunk);
+  }
+
+  /**
+   * Frames cut from what a connection sent after its handshake. A client session's wait
+   * in its queue of the client scheduler (client-frames.ts), which works on them in
+   * bounded turns after the peers'; a peer's go to the mesh at once (its inbox queues and
+   * schedules them, peer-inbox.ts).
+   */
+  private onFramesRead(conn: FramedConn, state: ConnState, results: DecodeResult[]): void {
+    if (state.phase === "client") return this.clientFrames.push(conn, results, resultBytes);
+    // Bun may hand over bytes read before a pause: they wait behind what is held.
+    if (conn.readPaused || conn.holding) conn.holdUntilResumed(() => this.onFrames(conn, results));
+    else this.onFrames(conn, results);
   }
 
   /**
@@ -534,7 +553,7 @@ export class ReplicaServer {
       if (conn.isClosed) return;
       if (state.handshake !== null) continue;
       if (end < 0 || end > chunk.length) throw new Error(`server: handshake ended at ${end}, outside a chunk of ${chunk.length} bytes`);
-      if (end < chunk.length) this.onFrames(conn, conn.decoder.push(chunk.subarray(end)));
+      if (end < chunk.length) this.onFramesRead(conn, state, conn.decoder.push(chunk.subarray(end)));
       return;
     }
   }
@@ -873,4 +892,9 @@ export class ReplicaServer {
     this.options.audit?.warn("client-refused", "client session refused", { address: conn.remote, reason });
     conn.closeWith({ type: FrameType.ERROR, body: { code: "OVERLOADED", reason } });
   }
+}
+
+/** What a cut frame holds (its payload; a frame that did not decode holds nothing). */
+function resultBytes(result: DecodeResult): number {
+  return result.ok ? result.payload.length : 0;
 }

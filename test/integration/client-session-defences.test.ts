@@ -1,0 +1,174 @@
+/**
+ * What a replica does to one client session is counted and logged with the session's key
+ * and address (Replica.pauseSession, Replica.reply): a session whose requests are refused
+ * before verification faster than REFUSALS_PER_SECOND past REFUSALS_BURST is not read for a
+ * while, and a reply the session's connection has no room for is dropped. Real replicas in
+ * this process (the only ones of their clusters that run: nothing here needs ordering).
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import net from "node:net";
+import { buildRequest } from "../../src/client/request.ts";
+import { initCluster } from "../../src/config/init.ts";
+import { loadSigningKeyFile, SigningKey } from "../../src/crypto/keys.ts";
+import type { SessionFraming } from "../../src/crypto/session.ts";
+import { REFUSALS_BURST } from "../../src/replica/admission.ts";
+import { createLog } from "../../src/replica/log.ts";
+import { Replica, type ReplicaOptions } from "../../src/replica/replica.ts";
+import { FrameDecoder } from "../../wire/frame.ts";
+import type { Frame } from "../../wire/schemas.ts";
+import { FrameType } from "../../wire/types.ts";
+import { decodeSessionFrame, encodeSessionFrame, rawClientAuth, rawClientHello } from "../helpers/client-session.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { freePortRange } from "./harness.ts";
+
+/** A client session spoken by hand: HELLO, AUTH, then signed publishes to a channel that does not exist. */
+class Session {
+  readonly frames: Frame[] = [];
+  private readonly socket: net.Socket;
+  private readonly decoder = new FrameDecoder({ copyPayloads: true });
+  private framing: SessionFraming | null = null;
+  private seq = 0;
+
+  constructor(
+    port: number,
+    private readonly key: SigningKey,
+  ) {
+    this.socket = net.createConnection({ host: "127.0.0.1", port });
+    this.socket.on("data", (chunk: Buffer) => {
+      for (const result of this.decoder.push(new Uint8Array(chunk))) {
+        if (!result.ok) continue;
+        const decoded = decodeSessionFrame(result, this.framing);
+        if (decoded.ok) this.frames.push(decoded.frame);
+      }
+    });
+    this.socket.on("error", () => {});
+  }
+
+  async handshake(): Promise<void> {
+    const state = rawClientHello(this.key);
+    this.socket.write(encodeSessionFrame({ type: FrameType.HELLO, body: state.hello }, null));
+    await waitFor("HELLO_ACK", () => this.frames.some((f) => f.type === FrameType.HELLO_ACK || f.type === FrameType.ERROR), 20_000);
+    const ack = this.frames.shift() as Frame;
+    if (ack.type !== FrameType.HELLO_ACK) throw new Error(`not a HELLO_ACK: ${JSON.stringify(ack)}`);
+    const { auth, framing } = rawClientAuth(this.key, state, ack.body);
+    this.socket.write(encodeSessionFrame(auth, null));
+    this.framing = framing;
+  }
+
+  /**
+   * `count` validly signed requests written at once, answers not awaited: publishes to a
+   * channel that does not exist, or (`admin`) admin commands, which a client key may not send.
+   */
+  publishMany(count: number, admin = false): void {
+    const parts: Uint8Array[] = [];
+    for (let i = 0; i < count; i++) {
+      this.seq++;
+      const built = buildRequest(
+        this.key,
+        {
+          seq: this.seq,
+          ts: Date.now(),
+          op: admin
+            ? { t: "admin", cmd: { t: "destroy-channel", tag: "no.such" } }
+            : { t: "pub", tag: "no.such", events: [new Uint8Array(8)] },
+        },
+        1 << 20,
+      );
+      parts.push((this.framing as SessionFraming).sealer.seal(built.frame));
+    }
+    this.socket.write(Buffer.concat(parts));
+  }
+
+  get replies(): number {
+    return this.frames.filter((f) => f.type === FrameType.REPLY).length;
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
+
+const dirs: string[] = [];
+const replicas: Replica[] = [];
+
+/** One replica of a fresh 4-replica cluster, started, with its log lines kept. */
+function startReplica(extra: Partial<ReplicaOptions>): { replica: Replica; port: number; logLines: string[] } {
+  const dir = mkdtempSync(join(tmpdir(), "fitb-session-defences-"));
+  dirs.push(dir);
+  const base = freePortRange(8);
+  const init = initCluster({
+    dir,
+    replicas: 4,
+    host: "127.0.0.1",
+    basePort: base,
+    peerBasePort: base + 4,
+    name: "sessions",
+    overwrite: false,
+  });
+  const logLines: string[] = [];
+  const replica = new Replica({
+    config: init.config,
+    id: 0,
+    key: loadSigningKeyFile(init.replicaKeyFiles[0] as string).key,
+    log: createLog({}, "warn", (line) => logLines.push(line)),
+    dataDir: join(dir, "data-0"),
+    ...extra,
+  });
+  replica.start();
+  replicas.push(replica);
+  return { replica, port: init.config.replicas[0]?.port as number, logLines };
+}
+
+const auditLines = (logLines: string[], kind: string) =>
+  logLines.filter((line) => line.includes(`"audit":"${kind}"`)).map((line) => JSON.parse(line) as Record<string, unknown>);
+
+afterAll(() => {
+  for (const replica of replicas) replica.stop();
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+});
+
+describe("client session defences are counted and logged", () => {
+  test("a session drawing refusals too fast is paused: fitb_client_sessions_paused_total and a line with its key and address", async () => {
+    const { replica, port, logLines } = startReplica({});
+    const session = new Session(port, SigningKey.generate());
+    await session.handshake();
+    // Far past the burst, written at once: refused before verification (not an admin key) faster than the refill.
+    session.publishMany(REFUSALS_BURST * 2, true);
+    await waitFor("the session paused", () => replica.metrics.get("client_sessions_paused_total") >= 1, 30_000);
+    await waitFor("its audit line", () => auditLines(logLines, "client-paused").length >= 1, 10_000);
+    const [line] = auditLines(logLines, "client-paused");
+    expect(line).toMatchObject({
+      key: expect.stringMatching(/^ed25519:/),
+      address: "127.0.0.1",
+      pauseMs: expect.any(Number),
+      reason: expect.stringMatching(/refusals a second.*the last: /),
+    });
+    // The refusals before the pause were answered; the pause held the rest back.
+    expect(session.replies).toBeGreaterThanOrEqual(REFUSALS_BURST);
+    session.destroy();
+  });
+
+  test("a reply the connection has no room for is dropped: fitb_replies_dropped_total and a line with key, address and reason", async () => {
+    // An output budget for all client connections smaller than any REPLY: every reply is dropped.
+    const { replica, port, logLines } = startReplica({ serverLimits: { clientOutputBytesMax: 16 } });
+    const session = new Session(port, SigningKey.generate());
+    await session.handshake();
+    session.publishMany(3);
+    await waitFor("the replies dropped", () => replica.metrics.get("replies_dropped_total") >= 3, 30_000);
+    await waitFor("their audit lines", () => auditLines(logLines, "reply-dropped").length >= 3, 10_000);
+    const lines = auditLines(logLines, "reply-dropped");
+    expect(lines.map((line) => line.seq)).toEqual([1, 2, 3]);
+    for (const line of lines) {
+      expect(line).toMatchObject({
+        key: expect.stringMatching(/^ed25519:/),
+        address: "127.0.0.1",
+        reason: expect.stringMatching(/^0 of \d+ bytes wait on the connection, 0 of 16 for all clients$/),
+      });
+    }
+    expect(session.replies).toBe(0);
+    session.destroy();
+  });
+});
