@@ -161,9 +161,9 @@ describe("growing to 7 replicas with f = 2 and back, one live subscriber through
         () => [0, 1, 2, 4, 6].every((replica) => sentBy(down, replica)),
         30_000,
       );
-      cluster.start(3);
-      cluster.start(5);
-      await waitListening(cluster, [3, 5]);
+      // Both back and caught up before the group shrinks: a replica more than one epoch
+      // behind is not what this test is about.
+      await join([3, 5]);
 
       // Back to 4 replicas with f = 1, in one epoch.
       await admin(["set-f", "1"]);
