@@ -30,19 +30,11 @@ const tsOf = (line: Record<string, unknown> | undefined): number => Date.parse(S
 
 describe("a membership change racing a view change", () => {
   test("remove-replica of the paused leader, under a publish stream: ordered in the next view, epoch 1 starts without it, nothing lost", async () => {
-    // The view before the pause: the group may have changed views already while starting on a loaded machine.
-    let status = await publisher.status();
-    await waitFor(
-      "the replicas to agree on a view and its leader",
-      async () => {
-        status = await publisher.status();
-        return status.agreed && status.view !== null && status.leader !== null;
-      },
-      60_000,
-    );
-    const leader = status.leader as number;
-    const viewBefore = status.view as number;
-    const others = [0, 1, 2, 3, 4].filter((id) => id !== leader);
+    // The leader and its view are read when the pause is due, not before the stream: the
+    // group may change views while it starts on a loaded machine.
+    let leader = -1;
+    let viewBefore = -1;
+    let others: number[] = [];
     const started = (id: number): boolean => logLines(cluster, id, "epoch started").some((line) => line["epoch"] === 1);
     let removal: Promise<{ code: number; stdout: string; stderr: string }> | null = null;
     let afterSwitch = 0;
@@ -54,8 +46,20 @@ describe("a membership change racing a view change", () => {
       // Bounded: a group that never switched fails below instead of publishing forever.
       (r) => r < 600 && (r < 20 || !others.every(started) || afterSwitch++ < 20),
       1,
-      (r) => {
+      async (r) => {
         if (r !== 10) return;
+        await waitFor(
+          "the replicas to agree on a view and its leader",
+          async () => {
+            const status = await publisher.status();
+            if (!status.agreed || status.view === null || status.leader === null) return false;
+            leader = status.leader;
+            viewBefore = status.view;
+            return true;
+          },
+          60_000,
+        );
+        others = [0, 1, 2, 3, 4].filter((id) => id !== leader);
         // The leader stops answering, and the change that removes it is sent at once, not awaited.
         cluster.procs[leader]?.kill("SIGSTOP");
         removal = cluster.fitb(
