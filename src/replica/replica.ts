@@ -1094,11 +1094,14 @@ export class Replica {
 
   status(): { [key: string]: Canonical } {
     const core = this.ordering.status();
+    // The group this replica orders with: the cluster file's until a membership change took effect.
+    const group = this.ordering.epoch;
     return {
       replica: this.options.id,
       cluster: this.options.config.name,
-      n: this.options.config.n,
-      f: this.options.config.f,
+      epoch: group.epoch,
+      n: group.n,
+      f: group.f,
       view: core.view,
       leader: core.leader,
       mode: core.status,
