@@ -544,7 +544,7 @@ export function newViewBytesBound(f: number): number {
 }
 
 /** The largest f whose NEW_VIEW fits frames of `frameBytes`. */
-function largestViewChangeF(frameBytes: number): number {
+export function largestViewChangeF(frameBytes: number): number {
   let f = 0;
   while (newViewBytesBound(f + 1) <= frameBytes) f++;
   return f;

@@ -82,8 +82,9 @@ const COUNTERS = {
   state_transfer_sources_dropped_total: "State transfer sources distrusted",
   state_transfer_abandoned_total: "State transfers abandoned",
   state_transfer_source_timeouts_total: "State transfer sources that timed out",
-  state_transfer_asks_unsent_total: "State transfer asks that could not be sent (no link to the source); the next source is asked",
-  state_transfer_asks_repeated_total: "State transfer asks repeated because the source had not sent its first part yet",
+  state_transfer_asks_unsent_total:
+    "State transfer asks that could not be sent (no link to the source, or its queue full); asked again, then the next source",
+  state_transfer_asks_repeated_total: "State transfer asks repeated because no new part came from the source for a while",
 } as const;
 
 const GAUGES = {

@@ -16,7 +16,7 @@
  */
 import { FatalError, type FatalHandler, throwFatal } from "./fatal.ts";
 import { decodeEnvelope, encodeEnvelope } from "./peer-messages.ts";
-import type { ClusterConfig } from "../config/cluster.ts";
+import { type ClusterConfig, largestViewChangeF } from "../config/cluster.ts";
 import { sign, verify } from "../crypto/ed25519.ts";
 import { sha256 } from "../crypto/hash.ts";
 import type { SigningKey } from "../crypto/keys.ts";
@@ -168,7 +168,11 @@ const NEXT_EPOCH_HELD_BYTES_PER_PEER_MAX = 8 * 1024 * 1024;
 const SUBMITTED_REMEMBERED_MAX = 16_384;
 
 export function coreConfigFor(config: ClusterConfig, id: number, overrides: Partial<CoreParameters> = {}): CoreConfig {
-  const room = config.limits.frameBytesMax - peerEnvelopeBytes(config.limits.frameBytesMax, config.f);
+  // A decided batch travels with 2f+1 COMMITs of its epoch, whose f set-f may raise above
+  // the file's, up to the largest f whose NEW_VIEW fits a frame (membership.ts): sized for
+  // that f, the room is the same in every epoch and at every replica.
+  const fMax = Math.max(config.f, largestViewChangeF(config.limits.frameBytesMax));
+  const room = config.limits.frameBytesMax - peerEnvelopeBytes(config.limits.frameBytesMax, fMax);
   // The core counts a request's client name and fields too (requestBytes): room for a
   // request of REQUEST_BYTES_MAX signed bytes from a key on a tag of the longest name.
   const requestBytesMax = Math.min(room, REQUEST_BYTES_MAX + REQUEST_NAME_ROOM_BYTES);

@@ -12,7 +12,7 @@
  */
 import { FatalError, type FatalHandler, throwFatal } from "./fatal.ts";
 import { assert } from "../../wire/assert.ts";
-import { channelsConfigFrom, type ClusterConfig, type ReplicaEntry } from "../config/cluster.ts";
+import { channelsConfigFrom, type ClusterConfig, newViewBytesBound, type ReplicaEntry } from "../config/cluster.ts";
 import { configDigests } from "../config/digest.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
@@ -184,6 +184,8 @@ export class Replica {
         genesis: genesisMembership(config),
         checkpointInterval: coreConfigFor(config, id).checkpointInterval,
         admitsNewReplicas: true,
+        // set-f is held to the NEW_VIEW bound the config check holds the file's f to.
+        viewChange: { frameBytesMax: config.limits.frameBytesMax, newViewBytes: newViewBytesBound },
       },
     });
     this.channelMetrics = new ChannelMetrics(this.metrics.registry, this.machine, METRICS_CHANNELS_MAX, this.metrics);
@@ -1092,11 +1094,14 @@ export class Replica {
 
   status(): { [key: string]: Canonical } {
     const core = this.ordering.status();
+    // The group this replica orders with: the cluster file's until a membership change took effect.
+    const group = this.ordering.epoch;
     return {
       replica: this.options.id,
       cluster: this.options.config.name,
-      n: this.options.config.n,
-      f: this.options.config.f,
+      epoch: group.epoch,
+      n: group.n,
+      f: group.f,
       view: core.view,
       leader: core.leader,
       mode: core.status,

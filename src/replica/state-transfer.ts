@@ -60,20 +60,22 @@ export const SERVE_CACHE_PARTS = 2 * TRANSFER_WINDOW_PARTS;
 export const PART_TIMEOUT_MS = 3_000;
 /**
  * An ask that could not be sent (no link to the source yet: a replica that just started
- * asks before its links are up) goes to the next source after this long, instead of
- * waiting out PART_TIMEOUT_MS for an answer to a message that never left.
+ * asks before its links are up; or the link's queue full) is sent again to the same
+ * source after this long, and when that fails too the next source is asked, instead of
+ * waiting out PART_TIMEOUT_MS for an answer to a message that never left. Parts are
+ * asked for only by asks that went out, so one that could not leave leaves no hole.
  */
 export const UNSENT_ASK_RETRY_MS = 100;
 /**
- * Until a source's first part arrives, its ask is repeated this often (until
- * PART_TIMEOUT_MS replaces the source). A source's parts go over its own link to the
- * fetcher, which may not be up yet when the fetcher's link to it is (a replica that just
- * joined: the others dial it again only after their redial backoff, up to about 2 s), and
- * a part the source could not send is lost, not queued. A repeated ask is served from the
- * source's cache of its last parts; it repeats at most a window of parts, a few times,
- * and only before any part arrived.
+ * When no new part came from the source for this long, it is asked again for a window
+ * from the next part expected (until PART_TIMEOUT_MS replaces the source). A source's
+ * parts go over its own link to the fetcher, which may not be up yet when the fetcher's
+ * link to it is (a replica that just joined: the others dial it again only after their
+ * redial backoff, up to about 2 s) or may be full, and a part the source could not send
+ * is lost, not queued. A repeated ask is served from the source's cache of its last
+ * parts; it repeats at most a window of parts, a few times per PART_TIMEOUT_MS.
  */
-export const FIRST_PART_REASK_MS = 500;
+export const REASK_MS = 500;
 /** A serving cursor idle for this long is dropped (its capture with it). */
 export const CURSOR_IDLE_MS = 30_000;
 
@@ -317,10 +319,9 @@ interface Fetch {
   readonly unable: Set<number>;
   source: number;
   lastProgressMs: number;
-  /** When an ask to `source` could not be sent (its link down), or null: the last one went out. */
+  /** When an ask to `source` could not be sent (its link down or full), or null: the last one went out. */
   unsentSinceMs: number | null;
-  /** Parts `source` delivered since it was asked; until the first, the ask is repeated at `reaskAtMs`. */
-  partsFromSource: number;
+  /** When `source` is asked again from `nextPart` if no new part came by then. */
   reaskAtMs: number;
 }
 
@@ -375,7 +376,6 @@ class TransferFetcher {
       source: -1,
       lastProgressMs: options.now(),
       unsentSinceMs: null,
-      partsFromSource: 0,
       reaskAtMs: 0,
     };
     this.active = fetch;
@@ -448,16 +448,18 @@ class TransferFetcher {
     if (!pushed.ok) return this.reject(fetch, pushed.reason);
     options.storage.stagePart(fetch.target.seq, fetch.nextPart, data);
     fetch.nextPart++;
-    fetch.partsFromSource++;
     fetch.bytes += data.length;
     fetch.lastProgressMs = options.now();
+    fetch.reaskAtMs = fetch.lastProgressMs + REASK_MS;
     options.metrics.inc("state_transfer_received_bytes_total", data.length);
     if (end) {
       // Written with the last part, so that a restart before the install finds the stream ended.
       options.storage.stageHead(incomingHead(fetch.target, options.partBytes, fetch.nextPart, fetch.bytes));
       return this.complete(fetch);
     }
-    if (fetch.askedUpTo < fetch.nextPart + TRANSFER_WINDOW_PARTS) this.ask(fetch, fetch.askedUpTo, 1);
+    // Keeps a window of parts asked for; after an ask that could not leave, this asks its parts again.
+    const windowEnd = fetch.nextPart + TRANSFER_WINDOW_PARTS;
+    if (fetch.askedUpTo < windowEnd) this.ask(fetch, fetch.askedUpTo, windowEnd - fetch.askedUpTo);
   }
 
   private complete(fetch: Fetch): void {
@@ -552,24 +554,28 @@ class TransferFetcher {
     fetch.source = candidates[(at + 1) % candidates.length] as number;
     fetch.askedUpTo = fetch.nextPart;
     fetch.lastProgressMs = this.options.now();
-    fetch.partsFromSource = 0;
-    fetch.reaskAtMs = fetch.lastProgressMs + FIRST_PART_REASK_MS;
+    fetch.reaskAtMs = fetch.lastProgressMs + REASK_MS;
     this.ask(fetch, fetch.nextPart, TRANSFER_WINDOW_PARTS);
   }
 
-  private ask(fetch: Fetch, part: number, count: number): void {
+  /** Asks `source` for parts part..part+count-1; true when the ask went out (only then do they count as asked). */
+  private ask(fetch: Fetch, part: number, count: number): boolean {
     const m: TransferMessage = { t: "get", seq: fetch.target.seq, digest: fetch.target.stateDigest, part, count, nonce: fetch.nonce };
-    if (this.options.send(fetch.source, encodeTransferMessage(m))) fetch.unsentSinceMs = null;
-    else if (fetch.unsentSinceMs === null) {
+    if (this.options.send(fetch.source, encodeTransferMessage(m))) {
+      fetch.unsentSinceMs = null;
+      fetch.askedUpTo = Math.max(fetch.askedUpTo, part + count);
+      return true;
+    }
+    this.options.metrics.inc("state_transfer_asks_unsent_total");
+    if (fetch.unsentSinceMs === null) {
       fetch.unsentSinceMs = this.options.now();
-      this.options.metrics.inc("state_transfer_asks_unsent_total");
-      this.options.log.info("state transfer could not ask a source: no link to it; asking the next", {
+      this.options.log.info("state transfer could not ask a source (no link to it, or its queue full): asking it again, then the next", {
         seq: fetch.target.seq,
         source: fetch.source,
         part,
       });
-    } else this.options.metrics.inc("state_transfer_asks_unsent_total");
-    fetch.askedUpTo = Math.max(fetch.askedUpTo, part + count);
+    }
+    return false;
   }
 
   private abandon(fetch: Fetch, why: string): void {
@@ -588,15 +594,21 @@ class TransferFetcher {
     const fetch = this.active;
     if (fetch === null) return;
     const now = this.options.now();
-    // The ask never left (no link yet): the next source, without distrusting this one.
+    // An ask never left: once more to this source (a full queue drains), else the next
+    // source (no link yet), without distrusting this one.
     if (fetch.unsentSinceMs !== null && now - fetch.unsentSinceMs >= UNSENT_ASK_RETRY_MS) {
       fetch.unsentSinceMs = now;
+      const windowEnd = fetch.nextPart + TRANSFER_WINDOW_PARTS;
+      const from = Math.max(fetch.askedUpTo, fetch.nextPart);
+      const again = from < windowEnd ? [from, windowEnd - from] : [fetch.nextPart, TRANSFER_WINDOW_PARTS];
+      if (fetch.source >= 0 && this.ask(fetch, again[0] as number, again[1] as number)) return;
       return this.nextSource(fetch);
     }
     if (now - fetch.lastProgressMs < PART_TIMEOUT_MS) {
-      // No part from this source yet: it may have had no link back to send it on.
-      if (fetch.source >= 0 && fetch.partsFromSource === 0 && now >= fetch.reaskAtMs) {
-        fetch.reaskAtMs = now + FIRST_PART_REASK_MS;
+      // No new part from this source for a while: it may have had no link back to send
+      // one on, or its queue was full and the part was lost.
+      if (fetch.source >= 0 && now >= fetch.reaskAtMs) {
+        fetch.reaskAtMs = now + REASK_MS;
         this.options.metrics.inc("state_transfer_asks_repeated_total");
         this.ask(fetch, fetch.nextPart, TRANSFER_WINDOW_PARTS);
       }

@@ -206,6 +206,9 @@ describe("joining a running group", () => {
     streams.push(withJoiner);
     expect(withJoiner.acked.length).toBe(30);
     await waitFor("replica 4 to execute past the events ordered without replica 3", async () => ((await joinerDecided()) ?? 0) > before);
+    // Its status page reports the group it orders with (epoch 1, n = 5), not the cluster file's (n = 4).
+    const page = (await (await fetch(`http://127.0.0.1:${joinerMetricsPort}/status`)).json()) as Record<string, unknown>;
+    expect(page).toMatchObject({ epoch: 1, n: 5, f: 1 });
 
     cluster.start(3);
     await waitListening(cluster, [3]);

@@ -1,6 +1,6 @@
 // The replica group as replicated state, with real replica processes and the `fitb`
 // command: `admin members` shows the cluster file's group at epoch 0 on f+1 matching
-// answers; unsafe changes (n below 3f+1, a key or id already taken) are refused by the
+// answers; unsafe changes (n below 3f+1, an f whose NEW_VIEW exceeds a frame, a key or id already taken) are refused by the
 // replicas with their reason. Removing a replica, with the
 // epoch switch at the checkpoint under a publish stream, is tested in epochs.test.ts;
 // adding one and rotating a key in join.test.ts.
@@ -55,6 +55,10 @@ describe("membership as replicated state", () => {
     expect(raised.code).not.toBe(0);
     expect(`${raised.stdout}${raised.stderr}`).toContain("needs n >= 3f+1 = 7");
     expect(`${raised.stdout}${raised.stderr}`).toContain("f = 2 needs n >= 3f+1 = 7");
+    // An f whose NEW_VIEW would not fit the cluster's frames, whatever n (the largest frames allow f = 4).
+    const unfit = await cluster.fitb(["admin", ...A, "set-f", "5"]);
+    expect(unfit.code).not.toBe(0);
+    expect(`${unfit.stdout}${unfit.stderr}`).toContain("a leader change may need a NEW_VIEW message of up to");
     expect((await members()).pending).toBeNull();
   }, 60_000);
 

@@ -12,6 +12,8 @@ import { parseArgs } from "../../src/cli/args.ts";
 import { adminCommand, parseAction } from "../../src/cli/commands/admin.ts";
 import { UsageError } from "../../src/cli/errors.ts";
 import { formatPublicKey } from "../../src/crypto/keys.ts";
+import { newViewBytesBound } from "../../src/config/cluster.ts";
+import { FRAME_BYTES_MAX } from "../../wire/types.ts";
 
 const hash = (bytes: Uint8Array): Uint8Array => sha256(bytes);
 const K = 128;
@@ -139,6 +141,39 @@ describe("membership commands", () => {
     // Lowering f, and removing a replica, are taken.
     expect(m.applyAdmin({ t: "remove-replica", id: 6 }, 5).ok).toBe(true);
     expect(m.applyAdmin({ t: "set-f", f: 0 }, 6).ok).toBe(true);
+  });
+
+  test("set-f is refused, whatever n, for an f whose NEW_VIEW would not fit a frame (the bound `fitb config check` holds the file's f to)", () => {
+    const runtime = (frameBytesMax: number): ChannelMachine =>
+      new ChannelMachine({
+        hash,
+        membership: {
+          genesis: genesis(4, 1),
+          checkpointInterval: K,
+          admitsNewReplicas: true,
+          viewChange: { frameBytesMax, newViewBytes: newViewBytesBound },
+        },
+      });
+    // Largest frames: f = 5 would need a NEW_VIEW of about 5.6 MB, even with n = 16.
+    const m = runtime(FRAME_BYTES_MAX);
+    for (let id = 4; id < 16; id++) expect(m.applyAdmin(add(id), 5).ok).toBe(true);
+    const before = m.digest();
+    expect(newViewBytesBound(5)).toBeGreaterThan(FRAME_BYTES_MAX);
+    expect(refusal(m.applyAdmin({ t: "set-f", f: 5 }, 6))).toBe(
+      `f = 5: a leader change may need a NEW_VIEW message of up to ${newViewBytesBound(5)} bytes, more than limits.frame_bytes_max (${FRAME_BYTES_MAX}), so the group could never change leaders; choose a smaller f, or raise limits.frame_bytes_max in every replica's cluster file first`,
+    );
+    expect(m.digest()).toEqual(before);
+    expect(m.applyAdmin({ t: "set-f", f: 4 }, 6)).toMatchObject({ ok: true, epoch: 1 });
+    expect(m.endOfDecision(K)).toMatchObject({ f: 4 });
+    // Frames of 1 MiB: already f = 2 does not fit, and the reason comes before n's.
+    const small = runtime(1024 * 1024);
+    expect(refusal(small.applyAdmin({ t: "set-f", f: 2 }, 5))).toContain(
+      `up to ${newViewBytesBound(2)} bytes, more than limits.frame_bytes_max (1048576)`,
+    );
+    for (const id of [4, 5, 6]) expect(small.applyAdmin(add(id), 5).ok).toBe(true);
+    expect(refusal(small.applyAdmin({ t: "set-f", f: 2 }, 6))).toContain("NEW_VIEW");
+    // Lowering f is always taken.
+    expect(small.applyAdmin({ t: "set-f", f: 0 }, 7).ok).toBe(true);
   });
 
   test("a machine that does not manage membership refuses the commands", () => {

@@ -8,7 +8,7 @@
 import { encodeEnvelope } from "../../src/replica/peer-messages.ts";
 import { describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
-import { parseClusterConfig } from "../../src/config/cluster.ts";
+import { largestViewChangeF, parseClusterConfig } from "../../src/config/cluster.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
 import {
   INSTANCE_SEQ_MAX,
@@ -19,7 +19,8 @@ import {
 } from "../../src/core/ordering/messages.ts";
 import { REPLICAS_MAX } from "../../wire/types.ts";
 import { FramedConn } from "../../src/replica/framed.ts";
-import { coreConfigFor } from "../../src/replica/ordering-driver.ts";
+import { coreConfigFor, peerEnvelopeBytes } from "../../src/replica/ordering-driver.ts";
+import { REQUEST_BYTES_MAX } from "../../src/core/channels/constants.ts";
 import { PEER_FRAME_OVERHEAD_BYTES } from "../../src/replica/peers.ts";
 import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
 import { REQUEST_HEADER_BYTES } from "../../src/sim/crypto.ts";
@@ -49,10 +50,22 @@ function frameBytes(msg: QueuedMessage["msg"]): number {
 }
 
 describe("peer messages fit one frame", () => {
-  for (const frameBytesMax of [512 * KIB, 1024 * KIB, 4096 * KIB]) {
-    test(`frame limit ${frameBytesMax / KIB} KiB: forwards of the largest requests, their batches and a lagging replica's catch-up`, () => {
+  // The cluster file has f = 1; set-f may raise the group's f up to the largest whose
+  // NEW_VIEW fits a frame (4 at 4 MiB), and a decided batch then carries 2f+1 = 9 COMMITs.
+  const cases = [
+    { frameBytesMax: 512 * KIB, f: 1 },
+    { frameBytesMax: 1024 * KIB, f: 1 },
+    { frameBytesMax: 4096 * KIB, f: 1 },
+    // Frames of 2 MiB bound the largest request (the room is under REQUEST_BYTES_MAX).
+    { frameBytesMax: 2048 * KIB, f: largestViewChangeF(2048 * KIB) },
+    { frameBytesMax: 4096 * KIB, f: largestViewChangeF(4096 * KIB) },
+  ];
+  for (const { frameBytesMax, f } of cases) {
+    test(`frame limit ${frameBytesMax / KIB} KiB, group f = ${f}: forwards of the largest requests, their batches and a lagging replica's catch-up`, () => {
       const cfg = coreConfigFor(clusterWithFrames(frameBytesMax), 0);
+      const lagging = 3 * f;
       const c = new ManualCluster({
+        f,
         params: {
           ...CLUSTER_PARAMETERS,
           requestBytesMax: cfg.requestBytesMax,
@@ -72,25 +85,38 @@ describe("peer messages fit one frame", () => {
           return cutOff === null || (m.from !== cutOff && m.to !== cutOff);
         };
       // Requests as large as the core admits, from three clients at once, all given to a
-      // backup (so they travel in FORWARDs), while replica 3 hears nothing.
+      // backup (so they travel in FORWARDs), while the last replica hears nothing.
       const payload = "x".repeat(cfg.requestBytesMax - REQUEST_HEADER_BYTES - SIG_BYTES - CLIENT_NAME_BYTES - REQUEST_FIELDS_BYTES);
       for (let round = 1; round <= 2; round++) {
         for (let client = 0; client < 3; client++) c.submit(1, c.request(client, round, 1, payload));
-        c.runUntil(() => c.lastExecuted(0) >= round * 3 || c.lastExecuted(0) >= round * 2, 200, measure(3));
+        c.runUntil(() => c.lastExecuted(0) >= round * 3 || c.lastExecuted(0) >= round * 2, 200, measure(lagging));
       }
       // Many small ones too, so count bounds and byte bounds both come into play.
       for (let seq = 3; seq <= 40; seq++) c.submit(1, c.request(3, seq - 2, 1, "y".repeat(200)));
-      c.runUntil(() => c.lastExecuted(0) === c.lastExecuted(1) && c.core(1).status().pending === 0, 400, measure(3));
+      c.runUntil(() => c.lastExecuted(0) === c.lastExecuted(1) && c.core(1).status().pending === 0, 400, measure(lagging));
       const target = c.lastExecuted(0);
       expect(target).toBeGreaterThanOrEqual(4);
       // Replica 3 comes back and catches up from decided batches (STATE_RESPONSEs).
-      c.runUntil(() => c.lastExecuted(3) === target, 400, measure(null));
+      c.runUntil(() => c.lastExecuted(lagging) === target, 400, measure(null));
       expect(messages).toBeGreaterThan(0);
       expect(largest).toBeLessThanOrEqual(frameBytesMax);
       // The bound is used, not avoided: the largest message is a good part of a frame.
       expect(largest).toBeGreaterThan(cfg.requestBytesMax);
     });
   }
+});
+
+describe("the room a request and a batch get", () => {
+  test("leaves a frame room for the COMMITs of the largest f set-f can give the group, not only the cluster file's f", () => {
+    const frameBytesMax = 2048 * KIB;
+    const config = clusterWithFrames(frameBytesMax);
+    const groupF = largestViewChangeF(frameBytesMax);
+    expect(groupF).toBeGreaterThan(config.f);
+    const cfg = coreConfigFor(config, 0);
+    expect(cfg.batchBytesMax).toBeLessThan(REQUEST_BYTES_MAX);
+    expect(cfg.batchBytesMax + peerEnvelopeBytes(frameBytesMax, groupF)).toBeLessThanOrEqual(frameBytesMax);
+    expect(cfg.requestBytesMax + peerEnvelopeBytes(frameBytesMax, groupF)).toBeLessThanOrEqual(frameBytesMax);
+  });
 });
 
 describe("a frame too large to encode", () => {

@@ -14,7 +14,7 @@ import {
   encodeTransferMessage,
   PART_TIMEOUT_MS,
   UNSENT_ASK_RETRY_MS,
-  FIRST_PART_REASK_MS,
+  REASK_MS,
   SERVE_CACHE_PARTS,
   SERVE_OPENS_PER_PEER_MAX,
   StateTransfer,
@@ -57,11 +57,13 @@ class Network {
   readonly delivered: { from: number; to: number; m: TransferMessage }[] = [];
   /** Peers with no link: a send to one fails (returns false), as the mesh's does while a link is down. */
   readonly unlinked = new Set<number>();
+  /** A send for which this says true fails as the mesh's does when the link's queue is full. */
+  queueFull: (from: number, to: number) => boolean = () => false;
 
   constructor(readonly partBytes = PART_BYTES) {}
 
   send(from: number, to: number, bytes: Uint8Array): boolean {
-    if (this.unlinked.has(to)) return false;
+    if (this.unlinked.has(to) || this.queueFull(from, to)) return false;
     this.queue.push({ from, to, bytes });
     return true;
   }
@@ -275,7 +277,7 @@ describe("state transfer", () => {
     expect(fetcher.metrics.get("state_transfer_source_timeouts_total")).toBe(1);
   });
 
-  test("an ask that could not be sent (no link yet) goes to the next source at once, not after the part timeout", () => {
+  test("an ask that could not be sent (no link yet) is tried once more, then goes to the next source, not after the part timeout", () => {
     const { net, state, fetcher } = cluster();
     net.unlinked.add(2);
     fetcher.transfer.fetch(targetFor(state, [2, 3]));
@@ -286,7 +288,8 @@ describe("state transfer", () => {
     fetcher.transfer.tick();
     net.pump();
     expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
-    expect(fetcher.metrics.get("state_transfer_asks_unsent_total")).toBe(1);
+    // The first ask, and the one sent again before replica 3 was asked.
+    expect(fetcher.metrics.get("state_transfer_asks_unsent_total")).toBe(2);
     expect(fetcher.metrics.get("state_transfer_source_timeouts_total")).toBe(0);
     // Replica 2 was not distrusted: with no link anywhere the asks go round, and the first link up serves.
     const again = cluster();
@@ -304,6 +307,65 @@ describe("state transfer", () => {
     expect(partsFrom(again.net, 2)).toBe(again.fetcher.installed?.head.parts ?? -1);
   });
 
+  test("an ask that could not leave while others are answered (a full queue) is sent again with the next part: no hole, no wait", () => {
+    const { net, state, fetcher } = cluster();
+    let gets = 0;
+    // The fetcher's third ask (part 5, asked when part 1 arrived) finds the link's queue full.
+    net.queueFull = (from) => from === 1 && ++gets === 3;
+    fetcher.transfer.fetch(targetFor(state, [2, 3]));
+    net.pump();
+    expect(fetcher.metrics.get("state_transfer_asks_unsent_total")).toBe(1);
+    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+    expect(partsFrom(net, 2)).toBe(fetcher.installed?.head.parts ?? -1);
+    expect(net.delivered.filter((d) => d.to === 3).length).toBe(0);
+    expect(fetcher.metrics.get("state_transfer_source_timeouts_total")).toBe(0);
+  });
+
+  test("an ask that could not leave with nothing else asked (a full queue) is sent again to the same source, not the next", () => {
+    const { net, state, fetcher } = cluster();
+    let full = true;
+    net.queueFull = (from, to) => from === 1 && to === 2 && full;
+    fetcher.transfer.fetch(targetFor(state, [2, 3]));
+    net.pump();
+    expect(fetcher.metrics.get("state_transfer_asks_unsent_total")).toBe(1);
+    // The queue drains before the retry.
+    full = false;
+    net.now += UNSENT_ASK_RETRY_MS;
+    fetcher.transfer.tick();
+    net.pump();
+    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+    expect(partsFrom(net, 2)).toBe(fetcher.installed?.head.parts ?? -1);
+    // No cursor opened at replica 3.
+    expect(net.delivered.filter((d) => d.to === 3).length).toBe(0);
+    expect(fetcher.metrics.get("state_transfer_asks_unsent_total")).toBe(1);
+  });
+
+  test("a part the source could not send mid-stream is asked again soon, and the source kept, not replaced after the part timeout", () => {
+    const { net, state, fetcher } = cluster();
+    // Replica 2's part 5 is lost once (its queue to replica 1 was full).
+    let lost = false;
+    net.filter = (from, _to, m) => {
+      if (from !== 2 || m.t !== "part" || m.part !== 5 || lost) return m;
+      lost = true;
+      return null;
+    };
+    fetcher.transfer.fetch(targetFor(state, [2, 3]));
+    net.pump();
+    expect(lost).toBe(true);
+    expect(fetcher.installed).toBeNull();
+    net.now += REASK_MS - 1;
+    fetcher.transfer.tick();
+    net.pump();
+    expect(fetcher.installed).toBeNull();
+    net.now += 1;
+    fetcher.transfer.tick();
+    net.pump();
+    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+    expect(net.delivered.filter((d) => d.to === 3).length).toBe(0);
+    expect(fetcher.metrics.get("state_transfer_asks_repeated_total")).toBe(1);
+    expect(fetcher.metrics.get("state_transfer_source_timeouts_total")).toBe(0);
+  });
+
   test("a source whose parts could not reach the fetcher (no link back yet) is asked again soon, not after the part timeout", () => {
     const { net, state, fetcher } = cluster();
     // Replica 2 gets the ask, but its parts are lost until its own link to replica 1 is up.
@@ -313,7 +375,7 @@ describe("state transfer", () => {
     net.pump();
     expect(fetcher.installed).toBeNull();
     linkBack = true;
-    net.now += FIRST_PART_REASK_MS - 1;
+    net.now += REASK_MS - 1;
     fetcher.transfer.tick();
     net.pump();
     expect(fetcher.installed).toBeNull();

@@ -29,7 +29,14 @@ import {
   READ_BATCHES_MAX,
   UNORDERED_RETRY_SCAN_MAX,
 } from "./constants.ts";
-import { MEMBERSHIP_CMDS, MembershipRegistry, type Membership, type MembershipCmd, type PendingMembership } from "./membership.ts";
+import {
+  MEMBERSHIP_CMDS,
+  MembershipRegistry,
+  type Membership,
+  type MembershipCmd,
+  type PendingMembership,
+  type ViewChangeBound,
+} from "./membership.ts";
 import { signedRequestDigest } from "./request.ts";
 import { exportState, type SnapshotExport, SnapshotImport, stateDigest, type ChannelsState, type SnapshotResult } from "./snapshot.ts";
 import { isValidTag } from "./tag.ts";
@@ -75,6 +82,8 @@ export type ChannelMachineOptions = {
     readonly checkpointInterval: number;
     readonly admitsNewReplicas?: boolean;
     readonly admitsLargerF?: boolean;
+    /** The frame limit and NEW_VIEW bound set-f is held to (membership.ts ViewChangeBound). */
+    readonly viewChange?: ViewChangeBound;
   };
 };
 
@@ -113,6 +122,7 @@ export class ChannelMachine {
             options.membership.checkpointInterval,
             options.membership.admitsNewReplicas,
             options.membership.admitsLargerF ?? options.membership.admitsNewReplicas,
+            options.membership.viewChange ?? null,
           );
   }
 

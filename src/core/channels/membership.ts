@@ -15,8 +15,10 @@
  * make one epoch together.
  *
  * Every command is checked against the membership it would produce, deterministically:
- * ids are unique and in 0..REPLICAS_MAX-1, keys and addresses are unique, and the group
- * keeps n >= 3f+1. A refused command changes nothing and says why.
+ * ids are unique and in 0..REPLICAS_MAX-1, keys and addresses are unique, the group
+ * keeps n >= 3f+1, and (given the frame limit, the same at every replica) the NEW_VIEW a
+ * leader change of the new f may need fits one peer frame. A refused command changes
+ * nothing and says why.
  *
  * Pure: no clock, no I/O; the decided seq and K come in as arguments.
  */
@@ -150,6 +152,17 @@ export const NOT_ADMITTED =
   "(its peers dial and check only the cluster file's replicas); to add a replica or change a key, stop the replicas, " +
   "give every host the new cluster.toml and start them again (README: Changing the replica group)";
 
+/**
+ * The largest peer frame and the worst-case NEW_VIEW size of a group tolerating f faults
+ * (the runtime passes its cluster's frame_bytes_max and newViewBytesBound, the figures
+ * `fitb config check` holds the cluster file's f to). A NEW_VIEW over the frame is never
+ * delivered, so a group with such an f could not change leaders.
+ */
+export type ViewChangeBound = {
+  readonly frameBytesMax: number;
+  readonly newViewBytes: (f: number) => number;
+};
+
 export class MembershipRegistry {
   private currentValue: Membership;
   private pendingValue: PendingMembership | null = null;
@@ -172,6 +185,8 @@ export class MembershipRegistry {
      * a registry built without admitsNewReplicas refuses it.
      */
     readonly admitsLargerF = admitsNewReplicas,
+    /** When given, set-f is refused for an f whose NEW_VIEW would not fit a frame. */
+    readonly viewChange: ViewChangeBound | null = null,
   ) {
     const problem = checkMembership(genesis);
     if (problem !== null) throw new RangeError(`invalid membership: ${problem}`);
@@ -257,6 +272,16 @@ export class MembershipRegistry {
       case "set-f": {
         if (!isIntIn(cmd.f, 0, Math.floor((REPLICAS_MAX - 1) / 3))) return { reason: "f must be a non-negative integer" };
         if (cmd.f === base.f) return { reason: `f is already ${cmd.f}` };
+        // Whatever n: no group of this f could change leaders over these frames.
+        const viewChangeBytes = this.viewChange === null ? 0 : this.viewChange.newViewBytes(cmd.f);
+        if (this.viewChange !== null && viewChangeBytes > this.viewChange.frameBytesMax) {
+          return {
+            reason:
+              `f = ${cmd.f}: a leader change may need a NEW_VIEW message of up to ${viewChangeBytes} bytes, ` +
+              `more than limits.frame_bytes_max (${this.viewChange.frameBytesMax}), so the group could never change leaders; ` +
+              "choose a smaller f, or raise limits.frame_bytes_max in every replica's cluster file first",
+          };
+        }
         if (n < 3 * cmd.f + 1)
           return { reason: `f = ${cmd.f} needs n >= 3f+1 = ${3 * cmd.f + 1}, the group has n = ${n}; add replicas first` };
         if (!this.admitsLargerF && cmd.f > this.genesis.f) {
