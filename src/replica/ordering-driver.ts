@@ -530,7 +530,7 @@ export class OrderingDriver {
               : "this replica restarted since that epoch ended: another peer that switched there may still have it",
         });
       } else {
-        const why = theirs < ours ? "the peer is in an older epoch" : "the peer is in a newer epoch";
+        const why = theirs < ours ? "the peer is in an older epoch" : "the peer is not a member of this epoch";
         this.options.log.warn("peer message of another epoch refused", { peer: from, epoch: theirs, ours, reason: why });
       }
     }
