@@ -97,4 +97,56 @@ describe("a replica two epochs behind", () => {
     await history.close();
     expect(checkTotalOrder(streams, history.events)).toEqual([]);
   }, 400_000);
+
+  test("further behind than the switches kept, it stays out and both sides log what to do", async () => {
+    cluster.start(1);
+    await waitListening(cluster, [1]);
+    const catchUp = trickle(publisher, "sec.alerts", "t1", 50);
+    try {
+      await waitCaughtUp(publisher, 1, 60_000);
+    } finally {
+      await catchUp.stop();
+      streams.push(catchUp.stream);
+    }
+    await killAndWait(cluster, 3);
+    const live = [0, 1, 2];
+    // Five more switches (epochs 3..7): the others keep the proofs of the last 4 (epochs 3..6 ended), not of epoch 2's end.
+    for (let epoch = 3; epoch <= 7; epoch++) {
+      expect(await changeUnderTraffic(live, epoch, ["set-f", epoch % 2 === 1 ? "0" : "1"], `e${epoch}`)).toContain("ok");
+    }
+    cluster.start(3);
+    await waitListening(cluster, [3]);
+    const traffic = trickle(publisher, "sec.alerts", "t3b", 50);
+    try {
+      await waitFor(
+        "a replica to log that it keeps no proof of epoch 2's end",
+        () =>
+          live.some((id) =>
+            logLines(cluster, id, "peer message of another epoch refused: no proof of that epoch's end is kept here").some(
+              (line) => line["peer"] === 3 && line["epoch"] === 2 && String(line["why"]).includes("must rejoin"),
+            ),
+          ),
+        120_000,
+        () => logTail(cluster, 0),
+      );
+      await waitFor(
+        "replica 3 to log that it is in an older epoch and what to do",
+        () =>
+          logLines(cluster, 3, "peer message of another epoch refused").some(
+            (line) => line["ours"] === 2 && line["epoch"] === 7 && String(line["hint"]).includes("rotate-replica-key"),
+          ),
+        60_000,
+        () => logTail(cluster, 3),
+      );
+    } finally {
+      await traffic.stop();
+      streams.push(traffic.stream);
+    }
+    expect(inEpoch(3, 3)).toBe(false);
+    const history = await collect(publisher, "sec.alerts", 1);
+    const acked = streams.reduce((sum, stream) => sum + stream.acked.length, 0);
+    await waitFor("the history to be read", () => history.events.length >= acked, 60_000);
+    await history.close();
+    expect(checkTotalOrder(streams, history.events)).toEqual([]);
+  }, 600_000);
 });
