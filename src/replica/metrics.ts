@@ -48,6 +48,8 @@ const COUNTERS = {
   peer_messages_rejected_total: "Peer messages that did not validate",
   peer_messages_other_epoch_total:
     "Peer messages of another membership epoch (or from a replica that is not a member of this one), refused",
+  epoch_proofs_unavailable_total:
+    "Peer messages of an older epoch whose end this replica keeps no proof of (the peer is further behind than the switches kept, or this replica restarted since)",
   epoch_switches_total:
     "Membership epochs this replica moved to (a decided add-replica, remove-replica, rotate-replica-key or set-f took effect)",
   decisions_past_epoch_end_total:

@@ -155,6 +155,14 @@ const REFUSED_LOG_INTERVAL_MS = 10_000;
 /** A peer still in an ended epoch is sent the proof that ended it at most this often. */
 const PROOF_RESEND_MS = 1000;
 
+/**
+ * The proofs of this many of the last epoch switches are kept (with the states at their
+ * switch points: SnapshotKeeper.pin), so a replica that many epochs behind walks forward
+ * one epoch at a time (src/core/ordering/PROTOCOL.md §13). One further behind is told to
+ * rejoin (it is logged here and there).
+ */
+export const SWITCH_PROOFS_KEPT = 4;
+
 /** Messages of the next epoch held until this replica switches to it (the switch is at most a few checkpoints' votes away). */
 const NEXT_EPOCH_HELD_MAX = 4096;
 /**
@@ -203,13 +211,16 @@ export class OrderingDriver {
   private coreGeneration = 0;
   /** The checkpoint at which the current epoch ends (a decided membership change took effect there), with its record. */
   private switchAt: { seq: number; base: Extract<PersistedRecord, { t: "snapshot" }> | null } | null = null;
-  /** The old epoch's stable proof of the last switch point, for a peer still in that epoch. */
-  private switchProof: {
+  /**
+   * The ended epochs' stable proofs of their switch points, oldest first (the last
+   * SWITCH_PROOFS_KEPT switches seen here), for a peer still in one of those epochs.
+   */
+  private readonly switchProofs: {
     epoch: number;
     seq: number;
     digest: Uint8Array;
     proof: Extract<PersistedRecord, { t: "stable" }>["proof"];
-  } | null = null;
+  }[] = [];
   /** The switch point became stable in this step: the switch follows the step's effects. */
   private switchDue = false;
   /** The last stable checkpoint this replica persisted, with its proof (the switch may come after it). */
@@ -452,7 +463,7 @@ export class OrderingDriver {
     const cfg = view.coreConfig(this.baseCoreConfig, id);
     storage.stageEpochStart({ epoch: view.epoch, seq: pending.seq, digest: pending.base.stateDigest }, pending.base);
     // A peer still in the ended epoch fetches the state at the switch point from here.
-    this.keeper.pin(pending.seq);
+    this.keeper.pin(pending.seq, SWITCH_PROOFS_KEPT);
     if (cfg === null) {
       this.removed = true;
       this.options.metrics.inc("epoch_switches_total");
@@ -487,23 +498,47 @@ export class OrderingDriver {
     for (const message of held) this.onPeerMessage(message.from, message.bytes);
   }
 
-  /** A peer's message of another epoch: counted, logged (rate-limited), and a peer one epoch behind is sent the proof that ends it. */
+  /**
+   * A peer's message of another epoch: counted, logged (rate-limited), and a peer still in
+   * an ended epoch whose proof is kept here is sent the proof that ended it (it fetches the
+   * state there and switches, then is sent the next one: one epoch at a time).
+   */
   private otherEpoch(from: number, theirs: number): void {
     this.options.metrics.inc("peer_messages_rejected_total");
     this.options.metrics.inc("peer_messages_other_epoch_total");
     const now = this.clock.now();
+    const ours = this.epochView.epoch;
+    const proof = theirs < ours ? this.switchProofs.find((kept) => kept.epoch === theirs) : undefined;
+    if (theirs < ours && proof === undefined) this.options.metrics.inc("epoch_proofs_unavailable_total");
     if (now - (this.otherEpochLoggedAt.get(from) ?? 0) >= OTHER_EPOCH_LOG_INTERVAL_MS) {
       this.otherEpochLoggedAt.set(from, now);
-      const why = theirs < this.epochView.epoch ? "the peer is in an older epoch" : "the peer is in a newer epoch";
-      this.options.log.warn("peer message of another epoch refused", {
-        peer: from,
-        epoch: theirs,
-        ours: this.epochView.epoch,
-        reason: why,
-      });
+      if (theirs > ours) {
+        this.options.log.warn("peer message of another epoch refused", {
+          peer: from,
+          epoch: theirs,
+          ours,
+          reason: "the peer is in a newer epoch",
+          hint: "this replica waits for a peer to send the proof that ended its epoch; if it never moves, it is further behind than its peers keep proofs for (or they all restarted since): move its data directory aside, make it a new key (fitb keygen), give the group that key (fitb admin rotate-replica-key) and start it with the new key: it joins the current epoch by state transfer",
+        });
+      } else if (theirs < ours && proof === undefined) {
+        const oldest = this.switchProofs[0]?.epoch;
+        this.options.log.warn("peer message of another epoch refused: no proof of that epoch's end is kept here", {
+          peer: from,
+          epoch: theirs,
+          ours,
+          reason: "the peer is in an older epoch",
+          kept: this.switchProofs.map((kept) => kept.epoch),
+          why:
+            oldest !== undefined && theirs < oldest
+              ? `the peer is further behind than the last ${SWITCH_PROOFS_KEPT} epoch switches kept: it must rejoin: its data directory moved aside, a new key given by rotate-replica-key, started with that key`
+              : "this replica restarted since that epoch ended: another peer that switched there may still have it",
+        });
+      } else {
+        const why = theirs < ours ? "the peer is in an older epoch" : "the peer is not a member of this epoch";
+        this.options.log.warn("peer message of another epoch refused", { peer: from, epoch: theirs, ours, reason: why });
+      }
     }
-    const proof = this.switchProof;
-    if (proof !== null && proof.epoch === theirs && now - (this.proofSentAt.get(from) ?? 0) >= PROOF_RESEND_MS) {
+    if (proof !== undefined && now - (this.proofSentAt.get(from) ?? 0) >= PROOF_RESEND_MS) {
       this.proofSentAt.set(from, now);
       const stable = { seq: proof.seq, digest: proof.digest, proof: proof.proof };
       const msg = { t: "STATE_RESPONSE", kind: "decided", nonce: 0, items: [], stable, lastExecuted: proof.seq };
@@ -725,7 +760,11 @@ export class OrderingDriver {
     const pending = this.switchAt;
     const stable = this.lastStable;
     if (pending === null || pending.base === null || stable === null || stable.seq !== pending.seq) return;
-    this.switchProof = { epoch: this.epochView.epoch, seq: stable.seq, digest: stable.digest, proof: stable.proof };
+    const epoch = this.epochView.epoch;
+    if (!this.switchProofs.some((kept) => kept.epoch === epoch)) {
+      this.switchProofs.push({ epoch, seq: stable.seq, digest: stable.digest, proof: stable.proof });
+      if (this.switchProofs.length > SWITCH_PROOFS_KEPT) this.switchProofs.shift();
+    }
     this.switchDue = true;
   }
 

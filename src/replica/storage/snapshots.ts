@@ -101,16 +101,23 @@ export class SnapshotKeeper {
   /**
    * Keeps the capture at `seq` (an epoch's switch point, src/replica/epochs.ts) while
    * later checkpoints become stable, so a replica still in the ended epoch can fetch that
-   * state; it serves as many transfers as it has spare exports. A later pin replaces it.
+   * state; it serves as many transfers as it has spare exports. The last `keep` switch
+   * points stay pinned (a replica several epochs behind fetches each in turn).
    */
-  pin(seq: number): void {
-    this.pinned = seq;
+  pin(seq: number, keep: number): void {
+    if (!this.pinned.includes(seq)) this.pinned.push(seq);
+    while (this.pinned.length > keep) {
+      const unpinned = this.pinned.shift() as number;
+      if (unpinned < (this.stableSeq ?? 0)) this.captures.delete(unpinned);
+    }
   }
 
-  private pinned: number | null = null;
+  private readonly pinned: number[] = [];
+  /** The last stable checkpoint (captures below it are kept only when pinned). */
+  private stableSeq: number | null = null;
 
   private drop(seq: number): void {
-    if (seq !== this.pinned) this.captures.delete(seq);
+    if (!this.pinned.includes(seq)) this.captures.delete(seq);
   }
 
   /** Captures the machine as it is now, which must be its state right after `seq`. */
@@ -121,8 +128,8 @@ export class SnapshotKeeper {
     const appDigest = (spare[0] as SnapshotExport).digest;
     const stateDigest = checkpointStateDigest(seq, appDigest, clients);
     this.captures.set(seq, { seq, stateDigest, appDigest, clients, meta: encodeStreamMeta({ seq, clients }), spare });
-    while (this.captures.size > CAPTURES_MAX + (this.pinned === null ? 0 : 1)) {
-      const oldest = [...this.captures.keys()].find((s) => s !== this.pinned);
+    while (this.captures.size > CAPTURES_MAX + this.pinned.length) {
+      const oldest = [...this.captures.keys()].find((s) => !this.pinned.includes(s));
       if (oldest === undefined) break;
       this.captures.delete(oldest);
     }
@@ -144,6 +151,7 @@ export class SnapshotKeeper {
 
   /** A stable checkpoint: older captures go, and a new base may start. */
   onStable(seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
+    this.stableSeq = Math.max(this.stableSeq ?? 0, seq);
     for (const s of [...this.captures.keys()]) if (s < seq) this.drop(s);
     const capture = this.captures.get(seq);
     if (capture === undefined || !bytesEqual(capture.stateDigest, digest) || this.writing !== null) return;

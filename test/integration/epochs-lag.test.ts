@@ -1,0 +1,152 @@
+// A replica down across two membership epochs. Four real replica processes (f = 1);
+// replica 3 is stopped, then two changes land under a publish stream, each waited to
+// take effect: `set-f 0` (epoch 1) and `set-f 1` (epoch 2). Replica 3 restarts in epoch
+// 0: its peers kept the proofs of both switches, so it is sent the proof that ended
+// epoch 0, fetches the state there, switches to epoch 1, is sent the proof that ended
+// epoch 1, fetches that state and switches to epoch 2 (one epoch at a time, each proof
+// checked with the keys of the epoch it ends). It then takes part: with replica 1 stopped,
+// the quorum of epoch 2 (3 of 4) needs it, and publishes are acknowledged. The history
+// checker finds no acknowledged event lost, none twice, and one order.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import type { FitbClient } from "../../src/client/index.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { clientFor, collect, startClusterWithChannels } from "./client-util.ts";
+import { checkTotalOrder, killAndWait, logLines, publishStream, type Stream, trickle, waitCaughtUp } from "./durability-history.ts";
+import { logTail, type TestCluster, waitListening } from "./harness.ts";
+
+let cluster: TestCluster;
+let publisher: FitbClient;
+let A: string[];
+const streams: Stream[] = [];
+
+const inEpoch = (id: number, epoch: number): boolean => logLines(cluster, id, "epoch started").some((line) => line["epoch"] === epoch);
+
+beforeAll(async () => {
+  cluster = await startClusterWithChannels({ replicas: 4 });
+  publisher = clientFor(cluster, cluster.clientKey);
+  A = ["--config", cluster.configPath, "--key", cluster.adminKey];
+}, 120_000);
+
+afterAll(async () => {
+  publisher?.close();
+  await cluster.stop();
+});
+
+/** Publishes until `change` (run at request 10) took effect on every live replica, then a few more. */
+async function changeUnderTraffic(live: number[], epoch: number, change: string[], prefix: string): Promise<string> {
+  let out = "";
+  let after = 0;
+  const stream = await publishStream(
+    publisher,
+    "sec.alerts",
+    prefix,
+    // Bounded: a group that never switched fails below instead of publishing forever.
+    (r) => r < 600 && (r < 20 || !live.every((id) => inEpoch(id, epoch)) || after++ < 20),
+    1,
+    async (r) => {
+      if (r !== 10) return;
+      const run = await cluster.fitb(["admin", ...A, ...change]);
+      out = `${run.code} ${run.stdout}${run.stderr}`;
+    },
+  );
+  streams.push(stream);
+  for (const id of live) expect(inEpoch(id, epoch)).toBe(true);
+  return out;
+}
+
+describe("a replica two epochs behind", () => {
+  test("down across two changes, it walks forward epoch by epoch to the current one and takes part in its quorums", async () => {
+    await killAndWait(cluster, 3);
+    const live = [0, 1, 2];
+    expect(await changeUnderTraffic(live, 1, ["set-f", "0"], "a")).toContain("ok");
+    expect(await changeUnderTraffic(live, 2, ["set-f", "1"], "b")).toContain("ok");
+
+    cluster.start(3);
+    await waitListening(cluster, [3]);
+    const traffic = trickle(publisher, "sec.alerts", "t3", 50);
+    try {
+      await waitFor(
+        "replica 3 to reach epoch 2",
+        () => inEpoch(3, 2),
+        120_000,
+        () => logTail(cluster, 3),
+      );
+      await waitCaughtUp(publisher, 3, 60_000);
+    } finally {
+      await traffic.stop();
+      streams.push(traffic.stream);
+    }
+    // It went through epoch 1, each switch point's state fetched by state transfer.
+    const switches = logLines(cluster, 3, "epoch started");
+    expect(switches.map((line) => line["epoch"])).toEqual([1, 2]);
+    for (const line of switches) {
+      expect(logLines(cluster, 3, "snapshot installed").some((entry) => entry["seq"] === line["seq"])).toBe(true);
+    }
+    expect(switches[1]).toMatchObject({ epoch: 2, n: 4, f: 1, rank: 3 });
+
+    // With replica 1 down, epoch 2's quorum (3 of 4) needs replica 3.
+    await killAndWait(cluster, 1);
+    const after = await publishStream(publisher, "sec.alerts", "c", 20, 1);
+    streams.push(after);
+    expect(after.failures).toBe(0);
+    expect(after.acked.length).toBe(20);
+
+    const history = await collect(publisher, "sec.alerts", 1);
+    const acked = streams.reduce((sum, stream) => sum + stream.acked.length, 0);
+    await waitFor("the history to be read", () => history.events.length >= acked, 60_000);
+    await history.close();
+    expect(checkTotalOrder(streams, history.events)).toEqual([]);
+  }, 400_000);
+
+  test("further behind than the switches kept, it stays out and both sides log what to do", async () => {
+    cluster.start(1);
+    await waitListening(cluster, [1]);
+    const catchUp = trickle(publisher, "sec.alerts", "t1", 50);
+    try {
+      await waitCaughtUp(publisher, 1, 60_000);
+    } finally {
+      await catchUp.stop();
+      streams.push(catchUp.stream);
+    }
+    await killAndWait(cluster, 3);
+    const live = [0, 1, 2];
+    // Five more switches (epochs 3..7): the others keep the proofs of the last 4 (epochs 3..6 ended), not of epoch 2's end.
+    for (let epoch = 3; epoch <= 7; epoch++) {
+      expect(await changeUnderTraffic(live, epoch, ["set-f", epoch % 2 === 1 ? "0" : "1"], `e${epoch}`)).toContain("ok");
+    }
+    cluster.start(3);
+    await waitListening(cluster, [3]);
+    const traffic = trickle(publisher, "sec.alerts", "t3b", 50);
+    try {
+      await waitFor(
+        "a replica to log that it keeps no proof of epoch 2's end",
+        () =>
+          live.some((id) =>
+            logLines(cluster, id, "peer message of another epoch refused: no proof of that epoch's end is kept here").some(
+              (line) => line["peer"] === 3 && line["epoch"] === 2 && String(line["why"]).includes("must rejoin"),
+            ),
+          ),
+        120_000,
+        () => logTail(cluster, 0),
+      );
+      await waitFor(
+        "replica 3 to log that it is in an older epoch and what to do",
+        () =>
+          logLines(cluster, 3, "peer message of another epoch refused").some(
+            (line) => line["ours"] === 2 && line["epoch"] === 7 && String(line["hint"]).includes("rotate-replica-key"),
+          ),
+        60_000,
+        () => logTail(cluster, 3),
+      );
+    } finally {
+      await traffic.stop();
+      streams.push(traffic.stream);
+    }
+    expect(inEpoch(3, 3)).toBe(false);
+    const history = await collect(publisher, "sec.alerts", 1);
+    const acked = streams.reduce((sum, stream) => sum + stream.acked.length, 0);
+    await waitFor("the history to be read", () => history.events.length >= acked, 60_000);
+    await history.close();
+    expect(checkTotalOrder(streams, history.events)).toEqual([]);
+  }, 600_000);
+});
