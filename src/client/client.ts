@@ -201,7 +201,8 @@ export class FitbClient {
     this.config = options.config;
     const { limits, timeouts } = this.options;
     this.window = new InflightWindow(limits.inflightRequestsMax, limits.waitersMax);
-    this.floor = new ExecutedFloor(options.config.f);
+    // The followed group's f, read at every count (the group is built just below).
+    this.floor = new ExecutedFloor(() => this.group.f);
     this.group = new ReplicaGroup(
       options.config,
       options.key,
