@@ -171,6 +171,8 @@ export interface SubscriptionStats {
   readonly queuedBytes: number;
   readonly invalidCopies: number;
   readonly conflicts: number;
+  /** Refusals from replicas behind a seq they had been asked to wait for (asked again after a pause: replica-subs.ts). */
+  readonly staleRefusals: number;
 }
 
 /** What a subscription needs from the client that owns the connections. */
@@ -348,6 +350,7 @@ export class ClientSubscription implements Subscription {
       queuedBytes: this.delivery.queuedBytes,
       invalidCopies: sum(voterStats?.invalid) + this.counters.invalidReports,
       conflicts: this.counters.conflicts,
+      staleRefusals: this.replicas.staleRefusalsHeld,
     };
   }
 
