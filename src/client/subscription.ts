@@ -259,6 +259,8 @@ export class ClientSubscription implements Subscription {
   /** `$sys.events`: group events delivered so far (their `pubSeq`), and the key of each queued one. */
   private groupSeq = 0;
   private readonly groupKeys = new WeakMap<DeliveredBatch, string>();
+  /** `$sys.events`: each member's latest signed report batch (an event delivered at a regroup is carried as one of its reporters'). */
+  private readonly lastReports = new Map<number, DeliveredBatch>();
   /** Null while running or after a close by the caller; the error the subscription ended with otherwise. */
   private endError: Error | null = null;
   private resolveDone!: () => void;
@@ -406,7 +408,15 @@ export class ClientSubscription implements Subscription {
         this.reporterIds.clear();
         for (const [id, key] of memberKeys) this.reporterIds.set(toHex(key), id);
       }
-      this.group.regroup(this.host.members(), this.host.f, left);
+      const members = new Set(this.host.members());
+      for (const replica of [...this.lastReports.keys()])
+        if (!members.has(replica) || left.includes(replica)) this.lastReports.delete(replica);
+      // With a lower f, events already reported by f_new+1 members are delivered now.
+      for (const event of this.group.regroup(this.host.members(), this.host.f, left)) {
+        const carrier = event.reporters.map((replica) => this.lastReports.get(replica)).find((batch) => batch !== undefined);
+        if (carrier === undefined) throw new Error(`$sys.events: event ${event.key} delivered with no report of its reporters`);
+        this.enqueueGroupEvent(carrier, event);
+      }
     }
     const voter = this.voter;
     if (voter !== null) this.handleOutputs(voter.regroup(this.host.members(), this.host.f, left));
@@ -684,6 +694,7 @@ export class ClientSubscription implements Subscription {
       this.signal({ t: "invalid", replica: null, reason: "a $sys.events report signed by a key that is no member's" });
       return;
     }
+    this.lastReports.set(replica, batch);
     for (const payload of batch.events) {
       for (const output of group.onReport(replica, payload)) {
         if (this.start.t === "ended") return;
@@ -710,7 +721,7 @@ export class ClientSubscription implements Subscription {
   /**
    * A group event goes to the caller as a batch of one event: its JSON, signed by none
    * of them but vouched for by the reporters it names; `publisher` and `ts` are those of
-   * the report that made f+1, `pubSeq` counts the group events this subscription delivered.
+   * the report that made f+1 (at a regroup that lowered f: a reporter's latest report), `pubSeq` counts the group events this subscription delivered.
    */
   private enqueueGroupEvent(report: DeliveredBatch, event: GroupEvent): void {
     this.groupSeq++;
