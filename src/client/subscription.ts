@@ -173,6 +173,8 @@ export interface SubscriptionStats {
   readonly conflicts: number;
   /** Refusals from replicas behind a seq they had been asked to wait for (asked again after a pause: replica-subs.ts). */
   readonly staleRefusals: number;
+  /** Matching copies from distinct replicas a delivery needs now (f+1 of the followed group's f on Byzantine channels); null before the start. */
+  readonly quorum: number | null;
 }
 
 /** What a subscription needs from the client that owns the connections. */
@@ -353,6 +355,7 @@ export class ClientSubscription implements Subscription {
       invalidCopies: sum(voterStats?.invalid) + this.counters.invalidReports,
       conflicts: this.counters.conflicts,
       staleRefusals: this.replicas.staleRefusalsHeld,
+      quorum: this.voter?.quorum ?? null,
     };
   }
 
