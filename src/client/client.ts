@@ -98,6 +98,13 @@ export interface MembershipState {
   readonly refused: number;
   /** Reads of the group in a row that found no f+1 agreement. */
   readonly failedReads: number;
+  /**
+   * The group followed tolerates more faults than the cluster file says: the file is stale
+   * and unsafe to start new clients and hosts from (its f is their trust anchor).
+   */
+  readonly staleFile: boolean;
+  /** Epochs in which the client warned that its cluster file is stale (one warning per epoch). */
+  readonly staleFileWarnings: number;
 }
 
 export { summarizeStatus, type ClusterStatus, type ReplicaStatus } from "./cluster-status.ts";
@@ -194,6 +201,9 @@ export class FitbClient {
     failedReads: 0,
     /** The newer epoch each dissenting replica last claimed: a claim is logged and read again soon once, not at every read. */
     claims: new Map<number, number>(),
+    /** The last epoch the stale cluster file was warned about (once per epoch), and how many were. */
+    staleFileEpoch: null as number | null,
+    staleFileWarnings: 0,
   };
 
   constructor(options: FitbClientOptions) {
@@ -201,7 +211,8 @@ export class FitbClient {
     this.config = options.config;
     const { limits, timeouts } = this.options;
     this.window = new InflightWindow(limits.inflightRequestsMax, limits.waitersMax);
-    this.floor = new ExecutedFloor(options.config.f);
+    // The followed group's f, read at every count (the group is built just below).
+    this.floor = new ExecutedFloor(() => this.group.f);
     this.group = new ReplicaGroup(
       options.config,
       options.key,
@@ -291,6 +302,8 @@ export class FitbClient {
       changes: this.follow.changes,
       refused: this.follow.refused,
       failedReads: this.follow.failedReads,
+      staleFile: this.group.f > this.config.f,
+      staleFileWarnings: this.follow.staleFileWarnings,
     };
   }
 
@@ -826,6 +839,7 @@ export class FitbClient {
     const current = { epoch: this.follow.epoch, ids: this.group.connections.map((connection) => connection.id) };
     if (!isNewer(group, current, sameAsFile(group, this.config))) {
       if (this.follow.epoch === null) this.follow.epoch = group.epoch;
+      this.warnIfFileStale();
       return;
     }
     const problem = groupProblem(group);
@@ -860,6 +874,25 @@ export class FitbClient {
     this.log(
       "info",
       `following the replica group of epoch ${group.epoch}: n=${group.members.length} f=${group.f}; added ${listed(change.added)}, removed ${listed(change.removed)}, reconnected ${listed(change.replaced)}`,
+    );
+    this.warnIfFileStale();
+  }
+
+  /**
+   * The cluster file's f is the trust anchor of whoever starts from it: a new client (or a
+   * joining replica) takes its first group from f_file+1 matching answers. Once the group
+   * followed tolerates more (set-f raised it), f_file+1 of its up to f faulty replicas could
+   * hand such a newcomer a made-up group. This client is safe (it followed each epoch with
+   * f+1 of the group it trusted), but its file is not: warned once per epoch and counted.
+   */
+  private warnIfFileStale(): void {
+    const epoch = this.follow.epoch;
+    if (this.group.f <= this.config.f || epoch === null || this.follow.staleFileEpoch === epoch) return;
+    this.follow.staleFileEpoch = epoch;
+    this.follow.staleFileWarnings++;
+    this.log(
+      "warn",
+      `the cluster file is stale: it says f=${this.config.f}, the replica group (epoch ${epoch}) tolerates f=${this.group.f}; a client or host started from this file trusts ${vouchQuorum(this.config.f)} matching answers, which faulty replicas of this group can give, so it is unsafe for new clients and hosts: distribute the file \`fitb cluster export\` writes`,
     );
   }
 

@@ -9,7 +9,12 @@ import { vouchQuorum } from "../core/voting/quorum.ts";
 export class ExecutedFloor {
   private seq = 0;
 
-  constructor(private readonly f: number) {}
+  /**
+   * `f` is read at every count: the f of the group the client follows now, which may exceed
+   * the cluster file's once the group raised it (with the file's f, f_file+1 faulty replicas
+   * of a group tolerating more could set the floor).
+   */
+  constructor(private readonly f: () => number) {}
 
   /** The decided seq replicas are asked to have executed before they answer. */
   get value(): number {
@@ -26,8 +31,9 @@ export class ExecutedFloor {
 
   /** The (f+1)-th highest of several replicas' `at`: reached by at least one correct replica. */
   observeAts(ats: ReadonlyMap<number, number>): void {
-    if (ats.size < vouchQuorum(this.f)) return;
+    const f = this.f();
+    if (ats.size < vouchQuorum(f)) return;
     const sorted = [...ats.values()].sort((a, b) => b - a);
-    this.observe(sorted[this.f] as number);
+    this.observe(sorted[f] as number);
   }
 }

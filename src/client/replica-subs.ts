@@ -5,7 +5,9 @@
  *
  * A refusal ends the subscription only once f+1 replicas agree on it, and a refusal a
  * replica judged on its own state (it carries `at`) only while it is fresh: one older
- * than the freshest decided seq known is asked again, waiting for that seq (see refused).
+ * than the freshest decided seq known is asked again, waiting for that seq (see refused);
+ * at once the first time, after RESUBSCRIBE_AFTER_REFUSAL_MS once the replica refused a
+ * SUBSCRIBE that already asked it to wait for that seq (it answered past its hold bound).
  */
 import type { SubEnd, SubOk } from "../../wire/schemas.ts";
 import type { ErrorCode } from "../../wire/types.ts";
@@ -53,12 +55,25 @@ export class ReplicaSubs {
   private readonly answered = new Set<number>();
   /** The highest `at` any replica reported to this subscription. */
   private freshestAt = 0;
+  /** The `after` our last SUBSCRIBE to each replica carried (what it was asked to have executed). */
+  private readonly lastAfter = new Map<number, number>();
+  /** Stale refusals from replicas that had already been asked to wait for that seq: asked again only after a pause. */
+  private staleHeld = 0;
 
   constructor(
     private readonly host: SubscriptionHost,
     private readonly sub: ClientSubscription,
     private readonly owner: ReplicaSubsOwner,
   ) {}
+
+  /**
+   * Stale refusals answered to a SUBSCRIBE that already carried the freshness they were
+   * behind (a replica past its hold bound, e.g. a new member still fetching the state):
+   * each is asked again after RESUBSCRIBE_AFTER_REFUSAL_MS, not at once.
+   */
+  get staleRefusalsHeld(): number {
+    return this.staleHeld;
+  }
 
   /** The replicas that answered SUB_OK, and the `next` each reported. */
   activeReplicas(): { replica: number; next: number | undefined }[] {
@@ -79,13 +94,15 @@ export class ReplicaSubs {
 
   subscribeAt(replica: number): void {
     const from = this.owner.resumePoint();
-    const subId = this.host.subscribeAt(this.sub, replica, from, this.freshness());
+    const after = this.freshness();
+    const subId = this.host.subscribeAt(this.sub, replica, from, after);
     if (subId === null) {
       // Not sent (queue full or not connected): tick asks again once the replica is ready.
       this.replicas.set(replica, { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_SEND_FAILURE_MS, endCode: null });
       return;
     }
     this.replicas.set(replica, { t: "pending", subId, from });
+    this.lastAfter.set(replica, after);
   }
 
   resubscribe(replica: number): void {
@@ -125,6 +142,7 @@ export class ReplicaSubs {
     this.replicas.delete(replica);
     this.fatalEnds.delete(replica);
     this.answered.delete(replica);
+    this.lastAfter.delete(replica);
   }
 
   /** Subscribes again at every replica that is retrying or subscribed (after a skip). */
@@ -187,13 +205,29 @@ export class ReplicaSubs {
    * against that decision. One older than the freshest decided seq known (the client's
    * floor, or the `at` of a replica that accepted the subscription; refusals do not raise
    * it) is asked again at once with `after` = that seq, and
-   * the replica answers once it has executed it. Fresh refusals end the subscription once
+   * the replica answers once it has executed it. If the SUBSCRIBE it refused already
+   * carried that `after` (the replica waited up to its hold bound and is still behind, like
+   * a new member fetching the state), it is counted, signalled, and asked again only after
+   * RESUBSCRIBE_AFTER_REFUSAL_MS: a replica that answers at once cannot make the client ask
+   * it in a loop. Fresh refusals end the subscription once
    * f+1 agree and 2f+1 replicas, or every reachable one, have answered.
    */
   refused(replica: number, body: SubEnd): void {
     this.answered.add(replica);
-    if (body.at !== undefined && body.at < this.freshness()) {
+    const fresh = this.freshness();
+    if (body.at !== undefined && body.at < fresh) {
       this.fatalEnds.delete(replica);
+      if ((this.lastAfter.get(replica) ?? 0) >= fresh) {
+        this.staleHeld++;
+        this.owner.signal({
+          t: "replica-ended",
+          replica,
+          code: body.code,
+          reason: `${body.reason} (it has executed seq ${body.at}, behind seq ${fresh} it was asked to wait for; asked again in ${RESUBSCRIBE_AFTER_REFUSAL_MS} ms)`,
+        });
+        this.replicas.set(replica, { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_REFUSAL_MS, endCode: body.code });
+        return;
+      }
       this.replicas.set(replica, { t: "retry", at: this.host.now(), endCode: body.code });
       if (!this.owner.isPaused() && this.host.readyReplicas().includes(replica)) this.subscribeAt(replica);
       return;

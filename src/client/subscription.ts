@@ -171,6 +171,10 @@ export interface SubscriptionStats {
   readonly queuedBytes: number;
   readonly invalidCopies: number;
   readonly conflicts: number;
+  /** Refusals from replicas behind a seq they had been asked to wait for (asked again after a pause: replica-subs.ts). */
+  readonly staleRefusals: number;
+  /** Matching copies from distinct replicas a delivery needs now (f+1 of the followed group's f on Byzantine channels); null before the start. */
+  readonly quorum: number | null;
 }
 
 /** What a subscription needs from the client that owns the connections. */
@@ -257,6 +261,8 @@ export class ClientSubscription implements Subscription {
   /** `$sys.events`: group events delivered so far (their `pubSeq`), and the key of each queued one. */
   private groupSeq = 0;
   private readonly groupKeys = new WeakMap<DeliveredBatch, string>();
+  /** `$sys.events`: each member's latest signed report batch (an event delivered at a regroup is carried as one of its reporters'). */
+  private readonly lastReports = new Map<number, DeliveredBatch>();
   /** Null while running or after a close by the caller; the error the subscription ended with otherwise. */
   private endError: Error | null = null;
   private resolveDone!: () => void;
@@ -348,6 +354,8 @@ export class ClientSubscription implements Subscription {
       queuedBytes: this.delivery.queuedBytes,
       invalidCopies: sum(voterStats?.invalid) + this.counters.invalidReports,
       conflicts: this.counters.conflicts,
+      staleRefusals: this.replicas.staleRefusalsHeld,
+      quorum: this.voter?.quorum ?? null,
     };
   }
 
@@ -403,7 +411,15 @@ export class ClientSubscription implements Subscription {
         this.reporterIds.clear();
         for (const [id, key] of memberKeys) this.reporterIds.set(toHex(key), id);
       }
-      this.group.regroup(this.host.members(), this.host.f, left);
+      const members = new Set(this.host.members());
+      for (const replica of [...this.lastReports.keys()])
+        if (!members.has(replica) || left.includes(replica)) this.lastReports.delete(replica);
+      // With a lower f, events already reported by f_new+1 members are delivered now.
+      for (const event of this.group.regroup(this.host.members(), this.host.f, left)) {
+        const carrier = event.reporters.map((replica) => this.lastReports.get(replica)).find((batch) => batch !== undefined);
+        if (carrier === undefined) throw new Error(`$sys.events: event ${event.key} delivered with no report of its reporters`);
+        this.enqueueGroupEvent(carrier, event);
+      }
     }
     const voter = this.voter;
     if (voter !== null) this.handleOutputs(voter.regroup(this.host.members(), this.host.f, left));
@@ -681,6 +697,7 @@ export class ClientSubscription implements Subscription {
       this.signal({ t: "invalid", replica: null, reason: "a $sys.events report signed by a key that is no member's" });
       return;
     }
+    this.lastReports.set(replica, batch);
     for (const payload of batch.events) {
       for (const output of group.onReport(replica, payload)) {
         if (this.start.t === "ended") return;
@@ -707,7 +724,7 @@ export class ClientSubscription implements Subscription {
   /**
    * A group event goes to the caller as a batch of one event: its JSON, signed by none
    * of them but vouched for by the reporters it names; `publisher` and `ts` are those of
-   * the report that made f+1, `pubSeq` counts the group events this subscription delivered.
+   * the report that made f+1 (at a regroup that lowered f: a reporter's latest report), `pubSeq` counts the group events this subscription delivered.
    */
   private enqueueGroupEvent(report: DeliveredBatch, event: GroupEvent): void {
     this.groupSeq++;

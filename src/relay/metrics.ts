@@ -24,7 +24,14 @@ export interface RelayState {
   readonly publishBytesHeld: number;
   readonly replicas: readonly { readonly id: number; readonly state: string }[];
   /** The replica group the relay's client follows (FitbClient.membership); absent: not reported. */
-  readonly membership?: { readonly epoch: number | null; readonly changes: number; readonly refused: number };
+  readonly membership?: {
+    readonly epoch: number | null;
+    readonly changes: number;
+    readonly refused: number;
+    /** FitbClient.membership: the group's f exceeds the cluster file's (the file is stale), and the epochs warned about. */
+    readonly staleFile?: boolean;
+    readonly staleFileWarnings?: number;
+  };
 }
 
 export class RelayMetrics {
@@ -71,6 +78,15 @@ export class RelayMetrics {
           "Answers naming a newer replica group that fewer than f+1 replicas backed, and agreed groups it could not vote with, since it started",
         )
         .with(),
+      staleFile: r
+        .gauge(
+          "relay_membership_file_stale",
+          "1 while the replica group the relay follows tolerates more faults than its cluster file says: the file is unsafe for new clients and hosts (distribute `fitb cluster export`'s)",
+        )
+        .with(),
+      staleFileWarnings: r
+        .gauge("relay_membership_file_stale_warnings", "Epochs in which the relay warned that its cluster file is stale, since it started")
+        .with(),
     };
     r.onScrape(() => {
       const now = state();
@@ -78,6 +94,8 @@ export class RelayMetrics {
         membership.epoch.set(now.membership.epoch ?? -1);
         membership.changes.set(now.membership.changes);
         membership.refused.set(now.membership.refused);
+        membership.staleFile.set(now.membership.staleFile === true ? 1 : 0);
+        membership.staleFileWarnings.set(now.membership.staleFileWarnings ?? 0);
       }
       for (const key of ["connections", "subscriptions", "publishers", "publishBytesHeld"] as const) this.stateGauges[key].set(now[key]);
       for (const replica of now.replicas) replicaUp.with(String(replica.id)).set(replica.state === "ready" ? 1 : 0);

@@ -3,7 +3,14 @@
  * channel setup through real admin commands, and bounded collection of deliveries.
  */
 import { loadClientSetup } from "../../src/client/setup.ts";
-import { DEFAULT_BACKOFF, FitbClient, ReplicaConnection, type ReceivedBatch, type SubscribeOptions } from "../../src/client/index.ts";
+import {
+  DEFAULT_BACKOFF,
+  FitbClient,
+  ReplicaConnection,
+  type ReceivedBatch,
+  type SubscribeOptions,
+  type Subscription,
+} from "../../src/client/index.ts";
 import { requireClusterConfig } from "../../src/config/cluster.ts";
 import { sign } from "../../src/crypto/ed25519.ts";
 import type { SigningKey } from "../../src/crypto/keys.ts";
@@ -74,13 +81,13 @@ export async function collect(
   tag: string,
   from?: number,
   options: SubscribeOptions = {},
-): Promise<{ events: Delivered[]; close: () => Promise<void> }> {
+): Promise<{ events: Delivered[]; close: () => Promise<void>; subscription: Subscription }> {
   const events: Delivered[] = [];
   const decoder = new TextDecoder();
   const subscription = await client.subscribe(tag, from === undefined ? options : { ...options, from }, (batch: ReceivedBatch) => {
     batch.events.forEach((event, index) => events.push({ seq: (batch.seq ?? batch.pubSeq) + index, payload: decoder.decode(event) }));
   });
-  return { events, close: () => subscription.close() };
+  return { events, close: () => subscription.close(), subscription };
 }
 
 export async function waitForCount(events: readonly unknown[], count: number, what: string, timeoutMs = 30_000): Promise<void> {

@@ -137,9 +137,13 @@ describe("growing to 7 replicas with f = 2 and back, one live subscriber through
       await add(5);
       await add(6);
       await waitGroup([...ORIGINAL, 4], [0, 1, 2, 3, 4, 5, 6], 1);
+      expect(live.subscription.stats().quorum).toBe(2);
       await join([5, 6]);
       await admin(["set-f", "2"]);
       await waitGroup([0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6], 2);
+      // The client took the group and, in the same step, its subscription's voter votes with
+      // it: three matching copies now (f+1 of f = 2), not the file's two.
+      expect(live.subscription.stats().quorum).toBe(3);
 
       // f = 2 in force: two of seven down (one of the file's, one added), the group orders
       // and the subscriber, voting on three matching copies, delivers.
@@ -169,6 +173,7 @@ describe("growing to 7 replicas with f = 2 and back, one live subscriber through
       await admin(["set-f", "1"]);
       for (const id of [6, 5, 4]) await admin(["remove-replica", "--id", String(id)]);
       await waitGroup(ORIGINAL, ORIGINAL, 1);
+      expect(live.subscription.stats().quorum).toBe(2);
       const after = await publishStream(publisher, TAG, "e", 10, 1);
       streams.push(after);
       expect(after.acked.length).toBe(10);

@@ -7,9 +7,11 @@ import { describe, expect, test } from "bun:test";
 import type { Canonical } from "../../wire/canonical.ts";
 import type { QueryReply } from "../../wire/schemas.ts";
 import { DEFAULT_BACKOFF } from "../../src/client/backoff.ts";
+import { FitbClient } from "../../src/client/client.ts";
 import { NoQuorumError } from "../../src/client/errors.ts";
-import { fileEntryOf, groupProblem, isNewer, membershipRule, sameAsFile } from "../../src/client/membership-follow.ts";
+import { type AgreedGroup, fileEntryOf, groupProblem, isNewer, membershipRule, sameAsFile } from "../../src/client/membership-follow.ts";
 import type { GroupListing } from "../../src/client/queries.ts";
+import type { ClientLogEntry } from "../../src/client/options.ts";
 import { ReplicaGroup } from "../../src/client/replica-group.ts";
 import type { ClusterConfig } from "../../src/config/cluster.ts";
 import { parseClusterConfig } from "../../src/config/cluster.ts";
@@ -170,5 +172,77 @@ describe("the client's connections follow the group", () => {
     expect(group.connection(3)).toBeUndefined();
     expect([group.n, group.f, group.epoch, group.slots]).toEqual([4, 1, 1, 5]);
     group.close();
+  });
+});
+
+describe("a cluster file whose f is below the group's is stale: warned once per epoch and counted", () => {
+  const sevenKeys = Array.from({ length: 7 }, () => SigningKey.generate().publicKey);
+  const fileOf = (f: number, ids: readonly number[]): ClusterConfig => {
+    const text = renderClusterToml({
+      name: "t",
+      f,
+      replicas: ids.map((id) => ({ id, host: "127.0.0.1", port: 7100 + id, publicKey: sevenKeys[id] as Uint8Array })),
+      adminKeys: [keys[5] as Uint8Array],
+      clientKeys: [],
+    });
+    const parsed = parseClusterConfig(text, "/nonexistent/cluster.toml");
+    if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
+    return parsed.config;
+  };
+  const agreed = (epoch: number, f: number): AgreedGroup => ({
+    group: {
+      epoch,
+      f,
+      members: sevenKeys.map((key, id) => ({ id, host: "127.0.0.1", port: 7100 + id, peerPort: null, key })),
+      digest: digest(epoch),
+    },
+    dissent: new Map(),
+  });
+  // The path a `members` read takes (refreshMembership -> takeGroup), without connections started.
+  const take = (client: FitbClient, group: AgreedGroup): void =>
+    (client as unknown as { takeGroup(agreed: AgreedGroup): void }).takeGroup(group);
+  const staleWarnings = (logs: readonly ClientLogEntry[]): ClientLogEntry[] =>
+    logs.filter((entry) => entry.level === "warn" && entry.message.includes("the cluster file is stale"));
+
+  test("a client on the f=1 file that follows the group to f=2 warns once per epoch and reports it", () => {
+    const logs: ClientLogEntry[] = [];
+    const client = new FitbClient({ config: fileOf(1, [0, 1, 2, 3]), key: SigningKey.generate(), onLog: (entry) => logs.push(entry) });
+    try {
+      take(client, agreed(2, 1));
+      expect(client.membership).toMatchObject({ epoch: 2, f: 1, staleFile: false, staleFileWarnings: 0 });
+      expect(staleWarnings(logs)).toEqual([]);
+      take(client, agreed(3, 2));
+      expect(client.membership).toMatchObject({ epoch: 3, f: 2, staleFile: true, staleFileWarnings: 1 });
+      const [warning] = staleWarnings(logs);
+      expect(warning?.message).toContain("it says f=1, the replica group (epoch 3) tolerates f=2");
+      expect(warning?.message).toContain("fitb cluster export");
+      // The same epoch read again: counted once.
+      take(client, agreed(3, 2));
+      expect(staleWarnings(logs)).toHaveLength(1);
+      take(client, agreed(4, 2));
+      expect(client.membership).toMatchObject({ epoch: 4, staleFileWarnings: 2 });
+      expect(staleWarnings(logs)).toHaveLength(2);
+      // Back to f=1: the file is no longer stale.
+      take(client, agreed(5, 1));
+      expect(client.membership).toMatchObject({ epoch: 5, staleFile: false, staleFileWarnings: 2 });
+    } finally {
+      client.close();
+    }
+  });
+
+  test("a client started from a file as recent as the group reads it first without a warning", () => {
+    const logs: ClientLogEntry[] = [];
+    const client = new FitbClient({
+      config: fileOf(2, [0, 1, 2, 3, 4, 5, 6]),
+      key: SigningKey.generate(),
+      onLog: (entry) => logs.push(entry),
+    });
+    try {
+      take(client, agreed(3, 2));
+      expect(client.membership).toMatchObject({ epoch: 3, f: 2, staleFile: false, staleFileWarnings: 0 });
+      expect(staleWarnings(logs)).toEqual([]);
+    } finally {
+      client.close();
+    }
   });
 });

@@ -108,3 +108,40 @@ test("$sys.events counts reports by the members' keys and f after a change: a ne
   expect(JSON.parse(text((got[0] as ReceivedBatch).events[0] as Uint8Array))).toMatchObject({ reporters: [0, 4, 5], vouched: 3 });
   await sub.close();
 });
+
+test("$sys.events: when f is lowered, an event f_new+1 members already reported is delivered at the switch", async () => {
+  const keys = [0, 1, 2, 3, 4, 5, 6].map(() => SigningKey.generate());
+  const publicKeys = keys.map((key) => key.publicKey);
+  const host = new ScriptedHost();
+  host.memberIds = [0, 1, 2, 3, 4, 5, 6];
+  host.f = 2;
+  for (const replica of [4, 5, 6]) host.ready.add(replica);
+  const got: ReceivedBatch[] = [];
+  const info = channel("$sys.events", "crash", "none");
+  const sub = new ClientSubscription(host, info, {}, (b) => void got.push(b), 60_000, publicKeys, publicKeys);
+  const started = sub.begin();
+  for (const replica of host.memberIds) {
+    const subId = host.subIdAt(replica);
+    sub.onSubOk(replica, subId, { sub: subId, replica });
+  }
+  await started;
+  let seq = 0;
+  const send = (signer: number): void => {
+    const req = signedRequest(keys[signer] as SigningKey, "$sys.events", ++seq, [
+      JSON.stringify({ ts: seq, replica: signer, kind: "view-installed", view: 5, leader: 5 }),
+    ]);
+    const subId = host.subIdAt(signer);
+    sub.onEvents(signer, subId, { sub: subId, tag: "$sys.events", seq: 0, req, replica: signer });
+  };
+  // Two of the three reports f=2 needs; the third never comes.
+  send(1);
+  send(4);
+  expect(sub.stats().deliveredEvents).toBe(0);
+  host.f = 1;
+  sub.onGroupChange([], new Map(publicKeys.map((key, id) => [id, key])));
+  const deadline = Date.now() + 30_000;
+  while (got.length === 0 && Date.now() < deadline) await Bun.sleep(1);
+  expect(got).toHaveLength(1);
+  expect(JSON.parse(text((got[0] as ReceivedBatch).events[0] as Uint8Array))).toMatchObject({ view: 5, reporters: [1, 4], vouched: 2 });
+  await sub.close();
+});

@@ -110,6 +110,16 @@ describe("per-channel series", () => {
     expect(lines(after)).toEqual(
       expect.arrayContaining(["fitb_relay_membership_epoch 2", "fitb_relay_membership_changes 1", "fitb_relay_membership_refused 3"]),
     );
+    expect(lines(after)).toEqual(
+      expect.arrayContaining(["fitb_relay_membership_file_stale 0", "fitb_relay_membership_file_stale_warnings 0"]),
+    );
+    const stale = await new RelayMetrics(() => ({
+      ...state,
+      membership: { epoch: 3, changes: 2, refused: 0, staleFile: true, staleFileWarnings: 1 },
+    })).registry.text();
+    expect(lines(stale)).toEqual(
+      expect.arrayContaining(["fitb_relay_membership_file_stale 1", "fitb_relay_membership_file_stale_warnings 1"]),
+    );
   });
 
   test("the relay's per-tag series are bounded too, whatever tags clients send", async () => {

@@ -6,7 +6,8 @@
 import { describe, expect, test } from "bun:test";
 import type { QueryReply, SubEnd } from "../../wire/schemas.ts";
 import { channelInfoRule, type ChannelInfo } from "../../src/client/queries.ts";
-import { ClientSubscription } from "../../src/client/subscription.ts";
+import { RESUBSCRIBE_AFTER_REFUSAL_MS } from "../../src/client/replica-subs.ts";
+import { ClientSubscription, type SubscriptionSignal } from "../../src/client/subscription.ts";
 import type { RequestRejectedError } from "../../src/client/errors.ts";
 import { ExecutionGate } from "../../src/replica/execution-gate.ts";
 import { channel, ScriptedHost } from "./subscription-host.ts";
@@ -168,13 +169,57 @@ describe("subscribe: a refusal from a replica behind a decision does not end the
   });
 
   test("a refusal below the client's floor is asked again at once, and is not reported as the channel's end", async () => {
-    const { host, sub, ended } = start(10);
-    expect(host.subscribes.every((s) => s.after === 10)).toBe(true);
+    const { host, sub, ended } = start();
+    // The client learns seq 10 after its first SUBSCRIBEs went out (they carry no `after`).
+    host.floor = 10;
     refuse(host, sub, 2, 9);
     refuse(host, sub, 3, 9);
     await Bun.sleep(0);
     expect(ended).toEqual([]);
-    expect(host.subscribes.filter((s) => s.replica === 2).length).toBe(2);
+    expect(host.subscribes.filter((s) => s.replica === 2).map((s) => s.after)).toEqual([0, 10]);
+    await sub.close();
+  });
+
+  test("a replica that refuses below a seq it was already asked to wait for (a new member fetching the state) is asked again only after a pause", async () => {
+    const signals: SubscriptionSignal[] = [];
+    const host = new ScriptedHost();
+    host.floor = 10_000;
+    const sub = new ClientSubscription(
+      host,
+      channel("net.links", "byzantine", "total"),
+      { from: 1, onSignal: (s) => signals.push(s) },
+      () => undefined,
+      60_000,
+    );
+    const started = sub.begin();
+    for (const replica of [0, 1, 2, 3]) {
+      const subId = host.subIdAt(replica);
+      sub.onSubOk(replica, subId, { sub: subId, replica, next: 1, at: 10_000 });
+    }
+    await started;
+    host.memberIds = [0, 1, 2, 3, 4];
+    sub.onGroupChange([]);
+    host.ready.add(4);
+    sub.onReplicaReady(4);
+    expect(host.subscribes.filter((s) => s.replica === 4).map((s) => s.after)).toEqual([10_000]);
+    // The joiner answers every SUBSCRIBE at once (past its hold bound) with its own old executed seq.
+    const refuseAtOnce = (): void => {
+      const subId = host.subIdAt(4);
+      sub.onSubEnd(4, subId, { sub: subId, replica: 4, code: "UNKNOWN_CHANNEL", reason: "no channel net.links", at: 3 });
+    };
+    for (let i = 0; i < 100; i++) refuseAtOnce();
+    expect(host.subscribesTo(4)).toBe(1);
+    expect(sub.stats().staleRefusals).toBe(1);
+    expect(signals.filter((s) => s.t === "replica-ended" && s.replica === 4).length).toBe(1);
+    host.nowMs += RESUBSCRIBE_AFTER_REFUSAL_MS - 1;
+    sub.tick(host.nowMs);
+    expect(host.subscribesTo(4)).toBe(1);
+    host.nowMs += 1;
+    sub.tick(host.nowMs);
+    expect(host.subscribes.filter((s) => s.replica === 4).map((s) => s.after)).toEqual([10_000, 10_000]);
+    refuseAtOnce();
+    expect(host.subscribesTo(4)).toBe(2);
+    expect(sub.stats().staleRefusals).toBe(2);
     await sub.close();
   });
 

@@ -35,6 +35,27 @@ describe("group event voting", () => {
     expect(voter.pendingReports).toBe(0);
   });
 
+  test("when f is lowered, an event f_new+1 members already reported is delivered at the switch, once", () => {
+    const voter = new GroupEventVoter({ n: 7, f: 2 });
+    voter.regroup([0, 1, 2, 3, 4, 5, 6], 2);
+    expect(delivered(voter.onReport(0, viewInstalled(0, 4, 1)))).toEqual([]);
+    expect(delivered(voter.onReport(5, viewInstalled(5, 4, 1)))).toEqual([]);
+    expect(delivered(voter.onReport(1, report({ kind: "peer-down", replica: 1, peer: 6 })))).toEqual([]);
+    // n=4, f=1: replica 5 left, so its report is taken back; 0 and 1 alone deliver nothing.
+    expect(voter.regroup([0, 1, 2, 3], 1, [])).toEqual([]);
+    expect(delivered(voter.onReport(2, viewInstalled(2, 4, 1))).map(json)).toEqual([
+      { kind: "view-installed", view: 4, leader: 1, reporters: [0, 2], vouched: 2 },
+    ]);
+    // Two reports of a peer-down under f=2 (three needed); f lowered to 1 with the same members: delivered now.
+    voter.regroup([0, 1, 2, 3, 4, 5, 6], 2);
+    expect(delivered(voter.onReport(3, report({ kind: "peer-down", replica: 3, peer: 6 })))).toEqual([]);
+    const atSwitch = voter.regroup([0, 1, 2, 3, 4, 5, 6], 1);
+    expect(atSwitch.map(json)).toEqual([{ kind: "peer-down", peer: 6, reporters: [1, 3], vouched: 2 }]);
+    expect(voter.pendingReports).toBe(0);
+    expect(voter.regroup([0, 1, 2, 3, 4, 5, 6], 1)).toEqual([]);
+    expect(delivered(voter.onReport(4, report({ kind: "peer-down", replica: 4, peer: 6 })))).toEqual([]);
+  });
+
   test("a lone liar's report is never delivered, however often it says it", () => {
     const voter = new GroupEventVoter({ n: 4, f: 1 });
     for (let i = 0; i < 10; i++) expect(delivered(voter.onReport(3, viewInstalled(3, 7, 3, 5_000 + i)))).toEqual([]);

@@ -334,6 +334,11 @@ export class DeliveryVoter {
     return this.deliverReady();
   }
 
+  /** Matching copies from distinct replicas a delivery needs now: f+1 of the group's f on Byzantine channels, 1 otherwise (regroup changes it). */
+  get quorum(): number {
+    return this.threshold;
+  }
+
   /**
    * The group the subscriber follows changed (membership-follow.ts): from now on only
    * copies of `members` count, and a delivery needs f+1 of them for the new `f`. The rule

@@ -124,10 +124,11 @@ export class GroupEventVoter {
   /**
    * The group changed: only reports of `members` count from now on, f+1 of the new `f`.
    * Pending reports of replicas that left (or whose key was replaced: `withdrawn`) are
-   * taken back. Nothing is delivered here: an event whose reports meet a lower threshold
-   * only through the switch is delivered with its next report.
+   * taken back. Events whose remaining reports meet the new threshold (f was lowered) are
+   * delivered here, oldest first, as DeliveryVoter.regroup does: the report that would
+   * complete them may never come.
    */
-  regroup(members: readonly number[], f: number, withdrawn: readonly number[] = []): void {
+  regroup(members: readonly number[], f: number, withdrawn: readonly number[] = []): GroupEvent[] {
     if (!Number.isSafeInteger(f) || f < 0 || members.length < 3 * f + 1) {
       throw new RangeError(`group event voting needs n >= 3f+1 (n=${members.length}, f=${f})`);
     }
@@ -141,6 +142,15 @@ export class GroupEventVoter {
       if (next.has(replica) && !withdrawn.includes(replica)) continue;
       for (const key of [...(this.votes[replica] as Set<string>)]) this.withdraw(replica, key);
     }
+    const due = [...this.pending].filter(([, reporters]) => reporters.size >= this.threshold);
+    const events: GroupEvent[] = [];
+    for (const [key, reporters] of due) {
+      // An earlier delivery of this switch may have settled it (an opposite: only reports still pending count).
+      if (this.pending.get(key) !== reporters || reporters.size < this.threshold) continue;
+      const { kind, fields } = fromKey(key);
+      events.push(this.deliver(key, kind, fields, reporters, GROUP_EVENT_OPPOSITES[kind]));
+    }
+    return events;
   }
 
   /** Counts the replica's report of `key`, within its allowance; the replicas that reported it so far. */
@@ -188,6 +198,12 @@ function eventKey(kind: string, fields: Record<string, Scalar>): string {
       .sort()
       .map((name) => [name, fields[name] as Scalar]),
   ]);
+}
+
+/** The kind and agreed fields an event key was made of (eventKey, inverted). */
+function fromKey(key: string): { kind: string; fields: Record<string, Scalar> } {
+  const [kind, pairs] = JSON.parse(key) as [string, [string, Scalar][]];
+  return { kind, fields: Object.fromEntries(pairs) };
 }
 
 function parseReport(replica: number, payload: Uint8Array): Parsed {
