@@ -211,8 +211,6 @@ export class FitbClient {
     this.config = options.config;
     const { limits, timeouts } = this.options;
     this.window = new InflightWindow(limits.inflightRequestsMax, limits.waitersMax);
-    // The followed group's f, read at every count (the group is built just below).
-    this.floor = new ExecutedFloor(() => this.group.f);
     this.group = new ReplicaGroup(
       options.config,
       options.key,
@@ -238,6 +236,8 @@ export class FitbClient {
         now: this.options.now,
       },
     );
+    // The followed group's f and members, read at every count.
+    this.floor = new ExecutedFloor(this.group);
     const tracking: TrackingContext = {
       group: this.group,
       floor: this.floor,
@@ -864,8 +864,8 @@ export class FitbClient {
     this.follow.changes++;
     for (const id of [...change.removed, ...change.replaced]) {
       this.everReady.delete(id);
-      this.requests.onDown(id);
-      this.queries.onDown(id);
+      this.requests.onLeft(id);
+      this.queries.onLeft(id);
       this.subscriptions.onDown(id);
     }
     this.subscriptions.onGroupChange([...change.removed, ...change.replaced]);

@@ -16,8 +16,10 @@ interface PendingQuery {
   readonly id: number;
   readonly body: Query;
   frame: Uint8Array;
-  /** Every `at` a replica reported for this query. */
+  /** Every `at` a replica reported for this query (members only: onLeft drops those that left). */
   readonly ats: Map<number, number>;
+  /** The f of the group the query was sent to: the floor counts with at least this f. */
+  readonly fAtSend: number;
   readonly rule: QueryRule<unknown>;
   readonly sentTo: Set<number>;
   readonly answered: Set<number>;
@@ -44,13 +46,14 @@ export class QueryTracker {
         body: { ...body, id } as Query,
         frame,
         ats: new Map(),
+        fAtSend: this.ctx.group.f,
         rule: rule as QueryRule<unknown>,
         sentTo: new Set(),
         answered: new Set(),
         deadline: this.ctx.now() + this.queryMs,
         settle: (outcome) => {
           this.queries.delete(id);
-          this.ctx.floor.observeAts(pending.ats);
+          this.ctx.floor.observeAts(pending.ats, pending.fAtSend);
           if (outcome.ok) resolve(outcome.value as T);
           else reject(outcome.error);
         },
@@ -105,6 +108,17 @@ export class QueryTracker {
   /** A session went down: what was sent on it is gone with it. */
   onDown(id: number): void {
     for (const pending of this.queries.values()) pending.sentTo.delete(id);
+  }
+
+  /**
+   * Replica `id` left the group (removed, or its key or address replaced): its `at` no
+   * longer counts toward the floor (the query's rule judges answers as it always did).
+   */
+  onLeft(id: number): void {
+    for (const pending of this.queries.values()) {
+      pending.sentTo.delete(id);
+      pending.ats.delete(id);
+    }
   }
 
   /** Settles queries past their deadline, and those whose reachable replicas have all answered. */

@@ -41,13 +41,15 @@ interface PendingRequest {
    * are fresh and enough replicas answered (localRefusal below).
    */
   readonly local: Map<number, { readonly code: ErrorCode; readonly reason: string; readonly at: number }>;
-  /** Every `at` a replica reported for this request. */
+  /** Every `at` a replica reported for this request (members only: onLeft drops those that left). */
   readonly ats: Map<number, number>;
+  /** The f of the group the request was sent to: the floor counts with at least this f. */
+  readonly fAtSend: number;
   /**
-   * The highest `at` of a positive answer (stored or ordered): a replica that accepted the
+   * The `at` of each positive answer (stored or ordered): a replica that accepted the
    * request at that seq shows that refusals judged before it may be stale.
    */
-  acceptedAt: number;
+  readonly accepted: Map<number, number>;
   readonly what: string;
   readonly voter: ReplyVoter;
   /** Replicas that have the request on their current session. */
@@ -103,7 +105,8 @@ export class RequestTracker {
         frameAfter: floor.value,
         local: new Map(),
         ats: new Map(),
-        acceptedAt: 0,
+        fAtSend: group.f,
+        accepted: new Map(),
         what,
         voter: new ReplyVoter({ n: group.slots, f: group.f, kind }),
         sentTo: new Set(),
@@ -113,7 +116,7 @@ export class RequestTracker {
         deadline: now + this.timing.requestMs,
         settle: (outcome) => {
           this.requests.delete(built.digestHex);
-          floor.observeAts(pending.ats);
+          floor.observeAts(pending.ats, pending.fAtSend);
           resolve(outcome);
         },
       };
@@ -135,7 +138,7 @@ export class RequestTracker {
       return;
     }
     if (body.at !== undefined) pending.ats.set(replica, body.at);
-    if (body.ok && body.at !== undefined) pending.acceptedAt = Math.max(pending.acceptedAt, body.at);
+    if (body.ok && body.at !== undefined) pending.accepted.set(replica, body.at);
     if (!body.ok && TRANSIENT_REFUSALS.has(body.code)) {
       this.transientCounts.set(body.code, (this.transientCounts.get(body.code) ?? 0) + 1);
       pending.transient.set(replica, `${body.code} ${body.reason}`);
@@ -171,7 +174,7 @@ export class RequestTracker {
    */
   private judgeLocalRefusals(pending: PendingRequest): void {
     const { group } = this.ctx;
-    const fresh = Math.max(this.ctx.floor.value, pending.acceptedAt);
+    const fresh = Math.max(this.ctx.floor.value, ...pending.accepted.values());
     const counts = new Map<ErrorCode, number>();
     for (const [replica, refusal] of pending.local) {
       if (refusal.at < fresh) {
@@ -252,6 +255,21 @@ export class RequestTracker {
   /** A session went down: what was sent on it is gone with it. */
   onDown(id: number): void {
     for (const pending of this.requests.values()) pending.sentTo.delete(id);
+  }
+
+  /**
+   * Replica `id` left the group (removed, or its key or address replaced): its answers so
+   * far are dropped, so that a replica the change removed (a faulty one, maybe) neither
+   * raises the floor nor makes other replicas' refusals look stale.
+   */
+  onLeft(id: number): void {
+    for (const pending of this.requests.values()) {
+      pending.sentTo.delete(id);
+      pending.ats.delete(id);
+      pending.accepted.delete(id);
+      pending.local.delete(id);
+      pending.transient.delete(id);
+    }
   }
 
   /** Fails requests past their deadline and resends the others where due. */
