@@ -205,11 +205,13 @@ export class ReplicaSubs {
    * against that decision. One older than the freshest decided seq known (the client's
    * floor, or the `at` of a replica that accepted the subscription; refusals do not raise
    * it) is asked again at once with `after` = that seq, and
-   * the replica answers once it has executed it. If the SUBSCRIBE it refused already
-   * carried that `after` (the replica waited up to its hold bound and is still behind, like
-   * a new member fetching the state), it is counted, signalled, and asked again only after
-   * RESUBSCRIBE_AFTER_REFUSAL_MS: a replica that answers at once cannot make the client ask
-   * it in a loop. Fresh refusals end the subscription once
+   * the replica answers once it has executed it. If it refused below the `after` the
+   * SUBSCRIBE it refused already carried (it waited up to its hold bound, or its wait queue
+   * was full, and is still behind, like a new member fetching the state), it is counted,
+   * signalled, and asked again only after RESUBSCRIBE_AFTER_REFUSAL_MS, whatever the floor
+   * is now: a replica that answers at once cannot make the client ask it in a loop, not
+   * even while the client's floor rises between each SUBSCRIBE and its refusal (a
+   * publishing client, a relay). Fresh refusals end the subscription once
    * f+1 agree and 2f+1 replicas, or every reachable one, have answered.
    */
   refused(replica: number, body: SubEnd): void {
@@ -217,13 +219,14 @@ export class ReplicaSubs {
     const fresh = this.freshness();
     if (body.at !== undefined && body.at < fresh) {
       this.fatalEnds.delete(replica);
-      if ((this.lastAfter.get(replica) ?? 0) >= fresh) {
+      const askedAfter = this.lastAfter.get(replica) ?? 0;
+      if (body.at < askedAfter) {
         this.staleHeld++;
         this.owner.signal({
           t: "replica-ended",
           replica,
           code: body.code,
-          reason: `${body.reason} (it has executed seq ${body.at}, behind seq ${fresh} it was asked to wait for; asked again in ${RESUBSCRIBE_AFTER_REFUSAL_MS} ms)`,
+          reason: `${body.reason} (it has executed seq ${body.at}, behind seq ${askedAfter} it was asked to wait for; asked again in ${RESUBSCRIBE_AFTER_REFUSAL_MS} ms)`,
         });
         this.replicas.set(replica, { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_REFUSAL_MS, endCode: body.code });
         return;

@@ -223,6 +223,37 @@ describe("subscribe: a refusal from a replica behind a decision does not end the
     await sub.close();
   });
 
+  test("a replica refusing below the seq it was asked to wait for is asked again only after a pause, even when the floor rose meanwhile", async () => {
+    const host = new ScriptedHost();
+    host.floor = 10_000;
+    const sub = new ClientSubscription(host, channel("net.links", "byzantine", "total"), { from: 1 }, () => undefined, 60_000);
+    const started = sub.begin();
+    for (const replica of [0, 1, 2]) {
+      const subId = host.subIdAt(replica);
+      sub.onSubOk(replica, subId, { sub: subId, replica, next: 1, at: 10_000 });
+    }
+    await started;
+    expect(host.subscribes.filter((s) => s.replica === 3).map((s) => s.after)).toEqual([10_000]);
+    // Replica 3's wait queue is full: it refuses at once with its own executed seq, while
+    // this client publishes and its floor rises before each refusal comes back.
+    for (let i = 0; i < 100; i++) {
+      host.floor++;
+      const subId = host.subIdAt(3);
+      sub.onSubEnd(3, subId, { sub: subId, replica: 3, code: "UNKNOWN_CHANNEL", reason: "no channel net.links", at: 3 });
+    }
+    expect(host.subscribesTo(3)).toBe(1);
+    expect(sub.stats().staleRefusals).toBe(1);
+    host.nowMs += RESUBSCRIBE_AFTER_REFUSAL_MS;
+    sub.tick(host.nowMs);
+    expect(host.subscribes.filter((s) => s.replica === 3).map((s) => s.after)).toEqual([10_000, 10_100]);
+    // A refusal at or above what it was asked for, but below the floor now, is asked again at once.
+    const subId = host.subIdAt(3);
+    host.floor = 10_200;
+    sub.onSubEnd(3, subId, { sub: subId, replica: 3, code: "UNKNOWN_CHANNEL", reason: "no channel net.links", at: 10_150 });
+    expect(host.subscribes.filter((s) => s.replica === 3).map((s) => s.after)).toEqual([10_000, 10_100, 10_200]);
+    await sub.close();
+  });
+
   test("fresh refusals from f+1 end it once 2f+1 replicas answered", async () => {
     const { host, sub, ended } = start(5);
     refuse(host, sub, 2, 9);
