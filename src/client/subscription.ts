@@ -417,7 +417,17 @@ export class ClientSubscription implements Subscription {
       // With a lower f, events already reported by f_new+1 members are delivered now.
       for (const event of this.group.regroup(this.host.members(), this.host.f, left)) {
         const carrier = event.reporters.map((replica) => this.lastReports.get(replica)).find((batch) => batch !== undefined);
-        if (carrier === undefined) throw new Error(`$sys.events: event ${event.key} delivered with no report of its reporters`);
+        if (carrier === undefined) {
+          // Not expected (a reporter's latest report is kept while it is a member), but a
+          // throw here would stop every subscription following the group: counted, signalled, skipped.
+          this.counters.invalidReports++;
+          this.signal({
+            t: "invalid",
+            replica: null,
+            reason: `$sys.events: event ${event.key} reported by replicas ${event.reporters.join(", ")}, but no report of theirs is held to carry it; not delivered`,
+          });
+          continue;
+        }
         this.enqueueGroupEvent(carrier, event);
       }
     }

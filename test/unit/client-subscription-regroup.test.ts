@@ -3,7 +3,7 @@
 // and its copies stop counting, and delivery needs f+1 copies of the group's f now.
 import { expect, test } from "bun:test";
 import type { Events } from "../../wire/schemas.ts";
-import { ClientSubscription, type ReceivedBatch } from "../../src/client/subscription.ts";
+import { ClientSubscription, type ReceivedBatch, type SubscriptionSignal } from "../../src/client/subscription.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { channel, ScriptedHost, signedRequest } from "./subscription-host.ts";
 
@@ -143,5 +143,58 @@ test("$sys.events: when f is lowered, an event f_new+1 members already reported 
   while (got.length === 0 && Date.now() < deadline) await Bun.sleep(1);
   expect(got).toHaveLength(1);
   expect(JSON.parse(text((got[0] as ReceivedBatch).events[0] as Uint8Array))).toMatchObject({ view: 5, reporters: [1, 4], vouched: 2 });
+  await sub.close();
+});
+
+test("$sys.events: an event due at a switch whose reporters' reports are not held is counted and signalled, and the switch goes on", async () => {
+  const keys = [0, 1, 2, 3, 4, 5, 6].map(() => SigningKey.generate());
+  const publicKeys = keys.map((key) => key.publicKey);
+  const host = new ScriptedHost();
+  host.memberIds = [0, 1, 2, 3, 4, 5, 6];
+  host.f = 2;
+  for (const replica of [4, 5, 6]) host.ready.add(replica);
+  const signals: SubscriptionSignal[] = [];
+  const info = channel("$sys.events", "crash", "none");
+  const got: ReceivedBatch[] = [];
+  const sub = new ClientSubscription(
+    host,
+    info,
+    { onSignal: (s) => signals.push(s) },
+    (b) => void got.push(b),
+    60_000,
+    publicKeys,
+    publicKeys,
+  );
+  const started = sub.begin();
+  for (const replica of host.memberIds) {
+    const subId = host.subIdAt(replica);
+    sub.onSubOk(replica, subId, { sub: subId, replica });
+  }
+  await started;
+  let seq = 0;
+  const send = (signer: number, view: number): void => {
+    const req = signedRequest(keys[signer] as SigningKey, "$sys.events", ++seq, [
+      JSON.stringify({ ts: seq, replica: signer, kind: "view-installed", view, leader: 5 }),
+    ]);
+    const subId = host.subIdAt(signer);
+    sub.onEvents(signer, subId, { sub: subId, tag: "$sys.events", seq: 0, req, replica: signer });
+  };
+  send(1, 5);
+  send(4, 5);
+  // The reports that would carry the event are gone (the invariant this guards is broken).
+  (sub as unknown as { lastReports: Map<number, unknown> }).lastReports.clear();
+  host.memberIds = [0, 1, 2, 3, 4];
+  host.f = 1;
+  sub.onGroupChange([5, 6], new Map(publicKeys.slice(0, 5).map((key, id) => [id, key])));
+  expect(signals.filter((s) => s.t === "invalid" && s.reason.includes("no report of theirs"))).toHaveLength(1);
+  expect(sub.stats().invalidCopies).toBe(1);
+  expect(sub.stats().deliveredEvents).toBe(0);
+  // The switch went on: the next event two members report (f+1 of f=1) is delivered.
+  send(0, 6);
+  send(2, 6);
+  const deadline = Date.now() + 30_000;
+  while (got.length === 0 && Date.now() < deadline) await Bun.sleep(1);
+  expect(got).toHaveLength(1);
+  expect(JSON.parse(text((got[0] as ReceivedBatch).events[0] as Uint8Array))).toMatchObject({ view: 6, reporters: [0, 2], vouched: 2 });
   await sub.close();
 });
