@@ -160,7 +160,7 @@ describe("membership commands", () => {
     const before = m.digest();
     expect(newViewBytesBound(5)).toBeGreaterThan(FRAME_BYTES_MAX);
     expect(refusal(m.applyAdmin({ t: "set-f", f: 5 }, 6))).toBe(
-      `f = 5: a leader change may need a NEW_VIEW message of up to ${newViewBytesBound(5)} bytes, more than limits.frame_bytes_max (${FRAME_BYTES_MAX}), so the group could never change leaders; choose a smaller f, or raise limits.frame_bytes_max in every replica's cluster file first`,
+      `f = 5: a leader change may need a NEW_VIEW message of up to ${newViewBytesBound(5)} bytes, more than limits.frame_bytes_max (${FRAME_BYTES_MAX}), so the group could never change leaders; choose a smaller f (limits.frame_bytes_max is fixed for a cluster's life: replicas executing their history again under another bound would judge this command differently; a larger bound needs a new cluster, every data directory replaced)`,
     );
     expect(m.digest()).toEqual(before);
     expect(m.applyAdmin({ t: "set-f", f: 4 }, 6)).toMatchObject({ ok: true, epoch: 1 });

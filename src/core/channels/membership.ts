@@ -279,7 +279,8 @@ export class MembershipRegistry {
             reason:
               `f = ${cmd.f}: a leader change may need a NEW_VIEW message of up to ${viewChangeBytes} bytes, ` +
               `more than limits.frame_bytes_max (${this.viewChange.frameBytesMax}), so the group could never change leaders; ` +
-              "choose a smaller f, or raise limits.frame_bytes_max in every replica's cluster file first",
+              "choose a smaller f (limits.frame_bytes_max is fixed for a cluster's life: replicas executing their history again " +
+              "under another bound would judge this command differently; a larger bound needs a new cluster, every data directory replaced)",
           };
         }
         if (n < 3 * cmd.f + 1)
