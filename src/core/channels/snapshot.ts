@@ -193,6 +193,15 @@ export class SnapshotExport {
     return this.finished;
   }
 
+  /**
+   * Another reader of the same captured state, from its start. The captured values are
+   * never changed (fresh metadata objects, a copy of the batch references, immutable
+   * batch records), so any number of readers may be made, now or much later.
+   */
+  reopen(): SnapshotExport {
+    return new SnapshotExport(this.generation, this.captures, this.digest, this.quotas, this.membership);
+  }
+
   private *generateFrames(): Generator<Uint8Array, void, undefined> {
     const header: { [key: string]: Canonical } = {
       k: "header",
