@@ -49,6 +49,7 @@ test("the last switch points pinned stay servable after later stable checkpoints
   const digests = new Map<number, Uint8Array>();
   // Five switch points, each followed by more stable checkpoints than the keeper keeps captures of.
   const switches: number[] = [];
+  const retainedAt = new Map<number, number>();
   for (let checkpoint = 1; checkpoint <= 5 * (CAPTURES_MAX + 2); checkpoint++) {
     execute(machine, [publisher.pub("sec.alerts", [`alert ${checkpoint}`])]);
     const seq = checkpoint * INTERVAL;
@@ -59,8 +60,14 @@ test("the last switch points pinned stay servable after later stable checkpoints
     if (checkpoint % (CAPTURES_MAX + 2) === 1) {
       keeper.pin(seq, KEEP);
       switches.push(seq);
+      retainedAt.set(seq, machine.channelInfo("sec.alerts")?.retainedBytes ?? 0);
     }
   }
+  // The gauges: the pinned states held, and the batch bytes they refer to.
+  expect(metrics.get("snapshot_pinned_states")).toBe(KEEP);
+  const pinnedBytes = switches.slice(1).reduce((sum, seq) => sum + (retainedAt.get(seq) ?? 0), 0);
+  expect(pinnedBytes).toBeGreaterThan(0);
+  expect(metrics.get("snapshot_pinned_bytes")).toBe(pinnedBytes);
   expect(switches.length).toBe(KEEP + 1);
   const servable = (seq: number) => keeper.openSource(seq, digests.get(seq) as Uint8Array) !== null;
   // The oldest switch point is past the kept ones: let go.
@@ -112,4 +119,26 @@ test("a pinned switch point and the stable checkpoint can be served any number o
       else expect(readOut(source as PartSource)).toEqual(digest);
     }
   }
+});
+
+test("a pinned seq with no capture here leaves no room for an extra unpinned capture", () => {
+  const t = tempDir();
+  cleanups.push(t.remove);
+  const metrics = new Metrics();
+  const storage = openStorage(t.dir, testLog(), metrics);
+  cleanups.push(() => storage.close());
+  const machine = newMachine();
+  const keeper = new SnapshotKeeper({ storage, machine, partBytes: 512, log: testLog(), metrics }, null);
+  // A switch point pinned whose state this replica never captured (it fetched a later one).
+  keeper.pin(INTERVAL, KEEP);
+  const digests = new Map<number, Uint8Array>();
+  // Checkpoints that do not become stable (a group that cannot agree): only the last CAPTURES_MAX are kept.
+  for (let checkpoint = 2; checkpoint <= CAPTURES_MAX + 2; checkpoint++) {
+    const seq = checkpoint * INTERVAL;
+    keeper.capture(seq, CLIENTS);
+    digests.set(seq, checkpointStateDigest(seq, machine.digest(), CLIENTS));
+  }
+  const held = [...digests].filter(([seq, digest]) => keeper.openSource(seq, digest) !== null).map(([seq]) => seq);
+  expect(held).toEqual([...digests.keys()].slice(-CAPTURES_MAX));
+  expect(metrics.get("snapshot_pinned_states")).toBe(0);
 });

@@ -91,6 +91,8 @@ export class SnapshotKeeper {
   ) {
     options.metrics.gauge("snapshot_base_seq", () => this.base?.seq ?? 0);
     options.metrics.gauge("snapshot_base_bytes", () => this.base?.bytes ?? 0);
+    options.metrics.gauge("snapshot_pinned_states", () => this.pinnedHeld().length);
+    options.metrics.gauge("snapshot_pinned_bytes", () => this.pinnedHeld().reduce((sum, capture) => sum + capture.state.retainedBytes, 0));
   }
 
   get baseHead(): SnapshotHead | null {
