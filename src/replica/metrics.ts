@@ -102,6 +102,10 @@ const GAUGES = {
   storage_file_bytes: "Size of the storage file",
   snapshot_base_seq: "Seq of the base snapshot on disk",
   snapshot_base_bytes: "Size of the base snapshot on disk",
+  snapshot_pinned_states:
+    "Epoch switch points whose state is held in memory for replicas still in an ended epoch (at most the last 4 switches)",
+  snapshot_pinned_bytes:
+    "Retained batch bytes (body and signature) the pinned switch-point states refer to; those no longer in the live state are kept alive only by the pins",
   handshakes_open: "Handshakes in progress on the client port (on the shared port: peers too)",
   peer_handshakes_open: "Handshakes in progress on the peer port (0 without a peer_port)",
   client_connections: "Open client sessions",

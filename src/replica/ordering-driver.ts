@@ -280,10 +280,7 @@ export class OrderingDriver {
     this.baseCoreConfig = coreConfig;
     this.checkpointInterval = coreConfig.checkpointInterval;
     this.partBytes = partBytesFor(config.limits.frameBytesMax);
-    this.keeper = new SnapshotKeeper(
-      { storage, machine, partBytes: this.partBytes, log, metrics, appliedSeq: () => this.appliedSeq },
-      null,
-    );
+    this.keeper = new SnapshotKeeper({ storage, machine, partBytes: this.partBytes, log, metrics }, null);
     const recovered = this.recoverFromDisk();
     this.policy = { urgencyOf: (client: string) => urgencyOfSpace(client, (tag) => machine.priorityOf(tag)) };
     this.crypto = crypto;

@@ -176,9 +176,9 @@ interface Cursor {
 
 /**
  * Serving cursors one peer may open within CURSOR_IDLE_MS, whatever states it asks for.
- * Each open may take one of the checkpoint's few spare exports (or a whole fresh export),
- * so a peer asking again and again from part 0, or alternating between states, could
- * leave none for the replicas that need them.
+ * Each open reads the state from its start (encoding it, or reading the stored base),
+ * so a peer asking again and again from part 0, or alternating between states, would
+ * otherwise make this replica do that work without bound.
  */
 export const SERVE_OPENS_PER_PEER_MAX = 4;
 

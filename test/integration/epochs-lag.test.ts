@@ -1,14 +1,20 @@
 // A replica down across two membership epochs. Four real replica processes (f = 1);
 // replica 3 is stopped, then two changes land under a publish stream, each waited to
-// take effect: `set-f 0` (epoch 1) and `set-f 1` (epoch 2). Replica 3 restarts in epoch
-// 0: its peers kept the proofs of both switches, so it is sent the proof that ended
-// epoch 0, fetches the state there, switches to epoch 1, is sent the proof that ended
-// epoch 1, fetches that state and switches to epoch 2 (one epoch at a time, each proof
-// checked with the keys of the epoch it ends). It then takes part: with replica 1 stopped,
-// the quorum of epoch 2 (3 of 4) needs it, and publishes are acknowledged. The history
-// checker finds no acknowledged event lost, none twice, and one order.
+// take effect: `rotate-replica-key` for replica 2 (epoch 1; replica 2 is restarted with
+// its new key) and `set-f 0` (epoch 2). Replica 3 restarts in epoch 0: its peers kept the
+// proofs of both switches, so it is sent the proof that ended epoch 0, fetches the state
+// there, switches to epoch 1, is sent the proof that ended epoch 1, fetches that state and
+// switches to epoch 2 (one epoch at a time, each proof checked with the keys of the epoch
+// it ends). The proof that ended epoch 1 holds a quorum (3) of checkpoint signatures made
+// while only replicas 0, 1 and 2 ran, so it carries replica 2's signature under its new
+// key: replica 3 can check it only with the keys it learned at the first switch. It then
+// takes part: with replica 1 stopped, the quorum of epoch 2 (3 of 4) needs it, and
+// publishes are acknowledged. The history checker finds no acknowledged event lost, none
+// twice, and one order.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
 import type { FitbClient } from "../../src/client/index.ts";
+import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, collect, startClusterWithChannels } from "./client-util.ts";
 import { checkTotalOrder, killAndWait, logLines, publishStream, type Stream, trickle, waitCaughtUp } from "./durability-history.ts";
@@ -18,11 +24,13 @@ let cluster: TestCluster;
 let publisher: FitbClient;
 let A: string[];
 const streams: Stream[] = [];
+/** Extra arguments each replica is started with (replica 2's new key once rotated). */
+const replicaArgs = new Map<number, string[]>();
 
 const inEpoch = (id: number, epoch: number): boolean => logLines(cluster, id, "epoch started").some((line) => line["epoch"] === epoch);
 
 beforeAll(async () => {
-  cluster = await startClusterWithChannels({ replicas: 4 });
+  cluster = await startClusterWithChannels({ replicas: 4, replicaArgs: (id) => replicaArgs.get(id) ?? [] });
   publisher = clientFor(cluster, cluster.clientKey);
   A = ["--config", cluster.configPath, "--key", cluster.adminKey];
 }, 120_000);
@@ -54,12 +62,57 @@ async function changeUnderTraffic(live: number[], epoch: number, change: string[
   return out;
 }
 
+/**
+ * Rotates replica 2's key (epoch 1) under a publish stream, then restarts replica 2 with
+ * the new key. Replicas 0 and 1 alone are no quorum, so publishing stops at the switch
+ * and resumes only once replica 2 runs with its new key.
+ */
+async function rotateReplica2(): Promise<void> {
+  const path = join(cluster.dir, "replica-2-new.key");
+  const keygen = await cluster.fitb(["keygen", "--out", path]);
+  expect(keygen.code).toBe(0);
+  const key = formatPublicKey(loadSigningKeyFile(path).key.publicKey);
+  let out = "";
+  const stream = await publishStream(
+    publisher,
+    "sec.alerts",
+    "k",
+    (r) => r < 600 && (r < 20 || !inEpoch(0, 1) || !inEpoch(1, 1)),
+    1,
+    async (r) => {
+      if (r !== 10) return;
+      const run = await cluster.fitb(["admin", ...A, "rotate-replica-key", "--id", "2", "--replica-key", key]);
+      out = `${run.code} ${run.stdout}${run.stderr}`;
+    },
+  );
+  streams.push(stream);
+  expect(out).toContain("ok");
+  expect(inEpoch(0, 1) && inEpoch(1, 1)).toBe(true);
+  await killAndWait(cluster, 2);
+  replicaArgs.set(2, ["--key", path]);
+  const linksBefore = logLines(cluster, 2, "peer link up").length;
+  cluster.start(2);
+  // Its new key is not the cluster file's: it asks its peers for the group.
+  await waitFor(
+    "replica 2 to learn the group under its new key",
+    () => logLines(cluster, 2, "learned the group from its replicas").length > 0,
+    60_000,
+    () => logTail(cluster, 2),
+  );
+  await waitFor(
+    "replica 2 to link with replicas 0 and 1 under its new key",
+    () => logLines(cluster, 2, "peer link up").length >= linksBefore + 2,
+    60_000,
+    () => logTail(cluster, 2),
+  );
+}
+
 describe("a replica two epochs behind", () => {
-  test("down across two changes, it walks forward epoch by epoch to the current one and takes part in its quorums", async () => {
+  test("down across a key rotation and another change, it walks forward epoch by epoch to the current one and takes part in its quorums", async () => {
     await killAndWait(cluster, 3);
     const live = [0, 1, 2];
-    expect(await changeUnderTraffic(live, 1, ["set-f", "0"], "a")).toContain("ok");
-    expect(await changeUnderTraffic(live, 2, ["set-f", "1"], "b")).toContain("ok");
+    await rotateReplica2();
+    expect(await changeUnderTraffic(live, 2, ["set-f", "0"], "b")).toContain("ok");
 
     cluster.start(3);
     await waitListening(cluster, [3]);
@@ -82,7 +135,7 @@ describe("a replica two epochs behind", () => {
     for (const line of switches) {
       expect(logLines(cluster, 3, "snapshot installed").some((entry) => entry["seq"] === line["seq"])).toBe(true);
     }
-    expect(switches[1]).toMatchObject({ epoch: 2, n: 4, f: 1, rank: 3 });
+    expect(switches[1]).toMatchObject({ epoch: 2, n: 4, f: 0, rank: 3 });
 
     // With replica 1 down, epoch 2's quorum (3 of 4) needs replica 3.
     await killAndWait(cluster, 1);
@@ -112,7 +165,7 @@ describe("a replica two epochs behind", () => {
     const live = [0, 1, 2];
     // Five more switches (epochs 3..7): the others keep the proofs of the last 4 (epochs 3..6 ended), not of epoch 2's end.
     for (let epoch = 3; epoch <= 7; epoch++) {
-      expect(await changeUnderTraffic(live, epoch, ["set-f", epoch % 2 === 1 ? "0" : "1"], `e${epoch}`)).toContain("ok");
+      expect(await changeUnderTraffic(live, epoch, ["set-f", epoch % 2 === 1 ? "1" : "0"], `e${epoch}`)).toContain("ok");
     }
     cluster.start(3);
     await waitListening(cluster, [3]);

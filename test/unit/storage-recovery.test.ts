@@ -42,7 +42,7 @@ class Writer {
 
   constructor(readonly storage: ReplicaStorage) {
     this.keeper = new SnapshotKeeper(
-      { storage, machine: this.machine, partBytes: PART_BYTES, log: testLog(), metrics: new Metrics(), appliedSeq: () => this.seq },
+      { storage, machine: this.machine, partBytes: PART_BYTES, log: testLog(), metrics: new Metrics() },
       null,
     );
   }

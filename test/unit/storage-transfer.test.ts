@@ -89,7 +89,7 @@ class Network {
     const store = storage ?? openStorage(t.dir, testLog(), metrics);
     cleanups.push(() => store.close());
     const partBytes = this.partBytes;
-    const keeper = new SnapshotKeeper({ storage: store, machine, partBytes, log: testLog(), metrics, appliedSeq: () => appliedSeq }, null);
+    const keeper = new SnapshotKeeper({ storage: store, machine, partBytes, log: testLog(), metrics }, null);
     if (appliedSeq === SEQ) keeper.capture(SEQ, CLIENTS);
     const resumable = storage === undefined ? null : recoverIncoming(store, machine, partBytes);
     const node: Node = {
@@ -449,7 +449,7 @@ describe("state transfer", () => {
     expect(again?.m).toEqual({ ...(first?.m as TransferMessage), nonce: 42 } as TransferMessage);
   });
 
-  test("a peer restarting the same transfer from part 0 again and again is refused after a few, so spare exports last", () => {
+  test("a peer restarting the same transfer from part 0 again and again is refused after a few, so serving work stays bounded", () => {
     const { net, state } = cluster();
     const digest = targetFor(state, []).stateDigest;
     const answers: string[] = [];

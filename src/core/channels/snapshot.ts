@@ -177,6 +177,7 @@ export class SnapshotExport {
   /** A frame taken from the generator that did not fit the previous chunk. */
   private carried: Uint8Array | null = null;
   private finished = false;
+  private retained: number | null = null;
 
   constructor(
     private readonly generation: number,
@@ -191,6 +192,24 @@ export class SnapshotExport {
 
   get done(): boolean {
     return this.finished;
+  }
+
+  /**
+   * Another reader of the same captured state, from its start. The captured values are
+   * never changed (fresh metadata objects, a copy of the batch references, immutable
+   * batch records), so any number of readers may be made, now or much later.
+   */
+  reopen(): SnapshotExport {
+    return new SnapshotExport(this.generation, this.captures, this.digest, this.quotas, this.membership);
+  }
+
+  /** Body and signature bytes of the retained batches the capture refers to (counted once, on first use). */
+  get retainedBytes(): number {
+    if (this.retained === null) {
+      this.retained = 0;
+      for (const capture of this.captures) for (const record of capture.log?.records ?? []) this.retained += record.bytes;
+    }
+    return this.retained;
   }
 
   private *generateFrames(): Generator<Uint8Array, void, undefined> {

@@ -5,10 +5,12 @@
  * At every checkpoint (a `takeCheckpoint` from the core, after executing seq % K == 0)
  * the machine's state is captured: `exportSnapshot()` records references to the retained
  * batches (immutable), not copies, so a capture costs one pointer per batch and the bytes
- * are encoded only as parts are read out. An export is read once, so a few are taken per
- * checkpoint; when the machine is still exactly at the checkpoint a fresh one is taken on
- * demand instead. Captures below the stable checkpoint are dropped, since no correct
- * replica asks for them.
+ * are encoded only as parts are read out. The capture itself is never read: each transfer
+ * served and each base written reads a new reader of it (`reopen()`), so a state can be
+ * served any number of times, bounded only by the per-peer bound on transfers opened
+ * (state-transfer.ts SERVE_OPENS_PER_PEER_MAX). Captures below the stable checkpoint are
+ * dropped, since no correct replica asks for them, unless pinned as an epoch's switch
+ * point (`pin`).
  *
  * Base snapshots: restart replays the decided log from the newest base, so a new base is
  * written (a few parts per tick, in the background of normal work) once the log since the
@@ -29,8 +31,6 @@ import type { ReplicaStorage } from "./index.ts";
 import type { SnapshotHead } from "./records.ts";
 import { encodeStreamMeta, PartCutter } from "./stream.ts";
 
-/** Exports taken at each checkpoint for serving transfers and writing a base. */
-export const SPARE_EXPORTS_PER_CHECKPOINT = 3;
 /** Checkpoint captures kept at most (the stable one and those after it). */
 export const CAPTURES_MAX = 4;
 /** A new base is written once the decided log since the last one holds at least this many bytes... */
@@ -58,7 +58,8 @@ interface Capture {
   readonly appDigest: Uint8Array;
   readonly clients: ClientTableExport;
   readonly meta: Uint8Array;
-  readonly spare: SnapshotExport[];
+  /** The captured state; never read itself, only reopened. */
+  readonly state: SnapshotExport;
 }
 
 interface BaseWriting {
@@ -75,8 +76,6 @@ export interface SnapshotKeeperOptions {
   readonly partBytes: number;
   readonly log: Log;
   readonly metrics: Metrics;
-  /** The last decided seq the machine has executed. */
-  readonly appliedSeq: () => number;
 }
 
 export class SnapshotKeeper {
@@ -92,6 +91,8 @@ export class SnapshotKeeper {
   ) {
     options.metrics.gauge("snapshot_base_seq", () => this.base?.seq ?? 0);
     options.metrics.gauge("snapshot_base_bytes", () => this.base?.bytes ?? 0);
+    options.metrics.gauge("snapshot_pinned_states", () => this.pinnedHeld().length);
+    options.metrics.gauge("snapshot_pinned_bytes", () => this.pinnedHeld().reduce((sum, capture) => sum + capture.state.retainedBytes, 0));
   }
 
   get baseHead(): SnapshotHead | null {
@@ -101,8 +102,8 @@ export class SnapshotKeeper {
   /**
    * Keeps the capture at `seq` (an epoch's switch point, src/replica/epochs.ts) while
    * later checkpoints become stable, so a replica still in the ended epoch can fetch that
-   * state; it serves as many transfers as it has spare exports. The last `keep` switch
-   * points stay pinned (a replica several epochs behind fetches each in turn).
+   * state, any number of times. The last `keep` switch points stay pinned (a replica
+   * several epochs behind fetches each in turn).
    */
   pin(seq: number, keep: number): void {
     if (!this.pinned.includes(seq)) this.pinned.push(seq);
@@ -110,6 +111,11 @@ export class SnapshotKeeper {
       const unpinned = this.pinned.shift() as number;
       if (unpinned < (this.stableSeq ?? 0)) this.captures.delete(unpinned);
     }
+  }
+
+  /** Pinned switch points whose state is held (a pin made before its capture, or after a restart, holds none). */
+  private pinnedHeld(): Capture[] {
+    return this.pinned.flatMap((seq) => this.captures.get(seq) ?? []);
   }
 
   private readonly pinned: number[] = [];
@@ -122,13 +128,11 @@ export class SnapshotKeeper {
 
   /** Captures the machine as it is now, which must be its state right after `seq`. */
   capture(seq: number, clients: ClientTableExport): void {
-    const machine = this.options.machine;
-    const spare: SnapshotExport[] = [];
-    for (let i = 0; i < SPARE_EXPORTS_PER_CHECKPOINT; i++) spare.push(machine.exportSnapshot());
-    const appDigest = (spare[0] as SnapshotExport).digest;
+    const state = this.options.machine.exportSnapshot();
+    const appDigest = state.digest;
     const stateDigest = checkpointStateDigest(seq, appDigest, clients);
-    this.captures.set(seq, { seq, stateDigest, appDigest, clients, meta: encodeStreamMeta({ seq, clients }), spare });
-    while (this.captures.size > CAPTURES_MAX + this.pinned.length) {
+    this.captures.set(seq, { seq, stateDigest, appDigest, clients, meta: encodeStreamMeta({ seq, clients }), state });
+    while (this.captures.size > CAPTURES_MAX + this.pinnedHeld().length) {
       const oldest = [...this.captures.keys()].find((s) => !this.pinned.includes(s));
       if (oldest === undefined) break;
       this.captures.delete(oldest);
@@ -156,9 +160,13 @@ export class SnapshotKeeper {
     const capture = this.captures.get(seq);
     if (capture === undefined || !bytesEqual(capture.stateDigest, digest) || this.writing !== null) return;
     if (!this.baseDue()) return;
-    const exported = capture.spare.pop();
-    if (exported === undefined) return;
-    this.writing = { capture, proof, cutter: new PartCutter(capture.meta, exported, this.options.partBytes), parts: 0, bytes: 0 };
+    this.writing = {
+      capture,
+      proof,
+      cutter: new PartCutter(capture.meta, capture.state.reopen(), this.options.partBytes),
+      parts: 0,
+      bytes: 0,
+    };
     this.options.log.info("writing a base snapshot", { seq });
   }
 
@@ -233,15 +241,13 @@ export class SnapshotKeeper {
   }
 
   /**
-   * A source for the stream of the state at `seq` with state digest `digest`: a capture
-   * (fresh if the machine is still there, else a spare), or the stored base. Null when
-   * this replica cannot serve it.
+   * A source for the stream of the state at `seq` with state digest `digest`: a new
+   * reader of its capture, or the stored base. Null when this replica cannot serve it.
    */
   openSource(seq: number, digest: Uint8Array): PartSource | null {
     const capture = this.captures.get(seq);
     if (capture !== undefined && bytesEqual(capture.stateDigest, digest)) {
-      const exported = this.options.appliedSeq() === seq ? this.options.machine.exportSnapshot() : capture.spare.pop();
-      if (exported !== undefined) return cutterSource(seq, new PartCutter(capture.meta, exported, this.options.partBytes));
+      return cutterSource(seq, new PartCutter(capture.meta, capture.state.reopen(), this.options.partBytes));
     }
     const base = this.base;
     if (base !== null && base.seq === seq && bytesEqual(base.stateDigest, digest) && base.partBytes === this.options.partBytes) {
