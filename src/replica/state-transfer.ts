@@ -250,6 +250,8 @@ class TransferServer {
     this.opens.set(from, opens);
     const source = this.options.keeper.openSource(m.seq, m.digest);
     if (source === null) {
+      // Counted here; the fetcher logs the reason ("state transfer source cannot serve").
+      this.options.metrics.inc("state_transfer_serve_refused_total");
       this.cursors.delete(from);
       this.options.send(from, encodeTransferMessage({ t: "none", seq: m.seq, nonce: m.nonce, reason: "state not held here" }));
       return null;

@@ -248,6 +248,16 @@ describe("state transfer", () => {
     expect(fetcher.metrics.get("state_transfer_completed_total")).toBe(1);
   });
 
+  test("a source asked for a state it does not hold answers none and counts the refusal", () => {
+    const { net, state, fetcher } = cluster();
+    const target = { ...targetFor(state, [2]), stateDigest: new Uint8Array(32).fill(7) };
+    fetcher.transfer.fetch(target);
+    net.pump();
+    expect(net.delivered.some(({ from, m }) => from === 2 && m.t === "none" && m.reason === "state not held here")).toBe(true);
+    expect(net.nodes.get(2)?.metrics.get("state_transfer_serve_refused_total")).toBe(1);
+    expect(fetcher.installed).toBeNull();
+  });
+
   test("a Byzantine source serving altered parts is detected and another replica is asked", () => {
     const { net, state, fetcher } = cluster();
     net.filter = (from, _to, m) => {
