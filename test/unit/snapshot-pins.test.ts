@@ -32,7 +32,11 @@ function readOut(source: PartSource): Uint8Array {
   return checkpointStateDigest(source.seq, target.digest(), reader.meta?.clients ?? []);
 }
 
-test("the last switch points pinned stay servable after later stable checkpoints; an older one is let go", () => {
+/**
+ * A keeper over a real store and machine with one channel; `checkpoint(seq)` publishes an
+ * event, captures the state at seq and makes it stable.
+ */
+function keeperWithChannel() {
   const t = tempDir();
   cleanups.push(t.remove);
   const metrics = new Metrics();
@@ -47,17 +51,25 @@ test("the last switch points pinned stay servable after later stable checkpoints
   ]);
   const keeper = new SnapshotKeeper({ storage, machine, partBytes: 512, log: testLog(), metrics }, null);
   const digests = new Map<number, Uint8Array>();
-  // Five switch points, each followed by more stable checkpoints than the keeper keeps captures of.
-  const switches: number[] = [];
-  const retainedAt = new Map<number, number>();
-  for (let checkpoint = 1; checkpoint <= 5 * (CAPTURES_MAX + 2); checkpoint++) {
-    execute(machine, [publisher.pub("sec.alerts", [`alert ${checkpoint}`])]);
-    const seq = checkpoint * INTERVAL;
+  const checkpoint = (seq: number): void => {
+    execute(machine, [publisher.pub("sec.alerts", [`alert ${seq}`])]);
     keeper.capture(seq, CLIENTS);
     const digest = checkpointStateDigest(seq, machine.digest(), CLIENTS);
     digests.set(seq, digest);
     keeper.onStable(seq, digest, []);
-    if (checkpoint % (CAPTURES_MAX + 2) === 1) {
+  };
+  return { metrics, machine, publisher, keeper, digests, checkpoint };
+}
+
+test("the last switch points pinned stay servable after later stable checkpoints; an older one is let go", () => {
+  const { metrics, machine, keeper, digests, checkpoint } = keeperWithChannel();
+  // Five switch points, each followed by more stable checkpoints than the keeper keeps captures of.
+  const switches: number[] = [];
+  const retainedAt = new Map<number, number>();
+  for (let n = 1; n <= 5 * (CAPTURES_MAX + 2); n++) {
+    const seq = n * INTERVAL;
+    checkpoint(seq);
+    if (n % (CAPTURES_MAX + 2) === 1) {
       keeper.pin(seq, KEEP);
       switches.push(seq);
       retainedAt.set(seq, machine.channelInfo("sec.alerts")?.retainedBytes ?? 0);
@@ -78,27 +90,7 @@ test("the last switch points pinned stay servable after later stable checkpoints
 });
 
 test("a pinned switch point and the stable checkpoint can be served any number of times, long after the machine moved on", () => {
-  const t = tempDir();
-  cleanups.push(t.remove);
-  const metrics = new Metrics();
-  const storage = openStorage(t.dir, testLog(), metrics);
-  cleanups.push(() => storage.close());
-  const machine = newMachine();
-  const admin = new TestClient();
-  const publisher = new TestClient();
-  execute(machine, [
-    admin.admin({ t: "create-channel", tag: "sec.alerts", fault: "byzantine", order: "total", priority: "high", public: true }),
-    admin.admin({ t: "register", tag: "sec.alerts", role: "publisher", key: publisher.key.publicKey }),
-  ]);
-  const keeper = new SnapshotKeeper({ storage, machine, partBytes: 512, log: testLog(), metrics }, null);
-  const digests = new Map<number, Uint8Array>();
-  const checkpoint = (seq: number) => {
-    execute(machine, [publisher.pub("sec.alerts", [`alert ${seq}`])]);
-    keeper.capture(seq, CLIENTS);
-    const digest = checkpointStateDigest(seq, machine.digest(), CLIENTS);
-    digests.set(seq, digest);
-    keeper.onStable(seq, digest, []);
-  };
+  const { machine, publisher, keeper, digests, checkpoint } = keeperWithChannel();
   const switchPoint = INTERVAL;
   checkpoint(switchPoint);
   keeper.pin(switchPoint, KEEP);
