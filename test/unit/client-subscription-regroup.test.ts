@@ -3,7 +3,7 @@
 // and its copies stop counting, and delivery needs f+1 copies of the group's f now.
 import { expect, test } from "bun:test";
 import type { Events } from "../../wire/schemas.ts";
-import { ClientSubscription, type ReceivedBatch, type SubscriptionSignal } from "../../src/client/subscription.ts";
+import { ClientSubscription, type ReceivedBatch, type SubscribeOptions, type SubscriptionSignal } from "../../src/client/subscription.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { channel, ScriptedHost, signedRequest } from "./subscription-host.ts";
 
@@ -109,7 +109,11 @@ test("$sys.events counts reports by the members' keys and f after a change: a ne
   await sub.close();
 });
 
-test("$sys.events: when f is lowered, an event f_new+1 members already reported is delivered at the switch", async () => {
+/**
+ * A $sys.events subscription of a 7-member group with f=2 (replicas 4-6 ready), subscribed
+ * at every member; `send(signer, view)` delivers a view-installed report signed by `signer`.
+ */
+async function eventsSubOfSeven(options: SubscribeOptions = {}) {
   const keys = [0, 1, 2, 3, 4, 5, 6].map(() => SigningKey.generate());
   const publicKeys = keys.map((key) => key.publicKey);
   const host = new ScriptedHost();
@@ -118,53 +122,7 @@ test("$sys.events: when f is lowered, an event f_new+1 members already reported 
   for (const replica of [4, 5, 6]) host.ready.add(replica);
   const got: ReceivedBatch[] = [];
   const info = channel("$sys.events", "crash", "none");
-  const sub = new ClientSubscription(host, info, {}, (b) => void got.push(b), 60_000, publicKeys, publicKeys);
-  const started = sub.begin();
-  for (const replica of host.memberIds) {
-    const subId = host.subIdAt(replica);
-    sub.onSubOk(replica, subId, { sub: subId, replica });
-  }
-  await started;
-  let seq = 0;
-  const send = (signer: number): void => {
-    const req = signedRequest(keys[signer] as SigningKey, "$sys.events", ++seq, [
-      JSON.stringify({ ts: seq, replica: signer, kind: "view-installed", view: 5, leader: 5 }),
-    ]);
-    const subId = host.subIdAt(signer);
-    sub.onEvents(signer, subId, { sub: subId, tag: "$sys.events", seq: 0, req, replica: signer });
-  };
-  // Two of the three reports f=2 needs; the third never comes.
-  send(1);
-  send(4);
-  expect(sub.stats().deliveredEvents).toBe(0);
-  host.f = 1;
-  sub.onGroupChange([], new Map(publicKeys.map((key, id) => [id, key])));
-  const deadline = Date.now() + 30_000;
-  while (got.length === 0 && Date.now() < deadline) await Bun.sleep(1);
-  expect(got).toHaveLength(1);
-  expect(JSON.parse(text((got[0] as ReceivedBatch).events[0] as Uint8Array))).toMatchObject({ view: 5, reporters: [1, 4], vouched: 2 });
-  await sub.close();
-});
-
-test("$sys.events: an event due at a switch whose reporters' reports are not held is counted and signalled, and the switch goes on", async () => {
-  const keys = [0, 1, 2, 3, 4, 5, 6].map(() => SigningKey.generate());
-  const publicKeys = keys.map((key) => key.publicKey);
-  const host = new ScriptedHost();
-  host.memberIds = [0, 1, 2, 3, 4, 5, 6];
-  host.f = 2;
-  for (const replica of [4, 5, 6]) host.ready.add(replica);
-  const signals: SubscriptionSignal[] = [];
-  const info = channel("$sys.events", "crash", "none");
-  const got: ReceivedBatch[] = [];
-  const sub = new ClientSubscription(
-    host,
-    info,
-    { onSignal: (s) => signals.push(s) },
-    (b) => void got.push(b),
-    60_000,
-    publicKeys,
-    publicKeys,
-  );
+  const sub = new ClientSubscription(host, info, options, (b) => void got.push(b), 60_000, publicKeys, publicKeys);
   const started = sub.begin();
   for (const replica of host.memberIds) {
     const subId = host.subIdAt(replica);
@@ -179,6 +137,31 @@ test("$sys.events: an event due at a switch whose reporters' reports are not hel
     const subId = host.subIdAt(signer);
     sub.onEvents(signer, subId, { sub: subId, tag: "$sys.events", seq: 0, req, replica: signer });
   };
+  /** Waits (bounded) until a batch was delivered, and returns the first one's first event. */
+  const firstDelivered = async (): Promise<unknown> => {
+    const deadline = Date.now() + 30_000;
+    while (got.length === 0 && Date.now() < deadline) await Bun.sleep(1);
+    expect(got).toHaveLength(1);
+    return JSON.parse(text((got[0] as ReceivedBatch).events[0] as Uint8Array));
+  };
+  return { publicKeys, host, sub, send, firstDelivered };
+}
+
+test("$sys.events: when f is lowered, an event f_new+1 members already reported is delivered at the switch", async () => {
+  const { publicKeys, host, sub, send, firstDelivered } = await eventsSubOfSeven();
+  // Two of the three reports f=2 needs; the third never comes.
+  send(1, 5);
+  send(4, 5);
+  expect(sub.stats().deliveredEvents).toBe(0);
+  host.f = 1;
+  sub.onGroupChange([], new Map(publicKeys.map((key, id) => [id, key])));
+  expect(await firstDelivered()).toMatchObject({ view: 5, reporters: [1, 4], vouched: 2 });
+  await sub.close();
+});
+
+test("$sys.events: an event due at a switch whose reporters' reports are not held is counted and signalled, and the switch goes on", async () => {
+  const signals: SubscriptionSignal[] = [];
+  const { publicKeys, host, sub, send, firstDelivered } = await eventsSubOfSeven({ onSignal: (s) => signals.push(s) });
   send(1, 5);
   send(4, 5);
   // The reports that would carry the event are gone (the invariant this guards is broken).
@@ -192,9 +175,6 @@ test("$sys.events: an event due at a switch whose reporters' reports are not hel
   // The switch went on: the next event two members report (f+1 of f=1) is delivered.
   send(0, 6);
   send(2, 6);
-  const deadline = Date.now() + 30_000;
-  while (got.length === 0 && Date.now() < deadline) await Bun.sleep(1);
-  expect(got).toHaveLength(1);
-  expect(JSON.parse(text((got[0] as ReceivedBatch).events[0] as Uint8Array))).toMatchObject({ view: 6, reporters: [0, 2], vouched: 2 });
+  expect(await firstDelivered()).toMatchObject({ view: 6, reporters: [0, 2], vouched: 2 });
   await sub.close();
 });
