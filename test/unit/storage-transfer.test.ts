@@ -166,6 +166,13 @@ function partsFrom(net: Network, from: number): number {
   return net.delivered.filter((d) => d.from === from && d.m.t === "part").length;
 }
 
+/** The fetcher installed `state`, every part from `source`, and `untouched` was never asked anything. */
+function expectWholeFrom(net: Network, fetcher: Node, state: ChannelMachine, source: number, untouched: number): void {
+  expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+  expect(partsFrom(net, source)).toBe(fetcher.installed?.head.parts ?? -1);
+  expect(net.delivered.filter((d) => d.to === untouched).length).toBe(0);
+}
+
 /** Bytes of the stream of `state` at SEQ: the meta record and the snapshot, as a server cuts them. */
 function streamBytes(state: ChannelMachine): number {
   const cutter = new PartCutter(encodeStreamMeta({ seq: SEQ, clients: CLIENTS }), state.exportSnapshot(), 1024 * 1024);
@@ -325,9 +332,7 @@ describe("state transfer", () => {
     fetcher.transfer.fetch(targetFor(state, [2, 3]));
     net.pump();
     expect(fetcher.metrics.get("state_transfer_asks_unsent_total")).toBe(1);
-    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
-    expect(partsFrom(net, 2)).toBe(fetcher.installed?.head.parts ?? -1);
-    expect(net.delivered.filter((d) => d.to === 3).length).toBe(0);
+    expectWholeFrom(net, fetcher, state, 2, 3);
     expect(fetcher.metrics.get("state_transfer_source_timeouts_total")).toBe(0);
   });
 
@@ -343,10 +348,8 @@ describe("state transfer", () => {
     net.now += UNSENT_ASK_RETRY_MS;
     fetcher.transfer.tick();
     net.pump();
-    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
-    expect(partsFrom(net, 2)).toBe(fetcher.installed?.head.parts ?? -1);
-    // No cursor opened at replica 3.
-    expect(net.delivered.filter((d) => d.to === 3).length).toBe(0);
+    // Every part from replica 2; no cursor opened at replica 3.
+    expectWholeFrom(net, fetcher, state, 2, 3);
     expect(fetcher.metrics.get("state_transfer_asks_unsent_total")).toBe(1);
   });
 
