@@ -18,7 +18,7 @@ import { requireClusterConfig } from "../../src/config/cluster.ts";
 import type { Delivered } from "./client-util.ts";
 import { encode } from "./client-util.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { logTail, type TestCluster } from "./harness.ts";
+import { logTail, type TestCluster, waitListening } from "./harness.ts";
 
 export interface Acked {
   readonly payload: string;
@@ -294,6 +294,30 @@ export function trickle(
       await done;
     },
   };
+}
+
+/**
+ * Starts replica `id` again and, while `during` runs, trickles events into `tag` so it
+ * sees how far behind it is; the trickle's stream goes into `streams` (the history).
+ */
+export async function restartUnderTrickle(
+  cluster: TestCluster,
+  publisher: FitbClient,
+  id: number,
+  tag: string,
+  prefix: string,
+  streams: Stream[],
+  during: () => Promise<void>,
+): Promise<void> {
+  cluster.start(id);
+  await waitListening(cluster, [id]);
+  const traffic = trickle(publisher, tag, prefix, 50);
+  try {
+    await during();
+  } finally {
+    await traffic.stop();
+    streams.push(traffic.stream);
+  }
 }
 
 /** The data directory of replica `id`, as its cluster file names it. */

@@ -17,8 +17,16 @@ import type { FitbClient } from "../../src/client/index.ts";
 import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, collect, startClusterWithChannels } from "./client-util.ts";
-import { checkTotalOrder, killAndWait, logLines, publishStream, type Stream, trickle, waitCaughtUp } from "./durability-history.ts";
-import { logTail, type TestCluster, waitListening } from "./harness.ts";
+import {
+  checkTotalOrder,
+  killAndWait,
+  logLines,
+  publishStream,
+  restartUnderTrickle,
+  type Stream,
+  waitCaughtUp,
+} from "./durability-history.ts";
+import { logTail, type TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
 let publisher: FitbClient;
@@ -114,10 +122,7 @@ describe("a replica two epochs behind", () => {
     await rotateReplica2();
     expect(await changeUnderTraffic(live, 2, ["set-f", "0"], "b")).toContain("ok");
 
-    cluster.start(3);
-    await waitListening(cluster, [3]);
-    const traffic = trickle(publisher, "sec.alerts", "t3", 50);
-    try {
+    await restartUnderTrickle(cluster, publisher, 3, "sec.alerts", "t3", streams, async () => {
       await waitFor(
         "replica 3 to reach epoch 2",
         () => inEpoch(3, 2),
@@ -125,10 +130,7 @@ describe("a replica two epochs behind", () => {
         () => logTail(cluster, 3),
       );
       await waitCaughtUp(publisher, 3, 60_000);
-    } finally {
-      await traffic.stop();
-      streams.push(traffic.stream);
-    }
+    });
     // It went through epoch 1, each switch point's state fetched by state transfer.
     const switches = logLines(cluster, 3, "epoch started");
     expect(switches.map((line) => line["epoch"])).toEqual([1, 2]);
@@ -152,25 +154,16 @@ describe("a replica two epochs behind", () => {
   }, 400_000);
 
   test("further behind than the switches kept, it stays out and both sides log what to do", async () => {
-    cluster.start(1);
-    await waitListening(cluster, [1]);
-    const catchUp = trickle(publisher, "sec.alerts", "t1", 50);
-    try {
+    await restartUnderTrickle(cluster, publisher, 1, "sec.alerts", "t1", streams, async () => {
       await waitCaughtUp(publisher, 1, 60_000);
-    } finally {
-      await catchUp.stop();
-      streams.push(catchUp.stream);
-    }
+    });
     await killAndWait(cluster, 3);
     const live = [0, 1, 2];
     // Five more switches (epochs 3..7): the others keep the proofs of the last 4 (epochs 3..6 ended), not of epoch 2's end.
     for (let epoch = 3; epoch <= 7; epoch++) {
       expect(await changeUnderTraffic(live, epoch, ["set-f", epoch % 2 === 1 ? "1" : "0"], `e${epoch}`)).toContain("ok");
     }
-    cluster.start(3);
-    await waitListening(cluster, [3]);
-    const traffic = trickle(publisher, "sec.alerts", "t3b", 50);
-    try {
+    await restartUnderTrickle(cluster, publisher, 3, "sec.alerts", "t3b", streams, async () => {
       await waitFor(
         "a replica to log that it keeps no proof of epoch 2's end",
         () =>
@@ -191,10 +184,7 @@ describe("a replica two epochs behind", () => {
         60_000,
         () => logTail(cluster, 3),
       );
-    } finally {
-      await traffic.stop();
-      streams.push(traffic.stream);
-    }
+    });
     expect(inEpoch(3, 3)).toBe(false);
     const history = await collect(publisher, "sec.alerts", 1);
     const acked = streams.reduce((sum, stream) => sum + stream.acked.length, 0);

@@ -11,8 +11,16 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { FitbClient } from "../../src/client/index.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, collect, startClusterWithChannels } from "./client-util.ts";
-import { checkTotalOrder, killAndWait, logLines, publishStream, type Stream, trickle, waitCaughtUp } from "./durability-history.ts";
-import { logTail, type TestCluster, waitListening } from "./harness.ts";
+import {
+  checkTotalOrder,
+  killAndWait,
+  logLines,
+  publishStream,
+  restartUnderTrickle,
+  type Stream,
+  waitCaughtUp,
+} from "./durability-history.ts";
+import { logTail, type TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
 let publisher: FitbClient;
@@ -78,10 +86,7 @@ describe("epoch switch", () => {
   }, 300_000);
 
   test("a replica that was down across the change comes back in the old epoch, is sent the proof that ended it, fetches the state and joins the new epoch", async () => {
-    cluster.start(4);
-    await waitListening(cluster, [4]);
-    const traffic = trickle(publisher, "sec.alerts", "t4", 50);
-    try {
+    await restartUnderTrickle(cluster, publisher, 4, "sec.alerts", "t4", streams, async () => {
       await waitFor(
         "replica 4 to start epoch 1",
         () => started(4),
@@ -89,10 +94,7 @@ describe("epoch switch", () => {
         () => logTail(cluster, 4),
       );
       await waitCaughtUp(publisher, 4, 60_000);
-    } finally {
-      await traffic.stop();
-      streams.push(traffic.stream);
-    }
+    });
     const line = logLines(cluster, 4, "epoch started").find((entry) => entry["epoch"] === 1);
     expect(line).toMatchObject({ epoch: 1, n: 4, rank: 3 });
     // It got the switch point by state transfer, certified by the old epoch.
@@ -101,15 +103,9 @@ describe("epoch switch", () => {
 
   test("a replica restarted in the new epoch resumes it from its data directory", async () => {
     await killAndWait(cluster, 2);
-    cluster.start(2);
-    await waitListening(cluster, [2]);
-    const traffic = trickle(publisher, "sec.alerts", "t2", 50);
-    try {
+    await restartUnderTrickle(cluster, publisher, 2, "sec.alerts", "t2", streams, async () => {
       await waitCaughtUp(publisher, 2, 60_000);
-    } finally {
-      await traffic.stop();
-      streams.push(traffic.stream);
-    }
+    });
     expect(logLines(cluster, 2, "the data directory stopped in the middle of an epoch switch")).toEqual([]);
     // Nothing acknowledged over the whole run was lost, repeated or reordered.
     const history = await collect(publisher, "sec.alerts", 1);
