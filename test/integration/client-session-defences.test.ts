@@ -9,85 +9,32 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import net from "node:net";
-import { buildRequest } from "../../src/client/request.ts";
 import { initCluster } from "../../src/config/init.ts";
 import { loadSigningKeyFile, SigningKey } from "../../src/crypto/keys.ts";
-import type { SessionFraming } from "../../src/crypto/session.ts";
 import { REFUSALS_BURST } from "../../src/replica/admission.ts";
 import { createLog } from "../../src/replica/log.ts";
 import { Replica, type ReplicaOptions } from "../../src/replica/replica.ts";
-import { FrameDecoder } from "../../wire/frame.ts";
-import type { Frame } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
-import { decodeSessionFrame, encodeSessionFrame, rawClientAuth, rawClientHello } from "../helpers/client-session.ts";
 import { waitFor } from "../helpers/wait.ts";
+import { HandSession } from "../helpers/hand-session.ts";
+import type { Op } from "../../wire/schemas.ts";
 import { freePortRange } from "./harness.ts";
 
 /** A client session spoken by hand: HELLO, AUTH, then signed publishes to a channel that does not exist. */
-class Session {
-  readonly frames: Frame[] = [];
-  private readonly socket: net.Socket;
-  private readonly decoder = new FrameDecoder({ copyPayloads: true });
-  private framing: SessionFraming | null = null;
-  private seq = 0;
-
-  constructor(
-    port: number,
-    private readonly key: SigningKey,
-  ) {
-    this.socket = net.createConnection({ host: "127.0.0.1", port });
-    this.socket.on("data", (chunk: Buffer) => {
-      for (const result of this.decoder.push(new Uint8Array(chunk))) {
-        if (!result.ok) continue;
-        const decoded = decodeSessionFrame(result, this.framing);
-        if (decoded.ok) this.frames.push(decoded.frame);
-      }
-    });
-    this.socket.on("error", () => {});
-  }
-
-  async handshake(): Promise<void> {
-    const state = rawClientHello(this.key);
-    this.socket.write(encodeSessionFrame({ type: FrameType.HELLO, body: state.hello }, null));
-    await waitFor("HELLO_ACK", () => this.frames.some((f) => f.type === FrameType.HELLO_ACK || f.type === FrameType.ERROR), 20_000);
-    const ack = this.frames.shift() as Frame;
-    if (ack.type !== FrameType.HELLO_ACK) throw new Error(`not a HELLO_ACK: ${JSON.stringify(ack)}`);
-    const { auth, framing } = rawClientAuth(this.key, state, ack.body);
-    this.socket.write(encodeSessionFrame(auth, null));
-    this.framing = framing;
-  }
-
+class Session extends HandSession {
   /**
    * `count` validly signed requests written at once, answers not awaited: publishes to a
    * channel that does not exist, or (`admin`) admin commands, which a client key may not send.
    */
   publishMany(count: number, admin = false): void {
-    const parts: Uint8Array[] = [];
-    for (let i = 0; i < count; i++) {
-      this.seq++;
-      const built = buildRequest(
-        this.key,
-        {
-          seq: this.seq,
-          ts: Date.now(),
-          op: admin
-            ? { t: "admin", cmd: { t: "destroy-channel", tag: "no.such" } }
-            : { t: "pub", tag: "no.such", events: [new Uint8Array(8)] },
-        },
-        1 << 20,
-      );
-      parts.push((this.framing as SessionFraming).sealer.seal(built.frame));
-    }
-    this.socket.write(Buffer.concat(parts));
+    const op: Op = admin
+      ? { t: "admin", cmd: { t: "destroy-channel", tag: "no.such" } }
+      : { t: "pub", tag: "no.such", events: [new Uint8Array(8)] };
+    this.writeRequests(Array.from({ length: count }, () => op));
   }
 
   get replies(): number {
     return this.frames.filter((f) => f.type === FrameType.REPLY).length;
-  }
-
-  destroy(): void {
-    this.socket.destroy();
   }
 }
 

@@ -10,77 +10,24 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import net from "node:net";
-import { buildRequest } from "../../src/client/request.ts";
 import { initCluster } from "../../src/config/init.ts";
 import { loadSigningKeyFile, SigningKey } from "../../src/crypto/keys.ts";
-import type { SessionFraming } from "../../src/crypto/session.ts";
 import { ClientAdmission } from "../../src/replica/admission.ts";
 import { createLog } from "../../src/replica/log.ts";
 import { Replica } from "../../src/replica/replica.ts";
-import { FrameDecoder } from "../../wire/frame.ts";
-import type { Frame, Reply } from "../../wire/schemas.ts";
+import type { Reply } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
-import { decodeSessionFrame, encodeSessionFrame, rawClientAuth, rawClientHello } from "../helpers/client-session.ts";
-import { waitFor } from "../helpers/wait.ts";
+import { HandSession } from "../helpers/hand-session.ts";
 import { freePortRange } from "./harness.ts";
 
 /** A client session spoken by hand: HELLO, AUTH, then signed requests one at a time. */
-class Session {
-  readonly frames: Frame[] = [];
-  private readonly socket: net.Socket;
-  private readonly decoder = new FrameDecoder({ copyPayloads: true });
-  private framing: SessionFraming | null = null;
-  private seq = 0;
-
-  constructor(
-    port: number,
-    private readonly key: SigningKey,
-  ) {
-    this.socket = net.createConnection({ host: "127.0.0.1", port });
-    this.socket.on("data", (chunk: Buffer) => {
-      for (const result of this.decoder.push(new Uint8Array(chunk))) {
-        if (!result.ok) continue;
-        const decoded = decodeSessionFrame(result, this.framing);
-        if (decoded.ok) this.frames.push(decoded.frame);
-      }
-    });
-    this.socket.on("error", () => {});
-  }
-
-  private async next(type: Frame["type"], what: string): Promise<Frame> {
-    await waitFor(what, () => this.frames.some((f) => f.type === type || f.type === FrameType.ERROR), 20_000);
-    const index = this.frames.findIndex((f) => f.type === type);
-    if (index < 0) throw new Error(`${what}: got ${JSON.stringify(this.frames)}`);
-    return this.frames.splice(index, 1)[0] as Frame;
-  }
-
-  async handshake(): Promise<void> {
-    const state = rawClientHello(this.key);
-    this.socket.write(encodeSessionFrame({ type: FrameType.HELLO, body: state.hello }, null));
-    const ack = await this.next(FrameType.HELLO_ACK, "HELLO_ACK");
-    if (ack.type !== FrameType.HELLO_ACK) throw new Error("not a HELLO_ACK");
-    const { auth, framing } = rawClientAuth(this.key, state, ack.body);
-    this.socket.write(encodeSessionFrame(auth, null));
-    this.framing = framing;
-  }
-
+class Session extends HandSession {
   /** A validly signed publish to a channel that does not exist; its REPLY. */
   async publish(): Promise<Reply> {
-    this.seq++;
-    const built = buildRequest(
-      this.key,
-      { seq: this.seq, ts: Date.now(), op: { t: "pub", tag: "no.such", events: [new Uint8Array(8)] } },
-      1 << 20,
-    );
-    this.socket.write((this.framing as SessionFraming).sealer.seal(built.frame));
+    this.writeRequests([{ t: "pub", tag: "no.such", events: [new Uint8Array(8)] }]);
     const reply = await this.next(FrameType.REPLY, `the reply to request ${this.seq}`);
     if (reply.type !== FrameType.REPLY) throw new Error("not a REPLY");
     return reply.body;
-  }
-
-  destroy(): void {
-    this.socket.destroy();
   }
 }
 
