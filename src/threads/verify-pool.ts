@@ -12,6 +12,10 @@
  * order they were asked, whatever thread finished first, so a client's requests reach
  * the replica in the order it sent them, exactly as without threads.
  *
+ * Urgency: checks go out most urgent first, and an urgent check (a high or critical
+ * channel's request, or an admin command) whose lane has nothing else pending is verified
+ * inline at once, never behind a flood's checks on the threads' queues.
+ *
  * Bounds: at most CHECKS_IN_FLIGHT_MAX checks are out at once, and at most
  * LANE_CHECKS_MAX of one lane; past either a check runs inline (it costs the loop, which
  * then reads that session no faster than it verifies, but nothing waits without bound and
@@ -32,6 +36,7 @@
 import { sign, verify } from "../crypto/ed25519.ts";
 import { SigningKey } from "../crypto/keys.ts";
 import { workerEntry } from "./entry.ts";
+import { URGENT } from "../core/ordering/priority.ts";
 import { BATCH_BYTES_MAX, KEY_BYTES, packBatch, SIG_BYTES } from "./verify-batch.ts";
 
 /** A batch to a thread: the checks packed into one transferable buffer (verify-batch.ts). */
@@ -161,8 +166,11 @@ export class VerifyPool {
     const laneFull = lane !== null && lane.pending >= LANE_CHECKS_MAX;
     // A key or signature of the wrong size cannot be packed; it fails inline, at once.
     const misshapen = key.length !== KEY_BYTES || sig.length !== SIG_BYTES;
+    // An urgent check with nothing ahead of it on its lane is answered at once: about 50 us
+    // of the loop, where the threads' queue may hold tens of milliseconds of a flood's checks.
+    const urgentAlone = urgency >= URGENT && (lane === null || lane.pending === 0);
     const check: Check = { key, message, sig, lane, position: lane === null ? -1 : lane.ask(), done, urgency };
-    if (this.threads.length === 0 || laneFull || misshapen || this.inFlight + this.queued.length >= CHECKS_IN_FLIGHT_MAX) {
+    if (this.threads.length === 0 || laneFull || misshapen || urgentAlone || this.inFlight + this.queued.length >= CHECKS_IN_FLIGHT_MAX) {
       this.verifiedInline++;
       this.answer(check, verify(key, message, sig));
       return;

@@ -66,6 +66,8 @@ export interface Options {
   readonly events: number;
   readonly publishers: number;
   readonly size: number;
+  /** Events per second in total (`fitb bench --rate`); absent: as fast as acknowledgements allow. */
+  readonly rate?: number;
   /** Where nats-server is, or null to look for it on PATH and in the sbin directories. */
   readonly natsServer: string | null;
   readonly json: boolean;
@@ -277,6 +279,7 @@ const BENCH_PROGRESS = /^fitb bench: (\d+) s: published \d+\/\d+, delivered \d+\
 export async function runFitbBench(cluster: TestCluster, tag: string, options: Options, label: string): Promise<FitbBenchJson | Error> {
   const argv = [BUN, MAIN, "bench", "--config", cluster.configPath, "--key", cluster.clientKey, "--channel", tag];
   argv.push("--events", String(options.events), "--size", String(options.size), "--publishers", String(options.publishers), "--json");
+  if (options.rate !== undefined) argv.push("--rate", String(options.rate));
   const proc = track(Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" }));
   const out: string[] = [];
   const err: string[] = [];

@@ -1,7 +1,7 @@
 /**
  * Where a replica's time goes under `fitb bench` (run on purpose, not part of `npm test`):
  *
- *   npx bun test/bench/profile.ts [--class CLASS|all] [--events N] [--top K] [--threads N] [--sync MODE] [--keep DIR] [--json] [--help]
+ *   npx bun test/bench/profile.ts [--class CLASS|all] [--events N] [--rate R] [--top K] [--threads N] [--sync MODE] [--keep DIR] [--json] [--help]
  *
  * For each CLASS: four replicas from source, each under Bun's sampling profiler
  * (`bun --cpu-prof`, one sample a millisecond of the main thread), one channel of that
@@ -65,6 +65,8 @@ const PROGRAM_MS_MAX = 30 * 60_000;
 export interface Options {
   readonly classes: readonly ClassName[];
   readonly events: number;
+  /** The bench's offered rate (ev/s), or null: as fast as acknowledgements allow. */
+  readonly rate: number | null;
   readonly top: number;
   readonly threads: number | null;
   readonly sync: "full" | "normal" | null;
@@ -82,6 +84,7 @@ export const USAGE = [
   "sockets, storage commit and append, ordering core, channel machine, fan-out, ...",
   `  --class CLASS  one of ${FITB_CLASSES.join(", ")}, or all (default)`,
   `  --events N     events in the bench run (default ${EVENTS_DEFAULT})`,
+  "  --rate R       offer R events/s in total (fitb bench --rate; default: as fast as acknowledgements allow)",
   `  --top K        groups per table (default ${TOP_DEFAULT}), and as many top functions`,
   "  --threads N    the replicas' --threads (default: theirs, the cores but one); 0 puts signature checks on the profiled thread",
   "  --sync MODE    the replicas' --sync (full, their default, or normal: no fsync at each commit)",
@@ -93,6 +96,7 @@ export function parseOptions(argv: readonly string[]): Options | string {
   let classes: readonly ClassName[] = FITB_CLASSES;
   let events = EVENTS_DEFAULT;
   let top = TOP_DEFAULT;
+  let rate: number | null = null;
   let threads: number | null = null;
   let keep: string | null = null;
   let sync: Options["sync"] = null;
@@ -110,6 +114,11 @@ export function parseOptions(argv: readonly string[]): Options | string {
         if (found === undefined) return `--class: one of ${FITB_CLASSES.join(", ")} or all, got ${name ?? "nothing"}`;
         classes = [found];
       }
+    } else if (arg === "--rate") {
+      const text = argv[++i];
+      const value = Number(text);
+      if (!Number.isInteger(value) || value < 1 || value > 10_000_000) return `--rate: an integer in 1..10000000, got ${text ?? "nothing"}`;
+      rate = value;
     } else if (arg === "--events" || arg === "--top" || arg === "--threads") {
       const text = argv[++i];
       const value = Number(text);
@@ -129,7 +138,7 @@ export function parseOptions(argv: readonly string[]): Options | string {
       keep = dir;
     } else return `unknown argument ${arg}`;
   }
-  return { classes, events, top, threads, sync, keep, json, help };
+  return { classes, events, rate, top, threads, sync, keep, json, help };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -433,7 +442,7 @@ async function profileClass(className: ClassName, options: Options, index: numbe
       admin.close();
     }
     progress(`${label}: fitb bench, ${options.events} events of 200 B`);
-    const benchOptions: PeersOptions = { events: options.events, publishers: 1, size: 200, natsServer: null, json: true, help: false };
+    const benchOptions: PeersOptions = { events: options.events, publishers: 1, size: 200, natsServer: null, json: true, help: false, ...(options.rate === null ? {} : { rate: options.rate }) };
     const cpuBefore = PROFILED.map((id) => threadCpu(procs[id]?.pid ?? -1));
     const benchStartMs = Date.now();
     const bench = await runFitbBench(cluster, tagOf(className), benchOptions, label);

@@ -6,6 +6,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { OrderingCore, type PeerMessage, type PrePrepare } from "../../src/core/ordering/index.ts";
+import { requestBytes } from "../../src/core/ordering/messages.ts";
 import { buildBatch, lessUrgentRequests, poolLimitFor, type ProposalPolicy, urgencyOf } from "../../src/core/ordering/priority.ts";
 import { ManualCluster } from "../../src/sim/cluster.ts";
 import { SimKeyring } from "../../src/sim/crypto.ts";
@@ -193,6 +194,121 @@ describe("fairness expectation with priorities (timers.ts)", () => {
       const lows = d.batch.filter((r) => r.client === lowHex).length;
       if (d.batch.length === 4) expect(lows).toBeLessThanOrEqual(lessUrgentRequests(4));
     }
+    for (const id of [1, 2, 3]) {
+      const reasons = c.allEffects(id).flatMap((o) => (o.kind === "leaderSuspected" || o.kind === "suspect" ? [o.reason] : []));
+      expect(reasons).toEqual([]);
+    }
+  });
+});
+
+describe("urgent pacing (priority.ts pacingUrgent, timers.ts)", () => {
+  /** Low requests 1..count at the leader, nothing delivered, so nothing executes: what goes out is what the pipeline allows. */
+  function lowBacklog(c: ManualCluster, low: number, count: number): void {
+    for (let seq = 1; seq <= count; seq++) c.submit(0, c.request(low, seq));
+    c.tick(2, [0]);
+  }
+
+  test("without urgent requests a low backlog fills the pipeline; after one, a single ordinary proposal is in flight", () => {
+    const params = { batchRequestsMax: 4, clientWindow: 16, keyPendingMax: 64 };
+    const plain = clusterWithUrgency(params);
+    lowBacklog(plain.c, plain.low, 16);
+    expect(proposals(plain.c).length).toBe(4); // pipelineDepth 4
+
+    const paced = clusterWithUrgency(params);
+    paced.c.submit(0, paced.c.request(paced.critical, 1));
+    expect(proposals(paced.c).length).toBe(1); // the critical request, alone, in an ordinary slot
+    lowBacklog(paced.c, paced.low, 16);
+    expect(proposals(paced.c).length).toBe(1);
+    // A second critical request does not wait: it takes an urgent slot.
+    paced.c.submit(0, paced.c.request(paced.critical, 2));
+    expect(proposals(paced.c).length).toBe(2);
+    expect(proposals(paced.c)[1]?.batch?.map((r) => r.client)).toEqual([paced.c.keyring.clients[paced.critical]?.publicHex]);
+  });
+
+  test("paced batches carry less urgent requests past each client's head only up to pacedBatchBytesMax; urgent ones uncapped", () => {
+    const probe = clusterWithUrgency();
+    const oneRequest = requestBytes(probe.c.request(probe.low, 1, 1, "y".repeat(200)));
+    const params = { batchRequestsMax: 8, clientWindow: 16, keyPendingMax: 64, pacedBatchBytesMax: Math.floor(oneRequest * 2.5) };
+    const { c, low, critical } = clusterWithUrgency(params);
+    const lowHex = c.keyring.clients[low]?.publicHex as string;
+    const normalHex = c.keyring.clients[2]?.publicHex as string;
+    c.submit(0, c.request(critical, 1, 1, "y".repeat(200)));
+    for (let seq = 1; seq <= 12; seq++) c.submit(0, c.request(low, seq, 1, "y".repeat(200)));
+    c.runUntil(() => c.core(3).lastExecutedOf(lowHex) >= 12, 200);
+    const lowOnly = (c.decided[3] ?? []).filter((d) => d.batch.every((r) => r.client === lowHex));
+    expect(lowOnly.length).toBeGreaterThan(2);
+    for (const d of lowOnly) expect(d.batch.length).toBeLessThanOrEqual(2);
+    // Every waiting client's head goes in whatever the paced bytes: two normal clients and low, three heads.
+    c.submit(0, c.request(critical, 2, 1, "y".repeat(200)));
+    for (let seq = 1; seq <= 4; seq++) {
+      c.submit(0, c.request(2, seq, 1, "y".repeat(200)));
+      c.submit(0, c.request(3, seq, 1, "y".repeat(200)));
+      c.submit(0, c.request(low, 12 + seq, 1, "y".repeat(200)));
+    }
+    c.runUntil(() => c.core(3).lastExecutedOf(normalHex) >= 4 && c.core(3).lastExecutedOf(lowHex) >= 16, 200);
+    const heads = (c.decided[3] ?? []).filter((d) => new Set(d.batch.map((r) => r.client)).size >= 3);
+    expect(heads.length).toBeGreaterThan(0);
+    // Unpaced, the same backlog goes in batches of up to 8.
+    const plain = clusterWithUrgency(params);
+    for (let seq = 1; seq <= 12; seq++) plain.c.submit(0, plain.c.request(plain.low, seq, 1, "y".repeat(200)));
+    plain.c.runUntil(() => plain.c.core(3).lastExecutedOf(lowHex) >= 12, 200);
+    expect(Math.max(...(plain.c.decided[3] ?? []).map((d) => d.batch.length))).toBeGreaterThan(2);
+    // Eight critical requests at once are not capped by the paced bytes.
+    const criticalHex = c.keyring.clients[critical]?.publicHex as string;
+    for (let seq = 3; seq <= 10; seq++) c.submit(0, c.request(critical, seq, 1, "y".repeat(200)));
+    c.runUntil(() => c.core(3).lastExecutedOf(criticalHex) >= 10, 200);
+    const criticalSizes = (c.decided[3] ?? []).map((d) => d.batch.filter((r) => r.client === criticalHex).length);
+    expect(Math.max(...criticalSizes)).toBeGreaterThan(2);
+  });
+
+  test("pacing ends urgentPacingTicks after the last urgent request: the pipeline fills again", () => {
+    const { c, low, critical } = clusterWithUrgency({ batchRequestsMax: 1, clientWindow: 16, keyPendingMax: 64, urgentPacingTicks: 10 });
+    c.submit(0, c.request(critical, 1));
+    lowBacklog(c, low, 12);
+    expect(proposals(c).length).toBe(1);
+    c.tick(12, [0]);
+    // (A stalled proposal is also resent: count seqs.)
+    expect(new Set(proposals(c).map((p) => p.seq)).size).toBe(4);
+  });
+
+  test("urgentPacingTicks 0 turns pacing off", () => {
+    const { c, low, critical } = clusterWithUrgency({ batchRequestsMax: 1, clientWindow: 16, keyPendingMax: 64, urgentPacingTicks: 0 });
+    c.submit(0, c.request(critical, 1));
+    lowBacklog(c, low, 12);
+    expect(proposals(c).length).toBe(4);
+  });
+
+  test("backups judge a paced leader against the paced pipeline and do not suspect it", () => {
+    // Client 0 critical, 1-7 low. A critical request every ten ticks keeps the leader paced
+    // (one ordinary proposal in flight); batches of two leave most low heads waiting outside
+    // any proposal; one delivery pass every third tick makes each instance take about nine
+    // ticks. Judged against the unpaced pipeline (pipelineDepth 4), backups would count
+    // nearly every tick as starved and suspect the leader.
+    const keyring = new SimKeyring("fast", 4, 8);
+    const urgency = new Map(keyring.clients.map((key, i): [string, number] => [key.publicHex, i === 0 ? CRITICAL : LOW]));
+    const policy: ProposalPolicy = { urgencyOf: (client) => urgency.get(client) ?? 0 };
+    const c = new ManualCluster({
+      crypto: "fast",
+      clients: 8,
+      params: { batchRequestsMax: 2, clientWindow: 4, requestTimeoutTicks: 1_000 },
+      factory: (cfg, crypto, restored) => new OrderingCore(cfg, crypto, restored, policy),
+    });
+    const hex = (i: number): string => c.keyring.clients[i]?.publicHex as string;
+    const next = (i: number): number => c.core(3).lastExecutedOf(hex(i)) + 1;
+    const lowClients = [1, 2, 3, 4, 5, 6, 7];
+    for (let round = 0; round < 300; round++) {
+      if (round % 10 === 0) {
+        const seq = next(0);
+        for (const id of [0, 1, 2, 3]) c.submit(id, c.request(0, seq));
+      }
+      for (const client of lowClients) {
+        const seq = next(client);
+        for (const id of [0, 1, 2, 3]) c.submit(id, c.request(client, seq));
+      }
+      c.tick();
+      if (round % 3 === 0) c.deliverAll(() => true, 1);
+    }
+    for (const client of lowClients) expect(next(client)).toBeGreaterThan(2);
     for (const id of [1, 2, 3]) {
       const reasons = c.allEffects(id).flatMap((o) => (o.kind === "leaderSuspected" || o.kind === "suspect" ? [o.reason] : []));
       expect(reasons).toEqual([]);

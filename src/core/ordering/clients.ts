@@ -8,7 +8,7 @@
 import { isBarrier } from "./barrier.ts";
 import { bytesEqual } from "../../../wire/bytes.ts";
 import { type ClientRequest, requestBytes } from "./messages.ts";
-import { poolLimitFor, urgencyOf } from "./priority.ts";
+import { poolLimitFor, URGENT, urgencyOf } from "./priority.ts";
 import type { ReplicaId } from "./config.ts";
 import type { CoreState } from "./state.ts";
 import type { Refusal } from "./types.ts";
@@ -269,6 +269,7 @@ export function admit(state: CoreState, req: ClientRequest, authenticated: boole
     return "bad-signature";
   }
   state.pending.add(req, state.now, state.highestAcceptedSeq, via);
+  if (state.policy.flat !== true && urgencyOf(state.policy, req.client) >= URGENT) state.urgentAdmittedAt = state.now;
   return "added";
 }
 

@@ -37,6 +37,16 @@ export interface CoreConfig {
   readonly batchDelayTicks: number;
   /** Consensus instances in flight beyond the last executed one; must be <= logWindow. */
   readonly pipelineDepth: number;
+  /**
+   * Urgent pacing (PROTOCOL.md §4, "Urgent pacing"): for this many ticks after a request of
+   * urgency URGENT or more was admitted, the leader keeps at most `pacedPipelineDepth`
+   * ordinary proposals in flight and stops adding less urgent requests to a batch past
+   * `pacedBatchBytesMax` bytes past each client's head request, so an urgent request waits
+   * behind little work. 0: off.
+   */
+  readonly urgentPacingTicks: number;
+  readonly pacedPipelineDepth: number;
+  readonly pacedBatchBytesMax: number;
   /** K: a checkpoint after every K executed sequence numbers. */
   readonly checkpointInterval: number;
   /** L: the log holds sequence numbers h < seq <= h+L; must exceed K. */
@@ -106,6 +116,9 @@ export const DEFAULT_PARAMETERS = {
   requestSpanMax: 256,
   batchDelayTicks: 0,
   pipelineDepth: 8,
+  urgentPacingTicks: 100,
+  pacedPipelineDepth: 1,
+  pacedBatchBytesMax: 16 * 1024,
   checkpointInterval: 128,
   logWindow: 256,
   clientWindow: 16,
@@ -167,6 +180,8 @@ export function checkConfig(cfg: CoreConfig): void {
     "floodThreshold",
     "transferRetryTicks",
     "transferItemsMax",
+    "pacedPipelineDepth",
+    "pacedBatchBytesMax",
   ];
   for (const key of positive) {
     const v = cfg[key];
@@ -177,6 +192,8 @@ export function checkConfig(cfg: CoreConfig): void {
   // 0: the leader proposes as soon as a request waits and the pipeline has room.
   if (!Number.isSafeInteger(cfg.batchDelayTicks) || cfg.batchDelayTicks < 0)
     throw new RangeError("batchDelayTicks must be a non-negative integer");
+  if (!Number.isSafeInteger(cfg.urgentPacingTicks) || cfg.urgentPacingTicks < 0)
+    throw new RangeError("urgentPacingTicks must be a non-negative integer");
   if (!Number.isSafeInteger(cfg.f) || cfg.f < 0) throw new RangeError("f must be a non-negative integer");
   if (cfg.n > REPLICAS_MAX) throw new RangeError(`n must be at most ${REPLICAS_MAX}`);
   if (cfg.n < 3 * cfg.f + 1) throw new RangeError("n must be at least 3f+1");

@@ -52,7 +52,16 @@ import {
   requestBytes,
   type StateResponse,
 } from "./messages.ts";
-import { buildBatch, countUrgentInFlight, FLAT_POLICY, type ProposalPolicy, URGENT_PIPELINE_SLOTS } from "./priority.ts";
+import {
+  buildBatch,
+  countUrgentInFlight,
+  FLAT_POLICY,
+  noteUrgentBatch,
+  ordinaryDepth,
+  pacingUrgent,
+  type ProposalPolicy,
+  URGENT_PIPELINE_SLOTS,
+} from "./priority.ts";
 import { restore, startEmptyInEpoch } from "./restore.ts";
 import { assert, assertNever, CoreState, type Seams } from "./state.ts";
 import { finishTick, startTick, tickBackup, tickLeader } from "./timers.ts";
@@ -337,10 +346,13 @@ export class OrderingCore {
     // Proposals made in the slots kept for urgent requests (priority.ts) are counted apart:
     // they never take the place of ordinary ones, so a steady trickle of urgent requests
     // cannot keep the ordinary pipeline full and lock the less urgent out.
+    // While urgent requests arrive, less urgent work is paced (priority.ts, pacingUrgent).
     const urgentInFlight = countUrgentInFlight(state);
+    const paced = pacingUrgent(state);
+    const depth = ordinaryDepth(state, paced);
     let ordinaryInFlight = state.nextProposalSeq - 1 - state.lastExecuted - urgentInFlight;
-    while (ordinaryInFlight < this.cfg.pipelineDepth && state.nextProposalSeq <= state.highWater) {
-      const batch = buildBatch(state, false);
+    while (ordinaryInFlight < depth && state.nextProposalSeq <= state.highWater) {
+      const batch = buildBatch(state, false, paced);
       if (batch === null) return;
       this.propose(batch);
       ordinaryInFlight++;
@@ -403,6 +415,7 @@ export class OrderingCore {
     state.proposalTsFloor = Math.max(state.proposalTsFloor, m.ts);
     acceptInto(state, entry, { ...m, batch: null }, m.batch, false);
     state.persist({ t: "accept", prePrepare: m });
+    noteUrgentBatch(state, m.batch);
     if (this.cfg.mode === "cft") {
       markPrepared(state, entry);
     } else {

@@ -4,7 +4,8 @@
  * clients of one urgency, each client's requests in chain order; a share of every batch
  * kept for the less urgent when they wait, so they never starve; and a few pipeline slots
  * past `pipelineDepth` that only urgent requests may take, so an alert does not wait for
- * a full pipeline of bulk traffic to drain.
+ * a full pipeline of bulk traffic to drain; and, while urgent requests arrive, less
+ * urgent work paced in small batches (urgent pacing), so an alert waits behind little.
  *
  * Urgency is the runtime's to say (a channel's priority); it need not agree across
  * replicas for safety, because a backup accepts any valid batch in any order. The backups'
@@ -63,6 +64,36 @@ export function countUrgentInFlight(state: CoreState): number {
   return seqs.size;
 }
 
+/**
+ * Urgent pacing: whether a request of urgency URGENT or more was admitted here within the
+ * last `urgentPacingTicks` (plus `slackTicks`). While it holds, the leader keeps at most
+ * `pacedPipelineDepth` ordinary proposals in flight and adds less urgent requests to a
+ * batch past each client's head request only up to `pacedBatchBytesMax` bytes,
+ * so an urgent request waits behind one small batch, not a pipeline of large ones. The
+ * backups judge the leader against the paced pipeline while they saw urgent requests
+ * within twice the window (timers.ts): the leader's view of the window may lag theirs.
+ */
+export function pacingUrgent(state: CoreState, slackTicks = 0): boolean {
+  const ticks = state.cfg.urgentPacingTicks;
+  return ticks > 0 && state.policy.flat !== true && state.now - state.urgentAdmittedAt <= ticks + slackTicks;
+}
+
+/** A backup that accepts a proposal holding an urgent request paces its judgement too (a client may not have reached it directly). */
+export function noteUrgentBatch(state: CoreState, batch: readonly ClientRequest[]): void {
+  if (state.cfg.urgentPacingTicks === 0 || state.policy.flat === true) return;
+  for (const req of batch) {
+    if (urgencyOf(state.policy, req.client) >= URGENT) {
+      state.urgentAdmittedAt = state.now;
+      return;
+    }
+  }
+}
+
+/** Ordinary proposals the leader keeps in flight: `pipelineDepth`, or the paced depth while urgent requests arrive. */
+export function ordinaryDepth(state: CoreState, paced: boolean): number {
+  return paced ? Math.min(state.cfg.pipelineDepth, state.cfg.pacedPipelineDepth) : state.cfg.pipelineDepth;
+}
+
 /** The requests of each batch kept for less urgent clients while they wait (at least one). */
 export function lessUrgentRequests(batchRequestsMax: number): number {
   return Math.max(1, Math.floor((batchRequestsMax * LESS_URGENT_SHARE_PERCENT) / 100));
@@ -78,7 +109,7 @@ export function urgencyOf(policy: ProposalPolicy, client: string): number {
  * urgency URGENT or more (the reserved pipeline slots). A partial batch waits until its
  * oldest request is `batchDelayTicks` old (0: propose on arrival).
  */
-export function buildBatch(state: CoreState, urgentOnly: boolean): ClientRequest[] | null {
+export function buildBatch(state: CoreState, urgentOnly: boolean, paced = false): ClientRequest[] | null {
   const cfg = state.cfg;
   // Each client's chain: its requests in order from its last executed seq. A request
   // already in a free proposal of this view is stepped over (it executes first); one named
@@ -113,11 +144,13 @@ export function buildBatch(state: CoreState, urgentOnly: boolean): ClientRequest
     const chains = byUrgency[urgency] as PendingRequest[][];
     if (chains.length === 0) continue;
     lessUrgentClasses--;
+    const bytesCap = cfg.batchBytesMax - keptBytes * lessUrgentClasses;
     fill.take(
       chains,
       state.roundRobinStart,
       cfg.batchRequestsMax - keptRequests * lessUrgentClasses,
-      cfg.batchBytesMax - keptBytes * lessUrgentClasses,
+      bytesCap,
+      paced && urgency < URGENT ? cfg.pacedBatchBytesMax : Number.POSITIVE_INFINITY,
     );
   }
   if (fill.batch.length === 0) return null;
@@ -154,7 +187,13 @@ class BatchFill {
   ) {}
 
   /** Takes from `chains` round robin (starting at `start`) until they are empty or a cap is reached. */
-  take(chains: readonly PendingRequest[][], start: number, requestsCap: number, bytesCap: number): void {
+  /**
+   * `pacedBytes` (urgent pacing): past the first round (each client's head request), stop
+   * once the batch holds that many bytes. The first round is never cut by it, so every
+   * waiting client's head still goes into each batch its bounds allow, as the backups'
+   * request timers and fairness expectation require.
+   */
+  take(chains: readonly PendingRequest[][], start: number, requestsCap: number, bytesCap: number, pacedBytes: number): void {
     const first = start % chains.length;
     let taken = 0;
     for (let round = 0; ; round++) {
@@ -171,6 +210,7 @@ class BatchFill {
         // taken whenever the batch's own bounds allow, so a request larger than its
         // class's share is not held forever.
         if (taken > 0 && (this.batch.length >= requestsCap || this.bytes + size > bytesCap)) return;
+        if (round > 0 && this.bytes + size > pacedBytes) return;
         this.batch.push(p.req);
         taken++;
         this.bytes += size;

@@ -206,6 +206,8 @@ export class CoreState {
   /** Seqs this leader proposed in the slots kept for urgent requests (priority.ts), and the view it proposed them in. */
   readonly urgentSlotSeqs = new Set<number>();
   urgentSlotsView = -1;
+  /** Tick at which a request of urgency URGENT or more was last admitted (urgent pacing, priority.ts); never: -Infinity. */
+  urgentAdmittedAt = Number.NEGATIVE_INFINITY;
 
   // Progress tracking (timers.ts).
   lastExecutedAt = 0;

@@ -5,7 +5,7 @@
  * A backup watches its leader here: request timers, the heartbeat, fairness and
  * throughput; the expectations that need state across ticks live in monitors.ts.
  */
-import { lessUrgentRequests, URGENT_PIPELINE_SLOTS, urgencyOf } from "./priority.ts";
+import { lessUrgentRequests, ordinaryDepth, pacingUrgent, URGENT, URGENT_PIPELINE_SLOTS, urgencyOf } from "./priority.ts";
 import { ownCheckpoint, requestSnapshot } from "./checkpoints.ts";
 import { flushForwards } from "./clients.ts";
 import type { StateRequest } from "./messages.ts";
@@ -127,6 +127,12 @@ function watchLeader(state: CoreState): void {
   const inFlightMax = cfg.pipelineDepth + URGENT_PIPELINE_SLOTS;
   const fairnessBound = inFlightMax + cfg.fairnessMultiplier * Math.ceil(activeClients / cfg.batchRequestsMax);
   const lessUrgentBound = inFlightMax + cfg.fairnessMultiplier * Math.ceil(activeClients / lessUrgentRequests(cfg.batchRequestsMax));
+  // While urgent requests arrive the leader paces less urgent work (priority.ts): judged
+  // against the paced pipeline while this replica saw urgent requests within twice the
+  // window. Paced, a batch may carry one less urgent request per class, and urgent-slot
+  // proposals may come between: a round per active client, each up to 1 + the urgent slots.
+  const paced = pacingUrgent(state, cfg.urgentPacingTicks);
+  const pacedBound = inFlightMax + cfg.fairnessMultiplier * activeClients * (1 + URGENT_PIPELINE_SLOTS);
   for (const [client, forClient] of state.pending.clients()) {
     const head = forClient.get(state.clientTable.lastExecuted(client) + 1);
     if (head === undefined) continue;
@@ -135,7 +141,8 @@ function watchLeader(state: CoreState): void {
     const inBatch = state.inFreeProposal.has(head.key) || state.inNewViewBatch.has(head.key);
     if (!inBatch && age > cfg.batchDelayTicks) {
       waitingSince = Math.min(waitingSince, Math.max(head.firstSeen, head.timerStart));
-      const bound = mostUrgent > 0 && urgencyOf(state.policy, client) < mostUrgent ? lessUrgentBound : fairnessBound;
+      const urgency = urgencyOf(state.policy, client);
+      const bound = paced && urgency < URGENT ? pacedBound : mostUrgent > 0 && urgency < mostUrgent ? lessUrgentBound : fairnessBound;
       if (state.lastExecuted > head.seqAtArrival + bound) unfair = true;
     }
     if (state.now - head.timerStart < cfg.requestTimeoutTicks) continue;
@@ -152,7 +159,7 @@ function watchLeader(state: CoreState): void {
   if (timedOut) return suspect(state, "request-timeout");
   if (unfair) return suspect(state, "unfair");
   const inFlight = state.highestAcceptedSeq - state.lastExecuted;
-  const pipelineFull = inFlight >= cfg.pipelineDepth;
+  const pipelineFull = inFlight >= ordinaryDepth(state, paced);
   const patience = cfg.batchDelayTicks + cfg.starvationSlackTicks;
   const leaderBound = !pipelineFull && waitingSince !== NO_DEADLINE && state.now - waitingSince > patience;
   const starved = leaderBound && state.now - state.lastProposalAt > patience;
