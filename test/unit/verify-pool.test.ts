@@ -57,12 +57,33 @@ describe("verification threads", () => {
     await waitFor("ready", () => p.verifiedOnThreads === 2, 30_000);
     const items = checks(6);
     const order: string[] = [];
-    // Separate lanes (one per session): only urgency orders them.
-    items.forEach((c, i) =>
-      p.verify(c.key, c.message, c.sig, () => order.push(i < 3 ? `low${i}` : `critical${i}`), p.lane(), i < 3 ? 0 : 3),
-    );
+    // Separate lanes (one per session): only urgency orders them (normal over low; urgent
+    // checks do not queue at all, next test).
+    items.forEach((c, i) => p.verify(c.key, c.message, c.sig, () => order.push(i < 3 ? `low${i}` : `normal${i}`), p.lane(), i < 3 ? 0 : 1));
     await waitFor("every answer", () => order.length === 6, 30_000);
-    expect(order).toEqual(["critical3", "critical4", "critical5", "low0", "low1", "low2"]);
+    expect(order).toEqual(["normal3", "normal4", "normal5", "low0", "low1", "low2"]);
+  });
+
+  test("an urgent check with nothing pending on its lane is answered at once, not behind the threads' queue", async () => {
+    const p = pool(1);
+    await waitFor("ready", () => p.verifiedOnThreads === 2, 30_000);
+    const [a, b, c, d] = checks(4);
+    if (a === undefined || b === undefined || c === undefined || d === undefined) throw new Error("checks");
+    const answered: string[] = [];
+    const flood = p.lane();
+    p.verify(a.key, a.message, a.sig, () => answered.push("low"), flood, 0);
+    const urgent = p.lane();
+    p.verify(b.key, b.message, b.sig, (ok) => answered.push(`critical ${ok}`), urgent, 3);
+    // Answered before verify returned; the low check waits for its thread.
+    expect(answered).toEqual([`critical ${b.valid}`]);
+    expect(p.verifiedInline).toBe(1);
+    // An urgent check behind a pending one on its own lane keeps the lane's order.
+    p.verify(c.key, c.message, c.sig, () => answered.push("high behind low"), flood, 2);
+    expect(answered.length).toBe(1);
+    p.verify(d.key, d.message, d.sig, () => answered.push("high alone"), null, 2);
+    expect(answered).toEqual([`critical ${b.valid}`, "high alone"]);
+    await waitFor("every answer", () => answered.length === 4, 30_000);
+    expect(answered.slice(2)).toEqual(["low", "high behind low"]);
   });
 
   test("threads 0 verifies inline, at once, with the same answers", () => {
