@@ -16,6 +16,11 @@
  *   frames or CLIENT_TURN_MS, then yields to the event loop (timers, peer reads, commits)
  *   and goes on. So between two peer turns the client work is bounded, however many
  *   clients write and however fast.
+ * - A connection that recently sent an urgent request (a high or critical channel's
+ *   publish, or an admin command: `markUrgent`, for URGENT_CONNECTION_MS) goes first in
+ *   each turn: up to URGENT_TURN_FRAMES_MAX of its frames before the round robin, so an
+ *   alert does not wait behind a rotation over every busy connection. The cap keeps what
+ *   an urgent publisher's flood can take from the others bounded.
  * - A connection whose reads its owner paused (a session over its verification budget,
  *   replica.ts) is not worked on until it is resumed: its queue waits, unprocessed.
  *
@@ -26,6 +31,9 @@
 /** Frames worked on in one drain turn at most, and its time, before the loop gets a turn. */
 export const CLIENT_TURN_FRAMES_MAX = 256;
 export const CLIENT_TURN_MS = 10;
+/** How long a connection counts as urgent after its last urgent request, and its frames a turn may take first. */
+export const URGENT_CONNECTION_MS = 1_000;
+export const URGENT_TURN_FRAMES_MAX = 64;
 /** Bytes one connection may have waiting here before its reads are paused. */
 export const CLIENT_QUEUE_BYTES_MAX = 1024 * 1024;
 /**
@@ -83,6 +91,8 @@ export class ClientFrames<C extends ScheduledConn, F> {
   /** What a connection may hold while the total is over totalBytesMax. */
   private readonly shareBytesMax: number;
   private totalBytes = 0;
+  /** Connections that sent an urgent request lately, and until when they go first (performance.now ms). */
+  private readonly urgent = new Map<C, number>();
 
   constructor(private readonly options: ClientFramesOptions<C, F>) {
     this.queueBytesMax = options.queueBytesMax ?? CLIENT_QUEUE_BYTES_MAX;
@@ -116,6 +126,11 @@ export class ClientFrames<C extends ScheduledConn, F> {
     this.schedule();
   }
 
+  /** `conn` sent an urgent request: its frames go first for URGENT_CONNECTION_MS. */
+  markUrgent(conn: C, nowMs = performance.now()): void {
+    if (!this.stopped && !conn.isClosed) this.urgent.set(conn, nowMs + URGENT_CONNECTION_MS);
+  }
+
   /** Bytes waiting for `conn` (tests). */
   queuedBytes(conn: C): number {
     return this.queues.get(conn)?.bytes ?? 0;
@@ -140,6 +155,7 @@ export class ClientFrames<C extends ScheduledConn, F> {
     this.queues.delete(conn);
     this.ready.delete(conn);
     this.blocked.delete(conn);
+    this.urgent.delete(conn);
     this.release();
   }
 
@@ -148,6 +164,7 @@ export class ClientFrames<C extends ScheduledConn, F> {
     this.queues.clear();
     this.ready.clear();
     this.blocked.clear();
+    this.urgent.clear();
     this.totalBytes = 0;
   }
 
@@ -170,48 +187,18 @@ export class ClientFrames<C extends ScheduledConn, F> {
     (this.options.schedule ?? ((run: () => void) => void setImmediate(run)))(() => this.drain());
   }
 
-  /** One turn: the peers' turn, then one frame per client connection in turn, within the turn's bounds. */
+  /** One turn: the peers' turn, urgent connections' frames, then one frame per client connection in turn, within the turn's bounds. */
   drain(): void {
     this.scheduled = false;
     if (this.stopped) return;
     this.options.peersFirst?.();
     const started = performance.now();
-    let processed = 0;
+    let processed = this.urgentFirst(started);
+    if (this.stopped) return;
     while (processed < CLIENT_TURN_FRAMES_MAX && this.ready.size > 0) {
       for (const conn of this.ready) {
-        const q = this.queues.get(conn);
-        if (q === undefined || conn.isClosed) {
-          this.forget(conn);
-          continue;
-        }
-        if (conn.readPaused) {
-          this.ready.delete(conn);
-          q.parked = true;
-          conn.holdUntilResumed(() => this.unpark(conn));
-          continue;
-        }
-        const frame = q.frames[q.head] as F;
-        const size = q.sizes[q.head] as number;
-        q.frames[q.head] = undefined as F;
-        q.head++;
-        q.bytes -= size;
-        this.totalBytes -= size;
-        // Round robin: this connection goes to the back of the ready set.
-        this.ready.delete(conn);
-        if (q.head >= q.frames.length) {
-          q.frames.length = 0;
-          q.sizes.length = 0;
-          q.head = 0;
-        } else {
-          if (q.head > 1024 && q.head * 2 > q.frames.length) {
-            q.frames.splice(0, q.head);
-            q.sizes.splice(0, q.head);
-            q.head = 0;
-          }
-          this.ready.add(conn);
-        }
+        if (!this.workOnNext(conn)) continue;
         processed++;
-        this.options.process(conn, frame);
         if (this.stopped) return;
         if (processed >= CLIENT_TURN_FRAMES_MAX || performance.now() - started > CLIENT_TURN_MS) break;
       }
@@ -219,6 +206,62 @@ export class ClientFrames<C extends ScheduledConn, F> {
     }
     this.release();
     this.schedule();
+  }
+
+  /** The urgent connections' frames, up to URGENT_TURN_FRAMES_MAX, before the round robin; returns how many. */
+  private urgentFirst(now: number): number {
+    let processed = 0;
+    for (const [conn, until] of this.urgent) {
+      if (until < now || conn.isClosed) {
+        this.urgent.delete(conn);
+        continue;
+      }
+      while (processed < URGENT_TURN_FRAMES_MAX && this.ready.has(conn) && this.workOnNext(conn)) {
+        processed++;
+        if (this.stopped) return processed;
+      }
+      if (processed >= URGENT_TURN_FRAMES_MAX) break;
+    }
+    return processed;
+  }
+
+  /**
+   * Works on the next frame of `conn`, which then goes to the back of the round robin;
+   * false when there was none to work on (closed: forgotten; paused by its owner: parked).
+   */
+  private workOnNext(conn: C): boolean {
+    const q = this.queues.get(conn);
+    if (q === undefined || conn.isClosed) {
+      this.forget(conn);
+      return false;
+    }
+    if (conn.readPaused) {
+      this.ready.delete(conn);
+      q.parked = true;
+      conn.holdUntilResumed(() => this.unpark(conn));
+      return false;
+    }
+    const frame = q.frames[q.head] as F;
+    const size = q.sizes[q.head] as number;
+    q.frames[q.head] = undefined as F;
+    q.head++;
+    q.bytes -= size;
+    this.totalBytes -= size;
+    this.ready.delete(conn);
+    if (q.head >= q.frames.length) {
+      q.frames.length = 0;
+      q.sizes.length = 0;
+      q.head = 0;
+    } else {
+      if (q.head > 1024 && q.head * 2 > q.frames.length) {
+        q.frames.splice(0, q.head);
+        q.sizes.splice(0, q.head);
+        q.head = 0;
+      }
+      this.ready.add(conn);
+    }
+    this.options.process(conn, frame);
+    return true;
   }
 
   private unpark(conn: C): void {

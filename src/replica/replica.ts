@@ -61,6 +61,7 @@ import { type ClientSession, ReplicaServer, type ServerLimits } from "./server.t
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
 import { epochLogFields, genesisMembership, membersAnswer } from "./epochs.ts";
 import { startLagProbe, URGENT_DELAY_TARGET_MS_DEFAULT, UrgentShedder } from "./shedding.ts";
+import { URGENT } from "../core/ordering/priority.ts";
 import { Subscriptions } from "./subscriptions.ts";
 import { isSysTag, SysChannels } from "./sys-channels.ts";
 import { keyOf, WaitingRequests } from "./waiting.ts";
@@ -452,6 +453,9 @@ export class Replica {
       this.noteArrived(admitted.space, admitted.request);
     }
     if (this.shedForUrgent(session, signed, admitted.request)) return;
+    const urgency = urgencyOfSpace(admitted.space, (tag) => this.machine.priorityOf(tag));
+    // The session's next frames go first in the client scheduler's turns (client-frames.ts).
+    if (urgency >= URGENT) this.server.markUrgent(session.conn);
     // The signature is checked on a verification thread; the session's requests go on in
     // the order it sent them (its lane), and only once their check is in.
     let lane = this.lanes.get(session);
@@ -468,7 +472,7 @@ export class Replica {
         this.onVerifiedRequest(session, signed, admitted, frame.after);
       },
       lane,
-      urgencyOfSpace(admitted.space, (tag) => this.machine.priorityOf(tag)),
+      urgency,
     );
   }
 

@@ -312,6 +312,11 @@ export class ReplicaServer {
     return (this.options.now ?? Date.now)();
   }
 
+  /** A client session on `conn` sent an urgent request: its frames go first for a while (client-frames.ts). */
+  markUrgent(conn: FramedConn): void {
+    this.clientFrames.markUrgent(conn);
+  }
+
   private get accepts(): ListenerRole {
     return this.options.accepts ?? "both";
   }

@@ -4,7 +4,14 @@
  * one bounded turn of client work, and a connection over its bound stops being read.
  */
 import { describe, expect, test } from "bun:test";
-import { CLIENT_QUEUE_BYTES_MAX, CLIENT_TURN_FRAMES_MAX, ClientFrames, type ScheduledConn } from "../../src/replica/client-frames.ts";
+import {
+  CLIENT_QUEUE_BYTES_MAX,
+  CLIENT_TURN_FRAMES_MAX,
+  ClientFrames,
+  type ScheduledConn,
+  URGENT_CONNECTION_MS,
+  URGENT_TURN_FRAMES_MAX,
+} from "../../src/replica/client-frames.ts";
 import { PeerInbox } from "../../src/replica/peer-inbox.ts";
 
 /** A client connection as the scheduler sees it: whether the owner paused it, and the scheduler's pause. */
@@ -172,5 +179,49 @@ describe("client frames scheduler", () => {
     expect(h.clientTurnScheduled).toBe(true);
     h.clientTurn();
     expect(h.worked).toEqual(["client 1 frame 1", "client 1 frame 2", "client 1 frame 3"]);
+  });
+});
+
+describe("urgent connections first", () => {
+  test("a frame of a connection that sent an urgent request goes before a rotation over busy connections", () => {
+    const h = harness();
+    const busy = range(50).map((i) => new Conn(i));
+    for (const conn of busy) h.frames.push(conn, range(100), () => 10);
+    const alert = new Conn(99);
+    h.frames.markUrgent(alert);
+    h.frames.push(alert, [7], () => 10);
+    h.clientTurn();
+    expect(h.worked[0]).toBe("client 99 frame 7");
+    // Unmarked, the same frame waits for its place in the rotation.
+    const plain = harness();
+    for (const conn of range(50).map((i) => new Conn(i))) plain.frames.push(conn, range(100), () => 10);
+    plain.frames.push(new Conn(99), [7], () => 10);
+    plain.clientTurn();
+    expect(plain.worked.indexOf("client 99 frame 7")).toBe(50);
+  });
+
+  test("an urgent connection takes at most URGENT_TURN_FRAMES_MAX frames first; the others still get the rest of the turn", () => {
+    const h = harness();
+    const other = new Conn(1);
+    h.frames.push(other, range(10), () => 10);
+    const urgent = new Conn(2);
+    h.frames.markUrgent(urgent);
+    h.frames.push(urgent, range(1_000), () => 10);
+    h.clientTurn();
+    const firstOther = h.worked.indexOf("client 1 frame 0");
+    expect(firstOther).toBe(URGENT_TURN_FRAMES_MAX);
+    expect(h.worked.slice(0, URGENT_TURN_FRAMES_MAX).every((line) => line.startsWith("client 2 "))).toBe(true);
+    // Every frame of the other connection was worked on in this turn, in rotation with the urgent one.
+    expect(range(10).every((i) => h.worked.includes(`client 1 frame ${i}`))).toBe(true);
+  });
+
+  test("urgency lapses URGENT_CONNECTION_MS after the last urgent request", () => {
+    const h = harness();
+    for (const conn of range(10).map((i) => new Conn(i))) h.frames.push(conn, range(10), () => 10);
+    const lapsed = new Conn(99);
+    h.frames.markUrgent(lapsed, performance.now() - URGENT_CONNECTION_MS - 1);
+    h.frames.push(lapsed, [7], () => 10);
+    h.clientTurn();
+    expect(h.worked.indexOf("client 99 frame 7")).toBe(10);
   });
 });

@@ -222,7 +222,7 @@ describe("urgent pacing (priority.ts pacingUrgent, timers.ts)", () => {
     // A second critical request does not wait: it takes an urgent slot.
     paced.c.submit(0, paced.c.request(paced.critical, 2));
     expect(proposals(paced.c).length).toBe(2);
-    expect(proposals(paced.c)[1]?.batch?.map((r) => r.client)).toEqual([paced.c.keyring.clients[paced.critical]?.publicHex]);
+    expect(proposals(paced.c)[1]?.batch?.map((r) => r.client)).toEqual([paced.c.keyring.clients[paced.critical]?.publicHex as string]);
   });
 
   test("paced batches carry less urgent requests past each client's head only up to pacedBatchBytesMax; urgent ones uncapped", () => {
