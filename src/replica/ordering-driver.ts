@@ -707,15 +707,26 @@ export class OrderingDriver {
       this.options.log.error("ordering core assertion failed", { error: (error as Error).message });
       this.fatal(`ordering core assertion failed: ${(error as Error).message}`);
     }
-    // The records are staged; every effect waits until every record staged before it is durable.
+    // The records are staged; every effect waits until every record staged before it is
+    // durable. A `decided` record is staged after the step's effects (core PROTOCOL.md
+    // §2, "Decided records do not hold back execution"): the execution it names does not
+    // wait for its fsync, since Q replicas persisted the prepared record behind it before
+    // their COMMITs, so a crash that loses it loses nothing the group cannot decide again,
+    // identically. It still goes into the same transaction as the execution's own
+    // writes, or an earlier one.
     const generation = this.coreGeneration;
-    for (const record of ready.persist) this.persist(record);
+    const decided: PersistedRecord[] = [];
+    for (const record of ready.persist) {
+      if (record.t === "decided") decided.push(record);
+      else this.persist(record);
+    }
     for (const effect of ready.effects) {
       this.options.storage.afterDurable(() => {
         // An effect of the previous epoch's core, queued before the switch: moot.
         if (generation === this.coreGeneration) this.perform(effect);
       });
     }
+    for (const record of decided) this.persist(record);
     if (this.switchDue) {
       this.switchDue = false;
       this.options.storage.afterDurable(() => this.switchEpoch());

@@ -95,6 +95,11 @@ export type SuspectReason =
  * then run in order. A crash may lose a suffix of the records (and then every effect),
  * or a suffix of the effects, never a middle part. Persist before send is thus a
  * property of the shape: nothing the core sends can get ahead of what it promised.
+ * One exception: the runtime may perform a `decide` effect before the `decided` record
+ * of its seq is durable (written in the same or an earlier transaction than the
+ * execution's own writes), because Q replicas hold the `prepared` record behind it:
+ * a crash that loses it leads to the same decision again (PROTOCOL.md §2, "Decided
+ * records do not hold back execution").
  */
 export interface Ready {
   /** Records to append to durable storage (see `compactRecords`), in order. */

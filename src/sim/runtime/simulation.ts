@@ -155,6 +155,12 @@ export interface RuntimeFigures {
   crashesSyncInFlight: number;
   unsyncedAtCrash: number;
   unsyncedKept: number;
+  /**
+   * Decisions a replica executed whose `decided` record a crash then lost (it executes
+   * them again after the restart): execution does not wait for that record's fsync (core
+   * PROTOCOL.md §2, "Decided records do not hold back execution").
+   */
+  executedThenLost: number;
 }
 
 export interface RuntimeSeedResult {
@@ -317,6 +323,9 @@ class SimReplica {
   ackedTransaction = 0;
   /** The results this replica gave, by request (space#seq). */
   readonly results = new Map<string, string>();
+  /** The highest seq this life executed, and the one the last crash ended at. */
+  executedMax = 0;
+  executedAtCrash = 0;
 
   constructor(
     readonly id: number,
@@ -402,6 +411,7 @@ class RuntimeSimulation {
     crashesSyncInFlight: 0,
     unsyncedAtCrash: 0,
     unsyncedKept: 0,
+    executedThenLost: 0,
   };
 
   constructor(
@@ -537,6 +547,7 @@ class RuntimeSimulation {
       this.disk.removeTree(r.dir);
       this.log(`operator wipes replica ${r.id}'s data directory`);
       r.wipe = false;
+      r.executedAtCrash = 0;
     }
     const log = this.replicaLog(r);
     const metrics = new Metrics();
@@ -577,6 +588,11 @@ class RuntimeSimulation {
         onRefused: () => {},
       });
       r.driver = driver;
+      // What the crash before this start lost of what that life had executed.
+      const recovered = driver.status().lastExecuted;
+      if (r.executedAtCrash > recovered) this.figures.executedThenLost += r.executedAtCrash - recovered;
+      r.executedAtCrash = 0;
+      r.executedMax = recovered;
       driver.start();
       this.endTurn(r);
     } catch (error) {
@@ -587,6 +603,7 @@ class RuntimeSimulation {
   /** The replica's process is gone: its runtime objects are dropped and the disk keeps what was durable. */
   private crash(r: SimReplica, restartAt: number): void {
     this.figures.crashes++;
+    r.executedAtCrash = r.executedMax;
     this.figures.corruptRows += r.metrics?.get("storage_corrupt_rows_total") ?? 0;
     r.driver?.stop();
     r.driver = null;
@@ -706,6 +723,7 @@ class RuntimeSimulation {
     if (seen === undefined) this.executedAt.set(seq, digest);
     else if (seen !== digest) this.violation(`replica ${r.id} executed other requests at seq ${seq}`);
     if (seq > this.figures.decided) this.figures.decided = seq;
+    if (seq > r.executedMax) r.executedMax = seq;
     const m = r.machine;
     if (m === null) throw new Error("execution without a machine");
     for (const req of requests) {
@@ -1103,7 +1121,7 @@ export function runRuntimeSeed(seed: number, options: RuntimeOptions = {}): Runt
     `decided=${fig.decided} acked=${fig.acked} fsync=${s.fsync}` +
     (s.fsync === "overlapped"
       ? ` (<=${s.syncDelayMax} ticks: syncs=${fig.syncs} writes-during-sync=${fig.writesDuringSync} effects-after-sync=${fig.effectsAfterSync} ` +
-        `crashes-sync-in-flight=${fig.crashesSyncInFlight} unsynced-at-crash=${fig.unsyncedAtCrash} kept=${fig.unsyncedKept})`
+        `crashes-sync-in-flight=${fig.crashesSyncInFlight} unsynced-at-crash=${fig.unsyncedAtCrash} kept=${fig.unsyncedKept} executed-then-lost=${fig.executedThenLost})`
       : "") +
     (fig.syncFailures + fig.commitFailures > 0 ? ` fsync-failures=${fig.syncFailures + fig.commitFailures}` : "");
   return { seed, summary, violations: sim.violations, ticks, figures: fig, trace: sim.trace };
