@@ -442,7 +442,15 @@ async function profileClass(className: ClassName, options: Options, index: numbe
       admin.close();
     }
     progress(`${label}: fitb bench, ${options.events} events of 200 B`);
-    const benchOptions: PeersOptions = { events: options.events, publishers: 1, size: 200, natsServer: null, json: true, help: false, ...(options.rate === null ? {} : { rate: options.rate }) };
+    const benchOptions: PeersOptions = {
+      events: options.events,
+      publishers: 1,
+      size: 200,
+      natsServer: null,
+      json: true,
+      help: false,
+      ...(options.rate === null ? {} : { rate: options.rate }),
+    };
     const cpuBefore = PROFILED.map((id) => threadCpu(procs[id]?.pid ?? -1));
     const benchStartMs = Date.now();
     const bench = await runFitbBench(cluster, tagOf(className), benchOptions, label);
