@@ -707,26 +707,28 @@ export class OrderingDriver {
       this.options.log.error("ordering core assertion failed", { error: (error as Error).message });
       this.fatal(`ordering core assertion failed: ${(error as Error).message}`);
     }
-    // The records are staged; every effect waits until every record staged before it is
-    // durable. A `decided` record is staged after the step's effects (core PROTOCOL.md
-    // §2, "Decided records do not hold back execution"): the execution it names does not
-    // wait for its fsync, since Q replicas persisted the prepared record behind it before
-    // their COMMITs, so a crash that loses it loses nothing the group cannot decide again,
-    // identically. It still goes into the same transaction as the execution's own
-    // writes, or an earlier one.
+    // The records are staged in the core's order; every effect waits until every record
+    // staged before it is durable, except the `decided` records after the step's last
+    // other record (core PROTOCOL.md §2, "Decided records do not hold back execution"):
+    // the execution they name does not wait for their fsync, since Q replicas persisted
+    // the prepared record behind each before their COMMITs, so a crash that loses one
+    // loses nothing the group cannot decide again, identically. Staged before any effect
+    // runs, they go into the same transaction as the execution's own writes, or an
+    // earlier one, and every later effect (a CHECKPOINT sent, a reply of a later step)
+    // waits for them.
     const generation = this.coreGeneration;
-    const decided: PersistedRecord[] = [];
+    const storage = this.options.storage;
+    let mark = storage.stagedMark;
     for (const record of ready.persist) {
-      if (record.t === "decided") decided.push(record);
-      else this.persist(record);
+      this.persist(record);
+      if (record.t !== "decided") mark = storage.stagedMark;
     }
     for (const effect of ready.effects) {
-      this.options.storage.afterDurable(() => {
+      storage.afterDurable(() => {
         // An effect of the previous epoch's core, queued before the switch: moot.
         if (generation === this.coreGeneration) this.perform(effect);
-      });
+      }, mark);
     }
-    for (const record of decided) this.persist(record);
     if (this.switchDue) {
       this.switchDue = false;
       this.options.storage.afterDurable(() => this.switchEpoch());

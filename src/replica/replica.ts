@@ -453,7 +453,12 @@ export class Replica {
       this.noteArrived(admitted.space, admitted.request);
     }
     if (this.shedForUrgent(session, signed, admitted.request)) return;
-    const urgency = urgencyOfSpace(admitted.space, (tag) => this.machine.priorityOf(tag));
+    // Urgency speeds a request up only for a key allowed to send it (admin commands are
+    // refused before this for any other key): a free key naming a critical channel with a
+    // far `after` would otherwise jump the queues before the gate refuses it.
+    const op = admitted.request.op;
+    const allowed = op.t === "admin" || this.machine.isPublisherHex(op.tag, session.keyHex);
+    const urgency = allowed ? urgencyOfSpace(admitted.space, (tag) => this.machine.priorityOf(tag)) : 0;
     // The session's next frames go first in the client scheduler's turns (client-frames.ts).
     if (urgency >= URGENT) this.server.markUrgent(session.conn);
     // The signature is checked on a verification thread; the session's requests go on in

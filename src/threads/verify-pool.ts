@@ -13,8 +13,9 @@
  * the replica in the order it sent them, exactly as without threads.
  *
  * Urgency: checks go out most urgent first, and an urgent check (a high or critical
- * channel's request, or an admin command) whose lane has nothing else pending is verified
- * inline at once, never behind a flood's checks on the threads' queues.
+ * channel's request from a key allowed to send it, or an admin command) whose lane has
+ * nothing else pending is verified inline at once, not behind a flood's checks on the
+ * threads' queues, up to URGENT_INLINE_PER_WINDOW a window.
  *
  * Bounds: at most CHECKS_IN_FLIGHT_MAX checks are out at once, and at most
  * LANE_CHECKS_MAX of one lane; past either a check runs inline (it costs the loop, which
@@ -57,6 +58,13 @@ export const CHECKS_IN_FLIGHT_MAX = 16_384;
 export const LANE_CHECKS_MAX = 256;
 /** Most checks in one message to a thread. */
 export const CHECKS_PER_BATCH_MAX = 1_024;
+/**
+ * Urgent checks verified inline at most, per window: 200 per 100 ms is about a tenth of
+ * the event loop at ~50 us a check. Past it an alert storm (or a publisher of an urgent
+ * channel flooding) goes to the threads like any other check.
+ */
+export const URGENT_INLINE_PER_WINDOW = 200;
+export const URGENT_INLINE_WINDOW_MS = 100;
 /** Most threads a replica starts (`--threads`). */
 export const THREADS_MAX = 64;
 
@@ -109,6 +117,8 @@ export class VerifyPool {
   /** Checks verified on a thread, and inline (no threads, or the pool was full). */
   verifiedOnThreads = 0;
   verifiedInline = 0;
+  private urgentWindowStart = Number.NEGATIVE_INFINITY;
+  private urgentInlineInWindow = 0;
   /** Messages sent to threads (one per batch). */
   batchesSent = 0;
 
@@ -168,7 +178,7 @@ export class VerifyPool {
     const misshapen = key.length !== KEY_BYTES || sig.length !== SIG_BYTES;
     // An urgent check with nothing ahead of it on its lane is answered at once: about 50 us
     // of the loop, where the threads' queue may hold tens of milliseconds of a flood's checks.
-    const urgentAlone = urgency >= URGENT && (lane === null || lane.pending === 0);
+    const urgentAlone = urgency >= URGENT && (lane === null || lane.pending === 0) && this.takeUrgentInline();
     const check: Check = { key, message, sig, lane, position: lane === null ? -1 : lane.ask(), done, urgency };
     if (this.threads.length === 0 || laneFull || misshapen || urgentAlone || this.inFlight + this.queued.length >= CHECKS_IN_FLIGHT_MAX) {
       this.verifiedInline++;
@@ -180,6 +190,18 @@ export class VerifyPool {
       this.scheduled = true;
       setImmediate(() => this.flush());
     }
+  }
+
+  /** Whether one more urgent check may run inline now: at most URGENT_INLINE_PER_WINDOW per URGENT_INLINE_WINDOW_MS. */
+  private takeUrgentInline(): boolean {
+    const now = performance.now();
+    if (now - this.urgentWindowStart >= URGENT_INLINE_WINDOW_MS) {
+      this.urgentWindowStart = now;
+      this.urgentInlineInWindow = 0;
+    }
+    if (this.urgentInlineInWindow >= URGENT_INLINE_PER_WINDOW) return false;
+    this.urgentInlineInWindow++;
+    return true;
   }
 
   /** Stops every thread; checks not answered are dropped (the replica is stopping). */

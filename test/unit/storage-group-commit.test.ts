@@ -172,6 +172,34 @@ describe("GroupCommit with an overlapped fsync", () => {
     expect(gc.pendingEffects).toBe(0);
   });
 
+  test("an effect deferred at an earlier mark runs once the writes up to it are durable, not the ones staged after the mark", async () => {
+    const { gc, events, turn, settle } = overlapped();
+    gc.stage(() => events.push("prepared seq 1"));
+    turn();
+    expect(events).toEqual(["prepared seq 1", "write(1)", "fsync 1 started"]);
+    // The next step: its vote record, then a decided record the execution need not wait for.
+    gc.stage(() => events.push("prepared seq 2"));
+    const mark = gc.stagedCount;
+    gc.stage(() => events.push("decided seq 1"));
+    gc.defer(() => events.push("execute seq 1"), mark);
+    gc.defer(() => events.push("COMMIT seq 2"), mark);
+    turn();
+    expect(events.slice(3)).toEqual(["prepared seq 2", "decided seq 1", "write(2)"]);
+    await settle(1);
+    turn();
+    // Fsync 1 covered the first write only: both effects wait for fsync 2 (the mark is past it).
+    expect(events.slice(6)).toEqual(["fsync 2 started"]);
+    await settle(2);
+    turn();
+    expect(events.slice(7)).toEqual(["execute seq 1", "COMMIT seq 2"]);
+    // With nothing waiting, an effect whose mark is durable runs at once, though a later write is not.
+    const before = gc.stagedCount;
+    gc.stage(() => events.push("decided seq 2"));
+    gc.defer(() => events.push("execute seq 2"), before);
+    expect(events.at(-1)).toBe("execute seq 2");
+    expect(gc.pendingWrites).toBe(1);
+  });
+
   test("an effect with nothing staged before it still runs at once", () => {
     const { gc, events } = overlapped();
     gc.defer(() => events.push("send"));

@@ -129,10 +129,13 @@ function watchLeader(state: CoreState): void {
   const lessUrgentBound = inFlightMax + cfg.fairnessMultiplier * Math.ceil(activeClients / lessUrgentRequests(cfg.batchRequestsMax));
   // While urgent requests arrive the leader paces less urgent work (priority.ts): judged
   // against the paced pipeline while this replica saw urgent requests within twice the
-  // window. Paced, a batch may carry one less urgent request per class, and urgent-slot
-  // proposals may come between: a round per active client, each up to 1 + the urgent slots.
+  // window. Paced, every waiting head still goes into each ordinary batch within its
+  // class's share, but only one ordinary proposal is in flight and urgent-slot proposals
+  // may come between: each round of the less urgent bound takes up to 1 + the urgent slots.
   const paced = pacingUrgent(state, cfg.urgentPacingTicks);
-  const pacedBound = inFlightMax + cfg.fairnessMultiplier * activeClients * (1 + URGENT_PIPELINE_SLOTS);
+  const pacedBound =
+    inFlightMax +
+    cfg.fairnessMultiplier * Math.ceil(activeClients / lessUrgentRequests(cfg.batchRequestsMax)) * (1 + URGENT_PIPELINE_SLOTS);
   for (const [client, forClient] of state.pending.clients()) {
     const head = forClient.get(state.clientTable.lastExecuted(client) + 1);
     if (head === undefined) continue;
@@ -173,7 +176,8 @@ function watchLeader(state: CoreState): void {
       return suspect(state, "heartbeat");
     }
   }
-  if (state.throughputMonitor.onTick(state.now, busy, leaderBound)) suspect(state, "throughput");
+  // Paced ticks are not judged, nor do they lower the rate later views are held to.
+  if (state.throughputMonitor.onTick(state.now, busy && !paced, leaderBound)) suspect(state, "throughput");
 }
 
 /**

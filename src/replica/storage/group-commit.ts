@@ -97,16 +97,23 @@ export class GroupCommit {
     this.scheduleFlush();
   }
 
+  /** Writes staged ever: a mark for `defer`. */
+  get stagedCount(): number {
+    return this.stagedTotal;
+  }
+
   /**
-   * Runs `effect` once every write staged so far is durable: at once if none is pending
-   * and no earlier effect waits, else in order after the next commit.
+   * Runs `effect` once every write staged so far (or the first `after` writes ever staged,
+   * a mark taken earlier from `stagedCount`) is durable: at once if those are and no
+   * earlier effect waits, else in order after the next commit. Marks must not decrease
+   * from one deferred effect to the next.
    */
-  defer(effect: () => void): void {
-    if (!this.flushing && this.pendingEffects === 0 && this.pendingWrites === 0) {
+  defer(effect: () => void, after = this.stagedTotal): void {
+    if (!this.flushing && this.pendingEffects === 0 && after <= this.durableTotal) {
       effect();
       return;
     }
-    this.deferred.push({ effect, after: this.stagedTotal });
+    this.deferred.push({ effect, after });
     this.scheduleFlush();
     if (!this.flushing && this.pendingEffects > DEFERRED_EFFECTS_MAX) this.flush(true);
   }

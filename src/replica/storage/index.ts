@@ -190,9 +190,14 @@ export class ReplicaStorage {
     this.store.close();
   }
 
-  /** Runs `effect` once every write staged so far is durable. */
-  afterDurable(effect: () => void): void {
-    this.commits.defer(effect);
+  /** Runs `effect` once every write staged so far is durable, or the first `mark` writes (a `stagedMark` taken earlier). */
+  afterDurable(effect: () => void, mark?: number): void {
+    this.commits.defer(effect, mark);
+  }
+
+  /** Writes staged ever: a mark for `afterDurable`. */
+  get stagedMark(): number {
+    return this.commits.stagedCount;
   }
 
   /** Reports damage found while running (at read), with the same log line and metric as at open. */
