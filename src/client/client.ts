@@ -546,21 +546,21 @@ export class FitbClient {
 
   /** Every channel, sorted by tag: CLASS and key counts from f+1 matching answers, with retention figures. */
   listChannels(): Promise<readonly ChannelListing[]> {
-    return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.group.slots, this.f));
+    return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.group.ids, this.f));
   }
 
   /** The client keys with a quota of their own (set-quota), in ascending key order, from f+1 matching answers. */
   async listQuotas(): Promise<readonly KeyQuotaListing[]> {
     const floor = this.floor.value;
     const body: Query = floor > 0 ? { id: 0, q: "quotas", after: floor } : { id: 0, q: "quotas" };
-    return quotaListings(await this.runQuery(body, matchingRule(this.group.slots, this.f, "quotas", parseQuotas)));
+    return quotaListings(await this.runQuery(body, matchingRule(this.group.ids, this.f, "quotas", parseQuotas)));
   }
 
   /** The replica group (epoch, f, members, digest and any pending change), from f+1 matching answers. */
   async members(): Promise<MembersListing> {
     const floor = this.floor.value;
     const body: Query = floor > 0 ? { id: 0, q: "members", after: floor } : { id: 0, q: "members" };
-    return membersListing(await this.runQuery(body, matchingRule(this.group.slots, this.f, "members", parseMembers)));
+    return membersListing(await this.runQuery(body, matchingRule(this.group.ids, this.f, "members", parseMembers)));
   }
 
   /**
@@ -569,7 +569,7 @@ export class FitbClient {
    */
   async membersWithStart(): Promise<ReturnType<typeof membersWithStart>> {
     return membersWithStart(
-      await this.runQuery({ id: 0, q: "members", start: true }, matchingRule(this.group.slots, this.f, "members", parseMembersWithStart)),
+      await this.runQuery({ id: 0, q: "members", start: true }, matchingRule(this.group.ids, this.f, "members", parseMembersWithStart)),
     );
   }
 
@@ -577,7 +577,7 @@ export class FitbClient {
   channelKeys(tag: string): Promise<ChannelKeys> {
     checkTag(tag);
     const floor = this.floor.value;
-    const rule = matchingRule(this.group.slots, this.f, `channel-info ${tag}`, (res) => parseChannelKeys(res) as Canonical | null);
+    const rule = matchingRule(this.group.ids, this.f, `channel-info ${tag}`, (res) => parseChannelKeys(res) as Canonical | null);
     const body: Query = { id: 0, q: "channel-info", tag, keys: true, ...(floor > 0 ? { after: floor } : {}) };
     return this.runQuery(body, rule) as Promise<unknown> as Promise<ChannelKeys>;
   }

@@ -12,7 +12,7 @@
  */
 import { FatalError, type FatalHandler, throwFatal } from "./fatal.ts";
 import { assert } from "../../wire/assert.ts";
-import { channelsConfigFrom, type ClusterConfig, newViewBytesBound, type ReplicaEntry } from "../config/cluster.ts";
+import { channelsConfigFrom, type ClusterConfig, newViewBytesBound, type ReplicaEntry, replicaById } from "../config/cluster.ts";
 import { configDigests } from "../config/digest.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
@@ -160,8 +160,10 @@ export class Replica {
   constructor(private readonly options: ReplicaOptions) {
     const { config, id, key, log } = options;
     this.admission = options.admission ?? new ClientAdmission();
-    const self = options.joining?.self ?? config.replicas[id];
-    if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
+    const self = options.joining?.self ?? replicaById(config, id);
+    if (self === undefined) {
+      throw new RangeError(`replica id ${id} is not in the config (ids ${config.replicas.map((replica) => replica.id).join(", ")})`);
+    }
     this.self = self;
     this.adminKeys = new Set(config.adminKeys.map(toHex));
     // A joining replica asks the group with its own key (src/cli/join.ts): members' keys may open a session.
