@@ -261,8 +261,12 @@ export class Replica {
         this.subs.stateReplaced();
         this.executed(seq);
         this.followMembership();
+        this.noticeEpoch();
       },
-      onEpochStarted: () => this.followMembership(),
+      onEpochStarted: () => {
+        this.followMembership();
+        this.noticeEpoch();
+      },
       ...(options.joining === undefined ? {} : { join: options.joining.epoch }),
       machine: this.machine,
       storage: this.storage,
@@ -307,6 +311,8 @@ export class Replica {
       metrics: this.metrics,
       audit: this.audit,
     });
+    // Client sessions hear of the epochs after this one (noticeEpoch).
+    this.noticedEpoch = this.ordering.epoch.epoch;
     this.peerServer =
       peerPort === null
         ? null
@@ -801,6 +807,22 @@ export class Replica {
     }
     this.executed(decidedSeq);
     if (!this.replaying) this.followMembership();
+  }
+
+  /** The last epoch the client sessions were told of; -1 until the server exists. */
+  private noticedEpoch = -1;
+
+  /**
+   * Tells every client session that this replica's group entered a newer epoch (EPOCH,
+   * wire/PROTOCOL.md 4.14), so clients and relays read `members` now rather than at their
+   * next periodic read. Only a hint: a client takes a group from f+1 matching answers.
+   */
+  private noticeEpoch(): void {
+    const epoch = this.ordering.epoch.epoch;
+    if (this.noticedEpoch < 0 || epoch <= this.noticedEpoch) return;
+    this.noticedEpoch = epoch;
+    const sessions = this.server.sendToClients({ type: FrameType.EPOCH, body: { replica: this.options.id, epoch } });
+    this.options.log.info("told the client sessions of the new epoch", { epoch, sessions });
   }
 
   /** The groups the peer mesh last followed (followMembership): unchanged objects mean nothing to do. */
