@@ -6,7 +6,9 @@
 // that file a new client, a relay (`fitb relay`) and `fitb sub` publish and deliver, and
 // replica 2, restarted from it, is accepted by its peers (which run with the first file),
 // resumes from its data directory and orders: with replica 3 stopped, a quorum of three
-// needs it. The history checker finds no acknowledged event lost, none twice, one order.
+// needs it. Replica 3, moved to a new host with the exported file and an empty data
+// directory, asks the group for its state; a further replica joins from the exported file.
+// The history checker finds no acknowledged event lost, none twice, one order.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Subprocess } from "bun";
 import { join } from "node:path";
@@ -37,9 +39,11 @@ let publisher: FitbClient;
 let subscriber: FitbClient;
 const others: FitbClient[] = [];
 let relay: Subprocess | null = null;
-/** Set once exported: replica 2 starts from it from then on. */
-let exportedPath: string | null = null;
-const keyPath4 = (): string => join(cluster.dir, "replica-4.key");
+/** The cluster file each replica starts from when not the first one (the exported file, once written). */
+const configOf = new Map<number, string>();
+/** Further arguments of `fitb replica` per replica: the added ones' keys and data directories. */
+const argsOf = new Map<number, string[]>();
+const keyPath = (id: number): string => join(cluster.dir, `replica-${id}.key`);
 
 /** A client of `configPath` (with `keyPath`, by default the cluster's client key) that reads the group every second. */
 function follower(configPath: string, keyPath = cluster.clientKey): FitbClient {
@@ -74,6 +78,13 @@ async function waitGroup(replicas: readonly number[], members: readonly number[]
     WAIT_MS,
     () => JSON.stringify(subscriber.membership),
   );
+}
+
+/** Makes replica `id`'s key with `fitb keygen`; returns its public key as add-replica takes it. */
+async function replicaKey(id: number): Promise<string> {
+  const run = await cluster.fitb(["keygen", "--out", keyPath(id)]);
+  if (run.code !== 0) throw new Error(`keygen: ${run.stderr}`);
+  return formatPublicKey(loadSigningKeyFile(keyPath(id)).key.publicKey);
 }
 
 /** Starts replica `id` again with a fresh log (waitListening reads it) and waits until it listens. */
@@ -151,12 +162,15 @@ async function publishThroughRelay(port: number, prefix: string, count: number):
 beforeAll(async () => {
   cluster = await startClusterWithChannels({
     replicas: 4,
-    // Replica 4 is not in the cluster file: its own key and data directory.
-    replicaArgs: (id) => (id === 4 ? ["--key", keyPath4(), "--data", join(cluster.dir, "data-4")] : []),
-    replicaConfig: (id) => (id === 2 ? (exportedPath ?? undefined) : undefined),
+    replicaArgs: (id) => argsOf.get(id) ?? [],
+    replicaConfig: (id) => configOf.get(id),
   });
-  cluster.logs[4] = [];
-  cluster.procs[4] = null;
+  // Replicas 4 and 5 are not in the cluster file: their own keys and data directories.
+  for (const id of [4, 5]) {
+    cluster.logs[id] = [];
+    cluster.procs[id] = null;
+    argsOf.set(id, ["--key", keyPath(id), "--data", join(cluster.dir, `data-${id}`)]);
+  }
   publisher = follower(cluster.configPath);
   subscriber = follower(cluster.configPath);
 }, 120_000);
@@ -165,7 +179,7 @@ afterAll(async () => {
   relay?.kill("SIGKILL");
   await relay?.exited;
   for (const client of [publisher, subscriber, ...others]) client?.close();
-  await killAndWait(cluster, 4);
+  for (const id of [4, 5]) await killAndWait(cluster, id);
   await cluster.stop();
 });
 
@@ -176,9 +190,7 @@ describe("replacing a host: ids 0, 2, 3, 4 after it, in the running group and in
     let running = true;
     const steady = publishStream(publisher, TAG, "s", () => running, 1);
     try {
-      const keygen = await cluster.fitb(["keygen", "--out", keyPath4()]);
-      expect(keygen.code).toBe(0);
-      const key4 = formatPublicKey(loadSigningKeyFile(keyPath4()).key.publicKey);
+      const key4 = await replicaKey(4);
 
       // The new host joins and catches up.
       await admin(["add-replica", "--id", "4", "--host", "127.0.0.1", "--port", String(freePortRange(1)), "--replica-key", key4]);
@@ -207,7 +219,7 @@ describe("replacing a host: ids 0, 2, 3, 4 after it, in the running group and in
       expect(configDigests(exported)).toEqual(configDigests(requireClusterConfig(cluster.configPath)));
       const check = await cluster.fitb(["config", "check", path]);
       expect(check.stdout).toBe("ok: cluster it, n=4, f=1, 4 replicas (ids 0, 2, 3, 4) (the group of epoch 2)\n");
-      exportedPath = path;
+      configOf.set(2, path);
 
       // An admin of the exported file registers two new publishers (each publisher key has its own seqs).
       const exportedAdmin = follower(path, cluster.adminKey);
@@ -242,6 +254,29 @@ describe("replacing a host: ids 0, 2, 3, 4 after it, in the running group and in
       streams.push(down);
       expect(down.acked.length).toBe(20);
       await restart(3);
+
+      // Replica 3 on a new host: the exported file lists it, its data directory is new. It
+      // asks the group for its state, as an added replica does, rather than start the
+      // file's group as epoch 0.
+      await killAndWait(cluster, 3);
+      configOf.set(3, path);
+      argsOf.set(3, ["--data", join(cluster.dir, "data-3-new")]);
+      await restart(3);
+      await waitCaughtUp(subscriber, 3, WAIT_MS);
+      expect(
+        logLines(cluster, 3, "the cluster file lists the group of a later epoch and the data directory holds none: asking the group"),
+      ).toHaveLength(1);
+      expect(logLines(cluster, 3, "learned the group from its replicas")[0]).toMatchObject({ epoch: 2, n: 4 });
+
+      // A further host joins from the exported file: it learns the group from the file's replicas (ids 0, 2, 3, 4).
+      const key5 = await replicaKey(5);
+      await admin(["add-replica", "--id", "5", "--host", "127.0.0.1", "--port", String(freePortRange(1)), "--replica-key", key5]);
+      await waitGroup([0, 2, 3, 4], [0, 2, 3, 4, 5]);
+      configOf.set(5, path);
+      cluster.start(5);
+      await waitListening(cluster, [5]);
+      await waitCaughtUp(subscriber, 5, WAIT_MS);
+      expect(logLines(cluster, 5, "learned the group from its replicas")[0]).toMatchObject({ epoch: 3, n: 5 });
     } finally {
       running = false;
       streams.push(await steady);
@@ -250,7 +285,7 @@ describe("replacing a host: ids 0, 2, 3, 4 after it, in the running group and in
     const last = Math.max(...streams.flatMap((stream) => stream.acked.map((ack) => ack.seq ?? 0)));
     await waitFor(`the live subscriber to deliver up to seq ${last}`, () => live.events.some((event) => event.seq >= last), WAIT_MS);
     await live.close();
-    const history = await historyByCli(cluster, TAG, last, exportedPath as string);
+    const history = await historyByCli(cluster, TAG, last, configOf.get(2) as string);
     expect(history).toHaveLength(last);
     expect(streams.at(-1)?.acked.length ?? 0).toBeGreaterThan(0);
     expect(checkTotalOrder(streams, history, live.events)).toEqual([]);
