@@ -352,6 +352,7 @@ function frameVectors(
       type: F.QUERY_REPLY,
       body: { id: 2, replica: 0, ok: false, code: "UNKNOWN_CHANNEL", reason: "no channel sec.alerts" },
     }),
+    frameVector("EPOCH: the replica's group entered epoch 2", { type: F.EPOCH, body: { replica: 3, epoch: 2 } }),
     frameVector("SUBSCRIBE from a channel sequence number", { type: F.SUBSCRIBE, body: { sub: 1, tag: "sec.alerts", from: 1000 } }),
     frameVector("SUBSCRIBE to new events only", { type: F.SUBSCRIBE, body: { sub: 2, tag: "net.links" } }),
     frameVector("UNSUBSCRIBE", { type: F.UNSUBSCRIBE, body: { sub: 1 } }),

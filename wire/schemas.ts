@@ -336,6 +336,9 @@ export const queryReplySchema = z.discriminatedUnion("ok", [
   }),
 ]);
 
+/** A replica's notice that its group entered a membership epoch (PROTOCOL.md 4.14): a client reads `members`, nothing more. */
+export const epochSchema = z.strictObject({ replica: uintSchema, epoch: uintSchema });
+
 export const subscribeSchema = z.strictObject({
   sub: uintSchema,
   tag: tagSchema,
@@ -379,6 +382,7 @@ export type Reply = z.infer<typeof replySchema>;
 export type QueryKind = (typeof QUERY_KINDS)[number];
 export type Query = z.infer<typeof querySchema>;
 export type QueryReply = z.infer<typeof queryReplySchema>;
+export type EpochNotice = z.infer<typeof epochSchema>;
 export type Subscribe = z.infer<typeof subscribeSchema>;
 export type Unsubscribe = z.infer<typeof unsubscribeSchema>;
 export type SubOk = z.infer<typeof subOkSchema>;
@@ -398,6 +402,7 @@ export interface FrameBodies {
   [FrameType.REPLY]: Reply;
   [FrameType.QUERY]: Query;
   [FrameType.QUERY_REPLY]: QueryReply;
+  [FrameType.EPOCH]: EpochNotice;
   [FrameType.SUBSCRIBE]: Subscribe;
   [FrameType.UNSUBSCRIBE]: Unsubscribe;
   [FrameType.SUB_OK]: SubOk;
@@ -421,6 +426,7 @@ export const FRAME_SCHEMAS: { readonly [K in FrameTypeCode]: z.ZodType<FrameBodi
   [FrameType.REPLY]: replySchema,
   [FrameType.QUERY]: querySchema,
   [FrameType.QUERY_REPLY]: queryReplySchema,
+  [FrameType.EPOCH]: epochSchema,
   [FrameType.SUBSCRIBE]: subscribeSchema,
   [FrameType.UNSUBSCRIBE]: unsubscribeSchema,
   [FrameType.SUB_OK]: subOkSchema,

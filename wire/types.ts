@@ -31,6 +31,7 @@ export const FrameType = {
   REPLY: 0x11,
   QUERY: 0x12,
   QUERY_REPLY: 0x13,
+  EPOCH: 0x14,
   SUBSCRIBE: 0x20,
   UNSUBSCRIBE: 0x21,
   SUB_OK: 0x22,

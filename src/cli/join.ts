@@ -10,13 +10,13 @@
  * It waits while the change that adds it (or rotates its key) is pending, and refuses to
  * start, saying why, when the group does not name it with this key.
  */
-import type { ClusterConfig, ReplicaEntry } from "../config/cluster.ts";
+import { type ClusterConfig, type ReplicaEntry, replicaById } from "../config/cluster.ts";
 import { FitbClient } from "../client/client.ts";
 import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
 import { bytesEqual } from "../crypto/encoding.ts";
 import type { Log } from "../replica/log.ts";
 import type { JoinEpoch } from "../replica/ordering-driver.ts";
-import { readJoined, StoreIdentityError } from "../replica/storage/index.ts";
+import { readEpochStart, readJoined, StoreIdentityError } from "../replica/storage/index.ts";
 import type { Member } from "../core/channels/membership.ts";
 
 /** Pause between two asks while the change that names this replica is pending. */
@@ -33,9 +33,34 @@ export interface Joined {
   readonly epoch: JoinEpoch;
 }
 
+/**
+ * Whether a replica the file lists with its key must still ask the group: the file lists
+ * a later epoch's group (`fitb cluster export` after a change) and the data directory
+ * holds no epoch after 0 (new, or stopped before the first change took effect). Its
+ * state must then come from the group, as a new replica's does: the file's group is
+ * not the one the cluster started with, so it cannot start from it (nor replay epoch 0
+ * under it). A directory that holds a later epoch resumes from there, without asking, so
+ * a cold restart of a group whose every file is exported needs nobody's answer.
+ */
+export function fileIsAheadOfData(options: Pick<JoinOptions, "config" | "id" | "dataDir" | "log">): boolean {
+  if (options.config.epoch === 0) return false;
+  let stored: ReturnType<typeof readEpochStart>;
+  try {
+    stored = readEpochStart(options.dataDir, options.config.name, options.id);
+  } catch (error) {
+    if (error instanceof StoreIdentityError) throw error;
+    options.log.warn("cannot read the epoch from the data directory: asking the group", {
+      dir: options.dataDir,
+      error: (error as Error).message,
+    });
+    return true;
+  }
+  return stored === null;
+}
+
 /** This replica as the group names it, with the cluster file's further addresses when the file lists it at the same host. */
 function selfEntry(config: ClusterConfig, member: Member, key: SigningKey, keyFile: string, dataDir: string): ReplicaEntry {
-  const file = config.replicas.find((r) => r.id === member.id);
+  const file = replicaById(config, member.id);
   return {
     id: member.id,
     host: member.host,

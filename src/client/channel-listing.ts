@@ -91,8 +91,8 @@ function summaries(res: Canonical): Canonical | null {
  * list-channels: f+1 matching summaries decide the list; the figures come from the
  * replicas whose summaries matched.
  */
-export function listChannelsRule(n: number, f: number): QueryRule<ChannelListing[]> {
-  const voted = matchingRule(n, f, "list-channels", summaries);
+export function listChannelsRule(replicas: number | readonly number[], f: number): QueryRule<ChannelListing[]> {
+  const voted = matchingRule(replicas, f, "list-channels", summaries);
   const answers = new Map<number, { key: string; channels: ListedChannel[] }>();
   const withFigures = (outcome: QueryOutcome<Canonical>): QueryOutcome<ChannelListing[]> => {
     if (outcome === null || !outcome.ok) return outcome;

@@ -67,6 +67,7 @@ import {
   isNewer,
   MEMBERSHIP_REFRESH_MIN_MS,
   membershipRule,
+  noticeAsksRead,
   sameAsFile,
 } from "./membership-follow.ts";
 import { QueryTracker } from "./query-tracker.ts";
@@ -105,6 +106,8 @@ export interface MembershipState {
   readonly staleFile: boolean;
   /** Epochs in which the client warned that its cluster file is stale (one warning per epoch). */
   readonly staleFileWarnings: number;
+  /** EPOCH notices received that named an epoch newer than the one followed: each asked for a read of the group, no more. */
+  readonly notices: number;
 }
 
 export { summarizeStatus, type ClusterStatus, type ReplicaStatus } from "./cluster-status.ts";
@@ -204,6 +207,7 @@ export class FitbClient {
     /** The last epoch the stale cluster file was warned about (once per epoch), and how many were. */
     staleFileEpoch: null as number | null,
     staleFileWarnings: 0,
+    notices: 0,
   };
 
   constructor(options: FitbClientOptions) {
@@ -304,6 +308,7 @@ export class FitbClient {
       failedReads: this.follow.failedReads,
       staleFile: this.group.f > this.config.f,
       staleFileWarnings: this.follow.staleFileWarnings,
+      notices: this.follow.notices,
     };
   }
 
@@ -546,21 +551,21 @@ export class FitbClient {
 
   /** Every channel, sorted by tag: CLASS and key counts from f+1 matching answers, with retention figures. */
   listChannels(): Promise<readonly ChannelListing[]> {
-    return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.group.slots, this.f));
+    return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.group.ids, this.f));
   }
 
   /** The client keys with a quota of their own (set-quota), in ascending key order, from f+1 matching answers. */
   async listQuotas(): Promise<readonly KeyQuotaListing[]> {
     const floor = this.floor.value;
     const body: Query = floor > 0 ? { id: 0, q: "quotas", after: floor } : { id: 0, q: "quotas" };
-    return quotaListings(await this.runQuery(body, matchingRule(this.group.slots, this.f, "quotas", parseQuotas)));
+    return quotaListings(await this.runQuery(body, matchingRule(this.group.ids, this.f, "quotas", parseQuotas)));
   }
 
   /** The replica group (epoch, f, members, digest and any pending change), from f+1 matching answers. */
   async members(): Promise<MembersListing> {
     const floor = this.floor.value;
     const body: Query = floor > 0 ? { id: 0, q: "members", after: floor } : { id: 0, q: "members" };
-    return membersListing(await this.runQuery(body, matchingRule(this.group.slots, this.f, "members", parseMembers)));
+    return membersListing(await this.runQuery(body, matchingRule(this.group.ids, this.f, "members", parseMembers)));
   }
 
   /**
@@ -569,7 +574,7 @@ export class FitbClient {
    */
   async membersWithStart(): Promise<ReturnType<typeof membersWithStart>> {
     return membersWithStart(
-      await this.runQuery({ id: 0, q: "members", start: true }, matchingRule(this.group.slots, this.f, "members", parseMembersWithStart)),
+      await this.runQuery({ id: 0, q: "members", start: true }, matchingRule(this.group.ids, this.f, "members", parseMembersWithStart)),
     );
   }
 
@@ -577,7 +582,7 @@ export class FitbClient {
   channelKeys(tag: string): Promise<ChannelKeys> {
     checkTag(tag);
     const floor = this.floor.value;
-    const rule = matchingRule(this.group.slots, this.f, `channel-info ${tag}`, (res) => parseChannelKeys(res) as Canonical | null);
+    const rule = matchingRule(this.group.ids, this.f, `channel-info ${tag}`, (res) => parseChannelKeys(res) as Canonical | null);
     const body: Query = { id: 0, q: "channel-info", tag, keys: true, ...(floor > 0 ? { after: floor } : {}) };
     return this.runQuery(body, rule) as Promise<unknown> as Promise<ChannelKeys>;
   }
@@ -712,6 +717,9 @@ export class FitbClient {
       case FrameType.SUB_END:
         this.subscriptions.onSubEnd(connection.id, frame.body);
         return;
+      case FrameType.EPOCH:
+        this.onEpochNotice(connection.id, frame.body.epoch);
+        return;
       case FrameType.ERROR:
         this.log("warn", `replica ${connection.id} reported ${frame.body.code}: ${frame.body.reason}`, connection.id);
         return;
@@ -781,6 +789,18 @@ export class FitbClient {
   // ---------------------------------------------------------------------------------
   // Following the group (membership-follow.ts)
   // ---------------------------------------------------------------------------------
+
+  /**
+   * A replica says its group entered `epoch`: if that is newer than the epoch followed,
+   * the group is read soon (at most one read per MEMBERSHIP_REFRESH_MIN_MS, however many
+   * notices come). The notice changes nothing itself: a group is taken only from f+1
+   * matching `members` answers (membership-follow.ts).
+   */
+  private onEpochNotice(replica: number, epoch: number): void {
+    if (!noticeAsksRead(epoch, this.follow.epoch, this.group.has(replica))) return;
+    this.follow.notices++;
+    this.refreshMembershipSoon();
+  }
 
   private refreshMembershipSoon(): void {
     this.follow.dueAt = Math.min(this.follow.dueAt, this.follow.lastAt + MEMBERSHIP_REFRESH_MIN_MS);

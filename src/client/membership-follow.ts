@@ -12,9 +12,11 @@
  * or with fewer than f+1, moves nothing; its answer is counted and logged as refused.
  *
  * When: once the client has started, every `membershipRefreshMs`, and soon after a
- * member's session goes down or an answer names a newer epoch than the one taken (at
- * most once per MEMBERSHIP_REFRESH_MIN_MS). One read in flight at a time; each holds at
- * most one answer per member.
+ * member's session goes down, a member's EPOCH notice names a newer epoch than the one
+ * taken (its group just switched: wire/PROTOCOL.md 4.14), or an answer does (at most once
+ * per MEMBERSHIP_REFRESH_MIN_MS). One read in flight at a time; each holds at most one
+ * answer per member. A notice only asks for a read: one replica, correct or not, can make
+ * the client read the group at most once a second, never take a group.
  */
 import type { Canonical } from "../../wire/canonical.ts";
 import { encodeCanonical } from "../../wire/canonical.ts";
@@ -113,6 +115,15 @@ export interface FollowedGroup {
 export function isNewer(group: GroupListing, current: FollowedGroup, sameAsFile: boolean): boolean {
   if (current.epoch === null) return !sameAsFile;
   return group.epoch > current.epoch;
+}
+
+/**
+ * Whether an EPOCH notice asks for a read of the group: it comes from a member of the
+ * group followed and names a newer epoch than the one taken (any epoch before the first
+ * read). It never moves the client by itself.
+ */
+export function noticeAsksRead(noticeEpoch: number, followedEpoch: number | null, fromMember: boolean): boolean {
+  return fromMember && (followedEpoch === null || noticeEpoch > followedEpoch);
 }
 
 /** Whether a group is one the client can vote with: n >= 3f+1, distinct ids. */

@@ -347,14 +347,20 @@ export function channelInfoRule(
 }
 
 /**
- * f+1 identical answers after `project`. An answer that `project` cannot read counts as
+ * f+1 identical answers after `project`, from the replicas of the group (`replicas`: the
+ * ids of its members, or n for ids 0..n-1). An answer that `project` cannot read counts as
  * a distinct (wrong) answer. Refusals vote as {ok: false, code}, so f+1 replicas that
  * say UNKNOWN_CHANNEL settle the question as firmly as f+1 that describe the channel.
  */
-export function matchingRule<T extends Canonical>(n: number, f: number, what: string, project: (res: Canonical) => T | null): QueryRule<T> {
+export function matchingRule<T extends Canonical>(
+  replicas: number | readonly number[],
+  f: number,
+  what: string,
+  project: (res: Canonical) => T | null,
+): QueryRule<T> {
   // byzantine/total is the voter's kind for "f+1 matching, deterministic": what a query
   // about replicated state needs, whatever the class of the channel it is about.
-  const voter = new ReplyVoter({ n, f, kind: "byzantine/total" });
+  const voter = new ReplyVoter({ ...groupOf(replicas), f, kind: "byzantine/total" });
   const reasons = new Map<string, string>();
   const settle = (): QueryOutcome<T> => {
     const status = voter.status();
@@ -382,6 +388,11 @@ export function matchingRule<T extends Canonical>(n: number, f: number, what: st
       );
     },
   };
+}
+
+/** A group given by its size (ids 0..n-1) or by its ids (which may have gaps after a removal). */
+function groupOf(replicas: number | readonly number[]): { n: number; ids?: readonly number[] } {
+  return typeof replicas === "number" ? { n: replicas } : { n: replicas.length, ids: replicas };
 }
 
 function fromVote<T>(result: Canonical, reasons: ReadonlyMap<string, string>): QueryOutcome<T> {

@@ -56,9 +56,14 @@ export class ReplicaGroup {
     return [...this.byId.values()].sort((a, b) => a.id - b.id);
   }
 
+  /** The members' ids, ascending. Ids stay with a replica across changes, so after a removal they need not be 0..n-1. */
+  get ids(): number[] {
+    return [...this.byId.keys()].sort((a, b) => a - b);
+  }
+
   /**
-   * One more than the highest member id: the id space reply voters count in. Ids stay
-   * with a replica across changes, so after a removal they need not be 0..n-1.
+   * One more than the highest member id: the id space a request's reply voter counts in
+   * (a member added while the request is out may answer it too).
    */
   get slots(): number {
     let max = -1;

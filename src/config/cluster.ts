@@ -11,10 +11,15 @@
  *   f = 1                         replicas that may be faulty at once; n >= 3f+1
  *   admin_keys = ["ed25519:..."]  at least one
  *   client_keys = ["ed25519:..."] optional allow-list of client sessions (empty: any key)
+ *   epoch = 3, first_group_digest = "..."
+ *                 optional, together: the file lists the group of a later epoch (written by
+ *                 `fitb cluster export`), and the digest of the group the cluster started
+ *                 with, which replicas compare at the handshake (config/digest.ts)
  *   [[replicas]]  id, host, port, key, optional peer_port, hosts, key_file and data_dir
  *                 (peer_port: the other replicas' listener, apart from clients; hosts:
  *                 further addresses of a multi-homed replica, same ports, tried in order
- *                 after host)
+ *                 after host); ids are unique, in any order, and may have gaps (a replica
+ *                 keeps its id across add-replica and remove-replica: 0, 2, 3, 4)
  *   [limits]      optional, each field has a default
  *   [retention]   optional, defaults for channels that do not set their own
  * Relative paths (key_file, data_dir) are relative to the directory of the file.
@@ -126,9 +131,22 @@ export interface ReplicaEntry {
 export interface ClusterConfig {
   readonly name: string;
   readonly f: number;
-  /** The number of replicas; replicas[i].id === i for every i < n. */
+  /** The number of replicas. Ids need not be 0..n-1: look a replica up by id (replicaById), never by index. */
   readonly n: number;
+  /** In ascending id order. */
   readonly replicas: readonly ReplicaEntry[];
+  /**
+   * The membership epoch whose group the file lists: 0 for the group the cluster started
+   * with (what `fitb cluster init` writes), more for a file `fitb cluster export` wrote
+   * after a change.
+   */
+  readonly epoch: number;
+  /**
+   * For a file of a later epoch, the digest of the group the cluster started with (the
+   * `group` section of config/digest.ts): what its replicas compare at the handshake with
+   * replicas started from older files. Null for a file of epoch 0, whose own group it is.
+   */
+  readonly firstGroupDigest: Uint8Array | null;
   readonly adminKeys: readonly Uint8Array[];
   readonly clientKeys: readonly Uint8Array[];
   readonly limits: ClusterLimits;
@@ -275,8 +293,18 @@ const retentionSchema = z.strictObject(
 
 const REPLICAS_FORM = `an array of 1..${REPLICAS_MAX} [[replicas]] tables`;
 
+/** The digest form of `first_group_digest`: 32 bytes, as `fitb cluster export` writes them. */
+const DIGEST_HEX_PATTERN = /^[0-9a-f]{64}$/;
+const DIGEST_FORM = "64 lowercase hex digits (the digest `fitb cluster export` writes)";
+const digestSchema = z
+  .string({ error: expected(DIGEST_FORM) })
+  .regex(DIGEST_HEX_PATTERN, { error: expected(DIGEST_FORM) })
+  .transform((hex) => Uint8Array.from(Buffer.from(hex, "hex")));
+
 const clusterFileSchema = z.strictObject({
   name: clusterNameSchema,
+  epoch: boundedInteger(`an integer in 0..${Number.MAX_SAFE_INTEGER}`, 0, Number.MAX_SAFE_INTEGER).default(0),
+  first_group_digest: digestSchema.optional(),
   f: boundedInteger(`an integer in 0..${Math.floor((REPLICAS_MAX - 1) / 3)}`, 0, Math.floor((REPLICAS_MAX - 1) / 3)),
   replicas: z
     .array(replicaSchema, { error: expected(REPLICAS_FORM) })
@@ -380,6 +408,7 @@ function checkCrossFieldRules(file: ClusterFile): ConfigIssue[] {
   return [
     ...checkReplicaCount(file),
     ...checkReplicaIds(file),
+    ...checkEpoch(file),
     ...checkReplicaAddresses(file),
     ...checkDistinctKeys(file),
     ...checkLimitRelations(file),
@@ -398,10 +427,13 @@ function checkReplicaCount(file: ClusterFile): ConfigIssue[] {
   ];
 }
 
-/** Ids must be exactly 0..n-1 so that an id is also an index (and a leader rotation slot). */
+/**
+ * Ids must be unique; they need not be 0..n-1. A replica keeps its id for life (add-replica
+ * names a new one, remove-replica leaves a gap), and the runtime maps ids to the ordering
+ * core's ranks per epoch (src/replica/epochs.ts).
+ */
 function checkReplicaIds(file: ClusterFile): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
-  const n = file.replicas.length;
   const firstIndexOfId = new Map<number, number>();
   file.replicas.forEach((replica, index) => {
     const previous = firstIndexOfId.get(replica.id);
@@ -410,14 +442,29 @@ function checkReplicaIds(file: ClusterFile): ConfigIssue[] {
       return;
     }
     firstIndexOfId.set(replica.id, index);
-    if (replica.id >= n) {
-      issues.push({
-        path: `replicas[${index}].id`,
-        message: `expected an id in 0..${n - 1} (ids are 0..n-1 with n = ${n}), got ${replica.id}`,
-      });
-    }
   });
   return issues;
+}
+
+/** A file of a later epoch names the cluster's first group by its digest; a file of epoch 0 is that group. */
+function checkEpoch(file: ClusterFile): ConfigIssue[] {
+  if (file.epoch > 0 && file.first_group_digest === undefined) {
+    return [
+      {
+        path: "first_group_digest",
+        message: `missing: a file of epoch ${file.epoch} names the digest of the group the cluster started with (write the file with fitb cluster export)`,
+      },
+    ];
+  }
+  if (file.epoch === 0 && file.first_group_digest !== undefined) {
+    return [
+      {
+        path: "first_group_digest",
+        message: "only for a file of a later epoch (epoch >= 1), and this file sets no epoch: remove it, or set epoch",
+      },
+    ];
+  }
+  return [];
 }
 
 function checkReplicaAddresses(file: ClusterFile): ConfigIssue[] {
@@ -569,6 +616,11 @@ export function channelsConfigFrom(
   };
 }
 
+/** Replica `id` of the file, or undefined when the file does not list it (ids need not be 0..n-1). */
+export function replicaById(config: Pick<ClusterConfig, "replicas">, id: number): ReplicaEntry | undefined {
+  return config.replicas.find((replica) => replica.id === id);
+}
+
 /** `host:port`, with brackets around IPv6 literals. */
 export function formatAddress(host: string, port: number): string {
   return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
@@ -605,6 +657,8 @@ function buildConfig(file: ClusterFile, baseDir: string): ClusterConfig {
     f: file.f,
     n: replicas.length,
     replicas,
+    epoch: file.epoch,
+    firstGroupDigest: file.first_group_digest ?? null,
     adminKeys: file.admin_keys,
     clientKeys: file.client_keys,
     limits: {

@@ -8,6 +8,13 @@
  *
  * What is left out is what may differ per host: hosts and ports as written (a replica may
  * reach a peer by another name), key files and data directories (local paths).
+ *
+ * The `group` section is the group the cluster started with (epoch 0). A file that
+ * `fitb cluster export` wrote after a membership change lists a later epoch's group and
+ * carries that first group's digest (`first_group_digest`), so a replica started from it
+ * and one started from the cluster's first file send the same section. Since the group
+ * is replicated state from then on (src/core/channels/membership.ts), the replicas agree
+ * on the current one through their checkpoints, not through their files.
  */
 import { type Canonical, encodeCanonical } from "../../wire/canonical.ts";
 import type { ConfigDigests } from "../../wire/schemas.ts";
@@ -17,7 +24,7 @@ import type { ClusterConfig } from "./cluster.ts";
 
 /** The sections, in the order a difference is reported, with the file's words for them. */
 export const CONFIG_SECTIONS: readonly { readonly key: keyof ConfigDigests; readonly name: string }[] = [
-  { key: "group", name: "name, f and the replicas' ids and keys" },
+  { key: "group", name: "name, f and the replicas' ids and keys of the group the cluster started with" },
   { key: "admins", name: "admin_keys" },
   { key: "clients", name: "client_keys" },
   { key: "limits", name: "[limits]" },
@@ -28,11 +35,7 @@ export function configDigests(config: ClusterConfig): ConfigDigests {
   const digest = (value: Canonical): Uint8Array => sha256(encodeCanonical(value));
   const { limits, retention } = config;
   return {
-    group: digest({
-      name: config.name,
-      f: config.f,
-      replicas: config.replicas.map((replica) => ({ id: replica.id, key: replica.publicKey })),
-    }),
+    group: firstGroupDigest(config),
     admins: digest(sortedKeys(config.adminKeys)),
     clients: digest(sortedKeys(config.clientKeys)),
     limits: digest({
@@ -46,6 +49,26 @@ export function configDigests(config: ClusterConfig): ConfigDigests {
     }),
     retention: digest({ eventsMax: retention.eventsMax, bytesMax: retention.bytesMax, ageSecondsMax: retention.ageSecondsMax }),
   };
+}
+
+/**
+ * The `group` digest of the group a file lists: name, f, and the replicas' ids and keys. For
+ * a file of epoch 0 this is the cluster's first group digest (what `fitb cluster export`
+ * writes as `first_group_digest` into the files of later epochs).
+ */
+export function fileGroupDigest(config: Pick<ClusterConfig, "name" | "f" | "replicas">): Uint8Array {
+  return sha256(
+    encodeCanonical({
+      name: config.name,
+      f: config.f,
+      replicas: config.replicas.map((replica) => ({ id: replica.id, key: replica.publicKey })),
+    }),
+  );
+}
+
+/** The digest of the group the cluster started with: the file's own for epoch 0, the one it names for a later epoch. */
+export function firstGroupDigest(config: ClusterConfig): Uint8Array {
+  return config.firstGroupDigest ?? fileGroupDigest(config);
 }
 
 /** The names of the sections whose digests differ; empty when the files agree. */

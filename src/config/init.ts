@@ -253,6 +253,8 @@ export interface ClusterTomlSpec {
   /** [limits] and [retention] values by their file names; defaults where absent. */
   readonly limits?: Partial<Record<keyof typeof LIMIT_BOUNDS, number>>;
   readonly retention?: Partial<Record<keyof typeof RETENTION_BOUNDS, number>>;
+  /** For a file of a later epoch (`fitb cluster export`): the epoch and the digest of the cluster's first group. */
+  readonly later?: { readonly epoch: number; readonly firstGroupDigest: Uint8Array };
 }
 
 /** The text of a commented cluster file with every limit spelled out at its default. */
@@ -267,6 +269,7 @@ export function renderClusterToml(spec: ClusterTomlSpec): string {
     "# A name for this group, shown in logs and status.",
     `name = ${tomlString(spec.name)}`,
     "",
+    ...laterEpochLines(spec.later),
     `# How many replicas may be faulty (crashed or compromised) at the same time.`,
     `# The group needs n >= 3f+1 replicas; this file lists n = ${n}.`,
     `f = ${spec.f}`,
@@ -280,9 +283,10 @@ export function renderClusterToml(spec: ClusterTomlSpec): string {
     "# Listed: only these keys and the admin keys may connect at all.",
     `client_keys = [${spec.clientKeys.map((key) => tomlString(formatPublicKey(key))).join(", ")}]`,
     "",
-    "# The replicas. Ids run 0..n-1. For real hosts, change host (a hostname or an IP",
-    "# address the other replicas and the clients can reach), port (clients) and",
-    "# peer_port (the other replicas; without it they share port); keep the keys.",
+    "# The replicas, each with its own id: unique, and kept for life (add-replica gives a",
+    "# new replica a new id, remove-replica leaves a gap). For real hosts, change host",
+    "# (a hostname or an IP address the other replicas and the clients can reach), port",
+    "# (clients) and peer_port (the other replicas; without it they share port); keep the keys.",
     "# A replica on several networks lists its further addresses (same ports) in",
     '# hosts = ["10.1.0.1", ...]: peers and clients dial host first, move to the next',
     "# address when one fails or goes silent, and come back to host when it works again.",
@@ -313,6 +317,20 @@ export function renderClusterToml(spec: ClusterTomlSpec): string {
   lines.push("", "# Retention for channels that do not set their own.", "[retention]");
   lines.push(...limitLines(RETENTION_BOUNDS, RETENTION_COMMENTS, spec.retention));
   return `${lines.join("\n")}\n`;
+}
+
+/** The `epoch` and `first_group_digest` lines of a file of a later epoch; none for epoch 0. */
+function laterEpochLines(later: ClusterTomlSpec["later"]): string[] {
+  if (later === undefined || later.epoch === 0) return [];
+  return [
+    `# This file lists the group of membership epoch ${later.epoch}, not the one the cluster`,
+    "# started with. The replicas compare the digest of that first group when they connect,",
+    "# and a replica whose data directory holds no later epoch asks the running group for its",
+    "# state (as a new one does) rather than start this group from scratch.",
+    `epoch = ${later.epoch}`,
+    `first_group_digest = ${tomlString(Buffer.from(later.firstGroupDigest).toString("hex"))}`,
+    "",
+  ];
 }
 
 const LIMIT_COMMENTS: Record<keyof typeof LIMIT_BOUNDS, string> = {

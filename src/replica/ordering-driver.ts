@@ -185,8 +185,17 @@ export function coreConfigFor(config: ClusterConfig, id: number, overrides: Part
   // request of REQUEST_BYTES_MAX signed bytes from a key on a tag of the longest name.
   const requestBytesMax = Math.min(room, REQUEST_BYTES_MAX + REQUEST_NAME_ROOM_BYTES);
   return makeConfig(
-    // The id is the cluster file's rank (each epoch's core gets its own: epochs.ts); a replica joining with an id the file does not list gets rank 0 here.
-    { id: id < config.n ? id : 0, n: config.n, f: config.f, mode: "bft", clusterId: config.name },
+    // The id is the replica's rank in the cluster file's group, ascending ids (each epoch's core gets its own: epochs.ts); a replica joining with an id the file does not list gets rank 0 here.
+    {
+      id: Math.max(
+        0,
+        config.replicas.findIndex((replica) => replica.id === id),
+      ),
+      n: config.n,
+      f: config.f,
+      mode: "bft",
+      clusterId: config.name,
+    },
     {
       // A request travels in one peer frame; a batch of requests must hold the largest one.
       requestBytesMax,
@@ -388,6 +397,15 @@ export class OrderingDriver {
       this.options.log.error("the data directory stopped while joining an epoch", { epoch: stored.epoch, machine: at });
       this.fatal(
         `the data directory stopped while joining epoch ${stored.epoch} before it got the state; start it so it asks the group again, or move it aside`,
+      );
+    }
+    if ((membership === null || membership.epoch === 0) && config.epoch > 0) {
+      // The file lists a later epoch's group (exported): it is not the group this data
+      // directory's epoch 0 ran with, so epoch 0 cannot resume under it. fitb replica asks
+      // the group in this case (src/cli/join.ts fileIsAheadOfData).
+      this.options.log.error("the cluster file lists a later epoch than the data directory holds", { fileEpoch: config.epoch });
+      this.fatal(
+        `the cluster file lists the group of epoch ${config.epoch}, and the data directory holds epoch 0: start it with the cluster's first file, or let it ask the group (fitb replica does when the directory is new)`,
       );
     }
     if (membership === null || membership.epoch === 0) {
@@ -879,14 +897,14 @@ export class OrderingDriver {
     }
   }
 
-  /** An audit line about a peer: its id, key and address from the cluster file. */
+  /** An audit line about a peer: its id, key and address in the current epoch's group. */
   private auditPeer(kind: AuditKind, msg: string, peer: number, reason: string, extra: Record<string, unknown> = {}): void {
-    const entry = this.options.config.replicas[peer];
+    const entry = this.epochView.members.find((member) => member.id === peer);
     const fields = { peer, reason, ...extra };
     const audit = this.options.audit;
     if (audit === undefined) this.options.log.warn(msg, fields);
     else if (entry === undefined) audit.warn(kind, msg, fields);
-    else audit.warn(kind, msg, { ...fields, key: entry.publicKey, address: `${entry.host}:${entry.port}` });
+    else audit.warn(kind, msg, { ...fields, key: entry.key, address: `${entry.host}:${entry.port}` });
   }
 
   private observeOrdering(seq: number): void {

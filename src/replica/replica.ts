@@ -12,7 +12,7 @@
  */
 import { FatalError, type FatalHandler, throwFatal } from "./fatal.ts";
 import { assert } from "../../wire/assert.ts";
-import { channelsConfigFrom, type ClusterConfig, newViewBytesBound, type ReplicaEntry } from "../config/cluster.ts";
+import { channelsConfigFrom, type ClusterConfig, newViewBytesBound, type ReplicaEntry, replicaById } from "../config/cluster.ts";
 import { configDigests } from "../config/digest.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
@@ -161,8 +161,10 @@ export class Replica {
   constructor(private readonly options: ReplicaOptions) {
     const { config, id, key, log } = options;
     this.admission = options.admission ?? new ClientAdmission();
-    const self = options.joining?.self ?? config.replicas[id];
-    if (self === undefined) throw new RangeError(`replica id ${id} is not in the config (0..${config.n - 1})`);
+    const self = options.joining?.self ?? replicaById(config, id);
+    if (self === undefined) {
+      throw new RangeError(`replica id ${id} is not in the config (ids ${config.replicas.map((replica) => replica.id).join(", ")})`);
+    }
     this.self = self;
     this.adminKeys = new Set(config.adminKeys.map(toHex));
     // A joining replica asks the group with its own key (src/cli/join.ts): members' keys may open a session.
@@ -260,8 +262,12 @@ export class Replica {
         this.subs.stateReplaced();
         this.executed(seq);
         this.followMembership();
+        this.noticeEpoch();
       },
-      onEpochStarted: () => this.followMembership(),
+      onEpochStarted: () => {
+        this.followMembership();
+        this.noticeEpoch();
+      },
       ...(options.joining === undefined ? {} : { join: options.joining.epoch }),
       machine: this.machine,
       storage: this.storage,
@@ -306,6 +312,8 @@ export class Replica {
       metrics: this.metrics,
       audit: this.audit,
     });
+    // Client sessions hear of the epochs after this one (noticeEpoch).
+    this.noticedEpoch = this.ordering.epoch.epoch;
     this.peerServer =
       peerPort === null
         ? null
@@ -808,6 +816,22 @@ export class Replica {
     }
     this.executed(decidedSeq);
     if (!this.replaying) this.followMembership();
+  }
+
+  /** The last epoch the client sessions were told of; -1 until the server exists. */
+  private noticedEpoch = -1;
+
+  /**
+   * Tells every client session that this replica's group entered a newer epoch (EPOCH,
+   * wire/PROTOCOL.md 4.14), so clients and relays read `members` now rather than at their
+   * next periodic read. Only a hint: a client takes a group from f+1 matching answers.
+   */
+  private noticeEpoch(): void {
+    const epoch = this.ordering.epoch.epoch;
+    if (this.noticedEpoch < 0 || epoch <= this.noticedEpoch) return;
+    this.noticedEpoch = epoch;
+    const sessions = this.server.sendToClients({ type: FrameType.EPOCH, body: { replica: this.options.id, epoch } });
+    this.options.log.info("told the client sessions of the new epoch", { epoch, sessions });
   }
 
   /** The groups the peer mesh last followed (followMembership): unchanged objects mean nothing to do. */

@@ -875,6 +875,20 @@ export class ReplicaServer {
     return [...closedByKey.values()].reduce((sum, count) => sum + count, 0);
   }
 
+  /**
+   * Sends `frame` to every authenticated client session (a notice such as EPOCH, a few
+   * bytes each, under each session's own output bound). Returns how many took it.
+   */
+  sendToClients(frame: Frame): number {
+    let sent = 0;
+    for (const conn of this.conns) {
+      const state = conn.state as ConnState;
+      if (state.phase !== "client" || conn.isClosed) continue;
+      if (conn.send(frame)) sent++;
+    }
+    return sent;
+  }
+
   /** Why one more client session with this key from this address is refused now, or null if it is not. */
   private clientRefusal(keyHex: string, address: string): string | null {
     const { clientConnectionsMax, clientConnectionsPerKeyMax, clientConnectionsPerAddressMax } = this.limits;

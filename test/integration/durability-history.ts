@@ -231,15 +231,21 @@ export async function catchUpUnderTraffic(
 
 /**
  * Reads `count` events of `tag` from seq 1 with the `fitb sub` command (--json), as an
- * operator would with only some replicas up; fails the test if the command does not
- * exit 0. Returns the events in the order printed.
+ * operator would with only some replicas up (from `configPath`, by default the cluster's
+ * file); fails the test if the command does not exit 0. Returns the events in the order
+ * printed.
  */
-export async function historyByCli(cluster: TestCluster, tag: string, count: number): Promise<Delivered[]> {
+export async function historyByCli(
+  cluster: TestCluster,
+  tag: string,
+  count: number,
+  configPath = cluster.configPath,
+): Promise<Delivered[]> {
   const sub = await cluster.fitb(
     [
       "sub",
       "--config",
-      cluster.configPath,
+      configPath,
       "--key",
       cluster.clientKey,
       tag,

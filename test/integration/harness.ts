@@ -84,6 +84,8 @@ export async function startCluster(
     start?: boolean;
     limits?: Record<string, number>;
     replicaArgs?: (id: number) => string[];
+    /** The cluster file replica `id` starts from (asked at each start); undefined: the one the cluster was made with. */
+    replicaConfig?: (id: number) => string | undefined;
     /** No peer_port: peers and clients share each replica's port. */
     sharedPort?: boolean;
   } = {},
@@ -108,7 +110,8 @@ export async function startCluster(
     logs,
     start(id) {
       const extra = options.replicaArgs?.(id) ?? [];
-      const proc = Bun.spawn([BUN, MAIN, "replica", "--config", init.configPath, "--id", String(id), ...extra], {
+      const config = options.replicaConfig?.(id) ?? init.configPath;
+      const proc = Bun.spawn([BUN, MAIN, "replica", "--config", config, "--id", String(id), ...extra], {
         stdout: "pipe",
         stderr: "pipe",
         env: { ...process.env, FITB_LOG: process.env.FITB_LOG ?? "info" },

@@ -5,11 +5,21 @@
  */
 import { describe, expect, test } from "bun:test";
 import type { Canonical } from "../../wire/canonical.ts";
-import type { QueryReply } from "../../wire/schemas.ts";
+import type { Frame, QueryReply } from "../../wire/schemas.ts";
+import { FrameType } from "../../wire/types.ts";
 import { DEFAULT_BACKOFF } from "../../src/client/backoff.ts";
 import { FitbClient } from "../../src/client/client.ts";
 import { NoQuorumError } from "../../src/client/errors.ts";
-import { type AgreedGroup, fileEntryOf, groupProblem, isNewer, membershipRule, sameAsFile } from "../../src/client/membership-follow.ts";
+import {
+  type AgreedGroup,
+  fileEntryOf,
+  groupProblem,
+  isNewer,
+  MEMBERSHIP_REFRESH_MIN_MS,
+  membershipRule,
+  noticeAsksRead,
+  sameAsFile,
+} from "../../src/client/membership-follow.ts";
 import type { GroupListing } from "../../src/client/queries.ts";
 import type { ClientLogEntry } from "../../src/client/options.ts";
 import { ReplicaGroup } from "../../src/client/replica-group.ts";
@@ -241,6 +251,65 @@ describe("a cluster file whose f is below the group's is stale: warned once per 
       take(client, agreed(3, 2));
       expect(client.membership).toMatchObject({ epoch: 3, f: 2, staleFile: false, staleFileWarnings: 0 });
       expect(staleWarnings(logs)).toEqual([]);
+    } finally {
+      client.close();
+    }
+  });
+});
+
+describe("an EPOCH notice asks for a read of the group, and changes nothing by itself", () => {
+  const file = (): ClusterConfig => {
+    const text = renderClusterToml({
+      name: "t",
+      f: 1,
+      replicas: [0, 1, 2, 3].map((id) => ({ id, host: "127.0.0.1", port: 7100 + id, publicKey: keys[id] as Uint8Array })),
+      adminKeys: [keys[5] as Uint8Array],
+      clientKeys: [],
+    });
+    const parsed = parseClusterConfig(text, "/nonexistent/cluster.toml");
+    if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
+    return parsed.config;
+  };
+  const notice = (replica: number, epoch: number): Frame => ({ type: FrameType.EPOCH, body: { replica, epoch } });
+
+  test("the rule: a member's notice of a newer epoch than the one followed (or any, before the first read)", () => {
+    expect(noticeAsksRead(4, 3, true)).toBe(true);
+    expect(noticeAsksRead(3, 3, true)).toBe(false);
+    expect(noticeAsksRead(2, 3, true)).toBe(false);
+    expect(noticeAsksRead(0, null, true)).toBe(true);
+    expect(noticeAsksRead(9, 3, false)).toBe(false);
+  });
+
+  test("a lone replica's notice of epoch 9: the group, f and epoch stay; one read is due a second after the last, however many notices come", () => {
+    const now = 50_000;
+    const client = new FitbClient({
+      config: file(),
+      key: SigningKey.generate(),
+      timeouts: { membershipRefreshMs: 3_600_000 },
+      now: () => now,
+    });
+    // The client as it is right after a read of the group at `now` (a periodic one an hour away).
+    const internals = client as unknown as {
+      onFrame(connection: { id: number }, frame: Frame): void;
+      follow: { lastAt: number; dueAt: number };
+    };
+    internals.follow.lastAt = now;
+    internals.follow.dueAt = now + 3_600_000;
+    try {
+      internals.onFrame({ id: 3 }, notice(3, 9));
+      expect(client.membership).toMatchObject({ epoch: null, ids: [0, 1, 2, 3], f: 1, changes: 0, refused: 0, notices: 1 });
+      expect(client.n).toBe(4);
+      expect(internals.follow.dueAt).toBe(now + MEMBERSHIP_REFRESH_MIN_MS);
+      // More notices, from the same replica or another: still one read, no sooner.
+      internals.onFrame({ id: 3 }, notice(3, 10));
+      internals.onFrame({ id: 0 }, notice(0, 9));
+      expect(internals.follow.dueAt).toBe(now + MEMBERSHIP_REFRESH_MIN_MS);
+      expect(client.membership).toMatchObject({ epoch: null, ids: [0, 1, 2, 3], f: 1, changes: 0, notices: 3 });
+      // A replica that is not a member of the group followed is not listened to.
+      internals.follow.dueAt = now + 3_600_000;
+      internals.onFrame({ id: 7 }, notice(7, 11));
+      expect(internals.follow.dueAt).toBe(now + 3_600_000);
+      expect(client.membership.notices).toBe(3);
     } finally {
       client.close();
     }

@@ -5,9 +5,9 @@
  */
 import { describe, expect, test } from "bun:test";
 import { exportClusterToml } from "../../src/cli/commands/cluster-export.ts";
-import { CommandError } from "../../src/cli/errors.ts";
 import type { MembersListing } from "../../src/client/queries.ts";
 import { type ClusterConfig, parseClusterConfig } from "../../src/config/cluster.ts";
+import { configDigests, fileGroupDigest } from "../../src/config/digest.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { formatPublicKey } from "../../src/crypto/keys.ts";
 
@@ -72,7 +72,14 @@ describe("cluster export", () => {
     expect(exported.replicas[1]?.keyFile).toBe(`${DIR}/secrets/r1.key`);
     expect(exported.replicas[1]?.dataDir).toBe("/var/lib/fitb/r1");
     expect(exported.replicas[4]?.keyFile).toBe(`${DIR}/replica-4.key`);
-    expect({ ...exported, replicas: [], n: 0 }).toEqual({ ...original, replicas: [], n: 0 });
+    expect({ ...exported, replicas: [], n: 0, epoch: 0, firstGroupDigest: null as Uint8Array | null }).toEqual({
+      ...original,
+      replicas: [],
+      n: 0,
+    });
+    // A file of epoch 3: it says so, and names the group the cluster started with.
+    expect(exported.epoch).toBe(3);
+    expect(exported.firstGroupDigest).toEqual(fileGroupDigest(original));
     // Written for another directory, the paths under the first stay the same files.
     const elsewhere = parse(exportClusterToml(original, group, "/etc/fitb"), "/etc/fitb");
     expect(elsewhere.replicas[1]?.keyFile).toBe(`${DIR}/secrets/r1.key`);
@@ -88,9 +95,33 @@ describe("cluster export", () => {
     expect(parse(exportClusterToml(original, group, DIR)).f).toBe(2);
   });
 
-  test("a group with a gap in its ids is refused with the reason: a cluster file lists 0..n-1", () => {
-    const group = listing([member(0, "10.0.0.1"), member(1, "10.0.0.2"), member(2, "10.0.0.3"), member(4, "10.0.0.5")]);
-    expect(() => exportClusterToml(original, group, DIR)).toThrow(CommandError);
-    expect(() => exportClusterToml(original, group, DIR)).toThrow("has replica ids 0, 1, 2, 4, but a cluster file lists ids 0..n-1");
+  test("a group with a gap in its ids (a replaced host) is written with its ids; it parses back, and its replicas send the first group's digest", () => {
+    // Replica 4 added, replica 1 removed: ids 0, 2, 3, 4.
+    const group = listing([member(0, "10.0.0.1"), member(2, "10.0.0.3"), member(3, "10.0.0.4"), member(4, "10.0.0.5", keys[4])]);
+    const text = exportClusterToml(original, group, DIR);
+    expect(text).toContain("\nepoch = 3\n");
+    const exported = parse(text);
+    expect(exported.replicas.map((r) => r.id)).toEqual([0, 2, 3, 4]);
+    expect(exported.n).toBe(4);
+    expect(exported.replicas.map((r) => r.publicKeyText)).toEqual([0, 2, 3, 4].map((id) => formatPublicKey(keys[id] as Uint8Array)));
+    // Kept paths follow the id, not the place in the list.
+    expect(exported.replicas[1]?.keyFile).toBe(`${DIR}/replica-2.key`);
+    // The handshake's group section is the cluster's first group, whichever file a replica runs with.
+    expect(configDigests(exported)).toEqual(configDigests(original));
+    // Exported again from the exported file (the group moved on to epoch 5): the same first group.
+    const again = parse(exportClusterToml(exported, { ...group, epoch: 5 }, DIR));
+    expect(again.epoch).toBe(5);
+    expect(configDigests(again)).toEqual(configDigests(original));
+    expect(exportClusterToml(exported, group, DIR)).toBe(text);
+  });
+
+  test("at epoch 0 (nothing changed yet) the file is the first group's: no epoch lines, the same digests", () => {
+    const group = { ...listing([0, 1, 2, 3].map((id) => member(id, `10.0.0.${id + 1}`))), epoch: 0 };
+    const text = exportClusterToml(original, group, DIR);
+    expect(text).not.toContain("epoch =");
+    expect(text).not.toContain("first_group_digest");
+    const exported = parse(text);
+    expect([exported.epoch, exported.firstGroupDigest]).toEqual([0, null]);
+    expect(configDigests(exported)).toEqual(configDigests(original));
   });
 });

@@ -12,6 +12,7 @@ import {
   channelsConfigFrom,
   newViewBytesBound,
   parseClusterConfig,
+  replicaById,
   requireClusterConfig,
   RETENTION_BOUNDS,
   type ClusterConfigResult,
@@ -21,7 +22,7 @@ import { checkChannelsConfig } from "../../src/core/channels/index.ts";
 import { renderClusterToml } from "../../src/config/init.ts";
 import { toBase64url } from "../../src/crypto/encoding.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
-import { EVENT_BYTES_MAX, FRAME_BYTES_MAX, REQUEST_EVENTS_MAX } from "../../wire/types.ts";
+import { EVENT_BYTES_MAX, FRAME_BYTES_MAX, REPLICAS_MAX, REQUEST_EVENTS_MAX } from "../../wire/types.ts";
 
 const directory = mkdtempSync(join(tmpdir(), "fitb-config-"));
 afterAll(() => rmSync(directory, { recursive: true, force: true }));
@@ -156,6 +157,44 @@ describe("a valid cluster file", () => {
     expect(result.ok && result.config.replicas.map((replica) => replica.host)).toEqual(["h0", "h1", "h2", "h3"]);
   });
 
+  test("ids need not be 0..n-1: a group with gaps (after remove-replica) parses, sorted by id, each found by id", () => {
+    const [a, b, c, d] = keys(4).map(formatPublicKey) as [string, string, string, string];
+    const result = parse(
+      handToml({
+        replicas: [
+          [4, "127.0.0.1", 7104, d],
+          [0, "127.0.0.1", 7100, a],
+          [3, "127.0.0.1", 7103, c],
+          [2, "127.0.0.1", 7102, b],
+        ],
+      }),
+    );
+    if (!result.ok) throw new Error(JSON.stringify(result.errors));
+    const { config } = result;
+    expect([config.n, config.f, config.epoch, config.firstGroupDigest]).toEqual([4, 1, 0, null]);
+    expect(config.replicas.map((replica) => replica.id)).toEqual([0, 2, 3, 4]);
+    expect(replicaById(config, 4)?.port).toBe(7104);
+    expect(replicaById(config, 4)?.keyFile).toBe(join(directory, "replica-4.key"));
+    expect(replicaById(config, 1)).toBeUndefined();
+  });
+
+  test("a file of a later epoch names the first group's digest; the two go together and the digest is 64 hex digits", () => {
+    const digest = "ab".repeat(32);
+    const later = parse(handToml({ extra: `epoch = 3\nfirst_group_digest = "${digest}"` }));
+    if (!later.ok) throw new Error(JSON.stringify(later.errors));
+    expect(later.config.epoch).toBe(3);
+    expect(Buffer.from(later.config.firstGroupDigest as Uint8Array).toString("hex")).toBe(digest);
+    expect(onlyError(handToml({ extra: "epoch = 3" }))).toBe(
+      "first_group_digest: missing: a file of epoch 3 names the digest of the group the cluster started with (write the file with fitb cluster export)",
+    );
+    expect(onlyError(handToml({ extra: `first_group_digest = "${digest}"` }))).toBe(
+      "first_group_digest: only for a file of a later epoch (epoch >= 1), and this file sets no epoch: remove it, or set epoch",
+    );
+    expect(onlyError(handToml({ extra: 'epoch = 3\nfirst_group_digest = "AB"' }))).toBe(
+      'first_group_digest: expected 64 lowercase hex digits (the digest `fitb cluster export` writes), got "AB"',
+    );
+  });
+
   test("key_file and data_dir are relative to the config file, with defaults", () => {
     const text = handToml({}).replace("id = 1\n", 'id = 1\nkey_file = "secrets/one.key"\ndata_dir = "/var/lib/fitb/one"\n');
     const result = parseClusterConfig(text, "/etc/fitb/cluster.toml");
@@ -239,7 +278,7 @@ describe("rejected files name the field and the expected form", () => {
     for (const issue of errors) expect(issue.message).toContain("unknown field");
   });
 
-  test("duplicate and out-of-range replica ids", () => {
+  test("duplicate replica ids are refused; ids out of 0..REPLICAS_MAX-1 too", () => {
     const [a, b, c, d] = keys(4).map(formatPublicKey) as [string, string, string, string];
     expect(
       errorsOf(
@@ -260,11 +299,11 @@ describe("rejected files name the field and the expected form", () => {
             [0, "h", 1, a],
             [1, "h", 2, b],
             [2, "h", 3, c],
-            [4, "h", 4, d],
+            [REPLICAS_MAX, "h", 4, d],
           ],
         }),
       ),
-    ).toBe("replicas[3].id: expected an id in 0..3 (ids are 0..n-1 with n = 4), got 4");
+    ).toBe(`replicas[3].id: expected an integer in 0..${REPLICAS_MAX - 1}, got ${REPLICAS_MAX}`);
   });
 
   test("two replicas at one address", () => {

@@ -53,6 +53,21 @@ describe("quorum table", () => {
 });
 
 describe("ReplyVoter", () => {
+  test("a group with gaps in its ids (after a removal): only members count, and a result fails once the members left cannot reach the quorum", () => {
+    const v = new ReplyVoter({ n: 4, ids: [0, 2, 3, 4], f: 1, kind: "byzantine/total" });
+    // Replica 1 was removed: its answer is not counted; replica 4 (id above n-1) is a member.
+    expect(v.add(1, OK).outcome).toBe("unknown-replica");
+    expect(v.add(4, OK).outcome).toBe("counted");
+    expect(v.missing()).toEqual([0, 2, 3]);
+    expect(v.add(0, FORGED).status.state).toBe("pending");
+    // One member left to answer: it could still match one of the three.
+    expect(v.add(2, REFUSED).status.state).toBe("pending");
+    // Every member answered, each differently: no result can reach two (a removed id is not waited for).
+    expect(v.add(3, { ok: true, other: 1 }).status).toMatchObject({ state: "failed" });
+    expect(() => new ReplyVoter({ n: 4, ids: [0, 2, 2, 4], f: 1, kind: "byzantine/total" })).toThrow(RangeError);
+    expect(() => new ReplyVoter({ n: 4, ids: [0, 2, 4], f: 1, kind: "byzantine/total" })).toThrow(RangeError);
+  });
+
   test("byzantine/total decides on f+1 matching results from distinct replicas", () => {
     const v = new ReplyVoter({ n: 4, f: 1, kind: "byzantine/total" });
     expect(v.add(2, OK)).toMatchObject({ outcome: "counted", status: { state: "pending", answered: 1, quorum: 2 } });

@@ -191,7 +191,7 @@ describe("fuzz: the decode path never throws, never hangs, keeps its bounds", ()
         const parts: Uint8Array[] = [];
         const n = 1 + int(next, 4);
         for (let i = 0; i < n; i++) {
-          const type = next() < 0.7 ? (Object.values(FrameType)[int(next, 16)] as number) : int(next, 256);
+          const type = next() < 0.7 ? (Object.values(FrameType)[int(next, Object.values(FrameType).length)] as number) : int(next, 256);
           const r = next();
           if (r < 0.4) {
             parts.push(encodeFrame(type, randomBytes(next, int(next, 64))));

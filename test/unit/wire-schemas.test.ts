@@ -69,6 +69,7 @@ const SAMPLE_FRAMES: Frame[] = [
   { type: FrameType.QUERY_REPLY, body: { id: 9, replica: 2, ok: true, res: null } },
   { type: FrameType.QUERY_REPLY, body: { id: 9, replica: 2, ok: true, res: { x: [1, "y", KEY] } } },
   { type: FrameType.QUERY_REPLY, body: { id: 9, replica: 2, ok: false, code: "NOT_READY", reason: "catching up" } },
+  { type: FrameType.EPOCH, body: { replica: 4, epoch: 2 } },
   { type: FrameType.SUBSCRIBE, body: { sub: 1, tag: "a", from: 7 } },
   { type: FrameType.SUBSCRIBE, body: { sub: 1, tag: "a" } },
   { type: FrameType.UNSUBSCRIBE, body: { sub: 1 } },
@@ -128,7 +129,7 @@ describe("typed frames round-trip", () => {
 
 describe("decodeFrameBody: each bad-input class has its typed error", () => {
   test("unknown type", () => {
-    for (const t of [0x00, 0x07, 0x14, 0x41, 0x7f, 0x80, 0xff]) expectError(t, cbor({}), "unknown-type");
+    for (const t of [0x00, 0x07, 0x15, 0x41, 0x7f, 0x80, 0xff]) expectError(t, cbor({}), "unknown-type");
   });
 
   test("malformed CBOR", () => {
@@ -156,6 +157,8 @@ describe("decodeFrameBody: each bad-input class has its typed error", () => {
     expectError(FrameType.QUERY, cbor({ id: 1, q: "channel-info" }), "schema");
     expectError(FrameType.QUERY, cbor({ id: 1, q: "status", tag: "a" }), "schema");
     expectError(FrameType.QUERY_REPLY, cbor({ id: 1, replica: 0, ok: true }), "schema");
+    expectError(FrameType.EPOCH, cbor({ replica: 0 }), "schema");
+    expectError(FrameType.EPOCH, cbor({ replica: 0, epoch: 1, group: [] }), "schema");
     expectError(FrameType.REPLY, cbor({ seq: 0, replica: 0, d: KEY, ok: false, code: "INTERNAL", reason: "" }), "schema");
     expectError(FrameType.PEER, cbor({ seq: 0, msg: new Uint8Array(0), mac: KEY }), "schema");
     expectError(FrameType.REQUEST, cbor({ body: new Uint8Array(0), sig: SIG }), "schema");

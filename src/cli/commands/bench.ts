@@ -252,7 +252,8 @@ async function replicaCpuMicros(client: FitbClient): Promise<(number | null)[]> 
     if (answered.size === status.replicas.length) break;
     await Bun.sleep(CPU_READ_RETRY_MS);
   }
-  return Array.from({ length: client.n }, (_, id) => cpu[id] ?? null);
+  // Indexed by id: after a removal the ids have gaps (null there), and the highest may exceed n-1.
+  return Array.from({ length: Math.max(client.n, cpu.length) }, (_, id) => cpu[id] ?? null);
 }
 
 /** CPU seconds between two readings, per replica; null where either is missing or the replica restarted. */

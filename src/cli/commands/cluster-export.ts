@@ -5,6 +5,11 @@
  * and client keys, limits, retention, each kept replica's further addresses, key_file
  * and data_dir) is kept from C. For a new host, or to bring C up to date after
  * add-replica, remove-replica, rotate-replica-key or set-f.
+ *
+ * The ids are written as the group has them, gaps and all (a replica keeps its id for
+ * life). A file of a later epoch than 0 says so (`epoch`) and carries the digest of the
+ * group the cluster started with (`first_group_digest`, config/digest.ts), so replicas
+ * started from it and from older files accept each other.
  */
 import { renameSync, writeFileSync } from "node:fs";
 import { dirname, isAbsolute, relative, resolve } from "node:path";
@@ -16,8 +21,10 @@ import {
   formatConfigIssue,
   LIMIT_BOUNDS,
   parseClusterConfig,
+  replicaById,
   RETENTION_BOUNDS,
 } from "../../config/cluster.ts";
+import { firstGroupDigest } from "../../config/digest.ts";
 import { type ClusterTomlReplica, renderClusterToml } from "../../config/init.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
@@ -34,8 +41,9 @@ export const clusterExportCommand: Command = {
     "retention, and for replicas still in the group their further addresses (hosts),",
     "key_file and data_dir. A replica added since gets the default key_file and data_dir.",
     "Without --out the file goes to standard output. A change decided but not yet in effect",
-    "(see 'fitb admin members') is not in the file; a warning says so. A cluster file lists",
-    "ids 0..n-1: a group with a gap (a replica other than the highest removed) is refused.",
+    "(see 'fitb admin members') is not in the file; a warning says so. The ids are the",
+    "group's, with any gaps removals left. After a change the file names its epoch and the",
+    "digest of the group the cluster started with, which the replicas compare when they connect.",
   ],
   flags: [
     CONFIG_FLAG,
@@ -62,17 +70,10 @@ function pathFor(outDir: string, path: string): string {
 /**
  * The text of the cluster file for `listing`, keeping what the group does not decide from
  * `config`; `outDir` is the directory the file is for (relative paths are from there).
- * A CommandError when the group's ids are not 0..n-1, which a cluster file cannot list.
  */
 export function exportClusterToml(config: ClusterConfig, listing: MembersListing, outDir: string): string {
-  const ids = listing.members.map((member) => member.id);
-  if (ids.some((id, index) => id !== index)) {
-    throw new CommandError(
-      `the group of epoch ${listing.epoch} has replica ids ${ids.join(", ")}, but a cluster file lists ids 0..n-1; it cannot be written as one until the ids are contiguous again (add a replica with each missing id)`,
-    );
-  }
   const replicas: ClusterTomlReplica[] = listing.members.map((member) => {
-    const kept = config.replicas.find((replica) => replica.id === member.id);
+    const kept = replicaById(config, member.id);
     const sameAddress = kept !== undefined && kept.host === member.host && kept.port === member.port;
     const keyFile = kept?.keyFile;
     const dataDir = kept?.dataDir;
@@ -108,8 +109,18 @@ export function exportClusterToml(config: ClusterConfig, listing: MembersListing
       clientKeys: config.clientKeys,
       limits,
       retention,
+      ...laterEpoch(config, listing.epoch),
     })
   );
+}
+
+/**
+ * The epoch lines of the file: none for epoch 0, whose group is the one the cluster
+ * started with (the file's own group digest is then the first group's), else the epoch
+ * and the first group's digest, computed from `config` or kept from it.
+ */
+function laterEpoch(config: ClusterConfig, epoch: number): { later?: { epoch: number; firstGroupDigest: Uint8Array } } {
+  return epoch === 0 ? {} : { later: { epoch, firstGroupDigest: firstGroupDigest(config) } };
 }
 
 async function runClusterExport(args: ParsedArgs, io: CommandIo): Promise<number> {

@@ -3,7 +3,7 @@
  * with the field it concerns. With --id it also checks, on a replica's host, that
  * the replica's secret key file is there and matches the key the file lists.
  */
-import { formatConfigIssue, loadClusterConfig, type ClusterConfig } from "../../config/cluster.ts";
+import { formatConfigIssue, loadClusterConfig, replicaById, type ClusterConfig } from "../../config/cluster.ts";
 import { REPLICAS_MAX } from "../../../wire/types.ts";
 import { bytesEqual } from "../../crypto/encoding.ts";
 import { formatPublicKey, loadSigningKeyFile } from "../../crypto/keys.ts";
@@ -15,9 +15,10 @@ export const configCheckCommand: Command = {
   path: ["config", "check"],
   summary: "Validate a cluster file (and, with --id, a replica's key)",
   description: [
-    "Reads FILE and checks every field: names, addresses, keys, limits, ids 0..n-1,",
-    "and n >= 3f+1. Prints 'ok: ...' on success, or one line per problem naming the",
-    "field and the expected form, and exits 1.",
+    "Reads FILE and checks every field: names, addresses, keys, limits, unique ids",
+    "(gaps allowed: a replica keeps its id after others are removed), and n >= 3f+1.",
+    "Prints 'ok: ...' on success, or one line per problem naming the field and the",
+    "expected form, and exits 1.",
   ],
   flags: [
     {
@@ -42,14 +43,19 @@ function runConfigCheck(args: ParsedArgs, io: CommandIo): number {
     return EXIT_FAILURE;
   }
   const { config } = result;
-  io.out(`ok: cluster ${config.name}, n=${config.n}, f=${config.f}, ${config.replicas.length} replicas`);
+  const ids = config.replicas.map((replica) => replica.id);
+  const contiguous = ids.every((replicaId, index) => replicaId === index);
+  const epoch = config.epoch === 0 ? "" : ` (the group of epoch ${config.epoch})`;
+  io.out(
+    `ok: cluster ${config.name}, n=${config.n}, f=${config.f}, ${config.replicas.length} replicas${contiguous ? "" : ` (ids ${ids.join(", ")})`}${epoch}`,
+  );
   if (id !== undefined) checkReplicaKey(config, id, io);
   return EXIT_OK;
 }
 
 function checkReplicaKey(config: ClusterConfig, id: number, io: CommandIo): void {
-  const replica = config.replicas[id];
-  if (replica === undefined) throw new CommandError(`--id ${id}: the cluster has replicas 0..${config.n - 1}`);
+  const replica = replicaById(config, id);
+  if (replica === undefined) throw new CommandError(`--id ${id}: the cluster has replicas ${describeIds(config)}`);
   const loaded = loadSigningKeyFile(replica.keyFile);
   for (const warning of loaded.warnings) io.err(`warning: ${warning}`);
   if (!bytesEqual(loaded.key.publicKey, replica.publicKey)) {
@@ -58,4 +64,10 @@ function checkReplicaKey(config: ClusterConfig, id: number, io: CommandIo): void
     );
   }
   io.out(`ok: replica ${id} key ${replica.keyFile} matches`);
+}
+
+/** "0..3" for contiguous ids, else "0, 2, 3, 4". */
+function describeIds(config: ClusterConfig): string {
+  const ids = config.replicas.map((replica) => replica.id);
+  return ids.every((id, index) => id === index) ? `0..${ids.length - 1}` : ids.join(", ");
 }

@@ -9,11 +9,11 @@ import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { bytesEqual } from "../../crypto/encoding.ts";
 import { KeyFileError, loadSigningKeyFile } from "../../crypto/keys.ts";
-import { formatAddress, requireClusterConfig } from "../../config/cluster.ts";
+import { formatAddress, replicaById, requireClusterConfig } from "../../config/cluster.ts";
 import { createLog, type Log, parseLogLevel } from "../../replica/log.ts";
 import { type ListenAddress, parseListenAddress } from "../../relay/listen.ts";
 import { listenFailure } from "../../relay/server.ts";
-import { type Joined, JoinRefused, joinedBefore, learnGroup } from "../join.ts";
+import { fileIsAheadOfData, type Joined, JoinRefused, joinedBefore, learnGroup } from "../join.ts";
 import { Replica } from "../../replica/replica.ts";
 import { REPLICAS_MAX } from "../../../wire/types.ts";
 import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy } from "../../replica/storage/index.ts";
@@ -113,7 +113,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   const config = requireClusterConfig(configPath);
   const id = args.requiredInteger("id", 0, REPLICAS_MAX - 1);
   // A replica the file does not list joins the group that add-replica made it a member of (join.ts).
-  const entry = config.replicas[id];
+  const entry = replicaById(config, id);
   const keyPath = args.string("key") ?? entry?.keyFile ?? join(dirname(configPath), `replica-${id}.key`);
   let loaded: ReturnType<typeof loadSigningKeyFile>;
   try {
@@ -139,20 +139,28 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   const log = createLog({ replica: id }, level.level);
   for (const warning of loaded.warnings) log.warn(warning);
   let joining: Joined | undefined;
-  if (learns) {
-    try {
-      joining = joinedBefore({ config, id, key, keyFile: keyPath, dataDir, log }) ?? undefined;
-    } catch (error) {
-      if (error instanceof StoreIdentityError) throw new CommandError(error.message);
-      throw error;
-    }
+  let behind = false;
+  try {
+    if (learns) joining = joinedBefore({ config, id, key, keyFile: keyPath, dataDir, log }) ?? undefined;
+    // A file of a later epoch (exported) and a data directory of epoch 0 or none: the group says where to start.
+    else behind = fileIsAheadOfData({ config, id, dataDir, log });
+    if (behind) joining = joinedBefore({ config, id, key, keyFile: keyPath, dataDir, log }) ?? undefined;
+  } catch (error) {
+    if (error instanceof StoreIdentityError) throw new CommandError(error.message);
+    throw error;
   }
   if (joining !== undefined) {
     log.info("joined the group before: starting from the data directory", { epoch: joining.epoch.membership.epoch });
-  } else if (learns) {
-    log.info("the cluster file does not name this replica with this key: asking the group", {
-      file: entry === undefined ? "no such replica" : "another key",
-    });
+  } else if (learns || behind) {
+    if (behind) {
+      log.info("the cluster file lists the group of a later epoch and the data directory holds none: asking the group", {
+        fileEpoch: config.epoch,
+      });
+    } else {
+      log.info("the cluster file does not name this replica with this key: asking the group", {
+        file: entry === undefined ? "no such replica" : "another key",
+      });
+    }
     try {
       joining = await learnGroup({ config, id, key, keyFile: keyPath, dataDir, log });
     } catch (error) {

@@ -6,7 +6,11 @@
 import { REPLICAS_MAX } from "../../../wire/types.ts";
 import { BATCH_REQUESTS_MAX } from "./messages.ts";
 
-/** A replica is named by its index in the cluster file, 0..n-1. */
+/**
+ * A replica as the core names it: its rank in the epoch's group, 0..n-1 (members in
+ * ascending id order). Replica ids, which stay with a replica for life and may have gaps,
+ * are the runtime's; it maps them to ranks per epoch (src/replica/epochs.ts).
+ */
 export type ReplicaId = number;
 
 /**

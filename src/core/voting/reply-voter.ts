@@ -19,8 +19,13 @@ import { encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
 import { ackQuorum, checkGroup, isDeterministic, type ReplyKind } from "./quorum.ts";
 
 export type ReplyVoterOptions = {
-  /** Replicas in the group; ids are 0..n-1. */
+  /** Replicas in the group. */
   readonly n: number;
+  /**
+   * Their ids, when they are not 0..n-1 (a replica keeps its id for life, so after a
+   * removal the ids have gaps): n distinct ids. Absent: 0..n-1.
+   */
+  readonly ids?: readonly number[];
   /** Faults tolerated. */
   readonly f: number;
   readonly kind: ReplyKind;
@@ -44,7 +49,7 @@ export type ReplyOutcome =
   | "counted"
   | "duplicate" // the same replica sent the same result again
   | "equivocation" // the same replica sent a different result
-  | "unknown-replica" // an id outside 0..n-1
+  | "unknown-replica" // an id not in the group
   | "unencodable"; // not a canonical value: cannot be compared, so not counted
 
 export type ReplyAdd = {
@@ -59,6 +64,9 @@ type Group = { readonly result: Canonical; readonly replicas: number[] };
 export class ReplyVoter {
   readonly quorum: number;
   private readonly n: number;
+  /** The group's ids, ascending. */
+  private readonly ids: readonly number[];
+  private readonly idSet: ReadonlySet<number>;
   private readonly kind: ReplyKind;
   /** Result key (hex of canonical bytes) per replica that answered. */
   private readonly answers = new Map<number, string>();
@@ -71,13 +79,17 @@ export class ReplyVoter {
   constructor(options: ReplyVoterOptions) {
     checkGroup(options.kind, options.n, options.f);
     this.n = options.n;
+    this.ids = options.ids === undefined ? Array.from({ length: options.n }, (_, id) => id) : [...options.ids].sort((a, b) => a - b);
+    this.idSet = new Set(this.ids);
+    if (this.idSet.size !== this.n) throw new RangeError(`reply voter: ${this.n} replicas need ${this.n} distinct ids`);
+    for (const id of this.ids) if (!Number.isSafeInteger(id) || id < 0) throw new RangeError(`reply voter: bad replica id ${id}`);
     this.kind = options.kind;
     this.quorum = ackQuorum(options.kind, options.f);
   }
 
   /** Takes one reply from `replica`. */
   add(replica: number, result: Canonical): ReplyAdd {
-    if (!Number.isSafeInteger(replica) || replica < 0 || replica >= this.n) return this.outcome("unknown-replica", []);
+    if (!this.idSet.has(replica)) return this.outcome("unknown-replica", []);
     let key: string;
     try {
       key = toHex(encodeCanonical(result));
@@ -123,7 +135,7 @@ export class ReplyVoter {
   /** Replicas that have not answered (to retransmit to, or to time out). */
   missing(): number[] {
     const ids: number[] = [];
-    for (let id = 0; id < this.n; id++) if (!this.answers.has(id)) ids.push(id);
+    for (const id of this.ids) if (!this.answers.has(id)) ids.push(id);
     return ids;
   }
 

@@ -95,6 +95,30 @@ export function readJoined(dir: string, cluster: string, replica: number, disk: 
   }
 }
 
+/**
+ * The epoch the replica of data directory `dir` runs in and where it started (as
+ * `ReplicaStorage.epochStart`), or null: epoch 0, or a new directory. Opens the store
+ * briefly like readJoined. A replica started from a cluster file of a later epoch
+ * (`fitb cluster export`) resumes from its directory only when it holds a later epoch.
+ */
+export function readEpochStart(dir: string, cluster: string, replica: number, disk: Disk = realDisk): EpochStart | null {
+  disk.makeDir(dir);
+  const store = ReplicaStore.open(dir, "normal", { cluster, replica }, true, disk);
+  try {
+    return epochStartOf(store.meta("epoch"));
+  } finally {
+    store.close();
+  }
+}
+
+function epochStartOf(meta: unknown): EpochStart | null {
+  const value = meta as { epoch?: unknown; seq?: unknown; digest?: unknown } | null;
+  if (value === null || typeof value !== "object") return null;
+  const { epoch, seq, digest } = value;
+  if (typeof epoch !== "number" || typeof seq !== "number" || !(digest instanceof Uint8Array)) return null;
+  return { epoch, seq, digest };
+}
+
 export class ReplicaStorage {
   readonly commits: GroupCommit;
   /** Rows found damaged at open (deleted since); for the start-up report. */
@@ -363,11 +387,7 @@ export class ReplicaStorage {
 
   /** The epoch this replica's core runs in and where it started, or null: epoch 0 (the cluster file's group). */
   epochStart(): EpochStart | null {
-    const value = this.store.meta("epoch") as { epoch?: unknown; seq?: unknown; digest?: unknown } | null;
-    if (value === null || typeof value !== "object") return null;
-    const { epoch, seq, digest } = value;
-    if (typeof epoch !== "number" || typeof seq !== "number" || !(digest instanceof Uint8Array)) return null;
-    return { epoch, seq, digest };
+    return epochStartOf(this.store.meta("epoch"));
   }
 
   // -----------------------------------------------------------------------------------

@@ -452,6 +452,8 @@ class RuntimeSimulation {
       f: s.f,
       n: s.n,
       replicas,
+      epoch: 0,
+      firstGroupDigest: null,
       adminKeys: [this.adminKey.publicKey],
       clientKeys: [],
       limits: {
