@@ -37,7 +37,6 @@
 import { sign, verify } from "../crypto/ed25519.ts";
 import { SigningKey } from "../crypto/keys.ts";
 import { workerEntry } from "./entry.ts";
-import { URGENT } from "../core/ordering/priority.ts";
 import { BATCH_BYTES_MAX, KEY_BYTES, packBatch, SIG_BYTES } from "./verify-batch.ts";
 
 /** A batch to a thread: the checks packed into one transferable buffer (verify-batch.ts). */
@@ -65,6 +64,11 @@ export const CHECKS_PER_BATCH_MAX = 1_024;
  */
 export const URGENT_INLINE_PER_WINDOW = 200;
 export const URGENT_INLINE_WINDOW_MS = 100;
+/**
+ * The urgency from which a check is urgent: high and critical, the ordering core's URGENT
+ * (threads do not import the core; a test keeps the two equal).
+ */
+export const URGENT_CHECK = 2;
 /** Most threads a replica starts (`--threads`). */
 export const THREADS_MAX = 64;
 
@@ -178,7 +182,7 @@ export class VerifyPool {
     const misshapen = key.length !== KEY_BYTES || sig.length !== SIG_BYTES;
     // An urgent check with nothing ahead of it on its lane is answered at once: about 50 us
     // of the loop, where the threads' queue may hold tens of milliseconds of a flood's checks.
-    const urgentAlone = urgency >= URGENT && (lane === null || lane.pending === 0) && this.takeUrgentInline();
+    const urgentAlone = urgency >= URGENT_CHECK && (lane === null || lane.pending === 0) && this.takeUrgentInline();
     const check: Check = { key, message, sig, lane, position: lane === null ? -1 : lane.ask(), done, urgency };
     if (this.threads.length === 0 || laneFull || misshapen || urgentAlone || this.inFlight + this.queued.length >= CHECKS_IN_FLIGHT_MAX) {
       this.verifiedInline++;

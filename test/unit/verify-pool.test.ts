@@ -7,7 +7,8 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { sign } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { BATCH_BYTES_MAX, packBatch, unpackBatch } from "../../src/threads/verify-batch.ts";
-import { LANE_CHECKS_MAX, VerifyPool } from "../../src/threads/verify-pool.ts";
+import { URGENT } from "../../src/core/ordering/priority.ts";
+import { LANE_CHECKS_MAX, URGENT_CHECK, VerifyPool } from "../../src/threads/verify-pool.ts";
 import { waitFor } from "../helpers/wait.ts";
 
 const pools: VerifyPool[] = [];
@@ -65,6 +66,7 @@ describe("verification threads", () => {
   });
 
   test("an urgent check with nothing pending on its lane is answered at once, not behind the threads' queue", async () => {
+    expect(URGENT_CHECK).toBe(URGENT);
     const p = pool(1);
     await waitFor("ready", () => p.verifiedOnThreads === 2, 30_000);
     const [a, b, c, d] = checks(4);
