@@ -142,19 +142,22 @@ describe("which agreed group replaces the client's", () => {
   });
 });
 
+/** A cluster file of replicas 0-3 on 127.0.0.1:7100-7103 (f = 1). */
+function fourReplicaFile(): ClusterConfig {
+  const text = renderClusterToml({
+    name: "t",
+    f: 1,
+    replicas: [0, 1, 2, 3].map((id) => ({ id, host: "127.0.0.1", port: 7100 + id, publicKey: keys[id] as Uint8Array })),
+    adminKeys: [keys[5] as Uint8Array],
+    clientKeys: [],
+  });
+  const parsed = parseClusterConfig(text, "/nonexistent/cluster.toml");
+  if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
+  return parsed.config;
+}
+
 describe("the client's connections follow the group", () => {
-  const config = (): ClusterConfig => {
-    const text = renderClusterToml({
-      name: "t",
-      f: 1,
-      replicas: [0, 1, 2, 3].map((id) => ({ id, host: "127.0.0.1", port: 7100 + id, publicKey: keys[id] as Uint8Array })),
-      adminKeys: [keys[5] as Uint8Array],
-      clientKeys: [],
-    });
-    const parsed = parseClusterConfig(text, "/nonexistent/cluster.toml");
-    if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
-    return parsed.config;
-  };
+  const config = fourReplicaFile;
   const none = { onReady() {}, onFrame() {}, onDown() {}, onBadFrame() {} };
   const options = {
     frameBytesMax: 1 << 20,
@@ -258,18 +261,7 @@ describe("a cluster file whose f is below the group's is stale: warned once per 
 });
 
 describe("an EPOCH notice asks for a read of the group, and changes nothing by itself", () => {
-  const file = (): ClusterConfig => {
-    const text = renderClusterToml({
-      name: "t",
-      f: 1,
-      replicas: [0, 1, 2, 3].map((id) => ({ id, host: "127.0.0.1", port: 7100 + id, publicKey: keys[id] as Uint8Array })),
-      adminKeys: [keys[5] as Uint8Array],
-      clientKeys: [],
-    });
-    const parsed = parseClusterConfig(text, "/nonexistent/cluster.toml");
-    if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
-    return parsed.config;
-  };
+  const file = fourReplicaFile;
   const notice = (replica: number, epoch: number): Frame => ({ type: FrameType.EPOCH, body: { replica, epoch } });
 
   test("the rule: a member's notice of a newer epoch than the one followed (or any, before the first read)", () => {
