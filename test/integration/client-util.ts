@@ -139,3 +139,21 @@ export async function fitbOk(cluster: TestCluster, args: string[]): Promise<stri
   if (run.code !== 0) throw new Error(`fitb ${args.join(" ")} exited ${run.code}: ${run.stderr}${run.stdout}`);
   return run.stdout;
 }
+
+/** A started client of `configPath` with `keyPath` that reads the replica group every second (membership tests). */
+export function groupFollower(configPath: string, keyPath: string): FitbClient {
+  const setup = loadClientSetup(configPath, keyPath);
+  const client = new FitbClient({
+    config: setup.config,
+    key: setup.key,
+    timeouts: { requestMs: 20_000, queryMs: 20_000, membershipRefreshMs: 1_000 },
+  });
+  client.start();
+  return client;
+}
+
+/** `fitb admin ARGS` with the cluster's file and admin key; throws unless it printed `ok:`. */
+export async function adminOk(cluster: TestCluster, args: string[]): Promise<void> {
+  const run = await cluster.fitb(["admin", "--config", cluster.configPath, "--key", cluster.adminKey, ...args]);
+  if (run.code !== 0 || !run.stdout.includes("ok:")) throw new Error(`admin ${args.join(" ")}: ${run.code} ${run.stdout}${run.stderr}`);
+}

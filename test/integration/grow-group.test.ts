@@ -9,11 +9,10 @@
 // history checker: every acknowledged event, none twice, one gap-free order.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { FitbClient } from "../../src/client/index.ts";
-import { loadClientSetup } from "../../src/client/setup.ts";
+import type { FitbClient } from "../../src/client/index.ts";
 import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { collect, startClusterWithChannels } from "./client-util.ts";
+import { adminOk, collect, groupFollower, startClusterWithChannels } from "./client-util.ts";
 import { checkTotalOrder, killAndWait, logLines, publishStream, type Stream, waitCaughtUp } from "./durability-history.ts";
 import { freePortRange, logTail, type TestCluster, waitListening } from "./harness.ts";
 
@@ -24,25 +23,12 @@ const ADDED = [4, 5, 6];
 let cluster: TestCluster;
 let publisher: FitbClient;
 let subscriber: FitbClient;
-let A: string[];
 const keyPath = (id: number): string => join(cluster.dir, `replica-${id}.key`);
 
 /** A client of the original cluster file that reads the group every second. */
-function follower(): FitbClient {
-  const setup = loadClientSetup(cluster.configPath, cluster.clientKey);
-  const client = new FitbClient({
-    config: setup.config,
-    key: setup.key,
-    timeouts: { requestMs: 20_000, queryMs: 20_000, membershipRefreshMs: 1_000 },
-  });
-  client.start();
-  return client;
-}
+const follower = (): FitbClient => groupFollower(cluster.configPath, cluster.clientKey);
 
-async function admin(args: string[]): Promise<void> {
-  const run = await cluster.fitb(["admin", ...A, ...args]);
-  if (run.code !== 0 || !run.stdout.includes("ok:")) throw new Error(`admin ${args.join(" ")}: ${run.code} ${run.stdout}${run.stderr}`);
-}
+const admin = (args: string[]): Promise<void> => adminOk(cluster, args);
 
 /**
  * Waits until every replica in `replicas` started an epoch whose members are `members` and
@@ -75,7 +61,6 @@ beforeAll(async () => {
     cluster.logs[id] = [];
     cluster.procs[id] = null;
   }
-  A = ["--config", cluster.configPath, "--key", cluster.adminKey];
   publisher = follower();
   subscriber = follower();
 }, 120_000);

@@ -12,13 +12,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Subprocess } from "bun";
 import { join } from "node:path";
-import { FitbClient } from "../../src/client/index.ts";
-import { loadClientSetup } from "../../src/client/setup.ts";
+import type { FitbClient } from "../../src/client/index.ts";
 import { requireClusterConfig } from "../../src/config/cluster.ts";
 import { configDigests } from "../../src/config/digest.ts";
 import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { collect, startClusterWithChannels } from "./client-util.ts";
+import { adminOk, collect, groupFollower, startClusterWithChannels } from "./client-util.ts";
 import {
   checkTotalOrder,
   historyByCli,
@@ -46,21 +45,9 @@ const argsOf = new Map<number, string[]>();
 const keyPath = (id: number): string => join(cluster.dir, `replica-${id}.key`);
 
 /** A client of `configPath` (with `keyPath`, by default the cluster's client key) that reads the group every second. */
-function follower(configPath: string, keyPath = cluster.clientKey): FitbClient {
-  const setup = loadClientSetup(configPath, keyPath);
-  const client = new FitbClient({
-    config: setup.config,
-    key: setup.key,
-    timeouts: { requestMs: 20_000, queryMs: 20_000, membershipRefreshMs: 1_000 },
-  });
-  client.start();
-  return client;
-}
+const follower = (configPath: string, keyPath = cluster.clientKey): FitbClient => groupFollower(configPath, keyPath);
 
-async function admin(args: string[]): Promise<void> {
-  const run = await cluster.fitb(["admin", "--config", cluster.configPath, "--key", cluster.adminKey, ...args]);
-  if (run.code !== 0 || !run.stdout.includes("ok:")) throw new Error(`admin ${args.join(" ")}: ${run.code} ${run.stdout}${run.stderr}`);
-}
+const admin = (args: string[]): Promise<void> => adminOk(cluster, args);
 
 /** Waits until `replicas` started the epoch of `members`, and the live subscriber follows it. */
 async function waitGroup(replicas: readonly number[], members: readonly number[]): Promise<void> {
