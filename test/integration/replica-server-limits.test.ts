@@ -3,7 +3,9 @@
  * deadline holds until AUTH verifies whatever the HELLO claims, connections still in their
  * handshake are capped (in all and per address) and may send only small frames, and
  * authenticated client sessions are capped in all, per client key and per address, while
- * replica peers are never refused by the client caps.
+ * replica peers are never refused by the client caps; a blacklisted address's connections
+ * are answered once a second and otherwise held open and unread in the tarpit, within its
+ * bounds, or reset past them.
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
