@@ -16,7 +16,8 @@
  *   key is blacklisted for KEY_BLACKLIST_MS and its remote address for ADDRESS_BLACKLIST_MS
  *   (shorter: an address may be shared). Connections from a blacklisted address, and
  *   sessions of a blacklisted key, are refused at the handshake with UNAUTHORIZED and a
- *   reason saying why and for how long.
+ *   reason saying why and for how long (server.ts answers an address at most once a
+ *   second and holds its other connections open and unread in the tarpit, tarpit.ts).
  *
  * Every map is bounded (the oldest entry goes first). The replica calls `beforeVerify` at
  * one point, just before a request's signature is verified, and nothing here depends on

@@ -345,6 +345,17 @@ export class FramedConn {
     this.accountSince(before);
   }
 
+  /**
+   * Ends the connection without closing its socket: what waited is dropped and nothing
+   * more is written or worked on, the socket's reads are paused, and the socket is the
+   * caller's from now on (the server's tarpit, tarpit.ts, holds it and closes it).
+   */
+  detach(): Socket<unknown> {
+    this.release();
+    this.socket.pause();
+    return this.socket;
+  }
+
   /** Tells the budget how much the pending bytes changed since they were `before`. */
   private accountSince(before: number): void {
     if (this.budget !== null) this.budget.change(this.pendingBytes - before);

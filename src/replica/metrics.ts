@@ -28,6 +28,8 @@ const COUNTERS = {
   requests_gap_refused_total: "Ordered requests refused before verification: behind a sequence gap (OUT_OF_ORDER)",
   clients_blacklisted_total: "Client keys and addresses blacklisted (a bad request signature, an undecodable or oversize frame)",
   clients_blacklisted_refused_total: "Connections and sessions refused because their address or key is blacklisted",
+  clients_tarpitted_total:
+    "Connections of blacklisted addresses held open and unread (the tarpit) instead of being reset, until they close or their hold time is up",
   client_reads_backpressured_total:
     "Times a client connection's reads were paused because its frames waiting for the client scheduler were over its bound",
   client_sessions_paused_total:
@@ -110,6 +112,7 @@ const GAUGES = {
   peer_handshakes_open: "Handshakes in progress on the peer port (0 without a peer_port)",
   client_connections: "Open client sessions",
   client_output_bytes: "Bytes queued to client sessions",
+  tarpit_connections: "Connections of blacklisted addresses held open and unread now (the tarpit)",
   state_transfer_target_seq: "Seq a state transfer is fetching (0: none)",
   priority_low_admitted_percent: "Share of clients' low publishes admitted by priority shedding now (100: none shed)",
   priority_normal_admitted_percent: "Share of clients' normal publishes admitted by priority shedding now (100: none shed)",

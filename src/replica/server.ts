@@ -8,8 +8,9 @@
  * sessions are handed to the peer mesh.
  *
  * Bad input never escapes as an exception: a frame that cannot be decoded is answered
- * with ERROR and the connection closed (it is hostile or broken); a well-formed request
- * that is refused gets a REPLY with a code and reason and the connection stays.
+ * with ERROR and the connection closed (it is hostile or broken), or, from an address
+ * blacklisted already, held open and unread in the tarpit (tarpit.ts); a well-formed
+ * request that is refused gets a REPLY with a code and reason and the connection stays.
  *
  * Anyone can open a connection and anyone can make a client key, so everything a caller
  * holds is bounded (ServerLimits). Until AUTH has verified, a connection has proved
@@ -52,6 +53,7 @@ import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import { RateLimiter } from "./rate.ts";
 import type { PeerMesh } from "./peers.ts";
+import { TARPIT_CONNECTIONS_MAX, TARPIT_HOLD_MS_MAX, TARPIT_PER_ADDRESS_MAX, Tarpit } from "./tarpit.ts";
 
 /** A connection whose AUTH has not verified in this time is closed, whatever its HELLO said. */
 export const HANDSHAKE_MS_MAX = 10_000;
@@ -99,9 +101,11 @@ export const CLIENT_STUCK_MS_MAX = 30_000;
 /**
  * On a clients-only port, the connections of a blacklisted address are answered (ERROR with
  * the reason) and logged at most once per this window; the others in the window are
- * counted, closed at once (a reset: nothing written, nothing more read), and reported
- * together in one line when the window is over. A hostile host that reconnects as fast as
- * it can then costs a replica a lookup and a close per connection.
+ * counted, held in the tarpit (tarpit.ts: kept open, never read, so the sender's writes
+ * block) while it has room, else closed at once (a reset: nothing written, nothing more
+ * read), and reported together in one line when the window is over. A hostile host that
+ * reconnects as fast as it can then waits on held connections, and past the tarpit's
+ * bounds costs a replica a lookup and a close per connection.
  */
 export const BLACKLIST_NOTICE_MS = 1_000;
 /** Addresses with a notice window open, at most; past it the oldest is reported and forgotten. */
@@ -121,6 +125,11 @@ export interface ServerLimits {
   readonly clientOutputBytesMax: number;
   readonly clientIdleMsMax: number;
   readonly clientStuckMsMax: number;
+  /** Connections held in the tarpit per remote address, and in all (0: none held, every refusal reset). */
+  readonly tarpitPerAddressMax: number;
+  readonly tarpitConnectionsMax: number;
+  /** How long a connection stays in the tarpit before it is reset. */
+  readonly tarpitHoldMsMax: number;
 }
 
 export const SERVER_LIMITS_DEFAULT: ServerLimits = {
@@ -136,7 +145,13 @@ export const SERVER_LIMITS_DEFAULT: ServerLimits = {
   clientOutputBytesMax: CLIENT_OUTPUT_BYTES_MAX,
   clientIdleMsMax: CLIENT_IDLE_MS_MAX,
   clientStuckMsMax: CLIENT_STUCK_MS_MAX,
+  tarpitPerAddressMax: TARPIT_PER_ADDRESS_MAX,
+  tarpitConnectionsMax: TARPIT_CONNECTIONS_MAX,
+  tarpitHoldMsMax: TARPIT_HOLD_MS_MAX,
 };
+
+/** The limits that may be 0 (the tarpit's bounds: no connection held). */
+const LIMITS_MAY_BE_ZERO: ReadonlySet<keyof ServerLimits> = new Set(["tarpitPerAddressMax", "tarpitConnectionsMax"]);
 
 /** An authenticated client connection, as the replica's handlers see it. */
 export interface ClientSession {
@@ -232,11 +247,20 @@ class Tally {
   }
 }
 
-/** Per blacklisted address: when its last answered refusal was, and how many were closed quietly since. */
-class BlacklistNotices {
-  private readonly windows = new Map<string, { sinceMs: number; quiet: number }>();
+/** What one notice window of an address saw: refusals not answered, and how many of them the tarpit held. */
+interface NoticeWindow {
+  sinceMs: number;
+  quiet: number;
+  held: number;
+}
 
-  /** True when a refusal of `address` now is to be closed quietly (one was answered less than BLACKLIST_NOTICE_MS ago); counts it. */
+type QuietReport = (address: string, quiet: number, held: number) => void;
+
+/** Per blacklisted address: when its last answered refusal was, and how many were refused quietly since. */
+class BlacklistNotices {
+  private readonly windows = new Map<string, NoticeWindow>();
+
+  /** True when a refusal of `address` now is to be quiet (one was answered less than BLACKLIST_NOTICE_MS ago); counts it. */
   quiet(address: string, nowMs: number): boolean {
     const window = this.windows.get(address);
     if (window === undefined || nowMs - window.sinceMs >= BLACKLIST_NOTICE_MS) return false;
@@ -244,24 +268,30 @@ class BlacklistNotices {
     return true;
   }
 
-  /** A refusal of `address` is answered now: a new window opens; the quiet refusals of the last one, if any, are reported. */
-  answered(address: string, nowMs: number, report: (address: string, quiet: number) => void): void {
+  /** A quiet refusal of `address`, counted by quiet() just before, was held in the tarpit rather than reset. */
+  held(address: string): void {
     const window = this.windows.get(address);
-    if (window !== undefined && window.quiet > 0) report(address, window.quiet);
+    if (window !== undefined) window.held++;
+  }
+
+  /** A refusal of `address` is answered now: a new window opens; the quiet refusals of the last one, if any, are reported. */
+  answered(address: string, nowMs: number, report: QuietReport): void {
+    const window = this.windows.get(address);
+    if (window !== undefined && window.quiet > 0) report(address, window.quiet, window.held);
     this.windows.delete(address);
-    this.windows.set(address, { sinceMs: nowMs, quiet: 0 });
+    this.windows.set(address, { sinceMs: nowMs, quiet: 0, held: 0 });
     while (this.windows.size > BLACKLIST_NOTICE_ADDRESSES_MAX) {
-      const [oldest, left] = this.windows.entries().next().value as [string, { quiet: number }];
-      if (left.quiet > 0) report(oldest, left.quiet);
+      const [oldest, left] = this.windows.entries().next().value as [string, NoticeWindow];
+      if (left.quiet > 0) report(oldest, left.quiet, left.held);
       this.windows.delete(oldest);
     }
   }
 
   /** Ends the windows that are over, reporting their quiet refusals. */
-  sweep(nowMs: number, report: (address: string, quiet: number) => void): void {
+  sweep(nowMs: number, report: QuietReport): void {
     for (const [address, window] of this.windows) {
       if (nowMs - window.sinceMs < BLACKLIST_NOTICE_MS) continue;
-      if (window.quiet > 0) report(address, window.quiet);
+      if (window.quiet > 0) report(address, window.quiet, window.held);
       this.windows.delete(address);
     }
   }
@@ -271,11 +301,17 @@ function resolveLimits(overrides: Partial<ServerLimits> = {}): ServerLimits {
   const limits: Record<keyof ServerLimits, number> = { ...SERVER_LIMITS_DEFAULT };
   for (const name of Object.keys(SERVER_LIMITS_DEFAULT) as (keyof ServerLimits)[]) {
     const value = overrides[name] ?? SERVER_LIMITS_DEFAULT[name];
-    if (!Number.isInteger(value) || value < 1) throw new RangeError(`server limit ${name} must be a positive integer, got ${value}`);
+    const least = LIMITS_MAY_BE_ZERO.has(name) ? 0 : 1;
+    if (!Number.isInteger(value) || value < least) {
+      throw new RangeError(`server limit ${name} must be ${least === 0 ? "a non-negative" : "a positive"} integer, got ${value}`);
+    }
     limits[name] = value;
   }
   return limits;
 }
+
+/** A socket of the server's listeners: its connection, or null while it has none (refused at open, or held in the tarpit). */
+type ServerSocket = Socket<{ conn: FramedConn | null }>;
 
 export class ReplicaServer {
   private listener: TCPSocketListener<{ conn: FramedConn | null }> | null = null;
@@ -294,6 +330,8 @@ export class ReplicaServer {
   private readonly clientsByKey = new Tally();
   private readonly clientsByAddress = new Tally();
   private readonly blacklistNotices = new BlacklistNotices();
+  /** Connections of hostile addresses held open and unread (tarpit.ts). */
+  private readonly tarpit: Tarpit<ServerSocket>;
   /** Client sessions' frames, worked on in bounded turns after the peers' (client-frames.ts). */
   private readonly clientFrames: ClientFrames<FramedConn, DecodeResult>;
 
@@ -306,6 +344,7 @@ export class ReplicaServer {
     });
     this.newConnections = new RateLimiter(this.limits.handshakesPerAddressPerSecondMax, this.limits.handshakesPerAddressBurstMax);
     this.outputBudget = new OutputBudget(this.limits.clientOutputBytesMax);
+    this.tarpit = new Tarpit(this.limits.tarpitPerAddressMax, this.limits.tarpitConnectionsMax, this.limits.tarpitHoldMsMax);
   }
 
   private now(): number {
@@ -335,6 +374,7 @@ export class ReplicaServer {
       this.options.metrics.gauge("handshakes_open", () => this.handshakes.total);
       this.options.metrics.gauge("client_connections", () => this.clientsByKey.total);
       this.options.metrics.gauge("client_output_bytes", () => this.outputBudget.usedBytes);
+      this.options.metrics.gauge("tarpit_connections", () => this.tarpit.size);
     }
     const { clientIdleMsMax, clientStuckMsMax } = this.limits;
     this.sweepTimer = setInterval(
@@ -364,6 +404,7 @@ export class ReplicaServer {
       close(socket) {
         const conn = socket.data.conn;
         if (conn !== null) server.onClose(conn);
+        else server.tarpit.release(socket);
       },
       error(_socket, error) {
         server.options.log.debug("connection error", { error: error.message });
@@ -389,24 +430,34 @@ export class ReplicaServer {
 
   /**
    * A connection from a blacklisted address on a clients-only port, while one refusal of
-   * that address was answered less than BLACKLIST_NOTICE_MS ago: counted and reset before
-   * anything is allocated for it, written to it or read from it.
+   * that address was answered less than BLACKLIST_NOTICE_MS ago: counted, and held in the
+   * tarpit if it has room, else reset, before anything is allocated for it, written to it
+   * or read from it.
    */
-  private refusedQuietly(socket: Socket<{ conn: FramedConn | null }>): boolean {
+  private refusedQuietly(socket: ServerSocket): boolean {
     const admission = this.options.admission;
     if (this.accepts !== "clients" || admission === undefined) return false;
     const address = socket.remoteAddress;
     if (!admission.isAddressBlacklisted(address) || !this.blacklistNotices.quiet(address, this.now())) return false;
     this.options.metrics.inc("clients_blacklisted_refused_total");
-    socket.terminate();
+    if (this.holdInTarpit(socket, address)) this.blacklistNotices.held(address);
+    else socket.terminate();
     return true;
   }
 
-  private reportQuietRefusals = (address: string, connections: number): void => {
+  /** Holds `socket` (from `address`, which is blacklisted) in the tarpit if it has room; counted. */
+  private holdInTarpit(socket: ServerSocket, address: string): boolean {
+    if (!this.tarpit.hold(socket, address, this.now())) return false;
+    this.options.metrics.inc("clients_tarpitted_total");
+    return true;
+  }
+
+  private reportQuietRefusals = (address: string, connections: number, tarpitted: number): void => {
     this.options.audit?.warn("client-refused", "connections refused without an answer: blacklisted", {
       address,
       connections,
-      reason: `address blacklisted; at most one refusal a second is answered`,
+      tarpitted,
+      reason: "address blacklisted; at most one refusal a second is answered, the others are held unread (the tarpit) or reset",
     });
   };
 
@@ -417,6 +468,7 @@ export class ReplicaServer {
     this.listener = null;
     for (const listener of this.moreListeners.splice(0)) listener.stop(true);
     for (const conn of this.conns) conn.close();
+    this.tarpit.clear();
     this.clientFrames.stop();
   }
 
@@ -591,28 +643,55 @@ export class ReplicaServer {
 
   /**
    * A client connection sent a frame that does not decode or is over the size limit: no
-   * correct client does. Its address (and key, once authenticated) are blacklisted.
-   * Peer connections are not (a broken link is the mesh's to report).
+   * correct client does. Its address (and key, once authenticated) are blacklisted, and it
+   * is answered `refusal` and closed; but when its address was blacklisted already (by
+   * another of its connections: this one opened before, or on a shared port, where
+   * addresses are judged at HELLO), it is held in the tarpit, unanswered, if that has room.
+   * Peer connections are neither (a broken link is the mesh's to report): only closed.
    */
-  private onHostileFrame(conn: FramedConn, reason: string): void {
+  private onHostileFrame(conn: FramedConn, reason: string, refusal: Frame): void {
     const state = conn.state as ConnState;
     const admission = this.options.admission;
-    if (admission === undefined || state.phase === "peer" || state.phase === "peer-auth") return;
+    if (admission === undefined || state.phase === "peer" || state.phase === "peer-auth") {
+      conn.closeWith(refusal);
+      return;
+    }
+    const again = admission.isAddressBlacklisted(conn.remote);
     const why = `a frame that does not decode or is too large (${reason.slice(0, 120)})`;
+    const key = state.session?.key ?? null;
     admission.blacklist(state.session?.keyHex ?? null, conn.remote, why);
     this.options.metrics.inc("clients_blacklisted_total");
+    const held = again && this.detachToTarpit(conn);
     this.options.audit?.warn("client-blacklisted", "client address blacklisted", {
-      ...(state.session === null ? {} : { key: state.session.key }),
+      ...(key === null ? {} : { key }),
       address: conn.remote,
       reason: why,
+      ...(held ? { tarpitted: true } : {}),
     });
+    if (!held) conn.closeWith(refusal);
+  }
+
+  /**
+   * Moves `conn`'s socket to the tarpit if it has room for one more from its address: the
+   * connection ends here (its slots freed, its session closed) while its socket stays open
+   * and unread. False, and nothing done, without room.
+   */
+  private detachToTarpit(conn: FramedConn): boolean {
+    if (!this.tarpit.hasRoomFor(conn.remote)) return false;
+    const socket = conn.detach() as ServerSocket;
+    socket.data = { conn: null };
+    this.onClose(conn);
+    if (this.holdInTarpit(socket, conn.remote)) return true;
+    throw new Error(`server: the tarpit had room for ${conn.remote}, then none`);
   }
 
   private onResult(conn: FramedConn, result: DecodeResult): void {
     if (!result.ok) {
       this.options.metrics.inc("bad_frames_total");
-      this.onHostileFrame(conn, result.error.reason);
-      conn.closeWith({ type: FrameType.ERROR, body: { code: errorCodeFor(result.error), reason: result.error.reason } });
+      this.onHostileFrame(conn, result.error.reason, {
+        type: FrameType.ERROR,
+        body: { code: errorCodeFor(result.error), reason: result.error.reason },
+      });
       return;
     }
     let payload = result.payload;
@@ -624,8 +703,10 @@ export class ReplicaServer {
     const decoded = decodeFrameBody(result.type, payload);
     if (!decoded.ok) {
       this.options.metrics.inc("bad_frames_total");
-      this.onHostileFrame(conn, decoded.error.reason);
-      conn.closeWith({ type: FrameType.ERROR, body: { code: errorCodeFor(decoded.error), reason: decoded.error.reason } });
+      this.onHostileFrame(conn, decoded.error.reason, {
+        type: FrameType.ERROR,
+        body: { code: errorCodeFor(decoded.error), reason: decoded.error.reason },
+      });
       return;
     }
     this.onFrame(conn, decoded.frame);
@@ -822,6 +903,7 @@ export class ReplicaServer {
   private sweepClients(): void {
     const now = this.now();
     this.blacklistNotices.sweep(now, this.reportQuietRefusals);
+    this.tarpit.expire(now);
     const { clientIdleMsMax, clientStuckMsMax } = this.limits;
     for (const conn of [...this.conns]) {
       const state = conn.state as ConnState;

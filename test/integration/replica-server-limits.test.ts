@@ -3,12 +3,15 @@
  * deadline holds until AUTH verifies whatever the HELLO claims, connections still in their
  * handshake are capped (in all and per address) and may send only small frames, and
  * authenticated client sessions are capped in all, per client key and per address, while
- * replica peers are never refused by the client caps.
+ * replica peers are never refused by the client caps; a blacklisted address's connections
+ * are answered once a second and otherwise held open and unread in the tarpit, within its
+ * bounds, or reset past them.
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import net from "node:net";
 import { join } from "node:path";
 import { FrameDecoder } from "../../wire/frame.ts";
 import { decodeFrameBody, encodeTypedFrame, type Frame, type Hello, type HelloAck } from "../../wire/schemas.ts";
@@ -127,6 +130,85 @@ class RawConn {
       if (!decoded.ok) throw new Error(`server sent a bad frame: ${"error" in decoded ? decoded.error.reason : "MAC"}`);
       this.frames.push(decoded.frame);
     }
+  }
+}
+
+/**
+ * A hostile writer from a chosen source address (node:net binds it; Bun.connect cannot):
+ * it writes whatever it is given as fast as the connection takes it and reads nothing.
+ */
+class Flooder {
+  closed = false;
+  /** Bytes the connection took from this side: handed to the kernel (written, drained). */
+  taken = 0;
+  /** Bytes received from the server. */
+  received = 0;
+  private readonly socket: net.Socket;
+  private readonly onDrainOrClose: (() => void)[] = [];
+
+  private constructor(port: number, localAddress: string) {
+    this.socket = net.createConnection({ host: HOST, port, localAddress });
+    this.socket.on("data", (chunk: Buffer) => {
+      this.received += chunk.length;
+    });
+    this.socket.on("drain", () => this.wake());
+    const closed = (): void => {
+      this.closed = true;
+      this.wake();
+    };
+    this.socket.on("close", closed);
+    this.socket.on("error", closed);
+    cleanups.push(() => this.socket.destroy());
+  }
+
+  static async open(port: number, localAddress: string): Promise<Flooder> {
+    const flooder = new Flooder(port, localAddress);
+    await new Promise<void>((resolve) => {
+      flooder.socket.once("connect", resolve);
+      flooder.onDrainOrClose.push(resolve);
+    });
+    return flooder;
+  }
+
+  write(bytes: Uint8Array): void {
+    this.socket.write(bytes);
+  }
+
+  /**
+   * Writes `chunk` again and again while the connection takes it, up to `capBytes`. Returns
+   * "stalled" once a write is left waiting (the kernel's buffers, this side's and the
+   * server's, are full) and no drain comes for stallMs, "closed" if the server closed the
+   * connection, "cap" if `capBytes` were taken (someone reads them).
+   */
+  async fill(chunk: Uint8Array, capBytes: number, stallMs = 500): Promise<"stalled" | "closed" | "cap"> {
+    while (!this.closed && this.taken < capBytes) {
+      const whole = this.socket.write(chunk);
+      if (whole) {
+        this.taken += chunk.length;
+        // Lets the server's event loop (this process's) run between writes.
+        if (this.taken % (16 * chunk.length) === 0) await Bun.sleep(0);
+        continue;
+      }
+      const drained = await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => resolve(false), stallMs);
+        this.onDrainOrClose.push(() => {
+          clearTimeout(timer);
+          resolve(true);
+        });
+      });
+      if (!drained) return "stalled";
+      if (!this.closed) this.taken += chunk.length;
+    }
+    return this.closed ? "closed" : "cap";
+  }
+
+  /** Bytes written but not yet taken by the kernel (they wait in this side's socket). */
+  get waiting(): number {
+    return this.socket.writableLength;
+  }
+
+  private wake(): void {
+    for (const resolve of this.onDrainOrClose.splice(0)) resolve();
   }
 }
 
@@ -641,10 +723,10 @@ describe("client session MACs (PROTOCOL.md 5.2)", () => {
 });
 
 describe("a blacklisted address on a clients-only port", () => {
-  test("one refusal per BLACKLIST_NOTICE_MS is answered with the reason and logged; the others are reset at once, counted, and reported in one line", async () => {
+  test("one refusal per BLACKLIST_NOTICE_MS is answered with the reason and logged; with no room in the tarpit the others are reset at once, counted, and reported in one line", async () => {
     let nowMs = 1_000_000;
     const admission = new ClientAdmission({}, () => nowMs);
-    const fx = startServer({}, null, () => nowMs, { accepts: "clients", admission, audit: true });
+    const fx = startServer({ tarpitPerAddressMax: 0 }, null, () => nowMs, { accepts: "clients", admission, audit: true });
     admission.blacklist(null, HOST, "a test's reason");
     const refusals = () => fx.logLines.filter((line) => line.includes("connection refused: blacklisted")).length;
 
@@ -668,12 +750,126 @@ describe("a blacklisted address on a clients-only port", () => {
       fx.logLines.some((line) => line.includes("connections refused without an answer: blacklisted")),
     );
     const report = JSON.parse(fx.logLines.find((line) => line.includes("without an answer")) as string) as Record<string, unknown>;
-    expect(report).toMatchObject({ audit: "client-refused", address: HOST, connections: 5 });
+    expect(report).toMatchObject({ audit: "client-refused", address: HOST, connections: 5, tarpitted: 0 });
+    expect(fx.metrics.get("clients_tarpitted_total")).toBe(0);
     const later = await RawConn.open(fx.server.port);
     await waitFor("the refusal to close the connection", () => later.closed);
     expect(later.error).toMatch(/^UNAUTHORIZED address 127\.0\.0\.1 is blacklisted/);
     expect(fx.metrics.get("clients_blacklisted_refused_total")).toBe(7);
     expect(refusals()).toBe(2);
+  });
+});
+
+describe("the tarpit: connections of a blacklisted address held open and unread", () => {
+  /** The hostile host; the correct clients connect from HOST. */
+  const ATTACKER = "127.0.0.2";
+  const CHUNK = new Uint8Array(64 * 1024).fill(0x41);
+  /** Far more than the kernel buffers of one connection: a writer that gets this far is being read. */
+  const CAP_BYTES = 256 * 1024 * 1024;
+  /** A frame header claiming far more than any frame may have. */
+  const OVERSIZE_HEADER = Uint8Array.of(0x00, 0x40, 0x00, 0x01, FrameType.REQUEST);
+
+  /** A server with an admission and an audit log on the test's clock; the sweep runs every 100 ms (clientStuckMsMax 400). */
+  function tarpitServer(limits: Partial<ServerLimits>, accepts: ListenerRole) {
+    const clock = { nowMs: 1_000_000 };
+    const admission = new ClientAdmission({}, () => clock.nowMs);
+    const fx = startServer({ clientStuckMsMax: 400, ...limits }, null, () => clock.nowMs, { accepts, admission, audit: true });
+    return { fx, admission, clock };
+  }
+
+  test("past the answered refusal a blacklisted address's connections are held: the writer stalls and nothing is read; at most tarpitPerAddressMax, the next reset; reset when the hold time is up", async () => {
+    const { fx, admission, clock } = tarpitServer({ tarpitPerAddressMax: 2, tarpitHoldMsMax: 5_000 }, "clients");
+    admission.blacklist(null, ATTACKER, "a test's reason");
+    // The first refusal in a notice window is answered and closed, as before.
+    const answered = await Flooder.open(fx.server.port, ATTACKER);
+    await waitFor("the answered refusal to close", () => answered.closed);
+    expect(answered.received).toBeGreaterThan(0);
+    // The next one is held open, its reads paused: the writer's bytes stop being taken.
+    const held = await Flooder.open(fx.server.port, ATTACKER);
+    await waitFor("the connection to be held", () => fx.metrics.get("tarpit_connections") === 1);
+    held.write(OVERSIZE_HEADER);
+    expect(await held.fill(CHUNK, CAP_BYTES)).toBe("stalled");
+    expect(held.taken).toBeLessThan(CAP_BYTES);
+    expect(held.waiting).toBeGreaterThan(0);
+    expect(held.received).toBe(0);
+    expect(fx.metrics.get("clients_tarpitted_total")).toBe(1);
+    expect(fx.metrics.get("bad_frames_total")).toBe(0);
+    // A correct client, from another address, is served meanwhile.
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+
+    // The per-address bound: one more is held, the one after it reset as before.
+    const second = await Flooder.open(fx.server.port, ATTACKER);
+    await waitFor("the second connection to be held", () => fx.metrics.get("tarpit_connections") === 2);
+    const third = await Flooder.open(fx.server.port, ATTACKER);
+    await waitFor("the connection past the per-address bound to be reset", () => third.closed);
+    expect(third.received).toBe(0);
+    expect(fx.metrics.get("tarpit_connections")).toBe(2);
+    expect(fx.metrics.get("clients_tarpitted_total")).toBe(2);
+    expect(fx.metrics.get("clients_blacklisted_refused_total")).toBe(4);
+    expect(held.closed || second.closed).toBe(false);
+
+    // The notice window ends: one line reports its three quiet refusals, two of them held.
+    clock.nowMs += BLACKLIST_NOTICE_MS;
+    await waitFor("the line reporting the quiet refusals", () =>
+      fx.logLines.some((line) => line.includes("connections refused without an answer: blacklisted")),
+    );
+    const report = JSON.parse(fx.logLines.find((line) => line.includes("without an answer")) as string) as Record<string, unknown>;
+    expect(report).toMatchObject({ audit: "client-refused", address: ATTACKER, connections: 3, tarpitted: 2 });
+    expect(held.closed || second.closed).toBe(false);
+
+    // The hold time is up: both are reset; their slots are free again.
+    clock.nowMs += 5_000;
+    await waitFor("the held connections to be reset at the end of their hold", () => held.closed && second.closed);
+    expect(fx.metrics.get("tarpit_connections")).toBe(0);
+    expect(held.received).toBe(0);
+  });
+
+  test("at most tarpitConnectionsMax in all: past it a connection is reset as before, with room left for its address", async () => {
+    const { fx, admission } = tarpitServer({ tarpitConnectionsMax: 1 }, "clients");
+    admission.blacklist(null, ATTACKER, "a test's reason");
+    const answered = await Flooder.open(fx.server.port, ATTACKER);
+    await waitFor("the answered refusal to close", () => answered.closed);
+    const held = await Flooder.open(fx.server.port, ATTACKER);
+    await waitFor("the connection to be held", () => fx.metrics.get("tarpit_connections") === 1);
+    const past = await Flooder.open(fx.server.port, ATTACKER);
+    await waitFor("the connection past the bound in all to be reset", () => past.closed);
+    expect(past.received).toBe(0);
+    expect(held.closed).toBe(false);
+    expect(fx.metrics.get("clients_tarpitted_total")).toBe(1);
+    expect(fx.metrics.get("clients_blacklisted_refused_total")).toBe(3);
+  });
+
+  test("an oversize frame from an address blacklisted already is held unanswered (the first is answered and closed); held connections are closed when the server stops", async () => {
+    // A shared port: addresses are judged at HELLO, so each connection gets to send its frame.
+    const { fx } = tarpitServer({}, "both");
+    const first = await Flooder.open(fx.server.port, ATTACKER);
+    first.write(OVERSIZE_HEADER);
+    await waitFor("the first oversize frame to be answered and closed", () => first.closed);
+    expect(first.received).toBeGreaterThan(0);
+    expect(fx.metrics.get("clients_blacklisted_total")).toBe(1);
+    expect(fx.metrics.get("tarpit_connections")).toBe(0);
+
+    const again = await Flooder.open(fx.server.port, ATTACKER);
+    again.write(OVERSIZE_HEADER);
+    await waitFor("the second to be held", () => fx.metrics.get("tarpit_connections") === 1);
+    expect(await again.fill(CHUNK, CAP_BYTES)).toBe("stalled");
+    expect(again.taken).toBeLessThan(CAP_BYTES);
+    expect(again.received).toBe(0);
+    expect(fx.metrics.get("clients_blacklisted_total")).toBe(2);
+    expect(fx.metrics.get("clients_tarpitted_total")).toBe(1);
+    // Held, it no longer counts as a handshake.
+    expect(fx.metrics.get("handshakes_open")).toBe(0);
+    const lines = fx.logLines.filter((line) => line.includes('"audit":"client-blacklisted"')).map((line) => JSON.parse(line));
+    expect(lines).toEqual([
+      expect.not.objectContaining({ tarpitted: true }),
+      expect.objectContaining({ address: ATTACKER, tarpitted: true }),
+    ]);
+    // A correct client on the same port is served.
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+
+    fx.server.stop();
+    await waitFor("the held connection to be closed by the stop", () => again.closed);
+    expect(fx.metrics.get("tarpit_connections")).toBe(0);
   });
 });
 

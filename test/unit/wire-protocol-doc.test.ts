@@ -84,6 +84,10 @@ describe("PROTOCOL.md states the replica's ingress bounds as the code sets them"
     expect(text).toContain(`\`KEY_BLACKLIST_MS\` = ${n(admission.KEY_BLACKLIST_MS)} ms`);
     const server = await import("../../src/replica/server.ts");
     expect(text).toContain(`\`BLACKLIST_NOTICE_MS\` = ${n(server.BLACKLIST_NOTICE_MS)} ms`);
+    const tarpit = await import("../../src/replica/tarpit.ts");
+    expect(text).toContain(`\`TARPIT_PER_ADDRESS_MAX\` = ${n(tarpit.TARPIT_PER_ADDRESS_MAX)} per address`);
+    expect(text).toContain(`\`TARPIT_CONNECTIONS_MAX\` = ${n(tarpit.TARPIT_CONNECTIONS_MAX)} in all`);
+    expect(text).toContain(`\`TARPIT_HOLD_MS_MAX\` = ${n(tarpit.TARPIT_HOLD_MS_MAX)} ms`);
     expect(text).toContain(`faster than ${n(admission.REFUSALS_PER_SECOND)} a second, past a burst of ${n(admission.REFUSALS_BURST)}`);
     expect(text).toContain(`\`PEER_BYTES_PER_SECOND_MAX\` = ${inbox.PEER_BYTES_PER_SECOND_MAX / (1024 * 1024)} MiB`);
     expect(text).toContain(`\`PEER_MESSAGES_PER_SECOND_MAX\` = ${n(inbox.PEER_MESSAGES_PER_SECOND_MAX)} messages`);
