@@ -11,7 +11,7 @@ import { loadClientSetup } from "../../src/client/setup.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
 import { RelayServer } from "../../src/relay/server.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { clientFor, startClusterWithChannels } from "./client-util.ts";
+import { adminOk, clientFor, startClusterWithChannels } from "./client-util.ts";
 import { logLines, trickle } from "./durability-history.ts";
 import { freePortRange, logTail, type TestCluster } from "./harness.ts";
 
@@ -71,23 +71,8 @@ describe("EPOCH notices", () => {
     const traffic = trickle(publisher, "sec.alerts", "t", 20);
     try {
       const key = formatPublicKey(SigningKey.generate().publicKey);
-      const add = await cluster.fitb([
-        "admin",
-        "--config",
-        cluster.configPath,
-        "--key",
-        cluster.adminKey,
-        "add-replica",
-        "--id",
-        "4",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        String(freePortRange(1)),
-        "--replica-key",
-        key,
-      ]);
-      expect(`${add.code} ${add.stdout}`).toContain("ok:");
+      // adminOk throws unless the command exited 0 and printed "ok:".
+      await adminOk(cluster, ["add-replica", "--id", "4", "--host", "127.0.0.1", "--port", String(freePortRange(1)), "--replica-key", key]);
       await waitFor(
         "the replicas to start epoch 1 and tell their client sessions",
         () =>
