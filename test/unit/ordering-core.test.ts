@@ -5,6 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { encodeCanonical } from "../../wire/canonical.ts";
 import {
   BARRIER_CLIENT,
+  OrderingCore,
   barrierRequest,
   CLIENT_PENDING_WINDOWS,
   batchBytes,
@@ -267,6 +268,44 @@ describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
     expect(sent(c, 1, "COMMIT")).toEqual([]);
     c.step(1, { kind: "message", from: 2, msg: resign(c, 2, { ...fromLeader, replica: 2 }) });
     expect(sent(c, 1, "COMMIT").length).toBe(1);
+  });
+
+  test("a vote for a certificate already held is taken as seen without its signature checked; others still are", () => {
+    const checks = [0, 0, 0, 0];
+    const c = new ManualCluster({
+      factory: (cfg, crypto, restored) =>
+        new OrderingCore(
+          cfg,
+          {
+            ...crypto,
+            verify: (replica, bytes, sig) => {
+              checks[cfg.id] = (checks[cfg.id] ?? 0) + 1;
+              return crypto.verify(replica, bytes, sig);
+            },
+          },
+          restored,
+        ),
+    });
+    const pp = proposalSeenBy1(c);
+    const vote = <T extends "PREPARE" | "COMMIT">(t: T, r: number, digest = pp.digest) =>
+      resign(c, r, { t, view: 0, seq: 1, digest, replica: r, sig: pp.sig });
+    for (const r of [2, 3]) c.step(1, { kind: "message", from: r, msg: vote("PREPARE", r) });
+    for (const r of [2, 3]) c.step(1, { kind: "message", from: r, msg: vote("COMMIT", r) });
+    expect(decidedSeqs(c, 1)).toEqual([1]);
+    const before = checks[1] as number;
+    // The leader's COMMIT comes last: the certificate is formed, so its signature is not checked.
+    c.queue = [];
+    c.step(1, { kind: "message", from: 0, msg: vote("COMMIT", 0) });
+    expect(checks[1]).toBe(before);
+    expect(sent(c, 1, "STATE_RESPONSE")).toEqual([]);
+    // Sent again, it tells this replica the leader is stuck: it gets the decision (answerLaggingVoter).
+    c.step(1, { kind: "message", from: 0, msg: { ...vote("COMMIT", 0), sig: new Uint8Array(64) } });
+    expect(checks[1]).toBe(before);
+    expect(c.queue.some((m) => m.to === 0 && m.msg.t === "STATE_RESPONSE")).toBe(true);
+    // Still checked: a vote for another digest (evidence of a fault, never surplus).
+    c.step(1, { kind: "message", from: 0, msg: vote("COMMIT", 0, sha256(new Uint8Array([9]))) });
+    expect(checks[1]).toBe(before + 1);
+    expect(decidedSeqs(c, 1)).toEqual([1]);
   });
 
   test("bug 1: one signer's COMMIT repeated Q times does not commit", () => {

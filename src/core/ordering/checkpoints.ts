@@ -366,7 +366,10 @@ export function answerLaggingVoter(state: CoreState, from: ReplicaId, m: Prepare
   // A first vote after the decision is just late; the same vote again is a resend by a
   // replica that is stuck.
   const e = state.entries.get(m.seq);
-  const seen = e !== undefined && (m.t === "PREPARE" ? e.prepares : e.commits).has(state.seams.voteKey(from));
+  const key = state.seams.voteKey(from);
+  const seen =
+    e !== undefined &&
+    (m.t === "PREPARE" ? e.prepares.has(key) || e.surplusPrepares.has(key) : e.commits.has(key) || e.surplusCommits.has(key));
   if (e !== undefined && !seen) return;
   const req: StateRequest = { t: "STATE_REQUEST", kind: "decided", seq: m.seq, toSeq: state.lastExecuted, digest: null, nonce: 0 };
   onStateRequest(state, from, req, "lagging");

@@ -477,11 +477,29 @@ export class OrderingCore {
     const key = this.voteKey(m.replica);
     const existing = state.entries.get(m.seq);
     if (existing === undefined && m.seq <= state.lastExecuted) return;
-    if (existing?.prepares.has(key) === true || !this.voteMayOpenEntry(m, existing)) return;
+    if (existing?.prepares.has(key) === true || this.surplusVote(m, existing, key)) return;
+    if (!this.voteMayOpenEntry(m, existing)) return;
     const e = existing ?? entryFor(state, m.seq);
     e.prepares.set(key, m);
     checkPrepared(state, e);
     if (e.digest !== null && !bytesEqual(e.digest, m.digest)) checkSplitVote(state, e);
+  }
+
+  /**
+   * A vote for the digest of a certificate this replica already holds (a PREPARE once the
+   * entry is prepared, a COMMIT once it is committed) can add nothing: the certificate is
+   * fixed. It came over the authenticated link of its signer (votes travel only from their
+   * signers: namesAnotherSigner), so it is noted as seen (a resend of it then tells
+   * answerLaggingVoter the voter is stuck) and dropped without checking its signature. A
+   * vote for another digest still goes the full way (split votes, equivocation). With
+   * n = 3f+1 this spares one of the three PREPAREs at the leader and one of the three
+   * COMMITs at every replica, an ed25519 verification each, on every seq.
+   */
+  private surplusVote(m: Prepare | Commit, e: Entry | undefined, key: number): boolean {
+    if (e === undefined || e.digest === null || !bytesEqual(e.digest, m.digest)) return false;
+    if (m.t === "PREPARE" ? !e.prepared : !e.committed) return false;
+    (m.t === "PREPARE" ? e.surplusPrepares : e.surplusCommits).add(key);
+    return true;
   }
 
   /**
@@ -512,7 +530,8 @@ export class OrderingCore {
     const key = this.voteKey(m.replica);
     const existing = state.entries.get(m.seq);
     if (existing === undefined && m.seq <= state.lastExecuted) return;
-    if (existing?.commits.has(key) === true || !this.voteMayOpenEntry(m, existing)) return;
+    if (existing?.commits.has(key) === true || this.surplusVote(m, existing, key)) return;
+    if (!this.voteMayOpenEntry(m, existing)) return;
     const e = existing ?? entryFor(state, m.seq);
     e.commits.set(key, m);
     checkCommitted(state, e);

@@ -25,6 +25,13 @@ export interface Entry {
   /** Votes keyed by `voteKey(signer)`: at most one per signer, the first one. */
   readonly prepares: Map<number, Prepare>;
   readonly commits: Map<number, Commit>;
+  /**
+   * `voteKey`s of voters whose PREPARE or COMMIT for this entry's digest came from the
+   * voter itself after the certificate it would join had formed: taken as seen, without
+   * checking a signature nothing will use (core.ts, `surplusVote`).
+   */
+  readonly surplusPrepares: Set<number>;
+  readonly surplusCommits: Set<number>;
   prepared: boolean;
   committed: boolean;
   commitCert: Commit[] | null;
@@ -49,6 +56,8 @@ export function newEntry(view: number, seq: number): Entry {
     fromNewView: false,
     prepares: new Map(),
     commits: new Map(),
+    surplusPrepares: new Set(),
+    surplusCommits: new Set(),
     prepared: false,
     committed: false,
     commitCert: null,
