@@ -132,7 +132,8 @@ export class EgressQueues {
   private bytes = 0;
   private frames = 0;
   /** What the takes of the current write took, in order, to give back what the socket did not start. */
-  private readonly taken: { item: Queued; cls: number }[] = [];
+  private readonly takenItems: Queued[] = [];
+  private readonly takenClasses: number[] = [];
   private readonly trail: number[] = [];
 
   /** Bytes waiting, MACs included. */
@@ -159,7 +160,8 @@ export class EgressQueues {
 
   /** Starts a write: the takes from here on may be given back (giveBack) until the next begin. */
   begin(): void {
-    this.taken.length = 0;
+    this.takenItems.length = 0;
+    this.takenClasses.length = 0;
     this.trail.length = 0;
   }
 
@@ -179,7 +181,8 @@ export class EgressQueues {
     }
     this.trail.push(overtook);
     this.passed[cls] = 0;
-    this.taken.push({ item, cls });
+    this.takenItems.push(item);
+    this.takenClasses.push(cls);
     this.bytes -= item.frame.bytes;
     this.frames--;
     return item.frame;
@@ -192,19 +195,21 @@ export class EgressQueues {
    * less urgent frame that had been waiting longer.
    */
   end(kept: number): number {
-    if (kept < 0 || kept > this.taken.length) throw new RangeError(`kept ${kept} of ${this.taken.length} frames taken`);
+    const taken = this.takenItems.length;
+    if (kept < 0 || kept > taken) throw new RangeError(`kept ${kept} of ${taken} frames taken`);
     let overtakes = 0;
     for (let i = 0; i < kept; i++) overtakes += this.trail[i * TRAIL_STRIDE + EGRESS_CLASSES] as number;
-    if (kept < this.taken.length) {
+    if (kept < taken) {
       for (let c = 0; c < EGRESS_CLASSES; c++) this.passed[c] = this.trail[kept * TRAIL_STRIDE + c] as number;
-      for (let i = this.taken.length - 1; i >= kept; i--) {
-        const { item, cls } = this.taken[i] as { item: Queued; cls: number };
-        (this.queues[cls] as ClassQueue).unshift(item);
+      for (let i = taken - 1; i >= kept; i--) {
+        const item = this.takenItems[i] as Queued;
+        (this.queues[this.takenClasses[i] as number] as ClassQueue).unshift(item);
         this.bytes += item.frame.bytes;
         this.frames++;
       }
     }
-    this.taken.length = 0;
+    this.takenItems.length = 0;
+    this.takenClasses.length = 0;
     this.trail.length = 0;
     return overtakes;
   }
@@ -215,7 +220,8 @@ export class EgressQueues {
     this.passed.fill(0);
     this.bytes = 0;
     this.frames = 0;
-    this.taken.length = 0;
+    this.takenItems.length = 0;
+    this.takenClasses.length = 0;
     this.trail.length = 0;
   }
 

@@ -291,10 +291,10 @@ export class FramedConn {
 
   /** Sends already-encoded frame bytes (a whole frame), sealing a copy first on a client session. */
   sendRaw(bytes: Uint8Array, urgency: number = egressOfType(bytes[FRAME_LENGTH_BYTES] ?? 0)): boolean {
-    if (bytes.length < FRAME_HEADER_BYTES) return false;
     const length = this.framing === null ? bytes.length : bytes.length + CLIENT_FRAME_MAC_BYTES;
     if (this.closed || !this.hasRoomFor(length)) return false;
     if (this.egress !== null) {
+      if (bytes.length < FRAME_HEADER_BYTES) return false;
       const head = bytes.slice(0, FRAME_HEADER_BYTES);
       new DataView(head.buffer).setUint32(0, length - FRAME_LENGTH_BYTES, false);
       const parts = [head, bytes.subarray(FRAME_HEADER_BYTES)];
