@@ -10,14 +10,14 @@ import { describe, expect, test } from "bun:test";
 import { sha256 } from "@noble/hashes/sha2.js";
 import { ChannelMachine } from "../../src/core/channels/index.ts";
 import type { Priority, StoredBatch } from "../../src/core/channels/types.ts";
-import { FrameOpener, SharedPayloadPrefix } from "../../src/crypto/session.ts";
+import { FrameOpener, FrameSealer, payloadDigest, SharedPayloadPrefix } from "../../src/crypto/session.ts";
 import { EGRESS_CRITICAL, EGRESS_LOW, EGRESS_PASSED_MAX } from "../../src/replica/egress.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import { Subscriptions } from "../../src/replica/subscriptions.ts";
 import { eventsPrefix, eventsRest, eventsTail } from "../../wire/hot.ts";
-import { encodeRequestBody, type Frame } from "../../wire/schemas.ts";
+import { encodeRequestBody, encodeTypedFrame, type Frame } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
-import { concat, nextTurn, receive, type Wire, wire } from "./sealed-wire.ts";
+import { concat, nextTurn, receive, sessionKeys, type Wire, wire } from "./sealed-wire.ts";
 import { rng } from "./seeded-rng.ts";
 
 const LOW_TAG = "net.links";
@@ -45,6 +45,31 @@ function opened(w: Wire): Frame[] {
 /** Each EVENTS frame as [sub, seq]; other frames as their type. */
 function summary(frames: readonly Frame[]): (number | [number, number])[] {
   return frames.map((f) => (f.type === FrameType.EVENTS ? [f.body.sub, f.body.seq] : f.type));
+}
+
+describe("FrameSealer counters given back (a write the socket did not start)", () => {
+  test("the next frame sealed takes a counter given back, and the client opens it; more than was sealed cannot be given back", () => {
+    const keys = sessionKeys("give back");
+    const sealer = new FrameSealer(keys.replica.sendKey);
+    const opener = new FrameOpener(keys.client.receiveKey);
+    const ping = encodeTypedFrame({ type: FrameType.PONG, body: { n: 1 } });
+    const first = sealer.seal(ping);
+    sealer.seal(encodeTypedFrame({ type: FrameType.PONG, body: { n: 2 } })); // never written
+    sealer.giveBack(1);
+    expect(sealer.sealed).toBe(1);
+    const other = encodeTypedFrame({ type: FrameType.PONG, body: { n: 3 } });
+    const mac = sealer.macDigest(FrameType.PONG, payloadDigest(other.subarray(5)));
+    const received = receive(opener, concat([first, withMac(other, mac)]));
+    expect(received.map((f) => (f?.type === FrameType.PONG ? f.body.n : null))).toEqual([1, 3]);
+    expect(() => sealer.giveBack(3)).toThrow(RangeError);
+  });
+});
+
+/** An encoded frame with `mac` appended and its length field grown to count it. */
+function withMac(frame: Uint8Array, mac: Uint8Array): Uint8Array {
+  const out = concat([frame, mac]);
+  new DataView(out.buffer).setUint32(0, out.length - 4, false);
+  return out;
 }
 
 describe("a FramedConn with a backlog", () => {
