@@ -327,7 +327,8 @@ class MacInput {
   }
 }
 
-function payloadDigest(payload: Uint8Array): Uint8Array {
+/** SHA-256 of a client frame's payload, what its MAC covers (FrameSealer.macDigest). */
+export function payloadDigest(payload: Uint8Array): Uint8Array {
   return createHash("sha256").update(payload).digest();
 }
 
@@ -395,6 +396,28 @@ export class FrameSealer {
   macShared(type: number, shared: SharedPayloadPrefix, rest: Uint8Array): Uint8Array {
     if (!Number.isInteger(type) || type < 0 || type > 0xff) throw new RangeError(`frame type ${type} is not a byte`);
     return this.#next(type, shared.digestWith(rest));
+  }
+
+  /**
+   * The MAC of the next frame, of type `type` and payload SHA-256 `digest` (payloadDigest,
+   * or SharedPayloadPrefix.digestWith): for a caller that hashed the payload earlier.
+   * Counts the frame as sealed, as sealInPlace does.
+   */
+  macDigest(type: number, digest: Uint8Array): Uint8Array {
+    if (!Number.isInteger(type) || type < 0 || type > 0xff) throw new RangeError(`frame type ${type} is not a byte`);
+    return this.#next(type, digest);
+  }
+
+  /**
+   * Gives back the counters of the last `count` frames sealed, whose bytes were never
+   * written (a socket write took none of them): the next frames sealed use those counters.
+   * A MAC that never left the process reveals nothing, and the receiver still sees each
+   * counter once, in order. Never for a frame any byte of which may have been written.
+   */
+  giveBack(count: number): void {
+    if (!Number.isSafeInteger(count) || count < 0 || count > this.#sent)
+      throw new RangeError(`cannot give back ${count} of ${this.#sent} counters`);
+    this.#sent -= count;
   }
 
   /** The MAC under the next counter, which it then uses up. */

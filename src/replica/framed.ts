@@ -7,33 +7,49 @@
  * reading cannot make the replica grow memory: at the bound the caller decides (drop a
  * consensus message, end a slow subscription, or close).
  *
- * A client session's frames are coalesced (`coalesceWrites`): the frames sent in one
- * event-loop turn (a fan-out sends one EVENTS frame per subscription, and a connection may
- * carry many) are gathered and written with one socket write when the turn's synchronous
- * work is done, in a microtask, so the replica makes one system call per connection and
- * turn rather than one per frame. Gathered bytes count against the same bounds as queued
- * ones.
+ * A client session's frames are coalesced and prioritized (`coalesceWrites`): the frames
+ * sent in one event-loop turn (a fan-out sends one EVENTS frame per subscription, and a
+ * connection may carry many) wait, not yet sealed, in per-class queues (egress.ts) and are
+ * written with one socket write when the turn's synchronous work is done, in a microtask,
+ * so the replica makes one system call per connection and turn rather than one per frame.
+ * Each write takes the most urgent waiting frames first (a critical channel's EVENTS before
+ * a low one's, replies before both, with a share kept for the less urgent) and seals each
+ * as it goes into the write, so the session's MAC counter follows the order on the wire.
+ * When the socket takes only part of a write, the frame it stopped in finishes first and
+ * the frames it did not start go back to their queues, their counters given back: a
+ * critical frame that arrives behind a backlog is the next frame written. Waiting bytes
+ * count against the same bounds as before.
  */
 import type { Socket } from "bun";
 import { type DecodeResult, FrameDecoder } from "../../wire/frame.ts";
 import { encodeTypedFrame, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
 import { FRAME_BYTES_MAX, FRAME_HEADER_BYTES, FRAME_LENGTH_BYTES } from "../../wire/types.ts";
-import { CLIENT_FRAME_MAC_BYTES, type SessionFraming, type SharedPayloadPrefix } from "../crypto/session.ts";
-import { WriteQueue, type ByteSink, type EnqueueResult } from "../net/write-queue.ts";
+import { CLIENT_FRAME_MAC_BYTES, payloadDigest, type SessionFraming, type SharedPayloadPrefix } from "../crypto/session.ts";
+import { WriteQueue, type ByteSink } from "../net/write-queue.ts";
+import { type EgressFrame, EgressQueues, egressOfType, EGRESS_NORMAL } from "./egress.ts";
 
 /** Default bound of bytes waiting to be written to one connection. */
 export const OUTBOUND_BYTES_MAX_DEFAULT = 16 * 1024 * 1024;
 
 /**
- * One buffer, reused, that a turn's gathered frames are copied into for their socket write
- * (the write copies them into the kernel at once); a fresh one per turn would cost the
+ * One buffer, reused, that a write's frames are copied into for their socket write (the
+ * write copies them into the kernel at once); a fresh one per turn would cost the
  * allocation and, for large fan-outs, the page faults of new memory. When the socket does
- * not take all of it the queue keeps the rest, and the buffer is the queue's from then on.
+ * not take all of it the rest of the frame it stopped in is copied out, and the frames it
+ * did not start go back to their queues.
  */
 let gatherScratch: Uint8Array | null = null;
 const GATHER_SCRATCH_BYTES_MIN = 64 * 1024;
-/** Larger turns get a buffer of their own rather than a scratch buffer this large kept for good. */
+/** Larger writes get a buffer of their own rather than a scratch buffer this large kept for good. */
 const GATHER_SCRATCH_BYTES_MAX = 4 * 1024 * 1024;
+/**
+ * At most this many bytes of frames go into one socket write while nothing pushes back (a
+ * turn's frames, most often all of them in one write), and while the socket pushes back
+ * (the kernel's buffer is full: frames the socket does not take are sealed in vain, then
+ * again on the next write, so a write offers little more than a drain takes).
+ */
+const WRITE_BYTES_MAX = GATHER_SCRATCH_BYTES_MAX;
+const BACKLOG_WRITE_BYTES_MAX = 64 * 1024;
 
 function gatherBuffer(bytes: number): Uint8Array {
   if (bytes > GATHER_SCRATCH_BYTES_MAX) return new Uint8Array(bytes);
@@ -100,10 +116,16 @@ export class FramedConn {
    * frame sent is sealed, and the owner opens every frame received (PROTOCOL.md 5.2).
    */
   framing: SessionFraming | null = null;
-  /** Frames of this turn waiting for the microtask that writes them together (coalesceWrites). */
-  private gathered: Uint8Array[] = [];
-  private gatheredBytes = 0;
-  private coalescing = false;
+  /** Frames waiting for the socket, unsealed, by egress class (coalesceWrites); null until then. */
+  private egress: EgressQueues | null = null;
+  /** The rest of a sealed frame the socket took part of: it goes before any other. */
+  private inProgress: Uint8Array | null = null;
+  /** A microtask will write what waits (the end of the turn). */
+  private writeScheduled = false;
+  /** The socket took less than it was offered: the next write waits for `drain`. */
+  private backlogged = false;
+  /** Counts frames written ahead of less urgent ones that waited longer (egress_overtakes_total). */
+  private onOvertakes: ((frames: number) => void) | null = null;
 
   constructor(
     private readonly socket: Socket<unknown>,
@@ -120,12 +142,16 @@ export class FramedConn {
   }
 
   /**
-   * From now on frames sent in one event-loop turn are written together at the end of it
-   * (one socket write instead of one per frame). Order is kept: every later frame goes
-   * through the same gathering, and close() writes what was gathered first.
+   * From now on frames wait in per-class queues and are written, most urgent first, at the
+   * end of the turn they were sent in (one socket write for them instead of one per frame)
+   * or when the socket drains. Within a class the order is kept; close() writes what the
+   * socket takes first. `onOvertakes` counts frames written ahead of less urgent frames
+   * that waited longer.
    */
-  coalesceWrites(): void {
-    this.coalescing = true;
+  coalesceWrites(onOvertakes: ((frames: number) => void) | null = null): void {
+    if (this.egress !== null) return;
+    this.egress = new EgressQueues();
+    this.onOvertakes = onOvertakes;
   }
 
   /** Stops reading from the socket (the other side sees TCP backpressure); frames already read may still arrive. */
@@ -181,9 +207,10 @@ export class FramedConn {
     return this.closed;
   }
 
-  /** Bytes waiting to be written: queued for the socket, or gathered in this turn. */
+  /** Bytes waiting to be written: queued for the socket, in progress, or waiting in the class queues. */
   get pendingBytes(): number {
-    return this.queue.bufferedBytes + this.gatheredBytes;
+    if (this.egress === null) return this.queue.bufferedBytes;
+    return this.queue.bufferedBytes + (this.inProgress?.length ?? 0) + this.egress.waitingBytes;
   }
 
   /**
@@ -202,8 +229,12 @@ export class FramedConn {
     return this.budget === null ? own : `${own}, ${this.budget.usedBytes} of ${this.budget.bytesMax} for all clients`;
   }
 
-  /** Sends one frame; false (never a throw) if the connection is closed, full, or the frame cannot be encoded within the frame limit. */
-  send(frame: Frame): boolean {
+  /**
+   * Sends one frame; false (never a throw) if the connection is closed, full, or the frame
+   * cannot be encoded within the frame limit. `urgency`: its egress class on a client
+   * session (egress.ts); by default subscription frames are normal and the others control.
+   */
+  send(frame: Frame, urgency: number = egressOfType(frame.type)): boolean {
     let bytes: Uint8Array;
     try {
       bytes = this.framing === null ? encodeTypedFrame(frame) : encodeTypedFrameWithTrailer(frame, CLIENT_FRAME_MAC_BYTES);
@@ -211,8 +242,20 @@ export class FramedConn {
       return false;
     }
     if (this.closed || !this.hasRoomFor(bytes.length)) return false;
+    if (this.egress !== null) {
+      const payloadEnd = this.framing === null ? bytes.length : bytes.length - CLIENT_FRAME_MAC_BYTES;
+      const parts = [bytes.subarray(0, FRAME_HEADER_BYTES), bytes.subarray(FRAME_HEADER_BYTES, payloadEnd)];
+      return this.wait(urgency, {
+        type: frame.type,
+        parts,
+        bytes: bytes.length,
+        sealed: this.framing !== null,
+        shared: null,
+        digest: null,
+      });
+    }
     // Sealed only once it is sure to be queued: the other side expects every frame counter.
-    return this.write(this.framing === null ? bytes : this.framing.sealer.sealInPlace(bytes));
+    return this.enqueue(this.framing === null ? bytes : this.framing.sealer.sealInPlace(bytes));
   }
 
   /**
@@ -223,7 +266,7 @@ export class FramedConn {
    * False (never a throw) if the connection is closed or full, or the frame is over the
    * frame limit.
    */
-  sendShared(type: number, shared: SharedPayloadPrefix, rest: Uint8Array): boolean {
+  sendShared(type: number, shared: SharedPayloadPrefix, rest: Uint8Array, urgency: number = EGRESS_NORMAL): boolean {
     const length = 1 + shared.length + rest.length;
     if (length > FRAME_BYTES_MAX) return false;
     const trailer = this.framing === null ? 0 : CLIENT_FRAME_MAC_BYTES;
@@ -232,9 +275,11 @@ export class FramedConn {
     const head = new Uint8Array(FRAME_HEADER_BYTES);
     new DataView(head.buffer).setUint32(0, length + trailer, false);
     head[FRAME_LENGTH_BYTES] = type;
+    if (this.egress !== null) {
+      return this.wait(urgency, { type, parts: [head, shared.bytes, rest], bytes: total, sealed: trailer > 0, shared, digest: null });
+    }
     const mac = this.framing === null ? null : this.framing.sealer.macShared(type, shared, rest);
     const parts = mac === null ? [head, shared.bytes, rest] : [head, shared.bytes, rest, mac];
-    if (this.coalescing) return this.gather(parts, total);
     const frame = new Uint8Array(total);
     let at = 0;
     for (const part of parts) {
@@ -244,28 +289,42 @@ export class FramedConn {
     return this.enqueue(frame);
   }
 
-  /** Sends already-encoded frame bytes, sealing a copy first on a client session. */
-  sendRaw(bytes: Uint8Array): boolean {
+  /** Sends already-encoded frame bytes (a whole frame), sealing a copy first on a client session. */
+  sendRaw(bytes: Uint8Array, urgency: number = egressOfType(bytes[FRAME_LENGTH_BYTES] ?? 0)): boolean {
     const length = this.framing === null ? bytes.length : bytes.length + CLIENT_FRAME_MAC_BYTES;
     if (this.closed || !this.hasRoomFor(length)) return false;
-    return this.write(this.framing === null ? bytes : this.framing.sealer.seal(bytes));
-  }
-
-  private write(bytes: Uint8Array): boolean {
-    return this.coalescing ? this.gather([bytes], bytes.length) : this.enqueue(bytes);
+    if (this.egress !== null) {
+      if (bytes.length < FRAME_HEADER_BYTES) return false;
+      const head = bytes.slice(0, FRAME_HEADER_BYTES);
+      new DataView(head.buffer).setUint32(0, length - FRAME_LENGTH_BYTES, false);
+      const parts = [head, bytes.subarray(FRAME_HEADER_BYTES)];
+      return this.wait(urgency, {
+        type: head[FRAME_LENGTH_BYTES] as number,
+        parts,
+        bytes: length,
+        sealed: this.framing !== null,
+        shared: null,
+        digest: null,
+      });
+    }
+    return this.enqueue(this.framing === null ? bytes : this.framing.sealer.seal(bytes));
   }
 
   /**
-   * Adds the parts of one frame (`bytes` in all) to this turn's write. The caller checked
-   * the room (hasRoomFor counts gathered bytes), so the queue takes them when they are written.
+   * Puts one frame in its class queue, to be written at the end of the turn or at the next
+   * drain. The caller checked the room (hasRoomFor counts waiting bytes).
    */
-  private gather(parts: readonly Uint8Array[], bytes: number): boolean {
+  private wait(urgency: number, frame: EgressFrame): boolean {
+    const egress = this.egress as EgressQueues;
     const before = this.pendingBytes;
-    if (this.gathered.length === 0) queueMicrotask(this.writeGathered);
-    for (const part of parts) this.gathered.push(part);
-    this.gatheredBytes += bytes;
+    egress.push(urgency, frame);
     if (before === 0) this.progressMs = this.now();
     this.accountSince(before);
+    // While the socket pushes back, its drain writes what waits.
+    if (!this.writeScheduled && !this.backlogged) {
+      this.writeScheduled = true;
+      queueMicrotask(this.writeAtTurnEnd);
+    }
     return true;
   }
 
@@ -277,43 +336,123 @@ export class FramedConn {
     return result === "sent" || result === "queued";
   }
 
-  /** The end of a turn: its gathered frames go to the socket. */
-  private readonly writeGathered = (): void => {
-    if (this.closed) return;
-    // Frames are sealed: dropping some would break the session's frame counter, so a
-    // refusal (which hasRoomFor, checked before each frame was gathered, rules out) ends
-    // the connection.
-    if (this.flushGathered() === "full") this.close();
+  /** The end of a turn: what its frames wait for goes to the socket. */
+  private readonly writeAtTurnEnd = (): void => {
+    this.writeScheduled = false;
+    if (!this.closed) this.writeWaiting();
   };
 
-  /** Writes the gathered frames as one buffer (the queue keeps what the socket does not take). */
-  private flushGathered(): EnqueueResult | null {
-    if (this.gathered.length === 0) return null;
-    const parts = this.gathered;
-    const total = this.gatheredBytes;
+  /**
+   * Writes what waits, until the socket pushes back or nothing is left: the rest of the
+   * frame in progress, then the waiting frames most urgent first (egress.ts), sealed as
+   * they are copied into each write. Of a write the socket took only part of, the frame it
+   * stopped in becomes the frame in progress, and the frames it did not start go back to
+   * their queues with their counters (FrameSealer.giveBack): the next write starts with
+   * the most urgent frame waiting then.
+   */
+  private writeWaiting(): void {
+    const egress = this.egress as EgressQueues;
     const before = this.pendingBytes;
-    this.gathered = [];
-    this.gatheredBytes = 0;
-    let bytes: Uint8Array;
-    if (parts.length === 1) bytes = parts[0] as Uint8Array;
-    else {
-      bytes = gatherBuffer(total);
-      let at = 0;
-      for (const part of parts) {
-        bytes.set(part, at);
-        at += part.length;
+    let progressed = false;
+    for (;;) {
+      if (this.queue.bufferedBytes > 0) {
+        // Frames written before the session coalesced (its handshake) still go first.
+        const queuedBefore = this.queue.bufferedBytes;
+        const flushed = this.queue.flush(this.sink);
+        progressed ||= this.queue.bufferedBytes < queuedBefore;
+        if (!flushed) {
+          this.backlogged = true;
+          break;
+        }
       }
+      if (this.inProgress !== null) {
+        const rest = this.inProgress;
+        const written = this.sink(rest);
+        progressed ||= written > 0;
+        if (written < rest.length) {
+          this.inProgress = rest.subarray(written);
+          this.backlogged = true;
+          break;
+        }
+        this.inProgress = null;
+      }
+      if (egress.waitingFrames === 0) {
+        this.backlogged = false;
+        break;
+      }
+      const offered = this.writeFrames(egress, this.backlogged ? BACKLOG_WRITE_BYTES_MAX : WRITE_BYTES_MAX);
+      progressed ||= offered.written > 0;
+      if (!offered.all) {
+        this.backlogged = true;
+        break;
+      }
+      this.backlogged = false;
     }
-    const result = this.queue.enqueue(this.sink, bytes);
-    // The queue holds what the socket did not take: that buffer is no longer scratch.
-    if (result !== "sent" && gatherScratch !== null && bytes.buffer === gatherScratch.buffer) gatherScratch = null;
+    if (progressed) this.progressMs = this.now();
     this.accountSince(before);
-    return result;
+  }
+
+  /**
+   * One socket write of waiting frames, most urgent first, up to `bytesMax` (at least one
+   * frame), each sealed as it is copied. What the socket does not take is put back as
+   * writeWaiting says. `all`: the socket took the whole write.
+   */
+  private writeFrames(egress: EgressQueues, bytesMax: number): { written: number; all: boolean } {
+    const frames = this.writeBatch;
+    frames.length = 0;
+    egress.begin();
+    let total = 0;
+    while (total < bytesMax) {
+      const frame = egress.take();
+      if (frame === null) break;
+      frames.push(frame);
+      total += frame.bytes;
+    }
+    const bytes = gatherBuffer(total);
+    let at = 0;
+    for (const frame of frames) at = this.sealInto(bytes, at, frame);
+    const written = this.sink(bytes);
+    let kept = frames.length;
+    if (written < total) {
+      // The frames the socket took all of, and the one it stopped in (if it started it).
+      let end = 0;
+      kept = 0;
+      while (kept < frames.length && end < written) end += (frames[kept++] as EgressFrame).bytes;
+      if (end > written) this.inProgress = bytes.slice(written, end);
+      if (this.framing !== null) this.framing.sealer.giveBack(countSealed(frames, kept));
+    }
+    const overtakes = egress.end(kept);
+    if (overtakes > 0) this.onOvertakes?.(overtakes);
+    frames.length = 0;
+    return { written, all: written >= total };
+  }
+
+  /** The frames of the write in progress (reused). */
+  private readonly writeBatch: EgressFrame[] = [];
+
+  /** Copies `frame` into `bytes` at `at` with its MAC under the session's next counter; returns the offset after it. */
+  private sealInto(bytes: Uint8Array, at: number, frame: EgressFrame): number {
+    let offset = at;
+    for (const part of frame.parts) {
+      bytes.set(part, offset);
+      offset += part.length;
+    }
+    if (!frame.sealed) return offset;
+    const framing = this.framing;
+    if (framing === null) throw new Error("FramedConn: a sealed frame waits on a connection without a session");
+    frame.digest ??=
+      frame.shared === null ? payloadDigest(frame.parts[1] as Uint8Array) : frame.shared.digestWith(frame.parts[2] as Uint8Array);
+    bytes.set(framing.sealer.macDigest(frame.type, frame.digest), offset);
+    return offset + CLIENT_FRAME_MAC_BYTES;
   }
 
   /** Called from the socket's drain handler: writes what waits, in order. */
   drain(): void {
     if (this.closed) return;
+    if (this.egress !== null) {
+      this.writeWaiting();
+      return;
+    }
     const queuedBefore = this.queue.bufferedBytes;
     const before = this.pendingBytes;
     this.queue.flush(this.sink);
@@ -325,12 +464,10 @@ export class FramedConn {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    // What this turn gathered goes to the socket first, as it would have without gathering.
-    this.flushGathered();
+    // What waits goes to the socket first, as far as it takes it now, most urgent first.
+    if (this.egress !== null) this.writeWaiting();
     this.held.length = 0;
-    const before = this.pendingBytes;
-    this.queue.clear();
-    this.accountSince(before);
+    this.dropWaiting();
     this.socket.end();
   }
 
@@ -338,10 +475,15 @@ export class FramedConn {
   release(): void {
     this.closed = true;
     this.held.length = 0;
+    this.dropWaiting();
+  }
+
+  /** Drops and uncounts every byte waiting. */
+  private dropWaiting(): void {
     const before = this.pendingBytes;
     this.queue.clear();
-    this.gathered = [];
-    this.gatheredBytes = 0;
+    this.egress?.clear();
+    this.inProgress = null;
     this.accountSince(before);
   }
 
@@ -365,8 +507,15 @@ export class FramedConn {
   closeWith(frame: Frame): void {
     if (this.closed) return;
     this.send(frame);
-    this.flushGathered();
+    if (this.egress !== null) this.writeWaiting();
     this.socket.flush();
     this.close();
   }
+}
+
+/** How many of a write's frames after the first `kept` (those the socket did not start) were sealed: their counters go back. */
+function countSealed(frames: readonly EgressFrame[], kept: number): number {
+  let sealed = 0;
+  for (let i = kept; i < frames.length; i++) if ((frames[i] as EgressFrame).sealed) sealed++;
+  return sealed;
 }

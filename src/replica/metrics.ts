@@ -40,6 +40,8 @@ const COUNTERS = {
   replies_dropped_total: "Replies not sent because the client's connection queue was full",
   events_delivered_total: "Events sent to subscribers (one per subscriber)",
   subscribers_dropped_slow_total: "Subscriptions ended because the subscriber fell behind",
+  egress_overtakes_total:
+    "Frames written to a client session ahead of less urgent frames that had waited longer (a critical channel's events before a low one's backlog, replies before deliveries)",
   peer_send_dropped_total: "Peer messages not sent because the link was down or its queue full",
   peer_send_oversized_total: "Peer messages not sent because they exceed the frame limit",
   peer_handshake_failed_total: "Peer handshakes that failed (bad key, config drift, bad signature)",

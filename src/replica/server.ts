@@ -334,6 +334,8 @@ export class ReplicaServer {
   private readonly tarpit: Tarpit<ServerSocket>;
   /** Client sessions' frames, worked on in bounded turns after the peers' (client-frames.ts). */
   private readonly clientFrames: ClientFrames<FramedConn, DecodeResult>;
+  /** Frames a client session wrote ahead of less urgent ones that waited longer (egress.ts). */
+  private readonly countOvertakes = (frames: number): void => this.options.metrics.inc("egress_overtakes_total", frames);
 
   constructor(private readonly options: ServerOptions) {
     this.limits = resolveLimits(options.limits);
@@ -880,8 +882,9 @@ export class ReplicaServer {
     // AUTH was the last frame without a MAC, in both directions: from here on, even a
     // refusal is sealed, so the client can tell it from one an attacker made up.
     conn.framing = sessionFraming(state.clientKeys as SessionKeys);
-    // A fan-out sends many frames to one connection in a turn: one socket write for them.
-    conn.coalesceWrites();
+    // A fan-out sends many frames to one connection in a turn: one socket write for them,
+    // the most urgent first (egress.ts).
+    conn.coalesceWrites(this.countOvertakes);
     state.clientKeys = null;
     const keyHex = Buffer.from(hello.key).toString("hex");
     // Other handshakes with the same key or address may have finished since the HELLO.

@@ -3,7 +3,9 @@
  * the fan-out of stored batches to them. A subscriber whose connection cannot take more
  * (its outbound queue is at the bound) is told with SUB_END "SLOW" and dropped, so one
  * slow console never makes the replica grow memory or hold up others; it resubscribes
- * from the next seq it wants.
+ * from the next seq it wants. A subscription's frames (SUB_OK, EVENTS, SUB_END) go out in
+ * its channel's priority (egress.ts): on a connection with a backlog, a critical channel's
+ * EVENTS are written before a low channel's that wait.
  */
 import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { StoredBatch } from "../core/channels/types.ts";
@@ -16,6 +18,7 @@ import type { ChannelMetrics } from "./channel-metrics.ts";
 import type { Metrics } from "./metrics.ts";
 import { keyText } from "./quota.ts";
 import type { ClientSession } from "./server.ts";
+import { egressOfPriority } from "./egress.ts";
 
 /** Batches sent per history read; the read repeats until the subscriber is live. */
 export const HISTORY_BATCHES_PER_READ = 256;
@@ -25,6 +28,8 @@ interface Subscription {
   readonly sub: number;
   readonly tag: string;
   readonly ordered: boolean;
+  /** The egress class of its frames: the channel's priority, fixed when the channel was created. */
+  readonly urgency: number;
 }
 
 /** How the subscriptions see execution: read-your-writes (execution-gate.ts). */
@@ -100,14 +105,20 @@ export class Subscriptions {
       return;
     }
     const ordered = info.order === "total";
+    const urgency = egressOfPriority(this.machine.priorityOf(tag));
     const start = ordered ? (from ?? info.nextSeq) : from === undefined ? null : Math.max(from, info.oldestSeq);
     if (start !== null && ordered && start < info.oldestSeq && start < info.nextSeq) {
       const reason = `seq ${start} of ${tag} is no longer retained; the oldest available is ${info.oldestSeq}`;
-      this.send(session, { type: FrameType.SUB_END, body: { sub, replica: this.self, code: "TRIMMED", reason, oldest: info.oldestSeq } });
+      this.send(
+        session,
+        { type: FrameType.SUB_END, body: { sub, replica: this.self, code: "TRIMMED", reason, oldest: info.oldestSeq } },
+        urgency,
+      );
       return;
     }
-    const subscription: Subscription = { session, sub, tag, ordered };
-    this.send(session, { type: FrameType.SUB_OK, body: { sub, replica: this.self, next: info.nextSeq, at: this.execution.executedSeq() } });
+    const subscription: Subscription = { session, sub, tag, ordered, urgency };
+    const ok: Frame = { type: FrameType.SUB_OK, body: { sub, replica: this.self, next: info.nextSeq, at: this.execution.executedSeq() } };
+    this.send(session, ok, urgency);
     if (start !== null && start < info.nextSeq && !this.replayHistory(subscription, start)) return;
     mine.set(sub, subscription);
     this.bySession.set(session.id, mine);
@@ -121,7 +132,7 @@ export class Subscriptions {
     const subscription = this.bySession.get(session.id)?.get(sub);
     if (subscription === undefined) return;
     this.remove(subscription);
-    this.end(session, sub, "UNSUBSCRIBED", "unsubscribed");
+    this.end(session, sub, "UNSUBSCRIBED", "unsubscribed", undefined, subscription.urgency);
   }
 
   /** Drops every subscription of a closed connection. */
@@ -153,7 +164,7 @@ export class Subscriptions {
     if (subs === undefined) return;
     for (const subscription of [...subs.values()]) {
       this.remove(subscription);
-      this.end(subscription.session, subscription.sub, "DESTROYED", `channel ${tag} was destroyed`);
+      this.end(subscription.session, subscription.sub, "DESTROYED", `channel ${tag} was destroyed`, undefined, subscription.urgency);
     }
   }
 
@@ -169,7 +180,8 @@ export class Subscriptions {
     for (const subscription of [...subs.values()]) {
       if (this.machine.canSubscribe(tag, subscription.session.key)) continue;
       this.remove(subscription);
-      this.end(subscription.session, subscription.sub, "UNAUTHORIZED", `the subscriber key was unregistered from ${tag}`);
+      const reason = `the subscriber key was unregistered from ${tag}`;
+      this.end(subscription.session, subscription.sub, "UNAUTHORIZED", reason, undefined, subscription.urgency);
     }
   }
 
@@ -190,6 +202,8 @@ export class Subscriptions {
             subscription.sub,
             "SLOW",
             "this replica caught up by state transfer; resubscribe from the next wanted seq",
+            undefined,
+            subscription.urgency,
           )
         ) {
           subscription.session.conn.close();
@@ -210,7 +224,9 @@ export class Subscriptions {
   /** Ends every subscription (the replica is stopping). */
   shutdown(): void {
     for (const subs of this.bySession.values()) {
-      for (const subscription of subs.values()) this.end(subscription.session, subscription.sub, "SHUTDOWN", "replica stopping");
+      for (const subscription of subs.values()) {
+        this.end(subscription.session, subscription.sub, "SHUTDOWN", "replica stopping", undefined, subscription.urgency);
+      }
     }
     this.bySession.clear();
     this.byTag.clear();
@@ -225,7 +241,7 @@ export class Subscriptions {
         const oldest = read.code === "trimmed" ? read.oldestSeq : undefined;
         const code: SubEndCode = read.code === "trimmed" ? "TRIMMED" : "UNKNOWN_CHANNEL";
         const body = { sub: subscription.sub, replica: this.self, code, reason: read.reason, ...(oldest === undefined ? {} : { oldest }) };
-        this.send(subscription.session, { type: FrameType.SUB_END, body });
+        this.send(subscription.session, { type: FrameType.SUB_END, body }, subscription.urgency);
         return false;
       }
       if (read.batches.length === 0) return true;
@@ -252,7 +268,7 @@ export class Subscriptions {
     shared: SharedPayloadPrefix,
     tail: EventsTail,
   ): boolean {
-    if (subscription.session.conn.sendShared(FrameType.EVENTS, shared, eventsRest(subscription.sub, tail))) {
+    if (subscription.session.conn.sendShared(FrameType.EVENTS, shared, eventsRest(subscription.sub, tail), subscription.urgency)) {
       this.metrics.inc("events_delivered_total", batch.count);
       cells?.delivered.inc(batch.count);
       return true;
@@ -261,7 +277,8 @@ export class Subscriptions {
     this.remove(subscription);
     // The queue is full, so SUB_END may not fit either; it is sent once there is room is
     // not guaranteed, hence the close: the client reconnects and resumes from its seq.
-    if (!this.end(subscription.session, subscription.sub, "SLOW", "subscriber fell behind; resubscribe from the next wanted seq")) {
+    const reason = "subscriber fell behind; resubscribe from the next wanted seq";
+    if (!this.end(subscription.session, subscription.sub, "SLOW", reason, undefined, subscription.urgency)) {
       subscription.session.conn.close();
     }
     return false;
@@ -280,13 +297,16 @@ export class Subscriptions {
     else this.byKey.delete(keyHex);
   }
 
-  /** `at`: the decided seq a refusal judged on this replica's state was judged at. */
-  private end(session: ClientSession, sub: number, code: SubEndCode, reason: string, at?: number): boolean {
+  /**
+   * `at`: the decided seq a refusal judged on this replica's state was judged at;
+   * `urgency`: the subscription's class, so SUB_END follows the EVENTS before it.
+   */
+  private end(session: ClientSession, sub: number, code: SubEndCode, reason: string, at?: number, urgency?: number): boolean {
     const body = at === undefined ? { sub, replica: this.self, code, reason } : { sub, replica: this.self, code, reason, at };
-    return this.send(session, { type: FrameType.SUB_END, body });
+    return this.send(session, { type: FrameType.SUB_END, body }, urgency);
   }
 
-  private send(session: ClientSession, frame: Frame): boolean {
-    return session.conn.send(frame);
+  private send(session: ClientSession, frame: Frame, urgency?: number): boolean {
+    return session.conn.send(frame, urgency);
   }
 }

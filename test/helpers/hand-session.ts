@@ -65,6 +65,20 @@ export class HandSession {
     this.socket.write(Buffer.concat(parts));
   }
 
+  /** Writes one frame of the session (sealed once the handshake is done). */
+  send(frame: Frame): void {
+    this.socket.write(encodeSessionFrame(frame, this.framing));
+  }
+
+  /** Stops reading the socket: the replica's writes fill the kernel's buffers, then wait in the replica. */
+  pauseReading(): void {
+    this.socket.pause();
+  }
+
+  resumeReading(): void {
+    this.socket.resume();
+  }
+
   destroy(): void {
     this.socket.destroy();
   }

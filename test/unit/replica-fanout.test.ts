@@ -9,29 +9,15 @@
  */
 import { describe, expect, test } from "bun:test";
 import { sha256 } from "@noble/hashes/sha2.js";
-import type { Socket } from "bun";
 import { ChannelMachine, type ChannelsConfig } from "../../src/core/channels/index.ts";
 import type { StoredBatch } from "../../src/core/channels/types.ts";
-import { toHex } from "../../src/crypto/encoding.ts";
-import {
-  CLIENT_FRAME_MAC_BYTES,
-  deriveSessionKeys,
-  FrameOpener,
-  FrameSealer,
-  generateEphemeralKeyPair,
-  type SessionKeys,
-  SharedPayloadPrefix,
-  sessionFraming,
-  x25519SharedSecret,
-} from "../../src/crypto/session.ts";
-import { FramedConn } from "../../src/replica/framed.ts";
+import { CLIENT_FRAME_MAC_BYTES, FrameOpener, FrameSealer, SharedPayloadPrefix } from "../../src/crypto/session.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
-import type { ClientSession } from "../../src/replica/server.ts";
 import { Subscriptions } from "../../src/replica/subscriptions.ts";
-import { FrameDecoder } from "../../wire/frame.ts";
 import { eventsPrefix, eventsRest, eventsTail } from "../../wire/hot.ts";
-import { decodeFrameBody, encodeRequestBody, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
+import { encodeRequestBody, encodeTypedFrameWithTrailer } from "../../wire/schemas.ts";
 import { FRAME_BYTES_MAX, FrameType } from "../../wire/types.ts";
+import { concat, nextTurn, receive, sessionKeys, split, type Wire, wire } from "./sealed-wire.ts";
 
 const CONFIG: ChannelsConfig = {
   channelsMax: 4,
@@ -42,98 +28,6 @@ const CONFIG: ChannelsConfig = {
 };
 const TAG = "net.links";
 const PUBLISHER = new Uint8Array(32).fill(0x50);
-
-/** Both sides' keys of one client session, from a fresh X25519 exchange. */
-function sessionKeys(label: string): { client: SessionKeys; replica: SessionKeys } {
-  const shared = x25519SharedSecret(generateEphemeralKeyPair(), generateEphemeralKeyPair().publicKey);
-  const transcript = new TextEncoder().encode(label);
-  return {
-    client: deriveSessionKeys(shared, transcript, "initiator", "client"),
-    replica: deriveSessionKeys(shared, transcript, "responder", "client"),
-  };
-}
-
-interface Wire {
-  readonly session: ClientSession;
-  readonly conn: FramedConn;
-  /** Every socket write, in order. */
-  readonly writes: Uint8Array[];
-  readonly keys: { client: SessionKeys; replica: SessionKeys };
-  /** Whether the socket takes bytes (a reader that stopped takes none). */
-  reading: boolean;
-  /** At most this many bytes per socket write (the kernel's buffer filling up). */
-  takeMax: number;
-  /** What was written before `writes` was cleared (the SUB_OK frames): the client opens it first. */
-  preamble: Uint8Array;
-}
-
-/** A replica-side client connection, sealed and coalescing as after AUTH, over a socket that records its writes. */
-function wire(id: number, outboundBytesMax = 16 * 1024 * 1024): Wire {
-  const writes: Uint8Array[] = [];
-  const self: { reading: boolean; takeMax: number } = { reading: true, takeMax: Number.POSITIVE_INFINITY };
-  const socket = {
-    remoteAddress: "127.0.0.1",
-    write: (bytes: Uint8Array) => {
-      if (!self.reading) return 0;
-      const taken = bytes.subarray(0, Math.min(bytes.length, self.takeMax));
-      writes.push(Uint8Array.from(taken));
-      return taken.length;
-    },
-    end() {},
-    flush() {},
-  };
-  const conn = new FramedConn(socket as unknown as Socket<unknown>, FRAME_BYTES_MAX, outboundBytesMax);
-  const keys = sessionKeys(`session ${id}`);
-  conn.framing = sessionFraming(keys.replica);
-  conn.coalesceWrites();
-  const key = new Uint8Array(32).fill(id);
-  const result: Wire = {
-    session: { conn, key, keyHex: toHex(key), id },
-    conn,
-    writes,
-    keys,
-    reading: true,
-    takeMax: Number.POSITIVE_INFINITY,
-    preamble: new Uint8Array(0),
-  };
-  Object.defineProperty(self, "reading", { get: () => result.reading });
-  Object.defineProperty(self, "takeMax", { get: () => result.takeMax });
-  return result;
-}
-
-/** What the client does with a byte stream: cut, open, decode; null marks the frame its MAC check refused (the last one read). */
-function receive(opener: FrameOpener, bytes: Uint8Array): (Frame | null)[] {
-  const out: (Frame | null)[] = [];
-  for (const item of new FrameDecoder({ frameBytesMax: FRAME_BYTES_MAX + CLIENT_FRAME_MAC_BYTES }).push(bytes)) {
-    if (!item.ok) throw new Error(item.error.reason);
-    const payload = opener.open(item.type, item.payload);
-    if (payload === null) {
-      out.push(null);
-      return out;
-    }
-    const decoded = decodeFrameBody(item.type, payload);
-    if (!decoded.ok) throw new Error(decoded.error.reason);
-    out.push(decoded.frame);
-  }
-  return out;
-}
-
-/** The sealed frames of a byte stream, each whole (length field to MAC). */
-function split(bytes: Uint8Array): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  let at = 0;
-  while (at < bytes.length) {
-    const length = new DataView(bytes.buffer, bytes.byteOffset + at).getUint32(0);
-    out.push(bytes.subarray(at, at + 4 + length));
-    at += 4 + length;
-  }
-  return out;
-}
-
-const concat = (parts: readonly Uint8Array[]): Uint8Array => Uint8Array.from(Buffer.concat(parts));
-
-/** Lets the microtasks of the current turn run (the coalesced writes). */
-const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 function channel(): { machine: ChannelMachine; subs: Subscriptions; metrics: Metrics; publish: (events: number) => void } {
   const machine = new ChannelMachine({ hash: (b) => sha256(b), config: CONFIG });
