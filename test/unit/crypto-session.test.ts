@@ -27,9 +27,9 @@ import {
   verifyHandshake,
   x25519SharedSecret,
 } from "../../src/crypto/session.ts";
-import { FrameDecoder } from "../../wire/frame.ts";
-import { decodeFrameBody, encodeTypedFrame, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
+import { encodeTypedFrame, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
 import { clientMacInput, peerMacInput, signingInput } from "../../wire/session.ts";
+import { receive } from "./sealed-wire.ts";
 import {
   DOMAIN_CLIENT_KEY_I2R,
   DOMAIN_CLIENT_KEY_R2I,
@@ -314,24 +314,6 @@ describe("client session frames (wire/PROTOCOL.md 5.2)", () => {
     { type: FrameType.QUERY, body: { id: 2, q: "list-channels" } },
     { type: FrameType.PING, body: { n: 3 } },
   ];
-
-  /** What a receiver does with a byte stream: cut, open, decode; null marks a frame refused by its MAC, the last one read. */
-  function receive(opener: FrameOpener, bytes: Uint8Array): (Frame | null)[] {
-    const out: (Frame | null)[] = [];
-    for (const item of new FrameDecoder({ frameBytesMax: 1024 + CLIENT_FRAME_MAC_BYTES }).push(bytes)) {
-      if (!item.ok) throw new Error(item.error.reason);
-      const payload = opener.open(item.type, item.payload);
-      if (payload === null) {
-        // The runtime closes the connection at the first refusal: nothing after it is read.
-        out.push(null);
-        return out;
-      }
-      const decoded = decodeFrameBody(item.type, payload);
-      if (!decoded.ok) throw new Error(decoded.error.reason);
-      out.push(decoded.frame);
-    }
-    return out;
-  }
 
   function sealAll(sealer: FrameSealer): Uint8Array[] {
     return frames.map((frame) => sealer.seal(encodeTypedFrame(frame)));
