@@ -22,6 +22,7 @@ afterAll(async () => {
 });
 
 interface BenchJson {
+  warmup: number;
   delivered: number;
   cpu_s: (number | null)[];
   cpu_us_per_event: (number | null)[];
@@ -60,6 +61,19 @@ test("bench reports every replica's CPU seconds and CPU per event, with subscrib
   expect(text.code, text.stderr).toBe(0);
   expect(text.stdout).toMatch(/replica CPU seconds during the run: r0 [\d.]+, r1 [\d.]+, r2 [\d.]+, r3 [\d.]+/);
   expect(text.stdout).toMatch(/replica CPU µs per delivered event: r0 [\d.]+, r1/);
+}, 180_000);
+
+test("bench --warmup publishes and delivers its events first and measures only the run after them", async () => {
+  const run = await bench("net.links", ["--warmup", "300", "--events", "200", "--subscribers", "2", "--json"]);
+  expect(run.code, run.stderr).toBe(0);
+  expect(run.stderr).toContain("warm-up: 300 events, not measured");
+  const figures = JSON.parse(run.stdout) as BenchJson;
+  expect(figures.warmup).toBe(300);
+  // Every subscriber got the warm-up events too (the run waits for them); only the measured ones count.
+  expect(figures.delivered).toBe(200 * 2);
+  const refused = await bench("net.links", ["--warmup", "-1", "--events", "10"]);
+  expect(refused.code).toBe(2);
+  expect(refused.stderr).toContain("--warmup");
 }, 180_000);
 
 test("bench says the run was RATE_LIMITED when the replicas refused publishes for the key's rate", async () => {

@@ -66,7 +66,7 @@ export const benchCommand: Command = {
     "µs per delivered event (and per published event with S > 1; other traffic at the same",
     "time counts too). It says when replicas refused publishes RATE_LIMITED (the key's rate",
     "limit, not the broker, then set the figure). More than 32 subscribers share 32 client",
-    'connections. --json prints one object: {"events","delivered","seconds",',
+    'connections. --json prints one object: {"events","warmup","delivered","seconds",',
     '"delivered_per_s","p50_ms","p99_ms","max_ms","cpu_s","cpu_us_per_event",',
     '"cpu_us_per_published_event","rate_limited","slow_cutoffs","dropped_events"}; the cpu',
     "lists are by replica id, null where a replica did not report. It says when a replica",
@@ -76,6 +76,12 @@ export const benchCommand: Command = {
     "",
     "--rate R1,R2,... sweeps: the same run at each rate in turn, then one table (or a JSON",
     "array) of delivered events/s and p50/p99/max latency against the offered load.",
+    "",
+    "--warmup W publishes W events first, delivered to the same subscribers, and starts",
+    "measuring (latency, events/s, CPU) only once all W were delivered: the replicas'",
+    "JavaScript engine compiles their hot code during the first seconds of load, on threads",
+    "of their own, which a short run otherwise counts in the broker's CPU per event and",
+    "latency. In a sweep, only the first rate is preceded by the warm-up.",
     "",
     "--mix LOWTAG measures priority: first LOWTAG alone, saturated by --mix-publishers",
     "publishers (as fast as acks allow, in a thread of their own) for 1 s of warm-up and",
@@ -99,6 +105,13 @@ export const benchCommand: Command = {
       description: `Bytes per event (at least ${BENCH_HEADER_BYTES})`,
     },
     { name: "publishers", kind: "string", valueName: "P", defaultValue: "1", description: "Concurrent publishers" },
+    {
+      name: "warmup",
+      kind: "string",
+      valueName: "W",
+      defaultValue: "0",
+      description: "Events published and delivered before the measured run starts (not counted)",
+    },
     { name: "subscribers", kind: "string", valueName: "S", defaultValue: "1", description: "Subscribing clients" },
     {
       name: "rate",
@@ -145,6 +158,8 @@ export interface BenchPlan {
   readonly json: boolean;
   /** A --mix run: the channel saturated meanwhile, and by how many publishers. */
   readonly mix: { readonly tag: string; readonly publishers: number } | null;
+  /** Events published, and delivered to every subscriber, before measuring (not counted). */
+  readonly warmup: number;
 }
 
 /** Validates every flag (UsageError, exit 2) before anything is opened. */
@@ -167,7 +182,8 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
   const rates = parseRates(args.string("rate"));
   if (rates.length > 1 && mix !== null) throw new UsageError("--rate: a sweep of rates does not combine with --mix");
   const rate = rates[0] ?? (mix === null ? null : DEFAULT_MIX_RATE);
-  return { tag, events, size, publishers, subscribers, rate, sweep: rates.slice(1), json: args.boolean("json"), mix };
+  const warmup = args.requiredInteger("warmup", 0, BENCH_EVENTS_MAX);
+  return { tag, events, size, publishers, subscribers, rate, sweep: rates.slice(1), json: args.boolean("json"), mix, warmup };
 }
 
 /** `--rate R` or `--rate R1,R2,...` (a sweep), each an integer in 1..BENCH_RATE_MAX. */
@@ -279,6 +295,7 @@ async function runPlan(
   };
   const runId = new Uint8Array(randomBytes(RUN_ID_BYTES));
   const counter = new DeliveryCounter(runId);
+  const warmupCounter = new DeliveryCounter(new Uint8Array(randomBytes(RUN_ID_BYTES)));
   const subscriptions: Subscription[] = [];
   const subscriberClients: FitbClient[] = [];
   const trouble = { slowCutoffs: 0, droppedEvents: 0 };
@@ -289,9 +306,15 @@ async function runPlan(
   for (let i = 0; i < plan.subscribers; i++) {
     if (subscriberClients.length < BENCH_SUBSCRIBER_CLIENTS_MAX) subscriberClients.push(await connect());
     const client = subscriberClients[i % subscriberClients.length] as FitbClient;
-    subscriptions.push(await client.subscribe(plan.tag, { onSignal }, (batch) => counter.onBatch(batch)));
+    subscriptions.push(
+      await client.subscribe(plan.tag, { onSignal }, (batch) => {
+        counter.onBatch(batch);
+        warmupCounter.onBatch(batch);
+      }),
+    );
   }
   const publishClient = await connect();
+  if (plan.warmup > 0) await warmUp(plan, publishClient, warmupCounter, flags, io);
   const cpuBefore = await replicaCpuMicros(publishClient);
   const rateLimitedBefore = publishClient.transientRefusals.get("RATE_LIMITED") ?? 0;
   const progress = new Progress(plan, counter, io);
@@ -316,6 +339,27 @@ async function runPlan(
   };
 }
 
+/**
+ * `--warmup W`: W events of their own run id, as the measured run publishes them, delivered
+ * to every subscriber before the measured run starts. Fails the run if they do not all arrive.
+ */
+async function warmUp(plan: BenchPlan, client: FitbClient, counter: DeliveryCounter, flags: ClientFlags, io: CommandIo): Promise<void> {
+  const warm: BenchPlan = { ...plan, events: plan.warmup, publishers: Math.min(plan.publishers, plan.warmup) };
+  io.err(`fitb bench: warm-up: ${plan.warmup} events, not measured`);
+  const progress = new Progress(warm, counter, io, "warm-up");
+  try {
+    const published = await publishAll(warm, client, counter.runId, progress);
+    await counter.waitFor(published.acked * plan.subscribers, flags.timeoutMs);
+    if (published.failed > 0 || counter.delivered < published.acked * plan.subscribers) {
+      throw new CommandError(
+        `warm-up: ${published.failed} of ${plan.warmup} events failed, ${counter.delivered} of ${published.acked * plan.subscribers} delivered${published.firstError === null ? "" : ` (${published.firstError})`}`,
+      );
+    }
+  } finally {
+    progress.stop();
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // --rate R1,R2,...: latency against load
 // ---------------------------------------------------------------------------------------
@@ -324,8 +368,8 @@ async function runPlan(
 async function runSweep(plan: BenchPlan, flags: ClientFlags, setup: ClientSetup, clients: FitbClient[], io: CommandIo): Promise<number> {
   const rows: Record<string, number>[] = [];
   let status = EXIT_OK;
-  for (const rate of [plan.rate as number, ...plan.sweep]) {
-    const step: BenchPlan = { ...plan, rate, sweep: [] };
+  for (const [index, rate] of [plan.rate as number, ...plan.sweep].entries()) {
+    const step: BenchPlan = { ...plan, rate, sweep: [], warmup: index === 0 ? plan.warmup : 0 };
     io.err(`fitb bench: sweep: ${rate} events/s offered`);
     const result = await runPlan(step, flags, setup, clients, io);
     for (const client of clients.splice(0)) client.close();
@@ -591,7 +635,7 @@ class DeliveryCounter {
   private waiter: (() => void) | null = null;
   private target = Number.POSITIVE_INFINITY;
 
-  constructor(private readonly runId: Uint8Array) {}
+  constructor(readonly runId: Uint8Array) {}
 
   onBatch(batch: ReceivedBatch): void {
     const now = performance.now();
@@ -694,6 +738,7 @@ class Progress {
     private readonly plan: BenchPlan,
     private readonly counter: DeliveryCounter,
     private readonly io: CommandIo,
+    private readonly phase = "",
   ) {
     this.timer = setInterval(() => this.report(), PROGRESS_INTERVAL_MS);
   }
@@ -706,7 +751,7 @@ class Progress {
     const seconds = (performance.now() - this.started) / MS_PER_SECOND;
     const expected = this.plan.events * this.plan.subscribers;
     this.io.err(
-      `fitb bench: ${seconds.toFixed(0)} s: published ${this.published}/${this.plan.events}, delivered ${this.counter.delivered}/${expected}`,
+      `fitb bench: ${this.phase === "" ? "" : `${this.phase}: `}${seconds.toFixed(0)} s: published ${this.published}/${this.plan.events}, delivered ${this.counter.delivered}/${expected}`,
     );
   }
 }
@@ -753,6 +798,7 @@ export function resultJson(plan: BenchPlan, result: BenchResult): Record<string,
   const perSecond = result.seconds > 0 ? result.delivered / result.seconds : 0;
   return {
     events: plan.events,
+    warmup: plan.warmup,
     delivered: result.delivered,
     seconds: Math.round(result.seconds * 1000) / 1000,
     delivered_per_s: Math.round(perSecond),
