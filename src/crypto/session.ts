@@ -359,7 +359,8 @@ export class SharedPayloadPrefix {
  * The sending half of a client session: MACs each frame under the direction's key and
  * the next frame counter. Seal a frame only when it will be written: the receiver
  * expects every counter value exactly once, in order, so a sealed frame that is then
- * dropped makes the next one fail.
+ * dropped makes the next one fail, unless none of its bytes was written and its counter
+ * is given back (`giveBack`) before anything else is sealed.
  */
 export class FrameSealer {
   readonly #key: Uint8Array;

@@ -41,9 +41,18 @@ export const EGRESS_CLASSES = 5;
 /** Frames of more urgent classes that may go ahead of a waiting class in a row before it takes one. */
 export const EGRESS_PASSED_MAX = 8;
 
+/**
+ * Bytes a waiting frame is counted for besides its wire bytes: what its bookkeeping takes
+ * in memory (the frame and queue records, its parts and header), so that the connection's
+ * byte bound also bounds the memory of many small frames (a client that sends PINGs and
+ * never reads) to a small multiple of it.
+ */
+export const EGRESS_FRAME_OVERHEAD_BYTES = 256;
+
 /** The egress class of a subscription's frames: its channel's priority (normal for a channel not known). */
 export function egressOfPriority(priority: Priority | null): number {
-  return priority === null ? EGRESS_NORMAL : PRIORITIES.indexOf(priority);
+  const index = priority === null ? -1 : PRIORITIES.indexOf(priority);
+  return index < 0 ? EGRESS_NORMAL : index;
 }
 
 /** The class of a frame sent without one: subscription frames normal, every other one control. */
@@ -91,8 +100,13 @@ class ClassQueue {
   }
 
   push(item: Queued): void {
-    // Drops the taken slots once they are most of the array, so memory follows what waits.
-    if (this.head > 1024 && this.head * 2 > this.items.length) {
+    if (this.head === this.items.length) {
+      // Empty: start the array again. Here and not in shift(), so that frames a write takes
+      // and gives back (unshift) go back into their slots, never through Array.unshift.
+      this.items.length = 0;
+      this.head = 0;
+    } else if (this.head > 1024 && this.head * 2 > this.items.length) {
+      // Drops the taken slots once they are most of the array, so memory follows what waits.
       this.items = this.items.slice(this.head);
       this.head = 0;
     }
@@ -103,10 +117,6 @@ class ClassQueue {
     const item = this.items[this.head] as Queued;
     this.items[this.head] = undefined;
     this.head++;
-    if (this.head === this.items.length) {
-      this.items.length = 0;
-      this.head = 0;
-    }
     return item;
   }
 
@@ -136,7 +146,7 @@ export class EgressQueues {
   private readonly takenClasses: number[] = [];
   private readonly trail: number[] = [];
 
-  /** Bytes waiting, MACs included. */
+  /** Bytes waiting, MACs included, and EGRESS_FRAME_OVERHEAD_BYTES for each frame. */
   get waitingBytes(): number {
     return this.bytes;
   }
@@ -154,7 +164,7 @@ export class EgressQueues {
     if (!Number.isInteger(cls) || cls < 0 || cls >= EGRESS_CLASSES)
       throw new RangeError(`egress class must be 0..${EGRESS_CLASSES - 1}, got ${cls}`);
     (this.queues[cls] as ClassQueue).push({ frame, order: this.arrivals++ });
-    this.bytes += frame.bytes;
+    this.bytes += frame.bytes + EGRESS_FRAME_OVERHEAD_BYTES;
     this.frames++;
   }
 
@@ -183,7 +193,7 @@ export class EgressQueues {
     this.passed[cls] = 0;
     this.takenItems.push(item);
     this.takenClasses.push(cls);
-    this.bytes -= item.frame.bytes;
+    this.bytes -= item.frame.bytes + EGRESS_FRAME_OVERHEAD_BYTES;
     this.frames--;
     return item.frame;
   }
@@ -204,7 +214,7 @@ export class EgressQueues {
       for (let i = taken - 1; i >= kept; i--) {
         const item = this.takenItems[i] as Queued;
         (this.queues[this.takenClasses[i] as number] as ClassQueue).unshift(item);
-        this.bytes += item.frame.bytes;
+        this.bytes += item.frame.bytes + EGRESS_FRAME_OVERHEAD_BYTES;
         this.frames++;
       }
     }

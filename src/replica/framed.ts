@@ -26,7 +26,7 @@ import { encodeTypedFrame, encodeTypedFrameWithTrailer, type Frame } from "../..
 import { FRAME_BYTES_MAX, FRAME_HEADER_BYTES, FRAME_LENGTH_BYTES } from "../../wire/types.ts";
 import { CLIENT_FRAME_MAC_BYTES, payloadDigest, type SessionFraming, type SharedPayloadPrefix } from "../crypto/session.ts";
 import { WriteQueue, type ByteSink } from "../net/write-queue.ts";
-import { type EgressFrame, EgressQueues, egressOfType, EGRESS_NORMAL } from "./egress.ts";
+import { EGRESS_CONTROL, EGRESS_HIGH, EGRESS_NORMAL, type EgressFrame, EgressQueues, egressOfType } from "./egress.ts";
 
 /** Default bound of bytes waiting to be written to one connection. */
 export const OUTBOUND_BYTES_MAX_DEFAULT = 16 * 1024 * 1024;
@@ -50,6 +50,8 @@ const GATHER_SCRATCH_BYTES_MAX = 4 * 1024 * 1024;
  */
 const WRITE_BYTES_MAX = GATHER_SCRATCH_BYTES_MAX;
 const BACKLOG_WRITE_BYTES_MAX = 64 * 1024;
+/** The share of a client session's byte bound that frames of the low and normal classes may fill (hasRoomFor). */
+export const LESS_URGENT_BOUND_PERCENT = 75;
 
 function gatherBuffer(bytes: number): Uint8Array {
   if (bytes > GATHER_SCRATCH_BYTES_MAX) return new Uint8Array(bytes);
@@ -216,10 +218,17 @@ export class FramedConn {
   /**
    * True if `bytes` more would stay within the outbound bound. Stricter than the queue's
    * own check: on the replica side even an idle connection takes no frame over the bound.
+   * On a client session (coalesceWrites) frames of the low and normal classes fill at most
+   * LESS_URGENT_BOUND_PERCENT of it: a backlog of bulk deliveries that gets a slow
+   * subscription of it ended leaves room for the critical ones and the replies behind it.
    */
-  hasRoomFor(bytes: number): boolean {
+  hasRoomFor(bytes: number, urgency: number = EGRESS_CONTROL): boolean {
     if (this.budget !== null && !this.budget.hasRoomFor(bytes)) return false;
-    return this.pendingBytes + bytes <= this.queue.bytesMax;
+    const bound =
+      this.egress !== null && urgency < EGRESS_HIGH
+        ? Math.floor((this.queue.bytesMax * LESS_URGENT_BOUND_PERCENT) / 100)
+        : this.queue.bytesMax;
+    return this.pendingBytes + bytes <= bound;
   }
 
   /** Why send() may have returned false, for a log line: closed, or how full the queue and the budget are. */
@@ -241,7 +250,7 @@ export class FramedConn {
     } catch {
       return false;
     }
-    if (this.closed || !this.hasRoomFor(bytes.length)) return false;
+    if (this.closed || !this.hasRoomFor(bytes.length, urgency)) return false;
     if (this.egress !== null) {
       const payloadEnd = this.framing === null ? bytes.length : bytes.length - CLIENT_FRAME_MAC_BYTES;
       const parts = [bytes.subarray(0, FRAME_HEADER_BYTES), bytes.subarray(FRAME_HEADER_BYTES, payloadEnd)];
@@ -271,7 +280,7 @@ export class FramedConn {
     if (length > FRAME_BYTES_MAX) return false;
     const trailer = this.framing === null ? 0 : CLIENT_FRAME_MAC_BYTES;
     const total = FRAME_LENGTH_BYTES + length + trailer;
-    if (this.closed || !this.hasRoomFor(total)) return false;
+    if (this.closed || !this.hasRoomFor(total, urgency)) return false;
     const head = new Uint8Array(FRAME_HEADER_BYTES);
     new DataView(head.buffer).setUint32(0, length + trailer, false);
     head[FRAME_LENGTH_BYTES] = type;
@@ -287,27 +296,6 @@ export class FramedConn {
       at += part.length;
     }
     return this.enqueue(frame);
-  }
-
-  /** Sends already-encoded frame bytes (a whole frame), sealing a copy first on a client session. */
-  sendRaw(bytes: Uint8Array, urgency: number = egressOfType(bytes[FRAME_LENGTH_BYTES] ?? 0)): boolean {
-    const length = this.framing === null ? bytes.length : bytes.length + CLIENT_FRAME_MAC_BYTES;
-    if (this.closed || !this.hasRoomFor(length)) return false;
-    if (this.egress !== null) {
-      if (bytes.length < FRAME_HEADER_BYTES) return false;
-      const head = bytes.slice(0, FRAME_HEADER_BYTES);
-      new DataView(head.buffer).setUint32(0, length - FRAME_LENGTH_BYTES, false);
-      const parts = [head, bytes.subarray(FRAME_HEADER_BYTES)];
-      return this.wait(urgency, {
-        type: head[FRAME_LENGTH_BYTES] as number,
-        parts,
-        bytes: length,
-        sealed: this.framing !== null,
-        shared: null,
-        digest: null,
-      });
-    }
-    return this.enqueue(this.framing === null ? bytes : this.framing.sealer.seal(bytes));
   }
 
   /**
@@ -354,6 +342,10 @@ export class FramedConn {
     const egress = this.egress as EgressQueues;
     const before = this.pendingBytes;
     let progressed = false;
+    // After a push back the socket has room for about what one drain frees: offer it a
+    // small write, and twice as much after each write it took whole. Offered at once, the
+    // frames it does not start would each be sealed and copied for nothing (and given back).
+    let offer = this.backlogged ? BACKLOG_WRITE_BYTES_MAX : WRITE_BYTES_MAX;
     for (;;) {
       if (this.queue.bufferedBytes > 0) {
         // Frames written before the session coalesced (its handshake) still go first.
@@ -380,13 +372,20 @@ export class FramedConn {
         this.backlogged = false;
         break;
       }
-      const offered = this.writeFrames(egress, this.backlogged ? BACKLOG_WRITE_BYTES_MAX : WRITE_BYTES_MAX);
+      const offered = this.writeFrames(egress, offer);
+      if (offered.failed) {
+        this.accountSince(before);
+        this.release();
+        this.socket.end();
+        return;
+      }
       progressed ||= offered.written > 0;
       if (!offered.all) {
         this.backlogged = true;
         break;
       }
       this.backlogged = false;
+      offer = Math.min(offer * 2, WRITE_BYTES_MAX);
     }
     if (progressed) this.progressMs = this.now();
     this.accountSince(before);
@@ -397,7 +396,7 @@ export class FramedConn {
    * frame), each sealed as it is copied. What the socket does not take is put back as
    * writeWaiting says. `all`: the socket took the whole write.
    */
-  private writeFrames(egress: EgressQueues, bytesMax: number): { written: number; all: boolean } {
+  private writeFrames(egress: EgressQueues, bytesMax: number): { written: number; all: boolean; failed: boolean } {
     const frames = this.writeBatch;
     frames.length = 0;
     egress.begin();
@@ -409,9 +408,18 @@ export class FramedConn {
       total += frame.bytes;
     }
     const bytes = gatherBuffer(total);
-    let at = 0;
-    for (const frame of frames) at = this.sealInto(bytes, at, frame);
-    const written = this.sink(bytes);
+    let written: number;
+    try {
+      let at = 0;
+      for (const frame of frames) at = this.sealInto(bytes, at, frame);
+      written = this.sink(bytes);
+    } catch {
+      // Sealing or the socket failed: counters are used up and some bytes may be gone, so
+      // the session cannot go on (writeWaiting ends it; nothing more is written on it).
+      egress.end(0);
+      frames.length = 0;
+      return { written: 0, all: false, failed: true };
+    }
     let kept = frames.length;
     if (written < total) {
       // The frames the socket took all of, and the one it stopped in (if it started it).
@@ -424,7 +432,7 @@ export class FramedConn {
     const overtakes = egress.end(kept);
     if (overtakes > 0) this.onOvertakes?.(overtakes);
     frames.length = 0;
-    return { written, all: written >= total };
+    return { written, all: written >= total, failed: false };
   }
 
   /** The frames of the write in progress (reused). */

@@ -73,8 +73,10 @@ export class Subscriptions {
    */
   subscribe(session: ClientSession, sub: number, tag: string, from: number | undefined, after?: number): void {
     const mine = this.bySession.get(session.id) ?? new Map<number, Subscription>();
-    if (mine.has(sub)) {
-      this.end(session, sub, "BAD_REQUEST", `subscription id ${sub} is already in use`);
+    const inUse = mine.get(sub);
+    if (inUse !== undefined) {
+      // In the live subscription's class: it names that subscription, so it keeps its place among its frames.
+      this.end(session, sub, "BAD_REQUEST", `subscription id ${sub} is already in use`, undefined, inUse.urgency);
       return;
     }
     if (mine.size >= this.perConnectionMax) {

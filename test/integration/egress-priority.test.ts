@@ -95,7 +95,6 @@ describe("egress priority on a replica's client session", () => {
     );
     const events = session.frames.filter((f) => f.type === FrameType.EVENTS);
     const critical = events.findIndex((f) => f.type === FrameType.EVENTS && f.body.sub === 2);
-    console.log(`egress: ${published} bytes published, ${backlog} held, critical event ${critical + 1} of ${events.length} EVENTS frames`);
     const lowAfter = events.slice(critical + 1).filter((f) => f.type === FrameType.EVENTS && f.body.sub === 1).length;
     // What waited in the replica (at least BACKLOG_BYTES_MIN, less the frame in progress) came after the critical event.
     expect(lowAfter * EVENTS_PER_PUBLISH * EVENT_BYTES, `backlog ${backlog} bytes, ${published} bytes published`).toBeGreaterThanOrEqual(

@@ -308,6 +308,26 @@ describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
     expect(decidedSeqs(c, 1)).toEqual([1]);
   });
 
+  test("at the leader, the third PREPARE of a prepared seq is not verified", () => {
+    const checks = [0, 0, 0, 0];
+    const c = new ManualCluster({
+      factory: (cfg, crypto, restored) =>
+        new OrderingCore(
+          cfg,
+          { ...crypto, verify: (r, b, s) => ((checks[cfg.id] = (checks[cfg.id] ?? 0) + 1), crypto.verify(r, b, s)) },
+          restored,
+        ),
+    });
+    const pp = proposalSeenBy1(c);
+    const prepare = (r: number) => resign(c, r, { t: "PREPARE", view: 0, seq: 1, digest: pp.digest, replica: r, sig: pp.sig });
+    for (const r of [1, 2]) c.step(0, { kind: "message", from: r, msg: prepare(r) });
+    expect(sent(c, 0, "COMMIT").length).toBe(1);
+    const before = checks[0] as number;
+    c.step(0, { kind: "message", from: 3, msg: prepare(3) });
+    expect(checks[0]).toBe(before);
+    expect(sent(c, 0, "COMMIT").length).toBe(1);
+  });
+
   test("bug 1: one signer's COMMIT repeated Q times does not commit", () => {
     const c = new ManualCluster();
     const pp = proposalSeenBy1(c);

@@ -11,7 +11,7 @@ import { sha256 } from "@noble/hashes/sha2.js";
 import { ChannelMachine } from "../../src/core/channels/index.ts";
 import type { Priority, StoredBatch } from "../../src/core/channels/types.ts";
 import { FrameOpener, FrameSealer, payloadDigest, SharedPayloadPrefix } from "../../src/crypto/session.ts";
-import { EGRESS_CRITICAL, EGRESS_LOW, EGRESS_PASSED_MAX } from "../../src/replica/egress.ts";
+import { EGRESS_CRITICAL, EGRESS_FRAME_OVERHEAD_BYTES, EGRESS_LOW, EGRESS_PASSED_MAX } from "../../src/replica/egress.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import { Subscriptions } from "../../src/replica/subscriptions.ts";
 import { eventsPrefix, eventsRest, eventsTail } from "../../wire/hot.ts";
@@ -122,7 +122,7 @@ describe("a FramedConn with a backlog", () => {
     for (let i = 0; i < 40; i++) sendEvents(w, 1, lowBatch, EGRESS_LOW);
     await nextTurn();
     expect(w.writes.length).toBe(0);
-    const frameBytes = w.conn.pendingBytes / 40;
+    const frameBytes = w.conn.pendingBytes / 40 - EGRESS_FRAME_OVERHEAD_BYTES;
     for (let round = 0; round < 36; round++) {
       // As many critical frames arrive as the socket takes: critical never runs out.
       for (let i = 0; i < 5; i++) sendEvents(w, 2, criticalBatch, EGRESS_CRITICAL, LOW_TAG);
@@ -182,6 +182,69 @@ describe("a FramedConn with a backlog", () => {
     w.room = Number.POSITIVE_INFINITY;
     w.conn.drain();
     expect(opened(w).length).toBe(accepted);
+  });
+});
+
+describe("a slow reader's connection", () => {
+  test("each drain seals about what the socket takes, not the whole backlog (the write offered grows from 64 KiB)", async () => {
+    const w = wire(1, 16 * 1024 * 1024);
+    w.room = 0;
+    let macs = 0;
+    const sealer = w.conn.framing?.sealer as FrameSealer;
+    const macDigest = sealer.macDigest.bind(sealer);
+    sealer.macDigest = (type, digest) => {
+      macs++;
+      return macDigest(type, digest);
+    };
+    // About 4 MiB of small low frames wait on a socket that takes nothing.
+    for (let i = 0; i < 18_000; i++) expect(sendEvents(w, 1, batch(1, i % 250), EGRESS_LOW)).toBe(true);
+    await nextTurn();
+    const waiting = w.conn.pendingBytes;
+    expect(waiting).toBeGreaterThan(4_000_000);
+    macs = 0;
+    let frames = 0;
+    for (let drain = 0; drain < 8; drain++) {
+      w.room = 256 * 1024;
+      w.conn.drain();
+      frames = receive(new FrameOpener(w.keys.client.receiveKey), concat(w.writes)).length;
+    }
+    // Each drain frees 256 KiB: the first write of a drain offers 64 KiB, then 128, 256, ...
+    // so what is sealed and given back per drain is at most one write's worth, not megabytes.
+    expect(frames).toBeGreaterThan(4_000);
+    expect(macs).toBeLessThan(frames * 2);
+  });
+
+  test("a backlog of low frames leaves a quarter of the bound to critical frames and replies", async () => {
+    const w = wire(1, 100_000);
+    w.room = 0;
+    let low = 0;
+    while (sendEvents(w, 1, batch(2, low % 250), EGRESS_LOW)) low++;
+    expect(w.conn.pendingBytes).toBeLessThanOrEqual(75_000);
+    expect(sendEvents(w, 2, batch(2, 7), EGRESS_CRITICAL)).toBe(true);
+    expect(w.conn.send({ type: FrameType.PONG, body: { n: 1 } })).toBe(true);
+    await nextTurn();
+    w.room = Number.POSITIVE_INFINITY;
+    w.conn.drain();
+    const frames = opened(w);
+    expect(frames.length).toBe(low + 2);
+    expect(frames[0]?.type).toBe(FrameType.PONG);
+    expect(frames[1]?.type === FrameType.EVENTS && frames[1].body.sub).toBe(2);
+  });
+
+  test("each waiting frame counts EGRESS_FRAME_OVERHEAD_BYTES besides its bytes: small frames cannot hold many times the bound", async () => {
+    const w = wire(1, 64 * 1024);
+    w.room = 0;
+    let pongs = 0;
+    while (w.conn.send({ type: FrameType.PONG, body: { n: pongs + 1 } })) pongs++;
+    // A PONG is about 40 bytes on the wire: by bytes alone some 1,600 would wait.
+    expect(EGRESS_FRAME_OVERHEAD_BYTES).toBe(256);
+    expect(pongs).toBeLessThan((64 * 1024) / 256);
+    expect(pongs).toBeGreaterThan((64 * 1024) / (256 + 64));
+    await nextTurn();
+    w.room = Number.POSITIVE_INFINITY;
+    w.conn.drain();
+    expect(opened(w).length).toBe(pongs);
+    expect(w.conn.pendingBytes).toBe(0);
   });
 });
 

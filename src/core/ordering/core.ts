@@ -496,7 +496,7 @@ export class OrderingCore {
    * COMMITs at every replica, an ed25519 verification each, on every seq.
    */
   private surplusVote(m: Prepare | Commit, e: Entry | undefined, key: number): boolean {
-    if (e === undefined || e.digest === null || !bytesEqual(e.digest, m.digest)) return false;
+    if (e === undefined || e.view !== m.view || e.digest === null || !this.voteMatches(e.digest, m.digest)) return false;
     if (m.t === "PREPARE" ? !e.prepared : !e.committed) return false;
     (m.t === "PREPARE" ? e.surplusPrepares : e.surplusCommits).add(key);
     return true;
