@@ -60,34 +60,31 @@ export function egressOfType(type: number): number {
   return type === FrameType.EVENTS || type === FrameType.SUB_OK || type === FrameType.SUB_END ? EGRESS_NORMAL : EGRESS_CONTROL;
 }
 
-/** One frame waiting to be written, not yet sealed. */
+/**
+ * One frame waiting to be written, not yet sealed. On the wire: the 4-byte length (which
+ * counts the MAC when there is one), the type, the payload (a fan-out frame's `shared`
+ * prefix, then `payload`), then the MAC on a sealed session. One object per frame: a
+ * fan-out writes one to every subscription of every batch.
+ */
 export interface EgressFrame {
   readonly type: number;
-  /**
-   * The frame's bytes before its MAC: the 5-byte header (length, which counts the MAC when
-   * there is one, and type), then the payload in one or two parts (a fan-out frame's
-   * shared prefix and its rest).
-   */
-  readonly parts: readonly Uint8Array[];
-  /** Bytes on the wire, MAC included. */
-  readonly bytes: number;
-  /** Whether a MAC follows the parts (a sealed session). */
-  readonly sealed: boolean;
+  /** The payload, or a fan-out frame's part after its shared prefix. */
+  readonly payload: Uint8Array;
   /** A fan-out frame's shared payload prefix, whose hash the payload digest continues from. */
   readonly shared: SharedPayloadPrefix | null;
+  /** Bytes on the wire: length field, type, payload and MAC. */
+  readonly bytes: number;
+  /** Whether a MAC follows the payload (a sealed session). */
+  readonly sealed: boolean;
   /** SHA-256 of the payload, once computed (a frame given back is sealed again without rehashing). */
   digest: Uint8Array | null;
-}
-
-interface Queued {
-  readonly frame: EgressFrame;
-  /** Arrival order on the connection, to tell an overtake. */
-  readonly order: number;
+  /** Arrival order on the connection, to tell an overtake (set by EgressQueues.push). */
+  order: number;
 }
 
 /** A FIFO of one class that can take back what was just taken from its front. */
 class ClassQueue {
-  private items: (Queued | undefined)[] = [];
+  private items: (EgressFrame | undefined)[] = [];
   private head = 0;
 
   get size(): number {
@@ -96,10 +93,10 @@ class ClassQueue {
 
   /** The oldest waiting frame's arrival order (the queue must not be empty). */
   get headOrder(): number {
-    return (this.items[this.head] as Queued).order;
+    return (this.items[this.head] as EgressFrame).order;
   }
 
-  push(item: Queued): void {
+  push(item: EgressFrame): void {
     if (this.head === this.items.length) {
       // Empty: start the array again. Here and not in shift(), so that frames a write takes
       // and gives back (unshift) go back into their slots, never through Array.unshift.
@@ -113,14 +110,14 @@ class ClassQueue {
     this.items.push(item);
   }
 
-  shift(): Queued {
-    const item = this.items[this.head] as Queued;
+  shift(): EgressFrame {
+    const item = this.items[this.head] as EgressFrame;
     this.items[this.head] = undefined;
     this.head++;
     return item;
   }
 
-  unshift(item: Queued): void {
+  unshift(item: EgressFrame): void {
     if (this.head > 0) this.items[--this.head] = item;
     else this.items.unshift(item);
   }
@@ -142,7 +139,7 @@ export class EgressQueues {
   private bytes = 0;
   private frames = 0;
   /** What the takes of the current write took, in order, to give back what the socket did not start. */
-  private readonly takenItems: Queued[] = [];
+  private readonly takenItems: EgressFrame[] = [];
   private readonly takenClasses: number[] = [];
   private readonly trail: number[] = [];
 
@@ -163,7 +160,8 @@ export class EgressQueues {
   push(cls: number, frame: EgressFrame): void {
     if (!Number.isInteger(cls) || cls < 0 || cls >= EGRESS_CLASSES)
       throw new RangeError(`egress class must be 0..${EGRESS_CLASSES - 1}, got ${cls}`);
-    (this.queues[cls] as ClassQueue).push({ frame, order: this.arrivals++ });
+    frame.order = this.arrivals++;
+    (this.queues[cls] as ClassQueue).push(frame);
     this.bytes += frame.bytes + EGRESS_FRAME_OVERHEAD_BYTES;
     this.frames++;
   }
@@ -193,9 +191,9 @@ export class EgressQueues {
     this.passed[cls] = 0;
     this.takenItems.push(item);
     this.takenClasses.push(cls);
-    this.bytes -= item.frame.bytes + EGRESS_FRAME_OVERHEAD_BYTES;
+    this.bytes -= item.bytes + EGRESS_FRAME_OVERHEAD_BYTES;
     this.frames--;
-    return item.frame;
+    return item;
   }
 
   /**
@@ -212,9 +210,9 @@ export class EgressQueues {
     if (kept < taken) {
       for (let c = 0; c < EGRESS_CLASSES; c++) this.passed[c] = this.trail[kept * TRAIL_STRIDE + c] as number;
       for (let i = taken - 1; i >= kept; i--) {
-        const item = this.takenItems[i] as Queued;
+        const item = this.takenItems[i] as EgressFrame;
         (this.queues[this.takenClasses[i] as number] as ClassQueue).unshift(item);
-        this.bytes += item.frame.bytes + EGRESS_FRAME_OVERHEAD_BYTES;
+        this.bytes += item.bytes + EGRESS_FRAME_OVERHEAD_BYTES;
         this.frames++;
       }
     }

@@ -253,14 +253,14 @@ export class FramedConn {
     if (this.closed || !this.hasRoomFor(bytes.length, urgency)) return false;
     if (this.egress !== null) {
       const payloadEnd = this.framing === null ? bytes.length : bytes.length - CLIENT_FRAME_MAC_BYTES;
-      const parts = [bytes.subarray(0, FRAME_HEADER_BYTES), bytes.subarray(FRAME_HEADER_BYTES, payloadEnd)];
       return this.wait(urgency, {
         type: frame.type,
-        parts,
+        payload: bytes.subarray(FRAME_HEADER_BYTES, payloadEnd),
+        shared: null,
         bytes: bytes.length,
         sealed: this.framing !== null,
-        shared: null,
         digest: null,
+        order: 0,
       });
     }
     // Sealed only once it is sure to be queued: the other side expects every frame counter.
@@ -281,12 +281,12 @@ export class FramedConn {
     const trailer = this.framing === null ? 0 : CLIENT_FRAME_MAC_BYTES;
     const total = FRAME_LENGTH_BYTES + length + trailer;
     if (this.closed || !this.hasRoomFor(total, urgency)) return false;
+    if (this.egress !== null) {
+      return this.wait(urgency, { type, payload: rest, shared, bytes: total, sealed: trailer > 0, digest: null, order: 0 });
+    }
     const head = new Uint8Array(FRAME_HEADER_BYTES);
     new DataView(head.buffer).setUint32(0, length + trailer, false);
     head[FRAME_LENGTH_BYTES] = type;
-    if (this.egress !== null) {
-      return this.wait(urgency, { type, parts: [head, shared.bytes, rest], bytes: total, sealed: trailer > 0, shared, digest: null });
-    }
     const mac = this.framing === null ? null : this.framing.sealer.macShared(type, shared, rest);
     const parts = mac === null ? [head, shared.bytes, rest] : [head, shared.bytes, rest, mac];
     const frame = new Uint8Array(total);
@@ -440,16 +440,24 @@ export class FramedConn {
 
   /** Copies `frame` into `bytes` at `at` with its MAC under the session's next counter; returns the offset after it. */
   private sealInto(bytes: Uint8Array, at: number, frame: EgressFrame): number {
-    let offset = at;
-    for (const part of frame.parts) {
-      bytes.set(part, offset);
-      offset += part.length;
+    // The header: the length field (type, payload and MAC), then the type.
+    const length = frame.bytes - FRAME_LENGTH_BYTES;
+    bytes[at] = length >>> 24;
+    bytes[at + 1] = (length >>> 16) & 0xff;
+    bytes[at + 2] = (length >>> 8) & 0xff;
+    bytes[at + 3] = length & 0xff;
+    bytes[at + FRAME_LENGTH_BYTES] = frame.type;
+    let offset = at + FRAME_HEADER_BYTES;
+    if (frame.shared !== null) {
+      bytes.set(frame.shared.bytes, offset);
+      offset += frame.shared.bytes.length;
     }
+    bytes.set(frame.payload, offset);
+    offset += frame.payload.length;
     if (!frame.sealed) return offset;
     const framing = this.framing;
     if (framing === null) throw new Error("FramedConn: a sealed frame waits on a connection without a session");
-    frame.digest ??=
-      frame.shared === null ? payloadDigest(frame.parts[1] as Uint8Array) : frame.shared.digestWith(frame.parts[2] as Uint8Array);
+    frame.digest ??= frame.shared === null ? payloadDigest(frame.payload) : frame.shared.digestWith(frame.payload);
     bytes.set(framing.sealer.macDigest(frame.type, frame.digest), offset);
     return offset + CLIENT_FRAME_MAC_BYTES;
   }

@@ -26,6 +26,7 @@ import {
 import { DEFAULT_PARAMETERS } from "../../src/core/ordering/config.ts";
 import { StarvationMonitor, ThroughputMonitor } from "../../src/core/ordering/monitors.ts";
 import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
+import type { CoreFactory } from "../../src/sim/simulator.ts";
 import { sha256 } from "../../src/sim/crypto.ts";
 
 type Sent = Extract<Effect, { kind: "send" }>;
@@ -54,6 +55,24 @@ function decideOne(c: ManualCluster, client: number, seq: number, to = 0): void 
   c.submit(to, c.request(client, seq));
   c.tick();
   c.deliverAll();
+}
+
+/** Real cores whose signature checks are counted, by replica id. */
+function countingVerifications(): { checks: number[]; factory: CoreFactory } {
+  const checks = [0, 0, 0, 0];
+  const factory: CoreFactory = (cfg, crypto, restored) =>
+    new OrderingCore(
+      cfg,
+      {
+        ...crypto,
+        verify: (replica, bytes, sig) => {
+          checks[cfg.id] = (checks[cfg.id] ?? 0) + 1;
+          return crypto.verify(replica, bytes, sig);
+        },
+      },
+      restored,
+    );
+  return { checks, factory };
 }
 
 describe("normal case (core/ordering/PROTOCOL.md §4)", () => {
@@ -271,21 +290,8 @@ describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
   });
 
   test("a vote for a certificate already held is taken as seen without its signature checked; others still are", () => {
-    const checks = [0, 0, 0, 0];
-    const c = new ManualCluster({
-      factory: (cfg, crypto, restored) =>
-        new OrderingCore(
-          cfg,
-          {
-            ...crypto,
-            verify: (replica, bytes, sig) => {
-              checks[cfg.id] = (checks[cfg.id] ?? 0) + 1;
-              return crypto.verify(replica, bytes, sig);
-            },
-          },
-          restored,
-        ),
-    });
+    const { checks, factory } = countingVerifications();
+    const c = new ManualCluster({ factory });
     const pp = proposalSeenBy1(c);
     const vote = <T extends "PREPARE" | "COMMIT">(t: T, r: number, digest = pp.digest) =>
       resign(c, r, { t, view: 0, seq: 1, digest, replica: r, sig: pp.sig });
@@ -309,15 +315,8 @@ describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
   });
 
   test("at the leader, the third PREPARE of a prepared seq is not verified", () => {
-    const checks = [0, 0, 0, 0];
-    const c = new ManualCluster({
-      factory: (cfg, crypto, restored) =>
-        new OrderingCore(
-          cfg,
-          { ...crypto, verify: (r, b, s) => ((checks[cfg.id] = (checks[cfg.id] ?? 0) + 1), crypto.verify(r, b, s)) },
-          restored,
-        ),
-    });
+    const { checks, factory } = countingVerifications();
+    const c = new ManualCluster({ factory });
     const pp = proposalSeenBy1(c);
     const prepare = (r: number) => resign(c, r, { t: "PREPARE", view: 0, seq: 1, digest: pp.digest, replica: r, sig: pp.sig });
     for (const r of [1, 2]) c.step(0, { kind: "message", from: r, msg: prepare(r) });
