@@ -113,7 +113,7 @@ const GAUGES = {
   handshakes_open: "Handshakes in progress on the client port (on the shared port: peers too)",
   peer_handshakes_open: "Handshakes in progress on the peer port (0 without a peer_port)",
   client_connections: "Open client sessions",
-  client_output_bytes: "Bytes queued to client sessions",
+  client_output_bytes: "Bytes queued to client sessions (a frame waiting in a priority queue also counts 256 bytes of bookkeeping)",
   tarpit_connections: "Connections of blacklisted addresses held open and unread now (the tarpit)",
   state_transfer_target_seq: "Seq a state transfer is fetching (0: none)",
   priority_low_admitted_percent: "Share of clients' low publishes admitted by priority shedding now (100: none shed)",
