@@ -68,6 +68,8 @@ export interface Options {
   readonly size: number;
   /** Events per second in total (`fitb bench --rate`); absent: as fast as acknowledgements allow. */
   readonly rate?: number;
+  /** Subscribers of the channel in the fitb bench (its --subscribers; default 1). */
+  readonly subscribers?: number;
   /** Where nats-server is, or null to look for it on PATH and in the sbin directories. */
   readonly natsServer: string | null;
   readonly json: boolean;
@@ -280,6 +282,7 @@ export async function runFitbBench(cluster: TestCluster, tag: string, options: O
   const argv = [BUN, MAIN, "bench", "--config", cluster.configPath, "--key", cluster.clientKey, "--channel", tag];
   argv.push("--events", String(options.events), "--size", String(options.size), "--publishers", String(options.publishers), "--json");
   if (options.rate !== undefined) argv.push("--rate", String(options.rate));
+  if (options.subscribers !== undefined) argv.push("--subscribers", String(options.subscribers));
   const proc = track(Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" }));
   const out: string[] = [];
   const err: string[] = [];

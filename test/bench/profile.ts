@@ -1,7 +1,7 @@
 /**
  * Where a replica's time goes under `fitb bench` (run on purpose, not part of `npm test`):
  *
- *   npx bun test/bench/profile.ts [--class CLASS|all] [--events N] [--rate R] [--top K] [--threads N] [--sync MODE] [--keep DIR] [--json] [--help]
+ *   npx bun test/bench/profile.ts [--class CLASS|all] [--events N] [--rate R] [--subscribers S] [--top K] [--threads N] [--sync MODE] [--keep DIR] [--json] [--help]
  *
  * For each CLASS: four replicas from source, each under Bun's sampling profiler
  * (`bun --cpu-prof`, one sample a millisecond of the main thread), one channel of that
@@ -67,6 +67,8 @@ export interface Options {
   readonly events: number;
   /** The bench's offered rate (ev/s), or null: as fast as acknowledgements allow. */
   readonly rate: number | null;
+  /** Subscribers of the bench's channel (fitb bench --subscribers). */
+  readonly subscribers: number;
   readonly top: number;
   readonly threads: number | null;
   readonly sync: "full" | "normal" | null;
@@ -76,7 +78,7 @@ export interface Options {
 }
 
 export const USAGE = [
-  "usage: npx bun test/bench/profile.ts [--class CLASS|all] [--events N] [--top K] [--threads N] [--sync MODE] [--keep DIR] [--json] [--help]",
+  "usage: npx bun test/bench/profile.ts [--class CLASS|all] [--events N] [--rate R] [--subscribers S] [--top K] [--threads N] [--sync MODE] [--keep DIR] [--json] [--help]",
   "",
   "Profiles 4 local replicas (bun --cpu-prof) while fitb bench runs on a channel of CLASS,",
   "stops them cleanly and prints, for the leader (replica 0) and a follower (replica 1),",
@@ -85,6 +87,7 @@ export const USAGE = [
   `  --class CLASS  one of ${FITB_CLASSES.join(", ")}, or all (default)`,
   `  --events N     events in the bench run (default ${EVENTS_DEFAULT})`,
   "  --rate R       offer R events/s in total (fitb bench --rate; default: as fast as acknowledgements allow)",
+  "  --subscribers S  subscribers of the bench's channel (fitb bench --subscribers; default 1): the cost of fan-out",
   `  --top K        groups per table (default ${TOP_DEFAULT}), and as many top functions`,
   "  --threads N    the replicas' --threads (default: theirs, the cores but one); 0 puts signature checks on the profiled thread",
   "  --sync MODE    the replicas' --sync (full, their default, or normal: no fsync at each commit)",
@@ -97,6 +100,7 @@ export function parseOptions(argv: readonly string[]): Options | string {
   let events = EVENTS_DEFAULT;
   let top = TOP_DEFAULT;
   let rate: number | null = null;
+  let subscribers = 1;
   let threads: number | null = null;
   let keep: string | null = null;
   let sync: Options["sync"] = null;
@@ -119,6 +123,11 @@ export function parseOptions(argv: readonly string[]): Options | string {
       const value = Number(text);
       if (!Number.isInteger(value) || value < 1 || value > 10_000_000) return `--rate: an integer in 1..10000000, got ${text ?? "nothing"}`;
       rate = value;
+    } else if (arg === "--subscribers") {
+      const text = argv[++i];
+      const value = Number(text);
+      if (!Number.isInteger(value) || value < 1 || value > 1_000) return `--subscribers: an integer in 1..1000, got ${text ?? "nothing"}`;
+      subscribers = value;
     } else if (arg === "--events" || arg === "--top" || arg === "--threads") {
       const text = argv[++i];
       const value = Number(text);
@@ -138,7 +147,7 @@ export function parseOptions(argv: readonly string[]): Options | string {
       keep = dir;
     } else return `unknown argument ${arg}`;
   }
-  return { classes, events, rate, top, threads, sync, keep, json, help };
+  return { classes, events, rate, subscribers, top, threads, sync, keep, json, help };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -441,7 +450,7 @@ async function profileClass(className: ClassName, options: Options, index: numbe
     } finally {
       admin.close();
     }
-    progress(`${label}: fitb bench, ${options.events} events of 200 B`);
+    progress(`${label}: fitb bench, ${options.events} events of 200 B, ${options.subscribers} subscriber(s)`);
     const benchOptions: PeersOptions = {
       events: options.events,
       publishers: 1,
@@ -449,6 +458,7 @@ async function profileClass(className: ClassName, options: Options, index: numbe
       natsServer: null,
       json: true,
       help: false,
+      subscribers: options.subscribers,
       ...(options.rate === null ? {} : { rate: options.rate }),
     };
     const cpuBefore = PROFILED.map((id) => threadCpu(procs[id]?.pid ?? -1));
