@@ -43,6 +43,14 @@ export interface PendingRequest {
   seqAtArrival: number;
   /** The peer that forwarded it, or null (a client of this replica, or a proposal). */
   readonly via: ReplicaId | null;
+  /**
+   * Tick from which the leader is taken to hold the request, for the expectations that
+   * judge it (timers.ts): when it became pending here, for a request a peer forwarded or a
+   * proposal carried; for one a client gave this backup, +Infinity until its lazy forward
+   * is due (the leader may never have had it), then the tick it was forwarded or found
+   * proposed.
+   */
+  leaderSince: number;
 }
 
 /** The key part of a client space name ("<hex key>:<space>"): quotas are per key. */
@@ -95,6 +103,12 @@ export class ClientTable {
 /** Pending requests, bounded per client space, per client key, per forwarding peer and in total. */
 export class PendingPool {
   private readonly byClient = new Map<string, Map<number, PendingRequest>>();
+  /**
+   * Requests a client gave this backup, waiting for their lazy forward to fall due
+   * (core/ordering/PROTOCOL.md §5), in the order they became pending, which is the order
+   * they fall due. A subset of the pool: a request leaves it when it leaves the pool.
+   */
+  private readonly held = new Set<PendingRequest>();
   private readonly byKey = new Map<string, number>();
   private readonly byPeer = new Map<ReplicaId, number>();
   private count = 0;
@@ -139,6 +153,7 @@ export class PendingPool {
       stage: 0,
       seqAtArrival,
       via,
+      leaderSince: now,
     };
     forClient.set(req.seq, p);
     this.count++;
@@ -181,8 +196,34 @@ export class PendingPool {
     return dropped;
   }
 
+  /**
+   * Holds a request a client gave this backup until its forward to the leader falls due:
+   * until then the leader is not judged for it (`leaderSince` is +Infinity).
+   */
+  holdForLeader(p: PendingRequest): void {
+    p.leaderSince = Number.POSITIVE_INFINITY;
+    this.held.add(p);
+  }
+
+  /** Held requests that became pending at or before `seenBy`, oldest first; they are held no longer. */
+  takeHeld(seenBy: number): PendingRequest[] {
+    const due: PendingRequest[] = [];
+    for (const p of this.held) {
+      if (p.firstSeen > seenBy) break;
+      this.held.delete(p);
+      due.push(p);
+    }
+    return due;
+  }
+
+  /** Requests held for a lazy forward, for the simulator's bound checks. */
+  get heldCount(): number {
+    return this.held.size;
+  }
+
   private drop(forClient: Map<number, PendingRequest>, p: PendingRequest): void {
     forClient.delete(p.req.seq);
+    this.held.delete(p);
     this.count--;
     bump(this.byKey, keyOfClient(p.req.client), -1);
     if (p.via !== null) bump(this.byPeer, p.via, -1);
@@ -302,8 +343,29 @@ export function adoptBatchRequests(state: CoreState, batch: readonly ClientReque
 
 /** Pending requests go to the new leader again, with fresh timers (core/ordering/PROTOCOL.md §6). */
 export function forwardAllPending(state: CoreState): void {
+  state.pending.takeHeld(Number.POSITIVE_INFINITY);
   for (const [, forClient] of state.pending.clients()) {
-    for (const p of forClient.values()) state.forwardToLeader.push(p.req);
+    for (const p of forClient.values()) {
+      state.forwardToLeader.push(p.req);
+      p.leaderSince = state.now;
+    }
+  }
+}
+
+/**
+ * Lazy forwarding (core/ordering/PROTOCOL.md §5). Clients send every request to every
+ * replica, so in the normal case the leader holds its own copy and proposes it within a
+ * tick or two; a backup forwards a request a client gave it only if, `forwardDelayTicks`
+ * after it became pending, no batch this backup has seen carries it. From then on the
+ * leader is judged for it (`leaderSince`, and the fairness reference moves to now).
+ */
+export function forwardOverdue(state: CoreState): void {
+  const forwarding = state.phase === "normal" && !state.isLeader();
+  for (const p of state.pending.takeHeld(state.now - state.cfg.forwardDelayTicks)) {
+    p.leaderSince = state.now;
+    if (!forwarding || state.inFreeProposal.has(p.key) || state.inNewViewBatch.has(p.key)) continue;
+    p.seqAtArrival = state.highestAcceptedSeq;
+    state.forwardToLeader.push(p.req);
   }
 }
 

@@ -61,6 +61,13 @@ export interface CoreConfig {
   readonly pendingRequestsMax: number;
   /** Pending requests of one client key over all its spaces (tags and admin). */
   readonly keyPendingMax: number;
+  /**
+   * Ticks a backup waits before it forwards a request a client gave it to the leader, and
+   * only if no batch it has seen carries the request by then (lazy forwarding,
+   * PROTOCOL.md §5): clients send to every replica, so the leader normally has its own
+   * copy. Less than requestTimeoutTicks.
+   */
+  readonly forwardDelayTicks: number;
   /** Ticks before a pending request is forwarded to all, and again before the leader is suspected. */
   readonly requestTimeoutTicks: number;
   /** Ticks the leader may go without a new proposal while requests wait (Aardvark heartbeat). */
@@ -128,6 +135,7 @@ export const DEFAULT_PARAMETERS = {
   clientWindow: 16,
   pendingRequestsMax: 10_000,
   keyPendingMax: 128,
+  forwardDelayTicks: 3,
   requestTimeoutTicks: 100,
   progressTimeoutTicks: 50,
   viewChangeTimeoutTicks: 200,
@@ -198,6 +206,10 @@ export function checkConfig(cfg: CoreConfig): void {
     throw new RangeError("batchDelayTicks must be a non-negative integer");
   if (!Number.isSafeInteger(cfg.urgentPacingTicks) || cfg.urgentPacingTicks < 0)
     throw new RangeError("urgentPacingTicks must be a non-negative integer");
+  // 0: a backup forwards at the next tick, as long as no batch carries the request by then.
+  if (!Number.isSafeInteger(cfg.forwardDelayTicks) || cfg.forwardDelayTicks < 0)
+    throw new RangeError("forwardDelayTicks must be a non-negative integer");
+  if (cfg.forwardDelayTicks >= cfg.requestTimeoutTicks) throw new RangeError("forwardDelayTicks must be less than requestTimeoutTicks");
   if (!Number.isSafeInteger(cfg.f) || cfg.f < 0) throw new RangeError("f must be a non-negative integer");
   if (cfg.n > REPLICAS_MAX) throw new RangeError(`n must be at most ${REPLICAS_MAX}`);
   if (cfg.n < 3 * cfg.f + 1) throw new RangeError("n must be at least 3f+1");

@@ -284,10 +284,15 @@ export class OrderingCore {
     this.tryExecute();
   }
 
-  /** A backup hands a request a client gave it to the leader, and executes what committed. */
+  /**
+   * A backup holds a request a client gave it for a lazy forward to the leader (clients.ts,
+   * forwardOverdue), and executes what committed.
+   */
   private stepBackup(): void {
     const state = this.state;
-    if (state.admittedFromClient !== null) state.forwardToLeader.push(state.admittedFromClient);
+    const req = state.admittedFromClient;
+    const p = req === null ? undefined : state.pending.get(req.client, req.seq);
+    if (p !== undefined) state.pending.holdForLeader(p);
     this.tryExecute();
   }
 

@@ -199,7 +199,7 @@ export class CoreState {
   readonly quarantinedUntil = new Map<string, number>();
   forwardToLeader: ClientRequest[] = [];
   forwardToAll: ClientRequest[] = [];
-  /** The request a client gave this replica in the current step, if admitted; a backup forwards it. */
+  /** The request a client gave this replica in the current step, if admitted; a backup holds it for a lazy forward. */
   admittedFromClient: ClientRequest | null = null;
   /** Where the leader's next round-robin pass over clients starts. */
   roundRobinStart = 0;

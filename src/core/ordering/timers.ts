@@ -7,7 +7,7 @@
  */
 import { lessUrgentRequests, ordinaryDepth, pacingUrgent, URGENT, URGENT_PIPELINE_SLOTS, urgencyOf } from "./priority.ts";
 import { ownCheckpoint, requestSnapshot } from "./checkpoints.ts";
-import { flushForwards } from "./clients.ts";
+import { flushForwards, forwardOverdue } from "./clients.ts";
 import type { StateRequest } from "./messages.ts";
 import { type CoreState, kthLargest, NO_DEADLINE } from "./state.ts";
 import { resendSuspicion, suspect } from "./suspicion.ts";
@@ -55,10 +55,11 @@ export function tickBackup(state: CoreState): void {
   }
 }
 
-/** Every tick, after the rest: own CHECKPOINTs, catch-up probes, queued forwards. */
+/** Every tick, after the rest: own CHECKPOINTs, catch-up probes, lazy and queued forwards. */
 export function finishTick(state: CoreState): void {
   resendCheckpoints(state);
   catchUpProbe(state);
+  forwardOverdue(state);
   flushForwards(state);
 }
 
@@ -139,11 +140,14 @@ function watchLeader(state: CoreState): void {
   for (const [client, forClient] of state.pending.clients()) {
     const head = forClient.get(state.clientTable.lastExecuted(client) + 1);
     if (head === undefined) continue;
-    const age = state.now - head.firstSeen;
-    if (age > cfg.batchDelayTicks) busy = true;
+    if (state.now - head.firstSeen > cfg.batchDelayTicks) busy = true;
+    // The leader is judged for a request only from when it can be taken to hold it: a
+    // request a client gave this backup alone reaches it by the lazy forward
+    // (clients.ts, forwardOverdue), so its wait counts from that forward.
+    const owedSince = Math.max(head.firstSeen, head.leaderSince);
     const inBatch = state.inFreeProposal.has(head.key) || state.inNewViewBatch.has(head.key);
-    if (!inBatch && age > cfg.batchDelayTicks) {
-      waitingSince = Math.min(waitingSince, Math.max(head.firstSeen, head.timerStart));
+    if (!inBatch && state.now - owedSince > cfg.batchDelayTicks) {
+      waitingSince = Math.min(waitingSince, Math.max(owedSince, head.timerStart));
       const urgency = urgencyOf(state.policy, client);
       const bound = paced && urgency < URGENT ? pacedBound : mostUrgent > 0 && urgency < mostUrgent ? lessUrgentBound : fairnessBound;
       if (state.lastExecuted > head.seqAtArrival + bound) unfair = true;
