@@ -51,6 +51,8 @@ export interface PendingRequest {
    * proposed.
    */
   leaderSince: number;
+  /** Tick this replica last forwarded the request to the leader (or to all), or -Infinity. */
+  forwardedAt: number;
 }
 
 /** The key part of a client space name ("<hex key>:<space>"): quotas are per key. */
@@ -154,6 +156,7 @@ export class PendingPool {
       seqAtArrival,
       via,
       leaderSince: now,
+      forwardedAt: Number.NEGATIVE_INFINITY,
     };
     forClient.set(req.seq, p);
     this.count++;
@@ -348,6 +351,7 @@ export function forwardAllPending(state: CoreState): void {
     for (const p of forClient.values()) {
       state.forwardToLeader.push(p.req);
       p.leaderSince = state.now;
+      p.forwardedAt = state.now;
     }
   }
 }
@@ -365,6 +369,7 @@ export function forwardOverdue(state: CoreState): void {
     p.leaderSince = state.now;
     if (!forwarding || state.inFreeProposal.has(p.key) || state.inNewViewBatch.has(p.key)) continue;
     p.seqAtArrival = state.highestAcceptedSeq;
+    p.forwardedAt = state.now;
     state.forwardToLeader.push(p.req);
   }
 }

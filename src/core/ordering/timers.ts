@@ -7,7 +7,7 @@
  */
 import { lessUrgentRequests, ordinaryDepth, pacingUrgent, URGENT, URGENT_PIPELINE_SLOTS, urgencyOf } from "./priority.ts";
 import { ownCheckpoint, requestSnapshot } from "./checkpoints.ts";
-import { flushForwards, forwardOverdue } from "./clients.ts";
+import { flushForwards, forwardOverdue, type PendingRequest } from "./clients.ts";
 import type { StateRequest } from "./messages.ts";
 import { type CoreState, kthLargest, NO_DEADLINE } from "./state.ts";
 import { resendSuspicion, suspect } from "./suspicion.ts";
@@ -121,6 +121,10 @@ function watchLeader(state: CoreState): void {
   let unfair = false;
   let timedOut = false;
   const activeClients = state.pending.clientCount();
+  const patience = cfg.batchDelayTicks + cfg.starvationSlackTicks;
+  // Heads that waited past the patience for a proposal: handed to the leader again if it
+  // turns out to be idle (below), in case the copy it was given was lost.
+  let overdue: PendingRequest[] | null = null;
   // A leader fills batches most urgent first (priority.ts): a request less urgent than the
   // most urgent waiting is owed only the share kept for the less urgent.
   let mostUrgent = 0;
@@ -147,7 +151,9 @@ function watchLeader(state: CoreState): void {
     const owedSince = Math.max(head.firstSeen, head.leaderSince);
     const inBatch = state.inFreeProposal.has(head.key) || state.inNewViewBatch.has(head.key);
     if (!inBatch && state.now - owedSince > cfg.batchDelayTicks) {
-      waitingSince = Math.min(waitingSince, Math.max(owedSince, head.timerStart));
+      const since = Math.max(owedSince, head.timerStart);
+      waitingSince = Math.min(waitingSince, since);
+      if (state.now - since > patience && state.now - head.forwardedAt > patience) (overdue ??= []).push(head);
       const urgency = urgencyOf(state.policy, client);
       const bound = paced && urgency < URGENT ? pacedBound : mostUrgent > 0 && urgency < mostUrgent ? lessUrgentBound : fairnessBound;
       if (state.lastExecuted > head.seqAtArrival + bound) unfair = true;
@@ -157,6 +163,7 @@ function watchLeader(state: CoreState): void {
       head.stage = 1;
       head.timerStart = state.now;
       head.seqAtArrival = state.highestAcceptedSeq;
+      head.forwardedAt = state.now;
       state.forwardToAll.push(head.req);
     } else if (head.stage === 1) {
       head.stage = 2;
@@ -167,9 +174,9 @@ function watchLeader(state: CoreState): void {
   if (unfair) return suspect(state, "unfair");
   const inFlight = state.highestAcceptedSeq - state.lastExecuted;
   const pipelineFull = inFlight >= ordinaryDepth(state, paced);
-  const patience = cfg.batchDelayTicks + cfg.starvationSlackTicks;
   const leaderBound = !pipelineFull && waitingSince !== NO_DEADLINE && state.now - waitingSince > patience;
   const starved = leaderBound && state.now - state.lastProposalAt > patience;
+  if (starved && overdue !== null) reforward(state, overdue);
   if (state.starvationMonitor.onTick(state.now, starved)) return suspect(state, "starved");
   if (!pipelineFull && waitingSince !== NO_DEADLINE) {
     if (state.now - Math.max(waitingSince, state.lastProposalAt) > state.progressTimeoutCurrentTicks) {
@@ -182,6 +189,23 @@ function watchLeader(state: CoreState): void {
   }
   // Paced ticks are not judged, nor do they lower the rate later views are held to.
   if (state.throughputMonitor.onTick(state.now, busy && !paced, leaderBound)) suspect(state, "throughput");
+}
+
+/**
+ * A starved tick (the leader idle, with room in its pipeline, while requests wait past
+ * the patience) hands the waiting heads to the leader again, each at most once per
+ * patience: a forward (or the client's own copy) may have been lost, and a lost copy
+ * otherwise waits for the request timer while the starvation expectation counts against
+ * a leader that never had the request. The leader is still judged from the first forward
+ * (`leaderSince` and the fairness reference do not move), so a leader that drops what it
+ * is given gains nothing; a correct one drops a copy it already holds at the cheapest
+ * admission check (core/ordering/PROTOCOL.md §5).
+ */
+function reforward(state: CoreState, overdue: readonly PendingRequest[]): void {
+  for (const head of overdue) {
+    head.forwardedAt = state.now;
+    state.forwardToLeader.push(head.req);
+  }
 }
 
 /**
