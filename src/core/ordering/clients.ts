@@ -46,13 +46,19 @@ export interface PendingRequest {
   /**
    * Tick from which the leader is taken to hold the request, for the expectations that
    * judge it (timers.ts): when it became pending here, for a request a peer forwarded or a
-   * proposal carried; for one a client gave this backup, +Infinity until its lazy forward
-   * is due (the leader may never have had it), then the tick it was forwarded or found
-   * proposed.
+   * proposal carried; for one a client gave this backup, +Infinity (the leader may never
+   * have had it) until this backup forwards it (forwardOverdue, the request timer, a new
+   * view).
    */
   leaderSince: number;
   /** Tick this replica last forwarded the request to the leader (or to all), or -Infinity. */
   forwardedAt: number;
+  /**
+   * For a request a client gave this backup and not yet forwarded: the ticks it has waited
+   * while the leader could have proposed it (forwardOverdue); -1 when not held for a lazy
+   * forward.
+   */
+  heldTicks: number;
 }
 
 /** The key part of a client space name ("<hex key>:<space>"): quotas are per key. */
@@ -105,12 +111,6 @@ export class ClientTable {
 /** Pending requests, bounded per client space, per client key, per forwarding peer and in total. */
 export class PendingPool {
   private readonly byClient = new Map<string, Map<number, PendingRequest>>();
-  /**
-   * Requests a client gave this backup, waiting for their lazy forward to fall due
-   * (core/ordering/PROTOCOL.md §5), in the order they became pending, which is the order
-   * they fall due. A subset of the pool: a request leaves it when it leaves the pool.
-   */
-  private readonly held = new Set<PendingRequest>();
   private readonly byKey = new Map<string, number>();
   private readonly byPeer = new Map<ReplicaId, number>();
   private count = 0;
@@ -157,6 +157,7 @@ export class PendingPool {
       via,
       leaderSince: now,
       forwardedAt: Number.NEGATIVE_INFINITY,
+      heldTicks: -1,
     };
     forClient.set(req.seq, p);
     this.count++;
@@ -200,33 +201,16 @@ export class PendingPool {
   }
 
   /**
-   * Holds a request a client gave this backup until its forward to the leader falls due:
-   * until then the leader is not judged for it (`leaderSince` is +Infinity).
+   * Holds a request a client gave this backup for a lazy forward (forwardOverdue): until it
+   * is forwarded the leader is not judged for it (`leaderSince` is +Infinity).
    */
   holdForLeader(p: PendingRequest): void {
     p.leaderSince = Number.POSITIVE_INFINITY;
-    this.held.add(p);
-  }
-
-  /** Held requests that became pending at or before `seenBy`, oldest first; they are held no longer. */
-  takeHeld(seenBy: number): PendingRequest[] {
-    const due: PendingRequest[] = [];
-    for (const p of this.held) {
-      if (p.firstSeen > seenBy) break;
-      this.held.delete(p);
-      due.push(p);
-    }
-    return due;
-  }
-
-  /** Requests held for a lazy forward, for the simulator's bound checks. */
-  get heldCount(): number {
-    return this.held.size;
+    p.heldTicks = 0;
   }
 
   private drop(forClient: Map<number, PendingRequest>, p: PendingRequest): void {
     forClient.delete(p.req.seq);
-    this.held.delete(p);
     this.count--;
     bump(this.byKey, keyOfClient(p.req.client), -1);
     if (p.via !== null) bump(this.byPeer, p.via, -1);
@@ -346,31 +330,54 @@ export function adoptBatchRequests(state: CoreState, batch: readonly ClientReque
 
 /** Pending requests go to the new leader again, with fresh timers (core/ordering/PROTOCOL.md §6). */
 export function forwardAllPending(state: CoreState): void {
-  state.pending.takeHeld(Number.POSITIVE_INFINITY);
   for (const [, forClient] of state.pending.clients()) {
     for (const p of forClient.values()) {
       state.forwardToLeader.push(p.req);
       p.leaderSince = state.now;
       p.forwardedAt = state.now;
+      p.heldTicks = -1;
     }
   }
 }
 
 /**
- * Lazy forwarding (core/ordering/PROTOCOL.md §5). Clients send every request to every
- * replica, so in the normal case the leader holds its own copy and proposes it within a
- * tick or two; a backup forwards a request a client gave it only if, `forwardDelayTicks`
- * after it became pending, no batch this backup has seen carries it. From then on the
- * leader is judged for it (`leaderSince`, and the fairness reference moves to now).
+ * Lazy forwarding (core/ordering/PROTOCOL.md §5), on every tick of a backup in the normal
+ * case. Clients send every request to every replica, so the leader normally holds its own
+ * copy; a backup forwards a request a client gave it only once the leader has failed to
+ * propose it for `forwardDelayTicks` ticks on which it could have: the request was the
+ * first of its client's chain in no batch this backup has seen (a leader proposes a
+ * client's requests in order, so one behind an unproposed request is not yet due) and the
+ * pipeline had room (`room`: a leader with its pipeline full proposes nothing, whatever it
+ * holds). That request goes with every request behind it that this backup holds, since a
+ * leader that lacks one request of a client probably lacks the rest. From its forward on,
+ * the leader is judged for it (`leaderSince`; the fairness reference moves to now).
  */
-export function forwardOverdue(state: CoreState): void {
-  const forwarding = state.phase === "normal" && !state.isLeader();
-  for (const p of state.pending.takeHeld(state.now - state.cfg.forwardDelayTicks)) {
-    p.leaderSince = state.now;
-    if (!forwarding || state.inFreeProposal.has(p.key) || state.inNewViewBatch.has(p.key)) continue;
-    p.seqAtArrival = state.highestAcceptedSeq;
-    p.forwardedAt = state.now;
-    state.forwardToLeader.push(p.req);
+export function forwardOverdue(state: CoreState, room: boolean): void {
+  const cfg = state.cfg;
+  for (const [client, forClient] of state.pending.clients()) {
+    let seq = state.clientTable.lastExecuted(client) + 1;
+    let due = false;
+    for (let steps = 0; steps < CLIENT_PENDING_WINDOWS * cfg.clientWindow; steps++) {
+      const p = forClient.get(seq);
+      // A request named by the NEW_VIEW stops its client's chain, as in buildBatch.
+      if (p === undefined || state.inNewViewBatch.has(p.key)) break;
+      seq += p.req.span;
+      if (state.inFreeProposal.has(p.key)) continue;
+      if (!due) {
+        // The first request of the chain in no batch: only a held one counts the leader's ticks.
+        if (p.heldTicks < 0) break;
+        if (room) p.heldTicks++;
+        if (p.heldTicks < cfg.forwardDelayTicks) break;
+        due = true;
+      } else if (p.heldTicks < 0) {
+        continue;
+      }
+      p.heldTicks = -1;
+      p.leaderSince = state.now;
+      p.seqAtArrival = state.highestAcceptedSeq;
+      p.forwardedAt = state.now;
+      state.forwardToLeader.push(p.req);
+    }
   }
 }
 

@@ -46,6 +46,7 @@ export function tickLeader(state: CoreState): void {
  */
 export function tickBackup(state: CoreState): void {
   startHeadTimers(state);
+  forwardOverdue(state, !pipelineFull(state, pacingUrgent(state, state.cfg.urgentPacingTicks)));
   if (state.barrierBlocked) restartHeadTimers(state);
   else watchLeader(state);
   if (state.phase === "normal") {
@@ -55,11 +56,10 @@ export function tickBackup(state: CoreState): void {
   }
 }
 
-/** Every tick, after the rest: own CHECKPOINTs, catch-up probes, lazy and queued forwards. */
+/** Every tick, after the rest: own CHECKPOINTs, catch-up probes, queued forwards. */
 export function finishTick(state: CoreState): void {
   resendCheckpoints(state);
   catchUpProbe(state);
-  forwardOverdue(state);
   flushForwards(state);
 }
 
@@ -164,6 +164,8 @@ function watchLeader(state: CoreState): void {
       head.timerStart = state.now;
       head.seqAtArrival = state.highestAcceptedSeq;
       head.forwardedAt = state.now;
+      head.heldTicks = -1;
+      head.leaderSince = Math.min(head.leaderSince, state.now);
       state.forwardToAll.push(head.req);
     } else if (head.stage === 1) {
       head.stage = 2;
@@ -172,13 +174,12 @@ function watchLeader(state: CoreState): void {
   }
   if (timedOut) return suspect(state, "request-timeout");
   if (unfair) return suspect(state, "unfair");
-  const inFlight = state.highestAcceptedSeq - state.lastExecuted;
-  const pipelineFull = inFlight >= ordinaryDepth(state, paced);
-  const leaderBound = !pipelineFull && waitingSince !== NO_DEADLINE && state.now - waitingSince > patience;
+  const full = pipelineFull(state, paced);
+  const leaderBound = !full && waitingSince !== NO_DEADLINE && state.now - waitingSince > patience;
   const starved = leaderBound && state.now - state.lastProposalAt > patience;
   if (starved && overdue !== null) reforward(state, overdue);
   if (state.starvationMonitor.onTick(state.now, starved)) return suspect(state, "starved");
-  if (!pipelineFull && waitingSince !== NO_DEADLINE) {
+  if (!full && waitingSince !== NO_DEADLINE) {
     if (state.now - Math.max(waitingSince, state.lastProposalAt) > state.progressTimeoutCurrentTicks) {
       state.progressTimeoutCurrentTicks = Math.min(
         state.progressTimeoutCurrentTicks * 2,
@@ -189,6 +190,11 @@ function watchLeader(state: CoreState): void {
   }
   // Paced ticks are not judged, nor do they lower the rate later views are held to.
   if (state.throughputMonitor.onTick(state.now, busy && !paced, leaderBound)) suspect(state, "throughput");
+}
+
+/** Whether the leader's pipeline is full as this backup sees it (the paced depth while urgent requests arrive). */
+function pipelineFull(state: CoreState, paced: boolean): boolean {
+  return state.highestAcceptedSeq - state.lastExecuted >= ordinaryDepth(state, paced);
 }
 
 /**
