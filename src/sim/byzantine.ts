@@ -147,6 +147,11 @@ export class ByzantineReplica {
     }
   }
 
+  /** Whether this replica's core never sees `msg` (a censor drops every FORWARD). */
+  refuses(msg: PeerMessage): boolean {
+    return !this.honest() && this.has("censor") && msg.t === "FORWARD";
+  }
+
   /** A message delivered to this replica (already passed to its core). */
   incoming(from: ReplicaId, msg: PeerMessage): void {
     this.remember(msg);

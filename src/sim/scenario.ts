@@ -32,7 +32,8 @@ export type ByzBehaviour =
   | "spam" // floods every peer each tick: FORWARDs of real requests, STATE_REQUESTs for the window, bad-signature PREPAREs, junk
   | "replay" // re-sends the validly signed messages it sent and received, oldest first, to every peer each tick
   | "twins" // two copies of the replica with the same keys
-  | "forget"; // restarts with no state (Twins' lost-state case)
+  | "forget" // restarts with no state (Twins' lost-state case)
+  | "censor"; // drops every FORWARD it receives: as leader, proposes only what clients gave it directly
 
 export const BYZ_BEHAVIOURS: readonly ByzBehaviour[] = [
   "mute",
@@ -240,7 +241,8 @@ function addNetworkFaults(s: Scenario, rng: Prng): void {
 
 /**
  * Behaviours added after seeds were first recorded are drawn from streams of their own,
- * one per generation (EXTRA_BEHAVIOURS from stream 9, ATTACK_BEHAVIOURS from stream 10),
+ * one per generation (EXTRA_BEHAVIOURS from stream 9, ATTACK_BEHAVIOURS from stream 10,
+ * "censor" from CENSOR_STREAM),
  * so every earlier seed still names the scenario it named before.
  */
 const EXTRA_BEHAVIOURS: readonly ByzBehaviour[] = ["accuse"];
@@ -253,7 +255,14 @@ function addLaterBehaviours(s: Scenario, seed: number, attackBehaviours: boolean
   if (!attackBehaviours) return;
   const attacks = new Prng(seed, 10);
   for (const b of s.byzantine) for (const extra of ATTACK_BEHAVIOURS) if (attacks.chance(0.15)) b.behaviours = [...b.behaviours, extra];
+  // A leader that ignores forwarded requests (lazy forwarding, core/ordering/PROTOCOL.md §5):
+  // a client that reached only backups depends on their forwards and on the expectations.
+  const censors = new Prng(seed, CENSOR_STREAM);
+  for (const b of s.byzantine) if (censors.chance(0.15)) b.behaviours = [...b.behaviours, "censor"];
 }
+
+/** The stream the censoring behaviour is drawn from (a generation of its own, as above). */
+const CENSOR_STREAM = 17;
 
 /**
  * Channel priorities (core/ordering/priority.ts) and proposing on arrival, from a stream

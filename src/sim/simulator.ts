@@ -460,7 +460,7 @@ class Simulation {
     const targets = this.byId.get(d.to) ?? [];
     const chosen = targets.length === 1 ? targets : [targets[this.twinSideA.has(d.from) ? 0 : 1] as SimNode];
     for (const node of chosen) {
-      if (!node.alive) continue;
+      if (!node.alive || node.byz?.refuses(msg) === true) continue;
       this.step(node, { kind: "message", from: d.from, msg });
       node.byz?.incoming(d.from, msg);
     }
