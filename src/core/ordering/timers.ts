@@ -124,7 +124,7 @@ function watchLeader(state: CoreState): void {
   const patience = cfg.batchDelayTicks + cfg.starvationSlackTicks;
   // Heads that waited past the patience for a proposal: handed to the leader again if it
   // turns out to be idle (below), in case the copy it was given was lost.
-  let overdue: PendingRequest[] | null = null;
+  const overdue: PendingRequest[] = [];
   // A leader fills batches most urgent first (priority.ts): a request less urgent than the
   // most urgent waiting is owed only the share kept for the less urgent.
   let mostUrgent = 0;
@@ -153,7 +153,7 @@ function watchLeader(state: CoreState): void {
     if (!inBatch && state.now - owedSince > cfg.batchDelayTicks) {
       const since = Math.max(owedSince, head.timerStart);
       waitingSince = Math.min(waitingSince, since);
-      if (state.now - since > patience && state.now - head.forwardedAt > patience) (overdue ??= []).push(head);
+      if (state.now - since > patience && state.now - head.forwardedAt > patience) overdue.push(head);
       const urgency = urgencyOf(state.policy, client);
       const bound = paced && urgency < URGENT ? pacedBound : mostUrgent > 0 && urgency < mostUrgent ? lessUrgentBound : fairnessBound;
       if (state.lastExecuted > head.seqAtArrival + bound) unfair = true;
@@ -177,7 +177,7 @@ function watchLeader(state: CoreState): void {
   const full = pipelineFull(state, paced);
   const leaderBound = !full && waitingSince !== NO_DEADLINE && state.now - waitingSince > patience;
   const starved = leaderBound && state.now - state.lastProposalAt > patience;
-  if (starved && overdue !== null) reforward(state, overdue);
+  if (starved && overdue.length > 0) reforward(state, overdue);
   if (state.starvationMonitor.onTick(state.now, starved)) return suspect(state, "starved");
   if (!full && waitingSince !== NO_DEADLINE) {
     if (state.now - Math.max(waitingSince, state.lastProposalAt) > state.progressTimeoutCurrentTicks) {
