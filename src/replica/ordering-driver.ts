@@ -594,7 +594,9 @@ export class OrderingDriver {
       clusterId: () => this.clusterId,
       n: () => this.epochView.n,
       onThreaded: () => this.options.metrics.inc("peer_signatures_threaded_total"),
-      onDropped: (peer) => void (this.options.metrics.peerDropped.with(String(peer), "verify-backlog").value += 1),
+      onDropped: (peer) => {
+        this.options.metrics.peerDropped.with(String(peer), "verify-backlog").value += 1;
+      },
       onDeliverError: (error) => {
         this.options.log.error("handling a peer message after its signature check failed", { error: (error as Error).message });
         this.fatal(`handling a peer message failed: ${(error as Error).message}`);
