@@ -42,6 +42,8 @@ const COUNTERS = {
   subscribers_dropped_slow_total: "Subscriptions ended because the subscriber fell behind",
   egress_overtakes_total:
     "Frames written to a client session ahead of less urgent frames that had waited longer (a critical channel's events before a low one's backlog, replies before deliveries)",
+  peer_signatures_threaded_total:
+    "Peer signatures (PRE_PREPARE, PREPARE, COMMIT, CHECKPOINT) checked on a verification thread before the ordering core took the message (the others the core checks on the event loop)",
   peer_send_dropped_total: "Peer messages not sent because the link was down or its queue full",
   peer_send_oversized_total: "Peer messages not sent because they exceed the frame limit",
   peer_handshake_failed_total: "Peer handshakes that failed (bad key, config drift, bad signature)",
