@@ -179,7 +179,7 @@ export class Metrics {
     );
     this.peerDropped = r.counter(
       "peer_messages_dropped_total",
-      "Peer messages dropped before decoding: muted, executed (an executed seq), another-signer, duplicate (FORWARD)",
+      "Peer messages dropped unprocessed: before decoding muted, executed (an executed seq), another-signer, duplicate (FORWARD); after it verify-backlog (too many waiting behind signature checks on the threads)",
       ["peer", "reason"],
     );
     this.publishAck = r.histogram("publish_ack_seconds", "Publish request arrival to this replica's ack (stored or ordered)", ["class"]);

@@ -287,7 +287,8 @@ export class OrderingDriver {
         options.peerSignatures?.verify ??
         ((rank, bytes, sig) => {
           // Checked on a verification thread before the message came to the core (peer-signatures.ts).
-          if (this.peerSignatures?.verifiedBefore(rank, bytes, sig) === true) return true;
+          const checked = this.peerSignatures?.checkedBefore(rank, bytes, sig) ?? null;
+          if (checked !== null) return checked;
           const pub = this.epochView.keyOfRank(rank);
           return pub !== null && verify(pub, bytes, sig);
         }),
@@ -497,6 +498,7 @@ export class OrderingDriver {
     }
     this.core = new OrderingCore(cfg, this.crypto, [pending.base], this.policy);
     this.clusterId = cfg.clusterId;
+    this.peerSignatures?.reset();
     this.options.metrics.inc("epoch_switches_total");
     log.info("epoch started", {
       epoch: view.epoch,
@@ -593,15 +595,32 @@ export class OrderingDriver {
       keyOfRank: (rank) => this.epochView.keyOfRank(rank),
       clusterId: () => this.clusterId,
       n: () => this.epochView.n,
+      mode: () => this.core.status().mode,
+      worthChecking: (msg) => this.coreWouldVerify(msg),
+      // The peer inbox's own queue bound (peers.ts).
+      laneBytesMax: 4 * this.options.config.limits.frameBytesMax,
       onThreaded: () => this.options.metrics.inc("peer_signatures_threaded_total"),
       onDropped: (peer) => {
         this.options.metrics.peerDropped.with(String(peer), "verify-backlog").value += 1;
+        this.refusedByPeer(peer, "dropped: its messages waiting for signature checks are over their bound");
       },
       onDeliverError: (error) => {
-        this.options.log.error("handling a peer message after its signature check failed", { error: (error as Error).message });
+        this.options.log.error("handling a peer message failed", { error: (error as Error).message });
         this.fatal(`handling a peer message failed: ${(error as Error).message}`);
       },
     });
+  }
+
+  /**
+   * Whether the core would check the signature of `msg` now rather than drop it unchecked
+   * (its gate: the current view in the normal case, a seq in its window; a checkpoint
+   * above the stable one): only those are worth a thread's check.
+   */
+  private coreWouldVerify(msg: PeerMessage): boolean {
+    const s = this.core.status();
+    if (msg.t === "CHECKPOINT") return msg.seq > s.stableSeq && msg.seq <= s.stableSeq + this.baseCoreConfig.logWindow;
+    if (msg.t !== "PRE_PREPARE" && msg.t !== "PREPARE" && msg.t !== "COMMIT") return false;
+    return s.status === "normal" && msg.view === s.view && msg.seq > s.stableSeq && msg.seq <= s.stableSeq + this.baseCoreConfig.logWindow;
   }
 
   /**
@@ -671,7 +690,7 @@ export class OrderingDriver {
       return;
     }
     const generation = this.coreGeneration;
-    checks.admit(from, rank, msg, () => {
+    checks.admit(from, rank, msg, bytes.length, () => {
       // A message that waited across an epoch switch was for the core that ended (its
       // signature covers the old cluster id): dropped; the protocol sends again what matters.
       if (generation === this.coreGeneration && !this.removed) this.step(input);
