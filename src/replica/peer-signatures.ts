@@ -33,7 +33,11 @@ import { signerOf, signingBytes } from "../core/ordering/messages.ts";
 import type { Lane, VerifyPool } from "../threads/verify-pool.ts";
 import { FatalError } from "./fatal.ts";
 
-/** Answers remembered until the core checks them (oldest dropped first past this). */
+/**
+ * Answers remembered until the core checks them, in all; each signer has an equal share
+ * (oldest dropped first past it), so one peer signing or relaying many messages cannot
+ * push the others' answers out.
+ */
 export const PEER_VERIFIED_REMEMBERED_MAX = 4_096;
 /** Checks waiting on the threads (clients' and peers') per thread, past which peer signatures are checked on the loop. */
 export const PEER_OFFLOAD_BACKLOG_PER_THREAD_MAX = 32;
@@ -77,8 +81,8 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-function memoKey(rank: number, sig: Uint8Array): string {
-  return `${rank}:${Buffer.from(sig.buffer, sig.byteOffset, sig.byteLength).toString("hex")}`;
+function sigKey(sig: Uint8Array): string {
+  return Buffer.from(sig.buffer, sig.byteOffset, sig.byteLength).toString("hex");
 }
 
 interface PeerLane {
@@ -92,8 +96,8 @@ export class PeerSignatures {
   private outstanding = 0;
   /** Signed peer messages admitted in this event-loop turn (reset at its end). */
   private signedThisTurn = 0;
-  /** `${rank}:${signature hex}` -> the bytes checked and the answer. */
-  private readonly answers = new Map<string, { bytes: Uint8Array; ok: boolean }>();
+  /** By signer rank, by signature (hex): the bytes checked and the answer. */
+  private readonly answers = new Map<number, Map<string, { bytes: Uint8Array; ok: boolean }>>();
   /** Signatures checked on a thread, and messages dropped (full lane). */
   onThreads = 0;
   dropped = 0;
@@ -147,7 +151,7 @@ export class PeerSignatures {
    * `rank` over exactly `bytes`; null when unknown here (the core verifies it).
    */
   checkedBefore(rank: number, bytes: Uint8Array, sig: Uint8Array): boolean | null {
-    const answer = this.answers.get(memoKey(rank, sig));
+    const answer = this.answers.get(rank)?.get(sigKey(sig));
     if (answer === undefined || !sameBytes(answer.bytes, bytes)) return null;
     return answer.ok;
   }
@@ -168,6 +172,17 @@ export class PeerSignatures {
     if (signer < 0 || signer >= n || (msg.t !== "PRE_PREPARE" && signer !== rank)) return null;
     if (!this.options.worthChecking(msg)) return null;
     return { msg, signer };
+  }
+
+  private remember(signer: number, sig: Uint8Array, bytes: Uint8Array, ok: boolean): void {
+    let mine = this.answers.get(signer);
+    if (mine === undefined) {
+      mine = new Map();
+      this.answers.set(signer, mine);
+    }
+    mine.set(sigKey(sig), { bytes, ok });
+    const share = Math.max(1, Math.floor(PEER_VERIFIED_REMEMBERED_MAX / Math.max(1, this.options.n())));
+    while (mine.size > share) mine.delete(mine.keys().next().value as string);
   }
 
   private backlogMax(): number {
@@ -201,8 +216,7 @@ export class PeerSignatures {
       msg.sig,
       (ok) => {
         this.outstanding--;
-        this.answers.set(memoKey(signer, msg.sig), { bytes, ok });
-        if (this.answers.size > PEER_VERIFIED_REMEMBERED_MAX) this.answers.delete(this.answers.keys().next().value as string);
+        this.remember(signer, msg.sig, bytes, ok);
         deliver();
       },
       lane,
