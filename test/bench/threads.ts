@@ -1,10 +1,11 @@
 /**
  * Where each replica's CPU goes, thread by thread (run on purpose, not part of `npm test`):
  *
- *   npx bun test/bench/threads.ts [--events N] [--threads T] [--class C] [--json] [--help]
+ *   npx bun test/bench/threads.ts [--events N] [--rate R] [--threads T] [--class C] [--json] [--help]
  *
  * Starts four replicas on 127.0.0.1 with `--threads T` verification threads, creates one
- * channel of CLASS C, runs the real `fitb bench` workload on it (N events of 200 bytes),
+ * channel of CLASS C, runs the real `fitb bench` workload on it (N events of 200 bytes, as
+ * fast as acknowledgements allow or at R events/s, where per-seq costs weigh more),
  * and reads every replica thread's CPU time from /proc/PID/task/TID/stat before and after.
  * It prints, per replica, the CPU µs per delivered event of the main thread (sockets,
  * ordering core, storage, execution, fan-out: one event loop), of the verification threads
@@ -45,12 +46,13 @@ const RUN_MS_MAX = 600_000;
 const CLOCK_TICKS_PER_SECOND = 100;
 
 export const USAGE = [
-  "usage: npx bun test/bench/threads.ts [--events N] [--threads T] [--class C] [--json] [--help]",
+  "usage: npx bun test/bench/threads.ts [--events N] [--rate R] [--threads T] [--class C] [--json] [--help]",
   "",
   "Runs fitb bench on 4 local replicas and prints each replica's CPU per delivered event,",
   "thread by thread (main event loop, verification threads, runtime threads), and the",
   "throughput those figures allow here and with a core per thread.",
   `  --events N   events of ${EVENT_BYTES} B (default ${EVENTS_DEFAULT}, 1000..10000000)`,
+  "  --rate R     offer R events/s (fitb bench --rate; default: as fast as acknowledgements allow; the warm-up runs unpaced)",
   "  --threads T  the replicas' --threads (verification threads, 0..8; default: the replica's own default)",
   `  --class C    the channel's CLASS: ${Object.keys(CLASSES).join(", ")} (default byzantine/total)`,
   "  --json       one JSON object instead of the tables",
@@ -58,6 +60,8 @@ export const USAGE = [
 
 export interface Options {
   readonly events: number;
+  /** fitb bench --rate for the measured run, or null: as fast as acknowledgements allow. */
+  readonly rate: number | null;
   readonly threads: number | null;
   readonly className: ClassName;
   readonly json: boolean;
@@ -66,6 +70,7 @@ export interface Options {
 
 export function parseOptions(argv: readonly string[]): Options | string {
   let events = EVENTS_DEFAULT;
+  let rate: number | null = null;
   let threads: number | null = null;
   let className: ClassName = "byzantine/total";
   let json = false;
@@ -78,6 +83,10 @@ export function parseOptions(argv: readonly string[]): Options | string {
       const value = Number(argv[++i]);
       if (!Number.isInteger(value) || value < 1_000 || value > 10_000_000) return "--events: an integer in 1000..10000000";
       events = value;
+    } else if (arg === "--rate") {
+      const value = Number(argv[++i]);
+      if (!Number.isInteger(value) || value < 1 || value > 10_000_000) return "--rate: an integer in 1..10000000";
+      rate = value;
     } else if (arg === "--threads") {
       const value = Number(argv[++i]);
       if (!Number.isInteger(value) || value < 0 || value > 8) return "--threads: an integer in 0..8";
@@ -88,7 +97,7 @@ export function parseOptions(argv: readonly string[]): Options | string {
       className = value as ClassName;
     } else return `unknown argument ${arg}`;
   }
-  return { events, threads, className, json, help };
+  return { events, rate, threads, className, json, help };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -180,8 +189,10 @@ interface BenchJson {
   readonly p99_ms: number;
 }
 
-async function runBench(cluster: TestCluster, events: number): Promise<BenchJson> {
-  const proc = Bun.spawn(benchArgv(cluster, TAG, events, EVENT_BYTES), { stdout: "pipe", stderr: "inherit" });
+async function runBench(cluster: TestCluster, events: number, rate: number | null = null): Promise<BenchJson> {
+  const argv = benchArgv(cluster, TAG, events, EVENT_BYTES);
+  if (rate !== null) argv.push("--rate", String(rate));
+  const proc = Bun.spawn(argv, { stdout: "pipe", stderr: "inherit" });
   const timer = setTimeout(() => proc.kill("SIGKILL"), BENCH_MS_MAX);
   const [stdout, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
   clearTimeout(timer);
@@ -227,8 +238,9 @@ async function main(): Promise<void> {
     await runBench(cluster, Math.min(10_000, options.events));
     const before = pids.map(threadsOf);
     const wallStart = performance.now();
-    progress(`bench: ${options.events} events of ${EVENT_BYTES} B on a ${options.className} channel`);
-    const bench = await runBench(cluster, options.events);
+    const paced = options.rate === null ? "" : ` at ${options.rate} ev/s`;
+    progress(`bench: ${options.events} events of ${EVENT_BYTES} B on a ${options.className} channel${paced}`);
+    const bench = await runBench(cluster, options.events, options.rate);
     const wallSeconds = (performance.now() - wallStart) / 1_000;
     const after = pids.map(threadsOf);
     const replicas: ReplicaFigures[] = pids.map((pid, replica) => {
@@ -258,6 +270,7 @@ async function main(): Promise<void> {
     const figures = {
       class: options.className,
       events: options.events,
+      rate: options.rate,
       delivered: bench.delivered,
       delivered_per_s: bench.delivered_per_s,
       wall_s: Math.round(wallSeconds * 10) / 10,
@@ -270,7 +283,7 @@ async function main(): Promise<void> {
     if (options.json) console.log(JSON.stringify(figures, null, 2));
     else {
       console.log(
-        `${options.className}, ${bench.delivered} of ${options.events} events delivered, ${bench.delivered_per_s} ev/s, on ${cores} cores`,
+        `${options.className}, ${bench.delivered} of ${options.events} events delivered${paced}, ${bench.delivered_per_s} ev/s, on ${cores} cores`,
       );
       console.log("");
       console.log("| replica | main thread µs/ev | verify threads µs/ev (busiest) | runtime threads µs/ev | top runtime threads |");

@@ -7,9 +7,17 @@ import { cpuByRole, parseOptions, statSeconds, threadsOf } from "../bench/thread
 
 describe("bench/threads.ts", () => {
   test("arguments: defaults, each flag, and a reason for each bad one", () => {
-    expect(parseOptions([])).toEqual({ events: 100_000, threads: null, className: "byzantine/total", json: false, help: false });
-    expect(parseOptions(["--events", "5000", "--threads", "0", "--class", "crash/none", "--json"])).toEqual({
+    expect(parseOptions([])).toEqual({
+      events: 100_000,
+      rate: null,
+      threads: null,
+      className: "byzantine/total",
+      json: false,
+      help: false,
+    });
+    expect(parseOptions(["--events", "5000", "--rate", "2000", "--threads", "0", "--class", "crash/none", "--json"])).toEqual({
       events: 5000,
+      rate: 2000,
       threads: 0,
       className: "crash/none",
       json: true,
@@ -17,6 +25,7 @@ describe("bench/threads.ts", () => {
     });
     expect(parseOptions(["--events", "10"])).toContain("--events");
     expect(parseOptions(["--threads", "9"])).toContain("--threads");
+    expect(parseOptions(["--rate", "0"])).toContain("--rate");
     expect(parseOptions(["--class", "crash"])).toContain("--class");
     expect(parseOptions(["--fast"])).toBe("unknown argument --fast");
   });
