@@ -42,8 +42,6 @@ const COUNTERS = {
   subscribers_dropped_slow_total: "Subscriptions ended because the subscriber fell behind",
   egress_overtakes_total:
     "Frames written to a client session ahead of less urgent frames that had waited longer (a critical channel's events before a low one's backlog, replies before deliveries)",
-  peer_signatures_threaded_total:
-    "Peer signatures (PRE_PREPARE, PREPARE, COMMIT, CHECKPOINT) checked on a verification thread before the ordering core took the message (the others the core checks on the event loop)",
   peer_send_dropped_total: "Peer messages not sent because the link was down or its queue full",
   peer_send_oversized_total: "Peer messages not sent because they exceed the frame limit",
   peer_handshake_failed_total: "Peer handshakes that failed (bad key, config drift, bad signature)",
@@ -179,7 +177,7 @@ export class Metrics {
     );
     this.peerDropped = r.counter(
       "peer_messages_dropped_total",
-      "Peer messages dropped unprocessed: before decoding muted, executed (an executed seq), another-signer, duplicate (FORWARD); after it verify-backlog (too many waiting behind signature checks on the threads)",
+      "Peer messages dropped before decoding: muted, executed (an executed seq), another-signer, duplicate (FORWARD)",
       ["peer", "reason"],
     );
     this.publishAck = r.histogram("publish_ack_seconds", "Publish request arrival to this replica's ack (stored or ordered)", ["class"]);

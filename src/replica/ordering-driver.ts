@@ -36,8 +36,6 @@ import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import { type Clock, type ClockTimer, type PeerTransport, systemClock } from "./ports.ts";
 import { admissibleForwards } from "./forwards.ts";
-import { PeerSignatures } from "./peer-signatures.ts";
-import type { VerifyPool } from "../threads/verify-pool.ts";
 import { stampWithinBound, urgencyOfSpace, verifiedCacheKey, verifiedStamp } from "./requests.ts";
 import { StateTransfer, validateTransferMessage } from "./state-transfer.ts";
 import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
@@ -220,10 +218,6 @@ export class OrderingDriver {
   private epochView: EpochView;
   /** Bumped at every epoch switch: effects of an older core are dropped. */
   private coreGeneration = 0;
-  /** Peer signatures checked on the verification threads (useVerifyThreads); null: the core checks them inline. */
-  private peerSignatures: PeerSignatures | null = null;
-  /** The current epoch's cluster id: what its signatures cover. */
-  private clusterId: string;
   /** The checkpoint at which the current epoch ends (a decided membership change took effect there), with its record. */
   private switchAt: { seq: number; base: Extract<PersistedRecord, { t: "snapshot" }> | null } | null = null;
   /**
@@ -286,9 +280,6 @@ export class OrderingDriver {
       verify:
         options.peerSignatures?.verify ??
         ((rank, bytes, sig) => {
-          // Checked on a verification thread before the message came to the core (peer-signatures.ts).
-          const checked = this.peerSignatures?.checkedBefore(rank, bytes, sig) ?? null;
-          if (checked !== null) return checked;
           const pub = this.epochView.keyOfRank(rank);
           return pub !== null && verify(pub, bytes, sig);
         }),
@@ -313,7 +304,6 @@ export class OrderingDriver {
     // A joining replica's core starts empty in the group's epoch and fetches its start state.
     const coreRecords = epochConfig === null || this.joining ? [] : recovered.coreRecords;
     this.core = new OrderingCore(epochConfig ?? coreConfig, crypto, coreRecords, this.policy);
-    this.clusterId = (epochConfig ?? coreConfig).clusterId;
     if (!this.removed && !this.joining && this.core.status().lastExecuted !== recovered.lastDecided) {
       log.error("restored core and state machine disagree", { core: this.core.status().lastExecuted, machine: recovered.lastDecided });
       this.fatal("the restored core and state machine disagree");
@@ -497,8 +487,6 @@ export class OrderingDriver {
       return;
     }
     this.core = new OrderingCore(cfg, this.crypto, [pending.base], this.policy);
-    this.clusterId = cfg.clusterId;
-    this.peerSignatures?.reset();
     this.options.metrics.inc("epoch_switches_total");
     log.info("epoch started", {
       epoch: view.epoch,
@@ -585,45 +573,6 @@ export class OrderingDriver {
   }
 
   /**
-   * From now on peer signatures are checked on `pool`'s threads when the replica is busy
-   * (peer-signatures.ts). Without a call (the simulator, tests), the core checks them inline.
-   */
-  useVerifyThreads(pool: VerifyPool): void {
-    if (pool.threadCount === 0 || this.peerSignatures !== null) return;
-    this.peerSignatures = new PeerSignatures({
-      pool,
-      keyOfRank: (rank) => this.epochView.keyOfRank(rank),
-      clusterId: () => this.clusterId,
-      n: () => this.epochView.n,
-      mode: () => this.core.status().mode,
-      worthChecking: (msg) => this.coreWouldVerify(msg),
-      // The peer inbox's own queue bound (peers.ts).
-      laneBytesMax: 4 * this.options.config.limits.frameBytesMax,
-      onThreaded: () => this.options.metrics.inc("peer_signatures_threaded_total"),
-      onDropped: (peer) => {
-        this.options.metrics.peerDropped.with(String(peer), "verify-backlog").value += 1;
-        this.refusedByPeer(peer, "dropped: its messages waiting for signature checks are over their bound");
-      },
-      onDeliverError: (error) => {
-        this.options.log.error("handling a peer message failed", { error: (error as Error).message });
-        this.fatal(`handling a peer message failed: ${(error as Error).message}`);
-      },
-    });
-  }
-
-  /**
-   * Whether the core would check the signature of `msg` now rather than drop it unchecked
-   * (its gate: the current view in the normal case, a seq in its window; a checkpoint
-   * above the stable one): only those are worth a thread's check.
-   */
-  private coreWouldVerify(msg: PeerMessage): boolean {
-    const s = this.core.status();
-    if (msg.t === "CHECKPOINT") return msg.seq > s.stableSeq && msg.seq <= s.stableSeq + this.baseCoreConfig.logWindow;
-    if (msg.t !== "PRE_PREPARE" && msg.t !== "PREPARE" && msg.t !== "COMMIT") return false;
-    return s.status === "normal" && msg.view === s.view && msg.seq > s.stableSeq && msg.seq <= s.stableSeq + this.baseCoreConfig.logWindow;
-  }
-
-  /**
    * A request from an authenticated client session whose key signed it. With `verified`
    * (the runtime checked the signature, the header and decoded the stamp: requests.ts),
    * the check is remembered so the core's admission does not verify it again.
@@ -683,18 +632,7 @@ export class OrderingDriver {
     }
     if (msg.t === "COMMIT" && msg.seq > (this.peerCommitSeq.get(from) ?? 0)) this.peerCommitSeq.set(from, msg.seq);
     else if (msg.t === "PRE_PREPARE") this.proposalSeen(msg.seq);
-    const input: CoreInput = { kind: "message", from: rank, msg: msg.t === "FORWARD" ? this.admissibleForwards(from, msg) : msg };
-    const checks = this.peerSignatures;
-    if (checks === null) {
-      this.step(input);
-      return;
-    }
-    const generation = this.coreGeneration;
-    checks.admit(from, rank, msg, bytes.length, () => {
-      // A message that waited across an epoch switch was for the core that ended (its
-      // signature covers the old cluster id): dropped; the protocol sends again what matters.
-      if (generation === this.coreGeneration && !this.removed) this.step(input);
-    });
+    this.step({ kind: "message", from: rank, msg: msg.t === "FORWARD" ? this.admissibleForwards(from, msg) : msg });
   }
 
   /** A message (or forwarded requests) of `from` refused for `reason`: logged at most once per REFUSED_LOG_INTERVAL_MS per peer and reason, with the count since. */

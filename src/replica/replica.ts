@@ -352,7 +352,6 @@ export class Replica {
       onReady: () => log.info("verification threads ready", { threads: options.threads ?? 0 }),
       onCallbackError: (error) => log.error("handling a verified request failed", { error: (error as Error).message }),
     });
-    this.ordering.useVerifyThreads(this.verifier);
   }
 
   start(): void {

@@ -165,11 +165,6 @@ export class VerifyPool {
     return this.threads.length;
   }
 
-  /** Checks sent to the threads or waiting to be, not answered yet. */
-  get backlog(): number {
-    return this.inFlight + this.queued.length;
-  }
-
   /** A lane whose answers come back in the order its checks were asked (one per client session). */
   lane(): Lane {
     return new Lane();
