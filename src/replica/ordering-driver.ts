@@ -22,6 +22,7 @@ import { sha256 } from "../crypto/hash.ts";
 import type { SigningKey } from "../crypto/keys.ts";
 import { REQUEST_BYTES_MAX } from "../core/channels/constants.ts";
 import type { ChannelMachine } from "../core/channels/machine.ts";
+import type { Priority } from "../core/channels/types.ts";
 import type { SnapshotImport } from "../core/channels/snapshot.ts";
 import { type CoreConfig, type CoreParameters, DEFAULT_PARAMETERS, leaderOf, makeConfig } from "../core/ordering/config.ts";
 import type { ClientRequest, Forward, PeerMessage } from "../core/ordering/messages.ts";
@@ -36,7 +37,8 @@ import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import { type Clock, type ClockTimer, type PeerTransport, systemClock } from "./ports.ts";
 import { admissibleForwards } from "./forwards.ts";
-import { stampWithinBound, urgencyOfSpace, verifiedCacheKey, verifiedStamp } from "./requests.ts";
+import { ADMIN_SPACE, urgencyOfSpace, VerifiedRequests, verifiedCacheKey } from "./requests.ts";
+import { type CoreHost, CoreStepFailed, InlineCoreHost, ThreadCoreHost } from "../threads/ordering-host.ts";
 import { StateTransfer, validateTransferMessage } from "./state-transfer.ts";
 import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
 import { type Recovered, recover } from "./storage/recovery.ts";
@@ -47,8 +49,6 @@ import { EpochView } from "./epochs.ts";
 
 /** One core tick in real time (core/ordering/PROTOCOL.md §10: 1 tick = 10 ms). */
 export const TICK_MS = 10;
-/** Verified request signatures remembered, so a request is verified once, not per proposal. */
-export const VERIFIED_CACHE_MAX = 65_536;
 /** Exit status when this replica's own state can no longer be trusted (EX_SOFTWARE); systemd restarts it. */
 export const EXIT_STATE_UNTRUSTED = 70;
 
@@ -99,6 +99,11 @@ export interface OrderingDriverOptions {
   /** The channel state machine the decided batches run on (snapshots, restore). */
   readonly machine: ChannelMachine;
   readonly storage: ReplicaStorage;
+  /**
+   * Runs the ordering core on an ordering thread of its own (src/threads/ordering-host.ts)
+   * instead of the event loop; stops the replica (onFatal) if that thread fails.
+   */
+  readonly orderingThread?: boolean;
 }
 
 export interface OrderingStatus {
@@ -213,7 +218,8 @@ export function coreConfigFor(config: ClusterConfig, id: number, overrides: Part
 }
 
 export class OrderingDriver {
-  private core: OrderingCore;
+  /** The ordering core, on the event loop or on the ordering thread. */
+  private readonly core: CoreHost;
   /** The group the core runs with (epochs.ts); ranks in the core, ids everywhere else. */
   private epochView: EpochView;
   /** Bumped at every epoch switch: effects of an older core are dropped. */
@@ -251,7 +257,7 @@ export class OrderingDriver {
   /** By "peer:reason": when a refusal was last logged, and how many since (refusedByPeer). */
   private readonly refusedLog = new Map<string, { at: number; unlogged: number }>();
   private readonly baseCoreConfig: CoreConfig;
-  private readonly verified = new Map<string, number>();
+  private readonly verified = new VerifiedRequests();
   private readonly keeper: SnapshotKeeper;
   private readonly transfer: StateTransfer;
   private readonly partBytes: number;
@@ -303,11 +309,32 @@ export class OrderingDriver {
     }
     // A joining replica's core starts empty in the group's epoch and fetches its start state.
     const coreRecords = epochConfig === null || this.joining ? [] : recovered.coreRecords;
-    this.core = new OrderingCore(epochConfig ?? coreConfig, crypto, coreRecords, this.policy);
-    if (!this.removed && !this.joining && this.core.status().lastExecuted !== recovered.lastDecided) {
-      log.error("restored core and state machine disagree", { core: this.core.status().lastExecuted, machine: recovered.lastDecided });
+    const restored = new OrderingCore(epochConfig ?? coreConfig, crypto, coreRecords, this.policy);
+    if (!this.removed && !this.joining && restored.status().lastExecuted !== recovered.lastDecided) {
+      log.error("restored core and state machine disagree", { core: restored.status().lastExecuted, machine: recovered.lastDecided });
       this.fatal("the restored core and state machine disagree");
     }
+    if (options.orderingThread === true && options.peerSignatures !== undefined) {
+      throw new Error("the ordering thread signs with the replica's key: it cannot take other peer signatures");
+    }
+    this.core =
+      options.orderingThread === true
+        ? new ThreadCoreHost({
+            initial: restored,
+            cfg: epochConfig ?? coreConfig,
+            restored: coreRecords,
+            seed: key.exportSeed(),
+            keys: this.epochKeys(),
+            priorities: this.priorities(),
+            crypto,
+            policy: this.policy,
+            onFailure: (reason) => {
+              log.error("the ordering thread failed; stopping", { reason });
+              this.fatal(reason);
+            },
+            onReady: () => log.info("ordering thread ready", { epoch: this.epochView.epoch }),
+          })
+        : new InlineCoreHost(restored, crypto, this.policy);
     this.transfer = new StateTransfer(
       {
         self: id,
@@ -486,7 +513,7 @@ export class OrderingDriver {
       this.options.onRemoved?.(view.epoch, pending.seq);
       return;
     }
-    this.core = new OrderingCore(cfg, this.crypto, [pending.base], this.policy);
+    this.core.replace(cfg, [pending.base], this.epochKeys());
     this.options.metrics.inc("epoch_switches_total");
     log.info("epoch started", {
       epoch: view.epoch,
@@ -570,6 +597,7 @@ export class OrderingDriver {
   stop(): void {
     this.timer?.cancel();
     this.timer = null;
+    this.core.stop();
   }
 
   /**
@@ -578,16 +606,22 @@ export class OrderingDriver {
    * the check is remembered so the core's admission does not verify it again.
    */
   submit(req: ClientRequest, verified?: { readonly stamp: number; readonly bodyDigest: Uint8Array }): void {
-    if (verified !== undefined) this.rememberVerified(verifiedCacheKey(req, verified.bodyDigest), verified.stamp);
+    const mark = verified === undefined ? undefined : { cacheKey: verifiedCacheKey(req, verified.bodyDigest), stamp: verified.stamp };
+    if (mark !== undefined) this.verified.remember(mark.cacheKey, mark.stamp);
     if (this.removed) return;
     this.submitted.set(`${req.client}#${req.seq}`, req);
     if (this.submitted.size > SUBMITTED_REMEMBERED_MAX) this.submitted.delete(this.submitted.keys().next().value as string);
-    this.step({ kind: "request", req, authenticated: true });
+    this.step({ kind: "request", req, authenticated: true }, undefined, mark);
   }
 
-  private rememberVerified(cacheKey: string, stamp: number): void {
-    this.verified.set(cacheKey, stamp);
-    if (this.verified.size > VERIFIED_CACHE_MAX) this.verified.delete(this.verified.keys().next().value as string);
+  /** The current epoch's public keys, by rank (what the ordering thread verifies peers with). */
+  private epochKeys(): Uint8Array[] {
+    return this.epochView.members.map((member) => member.key);
+  }
+
+  /** Every channel's priority (the leader's batch fill on the ordering thread reads them). */
+  private priorities(): [string, Priority][] {
+    return this.options.machine.listChannels().map((channel) => [channel.tag, channel.priority]);
   }
 
   /** A peer message: an envelope for the ordering core or for state transfer (peer-messages.ts). */
@@ -715,16 +749,35 @@ export class OrderingDriver {
     return (this.options.onFatal ?? throwFatal)(new FatalError(EXIT_STATE_UNTRUSTED, reason));
   }
 
-  private step(input: CoreInput): void {
-    let ready: Ready;
+  /**
+   * Hands `input` to the core; its Ready is handled in input order (at once on the event
+   * loop, later from the ordering thread), then `after` runs. A Ready of a core an epoch
+   * switch replaced meanwhile is dropped whole: its records are of the ended epoch and
+   * its effects moot.
+   */
+  private step(input: CoreInput, after?: () => void, verified?: { cacheKey: string; stamp: number }): void {
+    const generation = this.coreGeneration;
     try {
-      ready = this.core.step(input);
+      this.core.step(
+        input,
+        (ready) => {
+          if (generation !== this.coreGeneration) return;
+          this.handleReady(ready);
+          after?.();
+        },
+        verified,
+      );
     } catch (error) {
+      if (!(error instanceof CoreStepFailed)) throw error;
       // A core assertion failed: this replica's state can no longer be trusted. Stopping
       // is what a crash-tolerant group expects of it; systemd restarts it.
       this.options.log.error("ordering core assertion failed", { error: (error as Error).message });
       this.fatal(`ordering core assertion failed: ${(error as Error).message}`);
     }
+  }
+
+  /** A step's records into the group commit, in the core's order, and its effects after them. */
+  private handleReady(ready: Ready): void {
     // The records are staged in the core's order; every effect waits until every record
     // staged before it is durable, except the `decided` records after the step's last
     // other record (core PROTOCOL.md §2, "Decided records do not hold back execution"):
@@ -818,6 +871,8 @@ export class OrderingDriver {
         this.observeOrdering(effect.seq);
         this.options.onDecided(effect.execute, effect.seq);
         this.appliedSeq = effect.seq;
+        // Admin commands are what change channels and their priorities.
+        if (effect.execute.some((req) => req.client.endsWith(`:${ADMIN_SPACE}`))) this.core.setPriorities(this.priorities());
         for (const req of effect.batch) this.submitted.delete(`${req.client}#${req.seq}`);
         this.noteMembership(effect.seq);
         return;
@@ -937,17 +992,26 @@ export class OrderingDriver {
     this.noteMembership(head.seq);
     const clients = head.clients ?? [];
     this.keeper.capture(head.seq, clients);
-    this.step({
-      kind: "snapshotInstalled",
-      seq: head.seq,
-      stateDigest: head.stateDigest,
-      appDigest: head.appDigest ?? new Uint8Array(0),
-      clients,
-    });
-    if (this.core.status().lastExecuted < head.seq) {
+    this.core.setPriorities(this.priorities());
+    this.step(
+      {
+        kind: "snapshotInstalled",
+        seq: head.seq,
+        stateDigest: head.stateDigest,
+        appDigest: head.appDigest ?? new Uint8Array(0),
+        clients,
+      },
+      () => this.snapshotTaken(head.seq),
+    );
+  }
+
+  /** After the core's step on an installed snapshot: it must have taken it. */
+  private snapshotTaken(seq: number): void {
+    const { log, machine } = this.options;
+    if (this.core.status().lastExecuted < seq) {
       // The machine now holds a state the core refused: nothing here can be trusted.
-      log.error("the core refused an installed snapshot", { seq: head.seq });
-      this.fatal(`the core refused the snapshot installed at seq ${head.seq}`);
+      log.error("the core refused an installed snapshot", { seq });
+      this.fatal(`the core refused the snapshot installed at seq ${seq}`);
     }
     const join = this.options.join;
     if (this.joining && join !== undefined && machine.membership()?.epoch === join.membership.epoch) {
@@ -955,25 +1019,16 @@ export class OrderingDriver {
       this.joining = false;
       this.options.storage.stageJoined(join);
     }
-    log.info("snapshot installed", { seq: head.seq });
-    this.options.onSnapshotInstalled?.(head.seq);
+    log.info("snapshot installed", { seq });
+    this.options.onSnapshotInstalled?.(seq);
   }
 
   /**
    * Checks a request's client signature, that its header matches the signed body, and the
-   * timestamp bound (requests.ts). Remembers what passed, keyed by every byte it checked:
-   * a leader that kept a verified signature and swapped the body must not hit the cache.
+   * timestamp bound (requests.ts `VerifiedRequests`, which remembers what passed).
    */
   private verifyRequest(req: ClientRequest, atMs: number | null): boolean {
-    const cacheKey = verifiedCacheKey(req);
-    let stamp = this.verified.get(cacheKey);
-    if (stamp === undefined) {
-      const checked = verifiedStamp(req);
-      if (checked === null) return false;
-      stamp = checked;
-      this.rememberVerified(cacheKey, stamp);
-    }
-    return stampWithinBound(stamp, atMs ?? this.clock.now());
+    return this.verified.check(req, atMs, () => this.clock.now());
   }
 }
 

@@ -96,6 +96,8 @@ export interface ReplicaOptions {
   readonly onRemoved?: () => void;
   /** Threads verifying client signatures (src/threads/verify-pool.ts); 0 (the default here): on the event loop. */
   readonly threads?: number;
+  /** The ordering core on a thread of its own (src/threads/ordering-host.ts); off (the default here): on the event loop. */
+  readonly orderingThread?: boolean;
   /**
    * A replica the cluster file does not list, joining a running group (src/cli/join.ts): its
    * entry as the membership names it, and the epoch it starts in.
@@ -271,6 +273,7 @@ export class Replica {
       ...(options.joining === undefined ? {} : { join: options.joining.epoch }),
       machine: this.machine,
       storage: this.storage,
+      orderingThread: options.orderingThread === true,
       audit: this.audit,
       onGroupEvent: (kind, fields) => this.sys.event(kind, fields),
       onPeerFlooding: (peer) => this.mesh.muteFlooding(peer),
@@ -384,6 +387,7 @@ export class Replica {
       n: this.options.config.n,
       f: this.options.config.f,
       verifyThreads: this.verifier.threadCount,
+      orderingThread: this.options.orderingThread === true,
     });
   }
 

@@ -190,3 +190,36 @@ export function verifiedCacheKey(req: ClientRequest, bodyDigest: Uint8Array = bo
 export function stampOf(request: Request): number {
   return request.op.t === "pub" ? request.ts : Number.NEGATIVE_INFINITY;
 }
+
+/** Verified request signatures remembered, so a request is verified once, not per proposal. */
+export const VERIFIED_CACHE_MAX = 65_536;
+
+/**
+ * The ordering core's request check (its `verifyRequest`), with the answers remembered
+ * (bounded, oldest forgotten first), keyed by every byte the check looked at: a leader
+ * that kept a verified signature and swapped the body must not hit the cache. The runtime
+ * remembers what it verified itself before submitting (`remember`); the core's own check
+ * covers forwarded and proposed requests. One per ordering core host: the event loop's
+ * driver, or the ordering thread (src/threads/ordering-worker.ts).
+ */
+export class VerifiedRequests {
+  private readonly stamps = new Map<string, number>();
+
+  remember(cacheKey: string, stamp: number): void {
+    this.stamps.set(cacheKey, stamp);
+    if (this.stamps.size > VERIFIED_CACHE_MAX) this.stamps.delete(this.stamps.keys().next().value as string);
+  }
+
+  /** Whether `req` is valid at `atMs` (or at `nowMs` when the core names no time). */
+  check(req: ClientRequest, atMs: number | null, nowMs: () => number): boolean {
+    const cacheKey = verifiedCacheKey(req);
+    let stamp = this.stamps.get(cacheKey);
+    if (stamp === undefined) {
+      const checked = verifiedStamp(req);
+      if (checked === null) return false;
+      stamp = checked;
+      this.remember(cacheKey, stamp);
+    }
+    return stampWithinBound(stamp, atMs ?? nowMs());
+  }
+}

@@ -5,6 +5,7 @@
  */
 import { URGENT_DELAY_TARGET_MS_DEFAULT, URGENT_DELAY_TARGET_MS_MAX } from "../../replica/shedding.ts";
 import { defaultThreads, THREADS_MAX } from "../../threads/verify-pool.ts";
+import { ORDERING_THREAD_CORES_MIN, orderingThreadByDefault } from "../../threads/ordering-host.ts";
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { bytesEqual } from "../../crypto/encoding.ts";
@@ -87,6 +88,13 @@ export const replicaCommand: Command = {
       description: `Threads verifying client signatures beside the event loop (default: the cores but one, at least 1, at most 8; here ${defaultThreads()}); 0: everything on one thread, for small hosts`,
     },
     {
+      name: "ordering-thread",
+      kind: "string",
+      valueName: "on|off|auto",
+      defaultValue: "auto",
+      description: `Run the ordering core (PBFT, and the signatures of peer messages) on a thread of its own instead of the event loop; auto: on when the host has at least ${ORDERING_THREAD_CORES_MIN} cores (here ${orderingThreadByDefault() ? "on" : "off"}) and --threads is not 0. On 2 shared cores the hand-off costs more than it saves (README, Performance)`,
+    },
+    {
       name: "urgent-delay-target-ms",
       kind: "string",
       valueName: "MS",
@@ -134,6 +142,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   const listens = args.strings("listen").map(parseListen);
   const listen = listens[0];
   const threads = args.integer("threads", 0, THREADS_MAX) ?? defaultThreads();
+  const orderingThread = parseOrderingThread(args.string("ordering-thread") ?? "auto", threads);
   const urgentDelayTargetMs = args.integer("urgent-delay-target-ms", 0, URGENT_DELAY_TARGET_MS_MAX) ?? URGENT_DELAY_TARGET_MS_DEFAULT;
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const log = createLog({ replica: id }, level.level);
@@ -180,6 +189,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
       listenHost: listen?.host,
       listenPort: listen?.port,
       threads,
+      orderingThread,
       urgentDelayTargetMs,
       listenAlso: listens.slice(1),
       ...(joining === undefined ? {} : { joining }),
@@ -289,4 +299,19 @@ function parseSync(text: string): SyncPolicy {
   const policy = SYNC_POLICIES.find((p) => p === text);
   if (policy === undefined) throw new UsageError(`--sync: expected one of ${SYNC_POLICIES.join(", ")}, got ${JSON.stringify(text)}`);
   return policy;
+}
+
+/** `--ordering-thread`: on, off, or auto (on when the host has the cores for it and verification threads are wanted). */
+function parseOrderingThread(text: string, threads: number): boolean {
+  switch (text) {
+    case "on":
+      if (threads === 0) throw new UsageError("--ordering-thread on: --threads 0 runs everything on one thread; give --threads 1 or more, or leave --ordering-thread off");
+      return true;
+    case "off":
+      return false;
+    case "auto":
+      return threads > 0 && orderingThreadByDefault();
+    default:
+      throw new UsageError(`--ordering-thread: expected on, off or auto, got ${JSON.stringify(text)}`);
+  }
 }

@@ -1,0 +1,294 @@
+/**
+ * Where the ordering core runs: on the event loop (`InlineCoreHost`) or on an ordering
+ * thread of its own (`ThreadCoreHost`, with ordering-worker.ts). The driver
+ * (src/replica/ordering-driver.ts) hands either one its inputs and gets each input's
+ * `Ready` back, in input order; what it does with a Ready (records to the group commit,
+ * effects after they are durable) is the same for both.
+ *
+ * On the thread, the core checks the signatures of peer messages and of the requests it
+ * was not handed verified (forwards, proposals), and signs its own messages, off the event
+ * loop. The event loop hands the thread a turn's inputs together, in one message, and
+ * gets back the Readies of that batch in one message (never one event per message).
+ *
+ * What the driver reads of the core between steps (its status, each client's last
+ * executed seq) is, on the thread, a mirror kept by the main thread from the answers: the
+ * status after each step, and the last executed seq of every client a decided batch names
+ * (read from the core right after that step). So the driver sees the core as of the last
+ * Ready it handled, which is the state whose effects it is acting on. A new core (an
+ * epoch switch) and the start are built on the main thread first, from the same records,
+ * for the mirror's starting point; the core is deterministic, so the thread's copy built
+ * from them is the same.
+ */
+import { OrderingCore } from "../core/ordering/core.ts";
+import type { CoreConfig } from "../core/ordering/config.ts";
+import type { ProposalPolicy } from "../core/ordering/priority.ts";
+import type { CoreCrypto, CoreInput, CoreStatus, PersistedRecord, Ready } from "../core/ordering/types.ts";
+import type { Priority } from "../core/channels/types.ts";
+import { workerEntry } from "./entry.ts";
+
+/**
+ * Cores a host needs for `fitb replica --ordering-thread auto` to run the core on a thread:
+ * measured on 2 cores shared by 4 replicas, the hand-off of every step costs more than it
+ * takes off the event loop (README, Performance).
+ */
+export const ORDERING_THREAD_CORES_MIN = 4;
+
+/** Whether `--ordering-thread auto` turns the thread on here. */
+export function orderingThreadByDefault(): boolean {
+  const cores = typeof navigator !== "undefined" ? navigator.hardwareConcurrency : 1;
+  return cores >= ORDERING_THREAD_CORES_MIN;
+}
+
+/** A request the runtime verified before submitting it: the cache key and stamp the core's check would compute. */
+export interface VerifiedMark {
+  readonly cacheKey: string;
+  readonly stamp: number;
+}
+
+/** What one step gave: its Ready, called in input order. */
+export type ReadyHandler = (ready: Ready) => void;
+
+export interface CoreHost {
+  /** Runs `input` on the core; `handle` gets its Ready (inline: before step returns; on the thread: later, in input order). */
+  step(input: CoreInput, handle: ReadyHandler, verified?: VerifiedMark): void;
+  /** The core's status (on the thread: as of the last Ready handed back). */
+  status(): CoreStatus;
+  /** A client's last executed seq (on the thread: as of the last Ready handed back). */
+  lastExecutedOf(client: string): number;
+  /** Replaces the core by one built from `restored` (an epoch switch); later inputs go to it. */
+  replace(cfg: CoreConfig, restored: readonly PersistedRecord[], keys: readonly Uint8Array[]): void;
+  /** The channels' priorities changed (the leader's batch fill reads them). */
+  setPriorities(priorities: readonly (readonly [string, Priority])[]): void;
+  /** Stops; nothing more is handed back. */
+  stop(): void;
+}
+
+/** The core threw in a step (an assertion): the replica's state can no longer be trusted. */
+export class CoreStepFailed extends Error {}
+
+/** The core on the event loop: every call is the core's own, synchronously. */
+export class InlineCoreHost implements CoreHost {
+  constructor(
+    private core: OrderingCore,
+    private readonly crypto: CoreCrypto,
+    private readonly policy: ProposalPolicy,
+  ) {}
+
+  step(input: CoreInput, handle: ReadyHandler): void {
+    let ready: Ready;
+    try {
+      ready = this.core.step(input);
+    } catch (error) {
+      throw new CoreStepFailed((error as Error).message);
+    }
+    handle(ready);
+  }
+
+  status(): CoreStatus {
+    return this.core.status();
+  }
+
+  lastExecutedOf(client: string): number {
+    return this.core.lastExecutedOf(client);
+  }
+
+  replace(cfg: CoreConfig, restored: readonly PersistedRecord[]): void {
+    this.core = new OrderingCore(cfg, this.crypto, restored, this.policy);
+  }
+
+  setPriorities(): void {
+    // The policy reads the channel machine itself.
+  }
+
+  stop(): void {}
+}
+
+// ---------------------------------------------------------------------------------------
+// The ordering thread
+// ---------------------------------------------------------------------------------------
+
+/** What the main thread asks of the ordering thread, in order, several per message. */
+export type HostOp =
+  | {
+      readonly k: "init";
+      readonly cfg: CoreConfig;
+      readonly restored: readonly PersistedRecord[];
+      /** This replica's signing seed (its peer messages are signed on the thread). */
+      readonly seed: Uint8Array;
+      /** The epoch's public keys, by rank. */
+      readonly keys: readonly Uint8Array[];
+      readonly priorities: readonly (readonly [string, Priority])[];
+    }
+  | { readonly k: "step"; readonly input: CoreInput; readonly verified?: VerifiedMark }
+  | {
+      readonly k: "replace";
+      readonly cfg: CoreConfig;
+      readonly restored: readonly PersistedRecord[];
+      readonly keys: readonly Uint8Array[];
+    }
+  | { readonly k: "priorities"; readonly priorities: readonly (readonly [string, Priority])[] };
+
+/** What the ordering thread answers: one per `step` op, in order, or the failure that stops it. */
+export type HostAnswer =
+  /** The thread built its first core. */
+  | { readonly k: "started" }
+  | {
+      readonly k: "ready";
+      /** Which core answered: 0 for the first, one more at each `replace`. */
+      readonly gen: number;
+      readonly ready: Ready;
+      readonly status: CoreStatus;
+      /** The last executed seq, after this step, of every client its decided batches name. */
+      readonly clients: readonly (readonly [string, number])[];
+    }
+  | { readonly k: "failed"; readonly reason: string };
+
+export interface ThreadCoreHostOptions {
+  /** The core the driver restored on the main thread from `restored`: the mirror starts from it (it is not kept). */
+  readonly initial: OrderingCore;
+  readonly cfg: CoreConfig;
+  readonly restored: readonly PersistedRecord[];
+  readonly seed: Uint8Array;
+  readonly keys: readonly Uint8Array[];
+  readonly priorities: readonly (readonly [string, Priority])[];
+  /** A new epoch's core is built on the main thread too, for the mirror's starting point (`crypto` and `policy` as the driver's). */
+  readonly crypto: CoreCrypto;
+  readonly policy: ProposalPolicy;
+  /** The thread failed (threw, exited, answered out of turn, or its core asserted): the replica must stop. */
+  readonly onFailure: (reason: string) => void;
+  /** The thread built its core. */
+  readonly onReady?: () => void;
+}
+
+/** Steps handed to the thread and not answered yet, at most (past it the main thread has fallen behind hopelessly: a failure). */
+export const THREAD_STEPS_IN_FLIGHT_MAX = 1_000_000;
+
+/** The core on an ordering thread (ordering-worker.ts), with the mirror the driver reads. */
+export class ThreadCoreHost implements CoreHost {
+  private readonly worker: Worker;
+  private mirrorStatus: CoreStatus;
+  private readonly mirrorClients = new Map<string, number>();
+  /** Ops of this turn, sent together at its end. */
+  private ops: HostOp[] = [];
+  private scheduled = false;
+  /** The handlers of steps sent and not answered, oldest first (a ring of arrays: shift is O(n)). */
+  private waiting: ReadyHandler[] = [];
+  private waitingHead = 0;
+  private stopped = false;
+  /** The current core: answers of an older one (sent before a replace) leave the mirror alone. */
+  private generation = 0;
+
+  constructor(private readonly options: ThreadCoreHostOptions) {
+    const { cfg, restored } = options;
+    this.mirrorStatus = this.mirrorFrom(options.initial);
+    this.worker = new Worker(workerEntry("threads/ordering-worker.ts"));
+    this.worker.onmessage = (event: MessageEvent<readonly HostAnswer[]>) => this.onAnswers(event.data);
+    this.worker.onerror = (event) => this.fail(`the ordering thread failed: ${event.message}`);
+    this.worker.addEventListener("close", () => this.fail("the ordering thread exited"));
+    this.push({ k: "init", cfg, restored, seed: options.seed, keys: options.keys, priorities: options.priorities });
+  }
+
+  /** Steps handed to the thread and not answered yet. */
+  get inFlight(): number {
+    return this.waiting.length - this.waitingHead;
+  }
+
+  step(input: CoreInput, handle: ReadyHandler, verified?: VerifiedMark): void {
+    if (this.stopped) return;
+    if (this.inFlight >= THREAD_STEPS_IN_FLIGHT_MAX) {
+      this.fail(`the ordering thread has ${this.inFlight} steps unanswered`);
+      return;
+    }
+    this.waiting.push(handle);
+    this.push(verified === undefined ? { k: "step", input } : { k: "step", input, verified });
+  }
+
+  status(): CoreStatus {
+    return this.mirrorStatus;
+  }
+
+  lastExecutedOf(client: string): number {
+    return this.mirrorClients.get(client) ?? 0;
+  }
+
+  replace(cfg: CoreConfig, restored: readonly PersistedRecord[], keys: readonly Uint8Array[]): void {
+    if (this.stopped) return;
+    this.generation++;
+    this.mirrorClients.clear();
+    this.mirrorStatus = this.mirrorFrom(new OrderingCore(cfg, this.options.crypto, restored, this.options.policy));
+    this.push({ k: "replace", cfg, restored, keys });
+  }
+
+  setPriorities(priorities: readonly (readonly [string, Priority])[]): void {
+    this.push({ k: "priorities", priorities });
+  }
+
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.ops = [];
+    void this.worker.terminate();
+  }
+
+  /** For tests: ends the thread as a crash would (the replica must stop, with a reason). */
+  terminateForTest(): void {
+    void this.worker.terminate();
+  }
+
+  private mirrorFrom(core: OrderingCore): CoreStatus {
+    for (const [client, seq] of core.exportClients()) this.mirrorClients.set(client, seq);
+    return core.status();
+  }
+
+  private push(op: HostOp): void {
+    this.ops.push(op);
+    if (this.scheduled) return;
+    this.scheduled = true;
+    queueMicrotask(() => this.flush());
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    if (this.stopped || this.ops.length === 0) return;
+    const ops = this.ops;
+    this.ops = [];
+    this.worker.postMessage(ops);
+  }
+
+  private onAnswers(answers: readonly HostAnswer[]): void {
+    if (this.stopped) return;
+    for (const answer of answers) {
+      if (answer.k === "failed") {
+        this.fail(answer.reason);
+        return;
+      }
+      if (answer.k === "started") {
+        this.options.onReady?.();
+        continue;
+      }
+      const handle = this.waiting[this.waitingHead];
+      if (handle === undefined) {
+        this.fail("the ordering thread answered a step it was not given");
+        return;
+      }
+      this.waiting[this.waitingHead] = undefined as unknown as ReadyHandler;
+      this.waitingHead++;
+      if (this.waitingHead >= 1024 && this.waitingHead * 2 >= this.waiting.length) {
+        this.waiting = this.waiting.slice(this.waitingHead);
+        this.waitingHead = 0;
+      }
+      if (answer.gen === this.generation) {
+        this.mirrorStatus = answer.status;
+        for (const [client, seq] of answer.clients) this.mirrorClients.set(client, seq);
+      }
+      handle(answer.ready);
+      if (this.stopped) return;
+    }
+  }
+
+  private fail(reason: string): void {
+    if (this.stopped) return;
+    this.stop();
+    this.options.onFailure(reason);
+  }
+}
