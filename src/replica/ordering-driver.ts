@@ -38,7 +38,7 @@ import type { Metrics } from "./metrics.ts";
 import { type Clock, type ClockTimer, type PeerTransport, systemClock } from "./ports.ts";
 import { admissibleForwards } from "./forwards.ts";
 import { ADMIN_SPACE, urgencyOfSpace, VerifiedRequests, verifiedCacheKey } from "./requests.ts";
-import { type CoreHost, CoreStepFailed, InlineCoreHost, ThreadCoreHost } from "../threads/ordering-host.ts";
+import { type CoreHost, CoreStepFailed, InlineCoreHost, ThreadCoreHost } from "./ordering-host.ts";
 import { StateTransfer, validateTransferMessage } from "./state-transfer.ts";
 import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
 import { type Recovered, recover } from "./storage/recovery.ts";
@@ -100,7 +100,7 @@ export interface OrderingDriverOptions {
   readonly machine: ChannelMachine;
   readonly storage: ReplicaStorage;
   /**
-   * Runs the ordering core on an ordering thread of its own (src/threads/ordering-host.ts)
+   * Runs the ordering core on an ordering thread of its own (src/replica/ordering-host.ts)
    * instead of the event loop; stops the replica (onFatal) if that thread fails.
    */
   readonly orderingThread?: boolean;
@@ -298,7 +298,6 @@ export class OrderingDriver {
     this.keeper = new SnapshotKeeper({ storage, machine, partBytes: this.partBytes, log, metrics }, null);
     const recovered = this.recoverFromDisk();
     this.policy = { urgencyOf: (client: string) => urgencyOfSpace(client, (tag) => machine.priorityOf(tag)) };
-    this.crypto = crypto;
     this.epochView = this.recoveredEpoch();
     const epochConfig = this.epochView.coreConfig(coreConfig, id);
     if (epochConfig === null) {
@@ -391,7 +390,6 @@ export class OrderingDriver {
   }
 
   private readonly policy: { urgencyOf: (client: string) => number };
-  private readonly crypto: CoreCrypto;
 
   /**
    * The epoch the recovered machine is in, with the start stored at its switch (or at its

@@ -96,7 +96,7 @@ export interface ReplicaOptions {
   readonly onRemoved?: () => void;
   /** Threads verifying client signatures (src/threads/verify-pool.ts); 0 (the default here): on the event loop. */
   readonly threads?: number;
-  /** The ordering core on a thread of its own (src/threads/ordering-host.ts); off (the default here): on the event loop. */
+  /** The ordering core on a thread of its own (src/replica/ordering-host.ts); off (the default here): on the event loop. */
   readonly orderingThread?: boolean;
   /**
    * A replica the cluster file does not list, joining a running group (src/cli/join.ts): its

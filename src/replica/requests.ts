@@ -200,7 +200,7 @@ export const VERIFIED_CACHE_MAX = 65_536;
  * that kept a verified signature and swapped the body must not hit the cache. The runtime
  * remembers what it verified itself before submitting (`remember`); the core's own check
  * covers forwarded and proposed requests. One per ordering core host: the event loop's
- * driver, or the ordering thread (src/threads/ordering-worker.ts).
+ * driver, or the ordering thread (src/replica/ordering-worker.ts).
  */
 export class VerifiedRequests {
   private readonly stamps = new Map<string, number>();

@@ -48,7 +48,11 @@ test("replicas with and without verification threads and the ordering thread rea
   }
   // The core really runs on its thread there: the thread said it built it.
   for (const id of [0, 2]) {
-    await waitFor(`replica ${id}'s ordering thread`, () => cluster.logs[id]?.join("").includes('"msg":"ordering thread ready"') === true, 30_000);
+    await waitFor(
+      `replica ${id}'s ordering thread`,
+      () => cluster.logs[id]?.join("").includes('"msg":"ordering thread ready"') === true,
+      30_000,
+    );
   }
   // Past one checkpoint interval of decided seqs (concurrent publishes may share a seq):
   // publish until f+1 replicas report it, bounded.

@@ -5,7 +5,7 @@
  */
 import { URGENT_DELAY_TARGET_MS_DEFAULT, URGENT_DELAY_TARGET_MS_MAX } from "../../replica/shedding.ts";
 import { defaultThreads, THREADS_MAX } from "../../threads/verify-pool.ts";
-import { ORDERING_THREAD_CORES_MIN, orderingThreadByDefault } from "../../threads/ordering-host.ts";
+import { ORDERING_THREAD_CORES_MIN, orderingThreadByDefault } from "../../replica/ordering-host.ts";
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { bytesEqual } from "../../crypto/encoding.ts";
@@ -305,7 +305,10 @@ function parseSync(text: string): SyncPolicy {
 function parseOrderingThread(text: string, threads: number): boolean {
   switch (text) {
     case "on":
-      if (threads === 0) throw new UsageError("--ordering-thread on: --threads 0 runs everything on one thread; give --threads 1 or more, or leave --ordering-thread off");
+      if (threads === 0)
+        throw new UsageError(
+          "--ordering-thread on: --threads 0 runs everything on one thread; give --threads 1 or more, or leave --ordering-thread off",
+        );
       return true;
     case "off":
       return false;

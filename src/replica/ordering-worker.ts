@@ -14,7 +14,7 @@ import type { CoreCrypto } from "../core/ordering/types.ts";
 import { sign, verify } from "../crypto/ed25519.ts";
 import { sha256 } from "../crypto/hash.ts";
 import { SigningKey } from "../crypto/keys.ts";
-import { urgencyOfSpace, VerifiedRequests } from "../replica/requests.ts";
+import { urgencyOfSpace, VerifiedRequests } from "./requests.ts";
 import type { HostAnswer, HostOp } from "./ordering-host.ts";
 
 declare const self: Worker;

@@ -24,7 +24,7 @@ import type { CoreConfig } from "../core/ordering/config.ts";
 import type { ProposalPolicy } from "../core/ordering/priority.ts";
 import type { CoreCrypto, CoreInput, CoreStatus, PersistedRecord, Ready } from "../core/ordering/types.ts";
 import type { Priority } from "../core/channels/types.ts";
-import { workerEntry } from "./entry.ts";
+import { workerEntry } from "../threads/entry.ts";
 
 /**
  * Cores a host needs for `fitb replica --ordering-thread auto` to run the core on a thread:
@@ -181,7 +181,7 @@ export class ThreadCoreHost implements CoreHost {
   constructor(private readonly options: ThreadCoreHostOptions) {
     const { cfg, restored } = options;
     this.mirrorStatus = this.mirrorFrom(options.initial);
-    this.worker = new Worker(workerEntry("threads/ordering-worker.ts"));
+    this.worker = new Worker(workerEntry("replica/ordering-worker.ts"));
     this.worker.onmessage = (event: MessageEvent<readonly HostAnswer[]>) => this.onAnswers(event.data);
     this.worker.onerror = (event) => this.fail(`the ordering thread failed: ${event.message}`);
     this.worker.addEventListener("close", () => this.fail("the ordering thread exited"));

@@ -1,0 +1,135 @@
+/**
+ * The ordering core on its own thread (src/replica/ordering-host.ts, ordering-worker.ts):
+ * the same inputs give byte for byte the same Readies as on the event loop, the mirror the
+ * driver reads (status, clients' last executed seqs) follows the answers, and a thread
+ * that dies or whose core throws stops its host with a reason (the replica stops on it).
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { makeConfig } from "../../src/core/ordering/config.ts";
+import { OrderingCore } from "../../src/core/ordering/core.ts";
+import { type ClientRequest, type Commit, type Prepare, type PrePrepare, signingBytes } from "../../src/core/ordering/messages.ts";
+import type { CoreCrypto, CoreInput, PeerMessage, Ready } from "../../src/core/ordering/index.ts";
+import { sign, verify } from "../../src/crypto/ed25519.ts";
+import { sha256 } from "../../src/crypto/hash.ts";
+import { SigningKey } from "../../src/crypto/keys.ts";
+import { urgencyOfSpace, VerifiedRequests } from "../../src/replica/requests.ts";
+import { type CoreHost, InlineCoreHost, ThreadCoreHost } from "../../src/replica/ordering-host.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { TestClient } from "./storage-fixtures.ts";
+
+const CLUSTER = "ordering-thread-test";
+const keys = [0, 1, 2, 3].map(() => SigningKey.generate());
+const publicKeys = keys.map((key) => key.publicKey);
+const cfg = makeConfig({ id: 0, n: 4, f: 1, mode: "bft", clusterId: CLUSTER });
+const TAG = "ops.thread";
+
+/** What the ordering thread builds for itself, on this thread: the same keys, checks and priorities. */
+function mainCrypto(): { crypto: CoreCrypto; policy: { urgencyOf: (client: string) => number } } {
+  const verified = new VerifiedRequests();
+  return {
+    crypto: {
+      hash: sha256,
+      sign: (bytes) => sign(keys[0] as SigningKey, bytes),
+      verify: (rank, bytes, sig) => publicKeys[rank] !== undefined && verify(publicKeys[rank] as Uint8Array, bytes, sig),
+      verifyRequest: (req, atMs) => verified.check(req, atMs, Date.now),
+    },
+    policy: { urgencyOf: (client) => urgencyOfSpace(client, (tag) => (tag === TAG ? "normal" : null)) },
+  };
+}
+
+const hosts: CoreHost[] = [];
+afterEach(() => {
+  for (const host of hosts.splice(0)) host.stop();
+});
+
+function threadHost(onFailure: (reason: string) => void = () => {}): ThreadCoreHost {
+  const { crypto, policy } = mainCrypto();
+  const host = new ThreadCoreHost({
+    initial: new OrderingCore(cfg, crypto, [], policy),
+    cfg,
+    restored: [],
+    seed: (keys[0] as SigningKey).exportSeed(),
+    keys: publicKeys,
+    priorities: [[TAG, "normal"]],
+    crypto,
+    policy,
+    onFailure,
+  });
+  hosts.push(host);
+  return host;
+}
+
+/** Runs `input` on `host` and resolves with its Ready (in input order). */
+function stepOf(host: CoreHost, input: CoreInput): Promise<Ready> {
+  return new Promise((resolve) => host.step(input, resolve));
+}
+
+function vote<T extends "PREPARE" | "COMMIT">(t: T, from: number, pp: PrePrepare): T extends "PREPARE" ? Prepare : Commit {
+  const unsigned = { t, view: pp.view, seq: pp.seq, digest: pp.digest, replica: from, sig: new Uint8Array(64) } as Prepare | Commit;
+  return { ...unsigned, sig: sign(keys[from] as SigningKey, signingBytes(unsigned, CLUSTER)) } as T extends "PREPARE" ? Prepare : Commit;
+}
+
+/** The leader's path of one seq: requests, a tick (the proposal), then PREPAREs and COMMITs of replicas 1 and 2. */
+async function leaderRun(host: CoreHost, requests: readonly ClientRequest[]): Promise<Ready[]> {
+  const readies: Ready[] = [];
+  readies.push(await stepOf(host, { kind: "tick", nowMs: 1_800_000_000_000 }));
+  for (const req of requests) readies.push(await stepOf(host, { kind: "request", req, authenticated: true }));
+  readies.push(await stepOf(host, { kind: "tick", nowMs: 1_800_000_000_010 }));
+  const proposal = readies
+    .flatMap((ready) => ready.effects)
+    .find((effect): effect is { kind: "send"; to: "all"; msg: PrePrepare } => effect.kind === "send" && effect.msg.t === "PRE_PREPARE");
+  if (proposal === undefined) throw new Error("the leader proposed nothing");
+  const pp = proposal.msg;
+  for (const t of ["PREPARE", "COMMIT"] as const) {
+    for (const from of [1, 2]) readies.push(await stepOf(host, { kind: "message", from, msg: vote(t, from, pp) as PeerMessage }));
+  }
+  return readies;
+}
+
+describe("the ordering core on its own thread", () => {
+  test("the same inputs give the same Readies as on the event loop, and the mirror follows the thread's core", async () => {
+    const { crypto, policy } = mainCrypto();
+    const inline = new InlineCoreHost(new OrderingCore(cfg, crypto, [], policy), crypto, policy);
+    const onThread = threadHost();
+    const client = new TestClient();
+    const requests = [0, 1, 2].map((i) => client.pub(TAG, [`event ${i}`]));
+    const expected = await leaderRun(inline, requests);
+    const got = await leaderRun(onThread, requests);
+    // The run decided its seq: a test that compares two empty runs would prove nothing.
+    const decided = expected.flatMap((ready) => ready.effects).filter((effect) => effect.kind === "decide");
+    expect(decided.length).toBe(1);
+    expect(got).toEqual(expected);
+    expect(onThread.status()).toEqual(inline.status());
+    expect(onThread.status().lastExecuted).toBe(1);
+    const decide = decided[0] as Extract<(typeof decided)[number], { kind: "decide" }>;
+    for (const req of decide.batch) {
+      expect(onThread.lastExecutedOf(req.client)).toBe(inline.lastExecutedOf(req.client));
+      expect(onThread.lastExecutedOf(req.client)).toBeGreaterThan(0);
+    }
+  });
+
+  test("a thread that exits stops its host, with the reason", async () => {
+    let reason = "";
+    const host = threadHost((why) => {
+      reason = why;
+    });
+    // Running first: one step answered.
+    await stepOf(host, { kind: "tick", nowMs: 1_800_000_000_000 });
+    host.terminateForTest();
+    await waitFor("the host to report the exit", () => reason !== "", 10_000);
+    expect(reason).toBe("the ordering thread exited");
+  });
+
+  test("a step that throws on the thread stops its host as a core assertion would", async () => {
+    let reason = "";
+    const host = threadHost((why) => {
+      reason = why;
+    });
+    // Not a message validatePeerMessage passes: the core's dispatch throws on it.
+    host.step({ kind: "message", from: 1, msg: null as unknown as PeerMessage }, () => {
+      throw new Error("a step that threw must not be answered");
+    });
+    await waitFor("the host to report the failure", () => reason !== "", 10_000);
+    expect(reason).toStartWith("ordering core assertion failed:");
+  });
+});
