@@ -26,18 +26,8 @@ import type { CoreCrypto, CoreInput, CoreStatus, PersistedRecord, Ready } from "
 import type { Priority } from "../core/channels/types.ts";
 import { workerEntry } from "../threads/entry.ts";
 
-/**
- * Cores a host needs for `fitb replica --ordering-thread auto` to run the core on a thread:
- * measured on 2 cores shared by 4 replicas, the hand-off of every step costs more than it
- * takes off the event loop (README, Performance).
- */
-export const ORDERING_THREAD_CORES_MIN = 4;
-
-/** Whether `--ordering-thread auto` turns the thread on here. */
-export function orderingThreadByDefault(): boolean {
-  const cores = typeof navigator !== "undefined" ? navigator.hardwareConcurrency : 1;
-  return cores >= ORDERING_THREAD_CORES_MIN;
-}
+/** The ordering thread's name in `top -H`, `ps -L` and /proc/PID/task/TID/comm (Linux). */
+export const ORDERING_THREAD_NAME = "fitb-ordering";
 
 /** A request the runtime verified before submitting it: the cache key and stamp the core's check would compute. */
 export interface VerifiedMark {
@@ -61,6 +51,48 @@ export interface CoreHost {
   setPriorities(priorities: readonly (readonly [string, Priority])[]): void;
   /** Stops; nothing more is handed back. */
   stop(): void;
+}
+
+/**
+ * A byte view whose buffer is larger than this (twice the view, plus 4 KiB) is copied out
+ * before it crosses to or from the thread: a structured clone copies a view's whole buffer,
+ * and a 32-byte digest decoded from a socket read is a view into that read's buffer.
+ */
+function oversized(view: Uint8Array): boolean {
+  return view.buffer.byteLength > view.byteLength * 2 + 4096;
+}
+
+/**
+ * `value` with every oversized byte view copied out, sharing every part that has none
+ * (objects and arrays are copied only on the way to a view that changed; the caller's are
+ * never written). Plain data only: what crosses to the thread is.
+ */
+export function compacted<T>(value: T): T {
+  if (value instanceof Uint8Array) return (oversized(value) ? value.slice() : value) as T;
+  if (Array.isArray(value)) {
+    let out: unknown[] | null = null;
+    for (let i = 0; i < value.length; i++) {
+      const item = compacted(value[i] as unknown);
+      if (item !== value[i]) {
+        out ??= value.slice();
+        out[i] = item;
+      }
+    }
+    return (out ?? value) as T;
+  }
+  if (value !== null && typeof value === "object" && !(value instanceof Map) && !(value instanceof Set)) {
+    let out: Record<string, unknown> | null = null;
+    for (const key of Object.keys(value)) {
+      const field = (value as Record<string, unknown>)[key];
+      const item = compacted(field);
+      if (item !== field) {
+        out ??= { ...(value as Record<string, unknown>) };
+        out[key] = item;
+      }
+    }
+    return (out ?? value) as T;
+  }
+  return value;
 }
 
 /** The core threw in a step (an assertion): the replica's state can no longer be trusted. */
@@ -185,7 +217,7 @@ export class ThreadCoreHost implements CoreHost {
     this.worker.onmessage = (event: MessageEvent<readonly HostAnswer[]>) => this.onAnswers(event.data);
     this.worker.onerror = (event) => this.fail(`the ordering thread failed: ${event.message}`);
     this.worker.addEventListener("close", () => this.fail("the ordering thread exited"));
-    this.push({ k: "init", cfg, restored, seed: options.seed, keys: options.keys, priorities: options.priorities });
+    this.push({ k: "init", cfg, restored: compacted(restored), seed: options.seed, keys: options.keys, priorities: options.priorities });
   }
 
   /** Steps handed to the thread and not answered yet. */
@@ -200,7 +232,8 @@ export class ThreadCoreHost implements CoreHost {
       return;
     }
     this.waiting.push(handle);
-    this.push(verified === undefined ? { k: "step", input } : { k: "step", input, verified });
+    const sent = compacted(input);
+    this.push(verified === undefined ? { k: "step", input: sent } : { k: "step", input: sent, verified });
   }
 
   status(): CoreStatus {
@@ -216,7 +249,7 @@ export class ThreadCoreHost implements CoreHost {
     this.generation++;
     this.mirrorClients.clear();
     this.mirrorStatus = this.mirrorFrom(new OrderingCore(cfg, this.options.crypto, restored, this.options.policy));
-    this.push({ k: "replace", cfg, restored, keys });
+    this.push({ k: "replace", cfg, restored: compacted(restored), keys });
   }
 
   setPriorities(priorities: readonly (readonly [string, Priority])[]): void {

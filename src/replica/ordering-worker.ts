@@ -8,6 +8,7 @@
  * A step that throws (a core assertion) is answered `failed` and the thread takes nothing
  * more: the replica stops, as it does when the core asserts on the event loop.
  */
+import { writeFileSync } from "node:fs";
 import type { Priority } from "../core/channels/types.ts";
 import { OrderingCore } from "../core/ordering/core.ts";
 import type { CoreCrypto } from "../core/ordering/types.ts";
@@ -15,9 +16,16 @@ import { sign, verify } from "../crypto/ed25519.ts";
 import { sha256 } from "../crypto/hash.ts";
 import { SigningKey } from "../crypto/keys.ts";
 import { urgencyOfSpace, VerifiedRequests } from "./requests.ts";
-import type { HostAnswer, HostOp } from "./ordering-host.ts";
+import { compacted, type HostAnswer, type HostOp, ORDERING_THREAD_NAME } from "./ordering-host.ts";
 
 declare const self: Worker;
+
+// Named for `top -H`, `ps -L` and /proc (Linux; elsewhere it keeps the runtime's name).
+try {
+  writeFileSync("/proc/thread-self/comm", ORDERING_THREAD_NAME);
+} catch {
+  // Not Linux, or /proc is not mounted: only the name is lost.
+}
 
 let core: OrderingCore | null = null;
 let generation = -1;
@@ -75,7 +83,7 @@ function run(op: HostOp, answers: HostAnswer[]): void {
         if (effect.kind !== "decide") continue;
         for (const req of effect.batch) clients.push([req.client, core.lastExecutedOf(req.client)]);
       }
-      answers.push({ k: "ready", gen: generation, ready, status: core.status(), clients });
+      answers.push({ k: "ready", gen: generation, ready: compacted(ready), status: core.status(), clients });
       return;
     }
     default: {

@@ -1,14 +1,15 @@
 /**
  * Where each replica's CPU goes, thread by thread (run on purpose, not part of `npm test`):
  *
- *   npx bun test/bench/threads.ts [--events N] [--rate R] [--threads T] [--class C] [--json] [--help]
+ *   npx bun test/bench/threads.ts [--events N] [--rate R] [--threads T] [--ordering-thread on|off] [--class C] [--json] [--help]
  *
- * Starts four replicas on 127.0.0.1 with `--threads T` verification threads, creates one
+ * Starts four replicas on 127.0.0.1 with `--threads T` verification threads (and with
+ * `--ordering-thread on`, the ordering core on a thread of its own), creates one
  * channel of CLASS C, runs the real `fitb bench` workload on it (N events of 200 bytes, as
  * fast as acknowledgements allow or at R events/s, where per-seq costs weigh more),
  * and reads every replica thread's CPU time from /proc/PID/task/TID/stat before and after.
  * It prints, per replica, the CPU µs per delivered event of the main thread (sockets,
- * ordering core, storage, execution, fan-out: one event loop), of the verification threads
+ * ordering core, storage, execution, fan-out: one event loop), of the ordering thread, of the verification threads
  * and of the runtime's own threads (garbage collector and JIT helpers), and then what the
  * figures bound:
  *
@@ -25,6 +26,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
+import { ORDERING_THREAD_NAME } from "../../src/replica/ordering-host.ts";
 import { clientFor } from "../integration/client-util.ts";
 import { benchArgv, startCluster, type TestCluster } from "../integration/harness.ts";
 import { optionsOrExit, stopOnSignalsAndDeadline } from "../helpers/program.ts";
@@ -46,7 +48,7 @@ const RUN_MS_MAX = 600_000;
 const CLOCK_TICKS_PER_SECOND = 100;
 
 export const USAGE = [
-  "usage: npx bun test/bench/threads.ts [--events N] [--rate R] [--threads T] [--class C] [--json] [--help]",
+  "usage: npx bun test/bench/threads.ts [--events N] [--rate R] [--threads T] [--ordering-thread on|off] [--class C] [--json] [--help]",
   "",
   "Runs fitb bench on 4 local replicas and prints each replica's CPU per delivered event,",
   "thread by thread (main event loop, verification threads, runtime threads), and the",
@@ -54,6 +56,7 @@ export const USAGE = [
   `  --events N   events of ${EVENT_BYTES} B (default ${EVENTS_DEFAULT}, 1000..10000000)`,
   "  --rate R     offer R events/s (fitb bench --rate; default: as fast as acknowledgements allow; the warm-up runs unpaced)",
   "  --threads T  the replicas' --threads (verification threads, 0..8; default: the replica's own default)",
+  "  --ordering-thread on|off  the replicas' --ordering-thread (default: the replica's own default)",
   `  --class C    the channel's CLASS: ${Object.keys(CLASSES).join(", ")} (default byzantine/total)`,
   "  --json       one JSON object instead of the tables",
 ].join("\n");
@@ -63,6 +66,8 @@ export interface Options {
   /** fitb bench --rate for the measured run, or null: as fast as acknowledgements allow. */
   readonly rate: number | null;
   readonly threads: number | null;
+  /** The replicas' --ordering-thread, or null: their default. */
+  readonly orderingThread: "on" | "off" | null;
   readonly className: ClassName;
   readonly json: boolean;
   readonly help: boolean;
@@ -72,6 +77,7 @@ export function parseOptions(argv: readonly string[]): Options | string {
   let events = EVENTS_DEFAULT;
   let rate: number | null = null;
   let threads: number | null = null;
+  let orderingThread: "on" | "off" | null = null;
   let className: ClassName = "byzantine/total";
   let json = false;
   let help = false;
@@ -91,13 +97,17 @@ export function parseOptions(argv: readonly string[]): Options | string {
       const value = Number(argv[++i]);
       if (!Number.isInteger(value) || value < 0 || value > 8) return "--threads: an integer in 0..8";
       threads = value;
+    } else if (arg === "--ordering-thread") {
+      const value = argv[++i];
+      if (value !== "on" && value !== "off") return "--ordering-thread: on or off";
+      orderingThread = value;
     } else if (arg === "--class") {
       const value = argv[++i];
       if (value === undefined || !(value in CLASSES)) return `--class: one of ${Object.keys(CLASSES).join(", ")}`;
       className = value as ClassName;
     } else return `unknown argument ${arg}`;
   }
-  return { events, rate, threads, className, json, help };
+  return { events, rate, threads, orderingThread, className, json, help };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -105,7 +115,7 @@ export function parseOptions(argv: readonly string[]): Options | string {
 // ---------------------------------------------------------------------------------------
 
 /** What a thread is, from its name and whether it is the process's first thread. */
-export type ThreadRole = "main" | "verify" | "runtime";
+export type ThreadRole = "main" | "ordering" | "verify" | "runtime";
 
 export interface ThreadCpu {
   readonly tid: number;
@@ -141,17 +151,20 @@ export function statSeconds(stat: string): number {
 }
 
 /**
- * The role of a thread: the process's first thread runs the event loop; Bun names the
- * thread of each Worker "Worker" (the replica's only workers are its verification
- * threads); everything else is the runtime's own (JIT, GC helpers, the I/O pool).
+ * The role of a thread: the process's first thread runs the event loop; the ordering
+ * thread names itself (src/replica/ordering-worker.ts); Bun names the thread of every other
+ * Worker "Worker" (the replica's other workers are its verification threads); everything
+ * else is the runtime's own (JIT, GC helpers, the I/O pool).
  */
 export function roleOf(thread: ThreadCpu, pid: number): ThreadRole {
   if (thread.tid === pid) return "main";
+  if (thread.name === ORDERING_THREAD_NAME) return "ordering";
   return thread.name === "Worker" ? "verify" : "runtime";
 }
 
 export interface RoleCpu {
   main: number;
+  ordering: number;
   verify: number;
   runtime: number;
   /** Each verification thread's own seconds (the busiest bounds them on separate cores). */
@@ -163,7 +176,7 @@ export interface RoleCpu {
 /** CPU seconds by role between two readings of one process (threads new in `after` count from 0). */
 export function cpuByRole(before: readonly ThreadCpu[], after: readonly ThreadCpu[], pid: number): RoleCpu {
   const start = new Map(before.map((t) => [t.tid, t.seconds]));
-  const result: RoleCpu = { main: 0, verify: 0, runtime: 0, verifyThreads: [], runtimeByName: {} };
+  const result: RoleCpu = { main: 0, ordering: 0, verify: 0, runtime: 0, verifyThreads: [], runtimeByName: {} };
   for (const thread of after) {
     const seconds = Math.max(0, thread.seconds - (start.get(thread.tid) ?? 0));
     const role = roleOf(thread, pid);
@@ -186,6 +199,7 @@ interface BenchJson {
   readonly delivered: number;
   readonly seconds: number;
   readonly delivered_per_s: number;
+  readonly p50_ms: number;
   readonly p99_ms: number;
 }
 
@@ -207,6 +221,7 @@ async function runBench(cluster: TestCluster, events: number, rate: number | nul
 interface ReplicaFigures {
   readonly replica: number;
   readonly mainUs: number;
+  readonly orderingUs: number;
   readonly verifyUs: number;
   readonly busiestVerifyUs: number;
   readonly verifyThreads: number;
@@ -218,8 +233,11 @@ const usPerEvent = (seconds: number, events: number): number => (events === 0 ? 
 
 async function main(): Promise<void> {
   const options = optionsOrExit(parseOptions(process.argv.slice(2)), USAGE);
-  const threadArgs = options.threads === null ? [] : ["--threads", String(options.threads)];
-  progress(`starting 4 replicas${threadArgs.length === 0 ? "" : ` with --threads ${options.threads}`}`);
+  const threadArgs = [
+    ...(options.threads === null ? [] : ["--threads", String(options.threads)]),
+    ...(options.orderingThread === null ? [] : ["--ordering-thread", options.orderingThread]),
+  ];
+  progress(`starting 4 replicas${threadArgs.length === 0 ? "" : ` with ${threadArgs.join(" ")}`}`);
   const cluster = await startCluster({ replicaArgs: () => threadArgs });
   const stop = (code: number, why: string): never => {
     progress(why);
@@ -253,6 +271,7 @@ async function main(): Promise<void> {
       return {
         replica,
         mainUs: usPerEvent(cpu.main, bench.delivered),
+        orderingUs: usPerEvent(cpu.ordering, bench.delivered),
         verifyUs: usPerEvent(cpu.verify, bench.delivered),
         busiestVerifyUs: usPerEvent(Math.max(0, ...cpu.verifyThreads), bench.delivered),
         verifyThreads: cpu.verifyThreads.length,
@@ -261,18 +280,21 @@ async function main(): Promise<void> {
       };
     });
     const cores = availableParallelism();
-    const allUs = replicas.reduce((sum, r) => sum + r.mainUs + r.verifyUs + r.runtimeUs, 0);
+    const allUs = replicas.reduce((sum, r) => sum + r.mainUs + r.orderingUs + r.verifyUs + r.runtimeUs, 0);
     const hereBound = allUs === 0 ? 0 : Math.round((cores * 1e6) / allUs);
     const busiestMain = Math.max(...replicas.map((r) => r.mainUs));
+    const busiestOrdering = Math.max(...replicas.map((r) => r.orderingUs));
     const busiestVerify = Math.max(...replicas.map((r) => r.busiestVerifyUs));
-    const ownHostsBound = Math.round(1e6 / Math.max(busiestMain, busiestVerify, 0.001));
-    const inlineHostsBound = Math.round(1e6 / Math.max(...replicas.map((r) => r.mainUs + r.verifyUs), 0.001));
+    const ownHostsBound = Math.round(1e6 / Math.max(busiestMain, busiestOrdering, busiestVerify, 0.001));
+    const inlineHostsBound = Math.round(1e6 / Math.max(...replicas.map((r) => r.mainUs + r.orderingUs + r.verifyUs), 0.001));
     const figures = {
       class: options.className,
       events: options.events,
       rate: options.rate,
       delivered: bench.delivered,
       delivered_per_s: bench.delivered_per_s,
+      p50_ms: bench.p50_ms,
+      p99_ms: bench.p99_ms,
       wall_s: Math.round(wallSeconds * 10) / 10,
       cores,
       replicas,
@@ -283,20 +305,24 @@ async function main(): Promise<void> {
     if (options.json) console.log(JSON.stringify(figures, null, 2));
     else {
       console.log(
-        `${options.className}, ${bench.delivered} of ${options.events} events delivered${paced}, ${bench.delivered_per_s} ev/s, on ${cores} cores`,
+        `${options.className}, ${bench.delivered} of ${options.events} events delivered${paced}, ${bench.delivered_per_s} ev/s (p50 ${bench.p50_ms} ms, p99 ${bench.p99_ms} ms), on ${cores} cores`,
       );
       console.log("");
-      console.log("| replica | main thread µs/ev | verify threads µs/ev (busiest) | runtime threads µs/ev | top runtime threads |");
-      console.log("|--------:|------------------:|-------------------------------:|----------------------:|---------------------|");
+      console.log(
+        "| replica | main thread µs/ev | ordering thread µs/ev | verify threads µs/ev (busiest) | runtime threads µs/ev | top runtime threads |",
+      );
+      console.log(
+        "|--------:|------------------:|----------------------:|-------------------------------:|----------------------:|---------------------|",
+      );
       for (const r of replicas) {
         console.log(
-          `| ${r.replica} | ${r.mainUs} | ${r.verifyUs} (${r.busiestVerifyUs}, ${r.verifyThreads} threads) | ${r.runtimeUs} | ${r.runtimeTop || "-"} |`,
+          `| ${r.replica} | ${r.mainUs} | ${r.orderingUs} | ${r.verifyUs} (${r.busiestVerifyUs}, ${r.verifyThreads} threads) | ${r.runtimeUs} | ${r.runtimeTop || "-"} |`,
         );
       }
       console.log("");
       console.log(`the replicas' CPU alone would allow ${hereBound} ev/s on these ${cores} cores (bench and subscriber not counted)`);
       console.log(
-        `with a core per thread, the busiest thread allows ${ownHostsBound} ev/s (main ${busiestMain}, verify ${busiestVerify} µs/ev)`,
+        `with a core per thread, the busiest thread allows ${ownHostsBound} ev/s (main ${busiestMain}, ordering ${busiestOrdering}, verify ${busiestVerify} µs/ev)`,
       );
       console.log(`with verification on the main thread, a core per replica (from these figures): ${inlineHostsBound} ev/s`);
     }

@@ -11,14 +11,18 @@ describe("bench/threads.ts", () => {
       events: 100_000,
       rate: null,
       threads: null,
+      orderingThread: null,
       className: "byzantine/total",
       json: false,
       help: false,
     });
-    expect(parseOptions(["--events", "5000", "--rate", "2000", "--threads", "0", "--class", "crash/none", "--json"])).toEqual({
+    expect(
+      parseOptions(["--events", "5000", "--rate", "2000", "--threads", "0", "--ordering-thread", "on", "--class", "crash/none", "--json"]),
+    ).toEqual({
       events: 5000,
       rate: 2000,
       threads: 0,
+      orderingThread: "on",
       className: "crash/none",
       json: true,
       help: false,
@@ -27,6 +31,7 @@ describe("bench/threads.ts", () => {
     expect(parseOptions(["--threads", "9"])).toContain("--threads");
     expect(parseOptions(["--rate", "0"])).toContain("--rate");
     expect(parseOptions(["--class", "crash"])).toContain("--class");
+    expect(parseOptions(["--ordering-thread", "auto"])).toContain("--ordering-thread");
     expect(parseOptions(["--fast"])).toBe("unknown argument --fast");
   });
 
@@ -40,15 +45,18 @@ describe("bench/threads.ts", () => {
       { tid: 10, name: "bun.exe", seconds: 5 },
       { tid: 11, name: "Worker", seconds: 1 },
       { tid: 12, name: "JITWorker", seconds: 2 },
+      { tid: 14, name: "fitb-ordering", seconds: 1 },
     ];
     const after = [
       { tid: 10, name: "bun.exe", seconds: 9 },
       { tid: 11, name: "Worker", seconds: 2 },
       { tid: 12, name: "JITWorker", seconds: 2.5 },
       { tid: 13, name: "Worker", seconds: 3 },
+      { tid: 14, name: "fitb-ordering", seconds: 2.5 },
     ];
     expect(cpuByRole(before, after, 10)).toEqual({
       main: 4,
+      ordering: 1.5,
       verify: 4,
       runtime: 0.5,
       verifyThreads: [1, 3],

@@ -5,7 +5,6 @@
  */
 import { URGENT_DELAY_TARGET_MS_DEFAULT, URGENT_DELAY_TARGET_MS_MAX } from "../../replica/shedding.ts";
 import { defaultThreads, THREADS_MAX } from "../../threads/verify-pool.ts";
-import { ORDERING_THREAD_CORES_MIN, orderingThreadByDefault } from "../../replica/ordering-host.ts";
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { bytesEqual } from "../../crypto/encoding.ts";
@@ -90,9 +89,10 @@ export const replicaCommand: Command = {
     {
       name: "ordering-thread",
       kind: "string",
-      valueName: "on|off|auto",
-      defaultValue: "auto",
-      description: `Run the ordering core (PBFT, and the signatures of peer messages) on a thread of its own instead of the event loop; auto: on when the host has at least ${ORDERING_THREAD_CORES_MIN} cores (here ${orderingThreadByDefault() ? "on" : "off"}) and --threads is not 0. On 2 shared cores the hand-off costs more than it saves (README, Performance)`,
+      valueName: "on|off",
+      defaultValue: "off",
+      description:
+        "on: the ordering core (PBFT, and the signatures of peer messages) runs on a thread of its own beside the event loop, which then does about a fifth less per event at moderate load; each step is handed over by copy, which costs as much as it saves at saturation, and on hosts without a core to spare it raises latency (README, Performance). Needs --threads 1 or more",
     },
     {
       name: "urgent-delay-target-ms",
@@ -142,7 +142,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   const listens = args.strings("listen").map(parseListen);
   const listen = listens[0];
   const threads = args.integer("threads", 0, THREADS_MAX) ?? defaultThreads();
-  const orderingThread = parseOrderingThread(args.string("ordering-thread") ?? "auto", threads);
+  const orderingThread = parseOrderingThread(args.string("ordering-thread") ?? "off", threads);
   const urgentDelayTargetMs = args.integer("urgent-delay-target-ms", 0, URGENT_DELAY_TARGET_MS_MAX) ?? URGENT_DELAY_TARGET_MS_DEFAULT;
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const log = createLog({ replica: id }, level.level);
@@ -301,7 +301,7 @@ function parseSync(text: string): SyncPolicy {
   return policy;
 }
 
-/** `--ordering-thread`: on, off, or auto (on when the host has the cores for it and verification threads are wanted). */
+/** `--ordering-thread`: on or off; on and `--threads 0` (everything on one thread) contradict each other. */
 function parseOrderingThread(text: string, threads: number): boolean {
   switch (text) {
     case "on":
@@ -312,9 +312,7 @@ function parseOrderingThread(text: string, threads: number): boolean {
       return true;
     case "off":
       return false;
-    case "auto":
-      return threads > 0 && orderingThreadByDefault();
     default:
-      throw new UsageError(`--ordering-thread: expected on, off or auto, got ${JSON.stringify(text)}`);
+      throw new UsageError(`--ordering-thread: expected on or off, got ${JSON.stringify(text)}`);
   }
 }
