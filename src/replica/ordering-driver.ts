@@ -973,14 +973,26 @@ export class OrderingDriver {
    * up by executing meanwhile), since the machine may already be past that state.
    */
   private installSnapshot(importer: SnapshotImport, head: SnapshotHead): void {
+    const generation = this.coreGeneration;
+    // On the ordering thread, the core may have moved on since its last answer: it says
+    // whether it still wants this state, and holds still until the install's step if so.
+    this.core.claimTransfer(head.seq, (wanted) => {
+      if (generation === this.coreGeneration) this.installClaimed(importer, head, wanted);
+      else if (wanted) this.core.releaseTransfer();
+    });
+  }
+
+  private installClaimed(importer: SnapshotImport, head: SnapshotHead, wanted: boolean): void {
     const { log, machine } = this.options;
-    if (this.core.status().transferTo !== head.seq || this.appliedSeq >= head.seq) {
+    if (!wanted || this.appliedSeq >= head.seq) {
+      if (wanted) this.core.releaseTransfer();
       log.info("fetched state no longer needed", { seq: head.seq, applied: this.appliedSeq });
       this.options.storage.stageDropSnapshot(head.seq);
       return;
     }
     const installed = machine.installSnapshot(importer);
     if (!installed.ok) {
+      this.core.releaseTransfer();
       log.error("fetched state does not install", { seq: head.seq, reason: installed.reason });
       this.options.storage.stageDropSnapshot(head.seq);
       return;

@@ -47,6 +47,15 @@ export interface CoreHost {
   lastExecutedOf(client: string): number;
   /** Replaces the core by one built from `restored` (an epoch switch); later inputs go to it. */
   replace(cfg: CoreConfig, restored: readonly PersistedRecord[], keys: readonly Uint8Array[]): void;
+  /**
+   * A fetched state for checkpoint `seq` is ready to install: `answer(true)` if the core
+   * is still fetching exactly that state, and then the core takes no other input until the
+   * `snapshotInstalled` step for `seq` (or `releaseTransfer`), so the answer still holds
+   * when the machine has installed it. Inline, at once.
+   */
+  claimTransfer(seq: number, answer: (wanted: boolean) => void): void;
+  /** The claimed state did not install after all: the core goes on with its other inputs. */
+  releaseTransfer(): void;
   /** The channels' priorities changed (the leader's batch fill reads them). */
   setPriorities(priorities: readonly (readonly [string, Priority])[]): void;
   /** Stops; nothing more is handed back. */
@@ -128,6 +137,12 @@ export class InlineCoreHost implements CoreHost {
     this.core = new OrderingCore(cfg, this.crypto, restored, this.policy);
   }
 
+  claimTransfer(seq: number, answer: (wanted: boolean) => void): void {
+    answer(this.core.status().transferTo === seq);
+  }
+
+  releaseTransfer(): void {}
+
   setPriorities(): void {
     // The policy reads the channel machine itself.
   }
@@ -151,7 +166,10 @@ export type HostOp =
       readonly keys: readonly Uint8Array[];
       readonly priorities: readonly (readonly [string, Priority])[];
     }
-  | { readonly k: "step"; readonly input: CoreInput; readonly verified?: VerifiedMark }
+  | { readonly k: "step"; readonly id: number; readonly input: CoreInput; readonly verified?: VerifiedMark }
+  /** claimTransfer: answered `claim`; if wanted, the thread holds every step but the install's until it comes (or `release`). */
+  | { readonly k: "claim"; readonly id: number; readonly seq: number }
+  | { readonly k: "release" }
   | {
       readonly k: "replace";
       readonly cfg: CoreConfig;
@@ -164,8 +182,11 @@ export type HostOp =
 export type HostAnswer =
   /** The thread built its first core. */
   | { readonly k: "started" }
+  | { readonly k: "claim"; readonly id: number; readonly wanted: boolean }
   | {
       readonly k: "ready";
+      /** The step's id: a claimed transfer lets the install's step overtake those held behind it. */
+      readonly id: number;
       /** Which core answered: 0 for the first, one more at each `replace`. */
       readonly gen: number;
       readonly ready: Ready;
@@ -203,9 +224,10 @@ export class ThreadCoreHost implements CoreHost {
   /** Ops of this turn, sent together at its end. */
   private ops: HostOp[] = [];
   private scheduled = false;
-  /** The handlers of steps sent and not answered, oldest first (a ring of arrays: shift is O(n)). */
-  private waiting: ReadyHandler[] = [];
-  private waitingHead = 0;
+  /** The handlers of steps (and claims) sent and not answered, by id. */
+  private readonly waiting = new Map<number, ReadyHandler>();
+  private readonly claims = new Map<number, (wanted: boolean) => void>();
+  private nextId = 0;
   private stopped = false;
   /** The current core: answers of an older one (sent before a replace) leave the mirror alone. */
   private generation = 0;
@@ -222,7 +244,7 @@ export class ThreadCoreHost implements CoreHost {
 
   /** Steps handed to the thread and not answered yet. */
   get inFlight(): number {
-    return this.waiting.length - this.waitingHead;
+    return this.waiting.size;
   }
 
   step(input: CoreInput, handle: ReadyHandler, verified?: VerifiedMark): void {
@@ -231,9 +253,10 @@ export class ThreadCoreHost implements CoreHost {
       this.fail(`the ordering thread has ${this.inFlight} steps unanswered`);
       return;
     }
-    this.waiting.push(handle);
+    const id = this.nextId++;
+    this.waiting.set(id, handle);
     const sent = compacted(input);
-    this.push(verified === undefined ? { k: "step", input: sent } : { k: "step", input: sent, verified });
+    this.push(verified === undefined ? { k: "step", id, input: sent } : { k: "step", id, input: sent, verified });
   }
 
   status(): CoreStatus {
@@ -250,6 +273,17 @@ export class ThreadCoreHost implements CoreHost {
     this.mirrorClients.clear();
     this.mirrorStatus = this.mirrorFrom(new OrderingCore(cfg, this.options.crypto, restored, this.options.policy));
     this.push({ k: "replace", cfg, restored: compacted(restored), keys });
+  }
+
+  claimTransfer(seq: number, answer: (wanted: boolean) => void): void {
+    if (this.stopped) return;
+    const id = this.nextId++;
+    this.claims.set(id, answer);
+    this.push({ k: "claim", id, seq });
+  }
+
+  releaseTransfer(): void {
+    this.push({ k: "release" });
   }
 
   setPriorities(priorities: readonly (readonly [string, Priority])[]): void {
@@ -299,17 +333,23 @@ export class ThreadCoreHost implements CoreHost {
         this.options.onReady?.();
         continue;
       }
-      const handle = this.waiting[this.waitingHead];
+      if (answer.k === "claim") {
+        const claimed = this.claims.get(answer.id);
+        this.claims.delete(answer.id);
+        if (claimed === undefined) {
+          this.fail("the ordering thread answered a claim it was not given");
+          return;
+        }
+        claimed(answer.wanted);
+        if (this.stopped) return;
+        continue;
+      }
+      const handle = this.waiting.get(answer.id);
       if (handle === undefined) {
         this.fail("the ordering thread answered a step it was not given");
         return;
       }
-      this.waiting[this.waitingHead] = undefined as unknown as ReadyHandler;
-      this.waitingHead++;
-      if (this.waitingHead >= 1024 && this.waitingHead * 2 >= this.waiting.length) {
-        this.waiting = this.waiting.slice(this.waitingHead);
-        this.waitingHead = 0;
-      }
+      this.waiting.delete(answer.id);
       if (answer.gen === this.generation) {
         this.mirrorStatus = answer.status;
         for (const [client, seq] of answer.clients) this.mirrorClients.set(client, seq);

@@ -32,6 +32,9 @@ let generation = -1;
 let key: SigningKey | null = null;
 let keys: readonly Uint8Array[] = [];
 let failed = false;
+/** The checkpoint of a claimed transfer: steps other than its install wait in `held` (ordering-host.ts claimTransfer). */
+let claimed: number | null = null;
+let held: HostOp[] = [];
 const priorities = new Map<string, Priority>();
 const verified = new VerifiedRequests();
 
@@ -51,7 +54,19 @@ function setPriorities(entries: readonly (readonly [string, Priority])[]): void 
   for (const [tag, priority] of entries) priorities.set(tag, priority);
 }
 
+/** Runs the ops held behind a claimed transfer, in their order (they may claim again). */
+function releaseHeld(answers: HostAnswer[]): void {
+  claimed = null;
+  const waiting = held;
+  held = [];
+  for (const op of waiting) run(op, answers);
+}
+
 function run(op: HostOp, answers: HostAnswer[]): void {
+  if (claimed !== null && op.k !== "release" && !(op.k === "step" && op.input.kind === "snapshotInstalled" && op.input.seq === claimed)) {
+    held.push(op);
+    return;
+  }
   switch (op.k) {
     case "init":
       key = SigningKey.fromSeed(op.seed);
@@ -60,6 +75,16 @@ function run(op: HostOp, answers: HostAnswer[]): void {
       core = new OrderingCore(op.cfg, crypto, op.restored, policy);
       generation = 0;
       answers.push({ k: "started" });
+      return;
+    case "claim": {
+      if (core === null) throw new Error("a claim before the core was built");
+      const wanted = core.status().transferTo === op.seq;
+      if (wanted) claimed = op.seq;
+      answers.push({ k: "claim", id: op.id, wanted });
+      return;
+    }
+    case "release":
+      if (claimed !== null) releaseHeld(answers);
       return;
     case "replace":
       keys = op.keys;
@@ -83,7 +108,8 @@ function run(op: HostOp, answers: HostAnswer[]): void {
         if (effect.kind !== "decide") continue;
         for (const req of effect.batch) clients.push([req.client, core.lastExecutedOf(req.client)]);
       }
-      answers.push({ k: "ready", gen: generation, ready: compacted(ready), status: core.status(), clients });
+      answers.push({ k: "ready", id: op.id, gen: generation, ready: compacted(ready), status: core.status(), clients });
+      if (claimed !== null && op.input.kind === "snapshotInstalled") releaseHeld(answers);
       return;
     }
     default: {

@@ -152,41 +152,50 @@ describe("kill -9 during a publish stream", () => {
 });
 
 describe("a replica that lost its data directory", () => {
-  test("is restored by state transfer and then serves history with only f+1 replicas up", async () => {
-    const cluster = await startCluster();
-    const admin = clientFor(cluster, cluster.adminKey);
-    const publisher = clientFor(cluster, cluster.clientKey);
-    try {
-      await createChannels(admin, loadPublicKeyFile(`${cluster.clientKey}.pub`));
-      const leader = (await admin.status()).leader as number;
-      const wiped = (leader + 2) % cluster.n;
-      // Enough decisions for two stable checkpoints (K = 128): the wiped replica can
-      // only come back by state transfer, not by replaying the log window.
-      const stream = await publishStream(publisher, "sec.alerts", "alert", 300, 1);
-      cluster.kill(wiped);
-      rmSync(dataDirOf(cluster, wiped), { recursive: true, force: true });
-      cluster.start(wiped);
-      const trickled = await catchUpUnderTraffic(cluster, admin, publisher, "sec.alerts", [wiped], CONVERGE_MS);
-      expect(logLines(cluster, wiped, "state transfer completed").length).toBeGreaterThanOrEqual(1);
-      // Down to f+1 = 2: the restored replica and one other, neither of them the leader.
-      const other = (wiped + 1) % cluster.n === leader ? (wiped + 2) % cluster.n : (wiped + 1) % cluster.n;
-      for (let id = 0; id < cluster.n; id++) if (id !== wiped && id !== other) cluster.kill(id);
-      const streams = [stream, trickled];
-      const total = acked(streams);
-      const history = await historyByCli(cluster, "sec.alerts", total);
-      expect(history.length).toBe(total);
-      expect(checkTotalOrder(streams, history)).toEqual([]);
-      // f+1 can serve history but cannot order: status says so, and exits 2 (no quorum) for monitoring.
-      const status = await cluster.fitb(
-        ["admin", "--config", cluster.configPath, "--key", cluster.adminKey, "status", "--connect-timeout", "1000"],
-        { timeoutMs: 30_000 },
-      );
-      expect(status.code).toBe(2);
-      expect(status.stdout).toContain("NO QUORUM: 2 of 4 replicas answered, 3 are needed");
-    } finally {
-      admin.close();
-      publisher.close();
-      await cluster.stop();
-    }
-  }, 180_000);
+  // The second time with every core on its ordering thread: the state transfer's install
+  // goes through the thread's claim (src/replica/ordering-host.ts claimTransfer).
+  test.each([
+    ["", [] as string[]],
+    [", every core on its ordering thread", ["--threads", "1", "--ordering-thread", "on"]],
+  ])(
+    "is restored by state transfer and then serves history with only f+1 replicas up%s",
+    async (_name, replicaArgs) => {
+      const cluster = await startCluster({ replicaArgs: () => replicaArgs });
+      const admin = clientFor(cluster, cluster.adminKey);
+      const publisher = clientFor(cluster, cluster.clientKey);
+      try {
+        await createChannels(admin, loadPublicKeyFile(`${cluster.clientKey}.pub`));
+        const leader = (await admin.status()).leader as number;
+        const wiped = (leader + 2) % cluster.n;
+        // Enough decisions for two stable checkpoints (K = 128): the wiped replica can
+        // only come back by state transfer, not by replaying the log window.
+        const stream = await publishStream(publisher, "sec.alerts", "alert", 300, 1);
+        cluster.kill(wiped);
+        rmSync(dataDirOf(cluster, wiped), { recursive: true, force: true });
+        cluster.start(wiped);
+        const trickled = await catchUpUnderTraffic(cluster, admin, publisher, "sec.alerts", [wiped], CONVERGE_MS);
+        expect(logLines(cluster, wiped, "state transfer completed").length).toBeGreaterThanOrEqual(1);
+        // Down to f+1 = 2: the restored replica and one other, neither of them the leader.
+        const other = (wiped + 1) % cluster.n === leader ? (wiped + 2) % cluster.n : (wiped + 1) % cluster.n;
+        for (let id = 0; id < cluster.n; id++) if (id !== wiped && id !== other) cluster.kill(id);
+        const streams = [stream, trickled];
+        const total = acked(streams);
+        const history = await historyByCli(cluster, "sec.alerts", total);
+        expect(history.length).toBe(total);
+        expect(checkTotalOrder(streams, history)).toEqual([]);
+        // f+1 can serve history but cannot order: status says so, and exits 2 (no quorum) for monitoring.
+        const status = await cluster.fitb(
+          ["admin", "--config", cluster.configPath, "--key", cluster.adminKey, "status", "--connect-timeout", "1000"],
+          { timeoutMs: 30_000 },
+        );
+        expect(status.code).toBe(2);
+        expect(status.stdout).toContain("NO QUORUM: 2 of 4 replicas answered, 3 are needed");
+      } finally {
+        admin.close();
+        publisher.close();
+        await cluster.stop();
+      }
+    },
+    180_000,
+  );
 });

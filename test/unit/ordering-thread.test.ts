@@ -13,7 +13,7 @@ import { sign, verify } from "../../src/crypto/ed25519.ts";
 import { sha256 } from "../../src/crypto/hash.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { urgencyOfSpace, VerifiedRequests } from "../../src/replica/requests.ts";
-import { type CoreHost, InlineCoreHost, ThreadCoreHost } from "../../src/replica/ordering-host.ts";
+import { type CoreHost, compacted, InlineCoreHost, ThreadCoreHost } from "../../src/replica/ordering-host.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { TestClient } from "./storage-fixtures.ts";
 
@@ -131,5 +131,23 @@ describe("the ordering core on its own thread", () => {
     });
     await waitFor("the host to report the failure", () => reason !== "", 10_000);
     expect(reason).toStartWith("ordering core assertion failed:");
+  });
+});
+
+describe("what crosses to the thread", () => {
+  test("views into much larger buffers are copied out, the rest is shared, and the caller's objects are never written", () => {
+    const read = new Uint8Array(64 * 1024).map((_, i) => i & 0xff);
+    const digest = read.subarray(100, 132);
+    const own = new Uint8Array([1, 2, 3]);
+    const input = { kind: "message", from: 1, msg: { t: "PREPARE", digest, sig: own, nested: [digest, own] } };
+    const out = compacted(input);
+    expect(out).toEqual(input);
+    expect(out.msg.digest.buffer.byteLength).toBe(32);
+    expect(out.msg.nested[0]?.buffer.byteLength).toBe(32);
+    expect(out.msg.sig).toBe(own);
+    expect(input.msg.digest).toBe(digest);
+    expect(input.msg.digest.buffer.byteLength).toBe(64 * 1024);
+    const plain = { kind: "tick", nowMs: 5, list: [own] };
+    expect(compacted(plain)).toBe(plain);
   });
 });
