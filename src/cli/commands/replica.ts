@@ -92,7 +92,7 @@ export const replicaCommand: Command = {
       valueName: "on|off",
       defaultValue: "off",
       description:
-        "on: the ordering core (PBFT, and the signatures of peer messages) runs on a thread of its own beside the event loop, which then does about a fifth less per event at moderate load; each step is handed over by copy, which costs as much as it saves at saturation, and on hosts without a core to spare it raises latency (README, Performance). Needs --threads 1 or more",
+        "on: the ordering core (PBFT, and the signatures of peer messages) runs on a thread of its own beside the event loop, which then does about a fifth less per event at moderate load; each step is handed over by copy, which at saturation costs the event loop more than it saves, and on hosts without a core to spare it raises latency (README, Performance). Needs --threads 1 or more",
     },
     {
       name: "urgent-delay-target-ms",
