@@ -59,6 +59,8 @@ const COUNTERS = {
   decisions_past_epoch_end_total:
     "Decisions of an epoch above the checkpoint that ended it, never executed (the next epoch orders from there)",
   peer_flooding_total: "Times a peer was found flooding the ordering core",
+  ordering_thread_inputs_dropped_total:
+    "Peer messages and client requests not handed to the ordering thread because it had 65,536 steps unanswered (peers retransmit, clients send again)",
   leader_suspected_total: "Times this replica suspected the leader of its view (SUSPECT; the view changes once f+1 do)",
   peer_misbehaviour_total: "Peer messages that proved misbehaviour (bad signature, equivocation)",
   forwarded_requests_dropped_total: "Requests in a peer's FORWARD dropped as not admissible here",

@@ -332,6 +332,7 @@ export class OrderingDriver {
               this.fatal(reason);
             },
             onReady: () => log.info("ordering thread ready", { epoch: this.epochView.epoch }),
+            onDropped: () => metrics.inc("ordering_thread_inputs_dropped_total"),
           })
         : new InlineCoreHost(restored, crypto, this.policy);
     this.transfer = new StateTransfer(
@@ -750,8 +751,9 @@ export class OrderingDriver {
   /**
    * Hands `input` to the core; its Ready is handled in input order (at once on the event
    * loop, later from the ordering thread), then `after` runs. A Ready of a core an epoch
-   * switch replaced meanwhile is dropped whole: its records are of the ended epoch and
-   * its effects moot.
+   * switch replaced meanwhile is dropped whole (its records are of the ended epoch and
+   * its effects moot); `after` still runs, since what it finishes (an installed snapshot's
+   * bookkeeping) happened on this replica either way.
    */
   private step(input: CoreInput, after?: () => void, verified?: { cacheKey: string; stamp: number }): void {
     const generation = this.coreGeneration;
@@ -759,8 +761,7 @@ export class OrderingDriver {
       this.core.step(
         input,
         (ready) => {
-          if (generation !== this.coreGeneration) return;
-          this.handleReady(ready);
+          if (generation === this.coreGeneration) this.handleReady(ready);
           after?.();
         },
         verified,

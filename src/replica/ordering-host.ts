@@ -190,6 +190,8 @@ export type HostAnswer =
       /** Which core answered: 0 for the first, one more at each `replace`. */
       readonly gen: number;
       readonly ready: Ready;
+      /** `clients` is the core's whole client table (after an installed snapshot), not only what moved. */
+      readonly allClients: boolean;
       readonly status: CoreStatus;
       /** The last executed seq, after this step, of every client its decided batches name. */
       readonly clients: readonly (readonly [string, number])[];
@@ -211,10 +213,16 @@ export interface ThreadCoreHostOptions {
   readonly onFailure: (reason: string) => void;
   /** The thread built its core. */
   readonly onReady?: () => void;
+  /** A peer message or client request not handed over: THREAD_STEPS_IN_FLIGHT_MAX steps were unanswered. */
+  readonly onDropped?: () => void;
 }
 
-/** Steps handed to the thread and not answered yet, at most (past it the main thread has fallen behind hopelessly: a failure). */
-export const THREAD_STEPS_IN_FLIGHT_MAX = 1_000_000;
+/**
+ * Steps handed to the thread and not answered yet, at most: past it, peer messages and
+ * client requests are not handed over (`onDropped`; peers retransmit, clients send again,
+ * as when a socket drops them), while ticks and the runtime's own answers always are.
+ */
+export const THREAD_STEPS_IN_FLIGHT_MAX = 65_536;
 
 /** The core on an ordering thread (ordering-worker.ts), with the mirror the driver reads. */
 export class ThreadCoreHost implements CoreHost {
@@ -249,8 +257,8 @@ export class ThreadCoreHost implements CoreHost {
 
   step(input: CoreInput, handle: ReadyHandler, verified?: VerifiedMark): void {
     if (this.stopped) return;
-    if (this.inFlight >= THREAD_STEPS_IN_FLIGHT_MAX) {
-      this.fail(`the ordering thread has ${this.inFlight} steps unanswered`);
+    if (this.inFlight >= THREAD_STEPS_IN_FLIGHT_MAX && (input.kind === "message" || input.kind === "request")) {
+      this.options.onDropped?.();
       return;
     }
     const id = this.nextId++;
@@ -351,6 +359,7 @@ export class ThreadCoreHost implements CoreHost {
       }
       this.waiting.delete(answer.id);
       if (answer.gen === this.generation) {
+        if (answer.allClients) this.mirrorClients.clear();
         this.mirrorStatus = answer.status;
         for (const [client, seq] of answer.clients) this.mirrorClients.set(client, seq);
       }

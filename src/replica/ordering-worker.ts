@@ -103,12 +103,16 @@ function run(op: HostOp, answers: HostAnswer[]): void {
       } catch (error) {
         throw new Error(`ordering core assertion failed: ${(error as Error).message}`);
       }
-      const clients: [string, number][] = [];
-      for (const effect of ready.effects) {
-        if (effect.kind !== "decide") continue;
-        for (const req of effect.batch) clients.push([req.client, core.lastExecutedOf(req.client)]);
+      // An installed snapshot replaces the client table: all of it; otherwise who moved.
+      const allClients = op.input.kind === "snapshotInstalled";
+      const clients: (readonly [string, number])[] = allClients ? core.exportClients() : [];
+      if (!allClients) {
+        for (const effect of ready.effects) {
+          if (effect.kind !== "decide") continue;
+          for (const req of effect.batch) clients.push([req.client, core.lastExecutedOf(req.client)]);
+        }
       }
-      answers.push({ k: "ready", id: op.id, gen: generation, ready: compacted(ready), status: core.status(), clients });
+      answers.push({ k: "ready", id: op.id, gen: generation, ready: compacted(ready), status: core.status(), clients, allClients });
       if (claimed !== null && op.input.kind === "snapshotInstalled") releaseHeld(answers);
       return;
     }

@@ -7,7 +7,15 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { makeConfig } from "../../src/core/ordering/config.ts";
 import { OrderingCore } from "../../src/core/ordering/core.ts";
-import { type ClientRequest, type Commit, type Prepare, type PrePrepare, signingBytes } from "../../src/core/ordering/messages.ts";
+import { clientTableHash, stateDigestOf } from "../../src/core/ordering/checkpoints.ts";
+import {
+  type Checkpoint,
+  type ClientRequest,
+  type Commit,
+  type Prepare,
+  type PrePrepare,
+  signingBytes,
+} from "../../src/core/ordering/messages.ts";
 import type { CoreCrypto, CoreInput, PeerMessage, Ready } from "../../src/core/ordering/index.ts";
 import { sign, verify } from "../../src/crypto/ed25519.ts";
 import { sha256 } from "../../src/crypto/hash.ts";
@@ -106,6 +114,38 @@ describe("the ordering core on its own thread", () => {
       expect(onThread.lastExecutedOf(req.client)).toBe(inline.lastExecutedOf(req.client));
       expect(onThread.lastExecutedOf(req.client)).toBeGreaterThan(0);
     }
+  });
+
+  test("a fetched state: the thread's core is claimed, takes it, and the mirror then holds its whole client table", async () => {
+    // Replicas 1-3 sign a stable checkpoint far ahead of this replica: its core fetches that state.
+    const seq = cfg.checkpointInterval;
+    const rows: [string, number][] = [
+      [`${"a".repeat(64)}:ops.thread`, 7],
+      [`${"b".repeat(64)}:!admin`, 2],
+    ];
+    const appDigest = sha256(new TextEncoder().encode("the channels' state"));
+    const digest = stateDigestOf(sha256, seq, appDigest, clientTableHash(sha256, rows));
+    const checkpoint = (from: number): Checkpoint => {
+      const unsigned: Checkpoint = { t: "CHECKPOINT", seq, digest, replica: from, sig: new Uint8Array(64) };
+      return { ...unsigned, sig: sign(keys[from] as SigningKey, signingBytes(unsigned, CLUSTER)) };
+    };
+    const { crypto, policy } = mainCrypto();
+    const inline = new InlineCoreHost(new OrderingCore(cfg, crypto, [], policy), crypto, policy);
+    const onThread = threadHost();
+    for (const host of [inline, onThread]) {
+      await stepOf(host, { kind: "tick", nowMs: 1_800_000_000_000 });
+      for (const from of [1, 2, 3]) await stepOf(host, { kind: "message", from, msg: checkpoint(from) });
+      expect(host.status().transferTo).toBe(seq);
+      const wanted = await new Promise<boolean>((resolve) => host.claimTransfer(seq, resolve));
+      expect(wanted).toBe(true);
+      await stepOf(host, { kind: "snapshotInstalled", seq, stateDigest: digest, appDigest, clients: rows });
+      expect(host.status().lastExecuted).toBe(seq);
+      expect(host.status().transferTo).toBe(null);
+      for (const [client, executed] of rows) expect(host.lastExecutedOf(client)).toBe(executed);
+    }
+    // Not fetching any more: a second claim is refused, and the core goes on (a tick is answered).
+    expect(await new Promise<boolean>((resolve) => onThread.claimTransfer(seq, resolve))).toBe(false);
+    await stepOf(onThread, { kind: "tick", nowMs: 1_800_000_000_010 });
   });
 
   test("a thread that exits stops its host, with the reason", async () => {
