@@ -30,7 +30,12 @@ const streams: Stream[] = [];
 const started = (id: number): boolean => logLines(cluster, id, "epoch started").some((line) => line["epoch"] === 1);
 
 beforeAll(async () => {
-  cluster = await startClusterWithChannels({ replicas: 5 });
+  // Replicas 0 (the leader removed), 2 and 4 run their ordering core on its thread, the
+  // others on the event loop: epoch switches, a core replaced, a rejoin by state transfer.
+  cluster = await startClusterWithChannels({
+    replicas: 5,
+    replicaArgs: (id) => (id % 2 === 0 ? ["--threads", "1", "--ordering-thread", "on"] : []),
+  });
   publisher = clientFor(cluster, cluster.clientKey);
   A = ["--config", cluster.configPath, "--key", cluster.adminKey];
 }, 120_000);
@@ -42,6 +47,8 @@ afterAll(async () => {
 
 describe("epoch switch", () => {
   test("removing the leader while another replica is down, under a publish stream: the others switch epochs at the checkpoint", async () => {
+    // The channels were created through every core, so each thread had answered by now.
+    for (const id of [0, 2, 4]) expect(logLines(cluster, id, "ordering thread ready").length).toBe(1);
     await killAndWait(cluster, 4);
     const live = [1, 2, 3];
     let removedOut = "";
