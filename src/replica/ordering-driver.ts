@@ -978,8 +978,10 @@ export class OrderingDriver {
     // On the ordering thread, the core may have moved on since its last answer: it says
     // whether it still wants this state, and holds still until the install's step if so.
     this.core.claimTransfer(head.seq, (wanted) => {
-      if (generation === this.coreGeneration) this.installClaimed(importer, head, wanted);
-      else if (wanted) this.core.releaseTransfer();
+      // Answered by a core an epoch switch replaced: released, and the state dropped.
+      const current = generation === this.coreGeneration;
+      if (!current && wanted) this.core.releaseTransfer();
+      this.installClaimed(importer, head, current && wanted);
     });
   }
 
