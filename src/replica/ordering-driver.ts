@@ -871,7 +871,9 @@ export class OrderingDriver {
         this.options.onDecided(effect.execute, effect.seq);
         this.appliedSeq = effect.seq;
         // Admin commands are what change channels and their priorities.
-        if (effect.execute.some((req) => req.client.endsWith(`:${ADMIN_SPACE}`))) this.core.setPriorities(this.priorities());
+        if (this.core.followsPriorities && effect.execute.some((req) => req.client.endsWith(`:${ADMIN_SPACE}`))) {
+          this.core.setPriorities(this.priorities());
+        }
         for (const req of effect.batch) this.submitted.delete(`${req.client}#${req.seq}`);
         this.noteMembership(effect.seq);
         return;
@@ -1005,7 +1007,7 @@ export class OrderingDriver {
     this.noteMembership(head.seq);
     const clients = head.clients ?? [];
     this.keeper.capture(head.seq, clients);
-    this.core.setPriorities(this.priorities());
+    if (this.core.followsPriorities) this.core.setPriorities(this.priorities());
     this.step(
       {
         kind: "snapshotInstalled",

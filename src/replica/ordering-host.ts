@@ -56,6 +56,8 @@ export interface CoreHost {
   claimTransfer(seq: number, answer: (wanted: boolean) => void): void;
   /** The claimed state did not install after all: the core goes on with its other inputs. */
   releaseTransfer(): void;
+  /** Whether the core needs `setPriorities` (on the thread); inline, its policy reads the channel machine itself. */
+  readonly followsPriorities: boolean;
   /** The channels' priorities changed (the leader's batch fill reads them). */
   setPriorities(priorities: readonly (readonly [string, Priority])[]): void;
   /** Stops; nothing more is handed back. */
@@ -143,9 +145,9 @@ export class InlineCoreHost implements CoreHost {
 
   releaseTransfer(): void {}
 
-  setPriorities(): void {
-    // The policy reads the channel machine itself.
-  }
+  readonly followsPriorities = false;
+
+  setPriorities(): void {}
 
   stop(): void {}
 }
@@ -178,7 +180,7 @@ export type HostOp =
     }
   | { readonly k: "priorities"; readonly priorities: readonly (readonly [string, Priority])[] };
 
-/** What the ordering thread answers: one per `step` op, in order, or the failure that stops it. */
+/** What the ordering thread answers: one per `step` op (in order, but for a claimed transfer's install, which overtakes the steps held behind the claim), or the failure that stops it. */
 export type HostAnswer =
   /** The thread built its first core. */
   | { readonly k: "started" }
@@ -293,6 +295,8 @@ export class ThreadCoreHost implements CoreHost {
   releaseTransfer(): void {
     this.push({ k: "release" });
   }
+
+  readonly followsPriorities = true;
 
   setPriorities(priorities: readonly (readonly [string, Priority])[]): void {
     this.push({ k: "priorities", priorities });
