@@ -224,6 +224,8 @@ export class OrderingDriver {
   private epochView: EpochView;
   /** Bumped at every epoch switch: effects of an older core are dropped. */
   private coreGeneration = 0;
+  /** Writes staged through the latest `view`, `stable` or `snapshot` record: what a PRE_PREPARE or PREPARE waits for (handleReady). */
+  private voteFenceMark = 0;
   /** The checkpoint at which the current epoch ends (a decided membership change took effect there), with its record. */
   private switchAt: { seq: number; base: Extract<PersistedRecord, { t: "snapshot" }> | null } | null = null;
   /**
@@ -786,18 +788,32 @@ export class OrderingDriver {
     // runs, they go into the same transaction as the execution's own writes, or an
     // earlier one, and every later effect (a CHECKPOINT sent, a reply of a later step)
     // waits for them.
+    //
+    // A PRE_PREPARE or PREPARE waits only for the records a restart fences its votes by
+    // (core PROTOCOL.md §2, "Votes sent before their fsync"): the view's record and the
+    // stable checkpoints. Its own `accept` record is written in the same turn, and a
+    // crash that loses it leaves the restarted core unwilling to vote again where it may
+    // have voted; so a proposal reaches the backups, and their PREPAREs the group, while
+    // their records are still being synced, and two of a seq's four disk syncs in a row
+    // leave its path.
     const generation = this.coreGeneration;
     const storage = this.options.storage;
     let mark = storage.stagedMark;
     for (const record of ready.persist) {
       this.persist(record);
       if (record.t !== "decided") mark = storage.stagedMark;
+      if (record.t === "view" || record.t === "stable" || record.t === "snapshot") this.voteFenceMark = storage.stagedMark;
     }
     for (const effect of ready.effects) {
-      storage.afterDurable(() => {
+      const run = (): void => {
         // An effect of the previous epoch's core, queued before the switch: moot.
         if (generation === this.coreGeneration) this.perform(effect);
-      }, mark);
+      };
+      if (effect.kind === "send" && (effect.msg.t === "PRE_PREPARE" || effect.msg.t === "PREPARE")) {
+        storage.afterDurableAhead(run, this.voteFenceMark);
+      } else {
+        storage.afterDurable(run, mark);
+      }
     }
     if (this.switchDue) {
       this.switchDue = false;

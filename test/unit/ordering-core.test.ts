@@ -673,8 +673,75 @@ describe("checkpoints and state transfer (core/ordering/PROTOCOL.md §7)", () =>
     expect(after.view).toBe(before.view);
     expect(c.core(2).exportClients()).toEqual(clients);
     expect((c.records[2] ?? []).filter((r) => r.t === "decided").length).toBeLessThanOrEqual(before.lastExecuted - before.stableSeq);
+    // Fenced in view 0 up to its window's top (PROTOCOL.md §2), it sends no PREPARE for
+    // seq 11 and learns the decision from its peers.
     decideOne(c, 0, 6);
-    expect(c.lastExecuted(2)).toBe(11);
+    expect([0, 1, 3].map((id) => c.lastExecuted(id))).toEqual([11, 11, 11]);
+    c.runUntil(() => c.lastExecuted(2) === 11, 3 * (CLUSTER_PARAMETERS.retransmitTicks ?? 10));
+  });
+});
+
+describe("votes sent before their fsync: the restart fence (core/ordering/PROTOCOL.md §2)", () => {
+  test("the first vote of a view is preceded by the view's record; later ones are not", () => {
+    const c = new ManualCluster();
+    const first = c.submit(0, c.request(0, 1));
+    expect(first.persist.map((r) => r.t)).toEqual(["view", "accept"]);
+    c.tick();
+    c.deliverAll();
+    const second = c.submit(0, c.request(0, 2));
+    expect(second.persist.map((r) => r.t)).toEqual(["accept"]);
+    // Each backup recorded view 0 before its first PREPARE.
+    for (const id of [1, 2, 3]) {
+      const kinds = (c.records[id] ?? []).map((r) => r.t);
+      expect(kinds.indexOf("view")).toBeGreaterThanOrEqual(0);
+      expect(kinds.indexOf("view")).toBeLessThan(kinds.indexOf("accept"));
+    }
+  });
+
+  test("a backup restarted after losing an accept record sends no PREPARE in that view up to its window's top", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    // Replica 2 accepts seq 2 and sends its PREPARE, hears nothing more, and crashes
+    // before the accept record reaches its disk: the record is gone.
+    c.submit(0, c.request(0, 2));
+    c.deliverAll((m) => m.to !== 2 || m.msg.t === "PRE_PREPARE");
+    expect((c.records[2] ?? []).some((r) => r.t === "accept" && r.prePrepare.seq === 2)).toBe(true);
+    c.crash(2);
+    c.records[2] = (c.records[2] ?? []).filter((r) => !(r.t === "accept" && r.prePrepare.seq === 2));
+    c.restart(2);
+    const fence = c.core(2).status();
+    expect(fence.lastExecuted).toBe(1);
+    // A proposal for seq 3 in view 0: replica 2 does not vote on it, the others decide it.
+    const sent: string[] = [];
+    c.submit(0, c.request(0, 3));
+    c.tick();
+    c.deliverAll((m) => {
+      if (m.from === 2 && m.msg.t === "PREPARE") sent.push(`${m.msg.view}:${m.msg.seq}`);
+      return true;
+    });
+    expect(sent).toEqual([]);
+    expect([0, 1, 3].map((id) => c.lastExecuted(id))).toEqual([3, 3, 3]);
+    // It catches up from its peers' certificates.
+    c.runUntil(() => c.lastExecuted(2) === 3, 3 * (CLUSTER_PARAMETERS.retransmitTicks ?? 10));
+  });
+
+  test("a leader restarted in its view proposes nothing there: the group moves to the next view and goes on", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    c.crash(0);
+    c.restart(0);
+    const proposals: number[] = [];
+    for (const id of [0, 1, 2, 3]) c.submit(id, c.request(1, 1));
+    c.runUntil(
+      () => [0, 1, 2, 3].every((id) => c.lastExecuted(id) === 2),
+      1000,
+      (m) => {
+        if (m.from === 0 && m.msg.t === "PRE_PREPARE" && m.msg.view === 0) proposals.push(m.msg.seq);
+        return true;
+      },
+    );
+    expect(proposals).toEqual([]);
+    expect(c.core(1).status().installedView).toBeGreaterThanOrEqual(1);
   });
 });
 

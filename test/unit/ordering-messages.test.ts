@@ -162,7 +162,7 @@ describe("persisted records", () => {
       c.deliverAll();
     }
     const records = c.records[1] ?? [];
-    expect(new Set(records.map((r) => r.t))).toEqual(new Set(["accept", "prepared", "decided", "checkpoint", "stable"]));
+    expect(new Set(records.map((r) => r.t))).toEqual(new Set(["view", "accept", "prepared", "decided", "checkpoint", "stable"]));
     for (const r of records) expect(decodeCanonical(encodeCanonical(r))).toEqual(r);
   });
 });

@@ -200,6 +200,31 @@ describe("GroupCommit with an overlapped fsync", () => {
     expect(gc.pendingWrites).toBe(1);
   });
 
+  test("deferAhead: a vote whose mark is durable goes at once, ahead of effects waiting for an fsync; one whose mark is not waits behind them", async () => {
+    const { gc, events, turn, settle } = overlapped();
+    gc.stage(() => events.push("view 0"));
+    const fence = gc.stagedCount;
+    turn();
+    await settle(1);
+    turn();
+    // Seq 1: its prepared record and the COMMIT behind it wait for fsync 2.
+    gc.stage(() => events.push("prepared seq 1"));
+    gc.defer(() => events.push("COMMIT seq 1"));
+    // Seq 2: its accept record is staged, but its PREPARE waits only for the view record.
+    gc.stage(() => events.push("accept seq 2"));
+    gc.deferAhead(() => events.push("PREPARE seq 2"), fence);
+    expect(events.at(-1)).toBe("PREPARE seq 2");
+    expect(gc.pendingEffects).toBe(1);
+    // A new view record, not yet durable: the PREPARE after it waits, in order, behind the COMMIT.
+    gc.stage(() => events.push("view 1"));
+    gc.deferAhead(() => events.push("PREPARE seq 3"), gc.stagedCount);
+    expect(events.includes("PREPARE seq 3")).toBe(false);
+    turn();
+    await settle(2);
+    turn();
+    expect(events.slice(events.indexOf("PREPARE seq 2") + 1)).toEqual(["prepared seq 1", "accept seq 2", "view 1", "write(3)", "fsync 2 started", "COMMIT seq 1", "PREPARE seq 3"]);
+  });
+
   test("an effect with nothing staged before it still runs at once", () => {
     const { gc, events } = overlapped();
     gc.defer(() => events.push("send"));

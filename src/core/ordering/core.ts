@@ -41,6 +41,7 @@ import {
   sendOwnPrepare,
   signHeader,
   unindex,
+  voteFenced,
 } from "./log.ts";
 import {
   type ClientRequest,
@@ -67,7 +68,7 @@ import { assert, assertNever, CoreState, type Seams } from "./state.ts";
 import { finishTick, startTick, tickBackup, tickLeader } from "./timers.ts";
 import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, PersistedRecord, Ready } from "./types.ts";
 import { checkSplitVote, equivocatedHeaders, onEvidence, onSuspect, suspect } from "./suspicion.ts";
-import { answerWithNewView, notePeer, onNewView, onViewChange, tickViewChange } from "./view-change.ts";
+import { answerWithNewView, notePeer, onNewView, onViewChange, persistView, tickViewChange } from "./view-change.ts";
 
 export { CoreAssertionError } from "./state.ts";
 
@@ -341,6 +342,9 @@ export class OrderingCore {
     const state = this.state;
     if (state.phase !== "normal" || state.installedView !== state.view) return;
     if (state.transfer !== null) return;
+    // Restarted as this view's leader, possibly having proposed here what it no longer
+    // knows of: it proposes again only in a later view (the backups' timers bring one).
+    if (voteFenced(state, state.view, state.nextProposalSeq)) return;
     for (const e of state.entries.values()) {
       if (e.seq > state.lastExecuted && e.batch === null) return;
     }
@@ -380,6 +384,7 @@ export class OrderingCore {
     const e = entryFor(state, seq);
     assert(e.header === null, `proposal over an accepted entry at ${seq}`);
     acceptInto(state, e, header, batch, false);
+    if (!state.viewRecorded) persistView(state);
     state.persist({ t: "accept", prePrepare: { ...header, batch } });
     state.send("all", { ...header, batch });
     if (this.cfg.mode === "cft") markPrepared(state, e);
@@ -404,6 +409,9 @@ export class OrderingCore {
       return;
     }
     if (m.seq <= state.lastExecuted || m.batch === null) return;
+    // Restarted in this view, it may have prepared another proposal here before the crash:
+    // it sends no PREPARE, and learns the decision from its peers (catch-up).
+    if (voteFenced(state, m.view, m.seq)) return;
     if (!state.verify(m)) return;
     const fault = this.proposalFault(m, m.batch);
     if (fault === "digest") {
@@ -419,6 +427,7 @@ export class OrderingCore {
     const entry = entryFor(state, m.seq);
     state.proposalTsFloor = Math.max(state.proposalTsFloor, m.ts);
     acceptInto(state, entry, { ...m, batch: null }, m.batch, false);
+    if (!state.viewRecorded) persistView(state);
     state.persist({ t: "accept", prePrepare: m });
     noteUrgentBatch(state, m.batch);
     if (this.cfg.mode === "cft") {

@@ -74,6 +74,16 @@ export function entryFor(state: CoreState, seq: number): Entry {
   return e;
 }
 
+/**
+ * True where a restart fenced off new PRE_PREPAREs and PREPAREs (state.voteFence): the
+ * replica may have sent one there whose record a crash lost, and signing another could
+ * contradict it. Votes it holds the record of are regenerated, not signed anew.
+ */
+export function voteFenced(state: CoreState, view: number, seq: number): boolean {
+  const fence = state.voteFence;
+  return fence !== null && view === fence.view && seq <= fence.seq;
+}
+
 /** Signs a PREPARE or COMMIT; never two digests for one (kind, view, seq), never below the view. */
 export function signVote(state: CoreState, t: "PREPARE", view: number, seq: number, digest: Uint8Array): Prepare;
 export function signVote(state: CoreState, t: "COMMIT", view: number, seq: number, digest: Uint8Array): Commit;

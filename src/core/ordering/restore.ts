@@ -60,6 +60,14 @@ export function restore(state: CoreState, records: readonly PersistedRecord[]): 
   state.highestAcceptedSeq = state.lastExecuted;
   state.nextProposalSeq = state.lastExecuted + 1;
   collectGarbage(state);
+  if (viewRec !== null) {
+    state.viewRecorded = true;
+    // The runtime sends a PRE_PREPARE or PREPARE before its `accept` record is durable,
+    // but never before this view record and every stable checkpoint record staged before
+    // it (PROTOCOL.md §2): each vote of the installed view that a crash may have lost the
+    // record of is at a seq at most the restored window's top.
+    if (state.phase === "normal") state.voteFence = { view: state.installedView, seq: state.highWater };
+  }
   if (state.phase === "normal") restoreLog(state, accepts);
   if (state.phase === "viewChange" && state.ownViewChange !== null) {
     state.viewChanges.set(state.cfg.id, state.ownViewChange);

@@ -166,6 +166,14 @@ export class CoreState {
   readonly inNewViewBatch = new Map<string, number>();
   /** Digest of every own PRE_PREPARE, PREPARE and COMMIT signed: "<kind>:<view>:<seq>" -> digest. */
   readonly signedVotes = new Map<string, Uint8Array>();
+  /**
+   * After a restart: in `view`, at seqs up to `seq`, this replica may have sent a
+   * PRE_PREPARE or PREPARE whose `accept` record was lost, so it signs no new one there
+   * (core/ordering/PROTOCOL.md §2, "Votes sent before their fsync"). Null: no fence.
+   */
+  voteFence: { view: number; seq: number } | null = null;
+  /** A `view` record for the installed view was written (view 0 has none until its first vote). */
+  viewRecorded = false;
 
   // Checkpoints and state transfer (core/ordering/PROTOCOL.md §7; checkpoints.ts).
   /** h: the last stable checkpoint, its state digest and its Q signed CHECKPOINTs. */

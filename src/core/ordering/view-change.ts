@@ -93,7 +93,8 @@ function buildViewChange(state: CoreState, newView: number): ViewChange {
   });
 }
 
-function persistView(state: CoreState): void {
+export function persistView(state: CoreState): void {
+  state.viewRecorded = true;
   state.persist({
     t: "view",
     view: state.view,

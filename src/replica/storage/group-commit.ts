@@ -119,6 +119,20 @@ export class GroupCommit {
   }
 
   /**
+   * Runs `effect` once the first `after` writes ever staged are durable, ahead of the
+   * effects deferred in order: at once if they are, else after them. For an effect that
+   * depends on those writes only (core/ordering/PROTOCOL.md §2, "Votes sent before their
+   * fsync"), not on everything staged before it.
+   */
+  deferAhead(effect: () => void, after: number): void {
+    if (after <= this.durableTotal) {
+      effect();
+      return;
+    }
+    this.defer(effect, Math.max(after, this.deferred[this.deferred.length - 1]?.after ?? 0));
+  }
+
+  /**
    * Commits what is staged and runs the effects that were waiting for it, until none is
    * left. In overlapped mode it runs the effects already durable and starts an fsync for
    * the rest (they run when it returns), unless `waitDurable`: then it fsyncs in place.

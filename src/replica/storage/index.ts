@@ -219,6 +219,11 @@ export class ReplicaStorage {
     this.commits.defer(effect, mark);
   }
 
+  /** Runs `effect` once the first `mark` writes are durable, not waiting for effects deferred before it (GroupCommit.deferAhead). */
+  afterDurableAhead(effect: () => void, mark: number): void {
+    this.commits.deferAhead(effect, mark);
+  }
+
   /** Writes staged ever: a mark for `afterDurable`. */
   get stagedMark(): number {
     return this.commits.stagedCount;
