@@ -222,7 +222,15 @@ describe("GroupCommit with an overlapped fsync", () => {
     turn();
     await settle(2);
     turn();
-    expect(events.slice(events.indexOf("PREPARE seq 2") + 1)).toEqual(["prepared seq 1", "accept seq 2", "view 1", "write(3)", "fsync 2 started", "COMMIT seq 1", "PREPARE seq 3"]);
+    expect(events.slice(events.indexOf("PREPARE seq 2") + 1)).toEqual([
+      "prepared seq 1",
+      "accept seq 2",
+      "view 1",
+      "write(3)",
+      "fsync 2 started",
+      "COMMIT seq 1",
+      "PREPARE seq 3",
+    ]);
   });
 
   test("an effect with nothing staged before it still runs at once", () => {
