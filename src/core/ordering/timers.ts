@@ -12,6 +12,7 @@ import type { StateRequest } from "./messages.ts";
 import { type CoreState, kthLargest, NO_DEADLINE } from "./state.ts";
 import { resendSuspicion, suspect } from "./suspicion.ts";
 import { askForMissingBodies } from "./view-change.ts";
+import { voteFenced } from "./log.ts";
 
 /** A replica that executed nothing for this many retransmission intervals asks one peer what it missed. */
 const IDLE_PROBE_INTERVALS = 4;
@@ -247,6 +248,10 @@ function catchUpProbe(state: CoreState): void {
   const stalledTicks = state.now - state.lastExecutedAt;
   const farBehind = target > state.lastExecuted + cfg.pipelineDepth;
   const stalled = stalledTicks >= cfg.retransmitTicks;
+  // Fenced after a restart (PROTOCOL.md §2), it takes no part in this view's agreement:
+  // it follows its peers' decisions as they come, before its request timers suspect a
+  // leader that is proposing.
+  const fenced = state.phase === "normal" && voteFenced(state, state.view, state.lastExecuted + 1);
   const req: StateRequest = {
     t: "STATE_REQUEST",
     kind: "decided",
@@ -255,8 +260,13 @@ function catchUpProbe(state: CoreState): void {
     digest: null,
     nonce: state.stateRequestNonce,
   };
-  if (target > state.lastExecuted && (farBehind || stalled)) {
+  if (target > state.lastExecuted && (farBehind || stalled || fenced)) {
     for (const [peer, seq] of state.peerSeqs) if (seq > state.lastExecuted && peer !== cfg.id) state.send(peer, req);
+    if (fenced && !farBehind && !stalled) {
+      state.stateRequestNonce++;
+      state.nextProbeAt = state.now + 1;
+      return;
+    }
   } else if (state.phase === "viewChange" && stalled) {
     state.send("all", req);
   } else if (stalledTicks >= IDLE_PROBE_INTERVALS * cfg.retransmitTicks) {
