@@ -709,8 +709,9 @@ describe("votes sent before their fsync: the restart fence (core/ordering/PROTOC
     c.crash(2);
     c.records[2] = (c.records[2] ?? []).filter((r) => !(r.t === "accept" && r.prePrepare.seq === 2));
     c.restart(2);
-    const fence = c.core(2).status();
-    expect(fence.lastExecuted).toBe(1);
+    const restarted = c.core(2).status();
+    expect(restarted.lastExecuted).toBe(1);
+    expect(restarted.voteFence).toEqual({ view: 0, seq: restarted.stableSeq + (CLUSTER_PARAMETERS.logWindow ?? 0) });
     // A proposal for seq 3 in view 0: replica 2 does not vote on it, the others decide it.
     const sent: string[] = [];
     c.submit(0, c.request(0, 3));
@@ -725,6 +726,69 @@ describe("votes sent before their fsync: the restart fence (core/ordering/PROTOC
     // before its request timers or the idle probe would act.
     expect(CLUSTER_PARAMETERS.retransmitTicks ?? 0).toBeGreaterThan(3);
     c.runUntil(() => c.lastExecuted(2) === 3, 3);
+  });
+
+  test("a backup fenced after a NEW_VIEW moved h past its state fences up to minS + L (its stable record above the decided log is not kept)", () => {
+    const c = new ManualCluster();
+    // Replica 3 is cut off while the others pass a stable checkpoint.
+    const cut = (m: QueuedMessage): boolean => m.from !== 3 && m.to !== 3;
+    const interval = CLUSTER_PARAMETERS.checkpointInterval ?? 0;
+    for (let s = 1; s <= interval; s++) {
+      c.submit(0, c.request(0, s));
+      c.tick(1, [0, 1, 2]);
+      c.deliverAll(cut);
+    }
+    c.runUntil(() => [0, 1, 2].every((id) => c.core(id).status().stableSeq >= interval), 100, cut);
+    expect(c.lastExecuted(3)).toBe(0);
+    // The leader crashes; the NEW_VIEW of view 1 starts at minS = the checkpoint, past replica 3's state.
+    c.crash(0);
+    for (const id of [1, 2, 3]) c.submit(id, c.request(1, 1));
+    c.runUntil(() => [1, 2, 3].every((id) => c.core(id).status().installedView >= 1), 2000);
+    expect(c.core(3).status().stableSeq).toBe(interval);
+    // Restarted before the state arrived: its accept records lost, and the stable record
+    // above its decided log dropped, as the runtime's recovery does.
+    c.crash(3);
+    c.records[3] = (c.records[3] ?? []).filter((r) => r.t !== "accept" && !(r.t === "stable" && r.seq > 0));
+    c.restart(3, false);
+    expect(c.core(3).status().voteFence).toEqual({ view: 1, seq: interval + (CLUSTER_PARAMETERS.logWindow ?? 0) });
+  });
+
+  test("a fenced backup does not accuse a leader that proposes", () => {
+    // No checkpoint in this run: peers keep every decision to serve (the cluster here does
+    // not run state transfers).
+    const c = new ManualCluster({ params: { logWindow: 64, checkpointInterval: 32 } });
+    decideOne(c, 0, 1);
+    c.crash(2);
+    c.restart(2);
+    expect(c.core(2).status().voteFence).not.toBeNull();
+    const accusations: string[] = [];
+    // Client 1 talks to replica 2 only (the lazy forward takes its requests to the leader),
+    // client 0 to the leader: replica 2 holds requests that execute without its votes.
+    for (let t = 0; t < 24; t++) {
+      if (t % 2 === 0) c.submit(2, c.request(1, t / 2 + 1));
+      c.submit(0, c.request(0, t + 2));
+      c.tick();
+      c.deliverAll((m) => {
+        if (m.from === 2 && (m.msg.t === "SUSPECT" || m.msg.t === "VIEW_CHANGE")) accusations.push(m.msg.t);
+        return true;
+      });
+    }
+    expect(accusations).toEqual([]);
+    // It followed the decisions, all of them inside its fence.
+    expect(c.lastExecuted(2)).toBeGreaterThan(24);
+    expect(c.core(2).status().voteFence).not.toBeNull();
+    expect(c.core(1).status().view).toBe(0);
+  });
+
+  test("in crash mode a restarted backup is not fenced (its COMMIT waits for its accept record); a restarted leader is", () => {
+    const c = new ManualCluster({ mode: "cft" });
+    decideOne(c, 0, 1);
+    c.crash(2);
+    c.restart(2);
+    expect(c.core(2).status().voteFence).toBeNull();
+    c.crash(0);
+    c.restart(0);
+    expect(c.core(0).status().voteFence).not.toBeNull();
   });
 
   test("a leader restarted in its view proposes nothing there: the group moves to the next view and goes on", () => {

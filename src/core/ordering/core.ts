@@ -159,6 +159,8 @@ export class OrderingCore {
       stableSeq: state.stableSeq,
       pending: state.pending.total,
       transferTo: state.transfer?.seq ?? null,
+      // Only while it still holds: in the fenced view, with seqs left below its top.
+      voteFence: voteFenced(state, state.view, state.lastExecuted + 1) && state.voteFence !== null ? { ...state.voteFence } : null,
     };
   }
 
@@ -410,8 +412,16 @@ export class OrderingCore {
     }
     if (m.seq <= state.lastExecuted || m.batch === null) return;
     // Restarted in this view, it may have prepared another proposal here before the crash:
-    // it sends no PREPARE, and learns the decision from its peers (catch-up).
-    if (voteFenced(state, m.view, m.seq)) return;
+    // it sends no PREPARE, and learns the decision from its peers (catch-up). The leader's
+    // own proposal (the link authenticates the sender) still shows that it proposes, and
+    // how far: requests arriving meanwhile are judged from there once the fence ends.
+    if (voteFenced(state, m.view, m.seq)) {
+      if (from === state.leader()) {
+        state.lastProposalAt = state.now;
+        if (m.seq > state.highestAcceptedSeq) state.highestAcceptedSeq = m.seq;
+      }
+      return;
+    }
     if (!state.verify(m)) return;
     const fault = this.proposalFault(m, m.batch);
     if (fault === "digest") {

@@ -65,8 +65,15 @@ export function restore(state: CoreState, records: readonly PersistedRecord[]): 
     // The runtime sends a PRE_PREPARE or PREPARE before its `accept` record is durable,
     // but never before this view record and every stable checkpoint record staged before
     // it (PROTOCOL.md §2): each vote of the installed view that a crash may have lost the
-    // record of is at a seq at most the restored window's top.
-    if (state.phase === "normal") state.voteFence = { view: state.installedView, seq: state.highWater };
+    // record of is at a seq at most the window's top it had then. That is the restored
+    // one, or, if the NEW_VIEW moved h to its minS before the state there was fetched,
+    // minS + L (a `stable` record above the decided log is not kept across a restart).
+    // In crash mode only the leader's proposals go out early: a backup's COMMIT waits
+    // for its `accept` record.
+    const nv = state.installedNewView;
+    const h = Math.max(state.stableSeq, nv !== null && nv.view === state.installedView ? nv.minS : 0);
+    const early = state.cfg.mode === "bft" || state.leader(state.installedView) === state.cfg.id;
+    if (state.phase === "normal" && early) state.voteFence = { view: state.installedView, seq: h + state.cfg.logWindow };
   }
   if (state.phase === "normal") restoreLog(state, accepts);
   if (state.phase === "viewChange" && state.ownViewChange !== null) {

@@ -174,6 +174,10 @@ function watchLeader(state: CoreState): void {
     }
   }
   if (timedOut) return suspect(state, "request-timeout");
+  // Fenced after a restart (PROTOCOL.md §2) it ignores this view's proposals and follows
+  // the decisions: what it holds of them says nothing of the leader's fairness or pace.
+  // Its request timers still run: they are what replaces a leader that stops deciding.
+  if (state.phase === "normal" && voteFenced(state, state.view, state.lastExecuted + 1)) return;
   if (unfair) return suspect(state, "unfair");
   const full = pipelineFull(state, paced);
   const leaderBound = !full && waitingSince !== NO_DEADLINE && state.now - waitingSince > patience;
@@ -260,13 +264,17 @@ function catchUpProbe(state: CoreState): void {
     digest: null,
     nonce: state.stateRequestNonce,
   };
-  if (target > state.lastExecuted && (farBehind || stalled || fenced)) {
+  if (target > state.lastExecuted && fenced && !farBehind && !stalled) {
+    // One peer past it a tick, in turn: each answers with up to transferItemsMax decisions.
+    const ahead = [...state.peerSeqs].filter(([peer, seq]) => seq > state.lastExecuted && peer !== cfg.id).map(([peer]) => peer);
+    const peer = ahead[state.stateRequestNonce % ahead.length];
+    if (peer !== undefined) state.send(peer, req);
+    state.stateRequestNonce++;
+    state.nextProbeAt = state.now + 1;
+    return;
+  }
+  if (target > state.lastExecuted && (farBehind || stalled)) {
     for (const [peer, seq] of state.peerSeqs) if (seq > state.lastExecuted && peer !== cfg.id) state.send(peer, req);
-    if (fenced && !farBehind && !stalled) {
-      state.stateRequestNonce++;
-      state.nextProbeAt = state.now + 1;
-      return;
-    }
   } else if (state.phase === "viewChange" && stalled) {
     state.send("all", req);
   } else if (stalledTicks >= IDLE_PROBE_INTERVALS * cfg.retransmitTicks) {

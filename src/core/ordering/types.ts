@@ -209,6 +209,8 @@ export interface CoreStatus {
   pending: number;
   /** Sequence number of a state transfer in progress, or null. */
   transferTo: number | null;
+  /** Restarted: the view and highest seq in which it signs no new PRE_PREPARE or PREPARE (PROTOCOL.md §2), or null. */
+  voteFence: { view: number; seq: number } | null;
 }
 
 /** Sizes of every bounded structure, for the simulator's bound checks and for metrics. */
