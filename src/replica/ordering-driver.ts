@@ -310,7 +310,17 @@ export class OrderingDriver {
     }
     // A joining replica's core starts empty in the group's epoch and fetches its start state.
     const coreRecords = epochConfig === null || this.joining ? [] : recovered.coreRecords;
-    const restored = new OrderingCore(epochConfig ?? coreConfig, crypto, coreRecords, this.policy);
+    // After a clean stop every record of the last run is on disk: no restart fence.
+    const startConfig: CoreConfig = storage.stoppedClean
+      ? { ...(epochConfig ?? coreConfig), stoppedClean: true }
+      : (epochConfig ?? coreConfig);
+    const restored = new OrderingCore(startConfig, crypto, coreRecords, this.policy);
+    const fence = restored.status().voteFence;
+    if (fence !== null) {
+      // No new proposal or PREPARE from it in that view up to upToSeq: it follows its
+      // peers' decisions there (core PROTOCOL.md §2, "Votes sent before their fsync").
+      log.info("restarted without a clean stop: votes fenced", { view: fence.view, upToSeq: fence.seq });
+    }
     if (!this.removed && !this.joining && restored.status().lastExecuted !== recovered.lastDecided) {
       log.error("restored core and state machine disagree", { core: restored.status().lastExecuted, machine: recovered.lastDecided });
       this.fatal("the restored core and state machine disagree");
@@ -322,7 +332,7 @@ export class OrderingDriver {
       options.orderingThread === true
         ? new ThreadCoreHost({
             initial: restored,
-            cfg: epochConfig ?? coreConfig,
+            cfg: startConfig,
             restored: coreRecords,
             seed: key.exportSeed(),
             keys: this.epochKeys(),

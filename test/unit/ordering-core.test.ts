@@ -23,7 +23,7 @@ import {
   validPreparedCert,
   type ViewChange,
 } from "../../src/core/ordering/index.ts";
-import { DEFAULT_PARAMETERS } from "../../src/core/ordering/config.ts";
+import { type CoreConfig, DEFAULT_PARAMETERS } from "../../src/core/ordering/config.ts";
 import { StarvationMonitor, ThroughputMonitor } from "../../src/core/ordering/monitors.ts";
 import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
 import type { CoreFactory } from "../../src/sim/simulator.ts";
@@ -778,6 +778,15 @@ describe("votes sent before their fsync: the restart fence (core/ordering/PROTOC
     expect(c.lastExecuted(2)).toBeGreaterThan(24);
     expect(c.core(2).status().voteFence).not.toBeNull();
     expect(c.core(1).status().view).toBe(0);
+  });
+
+  test("after a clean stop (every record on disk) a restart is not fenced", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    const cfg = c.cfgs[0] as CoreConfig;
+    const records = c.records[0] ?? [];
+    expect(new OrderingCore(cfg, c.keyring.cryptoFor(0), records).status().voteFence).not.toBeNull();
+    expect(new OrderingCore({ ...cfg, stoppedClean: true }, c.keyring.cryptoFor(0), records).status().voteFence).toBeNull();
   });
 
   test("in crash mode a restarted backup is not fenced (its COMMIT waits for its accept record); a restarted leader is", () => {

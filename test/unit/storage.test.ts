@@ -255,6 +255,24 @@ function openDescriptorsOf(path: string): number {
   return descriptorsOf(path).length;
 }
 
+describe("the clean-stop marker (core/ordering/PROTOCOL.md §2, the restart fence)", () => {
+  test("is set by close() and cleared at the next open, so only a run that ended with close() is taken as clean", () => {
+    const dir = freshDir();
+    const first = openStorage(dir);
+    expect(first.stoppedClean).toBe(false);
+    write(first, [decided(1)]);
+    first.close();
+    const second = openStorage(dir);
+    expect(second.stoppedClean).toBe(true);
+    // This run ends without close() (its database closed under it, as a crash leaves it).
+    second.store.close();
+    const third = openStorage(dir);
+    expect(third.stoppedClean).toBe(false);
+    expect(decidedSeqs(third)).toEqual([1]);
+    third.close();
+  });
+});
+
 describe("overlapped fsync on the real disk", () => {
   test("under sync full an effect waits for the log's fsync, which runs off the event loop while the next transaction is written", async () => {
     const dir = freshDir();

@@ -117,6 +117,12 @@ export interface CoreConfig {
    * `digest` needs no CHECKPOINT signatures of this epoch. Absent: the group starts at 0.
    */
   readonly epochStart?: { readonly seq: number; readonly digest: Uint8Array };
+  /**
+   * The records a restart hands the core were written by a clean stop, which made every
+   * one of them durable before it ended: no vote can have outlived its record, so the
+   * restart fence (PROTOCOL.md §2, "Votes sent before their fsync") is not needed.
+   */
+  readonly stoppedClean?: boolean;
 }
 
 /** The parameters of core/ordering/PROTOCOL.md §10 (1 tick = 10 ms). */
@@ -156,7 +162,7 @@ export const DEFAULT_PARAMETERS = {
   externalBarrier: false,
 } as const;
 
-export type CoreParameters = Omit<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId" | "epochStart">;
+export type CoreParameters = Omit<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId" | "epochStart" | "stoppedClean">;
 
 /** Builds a full configuration from the identity fields and any overrides; throws on a bad one. */
 export function makeConfig(

@@ -69,11 +69,12 @@ export function restore(state: CoreState, records: readonly PersistedRecord[]): 
     // one, or, if the NEW_VIEW moved h to its minS before the state there was fetched,
     // minS + L (a `stable` record above the decided log is not kept across a restart).
     // In crash mode only the leader's proposals go out early: a backup's COMMIT waits
-    // for its `accept` record.
+    // for its `accept` record. After a clean stop every record was durable: no fence.
     const nv = state.installedNewView;
     const h = Math.max(state.stableSeq, nv !== null && nv.view === state.installedView ? nv.minS : 0);
     const early = state.cfg.mode === "bft" || state.leader(state.installedView) === state.cfg.id;
-    if (state.phase === "normal" && early) state.voteFence = { view: state.installedView, seq: h + state.cfg.logWindow };
+    if (state.phase === "normal" && early && state.cfg.stoppedClean !== true)
+      state.voteFence = { view: state.installedView, seq: h + state.cfg.logWindow };
   }
   if (state.phase === "normal") restoreLog(state, accepts);
   if (state.phase === "viewChange" && state.ownViewChange !== null) {

@@ -33,6 +33,8 @@ export const QUARANTINE_DIR = "quarantine";
 export const CORRUPT_ROWS_LOGGED_MAX = 16;
 /** Exit status when a commit fails: nothing acknowledged may depend on it (EX_IOERR). */
 export const EXIT_STORAGE_FAILED = 74;
+/** The meta row a clean stop sets (true) and the next open clears (false). */
+const STOPPED_CLEAN_META = "stopped_clean";
 
 export interface StorageOptions {
   readonly dir: string;
@@ -155,6 +157,10 @@ export class ReplicaStorage {
   ) {
     this.corruptAtOpen = corrupt;
     this.quarantined = quarantined;
+    // Read once, then cleared durably before anything runs: a crash from here on leaves
+    // no marker, and only the next clean stop writes one again.
+    this.stoppedClean = store.meta(STOPPED_CLEAN_META) === true && corrupt.length === 0 && !quarantined;
+    if (store.meta(STOPPED_CLEAN_META) !== null) store.transaction(() => store.putMeta(STOPPED_CLEAN_META, false));
     this.commits = new GroupCommit({
       commit: (writes) =>
         this.store.transactionWritten(() => {
@@ -211,8 +217,17 @@ export class ReplicaStorage {
     if (this.closed) return;
     this.closed = true;
     this.commits.close();
+    // Everything staged is durable now, the records of every message sent included.
+    this.store.transaction(() => this.store.putMeta(STOPPED_CLEAN_META, true));
     this.store.close();
   }
+
+  /**
+   * The last run ended with a clean stop (close): every record it wrote was durable
+   * before it ended, so the ordering core needs no restart fence (core/ordering/PROTOCOL.md
+   * §2, "Votes sent before their fsync").
+   */
+  readonly stoppedClean: boolean;
 
   /** Runs `effect` once every write staged so far is durable, or the first `mark` writes (a `stagedMark` taken earlier). */
   afterDurable(effect: () => void, mark?: number): void {
