@@ -8,6 +8,7 @@
 import { lessUrgentRequests, ordinaryDepth, pacingUrgent, URGENT, URGENT_PIPELINE_SLOTS, urgencyOf } from "./priority.ts";
 import { ownCheckpoint, requestSnapshot } from "./checkpoints.ts";
 import { flushForwards, forwardOverdue, type PendingRequest } from "./clients.ts";
+import type { ReplicaId } from "./config.ts";
 import type { StateRequest } from "./messages.ts";
 import { type CoreState, kthLargest, NO_DEADLINE } from "./state.ts";
 import { resendSuspicion, suspect } from "./suspicion.ts";
@@ -264,9 +265,11 @@ function catchUpProbe(state: CoreState): void {
     digest: null,
     nonce: state.stateRequestNonce,
   };
+  const ahead: ReplicaId[] = [];
+  if (target > state.lastExecuted)
+    for (const [peer, seq] of state.peerSeqs) if (seq > state.lastExecuted && peer !== cfg.id) ahead.push(peer);
   if (target > state.lastExecuted && fenced && !farBehind && !stalled) {
     // One peer past it a tick, in turn: each answers with up to transferItemsMax decisions.
-    const ahead = [...state.peerSeqs].filter(([peer, seq]) => seq > state.lastExecuted && peer !== cfg.id).map(([peer]) => peer);
     const peer = ahead[state.stateRequestNonce % ahead.length];
     if (peer !== undefined) state.send(peer, req);
     state.stateRequestNonce++;
@@ -274,7 +277,7 @@ function catchUpProbe(state: CoreState): void {
     return;
   }
   if (target > state.lastExecuted && (farBehind || stalled)) {
-    for (const [peer, seq] of state.peerSeqs) if (seq > state.lastExecuted && peer !== cfg.id) state.send(peer, req);
+    for (const peer of ahead) state.send(peer, req);
   } else if (state.phase === "viewChange" && stalled) {
     state.send("all", req);
   } else if (stalledTicks >= IDLE_PROBE_INTERVALS * cfg.retransmitTicks) {

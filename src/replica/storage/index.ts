@@ -159,8 +159,9 @@ export class ReplicaStorage {
     this.quarantined = quarantined;
     // Read once, then cleared durably before anything runs: a crash from here on leaves
     // no marker, and only the next clean stop writes one again.
-    this.stoppedClean = store.meta(STOPPED_CLEAN_META) === true && corrupt.length === 0 && !quarantined;
-    if (store.meta(STOPPED_CLEAN_META) !== null) store.transaction(() => store.putMeta(STOPPED_CLEAN_META, false));
+    const marker = store.meta(STOPPED_CLEAN_META);
+    this.stoppedClean = marker === true && corrupt.length === 0 && !quarantined;
+    if (marker !== null) store.transaction(() => store.putMeta(STOPPED_CLEAN_META, false));
     this.commits = new GroupCommit({
       commit: (writes) =>
         this.store.transactionWritten(() => {
