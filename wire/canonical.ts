@@ -96,6 +96,8 @@ const SCRATCH_BYTES_INITIAL = 64 * 1024;
 let out = new Uint8Array(SCRATCH_BYTES_INITIAL);
 let outLen = 0;
 let encodeDepth = 0;
+/** True while withCanonical lends the scratch buffer to its callback. */
+let lent = false;
 
 /** Encodes a value canonically. Throws `CanonicalError("unencodable")` outside the model. */
 export function encodeCanonical(value: Canonical): Uint8Array {
@@ -108,6 +110,7 @@ export function encodeCanonical(value: Canonical): Uint8Array {
  * before `suffixBytes` zero bytes (a session MAC written in place).
  */
 export function encodeCanonicalAfter(prefixBytes: number, value: Canonical, suffixBytes = 0): Uint8Array {
+  if (lent) throw new Error("encodeCanonical called inside withCanonical: the scratch buffer is lent");
   outLen = 0;
   encodeDepth = 0;
   ensure(prefixBytes);
@@ -119,6 +122,27 @@ export function encodeCanonicalAfter(prefixBytes: number, value: Canonical, suff
   const bytes = new Uint8Array(outLen + suffixBytes);
   bytes.set(out.subarray(0, outLen));
   return bytes;
+}
+
+/**
+ * Encodes `value` canonically and hands `use` a view of the bytes in the encoder's scratch
+ * buffer, valid only during the call: the next encode overwrites them. For bytes that are
+ * hashed or copied once and then dropped (a digest, a frame built around them), this saves
+ * allocating and filling a buffer of their size, which for a batch of a megabyte costs
+ * more than the copy (fresh pages). `use` must not keep the view or encode anything: an
+ * encode inside it throws.
+ */
+export function withCanonical<T>(value: Canonical, use: (bytes: Uint8Array) => T): T {
+  if (lent) throw new Error("withCanonical called inside withCanonical: the scratch buffer is lent");
+  outLen = 0;
+  encodeDepth = 0;
+  writeValue(value);
+  lent = true;
+  try {
+    return use(out.subarray(0, outLen));
+  } finally {
+    lent = false;
+  }
 }
 
 function ensure(extraBytes: number): void {

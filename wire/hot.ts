@@ -11,12 +11,15 @@
  * does not cover (admin commands, refusals) or refuses with its precise message. So these
  * checks must never accept anything zod refuses, and that is what the test pins.
  */
-import { type Canonical, encodeCanonical } from "./canonical.ts";
+import { type Canonical, encodeCanonical, withCanonical } from "./canonical.ts";
 import type { Events, Peer, Reply, Request, RequestFrame } from "./schemas.ts";
+import { writeFrameHeader } from "./frame.ts";
 import {
   DIGEST_BYTES,
   EVENT_BYTES_MAX,
   FRAME_BYTES_MAX,
+  FRAME_HEADER_BYTES,
+  FrameType,
   KEY_BYTES,
   MAC_BYTES,
   REQUEST_EVENTS_MAX,
@@ -143,16 +146,18 @@ const KEY_TAG = encodeCanonical("tag");
 const KEY_REPLICA = encodeCanonical("replica");
 
 export function eventsPrefix(req: { readonly body: Uint8Array; readonly sig: Uint8Array }, seq: number): EventsPrefix {
-  const reqBytes = encodeCanonical({ body: req.body, sig: req.sig });
   const seqBytes = encodeCanonical(seq);
-  const bytes = new Uint8Array(1 + KEY_REQ.length + reqBytes.length + KEY_SEQ.length + seqBytes.length);
-  let at = 0;
-  bytes[at++] = EVENTS_MAP_HEAD;
-  for (const part of [KEY_REQ, reqBytes, KEY_SEQ, seqBytes]) {
-    bytes.set(part, at);
-    at += part.length;
-  }
-  return { bytes };
+  // The request's encoding is copied once, straight from the encoder's buffer.
+  return withCanonical({ body: req.body, sig: req.sig }, (reqBytes) => {
+    const bytes = new Uint8Array(1 + KEY_REQ.length + reqBytes.length + KEY_SEQ.length + seqBytes.length);
+    let at = 0;
+    bytes[at++] = EVENTS_MAP_HEAD;
+    for (const part of [KEY_REQ, reqBytes, KEY_SEQ, seqBytes]) {
+      bytes.set(part, at);
+      at += part.length;
+    }
+    return { bytes };
+  });
 }
 
 /** The last two fields of an EVENTS payload, `tag` and `replica`: the same for every subscriber of one fan-out. */
@@ -185,4 +190,46 @@ function concatParts(parts: readonly Uint8Array[]): Uint8Array {
     at += part.length;
   }
   return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// PEER frames: the message copied once, straight into the frame
+// ---------------------------------------------------------------------------------------
+
+const PEER_MAP_HEAD = 0xa3; // a map of 3 pairs
+const KEY_MAC = encodeCanonical("mac");
+const KEY_MSG = encodeCanonical("msg");
+const MAJOR_BYTES = 0x40;
+
+/**
+ * A whole PEER frame, header and payload `{ seq, msg, mac }`: exactly the bytes
+ * encodeTypedFrame writes for the same frame (test/unit/wire-hot.test.ts), with `msg`
+ * copied once, into the frame. A replica sends each consensus message (a proposal of up
+ * to a megabyte among them) to every peer under that peer's MAC; the general encoder
+ * would copy it twice per peer. Throws RangeError for a frame over `frameBytesMax`.
+ */
+export function encodePeerFrame(seq: number, msg: Uint8Array, mac: Uint8Array, frameBytesMax: number = FRAME_BYTES_MAX): Uint8Array {
+  const macBytes = encodeCanonical(mac);
+  const msgHead = byteStringHead(msg.length);
+  const seqBytes = encodeCanonical(seq);
+  const parts = [KEY_MAC, macBytes, KEY_MSG, msgHead, msg, KEY_SEQ, seqBytes];
+  let length = FRAME_HEADER_BYTES + 1;
+  for (const part of parts) length += part.length;
+  const bytes = new Uint8Array(length);
+  let at = FRAME_HEADER_BYTES;
+  bytes[at++] = PEER_MAP_HEAD;
+  for (const part of parts) {
+    bytes.set(part, at);
+    at += part.length;
+  }
+  writeFrameHeader(bytes, FrameType.PEER, frameBytesMax);
+  return bytes;
+}
+
+/** The head of a CBOR byte string of `length` bytes, in shortest form (RFC 8949 §4.2.1). */
+function byteStringHead(length: number): Uint8Array {
+  if (length < 24) return Uint8Array.of(MAJOR_BYTES | length);
+  if (length <= 0xff) return Uint8Array.of(MAJOR_BYTES | 24, length);
+  if (length <= 0xffff) return Uint8Array.of(MAJOR_BYTES | 25, length >>> 8, length & 0xff);
+  return Uint8Array.of(MAJOR_BYTES | 26, length >>> 24, (length >>> 16) & 0xff, (length >>> 8) & 0xff, length & 0xff);
 }

@@ -21,6 +21,7 @@
  * count against the same bounds as before.
  */
 import type { Socket } from "bun";
+import { assert } from "../../wire/assert.ts";
 import { type DecodeResult, FrameDecoder } from "../../wire/frame.ts";
 import { encodeTypedFrame, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
 import { FRAME_BYTES_MAX, FRAME_HEADER_BYTES, FRAME_LENGTH_BYTES } from "../../wire/types.ts";
@@ -265,6 +266,28 @@ export class FramedConn {
     }
     // Sealed only once it is sure to be queued: the other side expects every frame counter.
     return this.enqueue(this.framing === null ? bytes : this.framing.sealer.sealInPlace(bytes));
+  }
+
+  /**
+   * Sends a frame encoded whole already (header and payload: wire/hot.ts encodePeerFrame),
+   * on a connection without session framing, which would need to seal it. False (never a
+   * throw) if the connection is closed or full.
+   */
+  sendEncoded(bytes: Uint8Array, urgency: number = EGRESS_CONTROL): boolean {
+    assert(this.framing === null, "sendEncoded on a session-framed connection: its frames are sealed by send");
+    if (this.closed || !this.hasRoomFor(bytes.length, urgency)) return false;
+    if (this.egress !== null) {
+      return this.wait(urgency, {
+        type: bytes[FRAME_LENGTH_BYTES] as number,
+        payload: bytes.subarray(FRAME_HEADER_BYTES),
+        shared: null,
+        bytes: bytes.length,
+        sealed: false,
+        digest: null,
+        order: 0,
+      });
+    }
+    return this.enqueue(bytes);
   }
 
   /**

@@ -43,6 +43,7 @@ import {
   type SessionKeys,
 } from "../crypto/session.ts";
 import type { DecodeResult } from "../../wire/frame.ts";
+import { encodePeerFrame } from "../../wire/hot.ts";
 import { type ConfigDigests, decodeFrameBody, type Frame, type Hello, type HelloAck } from "../../wire/schemas.ts";
 import { sessionTranscript } from "../../wire/session.ts";
 import { DOMAIN_SESSION_INITIATOR, DOMAIN_SESSION_RESPONDER, FrameType, NONCE_BYTES, PROTOCOL_VERSION } from "../../wire/types.ts";
@@ -415,7 +416,7 @@ export class PeerMesh {
       return false;
     }
     const seq = ++link.sendSeq;
-    return link.conn.send({ type: FrameType.PEER, body: { seq, msg, mac: macFrame(link.keys.sendKey, FrameType.PEER, seq, msg) } });
+    return link.conn.sendEncoded(encodePeerFrame(seq, msg, macFrame(link.keys.sendKey, FrameType.PEER, seq, msg)));
   }
 
   /** A message not sent to `to`: counted by peer and reason, and logged at most once per SEND_DROP_LOG_MS per peer and reason. */

@@ -12,6 +12,7 @@ import {
   decodeCanonical,
   encodeCanonical,
   tryDecodeCanonical,
+  withCanonical,
 } from "../../wire/canonical.ts";
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex");
@@ -336,5 +337,28 @@ describe("canonical decoding: input types", () => {
     const v = decodeCanonical(Buffer.from("a1616142abcd", "hex")) as { a: Uint8Array };
     expect(v.a.constructor).toBe(Uint8Array);
     expect(hex(v.a)).toBe("abcd");
+  });
+});
+
+describe("withCanonical: the encoder's buffer lent for one call", () => {
+  test("lends exactly the bytes encodeCanonical answers, for values small and past the initial scratch size", () => {
+    const values: Canonical[] = [
+      0,
+      "net.links",
+      { body: new Uint8Array(300).fill(7), sig: new Uint8Array(64) },
+      [new Uint8Array(200_000).fill(3), 1, null],
+    ];
+    for (const value of values) {
+      const copied = withCanonical(value, (bytes) => new Uint8Array(bytes));
+      expect(hex(copied)).toBe(hex(encodeCanonical(value)));
+    }
+  });
+
+  test("answers what the callback answers, and an encode inside it throws instead of overwriting the lent bytes", () => {
+    expect(withCanonical([1, 2], (bytes) => bytes.length)).toBe(3);
+    expect(() => withCanonical(1, () => encodeCanonical(2))).toThrow("the scratch buffer is lent");
+    expect(() => withCanonical(1, () => withCanonical(2, () => 0))).toThrow("the scratch buffer is lent");
+    // The buffer is returned after a throw: encoding works again.
+    expect(hex(encodeCanonical("a"))).toBe("6161");
   });
 });

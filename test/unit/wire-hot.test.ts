@@ -9,6 +9,7 @@ import type { z } from "zod";
 import { type Canonical, decodeCanonical, encodeCanonical } from "../../wire/canonical.ts";
 import { encodeFrame } from "../../wire/frame.ts";
 import {
+  encodePeerFrame,
   eventsPrefix,
   eventsRest,
   eventsTail,
@@ -267,5 +268,26 @@ describe("hot-path checks agree with the zod schemas", () => {
         expect(encodeFrame(FrameType.EVENTS, payload)).toEqual(encodeTypedFrame(frame));
       }
     }
+  });
+
+  test("a PEER frame from encodePeerFrame is byte for byte encodeTypedFrame's, across every length form", () => {
+    const next = rng(0x9ee4);
+    const seqs = [1, 23, 24, 255, 256, 65_535, 65_536, 2 ** 32, Number.MAX_SAFE_INTEGER];
+    // Message lengths on both sides of each CBOR length form: direct, 1, 2 and 4 bytes.
+    const lengths = [0, 1, 23, 24, 255, 256, 65_535, 65_536, 300_000];
+    for (const length of lengths) {
+      for (let i = 0; i < 4; i++) {
+        const seq = seqs[Math.floor(next() * seqs.length)] as number;
+        const msg = filled(length, Math.floor(next() * 256));
+        const mac = filled(32, Math.floor(next() * 256));
+        expect(encodePeerFrame(seq, msg, mac)).toEqual(encodeTypedFrame({ type: FrameType.PEER, body: { seq, msg, mac } }));
+      }
+    }
+  });
+
+  test("encodePeerFrame refuses a frame over the limit, as encodeTypedFrame does", () => {
+    const msg = new Uint8Array(5000);
+    expect(() => encodePeerFrame(1, msg, filled(32, 1), 4096)).toThrow(RangeError);
+    expect(() => encodeTypedFrame({ type: FrameType.PEER, body: { seq: 1, msg, mac: filled(32, 1) } }, 4096)).toThrow(RangeError);
   });
 });

@@ -3,7 +3,7 @@
  * subscriber-side voter: the digest that identifies a signed request, and a structural
  * reading of a decoded pub request for code (the subscriber) that receives raw bodies.
  */
-import { encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
+import { type Canonical, withCanonical } from "../../../wire/canonical.ts";
 import { DOMAIN_REQUEST } from "../../../wire/types.ts";
 import { PUBLIC_KEY_BYTES } from "./constants.ts";
 import type { HashFn, PubRequest, SignedRequest } from "./types.ts";
@@ -17,7 +17,7 @@ export const REQUEST_SIGNATURE_DOMAIN: string = DOMAIN_REQUEST;
  * subscriber votes on it and the channel log chains it.
  */
 export function signedRequestDigest(hash: HashFn, signed: SignedRequest): Uint8Array {
-  return hash(encodeCanonical({ body: signed.body, sig: signed.sig }));
+  return withCanonical({ body: signed.body, sig: signed.sig }, hash);
 }
 
 function isPlainMap(value: Canonical | undefined): value is { [key: string]: Canonical } {

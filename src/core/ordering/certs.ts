@@ -6,7 +6,7 @@
 import { bytesEqual } from "../../../wire/bytes.ts";
 import type { FaultMode, ReplicaId } from "./config.ts";
 import {
-  batchBytes,
+  hashBatchBytes,
   type Checkpoint,
   type ClientRequest,
   type Commit,
@@ -78,7 +78,7 @@ export function digestOfBatch(crypto: CoreCrypto, batch: readonly ClientRequest[
   }
   let digest = known.get(batch);
   if (digest === undefined) {
-    digest = crypto.hash(batchBytes(batch));
+    digest = hashBatchBytes(crypto.hash, batch);
     known.set(batch, digest);
   }
   return digest;

@@ -14,7 +14,7 @@
  */
 import { DIGEST_BYTES, REPLICAS_MAX, SIGNATURE_BYTES } from "../../../wire/types.ts";
 import type { PersistedRecord } from "./types.ts";
-import { encodeCanonical } from "../../../wire/canonical.ts";
+import { encodeCanonical, withCanonical } from "../../../wire/canonical.ts";
 import type { ReplicaId } from "./config.ts";
 
 /**
@@ -226,6 +226,11 @@ function requestFields(r: ClientRequest): Canon {
 /** The bytes hashed into a batch digest: every field of every request, in order. */
 export function batchBytes(batch: readonly ClientRequest[]): Uint8Array {
   return encodeCanonical(batch.map(requestFields));
+}
+
+/** `hash(batchBytes(batch))`, hashed in the encoder's buffer: no copy of the batch is made. */
+export function hashBatchBytes(hash: (bytes: Uint8Array) => Uint8Array, batch: readonly ClientRequest[]): Uint8Array {
+  return withCanonical(batch.map(requestFields), hash);
 }
 
 function headerFields(m: PrePrepare): Canon {
