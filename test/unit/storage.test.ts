@@ -12,7 +12,7 @@ import { FatalError } from "../../src/replica/fatal.ts";
 import { EXIT_STORAGE_FAILED, QUARANTINE_DIR, ReplicaStorage, StoreIdentityError } from "../../src/replica/storage/index.ts";
 import { type BatchLookup, decodeBatch, decodeRecord } from "../../src/replica/storage/records.ts";
 import { realDisk } from "../../src/replica/storage/disk.ts";
-import { STORE_FILE } from "../../src/replica/storage/store.ts";
+import { STORE_FILE, STORE_PAGE_BYTES } from "../../src/replica/storage/store.ts";
 import { batchDigest, openStorage, tempDir, testLog, TestClient } from "./storage-fixtures.ts";
 
 const cleanups: (() => void)[] = [];
@@ -97,6 +97,31 @@ describe("ReplicaStore rows", () => {
     write(storage, [{ t: "stable", seq: 2, digest: DIGEST, proof: [] }, checkpoint(4)]);
     expect(coreKinds(storage).sort()).toEqual(["accept:3", "accept:4", "checkpoint:2", "checkpoint:4", "stable:2", "view:1"]);
     storage.close();
+  });
+
+  test("a new store is made with STORE_PAGE_BYTES pages; an existing store keeps the page size it was made with", () => {
+    const dir = freshDir();
+    openStorage(dir).close();
+    const pageSize = (): number => {
+      const db = new Database(join(dir, STORE_FILE), { readonly: true });
+      const size = (db.query("PRAGMA page_size").get() as { page_size: number }).page_size;
+      db.close();
+      return size;
+    };
+    expect(pageSize()).toBe(STORE_PAGE_BYTES);
+    // A store made by a build with SQLite's default pages opens and stays as it is.
+    const old = freshDir();
+    const db = new Database(join(old, STORE_FILE), { create: true });
+    db.exec("PRAGMA page_size = 4096");
+    db.exec("PRAGMA journal_mode = WAL");
+    db.close();
+    const storage = openStorage(old);
+    write(storage, [decided(1)]);
+    storage.close();
+    const reopened = new Database(join(old, STORE_FILE), { readonly: true });
+    expect((reopened.query("PRAGMA page_size").get() as { page_size: number }).page_size).toBe(4096);
+    reopened.close();
+    expect(STORE_PAGE_BYTES).not.toBe(4096);
   });
 
   test("a data directory of another replica is refused", () => {

@@ -39,6 +39,17 @@ export const STORE_FILE = "fitb.db";
 export const STORE_FORMAT_VERSION = 2;
 
 /**
+ * SQLite's page size for a new store. A batch row of a megabyte spans 256 overflow pages
+ * of SQLite's default 4 KiB, each one a write-ahead log frame with its own header and
+ * checksum: writing and committing it took 3.8-4.4 ms of CPU here against 1.8-2.0 ms with
+ * 16 KiB pages and 1.2-1.3 ms with 64 KiB. A commit of a few small rows (the votes'
+ * records) writes whole pages, though: 0.30-0.33 ms with fsync at 4 KiB, 0.33-0.40 at
+ * 16 KiB, 0.43 at 32 KiB and 0.57 at 64 KiB. 16 KiB halves the cost of the batches and
+ * leaves the small commits as they were.
+ */
+export const STORE_PAGE_BYTES = 16 * 1024;
+
+/**
  * `full`: every commit is fsynced before anything that depends on it is sent (survives
  * power loss). `normal`: commits reach the operating system but the log is fsynced only
  * at WAL checkpoints (survives a killed process, may lose the last commits on power loss).
@@ -197,6 +208,8 @@ export class ReplicaStore {
       // (the kernel drops it even on kill -9): a second replica process started on the
       // same data directory is refused instead of writing beside this one.
       if (exclusive) this.db.exec("PRAGMA locking_mode = EXCLUSIVE");
+      // Takes effect only when this creates the database; an existing store keeps its size.
+      this.db.exec(`PRAGMA page_size = ${STORE_PAGE_BYTES}`);
       this.db.exec("PRAGMA journal_mode = WAL");
       // `full` with an overlapped fsync (disk.ts walSync): SQLite writes, the group commit syncs.
       this.walSync = sync === "full" && disk.walSync !== undefined ? disk.walSync(this.path) : null;
