@@ -11,7 +11,7 @@
  * does not cover (admin commands, refusals) or refuses with its precise message. So these
  * checks must never accept anything zod refuses, and that is what the test pins.
  */
-import { type Canonical, encodeCanonical, withCanonical } from "./canonical.ts";
+import { type Canonical, encodeCanonical } from "./canonical.ts";
 import type { Events, Peer, Reply, Request, RequestFrame } from "./schemas.ts";
 import { writeFrameHeader } from "./frame.ts";
 import {
@@ -135,29 +135,37 @@ export function fastPublishReply(value: Canonical): Reply | null {
  * encodeTypedFrame writes for the same body (test/unit/wire-hot.test.ts).
  */
 export interface EventsPrefix {
-  readonly bytes: Uint8Array;
+  /**
+   * The prefix in order: a small head, the request body itself (not copied: a batch may
+   * be megabytes, and each replica sends every batch it executes), and a small tail.
+   */
+  readonly parts: readonly Uint8Array[];
+  readonly length: number;
 }
 
 const EVENTS_MAP_HEAD = 0xa5; // a map of 5 pairs
+const REQ_MAP_HEAD = 0xa2; // { sig, body }: "sig" sorts first (its encoding is shorter)
 const KEY_REQ = encodeCanonical("req");
 const KEY_SEQ = encodeCanonical("seq");
 const KEY_SUB = encodeCanonical("sub");
 const KEY_TAG = encodeCanonical("tag");
 const KEY_REPLICA = encodeCanonical("replica");
+const KEY_SIG = encodeCanonical("sig");
+const KEY_BODY = encodeCanonical("body");
 
 export function eventsPrefix(req: { readonly body: Uint8Array; readonly sig: Uint8Array }, seq: number): EventsPrefix {
-  const seqBytes = encodeCanonical(seq);
-  // The request's encoding is copied once, straight from the encoder's buffer.
-  return withCanonical({ body: req.body, sig: req.sig }, (reqBytes) => {
-    const bytes = new Uint8Array(1 + KEY_REQ.length + reqBytes.length + KEY_SEQ.length + seqBytes.length);
-    let at = 0;
-    bytes[at++] = EVENTS_MAP_HEAD;
-    for (const part of [KEY_REQ, reqBytes, KEY_SEQ, seqBytes]) {
-      bytes.set(part, at);
-      at += part.length;
-    }
-    return { bytes };
-  });
+  const head = concatParts([
+    Uint8Array.of(EVENTS_MAP_HEAD),
+    KEY_REQ,
+    Uint8Array.of(REQ_MAP_HEAD),
+    KEY_SIG,
+    byteStringHead(req.sig.length),
+    req.sig,
+    KEY_BODY,
+    byteStringHead(req.body.length),
+  ]);
+  const tail = concatParts([KEY_SEQ, encodeCanonical(seq)]);
+  return { parts: [head, req.body, tail], length: head.length + req.body.length + tail.length };
 }
 
 /** The last two fields of an EVENTS payload, `tag` and `replica`: the same for every subscriber of one fan-out. */

@@ -340,13 +340,28 @@ export function payloadDigest(payload: Uint8Array): Uint8Array {
  */
 export class SharedPayloadPrefix {
   readonly #state: Hash;
+  /** Bytes of all the parts. */
+  readonly length: number;
 
-  constructor(readonly bytes: Uint8Array) {
-    this.#state = createHash("sha256").update(bytes);
+  /** The prefix is the parts in order; they are referred to, not copied (wire/hot.ts eventsPrefix). */
+  constructor(readonly parts: readonly Uint8Array[]) {
+    this.#state = createHash("sha256");
+    let length = 0;
+    for (const part of parts) {
+      this.#state.update(part);
+      length += part.length;
+    }
+    this.length = length;
   }
 
-  get length(): number {
-    return this.bytes.length;
+  /** Copies the prefix into `target` at `at`; answers the offset after it. */
+  copyInto(target: Uint8Array, at: number): number {
+    let offset = at;
+    for (const part of this.parts) {
+      target.set(part, offset);
+      offset += part.length;
+    }
+    return offset;
   }
 
   /** SHA-256(prefix || rest). */

@@ -291,7 +291,7 @@ export class FramedConn {
   }
 
   /**
-   * Sends a frame of `type` whose payload is shared.bytes || rest: an EVENTS frame of a
+   * Sends a frame of `type` whose payload is the shared parts || rest: an EVENTS frame of a
    * fan-out (wire/hot.ts eventsPrefix, eventsRest), the batch shared by every subscriber.
    * On a client session its MAC hashes only `rest` (FrameSealer.macShared). The shared
    * bytes are not copied per frame: only into the turn's socket write (coalesceWrites).
@@ -311,13 +311,12 @@ export class FramedConn {
     new DataView(head.buffer).setUint32(0, length + trailer, false);
     head[FRAME_LENGTH_BYTES] = type;
     const mac = this.framing === null ? null : this.framing.sealer.macShared(type, shared, rest);
-    const parts = mac === null ? [head, shared.bytes, rest] : [head, shared.bytes, rest, mac];
     const frame = new Uint8Array(total);
-    let at = 0;
-    for (const part of parts) {
-      frame.set(part, at);
-      at += part.length;
-    }
+    frame.set(head, 0);
+    let at = shared.copyInto(frame, head.length);
+    frame.set(rest, at);
+    at += rest.length;
+    if (mac !== null) frame.set(mac, at);
     return this.enqueue(frame);
   }
 
@@ -472,8 +471,7 @@ export class FramedConn {
     bytes[at + FRAME_LENGTH_BYTES] = frame.type;
     let offset = at + FRAME_HEADER_BYTES;
     if (frame.shared !== null) {
-      bytes.set(frame.shared.bytes, offset);
-      offset += frame.shared.bytes.length;
+      offset = frame.shared.copyInto(bytes, offset);
     }
     bytes.set(frame.payload, offset);
     offset += frame.payload.length;

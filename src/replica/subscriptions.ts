@@ -259,7 +259,7 @@ export class Subscriptions {
 
   /** The part of a batch's EVENTS payload every subscriber shares, with its hash state. */
   private sharedPayload(batch: StoredBatch, ordered: boolean): SharedPayloadPrefix {
-    return new SharedPayloadPrefix(eventsPrefix({ body: batch.body, sig: batch.sig }, ordered ? batch.firstSeq : batch.pubSeq).bytes);
+    return new SharedPayloadPrefix(eventsPrefix({ body: batch.body, sig: batch.sig }, ordered ? batch.firstSeq : batch.pubSeq).parts);
   }
 
   /** Sends one batch; on a full connection (or a frame over the limit) ends the subscription as SLOW. */

@@ -27,7 +27,7 @@ const PUBLISHER = new Uint8Array(32).fill(0x50);
 /** A batch of `events` events of 200 bytes, as the fan-out shares it. */
 function batch(events: number, fill: number): SharedPayloadPrefix {
   const body = new Uint8Array(events * 200).fill(fill);
-  return new SharedPayloadPrefix(eventsPrefix({ body, sig: new Uint8Array(64) }, fill).bytes);
+  return new SharedPayloadPrefix(eventsPrefix({ body, sig: new Uint8Array(64) }, fill).parts);
 }
 
 /** Sends one EVENTS frame for subscription `sub` of the batch. */

@@ -104,7 +104,7 @@ describe("fan-out on sealed sessions", () => {
   test("a MAC over a shared prefix and the rest is the MAC of the whole frame sealed in place", () => {
     const keys = sessionKeys("same bytes");
     const req = { body: new Uint8Array(3000).fill(7), sig: new Uint8Array(64).fill(9) };
-    const shared = new SharedPayloadPrefix(eventsPrefix(req, 42).bytes);
+    const shared = new SharedPayloadPrefix(eventsPrefix(req, 42).parts);
     const viaShared = new FrameSealer(keys.replica.sendKey);
     const whole = new FrameSealer(keys.replica.sendKey);
     for (const sub of [1, 2, 300]) {
@@ -121,10 +121,10 @@ describe("fan-out on sealed sessions", () => {
 
   test("an EVENTS frame over the frame limit is refused (false, never a throw): nothing is written and the frame counter is not used", async () => {
     const w = wire(1);
-    const huge = new SharedPayloadPrefix(eventsPrefix({ body: new Uint8Array(FRAME_BYTES_MAX), sig: new Uint8Array(64) }, 1).bytes);
+    const huge = new SharedPayloadPrefix(eventsPrefix({ body: new Uint8Array(FRAME_BYTES_MAX), sig: new Uint8Array(64) }, 1).parts);
     const rest = eventsRest(1, eventsTail(TAG, 0));
     expect(w.conn.sendShared(FrameType.EVENTS, huge, rest)).toBe(false);
-    const small = new SharedPayloadPrefix(eventsPrefix({ body: new Uint8Array(10), sig: new Uint8Array(64) }, 1).bytes);
+    const small = new SharedPayloadPrefix(eventsPrefix({ body: new Uint8Array(10), sig: new Uint8Array(64) }, 1).parts);
     expect(w.conn.sendShared(FrameType.EVENTS, small, rest)).toBe(true);
     await nextTurn();
     expect(receive(opener(w), concat(w.writes)).map((f) => f?.type)).toEqual([FrameType.EVENTS]);

@@ -34,7 +34,7 @@ function session(id: number, frames: Frame[]): ClientSession {
     },
     // EVENTS come as a shared prefix and a rest (wire/hot.ts): decoded back, so the test sees what a client would.
     sendShared: (type: number, shared: SharedPayloadPrefix, rest: Uint8Array) => {
-      const decoded = decodeFrameBody(type, Uint8Array.from(Buffer.concat([shared.bytes, rest])));
+      const decoded = decodeFrameBody(type, Uint8Array.from(Buffer.concat([...shared.parts, rest])));
       if (!decoded.ok) throw new Error(decoded.error.reason);
       frames.push(decoded.frame);
       return true;
