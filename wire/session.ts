@@ -14,12 +14,30 @@ const DOMAIN_SEPARATOR = 0x00;
 
 /** `utf8(domain) || 0x00 || bytes`: what every fitb signature covers. */
 export function signingInput(domain: string, bytes: Uint8Array): Uint8Array {
-  const tag = utf8.encode(domain);
-  const input = new Uint8Array(tag.length + 1 + bytes.length);
-  input.set(tag);
-  input[tag.length] = DOMAIN_SEPARATOR;
-  input.set(bytes, tag.length + 1);
+  const prefix = signingPrefix(domain);
+  const input = new Uint8Array(prefix.length + bytes.length);
+  input.set(prefix);
+  input.set(bytes, prefix.length);
   return input;
+}
+
+const signingPrefixes = new Map<string, Uint8Array>();
+
+/**
+ * `utf8(domain) || 0x00`, what signingInput puts before the bytes, for a verifier that
+ * takes the two apart (src/threads/verify-pool.ts). Domains are protocol constants, so
+ * the cache holds a handful of entries. Never modify the answer: it is shared.
+ */
+export function signingPrefix(domain: string): Uint8Array {
+  let prefix = signingPrefixes.get(domain);
+  if (prefix === undefined) {
+    const tag = utf8.encode(domain);
+    prefix = new Uint8Array(tag.length + 1);
+    prefix.set(tag);
+    prefix[tag.length] = DOMAIN_SEPARATOR;
+    signingPrefixes.set(domain, prefix);
+  }
+  return prefix;
 }
 
 /** What a client signs for a request: signingInput(DOMAIN_REQUEST, body). */

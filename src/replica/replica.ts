@@ -32,7 +32,7 @@ import {
   type RequestFrame,
   type SignedRequest,
 } from "../../wire/schemas.ts";
-import { type ErrorCode, FrameType } from "../../wire/types.ts";
+import { DOMAIN_REQUEST, type ErrorCode, FrameType } from "../../wire/types.ts";
 import { ClientAdmission, OVER_BUDGET_PAUSE_MS, OVER_BUDGET_PAUSE_MS_MAX, REFUSALS_BURST, REFUSALS_PER_SECOND } from "./admission.ts";
 import { AuditLog } from "./audit.ts";
 import { ExecutionGate } from "./execution-gate.ts";
@@ -56,7 +56,7 @@ import {
   urgencyOfSpace,
 } from "./requests.ts";
 import { type Lane, VerifyPool } from "../threads/verify-pool.ts";
-import { requestSigningInput } from "../../wire/session.ts";
+import { signingPrefix } from "../../wire/session.ts";
 import { type ClientSession, ReplicaServer, type ServerLimits } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
 import { epochLogFields, genesisMembership, membersAnswer } from "./epochs.ts";
@@ -482,7 +482,7 @@ export class Replica {
     }
     this.verifier.verify(
       admitted.request.client,
-      requestSigningInput(signed.body),
+      { prefix: signingPrefix(DOMAIN_REQUEST), body: signed.body },
       signed.sig,
       (ok) => {
         if (!ok) return this.refuseAdmission(session, signed, BAD_SIGNATURE);

@@ -13,9 +13,25 @@ const LENGTH_FIELD_BYTES = 4;
 export const BATCH_BYTES_MAX = 4 * 1024 * 1024;
 
 /** The triples in one transferable buffer (see VerifyBatch). */
-export function packBatch(items: readonly { key: Uint8Array; sig: Uint8Array; message: Uint8Array }[]): ArrayBuffer {
+/**
+ * One check to pack: the signed message is `prefix || message` (the prefix a domain tag,
+ * wire/session.ts signingPrefix; empty when absent), joined only here, in the batch.
+ */
+export interface PackedCheck {
+  readonly key: Uint8Array;
+  readonly sig: Uint8Array;
+  readonly prefix?: Uint8Array;
+  readonly message: Uint8Array;
+}
+
+/** Bytes of the signed message of a check. */
+export function signedLength(item: PackedCheck): number {
+  return (item.prefix?.length ?? 0) + item.message.length;
+}
+
+export function packBatch(items: readonly PackedCheck[]): ArrayBuffer {
   let total = LENGTH_FIELD_BYTES * (1 + items.length);
-  for (const item of items) total += KEY_BYTES + SIG_BYTES + item.message.length;
+  for (const item of items) total += KEY_BYTES + SIG_BYTES + signedLength(item);
   const packed = new ArrayBuffer(total);
   const bytes = new Uint8Array(packed);
   const view = new DataView(packed);
@@ -25,11 +41,13 @@ export function packBatch(items: readonly { key: Uint8Array; sig: Uint8Array; me
     if (item.key.length !== KEY_BYTES || item.sig.length !== SIG_BYTES) {
       throw new RangeError(`packBatch: a key must be ${KEY_BYTES} bytes and a signature ${SIG_BYTES}`);
     }
-    view.setUint32(LENGTH_FIELD_BYTES * (1 + i), item.message.length);
+    const prefixBytes = item.prefix?.length ?? 0;
+    view.setUint32(LENGTH_FIELD_BYTES * (1 + i), prefixBytes + item.message.length);
     bytes.set(item.key, at);
     bytes.set(item.sig, at + KEY_BYTES);
-    bytes.set(item.message, at + KEY_BYTES + SIG_BYTES);
-    at += KEY_BYTES + SIG_BYTES + item.message.length;
+    if (item.prefix !== undefined) bytes.set(item.prefix, at + KEY_BYTES + SIG_BYTES);
+    bytes.set(item.message, at + KEY_BYTES + SIG_BYTES + prefixBytes);
+    at += KEY_BYTES + SIG_BYTES + prefixBytes + item.message.length;
   });
   return packed;
 }

@@ -37,7 +37,7 @@
 import { sign, verify } from "../crypto/ed25519.ts";
 import { SigningKey } from "../crypto/keys.ts";
 import { workerEntry } from "./entry.ts";
-import { BATCH_BYTES_MAX, KEY_BYTES, packBatch, SIG_BYTES } from "./verify-batch.ts";
+import { BATCH_BYTES_MAX, KEY_BYTES, packBatch, SIG_BYTES, signedLength } from "./verify-batch.ts";
 
 /** A batch to a thread: the checks packed into one transferable buffer (verify-batch.ts). */
 export interface VerifyBatch {
@@ -86,8 +86,16 @@ export interface VerifyPoolOptions {
 /** A check's continuation: called once with whether the signature verifies. */
 export type Verified = (ok: boolean) => void;
 
+/**
+ * What a signature covers: bytes as they are, or `prefix || body` (a domain tag before a
+ * request body: wire/session.ts signingPrefix), joined only where it is verified, so a
+ * body of megabytes is not copied first to be copied again into a thread's batch.
+ */
+export type SignedMessage = Uint8Array | { readonly prefix: Uint8Array; readonly body: Uint8Array };
+
 interface Check {
   readonly key: Uint8Array;
+  readonly prefix: Uint8Array | undefined;
   readonly message: Uint8Array;
   readonly sig: Uint8Array;
   readonly lane: Lane | null;
@@ -155,8 +163,8 @@ export class VerifyPool {
     };
     for (const thread of this.threads) {
       this.send(thread, [
-        { key: key.publicKey, message, sig: good, lane: null, position: -1, done: expect(true), urgency: 0 },
-        { key: key.publicKey, message, sig: forged, lane: null, position: -1, done: expect(false), urgency: 0 },
+        { key: key.publicKey, prefix: undefined, message, sig: good, lane: null, position: -1, done: expect(true), urgency: 0 },
+        { key: key.publicKey, prefix: undefined, message, sig: forged, lane: null, position: -1, done: expect(false), urgency: 0 },
       ]);
     }
   }
@@ -175,7 +183,7 @@ export class VerifyPool {
    * when inline). Checks of higher `urgency` (a channel's priority) go out first in the
    * turn's batches.
    */
-  verify(key: Uint8Array, message: Uint8Array, sig: Uint8Array, done: Verified, lane: Lane | null = null, urgency = 0): void {
+  verify(key: Uint8Array, signed: SignedMessage, sig: Uint8Array, done: Verified, lane: Lane | null = null, urgency = 0): void {
     if (this.stopped) return;
     const laneFull = lane !== null && lane.pending >= LANE_CHECKS_MAX;
     // A key or signature of the wrong size cannot be packed; it fails inline, at once.
@@ -183,10 +191,11 @@ export class VerifyPool {
     // An urgent check with nothing ahead of it on its lane is answered at once: about 50 us
     // of the loop, where the threads' queue may hold tens of milliseconds of a flood's checks.
     const urgentAlone = urgency >= URGENT_CHECK && (lane === null || lane.pending === 0) && this.takeUrgentInline();
-    const check: Check = { key, message, sig, lane, position: lane === null ? -1 : lane.ask(), done, urgency };
+    const [prefix, message] = signed instanceof Uint8Array ? [undefined, signed] : [signed.prefix, signed.body];
+    const check: Check = { key, prefix, message, sig, lane, position: lane === null ? -1 : lane.ask(), done, urgency };
     if (this.threads.length === 0 || laneFull || misshapen || urgentAlone || this.inFlight + this.queued.length >= CHECKS_IN_FLIGHT_MAX) {
       this.verifiedInline++;
-      this.answer(check, verify(key, message, sig));
+      this.answer(check, verify(key, prefix === undefined ? message : joined(prefix, message), sig));
       return;
     }
     this.queued.push(check);
@@ -244,9 +253,9 @@ export class VerifyPool {
       // (CHECKS_PER_BATCH_MAX checks, BATCH_BYTES_MAX message bytes, at least one check).
       const share = Math.min(CHECKS_PER_BATCH_MAX, Math.ceil((checks.length - start) / this.threads.length));
       let end = start + 1;
-      let bytes = (checks[start] as Check).message.length;
-      while (end < start + share && bytes + (checks[end] as Check).message.length <= BATCH_BYTES_MAX) {
-        bytes += (checks[end] as Check).message.length;
+      let bytes = signedLength(checks[start] as Check);
+      while (end < start + share && bytes + signedLength(checks[end] as Check) <= BATCH_BYTES_MAX) {
+        bytes += signedLength(checks[end] as Check);
         end++;
       }
       const batch = checks.slice(start, end);
@@ -338,4 +347,11 @@ export class Lane {
   get pending(): number {
     return this.nextAsked - this.nextReleased;
   }
+}
+
+function joined(prefix: Uint8Array, body: Uint8Array): Uint8Array {
+  const bytes = new Uint8Array(prefix.length + body.length);
+  bytes.set(prefix, 0);
+  bytes.set(body, prefix.length);
+  return bytes;
 }

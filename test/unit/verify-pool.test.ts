@@ -9,6 +9,8 @@ import { SigningKey } from "../../src/crypto/keys.ts";
 import { BATCH_BYTES_MAX, packBatch, unpackBatch } from "../../src/threads/verify-batch.ts";
 import { URGENT } from "../../src/core/ordering/priority.ts";
 import { LANE_CHECKS_MAX, URGENT_CHECK, VerifyPool } from "../../src/threads/verify-pool.ts";
+import { signingInput, signingPrefix } from "../../wire/session.ts";
+import { DOMAIN_REQUEST } from "../../wire/types.ts";
 import { waitFor } from "../helpers/wait.ts";
 
 const pools: VerifyPool[] = [];
@@ -171,6 +173,28 @@ describe("verification threads", () => {
     await waitFor("the other answers", () => answered.length === 4, 30_000);
     expect(answered).toEqual([0, 2, 3, 4]);
     expect(String(errors[0])).toContain("boom");
+  });
+
+  test("a message given as a domain prefix and a body verifies as their concatenation, on a thread and inline", async () => {
+    const key = SigningKey.generate();
+    const prefix = signingPrefix(DOMAIN_REQUEST);
+    const body = new Uint8Array(70_000).fill(5);
+    const good = sign(key, signingInput(DOMAIN_REQUEST, body));
+    // Signed over the body alone: the prefix must be part of what is checked.
+    const bodyOnly = sign(key, body);
+    for (const threads of [1, 0]) {
+      const p = pool(threads);
+      if (threads > 0) await waitFor("the start probe answered", () => p.verifiedOnThreads === 2);
+      const answers: boolean[] = [];
+      p.verify(key.publicKey, { prefix, body }, good, (ok) => answers.push(ok));
+      p.verify(key.publicKey, { prefix, body }, bodyOnly, (ok) => answers.push(ok));
+      p.verify(key.publicKey, body, bodyOnly, (ok) => answers.push(ok));
+      await waitFor("three answers", () => answers.length === 3, 30_000);
+      expect(answers).toEqual([true, false, true]);
+      expect(threads === 0 ? p.verifiedInline : p.verifiedOnThreads - 2).toBe(3);
+    }
+    const packed = unpackBatch(packBatch([{ key: key.publicKey, sig: good, prefix, message: body }]));
+    expect(packed[0]?.message).toEqual(signingInput(DOMAIN_REQUEST, body));
   });
 
   test("a batch packs into one buffer and reads back the same triples, an empty message included", () => {
