@@ -13,12 +13,12 @@
  */
 import { type Canonical, encodeCanonical } from "./canonical.ts";
 import type { Events, Peer, Reply, Request, RequestFrame } from "./schemas.ts";
-import { writeFrameHeader } from "./frame.ts";
 import {
   DIGEST_BYTES,
   EVENT_BYTES_MAX,
   FRAME_BYTES_MAX,
   FRAME_HEADER_BYTES,
+  FRAME_LENGTH_BYTES,
   FrameType,
   KEY_BYTES,
   MAC_BYTES,
@@ -212,26 +212,48 @@ const MAJOR_BYTES = 0x40;
 /**
  * A whole PEER frame, header and payload `{ seq, msg, mac }`: exactly the bytes
  * encodeTypedFrame writes for the same frame (test/unit/wire-hot.test.ts), with `msg`
- * copied once, into the frame. A replica sends each consensus message (a proposal of up
- * to a megabyte among them) to every peer under that peer's MAC; the general encoder
- * would copy it twice per peer. Throws RangeError for a frame over `frameBytesMax`.
+ * copied once, into the frame. Throws RangeError for a frame over `frameBytesMax`.
  */
 export function encodePeerFrame(seq: number, msg: Uint8Array, mac: Uint8Array, frameBytesMax: number = FRAME_BYTES_MAX): Uint8Array {
+  const [head, , tail] = peerFrameParts(seq, msg, mac, frameBytesMax);
+  const bytes = new Uint8Array(head.length + msg.length + tail.length);
+  bytes.set(head, 0);
+  bytes.set(msg, head.length);
+  bytes.set(tail, head.length + msg.length);
+  return bytes;
+}
+
+/**
+ * The same PEER frame as three parts written one after another: a head (frame header,
+ * map head, MAC, the head of `msg`), `msg` itself, not copied, and a tail (`seq`). A
+ * replica sends each consensus message, a proposal of up to a megabyte among them, to
+ * every peer under that peer's MAC: the message is written to each socket from where it
+ * is (src/net/write-queue.ts enqueueParts). Throws RangeError for a frame over `frameBytesMax`.
+ */
+export function peerFrameParts(
+  seq: number,
+  msg: Uint8Array,
+  mac: Uint8Array,
+  frameBytesMax: number = FRAME_BYTES_MAX,
+): [head: Uint8Array, msg: Uint8Array, tail: Uint8Array] {
   const macBytes = encodeCanonical(mac);
   const msgHead = byteStringHead(msg.length);
-  const seqBytes = encodeCanonical(seq);
-  const parts = [KEY_MAC, macBytes, KEY_MSG, msgHead, msg, KEY_SEQ, seqBytes];
-  let length = FRAME_HEADER_BYTES + 1;
-  for (const part of parts) length += part.length;
-  const bytes = new Uint8Array(length);
+  const tail = concatParts([KEY_SEQ, encodeCanonical(seq)]);
+  const headParts = [KEY_MAC, macBytes, KEY_MSG, msgHead];
+  let headLength = FRAME_HEADER_BYTES + 1;
+  for (const part of headParts) headLength += part.length;
+  const frameLength = headLength + msg.length + tail.length - FRAME_LENGTH_BYTES;
+  if (frameLength > frameBytesMax) throw new RangeError(`frame of ${frameLength} bytes is outside 1..${frameBytesMax}`);
+  const head = new Uint8Array(headLength);
   let at = FRAME_HEADER_BYTES;
-  bytes[at++] = PEER_MAP_HEAD;
-  for (const part of parts) {
-    bytes.set(part, at);
+  head[at++] = PEER_MAP_HEAD;
+  for (const part of headParts) {
+    head.set(part, at);
     at += part.length;
   }
-  writeFrameHeader(bytes, FrameType.PEER, frameBytesMax);
-  return bytes;
+  new DataView(head.buffer).setUint32(0, frameLength, false);
+  head[FRAME_LENGTH_BYTES] = FrameType.PEER;
+  return [head, msg, tail];
 }
 
 /** The head of a CBOR byte string of `length` bytes, in shortest form (RFC 8949 §4.2.1). */

@@ -62,6 +62,33 @@ export class WriteQueue {
     return "queued";
   }
 
+  /**
+   * `enqueue` for data given as parts written one after another (a frame's head, a large
+   * message many frames share, its tail): each part goes to the socket as it is, without
+   * being copied into one buffer first. The bound counts all the parts.
+   */
+  enqueueParts(sink: ByteSink, parts: readonly Uint8Array[]): EnqueueResult {
+    let total = 0;
+    for (const part of parts) total += part.byteLength;
+    if (this.queued > 0) {
+      if (this.queued + total > this.bytesMax) return "full";
+      for (const part of parts) if (part.byteLength > 0) this.push(part);
+      return "queued";
+    }
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i] as Uint8Array;
+      if (part.byteLength === 0) continue;
+      const written = sink(part);
+      if (written < 0) return "closed";
+      if (written < part.byteLength) {
+        this.push(part.subarray(written));
+        for (const rest of parts.slice(i + 1)) if (rest.byteLength > 0) this.push(rest);
+        return "queued";
+      }
+    }
+    return "sent";
+  }
+
   /** Writes queued bytes until the socket pushes back; true when the queue is empty. */
   flush(sink: ByteSink): boolean {
     while (this.chunks.length > 0) {

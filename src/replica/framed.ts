@@ -26,7 +26,7 @@ import { type DecodeResult, FrameDecoder } from "../../wire/frame.ts";
 import { encodeTypedFrame, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
 import { FRAME_BYTES_MAX, FRAME_HEADER_BYTES, FRAME_LENGTH_BYTES } from "../../wire/types.ts";
 import { CLIENT_FRAME_MAC_BYTES, payloadDigest, type SessionFraming, type SharedPayloadPrefix } from "../crypto/session.ts";
-import { WriteQueue, type ByteSink } from "../net/write-queue.ts";
+import { type ByteSink, type EnqueueResult, WriteQueue } from "../net/write-queue.ts";
 import { EGRESS_CONTROL, EGRESS_HIGH, EGRESS_NORMAL, type EgressFrame, EgressQueues, egressOfType } from "./egress.ts";
 
 /** Default bound of bytes waiting to be written to one connection. */
@@ -291,6 +291,20 @@ export class FramedConn {
   }
 
   /**
+   * sendEncoded for a frame given as parts written one after another (wire/hot.ts
+   * peerFrameParts): a large message that frames to several peers share is written to
+   * each socket from where it is, not copied into each frame first.
+   */
+  sendEncodedParts(parts: readonly Uint8Array[], urgency: number = EGRESS_CONTROL): boolean {
+    assert(this.framing === null, "sendEncodedParts on a session-framed connection: its frames are sealed by send");
+    if (this.egress !== null) return this.sendEncoded(joinParts(parts), urgency);
+    let total = 0;
+    for (const part of parts) total += part.length;
+    if (this.closed || !this.hasRoomFor(total, urgency)) return false;
+    return this.accounted(() => this.queue.enqueueParts(this.sink, parts));
+  }
+
+  /**
    * Sends a frame of `type` whose payload is the shared parts || rest: an EVENTS frame of a
    * fan-out (wire/hot.ts eventsPrefix, eventsRest), the batch shared by every subscriber.
    * On a client session its MAC hashes only `rest` (FrameSealer.macShared). The shared
@@ -339,8 +353,12 @@ export class FramedConn {
   }
 
   private enqueue(bytes: Uint8Array): boolean {
+    return this.accounted(() => this.queue.enqueue(this.sink, bytes));
+  }
+
+  private accounted(write: () => EnqueueResult): boolean {
     const before = this.pendingBytes;
-    const result = this.queue.enqueue(this.sink, bytes);
+    const result = write();
     if (before === 0) this.progressMs = this.now();
     this.accountSince(before);
     return result === "sent" || result === "queued";
@@ -555,4 +573,16 @@ function countSealed(frames: readonly EgressFrame[], kept: number): number {
   let sealed = 0;
   for (let i = kept; i < frames.length; i++) if ((frames[i] as EgressFrame).sealed) sealed++;
   return sealed;
+}
+
+function joinParts(parts: readonly Uint8Array[]): Uint8Array {
+  let length = 0;
+  for (const part of parts) length += part.length;
+  const bytes = new Uint8Array(length);
+  let at = 0;
+  for (const part of parts) {
+    bytes.set(part, at);
+    at += part.length;
+  }
+  return bytes;
 }

@@ -43,7 +43,7 @@ import {
   type SessionKeys,
 } from "../crypto/session.ts";
 import type { DecodeResult } from "../../wire/frame.ts";
-import { encodePeerFrame } from "../../wire/hot.ts";
+import { encodePeerFrame, peerFrameParts } from "../../wire/hot.ts";
 import { type ConfigDigests, decodeFrameBody, type Frame, type Hello, type HelloAck } from "../../wire/schemas.ts";
 import { sessionTranscript } from "../../wire/session.ts";
 import { DOMAIN_SESSION_INITIATOR, DOMAIN_SESSION_RESPONDER, FrameType, NONCE_BYTES, PROTOCOL_VERSION } from "../../wire/types.ts";
@@ -67,6 +67,11 @@ export const PEER_RECONNECT_MS_MIN = 50;
 export const PEER_RECONNECT_MS_MAX = 2_000;
 /** Bytes that may wait for one peer before messages to it are dropped (the protocol retransmits). */
 export const PEER_OUTBOUND_BYTES_MAX = 32 * 1024 * 1024;
+/**
+ * From this size on, a message is written to each peer's socket from where it is, in a
+ * frame of three parts, instead of being copied into each peer's frame.
+ */
+export const PEER_MESSAGE_SHARED_BYTES = 16 * 1024;
 /** Bytes a PEER frame adds around its message: header, CBOR map, seq and MAC. */
 export const PEER_FRAME_OVERHEAD_BYTES = 96;
 /** A handshake that has not finished in this time is abandoned. */
@@ -416,7 +421,11 @@ export class PeerMesh {
       return false;
     }
     const seq = ++link.sendSeq;
-    return link.conn.sendEncoded(encodePeerFrame(seq, msg, macFrame(link.keys.sendKey, FrameType.PEER, seq, msg)));
+    const mac = macFrame(link.keys.sendKey, FrameType.PEER, seq, msg);
+    // A large message (a proposal's batch) is written from where it is to every peer; a
+    // small one (a vote) costs less copied into one frame and written once.
+    if (msg.length >= PEER_MESSAGE_SHARED_BYTES) return link.conn.sendEncodedParts(peerFrameParts(seq, msg, mac));
+    return link.conn.sendEncoded(encodePeerFrame(seq, msg, mac));
   }
 
   /** A message not sent to `to`: counted by peer and reason, and logged at most once per SEND_DROP_LOG_MS per peer and reason. */

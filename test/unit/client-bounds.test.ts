@@ -99,6 +99,31 @@ describe("WriteQueue", () => {
     expect(written).toEqual([1, 2, 3]);
   });
 
+  test("parts go to the socket one after another; the rest of the part it stopped in and the later parts wait, in order", () => {
+    const parts = [new Uint8Array([1, 2, 3]), new Uint8Array([4, 5, 6, 7, 8, 9, 10, 11]), new Uint8Array(0), new Uint8Array([12, 13])];
+    const all = new WriteQueue(100);
+    const everything: number[] = [];
+    expect(all.enqueueParts(sink({ value: 1000 }, everything), parts)).toBe("sent");
+    expect(everything).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+
+    const buffer = new WriteQueue(100);
+    const written: number[] = [];
+    const capacity = { value: 5 };
+    const write = sink(capacity, written);
+    expect(buffer.enqueueParts(write, parts)).toBe("queued");
+    // The first part whole, 5 bytes of the second: the second's last 3 and the fourth wait.
+    expect(written).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+    expect(buffer.bufferedBytes).toBe(5);
+    // Behind a queue, parts are queued whole, and the bound counts them all.
+    expect(buffer.enqueueParts(write, [new Uint8Array([14]), new Uint8Array([15, 16])])).toBe("queued");
+    expect(buffer.enqueueParts(write, [new Uint8Array(90), new Uint8Array(10)])).toBe("full");
+    expect(buffer.bufferedBytes).toBe(8);
+    capacity.value = 100;
+    expect(buffer.flush(write)).toBe(true);
+    expect(written).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
+    expect(new WriteQueue(100).enqueueParts(() => -1, parts)).toBe("closed");
+  });
+
   test("keeps the unwritten rest, in order, and flushes it on drain", () => {
     const buffer = new WriteQueue(100);
     const written: number[] = [];

@@ -11,6 +11,7 @@ import { encodeFrame } from "../../wire/frame.ts";
 import {
   encodePeerFrame,
   eventsPrefix,
+  peerFrameParts,
   eventsRest,
   eventsTail,
   fastEvents,
@@ -271,7 +272,7 @@ describe("hot-path checks agree with the zod schemas", () => {
     }
   });
 
-  test("a PEER frame from encodePeerFrame is byte for byte encodeTypedFrame's, across every length form", () => {
+  test("a PEER frame from encodePeerFrame, and peerFrameParts joined, is byte for byte encodeTypedFrame's, across every length form", () => {
     const next = rng(0x9ee4);
     const seqs = [1, 23, 24, 255, 256, 65_535, 65_536, 2 ** 32, Number.MAX_SAFE_INTEGER];
     // Message lengths on both sides of each CBOR length form: direct, 1, 2 and 4 bytes.
@@ -281,7 +282,11 @@ describe("hot-path checks agree with the zod schemas", () => {
         const seq = seqs[Math.floor(next() * seqs.length)] as number;
         const msg = filled(length, Math.floor(next() * 256));
         const mac = filled(32, Math.floor(next() * 256));
-        expect(encodePeerFrame(seq, msg, mac)).toEqual(encodeTypedFrame({ type: FrameType.PEER, body: { seq, msg, mac } }));
+        const typed = encodeTypedFrame({ type: FrameType.PEER, body: { seq, msg, mac } });
+        expect(encodePeerFrame(seq, msg, mac)).toEqual(typed);
+        const parts = peerFrameParts(seq, msg, mac);
+        expect(parts[1]).toBe(msg);
+        expect(Buffer.concat(parts).equals(Buffer.from(typed))).toBe(true);
       }
     }
   });
@@ -289,6 +294,12 @@ describe("hot-path checks agree with the zod schemas", () => {
   test("encodePeerFrame refuses a frame over the limit, as encodeTypedFrame does", () => {
     const msg = new Uint8Array(5000);
     expect(() => encodePeerFrame(1, msg, filled(32, 1), 4096)).toThrow(RangeError);
+    expect(() => peerFrameParts(1, msg, filled(32, 1), 4096)).toThrow(RangeError);
+    // At the limit exactly: accepted, and the length field says so; a byte more is refused.
+    const overhead = encodePeerFrame(1, new Uint8Array(4000), filled(32, 1)).length - 4 - 4000;
+    const fits = encodePeerFrame(1, new Uint8Array(4096 - overhead), filled(32, 1), 4096);
+    expect(new DataView(fits.buffer).getUint32(0)).toBe(4096);
+    expect(() => peerFrameParts(1, new Uint8Array(4097 - overhead), filled(32, 1), 4096)).toThrow(RangeError);
     expect(() => encodeTypedFrame({ type: FrameType.PEER, body: { seq: 1, msg, mac: filled(32, 1) } }, 4096)).toThrow(RangeError);
   });
 });
