@@ -96,8 +96,11 @@ const SCRATCH_BYTES_INITIAL = 64 * 1024;
 let out = new Uint8Array(SCRATCH_BYTES_INITIAL);
 let outLen = 0;
 let encodeDepth = 0;
-/** True while withCanonical lends the scratch buffer to its callback. */
-let lent = false;
+/**
+ * withCanonical's own buffer, swapped in while it encodes, so that what it lends is not
+ * overwritten by an encode inside its callback. Null while lent.
+ */
+let lendable: Uint8Array<ArrayBuffer> | null = new Uint8Array(SCRATCH_BYTES_INITIAL);
 
 /** Encodes a value canonically. Throws `CanonicalError("unencodable")` outside the model. */
 export function encodeCanonical(value: Canonical): Uint8Array {
@@ -110,7 +113,6 @@ export function encodeCanonical(value: Canonical): Uint8Array {
  * before `suffixBytes` zero bytes (a session MAC written in place).
  */
 export function encodeCanonicalAfter(prefixBytes: number, value: Canonical, suffixBytes = 0): Uint8Array {
-  if (lent) throw new Error("encodeCanonical called inside withCanonical: the scratch buffer is lent");
   outLen = 0;
   encodeDepth = 0;
   ensure(prefixBytes);
@@ -125,23 +127,35 @@ export function encodeCanonicalAfter(prefixBytes: number, value: Canonical, suff
 }
 
 /**
- * Encodes `value` canonically and hands `use` a view of the bytes in the encoder's scratch
- * buffer, valid only during the call: the next encode overwrites them. For bytes that are
- * hashed or copied once and then dropped (a digest, a frame built around them), this saves
- * allocating and filling a buffer of their size, which for a batch of a megabyte costs
- * more than the copy (fresh pages). `use` must not keep the view or encode anything: an
- * encode inside it throws.
+ * Encodes `value` canonically and hands `use` a view of the bytes in a buffer of the
+ * encoder's, valid only during the call. For bytes that are hashed or copied once and
+ * then dropped (a digest, a row written to the store), this saves allocating and filling
+ * a buffer of their size, which for a batch of a megabyte costs more than the copy (fresh
+ * pages, and the collections they bring on). `use` must not keep the view; it may encode
+ * (into the other buffer), but not call withCanonical again: that throws.
  */
 export function withCanonical<T>(value: Canonical, use: (bytes: Uint8Array) => T): T {
-  if (lent) throw new Error("withCanonical called inside withCanonical: the scratch buffer is lent");
+  if (lendable === null) throw new Error("withCanonical called inside withCanonical: its buffer is lent");
+  const own = out;
+  out = lendable;
   outLen = 0;
   encodeDepth = 0;
-  writeValue(value);
-  lent = true;
   try {
-    return use(out.subarray(0, outLen));
+    writeValue(value);
+  } catch (error) {
+    lendable = out;
+    out = own;
+    throw error;
+  }
+  const lent = out;
+  const length = outLen;
+  out = own;
+  lendable = null;
+  try {
+    return use(lent.subarray(0, length));
   } finally {
-    lent = false;
+    // `ensure` may have grown it: the grown one is kept.
+    lendable = lent;
   }
 }
 

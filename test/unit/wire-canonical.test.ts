@@ -354,11 +354,24 @@ describe("withCanonical: the encoder's buffer lent for one call", () => {
     }
   });
 
-  test("answers what the callback answers, and an encode inside it throws instead of overwriting the lent bytes", () => {
+  test("answers what the callback answers; an encode inside it leaves the lent bytes alone; a nested withCanonical throws", () => {
     expect(withCanonical([1, 2], (bytes) => bytes.length)).toBe(3);
-    expect(() => withCanonical(1, () => encodeCanonical(2))).toThrow("the scratch buffer is lent");
-    expect(() => withCanonical(1, () => withCanonical(2, () => 0))).toThrow("the scratch buffer is lent");
-    // The buffer is returned after a throw: encoding works again.
+    const big = new Uint8Array(300_000).fill(9);
+    const inside = withCanonical("lent", (bytes) => {
+      // Past the scratch buffer's size: the other buffer grows, the lent one stays.
+      const other = encodeCanonical([big]);
+      return { lent: hex(bytes), other: other.length };
+    });
+    expect(inside).toEqual({ lent: hex(encodeCanonical("lent")), other: encodeCanonical([big]).length });
+    expect(() => withCanonical(1, () => withCanonical(2, () => 0))).toThrow("its buffer is lent");
+    // After a throw in the callback, and after a value that cannot be encoded, it lends again.
+    expect(() =>
+      withCanonical(1, () => {
+        throw new Error("callback failed");
+      }),
+    ).toThrow("callback failed");
+    expect(() => withCanonical(Number.NaN, () => 0)).toThrow(CanonicalError);
+    expect(withCanonical("a", (bytes) => hex(bytes))).toBe("6161");
     expect(hex(encodeCanonical("a"))).toBe("6161");
   });
 });
