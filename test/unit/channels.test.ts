@@ -14,6 +14,7 @@ import {
   isValidTag,
   KEYS_PER_CHANNEL_MAX,
   READ_BATCHES_MAX,
+  STORED_VIEW_SLACK_BYTES,
   UNORDERED_DEDUPE_RANGES_MAX,
   type AdminCmd,
   type ChannelsConfig,
@@ -335,16 +336,41 @@ describe("ordered publish", () => {
     expect(m.channelInfo("net.links")).toMatchObject({ retainedEvents: 4, nextSeq: 5, oldestSeq: 1 });
   });
 
-  test("stored bytes are copied out of a larger buffer they were read from", () => {
+  test("stored bytes are copied out of a larger buffer they were read from, and kept where they are in a buffer of little else", () => {
     const m = withChannel("net.links");
     const { signed, request } = pub(P1, 1, "net.links", ["x"]);
-    const frame = new Uint8Array(signed.body.length + 10);
-    frame.set(signed.body, 5);
-    const view = frame.subarray(5, 5 + signed.body.length);
-    const stored = m.applyOrderedPublish({ body: view, sig: SIG }, request, 1).stored;
-    frame.fill(0);
-    expect(stored?.body).toEqual(signed.body);
-    expect(stored?.body.buffer.byteLength).toBe(signed.body.length);
+    // A body inside a proposal of many requests: copied, so retention does not keep the proposal.
+    const proposal = new Uint8Array(signed.body.length + STORED_VIEW_SLACK_BYTES + 1);
+    proposal.set(signed.body, 5);
+    const inProposal = proposal.subarray(5, 5 + signed.body.length);
+    const copied = m.applyOrderedPublish({ body: inProposal, sig: SIG }, request, 1).stored;
+    proposal.fill(0);
+    expect(copied?.body).toEqual(signed.body);
+    expect(copied?.body.buffer.byteLength).toBe(signed.body.length);
+    // A body in its own frame: kept as it is, the frame's few other bytes with it.
+    const second = pub(P1, 2, "net.links", ["y"]);
+    const frame = new Uint8Array(second.signed.body.length + STORED_VIEW_SLACK_BYTES);
+    frame.set(second.signed.body, 5);
+    const inFrame = frame.subarray(5, 5 + second.signed.body.length);
+    const kept = m.applyOrderedPublish({ body: inFrame, sig: SIG }, second.request, 2).stored;
+    expect(kept?.body.buffer).toBe(frame.buffer);
+    expect(kept?.body).toEqual(second.signed.body);
+    // The 64-byte signature out of the same frame is copied: the frame is mostly other bytes.
+    const sigInFrame = frame.subarray(0, 64);
+    const third = pub(P1, 3, "net.links", ["z"]);
+    const big = new Uint8Array(third.signed.body.length + 64);
+    big.set(third.signed.body);
+    const stored = m.applyOrderedPublish({ body: big.subarray(0, third.signed.body.length), sig: sigInFrame }, third.request, 3).stored;
+    expect(stored?.sig.buffer).not.toBe(frame.buffer);
+    // Past STORED_VIEW_SLACK_BYTES, a sixteenth of a large view may be unused.
+    const roomyConfig = { ...CONFIG, eventBytesMax: 40_000, requestBytesMax: 50_000, retention: { ...CONFIG.retention, bytes: 100_000 } };
+    const m2 = withChannel("net.links", "total", roomyConfig);
+    const large = pub(P1, 1, "net.links", [new Uint8Array(30_000)]);
+    const roomy = new Uint8Array(large.signed.body.length + (large.signed.body.length >>> 4));
+    expect(roomy.length - large.signed.body.length).toBeGreaterThan(STORED_VIEW_SLACK_BYTES);
+    roomy.set(large.signed.body);
+    const keptLarge = m2.applyOrderedPublish({ body: roomy.subarray(0, large.signed.body.length), sig: SIG }, large.request, 1).stored;
+    expect(keptLarge?.body.buffer).toBe(roomy.buffer);
   });
 
   const refusals: Array<[string, (m: ChannelMachine) => { signed: SignedRequest; request: Request }, string]> = [

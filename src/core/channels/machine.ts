@@ -91,9 +91,22 @@ function refuse(code: Exclude<ChannelErrorCode, "trimmed">, reason: string): Cha
   return { ok: false, code, reason };
 }
 
-/** A view that owns its buffer is kept; a view into a larger buffer is copied out. */
+/**
+ * Bytes of a buffer a stored view may leave unused and still be kept as it is: at most
+ * this, or a sixteenth of the view if that is more.
+ */
+export const STORED_VIEW_SLACK_BYTES = 1024;
+
+/**
+ * A view kept as it is when its buffer holds little else (a request body read out of its
+ * own frame: the frame's few other bytes ride along), else copied out, so that retention
+ * never keeps a large buffer (a proposal of many requests) alive for a small part of it.
+ * Either way the stored bytes are never written to: the caller hands them over and must
+ * not change the buffer afterwards.
+ */
 function owned(bytes: Uint8Array): Uint8Array {
-  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+  const unused = bytes.buffer.byteLength - bytes.byteLength;
+  return unused <= Math.max(STORED_VIEW_SLACK_BYTES, bytes.byteLength >>> 4) ? bytes : bytes.slice();
 }
 
 function assertTimestamp(ms: number, what: string): void {
@@ -314,6 +327,9 @@ export class ChannelMachine {
    * bytes, and bounds it before ordering: within CLIENT_CLOCK_SKEW_MS_MAX of the clock of
    * the replica the client spoke to, and no further ahead than PROPOSED_FUTURE_MS_MAX at
    * every replica that accepts a proposal carrying it (src/replica/requests.ts).
+   *
+   * The stored batch may refer to `signed`'s bytes where they are (`owned`): the caller
+   * must not change them afterwards.
    */
   applyOrderedPublish(signed: SignedRequest, request: Request, decidedTsMs: number): OrderedPublishOutcome {
     assertTimestamp(decidedTsMs, "decidedTsMs");
@@ -340,6 +356,7 @@ export class ChannelMachine {
    * Copies are deduplicated by publisher + publisher seq range: a copy already stored is
    * acknowledged again (the publisher may be retrying) but not stored or forwarded twice.
    * `receivedTsMs` is this replica's clock, used for the age of unordered batches only.
+   * As for applyOrderedPublish, the caller must not change `signed`'s bytes afterwards.
    */
   acceptUnorderedPublish(signed: SignedRequest, request: Request, receivedTsMs: number): UnorderedPublishOutcome {
     assertTimestamp(receivedTsMs, "receivedTsMs");
