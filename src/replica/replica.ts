@@ -50,6 +50,7 @@ import {
   BAD_SIGNATURE,
   bodyDigestOf,
   clockSkewProblem,
+  DecodedRequests,
   type Refused,
   spaceOf,
   stampOf,
@@ -159,6 +160,8 @@ export class Replica {
   private readonly verifier: VerifyPool;
   /** Each client session's line of signature checks: its requests go on in the order it sent them. */
   private readonly lanes = new WeakMap<ClientSession, Lane>();
+  /** Requests decoded at admission, for their execution (requests.ts). */
+  private readonly decoded = new DecodedRequests();
 
   constructor(private readonly options: ReplicaOptions) {
     const { config, id, key, log } = options;
@@ -797,6 +800,7 @@ export class Replica {
     }
     const req: ClientRequest = { client: space, seq: request.seq, span: request.span, body: signed.body, sig: signed.sig };
     // Verified already (onRequest): the core's admission does not verify it again.
+    this.decoded.keep(digest, signed.body.length, request);
     this.ordering.submit(req, { stamp: stampOf(request), bodyDigest: digest });
   }
 
@@ -907,10 +911,9 @@ export class Replica {
     const signed: SignedRequest = { body: req.body, sig: req.sig };
     const digest = bodyDigestOf(req.body);
     // The core decides only requests whose signature it verified (verifyRequest), so
-    // execution decodes without verifying again.
-    const decoded = decodeRequestBody(req.body);
-    if (!decoded.ok) throw new Error(`decided request does not decode: ${decoded.error.reason}`);
-    const request = decoded.request;
+    // execution decodes without verifying again, and not at all when this replica
+    // decoded the same bytes at admission.
+    const request = this.decoded.take(digest) ?? decodedOrThrow(req.body);
     const clientHex = toHex(request.client);
     let reply: Reply;
     let cells: ChannelCells | null = null;
@@ -1281,4 +1284,10 @@ function peekSeq(signed: SignedRequest): number | null {
   if (!decoded.ok || decoded.value === null || typeof decoded.value !== "object" || decoded.value instanceof Uint8Array) return null;
   const seq = (decoded.value as { seq?: unknown }).seq;
   return typeof seq === "number" && Number.isSafeInteger(seq) && seq >= 1 ? seq : null;
+}
+
+function decodedOrThrow(body: Uint8Array): Request {
+  const decoded = decodeRequestBody(body);
+  if (!decoded.ok) throw new Error(`decided request does not decode: ${decoded.error.reason}`);
+  return decoded.request;
 }

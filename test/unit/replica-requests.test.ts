@@ -14,6 +14,7 @@ import {
   CLIENT_CLOCK_SKEW_MS_MAX,
   clientRequestValid,
   clockSkewProblem,
+  DecodedRequests,
   PROPOSED_FUTURE_MS_MAX,
   stampWithinBound,
   verifiedCacheKey,
@@ -119,5 +120,50 @@ describe("request body digests", () => {
     const copy = body.slice();
     expect(bodyDigestOf(copy)).not.toBe(digest);
     expect(bodyDigestOf(copy)).toEqual(digest);
+  });
+});
+
+describe("requests decoded at admission, kept for their execution (DecodedRequests)", () => {
+  const entry = (seq: number, bytes = 100): { digest: Uint8Array; request: Request; bytes: number } => {
+    const request = pub(NOW, seq, `event ${seq}`);
+    return { digest: sha256(encodeRequestBody(request)), request, bytes };
+  };
+
+  test("a kept request is taken once, by the digest of its body, and a digest never kept answers nothing", () => {
+    const kept = new DecodedRequests();
+    const a = entry(1);
+    kept.keep(a.digest, a.bytes, a.request);
+    expect(kept.take(entry(2).digest)).toBeUndefined();
+    expect(kept.take(a.digest)).toBe(a.request);
+    expect(kept.take(a.digest)).toBeUndefined();
+    expect(kept.size).toBe(0);
+    expect(kept.keptBytes).toBe(0);
+  });
+
+  test("past its entry bound or its byte bound the oldest go first; a body over the byte bound is not kept", () => {
+    const byEntries = new DecodedRequests(3, 1_000_000);
+    const entries = [1, 2, 3, 4, 5].map((seq) => entry(seq));
+    for (const e of entries) byEntries.keep(e.digest, e.bytes, e.request);
+    expect(byEntries.size).toBe(3);
+    expect(entries.map((e) => byEntries.take(e.digest) !== undefined)).toEqual([false, false, true, true, true]);
+
+    const byBytes = new DecodedRequests(100, 250);
+    const sized = [1, 2, 3].map((seq) => entry(seq, 100));
+    for (const e of sized) byBytes.keep(e.digest, e.bytes, e.request);
+    expect(byBytes.keptBytes).toBe(200);
+    expect(sized.map((e) => byBytes.take(e.digest) !== undefined)).toEqual([false, true, true]);
+    const huge = entry(9, 251);
+    byBytes.keep(huge.digest, huge.bytes, huge.request);
+    expect(byBytes.take(huge.digest)).toBeUndefined();
+    expect(byBytes.keptBytes).toBe(0);
+  });
+
+  test("the same body kept twice is one entry, counted once", () => {
+    const kept = new DecodedRequests(10, 1000);
+    const a = entry(1, 300);
+    kept.keep(a.digest, a.bytes, a.request);
+    kept.keep(a.digest, a.bytes, a.request);
+    expect(kept.size).toBe(1);
+    expect(kept.keptBytes).toBe(300);
   });
 });
