@@ -22,6 +22,7 @@
  */
 import type { Socket } from "bun";
 import { assert } from "../../wire/assert.ts";
+import { concatByteList } from "../crypto/encoding.ts";
 import { type DecodeResult, FrameDecoder } from "../../wire/frame.ts";
 import { encodeTypedFrame, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
 import { FRAME_BYTES_MAX, FRAME_HEADER_BYTES, FRAME_LENGTH_BYTES } from "../../wire/types.ts";
@@ -297,7 +298,7 @@ export class FramedConn {
    */
   sendEncodedParts(parts: readonly Uint8Array[], urgency: number = EGRESS_CONTROL): boolean {
     assert(this.framing === null, "sendEncodedParts on a session-framed connection: its frames are sealed by send");
-    if (this.egress !== null) return this.sendEncoded(joinParts(parts), urgency);
+    if (this.egress !== null) return this.sendEncoded(concatByteList(parts), urgency);
     let total = 0;
     for (const part of parts) total += part.length;
     if (this.closed || !this.hasRoomFor(total, urgency)) return false;
@@ -573,16 +574,4 @@ function countSealed(frames: readonly EgressFrame[], kept: number): number {
   let sealed = 0;
   for (let i = kept; i < frames.length; i++) if ((frames[i] as EgressFrame).sealed) sealed++;
   return sealed;
-}
-
-function joinParts(parts: readonly Uint8Array[]): Uint8Array {
-  let length = 0;
-  for (const part of parts) length += part.length;
-  const bytes = new Uint8Array(length);
-  let at = 0;
-  for (const part of parts) {
-    bytes.set(part, at);
-    at += part.length;
-  }
-  return bytes;
 }

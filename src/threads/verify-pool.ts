@@ -35,6 +35,7 @@
  * before it wait on the threads like any other.
  */
 import { sign, verify } from "../crypto/ed25519.ts";
+import { concatBytes } from "../crypto/encoding.ts";
 import { SigningKey } from "../crypto/keys.ts";
 import { workerEntry } from "./entry.ts";
 import { BATCH_BYTES_MAX, KEY_BYTES, packBatch, SIG_BYTES, signedLength } from "./verify-batch.ts";
@@ -195,7 +196,7 @@ export class VerifyPool {
     const check: Check = { key, prefix, message, sig, lane, position: lane === null ? -1 : lane.ask(), done, urgency };
     if (this.threads.length === 0 || laneFull || misshapen || urgentAlone || this.inFlight + this.queued.length >= CHECKS_IN_FLIGHT_MAX) {
       this.verifiedInline++;
-      this.answer(check, verify(key, prefix === undefined ? message : joined(prefix, message), sig));
+      this.answer(check, verify(key, prefix === undefined ? message : concatBytes(prefix, message), sig));
       return;
     }
     this.queued.push(check);
@@ -347,11 +348,4 @@ export class Lane {
   get pending(): number {
     return this.nextAsked - this.nextReleased;
   }
-}
-
-function joined(prefix: Uint8Array, body: Uint8Array): Uint8Array {
-  const bytes = new Uint8Array(prefix.length + body.length);
-  bytes.set(prefix, 0);
-  bytes.set(body, prefix.length);
-  return bytes;
 }
