@@ -180,7 +180,7 @@ export function eventsTail(tag: string, replica: number): EventsTail {
 
 /**
  * What follows the shared prefix in one subscription's EVENTS payload: `sub`, then the
- * tail. The payload is prefix.bytes || eventsRest(sub, tail), exactly the bytes
+ * tail. The payload is the prefix's parts || eventsRest(sub, tail), exactly the bytes
  * encodeTypedFrame writes for the same body (test/unit/wire-hot.test.ts); the sender frames
  * it (src/replica/framed.ts sendShared) without copying the prefix per subscriber.
  */

@@ -405,7 +405,7 @@ export class FrameSealer {
   }
 
   /**
-   * The MAC of the next frame, of type `type` and payload shared.bytes || rest, for a caller
+   * The MAC of the next frame, of type `type` and payload the shared parts || rest, for a caller
    * that writes the frame from those parts (src/replica/framed.ts sendShared): the shared
    * bytes are not hashed again. Counts the frame as sealed, as sealInPlace does.
    */

@@ -22,7 +22,7 @@ export type EnqueueResult =
   | "sent" // all bytes were written now
   | "queued" // part or all waits for the socket to drain
   | "full" // refused: the queue is at its bound; nothing was written
-  | "closed"; // the socket is closed; nothing was written
+  | "closed"; // the socket is closed; nothing was written (by enqueueParts: nothing after the parts it took before)
 
 export class WriteQueue {
   private readonly chunks: Uint8Array[] = [];

@@ -37,6 +37,8 @@ const COUNTERS = {
   bad_frames_total: "Client frames that did not decode or were not for this port",
   events_stored_total: "Events stored by this replica (ordered and unordered channels)",
   batches_decided_total: "Batches decided by the ordering protocol and executed",
+  requests_decode_reused_total:
+    "Decided requests executed without decoding their body again: this replica had decoded the same bytes when it admitted the request",
   replies_dropped_total: "Replies not sent because the client's connection queue was full",
   events_delivered_total: "Events sent to subscribers (one per subscriber)",
   subscribers_dropped_slow_total: "Subscriptions ended because the subscriber fell behind",

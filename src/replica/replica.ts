@@ -913,7 +913,9 @@ export class Replica {
     // The core decides only requests whose signature it verified (verifyRequest), so
     // execution decodes without verifying again, and not at all when this replica
     // decoded the same bytes at admission.
-    const request = this.decoded.take(digest) ?? decodedOrThrow(req.body);
+    const kept = this.decoded.take(digest);
+    if (kept !== undefined) this.metrics.inc("requests_decode_reused_total");
+    const request = kept ?? decodedOrThrow(req.body);
     const clientHex = toHex(request.client);
     let reply: Reply;
     let cells: ChannelCells | null = null;
@@ -984,6 +986,7 @@ export class Replica {
   private refuseWaiting(space: string, seq: number, reason: Refusal): void {
     const digest = this.waiting.digestOf(space, seq);
     if (digest === null) return;
+    this.decoded.forget(digest);
     const [code, text] = REFUSAL_REPLIES[reason];
     if (reason === "overloaded") {
       const tag = space.slice(space.indexOf(":") + 1);

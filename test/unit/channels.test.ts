@@ -14,7 +14,7 @@ import {
   isValidTag,
   KEYS_PER_CHANNEL_MAX,
   READ_BATCHES_MAX,
-  STORED_VIEW_SLACK_BYTES,
+  STORED_VIEW_MIN_BYTES,
   UNORDERED_DEDUPE_RANGES_MAX,
   type AdminCmd,
   type ChannelsConfig,
@@ -336,41 +336,37 @@ describe("ordered publish", () => {
     expect(m.channelInfo("net.links")).toMatchObject({ retainedEvents: 4, nextSeq: 5, oldestSeq: 1 });
   });
 
-  test("stored bytes are copied out of a larger buffer they were read from, and kept where they are in a buffer of little else", () => {
-    const m = withChannel("net.links");
-    const { signed, request } = pub(P1, 1, "net.links", ["x"]);
-    // A body inside a proposal of many requests: copied, so retention does not keep the proposal.
-    const proposal = new Uint8Array(signed.body.length + STORED_VIEW_SLACK_BYTES + 1);
-    proposal.set(signed.body, 5);
-    const inProposal = proposal.subarray(5, 5 + signed.body.length);
-    const copied = m.applyOrderedPublish({ body: inProposal, sig: SIG }, request, 1).stored;
-    proposal.fill(0);
-    expect(copied?.body).toEqual(signed.body);
-    expect(copied?.body.buffer.byteLength).toBe(signed.body.length);
-    // A body in its own frame: kept as it is, the frame's few other bytes with it.
-    const second = pub(P1, 2, "net.links", ["y"]);
-    const frame = new Uint8Array(second.signed.body.length + STORED_VIEW_SLACK_BYTES);
-    frame.set(second.signed.body, 5);
-    const inFrame = frame.subarray(5, 5 + second.signed.body.length);
-    const kept = m.applyOrderedPublish({ body: inFrame, sig: SIG }, second.request, 2).stored;
-    expect(kept?.body.buffer).toBe(frame.buffer);
-    expect(kept?.body).toEqual(second.signed.body);
-    // The 64-byte signature out of the same frame is copied: the frame is mostly other bytes.
-    const sigInFrame = frame.subarray(0, 64);
-    const third = pub(P1, 3, "net.links", ["z"]);
-    const big = new Uint8Array(third.signed.body.length + 64);
-    big.set(third.signed.body);
-    const stored = m.applyOrderedPublish({ body: big.subarray(0, third.signed.body.length), sig: sigInFrame }, third.request, 3).stored;
-    expect(stored?.sig.buffer).not.toBe(frame.buffer);
-    // Past STORED_VIEW_SLACK_BYTES, a sixteenth of a large view may be unused.
-    const roomyConfig = { ...CONFIG, eventBytesMax: 40_000, requestBytesMax: 50_000, retention: { ...CONFIG.retention, bytes: 100_000 } };
-    const m2 = withChannel("net.links", "total", roomyConfig);
-    const large = pub(P1, 1, "net.links", [new Uint8Array(30_000)]);
-    const roomy = new Uint8Array(large.signed.body.length + (large.signed.body.length >>> 4));
-    expect(roomy.length - large.signed.body.length).toBeGreaterThan(STORED_VIEW_SLACK_BYTES);
-    roomy.set(large.signed.body);
-    const keptLarge = m2.applyOrderedPublish({ body: roomy.subarray(0, large.signed.body.length), sig: SIG }, large.request, 1).stored;
-    expect(keptLarge?.body.buffer).toBe(roomy.buffer);
+  test("stored bytes are copied out of a larger buffer, kept where they are in a buffer of little else, and small ones always copied", () => {
+    const roomyConfig = { ...CONFIG, eventBytesMax: 40_000, requestBytesMax: 50_000, retention: { ...CONFIG.retention, bytes: 1_000_000 } };
+    const m = withChannel("net.links", "total", roomyConfig);
+    const large = (seq: number) => pub(P1, seq, "net.links", [new Uint8Array(30_000).fill(seq)]);
+    const placed = (body: Uint8Array, unused: number): { buffer: Uint8Array; view: Uint8Array } => {
+      const buffer = new Uint8Array(body.length + unused);
+      buffer.set(body, 5);
+      return { buffer, view: buffer.subarray(5, 5 + body.length) };
+    };
+    // A body inside a proposal of many requests (more than a sixteenth unused): copied out.
+    const a = large(1);
+    const inProposal = placed(a.signed.body, (a.signed.body.length >>> 4) + 1);
+    const copied = m.applyOrderedPublish({ body: inProposal.view, sig: SIG }, a.request, 1).stored;
+    inProposal.buffer.fill(0);
+    expect(copied?.body).toEqual(a.signed.body);
+    expect(copied?.body.buffer.byteLength).toBe(a.signed.body.length);
+    // A body in its own frame (a sixteenth or less unused): kept as it is; its signature,
+    // read out of the same frame, is small and copied.
+    const b = large(2);
+    const inFrame = placed(b.signed.body, b.signed.body.length >>> 4);
+    const kept = m.applyOrderedPublish({ body: inFrame.view, sig: inFrame.buffer.subarray(0, 64) }, b.request, 2).stored;
+    expect(kept?.body.buffer).toBe(inFrame.buffer.buffer);
+    expect(kept?.body).toEqual(b.signed.body);
+    expect(kept?.sig.buffer).not.toBe(inFrame.buffer.buffer);
+    // A body under STORED_VIEW_MIN_BYTES is copied even out of a frame of little else.
+    const small = pub(P1, 3, "net.links", ["x"]);
+    expect(small.signed.body.length).toBeLessThan(STORED_VIEW_MIN_BYTES);
+    const smallFrame = placed(small.signed.body, 8);
+    const smallStored = m.applyOrderedPublish({ body: smallFrame.view, sig: SIG }, small.request, 3).stored;
+    expect(smallStored?.body.buffer).not.toBe(smallFrame.buffer.buffer);
+    expect(smallStored?.body).toEqual(small.signed.body);
   });
 
   const refusals: Array<[string, (m: ChannelMachine) => { signed: SignedRequest; request: Request }, string]> = [

@@ -122,6 +122,19 @@ describe("WriteQueue", () => {
     expect(buffer.flush(write)).toBe(true);
     expect(written).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
     expect(new WriteQueue(100).enqueueParts(() => -1, parts)).toBe("closed");
+    // A socket that closes after the first part: closed, and nothing of the rest is queued.
+    let calls = 0;
+    const closing = new WriteQueue(100);
+    expect(closing.enqueueParts((data) => (calls++ === 0 ? data.byteLength : -1), parts)).toBe("closed");
+    expect(closing.bufferedBytes).toBe(0);
+    // A socket that stops exactly at the end of a part: the later parts wait, whole.
+    const atBoundary = new WriteQueue(100);
+    let taken = 0;
+    expect(atBoundary.enqueueParts((data) => (taken++ === 0 ? data.byteLength : 0), parts)).toBe("queued");
+    expect(atBoundary.bufferedBytes).toBe(10);
+    const rest: number[] = [];
+    expect(atBoundary.flush(sink({ value: 100 }, rest))).toBe(true);
+    expect(rest).toEqual([4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
   });
 
   test("keeps the unwritten rest, in order, and flushes it on drain", () => {

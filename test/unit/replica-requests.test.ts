@@ -14,6 +14,7 @@ import {
   CLIENT_CLOCK_SKEW_MS_MAX,
   clientRequestValid,
   clockSkewProblem,
+  DECODED_EVENT_BYTES,
   DecodedRequests,
   PROPOSED_FUTURE_MS_MAX,
   stampWithinBound,
@@ -124,10 +125,16 @@ describe("request body digests", () => {
 });
 
 describe("requests decoded at admission, kept for their execution (DecodedRequests)", () => {
-  const entry = (seq: number, bytes = 100): { digest: Uint8Array; request: Request; bytes: number } => {
-    const request = pub(NOW, seq, `event ${seq}`);
+  const entry = (seq: number, bytes = 100, events = 1): { digest: Uint8Array; request: Request; bytes: number } => {
+    const base = pub(NOW, seq, `event ${seq}`);
+    const request: Request = {
+      ...base,
+      span: events,
+      op: { t: "pub", tag: "sec.alerts", events: Array.from({ length: events }, () => new Uint8Array(0)) },
+    };
     return { digest: sha256(encodeRequestBody(request)), request, bytes };
   };
+  const counted = (bytes: number, events = 1): number => bytes + events * DECODED_EVENT_BYTES;
 
   test("a kept request is taken once, by the digest of its body, and a digest never kept answers nothing", () => {
     const kept = new DecodedRequests();
@@ -140,30 +147,44 @@ describe("requests decoded at admission, kept for their execution (DecodedReques
     expect(kept.keptBytes).toBe(0);
   });
 
-  test("past its entry bound or its byte bound the oldest go first; a body over the byte bound is not kept", () => {
+  test("past its entry bound or its memory bound the oldest go first; a request over the memory bound is not kept", () => {
     const byEntries = new DecodedRequests(3, 1_000_000);
     const entries = [1, 2, 3, 4, 5].map((seq) => entry(seq));
     for (const e of entries) byEntries.keep(e.digest, e.bytes, e.request);
     expect(byEntries.size).toBe(3);
     expect(entries.map((e) => byEntries.take(e.digest) !== undefined)).toEqual([false, false, true, true, true]);
 
-    const byBytes = new DecodedRequests(100, 250);
+    const byBytes = new DecodedRequests(100, 2 * counted(100) + 50);
     const sized = [1, 2, 3].map((seq) => entry(seq, 100));
     for (const e of sized) byBytes.keep(e.digest, e.bytes, e.request);
-    expect(byBytes.keptBytes).toBe(200);
+    expect(byBytes.keptBytes).toBe(2 * counted(100));
     expect(sized.map((e) => byBytes.take(e.digest) !== undefined)).toEqual([false, true, true]);
-    const huge = entry(9, 251);
+    const huge = entry(9, 2 * counted(100));
     byBytes.keep(huge.digest, huge.bytes, huge.request);
     expect(byBytes.take(huge.digest)).toBeUndefined();
     expect(byBytes.keptBytes).toBe(0);
   });
 
-  test("the same body kept twice is one entry, counted once", () => {
-    const kept = new DecodedRequests(10, 1000);
+  test("each event counts DECODED_EVENT_BYTES, so requests of many empty events cannot hold many times the bound", () => {
+    const kept = new DecodedRequests(100, 10_000);
+    // 16 bytes of body, 1,000 empty events: about 96 KB of objects.
+    const many = entry(1, 16, 1000);
+    kept.keep(many.digest, many.bytes, many.request);
+    expect(kept.take(many.digest)).toBeUndefined();
+    const some = entry(2, 16, 50);
+    kept.keep(some.digest, some.bytes, some.request);
+    expect(kept.keptBytes).toBe(counted(16, 50));
+  });
+
+  test("the same body kept twice is one entry, counted once; a forgotten one is gone", () => {
+    const kept = new DecodedRequests(10, 10_000);
     const a = entry(1, 300);
     kept.keep(a.digest, a.bytes, a.request);
     kept.keep(a.digest, a.bytes, a.request);
     expect(kept.size).toBe(1);
-    expect(kept.keptBytes).toBe(300);
+    expect(kept.keptBytes).toBe(counted(300));
+    kept.forget(a.digest);
+    expect(kept.take(a.digest)).toBeUndefined();
+    expect(kept.keptBytes).toBe(0);
   });
 });

@@ -5,7 +5,7 @@ export { checkChannelsConfig, checkRetention, DEFAULT_CHANNELS_CONFIG, type Chan
 export { isValidTag } from "./tag.ts";
 export { parsePubRequest, REQUEST_SIGNATURE_DOMAIN, signedRequestDigest } from "./request.ts";
 export { SeqRangeWindow, type RangeCheck } from "./seq-window.ts";
-export { ChannelMachine, type ChannelMachineOptions, STORED_VIEW_SLACK_BYTES } from "./machine.ts";
+export { ChannelMachine, type ChannelMachineOptions, STORED_VIEW_MIN_BYTES } from "./machine.ts";
 export {
   SnapshotExport,
   SnapshotImport,

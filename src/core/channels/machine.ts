@@ -92,21 +92,22 @@ function refuse(code: Exclude<ChannelErrorCode, "trimmed">, reason: string): Cha
 }
 
 /**
- * Bytes of a buffer a stored view may leave unused and still be kept as it is: at most
- * this, or a sixteenth of the view if that is more.
+ * The smallest view stored where it is (owned); a smaller one is copied, which costs
+ * little. A larger one is kept if its buffer's unused bytes are at most a sixteenth of it.
  */
-export const STORED_VIEW_SLACK_BYTES = 1024;
+export const STORED_VIEW_MIN_BYTES = 2048;
 
 /**
  * A view kept as it is when its buffer holds little else (a request body read out of its
- * own frame: the frame's few other bytes ride along), else copied out, so that retention
- * never keeps a large buffer (a proposal of many requests) alive for a small part of it.
- * Either way the stored bytes are never written to: the caller hands them over and must
- * not change the buffer afterwards.
+ * own frame: the frame's few other bytes, at most a sixteenth more, ride along), else
+ * copied out, so that retention never keeps a large buffer (a proposal of many requests)
+ * alive for a small part of it, and a small value (a key, a signature, a short body) is
+ * always copied. Either way the stored bytes are never written to: the caller hands them
+ * over and must not change the buffer afterwards.
  */
 function owned(bytes: Uint8Array): Uint8Array {
-  const unused = bytes.buffer.byteLength - bytes.byteLength;
-  return unused <= Math.max(STORED_VIEW_SLACK_BYTES, bytes.byteLength >>> 4) ? bytes : bytes.slice();
+  if (bytes.byteLength < STORED_VIEW_MIN_BYTES) return bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+  return bytes.buffer.byteLength - bytes.byteLength <= bytes.byteLength >>> 4 ? bytes : bytes.slice();
 }
 
 function assertTimestamp(ms: number, what: string): void {
