@@ -201,7 +201,7 @@ function concatParts(parts: readonly Uint8Array[]): Uint8Array {
 }
 
 // ---------------------------------------------------------------------------------------
-// PEER frames: the message copied once, straight into the frame
+// PEER frames: a large message written from where it is, a small one copied once
 // ---------------------------------------------------------------------------------------
 
 const PEER_MAP_HEAD = 0xa3; // a map of 3 pairs

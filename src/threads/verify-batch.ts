@@ -12,7 +12,6 @@ const LENGTH_FIELD_BYTES = 4;
 /** Message bytes in one batch to a thread; a batch holds at least one check whatever its size. */
 export const BATCH_BYTES_MAX = 4 * 1024 * 1024;
 
-/** The triples in one transferable buffer (see VerifyBatch). */
 /**
  * One check to pack: the signed message is `prefix || message` (the prefix a domain tag,
  * wire/session.ts signingPrefix; empty when absent), joined only here, in the batch.
@@ -29,6 +28,7 @@ export function signedLength(item: PackedCheck): number {
   return (item.prefix?.length ?? 0) + item.message.length;
 }
 
+/** The checks in one transferable buffer (see VerifyBatch). */
 export function packBatch(items: readonly PackedCheck[]): ArrayBuffer {
   let total = LENGTH_FIELD_BYTES * (1 + items.length);
   for (const item of items) total += KEY_BYTES + SIG_BYTES + signedLength(item);
