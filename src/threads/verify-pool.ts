@@ -66,6 +66,13 @@ export const CHECKS_PER_BATCH_MAX = 1_024;
 export const URGENT_INLINE_PER_WINDOW = 200;
 export const URGENT_INLINE_WINDOW_MS = 100;
 /**
+ * The largest urgent check verified inline. An alert is a few events; a request of
+ * hundreds of KiB (a bulk publish on an urgent channel) takes the event loop most of a
+ * millisecond to hash and verify, and a copy to join its domain prefix: it goes to the
+ * threads like any other check.
+ */
+export const URGENT_INLINE_BYTES_MAX = 16 * 1024;
+/**
  * The urgency from which a check is urgent: high and critical, the ordering core's URGENT
  * (threads do not import the core; a test keeps the two equal).
  */
@@ -189,10 +196,11 @@ export class VerifyPool {
     const laneFull = lane !== null && lane.pending >= LANE_CHECKS_MAX;
     // A key or signature of the wrong size cannot be packed; it fails inline, at once.
     const misshapen = key.length !== KEY_BYTES || sig.length !== SIG_BYTES;
-    // An urgent check with nothing ahead of it on its lane is answered at once: about 50 us
+    // A small urgent check with nothing ahead of it on its lane is answered at once: about 50 us
     // of the loop, where the threads' queue may hold tens of milliseconds of a flood's checks.
-    const urgentAlone = urgency >= URGENT_CHECK && (lane === null || lane.pending === 0) && this.takeUrgentInline();
     const [prefix, message] = signed instanceof Uint8Array ? [undefined, signed] : [signed.prefix, signed.body];
+    const small = (prefix?.length ?? 0) + message.length <= URGENT_INLINE_BYTES_MAX;
+    const urgentAlone = urgency >= URGENT_CHECK && small && (lane === null || lane.pending === 0) && this.takeUrgentInline();
     const check: Check = { key, prefix, message, sig, lane, position: lane === null ? -1 : lane.ask(), done, urgency };
     if (this.threads.length === 0 || laneFull || misshapen || urgentAlone || this.inFlight + this.queued.length >= CHECKS_IN_FLIGHT_MAX) {
       this.verifiedInline++;

@@ -8,7 +8,7 @@ import { sign } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { BATCH_BYTES_MAX, packBatch, unpackBatch } from "../../src/threads/verify-batch.ts";
 import { URGENT } from "../../src/core/ordering/priority.ts";
-import { LANE_CHECKS_MAX, URGENT_CHECK, VerifyPool } from "../../src/threads/verify-pool.ts";
+import { LANE_CHECKS_MAX, URGENT_CHECK, URGENT_INLINE_BYTES_MAX, VerifyPool } from "../../src/threads/verify-pool.ts";
 import { signingInput, signingPrefix } from "../../wire/session.ts";
 import { DOMAIN_REQUEST } from "../../wire/types.ts";
 import { waitFor } from "../helpers/wait.ts";
@@ -173,6 +173,38 @@ describe("verification threads", () => {
     await waitFor("the other answers", () => answered.length === 4, 30_000);
     expect(answered).toEqual([0, 2, 3, 4]);
     expect(String(errors[0])).toContain("boom");
+  });
+
+  test("an urgent check over URGENT_INLINE_BYTES_MAX goes to the threads; one at the bound is answered at once", async () => {
+    const p = pool(1);
+    await waitFor("ready", () => p.verifiedOnThreads === 2, 30_000);
+    const key = SigningKey.generate();
+    const prefix = signingPrefix(DOMAIN_REQUEST);
+    const atBound = new Uint8Array(URGENT_INLINE_BYTES_MAX - prefix.length).fill(1);
+    const over = new Uint8Array(URGENT_INLINE_BYTES_MAX - prefix.length + 1).fill(2);
+    const answered: string[] = [];
+    p.verify(
+      key.publicKey,
+      { prefix, body: over },
+      sign(key, signingInput(DOMAIN_REQUEST, over)),
+      (ok) => answered.push(`over ${ok}`),
+      null,
+      3,
+    );
+    expect(answered).toEqual([]);
+    p.verify(
+      key.publicKey,
+      { prefix, body: atBound },
+      sign(key, signingInput(DOMAIN_REQUEST, atBound)),
+      (ok) => answered.push(`at ${ok}`),
+      null,
+      3,
+    );
+    expect(answered).toEqual(["at true"]);
+    await waitFor("the large check's answer", () => answered.length === 2, 30_000);
+    expect(answered).toEqual(["at true", "over true"]);
+    expect(p.verifiedInline).toBe(1);
+    expect(p.verifiedOnThreads).toBe(3);
   });
 
   test("a message given as a domain prefix and a body verifies as their concatenation, on a thread and inline", async () => {
