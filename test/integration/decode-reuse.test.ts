@@ -8,17 +8,14 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, createChannels } from "./client-util.ts";
-import { freePortRange, startCluster, type TestCluster } from "./harness.ts";
+import { freePortRange, metricValue, startCluster, type TestCluster } from "./harness.ts";
 
 const EVENTS = 20;
 let cluster: TestCluster;
 let metricsPort: number;
 
-async function metric(series: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
-  for (const line of text.split("\n")) if (line.startsWith(`${series} `)) return Number(line.slice(series.length + 1));
-  return 0;
-}
+/** One gauge or counter (no labels) of replica 1, or a labelled series given in full. */
+const metric = (series: string): Promise<number> => metricValue(metricsPort, series);
 
 beforeAll(async () => {
   metricsPort = freePortRange(1);

@@ -13,7 +13,7 @@ import { FrameType } from "../../wire/types.ts";
 import { HandSession } from "../helpers/hand-session.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor } from "./client-util.ts";
-import { freePortRange, startCluster, type TestCluster } from "./harness.ts";
+import { freePortRange, metricValue, startCluster, type TestCluster } from "./harness.ts";
 
 const LOW_TAG = "bulk.logs";
 const CRITICAL_TAG = "sec.page";
@@ -29,11 +29,7 @@ let metricsPort: number;
 let publisher: FitbClient;
 
 /** One gauge or counter (no labels) of replica 0, or a labelled series given in full. */
-async function metric(series: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
-  for (const line of text.split("\n")) if (line.startsWith(`${series} `)) return Number(line.slice(series.length + 1));
-  return 0;
-}
+const metric = (series: string): Promise<number> => metricValue(metricsPort, series);
 
 beforeAll(async () => {
   metricsPort = freePortRange(1);

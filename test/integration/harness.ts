@@ -22,6 +22,16 @@ export const BUN = process.execPath;
 const TEST_PORT_MIN = 12_000;
 const TEST_PORT_MAX = 32_000;
 
+/**
+ * One series of a replica's metrics (`--metrics 127.0.0.1:PORT`): `series` is a family
+ * name without labels, or a labelled series written in full; 0 when it is not there.
+ */
+export async function metricValue(port: number, series: string): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  for (const line of text.split("\n")) if (line.startsWith(`${series} `)) return Number(line.slice(series.length + 1));
+  return 0;
+}
+
 /** Finds `count` consecutive free TCP ports on 127.0.0.1, starting at a random base. */
 export function freePortRange(count: number): number {
   for (let attempt = 0; attempt < 50; attempt++) {
