@@ -140,7 +140,6 @@ export interface EventsPrefix {
    * be megabytes, and each replica sends every batch it executes), and a small tail.
    */
   readonly parts: readonly Uint8Array[];
-  readonly length: number;
 }
 
 const EVENTS_MAP_HEAD = 0xa5; // a map of 5 pairs
@@ -165,7 +164,7 @@ export function eventsPrefix(req: { readonly body: Uint8Array; readonly sig: Uin
     byteStringHead(req.body.length),
   ]);
   const tail = concatParts([KEY_SEQ, encodeCanonical(seq)]);
-  return { parts: [head, req.body, tail], length: head.length + req.body.length + tail.length };
+  return { parts: [head, req.body, tail] };
 }
 
 /** The last two fields of an EVENTS payload, `tag` and `replica`: the same for every subscriber of one fan-out. */

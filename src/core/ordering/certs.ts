@@ -6,7 +6,6 @@
 import { bytesEqual } from "../../../wire/bytes.ts";
 import type { FaultMode, ReplicaId } from "./config.ts";
 import {
-  hashBatchBytes,
   type Checkpoint,
   type ClientRequest,
   type Commit,
@@ -16,6 +15,7 @@ import {
   signerOf,
   signingBytes,
   type ViewChange,
+  withBatchEncoding,
 } from "./messages.ts";
 import type { CoreCrypto } from "./types.ts";
 
@@ -78,7 +78,8 @@ export function digestOfBatch(crypto: CoreCrypto, batch: readonly ClientRequest[
   }
   let digest = known.get(batch);
   if (digest === undefined) {
-    digest = hashBatchBytes(crypto.hash, batch);
+    // Hashed in the encoder's buffer: no copy of the batch is made.
+    digest = withBatchEncoding(batch, crypto.hash);
     known.set(batch, digest);
   }
   return digest;

@@ -228,11 +228,6 @@ export function batchBytes(batch: readonly ClientRequest[]): Uint8Array {
   return encodeCanonical(batch.map(requestFields));
 }
 
-/** `hash(batchBytes(batch))`, hashed in the encoder's buffer: no copy of the batch is made. */
-export function hashBatchBytes(hash: (bytes: Uint8Array) => Uint8Array, batch: readonly ClientRequest[]): Uint8Array {
-  return withBatchEncoding(batch, hash);
-}
-
 /** `use(batchBytes(batch))` with the bytes lent from the encoder (wire/canonical.ts withCanonical), valid only during the call. */
 export function withBatchEncoding<T>(batch: readonly ClientRequest[], use: (bytes: Uint8Array) => T): T {
   return withCanonical(batch.map(requestFields), use);

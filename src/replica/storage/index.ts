@@ -21,7 +21,8 @@ import type { Metrics } from "../metrics.ts";
 import { type Disk, realDisk } from "./disk.ts";
 import { GroupCommit } from "./group-commit.ts";
 import { toHex } from "../../crypto/encoding.ts";
-import { decodeHead, encodeHead, encodeRecord, recordBatch, recordSeq, type SnapshotHead, withBatchBytes } from "./records.ts";
+import { decodeHead, encodeHead, encodeRecord, recordBatch, recordSeq, type SnapshotHead } from "./records.ts";
+import { withBatchEncoding } from "../../core/ordering/messages.ts";
 import { type Checked, type CorruptRow, ReplicaStore, STORE_FILE, type SyncPolicy } from "./store.ts";
 
 export { DEFAULT_SYNC_POLICY, SYNC_POLICIES, type SyncPolicy, StoreIdentityError } from "./store.ts";
@@ -314,8 +315,8 @@ export class ReplicaStorage {
       // Encoded when the commit writes it, into the encoder's buffer: a batch of a
       // megabyte is not allocated here to be copied once into SQLite. A batch is never
       // changed once built, so the bytes are those hashed into `digest`.
-      this.batches.set(key, { seq, bytes: withBatchBytes(batch, (data) => data.length) });
-      this.commits.stage(() => withBatchBytes(batch, (data) => this.store.putBatch(digest, seq, data)));
+      this.batches.set(key, { seq, bytes: withBatchEncoding(batch, (data) => data.length) });
+      this.commits.stage(() => withBatchEncoding(batch, (data) => this.store.putBatch(digest, seq, data)));
     }
     const bytes = encodeRecord(record, true);
     return { bytes, length: bytes.length, byRef: true, key };

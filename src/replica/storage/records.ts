@@ -19,7 +19,6 @@ import { type Canonical, decodeCanonical, encodeCanonical } from "../../../wire/
 import type { ClientTableExport } from "../../core/ordering/clients.ts";
 import {
   batchBytes,
-  withBatchEncoding,
   type Checkpoint,
   type ClientRequest,
   validateCheckpointProof,
@@ -63,15 +62,6 @@ export function recordBatch(record: PersistedRecord): { readonly digest: Uint8Ar
 /** The bytes of a batch row: the bytes its digest is computed over. */
 export function encodeBatch(batch: readonly ClientRequest[]): Uint8Array {
   return batchBytes(batch);
-}
-
-/**
- * `use(encodeBatch(batch))` without a buffer of the batch's size allocated for it: the
- * bytes are lent from the canonical encoder (wire/canonical.ts withCanonical), valid
- * only during the call.
- */
-export function withBatchBytes<T>(batch: readonly ClientRequest[], use: (bytes: Uint8Array) => T): T {
-  return withBatchEncoding(batch, use);
 }
 
 /**
