@@ -19,6 +19,10 @@
  * the frames it did not start go back to their queues, their counters given back: a
  * critical frame that arrives behind a backlog is the next frame written. Waiting bytes
  * count against the same bounds as before.
+ *
+ * A peer link coalesces the same way once its handshake is done (peers.ts), unsealed (its
+ * frames carry their own MAC) and all in the control class, so in the order sent. A large
+ * message given in parts (sendEncodedParts) goes out after what waits, from where it is.
  */
 import type { Socket } from "bun";
 import { assert } from "../../wire/assert.ts";
@@ -298,10 +302,16 @@ export class FramedConn {
    */
   sendEncodedParts(parts: readonly Uint8Array[], urgency: number = EGRESS_CONTROL): boolean {
     assert(this.framing === null, "sendEncodedParts on a session-framed connection: its frames are sealed by send");
-    if (this.egress !== null) return this.sendEncoded(concatByteList(parts), urgency);
     let total = 0;
     for (const part of parts) total += part.length;
     if (this.closed || !this.hasRoomFor(total, urgency)) return false;
+    if (this.egress !== null) {
+      // The frames this turn sent before it go first: written now, so that the parts can
+      // follow them from where they are. Only while the socket pushes back do the parts
+      // wait, copied into one frame, behind what waits already.
+      if (this.pendingBytes > 0 && !this.backlogged) this.writeWaiting();
+      if (this.pendingBytes > 0) return this.sendEncoded(concatByteList(parts), urgency);
+    }
     return this.accounted(() => this.queue.enqueueParts(this.sink, parts));
   }
 

@@ -613,6 +613,9 @@ export class PeerMesh {
     link.keys = deriveSessionKeys(secret, transcript, "initiator");
     link.peerKey = ack.key.slice();
     conn.send({ type: FrameType.AUTH, body: { sig: signDomain(this.options.key, DOMAIN_SESSION_INITIATOR, transcript) } });
+    // From here on the link carries PEER frames: those of one event-loop turn (a step's
+    // votes, the effects one fsync releases) go to the socket in one write at its end.
+    conn.coalesceWrites();
     if (link.preferredFor !== null) {
       this.adoptPreferred(link.preferredFor, link);
       return;

@@ -5,101 +5,25 @@
  * accepted; a removed replica's links are closed and its handshakes refused.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import type { TCPSocketListener } from "bun";
 import type { ReplicaEntry } from "../../src/config/cluster.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
-import { createLog } from "../../src/replica/log.ts";
-import { Metrics } from "../../src/replica/metrics.ts";
-import { type AcceptedKey, PeerMesh } from "../../src/replica/peers.ts";
-import { ReplicaServer } from "../../src/replica/server.ts";
-import { FRAME_BYTES_MAX } from "../../wire/types.ts";
+import type { AcceptedKey } from "../../src/replica/peers.ts";
 import { waitFor } from "../helpers/wait.ts";
+import { entry, freePort, got, type MeshNode, send, startNode as startMeshNode, up } from "./peer-mesh-fixture.ts";
 
-const HOST = "127.0.0.1";
 const cleanups: (() => void)[] = [];
 
 afterEach(() => {
   for (const cleanup of cleanups.splice(0).reverse()) cleanup();
 });
 
-function freePort(): number {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const port = 20_000 + Math.floor(Math.random() * 20_000);
-    let listener: TCPSocketListener<undefined> | null = null;
-    try {
-      listener = Bun.listen({ hostname: HOST, port, socket: { data() {} } });
-      return port;
-    } catch {
-      // taken: another one
-    } finally {
-      listener?.stop(true);
-    }
-  }
-  throw new Error("no free port");
+/** startNode, stopped after the test. */
+function startNode(self: number, key: SigningKey, port: number, replicas: readonly ReplicaEntry[]): MeshNode {
+  const node = startMeshNode(self, key, port, replicas);
+  cleanups.push(node.stop);
+  return node;
 }
 
-function entry(id: number, key: SigningKey, port: number): ReplicaEntry {
-  return {
-    id,
-    host: HOST,
-    hosts: [],
-    port,
-    peerPort: null,
-    publicKey: key.publicKey,
-    publicKeyText: key.publicKeyText,
-    keyFile: "",
-    dataDir: "",
-  };
-}
-
-interface Node {
-  readonly mesh: PeerMesh;
-  readonly metrics: Metrics;
-  readonly received: { from: number; text: string }[];
-  stop(): void;
-}
-
-/** A replica's mesh and listener: `self` with `key`, starting from the group `replicas`. */
-function startNode(self: number, key: SigningKey, port: number, replicas: readonly ReplicaEntry[]): Node {
-  const metrics = new Metrics();
-  const received: { from: number; text: string }[] = [];
-  const log = createLog({ replica: self }, "error", () => {});
-  const mesh = new PeerMesh({
-    self,
-    key,
-    replicas,
-    frameBytesMax: FRAME_BYTES_MAX,
-    log,
-    metrics,
-    onMessage: (from, msg) => received.push({ from, text: new TextDecoder().decode(msg) }),
-  });
-  const server = new ReplicaServer({
-    self,
-    host: HOST,
-    port,
-    key,
-    frameBytesMax: FRAME_BYTES_MAX,
-    mesh,
-    clients: { onClientFrame() {}, onClientClosed() {} },
-    log,
-    metrics,
-  });
-  server.listen();
-  mesh.start();
-  let stopped = false;
-  const stop = () => {
-    if (stopped) return;
-    stopped = true;
-    mesh.stop();
-    server.stop();
-  };
-  cleanups.push(stop);
-  return { mesh, metrics, received, stop };
-}
-
-const up = (node: Node, peer: number) => node.mesh.status().find((link) => link.id === peer)?.up === true;
-const send = (node: Node, to: number, text: string) => node.mesh.send(to, new TextEncoder().encode(text));
-const got = (node: Node, from: number, text: string) => node.received.some((m) => m.from === from && m.text === text);
 const accepting = (entries: readonly ReplicaEntry[]): AcceptedKey[] => entries.map((e) => ({ id: e.id, key: e.publicKey }));
 
 describe("the peer mesh follows the membership", () => {

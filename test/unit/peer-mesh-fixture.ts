@@ -1,0 +1,96 @@
+/**
+ * Test helpers for peer meshes over real loopback TCP: a replica's PeerMesh and listener
+ * (ReplicaServer) on a free port, recording the messages it receives.
+ */
+import type { TCPSocketListener } from "bun";
+import type { ReplicaEntry } from "../../src/config/cluster.ts";
+import type { SigningKey } from "../../src/crypto/keys.ts";
+import { createLog } from "../../src/replica/log.ts";
+import { Metrics } from "../../src/replica/metrics.ts";
+import { PeerMesh } from "../../src/replica/peers.ts";
+import { ReplicaServer } from "../../src/replica/server.ts";
+import { FRAME_BYTES_MAX } from "../../wire/types.ts";
+
+const HOST = "127.0.0.1";
+
+export function freePort(): number {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 20_000);
+    let listener: TCPSocketListener<undefined> | null = null;
+    try {
+      listener = Bun.listen({ hostname: HOST, port, socket: { data() {} } });
+      return port;
+    } catch {
+      // taken: another one
+    } finally {
+      listener?.stop(true);
+    }
+  }
+  throw new Error("no free port");
+}
+
+export function entry(id: number, key: SigningKey, port: number): ReplicaEntry {
+  return {
+    id,
+    host: HOST,
+    hosts: [],
+    port,
+    peerPort: null,
+    publicKey: key.publicKey,
+    publicKeyText: key.publicKeyText,
+    keyFile: "",
+    dataDir: "",
+  };
+}
+
+export interface MeshNode {
+  readonly mesh: PeerMesh;
+  readonly metrics: Metrics;
+  readonly received: { from: number; text: string }[];
+  stop(): void;
+}
+
+/** A replica's mesh and listener: `self` with `key`, starting from the group `replicas`. Stop it when done. */
+export function startNode(self: number, key: SigningKey, port: number, replicas: readonly ReplicaEntry[]): MeshNode {
+  const metrics = new Metrics();
+  const received: { from: number; text: string }[] = [];
+  const log = createLog({ replica: self }, "error", () => {});
+  const mesh = new PeerMesh({
+    self,
+    key,
+    replicas,
+    frameBytesMax: FRAME_BYTES_MAX,
+    log,
+    metrics,
+    onMessage: (from, msg) => received.push({ from, text: new TextDecoder().decode(msg) }),
+  });
+  const server = new ReplicaServer({
+    self,
+    host: HOST,
+    port,
+    key,
+    frameBytesMax: FRAME_BYTES_MAX,
+    mesh,
+    clients: { onClientFrame() {}, onClientClosed() {} },
+    log,
+    metrics,
+  });
+  server.listen();
+  mesh.start();
+  let stopped = false;
+  return {
+    mesh,
+    metrics,
+    received,
+    stop: () => {
+      if (stopped) return;
+      stopped = true;
+      mesh.stop();
+      server.stop();
+    },
+  };
+}
+
+export const up = (node: MeshNode, peer: number): boolean => node.mesh.status().find((link) => link.id === peer)?.up === true;
+export const send = (node: MeshNode, to: number, text: string): boolean => node.mesh.send(to, new TextEncoder().encode(text));
+export const got = (node: MeshNode, from: number, text: string): boolean => node.received.some((m) => m.from === from && m.text === text);
