@@ -747,7 +747,7 @@ export class Replica {
     // "Stored" means durable: the ack waits for the commit of this batch (or of the copy
     // it duplicates, if that one is still being committed).
     const generation = this.machine.channelInfo(result.tag)?.generation ?? 0;
-    if (outcome.stored !== null) this.storage.recordUnordered(result.tag, generation, outcome.stored.tsMs, signed.body, signed.sig);
+    if (outcome.stored !== null) this.storage.recordUnordered(result.tag, generation, outcome.stored.tsMs, signed.body, signed.sig, digest);
     if (outcome.trimmed !== null) this.storage.trimUnordered(result.tag, generation, outcome.trimmed.batchesRemoved);
     const ack: Reply = {
       seq: request.seq,

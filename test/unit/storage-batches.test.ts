@@ -14,6 +14,7 @@ import type { ReplicaStorage } from "../../src/replica/storage/index.ts";
 import { encodeBatch, encodeRecord } from "../../src/replica/storage/records.ts";
 import { type Recovered, recover } from "../../src/replica/storage/recovery.ts";
 import { rowChecksum } from "../../src/replica/storage/checksum.ts";
+import { sha256 } from "../../src/crypto/hash.ts";
 import { STORE_FILE, STORE_FORMAT_VERSION, StoreIdentityError } from "../../src/replica/storage/store.ts";
 import { encodeCanonical } from "../../wire/canonical.ts";
 import { batchDigest, execute, newMachine, openStorage, payloads, tempDir, type TestLog, testLog, TestClient } from "./storage-fixtures.ts";
@@ -276,6 +277,53 @@ describe("store format", () => {
     expect(recovered.lastDecided).toBe(2);
     expect(payloads(machine, "sec.alerts")).toEqual(["written by format 1"]);
     expect(coreOf(recovered, "accept").find((r) => r.prePrepare.seq === 2)?.prePrepare.batch).toEqual(batch2);
+  });
+
+  test("a format 2 store, whose batch and unordered rows carry full-form checksums, is read as it is and marked 3; new rows take the digest form", () => {
+    const { dir, storage, publisher } = setup(4);
+    const body = new TextEncoder().encode("an unordered event's request body");
+    const sig = new Uint8Array(64).fill(3);
+    storage.recordUnordered("net.links", 0, 1000, body, sig, sha256(body));
+    storage.commits.flush();
+    storage.close();
+    // The checksums' lengths on the closed store: 32 for the full form, 33 for the digest form.
+    const sumLengths = (): number[] => {
+      const db = new Database(join(dir, STORE_FILE));
+      const rows = db.query("SELECT sum FROM batch UNION ALL SELECT sum FROM unordered").all() as { sum: Uint8Array }[];
+      db.close();
+      return rows.map((row) => row.sum.length).sort();
+    };
+    expect(sumLengths()).toEqual([33, 33, 33, 33, 33]);
+    // Rows as a format 2 build wrote them: the checksum of the whole payload.
+    const db = new Database(join(dir, STORE_FILE));
+    for (const row of db.query("SELECT id, digest, seq, data FROM batch").all() as {
+      id: number;
+      digest: Uint8Array;
+      seq: number;
+      data: Uint8Array;
+    }[]) {
+      db.query("UPDATE batch SET sum = ? WHERE id = ?").run(rowChecksum("batch", [row.digest, row.seq], [row.data]), row.id);
+    }
+    db.query("UPDATE unordered SET sum = ? WHERE id = 1").run(rowChecksum("unordered", [1, "net.links", 0, 1000], [body, sig]));
+    const v = encodeCanonical(2);
+    db.query("UPDATE meta SET v = ?, sum = ? WHERE k = 'format'").run(v, rowChecksum("meta", "format", [v]));
+    db.close();
+    // The unordered row read back as it is (recovery would drop it: its channel is not created here).
+    const raw = openStorage(dir);
+    expect([...raw.store.unorderedRows()].map((r) => r.ok && new TextDecoder().decode(r.row.body))).toEqual([
+      "an unordered event's request body",
+    ]);
+    raw.close();
+    const { recovered, machine, storage: reopened } = reopen(dir);
+    expect(reopened.corruptAtOpen).toEqual([]);
+    expect(recovered.lastDecided).toBe(4);
+    expect(payloads(machine, "sec.alerts")).toEqual(["event 2", "event 3", "event 4"]);
+    expect(reopened.store.meta("format")).toBe(STORE_FORMAT_VERSION);
+    for (const record of recordsFor(5, [publisher.pub("sec.alerts", ["event 5"])])) reopened.persist(record);
+    reopened.commits.flush();
+    reopened.close();
+    // The unordered row went with its absent channel; the new batch row has the digest form.
+    expect(sumLengths()).toEqual([32, 32, 32, 32, 33]);
   });
 
   test("a store of a newer format is refused, naming both versions", () => {

@@ -224,7 +224,8 @@ describe("recovery", () => {
       const decoded = decodeRequestBody(req.body);
       if (!decoded.ok) throw new Error(decoded.error.reason);
       const outcome = writer.machine.acceptUnorderedPublish({ body: req.body, sig: req.sig }, decoded.request, 1000 + i);
-      if (outcome.stored !== null) writer.storage.recordUnordered("net.links", generation, outcome.stored.tsMs, req.body, req.sig);
+      if (outcome.stored !== null)
+        writer.storage.recordUnordered("net.links", generation, outcome.stored.tsMs, req.body, req.sig, sha256(req.body));
     }
     writer.storage.commits.flush();
     const { machine, recovered } = restart(dir, writer);

@@ -490,9 +490,9 @@ export class ReplicaStorage {
   // Unordered channels (this replica's own store)
   // -----------------------------------------------------------------------------------
 
-  /** Stages a request stored on an unordered channel; acknowledge it via afterDurable. */
-  recordUnordered(tag: string, generation: number, tsMs: number, body: Uint8Array, sig: Uint8Array): void {
-    this.commits.stage(() => void this.store.insertUnordered(tag, generation, tsMs, body, sig));
+  /** Stages a request stored on an unordered channel (`bodyDigest`: the SHA-256 of `body`); acknowledge it via afterDurable. */
+  recordUnordered(tag: string, generation: number, tsMs: number, body: Uint8Array, sig: Uint8Array, bodyDigest: Uint8Array): void {
+    this.commits.stage(() => void this.store.insertUnordered(tag, generation, tsMs, body, sig, bodyDigest));
   }
 
   /** Retention removed the `count` oldest batches of an unordered channel. */

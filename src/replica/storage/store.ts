@@ -25,18 +25,20 @@
 import type { Database } from "bun:sqlite";
 import { join } from "node:path";
 import { type Canonical, decodeCanonical, encodeCanonical } from "../../../wire/canonical.ts";
-import { rowChecksum, rowIntact } from "./checksum.ts";
+import { rowChecksum, rowChecksumOfDigest, rowIntact } from "./checksum.ts";
 import { type Disk, realDisk, type WalSync } from "./disk.ts";
 
 /** The database file inside the data directory; SQLite adds -wal and -shm beside it. */
 export const STORE_FILE = "fitb.db";
 /**
  * Bumped when the tables or the meaning of a row change incompatibly. 2: records name
- * their batch by digest (the batch table). This build reads format 1 stores as they are
- * (their records carry their batches) and marks them 2; a build that reads only 1
- * refuses a format 2 store, naming both versions.
+ * their batch by digest (the batch table). 3: batch and unordered rows are written with
+ * the digest form of their checksum (checksum.ts), which a format 2 build would take for
+ * damage. This build reads format 1 and 2 stores as they are (their records carry their
+ * batches, their rows the full-form checksum) and marks them 3; a build that reads only
+ * an earlier format refuses a later one, naming both versions.
  */
-export const STORE_FORMAT_VERSION = 2;
+export const STORE_FORMAT_VERSION = 3;
 
 /**
  * SQLite's page size for a new store. A batch row of a megabyte spans 256 overflow pages
@@ -354,9 +356,13 @@ export class ReplicaStore {
     this.stmts.deleteDecidedFrom.run(seq);
   }
 
-  /** Stores a batch under its digest (replacing the row when it is named at a higher seq). */
+  /**
+   * Stores a batch under its digest (replacing the row when it is named at a higher seq).
+   * `digest` is the SHA-256 of `data` (a batch's digest is that of its canonical encoding),
+   * so the row's checksum takes it instead of hashing the batch again.
+   */
   putBatch(digest: Uint8Array, seq: number, data: Uint8Array): void {
-    this.stmts.putBatch.run(digest, seq, data, rowChecksum("batch", [digest, seq], [data]));
+    this.stmts.putBatch.run(digest, seq, data, rowChecksumOfDigest("batch", [digest, seq], digest, []));
   }
 
   /** Deletes the batches no record at a seq above `seq` names. */
@@ -387,9 +393,10 @@ export class ReplicaStore {
     this.stmts.deletePartsFrom.run(seq, part);
   }
 
-  insertUnordered(tag: string, gen: number, ts: number, body: Uint8Array, sig: Uint8Array): number {
+  /** Stores an unordered event's request; `bodyDigest` is the SHA-256 of `body` (the checksum takes it instead of hashing the body again). */
+  insertUnordered(tag: string, gen: number, ts: number, body: Uint8Array, sig: Uint8Array, bodyDigest: Uint8Array): number {
     const id = this.nextUnorderedId++;
-    this.stmts.insertUnordered.run(id, tag, gen, ts, body, sig, rowChecksum("unordered", [id, tag, gen, ts], [body, sig]));
+    this.stmts.insertUnordered.run(id, tag, gen, ts, body, sig, rowChecksumOfDigest("unordered", [id, tag, gen, ts], bodyDigest, [sig]));
     return id;
   }
 

@@ -46,7 +46,7 @@ import type { Log } from "../../replica/log.ts";
 import { Metrics } from "../../replica/metrics.ts";
 import { OrderingDriver, TICK_MS } from "../../replica/ordering-driver.ts";
 import type { Clock, PeerTransport } from "../../replica/ports.ts";
-import { admitRequest, clockSkewProblem, stampOf } from "../../replica/requests.ts";
+import { admitRequest, bodyDigestOf, clockSkewProblem, stampOf } from "../../replica/requests.ts";
 import { ReplicaStorage } from "../../replica/storage/index.ts";
 import { STORE_FILE } from "../../replica/storage/store.ts";
 import type { AdminCmd } from "../../../wire/schemas.ts";
@@ -915,7 +915,8 @@ class RuntimeSimulation {
       return;
     }
     const generation = machine.channelInfo(outcome.result.tag)?.generation ?? 0;
-    if (outcome.stored !== null) storage.recordUnordered(outcome.result.tag, generation, outcome.stored.tsMs, signed.body, signed.sig);
+    if (outcome.stored !== null)
+      storage.recordUnordered(outcome.result.tag, generation, outcome.stored.tsMs, signed.body, signed.sig, bodyDigestOf(signed.body));
     if (outcome.trimmed !== null) storage.trimUnordered(outcome.result.tag, generation, outcome.trimmed.batchesRemoved);
     const life = r.life;
     // The rows staged here (if any: a publish already stored stages nothing) go to disk in
