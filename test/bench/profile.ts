@@ -24,6 +24,11 @@
  * JavaScriptCore's sampler takes the thread's stack whether it is on a CPU or blocked in a
  * call (a blocking fsync inside SQLite's COMMIT is sampled as `run`), and takes nothing while
  * the event loop waits: samples are the time the thread was busy or blocked, not CPU time.
+ * `fsyncCb` (the group commit starting its fsync off the loop, storage/disk.ts) is such a
+ * blocked call: the call only hands the fsync to Bun's thread pool, which took 13-25 µs
+ * for one process alone here, but 225-311 µs on average (up to 12 ms) per call with four
+ * replicas under load on two cores, the woken pool thread taking the caller's core (the
+ * fsync's own kernel work, about 130 µs of CPU, runs there).
  * JavaScriptCore collects garbage on the thread that allocates, so GC counts for the
  * function that allocated (there is no GC node in Bun's profiles).
  */
