@@ -27,8 +27,9 @@
  * `fsyncCb` (the group commit starting its fsync off the loop, storage/disk.ts) is such a
  * blocked call: the call only hands the fsync to Bun's thread pool, which took 13-25 µs
  * for one process alone here, but 225-311 µs on average (up to 12 ms) per call with four
- * replicas under load on two cores, the woken pool thread taking the caller's core (the
- * fsync's own kernel work, about 130 µs of CPU, runs there).
+ * replicas under load on two cores. strace shows the caller's futex wake of the pool
+ * taking hundreds of µs there: most likely the woken pool thread takes the caller's core
+ * (the fsync's own kernel work, about 130 µs of CPU, runs on it).
  * JavaScriptCore collects garbage on the thread that allocates, so GC counts for the
  * function that allocated (there is no GC node in Bun's profiles).
  */
