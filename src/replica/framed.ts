@@ -18,11 +18,13 @@
  * When the socket takes only part of a write, the frame it stopped in finishes first and
  * the frames it did not start go back to their queues, their counters given back: a
  * critical frame that arrives behind a backlog is the next frame written. Waiting bytes
- * count against the same bounds as before.
+ * count against the connection's bound, each waiting frame with EGRESS_FRAME_OVERHEAD_BYTES
+ * more for its bookkeeping.
  *
  * A peer link coalesces the same way once its handshake is done (peers.ts), unsealed (its
  * frames carry their own MAC) and all in the control class, so in the order sent. A large
- * message given in parts (sendEncodedParts) goes out after what waits, from where it is.
+ * message given in parts (sendEncodedParts) goes out after what waits, from where it is;
+ * only while the socket pushes back is it copied, to wait behind what waits already.
  */
 import type { Socket } from "bun";
 import { assert } from "../../wire/assert.ts";
@@ -134,6 +136,8 @@ export class FramedConn {
   private backlogged = false;
   /** Counts frames written ahead of less urgent ones that waited longer (egress_overtakes_total). */
   private onOvertakes: ((frames: number) => void) | null = null;
+  /** Counts socket writes (peer_socket_writes_total on peer links). */
+  private onWrite: (() => void) | null = null;
 
   constructor(
     private readonly socket: Socket<unknown>,
@@ -145,7 +149,10 @@ export class FramedConn {
     // A client session frame's length counts its MAC, which the frame limit does not.
     this.decoder = new FrameDecoder({ frameBytesMax: frameBytesMax + CLIENT_FRAME_MAC_BYTES, copyPayloads: true });
     this.queue = new WriteQueue(outboundBytesMax);
-    this.sink = (data) => Math.max(this.socket.write(data), 0);
+    this.sink = (data) => {
+      this.onWrite?.();
+      return Math.max(this.socket.write(data), 0);
+    };
     this.progressMs = now();
   }
 
@@ -160,6 +167,11 @@ export class FramedConn {
     if (this.egress !== null) return;
     this.egress = new EgressQueues();
     this.onOvertakes = onOvertakes;
+  }
+
+  /** Calls `onWrite` at each socket write from now on. */
+  countWrites(onWrite: () => void): void {
+    this.onWrite = onWrite;
   }
 
   /** Stops reading from the socket (the other side sees TCP backpressure); frames already read may still arrive. */
@@ -310,6 +322,8 @@ export class FramedConn {
       // follow them from where they are. Only while the socket pushes back do the parts
       // wait, copied into one frame, behind what waits already.
       if (this.pendingBytes > 0 && !this.backlogged) this.writeWaiting();
+      // A write that failed there ended the connection.
+      if (this.closed) return false;
       if (this.pendingBytes > 0) return this.sendEncoded(concatByteList(parts), urgency);
     }
     return this.accounted(() => this.queue.enqueueParts(this.sink, parts));

@@ -44,6 +44,9 @@ const COUNTERS = {
   subscribers_dropped_slow_total: "Subscriptions ended because the subscriber fell behind",
   egress_overtakes_total:
     "Frames written to a client session ahead of less urgent frames that had waited longer (a critical channel's events before a low one's backlog, replies before deliveries)",
+  peer_messages_sent_total: "Peer messages handed to a peer link's connection",
+  peer_socket_writes_total:
+    "Socket writes on peer links: the messages of one event-loop turn go out in one write per peer, so this grows slower than peer_messages_sent_total",
   peer_send_dropped_total: "Peer messages not sent because the link was down or its queue full",
   peer_send_oversized_total: "Peer messages not sent because they exceed the frame limit",
   peer_handshake_failed_total: "Peer handshakes that failed (bad key, config drift, bad signature)",

@@ -421,6 +421,7 @@ export class PeerMesh {
       return false;
     }
     const seq = ++link.sendSeq;
+    this.options.metrics.inc("peer_messages_sent_total");
     const mac = macFrame(link.keys.sendKey, FrameType.PEER, seq, msg);
     // A large message (a proposal's batch) is written from where it is to every peer; a
     // small one (a vote) costs less copied into one frame and written once.
@@ -458,6 +459,8 @@ export class PeerMesh {
     this.sendDropLog.set(key, { at: now, unlogged: 0 });
     return last?.unlogged ?? 0;
   }
+
+  private readonly countSocketWrite = (): void => this.options.metrics.inc("peer_socket_writes_total");
 
   broadcast(msg: Uint8Array): void {
     for (const id of this.outbound.keys()) this.send(id, msg);
@@ -616,6 +619,7 @@ export class PeerMesh {
     // From here on the link carries PEER frames: those of one event-loop turn (a step's
     // votes, the effects one fsync releases) go to the socket in one write at its end.
     conn.coalesceWrites();
+    conn.countWrites(this.countSocketWrite);
     if (link.preferredFor !== null) {
       this.adoptPreferred(link.preferredFor, link);
       return;

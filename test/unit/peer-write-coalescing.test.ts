@@ -22,15 +22,23 @@ interface PeerWire {
   readonly writes: Uint8Array[];
   /** Bytes the socket takes before it is full; each write uses some up. */
   room: number;
+  /** The socket's writes throw. */
+  failing: boolean;
 }
 
 /** A peer link's FramedConn as after its handshake (no session framing, coalescing), over a socket that records its writes. */
 function peerWire(): PeerWire {
   const writes: Uint8Array[] = [];
-  const self: { conn: FramedConn | null; writes: Uint8Array[]; room: number } = { conn: null, writes, room: Number.POSITIVE_INFINITY };
+  const self: { conn: FramedConn | null; writes: Uint8Array[]; room: number; failing: boolean } = {
+    conn: null,
+    writes,
+    room: Number.POSITIVE_INFINITY,
+    failing: false,
+  };
   const socket = {
     remoteAddress: "127.0.0.1",
     write: (bytes: Uint8Array) => {
+      if (self.failing) throw new Error("the socket failed");
       const taken = bytes.subarray(0, Math.min(bytes.length, self.room));
       self.room -= taken.length;
       if (taken.length > 0) writes.push(Uint8Array.from(taken));
@@ -103,6 +111,16 @@ describe("a peer link's writes", () => {
     }
     expect(concat(w.writes)).toEqual(concat(sent));
   });
+
+  test("a write that fails while a large message waits to follow ends the connection, and the message is refused, not written", () => {
+    const w = peerWire();
+    w.conn.sendEncoded(encodePeerFrame(1, message(200, 1), MAC));
+    w.failing = true;
+    expect(w.conn.sendEncodedParts(peerFrameParts(2, message(32 * 1024, 2), MAC))).toBe(false);
+    expect(w.conn.isClosed).toBe(true);
+    expect(w.writes).toHaveLength(0);
+    expect(w.conn.pendingBytes).toBe(0);
+  });
 });
 
 describe("two meshes over loopback", () => {
@@ -126,6 +144,15 @@ describe("two meshes over loopback", () => {
         () => `${b.received.length} of ${texts.length}`,
       );
       expect(b.received).toEqual(texts.map((text) => ({ from: 0, text })));
+
+      // The link coalesces: 40 messages sent in one turn take one socket write, counted.
+      const writesBefore = a.metrics.get("peer_socket_writes_total");
+      const sentBefore = a.metrics.get("peer_messages_sent_total");
+      for (let i = 0; i < 40; i++) expect(send(a, 1, `turn ${i}`)).toBe(true);
+      await nextTurn();
+      expect(a.metrics.get("peer_messages_sent_total") - sentBefore).toBe(40);
+      expect(a.metrics.get("peer_socket_writes_total") - writesBefore).toBe(1);
+      await waitFor("node 1 has the turn's messages", () => b.received.length >= texts.length + 40);
     } finally {
       for (const node of nodes) node.stop();
     }

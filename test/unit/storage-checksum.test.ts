@@ -63,6 +63,9 @@ describe("row checksums", () => {
       dressed.set(full, 1);
       expect(rowIntact("unordered", key, [body, sig], dressed)).toBe(false);
       expect(rowIntact("unordered", key, [body, sig], digestSum.subarray(1))).toBe(false);
+      // Only batch and unordered rows are written in the digest form.
+      const meta = rowChecksumOfDigest("meta", key, sha256(body), [sig]);
+      expect(rowIntact("meta", key, [body, sig], meta)).toBe(false);
       // Another form byte is no form this build knows.
       const other = digestSum.slice();
       other[0] = 2;

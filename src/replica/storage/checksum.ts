@@ -16,7 +16,8 @@
  *   row without hashing that part again. A reader hashes the part either way, so the
  *   check is as strong: a flipped bit in the part changes its SHA-256.
  *
- * The digest form came with store format 3 (store.ts); rows of the full form stay valid.
+ * The digest form came with store format 3 (store.ts) for batch and unordered rows
+ * (DIGEST_FORM_TABLES); rows of the full form stay valid.
  */
 import { CanonicalError, encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
 import { bytesEqual } from "../../crypto/encoding.ts";
@@ -28,6 +29,9 @@ export const CHECKSUM_BYTES = 32;
 export const DIGEST_CHECKSUM_BYTES = 1 + CHECKSUM_BYTES;
 /** The first byte of a digest-form checksum. */
 export const DIGEST_FORM = 1;
+
+/** The tables whose rows are written with the digest form; another table's row in it is damage. */
+export const DIGEST_FORM_TABLES: ReadonlySet<string> = new Set(["batch", "unordered"]);
 
 const DOMAIN = new TextEncoder().encode("fitb/v1/store-row");
 const DIGEST_DOMAIN = new TextEncoder().encode("fitb/v1/store-row-digest");
@@ -62,7 +66,8 @@ function digestFormSum(table: string, key: Canonical, firstDigest: Uint8Array, r
 export function rowIntact(table: string, key: Canonical, payload: readonly Uint8Array[], stored: Uint8Array | null | undefined): boolean {
   if (!(stored instanceof Uint8Array)) return false;
   for (const part of payload) if (!(part instanceof Uint8Array)) return false;
-  const digestForm = stored.length === DIGEST_CHECKSUM_BYTES && stored[0] === DIGEST_FORM && payload.length > 0;
+  const digestForm =
+    stored.length === DIGEST_CHECKSUM_BYTES && stored[0] === DIGEST_FORM && payload.length > 0 && DIGEST_FORM_TABLES.has(table);
   if (!digestForm && stored.length !== CHECKSUM_BYTES) return false;
   let expected: Uint8Array;
   try {
