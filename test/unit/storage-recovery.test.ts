@@ -67,12 +67,17 @@ class Writer {
     this.storage.commits.flush();
   }
 
-  /** Announces `seq` stable and lets any base it starts finish writing. */
-  stable(seq: number): void {
+  /** Announces `seq` stable to the store and the keeper, which may start a base. */
+  announceStable(seq: number): void {
     const at = this.checkpoints.get(seq);
     if (at === undefined) throw new Error(`no checkpoint at ${seq}`);
     this.storage.persist({ t: "stable", seq, digest: at, proof: [] });
     this.keeper.onStable(seq, at, []);
+  }
+
+  /** Announces `seq` stable and lets any base it starts finish writing. */
+  stable(seq: number): void {
+    this.announceStable(seq);
     const before = this.keeper.baseHead?.seq;
     for (let tick = 0; tick < TICKS_PER_BASE_MAX && this.keeper.baseHead?.seq === before; tick++) {
       this.keeper.tick();
@@ -163,6 +168,23 @@ describe("recovery", () => {
     const core = coreFrom(recovered.coreRecords);
     expect(core.status().lastExecuted).toBe(2 * K + 44);
     expect(core.status().stableSeq).toBe(2 * K);
+  });
+
+  test("a base is written one part per tick, in the background of the ticks that follow its stable checkpoint", () => {
+    const { writer, publisher } = setup();
+    publishDecisions(writer, publisher, K - 1);
+    writer.announceStable(K);
+    const staged: number[] = [];
+    for (let tick = 0; tick < TICKS_PER_BASE_MAX && writer.keeper.baseHead === null; tick++) {
+      writer.keeper.tick();
+      writer.storage.commits.flush();
+      staged.push(writer.storage.store.partSeqs().find((p) => p.seq === K)?.count ?? 0);
+    }
+    expect(writer.keeper.baseHead?.seq).toBe(K);
+    // Several parts (the state is many times PART_BYTES), one more at each tick.
+    const parts = writer.keeper.baseHead?.parts ?? 0;
+    expect(parts).toBeGreaterThan(3);
+    expect(staged.slice(0, parts)).toEqual(Array.from({ length: parts }, (_, i) => i + 1));
   });
 
   test("writing a base deletes the decided rows it covers", () => {
