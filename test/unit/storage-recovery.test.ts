@@ -13,7 +13,7 @@ import { sha256 } from "../../src/crypto/hash.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import type { ReplicaStorage } from "../../src/replica/storage/index.ts";
 import { recover } from "../../src/replica/storage/recovery.ts";
-import { SnapshotKeeper } from "../../src/replica/storage/snapshots.ts";
+import { BASE_WRITE_TICKS_TARGET, basePartsPerTick, SnapshotKeeper } from "../../src/replica/storage/snapshots.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import { checkpointStateDigest } from "../../src/replica/storage/digest.ts";
 import { decodeRequestBody } from "../../wire/schemas.ts";
@@ -185,6 +185,15 @@ describe("recovery", () => {
     const parts = writer.keeper.baseHead?.parts ?? 0;
     expect(parts).toBeGreaterThan(3);
     expect(staged.slice(0, parts)).toEqual(Array.from({ length: parts }, (_, i) => i + 1));
+  });
+
+  test("a base of a large state (its previous base's size) goes faster than one part per tick, so that it takes about BASE_WRITE_TICKS_TARGET ticks at most", () => {
+    const KIB = 1024;
+    expect(basePartsPerTick(0, 256 * KIB)).toBe(1);
+    expect(basePartsPerTick(1024 * 1024 * KIB, 256 * KIB)).toBe(1);
+    expect(basePartsPerTick(16 * 1024 * 1024 * KIB, 256 * KIB)).toBe(Math.ceil(65_536 / BASE_WRITE_TICKS_TARGET));
+    // Just past the target's worth of parts: two a tick.
+    expect(basePartsPerTick(BASE_WRITE_TICKS_TARGET * 256 * KIB + 1, 256 * KIB)).toBe(2);
   });
 
   test("writing a base deletes the decided rows it covers", () => {

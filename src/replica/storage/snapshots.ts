@@ -46,6 +46,22 @@ export const BASE_REWRITE_ROWS_MAX = 16_384;
  * ms in a run with a 13 MB base) against 67-126 ms (p99 44-78 ms) at one part a tick.
  */
 export const BASE_PARTS_PER_TICK = 1;
+/**
+ * Ticks a base should take at most (60 s), whatever its size. A base holds its capture,
+ * and with it the batches retention drops meanwhile, until it is written; at one part a
+ * tick a state of gigabytes would hold them for many minutes. Past
+ * BASE_PARTS_PER_TICK × BASE_WRITE_TICKS_TARGET parts (1.5 GiB with 256 KiB parts) more
+ * parts go per tick (basePartsPerTick).
+ */
+export const BASE_WRITE_TICKS_TARGET = 6000;
+
+/**
+ * Parts a base is written at per tick, for a base expected to hold `expectedBytes` (the
+ * previous base's size: the new one is of the same state, later).
+ */
+export function basePartsPerTick(expectedBytes: number, partBytes: number): number {
+  return Math.max(BASE_PARTS_PER_TICK, Math.ceil(expectedBytes / partBytes / BASE_WRITE_TICKS_TARGET));
+}
 
 /** Where parts of a snapshot stream come from, one at a time. */
 export interface PartSource {
@@ -73,6 +89,8 @@ interface BaseWriting {
   readonly capture: Capture;
   readonly proof: Checkpoint[];
   readonly cutter: PartCutter;
+  /** basePartsPerTick at the start. */
+  readonly partsPerTick: number;
   parts: number;
   bytes: number;
 }
@@ -171,6 +189,7 @@ export class SnapshotKeeper {
       capture,
       proof,
       cutter: new PartCutter(capture.meta, capture.state.reopen(), this.options.partBytes),
+      partsPerTick: basePartsPerTick(this.base?.bytes ?? 0, this.options.partBytes),
       parts: 0,
       bytes: 0,
     };
@@ -189,7 +208,7 @@ export class SnapshotKeeper {
     const w = this.writing;
     if (w === null) return;
     const { storage } = this.options;
-    for (let i = 0; i < BASE_PARTS_PER_TICK; i++) {
+    for (let i = 0; i < w.partsPerTick; i++) {
       const part = w.cutter.next();
       if (part === null) return this.finishBase(w);
       storage.stagePart(w.capture.seq, w.parts, part);
