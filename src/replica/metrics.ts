@@ -72,8 +72,6 @@ const COUNTERS = {
   storage_commits_total: "Storage transactions committed",
   storage_writes_total: "Records written in storage transactions",
   storage_commit_failures_total: "Storage commits that failed",
-  storage_checkpoints_total: "Write-ahead log checkpoints the checkpoint thread ran that copied pages into the database file",
-  storage_checkpoint_frames_total: "Write-ahead log frames (pages) the checkpoint thread copied into the database file",
   storage_corrupt_rows_total: "Rows found damaged at open and deleted",
   snapshot_digest_mismatches_total: "Base snapshots whose digest did not match the checkpoint",
   snapshot_bases_written_total: "Base snapshots written",

@@ -251,8 +251,6 @@ export class Replica {
       log,
       metrics: this.metrics,
       onFatal: options.onFatal,
-      // With threads, the write-ahead log's checkpoints get one too (storage/checkpointer.ts).
-      checkpointThread: (options.threads ?? 0) > 0,
     });
     this.ordering = new OrderingDriver({
       onFatal: options.onFatal,

@@ -154,9 +154,7 @@ export function statSeconds(stat: string): number {
  * The role of a thread: the process's first thread runs the event loop; the ordering
  * thread names itself (src/replica/ordering-worker.ts); Bun names the thread of every other
  * Worker "Worker" (the replica's other workers are its verification threads); everything
- * else counts as the runtime's (JIT, GC helpers, the I/O pool, and the write-ahead log's
- * checkpoint thread, which names itself "fitb-checkpoint": it is listed by that name
- * among the top runtime threads).
+ * else is the runtime's own (JIT, GC helpers, the I/O pool).
  */
 export function roleOf(thread: ThreadCpu, pid: number): ThreadRole {
   if (thread.tid === pid) return "main";

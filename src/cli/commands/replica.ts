@@ -84,7 +84,7 @@ export const replicaCommand: Command = {
       name: "threads",
       kind: "string",
       valueName: "N",
-      description: `Threads verifying client signatures beside the event loop (default: the cores but one, at least 1, at most 8; here ${defaultThreads()}), plus one for the storage's write-ahead log checkpoints; 0: everything on one thread, for small hosts`,
+      description: `Threads verifying client signatures beside the event loop (default: the cores but one, at least 1, at most 8; here ${defaultThreads()}); 0: everything on one thread, for small hosts`,
     },
     {
       name: "ordering-thread",

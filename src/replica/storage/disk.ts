@@ -13,8 +13,7 @@
  */
 import { Database } from "bun:sqlite";
 import { chmodSync, closeSync, existsSync, fsync, fsyncSync, mkdirSync, openSync, renameSync, rmSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { type CheckpointerOptions, WalCheckpointer } from "./checkpointer.ts";
+import { dirname } from "node:path";
 
 export interface Disk {
   /** Creates the directory and its parents (owner-only) if missing. */
@@ -38,24 +37,7 @@ export interface Disk {
    * loop or in place (group-commit.ts). Absent: `commit` syncs.
    */
   walSync?(path: string): WalSync;
-  /**
-   * The directory's one-process lock, held until `release` (or the process ends, kill -9
-   * included), where the disk offers it: the store then opens its database with SQLite's
-   * ordinary locking, so that a second connection (the checkpoint thread) may open it too.
-   * Throws SQLite's busy error while another process holds it. Absent: the store takes
-   * SQLite's exclusive locking mode on the database itself.
-   */
-  lockDirectory?(dir: string): DirectoryLock;
-  /** Write-ahead log checkpoints on a thread of their own (checkpointer.ts), where the disk offers them. */
-  walCheckpointer?(options: CheckpointerOptions): WalCheckpointer;
 }
-
-export interface DirectoryLock {
-  release(): void;
-}
-
-/** The lock file in the data directory (a small SQLite database held in exclusive locking mode). */
-export const LOCK_FILE = "fitb.lock";
 
 /** Makes every transaction committed so far to one database durable (its write-ahead log fsynced). */
 export interface WalSync {
@@ -164,29 +146,4 @@ export const realDisk: Disk = {
   },
   commit: (db, writes) => db.transaction(writes)(),
   walSync: fileWalSync,
-  lockDirectory: fileLock,
-  walCheckpointer: (options) => new WalCheckpointer(options),
 };
-
-/**
- * SQLite's exclusive locking mode on a database of its own: the first write takes the
- * file's lock and the connection keeps it until closed; the kernel drops it with the
- * process. A second process's first read of it fails as busy.
- */
-function fileLock(dir: string): DirectoryLock {
-  const path = join(dir, LOCK_FILE);
-  const fresh = !existsSync(path);
-  const db = new Database(path, { create: true, strict: true });
-  try {
-    if (fresh) chmodSync(path, 0o600);
-    db.exec("PRAGMA locking_mode = EXCLUSIVE");
-    // No journal file beside it: the lock is all this database is for.
-    db.exec("PRAGMA journal_mode = MEMORY");
-    db.exec("CREATE TABLE IF NOT EXISTS holder (id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL)");
-    db.query("INSERT OR REPLACE INTO holder (id, pid) VALUES (1, ?)").run(process.pid);
-  } catch (error) {
-    db.close();
-    throw error;
-  }
-  return { release: () => db.close() };
-}

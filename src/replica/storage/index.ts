@@ -56,11 +56,6 @@ export interface StorageOptions {
   readonly disk?: Disk;
   /** Schedules the group commit at the end of the event-loop turn (setImmediate by default; ports.ts Clock.afterTurn). */
   readonly afterTurn?: (run: () => void) => void;
-  /**
-   * Write-ahead log checkpoints on a thread of their own (checkpointer.ts), where the disk
-   * offers them; off (the default here): SQLite runs them inside the commits, on the event loop.
-   */
-  readonly checkpointThread?: boolean;
 }
 
 /** Decided rows and bytes written since the current base snapshot (restart replays them). */
@@ -183,15 +178,6 @@ export class ReplicaStorage {
       },
     });
     for (const row of store.batchIndex()) this.batches.set(toHex(row.digest), { seq: row.seq, bytes: row.bytes });
-    if (options.checkpointThread === true) {
-      store.startCheckpointer({
-        onCheckpoint: (frames) => {
-          options.metrics.inc("storage_checkpoints_total");
-          options.metrics.inc("storage_checkpoint_frames_total", frames);
-        },
-        onFailure: (reason) => this.checkpointFailed(reason),
-      });
-    }
     options.metrics.gauge("storage_pending_writes", () => this.commits.pendingWrites);
     options.metrics.gauge("storage_file_bytes", () => (this.closed ? 0 : this.store.sizeBytes()));
   }
@@ -520,12 +506,6 @@ export class ReplicaStorage {
     });
     this.options.metrics.inc("storage_commit_failures_total");
     return (this.options.onFatal ?? throwFatal)(new FatalError(EXIT_STORAGE_FAILED, `storage commit failed: ${(error as Error).message}`));
-  }
-
-  /** The checkpoint thread or one of its checkpoints failed: the database file may lack pages the log holds. */
-  private checkpointFailed(reason: string): never {
-    this.options.log.error("write-ahead log checkpoint thread failed; stopping", { error: reason });
-    return (this.options.onFatal ?? throwFatal)(new FatalError(EXIT_STORAGE_FAILED, reason));
   }
 }
 

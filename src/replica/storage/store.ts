@@ -26,8 +26,7 @@ import type { Database } from "bun:sqlite";
 import { join } from "node:path";
 import { type Canonical, decodeCanonical, encodeCanonical } from "../../../wire/canonical.ts";
 import { rowChecksum, rowChecksumOfDigest, rowIntact } from "./checksum.ts";
-import type { CheckpointerOptions, WalCheckpointer } from "./checkpointer.ts";
-import { type DirectoryLock, type Disk, realDisk, type WalSync } from "./disk.ts";
+import { type Disk, realDisk, type WalSync } from "./disk.ts";
 
 /** The database file inside the data directory; SQLite adds -wal and -shm beside it. */
 export const STORE_FILE = "fitb.db";
@@ -197,9 +196,6 @@ export class ReplicaStore {
    * Null: `transaction` returns once durable under the sync policy.
    */
   readonly walSync: WalSync | null = null;
-  /** The directory's lock, where the disk offers one (else SQLite's exclusive locking mode holds the database). */
-  private readonly lock: DirectoryLock | null = null;
-  private checkpointer: WalCheckpointer | null = null;
 
   private constructor(
     dir: string,
@@ -208,24 +204,12 @@ export class ReplicaStore {
     private readonly disk: Disk,
   ) {
     this.path = join(dir, STORE_FILE);
-    // The lock is held until this process ends (the kernel drops it even on kill -9): a
-    // second replica process started on the same data directory is refused instead of
-    // writing beside this one.
+    this.db = disk.openDatabase(this.path);
     try {
-      this.lock = exclusive ? (disk.lockDirectory?.(dir) ?? null) : null;
-    } catch (error) {
-      if (!isLocked(error)) throw error;
-      throw new StoreInUseError(`${dir} is in use by another fitb process (its lock file is held); stop that process first`);
-    }
-    try {
-      this.db = disk.openDatabase(this.path);
-    } catch (error) {
-      this.lock?.release();
-      throw error;
-    }
-    try {
-      // Without a directory lock, the database's own: its first write takes it for good.
-      if (exclusive && this.lock === null) this.db.exec("PRAGMA locking_mode = EXCLUSIVE");
+      // The first write takes the database's lock and keeps it until this process ends
+      // (the kernel drops it even on kill -9): a second replica process started on the
+      // same data directory is refused instead of writing beside this one.
+      if (exclusive) this.db.exec("PRAGMA locking_mode = EXCLUSIVE");
       // Takes effect only when this creates the database; an existing store keeps its size.
       this.db.exec(`PRAGMA page_size = ${STORE_PAGE_BYTES}`);
       this.db.exec("PRAGMA journal_mode = WAL");
@@ -234,9 +218,8 @@ export class ReplicaStore {
       this.db.exec(`PRAGMA synchronous = ${sync === "full" && this.walSync === null ? "FULL" : "NORMAL"}`);
       for (const statement of SCHEMA) this.db.exec(statement);
     } catch (error) {
-      this.db.close();
-      this.lock?.release();
       if (!isLocked(error)) throw error;
+      this.db.close();
       throw new StoreInUseError(`${dir} is in use by another fitb process (its database is locked); stop that process first`);
     }
     this.stmts = prepareStatements(this.db);
@@ -319,33 +302,12 @@ export class ReplicaStore {
     this.disk.commit(this.db, fn);
   }
 
-  /**
-   * Starts write-ahead log checkpoints on a thread of their own (checkpointer.ts), where
-   * the disk offers them and this store holds the directory's lock (a database in SQLite's
-   * exclusive locking mode admits no second connection). Returns whether it started.
-   */
-  startCheckpointer(options: Omit<CheckpointerOptions, "path">): boolean {
-    if (this.checkpointer !== null) return true;
-    if (this.lock === null || this.disk.walCheckpointer === undefined) return false;
-    this.checkpointer = this.disk.walCheckpointer({ ...options, path: this.path });
-    return true;
-  }
-
   /** Folds the write-ahead log into the database file and closes it (a clean stop). */
   close(): void {
-    // The thread's connection goes first: the final checkpoint needs the log to itself.
-    const alone = this.checkpointer?.stop() ?? true;
-    try {
-      this.db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
-    } catch (error) {
-      // Refused as busy only if the thread did not close in time; the next open folds the log in.
-      if (alone || !isLocked(error)) throw error;
-    } finally {
-      for (const statement of Object.values(this.stmts)) statement.finalize();
-      this.db.close();
-      this.walSync?.close();
-      this.lock?.release();
-    }
+    this.db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+    for (const statement of Object.values(this.stmts)) statement.finalize();
+    this.db.close();
+    this.walSync?.close();
   }
 
   // -----------------------------------------------------------------------------------
