@@ -10,7 +10,7 @@ import { join } from "node:path";
 import type { ClientRequest, PrePrepare } from "../../src/core/ordering/messages.ts";
 import type { PersistedRecord } from "../../src/core/ordering/types.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
-import type { ReplicaStorage } from "../../src/replica/storage/index.ts";
+import { ReplicaStorage, TRIM_ROWS_PER_COMMIT } from "../../src/replica/storage/index.ts";
 import { encodeBatch, encodeRecord } from "../../src/replica/storage/records.ts";
 import { type Recovered, recover } from "../../src/replica/storage/recovery.ts";
 import { rowChecksum } from "../../src/replica/storage/checksum.ts";
@@ -243,6 +243,67 @@ describe("batches written once", () => {
     expect(batchRows(storage)).toBe(4);
     const rows = [...storage.store.coreRows()].flatMap((c) => (c.ok && c.row.kind === "accept" && c.row.seq === 5 ? [c.row.rec] : []));
     expect(rows).toEqual([encodeRecord(late as PersistedRecord)]);
+  });
+});
+
+describe("rows a base leaves behind", () => {
+  test("go a slice per event-loop turn, the first in the base's own commit, until none is left", () => {
+    const t = tempDir();
+    cleanups.push(t.remove);
+    // The storage's turns run only when this test says (the embedder's afterTurn).
+    const turns: (() => void)[] = [];
+    const storage = ReplicaStorage.open({
+      dir: t.dir,
+      sync: "full",
+      cluster: "unit",
+      replica: 0,
+      log: testLog(),
+      metrics: new Metrics(),
+      afterTurn: (run) => void turns.push(run),
+    });
+    cleanups.push(() => storage.close());
+    const publisher = new TestClient();
+    const total = TRIM_ROWS_PER_COMMIT + 100;
+    for (let seq = 1; seq <= total; seq++) {
+      const batch = [publisher.pub("sec.alerts", [`event ${seq}`])];
+      storage.persist({ t: "decided", seq, view: 0, digest: batchDigest(batch), batch, commits: [] });
+    }
+    storage.persist({ t: "stable", seq: total, digest: STATE, proof: [] });
+    storage.commits.flush();
+    const decidedRows = (): number => [...storage.store.decidedRows(0)].length;
+    expect(decidedRows()).toBe(total);
+    expect(batchRows(storage)).toBe(total);
+
+    storage.stageAdoptBase(
+      {
+        status: "complete",
+        seq: total,
+        stateDigest: STATE,
+        appDigest: STATE,
+        clients: [],
+        proof: [],
+        parts: 0,
+        bytes: 0,
+        partBytes: PART_BYTES,
+      },
+      [],
+    );
+    storage.commits.flush();
+    // The base's commit deleted one slice, the lowest decided rows first.
+    expect(decidedRows()).toBe(total - TRIM_ROWS_PER_COMMIT);
+    const lowest = [...storage.store.decidedRows(0)][0];
+    expect(lowest?.ok ? lowest.row.seq : null).toBe(TRIM_ROWS_PER_COMMIT + 1);
+    expect(batchRows(storage)).toBe(total);
+    // Each later turn deletes another slice: the rest of the decided rows and the first batches, then the last batches.
+    let ran = 0;
+    while (turns.length > 0 && ran < 20) {
+      (turns.shift() as () => void)();
+      storage.commits.flush();
+      ran++;
+    }
+    expect(decidedRows()).toBe(0);
+    expect(batchRows(storage)).toBe(0);
+    expect(ran).toBeGreaterThanOrEqual(2);
   });
 });
 

@@ -152,11 +152,13 @@ function prepareStatements(db: Database) {
     deleteCoreId: db.prepare("DELETE FROM core WHERE id = ?"),
     insertDecided: db.prepare("INSERT OR REPLACE INTO decided (seq, rec, sum) VALUES (?, ?, ?)"),
     deleteDecidedUpTo: db.prepare("DELETE FROM decided WHERE seq <= ?"),
+    deleteDecidedUpToLimit: db.prepare("DELETE FROM decided WHERE seq IN (SELECT seq FROM decided WHERE seq <= ? ORDER BY seq LIMIT ?)"),
     deleteDecidedFrom: db.prepare("DELETE FROM decided WHERE seq >= ?"),
     putBatch: db.prepare("INSERT OR REPLACE INTO batch (digest, seq, data, sum) VALUES (?, ?, ?, ?)"),
     readBatch: db.prepare("SELECT id, digest, seq, data, sum FROM batch WHERE digest = ?"),
     readBatchData: db.prepare("SELECT data FROM batch WHERE digest = ?"),
     deleteBatchesUpTo: db.prepare("DELETE FROM batch WHERE seq <= ?"),
+    deleteBatchesUpToLimit: db.prepare("DELETE FROM batch WHERE id IN (SELECT id FROM batch WHERE seq <= ? ORDER BY seq LIMIT ?)"),
     deleteBatchId: db.prepare("DELETE FROM batch WHERE id = ?"),
     putHead: db.prepare("INSERT OR REPLACE INTO snap_head (seq, head, sum) VALUES (?, ?, ?)"),
     insertPart: db.prepare("INSERT OR REPLACE INTO snap_part (seq, part, data, sum) VALUES (?, ?, ?, ?)"),
@@ -352,6 +354,11 @@ export class ReplicaStore {
     this.stmts.deleteDecidedUpTo.run(seq);
   }
 
+  /** Deletes at most `limit` decided rows at or below `seq`, lowest first; returns how many went. */
+  deleteDecidedUpToLimit(seq: number, limit: number): number {
+    return this.stmts.deleteDecidedUpToLimit.run(seq, limit).changes;
+  }
+
   deleteDecidedFrom(seq: number): void {
     this.stmts.deleteDecidedFrom.run(seq);
   }
@@ -368,6 +375,11 @@ export class ReplicaStore {
   /** Deletes the batches no record at a seq above `seq` names. */
   deleteBatchesUpTo(seq: number): void {
     this.stmts.deleteBatchesUpTo.run(seq);
+  }
+
+  /** Deletes at most `limit` batch rows whose seq is at or below `seq`, lowest first; returns how many went. */
+  deleteBatchesUpToLimit(seq: number, limit: number): number {
+    return this.stmts.deleteBatchesUpToLimit.run(seq, limit).changes;
   }
 
   deleteBatchRow(id: number): void {
