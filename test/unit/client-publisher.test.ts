@@ -100,6 +100,61 @@ describe("Publisher batching", () => {
   });
 });
 
+describe("Publisher: one partial request in flight", () => {
+  test("a partial request waits for the partial one in flight, and takes everything that arrived meanwhile", async () => {
+    const target = new HandAnsweredTarget();
+    // The default pipeline (four requests), with room for more: only the partial rule holds events back.
+    const publisher = new Publisher(target, "t");
+    expect(publisher.inflightBatchesMax).toBeGreaterThan(1);
+    const first = publisher.publish(event("1"));
+    await settle();
+    const later: Promise<EventAck>[] = [];
+    for (const text of ["2", "3", "4"]) {
+      later.push(publisher.publish(event(text)));
+      await settle();
+    }
+    expect(target.calls.length).toBe(1);
+    expect(publisher.queuedEvents).toBe(3);
+    target.ack(0);
+    await first;
+    await settle();
+    expect(target.calls.length).toBe(2);
+    expect(texts(target.calls[1]!.events)).toEqual(["2", "3", "4"]);
+    target.ack(1);
+    expect((await Promise.all(later)).map((a) => a.seq)).toEqual([2, 3, 4]);
+  });
+
+  test("full requests pipeline beside a partial one, up to inflightBatchesMax", async () => {
+    const target = new HandAnsweredTarget();
+    const publisher = new Publisher(target, "t", { batchEventsMax: 2, inflightBatchesMax: 4 });
+    void publisher.publish(event("a"));
+    await settle();
+    // Five more in one turn: two full requests go at once, the fifth (a partial one) waits.
+    for (const text of ["b", "c", "d", "e", "f"]) void publisher.publish(event(text));
+    await settle();
+    expect(target.calls.map((call) => texts(call.events))).toEqual([["a"], ["b", "c"], ["d", "e"]]);
+    expect(publisher.queuedEvents).toBe(1);
+    // A full request answered frees no partial slot; the partial one answered does.
+    target.ack(1);
+    await settle();
+    expect(target.calls.length).toBe(3);
+    target.ack(0);
+    await settle();
+    expect(target.calls.map((call) => texts(call.events))[3]).toEqual(["f"]);
+  });
+
+  test("inflightPartialBatchesMax lets more partial requests pipeline, within inflightBatchesMax", async () => {
+    const target = new HandAnsweredTarget();
+    const publisher = new Publisher(target, "t", { inflightBatchesMax: 3, inflightPartialBatchesMax: 3 });
+    for (const text of ["1", "2", "3", "4"]) {
+      void publisher.publish(event(text));
+      await settle();
+    }
+    expect(target.calls.map((call) => texts(call.events))).toEqual([["1"], ["2"], ["3"]]);
+    expect(() => new Publisher(target, "t", { inflightBatchesMax: 2, inflightPartialBatchesMax: 3 })).toThrow("inflightPartialBatchesMax");
+  });
+});
+
 describe("Publisher acks", () => {
   test("acks resolve in publish order even when a later request is acknowledged first", async () => {
     const target = new HandAnsweredTarget();
