@@ -10,7 +10,7 @@ import { join } from "node:path";
 import type { ClientRequest, PrePrepare } from "../../src/core/ordering/messages.ts";
 import type { PersistedRecord } from "../../src/core/ordering/types.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
-import { ReplicaStorage, TRIM_ROWS_PER_COMMIT } from "../../src/replica/storage/index.ts";
+import { ReplicaStorage, type SnapshotHead, TRIM_ROWS_PER_COMMIT } from "../../src/replica/storage/index.ts";
 import { encodeBatch, encodeRecord } from "../../src/replica/storage/records.ts";
 import { type Recovered, recover } from "../../src/replica/storage/recovery.ts";
 import { rowChecksum } from "../../src/replica/storage/checksum.ts";
@@ -27,6 +27,21 @@ const cleanups: (() => void)[] = [];
 afterEach(() => {
   for (const cleanup of cleanups.splice(0).reverse()) cleanup();
 });
+
+/** A complete base snapshot head at `seq` with no parts (only its rows' pruning is under test). */
+function emptyBase(seq: number): SnapshotHead {
+  return {
+    status: "complete",
+    seq,
+    stateDigest: STATE,
+    appDigest: STATE,
+    clients: [],
+    proof: [],
+    parts: 0,
+    bytes: 0,
+    partBytes: PART_BYTES,
+  };
+}
 
 function header(seq: number, digest: Uint8Array): PrePrepare {
   return { t: "PRE_PREPARE", view: 0, seq, digest, ts: 0, batch: null, sig: SIG };
@@ -217,18 +232,7 @@ describe("batches written once", () => {
     storage.commits.flush();
     // The decided rows still name them.
     expect(batchRows(storage)).toBe(10);
-    const head = {
-      status: "complete" as const,
-      seq: 6,
-      stateDigest: STATE,
-      appDigest: STATE,
-      clients: [],
-      proof: [],
-      parts: 0,
-      bytes: 0,
-      partBytes: PART_BYTES,
-    };
-    storage.stageAdoptBase(head, []);
+    storage.stageAdoptBase(emptyBase(6), []);
     storage.commits.flush();
     expect(
       storage.store
@@ -274,20 +278,7 @@ describe("rows a base leaves behind", () => {
     expect(decidedRows()).toBe(total);
     expect(batchRows(storage)).toBe(total);
 
-    storage.stageAdoptBase(
-      {
-        status: "complete",
-        seq: total,
-        stateDigest: STATE,
-        appDigest: STATE,
-        clients: [],
-        proof: [],
-        parts: 0,
-        bytes: 0,
-        partBytes: PART_BYTES,
-      },
-      [],
-    );
+    storage.stageAdoptBase(emptyBase(total), []);
     storage.commits.flush();
     // The base's commit deleted one slice, the lowest decided rows first.
     expect(decidedRows()).toBe(total - TRIM_ROWS_PER_COMMIT);
