@@ -129,6 +129,18 @@ describe("Publisher: one partial request in flight", () => {
     expect(target.calls.map((call) => texts(call.events))[3]).toEqual(["f"]);
   });
 
+  test("a request cut by the byte bound counts as full and pipelines beside a partial one", async () => {
+    const target = new HandAnsweredTarget();
+    const perEvent = 10 + EVENT_OVERHEAD_BYTES;
+    const publisher = new Publisher(target, "t", { batchBytesMax: 3 * perEvent });
+    void publisher.publish(new Uint8Array(10));
+    await settle();
+    for (let i = 0; i < 4; i++) void publisher.publish(new Uint8Array(10));
+    await settle();
+    expect(target.calls.map((call) => call.events.length)).toEqual([1, 3]);
+    expect(publisher.queuedEvents).toBe(1);
+  });
+
   test("inflightPartialBatchesMax lets more partial requests pipeline, within inflightBatchesMax", async () => {
     const target = new HandAnsweredTarget();
     const publisher = new Publisher(target, "t", { inflightBatchesMax: 3, inflightPartialBatchesMax: 3 });

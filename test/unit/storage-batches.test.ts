@@ -251,7 +251,7 @@ describe("batches written once", () => {
 });
 
 describe("rows a base leaves behind", () => {
-  test("go a slice per event-loop turn, the first in the base's own commit, until none is left", () => {
+  test("go a slice per commit, the first in the base's own, then in later turns and in each commit that stores a decision, until none is left; a batch named again meanwhile stays", () => {
     const t = tempDir();
     cleanups.push(t.remove);
     // The storage's turns run only when this test says (the embedder's afterTurn).
@@ -268,33 +268,46 @@ describe("rows a base leaves behind", () => {
     cleanups.push(() => storage.close());
     const publisher = new TestClient();
     const total = TRIM_ROWS_PER_COMMIT + 100;
+    const batches: ClientRequest[][] = [];
     for (let seq = 1; seq <= total; seq++) {
       const batch = [publisher.pub("sec.alerts", [`event ${seq}`])];
+      batches[seq] = batch;
       storage.persist({ t: "decided", seq, view: 0, digest: batchDigest(batch), batch, commits: [] });
     }
     storage.persist({ t: "stable", seq: total, digest: STATE, proof: [] });
     storage.commits.flush();
-    const decidedRows = (): number => [...storage.store.decidedRows(0)].length;
-    expect(decidedRows()).toBe(total);
+    const decidedSeqs = (): number[] => [...storage.store.decidedRows(0)].map((row) => (row.ok ? row.row.seq : -1));
+    const batchSeqs = (): number[] => storage.store.batchIndex().map((row) => row.seq);
+    expect(decidedSeqs().length).toBe(total);
     expect(batchRows(storage)).toBe(total);
 
     storage.stageAdoptBase(emptyBase(total), []);
     storage.commits.flush();
     // The base's commit deleted one slice, the lowest decided rows first.
-    expect(decidedRows()).toBe(total - TRIM_ROWS_PER_COMMIT);
-    const lowest = [...storage.store.decidedRows(0)][0];
-    expect(lowest?.ok ? lowest.row.seq : null).toBe(TRIM_ROWS_PER_COMMIT + 1);
+    expect(decidedSeqs().length).toBe(total - TRIM_ROWS_PER_COMMIT);
+    expect(decidedSeqs()[0]).toBe(TRIM_ROWS_PER_COMMIT + 1);
     expect(batchRows(storage)).toBe(total);
-    // Each later turn deletes another slice: the rest of the decided rows and the first batches, then the last batches.
+
+    // A decision stored before the next turn takes a slice into its own commit (the other
+    // 100 decided rows and the 28 lowest batches). It names the batch of seq `total` again,
+    // which is put again with its seq: no slice may delete it.
+    const again = batches[total] as ClientRequest[];
+    storage.persist({ t: "decided", seq: total + 1, view: 0, digest: batchDigest(again), batch: again, commits: [] });
+    storage.commits.flush();
+    expect(decidedSeqs()).toEqual([total + 1]);
+    expect(batchRows(storage)).toBe(total - (TRIM_ROWS_PER_COMMIT - 100));
+
+    // Later turns delete the rest, and then schedule nothing more.
     let ran = 0;
     while (turns.length > 0 && ran < 20) {
       (turns.shift() as () => void)();
       storage.commits.flush();
       ran++;
     }
-    expect(decidedRows()).toBe(0);
-    expect(batchRows(storage)).toBe(0);
+    expect(turns.length).toBe(0);
     expect(ran).toBeGreaterThanOrEqual(2);
+    expect(decidedSeqs()).toEqual([total + 1]);
+    expect(batchSeqs()).toEqual([total + 1]);
   });
 });
 

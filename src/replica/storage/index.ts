@@ -39,11 +39,11 @@ const STOPPED_CLEAN_META = "stopped_clean";
 
 /**
  * Rows a new base or pruning left behind (decided rows at or below the base, batch rows
- * no record names) are deleted at most this many per commit, a commit per event-loop
- * turn, not all in the commit that left them: 7,000 decided rows and their batches (a base
- * at 2,000 ev/s) took 25-45 ms to delete at once, a stall for every request in flight. A
+ * no record names) are deleted at most this many per commit, in commits of later turns,
+ * not all in the commit that left them: 7,000 decided rows and their batches (a base at
+ * 2,000 ev/s) took 25-45 ms to delete at once, a stall for every request in flight. A
  * slice of 128 takes 0.1-0.5 ms; the 111 slices of those rows take about 70 ms in all
- * (each commit rewrites the pages it touched), spread over as many turns.
+ * (each commit rewrites the pages it touched), spread over as many commits.
  */
 export const TRIM_ROWS_PER_COMMIT = 128;
 
@@ -159,6 +159,8 @@ export class ReplicaStorage {
   private trimBatchesTo = 0;
   /** A slice is staged and not yet run. */
   private trimStaged = false;
+  /** The last slice deleted all it could: more rows may be left. */
+  private trimBacklog = false;
 
   /** Runs `run` after this event-loop turn (the embedder's clock, setImmediate by default). */
   private afterTurn(run: () => void): void {
@@ -293,6 +295,7 @@ export class ReplicaStorage {
     const seq = recordSeq(record);
     const rec = this.encodeStaged(record, seq);
     if (record.t === "decided") {
+      if (this.trimBacklog) this.trimRows();
       this.sinceBase.rows++;
       this.sinceBase.bytes += rec.length + (rec.byRef ? this.batchBytes(rec.key) : 0);
       this.commits.stage(() => store.insertDecided(record.seq, rec.bytes));
@@ -500,10 +503,14 @@ export class ReplicaStorage {
   /**
    * Deletes the decided rows at or below `trimDecidedTo` and the batch rows at or below
    * `trimBatchesTo`, TRIM_ROWS_PER_COMMIT at a time: a slice in the next commit, and while
-   * a slice finds as many rows as it may delete, another in a later turn. Those rows are
-   * already as good as gone (no kept record names them; recovery deletes any a crash left).
+   * a slice finds as many rows as it may delete (`trimBacklog`), another in a later turn
+   * and one in every commit that stores a decision meanwhile, so the deletes always outrun
+   * the inserts. Those rows are already as good as gone: no kept record names them (a
+   * batch named again meanwhile was put again with a higher seq), and the next open
+   * deletes any left (recovery.ts).
    */
   private trimRows(): void {
+    this.trimBacklog = true;
     if (this.trimStaged) return;
     this.trimStaged = true;
     const store = this.store;
@@ -512,7 +519,8 @@ export class ReplicaStorage {
       let left = TRIM_ROWS_PER_COMMIT;
       left -= store.deleteDecidedUpToLimit(this.trimDecidedTo, left);
       if (left > 0) left -= store.deleteBatchesUpToLimit(this.trimBatchesTo, left);
-      if (left === 0) this.afterTurn(() => this.trimRows());
+      this.trimBacklog = left === 0;
+      if (this.trimBacklog) this.afterTurn(() => this.trimBacklog && this.trimRows());
     });
   }
 

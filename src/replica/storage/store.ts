@@ -157,7 +157,6 @@ function prepareStatements(db: Database) {
     putBatch: db.prepare("INSERT OR REPLACE INTO batch (digest, seq, data, sum) VALUES (?, ?, ?, ?)"),
     readBatch: db.prepare("SELECT id, digest, seq, data, sum FROM batch WHERE digest = ?"),
     readBatchData: db.prepare("SELECT data FROM batch WHERE digest = ?"),
-    deleteBatchesUpTo: db.prepare("DELETE FROM batch WHERE seq <= ?"),
     deleteBatchesUpToLimit: db.prepare("DELETE FROM batch WHERE id IN (SELECT id FROM batch WHERE seq <= ? ORDER BY seq LIMIT ?)"),
     deleteBatchId: db.prepare("DELETE FROM batch WHERE id = ?"),
     putHead: db.prepare("INSERT OR REPLACE INTO snap_head (seq, head, sum) VALUES (?, ?, ?)"),
@@ -373,10 +372,6 @@ export class ReplicaStore {
   }
 
   /** Deletes the batches no record at a seq above `seq` names. */
-  deleteBatchesUpTo(seq: number): void {
-    this.stmts.deleteBatchesUpTo.run(seq);
-  }
-
   /** Deletes at most `limit` batch rows whose seq is at or below `seq`, lowest first; returns how many went. */
   deleteBatchesUpToLimit(seq: number, limit: number): number {
     return this.stmts.deleteBatchesUpToLimit.run(seq, limit).changes;
