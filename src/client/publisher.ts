@@ -221,38 +221,34 @@ export class Publisher {
     while (this.queue.length > 0 && this.inflightBatches < this.inflightBatchesMax) {
       // A partial batch waits for the partial one in flight: what arrives meanwhile joins
       // it. Decided without walking the queue, which each publish would do again.
-      if (this.partialInflight >= this.inflightPartialBatchesMax && !this.queueHoldsFullBatch()) return;
-      const next = this.nextBatch();
-      this.send(this.take(next), !next.full);
+      const full = this.queueHoldsFullBatch();
+      if (!full && this.partialInflight >= this.inflightPartialBatchesMax) return;
+      this.send(this.takeBatch(), !full);
     }
   }
 
-  /** Whether the next batch would be full (what `nextBatch` finds, from the queue's totals). */
+  /**
+   * Whether the next batch is full (a bound cuts the queue: no event more would fit), from
+   * the queue's totals. The first event always fits (publish refuses one that does not).
+   */
   private queueHoldsFullBatch(): boolean {
     return this.queue.length >= this.batchEventsMax || this.queueBytes + this.queue.length * EVENT_OVERHEAD_BYTES > this.batchBytesMax;
   }
 
-  /**
-   * The longest prefix of the queue within the batch bounds (at least one event), and
-   * whether a bound cut it (the batch is full: no event more would fit).
-   */
-  private nextBatch(): { count: number; bytes: number; full: boolean } {
+  /** The longest prefix of the queue within the batch bounds (at least one event). */
+  private takeBatch(): Entry[] {
     let count = 0;
     let bytes = 0;
     let cost = 0;
     while (count < this.queue.length && count < this.batchEventsMax) {
       const size = (this.queue[count] as Entry).event.byteLength;
-      if (count > 0 && cost + size + EVENT_OVERHEAD_BYTES > this.batchBytesMax) return { count, bytes, full: true };
+      if (count > 0 && cost + size + EVENT_OVERHEAD_BYTES > this.batchBytesMax) break;
       bytes += size;
       cost += size + EVENT_OVERHEAD_BYTES;
       count++;
     }
-    return { count, bytes, full: count >= this.batchEventsMax };
-  }
-
-  private take(batch: { count: number; bytes: number }): Entry[] {
-    const entries = this.queue.splice(0, batch.count);
-    this.queueBytes -= batch.bytes;
+    const entries = this.queue.splice(0, count);
+    this.queueBytes -= bytes;
     for (const wake of this.roomWaiters.splice(0)) wake();
     return entries;
   }

@@ -246,7 +246,8 @@ export class GroupCommit {
     );
   }
 
-  private schedule(run: () => void): void {
+  /** Runs `run` after this event-loop turn, on the embedder's schedule (setImmediate by default). */
+  schedule(run: () => void): void {
     (this.options.schedule ?? ((next: () => void) => void setImmediate(next)))(run);
   }
 

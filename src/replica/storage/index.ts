@@ -64,7 +64,7 @@ export interface StorageOptions {
   readonly onFatal?: FatalHandler;
   /** The file system (disk.ts); the real one by default, a simulated one in the simulator. */
   readonly disk?: Disk;
-  /** Schedules the group commit at the end of the event-loop turn (setImmediate by default; ports.ts Clock.afterTurn). */
+  /** Schedules the group commit, and the trim slices, after the event-loop turn (setImmediate by default; ports.ts Clock.afterTurn). */
   readonly afterTurn?: (run: () => void) => void;
 }
 
@@ -161,11 +161,6 @@ export class ReplicaStorage {
   private trimStaged = false;
   /** The last slice deleted all it could: more rows may be left. */
   private trimBacklog = false;
-
-  /** Runs `run` after this event-loop turn (the embedder's clock, setImmediate by default). */
-  private afterTurn(run: () => void): void {
-    (this.options.afterTurn ?? ((next: () => void) => void setImmediate(next)))(run);
-  }
 
   /** The data directory. */
   get dir(): string {
@@ -520,7 +515,10 @@ export class ReplicaStorage {
       left -= store.deleteDecidedUpToLimit(this.trimDecidedTo, left);
       if (left > 0) left -= store.deleteBatchesUpToLimit(this.trimBatchesTo, left);
       this.trimBacklog = left === 0;
-      if (this.trimBacklog) this.afterTurn(() => this.trimBacklog && this.trimRows());
+      if (!this.trimBacklog) return;
+      this.commits.schedule(() => {
+        if (this.trimBacklog) this.trimRows();
+      });
     });
   }
 

@@ -371,8 +371,10 @@ export class ReplicaStore {
     this.stmts.putBatch.run(digest, seq, data, rowChecksumOfDigest("batch", [digest, seq], digest, []));
   }
 
-  /** Deletes the batches no record at a seq above `seq` names. */
-  /** Deletes at most `limit` batch rows whose seq is at or below `seq`, lowest first; returns how many went. */
+  /**
+   * Deletes at most `limit` of the batches no record at a seq above `seq` names (their
+   * seq is at or below it), lowest first; returns how many went.
+   */
   deleteBatchesUpToLimit(seq: number, limit: number): number {
     return this.stmts.deleteBatchesUpToLimit.run(seq, limit).changes;
   }
