@@ -213,24 +213,25 @@ export class ReplicaConnection {
 
   /**
    * Sends an already encoded frame (a request fanned out to every replica is encoded
-   * once, and each connection seals its own copy). False if not ready or the queue is
-   * full: the caller re-sends later.
+   * once, and each connection seals its own copy; `digest`, framePayloadDigest of it,
+   * is computed once for all of them too). False if not ready or the queue is full: the
+   * caller re-sends later.
    */
-  sendEncoded(bytes: Uint8Array): boolean {
+  sendEncoded(bytes: Uint8Array, digest?: Uint8Array): boolean {
     if (!this.isReady) return false;
-    return this.sendSealed(bytes, false);
+    return this.sendSealed(bytes, false, digest);
   }
 
   /**
    * MACs and writes one session frame. The frame counter advances only for a frame that
    * is written: the replica expects every counter value, in order.
    */
-  private sendSealed(bytes: Uint8Array, trailerReserved: boolean): boolean {
+  private sendSealed(bytes: Uint8Array, trailerReserved: boolean, digest?: Uint8Array): boolean {
     const framing = this.framing;
     if (framing === null) return false;
     const sealedBytes = trailerReserved ? bytes.length : bytes.length + CLIENT_FRAME_MAC_BYTES;
     if (!this.outbound.hasRoomFor(sealedBytes)) return false;
-    return this.write(trailerReserved ? framing.sealer.sealInPlace(bytes) : framing.sealer.seal(bytes));
+    return this.write(trailerReserved ? framing.sealer.sealInPlace(bytes) : framing.sealer.seal(bytes, digest));
   }
 
   /** Closes for good: no reconnect, no more events. */

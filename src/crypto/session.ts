@@ -332,6 +332,12 @@ export function payloadDigest(payload: Uint8Array): Uint8Array {
   return createHash("sha256").update(payload).digest();
 }
 
+/** payloadDigest of an encoded frame not sealed yet (its MAC not appended): what FrameSealer.seal takes. */
+export function framePayloadDigest(frame: Uint8Array): Uint8Array {
+  if (frame.length <= FRAME_LENGTH_BYTES) throw new RangeError("framePayloadDigest: not an encoded frame");
+  return payloadDigest(frame.subarray(FRAME_LENGTH_BYTES + FRAME_TYPE_FIELD_BYTES));
+}
+
 /**
  * The first bytes of a payload that many frames share, with the SHA-256 state after them:
  * the batch of an EVENTS frame a replica sends to every subscriber of a channel, whose
@@ -396,11 +402,11 @@ export class FrameSealer {
    * Writes the MAC into the last CLIENT_FRAME_MAC_BYTES of `frame`, an encoded frame whose
    * length field already counts them (encodeTypedFrameWithTrailer). Returns `frame`.
    */
-  sealInPlace(frame: Uint8Array): Uint8Array {
+  sealInPlace(frame: Uint8Array, digest?: Uint8Array): Uint8Array {
     const macAt = frame.length - CLIENT_FRAME_MAC_BYTES;
     const payloadAt = FRAME_LENGTH_BYTES + FRAME_TYPE_FIELD_BYTES;
     if (macAt < payloadAt) throw new RangeError("sealInPlace: the frame has no room for its type byte and MAC");
-    frame.set(this.#next(frame[FRAME_LENGTH_BYTES] as number, payloadDigest(frame.subarray(payloadAt, macAt))), macAt);
+    frame.set(this.#next(frame[FRAME_LENGTH_BYTES] as number, digest ?? payloadDigest(frame.subarray(payloadAt, macAt))), macAt);
     return frame;
   }
 
@@ -444,13 +450,17 @@ export class FrameSealer {
     return mac;
   }
 
-  /** A copy of the encoded frame `frame` with its MAC appended and its length field grown to count it. */
-  seal(frame: Uint8Array): Uint8Array {
+  /**
+   * A copy of the encoded frame `frame` with its MAC appended and its length field grown to
+   * count it. `digest`: framePayloadDigest(frame), for a frame sent on several sessions (a
+   * client's request goes to every replica), so its payload is hashed once for all of them.
+   */
+  seal(frame: Uint8Array, digest?: Uint8Array): Uint8Array {
     if (frame.length <= FRAME_LENGTH_BYTES) throw new RangeError("seal: not an encoded frame");
     const sealed = new Uint8Array(frame.length + CLIENT_FRAME_MAC_BYTES);
     sealed.set(frame);
     new DataView(sealed.buffer).setUint32(0, sealed.length - FRAME_LENGTH_BYTES, false);
-    return this.sealInPlace(sealed);
+    return this.sealInPlace(sealed, digest);
   }
 }
 

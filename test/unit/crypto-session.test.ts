@@ -13,6 +13,7 @@ import {
   deriveSessionKeys,
   FrameOpener,
   FrameSealer,
+  framePayloadDigest,
   sessionFraming,
   ephemeralKeyPairFromSecret,
   generateEphemeralKeyPair,
@@ -337,6 +338,21 @@ describe("client session frames (wire/PROTOCOL.md 5.2)", () => {
     );
     // The MAC is counted in the length field: a frame is 32 bytes longer than unsealed.
     expect(sealed[0]?.length).toBe(encodeTypedFrame(frames[0] as Frame).length + CLIENT_FRAME_MAC_BYTES);
+  });
+
+  test("a frame sealed with its payload digest computed once (one request, every replica) is the frame sealed plainly", () => {
+    const sealed = sealAll(new FrameSealer(clientKeys.sendKey));
+    const once = new FrameSealer(clientKeys.sendKey);
+    frames.forEach((frame, i) => {
+      const encoded = encodeTypedFrame(frame);
+      expect(once.seal(encoded, framePayloadDigest(encoded))).toEqual(sealed[i] as Uint8Array);
+    });
+    // A digest of other bytes gives a MAC the replica refuses.
+    const wrong = new FrameSealer(clientKeys.sendKey).seal(
+      encodeTypedFrame(frames[0] as Frame),
+      framePayloadDigest(encodeTypedFrame(frames[1] as Frame)),
+    );
+    expect(receive(new FrameOpener(replicaKeys.receiveKey), wrong)).toEqual([null]);
   });
 
   test("a tampered byte anywhere after the length field (type, payload or MAC) is refused", () => {

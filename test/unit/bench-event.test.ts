@@ -1,0 +1,38 @@
+import { describe, expect, test } from "bun:test";
+import { BENCH_HEADER_BYTES, benchEvent, benchSentAt } from "../../src/cli/commands/bench.ts";
+
+const runA = new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]);
+const runB = new Uint8Array([8, 7, 6, 5, 4, 3, 2, 1]);
+
+describe("bench events", () => {
+  test("the send time comes back from an event of its run, and from no other run", () => {
+    const event = benchEvent(runA, 3, 41, 200, 1234.5);
+    expect(event.length).toBe(200);
+    expect(benchSentAt(event, runA)).toBe(1234.5);
+    expect(benchSentAt(event, runB)).toBeNull();
+    expect(benchSentAt(event.subarray(0, BENCH_HEADER_BYTES - 1), runA)).toBeNull();
+    const view = new DataView(event.buffer, event.byteOffset);
+    expect([view.getUint32(8), view.getUint32(12)]).toEqual([3, 41]);
+    expect(event.subarray(BENCH_HEADER_BYTES).every((byte) => byte === 0x2e)).toBe(true);
+  });
+
+  test("each event is its own bytes, whatever run and size came before", () => {
+    const first = benchEvent(runA, 0, 1, 64, 10);
+    const second = benchEvent(runA, 0, 2, 64, 20);
+    first.fill(0);
+    expect(benchSentAt(second, runA)).toBe(20);
+    const other = benchEvent(runB, 1, 1, 32, 30);
+    expect(other.length).toBe(32);
+    expect(benchSentAt(other, runB)).toBe(30);
+    const bigger = benchEvent(runB, 1, 2, 300, 40);
+    expect(bigger.length).toBe(300);
+    expect(benchSentAt(bigger, runB)).toBe(40);
+    expect(benchSentAt(benchEvent(runA, 0, 3, 64, 50), runA)).toBe(50);
+  });
+
+  test("an event inside a larger frame is read where it lies", () => {
+    const frame = new Uint8Array(7 + 200);
+    frame.set(benchEvent(runA, 2, 9, 200, 77.25), 7);
+    expect(benchSentAt(frame.subarray(7), runA)).toBe(77.25);
+  });
+});
