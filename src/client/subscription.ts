@@ -46,6 +46,7 @@ import { DeliveryVoter, type DeliveredBatch, type DeliveryOutput } from "../core
 import { type GroupEvent, GroupEventVoter, SYS_EVENTS_TAG } from "../core/voting/group-events.ts";
 import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import { verifyDomain } from "../crypto/ed25519.ts";
+import { nativeBytesEqual } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import { DeliveryQueue } from "./delivery-queue.ts";
 import { PublisherRegistry } from "./publisher-registry.ts";
@@ -509,6 +510,7 @@ export class ClientSubscription implements Subscription {
       fromSeq,
       ...(notBeforeMs === undefined ? {} : { notBeforeMs }),
       hash: sha256,
+      sameBytes: nativeBytesEqual,
       verify: (body, sig, publisher) => verifyDomain(publisher, DOMAIN_REQUEST, body, sig),
     });
     // Counts only the members' copies, by their ids (after a removal they need not be 0..n-1).

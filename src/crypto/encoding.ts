@@ -59,3 +59,12 @@ export function concatByteList(parts: readonly Uint8Array[]): Uint8Array {
   }
   return out;
 }
+
+/**
+ * bytesEqual through the runtime's native comparison: about 0.7 µs for 64 KiB against
+ * 21 µs for the loop and 31 µs for SHA-256 of the same bytes (micro-benchmark, README
+ * Performance). Not constant-time: for comparing what others sent, never secrets.
+ */
+export function nativeBytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Bun.deepEquals(a, b, true);
+}

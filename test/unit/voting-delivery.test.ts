@@ -9,6 +9,7 @@ import { createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } fr
 import { encodeCanonical } from "../../wire/canonical.ts";
 import { REQUEST_SIGNATURE_DOMAIN, type FaultModel, type OrderMode } from "../../src/core/channels/index.ts";
 import {
+  COPY_KEYS_MAX,
   DELIVERED_HISTORY_MAX,
   DELIVERY_BUFFERED_BATCHES_PER_REPLICA_MAX,
   DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX,
@@ -275,6 +276,74 @@ describe("byzantine/total", () => {
     }
     expect(v.onBatch(2, copy(1, first))).toEqual([]);
     expect(v.stats().duplicates[2]).toBe(1);
+  });
+
+  describe("a copy equal byte for byte to one already keyed is not hashed again", () => {
+    /** The voter's hash, counting the batches it hashes. */
+    function counted(): { hashes: number; options: Partial<DeliveryVoterOptions> } {
+      const state = { hashes: 0, options: {} as Partial<DeliveryVoterOptions> };
+      state.options = {
+        hash: (bytes: Uint8Array) => {
+          state.hashes++;
+          return hash(bytes);
+        },
+      };
+      return state;
+    }
+    /** Copies in fresh buffers, as each replica's frame is. */
+    const fresh = (firstSeq: number, s: { body: Uint8Array; sig: Uint8Array }, tsMs = 1000): BatchCopy =>
+      copy(firstSeq, { body: s.body.slice(), sig: s.sig.slice() }, tsMs);
+
+    test("every replica's copy of one batch, before and after delivery, costs one hash", () => {
+      const count = counted();
+      const v = voter("byzantine", "total", count.options);
+      v.onBatch(0, fresh(1, B1));
+      expect(delivered(v.onBatch(1, fresh(1, B1)))).toEqual([[1, ["a1", "a2"]]]);
+      expect(v.onBatch(2, fresh(1, B1))).toEqual([]);
+      expect(v.onBatch(3, fresh(1, B1))).toEqual([]);
+      expect(count.hashes).toBe(1);
+      expect(v.stats()).toMatchObject({ duplicates: [0, 0, 1, 1], conflicts: [0, 0, 0, 0] });
+    });
+
+    test("a copy that differs in a byte of its body or signature, or in its timestamp, is hashed and votes apart", () => {
+      const count = counted();
+      const acceptAll = () => true;
+      const v = voter("byzantine", "total", { ...count.options, verify: acceptAll });
+      const body = B1.body.slice();
+      body[body.length - 1] = (body.at(-1) as number) ^ 1;
+      const sig = B1.sig.slice();
+      sig[0] = (sig[0] as number) ^ 1;
+      expect(v.onBatch(0, fresh(1, B1))).toEqual([]);
+      expect(v.onBatch(1, copy(1, { body, sig: B1.sig }))).toEqual([]);
+      expect(v.onBatch(2, copy(1, { body: B1.body.slice(), sig }))).toEqual([]);
+      expect(v.onBatch(3, fresh(1, B1, 999))).toEqual([]);
+      expect(count.hashes).toBe(4);
+      expect(v.stats()).toMatchObject({ deliveredBatches: 0, buffered: 4 });
+    });
+
+    test("a bad copy keyed first at a seq does not stand in for the good copies after it", () => {
+      const v = voter("byzantine", "total");
+      const body = B1.body.slice();
+      body[body.length - 1] = (body.at(-1) as number) ^ 1;
+      expect(v.onBatch(0, copy(1, { body, sig: B1.sig }))).toEqual([{ t: "invalid", replica: 0, reason: "bad-signature" }]);
+      expect(v.onBatch(1, fresh(1, B1))).toEqual([]);
+      expect(delivered(v.onBatch(2, fresh(1, B1)))).toEqual([[1, ["a1", "a2"]]]);
+    });
+
+    test("the memo is bounded: a seq keyed more than COPY_KEYS_MAX seqs ago is hashed again", () => {
+      const count = counted();
+      const v = voter("byzantine", "total", count.options);
+      const first = signed(ALICE, 1, ["e"]);
+      for (let seq = 1; seq <= COPY_KEYS_MAX + 1; seq++) {
+        const b = seq === 1 ? first : signed(ALICE, seq, ["e"]);
+        v.onBatch(0, fresh(seq, b));
+        v.onBatch(1, fresh(seq, b));
+      }
+      expect(count.hashes).toBe(COPY_KEYS_MAX + 1);
+      expect(v.onBatch(2, fresh(1, first))).toEqual([]);
+      expect(count.hashes).toBe(COPY_KEYS_MAX + 2);
+      expect(v.stats().duplicates[2]).toBe(1);
+    });
   });
 });
 

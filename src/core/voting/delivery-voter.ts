@@ -40,7 +40,7 @@
  * vouching is the part most worth reading in one place next to the rules it serves.
  */
 import { assert } from "../../../wire/assert.ts";
-import { toHex } from "../../../wire/bytes.ts";
+import { bytesEqual, toHex } from "../../../wire/bytes.ts";
 import { decodeCanonical, type Canonical } from "../../../wire/canonical.ts";
 
 import { KEYS_PER_CHANNEL_MAX, REQUEST_BYTES_MAX } from "../channels/constants.ts";
@@ -72,6 +72,14 @@ export const DELIVERY_HELD_BYTES_PER_PUBLISHER_MAX = 2 * REQUEST_BYTES_MAX;
 export const DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX = 1024;
 /** Delivered batch starts remembered, to recognise late copies that contradict them. */
 export const DELIVERED_HISTORY_MAX = 1024;
+/**
+ * Total order: copies whose key (seq position, timestamp, digest of the signed request)
+ * was computed, remembered by first seq so that another replica's byte-identical copy
+ * takes the key by a comparison instead of hashing the batch again: at most this many,
+ * and at most COPY_KEYS_BYTES_MAX of bodies held, oldest forgotten first.
+ */
+export const COPY_KEYS_MAX = 1024;
+export const COPY_KEYS_BYTES_MAX = 8 * 1024 * 1024;
 
 /** Verifies a publisher signature over `utf8("fitb/v1/request") || 0x00 || body`. */
 export type VerifyRequest = (body: Uint8Array, sig: Uint8Array, publisher: Uint8Array) => boolean;
@@ -84,6 +92,11 @@ export type DeliveryVoterOptions = {
   /** Total order: the first channel seq to deliver (a resume point). Default 1. */
   readonly fromSeq?: number;
   readonly hash: HashFn;
+  /**
+   * Whether two byte strings are equal: by default a loop here; the client passes the
+   * runtime's native comparison, many times faster than hashing the same bytes.
+   */
+  readonly sameBytes?: (a: Uint8Array, b: Uint8Array) => boolean;
   readonly verify: VerifyRequest;
   /**
    * Optional filter, e.g. the channel's registered publishers; default accepts all.
@@ -238,6 +251,10 @@ export class DeliveryVoter {
   private readonly votes: Map<number, string>[];
   private bufferedBytes: number[];
   private readonly history = new Map<number, string>();
+  private readonly sameBytes: (a: Uint8Array, b: Uint8Array) => boolean;
+  /** The first copy keyed at each first seq (COPY_KEYS_MAX), and the bytes of their bodies. */
+  private readonly copyKeys = new Map<number, { readonly copy: BatchCopy; readonly key: string }>();
+  private copyKeyBytes = 0;
   private readonly trimNotices = new Map<number, number>();
   /**
    * Whether a pending copy may start before the next seq yet cover it (a resume point
@@ -275,6 +292,7 @@ export class DeliveryVoter {
     this.threshold = this.byzantine ? vouchQuorum(options.f) : 1;
     this.n = options.n;
     this.hash = options.hash;
+    this.sameBytes = options.sameBytes ?? bytesEqual;
     this.verify = options.verify;
     this.acceptPublisher = options.acceptPublisher ?? (() => true);
     this.notBeforeMs = options.notBeforeMs ?? 0;
@@ -662,7 +680,7 @@ export class DeliveryVoter {
     if (!Number.isSafeInteger(copy.firstSeq) || copy.firstSeq < 1 || !Number.isSafeInteger(copy.tsMs) || copy.tsMs < 0) {
       return this.invalidCopy(replica, "bad-position");
     }
-    const key = `${copy.tsMs}/${toHex(signedRequestDigest(this.hash, copy))}`;
+    const key = this.keyOf(copy);
     const delivered = this.history.get(copy.firstSeq);
     if (delivered !== undefined) return this.lateCopy(replica, copy.firstSeq, key === delivered);
     const earlier = this.votes[replica]?.get(copy.firstSeq);
@@ -679,6 +697,34 @@ export class DeliveryVoter {
     if (full !== null) return this.overflow(replica, full);
     this.addVote(replica, group);
     return this.deliverReady();
+  }
+
+  /**
+   * What a copy votes for: its first seq's position, its timestamp and the digest of its
+   * signed request. Correct replicas send the same bytes, so a copy equal byte for byte to
+   * the first one keyed at its seq takes that key without hashing; any other is hashed.
+   */
+  private keyOf(copy: BatchCopy): string {
+    const known = this.copyKeys.get(copy.firstSeq);
+    if (
+      known !== undefined &&
+      known.copy.tsMs === copy.tsMs &&
+      this.sameBytes(known.copy.body, copy.body) &&
+      this.sameBytes(known.copy.sig, copy.sig)
+    ) {
+      return known.key;
+    }
+    const key = `${copy.tsMs}/${toHex(signedRequestDigest(this.hash, copy))}`;
+    if (known === undefined) {
+      this.copyKeys.set(copy.firstSeq, { copy, key });
+      this.copyKeyBytes += copy.body.length;
+      while (this.copyKeys.size > COPY_KEYS_MAX || this.copyKeyBytes > COPY_KEYS_BYTES_MAX) {
+        const [oldest, entry] = this.copyKeys.entries().next().value as [number, { readonly copy: BatchCopy }];
+        this.copyKeys.delete(oldest);
+        this.copyKeyBytes -= entry.copy.body.length;
+      }
+    }
+    return key;
   }
 
   /** A copy of something already delivered: a duplicate if it matches, else a conflict. */
