@@ -11,6 +11,7 @@
  * does not cover (admin commands, refusals) or refuses with its precise message. So these
  * checks must never accept anything zod refuses, and that is what the test pins.
  */
+import { writeUint32BE } from "./bytes.ts";
 import { type Canonical, encodeCanonical } from "./canonical.ts";
 import type { Events, Peer, Reply, Request, RequestFrame } from "./schemas.ts";
 import {
@@ -250,7 +251,7 @@ export function peerFrameParts(
     head.set(part, at);
     at += part.length;
   }
-  new DataView(head.buffer).setUint32(0, frameLength, false);
+  writeUint32BE(head, 0, frameLength);
   head[FRAME_LENGTH_BYTES] = FrameType.PEER;
   return [head, msg, tail];
 }

@@ -24,6 +24,7 @@
  * Binding the keys to the transcript means a man in the middle who swaps ephemeral
  * keys ends with different MAC keys on each side, so the first MAC fails.
  */
+import { writeUint32BE, writeUint64BE } from "../../wire/bytes.ts";
 import {
   createHash,
   createHmac,
@@ -224,7 +225,7 @@ function encodeMacHeader(type: number, seq: number): Uint8Array {
     throw new RangeError(`peer seq must be an integer in ${PEER_SEQ_FIRST}..${PEER_FRAME_SEQ_MAX}, got ${seq}`);
   const out = new Uint8Array(FRAME_TYPE_FIELD_BYTES + SEQ_FIELD_BYTES);
   out[0] = type;
-  new DataView(out.buffer).setBigUint64(FRAME_TYPE_FIELD_BYTES, BigInt(seq), false);
+  writeUint64BE(out, FRAME_TYPE_FIELD_BYTES, seq);
   return out;
 }
 
@@ -459,7 +460,7 @@ export class FrameSealer {
     if (frame.length <= FRAME_LENGTH_BYTES) throw new RangeError("seal: not an encoded frame");
     const sealed = new Uint8Array(frame.length + CLIENT_FRAME_MAC_BYTES);
     sealed.set(frame);
-    new DataView(sealed.buffer).setUint32(0, sealed.length - FRAME_LENGTH_BYTES, false);
+    writeUint32BE(sealed, 0, sealed.length - FRAME_LENGTH_BYTES);
     return this.sealInPlace(sealed, digest);
   }
 }

@@ -26,6 +26,7 @@
  * message given in parts (sendEncodedParts) goes out after what waits, from where it is;
  * only while the socket pushes back is it copied, to wait behind what waits already.
  */
+import { writeUint32BE } from "../../wire/bytes.ts";
 import type { Socket } from "bun";
 import { assert } from "../../wire/assert.ts";
 import { concatByteList } from "../crypto/encoding.ts";
@@ -347,7 +348,7 @@ export class FramedConn {
       return this.wait(urgency, { type, payload: rest, shared, bytes: total, sealed: trailer > 0, digest: null, order: 0 });
     }
     const head = new Uint8Array(FRAME_HEADER_BYTES);
-    new DataView(head.buffer).setUint32(0, length + trailer, false);
+    writeUint32BE(head, 0, length + trailer);
     head[FRAME_LENGTH_BYTES] = type;
     const mac = this.framing === null ? null : this.framing.sealer.macShared(type, shared, rest);
     const frame = new Uint8Array(total);

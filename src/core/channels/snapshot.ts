@@ -34,7 +34,7 @@
  * commits to every retained batch without reading them.
  */
 import { REQUEST_EVENTS_MAX } from "../../../wire/types.ts";
-import { toHex } from "../../../wire/bytes.ts";
+import { toHex, writeUint32BE } from "../../../wire/bytes.ts";
 import { CanonicalError, decodeCanonical, encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
 import { BatchLog, CHAIN_GENESIS, chainNext, type BatchRecord } from "./batch-log.ts";
 
@@ -132,7 +132,7 @@ type ChannelCapture = {
 function frame(value: Canonical): Uint8Array {
   const body = encodeCanonical(value);
   const framed = new Uint8Array(SNAPSHOT_FRAME_HEADER_BYTES + body.length);
-  new DataView(framed.buffer).setUint32(0, body.length);
+  writeUint32BE(framed, 0, body.length);
   framed.set(body, SNAPSHOT_FRAME_HEADER_BYTES);
   return framed;
 }

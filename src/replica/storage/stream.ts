@@ -13,6 +13,7 @@
  * Both ends hold at most a couple of parts beside the state itself: the cutter pulls the
  * export a chunk at a time, and the reader feeds the importer as parts arrive.
  */
+import { writeUint32BE } from "../../../wire/bytes.ts";
 import { type Canonical, decodeCanonical, encodeCanonical } from "../../../wire/canonical.ts";
 import type { SnapshotExport, SnapshotImport } from "../../core/channels/snapshot.ts";
 import type { ClientTableExport } from "../../core/ordering/clients.ts";
@@ -41,7 +42,7 @@ export function partBytesFor(frameBytesMax: number): number {
 export function encodeStreamMeta(meta: StreamMeta): Uint8Array {
   const body = encodeCanonical({ v: STREAM_FORMAT_VERSION, seq: meta.seq, clients: meta.clients as unknown as Canonical });
   const framed = new Uint8Array(STREAM_META_PREFIX_BYTES + body.length);
-  new DataView(framed.buffer).setUint32(0, body.length);
+  writeUint32BE(framed, 0, body.length);
   framed.set(body, STREAM_META_PREFIX_BYTES);
   return framed;
 }
