@@ -212,26 +212,38 @@ export class ReplicaConnection {
   }
 
   /**
-   * Sends an already encoded frame (a request fanned out to every replica is encoded
-   * once, and each connection seals its own copy; `digest`, framePayloadDigest of it,
-   * is computed once for all of them too). False if not ready or the queue is full: the
-   * caller re-sends later.
+   * Sends an already encoded frame (a query fanned out to every replica is encoded once,
+   * and each connection seals its own copy). False if not ready or the queue is full:
+   * the caller re-sends later.
    */
-  sendEncoded(bytes: Uint8Array, digest?: Uint8Array): boolean {
+  sendEncoded(bytes: Uint8Array): boolean {
     if (!this.isReady) return false;
-    return this.sendSealed(bytes, false, digest);
+    return this.sendSealed(bytes, false);
+  }
+
+  /**
+   * Sends a frame every replica's connection shares (a request): `bytes` has room for its
+   * MAC (withMacRoom), `digest` is its framePayloadDigest, both made once for all
+   * connections. Each connection writes its MAC into the same bytes and hands them to its
+   * socket, which takes them at once or keeps a copy (a borrowed write), so a request is
+   * neither copied nor hashed per replica. False if not ready or the queue is full.
+   */
+  sendShared(bytes: Uint8Array, digest: Uint8Array): boolean {
+    const framing = this.framing;
+    if (!this.isReady || framing === null || !this.outbound.hasRoomFor(bytes.length)) return false;
+    return this.write(framing.sealer.sealInPlace(bytes, digest), true);
   }
 
   /**
    * MACs and writes one session frame. The frame counter advances only for a frame that
    * is written: the replica expects every counter value, in order.
    */
-  private sendSealed(bytes: Uint8Array, trailerReserved: boolean, digest?: Uint8Array): boolean {
+  private sendSealed(bytes: Uint8Array, trailerReserved: boolean): boolean {
     const framing = this.framing;
     if (framing === null) return false;
     const sealedBytes = trailerReserved ? bytes.length : bytes.length + CLIENT_FRAME_MAC_BYTES;
     if (!this.outbound.hasRoomFor(sealedBytes)) return false;
-    return this.write(trailerReserved ? framing.sealer.sealInPlace(bytes) : framing.sealer.seal(bytes, digest));
+    return this.write(trailerReserved ? framing.sealer.sealInPlace(bytes) : framing.sealer.seal(bytes));
   }
 
   /** Closes for good: no reconnect, no more events. */
@@ -516,10 +528,11 @@ export class ReplicaConnection {
     if (fatal) this.goDown(new ReplicaUnreachableError(this.id, this.address, `unusable byte stream: ${reason}`));
   }
 
-  private write(bytes: Uint8Array): boolean {
+  /** `borrowed`: the caller writes over `bytes` afterwards (WriteQueue.enqueue). */
+  private write(bytes: Uint8Array, borrowed = false): boolean {
     const socket = this.socket;
     if (socket === null) return false;
-    const result = this.outbound.enqueue((data) => socket.write(data), bytes);
+    const result = this.outbound.enqueue((data) => socket.write(data), bytes, borrowed);
     if (result === "sent" || result === "queued") {
       this.lastSentAt = this.options.now();
       return true;

@@ -15,7 +15,7 @@ import type { ErrorCode } from "../../wire/types.ts";
 import { byzantineQuorum, vouchQuorum, type ReplyKind } from "../core/voting/quorum.ts";
 import { ReplyVoter } from "../core/voting/reply-voter.ts";
 import { toHex } from "../crypto/encoding.ts";
-import { framePayloadDigest } from "../crypto/session.ts";
+import { framePayloadDigest, withMacRoom } from "../crypto/session.ts";
 import type { ReplicaConnection } from "./connection.ts";
 import { type ClientError, NoQuorumError, RequestRejectedError } from "./errors.ts";
 import type { TrackingContext } from "./replica-group.ts";
@@ -36,8 +36,8 @@ interface PendingRequest {
   readonly built: BuiltRequest;
   /** The REQUEST frame as sent now: built.frame, or again with a higher `after`. */
   frame: Uint8Array;
-  /** framePayloadDigest(frame), computed at its first send and shared by every replica's session. */
-  frameDigest: Uint8Array | null;
+  /** `frame` with room for a MAC and its framePayloadDigest, made at its first send for every replica's session (sendShared). */
+  shared: { readonly bytes: Uint8Array; readonly digest: Uint8Array } | null;
   frameAfter: number;
   /**
    * Refusals judged on one replica's own state (they carry `at`): not votes until they
@@ -105,7 +105,7 @@ export class RequestTracker {
       const pending: PendingRequest = {
         built,
         frame: built.frame,
-        frameDigest: null,
+        shared: null,
         frameAfter: floor.value,
         local: new Map(),
         ats: new Map(),
@@ -131,8 +131,11 @@ export class RequestTracker {
 
   private sendRequest(pending: PendingRequest, connection: ReplicaConnection): void {
     if (pending.sentTo.has(connection.id)) return;
-    pending.frameDigest ??= framePayloadDigest(pending.frame);
-    if (connection.sendEncoded(pending.frame, pending.frameDigest)) pending.sentTo.add(connection.id);
+    if (pending.shared === null) {
+      const bytes = withMacRoom(pending.frame);
+      pending.shared = { bytes, digest: framePayloadDigest(bytes) };
+    }
+    if (connection.sendShared(pending.shared.bytes, pending.shared.digest)) pending.sentTo.add(connection.id);
   }
 
   onReply(replica: number, body: Reply): void {
@@ -194,7 +197,7 @@ export class RequestTracker {
     }
     if (fresh > pending.frameAfter) {
       pending.frame = requestFrame(pending.built.body, pending.built.sig, fresh, this.ctx.frameBytesMax);
-      pending.frameDigest = null;
+      pending.shared = null;
       pending.frameAfter = fresh;
     }
     for (const replica of pending.local.keys()) {

@@ -333,10 +333,25 @@ export function payloadDigest(payload: Uint8Array): Uint8Array {
   return createHash("sha256").update(payload).digest();
 }
 
-/** payloadDigest of an encoded frame not sealed yet (its MAC not appended): what FrameSealer.seal takes. */
+/**
+ * A copy of the encoded frame `frame` with CLIENT_FRAME_MAC_BYTES of room after it, counted
+ * in its length field: what FrameSealer.sealInPlace seals, once per session, for a frame sent
+ * on several (a client's request goes to every replica).
+ */
+export function withMacRoom(frame: Uint8Array): Uint8Array {
+  if (frame.length <= FRAME_LENGTH_BYTES) throw new RangeError("withMacRoom: not an encoded frame");
+  const room = new Uint8Array(frame.length + CLIENT_FRAME_MAC_BYTES);
+  room.set(frame);
+  writeUint32BE(room, 0, room.length - FRAME_LENGTH_BYTES);
+  return room;
+}
+
+/** payloadDigest of a frame with its MAC room (withMacRoom), the MAC not written yet: what sealInPlace takes. */
 export function framePayloadDigest(frame: Uint8Array): Uint8Array {
-  if (frame.length <= FRAME_LENGTH_BYTES) throw new RangeError("framePayloadDigest: not an encoded frame");
-  return payloadDigest(frame.subarray(FRAME_LENGTH_BYTES + FRAME_TYPE_FIELD_BYTES));
+  const macAt = frame.length - CLIENT_FRAME_MAC_BYTES;
+  const payloadAt = FRAME_LENGTH_BYTES + FRAME_TYPE_FIELD_BYTES;
+  if (macAt < payloadAt) throw new RangeError("framePayloadDigest: the frame has no room for its type byte and MAC");
+  return payloadDigest(frame.subarray(payloadAt, macAt));
 }
 
 /**
@@ -451,17 +466,9 @@ export class FrameSealer {
     return mac;
   }
 
-  /**
-   * A copy of the encoded frame `frame` with its MAC appended and its length field grown to
-   * count it. `digest`: framePayloadDigest(frame), for a frame sent on several sessions (a
-   * client's request goes to every replica), so its payload is hashed once for all of them.
-   */
-  seal(frame: Uint8Array, digest?: Uint8Array): Uint8Array {
-    if (frame.length <= FRAME_LENGTH_BYTES) throw new RangeError("seal: not an encoded frame");
-    const sealed = new Uint8Array(frame.length + CLIENT_FRAME_MAC_BYTES);
-    sealed.set(frame);
-    writeUint32BE(sealed, 0, sealed.length - FRAME_LENGTH_BYTES);
-    return this.sealInPlace(sealed, digest);
+  /** A copy of the encoded frame `frame` with its MAC appended and its length field grown to count it. */
+  seal(frame: Uint8Array): Uint8Array {
+    return this.sealInPlace(withMacRoom(frame));
   }
 }
 

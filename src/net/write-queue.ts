@@ -48,17 +48,21 @@ export class WriteQueue {
    * Writes `data` now if nothing is queued, else queues it if the bound allows. An empty
    * queue always accepts (the frame itself is bounded by the frame size limit), so one
    * frame larger than the bound can still go out on an idle connection.
+   *
+   * `borrowed`: the caller writes over `data` once this returns (a client seals one
+   * request's bytes for each replica in turn), so what waits here is a copy; what the
+   * socket took at once is not copied at all.
    */
-  enqueue(sink: ByteSink, data: Uint8Array): EnqueueResult {
+  enqueue(sink: ByteSink, data: Uint8Array, borrowed = false): EnqueueResult {
     if (this.queued > 0) {
       if (this.queued + data.byteLength > this.bytesMax) return "full";
-      this.push(data);
+      this.push(borrowed ? data.slice() : data);
       return "queued";
     }
     const written = sink(data);
     if (written < 0) return "closed";
     if (written >= data.byteLength) return "sent";
-    this.push(data.subarray(written));
+    this.push(borrowed ? data.slice(written) : data.subarray(written));
     return "queued";
   }
 

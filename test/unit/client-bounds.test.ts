@@ -137,6 +137,31 @@ describe("WriteQueue", () => {
     expect(rest).toEqual([4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
   });
 
+  test("a borrowed write keeps a copy of what waits, so its caller may write over the bytes (one request sealed per replica)", () => {
+    const buffer = new WriteQueue(100);
+    const written: number[] = [];
+    const capacity = { value: 2 };
+    const write = sink(capacity, written);
+    const shared = new Uint8Array([1, 2, 3, 4]);
+    expect(buffer.enqueue(write, shared, true)).toBe("queued");
+    shared.set([9, 9, 9, 9]);
+    expect(buffer.enqueue(write, shared, true)).toBe("queued");
+    shared.fill(7);
+    capacity.value = 100;
+    expect(buffer.flush(write)).toBe(true);
+    expect(written).toEqual([1, 2, 3, 4, 9, 9, 9, 9]);
+    // Not borrowed: what waits is the caller's own array.
+    const own = new WriteQueue(100);
+    const ownWritten: number[] = [];
+    const ownCapacity = { value: 0 };
+    const bytes = new Uint8Array([1, 2]);
+    expect(own.enqueue(sink(ownCapacity, ownWritten), bytes)).toBe("queued");
+    bytes[0] = 5;
+    ownCapacity.value = 100;
+    own.flush(sink(ownCapacity, ownWritten));
+    expect(ownWritten).toEqual([5, 2]);
+  });
+
   test("keeps the unwritten rest, in order, and flushes it on drain", () => {
     const buffer = new WriteQueue(100);
     const written: number[] = [];

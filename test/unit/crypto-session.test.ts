@@ -14,6 +14,7 @@ import {
   FrameOpener,
   FrameSealer,
   framePayloadDigest,
+  withMacRoom,
   sessionFraming,
   ephemeralKeyPairFromSecret,
   generateEphemeralKeyPair,
@@ -340,17 +341,21 @@ describe("client session frames (wire/PROTOCOL.md 5.2)", () => {
     expect(sealed[0]?.length).toBe(encodeTypedFrame(frames[0] as Frame).length + CLIENT_FRAME_MAC_BYTES);
   });
 
-  test("a frame sealed with its payload digest computed once (one request, every replica) is the frame sealed plainly", () => {
-    const sealed = sealAll(new FrameSealer(clientKeys.sendKey));
-    const once = new FrameSealer(clientKeys.sendKey);
+  test("one frame sealed in place for several sessions (a request to every replica) is each session's frame sealed plainly", () => {
+    const sealers = [new FrameSealer(clientKeys.sendKey), new FrameSealer(replicaKeys.sendKey)];
+    const plain = [sealAll(new FrameSealer(clientKeys.sendKey)), sealAll(new FrameSealer(replicaKeys.sendKey))];
     frames.forEach((frame, i) => {
-      const encoded = encodeTypedFrame(frame);
-      expect(once.seal(encoded, framePayloadDigest(encoded))).toEqual(sealed[i] as Uint8Array);
+      const shared = withMacRoom(encodeTypedFrame(frame));
+      const digest = framePayloadDigest(shared);
+      sealers.forEach((sealer, s) => {
+        expect(sealer.sealInPlace(shared, digest)).toEqual(plain[s]?.[i] as Uint8Array);
+      });
     });
     // A digest of other bytes gives a MAC the replica refuses.
-    const wrong = new FrameSealer(clientKeys.sendKey).seal(
-      encodeTypedFrame(frames[0] as Frame),
-      framePayloadDigest(encodeTypedFrame(frames[1] as Frame)),
+    const other = withMacRoom(encodeTypedFrame(frames[1] as Frame));
+    const wrong = new FrameSealer(clientKeys.sendKey).sealInPlace(
+      withMacRoom(encodeTypedFrame(frames[0] as Frame)),
+      framePayloadDigest(other),
     );
     expect(receive(new FrameOpener(replicaKeys.receiveKey), wrong)).toEqual([null]);
   });
