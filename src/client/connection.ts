@@ -29,7 +29,7 @@ import { decodeFrameBody, encodeTypedFrame, encodeTypedFrameWithTrailer, type Fr
 import { FrameType } from "../../wire/types.ts";
 import { formatAddress } from "../config/cluster.ts";
 import type { SigningKey } from "../crypto/keys.ts";
-import { CLIENT_FRAME_MAC_BYTES, type SessionFraming, sessionFraming } from "../crypto/session.ts";
+import { CLIENT_FRAME_MAC_BYTES, type PrefixDigests, type SessionFraming, sessionFraming } from "../crypto/session.ts";
 import { WriteQueue } from "../net/write-queue.ts";
 import { backoffDelayMs, checkBackoffPolicy, type BackoffPolicy } from "./backoff.ts";
 import { type ClientError, HandshakeError, ReplicaUnreachableError } from "./errors.ts";
@@ -73,6 +73,8 @@ export interface ConnectionOptions {
   readonly now: () => number;
   /** For multi-homed replicas; DEFAULT_FAILOVER when absent. */
   readonly failover?: FailoverTiming;
+  /** Shared by the connections of one group: what they receive alike is hashed once for its MACs (PrefixDigests). */
+  readonly payloadDigests?: PrefixDigests;
 }
 
 export type ConnectionState =
@@ -342,7 +344,7 @@ export class ReplicaConnection {
     }
     this.write(encodeTypedFrame({ type: FrameType.AUTH, body: check.auth }, this.options.frameBytesMax));
     // AUTH is the last frame without a MAC, in both directions.
-    this.framing = sessionFraming(check.keys);
+    this.framing = sessionFraming(check.keys, this.options.payloadDigests ?? null);
     this.handshake = null;
     this.becomeReady();
   }

@@ -4,8 +4,9 @@
  * each one's state, and why the ones that did not answer something did not.
  */
 import type { ClusterConfig } from "../config/cluster.ts";
-import { bytesEqual } from "../crypto/encoding.ts";
+import { bytesEqual, nativeBytesEqual } from "../crypto/encoding.ts";
 import type { SigningKey } from "../crypto/keys.ts";
+import { PrefixDigests } from "../crypto/session.ts";
 import { ReplicaConnection, type ConnectionEvents, type ConnectionOptions, type ReplicaEndpoint } from "./connection.ts";
 import type { ExecutedFloor } from "./executed-floor.ts";
 
@@ -36,6 +37,7 @@ export class ReplicaGroup {
     private readonly events: ConnectionEvents,
     private readonly options: ConnectionOptions,
   ) {
+    this.options = { ...options, payloadDigests: options.payloadDigests ?? new PrefixDigests(nativeBytesEqual) };
     this.n = config.n;
     this.f = config.f;
     this.epoch = 0;
@@ -47,7 +49,7 @@ export class ReplicaGroup {
         port: replica.port,
         publicKey: replica.publicKey,
       };
-      this.byId.set(replica.id, new ReplicaConnection(endpoint, key, events, options));
+      this.byId.set(replica.id, new ReplicaConnection(endpoint, key, events, this.options));
     }
   }
 

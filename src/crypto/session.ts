@@ -333,6 +333,65 @@ export function payloadDigest(payload: Uint8Array): Uint8Array {
   return createHash("sha256").update(payload).digest();
 }
 
+/** Payloads shorter than this are hashed whole: comparing would save too little. */
+export const SHARED_PREFIX_PAYLOAD_BYTES_MIN = 8192;
+/** The part of a payload that may differ between replicas' copies (subscription, tag, replica) lies within this many bytes of its end. */
+const SHARED_PREFIX_TAIL_BYTES = 512;
+/** Where prefixes are cut: a multiple of this, so that copies a few bytes apart in length are cut at the same place. */
+const SHARED_PREFIX_STEP_BYTES = 4096;
+/** Prefixes remembered at most, and the payload bytes they may hold alive. */
+export const SHARED_PREFIXES_MAX = 16;
+export const SHARED_PREFIX_BYTES_MAX = 8 * 1024 * 1024;
+
+/**
+ * payloadDigest for the payloads a client receives from several replicas: their EVENTS
+ * frames carry the same batch and differ only in their last few fields (subscription,
+ * tag, replica), so every copy after the first would hash the same megabyte again. This
+ * remembers, for a few recent payloads, the SHA-256 state after a prefix cut at a multiple
+ * of 4 KiB at least 512 bytes before the end. A later payload whose bytes up to the same
+ * cut are equal (a native comparison, many times faster than hashing them) continues from
+ * that state, so its digest is the SHA-256 of its own bytes, as without the memo; any other
+ * payload is hashed whole and remembered. One per client, shared by its connections.
+ */
+export class PrefixDigests {
+  readonly #prefixes = new Map<number, { readonly payload: Uint8Array; readonly state: Hash }>();
+  #heldBytes = 0;
+  /** Payloads whose prefix was found, and payloads hashed whole (for tests and benchmarks). */
+  reused = 0;
+  hashed = 0;
+
+  constructor(private readonly equal: (a: Uint8Array, b: Uint8Array) => boolean) {}
+
+  digest(payload: Uint8Array): Uint8Array {
+    if (payload.length < SHARED_PREFIX_PAYLOAD_BYTES_MIN) return payloadDigest(payload);
+    const cut = Math.floor((payload.length - SHARED_PREFIX_TAIL_BYTES) / SHARED_PREFIX_STEP_BYTES) * SHARED_PREFIX_STEP_BYTES;
+    const known = this.#prefixes.get(cut);
+    if (known !== undefined && this.equal(known.payload.subarray(0, cut), payload.subarray(0, cut))) {
+      this.reused++;
+      return known.state.copy().update(payload.subarray(cut)).digest();
+    }
+    this.hashed++;
+    const hasher = createHash("sha256").update(payload.subarray(0, cut));
+    this.#remember(cut, payload, hasher.copy());
+    return hasher.update(payload.subarray(cut)).digest();
+  }
+
+  #remember(cut: number, payload: Uint8Array, state: Hash): void {
+    const old = this.#prefixes.get(cut);
+    if (old !== undefined) {
+      this.#prefixes.delete(cut);
+      this.#heldBytes -= old.payload.length;
+    }
+    this.#prefixes.set(cut, { payload, state });
+    this.#heldBytes += payload.length;
+    while (this.#prefixes.size > SHARED_PREFIXES_MAX || this.#heldBytes > SHARED_PREFIX_BYTES_MAX) {
+      const [oldest, entry] = this.#prefixes.entries().next().value as [number, { readonly payload: Uint8Array }];
+      this.#prefixes.delete(oldest);
+      this.#heldBytes -= entry.payload.length;
+    }
+  }
+}
+
 /**
  * A copy of the encoded frame `frame` with CLIENT_FRAME_MAC_BYTES of room after it, counted
  * in its length field: what FrameSealer.sealInPlace seals, once per session, for a frame sent
@@ -481,11 +540,14 @@ export class FrameSealer {
 export class FrameOpener {
   readonly #key: Uint8Array;
   readonly #input = new MacInput();
+  readonly #digests: PrefixDigests | null;
   #accepted = 0;
 
-  constructor(key: Uint8Array) {
+  /** `digests`: a memo shared with the other sessions that receive the same payloads (a client's, one per replica). */
+  constructor(key: Uint8Array, digests: PrefixDigests | null = null) {
     if (key.byteLength !== SESSION_KEY_BYTES) throw new SessionCryptoError(`session key must be ${SESSION_KEY_BYTES} bytes`);
     this.#key = key;
+    this.#digests = digests;
   }
 
   /** Frames accepted so far (the counter of the last one). */
@@ -503,7 +565,7 @@ export class FrameOpener {
     if (macAt < 0 || !Number.isInteger(type) || type < 0 || type > 0xff) return null;
     if (this.#accepted >= PEER_FRAME_SEQ_MAX) return null;
     const payload = sealedPayload.subarray(0, macAt);
-    this.#input.set(this.#accepted + 1, type, payloadDigest(payload));
+    this.#input.set(this.#accepted + 1, type, this.#digests === null ? payloadDigest(payload) : this.#digests.digest(payload));
     const expected = createHmac("sha256", this.#key).update(this.#input.bytes).digest();
     if (!timingSafeEqual(expected, sealedPayload.subarray(macAt))) return null;
     this.#accepted += 1;
@@ -517,7 +579,7 @@ export interface SessionFraming {
   readonly opener: FrameOpener;
 }
 
-/** The sealer and opener of one side of a client session, from its keys. */
-export function sessionFraming(keys: SessionKeys): SessionFraming {
-  return { sealer: new FrameSealer(keys.sendKey), opener: new FrameOpener(keys.receiveKey) };
+/** The sealer and opener of one side of a client session, from its keys (`digests`: FrameOpener's). */
+export function sessionFraming(keys: SessionKeys, digests: PrefixDigests | null = null): SessionFraming {
+  return { sealer: new FrameSealer(keys.sendKey), opener: new FrameOpener(keys.receiveKey, digests) };
 }

@@ -2,9 +2,10 @@ import { describe, expect, test } from "bun:test";
 import { hkdf } from "@noble/hashes/hkdf.js";
 import { hmac } from "@noble/hashes/hmac.js";
 import { sha256 as nobleSha256 } from "@noble/hashes/sha2.js";
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { concatBytes, fromHex } from "../../src/crypto/encoding.ts";
+import { concatBytes, fromHex, nativeBytesEqual, toHex } from "../../src/crypto/encoding.ts";
 import { domainMessage } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import {
@@ -15,6 +16,9 @@ import {
   FrameSealer,
   framePayloadDigest,
   withMacRoom,
+  PrefixDigests,
+  SHARED_PREFIX_PAYLOAD_BYTES_MIN,
+  SHARED_PREFIXES_MAX,
   sessionFraming,
   ephemeralKeyPairFromSecret,
   generateEphemeralKeyPair,
@@ -31,7 +35,7 @@ import {
 } from "../../src/crypto/session.ts";
 import { encodeTypedFrame, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
 import { clientMacInput, peerMacInput, signingInput } from "../../wire/session.ts";
-import { receive } from "./sealed-wire.ts";
+import { receive, sessionKeys } from "./sealed-wire.ts";
 import {
   DOMAIN_CLIENT_KEY_I2R,
   DOMAIN_CLIENT_KEY_R2I,
@@ -358,6 +362,78 @@ describe("client session frames (wire/PROTOCOL.md 5.2)", () => {
       framePayloadDigest(other),
     );
     expect(receive(new FrameOpener(replicaKeys.receiveKey), wrong)).toEqual([null]);
+  });
+
+  describe("PrefixDigests: the payload one client receives from every replica is hashed about once", () => {
+    const sha = (bytes: Uint8Array): string => createHash("sha256").update(bytes).digest("hex");
+    const batch = (seed: number, length: number): Uint8Array => {
+      const bytes = new Uint8Array(length);
+      for (let i = 0; i < length; i++) bytes[i] = (i * 31 + seed) & 0xff;
+      return bytes;
+    };
+    /** A replica's copy: the shared batch, then a tail of its own (subscription, tag, replica). */
+    const copyFrom = (shared: Uint8Array, replica: number, tailBytes = 40): Uint8Array => {
+      const out = new Uint8Array(shared.length + tailBytes);
+      out.set(shared);
+      out.fill(replica + 1, shared.length);
+      return out;
+    };
+
+    test("every digest is the SHA-256 of its own payload; copies after the first continue from the shared prefix", () => {
+      const digests = new PrefixDigests(nativeBytesEqual);
+      const shared = batch(1, 100_000);
+      for (let replica = 0; replica < 4; replica++) {
+        const payload = copyFrom(shared, replica, 40 + replica);
+        expect(toHex(digests.digest(payload))).toBe(sha(payload));
+      }
+      expect([digests.hashed, digests.reused]).toEqual([1, 3]);
+    });
+
+    test("a copy that differs before the cut, or is short, is hashed whole, and still right", () => {
+      const digests = new PrefixDigests(nativeBytesEqual);
+      const shared = batch(2, 50_000);
+      expect(toHex(digests.digest(copyFrom(shared, 0)))).toBe(sha(copyFrom(shared, 0)));
+      const altered = copyFrom(shared, 1);
+      altered[10] = (altered[10] as number) ^ 1;
+      expect(toHex(digests.digest(altered))).toBe(sha(altered));
+      const small = batch(3, SHARED_PREFIX_PAYLOAD_BYTES_MIN - 1);
+      expect(toHex(digests.digest(small))).toBe(sha(small));
+      expect([digests.hashed, digests.reused]).toEqual([2, 0]);
+      // The altered copy replaced the first as what that cut remembers.
+      expect(toHex(digests.digest(copyFrom(altered.subarray(0, shared.length), 2)))).toBe(
+        sha(copyFrom(altered.subarray(0, shared.length), 2)),
+      );
+      expect(digests.reused).toBe(1);
+    });
+
+    test("at most SHARED_PREFIXES_MAX prefixes are remembered, oldest forgotten first", () => {
+      const digests = new PrefixDigests(nativeBytesEqual);
+      const batches = Array.from({ length: SHARED_PREFIXES_MAX + 1 }, (_, i) => batch(i, 10_000 + 4096 * i));
+      for (const b of batches) digests.digest(copyFrom(b, 0));
+      digests.digest(copyFrom(batches.at(-1) as Uint8Array, 1));
+      expect(digests.reused).toBe(1);
+      const first = copyFrom(batches[0] as Uint8Array, 1);
+      expect(toHex(digests.digest(first))).toBe(sha(first));
+      expect([digests.hashed, digests.reused]).toEqual([SHARED_PREFIXES_MAX + 2, 1]);
+    });
+
+    test("openers sharing one memo open every replica's copy, and refuse a copy altered in the shared prefix", () => {
+      const digests = new PrefixDigests(nativeBytesEqual);
+      const shared = batch(4, 70_000);
+      const type = FrameType.EVENTS;
+      const sealedCopy = (keys: ReturnType<typeof sessionKeys>, payload: Uint8Array): Uint8Array =>
+        concatBytes(payload, new FrameSealer(keys.replica.sendKey).macDigest(type, createHash("sha256").update(payload).digest()));
+      for (let replica = 0; replica < 3; replica++) {
+        const keys = sessionKeys(`replica ${replica}`);
+        const payload = copyFrom(shared, replica);
+        expect(new FrameOpener(keys.client.receiveKey, digests).open(type, sealedCopy(keys, payload))).toEqual(payload);
+      }
+      expect([digests.hashed, digests.reused]).toEqual([1, 2]);
+      const keys = sessionKeys("replica 3");
+      const sealed = sealedCopy(keys, copyFrom(shared, 3));
+      sealed[100] = (sealed[100] as number) ^ 1;
+      expect(new FrameOpener(keys.client.receiveKey, digests).open(type, sealed)).toBeNull();
+    });
   });
 
   test("a tampered byte anywhere after the length field (type, payload or MAC) is refused", () => {
