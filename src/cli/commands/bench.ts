@@ -608,7 +608,7 @@ async function pace(start: number, index: number, rate: number): Promise<void> {
  * The 16 bytes after the run id (publisher index, event index, send time), written and read
  * through one DataView of its own: a DataView over each event would make the engine give
  * every event an ArrayBuffer of its own, which cost the bench process about a tenth of its
- * time at saturation (README, Performance, "What the bench itself costs").
+ * time at saturation (README, Performance, "What the client costs").
  */
 const headerScratch = new Uint8Array(BENCH_HEADER_BYTES - RUN_ID_BYTES);
 const headerView = new DataView(headerScratch.buffer);
