@@ -347,14 +347,20 @@ export const SHARED_PREFIX_BYTES_MAX = 8 * 1024 * 1024;
  * payloadDigest for the payloads a client receives from several replicas: their EVENTS
  * frames carry the same batch and differ only in their last few fields (subscription,
  * tag, replica), so every copy after the first would hash the same megabyte again. This
- * remembers, for a few recent payloads, the SHA-256 state after a prefix cut at a multiple
- * of 4 KiB at least 512 bytes before the end. A later payload whose bytes up to the same
- * cut are equal (a native comparison, many times faster than hashing them) continues from
- * that state, so its digest is the SHA-256 of its own bytes, as without the memo; any other
- * payload is hashed whole and remembered. One per client, shared by its connections.
+ * remembers, for the last SHARED_PREFIXES_MAX payloads hashed whole (several batches, as
+ * replicas run a few batches apart), a copy of the payload up to a cut at a multiple of
+ * 4 KiB at least 512 bytes before its end, and the SHA-256 state after it. A later payload
+ * whose bytes up to the same cut equal one of them (a native comparison, many times faster
+ * than hashing them; a differing batch differs in its first bytes, its signature)
+ * continues from that state, so its digest is the SHA-256 of its own bytes, as without the
+ * memo; any other payload is hashed whole and remembered, the least recently used
+ * forgotten. The prefixes are copies, so nothing a subscriber does to the events it was
+ * handed changes them. One per client, shared by its connections.
  */
 export class PrefixDigests {
-  readonly #prefixes = new Map<number, { readonly payload: Uint8Array; readonly state: Hash }>();
+  /** By a number of their own, least recently used first. */
+  readonly #prefixes = new Map<number, { readonly prefix: Uint8Array; readonly state: Hash }>();
+  #nextId = 0;
   #heldBytes = 0;
   /** Payloads whose prefix was found, and payloads hashed whole (for tests and benchmarks). */
   reused = 0;
@@ -365,29 +371,27 @@ export class PrefixDigests {
   digest(payload: Uint8Array): Uint8Array {
     if (payload.length < SHARED_PREFIX_PAYLOAD_BYTES_MIN) return payloadDigest(payload);
     const cut = Math.floor((payload.length - SHARED_PREFIX_TAIL_BYTES) / SHARED_PREFIX_STEP_BYTES) * SHARED_PREFIX_STEP_BYTES;
-    const known = this.#prefixes.get(cut);
-    if (known !== undefined && this.equal(known.payload.subarray(0, cut), payload.subarray(0, cut))) {
+    const head = payload.subarray(0, cut);
+    for (const [id, known] of this.#prefixes) {
+      if (known.prefix.length !== cut || !this.equal(known.prefix, head)) continue;
       this.reused++;
+      this.#prefixes.delete(id);
+      this.#prefixes.set(id, known);
       return known.state.copy().update(payload.subarray(cut)).digest();
     }
     this.hashed++;
-    const hasher = createHash("sha256").update(payload.subarray(0, cut));
-    this.#remember(cut, payload, hasher.copy());
+    const hasher = createHash("sha256").update(head);
+    this.#remember(head.slice(), hasher.copy());
     return hasher.update(payload.subarray(cut)).digest();
   }
 
-  #remember(cut: number, payload: Uint8Array, state: Hash): void {
-    const old = this.#prefixes.get(cut);
-    if (old !== undefined) {
-      this.#prefixes.delete(cut);
-      this.#heldBytes -= old.payload.length;
-    }
-    this.#prefixes.set(cut, { payload, state });
-    this.#heldBytes += payload.length;
+  #remember(prefix: Uint8Array, state: Hash): void {
+    this.#prefixes.set(this.#nextId++, { prefix, state });
+    this.#heldBytes += prefix.length;
     while (this.#prefixes.size > SHARED_PREFIXES_MAX || this.#heldBytes > SHARED_PREFIX_BYTES_MAX) {
-      const [oldest, entry] = this.#prefixes.entries().next().value as [number, { readonly payload: Uint8Array }];
+      const [oldest, entry] = this.#prefixes.entries().next().value as [number, { readonly prefix: Uint8Array }];
       this.#prefixes.delete(oldest);
-      this.#heldBytes -= entry.payload.length;
+      this.#heldBytes -= entry.prefix.length;
     }
   }
 }

@@ -19,6 +19,7 @@ import {
   PrefixDigests,
   SHARED_PREFIX_PAYLOAD_BYTES_MIN,
   SHARED_PREFIXES_MAX,
+  SHARED_PREFIX_BYTES_MAX,
   sessionFraming,
   ephemeralKeyPairFromSecret,
   generateEphemeralKeyPair,
@@ -399,11 +400,53 @@ describe("client session frames (wire/PROTOCOL.md 5.2)", () => {
       const small = batch(3, SHARED_PREFIX_PAYLOAD_BYTES_MIN - 1);
       expect(toHex(digests.digest(small))).toBe(sha(small));
       expect([digests.hashed, digests.reused]).toEqual([2, 0]);
-      // The altered copy replaced the first as what that cut remembers.
+      // Both are remembered: a copy of either continues from its own prefix.
       expect(toHex(digests.digest(copyFrom(altered.subarray(0, shared.length), 2)))).toBe(
         sha(copyFrom(altered.subarray(0, shared.length), 2)),
       );
+      expect(toHex(digests.digest(copyFrom(shared, 3)))).toBe(sha(copyFrom(shared, 3)));
+      expect([digests.hashed, digests.reused]).toEqual([2, 2]);
+    });
+
+    test("replicas a few batches apart still find their prefixes: each batch is hashed whole once", () => {
+      const digests = new PrefixDigests(nativeBytesEqual);
+      // Same-sized batches (as at saturation), so every one is cut at the same place.
+      const batches = Array.from({ length: 12 }, (_, i) => batch(10 + i, 30_000));
+      const lags = [0, 1, 3, 5];
+      for (let step = 0; step < batches.length + 5; step++) {
+        lags.forEach((lag, replica) => {
+          const b = batches[step - lag];
+          if (b === undefined) return;
+          const payload = copyFrom(b, replica);
+          expect(toHex(digests.digest(payload))).toBe(sha(payload));
+        });
+      }
+      expect([digests.hashed, digests.reused]).toEqual([12, 36]);
+    });
+
+    test("what it remembers is a copy: bytes changed after they were hashed change nothing", () => {
+      const digests = new PrefixDigests(nativeBytesEqual);
+      const shared = batch(5, 40_000);
+      const first = copyFrom(shared, 0);
+      digests.digest(first);
+      first.fill(0, 0, 1000);
+      const second = copyFrom(shared, 1);
+      expect(toHex(digests.digest(second))).toBe(sha(second));
+      expect(toHex(digests.digest(first))).toBe(sha(first));
+      expect([digests.hashed, digests.reused]).toEqual([2, 1]);
+    });
+
+    test("the prefixes it holds are bounded in bytes too: past SHARED_PREFIX_BYTES_MAX the oldest is forgotten", () => {
+      const digests = new PrefixDigests(nativeBytesEqual);
+      const size = 2 * 1024 * 1024;
+      const count = Math.floor(SHARED_PREFIX_BYTES_MAX / (size - 4096)) + 1;
+      expect(count).toBeLessThan(SHARED_PREFIXES_MAX);
+      const batches = Array.from({ length: count }, (_, i) => batch(20 + i, size));
+      for (const b of batches) digests.digest(copyFrom(b, 0));
+      digests.digest(copyFrom(batches.at(-1) as Uint8Array, 1));
       expect(digests.reused).toBe(1);
+      digests.digest(copyFrom(batches[0] as Uint8Array, 1));
+      expect([digests.hashed, digests.reused]).toEqual([count + 1, 1]);
     });
 
     test("at most SHARED_PREFIXES_MAX prefixes are remembered, oldest forgotten first", () => {

@@ -7,8 +7,10 @@ import { describe, expect, test } from "bun:test";
 import { sha256 } from "@noble/hashes/sha2.js";
 import { createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from "node:crypto";
 import { encodeCanonical } from "../../wire/canonical.ts";
+import { nativeBytesEqual } from "../../src/crypto/encoding.ts";
 import { REQUEST_SIGNATURE_DOMAIN, type FaultModel, type OrderMode } from "../../src/core/channels/index.ts";
 import {
+  COPY_KEYS_BYTES_MAX,
   COPY_KEYS_MAX,
   DELIVERED_HISTORY_MAX,
   DELIVERY_BUFFERED_BATCHES_PER_REPLICA_MAX,
@@ -328,6 +330,39 @@ describe("byzantine/total", () => {
       expect(v.onBatch(0, copy(1, { body, sig: B1.sig }))).toEqual([{ t: "invalid", replica: 0, reason: "bad-signature" }]);
       expect(v.onBatch(1, fresh(1, B1))).toEqual([]);
       expect(delivered(v.onBatch(2, fresh(1, B1)))).toEqual([[1, ["a1", "a2"]]]);
+    });
+
+    test("with the client's native comparison too; and a handler writing over delivered events changes no later key", () => {
+      const count = counted();
+      const v = voter("byzantine", "total", { ...count.options, sameBytes: nativeBytesEqual });
+      v.onBatch(0, fresh(1, B1));
+      const out = v.onBatch(1, fresh(1, B1));
+      expect(delivered(out)).toEqual([[1, ["a1", "a2"]]]);
+      // The handler scribbles over what it was given (views into replica 1's copy).
+      if (out[0]?.t === "deliver") for (const event of out[0].batch.events) event.fill(0x58);
+      expect(v.onBatch(2, fresh(1, B1))).toEqual([]);
+      expect(count.hashes).toBe(1);
+      expect(v.stats()).toMatchObject({ duplicates: [0, 0, 1, 0], conflicts: [0, 0, 0, 0] });
+    });
+
+    test("the memo is bounded in bytes: past COPY_KEYS_BYTES_MAX the oldest seq is hashed again", () => {
+      const count = counted();
+      const v = voter("byzantine", "total", { ...count.options, verify: () => true });
+      const big = (seq: number) => signed(ALICE, seq, ["x".repeat(600_000)]);
+      const perBatch = big(1).body.length;
+      const batches = Math.floor(COPY_KEYS_BYTES_MAX / perBatch) + 1;
+      expect(batches).toBeLessThan(COPY_KEYS_MAX);
+      const first = big(1);
+      for (let seq = 1; seq <= batches; seq++) {
+        const b = seq === 1 ? first : big(seq);
+        v.onBatch(0, fresh(seq, b));
+        v.onBatch(1, fresh(seq, b));
+      }
+      expect(count.hashes).toBe(batches);
+      v.onBatch(2, fresh(batches, big(batches)));
+      expect(count.hashes).toBe(batches);
+      v.onBatch(2, fresh(1, first));
+      expect(count.hashes).toBe(batches + 1);
     });
 
     test("the memo is bounded: a seq keyed more than COPY_KEYS_MAX seqs ago is hashed again", () => {

@@ -716,7 +716,10 @@ export class DeliveryVoter {
     }
     const key = `${copy.tsMs}/${toHex(signedRequestDigest(this.hash, copy))}`;
     if (known === undefined) {
-      this.copyKeys.set(copy.firstSeq, { copy, key });
+      // A copy of the bytes: the events delivered are views into the copy's own, and a
+      // handler that writes over them must not change what later copies are compared with.
+      const kept = { firstSeq: copy.firstSeq, tsMs: copy.tsMs, body: copy.body.slice(), sig: copy.sig.slice() };
+      this.copyKeys.set(copy.firstSeq, { copy: kept, key });
       this.copyKeyBytes += copy.body.length;
       while (this.copyKeys.size > COPY_KEYS_MAX || this.copyKeyBytes > COPY_KEYS_BYTES_MAX) {
         const [oldest, entry] = this.copyKeys.entries().next().value as [number, { readonly copy: BatchCopy }];

@@ -1,0 +1,86 @@
+// A request goes to every replica from one buffer (src/client/request-tracker.ts,
+// ReplicaConnection.sendShared): each connection seals it in place with its own MAC. These
+// tests drive the tracker with connections that record what they were handed: the bytes
+// and digest they get are the request as it is now, also after it is built again with a
+// higher `after` for replicas whose refusal was stale.
+import { describe, expect, test } from "bun:test";
+import { ExecutedFloor } from "../../src/client/executed-floor.ts";
+import type { ReplicaConnection } from "../../src/client/connection.ts";
+import type { TrackingContext } from "../../src/client/replica-group.ts";
+import { buildRequest } from "../../src/client/request.ts";
+import { RequestTracker } from "../../src/client/request-tracker.ts";
+import { toHex } from "../../src/crypto/encoding.ts";
+import { SigningKey } from "../../src/crypto/keys.ts";
+import { CLIENT_FRAME_MAC_BYTES, framePayloadDigest } from "../../src/crypto/session.ts";
+import type { Reply } from "../../wire/schemas.ts";
+import { decodeFrameBody } from "../../wire/schemas.ts";
+import { FrameType } from "../../wire/types.ts";
+
+interface Handed {
+  readonly replica: number;
+  readonly after: number;
+  readonly digestMatches: boolean;
+}
+
+function fixture() {
+  const handed: Handed[] = [];
+  const connections = [0, 1, 2, 3].map(
+    (id) =>
+      ({
+        id,
+        sendShared(bytes: Uint8Array, digest: Uint8Array): boolean {
+          // What a connection seals: the frame, its length counting the MAC room at its end.
+          expect(new DataView(bytes.buffer, bytes.byteOffset).getUint32(0)).toBe(bytes.length - 4);
+          expect(bytes[4]).toBe(FrameType.REQUEST);
+          const decoded = decodeFrameBody(FrameType.REQUEST, bytes.subarray(5, bytes.length - CLIENT_FRAME_MAC_BYTES));
+          if (!decoded.ok || decoded.frame.type !== FrameType.REQUEST) throw new Error("not a REQUEST frame");
+          handed.push({
+            replica: id,
+            after: decoded.frame.body.after ?? 0,
+            digestMatches: toHex(digest) === toHex(framePayloadDigest(bytes)),
+          });
+          return true;
+        },
+      }) as unknown as ReplicaConnection,
+  );
+  const group = {
+    f: 1,
+    slots: 4,
+    connections,
+    connection: (id: number) => connections[id],
+    readyReplicas: () => [0, 1, 2, 3],
+    has: (id: number) => id >= 0 && id < 4,
+  };
+  const ctx = {
+    group,
+    floor: new ExecutedFloor(group),
+    frameBytesMax: 1 << 20,
+    now: () => 0,
+    log: () => {},
+  } as unknown as TrackingContext;
+  return { handed, tracker: new RequestTracker(ctx, { requestMs: 60_000, resendMs: 1_000 }) };
+}
+
+describe("a request handed to every replica's connection from one buffer", () => {
+  test("each connection gets the request with its digest; built again with a higher after, the new bytes and digest", () => {
+    const { handed, tracker } = fixture();
+    const built = buildRequest(
+      SigningKey.generate(),
+      { seq: 1, ts: 1, op: { t: "pub", tag: "net.links", events: [new Uint8Array([1])] } },
+      1 << 20,
+    );
+    tracker.track(built, "byzantine/none", "publish to net.links");
+    expect(handed).toEqual([0, 1, 2, 3].map((replica) => ({ replica, after: 0, digestMatches: true })));
+    // Replica 0 stored it as of decided seq 9; replicas 1 and 2 refused as of seq 5: stale, asked again waiting for 9.
+    const reply = (replica: number, ok: boolean, at: number): Reply =>
+      (ok
+        ? { seq: 1, replica, d: built.digest, ok: true, res: { t: "pub", tag: "net.links", span: 1, first: 1 }, at }
+        : { seq: 1, replica, d: built.digest, ok: false, code: "UNKNOWN_CHANNEL", reason: "no such channel", at }) as Reply;
+    tracker.onReply(0, reply(0, true, 9));
+    tracker.onReply(1, reply(1, false, 5));
+    tracker.onReply(2, reply(2, false, 5));
+    const again = handed.slice(4);
+    expect([...new Set(again.map((h) => h.replica))].sort()).toEqual([1, 2]);
+    expect(again.every((h) => h.after === 9 && h.digestMatches)).toBe(true);
+  });
+});
