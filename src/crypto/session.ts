@@ -340,7 +340,7 @@ const SHARED_PREFIX_TAIL_BYTES = 512;
 /** Where prefixes are cut: a multiple of this, so that copies a few bytes apart in length are cut at the same place. */
 const SHARED_PREFIX_STEP_BYTES = 4096;
 /** Prefixes remembered at most, and the payload bytes they may hold alive. */
-export const SHARED_PREFIXES_MAX = 16;
+export const SHARED_PREFIXES_MAX = 64;
 export const SHARED_PREFIX_BYTES_MAX = 8 * 1024 * 1024;
 
 /**
