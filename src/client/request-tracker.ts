@@ -57,6 +57,8 @@ interface PendingRequest {
   readonly voter: ReplyVoter;
   /** Replicas that have the request on their current session. */
   readonly sentTo: Set<number>;
+  /** Replicas asked again after a stale refusal, with the `after` they were asked to wait for. */
+  readonly askedAgain: Map<number, number>;
   /** One reason text per refusal code, for the error message. */
   readonly reasons: Map<string, string>;
   /** The last transient refusal per replica (not a vote). */
@@ -114,6 +116,7 @@ export class RequestTracker {
         what,
         voter: new ReplyVoter({ n: group.slots, f: group.f, kind }),
         sentTo: new Set(),
+        askedAgain: new Map(),
         reasons: new Map(),
         transient: new Map(),
         lastSendAt: now,
@@ -190,7 +193,8 @@ export class RequestTracker {
           replica,
           `${refusal.code} ${refusal.reason} (as of decided seq ${refusal.at}; asked again to wait for ${fresh})`,
         );
-        pending.sentTo.delete(replica);
+        // Asked again once per freshness: a later refusal from another replica does not send it again.
+        if ((pending.askedAgain.get(replica) ?? 0) < fresh) pending.sentTo.delete(replica);
         continue;
       }
       counts.set(refusal.code, (counts.get(refusal.code) ?? 0) + 1);
@@ -202,7 +206,9 @@ export class RequestTracker {
     }
     for (const replica of pending.local.keys()) {
       const connection = group.connection(replica);
-      if (!pending.sentTo.has(replica) && connection !== undefined) this.sendRequest(pending, connection);
+      if (pending.sentTo.has(replica) || connection === undefined) continue;
+      this.sendRequest(pending, connection);
+      if (pending.sentTo.has(replica)) pending.askedAgain.set(replica, pending.frameAfter);
     }
     const answered = new Set([...pending.ats.keys(), ...pending.local.keys()]);
     const missing = new Set(pending.voter.missing());
