@@ -7,6 +7,8 @@
  */
 import type { Events, SubEnd, SubOk } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
+import { CopyKeys } from "../core/voting/delivery-voter.ts";
+import { nativeBytesEqual } from "../crypto/encoding.ts";
 import type { ExecutedFloor } from "./executed-floor.ts";
 import type { ReplicaGroup } from "./replica-group.ts";
 import type { ClientSubscription, SubscriptionHost } from "./subscription.ts";
@@ -17,6 +19,8 @@ interface SubRoute {
 }
 
 export class SubscriptionRouter implements SubscriptionHost {
+  /** One per client: its voters' memo of copy keys, bounded whatever the number of subscriptions. */
+  readonly copyKeys = new CopyKeys(nativeBytesEqual);
   private readonly subscriptions = new Set<ClientSubscription>();
   private readonly subRoutes = new Map<number, SubRoute>();
   private subCounter = 0;

@@ -42,11 +42,10 @@ import { toHex } from "../../wire/bytes.ts";
 import type { Events, SubEnd, SubOk } from "../../wire/schemas.ts";
 import { CLIENT_CLOCK_SKEW_MS_MAX, DOMAIN_REQUEST } from "../../wire/types.ts";
 import { signedRequestDigest } from "../core/channels/request.ts";
-import { DeliveryVoter, type DeliveredBatch, type DeliveryOutput } from "../core/voting/delivery-voter.ts";
+import { type CopyKeys, DeliveryVoter, type DeliveredBatch, type DeliveryOutput } from "../core/voting/delivery-voter.ts";
 import { type GroupEvent, GroupEventVoter, SYS_EVENTS_TAG } from "../core/voting/group-events.ts";
 import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import { verifyDomain } from "../crypto/ed25519.ts";
-import { nativeBytesEqual } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import { DeliveryQueue } from "./delivery-queue.ts";
 import { PublisherRegistry } from "./publisher-registry.ts";
@@ -202,6 +201,8 @@ export interface SubscriptionHost {
   /** The keys f+1 replicas list as the channel's registered publishers (QUERY "publishers"). */
   publishers(tag: string): Promise<readonly Uint8Array[]>;
   now(): number;
+  /** The client's memo of copy keys, shared by its subscriptions' voters (CopyKeys). */
+  readonly copyKeys?: CopyKeys;
 }
 
 type StartState = { readonly t: "starting"; readonly deadline: number } | { readonly t: "started" } | { readonly t: "ended" };
@@ -510,7 +511,7 @@ export class ClientSubscription implements Subscription {
       fromSeq,
       ...(notBeforeMs === undefined ? {} : { notBeforeMs }),
       hash: sha256,
-      sameBytes: nativeBytesEqual,
+      ...(this.host.copyKeys === undefined ? {} : { copyKeys: this.host.copyKeys }),
       verify: (body, sig, publisher) => verifyDomain(publisher, DOMAIN_REQUEST, body, sig),
     });
     // Counts only the members' copies, by their ids (after a removal they need not be 0..n-1).

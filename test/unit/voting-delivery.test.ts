@@ -12,6 +12,7 @@ import { REQUEST_SIGNATURE_DOMAIN, type FaultModel, type OrderMode } from "../..
 import {
   COPY_KEYS_BYTES_MAX,
   COPY_KEYS_MAX,
+  CopyKeys,
   DELIVERED_HISTORY_MAX,
   DELIVERY_BUFFERED_BATCHES_PER_REPLICA_MAX,
   DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX,
@@ -334,7 +335,7 @@ describe("byzantine/total", () => {
 
     test("with the client's native comparison too; and a handler writing over delivered events changes no later key", () => {
       const count = counted();
-      const v = voter("byzantine", "total", { ...count.options, sameBytes: nativeBytesEqual });
+      const v = voter("byzantine", "total", { ...count.options, copyKeys: new CopyKeys(nativeBytesEqual) });
       v.onBatch(0, fresh(1, B1));
       const out = v.onBatch(1, fresh(1, B1));
       expect(delivered(out)).toEqual([[1, ["a1", "a2"]]]);
@@ -363,6 +364,36 @@ describe("byzantine/total", () => {
       expect(count.hashes).toBe(batches);
       v.onBatch(2, fresh(1, first));
       expect(count.hashes).toBe(batches + 1);
+    });
+
+    test("one memo shared by a client's voters: the same seq on two channels never takes the other's key", () => {
+      const count = counted();
+      const shared = new CopyKeys(nativeBytesEqual);
+      const a = new DeliveryVoter({
+        tag: "a.one",
+        cls: { fault: "byzantine", order: "total" },
+        n: 4,
+        f: 1,
+        hash: count.options.hash as DeliveryVoterOptions["hash"],
+        verify: () => true,
+        copyKeys: shared,
+      });
+      const b = new DeliveryVoter({
+        tag: "b.two",
+        cls: { fault: "byzantine", order: "total" },
+        n: 4,
+        f: 1,
+        hash: count.options.hash as DeliveryVoterOptions["hash"],
+        verify: () => true,
+        copyKeys: shared,
+      });
+      const onA = signed(ALICE, 1, ["x"], "a.one");
+      const onB = signed(ALICE, 1, ["y"], "b.two");
+      a.onBatch(0, fresh(1, onA));
+      b.onBatch(0, fresh(1, onB));
+      expect(delivered(a.onBatch(1, fresh(1, onA)))).toEqual([[1, ["x"]]]);
+      expect(delivered(b.onBatch(1, fresh(1, onB)))).toEqual([[1, ["y"]]]);
+      expect(count.hashes).toBe(2);
     });
 
     test("the memo is bounded: a seq keyed more than COPY_KEYS_MAX seqs ago is hashed again", () => {

@@ -72,14 +72,50 @@ export const DELIVERY_HELD_BYTES_PER_PUBLISHER_MAX = 2 * REQUEST_BYTES_MAX;
 export const DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX = 1024;
 /** Delivered batch starts remembered, to recognise late copies that contradict them. */
 export const DELIVERED_HISTORY_MAX = 1024;
-/**
- * Total order: copies whose key (seq position, timestamp, digest of the signed request)
- * was computed, remembered by first seq so that another replica's byte-identical copy
- * takes the key by a comparison instead of hashing the batch again: at most this many,
- * and at most COPY_KEYS_BYTES_MAX of bodies held, oldest forgotten first.
- */
+/** What a CopyKeys remembers at most: copies, and bytes of their bodies (oldest forgotten first). */
 export const COPY_KEYS_MAX = 1024;
 export const COPY_KEYS_BYTES_MAX = 8 * 1024 * 1024;
+
+/**
+ * Total order: what a copy votes for is its first seq's position, its timestamp and the
+ * digest of its signed request. Correct replicas send the same bytes, so this remembers
+ * the first copy keyed at each (tag, first seq), as a copy of its bytes, and a later copy
+ * equal to it byte for byte takes its key by a comparison instead of hashing the batch
+ * again; any other copy is hashed. The key is a function of those bytes, so the answer is
+ * the one hashing gives. One per client, shared by its subscriptions' voters, so that its
+ * bound (COPY_KEYS_MAX, COPY_KEYS_BYTES_MAX) holds however many it has.
+ */
+export class CopyKeys {
+  private readonly known = new Map<
+    string,
+    { readonly tsMs: number; readonly body: Uint8Array; readonly sig: Uint8Array; readonly key: string }
+  >();
+  private bytes = 0;
+
+  /** `sameBytes`: the runtime's native comparison in the client; this loop by default. */
+  constructor(private readonly sameBytes: (a: Uint8Array, b: Uint8Array) => boolean = bytesEqual) {}
+
+  keyOf(tag: string, copy: BatchCopy, hash: HashFn): string {
+    const at = `${tag}\u0000${copy.firstSeq}`;
+    const known = this.known.get(at);
+    if (known !== undefined && known.tsMs === copy.tsMs && this.sameBytes(known.body, copy.body) && this.sameBytes(known.sig, copy.sig)) {
+      return known.key;
+    }
+    const key = `${copy.tsMs}/${toHex(signedRequestDigest(hash, copy))}`;
+    if (known === undefined) {
+      // A copy of the bytes: the events delivered are views into a copy's own, and a
+      // handler that writes over them must not change what later copies are compared with.
+      this.known.set(at, { tsMs: copy.tsMs, body: copy.body.slice(), sig: copy.sig.slice(), key });
+      this.bytes += copy.body.length;
+      while (this.known.size > COPY_KEYS_MAX || this.bytes > COPY_KEYS_BYTES_MAX) {
+        const [oldest, entry] = this.known.entries().next().value as [string, { readonly body: Uint8Array }];
+        this.known.delete(oldest);
+        this.bytes -= entry.body.length;
+      }
+    }
+    return key;
+  }
+}
 
 /** Verifies a publisher signature over `utf8("fitb/v1/request") || 0x00 || body`. */
 export type VerifyRequest = (body: Uint8Array, sig: Uint8Array, publisher: Uint8Array) => boolean;
@@ -92,11 +128,8 @@ export type DeliveryVoterOptions = {
   /** Total order: the first channel seq to deliver (a resume point). Default 1. */
   readonly fromSeq?: number;
   readonly hash: HashFn;
-  /**
-   * Whether two byte strings are equal: by default a loop here; the client passes the
-   * runtime's native comparison, many times faster than hashing the same bytes.
-   */
-  readonly sameBytes?: (a: Uint8Array, b: Uint8Array) => boolean;
+  /** Total order: the client's memo of copy keys, shared by its voters (default: one of this voter's own). */
+  readonly copyKeys?: CopyKeys;
   readonly verify: VerifyRequest;
   /**
    * Optional filter, e.g. the channel's registered publishers; default accepts all.
@@ -251,10 +284,7 @@ export class DeliveryVoter {
   private readonly votes: Map<number, string>[];
   private bufferedBytes: number[];
   private readonly history = new Map<number, string>();
-  private readonly sameBytes: (a: Uint8Array, b: Uint8Array) => boolean;
-  /** The first copy keyed at each first seq (COPY_KEYS_MAX), and the bytes of their bodies. */
-  private readonly copyKeys = new Map<number, { readonly copy: BatchCopy; readonly key: string }>();
-  private copyKeyBytes = 0;
+  private readonly copyKeys: CopyKeys;
   private readonly trimNotices = new Map<number, number>();
   /**
    * Whether a pending copy may start before the next seq yet cover it (a resume point
@@ -292,7 +322,7 @@ export class DeliveryVoter {
     this.threshold = this.byzantine ? vouchQuorum(options.f) : 1;
     this.n = options.n;
     this.hash = options.hash;
-    this.sameBytes = options.sameBytes ?? bytesEqual;
+    this.copyKeys = options.copyKeys ?? new CopyKeys();
     this.verify = options.verify;
     this.acceptPublisher = options.acceptPublisher ?? (() => true);
     this.notBeforeMs = options.notBeforeMs ?? 0;
@@ -680,7 +710,7 @@ export class DeliveryVoter {
     if (!Number.isSafeInteger(copy.firstSeq) || copy.firstSeq < 1 || !Number.isSafeInteger(copy.tsMs) || copy.tsMs < 0) {
       return this.invalidCopy(replica, "bad-position");
     }
-    const key = this.keyOf(copy);
+    const key = this.copyKeys.keyOf(this.tag, copy, this.hash);
     const delivered = this.history.get(copy.firstSeq);
     if (delivered !== undefined) return this.lateCopy(replica, copy.firstSeq, key === delivered);
     const earlier = this.votes[replica]?.get(copy.firstSeq);
@@ -697,37 +727,6 @@ export class DeliveryVoter {
     if (full !== null) return this.overflow(replica, full);
     this.addVote(replica, group);
     return this.deliverReady();
-  }
-
-  /**
-   * What a copy votes for: its first seq's position, its timestamp and the digest of its
-   * signed request. Correct replicas send the same bytes, so a copy equal byte for byte to
-   * the first one keyed at its seq takes that key without hashing; any other is hashed.
-   */
-  private keyOf(copy: BatchCopy): string {
-    const known = this.copyKeys.get(copy.firstSeq);
-    if (
-      known !== undefined &&
-      known.copy.tsMs === copy.tsMs &&
-      this.sameBytes(known.copy.body, copy.body) &&
-      this.sameBytes(known.copy.sig, copy.sig)
-    ) {
-      return known.key;
-    }
-    const key = `${copy.tsMs}/${toHex(signedRequestDigest(this.hash, copy))}`;
-    if (known === undefined) {
-      // A copy of the bytes: the events delivered are views into the copy's own, and a
-      // handler that writes over them must not change what later copies are compared with.
-      const kept = { firstSeq: copy.firstSeq, tsMs: copy.tsMs, body: copy.body.slice(), sig: copy.sig.slice() };
-      this.copyKeys.set(copy.firstSeq, { copy: kept, key });
-      this.copyKeyBytes += copy.body.length;
-      while (this.copyKeys.size > COPY_KEYS_MAX || this.copyKeyBytes > COPY_KEYS_BYTES_MAX) {
-        const [oldest, entry] = this.copyKeys.entries().next().value as [number, { readonly copy: BatchCopy }];
-        this.copyKeys.delete(oldest);
-        this.copyKeyBytes -= entry.copy.body.length;
-      }
-    }
-    return key;
   }
 
   /** A copy of something already delivered: a duplicate if it matches, else a conflict. */
