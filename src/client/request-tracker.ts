@@ -57,7 +57,7 @@ interface PendingRequest {
   readonly voter: ReplyVoter;
   /** Replicas that have the request on their current session. */
   readonly sentTo: Set<number>;
-  /** Replicas asked again after a stale refusal, with the `after` they were asked to wait for. */
+  /** The `after` each replica was last sent the request with: a stale refusal asks it again only for a higher one. */
   readonly askedAgain: Map<number, number>;
   /** One reason text per refusal code, for the error message. */
   readonly reasons: Map<string, string>;
@@ -138,7 +138,10 @@ export class RequestTracker {
       const bytes = withMacRoom(pending.frame);
       pending.shared = { bytes, digest: framePayloadDigest(bytes) };
     }
-    if (connection.sendShared(pending.shared.bytes, pending.shared.digest)) pending.sentTo.add(connection.id);
+    if (!connection.sendShared(pending.shared.bytes, pending.shared.digest)) return;
+    pending.sentTo.add(connection.id);
+    // Whatever the path (a re-ask, a reconnect, the resend timer), the replica now holds the request with this `after`.
+    pending.askedAgain.set(connection.id, pending.frameAfter);
   }
 
   onReply(replica: number, body: Reply): void {
@@ -206,9 +209,7 @@ export class RequestTracker {
     }
     for (const replica of pending.local.keys()) {
       const connection = group.connection(replica);
-      if (pending.sentTo.has(replica) || connection === undefined) continue;
-      this.sendRequest(pending, connection);
-      if (pending.sentTo.has(replica)) pending.askedAgain.set(replica, pending.frameAfter);
+      if (!pending.sentTo.has(replica) && connection !== undefined) this.sendRequest(pending, connection);
     }
     const answered = new Set([...pending.ats.keys(), ...pending.local.keys()]);
     const missing = new Set(pending.voter.missing());
@@ -280,6 +281,7 @@ export class RequestTracker {
   onLeft(id: number): void {
     for (const pending of this.requests.values()) {
       pending.sentTo.delete(id);
+      pending.askedAgain.delete(id);
       pending.ats.delete(id);
       pending.accepted.delete(id);
       pending.local.delete(id);

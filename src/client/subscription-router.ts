@@ -9,6 +9,7 @@ import type { Events, SubEnd, SubOk } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
 import { CopyKeys } from "../core/voting/delivery-voter.ts";
 import { nativeBytesEqual } from "../crypto/encoding.ts";
+import { sha256 } from "../crypto/hash.ts";
 import type { ExecutedFloor } from "./executed-floor.ts";
 import type { ReplicaGroup } from "./replica-group.ts";
 import type { ClientSubscription, SubscriptionHost } from "./subscription.ts";
@@ -20,7 +21,7 @@ interface SubRoute {
 
 export class SubscriptionRouter implements SubscriptionHost {
   /** One per client: its voters' memo of copy keys, bounded whatever the number of subscriptions. */
-  readonly copyKeys = new CopyKeys(nativeBytesEqual);
+  readonly copyKeys = new CopyKeys(sha256, nativeBytesEqual);
   private readonly subscriptions = new Set<ClientSubscription>();
   private readonly subRoutes = new Map<number, SubRoute>();
   private subCounter = 0;
@@ -90,6 +91,7 @@ export class SubscriptionRouter implements SubscriptionHost {
   forget(sub: ClientSubscription): void {
     this.subscriptions.delete(sub);
     for (const [subId, route] of this.subRoutes) if (route.sub === sub) this.subRoutes.delete(subId);
+    if (this.subscriptions.size === 0) this.copyKeys.clear();
   }
 
   now(): number {

@@ -83,5 +83,10 @@ describe("a request handed to every replica's connection from one buffer", () =>
     // Each stale replica is asked again once, not again at every later refusal.
     expect(again.map((h) => h.replica).sort()).toEqual([1, 2]);
     expect(again.every((h) => h.after === 9 && h.digestMatches)).toBe(true);
+    // Replica 3 stored it as of seq 12: the stale ones are asked again, now to wait for 12.
+    tracker.onReply(3, reply(3, true, 12));
+    const later = handed.slice(6);
+    expect(later.map((h) => h.replica).sort()).toEqual([1, 2]);
+    expect(later.every((h) => h.after === 12 && h.digestMatches)).toBe(true);
   });
 });

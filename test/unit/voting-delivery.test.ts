@@ -335,7 +335,9 @@ describe("byzantine/total", () => {
 
     test("with the client's native comparison too; and a handler writing over delivered events changes no later key", () => {
       const count = counted();
-      const v = voter("byzantine", "total", { ...count.options, copyKeys: new CopyKeys(nativeBytesEqual) });
+      const v = voter("byzantine", "total", {
+        copyKeys: new CopyKeys(count.options.hash as DeliveryVoterOptions["hash"], nativeBytesEqual),
+      });
       v.onBatch(0, fresh(1, B1));
       const out = v.onBatch(1, fresh(1, B1));
       expect(delivered(out)).toEqual([[1, ["a1", "a2"]]]);
@@ -368,7 +370,7 @@ describe("byzantine/total", () => {
 
     test("one memo shared by a client's voters: the same seq on two channels never takes the other's key", () => {
       const count = counted();
-      const shared = new CopyKeys(nativeBytesEqual);
+      const shared = new CopyKeys(count.options.hash as DeliveryVoterOptions["hash"], nativeBytesEqual);
       const a = new DeliveryVoter({
         tag: "a.one",
         cls: { fault: "byzantine", order: "total" },
@@ -394,6 +396,37 @@ describe("byzantine/total", () => {
       expect(delivered(a.onBatch(1, fresh(1, onA)))).toEqual([[1, ["x"]]]);
       expect(delivered(b.onBatch(1, fresh(1, onB)))).toEqual([[1, ["y"]]]);
       expect(count.hashes).toBe(2);
+    });
+
+    test("a memo shared by two voters holds its bound across both: one voter's copies push out the other's oldest", () => {
+      const count = counted();
+      const hashFn = count.options.hash as DeliveryVoterOptions["hash"];
+      const shared = new CopyKeys(hashFn, nativeBytesEqual);
+      const onTag = (tag: string) =>
+        new DeliveryVoter({
+          tag,
+          cls: { fault: "byzantine", order: "total" },
+          n: 4,
+          f: 1,
+          hash: hashFn,
+          verify: () => true,
+          copyKeys: shared,
+        });
+      const a = onTag("a.one");
+      const b = onTag("b.two");
+      const first = signed(ALICE, 1, ["e"], "a.one");
+      for (let seq = 1; seq <= COPY_KEYS_MAX; seq++) {
+        const batch = seq === 1 ? first : signed(ALICE, seq, ["e"], "a.one");
+        a.onBatch(0, fresh(seq, batch));
+        a.onBatch(1, fresh(seq, batch));
+      }
+      // A late copy of a's first seq still takes its key...
+      a.onBatch(2, fresh(1, first));
+      expect(count.hashes).toBe(COPY_KEYS_MAX);
+      // ...until one copy on b's channel takes the memo's last place.
+      b.onBatch(0, fresh(1, signed(BOB, 1, ["f"], "b.two")));
+      a.onBatch(3, fresh(1, first));
+      expect(count.hashes).toBe(COPY_KEYS_MAX + 2);
     });
 
     test("the memo is bounded: a seq keyed more than COPY_KEYS_MAX seqs ago is hashed again", () => {

@@ -92,16 +92,28 @@ export class CopyKeys {
   >();
   private bytes = 0;
 
-  /** `sameBytes`: the runtime's native comparison in the client; this loop by default. */
-  constructor(private readonly sameBytes: (a: Uint8Array, b: Uint8Array) => boolean = bytesEqual) {}
+  /**
+   * `hash`: the voters' hash, the one every key of this memo is made with; `sameBytes`: the
+   * runtime's native comparison in the client, this loop by default.
+   */
+  constructor(
+    private readonly hash: HashFn,
+    private readonly sameBytes: (a: Uint8Array, b: Uint8Array) => boolean = bytesEqual,
+  ) {}
 
-  keyOf(tag: string, copy: BatchCopy, hash: HashFn): string {
+  /** Forgets every copy (a client with no subscriptions left holds none). */
+  clear(): void {
+    this.known.clear();
+    this.bytes = 0;
+  }
+
+  keyOf(tag: string, copy: BatchCopy): string {
     const at = `${tag}\u0000${copy.firstSeq}`;
     const known = this.known.get(at);
     if (known !== undefined && known.tsMs === copy.tsMs && this.sameBytes(known.body, copy.body) && this.sameBytes(known.sig, copy.sig)) {
       return known.key;
     }
-    const key = `${copy.tsMs}/${toHex(signedRequestDigest(hash, copy))}`;
+    const key = `${copy.tsMs}/${toHex(signedRequestDigest(this.hash, copy))}`;
     if (known === undefined) {
       // A copy of the bytes: the events delivered are views into a copy's own, and a
       // handler that writes over them must not change what later copies are compared with.
@@ -128,7 +140,7 @@ export type DeliveryVoterOptions = {
   /** Total order: the first channel seq to deliver (a resume point). Default 1. */
   readonly fromSeq?: number;
   readonly hash: HashFn;
-  /** Total order: the client's memo of copy keys, shared by its voters (default: one of this voter's own). */
+  /** Total order: the client's memo of copy keys, shared by its voters, which makes the keys with its own hash (default: one of this voter's own, with `hash`). */
   readonly copyKeys?: CopyKeys;
   readonly verify: VerifyRequest;
   /**
@@ -322,7 +334,7 @@ export class DeliveryVoter {
     this.threshold = this.byzantine ? vouchQuorum(options.f) : 1;
     this.n = options.n;
     this.hash = options.hash;
-    this.copyKeys = options.copyKeys ?? new CopyKeys();
+    this.copyKeys = options.copyKeys ?? new CopyKeys(options.hash);
     this.verify = options.verify;
     this.acceptPublisher = options.acceptPublisher ?? (() => true);
     this.notBeforeMs = options.notBeforeMs ?? 0;
@@ -710,7 +722,7 @@ export class DeliveryVoter {
     if (!Number.isSafeInteger(copy.firstSeq) || copy.firstSeq < 1 || !Number.isSafeInteger(copy.tsMs) || copy.tsMs < 0) {
       return this.invalidCopy(replica, "bad-position");
     }
-    const key = this.copyKeys.keyOf(this.tag, copy, this.hash);
+    const key = this.copyKeys.keyOf(this.tag, copy);
     const delivered = this.history.get(copy.firstSeq);
     if (delivered !== undefined) return this.lateCopy(replica, copy.firstSeq, key === delivered);
     const earlier = this.votes[replica]?.get(copy.firstSeq);
