@@ -293,6 +293,17 @@ describe("byzantine/total", () => {
       };
       return state;
     }
+    /** A byzantine/total voter on `tag` keying its copies through a memo shared with others (a client's). */
+    const sharingVoter = (tag: string, shared: CopyKeys, hashFn: DeliveryVoterOptions["hash"]): DeliveryVoter =>
+      new DeliveryVoter({
+        tag,
+        cls: { fault: "byzantine", order: "total" },
+        n: 4,
+        f: 1,
+        hash: hashFn,
+        verify: () => true,
+        copyKeys: shared,
+      });
     /** Copies in fresh buffers, as each replica's frame is. */
     const fresh = (firstSeq: number, s: { body: Uint8Array; sig: Uint8Array }, tsMs = 1000): BatchCopy =>
       copy(firstSeq, { body: s.body.slice(), sig: s.sig.slice() }, tsMs);
@@ -371,24 +382,9 @@ describe("byzantine/total", () => {
     test("one memo shared by a client's voters: the same seq on two channels never takes the other's key", () => {
       const count = counted();
       const shared = new CopyKeys(count.options.hash as DeliveryVoterOptions["hash"], nativeBytesEqual);
-      const a = new DeliveryVoter({
-        tag: "a.one",
-        cls: { fault: "byzantine", order: "total" },
-        n: 4,
-        f: 1,
-        hash: count.options.hash as DeliveryVoterOptions["hash"],
-        verify: () => true,
-        copyKeys: shared,
-      });
-      const b = new DeliveryVoter({
-        tag: "b.two",
-        cls: { fault: "byzantine", order: "total" },
-        n: 4,
-        f: 1,
-        hash: count.options.hash as DeliveryVoterOptions["hash"],
-        verify: () => true,
-        copyKeys: shared,
-      });
+      const hashFn = count.options.hash as DeliveryVoterOptions["hash"];
+      const a = sharingVoter("a.one", shared, hashFn);
+      const b = sharingVoter("b.two", shared, hashFn);
       const onA = signed(ALICE, 1, ["x"], "a.one");
       const onB = signed(ALICE, 1, ["y"], "b.two");
       a.onBatch(0, fresh(1, onA));
@@ -402,18 +398,8 @@ describe("byzantine/total", () => {
       const count = counted();
       const hashFn = count.options.hash as DeliveryVoterOptions["hash"];
       const shared = new CopyKeys(hashFn, nativeBytesEqual);
-      const onTag = (tag: string) =>
-        new DeliveryVoter({
-          tag,
-          cls: { fault: "byzantine", order: "total" },
-          n: 4,
-          f: 1,
-          hash: hashFn,
-          verify: () => true,
-          copyKeys: shared,
-        });
-      const a = onTag("a.one");
-      const b = onTag("b.two");
+      const a = sharingVoter("a.one", shared, hashFn);
+      const b = sharingVoter("b.two", shared, hashFn);
       const first = signed(ALICE, 1, ["e"], "a.one");
       for (let seq = 1; seq <= COPY_KEYS_MAX; seq++) {
         const batch = seq === 1 ? first : signed(ALICE, seq, ["e"], "a.one");
