@@ -58,7 +58,7 @@ interface PendingRequest {
   /** Replicas that have the request on their current session. */
   readonly sentTo: Set<number>;
   /** The `after` each replica was last sent the request with: a stale refusal asks it again only for a higher one. */
-  readonly askedAgain: Map<number, number>;
+  readonly sentAfter: Map<number, number>;
   /** One reason text per refusal code, for the error message. */
   readonly reasons: Map<string, string>;
   /** The last transient refusal per replica (not a vote). */
@@ -116,7 +116,7 @@ export class RequestTracker {
         what,
         voter: new ReplyVoter({ n: group.slots, f: group.f, kind }),
         sentTo: new Set(),
-        askedAgain: new Map(),
+        sentAfter: new Map(),
         reasons: new Map(),
         transient: new Map(),
         lastSendAt: now,
@@ -141,7 +141,7 @@ export class RequestTracker {
     if (!connection.sendShared(pending.shared.bytes, pending.shared.digest)) return;
     pending.sentTo.add(connection.id);
     // Whatever the path (a re-ask, a reconnect, the resend timer), the replica now holds the request with this `after`.
-    pending.askedAgain.set(connection.id, pending.frameAfter);
+    pending.sentAfter.set(connection.id, pending.frameAfter);
   }
 
   onReply(replica: number, body: Reply): void {
@@ -197,7 +197,7 @@ export class RequestTracker {
           `${refusal.code} ${refusal.reason} (as of decided seq ${refusal.at}; asked again to wait for ${fresh})`,
         );
         // Asked again once per freshness: a later refusal from another replica does not send it again.
-        if ((pending.askedAgain.get(replica) ?? 0) < fresh) pending.sentTo.delete(replica);
+        if ((pending.sentAfter.get(replica) ?? 0) < fresh) pending.sentTo.delete(replica);
         continue;
       }
       counts.set(refusal.code, (counts.get(refusal.code) ?? 0) + 1);
@@ -281,7 +281,7 @@ export class RequestTracker {
   onLeft(id: number): void {
     for (const pending of this.requests.values()) {
       pending.sentTo.delete(id);
-      pending.askedAgain.delete(id);
+      pending.sentAfter.delete(id);
       pending.ats.delete(id);
       pending.accepted.delete(id);
       pending.local.delete(id);

@@ -24,6 +24,7 @@
  * Binding the keys to the transcript means a man in the middle who swaps ephemeral
  * keys ends with different MAC keys on each side, so the first MAC fails.
  */
+import { BoundedMap } from "../../wire/bounded-map.ts";
 import { writeUint32BE, writeUint64BE } from "../../wire/bytes.ts";
 import {
   createHash,
@@ -359,9 +360,11 @@ export const SHARED_PREFIX_BYTES_MAX = 8 * 1024 * 1024;
  */
 export class PrefixDigests {
   /** By a number of their own, least recently used first. */
-  readonly #prefixes = new Map<number, { readonly prefix: Uint8Array; readonly state: Hash }>();
+  readonly #prefixes = new BoundedMap<number, { readonly prefix: Uint8Array; readonly state: Hash }>(
+    SHARED_PREFIXES_MAX,
+    SHARED_PREFIX_BYTES_MAX,
+  );
   #nextId = 0;
-  #heldBytes = 0;
   /** Payloads whose prefix was found, and payloads hashed whole (for tests and benchmarks). */
   reused = 0;
   hashed = 0;
@@ -375,24 +378,13 @@ export class PrefixDigests {
     for (const [id, known] of this.#prefixes) {
       if (known.prefix.length !== cut || !this.equal(known.prefix, head)) continue;
       this.reused++;
-      this.#prefixes.delete(id);
-      this.#prefixes.set(id, known);
+      this.#prefixes.touch(id);
       return known.state.copy().update(payload.subarray(cut)).digest();
     }
     this.hashed++;
     const hasher = createHash("sha256").update(head);
-    this.#remember(head.slice(), hasher.copy());
+    this.#prefixes.set(this.#nextId++, { prefix: head.slice(), state: hasher.copy() }, cut);
     return hasher.update(payload.subarray(cut)).digest();
-  }
-
-  #remember(prefix: Uint8Array, state: Hash): void {
-    this.#prefixes.set(this.#nextId++, { prefix, state });
-    this.#heldBytes += prefix.length;
-    while (this.#prefixes.size > SHARED_PREFIXES_MAX || this.#heldBytes > SHARED_PREFIX_BYTES_MAX) {
-      const [oldest, entry] = this.#prefixes.entries().next().value as [number, { readonly prefix: Uint8Array }];
-      this.#prefixes.delete(oldest);
-      this.#heldBytes -= entry.prefix.length;
-    }
   }
 }
 

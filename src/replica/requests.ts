@@ -13,6 +13,7 @@ import { URGENCY_MAX } from "../core/ordering/priority.ts";
 import { verify } from "../crypto/ed25519.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
+import { BoundedMap } from "../../wire/bounded-map.ts";
 import { decodeRequestBody, type Request, type SignedRequest } from "../../wire/schemas.ts";
 import { CLIENT_CLOCK_SKEW_MS_MAX } from "../../wire/types.ts";
 import { requestSigningInput } from "../../wire/session.ts";
@@ -245,13 +246,19 @@ export const DECODED_EVENT_BYTES = 96;
  * decodes as it would without them. A request the ordering core refuses is forgotten.
  */
 export class DecodedRequests {
-  private readonly byDigest = new Map<string, { readonly request: Request; readonly bytes: number }>();
-  private bytes = 0;
+  private readonly byDigest: BoundedMap<string, Request>;
 
-  constructor(
-    readonly entriesMax: number = DECODED_ENTRIES_MAX,
-    readonly bytesMax: number = DECODED_BYTES_MAX,
-  ) {}
+  constructor(entriesMax: number = DECODED_ENTRIES_MAX, bytesMax: number = DECODED_BYTES_MAX) {
+    this.byDigest = new BoundedMap(entriesMax, bytesMax);
+  }
+
+  get entriesMax(): number {
+    return this.byDigest.entriesMax;
+  }
+
+  get bytesMax(): number {
+    return this.byDigest.bytesMax;
+  }
 
   get size(): number {
     return this.byDigest.size;
@@ -259,42 +266,25 @@ export class DecodedRequests {
 
   /** Memory counted for what is kept (bodies and DECODED_EVENT_BYTES per event). */
   get keptBytes(): number {
-    return this.bytes;
+    return this.byDigest.heldBytes;
   }
 
   /** Keeps `request`, the decoding of a body of `bodyBytes` bytes whose SHA-256 is `bodyDigest`. */
   keep(bodyDigest: Uint8Array, bodyBytes: number, request: Request): void {
     const events = request.op.t === "pub" ? request.op.events.length : 1;
-    const bytes = bodyBytes + events * DECODED_EVENT_BYTES;
-    if (bytes > this.bytesMax) return;
-    const key = toHex(bodyDigest);
-    this.drop(key);
-    this.byDigest.set(key, { request, bytes });
-    this.bytes += bytes;
-    for (const oldest of this.byDigest.keys()) {
-      if (this.byDigest.size <= this.entriesMax && this.bytes <= this.bytesMax) break;
-      this.drop(oldest);
-    }
+    this.byDigest.set(toHex(bodyDigest), request, bodyBytes + events * DECODED_EVENT_BYTES);
   }
 
   /** The request kept for a body of this digest, removed; undefined when none is. */
   take(bodyDigest: Uint8Array): Request | undefined {
     const key = toHex(bodyDigest);
-    const entry = this.byDigest.get(key);
-    if (entry === undefined) return undefined;
-    this.drop(key);
-    return entry.request;
+    const request = this.byDigest.get(key);
+    this.byDigest.delete(key);
+    return request;
   }
 
   /** Forgets the request kept for a body of this digest, if any (the core refused it). */
   forget(bodyDigest: Uint8Array): void {
-    this.drop(toHex(bodyDigest));
-  }
-
-  private drop(key: string): void {
-    const entry = this.byDigest.get(key);
-    if (entry === undefined) return;
-    this.byDigest.delete(key);
-    this.bytes -= entry.bytes;
+    this.byDigest.delete(toHex(bodyDigest));
   }
 }

@@ -40,6 +40,7 @@
  * vouching is the part most worth reading in one place next to the rules it serves.
  */
 import { assert } from "../../../wire/assert.ts";
+import { BoundedMap } from "../../../wire/bounded-map.ts";
 import { bytesEqual, toHex } from "../../../wire/bytes.ts";
 import { decodeCanonical, type Canonical } from "../../../wire/canonical.ts";
 
@@ -86,11 +87,10 @@ export const COPY_KEYS_BYTES_MAX = 8 * 1024 * 1024;
  * bound (COPY_KEYS_MAX, COPY_KEYS_BYTES_MAX) holds however many it has.
  */
 export class CopyKeys {
-  private readonly known = new Map<
+  private readonly known = new BoundedMap<
     string,
     { readonly tsMs: number; readonly body: Uint8Array; readonly sig: Uint8Array; readonly key: string }
-  >();
-  private bytes = 0;
+  >(COPY_KEYS_MAX, COPY_KEYS_BYTES_MAX);
 
   /**
    * `hash`: the voters' hash, the one every key of this memo is made with; `sameBytes`: the
@@ -104,7 +104,6 @@ export class CopyKeys {
   /** Forgets every copy (a client with no subscriptions left holds none). */
   clear(): void {
     this.known.clear();
-    this.bytes = 0;
   }
 
   keyOf(tag: string, copy: BatchCopy): string {
@@ -114,17 +113,9 @@ export class CopyKeys {
       return known.key;
     }
     const key = `${copy.tsMs}/${toHex(signedRequestDigest(this.hash, copy))}`;
-    if (known === undefined) {
-      // A copy of the bytes: the events delivered are views into a copy's own, and a
-      // handler that writes over them must not change what later copies are compared with.
-      this.known.set(at, { tsMs: copy.tsMs, body: copy.body.slice(), sig: copy.sig.slice(), key });
-      this.bytes += copy.body.length;
-      while (this.known.size > COPY_KEYS_MAX || this.bytes > COPY_KEYS_BYTES_MAX) {
-        const [oldest, entry] = this.known.entries().next().value as [string, { readonly body: Uint8Array }];
-        this.known.delete(oldest);
-        this.bytes -= entry.body.length;
-      }
-    }
+    // A copy of the bytes: the events delivered are views into a copy's own, and a handler
+    // that writes over them must not change what later copies are compared with.
+    if (known === undefined) this.known.set(at, { tsMs: copy.tsMs, body: copy.body.slice(), sig: copy.sig.slice(), key }, copy.body.length);
     return key;
   }
 }
