@@ -68,6 +68,12 @@ export class BoundedMap<K, V> {
     this.held = 0;
   }
 
+  /** The key of the oldest entry whose value `match` accepts (without allocating per entry, for hot paths). */
+  find(match: (value: V) => boolean): K | undefined {
+    for (const [key, entry] of this.entries) if (match(entry.value)) return key;
+    return undefined;
+  }
+
   /** Keys and values, oldest first. */
   *[Symbol.iterator](): IterableIterator<[K, V]> {
     for (const [key, entry] of this.entries) yield [key, entry.value];

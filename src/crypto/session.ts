@@ -375,8 +375,9 @@ export class PrefixDigests {
     if (payload.length < SHARED_PREFIX_PAYLOAD_BYTES_MIN) return payloadDigest(payload);
     const cut = Math.floor((payload.length - SHARED_PREFIX_TAIL_BYTES) / SHARED_PREFIX_STEP_BYTES) * SHARED_PREFIX_STEP_BYTES;
     const head = payload.subarray(0, cut);
-    for (const [id, known] of this.#prefixes) {
-      if (known.prefix.length !== cut || !this.equal(known.prefix, head)) continue;
+    const id = this.#prefixes.find((known) => known.prefix.length === cut && this.equal(known.prefix, head));
+    const known = id === undefined ? undefined : this.#prefixes.get(id);
+    if (id !== undefined && known !== undefined) {
       this.reused++;
       this.#prefixes.touch(id);
       return known.state.copy().update(payload.subarray(cut)).digest();

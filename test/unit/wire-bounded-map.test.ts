@@ -45,6 +45,15 @@ describe("BoundedMap", () => {
     expect([map.size, map.heldBytes, map.get("a")]).toEqual([0, 0, undefined]);
   });
 
+  test("find names the oldest entry a predicate accepts", () => {
+    const map = new BoundedMap<string, number>(10, 100);
+    map.set("a", 1, 1);
+    map.set("b", 2, 1);
+    map.set("c", 2, 1);
+    expect(map.find((value) => value === 2)).toBe("b");
+    expect(map.find((value) => value === 9)).toBeUndefined();
+  });
+
   test("bounds must be whole numbers", () => {
     expect(() => new BoundedMap(0, 10)).toThrow(RangeError);
     expect(() => new BoundedMap(1, -1)).toThrow(RangeError);
