@@ -13,10 +13,11 @@
  */
 import { writeUint32BE } from "./bytes.ts";
 import { type Canonical, encodeCanonical } from "./canonical.ts";
-import type { Events, Peer, Reply, Request, RequestFrame } from "./schemas.ts";
+import type { EventsFrame, Peer, Reply, Request, RequestFrame } from "./schemas.ts";
 import {
   DIGEST_BYTES,
   EVENT_BYTES_MAX,
+  EVENTS_SUBS_MAX,
   FRAME_BYTES_MAX,
   FRAME_HEADER_BYTES,
   FRAME_LENGTH_BYTES,
@@ -102,12 +103,24 @@ export function fastPeer(value: Canonical): Peer | null {
   return value as unknown as Peer;
 }
 
-/** An EVENTS frame body (eventsSchema), or null. */
-export function fastEvents(value: Canonical): Events | null {
+/** An EVENTS frame body (eventsFrameSchema: `sub`, or `subs` ascending), or null. */
+export function fastEvents(value: Canonical): EventsFrame | null {
   if (!isMap(value) || keyCount(value) !== 5) return null;
-  if (!isUint(value["sub"]) || !isTag(value["tag"]) || !isUint(value["seq"]) || !isUint(value["replica"])) return null;
+  if (!isTag(value["tag"]) || !isUint(value["seq"]) || !isUint(value["replica"])) return null;
+  if (!isUint(value["sub"]) && !isSubs(value["subs"])) return null;
   if (!isSignedRequest(value["req"])) return null;
-  return value as unknown as Events;
+  return value as unknown as EventsFrame;
+}
+
+function isSubs(value: Canonical | undefined): boolean {
+  if (!Array.isArray(value) || value.length < 2 || value.length > EVENTS_SUBS_MAX) return false;
+  let previous = -1;
+  for (let i = 0; i < value.length; i++) {
+    const sub = value[i];
+    if (!isUint(sub) || sub <= previous) return false;
+    previous = sub;
+  }
+  return true;
 }
 
 /** A successful publish REPLY (replySchema, ok: true, a pub result), or null. */
@@ -148,6 +161,7 @@ const REQ_MAP_HEAD = 0xa2; // { sig, body }: "sig" sorts first (its encoding is 
 const KEY_REQ = encodeCanonical("req");
 const KEY_SEQ = encodeCanonical("seq");
 const KEY_SUB = encodeCanonical("sub");
+const KEY_SUBS = encodeCanonical("subs");
 const KEY_TAG = encodeCanonical("tag");
 const KEY_REPLICA = encodeCanonical("replica");
 const KEY_SIG = encodeCanonical("sig");
@@ -168,14 +182,21 @@ export function eventsPrefix(req: { readonly body: Uint8Array; readonly sig: Uin
   return { parts: [head, req.body, tail] };
 }
 
-/** The last two fields of an EVENTS payload, `tag` and `replica`: the same for every subscriber of one fan-out. */
+/**
+ * The last fields of an EVENTS payload, `tag` and `replica`, the same for every subscriber
+ * of one fan-out: `bytes` both in a one-subscription frame's order, `tag` and `replica`
+ * apart for a shared frame's, where `subs` comes between them.
+ */
 export interface EventsTail {
   readonly bytes: Uint8Array;
+  readonly tag: Uint8Array;
+  readonly replica: Uint8Array;
 }
 
 export function eventsTail(tag: string, replica: number): EventsTail {
-  const parts = [KEY_TAG, encodeCanonical(tag), KEY_REPLICA, encodeCanonical(replica)];
-  return { bytes: concatParts(parts) };
+  const tagPart = concatParts([KEY_TAG, encodeCanonical(tag)]);
+  const replicaPart = concatParts([KEY_REPLICA, encodeCanonical(replica)]);
+  return { bytes: concatParts([tagPart, replicaPart]), tag: tagPart, replica: replicaPart };
 }
 
 /**
@@ -186,6 +207,15 @@ export function eventsTail(tag: string, replica: number): EventsTail {
  */
 export function eventsRest(sub: number, tail: EventsTail): Uint8Array {
   return concatParts([KEY_SUB, encodeCanonical(sub), tail.bytes]);
+}
+
+/**
+ * The same for a shared frame naming `subs` (ascending, 2 to EVENTS_SUBS_MAX): in canonical
+ * order `tag` (a 3-letter key) comes before `subs`, and `replica` last. The map still has
+ * five pairs, so the prefix is the one-subscription frame's.
+ */
+export function eventsRestShared(subs: readonly number[], tail: EventsTail): Uint8Array {
+  return concatParts([tail.tag, KEY_SUBS, encodeCanonical(subs as number[]), tail.replica]);
 }
 
 function concatParts(parts: readonly Uint8Array[]): Uint8Array {

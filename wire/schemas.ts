@@ -10,6 +10,7 @@ import { fastEvents, fastPeer, fastPublishReply, fastPublishRequest, fastRequest
 import {
   DIGEST_BYTES,
   ERROR_CODES,
+  EVENTS_SUBS_MAX,
   EVENT_BYTES_MAX,
   FRAME_BYTES_MAX,
   FRAME_HEADER_BYTES,
@@ -19,6 +20,7 @@ import {
   MAC_BYTES,
   NONCE_BYTES,
   PROTOCOL_VERSION,
+  PROTOCOL_VERSION_MIN,
   REASON_BYTES_MAX,
   REPLICAS_MAX,
   REQUEST_VERSION,
@@ -200,7 +202,8 @@ export type SignedRequest = z.infer<typeof signedRequestSchema>;
 // Frame payload schemas
 // ---------------------------------------------------------------------------------------
 
-const version = z.literal(PROTOCOL_VERSION);
+/** HELLO and HELLO_ACK: any version a responder serves (checkVersion refuses the others first, with its own error). */
+const version = z.number().int().min(PROTOCOL_VERSION_MIN).max(PROTOCOL_VERSION);
 
 /**
  * Digests of the sections of the cluster file every replica must share (sent by a
@@ -344,10 +347,13 @@ export const subscribeSchema = z.strictObject({
   tag: tagSchema,
   from: uintSchema.optional(),
   after: uintSchema.optional(),
+  /** Version 4: this subscription's live batches may come in EVENTS frames naming several subscriptions (`subs`). */
+  shared: z.literal(true).optional(),
 });
 export const unsubscribeSchema = z.strictObject({ sub: uintSchema });
 export const subOkSchema = z.strictObject({ sub: uintSchema, replica: uintSchema, next: uintSchema.optional(), at: uintSchema.optional() });
 
+/** One subscription's EVENTS: what a subscription sees, whichever form the frame had. */
 export const eventsSchema = z.strictObject({
   sub: uintSchema,
   tag: tagSchema,
@@ -355,6 +361,26 @@ export const eventsSchema = z.strictObject({
   req: signedRequestSchema,
   replica: uintSchema,
 });
+
+/** Subscription ids of a shared EVENTS frame: at least two, in ascending order (so each once). */
+const eventsSubsSchema = z
+  .array(uintSchema)
+  .min(2)
+  .max(EVENTS_SUBS_MAX)
+  .refine((subs) => subs.every((sub, i) => i === 0 || sub > (subs[i - 1] as number)), "subs must be ascending and distinct");
+
+/** The EVENTS frame: one subscription (`sub`), or, version 4, several shared ones (`subs`). */
+export const eventsFrameSchema = z.union([
+  eventsSchema.extend({ subs: z.undefined().optional() }),
+  z.strictObject({
+    sub: z.undefined().optional(),
+    subs: eventsSubsSchema,
+    tag: tagSchema,
+    seq: uintSchema,
+    req: signedRequestSchema,
+    replica: uintSchema,
+  }),
+]);
 
 export const subEndSchema = z.strictObject({
   sub: uintSchema,
@@ -387,6 +413,7 @@ export type Subscribe = z.infer<typeof subscribeSchema>;
 export type Unsubscribe = z.infer<typeof unsubscribeSchema>;
 export type SubOk = z.infer<typeof subOkSchema>;
 export type Events = z.infer<typeof eventsSchema>;
+export type EventsFrame = z.infer<typeof eventsFrameSchema>;
 export type SubEnd = z.infer<typeof subEndSchema>;
 export type Peer = z.infer<typeof peerSchema>;
 
@@ -406,7 +433,7 @@ export interface FrameBodies {
   [FrameType.SUBSCRIBE]: Subscribe;
   [FrameType.UNSUBSCRIBE]: Unsubscribe;
   [FrameType.SUB_OK]: SubOk;
-  [FrameType.EVENTS]: Events;
+  [FrameType.EVENTS]: EventsFrame;
   [FrameType.SUB_END]: SubEnd;
   [FrameType.PEER]: Peer;
 }
@@ -430,7 +457,7 @@ export const FRAME_SCHEMAS: { readonly [K in FrameTypeCode]: z.ZodType<FrameBodi
   [FrameType.SUBSCRIBE]: subscribeSchema,
   [FrameType.UNSUBSCRIBE]: unsubscribeSchema,
   [FrameType.SUB_OK]: subOkSchema,
-  [FrameType.EVENTS]: eventsSchema,
+  [FrameType.EVENTS]: eventsFrameSchema,
   [FrameType.SUB_END]: subEndSchema,
   [FrameType.PEER]: peerSchema,
 };
@@ -457,7 +484,7 @@ export function decodeFrameBody(type: number, payload: Uint8Array): FrameResult 
   const parsed = parseCanonical(payload, name);
   if (!parsed.ok) return parsed;
   if (VERSIONED_FRAME_TYPES.has(code)) {
-    const versionError = checkVersion(parsed.value, name, PROTOCOL_VERSION);
+    const versionError = checkVersion(parsed.value, name, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN);
     if (versionError !== null) return { ok: false, error: versionError };
   }
   const fast = FAST_FRAME_CHECKS[code]?.(parsed.value) ?? null;
@@ -482,7 +509,7 @@ const FAST_FRAME_CHECKS: { readonly [K in FrameTypeCode]?: (value: Canonical) =>
 export function decodeRequestBody(body: Uint8Array): RequestResult {
   const parsed = parseCanonical(body, "request body");
   if (!parsed.ok) return parsed;
-  const versionError = checkVersion(parsed.value, "request body", REQUEST_VERSION);
+  const versionError = checkVersion(parsed.value, "request body", REQUEST_VERSION, REQUEST_VERSION);
   if (versionError !== null) return { ok: false, error: versionError };
   const fast = fastPublishRequest(parsed.value);
   if (fast !== null) return { ok: true, request: fast };
@@ -535,12 +562,14 @@ function parseCanonical(bytes: Uint8Array, what: string): { ok: true; value: Can
   }
 }
 
-function checkVersion(value: Canonical, what: string, supported: number): WireError | null {
+/** `supported` down to `oldest`: the versions accepted. */
+function checkVersion(value: Canonical, what: string, supported: number, oldest: number): WireError | null {
   if (value === null || typeof value !== "object" || Array.isArray(value) || value instanceof Uint8Array) return null;
   const v = value.v;
-  if (typeof v === "number" && v !== supported) {
-    const hint = supported === PROTOCOL_VERSION && v < PROTOCOL_VERSION ? `; ${olderVersionHint(v)}` : "";
-    return wireError("bad-version", `${what}: version ${v} is not supported (this is version ${supported}${hint})`);
+  if (typeof v === "number" && (v > supported || v < oldest)) {
+    const hint = supported === PROTOCOL_VERSION && v < oldest ? `; ${olderVersionHint(v)}` : "";
+    const range = oldest === supported ? `this is version ${supported}` : `this is version ${supported}, serving ${oldest} and up`;
+    return wireError("bad-version", `${what}: version ${v} is not supported (${range}${hint})`);
   }
   return null;
 }

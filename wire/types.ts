@@ -7,10 +7,20 @@
 /**
  * The session protocol version carried in HELLO and HELLO_ACK. Version 2 added the
  * ephemeral key exchange to client sessions and a MAC on every client frame after the
- * handshake; version 3 made that MAC cover the SHA-256 of the payload (PROTOCOL.md 5.2).
- * A HELLO of another version is refused with BAD_VERSION.
+ * handshake; version 3 made that MAC cover the SHA-256 of the payload (PROTOCOL.md 5.2);
+ * version 4 lets a client ask for one EVENTS frame naming several of its subscriptions
+ * (SUBSCRIBE `shared`, EVENTS `subs`). A responder accepts a HELLO of any version from
+ * PROTOCOL_VERSION_MIN up and answers in the initiator's version; a HELLO of another
+ * version is refused with BAD_VERSION.
  */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
+/** The oldest version a responder still serves: version 3 sessions never see `subs`. */
+export const PROTOCOL_VERSION_MIN = 3;
+/**
+ * Subscriptions one EVENTS frame names at most (`subs`); a replica with more shared
+ * subscriptions of one channel on a connection sends one frame per this many.
+ */
+export const EVENTS_SUBS_MAX = 1024;
 /** The version of the signed Request body (`v`), unchanged since version 1 of the protocol. */
 export const REQUEST_VERSION = 1;
 

@@ -65,6 +65,9 @@ export function clientHello(key: SigningKey, nonce: Uint8Array = freshNonce(), e
  */
 export function checkHelloAck(handshake: ClientHandshake, ack: HelloAck, expected: ExpectedReplica, key: SigningKey): HelloAckCheck {
   const { hello } = handshake;
+  if (ack.v !== hello.v) {
+    return { ok: false, code: "BAD_VERSION", reason: `answered in protocol version ${ack.v}, the HELLO was version ${hello.v}` };
+  }
   if (ack.replica !== expected.id) {
     return { ok: false, code: "UNAUTHORIZED", reason: `answered as replica ${ack.replica}, expected replica ${expected.id}` };
   }

@@ -4,15 +4,23 @@
  * EVENTS and SUB_END are routed back by (replica, sub id), so a replica can only speak
  * for the subscriptions it was asked for. This is the SubscriptionHost a
  * ClientSubscription sees: sending, routing, the clock.
+ *
+ * Every SUBSCRIBE says `shared` (protocol version 4): a replica may then send one EVENTS
+ * frame naming several of this client's subscriptions of a channel (`subs`), routed here to
+ * each of them with the same bytes. Those bytes are never a handler's: a subscription
+ * hands its handler a copy of a shared batch (`sharedBytes`), so no handler can write over
+ * another's events, and the memos (copy keys, checked signatures) see what was received.
  */
-import type { Events, SubEnd, SubOk } from "../../wire/schemas.ts";
-import { FrameType } from "../../wire/types.ts";
+import type { EventsFrame, SubEnd, SubOk } from "../../wire/schemas.ts";
+import { DOMAIN_REQUEST, FrameType } from "../../wire/types.ts";
 import { CopyKeys } from "../core/voting/delivery-voter.ts";
+import { verifyDomain } from "../crypto/ed25519.ts";
 import { nativeBytesEqual } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import type { ExecutedFloor } from "./executed-floor.ts";
 import type { ReplicaGroup } from "./replica-group.ts";
 import type { ClientSubscription, SubscriptionHost } from "./subscription.ts";
+import { VerifiedRequests } from "./verified-requests.ts";
 
 interface SubRoute {
   readonly sub: ClientSubscription;
@@ -22,6 +30,11 @@ interface SubRoute {
 export class SubscriptionRouter implements SubscriptionHost {
   /** One per client: its voters' memo of copy keys, bounded whatever the number of subscriptions. */
   readonly copyKeys = new CopyKeys(sha256, nativeBytesEqual);
+  /** One per client: the publisher signatures its voters checked, so a batch shared by several subscriptions is checked once. */
+  readonly verified = new VerifiedRequests((body, sig, publisher) => verifyDomain(publisher, DOMAIN_REQUEST, body, sig), nativeBytesEqual);
+  readonly verifyRequest = this.verified.verify;
+  /** Bodies of shared EVENTS frames, handed to several subscriptions (weakly held: they go with their frames). */
+  private readonly shared = new WeakSet<Uint8Array>();
   private readonly subscriptions = new Set<ClientSubscription>();
   private readonly subRoutes = new Map<number, SubRoute>();
   private subCounter = 0;
@@ -71,7 +84,7 @@ export class SubscriptionRouter implements SubscriptionHost {
     const connection = this.group.connection(replica);
     if (connection === undefined || !connection.isReady) return null;
     const subId = ++this.subCounter;
-    const body: { sub: number; tag: string; from?: number; after?: number } = { sub: subId, tag: sub.tag };
+    const body: { sub: number; tag: string; from?: number; after?: number; shared: true } = { sub: subId, tag: sub.tag, shared: true };
     if (from !== undefined) body.from = from;
     if (after > 0) body.after = after;
     if (!connection.send({ type: FrameType.SUBSCRIBE, body })) return null;
@@ -91,7 +104,10 @@ export class SubscriptionRouter implements SubscriptionHost {
   forget(sub: ClientSubscription): void {
     this.subscriptions.delete(sub);
     for (const [subId, route] of this.subRoutes) if (route.sub === sub) this.subRoutes.delete(subId);
-    if (this.subscriptions.size === 0) this.copyKeys.clear();
+    if (this.subscriptions.size === 0) {
+      this.copyKeys.clear();
+      this.verified.clear();
+    }
   }
 
   now(): number {
@@ -115,8 +131,21 @@ export class SubscriptionRouter implements SubscriptionHost {
     this.route(replica, body.sub)?.sub.onSubOk(replica, body.sub, body);
   }
 
-  onEvents(replica: number, body: Events): void {
-    this.route(replica, body.sub)?.sub.onEvents(replica, body.sub, body);
+  onEvents(replica: number, body: EventsFrame): void {
+    if (body.subs === undefined) {
+      this.route(replica, body.sub)?.sub.onEvents(replica, body.sub, body);
+      return;
+    }
+    this.shared.add(body.req.body);
+    for (const subId of body.subs) {
+      const route = this.route(replica, subId);
+      if (route !== null)
+        route.sub.onEvents(replica, subId, { sub: subId, tag: body.tag, seq: body.seq, req: body.req, replica: body.replica });
+    }
+  }
+
+  sharedBytes(body: Uint8Array): boolean {
+    return this.shared.has(body);
   }
 
   onSubEnd(replica: number, body: SubEnd): void {

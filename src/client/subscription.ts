@@ -42,7 +42,13 @@ import { toHex } from "../../wire/bytes.ts";
 import type { Events, SubEnd, SubOk } from "../../wire/schemas.ts";
 import { CLIENT_CLOCK_SKEW_MS_MAX, DOMAIN_REQUEST } from "../../wire/types.ts";
 import { signedRequestDigest } from "../core/channels/request.ts";
-import { type CopyKeys, DeliveryVoter, type DeliveredBatch, type DeliveryOutput } from "../core/voting/delivery-voter.ts";
+import {
+  type CopyKeys,
+  DeliveryVoter,
+  type DeliveredBatch,
+  type DeliveryOutput,
+  type VerifyRequest,
+} from "../core/voting/delivery-voter.ts";
 import { type GroupEvent, GroupEventVoter, SYS_EVENTS_TAG } from "../core/voting/group-events.ts";
 import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import { verifyDomain } from "../crypto/ed25519.ts";
@@ -203,6 +209,10 @@ export interface SubscriptionHost {
   now(): number;
   /** The client's memo of copy keys, shared by its subscriptions' voters (CopyKeys). */
   readonly copyKeys?: CopyKeys;
+  /** The client's publisher signature check, shared by its subscriptions' voters (VerifiedRequests); default: a check of each. */
+  readonly verifyRequest?: VerifyRequest;
+  /** Whether a batch's body came in a frame shared with other subscriptions: the handler then gets a copy of its own. */
+  sharedBytes?(body: Uint8Array): boolean;
 }
 
 type StartState = { readonly t: "starting"; readonly deadline: number } | { readonly t: "started" } | { readonly t: "ended" };
@@ -512,7 +522,7 @@ export class ClientSubscription implements Subscription {
       ...(notBeforeMs === undefined ? {} : { notBeforeMs }),
       hash: sha256,
       ...(this.host.copyKeys === undefined ? {} : { copyKeys: this.host.copyKeys }),
-      verify: (body, sig, publisher) => verifyDomain(publisher, DOMAIN_REQUEST, body, sig),
+      verify: this.host.verifyRequest ?? ((body, sig, publisher) => verifyDomain(publisher, DOMAIN_REQUEST, body, sig)),
     });
     // Counts only the members' copies, by their ids (after a removal they need not be 0..n-1).
     voter.regroup(this.host.members(), this.host.f);
@@ -757,10 +767,11 @@ export class ClientSubscription implements Subscription {
     };
     const groupKey = this.groupKeys.get(batch);
     if (groupKey !== undefined) return { ...received, copyKey: groupKey };
-    if (this.options.onCopy === undefined) return received;
+    const own = this.host.sharedBytes?.(batch.signed.body) === true ? ownBytes(received, batch.signed.body) : received;
+    if (this.options.onCopy === undefined) return own;
     // The copy began at the batch's first seq; a resume point may have cut the batch.
     const firstSeq = batch.seq === null ? null : batch.seq - (batch.pubSeq - batch.request.seq);
-    return { ...received, copyKey: copyKey(firstSeq, batch.signed) };
+    return { ...own, copyKey: copyKey(firstSeq, batch.signed) };
   }
 
   private enqueue(batch: DeliveredBatch): void {
@@ -823,6 +834,20 @@ export class ClientSubscription implements Subscription {
 function copyKey(firstSeq: number | null, signed: { readonly body: Uint8Array; readonly sig: Uint8Array }): string {
   const digest = toHex(signedRequestDigest(sha256, signed));
   return firstSeq === null ? digest : `${firstSeq}/${digest}`;
+}
+
+/**
+ * A delivered batch whose bytes other subscriptions were handed too (one EVENTS frame named
+ * them all), with its own copy of them: the publisher key and events point into a copy of
+ * the body, so a handler writing over them changes no other subscription's events.
+ */
+function ownBytes(received: ReceivedBatch, body: Uint8Array): ReceivedBatch {
+  const copy = body.slice();
+  const own = (view: Uint8Array): Uint8Array => {
+    const at = view.byteOffset - body.byteOffset;
+    return view.buffer === body.buffer && at >= 0 && at + view.length <= body.length ? copy.subarray(at, at + view.length) : view.slice();
+  };
+  return { ...received, publisher: own(received.publisher), events: received.events.map(own) };
 }
 
 function copyKeyOf(ordered: boolean, events: Events): string {

@@ -41,6 +41,8 @@ const COUNTERS = {
     "Decided requests executed without decoding their body again: this replica had decoded the same bytes when it admitted the request",
   replies_dropped_total: "Replies not sent because the client's connection queue was full",
   events_delivered_total: "Events sent to subscribers (one per subscriber)",
+  events_frames_shared_total:
+    "EVENTS frames that carried one batch to several subscriptions of one connection (SUBSCRIBE shared): each is one copy instead of one per subscription",
   subscribers_dropped_slow_total: "Subscriptions ended because the subscriber fell behind",
   egress_overtakes_total:
     "Frames written to a client session ahead of less urgent frames that had waited longer (a critical channel's events before a low one's backlog, replies before deliveries)",

@@ -844,7 +844,8 @@ export class PeerMesh {
     }
     const eph = generateEphemeralKeyPair();
     const unsigned = {
-      v: PROTOCOL_VERSION,
+      // Answered in the initiator's version (the schema refused any below PROTOCOL_VERSION_MIN).
+      v: hello.v,
       replica: this.options.self,
       key: this.options.key.publicKey,
       nonce: new Uint8Array(randomBytes(NONCE_BYTES)),

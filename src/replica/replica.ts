@@ -432,7 +432,7 @@ export class Replica {
         return this.onQuery(session, frame.body);
       case FrameType.SUBSCRIBE:
         if (isSysTag(frame.body.tag)) return this.sys.subscribe(session, frame.body.sub, frame.body.tag);
-        return this.subs.subscribe(session, frame.body.sub, frame.body.tag, frame.body.from, frame.body.after);
+        return this.subs.subscribe(session, frame.body.sub, frame.body.tag, frame.body.from, frame.body.after, frame.body.shared === true);
       case FrameType.UNSUBSCRIBE:
         if (this.sys.unsubscribe(session, frame.body.sub)) return;
         return this.subs.unsubscribe(session, frame.body.sub);

@@ -43,7 +43,6 @@ import {
   FRAME_HEADER_BYTES,
   FrameType,
   NONCE_BYTES,
-  PROTOCOL_VERSION,
 } from "../../wire/types.ts";
 import { ClientFrames } from "./client-frames.ts";
 import { FramedConn, OutputBudget } from "./framed.ts";
@@ -832,7 +831,8 @@ export class ReplicaServer {
     // PROTOCOL.md 5.2: an ephemeral key exchange gives the session keys every later frame is MACed with.
     const eph = generateEphemeralKeyPair();
     const unsigned = {
-      v: PROTOCOL_VERSION,
+      // Answered in the initiator's version (the schema refused any below PROTOCOL_VERSION_MIN).
+      v: hello.v,
       replica: this.options.self,
       key: this.options.key.publicKey,
       nonce: new Uint8Array(randomBytes(NONCE_BYTES)),

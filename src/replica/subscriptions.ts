@@ -5,14 +5,18 @@
  * slow console never makes the replica grow memory or hold up others; it resubscribes
  * from the next seq it wants. A subscription's frames (SUB_OK, EVENTS, SUB_END) go out in
  * its channel's priority (egress.ts): on a connection with a backlog, a critical channel's
- * EVENTS are written before a low channel's that wait.
+ * EVENTS are written before a low channel's that wait. A connection's subscriptions to one
+ * channel that asked for it (SUBSCRIBE `shared`, protocol version 4) get each live batch
+ * in one EVENTS frame naming them all (`subs`), so a relay or collector holding many
+ * subscriptions of one channel costs the replica one copy of each batch, not one per
+ * subscription.
  */
 import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { StoredBatch } from "../core/channels/types.ts";
 import { SharedPayloadPrefix } from "../crypto/session.ts";
-import { type EventsTail, eventsPrefix, eventsRest, eventsTail } from "../../wire/hot.ts";
+import { type EventsTail, eventsPrefix, eventsRest, eventsRestShared, eventsTail } from "../../wire/hot.ts";
 import type { Frame } from "../../wire/schemas.ts";
-import { FrameType, type SubEndCode } from "../../wire/types.ts";
+import { EVENTS_SUBS_MAX, FrameType, type SubEndCode } from "../../wire/types.ts";
 import type { AuditLog } from "./audit.ts";
 import type { ChannelMetrics } from "./channel-metrics.ts";
 import type { Metrics } from "./metrics.ts";
@@ -30,6 +34,8 @@ interface Subscription {
   readonly ordered: boolean;
   /** The egress class of its frames: the channel's priority, fixed when the channel was created. */
   readonly urgency: number;
+  /** Its live batches may share one EVENTS frame with the connection's other such subscriptions of the channel. */
+  readonly shared: boolean;
 }
 
 /** How the subscriptions see execution: read-your-writes (execution-gate.ts). */
@@ -71,7 +77,7 @@ export class Subscriptions {
    * keeps the subscriber live. For total-order channels `from` defaults to the next seq;
    * for unordered ones `from` absent means live only and 0 means everything retained.
    */
-  subscribe(session: ClientSession, sub: number, tag: string, from: number | undefined, after?: number): void {
+  subscribe(session: ClientSession, sub: number, tag: string, from: number | undefined, after?: number, shared = false): void {
     const mine = this.bySession.get(session.id) ?? new Map<number, Subscription>();
     const inUse = mine.get(sub);
     if (inUse !== undefined) {
@@ -94,7 +100,7 @@ export class Subscriptions {
     const access = this.machine.checkSubscribe(tag, session.key);
     if (!access.ok) {
       // Judged on this replica's state: if the client saw a later decision, wait for it.
-      const again = (expired: boolean): void => this.subscribe(session, sub, tag, from, expired ? undefined : after);
+      const again = (expired: boolean): void => this.subscribe(session, sub, tag, from, expired ? undefined : after, shared);
       if (this.execution.hold(session, after, again)) return;
       const code: SubEndCode = access.code === "unknown-channel" ? "UNKNOWN_CHANNEL" : "UNAUTHORIZED";
       this.end(session, sub, code, access.reason, this.execution.executedSeq());
@@ -118,7 +124,7 @@ export class Subscriptions {
       );
       return;
     }
-    const subscription: Subscription = { session, sub, tag, ordered, urgency };
+    const subscription: Subscription = { session, sub, tag, ordered, urgency, shared };
     const ok: Frame = { type: FrameType.SUB_OK, body: { sub, replica: this.self, next: info.nextSeq, at: this.execution.executedSeq() } };
     this.send(session, ok, urgency);
     if (start !== null && start < info.nextSeq && !this.replayHistory(subscription, start)) return;
@@ -157,7 +163,22 @@ export class Subscriptions {
     // and its seal is a MAC over the payload's hash (wire/PROTOCOL.md 5.2).
     const shared = this.sharedPayload(batch, ordered);
     const tail = eventsTail(tag, this.self);
-    for (const subscription of [...subs.values()]) this.deliver(subscription, batch, cells, shared, tail);
+    let together: Map<number, Subscription[]> | null = null;
+    for (const subscription of [...subs.values()]) {
+      if (!subscription.shared) {
+        this.deliver(subscription, batch, cells, shared, tail);
+        continue;
+      }
+      together ??= new Map();
+      const mates = together.get(subscription.session.id);
+      if (mates === undefined) together.set(subscription.session.id, [subscription]);
+      else mates.push(subscription);
+    }
+    if (together === null) return;
+    for (const mates of together.values()) {
+      if (mates.length === 1) this.deliver(mates[0] as Subscription, batch, cells, shared, tail);
+      else this.deliverShared(mates, batch, cells, shared, tail);
+    }
   }
 
   /** Ends every subscription of a destroyed channel. */
@@ -275,6 +296,45 @@ export class Subscriptions {
       cells?.delivered.inc(batch.count);
       return true;
     }
+    this.dropSlow(subscription);
+    return false;
+  }
+
+  /**
+   * Sends one batch to several shared subscriptions of one connection (one channel, so one
+   * egress class) in frames naming up to EVENTS_SUBS_MAX of them each, in ascending order.
+   * What does not fit ends as SLOW, exactly as one subscription's frame would.
+   */
+  private deliverShared(
+    mates: Subscription[],
+    batch: StoredBatch,
+    cells: ReturnType<ChannelMetrics["of"]> | null,
+    shared: SharedPayloadPrefix,
+    tail: EventsTail,
+  ): void {
+    mates.sort((a, b) => a.sub - b.sub);
+    for (let at = 0; at < mates.length; at += EVENTS_SUBS_MAX) {
+      const chunk = mates.slice(at, at + EVENTS_SUBS_MAX);
+      const first = chunk[0] as Subscription;
+      const rest =
+        chunk.length === 1
+          ? eventsRest(first.sub, tail)
+          : eventsRestShared(
+              chunk.map((mate) => mate.sub),
+              tail,
+            );
+      if (first.session.conn.sendShared(FrameType.EVENTS, shared, rest, first.urgency)) {
+        this.metrics.inc("events_delivered_total", batch.count * chunk.length);
+        cells?.delivered.inc(batch.count * chunk.length);
+        this.metrics.inc("events_frames_shared_total");
+        continue;
+      }
+      for (const mate of chunk) this.dropSlow(mate);
+    }
+  }
+
+  /** A subscription whose frame did not fit its connection: ended as SLOW (or the connection closed). */
+  private dropSlow(subscription: Subscription): void {
     this.metrics.inc("subscribers_dropped_slow_total");
     this.remove(subscription);
     // The queue is full, so SUB_END may not fit either; it is sent once there is room is
@@ -283,7 +343,6 @@ export class Subscriptions {
     if (!this.end(subscription.session, subscription.sub, "SLOW", reason, undefined, subscription.urgency)) {
       subscription.session.conn.close();
     }
-    return false;
   }
 
   private remove(subscription: Subscription): void {

@@ -716,7 +716,7 @@ describe("client session MACs (PROTOCOL.md 5.2)", () => {
     raw.send({ type: FrameType.HELLO, body: { v: 1, role: "client", key: key.publicKey, nonce: nonce() } as unknown as Hello });
     await waitFor("the refusal", () => raw.closed);
     expect(raw.error).toBe(
-      "BAD_VERSION HELLO: version 1 is not supported (this is version 3; since version 2 every client frame after the handshake carries a MAC, and since version 3 a client frame's MAC covers the SHA-256 of its payload: upgrade the client or replica)",
+      "BAD_VERSION HELLO: version 1 is not supported (this is version 4, serving 3 and up; since version 2 every client frame after the handshake carries a MAC, and since version 3 a client frame's MAC covers the SHA-256 of its payload: upgrade the client or replica)",
     );
     expect(raw.has(FrameType.HELLO_ACK)).toBe(false);
   });

@@ -44,7 +44,7 @@ function opened(w: Wire): Frame[] {
 
 /** Each EVENTS frame as [sub, seq]; other frames as their type. */
 function summary(frames: readonly Frame[]): (number | [number, number])[] {
-  return frames.map((f) => (f.type === FrameType.EVENTS ? [f.body.sub, f.body.seq] : f.type));
+  return frames.map((f) => (f.type === FrameType.EVENTS ? [f.body.sub ?? -1, f.body.seq] : f.type));
 }
 
 describe("FrameSealer counters given back (a write the socket did not start)", () => {
@@ -164,7 +164,7 @@ describe("a FramedConn with a backlog", () => {
       const received: number[][] = [[], [], [], [], []];
       for (const f of opened(w)) {
         if (f.type === FrameType.PONG) received[4]?.push(f.body.n % 200);
-        else if (f.type === FrameType.EVENTS) received[f.body.sub - 10]?.push(f.body.seq);
+        else if (f.type === FrameType.EVENTS) received[(f.body.sub ?? 0) - 10]?.push(f.body.seq);
       }
       expect(received).toEqual(sent);
     }

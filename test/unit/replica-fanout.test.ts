@@ -14,9 +14,9 @@ import type { StoredBatch } from "../../src/core/channels/types.ts";
 import { CLIENT_FRAME_MAC_BYTES, FrameOpener, FrameSealer, SharedPayloadPrefix } from "../../src/crypto/session.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import { Subscriptions } from "../../src/replica/subscriptions.ts";
-import { eventsPrefix, eventsRest, eventsTail } from "../../wire/hot.ts";
+import { eventsPrefix, eventsRest, eventsRestShared, eventsTail } from "../../wire/hot.ts";
 import { encodeRequestBody, encodeTypedFrameWithTrailer } from "../../wire/schemas.ts";
-import { FRAME_BYTES_MAX, FrameType } from "../../wire/types.ts";
+import { EVENTS_SUBS_MAX, FRAME_BYTES_MAX, FrameType } from "../../wire/types.ts";
 import { concat, nextTurn, receive, sessionKeys, split, type Wire, wire } from "./sealed-wire.ts";
 
 const CONFIG: ChannelsConfig = {
@@ -181,6 +181,101 @@ describe("fan-out on sealed sessions", () => {
     const dropped = receive(opener(a), concat([first, third]));
     expect(dropped[0]?.type).toBe(FrameType.EVENTS);
     expect(dropped[1]).toBeNull();
+  });
+});
+
+describe("shared subscriptions: one EVENTS frame naming several (SUBSCRIBE shared)", () => {
+  test("a connection's shared subscriptions of the channel get each batch in one frame naming them all; the others get their own", async () => {
+    const { subs, publish, metrics } = channel();
+    const a = wire(1);
+    const b = wire(2);
+    // a: three shared subscriptions, subscribed out of order; b: two plain ones and a single shared one.
+    for (const sub of [3, 1, 2]) subs.subscribe(a.session, sub, TAG, undefined, undefined, true);
+    subs.subscribe(b.session, 1, TAG, undefined);
+    subs.subscribe(b.session, 2, TAG, undefined);
+    subs.subscribe(b.session, 3, TAG, undefined, undefined, true);
+    await nextTurn();
+    for (const w of [a, b]) {
+      w.preamble = concat(w.writes);
+      w.writes.length = 0;
+    }
+    publish(10);
+    publish(1);
+    await nextTurn();
+    const opened = (w: Wire) =>
+      receive(opener(w), concat(w.writes)).map((f) => (f?.type === FrameType.EVENTS ? [f.body.sub ?? f.body.subs, f.body.seq] : f));
+    expect(opened(a)).toEqual([
+      [[1, 2, 3], 1],
+      [[1, 2, 3], 11],
+    ]);
+    expect(opened(b)).toEqual([
+      [1, 1],
+      [2, 1],
+      [3, 1],
+      [1, 11],
+      [2, 11],
+      [3, 11],
+    ]);
+    // Counted per subscription delivered to, as before; the shared frames apart.
+    expect(metrics.get("events_delivered_total")).toBe(6 * 11);
+    expect(metrics.get("events_frames_shared_total")).toBe(2);
+  });
+
+  test("a shared frame's MAC over the shared prefix and its rest is the MAC of the whole frame", () => {
+    const keys = sessionKeys("shared frame");
+    const req = { body: new Uint8Array(3000).fill(7), sig: new Uint8Array(64).fill(9) };
+    const shared = new SharedPayloadPrefix(eventsPrefix(req, 42).parts);
+    const viaShared = new FrameSealer(keys.replica.sendKey);
+    const whole = new FrameSealer(keys.replica.sendKey);
+    for (const subs of [[1, 2], [5, 70_000, 2 ** 33], Array.from({ length: EVENTS_SUBS_MAX }, (_, i) => i * 3)]) {
+      const rest = eventsRestShared(subs, eventsTail(TAG, 3));
+      const frame = encodeTypedFrameWithTrailer(
+        { type: FrameType.EVENTS, body: { subs, seq: 42, tag: TAG, replica: 3, req } },
+        CLIENT_FRAME_MAC_BYTES,
+      );
+      const mac = viaShared.macShared(FrameType.EVENTS, shared, rest);
+      expect(mac).toEqual(whole.sealInPlace(frame).subarray(frame.length - CLIENT_FRAME_MAC_BYTES));
+    }
+  });
+
+  test("more shared subscriptions than one frame may name go out in frames of EVENTS_SUBS_MAX", async () => {
+    const { machine, metrics } = channel();
+    const subs = new Subscriptions(0, machine, metrics, EVENTS_SUBS_MAX + 10);
+    const a = wire(1);
+    for (let sub = 1; sub <= EVENTS_SUBS_MAX + 1; sub++) subs.subscribe(a.session, sub, TAG, undefined, undefined, true);
+    await nextTurn();
+    a.preamble = concat(a.writes);
+    a.writes.length = 0;
+    const request = {
+      v: 1 as const,
+      client: PUBLISHER,
+      seq: 1,
+      span: 1,
+      ts: 1_000,
+      op: { t: "pub" as const, tag: TAG, events: [new Uint8Array(8)] },
+    };
+    const outcome = machine.applyOrderedPublish({ body: encodeRequestBody(request), sig: new Uint8Array(64) }, request, 1_000);
+    subs.publish(TAG, outcome.stored as StoredBatch, true);
+    await nextTurn();
+    const frames = receive(opener(a), concat(a.writes));
+    expect(frames.map((f) => (f?.type === FrameType.EVENTS ? (f.body.subs?.length ?? f.body.sub) : null))).toEqual([
+      EVENTS_SUBS_MAX,
+      EVENTS_SUBS_MAX + 1,
+    ]);
+    expect(metrics.get("events_delivered_total")).toBe(EVENTS_SUBS_MAX + 1);
+  });
+
+  test("a shared frame that does not fit ends every subscription it names as SLOW", async () => {
+    const { subs, publish, metrics } = channel();
+    const slow = wire(1, 20_000);
+    for (const sub of [1, 2]) subs.subscribe(slow.session, sub, TAG, undefined, undefined, true);
+    await nextTurn();
+    slow.preamble = concat(slow.writes);
+    slow.writes.length = 0;
+    slow.reading = false;
+    for (let i = 0; i < 20 && subs.count > 0 && metrics.get("subscribers_dropped_slow_total") === 0; i++) publish(20);
+    expect(metrics.get("subscribers_dropped_slow_total")).toBe(2);
+    expect(subs.count).toBe(0);
   });
 });
 

@@ -13,6 +13,7 @@ import {
   eventsPrefix,
   peerFrameParts,
   eventsRest,
+  eventsRestShared,
   eventsTail,
   fastEvents,
   fastPeer,
@@ -24,13 +25,13 @@ import {
   decodeFrameBody,
   decodeRequestBody,
   encodeTypedFrame,
-  eventsSchema,
+  eventsFrameSchema,
   peerSchema,
   replySchema,
   requestFrameSchema,
   requestSchema,
 } from "../../wire/schemas.ts";
-import { FrameType, REQUEST_EVENTS_MAX, TAG_BYTES_MAX } from "../../wire/types.ts";
+import { EVENTS_SUBS_MAX, FrameType, REQUEST_EVENTS_MAX, TAG_BYTES_MAX } from "../../wire/types.ts";
 import { rng } from "./seeded-rng.ts";
 
 const CASES_PER_SHAPE = 4000;
@@ -132,10 +133,12 @@ const SHAPES: readonly Shape[] = [
   {
     name: "EVENTS frame",
     fast: fastEvents,
-    schema: eventsSchema,
+    schema: eventsFrameSchema,
     seeds: [
       { sub: 0, tag: "sec.alerts", seq: 0, req: signed, replica: 3 },
       { sub: 5, tag: "$sys.events", seq: 12, req: signed, replica: 0 },
+      { subs: [1, 2], tag: "sec.alerts", seq: 7, req: signed, replica: 1 },
+      { subs: [0, 24, 256, 2 ** 32], tag: "net.links", seq: 0, req: signed, replica: 2 },
     ],
     inShape: () => true,
   },
@@ -251,6 +254,42 @@ describe("hot-path checks agree with the zod schemas", () => {
     const decoded = decodeFrameBody(FrameType.PEER, bad);
     expect(decoded.ok).toBe(false);
     if (!decoded.ok) expect(decoded.error.reason).toStartWith("PEER: seq:");
+  });
+
+  test("EVENTS subs: ascending, distinct, 2 to EVENTS_SUBS_MAX; the fast path gives the schema's answer", () => {
+    const frame = (subs: number[]) => decodeCanonical(encodeCanonical({ subs, tag: "net.links", seq: 1, req: signed, replica: 0 }));
+    const most = Array.from({ length: EVENTS_SUBS_MAX }, (_, i) => i);
+    for (const good of [[1, 2], most]) {
+      expect(fastEvents(frame(good))).not.toBeNull();
+      expect(eventsFrameSchema.safeParse(frame(good)).success).toBe(true);
+    }
+    for (const bad of [[], [1], [2, 1], [1, 1], [...most, EVENTS_SUBS_MAX]]) {
+      expect(fastEvents(frame(bad))).toBeNull();
+      expect(eventsFrameSchema.safeParse(frame(bad)).success).toBe(false);
+    }
+    // Both forms at once is neither.
+    const both = decodeCanonical(encodeCanonical({ sub: 1, subs: [1, 2], tag: "net.links", seq: 1, req: signed }));
+    expect(fastEvents(both)).toBeNull();
+    expect(eventsFrameSchema.safeParse(both).success).toBe(false);
+  });
+
+  test("a shared EVENTS payload (subs) from the shared prefix and its rest is byte for byte encodeTypedFrame's", () => {
+    const next = rng(0x5ab5);
+    const uints = [0, 1, 23, 24, 255, 256, 65_535, 65_536, 2 ** 32, Number.MAX_SAFE_INTEGER];
+    for (let i = 0; i < 300; i++) {
+      const req = { body: filled(1 + Math.floor(next() * 300), 1), sig: filled(64, 2) };
+      const seq = uints[i % uints.length] as number;
+      const count = 2 + Math.floor(next() * 40);
+      const subs = [...new Set(Array.from({ length: count }, () => uints[Math.floor(next() * uints.length)] as number))].sort(
+        (a, b) => a - b,
+      );
+      if (subs.length < 2) continue;
+      const tag = i % 2 === 0 ? "net.links" : "x".repeat(TAG_BYTES_MAX);
+      const replica = i % 3 === 0 ? 1000 : 3;
+      const frame = { type: FrameType.EVENTS, body: { subs, tag, seq, req, replica } } as const;
+      const payload = Uint8Array.from(Buffer.concat([...eventsPrefix(req, seq).parts, eventsRestShared(subs, eventsTail(tag, replica))]));
+      expect(encodeFrame(FrameType.EVENTS, payload)).toEqual(encodeTypedFrame(frame));
+    }
   });
 
   test("an EVENTS payload from a shared prefix and a subscriber's rest is byte for byte encodeTypedFrame's", () => {

@@ -169,13 +169,15 @@ describe("decodeFrameBody: each bad-input class has its typed error", () => {
     expectError(FrameType.HELLO_ACK, cbor({ v: 3, replica: 0, key: KEY, nonce: KEY2, sig: SIG }), "schema");
   });
 
-  test("a version other than 3 in HELLO / HELLO_ACK is bad-version; an older client is told why", () => {
-    expect(expectError(FrameType.HELLO, cbor({ v: 4, role: "client", key: KEY, nonce: KEY }), "bad-version")).toContain("version 4");
+  test("a version other than 3 or 4 in HELLO / HELLO_ACK is bad-version; an older client is told why", () => {
+    expect(expectError(FrameType.HELLO, cbor({ v: 5, role: "client", key: KEY, nonce: KEY }), "bad-version")).toBe(
+      "HELLO: version 5 is not supported (this is version 4, serving 3 and up)",
+    );
     expect(expectError(FrameType.HELLO, cbor({ v: 2, role: "client", key: KEY, nonce: KEY }), "bad-version")).toBe(
-      "HELLO: version 2 is not supported (this is version 3; since version 3 a client frame's MAC covers the SHA-256 of its payload: upgrade the client or replica)",
+      "HELLO: version 2 is not supported (this is version 4, serving 3 and up; since version 3 a client frame's MAC covers the SHA-256 of its payload: upgrade the client or replica)",
     );
     expect(expectError(FrameType.HELLO, cbor({ v: 1, role: "client", key: KEY, nonce: KEY }), "bad-version")).toBe(
-      "HELLO: version 1 is not supported (this is version 3; since version 2 every client frame after the handshake carries a MAC, and since version 3 a client frame's MAC covers the SHA-256 of its payload: upgrade the client or replica)",
+      "HELLO: version 1 is not supported (this is version 4, serving 3 and up; since version 2 every client frame after the handshake carries a MAC, and since version 3 a client frame's MAC covers the SHA-256 of its payload: upgrade the client or replica)",
     );
     expectError(FrameType.HELLO_ACK, cbor({ v: 0 }), "bad-version");
     expectError(FrameType.HELLO, cbor({ v: "1", role: "client", key: KEY, nonce: KEY }), "schema");
