@@ -26,10 +26,11 @@ export interface ClientHelloState {
   readonly eph: EphemeralKeyPair;
 }
 
-export function rawClientHello(key: SigningKey): ClientHelloState {
+/** `version`: the protocol version the HELLO speaks (an older client's, to see it still served). */
+export function rawClientHello(key: SigningKey, version: number = PROTOCOL_VERSION): ClientHelloState {
   const eph = generateEphemeralKeyPair();
   const hello: Hello = {
-    v: PROTOCOL_VERSION,
+    v: version,
     role: "client",
     key: key.publicKey,
     nonce: new Uint8Array(randomBytes(NONCE_BYTES)),

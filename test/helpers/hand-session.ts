@@ -8,7 +8,7 @@ import { buildRequest } from "../../src/client/request.ts";
 import type { SigningKey } from "../../src/crypto/keys.ts";
 import type { SessionFraming } from "../../src/crypto/session.ts";
 import { FrameDecoder } from "../../wire/frame.ts";
-import type { Frame, Op } from "../../wire/schemas.ts";
+import type { Frame, HelloAck, Op } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
 import { decodeSessionFrame, encodeSessionFrame, rawClientAuth, rawClientHello } from "./client-session.ts";
 import { waitFor } from "./wait.ts";
@@ -44,14 +44,16 @@ export class HandSession {
     return this.frames.splice(index, 1)[0] as Frame;
   }
 
-  async handshake(): Promise<void> {
-    const state = rawClientHello(this.key);
+  /** `version`: the protocol version of the HELLO (default: this one's); the HELLO_ACK is returned. */
+  async handshake(version?: number): Promise<HelloAck> {
+    const state = rawClientHello(this.key, version);
     this.socket.write(encodeSessionFrame({ type: FrameType.HELLO, body: state.hello }, null));
     const ack = await this.next(FrameType.HELLO_ACK, "HELLO_ACK");
     if (ack.type !== FrameType.HELLO_ACK) throw new Error("not a HELLO_ACK");
     const { auth, framing } = rawClientAuth(this.key, state, ack.body);
     this.socket.write(encodeSessionFrame(auth, null));
     this.framing = framing;
+    return ack.body;
   }
 
   /** Signs each op as the session's next request and writes them all at once. */
