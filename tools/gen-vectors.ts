@@ -355,11 +355,19 @@ function frameVectors(
     frameVector("EPOCH: the replica's group entered epoch 2", { type: F.EPOCH, body: { replica: 3, epoch: 2 } }),
     frameVector("SUBSCRIBE from a channel sequence number", { type: F.SUBSCRIBE, body: { sub: 1, tag: "sec.alerts", from: 1000 } }),
     frameVector("SUBSCRIBE to new events only", { type: F.SUBSCRIBE, body: { sub: 2, tag: "net.links" } }),
+    frameVector("SUBSCRIBE shared (version 4: live batches may come in one frame with other subscriptions)", {
+      type: F.SUBSCRIBE,
+      body: { sub: 3, tag: "net.links", shared: true },
+    }),
     frameVector("UNSUBSCRIBE", { type: F.UNSUBSCRIBE, body: { sub: 1 } }),
     frameVector("SUB_OK", { type: F.SUB_OK, body: { sub: 1, replica: 0, next: 1000 } }),
     frameVector("EVENTS delivering one published batch", {
       type: F.EVENTS,
       body: { sub: 1, tag: "net.links", seq: 1000, req: pubSigned, replica: 0 },
+    }),
+    frameVector("EVENTS delivering one batch to two shared subscriptions (version 4)", {
+      type: F.EVENTS,
+      body: { subs: [2, 3], tag: "net.links", seq: 1000, req: pubSigned, replica: 0 },
     }),
     frameVector("SUB_END after trimmed history", {
       type: F.SUB_END,
@@ -402,7 +410,7 @@ function invalidFrameVectors(): VectorJson {
     ["AUTH with a short signature", hexFrame(FrameType.AUTH, { sig: bytesOf(63, 0) }), "schema", false],
     ["ERROR with an unknown code", hexFrame(FrameType.ERROR, { code: "OOPS", reason: "" }), "schema", false],
     ["HELLO of protocol version 1 (no MACs on client frames)", hexFrame(FrameType.HELLO, { v: 1, role: "client" }), "bad-version", false],
-    ["HELLO of protocol version 4", hexFrame(FrameType.HELLO, { v: 4, role: "client" }), "bad-version", false],
+    ["HELLO of protocol version 5", hexFrame(FrameType.HELLO, { v: 5, role: "client" }), "bad-version", false],
     [
       "HELLO of protocol version 2 (before MACs covered the payload digest)",
       hexFrame(FrameType.HELLO, { v: 2, role: "client" }),

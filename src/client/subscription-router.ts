@@ -9,11 +9,12 @@
  * frame naming several of this client's subscriptions of a channel (`subs`), routed here to
  * each of them with the same bytes. Those bytes are never a handler's: a subscription
  * hands its handler a copy of a shared batch (`sharedBytes`), so no handler can write over
- * another's events, and the memos (copy keys, checked signatures) see what was received.
+ * another's events, and the signature of a shared batch is checked once for all of them
+ * (VerifiedRequests) over the bytes that were received.
  */
 import type { EventsFrame, SubEnd, SubOk } from "../../wire/schemas.ts";
 import { DOMAIN_REQUEST, FrameType } from "../../wire/types.ts";
-import { CopyKeys } from "../core/voting/delivery-voter.ts";
+import { CopyKeys, type VerifyRequest } from "../core/voting/delivery-voter.ts";
 import { verifyDomain } from "../crypto/ed25519.ts";
 import { nativeBytesEqual } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
@@ -21,6 +22,9 @@ import type { ExecutedFloor } from "./executed-floor.ts";
 import type { ReplicaGroup } from "./replica-group.ts";
 import type { ClientSubscription, SubscriptionHost } from "./subscription.ts";
 import { VerifiedRequests } from "./verified-requests.ts";
+
+/** A publisher signature check (`fitb/v1/request` domain). */
+const checkRequest: VerifyRequest = (body, sig, publisher) => verifyDomain(publisher, DOMAIN_REQUEST, body, sig);
 
 interface SubRoute {
   readonly sub: ClientSubscription;
@@ -30,11 +34,13 @@ interface SubRoute {
 export class SubscriptionRouter implements SubscriptionHost {
   /** One per client: its voters' memo of copy keys, bounded whatever the number of subscriptions. */
   readonly copyKeys = new CopyKeys(sha256, nativeBytesEqual);
-  /** One per client: the publisher signatures its voters checked, so a batch shared by several subscriptions is checked once. */
-  readonly verified = new VerifiedRequests((body, sig, publisher) => verifyDomain(publisher, DOMAIN_REQUEST, body, sig), nativeBytesEqual);
-  readonly verifyRequest = this.verified.verify;
   /** Bodies of shared EVENTS frames, handed to several subscriptions (weakly held: they go with their frames). */
   private readonly shared = new WeakSet<Uint8Array>();
+  /** One per client: the signatures of shared bodies its voters checked, so such a batch is checked once for all its subscriptions. */
+  readonly verified = new VerifiedRequests(checkRequest);
+
+  readonly verifyRequest: VerifyRequest = (body, sig, publisher) =>
+    this.shared.has(body) ? this.verified.verifyShared(body, sig, publisher) : checkRequest(body, sig, publisher);
   private readonly subscriptions = new Set<ClientSubscription>();
   private readonly subRoutes = new Map<number, SubRoute>();
   private subCounter = 0;
@@ -104,10 +110,7 @@ export class SubscriptionRouter implements SubscriptionHost {
   forget(sub: ClientSubscription): void {
     this.subscriptions.delete(sub);
     for (const [subId, route] of this.subRoutes) if (route.sub === sub) this.subRoutes.delete(subId);
-    if (this.subscriptions.size === 0) {
-      this.copyKeys.clear();
-      this.verified.clear();
-    }
+    if (this.subscriptions.size === 0) this.copyKeys.clear();
   }
 
   now(): number {

@@ -1,54 +1,36 @@
 /**
- * A client's memo of the publisher signatures its subscriptions checked. A client with
- * several subscriptions of one channel (a relay serving many `nc` subscribers, a collector)
- * gets every batch once per subscription, and each subscription's voter checks the
- * batch's signature: an ed25519 check over the whole body, the largest cost of such a
- * client. This remembers each check's answer by signature, with copies of the body and
- * key it was made over, and answers a later check of the same bytes by comparing them,
- * which gives exactly the answer the check would. Bounded in entries and bytes, the oldest
- * forgotten first: a replica that sends made-up copies can only make it forget, which
- * costs a check, as without it.
+ * A client's memo of the publisher signatures its subscriptions checked in shared EVENTS
+ * frames. One such frame hands the same batch to several subscriptions of one channel (a
+ * relay serving many `nc` subscribers, a collector), and each subscription's voter checks
+ * the batch's signature: an ed25519 check over the whole body, the largest cost of such a
+ * client. This remembers each check's answer by the body it was made over, the very array
+ * the frame's subscriptions share (weakly held: an answer goes with its frame), and answers
+ * a later check of that array with the same signature and key from memory. Exact: the array
+ * is never a handler's (a subscription hands its handler a copy of a shared batch), so its
+ * bytes are those that were checked. Any other array is checked as before.
  */
-import { BoundedMap } from "../../wire/bounded-map.ts";
-import { bytesEqual, toHex } from "../../wire/bytes.ts";
+import { bytesEqual } from "../../wire/bytes.ts";
 import type { VerifyRequest } from "../core/voting/delivery-voter.ts";
 
-/** Checks remembered at most, and bytes of the bodies they were made over. */
-export const VERIFIED_REQUESTS_MAX = 1024;
-export const VERIFIED_REQUESTS_BYTES_MAX = 8 * 1024 * 1024;
-
 export class VerifiedRequests {
-  private readonly known = new BoundedMap<string, { readonly body: Uint8Array; readonly publisher: Uint8Array; readonly ok: boolean }>(
-    VERIFIED_REQUESTS_MAX,
-    VERIFIED_REQUESTS_BYTES_MAX,
-  );
+  private readonly known = new WeakMap<Uint8Array, { readonly sig: Uint8Array; readonly publisher: Uint8Array; readonly ok: boolean }>();
   private checks = 0;
 
-  /** `check`: the signature check itself; `sameBytes`: the runtime's native comparison, this loop by default. */
-  constructor(
-    private readonly check: VerifyRequest,
-    private readonly sameBytes: (a: Uint8Array, b: Uint8Array) => boolean = bytesEqual,
-  ) {}
+  /** `check`: the signature check itself. */
+  constructor(private readonly check: VerifyRequest) {}
 
-  /** A VerifyRequest: `check`'s answer for these bytes. */
-  readonly verify: VerifyRequest = (body, sig, publisher) => {
-    const at = toHex(sig);
-    const known = this.known.get(at);
-    if (known !== undefined && this.sameBytes(known.publisher, publisher) && this.sameBytes(known.body, body)) return known.ok;
+  /** `check`'s answer for a body shared by several subscriptions (remembered). */
+  verifyShared(body: Uint8Array, sig: Uint8Array, publisher: Uint8Array): boolean {
+    const known = this.known.get(body);
+    if (known !== undefined && bytesEqual(known.sig, sig) && bytesEqual(known.publisher, publisher)) return known.ok;
     this.checks++;
     const ok = this.check(body, sig, publisher);
-    // Copies: the bytes checked may be views a handler is given and writes over.
-    this.known.set(at, { body: body.slice(), publisher: publisher.slice(), ok }, body.length);
+    this.known.set(body, { sig: sig.slice(), publisher: publisher.slice(), ok });
     return ok;
-  };
-
-  /** Signatures actually checked (not answered from the memo). */
-  get checked(): number {
-    return this.checks;
   }
 
-  /** Forgets every answer (a client with no subscriptions left keeps none). */
-  clear(): void {
-    this.known.clear();
+  /** Signatures of shared bodies actually checked (not answered from memory). */
+  get checked(): number {
+    return this.checks;
   }
 }
