@@ -16,6 +16,8 @@
 export const PROTOCOL_VERSION = 4;
 /** The oldest version a responder still serves: version 3 sessions never see `subs`. */
 export const PROTOCOL_VERSION_MIN = 3;
+/** The first version whose SUBSCRIBE `shared` is honoured (an older session's is ignored). */
+export const SHARED_SUBSCRIPTIONS_VERSION = 4;
 /**
  * Subscriptions one EVENTS frame names at most (`subs`); a replica with more shared
  * subscriptions of one channel on a connection sends one frame per this many.
@@ -195,7 +197,7 @@ export type WireErrorKind =
   | "unknown-type" // a type byte with no frame assigned
   | "malformed-cbor" // payload is not canonical CBOR
   | "trailing-bytes" // bytes after the payload's CBOR item
-  | "bad-version" // HELLO / HELLO_ACK with a version other than PROTOCOL_VERSION, a Request body other than REQUEST_VERSION
+  | "bad-version" // HELLO / HELLO_ACK with a version outside PROTOCOL_VERSION_MIN..PROTOCOL_VERSION, a Request body other than REQUEST_VERSION
   | "schema"; // canonical CBOR that does not match the frame's schema
 
 /** A decoding failure. `fatal` means the byte stream cannot be trusted any more. */

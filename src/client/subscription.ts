@@ -765,9 +765,9 @@ export class ClientSubscription implements Subscription {
       ts: batch.request.ts,
       events: batch.events,
     };
-    const groupKey = this.groupKeys.get(batch);
-    if (groupKey !== undefined) return { ...received, copyKey: groupKey };
     const own = this.host.sharedBytes?.(batch.signed.body) === true ? ownBytes(received, batch.signed.body) : received;
+    const groupKey = this.groupKeys.get(batch);
+    if (groupKey !== undefined) return { ...own, copyKey: groupKey };
     if (this.options.onCopy === undefined) return own;
     // The copy began at the batch's first seq; a resume point may have cut the batch.
     const firstSeq = batch.seq === null ? null : batch.seq - (batch.pubSeq - batch.request.seq);

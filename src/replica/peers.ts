@@ -593,6 +593,8 @@ export class PeerMesh {
   private finishHandshake(link: OutboundLink, conn: FramedConn, ack: HelloAck): void {
     const hello = link.hello as Hello;
     const eph = link.eph as EphemeralKeyPair;
+    if (ack.v !== hello.v)
+      return this.failOutbound(link, conn, `peer answered in protocol version ${ack.v}, the HELLO was version ${hello.v}`);
     // The key the group names for the peer (while a rotation waits for its epoch, the old or the new one).
     if (ack.replica !== link.peer.id || !this.accepts(link.peer.id, ack.key) || ack.eph === undefined) {
       const retired = this.retiredKeys.get(toHex(ack.key));

@@ -32,7 +32,7 @@ import {
   type RequestFrame,
   type SignedRequest,
 } from "../../wire/schemas.ts";
-import { DOMAIN_REQUEST, type ErrorCode, FrameType } from "../../wire/types.ts";
+import { DOMAIN_REQUEST, type ErrorCode, FrameType, SHARED_SUBSCRIPTIONS_VERSION } from "../../wire/types.ts";
 import { ClientAdmission, OVER_BUDGET_PAUSE_MS, OVER_BUDGET_PAUSE_MS_MAX, REFUSALS_BURST, REFUSALS_PER_SECOND } from "./admission.ts";
 import { AuditLog } from "./audit.ts";
 import { ExecutionGate } from "./execution-gate.ts";
@@ -432,7 +432,14 @@ export class Replica {
         return this.onQuery(session, frame.body);
       case FrameType.SUBSCRIBE:
         if (isSysTag(frame.body.tag)) return this.sys.subscribe(session, frame.body.sub, frame.body.tag);
-        return this.subs.subscribe(session, frame.body.sub, frame.body.tag, frame.body.from, frame.body.after, frame.body.shared === true);
+        return this.subs.subscribe(
+          session,
+          frame.body.sub,
+          frame.body.tag,
+          frame.body.from,
+          frame.body.after,
+          frame.body.shared === true && session.version >= SHARED_SUBSCRIPTIONS_VERSION,
+        );
       case FrameType.UNSUBSCRIBE:
         if (this.sys.unsubscribe(session, frame.body.sub)) return;
         return this.subs.unsubscribe(session, frame.body.sub);

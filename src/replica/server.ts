@@ -158,6 +158,8 @@ export interface ClientSession {
   readonly key: Uint8Array;
   readonly keyHex: string;
   readonly id: number;
+  /** The protocol version the session speaks (its HELLO's): shared subscriptions need 4. */
+  readonly version: number;
 }
 
 export interface ClientHandler {
@@ -893,7 +895,7 @@ export class ReplicaServer {
     this.endHandshake(conn, state);
     state.phase = "client";
     conn.useBudget(this.outputBudget);
-    state.session = { conn, key: hello.key, keyHex, id: this.nextSessionId++ };
+    state.session = { conn, key: hello.key, keyHex, id: this.nextSessionId++, version: hello.v };
     this.clientsByKey.add(keyHex);
     this.clientsByAddress.add(conn.remote);
   }

@@ -326,7 +326,7 @@ export class Subscriptions {
       if (first.session.conn.sendShared(FrameType.EVENTS, shared, rest, first.urgency)) {
         this.metrics.inc("events_delivered_total", batch.count * chunk.length);
         cells?.delivered.inc(batch.count * chunk.length);
-        this.metrics.inc("events_frames_shared_total");
+        if (chunk.length > 1) this.metrics.inc("events_frames_shared_total");
         continue;
       }
       for (const mate of chunk) this.dropSlow(mate);

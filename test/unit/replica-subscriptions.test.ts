@@ -41,7 +41,7 @@ function session(id: number, frames: Frame[]): ClientSession {
     },
     close() {},
   } as unknown as FramedConn;
-  return { conn, key, keyHex: toHex(key), id };
+  return { conn, key, keyHex: toHex(key), id, version: 4 };
 }
 
 describe("after a snapshot install", () => {

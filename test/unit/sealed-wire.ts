@@ -73,7 +73,7 @@ export function wire(id: number, outboundBytesMax = 16 * 1024 * 1024, onOvertake
   conn.coalesceWrites(onOvertakes);
   const key = new Uint8Array(32).fill(id);
   result = {
-    session: { conn, key, keyHex: toHex(key), id },
+    session: { conn, key, keyHex: toHex(key), id, version: 4 },
     conn,
     writes,
     keys,
