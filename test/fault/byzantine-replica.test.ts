@@ -101,4 +101,28 @@ describe("a Byzantine replica serving forged events", () => {
       await received.close();
     }, 60_000);
   }
+
+  test("shared frames naming every subscription of a connection, and one it never opened: each subscription delivers only the real events", async () => {
+    forge("sec.alerts");
+    const sharedBefore = evil.sharedFrames;
+    // Two subscriptions of sec.alerts and one of sec.ids on one client: the evil replica's
+    // shared frames of sec.alerts forgeries name all three.
+    const first = await collect(subscriber, "sec.alerts");
+    const second = await collect(subscriber, "sec.alerts");
+    const other = await collect(subscriber, "sec.ids");
+    await waitFor("the evil replica sent shared frames", () => evil.sharedFrames > sharedBefore);
+    const start = (await publisher.publish("sec.alerts", [encode("shared 0")])).channelSeq as number;
+    const total = 10;
+    for (let i = 1; i < total; i++) await publisher.publish("sec.alerts", [encode(`shared ${i}`)]);
+    await publisher.publish("sec.alerts", [encode("end")]);
+    for (const received of [first, second]) {
+      await waitFor("sec.alerts: the end marker", () => received.events.some((e) => e.payload === "end"));
+      const real = received.events.filter((e) => e.seq >= start && e.payload !== "end");
+      expect(real.map((e) => e.payload)).toEqual(Array.from({ length: total }, (_, i) => `shared ${i}`));
+      expect(received.events.some((e) => e.payload.startsWith("FORGED"))).toBe(false);
+    }
+    // Nothing was published to sec.ids: its subscription delivered none of the sec.alerts forgeries.
+    expect(other.events).toEqual([]);
+    for (const received of [first, second, other]) await received.close();
+  }, 60_000);
 });

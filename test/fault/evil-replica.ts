@@ -20,8 +20,13 @@ export interface ForgedBatch {
 
 export interface EvilReplica {
   readonly subscriptions: number;
+  /** Shared EVENTS frames sent (`subs`: every sub id the connection opened, and one it did not). */
+  readonly sharedFrames: number;
   stop(): void;
 }
+
+/** A sub id no client opened: a shared frame names it too. */
+const MADE_UP_SUB = 999_999_999;
 
 /**
  * Starts the evil replica. For every SUBSCRIBE it answers SUB_OK and then sends each of
@@ -35,16 +40,17 @@ export function startEvilReplica(options: {
   readonly next: () => number;
 }): EvilReplica {
   let subscriptions = 0;
+  let sharedFrames = 0;
   // It holds the replica's key, so it completes the session handshake and MACs its frames
   // like the real one: the MAC proves which replica sent a frame, not that it is honest.
-  type State = { decoder: FrameDecoder; pending: SessionFraming | null; framing: SessionFraming | null };
+  type State = { decoder: FrameDecoder; pending: SessionFraming | null; framing: SessionFraming | null; subs: number[] };
   const listener: TCPSocketListener<State> = Bun.listen({
     hostname: "127.0.0.1",
     port: options.port,
-    data: { decoder: new FrameDecoder(), pending: null, framing: null },
+    data: { decoder: new FrameDecoder(), pending: null, framing: null, subs: [] },
     socket: {
       open(socket) {
-        socket.data = { decoder: new FrameDecoder({ copyPayloads: true }), pending: null, framing: null };
+        socket.data = { decoder: new FrameDecoder({ copyPayloads: true }), pending: null, framing: null, subs: [] };
       },
       data(socket, chunk) {
         for (const result of socket.data.decoder.push(chunk)) {
@@ -81,6 +87,14 @@ export function startEvilReplica(options: {
         for (const forged of options.forgeries()) {
           send(socket, { type: FrameType.EVENTS, body: { sub, tag, seq: forged.seq, req: forged.req, replica: options.id } });
         }
+        // And once more in shared frames naming every subscription of this connection
+        // (of any channel, shared or not) and one that does not exist.
+        socket.data.subs.push(sub);
+        const subs = [...new Set([...socket.data.subs, MADE_UP_SUB])].sort((a, b) => a - b);
+        for (const forged of options.forgeries()) {
+          send(socket, { type: FrameType.EVENTS, body: { subs, tag, seq: forged.seq, req: forged.req, replica: options.id } });
+          sharedFrames++;
+        }
         return;
       }
       case FrameType.QUERY: {
@@ -102,6 +116,9 @@ export function startEvilReplica(options: {
   return {
     get subscriptions() {
       return subscriptions;
+    },
+    get sharedFrames() {
+      return sharedFrames;
     },
     stop() {
       listener.stop(true);
