@@ -9,8 +9,8 @@
  * frame naming several of this client's subscriptions of a channel (`subs`), routed here to
  * each of them with the same bytes. Those bytes are never a handler's: a subscription
  * hands its handler a copy of a shared batch (`sharedBytes`), so no handler can write over
- * another's events, and the signature of a shared batch is checked once for all of them
- * (VerifiedRequests) over the bytes that were received.
+ * another's events, and a shared batch is read and its signature checked once for all of
+ * them (SharedBodies) over the bytes that were received.
  */
 import type { EventsFrame, SubEnd, SubOk } from "../../wire/schemas.ts";
 import { DOMAIN_REQUEST, FrameType } from "../../wire/types.ts";
@@ -21,7 +21,7 @@ import { sha256 } from "../crypto/hash.ts";
 import type { ExecutedFloor } from "./executed-floor.ts";
 import type { ReplicaGroup } from "./replica-group.ts";
 import type { ClientSubscription, SubscriptionHost } from "./subscription.ts";
-import { VerifiedRequests } from "./verified-requests.ts";
+import { SharedBodies } from "./shared-bodies.ts";
 
 /** A publisher signature check (`fitb/v1/request` domain). */
 const checkRequest: VerifyRequest = (body, sig, publisher) => verifyDomain(publisher, DOMAIN_REQUEST, body, sig);
@@ -34,13 +34,10 @@ interface SubRoute {
 export class SubscriptionRouter implements SubscriptionHost {
   /** One per client: its voters' memo of copy keys, bounded whatever the number of subscriptions. */
   readonly copyKeys = new CopyKeys(sha256, nativeBytesEqual);
-  /** Bodies of shared EVENTS frames, handed to several subscriptions (weakly held: they go with their frames). */
-  private readonly shared = new WeakSet<Uint8Array>();
-  /** One per client: the signatures of shared bodies its voters checked, so such a batch is checked once for all its subscriptions. */
-  readonly verified = new VerifiedRequests(checkRequest);
-
-  readonly verifyRequest: VerifyRequest = (body, sig, publisher) =>
-    this.shared.has(body) ? this.verified.verifyShared(body, sig, publisher) : checkRequest(body, sig, publisher);
+  /** One per client: the bodies of shared EVENTS frames, read and checked once for all the subscriptions they reach. */
+  readonly shared = new SharedBodies(checkRequest);
+  readonly verifyRequest: VerifyRequest = this.shared.verify;
+  readonly parseBody = this.shared.parse;
   private readonly subscriptions = new Set<ClientSubscription>();
   private readonly subRoutes = new Map<number, SubRoute>();
   private subCounter = 0;
@@ -139,7 +136,7 @@ export class SubscriptionRouter implements SubscriptionHost {
       this.route(replica, body.sub)?.sub.onEvents(replica, body.sub, body);
       return;
     }
-    this.shared.add(body.req.body);
+    this.shared.mark(body.req.body);
     for (const subId of body.subs) {
       const route = this.route(replica, subId);
       if (route !== null)

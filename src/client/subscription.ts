@@ -47,6 +47,7 @@ import {
   DeliveryVoter,
   type DeliveredBatch,
   type DeliveryOutput,
+  type ParsedBody,
   type VerifyRequest,
 } from "../core/voting/delivery-voter.ts";
 import { type GroupEvent, GroupEventVoter, SYS_EVENTS_TAG } from "../core/voting/group-events.ts";
@@ -209,8 +210,10 @@ export interface SubscriptionHost {
   now(): number;
   /** The client's memo of copy keys, shared by its subscriptions' voters (CopyKeys). */
   readonly copyKeys?: CopyKeys;
-  /** The client's publisher signature check, shared by its subscriptions' voters (VerifiedRequests); default: a check of each. */
+  /** The client's publisher signature check, shared by its subscriptions' voters (SharedBodies); default: a check of each. */
   readonly verifyRequest?: VerifyRequest;
+  /** The client's body reader, shared by its subscriptions' voters (SharedBodies); default: parseBody. */
+  readonly parseBody?: (body: Uint8Array) => ParsedBody;
   /** Whether a batch's body came in a frame shared with other subscriptions: the handler then gets a copy of its own. */
   sharedBytes?(body: Uint8Array): boolean;
 }
@@ -523,6 +526,7 @@ export class ClientSubscription implements Subscription {
       hash: sha256,
       ...(this.host.copyKeys === undefined ? {} : { copyKeys: this.host.copyKeys }),
       verify: this.host.verifyRequest ?? ((body, sig, publisher) => verifyDomain(publisher, DOMAIN_REQUEST, body, sig)),
+      ...(this.host.parseBody === undefined ? {} : { parseBody: this.host.parseBody }),
     });
     // Counts only the members' copies, by their ids (after a removal they need not be 0..n-1).
     voter.regroup(this.host.members(), this.host.f);

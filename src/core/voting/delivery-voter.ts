@@ -120,6 +120,20 @@ export class CopyKeys {
   }
 }
 
+/** A copy's body read as a publish request, or why it is not one. */
+export type ParsedBody = PubRequest | "undecodable" | "malformed";
+
+/** Reads a copy's body (what every voter does unless given another reader, `parseBody`). */
+export function parseBody(body: Uint8Array): ParsedBody {
+  let value: Canonical;
+  try {
+    value = decodeCanonical(body);
+  } catch {
+    return "undecodable";
+  }
+  return parsePubRequest(value) ?? "malformed";
+}
+
 /** Verifies a publisher signature over `utf8("fitb/v1/request") || 0x00 || body`. */
 export type VerifyRequest = (body: Uint8Array, sig: Uint8Array, publisher: Uint8Array) => boolean;
 
@@ -134,6 +148,8 @@ export type DeliveryVoterOptions = {
   /** Total order: the client's memo of copy keys, shared by its voters, which makes the keys with its own hash (default: one of this voter's own, with `hash`). */
   readonly copyKeys?: CopyKeys;
   readonly verify: VerifyRequest;
+  /** Reads a copy's body (default parseBody); the client's remembers what it read of a body its subscriptions share. The answer is read, never written. */
+  readonly parseBody?: (body: Uint8Array) => ParsedBody;
   /**
    * Optional filter, e.g. the channel's registered publishers; default accepts all.
    * "unknown": the caller does not know yet; the copy is held until `recheckHeld`.
@@ -274,6 +290,7 @@ export class DeliveryVoter {
   private members: ReadonlySet<number> | null = null;
   private readonly hash: HashFn;
   private readonly verify: VerifyRequest;
+  private readonly parseBody: (body: Uint8Array) => ParsedBody;
   private readonly notBeforeMs: number;
   private readonly acceptPublisher: (publisher: Uint8Array) => PublisherVerdict;
   /** Per replica: copies whose key the publisher filter does not know yet, oldest first. */
@@ -327,6 +344,7 @@ export class DeliveryVoter {
     this.hash = options.hash;
     this.copyKeys = options.copyKeys ?? new CopyKeys(options.hash);
     this.verify = options.verify;
+    this.parseBody = options.parseBody ?? parseBody;
     this.acceptPublisher = options.acceptPublisher ?? (() => true);
     this.notBeforeMs = options.notBeforeMs ?? 0;
     this.next = fromSeq;
@@ -492,14 +510,8 @@ export class DeliveryVoter {
   // ---------------------------------------------------------------------------------
 
   private decode(body: Uint8Array): Opened {
-    let value: Canonical;
-    try {
-      value = decodeCanonical(body);
-    } catch {
-      return { invalid: "undecodable" };
-    }
-    const request = parsePubRequest(value);
-    if (request === null) return { invalid: "malformed" };
+    const request = this.parseBody(body);
+    if (request === "undecodable" || request === "malformed") return { invalid: request };
     if (request.op.tag !== this.tag) return { invalid: "wrong-tag" };
     const verdict = this.acceptPublisher(request.client);
     if (verdict === "unknown") return { unknown: request };

@@ -1,0 +1,61 @@
+/**
+ * The bodies of shared EVENTS frames a client received, and what its subscriptions made
+ * of them. One shared frame hands the same batch, the very same array, to several
+ * subscriptions of one channel (a relay serving many `nc` subscribers, a collector), and
+ * each subscription's voter reads the body and checks its publisher signature (an ed25519
+ * check over the whole body, the largest cost of such a client). This remembers both, by
+ * that array (weakly held: what is remembered goes with its frame), so a batch is read and
+ * checked once for all of them. Exact: a shared body is never a handler's (a subscription
+ * hands its handler a copy of a shared batch: `has`), so its bytes stay those that were
+ * read and checked. Any other array is read and checked as before.
+ */
+import { bytesEqual } from "../../wire/bytes.ts";
+import { type ParsedBody, parseBody, type VerifyRequest } from "../core/voting/delivery-voter.ts";
+
+export class SharedBodies {
+  private readonly bodies = new WeakSet<Uint8Array>();
+  private readonly checks = new WeakMap<Uint8Array, { readonly sig: Uint8Array; readonly publisher: Uint8Array; readonly ok: boolean }>();
+  private readonly reads = new WeakMap<Uint8Array, ParsedBody>();
+  private checked = 0;
+  private read = 0;
+
+  /** `check`: the signature check itself. */
+  constructor(private readonly check: VerifyRequest) {}
+
+  /** `body` came in a shared frame: several subscriptions are handed this array. */
+  mark(body: Uint8Array): void {
+    this.bodies.add(body);
+  }
+
+  has(body: Uint8Array): boolean {
+    return this.bodies.has(body);
+  }
+
+  /** A VerifyRequest: `check`'s answer, remembered for a shared body. */
+  readonly verify: VerifyRequest = (body, sig, publisher) => {
+    if (!this.bodies.has(body)) return this.check(body, sig, publisher);
+    const known = this.checks.get(body);
+    if (known !== undefined && bytesEqual(known.sig, sig) && bytesEqual(known.publisher, publisher)) return known.ok;
+    this.checked++;
+    const ok = this.check(body, sig, publisher);
+    // Copies: the signature and key arrays are views a handler may be given.
+    this.checks.set(body, { sig: sig.slice(), publisher: publisher.slice(), ok });
+    return ok;
+  };
+
+  /** The voters' body reader: parseBody's answer, remembered for a shared body. Voters only read it. */
+  readonly parse = (body: Uint8Array): ParsedBody => {
+    if (!this.bodies.has(body)) return parseBody(body);
+    const known = this.reads.get(body);
+    if (known !== undefined) return known;
+    this.read++;
+    const parsed = parseBody(body);
+    this.reads.set(body, parsed);
+    return parsed;
+  };
+
+  /** Signatures of shared bodies checked, and shared bodies read (not answered from memory). */
+  get counts(): { readonly checked: number; readonly read: number } {
+    return { checked: this.checked, read: this.read };
+  }
+}
