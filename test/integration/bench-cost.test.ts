@@ -76,6 +76,15 @@ test("bench --warmup publishes and delivers its events first and measures only t
   expect(refused.stderr).toContain("--warmup");
 }, 180_000);
 
+test("bench --subscriber-connections: subscribers share the connections asked for, and every one delivers every event", async () => {
+  const run = await bench("sec.alerts", ["--events", "200", "--subscribers", "5", "--subscriber-connections", "1", "--json"]);
+  expect(run.code, run.stderr).toBe(0);
+  expect((JSON.parse(run.stdout) as BenchJson).delivered).toBe(200 * 5);
+  const refused = await bench("sec.alerts", ["--events", "10", "--subscribers", "2", "--subscriber-connections", "3"]);
+  expect(refused.code).toBe(2);
+  expect(refused.stderr).toContain("--subscriber-connections: 3 connections for 2 subscribers");
+}, 180_000);
+
 test("bench says the run was RATE_LIMITED when the replicas refused publishes for the key's rate", async () => {
   // Three bursts' worth at 500 events/s: the replicas refuse requests RATE_LIMITED, the client retries them.
   const run = await bench("storage.disks", ["--events", String(3 * BURST), "--json"]);

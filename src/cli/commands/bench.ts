@@ -64,9 +64,10 @@ export const benchCommand: Command = {
     "status answer before and after the run and prints each replica's CPU seconds and CPU",
     "µs per delivered event (and per published event with S > 1; other traffic at the same",
     "time counts too). It says when replicas refused publishes RATE_LIMITED (the key's rate",
-    "limit, not the broker, then set the figure). More than 32 subscribers share 32 client",
-    "connections; the subscriptions of one connection get each batch in one frame naming",
-    'them all (shared subscriptions). --json prints one object: {"events","warmup","delivered","seconds",',
+    "limit, not the broker, then set the figure). Subscribers have a client connection each,",
+    "up to 32, and share them round robin past 32 or --subscriber-connections C; the",
+    "subscriptions of one connection get each batch in one frame naming them all (shared",
+    'subscriptions). --json prints one object: {"events","warmup","delivered","seconds",',
     '"delivered_per_s","p50_ms","p99_ms","max_ms","cpu_s","cpu_us_per_event",',
     '"cpu_us_per_published_event","rate_limited","slow_cutoffs","dropped_events"}; the cpu',
     "lists are by replica id, null where a replica did not report. It says when a replica",
@@ -114,6 +115,12 @@ export const benchCommand: Command = {
     },
     { name: "subscribers", kind: "string", valueName: "S", defaultValue: "1", description: "Subscribing clients" },
     {
+      name: "subscriber-connections",
+      kind: "string",
+      valueName: "C",
+      description: `Client connections the subscribers share, round robin (default: one each, at most ${BENCH_SUBSCRIBER_CLIENTS_MAX}); 1 is a relay's case`,
+    },
+    {
       name: "rate",
       kind: "string",
       valueName: "R[,R...]",
@@ -151,6 +158,8 @@ export interface BenchPlan {
   readonly size: number;
   readonly publishers: number;
   readonly subscribers: number;
+  /** Client connections the subscribers share, round robin. */
+  readonly subscriberConnections: number;
   /** Events per second in total, or null for as fast as acks allow. */
   readonly rate: number | null;
   /** More rates to run after `rate` (a sweep: `--rate 1000,5000,20000`). */
@@ -173,6 +182,13 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
   if (publishers > events)
     throw new UsageError(`--publishers: ${publishers} publishers for ${events} events; at most one publisher per event`);
   const subscribers = args.requiredInteger("subscribers", 1, BENCH_SUBSCRIBERS_MAX);
+  const subscriberConnections =
+    args.string("subscriber-connections") === undefined
+      ? Math.min(subscribers, BENCH_SUBSCRIBER_CLIENTS_MAX)
+      : args.requiredInteger("subscriber-connections", 1, BENCH_SUBSCRIBER_CLIENTS_MAX);
+  if (subscriberConnections > subscribers) {
+    throw new UsageError(`--subscriber-connections: ${subscriberConnections} connections for ${subscribers} subscribers; at most one each`);
+  }
   const mixTag = args.string("mix");
   const mix =
     mixTag === undefined
@@ -183,7 +199,19 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
   if (rates.length > 1 && mix !== null) throw new UsageError("--rate: a sweep of rates does not combine with --mix");
   const rate = rates[0] ?? (mix === null ? null : DEFAULT_MIX_RATE);
   const warmup = args.requiredInteger("warmup", 0, BENCH_EVENTS_MAX);
-  return { tag, events, size, publishers, subscribers, rate, sweep: rates.slice(1), json: args.boolean("json"), mix, warmup };
+  return {
+    tag,
+    events,
+    size,
+    publishers,
+    subscribers,
+    subscriberConnections,
+    rate,
+    sweep: rates.slice(1),
+    json: args.boolean("json"),
+    mix,
+    warmup,
+  };
 }
 
 /** `--rate R` or `--rate R1,R2,...` (a sweep), each an integer in 1..BENCH_RATE_MAX. */
@@ -304,7 +332,7 @@ async function runPlan(
     else if (signal.t === "overflow") trouble.droppedEvents += signal.droppedEvents;
   };
   for (let i = 0; i < plan.subscribers; i++) {
-    if (subscriberClients.length < BENCH_SUBSCRIBER_CLIENTS_MAX) subscriberClients.push(await connect());
+    if (subscriberClients.length < plan.subscriberConnections) subscriberClients.push(await connect());
     const client = subscriberClients[i % subscriberClients.length] as FitbClient;
     subscriptions.push(
       await client.subscribe(plan.tag, { onSignal }, (batch) => {
