@@ -25,6 +25,7 @@ import {
   DOMAIN_CLIENT_KEY_R2I,
   DOMAIN_PEER_KEY_I2R,
   DOMAIN_PEER_KEY_R2I,
+  DOMAIN_REQUEST_DIGEST,
   DOMAIN_SESSION_INITIATOR,
   DOMAIN_SESSION_RESPONDER,
   FrameType,
@@ -447,7 +448,7 @@ function requestVectors(m: ReturnType<typeof material>, r: ReturnType<typeof bui
       "schema",
     ],
     ["unknown admin command", { ...base, span: 1, op: { t: "admin", cmd: { t: "reboot" } } }, "schema"],
-    ["version 2", { ...base, v: 2, span: 1, op: { t: "pub", tag: "a", events: [bytesOf(1, 0)] } }, "bad-version"],
+    ["version 3", { ...base, v: 3, span: 1, op: { t: "pub", tag: "a", events: [bytesOf(1, 0)] } }, "bad-version"],
   ];
   return {
     description:
@@ -515,7 +516,16 @@ function sessionVectors(
       signingInput: toHex(requestSigningInput(pubSigned.body)),
       sig: toHex(pubSigned.sig),
     },
+    requestV2: requestV2Vector(m),
   };
+}
+
+/** A version 2 publish body: its signature covers 'fitb/v1/request-digest' 0x00 SHA-256(body). */
+function requestV2Vector(m: ReturnType<typeof material>): VectorJson {
+  const body = encodeRequestBody({ ...buildRequests(m).pub, v: 2 });
+  const digest = sha256(body);
+  const input = signingInput(DOMAIN_REQUEST_DIGEST, digest);
+  return { body: toHex(body), bodyDigest: toHex(digest), signingInput: toHex(input), sig: toHex(sign(m.clientSeed, input)) };
 }
 
 if (import.meta.main) {

@@ -26,6 +26,7 @@ import {
   MAC_BYTES,
   REQUEST_EVENTS_MAX,
   REQUEST_VERSION,
+  REQUEST_VERSION_MIN,
   SIGNATURE_BYTES,
   TAG_BYTES_MAX,
   TAG_PATTERN,
@@ -69,7 +70,14 @@ function isTag(value: Canonical | undefined): value is string {
 export function fastPublishRequest(value: Canonical): Request | null {
   if (!isMap(value) || keyCount(value) !== 6) return null;
   const { v, client, seq, span, ts, op } = value;
-  if (v !== REQUEST_VERSION || !isBytes(client, KEY_BYTES) || !isPositive(seq) || !isPositive(span) || !isUint(ts)) return null;
+  if (
+    (v !== REQUEST_VERSION && v !== REQUEST_VERSION_MIN) ||
+    !isBytes(client, KEY_BYTES) ||
+    !isPositive(seq) ||
+    !isPositive(span) ||
+    !isUint(ts)
+  )
+    return null;
   if (!isMap(op) || keyCount(op) !== 3 || op["t"] !== "pub" || !isTag(op["tag"])) return null;
   const events = op["events"];
   if (!Array.isArray(events) || events.length < 1 || events.length > REQUEST_EVENTS_MAX) return null;

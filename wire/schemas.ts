@@ -24,6 +24,7 @@ import {
   REASON_BYTES_MAX,
   REPLICAS_MAX,
   REQUEST_VERSION,
+  REQUEST_VERSION_MIN,
   REQUEST_EVENTS_MAX,
   SIGNATURE_BYTES,
   SUB_END_CODES,
@@ -164,7 +165,7 @@ export const opSchema = z.discriminatedUnion("t", [pubOpSchema, adminOpSchema]);
 
 export const requestSchema = z
   .strictObject({
-    v: z.literal(REQUEST_VERSION),
+    v: z.union([z.literal(REQUEST_VERSION_MIN), z.literal(REQUEST_VERSION)]),
     client: keySchema,
     seq: positiveSchema,
     span: positiveSchema,
@@ -509,7 +510,7 @@ const FAST_FRAME_CHECKS: { readonly [K in FrameTypeCode]?: (value: Canonical) =>
 export function decodeRequestBody(body: Uint8Array): RequestResult {
   const parsed = parseCanonical(body, "request body");
   if (!parsed.ok) return parsed;
-  const versionError = checkVersion(parsed.value, "request body", REQUEST_VERSION, REQUEST_VERSION);
+  const versionError = checkVersion(parsed.value, "request body", REQUEST_VERSION, REQUEST_VERSION_MIN);
   if (versionError !== null) return { ok: false, error: versionError };
   const fast = fastPublishRequest(parsed.value);
   if (fast !== null) return { ok: true, request: fast };

@@ -5,7 +5,14 @@
  */
 import { type Canonical, encodeCanonical } from "./canonical.ts";
 import type { Hello, HelloAck } from "./schemas.ts";
-import { DOMAIN_CLIENT_MAC, DOMAIN_PEER_MAC, DOMAIN_REQUEST, PEER_FRAME_TYPE_FIRST, PEER_FRAME_TYPE_LAST } from "./types.ts";
+import {
+  DOMAIN_CLIENT_MAC,
+  DOMAIN_PEER_MAC,
+  DOMAIN_REQUEST,
+  DOMAIN_REQUEST_DIGEST,
+  PEER_FRAME_TYPE_FIRST,
+  PEER_FRAME_TYPE_LAST,
+} from "./types.ts";
 
 const utf8 = new TextEncoder();
 
@@ -40,9 +47,34 @@ export function signingPrefix(domain: string): Uint8Array {
   return prefix;
 }
 
-/** What a client signs for a request: signingInput(DOMAIN_REQUEST, body). */
+/** What a client signs for a version 1 request: signingInput(DOMAIN_REQUEST, body). */
 export function requestSigningInput(body: Uint8Array): Uint8Array {
   return signingInput(DOMAIN_REQUEST, body);
+}
+
+/**
+ * What a request's signature covers, as the prefix and the bytes after it (a verifier may
+ * keep them apart, src/threads/verify-pool.ts): version 1, `utf8(DOMAIN_REQUEST) || 0x00 ||
+ * body`; version 2, `utf8(DOMAIN_REQUEST_DIGEST) || 0x00 || bodyDigest()`, the SHA-256 of the
+ * body (asked for only then: the caller usually has it). The two domains keep a signature
+ * of one form from passing as the other.
+ */
+export function requestSignedParts(
+  version: number,
+  body: Uint8Array,
+  bodyDigest: () => Uint8Array,
+): { readonly prefix: Uint8Array; readonly bytes: Uint8Array } {
+  if (version === 1) return { prefix: signingPrefix(DOMAIN_REQUEST), bytes: body };
+  return { prefix: signingPrefix(DOMAIN_REQUEST_DIGEST), bytes: bodyDigest() };
+}
+
+/** requestSignedParts joined: the exact bytes a request's signature covers. */
+export function requestSignedBytes(version: number, body: Uint8Array, bodyDigest: () => Uint8Array): Uint8Array {
+  const { prefix, bytes } = requestSignedParts(version, body, bodyDigest);
+  const input = new Uint8Array(prefix.length + bytes.length);
+  input.set(prefix);
+  input.set(bytes, prefix.length);
+  return input;
 }
 
 /**

@@ -23,8 +23,16 @@ export const SHARED_SUBSCRIPTIONS_VERSION = 4;
  * subscriptions of one channel on a connection sends one frame per this many.
  */
 export const EVENTS_SUBS_MAX = 1024;
-/** The version of the signed Request body (`v`), unchanged since version 1 of the protocol. */
-export const REQUEST_VERSION = 1;
+/**
+ * The version of the signed Request body (`v`) this version's clients write. Version 1: the
+ * signature covers the body itself (DOMAIN_REQUEST); version 2: the SHA-256 of the body
+ * (DOMAIN_REQUEST_DIGEST), which every replica hashes anyway for the request's digest, so
+ * a check costs a constant instead of a pass over up to 2 MiB (PROTOCOL.md 6.1). Replicas
+ * and subscribers accept both.
+ */
+export const REQUEST_VERSION = 2;
+/** The oldest Request body version accepted. */
+export const REQUEST_VERSION_MIN = 1;
 
 /**
  * Frame type byte values. The ranges group frames by purpose so that a reader of a hex
@@ -166,8 +174,10 @@ export type SubEndCode = (typeof SUB_END_CODES)[number];
 // can never be replayed as another.
 // ---------------------------------------------------------------------------------------
 
-/** A client's signature over a Request body (SignedRequest.sig). */
+/** A client's signature over a version 1 Request body (SignedRequest.sig). */
 export const DOMAIN_REQUEST = "fitb/v1/request";
+/** A client's signature over the SHA-256 of a version 2 Request body (SignedRequest.sig). */
+export const DOMAIN_REQUEST_DIGEST = "fitb/v1/request-digest";
 /** The responder's (replica's) signature over the handshake transcript (HELLO_ACK.sig). */
 export const DOMAIN_SESSION_RESPONDER = "fitb/v1/session/responder";
 /** The initiator's signature over the handshake transcript (AUTH.sig). */
@@ -197,7 +207,7 @@ export type WireErrorKind =
   | "unknown-type" // a type byte with no frame assigned
   | "malformed-cbor" // payload is not canonical CBOR
   | "trailing-bytes" // bytes after the payload's CBOR item
-  | "bad-version" // HELLO / HELLO_ACK with a version outside PROTOCOL_VERSION_MIN..PROTOCOL_VERSION, a Request body other than REQUEST_VERSION
+  | "bad-version" // HELLO / HELLO_ACK with a version outside PROTOCOL_VERSION_MIN..PROTOCOL_VERSION, a Request body outside REQUEST_VERSION_MIN..REQUEST_VERSION
   | "schema"; // canonical CBOR that does not match the frame's schema
 
 /** A decoding failure. `fatal` means the byte stream cannot be trusted any more. */

@@ -1,12 +1,12 @@
 /**
  * Building and signing client requests (the shared data model's Request and
  * SignedRequest): the canonical body, the signature over
- * requestSigningInput(body), the digest that replicas echo in REPLY.d, and the encoded
+ * requestSignedBytes (version 2: over the body's SHA-256), the digest that replicas echo in REPLY.d, and the encoded
  * REQUEST frame, built once and sent to every replica.
  */
 import type { AdminCmd, Op, Request } from "../../wire/schemas.ts";
 import { encodeRequestBody, encodeTypedFrame } from "../../wire/schemas.ts";
-import { requestSigningInput } from "../../wire/session.ts";
+import { requestSignedBytes } from "../../wire/session.ts";
 import { EVENT_BYTES_MAX, FrameType, REQUEST_EVENTS_MAX, REQUEST_VERSION, TAG_BYTES_MAX, TAG_PATTERN } from "../../wire/types.ts";
 import { sign } from "../crypto/ed25519.ts";
 import { toHex } from "../crypto/encoding.ts";
@@ -65,7 +65,12 @@ export function buildRequest(key: SigningKey, fields: RequestFields, frameBytesM
     op: fields.op,
   };
   const body = encodeRequestBody(request);
-  const sig = sign(key, requestSigningInput(body));
+  // Version 2: the signature covers the body's SHA-256, the digest replicas name in REPLY.
+  const digest = sha256(body);
+  const sig = sign(
+    key,
+    requestSignedBytes(request.v, body, () => digest),
+  );
   let frame: Uint8Array;
   try {
     frame = requestFrame(body, sig, fields.after ?? 0, frameBytesMax);
@@ -78,7 +83,6 @@ export function buildRequest(key: SigningKey, fields: RequestFields, frameBytesM
     }
     throw error;
   }
-  const digest = sha256(body);
   return { request, body, sig, digest, digestHex: toHex(digest), frame };
 }
 

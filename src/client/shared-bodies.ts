@@ -10,11 +10,25 @@
  * read and checked. Any other array is read and checked as before.
  */
 import { bytesEqual } from "../../wire/bytes.ts";
+import { requestSignedBytes } from "../../wire/session.ts";
 import { type ParsedBody, parseBody, type VerifyRequest } from "../core/voting/delivery-voter.ts";
+import { verify } from "../crypto/ed25519.ts";
+import { sha256 } from "../crypto/hash.ts";
+
+/** A publisher's signature check, of either body version (wire/session.ts requestSignedParts). */
+export const checkRequestSignature: VerifyRequest = (body, sig, publisher, version) =>
+  verify(
+    publisher,
+    requestSignedBytes(version, body, () => sha256(body)),
+    sig,
+  );
 
 export class SharedBodies {
   private readonly bodies = new WeakSet<Uint8Array>();
-  private readonly checks = new WeakMap<Uint8Array, { readonly sig: Uint8Array; readonly publisher: Uint8Array; readonly ok: boolean }>();
+  private readonly checks = new WeakMap<
+    Uint8Array,
+    { readonly sig: Uint8Array; readonly publisher: Uint8Array; readonly version: number; readonly ok: boolean }
+  >();
   private readonly reads = new WeakMap<Uint8Array, ParsedBody>();
   private checked = 0;
   private read = 0;
@@ -32,14 +46,16 @@ export class SharedBodies {
   }
 
   /** A VerifyRequest: `check`'s answer, remembered for a shared body. */
-  readonly verify: VerifyRequest = (body, sig, publisher) => {
-    if (!this.bodies.has(body)) return this.check(body, sig, publisher);
+  readonly verify: VerifyRequest = (body, sig, publisher, version) => {
+    if (!this.bodies.has(body)) return this.check(body, sig, publisher, version);
     const known = this.checks.get(body);
-    if (known !== undefined && bytesEqual(known.sig, sig) && bytesEqual(known.publisher, publisher)) return known.ok;
+    if (known !== undefined && known.version === version && bytesEqual(known.sig, sig) && bytesEqual(known.publisher, publisher)) {
+      return known.ok;
+    }
     this.checked++;
-    const ok = this.check(body, sig, publisher);
+    const ok = this.check(body, sig, publisher, version);
     // Copies: the signature and key arrays are views a handler may be given.
-    this.checks.set(body, { sig: sig.slice(), publisher: publisher.slice(), ok });
+    this.checks.set(body, { sig: sig.slice(), publisher: publisher.slice(), version, ok });
     return ok;
   };
 

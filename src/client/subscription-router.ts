@@ -13,18 +13,14 @@
  * them (SharedBodies) over the bytes that were received.
  */
 import type { EventsFrame, SubEnd, SubOk } from "../../wire/schemas.ts";
-import { DOMAIN_REQUEST, FrameType } from "../../wire/types.ts";
+import { FrameType } from "../../wire/types.ts";
 import { CopyKeys, type VerifyRequest } from "../core/voting/delivery-voter.ts";
-import { verifyDomain } from "../crypto/ed25519.ts";
 import { nativeBytesEqual } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import type { ExecutedFloor } from "./executed-floor.ts";
 import type { ReplicaGroup } from "./replica-group.ts";
 import type { ClientSubscription, SubscriptionHost } from "./subscription.ts";
-import { SharedBodies } from "./shared-bodies.ts";
-
-/** A publisher signature check (`fitb/v1/request` domain). */
-const checkRequest: VerifyRequest = (body, sig, publisher) => verifyDomain(publisher, DOMAIN_REQUEST, body, sig);
+import { checkRequestSignature, SharedBodies } from "./shared-bodies.ts";
 
 interface SubRoute {
   readonly sub: ClientSubscription;
@@ -35,7 +31,7 @@ export class SubscriptionRouter implements SubscriptionHost {
   /** One per client: its voters' memo of copy keys, bounded whatever the number of subscriptions. */
   readonly copyKeys = new CopyKeys(sha256, nativeBytesEqual);
   /** One per client: the bodies of shared EVENTS frames, read and checked once for all the subscriptions they reach. */
-  readonly shared = new SharedBodies(checkRequest);
+  readonly shared = new SharedBodies(checkRequestSignature);
   readonly verifyRequest: VerifyRequest = this.shared.verify;
   readonly parseBody = this.shared.parse;
   private readonly subscriptions = new Set<ClientSubscription>();

@@ -40,7 +40,7 @@
  */
 import { toHex } from "../../wire/bytes.ts";
 import type { Events, SubEnd, SubOk } from "../../wire/schemas.ts";
-import { CLIENT_CLOCK_SKEW_MS_MAX, DOMAIN_REQUEST } from "../../wire/types.ts";
+import { CLIENT_CLOCK_SKEW_MS_MAX } from "../../wire/types.ts";
 import { signedRequestDigest } from "../core/channels/request.ts";
 import {
   type CopyKeys,
@@ -52,7 +52,7 @@ import {
 } from "../core/voting/delivery-voter.ts";
 import { type GroupEvent, GroupEventVoter, SYS_EVENTS_TAG } from "../core/voting/group-events.ts";
 import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
-import { verifyDomain } from "../crypto/ed25519.ts";
+import { checkRequestSignature } from "./shared-bodies.ts";
 import { sha256 } from "../crypto/hash.ts";
 import { DeliveryQueue } from "./delivery-queue.ts";
 import { PublisherRegistry } from "./publisher-registry.ts";
@@ -525,7 +525,7 @@ export class ClientSubscription implements Subscription {
       ...(notBeforeMs === undefined ? {} : { notBeforeMs }),
       hash: sha256,
       ...(this.host.copyKeys === undefined ? {} : { copyKeys: this.host.copyKeys }),
-      verify: this.host.verifyRequest ?? ((body, sig, publisher) => verifyDomain(publisher, DOMAIN_REQUEST, body, sig)),
+      verify: this.host.verifyRequest ?? checkRequestSignature,
       ...(this.host.parseBody === undefined ? {} : { parseBody: this.host.parseBody }),
     });
     // Counts only the members' copies, by their ids (after a removal they need not be 0..n-1).

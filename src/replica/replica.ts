@@ -32,7 +32,7 @@ import {
   type RequestFrame,
   type SignedRequest,
 } from "../../wire/schemas.ts";
-import { DOMAIN_REQUEST, type ErrorCode, FrameType, SHARED_SUBSCRIPTIONS_VERSION } from "../../wire/types.ts";
+import { type ErrorCode, FrameType, SHARED_SUBSCRIPTIONS_VERSION } from "../../wire/types.ts";
 import { ClientAdmission, OVER_BUDGET_PAUSE_MS, OVER_BUDGET_PAUSE_MS_MAX, REFUSALS_BURST, REFUSALS_PER_SECOND } from "./admission.ts";
 import { AuditLog } from "./audit.ts";
 import { ExecutionGate } from "./execution-gate.ts";
@@ -57,7 +57,7 @@ import {
   urgencyOfSpace,
 } from "./requests.ts";
 import { type Lane, VerifyPool } from "../threads/verify-pool.ts";
-import { signingPrefix } from "../../wire/session.ts";
+import { requestSignedParts } from "../../wire/session.ts";
 import { type ClientSession, ReplicaServer, type ServerLimits } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
 import { epochLogFields, genesisMembership, membersAnswer } from "./epochs.ts";
@@ -490,9 +490,12 @@ export class Replica {
       lane = this.verifier.lane();
       this.lanes.set(session, lane);
     }
+    // Version 2 requests are signed over the body's SHA-256, which execution needs anyway
+    // (bodyDigestOf remembers it): the thread checks 32 bytes, not the body.
+    const covered = requestSignedParts(admitted.request.v, signed.body, () => bodyDigestOf(signed.body));
     this.verifier.verify(
       admitted.request.client,
-      { prefix: signingPrefix(DOMAIN_REQUEST), body: signed.body },
+      { prefix: covered.prefix, body: covered.bytes },
       signed.sig,
       (ok) => {
         if (!ok) return this.refuseAdmission(session, signed, BAD_SIGNATURE);

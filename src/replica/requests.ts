@@ -16,7 +16,7 @@ import { sha256 } from "../crypto/hash.ts";
 import { BoundedMap } from "../../wire/bounded-map.ts";
 import { decodeRequestBody, type Request, type SignedRequest } from "../../wire/schemas.ts";
 import { CLIENT_CLOCK_SKEW_MS_MAX } from "../../wire/types.ts";
-import { requestSigningInput } from "../../wire/session.ts";
+import { requestSignedBytes } from "../../wire/session.ts";
 
 /**
  * How far a publish's signed timestamp may be from the clock of the replica that takes it
@@ -93,7 +93,8 @@ export function admitRequest(
 ): Admission {
   const admitted = admitUnverified(signed, sessionKeyHex, beforeVerify);
   if (!admitted.ok) return admitted;
-  if (!verify(admitted.request.client, requestSigningInput(signed.body), signed.sig)) return BAD_SIGNATURE;
+  const covered = requestSignedBytes(admitted.request.v, signed.body, () => bodyDigestOf(signed.body));
+  if (!verify(admitted.request.client, covered, signed.sig)) return BAD_SIGNATURE;
   return admitted;
 }
 

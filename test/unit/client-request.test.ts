@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { decodeFrameBody, decodeRequestBody } from "../../wire/schemas.ts";
-import { requestSigningInput } from "../../wire/session.ts";
-import { DOMAIN_REQUEST, FRAME_HEADER_BYTES, FrameType, TAG_BYTES_MAX } from "../../wire/types.ts";
+import { requestSignedBytes, requestSigningInput, signingInput } from "../../wire/session.ts";
+import { DOMAIN_REQUEST, DOMAIN_REQUEST_DIGEST, FRAME_HEADER_BYTES, FrameType, TAG_BYTES_MAX } from "../../wire/types.ts";
 import { InvalidInputError } from "../../src/client/errors.ts";
 import {
   adminOp,
@@ -36,7 +36,7 @@ describe("building a publish request", () => {
     const decoded = decodeRequestBody(built.body);
     expect(decoded.ok).toBe(true);
     if (!decoded.ok) return;
-    expect(decoded.request.v).toBe(1);
+    expect(decoded.request.v).toBe(2);
     expect(decoded.request.client).toEqual(key.publicKey);
     expect(decoded.request.seq).toBe(41);
     expect(decoded.request.span).toBe(3);
@@ -44,11 +44,27 @@ describe("building a publish request", () => {
     expect(decoded.request.op).toEqual({ t: "pub", tag: "net.links", events });
   });
 
-  test("the signature covers utf8(domain) || 0x00 || body under the client's key", () => {
-    expect(verifyDomain(key.publicKey, DOMAIN_REQUEST, built.body, built.sig)).toBe(true);
-    expect(verify(key.publicKey, requestSigningInput(built.body), built.sig)).toBe(true);
+  test("the signature (body version 2) covers utf8(digest domain) || 0x00 || sha256(body) under the client's key, and nothing else", () => {
+    expect(verifyDomain(key.publicKey, DOMAIN_REQUEST_DIGEST, sha256(built.body), built.sig)).toBe(true);
+    expect(
+      verify(
+        key.publicKey,
+        requestSignedBytes(2, built.body, () => sha256(built.body)),
+        built.sig,
+      ),
+    ).toBe(true);
     const other = SigningKey.fromSeed(new Uint8Array(32).fill(8));
-    expect(verifyDomain(other.publicKey, DOMAIN_REQUEST, built.body, built.sig)).toBe(false);
+    expect(verifyDomain(other.publicKey, DOMAIN_REQUEST_DIGEST, sha256(built.body), built.sig)).toBe(false);
+    // Not a signature of the body itself, nor of the digest under the body's domain: the domains keep the forms apart.
+    expect(verifyDomain(key.publicKey, DOMAIN_REQUEST, built.body, built.sig)).toBe(false);
+    expect(verify(key.publicKey, requestSigningInput(built.body), built.sig)).toBe(false);
+    expect(verifyDomain(key.publicKey, DOMAIN_REQUEST, sha256(built.body), built.sig)).toBe(false);
+  });
+
+  test("requestSignedBytes: version 1 covers the body under DOMAIN_REQUEST, version 2 the digest under DOMAIN_REQUEST_DIGEST", () => {
+    const body = new Uint8Array([1, 2, 3]);
+    expect(requestSignedBytes(1, body, () => sha256(body))).toEqual(requestSigningInput(body));
+    expect(requestSignedBytes(2, body, () => sha256(body))).toEqual(signingInput(DOMAIN_REQUEST_DIGEST, sha256(body)));
   });
 
   test("the digest is sha256(body), the d a REPLY echoes", () => {

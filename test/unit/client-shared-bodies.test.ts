@@ -4,18 +4,16 @@
  * reading and checking give, and a body that came in no shared frame is never remembered.
  */
 import { describe, expect, test } from "bun:test";
-import { SharedBodies } from "../../src/client/shared-bodies.ts";
+import { checkRequestSignature, SharedBodies } from "../../src/client/shared-bodies.ts";
 import { parseBody } from "../../src/core/voting/delivery-voter.ts";
-import { verifyDomain } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
-import { DOMAIN_REQUEST } from "../../wire/types.ts";
 import { signedRequest } from "./subscription-host.ts";
 
 function counting(): { shared: SharedBodies; calls: () => number } {
   let calls = 0;
-  const shared = new SharedBodies((body, sig, publisher) => {
+  const shared = new SharedBodies((body, sig, publisher, version) => {
     calls++;
-    return verifyDomain(publisher, DOMAIN_REQUEST, body, sig);
+    return checkRequestSignature(body, sig, publisher, version);
   });
   return { shared, calls: () => calls };
 }
@@ -31,7 +29,7 @@ describe("SharedBodies", () => {
     const reads = new Set<unknown>();
     // Each subscription's voter decodes the publisher key anew: an equal key in another array.
     for (let i = 0; i < 100; i++) {
-      expect(shared.verify(req.body, req.sig, key.publicKey.slice())).toBe(true);
+      expect(shared.verify(req.body, req.sig, key.publicKey.slice(), 1)).toBe(true);
       reads.add(shared.parse(req.body));
     }
     expect(calls()).toBe(1);
@@ -44,7 +42,7 @@ describe("SharedBodies", () => {
     const { shared, calls } = counting();
     const req = signedRequest(key, "net.links", 1, ["a"]);
     for (let i = 0; i < 3; i++) {
-      expect(shared.verify(req.body, req.sig, key.publicKey)).toBe(true);
+      expect(shared.verify(req.body, req.sig, key.publicKey, 1)).toBe(true);
       shared.parse(req.body);
     }
     expect(calls()).toBe(3);
@@ -56,26 +54,26 @@ describe("SharedBodies", () => {
     const { shared, calls } = counting();
     const req = signedRequest(key, "net.links", 1, ["a"]);
     shared.mark(req.body);
-    expect(shared.verify(req.body, req.sig, key.publicKey)).toBe(true);
-    expect(shared.verify(req.body, req.sig, other.publicKey)).toBe(false);
+    expect(shared.verify(req.body, req.sig, key.publicKey, 1)).toBe(true);
+    expect(shared.verify(req.body, req.sig, other.publicKey, 1)).toBe(false);
     const badSig = req.sig.slice();
     badSig[0] = (badSig[0] as number) ^ 1;
-    expect(shared.verify(req.body, badSig, key.publicKey)).toBe(false);
+    expect(shared.verify(req.body, badSig, key.publicKey, 1)).toBe(false);
     expect(calls()).toBe(3);
-    expect(shared.verify(req.body, badSig, key.publicKey)).toBe(false);
-    expect(shared.verify(req.body, req.sig, key.publicKey)).toBe(true);
+    expect(shared.verify(req.body, badSig, key.publicKey, 1)).toBe(false);
+    expect(shared.verify(req.body, req.sig, key.publicKey, 1)).toBe(true);
   });
 
   test("the memory is of the array: another array of equal bytes, or an altered one, is read and checked itself", () => {
     const { shared, calls } = counting();
     const req = signedRequest(key, "net.links", 1, ["a"]);
     shared.mark(req.body);
-    shared.verify(req.body, req.sig, key.publicKey);
+    shared.verify(req.body, req.sig, key.publicKey, 1);
     const altered = req.body.slice();
     altered[altered.length - 1] = (altered.at(-1) as number) ^ 1;
     shared.mark(altered);
-    expect(shared.verify(altered, req.sig, key.publicKey)).toBe(false);
-    expect(shared.verify(req.body.slice(), req.sig, key.publicKey)).toBe(true);
+    expect(shared.verify(altered, req.sig, key.publicKey, 1)).toBe(false);
+    expect(shared.verify(req.body.slice(), req.sig, key.publicKey, 1)).toBe(true);
     expect(calls()).toBe(3);
     // An undecodable shared body reads as undecodable, remembered as such.
     const junk = new Uint8Array([0xff, 0x00]);
@@ -89,9 +87,9 @@ describe("SharedBodies", () => {
     const req = signedRequest(key, "net.links", 1, ["a"]);
     shared.mark(req.body);
     const sig = req.sig.slice();
-    expect(shared.verify(req.body, sig, key.publicKey)).toBe(true);
+    expect(shared.verify(req.body, sig, key.publicKey, 1)).toBe(true);
     sig[0] = (sig[0] as number) ^ 1;
-    expect(shared.verify(req.body, sig, key.publicKey)).toBe(false);
+    expect(shared.verify(req.body, sig, key.publicKey, 1)).toBe(false);
     expect(calls()).toBe(2);
   });
 });

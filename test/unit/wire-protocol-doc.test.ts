@@ -10,6 +10,7 @@ import {
   DOMAIN_CLIENT_KEY_I2R,
   DOMAIN_CLIENT_KEY_R2I,
   DOMAIN_CLIENT_MAC,
+  DOMAIN_REQUEST_DIGEST,
   DOMAIN_PEER_MAC,
   DOMAIN_REQUEST,
   DOMAIN_SESSION_INITIATOR,
@@ -47,6 +48,7 @@ describe("PROTOCOL.md matches the code", () => {
   test("domain tags", () => {
     for (const d of [
       DOMAIN_REQUEST,
+      DOMAIN_REQUEST_DIGEST,
       DOMAIN_SESSION_RESPONDER,
       DOMAIN_SESSION_INITIATOR,
       DOMAIN_PEER_KEY_I2R,

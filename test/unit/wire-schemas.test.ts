@@ -197,6 +197,7 @@ describe("request bodies", () => {
   test("valid publish and admin requests round-trip", () => {
     const reqs: Request[] = [
       request(),
+      request({ v: 2 }),
       request({ seq: Number.MAX_SAFE_INTEGER - 1, span: 2 }),
       request({
         span: 1,
@@ -222,7 +223,8 @@ describe("request bodies", () => {
     ["short client key", request({ client: filled(31, 0) }), "schema"],
     ["unknown op", { ...request(), op: { t: "delete" } }, "schema"],
     ["extra field", { ...request(), x: 1 }, "schema"],
-    ["version 2", { ...request(), v: 2 }, "bad-version"],
+    ["version 3", { ...request(), v: 3 }, "bad-version"],
+    ["version 0", { ...request(), v: 0 }, "bad-version"],
     ["not a map", [1, 2], "schema"],
   ];
   for (const [name, value, kind] of badRequests) {

@@ -3,7 +3,7 @@
 // signatures, keys and MAC of the session vectors check out with node:crypto, independently
 // of the @noble code that generated them.
 import { describe, expect, test } from "bun:test";
-import { createHmac, createPrivateKey, createPublicKey, diffieHellman, hkdfSync, verify } from "node:crypto";
+import { createHash, createHmac, createPrivateKey, createPublicKey, diffieHellman, hkdfSync, verify } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
@@ -26,6 +26,7 @@ import {
   encodeTypedFrame,
   frameTypeName,
   peerMacInput,
+  requestSignedBytes,
   requestSigningInput,
   sessionTranscript,
   signingInput,
@@ -234,5 +235,19 @@ describe("vectors: session.json (checked with node:crypto)", () => {
     expect(toHex(requestSigningInput(req.body))).toBe(s.request.signingInput);
     expect(edVerify(s.keys.client, requestSigningInput(req.body), s.request.sig)).toBe(true);
     expect(toHex(req.sig)).toBe(s.request.sig);
+  });
+
+  test("a version 2 request's signature covers its digest domain and the SHA-256 of the body", () => {
+    const v2 = s.requestV2 as { body: string; bodyDigest: string; signingInput: string; sig: string };
+    const reqBody = fromHex(v2.body);
+    const decoded = decodeRequestBody(reqBody);
+    expect(decoded.ok && decoded.request.v).toBe(2);
+    const digest = new Uint8Array(createHash("sha256").update(reqBody).digest());
+    expect(toHex(digest)).toBe(v2.bodyDigest);
+    expect(toHex(requestSignedBytes(2, reqBody, () => digest))).toBe(v2.signingInput);
+    expect(toHex(signingInput("fitb/v1/request-digest", digest))).toBe(v2.signingInput);
+    expect(edVerify(s.keys.client, fromHex(v2.signingInput), v2.sig)).toBe(true);
+    // Not valid as a signature of the body itself.
+    expect(edVerify(s.keys.client, requestSigningInput(reqBody), v2.sig)).toBe(false);
   });
 });

@@ -47,7 +47,7 @@ function readEvents(value: Canonical | undefined, span: number): Uint8Array[] | 
 export function parsePubRequest(value: Canonical): PubRequest | null {
   if (!isPlainMap(value)) return null;
   const { v, client, seq, span, ts, op } = value;
-  if (v !== 1) return null;
+  if (v !== 1 && v !== 2) return null;
   if (!(client instanceof Uint8Array) || client.length !== PUBLIC_KEY_BYTES) return null;
   if (!isSafeIntAtLeast(seq, 1) || !isSafeIntAtLeast(span, 1) || !isSafeIntAtLeast(ts, 0)) return null;
   if (!Number.isSafeInteger(seq + span - 1)) return null;
@@ -56,5 +56,5 @@ export function parsePubRequest(value: Canonical): PubRequest | null {
   if (typeof tag !== "string") return null;
   const events = readEvents(op["events"], span);
   if (events === null) return null;
-  return { v: 1, client, seq, span, ts, op: { t: "pub", tag, events } };
+  return { v, client, seq, span, ts, op: { t: "pub", tag, events } };
 }

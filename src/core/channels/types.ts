@@ -99,7 +99,8 @@ export type AdminOp = { readonly t: "admin"; readonly cmd: AdminCmd };
 
 /** What a client signs. A pub request's events carry publisher seqs seq .. seq+span-1. */
 export type Request = {
-  readonly v: 1;
+  /** 1: the signature covers the body; 2: the body's SHA-256 (wire PROTOCOL.md 6.1). */
+  readonly v: 1 | 2;
   readonly client: Uint8Array;
   readonly seq: number;
   readonly span: number;

@@ -134,8 +134,12 @@ export function parseBody(body: Uint8Array): ParsedBody {
   return parsePubRequest(value) ?? "malformed";
 }
 
-/** Verifies a publisher signature over `utf8("fitb/v1/request") || 0x00 || body`. */
-export type VerifyRequest = (body: Uint8Array, sig: Uint8Array, publisher: Uint8Array) => boolean;
+/**
+ * Verifies a publisher signature of a request of body version `version` (the body's `v`):
+ * over `utf8("fitb/v1/request") || 0x00 || body` (1) or over
+ * `utf8("fitb/v1/request-digest") || 0x00 || sha256(body)` (2; wire/session.ts requestSignedParts).
+ */
+export type VerifyRequest = (body: Uint8Array, sig: Uint8Array, publisher: Uint8Array, version: number) => boolean;
 
 export type DeliveryVoterOptions = {
   readonly tag: string;
@@ -598,7 +602,7 @@ export class DeliveryVoter {
   /** Dedupe happens before the signature check, so copies of delivered events cost no verify. */
   private onVouchedCopy(replica: number, window: SeqRangeWindow, request: PubRequest, copy: BatchCopy): DeliveryOutput[] {
     if (!this.isNewRange(replica, window, request)) return [];
-    if (!this.verify(copy.body, copy.sig, request.client)) return this.invalidCopy(replica, "bad-signature");
+    if (!this.verify(copy.body, copy.sig, request.client, request.v)) return this.invalidCopy(replica, "bad-signature");
     return [this.deliverUnordered(window, request, copy)];
   }
 
@@ -615,7 +619,7 @@ export class DeliveryVoter {
     // This replica already vouches for the key: a copy past its hold bound changes
     // nothing, so it is dropped before paying for a signature check.
     if (own !== undefined && !holdFits(own, bytes)) return this.dropHeld(replica, 1);
-    if (!this.verify(copy.body, copy.sig, request.client)) return this.invalidCopy(replica, "bad-signature");
+    if (!this.verify(copy.body, copy.sig, request.client, request.v)) return this.invalidCopy(replica, "bad-signature");
     const held: HeldCopy = { arrival: this.arrivals++, replica, request, copy };
     if (own === undefined && this.vouchersOf(publisherHex) + 1 >= this.threshold) {
       return this.admit(publisherHex, request.client, [...this.takeHeld(publisherHex), held]);
@@ -764,7 +768,7 @@ export class DeliveryVoter {
     const request = decoded.request;
     const end = copy.firstSeq + request.span;
     if (end <= this.next) return { late: true };
-    if (!this.verify(copy.body, copy.sig, request.client)) return { invalid: "bad-signature" };
+    if (!this.verify(copy.body, copy.sig, request.client, request.v)) return { invalid: "bad-signature" };
     const signed = { body: copy.body, sig: copy.sig };
     const bytes = copy.body.length + copy.sig.length;
     return { key, firstSeq: copy.firstSeq, tsMs: copy.tsMs, end, request, signed, bytes, voters: new Set() };
