@@ -65,7 +65,9 @@ export function requestSignedParts(
   bodyDigest: () => Uint8Array,
 ): { readonly prefix: Uint8Array; readonly bytes: Uint8Array } {
   if (version === 1) return { prefix: signingPrefix(DOMAIN_REQUEST), bytes: body };
-  return { prefix: signingPrefix(DOMAIN_REQUEST_DIGEST), bytes: bodyDigest() };
+  if (version === 2) return { prefix: signingPrefix(DOMAIN_REQUEST_DIGEST), bytes: bodyDigest() };
+  // Callers pass a version the body's schema accepted: anything else is a bug, never a third form.
+  throw new RangeError(`no request signature form for body version ${version}`);
 }
 
 /** requestSignedParts joined: the exact bytes a request's signature covers. */

@@ -2,8 +2,9 @@
  * The bodies of shared EVENTS frames a client received, and what its subscriptions made
  * of them. One shared frame hands the same batch, the very same array, to several
  * subscriptions of one channel (a relay serving many `nc` subscribers, a collector), and
- * each subscription's voter reads the body and checks its publisher signature (an ed25519
- * check over the whole body, the largest cost of such a client). This remembers both, by
+ * each subscription's voter reads the body and checks its publisher signature (for a body
+ * of version 1 an ed25519 check over the whole body, the largest cost of such a client;
+ * for version 2 a SHA-256 of it and a check over that). This remembers both, by
  * that array (weakly held: what is remembered goes with its frame), so a batch is read and
  * checked once for all of them. Exact: a shared body is never a handler's (a subscription
  * hands its handler a copy of a shared batch: `has`), so its bytes stay those that were

@@ -66,10 +66,11 @@ export const CHECKS_PER_BATCH_MAX = 1_024;
 export const URGENT_INLINE_PER_WINDOW = 200;
 export const URGENT_INLINE_WINDOW_MS = 100;
 /**
- * The largest urgent check verified inline. An alert is a few events; a request of
- * hundreds of KiB (a bulk publish on an urgent channel) takes the event loop most of a
- * millisecond to hash and verify, and a copy to join its domain prefix: it goes to the
- * threads like any other check.
+ * The largest urgent check verified inline. An alert is a few events; a signed message of
+ * hundreds of KiB (a version 1 bulk publish on an urgent channel) takes the event loop most
+ * of a millisecond to hash and verify, and a copy to join its domain prefix: it goes to the
+ * threads like any other check. A version 2 request's check is over 32 bytes of digest and
+ * always small.
  */
 export const URGENT_INLINE_BYTES_MAX = 16 * 1024;
 /**

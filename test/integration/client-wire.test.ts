@@ -32,6 +32,7 @@ import { FitbClient } from "../../src/client/client.ts";
 import { ReplicaConnection, type ConnectionEvents, type ConnectionOptions } from "../../src/client/connection.ts";
 import { type ClientError, HandshakeError, NoQuorumError, ReplicaUnreachableError, RequestRejectedError } from "../../src/client/errors.ts";
 import type { ReceivedBatch, SubscriptionSignal } from "../../src/client/subscription.ts";
+import { checkRequestSignature } from "../../src/client/shared-bodies.ts";
 import { parseClusterConfig, type ClusterConfig } from "../../src/config/cluster.ts";
 import { signDomain, verifyDomain } from "../../src/crypto/ed25519.ts";
 import { toHex } from "../../src/crypto/encoding.ts";
@@ -271,7 +272,7 @@ class TestReplica {
   honestReply(request: Request, signed: SignedRequest): Frame {
     const d = sha256(signed.body);
     const base = { seq: request.seq, replica: this.id, d };
-    if (!verifyDomain(request.client, DOMAIN_REQUEST, signed.body, signed.sig)) {
+    if (!checkRequestSignature(signed.body, signed.sig, request.client, request.v)) {
       return { type: FrameType.REPLY, body: { ...base, ok: false, code: "BAD_SIGNATURE", reason: "bad signature" } };
     }
     const space = `${toHex(request.client)}/${request.op.t === "pub" ? request.op.tag : "#admin"}`;

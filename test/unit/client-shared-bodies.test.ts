@@ -7,7 +7,13 @@ import { describe, expect, test } from "bun:test";
 import { checkRequestSignature, SharedBodies } from "../../src/client/shared-bodies.ts";
 import { parseBody } from "../../src/core/voting/delivery-voter.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
+import { encodeCanonical } from "../../wire/canonical.ts";
+import { DOMAIN_REQUEST_DIGEST } from "../../wire/types.ts";
+import { signDomain } from "../../src/crypto/ed25519.ts";
+import { sha256 } from "../../src/crypto/hash.ts";
 import { signedRequest } from "./subscription-host.ts";
+
+const utf8 = (text: string): Uint8Array => new TextEncoder().encode(text);
 
 function counting(): { shared: SharedBodies; calls: () => number } {
   let calls = 0;
@@ -80,6 +86,25 @@ describe("SharedBodies", () => {
     shared.mark(junk);
     expect(shared.parse(junk)).toBe("undecodable");
     expect(shared.parse(junk)).toBe("undecodable");
+  });
+
+  test("a version 2 body (signed through its SHA-256) is checked once too; asked as another version, checked again", () => {
+    const { shared, calls } = counting();
+    const body = encodeCanonical({
+      v: 2,
+      client: key.publicKey,
+      seq: 1,
+      span: 1,
+      ts: 77,
+      op: { t: "pub", tag: "net.links", events: [utf8("a")] },
+    });
+    const sig = signDomain(key, DOMAIN_REQUEST_DIGEST, sha256(body));
+    shared.mark(body);
+    for (let i = 0; i < 5; i++) expect(shared.verify(body, sig, key.publicKey, 2)).toBe(true);
+    expect(calls()).toBe(1);
+    // The same signature is no version 1 signature of the body.
+    expect(shared.verify(body, sig, key.publicKey, 1)).toBe(false);
+    expect(calls()).toBe(2);
   });
 
   test("a signature written over after its check is checked again", () => {

@@ -10,6 +10,7 @@ import { SigningKey } from "../../src/crypto/keys.ts";
 import type { ClientRequest } from "../../src/core/ordering/messages.ts";
 import { sha256 } from "../../src/crypto/hash.ts";
 import {
+  admitRequest,
   bodyDigestOf,
   CLIENT_CLOCK_SKEW_MS_MAX,
   clientRequestValid,
@@ -19,9 +20,10 @@ import {
   PROPOSED_FUTURE_MS_MAX,
   stampWithinBound,
   verifiedCacheKey,
+  verifiedStamp,
 } from "../../src/replica/requests.ts";
 import { encodeRequestBody, type Request } from "../../wire/schemas.ts";
-import { requestSigningInput } from "../../wire/session.ts";
+import { requestSignedBytes, requestSigningInput } from "../../wire/session.ts";
 
 const NOW = 1_800_000_000_000;
 const key = SigningKey.generate();
@@ -107,6 +109,48 @@ describe("the bound at every replica that accepts a proposal", () => {
     );
     expect(new Set(keys).size).toBe(keys.length);
     expect(verifiedCacheKey({ ...good })).toBe(verifiedCacheKey(good));
+  });
+});
+
+describe("what a request's signature covers: the body (version 1) or its SHA-256 (version 2)", () => {
+  /** A request of body version `v` signed in the form of version `form`. */
+  function signedAs(v: 1 | 2, form: 1 | 2, signer: SigningKey = key): ClientRequest {
+    const request = { ...pub(NOW), v };
+    const body = encodeRequestBody(request);
+    return {
+      ...signed(request, signer),
+      sig: sign(
+        signer,
+        requestSignedBytes(form, body, () => sha256(body)),
+      ),
+    };
+  }
+
+  test("each version's own form passes admission, the ordering core's check and the stamp", () => {
+    for (const v of [1, 2] as const) {
+      const req = signedAs(v, v);
+      expect(admitRequest({ body: req.body, sig: req.sig }).ok).toBe(true);
+      expect(clientRequestValid(req, NOW)).toBe(true);
+      expect(verifiedStamp(req)).toBe(NOW);
+    }
+  });
+
+  test("the other version's form, or another key, is refused everywhere", () => {
+    for (const req of [signedAs(1, 2), signedAs(2, 1), signedAs(2, 2, other)]) {
+      expect(admitRequest({ body: req.body, sig: req.sig })).toMatchObject({ ok: false, code: "BAD_SIGNATURE" });
+      expect(clientRequestValid(req, NOW)).toBe(false);
+      expect(verifiedStamp(req)).toBeNull();
+    }
+  });
+
+  test("a version 2 signature over the digest of other bytes does not pass for this body", () => {
+    const req = signedAs(2, 2);
+    const altered = encodeRequestBody({ ...pub(NOW, 1, "eth0 up"), v: 2 });
+    expect(admitRequest({ body: altered, sig: req.sig })).toMatchObject({ ok: false, code: "BAD_SIGNATURE" });
+  });
+
+  test("no third form: a version the schemas never accept is a bug, not a signature check", () => {
+    expect(() => requestSignedBytes(3, new Uint8Array(1), () => new Uint8Array(32))).toThrow(RangeError);
   });
 });
 

@@ -54,9 +54,10 @@ const ALICE = publisher();
 const BOB = publisher();
 
 /** A signed pub request of `events` with publisher seqs seq.. */
-function signed(p: Publisher, seq: number, events: string[], tag = TAG, ts = 77): { body: Uint8Array; sig: Uint8Array } {
+function signed(p: Publisher, seq: number, events: string[], tag = TAG, ts = 77, v = 1): { body: Uint8Array; sig: Uint8Array } {
   const evs = events.map(utf8);
-  const body = encodeCanonical({ v: 1, client: p.key, seq, span: evs.length, ts, op: { t: "pub", tag, events: evs } });
+  // The signature here is always over the body itself: these voters' check ignores the version.
+  const body = encodeCanonical({ v, client: p.key, seq, span: evs.length, ts, op: { t: "pub", tag, events: evs } });
   return { body, sig: new Uint8Array(sign(null, domainMessage(body), p.secret)) };
 }
 
@@ -77,6 +78,31 @@ const others = (outputs: DeliveryOutput[]): DeliveryOutput[] => outputs.filter((
 const B1 = signed(ALICE, 1, ["a1", "a2"]);
 const B3 = signed(BOB, 1, ["b1"]);
 const B4 = signed(ALICE, 3, ["a3", "a4", "a5"]);
+
+describe("the body's version reaches the signature check", () => {
+  // Every rule checks signatures through `verify`, which must be told the version of the
+  // body it checks (1: signed whole; 2: signed through its SHA-256): the one in the body.
+  for (const [fault, order] of [
+    ["byzantine", "total"],
+    ["crash", "total"],
+    ["byzantine", "none"],
+    ["crash", "none"],
+  ] as const) {
+    test(`${fault}/${order}: each copy is checked with its own body's version`, () => {
+      const seen: number[] = [];
+      const v = voter(fault, order, {
+        verify: (body, sig, key, version) => {
+          seen.push(version);
+          return verifySignature(body, sig, key);
+        },
+      });
+      const v2 = signed(ALICE, 1, ["x"], TAG, 77, 2);
+      for (const replica of [0, 1, 2]) v.onBatch(replica, copy(1, v2));
+      expect(seen.length).toBeGreaterThan(0);
+      expect(new Set(seen)).toEqual(new Set([2]));
+    });
+  }
+});
 
 describe("byzantine/total", () => {
   test("delivers only when f+1 distinct replicas sent the same (seq, digest)", () => {

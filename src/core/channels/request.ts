@@ -8,7 +8,7 @@ import { DOMAIN_REQUEST } from "../../../wire/types.ts";
 import { PUBLIC_KEY_BYTES } from "./constants.ts";
 import type { HashFn, PubRequest, SignedRequest } from "./types.ts";
 
-/** The domain tag client request signatures are made under (the wire's DOMAIN_REQUEST). */
+/** The domain tag version 1 request signatures are made under (the wire's DOMAIN_REQUEST; version 2: DOMAIN_REQUEST_DIGEST over the body's SHA-256). */
 export const REQUEST_SIGNATURE_DOMAIN: string = DOMAIN_REQUEST;
 
 /**

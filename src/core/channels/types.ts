@@ -2,8 +2,9 @@
  * The data model of the channel state machine: channel classes, the client request it
  * executes, the results it returns and the batches it stores.
  *
- * Request types mirror the shared wire model (a client signs `encodeCanonical(Request)`
- * under the domain "fitb/v1/request"). They are written here structurally, with readonly
+ * Request types mirror the shared wire model (a client signs `encodeCanonical(Request)`:
+ * version 1 bodies whole under "fitb/v1/request", version 2 through their SHA-256 under
+ * "fitb/v1/request-digest"). They are written here structurally, with readonly
  * fields, so that the decoded value produced by the wire schemas is assignable to them
  * without the core importing the schemas.
  *
@@ -41,7 +42,7 @@ export type RetentionLimits = {
   readonly ageMs: number;
 };
 
-/** The bytes a client signed and its signature (domain "fitb/v1/request"). */
+/** The bytes a client signed and its signature (wire/session.ts requestSignedParts says over what). */
 export type SignedRequest = {
   readonly body: Uint8Array;
   readonly sig: Uint8Array;
