@@ -12,21 +12,15 @@ import type { Frame } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
 import { HandSession } from "../helpers/hand-session.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { CLASSES, clientFor, createChannels, encode } from "./client-util.ts";
-import { freePortRange, metricValue, startCluster, type TestCluster } from "./harness.ts";
+import { CLASSES, clientFor, encode, startClusterWithChannels } from "./client-util.ts";
+import { freePortRange, metricValue, type TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
 let metricsPort: number;
 
 beforeAll(async () => {
   metricsPort = freePortRange(1);
-  cluster = await startCluster({ replicaArgs: (id) => (id === 0 ? ["--metrics", `127.0.0.1:${metricsPort}`] : []) });
-  const admin = clientFor(cluster, cluster.adminKey);
-  try {
-    await createChannels(admin, loadSigningKeyFile(cluster.clientKey).key.publicKey);
-  } finally {
-    admin.close();
-  }
+  cluster = await startClusterWithChannels({ replicaArgs: (id) => (id === 0 ? ["--metrics", `127.0.0.1:${metricsPort}`] : []) });
 }, 60_000);
 
 afterAll(async () => {

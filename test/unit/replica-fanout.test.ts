@@ -14,8 +14,8 @@ import type { StoredBatch } from "../../src/core/channels/types.ts";
 import { CLIENT_FRAME_MAC_BYTES, FrameOpener, FrameSealer, SharedPayloadPrefix } from "../../src/crypto/session.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import { Subscriptions } from "../../src/replica/subscriptions.ts";
-import { eventsPrefix, eventsRest, eventsRestShared, eventsTail } from "../../wire/hot.ts";
-import { encodeRequestBody, encodeTypedFrameWithTrailer } from "../../wire/schemas.ts";
+import { type EventsTail, eventsPrefix, eventsRest, eventsRestShared, eventsTail } from "../../wire/hot.ts";
+import { encodeRequestBody, encodeTypedFrameWithTrailer, type Frame } from "../../wire/schemas.ts";
 import { EVENTS_SUBS_MAX, FRAME_BYTES_MAX, FrameType } from "../../wire/types.ts";
 import { concat, nextTurn, receive, sessionKeys, split, type Wire, wire } from "./sealed-wire.ts";
 
@@ -49,17 +49,47 @@ function channel(): { machine: ChannelMachine; subs: Subscriptions; metrics: Met
   return { machine, subs, metrics, publish };
 }
 
+/**
+ * For each case, the MAC a sealer makes over a batch's shared prefix and the case's rest
+ * equals the MAC of the whole frame (the EVENTS body naming `names`) sealed in place by
+ * another sealer in step with it. Answers how many frames the first sealer sealed.
+ */
+function expectSharedMacs(
+  label: string,
+  cases: readonly { rest: (tail: EventsTail) => Uint8Array; names: { sub: number } | { subs: number[] } }[],
+): number {
+  const keys = sessionKeys(label);
+  const req = { body: new Uint8Array(3000).fill(7), sig: new Uint8Array(64).fill(9) };
+  const shared = new SharedPayloadPrefix(eventsPrefix(req, 42).parts);
+  const viaShared = new FrameSealer(keys.replica.sendKey);
+  const whole = new FrameSealer(keys.replica.sendKey);
+  for (const { rest, names } of cases) {
+    const frame = encodeTypedFrameWithTrailer(
+      { type: FrameType.EVENTS, body: { ...names, seq: 42, tag: TAG, replica: 3, req } } as Frame,
+      CLIENT_FRAME_MAC_BYTES,
+    );
+    const mac = viaShared.macShared(FrameType.EVENTS, shared, rest(eventsTail(TAG, 3)));
+    expect(mac).toEqual(whole.sealInPlace(frame).subarray(frame.length - CLIENT_FRAME_MAC_BYTES));
+  }
+  return viaShared.sealed;
+}
+
+/** After the subscriptions' turn: what each connection was sent so far (SUB_OKs) becomes its preamble. */
+async function settle(...wires: Wire[]): Promise<void> {
+  await nextTurn();
+  for (const w of wires) {
+    w.preamble = concat(w.writes);
+    w.writes.length = 0;
+  }
+}
+
 /** Two sessions, each with the same three subscription ids, and three batches published in one turn. */
 async function fanOut(): Promise<{ a: Wire; b: Wire; streamA: Uint8Array; streamB: Uint8Array }> {
   const { subs, publish } = channel();
   const a = wire(1);
   const b = wire(2);
   for (const w of [a, b]) for (const sub of [1, 2, 3]) subs.subscribe(w.session, sub, TAG, undefined);
-  await nextTurn();
-  for (const w of [a, b]) {
-    w.preamble = concat(w.writes);
-    w.writes.length = 0;
-  }
+  await settle(a, b);
   publish(10);
   publish(1);
   publish(30);
@@ -102,21 +132,11 @@ describe("fan-out on sealed sessions", () => {
   });
 
   test("a MAC over a shared prefix and the rest is the MAC of the whole frame sealed in place", () => {
-    const keys = sessionKeys("same bytes");
-    const req = { body: new Uint8Array(3000).fill(7), sig: new Uint8Array(64).fill(9) };
-    const shared = new SharedPayloadPrefix(eventsPrefix(req, 42).parts);
-    const viaShared = new FrameSealer(keys.replica.sendKey);
-    const whole = new FrameSealer(keys.replica.sendKey);
-    for (const sub of [1, 2, 300]) {
-      const rest = eventsRest(sub, eventsTail(TAG, 3));
-      const frame = encodeTypedFrameWithTrailer(
-        { type: FrameType.EVENTS, body: { sub, seq: 42, tag: TAG, replica: 3, req } },
-        CLIENT_FRAME_MAC_BYTES,
-      );
-      const mac = viaShared.macShared(FrameType.EVENTS, shared, rest);
-      expect(mac).toEqual(whole.sealInPlace(frame).subarray(frame.length - CLIENT_FRAME_MAC_BYTES));
-    }
-    expect(viaShared.sealed).toBe(3);
+    const sealed = expectSharedMacs(
+      "same bytes",
+      [1, 2, 300].map((sub) => ({ rest: (tail) => eventsRest(sub, tail), names: { sub } })),
+    );
+    expect(sealed).toBe(3);
   });
 
   test("an EVENTS frame over the frame limit is refused (false, never a throw): nothing is written and the frame counter is not used", async () => {
@@ -194,11 +214,7 @@ describe("shared subscriptions: one EVENTS frame naming several (SUBSCRIBE share
     subs.subscribe(b.session, 1, TAG, undefined);
     subs.subscribe(b.session, 2, TAG, undefined);
     subs.subscribe(b.session, 3, TAG, undefined, undefined, true);
-    await nextTurn();
-    for (const w of [a, b]) {
-      w.preamble = concat(w.writes);
-      w.writes.length = 0;
-    }
+    await settle(a, b);
     publish(10);
     publish(1);
     await nextTurn();
@@ -222,20 +238,11 @@ describe("shared subscriptions: one EVENTS frame naming several (SUBSCRIBE share
   });
 
   test("a shared frame's MAC over the shared prefix and its rest is the MAC of the whole frame", () => {
-    const keys = sessionKeys("shared frame");
-    const req = { body: new Uint8Array(3000).fill(7), sig: new Uint8Array(64).fill(9) };
-    const shared = new SharedPayloadPrefix(eventsPrefix(req, 42).parts);
-    const viaShared = new FrameSealer(keys.replica.sendKey);
-    const whole = new FrameSealer(keys.replica.sendKey);
-    for (const subs of [[1, 2], [5, 70_000, 2 ** 33], Array.from({ length: EVENTS_SUBS_MAX }, (_, i) => i * 3)]) {
-      const rest = eventsRestShared(subs, eventsTail(TAG, 3));
-      const frame = encodeTypedFrameWithTrailer(
-        { type: FrameType.EVENTS, body: { subs, seq: 42, tag: TAG, replica: 3, req } },
-        CLIENT_FRAME_MAC_BYTES,
-      );
-      const mac = viaShared.macShared(FrameType.EVENTS, shared, rest);
-      expect(mac).toEqual(whole.sealInPlace(frame).subarray(frame.length - CLIENT_FRAME_MAC_BYTES));
-    }
+    const subsLists = [[1, 2], [5, 70_000, 2 ** 33], Array.from({ length: EVENTS_SUBS_MAX }, (_, i) => i * 3)];
+    expectSharedMacs(
+      "shared frame",
+      subsLists.map((subs) => ({ rest: (tail) => eventsRestShared(subs, tail), names: { subs } })),
+    );
   });
 
   test("more shared subscriptions than one frame may name go out in frames of EVENTS_SUBS_MAX", async () => {
@@ -243,9 +250,7 @@ describe("shared subscriptions: one EVENTS frame naming several (SUBSCRIBE share
     const subs = new Subscriptions(0, machine, metrics, EVENTS_SUBS_MAX + 10);
     const a = wire(1);
     for (let sub = 1; sub <= EVENTS_SUBS_MAX + 1; sub++) subs.subscribe(a.session, sub, TAG, undefined, undefined, true);
-    await nextTurn();
-    a.preamble = concat(a.writes);
-    a.writes.length = 0;
+    await settle(a);
     const request = {
       v: 1 as const,
       client: PUBLISHER,
@@ -271,9 +276,7 @@ describe("shared subscriptions: one EVENTS frame naming several (SUBSCRIBE share
     const { subs, publish, metrics } = channel();
     const slow = wire(1, 20_000);
     for (const sub of [1, 2]) subs.subscribe(slow.session, sub, TAG, undefined, undefined, true);
-    await nextTurn();
-    slow.preamble = concat(slow.writes);
-    slow.writes.length = 0;
+    await settle(slow);
     slow.reading = false;
     // Both end at the same publish: one frame named them both, so neither outlived the other.
     const counts: number[] = [];
@@ -295,11 +298,7 @@ describe("coalesced writes and the outbound bound", () => {
     const fast = wire(2);
     subs.subscribe(slow.session, 1, TAG, undefined);
     subs.subscribe(fast.session, 1, TAG, undefined);
-    await nextTurn();
-    for (const w of [slow, fast]) {
-      w.preamble = concat(w.writes);
-      w.writes.length = 0;
-    }
+    await settle(slow, fast);
     slow.reading = false;
     for (let i = 0; i < 20; i++) publish(20);
     expect(metrics.get("subscribers_dropped_slow_total")).toBe(1);
@@ -317,11 +316,7 @@ describe("coalesced writes and the outbound bound", () => {
     const a = wire(1);
     const b = wire(2);
     for (const w of [a, b]) subs.subscribe(w.session, 1, TAG, undefined);
-    await nextTurn();
-    for (const w of [a, b]) {
-      w.preamble = concat(w.writes);
-      w.writes.length = 0;
-    }
+    await settle(a, b);
     // a's socket takes 1,000 bytes of its turn: the rest waits in its queue.
     a.takeMax = 1000;
     publish(20);
