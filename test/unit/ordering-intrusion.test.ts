@@ -435,3 +435,40 @@ describe("item 12: request timestamps are judged from the proposal, not each rep
       expect(c.allEffects(id).some((e) => e.kind === "leaderSuspected" && e.reason === "bad-proposal")).toBe(true);
   });
 });
+
+describe("a proposed request this backup holds pending is not verified again", () => {
+  test("the backup decides its own pending copy (the same bytes), and checks only what it did not hold", () => {
+    const checked: Array<Array<string>> = [[], [], [], []];
+    const c = new ManualCluster({
+      factory: (cfg, crypto, restored) =>
+        new OrderingCore(
+          cfg,
+          {
+            ...crypto,
+            verifyRequest: (req, atMs) => {
+              checked[cfg.id]?.push(`${req.client}:${req.seq}`);
+              return crypto.verifyRequest(req, atMs);
+            },
+          },
+          restored,
+        ),
+    });
+    const held = c.request(0, 1);
+    const other = c.request(1, 1);
+    // Backup 1 got the first request from its client too, as another copy of the same bytes.
+    const copy = { ...held, body: held.body.slice(), sig: held.sig.slice() };
+    c.submit(1, copy);
+    c.submit(0, held);
+    c.submit(0, other);
+    const before = [...(checked[1] as string[])];
+    c.tick(1, [0]);
+    c.deliverAll();
+    expect(c.lastExecuted(1)).toBeGreaterThanOrEqual(1);
+    const decided = (c.decided[1] ?? []).flatMap((d) => d.batch);
+    // Its own copy, not the proposal's, is what it decided; the request it did not hold is the proposal's.
+    expect(decided.find((r) => r.client === held.client && r.seq === 1)).toBe(copy);
+    expect(decided.some((r) => r.client === other.client)).toBe(true);
+    // Verified when it became pending, and only the other request at the proposal.
+    expect((checked[1] as string[]).slice(before.length)).toEqual([`${other.client}:1`]);
+  });
+});

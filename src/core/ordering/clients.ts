@@ -310,10 +310,16 @@ function quarantineClient(state: CoreState, client: string): void {
   state.quarantinedUntil.set(client, state.now + state.cfg.clientQuarantineTicks);
 }
 
-/** A request already verified when it became pending need not be verified again. */
-export function alreadyVerified(state: CoreState, r: ClientRequest): boolean {
+/**
+ * The pending request with exactly the bytes of `r`, verified when it became pending, so
+ * `r` need not be verified again; undefined if there is none. Every field is equal, so the
+ * caller may hold the pending copy in `r`'s place (the runtime knows things of it, such as
+ * its body's digest, that it would compute again for another copy of the same bytes).
+ */
+export function verifiedTwin(state: CoreState, r: ClientRequest): ClientRequest | undefined {
   const p = state.pending.get(r.client, r.seq);
-  return p !== undefined && p.req.span === r.span && bytesEqual(p.req.sig, r.sig) && bytesEqual(p.req.body, r.body);
+  if (p === undefined || p.req.span !== r.span || !bytesEqual(p.req.sig, r.sig) || !bytesEqual(p.req.body, r.body)) return undefined;
+  return p.req;
 }
 
 /** Batch-borne requests become pending too, so their timers run (BFT-SMaRt checkProposedValue). */

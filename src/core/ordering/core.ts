@@ -27,7 +27,7 @@ import {
   provesStable,
   takeCheckpoint,
 } from "./checkpoints.ts";
-import { admit, alreadyVerified, type ClientTableExport, isRefusal, requestKey } from "./clients.ts";
+import { admit, type ClientTableExport, isRefusal, requestKey, verifiedTwin } from "./clients.ts";
 import { type CoreConfig, checkConfig, type ReplicaId } from "./config.ts";
 import {
   acceptInto,
@@ -484,8 +484,14 @@ export class OrderingCore {
       if (r.seq <= state.clientTable.lastExecuted(r.client)) return "invalid";
       if (state.inFreeProposal.has(requestKey(r.client, r.seq))) return "invalid";
     }
-    for (const r of batch) {
-      if (!alreadyVerified(state, r) && !this.crypto.verifyRequest(r, m.ts)) return "invalid";
+    // `batch` is `proposed` after its marker, if any: a request found pending is judged
+    // verified, and its pending copy (the same bytes) takes its place in the proposal.
+    const offset = proposed.length - batch.length;
+    for (let i = 0; i < batch.length; i++) {
+      const r = batch[i] as ClientRequest;
+      const twin = verifiedTwin(state, r);
+      if (twin !== undefined) proposed[offset + i] = twin;
+      else if (!this.crypto.verifyRequest(r, m.ts)) return "invalid";
     }
     return null;
   }
