@@ -467,8 +467,29 @@ describe("a proposed request this backup holds pending is not verified again", (
     const decided = (c.decided[1] ?? []).flatMap((d) => d.batch);
     // Its own copy, not the proposal's, is what it decided; the request it did not hold is the proposal's.
     expect(decided.find((r) => r.client === held.client && r.seq === 1)).toBe(copy);
-    expect(decided.some((r) => r.client === other.client)).toBe(true);
+    expect(decided.find((r) => r.client === other.client)).toBe(other);
+    // The proposal itself is left as sent: the leader and the other backups decide its objects.
+    for (const id of [0, 2, 3]) expect((c.decided[id] ?? []).flatMap((d) => d.batch).find((r) => r.client === held.client)).toBe(held);
     // Verified when it became pending, and only the other request at the proposal.
     expect((checked[1] as string[]).slice(before.length)).toEqual([`${other.client}:1`]);
+  });
+
+  test("behind an external barrier's marker, the pending copy takes the request's place and the marker stays first", () => {
+    const c = new ManualCluster({ mode: "cft", params: { externalBarrier: true } });
+    for (let id = 0; id < c.n; id++) c.step(id, { kind: "external", seq: 5 });
+    const held = c.request(0, 1);
+    const copy = { ...held, body: held.body.slice(), sig: held.sig.slice() };
+    c.submit(1, copy);
+    c.submit(0, held);
+    c.tick(1, [0]);
+    c.deliverAll();
+    const leader = c.decided[0]?.[0]?.batch ?? [];
+    const backup = c.decided[1]?.[0]?.batch ?? [];
+    expect(backup).toEqual(leader);
+    expect(backup).toHaveLength(2);
+    expect(backup[0]).toEqual(leader[0]);
+    expect(backup[0]).not.toBe(copy);
+    expect(backup[1]).toBe(copy);
+    expect(leader[1]).toBe(held);
   });
 });

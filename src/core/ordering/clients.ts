@@ -311,8 +311,9 @@ function quarantineClient(state: CoreState, client: string): void {
 }
 
 /**
- * The pending request with exactly the bytes of `r`, verified when it became pending, so
- * `r` need not be verified again; undefined if there is none. Every field is equal, so the
+ * The pending request with exactly the bytes of `r`, so `r` need not be verified again
+ * (a pending request was verified when it became pending, or came in a body a quorum's
+ * signed digest vouched for); undefined if there is none. Every field is equal, so the
  * caller may hold the pending copy in `r`'s place (the runtime knows things of it, such as
  * its body's digest, that it would compute again for another copy of the same bytes).
  */

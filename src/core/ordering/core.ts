@@ -423,7 +423,10 @@ export class OrderingCore {
       return;
     }
     if (!state.verify(m)) return;
-    const fault = this.proposalFault(m, m.batch);
+    // The batch accepted is this replica's own array: proposalFault puts the pending copy of
+    // a request it already holds in that request's place (the message itself is left as sent).
+    const batch = [...m.batch];
+    const fault = this.proposalFault(m, batch);
     if (fault === "digest") {
       // A body that does not hash to the signed digest proves nothing against the leader
       // unless the leader itself sent it.
@@ -436,10 +439,10 @@ export class OrderingCore {
     }
     const entry = entryFor(state, m.seq);
     state.proposalTsFloor = Math.max(state.proposalTsFloor, m.ts);
-    acceptInto(state, entry, { ...m, batch: null }, m.batch, false);
+    acceptInto(state, entry, { ...m, batch: null }, batch, false);
     if (!state.viewRecorded) persistView(state);
-    state.persist({ t: "accept", prePrepare: m });
-    noteUrgentBatch(state, m.batch);
+    state.persist({ t: "accept", prePrepare: { ...m, batch } });
+    noteUrgentBatch(state, batch);
     if (this.cfg.mode === "cft") {
       markPrepared(state, entry);
     } else {
