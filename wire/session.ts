@@ -21,7 +21,11 @@ const DOMAIN_SEPARATOR = 0x00;
 
 /** `utf8(domain) || 0x00 || bytes`: what every fitb signature covers. */
 export function signingInput(domain: string, bytes: Uint8Array): Uint8Array {
-  const prefix = signingPrefix(domain);
+  return joined(signingPrefix(domain), bytes);
+}
+
+/** `prefix || bytes` in a new array. */
+function joined(prefix: Uint8Array, bytes: Uint8Array): Uint8Array {
   const input = new Uint8Array(prefix.length + bytes.length);
   input.set(prefix);
   input.set(bytes, prefix.length);
@@ -73,10 +77,7 @@ export function requestSignedParts(
 /** requestSignedParts joined: the exact bytes a request's signature covers. */
 export function requestSignedBytes(version: number, body: Uint8Array, bodyDigest: () => Uint8Array): Uint8Array {
   const { prefix, bytes } = requestSignedParts(version, body, bodyDigest);
-  const input = new Uint8Array(prefix.length + bytes.length);
-  input.set(prefix);
-  input.set(bytes, prefix.length);
-  return input;
+  return joined(prefix, bytes);
 }
 
 /**

@@ -13,7 +13,7 @@ import {
   signingBytes,
   type ViewChange,
 } from "../../src/core/ordering/index.ts";
-import { VIEW_MAX } from "../../src/core/ordering/messages.ts";
+import { type ClientRequest, VIEW_MAX } from "../../src/core/ordering/messages.ts";
 import { VIEWS_AHEAD_MAX } from "../../src/core/ordering/view-change.ts";
 import { OrderingCore } from "../../src/core/ordering/index.ts";
 import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
@@ -385,6 +385,20 @@ describe("item 8: a replica cannot spend another's slot or make others answer fo
   });
 });
 
+/** A cluster whose replicas check client requests through `check`, handed the replica's id and the real check. */
+function checkingCluster(
+  check: (id: number, req: ClientRequest, atMs: number | null, real: (req: ClientRequest, atMs: number | null) => boolean) => boolean,
+): ManualCluster {
+  return new ManualCluster({
+    factory: (cfg, crypto, restored) =>
+      new OrderingCore(
+        cfg,
+        { ...crypto, verifyRequest: (req, atMs) => check(cfg.id, req, atMs, (r, at) => crypto.verifyRequest(r, at)) },
+        restored,
+      ),
+  });
+}
+
 describe("item 12: request timestamps are judged from the proposal, not each replica's clock", () => {
   const T = 1_764_000_000_000;
   const BOUND = 360_000;
@@ -392,20 +406,10 @@ describe("item 12: request timestamps are judged from the proposal, not each rep
   function clocked(clocks: number[]): { c: ManualCluster; stamps: Map<string, number>; judgedAt: Array<Array<number | null>> } {
     const stamps = new Map<string, number>();
     const judgedAt: Array<Array<number | null>> = clocks.map(() => []);
-    const c = new ManualCluster({
-      factory: (cfg, crypto, restored) =>
-        new OrderingCore(
-          cfg,
-          {
-            ...crypto,
-            verifyRequest: (req, atMs) => {
-              judgedAt[cfg.id]?.push(atMs);
-              const stamp = stamps.get(`${req.client}:${req.seq}`) ?? 0;
-              return crypto.verifyRequest(req, atMs) && stamp <= (atMs ?? (clocks[cfg.id] as number)) + BOUND;
-            },
-          },
-          restored,
-        ),
+    const c = checkingCluster((id, req, atMs, real) => {
+      judgedAt[id]?.push(atMs);
+      const stamp = stamps.get(`${req.client}:${req.seq}`) ?? 0;
+      return real(req, atMs) && stamp <= (atMs ?? (clocks[id] as number)) + BOUND;
     });
     for (let id = 0; id < c.n; id++) c.step(id, { kind: "tick", nowMs: clocks[id] as number });
     return { c, stamps, judgedAt };
@@ -439,19 +443,9 @@ describe("item 12: request timestamps are judged from the proposal, not each rep
 describe("a proposed request this backup holds pending is not verified again", () => {
   test("the backup decides its own pending copy (the same bytes), and checks only what it did not hold", () => {
     const checked: Array<Array<string>> = [[], [], [], []];
-    const c = new ManualCluster({
-      factory: (cfg, crypto, restored) =>
-        new OrderingCore(
-          cfg,
-          {
-            ...crypto,
-            verifyRequest: (req, atMs) => {
-              checked[cfg.id]?.push(`${req.client}:${req.seq}`);
-              return crypto.verifyRequest(req, atMs);
-            },
-          },
-          restored,
-        ),
+    const c = checkingCluster((id, req, atMs, real) => {
+      checked[id]?.push(`${req.client}:${req.seq}`);
+      return real(req, atMs);
     });
     const held = c.request(0, 1);
     const other = c.request(1, 1);
