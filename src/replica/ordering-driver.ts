@@ -753,6 +753,8 @@ export class OrderingDriver {
     this.keeper.tick();
     this.transfer.cancelUnless(this.core.status().transferTo);
     this.transfer.tick();
+    // Writes no effect waited for (a vote's own record) are made durable within two ticks.
+    this.options.storage.syncIdle();
   }
 
   /** Stops this replica: its state can no longer be trusted (EXIT_STATE_UNTRUSTED). */

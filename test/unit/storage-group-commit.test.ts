@@ -175,6 +175,7 @@ describe("GroupCommit with an overlapped fsync", () => {
   test("an effect deferred at an earlier mark runs once the writes up to it are durable, not the ones staged after the mark", async () => {
     const { gc, events, turn, settle } = overlapped();
     gc.stage(() => events.push("prepared seq 1"));
+    gc.defer(() => events.push("COMMIT seq 1"));
     turn();
     expect(events).toEqual(["prepared seq 1", "write(1)", "fsync 1 started"]);
     // The next step: its vote record, then a decided record the execution need not wait for.
@@ -187,11 +188,11 @@ describe("GroupCommit with an overlapped fsync", () => {
     expect(events.slice(3)).toEqual(["prepared seq 2", "decided seq 1", "write(2)"]);
     await settle(1);
     turn();
-    // Fsync 1 covered the first write only: both effects wait for fsync 2 (the mark is past it).
-    expect(events.slice(6)).toEqual(["fsync 2 started"]);
+    // Fsync 1 covered the first write only: both later effects wait for fsync 2 (the mark is past it).
+    expect(events.slice(6)).toEqual(["COMMIT seq 1", "fsync 2 started"]);
     await settle(2);
     turn();
-    expect(events.slice(7)).toEqual(["execute seq 1", "COMMIT seq 2"]);
+    expect(events.slice(8)).toEqual(["execute seq 1", "COMMIT seq 2"]);
     // With nothing waiting, an effect whose mark is durable runs at once, though a later write is not.
     const before = gc.stagedCount;
     gc.stage(() => events.push("decided seq 2"));
@@ -204,6 +205,7 @@ describe("GroupCommit with an overlapped fsync", () => {
     const { gc, events, turn, settle } = overlapped();
     gc.stage(() => events.push("view 0"));
     const fence = gc.stagedCount;
+    gc.defer(() => events.push("view 0 installed"));
     turn();
     await settle(1);
     turn();
@@ -231,6 +233,54 @@ describe("GroupCommit with an overlapped fsync", () => {
       "COMMIT seq 1",
       "PREPARE seq 3",
     ]);
+  });
+
+  test("a write no effect waits for is written but not synced; the next fsync an effect needs covers it", async () => {
+    const { gc, events, turn, settle } = overlapped();
+    // A vote's own record, its vote sent ahead: nothing waits for it.
+    gc.stage(() => events.push("accept seq 1"));
+    turn();
+    expect(events).toEqual(["accept seq 1", "write(1)"]);
+    expect(gc.pendingWrites).toBe(1);
+    // The next step's record has a COMMIT behind it: one fsync covers both.
+    gc.stage(() => events.push("prepared seq 1"));
+    gc.defer(() => events.push("COMMIT seq 1"));
+    turn();
+    expect(events.slice(2)).toEqual(["prepared seq 1", "write(1)", "fsync 1 started"]);
+    await settle(1);
+    turn();
+    expect(events.slice(5)).toEqual(["COMMIT seq 1"]);
+    expect(gc.pendingWrites).toBe(0);
+  });
+
+  test("syncIdle makes durable, within two calls, writes that no effect waited for, and never ones younger than a call", async () => {
+    const { gc, events, turn, settle } = overlapped();
+    gc.stage(() => events.push("accept seq 1"));
+    turn();
+    // Committed since the previous call (there was none): not yet.
+    gc.syncIdle();
+    expect(events).toEqual(["accept seq 1", "write(1)"]);
+    // Still not durable at the next call: synced now.
+    gc.syncIdle();
+    expect(events).toEqual(["accept seq 1", "write(1)", "fsync 1 started"]);
+    // A write committed while that fsync is in flight is not covered by it.
+    gc.stage(() => events.push("accept seq 2"));
+    turn();
+    await settle(1);
+    turn();
+    expect(gc.pendingWrites).toBe(1);
+    expect(events.at(-1)).toBe("write(1)");
+    gc.syncIdle();
+    expect(events.at(-1)).toBe("write(1)");
+    gc.syncIdle();
+    expect(events.at(-1)).toBe("fsync 2 started");
+    await settle(2);
+    turn();
+    expect(gc.pendingWrites).toBe(0);
+    // With everything durable a call starts nothing.
+    gc.syncIdle();
+    gc.syncIdle();
+    expect(events.filter((e) => e.startsWith("fsync"))).toEqual(["fsync 1 started", "fsync 2 started"]);
   });
 
   test("an effect with nothing staged before it still runs at once", () => {

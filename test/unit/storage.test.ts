@@ -320,6 +320,11 @@ describe("overlapped fsync on the real disk", () => {
     const deadline = Date.now() + 30_000;
     while (!ran && Date.now() < deadline) await Bun.sleep(1);
     expect(ran).toBe(true);
+    // That fsync started before seq 2 was written, and no effect waits for seq 2: no fsync
+    // starts for it until one is needed, or the timer's syncIdle finds it still waiting.
+    expect(storage.commits.pendingWrites).toBeGreaterThan(0);
+    storage.syncIdle();
+    storage.syncIdle();
     while (storage.commits.pendingWrites > 0 && Date.now() < deadline) await Bun.sleep(1);
     expect(storage.commits.pendingWrites).toBe(0);
     storage.close();

@@ -258,6 +258,11 @@ export class ReplicaStorage {
     this.commits.deferAhead(effect, mark);
   }
 
+  /** For a timer: makes durable the writes that no effect has waited for since the previous call (GroupCommit.syncIdle). */
+  syncIdle(): void {
+    if (!this.closed) this.commits.syncIdle();
+  }
+
   /** Writes staged ever: a mark for `afterDurable`. */
   get stagedMark(): number {
     return this.commits.stagedCount;
