@@ -111,7 +111,7 @@ const GAUGES = {
   subscriptions: "Open subscriptions",
   channels: "Channels in the replicated state",
   answers_held_for_execution: "Answers held until this replica executes what the client saw",
-  storage_pending_writes: "Records staged for the next storage commit",
+  storage_pending_writes: "Records staged and not yet durable",
   storage_file_bytes: "Size of the storage file",
   snapshot_base_seq: "Seq of the base snapshot on disk",
   snapshot_base_bytes: "Size of the base snapshot on disk",

@@ -14,7 +14,7 @@ import { genesisMembership } from "../../src/replica/epochs.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import { coreConfigFor, type JoinEpoch, OrderingDriver } from "../../src/replica/ordering-driver.ts";
 import { PeerMesh } from "../../src/replica/peers.ts";
-import { ReplicaStorage } from "../../src/replica/storage/index.ts";
+import { ReplicaStorage, type SyncPolicy } from "../../src/replica/storage/index.ts";
 import { type TestLog, testLog } from "./storage-fixtures.ts";
 
 export interface DriverFixture {
@@ -23,6 +23,7 @@ export interface DriverFixture {
   readonly mesh: PeerMesh;
   readonly metrics: Metrics;
   readonly log: TestLog;
+  readonly storage: ReplicaStorage;
   /** Stops the driver and the mesh and closes the store. */
   close(): void;
 }
@@ -34,7 +35,7 @@ export interface DriverFixture {
 export function driverFixture(
   dir: string,
   basePort: number,
-  options: { membership?: boolean; join?: JoinEpoch; overwrite?: boolean } = {},
+  options: { membership?: boolean; join?: JoinEpoch; overwrite?: boolean; sync?: SyncPolicy } = {},
 ): DriverFixture {
   const init = initCluster({ dir, replicas: 4, host: "127.0.0.1", basePort, name: "unit", overwrite: options.overwrite ?? false });
   const config = init.config;
@@ -48,7 +49,14 @@ export function driverFixture(
       ? { membership: { genesis: genesisMembership(config), checkpointInterval: coreConfigFor(config, 0).checkpointInterval } }
       : {}),
   });
-  const storage = ReplicaStorage.open({ dir: join(dir, "data"), sync: "normal", cluster: config.name, replica: 0, log, metrics });
+  const storage = ReplicaStorage.open({
+    dir: join(dir, "data"),
+    sync: options.sync ?? "normal",
+    cluster: config.name,
+    replica: 0,
+    log,
+    metrics,
+  });
   let driver: OrderingDriver | null = null;
   const mesh = new PeerMesh({
     self: 0,
@@ -81,6 +89,7 @@ export function driverFixture(
     mesh,
     metrics,
     log,
+    storage,
     close() {
       started.stop();
       mesh.stop();

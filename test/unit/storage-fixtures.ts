@@ -10,6 +10,7 @@ import { adminOp, buildRequest, pubOp } from "../../src/client/request.ts";
 import { ChannelMachine } from "../../src/core/channels/machine.ts";
 import type { ChannelsConfig } from "../../src/core/channels/config.ts";
 import { batchBytes, type ClientRequest } from "../../src/core/ordering/messages.ts";
+import type { PersistedRecord } from "../../src/core/ordering/types.ts";
 import { toHex } from "../../src/crypto/encoding.ts";
 import { sha256 } from "../../src/crypto/hash.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
@@ -115,4 +116,10 @@ export function payloads(machine: ChannelMachine, tag: string): string[] {
       from = batch.firstSeq + batch.count;
     }
   }
+}
+
+/** A `decided` record of seq `seq` whose batch is one publish of `client` to a.b. */
+export function decidedRecord(client: TestClient, seq: number, payload = `event ${seq}`): PersistedRecord {
+  const batch = [client.pub("a.b", [payload])];
+  return { t: "decided", seq, view: 0, digest: batchDigest(batch), batch, commits: [] };
 }

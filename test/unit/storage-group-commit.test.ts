@@ -283,6 +283,28 @@ describe("GroupCommit with an overlapped fsync", () => {
     expect(events.filter((e) => e.startsWith("fsync"))).toEqual(["fsync 1 started", "fsync 2 started"]);
   });
 
+  test("a syncIdle that finds due writes while an fsync that does not cover them is in flight gets them synced when it returns", async () => {
+    const { gc, events, turn, settle } = overlapped();
+    gc.stage(() => events.push("prepared seq 1"));
+    gc.defer(() => events.push("COMMIT seq 1"));
+    turn();
+    expect(events.at(-1)).toBe("fsync 1 started");
+    // Written while fsync 1 is in flight, and nothing waits for it.
+    gc.stage(() => events.push("accept seq 2"));
+    turn();
+    gc.syncIdle();
+    // Due at this call, with fsync 1 still in flight: no second fsync at once.
+    gc.syncIdle();
+    expect(events.filter((e) => e.startsWith("fsync"))).toEqual(["fsync 1 started"]);
+    await settle(1);
+    turn();
+    // Fsync 1's return runs the COMMIT and starts the fsync the second call asked for.
+    expect(events.slice(-2)).toEqual(["COMMIT seq 1", "fsync 2 started"]);
+    await settle(2);
+    turn();
+    expect(gc.pendingWrites).toBe(0);
+  });
+
   test("an effect with nothing staged before it still runs at once", () => {
     const { gc, events } = overlapped();
     gc.defer(() => events.push("send"));

@@ -13,7 +13,7 @@ import { EXIT_STORAGE_FAILED, QUARANTINE_DIR, ReplicaStorage, StoreIdentityError
 import { type BatchLookup, decodeBatch, decodeRecord } from "../../src/replica/storage/records.ts";
 import { realDisk } from "../../src/replica/storage/disk.ts";
 import { STORE_FILE, STORE_PAGE_BYTES } from "../../src/replica/storage/store.ts";
-import { batchDigest, openStorage, tempDir, testLog, TestClient } from "./storage-fixtures.ts";
+import { decidedRecord, openStorage, tempDir, testLog, TestClient } from "./storage-fixtures.ts";
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -30,8 +30,7 @@ const client = new TestClient();
 const DIGEST = new Uint8Array(32).fill(9);
 
 function decided(seq: number, payload = `event ${seq}`): PersistedRecord {
-  const batch = [client.pub("a.b", [payload])];
-  return { t: "decided", seq, view: 0, digest: batchDigest(batch), batch, commits: [] };
+  return decidedRecord(client, seq, payload);
 }
 
 /** The batches of `storage`, for reading back the records that name them. */

@@ -18,7 +18,8 @@
  * Overlapped fsync (`sync` given): a commit then only writes its transaction (to the
  * operating system), and durability comes from an fsync run off the event loop. While
  * one fsync is in flight the loop goes on: later turns write their transactions, and one
- * more fsync starts when the first returns, covering all of them. An effect still runs
+ * more fsync starts when the first returns if something waits for them, covering all of
+ * them. An effect still runs
  * only once every write staged before it is covered by a completed fsync, so the rule is
  * the same; what changes is that the log writes of consecutive sequence numbers no longer
  * wait for each other's fsync, and the event loop is not blocked while the disk syncs.
@@ -75,6 +76,8 @@ export class GroupCommit {
   private syncing = false;
   /** `committedTotal` at the previous `syncIdle`: what the next one makes durable if nothing did. */
   private committedAtIdle = 0;
+  /** Writes a `syncIdle` found due: an fsync is started for them as soon as none is in flight. */
+  private idleDue = 0;
   /** An fsync failed: nothing is durable past it, whatever a later fsync says (its pages may be lost). */
   private failed = false;
   private deferred: Deferred[] = [];
@@ -166,7 +169,7 @@ export class GroupCommit {
       if (this.stagedTotal > this.committedTotal) this.commitStaged();
       if (this.committedTotal > this.durableTotal) {
         if (waitDurable) this.syncNow();
-        else if (this.pendingEffects > 0) this.syncLater();
+        else if (this.pendingEffects > 0 || this.durableTotal < this.idleDue) this.syncLater();
         // Else nothing waits for them: the next fsync an effect needs covers them, or syncIdle.
       }
     } finally {
@@ -177,15 +180,17 @@ export class GroupCommit {
   /**
    * For a timer (the ordering driver's tick): starts an fsync of everything committed if
    * writes committed before the previous call are still not durable, because no effect
-   * waited for them. So a write is durable within two calls, and one younger than a call
-   * waits for the fsync an effect will likely ask for soon (at moderate load the COMMIT of
-   * the next step) instead of holding that fsync up behind its own.
+   * waited for them; with an fsync in flight, the next starts when it returns. So a write
+   * is durable within two calls and an fsync, and one younger than a call waits for the
+   * fsync an effect will likely ask for soon (at moderate load the COMMIT of the next
+   * step) instead of holding that fsync up behind its own.
    */
   syncIdle(): void {
     const due = this.committedAtIdle;
     this.committedAtIdle = this.committedTotal;
-    if (this.closed || this.flushing || this.durableTotal >= due) return;
-    this.syncLater();
+    if (this.closed || this.durableTotal >= due) return;
+    this.idleDue = Math.max(this.idleDue, due);
+    if (!this.flushing) this.syncLater();
   }
 
   /** Commits, makes everything durable, runs every effect, and stops accepting writes (a clean stop). */
@@ -236,8 +241,9 @@ export class GroupCommit {
 
   /**
    * Starts an fsync of everything committed so far, off the event loop, unless one is in
-   * flight: then the next starts when it returns (one at a time, each covering all that
-   * was committed before it started). The effects it covers run when it returns.
+   * flight: then the flush its return schedules starts the next if an effect or syncIdle
+   * still waits (one at a time, each covering all that was committed before it started).
+   * The effects it covers run when it returns.
    */
   private syncLater(): void {
     const sync = this.options.sync;
