@@ -19,10 +19,10 @@
  * operating system), and durability comes from an fsync run off the event loop. While
  * one fsync is in flight the loop goes on: later turns write their transactions, and one
  * more fsync starts when the first returns if something waits for them, covering all of
- * them. An effect still runs
- * only once every write staged before it is covered by a completed fsync, so the rule is
- * the same; what changes is that the log writes of consecutive sequence numbers no longer
- * wait for each other's fsync, and the event loop is not blocked while the disk syncs.
+ * them. An effect still runs only once every write staged before it is covered by a
+ * completed fsync, so the rule is the same; what changes is that the log writes of
+ * consecutive sequence numbers no longer wait for each other's fsync, and the event loop
+ * is not blocked while the disk syncs.
  *
  * An fsync starts only when an effect waits for it. Writes no effect waits for (a vote's
  * own `accept` record, sent ahead of its fsync; a `decided` record) are covered by the
