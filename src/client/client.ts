@@ -190,6 +190,9 @@ export class FitbClient {
   private readonly everReady = new Set<number>();
   private readonly readyWaiters: (() => void)[] = [];
   private tickTimer: ReturnType<typeof setInterval> | null = null;
+  /** The timer of the requests' next retry (RequestTracker.retryDue), and when it fires. */
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  private retryTimerAt = Number.POSITIVE_INFINITY;
   private closed = false;
   /** The channel list, read once per interval for all wildcard subscriptions (channel-watch.ts). */
   private readonly channelWatch = new ChannelWatch<ChannelInfo>(() => this.listChannels());
@@ -248,6 +251,7 @@ export class FitbClient {
       frameBytesMax: options.config.limits.frameBytesMax,
       now: () => this.options.now(),
       log: (level, message, replica) => this.log(level, message, replica),
+      wakeAt: (atMs) => this.wakeAt(atMs),
     };
     this.requests = new RequestTracker(tracking, timeouts);
     this.queries = new QueryTracker(tracking, timeouts.queryMs);
@@ -920,6 +924,23 @@ export class FitbClient {
   // Timers
   // ---------------------------------------------------------------------------------
 
+  /** Arms the retry timer for `atMs` unless it fires by then already. */
+  private wakeAt(atMs: number): void {
+    if (this.closed || atMs >= this.retryTimerAt) return;
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.retryTimerAt = atMs;
+    this.retryTimer = setTimeout(
+      () => {
+        this.retryTimer = null;
+        this.retryTimerAt = Number.POSITIVE_INFINITY;
+        if (this.closed) return;
+        const next = this.requests.retryDue(this.options.now());
+        if (next !== Number.POSITIVE_INFINITY) this.wakeAt(next);
+      },
+      Math.max(0, atMs - this.options.now()),
+    );
+  }
+
   private tick(): void {
     const now = this.options.now();
     if (!this.follow.inFlight && now >= this.follow.dueAt) void this.refreshMembership();
@@ -938,6 +959,8 @@ export class FitbClient {
     this.closed = true;
     if (this.tickTimer !== null) clearInterval(this.tickTimer);
     this.tickTimer = null;
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
     this.channelWatch.stop();
     const error = new ClientClosedError();
     this.window.close(error);

@@ -176,4 +176,6 @@ export interface TrackingContext {
   readonly frameBytesMax: number;
   now(): number;
   log(level: "info" | "warn", message: string, replica?: number): void;
+  /** Something is due at `atMs` (the `now()` clock): call the tracker's retryDue then. Absent: the resend tick only. */
+  wakeAt?(atMs: number): void;
 }

@@ -28,6 +28,17 @@ import { requestFrame, type BuiltRequest } from "./request.ts";
  */
 const TRANSIENT_REFUSALS: ReadonlySet<ErrorCode> = new Set(["OUT_OF_ORDER", "NOT_READY", "OVERLOADED", "RATE_LIMITED", "TIMEOUT"]);
 
+/**
+ * Refusals asked again soon instead of at the next resend: OVERLOADED (priority shedding
+ * admits a share of each class, so a later try gets in) and OUT_OF_ORDER (the earlier
+ * request it waited for is being asked again too). A publisher's requests are ordered one
+ * after another, so one request waiting out the resend timeout (2 s) at the leader would
+ * stall every request behind it; a shed publisher must slow down, not stop.
+ */
+const RETRIED_SOON: ReadonlySet<ErrorCode> = new Set(["OVERLOADED", "OUT_OF_ORDER"]);
+/** The first such retry's delay (ms); each further refusal of the same request by the same replica doubles it, up to the resend timeout. */
+export const RETRY_SOON_MS_MIN = 10;
+
 export type RequestOutcome =
   | { readonly ok: true; readonly res: ReplyResult; readonly replicas: readonly number[] }
   | { readonly ok: false; readonly error: ClientError };
@@ -63,6 +74,8 @@ interface PendingRequest {
   readonly reasons: Map<string, string>;
   /** The last transient refusal per replica (not a vote). */
   readonly transient: Map<number, string>;
+  /** Replicas to ask again soon (RETRIED_SOON): when, and how many times they refused so far. */
+  readonly retries: Map<number, { dueAt: number; refusals: number }>;
   lastSendAt: number;
   readonly deadline: number;
   readonly settle: (outcome: RequestOutcome) => void;
@@ -72,6 +85,11 @@ interface PendingRequest {
 export interface RequestTiming {
   readonly requestMs: number;
   readonly resendMs: number;
+}
+
+/** The delay before asking a replica again after its `refusals`-th refusal of a request (RETRIED_SOON), at most `resendMs`. */
+export function retrySoonDelayMs(refusals: number, resendMs: number): number {
+  return Math.min(resendMs, RETRY_SOON_MS_MIN * 2 ** Math.min(16, Math.max(0, refusals - 1)));
 }
 
 export class RequestTracker {
@@ -119,6 +137,7 @@ export class RequestTracker {
         sentAfter: new Map(),
         reasons: new Map(),
         transient: new Map(),
+        retries: new Map(),
         lastSendAt: now,
         deadline: now + this.timing.requestMs,
         settle: (outcome) => {
@@ -157,6 +176,7 @@ export class RequestTracker {
       this.transientCounts.set(body.code, (this.transientCounts.get(body.code) ?? 0) + 1);
       pending.transient.set(replica, `${body.code} ${body.reason}`);
       pending.sentTo.delete(replica);
+      if (RETRIED_SOON.has(body.code)) this.retrySoon(pending, replica);
       return;
     }
     if (!body.ok && body.at !== undefined) {
@@ -173,6 +193,36 @@ export class RequestTracker {
     }
     this.settleIfDone(pending);
     if (this.requests.get(pending.built.digestHex) === pending && pending.local.size > 0) this.judgeLocalRefusals(pending);
+  }
+
+  /** Schedules asking `replica` again soon (RETRIED_SOON), later after each refusal. */
+  private retrySoon(pending: PendingRequest, replica: number): void {
+    const refusals = (pending.retries.get(replica)?.refusals ?? 0) + 1;
+    const dueAt = this.ctx.now() + retrySoonDelayMs(refusals, this.timing.resendMs);
+    pending.retries.set(replica, { dueAt, refusals });
+    this.ctx.wakeAt?.(dueAt);
+  }
+
+  /**
+   * Asks again the replicas whose retry (retrySoon) is due, requests in the order they
+   * were made, so that a replica gets a publisher's requests in their sequence order.
+   * Returns when the next retry is due (Infinity: none).
+   */
+  retryDue(now: number): number {
+    let next = Number.POSITIVE_INFINITY;
+    for (const pending of this.requests.values()) {
+      for (const [replica, retry] of pending.retries) {
+        if (retry.dueAt > now) {
+          next = Math.min(next, retry.dueAt);
+          continue;
+        }
+        const connection = this.ctx.group.connection(replica);
+        // Kept (with its count) until the replica answers again or the resend goes to everyone.
+        retry.dueAt = Number.POSITIVE_INFINITY;
+        if (connection !== undefined && !pending.sentTo.has(replica)) this.sendRequest(pending, connection);
+      }
+    }
+    return next;
   }
 
   /**
@@ -286,6 +336,7 @@ export class RequestTracker {
       pending.accepted.delete(id);
       pending.local.delete(id);
       pending.transient.delete(id);
+      pending.retries.delete(id);
     }
   }
 
@@ -309,6 +360,7 @@ export class RequestTracker {
     }
     if (now - pending.lastSendAt < this.timing.resendMs) return;
     pending.lastSendAt = now;
+    for (const retry of pending.retries.values()) retry.dueAt = Number.POSITIVE_INFINITY;
     // The same signed bytes again, to every replica that has not answered.
     for (const id of pending.voter.missing()) {
       pending.sentTo.delete(id);

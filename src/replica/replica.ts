@@ -391,6 +391,7 @@ export class Replica {
       f: this.options.config.f,
       verifyThreads: this.verifier.threadCount,
       orderingThread: this.options.orderingThread === true,
+      urgentDelayTargetMs: this.shedder?.targetMs ?? 0,
     });
   }
 

@@ -40,15 +40,20 @@ export interface SheddingOptions {
  * `normal` publishes at every GC pause or neighbour's burst on a shared host whenever an
  * alert flows, and an unordered event refused by one replica is then stored by the others
  * only; an operator turns it on for a host that carries critical channels, with
- * URGENT_DELAY_TARGET_MS_SUGGESTED on a dedicated one.
+ * URGENT_DELAY_TARGET_MS_SUGGESTED on a dedicated one (as `fitb demo` runs its replicas).
  */
 export const URGENT_DELAY_TARGET_MS_DEFAULT = 0;
 /** The event loop lag (ms) past which `low` then `normal` publishes are shed while urgent ones flow, on a dedicated host. */
 export const URGENT_DELAY_TARGET_MS_SUGGESTED = 2;
 /** The largest target `fitb replica --urgent-delay-target-ms` takes. */
 export const URGENT_DELAY_TARGET_MS_MAX = 10_000;
-/** The share of a shed class's publishes always admitted (the issue: low keeps >= 10% of its solo throughput). */
-export const SHED_FLOOR_SHARE = 0.25;
+/**
+ * The share of a shed class's publishes a replica always admits. A client asks a replica
+ * that shed its publish again soon (src/client/request-tracker.ts, retrySoon), so a
+ * saturated `low` channel keeps about this share of its rate alone or more (README,
+ * Performance, "Priority shedding"), and never stops.
+ */
+export const SHED_FLOOR_SHARE = 0.15;
 /** How long an urgent publish keeps the policy on. */
 export const URGENT_WINDOW_MS = 1000;
 /** How often the event loop's lag is probed. */

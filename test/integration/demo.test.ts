@@ -4,10 +4,11 @@
 // demo (kill -9 of the demo, or of the shell `npm start` runs it in), and ports in use are
 // reported, with the process holding them, before anything starts.
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Socket, Subprocess } from "bun";
+import { URGENT_DELAY_TARGET_MS_SUGGESTED } from "../../src/replica/shedding.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { BUN, freePortRange, MAIN } from "./harness.ts";
 
@@ -116,6 +117,19 @@ describe("fitb demo", () => {
     expect(run.output.stdout).toMatch(/ pub --config \S+cluster\.toml --key \S+client\.key /);
     for (const tag of ["net.links", "storage.disks", "sec.ids", "sec.alerts"])
       expect(run.output.stderr).toContain(`created channel ${tag}`);
+    // Its replicas shed priority as a dedicated host should (--urgent-delay-target-ms 2).
+    for (let id = 0; id < 4; id++) {
+      const log = join(dir, `replica-${id}.log`);
+      await waitFor(
+        `replica ${id}'s start line`,
+        () => existsSync(log) && readFileSync(log, "utf8").includes('"replica started"'),
+        LINE_MS,
+      );
+      const started = readFileSync(log, "utf8")
+        .split("\n")
+        .find((line) => line.includes('"replica started"')) as string;
+      expect((JSON.parse(started) as { urgentDelayTargetMs?: number }).urgentDelayTargetMs).toBe(URGENT_DELAY_TARGET_MS_SUGGESTED);
+    }
 
     const sub = await connect(relayPort);
     sub.socket.write("SUB net.links\n");

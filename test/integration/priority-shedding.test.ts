@@ -3,14 +3,17 @@
  * publishes arrive, a replica whose event loop ran late (it is stopped for a moment with
  * SIGSTOP, a lag no load can fake away) refuses a low publish OVERLOADED with a reason
  * naming the policy, counts it as shed (reason="priority") and logs the key and tag; with
- * no urgent traffic the same stall sheds nothing.
+ * no urgent traffic the same stall sheds nothing. A client whose publish was shed asks
+ * that replica again soon, long before its resend timeout.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import type { Frame, Reply } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
+import { FitbClient } from "../../src/client/client.ts";
+import { loadClientSetup } from "../../src/client/setup.ts";
 import { loadSigningKeyFile, type SigningKey } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { publishFrame, rawSession, startClusterWithLowChannel } from "./client-util.ts";
+import { clientFor, publishFrame, rawSession, startClusterWithLowChannel } from "./client-util.ts";
 import { freePortRange, type TestCluster } from "./harness.ts";
 
 const TARGET_MS = 5;
@@ -104,5 +107,40 @@ test("a low publish is refused OVERLOADED, counted and logged while critical tra
     expect(audit).toContain('"key":');
   } finally {
     session.close();
+  }
+}, 180_000);
+
+test("a client asks a replica that shed its publish again soon, not at its resend timeout", async () => {
+  // A low byzantine/none channel: a publish is acknowledged by 2f+1 replicas that stored
+  // it, each on its own (no ordering, no replica forwards it to another).
+  const admin = clientFor(cluster, cluster.adminKey);
+  try {
+    const key = loadSigningKeyFile(cluster.clientKey).key.publicKey;
+    await admin.admin({ t: "create-channel", tag: "bulk.ids", fault: "byzantine", order: "none", priority: "low", public: true });
+    await admin.admin({ t: "register", tag: "bulk.ids", role: "publisher", key });
+  } finally {
+    admin.close();
+  }
+  const setup = loadClientSetup(cluster.configPath, cluster.clientKey);
+  // A resend timeout longer than the test: only the soon retry can ask replica 0 again.
+  const client = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 600_000, resendMs: 600_000 } });
+  client.start();
+  const replica3 = cluster.procs[3]?.pid;
+  if (replica3 === undefined) throw new Error("replica 3 is not running");
+  try {
+    await waitFor("sessions with every replica", () => client.replicaStates().every((replica) => replica.state === "ready"));
+    // With replica 3 stopped, a publish is acknowledged only once replica 0 stored it,
+    // and replica 0 stores a publish it shed only if it is asked again.
+    process.kill(replica3, "SIGSTOP");
+    const shed = (): number => client.transientRefusals.get("OVERLOADED") ?? 0;
+    for (let attempt = 0; attempt < ATTEMPTS && shed() === 0; attempt++) {
+      await client.publish("sec.alerts", [new TextEncoder().encode(`alert ${attempt}`)]);
+      await stallReplica0();
+      await client.publish("bulk.ids", [new TextEncoder().encode(`flood ${attempt}`)]);
+    }
+    expect(shed()).toBeGreaterThanOrEqual(1);
+  } finally {
+    process.kill(replica3, "SIGCONT");
+    client.close();
   }
 }, 180_000);

@@ -27,6 +27,7 @@ import { ADMIN_KEY_FILE_NAME, CLIENT_KEY_FILE_NAME, CLUSTER_FILE_NAME, initClust
 import { vouchQuorum } from "../../core/voting/quorum.ts";
 import { DEFAULT_RELAY_PORT } from "../../relay/listen.ts";
 import { listenFailure, RelayListenError, RelayServer } from "../../relay/server.ts";
+import { URGENT_DELAY_TARGET_MS_SUGGESTED } from "../../replica/shedding.ts";
 import { clearStaleSocket, RELAY_SOCKET_NAME, SocketPathError, socketPathProblem } from "../../relay/unix-socket.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
@@ -114,7 +115,11 @@ export const demoCommand: Command = {
     "bulk.metrics (byzantine/total, low) for 'fitb bench --mix'. The first run",
     "writes DIR (cluster file and keys); later runs reuse it. Replica logs go to",
     "DIR/replica-N.log. Prints how to publish and subscribe with nc and with fitb.",
-    "Ctrl-C stops everything.",
+    "The replicas shed priority as a host dedicated to fitb with a critical channel",
+    `should (fitb replica --urgent-delay-target-ms ${URGENT_DELAY_TARGET_MS_SUGGESTED}): while high or critical events`,
+    "arrive (sec.alerts), a share of low publishes (bulk.metrics), then of normal ones,",
+    `is refused OVERLOADED (clients retry them) whenever a replica's event loop runs more`,
+    `than ${URGENT_DELAY_TARGET_MS_SUGGESTED} ms late. Ctrl-C stops everything.`,
   ],
   flags: [
     {
@@ -282,7 +287,10 @@ class Demo {
       try {
         // stdin: a pipe this process holds and never writes; it closes when this process
         // dies, however it dies, and --with-parent makes the replica stop then.
-        const proc = Bun.spawn([...selfCommand(), "replica", "--config", configPath, "--id", String(replica.id), "--with-parent"], {
+        // Priority shedding as a host dedicated to fitb with a critical channel should run it.
+        const shedding = ["--urgent-delay-target-ms", String(URGENT_DELAY_TARGET_MS_SUGGESTED)];
+        const argv = [...selfCommand(), "replica", "--config", configPath, "--id", String(replica.id), "--with-parent", ...shedding];
+        const proc = Bun.spawn(argv, {
           stdin: "pipe",
           stdout: log,
           stderr: log,

@@ -1,0 +1,140 @@
+// A replica that sheds a publish (OVERLOADED) or holds it behind an earlier one
+// (OUT_OF_ORDER) is asked again soon, not at the 2 s resend: a publisher's requests are
+// ordered one after another, so one request waiting out the resend at the leader stalls
+// all behind it (src/client/request-tracker.ts, retrySoon). These tests drive the tracker
+// on a clock of their own and record what each connection is handed.
+import { describe, expect, test } from "bun:test";
+import type { ReplicaConnection } from "../../src/client/connection.ts";
+import { ExecutedFloor } from "../../src/client/executed-floor.ts";
+import type { TrackingContext } from "../../src/client/replica-group.ts";
+import { buildRequest, type BuiltRequest } from "../../src/client/request.ts";
+import { RETRY_SOON_MS_MIN, RequestTracker, retrySoonDelayMs } from "../../src/client/request-tracker.ts";
+import { SigningKey } from "../../src/crypto/keys.ts";
+import { CLIENT_FRAME_MAC_BYTES } from "../../src/crypto/session.ts";
+import type { Reply } from "../../wire/schemas.ts";
+import { decodeFrameBody, decodeRequestBody } from "../../wire/schemas.ts";
+import { FrameType } from "../../wire/types.ts";
+
+const RESEND_MS = 2_000;
+
+function fixture() {
+  const clock = { now: 0 };
+  /** Each request handed to a connection: replica and request seq. */
+  const handed: { replica: number; seq: number }[] = [];
+  const wakes: number[] = [];
+  const connections = [0, 1, 2, 3].map(
+    (id) =>
+      ({
+        id,
+        sendShared(bytes: Uint8Array): boolean {
+          const decoded = decodeFrameBody(FrameType.REQUEST, bytes.subarray(5, bytes.length - CLIENT_FRAME_MAC_BYTES));
+          if (!decoded.ok || decoded.frame.type !== FrameType.REQUEST) throw new Error("not a REQUEST frame");
+          const body = decodeRequestBody(decoded.frame.body.body);
+          if (!body.ok) throw new Error("not a request body");
+          handed.push({ replica: id, seq: body.request.seq });
+          return true;
+        },
+      }) as unknown as ReplicaConnection,
+  );
+  const group = {
+    f: 1,
+    slots: 4,
+    connections,
+    connection: (id: number) => connections[id],
+    readyReplicas: () => [0, 1, 2, 3],
+    has: (id: number) => id >= 0 && id < 4,
+  };
+  const ctx = {
+    group,
+    floor: new ExecutedFloor(group),
+    frameBytesMax: 1 << 20,
+    now: () => clock.now,
+    log: () => {},
+    wakeAt: (atMs: number) => wakes.push(atMs),
+  } as unknown as TrackingContext;
+  const tracker = new RequestTracker(ctx, { requestMs: 60_000, resendMs: RESEND_MS });
+  return { clock, handed, wakes, tracker };
+}
+
+const key = SigningKey.generate();
+function request(seq: number): BuiltRequest {
+  return buildRequest(key, { seq, ts: 1, op: { t: "pub", tag: "bulk.metrics", events: [new Uint8Array([seq])] } }, 1 << 20);
+}
+
+function refusal(made: BuiltRequest, replica: number, code: "OVERLOADED" | "OUT_OF_ORDER" | "RATE_LIMITED"): Reply {
+  return { seq: made.request.seq, replica, d: made.digest, ok: false, code, reason: "not now" } as Reply;
+}
+
+function stored(made: BuiltRequest, replica: number): Reply {
+  return {
+    seq: made.request.seq,
+    replica,
+    d: made.digest,
+    ok: true,
+    res: { t: "pub", tag: "bulk.metrics", span: 1, first: made.request.seq },
+    at: 1,
+  } as Reply;
+}
+
+describe("a request refused 'not now' by a replica", () => {
+  test("the delay doubles with each refusal, from the minimum up to the resend timeout", () => {
+    expect(retrySoonDelayMs(1, RESEND_MS)).toBe(RETRY_SOON_MS_MIN);
+    expect(retrySoonDelayMs(2, RESEND_MS)).toBe(2 * RETRY_SOON_MS_MIN);
+    expect(retrySoonDelayMs(4, RESEND_MS)).toBe(8 * RETRY_SOON_MS_MIN);
+    expect(retrySoonDelayMs(60, RESEND_MS)).toBe(RESEND_MS);
+  });
+
+  test("OVERLOADED: asked again once its delay passed, later after each further refusal", () => {
+    const { clock, handed, wakes, tracker } = fixture();
+    const one = request(1);
+    void tracker.track(one, "byzantine/total", "publish 1");
+    expect(handed.length).toBe(4);
+    clock.now = 100;
+    tracker.onReply(0, refusal(one, 0, "OVERLOADED"));
+    expect(wakes).toEqual([100 + RETRY_SOON_MS_MIN]);
+    // Not due yet: nothing sent.
+    expect(tracker.retryDue(100 + RETRY_SOON_MS_MIN - 1)).toBe(100 + RETRY_SOON_MS_MIN);
+    expect(handed.length).toBe(4);
+    clock.now = 100 + RETRY_SOON_MS_MIN;
+    expect(tracker.retryDue(clock.now)).toBe(Number.POSITIVE_INFINITY);
+    expect(handed.slice(4)).toEqual([{ replica: 0, seq: 1 }]);
+    // Refused again: the next try waits twice as long.
+    tracker.onReply(0, refusal(one, 0, "OVERLOADED"));
+    expect(wakes.at(-1)).toBe(clock.now + 2 * RETRY_SOON_MS_MIN);
+    tracker.retryDue(clock.now + 2 * RETRY_SOON_MS_MIN);
+    expect(handed.slice(5)).toEqual([{ replica: 0, seq: 1 }]);
+    // Fired once: a second call at the same time sends nothing more.
+    tracker.retryDue(clock.now + 2 * RETRY_SOON_MS_MIN);
+    expect(handed.length).toBe(6);
+  });
+
+  test("a replica's due retries go in the order the requests were made", () => {
+    const { clock, handed, tracker } = fixture();
+    const made = [request(1), request(2), request(3)];
+    for (const m of made) void tracker.track(m, "byzantine/total", `publish ${m.request.seq}`);
+    handed.length = 0;
+    // The leader shed 1 and held 2 and 3 behind it, answering in another order.
+    tracker.onReply(0, refusal(made[2] as BuiltRequest, 0, "OUT_OF_ORDER"));
+    tracker.onReply(0, refusal(made[0] as BuiltRequest, 0, "OVERLOADED"));
+    tracker.onReply(0, refusal(made[1] as BuiltRequest, 0, "OUT_OF_ORDER"));
+    clock.now = RETRY_SOON_MS_MIN;
+    tracker.retryDue(clock.now);
+    expect(handed).toEqual([1, 2, 3].map((seq) => ({ replica: 0, seq })));
+  });
+
+  test("RATE_LIMITED waits for the resend; a request settled is not asked again", async () => {
+    const { clock, handed, wakes, tracker } = fixture();
+    const one = request(1);
+    const outcome = tracker.track(one, "byzantine/total", "publish 1");
+    handed.length = 0;
+    tracker.onReply(0, refusal(one, 0, "RATE_LIMITED"));
+    expect(wakes).toEqual([]);
+    tracker.onReply(1, refusal(one, 1, "OVERLOADED"));
+    expect(wakes.length).toBe(1);
+    for (const replica of [0, 2, 3]) tracker.onReply(replica, stored(one, replica));
+    expect((await outcome).ok).toBe(true);
+    clock.now = 10 * RETRY_SOON_MS_MIN;
+    tracker.retryDue(clock.now);
+    expect(handed).toEqual([]);
+  });
+});
