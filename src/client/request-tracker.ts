@@ -36,8 +36,17 @@ const TRANSIENT_REFUSALS: ReadonlySet<ErrorCode> = new Set(["OUT_OF_ORDER", "NOT
  * stall every request behind it; a shed publisher must slow down, not stop.
  */
 const RETRIED_SOON: ReadonlySet<ErrorCode> = new Set(["OVERLOADED", "OUT_OF_ORDER"]);
-/** The first such retry's delay (ms); each further refusal of the same request by the same replica doubles it, up to the resend timeout. */
+/** The first such retry's delay (ms); each further refusal of the same request by the same replica doubles it, up to RETRY_SOON_MS_MAX. */
 export const RETRY_SOON_MS_MIN = 10;
+/**
+ * The longest delay between two such retries (ms). At a 15% share a shed request is
+ * refused about 6 times on average, and every request of the publisher behind it waits
+ * for it: doubled up to the resend timeout, the delay stalled publishers for seconds. A
+ * shorter bound asks more often, and since a replica admits a share of what it is asked,
+ * more of the flood gets in and urgent traffic waits longer (README, Performance,
+ * "Priority shedding in fitb demo", compares 80 ms, 320 ms and the resend timeout).
+ */
+export const RETRY_SOON_MS_MAX = 320;
 
 export type RequestOutcome =
   | { readonly ok: true; readonly res: ReplyResult; readonly replicas: readonly number[] }
@@ -87,9 +96,9 @@ export interface RequestTiming {
   readonly resendMs: number;
 }
 
-/** The delay before asking a replica again after its `refusals`-th refusal of a request (RETRIED_SOON), at most `resendMs`. */
+/** The delay before asking a replica again after its `refusals`-th refusal of a request (RETRIED_SOON), at most RETRY_SOON_MS_MAX and `resendMs`. */
 export function retrySoonDelayMs(refusals: number, resendMs: number): number {
-  return Math.min(resendMs, RETRY_SOON_MS_MIN * 2 ** Math.min(16, Math.max(0, refusals - 1)));
+  return Math.min(resendMs, RETRY_SOON_MS_MAX, RETRY_SOON_MS_MIN * 2 ** Math.min(16, Math.max(0, refusals - 1)));
 }
 
 export class RequestTracker {

@@ -8,7 +8,7 @@ import type { ReplicaConnection } from "../../src/client/connection.ts";
 import { ExecutedFloor } from "../../src/client/executed-floor.ts";
 import type { TrackingContext } from "../../src/client/replica-group.ts";
 import { buildRequest, type BuiltRequest } from "../../src/client/request.ts";
-import { RETRY_SOON_MS_MIN, RequestTracker, retrySoonDelayMs } from "../../src/client/request-tracker.ts";
+import { RETRY_SOON_MS_MAX, RETRY_SOON_MS_MIN, RequestTracker, retrySoonDelayMs } from "../../src/client/request-tracker.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { CLIENT_FRAME_MAC_BYTES } from "../../src/crypto/session.ts";
 import type { Reply } from "../../wire/schemas.ts";
@@ -77,11 +77,12 @@ function stored(made: BuiltRequest, replica: number): Reply {
 }
 
 describe("a request refused 'not now' by a replica", () => {
-  test("the delay doubles with each refusal, from the minimum up to the resend timeout", () => {
+  test("the delay doubles with each refusal, from the minimum up to its maximum or the resend timeout", () => {
     expect(retrySoonDelayMs(1, RESEND_MS)).toBe(RETRY_SOON_MS_MIN);
     expect(retrySoonDelayMs(2, RESEND_MS)).toBe(2 * RETRY_SOON_MS_MIN);
-    expect(retrySoonDelayMs(4, RESEND_MS)).toBe(8 * RETRY_SOON_MS_MIN);
-    expect(retrySoonDelayMs(60, RESEND_MS)).toBe(RESEND_MS);
+    expect(retrySoonDelayMs(3, RESEND_MS)).toBe(4 * RETRY_SOON_MS_MIN);
+    expect(retrySoonDelayMs(60, RESEND_MS)).toBe(RETRY_SOON_MS_MAX);
+    expect(retrySoonDelayMs(60, RETRY_SOON_MS_MAX / 2)).toBe(RETRY_SOON_MS_MAX / 2);
   });
 
   test("OVERLOADED: asked again once its delay passed, later after each further refusal", () => {
