@@ -243,3 +243,10 @@ export function errorCodeFor(error: WireError): ErrorCode {
 export function wireError(kind: WireErrorKind, reason: string, fatal = false): WireError {
   return { kind, reason, fatal };
 }
+
+/**
+ * The reason of an OVERLOADED answer from priority shedding begins with this (PROTOCOL.md
+ * 6.2): refused before any check, and a share of such publishes is admitted, so a client
+ * asks again soon.
+ */
+export const PRIORITY_SHEDDING_REASON_PREFIX = "priority shedding:";

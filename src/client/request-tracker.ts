@@ -11,7 +11,7 @@
  */
 import type { Canonical } from "../../wire/canonical.ts";
 import type { Reply, ReplyResult } from "../../wire/schemas.ts";
-import type { ErrorCode } from "../../wire/types.ts";
+import { type ErrorCode, PRIORITY_SHEDDING_REASON_PREFIX } from "../../wire/types.ts";
 import { byzantineQuorum, vouchQuorum, type ReplyKind } from "../core/voting/quorum.ts";
 import { ReplyVoter } from "../core/voting/reply-voter.ts";
 import { toHex } from "../crypto/encoding.ts";
@@ -24,18 +24,24 @@ import { requestFrame, type BuiltRequest } from "./request.ts";
 /**
  * Refusals that say "not now" rather than "no": the replica is catching up, shedding
  * load, rate-limiting, or still waiting for an earlier request of ours. They are not
- * votes; the request goes to that replica again at the next resend.
+ * votes; the request goes to that replica again at the next resend, or sooner after
+ * priority shedding (retrySoon).
  */
 const TRANSIENT_REFUSALS: ReadonlySet<ErrorCode> = new Set(["OUT_OF_ORDER", "NOT_READY", "OVERLOADED", "RATE_LIMITED", "TIMEOUT"]);
 
 /**
- * Refusals asked again soon instead of at the next resend: OVERLOADED (priority shedding
- * admits a share of each class, so a later try gets in) and OUT_OF_ORDER (the earlier
- * request it waited for is being asked again too). A publisher's requests are ordered one
- * after another, so one request waiting out the resend timeout (2 s) at the leader would
- * stall every request behind it; a shed publisher must slow down, not stop.
+ * Whether a refusal is priority shedding's (wire/PROTOCOL.md 6.2): refused before any
+ * check, and a share of such publishes is admitted, so a later try gets in. A
+ * publisher's requests are ordered one after another, so one request waiting out the
+ * resend timeout (2 s) at the leader would stall every request behind it; a shed
+ * publisher must slow down, not stop. Other refusals came after the signature check (a
+ * full pending pool, a request past the window) and wait for the resend, so that a
+ * replica that is behind is not asked to check more.
  */
-const RETRIED_SOON: ReadonlySet<ErrorCode> = new Set(["OVERLOADED", "OUT_OF_ORDER"]);
+function retriedSoon(code: ErrorCode, reason: string): boolean {
+  return code === "OVERLOADED" && reason.startsWith(PRIORITY_SHEDDING_REASON_PREFIX);
+}
+
 /** The first such retry's delay (ms); each further refusal of the same request by the same replica doubles it, up to RETRY_SOON_MS_MAX. */
 export const RETRY_SOON_MS_MIN = 10;
 /**
@@ -83,7 +89,7 @@ interface PendingRequest {
   readonly reasons: Map<string, string>;
   /** The last transient refusal per replica (not a vote). */
   readonly transient: Map<number, string>;
-  /** Replicas to ask again soon (RETRIED_SOON): when, and how many times they refused so far. */
+  /** Replicas to ask again soon (retriedSoon): when, and how many times they refused so far. */
   readonly retries: Map<number, { dueAt: number; refusals: number }>;
   lastSendAt: number;
   readonly deadline: number;
@@ -96,7 +102,7 @@ export interface RequestTiming {
   readonly resendMs: number;
 }
 
-/** The delay before asking a replica again after its `refusals`-th refusal of a request (RETRIED_SOON), at most RETRY_SOON_MS_MAX and `resendMs`. */
+/** The delay before asking a replica again after its `refusals`-th refusal of a request (retriedSoon), at most RETRY_SOON_MS_MAX and `resendMs`. */
 export function retrySoonDelayMs(refusals: number, resendMs: number): number {
   return Math.min(resendMs, RETRY_SOON_MS_MAX, RETRY_SOON_MS_MIN * 2 ** Math.min(16, Math.max(0, refusals - 1)));
 }
@@ -183,9 +189,11 @@ export class RequestTracker {
     if (body.ok && body.at !== undefined) pending.accepted.set(replica, body.at);
     if (!body.ok && TRANSIENT_REFUSALS.has(body.code)) {
       this.transientCounts.set(body.code, (this.transientCounts.get(body.code) ?? 0) + 1);
+      // A replica that already voted keeps its vote: nothing to ask it again.
+      if (!pending.voter.missing().includes(replica)) return;
       pending.transient.set(replica, `${body.code} ${body.reason}`);
       pending.sentTo.delete(replica);
-      if (RETRIED_SOON.has(body.code)) this.retrySoon(pending, replica);
+      if (retriedSoon(body.code, body.reason)) this.retrySoon(pending, replica);
       return;
     }
     if (!body.ok && body.at !== undefined) {
@@ -204,7 +212,7 @@ export class RequestTracker {
     if (this.requests.get(pending.built.digestHex) === pending && pending.local.size > 0) this.judgeLocalRefusals(pending);
   }
 
-  /** Schedules asking `replica` again soon (RETRIED_SOON), later after each refusal. */
+  /** Schedules asking `replica` again soon (retriedSoon), later after each refusal. */
   private retrySoon(pending: PendingRequest, replica: number): void {
     const refusals = (pending.retries.get(replica)?.refusals ?? 0) + 1;
     const dueAt = this.ctx.now() + retrySoonDelayMs(refusals, this.timing.resendMs);
@@ -225,10 +233,15 @@ export class RequestTracker {
           next = Math.min(next, retry.dueAt);
           continue;
         }
-        const connection = this.ctx.group.connection(replica);
         // Kept (with its count) until the replica answers again or the resend goes to everyone.
         retry.dueAt = Number.POSITIVE_INFINITY;
-        if (connection !== undefined && !pending.sentTo.has(replica)) this.sendRequest(pending, connection);
+        const connection = this.ctx.group.connection(replica);
+        if (connection === undefined || pending.sentTo.has(replica) || !pending.voter.missing().includes(replica)) continue;
+        this.sendRequest(pending, connection);
+        if (pending.sentTo.has(replica)) continue;
+        // The connection had no room: try again after the same delay.
+        retry.dueAt = now + retrySoonDelayMs(retry.refusals, this.timing.resendMs);
+        next = Math.min(next, retry.dueAt);
       }
     }
     return next;

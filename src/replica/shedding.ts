@@ -20,6 +20,7 @@
  * randomness). With no urgent publish for `urgentWindowMs`, both shares return to 1:
  * nothing is shed. Urgent classes and admin commands are never shed here.
  */
+import { PRIORITY_SHEDDING_REASON_PREFIX } from "../../wire/types.ts";
 import type { Priority } from "../core/channels/types.ts";
 
 export interface SheddingOptions {
@@ -155,7 +156,7 @@ export class UrgentShedder {
     else this.normalCredit = credit;
     if (admitted) return null;
     return (
-      `priority shedding: urgent traffic is waiting (event loop lag ${this.lastLagMs.toFixed(1)} ms, target ${this.options.targetMs} ms); ` +
+      `${PRIORITY_SHEDDING_REASON_PREFIX} urgent traffic is waiting (event loop lag ${this.lastLagMs.toFixed(1)} ms, target ${this.options.targetMs} ms); ` +
       `${Math.round(share * 100)}% of ${priority} publishes are admitted; retry later`
     );
   }

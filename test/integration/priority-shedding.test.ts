@@ -122,8 +122,9 @@ test("a client asks a replica that shed its publish again soon, not at its resen
     admin.close();
   }
   const setup = loadClientSetup(cluster.configPath, cluster.clientKey);
-  // A resend timeout longer than the test: only the soon retry can ask replica 0 again.
-  const client = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 600_000, resendMs: 600_000 } });
+  // A resend timeout longer than the request's: only the soon retry can ask replica 0
+  // again, and without it the publish fails (TIMEOUT) instead of being acknowledged.
+  const client = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 30_000, resendMs: 600_000 } });
   client.start();
   const replica3 = cluster.procs[3]?.pid;
   if (replica3 === undefined) throw new Error("replica 3 is not running");

@@ -1,8 +1,9 @@
-// A replica that sheds a publish (OVERLOADED) or holds it behind an earlier one
-// (OUT_OF_ORDER) is asked again soon, not at the 2 s resend: a publisher's requests are
-// ordered one after another, so one request waiting out the resend at the leader stalls
-// all behind it (src/client/request-tracker.ts, retrySoon). These tests drive the tracker
-// on a clock of their own and record what each connection is handed.
+// A replica that shed a publish by priority shedding (OVERLOADED "priority shedding: ...")
+// is asked again soon, not at the 2 s resend: a publisher's requests are ordered one
+// after another, so one request waiting out the resend at the leader stalls all behind
+// it (src/client/request-tracker.ts, retrySoon). Other "not now" refusals wait for the
+// resend. These tests drive the tracker on a clock of their own and record what each
+// connection is handed.
 import { describe, expect, test } from "bun:test";
 import type { ReplicaConnection } from "../../src/client/connection.ts";
 import { ExecutedFloor } from "../../src/client/executed-floor.ts";
@@ -13,12 +14,14 @@ import { SigningKey } from "../../src/crypto/keys.ts";
 import { CLIENT_FRAME_MAC_BYTES } from "../../src/crypto/session.ts";
 import type { Reply } from "../../wire/schemas.ts";
 import { decodeFrameBody, decodeRequestBody } from "../../wire/schemas.ts";
-import { FrameType } from "../../wire/types.ts";
+import { FrameType, PRIORITY_SHEDDING_REASON_PREFIX } from "../../wire/types.ts";
 
 const RESEND_MS = 2_000;
 
 function fixture() {
   const clock = { now: 0 };
+  /** Replicas whose connection has no room: they take nothing. */
+  const full = new Set<number>();
   /** Each request handed to a connection: replica and request seq. */
   const handed: { replica: number; seq: number }[] = [];
   const wakes: number[] = [];
@@ -27,6 +30,7 @@ function fixture() {
       ({
         id,
         sendShared(bytes: Uint8Array): boolean {
+          if (full.has(id)) return false;
           const decoded = decodeFrameBody(FrameType.REQUEST, bytes.subarray(5, bytes.length - CLIENT_FRAME_MAC_BYTES));
           if (!decoded.ok || decoded.frame.type !== FrameType.REQUEST) throw new Error("not a REQUEST frame");
           const body = decodeRequestBody(decoded.frame.body.body);
@@ -53,7 +57,7 @@ function fixture() {
     wakeAt: (atMs: number) => wakes.push(atMs),
   } as unknown as TrackingContext;
   const tracker = new RequestTracker(ctx, { requestMs: 60_000, resendMs: RESEND_MS });
-  return { clock, handed, wakes, tracker };
+  return { clock, handed, wakes, tracker, full };
 }
 
 const key = SigningKey.generate();
@@ -61,8 +65,11 @@ function request(seq: number): BuiltRequest {
   return buildRequest(key, { seq, ts: 1, op: { t: "pub", tag: "bulk.metrics", events: [new Uint8Array([seq])] } }, 1 << 20);
 }
 
-function refusal(made: BuiltRequest, replica: number, code: "OVERLOADED" | "OUT_OF_ORDER" | "RATE_LIMITED"): Reply {
-  return { seq: made.request.seq, replica, d: made.digest, ok: false, code, reason: "not now" } as Reply;
+const SHED_REASON = `${PRIORITY_SHEDDING_REASON_PREFIX} urgent traffic is waiting; 15% of low publishes are admitted; retry later`;
+
+/** A "not now" refusal; OVERLOADED is priority shedding's unless `reason` says otherwise. */
+function refusal(made: BuiltRequest, replica: number, code: "OVERLOADED" | "OUT_OF_ORDER" | "RATE_LIMITED", reason = SHED_REASON): Reply {
+  return { seq: made.request.seq, replica, d: made.digest, ok: false, code, reason } as Reply;
 }
 
 function stored(made: BuiltRequest, replica: number): Reply {
@@ -114,25 +121,59 @@ describe("a request refused 'not now' by a replica", () => {
     const made = [request(1), request(2), request(3)];
     for (const m of made) void tracker.track(m, "byzantine/total", `publish ${m.request.seq}`);
     handed.length = 0;
-    // The leader shed 1 and held 2 and 3 behind it, answering in another order.
-    tracker.onReply(0, refusal(made[2] as BuiltRequest, 0, "OUT_OF_ORDER"));
-    tracker.onReply(0, refusal(made[0] as BuiltRequest, 0, "OVERLOADED"));
-    tracker.onReply(0, refusal(made[1] as BuiltRequest, 0, "OUT_OF_ORDER"));
+    // The leader shed all three, answering in another order.
+    for (const index of [2, 0, 1]) tracker.onReply(0, refusal(made[index] as BuiltRequest, 0, "OVERLOADED"));
     clock.now = RETRY_SOON_MS_MIN;
     tracker.retryDue(clock.now);
     expect(handed).toEqual([1, 2, 3].map((seq) => ({ replica: 0, seq })));
   });
 
-  test("RATE_LIMITED waits for the resend; a request settled is not asked again", async () => {
+  test("a connection with no room: the retry is due again after the same delay", () => {
+    const { clock, handed, tracker, full } = fixture();
+    const one = request(1);
+    void tracker.track(one, "byzantine/total", "publish 1");
+    handed.length = 0;
+    tracker.onReply(0, refusal(one, 0, "OVERLOADED"));
+    full.add(0);
+    clock.now = RETRY_SOON_MS_MIN;
+    expect(tracker.retryDue(clock.now)).toBe(2 * RETRY_SOON_MS_MIN);
+    expect(handed).toEqual([]);
+    full.delete(0);
+    clock.now = 2 * RETRY_SOON_MS_MIN;
+    expect(tracker.retryDue(clock.now)).toBe(Number.POSITIVE_INFINITY);
+    expect(handed).toEqual([{ replica: 0, seq: 1 }]);
+  });
+
+  test("OVERLOADED of a full pending pool, OUT_OF_ORDER and RATE_LIMITED wait for the resend", () => {
+    const { clock, handed, wakes, tracker } = fixture();
+    const one = request(1);
+    void tracker.track(one, "byzantine/total", "publish 1");
+    handed.length = 0;
+    tracker.onReply(0, refusal(one, 0, "OVERLOADED", "pending requests at 70% of their bound: low publishes refused"));
+    tracker.onReply(1, refusal(one, 1, "OUT_OF_ORDER", "an earlier request of this client has not arrived"));
+    tracker.onReply(2, refusal(one, 2, "RATE_LIMITED", "over the key's event rate"));
+    expect(wakes).toEqual([]);
+    clock.now = RETRY_SOON_MS_MAX;
+    expect(tracker.retryDue(clock.now)).toBe(Number.POSITIVE_INFINITY);
+    expect(handed).toEqual([]);
+    // The resend asks all three again.
+    clock.now = RESEND_MS;
+    tracker.tick(clock.now);
+    expect(handed.map((h) => h.replica).sort()).toEqual([0, 1, 2, 3]);
+  });
+
+  test("a replica that already voted, or a request settled, is not asked again", async () => {
     const { clock, handed, wakes, tracker } = fixture();
     const one = request(1);
     const outcome = tracker.track(one, "byzantine/total", "publish 1");
     handed.length = 0;
-    tracker.onReply(0, refusal(one, 0, "RATE_LIMITED"));
+    tracker.onReply(0, stored(one, 0));
+    // A refusal after its vote (a duplicate, or a lie): the vote stands, nothing is scheduled.
+    tracker.onReply(0, refusal(one, 0, "OVERLOADED"));
     expect(wakes).toEqual([]);
     tracker.onReply(1, refusal(one, 1, "OVERLOADED"));
     expect(wakes.length).toBe(1);
-    for (const replica of [0, 2, 3]) tracker.onReply(replica, stored(one, replica));
+    for (const replica of [2, 3]) tracker.onReply(replica, stored(one, replica));
     expect((await outcome).ok).toBe(true);
     clock.now = 10 * RETRY_SOON_MS_MIN;
     tracker.retryDue(clock.now);

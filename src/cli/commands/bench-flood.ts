@@ -32,8 +32,9 @@ export interface FloodCounts {
   /** Events acknowledged (ordered or stored by a quorum). */
   readonly acked: number;
   /**
-   * Publish requests a replica refused OVERLOADED (priority shedding): each one was asked
-   * again, so shedding slows the flood down and loses nothing.
+   * OVERLOADED answers to the flood's publish requests, one per replica and refusal
+   * (priority shedding, a full pending pool): each was asked again, so shedding slows the
+   * flood down and loses nothing.
    */
   readonly shed: number;
   /** Events that failed (not acknowledged in time, refused for good). */

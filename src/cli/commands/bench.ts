@@ -88,9 +88,10 @@ export const benchCommand: Command = {
     "publishers (as fast as acks allow, in a thread of their own) for 1 s of warm-up and",
     "then as long as the measured run will take; then the measured run on TAG at --rate (default 1000 ev/s)",
     "while LOWTAG stays saturated. It prints TAG's p50/p99/max, LOWTAG's acknowledged",
-    "events/s alone and during the run, and how many LOWTAG publish requests replicas",
-    "refused OVERLOADED during the run (shed by priority shedding; the client asks again",
-    'soon, so nothing is lost). --json adds {"mix":{"low_solo_per_s","low_mixed_per_s",',
+    "events/s alone and during the run, and how many OVERLOADED answers replicas gave",
+    "LOWTAG's publish requests during the run (one per replica and refusal: shed by",
+    "priority shedding or a full pending pool; each was asked again, nothing is lost).",
+    '--json adds {"mix":{"low_solo_per_s","low_mixed_per_s",',
     '"low_retained_pct","low_shed","low_failed"}}. Make TAG critical and LOWTAG low to',
     "see priorities at work; both must accept the key.",
   ],
@@ -427,7 +428,7 @@ async function runSweep(plan: BenchPlan, flags: ClientFlags, setup: ClientSetup,
 export interface MixFigures {
   readonly lowSoloPerS: number;
   readonly lowMixedPerS: number;
-  /** Publish requests of the flood a replica refused OVERLOADED during the measured run (each asked again). */
+  /** OVERLOADED answers to the flood's publish requests during the measured run, one per replica and refusal (each asked again). */
   readonly lowShed: number;
   readonly lowFailed: number;
   readonly lowFirstError: string | null;
@@ -889,7 +890,7 @@ function printResult(plan: BenchPlan, result: BenchResult, io: CommandIo, mix: M
   if (mix === null || plan.mix === null) return;
   const m = mixJson(mix);
   io.out(
-    `saturated ${plan.mix.tag} (${plan.mix.publishers} publishers): ${m.low_solo_per_s} events/s acknowledged alone, ${m.low_mixed_per_s} during the run (${m.low_retained_pct}%), ${m.low_shed} publish requests refused OVERLOADED by a replica and asked again`,
+    `saturated ${plan.mix.tag} (${plan.mix.publishers} publishers): ${m.low_solo_per_s} events/s acknowledged alone, ${m.low_mixed_per_s} during the run (${m.low_retained_pct}%), ${m.low_shed} OVERLOADED answers to its requests (asked again)`,
   );
 }
 
