@@ -30,13 +30,14 @@ import { requestFrame, type BuiltRequest } from "./request.ts";
 const TRANSIENT_REFUSALS: ReadonlySet<ErrorCode> = new Set(["OUT_OF_ORDER", "NOT_READY", "OVERLOADED", "RATE_LIMITED", "TIMEOUT"]);
 
 /**
- * Whether a refusal is priority shedding's (wire/PROTOCOL.md 6.2): refused before any
- * check, and a share of such publishes is admitted, so a later try gets in. A
- * publisher's requests are ordered one after another, so one request waiting out the
- * resend timeout (2 s) at the leader would stall every request behind it; a shed
- * publisher must slow down, not stop. Other refusals came after the signature check (a
- * full pending pool, a request past the window) and wait for the resend, so that a
- * replica that is behind is not asked to check more.
+ * Whether a refusal is priority shedding's (wire/PROTOCOL.md 6.2): refused before its
+ * signature was verified, and a share of such publishes is admitted, so a later try gets
+ * in. A publisher's requests are ordered one after another, so one request waiting out
+ * the resend timeout (2 s) at the leader would stall every request behind it; a shed
+ * publisher must slow down, not stop. The other "not now" refusals say the replica is
+ * behind (a full pending pool, catching up) or the client over a budget (its rate, a
+ * sequence gap), and wait for the resend: asked sooner, a replica that is behind would
+ * check more signatures, and a session refused too often is paused.
  */
 function retriedSoon(code: ErrorCode, reason: string): boolean {
   return code === "OVERLOADED" && reason.startsWith(PRIORITY_SHEDDING_REASON_PREFIX);
@@ -238,7 +239,8 @@ export class RequestTracker {
         const connection = this.ctx.group.connection(replica);
         if (connection === undefined || pending.sentTo.has(replica) || !pending.voter.missing().includes(replica)) continue;
         this.sendRequest(pending, connection);
-        if (pending.sentTo.has(replica)) continue;
+        // Sent, or the session is down (its return sends what it has not answered: onReady).
+        if (pending.sentTo.has(replica) || !connection.isReady) continue;
         // The connection had no room: try again after the same delay.
         retry.dueAt = now + retrySoonDelayMs(retry.refusals, this.timing.resendMs);
         next = Math.min(next, retry.dueAt);

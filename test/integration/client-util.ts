@@ -59,15 +59,20 @@ export async function startClusterWithChannels(options: Parameters<typeof startC
 /** startClusterWithChannels, plus `bulk.metrics` (byzantine/total, low priority) with the client key registered: a channel to saturate. */
 export async function startClusterWithLowChannel(options: Parameters<typeof startCluster>[0] = {}): Promise<TestCluster> {
   const cluster = await startClusterWithChannels(options);
+  await addLowChannel(cluster, "bulk.metrics", "total");
+  return cluster;
+}
+
+/** Creates a byzantine, low-priority, public channel `tag` and registers the cluster's client key as its publisher. */
+export async function addLowChannel(cluster: TestCluster, tag: string, order: "none" | "total"): Promise<void> {
   const admin = clientFor(cluster, cluster.adminKey);
   try {
     const key = loadSigningKeyFile(cluster.clientKey).key.publicKey;
-    await admin.admin({ t: "create-channel", tag: "bulk.metrics", fault: "byzantine", order: "total", priority: "low", public: true });
-    await admin.admin({ t: "register", tag: "bulk.metrics", role: "publisher", key });
+    await admin.admin({ t: "create-channel", tag, fault: "byzantine", order, priority: "low", public: true });
+    await admin.admin({ t: "register", tag, role: "publisher", key });
   } finally {
     admin.close();
   }
-  return cluster;
 }
 
 export interface Delivered {

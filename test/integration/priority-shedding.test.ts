@@ -13,7 +13,7 @@ import { FitbClient } from "../../src/client/client.ts";
 import { loadClientSetup } from "../../src/client/setup.ts";
 import { loadSigningKeyFile, type SigningKey } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { clientFor, publishFrame, rawSession, startClusterWithLowChannel } from "./client-util.ts";
+import { addLowChannel, publishFrame, rawSession, startClusterWithLowChannel } from "./client-util.ts";
 import { freePortRange, type TestCluster } from "./harness.ts";
 
 const TARGET_MS = 5;
@@ -113,14 +113,7 @@ test("a low publish is refused OVERLOADED, counted and logged while critical tra
 test("a client asks a replica that shed its publish again soon, not at its resend timeout", async () => {
   // A low byzantine/none channel: a publish is acknowledged by 2f+1 replicas that stored
   // it, each on its own (no ordering, no replica forwards it to another).
-  const admin = clientFor(cluster, cluster.adminKey);
-  try {
-    const key = loadSigningKeyFile(cluster.clientKey).key.publicKey;
-    await admin.admin({ t: "create-channel", tag: "bulk.ids", fault: "byzantine", order: "none", priority: "low", public: true });
-    await admin.admin({ t: "register", tag: "bulk.ids", role: "publisher", key });
-  } finally {
-    admin.close();
-  }
+  await addLowChannel(cluster, "bulk.ids", "none");
   const setup = loadClientSetup(cluster.configPath, cluster.clientKey);
   // A resend timeout longer than the request's: only the soon retry can ask replica 0
   // again, and without it the publish fails (TIMEOUT) instead of being acknowledged.

@@ -4,17 +4,12 @@
 // and digest they get are the request as it is now, also after it is built again with a
 // higher `after` for replicas whose refusal was stale.
 import { describe, expect, test } from "bun:test";
-import { ExecutedFloor } from "../../src/client/executed-floor.ts";
-import type { ReplicaConnection } from "../../src/client/connection.ts";
-import type { TrackingContext } from "../../src/client/replica-group.ts";
 import { buildRequest } from "../../src/client/request.ts";
-import { RequestTracker } from "../../src/client/request-tracker.ts";
 import { toHex } from "../../src/crypto/encoding.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
-import { CLIENT_FRAME_MAC_BYTES, framePayloadDigest } from "../../src/crypto/session.ts";
+import { framePayloadDigest } from "../../src/crypto/session.ts";
 import type { Reply } from "../../wire/schemas.ts";
-import { decodeFrameBody } from "../../wire/schemas.ts";
-import { FrameType } from "../../wire/types.ts";
+import { trackerFixture } from "./tracker-fixture.ts";
 
 interface Handed {
   readonly replica: number;
@@ -24,41 +19,12 @@ interface Handed {
 
 function fixture() {
   const handed: Handed[] = [];
-  const connections = [0, 1, 2, 3].map(
-    (id) =>
-      ({
-        id,
-        sendShared(bytes: Uint8Array, digest: Uint8Array): boolean {
-          // What a connection seals: the frame, its length counting the MAC room at its end.
-          expect(new DataView(bytes.buffer, bytes.byteOffset).getUint32(0)).toBe(bytes.length - 4);
-          expect(bytes[4]).toBe(FrameType.REQUEST);
-          const decoded = decodeFrameBody(FrameType.REQUEST, bytes.subarray(5, bytes.length - CLIENT_FRAME_MAC_BYTES));
-          if (!decoded.ok || decoded.frame.type !== FrameType.REQUEST) throw new Error("not a REQUEST frame");
-          handed.push({
-            replica: id,
-            after: decoded.frame.body.after ?? 0,
-            digestMatches: toHex(digest) === toHex(framePayloadDigest(bytes)),
-          });
-          return true;
-        },
-      }) as unknown as ReplicaConnection,
-  );
-  const group = {
-    f: 1,
-    slots: 4,
-    connections,
-    connection: (id: number) => connections[id],
-    readyReplicas: () => [0, 1, 2, 3],
-    has: (id: number) => id >= 0 && id < 4,
-  };
-  const ctx = {
-    group,
-    floor: new ExecutedFloor(group),
-    frameBytesMax: 1 << 20,
-    now: () => 0,
-    log: () => {},
-  } as unknown as TrackingContext;
-  return { handed, tracker: new RequestTracker(ctx, { requestMs: 60_000, resendMs: 1_000 }) };
+  const { tracker } = trackerFixture({
+    timing: { requestMs: 60_000, resendMs: 1_000 },
+    onSent: (replica, frame, bytes, digest) =>
+      handed.push({ replica, after: frame.after ?? 0, digestMatches: toHex(digest) === toHex(framePayloadDigest(bytes)) }),
+  });
+  return { handed, tracker };
 }
 
 describe("a request handed to every replica's connection from one buffer", () => {

@@ -5,58 +5,31 @@
 // resend. These tests drive the tracker on a clock of their own and record what each
 // connection is handed.
 import { describe, expect, test } from "bun:test";
-import type { ReplicaConnection } from "../../src/client/connection.ts";
-import { ExecutedFloor } from "../../src/client/executed-floor.ts";
-import type { TrackingContext } from "../../src/client/replica-group.ts";
 import { buildRequest, type BuiltRequest } from "../../src/client/request.ts";
-import { RETRY_SOON_MS_MAX, RETRY_SOON_MS_MIN, RequestTracker, retrySoonDelayMs } from "../../src/client/request-tracker.ts";
+import { RETRY_SOON_MS_MAX, RETRY_SOON_MS_MIN, retrySoonDelayMs } from "../../src/client/request-tracker.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
-import { CLIENT_FRAME_MAC_BYTES } from "../../src/crypto/session.ts";
 import type { Reply } from "../../wire/schemas.ts";
-import { decodeFrameBody, decodeRequestBody } from "../../wire/schemas.ts";
-import { FrameType, PRIORITY_SHEDDING_REASON_PREFIX } from "../../wire/types.ts";
+import { decodeRequestBody } from "../../wire/schemas.ts";
+import { PRIORITY_SHEDDING_REASON_PREFIX } from "../../wire/types.ts";
+import { trackerFixture } from "./tracker-fixture.ts";
 
 const RESEND_MS = 2_000;
 
 function fixture() {
   const clock = { now: 0 };
-  /** Replicas whose connection has no room: they take nothing. */
-  const full = new Set<number>();
   /** Each request handed to a connection: replica and request seq. */
   const handed: { replica: number; seq: number }[] = [];
   const wakes: number[] = [];
-  const connections = [0, 1, 2, 3].map(
-    (id) =>
-      ({
-        id,
-        sendShared(bytes: Uint8Array): boolean {
-          if (full.has(id)) return false;
-          const decoded = decodeFrameBody(FrameType.REQUEST, bytes.subarray(5, bytes.length - CLIENT_FRAME_MAC_BYTES));
-          if (!decoded.ok || decoded.frame.type !== FrameType.REQUEST) throw new Error("not a REQUEST frame");
-          const body = decodeRequestBody(decoded.frame.body.body);
-          if (!body.ok) throw new Error("not a request body");
-          handed.push({ replica: id, seq: body.request.seq });
-          return true;
-        },
-      }) as unknown as ReplicaConnection,
-  );
-  const group = {
-    f: 1,
-    slots: 4,
-    connections,
-    connection: (id: number) => connections[id],
-    readyReplicas: () => [0, 1, 2, 3],
-    has: (id: number) => id >= 0 && id < 4,
-  };
-  const ctx = {
-    group,
-    floor: new ExecutedFloor(group),
-    frameBytesMax: 1 << 20,
+  const { tracker, full } = trackerFixture({
+    timing: { requestMs: 60_000, resendMs: RESEND_MS },
     now: () => clock.now,
-    log: () => {},
-    wakeAt: (atMs: number) => wakes.push(atMs),
-  } as unknown as TrackingContext;
-  const tracker = new RequestTracker(ctx, { requestMs: 60_000, resendMs: RESEND_MS });
+    wakeAt: (atMs) => wakes.push(atMs),
+    onSent: (replica, frame) => {
+      const body = decodeRequestBody(frame.body);
+      if (!body.ok) throw new Error("not a request body");
+      handed.push({ replica, seq: body.request.seq });
+    },
+  });
   return { clock, handed, wakes, tracker, full };
 }
 
@@ -156,10 +129,23 @@ describe("a request refused 'not now' by a replica", () => {
     clock.now = RETRY_SOON_MS_MAX;
     expect(tracker.retryDue(clock.now)).toBe(Number.POSITIVE_INFINITY);
     expect(handed).toEqual([]);
-    // The resend asks all three again.
+    // The resend asks every replica that has not answered.
     clock.now = RESEND_MS;
     tracker.tick(clock.now);
     expect(handed.map((h) => h.replica).sort()).toEqual([0, 1, 2, 3]);
+  });
+
+  test("a replica that voted before its retry was due is not asked again", () => {
+    const { clock, handed, tracker } = fixture();
+    const one = request(1);
+    void tracker.track(one, "byzantine/total", "publish 1");
+    handed.length = 0;
+    tracker.onReply(0, refusal(one, 0, "OVERLOADED"));
+    // Replica 0 stored it after all (it had the request from a proposal, say).
+    tracker.onReply(0, stored(one, 0));
+    clock.now = RETRY_SOON_MS_MIN;
+    tracker.retryDue(clock.now);
+    expect(handed).toEqual([]);
   });
 
   test("a replica that already voted, or a request settled, is not asked again", async () => {
