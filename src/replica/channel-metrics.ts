@@ -126,7 +126,7 @@ export class ChannelMetrics {
       published: cells.published.value,
       stored: cells.stored.value,
       delivered: cells.delivered.value,
-      shed: cells.shedRate.value + cells.shedOverload.value,
+      shed: cells.shedRate.value + cells.shedOverload.value + cells.shedPriority.value,
     }));
   }
 

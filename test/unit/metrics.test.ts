@@ -84,6 +84,15 @@ describe("per-channel series", () => {
     expect(text).toContain(`fitb_channel_events_shed_total{${labels},reason="rate_limited"} 0`);
   });
 
+  test("the status query's traffic counts events shed for every reason, priority shedding's too", () => {
+    const channels = new ChannelMetrics(new MetricsRegistry(), machineOf([channel("bulk.metrics", { priority: "low" })]));
+    const cells = channels.of("bulk.metrics");
+    cells?.shedRate.inc(1);
+    cells?.shedOverload.inc(2);
+    cells?.shedPriority.inc(4);
+    expect(channels.traffic().find((row) => row.tag === "bulk.metrics")?.shed).toBe(7);
+  });
+
   test("past the bound, channels fold into tag=_other per class and priority, and a destroyed channel's series go", async () => {
     const registry = new MetricsRegistry();
     const list = Array.from({ length: 5 }, (_, i) => channel(`c${i}`, i === 4 ? { priority: "low" } : {}));
