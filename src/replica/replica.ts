@@ -1168,6 +1168,8 @@ export class Replica {
       uptimeMs: Date.now() - this.startedMs,
       // The process's CPU time (µs, user + system, every thread): `fitb bench` reads it before and after a run.
       cpuUs: processCpuMicros(),
+      // Priority shedding, when on: its target and the shares of low and normal publishes admitted now (percent).
+      ...(this.shedder === null ? {} : { shedding: this.shedder.describe(performance.now()) }),
       // For `fitb top`: counters it turns into rates, histograms into recent latency.
       traffic: this.channelMetrics.traffic(),
       latency: this.metrics.latencySummary(),

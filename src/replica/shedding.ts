@@ -133,6 +133,12 @@ export class UrgentShedder {
     return 1;
   }
 
+  /** The status query's view (`fitb admin status`): the target, and the shares of low and normal publishes admitted at `nowMs`, in percent. */
+  describe(nowMs: number): { targetMs: number; low: number; normal: number } {
+    const percent = (priority: Priority): number => Math.round(this.share(priority, nowMs) * 100);
+    return { targetMs: this.options.targetMs, low: percent("low"), normal: percent("normal") };
+  }
+
   /**
    * Whether a client publish on a channel of `priority` is admitted at `nowMs`: null, or
    * the reason it is refused OVERLOADED. Urgent publishes are admitted and noted.

@@ -46,6 +46,14 @@ describe("UrgentShedder", () => {
     expect(shedder.admit("critical", 200)).toBeNull();
   });
 
+  test("describe: the target and the shares admitted now, in percent", () => {
+    const shedder = new UrgentShedder(OPTIONS);
+    expect(shedder.describe(0)).toEqual({ targetMs: 5, low: 100, normal: 100 });
+    shedder.noteUrgent(0);
+    shedder.observeLag(10, 50);
+    expect(shedder.describe(10)).toEqual({ targetMs: 5, low: 50, normal: 100 });
+  });
+
   test("a shed publish's reason names the policy, the lag, the target and the share", () => {
     const shedder = new UrgentShedder(OPTIONS);
     shedder.noteUrgent(0);

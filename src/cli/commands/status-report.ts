@@ -7,6 +7,7 @@
  * than 2f+1 answer: admin commands and total-order channels cannot be ordered).
  */
 import type { ClusterStatus } from "../../client/client.ts";
+import type { ReplicaStatusAnswer } from "../../client/queries.ts";
 import { byzantineQuorum, vouchQuorum } from "../../core/voting/quorum.ts";
 
 export const STATUS_OK = 0;
@@ -29,8 +30,10 @@ export interface ReplicaRow {
   readonly lastDecided: number | null;
   /** Decided seqs behind the most advanced replica that answered; null when down. */
   readonly behind: number | null;
-  /** "other-view", "lagging", "leader-down" (it names a leader that does not answer). */
+  /** "other-view", "lagging", "leader-down" (it names a leader that does not answer), "shedding". */
   readonly flags: readonly string[];
+  /** Priority shedding, when the replica runs it: its target and the percent of low and normal publishes it admits now. */
+  readonly shedding: NonNullable<ReplicaStatusAnswer["shedding"]> | null;
 }
 
 export interface StatusReport {
@@ -90,6 +93,7 @@ export function assessStatus(
         lastDecided: null,
         behind: null,
         flags: [],
+        shedding: null,
       };
     }
     const flags: string[] = [];
@@ -103,6 +107,10 @@ export function assessStatus(
       problems.push(`replica ${replica.id} is ${behind} decided seqs behind`);
     }
     if (!upIds.has(answer.leader)) flags.push("leader-down");
+    // Not a problem: the replica sheds less urgent publishes while urgent ones wait there.
+    const shedding = answer.shedding ?? null;
+    if (shedding !== null && (shedding.low < 100 || shedding.normal < 100))
+      flags.push(`shedding(low ${shedding.low}%, normal ${shedding.normal}%)`);
     return {
       id: replica.id,
       address: replica.address,
@@ -113,6 +121,7 @@ export function assessStatus(
       lastDecided: answer.lastDecided,
       behind,
       flags,
+      shedding,
     };
   });
   const health: Health = answered < quorum ? "no-quorum" : problems.length > 0 ? "degraded" : "ok";
@@ -185,6 +194,10 @@ export function statusJsonReport(report: StatusReport): Record<string, unknown> 
             last_decided: r.lastDecided,
             behind: r.behind,
             flags: r.flags,
+            shedding:
+              r.shedding === null
+                ? null
+                : { target_ms: r.shedding.targetMs, low_admitted_pct: r.shedding.low, normal_admitted_pct: r.shedding.normal },
           }
         : { id: r.id, address: r.address, up: false, reason: r.reason, flags: r.flags },
     ),
