@@ -136,7 +136,9 @@ test("a client asks a replica that shed its publish again soon, not at its resen
     process.kill(replica3, "SIGCONT");
     // The status query (fitb admin status) says which replica sheds and with what target.
     const status = await client.status();
-    const shedding = status.replicas.map((replica) => (replica.answer?.ok === true ? (replica.answer.value.shedding ?? null) : "no answer"));
+    const shedding = status.replicas.map((replica) =>
+      replica.answer?.ok === true ? (replica.answer.value.shedding ?? null) : "no answer",
+    );
     expect(shedding[0]).toMatchObject({ targetMs: TARGET_MS });
     expect(shedding.slice(1)).toEqual([null, null, null]);
   } finally {
