@@ -181,7 +181,11 @@ const statusSchema = z.object({
   /** The replica process's CPU time (µs, user + system) since it started. */
   cpuUs: z.int().min(0).optional(),
   /** Priority shedding, present when it is on: its lag target (ms), and the percent of low and normal publishes admitted now. */
-  shedding: z.object({ targetMs: z.number().min(0), low: z.int().min(0).max(100), normal: z.int().min(0).max(100) }).optional(),
+  shedding: z
+    .object({ targetMs: z.number().min(0), low: z.int().min(0).max(100), normal: z.int().min(0).max(100) })
+    .optional()
+    // A shape this client does not know (a later replica's) is left out, not taken for a malformed answer.
+    .catch(undefined),
   /** Per-channel counters since the replica started (`fitb top` turns them into rates). */
   traffic: z
     .array(

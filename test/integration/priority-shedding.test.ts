@@ -123,6 +123,13 @@ test("a client asks a replica that shed its publish again soon, not at its resen
   if (replica3 === undefined) throw new Error("replica 3 is not running");
   try {
     await waitFor("sessions with every replica", () => client.replicaStates().every((replica) => replica.state === "ready"));
+    // The status query (fitb admin status) says which replica runs shedding, with what target.
+    const status = await client.status();
+    const shedding = status.replicas.map((replica) =>
+      replica.answer?.ok === true ? (replica.answer.value.shedding ?? null) : "no answer",
+    );
+    expect(shedding[0]).toMatchObject({ targetMs: TARGET_MS });
+    expect(shedding.slice(1)).toEqual([null, null, null]);
     // With replica 3 stopped, a publish is acknowledged only once replica 0 stored it,
     // and replica 0 stores a publish it shed only if it is asked again.
     process.kill(replica3, "SIGSTOP");
@@ -133,14 +140,6 @@ test("a client asks a replica that shed its publish again soon, not at its resen
       await client.publish("bulk.ids", [new TextEncoder().encode(`flood ${attempt}`)]);
     }
     expect(shed()).toBeGreaterThanOrEqual(1);
-    process.kill(replica3, "SIGCONT");
-    // The status query (fitb admin status) says which replica sheds and with what target.
-    const status = await client.status();
-    const shedding = status.replicas.map((replica) =>
-      replica.answer?.ok === true ? (replica.answer.value.shedding ?? null) : "no answer",
-    );
-    expect(shedding[0]).toMatchObject({ targetMs: TARGET_MS });
-    expect(shedding.slice(1)).toEqual([null, null, null]);
   } finally {
     process.kill(replica3, "SIGCONT");
     client.close();

@@ -60,12 +60,13 @@ describe("admin status report", () => {
     expect(report.replicas.map((r) => r.up)).toEqual([true, false, false, false]);
   });
 
-  test("priority shedding: a replica shedding now is flagged with its shares, not a problem; the JSON has every replica's", () => {
+  test("priority shedding: a replica shedding now is noted with its shares, not a flag or a problem; the JSON has every replica's", () => {
     const on = { targetMs: 2, low: 100, normal: 100 };
     const report = assessStatus(CLUSTER, statusOf([{ shedding: { ...on, low: 15 } }, { shedding: on }, {}, {}]), REFUSED);
     expect(report.health).toBe("ok");
+    expect(report.replicas.map((r) => r.flags)).toEqual([[], [], [], []]);
     const table = statusTable(report);
-    expect(table.find((line) => line.startsWith("0 "))).toEndWith("shedding(low 15%, normal 100%)");
+    expect(table.find((line) => line.startsWith("0 "))).toEndWith("shedding(low=15%;normal=100%)");
     expect(table.find((line) => line.startsWith("1 "))).not.toContain("shedding");
     const json = statusJsonReport(report) as { replicas: { shedding: unknown }[] };
     expect(json.replicas.map((r) => r.shedding)).toEqual([

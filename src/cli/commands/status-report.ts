@@ -30,7 +30,7 @@ export interface ReplicaRow {
   readonly lastDecided: number | null;
   /** Decided seqs behind the most advanced replica that answered; null when down. */
   readonly behind: number | null;
-  /** "other-view", "lagging", "leader-down" (it names a leader that does not answer), "shedding". */
+  /** "other-view", "lagging", "leader-down" (it names a leader that does not answer). */
   readonly flags: readonly string[];
   /** Priority shedding, when the replica runs it: its target and the percent of low and normal publishes it admits now. */
   readonly shedding: NonNullable<ReplicaStatusAnswer["shedding"]> | null;
@@ -107,10 +107,6 @@ export function assessStatus(
       problems.push(`replica ${replica.id} is ${behind} decided seqs behind`);
     }
     if (!upIds.has(answer.leader)) flags.push("leader-down");
-    // Not a problem: the replica sheds less urgent publishes while urgent ones wait there.
-    const shedding = answer.shedding ?? null;
-    if (shedding !== null && (shedding.low < 100 || shedding.normal < 100))
-      flags.push(`shedding(low ${shedding.low}%, normal ${shedding.normal}%)`);
     return {
       id: replica.id,
       address: replica.address,
@@ -121,7 +117,7 @@ export function assessStatus(
       lastDecided: answer.lastDecided,
       behind,
       flags,
-      shedding,
+      shedding: answer.shedding ?? null,
     };
   });
   const health: Health = answered < quorum ? "no-quorum" : problems.length > 0 ? "degraded" : "ok";
@@ -158,7 +154,7 @@ export function statusTable(report: StatusReport): string[] {
   lines.push(`REPLICA  ${"ADDRESS".padEnd(width)}  UP     VIEW  LEADER  DECIDED  BEHIND  NOTE`);
   for (const r of report.replicas) {
     const cell = (value: number | null, size: number): string => (value === null ? "-" : String(value)).padEnd(size);
-    const note = r.up ? r.flags.join(",") : r.reason;
+    const note = r.up ? [...r.flags, ...sheddingNote(r)].join(",") : r.reason;
     lines.push(
       `${String(r.id).padEnd(7)}  ${r.address.padEnd(width)}  ${(r.up ? "true" : "false").padEnd(5)}  ${cell(r.view, 4)}  ${cell(r.leader, 6)}  ` +
         `${cell(r.lastDecided, 7)}  ${cell(r.behind, 6)}  ${note ?? ""}`.trimEnd(),
@@ -166,6 +162,17 @@ export function statusTable(report: StatusReport): string[] {
   }
   for (const problem of report.problems) lines.push(problem);
   return lines;
+}
+
+/**
+ * A replica shedding less urgent publishes now, as the table notes it (one word: the NOTE
+ * column is split on commas). Not a flag: it is the policy at work while urgent
+ * publishes wait there, not a problem.
+ */
+function sheddingNote(r: ReplicaRow): string[] {
+  const shedding = r.shedding;
+  if (shedding === null || (shedding.low >= 100 && shedding.normal >= 100)) return [];
+  return [`shedding(low=${shedding.low}%;normal=${shedding.normal}%)`];
 }
 
 /** The JSON form: the same facts and reasons as the table, snake_case. */
