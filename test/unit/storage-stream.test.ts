@@ -47,6 +47,47 @@ describe("snapshot stream", () => {
     expect(cut(a, 500)).toEqual(parts);
   });
 
+  test("the parts are the meta record and the whole export, byte for byte, at any part size", () => {
+    const machine = populatedMachine(120);
+    const whole = [...encodeStreamMeta({ seq: 128, clients: CLIENTS }), ...machine.snapshot()];
+    const meta = encodeStreamMeta({ seq: 128, clients: CLIENTS }).length;
+    // Sizes that cut inside the meta, inside a frame's 4-byte length, exactly at the end, and past it.
+    for (const partBytes of [1, 3, 4, 5, 7, meta, meta + 2, 333, whole.length - 1, whole.length, whole.length + 1, whole.length / 2]) {
+      if (!Number.isInteger(partBytes)) continue;
+      const parts = cut(machine, partBytes);
+      expect(parts.length).toBe(Math.ceil(whole.length / partBytes));
+      for (const part of parts.slice(0, -1)) expect(part.length).toBe(partBytes);
+      expect(Buffer.concat(parts).equals(Buffer.from(whole))).toBe(true);
+    }
+  });
+
+  test("records larger than a part, of growing sizes, cut the same as the whole export", () => {
+    const machine = populatedMachine(6);
+    const publisher = new TestClient();
+    execute(machine, [new TestClient().admin({ t: "register", tag: "sec.alerts", role: "publisher", key: publisher.key.publicKey })]);
+    // Events of 900 bytes (the fixture's limit is 1,024), 1 to 30 to a record.
+    const counts = [1, 6, 3, 30, 2];
+    for (const count of counts)
+      execute(machine, [
+        publisher.pub(
+          "sec.alerts",
+          Array.from({ length: count }, (_, i) => `${i}`.padEnd(900, "x")),
+        ),
+      ]);
+    const whole = Buffer.from([...encodeStreamMeta({ seq: 128, clients: CLIENTS }), ...machine.snapshot()]);
+    expect(whole.length).toBeGreaterThan(900 * counts.reduce((a, b) => a + b));
+    for (const partBytes of [1_000, 4_096, 9_999]) expect(Buffer.concat(cut(machine, partBytes)).equals(whole)).toBe(true);
+  });
+
+  test("an export is read by chunks or by bytes, not both", () => {
+    const exported = populatedMachine(30).exportSnapshot();
+    exported.read(new Uint8Array(10), 0);
+    expect(() => exported.next()).toThrow("either by chunks or by bytes");
+    const other = populatedMachine(30).exportSnapshot();
+    other.next(64);
+    expect(() => other.read(new Uint8Array(10), 0)).toThrow("either by chunks or by bytes");
+  });
+
   test("skipping k parts yields part k (a transfer resumes mid-stream)", () => {
     const machine = populatedMachine(300);
     const parts = cut(machine, 300);

@@ -35,7 +35,14 @@
  */
 import { REQUEST_EVENTS_MAX } from "../../../wire/types.ts";
 import { toHex, writeUint32BE } from "../../../wire/bytes.ts";
-import { CanonicalError, decodeCanonical, encodeCanonical, type Canonical } from "../../../wire/canonical.ts";
+import {
+  CanonicalError,
+  decodeCanonical,
+  encodeCanonical,
+  encodeCanonicalAfter,
+  withCanonical,
+  type Canonical,
+} from "../../../wire/canonical.ts";
 import { BatchLog, CHAIN_GENESIS, chainNext, type BatchRecord } from "./batch-log.ts";
 
 import { Channel, type KeySet } from "./channel.ts";
@@ -129,11 +136,10 @@ type ChannelCapture = {
   readonly log: { readonly nextSeq: number; readonly baseChain: Uint8Array; readonly records: BatchRecord[] } | null;
 };
 
+/** A record framed: its length, then its canonical bytes, encoded behind the header. */
 function frame(value: Canonical): Uint8Array {
-  const body = encodeCanonical(value);
-  const framed = new Uint8Array(SNAPSHOT_FRAME_HEADER_BYTES + body.length);
-  writeUint32BE(framed, 0, body.length);
-  framed.set(body, SNAPSHOT_FRAME_HEADER_BYTES);
+  const framed = encodeCanonicalAfter(SNAPSHOT_FRAME_HEADER_BYTES, value);
+  writeUint32BE(framed, 0, framed.length - SNAPSHOT_FRAME_HEADER_BYTES);
   return framed;
 }
 
@@ -173,9 +179,16 @@ export function exportState(hash: HashFn, state: ChannelsState): SnapshotExport 
  * retained batch; records are encoded only as chunks are taken.
  */
 export class SnapshotExport {
-  private readonly frames: Generator<Uint8Array, void, undefined>;
+  private readonly records: Generator<Canonical, void, undefined>;
   /** A frame taken from the generator that did not fit the previous chunk. */
   private carried: Uint8Array | null = null;
+  /** What `read` took of the stream's bytes and did not yet hand out: a frame's tail. */
+  private tail: Uint8Array | null = null;
+  /** `read`'s frame header and the buffer a frame's tail waits in (see `place`). */
+  private readonly head = new Uint8Array(SNAPSHOT_FRAME_HEADER_BYTES);
+  private scratch = new Uint8Array(0);
+  /** How the export is being read, `next` (whole frames) or `read` (bytes); one way only. */
+  private mode: "frames" | "bytes" | null = null;
   private finished = false;
   private retained: number | null = null;
 
@@ -187,7 +200,7 @@ export class SnapshotExport {
     private readonly quotas: Canonical[] | null = null,
     private readonly membership: Canonical | null = null,
   ) {
-    this.frames = this.generateFrames();
+    this.records = this.generateRecords();
   }
 
   get done(): boolean {
@@ -212,7 +225,7 @@ export class SnapshotExport {
     return this.retained;
   }
 
-  private *generateFrames(): Generator<Uint8Array, void, undefined> {
+  private *generateRecords(): Generator<Canonical, void, undefined> {
     const header: { [key: string]: Canonical } = {
       k: "header",
       v: SNAPSHOT_FORMAT_VERSION,
@@ -221,11 +234,16 @@ export class SnapshotExport {
     };
     if (this.quotas !== null) header["quotas"] = this.quotas;
     if (this.membership !== null) header["membership"] = this.membership;
-    yield frame(header);
+    yield header;
     for (const capture of this.captures) {
-      yield frame(channelRecordValue(capture));
-      for (const record of capture.log?.records ?? []) yield frame(batchRecordValue(record));
+      yield channelRecordValue(capture);
+      for (const record of capture.log?.records ?? []) yield batchRecordValue(record);
     }
+  }
+
+  private readAs(mode: "frames" | "bytes"): void {
+    if (this.mode !== null && this.mode !== mode) throw new Error("a snapshot export is read either by chunks or by bytes, not both");
+    this.mode = mode;
   }
 
   private takeFrame(): Uint8Array | null {
@@ -234,8 +252,60 @@ export class SnapshotExport {
       this.carried = null;
       return carried;
     }
-    const step = this.frames.next();
-    return step.done === true ? null : step.value;
+    const step = this.records.next();
+    return step.done === true ? null : frame(step.value);
+  }
+
+  /**
+   * Copies the export's next bytes into `out` from `at` until `out` is full or the export
+   * ends, and returns where it stopped. The bytes are those `next` hands out, cut at any
+   * byte instead of at records. Each record is encoded once and copied from the encoder's
+   * buffer straight into `out`; only the tail of a record that does not fit is copied
+   * aside, for the next call. This is what a base snapshot's and a state transfer's parts
+   * are made of (src/replica/storage/stream.ts), so a retained batch is copied twice on
+   * its way into a part, not four times.
+   */
+  read(out: Uint8Array, at: number): number {
+    this.readAs("bytes");
+    let pos = at;
+    while (pos < out.length && !this.finished) {
+      if (this.tail !== null) {
+        const take = Math.min(this.tail.length, out.length - pos);
+        out.set(this.tail.subarray(0, take), pos);
+        pos += take;
+        this.tail = take === this.tail.length ? null : this.tail.subarray(take);
+        continue;
+      }
+      const step = this.records.next();
+      if (step.done === true) {
+        this.finished = true;
+        this.scratch = new Uint8Array(0);
+        break;
+      }
+      pos = withCanonical(step.value, (bytes) => this.place(bytes, out, pos));
+    }
+    return pos;
+  }
+
+  /**
+   * Writes one record's frame (its 4-byte length, then `bytes`) into `out` at `pos`; what
+   * does not fit is copied into this export's scratch buffer, reused from record to record
+   * (a fresh one per record cost more than the copies: large allocations are zeroed and
+   * bring on collections), and handed out by the next calls before any other record.
+   */
+  private place(bytes: Uint8Array, out: Uint8Array, pos: number): number {
+    const head = this.head;
+    writeUint32BE(head, 0, bytes.length);
+    const total = head.length + bytes.length;
+    const room = out.length - pos;
+    const fits = Math.min(room, total);
+    copyFrameRange(head, bytes, 0, fits, out, pos);
+    if (fits === total) return pos + total;
+    const rest = total - fits;
+    if (this.scratch.length < rest) this.scratch = new Uint8Array(Math.max(rest, this.scratch.length * 2));
+    copyFrameRange(head, bytes, fits, rest, this.scratch, 0);
+    this.tail = this.scratch.subarray(0, rest);
+    return out.length;
   }
 
   /**
@@ -246,6 +316,7 @@ export class SnapshotExport {
     if (!Number.isSafeInteger(maxBytes) || maxBytes < 1 || maxBytes > SNAPSHOT_CHUNK_BYTES_MAX) {
       throw new RangeError(`maxBytes must be 1..${SNAPSHOT_CHUNK_BYTES_MAX}`);
     }
+    this.readAs("frames");
     const parts: Uint8Array[] = [];
     let size = 0;
     for (let f = this.takeFrame(); f !== null; f = this.takeFrame()) {
@@ -265,6 +336,7 @@ export class SnapshotExport {
 
   /** Everything not yet read, in one buffer. */
   all(): Uint8Array {
+    this.readAs("frames");
     const parts: Uint8Array[] = [];
     let size = 0;
     for (let f = this.takeFrame(); f !== null; f = this.takeFrame()) {
@@ -274,6 +346,21 @@ export class SnapshotExport {
     this.finished = true;
     return concat(parts, size);
   }
+}
+
+/** Copies bytes [from, from + count) of `head` followed by `body` into `dest` at `at`. */
+function copyFrameRange(head: Uint8Array, body: Uint8Array, from: number, count: number, dest: Uint8Array, at: number): void {
+  let source = from;
+  let to = at;
+  let left = count;
+  if (source < head.length && left > 0) {
+    const n = Math.min(head.length - source, left);
+    dest.set(head.subarray(source, source + n), to);
+    source += n;
+    to += n;
+    left -= n;
+  }
+  if (left > 0) dest.set(body.subarray(source - head.length, source - head.length + left), to);
 }
 
 function concat(parts: readonly Uint8Array[], size: number): Uint8Array {

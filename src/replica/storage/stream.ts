@@ -47,11 +47,14 @@ export function encodeStreamMeta(meta: StreamMeta): Uint8Array {
   return framed;
 }
 
-/** Cuts meta + export into parts of exactly `partBytes` bytes (the last may be shorter). */
+/**
+ * Cuts meta + export into parts of exactly `partBytes` bytes (the last may be shorter).
+ * Each part is one fresh array the export writes its records into (`SnapshotExport.read`).
+ */
 export class PartCutter {
-  private buffered: Uint8Array[] = [];
-  private bufferedBytes = 0;
-  private exportDone = false;
+  /** What is left of the meta record, which goes first. */
+  private meta: Uint8Array | null;
+  private exhausted = false;
   private produced = 0;
 
   constructor(
@@ -59,8 +62,7 @@ export class PartCutter {
     private readonly source: SnapshotExport,
     private readonly partBytes: number,
   ) {
-    this.buffered.push(meta);
-    this.bufferedBytes = meta.length;
+    this.meta = meta.length > 0 ? meta : null;
   }
 
   /** Parts handed out so far. */
@@ -70,29 +72,20 @@ export class PartCutter {
 
   /** The next part, or null when the stream is exhausted. */
   next(): Uint8Array | null {
-    while (this.bufferedBytes < this.partBytes && !this.exportDone) {
-      const chunk = this.source.next(this.partBytes);
-      if (chunk === null) this.exportDone = true;
-      else {
-        this.buffered.push(chunk);
-        this.bufferedBytes += chunk.length;
-      }
-    }
-    if (this.bufferedBytes === 0) return null;
-    const size = Math.min(this.partBytes, this.bufferedBytes);
-    const part = new Uint8Array(size);
+    if (this.exhausted) return null;
+    const part = new Uint8Array(this.partBytes);
     let at = 0;
-    while (at < size) {
-      const head = this.buffered[0] as Uint8Array;
-      const take = Math.min(head.length, size - at);
-      part.set(head.subarray(0, take), at);
-      at += take;
-      if (take === head.length) this.buffered.shift();
-      else this.buffered[0] = head.subarray(take);
+    if (this.meta !== null) {
+      at = Math.min(this.meta.length, part.length);
+      part.set(this.meta.subarray(0, at));
+      this.meta = at === this.meta.length ? null : this.meta.subarray(at);
     }
-    this.bufferedBytes -= size;
+    if (at < part.length) at = this.source.read(part, at);
+    if (at < part.length) this.exhausted = true;
+    if (at === 0) return null;
     this.produced++;
-    return part;
+    // The last part, shorter: its own array, so it does not keep a whole part's memory.
+    return at === part.length ? part : part.slice(0, at);
   }
 
   /** Skips `count` parts (a resumed transfer that starts past part 0). */
