@@ -48,5 +48,7 @@ for (let round = 1; round <= ROUNDS; round++) {
   for (let part = cutter.next(); part !== null; part = cutter.next()) bytes += part.length;
   const ms = performance.now() - started;
   const mib = bytes / 1024 / 1024;
-  console.log(`round ${round}: ${cutter.partsProduced} parts, ${mib.toFixed(1)} MiB in ${ms.toFixed(1)} ms (${(ms / mib).toFixed(2)} ms per MiB)`);
+  console.log(
+    `round ${round}: ${cutter.partsProduced} parts, ${mib.toFixed(1)} MiB in ${ms.toFixed(1)} ms (${(ms / mib).toFixed(2)} ms per MiB)`,
+  );
 }
