@@ -11,6 +11,7 @@ import { SigningKey } from "../../src/crypto/keys.ts";
 import { admitRequest } from "../../src/replica/requests.ts";
 import { checkpointStateDigest } from "../../src/replica/storage/digest.ts";
 import { encodeStreamMeta, PartCutter, partBytesFor, STREAM_PART_BYTES_MAX, StreamReader } from "../../src/replica/storage/stream.ts";
+import { decodeCanonical, encodeCanonical, withCanonical } from "../../wire/canonical.ts";
 import { execute, newMachine, payloads, TestClient } from "./storage-fixtures.ts";
 
 const CLIENTS: [string, number][] = [
@@ -27,6 +28,25 @@ function populatedMachine(events: number) {
     admin.admin({ t: "register", tag: "sec.alerts", role: "publisher", key: publisher.key.publicKey }),
   ]);
   for (let i = 0; i < events; i += 3) execute(machine, [publisher.pub("sec.alerts", [`e${i}`, `e${i + 1}`, `e${i + 2}`])]);
+  return machine;
+}
+
+/** Events per record of bigRecordsMachine's batches, after its two small ones. */
+const BIG_RECORD_COUNTS = [1, 6, 3, 30, 2];
+
+/** Two small batches, then records of 900-byte events (the fixture's limit is 1,024), several larger than 1,000 bytes. */
+function bigRecordsMachine() {
+  const machine = populatedMachine(6);
+  const publisher = new TestClient();
+  execute(machine, [new TestClient().admin({ t: "register", tag: "sec.alerts", role: "publisher", key: publisher.key.publicKey })]);
+  for (const count of BIG_RECORD_COUNTS) {
+    execute(machine, [
+      publisher.pub(
+        "sec.alerts",
+        Array.from({ length: count }, (_, i) => `${i}`.padEnd(900, "x")),
+      ),
+    ]);
+  }
   return machine;
 }
 
@@ -62,21 +82,50 @@ describe("snapshot stream", () => {
   });
 
   test("records larger than a part, of growing sizes, cut the same as the whole export", () => {
-    const machine = populatedMachine(6);
-    const publisher = new TestClient();
-    execute(machine, [new TestClient().admin({ t: "register", tag: "sec.alerts", role: "publisher", key: publisher.key.publicKey })]);
-    // Events of 900 bytes (the fixture's limit is 1,024), 1 to 30 to a record.
-    const counts = [1, 6, 3, 30, 2];
-    for (const count of counts)
-      execute(machine, [
-        publisher.pub(
-          "sec.alerts",
-          Array.from({ length: count }, (_, i) => `${i}`.padEnd(900, "x")),
-        ),
-      ]);
+    const machine = bigRecordsMachine();
     const whole = Buffer.from([...encodeStreamMeta({ seq: 128, clients: CLIENTS }), ...machine.snapshot()]);
-    expect(whole.length).toBeGreaterThan(900 * counts.reduce((a, b) => a + b));
+    expect(whole.length).toBeGreaterThan(900 * BIG_RECORD_COUNTS.reduce((a, b) => a + b));
     for (const partBytes of [1_000, 4_096, 9_999]) expect(Buffer.concat(cut(machine, partBytes)).equals(whole)).toBe(true);
+  });
+
+  test("the parts are length-prefixed canonical records: a header, the channel, then every batch", () => {
+    const machine = bigRecordsMachine();
+    const meta = encodeStreamMeta({ seq: 128, clients: CLIENTS });
+    const bytes = Buffer.concat(cut(machine, 1_000)).subarray(meta.length);
+    const kinds: string[] = [];
+    for (let at = 0; at < bytes.length; ) {
+      const length = bytes.readUInt32BE(at);
+      const record = bytes.subarray(at + 4, at + 4 + length);
+      expect(record.length).toBe(length);
+      const value = decodeCanonical(record) as { k: string };
+      expect(Buffer.from(encodeCanonical(value)).equals(record)).toBe(true);
+      kinds.push(value.k);
+      at += 4 + length;
+    }
+    expect(kinds).toEqual(["header", "channel", ...Array.from({ length: 2 + BIG_RECORD_COUNTS.length }, () => "batch")]);
+  });
+
+  test("cutters read in turn, with other encodes between their parts, cut what each reads alone", () => {
+    const machine = bigRecordsMachine();
+    // Two part sizes, so the two are at different places of the stream at each turn.
+    const sizes = [1_000, 777];
+    const capture = machine.exportSnapshot();
+    const meta = encodeStreamMeta({ seq: 128, clients: CLIENTS });
+    const cutters = sizes.map((size) => new PartCutter(meta, capture.reopen(), size));
+    const parts: Uint8Array[][] = [[], []];
+    const junk = { junk: new Uint8Array(64 * 1024).fill(0xee) };
+    for (let done = 0; done < 2; ) {
+      done = 0;
+      for (const [i, cutter] of cutters.entries()) {
+        const part = cutter.next();
+        // An encode in the lent buffer between parts, as a commit's batch row or a digest makes.
+        withCanonical(junk, (bytes) => bytes.length);
+        if (part === null) done++;
+        else parts[i]?.push(part);
+      }
+    }
+    expect(parts[0]).toEqual(cut(machine, 1_000));
+    expect(parts[1]).toEqual(cut(machine, 777));
   });
 
   test("an export is read by chunks or by bytes, not both", () => {

@@ -263,7 +263,8 @@ export class SnapshotExport {
    * buffer straight into `out`; only the tail of a record that does not fit is copied
    * aside, for the next call. This is what a base snapshot's and a state transfer's parts
    * are made of (src/replica/storage/stream.ts), so a retained batch is copied twice on
-   * its way into a part, not four times.
+   * its way into a part (three times if it crosses into the next part), where `next` and
+   * the cutter built on it copied it five times.
    */
   read(out: Uint8Array, at: number): number {
     this.readAs("bytes");
@@ -302,7 +303,11 @@ export class SnapshotExport {
     copyFrameRange(head, bytes, 0, fits, out, pos);
     if (fits === total) return pos + total;
     const rest = total - fits;
-    if (this.scratch.length < rest) this.scratch = new Uint8Array(Math.max(rest, this.scratch.length * 2));
+    if (this.scratch.length < rest) {
+      // Doubling, but never past the largest frame: the buffer holds one record's tail.
+      const largest = SNAPSHOT_FRAME_HEADER_BYTES + SNAPSHOT_RECORD_BYTES_MAX;
+      this.scratch = new Uint8Array(Math.max(rest, Math.min(this.scratch.length * 2, largest)));
+    }
     copyFrameRange(head, bytes, fits, rest, this.scratch, 0);
     this.tail = this.scratch.subarray(0, rest);
     return out.length;

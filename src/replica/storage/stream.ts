@@ -10,8 +10,9 @@
  * bytes, and the cut depends only on `partBytes`, so a transfer interrupted at part p can
  * go on from p with any other replica, and a stored base is served part by part.
  *
- * Both ends hold at most a couple of parts beside the state itself: the cutter pulls the
- * export a chunk at a time, and the reader feeds the importer as parts arrive.
+ * Both ends hold little beside the state itself: the cutter has the export write each
+ * part in place (a record's tail that does not fit waits in the export's buffer, at most
+ * one record), and the reader feeds the importer as parts arrive.
  */
 import { writeUint32BE } from "../../../wire/bytes.ts";
 import { type Canonical, decodeCanonical, encodeCanonical } from "../../../wire/canonical.ts";
