@@ -253,7 +253,7 @@ export class FitbClient {
       log: (level, message, replica) => this.log(level, message, replica),
       wakeAt: (atMs) => this.wakeAt(atMs),
     };
-    this.requests = new RequestTracker(tracking, timeouts);
+    this.requests = new RequestTracker(tracking, timeouts, this.options.crashNoneTargets);
     this.queries = new QueryTracker(tracking, timeouts.queryMs);
     this.spaces = new SeqSpaces({
       channelInfo: (tag) => this.channelInfo(tag),
@@ -369,6 +369,11 @@ export class FitbClient {
   /** "Not now" refusals (RATE_LIMITED, OVERLOADED, ...) received and retried since the client started, by code. */
   get transientRefusals(): ReadonlyMap<ErrorCode, number> {
     return this.requests.transientRefusals;
+  }
+
+  /** crash/none publishes sent to every replica after their f+1 replicas refused, dropped or were slower than the hedge delay (crashNoneTargets "quorum"). */
+  get crashNoneWidened(): number {
+    return this.requests.widened;
   }
 
   /**

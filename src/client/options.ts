@@ -6,6 +6,7 @@
 import type { ClusterConfig } from "../config/cluster.ts";
 import type { SigningKey } from "../crypto/keys.ts";
 import { DEFAULT_BACKOFF, type BackoffPolicy } from "./backoff.ts";
+import type { CrashNoneTargets } from "./request-tracker.ts";
 
 export interface ClientTimeouts {
   /** `FitbClient.connect` waits this long for n-f sessions. */
@@ -95,6 +96,12 @@ export interface FitbClientOptions {
   /** Wall clock in ms since the epoch, for request timestamps and timers; default Date.now. */
   readonly now?: () => number;
   readonly onLog?: (entry: ClientLogEntry) => void;
+  /**
+   * Where a crash/none publish goes (request-tracker.ts CrashNoneTargets): "quorum" (the
+   * default), f+1 replicas first and the others only when one of them refuses, drops or is
+   * slower than the hedge delay; "all", every replica at once.
+   */
+  readonly crashNoneTargets?: CrashNoneTargets;
 }
 
 export interface ResolvedOptions {
@@ -106,6 +113,7 @@ export interface ResolvedOptions {
   readonly random: () => number;
   readonly now: () => number;
   readonly log: (entry: ClientLogEntry) => void;
+  readonly crashNoneTargets: CrashNoneTargets;
 }
 
 export function resolveOptions(options: FitbClientOptions): ResolvedOptions {
@@ -118,6 +126,9 @@ export function resolveOptions(options: FitbClientOptions): ResolvedOptions {
     if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`limit ${name} must be a non-negative integer, got ${value}`);
   }
   if (limits.inflightRequestsMax < 1) throw new RangeError("inflightRequestsMax must be at least 1");
+  if (options.crashNoneTargets !== undefined && options.crashNoneTargets !== "quorum" && options.crashNoneTargets !== "all") {
+    throw new RangeError(`crashNoneTargets must be "quorum" or "all", got ${String(options.crashNoneTargets)}`);
+  }
   return {
     config: options.config,
     key: options.key,
@@ -127,5 +138,6 @@ export function resolveOptions(options: FitbClientOptions): ResolvedOptions {
     random: options.random ?? Math.random,
     now: options.now ?? Date.now,
     log: options.onLog ?? (() => undefined),
+    crashNoneTargets: options.crashNoneTargets ?? "quorum",
   };
 }

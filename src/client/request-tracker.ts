@@ -1,9 +1,10 @@
 /**
- * Request tracking: every signed request in flight, sent to every replica and settled by
+ * Request tracking: every signed request in flight, sent to the replicas and settled by
  * voting on the replies with the quorum the channel's CLASS needs (src/core/voting,
- * src/README.md §3). Replicas that have not answered get the same signed bytes again after a
- * timeout and whenever their session comes back; the request fails with TIMEOUT at its
- * deadline.
+ * src/README.md §3). A crash/none publish goes to f+1 replicas first (quorumTargets), every
+ * other request to every replica. Replicas that have not answered get the same signed bytes
+ * again after a timeout and whenever their session comes back; the request fails with
+ * TIMEOUT at its deadline.
  *
  * Read-your-writes (PROTOCOL.md 6.3): a refusal a replica judged on its own state
  * carries `at`, the decided seq it had executed, and is not a vote until it is fresh and
@@ -55,6 +56,30 @@ export const RETRY_SOON_MS_MIN = 10;
  */
 export const RETRY_SOON_MS_MAX = 320;
 
+/**
+ * Where a crash/none publish goes. "quorum": to f+1 replicas with a session up, the same
+ * ones for a tag while their sessions stay up (quorumTargets), and to every other replica
+ * as soon as one of them refuses it, its session drops, or the hedge delay passes without
+ * the acknowledgement. "all": to every replica at once. Either way it is acknowledged once
+ * f+1 replicas stored it; "quorum" spares the other replicas the copy (their signature
+ * check, store and fan-out) and every subscriber the extra copies of each event.
+ */
+export type CrashNoneTargets = "quorum" | "all";
+
+/** The shortest hedge delay (ms): a crash/none publish waits this long for its f+1 replicas before it goes to the others. */
+export const HEDGE_MS_MIN = 50;
+/**
+ * The hedge delay is this many times the recent time to acknowledge a crash/none publish
+ * (an average weighted to the last few dozen), at least HEDGE_MS_MIN and at most the
+ * resend timeout: a replica that stopped answering costs a publish about that much, and
+ * a load that makes every acknowledgement slower does not send every publish everywhere.
+ */
+export const HEDGE_ACK_MULTIPLE = 4;
+/** Weight of the newest acknowledgement time in that average. */
+const HEDGE_EWMA_WEIGHT = 0.05;
+/** Tags whose replica order is remembered (quorumTargets); past this the memo starts again. */
+const TARGET_ORDERS_MAX = 1024;
+
 export type RequestOutcome =
   | { readonly ok: true; readonly res: ReplyResult; readonly replicas: readonly number[] }
   | { readonly ok: false; readonly error: ClientError };
@@ -92,6 +117,15 @@ interface PendingRequest {
   readonly transient: Map<number, string>;
   /** Replicas to ask again soon (retriedSoon): when, and how many times they refused so far. */
   readonly retries: Map<number, { dueAt: number; refusals: number }>;
+  /**
+   * The replicas a crash/none publish was sent to first (quorumTargets), or null once it
+   * goes to every replica (and for every other request).
+   */
+  targets: ReadonlySet<number> | null;
+  /** When a request with targets goes to every replica if still unacknowledged. */
+  hedgeAt: number;
+  readonly kind: ReplyKind;
+  readonly startedAt: number;
   lastSendAt: number;
   readonly deadline: number;
   readonly settle: (outcome: RequestOutcome) => void;
@@ -113,11 +147,28 @@ export class RequestTracker {
   private readonly requests = new Map<string, PendingRequest>();
   /** Transient refusals received since the client started, by code (a closed set of five). */
   private readonly transientCounts = new Map<ErrorCode, number>();
+  /** Recent time to acknowledge a crash/none publish (ms), weighted average; 0 before the first. */
+  private ackMsAverage = 0;
+  /** crash/none publishes that went to every replica after going to f+1 first. */
+  private widenedCount = 0;
+  /** Per tag, the replica ids in the order quorumTargets takes them. */
+  private readonly targetOrders = new Map<string, readonly number[]>();
 
   constructor(
     private readonly ctx: TrackingContext,
     private readonly timing: RequestTiming,
+    private readonly crashNoneTargets: CrashNoneTargets = "quorum",
   ) {}
+
+  /** How many crash/none publishes went to every replica after f+1 of them first did not acknowledge them in time (or refused, or dropped). */
+  get widened(): number {
+    return this.widenedCount;
+  }
+
+  /** The hedge delay now (HEDGE_ACK_MULTIPLE). */
+  hedgeDelayMs(): number {
+    return Math.min(this.timing.resendMs, Math.max(HEDGE_MS_MIN, Math.ceil(HEDGE_ACK_MULTIPLE * this.ackMsAverage)));
+  }
 
   /** Requests in flight now. */
   get size(): number {
@@ -138,6 +189,7 @@ export class RequestTracker {
     const { group, floor } = this.ctx;
     return new Promise<RequestOutcome>((resolve) => {
       const now = this.ctx.now();
+      const targets = kind === "crash/none" && this.crashNoneTargets === "quorum" ? this.quorumTargets(built) : null;
       const pending: PendingRequest = {
         built,
         frame: built.frame,
@@ -154,17 +206,73 @@ export class RequestTracker {
         reasons: new Map(),
         transient: new Map(),
         retries: new Map(),
+        targets,
+        hedgeAt: targets === null ? Number.POSITIVE_INFINITY : now + this.hedgeDelayMs(),
+        kind,
+        startedAt: now,
         lastSendAt: now,
         deadline: now + this.timing.requestMs,
         settle: (outcome) => {
           this.requests.delete(built.digestHex);
           floor.observeAts(pending.ats, pending.fAtSend);
+          if (outcome.ok && pending.kind === "crash/none") this.observeAck(this.ctx.now() - pending.startedAt);
           resolve(outcome);
         },
       };
       this.requests.set(built.digestHex, pending);
-      for (const connection of group.connections) this.sendRequest(pending, connection);
+      for (const connection of group.connections) if (isTarget(pending, connection.id)) this.sendRequest(pending, connection);
+      if (targets !== null) this.ctx.wakeAt?.(pending.hedgeAt);
     });
+  }
+
+  /**
+   * f+1 replicas for a crash/none publish, or null (every replica) when no more than f+1
+   * sessions are up. Each tag has its own order of the replica ids, a rotation picked by a
+   * hash of the tag and this client's key, and the first f+1 replicas in it whose session
+   * is up are taken: while they stay up, a publisher's stream goes to the same replicas in
+   * sequence order (each replica's store sees few gaps in it), and different publishers
+   * and tags spread over the group.
+   */
+  private quorumTargets(built: BuiltRequest): ReadonlySet<number> | null {
+    const { group } = this.ctx;
+    const need = vouchQuorum(group.f);
+    const ready = new Set(group.readyReplicas());
+    if (ready.size <= need) return null;
+    const op = built.request.op;
+    const tag = op.t === "pub" ? op.tag : "";
+    let order = this.targetOrders.get(tag);
+    if (order === undefined || order.length !== group.connections.length) {
+      const ids = group.connections.map((connection) => connection.id);
+      const start = spreadHash(tag, built.request.client) % ids.length;
+      order = [...ids.slice(start), ...ids.slice(0, start)];
+      if (this.targetOrders.size >= TARGET_ORDERS_MAX) this.targetOrders.clear();
+      this.targetOrders.set(tag, order);
+    }
+    const chosen = new Set<number>();
+    for (const id of order) {
+      if (ready.has(id)) chosen.add(id);
+      if (chosen.size === need) return chosen;
+    }
+    return null;
+  }
+
+  /**
+   * A crash/none publish that f+1 replicas did not acknowledge goes to every replica that
+   * has not answered (`send` false: the caller sends it).
+   */
+  private widen(pending: PendingRequest, send = true): void {
+    if (pending.targets === null) return;
+    pending.targets = null;
+    pending.hedgeAt = Number.POSITIVE_INFINITY;
+    this.widenedCount++;
+    if (!send) return;
+    const missing = new Set(pending.voter.missing());
+    for (const connection of this.ctx.group.connections) if (missing.has(connection.id)) this.sendRequest(pending, connection);
+  }
+
+  private observeAck(ms: number): void {
+    const sample = Math.max(0, ms);
+    this.ackMsAverage = this.ackMsAverage === 0 ? sample : this.ackMsAverage + HEDGE_EWMA_WEIGHT * (sample - this.ackMsAverage);
   }
 
   private sendRequest(pending: PendingRequest, connection: ReplicaConnection): void {
@@ -188,6 +296,9 @@ export class RequestTracker {
     }
     if (body.at !== undefined) pending.ats.set(replica, body.at);
     if (body.ok && body.at !== undefined) pending.accepted.set(replica, body.at);
+    // A refusal from one of the f+1 replicas: the others are asked too, so that f+1 store
+    // it, or enough answer for a refusal to stand (judgeLocalRefusals).
+    if (!body.ok) this.widen(pending);
     if (!body.ok && TRANSIENT_REFUSALS.has(body.code)) {
       this.transientCounts.set(body.code, (this.transientCounts.get(body.code) ?? 0) + 1);
       // A replica that already voted keeps its vote: nothing to ask it again.
@@ -223,12 +334,17 @@ export class RequestTracker {
 
   /**
    * Asks again the replicas whose retry (retrySoon) is due, requests in the order they
-   * were made, so that a replica gets a publisher's requests in their sequence order.
-   * Returns when the next retry is due (Infinity: none).
+   * were made, so that a replica gets a publisher's requests in their sequence order, and
+   * sends the crash/none publishes whose hedge delay passed to every replica (widen).
+   * Returns when the next of either is due (Infinity: none).
    */
   retryDue(now: number): number {
     let next = Number.POSITIVE_INFINITY;
     for (const pending of this.requests.values()) {
+      if (pending.targets !== null) {
+        if (pending.hedgeAt <= now) this.widen(pending);
+        else next = Math.min(next, pending.hedgeAt);
+      }
       for (const [replica, retry] of pending.retries) {
         if (retry.dueAt > now) {
           next = Math.min(next, retry.dueAt);
@@ -338,13 +454,16 @@ export class RequestTracker {
   /** A session came up: the requests this replica has not answered go to it, in creation order (number order within each space). */
   onReady(connection: ReplicaConnection): void {
     for (const pending of this.requests.values()) {
-      if (pending.voter.missing().includes(connection.id)) this.sendRequest(pending, connection);
+      if (isTarget(pending, connection.id) && pending.voter.missing().includes(connection.id)) this.sendRequest(pending, connection);
     }
   }
 
-  /** A session went down: what was sent on it is gone with it. */
+  /** A session went down: what was sent on it is gone with it, and a crash/none publish it was one of the f+1 replicas of goes to every replica. */
   onDown(id: number): void {
-    for (const pending of this.requests.values()) pending.sentTo.delete(id);
+    for (const pending of this.requests.values()) {
+      pending.sentTo.delete(id);
+      if (pending.targets?.has(id) === true && pending.voter.missing().includes(id)) this.widen(pending);
+    }
   }
 
   /**
@@ -353,7 +472,8 @@ export class RequestTracker {
    * raises the floor nor makes other replicas' refusals look stale.
    */
   onLeft(id: number): void {
-    for (const pending of this.requests.values()) {
+    for (const pending of [...this.requests.values()]) {
+      if (pending.targets?.has(id) === true) this.widen(pending);
       pending.sentTo.delete(id);
       pending.sentAfter.delete(id);
       pending.ats.delete(id);
@@ -384,6 +504,8 @@ export class RequestTracker {
     }
     if (now - pending.lastSendAt < this.timing.resendMs) return;
     pending.lastSendAt = now;
+    // The hedge delay is at most the resend timeout: the resend below goes to every replica.
+    this.widen(pending, false);
     for (const retry of pending.retries.values()) retry.dueAt = Number.POSITIVE_INFINITY;
     // The same signed bytes again, to every replica that has not answered.
     for (const id of pending.voter.missing()) {
@@ -397,6 +519,19 @@ export class RequestTracker {
   failAll(error: ClientError): void {
     for (const pending of [...this.requests.values()]) pending.settle({ ok: false, error });
   }
+}
+
+/** Whether a request goes to replica `id` now: every replica, or one of its f+1 (quorumTargets). */
+function isTarget(pending: PendingRequest, id: number): boolean {
+  return pending.targets === null || pending.targets.has(id);
+}
+
+/** FNV-1a over the tag and the client's key: where a tag's replica order starts (quorumTargets). */
+function spreadHash(tag: string, client: Uint8Array): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < tag.length; i++) hash = Math.imul(hash ^ tag.charCodeAt(i), 0x01000193);
+  for (const byte of client) hash = Math.imul(hash ^ byte, 0x01000193);
+  return hash >>> 0;
 }
 
 /** One vote as a short phrase for an error message: "ok" or the refusal code. */

@@ -4,7 +4,7 @@ import { expect } from "bun:test";
 import type { ReplicaConnection } from "../../src/client/connection.ts";
 import { ExecutedFloor } from "../../src/client/executed-floor.ts";
 import type { TrackingContext } from "../../src/client/replica-group.ts";
-import { RequestTracker, type RequestTiming } from "../../src/client/request-tracker.ts";
+import { type CrashNoneTargets, RequestTracker, type RequestTiming } from "../../src/client/request-tracker.ts";
 import { CLIENT_FRAME_MAC_BYTES } from "../../src/crypto/session.ts";
 import type { RequestFrame } from "../../wire/schemas.ts";
 import { decodeFrameBody } from "../../wire/schemas.ts";
@@ -22,6 +22,9 @@ export interface TrackerFixtureOptions {
   readonly timing: RequestTiming;
   readonly now?: () => number;
   readonly wakeAt?: (atMs: number) => void;
+  /** Replicas with a session up (default all four). */
+  readonly ready?: () => number[];
+  readonly crashNoneTargets?: CrashNoneTargets;
 }
 
 export function trackerFixture(options: TrackerFixtureOptions): TrackerFixture {
@@ -48,7 +51,7 @@ export function trackerFixture(options: TrackerFixtureOptions): TrackerFixture {
     slots: 4,
     connections,
     connection: (id: number) => connections[id],
-    readyReplicas: () => [0, 1, 2, 3],
+    readyReplicas: options.ready ?? (() => [0, 1, 2, 3]),
     has: (id: number) => id >= 0 && id < 4,
   };
   const ctx = {
@@ -59,5 +62,5 @@ export function trackerFixture(options: TrackerFixtureOptions): TrackerFixture {
     log: () => {},
     ...(options.wakeAt === undefined ? {} : { wakeAt: options.wakeAt }),
   } as unknown as TrackingContext;
-  return { tracker: new RequestTracker(ctx, options.timing), full };
+  return { tracker: new RequestTracker(ctx, options.timing, options.crashNoneTargets), full };
 }

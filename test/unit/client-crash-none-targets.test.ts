@@ -1,0 +1,201 @@
+// A crash/none publish goes to f+1 replicas, the same ones for a tag while their sessions
+// are up, and to the others only when one of them refuses, drops, or is slower than the
+// hedge delay (src/client/request-tracker.ts, quorumTargets and widen). These tests drive
+// the tracker on a clock of their own and record what each connection is handed.
+import { describe, expect, test } from "bun:test";
+import { buildRequest, type BuiltRequest } from "../../src/client/request.ts";
+import { type CrashNoneTargets, HEDGE_ACK_MULTIPLE, HEDGE_MS_MIN, type RequestOutcome } from "../../src/client/request-tracker.ts";
+import type { ReplyKind } from "../../src/core/voting/quorum.ts";
+import { SigningKey } from "../../src/crypto/keys.ts";
+import type { Reply } from "../../wire/schemas.ts";
+import { decodeRequestBody } from "../../wire/schemas.ts";
+import { trackerFixture } from "./tracker-fixture.ts";
+
+const RESEND_MS = 2_000;
+
+function fixture(options: { ready?: number[]; crashNoneTargets?: CrashNoneTargets } = {}) {
+  const clock = { now: 0 };
+  const handed: { replica: number; seq: number }[] = [];
+  const wakes: number[] = [];
+  const ready = { ids: options.ready ?? [0, 1, 2, 3] };
+  const { tracker } = trackerFixture({
+    timing: { requestMs: 60_000, resendMs: RESEND_MS },
+    now: () => clock.now,
+    wakeAt: (atMs) => wakes.push(atMs),
+    ready: () => ready.ids,
+    ...(options.crashNoneTargets === undefined ? {} : { crashNoneTargets: options.crashNoneTargets }),
+    onSent: (replica, frame) => {
+      const body = decodeRequestBody(frame.body);
+      if (!body.ok) throw new Error("not a request body");
+      handed.push({ replica, seq: body.request.seq });
+    },
+  });
+  /** Replicas handed request `seq`, in order. */
+  const to = (seq: number) => handed.filter((h) => h.seq === seq).map((h) => h.replica);
+  return { clock, handed, wakes, tracker, ready, to };
+}
+
+const key = SigningKey.generate();
+function request(seq: number, tag = "net.links"): BuiltRequest {
+  return buildRequest(key, { seq, ts: 1, op: { t: "pub", tag, events: [new Uint8Array([seq])] } }, 1 << 20);
+}
+
+function stored(made: BuiltRequest, replica: number): Reply {
+  const op = made.request.op as { tag: string };
+  return { seq: made.request.seq, replica, d: made.digest, ok: true, res: { t: "pub", tag: op.tag, span: 1 }, at: 1 } as Reply;
+}
+
+function refused(made: BuiltRequest, replica: number, code: "OVERLOADED" | "UNAUTHORIZED"): Reply {
+  return { seq: made.request.seq, replica, d: made.digest, ok: false, code, reason: "test" } as Reply;
+}
+
+function track(tracker: ReturnType<typeof fixture>["tracker"], made: BuiltRequest, kind: ReplyKind = "crash/none") {
+  const outcome: { value: RequestOutcome | null } = { value: null };
+  void tracker.track(made, kind, `publish ${made.request.seq}`).then((o) => {
+    outcome.value = o;
+  });
+  return outcome;
+}
+
+describe("crash/none publishes go to f+1 replicas", () => {
+  test("the same two replicas get a tag's publishes, and two stores acknowledge each", async () => {
+    const { tracker, to } = fixture();
+    const first = request(1);
+    const outcome = track(tracker, first);
+    const targets = to(1);
+    expect(targets.length).toBe(2);
+    for (let seq = 2; seq <= 5; seq++) {
+      track(tracker, request(seq));
+      expect(to(seq)).toEqual(targets);
+    }
+    tracker.onReply(targets[0] as number, stored(first, targets[0] as number));
+    tracker.onReply(targets[1] as number, stored(first, targets[1] as number));
+    await Promise.resolve();
+    expect(outcome.value?.ok).toBe(true);
+    expect(to(1)).toEqual(targets);
+    expect(tracker.widened).toBe(0);
+  });
+
+  test("tags spread over the group: every replica is one of the two for some tag", () => {
+    const { tracker, to } = fixture();
+    const chosen = new Set<number>();
+    for (let i = 0; i < 64; i++) {
+      track(tracker, request(1, `probe.t${i}`));
+      for (const replica of to(1).slice(-2)) chosen.add(replica);
+    }
+    expect([...chosen].sort()).toEqual([0, 1, 2, 3]);
+  });
+
+  test("a replica whose session is down is passed over, and the next in the tag's order is taken", () => {
+    const { tracker, to, ready } = fixture();
+    track(tracker, request(1));
+    const [a, b] = to(1) as [number, number];
+    ready.ids = [0, 1, 2, 3].filter((id) => id !== a);
+    track(tracker, request(2));
+    expect(to(2)).toContain(b);
+    expect(to(2)).not.toContain(a);
+    expect(to(2).length).toBe(2);
+  });
+
+  test("with no more than f+1 sessions up, a publish goes to every replica", () => {
+    const { tracker, to } = fixture({ ready: [1, 3] });
+    track(tracker, request(1));
+    expect(to(1)).toEqual([0, 1, 2, 3]);
+  });
+
+  test("a refusal from one of the two sends it to the others, and their stores acknowledge it", async () => {
+    const { tracker, to } = fixture();
+    const made = request(1);
+    const outcome = track(tracker, made);
+    const [a, b] = to(1) as [number, number];
+    tracker.onReply(a, refused(made, a, "OVERLOADED"));
+    expect(tracker.widened).toBe(1);
+    const others = [0, 1, 2, 3].filter((id) => id !== a && id !== b);
+    expect(to(1).sort()).toEqual([0, 1, 2, 3]);
+    tracker.onReply(b, stored(made, b));
+    tracker.onReply(others[0] as number, stored(made, others[0] as number));
+    await Promise.resolve();
+    expect(outcome.value?.ok).toBe(true);
+  });
+
+  test("one of the two dropping its session sends it to the others", () => {
+    const { tracker, to } = fixture();
+    track(tracker, request(1));
+    const [a] = to(1) as [number];
+    tracker.onDown(a);
+    expect(tracker.widened).toBe(1);
+    expect(
+      to(1)
+        .filter((id) => id !== a)
+        .sort(),
+    ).toEqual([0, 1, 2, 3].filter((id) => id !== a));
+  });
+
+  test("unacknowledged at the hedge delay, it goes to the others, and not before", () => {
+    const { tracker, to, wakes, clock } = fixture();
+    const made = request(1);
+    track(tracker, made);
+    const [a] = to(1) as [number];
+    tracker.onReply(a, stored(made, a));
+    expect(wakes).toEqual([HEDGE_MS_MIN]);
+    expect(tracker.retryDue(HEDGE_MS_MIN - 1)).toBe(HEDGE_MS_MIN);
+    expect(to(1).length).toBe(2);
+    clock.now = HEDGE_MS_MIN;
+    expect(tracker.retryDue(clock.now)).toBe(Number.POSITIVE_INFINITY);
+    // The one that stored it is not asked again; the two that had not been asked are.
+    expect(to(1).length).toBe(4);
+    expect(tracker.widened).toBe(1);
+  });
+
+  test("the hedge delay follows the time to an acknowledgement, between its minimum and the resend timeout", async () => {
+    const { tracker, to, clock } = fixture();
+    expect(tracker.hedgeDelayMs()).toBe(HEDGE_MS_MIN);
+    for (let seq = 1; seq <= 200; seq++) {
+      const made = request(seq);
+      track(tracker, made);
+      clock.now += 100;
+      for (const replica of to(seq)) tracker.onReply(replica, stored(made, replica));
+    }
+    await Promise.resolve();
+    expect(tracker.hedgeDelayMs()).toBe(HEDGE_ACK_MULTIPLE * 100);
+    for (let seq = 201; seq <= 400; seq++) {
+      const made = request(seq);
+      track(tracker, made);
+      clock.now += 10_000;
+      tracker.retryDue(clock.now);
+      for (const replica of to(seq)) tracker.onReply(replica, stored(made, replica));
+    }
+    expect(tracker.hedgeDelayMs()).toBe(RESEND_MS);
+  });
+
+  test("the resend sends it once to each replica that has not answered", () => {
+    const { tracker, to, clock } = fixture();
+    const made = request(1);
+    track(tracker, made);
+    const [a] = to(1) as [number];
+    tracker.onReply(a, stored(made, a));
+    clock.now = RESEND_MS;
+    tracker.tick(clock.now);
+    const sent = to(1);
+    // Two at first; at the resend, the one that did not answer again and the two never asked, once each.
+    expect(sent.length).toBe(5);
+    expect(new Set(sent.slice(2)).size).toBe(3);
+    expect(sent.slice(2)).not.toContain(a);
+  });
+
+  test('"all", and every other kind of request, go to every replica at once', () => {
+    const all = fixture({ crashNoneTargets: "all" });
+    track(all.tracker, request(1));
+    expect(all.to(1)).toEqual([0, 1, 2, 3]);
+    const other = fixture();
+    for (const [seq, kind] of [
+      [1, "crash/total"],
+      [2, "byzantine/none"],
+      [3, "byzantine/total"],
+    ] as const) {
+      track(other.tracker, request(seq), kind);
+      expect(other.to(seq)).toEqual([0, 1, 2, 3]);
+    }
+    expect(other.wakes).toEqual([]);
+  });
+});
