@@ -124,6 +124,8 @@ interface PendingRequest {
   targets: ReadonlySet<number> | null;
   /** When a request with targets goes to every replica if still unacknowledged. */
   hedgeAt: number;
+  /** One of its f+1 replicas refused it RATE_LIMITED: it is not sent to the others for being slow (onReply). */
+  budgetHeld: boolean;
   readonly kind: ReplyKind;
   readonly startedAt: number;
   lastSendAt: number;
@@ -151,8 +153,8 @@ export class RequestTracker {
   private ackMsAverage = 0;
   /** crash/none publishes that went to every replica after going to f+1 first. */
   private widenedCount = 0;
-  /** Per tag, the replica ids in the order quorumTargets takes them. */
-  private readonly targetOrders = new Map<string, readonly number[]>();
+  /** Per tag, the replica ids in the order quorumTargets takes them, and the group (its ids) that order is of. */
+  private readonly targetOrders = new Map<string, { readonly of: string; readonly order: readonly number[] }>();
 
   constructor(
     private readonly ctx: TrackingContext,
@@ -208,6 +210,7 @@ export class RequestTracker {
         retries: new Map(),
         targets,
         hedgeAt: targets === null ? Number.POSITIVE_INFINITY : now + this.hedgeDelayMs(),
+        budgetHeld: false,
         kind,
         startedAt: now,
         lastSendAt: now,
@@ -240,16 +243,17 @@ export class RequestTracker {
     if (ready.size <= need) return null;
     const op = built.request.op;
     const tag = op.t === "pub" ? op.tag : "";
-    let order = this.targetOrders.get(tag);
-    if (order === undefined || order.length !== group.connections.length) {
-      const ids = group.connections.map((connection) => connection.id);
+    const ids = group.connections.map((connection) => connection.id);
+    let remembered = this.targetOrders.get(tag);
+    // Made again when the group changed (a member added, removed or replaced).
+    if (remembered === undefined || remembered.of !== ids.join()) {
       const start = spreadHash(tag, built.request.client) % ids.length;
-      order = [...ids.slice(start), ...ids.slice(0, start)];
+      remembered = { of: ids.join(), order: [...ids.slice(start), ...ids.slice(0, start)] };
       if (this.targetOrders.size >= TARGET_ORDERS_MAX) this.targetOrders.clear();
-      this.targetOrders.set(tag, order);
+      this.targetOrders.set(tag, remembered);
     }
     const chosen = new Set<number>();
-    for (const id of order) {
+    for (const id of remembered.order) {
       if (ready.has(id)) chosen.add(id);
       if (chosen.size === need) return chosen;
     }
@@ -267,7 +271,10 @@ export class RequestTracker {
     this.widenedCount++;
     if (!send) return;
     const missing = new Set(pending.voter.missing());
-    for (const connection of this.ctx.group.connections) if (missing.has(connection.id)) this.sendRequest(pending, connection);
+    for (const connection of this.ctx.group.connections) {
+      // A replica that refused it "not now" gets it again at the resend (or its retrySoon), as before.
+      if (missing.has(connection.id) && !pending.transient.has(connection.id)) this.sendRequest(pending, connection);
+    }
   }
 
   private observeAck(ms: number): void {
@@ -297,8 +304,13 @@ export class RequestTracker {
     if (body.at !== undefined) pending.ats.set(replica, body.at);
     if (body.ok && body.at !== undefined) pending.accepted.set(replica, body.at);
     // A refusal from one of the f+1 replicas: the others are asked too, so that f+1 store
-    // it, or enough answer for a refusal to stand (judgeLocalRefusals).
-    if (!body.ok) this.widen(pending);
+    // it, or enough answer for a refusal to stand (judgeLocalRefusals). Except RATE_LIMITED:
+    // that is the key's budget at that replica, not a fault, and asking other replicas would
+    // get around it; such a request waits for its resend to the same replicas (budgetHeld).
+    if (!body.ok && body.code === "RATE_LIMITED" && pending.targets !== null) {
+      pending.budgetHeld = true;
+      pending.hedgeAt = Number.POSITIVE_INFINITY;
+    } else if (!body.ok) this.widen(pending);
     if (!body.ok && TRANSIENT_REFUSALS.has(body.code)) {
       this.transientCounts.set(body.code, (this.transientCounts.get(body.code) ?? 0) + 1);
       // A replica that already voted keeps its vote: nothing to ask it again.
@@ -504,11 +516,13 @@ export class RequestTracker {
     }
     if (now - pending.lastSendAt < this.timing.resendMs) return;
     pending.lastSendAt = now;
-    // The hedge delay is at most the resend timeout: the resend below goes to every replica.
-    this.widen(pending, false);
+    // The hedge delay is at most the resend timeout: the resend below goes to every
+    // replica, unless a crash/none publish waits for its key's budget (budgetHeld).
+    if (!pending.budgetHeld) this.widen(pending, false);
     for (const retry of pending.retries.values()) retry.dueAt = Number.POSITIVE_INFINITY;
-    // The same signed bytes again, to every replica that has not answered.
+    // The same signed bytes again, to every replica that has not answered (of its f+1, while it has them).
     for (const id of pending.voter.missing()) {
+      if (!isTarget(pending, id)) continue;
       pending.sentTo.delete(id);
       const connection = group.connection(id);
       if (connection !== undefined) this.sendRequest(pending, connection);

@@ -3,6 +3,7 @@
  * channel setup through real admin commands, and bounded collection of deliveries.
  */
 import { loadClientSetup } from "../../src/client/setup.ts";
+import type { CrashNoneTargets } from "../../src/client/request-tracker.ts";
 import {
   DEFAULT_BACKOFF,
   FitbClient,
@@ -21,9 +22,14 @@ import { waitFor } from "../helpers/wait.ts";
 import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { startCluster, type TestCluster } from "./harness.ts";
 
-export function clientFor(cluster: TestCluster, keyPath: string): FitbClient {
+/**
+ * A started client of the cluster. `crashNoneTargets: "all"` for a test that watches one
+ * replica's handling of crash/none publishes: by default a crash/none publish goes to f+1
+ * replicas, which need not include the one watched.
+ */
+export function clientFor(cluster: TestCluster, keyPath: string, options: { crashNoneTargets?: CrashNoneTargets } = {}): FitbClient {
   const setup = loadClientSetup(cluster.configPath, keyPath);
-  const client = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 20_000 } });
+  const client = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 20_000 }, ...options });
   client.start();
   return client;
 }

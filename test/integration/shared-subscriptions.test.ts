@@ -69,7 +69,8 @@ describe("one EVENTS frame for a connection's shared subscriptions of a channel"
   for (const c of CLASSES) {
     test(`${c.fault}/${c.order}: three subscriptions of one client each get every event, each handler its own bytes`, async () => {
       const subscriber = clientFor(cluster, cluster.clientKey);
-      const publisher = clientFor(cluster, cluster.clientKey);
+      // To every replica: replica 0's shared frames are counted, crash/none's too.
+      const publisher = clientFor(cluster, cluster.clientKey, { crashNoneTargets: "all" });
       // Nobody else subscribes in this file: once the earlier tests' subscriptions are gone, the count is ours.
       await waitFor(
         "replica 0 dropped the earlier subscriptions",

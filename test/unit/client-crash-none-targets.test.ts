@@ -45,7 +45,7 @@ function stored(made: BuiltRequest, replica: number): Reply {
   return { seq: made.request.seq, replica, d: made.digest, ok: true, res: { t: "pub", tag: op.tag, span: 1 }, at: 1 } as Reply;
 }
 
-function refused(made: BuiltRequest, replica: number, code: "OVERLOADED" | "UNAUTHORIZED"): Reply {
+function refused(made: BuiltRequest, replica: number, code: "OVERLOADED" | "UNAUTHORIZED" | "RATE_LIMITED"): Reply {
   return { seq: made.request.seq, replica, d: made.digest, ok: false, code, reason: "test" } as Reply;
 }
 
@@ -116,6 +116,24 @@ describe("crash/none publishes go to f+1 replicas", () => {
     tracker.onReply(others[0] as number, stored(made, others[0] as number));
     await Promise.resolve();
     expect(outcome.value?.ok).toBe(true);
+  });
+
+  test("RATE_LIMITED is the key's budget: no other replica is asked, not at the hedge delay nor at the resend, until a session drops", () => {
+    const { tracker, to, clock } = fixture();
+    const made = request(1);
+    track(tracker, made);
+    const [a, b] = to(1) as [number, number];
+    tracker.onReply(a, refused(made, a, "RATE_LIMITED"));
+    tracker.onReply(b, refused(made, b, "RATE_LIMITED"));
+    clock.now = HEDGE_MS_MIN;
+    expect(tracker.retryDue(clock.now)).toBe(Number.POSITIVE_INFINITY);
+    clock.now = RESEND_MS;
+    tracker.tick(clock.now);
+    expect(to(1)).toEqual([a, b, a, b]);
+    expect(tracker.widened).toBe(0);
+    tracker.onDown(a);
+    expect(tracker.widened).toBe(1);
+    expect(to(1).slice(4).sort()).toEqual([0, 1, 2, 3].filter((id) => id !== a && id !== b));
   });
 
   test("one of the two dropping its session sends it to the others", () => {

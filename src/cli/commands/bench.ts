@@ -69,9 +69,11 @@ export const benchCommand: Command = {
     "subscriptions of one connection get each batch in one frame naming them all (shared",
     'subscriptions). --json prints one object: {"events","warmup","delivered","seconds",',
     '"delivered_per_s","p50_ms","p99_ms","max_ms","cpu_s","cpu_us_per_event",',
-    '"cpu_us_per_published_event","rate_limited","slow_cutoffs","dropped_events"}; the cpu',
-    "lists are by replica id, null where a replica did not report. It says when a replica",
-    "cut a subscriber off for reading too slowly (slow_cutoffs).",
+    '"cpu_us_per_published_event","rate_limited","widened","slow_cutoffs","dropped_events"};',
+    "the cpu lists are by replica id, null where a replica did not report. It says when a",
+    "replica cut a subscriber off for reading too slowly (slow_cutoffs). A crash/none publish",
+    "goes to f+1 replicas, and to every replica only when they refuse, drop or are slow:",
+    "'widened' counts those.",
     "The key must be allowed to publish to the channel and to subscribe to it.",
     "Progress goes to standard error. Exits 1 if events failed or were not delivered.",
     "",
@@ -271,6 +273,8 @@ export interface BenchResult {
   readonly replicaCpuSeconds: readonly (number | null)[];
   /** RATE_LIMITED refusals the publishing client got (and retried) during the run. */
   readonly rateLimited: number;
+  /** crash/none publishes of the run sent to every replica after their f+1 replicas refused, dropped or were slower than the hedge delay. */
+  readonly widened: number;
   /** Times a replica cut a subscriber off for reading too slowly, and events dropped locally for it. */
   readonly slowCutoffs: number;
   readonly droppedEvents: number;
@@ -347,6 +351,7 @@ async function runPlan(
   if (plan.warmup > 0) await warmUp(plan, publishClient, warmupCounter, flags, io);
   const cpuBefore = await replicaCpuMicros(publishClient);
   const rateLimitedBefore = publishClient.transientRefusals.get("RATE_LIMITED") ?? 0;
+  const widenedBefore = publishClient.crashNoneWidened;
   const progress = new Progress(plan, counter, io);
   const started = performance.now();
   const published = await publishAll(plan, publishClient, runId, progress);
@@ -365,6 +370,7 @@ async function runPlan(
     latency: counter.latency,
     replicaCpuSeconds: cpuSecondsBetween(cpuBefore, cpuAfter),
     rateLimited: (publishClient.transientRefusals.get("RATE_LIMITED") ?? 0) - rateLimitedBefore,
+    widened: publishClient.crashNoneWidened - widenedBefore,
     ...trouble,
   };
 }
@@ -855,6 +861,7 @@ export function resultJson(plan: BenchPlan, result: BenchResult): Record<string,
     max_ms: roundMs(result.latency.max),
     ...cpuFigures(result),
     rate_limited: result.rateLimited,
+    widened: result.widened,
     slow_cutoffs: result.slowCutoffs,
     dropped_events: result.droppedEvents,
   };
@@ -887,6 +894,11 @@ function printResult(plan: BenchPlan, result: BenchResult, io: CommandIo, mix: M
     if (plan.subscribers > 1) io.out(`replica CPU µs per published event: ${perReplica(cpu.cpu_us_per_published_event)}`);
   }
   if (result.rateLimited > 0) io.out(rateLimitedLine(result.rateLimited));
+  if (result.widened > 0) {
+    io.out(
+      `${result.widened} publish requests went to every replica after the f+1 replicas they were sent to refused, dropped or were slower than the hedge delay`,
+    );
+  }
   if (mix === null || plan.mix === null) return;
   const m = mixJson(mix);
   io.out(
