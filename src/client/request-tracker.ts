@@ -75,6 +75,8 @@ export const HEDGE_MS_MIN = 50;
  * a load that makes every acknowledgement slower does not send every publish everywhere.
  */
 export const HEDGE_ACK_MULTIPLE = 4;
+/** The hedge delay before any crash/none publish was acknowledged (ms): nothing is known of the group's pace yet. */
+export const HEDGE_MS_INITIAL = 250;
 /** Weight of the newest acknowledgement time in that average. */
 const HEDGE_EWMA_WEIGHT = 0.05;
 /** Tags whose replica order is remembered (quorumTargets); past this the memo starts again. */
@@ -149,8 +151,9 @@ export class RequestTracker {
   private readonly requests = new Map<string, PendingRequest>();
   /** Transient refusals received since the client started, by code (a closed set of five). */
   private readonly transientCounts = new Map<ErrorCode, number>();
-  /** Recent time to acknowledge a crash/none publish (ms), weighted average; 0 before the first. */
+  /** Recent time to acknowledge a crash/none publish (ms), weighted average, and how many were acknowledged. */
   private ackMsAverage = 0;
+  private acks = 0;
   /** crash/none publishes that went to every replica after going to f+1 first. */
   private widenedCount = 0;
   /** Per tag, the replica ids in the order quorumTargets takes them, and the group (its ids) that order is of. */
@@ -169,7 +172,8 @@ export class RequestTracker {
 
   /** The hedge delay now (HEDGE_ACK_MULTIPLE). */
   hedgeDelayMs(): number {
-    return Math.min(this.timing.resendMs, Math.max(HEDGE_MS_MIN, Math.ceil(HEDGE_ACK_MULTIPLE * this.ackMsAverage)));
+    const delay = this.acks === 0 ? HEDGE_MS_INITIAL : Math.max(HEDGE_MS_MIN, Math.ceil(HEDGE_ACK_MULTIPLE * this.ackMsAverage));
+    return Math.min(this.timing.resendMs, delay);
   }
 
   /** Requests in flight now. */
@@ -279,7 +283,8 @@ export class RequestTracker {
 
   private observeAck(ms: number): void {
     const sample = Math.max(0, ms);
-    this.ackMsAverage = this.ackMsAverage === 0 ? sample : this.ackMsAverage + HEDGE_EWMA_WEIGHT * (sample - this.ackMsAverage);
+    this.ackMsAverage = this.acks === 0 ? sample : this.ackMsAverage + HEDGE_EWMA_WEIGHT * (sample - this.ackMsAverage);
+    this.acks++;
   }
 
   private sendRequest(pending: PendingRequest, connection: ReplicaConnection): void {
