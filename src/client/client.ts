@@ -24,7 +24,7 @@
 import type { AdminCmd, Frame, Op, Query, QueryKind, ReplyResult } from "../../wire/schemas.ts";
 import { FrameType, type ErrorCode } from "../../wire/types.ts";
 import type { Canonical } from "../../wire/canonical.ts";
-import { liveQuorum, vouchQuorum } from "../core/voting/quorum.ts";
+import { liveQuorum, type ReplyKind, vouchQuorum } from "../core/voting/quorum.ts";
 import { formatPublicKey } from "../crypto/keys.ts";
 import type { ClusterConfig } from "../config/cluster.ts";
 import { type ChannelKeys, type ChannelListing, listChannelsRule, parseChannelKeys } from "./channel-listing.ts";
@@ -50,6 +50,7 @@ import {
   parseStatus,
   publishersRule,
   quotaListings,
+  highestRule,
   rankRule,
   type ChannelInfo,
   type KeyQuotaListing,
@@ -257,7 +258,7 @@ export class FitbClient {
     this.queries = new QueryTracker(tracking, timeouts.queryMs);
     this.spaces = new SeqSpaces({
       channelInfo: (tag) => this.channelInfo(tag),
-      clientSeq: (tag, everyReplica) => this.clientSeq(tag, everyReplica),
+      clientSeq: (tag, kind) => this.clientSeq(tag, kind),
     });
     this.subscriptions = new SubscriptionRouter(
       this.group,
@@ -598,12 +599,16 @@ export class FitbClient {
 
   /**
    * The last seq this key used in a space (tag, or null for admin): the (f+1)-th highest
-   * answer, of the first 2f+1 or, with `everyReplica` (unordered spaces), of every replica
-   * that answers before the deadline (queries.ts, rankRule).
+   * answer, of the first 2f+1 or, for `kind` byzantine/none, of every replica that answers
+   * before the deadline (queries.ts, rankRule); for crash/none the highest of at least n-f
+   * answers (highestRule), since its publishes normally reach f+1 replicas only.
    */
-  clientSeq(tag: string | null, everyReplica = false): Promise<number> {
+  clientSeq(tag: string | null, kind: ReplyKind | null = null): Promise<number> {
     const what = `client-seq ${tag ?? "admin"}`;
-    const rule = rankRule(this.n, this.f, what, parseClientSeq, everyReplica);
+    const rule =
+      kind === "crash/none"
+        ? highestRule(this.n, this.f, what, parseClientSeq)
+        : rankRule(this.n, this.f, what, parseClientSeq, kind === "byzantine/none");
     const body = (tag === null ? { id: 0, q: "client-seq" } : { id: 0, q: "client-seq", tag }) as Query;
     return this.runQuery(body, rule);
   }

@@ -21,7 +21,7 @@ import { channelClassFields, tagSchema, type QueryReply } from "../../wire/schem
 import { type ErrorCode, KEY_BYTES, REPLICAS_MAX } from "../../wire/types.ts";
 import { KEYS_PER_CHANNEL_MAX, QUOTAS_MAX } from "../core/channels/constants.ts";
 import { toHex } from "../crypto/encoding.ts";
-import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
+import { byzantineQuorum, liveQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import { ReplyVoter } from "../core/voting/reply-voter.ts";
 import { NoQuorumError, RequestRejectedError, type ClientError } from "./errors.ts";
 import { pickLastSeq } from "./seq.ts";
@@ -406,6 +406,48 @@ function fromVote<T>(result: Canonical, reasons: ReadonlyMap<string, string>): Q
   if (vote.ok) return { ok: true, value: vote.res as T };
   const code = vote.code as ErrorCode;
   return { ok: false, error: new RequestRejectedError(code, reasons.get(code) ?? code) };
+}
+
+/**
+ * The highest number, of at least n-f answers: where a crash/none space continues. No
+ * replica lies on a crash channel (the crash CLASS), so the highest answer is one a
+ * replica reached; and a crash/none publish is normally stored by f+1 replicas only
+ * (request-tracker.ts quorumTargets), so with one of those down the (f+1)-th highest
+ * (rankRule) could fall below numbers already used, and the client would sign a second
+ * body under one of them. Any n-f answers include one of those f+1. Waits for every
+ * replica with a session (or the deadline); refusals are kept for the error message.
+ */
+export function highestRule(n: number, f: number, what: string, read: (res: Canonical) => number | null): QueryRule<number> {
+  const numbers = new Map<number, number>();
+  const refusals = new Map<number, { code: ErrorCode; reason: string }>();
+  const needed = liveQuorum(n, f);
+  const highest = (): number => Math.max(...numbers.values());
+  const refusedByQuorum = (): QueryOutcome<number> => {
+    if (refusals.size < vouchQuorum(f)) return null;
+    const first = refusals.values().next().value as { code: ErrorCode; reason: string };
+    return { ok: false, error: new RequestRejectedError(first.code, first.reason) };
+  };
+  return {
+    settleWhenReachableAnswered: true,
+    enoughToSettleEarly: () => numbers.size >= needed,
+    add(replica, reply) {
+      if (numbers.has(replica) || refusals.has(replica)) return null;
+      const value = reply.ok ? read(reply.res) : null;
+      if (reply.ok && value !== null && Number.isSafeInteger(value) && value >= 0) numbers.set(replica, value);
+      else if (!reply.ok) refusals.set(replica, { code: reply.code, reason: reply.reason });
+      if (numbers.size >= n) return { ok: true, value: highest() };
+      return refusedByQuorum();
+    },
+    atDeadline(describeMissing) {
+      if (numbers.size >= needed) return { ok: true, value: highest() };
+      return (
+        refusedByQuorum() ?? {
+          ok: false,
+          error: new NoQuorumError(`no quorum for ${what}: ${numbers.size} usable answers, ${needed} needed (${describeMissing()})`),
+        }
+      );
+    },
+  };
 }
 
 /**

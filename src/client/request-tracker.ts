@@ -69,16 +69,24 @@ export type CrashNoneTargets = "quorum" | "all";
 /** The shortest hedge delay (ms): a crash/none publish waits this long for its f+1 replicas before it goes to the others. */
 export const HEDGE_MS_MIN = 50;
 /**
- * The hedge delay is this many times the recent time to acknowledge a crash/none publish
- * (an average weighted to the last few dozen), at least HEDGE_MS_MIN and at most the
- * resend timeout: a replica that stopped answering costs a publish about that much, and
- * a load that makes every acknowledgement slower does not send every publish everywhere.
+ * The hedge delay is this many times the recent time a replica takes to answer a
+ * crash/none publish (from its send to that replica's answer, an average weighted to the
+ * last few dozen answers), at least HEDGE_MS_MIN and at most the resend timeout. A load
+ * that makes every answer slower raises it, so it does not send every publish everywhere;
+ * a replica that does not answer adds nothing to it, so it does not raise it either.
  */
 export const HEDGE_ACK_MULTIPLE = 4;
-/** The hedge delay before any crash/none publish was acknowledged (ms): nothing is known of the group's pace yet. */
+/** The hedge delay before any replica answered a crash/none publish (ms): nothing is known of the group's pace yet. */
 export const HEDGE_MS_INITIAL = 250;
-/** Weight of the newest acknowledgement time in that average. */
+/** Weight of the newest answer time in that average. */
 const HEDGE_EWMA_WEIGHT = 0.05;
+/**
+ * A replica that was one of a publish's f+1 and did not answer it by the hedge delay is
+ * passed over by quorumTargets for this long (ms), or until it answers anything: while a
+ * replica's session is up but it is stopped, every publish of its tags would otherwise
+ * wait the hedge delay.
+ */
+export const SUSPECT_MS = 5_000;
 /** Tags whose replica order is remembered (quorumTargets); past this the memo starts again. */
 const TARGET_ORDERS_MAX = 1024;
 
@@ -124,12 +132,13 @@ interface PendingRequest {
    * goes to every replica (and for every other request).
    */
   targets: ReadonlySet<number> | null;
-  /** When a request with targets goes to every replica if still unacknowledged. */
+  /** When a request with targets goes to every replica if one of them has not answered (hedgeDue). */
   hedgeAt: number;
-  /** One of its f+1 replicas refused it RATE_LIMITED: it is not sent to the others for being slow (onReply). */
-  budgetHeld: boolean;
   readonly kind: ReplyKind;
-  readonly startedAt: number;
+  /** When each replica was last sent the request. */
+  readonly sentAt: Map<number, number>;
+  /** Replicas that answered since they were last sent the request. */
+  readonly heard: Set<number>;
   lastSendAt: number;
   readonly deadline: number;
   readonly settle: (outcome: RequestOutcome) => void;
@@ -151,9 +160,11 @@ export class RequestTracker {
   private readonly requests = new Map<string, PendingRequest>();
   /** Transient refusals received since the client started, by code (a closed set of five). */
   private readonly transientCounts = new Map<ErrorCode, number>();
-  /** Recent time to acknowledge a crash/none publish (ms), weighted average, and how many were acknowledged. */
-  private ackMsAverage = 0;
-  private acks = 0;
+  /** Recent time a replica took to answer a crash/none publish (ms), weighted average, and how many answers it is of. */
+  private answerMsAverage = 0;
+  private answers = 0;
+  /** Replicas passed over by quorumTargets until then (SUSPECT_MS). */
+  private readonly suspectUntil = new Map<number, number>();
   /** crash/none publishes that went to every replica after going to f+1 first. */
   private widenedCount = 0;
   /** Per tag, the replica ids in the order quorumTargets takes them, and the group (its ids) that order is of. */
@@ -172,7 +183,7 @@ export class RequestTracker {
 
   /** The hedge delay now (HEDGE_ACK_MULTIPLE). */
   hedgeDelayMs(): number {
-    const delay = this.acks === 0 ? HEDGE_MS_INITIAL : Math.max(HEDGE_MS_MIN, Math.ceil(HEDGE_ACK_MULTIPLE * this.ackMsAverage));
+    const delay = this.answers === 0 ? HEDGE_MS_INITIAL : Math.max(HEDGE_MS_MIN, Math.ceil(HEDGE_ACK_MULTIPLE * this.answerMsAverage));
     return Math.min(this.timing.resendMs, delay);
   }
 
@@ -190,7 +201,7 @@ export class RequestTracker {
     return this.transientCounts;
   }
 
-  /** Sends a built request to every replica and resolves with its outcome (never rejects). */
+  /** Sends a built request to the replicas (every one, or a crash/none publish's f+1: quorumTargets) and resolves with its outcome (never rejects). */
   track(built: BuiltRequest, kind: ReplyKind, what: string): Promise<RequestOutcome> {
     const { group, floor } = this.ctx;
     return new Promise<RequestOutcome>((resolve) => {
@@ -214,15 +225,14 @@ export class RequestTracker {
         retries: new Map(),
         targets,
         hedgeAt: targets === null ? Number.POSITIVE_INFINITY : now + this.hedgeDelayMs(),
-        budgetHeld: false,
         kind,
-        startedAt: now,
+        sentAt: new Map(),
+        heard: new Set(),
         lastSendAt: now,
         deadline: now + this.timing.requestMs,
         settle: (outcome) => {
           this.requests.delete(built.digestHex);
           floor.observeAts(pending.ats, pending.fAtSend);
-          if (outcome.ok && pending.kind === "crash/none") this.observeAck(this.ctx.now() - pending.startedAt);
           resolve(outcome);
         },
       };
@@ -256,10 +266,15 @@ export class RequestTracker {
       if (this.targetOrders.size >= TARGET_ORDERS_MAX) this.targetOrders.clear();
       this.targetOrders.set(tag, remembered);
     }
+    const now = this.ctx.now();
+    const trusted = (id: number): boolean => (this.suspectUntil.get(id) ?? 0) <= now;
     const chosen = new Set<number>();
-    for (const id of remembered.order) {
-      if (ready.has(id)) chosen.add(id);
-      if (chosen.size === need) return chosen;
+    // Replicas passed over (SUSPECT_MS) are taken last, only if too few others are up.
+    for (const pass of [true, false]) {
+      for (const id of remembered.order) {
+        if (ready.has(id) && trusted(id) === pass) chosen.add(id);
+        if (chosen.size === need) return chosen;
+      }
     }
     return null;
   }
@@ -281,10 +296,33 @@ export class RequestTracker {
     }
   }
 
-  private observeAck(ms: number): void {
+  private observeAnswer(ms: number): void {
     const sample = Math.max(0, ms);
-    this.ackMsAverage = this.acks === 0 ? sample : this.ackMsAverage + HEDGE_EWMA_WEIGHT * (sample - this.ackMsAverage);
-    this.acks++;
+    this.answerMsAverage = this.answers === 0 ? sample : this.answerMsAverage + HEDGE_EWMA_WEIGHT * (sample - this.answerMsAverage);
+    this.answers++;
+  }
+
+  /** Targets of a request that were sent it and have not answered since: a fault, unlike a refusal. */
+  private silentTargets(pending: PendingRequest): number[] {
+    if (pending.targets === null) return [];
+    const missing = new Set(pending.voter.missing());
+    return [...pending.targets].filter((id) => missing.has(id) && !pending.heard.has(id));
+  }
+
+  /**
+   * At the hedge delay (or the resend): a request one of whose f+1 replicas has not
+   * answered goes to every replica, and that replica is passed over for a while
+   * (SUSPECT_MS). One whose replicas all answered, refusing it RATE_LIMITED (the key's
+   * budget: taken elsewhere, it would get around it), stays with them. Returns whether it
+   * was widened.
+   */
+  private hedgeDue(pending: PendingRequest, now: number, send: boolean): boolean {
+    const silent = this.silentTargets(pending);
+    pending.hedgeAt = Number.POSITIVE_INFINITY;
+    if (silent.length === 0) return false;
+    for (const id of silent) this.suspectUntil.set(id, now + SUSPECT_MS);
+    this.widen(pending, send);
+    return true;
   }
 
   private sendRequest(pending: PendingRequest, connection: ReplicaConnection): void {
@@ -295,6 +333,8 @@ export class RequestTracker {
     }
     if (!connection.sendShared(pending.shared.bytes, pending.shared.digest)) return;
     pending.sentTo.add(connection.id);
+    pending.sentAt.set(connection.id, this.ctx.now());
+    pending.heard.delete(connection.id);
     // Whatever the path (a re-ask, a reconnect, the resend timer), the replica now holds the request with this `after`.
     pending.sentAfter.set(connection.id, pending.frameAfter);
   }
@@ -308,14 +348,18 @@ export class RequestTracker {
     }
     if (body.at !== undefined) pending.ats.set(replica, body.at);
     if (body.ok && body.at !== undefined) pending.accepted.set(replica, body.at);
+    pending.heard.add(replica);
+    this.suspectUntil.delete(replica);
+    if (pending.kind === "crash/none") {
+      const sentAt = pending.sentAt.get(replica);
+      if (sentAt !== undefined) this.observeAnswer(this.ctx.now() - sentAt);
+    }
     // A refusal from one of the f+1 replicas: the others are asked too, so that f+1 store
     // it, or enough answer for a refusal to stand (judgeLocalRefusals). Except RATE_LIMITED:
     // that is the key's budget at that replica, not a fault, and asking other replicas would
-    // get around it; such a request waits for its resend to the same replicas (budgetHeld).
-    if (!body.ok && body.code === "RATE_LIMITED" && pending.targets !== null) {
-      pending.budgetHeld = true;
-      pending.hedgeAt = Number.POSITIVE_INFINITY;
-    } else if (!body.ok) this.widen(pending);
+    // get around it; such a request goes to the others only if one of its replicas is
+    // silent (hedgeDue), and otherwise waits for its resend to the same replicas.
+    if (!body.ok && body.code !== "RATE_LIMITED") this.widen(pending);
     if (!body.ok && TRANSIENT_REFUSALS.has(body.code)) {
       this.transientCounts.set(body.code, (this.transientCounts.get(body.code) ?? 0) + 1);
       // A replica that already voted keeps its vote: nothing to ask it again.
@@ -358,8 +402,8 @@ export class RequestTracker {
   retryDue(now: number): number {
     let next = Number.POSITIVE_INFINITY;
     for (const pending of this.requests.values()) {
-      if (pending.targets !== null) {
-        if (pending.hedgeAt <= now) this.widen(pending);
+      if (pending.targets !== null && pending.hedgeAt !== Number.POSITIVE_INFINITY) {
+        if (pending.hedgeAt <= now) this.hedgeDue(pending, now, true);
         else next = Math.min(next, pending.hedgeAt);
       }
       for (const [replica, retry] of pending.retries) {
@@ -522,8 +566,12 @@ export class RequestTracker {
     if (now - pending.lastSendAt < this.timing.resendMs) return;
     pending.lastSendAt = now;
     // The hedge delay is at most the resend timeout: the resend below goes to every
-    // replica, unless a crash/none publish waits for its key's budget (budgetHeld).
-    if (!pending.budgetHeld) this.widen(pending, false);
+    // replica if one of the f+1 has not answered; if they all refused it RATE_LIMITED, to
+    // them again, with the hedge armed again.
+    if (pending.targets !== null && !this.hedgeDue(pending, now, false)) {
+      pending.hedgeAt = now + this.hedgeDelayMs();
+      this.ctx.wakeAt?.(pending.hedgeAt);
+    }
     for (const retry of pending.retries.values()) retry.dueAt = Number.POSITIVE_INFINITY;
     // The same signed bytes again, to every replica that has not answered (of its f+1, while it has them).
     for (const id of pending.voter.missing()) {

@@ -22,7 +22,8 @@ export interface SeqSpace {
 /** The queries a space is learned with (FitbClient's own). */
 export interface SpaceQueries {
   channelInfo(tag: string): Promise<ChannelInfo>;
-  clientSeq(tag: string | null, everyReplica: boolean): Promise<number>;
+  /** The last seq used in the space of `tag`, with the rule its kind of channel needs (FitbClient.clientSeq). */
+  clientSeq(tag: string | null, kind: ReplyKind): Promise<number>;
 }
 
 export class SeqSpaces {
@@ -46,7 +47,7 @@ export class SeqSpaces {
 
   private async learnSpace(tag: string | null, name: string): Promise<SeqSpace> {
     const kind: ReplyKind = tag === null ? "admin" : replyKindOf(await this.queries.channelInfo(tag));
-    const last = await this.queries.clientSeq(tag, isUnordered(kind));
+    const last = await this.queries.clientSeq(tag, kind);
     return { name, tag, kind, counter: new SeqCounter(last), stale: false, relearning: null };
   }
 
@@ -55,7 +56,7 @@ export class SeqSpaces {
     if (space.counter.epoch !== epochSeen) return;
     if (space.relearning === null) {
       space.relearning = this.queries
-        .clientSeq(space.tag, isUnordered(space.kind))
+        .clientSeq(space.tag, space.kind)
         .then((last) => {
           space.counter.reset(last);
           space.stale = false;
@@ -71,9 +72,4 @@ export class SeqSpaces {
   forget(tag: string): void {
     this.spaces.delete(spaceName(tag));
   }
-}
-
-/** Unordered spaces: no agreement keeps the replicas' numbers equal. */
-function isUnordered(kind: ReplyKind): boolean {
-  return kind === "crash/none" || kind === "byzantine/none";
 }

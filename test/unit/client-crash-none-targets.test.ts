@@ -10,6 +10,7 @@ import {
   HEDGE_MS_INITIAL,
   HEDGE_MS_MIN,
   type RequestOutcome,
+  SUSPECT_MS,
 } from "../../src/client/request-tracker.ts";
 import type { ReplyKind } from "../../src/core/voting/quorum.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
@@ -124,7 +125,7 @@ describe("crash/none publishes go to f+1 replicas", () => {
     expect(outcome.value?.ok).toBe(true);
   });
 
-  test("RATE_LIMITED is the key's budget: no other replica is asked, not at the hedge delay nor at the resend, until a session drops", () => {
+  test("RATE_LIMITED from both is the key's budget: no other replica is asked, not at the hedge delay nor at the resend, until a session drops", () => {
     const { tracker, to, clock } = fixture();
     const made = request(1);
     track(tracker, made);
@@ -140,6 +141,15 @@ describe("crash/none publishes go to f+1 replicas", () => {
     tracker.onDown(a);
     expect(tracker.widened).toBe(1);
     expect(to(1).slice(4).sort()).toEqual([0, 1, 2, 3].filter((id) => id !== a && id !== b));
+  });
+
+  test("one of the two leaving the group sends it to the others", () => {
+    const { tracker, to } = fixture();
+    track(tracker, request(1));
+    const [a] = to(1) as [number];
+    tracker.onLeft(a);
+    expect(tracker.widened).toBe(1);
+    expect(to(1).length).toBe(4);
   });
 
   test("one of the two dropping its session sends it to the others", () => {
@@ -171,31 +181,75 @@ describe("crash/none publishes go to f+1 replicas", () => {
     expect(tracker.widened).toBe(1);
   });
 
-  test("the hedge delay follows the time to an acknowledgement, between its minimum and the resend timeout", async () => {
+  test("the hedge delay follows the time replicas take to answer, between its minimum and the resend timeout", async () => {
     const { tracker, to, clock } = fixture();
     expect(tracker.hedgeDelayMs()).toBe(HEDGE_MS_INITIAL);
     const quick = request(1000);
     track(tracker, quick);
     for (const replica of to(1000)) tracker.onReply(replica, stored(quick, replica));
-    await Promise.resolve();
-    // Acknowledged at once: the floor.
+    // Answered at once: the floor.
     expect(tracker.hedgeDelayMs()).toBe(HEDGE_MS_MIN);
-    for (let seq = 1; seq <= 200; seq++) {
-      const made = request(seq);
-      track(tracker, made);
-      clock.now += 100;
-      for (const replica of to(seq)) tracker.onReply(replica, stored(made, replica));
-    }
-    await Promise.resolve();
+    const answerAfter = async (ms: number, seqs: number[]) => {
+      for (const seq of seqs) {
+        const made = request(seq);
+        track(tracker, made);
+        clock.now += ms;
+        for (const replica of to(seq)) tracker.onReply(replica, stored(made, replica));
+      }
+      await Promise.resolve();
+    };
+    await answerAfter(
+      100,
+      Array.from({ length: 200 }, (_, i) => i + 1),
+    );
     expect(tracker.hedgeDelayMs()).toBe(HEDGE_ACK_MULTIPLE * 100);
-    for (let seq = 201; seq <= 400; seq++) {
+    // Slower than the resend timeout allows: capped there.
+    await answerAfter(
+      RESEND_MS,
+      Array.from({ length: 200 }, (_, i) => i + 201),
+    );
+    expect(tracker.hedgeDelayMs()).toBe(RESEND_MS);
+  });
+
+  test("a replica that is up but answers nothing does not raise the hedge delay, and is passed over for a while", async () => {
+    const { tracker, to, clock } = fixture();
+    const first = request(1);
+    track(tracker, first);
+    const [a, silent] = to(1) as [number, number];
+    tracker.onReply(a, stored(first, a));
+    expect(tracker.hedgeDelayMs()).toBe(HEDGE_MS_MIN);
+    // Its hedge was armed before any answer was known: at the initial delay.
+    clock.now = HEDGE_MS_INITIAL;
+    tracker.retryDue(clock.now);
+    expect(tracker.widened).toBe(1);
+    // The next publishes of the tag go to two replicas that answer, without waiting for a hedge.
+    for (let seq = 2; seq <= 50; seq++) {
       const made = request(seq);
       track(tracker, made);
-      clock.now += 10_000;
-      tracker.retryDue(clock.now);
+      expect(to(seq)).not.toContain(silent);
+      clock.now += 2;
       for (const replica of to(seq)) tracker.onReply(replica, stored(made, replica));
     }
-    expect(tracker.hedgeDelayMs()).toBe(RESEND_MS);
+    expect(tracker.widened).toBe(1);
+    expect(tracker.hedgeDelayMs()).toBe(HEDGE_MS_MIN);
+    // Once the while is over, it is tried again.
+    clock.now += SUSPECT_MS;
+    track(tracker, request(51));
+    expect(to(51)).toContain(silent);
+  });
+
+  test("one of the two refusing RATE_LIMITED and the other silent: it goes to the others at the hedge delay", () => {
+    const { tracker, to, clock } = fixture();
+    const made = request(1);
+    track(tracker, made);
+    const [a, b] = to(1) as [number, number];
+    tracker.onReply(a, refused(made, a, "RATE_LIMITED"));
+    expect(tracker.widened).toBe(0);
+    clock.now = HEDGE_MS_INITIAL;
+    tracker.retryDue(clock.now);
+    expect(tracker.widened).toBe(1);
+    // The two never asked get it; the one that refused waits for its resend.
+    expect(to(1).slice(2).sort()).toEqual([0, 1, 2, 3].filter((id) => id !== a && id !== b));
   });
 
   test("the resend sends it once to each replica that has not answered", () => {

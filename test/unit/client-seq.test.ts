@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import type { QueryReply } from "../../wire/schemas.ts";
 import { NoQuorumError, RequestRejectedError } from "../../src/client/errors.ts";
-import { matchingRule, parseChannelInfo, parseChannelList, parseClientSeq, rankRule } from "../../src/client/queries.ts";
+import { matchingRule, parseChannelInfo, parseChannelList, parseClientSeq, rankRule, highestRule } from "../../src/client/queries.ts";
 import { ADMIN_SPACE, pickLastSeq, SeqCounter, spaceName } from "../../src/client/seq.ts";
 
 const ok = (replica: number, res: QueryReply extends infer R ? (R extends { ok: true; res: infer X } ? X : never) : never): QueryReply => ({
@@ -144,6 +144,59 @@ describe("rank rule (client-seq)", () => {
     if (outcome === null || outcome.ok) return;
     expect(outcome.error).toBeInstanceOf(RequestRejectedError);
     expect(outcome.error.code).toBe("UNAUTHORIZED");
+  });
+});
+
+describe("highest rule (client-seq of a crash/none space)", () => {
+  const n = 4;
+  const f = 1;
+
+  test("one of the f+1 replicas that hold the latest numbers is enough: the pick is the highest answer", () => {
+    // Publishes 1..50 went to replicas 0 and 1 (request-tracker.ts quorumTargets); 0 is down.
+    const rule = highestRule(n, f, "client-seq", parseClientSeq);
+    expect(rule.add(1, ok(1, { last: 50 }))).toBeNull();
+    expect(rule.add(2, ok(2, { last: 0 }))).toBeNull();
+    expect(rule.add(3, ok(3, { last: 0 }))).toBeNull();
+    expect(rule.atDeadline(() => "")).toEqual({ ok: true, value: 50 });
+    // The (f+1)-th highest of the same answers is below numbers already used.
+    const rank = rankRule(n, f, "client-seq", parseClientSeq, true);
+    for (const [replica, last] of [
+      [1, 50],
+      [2, 0],
+      [3, 0],
+    ] as const)
+      rank.add(replica, ok(replica, { last }));
+    expect(rank.atDeadline(() => "")).toEqual({ ok: true, value: 0 });
+  });
+
+  test("decides at once when every replica answered", () => {
+    const rule = highestRule(n, f, "client-seq", parseClientSeq);
+    for (const replica of [0, 1, 2]) expect(rule.add(replica, ok(replica, { last: replica * 10 }))).toBeNull();
+    expect(rule.add(3, ok(3, { last: 7 }))).toEqual({ ok: true, value: 20 });
+  });
+
+  test("fewer than n-f answers are a NoQuorumError, so no pick rests on replicas that may all have missed the latest", () => {
+    const rule = highestRule(n, f, "client-seq", parseClientSeq);
+    expect(rule.enoughToSettleEarly?.()).toBe(false);
+    rule.add(2, ok(2, { last: 4 }));
+    rule.add(3, ok(3, { last: 6 }));
+    expect(rule.enoughToSettleEarly?.()).toBe(false);
+    const outcome = rule.atDeadline(() => "replicas 0, 1: no answer");
+    expect(outcome.ok).toBe(false);
+    if (outcome.ok) return;
+    expect(outcome.error).toBeInstanceOf(NoQuorumError);
+    expect(outcome.error.message).toContain("3 needed");
+  });
+
+  test("malformed answers are not numbers, and f+1 refusals settle it as a refusal", () => {
+    const rule = highestRule(n, f, "client-seq", parseClientSeq);
+    rule.add(0, ok(0, { last: -3 }));
+    rule.add(1, ok(1, "twelve"));
+    rule.add(2, ok(2, { last: 8 }));
+    expect(rule.atDeadline(() => "").ok).toBe(false);
+    const refusing = highestRule(n, f, "client-seq", parseClientSeq);
+    expect(refusing.add(0, refused(0, "UNAUTHORIZED", "unknown key"))).toBeNull();
+    expect(refusing.add(1, refused(1, "UNAUTHORIZED", "unknown key"))?.ok).toBe(false);
   });
 });
 
