@@ -38,6 +38,7 @@ describe("every client command has --help", () => {
 /** Each case: argv after the command word, and a fragment of the one-line reason. */
 const USAGE_CASES: Record<string, readonly (readonly [readonly string[], string])[]> = {
   pub: [
+    [[...NO_FILES, "--crash-none-targets", "every", "net.links", "x"], "--crash-none-targets: expected quorum or all, got 'every'"],
     [["--config", "c", "net.links"], "no key file: pass --key FILE or set FITB_KEY"],
     [[...NO_FILES], "missing argument TAG"],
     [[...NO_FILES, "Net.Links"], "TAG: tag"],
@@ -103,6 +104,7 @@ const USAGE_CASES: Record<string, readonly (readonly [readonly string[], string]
     ],
     [[...NO_FILES, "--channel", "b.x", "--rate", "100,200", "--mix", "b.y"], "--rate: a sweep of rates does not combine with --mix"],
     [[...NO_FILES, "--channel", "b.x", "extra"], "unexpected argument"],
+    [[...NO_FILES, "--channel", "b.x", "--crash-none-targets", "some"], "--crash-none-targets: expected quorum or all, got 'some'"],
   ],
 };
 

@@ -23,7 +23,18 @@ import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
 import { workerEntry } from "../../threads/entry.ts";
 import type { FloodCounts, FloodIn, FloodOut, FloodPlan } from "./bench-flood.ts";
-import { CONFIG_FLAG, keyFlag, openClient, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors, type ClientFlags } from "./pub.ts";
+import {
+  CONFIG_FLAG,
+  CRASH_NONE_TARGETS_FLAG,
+  keyFlag,
+  openClient,
+  readClientFlags,
+  readCrashNoneTargets,
+  requireTag,
+  TIMEOUT_FLAGS,
+  withClientErrors,
+  type ClientFlags,
+} from "./pub.ts";
 
 /** Run id (8) + publisher index (4) + event index (4) + send time in µs (8). */
 export const BENCH_HEADER_BYTES = 24;
@@ -145,6 +156,7 @@ export const benchCommand: Command = {
     },
     { name: "json", kind: "boolean", description: "Print one JSON object with the figures" },
     ...TIMEOUT_FLAGS,
+    CRASH_NONE_TARGETS_FLAG,
   ],
   positionals: [],
   examples: [
@@ -235,7 +247,7 @@ function parseRates(text: string | undefined): number[] {
 }
 
 async function runBench(args: ParsedArgs, io: CommandIo): Promise<number> {
-  const flags = readClientFlags(args);
+  const flags = { ...readClientFlags(args), crashNoneTargets: readCrashNoneTargets(args) };
   const plan = readBenchPlan(args);
   const setup = loadClientSetup(flags.configPath, flags.keyPath);
   for (const warning of setup.warnings) io.err(`fitb bench: warning: ${warning}`);

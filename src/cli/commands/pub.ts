@@ -13,6 +13,7 @@ import { InOrder, type Settled } from "../../client/in-order.ts";
 import { DEFAULT_TIMEOUTS } from "../../client/options.ts";
 import { Publisher, type EventAck } from "../../client/publisher.ts";
 import { tagProblem } from "../../client/request.ts";
+import type { CrashNoneTargets } from "../../client/request-tracker.ts";
 import { formatPublicKey } from "../../crypto/keys.ts";
 import { loadClientSetup, type ClientSetup } from "../../client/setup.ts";
 import type { FlagSpec, ParsedArgs } from "../args.ts";
@@ -62,6 +63,25 @@ export interface ClientFlags {
   readonly keyPath: string;
   readonly timeoutMs: number;
   readonly connectTimeoutMs: number;
+  /** --crash-none-targets, for the commands that take it (CRASH_NONE_TARGETS_FLAG). */
+  readonly crashNoneTargets?: CrashNoneTargets;
+}
+
+/** Where a crash/none publish goes (src/client/request-tracker.ts CrashNoneTargets). */
+export const CRASH_NONE_TARGETS_FLAG: FlagSpec = {
+  name: "crash-none-targets",
+  kind: "string",
+  valueName: "quorum|all",
+  defaultValue: "quorum",
+  description:
+    "Where a crash/none publish goes: quorum, f+1 replicas (the others too when one refuses, drops or is slow); all, every replica (a copy on each)",
+};
+
+/** --crash-none-targets: a UsageError for anything but quorum or all. */
+export function readCrashNoneTargets(args: ParsedArgs): CrashNoneTargets {
+  const value = args.requiredString(CRASH_NONE_TARGETS_FLAG.name);
+  if (value !== "quorum" && value !== "all") throw new UsageError(`--crash-none-targets: expected quorum or all, got '${value}'`);
+  return value;
 }
 
 /** Reads the common flags; every problem is a UsageError (exit 2) before any file is opened. */
@@ -98,6 +118,7 @@ export async function openClient(flags: ClientFlags, io: CommandIo, name: string
         config: setup.config,
         key: setup.key,
         timeouts: { connectMs: flags.connectTimeoutMs, requestMs: flags.timeoutMs, queryMs: flags.timeoutMs },
+        ...(flags.crashNoneTargets === undefined ? {} : { crashNoneTargets: flags.crashNoneTargets }),
         onLog: (entry) => {
           if (entry.level !== "warn") return;
           const line = `fitb ${name}: warning: ${entry.message}`;
@@ -244,7 +265,7 @@ export const pubCommand: Command = {
     "A publish that timed out (-ERR TIMEOUT) may still be ordered: the command then says",
     "on standard error which quorum was missing and how to check with 'fitb sub'.",
   ],
-  flags: [CONFIG_FLAG, keyFlag("This publisher's secret key file"), ...TIMEOUT_FLAGS],
+  flags: [CONFIG_FLAG, keyFlag("This publisher's secret key file"), ...TIMEOUT_FLAGS, CRASH_NONE_TARGETS_FLAG],
   positionals: [
     { name: "TAG", description: "The channel, e.g. net.links", required: true },
     { name: "MESSAGE", description: "The event to publish; without it, read events from stdin", required: false },
@@ -257,7 +278,7 @@ export const pubCommand: Command = {
 };
 
 async function runPub(args: ParsedArgs, io: CommandIo): Promise<number> {
-  const flags = readClientFlags(args);
+  const flags = { ...readClientFlags(args), crashNoneTargets: readCrashNoneTargets(args) };
   const tag = requireTag(args.requiredPositional("TAG"));
   const message = args.positional("MESSAGE");
   const client = await openClient(flags, io, "pub");

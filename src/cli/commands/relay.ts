@@ -16,7 +16,15 @@ import { type MetricsServer, startMetricsServer } from "../metrics-server.ts";
 import { RelayMetrics } from "../../relay/metrics.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
-import { CONFIG_FLAG, keyFlag, readClientFlags, TIMEOUT_FLAGS, type ClientFlags } from "./pub.ts";
+import {
+  CONFIG_FLAG,
+  CRASH_NONE_TARGETS_FLAG,
+  keyFlag,
+  readClientFlags,
+  readCrashNoneTargets,
+  TIMEOUT_FLAGS,
+  type ClientFlags,
+} from "./pub.ts";
 
 export const relayCommand: Command = {
   path: ["relay"],
@@ -60,6 +68,7 @@ export const relayCommand: Command = {
       description: "Serve Prometheus metrics at http://HOST:PORT/metrics (off by default)",
     },
     ...TIMEOUT_FLAGS,
+    CRASH_NONE_TARGETS_FLAG,
   ],
   positionals: [],
   examples: [
@@ -81,6 +90,7 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
     config: setup.config,
     key: setup.key,
     timeouts: clientTimeouts(flags),
+    crashNoneTargets: readCrashNoneTargets(args),
     onLog: (entry) => io.err(`fitb relay: ${entry.level === "warn" ? "warning: " : ""}${entry.message}`),
   });
   let relay: RelayServer | null = null;
