@@ -418,36 +418,15 @@ function fromVote<T>(result: Canonical, reasons: ReadonlyMap<string, string>): Q
  * replica with a session (or the deadline); refusals are kept for the error message.
  */
 export function highestRule(n: number, f: number, what: string, read: (res: Canonical) => number | null): QueryRule<number> {
-  const numbers = new Map<number, number>();
-  const refusals = new Map<number, { code: ErrorCode; reason: string }>();
   const needed = liveQuorum(n, f);
-  const highest = (): number => Math.max(...numbers.values());
-  const refusedByQuorum = (): QueryOutcome<number> => {
-    if (refusals.size < vouchQuorum(f)) return null;
-    const first = refusals.values().next().value as { code: ErrorCode; reason: string };
-    return { ok: false, error: new RequestRejectedError(first.code, first.reason) };
-  };
-  return {
-    settleWhenReachableAnswered: true,
-    enoughToSettleEarly: () => numbers.size >= needed,
-    add(replica, reply) {
-      if (numbers.has(replica) || refusals.has(replica)) return null;
-      const value = reply.ok ? read(reply.res) : null;
-      if (reply.ok && value !== null && Number.isSafeInteger(value) && value >= 0) numbers.set(replica, value);
-      else if (!reply.ok) refusals.set(replica, { code: reply.code, reason: reply.reason });
-      if (numbers.size >= n) return { ok: true, value: highest() };
-      return refusedByQuorum();
+  return numberRule(f, what, read, {
+    wanted: n,
+    needed,
+    pick: (answers) => {
+      const usable = answers.filter((answer) => Number.isSafeInteger(answer) && answer >= 0);
+      return usable.length < needed ? null : Math.max(...usable);
     },
-    atDeadline(describeMissing) {
-      if (numbers.size >= needed) return { ok: true, value: highest() };
-      return (
-        refusedByQuorum() ?? {
-          ok: false,
-          error: new NoQuorumError(`no quorum for ${what}: ${numbers.size} usable answers, ${needed} needed (${describeMissing()})`),
-        }
-      );
-    },
-  };
+  });
 }
 
 /**
@@ -467,36 +446,53 @@ export function rankRule(
   read: (res: Canonical) => number | null,
   everyReplica = false,
 ): QueryRule<number> {
+  return numberRule(f, what, read, {
+    wanted: everyReplica ? n : Math.min(byzantineQuorum(f), n),
+    needed: vouchQuorum(f),
+    pick: (answers) => pickLastSeq(answers, f),
+  });
+}
+
+/**
+ * A number picked from the replicas' answers: once `wanted` answered (if `pick` finds
+ * enough usable ones there), or once every replica with a session did and `needed`
+ * answered, or at the deadline; f+1 refusals settle it as a refusal.
+ */
+function numberRule(
+  f: number,
+  what: string,
+  read: (res: Canonical) => number | null,
+  how: { readonly wanted: number; readonly needed: number; readonly pick: (answers: number[]) => number | null },
+): QueryRule<number> {
   const numbers = new Map<number, number>();
   const refusals = new Map<number, { code: ErrorCode; reason: string }>();
-  const wanted = everyReplica ? n : Math.min(byzantineQuorum(f), n);
   const refusedByQuorum = (): QueryOutcome<number> => {
     if (refusals.size < vouchQuorum(f)) return null;
     const first = refusals.values().next().value as { code: ErrorCode; reason: string };
     return { ok: false, error: new RequestRejectedError(first.code, first.reason) };
   };
+  const picked = (): QueryOutcome<number> => {
+    const value = how.pick([...numbers.values()]);
+    return value === null ? null : { ok: true, value };
+  };
   return {
     // Replicas without a session cannot answer: once every reachable one has, waiting for
     // the deadline would only delay the same pick.
     settleWhenReachableAnswered: true,
-    enoughToSettleEarly: () => numbers.size >= vouchQuorum(f),
+    enoughToSettleEarly: () => numbers.size >= how.needed,
     add(replica, reply) {
       if (numbers.has(replica) || refusals.has(replica)) return null;
       const value = reply.ok ? read(reply.res) : null;
       if (reply.ok && value !== null) numbers.set(replica, value);
       else if (!reply.ok) refusals.set(replica, { code: reply.code, reason: reply.reason });
-      if (numbers.size >= wanted) return { ok: true, value: pickLastSeq([...numbers.values()], f) as number };
-      return refusedByQuorum();
+      return (numbers.size >= how.wanted ? picked() : null) ?? refusedByQuorum();
     },
     atDeadline(describeMissing) {
-      const picked = pickLastSeq([...numbers.values()], f);
-      if (picked !== null) return { ok: true, value: picked };
       return (
+        picked() ??
         refusedByQuorum() ?? {
           ok: false,
-          error: new NoQuorumError(
-            `no quorum for ${what}: ${numbers.size} usable answers, ${vouchQuorum(f)} needed (${describeMissing()})`,
-          ),
+          error: new NoQuorumError(`no quorum for ${what}: ${numbers.size} usable answers, ${how.needed} needed (${describeMissing()})`),
         }
       );
     },
