@@ -238,6 +238,8 @@ export class RequestTracker {
       };
       this.requests.set(built.digestHex, pending);
       for (const connection of group.connections) if (isTarget(pending, connection.id)) this.sendRequest(pending, connection);
+      // A target whose connection had no room for it: the others at once, not at the hedge delay.
+      if (targets !== null && [...targets].some((id) => !pending.sentTo.has(id))) this.widen(pending);
       if (targets !== null) this.ctx.wakeAt?.(pending.hedgeAt);
     });
   }
@@ -302,7 +304,7 @@ export class RequestTracker {
     this.answers++;
   }
 
-  /** Targets of a request that were sent it and have not answered since: a fault, unlike a refusal. */
+  /** Targets of a request that have not answered since it was last sent (or offered) to them: a fault, unlike a refusal. */
   private silentTargets(pending: PendingRequest): number[] {
     if (pending.targets === null) return [];
     const missing = new Set(pending.voter.missing());
@@ -340,6 +342,8 @@ export class RequestTracker {
   }
 
   onReply(replica: number, body: Reply): void {
+    // Any answer, even to a request already settled, shows the replica is not stopped.
+    this.suspectUntil.delete(replica);
     const pending = this.requests.get(toHex(body.d));
     if (pending === undefined) return;
     if (body.seq !== pending.built.request.seq) {
@@ -349,8 +353,9 @@ export class RequestTracker {
     if (body.at !== undefined) pending.ats.set(replica, body.at);
     if (body.ok && body.at !== undefined) pending.accepted.set(replica, body.at);
     pending.heard.add(replica);
-    this.suspectUntil.delete(replica);
-    if (pending.kind === "crash/none") {
+    // Only stores are timed: a quick refusal (a key over its budget) says nothing of how
+    // long a replica takes to store, and would pull the hedge delay down.
+    if (pending.kind === "crash/none" && body.ok) {
       const sentAt = pending.sentAt.get(replica);
       if (sentAt !== undefined) this.observeAnswer(this.ctx.now() - sentAt);
     }
@@ -577,6 +582,9 @@ export class RequestTracker {
     for (const id of pending.voter.missing()) {
       if (!isTarget(pending, id)) continue;
       pending.sentTo.delete(id);
+      // Not heard since this resend, even if its connection has no room for it now: then
+      // it counts as silent at the hedge delay armed above.
+      pending.heard.delete(id);
       const connection = group.connection(id);
       if (connection !== undefined) this.sendRequest(pending, connection);
     }

@@ -347,6 +347,8 @@ describe("limits from the cluster file", () => {
       try {
         await createChannels(admin, loadPublicKeyFile(`${cluster.clientKey}.pub`));
         await admin.admin({ t: "register", tag: "net.links", role: "publisher", key: loadPublicKeyFile(`${cluster.adminKey}.pub`) });
+        // Every session up first, so that the burst and the refused publish go to the same replicas.
+        await waitFor("the flooder's sessions with every replica", () => flooder.replicaStates().every((r) => r.state === "ready"));
         // The burst passes; a request beyond it is refused with RATE_LIMITED, not queued.
         await flooder.publish(
           "net.links",

@@ -25,7 +25,7 @@ function fixture(options: { ready?: number[]; crashNoneTargets?: CrashNoneTarget
   const handed: { replica: number; seq: number }[] = [];
   const wakes: number[] = [];
   const ready = { ids: options.ready ?? [0, 1, 2, 3] };
-  const { tracker } = trackerFixture({
+  const { tracker, full } = trackerFixture({
     timing: { requestMs: 60_000, resendMs: RESEND_MS },
     now: () => clock.now,
     wakeAt: (atMs) => wakes.push(atMs),
@@ -39,7 +39,7 @@ function fixture(options: { ready?: number[]; crashNoneTargets?: CrashNoneTarget
   });
   /** Replicas handed request `seq`, in order. */
   const to = (seq: number) => handed.filter((h) => h.seq === seq).map((h) => h.replica);
-  return { clock, handed, wakes, tracker, ready, to };
+  return { clock, handed, wakes, tracker, ready, to, full };
 }
 
 const key = SigningKey.generate();
@@ -141,6 +141,38 @@ describe("crash/none publishes go to f+1 replicas", () => {
     tracker.onDown(a);
     expect(tracker.widened).toBe(1);
     expect(to(1).slice(4).sort()).toEqual([0, 1, 2, 3].filter((id) => id !== a && id !== b));
+  });
+
+  test("a target that refused RATE_LIMITED and then has no room for the resend counts as silent: the others get it at the next hedge", () => {
+    const { tracker, to, clock, full } = fixture();
+    const made = request(1);
+    track(tracker, made);
+    const [a, b] = to(1) as [number, number];
+    tracker.onReply(a, stored(made, a));
+    tracker.onReply(b, refused(made, b, "RATE_LIMITED"));
+    clock.now = HEDGE_MS_INITIAL;
+    tracker.retryDue(clock.now);
+    expect(tracker.widened).toBe(0);
+    // b stops reading: its connection takes nothing more.
+    full.add(b);
+    clock.now = RESEND_MS;
+    tracker.tick(clock.now);
+    expect(tracker.widened).toBe(0);
+    clock.now = RESEND_MS + tracker.hedgeDelayMs();
+    tracker.retryDue(clock.now);
+    expect(tracker.widened).toBe(1);
+    expect(to(1).slice(2).sort()).toEqual([0, 1, 2, 3].filter((id) => id !== a && id !== b));
+  });
+
+  test("a target whose connection has no room for it: the others get it at once", () => {
+    const probe = fixture();
+    track(probe.tracker, request(1));
+    const [a] = probe.to(1) as [number];
+    const { tracker, to, full } = fixture();
+    full.add(a);
+    track(tracker, request(1));
+    expect(tracker.widened).toBe(1);
+    expect(to(1).sort()).toEqual([0, 1, 2, 3].filter((id) => id !== a));
   });
 
   test("one of the two leaving the group sends it to the others", () => {

@@ -74,7 +74,7 @@ export const CRASH_NONE_TARGETS_FLAG: FlagSpec = {
   valueName: "quorum|all",
   defaultValue: "quorum",
   description:
-    "Where a crash/none publish goes: quorum, f+1 replicas (the others too when one refuses, drops or is slow); all, every replica (a copy on each)",
+    "Where a crash/none publish goes: quorum, f+1 replicas (the others too when one refuses other than RATE_LIMITED, drops or is slow); all, every replica (a copy on each)",
 };
 
 /** --crash-none-targets: a UsageError for anything but quorum or all. */

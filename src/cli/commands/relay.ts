@@ -84,13 +84,14 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
   const flags = readClientFlags(args);
   const listen = readListen(args);
   const socketPath = readSocket(args);
+  const crashNoneTargets = readCrashNoneTargets(args);
   const setup = loadClientSetup(flags.configPath, flags.keyPath);
   for (const warning of setup.warnings) io.err(`fitb relay: warning: ${warning}`);
   const client = new FitbClient({
     config: setup.config,
     key: setup.key,
     timeouts: clientTimeouts(flags),
-    crashNoneTargets: readCrashNoneTargets(args),
+    crashNoneTargets,
     onLog: (entry) => io.err(`fitb relay: ${entry.level === "warn" ? "warning: " : ""}${entry.message}`),
   });
   let relay: RelayServer | null = null;
