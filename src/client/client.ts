@@ -600,8 +600,8 @@ export class FitbClient {
   /**
    * The last seq this key used in a space (tag, or null for admin): the (f+1)-th highest
    * answer, of the first 2f+1 or, for `kind` byzantine/none, of every replica that answers
-   * before the deadline (queries.ts, rankRule); for crash/none the highest of at least n-f
-   * answers (highestRule), since its publishes normally reach f+1 replicas only.
+   * before the deadline (queries.ts, rankRule); for crash/none the highest answer
+   * (highestRule), since its publishes normally reach f+1 replicas only.
    */
   clientSeq(tag: string | null, kind: ReplyKind | null = null): Promise<number> {
     const what = `client-seq ${tag ?? "admin"}`;

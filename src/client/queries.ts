@@ -21,7 +21,7 @@ import { channelClassFields, tagSchema, type QueryReply } from "../../wire/schem
 import { type ErrorCode, KEY_BYTES, REPLICAS_MAX } from "../../wire/types.ts";
 import { KEYS_PER_CHANNEL_MAX, QUOTAS_MAX } from "../core/channels/constants.ts";
 import { toHex } from "../crypto/encoding.ts";
-import { byzantineQuorum, liveQuorum, vouchQuorum } from "../core/voting/quorum.ts";
+import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import { ReplyVoter } from "../core/voting/reply-voter.ts";
 import { NoQuorumError, RequestRejectedError, type ClientError } from "./errors.ts";
 import { pickLastSeq } from "./seq.ts";
@@ -409,21 +409,29 @@ function fromVote<T>(result: Canonical, reasons: ReadonlyMap<string, string>): Q
 }
 
 /**
- * The highest number, of at least n-f answers: where a crash/none space continues. No
- * replica lies on a crash channel (the crash CLASS), so the highest answer is one a
- * replica reached; and a crash/none publish is normally stored by f+1 replicas only
- * (request-tracker.ts quorumTargets), so with one of those down the (f+1)-th highest
- * (rankRule) could fall below numbers already used, and the client would sign a second
- * body under one of them. Any n-f answers include one of those f+1. Waits for every
- * replica with a session (or the deadline); refusals are kept for the error message.
+ * Answers above this are not taken by highestRule: no publisher reaches it (2^52 events,
+ * over a century at a million a second), and a faulty replica answering near 2^53 would
+ * otherwise use up the key's numbers on that tag for good.
+ */
+export const HIGHEST_ANSWER_MAX = 2 ** 52;
+
+/**
+ * The highest number: where a crash/none space continues. A crash/none publish is
+ * normally stored by f+1 replicas only (request-tracker.ts quorumTargets), so with one of
+ * those down the (f+1)-th highest (rankRule) could fall below numbers already used, and
+ * the client would sign a second body under one of them; while at most f replicas are
+ * missing, the answers include one of those f+1. It takes the replicas at their word, as
+ * the crash CLASS does (up to HIGHEST_ANSWER_MAX). Waits for every replica with a session,
+ * at least f+1 (or the deadline), as rankRule does, so that crash/none publishing goes on
+ * with only f+1 replicas up; refusals are kept for the error message.
  */
 export function highestRule(n: number, f: number, what: string, read: (res: Canonical) => number | null): QueryRule<number> {
-  const needed = liveQuorum(n, f);
+  const needed = vouchQuorum(f);
   return numberRule(f, what, read, {
     wanted: n,
     needed,
     pick: (answers) => {
-      const usable = answers.filter((answer) => Number.isSafeInteger(answer) && answer >= 0);
+      const usable = answers.filter((answer) => Number.isSafeInteger(answer) && answer >= 0 && answer <= HIGHEST_ANSWER_MAX);
       return usable.length < needed ? null : Math.max(...usable);
     },
   });

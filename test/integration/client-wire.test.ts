@@ -597,13 +597,26 @@ describe("publish", () => {
     const { ledger, replicas, config } = group([
       { onQuery: (r, q) => (q.q === "client-seq" ? { last: 1_000_000 } : r.honestAnswer([...r.sockets][0]!, q)) },
     ]);
-    ledger.channels.set("net.links", { fault: "crash", order: "none" });
+    ledger.channels.set("sec.ids", { fault: "byzantine", order: "none" });
     for (const replica of replicas.slice(1)) replica.clientSeqOverride = 7;
+    const client = await connect(config);
+    const ack = await client.publish("sec.ids", [utf8("x")]);
+    expect(ack.pubSeq).toBe(8);
+    expect(ack.channelSeq).toBeNull();
+    expect(ack.firstSeq).toBe(8);
+  });
+
+  test("a crash/none space continues after the highest client-seq answer: one of the f+1 replicas that stored its publishes is enough", async () => {
+    // Its publishes went to replicas 0 and 1 (f+1); replica 0 is down, 2 and 3 never saw them.
+    const { ledger, replicas, config } = group();
+    ledger.channels.set("net.links", { fault: "crash", order: "none" });
+    replicas[0]!.stop();
+    replicas[1]!.clientSeqOverride = 7;
+    for (const replica of replicas.slice(2)) replica.clientSeqOverride = 0;
     const client = await connect(config);
     const ack = await client.publish("net.links", [utf8("x")]);
     expect(ack.pubSeq).toBe(8);
     expect(ack.channelSeq).toBeNull();
-    expect(ack.firstSeq).toBe(8);
   });
 
   test("REPLAY: the client learns the seq again and re-numbers", async () => {

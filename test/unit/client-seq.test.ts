@@ -1,7 +1,15 @@
 import { describe, expect, test } from "bun:test";
 import type { QueryReply } from "../../wire/schemas.ts";
 import { NoQuorumError, RequestRejectedError } from "../../src/client/errors.ts";
-import { matchingRule, parseChannelInfo, parseChannelList, parseClientSeq, rankRule, highestRule } from "../../src/client/queries.ts";
+import {
+  matchingRule,
+  parseChannelInfo,
+  parseChannelList,
+  parseClientSeq,
+  rankRule,
+  highestRule,
+  HIGHEST_ANSWER_MAX,
+} from "../../src/client/queries.ts";
 import { ADMIN_SPACE, pickLastSeq, SeqCounter, spaceName } from "../../src/client/seq.ts";
 
 const ok = (replica: number, res: QueryReply extends infer R ? (R extends { ok: true; res: infer X } ? X : never) : never): QueryReply => ({
@@ -175,17 +183,27 @@ describe("highest rule (client-seq of a crash/none space)", () => {
     expect(rule.add(3, ok(3, { last: 7 }))).toEqual({ ok: true, value: 20 });
   });
 
-  test("fewer than n-f answers are a NoQuorumError, so no pick rests on replicas that may all have missed the latest", () => {
+  test("fewer than f+1 answers are a NoQuorumError; f+1 of them settle once every reachable replica answered", () => {
     const rule = highestRule(n, f, "client-seq", parseClientSeq);
-    expect(rule.enoughToSettleEarly?.()).toBe(false);
     rule.add(2, ok(2, { last: 4 }));
-    rule.add(3, ok(3, { last: 6 }));
     expect(rule.enoughToSettleEarly?.()).toBe(false);
-    const outcome = rule.atDeadline(() => "replicas 0, 1: no answer");
+    const outcome = rule.atDeadline(() => "replicas 0, 1, 3: no answer");
     expect(outcome.ok).toBe(false);
     if (outcome.ok) return;
     expect(outcome.error).toBeInstanceOf(NoQuorumError);
-    expect(outcome.error.message).toContain("3 needed");
+    expect(outcome.error.message).toContain("2 needed");
+    rule.add(3, ok(3, { last: 6 }));
+    expect(rule.enoughToSettleEarly?.()).toBe(true);
+    expect(rule.atDeadline(() => "")).toEqual({ ok: true, value: 6 });
+  });
+
+  test("an answer above 2^52 is not taken: one faulty replica cannot use up the key's numbers", () => {
+    const rule = highestRule(n, f, "client-seq", parseClientSeq);
+    rule.add(0, ok(0, { last: Number.MAX_SAFE_INTEGER }));
+    rule.add(1, ok(1, { last: 9 }));
+    rule.add(2, ok(2, { last: 9 }));
+    expect(rule.add(3, ok(3, { last: 0 }))).toEqual({ ok: true, value: 9 });
+    expect(HIGHEST_ANSWER_MAX).toBe(2 ** 52);
   });
 
   test("malformed answers are not numbers, and f+1 refusals settle it as a refusal", () => {
