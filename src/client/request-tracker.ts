@@ -59,8 +59,9 @@ export const RETRY_SOON_MS_MAX = 320;
 /**
  * Where a crash/none publish goes. "quorum": to f+1 replicas with a session up, the same
  * ones for a tag while their sessions stay up (quorumTargets), and to every other replica
- * as soon as one of them refuses it, its session drops, or the hedge delay passes without
- * the acknowledgement. "all": to every replica at once. Either way it is acknowledged once
+ * as soon as one of them refuses it (other than RATE_LIMITED), its session drops or its
+ * connection has no room, or one of them has not answered by the hedge delay (hedgeDue).
+ * "all": to every replica at once. Either way it is acknowledged once
  * f+1 replicas stored it; "quorum" spares the other replicas the copy (their signature
  * check, store and fan-out) and every subscriber the extra copies of each event.
  */
