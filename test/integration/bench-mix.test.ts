@@ -3,13 +3,16 @@
  * critical channel is measured; the figures of both come out, nothing is lost.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
+import { waitFor } from "../helpers/wait.ts";
 import { startClusterWithLowChannel } from "./client-util.ts";
-import type { TestCluster } from "./harness.ts";
+import { freePortRange, metricValue, type TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
+let metricsBase: number;
 
 beforeAll(async () => {
-  cluster = await startClusterWithLowChannel();
+  metricsBase = freePortRange(4);
+  cluster = await startClusterWithLowChannel({ replicaArgs: (id) => ["--metrics", `127.0.0.1:${metricsBase + id}`] });
 });
 
 afterAll(async () => {
@@ -34,6 +37,27 @@ test("bench --mix prints the critical channel's latency and the saturated channe
   expect(figures.mix.low_mixed_per_s).toBeGreaterThanOrEqual(0);
   expect(figures.mix.low_failed).toBe(0);
   expect(run.stderr).toContain("bulk.metrics alone, saturated by 2 publishers");
+}, 180_000);
+
+test("bench --mix floods a crash/none channel where --crash-none-targets says: with all, every replica stores the flood", async () => {
+  const flags = ["--mix", "net.links", "--mix-publishers", "1", "--crash-none-targets", "all"];
+  const run = await bench(["--events", "100", "--rate", "200", ...flags]);
+  expect(run.code, run.stderr).toBe(0);
+  // With f+1 targets (the default) two replicas store the flood and the other two only the
+  // publishes widened to them; sent to all four, each stores about all of it (a replica
+  // whose connection had no room when the publish went out may miss a few).
+  const series = 'fitb_channel_events_stored_total{tag="net.links",class="crash/none",priority="normal"}';
+  const stored = () => Promise.all([0, 1, 2, 3].map((id) => metricValue(metricsBase + id, series)));
+  let counts: number[] = [];
+  await waitFor(
+    "every replica to store the same crash/none flood",
+    async () => {
+      counts = await stored();
+      return Math.min(...counts) > 0 && Math.min(...counts) >= Math.max(...counts) / 2;
+    },
+    undefined,
+    () => counts.join(", "),
+  );
 }, 180_000);
 
 test("bench --rate R1,R2 sweeps the rates and prints one row per rate", async () => {

@@ -15,6 +15,7 @@ import { randomBytes } from "node:crypto";
 import { FitbClient } from "../../client/client.ts";
 import { describeError } from "../../client/errors.ts";
 import { Publisher } from "../../client/publisher.ts";
+import type { CrashNoneTargets } from "../../client/request-tracker.ts";
 import { loadClientSetup } from "../../client/setup.ts";
 
 /** What the bench hands the flood thread. */
@@ -26,6 +27,8 @@ export interface FloodPlan {
   readonly publishers: number;
   readonly connectTimeoutMs: number;
   readonly timeoutMs: number;
+  /** --crash-none-targets of the bench: a crash/none flood goes where the measured channel's publishes go. */
+  readonly crashNoneTargets: CrashNoneTargets | undefined;
 }
 
 export interface FloodCounts {
@@ -71,6 +74,7 @@ async function start(plan: FloodPlan): Promise<void> {
     config: setup.config,
     key: setup.key,
     timeouts: { connectMs: plan.connectTimeoutMs, requestMs: plan.timeoutMs, queryMs: plan.timeoutMs },
+    ...(plan.crashNoneTargets === undefined ? {} : { crashNoneTargets: plan.crashNoneTargets }),
   });
   running = true;
   const event = new Uint8Array(plan.size);

@@ -493,6 +493,7 @@ class Flood {
       publishers: mix.publishers,
       connectTimeoutMs: this.flags.connectTimeoutMs,
       timeoutMs: this.flags.timeoutMs,
+      crashNoneTargets: this.flags.crashNoneTargets,
     };
     this.send({ t: "start", plan: floodPlan });
     await this.next("ready");
