@@ -99,6 +99,8 @@ export interface ReplicaOptions {
   readonly threads?: number;
   /** The ordering core on a thread of its own (src/replica/ordering-host.ts); off (the default here): on the event loop. */
   readonly orderingThread?: boolean;
+  /** Whether the runtime runs its top compiler tier (src/cli/jit.ts), for the start line; unset: not said. */
+  readonly ftl?: boolean;
   /**
    * A replica the cluster file does not list, joining a running group (src/cli/join.ts): its
    * entry as the membership names it, and the epoch it starts in.
@@ -392,6 +394,7 @@ export class Replica {
       verifyThreads: this.verifier.threadCount,
       orderingThread: this.options.orderingThread === true,
       urgentDelayTargetMs: this.shedder?.targetMs ?? 0,
+      ...(this.options.ftl === undefined ? {} : { ftl: this.options.ftl }),
     });
   }
 

@@ -36,6 +36,7 @@ import { CommandError, EXIT_OK } from "../errors.ts";
 import { VERSION } from "../run.ts";
 import { untilParentChanges } from "../lifetime.ts";
 import { portHolderNote } from "../port-holder.ts";
+import { selfCommand } from "../self.ts";
 import { DEFAULT_BASE_PORT, DEFAULT_HOST } from "./cluster-init.ts";
 
 export const DEFAULT_DEMO_DIR = ".fitb-demo";
@@ -444,14 +445,6 @@ class Demo {
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/**
- * The argv that runs this same fitb: the compiled binary is itself the runtime, while
- * from source the runtime needs the entry script.
- */
-export function selfCommand(): string[] {
-  return Bun.main.endsWith(".ts") ? [process.execPath, Bun.main] : [process.execPath];
-}
 
 /** How the printed instructions invoke fitb: copy-pasteable from the current directory. */
 function fitbInvocation(): string {

@@ -23,7 +23,9 @@ import type { Command } from "../command.ts";
 import { CONFIG_DEFAULT_TEXT, resolveConfigPath } from "../defaults.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
 import { untilStdinEnds } from "../lifetime.ts";
+import { ensureFtl, FTL_DEFAULT, FTL_SETTINGS, type FtlSetting, ftlActive } from "../jit.ts";
 import { portHolderNote } from "../port-holder.ts";
+import { selfCommand } from "../self.ts";
 import { SystemdNotifier, watchdogIntervalMs } from "../sd-notify.ts";
 
 export const replicaCommand: Command = {
@@ -103,6 +105,14 @@ export const replicaCommand: Command = {
         "Priority shedding: while high/critical publishes arrive, refuse a growing share of low (then normal) publishes OVERLOADED whenever the event loop runs more than MS late, down to a guaranteed floor; 0 (the default): off; 2 suits a host dedicated to fitb that carries critical channels",
     },
     {
+      name: "ftl",
+      kind: "string",
+      valueName: "on|off",
+      defaultValue: FTL_DEFAULT,
+      description:
+        "The JavaScript runtime's top compiler tier (FTL). off (the default): a replica's work is mostly native code that FTL does not speed up, and without it the compiler takes far less CPU while the replica warms up, with no loss after (README, Performance); the replica restarts itself in place at start with BUN_JSC_useFTLJIT set, unless its environment already has the value asked for",
+    },
+    {
       name: "with-parent",
       kind: "boolean",
       description:
@@ -117,6 +127,8 @@ export const replicaCommand: Command = {
 async function runReplica(args: ParsedArgs): Promise<number> {
   const level = parseLogLevel(process.env.FITB_LOG);
   if (!level.ok) throw new UsageError(level.reason);
+  // First, before anything is opened: this may replace the process (jit.ts).
+  const ftlFailure = ensureFtl(parseFtl(args.string("ftl") ?? FTL_DEFAULT), selfCommand(), process.argv.slice(2));
   const configPath = resolveConfigPath(args.string("config"));
   const config = requireClusterConfig(configPath);
   const id = args.requiredInteger("id", 0, REPLICAS_MAX - 1);
@@ -147,6 +159,8 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const log = createLog({ replica: id }, level.level);
   for (const warning of loaded.warnings) log.warn(warning);
+  if (ftlFailure !== null)
+    log.warn("could not restart with the runtime option --ftl asks for; running as started", { reason: ftlFailure, ftl: ftlActive() });
   let joining: Joined | undefined;
   let behind = false;
   try {
@@ -190,6 +204,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
       listenPort: listen?.port,
       threads,
       orderingThread,
+      ftl: ftlActive(),
       urgentDelayTargetMs,
       listenAlso: listens.slice(1),
       ...(joining === undefined ? {} : { joining }),
@@ -315,4 +330,10 @@ function parseOrderingThread(text: string, threads: number): boolean {
     default:
       throw new UsageError(`--ordering-thread: expected on or off, got ${JSON.stringify(text)}`);
   }
+}
+
+function parseFtl(text: string): FtlSetting {
+  const setting = FTL_SETTINGS.find((candidate) => candidate === text);
+  if (setting === undefined) throw new UsageError(`--ftl: expected on or off, got ${JSON.stringify(text)}`);
+  return setting;
 }
