@@ -1,7 +1,7 @@
 /**
  * Where each replica's CPU goes, thread by thread (run on purpose, not part of `npm test`):
  *
- *   npx bun test/bench/threads.ts [--events N] [--rate R] [--threads T] [--ordering-thread on|off] [--class C] [--json] [--help]
+ *   npx bun test/bench/threads.ts [--events N] [--rate R] [--threads T] [--ordering-thread on|off] [--ftl on|off] [--class C] [--json] [--help]
  *
  * Starts four replicas on 127.0.0.1 with `--threads T` verification threads (and with
  * `--ordering-thread on`, the ordering core on a thread of its own), creates one
@@ -48,7 +48,7 @@ const RUN_MS_MAX = 600_000;
 const CLOCK_TICKS_PER_SECOND = 100;
 
 export const USAGE = [
-  "usage: npx bun test/bench/threads.ts [--events N] [--rate R] [--threads T] [--ordering-thread on|off] [--class C] [--json] [--help]",
+  "usage: npx bun test/bench/threads.ts [--events N] [--rate R] [--threads T] [--ordering-thread on|off] [--ftl on|off] [--class C] [--json] [--help]",
   "",
   "Runs fitb bench on 4 local replicas and prints each replica's CPU per delivered event,",
   "thread by thread (main event loop, verification threads, runtime threads), and the",
@@ -57,6 +57,7 @@ export const USAGE = [
   "  --rate R     offer R events/s (fitb bench --rate; default: as fast as acknowledgements allow; the warm-up runs unpaced)",
   "  --threads T  the replicas' --threads (verification threads, 0..8; default: the replica's own default)",
   "  --ordering-thread on|off  the replicas' --ordering-thread (default: the replica's own default)",
+  "  --ftl on|off the replicas' --ftl, the runtime's top compiler tier (default: the replica's own default, off)",
   `  --class C    the channel's CLASS: ${Object.keys(CLASSES).join(", ")} (default byzantine/total)`,
   "  --json       one JSON object instead of the tables",
 ].join("\n");
@@ -68,6 +69,8 @@ export interface Options {
   readonly threads: number | null;
   /** The replicas' --ordering-thread, or null: their default. */
   readonly orderingThread: "on" | "off" | null;
+  /** The replicas' --ftl, or null: their default. */
+  readonly ftl: "on" | "off" | null;
   readonly className: ClassName;
   readonly json: boolean;
   readonly help: boolean;
@@ -78,6 +81,7 @@ export function parseOptions(argv: readonly string[]): Options | string {
   let rate: number | null = null;
   let threads: number | null = null;
   let orderingThread: "on" | "off" | null = null;
+  let ftl: "on" | "off" | null = null;
   let className: ClassName = "byzantine/total";
   let json = false;
   let help = false;
@@ -101,13 +105,17 @@ export function parseOptions(argv: readonly string[]): Options | string {
       const value = argv[++i];
       if (value !== "on" && value !== "off") return "--ordering-thread: on or off";
       orderingThread = value;
+    } else if (arg === "--ftl") {
+      const value = argv[++i];
+      if (value !== "on" && value !== "off") return "--ftl: on or off";
+      ftl = value;
     } else if (arg === "--class") {
       const value = argv[++i];
       if (value === undefined || !(value in CLASSES)) return `--class: one of ${Object.keys(CLASSES).join(", ")}`;
       className = value as ClassName;
     } else return `unknown argument ${arg}`;
   }
-  return { events, rate, threads, orderingThread, className, json, help };
+  return { events, rate, threads, orderingThread, ftl, className, json, help };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -236,6 +244,7 @@ async function main(): Promise<void> {
   const threadArgs = [
     ...(options.threads === null ? [] : ["--threads", String(options.threads)]),
     ...(options.orderingThread === null ? [] : ["--ordering-thread", options.orderingThread]),
+    ...(options.ftl === null ? [] : ["--ftl", options.ftl]),
   ];
   progress(`starting 4 replicas${threadArgs.length === 0 ? "" : ` with ${threadArgs.join(" ")}`}`);
   const cluster = await startCluster({ replicaArgs: () => threadArgs });

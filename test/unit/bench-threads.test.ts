@@ -12,17 +12,33 @@ describe("bench/threads.ts", () => {
       rate: null,
       threads: null,
       orderingThread: null,
+      ftl: null,
       className: "byzantine/total",
       json: false,
       help: false,
     });
     expect(
-      parseOptions(["--events", "5000", "--rate", "2000", "--threads", "0", "--ordering-thread", "on", "--class", "crash/none", "--json"]),
+      parseOptions([
+        "--events",
+        "5000",
+        "--rate",
+        "2000",
+        "--threads",
+        "0",
+        "--ordering-thread",
+        "on",
+        "--ftl",
+        "on",
+        "--class",
+        "crash/none",
+        "--json",
+      ]),
     ).toEqual({
       events: 5000,
       rate: 2000,
       threads: 0,
       orderingThread: "on",
+      ftl: "on",
       className: "crash/none",
       json: true,
       help: false,
@@ -32,6 +48,7 @@ describe("bench/threads.ts", () => {
     expect(parseOptions(["--rate", "0"])).toContain("--rate");
     expect(parseOptions(["--class", "crash"])).toContain("--class");
     expect(parseOptions(["--ordering-thread", "auto"])).toContain("--ordering-thread");
+    expect(parseOptions(["--ftl", "yes"])).toContain("--ftl");
     expect(parseOptions(["--fast"])).toBe("unknown argument --fast");
   });
 
