@@ -19,33 +19,42 @@
 
 /** The runtime's environment variable for its top tier. */
 export const FTL_ENV = "BUN_JSC_useFTLJIT";
+/**
+ * Set in the environment of the restarted process: a replica restarts at most once, even
+ * if the runtime did not keep the variable as given.
+ */
+export const FTL_RESTARTED_ENV = "FITB_FTL_RESTARTED";
 
 export type FtlSetting = "on" | "off";
-export const FTL_SETTINGS: readonly FtlSetting[] = ["on", "off"];
 export const FTL_DEFAULT: FtlSetting = "off";
 
-/** The value of FTL_ENV that `setting` asks for. */
-function envValue(setting: FtlSetting): string {
-  return setting === "on" ? "true" : "false";
+type Env = Readonly<Record<string, string | undefined>>;
+
+/** The environment variable, as the restart sets it, that makes the runtime run as `setting` asks. */
+export function ftlEnvironment(setting: FtlSetting): Record<string, string> {
+  return { [FTL_ENV]: setting === "on" ? "true" : "false" };
+}
+
+/**
+ * Whether the runtime of a process started with `env` runs its top tier, read as the runtime
+ * reads a boolean option: false, no or 0 (in any case) turn it off; anything else, or
+ * nothing, leaves it on.
+ */
+export function ftlActive(env: Env = process.env): boolean {
+  const value = env[FTL_ENV]?.toLowerCase();
+  return !(value === "false" || value === "no" || value === "0");
 }
 
 /**
  * The environment to start this process again with, so that the runtime runs with
- * `setting`; null when the environment already says so (nothing to do).
+ * `setting`; null when it already does (nothing to do), or when this process is itself
+ * such a restart (it happens once).
  */
-export function environmentFor(setting: FtlSetting, env: Readonly<Record<string, string | undefined>>): Record<string, string> | null {
-  const wanted = envValue(setting);
-  if (env[FTL_ENV] === wanted) return null;
+export function environmentFor(setting: FtlSetting, env: Env): Record<string, string> | null {
+  if (ftlActive(env) === (setting === "on") || env[FTL_RESTARTED_ENV] !== undefined) return null;
   const next: Record<string, string> = {};
   for (const [name, value] of Object.entries(env)) if (value !== undefined) next[name] = value;
-  next[FTL_ENV] = wanted;
-  return next;
-}
-
-/** Whether the runtime of this process was started with its top tier on (what it reads at start). */
-export function ftlActive(env: Readonly<Record<string, string | undefined>> = process.env): boolean {
-  const value = env[FTL_ENV]?.toLowerCase();
-  return !(value === "false" || value === "0");
+  return { ...next, ...ftlEnvironment(setting), [FTL_RESTARTED_ENV]: "1" };
 }
 
 type Execve = (file: string, args: string[], env: Record<string, string>) => never;
@@ -58,15 +67,15 @@ function runtimeExecve(): Execve | null {
 
 /**
  * Restarts this process in place (execve) with the environment `setting` needs, unless it
- * already has it. `command` is how this program is started (the executable, and the script
- * when run from source); `args` what follows it. Returns only when no restart was needed
- * (null), or when the restart failed: then why (the replica runs as it is).
+ * already has it. `command` is how this program was started (self.ts restartCommand);
+ * `args` what follows it. Returns only when no restart was needed (null), or when the
+ * restart failed: then why (the replica runs as it is).
  */
 export function ensureFtl(
   setting: FtlSetting,
   command: readonly string[],
   args: readonly string[],
-  env: Readonly<Record<string, string | undefined>> = process.env,
+  env: Env = process.env,
   execve: Execve | null = runtimeExecve(),
 ): string | null {
   const next = environmentFor(setting, env);
@@ -74,17 +83,10 @@ export function ensureFtl(
   if (execve === null) return "this runtime cannot restart a process in place (process.execve)";
   const [file, ...rest] = command;
   if (file === undefined) throw new RangeError("ensureFtl: empty command");
-  // The runtime calls process.execve experimental, and would say so on standard error at
-  // every start; the variable is read at the call, and is not in the new environment.
-  const quiet = process.env.NODE_NO_WARNINGS;
-  process.env.NODE_NO_WARNINGS = "1";
   try {
     execve(file, [file, ...rest, ...args], next);
     return "process.execve returned";
   } catch (error) {
     return error instanceof Error ? error.message : String(error);
-  } finally {
-    if (quiet === undefined) delete process.env.NODE_NO_WARNINGS;
-    else process.env.NODE_NO_WARNINGS = quiet;
   }
 }

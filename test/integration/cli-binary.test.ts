@@ -6,6 +6,8 @@ import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { FTL_ENV, FTL_RESTARTED_ENV } from "../../src/cli/jit.ts";
+import { environOf, envWithout } from "../helpers/environ.ts";
 import { NotifySocket } from "../helpers/notify-socket.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { freePortRange } from "./harness.ts";
@@ -146,6 +148,56 @@ test(
     } finally {
       demo.kill("SIGKILL");
       notify.close();
+    }
+  },
+  COMPILE_TEST_TIMEOUT_MS,
+);
+
+test(
+  "the compiled fitb replica restarts itself in place with the runtime's top tier off, and its start line says so",
+  async () => {
+    const binary = join(directory, "fitb");
+    expect(statSync(binary).isFile()).toBe(true);
+    const dir = join(directory, "ftl");
+    const init = await runIn(directory, [
+      binary,
+      "cluster",
+      "init",
+      "--dir",
+      dir,
+      "--replicas",
+      "4",
+      "--base-port",
+      String(freePortRange(4)),
+    ]);
+    expect(init.code, init.stderr).toBe(0);
+    // Whatever this test's own environment says of the option must not decide it.
+    const replica = Bun.spawn([binary, "replica", "--config", join(dir, "cluster.toml"), "--id", "0"], {
+      cwd: directory,
+      env: envWithout(process.env, [FTL_ENV, FTL_RESTARTED_ENV]),
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const lines: string[] = [];
+    void (async () => {
+      for await (const chunk of replica.stdout) lines.push(...new TextDecoder().decode(chunk).split("\n"));
+    })();
+    try {
+      const started = () => lines.find((line) => line.includes('"replica started"'));
+      await waitFor(
+        "the replica's start line",
+        () => started() !== undefined || replica.exitCode !== null,
+        30_000,
+        () => lines.join("\n"),
+      );
+      expect(JSON.parse(started() as string)).toMatchObject({ ftl: false });
+      const environ = environOf(replica.pid);
+      expect(environ.get(FTL_ENV)).toBe("false");
+      expect(environ.get(FTL_RESTARTED_ENV)).toBe("1");
+      expect(lines.join("\n")).not.toContain("could not restart");
+    } finally {
+      replica.kill("SIGTERM");
+      await replica.exited;
     }
   },
   COMPILE_TEST_TIMEOUT_MS,

@@ -33,6 +33,8 @@ describe("fitb service unit", () => {
       expect(result.out).toContain(`${directive}\n`);
     }
     expect(result.out).not.toContain("ReadWritePaths=");
+    // The runtime's top tier off from the start, so the replica need not restart itself for --ftl.
+    expect(result.out).toContain("Environment=BUN_JSC_useFTLJIT=false\n");
   });
 
   test("--data, --sync and --metrics reach the replica; a data directory elsewhere is made writable", async () => {
@@ -54,6 +56,7 @@ describe("fitb service unit", () => {
     expect(result.out).toContain("--listen 127.0.0.1:7400");
     expect(result.out).not.toContain("StateDirectory");
     expect(result.out).toContain("Type=simple\n");
+    expect(result.out).not.toContain("Environment=");
   });
 
   test("--metrics HOST:PORT is passed to the replica and the relay", async () => {

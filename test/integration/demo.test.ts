@@ -117,7 +117,8 @@ describe("fitb demo", () => {
     expect(run.output.stdout).toMatch(/ pub --config \S+cluster\.toml --key \S+client\.key /);
     for (const tag of ["net.links", "storage.disks", "sec.ids", "sec.alerts"])
       expect(run.output.stderr).toContain(`created channel ${tag}`);
-    // Its replicas shed priority as a dedicated host should (--urgent-delay-target-ms 2).
+    // Its replicas shed priority as a dedicated host should (--urgent-delay-target-ms 2), and
+    // run without the runtime's top compiler tier.
     for (let id = 0; id < 4; id++) {
       const log = join(dir, `replica-${id}.log`);
       await waitFor(
@@ -128,7 +129,10 @@ describe("fitb demo", () => {
       const started = readFileSync(log, "utf8")
         .split("\n")
         .find((line) => line.includes('"replica started"')) as string;
-      expect((JSON.parse(started) as { urgentDelayTargetMs?: number }).urgentDelayTargetMs).toBe(URGENT_DELAY_TARGET_MS_SUGGESTED);
+      const fields = JSON.parse(started) as { urgentDelayTargetMs?: number; ftl?: boolean };
+      expect(fields.urgentDelayTargetMs).toBe(URGENT_DELAY_TARGET_MS_SUGGESTED);
+      // The demo starts them with the runtime's top tier off already (--ftl's default).
+      expect(fields.ftl).toBe(false);
     }
 
     const sub = await connect(relayPort);

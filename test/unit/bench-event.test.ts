@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
-import { BENCH_HEADER_BYTES, benchEvent, benchSentAt } from "../../src/cli/commands/bench.ts";
+import { parseArgs } from "../../src/cli/args.ts";
+import { BENCH_HEADER_BYTES, benchCommand, benchEvent, benchSentAt, floodPlanOf, readBenchPlan } from "../../src/cli/commands/bench.ts";
 
 const runA = new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]);
 const runB = new Uint8Array([8, 7, 6, 5, 4, 3, 2, 1]);
@@ -34,5 +35,28 @@ describe("bench events", () => {
     const frame = new Uint8Array(7 + 200);
     frame.set(benchEvent(runA, 2, 9, 200, 77.25), 7);
     expect(benchSentAt(frame.subarray(7), runA)).toBe(77.25);
+  });
+});
+
+describe("bench --mix", () => {
+  test("the flood thread gets the --mix channel and the bench's own client flags, --crash-none-targets included", () => {
+    const args = parseArgs(["--channel", "sec.alerts", "--mix", "net.links", "--mix-publishers", "3", "--size", "64"], {
+      flags: benchCommand.flags,
+      positionals: benchCommand.positionals,
+    });
+    const plan = readBenchPlan(args);
+    const flags = { configPath: "/c.toml", keyPath: "/k", timeoutMs: 5_000, connectTimeoutMs: 2_000 };
+    for (const crashNoneTargets of ["all", "quorum"] as const) {
+      expect(floodPlanOf(plan, { ...flags, crashNoneTargets })).toEqual({
+        configPath: "/c.toml",
+        keyPath: "/k",
+        tag: "net.links",
+        size: 64,
+        publishers: 3,
+        connectTimeoutMs: 2_000,
+        timeoutMs: 5_000,
+        crashNoneTargets,
+      });
+    }
   });
 });

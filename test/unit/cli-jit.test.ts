@@ -3,28 +3,40 @@
  * with, and when it restarts at all.
  */
 import { describe, expect, test } from "bun:test";
-import { ensureFtl, environmentFor, FTL_ENV, ftlActive } from "../../src/cli/jit.ts";
+import { ensureFtl, environmentFor, FTL_ENV, FTL_RESTARTED_ENV, ftlActive, ftlEnvironment } from "../../src/cli/jit.ts";
 
 describe("environmentFor", () => {
-  test("asks for a restart with the variable set when the environment does not say what the setting asks", () => {
+  test("asks for a restart with the variable set, and marked as a restart, when the runtime would run the other way", () => {
     const env = { PATH: "/bin", NOTIFY_SOCKET: "/run/notify", GONE: undefined };
-    expect(environmentFor("off", env)).toEqual({ PATH: "/bin", NOTIFY_SOCKET: "/run/notify", [FTL_ENV]: "false" });
-    expect(environmentFor("on", env)).toEqual({ PATH: "/bin", NOTIFY_SOCKET: "/run/notify", [FTL_ENV]: "true" });
-    expect(environmentFor("off", { [FTL_ENV]: "true" })).toEqual({ [FTL_ENV]: "false" });
+    expect(environmentFor("off", env)).toEqual({
+      PATH: "/bin",
+      NOTIFY_SOCKET: "/run/notify",
+      [FTL_ENV]: "false",
+      [FTL_RESTARTED_ENV]: "1",
+    });
+    expect(environmentFor("off", { [FTL_ENV]: "true" })).toEqual({ [FTL_ENV]: "false", [FTL_RESTARTED_ENV]: "1" });
+    expect(environmentFor("on", { [FTL_ENV]: "0" })).toEqual({ [FTL_ENV]: "true", [FTL_RESTARTED_ENV]: "1" });
   });
 
-  test("asks for nothing once the environment has the value (the restarted process goes on)", () => {
-    expect(environmentFor("off", { [FTL_ENV]: "false" })).toBeNull();
+  test("asks for nothing when the runtime already runs as asked, whatever the spelling", () => {
+    for (const value of ["false", "FALSE", "no", "0"]) expect(environmentFor("off", { [FTL_ENV]: value })).toBeNull();
+    // The tier is on by default: --ftl on needs no restart.
+    expect(environmentFor("on", {})).toBeNull();
     expect(environmentFor("on", { [FTL_ENV]: "true" })).toBeNull();
+  });
+
+  test("never asks twice: a restarted process goes on even if the variable did not reach the runtime", () => {
+    expect(environmentFor("off", { [FTL_RESTARTED_ENV]: "1" })).toBeNull();
   });
 });
 
-test("ftlActive reads the variable as the runtime does: off only when false or 0", () => {
+test("ftlActive reads the variable as the runtime does: off for false, no or 0 in any case", () => {
   expect(ftlActive({})).toBe(true);
   expect(ftlActive({ [FTL_ENV]: "true" })).toBe(true);
-  expect(ftlActive({ [FTL_ENV]: "false" })).toBe(false);
-  expect(ftlActive({ [FTL_ENV]: "FALSE" })).toBe(false);
-  expect(ftlActive({ [FTL_ENV]: "0" })).toBe(false);
+  expect(ftlActive({ [FTL_ENV]: "yes" })).toBe(true);
+  for (const value of ["false", "FALSE", "No", "0"]) expect(ftlActive({ [FTL_ENV]: value })).toBe(false);
+  expect(ftlActive(ftlEnvironment("off"))).toBe(false);
+  expect(ftlActive(ftlEnvironment("on"))).toBe(true);
 });
 
 describe("ensureFtl", () => {
@@ -34,12 +46,13 @@ describe("ensureFtl", () => {
       calls.push({ file, args, env });
       throw new Error("execve stand-in: a real one does not return");
     };
-    const failure = ensureFtl("off", ["/usr/bin/bun", "/src/cli/main.ts"], ["replica", "--id", "2"], { HOME: "/root" }, execve);
+    const command = ["/usr/bin/bun", "--cpu-prof", "/src/cli/main.ts"];
+    const failure = ensureFtl("off", command, ["replica", "--id", "2"], { HOME: "/root" }, execve);
     expect(calls).toEqual([
       {
         file: "/usr/bin/bun",
-        args: ["/usr/bin/bun", "/src/cli/main.ts", "replica", "--id", "2"],
-        env: { HOME: "/root", [FTL_ENV]: "false" },
+        args: ["/usr/bin/bun", "--cpu-prof", "/src/cli/main.ts", "replica", "--id", "2"],
+        env: { HOME: "/root", [FTL_ENV]: "false", [FTL_RESTARTED_ENV]: "1" },
       },
     ]);
     // A failed execve is reported, and the replica goes on as it is.

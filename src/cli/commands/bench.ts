@@ -460,6 +460,22 @@ const FLOOD_POLL_MS = 50;
 /** Answers of the flood thread are bounded by this, so a wedged thread fails the run instead of hanging it. */
 const FLOOD_ANSWER_MS = 30_000;
 
+/** What the flood thread is told: the --mix channel, with the bench's own client flags. */
+export function floodPlanOf(plan: BenchPlan, flags: ClientFlags): FloodPlan {
+  const mix = plan.mix;
+  if (mix === null) throw new RangeError("floodPlanOf: not a --mix run");
+  return {
+    configPath: flags.configPath,
+    keyPath: flags.keyPath,
+    tag: mix.tag,
+    size: plan.size,
+    publishers: mix.publishers,
+    connectTimeoutMs: flags.connectTimeoutMs,
+    timeoutMs: flags.timeoutMs,
+    crashNoneTargets: flags.crashNoneTargets,
+  };
+}
+
 /** The flood thread (bench-flood.ts) and its answers. */
 class Flood {
   private readonly worker: Worker;
@@ -484,18 +500,7 @@ class Flood {
   }
 
   async start(): Promise<void> {
-    const mix = this.plan.mix as NonNullable<BenchPlan["mix"]>;
-    const floodPlan: FloodPlan = {
-      configPath: this.flags.configPath,
-      keyPath: this.flags.keyPath,
-      tag: mix.tag,
-      size: this.plan.size,
-      publishers: mix.publishers,
-      connectTimeoutMs: this.flags.connectTimeoutMs,
-      timeoutMs: this.flags.timeoutMs,
-      crashNoneTargets: this.flags.crashNoneTargets,
-    };
-    this.send({ t: "start", plan: floodPlan });
+    this.send({ t: "start", plan: floodPlanOf(this.plan, this.flags) });
     await this.next("ready");
   }
 

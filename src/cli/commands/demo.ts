@@ -36,7 +36,8 @@ import { CommandError, EXIT_OK } from "../errors.ts";
 import { VERSION } from "../run.ts";
 import { untilParentChanges } from "../lifetime.ts";
 import { portHolderNote } from "../port-holder.ts";
-import { selfCommand } from "../self.ts";
+import { FTL_DEFAULT, ftlEnvironment } from "../jit.ts";
+import { runningFromSource, selfCommand } from "../self.ts";
 import { DEFAULT_BASE_PORT, DEFAULT_HOST } from "./cluster-init.ts";
 
 export const DEFAULT_DEMO_DIR = ".fitb-demo";
@@ -292,6 +293,8 @@ class Demo {
         const shedding = ["--urgent-delay-target-ms", String(URGENT_DELAY_TARGET_MS_SUGGESTED)];
         const argv = [...selfCommand(), "replica", "--config", configPath, "--id", String(replica.id), "--with-parent", ...shedding];
         const proc = Bun.spawn(argv, {
+          // What --ftl's default asks for, so the replica need not restart itself for it (jit.ts).
+          env: { ...process.env, ...ftlEnvironment(FTL_DEFAULT) },
           stdin: "pipe",
           stdout: log,
           stderr: log,
@@ -448,7 +451,7 @@ class Demo {
 
 /** How the printed instructions invoke fitb: copy-pasteable from the current directory. */
 function fitbInvocation(): string {
-  if (Bun.main.endsWith(".ts")) {
+  if (runningFromSource()) {
     // In the project directory (where npm start runs) npx finds the project's own bun;
     // elsewhere it would fetch one, so the runtime is named by its path.
     const main = displayPath(Bun.main);

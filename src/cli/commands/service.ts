@@ -14,6 +14,7 @@ import { resolve } from "node:path";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { EXIT_OK, UsageError } from "../errors.ts";
+import { FTL_DEFAULT, ftlEnvironment } from "../jit.ts";
 
 export const DEFAULT_BINARY = "/usr/local/bin/fitb";
 export const DEFAULT_USER = "fitb";
@@ -104,6 +105,8 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
       stateDirectory: true,
       runtimeDirectory: null,
       notify: true,
+      // What --ftl's default asks for, so the replica need not restart itself for it (jit.ts).
+      environment: ftlEnvironment(FTL_DEFAULT),
       readWritePaths: data === STATE_ROOT || data.startsWith(`${STATE_ROOT}/`) ? [] : [data],
     });
   } else if (kind === "relay") {
@@ -118,6 +121,7 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
       // $RUNTIME_DIRECTORY/relay.sock, the relay's default Unix socket for probes.
       runtimeDirectory: "fitb-relay",
       notify: false,
+      environment: {},
       readWritePaths: [],
     });
   } else {
@@ -136,6 +140,8 @@ interface UnitSpec {
   readonly runtimeDirectory: string | null;
   /** Type=notify with a watchdog (the replica), or Type=simple. */
   readonly notify: boolean;
+  /** Environment= of the service. */
+  readonly environment: Readonly<Record<string, string>>;
   /** Directories the service writes besides its StateDirectory (ProtectSystem=strict makes the rest read-only). */
   readonly readWritePaths: readonly string[];
 }
@@ -150,6 +156,7 @@ export function renderUnit(spec: UnitSpec): string {
     "",
     "[Service]",
     ...(spec.notify ? ["Type=notify", "NotifyAccess=main", `WatchdogSec=${WATCHDOG_SEC}s`, "TimeoutStartSec=infinity"] : ["Type=simple"]),
+    ...Object.entries(spec.environment).map(([name, value]) => `Environment=${name}=${value}`),
     `ExecStart=${spec.exec}`,
     "Restart=on-failure",
     "RestartSec=1s",
