@@ -320,7 +320,6 @@ function parseSync(text: string): SyncPolicy {
   return policy;
 }
 
-/** `--ordering-thread`: on or off; on and `--threads 0` (everything on one thread) contradict each other. */
 /** An on|off flag's value; a UsageError naming the flag for anything else. */
 function parseOnOff(flag: string, text: string): boolean {
   if (text === "on") return true;
@@ -328,6 +327,7 @@ function parseOnOff(flag: string, text: string): boolean {
   throw new UsageError(`--${flag}: expected on or off, got ${JSON.stringify(text)}`);
 }
 
+/** `--ordering-thread`: on or off; on and `--threads 0` (everything on one thread) contradict each other. */
 function parseOrderingThread(text: string, threads: number): boolean {
   const on = parseOnOff("ordering-thread", text);
   if (on && threads === 0) {
