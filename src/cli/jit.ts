@@ -12,16 +12,18 @@
  * The runtime reads its options from the environment (`BUN_JSC_useFTLJIT`) when it
  * starts, before any of this code runs. So a replica whose environment does not already
  * say what `--ftl` asks for replaces itself (execve: the same process id, open
- * descriptors and parent, as systemd and `fitb demo` expect) with the same command and
- * the option set; the second start finds it set and goes on. That happens before the
- * replica opens its data directory or any socket.
+ * descriptors and parent, as systemd expects) with the same command and the option set;
+ * the second start finds it set and goes on. That happens before the replica opens its
+ * data directory or any socket. `fitb demo` and the systemd unit set the variable, so
+ * their replicas start once.
  */
 
 /** The runtime's environment variable for its top tier. */
 export const FTL_ENV = "BUN_JSC_useFTLJIT";
 /**
- * Set in the environment of the restarted process: a replica restarts at most once, even
- * if the runtime did not keep the variable as given.
+ * Set, to the process id, in the environment of the restarted process (execve keeps the
+ * id): a process restarts at most once, even if the runtime did not keep the variable as
+ * given. A value another process left (a copied environment) does not count.
  */
 export const FTL_RESTARTED_ENV = "FITB_FTL_RESTARTED";
 
@@ -46,15 +48,15 @@ export function ftlActive(env: Env = process.env): boolean {
 }
 
 /**
- * The environment to start this process again with, so that the runtime runs with
- * `setting`; null when it already does (nothing to do), or when this process is itself
- * such a restart (it happens once).
+ * The environment to start process `pid` again with, so that the runtime runs with
+ * `setting`; null when it already does (nothing to do), or when `pid` is itself such a
+ * restart (it happens once).
  */
-export function environmentFor(setting: FtlSetting, env: Env): Record<string, string> | null {
-  if (ftlActive(env) === (setting === "on") || env[FTL_RESTARTED_ENV] !== undefined) return null;
+export function environmentFor(setting: FtlSetting, env: Env, pid: number): Record<string, string> | null {
+  if (ftlActive(env) === (setting === "on") || env[FTL_RESTARTED_ENV] === String(pid)) return null;
   const next: Record<string, string> = {};
   for (const [name, value] of Object.entries(env)) if (value !== undefined) next[name] = value;
-  return { ...next, ...ftlEnvironment(setting), [FTL_RESTARTED_ENV]: "1" };
+  return { ...next, ...ftlEnvironment(setting), [FTL_RESTARTED_ENV]: String(pid) };
 }
 
 type Execve = (file: string, args: string[], env: Record<string, string>) => never;
@@ -69,7 +71,9 @@ function runtimeExecve(): Execve | null {
  * Restarts this process in place (execve) with the environment `setting` needs, unless it
  * already has it. `command` is how this program was started (self.ts restartCommand);
  * `args` what follows it. Returns only when no restart was needed (null), or when the
- * restart failed: then why (the replica runs as it is).
+ * restart failed: then why (the replica runs as it is). On a successful restart the
+ * runtime says nothing: its warning that execve is experimental would come a tick later,
+ * and the process is replaced before that.
  */
 export function ensureFtl(
   setting: FtlSetting,
@@ -77,8 +81,9 @@ export function ensureFtl(
   args: readonly string[],
   env: Env = process.env,
   execve: Execve | null = runtimeExecve(),
+  pid: number = process.pid,
 ): string | null {
-  const next = environmentFor(setting, env);
+  const next = environmentFor(setting, env, pid);
   if (next === null) return null;
   if (execve === null) return "this runtime cannot restart a process in place (process.execve)";
   const [file, ...rest] = command;

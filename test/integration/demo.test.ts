@@ -9,6 +9,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Socket, Subprocess } from "bun";
 import { URGENT_DELAY_TARGET_MS_SUGGESTED } from "../../src/replica/shedding.ts";
+import { FTL_ENV, FTL_RESTARTED_ENV } from "../../src/cli/jit.ts";
+import { environOf } from "../helpers/environ.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { BUN, freePortRange, MAIN } from "./harness.ts";
 
@@ -131,8 +133,14 @@ describe("fitb demo", () => {
         .find((line) => line.includes('"replica started"')) as string;
       const fields = JSON.parse(started) as { urgentDelayTargetMs?: number; ftl?: boolean };
       expect(fields.urgentDelayTargetMs).toBe(URGENT_DELAY_TARGET_MS_SUGGESTED);
-      // The demo starts them with the runtime's top tier off already (--ftl's default).
       expect(fields.ftl).toBe(false);
+    }
+    // The demo starts them with the runtime's top tier off already (--ftl's default): none
+    // had to restart itself for it.
+    for (const pid of pids) {
+      const environ = environOf(pid);
+      expect(environ.get(FTL_ENV)).toBe("false");
+      expect(environ.has(FTL_RESTARTED_ENV)).toBe(false);
     }
 
     const sub = await connect(relayPort);

@@ -5,28 +5,27 @@
 import { describe, expect, test } from "bun:test";
 import { ensureFtl, environmentFor, FTL_ENV, FTL_RESTARTED_ENV, ftlActive, ftlEnvironment } from "../../src/cli/jit.ts";
 
+const PID = 4242;
+
 describe("environmentFor", () => {
-  test("asks for a restart with the variable set, and marked as a restart, when the runtime would run the other way", () => {
+  test("asks for a restart with the variable set, and marked with the process id, when the runtime would run the other way", () => {
     const env = { PATH: "/bin", NOTIFY_SOCKET: "/run/notify", GONE: undefined };
-    expect(environmentFor("off", env)).toEqual({
-      PATH: "/bin",
-      NOTIFY_SOCKET: "/run/notify",
-      [FTL_ENV]: "false",
-      [FTL_RESTARTED_ENV]: "1",
-    });
-    expect(environmentFor("off", { [FTL_ENV]: "true" })).toEqual({ [FTL_ENV]: "false", [FTL_RESTARTED_ENV]: "1" });
-    expect(environmentFor("on", { [FTL_ENV]: "0" })).toEqual({ [FTL_ENV]: "true", [FTL_RESTARTED_ENV]: "1" });
+    const marked = { [FTL_RESTARTED_ENV]: "4242" };
+    expect(environmentFor("off", env, PID)).toEqual({ PATH: "/bin", NOTIFY_SOCKET: "/run/notify", [FTL_ENV]: "false", ...marked });
+    expect(environmentFor("off", { [FTL_ENV]: "true" }, PID)).toEqual({ [FTL_ENV]: "false", ...marked });
+    expect(environmentFor("on", { [FTL_ENV]: "0" }, PID)).toEqual({ [FTL_ENV]: "true", ...marked });
   });
 
   test("asks for nothing when the runtime already runs as asked, whatever the spelling", () => {
-    for (const value of ["false", "FALSE", "no", "0"]) expect(environmentFor("off", { [FTL_ENV]: value })).toBeNull();
+    for (const value of ["false", "FALSE", "no", "0"]) expect(environmentFor("off", { [FTL_ENV]: value }, PID)).toBeNull();
     // The tier is on by default: --ftl on needs no restart.
-    expect(environmentFor("on", {})).toBeNull();
-    expect(environmentFor("on", { [FTL_ENV]: "true" })).toBeNull();
+    expect(environmentFor("on", {}, PID)).toBeNull();
+    expect(environmentFor("on", { [FTL_ENV]: "true" }, PID)).toBeNull();
   });
 
-  test("never asks twice: a restarted process goes on even if the variable did not reach the runtime", () => {
-    expect(environmentFor("off", { [FTL_RESTARTED_ENV]: "1" })).toBeNull();
+  test("never asks twice in one process; a mark another process left does not count", () => {
+    expect(environmentFor("off", { [FTL_RESTARTED_ENV]: "4242" }, PID)).toBeNull();
+    expect(environmentFor("off", { [FTL_RESTARTED_ENV]: "99" }, PID)).toEqual({ [FTL_ENV]: "false", [FTL_RESTARTED_ENV]: "4242" });
   });
 });
 
@@ -47,12 +46,12 @@ describe("ensureFtl", () => {
       throw new Error("execve stand-in: a real one does not return");
     };
     const command = ["/usr/bin/bun", "--cpu-prof", "/src/cli/main.ts"];
-    const failure = ensureFtl("off", command, ["replica", "--id", "2"], { HOME: "/root" }, execve);
+    const failure = ensureFtl("off", command, ["replica", "--id", "2"], { HOME: "/root" }, execve, PID);
     expect(calls).toEqual([
       {
         file: "/usr/bin/bun",
         args: ["/usr/bin/bun", "--cpu-prof", "/src/cli/main.ts", "replica", "--id", "2"],
-        env: { HOME: "/root", [FTL_ENV]: "false", [FTL_RESTARTED_ENV]: "1" },
+        env: { HOME: "/root", [FTL_ENV]: "false", [FTL_RESTARTED_ENV]: "4242" },
       },
     ]);
     // A failed execve is reported, and the replica goes on as it is.

@@ -23,7 +23,7 @@ import type { Command } from "../command.ts";
 import { CONFIG_DEFAULT_TEXT, resolveConfigPath } from "../defaults.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
 import { untilStdinEnds } from "../lifetime.ts";
-import { ensureFtl, FTL_DEFAULT, type FtlSetting, ftlActive } from "../jit.ts";
+import { ensureFtl, FTL_DEFAULT, FTL_RESTARTED_ENV, type FtlSetting, ftlActive } from "../jit.ts";
 import { portHolderNote } from "../port-holder.ts";
 import { restartCommand } from "../self.ts";
 import { SystemdNotifier, watchdogIntervalMs } from "../sd-notify.ts";
@@ -130,6 +130,8 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   // First, before anything is opened: this may replace the process (jit.ts).
   const ftl: FtlSetting = parseOnOff("ftl", args.string("ftl") ?? FTL_DEFAULT) ? "on" : "off";
   const ftlFailure = ensureFtl(ftl, restartCommand(), process.argv.slice(2));
+  // Read: nothing this process starts takes it along.
+  delete process.env[FTL_RESTARTED_ENV];
   const configPath = resolveConfigPath(args.string("config"));
   const config = requireClusterConfig(configPath);
   const id = args.requiredInteger("id", 0, REPLICAS_MAX - 1);
@@ -162,8 +164,6 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   for (const warning of loaded.warnings) log.warn(warning);
   if (ftlFailure !== null) {
     log.warn("could not restart with the runtime option --ftl asks for; running as started", { reason: ftlFailure, ftl: ftlActive() });
-  } else if (ftlActive() !== (ftl === "on")) {
-    log.warn(`restarted once for --ftl ${ftl}, and the runtime still runs the other way; going on`, { ftl: ftlActive() });
   }
   let joining: Joined | undefined;
   let behind = false;
