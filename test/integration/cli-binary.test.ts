@@ -9,6 +9,7 @@ import { join, resolve } from "node:path";
 import { FTL_ENV, FTL_RESTARTED_ENV } from "../../src/cli/jit.ts";
 import { environOf, envWithout } from "../helpers/environ.ts";
 import { NotifySocket } from "../helpers/notify-socket.ts";
+import { collectOutput } from "../helpers/output.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { freePortRange } from "./harness.ts";
 
@@ -75,22 +76,10 @@ test(
       stdout: "pipe",
       stderr: "pipe",
     });
-    let out = "";
-    let err = "";
-    void (async () => {
-      for await (const chunk of demo.stdout) out += new TextDecoder().decode(chunk);
-    })();
-    void (async () => {
-      for await (const chunk of demo.stderr) err += new TextDecoder().decode(chunk);
-    })();
+    const { out, err } = collectOutput(demo);
     try {
-      await waitFor(
-        "the demo's ready line",
-        () => out.includes("fitb demo: ready") || demo.exitCode !== null,
-        60_000,
-        () => err,
-      );
-      const pids = [...err.matchAll(/\(pid (\d+)\)/g)].map((match) => Number(match[1]));
+      await waitFor("the demo's ready line", () => out().includes("fitb demo: ready") || demo.exitCode !== null, 60_000, err);
+      const pids = [...err().matchAll(/\(pid (\d+)\)/g)].map((match) => Number(match[1]));
       expect(pids).toHaveLength(4);
       // Each replica (a child inheriting NOTIFY_SOCKET) said it joined its group.
       await waitFor("READY=1 from the 4 replicas", () => notify.messages().filter((m) => m.startsWith("READY=1")).length === 4, 30_000);
@@ -178,30 +167,26 @@ test(
       stdout: "pipe",
       stderr: "pipe",
     });
-    let output = "";
-    let errors = "";
-    void (async () => {
-      for await (const chunk of replica.stdout) output += new TextDecoder().decode(chunk);
-    })();
-    void (async () => {
-      for await (const chunk of replica.stderr) errors += new TextDecoder().decode(chunk);
-    })();
+    const { out, err } = collectOutput(replica);
     try {
-      const started = () => output.split("\n").find((line) => line.includes('"replica started"') && line.endsWith("}"));
+      const started = () =>
+        out()
+          .split("\n")
+          .find((line) => line.includes('"replica started"') && line.endsWith("}"));
       await waitFor(
         "the replica's start line",
         () => started() !== undefined || replica.exitCode !== null,
         30_000,
-        () => output + errors,
+        () => out() + err(),
       );
-      expect(started(), output + errors).toBeDefined();
+      expect(started(), out() + err()).toBeDefined();
       expect(JSON.parse(started() as string)).toMatchObject({ ftl: false });
       const environ = environOf(replica.pid);
       expect(environ.get(FTL_ENV)).toBe("false");
       expect(environ.get(FTL_RESTARTED_ENV)).toBe(String(replica.pid));
-      expect(output).not.toContain("could not restart");
+      expect(out()).not.toContain("could not restart");
       // A restart that worked says nothing on standard error (no "experimental" warning).
-      expect(errors).toBe("");
+      expect(err()).toBe("");
     } finally {
       replica.kill("SIGTERM");
       await replica.exited;

@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Subprocess } from "bun";
 import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import { collectOutput } from "../helpers/output.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { BUN, freePortRange, MAIN, startCluster, type TestCluster } from "./harness.ts";
 
@@ -28,14 +29,7 @@ async function channel(tag: string, fault: string, order: string): Promise<void>
 function spawn(args: string[]): { proc: Subprocess<"ignore", "pipe", "pipe">; out: () => string; err: () => string } {
   const proc = Bun.spawn([BUN, MAIN, ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
   running.push(proc);
-  const text = { out: "", err: "" };
-  void (async () => {
-    for await (const chunk of proc.stdout) text.out += new TextDecoder().decode(chunk);
-  })();
-  void (async () => {
-    for await (const chunk of proc.stderr) text.err += new TextDecoder().decode(chunk);
-  })();
-  return { proc, out: () => text.out, err: () => text.err };
+  return { proc, ...collectOutput(proc) };
 }
 
 beforeAll(async () => {
