@@ -27,6 +27,8 @@ interface BenchJson {
   cpu_s: (number | null)[];
   cpu_us_per_event: (number | null)[];
   cpu_us_per_published_event: (number | null)[];
+  bench_cpu_s: number;
+  bench_cpu_us_per_event: number | null;
   rate_limited: number;
   slow_cutoffs: number;
   dropped_events: number;
@@ -51,6 +53,9 @@ test("bench reports every replica's CPU seconds and CPU per event, with subscrib
     // Per published event is the same CPU over 40 times fewer events.
     expect(figures.cpu_us_per_published_event[id] ?? 0).toBeGreaterThan(figures.cpu_us_per_event[id] ?? 0);
   }
+  // The bench's own CPU: it signed, sent, received and voted on every one of those deliveries.
+  expect(figures.bench_cpu_s).toBeGreaterThan(0);
+  expect(figures.bench_cpu_us_per_event ?? 0).toBeCloseTo((figures.bench_cpu_s * 1e6) / figures.delivered, 0);
   expect(figures.rate_limited).toBe(0);
   expect(run.stderr).not.toContain("RATE_LIMITED");
   // Counted, not asserted zero: a loaded machine may cut a subscriber off (total order re-sends).
@@ -61,6 +66,7 @@ test("bench reports every replica's CPU seconds and CPU per event, with subscrib
   expect(text.code, text.stderr).toBe(0);
   expect(text.stdout).toMatch(/replica CPU seconds during the run: r0 [\d.]+, r1 [\d.]+, r2 [\d.]+, r3 [\d.]+/);
   expect(text.stdout).toMatch(/replica CPU µs per delivered event: r0 [\d.]+, r1/);
+  expect(text.stdout).toMatch(/this bench's CPU \(its publishers, subscribers and their checks\): [\d.]+ s, [\d.]+ µs per delivered event/);
 }, 180_000);
 
 test("bench --warmup publishes and delivers its events first and measures only the run after them", async () => {

@@ -74,13 +74,17 @@ export const benchCommand: Command = {
     "deliveries, so a complete run delivers N*S. It reads every replica's CPU time from its",
     "status answer before and after the run and prints each replica's CPU seconds and CPU",
     "µs per delivered event (and per published event with S > 1; other traffic at the same",
-    "time counts too). It says when replicas refused publishes RATE_LIMITED (the key's rate",
+    "time counts too), and its own CPU over the same span (bench_cpu_s and",
+    "bench_cpu_us_per_event in --json; every thread of this process, the --mix flood's too):",
+    "on the replicas' machine the bench's clients compete with them for the cores. It says",
+    "when replicas refused publishes RATE_LIMITED (the key's rate",
     "limit, not the broker, then set the figure). Subscribers have a client connection each,",
     "up to 32, and share them round robin past 32 or --subscriber-connections C; the",
     "subscriptions of one connection get each batch in one frame naming them all (shared",
     'subscriptions). --json prints one object: {"events","warmup","delivered","seconds",',
     '"delivered_per_s","p50_ms","p99_ms","max_ms","cpu_s","cpu_us_per_event",',
-    '"cpu_us_per_published_event","rate_limited","widened","slow_cutoffs","dropped_events"};',
+    '"cpu_us_per_published_event","bench_cpu_s","bench_cpu_us_per_event","rate_limited",',
+    '"widened","slow_cutoffs","dropped_events"};',
     "the cpu lists are by replica id, null where a replica did not report. It says when a",
     "replica cut a subscriber off for reading too slowly (slow_cutoffs). A crash/none publish",
     "goes to f+1 replicas, and to every replica only when they refuse, drop or are slow:",
@@ -283,6 +287,8 @@ export interface BenchResult {
   readonly latency: LatencyHistogram;
   /** Each replica's CPU seconds during the run, by replica id; null where it did not report them. */
   readonly replicaCpuSeconds: readonly (number | null)[];
+  /** This process's CPU seconds over the same span, every thread (with --mix, the flood's too). */
+  readonly benchCpuSeconds: number;
   /** RATE_LIMITED refusals the publishing client got (and retried) during the run. */
   readonly rateLimited: number;
   /** crash/none publishes of the run sent to every replica after their f+1 replicas refused, dropped or were slower than the hedge delay. */
@@ -362,6 +368,7 @@ async function runPlan(
   const publishClient = await connect();
   if (plan.warmup > 0) await warmUp(plan, publishClient, warmupCounter, flags, io);
   const cpuBefore = await replicaCpuMicros(publishClient);
+  const benchCpuBefore = process.cpuUsage();
   const rateLimitedBefore = publishClient.transientRefusals.get("RATE_LIMITED") ?? 0;
   const widenedBefore = publishClient.crashNoneWidened;
   const progress = new Progress(plan, counter, io);
@@ -370,6 +377,7 @@ async function runPlan(
   const expected = published.acked * plan.subscribers;
   await counter.waitFor(expected, flags.timeoutMs);
   progress.stop();
+  const benchCpu = process.cpuUsage(benchCpuBefore);
   const cpuAfter = await replicaCpuMicros(publishClient);
   for (const subscription of subscriptions) await subscription.close();
   const end = counter.lastDeliveryAt ?? performance.now();
@@ -381,6 +389,7 @@ async function runPlan(
     seconds: Math.max(end - started, 0) / MS_PER_SECOND,
     latency: counter.latency,
     replicaCpuSeconds: cpuSecondsBetween(cpuBefore, cpuAfter),
+    benchCpuSeconds: (benchCpu.user + benchCpu.system) / 1e6,
     rateLimited: (publishClient.transientRefusals.get("RATE_LIMITED") ?? 0) - rateLimitedBefore,
     widened: publishClient.crashNoneWidened - widenedBefore,
     ...trouble,
@@ -855,6 +864,9 @@ export interface CpuFigures {
   readonly cpu_us_per_event: (number | null)[];
   /** CPU µs per acknowledged (published) event, whatever the number of subscribers. */
   readonly cpu_us_per_published_event: (number | null)[];
+  /** The bench process's own CPU seconds (its publishers, subscribers and voting), and per delivered event. */
+  readonly bench_cpu_s: number;
+  readonly bench_cpu_us_per_event: number | null;
 }
 
 export function cpuFigures(result: BenchResult): CpuFigures {
@@ -863,10 +875,12 @@ export function cpuFigures(result: BenchResult): CpuFigures {
     cpu_s: result.replicaCpuSeconds.map((seconds) => (seconds === null ? null : Math.round(seconds * 1000) / 1000)),
     cpu_us_per_event: result.replicaCpuSeconds.map(per(result.delivered)),
     cpu_us_per_published_event: result.replicaCpuSeconds.map(per(result.acked)),
+    bench_cpu_s: Math.round(result.benchCpuSeconds * 1000) / 1000,
+    bench_cpu_us_per_event: per(result.delivered)(result.benchCpuSeconds),
   };
 }
 
-export function resultJson(plan: BenchPlan, result: BenchResult): Record<string, number | (number | null)[]> {
+export function resultJson(plan: BenchPlan, result: BenchResult): Record<string, number | null | (number | null)[]> {
   const perSecond = result.seconds > 0 ? result.delivered / result.seconds : 0;
   return {
     events: plan.events,
@@ -911,6 +925,9 @@ function printResult(plan: BenchPlan, result: BenchResult, io: CommandIo, mix: M
     io.out(`replica CPU µs per delivered event: ${perReplica(cpu.cpu_us_per_event)}`);
     if (plan.subscribers > 1) io.out(`replica CPU µs per published event: ${perReplica(cpu.cpu_us_per_published_event)}`);
   }
+  io.out(
+    `this bench's CPU (its publishers, subscribers and their checks): ${cpu.bench_cpu_s} s, ${cpu.bench_cpu_us_per_event ?? "-"} µs per delivered event; on the replicas' machine it competes with them`,
+  );
   if (result.rateLimited > 0) io.out(rateLimitedLine(result.rateLimited));
   if (result.widened > 0) {
     io.out(
