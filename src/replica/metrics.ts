@@ -77,6 +77,7 @@ const COUNTERS = {
   storage_corrupt_rows_total: "Rows found damaged at open and deleted",
   snapshot_digest_mismatches_total: "Base snapshots whose digest did not match the checkpoint",
   snapshot_bases_written_total: "Base snapshots written",
+  snapshot_base_ticks_yielded_total: "Ticks in which a base snapshot being written gave way to urgent (high or critical) requests",
   handshakes_refused_total: "Handshakes refused at the per-address or total bound",
   handshakes_wrong_port_total: "HELLOs refused because a replica called the client port or a client the peer port",
   handshakes_evicted_total: "Open handshakes evicted to make room for new ones",

@@ -35,6 +35,7 @@ import type { ErrorCode } from "../../wire/types.ts";
 import type { AuditKind, AuditLog } from "./audit.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
+import { URGENT_WINDOW_MS } from "./shedding.ts";
 import { type Clock, type ClockTimer, type PeerTransport, systemClock } from "./ports.ts";
 import { admissibleForwards } from "./forwards.ts";
 import { ADMIN_SPACE, urgencyOfSpace, VerifiedRequests, verifiedCacheKey } from "./requests.ts";
@@ -625,6 +626,17 @@ export class OrderingDriver {
     this.step({ kind: "request", req, authenticated: true }, undefined, mark);
   }
 
+  /**
+   * An urgent (high or critical) request arrived here from a client: for URGENT_WINDOW_MS a
+   * base snapshot being written yields to such requests (snapshots.ts,
+   * BASE_URGENT_TICKS_PER_PART).
+   */
+  noteUrgent(): void {
+    this.urgentAtMs = this.clock.monotonic();
+  }
+
+  private urgentAtMs = Number.NEGATIVE_INFINITY;
+
   /** The current epoch's public keys, by rank (what the ordering thread verifies peers with). */
   private epochKeys(): Uint8Array[] {
     return this.epochView.members.map((member) => member.key);
@@ -750,7 +762,7 @@ export class OrderingDriver {
   private onTick(): void {
     if (this.removed) return;
     this.step({ kind: "tick", nowMs: this.clock.now() });
-    this.keeper.tick();
+    this.keeper.tick(this.clock.monotonic() - this.urgentAtMs < URGENT_WINDOW_MS);
     this.transfer.cancelUnless(this.core.status().transferTo);
     this.transfer.tick();
     // Writes no effect waited for (a vote's own record) are made durable within two ticks.

@@ -486,7 +486,11 @@ export class Replica {
     const allowed = op.t === "admin" || this.machine.isPublisherHex(op.tag, session.keyHex);
     const urgency = allowed ? urgencyOfSpace(admitted.space, (tag) => this.machine.priorityOf(tag)) : 0;
     // The session's next frames go first in the client scheduler's turns (client-frames.ts).
-    if (urgency >= URGENT) this.server.markUrgent(session.conn);
+    if (urgency >= URGENT) {
+      this.server.markUrgent(session.conn);
+      // Background disk work (a base snapshot) gives way while urgent requests arrive.
+      this.ordering.noteUrgent();
+    }
     // The signature is checked on a verification thread; the session's requests go on in
     // the order it sent them (its lane), and only once their check is in.
     let lane = this.lanes.get(session);

@@ -13,7 +13,13 @@ import { sha256 } from "../../src/crypto/hash.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import type { ReplicaStorage } from "../../src/replica/storage/index.ts";
 import { recover } from "../../src/replica/storage/recovery.ts";
-import { BASE_WRITE_TICKS_TARGET, basePartsPerTick, SnapshotKeeper } from "../../src/replica/storage/snapshots.ts";
+import {
+  BASE_URGENT_TICKS_PER_PART,
+  BASE_WRITE_TICKS_TARGET,
+  basePartsPerTick,
+  behindPace,
+  SnapshotKeeper,
+} from "../../src/replica/storage/snapshots.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import { checkpointStateDigest } from "../../src/replica/storage/digest.ts";
 import { decodeRequestBody } from "../../wire/schemas.ts";
@@ -36,13 +42,14 @@ class Writer {
   readonly machine = newMachine();
   readonly clients = new ClientTable();
   readonly keeper: SnapshotKeeper;
+  readonly metrics = new Metrics();
   /** State digests of the checkpoints taken, by seq. */
   private readonly checkpoints = new Map<number, Uint8Array>();
   seq = 0;
 
   constructor(readonly storage: ReplicaStorage) {
     this.keeper = new SnapshotKeeper(
-      { storage, machine: this.machine, partBytes: PART_BYTES, log: testLog(), metrics: new Metrics() },
+      { storage, machine: this.machine, partBytes: PART_BYTES, log: testLog(), metrics: this.metrics },
       null,
     );
   }
@@ -185,6 +192,39 @@ describe("recovery", () => {
     const parts = writer.keeper.baseHead?.parts ?? 0;
     expect(parts).toBeGreaterThan(3);
     expect(staged.slice(0, parts)).toEqual(Array.from({ length: parts }, (_, i) => i + 1));
+    expect(writer.metrics.get("snapshot_base_ticks_yielded_total")).toBe(0);
+  });
+
+  test("while urgent requests arrive, a base writes one part every BASE_URGENT_TICKS_PER_PART ticks and counts the ticks it gave way", () => {
+    const { writer, publisher } = setup();
+    publishDecisions(writer, publisher, K - 1);
+    writer.announceStable(K);
+    const staged: number[] = [];
+    let ticks = 0;
+    for (; ticks < TICKS_PER_BASE_MAX * BASE_URGENT_TICKS_PER_PART && writer.keeper.baseHead === null; ticks++) {
+      writer.keeper.tick(true);
+      writer.storage.commits.flush();
+      staged.push(writer.storage.store.partSeqs().find((p) => p.seq === K)?.count ?? 0);
+    }
+    expect(writer.keeper.baseHead?.seq).toBe(K);
+    const parts = writer.keeper.baseHead?.parts ?? 0;
+    expect(parts).toBeGreaterThan(3);
+    // The first part at once, then one at every BASE_URGENT_TICKS_PER_PART-th tick; the base ends at the tick after its last part's turn.
+    const expected = Array.from({ length: ticks }, (_, tick) => Math.min(parts, Math.floor(tick / BASE_URGENT_TICKS_PER_PART) + 1));
+    expect(staged.slice(0, ticks - 1)).toEqual(expected.slice(0, ticks - 1));
+    expect(ticks).toBe(parts * BASE_URGENT_TICKS_PER_PART + 1);
+    expect(writer.metrics.get("snapshot_base_ticks_yielded_total")).toBe(ticks - parts - 1);
+  });
+
+  test("a base behind the pace that writes its expected parts in BASE_WRITE_TICKS_TARGET ticks does not yield", () => {
+    // 600 parts expected: the pace is one part every 10 ticks.
+    expect(behindPace(0, 600, 1)).toBe(true);
+    expect(behindPace(1, 600, 10)).toBe(false);
+    expect(behindPace(1, 600, 11)).toBe(true);
+    // A large state (a part a tick or more): always behind, never yields.
+    expect(behindPace(100, BASE_WRITE_TICKS_TARGET, 101)).toBe(true);
+    // Nothing expected (an empty state): never behind.
+    expect(behindPace(0, 0, 1)).toBe(false);
   });
 
   test("a base of a large state (its previous base's size) goes faster than one part per tick, so that it takes about BASE_WRITE_TICKS_TARGET ticks at most", () => {
