@@ -72,7 +72,6 @@ const COUNTERS = {
   peer_misbehaviour_total: "Peer messages that proved misbehaviour (bad signature, equivocation)",
   forwarded_requests_dropped_total: "Requests in a peer's FORWARD dropped as not admissible here",
   storage_commits_total: "Storage transactions committed",
-  storage_checkpoints_total: "Write-ahead log checkpoint passes of the checkpoint thread",
   storage_writes_total: "Records written in storage transactions",
   storage_commit_failures_total: "Storage commits that failed",
   storage_corrupt_rows_total: "Rows found damaged at open and deleted",
@@ -115,7 +114,6 @@ const GAUGES = {
   answers_held_for_execution: "Answers held until this replica executes what the client saw",
   storage_pending_writes: "Records staged and not yet durable",
   storage_file_bytes: "Size of the storage file",
-  storage_wal_frames_pending: "Write-ahead log pages not yet copied into the storage file, at the checkpoint thread's last pass",
   snapshot_base_seq: "Seq of the base snapshot on disk",
   snapshot_base_bytes: "Size of the base snapshot on disk",
   snapshot_pinned_states:

@@ -95,11 +95,7 @@ export interface ReplicaOptions {
   readonly onFatal?: FatalHandler;
   /** Called once this replica stopped because a membership change removed it from the group (epochs.ts). */
   readonly onRemoved?: () => void;
-  /**
-   * Threads verifying client signatures (src/threads/verify-pool.ts); 0 (the default here):
-   * on the event loop. Above 0, the storage's write-ahead log is also checkpointed on a
-   * thread of its own (storage/checkpointer.ts).
-   */
+  /** Threads verifying client signatures (src/threads/verify-pool.ts); 0 (the default here): on the event loop. */
   readonly threads?: number;
   /** The ordering core on a thread of its own (src/replica/ordering-host.ts); off (the default here): on the event loop. */
   readonly orderingThread?: boolean;
@@ -257,8 +253,6 @@ export class Replica {
       log,
       metrics: this.metrics,
       onFatal: options.onFatal,
-      // With threads, the log's checkpoints too run beside the event loop (checkpointer.ts).
-      checkpointThread: (options.threads ?? 0) > 0,
     });
     this.ordering = new OrderingDriver({
       onFatal: options.onFatal,

@@ -86,7 +86,7 @@ export const replicaCommand: Command = {
       name: "threads",
       kind: "string",
       valueName: "N",
-      description: `Threads verifying client signatures beside the event loop (default: the cores but one, at least 1, at most 8; here ${defaultThreads()}), and one more checkpointing the storage's write-ahead log; 0: everything on one thread, for small hosts`,
+      description: `Threads verifying client signatures beside the event loop (default: the cores but one, at least 1, at most 8; here ${defaultThreads()}); 0: everything on one thread, for small hosts`,
     },
     {
       name: "ordering-thread",

@@ -37,12 +37,6 @@ export interface Disk {
    * loop or in place (group-commit.ts). Absent: `commit` syncs.
    */
   walSync?(path: string): WalSync;
-  /**
-   * Whether a thread of its own may open the database beside the event loop's connection
-   * to checkpoint its log (checkpointer.ts): the real file system; not the simulator's
-   * images in memory.
-   */
-  readonly checkpointThread?: boolean;
 }
 
 /** Makes every transaction committed so far to one database durable (its write-ahead log fsynced). */
@@ -152,5 +146,4 @@ export const realDisk: Disk = {
   },
   commit: (db, writes) => db.transaction(writes)(),
   walSync: fileWalSync,
-  checkpointThread: true,
 };

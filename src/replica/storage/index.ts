@@ -13,7 +13,6 @@
  * the core's own catch-up, anything older by state transfer (state-transfer.ts).
  */
 import { FatalError, type FatalHandler, throwFatal } from "../fatal.ts";
-import { Checkpointer } from "./checkpointer.ts";
 import { join } from "node:path";
 import type { PersistedRecord } from "../../core/ordering/types.ts";
 import type { Member, Membership } from "../../core/channels/membership.ts";
@@ -63,12 +62,6 @@ export interface StorageOptions {
   readonly exclusive?: boolean;
   /** What to do when a commit fails (fatal.ts); thrown by default. */
   readonly onFatal?: FatalHandler;
-  /**
-   * Checkpoint the write-ahead log on a thread of its own (checkpointer.ts), where the disk
-   * allows it and the store is exclusive: the replica's store. Off by default (tools and
-   * tests that open a store briefly).
-   */
-  readonly checkpointThread?: boolean;
   /** The file system (disk.ts); the real one by default, a simulated one in the simulator. */
   readonly disk?: Disk;
   /** Schedules the group commit, and the trim slices, after the event-loop turn (setImmediate by default; ports.ts Clock.afterTurn). */
@@ -218,7 +211,7 @@ export class ReplicaStorage {
     let corrupt: CorruptRow[] = [];
     let quarantined = false;
     try {
-      store = ReplicaStore.open(options.dir, options.sync, identity, options.exclusive ?? true, disk, sharedLogOf(options, disk));
+      store = ReplicaStore.open(options.dir, options.sync, identity, options.exclusive ?? true, disk);
       const structural = store.quickCheck();
       if (structural !== null) throw new StructuralDamage(`SQLite integrity check failed: ${structural}`);
       corrupt = scanAndDelete(store);
@@ -232,39 +225,16 @@ export class ReplicaStorage {
       reportCorruption(options, [
         { table: "*", ids: [], key: STORE_FILE, reason: `unreadable (${(error as Error).message}); moved to ${moved}` },
       ]);
-      store = ReplicaStore.open(options.dir, options.sync, identity, options.exclusive ?? true, disk, sharedLogOf(options, disk));
+      store = ReplicaStore.open(options.dir, options.sync, identity, options.exclusive ?? true, disk);
     }
     if (corrupt.length > 0) reportCorruption(options, corrupt);
-    const storage = new ReplicaStorage(store, options, corrupt, quarantined);
-    if (sharedLogOf(options, disk)) storage.startCheckpointer();
-    return storage;
-  }
-
-  /** The checkpoint thread (checkpointer.ts), when the store has one. */
-  private checkpointer: Checkpointer | null = null;
-
-  private startCheckpointer(): void {
-    const { metrics, log } = this.options;
-    let pending = 0;
-    metrics.gauge("storage_wal_frames_pending", () => pending);
-    this.checkpointer = new Checkpointer(this.store.path, {
-      onFailure: (reason) => {
-        log.error("storage checkpoint thread failed; stopping", { reason });
-        (this.options.onFatal ?? throwFatal)(new FatalError(EXIT_STORAGE_FAILED, reason));
-      },
-      onPass: (pass) => {
-        metrics.inc("storage_checkpoints_total");
-        if (!pass.busy) pending = Math.max(0, pass.frames - pass.backfilled);
-      },
-    });
+    return new ReplicaStorage(store, options, corrupt, quarantined);
   }
 
   /** Commits everything staged and closes the database (a clean stop). */
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    // Its pass in progress, if any, ends first: the store's last checkpoint waits for it.
-    this.checkpointer?.stop();
     this.commits.close();
     // Everything staged is durable now, the records of every message sent included.
     this.store.transaction(() => this.store.putMeta(STOPPED_CLEAN_META, true));
@@ -589,11 +559,6 @@ export class ReplicaStorage {
     this.options.metrics.inc("storage_commit_failures_total");
     return (this.options.onFatal ?? throwFatal)(new FatalError(EXIT_STORAGE_FAILED, `storage commit failed: ${(error as Error).message}`));
   }
-}
-
-/** Whether the store of `options` gets a checkpoint thread, and so opens its log shared. */
-function sharedLogOf(options: StorageOptions, disk: Disk): boolean {
-  return options.checkpointThread === true && disk.checkpointThread === true && (options.exclusive ?? true);
 }
 
 /** Full scan at open: every row of every table is checked; damaged rows are deleted. */

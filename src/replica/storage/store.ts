@@ -31,12 +31,6 @@ import { type Disk, realDisk, type WalSync } from "./disk.ts";
 /** The database file inside the data directory; SQLite adds -wal and -shm beside it. */
 export const STORE_FILE = "fitb.db";
 /**
- * The data directory's lock when another connection of the process checkpoints the
- * database (checkpointer.ts): an empty SQLite database whose exclusive lock this process
- * takes and keeps, since the store's own database is then opened shared.
- */
-export const LOCK_FILE = "fitb.lock";
-/**
  * Bumped when the tables or the meaning of a row change incompatibly. 2: records name
  * their batch by digest (the batch table). 3: batch and unordered rows are written with
  * the digest form of their checksum (checksum.ts), which a format 2 build would take for
@@ -186,34 +180,6 @@ export class StoreInUseError extends Error {
   override name = "StoreInUseError";
 }
 
-/** How long a write of the event loop waits for a lock the checkpoint thread holds, at most (it holds none a write needs). */
-const SHARED_LOG_BUSY_MS = 5_000;
-
-function inUse(dir: string): StoreInUseError {
-  return new StoreInUseError(`${dir} is in use by another fitb process (its database is locked); stop that process first`);
-}
-
-/**
- * Takes the exclusive lock of the directory's LOCK_FILE and keeps it, like the store's own
- * database in exclusive mode: for the life of the process, dropped by the kernel even on
- * kill -9. Throws StoreInUseError when another process holds it.
- */
-function lockDirectory(disk: Disk, dir: string): Database {
-  const lock = disk.openDatabase(join(dir, LOCK_FILE));
-  try {
-    lock.exec("PRAGMA locking_mode = EXCLUSIVE");
-    // Nothing is ever written to it: no rollback journal beside it.
-    lock.exec("PRAGMA journal_mode = OFF");
-    lock.exec("BEGIN EXCLUSIVE");
-    lock.exec("COMMIT");
-  } catch (error) {
-    lock.close();
-    if (isLocked(error)) throw inUse(dir);
-    throw error;
-  }
-  return lock;
-}
-
 function isLocked(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
   return code === "SQLITE_BUSY" || code === "SQLITE_LOCKED" || /database is locked/i.test(String((error as Error | null)?.message ?? ""));
@@ -231,26 +197,20 @@ export class ReplicaStore {
    * Null: `transaction` returns once durable under the sync policy.
    */
   readonly walSync: WalSync | null = null;
-  /** The data directory's lock file, held open (sharedLog), or null. */
-  private readonly lock: Database | null = null;
 
   private constructor(
     dir: string,
     sync: SyncPolicy,
     exclusive: boolean,
     private readonly disk: Disk,
-    sharedLog: boolean,
   ) {
     this.path = join(dir, STORE_FILE);
-    // The lock first: a second process is refused before it opens anything else.
-    if (exclusive && sharedLog) this.lock = lockDirectory(disk, dir);
     this.db = disk.openDatabase(this.path);
     try {
       // The first write takes the database's lock and keeps it until this process ends
       // (the kernel drops it even on kill -9): a second replica process started on the
-      // same data directory is refused instead of writing beside this one. With a shared
-      // log (another connection of this process checkpoints it), the lock file does that.
-      if (exclusive && !sharedLog) this.db.exec("PRAGMA locking_mode = EXCLUSIVE");
+      // same data directory is refused instead of writing beside this one.
+      if (exclusive) this.db.exec("PRAGMA locking_mode = EXCLUSIVE");
       // Takes effect only when this creates the database; an existing store keeps its size.
       this.db.exec(`PRAGMA page_size = ${STORE_PAGE_BYTES}`);
       this.db.exec("PRAGMA journal_mode = WAL");
@@ -258,15 +218,10 @@ export class ReplicaStore {
       this.walSync = sync === "full" && disk.walSync !== undefined ? disk.walSync(this.path) : null;
       this.db.exec(`PRAGMA synchronous = ${sync === "full" && this.walSync === null ? "FULL" : "NORMAL"}`);
       for (const statement of SCHEMA) this.db.exec(statement);
-      // After the first reads, which fail at once when another process holds the database:
-      // a checkpoint of the other connection never holds a lock the event loop's writes
-      // need, and this covers the moments the two touch the log index at once.
-      if (sharedLog) this.db.exec(`PRAGMA busy_timeout = ${SHARED_LOG_BUSY_MS}`);
     } catch (error) {
-      this.db.close();
-      this.lock?.close();
       if (!isLocked(error)) throw error;
-      throw inUse(dir);
+      this.db.close();
+      throw new StoreInUseError(`${dir} is in use by another fitb process (its database is locked); stop that process first`);
     }
     this.stmts = prepareStatements(this.db);
     this.nextCoreId = num((this.db.query("SELECT COALESCE(MAX(id), 0) AS m FROM core").get() as Row).m) + 1;
@@ -277,16 +232,8 @@ export class ReplicaStore {
    * Opens (creating if needed) the store in `dir`. Throws StoreIdentityError for a store
    * of another replica, and SQLite's own errors for a file it cannot read at all.
    */
-  static open(
-    dir: string,
-    sync: SyncPolicy,
-    identity: StoreIdentity,
-    exclusive = true,
-    disk: Disk = realDisk,
-    /** Another connection of this process checkpoints the log (checkpointer.ts): the database is opened shared, the directory locked with LOCK_FILE. */
-    sharedLog = false,
-  ): ReplicaStore {
-    const store = new ReplicaStore(dir, sync, exclusive, disk, sharedLog);
+  static open(dir: string, sync: SyncPolicy, identity: StoreIdentity, exclusive = true, disk: Disk = realDisk): ReplicaStore {
+    const store = new ReplicaStore(dir, sync, exclusive, disk);
     try {
       store.checkIdentity(identity);
       // The tables and the identity written at creation are durable before anything else.
@@ -362,8 +309,6 @@ export class ReplicaStore {
     for (const statement of Object.values(this.stmts)) statement.finalize();
     this.db.close();
     this.walSync?.close();
-    // Last: the directory is not free until the database is closed.
-    this.lock?.close();
   }
 
   // -----------------------------------------------------------------------------------
