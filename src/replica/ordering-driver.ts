@@ -35,7 +35,7 @@ import type { ErrorCode } from "../../wire/types.ts";
 import type { AuditKind, AuditLog } from "./audit.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
-import { URGENT_WINDOW_MS } from "./shedding.ts";
+import { UrgentWindow } from "./shedding.ts";
 import { type Clock, type ClockTimer, type PeerTransport, systemClock } from "./ports.ts";
 import { admissibleForwards } from "./forwards.ts";
 import { ADMIN_SPACE, urgencyOfSpace, VerifiedRequests, verifiedCacheKey } from "./requests.ts";
@@ -271,6 +271,8 @@ export class OrderingDriver {
   private readonly adminKeys: ReadonlySet<string>;
   private timer: ClockTimer | null = null;
   private readonly clock: Clock;
+  /** Urgent requests arrived from clients lately: a base snapshot being written gives way (noteUrgent). */
+  private readonly urgent = new UrgentWindow();
   /** The last decided seq executed on the machine (decisions run after their commit). */
   private appliedSeq = 0;
   /** The highest seq each peer sent a COMMIT for: how far it has got (peer lag). */
@@ -632,10 +634,8 @@ export class OrderingDriver {
    * BASE_URGENT_TICKS_PER_PART).
    */
   noteUrgent(): void {
-    this.urgentAtMs = this.clock.monotonic();
+    this.urgent.note(this.clock.monotonic());
   }
-
-  private urgentAtMs = Number.NEGATIVE_INFINITY;
 
   /** The current epoch's public keys, by rank (what the ordering thread verifies peers with). */
   private epochKeys(): Uint8Array[] {
@@ -762,7 +762,7 @@ export class OrderingDriver {
   private onTick(): void {
     if (this.removed) return;
     this.step({ kind: "tick", nowMs: this.clock.now() });
-    this.keeper.tick(this.clock.monotonic() - this.urgentAtMs < URGENT_WINDOW_MS);
+    this.keeper.tick(this.urgent.active(this.clock.monotonic()));
     this.transfer.cancelUnless(this.core.status().transferTo);
     this.transfer.tick();
     // Writes no effect waited for (a vote's own record) are made durable within two ticks.

@@ -68,13 +68,30 @@ export const SHEDDING_DEFAULTS: SheddingOptions = {
   increase: 0.02,
 };
 
+/** Whether urgent (high or critical) requests arrived within a window: the shedder's, and a base snapshot's (snapshots.ts). */
+export class UrgentWindow {
+  /** When one last arrived (ms), or -Infinity. */
+  private atMs = Number.NEGATIVE_INFINITY;
+
+  constructor(private readonly windowMs: number = URGENT_WINDOW_MS) {}
+
+  /** An urgent request arrived at `nowMs`. */
+  note(nowMs: number): void {
+    this.atMs = nowMs;
+  }
+
+  /** Whether one arrived within the window before `nowMs`. */
+  active(nowMs: number): boolean {
+    return nowMs - this.atMs < this.windowMs;
+  }
+}
+
 /** What admit() decided: null (admitted) or the reason sent with OVERLOADED. */
 export type ShedDecision = string | null;
 
 export class UrgentShedder {
   private readonly options: SheddingOptions;
-  /** When an urgent publish last arrived (ms), or -Infinity. */
-  private urgentAtMs = Number.NEGATIVE_INFINITY;
+  private readonly urgent: UrgentWindow;
   private lowShare = 1;
   private normalShare = 1;
   private lowCredit = 0;
@@ -91,6 +108,7 @@ export class UrgentShedder {
     if (!(urgentWindowMs > 0)) throw new Error(`shedding: the urgent window must be positive, not ${urgentWindowMs}`);
     if (!(decrease > 0 && decrease < 1)) throw new Error(`shedding: the decrease must be in (0, 1), not ${decrease}`);
     if (!(increase > 0 && increase <= 1)) throw new Error(`shedding: the increase must be in (0, 1], not ${increase}`);
+    this.urgent = new UrgentWindow(urgentWindowMs);
   }
 
   get targetMs(): number {
@@ -99,12 +117,12 @@ export class UrgentShedder {
 
   /** An urgent (high/critical) publish arrived from a client at `nowMs`. */
   noteUrgent(nowMs: number): void {
-    this.urgentAtMs = nowMs;
+    this.urgent.note(nowMs);
   }
 
   /** Whether urgent traffic was seen within the window before `nowMs`. */
   urgentActive(nowMs: number): boolean {
-    return nowMs - this.urgentAtMs < this.options.urgentWindowMs;
+    return this.urgent.active(nowMs);
   }
 
   /** One probe of the event loop's lag (ms) at `nowMs`: the shares move (AIMD). */

@@ -28,8 +28,17 @@ function bench(extra: string[]): Promise<{ code: number; stdout: string; stderr:
 test("bench --mix prints the critical channel's latency and the saturated channel's rate alone and during the run", async () => {
   const run = await bench(["--events", "400", "--rate", "400", "--mix", "bulk.metrics", "--mix-publishers", "2"]);
   expect(run.code, run.stderr).toBe(0);
-  const figures = JSON.parse(run.stdout) as { delivered: number; p99_ms: number; mix: Record<string, number> };
+  const figures = JSON.parse(run.stdout) as {
+    delivered: number;
+    p99_ms: number;
+    bench_cpu_s: number;
+    bench_cpu_us_per_event: number | null;
+    mix: Record<string, number>;
+  };
   expect(figures.delivered).toBe(400);
+  // The bench's CPU includes the flood thread's: not a cost of the measured channel's deliveries.
+  expect(figures.bench_cpu_s).toBeGreaterThan(0);
+  expect(figures.bench_cpu_us_per_event).toBeNull();
   expect(figures.p99_ms).toBeGreaterThan(0);
   // bench measures the solo rate over at least one acknowledgement; the rate during the run
   // depends on the machine (a loaded one may acknowledge nothing in it).

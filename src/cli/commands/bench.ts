@@ -74,11 +74,11 @@ export const benchCommand: Command = {
     "deliveries, so a complete run delivers N*S. It reads every replica's CPU time from its",
     "status answer before and after the run and prints each replica's CPU seconds and CPU",
     "µs per delivered event (and per published event with S > 1; other traffic at the same",
-    "time counts too), and its own CPU over the same span (bench_cpu_s and",
-    "bench_cpu_us_per_event in --json; every thread of this process, the --mix flood's too):",
-    "on the replicas' machine the bench's clients compete with them for the cores. It says",
-    "when replicas refused publishes RATE_LIMITED (the key's rate",
-    "limit, not the broker, then set the figure). Subscribers have a client connection each,",
+    "time counts too), and its own CPU over the same span, every thread (bench_cpu_s, and",
+    "bench_cpu_us_per_event in --json, null with --mix whose flood it includes): on a host",
+    "shared with replicas the bench's clients take from their cores. It says when replicas",
+    "refused publishes RATE_LIMITED (the key's rate limit, not the broker, then set the",
+    "figure). Subscribers have a client connection each,",
     "up to 32, and share them round robin past 32 or --subscriber-connections C; the",
     "subscriptions of one connection get each batch in one frame naming them all (shared",
     'subscriptions). --json prints one object: {"events","warmup","delivered","seconds",',
@@ -864,19 +864,23 @@ export interface CpuFigures {
   readonly cpu_us_per_event: (number | null)[];
   /** CPU µs per acknowledged (published) event, whatever the number of subscribers. */
   readonly cpu_us_per_published_event: (number | null)[];
-  /** The bench process's own CPU seconds (its publishers, subscribers and voting), and per delivered event. */
+  /**
+   * The bench process's own CPU seconds (its publishers, its subscribers and their checks
+   * and voting, every thread), and per delivered event: null with --mix, whose flood
+   * thread's CPU is not for the measured channel's deliveries.
+   */
   readonly bench_cpu_s: number;
   readonly bench_cpu_us_per_event: number | null;
 }
 
-export function cpuFigures(result: BenchResult): CpuFigures {
+export function cpuFigures(plan: BenchPlan, result: BenchResult): CpuFigures {
   const per = (count: number) => (seconds: number | null) => (seconds === null || count === 0 ? null : roundTenth((seconds * 1e6) / count));
   return {
     cpu_s: result.replicaCpuSeconds.map((seconds) => (seconds === null ? null : Math.round(seconds * 1000) / 1000)),
     cpu_us_per_event: result.replicaCpuSeconds.map(per(result.delivered)),
     cpu_us_per_published_event: result.replicaCpuSeconds.map(per(result.acked)),
     bench_cpu_s: Math.round(result.benchCpuSeconds * 1000) / 1000,
-    bench_cpu_us_per_event: per(result.delivered)(result.benchCpuSeconds),
+    bench_cpu_us_per_event: plan.mix === null ? per(result.delivered)(result.benchCpuSeconds) : null,
   };
 }
 
@@ -891,7 +895,7 @@ export function resultJson(plan: BenchPlan, result: BenchResult): Record<string,
     p50_ms: roundMs(result.latency.percentile(50)),
     p99_ms: roundMs(result.latency.percentile(99)),
     max_ms: roundMs(result.latency.max),
-    ...cpuFigures(result),
+    ...cpuFigures(plan, result),
     rate_limited: result.rateLimited,
     widened: result.widened,
     slow_cutoffs: result.slowCutoffs,
@@ -918,7 +922,7 @@ function printResult(plan: BenchPlan, result: BenchResult, io: CommandIo, mix: M
   );
   io.out(`delivered ${figures.delivered_per_s} events/s`);
   io.out(`latency publish -> delivery: p50 ${figures.p50_ms} ms, p99 ${figures.p99_ms} ms, max ${figures.max_ms} ms`);
-  const cpu = cpuFigures(result);
+  const cpu = cpuFigures(plan, result);
   if (cpu.cpu_s.every((seconds) => seconds === null)) io.out("replica CPU: not reported by any replica (replicas older than this bench)");
   else {
     io.out(`replica CPU seconds during the run: ${perReplica(cpu.cpu_s)}`);
@@ -926,7 +930,9 @@ function printResult(plan: BenchPlan, result: BenchResult, io: CommandIo, mix: M
     if (plan.subscribers > 1) io.out(`replica CPU µs per published event: ${perReplica(cpu.cpu_us_per_published_event)}`);
   }
   io.out(
-    `this bench's CPU (its publishers, subscribers and their checks): ${cpu.bench_cpu_s} s, ${cpu.bench_cpu_us_per_event ?? "-"} µs per delivered event; on the replicas' machine it competes with them`,
+    `this bench's own CPU (its publishers, its subscribers and their checks and voting): ${cpu.bench_cpu_s} s` +
+      (cpu.bench_cpu_us_per_event === null ? " with the --mix flood's" : `, ${cpu.bench_cpu_us_per_event} µs per delivered event`) +
+      "; on a host shared with replicas it takes from theirs",
   );
   if (result.rateLimited > 0) io.out(rateLimitedLine(result.rateLimited));
   if (result.widened > 0) {

@@ -13,7 +13,8 @@
  * point (`pin`).
  *
  * Base snapshots: restart replays the decided log from the newest base, so a new base is
- * written (one part per tick, in the background of normal work) once the log since the
+ * written (one part per tick in the background of normal work, one every
+ * BASE_URGENT_TICKS_PER_PART while urgent requests arrive) once the log since the
  * old one has grown as large as the base itself (amortized: each byte of state is
  * written at most about twice per its lifetime in the log) or past a row bound (so that
  * restart replays a bounded number of decisions). Completing a base deletes the old base
@@ -57,7 +58,8 @@ export const BASE_WRITE_TICKS_TARGET = 6000;
 
 /**
  * Parts a base is written at per tick, for a base expected to hold `expectedBytes` (the
- * previous base's size: the new one is of the same state, later).
+ * previous base's size, or the captured state's retained batches if larger: the new one is
+ * of the same state, later).
  */
 export function basePartsPerTick(expectedBytes: number, partBytes: number): number {
   return Math.max(BASE_PARTS_PER_TICK, Math.ceil(expectedBytes / partBytes / BASE_WRITE_TICKS_TARGET));
@@ -70,7 +72,10 @@ export function basePartsPerTick(expectedBytes: number, partBytes: number): numb
  * BASE_WRITE_TICKS_TARGET ticks. Every replica writes its base at the same stable
  * checkpoint; under a bulk flood, the four replicas of one host writing theirs at full
  * pace held a critical channel's p50 at 100-300 ms for the seconds it took, against 5-30
- * ms before and after (README, Performance, "Priority").
+ * ms before and after (README, Performance, "A base gives way to urgent requests"). The
+ * price: under steady urgent traffic a base takes ten times as many ticks (a 74 MB one
+ * about 2,800 instead of 280), holding its capture, and the batches retention drops
+ * meanwhile, that much longer.
  */
 export const BASE_URGENT_TICKS_PER_PART = 10;
 
@@ -203,12 +208,14 @@ export class SnapshotKeeper {
     if (capture === undefined || !bytesEqual(capture.stateDigest, digest) || this.writing !== null) return;
     if (!this.baseDue()) return;
     const { partBytes } = this.options;
+    // The previous base's size, or the state's retained batches if larger (a state that grew, or the first base).
+    const expectedBytes = Math.max(this.base?.bytes ?? 0, capture.state.retainedBytes);
     this.writing = {
       capture,
       proof,
       cutter: new PartCutter(capture.meta, capture.state.reopen(), partBytes),
-      partsPerTick: basePartsPerTick(this.base?.bytes ?? 0, partBytes),
-      expectedParts: Math.ceil(Math.max(this.base?.bytes ?? 0, capture.state.retainedBytes) / partBytes),
+      partsPerTick: basePartsPerTick(expectedBytes, partBytes),
+      expectedParts: Math.ceil(expectedBytes / partBytes),
       parts: 0,
       bytes: 0,
       ticks: 0,
