@@ -227,7 +227,7 @@ describe("recovery", () => {
     expect(behindPace(0, 0, 1)).toBe(false);
   });
 
-  test("a base of a large state (its previous base's size) goes faster than one part per tick, so that it takes about BASE_WRITE_TICKS_TARGET ticks at most", () => {
+  test("a base of a large state (its previous base's size, or the captured state's if larger) goes faster than one part per tick, so that it takes about BASE_WRITE_TICKS_TARGET ticks at most", () => {
     const KIB = 1024;
     expect(basePartsPerTick(0, 256 * KIB)).toBe(1);
     expect(basePartsPerTick(1024 * 1024 * KIB, 256 * KIB)).toBe(1);

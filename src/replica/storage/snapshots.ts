@@ -73,9 +73,9 @@ export function basePartsPerTick(expectedBytes: number, partBytes: number): numb
  * checkpoint; under a bulk flood, the four replicas of one host writing theirs at full
  * pace held a critical channel's p50 at 100-300 ms for the seconds it took, against 5-30
  * ms before and after (README, Performance, "A base gives way to urgent requests"). The
- * price: under steady urgent traffic a base takes ten times as many ticks (a 74 MB one
- * about 2,800 instead of 280), holding its capture, and the batches retention drops
- * meanwhile, that much longer.
+ * price: under steady urgent traffic a base takes up to ten times as many ticks (a 74 MB
+ * one up to about 2,800 instead of 280; never past the pace's 6,000), holding its capture,
+ * and the batches retention drops meanwhile, that much longer.
  */
 export const BASE_URGENT_TICKS_PER_PART = 10;
 

@@ -57,7 +57,7 @@ export const STORE_PAGE_BYTES = 16 * 1024;
  * SQLite's default, 1,000 pages (16 MiB here), stopped each replica's event loop for 30-60
  * ms every few hundred milliseconds at 45,000 ordered ev/s, and the four replicas of a
  * group fill their logs at the same pace, so the stalls came together: `sec.alerts` at
- * 45,000 ev/s had p99 20-58 ms (median 46) against 22-34 ms (median 27) at 256 pages (4
+ * 45,000 ev/s had p99 21-58 ms (median 47) against 22-34 ms (median 27) at 256 pages (4
  * MiB), with the same maximum throughput; 64 and 128 pages did about as well as 256
  * (README, Performance).
  */
