@@ -66,6 +66,8 @@ const TOP_DEFAULT = 10;
 const PROFILED = [0, 1] as const;
 const STOP_MS_MAX = 30_000;
 const READY_MS_MAX = 30_000;
+/** Starts of one replica killed by SIGPWR under the profiler before it gives up (see profileClass). */
+const SIGPWR_STARTS_MAX = 5;
 const PROGRAM_MS_MAX = 30 * 60_000;
 
 export interface Options {
@@ -407,11 +409,17 @@ function cpuBetween(before: Map<string, number> | null, after: Map<string, numbe
   return result;
 }
 
-async function waitForLine(lines: string[], needle: string, timeoutMs: number): Promise<boolean> {
+/** Waits for a line containing `needle`; false at the timeout, or at once when `proc` has exited without it. */
+async function waitForLine(lines: string[], needle: string, timeoutMs: number, proc?: Subprocess): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   let pauseMs = 10;
   while (Date.now() < deadline) {
     if (lines.some((line) => line.includes(needle))) return true;
+    if (proc !== undefined && (proc.exitCode !== null || proc.signalCode !== null)) {
+      // Its last lines may still be on their way through the pipe.
+      await Bun.sleep(100);
+      return lines.some((line) => line.includes(needle));
+    }
     await Bun.sleep(pauseMs);
     pauseMs = Math.min(pauseMs * 2, 200);
   }
@@ -430,7 +438,7 @@ async function profileClass(className: ClassName, options: Options, index: numbe
   const logs: string[][] = [];
   try {
     progress(`${label}: starting 4 replicas under bun --cpu-prof`);
-    for (let id = 0; id < cluster.n; id++) {
+    const spawnProfiled = (id: number): { proc: Subprocess; lines: string[] } => {
       const argv = [BUN, "--cpu-prof", `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=replica-${id}.cpuprofile`, MAIN, "replica"];
       argv.push("--config", cluster.configPath, "--id", String(id));
       if (options.threads !== null) argv.push("--threads", String(options.threads));
@@ -443,12 +451,35 @@ async function profileClass(className: ClassName, options: Options, index: numbe
       };
       void eachLine(proc.stdout, sink);
       void eachLine(proc.stderr, sink);
+      return { proc, lines };
+    };
+    for (let id = 0; id < cluster.n; id++) {
+      const { proc, lines } = spawnProfiled(id);
       procs.push(proc);
       logs.push(lines);
     }
-    for (const [id, lines] of logs.entries()) {
-      if (!(await waitForLine(lines, '"msg":"replica started"', READY_MS_MAX)))
-        throw new Error(`replica ${id} did not start within ${READY_MS_MAX / 1_000} s: ${lines.slice(-3).join(" | ")}`);
+    for (let id = 0; id < cluster.n; id++) {
+      for (let attempt = 1; ; attempt++) {
+        const proc = procs[id] as Subprocess;
+        const lines = logs[id] as string[];
+        if (await waitForLine(lines, '"msg":"replica started"', READY_MS_MAX, proc)) break;
+        // Bun's sampling profiler stops the main thread with SIGPWR, the signal its garbage
+        // collector suspends threads with; one that arrives before the runtime has installed
+        // its handler kills the process by the signal's default action, before it has printed
+        // anything (about one replica start in ten here). Such a start is tried again.
+        if (proc.signalCode === "SIGPWR" && attempt < SIGPWR_STARTS_MAX) {
+          progress(`${label}: replica ${id} was killed by SIGPWR while starting under the profiler; starting it again`);
+          const again = spawnProfiled(id);
+          procs[id] = again.proc;
+          logs[id] = again.lines;
+          continue;
+        }
+        const how =
+          proc.exitCode !== null || proc.signalCode !== null
+            ? `exited (${proc.signalCode ?? `status ${proc.exitCode}`})`
+            : `did not start within ${READY_MS_MAX / 1_000} s`;
+        throw new Error(`replica ${id} ${how}: ${lines.slice(-3).join(" | ")}`);
+      }
     }
     const admin = clientFor(cluster, cluster.adminKey);
     try {
