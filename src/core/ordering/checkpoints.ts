@@ -377,30 +377,8 @@ export function answerLaggingVoter(state: CoreState, from: ReplicaId, m: Prepare
 
 function decidedItem(state: CoreState, s: number): DecidedItem | null {
   const d = state.decided.get(s);
-  if (d === undefined || !provenCommits(state, s, d.commits)) return null;
+  if (d === undefined) return null;
   return { view: d.view, seq: s, batch: d.batch, commits: d.commits };
-}
-
-/**
- * Whether every COMMIT of a decision certificate is validly signed, checking those not yet
- * checked. COMMITs are counted on the peer link's word (core.ts `voteMayOpenEntry`), so a
- * faulty peer's vote may have a bad signature: the decision still stands (the link said
- * who voted), but its certificate proves nothing to a third party and is not served. The
- * asker takes that seq from another peer or by state transfer. The peer is reported once.
- */
-function provenCommits(state: CoreState, s: number, commits: readonly Commit[]): boolean {
-  for (const c of commits) {
-    if (state.provenCommits.has(c)) continue;
-    if (state.forgedCommits.has(c)) return false;
-    if (state.verify(c)) {
-      state.provenCommits.add(c);
-      continue;
-    }
-    state.forgedCommits.add(c);
-    state.emit({ kind: "peerMisbehaved", peer: c.replica, reason: `COMMIT for seq ${s} whose signature does not verify` });
-    return false;
-  }
-  return true;
 }
 
 /** Any body this replica holds for `s` (matching `digest` if given); the asker checks it. */
@@ -447,7 +425,6 @@ function acceptDecidedItem(state: CoreState, item: DecidedItem): void {
   const digest = (item.commits[0] as Commit).digest;
   if (!bodyMatches(state.crypto, digest, item.batch)) return;
   if (!validDecisionCert(state.certContext, item.view, item.seq, digest, item.commits)) return;
-  for (const c of item.commits) state.provenCommits.add(c);
   state.decidedPending.set(item.seq, { view: item.view, digest, batch: item.batch, commits: item.commits });
   const e = state.entries.get(item.seq);
   if (e !== undefined && e.batch === null && e.digest !== null && bytesEqual(e.digest, digest)) attachBody(state, e, item.batch);

@@ -525,8 +525,8 @@ export class OrderingCore {
    * signers: namesAnotherSigner), so it is noted as seen (a resend of it then tells
    * answerLaggingVoter the voter is stuck) and dropped without checking its signature. A
    * vote for another digest still goes the full way (split votes, equivocation). With
-   * n = 3f+1 this spares one of the three PREPAREs at the leader an ed25519 verification on
-   * every seq (no COMMIT is verified on arrival: voteMayOpenEntry).
+   * n = 3f+1 this spares one of the three PREPAREs at the leader and one of the three
+   * COMMITs at every replica, an ed25519 verification each, on every seq.
    */
   private surplusVote(m: Prepare | Commit, e: Entry | undefined, key: number): boolean {
     if (e === undefined || e.view !== m.view || e.digest === null || !this.voteMatches(e.digest, m.digest)) return false;
@@ -536,19 +536,16 @@ export class OrderingCore {
   }
 
   /**
-   * A PREPARE is kept only once its signature verifies; a COMMIT is counted on the peer
-   * link's word (it came from the replica it names: namesAnotherSigner), and its signature
-   * is checked only if it is ever shown to a third party, in a decision certificate
-   * (checkpoints.ts `provenCommits`; core/ordering/PROTOCOL.md §3, "COMMITs counted on the
-   * link's word"). The leader keeps no vote for a seq it has not proposed in this view: a
-   * correct backup votes only on a proposal it accepted. A vote waiting for its proposal
-   * opens an entry without a body, and the leader proposes only while it holds the body of
-   * every entry it has, so a bogus vote for the next seq would stall a correct leader
-   * until the heartbeat deposed it. It is reported.
+   * A vote is kept only once its signature verifies, and the leader keeps none for a seq it
+   * has not proposed in this view: a correct backup votes only on a proposal it accepted.
+   * A vote waiting for its proposal opens an entry without a body, and the leader proposes
+   * only while it holds the body of every entry it has, so a bogus vote for the next seq
+   * (validly signed by a faulty backup, or not signed at all) would stall a correct leader
+   * until the heartbeat deposed it. A validly signed one is reported.
    */
   private voteMayOpenEntry(m: Prepare | Commit, existing: Entry | undefined): boolean {
     const state = this.state;
-    if (m.t === "PREPARE" && !state.verify(m)) return false;
+    if (!state.verify(m)) return false;
     if (!state.isLeader() || m.seq < state.nextProposalSeq || (existing !== undefined && existing.header !== null)) return true;
     state.emit({
       kind: "peerMisbehaved",

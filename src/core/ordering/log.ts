@@ -95,10 +95,7 @@ export function signVote(state: CoreState, t: "PREPARE" | "COMMIT", view: number
   state.signedVotes.set(key, digest);
   const vote: Prepare | Commit = { t, view, seq, digest, replica: state.cfg.id, sig: EMPTY_SIG };
   // A crash-mode COMMIT is authenticated by the peer link, not signed (PROTOCOL.md §3).
-  if (isLinkAuthenticated(state.cfg.mode, vote)) return vote;
-  state.signed(vote);
-  if (vote.t === "COMMIT") state.provenCommits.add(vote);
-  return vote;
+  return isLinkAuthenticated(state.cfg.mode, vote) ? vote : state.signed(vote);
 }
 
 /**

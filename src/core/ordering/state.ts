@@ -25,7 +25,6 @@ import type { Decision, Entry } from "./log.ts";
 import {
   type Checkpoint,
   type ClientRequest,
-  type Commit,
   type Evidence,
   type NewView,
   NULL_DIGEST,
@@ -167,15 +166,6 @@ export class CoreState {
   readonly inNewViewBatch = new Map<string, number>();
   /** Digest of every own PRE_PREPARE, PREPARE and COMMIT signed: "<kind>:<view>:<seq>" -> digest. */
   readonly signedVotes = new Map<string, Uint8Array>();
-  /**
-   * COMMITs whose signature is known to verify (own ones, and those of decision
-   * certificates taken from peers). A COMMIT is counted on the peer link's word and its
-   * signature checked only when it is shown to a third party (checkpoints.ts
-   * `provenCommits`, core/ordering/PROTOCOL.md §3); each is checked once.
-   */
-  readonly provenCommits = new WeakSet<Commit>();
-  /** COMMITs whose signature did not verify when checked: their decision is not served. */
-  readonly forgedCommits = new WeakSet<Commit>();
   /**
    * After a restart: in `view`, at seqs up to `seq`, this replica may have sent a
    * PRE_PREPARE or PREPARE whose `accept` record was lost, so it signs no new one there
