@@ -68,6 +68,8 @@ const STOP_MS_MAX = 30_000;
 const READY_MS_MAX = 30_000;
 /** Starts of one replica killed by SIGPWR under the profiler before it gives up (see profileClass). */
 const SIGPWR_STARTS_MAX = 5;
+/** How long the output of a replica that exited is read before its last lines are reported. */
+const OUTPUT_DRAIN_MS_MAX = 1_000;
 const PROGRAM_MS_MAX = 30 * 60_000;
 
 export interface Options {
@@ -409,15 +411,22 @@ function cpuBetween(before: Map<string, number> | null, after: Map<string, numbe
   return result;
 }
 
-/** Waits for a line containing `needle`; false at the timeout, or at once when `proc` has exited without it. */
-async function waitForLine(lines: string[], needle: string, timeoutMs: number, proc?: Subprocess): Promise<boolean> {
+/**
+ * Waits for a line containing `needle`; false at the timeout, or once the process has
+ * exited without it (after its output has been read to the end, `outputRead`, or a second).
+ */
+async function waitForLine(
+  lines: string[],
+  needle: string,
+  timeoutMs: number,
+  exited?: { readonly proc: Subprocess; readonly outputRead: Promise<unknown> },
+): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   let pauseMs = 10;
   while (Date.now() < deadline) {
     if (lines.some((line) => line.includes(needle))) return true;
-    if (proc !== undefined && (proc.exitCode !== null || proc.signalCode !== null)) {
-      // Its last lines may still be on their way through the pipe.
-      await Bun.sleep(100);
+    if (exited !== undefined && (exited.proc.exitCode !== null || exited.proc.signalCode !== null)) {
+      await Promise.race([exited.outputRead, Bun.sleep(OUTPUT_DRAIN_MS_MAX)]);
       return lines.some((line) => line.includes(needle));
     }
     await Bun.sleep(pauseMs);
@@ -438,7 +447,7 @@ async function profileClass(className: ClassName, options: Options, index: numbe
   const logs: string[][] = [];
   try {
     progress(`${label}: starting 4 replicas under bun --cpu-prof`);
-    const spawnProfiled = (id: number): { proc: Subprocess; lines: string[] } => {
+    const spawnProfiled = (id: number): { proc: Subprocess; lines: string[]; outputRead: Promise<unknown> } => {
       const argv = [BUN, "--cpu-prof", `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=replica-${id}.cpuprofile`, MAIN, "replica"];
       argv.push("--config", cluster.configPath, "--id", String(id));
       if (options.threads !== null) argv.push("--threads", String(options.threads));
@@ -449,20 +458,21 @@ async function profileClass(className: ClassName, options: Options, index: numbe
         lines.push(line);
         if (lines.length > 2_000) lines.splice(0, 1_000);
       };
-      void eachLine(proc.stdout, sink);
-      void eachLine(proc.stderr, sink);
-      return { proc, lines };
+      const outputRead = Promise.all([eachLine(proc.stdout, sink), eachLine(proc.stderr, sink)]).catch(() => {});
+      return { proc, lines, outputRead };
     };
+    const outputs: Promise<unknown>[] = [];
     for (let id = 0; id < cluster.n; id++) {
-      const { proc, lines } = spawnProfiled(id);
+      const { proc, lines, outputRead } = spawnProfiled(id);
       procs.push(proc);
       logs.push(lines);
+      outputs.push(outputRead);
     }
     for (let id = 0; id < cluster.n; id++) {
       for (let attempt = 1; ; attempt++) {
         const proc = procs[id] as Subprocess;
         const lines = logs[id] as string[];
-        if (await waitForLine(lines, '"msg":"replica started"', READY_MS_MAX, proc)) break;
+        if (await waitForLine(lines, '"msg":"replica started"', READY_MS_MAX, { proc, outputRead: outputs[id] as Promise<unknown> })) break;
         // Bun's sampling profiler stops the main thread with SIGPWR, the signal its garbage
         // collector suspends threads with; one that arrives before the runtime has installed
         // its handler kills the process by the signal's default action, before it has printed
@@ -472,6 +482,7 @@ async function profileClass(className: ClassName, options: Options, index: numbe
           const again = spawnProfiled(id);
           procs[id] = again.proc;
           logs[id] = again.lines;
+          outputs[id] = again.outputRead;
           continue;
         }
         const how =
