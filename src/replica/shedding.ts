@@ -19,6 +19,11 @@
  * `normal` first. Admission spreads the share evenly with a credit per class (no
  * randomness). With no urgent publish for `urgentWindowMs`, both shares return to 1:
  * nothing is shed. Urgent classes and admin commands are never shed here.
+ *
+ * The share is this replica's: a client sends each request to every replica, and a
+ * request any one of them admits is ordered, so a group of four at share s lets about
+ * 1 - (1 - s)^4 of a flood's requests in (about half at the floor). SHED_FLOOR_SHARE was
+ * measured as such (src/README.md §4 says what a draw common to the replicas did).
  */
 import { PRIORITY_SHEDDING_REASON_PREFIX } from "../../wire/types.ts";
 import type { Priority } from "../core/channels/types.ts";
