@@ -38,6 +38,23 @@ describe("bench events", () => {
   });
 });
 
+describe("bench --rate", () => {
+  const planOf = (argv: string[]) => readBenchPlan(parseArgs(argv, { flags: benchCommand.flags, positionals: benchCommand.positionals }));
+
+  test("a rate under 1 event/s (alerts seconds apart) and decimals are taken; a sweep keeps its order", () => {
+    expect(planOf(["--channel", "sec.alerts", "--rate", "0.5", "--mix", "bulk.metrics"]).rate).toBe(0.5);
+    expect(planOf(["--channel", "sec.alerts", "--rate", "0.01"]).rate).toBe(0.01);
+    const sweep = planOf(["--channel", "sec.alerts", "--rate", "2.5,1000"]);
+    expect([sweep.rate, ...sweep.sweep]).toEqual([2.5, 1000]);
+  });
+
+  test("a rate below 0.01, with more than two decimals or in another notation is refused", () => {
+    for (const text of ["0", "0.001", "0.125", "1e3", "-1", ".5", "10000001"]) {
+      expect(() => planOf(["--channel", "sec.alerts", "--rate", text])).toThrow("--rate: expected a number from 0.01 to 10000000");
+    }
+  });
+});
+
 describe("bench --mix", () => {
   test("the flood thread gets the --mix channel and the bench's own client flags, --crash-none-targets included", () => {
     const args = parseArgs(["--channel", "sec.alerts", "--mix", "net.links", "--mix-publishers", "3", "--size", "64"], {

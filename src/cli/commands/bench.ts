@@ -48,6 +48,8 @@ export const BENCH_SUBSCRIBERS_MAX = 128;
  */
 export const BENCH_SUBSCRIBER_CLIENTS_MAX = 32;
 export const BENCH_RATE_MAX = 10_000_000;
+/** The slowest `--rate`: one event every 100 s. */
+export const BENCH_RATE_MIN = 0.01;
 export const BENCH_SWEEP_RATES_MAX = 32;
 const DEFAULT_EVENTS = 10_000;
 const DEFAULT_MIX_PUBLISHERS = 4;
@@ -104,7 +106,9 @@ export const benchCommand: Command = {
     "--mix LOWTAG measures priority: first LOWTAG alone, saturated by --mix-publishers",
     "publishers (as fast as acks allow, in a thread of their own) for 1 s of warm-up and",
     "then as long as the measured run will take; then the measured run on TAG at --rate (default 1000 ev/s)",
-    "while LOWTAG stays saturated. It prints TAG's p50/p99/max, LOWTAG's acknowledged",
+    "while LOWTAG stays saturated. A rate under 1 (--rate 0.5 --events 10: an event every",
+    "2 s) measures alerts that each arrive alone into the flood, after a quiet spell, as",
+    "most alerts do. It prints TAG's p50/p99/max, LOWTAG's acknowledged",
     "events/s alone and during the run, and how many OVERLOADED answers replicas gave",
     "LOWTAG's publish requests during the run (one per replica and refusal: shed by",
     "priority shedding or a full pending pool; each was asked again, nothing is lost).",
@@ -143,7 +147,7 @@ export const benchCommand: Command = {
       name: "rate",
       kind: "string",
       valueName: "R[,R...]",
-      description: "Events per second in total (default: as fast as acks allow); a list sweeps the rates and prints latency against load",
+      description: `Events per second in total, ${BENCH_RATE_MIN} to ${BENCH_RATE_MAX} (default: as fast as acks allow); a list sweeps the rates and prints latency against load`,
     },
     {
       name: "mix",
@@ -234,16 +238,20 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
   };
 }
 
-/** `--rate R` or `--rate R1,R2,...` (a sweep), each an integer in 1..BENCH_RATE_MAX. */
+/**
+ * `--rate R` or `--rate R1,R2,...` (a sweep), each from BENCH_RATE_MIN to BENCH_RATE_MAX
+ * with at most two decimals: below 1 event/s, `--mix` measures alerts that each arrive
+ * alone, seconds apart, into a flood (0.5: one every 2 s).
+ */
 function parseRates(text: string | undefined): number[] {
   if (text === undefined) return [];
   const rates = text.split(",").map((part) => part.trim());
   if (rates.length > BENCH_SWEEP_RATES_MAX) throw new UsageError(`--rate: at most ${BENCH_SWEEP_RATES_MAX} rates in a sweep`);
   return rates.map((part) => {
-    const rate = /^[0-9]+$/.test(part) ? Number(part) : Number.NaN;
-    if (!Number.isSafeInteger(rate) || rate < 1 || rate > BENCH_RATE_MAX) {
+    const rate = /^[0-9]+(\.[0-9]{1,2})?$/.test(part) ? Number(part) : Number.NaN;
+    if (!Number.isFinite(rate) || rate < BENCH_RATE_MIN || rate > BENCH_RATE_MAX) {
       throw new UsageError(
-        `--rate: expected an integer from 1 to ${BENCH_RATE_MAX} (or a comma-separated list), got ${JSON.stringify(part)}`,
+        `--rate: expected a number from ${BENCH_RATE_MIN} to ${BENCH_RATE_MAX} with at most two decimals (or a comma-separated list), got ${JSON.stringify(part)}`,
       );
     }
     return rate;
