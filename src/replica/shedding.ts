@@ -20,10 +20,12 @@
  * randomness). With no urgent publish for `urgentWindowMs`, both shares return to 1:
  * nothing is shed. Urgent classes and admin commands are never shed here.
  *
- * The share is this replica's: a client sends each request to every replica, and a
- * request any one of them admits is ordered, so a group of four at share s lets about
- * 1 - (1 - s)^4 of a flood's requests in (about half at the floor). SHED_FLOOR_SHARE was
- * measured as such (src/README.md §4 says what a draw common to the replicas did).
+ * The share is this replica's. On a total-order channel a client sends each request to
+ * every replica, and a request any one of them admits is ordered (a backup forwards what
+ * it holds to the leader), so four replicas that each admit a share s let through about
+ * 1 - (1 - s)^4 of a flood's requests at each ask (about half at the floor), and
+ * SHED_FLOOR_SHARE was tuned on what a group lets through (src/README.md §4 says what a
+ * draw common to the replicas did instead).
  */
 import { PRIORITY_SHEDDING_REASON_PREFIX } from "../../wire/types.ts";
 import type { Priority } from "../core/channels/types.ts";

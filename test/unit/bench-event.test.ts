@@ -1,6 +1,14 @@
 import { describe, expect, test } from "bun:test";
 import { parseArgs } from "../../src/cli/args.ts";
-import { BENCH_HEADER_BYTES, benchCommand, benchEvent, benchSentAt, floodPlanOf, readBenchPlan } from "../../src/cli/commands/bench.ts";
+import {
+  BENCH_HEADER_BYTES,
+  benchCommand,
+  benchEvent,
+  benchSentAt,
+  floodPlanOf,
+  pacedRunSeconds,
+  readBenchPlan,
+} from "../../src/cli/commands/bench.ts";
 
 const runA = new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]);
 const runB = new Uint8Array([8, 7, 6, 5, 4, 3, 2, 1]);
@@ -43,9 +51,22 @@ describe("bench --rate", () => {
 
   test("a rate under 1 event/s (alerts seconds apart) and decimals are taken; a sweep keeps its order", () => {
     expect(planOf(["--channel", "sec.alerts", "--rate", "0.5", "--mix", "bulk.metrics"]).rate).toBe(0.5);
-    expect(planOf(["--channel", "sec.alerts", "--rate", "0.01"]).rate).toBe(0.01);
+    expect(planOf(["--channel", "sec.alerts", "--rate", "0.01", "--events", "100"]).rate).toBe(0.01);
     const sweep = planOf(["--channel", "sec.alerts", "--rate", "2.5,1000"]);
     expect([sweep.rate, ...sweep.sweep]).toEqual([2.5, 1000]);
+  });
+
+  test("a paced run longer than a day is refused, saying how long it would take", () => {
+    // The default 10,000 events at 0.5 ev/s: 5.6 hours, taken; at 0.1: 27.8 hours.
+    expect(planOf(["--channel", "sec.alerts", "--rate", "0.5"]).events).toBe(10_000);
+    expect(() => planOf(["--channel", "sec.alerts", "--rate", "0.1"])).toThrow(
+      "--rate: 10000 events at this rate take about 27.8 h; a paced run may take at most 24.0 h",
+    );
+    // --mix doubles it (the saturated channel alone first), a warm-up and a sweep add theirs.
+    expect(pacedRunSeconds(12, 0, [0.5], true)).toBe(48);
+    expect(pacedRunSeconds(100, 50, [10, 100], false)).toBe(5 + 10 + 1);
+    expect(pacedRunSeconds(100, 50, [], false)).toBe(0);
+    expect(() => planOf(["--channel", "sec.alerts", "--rate", "1", "--events", "50000", "--mix", "bulk.metrics"])).toThrow("27.8 h");
   });
 
   test("a rate below 0.01, with more than two decimals or in another notation is refused", () => {

@@ -223,6 +223,12 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
   if (rates.length > 1 && mix !== null) throw new UsageError("--rate: a sweep of rates does not combine with --mix");
   const rate = rates[0] ?? (mix === null ? null : DEFAULT_MIX_RATE);
   const warmup = args.requiredInteger("warmup", 0, BENCH_EVENTS_MAX);
+  const pacedSeconds = pacedRunSeconds(events, warmup, rate === null ? [] : rates.length > 0 ? rates : [rate], mix !== null);
+  if (pacedSeconds > BENCH_PACED_SECONDS_MAX) {
+    throw new UsageError(
+      `--rate: ${events} events${warmup > 0 ? ` and a warm-up of ${warmup}` : ""} at this rate take about ${formatDuration(pacedSeconds)}; a paced run may take at most ${formatDuration(BENCH_PACED_SECONDS_MAX)} (fewer --events, or a higher --rate)`,
+    );
+  }
   return {
     tag,
     events,
@@ -236,6 +242,27 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
     mix,
     warmup,
   };
+}
+
+/** The longest a paced run may take (s): `--rate 0.5` with the default 10,000 events would take 5.6 hours. */
+export const BENCH_PACED_SECONDS_MAX = 24 * 60 * 60;
+
+/**
+ * How long publishing takes at the given rates (s): the warm-up at the first rate, each
+ * rate's events, and with `--mix` the saturated channel's solo phase as long as the run.
+ */
+export function pacedRunSeconds(events: number, warmup: number, rates: readonly number[], mix: boolean): number {
+  const first = rates[0];
+  if (first === undefined) return 0;
+  const run = rates.reduce((sum, rate) => sum + events / rate, 0);
+  return warmup / first + (mix ? 2 * run : run);
+}
+
+/** A duration for a person: seconds, minutes or hours. */
+function formatDuration(seconds: number): string {
+  if (seconds < 120) return `${Math.round(seconds)} s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
 }
 
 /**
@@ -263,6 +290,10 @@ async function runBench(args: ParsedArgs, io: CommandIo): Promise<number> {
   const plan = readBenchPlan(args);
   const setup = loadClientSetup(flags.configPath, flags.keyPath);
   for (const warning of setup.warnings) io.err(`fitb bench: warning: ${warning}`);
+  if (plan.rate !== null) {
+    const seconds = pacedRunSeconds(plan.events, plan.warmup, [plan.rate, ...plan.sweep], plan.mix !== null);
+    io.err(`fitb bench: paced: publishing takes about ${formatDuration(seconds)}`);
+  }
   if (plan.size > setup.config.limits.eventBytesMax) {
     throw new CommandError(`--size ${plan.size} exceeds the cluster's event_bytes_max of ${setup.config.limits.eventBytesMax}`);
   }
@@ -633,9 +664,12 @@ interface PublishTally {
 async function publishAll(plan: BenchPlan, client: FitbClient, runId: Uint8Array, progress: Progress): Promise<PublishTally> {
   const tally: PublishTally = { acked: 0, failed: 0, firstError: null };
   const share = (index: number): number => Math.floor(plan.events / plan.publishers) + (index < plan.events % plan.publishers ? 1 : 0);
-  const ratePerPublisher = plan.rate === null ? null : plan.rate / plan.publishers;
+  // One schedule for all publishers, interleaved: event i of publisher p is the run's
+  // event i * P + p, due at (i * P + p) / rate, so at a rate under 1 the events still go
+  // one at a time, seconds apart, not P together.
+  const schedule = plan.rate === null ? null : { start: performance.now(), rate: plan.rate, publishers: plan.publishers };
   const tasks = Array.from({ length: plan.publishers }, (_, index) =>
-    publishStream(new Publisher(client, plan.tag), index, share(index), plan.size, ratePerPublisher, runId, tally, progress),
+    publishStream(new Publisher(client, plan.tag), index, share(index), plan.size, schedule, runId, tally, progress),
   );
   await Promise.all(tasks);
   return tally;
@@ -646,14 +680,13 @@ async function publishStream(
   publisherIndex: number,
   count: number,
   size: number,
-  rate: number | null,
+  schedule: { readonly start: number; readonly rate: number; readonly publishers: number } | null,
   runId: Uint8Array,
   tally: PublishTally,
   progress: Progress,
 ): Promise<void> {
-  const start = performance.now();
   for (let index = 0; index < count; index++) {
-    if (rate !== null) await pace(start, index, rate);
+    if (schedule !== null) await pace(schedule.start, index * schedule.publishers + publisherIndex, schedule.rate);
     if (!publisher.hasRoom(size)) await publisher.waitForRoom(size);
     const event = benchEvent(runId, publisherIndex, index, size, performance.now());
     progress.published++;
@@ -899,7 +932,8 @@ export function resultJson(plan: BenchPlan, result: BenchResult): Record<string,
     warmup: plan.warmup,
     delivered: result.delivered,
     seconds: Math.round(result.seconds * 1000) / 1000,
-    delivered_per_s: Math.round(perSecond),
+    // Two decimals under 100 ev/s: a paced run of alerts seconds apart delivers under 1.
+    delivered_per_s: perSecond < 100 ? Math.round(perSecond * 100) / 100 : Math.round(perSecond),
     p50_ms: roundMs(result.latency.percentile(50)),
     p99_ms: roundMs(result.latency.percentile(99)),
     max_ms: roundMs(result.latency.max),
