@@ -5,9 +5,13 @@ import {
   benchCommand,
   benchEvent,
   benchSentAt,
+  dueAtMs,
   floodPlanOf,
+  LatencyHistogram,
   pacedRunSeconds,
   readBenchPlan,
+  resultJson,
+  runIndex,
 } from "../../src/cli/commands/bench.ts";
 
 const runA = new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]);
@@ -56,17 +60,63 @@ describe("bench --rate", () => {
     expect([sweep.rate, ...sweep.sweep]).toEqual([2.5, 1000]);
   });
 
-  test("a paced run longer than a day is refused, saying how long it would take", () => {
+  test("a run with a rate under 1 that would take more than a day is refused, saying how long it would take", () => {
     // The default 10,000 events at 0.5 ev/s: 5.6 hours, taken; at 0.1: 27.8 hours.
     expect(planOf(["--channel", "sec.alerts", "--rate", "0.5"]).events).toBe(10_000);
     expect(() => planOf(["--channel", "sec.alerts", "--rate", "0.1"])).toThrow(
-      "--rate: 10000 events at this rate take about 27.8 h; a paced run may take at most 24.0 h",
+      "--rate: 10000 events at this rate take about 27.8 h; with a rate under 1 a run may take at most 24 h",
     );
     // --mix doubles it (the saturated channel alone first), a warm-up and a sweep add theirs.
     expect(pacedRunSeconds(12, 0, [0.5], true)).toBe(48);
     expect(pacedRunSeconds(100, 50, [10, 100], false)).toBe(5 + 10 + 1);
     expect(pacedRunSeconds(100, 50, [], false)).toBe(0);
-    expect(() => planOf(["--channel", "sec.alerts", "--rate", "1", "--events", "50000", "--mix", "bulk.metrics"])).toThrow("27.8 h");
+    expect(() => planOf(["--channel", "sec.alerts", "--rate", "0.6", "--events", "30000", "--mix", "bulk.metrics"])).toThrow(
+      "30000 events at this rate, after --mix's solo phase as long, take about 27.8 h",
+    );
+    // A sweep counts every rate, the warm-up at the first: 0.9 alone would be taken.
+    expect(planOf(["--channel", "sec.alerts", "--rate", "0.9", "--events", "60000"]).rate).toBe(0.9);
+    expect(() => planOf(["--channel", "sec.alerts", "--rate", "0.9,0.9", "--events", "60000"])).toThrow("at these rates take about 37.0 h");
+    // Rates of 1 and more are not bounded: a soak run at 1,000 ev/s may take days.
+    expect(planOf(["--channel", "sec.alerts", "--rate", "1000", "--events", "100000000"]).rate).toBe(1000);
+  });
+
+  test("publishers share one schedule, interleaved: every event of the run is due once, 1/rate apart", () => {
+    for (const [events, publishers] of [
+      [7, 3],
+      [12, 1],
+      [64, 64],
+      [100, 7],
+    ] as const) {
+      const due: number[] = [];
+      for (let p = 0; p < publishers; p++) {
+        const share = Math.floor(events / publishers) + (p < events % publishers ? 1 : 0);
+        for (let i = 0; i < share; i++) due.push(dueAtMs(1_000, runIndex(i, p, publishers), 0.5));
+      }
+      due.sort((a, b) => a - b);
+      expect(due).toEqual(Array.from({ length: events }, (_, k) => 1_000 + k * 2_000));
+    }
+  });
+
+  test("delivered events/s keeps two decimals under 100, whole numbers above", () => {
+    const plan = planOf(["--channel", "sec.alerts", "--rate", "0.5", "--events", "5"]);
+    const result = (delivered: number, seconds: number) =>
+      resultJson(plan, {
+        acked: delivered,
+        failed: 0,
+        firstError: null,
+        delivered,
+        seconds,
+        latency: new LatencyHistogram(),
+        replicaCpuSeconds: [],
+        benchCpuSeconds: 0,
+        rateLimited: 0,
+        widened: 0,
+        slowCutoffs: 0,
+        droppedEvents: 0,
+      }).delivered_per_s;
+    expect(result(5, 9)).toBe(0.56);
+    expect(result(1000, 3)).toBe(333);
+    expect(result(0, 0)).toBe(0);
   });
 
   test("a rate below 0.01, with more than two decimals or in another notation is refused", () => {

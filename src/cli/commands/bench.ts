@@ -223,10 +223,12 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
   if (rates.length > 1 && mix !== null) throw new UsageError("--rate: a sweep of rates does not combine with --mix");
   const rate = rates[0] ?? (mix === null ? null : DEFAULT_MIX_RATE);
   const warmup = args.requiredInteger("warmup", 0, BENCH_EVENTS_MAX);
-  const pacedSeconds = pacedRunSeconds(events, warmup, rate === null ? [] : rates.length > 0 ? rates : [rate], mix !== null);
-  if (pacedSeconds > BENCH_PACED_SECONDS_MAX) {
+  const paced = rate === null ? [] : rates.length > 0 ? rates : [rate];
+  const pacedSeconds = pacedRunSeconds(events, warmup, paced, mix !== null);
+  // A rate under 1 is for alerts seconds apart: a day-long run is then a mistyped --events.
+  if (paced.some((r) => r < 1) && pacedSeconds > BENCH_SLOW_RUN_SECONDS_MAX) {
     throw new UsageError(
-      `--rate: ${events} events${warmup > 0 ? ` and a warm-up of ${warmup}` : ""} at this rate take about ${formatDuration(pacedSeconds)}; a paced run may take at most ${formatDuration(BENCH_PACED_SECONDS_MAX)} (fewer --events, or a higher --rate)`,
+      `--rate: ${events} events${warmup > 0 ? ` and a warm-up of ${warmup}` : ""} at ${paced.length > 1 ? "these rates" : "this rate"}${mix !== null ? ", after --mix's solo phase as long," : ""} take about ${formatDuration(pacedSeconds)}; with a rate under 1 a run may take at most 24 h (fewer --events, or a higher --rate)`,
     );
   }
   return {
@@ -244,8 +246,8 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
   };
 }
 
-/** The longest a paced run may take (s): `--rate 0.5` with the default 10,000 events would take 5.6 hours. */
-export const BENCH_PACED_SECONDS_MAX = 24 * 60 * 60;
+/** The longest a run with a rate under 1 may take (s): `--rate 0.1` with the default 10,000 events would take 28 hours. */
+export const BENCH_SLOW_RUN_SECONDS_MAX = 24 * 60 * 60;
 
 /**
  * How long publishing takes at the given rates (s): the warm-up at the first rate, each
@@ -292,7 +294,7 @@ async function runBench(args: ParsedArgs, io: CommandIo): Promise<number> {
   for (const warning of setup.warnings) io.err(`fitb bench: warning: ${warning}`);
   if (plan.rate !== null) {
     const seconds = pacedRunSeconds(plan.events, plan.warmup, [plan.rate, ...plan.sweep], plan.mix !== null);
-    io.err(`fitb bench: paced: publishing takes about ${formatDuration(seconds)}`);
+    if (seconds >= 1) io.err(`fitb bench: paced: the run takes about ${formatDuration(seconds)}`);
   }
   if (plan.size > setup.config.limits.eventBytesMax) {
     throw new CommandError(`--size ${plan.size} exceeds the cluster's event_bytes_max of ${setup.config.limits.eventBytesMax}`);
@@ -686,7 +688,7 @@ async function publishStream(
   progress: Progress,
 ): Promise<void> {
   for (let index = 0; index < count; index++) {
-    if (schedule !== null) await pace(schedule.start, index * schedule.publishers + publisherIndex, schedule.rate);
+    if (schedule !== null) await pace(schedule.start, runIndex(index, publisherIndex, schedule.publishers), schedule.rate);
     if (!publisher.hasRoom(size)) await publisher.waitForRoom(size);
     const event = benchEvent(runId, publisherIndex, index, size, performance.now());
     progress.published++;
@@ -703,10 +705,19 @@ async function publishStream(
   await publisher.close();
 }
 
+/** The run's event number of publisher `publisher`'s event `index`, with `publishers` interleaved: 0, P, 2P, ... for the first. */
+export function runIndex(index: number, publisher: number, publishers: number): number {
+  return index * publishers + publisher;
+}
+
+/** When the run's event `index` is due (ms), at `rate` events/s from `start`. */
+export function dueAtMs(start: number, index: number, rate: number): number {
+  return start + (index * MS_PER_SECOND) / rate;
+}
+
 /** Sleeps until event `index` is due at `rate` events/s from `start`. */
 async function pace(start: number, index: number, rate: number): Promise<void> {
-  const dueAt = start + (index * MS_PER_SECOND) / rate;
-  const wait = dueAt - performance.now();
+  const wait = dueAtMs(start, index, rate) - performance.now();
   if (wait >= PACING_SLEEP_MS) await Bun.sleep(wait);
 }
 
