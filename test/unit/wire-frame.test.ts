@@ -101,6 +101,81 @@ describe("FrameDecoder: feeding", () => {
     expect(copy?.ok && hex(copy.payload)).toBe("0102");
   });
 
+  test("viewShareMin: with copyPayloads, a frame of at least that share of its chunk is viewed, a smaller one copied", () => {
+    const large = encodeFrame(0x23, new Uint8Array(300).fill(7));
+    const small = encodeFrame(0x24, unhex("0102"));
+    const chunk = concat([large, small]);
+    const results = new FrameDecoder({ copyPayloads: true, viewShareMin: 1 / 4 }).push(chunk);
+    expect(results.map((r) => r.ok && r.type)).toEqual([0x23, 0x24]);
+    const [viewed, copied] = results;
+    expect(viewed?.ok && viewed.payload.buffer).toBe(chunk.buffer);
+    expect(viewed?.ok && viewed.payload.length).toBe(300);
+    expect(copied?.ok && copied.payload.buffer).not.toBe(chunk.buffer);
+    expect(copied?.ok && hex(copied.payload)).toBe("0102");
+    // Alone in a chunk of its own size, the small frame is more than a quarter of it: viewed.
+    const [alone] = new FrameDecoder({ copyPayloads: true, viewShareMin: 1 / 4 }).push(small);
+    expect(alone?.ok && alone.payload.buffer).toBe(small.buffer);
+    // Without viewShareMin every payload is copied, however large.
+    const [always] = new FrameDecoder({ copyPayloads: true }).push(large);
+    expect(always?.ok && always.payload.buffer).not.toBe(large.buffer);
+  });
+
+  test("viewShareMin must be a share in (0, 1]", () => {
+    for (const bad of [0, -0.5, 1.5, Number.NaN]) expect(() => new FrameDecoder({ viewShareMin: bad })).toThrow(RangeError);
+    expect(() => new FrameDecoder({ viewShareMin: 1 })).not.toThrow();
+  });
+
+  test("Bun hands each socket read a buffer of its own, which later reads never write over (what viewShareMin relies on)", async () => {
+    const reads: Uint8Array[] = [];
+    const stream = new Uint8Array(1_200_000);
+    for (let i = 0; i < 12; i++) stream.fill(i + 1, i * 100_000, (i + 1) * 100_000);
+    const sent = new Map<object, number>();
+    // Writes what the socket takes, the rest when it drains, then ends the stream.
+    const writeRest = (socket: { write(b: Uint8Array): number; end(): void }): void => {
+      let at = sent.get(socket) ?? 0;
+      while (at < stream.length) {
+        const taken = socket.write(stream.subarray(at));
+        if (taken <= 0) break;
+        at += taken;
+      }
+      sent.set(socket, at);
+      if (at === stream.length) socket.end();
+    };
+    const server = Bun.listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        open(socket) {
+          sent.set(socket, 0);
+          writeRest(socket);
+        },
+        drain: (socket) => writeRest(socket),
+        data() {},
+      },
+    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        Bun.connect({
+          hostname: "127.0.0.1",
+          port: server.port,
+          socket: {
+            binaryType: "uint8array",
+            data: (_socket, data) => void reads.push(data),
+            close: () => resolve(),
+            error: (_socket, error) => reject(error),
+            connectError: (_socket, error) => reject(error),
+          },
+        });
+      });
+    } finally {
+      server.stop(true);
+    }
+    // Reassembled from the reads as they are now, the stream is what was sent.
+    expect(reads.length).toBeGreaterThan(1);
+    expect(concat(reads)).toEqual(stream);
+    expect(new Set(reads.map((read) => read.buffer)).size).toBe(reads.length);
+  });
+
   test("a frame split across chunks is assembled once and not aliased to the chunks", () => {
     const frame = encodeFrame(0x23, unhex("01020304"));
     const d = new FrameDecoder();
