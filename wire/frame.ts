@@ -79,14 +79,6 @@ export interface FrameDecoderOptions {
    * only safe when the caller never reuses or modifies a chunk after pushing it.
    */
   readonly copyPayloads?: boolean;
-  /**
-   * With `copyPayloads`: a payload that is at least this share of its chunk (0 to 1) is
-   * viewed all the same, and only smaller ones are copied. For a caller whose chunks are
-   * its own, fresh for each push (what Bun's sockets hand their `data` callbacks), so that
-   * a view can never change; a view keeps its whole chunk alive, so a payload kept keeps
-   * at most 1/share times its own bytes, while a large payload is not copied at all.
-   */
-  readonly viewShareMin?: number;
 }
 
 /**
@@ -106,8 +98,6 @@ const GROWTH_FACTOR = 4;
 export class FrameDecoder {
   readonly frameBytesMax: number;
   private readonly copyPayloads: boolean;
-  /** A payload at least this share of its chunk is viewed even with copyPayloads; null: none is. */
-  private readonly viewShareMin: number | null;
   /** Bytes of a length field split across chunks. */
   private readonly lengthBytes = new Uint8Array(FRAME_LENGTH_BYTES);
   private lengthFilled = 0;
@@ -129,9 +119,6 @@ export class FrameDecoder {
     }
     this.frameBytesMax = max;
     this.copyPayloads = options.copyPayloads ?? false;
-    const share = options.viewShareMin;
-    if (share !== undefined && !(share > 0 && share <= 1)) throw new RangeError(`viewShareMin must be in (0, 1], got ${share}`);
-    this.viewShareMin = share ?? null;
   }
 
   /** True after a fatal framing error; every later push reports `poisoned`. */
@@ -196,8 +183,7 @@ export class FrameDecoder {
     const stop = start + length;
     if (stop <= chunk.length) {
       const type = chunk[start] as number;
-      const copy = this.copyPayloads && (this.viewShareMin === null || length < chunk.length * this.viewShareMin);
-      const payload = copy ? chunk.slice(start + 1, stop) : chunk.subarray(start + 1, stop);
+      const payload = this.copyPayloads ? chunk.slice(start + 1, stop) : chunk.subarray(start + 1, stop);
       results.push({ ok: true, type, payload });
       return stop;
     }

@@ -98,18 +98,6 @@ export interface ConnectionEvents {
 
 /** Checked while ready; also the granularity of the keepalive. */
 const KEEPALIVE_CHECK_DIVISOR = 2;
-/**
- * A frame that is at least this share of the bytes one socket read delivered is handed on
- * as a view of them, a smaller one as a copy (FrameDecoder `viewShareMin`). Bun gives each
- * `data` callback a fresh buffer of its own (up to 512 KiB a read; test/unit/wire-frame.test.ts
- * checks it), so a view never changes under its reader. A copy of a batch of a few hundred
- * KiB cost the client more than the bytes: at saturation the copies of EVENTS frames were
- * a sixth of `fitb bench`'s main thread (README, Performance, "What the client costs").
- * What a view costs is memory: a kept frame (an event a handler keeps, a batch waiting
- * for its votes) keeps its whole read alive, at most four times its own bytes; small frames
- * that share a read with many others are copied as before.
- */
-export const CLIENT_FRAME_VIEW_SHARE_MIN = 1 / 4;
 
 type TcpSocket = Socket<undefined>;
 
@@ -276,11 +264,7 @@ export class ReplicaConnection {
     const attempt = ++this.attemptId;
     this.currentState = "connecting";
     // A session frame's length counts its MAC, which the frame limit does not.
-    this.decoder = new FrameDecoder({
-      frameBytesMax: this.options.frameBytesMax + CLIENT_FRAME_MAC_BYTES,
-      copyPayloads: true,
-      viewShareMin: CLIENT_FRAME_VIEW_SHARE_MIN,
-    });
+    this.decoder = new FrameDecoder({ frameBytesMax: this.options.frameBytesMax + CLIENT_FRAME_MAC_BYTES, copyPayloads: true });
     this.lastReplicaError = null;
     this.sessionTimer = setTimeout(() => this.onSessionTimeout(attempt), this.options.sessionTimeoutMs);
     Bun.connect({

@@ -2,13 +2,8 @@
  * Wire codec micro-benchmark: a program that prints figures, never a pass/fail test.
  *   bun test/bench/wire.ts [seconds-per-case]
  * Cases: framing alone, framing + frame schema, framing + schema + request body (the
- * replica's ingress path), and encoding of delivery frames (the fan-out path). Last, a
- * client's reads at saturation: EVENTS frames of a full batch (1,024 events of 200 B) in
- * fresh reads of 512 KiB, as Bun's sockets deliver them, with each frame copied out
- * (`copyPayloads`) or viewed where it is at least a quarter of its read
- * (`CLIENT_FRAME_VIEW_SHARE_MIN`, src/client/connection.ts).
+ * replica's ingress path), and encoding of delivery frames (the fan-out path).
  */
-import { CLIENT_FRAME_VIEW_SHARE_MIN } from "../../src/client/connection.ts";
 import { encodeCanonical } from "../../wire/canonical.ts";
 import { FrameDecoder } from "../../wire/frame.ts";
 import { type Frame, type Request, decodeFrameBody, decodeRequestBody, encodeRequestBody, encodeTypedFrame } from "../../wire/schemas.ts";
@@ -147,75 +142,6 @@ function main(): void {
       100,
       e,
       100 * frameBytes,
-    );
-  }
-  clientReadCases();
-}
-
-/** Bun's largest socket read: a saturated client's reads are mostly this size. */
-const CLIENT_READ_BYTES = 512 * 1024;
-const CLIENT_BATCH: Shape = { name: "1,024 events x 200 B", eventsPerRequest: 1024, eventBytes: 200 };
-const CLIENT_FRAMES = 400;
-
-/** `frames` copies of one frame, cut into fresh reads of CLIENT_READ_BYTES (each its own buffer). */
-function clientReads(frame: Uint8Array, frames: number): Uint8Array[] {
-  const reads: Uint8Array[] = [];
-  let read = new Uint8Array(CLIENT_READ_BYTES);
-  let filled = 0;
-  for (let i = 0; i < frames; i++) {
-    for (let at = 0; at < frame.length; ) {
-      const take = Math.min(frame.length - at, read.length - filled);
-      read.set(frame.subarray(at, at + take), filled);
-      at += take;
-      filled += take;
-      if (filled === read.length) {
-        reads.push(read);
-        read = new Uint8Array(CLIENT_READ_BYTES);
-        filled = 0;
-      }
-    }
-  }
-  if (filled > 0) reads.push(read.subarray(0, filled));
-  return reads;
-}
-
-/**
- * A client's reads, decoded with the given policy; each payload is touched at both ends, as
- * a MAC check and a decode would. Fresh reads for every pass (a socket never hands the same
- * buffer twice), made before the clock starts; three passes, so the runtime's collector,
- * which the copies feed, takes its share.
- */
-function clientReadCase(viewShareMin: number | undefined): { readonly microsPerFrame: number; readonly eventsPerFrame: number } {
-  const frame = encodeTypedFrame(eventsFrame(CLIENT_BATCH, 1));
-  let elapsedMs = 0;
-  let sink = 0;
-  const passes = 3;
-  for (let pass = 0; pass < passes; pass++) {
-    const reads = clientReads(frame, CLIENT_FRAMES);
-    const decoder = new FrameDecoder({ copyPayloads: true, viewShareMin, frameBytesMax: frame.length });
-    const start = performance.now();
-    for (const read of reads) {
-      for (const r of decoder.push(read)) {
-        if (!r.ok) throw new Error(r.error.reason);
-        sink += (r.payload[0] as number) + (r.payload[r.payload.length - 1] as number);
-      }
-    }
-    elapsedMs += performance.now() - start;
-  }
-  checkOk(sink > 0);
-  return { microsPerFrame: (elapsedMs * 1000) / (passes * CLIENT_FRAMES), eventsPerFrame: CLIENT_BATCH.eventsPerRequest };
-}
-
-function clientReadCases(): void {
-  const frameBytes = encodeTypedFrame(eventsFrame(CLIENT_BATCH, 1)).length;
-  console.log(`client reads: EVENTS frames of ${frameBytes.toLocaleString("en-US")} B (${CLIENT_BATCH.name}) in fresh reads of 512 KiB`);
-  for (const [label, share] of [
-    ["every frame copied", undefined],
-    [`viewed from ${CLIENT_FRAME_VIEW_SHARE_MIN} of a read`, CLIENT_FRAME_VIEW_SHARE_MIN],
-  ] as const) {
-    const { microsPerFrame, eventsPerFrame } = clientReadCase(share);
-    console.log(
-      `  ${label.padEnd(34)} ${microsPerFrame.toFixed(1).padStart(8)} µs per frame ${(microsPerFrame / eventsPerFrame).toFixed(3).padStart(8)} µs per event`,
     );
   }
 }
