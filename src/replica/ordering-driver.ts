@@ -18,6 +18,7 @@ import { FatalError, type FatalHandler, throwFatal } from "./fatal.ts";
 import { decodeEnvelope, encodeEnvelope } from "./peer-messages.ts";
 import { type ClusterConfig, largestViewChangeF } from "../config/cluster.ts";
 import { sign, verify } from "../crypto/ed25519.ts";
+import { nativeBytesEqual } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import type { SigningKey } from "../crypto/keys.ts";
 import { REQUEST_BYTES_MAX } from "../core/channels/constants.ts";
@@ -295,6 +296,7 @@ export class OrderingDriver {
           return pub !== null && verify(pub, bytes, sig);
         }),
       verifyRequest: (req, atMs) => this.verifyRequest(req, atMs),
+      sameBytes: nativeBytesEqual,
     };
     const coreConfig = coreConfigFor(config, id, options.coreParameters);
     this.baseCoreConfig = coreConfig;

@@ -13,6 +13,7 @@ import type { Priority } from "../core/channels/types.ts";
 import { OrderingCore } from "../core/ordering/core.ts";
 import type { CoreCrypto } from "../core/ordering/types.ts";
 import { sign, verify } from "../crypto/ed25519.ts";
+import { nativeBytesEqual } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import { SigningKey } from "../crypto/keys.ts";
 import { urgencyOfSpace, VerifiedRequests } from "./requests.ts";
@@ -46,6 +47,7 @@ const crypto: CoreCrypto = {
     return pub !== undefined && verify(pub, bytes, sig);
   },
   verifyRequest: (req, atMs) => verified.check(req, atMs, Date.now),
+  sameBytes: nativeBytesEqual,
 };
 const policy = { urgencyOf: (client: string) => urgencyOfSpace(client, (tag) => priorities.get(tag) ?? null) };
 

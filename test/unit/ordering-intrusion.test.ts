@@ -468,6 +468,50 @@ describe("a proposed request this backup holds pending is not verified again", (
     expect((checked[1] as string[]).slice(before.length)).toEqual([`${other.client}:1`]);
   });
 
+  test("the body is compared with the pending copy by the runtime's comparison (CoreCrypto sameBytes) when it gives one", () => {
+    const compared: Array<Array<number>> = [[], [], [], []];
+    let answer = true;
+    const checked: Array<Array<string>> = [[], [], [], []];
+    const c = new ManualCluster({
+      factory: (cfg, crypto, restored) =>
+        new OrderingCore(
+          cfg,
+          {
+            ...crypto,
+            verifyRequest: (req, atMs) => {
+              checked[cfg.id]?.push(`${req.client}:${req.seq}`);
+              return crypto.verifyRequest(req, atMs);
+            },
+            sameBytes: (a, b) => {
+              compared[cfg.id]?.push(a.length);
+              return answer && Buffer.from(a).equals(Buffer.from(b));
+            },
+          },
+          restored,
+        ),
+    });
+    const held = c.request(0, 1);
+    c.submit(1, { ...held, body: held.body.slice(), sig: held.sig.slice() });
+    c.submit(0, held);
+    const before = (checked[1] as string[]).length;
+    c.tick(1, [0]);
+    c.deliverAll();
+    expect(c.lastExecuted(1)).toBe(1);
+    // Backup 1 compared the proposed body with its pending copy, found them equal, and did not verify again.
+    expect(compared[1]).toContain(held.body.length);
+    expect((checked[1] as string[]).length).toBe(before);
+    // A comparison that says "different" makes the backup verify the proposal's copy instead.
+    answer = false;
+    const next = c.request(0, 2);
+    c.submit(1, { ...next, body: next.body.slice(), sig: next.sig.slice() });
+    c.submit(0, next);
+    const again = (checked[1] as string[]).length;
+    c.tick(1, [0]);
+    c.deliverAll();
+    expect(c.lastExecuted(1)).toBe(2);
+    expect((checked[1] as string[]).slice(again)).toEqual([`${next.client}:2`]);
+  });
+
   test("behind an external barrier's marker, the pending copy takes the request's place and the marker stays first", () => {
     const c = new ManualCluster({ mode: "cft", params: { externalBarrier: true } });
     for (let id = 0; id < c.n; id++) c.step(id, { kind: "external", seq: 5 });

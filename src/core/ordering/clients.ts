@@ -319,7 +319,7 @@ function quarantineClient(state: CoreState, client: string): void {
  */
 export function verifiedTwin(state: CoreState, r: ClientRequest): ClientRequest | undefined {
   const p = state.pending.get(r.client, r.seq);
-  if (p === undefined || p.req.span !== r.span || !bytesEqual(p.req.sig, r.sig) || !bytesEqual(p.req.body, r.body)) return undefined;
+  if (p === undefined || p.req.span !== r.span || !bytesEqual(p.req.sig, r.sig) || !state.sameBytes(p.req.body, r.body)) return undefined;
   return p.req;
 }
 

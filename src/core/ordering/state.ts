@@ -16,6 +16,7 @@
  *
  * The fields below are grouped by the part of the protocol they belong to.
  */
+import { bytesEqual } from "../../../wire/bytes.ts";
 import type { ProposalPolicy } from "./priority.ts";
 import type { CheckpointClients, Transfer } from "./checkpoints.ts";
 import { ClientTable, PendingPool } from "./clients.ts";
@@ -285,6 +286,11 @@ export class CoreState {
 
   emit(effect: Effect): void {
     this.output.effect(effect);
+  }
+
+  /** Whether two byte strings hold the same bytes (the runtime's comparison when it gives one). */
+  sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+    return this.crypto.sameBytes === undefined ? bytesEqual(a, b) : this.crypto.sameBytes(a, b);
   }
 
   hashBatch(batch: readonly ClientRequest[]): Uint8Array {
