@@ -490,26 +490,25 @@ describe("a proposed request this backup holds pending is not verified again", (
           restored,
         ),
     });
-    const held = c.request(0, 1);
-    c.submit(1, { ...held, body: held.body.slice(), sig: held.sig.slice() });
-    c.submit(0, held);
-    const before = (checked[1] as string[]).length;
-    c.tick(1, [0]);
-    c.deliverAll();
-    expect(c.lastExecuted(1)).toBe(1);
+    /** Client 0's request `seq`, held by backup 1 as a copy of its own, then proposed and decided; what backup 1 verified meanwhile. */
+    const proposeHeld = (seq: number): { readonly req: ClientRequest; readonly verifiedAtProposal: string[] } => {
+      const req = c.request(0, seq);
+      c.submit(1, { ...req, body: req.body.slice(), sig: req.sig.slice() });
+      c.submit(0, req);
+      const before = (checked[1] as string[]).length;
+      c.tick(1, [0]);
+      c.deliverAll();
+      expect(c.lastExecuted(1)).toBe(seq);
+      return { req, verifiedAtProposal: (checked[1] as string[]).slice(before) };
+    };
     // Backup 1 compared the proposed body with its pending copy, found them equal, and did not verify again.
-    expect(compared[1]).toContain(held.body.length);
-    expect((checked[1] as string[]).length).toBe(before);
+    const held = proposeHeld(1);
+    expect(compared[1]).toContain(held.req.body.length);
+    expect(held.verifiedAtProposal).toEqual([]);
     // A comparison that says "different" makes the backup verify the proposal's copy instead.
     answer = false;
-    const next = c.request(0, 2);
-    c.submit(1, { ...next, body: next.body.slice(), sig: next.sig.slice() });
-    c.submit(0, next);
-    const again = (checked[1] as string[]).length;
-    c.tick(1, [0]);
-    c.deliverAll();
-    expect(c.lastExecuted(1)).toBe(2);
-    expect((checked[1] as string[]).slice(again)).toEqual([`${next.client}:2`]);
+    const next = proposeHeld(2);
+    expect(next.verifiedAtProposal).toEqual([`${next.req.client}:2`]);
   });
 
   test("behind an external barrier's marker, the pending copy takes the request's place and the marker stays first", () => {
