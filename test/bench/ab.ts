@@ -14,9 +14,10 @@
  * Each run starts a fresh `fitb demo` of its side (four replicas, the demo's channels) in a
  * directory of its own, and stops it after the bench; `--same-replicas` instead starts one
  * demo of A for the whole program and alternates only the bench's executable (a change to
- * the client library). Which of A and B runs first is drawn anew each round, so that
- * neither a host growing busier or quieter during the run nor anything the replicas do
- * every other run (a snapshot, say) favours one side. `--unlimited`
+ * the client library). A runs first in half of the rounds and B in the other half, in a
+ * shuffled order, so that neither going first nor a host growing busier or quieter during
+ * the run nor anything the replicas do every other run (a snapshot, say) favours one side.
+ * `--unlimited`
  * lifts the per-client event rate limit in the demo's cluster file (saturated runs; the
  * default limit, 100,000 ev/s, would set the figure). Every run is bounded in time; the
  * whole program stops itself past its bound.
@@ -37,6 +38,9 @@ const RELAY_PORT_OFFSET = 300;
 const RUN_TIMEOUT_S_DEFAULT = 600;
 const DEMO_READY_MS = 60_000;
 const DEMO_STOP_MS = 30_000;
+/** After a demo stops, how long its ports may take to be free, and how often they are tried. */
+const PORTS_FREE_MS = 20_000;
+const PORT_POLL_MS = 100;
 const DEMO_READY_LINE = "fitb demo: ready";
 /** Arguments the program gives `fitb bench` itself. */
 const OWN_BENCH_FLAGS = ["--config", "--key", "--json"];
@@ -75,7 +79,8 @@ export const USAGE = [
   `  --relay-port R     the demo's relay port (default P+${RELAY_PORT_OFFSET})`,
   `  --run-timeout-s S  one bench run's bound (default ${RUN_TIMEOUT_S_DEFAULT})`,
   "  --json             one JSON object instead of the tables",
-  "FITB-BENCH-ARGS must name --channel and must not name --config, --key or --json.",
+  "FITB-BENCH-ARGS must name --channel and must not name --config, --key or --json (nor a --rate sweep).",
+  "A or B may be a script that runs fitb, if it ends by exec-ing it (so that a run's time bound stops fitb itself).",
   "example: npm run bench:ab -- --a /tmp/fitb-before --b dist/fitb --rounds 4 --unlimited -- --channel sec.alerts --size 200 --publishers 4 --events 300000 --warmup 50000",
 ].join("\n");
 
@@ -128,9 +133,13 @@ export function parseOptions(argv: readonly string[]): Options | string {
     if (!existsSync(path) || !statSync(path).isFile()) return `${flag}: ${path} is not a file`;
     if ((statSync(path).mode & 0o111) === 0) return `${flag}: ${path} is not executable`;
   }
-  if (!bench.includes("--channel")) return "fitb bench's arguments (after --) must name --channel";
-  const taken = bench.filter((arg) => OWN_BENCH_FLAGS.includes(arg));
+  const named = (flag: string): boolean => bench.some((arg) => arg === flag || arg.startsWith(`${flag}=`));
+  if (!named("--channel")) return "fitb bench's arguments (after --) must name --channel";
+  const taken = OWN_BENCH_FLAGS.filter(named);
   if (taken.length > 0) return `fitb bench's arguments must not name ${taken.join(", ")}: this program gives them`;
+  const rate = bench.findIndex((arg) => arg === "--rate" || arg.startsWith("--rate="));
+  const rates = rate < 0 ? "" : bench[rate] === "--rate" ? (bench[rate + 1] ?? "") : (bench[rate] as string).slice("--rate=".length);
+  if (rates.includes(",")) return "--rate: one rate (a sweep prints a table of rates, which this program does not compare)";
   if (relay >= basePort && relay < basePort + DEMO_REPLICAS)
     return `--relay-port: ${relay} is one of the replicas' ports ${basePort}..${basePort + DEMO_REPLICAS - 1}`;
   return { a, b, rounds, sameReplicas, unlimited, basePort, relayPort: relay, runTimeoutS, json, help, bench };
@@ -140,38 +149,61 @@ export function parseOptions(argv: readonly string[]): Options | string {
 // Figures and their comparison
 // ---------------------------------------------------------------------------------------
 
-/** What `fitb bench --json` prints that this program compares. */
+/**
+ * What `fitb bench --json` prints that this program compares. Older builds leave some of
+ * it out (the CPU figures came later): a figure either run of a pair lacks is left out of
+ * that pair.
+ */
 export interface BenchFigures {
   readonly delivered_per_s: number;
   readonly p50_ms: number;
   readonly p99_ms: number;
   readonly max_ms: number;
-  readonly cpu_us_per_event: readonly (number | null)[];
-  readonly bench_cpu_us_per_event: number | null;
+  readonly cpu_us_per_event?: readonly (number | null)[];
+  readonly bench_cpu_us_per_event?: number | null;
   readonly mix?: { readonly low_mixed_per_s: number };
 }
 
-/** One compared figure: how to read it from a run, and which way is better. */
+/** One compared figure: its values in a pair of runs (null: not both gave it), and which way is better. */
 interface Figure {
   readonly name: string;
-  readonly of: (run: BenchFigures) => number | null;
+  readonly of: (a: BenchFigures, b: BenchFigures) => readonly [number, number] | null;
   readonly higherIsBetter: boolean;
 }
 
-const FIGURES: readonly Figure[] = [
-  { name: "delivered ev/s", of: (run) => run.delivered_per_s, higherIsBetter: true },
-  { name: "p50 ms", of: (run) => run.p50_ms, higherIsBetter: false },
-  { name: "p99 ms", of: (run) => run.p99_ms, higherIsBetter: false },
-  { name: "max ms", of: (run) => run.max_ms, higherIsBetter: false },
-  { name: "replica CPU µs/event (mean)", of: (run) => mean(run.cpu_us_per_event), higherIsBetter: false },
-  { name: "bench CPU µs/event", of: (run) => run.bench_cpu_us_per_event, higherIsBetter: false },
-  { name: "--mix low ev/s during the run", of: (run) => run.mix?.low_mixed_per_s ?? null, higherIsBetter: true },
-];
-
-function mean(values: readonly (number | null)[]): number | null {
-  const known = values.filter((value): value is number => value !== null);
-  return known.length === 0 ? null : known.reduce((sum, value) => sum + value, 0) / known.length;
+/** A figure read the same way from each run of a pair. */
+function each(read: (run: BenchFigures) => number | null | undefined): Figure["of"] {
+  return (a, b) => {
+    const x = read(a);
+    const y = read(b);
+    return typeof x === "number" && typeof y === "number" ? [x, y] : null;
+  };
 }
+
+/** The replicas' mean CPU per event, over the replicas that reported in both runs of the pair. */
+function replicaCpu(a: BenchFigures, b: BenchFigures): readonly [number, number] | null {
+  const both: [number, number][] = [];
+  const as = a.cpu_us_per_event ?? [];
+  const bs = b.cpu_us_per_event ?? [];
+  for (let i = 0; i < Math.min(as.length, bs.length); i++) {
+    const x = as[i];
+    const y = bs[i];
+    if (typeof x === "number" && typeof y === "number") both.push([x, y]);
+  }
+  if (both.length === 0) return null;
+  const sum = both.reduce((acc, [x, y]) => [acc[0] + x, acc[1] + y] as [number, number], [0, 0] as [number, number]);
+  return [sum[0] / both.length, sum[1] / both.length];
+}
+
+const FIGURES: readonly Figure[] = [
+  { name: "delivered ev/s", of: each((run) => run.delivered_per_s), higherIsBetter: true },
+  { name: "p50 ms", of: each((run) => run.p50_ms), higherIsBetter: false },
+  { name: "p99 ms", of: each((run) => run.p99_ms), higherIsBetter: false },
+  { name: "max ms", of: each((run) => run.max_ms), higherIsBetter: false },
+  { name: "replica CPU µs/event (mean)", of: replicaCpu, higherIsBetter: false },
+  { name: "bench CPU µs/event", of: each((run) => run.bench_cpu_us_per_event), higherIsBetter: false },
+  { name: "--mix low ev/s during the run", of: each((run) => run.mix?.low_mixed_per_s), higherIsBetter: true },
+];
 
 /** A figure over every pair in which both runs gave it. */
 export interface Comparison {
@@ -190,8 +222,8 @@ export function compare(pairs: readonly { readonly a: BenchFigures; readonly b: 
   const out: Comparison[] = [];
   for (const figure of FIGURES) {
     const values = pairs
-      .map((pair) => [figure.of(pair.a), figure.of(pair.b)] as const)
-      .filter((pair): pair is readonly [number, number] => pair[0] !== null && pair[1] !== null && pair[0] > 0);
+      .map((pair) => figure.of(pair.a, pair.b))
+      .filter((pair): pair is readonly [number, number] => pair !== null && pair[0] > 0);
     if (values.length === 0) continue;
     const ratios = values.map(([a, b]) => b / a).sort((x, y) => x - y);
     const as = values.map(([a]) => a);
@@ -213,9 +245,19 @@ function median(sorted: readonly number[]): number {
   return sorted.length % 2 === 1 ? (sorted[middle] as number) : ((sorted[middle - 1] as number) + (sorted[middle] as number)) / 2;
 }
 
-/** The order of one round's runs, drawn with `random` (0 <= value < 1). */
-export function drawOrder(random: () => number): readonly ("a" | "b")[] {
-  return random() < 0.5 ? ["a", "b"] : ["b", "a"];
+/**
+ * The order of each of `rounds` rounds: A first in half of them and B first in the other
+ * half (one more of either, drawn, when `rounds` is odd), shuffled with `random` (0 <= value
+ * < 1), so that neither side gains from going first or second, nor from a pattern in time.
+ */
+export function drawOrders(rounds: number, random: () => number): ("a" | "b")[][] {
+  const aFirst = Math.floor(rounds / 2) + (rounds % 2 === 1 && random() < 0.5 ? 1 : 0);
+  const orders: ("a" | "b")[][] = Array.from({ length: rounds }, (_, i) => (i < aFirst ? ["a", "b"] : ["b", "a"]));
+  for (let i = orders.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [orders[i], orders[j]] = [orders[j] as ("a" | "b")[], orders[i] as ("a" | "b")[]];
+  }
+  return orders;
 }
 
 export function formatComparisons(comparisons: readonly Comparison[]): string {
@@ -246,7 +288,7 @@ function progress(text: string): void {
 async function startDemo(binary: string, dir: string, options: Options): Promise<Subprocess> {
   const first = await launchDemo(binary, dir, options);
   if (!options.unlimited) return first;
-  await stopDemo(first);
+  await stopDemo(first, options);
   const path = join(dir, "cluster.toml");
   let text = readFileSync(path, "utf8");
   for (const [key, value] of Object.entries(UNLIMITED_LIMITS)) {
@@ -280,20 +322,42 @@ async function launchDemo(binary: string, dir: string, options: Options): Promis
     });
   });
   if (!(await ready)) {
-    proc.kill("SIGKILL");
-    running.delete(proc);
+    await stopDemo(proc, options);
     throw new Error(`${binary} demo was not ready within ${DEMO_READY_MS / 1000} s: ${said.slice(-3).join("; ") || "it said nothing"}`);
   }
   return proc;
 }
 
-/** SIGINT, the demo's clean stop (it stops its replicas); SIGKILL past DEMO_STOP_MS. */
-async function stopDemo(proc: Subprocess): Promise<void> {
+/**
+ * SIGINT, the demo's clean stop (it stops its replicas and waits for them); SIGKILL past
+ * DEMO_STOP_MS, after which its replicas stop on their own once their stdin closes. Either
+ * way it returns once the demo's ports take no connection, so the next demo can have them.
+ */
+async function stopDemo(proc: Subprocess, options: Options): Promise<void> {
   proc.kill("SIGINT");
   const timer = setTimeout(() => proc.kill("SIGKILL"), DEMO_STOP_MS);
   await proc.exited;
   clearTimeout(timer);
   running.delete(proc);
+  const ports = [...Array.from({ length: DEMO_REPLICAS }, (_, i) => options.basePort + i), options.relayPort];
+  const until = Date.now() + PORTS_FREE_MS;
+  for (const port of ports) {
+    while (await listening(port)) {
+      if (Date.now() > until) throw new Error(`port ${port} still takes connections ${PORTS_FREE_MS / 1000} s after the demo stopped`);
+      await Bun.sleep(PORT_POLL_MS);
+    }
+  }
+}
+
+/** Whether something on 127.0.0.1 accepts a connection on `port`. */
+async function listening(port: number): Promise<boolean> {
+  try {
+    const socket = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {} } });
+    socket.end();
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function readLines(stream: ReadableStream<Uint8Array>, sink: (line: string) => void): Promise<void> {
@@ -326,7 +390,11 @@ async function runBench(binary: string, dir: string, options: Options): Promise<
       `fitb bench exited ${proc.exitCode ?? proc.signalCode}${json === undefined ? " with no figures" : ""}: ${said.join("; ") || "it said nothing"}`,
     );
   }
-  return JSON.parse(json) as BenchFigures;
+  try {
+    return JSON.parse(json) as BenchFigures;
+  } catch (error) {
+    return new Error(`fitb bench printed a line that is not JSON: ${error instanceof Error ? error.message : String(error)}`);
+  }
 }
 
 function freshDir(): string {
@@ -340,26 +408,39 @@ function removeDir(dir: string): void {
   dirs.delete(dir);
 }
 
+/** Kills what runs (a demo's replicas then stop as their stdin closes), removes what it can of the directories, exits. */
 function stopAll(code: number, why: string): never {
   if (why !== "") progress(why);
   for (const proc of running) proc.kill("SIGKILL");
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  for (const dir of dirs) {
+    try {
+      rmSync(dir, { recursive: true, force: true });
+    } catch (error) {
+      progress(`could not remove ${dir}: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
   process.exit(code);
 }
 
 function summary(label: string, run: BenchFigures | Error): string {
   if (run instanceof Error) return `${label}: failed: ${run.message}`;
-  const cpu = run.cpu_us_per_event.map((value) => (value === null ? "-" : String(value))).join(", ");
+  const cpu = (run.cpu_us_per_event ?? []).map((value) => (value === null ? "-" : String(value))).join(", ");
   const mix = run.mix === undefined ? "" : `, low ${Math.round(run.mix.low_mixed_per_s).toLocaleString("en-US")} ev/s`;
   return `${label}: ${Math.round(run.delivered_per_s).toLocaleString("en-US")} ev/s, p50 ${run.p50_ms} ms, p99 ${run.p99_ms} ms, max ${run.max_ms} ms, replica CPU µs/event [${cpu}], bench ${run.bench_cpu_us_per_event ?? "-"}${mix}`;
 }
 
-async function main(): Promise<void> {
-  const options = optionsOrExit(parseOptions(process.argv.slice(2)), USAGE);
-  const deadlineMs = options.rounds * 2 * (options.runTimeoutS * 1000 + 3 * DEMO_READY_MS + DEMO_STOP_MS);
-  const deadline = stopOnSignalsAndDeadline(stopAll, deadlineMs, "every demo and bench");
+/** One round: each side's figures (or why there are none), and which side ran first. */
+interface Round {
+  readonly a: BenchFigures | Error;
+  readonly b: BenchFigures | Error;
+  readonly first: "a" | "b";
+}
+
+/** Every round's runs; throws when a demo of --same-replicas cannot start or a demo's ports stay taken. */
+async function runRounds(options: Options): Promise<Round[]> {
   const binaries = { a: options.a, b: options.b };
-  const rounds: { a: BenchFigures | Error; b: BenchFigures | Error; first: "a" | "b" }[] = [];
+  const rounds: Round[] = [];
+  const orders = drawOrders(options.rounds, Math.random);
   let shared: { dir: string; demo: Subprocess } | null = null;
   if (options.sameReplicas) {
     const dir = freshDir();
@@ -368,7 +449,7 @@ async function main(): Promise<void> {
   }
   for (let round = 0; round < options.rounds; round++) {
     const results: Partial<Record<"a" | "b", BenchFigures | Error>> = {};
-    const order = drawOrder(Math.random);
+    const order = orders[round] as ("a" | "b")[];
     for (const side of order) {
       progress(`round ${round + 1} of ${options.rounds}: ${side.toUpperCase()} (${binaries[side]})`);
       if (shared !== null) {
@@ -382,7 +463,7 @@ async function main(): Promise<void> {
         } catch (error) {
           results[side] = error instanceof Error ? error : new Error(String(error));
         } finally {
-          if (demo !== null) await stopDemo(demo);
+          if (demo !== null) await stopDemo(demo, options);
           removeDir(dir);
         }
       }
@@ -391,12 +472,26 @@ async function main(): Promise<void> {
     rounds.push({ a: results.a as BenchFigures | Error, b: results.b as BenchFigures | Error, first: order[0] as "a" | "b" });
   }
   if (shared !== null) {
-    await stopDemo(shared.demo);
+    await stopDemo(shared.demo, options);
     removeDir(shared.dir);
+  }
+  return rounds;
+}
+
+async function main(): Promise<void> {
+  const options = optionsOrExit(parseOptions(process.argv.slice(2)), USAGE);
+  const deadlineMs = options.rounds * 2 * (options.runTimeoutS * 1000 + 3 * DEMO_READY_MS + DEMO_STOP_MS + PORTS_FREE_MS);
+  const deadline = stopOnSignalsAndDeadline(stopAll, deadlineMs, "every demo and bench");
+  let rounds: Round[];
+  try {
+    rounds = await runRounds(options);
+  } catch (error) {
+    // A demo that never came up for --same-replicas, a port that stayed taken, ...: nothing to compare.
+    stopAll(1, error instanceof Error ? error.message : String(error));
   }
   clearTimeout(deadline);
   const complete = rounds.filter(
-    (pair): pair is { a: BenchFigures; b: BenchFigures; first: "a" | "b" } => !(pair.a instanceof Error) && !(pair.b instanceof Error),
+    (pair): pair is Round & { a: BenchFigures; b: BenchFigures } => !(pair.a instanceof Error) && !(pair.b instanceof Error),
   );
   const comparisons = compare(complete);
   const failed = rounds.length - complete.length;

@@ -6,7 +6,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type BenchFigures, compare, drawOrder, type Options, parseOptions, ROUNDS_MAX } from "../bench/ab.ts";
+import { type BenchFigures, compare, drawOrders, type Options, parseOptions, ROUNDS_MAX } from "../bench/ab.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "fitb-ab-unit-"));
 const A = join(dir, "a");
@@ -40,6 +40,10 @@ describe("bench:ab arguments", () => {
     expect(parseOptions(["--a", A, "--b", PLAIN, ...WORKLOAD])).toContain("is not executable");
     expect(parseOptions(["--a", A, "--b", B, "--", "--events", "10"])).toContain("must name --channel");
     expect(parseOptions(["--a", A, "--b", B, "--", "--channel", "x", "--json"])).toContain("must not name --json");
+    expect(parseOptions(["--a", A, "--b", B, "--", "--channel=x", "--config=c.toml"])).toContain("must not name --config");
+    expect(parseOptions(["--a", A, "--b", B, "--", "--channel", "x", "--rate", "100,200"])).toContain("--rate: one rate");
+    expect(parseOptions(["--a", A, "--b", B, "--", "--channel", "x", "--rate=100,200"])).toContain("--rate: one rate");
+    expect(typeof parseOptions(["--a", A, "--b", B, "--", "--channel=x", "--rate=100"])).toBe("object");
     expect(parseOptions(["--a", A, "--b", B, "--rounds", String(ROUNDS_MAX + 1), ...WORKLOAD])).toContain(
       `--rounds: an integer in 1..${ROUNDS_MAX}`,
     );
@@ -54,13 +58,13 @@ describe("bench:ab arguments", () => {
   });
 });
 
-function figures(deliveredPerS: number, p99Ms: number, cpu: (number | null)[], lowPerS?: number): BenchFigures {
+function figures(deliveredPerS: number, p99Ms: number, cpu: (number | null)[] | undefined, lowPerS?: number): BenchFigures {
   return {
     delivered_per_s: deliveredPerS,
     p50_ms: 1,
     p99_ms: p99Ms,
     max_ms: p99Ms,
-    cpu_us_per_event: cpu,
+    ...(cpu === undefined ? {} : { cpu_us_per_event: cpu }),
     bench_cpu_us_per_event: null,
     ...(lowPerS === undefined ? {} : { mix: { low_mixed_per_s: lowPerS } }),
   };
@@ -72,19 +76,22 @@ describe("bench:ab comparison", () => {
       { a: figures(100, 10, [2, 2]), b: figures(110, 12, [1, 1]) },
       { a: figures(200, 10, [2, null]), b: figures(180, 8, [1, 3]) },
       { a: figures(100, 20, [null, null]), b: figures(150, 10, [1, 1]) },
+      // A build from before the CPU figures: no cpu_us_per_event at all.
+      { a: figures(100, 20, undefined), b: figures(100, 20, [1, 1]) },
     ];
     const byFigure = new Map(compare(pairs).map((c) => [c.figure, c]));
     const delivered = byFigure.get("delivered ev/s");
-    expect(delivered).toMatchObject({ pairs: 3, a: { min: 100, max: 200 }, b: { min: 110, max: 180 }, bBetter: 2 });
+    expect(delivered).toMatchObject({ pairs: 4, a: { min: 100, max: 200 }, b: { min: 100, max: 180 }, bBetter: 2 });
     expect(delivered?.ratio.min).toBeCloseTo(0.9);
-    expect(delivered?.ratio.median).toBeCloseTo(1.1);
+    expect(delivered?.ratio.median).toBeCloseTo((1 + 1.1) / 2);
     expect(delivered?.ratio.max).toBeCloseTo(1.5);
-    // Lower is better for latency: B lower in two pairs.
-    expect(byFigure.get("p99 ms")).toMatchObject({ pairs: 3, bBetter: 2 });
-    // A pair where a side reported no CPU is left out of that figure only; the median of two is their mean.
+    // Lower is better for latency: B lower in two pairs, equal in one.
+    expect(byFigure.get("p99 ms")).toMatchObject({ pairs: 4, bBetter: 2 });
+    // Replica CPU over the replicas both runs of a pair reported: pair 2 compares replica 0
+    // alone (2 against 1, not 2 against the mean of 1 and 3); pairs 3 and 4 have none in common.
     const cpu = byFigure.get("replica CPU µs/event (mean)");
-    expect(cpu).toMatchObject({ pairs: 2, bBetter: 1 });
-    expect(cpu?.ratio.median).toBeCloseTo((0.5 + 1) / 2);
+    expect(cpu).toMatchObject({ pairs: 2, bBetter: 2, a: { min: 2, max: 2 }, b: { min: 1, max: 1 } });
+    expect(cpu?.ratio.median).toBeCloseTo(0.5);
     // No run gave the bench's CPU or a --mix figure: no row for them.
     expect(byFigure.has("bench CPU µs/event")).toBe(false);
     expect(byFigure.has("--mix low ev/s during the run")).toBe(false);
@@ -98,8 +105,23 @@ describe("bench:ab comparison", () => {
     expect(low?.ratio.median).toBeCloseTo(1.2);
   });
 
-  test("the order of a round is drawn: A first below one half, B first from it", () => {
-    expect(drawOrder(() => 0.1)).toEqual(["a", "b"]);
-    expect(drawOrder(() => 0.5)).toEqual(["b", "a"]);
+  test("A goes first in half the rounds and B in the other half, shuffled; an odd round's extra is drawn", () => {
+    let seed = 1;
+    const random = (): number => {
+      seed = (seed * 16_807) % 2_147_483_647;
+      return seed / 2_147_483_647;
+    };
+    for (const rounds of [1, 2, 3, 6, 7, 20]) {
+      for (let draw = 0; draw < 20; draw++) {
+        const orders = drawOrders(rounds, random);
+        expect(orders).toHaveLength(rounds);
+        const aFirst = orders.filter((order) => order[0] === "a").length;
+        expect(Math.abs(aFirst - (rounds - aFirst))).toBeLessThanOrEqual(rounds % 2);
+        for (const order of orders) expect([...order].sort()).toEqual(["a", "b"]);
+      }
+    }
+    // Shuffled: over many draws of 6 rounds, the first round is sometimes A first and sometimes B first.
+    const firsts = new Set(Array.from({ length: 40 }, () => drawOrders(6, random)[0]?.[0]));
+    expect(firsts).toEqual(new Set(["a", "b"]));
   });
 });

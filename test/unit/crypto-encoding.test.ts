@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { bytesEqual, concatBytes, fromBase64urlStrict, fromHex, toBase64url, toHex } from "../../src/crypto/encoding.ts";
+import { bytesEqual, concatBytes, fromBase64urlStrict, fromHex, nativeBytesEqual, toBase64url, toHex } from "../../src/crypto/encoding.ts";
 import { sha256, sha256Hex, sha256Parts } from "../../src/crypto/hash.ts";
 
 const utf8 = (text: string) => new TextEncoder().encode(text);
@@ -48,6 +48,26 @@ describe("byte helpers", () => {
     expect(bytesEqual(Uint8Array.from([1, 2]), Uint8Array.from([1, 2]))).toBe(true);
     expect(bytesEqual(Uint8Array.from([1, 2]), Uint8Array.from([1, 3]))).toBe(false);
     expect(bytesEqual(Uint8Array.from([1, 2]), Uint8Array.from([1, 2, 0]))).toBe(false);
+  });
+
+  test("nativeBytesEqual answers as bytesEqual, whatever the views' offsets and buffers", () => {
+    const whole = Uint8Array.from({ length: 70_000 }, (_, i) => (i * 7) & 0xff);
+    const cases: Array<[Uint8Array, Uint8Array]> = [
+      [whole.subarray(3, 60_003), whole.slice(3, 60_003)],
+      [whole.subarray(0, 60_000), whole.subarray(3, 60_003)],
+      [whole.subarray(5, 9), Uint8Array.from(whole.subarray(5, 9))],
+      [whole.subarray(1, 10), whole.subarray(1, 11)],
+      [new Uint8Array(0), whole.subarray(7, 7)],
+      [Buffer.from(whole.subarray(0, 100)), whole.subarray(0, 100)],
+    ];
+    const changed = whole.slice(3, 60_003);
+    changed[59_999] = (changed[59_999] as number) ^ 1;
+    cases.push([whole.subarray(3, 60_003), changed]);
+    for (const [a, b] of cases) {
+      expect(nativeBytesEqual(a, b)).toBe(bytesEqual(a, b));
+      expect(nativeBytesEqual(b, a)).toBe(bytesEqual(a, b));
+    }
+    expect(cases.map(([a, b]) => bytesEqual(a, b))).toEqual([true, false, true, false, true, true, false]);
   });
 
   test("concatBytes joins in order", () => {
