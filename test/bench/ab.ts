@@ -26,7 +26,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
-import { optionsOrExit, stopOnSignalsAndDeadline } from "../helpers/program.ts";
+import { integerArgument, optionsOrExit, stopOnSignalsAndDeadline } from "../helpers/program.ts";
 
 export const ROUNDS_DEFAULT = 3;
 export const ROUNDS_MAX = 20;
@@ -98,12 +98,7 @@ export function parseOptions(argv: readonly string[]): Options | string {
   let runTimeoutS = RUN_TIMEOUT_S_DEFAULT;
   let json = false;
   let help = false;
-  const integer = (flag: string, text: string | undefined, min: number, max: number): number | string => {
-    const value = Number(text);
-    return Number.isInteger(value) && value >= min && value <= max
-      ? value
-      : `${flag}: an integer in ${min}..${max}, got ${text ?? "nothing"}`;
-  };
+  const integer = integerArgument;
   for (let i = 0; i < own.length; i++) {
     const arg = own[i];
     let parsed: number | string = 0;
@@ -350,7 +345,7 @@ async function stopDemo(proc: Subprocess, options: Options): Promise<void> {
 }
 
 /** Whether something on 127.0.0.1 accepts a connection on `port`. */
-async function listening(port: number): Promise<boolean> {
+export async function listening(port: number): Promise<boolean> {
   try {
     const socket = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {} } });
     socket.end();

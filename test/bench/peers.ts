@@ -38,7 +38,7 @@ import type { Subprocess } from "bun";
 import { benchEvent, benchSentAt, LatencyHistogram } from "../../src/cli/commands/bench.ts";
 import { CLASSES, startClusterWithChannels } from "../integration/client-util.ts";
 import { BUN, freePortRange, MAIN, type TestCluster } from "../integration/harness.ts";
-import { optionsOrExit, stopOnSignalsAndDeadline } from "../helpers/program.ts";
+import { integerArgument, optionsOrExit, stopOnSignalsAndDeadline } from "../helpers/program.ts";
 
 // ---------------------------------------------------------------------------------------
 // Options
@@ -98,12 +98,7 @@ export function parseOptions(argv: readonly string[]): Options | string {
   let natsServer: string | null = null;
   let json = false;
   let help = false;
-  const integer = (flag: string, text: string | undefined, min: number, max: number): number | string => {
-    const value = Number(text);
-    return Number.isInteger(value) && value >= min && value <= max
-      ? value
-      : `${flag}: an integer in ${min}..${max}, got ${text ?? "nothing"}`;
-  };
+  const integer = integerArgument;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     let parsed: number | string = 0;

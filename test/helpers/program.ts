@@ -21,6 +21,14 @@ export function optionsOrExit<T extends { readonly help: boolean }>(parsed: T | 
   return parsed;
 }
 
+/** `text` as an integer in `min..max`, or the refusal naming `flag` (a program's numeric arguments). */
+export function integerArgument(flag: string, text: string | undefined, min: number, max: number): number | string {
+  const value = Number(text);
+  return Number.isInteger(value) && value >= min && value <= max
+    ? value
+    : `${flag}: an integer in ${min}..${max}, got ${text ?? "nothing"}`;
+}
+
 /**
  * `stop` (which kills what the program started and exits) runs on SIGINT (130), SIGTERM
  * (143), or once `maxMs` have passed (1). Returns the deadline's timer, to clear when the

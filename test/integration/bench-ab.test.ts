@@ -8,6 +8,7 @@ import { afterAll, expect, test } from "bun:test";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { listening } from "../bench/ab.ts";
 import { BUN, freePortRange, MAIN, REPO } from "./harness.ts";
 
 const AB = join(REPO, "test/bench/ab.ts");
@@ -41,16 +42,6 @@ function calls(): string[] {
   return seen.sort();
 }
 
-async function takesConnections(port: number): Promise<boolean> {
-  try {
-    const socket = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {} } });
-    socket.end();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function ab(args: string[]): Promise<{ code: number; stdout: string; stderr: string; ports: number[] }> {
   const base = freePortRange(5);
   const ports = [base, base + 1, base + 2, base + 3, base + 4];
@@ -68,7 +59,7 @@ async function ab(args: string[]): Promise<{ code: number; stdout: string; stder
 /** Nothing the run started is left: no directory in its TMPDIR, nothing on its ports. */
 async function expectNothingLeft(ports: readonly number[]): Promise<void> {
   expect(readdirSync(work)).toEqual([]);
-  for (const port of ports) expect(await takesConnections(port)).toBe(false);
+  for (const port of ports) expect(await listening(port)).toBe(false);
 }
 
 function tableRow(stdout: string, figure: string): string[] {
