@@ -27,6 +27,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { integerArgument, optionsOrExit, stopOnSignalsAndDeadline } from "../helpers/program.ts";
+import { eachLine, UNLIMITED_CLIENT } from "./peers.ts";
 
 export const ROUNDS_DEFAULT = 3;
 export const ROUNDS_MAX = 20;
@@ -44,12 +45,6 @@ const PORT_POLL_MS = 100;
 const DEMO_READY_LINE = "fitb demo: ready";
 /** Arguments the program gives `fitb bench` itself. */
 const OWN_BENCH_FLAGS = ["--config", "--key", "--json"];
-/** The client limits `--unlimited` writes into the demo's cluster file. */
-const UNLIMITED_LIMITS: Readonly<Record<string, number>> = {
-  client_events_per_second_max: 10_000_000,
-  client_burst_events_max: 100_000_000,
-};
-
 export interface Options {
   readonly a: string;
   readonly b: string;
@@ -98,7 +93,6 @@ export function parseOptions(argv: readonly string[]): Options | string {
   let runTimeoutS = RUN_TIMEOUT_S_DEFAULT;
   let json = false;
   let help = false;
-  const integer = integerArgument;
   for (let i = 0; i < own.length; i++) {
     const arg = own[i];
     let parsed: number | string = 0;
@@ -111,10 +105,10 @@ export function parseOptions(argv: readonly string[]): Options | string {
       if (path === undefined || path.startsWith("--")) return `${arg}: a path to a fitb executable is missing`;
       if (arg === "--a") a = path;
       else b = path;
-    } else if (arg === "--rounds") parsed = rounds = integer(arg, own[++i], 1, ROUNDS_MAX) as number;
-    else if (arg === "--base-port") parsed = basePort = integer(arg, own[++i], 1024, 65_535 - RELAY_PORT_OFFSET) as number;
-    else if (arg === "--relay-port") parsed = relayPort = integer(arg, own[++i], 1024, 65_535) as number;
-    else if (arg === "--run-timeout-s") parsed = runTimeoutS = integer(arg, own[++i], 10, 7_200) as number;
+    } else if (arg === "--rounds") parsed = rounds = integerArgument(arg, own[++i], 1, ROUNDS_MAX) as number;
+    else if (arg === "--base-port") parsed = basePort = integerArgument(arg, own[++i], 1024, 65_535 - RELAY_PORT_OFFSET) as number;
+    else if (arg === "--relay-port") parsed = relayPort = integerArgument(arg, own[++i], 1024, 65_535) as number;
+    else if (arg === "--run-timeout-s") parsed = runTimeoutS = integerArgument(arg, own[++i], 10, 7_200) as number;
     else return `unknown argument ${arg}${split < 0 ? " (fitb bench's arguments go after --)" : ""}`;
     if (typeof parsed === "string") return parsed;
   }
@@ -286,7 +280,7 @@ async function startDemo(binary: string, dir: string, options: Options): Promise
   await stopDemo(first, options);
   const path = join(dir, "cluster.toml");
   let text = readFileSync(path, "utf8");
-  for (const [key, value] of Object.entries(UNLIMITED_LIMITS)) {
+  for (const [key, value] of Object.entries(UNLIMITED_CLIENT)) {
     const line = new RegExp(`^${key} = .*$`, "m");
     if (!line.test(text)) throw new Error(`${path} has no ${key} line to lift`);
     text = text.replace(line, `${key} = ${value}`);
@@ -303,14 +297,14 @@ async function launchDemo(binary: string, dir: string, options: Options): Promis
   const said: string[] = [];
   const ready = new Promise<boolean>((resolve) => {
     const timer = setTimeout(() => resolve(false), DEMO_READY_MS);
-    void readLines(proc.stdout, (line) => {
+    void eachLine(proc.stdout, (line) => {
       said.push(line);
       if (line.includes(DEMO_READY_LINE)) {
         clearTimeout(timer);
         resolve(true);
       }
     });
-    void readLines(proc.stderr, (line) => said.push(line));
+    void eachLine(proc.stderr, (line) => said.push(line));
     void proc.exited.then(() => {
       clearTimeout(timer);
       resolve(false);
@@ -355,18 +349,6 @@ export async function listening(port: number): Promise<boolean> {
   }
 }
 
-async function readLines(stream: ReadableStream<Uint8Array>, sink: (line: string) => void): Promise<void> {
-  const decoder = new TextDecoder();
-  let rest = "";
-  for await (const chunk of stream) {
-    rest += decoder.decode(chunk, { stream: true });
-    const lines = rest.split("\n");
-    rest = lines.pop() ?? "";
-    for (const line of lines) sink(line);
-  }
-  if (rest.length > 0) sink(rest);
-}
-
 /** `binary bench` against the demo in `dir`: its figures, or why there are none. */
 async function runBench(binary: string, dir: string, options: Options): Promise<BenchFigures | Error> {
   const argv = [binary, "bench", "--config", join(dir, "cluster.toml"), "--key", join(dir, "client.key"), ...options.bench, "--json"];
@@ -375,7 +357,7 @@ async function runBench(binary: string, dir: string, options: Options): Promise<
   const out: string[] = [];
   const err: string[] = [];
   const timer = setTimeout(() => proc.kill("SIGKILL"), options.runTimeoutS * 1000);
-  await Promise.all([readLines(proc.stdout, (line) => out.push(line)), readLines(proc.stderr, (line) => err.push(line)), proc.exited]);
+  await Promise.all([eachLine(proc.stdout, (line) => out.push(line)), eachLine(proc.stderr, (line) => err.push(line)), proc.exited]);
   clearTimeout(timer);
   running.delete(proc);
   const json = out.findLast((line) => line.startsWith("{"));

@@ -98,15 +98,14 @@ export function parseOptions(argv: readonly string[]): Options | string {
   let natsServer: string | null = null;
   let json = false;
   let help = false;
-  const integer = integerArgument;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     let parsed: number | string = 0;
     if (arg === "--json") json = true;
     else if (arg === "--help" || arg === "-h") help = true;
-    else if (arg === "--events") parsed = events = integer(arg, argv[++i], EVENTS_MIN, EVENTS_MAX) as number;
-    else if (arg === "--publishers") parsed = publishers = integer(arg, argv[++i], 1, PUBLISHERS_MAX) as number;
-    else if (arg === "--size") parsed = size = integer(arg, argv[++i], 24, 64 * 1024) as number;
+    else if (arg === "--events") parsed = events = integerArgument(arg, argv[++i], EVENTS_MIN, EVENTS_MAX) as number;
+    else if (arg === "--publishers") parsed = publishers = integerArgument(arg, argv[++i], 1, PUBLISHERS_MAX) as number;
+    else if (arg === "--size") parsed = size = integerArgument(arg, argv[++i], 24, 64 * 1024) as number;
     else if (arg === "--nats-server") {
       const path = argv[++i];
       if (path === undefined || path.startsWith("--")) return "--nats-server: a path is missing";
