@@ -354,6 +354,10 @@ describe("limits from the cluster file", () => {
           "net.links",
           Array.from({ length: 100 }, (_, i) => encode(`flood ${i}`)),
         );
+        // The burst itself may have gone to every replica: on a loaded host one of its f+1 can
+        // take longer than the first hedge delay (250 ms before any answer) to answer it. What
+        // is checked below is that the refused request is not taken elsewhere.
+        const widenedBefore = flooder.crashNoneWidened;
         const refused = flooder.publish(
           "net.links",
           Array.from({ length: 100 }, (_, i) => encode(`more ${i}`)),
@@ -376,7 +380,7 @@ describe("limits from the cluster file", () => {
         await waitFor("the client to hear the refusals", () => (flooder.transientRefusals.get("RATE_LIMITED") ?? 0) >= expected);
         expect(outcome).not.toBe("acked");
         // Refused, it was not taken to the other replicas (that happens in the reply's handler, before this).
-        expect(flooder.crashNoneWidened).toBe(0);
+        expect(flooder.crashNoneWidened).toBe(widenedBefore);
         // Another key publishes at once.
         const ack = await admin.publish("net.links", [encode("from another key")]);
         expect(ack.span).toBe(1);
