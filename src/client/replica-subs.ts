@@ -41,6 +41,8 @@ export interface ReplicaSubsOwner {
   resumePoint(): number | undefined;
   /** Whether delivery is paused for a slow handler. */
   isPaused(): boolean;
+  /** Whether the replica is on standby (narrowing.ts): it is not subscribed until a widening. */
+  isStandby(replica: number): boolean;
   signal(signal: SubscriptionSignal): void;
   /** f+1 replicas refused the subscription: it ends with `error`. */
   fail(error: Error): void;
@@ -93,6 +95,10 @@ export class ReplicaSubs {
   // ---------------------------------------------------------------------------------
 
   subscribeAt(replica: number): void {
+    if (this.owner.isStandby(replica)) {
+      this.standby(replica);
+      return;
+    }
     const from = this.owner.resumePoint();
     const after = this.freshness();
     const subId = this.host.subscribeAt(this.sub, replica, from, after);
@@ -115,6 +121,25 @@ export class ReplicaSubs {
     const state = this.replicas.get(replica);
     if (state !== undefined && (state.t === "active" || state.t === "pending")) this.host.unsubscribeAt(replica, state.subId);
     this.replicas.set(replica, { t: "retry", at: this.host.now() + delayMs, endCode });
+  }
+
+  /**
+   * Unsubscribes at the replica, which is not asked again until `subscribeAt` (a replica on
+   * standby). One waiting to be asked again keeps its wait (`retryDue` finds it on standby).
+   */
+  standby(replica: number): void {
+    const state = this.replicas.get(replica);
+    if (state?.t === "retry") return;
+    if (state !== undefined && (state.t === "active" || state.t === "pending")) this.host.unsubscribeAt(replica, state.subId);
+    this.replicas.set(replica, { t: "none" });
+  }
+
+  /** Subscribes at every ready member with no SUBSCRIBE pending, active or waiting to be retried (after a widening). */
+  wake(): void {
+    for (const replica of this.host.members()) {
+      const state = this.replicas.get(replica);
+      if ((state === undefined || state.t === "none") && this.host.readyReplicas().includes(replica)) this.subscribeAt(replica);
+    }
   }
 
   /** The replica's session is up: subscribes there unless a SUBSCRIBE is pending or active. */

@@ -13,6 +13,7 @@
  * them (SharedBodies) over the bytes that were received.
  */
 import type { EventsFrame, SubEnd, SubOk } from "../../wire/schemas.ts";
+import { randomInt } from "node:crypto";
 import { FrameType } from "../../wire/types.ts";
 import { CopyKeys, type VerifyRequest } from "../core/voting/delivery-voter.ts";
 import { nativeBytesEqual } from "../crypto/encoding.ts";
@@ -27,9 +28,14 @@ interface SubRoute {
   readonly replica: number;
 }
 
+/** Offsets are drawn below this (any multiple of the group sizes spreads evenly enough). */
+const SOURCE_OFFSET_RANGE = 1 << 30;
+
 export class SubscriptionRouter implements SubscriptionHost {
   /** One per client: its voters' memo of copy keys, bounded whatever the number of subscriptions. */
   readonly copyKeys = new CopyKeys(sha256, nativeBytesEqual);
+  /** Where this client's subscriptions start choosing their serving replicas (narrowing.ts): drawn per client, so clients spread the fan-out. */
+  readonly sourceOffset = randomInt(SOURCE_OFFSET_RANGE);
   /** One per client: the bodies of shared EVENTS frames, read and checked once for all the subscriptions they reach. */
   readonly shared = new SharedBodies(checkRequestSignature);
   readonly verifyRequest: VerifyRequest = this.shared.verify;

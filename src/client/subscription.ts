@@ -1,5 +1,6 @@
 /**
- * One subscription to one channel across all replicas: it subscribes at every replica,
+ * One subscription to one channel across all replicas: it subscribes at every replica
+ * (on total-order channels, once started, at f+1 of them until a fault shows: narrowing.ts),
  * feeds the copies they send into the delivery voter (src/core/voting/delivery-voter.ts,
  * which applies the per-CLASS rule and verifies every publisher signature end to end),
  * hands the delivered batches to the caller one at a time, and keeps the whole thing
@@ -55,6 +56,7 @@ import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import { checkRequestSignature } from "./shared-bodies.ts";
 import { sha256 } from "../crypto/hash.ts";
 import { DeliveryQueue } from "./delivery-queue.ts";
+import { NARROW_STALL_MS, ReplicaNarrowing } from "./narrowing.ts";
 import { PublisherRegistry } from "./publisher-registry.ts";
 import { ClientClosedError, describeError, NoQuorumError, SubscriptionEndedError } from "./errors.ts";
 import type { ChannelInfo } from "./queries.ts";
@@ -137,7 +139,13 @@ export type SubscriptionSignal =
       readonly reason: string;
     }
   /** One replica ended the subscription; the others carry on. */
-  | { readonly t: "replica-ended"; readonly replica: number; readonly code: string; readonly reason: string };
+  | { readonly t: "replica-ended"; readonly replica: number; readonly code: string; readonly reason: string }
+  /**
+   * A subscription served by f+1 replicas went back to every replica (narrowing.ts):
+   * `suspects` are the replicas whose conduct caused it (none for a membership change or
+   * a replica that sent too far ahead), left out when it narrows again.
+   */
+  | { readonly t: "widened"; readonly reason: string; readonly suspects: readonly number[] };
 
 export interface SubscribeOptions {
   /**
@@ -161,6 +169,15 @@ export interface SubscribeOptions {
    * Watching only: it changes nothing delivered. Called on the client's event loop; keep it short.
    */
   readonly onCopy?: (copy: CopySeen) => void;
+  /**
+   * Total-order channels: which replicas serve the subscription once it has started.
+   * "quorum": f+1 of them, the others on standby until a fault shows (narrowing.ts);
+   * "all": every replica, always; "auto" (the default): "all" on `high` and `critical`
+   * channels, whose deliveries then wait for the (f+1)-th fastest of n replicas, not the
+   * slower of f+1, and on any channel whose copies the caller observes (`onCopy`);
+   * "quorum" on `low` and `normal` ones, where volume is.
+   */
+  readonly sources?: SubscriptionSources;
 }
 
 /** One replica's copy, as `onCopy` is told of it. */
@@ -182,6 +199,10 @@ export interface SubscriptionStats {
   readonly staleRefusals: number;
   /** Matching copies from distinct replicas a delivery needs now (f+1 of the followed group's f on Byzantine channels); null before the start. */
   readonly quorum: number | null;
+  /** The replicas serving the subscription while it is narrowed (narrowing.ts); null while every replica does. */
+  readonly servingReplicas: readonly number[] | null;
+  /** Times the subscription went back from f+1 replicas to every replica. */
+  readonly widenings: number;
 }
 
 /** What a subscription needs from the client that owns the connections. */
@@ -216,6 +237,12 @@ export interface SubscriptionHost {
   readonly parseBody?: (body: Uint8Array) => ParsedBody;
   /** Whether a batch's body came in a frame shared with other subscriptions: the handler then gets a copy of its own. */
   sharedBytes?(body: Uint8Array): boolean;
+  /**
+   * Where this client's subscriptions start choosing their f+1 serving replicas among the
+   * members (narrowing.ts; default 0). One offset per client keeps a connection's shared
+   * frames from the same replicas; different clients spread the fan-out.
+   */
+  readonly sourceOffset?: number;
 }
 
 type StartState = { readonly t: "starting"; readonly deadline: number } | { readonly t: "started" } | { readonly t: "ended" };
@@ -261,6 +288,8 @@ export class ClientSubscription implements Subscription {
   private readonly delivery: DeliveryQueue;
   /** Where our SUBSCRIBE stands at each replica. */
   private readonly replicas: ReplicaSubs;
+  /** Total order: which replicas serve once started (f+1 or all); null where every replica always does. */
+  private readonly narrowing: ReplicaNarrowing | null;
   private voter: DeliveryVoter | null = null;
   private start: StartState;
   private readonly startWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
@@ -326,10 +355,14 @@ export class ClientSubscription implements Subscription {
     if (options.from !== undefined && (!Number.isSafeInteger(options.from) || options.from < 0)) {
       throw new RangeError("from must be a non-negative integer");
     }
+    const sources = sourcesOf(options, channel);
+    this.narrowing =
+      this.ordered && this.group === null && sources === "quorum" ? new ReplicaNarrowing(host.sourceOffset ?? 0, host.now()) : null;
     this.replicas = new ReplicaSubs(host, this, {
       tag: this.tag,
       resumePoint: () => this.resumePoint(),
       isPaused: () => this.delivery.pausedAt !== null,
+      isStandby: (replica) => this.narrowing?.isStandby(replica) === true,
       signal: (signal) => this.signal(signal),
       fail: (error) => this.end(error),
     });
@@ -371,6 +404,8 @@ export class ClientSubscription implements Subscription {
       conflicts: this.counters.conflicts,
       staleRefusals: this.replicas.staleRefusalsHeld,
       quorum: this.voter?.quorum ?? null,
+      servingReplicas: this.narrowing?.servingReplicas ?? null,
+      widenings: this.narrowing?.widenings ?? 0,
     };
   }
 
@@ -403,6 +438,7 @@ export class ClientSubscription implements Subscription {
   /** The replica's connection dropped: its subscription is gone with it. */
   onReplicaDown(replica: number): void {
     if (this.replicas.dropped(replica)) this.startBuffer.delete(replica);
+    if (this.narrowing?.isServing(replica) === true) this.widen(`replica ${replica} is disconnected`, [replica]);
   }
 
   /**
@@ -449,6 +485,8 @@ export class ClientSubscription implements Subscription {
     const voter = this.voter;
     if (voter !== null) this.handleOutputs(voter.regroup(this.host.members(), this.host.f, left));
     if (this.start.t === "starting") this.tryStart();
+    // The serving replicas were chosen among the old members and f.
+    this.widen("the group changed", []);
   }
 
   onSubOk(replica: number, subId: number, body: SubOk): void {
@@ -476,11 +514,22 @@ export class ClientSubscription implements Subscription {
       return;
     }
     const outputs = voter.onBatch(replica, { firstSeq: events.seq, tsMs: 0, body: events.req.body, sig: events.req.sig });
+    this.narrowing?.observe(this.host.now(), replica, events.seq, voter.nextSeq);
     this.handleOutputs(outputs);
   }
 
   onSubEnd(replica: number, subId: number, body: SubEnd): void {
     if (!this.replicas.release(replica, subId)) return;
+    this.endedBy(replica, body);
+    // A serving replica that ends the subscription for any reason but slowness (which it
+    // is asked again after at once) leaves too few for a vote: every other replica is
+    // asked (the one that ended it when its own handling above says so).
+    if (body.code !== "SLOW" && this.narrowing?.isServing(replica) === true) {
+      this.widen(`replica ${replica} ended the subscription (${body.code})`, [replica]);
+    }
+  }
+
+  private endedBy(replica: number, body: SubEnd): void {
     switch (body.code) {
       case "UNSUBSCRIBED":
         return;
@@ -507,6 +556,40 @@ export class ClientSubscription implements Subscription {
     this.refreshPublishersIfDue();
     if (this.delivery.pausedAt !== null) return;
     this.replicas.retryDue(now);
+    this.checkSources(now, this.narrowing?.onTick(now) === true);
+  }
+
+  /**
+   * Narrowed: widens when the copy covering the next seq has waited too long for its vote
+   * (judged only when `judge`: a tick on time). Wide and started: narrows to f+1 replicas
+   * when due (narrowing.ts).
+   */
+  private checkSources(now: number, judge: boolean): void {
+    const narrowing = this.narrowing;
+    const voter = this.voter;
+    if (narrowing === null || voter === null || this.start.t !== "started" || this.delivery.pausedAt !== null) return;
+    const suspects = judge ? narrowing.stalled(now, voter.headFirstSeq(), voter.nextSeq) : null;
+    if (suspects !== null) {
+      this.widen(`a copy waited ${NARROW_STALL_MS} ms or more for a vote`, suspects);
+      return;
+    }
+    const active = this.replicas.activeReplicas().map((entry) => entry.replica);
+    const standby = narrowing.narrow(now, this.host.members(), active, this.host.f);
+    if (standby === null) return;
+    for (const replica of standby) this.replicas.standby(replica);
+  }
+
+  /**
+   * Back to every replica (narrowing.ts): each ready one on standby is asked from the next
+   * undelivered seq; one waiting to be asked again (a refusal, an overflow) keeps its wait.
+   * Suspects are noted even when the subscription is already wide.
+   */
+  private widen(reason: string, suspects: readonly number[]): void {
+    const narrowing = this.narrowing;
+    if (narrowing === null || this.start.t === "ended" || !narrowing.widen(this.host.now(), suspects)) return;
+    this.signal({ t: "widened", reason, suspects });
+    if (this.delivery.pausedAt !== null) return;
+    this.replicas.wake();
   }
 
   // ---------------------------------------------------------------------------------
@@ -578,6 +661,7 @@ export class ClientSubscription implements Subscription {
         body: copy.events.req.body,
         sig: copy.events.req.sig,
       });
+      this.narrowing?.observe(this.host.now(), copy.replica, copy.events.seq, voter.nextSeq);
       this.handleOutputs(outputs);
     }
     this.started();
@@ -600,6 +684,7 @@ export class ClientSubscription implements Subscription {
     if (this.start.t !== "starting") return;
     this.start = { t: "started" };
     for (const waiter of this.startWaiters.splice(0)) waiter.resolve();
+    this.checkSources(this.host.now(), false);
   }
 
   /** Where a (re)subscription at one replica starts. */
@@ -635,12 +720,16 @@ export class ClientSubscription implements Subscription {
           break;
         case "invalid":
           this.signal({ t: "invalid", replica: output.replica, reason: output.reason });
+          this.widen(`replica ${output.replica} sent a copy that failed its checks`, [output.replica]);
           break;
         case "conflict":
           this.counters.conflicts++;
           this.signal({ t: "conflict", replica: output.replica, seq: output.seq, reason: output.reason });
+          this.widen(`replica ${output.replica} contradicted the others`, [output.replica]);
           break;
         case "overflow":
+          // Flow control, not a fault: the replica is asked again from the next seq, and if
+          // the copies it is ahead of wait too long for their vote, the stall widens.
           this.replicas.retryLater(output.replica, RESUBSCRIBE_AFTER_OVERFLOW_MS, null);
           break;
         case "publishers-full":
@@ -801,6 +890,7 @@ export class ClientSubscription implements Subscription {
   /** The queue drained after a pause: a fresh voter from `from`, and every ready replica asked again. */
   private resumeAfterPause(from: number): void {
     this.voter = this.newVoter(from);
+    this.narrowing?.restart();
     for (const replica of this.host.readyReplicas()) this.replicas.subscribeAt(replica);
   }
 
@@ -832,6 +922,17 @@ export class ClientSubscription implements Subscription {
     if (this.endError === null) this.resolveDone();
     else this.rejectDone(this.endError);
   }
+}
+
+/** Which replicas serve a subscription: SubscribeOptions.sources. */
+export type SubscriptionSources = "auto" | "quorum" | "all";
+
+/** SubscribeOptions.sources with "auto" decided for the channel. */
+export function sourcesOf(options: SubscribeOptions, channel: ChannelInfo): "quorum" | "all" {
+  const sources = options.sources ?? "auto";
+  if (sources !== "auto") return sources;
+  const urgent = channel.priority === "high" || channel.priority === "critical";
+  return urgent || options.onCopy !== undefined ? "all" : "quorum";
 }
 
 /** The key a copy is reported under to `onCopy`: its first channel seq (total order) and the digest of its signed request. */

@@ -32,6 +32,7 @@ interface BenchJson {
   rate_limited: number;
   slow_cutoffs: number;
   dropped_events: number;
+  subscriptions_widened: number;
 }
 
 function bench(tag: string, extra: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -61,6 +62,7 @@ test("bench reports every replica's CPU seconds and CPU per event, with subscrib
   // Counted, not asserted zero: a loaded machine may cut a subscriber off (total order re-sends).
   expect(figures.slow_cutoffs).toBeGreaterThanOrEqual(0);
   expect(figures.dropped_events).toBeGreaterThanOrEqual(0);
+  expect(figures.subscriptions_widened).toBeGreaterThanOrEqual(0);
 
   const text = await bench("net.links", ["--events", "100"]);
   expect(text.code, text.stderr).toBe(0);

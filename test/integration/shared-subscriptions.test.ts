@@ -85,7 +85,8 @@ describe("one EVENTS frame for a connection's shared subscriptions of a channel"
           const mine = { payloads: [] as string[], buffers: new Map<string, ArrayBufferLike>() };
           got.push(mine);
           subscriptions.push(
-            await subscriber.subscribe(c.tag, {}, (batch: ReceivedBatch) => {
+            // Served by every replica (no narrowing to f+1): replica 0 is the one measured.
+            await subscriber.subscribe(c.tag, { sources: "all" }, (batch: ReceivedBatch) => {
               for (const event of batch.events) {
                 const payload = new TextDecoder().decode(event);
                 mine.payloads.push(payload);

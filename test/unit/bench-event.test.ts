@@ -113,10 +113,18 @@ describe("bench --rate", () => {
         widened: 0,
         slowCutoffs: 0,
         droppedEvents: 0,
+        subscriptionsWidened: 0,
       }).delivered_per_s;
     expect(result(5, 9)).toBe(0.56);
     expect(result(1000, 3)).toBe(333);
     expect(result(0, 0)).toBe(0);
+  });
+
+  test("--sources: auto by default, quorum or all on request, anything else refused", () => {
+    expect(planOf(["--channel", "sec.alerts"]).sources).toBe("auto");
+    expect(planOf(["--channel", "sec.alerts", "--sources", "all"]).sources).toBe("all");
+    expect(planOf(["--channel", "sec.alerts", "--sources", "quorum"]).sources).toBe("quorum");
+    expect(() => planOf(["--channel", "sec.alerts", "--sources", "most"])).toThrow("--sources: expected auto, quorum or all, got 'most'");
   });
 
   test("a rate below 0.01, with more than two decimals or in another notation is refused", () => {

@@ -56,6 +56,7 @@ const USAGE_CASES: Record<string, readonly (readonly [readonly string[], string]
     [[...NO_FILES, "net.links", "--from", "x"], "--from: expected an integer"],
     [[...NO_FILES, "net.links", "--count", "0"], "--count: expected an integer"],
     [[...NO_FILES, "net.links", "--json=yes"], "--json does not take a value"],
+    [[...NO_FILES, "sec.alerts", "--sources", "some"], "--sources: expected auto, quorum or all, got 'some'"],
   ],
   admin: [
     [[...NO_FILES], "missing argument COMMAND"],

@@ -226,7 +226,14 @@ describe("subscribe: a refusal from a replica behind a decision does not end the
   test("a replica refusing below the seq it was asked to wait for is asked again only after a pause, even when the floor rose meanwhile", async () => {
     const host = new ScriptedHost();
     host.floor = 10_000;
-    const sub = new ClientSubscription(host, channel("net.links", "byzantine", "total"), { from: 1 }, () => undefined, 60_000);
+    // Every replica serves (no narrowing), so that replica 3 stays subscribed.
+    const sub = new ClientSubscription(
+      host,
+      channel("net.links", "byzantine", "total"),
+      { from: 1, sources: "all" },
+      () => undefined,
+      60_000,
+    );
     const started = sub.begin();
     for (const replica of [0, 1, 2]) {
       const subId = host.subIdAt(replica);

@@ -17,7 +17,7 @@ import type { FitbClient } from "../../client/client.ts";
 import { describeError } from "../../client/errors.ts";
 import { Publisher } from "../../client/publisher.ts";
 import { loadClientSetup, type ClientSetup } from "../../client/setup.ts";
-import type { ReceivedBatch, Subscription, SubscriptionSignal } from "../../client/subscription.ts";
+import type { ReceivedBatch, Subscription, SubscriptionSignal, SubscriptionSources } from "../../client/subscription.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
@@ -30,7 +30,9 @@ import {
   openClient,
   readClientFlags,
   readCrashNoneTargets,
+  readSources,
   requireTag,
+  SOURCES_FLAG,
   TIMEOUT_FLAGS,
   withClientErrors,
   type ClientFlags,
@@ -86,11 +88,14 @@ export const benchCommand: Command = {
     'object: {"events","warmup","delivered","seconds",',
     '"delivered_per_s","p50_ms","p99_ms","max_ms","cpu_s","cpu_us_per_event",',
     '"cpu_us_per_published_event","bench_cpu_s","bench_cpu_us_per_event","rate_limited",',
-    '"widened","slow_cutoffs","dropped_events"};',
+    '"widened","slow_cutoffs","dropped_events","subscriptions_widened"};',
     "the cpu lists are by replica id, null where a replica did not report. It says when a",
     "replica cut a subscriber off for reading too slowly (slow_cutoffs). A crash/none publish",
     "goes to f+1 replicas, and to every replica only when they refuse, drop or are slow:",
-    "'widened' counts those.",
+    "'widened' counts those. On a low or normal total-order channel f+1 replicas serve each",
+    "subscription once started, until a fault shows (--sources auto, the default; quorum",
+    "does so on any channel, all never); subscriptions_widened counts the times one went",
+    "back to every replica (warm-up included).",
     "The key must be allowed to publish to the channel and to subscribe to it.",
     "Progress goes to standard error. Exits 1 if events failed or were not delivered.",
     "",
@@ -165,6 +170,7 @@ export const benchCommand: Command = {
     { name: "json", kind: "boolean", description: "Print one JSON object with the figures" },
     ...TIMEOUT_FLAGS,
     CRASH_NONE_TARGETS_FLAG,
+    SOURCES_FLAG,
   ],
   positionals: [],
   examples: [
@@ -184,6 +190,8 @@ export interface BenchPlan {
   readonly subscribers: number;
   /** Client connections the subscribers share, round robin. */
   readonly subscriberConnections: number;
+  /** Which replicas serve the subscriptions on a total-order channel (--sources). */
+  readonly sources: SubscriptionSources;
   /** Events per second in total, or null for as fast as acks allow. */
   readonly rate: number | null;
   /** More rates to run after `rate` (a sweep: `--rate 1000,5000,20000`). */
@@ -238,6 +246,7 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
     publishers,
     subscribers,
     subscriberConnections,
+    sources: readSources(args),
     rate,
     sweep: rates.slice(1),
     json: args.boolean("json"),
@@ -337,6 +346,8 @@ export interface BenchResult {
   /** Times a replica cut a subscriber off for reading too slowly, and events dropped locally for it. */
   readonly slowCutoffs: number;
   readonly droppedEvents: number;
+  /** Times a subscription went back from f+1 serving replicas to every replica (warm-up included). */
+  readonly subscriptionsWidened: number;
 }
 
 /** Status queries for the replicas' CPU times: a replica whose session is still coming up is asked again. */
@@ -391,8 +402,9 @@ async function runPlan(
   const warmupCounter = new DeliveryCounter(new Uint8Array(randomBytes(RUN_ID_BYTES)));
   const subscriptions: Subscription[] = [];
   const subscriberClients: FitbClient[] = [];
-  const trouble = { slowCutoffs: 0, droppedEvents: 0 };
+  const trouble = { slowCutoffs: 0, droppedEvents: 0, subscriptionsWidened: 0 };
   const onSignal = (signal: SubscriptionSignal): void => {
+    if (signal.t === "widened") trouble.subscriptionsWidened++;
     if (signal.t === "slow" && signal.source === "replica") trouble.slowCutoffs++;
     else if (signal.t === "overflow") trouble.droppedEvents += signal.droppedEvents;
   };
@@ -400,7 +412,7 @@ async function runPlan(
     if (subscriberClients.length < plan.subscriberConnections) subscriberClients.push(await connect());
     const client = subscriberClients[i % subscriberClients.length] as FitbClient;
     subscriptions.push(
-      await client.subscribe(plan.tag, { onSignal }, (batch) => {
+      await client.subscribe(plan.tag, { onSignal, sources: plan.sources }, (batch) => {
         counter.onBatch(batch);
         warmupCounter.onBatch(batch);
       }),
@@ -953,6 +965,7 @@ export function resultJson(plan: BenchPlan, result: BenchResult): Record<string,
     widened: result.widened,
     slow_cutoffs: result.slowCutoffs,
     dropped_events: result.droppedEvents,
+    subscriptions_widened: result.subscriptionsWidened,
   };
 }
 

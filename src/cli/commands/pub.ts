@@ -14,6 +14,7 @@ import { DEFAULT_TIMEOUTS } from "../../client/options.ts";
 import { Publisher, type EventAck } from "../../client/publisher.ts";
 import { tagProblem } from "../../client/request.ts";
 import type { CrashNoneTargets } from "../../client/request-tracker.ts";
+import type { SubscriptionSources } from "../../client/subscription.ts";
 import { formatPublicKey } from "../../crypto/keys.ts";
 import { loadClientSetup, type ClientSetup } from "../../client/setup.ts";
 import type { FlagSpec, ParsedArgs } from "../args.ts";
@@ -81,6 +82,25 @@ export const CRASH_NONE_TARGETS_FLAG: FlagSpec = {
 export function readCrashNoneTargets(args: ParsedArgs): CrashNoneTargets {
   const value = args.requiredString(CRASH_NONE_TARGETS_FLAG.name);
   if (value !== "quorum" && value !== "all") throw new UsageError(`--crash-none-targets: expected quorum or all, got '${value}'`);
+  return value;
+}
+
+/** Which replicas serve a total-order subscription (src/client/narrowing.ts, SubscribeOptions.sources). */
+export const SOURCES_FLAG: FlagSpec = {
+  name: "sources",
+  kind: "string",
+  valueName: "auto|quorum|all",
+  defaultValue: "auto",
+  description:
+    "Total-order channels: quorum, f+1 replicas serve a subscription once started (every replica when a fault shows); all, every replica; auto, all on high and critical channels, quorum on the others",
+};
+
+/** --sources: a UsageError for anything but auto, quorum or all. */
+export function readSources(args: ParsedArgs): SubscriptionSources {
+  const value = args.requiredString(SOURCES_FLAG.name);
+  if (value !== "auto" && value !== "quorum" && value !== "all") {
+    throw new UsageError(`--sources: expected auto, quorum or all, got '${value}'`);
+  }
   return value;
 }
 

@@ -13,11 +13,28 @@
  */
 import { formatPublicKey } from "../../crypto/keys.ts";
 import { isPattern, patternProblem } from "../../client/pattern.ts";
-import { eventSeq, type ReceivedBatch, type SubscriptionHandle, type SubscriptionSignal } from "../../client/subscription.ts";
+import {
+  eventSeq,
+  type ReceivedBatch,
+  type SubscribeOptions,
+  type SubscriptionHandle,
+  type SubscriptionSignal,
+} from "../../client/subscription.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { EXIT_OK, UsageError } from "../errors.ts";
-import { CONFIG_FLAG, keyFlag, keyNoteOf, openClient, readClientFlags, requireTag, TIMEOUT_FLAGS, withClientErrors } from "./pub.ts";
+import {
+  CONFIG_FLAG,
+  keyFlag,
+  keyNoteOf,
+  openClient,
+  readClientFlags,
+  readSources,
+  requireTag,
+  SOURCES_FLAG,
+  TIMEOUT_FLAGS,
+  withClientErrors,
+} from "./pub.ts";
 
 /** --count and --from accept at most this (a safe integer). */
 const SEQ_ARG_MAX = Number.MAX_SAFE_INTEGER;
@@ -42,6 +59,12 @@ export const subCommand: Command = {
     "(net.links, net.links.eth0). Each matching channel is delivered with its own",
     "guarantees; channels created later that match are followed from their first event.",
     "A pattern subscription is live (no --from).",
+    "On low and normal total-order channels, once started, f+1 replicas serve the",
+    "subscription and the others stand by, until a fault shows (a copy waiting half a",
+    "second for its vote, a contradiction, a dropped session, a refusal): then every",
+    "replica is read again from the next seq, with a line on standard error naming the",
+    "suspects. --sources all reads every replica all along; quorum narrows high and",
+    "critical channels too (by default they are read from every replica, for latency).",
   ],
   flags: [
     CONFIG_FLAG,
@@ -54,6 +77,7 @@ export const subCommand: Command = {
     },
     { name: "count", kind: "string", valueName: "N", description: "Exit after N events" },
     { name: "json", kind: "boolean", description: "Print one JSON object per event" },
+    SOURCES_FLAG,
     {
       name: "format",
       kind: "string",
@@ -84,6 +108,7 @@ async function runSub(args: ParsedArgs, io: CommandIo): Promise<number> {
   const count = args.integer("count", 1, SEQ_ARG_MAX);
   const json = args.boolean("json");
   const template = args.string("format");
+  const sources = readSources(args);
   if (json && template !== undefined) throw new UsageError("--format shapes plain lines; it does not apply with --json");
   const format = json ? jsonLine : template === undefined ? plainLine : templateLine(parseTemplate(template));
   const client = await openClient(flags, io, "sub");
@@ -93,6 +118,7 @@ async function runSub(args: ParsedArgs, io: CommandIo): Promise<number> {
     let subscription: SubscriptionHandle | null = null;
     const reached = (): boolean => count !== undefined && printed >= count;
     const onSignal = (signal: SubscriptionSignal): void => reportSignal(io, signal);
+    const options: SubscribeOptions = { onSignal, sources };
     const onBatch = (batch: ReceivedBatch): void => {
       for (let index = 0; index < batch.events.length && !reached(); index++) {
         io.out(format(batch, index));
@@ -102,7 +128,7 @@ async function runSub(args: ParsedArgs, io: CommandIo): Promise<number> {
       if (reached()) void subscription?.close();
     };
     const started = await withClientErrors(
-      () => client.subscribeAny(tag, from === undefined ? { onSignal } : { from, onSignal }, onBatch),
+      () => client.subscribeAny(tag, from === undefined ? options : { ...options, from }, onBatch),
       keyNote,
     );
     subscription = started;
@@ -237,6 +263,13 @@ function reportSignal(io: CommandIo, signal: SubscriptionSignal): void {
       return;
     case "replica-ended":
       io.err(`fitb sub: warning: replica ${signal.replica} ended the subscription: ${signal.code} ${signal.reason}`);
+      return;
+    case "widened":
+      io.err(
+        signal.suspects.length === 0
+          ? `fitb sub: reading every replica again: ${signal.reason}`
+          : `fitb sub: warning: reading every replica again: ${signal.reason} (suspected: replica ${signal.suspects.join(", ")})`,
+      );
       return;
     default: {
       const unreachable: never = signal;

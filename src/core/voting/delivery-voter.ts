@@ -374,6 +374,20 @@ export class DeliveryVoter {
     return this.next;
   }
 
+  /**
+   * Total order: the first seq of a copy waiting that covers the next seq (one that starts
+   * there, or a straddler that starts before it), or null if no copy covers it yet.
+   */
+  headFirstSeq(): number | null {
+    if (this.pending.has(this.next)) return this.next;
+    if (!this.straddlers) return null;
+    for (const [firstSeq, groups] of this.pending) {
+      if (firstSeq >= this.next) continue;
+      for (const group of groups.values()) if (group.end > this.next) return firstSeq;
+    }
+    return null;
+  }
+
   /** Takes one copy from `replica` and returns what it caused, in order. */
   onBatch(replica: number, copy: BatchCopy): DeliveryOutput[] {
     if (!this.isMember(replica)) {

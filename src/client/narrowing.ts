@@ -1,0 +1,195 @@
+/**
+ * Which replicas serve a subscription to a total-order channel.
+ *
+ * Every replica executes every batch of a total-order channel, and a subscriber needs
+ * f+1 matching copies (one on a crash-fault channel). Subscribed at all n replicas, each
+ * replica encodes, seals and writes every batch to every subscriber, and the subscriber
+ * reads, authenticates and votes on n copies where f+1 decide: on four replicas, half of
+ * the fan-out on both sides is spent on copies no delivery needs. So once a subscription
+ * has started (at every replica, so that its start is the one f+1 correct replicas
+ * vouch for), it keeps f+1 replicas serving it and leaves the others on standby
+ * (unsubscribed, subscribed again from the next undelivered seq when needed). Among f+1
+ * replicas at least one is correct, so a fault always shows: a correct serving replica's
+ * copies wait for a vote that does not come, or a serving replica contradicts, sends a
+ * copy that fails its checks, refuses, or drops the connection. Any of these widens the
+ * subscription back to every replica at once; nothing is lost, since the standby replicas
+ * are asked from the next seq not yet delivered. A stall is timed per copy: the copy that
+ * covers the next seq to deliver, waiting NARROW_STALL_MS for its vote (counted from the
+ * narrowing if it came before), so a faulty serving replica that releases one batch now
+ * and then cannot hold the others back by more than that.
+ *
+ * A widened subscription narrows again NARROW_AGAIN_AFTER_MS after the widening (doubling
+ * with each widening up to NARROW_AGAIN_AFTER_MS_MAX, back to the first after
+ * NARROW_CALM_RESET_MS narrowed without trouble), leaving out the suspects for twice that
+ * spell: a serving replica that had sent no copy of the batch that waited, and any replica
+ * that contradicted, sent a copy that failed its checks, ended the subscription or dropped
+ * its session (also while wide). A faulty replica therefore costs a subscriber a wait of
+ * NARROW_STALL_MS (plus up to a client tick) now and then, not its delivery. A stall is
+ * judged only at a client tick that came on time: a client whose event loop is too busy
+ * to read its sockets (the copy it waits for may be there, unread) does not widen for it.
+ *
+ * What a faulty serving replica can still do: stay silent while the other serving replica,
+ * correct, lags behind the group; nothing then waits, and the subscriber follows the
+ * lagging replica until one of its copies waits too long. A replica that sends too far
+ * ahead of the other (the voter's buffer for it full) is asked again later, without
+ * widening: that is flow control, and a copy left waiting still widens. Every replica is
+ * served by subscribers in turn (each client starts its choice at an offset of its own),
+ * so the fan-out is spread over the group.
+ *
+ * By default only `low` and `normal` channels narrow (subscription.ts `sourcesOf`): a
+ * delivery then waits for the slower of f+1 replicas instead of the (f+1)-th fastest of n,
+ * which `high` and `critical` channels are not made to pay.
+ *
+ * Pure: it takes times as arguments; the subscription acts on what it returns.
+ */
+
+/** The copy covering the next seq waiting this long for its vote widens a narrowed subscription. */
+export const NARROW_STALL_MS = 500;
+/** A widened subscription narrows again this long after the widening (the first time). */
+export const NARROW_AGAIN_AFTER_MS = 30_000;
+/** The spell doubles with each widening up to this. */
+export const NARROW_AGAIN_AFTER_MS_MAX = 3_600_000;
+/** Narrowed this long without trouble, the spell is back to NARROW_AGAIN_AFTER_MS. */
+export const NARROW_CALM_RESET_MS = 600_000;
+/** First seqs timed at once (the voter buffers at most 256 batches per replica). */
+const ARRIVALS_MAX = 2048;
+/** A tick later than twice the shortest gap between ticks plus this found the client's event loop busy. */
+const LATE_TICK_SLACK_MS = 50;
+
+export class ReplicaNarrowing {
+  /** The replicas serving the subscription while narrowed; null while every replica does. */
+  private serving: ReadonlySet<number> | null = null;
+  private narrowedAt = 0;
+  /** While wide: not narrowed again before this time. */
+  private narrowAt: number;
+  private spellMs = NARROW_AGAIN_AFTER_MS;
+  private readonly suspectUntil = new Map<number, number>();
+  /** When the first copy at each first seq not yet delivered arrived, and which replicas sent one. */
+  private readonly arrivals = new Map<number, { readonly at: number; readonly from: Set<number> }>();
+  private arrivalsNext = 0;
+  private widenCount = 0;
+  private lastTickAt: number | null = null;
+  private tickGapMin = Number.POSITIVE_INFINITY;
+
+  /** `offset`: where this client starts its choice among the members (spreads the fan-out). */
+  constructor(
+    private readonly offset: number,
+    now: number,
+  ) {
+    this.narrowAt = now;
+  }
+
+  /** The serving replicas, or null while every replica serves. */
+  get servingReplicas(): readonly number[] | null {
+    return this.serving === null ? null : [...this.serving].sort((a, b) => a - b);
+  }
+
+  /** Times the subscription went back to every replica. */
+  get widenings(): number {
+    return this.widenCount;
+  }
+
+  /** Whether the replica is left out while narrowed (never subscribed there until a widening). */
+  isStandby(replica: number): boolean {
+    return this.serving !== null && !this.serving.has(replica);
+  }
+
+  isServing(replica: number): boolean {
+    return this.serving?.has(replica) === true;
+  }
+
+  /**
+   * Narrows when due: f+1 of the `active` replicas (those that accepted the subscription),
+   * in the member order rotated by this client's offset, none of them suspected. Returns
+   * the replicas to put on standby, or null if the subscription stays as it is.
+   */
+  narrow(now: number, members: readonly number[], active: readonly number[], f: number): readonly number[] | null {
+    if (this.serving !== null || now < this.narrowAt) return null;
+    const count = f + 1;
+    if (members.length <= count) return null;
+    const sorted = [...members].sort((a, b) => a - b);
+    const start = this.offset % sorted.length;
+    const order = [...sorted.slice(start), ...sorted.slice(0, start)];
+    const chosen = order.filter((replica) => active.includes(replica) && (this.suspectUntil.get(replica) ?? 0) <= now).slice(0, count);
+    if (chosen.length < count) return null;
+    this.serving = new Set(chosen);
+    this.narrowedAt = now;
+    return sorted.filter((replica) => !chosen.includes(replica));
+  }
+
+  /**
+   * A copy at `firstSeq` from `replica` was fed to the voter, whose next seq is now
+   * `nextSeq`. At most ARRIVALS_MAX first seqs are timed: a replica sending far ahead is
+   * bounded by the voter, and a seq not timed is timed from when it is found at the head.
+   */
+  observe(now: number, replica: number, firstSeq: number, nextSeq: number): void {
+    this.prune(nextSeq, null);
+    if (firstSeq < nextSeq && !this.arrivals.has(firstSeq)) return;
+    let entry = this.arrivals.get(firstSeq);
+    if (entry === undefined) {
+      if (this.arrivals.size >= ARRIVALS_MAX) return;
+      entry = { at: now, from: new Set() };
+      this.arrivals.set(firstSeq, entry);
+    }
+    entry.from.add(replica);
+  }
+
+  /**
+   * A client tick at `now`: false if it came late (the client's event loop was busy, and
+   * copies may be waiting unread in its sockets), when no stall is judged.
+   */
+  onTick(now: number): boolean {
+    const gap = this.lastTickAt === null ? null : now - this.lastTickAt;
+    this.lastTickAt = now;
+    if (gap === null) return true;
+    if (gap > 0) this.tickGapMin = Math.min(this.tickGapMin, gap);
+    return gap <= 2 * this.tickGapMin + LATE_TICK_SLACK_MS;
+  }
+
+  /** The voter started afresh (a resume after a pause): nothing is timed. */
+  restart(): void {
+    this.arrivals.clear();
+    this.arrivalsNext = 0;
+  }
+
+  /**
+   * While narrowed: null unless the copy covering the next seq (`headFirstSeq`, the
+   * voter's) has waited NARROW_STALL_MS, counted from the narrowing if it came before;
+   * then the serving replicas that sent no copy at that seq (the suspects).
+   */
+  stalled(now: number, headFirstSeq: number | null, nextSeq: number): readonly number[] | null {
+    this.prune(nextSeq, headFirstSeq);
+    if (this.serving === null || headFirstSeq === null) return null;
+    let head = this.arrivals.get(headFirstSeq);
+    if (head === undefined) {
+      head = { at: now, from: new Set() };
+      this.arrivals.set(headFirstSeq, head);
+    }
+    if (now - Math.max(head.at, this.narrowedAt) < NARROW_STALL_MS) return null;
+    const from = head.from;
+    return [...this.serving].filter((replica) => !from.has(replica));
+  }
+
+  /**
+   * Back to every replica; `suspects` are left out of narrowings for twice the spell,
+   * also when the subscription is already wide. False if it was not narrowed.
+   */
+  widen(now: number, suspects: readonly number[]): boolean {
+    for (const [replica, until] of [...this.suspectUntil]) if (until <= now) this.suspectUntil.delete(replica);
+    if (this.serving !== null && now - this.narrowedAt >= NARROW_CALM_RESET_MS) this.spellMs = NARROW_AGAIN_AFTER_MS;
+    for (const replica of suspects) this.suspectUntil.set(replica, Math.max(this.suspectUntil.get(replica) ?? 0, now + 2 * this.spellMs));
+    if (this.serving === null) return false;
+    this.serving = null;
+    this.widenCount++;
+    this.narrowAt = now + this.spellMs;
+    this.spellMs = Math.min(2 * this.spellMs, NARROW_AGAIN_AFTER_MS_MAX);
+    return true;
+  }
+
+  /** Forgets the times of seqs behind the next one, but the head's (a straddler). */
+  private prune(nextSeq: number, keep: number | null): void {
+    if (nextSeq === this.arrivalsNext && keep === null) return;
+    this.arrivalsNext = nextSeq;
+    for (const firstSeq of [...this.arrivals.keys()]) if (firstSeq < nextSeq && firstSeq !== keep) this.arrivals.delete(firstSeq);
+  }
+}
