@@ -862,9 +862,14 @@ describe("subscribe", () => {
     const subscriber = await connect(config);
     const got: string[] = [];
     const signals: SubscriptionSignal[] = [];
-    const sub = await subscriber.subscribe("sec.alerts", { from: 1, onSignal: (s) => signals.push(s) }, (batch: ReceivedBatch) => {
-      batch.events.forEach((event, i) => got.push(`${batch.seq! + i}:${new TextDecoder().decode(event)}`));
-    });
+    // Every replica serves (no narrowing to f+1, src/client/narrowing.ts): replica 0's forged copies must be read.
+    const sub = await subscriber.subscribe(
+      "sec.alerts",
+      { from: 1, sources: "all", onSignal: (s) => signals.push(s) },
+      (batch: ReceivedBatch) => {
+        batch.events.forEach((event, i) => got.push(`${batch.seq! + i}:${new TextDecoder().decode(event)}`));
+      },
+    );
     await publisher.publish("sec.alerts", [utf8("a"), utf8("b")]);
     await publisher.publish("sec.alerts", [utf8("c")]);
     await waitFor("four events", () => got.length === 4);
@@ -879,7 +884,8 @@ describe("subscribe", () => {
     const publisher = await connect(config);
     const subscriber = await connect(config);
     const got: number[] = [];
-    await subscriber.subscribe("ops.log", {}, (batch) => batch.events.forEach((_, i) => got.push(batch.seq! + i)));
+    // Every replica serves (no narrowing to f+1), so that each one is seen asked again.
+    await subscriber.subscribe("ops.log", { sources: "all" }, (batch) => batch.events.forEach((_, i) => got.push(batch.seq! + i)));
     await publisher.publish("ops.log", [utf8("1"), utf8("2")]);
     await waitFor("first two", () => got.length === 2);
     for (const replica of replicas) replica.dropConnections();
@@ -922,7 +928,8 @@ describe("subscribe", () => {
     await publisher.publish("sec.alerts", [utf8("history")]);
     const subscriber = await connect(config);
     const got: number[] = [];
-    await subscriber.subscribe("sec.alerts", {}, (batch) => batch.events.forEach((_, i) => got.push(batch.seq! + i)));
+    // Every replica serves (no narrowing to f+1), the liar included.
+    await subscriber.subscribe("sec.alerts", { sources: "all" }, (batch) => batch.events.forEach((_, i) => got.push(batch.seq! + i)));
     // The replica that claimed 1000 is asked again from the chosen start.
     const toLiar = () => replicas[0]!.framesOfType(FrameType.SUBSCRIBE).map((f) => (f.body as Subscribe).from);
     await waitFor("the second SUBSCRIBE", () => toLiar().length === 2);
@@ -939,7 +946,8 @@ describe("subscribe", () => {
     const subscriber = await connect(config);
     const got: number[] = [];
     const signals: SubscriptionSignal[] = [];
-    await subscriber.subscribe("ops.log", { onSignal: (s) => signals.push(s) }, (batch) =>
+    // Every replica serves (no narrowing to f+1): replica 1 must hold the subscription.
+    await subscriber.subscribe("ops.log", { sources: "all", onSignal: (s) => signals.push(s) }, (batch) =>
       batch.events.forEach((_, i) => got.push(batch.seq! + i)),
     );
     await publisher.publish("ops.log", [utf8("1"), utf8("2"), utf8("3")]);
