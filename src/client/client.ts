@@ -191,6 +191,8 @@ export class FitbClient {
   private readonly everReady = new Set<number>();
   private readonly readyWaiters: (() => void)[] = [];
   private tickTimer: ReturnType<typeof setInterval> | null = null;
+  /** The period of the client's tick: half the resend timeout, at most TICK_MS_MAX. */
+  private readonly tickMs: number;
   /** The timer of the requests' next retry (RequestTracker.retryDue), and when it fires. */
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private retryTimerAt = Number.POSITIVE_INFINITY;
@@ -216,6 +218,7 @@ export class FitbClient {
 
   constructor(options: FitbClientOptions) {
     this.options = resolveOptions(options);
+    this.tickMs = Math.max(1, Math.min(TICK_MS_MAX, Math.floor(this.options.timeouts.resendMs / 2)));
     this.config = options.config;
     const { limits, timeouts } = this.options;
     this.window = new InflightWindow(limits.inflightRequestsMax, limits.waitersMax);
@@ -265,6 +268,7 @@ export class FitbClient {
       this.floor,
       () => this.options.now(),
       (tag) => this.publishers(tag),
+      this.tickMs,
     );
   }
 
@@ -321,8 +325,7 @@ export class FitbClient {
   start(): void {
     if (this.tickTimer !== null || this.closed) return;
     this.follow.dueAt = this.options.now();
-    const tickMs = Math.max(1, Math.min(TICK_MS_MAX, Math.floor(this.options.timeouts.resendMs / 2)));
-    this.tickTimer = setInterval(() => this.tick(), tickMs);
+    this.tickTimer = setInterval(() => this.tick(), this.tickMs);
     this.group.start();
   }
 

@@ -21,16 +21,18 @@
  * A widened subscription narrows again NARROW_AGAIN_AFTER_MS after the widening (doubling
  * with each widening up to NARROW_AGAIN_AFTER_MS_MAX, back to the first after
  * NARROW_CALM_RESET_MS narrowed without trouble), leaving out the suspects for twice that
- * spell: a serving replica that had sent no copy of the batch that waited, and any replica
- * that contradicted, sent a copy that failed its checks, ended the subscription or dropped
- * its session (also while wide). A faulty replica therefore costs a subscriber a wait of
- * NARROW_STALL_MS (plus up to a client tick) now and then, not its delivery. A stall is
- * judged only at a client tick that came on time: a client whose event loop is too busy
- * to read its sockets (the copy it waits for may be there, unread) does not widen for it.
+ * spell: a serving replica that had sent no copy of the batch that waited, any replica
+ * that contradicted or sent a copy that failed its checks, and one that ended the
+ * subscription or dropped its session while serving or while wide. A stall is judged at a
+ * client tick that came on time, or after NARROW_STALL_BUSY_MS at any tick: a client whose
+ * event loop is too busy to read its sockets (the copy it waits for may be there, unread)
+ * does not widen for that alone.
  *
- * What a faulty serving replica can still do: stay silent while the other serving replica,
- * correct, lags behind the group; nothing then waits, and the subscriber follows the
- * lagging replica until one of its copies waits too long. A replica that sends too far
+ * What a faulty serving replica can still do: send each copy just under NARROW_STALL_MS
+ * after the other's, delaying every delivery by up to that (plus a tick) for as long as it
+ * serves; or stay silent while the other serving replica, correct, lags behind the group,
+ * so that nothing waits and the subscriber follows the lagging replica. Neither changes
+ * what is delivered, and it is why `high` and `critical` channels do not narrow by default. A replica that sends too far
  * ahead of the other (the voter's buffer for it full) is asked again later, without
  * widening: that is flow control, and a copy left waiting still widens. Every replica is
  * served by subscribers in turn (each client starts its choice at an offset of its own),
@@ -53,8 +55,10 @@ export const NARROW_AGAIN_AFTER_MS_MAX = 3_600_000;
 export const NARROW_CALM_RESET_MS = 600_000;
 /** First seqs timed at once (the voter buffers at most 256 batches per replica). */
 const ARRIVALS_MAX = 2048;
-/** A tick later than twice the shortest gap between ticks plus this found the client's event loop busy. */
+/** A tick more than twice the client's tick period plus this after the one before found its event loop busy. */
 const LATE_TICK_SLACK_MS = 50;
+/** A stall is judged at a late tick too once the copy has waited this long (a client busy for good). */
+export const NARROW_STALL_BUSY_MS = 10 * NARROW_STALL_MS;
 
 export class ReplicaNarrowing {
   /** The replicas serving the subscription while narrowed; null while every replica does. */
@@ -69,7 +73,6 @@ export class ReplicaNarrowing {
   private arrivalsNext = 0;
   private widenCount = 0;
   private lastTickAt: number | null = null;
-  private tickGapMin = Number.POSITIVE_INFINITY;
 
   /** `offset`: where this client starts its choice among the members (spreads the fan-out). */
   constructor(
@@ -118,16 +121,17 @@ export class ReplicaNarrowing {
   }
 
   /**
-   * A copy at `firstSeq` from `replica` was fed to the voter, whose next seq is now
-   * `nextSeq`. At most ARRIVALS_MAX first seqs are timed: a replica sending far ahead is
-   * bounded by the voter, and a seq not timed is timed from when it is found at the head.
+   * A copy at `firstSeq` from `replica` that the voter took (not one it refused or had no
+   * room for) was fed to it; `nextSeq` and `headFirstSeq` are the voter's after it. At most
+   * ARRIVALS_MAX first seqs are timed; past that the highest gives way to a lower one, so
+   * copies sent far ahead cannot keep the seqs near the head from being timed.
    */
-  observe(now: number, replica: number, firstSeq: number, nextSeq: number): void {
-    this.prune(nextSeq, null);
-    if (firstSeq < nextSeq && !this.arrivals.has(firstSeq)) return;
+  observe(now: number, replica: number, firstSeq: number, nextSeq: number, headFirstSeq: number | null): void {
+    this.prune(nextSeq, headFirstSeq);
+    if (firstSeq < nextSeq && firstSeq !== headFirstSeq) return;
     let entry = this.arrivals.get(firstSeq);
     if (entry === undefined) {
-      if (this.arrivals.size >= ARRIVALS_MAX) return;
+      if (this.arrivals.size >= ARRIVALS_MAX && !this.evictAbove(firstSeq)) return;
       entry = { at: now, from: new Set() };
       this.arrivals.set(firstSeq, entry);
     }
@@ -135,15 +139,14 @@ export class ReplicaNarrowing {
   }
 
   /**
-   * A client tick at `now`: false if it came late (the client's event loop was busy, and
-   * copies may be waiting unread in its sockets), when no stall is judged.
+   * A client tick at `now`, `tickMs` after the one before if on time: false if it came
+   * later than twice that plus LATE_TICK_SLACK_MS (the client's event loop was busy, and
+   * copies may be waiting unread in its sockets). A clock that steps back makes no tick late.
    */
-  onTick(now: number): boolean {
-    const gap = this.lastTickAt === null ? null : now - this.lastTickAt;
+  onTick(now: number, tickMs: number): boolean {
+    const gap = this.lastTickAt === null ? 0 : now - this.lastTickAt;
     this.lastTickAt = now;
-    if (gap === null) return true;
-    if (gap > 0) this.tickGapMin = Math.min(this.tickGapMin, gap);
-    return gap <= 2 * this.tickGapMin + LATE_TICK_SLACK_MS;
+    return gap <= 2 * tickMs + LATE_TICK_SLACK_MS;
   }
 
   /** The voter started afresh (a resume after a pause): nothing is timed. */
@@ -154,20 +157,29 @@ export class ReplicaNarrowing {
 
   /**
    * While narrowed: null unless the copy covering the next seq (`headFirstSeq`, the
-   * voter's) has waited NARROW_STALL_MS, counted from the narrowing if it came before;
-   * then the serving replicas that sent no copy at that seq (the suspects).
+   * voter's) has waited NARROW_STALL_MS, counted from the narrowing if it came before, at
+   * a tick on time (`onTime`), or NARROW_STALL_BUSY_MS at any tick; then the serving
+   * replicas that sent no copy at that seq (the suspects).
    */
-  stalled(now: number, headFirstSeq: number | null, nextSeq: number): readonly number[] | null {
+  stalled(now: number, headFirstSeq: number | null, nextSeq: number, onTime: boolean): readonly number[] | null {
     this.prune(nextSeq, headFirstSeq);
     if (this.serving === null || headFirstSeq === null) return null;
     let head = this.arrivals.get(headFirstSeq);
     if (head === undefined) {
+      if (this.arrivals.size >= ARRIVALS_MAX) this.evictAbove(headFirstSeq);
       head = { at: now, from: new Set() };
       this.arrivals.set(headFirstSeq, head);
     }
-    if (now - Math.max(head.at, this.narrowedAt) < NARROW_STALL_MS) return null;
+    const waited = now - Math.max(head.at, this.narrowedAt);
+    if (waited < (onTime ? NARROW_STALL_MS : NARROW_STALL_BUSY_MS)) return null;
     const from = head.from;
     return [...this.serving].filter((replica) => !from.has(replica));
+  }
+
+  /** Left out of narrowings for twice the spell (a replica that refused or dropped its session while wide). */
+  suspect(now: number, replicas: readonly number[]): void {
+    for (const [replica, until] of [...this.suspectUntil]) if (until <= now) this.suspectUntil.delete(replica);
+    for (const replica of replicas) this.suspectUntil.set(replica, Math.max(this.suspectUntil.get(replica) ?? 0, now + 2 * this.spellMs));
   }
 
   /**
@@ -175,14 +187,22 @@ export class ReplicaNarrowing {
    * also when the subscription is already wide. False if it was not narrowed.
    */
   widen(now: number, suspects: readonly number[]): boolean {
-    for (const [replica, until] of [...this.suspectUntil]) if (until <= now) this.suspectUntil.delete(replica);
     if (this.serving !== null && now - this.narrowedAt >= NARROW_CALM_RESET_MS) this.spellMs = NARROW_AGAIN_AFTER_MS;
-    for (const replica of suspects) this.suspectUntil.set(replica, Math.max(this.suspectUntil.get(replica) ?? 0, now + 2 * this.spellMs));
+    this.suspect(now, suspects);
     if (this.serving === null) return false;
     this.serving = null;
     this.widenCount++;
     this.narrowAt = now + this.spellMs;
     this.spellMs = Math.min(2 * this.spellMs, NARROW_AGAIN_AFTER_MS_MAX);
+    return true;
+  }
+
+  /** Makes room by forgetting the highest timed first seq if it is above `firstSeq`; false if none is. */
+  private evictAbove(firstSeq: number): boolean {
+    let highest = Number.NEGATIVE_INFINITY;
+    for (const seq of this.arrivals.keys()) if (seq > highest) highest = seq;
+    if (highest <= firstSeq) return false;
+    this.arrivals.delete(highest);
     return true;
   }
 

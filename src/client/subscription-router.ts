@@ -49,6 +49,8 @@ export class SubscriptionRouter implements SubscriptionHost {
     private readonly floor: ExecutedFloor,
     private readonly clock: () => number,
     private readonly queryPublishers: (tag: string) => Promise<readonly Uint8Array[]>,
+    /** The period of the client's ticks (SubscriptionHost.tickMs). */
+    readonly tickMs?: number,
   ) {}
 
   /** Members of the group the client follows now (it changes: onGroupChange). */

@@ -142,8 +142,8 @@ export type SubscriptionSignal =
   | { readonly t: "replica-ended"; readonly replica: number; readonly code: string; readonly reason: string }
   /**
    * A subscription served by f+1 replicas went back to every replica (narrowing.ts):
-   * `suspects` are the replicas whose conduct caused it (none for a membership change or
-   * a replica that sent too far ahead), left out when it narrows again.
+   * `suspects` are the replicas whose conduct caused it (none for a membership change),
+   * left out when it narrows again.
    */
   | { readonly t: "widened"; readonly reason: string; readonly suspects: readonly number[] };
 
@@ -237,6 +237,8 @@ export interface SubscriptionHost {
   readonly parseBody?: (body: Uint8Array) => ParsedBody;
   /** Whether a batch's body came in a frame shared with other subscriptions: the handler then gets a copy of its own. */
   sharedBytes?(body: Uint8Array): boolean;
+  /** The period of the client's ticks (ClientSubscription.tick), CLIENT_TICK_MS_DEFAULT if not given. */
+  readonly tickMs?: number;
   /**
    * Where this client's subscriptions start choosing their f+1 serving replicas among the
    * members (narrowing.ts; default 0). One offset per client keeps a connection's shared
@@ -438,7 +440,7 @@ export class ClientSubscription implements Subscription {
   /** The replica's connection dropped: its subscription is gone with it. */
   onReplicaDown(replica: number): void {
     if (this.replicas.dropped(replica)) this.startBuffer.delete(replica);
-    if (this.narrowing?.isServing(replica) === true) this.widen(`replica ${replica} is disconnected`, [replica]);
+    this.faultAt(replica, `replica ${replica} is disconnected`);
   }
 
   /**
@@ -514,7 +516,7 @@ export class ClientSubscription implements Subscription {
       return;
     }
     const outputs = voter.onBatch(replica, { firstSeq: events.seq, tsMs: 0, body: events.req.body, sig: events.req.sig });
-    this.narrowing?.observe(this.host.now(), replica, events.seq, voter.nextSeq);
+    this.observeCopy(voter, replica, events.seq, outputs);
     this.handleOutputs(outputs);
   }
 
@@ -524,9 +526,28 @@ export class ClientSubscription implements Subscription {
     // A serving replica that ends the subscription for any reason but slowness (which it
     // is asked again after at once) leaves too few for a vote: every other replica is
     // asked (the one that ended it when its own handling above says so).
-    if (body.code !== "SLOW" && this.narrowing?.isServing(replica) === true) {
-      this.widen(`replica ${replica} ended the subscription (${body.code})`, [replica]);
-    }
+    if (body.code !== "SLOW") this.faultAt(replica, `replica ${replica} ended the subscription (${body.code})`);
+  }
+
+  /**
+   * A replica dropped its session or ended the subscription: a serving one widens the
+   * subscription; while wide, it is noted as a suspect for the next narrowing.
+   */
+  private faultAt(replica: number, reason: string): void {
+    const narrowing = this.narrowing;
+    if (narrowing === null) return;
+    if (narrowing.isServing(replica)) this.widen(reason, [replica]);
+    else if (narrowing.servingReplicas === null) narrowing.suspect(this.host.now(), [replica]);
+  }
+
+  /** Times a copy the voter took (narrowing.ts); one it refused, or had no room for, is not timed. */
+  private observeCopy(voter: DeliveryVoter, replica: number, firstSeq: number, outputs: readonly DeliveryOutput[]): void {
+    const narrowing = this.narrowing;
+    if (narrowing === null) return;
+    const refused = outputs.some(
+      (output) => (output.t === "invalid" || output.t === "overflow" || output.t === "conflict") && output.replica === replica,
+    );
+    if (!refused) narrowing.observe(this.host.now(), replica, firstSeq, voter.nextSeq, voter.headFirstSeq());
   }
 
   private endedBy(replica: number, body: SubEnd): void {
@@ -556,19 +577,20 @@ export class ClientSubscription implements Subscription {
     this.refreshPublishersIfDue();
     if (this.delivery.pausedAt !== null) return;
     this.replicas.retryDue(now);
-    this.checkSources(now, this.narrowing?.onTick(now) === true);
+    const onTime = this.narrowing?.onTick(now, this.host.tickMs ?? CLIENT_TICK_MS_DEFAULT) ?? true;
+    this.checkSources(now, { onTime });
   }
 
   /**
    * Narrowed: widens when the copy covering the next seq has waited too long for its vote
-   * (judged only when `judge`: a tick on time). Wide and started: narrows to f+1 replicas
+   * (judged at ticks only; longer at a late one). Wide and started: narrows to f+1 replicas
    * when due (narrowing.ts).
    */
-  private checkSources(now: number, judge: boolean): void {
+  private checkSources(now: number, tick: { readonly onTime: boolean } | null): void {
     const narrowing = this.narrowing;
     const voter = this.voter;
     if (narrowing === null || voter === null || this.start.t !== "started" || this.delivery.pausedAt !== null) return;
-    const suspects = judge ? narrowing.stalled(now, voter.headFirstSeq(), voter.nextSeq) : null;
+    const suspects = tick === null ? null : narrowing.stalled(now, voter.headFirstSeq(), voter.nextSeq, tick.onTime);
     if (suspects !== null) {
       this.widen(`a copy waited ${NARROW_STALL_MS} ms or more for a vote`, suspects);
       return;
@@ -661,7 +683,7 @@ export class ClientSubscription implements Subscription {
         body: copy.events.req.body,
         sig: copy.events.req.sig,
       });
-      this.narrowing?.observe(this.host.now(), copy.replica, copy.events.seq, voter.nextSeq);
+      this.observeCopy(voter, copy.replica, copy.events.seq, outputs);
       this.handleOutputs(outputs);
     }
     this.started();
@@ -684,7 +706,7 @@ export class ClientSubscription implements Subscription {
     if (this.start.t !== "starting") return;
     this.start = { t: "started" };
     for (const waiter of this.startWaiters.splice(0)) waiter.resolve();
-    this.checkSources(this.host.now(), false);
+    this.checkSources(this.host.now(), null);
   }
 
   /** Where a (re)subscription at one replica starts. */
@@ -923,6 +945,9 @@ export class ClientSubscription implements Subscription {
     else this.rejectDone(this.endError);
   }
 }
+
+/** The client's tick period when the host does not say (client.ts TICK_MS_MAX). */
+export const CLIENT_TICK_MS_DEFAULT = 250;
 
 /** Which replicas serve a subscription: SubscribeOptions.sources. */
 export type SubscriptionSources = "auto" | "quorum" | "all";

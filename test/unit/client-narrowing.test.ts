@@ -11,6 +11,7 @@ import {
   NARROW_AGAIN_AFTER_MS,
   NARROW_AGAIN_AFTER_MS_MAX,
   NARROW_CALM_RESET_MS,
+  NARROW_STALL_BUSY_MS,
   NARROW_STALL_MS,
   ReplicaNarrowing,
 } from "../../src/client/narrowing.ts";
@@ -51,39 +52,64 @@ describe("ReplicaNarrowing, the rule", () => {
   test("a stall is the copy covering the next seq waiting NARROW_STALL_MS; its suspects sent no copy at that seq", () => {
     const narrowing = new ReplicaNarrowing(0, 0);
     narrowing.narrow(0, MEMBERS, MEMBERS, 1);
-    narrowing.observe(100, 0, 5, 5);
-    expect(narrowing.stalled(100 + NARROW_STALL_MS - 1, 5, 5)).toBeNull();
-    expect(narrowing.stalled(100 + NARROW_STALL_MS, 5, 5)).toEqual([1]);
+    narrowing.observe(100, 0, 5, 5, 5);
+    expect(narrowing.stalled(100 + NARROW_STALL_MS - 1, 5, 5, true)).toBeNull();
+    expect(narrowing.stalled(100 + NARROW_STALL_MS, 5, 5, true)).toEqual([1]);
     // Replica 1 releases seq 5 late; seq 6, which replica 0 sent at 150, is the head now
     // and has waited since then: one batch released now and then holds back no other.
-    narrowing.observe(150, 0, 6, 5);
-    narrowing.observe(640, 1, 5, 6);
-    expect(narrowing.stalled(649, 6, 6)).toBeNull();
-    expect(narrowing.stalled(650, 6, 6)).toEqual([1]);
+    narrowing.observe(150, 0, 6, 5, 5);
+    narrowing.observe(640, 1, 5, 6, 6);
+    expect(narrowing.stalled(649, 6, 6, true)).toBeNull();
+    expect(narrowing.stalled(650, 6, 6, true)).toEqual([1]);
     // Nothing covers the next seq: no stall however long (a copy far ahead is not the head).
-    narrowing.observe(700, 0, 50, 7);
-    expect(narrowing.stalled(10_000, null, 7)).toBeNull();
+    narrowing.observe(700, 0, 50, 7, null);
+    expect(narrowing.stalled(10_000, null, 7, true)).toBeNull();
     // A head whose copies came before the narrowing is timed from the narrowing; one never
-    // seen arrive (a straddler) from when it is found at the head.
+    // seen arrive from when it is found at the head.
     const late = new ReplicaNarrowing(0, 0);
-    late.observe(0, 2, 1, 1);
+    late.observe(0, 2, 1, 1, 1);
     late.narrow(1_000, MEMBERS, MEMBERS, 1);
-    expect(late.stalled(1_000 + NARROW_STALL_MS - 1, 1, 1)).toBeNull();
-    expect(late.stalled(1_000 + NARROW_STALL_MS, 1, 1)).toEqual([0, 1]);
-    expect(late.stalled(5_000, 3, 4)).toBeNull();
-    expect(late.stalled(5_000 + NARROW_STALL_MS, 3, 4)).toEqual([0, 1]);
+    expect(late.stalled(1_000 + NARROW_STALL_MS - 1, 1, 1, true)).toBeNull();
+    expect(late.stalled(1_000 + NARROW_STALL_MS, 1, 1, true)).toEqual([0, 1]);
+    expect(late.stalled(5_000, 3, 4, true)).toBeNull();
+    expect(late.stalled(5_000 + NARROW_STALL_MS, 3, 4, true)).toEqual([0, 1]);
     // While wide, nothing stalls.
     late.widen(6_000, []);
-    expect(late.stalled(20_000, 3, 4)).toBeNull();
+    expect(late.stalled(20_000, 3, 4, true)).toBeNull();
   });
 
-  test("a tick later than twice the shortest gap between ticks (plus 50 ms) is not one to judge a stall at", () => {
+  test("at a late tick a stall is judged only once the copy has waited NARROW_STALL_BUSY_MS", () => {
     const narrowing = new ReplicaNarrowing(0, 0);
-    expect(narrowing.onTick(1_000)).toBe(true);
-    expect(narrowing.onTick(1_250)).toBe(true);
-    expect(narrowing.onTick(1_800)).toBe(true);
-    expect(narrowing.onTick(2_351)).toBe(false);
-    expect(narrowing.onTick(2_601)).toBe(true);
+    narrowing.narrow(0, MEMBERS, MEMBERS, 1);
+    narrowing.observe(100, 0, 5, 5, 5);
+    expect(narrowing.stalled(100 + NARROW_STALL_MS, 5, 5, false)).toBeNull();
+    expect(narrowing.stalled(100 + NARROW_STALL_BUSY_MS - 1, 5, 5, false)).toBeNull();
+    expect(narrowing.stalled(100 + NARROW_STALL_BUSY_MS, 5, 5, false)).toEqual([1]);
+  });
+
+  test("a straddler at the head is timed from its copy; copies far ahead cannot keep the head from being timed", () => {
+    const narrowing = new ReplicaNarrowing(0, 0);
+    narrowing.narrow(0, MEMBERS, MEMBERS, 1);
+    // A copy starting at 3 covers the next seq, 4 (a resume point inside its batch).
+    narrowing.observe(100, 1, 3, 4, 3);
+    expect(narrowing.stalled(100 + NARROW_STALL_MS, 3, 4, true)).toEqual([0]);
+    // Replica 0 fills the times with copies far ahead; the head's copy still is timed when it comes.
+    const filled = new ReplicaNarrowing(0, 0);
+    filled.narrow(0, MEMBERS, MEMBERS, 1);
+    for (let seq = 1_000; seq < 4_000; seq++) filled.observe(10, 0, seq, 10, null);
+    filled.observe(100, 1, 10, 10, 10);
+    expect(filled.stalled(100 + NARROW_STALL_MS - 1, 10, 10, true)).toBeNull();
+    expect(filled.stalled(100 + NARROW_STALL_MS, 10, 10, true)).toEqual([0]);
+  });
+
+  test("a tick more than twice the tick period plus 50 ms after the one before is late; a clock stepping back is not", () => {
+    const narrowing = new ReplicaNarrowing(0, 0);
+    expect(narrowing.onTick(1_000, 250)).toBe(true);
+    expect(narrowing.onTick(1_250, 250)).toBe(true);
+    expect(narrowing.onTick(1_800, 250)).toBe(true);
+    expect(narrowing.onTick(2_351, 250)).toBe(false);
+    expect(narrowing.onTick(2_200, 250)).toBe(true);
+    expect(narrowing.onTick(2_450, 250)).toBe(true);
   });
 
   test("widening leaves the suspects out for twice the spell, and the spell doubles up to its bound", () => {
@@ -363,5 +389,36 @@ describe("a total-order subscription served by f+1 replicas", () => {
     expect(sub.stats().servingReplicas).toEqual([0, 1]);
     expect(seqs.length).toBeGreaterThan(0);
     await sub.close();
+  });
+
+  test("a late tick (the client's loop busy) does not judge the stall; the next tick on time does", async () => {
+    const h = await started();
+    h.sub.tick(h.host.nowMs);
+    send(h, 0, 1);
+    await settle();
+    // The loop was busy for a second: the copy may be waiting unread for the other one.
+    h.host.nowMs += 1_000;
+    h.sub.tick(h.host.nowMs);
+    expect(h.sub.stats().widenings).toBe(0);
+    h.host.nowMs += 250;
+    h.sub.tick(h.host.nowMs);
+    expect(h.signals).toContainEqual({ t: "widened", reason: `a copy waited ${NARROW_STALL_MS} ms or more for a vote`, suspects: [1] });
+    await h.sub.close();
+  });
+
+  test("while wide, a replica that drops its session or refuses is left out of the next narrowing", async () => {
+    const h = await started();
+    h.sub.onReplicaDown(0);
+    expect(h.sub.stats().servingReplicas).toBeNull();
+    // Wide now: replica 1 refuses; it is noted, and the next narrowing leaves out 0 and 1.
+    const subId = h.host.subIdAt(1);
+    h.sub.onSubEnd(1, subId, { sub: subId, replica: 1, code: "UNAUTHORIZED", reason: "not allowed" });
+    for (const replica of [0, 2, 3]) {
+      if (h.host.ready.has(replica)) h.sub.onSubOk(replica, h.host.subIdAt(replica), { sub: h.host.subIdAt(replica), replica });
+    }
+    h.host.nowMs += NARROW_AGAIN_AFTER_MS;
+    h.sub.tick(h.host.nowMs);
+    expect(h.sub.stats().servingReplicas).toEqual([2, 3]);
+    await h.sub.close();
   });
 });
