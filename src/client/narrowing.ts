@@ -101,6 +101,11 @@ export class ReplicaNarrowing {
     return this.serving?.has(replica) === true;
   }
 
+  /** Whether f+1 replicas serve now (false while every replica does). */
+  get narrowed(): boolean {
+    return this.serving !== null;
+  }
+
   /**
    * Narrows when due: f+1 of the `active` replicas (those that accepted the subscription),
    * in the member order rotated by this client's offset, none of them suspected. Returns
@@ -206,10 +211,13 @@ export class ReplicaNarrowing {
     return true;
   }
 
-  /** Forgets the times of seqs behind the next one, but the head's (a straddler). */
+  /**
+   * Forgets the times of seqs behind the next one, but the head's (a straddler), once per
+   * move of the next seq: nothing falls behind while it stays where it is.
+   */
   private prune(nextSeq: number, keep: number | null): void {
-    if (nextSeq === this.arrivalsNext && keep === null) return;
+    if (nextSeq === this.arrivalsNext) return;
     this.arrivalsNext = nextSeq;
-    for (const firstSeq of [...this.arrivals.keys()]) if (firstSeq < nextSeq && firstSeq !== keep) this.arrivals.delete(firstSeq);
+    for (const firstSeq of this.arrivals.keys()) if (firstSeq < nextSeq && firstSeq !== keep) this.arrivals.delete(firstSeq);
   }
 }

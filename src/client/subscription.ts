@@ -537,7 +537,7 @@ export class ClientSubscription implements Subscription {
     const narrowing = this.narrowing;
     if (narrowing === null) return;
     if (narrowing.isServing(replica)) this.widen(reason, [replica]);
-    else if (narrowing.servingReplicas === null) narrowing.suspect(this.host.now(), [replica]);
+    else if (!narrowing.narrowed) narrowing.suspect(this.host.now(), [replica]);
   }
 
   /** Times a copy the voter took (narrowing.ts); one it refused, or had no room for, is not timed. */
