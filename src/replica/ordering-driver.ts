@@ -48,6 +48,7 @@ import { SnapshotKeeper } from "./storage/snapshots.ts";
 import { partBytesFor } from "./storage/stream.ts";
 import type { Membership } from "../core/channels/membership.ts";
 import { EpochView } from "./epochs.ts";
+import { ExecutionLane } from "./execution-lane.ts";
 
 /** One core tick in real time (core/ordering/PROTOCOL.md §10: 1 tick = 10 ms). */
 export const TICK_MS = 10;
@@ -228,6 +229,8 @@ export class OrderingDriver {
   private coreGeneration = 0;
   /** Writes staged through the latest `view`, `stable` or `snapshot` record: what a PRE_PREPARE or PREPARE waits for (handleReady). */
   private voteFenceMark = 0;
+  /** Decisions, checkpoints, resent replies, installs and switches, in their order, not behind other seqs' syncs (execution-lane.ts). */
+  private readonly lane: ExecutionLane;
   /** The checkpoint at which the current epoch ends (a decided membership change took effect there), with its record. */
   private switchAt: { seq: number; base: Extract<PersistedRecord, { t: "snapshot" }> | null } | null = null;
   /**
@@ -303,6 +306,7 @@ export class OrderingDriver {
     this.checkpointInterval = coreConfig.checkpointInterval;
     this.partBytes = partBytesFor(config.limits.frameBytesMax);
     this.keeper = new SnapshotKeeper({ storage, machine, partBytes: this.partBytes, log, metrics }, null);
+    this.lane = new ExecutionLane(storage, () => metrics.inc("executions_ahead_total"));
     const recovered = this.recoverFromDisk();
     this.policy = { urgencyOf: (client: string) => urgencyOfSpace(client, (tag) => machine.priorityOf(tag)) };
     this.epochView = this.recoveredEpoch();
@@ -363,7 +367,7 @@ export class OrderingDriver {
         log,
         metrics,
         now: () => this.clock.now(),
-        install: (importer, head) => storage.afterDurable(() => this.installSnapshot(importer, head)),
+        install: (importer, head) => this.lane.run(() => this.installSnapshot(importer, head), storage.stagedMark, false, 0),
       },
       recovered.incoming,
     );
@@ -837,13 +841,17 @@ export class OrderingDriver {
       };
       if (effect.kind === "send" && (effect.msg.t === "PRE_PREPARE" || effect.msg.t === "PREPARE")) {
         storage.afterDurableAhead(run, this.voteFenceMark);
+      } else if (effect.kind === "decide" || effect.kind === "takeCheckpoint" || effect.kind === "resendReply") {
+        // Execution does not wait for other seqs' records (core PROTOCOL.md §2): it keeps
+        // only its own order (execution-lane.ts).
+        this.lane.run(run, mark, true, this.voteFenceMark);
       } else {
         storage.afterDurable(run, mark);
       }
     }
     if (this.switchDue) {
       this.switchDue = false;
-      this.options.storage.afterDurable(() => this.switchEpoch());
+      this.lane.run(() => this.switchEpoch(), storage.stagedMark, false, 0);
     }
   }
 
