@@ -231,6 +231,14 @@ export class OrderingDriver {
   private voteFenceMark = 0;
   /** Decisions, checkpoints, resent replies, installs and switches, in their order, not behind other seqs' syncs (execution-lane.ts). */
   private readonly lane: ExecutionLane;
+  /**
+   * Per seq not yet executed here, the mark of the last `accept` or `prepared` record staged
+   * for it: this replica's own COMMIT counts towards the decision of that seq, so its
+   * execution waits for those records (execution-lane.ts). Pruned as seqs execute.
+   */
+  private readonly ownVoteMarks = new Map<number, number>();
+  /** handleReady calls in progress (an effect run at once may step the core again). */
+  private readyDepth = 0;
   /** The checkpoint at which the current epoch ends (a decided membership change took effect there), with its record. */
   private switchAt: { seq: number; base: Extract<PersistedRecord, { t: "snapshot" }> | null } | null = null;
   /**
@@ -519,6 +527,7 @@ export class OrderingDriver {
     if (pending === null || membership === null || pending.base === null) return;
     const { log, id, storage } = this.options;
     this.switchAt = null;
+    this.ownVoteMarks.clear();
     const view = EpochView.of(membership, { seq: pending.seq, digest: pending.base.stateDigest }, this.options.config.name);
     this.epochView = view;
     this.coreGeneration++;
@@ -833,23 +842,35 @@ export class OrderingDriver {
       this.persist(record);
       if (record.t !== "decided") mark = storage.stagedMark;
       if (record.t === "view" || record.t === "stable" || record.t === "snapshot") this.voteFenceMark = storage.stagedMark;
+      if (record.t === "accept") this.ownVoteMarks.set(record.prePrepare.seq, storage.stagedMark);
+      if (record.t === "prepared") this.ownVoteMarks.set(record.cert.seq, storage.stagedMark);
     }
-    for (const effect of ready.effects) {
-      const run = (): void => {
-        // An effect of the previous epoch's core, queued before the switch: moot.
-        if (generation === this.coreGeneration) this.perform(effect);
-      };
-      if (effect.kind === "send" && (effect.msg.t === "PRE_PREPARE" || effect.msg.t === "PREPARE")) {
-        storage.afterDurableAhead(run, this.voteFenceMark);
-      } else if (effect.kind === "decide" || effect.kind === "takeCheckpoint" || effect.kind === "resendReply") {
-        // Execution does not wait for other seqs' records (core PROTOCOL.md §2): it keeps
-        // only its own order (execution-lane.ts).
-        this.lane.run(run, mark, true, this.voteFenceMark);
-      } else {
-        storage.afterDurable(run, mark);
+    this.readyDepth++;
+    try {
+      for (const effect of ready.effects) {
+        const run = (): void => {
+          // An effect of the previous epoch's core, queued before the switch: moot.
+          if (generation === this.coreGeneration) this.perform(effect);
+        };
+        if (effect.kind === "send" && (effect.msg.t === "PRE_PREPARE" || effect.msg.t === "PREPARE")) {
+          storage.afterDurableAhead(run, this.voteFenceMark);
+        } else if (effect.kind === "decide" || effect.kind === "takeCheckpoint" || effect.kind === "resendReply") {
+          // Execution does not wait for other seqs' records (core PROTOCOL.md §2), only for
+          // this replica's own votes on the seq it executes, and keeps its own order
+          // (execution-lane.ts).
+          const own = effect.kind === "decide" ? (this.ownVoteMarks.get(effect.seq) ?? 0) : 0;
+          this.lane.run(run, mark, true, Math.max(this.voteFenceMark, own));
+        } else {
+          storage.afterDurable(run, mark);
+        }
       }
+    } finally {
+      this.readyDepth--;
     }
-    if (this.switchDue) {
+    // A checkpoint taken at once inside the loop above may arm the switch (its own step's
+    // Ready is handled inside this one): the switch still follows every effect of this
+    // step, as it did when the checkpoint waited in order.
+    if (this.switchDue && this.readyDepth === 0) {
       this.switchDue = false;
       this.lane.run(() => this.switchEpoch(), storage.stagedMark, false, 0);
     }
@@ -920,6 +941,7 @@ export class OrderingDriver {
         this.observeOrdering(effect.seq);
         this.options.onDecided(effect.execute, effect.seq);
         this.appliedSeq = effect.seq;
+        for (const seq of this.ownVoteMarks.keys()) if (seq <= effect.seq) this.ownVoteMarks.delete(seq);
         // Admin commands are what change channels and their priorities.
         if (this.core.followsPriorities && effect.execute.some((req) => req.client.endsWith(`:${ADMIN_SPACE}`))) {
           this.core.setPriorities(this.priorities());

@@ -27,6 +27,9 @@ function harness() {
   const storage = {
     isDurable: (mark: number) => gc.isDurable(mark),
     afterDurable: (effect: () => void, mark: number) => gc.defer(effect, mark),
+    get pendingEffects() {
+      return gc.pendingEffects;
+    },
   };
   let ahead = 0;
   const lane = new ExecutionLane(storage, () => ahead++);

@@ -113,9 +113,9 @@ export class GroupCommit {
     return this.stagedTotal;
   }
 
-  /** Whether the first `after` writes ever staged are durable (a mark taken from `stagedCount`). */
+  /** Whether the first `after` writes ever staged are durable (a mark taken from `stagedCount`); never after an fsync failed. */
   isDurable(after: number): boolean {
-    return after <= this.durableTotal;
+    return !this.failed && after <= this.durableTotal;
   }
 
   /**

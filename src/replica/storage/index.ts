@@ -258,6 +258,11 @@ export class ReplicaStorage {
     return this.commits.isDurable(mark);
   }
 
+  /** Effects deferred and waiting for a commit or an fsync. */
+  get pendingEffects(): number {
+    return this.commits.pendingEffects;
+  }
+
   /** Runs `effect` once the first `mark` writes are durable, not waiting for effects deferred before it (GroupCommit.deferAhead). */
   afterDurableAhead(effect: () => void, mark: number): void {
     this.commits.deferAhead(effect, mark);
