@@ -12,11 +12,12 @@
  *
  * Executing a decided batch needs none of the records of *other* seqs to be durable. Its
  * decision rests on Q COMMITs, each sent only once its sender's `prepared` record (in crash
- * mode its `accept`) was durable; this replica's own COMMIT is among them as soon as it
- * prepared, so the execution waits for this replica's own vote records of that seq (the
- * `fence` the driver passes: ordering-driver.ts keeps the mark of the last `accept` or
- * `prepared` record staged for each seq), and for its `view`, `stable` and `snapshot`
- * records (the marks its votes wait for too). A crash after it then loses nothing the
+ * mode its `accept`) was durable; this replica's own COMMIT is among them when the
+ * decision's certificate names it (the core takes it only when Q others are not there),
+ * and it was counted as soon as this replica prepared, so the execution then waits for this
+ * replica's own vote records of that seq (the `fence` the driver passes: ordering-driver.ts
+ * keeps the mark of the last `accept` or `prepared` record staged for each seq), and always
+ * for its `view`, `stable` and `snapshot` records (the marks its votes wait for too). A crash after it then loses nothing the
  * group cannot decide again identically: the argument that already lets execution go
  * without its own `decided` record. What the execution must keep is its order: decisions,
  * the checkpoints they take, replies resent for executed requests, snapshot installs and

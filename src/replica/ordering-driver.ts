@@ -858,7 +858,7 @@ export class OrderingDriver {
           // Execution does not wait for other seqs' records (core PROTOCOL.md §2), only for
           // this replica's own votes on the seq it executes, and keeps its own order
           // (execution-lane.ts).
-          const own = effect.kind === "decide" ? (this.ownVoteMarks.get(effect.seq) ?? 0) : 0;
+          const own = effect.kind === "decide" && this.ownCommitCounted(ready, effect.seq) ? (this.ownVoteMarks.get(effect.seq) ?? 0) : 0;
           this.lane.run(run, mark, true, Math.max(this.voteFenceMark, own));
         } else {
           storage.afterDurable(run, mark);
@@ -874,6 +874,19 @@ export class OrderingDriver {
       this.switchDue = false;
       this.lane.run(() => this.switchEpoch(), storage.stagedMark, false, 0);
     }
+  }
+
+  /**
+   * Whether this replica's own COMMIT is among those that decided `seq`: the certificate in
+   * the step's `decided` record names it (the core takes it only when Q others are not
+   * there, log.ts `checkCommitted`). Without that record in the step, assume it is.
+   */
+  private ownCommitCounted(ready: Ready, seq: number): boolean {
+    const rank = this.epochView.rankOf(this.options.id);
+    for (const record of ready.persist) {
+      if (record.t === "decided" && record.seq === seq) return record.commits.some((commit) => commit.replica === rank);
+    }
+    return true;
   }
 
   private persist(record: PersistedRecord): void {

@@ -27,6 +27,13 @@ function prepared(seq: number, batch: ClientRequest[]): PersistedRecord {
   };
 }
 
+/** The `decided` record of a step, its certificate the COMMITs of replicas (ranks) `by`. */
+function decidedBy(seq: number, batch: ClientRequest[], by: readonly number[]): PersistedRecord {
+  const digest = batchDigest(batch);
+  const commits = by.map((replica) => ({ t: "COMMIT" as const, view: 0, seq, digest, replica, sig: NO_SIG }));
+  return { t: "decided", seq, view: 0, digest, batch, commits };
+}
+
 function decide(seq: number, batch: ClientRequest[]): Ready["effects"][number] {
   return { kind: "decide", seq, view: 0, batch, execute: batch, after: 0 };
 }
@@ -37,7 +44,7 @@ async function until(condition: () => boolean): Promise<void> {
   expect(condition()).toBe(true);
 }
 
-test("a decision waits for its own seq's prepared record; one whose records are durable goes ahead of a COMMIT waiting for another seq's", async () => {
+test("a decision waits for its own seq's prepared record when its own COMMIT counts; otherwise it goes ahead of a COMMIT waiting for another seq's", async () => {
   const executed: number[] = [];
   const { driver, storage, metrics, close } = driverFixture(temp.dir, 44_200, {
     sync: "full",
@@ -71,6 +78,16 @@ test("a decision waits for its own seq's prepared record; one whose records are 
     await until(() => executed.length === 3);
     expect(executed).toEqual([1, 2, 3]);
     await until(() => storage.pendingEffects === 0);
+    // Prepared and decided in one step again, but decided by Q COMMITs of the others (the
+    // certificate in the step's decided record does not name this replica, rank 0): it
+    // goes at once; named in it, its execution waits for the prepared record.
+    const b4 = [client.pub("a.b", ["four"])];
+    handle({ persist: [prepared(4, b4), decidedBy(4, b4, [1, 2, 3])], effects: [decide(4, b4)] });
+    expect(executed).toEqual([1, 2, 3, 4]);
+    const b5 = [client.pub("a.b", ["five"])];
+    handle({ persist: [prepared(5, b5), decidedBy(5, b5, [0, 1, 2])], effects: [decide(5, b5)] });
+    expect(executed).toEqual([1, 2, 3, 4]);
+    await until(() => executed.length === 5);
   } finally {
     close();
   }
