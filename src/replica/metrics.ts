@@ -65,8 +65,6 @@ const COUNTERS = {
     "Membership epochs this replica moved to (a decided add-replica, remove-replica, rotate-replica-key or set-f took effect)",
   decisions_past_epoch_end_total:
     "Decisions of an epoch above the checkpoint that ended it, never executed (the next epoch orders from there)",
-  executions_ahead_total:
-    "Decisions (and the checkpoints and resent replies that follow them) executed at once, ahead of effects still waiting for the disk",
   peer_flooding_total: "Times a peer was found flooding the ordering core",
   ordering_thread_inputs_dropped_total:
     "Peer messages and client requests not handed to the ordering thread because it had 65,536 steps unanswered (peers retransmit, clients send again)",

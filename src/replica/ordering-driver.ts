@@ -48,7 +48,6 @@ import { SnapshotKeeper } from "./storage/snapshots.ts";
 import { partBytesFor } from "./storage/stream.ts";
 import type { Membership } from "../core/channels/membership.ts";
 import { EpochView } from "./epochs.ts";
-import { ExecutionLane } from "./execution-lane.ts";
 
 /** One core tick in real time (core/ordering/PROTOCOL.md §10: 1 tick = 10 ms). */
 export const TICK_MS = 10;
@@ -229,16 +228,6 @@ export class OrderingDriver {
   private coreGeneration = 0;
   /** Writes staged through the latest `view`, `stable` or `snapshot` record: what a PRE_PREPARE or PREPARE waits for (handleReady). */
   private voteFenceMark = 0;
-  /** Decisions, checkpoints, resent replies, installs and switches, in their order, not behind other seqs' syncs (execution-lane.ts). */
-  private readonly lane: ExecutionLane;
-  /**
-   * Per seq not yet executed here, the mark of the last `accept` or `prepared` record staged
-   * for it: this replica's own COMMIT counts towards the decision of that seq, so its
-   * execution waits for those records (execution-lane.ts). Pruned as seqs execute.
-   */
-  private readonly ownVoteMarks = new Map<number, number>();
-  /** handleReady calls in progress (an effect run at once may step the core again). */
-  private readyDepth = 0;
   /** The checkpoint at which the current epoch ends (a decided membership change took effect there), with its record. */
   private switchAt: { seq: number; base: Extract<PersistedRecord, { t: "snapshot" }> | null } | null = null;
   /**
@@ -314,7 +303,6 @@ export class OrderingDriver {
     this.checkpointInterval = coreConfig.checkpointInterval;
     this.partBytes = partBytesFor(config.limits.frameBytesMax);
     this.keeper = new SnapshotKeeper({ storage, machine, partBytes: this.partBytes, log, metrics }, null);
-    this.lane = new ExecutionLane(storage, () => metrics.inc("executions_ahead_total"));
     const recovered = this.recoverFromDisk();
     this.policy = { urgencyOf: (client: string) => urgencyOfSpace(client, (tag) => machine.priorityOf(tag)) };
     this.epochView = this.recoveredEpoch();
@@ -375,7 +363,7 @@ export class OrderingDriver {
         log,
         metrics,
         now: () => this.clock.now(),
-        install: (importer, head) => this.lane.run(() => this.installSnapshot(importer, head), storage.stagedMark, false, 0),
+        install: (importer, head) => storage.afterDurable(() => this.installSnapshot(importer, head)),
       },
       recovered.incoming,
     );
@@ -527,7 +515,6 @@ export class OrderingDriver {
     if (pending === null || membership === null || pending.base === null) return;
     const { log, id, storage } = this.options;
     this.switchAt = null;
-    this.ownVoteMarks.clear();
     const view = EpochView.of(membership, { seq: pending.seq, digest: pending.base.stateDigest }, this.options.config.name);
     this.epochView = view;
     this.coreGeneration++;
@@ -842,51 +829,22 @@ export class OrderingDriver {
       this.persist(record);
       if (record.t !== "decided") mark = storage.stagedMark;
       if (record.t === "view" || record.t === "stable" || record.t === "snapshot") this.voteFenceMark = storage.stagedMark;
-      if (record.t === "accept") this.ownVoteMarks.set(record.prePrepare.seq, storage.stagedMark);
-      if (record.t === "prepared") this.ownVoteMarks.set(record.cert.seq, storage.stagedMark);
     }
-    this.readyDepth++;
-    try {
-      for (const effect of ready.effects) {
-        const run = (): void => {
-          // An effect of the previous epoch's core, queued before the switch: moot.
-          if (generation === this.coreGeneration) this.perform(effect);
-        };
-        if (effect.kind === "send" && (effect.msg.t === "PRE_PREPARE" || effect.msg.t === "PREPARE")) {
-          storage.afterDurableAhead(run, this.voteFenceMark);
-        } else if (effect.kind === "decide" || effect.kind === "takeCheckpoint" || effect.kind === "resendReply") {
-          // Execution does not wait for other seqs' records (core PROTOCOL.md §2), only for
-          // this replica's own votes on the seq it executes, and keeps its own order
-          // (execution-lane.ts).
-          const own = effect.kind === "decide" && this.ownCommitCounted(ready, effect.seq) ? (this.ownVoteMarks.get(effect.seq) ?? 0) : 0;
-          this.lane.run(run, mark, true, Math.max(this.voteFenceMark, own));
-        } else {
-          storage.afterDurable(run, mark);
-        }
+    for (const effect of ready.effects) {
+      const run = (): void => {
+        // An effect of the previous epoch's core, queued before the switch: moot.
+        if (generation === this.coreGeneration) this.perform(effect);
+      };
+      if (effect.kind === "send" && (effect.msg.t === "PRE_PREPARE" || effect.msg.t === "PREPARE")) {
+        storage.afterDurableAhead(run, this.voteFenceMark);
+      } else {
+        storage.afterDurable(run, mark);
       }
-    } finally {
-      this.readyDepth--;
     }
-    // A checkpoint taken at once inside the loop above may arm the switch (its own step's
-    // Ready is handled inside this one): the switch still follows every effect of this
-    // step, as it did when the checkpoint waited in order.
-    if (this.switchDue && this.readyDepth === 0) {
+    if (this.switchDue) {
       this.switchDue = false;
-      this.lane.run(() => this.switchEpoch(), storage.stagedMark, false, 0);
+      this.options.storage.afterDurable(() => this.switchEpoch());
     }
-  }
-
-  /**
-   * Whether this replica's own COMMIT is among those that decided `seq`: the certificate in
-   * the step's `decided` record names it (the core takes it only when Q others are not
-   * there, log.ts `checkCommitted`). Without that record in the step, assume it is.
-   */
-  private ownCommitCounted(ready: Ready, seq: number): boolean {
-    const rank = this.epochView.rankOf(this.options.id);
-    for (const record of ready.persist) {
-      if (record.t === "decided" && record.seq === seq) return record.commits.some((commit) => commit.replica === rank);
-    }
-    return true;
   }
 
   private persist(record: PersistedRecord): void {
@@ -954,7 +912,6 @@ export class OrderingDriver {
         this.observeOrdering(effect.seq);
         this.options.onDecided(effect.execute, effect.seq);
         this.appliedSeq = effect.seq;
-        for (const seq of this.ownVoteMarks.keys()) if (seq <= effect.seq) this.ownVoteMarks.delete(seq);
         // Admin commands are what change channels and their priorities.
         if (this.core.followsPriorities && effect.execute.some((req) => req.client.endsWith(`:${ADMIN_SPACE}`))) {
           this.core.setPriorities(this.priorities());

@@ -10,7 +10,6 @@ import { initCluster } from "../../src/config/init.ts";
 import { ChannelMachine } from "../../src/core/channels/machine.ts";
 import { sha256 } from "../../src/crypto/hash.ts";
 import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
-import type { ClientRequest } from "../../src/core/ordering/index.ts";
 import { genesisMembership } from "../../src/replica/epochs.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import { coreConfigFor, type JoinEpoch, OrderingDriver } from "../../src/replica/ordering-driver.ts";
@@ -36,13 +35,7 @@ export interface DriverFixture {
 export function driverFixture(
   dir: string,
   basePort: number,
-  options: {
-    membership?: boolean;
-    join?: JoinEpoch;
-    overwrite?: boolean;
-    sync?: SyncPolicy;
-    onDecided?: (requests: readonly ClientRequest[], seq: number) => void;
-  } = {},
+  options: { membership?: boolean; join?: JoinEpoch; overwrite?: boolean; sync?: SyncPolicy } = {},
 ): DriverFixture {
   const init = initCluster({ dir, replicas: 4, host: "127.0.0.1", basePort, name: "unit", overwrite: options.overwrite ?? false });
   const config = init.config;
@@ -83,7 +76,7 @@ export function driverFixture(
     mesh,
     machine,
     storage,
-    onDecided: options.onDecided ?? (() => {}),
+    onDecided: () => {},
     onResendReply: () => {},
     onRefused: () => {},
     onPeerFlooding: (peer) => mesh.muteFlooding(peer),

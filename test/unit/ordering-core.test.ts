@@ -90,29 +90,6 @@ describe("normal case (core/ordering/PROTOCOL.md §4)", () => {
     for (const id of [1, 2, 3]) expect(sent(c, id, "PREPARE").length).toBe(1);
   });
 
-  test("a replica's own COMMIT goes into its decision certificate only when Q others are not there", () => {
-    const c = new ManualCluster();
-    c.submit(0, c.request(0, 1));
-    c.tick();
-    // Replica 1 sees no PREPARE until the others have committed: it holds their three COMMITs
-    // before it prepares, and its certificate is theirs (the runtime then runs the execution
-    // without waiting for replica 1's own prepared record: PROTOCOL.md §2).
-    const held: QueuedMessage[] = [];
-    c.deliverAll((m) => {
-      if (m.to !== 1 || m.msg.t !== "PREPARE") return true;
-      held.push(m);
-      return false;
-    });
-    expect(c.lastExecuted(1)).toBe(0);
-    for (const m of held) c.step(m.to, { kind: "message", from: m.from, msg: m.msg });
-    c.deliverAll();
-    const certOf = (id: number) =>
-      (c.records[id] ?? []).flatMap((r) => (r.t === "decided" && r.seq === 1 ? [r.commits.map((commit) => commit.replica)] : []));
-    expect(certOf(1)).toEqual([[0, 2, 3]]);
-    // Replica 0 committed before the others' COMMITs came: its own is in its certificate.
-    expect(certOf(0)[0]).toContain(0);
-  });
-
   test("a request given to a backup is forwarded to the leader and decided", () => {
     const c = new ManualCluster();
     c.submit(2, c.request(1, 1));

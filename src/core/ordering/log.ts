@@ -10,7 +10,6 @@ import { bodyMatches, isLinkAuthenticated } from "./certs.ts";
 import { adoptBatchRequests, requestKey } from "./clients.ts";
 import type { ClientRequest, Commit, Prepare, PreparedCert, PrePrepare } from "./messages.ts";
 import { assert, type CoreState, EMPTY_SIG } from "./state.ts";
-import type { ReplicaId } from "./config.ts";
 
 /** One consensus instance of the current view. */
 export interface Entry {
@@ -127,16 +126,9 @@ function countMatching(state: CoreState, votes: Map<number, Prepare | Commit>, d
   return n;
 }
 
-/** `count` votes for `digest`, by replica; `last`: a replica whose vote is taken only when the others are too few. */
-function matchingVotes<V extends Prepare | Commit>(
-  state: CoreState,
-  votes: Map<number, V>,
-  digest: Uint8Array,
-  count: number,
-  last: ReplicaId | null = null,
-): V[] {
+function matchingVotes<V extends Prepare | Commit>(state: CoreState, votes: Map<number, V>, digest: Uint8Array, count: number): V[] {
   const list = [...votes.values()].filter((v) => state.seams.voteMatches(digest, v.digest));
-  list.sort((a, b) => Number(a.replica === last) - Number(b.replica === last) || a.replica - b.replica);
+  list.sort((a, b) => a.replica - b.replica);
   return list.slice(0, count);
 }
 
@@ -229,10 +221,7 @@ export function checkCommitted(state: CoreState, e: Entry): void {
   const q = state.seams.quorumSize();
   if (countMatching(state, e.commits, e.digest) < q) return;
   e.committed = true;
-  // This replica's own COMMIT goes into the certificate only when Q others are not there:
-  // its execution then waits for its own prepared record (the runtime's execution lane,
-  // PROTOCOL.md §2, "Execution does not wait for other seqs' records").
-  e.commitCert = matchingVotes(state, e.commits, e.digest, q, state.cfg.id);
+  e.commitCert = matchingVotes(state, e.commits, e.digest, q);
 }
 
 /** Drops every entry at or below `seq` from the log, with its request index. */

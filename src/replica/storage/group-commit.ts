@@ -113,11 +113,6 @@ export class GroupCommit {
     return this.stagedTotal;
   }
 
-  /** Whether the first `after` writes ever staged are durable (a mark taken from `stagedCount`); never after an fsync failed. */
-  isDurable(after: number): boolean {
-    return !this.failed && after <= this.durableTotal;
-  }
-
   /**
    * Runs `effect` once every write staged so far (or the first `after` writes ever staged,
    * a mark taken earlier from `stagedCount`) is durable: at once if those are and no

@@ -253,16 +253,6 @@ export class ReplicaStorage {
     this.commits.defer(effect, mark);
   }
 
-  /** Whether the first `mark` writes ever staged are durable. */
-  isDurable(mark: number): boolean {
-    return this.commits.isDurable(mark);
-  }
-
-  /** Effects deferred and waiting for a commit or an fsync. */
-  get pendingEffects(): number {
-    return this.commits.pendingEffects;
-  }
-
   /** Runs `effect` once the first `mark` writes are durable, not waiting for effects deferred before it (GroupCommit.deferAhead). */
   afterDurableAhead(effect: () => void, mark: number): void {
     this.commits.deferAhead(effect, mark);
