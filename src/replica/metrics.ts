@@ -59,6 +59,8 @@ const COUNTERS = {
   peer_messages_rejected_total: "Peer messages that did not validate",
   peer_messages_other_epoch_total:
     "Peer messages of another membership epoch (or from a replica that is not a member of this one), refused",
+  peer_messages_other_key_total:
+    "Ordering messages refused because the peer's session was opened with a key that is not the epoch's for that replica (a rotated-away key while its rotation waits for the switch)",
   epoch_proofs_unavailable_total:
     "Peer messages of an older epoch whose end this replica keeps no proof of (the peer is further behind than the switches kept, or this replica restarted since)",
   epoch_switches_total:

@@ -125,7 +125,8 @@ const REQUEST_NAME_ROOM_BYTES = 256;
 
 /**
  * Room a peer frame needs besides the requests it carries: the PEER frame (seq, MAC), the
- * message's own fields, and for a decided batch its 2f+1 signed COMMITs. A request or a
+ * message's own fields, and for a decided batch its 2f+1 COMMITs (unsigned, each with its
+ * all-zero signature field). A request or a
  * batch may use the rest of a frame, no more, so every PRE_PREPARE, FORWARD and
  * STATE_RESPONSE item fits the frames the replicas accept from each other.
  */
@@ -251,7 +252,7 @@ export class OrderingDriver {
   /** Requests submitted here and not executed yet, by client space and seq (bounded). */
   private readonly submitted = new Map<string, ClientRequest>();
   /** Peer messages of the next epoch, held until this replica gets there (bounded, oldest kept). */
-  private nextEpochHeld: { from: number; bytes: Uint8Array }[] = [];
+  private nextEpochHeld: { from: number; bytes: Uint8Array; key: Uint8Array }[] = [];
   /** Bytes held in nextEpochHeld, by peer. */
   private readonly nextEpochHeldBytes = new Map<number, number>();
   /** When each peer still in the ended epoch was last sent the proof that ended it. */
@@ -553,7 +554,7 @@ export class OrderingDriver {
     const held = this.nextEpochHeld;
     this.nextEpochHeld = [];
     this.nextEpochHeldBytes.clear();
-    for (const message of held) this.onPeerMessage(message.from, message.bytes);
+    for (const message of held) this.onPeerMessage(message.from, message.bytes, message.key);
   }
 
   /**
@@ -649,8 +650,16 @@ export class OrderingDriver {
     return this.options.machine.listChannels().map((channel) => [channel.tag, channel.priority]);
   }
 
-  /** A peer message: an envelope for the ordering core or for state transfer (peer-messages.ts). */
-  onPeerMessage(from: number, bytes: Uint8Array): void {
+  /**
+   * A peer message: an envelope for the ordering core or for state transfer
+   * (peer-messages.ts). `key` is the public key the peer's session authenticated with:
+   * an ordering message counts only if it is the epoch's key for that replica. COMMITs
+   * carry no signature (core/ordering/PROTOCOL.md §3), and while a key rotation waits for
+   * its switch the mesh takes both keys of the replica, so without this check a COMMIT
+   * sent over the old key's session, or held for the next epoch and replayed at the
+   * switch, would count as the rotated replica's vote.
+   */
+  onPeerMessage(from: number, bytes: Uint8Array, key: Uint8Array): void {
     const envelope = decodeEnvelope(bytes);
     if (envelope === null) {
       this.options.metrics.inc("peer_messages_rejected_total");
@@ -670,7 +679,7 @@ export class OrderingDriver {
     // (the cluster id names the epoch).
     if (envelope.epoch === this.epochView.epoch + 1 && this.mayHoldNextEpoch(from, bytes.length)) {
       // A peer switched first: its messages are for the core this replica is about to start.
-      this.nextEpochHeld.push({ from, bytes });
+      this.nextEpochHeld.push({ from, bytes, key });
       this.nextEpochHeldBytes.set(from, (this.nextEpochHeldBytes.get(from) ?? 0) + bytes.length);
       return;
     }
@@ -681,6 +690,16 @@ export class OrderingDriver {
     const rank = this.epochView.rankOf(from);
     if (rank < 0) {
       this.otherEpoch(from, envelope.epoch);
+      return;
+    }
+    const epochKey = this.epochView.keyOfRank(rank);
+    if (epochKey === null || !nativeBytesEqual(epochKey, key)) {
+      this.options.metrics.inc("peer_messages_rejected_total");
+      this.options.metrics.inc("peer_messages_other_key_total");
+      this.refusedByPeer(
+        from,
+        `an ordering message over a session opened with key ${toHex(key)}, not replica ${from}'s key in epoch ${this.epochView.epoch}`,
+      );
       return;
     }
     const msg = validatePeerMessage(envelope.message);

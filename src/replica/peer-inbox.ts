@@ -55,8 +55,12 @@ export type MuteReason = "budget" | "flooding" | "misbehaving";
 
 export interface PeerInboxOptions {
   readonly limits: PeerInboxLimits;
-  /** Processes one message (decode, validate, the ordering core). */
-  readonly process: (from: number, msg: Uint8Array) => void;
+  /**
+   * Processes one message (decode, validate, the ordering core); `key` is the public key
+   * the peer's session authenticated with, which the ordering driver checks against the
+   * epoch's key for that replica (an unsigned COMMIT counts on the link's word).
+   */
+  readonly process: (from: number, msg: Uint8Array, key: Uint8Array) => void;
   /** Whether a message counts against the byte budget (state transfer parts, which this replica asked for, do not). */
   readonly chargesBytes?: (msg: Uint8Array) => boolean;
   /** Why a message may be dropped before processing (peer-filter.ts), or null. */
@@ -77,8 +81,14 @@ export interface PeerInboxOptions {
   readonly schedule?: (run: () => void) => void;
 }
 
+/** A message waiting in its peer's queue, with the key its session authenticated with. */
+interface Queued {
+  readonly msg: Uint8Array;
+  readonly key: Uint8Array;
+}
+
 interface PeerQueue {
-  readonly items: Uint8Array[];
+  readonly items: Queued[];
   head: number;
   bytes: number;
   /** Reads paused because the queue is full (not because of a mute). */
@@ -128,8 +138,8 @@ export class PeerInbox {
     return this.queues.get(peer)?.bytes ?? 0;
   }
 
-  /** A message from `peer` whose MAC verified: queued, or dropped if the peer is muted or over its budget. */
-  push(peer: number, msg: Uint8Array): void {
+  /** A message from `peer` whose MAC verified on a session authenticated with `key`: queued, or dropped if the peer is muted or over its budget. */
+  push(peer: number, msg: Uint8Array, key: Uint8Array): void {
     if (this.stopped) return;
     const q = this.queueOf(peer);
     const now = this.now();
@@ -149,7 +159,7 @@ export class PeerInbox {
       this.options.onDropped(peer, "muted");
       return;
     }
-    q.items.push(msg);
+    q.items.push({ msg, key });
     q.bytes += msg.length;
     if (q.bytes > queueBytesMax && !q.pausedForQueue) {
       q.pausedForQueue = true;
@@ -252,7 +262,7 @@ export class PeerInbox {
         continue;
       }
       idle = 0;
-      const msg = q.items[q.head] as Uint8Array;
+      const { msg, key } = q.items[q.head] as Queued;
       q.items[q.head++] = EMPTY;
       q.bytes -= msg.length;
       if (q.head >= q.items.length) {
@@ -268,7 +278,7 @@ export class PeerInbox {
       }
       processed++;
       const dropped = this.options.precheck?.(peer, msg) ?? null;
-      if (dropped === null) this.options.process(peer, msg);
+      if (dropped === null) this.options.process(peer, msg, key);
       else {
         this.options.onDropped(peer, dropped);
         if (this.options.proves?.(dropped) === true)
@@ -286,4 +296,4 @@ export class PeerInbox {
   }
 }
 
-const EMPTY = new Uint8Array(0);
+const EMPTY: Queued = { msg: new Uint8Array(0), key: new Uint8Array(0) };

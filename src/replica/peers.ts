@@ -120,7 +120,8 @@ export interface PeerMeshOptions {
   readonly metrics: Metrics;
   /** Where failed peer handshakes are reported (audit.ts); none in some tests. */
   readonly audit?: AuditLog;
-  readonly onMessage: (from: number, msg: Uint8Array) => void;
+  /** A peer's message, with the public key its session authenticated with. */
+  readonly onMessage: (from: number, msg: Uint8Array, key: Uint8Array) => void;
   readonly onPeerUp?: (id: number) => void;
   /** An open link to a peer went down (for `$sys.events`). */
   readonly onPeerDown?: (id: number, reason: string) => void;
@@ -225,7 +226,7 @@ export class PeerMesh {
         queueBytesMax: 4 * options.frameBytesMax,
         ...options.inbox,
       },
-      process: (from, msg) => options.onMessage(from, msg),
+      process: (from, msg, key) => options.onMessage(from, msg, key),
       ...(options.precheck === undefined ? {} : { precheck: options.precheck }),
       ...(options.chargesBytes === undefined ? {} : { chargesBytes: options.chargesBytes }),
       ...(options.proves === undefined ? {} : { proves: options.proves }),
@@ -920,7 +921,7 @@ export class PeerMesh {
       return;
     }
     link.lastSeq = seq;
-    this.inbox.push(link.peerId, msg);
+    this.inbox.push(link.peerId, msg, link.key);
   }
 
   inboundClosed(conn: FramedConn): void {

@@ -235,7 +235,7 @@ export class Replica {
       audit: this.audit,
       onPeerUp: (peer) => this.sys.event("peer-up", { peer }),
       onPeerDown: (peer, reason) => this.sys.event("peer-down", { peer, reason }),
-      onMessage: (from, msg) => this.ordering.onPeerMessage(from, msg),
+      onMessage: (from, msg, key) => this.ordering.onPeerMessage(from, msg, key),
       configDigests: configDigests(config),
       precheck: (from, msg) => peerFilter.check(from, msg, peekPeerMessage(msg)),
       // State transfer parts answer this replica's own requests, a window at a time.

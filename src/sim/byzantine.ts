@@ -177,6 +177,26 @@ export class ByzantineReplica {
     if (this.has("accuse")) this.accuse();
     if (this.has("spam")) this.spamTick();
     if (this.has("replay")) this.replayTick();
+    if (this.has("fakedecision")) this.fakeDecisionTick();
+  }
+
+  /**
+   * Reports to every peer that the seqs around the highest it has seen were decided with
+   * an empty batch, each under a certificate of unsigned COMMITs naming every member: a
+   * certificate anyone can write now that COMMITs are authenticated by the link only. A
+   * core that took one peer's word would execute a batch the group never decided.
+   */
+  private fakeDecisionTick(): void {
+    const items = [];
+    for (let seq = Math.max(1, this.highestSeq - 2); seq <= this.highestSeq + 2; seq++) {
+      const commits: Commit[] = [];
+      for (let r = 0; r < this.ctx.n; r++) {
+        commits.push({ t: "COMMIT", view: this.highestView, seq, digest: NULL_DIGEST, replica: r, sig: new Uint8Array(64) });
+      }
+      items.push({ view: this.highestView, seq, batch: [], commits, votes: [] });
+    }
+    const msg: PeerMessage = { t: "STATE_RESPONSE", kind: "decided", nonce: 0, items, stable: null, lastExecuted: this.highestSeq + 2 };
+    for (const r of this.others()) this.ctx.send(r, msg);
   }
 
   /** What the attacks of the harness need from every message: requests, signed messages, the highest seq. */

@@ -20,7 +20,10 @@
  * own key of that epoch, and it may also replay what it saw in earlier epochs into the
  * current one under the current epoch's label. A rotated-away key may be held by an
  * attacker (`holdOldKey`) that signs copies of its former owner's messages with it in the
- * new epoch. Both must be refused by the signatures' epoch-bound cluster id and key.
+ * new epoch, over a link opened with that key (`linkKey`). Both must be refused: an old
+ * epoch's messages by the signatures' epoch-bound cluster id, the old key's copies at
+ * delivery, whose link key is not the epoch's for that replica (a COMMIT carries no
+ * signature: only the link says who sent it).
  */
 import {
   type ClientRequest,
@@ -61,6 +64,14 @@ export interface EpochMessage {
   readonly epoch: number;
   /** What the sender put on the wire: a Byzantine sender's may be malformed (checked on delivery). */
   readonly msg: PeerMessage;
+  /**
+   * The key the sender's link was opened with, when it is not the sender's key in `epoch`
+   * (the holder of a rotated-away key: the runtime's mesh takes both keys of a replica
+   * while its rotation waits for the switch). Delivery refuses a message whose link key
+   * is not the epoch's key for its sender, as the runtime does (ordering-driver.ts): a
+   * COMMIT carries no signature, so only the link says who sent it.
+   */
+  readonly linkKey?: number;
 }
 
 /** Messages a Byzantine member keeps from earlier epochs to replay into the current one. */
@@ -531,7 +542,7 @@ export class EpochGroup {
       const to = spec.members[attacker.rng.int(0, spec.members.length - 1)]?.id;
       if (to === undefined || to === attacker.id) continue;
       this.attacks.oldKeyCopies++;
-      this.queue.push({ from: attacker.id, to, epoch: owner.epoch, msg: copy });
+      this.queue.push({ from: attacker.id, to, epoch: owner.epoch, msg: copy, linkKey: attacker.key });
     }
   }
 
@@ -555,9 +566,18 @@ export class EpochGroup {
           }
           continue;
         }
-        const rank = (this.specs[m.epoch] as EpochSpec).members.findIndex((member) => member.id === m.from);
+        const members = (this.specs[m.epoch] as EpochSpec).members;
+        const rank = members.findIndex((member) => member.id === m.from);
         if (rank < 0) {
           this.refused.push({ from: m.from, to: m.to, reason: `replica ${m.from} is not a member of epoch ${m.epoch}` });
+          continue;
+        }
+        if (m.linkKey !== undefined && m.linkKey !== (members[rank] as EpochMember).key) {
+          this.refused.push({
+            from: m.from,
+            to: m.to,
+            reason: `a link opened with a key that is not replica ${m.from}'s in epoch ${m.epoch}`,
+          });
           continue;
         }
         const msg = validatePeerMessage(m.msg);

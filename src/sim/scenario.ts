@@ -33,7 +33,8 @@ export type ByzBehaviour =
   | "replay" // re-sends the validly signed messages it sent and received, oldest first, to every peer each tick
   | "twins" // two copies of the replica with the same keys
   | "forget" // restarts with no state (Twins' lost-state case)
-  | "censor"; // drops every FORWARD it receives: as leader, proposes only what clients gave it directly
+  | "censor" // drops every FORWARD it receives: as leader, proposes only what clients gave it directly
+  | "fakedecision"; // reports decisions never made: empty batches with well-formed, unsigned COMMITs of every member
 
 export const BYZ_BEHAVIOURS: readonly ByzBehaviour[] = [
   "mute",
@@ -242,7 +243,7 @@ function addNetworkFaults(s: Scenario, rng: Prng): void {
 /**
  * Behaviours added after seeds were first recorded are drawn from streams of their own,
  * one per generation (EXTRA_BEHAVIOURS from stream 9, ATTACK_BEHAVIOURS from stream 10,
- * "censor" from CENSOR_STREAM),
+ * "censor" from CENSOR_STREAM, "fakedecision" from FAKE_DECISION_STREAM),
  * so every earlier seed still names the scenario it named before.
  */
 const EXTRA_BEHAVIOURS: readonly ByzBehaviour[] = ["accuse"];
@@ -259,7 +260,14 @@ function addLaterBehaviours(s: Scenario, seed: number, attackBehaviours: boolean
   // a client that reached only backups depends on their forwards and on the expectations.
   const censors = new Prng(seed, CENSOR_STREAM);
   for (const b of s.byzantine) if (censors.chance(0.15)) b.behaviours = [...b.behaviours, "censor"];
+  // A liar about decisions: COMMITs are not signed, so a decision certificate it relays
+  // proves nothing, and catch-up must take a decision from f+1 peers (PROTOCOL.md §4).
+  const liars = new Prng(seed, FAKE_DECISION_STREAM);
+  for (const b of s.byzantine) if (liars.chance(0.15)) b.behaviours = [...b.behaviours, "fakedecision"];
 }
+
+/** The stream the decision-forging behaviour is drawn from. */
+const FAKE_DECISION_STREAM = 18;
 
 /** The stream the censoring behaviour is drawn from (a generation of its own, as above). */
 const CENSOR_STREAM = 17;

@@ -463,9 +463,9 @@ export function tapReplica(
   const behaviour = makeFor(realSend);
   let active = false;
   mesh.send = (to: number, bytes: Uint8Array): boolean => (active ? behaviour.outgoing(to, bytes, realSend) : realSend(to, bytes));
-  ordering.onPeerMessage = (from: number, bytes: Uint8Array): void => {
+  ordering.onPeerMessage = (from: number, bytes: Uint8Array, key: Uint8Array): void => {
     behaviour.incoming(from, bytes);
-    realOnPeer(from, bytes);
+    realOnPeer(from, bytes, key);
   };
   return {
     behaviour,

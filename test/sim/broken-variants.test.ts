@@ -24,11 +24,15 @@ const EQUIVOCATION_STUFFING: Attack = { f: 2, byzantine: ["equivocate", "stuff"]
 /** The next leader forges its NEW_VIEW's O; the current leader is cut off to make it lead. */
 const FORGED_NEW_VIEW: Attack = { byzantine: ["nvforge"], byzantineId: 1, isolateLeaderAt: 60 };
 
+/** A replica that reports decisions never made, with certificates of unsigned COMMITs. */
+const FAKE_DECISIONS: Attack = { byzantine: ["fakedecision"] };
+
 const CASES: Array<{ name: keyof typeof BROKEN_VARIANTS; bug: string; attack: Attack }> = [
   { name: "quorumTwoF", bug: "quorum of 2f instead of 2f+1", attack: EQUIVOCATION },
   { name: "countsMessages", bug: "counting vote messages instead of distinct signers", attack: EQUIVOCATION_STUFFING },
   { name: "digestBlind", bug: "matching votes on (view, seq) without the digest", attack: EQUIVOCATION },
   { name: "trustsNewView", bug: "installing a NEW_VIEW without recomputing O", attack: FORGED_NEW_VIEW },
+  { name: "trustsOneReport", bug: "taking a decision in catch-up from one peer's report", attack: FAKE_DECISIONS },
 ];
 
 /** The first seed in the budget whose run reports a violation, or null. */

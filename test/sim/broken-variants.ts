@@ -34,6 +34,13 @@ class TrustsNewView extends OrderingCore {
   }
 }
 
+/** Takes a decision in catch-up on one peer's report, though COMMITs are not signed (core/ordering/PROTOCOL.md §4). */
+class TrustsOneReport extends OrderingCore {
+  protected override decisionClaimsNeeded(): number {
+    return 1;
+  }
+}
+
 type Ctor = new (cfg: CoreConfig, crypto: CoreCrypto, restored?: readonly PersistedRecord[]) => OrderingCore;
 
 function factory(C: Ctor): CoreFactory {
@@ -45,4 +52,5 @@ export const BROKEN_VARIANTS = {
   countsMessages: factory(CountsMessages),
   digestBlind: factory(DigestBlind),
   trustsNewView: factory(TrustsNewView),
+  trustsOneReport: factory(TrustsOneReport),
 } as const;

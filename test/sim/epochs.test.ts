@@ -32,6 +32,12 @@ describe("membership changes in the simulator", () => {
   });
 });
 
+test("seed 153 (7 -> 9 replicas, f 1 -> 2, a mute member): a joining replica that knew only three peers ahead, one of them mute, asks every peer for the decisions it missed", () => {
+  // COMMITs are unsigned, so a decided batch is taken from f+1 = 3 reports; the joiner
+  // asked only the peers it knew to be ahead and never gathered three.
+  expect(runEpochSeed(153).violations).toEqual([]);
+});
+
 test("epochs-run reads its arguments and refuses bad ones with a reason", () => {
   expect(parseEpochRunArgs([])).toEqual({ seeds: 100, start: 1, crypto: "fast", help: false });
   expect(parseEpochRunArgs(["--seeds", "5", "--start", "9", "--crypto", "ed25519"])).toEqual({

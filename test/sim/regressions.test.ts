@@ -68,3 +68,26 @@ describe("seeds that once failed", () => {
     );
   }
 });
+
+/** Seeds that failed with the attack behaviours in the mix (they replay with them). */
+const ATTACK_REGRESSIONS: Regression[] = [
+  {
+    mix: "all",
+    seed: 1020,
+    what: "liveness: COMMITs unsigned, one correct replica had decided seqs the two others had prepared and not committed (their COMMITs lost); a decided batch needs f+1 reports, and the decided replica answered their resent votes only with the batch (it now sends its own votes back too)",
+  },
+];
+
+describe("seeds that once failed, with the attack behaviours", () => {
+  for (const r of ATTACK_REGRESSIONS) {
+    test(
+      `${r.mix} seed ${r.seed}: ${r.what}`,
+      () => {
+        const result = runSeed(r.seed, { mix: r.mix, crypto: "fast" });
+        expect(result.violations).toEqual([]);
+        expect(result.recoveryTicks).not.toBeNull();
+      },
+      TEST_TIMEOUT_MS,
+    );
+  }
+});

@@ -99,7 +99,7 @@ describe("client frames scheduler", () => {
 
     let turns = 0;
     for (let vote = 1; vote <= 20; vote++) {
-      h.inbox.push(vote % 3, new Uint8Array([vote]));
+      h.inbox.push(vote % 3, new Uint8Array([vote]), new Uint8Array(32));
       expect(h.peerTurnScheduled).toBe(true);
       const before = h.worked.length;
       h.clientTurn();

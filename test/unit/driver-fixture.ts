@@ -19,6 +19,8 @@ import { type TestLog, testLog } from "./storage-fixtures.ts";
 
 export interface DriverFixture {
   readonly config: ClusterConfig;
+  /** The public key replica `id`'s sessions authenticate with (what the mesh hands the driver with each message). */
+  readonly keyOf: (id: number) => Uint8Array;
   readonly driver: OrderingDriver;
   readonly mesh: PeerMesh;
   readonly metrics: Metrics;
@@ -65,7 +67,7 @@ export function driverFixture(
     frameBytesMax: config.limits.frameBytesMax,
     log,
     metrics,
-    onMessage: (from, msg) => driver?.onPeerMessage(from, msg),
+    onMessage: (from, msg, key) => driver?.onPeerMessage(from, msg, key),
   });
   driver = new OrderingDriver({
     config,
@@ -83,8 +85,14 @@ export function driverFixture(
     ...(options.join === undefined ? {} : { join: options.join }),
   });
   const started = driver;
+  const keyOf = (id: number): Uint8Array => {
+    const replica = config.replicas.find((r) => r.id === id);
+    if (replica === undefined) throw new Error(`no replica ${id} in the fixture's cluster`);
+    return replica.publicKey;
+  };
   return {
     config,
+    keyOf,
     driver: started,
     mesh,
     metrics,

@@ -11,6 +11,9 @@ import {
   batchBytes,
   isBarrier,
   type Checkpoint,
+  type ClientRequest,
+  type DecidedItem,
+  NULL_DIGEST,
   type Commit,
   type Effect,
   type NewView,
@@ -166,21 +169,25 @@ describe("normal case (core/ordering/PROTOCOL.md §4)", () => {
   });
 });
 
-describe("crash-mode COMMITs are authenticated by the peer link (core/ordering/PROTOCOL.md §3)", () => {
-  test("crash mode sends its COMMITs unsigned and decides on them; PRE_PREPAREs and CHECKPOINTs stay signed", () => {
-    const c = new ManualCluster({ mode: "cft" });
-    for (let s = 1; s <= 4; s++) decideOne(c, 0, s);
-    for (const id of [0, 1, 2, 3]) {
-      expect(decidedSeqs(c, id)).toEqual([1, 2, 3, 4]);
-      const commits = sent(c, id, "COMMIT") as Commit[];
-      expect(commits.length).toBeGreaterThan(0);
-      for (const m of commits) expect(m.sig).toEqual(new Uint8Array(64));
-      for (const m of sent(c, id, "CHECKPOINT") as Checkpoint[]) expect(m.sig).not.toEqual(new Uint8Array(64));
+describe("COMMITs are authenticated by the peer link (core/ordering/PROTOCOL.md §3)", () => {
+  test("both modes send their COMMITs unsigned and decide on them; PRE_PREPAREs, PREPAREs and CHECKPOINTs stay signed", () => {
+    for (const mode of ["cft", "bft"] as const) {
+      const c = new ManualCluster({ mode });
+      for (let s = 1; s <= 4; s++) decideOne(c, 0, s);
+      for (const id of [0, 1, 2, 3]) {
+        expect(decidedSeqs(c, id)).toEqual([1, 2, 3, 4]);
+        const commits = sent(c, id, "COMMIT") as Commit[];
+        expect(commits.length).toBeGreaterThan(0);
+        for (const m of commits) expect(m.sig).toEqual(new Uint8Array(64));
+        for (const m of sent(c, id, "CHECKPOINT") as Checkpoint[]) expect(m.sig).not.toEqual(new Uint8Array(64));
+        for (const m of sent(c, id, "PREPARE") as Prepare[]) expect(m.sig).not.toEqual(new Uint8Array(64));
+      }
+      if (mode === "bft") expect(sent(c, 1, "PREPARE").length).toBeGreaterThan(0);
+      for (const m of sent(c, 0, "PRE_PREPARE") as PrePrepare[]) expect(m.sig).not.toEqual(new Uint8Array(64));
     }
-    for (const m of sent(c, 0, "PRE_PREPARE") as PrePrepare[]) expect(m.sig).not.toEqual(new Uint8Array(64));
   });
 
-  test("a crash-mode COMMIT counts only from the replica it names; in BFT mode an unsigned COMMIT counts not at all", () => {
+  test("a COMMIT counts only from the replica it names, in either mode", () => {
     for (const mode of ["cft", "bft"] as const) {
       const c = new ManualCluster({ mode });
       c.submit(0, c.request(0, 1));
@@ -196,7 +203,7 @@ describe("crash-mode COMMITs are authenticated by the peer link (core/ordering/P
       expect(decidedSeqs(c, 1)).toEqual([]);
       c.step(1, { kind: "message", from: 2, msg: unsigned(2) });
       c.step(1, { kind: "message", from: 3, msg: unsigned(3) });
-      expect(decidedSeqs(c, 1)).toEqual(mode === "cft" ? [1] : []);
+      expect(decidedSeqs(c, 1)).toEqual([1]);
     }
   });
 });
@@ -289,28 +296,27 @@ describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
     expect(sent(c, 1, "COMMIT").length).toBe(1);
   });
 
-  test("a vote for a certificate already held is taken as seen without its signature checked; others still are", () => {
+  test("a COMMIT is counted on its link's word, never signature-checked; one for a certificate already held is taken as seen", () => {
     const { checks, factory } = countingVerifications();
     const c = new ManualCluster({ factory });
     const pp = proposalSeenBy1(c);
     const vote = <T extends "PREPARE" | "COMMIT">(t: T, r: number, digest = pp.digest) =>
       resign(c, r, { t, view: 0, seq: 1, digest, replica: r, sig: pp.sig });
     for (const r of [2, 3]) c.step(1, { kind: "message", from: r, msg: vote("PREPARE", r) });
-    for (const r of [2, 3]) c.step(1, { kind: "message", from: r, msg: vote("COMMIT", r) });
+    const afterPrepares = checks[1] as number;
+    for (const r of [2, 3]) c.step(1, { kind: "message", from: r, msg: { ...vote("COMMIT", r), sig: new Uint8Array(64) } });
     expect(decidedSeqs(c, 1)).toEqual([1]);
-    const before = checks[1] as number;
-    // The leader's COMMIT comes last: the certificate is formed, so its signature is not checked.
+    expect(checks[1]).toBe(afterPrepares);
+    // The leader's COMMIT comes last: the certificate is formed, so it is only noted as seen.
     c.queue = [];
     c.step(1, { kind: "message", from: 0, msg: vote("COMMIT", 0) });
-    expect(checks[1]).toBe(before);
     expect(sent(c, 1, "STATE_RESPONSE")).toEqual([]);
     // Sent again, it tells this replica the leader is stuck: it gets the decision (answerLaggingVoter).
     c.step(1, { kind: "message", from: 0, msg: { ...vote("COMMIT", 0), sig: new Uint8Array(64) } });
-    expect(checks[1]).toBe(before);
     expect(c.queue.some((m) => m.to === 0 && m.msg.t === "STATE_RESPONSE")).toBe(true);
-    // Still checked: a vote for another digest (evidence of a fault, never surplus).
+    // A COMMIT for another digest is not verified either, and changes nothing decided.
     c.step(1, { kind: "message", from: 0, msg: vote("COMMIT", 0, sha256(new Uint8Array([9]))) });
-    expect(checks[1]).toBe(before + 1);
+    expect(checks[1]).toBe(afterPrepares);
     expect(decidedSeqs(c, 1)).toEqual([1]);
   });
 
@@ -916,6 +922,104 @@ describe("catch-up inside the window (cases the integration tests found)", () =>
     expect(c.lastExecuted(3)).toBe(1);
     expect(c.core(3).status().transferTo).toBeNull();
     c.runUntil(() => c.lastExecuted(3) === 4, 300);
+  });
+
+  /** Replica 3 misses seq 2 (decided by the others) and holds seq 3 committed: it can execute nothing past 1. */
+  function missedSeq2(mode: "bft" | "cft"): { c: ManualCluster; item: DecidedItem } {
+    const c = new ManualCluster({ mode, params: { checkpointInterval: 16, logWindow: 32 } });
+    decideOne(c, 0, 1);
+    c.submit(0, c.request(0, 2));
+    c.tick(1, [0]);
+    c.deliverAll((m) => m.to !== 3);
+    const pp = (sent(c, 0, "PRE_PREPARE") as PrePrepare[]).find((m) => m.seq === 2) as PrePrepare;
+    const commits = [0, 1, 2].map((r) => (sent(c, r, "COMMIT") as Commit[]).find((m) => m.seq === 2) as Commit);
+    c.queue = [];
+    expect(c.lastExecuted(0)).toBe(2);
+    expect(c.lastExecuted(3)).toBe(1);
+    return { c, item: { view: 0, seq: 2, batch: pp.batch as ClientRequest[], commits, votes: [] } };
+  }
+
+  const report = (item: DecidedItem): PeerMessage => ({
+    t: "STATE_RESPONSE",
+    kind: "decided",
+    nonce: 0,
+    items: [item],
+    stable: null,
+    lastExecuted: item.seq,
+  });
+
+  test("in BFT mode a decision is taken from f+1 peers' reports, not from one (COMMITs are not signed)", () => {
+    const { c, item } = missedSeq2("bft");
+    c.step(3, { kind: "message", from: 0, msg: report(item) });
+    c.step(3, { kind: "message", from: 0, msg: report(item) });
+    expect(c.lastExecuted(3)).toBe(1);
+    c.step(3, { kind: "message", from: 1, msg: report(item) });
+    expect(c.lastExecuted(3)).toBe(2);
+  });
+
+  test("one peer's forged decision, with a well-formed certificate naming three replicas, is never taken", () => {
+    const { c, item } = missedSeq2("bft");
+    const forgedBatch: ClientRequest[] = [];
+    const forged: DecidedItem = {
+      view: 0,
+      seq: 2,
+      batch: forgedBatch,
+      commits: [0, 1, 2].map((r) => ({ t: "COMMIT", view: 0, seq: 2, digest: NULL_DIGEST, replica: r, sig: new Uint8Array(64) })),
+      votes: [],
+    };
+    c.step(3, { kind: "message", from: 2, msg: report(forged) });
+    c.step(3, { kind: "message", from: 0, msg: report(item) });
+    // One report of each digest: neither is taken.
+    expect(c.lastExecuted(3)).toBe(1);
+    // The liar changes its report to the true one: its latest counts, once.
+    c.step(3, { kind: "message", from: 2, msg: report(item) });
+    expect(c.lastExecuted(3)).toBe(2);
+    expect(c.decided[3]?.find((d) => d.seq === 2)?.execute.length).toBe(1);
+  });
+
+  test("a report carries its sender's own votes: a replica that lost the COMMITs completes its certificate with one report", () => {
+    const c = new ManualCluster({ params: { checkpointInterval: 16, logWindow: 32 } });
+    decideOne(c, 0, 1);
+    c.submit(0, c.request(0, 2));
+    c.tick(1, [0]);
+    // Replica 3 takes part in seq 2 but gets no COMMIT of it.
+    c.deliverAll((m) => m.to !== 3 || m.msg.t !== "COMMIT");
+    expect(c.lastExecuted(3)).toBe(1);
+    const commitOf = (r: number) => (sent(c, r, "COMMIT") as Commit[]).find((m) => m.seq === 2) as Commit;
+    const pp = (sent(c, 0, "PRE_PREPARE") as PrePrepare[]).find((m) => m.seq === 2) as PrePrepare;
+    const commits = [0, 1, 2].map(commitOf);
+    // One report (not f+1), from replica 0 with its COMMIT, and replica 1's COMMIT on its own.
+    const item: DecidedItem = { view: 0, seq: 2, batch: pp.batch as ClientRequest[], commits, votes: [commitOf(0)] };
+    c.step(3, { kind: "message", from: 0, msg: report(item) });
+    expect(c.lastExecuted(3)).toBe(1);
+    c.step(3, { kind: "message", from: 1, msg: commitOf(1) });
+    expect(c.lastExecuted(3)).toBe(2);
+  });
+
+  test("a report's votes count only for their own sender", () => {
+    const c = new ManualCluster({ params: { checkpointInterval: 16, logWindow: 32 } });
+    decideOne(c, 0, 1);
+    c.submit(0, c.request(0, 2));
+    c.tick(1, [0]);
+    c.deliverAll((m) => m.to !== 3 || m.msg.t !== "COMMIT");
+    const commitOf = (r: number) => (sent(c, r, "COMMIT") as Commit[]).find((m) => m.seq === 2) as Commit;
+    const pp = (sent(c, 0, "PRE_PREPARE") as PrePrepare[]).find((m) => m.seq === 2) as PrePrepare;
+    // Replica 0 relays replica 1's and 2's COMMITs as if they were its own votes: neither counts.
+    const item: DecidedItem = {
+      view: 0,
+      seq: 2,
+      batch: pp.batch as ClientRequest[],
+      commits: [0, 1, 2].map(commitOf),
+      votes: [commitOf(1), commitOf(2)],
+    };
+    c.step(3, { kind: "message", from: 0, msg: report(item) });
+    expect(c.lastExecuted(3)).toBe(1);
+  });
+
+  test("in crash mode one peer's report is taken, as crash mode takes everything a peer says", () => {
+    const { c, item } = missedSeq2("cft");
+    c.step(3, { kind: "message", from: 0, msg: report(item) });
+    expect(c.lastExecuted(3)).toBe(2);
   });
 });
 

@@ -7,7 +7,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { validViewChange } from "../../src/core/ordering/certs.ts";
-import { signingBytes } from "../../src/core/ordering/messages.ts";
+import { type PeerMessage, signingBytes } from "../../src/core/ordering/messages.ts";
 import { SimKeyring } from "../../src/sim/crypto.ts";
 import { type EpochSpec, EpochGroup } from "../../src/sim/epochs.ts";
 
@@ -131,6 +131,17 @@ describe("membership epochs", () => {
     expect(crypto.verify(2, bytes, oldKeyCrypto.sign(bytes))).toBe(false);
     expect(crypto.verify(2, bytes, crypto.sign(bytes))).toBe(true);
     expectSameHistory(group, [0, 1, 2, 3], 8);
+    // A COMMIT is not signed: one sent over a link opened with the old key is refused at
+    // delivery, whatever it says, and one over the new key's link is taken.
+    const commit: PeerMessage = { t: "COMMIT", view: 0, seq: 9, digest: new Uint8Array(32), replica: 2, sig: new Uint8Array(64) };
+    const before = group.refused.length;
+    group.queue = [];
+    group.queue.push({ from: 2, to: 0, epoch: 1, msg: commit, linkKey: 2 });
+    group.queue.push({ from: 2, to: 1, epoch: 1, msg: commit, linkKey: 7 });
+    group.deliverAll(() => true, 1);
+    expect(group.refused.slice(before)).toEqual([
+      { from: 2, to: 0, reason: "a link opened with a key that is not replica 2's in epoch 1" },
+    ]);
   });
 
   test("a message of the old epoch is refused with both epochs named; an old-epoch VIEW_CHANGE fails verification", () => {

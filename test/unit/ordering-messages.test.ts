@@ -49,7 +49,7 @@ const SAMPLES: PeerMessage[] = [
     t: "STATE_RESPONSE",
     kind: "decided",
     nonce: 4,
-    items: [{ view: 1, seq: 9, batch: [req], commits: [{ ...prepare, t: "COMMIT" }] }],
+    items: [{ view: 1, seq: 9, batch: [req], commits: [{ ...prepare, t: "COMMIT" }], votes: [prepare, { ...prepare, t: "COMMIT" }] }],
     stable: { seq: 8, digest: d32(4), proof: [checkpoint] },
     lastExecuted: 12,
   },

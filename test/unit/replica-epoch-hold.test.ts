@@ -13,11 +13,11 @@ const temp = tempDir("fitb-epoch-hold-");
 afterAll(() => temp.remove());
 
 test("with no switch pending, next-epoch messages are refused and counted, not held", () => {
-  const { driver, metrics, log, close } = driverFixture(temp.dir, 41_000, { membership: true });
+  const { driver, metrics, log, close, keyOf } = driverFixture(temp.dir, 41_000, { membership: true });
   try {
     // Replica 3 sends large messages tagged with the next epoch while no change is decided.
     const junk = encodeEnvelope("ordering", new Uint8Array(64 * 1024), 1);
-    for (let i = 0; i < 100; i++) driver.onPeerMessage(3, junk);
+    for (let i = 0; i < 100; i++) driver.onPeerMessage(3, junk, keyOf(3));
     expect(metrics.get("peer_messages_other_epoch_total")).toBe(100);
     expect(log.lines.some((l) => l.msg === "peer message of another epoch refused")).toBe(true);
   } finally {

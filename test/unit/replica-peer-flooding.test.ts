@@ -14,7 +14,7 @@ const temp = tempDir("fitb-flooding-");
 afterAll(() => temp.remove());
 
 test("a peer the ordering core finds flooding is muted for PEER_FLOOD_MUTE_MS, counted and logged", async () => {
-  const { driver, mesh, metrics, log, close } = driverFixture(temp.dir, 40_000);
+  const { driver, mesh, metrics, log, close, keyOf } = driverFixture(temp.dir, 40_000);
   driver.start();
   try {
     // Replica 3 says "I suspect the leader of view 0" over and over: valid, harmless one at
@@ -22,7 +22,7 @@ test("a peer the ordering core finds flooding is muted for PEER_FLOOD_MUTE_MS, c
     // end of its window.
     const suspect = encodeEnvelope("ordering", { t: "SUSPECT", view: 0 });
     const flood = setInterval(() => {
-      for (let i = 0; i < 200; i++) driver.onPeerMessage(3, suspect);
+      for (let i = 0; i < 200; i++) driver.onPeerMessage(3, suspect, keyOf(3));
     }, 20);
     try {
       await waitFor("replica 3 to be muted", () => mesh.isMuted(3), 30_000);

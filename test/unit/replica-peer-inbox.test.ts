@@ -2,6 +2,9 @@ import { describe, expect, test } from "bun:test";
 import { type MuteReason, PeerInbox, type PeerInboxLimits, TURN_MESSAGES_MAX } from "../../src/replica/peer-inbox.ts";
 import { waitFor } from "../helpers/wait.ts";
 
+/** The key of the session the test's messages came over. */
+const KEY = new Uint8Array(32).fill(1);
+
 const LIMITS: PeerInboxLimits = {
   bytesPerSecondMax: 1_000_000,
   messagesPerSecondMax: 100_000,
@@ -20,6 +23,8 @@ function harness(
   let t = 0;
   let pending: (() => void) | null = null;
   const processed: [number, number][] = [];
+  /** The first byte of the session key each processed message came with. */
+  const keys: number[] = [];
   const paused = new Set<number>();
   const events: string[] = [];
   const muted: [number, MuteReason, string][] = [];
@@ -28,7 +33,10 @@ function harness(
   const dropped: [number, string][] = [];
   const inbox = new PeerInbox({
     limits: { ...LIMITS, ...limits },
-    process: (from, msg) => processed.push([from, msg[0] as number]),
+    process: (from, msg, key) => {
+      processed.push([from, msg[0] as number]);
+      keys.push(key[0] as number);
+    },
     ...(precheck === undefined ? {} : { precheck }),
     pause: (peer) => {
       paused.add(peer);
@@ -58,6 +66,7 @@ function harness(
   return {
     inbox,
     processed,
+    keys,
     paused,
     events,
     muted,
@@ -75,9 +84,9 @@ const msg = (tag: number, bytes = 10): Uint8Array => new Uint8Array(bytes).fill(
 describe("PeerInbox: round robin", () => {
   test("a peer with a long queue does not delay another peer's messages: one of each in turn", () => {
     const h = harness();
-    for (let i = 0; i < 1_000; i++) h.inbox.push(3, msg(i % 256));
-    h.inbox.push(1, msg(201));
-    h.inbox.push(2, msg(202));
+    for (let i = 0; i < 1_000; i++) h.inbox.push(3, msg(i % 256), KEY);
+    h.inbox.push(1, msg(201), KEY);
+    h.inbox.push(2, msg(202), KEY);
     h.turn();
     // The first turn takes one message of each peer in turn: 1, 2 and 3 all get one in the first three.
     expect(
@@ -96,18 +105,33 @@ describe("PeerInbox: round robin", () => {
   test("the turn moves on after each message, also from the peer it started with: a long queue there does not hold the others back", () => {
     const h = harness();
     // Peer 1 comes first in the order and has the long queue.
-    for (let i = 0; i < 1_000; i++) h.inbox.push(1, msg(i % 256));
-    h.inbox.push(2, msg(202));
-    h.inbox.push(3, msg(203));
+    for (let i = 0; i < 1_000; i++) h.inbox.push(1, msg(i % 256), KEY);
+    h.inbox.push(2, msg(202), KEY);
+    h.inbox.push(3, msg(203), KEY);
     h.turn();
     expect(h.processed.slice(0, 3).map(([from]) => from)).toEqual([1, 2, 3]);
     // Once the others are empty, the long queue goes on alone.
     expect(h.processed.slice(3).every(([from]) => from === 1)).toBe(true);
   });
 
+  test("each message is processed with the key of the session it came over, also once the peer reconnected with another", () => {
+    const h = harness();
+    const rotated = new Uint8Array(32).fill(2);
+    h.inbox.push(2, msg(1), KEY);
+    h.inbox.push(2, msg(2), rotated);
+    h.inbox.push(2, msg(3), KEY);
+    while (h.hasTurn()) h.turn();
+    expect(h.processed).toEqual([
+      [2, 1],
+      [2, 2],
+      [2, 3],
+    ]);
+    expect(h.keys).toEqual([1, 2, 1]);
+  });
+
   test("a peer's queue over its bound pauses its reads until it is down to half", () => {
     const h = harness({ queueBytesMax: 100 });
-    for (let i = 0; i < 11; i++) h.inbox.push(2, msg(i));
+    for (let i = 0; i < 11; i++) h.inbox.push(2, msg(i), KEY);
     expect(h.paused.has(2)).toBe(true);
     while (h.hasTurn() && h.paused.has(2)) h.turn();
     expect(h.paused.has(2)).toBe(false);
@@ -116,8 +140,8 @@ describe("PeerInbox: round robin", () => {
 
   test("precheck drops a message before processing, counted with its reason", () => {
     const h = harness({}, (_from, m) => (m[0] === 7 ? "executed" : null));
-    h.inbox.push(1, msg(7));
-    h.inbox.push(1, msg(8));
+    h.inbox.push(1, msg(7), KEY);
+    h.inbox.push(1, msg(8), KEY);
     h.turn();
     expect(h.processed).toEqual([[1, 8]]);
     expect(h.dropped).toEqual([[1, "executed"]]);
@@ -127,10 +151,10 @@ describe("PeerInbox: round robin", () => {
 describe("PeerInbox: budgets and muting", () => {
   test("a peer over its message budget is muted: queue dropped, counted, and heard again when the mute ends", async () => {
     const h = harness({ messagesPerSecondMax: 5, muteMs: 30 });
-    for (let i = 0; i < 5; i++) h.inbox.push(3, msg(i));
-    h.inbox.push(1, msg(100));
+    for (let i = 0; i < 5; i++) h.inbox.push(3, msg(i), KEY);
+    h.inbox.push(1, msg(100), KEY);
     expect(h.muted).toEqual([]);
-    h.inbox.push(3, msg(5));
+    h.inbox.push(3, msg(5), KEY);
     expect(h.muted).toEqual([[3, "budget", "more than 5 messages a second"]]);
     expect(h.muteMs).toEqual([30]);
     expect(h.inbox.isMuted(3)).toBe(true);
@@ -140,13 +164,13 @@ describe("PeerInbox: budgets and muting", () => {
     expect(h.processed).toEqual([[1, 100]]);
     expect(h.dropped.filter(([peer]) => peer === 3)).toHaveLength(6);
     // What still arrives while muted is dropped before anything else.
-    h.inbox.push(3, msg(9));
+    h.inbox.push(3, msg(9), KEY);
     expect(h.dropped.at(-1)).toEqual([3, "muted"]);
     // Time-bounded: the mute ends and its messages are taken again.
     h.advance(1_000);
     await waitFor("the mute to end", () => h.unmuted.includes(3), 10_000);
     expect(h.inbox.isMuted(3)).toBe(false);
-    h.inbox.push(3, msg(42));
+    h.inbox.push(3, msg(42), KEY);
     h.turn();
     expect(h.processed.at(-1)).toEqual([3, 42]);
   });
@@ -155,8 +179,8 @@ describe("PeerInbox: budgets and muting", () => {
     const h = harness({ messagesPerSecondMax: 1, muteMs: 50, muteMsMax: 400 });
     const overBudget = (): void => {
       h.advance(1_000);
-      h.inbox.push(2, msg(1));
-      h.inbox.push(2, msg(2));
+      h.inbox.push(2, msg(1), KEY);
+      h.inbox.push(2, msg(2), KEY);
     };
     for (let i = 0; i < 5; i++) overBudget();
     expect(h.muteMs).toEqual([50, 100, 200, 400, 400]);
@@ -179,9 +203,9 @@ describe("PeerInbox: budgets and muting", () => {
       onDropped: (peer, reason) => h.dropped.push([peer, reason]),
       schedule: (run) => run(),
     });
-    proving.push(2, msg(2));
+    proving.push(2, msg(2), KEY);
     expect(h.muted).toEqual([]);
-    proving.push(3, msg(1));
+    proving.push(3, msg(1), KEY);
     expect(h.muted).toEqual([[3, "misbehaving", "sent what no correct replica sends (oversize)"]]);
     expect(proving.isMuted(3)).toBe(true);
     expect(proving.isMuted(2)).toBe(false);
@@ -194,10 +218,10 @@ describe("PeerInbox: budgets and muting", () => {
 
   test("a peer over its byte budget is muted; another peer's budget is its own", () => {
     const h = harness({ bytesPerSecondMax: 1_000 });
-    h.inbox.push(2, msg(1, 600));
-    h.inbox.push(1, msg(2, 900));
+    h.inbox.push(2, msg(1, 600), KEY);
+    h.inbox.push(1, msg(2, 900), KEY);
     expect(h.muted).toEqual([]);
-    h.inbox.push(2, msg(3, 600));
+    h.inbox.push(2, msg(3, 600), KEY);
     expect(h.muted).toEqual([[2, "budget", "more than 1000 bytes a second"]]);
     expect(h.inbox.isMuted(1)).toBe(false);
   });
@@ -225,10 +249,10 @@ describe("PeerInbox: budgets and muting", () => {
       onDropped: () => {},
       schedule: () => {},
     });
-    for (let i = 0; i < 10; i++) inbox.push(2, msg(0xee, 900));
+    for (let i = 0; i < 10; i++) inbox.push(2, msg(0xee, 900), KEY);
     expect(h.muted).toEqual([]);
-    inbox.push(2, msg(1, 900));
-    inbox.push(2, msg(1, 900));
+    inbox.push(2, msg(1, 900), KEY);
+    inbox.push(2, msg(1, 900), KEY);
     expect(h.muted).toHaveLength(1);
     inbox.stop();
   });

@@ -7,6 +7,7 @@
  */
 import { afterAll, expect, test } from "bun:test";
 import { encodeEnvelope } from "../../src/replica/peer-messages.ts";
+import { toHex } from "../../wire/bytes.ts";
 import { driverFixture } from "./driver-fixture.ts";
 import { tempDir } from "./storage-fixtures.ts";
 
@@ -14,21 +15,34 @@ const temp = tempDir("fitb-peer-refused-");
 afterAll(() => temp.remove());
 
 test("refused peer messages and forwarded requests are counted and logged with the peer, once per interval per peer and reason", () => {
-  const { driver, metrics, log, close } = driverFixture(temp.dir, 41_000);
+  const { driver, metrics, log, close, keyOf } = driverFixture(temp.dir, 41_000);
   driver.start();
   try {
-    for (let i = 0; i < 3; i++) driver.onPeerMessage(2, Uint8Array.of(0xff, 0x00, i));
-    driver.onPeerMessage(1, encodeEnvelope("ordering", { t: "PREPARE" }));
+    for (let i = 0; i < 3; i++) driver.onPeerMessage(2, Uint8Array.of(0xff, 0x00, i), keyOf(2));
+    driver.onPeerMessage(1, encodeEnvelope("ordering", { t: "PREPARE" }), keyOf(1));
     const stranger = "cc".repeat(32);
     const request = { client: `${stranger}:net.links`, seq: 1, span: 1, body: new Uint8Array([1]), sig: new Uint8Array(64) };
-    for (let i = 0; i < 2; i++) driver.onPeerMessage(3, encodeEnvelope("ordering", { t: "FORWARD", requests: [request, request] }));
-    expect(metrics.get("peer_messages_rejected_total")).toBe(4);
+    for (let i = 0; i < 2; i++)
+      driver.onPeerMessage(3, encodeEnvelope("ordering", { t: "FORWARD", requests: [request, request] }), keyOf(3));
+    // A COMMIT from replica 1 over a session opened with replica 2's key (as a rotated-away
+    // key's holder would send it while the rotation waits): refused before the core, as
+    // every ordering message is whose session key is not the epoch's for its sender.
+    const commit = { t: "COMMIT", view: 0, seq: 1, digest: new Uint8Array(32), replica: 1, sig: new Uint8Array(64) };
+    driver.onPeerMessage(1, encodeEnvelope("ordering", commit), keyOf(2));
+    expect(metrics.get("peer_messages_other_key_total")).toBe(1);
+    expect(metrics.get("peer_messages_rejected_total")).toBe(5);
     expect(metrics.get("forwarded_requests_dropped_total")).toBe(4);
     const lines = log.lines.filter((l) => l.msg === "peer message refused").map((l) => l.fields);
     expect(lines).toEqual([
       { peer: 2, reason: "an envelope that does not decode", count: 1, alsoSinceLastLine: 0 },
       { peer: 1, reason: "an ordering message that is not valid", count: 1, alsoSinceLastLine: 0 },
       { peer: 3, reason: "forwarded requests of keys not registered for them", count: 2, alsoSinceLastLine: 0 },
+      {
+        peer: 1,
+        reason: `an ordering message over a session opened with key ${toHex(keyOf(2))}, not replica 1's key in epoch 0`,
+        count: 1,
+        alsoSinceLastLine: 0,
+      },
     ]);
   } finally {
     close();

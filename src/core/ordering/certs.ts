@@ -44,20 +44,20 @@ export function isMember(context: CertContext, r: number): boolean {
 }
 
 /**
- * Checks the signature of `m` against the replica that must have made it. In crash mode a
- * COMMIT carries none (core/ordering/PROTOCOL.md §3, "Crash mode"): the peer link's MAC
- * authenticates it, and it is taken only from the replica it names.
+ * Checks the signature of `m` against the replica that must have made it. A COMMIT
+ * carries none (core/ordering/PROTOCOL.md §3, "COMMITs on the link's word"): the peer
+ * link's MAC authenticates it, and it is taken only from the replica it names.
  */
 export function verifySigned(context: CertContext, m: SignedMessage): boolean {
   const signer = signerOf(m, context.n);
   if (!isMember(context, signer)) return false;
-  if (isLinkAuthenticated(context.mode, m)) return true;
+  if (isLinkAuthenticated(m)) return true;
   return context.crypto.verify(signer, signingBytes(m, context.clusterId), m.sig);
 }
 
-/** Whether `m` is authenticated by the peer link rather than signed: a COMMIT in crash mode. */
-export function isLinkAuthenticated(mode: FaultMode, m: SignedMessage): boolean {
-  return mode === "cft" && m.t === "COMMIT";
+/** Whether `m` is authenticated by the peer link rather than signed: a COMMIT, in either mode. */
+export function isLinkAuthenticated(m: SignedMessage): boolean {
+  return m.t === "COMMIT";
 }
 
 /**
@@ -223,8 +223,14 @@ export function planNewView(context: CertContext, vcs: readonly ViewChange[]): N
   return { minS, maxS, digests, bodies, stableDigest, stableProof };
 }
 
-/** Q distinct members signed COMMIT(view, seq, digest): the decision is final (core/ordering/PROTOCOL.md §3). */
-export function validDecisionCert(
+/**
+ * The shape of a decision certificate: Q COMMITs for (view, seq, digest) naming distinct
+ * members. COMMITs are authenticated by the link they came over, not signed, so a
+ * certificate a peer relays is only that peer's report of a decision: catch-up takes a
+ * decision once `decisionClaimsNeeded` distinct peers reported it (checkpoints.ts,
+ * core/ordering/PROTOCOL.md §4, "Catch-up").
+ */
+export function wellFormedDecisionCert(
   context: CertContext,
   view: number,
   seq: number,
@@ -238,6 +244,5 @@ export function validDecisionCert(
     if (!isMember(context, c.replica) || seen.has(c.replica)) return false;
     seen.add(c.replica);
   }
-  for (const c of commits) if (!verifySigned(context, c)) return false;
   return true;
 }

@@ -6,7 +6,7 @@
  */
 import { bytesEqual, toHex } from "../../../wire/bytes.ts";
 import { encodeCanonical } from "../../../wire/canonical.ts";
-import { bodyMatches, isMember, validCheckpointProof, validDecisionCert } from "./certs.ts";
+import { bodyMatches, isMember, validCheckpointProof, wellFormedDecisionCert } from "./certs.ts";
 import type { ClientTableExport } from "./clients.ts";
 import type { ReplicaId } from "./config.ts";
 import { attachBody, dropEntriesThrough } from "./log.ts";
@@ -301,6 +301,7 @@ export function onSnapshotInstalled(
   dropEntriesThrough(state, seq);
   for (const s of [...state.decided.keys()]) if (s <= seq) state.decided.delete(s);
   for (const s of [...state.decidedPending.keys()]) if (s <= seq) state.decidedPending.delete(s);
+  forgetClaimsThrough(state, seq);
   for (const [client] of [...state.pending.clients()]) state.pending.pruneExecuted(client, state.clientTable.lastExecuted(client));
   state.ownCheckpoints.set(seq, digest);
   state.persist({ t: "snapshot", seq, stateDigest: digest, appDigest, clients: rows, proof: t.proof });
@@ -310,7 +311,7 @@ export function onSnapshotInstalled(
 }
 
 // ---------------------------------------------------------------------------------------
-// Catch-up inside the window: decided batches with commit certificates (core/ordering/PROTOCOL.md §4).
+// Catch-up inside the window: decided batches reported by f+1 peers (core/ordering/PROTOCOL.md §4).
 // ---------------------------------------------------------------------------------------
 
 /**
@@ -375,10 +376,25 @@ export function answerLaggingVoter(state: CoreState, from: ReplicaId, m: Prepare
   onStateRequest(state, from, req, "lagging");
 }
 
+/**
+ * A decided batch as this replica reports it, with its own PREPARE and COMMIT for the seq
+ * while it holds them: a decision is taken from f+1 reports, and when this replica is the
+ * only correct one that decided it (the others' votes lost on the way), the asker
+ * completes its own certificates with these instead, as in PBFT with MACs.
+ */
 function decidedItem(state: CoreState, s: number): DecidedItem | null {
   const d = state.decided.get(s);
   if (d === undefined) return null;
-  return { view: d.view, seq: s, batch: d.batch, commits: d.commits };
+  const votes: Array<Prepare | Commit> = [];
+  const e = state.entries.get(s);
+  if (e !== undefined) {
+    const own = state.seams.voteKey(state.cfg.id);
+    const prepare = e.prepares.get(own);
+    if (prepare !== undefined && prepare.replica === state.cfg.id) votes.push(prepare);
+    const commit = e.commits.get(own);
+    if (commit !== undefined && commit.replica === state.cfg.id) votes.push(commit);
+  }
+  return { view: d.view, seq: s, batch: d.batch, commits: d.commits, votes };
 }
 
 /** Any body this replica holds for `s` (matching `digest` if given); the asker checks it. */
@@ -393,7 +409,7 @@ function bodyItem(state: CoreState, s: number, digest: Uint8Array | null): Decid
   for (const c of candidates) {
     if (c.batch === null || c.digest === null) continue;
     if (digest !== null && !bytesEqual(c.digest, digest)) continue;
-    return { view: c.view, seq: s, batch: c.batch, commits: [] };
+    return { view: c.view, seq: s, batch: c.batch, commits: [], votes: [] };
   }
   return null;
 }
@@ -411,23 +427,52 @@ export function acceptStateResponse(state: CoreState, from: ReplicaId, m: StateR
     }
   }
   for (const item of m.items) {
-    if (item.commits.length > 0) acceptDecidedItem(state, item);
+    // The sender's own votes for a seq this replica has not executed count as if they came
+    // alone (an executed seq's are not looked at: no vote goes back and forth).
+    if (item.seq > state.lastExecuted) {
+      for (const vote of item.votes) if (vote.replica === from && vote.seq === item.seq) state.redeliver(from, vote);
+    }
+    if (item.commits.length > 0) acceptDecidedItem(state, from, item);
     else acceptBodyItem(state, item);
   }
 }
 
-function acceptDecidedItem(state: CoreState, item: DecidedItem): void {
+/**
+ * A peer's report that `item.seq` was decided with the digest its certificate names. The
+ * COMMITs in it are authenticated only by the links they came over to that peer, so the
+ * report is its word alone: the decision is taken once `decisionClaimsNeeded` distinct
+ * peers (f+1 in BFT mode, so one of them correct) reported the same digest. Each peer's
+ * latest report per seq is kept, as a digest only: the report that completes the count
+ * brings the body, checked against the digest.
+ */
+function acceptDecidedItem(state: CoreState, from: ReplicaId, item: DecidedItem): void {
   // Only inside the window: a replica further behind catches up by state transfer.
   if (item.seq <= state.lastExecuted || item.seq > state.highWater) return;
-  if (state.decidedPending.has(item.seq)) return;
+  if (state.decidedPending.has(item.seq) || from === state.cfg.id || !isMember(state.certContext, from)) return;
   // The certificate names the digest; the body must match it (an empty body matches the
   // null digest of a NEW_VIEW gap).
   const digest = (item.commits[0] as Commit).digest;
+  if (!wellFormedDecisionCert(state.certContext, item.view, item.seq, digest, item.commits)) return;
   if (!bodyMatches(state.crypto, digest, item.batch)) return;
-  if (!validDecisionCert(state.certContext, item.view, item.seq, digest, item.commits)) return;
+  forgetClaimsThrough(state, state.lastExecuted);
+  let claims = state.decisionClaims.get(item.seq);
+  if (claims === undefined) {
+    claims = new Map();
+    state.decisionClaims.set(item.seq, claims);
+  }
+  claims.set(from, digest);
+  let agreeing = 0;
+  for (const d of claims.values()) if (bytesEqual(d, digest)) agreeing++;
+  if (agreeing < state.seams.decisionClaimsNeeded()) return;
+  state.decisionClaims.delete(item.seq);
   state.decidedPending.set(item.seq, { view: item.view, digest, batch: item.batch, commits: item.commits });
   const e = state.entries.get(item.seq);
   if (e !== undefined && e.batch === null && e.digest !== null && bytesEqual(e.digest, digest)) attachBody(state, e, item.batch);
+}
+
+/** Drops the reports of decisions for seqs this replica has executed. */
+export function forgetClaimsThrough(state: CoreState, seq: number): void {
+  for (const s of state.decisionClaims.keys()) if (s <= seq) state.decisionClaims.delete(s);
 }
 
 function acceptBodyItem(state: CoreState, item: DecidedItem): void {

@@ -97,6 +97,7 @@ export class OrderingCore {
       voteKey: (signer: ReplicaId) => this.voteKey(signer),
       voteMatches: (entryDigest: Uint8Array, voteDigest: Uint8Array) => this.voteMatches(entryDigest, voteDigest),
       recomputesNewView: () => this.recomputesNewView(),
+      decisionClaimsNeeded: () => this.decisionClaimsNeeded(),
     };
     this.state = new CoreState(cfg, crypto, seams, (from, msg) => this.onMessage(from, msg), policy);
     if (restored !== undefined && restored.length > 0) restore(this.state, restored);
@@ -125,6 +126,15 @@ export class OrderingCore {
   /** Whether a NEW_VIEW's O must equal the one recomputed from its VIEW_CHANGEs. */
   protected recomputesNewView(): boolean {
     return true;
+  }
+
+  /**
+   * How many distinct peers must report a decision before catch-up takes it: f+1 in BFT
+   * mode, since COMMITs are authenticated by the link and a decision certificate proves
+   * nothing to a third party (PROTOCOL.md §3); one in crash mode, whose peers do not lie.
+   */
+  protected decisionClaimsNeeded(): number {
+    return this.cfg.mode === "cft" ? 1 : this.cfg.f + 1;
   }
 
   // -------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ export {
   digestOfBatch,
   planNewView,
   validCheckpointProof,
-  validDecisionCert,
+  wellFormedDecisionCert,
   validPreparedCert,
   validViewChange,
   verifySigned,

@@ -94,8 +94,8 @@ export function signVote(state: CoreState, t: "PREPARE" | "COMMIT", view: number
   assert(prev === undefined || bytesEqual(prev, digest), `second ${t} digest for view ${view} seq ${seq}`);
   state.signedVotes.set(key, digest);
   const vote: Prepare | Commit = { t, view, seq, digest, replica: state.cfg.id, sig: EMPTY_SIG };
-  // A crash-mode COMMIT is authenticated by the peer link, not signed (PROTOCOL.md §3).
-  return isLinkAuthenticated(state.cfg.mode, vote) ? vote : state.signed(vote);
+  // A COMMIT is authenticated by the peer link, not signed (PROTOCOL.md §3).
+  return isLinkAuthenticated(vote) ? vote : state.signed(vote);
 }
 
 /**

@@ -106,8 +106,15 @@ export type StateRequest = {
   nonce: number;
 };
 
-/** A batch; with Q matching signed COMMITs it proves its own decision. */
-export type DecidedItem = { view: number; seq: number; batch: ClientRequest[]; commits: Commit[] };
+/** A decided batch as a peer reports it, with the Q matching COMMITs it decided on (link-authenticated: the report is the peer's word). */
+export type DecidedItem = {
+  view: number;
+  seq: number;
+  batch: ClientRequest[];
+  commits: Commit[];
+  /** The sender's own PREPARE and COMMIT for the seq, while it holds them (absent from older senders: empty). */
+  votes: Array<Prepare | Commit>;
+};
 
 /** A stable checkpoint and its Q signed CHECKPOINTs. */
 export type StableProof = { seq: number; digest: Uint8Array; proof: Checkpoint[] };
@@ -505,8 +512,12 @@ function validateDecidedItem(x: unknown): DecidedItem | null {
     REPLICAS_MAX,
     nested("COMMIT", (v) => validateVote("COMMIT", v)),
   );
-  if (view === null || seq === null || seq < 1 || batch === null || commits === null) return null;
-  return { view, seq, batch, commits };
+  const votes =
+    x.votes === undefined
+      ? []
+      : arrayOf(x.votes, 2, (v) => (isRecord(v) && (v.t === "PREPARE" || v.t === "COMMIT") ? validateVote(v.t, v) : null));
+  if (view === null || seq === null || seq < 1 || batch === null || commits === null || votes === null) return null;
+  return { view, seq, batch, commits, votes };
 }
 
 function validateStable(x: unknown): StableProof | null {

@@ -67,6 +67,11 @@ export interface Seams {
   voteMatches(entryDigest: Uint8Array, voteDigest: Uint8Array): boolean;
   /** Whether a NEW_VIEW's O must equal the one recomputed from its VIEW_CHANGEs. */
   recomputesNewView(): boolean;
+  /**
+   * How many distinct peers must report one decision (seq, digest) before this replica
+   * takes it in catch-up: f+1 in BFT mode (one of them is correct), 1 in crash mode.
+   */
+  decisionClaimsNeeded(): number;
 }
 
 /**
@@ -159,8 +164,14 @@ export class CoreState {
   /** The highest-view prepared certificate per seq, with its body. */
   readonly preparedCerts = new Map<number, { cert: PreparedCert; batch: ClientRequest[] }>();
   readonly decided = new Map<number, Decision>();
-  /** Decisions learnt from peers (with their certificates) for seqs not yet executed. */
+  /** Decisions learnt from peers (decisionClaimsNeeded of them agreeing) for seqs not yet executed. */
   readonly decidedPending = new Map<number, Decision>();
+  /**
+   * Decisions peers reported for seqs inside the window not yet taken: seq -> peer -> the
+   * digest it reported (its latest). Bounded by the window times n, 32 bytes each: no body
+   * is kept, the report that completes the count brings its own.
+   */
+  readonly decisionClaims = new Map<number, Map<ReplicaId, Uint8Array>>();
   /** Requests of freely proposed, unexecuted batches of this view: key -> seq. */
   readonly inFreeProposal = new Map<string, number>();
   /** Requests of NEW_VIEW batches of this view not yet executed: key -> count. */

@@ -242,9 +242,9 @@ function retransmitStalled(state: CoreState, resendProposals: boolean): void {
 /**
  * Asks peers for decided batches (or their stable checkpoint) when this replica is
  * behind: W peers are known to be past it; or it is stuck in a view change, where it
- * takes no part in agreement; or it has executed nothing for a long time, when one peer
- * at a time is asked, so that a replica that missed everything before a quiet spell
- * still catches up.
+ * takes no part in agreement; or it has executed nothing for a long time, when a few
+ * peers at a time are asked (as many as a decision needs reports from), so that a
+ * replica that missed everything before a quiet spell still catches up.
  */
 function catchUpProbe(state: CoreState): void {
   const cfg = state.cfg;
@@ -268,21 +268,30 @@ function catchUpProbe(state: CoreState): void {
   const ahead: ReplicaId[] = [];
   if (target > state.lastExecuted)
     for (const [peer, seq] of state.peerSeqs) if (seq > state.lastExecuted && peer !== cfg.id) ahead.push(peer);
+  // A decision is taken from decisionClaimsNeeded peers' reports (f+1 in BFT mode,
+  // checkpoints.ts), kept across probes. Those known to be past this replica are asked
+  // when there are enough of them to hold that many even with f silent; otherwise every
+  // peer is (an idle group's other members may never have said how far they are).
+  const claims = state.seams.decisionClaimsNeeded();
+  const pool = ahead.length >= claims + cfg.f ? ahead : otherReplicas(state);
   if (target > state.lastExecuted && fenced && !farBehind && !stalled) {
-    // One peer past it a tick, in turn: each answers with up to transferItemsMax decisions.
-    const peer = ahead[state.stateRequestNonce % ahead.length];
-    if (peer !== undefined) state.send(peer, req);
+    // A few peers a tick, in turn: each answers with up to transferItemsMax decisions.
+    for (let i = 0; i < Math.min(claims, pool.length); i++) {
+      state.send(pool[(state.stateRequestNonce + i) % pool.length] as ReplicaId, req);
+    }
     state.stateRequestNonce++;
     state.nextProbeAt = state.now + 1;
     return;
   }
   if (target > state.lastExecuted && (farBehind || stalled)) {
-    for (const peer of ahead) state.send(peer, req);
+    for (const peer of pool) state.send(peer, req);
   } else if (state.phase === "viewChange" && stalled) {
     state.send("all", req);
   } else if (stalledTicks >= IDLE_PROBE_INTERVALS * cfg.retransmitTicks) {
-    const peer = (cfg.id + 1 + (state.stateRequestNonce % (cfg.n - 1))) % cfg.n;
-    state.send(peer, req);
+    const others = otherReplicas(state);
+    for (let i = 0; i < Math.min(claims, others.length); i++) {
+      state.send(others[(state.stateRequestNonce + i) % others.length] as ReplicaId, req);
+    }
     state.stateRequestNonce++;
     state.nextProbeAt = state.now + IDLE_PROBE_INTERVALS * cfg.retransmitTicks;
     return;
@@ -291,4 +300,11 @@ function catchUpProbe(state: CoreState): void {
   }
   state.stateRequestNonce++;
   state.nextProbeAt = state.now + cfg.retransmitTicks;
+}
+
+/** Every replica but this one, from the next rank up. */
+function otherReplicas(state: CoreState): ReplicaId[] {
+  const out: ReplicaId[] = [];
+  for (let i = 1; i < state.cfg.n; i++) out.push((state.cfg.id + i) % state.cfg.n);
+  return out;
 }

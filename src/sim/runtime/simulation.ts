@@ -962,7 +962,9 @@ class RuntimeSimulation {
         const d = deliveries[i];
         if (d === undefined) continue;
         const r = this.replicas[d.to] as SimReplica;
-        this.call(r, "a peer message", () => r.driver?.onPeerMessage(d.from, d.bytes));
+        // Each replica keeps its one key: the link is opened with it.
+        const linkKey = (this.replicas[d.from] as SimReplica).key.publicKey;
+        this.call(r, "a peer message", () => r.driver?.onPeerMessage(d.from, d.bytes, linkKey));
       }
       this.issuePublishes();
       this.retries();
