@@ -74,7 +74,12 @@ const ATTACK_REGRESSIONS: Regression[] = [
   {
     mix: "all",
     seed: 1020,
-    what: "liveness: COMMITs unsigned, one correct replica had decided seqs the two others had prepared and not committed (their COMMITs lost); a decided batch needs f+1 reports, and the decided replica answered their resent votes only with the batch (it now sends its own votes back too)",
+    what: "liveness: COMMITs unsigned, one correct replica had decided seqs the two others had prepared and not committed (their COMMITs lost); a decided batch needs f+1 reports, and the decided replica answered their resent votes only with the batch (its reports now carry its own votes)",
+  },
+  {
+    mix: "all",
+    seed: 24978,
+    what: "liveness: two replicas restarted as the fenced leaders of views 0 and 1, the third changing to view 2, the fourth down: no backup of either view was left to suspect its leader (a fenced leader's own request timers now suspect it)",
   },
 ];
 

@@ -66,6 +66,7 @@ describe("peer messages fit one frame", () => {
       const lagging = 3 * f;
       const c = new ManualCluster({
         f,
+        clients: 5,
         params: {
           ...CLUSTER_PARAMETERS,
           requestBytesMax: cfg.requestBytesMax,
@@ -73,6 +74,8 @@ describe("peer messages fit one frame", () => {
           batchRequestsMax: cfg.batchRequestsMax,
           checkpointInterval: 64,
           logWindow: 128,
+          // As many decided batches per answer as the runtime sends.
+          transferItemsMax: cfg.transferItemsMax,
         },
       });
       let largest = 0;
@@ -94,6 +97,13 @@ describe("peer messages fit one frame", () => {
       // Many small ones too, so count bounds and byte bounds both come into play.
       for (let seq = 3; seq <= 40; seq++) c.submit(1, c.request(3, seq - 2, 1, "y".repeat(200)));
       c.runUntil(() => c.lastExecuted(0) === c.lastExecuted(1) && c.core(1).status().pending === 0, 400, measure(lagging));
+      // Medium ones, each decided alone, so that one catch-up answer holds many items close
+      // to its byte bound: each item's votes and fields count, not only its batch.
+      const medium = "z".repeat(Math.floor(cfg.batchBytesMax / 24));
+      for (let seq = 1; seq <= 30; seq++) {
+        c.submit(1, c.request(4, seq, 1, medium));
+        c.runUntil(() => c.core(1).status().pending === 0 && c.lastExecuted(0) === c.lastExecuted(1), 200, measure(lagging));
+      }
       const target = c.lastExecuted(0);
       expect(target).toBeGreaterThanOrEqual(4);
       // Replica 3 comes back and catches up from decided batches (STATE_RESPONSEs).

@@ -26,6 +26,8 @@ import { type CoreState, EMPTY_SIG, NO_DEADLINE } from "./state.ts";
 
 /** A replica answers at most one state request per peer per this many ticks. */
 const STATE_SERVE_INTERVAL_TICKS = 1;
+/** A decided item's own fields (view, seq, the keys, the array heads) at most, besides its batch and votes. */
+const DECIDED_ITEM_FIELDS_BYTES_MAX = 64;
 /** A peer's answer budget holds at most this many batches' bytes (a burst: two answers of the largest size). */
 const SERVE_BURST_BATCHES = 4;
 /** It refills by at least 1/this of a batch's bytes per tick, even when nothing is decided. */
@@ -336,7 +338,10 @@ export function onStateRequest(state: CoreState, from: ReplicaId, m: StateReques
   for (let s = first; s <= last; s++) {
     const item = m.kind === "decided" ? decidedItem(state, s) : bodyItem(state, s, m.digest);
     if (item === null) continue;
-    const size = item.batch.reduce((sum, r) => sum + requestBytes(r), 0) + item.commits.length * SIGNED_VOTE_BYTES_MAX;
+    const size =
+      item.batch.reduce((sum, r) => sum + requestBytes(r), 0) +
+      (item.commits.length + item.votes.length) * SIGNED_VOTE_BYTES_MAX +
+      DECIDED_ITEM_FIELDS_BYTES_MAX;
     if (items.length > 0 && bytes + size > state.cfg.batchBytesMax) break;
     items.push(item);
     bytes += size;
@@ -446,8 +451,10 @@ export function acceptStateResponse(state: CoreState, from: ReplicaId, m: StateR
  * brings the body, checked against the digest.
  */
 function acceptDecidedItem(state: CoreState, from: ReplicaId, item: DecidedItem): void {
-  // Only inside the window: a replica further behind catches up by state transfer.
-  if (item.seq <= state.lastExecuted || item.seq > state.highWater) return;
+  // Only inside the window, and within one window of what this replica executed (while a
+  // transfer moves it, h may be far ahead): a replica further behind catches up by state
+  // transfer, and the reports kept stay within L seqs times n peers.
+  if (item.seq <= state.lastExecuted || item.seq > state.highWater || item.seq > state.lastExecuted + state.cfg.logWindow) return;
   if (state.decidedPending.has(item.seq) || from === state.cfg.id || !isMember(state.certContext, from)) return;
   // The certificate names the digest; the body must match it (an empty body matches the
   // null digest of a NEW_VIEW gap).
@@ -460,7 +467,8 @@ function acceptDecidedItem(state: CoreState, from: ReplicaId, item: DecidedItem)
     claims = new Map();
     state.decisionClaims.set(item.seq, claims);
   }
-  claims.set(from, digest);
+  // A copy: the digest is a view into the received frame, which it would keep alive.
+  claims.set(from, digest.slice());
   let agreeing = 0;
   for (const d of claims.values()) if (bytesEqual(d, digest)) agreeing++;
   if (agreeing < state.seams.decisionClaimsNeeded()) return;

@@ -139,8 +139,8 @@ function restoreLog(state: CoreState, accepts: readonly PrePrepare[]): void {
     for (const t of kinds) state.signedVotes.set(`${t}:${e.view}:${e.seq}`, e.digest);
     if (state.isLeader()) state.signedVotes.set(`PRE_PREPARE:${e.view}:${e.seq}`, e.digest);
   }
-  // Own votes are regenerated on demand: ed25519 is deterministic, so a resent vote is
-  // byte-identical to the one sent before the crash.
+  // Own votes are regenerated on demand: ed25519 is deterministic, so a resent PREPARE is
+  // byte-identical to the one sent before the crash, and a COMMIT is not signed (PROTOCOL.md §3).
   for (const e of state.entries.values()) {
     if (e.digest === null || e.seq <= state.lastExecuted) continue;
     if (cfg.mode === "bft" && !state.isLeader()) {
@@ -148,7 +148,7 @@ function restoreLog(state: CoreState, accepts: readonly PrePrepare[]): void {
       e.prepares.set(state.seams.voteKey(cfg.id), own);
     }
     if (e.prepared) {
-      const own = state.signed<Commit>({ t: "COMMIT", view: e.view, seq: e.seq, digest: e.digest, replica: cfg.id, sig: EMPTY_SIG });
+      const own: Commit = { t: "COMMIT", view: e.view, seq: e.seq, digest: e.digest, replica: cfg.id, sig: EMPTY_SIG };
       e.commits.set(state.seams.voteKey(cfg.id), own);
     }
   }

@@ -35,9 +35,18 @@ export function startTick(state: CoreState): void {
   }
 }
 
-/** The leader in the normal case: start request timers, resend what stalled (its proposals too), ask for bodies. */
+/**
+ * The leader in the normal case: start request timers, resend what stalled (its proposals
+ * too), ask for bodies. Restarted as this view's leader it proposes nothing here (fenced,
+ * PROTOCOL.md §2), so the view has to change; its own request timers suspect it too,
+ * since the backups that would time out may have moved to other views meanwhile (the
+ * simulator found two restarted replicas each leading a view of its own and a third
+ * changing to a later one: no backup of either view was left to suspect its leader).
+ */
 export function tickLeader(state: CoreState): void {
   startHeadTimers(state);
+  if (voteFenced(state, state.view, state.nextProposalSeq)) watchLeader(state);
+  if (state.phase !== "normal") return;
   retransmitStalled(state, true);
   askForMissingBodies(state);
 }
