@@ -977,42 +977,39 @@ describe("catch-up inside the window (cases the integration tests found)", () =>
     expect(c.decided[3]?.find((d) => d.seq === 2)?.execute.length).toBe(1);
   });
 
-  test("a report carries its sender's own votes: a replica that lost the COMMITs completes its certificate with one report", () => {
+  /** Replica 3 takes part in seq 2 but gets none of its COMMITs: it prepared and cannot decide. */
+  function lostCommitsOfSeq2(): { c: ManualCluster; commitOf: (r: number) => Commit; reportWith: (votes: Commit[]) => DecidedItem } {
     const c = new ManualCluster({ params: { checkpointInterval: 16, logWindow: 32 } });
     decideOne(c, 0, 1);
     c.submit(0, c.request(0, 2));
     c.tick(1, [0]);
-    // Replica 3 takes part in seq 2 but gets no COMMIT of it.
     c.deliverAll((m) => m.to !== 3 || m.msg.t !== "COMMIT");
     expect(c.lastExecuted(3)).toBe(1);
     const commitOf = (r: number) => (sent(c, r, "COMMIT") as Commit[]).find((m) => m.seq === 2) as Commit;
     const pp = (sent(c, 0, "PRE_PREPARE") as PrePrepare[]).find((m) => m.seq === 2) as PrePrepare;
-    const commits = [0, 1, 2].map(commitOf);
+    const reportWith = (votes: Commit[]): DecidedItem => ({
+      view: 0,
+      seq: 2,
+      batch: pp.batch as ClientRequest[],
+      commits: [0, 1, 2].map(commitOf),
+      votes,
+    });
+    return { c, commitOf, reportWith };
+  }
+
+  test("a report carries its sender's own votes: a replica that lost the COMMITs completes its certificate with one report", () => {
+    const { c, commitOf, reportWith } = lostCommitsOfSeq2();
     // One report (not f+1), from replica 0 with its COMMIT, and replica 1's COMMIT on its own.
-    const item: DecidedItem = { view: 0, seq: 2, batch: pp.batch as ClientRequest[], commits, votes: [commitOf(0)] };
-    c.step(3, { kind: "message", from: 0, msg: report(item) });
+    c.step(3, { kind: "message", from: 0, msg: report(reportWith([commitOf(0)])) });
     expect(c.lastExecuted(3)).toBe(1);
     c.step(3, { kind: "message", from: 1, msg: commitOf(1) });
     expect(c.lastExecuted(3)).toBe(2);
   });
 
   test("a report's votes count only for their own sender", () => {
-    const c = new ManualCluster({ params: { checkpointInterval: 16, logWindow: 32 } });
-    decideOne(c, 0, 1);
-    c.submit(0, c.request(0, 2));
-    c.tick(1, [0]);
-    c.deliverAll((m) => m.to !== 3 || m.msg.t !== "COMMIT");
-    const commitOf = (r: number) => (sent(c, r, "COMMIT") as Commit[]).find((m) => m.seq === 2) as Commit;
-    const pp = (sent(c, 0, "PRE_PREPARE") as PrePrepare[]).find((m) => m.seq === 2) as PrePrepare;
+    const { c, commitOf, reportWith } = lostCommitsOfSeq2();
     // Replica 0 relays replica 1's and 2's COMMITs as if they were its own votes: neither counts.
-    const item: DecidedItem = {
-      view: 0,
-      seq: 2,
-      batch: pp.batch as ClientRequest[],
-      commits: [0, 1, 2].map(commitOf),
-      votes: [commitOf(1), commitOf(2)],
-    };
-    c.step(3, { kind: "message", from: 0, msg: report(item) });
+    c.step(3, { kind: "message", from: 0, msg: report(reportWith([commitOf(1), commitOf(2)])) });
     expect(c.lastExecuted(3)).toBe(1);
   });
 
