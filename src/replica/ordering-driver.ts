@@ -677,6 +677,10 @@ export class OrderingDriver {
     }
     // The epoch is checked first, for a clear reason: its signatures would not verify anyway
     // (the cluster id names the epoch).
+    if (envelope.epoch === this.epochView.epoch + 1 && this.nextEpochKeyDiffers(from, key)) {
+      this.otherKey(from, key, envelope.epoch);
+      return;
+    }
     if (envelope.epoch === this.epochView.epoch + 1 && this.mayHoldNextEpoch(from, bytes.length, key)) {
       // A peer switched first: its messages are for the core this replica is about to start.
       this.nextEpochHeld.push({ from, bytes, key });
@@ -694,12 +698,7 @@ export class OrderingDriver {
     }
     const epochKey = this.epochView.keyOfRank(rank);
     if (epochKey === null || !nativeBytesEqual(epochKey, key)) {
-      this.options.metrics.inc("peer_messages_rejected_total");
-      this.options.metrics.inc("peer_messages_other_key_total");
-      this.refusedByPeer(
-        from,
-        `an ordering message over a session opened with key ${toHex(key)}, not replica ${from}'s key in epoch ${this.epochView.epoch}`,
-      );
+      this.otherKey(from, key, this.epochView.epoch);
       return;
     }
     const msg = validatePeerMessage(envelope.message);
@@ -711,6 +710,24 @@ export class OrderingDriver {
     if (msg.t === "COMMIT" && msg.seq > (this.peerCommitSeq.get(from) ?? 0)) this.peerCommitSeq.set(from, msg.seq);
     else if (msg.t === "PRE_PREPARE") this.proposalSeen(msg.seq);
     this.step({ kind: "message", from: rank, msg: msg.t === "FORWARD" ? this.admissibleForwards(from, msg) : msg });
+  }
+
+  /** An ordering message over a session whose key is not `epoch`'s key for its sender: counted and logged (rate-limited). */
+  private otherKey(from: number, key: Uint8Array, epoch: number): void {
+    this.options.metrics.inc("peer_messages_rejected_total");
+    this.options.metrics.inc("peer_messages_other_key_total");
+    this.refusedByPeer(
+      from,
+      `an ordering message over a session opened with key ${toHex(key)}, not replica ${from}'s key in epoch ${epoch}`,
+    );
+  }
+
+  /** Whether the next group (a decided change) names `from` with another key than its session's. */
+  private nextEpochKeyDiffers(from: number, key: Uint8Array): boolean {
+    const next = this.options.machine.membership();
+    if (next === null || next.epoch !== this.epochView.epoch + 1) return false;
+    const member = next.members.find((m) => m.id === from);
+    return member !== undefined && !nativeBytesEqual(member.key, key);
   }
 
   /** A message (or forwarded requests) of `from` refused for `reason`: logged at most once per REFUSED_LOG_INTERVAL_MS per peer and reason, with the count since. */
@@ -737,7 +754,7 @@ export class OrderingDriver {
     if (this.switchAt === null || this.nextEpochHeld.length >= NEXT_EPOCH_HELD_MAX) return false;
     const next = this.options.machine.membership();
     // Only over a session of the next group's key for that replica: a rotated-away key
-    // cannot fill the hold in the rotated replica's name.
+    // cannot fill the hold in the rotated replica's name (onPeerMessage refused it already).
     const member = next?.members.find((m) => m.id === from);
     if (next === null || next.epoch !== this.epochView.epoch + 1 || member === undefined || !nativeBytesEqual(member.key, key))
       return false;

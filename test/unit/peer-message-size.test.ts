@@ -12,7 +12,9 @@ import { largestViewChangeF, parseClusterConfig } from "../../src/config/cluster
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
 import {
   INSTANCE_SEQ_MAX,
+  REQUEST_BODY_BYTES_MAX,
   REQUEST_FIELDS_BYTES,
+  REQUEST_SPAN_MAX,
   SIGNED_VOTE_BYTES_MAX,
   TIMESTAMP_MS_MAX,
   VIEW_MAX,
@@ -20,7 +22,7 @@ import {
 import { REPLICAS_MAX } from "../../wire/types.ts";
 import { FramedConn } from "../../src/replica/framed.ts";
 import { coreConfigFor, peerEnvelopeBytes } from "../../src/replica/ordering-driver.ts";
-import { REQUEST_BYTES_MAX } from "../../src/core/channels/constants.ts";
+import { REQUEST_BYTES_MAX, TAG_BYTES_MAX } from "../../src/core/channels/constants.ts";
 import { PEER_FRAME_OVERHEAD_BYTES } from "../../src/replica/peers.ts";
 import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
 import { REQUEST_HEADER_BYTES } from "../../src/sim/crypto.ts";
@@ -163,5 +165,21 @@ describe("SIGNED_VOTE_BYTES_MAX", () => {
     const sizes = votes.map((vote) => encodeCanonical(vote as unknown as Canonical).length);
     for (const size of sizes) expect(size).toBeLessThanOrEqual(SIGNED_VOTE_BYTES_MAX);
     expect(Math.max(...sizes)).toBe(SIGNED_VOTE_BYTES_MAX);
+  });
+});
+
+describe("REQUEST_FIELDS_BYTES", () => {
+  test("holds what a request's own fields take in a message: seq and span at their bounds, the longest client name, the largest body", () => {
+    const client = `${"ab".repeat(32)}:!${"t".repeat(TAG_BYTES_MAX)}`;
+    const body = new Uint8Array(REQUEST_BODY_BYTES_MAX);
+    const sig = new Uint8Array(64);
+    const largest = { client, seq: INSTANCE_SEQ_MAX, span: REQUEST_SPAN_MAX, body, sig };
+    const smallest = { client: `${"ab".repeat(32)}:t`, seq: 1, span: 1, body: new Uint8Array(0), sig };
+    for (const r of [largest, smallest]) {
+      const fields = encodeCanonical(r as unknown as Canonical).length - r.body.length - r.sig.length - r.client.length;
+      expect(fields).toBeLessThanOrEqual(REQUEST_FIELDS_BYTES);
+    }
+    const fields = encodeCanonical(largest as unknown as Canonical).length - body.length - sig.length - client.length;
+    expect(fields).toBe(REQUEST_FIELDS_BYTES);
   });
 });

@@ -653,8 +653,13 @@ export function validatePeerMessage(x: unknown): PeerMessage | null {
   }
 }
 
-/** What a request's seq, span and encoding add to its body, signature and client name in a message. */
-export const REQUEST_FIELDS_BYTES = 32;
+/**
+ * What a request's seq, span and encoding add to its body, signature and client name in a
+ * message, at most: the map head and its five keys (26 bytes), seq and span at their
+ * bounds, and the heads of the body, the client name and the signature
+ * (test/unit/peer-message-size.test.ts checks it against the encoder).
+ */
+export const REQUEST_FIELDS_BYTES = 49;
 
 /**
  * Bytes a request occupies in a message (body, signature, client name and fields), for the

@@ -45,7 +45,10 @@ export function startTick(state: CoreState): void {
  */
 export function tickLeader(state: CoreState): void {
   startHeadTimers(state);
-  if (voteFenced(state, state.view, state.nextProposalSeq)) watchLeader(state);
+  if (voteFenced(state, state.view, state.nextProposalSeq)) {
+    watchLeader(state);
+    resendSuspicion(state);
+  }
   if (state.phase !== "normal") return;
   retransmitStalled(state, true);
   askForMissingBodies(state);
