@@ -2,7 +2,7 @@
 // refuses, every message survives canonical CBOR, and a signature covers domain, cluster
 // and every signed field.
 import { describe, expect, test } from "bun:test";
-import { decodeCanonical, encodeCanonical } from "../../wire/canonical.ts";
+import { type Canonical, decodeCanonical, encodeCanonical } from "../../wire/canonical.ts";
 import {
   type Checkpoint,
   type ClientRequest,
@@ -67,6 +67,17 @@ describe("validatePeerMessage", () => {
     for (const m of SAMPLES) {
       const back = decodeCanonical(encodeCanonical(m));
       expect(validatePeerMessage(back)).toEqual(m);
+    }
+  });
+
+  test("a vote or checkpoint decoded from a padded message keeps its own bytes, not the message's", () => {
+    const padding = new Uint8Array(1024 * 1024);
+    for (const m of [prepare, { ...prepare, t: "COMMIT" }, checkpoint]) {
+      const back = decodeCanonical(encodeCanonical({ ...m, padding } as unknown as Canonical));
+      const v = validatePeerMessage(back) as Prepare | Checkpoint;
+      expect(v).toEqual(m as Prepare | Checkpoint);
+      expect(v.digest.buffer.byteLength).toBe(32);
+      expect(v.sig.buffer.byteLength).toBe(64);
     }
   });
 

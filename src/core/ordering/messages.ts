@@ -352,6 +352,16 @@ function bytesOf(x: unknown, len: number): Uint8Array | null {
   return x instanceof Uint8Array && x.length === len ? x : null;
 }
 
+/**
+ * `bytesOf`, copied out of the received message: for the fields of what a replica keeps
+ * per signer for a window (votes, checkpoints), so that 96 bytes kept do not hold a whole
+ * frame in memory (a faulty peer could pad each vote to a frame's size).
+ */
+function ownBytesOf(x: unknown, len: number): Uint8Array | null {
+  const bytes = bytesOf(x, len);
+  return bytes === null ? null : bytes.slice();
+}
+
 function arrayOf<T>(x: unknown, max: number, item: (v: unknown) => T | null): T[] | null {
   if (!Array.isArray(x) || x.length > max) return null;
   const out: T[] = [];
@@ -400,18 +410,18 @@ function validatePrePrepare(x: Rec): PrePrepare | null {
 function validateVote<K extends "PREPARE" | "COMMIT">(t: K, x: Rec): ({ t: K } & Omit<Prepare, "t">) | null {
   const view = nat(x.view, VIEW_MAX);
   const seq = nat(x.seq, INSTANCE_SEQ_MAX);
-  const digest = bytesOf(x.digest, DIGEST_BYTES);
+  const digest = ownBytesOf(x.digest, DIGEST_BYTES);
   const replica = nat(x.replica, REPLICAS_MAX - 1);
-  const sig = bytesOf(x.sig, SIGNATURE_BYTES);
+  const sig = ownBytesOf(x.sig, SIGNATURE_BYTES);
   if (view === null || seq === null || seq < 1 || digest === null || replica === null || sig === null) return null;
   return { t, view, seq, digest, replica, sig };
 }
 
 function validateCheckpoint(x: Rec): Checkpoint | null {
   const seq = nat(x.seq, INSTANCE_SEQ_MAX);
-  const digest = bytesOf(x.digest, DIGEST_BYTES);
+  const digest = ownBytesOf(x.digest, DIGEST_BYTES);
   const replica = nat(x.replica, REPLICAS_MAX - 1);
-  const sig = bytesOf(x.sig, SIGNATURE_BYTES);
+  const sig = ownBytesOf(x.sig, SIGNATURE_BYTES);
   if (seq === null || seq < 1 || digest === null || replica === null || sig === null) return null;
   return { t: "CHECKPOINT", seq, digest, replica, sig };
 }
