@@ -681,7 +681,7 @@ export class OrderingDriver {
       this.otherKey(from, key, envelope.epoch);
       return;
     }
-    if (envelope.epoch === this.epochView.epoch + 1 && this.mayHoldNextEpoch(from, bytes.length, key)) {
+    if (envelope.epoch === this.epochView.epoch + 1 && this.mayHoldNextEpoch(from, bytes.length)) {
       // A peer switched first: its messages are for the core this replica is about to start.
       this.nextEpochHeld.push({ from, bytes, key });
       this.nextEpochHeldBytes.set(from, (this.nextEpochHeldBytes.get(from) ?? 0) + bytes.length);
@@ -745,19 +745,15 @@ export class OrderingDriver {
 
   /**
    * Whether a next-epoch message of `bytes` from `from` may wait here: only while this
-   * replica's own switch is decided and pending, only from a member of the next group over
-   * a session opened with that member's next-epoch key, and
+   * replica's own switch is decided and pending, only from a member of the next group (over
+   * a session of its next-epoch key: onPeerMessage refused any other first), and
    * within a count and a per-peer byte bound (a Byzantine member cannot fill memory with
    * messages for an epoch that is not coming).
    */
-  private mayHoldNextEpoch(from: number, bytes: number, key: Uint8Array): boolean {
+  private mayHoldNextEpoch(from: number, bytes: number): boolean {
     if (this.switchAt === null || this.nextEpochHeld.length >= NEXT_EPOCH_HELD_MAX) return false;
     const next = this.options.machine.membership();
-    // Only over a session of the next group's key for that replica: a rotated-away key
-    // cannot fill the hold in the rotated replica's name (onPeerMessage refused it already).
-    const member = next?.members.find((m) => m.id === from);
-    if (next === null || next.epoch !== this.epochView.epoch + 1 || member === undefined || !nativeBytesEqual(member.key, key))
-      return false;
+    if (next === null || next.epoch !== this.epochView.epoch + 1 || !next.members.some((member) => member.id === from)) return false;
     return (this.nextEpochHeldBytes.get(from) ?? 0) + bytes <= NEXT_EPOCH_HELD_BYTES_PER_PEER_MAX;
   }
 
