@@ -81,6 +81,11 @@ const ATTACK_REGRESSIONS: Regression[] = [
     seed: 24978,
     what: "liveness: two replicas restarted as the fenced leaders of views 0 and 1, the third changing to view 2, the fourth down: no backup of either view was left to suspect its leader (a fenced leader's own request timers now suspect it)",
   },
+  ...[20431, 25177, 32194, 33492].map((seed) => ({
+    mix: "all" as const,
+    seed,
+    what: "checkpoint divergence in crash mode: a replica restarted from its records counted the barrier markers of its replayed decisions as a client's executed requests, so its client table (and its CHECKPOINT digest) differed from the others'",
+  })),
 ];
 
 describe("seeds that once failed, with the attack behaviours", () => {

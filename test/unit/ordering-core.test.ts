@@ -1240,6 +1240,24 @@ describe("external barrier (core/ordering/PROTOCOL.md §12)", () => {
     expect(c.submit(0, named).effects).toContainEqual({ kind: "refused", client: BARRIER_CLIENT, seq: 1, reason: "invalid" });
   });
 
+  test("a restart replays decided batches without counting their barrier markers as a client's requests", () => {
+    const c = new ManualCluster({ mode: "cft", params: barrierParams });
+    // External order at 0: each marker reads as seq 1 of the client BARRIER_CLIENT, the
+    // one seq that would continue that client's empty chain.
+    reach(c, [0, 1, 2, 3], 0);
+    decideOne(c, 0, 1);
+    decideOne(c, 1, 1);
+    expect(c.lastExecuted(2)).toBe(2);
+    const clients = c.core(2).exportClients();
+    expect(clients.map(([client]) => client)).not.toContain(BARRIER_CLIENT);
+    c.crash(2);
+    c.restart(2, false);
+    expect(c.lastExecuted(2)).toBe(2);
+    // The client table is part of the CHECKPOINT digest: a marker in it made the
+    // restarted replica's digest differ from every other's (simulator seed 20431).
+    expect(c.core(2).exportClients()).toEqual(clients);
+  });
+
   test("without externalBarrier, batches carry none and external inputs change nothing", () => {
     const c = new ManualCluster({ mode: "cft" });
     reach(c, [1, 2, 3], 0);

@@ -89,6 +89,22 @@ export class ClientTable {
     return req.seq === this.lastExecuted(req.client) + 1;
   }
 
+  /**
+   * Records a decided batch's execution and returns the requests that ran: each client's
+   * next request, in batch order; a barrier marker (§12) is never a client's request. The
+   * one rule for live execution and for a restart's replay of decided records, so both
+   * rebuild the same table.
+   */
+  executeBatch(batch: readonly ClientRequest[]): ClientRequest[] {
+    const executed: ClientRequest[] = [];
+    for (const r of batch) {
+      if (isBarrier(r) || !this.isNext(r)) continue;
+      this.recordExecuted(r);
+      executed.push(r);
+    }
+    return executed;
+  }
+
   get size(): number {
     return this.last.size;
   }

@@ -618,16 +618,9 @@ export class OrderingCore {
 
   private execute(s: number, d: Decision, e: Entry | undefined): void {
     const state = this.state;
-    const execute: ClientRequest[] = [];
-    for (const r of d.batch) {
-      if (isBarrier(r)) continue;
-      // Dedupe is deterministic: only the next request of each client runs; anything
-      // else is skipped with no effect and stays pending to be proposed again.
-      if (state.clientTable.isNext(r)) {
-        state.clientTable.recordExecuted(r);
-        execute.push(r);
-      }
-    }
+    // Dedupe is deterministic: only the next request of each client runs; anything
+    // else is skipped with no effect and stays pending to be proposed again.
+    const execute = state.clientTable.executeBatch(d.batch);
     state.lastExecuted = s;
     state.lastExecutedAt = state.now;
     state.decided.set(s, d);

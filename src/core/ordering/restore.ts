@@ -92,7 +92,7 @@ export function restore(state: CoreState, records: readonly PersistedRecord[]): 
 function restoreDecided(state: CoreState, r: Extract<PersistedRecord, { t: "decided" }>): void {
   if (r.seq <= state.lastExecuted) return;
   assert(r.seq === state.lastExecuted + 1, `restored decision ${r.seq} after ${state.lastExecuted}`);
-  for (const req of r.batch) if (state.clientTable.isNext(req)) state.clientTable.recordExecuted(req);
+  state.clientTable.executeBatch(r.batch);
   state.lastExecuted = r.seq;
   state.decided.set(r.seq, { view: r.view, digest: r.digest, batch: r.batch, commits: r.commits });
 }
