@@ -57,11 +57,7 @@ class Writer {
   decide(batch: ClientRequest[]): void {
     const seq = ++this.seq;
     this.storage.persist({ t: "decided", seq, view: 0, digest: batchDigest(batch), batch, commits: [] });
-    const run = batch.filter((req) => {
-      if (!this.clients.isNext(req)) return false;
-      this.clients.recordExecuted(req);
-      return true;
-    });
+    const run = this.clients.executeBatch(batch);
     execute(this.machine, run);
     if (seq % K === 0) {
       const clients = this.clients.export();

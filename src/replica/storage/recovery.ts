@@ -8,7 +8,7 @@
  *    that fails is reported and dropped, and the next older one is tried; with none the
  *    machine starts empty.
  * 2. Decided log: the rows base+1, base+2, ... up to the first gap are replayed into the
- *    machine, with the same per-client deduplication the core applies (ClientTable), so
+ *    machine, with the per-client deduplication the core applies (ClientTable.executeBatch), so
  *    the machine ends exactly where the core will. Rows past a gap cannot be replayed and
  *    are deleted; the core fetches them again from its peers.
  * 3. Unordered channels: this replica's stored requests are accepted again in arrival
@@ -238,13 +238,8 @@ function replayDecided(
       // since. Stopping is safe; the next start cuts the log there.
       throw new RecoveryError(`decided row ${expected} cannot be replayed`);
     }
-    const execute: ClientRequest[] = [];
-    for (const req of record.batch) {
-      if (!clients.isNext(req)) continue;
-      clients.recordExecuted(req);
-      execute.push(req);
-    }
-    options.execute(execute, record.seq);
+    // The core's own rule (ClientTable.executeBatch), so the machine ends where the core will.
+    options.execute(clients.executeBatch(record.batch), record.seq);
     options.afterSeq?.(record.seq, clients, stableSeq);
     if (record.seq > keepAbove) records.push(record);
     options.storage.sinceBase.rows++;
