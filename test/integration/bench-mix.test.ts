@@ -79,6 +79,18 @@ test("bench --rate R1,R2 sweeps the rates and prints one row per rate", async ()
   ]);
 }, 180_000);
 
+test("bench --subscribers S1,S2 sweeps the subscriber counts, each with subscribers of its own, at one rate", async () => {
+  const run = await bench(["--events", "200", "--rate", "400", "--subscribers", "1,3"]);
+  expect(run.code, run.stderr).toBe(0);
+  const rows = JSON.parse(run.stdout) as { subscribers: number; delivered: number; cpu_us_per_published_event: (number | null)[] }[];
+  expect(rows.map((row) => [row.subscribers, row.delivered])).toEqual([
+    [1, 200],
+    [3, 600],
+  ]);
+  for (const row of rows) expect(row.cpu_us_per_published_event.every((cpu) => cpu !== null && cpu > 0)).toBe(true);
+  expect(run.stderr).toContain("fitb bench: sweep: 3 subscribers");
+}, 180_000);
+
 test("bench --mix refuses the measured channel as the saturated one", async () => {
   const run = await cluster.fitb([
     "bench",

@@ -2,16 +2,20 @@ import { describe, expect, test } from "bun:test";
 import { parseArgs } from "../../src/cli/args.ts";
 import {
   BENCH_HEADER_BYTES,
+  BENCH_SUBSCRIBERS_MAX,
   benchCommand,
   benchEvent,
   benchSentAt,
   dueAtMs,
   floodPlanOf,
   LatencyHistogram,
+  meanOf,
   pacedRunSeconds,
   readBenchPlan,
   resultJson,
   runIndex,
+  type SubscriberSweepRow,
+  subscriberSweepTable,
 } from "../../src/cli/commands/bench.ts";
 
 const runA = new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]);
@@ -154,5 +158,48 @@ describe("bench --mix", () => {
         crashNoneTargets,
       });
     }
+  });
+});
+
+describe("bench --subscribers S1,S2,... (a sweep of subscriber counts)", () => {
+  const planOf = (argv: string[]) => readBenchPlan(parseArgs(argv, { flags: benchCommand.flags, positionals: benchCommand.positionals }));
+
+  test("a list sweeps the counts in its order; one count is no sweep", () => {
+    const sweep = planOf(["--channel", "sec.alerts", "--rate", "2000", "--subscribers", "1,10,100"]);
+    expect([sweep.subscribers, ...sweep.subscriberSweep]).toEqual([1, 10, 100]);
+    expect(sweep.subscriberConnections).toBe(1);
+    const one = planOf(["--channel", "sec.alerts", "--subscribers", "40"]);
+    expect([one.subscribers, one.subscriberSweep, one.subscriberConnections]).toEqual([40, [], 32]);
+    // In a sweep --subscriber-connections is a ceiling each step takes at most one each of.
+    expect(planOf(["--channel", "sec.alerts", "--subscribers", "1,100", "--subscriber-connections", "8"]).subscriberConnections).toBe(8);
+  });
+
+  test("a count out of range, a count twice, or a sweep with --mix or a sweep of rates is refused", () => {
+    const refused: [string[], string][] = [
+      [["--subscribers", "0"], `--subscribers: expected a whole number from 1 to ${BENCH_SUBSCRIBERS_MAX}`],
+      [["--subscribers", "1,129"], 'got "129"'],
+      [["--subscribers", "1,x"], 'got "x"'],
+      [["--subscribers", "10,10"], "--subscribers: a count appears twice in the sweep"],
+      [["--subscribers", "1,2", "--mix", "bulk.metrics"], "--subscribers: a sweep of subscriber counts does not combine with --mix"],
+      [["--subscribers", "1,2", "--rate", "100,200"], "--subscribers: sweep subscribers or rates, not both at once"],
+    ];
+    for (const [argv, message] of refused) expect(() => planOf(["--channel", "sec.alerts", ...argv])).toThrow(message);
+  });
+
+  test("the table puts each count's replica CPU per published event beside the first count's", () => {
+    const plan = planOf(["--channel", "sec.alerts", "--rate", "2000", "--subscribers", "1,100"]);
+    const row = (subscribers: number, delivered: number, cpu: (number | null)[]): SubscriberSweepRow =>
+      ({
+        subscribers,
+        delivered_per_s: delivered,
+        p50_ms: 5,
+        p99_ms: 14,
+        cpu_us_per_published_event: cpu,
+      }) as unknown as SubscriberSweepRow;
+    const lines = subscriberSweepTable(plan, [row(1, 2000, [180, 190, null, 190]), row(100, 200_000, [110, 112, 111, null])]);
+    expect(lines[0]).toContain("2000 events/s offered");
+    expect(lines[2]?.trim().split(/ +/)).toEqual(["1", "2000", "2000", "5", "14", "186.7", "1.00"]);
+    expect(lines[3]?.trim().split(/ +/)).toEqual(["100", "2000", "200000", "5", "14", "111.0", "0.59"]);
+    expect(meanOf([null, null])).toBeNull();
   });
 });

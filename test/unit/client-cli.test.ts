@@ -97,7 +97,7 @@ const USAGE_CASES: Record<string, readonly (readonly [readonly string[], string]
     [[...NO_FILES, "--channel", "b.x", "--publishers", "0"], "--publishers: expected an integer"],
     [[...NO_FILES, "--channel", "b.x", "--publishers", "65"], "--publishers: expected an integer"],
     [[...NO_FILES, "--channel", "b.x", "--events", "3", "--publishers", "4"], "at most one publisher per event"],
-    [[...NO_FILES, "--channel", "b.x", "--subscribers", "0"], "--subscribers: expected an integer"],
+    [[...NO_FILES, "--channel", "b.x", "--subscribers", "0"], "--subscribers: expected a whole number from 1 to 128"],
     [[...NO_FILES, "--channel", "b.x", "--rate", "0"], "--rate: expected a number from 0.01"],
     [[...NO_FILES, "--channel", "b.x", "--rate", "0.005"], "--rate: expected a number from 0.01 to 10000000 with at most two decimals"],
     [[...NO_FILES, "--channel", "b.x", "--rate", "1.5e3"], 'got "1.5e3"'],

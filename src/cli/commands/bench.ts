@@ -101,6 +101,12 @@ export const benchCommand: Command = {
     "",
     "--rate R1,R2,... sweeps: the same run at each rate in turn, then one table (or a JSON",
     "array) of delivered events/s and p50/p99/max latency against the offered load.",
+    "--subscribers S1,S2,... sweeps the number of subscribers the same way (each step with",
+    "subscribers of its own, at the same --rate) and prints what each count costs: published",
+    "and delivered events/s, p50/p99, and the replicas' CPU per published event (the mean",
+    "over the replicas) against the first count's. Give a --rate the slowest step keeps up",
+    "with: saturated, a step with more subscribers publishes less, and the replicas' fixed",
+    "costs per second are then spread over fewer events.",
     "",
     "--warmup W publishes W events first, delivered to the same subscribers, and starts",
     "measuring (latency, events/s, CPU) only once all W were delivered: the replicas'",
@@ -141,7 +147,13 @@ export const benchCommand: Command = {
       defaultValue: "0",
       description: "Events published and delivered before the measured run starts (not counted)",
     },
-    { name: "subscribers", kind: "string", valueName: "S", defaultValue: "1", description: "Subscribing clients" },
+    {
+      name: "subscribers",
+      kind: "string",
+      valueName: "S[,S...]",
+      defaultValue: "1",
+      description: `Subscribing clients, 1 to ${BENCH_SUBSCRIBERS_MAX}; a list sweeps the counts and prints what each costs the replicas`,
+    },
     {
       name: "subscriber-connections",
       kind: "string",
@@ -188,7 +200,9 @@ export interface BenchPlan {
   readonly size: number;
   readonly publishers: number;
   readonly subscribers: number;
-  /** Client connections the subscribers share, round robin. */
+  /** More subscriber counts to run after `subscribers` (a sweep: `--subscribers 1,10,100`). */
+  readonly subscriberSweep: readonly number[];
+  /** Client connections the subscribers share, round robin (in a sweep: at most this many, at most one each). */
   readonly subscriberConnections: number;
   /** Which replicas serve the subscriptions on a total-order channel (--sources). */
   readonly sources: SubscriptionSources;
@@ -213,12 +227,13 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
   const publishers = args.requiredInteger("publishers", 1, BENCH_PUBLISHERS_MAX);
   if (publishers > events)
     throw new UsageError(`--publishers: ${publishers} publishers for ${events} events; at most one publisher per event`);
-  const subscribers = args.requiredInteger("subscribers", 1, BENCH_SUBSCRIBERS_MAX);
+  const counts = parseSubscriberCounts(args.requiredString("subscribers"));
+  const subscribers = counts[0] as number;
   const subscriberConnections =
     args.string("subscriber-connections") === undefined
       ? Math.min(subscribers, BENCH_SUBSCRIBER_CLIENTS_MAX)
       : args.requiredInteger("subscriber-connections", 1, BENCH_SUBSCRIBER_CLIENTS_MAX);
-  if (subscriberConnections > subscribers) {
+  if (counts.length === 1 && subscriberConnections > subscribers) {
     throw new UsageError(`--subscriber-connections: ${subscriberConnections} connections for ${subscribers} subscribers; at most one each`);
   }
   const mixTag = args.string("mix");
@@ -229,10 +244,14 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
   if (mix !== null && mix.tag === tag) throw new UsageError("--mix: the saturated channel must differ from --channel");
   const rates = parseRates(args.string("rate"));
   if (rates.length > 1 && mix !== null) throw new UsageError("--rate: a sweep of rates does not combine with --mix");
+  if (counts.length > 1 && mix !== null) throw new UsageError("--subscribers: a sweep of subscriber counts does not combine with --mix");
+  if (counts.length > 1 && rates.length > 1) throw new UsageError("--subscribers: sweep subscribers or rates, not both at once");
   const rate = rates[0] ?? (mix === null ? null : DEFAULT_MIX_RATE);
   const warmup = args.requiredInteger("warmup", 0, BENCH_EVENTS_MAX);
   const paced = rate === null ? [] : rates.length > 0 ? rates : [rate];
-  const pacedSeconds = pacedRunSeconds(events, warmup, paced, mix !== null);
+  // A sweep of subscriber counts runs each count at the one rate.
+  const steps = paced.length === 1 && counts.length > 1 ? counts.map(() => paced[0] as number) : paced;
+  const pacedSeconds = pacedRunSeconds(events, warmup, steps, mix !== null);
   // A rate under 1 is for alerts seconds apart: a day-long run is then a mistyped --events.
   if (paced.some((r) => r < 1) && pacedSeconds > BENCH_SLOW_RUN_SECONDS_MAX) {
     throw new UsageError(
@@ -245,6 +264,7 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
     size,
     publishers,
     subscribers,
+    subscriberSweep: counts.slice(1),
     subscriberConnections,
     sources: readSources(args),
     rate,
@@ -267,6 +287,23 @@ export function pacedRunSeconds(events: number, warmup: number, rates: readonly 
   if (first === undefined) return 0;
   const run = rates.reduce((sum, rate) => sum + events / rate, 0);
   return warmup / first + (mix ? 2 * run : run);
+}
+
+/** `--subscribers S` or `--subscribers S1,S2,...` (a sweep), each from 1 to BENCH_SUBSCRIBERS_MAX, each once. */
+function parseSubscriberCounts(text: string): number[] {
+  const parts = text.split(",").map((part) => part.trim());
+  if (parts.length > BENCH_SWEEP_RATES_MAX) throw new UsageError(`--subscribers: at most ${BENCH_SWEEP_RATES_MAX} counts in a sweep`);
+  const counts = parts.map((part) => {
+    const count = /^[0-9]+$/.test(part) ? Number(part) : Number.NaN;
+    if (!Number.isSafeInteger(count) || count < 1 || count > BENCH_SUBSCRIBERS_MAX) {
+      throw new UsageError(
+        `--subscribers: expected a whole number from 1 to ${BENCH_SUBSCRIBERS_MAX} (or a comma-separated list), got ${JSON.stringify(part)}`,
+      );
+    }
+    return count;
+  });
+  if (new Set(counts).size !== counts.length) throw new UsageError("--subscribers: a count appears twice in the sweep");
+  return counts;
 }
 
 /** A duration for a person: seconds, minutes or hours. */
@@ -314,6 +351,7 @@ async function runBench(args: ParsedArgs, io: CommandIo): Promise<number> {
     let mix: MixFigures | null = null;
     let result: BenchResult;
     if (plan.sweep.length > 0) return await withClientErrors(() => runSweep(plan, flags, setup, clients, io));
+    if (plan.subscriberSweep.length > 0) return await withClientErrors(() => runSubscriberSweep(plan, flags, setup, clients, io));
     if (flood === null) result = await withClientErrors(() => runPlan(plan, flags, setup, clients, io));
     else {
       const measured = await withClientErrors(() => runMix(plan, flags, setup, clients, io, flood));
@@ -499,6 +537,72 @@ async function runSweep(plan: BenchPlan, flags: ClientFlags, setup: ClientSetup,
     }
   }
   return status;
+}
+
+/**
+ * `--subscribers S1,S2,...`: the same run with each count of subscribers in turn (fresh
+ * subscribers per step), then one table (or a JSON array) of what each count costs the
+ * replicas per published event, against the first count's.
+ */
+async function runSubscriberSweep(
+  plan: BenchPlan,
+  flags: ClientFlags,
+  setup: ClientSetup,
+  clients: FitbClient[],
+  io: CommandIo,
+): Promise<number> {
+  const rows: SubscriberSweepRow[] = [];
+  let status = EXIT_OK;
+  for (const [index, subscribers] of [plan.subscribers, ...plan.subscriberSweep].entries()) {
+    const step: BenchPlan = {
+      ...plan,
+      subscribers,
+      subscriberSweep: [],
+      subscriberConnections: Math.min(plan.subscriberConnections, subscribers),
+      warmup: index === 0 ? plan.warmup : 0,
+    };
+    io.err(`fitb bench: sweep: ${plural(subscribers, "subscriber")}`);
+    const result = await runPlan(step, flags, setup, clients, io);
+    for (const client of clients.splice(0)) client.close();
+    rows.push({ subscribers, ...resultJson(step, result) });
+    if (reportProblems(step, result, io, null) !== EXIT_OK) status = EXIT_FAILURE;
+  }
+  if (plan.json) io.out(JSON.stringify(rows));
+  else for (const line of subscriberSweepTable(plan, rows)) io.out(line);
+  return status;
+}
+
+export type SubscriberSweepRow = { readonly subscribers: number } & ReturnType<typeof resultJson>;
+
+/** The table a subscriber sweep prints: one line per count, its replicas' CPU against the first count's. */
+export function subscriberSweepTable(plan: BenchPlan, rows: readonly SubscriberSweepRow[]): string[] {
+  const offered = plan.rate === null ? "as fast as acks allow" : `${plan.rate} events/s offered`;
+  const lines = [
+    `channel ${plan.tag}: ${plan.events} events of ${plan.size} bytes per step, ${plural(plan.publishers, "publisher")}, ${offered}`,
+    "subscribers  published ev/s  delivered ev/s   p50 ms   p99 ms  replica CPU µs per published event  vs the first",
+  ];
+  const first = meanOf(rows[0]?.cpu_us_per_published_event);
+  for (const row of rows) {
+    const delivered = row.delivered_per_s as number;
+    const cpu = meanOf(row.cpu_us_per_published_event);
+    const ratio = cpu === null || first === null || first === 0 ? "-" : (cpu / first).toFixed(2);
+    lines.push(
+      `${String(row.subscribers).padStart(11)}  ${String(Math.round(delivered / row.subscribers)).padStart(14)}  ${String(delivered).padStart(14)}  ${String(row.p50_ms).padStart(7)}  ${String(row.p99_ms).padStart(7)}  ${(cpu === null ? "-" : cpu.toFixed(1)).padStart(34)}  ${ratio.padStart(12)}`,
+    );
+  }
+  return lines;
+}
+
+/** "1 subscriber", "3 subscribers". */
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}
+
+/** The mean of the replicas' figures that were reported, or null when none was. */
+export function meanOf(values: number | null | (number | null)[] | undefined): number | null {
+  if (!Array.isArray(values)) return null;
+  const known = values.filter((value): value is number => value !== null);
+  return known.length === 0 ? null : known.reduce((sum, value) => sum + value, 0) / known.length;
 }
 
 // ---------------------------------------------------------------------------------------
