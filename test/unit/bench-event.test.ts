@@ -11,6 +11,7 @@ import {
   LatencyHistogram,
   meanOf,
   pacedRunSeconds,
+  pacedSteps,
   readBenchPlan,
   resultJson,
   runIndex,
@@ -167,11 +168,23 @@ describe("bench --subscribers S1,S2,... (a sweep of subscriber counts)", () => {
   test("a list sweeps the counts in its order; one count is no sweep", () => {
     const sweep = planOf(["--channel", "sec.alerts", "--rate", "2000", "--subscribers", "1,10,100"]);
     expect([sweep.subscribers, ...sweep.subscriberSweep]).toEqual([1, 10, 100]);
-    expect(sweep.subscriberConnections).toBe(1);
+    // A ceiling each step takes at most one connection per subscriber of: by default one
+    // each up to 32, whatever the order of the counts.
+    expect(sweep.subscriberConnections).toBe(32);
+    expect(planOf(["--channel", "sec.alerts", "--subscribers", "100,10,1"]).subscriberConnections).toBe(32);
+    expect(planOf(["--channel", "sec.alerts", "--subscribers", "1,5"]).subscriberConnections).toBe(5);
     const one = planOf(["--channel", "sec.alerts", "--subscribers", "40"]);
     expect([one.subscribers, one.subscriberSweep, one.subscriberConnections]).toEqual([40, [], 32]);
-    // In a sweep --subscriber-connections is a ceiling each step takes at most one each of.
     expect(planOf(["--channel", "sec.alerts", "--subscribers", "1,100", "--subscriber-connections", "8"]).subscriberConnections).toBe(8);
+  });
+
+  test("a run over several subscriber counts is estimated as that many steps at the rate", () => {
+    expect(pacedSteps([2000], 3)).toEqual([2000, 2000, 2000]);
+    expect(pacedSteps([2000, 4000], 1)).toEqual([2000, 4000]);
+    expect(pacedSteps([], 3)).toEqual([]);
+    // 300 events at 0.01 ev/s take 8 hours at one count, 25 hours over three counts: refused.
+    expect(() => planOf(["--channel", "sec.alerts", "--rate", "0.01", "--events", "300", "--subscribers", "1,2,3"])).toThrow("take about");
+    expect(planOf(["--channel", "sec.alerts", "--rate", "0.01", "--events", "300"]).rate).toBe(0.01);
   });
 
   test("a count out of range, a count twice, or a sweep with --mix or a sweep of rates is refused", () => {
@@ -182,6 +195,14 @@ describe("bench --subscribers S1,S2,... (a sweep of subscriber counts)", () => {
       [["--subscribers", "10,10"], "--subscribers: a count appears twice in the sweep"],
       [["--subscribers", "1,2", "--mix", "bulk.metrics"], "--subscribers: a sweep of subscriber counts does not combine with --mix"],
       [["--subscribers", "1,2", "--rate", "100,200"], "--subscribers: sweep subscribers or rates, not both at once"],
+      [
+        ["--subscribers", "1,2", "--subscriber-connections", "3"],
+        "--subscriber-connections: 3 connections for 2 subscribers; at most one each",
+      ],
+      [
+        ["--subscribers", "2", "--subscriber-connections", "3"],
+        "--subscriber-connections: 3 connections for 2 subscribers; at most one each",
+      ],
     ];
     for (const [argv, message] of refused) expect(() => planOf(["--channel", "sec.alerts", ...argv])).toThrow(message);
   });
@@ -191,6 +212,7 @@ describe("bench --subscribers S1,S2,... (a sweep of subscriber counts)", () => {
     const row = (subscribers: number, delivered: number, cpu: (number | null)[]): SubscriberSweepRow =>
       ({
         subscribers,
+        published_per_s: 2000,
         delivered_per_s: delivered,
         p50_ms: 5,
         p99_ms: 14,

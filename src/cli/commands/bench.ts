@@ -1,6 +1,6 @@
 /**
  * `fitb bench --config C --key K --channel TAG [--events N] [--size BYTES]
- * [--publishers P] [--subscribers S] [--rate R] [--json]`: a throughput and latency
+ * [--publishers P] [--subscribers S[,S...]] [--rate R[,R...]] [--json]`: a throughput and latency
  * figure against a running cluster, measured the way a user sees it: events published
  * through the client library's batching Publisher with acks, and counted when
  * subscribers actually deliver them (voted and signature-checked like any subscriber).
@@ -112,7 +112,8 @@ export const benchCommand: Command = {
     "measuring (latency, events/s, CPU) only once all W were delivered: the replicas'",
     "JavaScript engine compiles their hot code during the first seconds of load, on threads",
     "of their own, which a short run otherwise counts in the broker's CPU per event and",
-    "latency. In a sweep, only the first rate is preceded by the warm-up.",
+    "latency. In a sweep, only the first step (rate or subscriber count) is preceded by the",
+    "warm-up.",
     "",
     "--mix LOWTAG measures priority: first LOWTAG alone, saturated by --mix-publishers",
     "publishers (as fast as acks allow, in a thread of their own) for 1 s of warm-up and",
@@ -179,7 +180,7 @@ export const benchCommand: Command = {
       defaultValue: String(DEFAULT_MIX_PUBLISHERS),
       description: "Publishers saturating LOWTAG in a --mix run",
     },
-    { name: "json", kind: "boolean", description: "Print one JSON object with the figures" },
+    { name: "json", kind: "boolean", description: "Print one JSON object with the figures (a sweep: an array, one per step)" },
     ...TIMEOUT_FLAGS,
     CRASH_NONE_TARGETS_FLAG,
     SOURCES_FLAG,
@@ -229,12 +230,15 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
     throw new UsageError(`--publishers: ${publishers} publishers for ${events} events; at most one publisher per event`);
   const counts = parseSubscriberCounts(args.requiredString("subscribers"));
   const subscribers = counts[0] as number;
+  // In a sweep, a ceiling each step takes at most one connection per subscriber of (by
+  // default BENCH_SUBSCRIBER_CLIENTS_MAX: one each, up to that).
   const subscriberConnections =
     args.string("subscriber-connections") === undefined
-      ? Math.min(subscribers, BENCH_SUBSCRIBER_CLIENTS_MAX)
+      ? Math.min(counts.length > 1 ? Math.max(...counts) : subscribers, BENCH_SUBSCRIBER_CLIENTS_MAX)
       : args.requiredInteger("subscriber-connections", 1, BENCH_SUBSCRIBER_CLIENTS_MAX);
-  if (counts.length === 1 && subscriberConnections > subscribers) {
-    throw new UsageError(`--subscriber-connections: ${subscriberConnections} connections for ${subscribers} subscribers; at most one each`);
+  const most = Math.max(...counts);
+  if (subscriberConnections > most) {
+    throw new UsageError(`--subscriber-connections: ${subscriberConnections} connections for ${most} subscribers; at most one each`);
   }
   const mixTag = args.string("mix");
   const mix =
@@ -249,9 +253,7 @@ export function readBenchPlan(args: ParsedArgs): BenchPlan {
   const rate = rates[0] ?? (mix === null ? null : DEFAULT_MIX_RATE);
   const warmup = args.requiredInteger("warmup", 0, BENCH_EVENTS_MAX);
   const paced = rate === null ? [] : rates.length > 0 ? rates : [rate];
-  // A sweep of subscriber counts runs each count at the one rate.
-  const steps = paced.length === 1 && counts.length > 1 ? counts.map(() => paced[0] as number) : paced;
-  const pacedSeconds = pacedRunSeconds(events, warmup, steps, mix !== null);
+  const pacedSeconds = pacedRunSeconds(events, warmup, pacedSteps(paced, counts.length), mix !== null);
   // A rate under 1 is for alerts seconds apart: a day-long run is then a mistyped --events.
   if (paced.some((r) => r < 1) && pacedSeconds > BENCH_SLOW_RUN_SECONDS_MAX) {
     throw new UsageError(
@@ -287,6 +289,11 @@ export function pacedRunSeconds(events: number, warmup: number, rates: readonly 
   if (first === undefined) return 0;
   const run = rates.reduce((sum, rate) => sum + events / rate, 0);
   return warmup / first + (mix ? 2 * run : run);
+}
+
+/** The rate of each step a run publishes at: a sweep of subscriber counts runs every count at the one rate. */
+export function pacedSteps(rates: readonly number[], subscriberCounts: number): number[] {
+  return rates.length === 1 && subscriberCounts > 1 ? Array.from({ length: subscriberCounts }, () => rates[0] as number) : [...rates];
 }
 
 /** `--subscribers S` or `--subscribers S1,S2,...` (a sweep), each from 1 to BENCH_SUBSCRIBERS_MAX, each once. */
@@ -339,7 +346,8 @@ async function runBench(args: ParsedArgs, io: CommandIo): Promise<number> {
   const setup = loadClientSetup(flags.configPath, flags.keyPath);
   for (const warning of setup.warnings) io.err(`fitb bench: warning: ${warning}`);
   if (plan.rate !== null) {
-    const seconds = pacedRunSeconds(plan.events, plan.warmup, [plan.rate, ...plan.sweep], plan.mix !== null);
+    const steps = pacedSteps([plan.rate, ...plan.sweep], 1 + plan.subscriberSweep.length);
+    const seconds = pacedRunSeconds(plan.events, plan.warmup, steps, plan.mix !== null);
     if (seconds >= 1) io.err(`fitb bench: paced: the run takes about ${formatDuration(seconds)}`);
   }
   if (plan.size > setup.config.limits.eventBytesMax) {
@@ -564,7 +572,14 @@ async function runSubscriberSweep(
     io.err(`fitb bench: sweep: ${plural(subscribers, "subscriber")}`);
     const result = await runPlan(step, flags, setup, clients, io);
     for (const client of clients.splice(0)) client.close();
-    rows.push({ subscribers, ...resultJson(step, result) });
+    const publishedPerS = result.seconds > 0 ? Math.round(result.acked / result.seconds) : 0;
+    rows.push({
+      subscribers,
+      subscriber_connections: step.subscriberConnections,
+      rate: plan.rate,
+      published_per_s: publishedPerS,
+      ...resultJson(step, result),
+    });
     if (reportProblems(step, result, io, null) !== EXIT_OK) status = EXIT_FAILURE;
   }
   if (plan.json) io.out(JSON.stringify(rows));
@@ -572,7 +587,12 @@ async function runSubscriberSweep(
   return status;
 }
 
-export type SubscriberSweepRow = { readonly subscribers: number } & ReturnType<typeof resultJson>;
+export type SubscriberSweepRow = {
+  readonly subscribers: number;
+  readonly subscriber_connections: number;
+  readonly rate: number | null;
+  readonly published_per_s: number;
+} & ReturnType<typeof resultJson>;
 
 /** The table a subscriber sweep prints: one line per count, its replicas' CPU against the first count's. */
 export function subscriberSweepTable(plan: BenchPlan, rows: readonly SubscriberSweepRow[]): string[] {
@@ -583,11 +603,10 @@ export function subscriberSweepTable(plan: BenchPlan, rows: readonly SubscriberS
   ];
   const first = meanOf(rows[0]?.cpu_us_per_published_event);
   for (const row of rows) {
-    const delivered = row.delivered_per_s as number;
     const cpu = meanOf(row.cpu_us_per_published_event);
     const ratio = cpu === null || first === null || first === 0 ? "-" : (cpu / first).toFixed(2);
     lines.push(
-      `${String(row.subscribers).padStart(11)}  ${String(Math.round(delivered / row.subscribers)).padStart(14)}  ${String(delivered).padStart(14)}  ${String(row.p50_ms).padStart(7)}  ${String(row.p99_ms).padStart(7)}  ${(cpu === null ? "-" : cpu.toFixed(1)).padStart(34)}  ${ratio.padStart(12)}`,
+      `${String(row.subscribers).padStart(11)}  ${String(row.published_per_s).padStart(14)}  ${String(row.delivered_per_s).padStart(14)}  ${String(row.p50_ms).padStart(7)}  ${String(row.p99_ms).padStart(7)}  ${(cpu === null ? "-" : cpu.toFixed(1)).padStart(34)}  ${ratio.padStart(12)}`,
     );
   }
   return lines;
