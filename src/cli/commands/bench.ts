@@ -520,18 +520,43 @@ async function warmUp(plan: BenchPlan, client: FitbClient, counter: DeliveryCoun
 // --rate R1,R2,...: latency against load
 // ---------------------------------------------------------------------------------------
 
-/** The plan once per rate, one after the other on fresh clients; a table (or a JSON array) of the figures. */
-async function runSweep(plan: BenchPlan, flags: ClientFlags, setup: ClientSetup, clients: FitbClient[], io: CommandIo): Promise<number> {
-  const rows: Record<string, number>[] = [];
+/**
+ * The steps of a sweep, one after the other, each on fresh clients, only the first after
+ * the warm-up; each step's row is `extra(step, result)` then its figures, and the exit
+ * status says whether any step had problems.
+ */
+async function runSteps<Row>(
+  steps: readonly { readonly plan: BenchPlan; readonly label: string }[],
+  row: (step: BenchPlan, result: BenchResult) => Row,
+  flags: ClientFlags,
+  setup: ClientSetup,
+  clients: FitbClient[],
+  io: CommandIo,
+): Promise<{ rows: Row[]; status: number }> {
+  const rows: Row[] = [];
   let status = EXIT_OK;
-  for (const [index, rate] of [plan.rate as number, ...plan.sweep].entries()) {
-    const step: BenchPlan = { ...plan, rate, sweep: [], warmup: index === 0 ? plan.warmup : 0 };
-    io.err(`fitb bench: sweep: ${rate} events/s offered`);
+  for (const [index, { plan, label }] of steps.entries()) {
+    const step: BenchPlan = { ...plan, sweep: [], subscriberSweep: [], warmup: index === 0 ? plan.warmup : 0 };
+    io.err(`fitb bench: sweep: ${label}`);
     const result = await runPlan(step, flags, setup, clients, io);
     for (const client of clients.splice(0)) client.close();
-    rows.push({ rate, ...resultJson(step, result) });
+    rows.push(row(step, result));
     if (reportProblems(step, result, io, null) !== EXIT_OK) status = EXIT_FAILURE;
   }
+  return { rows, status };
+}
+
+/** The plan once per rate, one after the other on fresh clients; a table (or a JSON array) of the figures. */
+async function runSweep(plan: BenchPlan, flags: ClientFlags, setup: ClientSetup, clients: FitbClient[], io: CommandIo): Promise<number> {
+  const steps = [plan.rate as number, ...plan.sweep].map((rate) => ({ plan: { ...plan, rate }, label: `${rate} events/s offered` }));
+  const { rows, status } = await runSteps(
+    steps,
+    (step, result): ReturnType<typeof resultJson> => ({ rate: step.rate, ...resultJson(step, result) }),
+    flags,
+    setup,
+    clients,
+    io,
+  );
   if (plan.json) io.out(JSON.stringify(rows));
   else {
     io.out(
@@ -559,29 +584,24 @@ async function runSubscriberSweep(
   clients: FitbClient[],
   io: CommandIo,
 ): Promise<number> {
-  const rows: SubscriberSweepRow[] = [];
-  let status = EXIT_OK;
-  for (const [index, subscribers] of [plan.subscribers, ...plan.subscriberSweep].entries()) {
-    const step: BenchPlan = {
-      ...plan,
-      subscribers,
-      subscriberSweep: [],
-      subscriberConnections: Math.min(plan.subscriberConnections, subscribers),
-      warmup: index === 0 ? plan.warmup : 0,
-    };
-    io.err(`fitb bench: sweep: ${plural(subscribers, "subscriber")}`);
-    const result = await runPlan(step, flags, setup, clients, io);
-    for (const client of clients.splice(0)) client.close();
-    const publishedPerS = result.seconds > 0 ? Math.round(result.acked / result.seconds) : 0;
-    rows.push({
-      subscribers,
+  const steps = [plan.subscribers, ...plan.subscriberSweep].map((subscribers) => ({
+    plan: { ...plan, subscribers, subscriberConnections: Math.min(plan.subscriberConnections, subscribers) },
+    label: plural(subscribers, "subscriber"),
+  }));
+  const { rows, status } = await runSteps(
+    steps,
+    (step, result): SubscriberSweepRow => ({
+      subscribers: step.subscribers,
       subscriber_connections: step.subscriberConnections,
-      rate: plan.rate,
-      published_per_s: publishedPerS,
+      rate: step.rate,
+      published_per_s: result.seconds > 0 ? Math.round(result.acked / result.seconds) : 0,
       ...resultJson(step, result),
-    });
-    if (reportProblems(step, result, io, null) !== EXIT_OK) status = EXIT_FAILURE;
-  }
+    }),
+    flags,
+    setup,
+    clients,
+    io,
+  );
   if (plan.json) io.out(JSON.stringify(rows));
   else for (const line of subscriberSweepTable(plan, rows)) io.out(line);
   return status;
