@@ -801,8 +801,11 @@ export class OrderingDriver {
   private onTick(): void {
     if (this.removed) return;
     this.step({ kind: "tick", nowMs: this.clock.now() });
-    this.keeper.tick(this.urgent.active(this.clock.monotonic()));
+    // A transfer the core no longer wants is dropped before the keeper writes a base part:
+    // reached by executing, its seq may be where the keeper now writes a base, in the
+    // same snapshot rows.
     this.transfer.cancelUnless(this.core.status().transferTo);
+    this.keeper.tick(this.urgent.active(this.clock.monotonic()));
     this.transfer.tick();
     // Writes no effect waited for (a vote's own record) are made durable within two ticks.
     this.options.storage.syncIdle();
@@ -1017,14 +1020,15 @@ export class OrderingDriver {
         this.options.log.error("state diverged from the stable checkpoint", { seq: effect.seq });
         this.fatal(`state diverged from the stable checkpoint at seq ${effect.seq}`);
         return;
-      case "fetchState":
-        this.transfer.fetch({
-          seq: effect.seq,
-          stateDigest: effect.stateDigest,
-          from: effect.from.map((rank) => this.epochView.idOf(rank)),
-          proof: effect.proof,
-        });
+      case "fetchState": {
+        // The signers first, in the core's order, then every other member: the digest the
+        // signers vouched for is what protects the state, so any member may serve it, and
+        // a faulty signer among f+1 cannot be the only source left.
+        const signers = effect.from.map((rank) => this.epochView.idOf(rank));
+        const others = this.epochView.members.map((member) => member.id).filter((id) => !signers.includes(id));
+        this.transfer.fetch({ seq: effect.seq, stateDigest: effect.stateDigest, from: [...signers, ...others], proof: effect.proof });
         return;
+      }
       default: {
         const unreachable: never = effect;
         return unreachable;
@@ -1071,7 +1075,8 @@ export class OrderingDriver {
     if (!wanted || this.appliedSeq >= head.seq) {
       if (wanted) this.core.releaseTransfer();
       log.info("fetched state no longer needed", { seq: head.seq, applied: this.appliedSeq });
-      this.options.storage.stageDropSnapshot(head.seq);
+      // Its rows may be the keeper's base by now (the same seq, reached by executing).
+      if (!this.keeper.owns(head.seq)) this.options.storage.stageDropSnapshot(head.seq);
       return;
     }
     const installed = machine.installSnapshot(importer);

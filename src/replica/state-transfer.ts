@@ -16,10 +16,13 @@
  * resumes from the parts already on disk. The fetcher keeps a window of parts in flight
  * from one source at a time, writes each part to disk as an incoming snapshot, and feeds
  * it to the state machine's importer: memory stays at the state being built plus a few
- * parts. A source that stops answering is replaced by the next one. When the finished
- * state's digest differs from the signed one, every replica that contributed a part is
- * distrusted for this target and the transfer starts over with the others: a Byzantine
- * source is detected and another is asked.
+ * parts. A source that stops answering is replaced by the next one (the signers of the
+ * target first, then the other members, in turn). When the finished state's digest
+ * differs from the signed one and one source sent it all, that source is distrusted for
+ * this target and the transfer starts over with the others; when several did (or parts
+ * came back from disk), who lied cannot be told, so from then on every attempt takes one
+ * source's whole stream: a Byzantine source is detected and another asked, and one that
+ * lies in a few parts and falls silent cannot make an honest one share its blame.
  *
  * Every part but the last is exactly partBytes and none is empty (a stream opens with its
  * meta record), and a stream is at most streamBytesBound long: a source that sends a
@@ -206,8 +209,14 @@ class TransferServer {
       return;
     }
     const held = this.cursors.get(from);
+    // A cursor on a state this replica no longer holds (its capture dropped, its base
+    // superseded) is not used again: the state is asked of the keeper afresh.
     const reusable =
-      held !== undefined && held.seq === m.seq && bytesEqual(held.digest, m.digest) && (m.part >= held.next || held.cache.has(m.part));
+      held !== undefined &&
+      held.seq === m.seq &&
+      bytesEqual(held.digest, m.digest) &&
+      (m.part >= held.next || held.cache.has(m.part)) &&
+      options.keeper.holds(held.seq, held.digest);
     const cursor = reusable ? held : this.open(from, m);
     if (cursor === null) return;
     cursor.lastUsedMs = options.now();
@@ -218,9 +227,15 @@ class TransferServer {
       } catch (error) {
         if (!(error instanceof SourceError)) throw error;
         this.cursors.delete(from);
-        this.options.keeper.baseDamaged();
-        this.options.storage.reportCorrupt([{ table: "snap_part", ids: [m.seq], key: `base ${m.seq}`, reason: error.message }]);
-        options.send(from, encodeTransferMessage({ t: "none", seq: m.seq, nonce: m.nonce, reason: "stored snapshot damaged" }));
+        // Damage only if the part is missing from the current base: a superseded base's
+        // parts are deleted with it, which is no damage to anything still held.
+        const damaged = options.keeper.isBase(cursor.seq, cursor.digest);
+        if (damaged) {
+          options.keeper.baseDamaged();
+          options.storage.reportCorrupt([{ table: "snap_part", ids: [m.seq], key: `base ${m.seq}`, reason: error.message }]);
+        }
+        const reason = damaged ? "stored snapshot damaged" : "state not held here";
+        options.send(from, encodeTransferMessage({ t: "none", seq: m.seq, nonce: m.nonce, reason }));
         return;
       }
       if (served === null) return;
@@ -294,9 +309,12 @@ class TransferServer {
     cursor.next += count;
   }
 
+  /** Drops idle cursors, and cursors on a state no longer held (whose capture they would keep in memory). */
   tick(): void {
     const now = this.options.now();
-    for (const [peer, cursor] of this.cursors) if (now - cursor.lastUsedMs > CURSOR_IDLE_MS) this.cursors.delete(peer);
+    for (const [peer, cursor] of this.cursors) {
+      if (now - cursor.lastUsedMs > CURSOR_IDLE_MS || !this.options.keeper.holds(cursor.seq, cursor.digest)) this.cursors.delete(peer);
+    }
   }
 }
 
@@ -305,7 +323,8 @@ class TransferServer {
 // -------------------------------------------------------------------------------------
 
 interface Fetch {
-  readonly target: TransferTarget;
+  /** The core's target; its sources widen when the core asks again for the same state (fetch). */
+  target: TransferTarget;
   readonly nonce: number;
   readonly startedMs: number;
   reader: StreamReader;
@@ -316,6 +335,19 @@ interface Fetch {
   bytes: number;
   /** Replicas that supplied a part of this attempt, and those distrusted for this target. */
   contributors: Set<number>;
+  /** The attempt holds parts read back from disk after a restart, whose sources are not known. */
+  fromDisk: boolean;
+  /**
+   * Set once a stream of this target whose parts came from more than one source (or from
+   * disk) failed its checks: which source lied cannot be told then, so from that point
+   * every attempt takes its whole stream from one source, starting over when the source
+   * changes, and a rejection blames exactly that source. Without it, a faulty source that
+   * sent a few bad parts and then fell silent would get every honest source that finished
+   * its stream distrusted with it, round after round.
+   */
+  singleSource: boolean;
+  /** The source asked last: the next one is taken after it in the target's order, round after round. */
+  lastAsked: number;
   readonly distrusted: Set<number>;
   /** Replicas that said they cannot serve the target (asked again only after a timeout). */
   readonly unable: Set<number>;
@@ -350,7 +382,15 @@ class TransferFetcher {
 
   fetch(target: TransferTarget): void {
     const active = this.active;
-    if (active !== null && active.target.seq === target.seq && bytesEqual(active.target.stateDigest, target.stateDigest)) return;
+    if (active !== null && active.target.seq === target.seq && bytesEqual(active.target.stateDigest, target.stateDigest)) {
+      // The core asks again (with its preferred source rotated, or a proof with more
+      // signers): the sources it names join the ones already known, in its new order.
+      const from = [...new Set([...target.from, ...active.target.from])];
+      if (from.length !== active.target.from.length || from.some((peer, i) => peer !== active.target.from[i])) {
+        active.target = { ...active.target, from };
+      }
+      return;
+    }
     if (active !== null) this.abandon(active, "a newer target");
     this.start(target);
   }
@@ -373,6 +413,9 @@ class TransferFetcher {
       askedUpTo: 0,
       bytes: 0,
       contributors: new Set(),
+      fromDisk: false,
+      singleSource: false,
+      lastAsked: -1,
       distrusted: new Set(),
       unable: new Set(),
       source: -1,
@@ -419,6 +462,7 @@ class TransferFetcher {
       }
       fetch.nextPart = part + 1;
       fetch.bytes += data.length;
+      fetch.fromDisk = true;
       last = data;
     }
     if (last === null) return "resumed";
@@ -505,8 +549,19 @@ class TransferFetcher {
   private reject(fetch: Fetch, reason: string): void {
     const { options } = this;
     options.metrics.inc("state_transfer_rejected_total");
-    options.log.warn("state transfer rejected a snapshot", { seq: fetch.target.seq, reason, sources: [...fetch.contributors] });
-    for (const peer of fetch.contributors) fetch.distrusted.add(peer);
+    // One source's whole stream: that source lied. Parts of several (or read back from
+    // disk): any of them may have, so nobody is blamed, and the attempts that follow take
+    // one source's whole stream each (singleSource).
+    const mixed = fetch.fromDisk || fetch.contributors.size > 1;
+    options.log.warn("state transfer rejected a snapshot", {
+      seq: fetch.target.seq,
+      reason,
+      sources: [...fetch.contributors],
+      ...(fetch.fromDisk ? { partsFromDisk: true } : {}),
+      ...(mixed ? { next: "one source's whole stream at a time" } : {}),
+    });
+    if (mixed) fetch.singleSource = true;
+    else for (const peer of fetch.contributors) fetch.distrusted.add(peer);
     this.restartAttempt(fetch);
     this.nextSource(fetch);
   }
@@ -532,17 +587,30 @@ class TransferFetcher {
     fetch.askedUpTo = 0;
     fetch.bytes = 0;
     fetch.contributors = new Set();
+    fetch.fromDisk = false;
     this.options.storage.stageDropPartsFrom(fetch.target.seq, 0);
     // The head may record where the dropped stream ended; this attempt has not ended.
     this.options.storage.stageHead(incomingHead(fetch.target, this.options.partBytes));
   }
 
-  /** Moves to the next trusted source in the target's order and asks it from nextPart. */
+  /**
+   * Moves to the next trusted source after the last one asked, in the target's order, and
+   * asks it from nextPart (from part 0 when streams must come from one source and the
+   * parts held came from another).
+   */
   private nextSource(fetch: Fetch): void {
-    const candidates = fetch.target.from.filter(
-      (peer) => peer !== this.options.self && !fetch.distrusted.has(peer) && !fetch.unable.has(peer),
-    );
-    if (candidates.length === 0) {
+    const order = fetch.target.from.filter((peer) => peer !== this.options.self);
+    const eligible = (peer: number): boolean => !fetch.distrusted.has(peer) && !fetch.unable.has(peer);
+    const after = order.indexOf(fetch.lastAsked);
+    let next = -1;
+    for (let k = 1; k <= order.length; k++) {
+      const peer = order[(after + k) % order.length] as number;
+      if (eligible(peer)) {
+        next = peer;
+        break;
+      }
+    }
+    if (next < 0) {
       // Every source lied, cannot serve, or is silent: after the next timeout all are
       // asked again (with at most f liars that is the way on, and the core moves the
       // target once the peers have moved on).
@@ -552,8 +620,9 @@ class TransferFetcher {
       fetch.lastProgressMs = this.options.now();
       return;
     }
-    const at = candidates.indexOf(fetch.source);
-    fetch.source = candidates[(at + 1) % candidates.length] as number;
+    if (fetch.singleSource && (fetch.fromDisk || [...fetch.contributors].some((peer) => peer !== next))) this.restartAttempt(fetch);
+    fetch.source = next;
+    fetch.lastAsked = next;
     fetch.askedUpTo = fetch.nextPart;
     fetch.lastProgressMs = this.options.now();
     fetch.reaskAtMs = fetch.lastProgressMs + REASK_MS;
@@ -582,7 +651,8 @@ class TransferFetcher {
 
   private abandon(fetch: Fetch, why: string): void {
     this.active = null;
-    this.options.storage.stageDropSnapshot(fetch.target.seq);
+    // Reached by executing, the seq may be the keeper's base (being written) by now: its rows stay.
+    if (!this.options.keeper.owns(fetch.target.seq)) this.options.storage.stageDropSnapshot(fetch.target.seq);
     this.options.metrics.inc("state_transfer_abandoned_total");
     this.options.log.info("state transfer abandoned", { seq: fetch.target.seq, why, partsReceived: fetch.nextPart });
   }

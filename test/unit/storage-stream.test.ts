@@ -10,7 +10,15 @@ import { sha256 } from "../../src/crypto/hash.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { admitRequest } from "../../src/replica/requests.ts";
 import { checkpointStateDigest } from "../../src/replica/storage/digest.ts";
-import { encodeStreamMeta, PartCutter, partBytesFor, STREAM_PART_BYTES_MAX, StreamReader } from "../../src/replica/storage/stream.ts";
+import {
+  decodeStreamMeta,
+  encodeStreamMeta,
+  PartCutter,
+  partBytesFor,
+  STREAM_CLIENT_NAME_BYTES_MAX,
+  STREAM_PART_BYTES_MAX,
+  StreamReader,
+} from "../../src/replica/storage/stream.ts";
 import { decodeCanonical, encodeCanonical, withCanonical } from "../../wire/canonical.ts";
 import { execute, newMachine, payloads, TestClient } from "./storage-fixtures.ts";
 
@@ -179,6 +187,41 @@ describe("snapshot stream", () => {
   test("an oversized meta length is refused before anything is buffered", () => {
     const reader = new StreamReader(newMachine().beginRestore());
     expect(reader.push(new Uint8Array([0xff, 0xff, 0xff, 0xff])).ok).toBe(false);
+  });
+
+  test("the meta record is read in exactly its one shape, so hostile bytes cost no more than the rows they hold", () => {
+    const meta = { seq: 42, clients: CLIENTS };
+    const body = (framed: Uint8Array): Uint8Array => framed.subarray(4);
+    expect(decodeStreamMeta(body(encodeStreamMeta(meta)))).toEqual(meta);
+    expect(decodeStreamMeta(encodeCanonical({ v: 1, seq: 42, clients: [] }))).toEqual({ seq: 42, clients: [] });
+    // What a general decoder would turn into millions of arrays: refused at its first item.
+    const emptyArrays = new Uint8Array(4 * 1024 * 1024).fill(0x80);
+    emptyArrays.set([0x9a, 0x00, 0x3f, 0xff, 0xfb]);
+    expect(decodeStreamMeta(emptyArrays)).toContain("unexpected item type");
+    // The right keys around rows that are not [name, seq] pairs, or more rows than the bytes hold.
+    const head = encodeCanonical({ v: 1, seq: 42, clients: [] }).slice(0, -1);
+    const rows = (count: number[], items: number[]): Uint8Array => Uint8Array.from([...head, ...count, ...items]);
+    expect(decodeStreamMeta(rows([0x98, 100], new Array(400).fill(0x80)))).toBe("client row 0 is not a pair");
+    expect(decodeStreamMeta(rows([0x9a, 0x00, 0x10, 0x00, 0x00], []))).toContain("client rows do not fit");
+    // Anything but the canonical form: keys in another order, a number not in its shortest form, unsorted rows.
+    expect(decodeStreamMeta(encodeCanonical({ v: 1, clients: [], seq: 42 }).reverse())).toBeTypeOf("string");
+    expect(decodeStreamMeta(rows([0x81, 0x82, 0x61, 0x61, 0x18, 0x07], []))).toContain("shortest form");
+    expect(
+      decodeStreamMeta(
+        encodeCanonical({
+          v: 1,
+          seq: 42,
+          clients: [
+            ["b", 1],
+            ["a", 2],
+          ],
+        }),
+      ),
+    ).toContain("out of order");
+    expect(decodeStreamMeta(encodeCanonical({ v: 2, seq: 42, clients: [] }))).toContain("format version 2");
+    expect(decodeStreamMeta(encodeCanonical({ v: 1, seq: 42, clients: [["x".repeat(STREAM_CLIENT_NAME_BYTES_MAX + 1), 1]] }))).toContain(
+      "at most",
+    );
   });
 
   test("the part size leaves room for the envelope in a frame and is capped", () => {

@@ -663,3 +663,153 @@ describe("state transfer", () => {
     });
   });
 });
+
+/** Part 0 of `m` with the client table's one row claiming seq 8 instead of 7: the stream parses, only its digest is wrong. */
+function withClientSeqAltered(m: TransferMessage): TransferMessage {
+  if (m.t !== "part" || m.part !== 0) return m;
+  const row = new TextEncoder().encode("ab:cd");
+  const data = Uint8Array.from(m.data);
+  for (let at = 0; at + row.length < data.length; at++) {
+    if (row.every((byte, i) => data[at + i] === byte) && data[at + row.length] === 7) {
+      data[at + row.length] = 8;
+      return { ...m, data };
+    }
+  }
+  throw new Error("no client row in part 0");
+}
+
+/** A node that serves from its keeper only: its base at S1 is written in full, then it can be moved on. */
+function baseServer() {
+  const t = tempDir();
+  cleanups.push(t.remove);
+  const metrics = new Metrics();
+  const storage = openStorage(t.dir, testLog(), metrics);
+  cleanups.push(() => storage.close());
+  const machine = sourceMachine();
+  const keeper = new SnapshotKeeper({ storage, machine, partBytes: PART_BYTES, log: testLog(), metrics }, null);
+  const digestAt = (seq: number): Uint8Array => checkpointStateDigest(seq, machine.digest(), CLIENTS);
+  /** A base at `seq`, written and committed. */
+  const writeBase = (seq: number): void => {
+    storage.sinceBase.rows = Math.max(storage.sinceBase.rows, 1_000_000);
+    keeper.capture(seq, CLIENTS);
+    keeper.onStable(seq, digestAt(seq), []);
+    while (keeper.baseHead?.seq !== seq) keeper.tick();
+    storage.commits.flush();
+  };
+  const sent: TransferMessage[] = [];
+  const server = new StateTransfer(
+    {
+      self: 0,
+      send: (_to, bytes) => {
+        const envelope = decodeEnvelope(bytes);
+        const m = envelope === null ? null : validateTransferMessage(envelope.message, PART_BYTES);
+        if (m === null) throw new Error("malformed transfer message");
+        sent.push(m);
+        return true;
+      },
+      keeper,
+      storage,
+      machine,
+      partBytes: PART_BYTES,
+      log: testLog(),
+      metrics,
+      now: () => 1_000_000,
+      install: () => undefined,
+    },
+    null,
+  );
+  return { storage, keeper, metrics, server, sent, digestAt, writeBase };
+}
+
+describe("state transfer against a faulty source", () => {
+  test("a source that sends a bad part and falls silent cannot stall a transfer: after a stream of several sources fails, each comes from one source", () => {
+    const { net, state, fetcher } = cluster();
+    // Replica 2 (asked first) lies in part 0's client table, which only the digest shows,
+    // and sends nothing past part 2: replica 0 finishes the stream from part 3.
+    net.filter = (from, _to, m) => {
+      if (from !== 2 || m.t !== "part") return m;
+      return m.part > 2 ? null : withClientSeqAltered(m);
+    };
+    fetcher.transfer.fetch(targetFor(state, [2, 0]));
+    net.pump();
+    for (let round = 0; round < 10 && fetcher.installed === null; round++) {
+      net.now += PART_TIMEOUT_MS + 1;
+      fetcher.transfer.tick();
+      net.pump();
+    }
+    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+    // One stream of both sources failed; the next, all of replica 0's, was installed.
+    expect(fetcher.metrics.get("state_transfer_rejected_total")).toBe(1);
+    const lastStart = net.delivered.findLastIndex((d) => d.to === 0 && d.m.t === "get" && d.m.part === 0);
+    expect(lastStart).toBeGreaterThan(-1);
+    expect(net.delivered.slice(lastStart).some((d) => d.from === 2 && d.m.t === "part")).toBe(false);
+  });
+
+  test("when the core asks again for the same state, the sources it names join the transfer's", () => {
+    const { net, state, fetcher } = cluster();
+    // Replica 2 never answers; the first target names only it, the core's retry also replica 3.
+    net.filter = (from, _to, m) => (from === 2 ? null : m);
+    fetcher.transfer.fetch(targetFor(state, [2]));
+    net.pump();
+    fetcher.transfer.fetch(targetFor(state, [3, 2]));
+    net.now += PART_TIMEOUT_MS + 1;
+    fetcher.transfer.tick();
+    net.pump();
+    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+    expect(partsFrom(net, 3)).toBe(fetcher.installed?.head.parts ?? -1);
+  });
+
+  test("a cursor on a superseded base is answered 'not held' and the new base is not taken for damaged", () => {
+    const { storage, keeper, metrics, server, sent, digestAt, writeBase } = baseServer();
+    writeBase(SEQ);
+    server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 0, count: 1, nonce: 1 });
+    expect(sent.at(-1)?.t).toBe("part");
+    // A newer base replaces it (and deletes its parts) while peer 9's cursor is open.
+    writeBase(3 * SEQ);
+    server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 1, count: 1, nonce: 1 });
+    expect(sent.at(-1)).toMatchObject({ t: "none", reason: "state not held here" });
+    expect(keeper.baseHead?.seq).toBe(3 * SEQ);
+    expect(metrics.get("storage_corrupt_rows_total")).toBe(0);
+    expect(storage.readPart(3 * SEQ, 0)).not.toBeNull();
+  });
+
+  test("a transfer dropped when its seq became the keeper's base (reached by executing) leaves the base's rows", () => {
+    const { net, state, fetcher } = cluster();
+    // Parts 0..2 arrive, then the source falls silent: the transfer to SEQ is in progress.
+    net.filter = (from, _to, m) => (from === 2 && m.t === "part" && m.part > 2 ? null : m);
+    fetcher.transfer.fetch(targetFor(state, [2]));
+    net.pump();
+    expect(fetcher.storage.store.partSeqs()).toEqual([{ seq: SEQ, count: 3 }]);
+    // The replica reaches SEQ by executing: its own base at SEQ starts, a part is staged, and
+    // then the core no longer wants the transfer.
+    const keeper = new SnapshotKeeper(
+      { storage: fetcher.storage, machine: cloneOf(state), partBytes: PART_BYTES, log: testLog(), metrics: fetcher.metrics },
+      null,
+    );
+    const transfer = new StateTransfer(
+      {
+        self: 1,
+        send: () => true,
+        keeper,
+        storage: fetcher.storage,
+        machine: fetcher.machine,
+        partBytes: PART_BYTES,
+        log: testLog(),
+        metrics: fetcher.metrics,
+        now: () => net.now,
+        install: () => undefined,
+      },
+      recoverIncoming(fetcher.storage, newMachine(), PART_BYTES),
+    );
+    transfer.fetch(targetFor(state, [2]));
+    fetcher.storage.sinceBase.rows = 1_000_000;
+    keeper.capture(SEQ, CLIENTS);
+    keeper.onStable(SEQ, targetFor(state, [2]).stateDigest, []);
+    keeper.tick();
+    transfer.cancelUnless(null);
+    while (keeper.baseHead?.seq !== SEQ) keeper.tick();
+    fetcher.storage.commits.flush();
+    const base = keeper.baseHead as SnapshotHead;
+    for (let part = 0; part < base.parts; part++) expect(fetcher.storage.readPart(SEQ, part)).not.toBeNull();
+  });
+});

@@ -313,6 +313,33 @@ export class SnapshotKeeper {
   }
 
   /**
+   * Whether the state at `seq` with state digest `digest` can still be served from here (a
+   * capture of it, or the stored base). A serving cursor opened on a state that is no
+   * longer held is dropped (state-transfer.ts): it would hold a dropped capture in memory,
+   * or read parts of a superseded base that the base's replacement deleted.
+   */
+  holds(seq: number, digest: Uint8Array): boolean {
+    const capture = this.captures.get(seq);
+    if (capture !== undefined && bytesEqual(capture.stateDigest, digest)) return true;
+    return this.isBase(seq, digest);
+  }
+
+  /** Whether the stored base is the state at `seq` with state digest `digest`. */
+  isBase(seq: number, digest: Uint8Array): boolean {
+    const base = this.base;
+    return base !== null && base.seq === seq && bytesEqual(base.stateDigest, digest);
+  }
+
+  /**
+   * Whether the snapshot rows at `seq` are this keeper's: its base, or the base it is
+   * writing. A transfer to the same seq (one the replica then reached by executing) shares
+   * those rows, and must leave them when it is dropped.
+   */
+  owns(seq: number): boolean {
+    return this.base?.seq === seq || this.writing?.capture.seq === seq;
+  }
+
+  /**
    * A source for the stream of the state at `seq` with state digest `digest`: a new
    * reader of its capture, or the stored base. Null when this replica cannot serve it.
    */
@@ -322,7 +349,7 @@ export class SnapshotKeeper {
       return cutterSource(seq, new PartCutter(capture.meta, capture.state.reopen(), this.options.partBytes));
     }
     const base = this.base;
-    if (base !== null && base.seq === seq && bytesEqual(base.stateDigest, digest) && base.partBytes === this.options.partBytes) {
+    if (base !== null && this.isBase(seq, digest) && base.partBytes === this.options.partBytes) {
       return new DiskSource(this.options.storage, base);
     }
     return null;

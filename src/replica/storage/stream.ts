@@ -15,9 +15,11 @@
  * one record), and the reader feeds the importer as parts arrive.
  */
 import { writeUint32BE } from "../../../wire/bytes.ts";
-import { type Canonical, decodeCanonical, encodeCanonical } from "../../../wire/canonical.ts";
+import { type Canonical, encodeCanonical } from "../../../wire/canonical.ts";
+import { TAG_BYTES_MAX } from "../../../wire/types.ts";
 import type { SnapshotExport, SnapshotImport } from "../../core/channels/snapshot.ts";
 import type { ClientTableExport } from "../../core/ordering/clients.ts";
+import { RECORD_CLIENT_ROWS_MAX } from "./records.ts";
 
 export const STREAM_FORMAT_VERSION = 1;
 /** Bytes of the length prefix in front of the meta record. */
@@ -173,14 +175,9 @@ export class StreamReader {
       at += piece.length;
     }
     this.metaParts = [];
-    try {
-      const value = decodeCanonical(bytes) as { v?: unknown; seq?: unknown; clients?: unknown };
-      const meta = parseMeta(value);
-      if (meta === null) this.fail("malformed meta record");
-      else this.decoded = meta;
-    } catch (error) {
-      this.fail(`meta record does not decode: ${(error as Error).message}`);
-    }
+    const meta = decodeStreamMeta(bytes);
+    if (typeof meta === "string") this.fail(`malformed meta record: ${meta}`);
+    else this.decoded = meta;
   }
 
   private fail(reason: string): StreamResult {
@@ -189,18 +186,91 @@ export class StreamReader {
   }
 }
 
-function parseMeta(value: { v?: unknown; seq?: unknown; clients?: unknown }): StreamMeta | null {
-  if (value === null || typeof value !== "object" || value.v !== STREAM_FORMAT_VERSION) return null;
-  if (typeof value.seq !== "number" || !Number.isSafeInteger(value.seq) || value.seq < 1) return null;
-  if (!Array.isArray(value.clients)) return null;
-  let previous = "";
-  for (const row of value.clients) {
-    if (!Array.isArray(row) || row.length !== 2) return null;
-    const [client, last] = row as [unknown, unknown];
-    if (typeof client !== "string" || typeof last !== "number" || !Number.isSafeInteger(last) || last < 1) return null;
-    // The table is canonical: sorted by client, no repeats (the digest covers this order).
-    if (client <= previous) return null;
-    previous = client;
+/**
+ * The client space names a client table holds: a key's 64 hex digits, ':' and a tag (or
+ * the admin space, shorter than any tag bound).
+ */
+export const STREAM_CLIENT_NAME_BYTES_MAX = 64 + 1 + TAG_BYTES_MAX;
+
+const CBOR_UINT = 0;
+const CBOR_TEXT = 3;
+const CBOR_ARRAY = 4;
+const CBOR_MAP = 5;
+const META_KEYS = ["v", "seq", "clients"] as const;
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Decodes a meta record exactly in the shape encodeStreamMeta writes, canonical CBOR
+ * `{v, seq, clients: [[name, seq], ...]}`, reading each row as it goes and refusing
+ * anything else at its first byte. A meta record comes from a peer during state transfer,
+ * so it is hostile input: a general decoder would build a JavaScript value for every
+ * item of whatever arrived first (an array of 64 MiB of one-byte empty arrays took several
+ * GiB and seconds of CPU), where this builds only rows of the one shape, at most
+ * RECORD_CLIENT_ROWS_MAX of them, each name at most STREAM_CLIENT_NAME_BYTES_MAX bytes.
+ * Answers the meta, or why it is malformed.
+ */
+export function decodeStreamMeta(bytes: Uint8Array): StreamMeta | string {
+  let at = 0;
+  /** The argument of the item at `at` if its major type is `major` (shortest form only), or a reason. */
+  const head = (major: number, what: string): number | string => {
+    if (at >= bytes.length) return `ends before ${what}`;
+    const initial = bytes[at++] as number;
+    if (initial >> 5 !== major) return `${what}: unexpected item type ${initial >> 5}`;
+    const info = initial & 0x1f;
+    if (info < 24) return info;
+    const width = info === 24 ? 1 : info === 25 ? 2 : info === 26 ? 4 : info === 27 ? 8 : 0;
+    if (width === 0 || at + width > bytes.length) return `${what}: bad length`;
+    let value = 0;
+    for (let i = 0; i < width; i++) value = value * 256 + (bytes[at++] as number);
+    if (!Number.isSafeInteger(value)) return `${what}: out of range`;
+    const shortest = width === 1 ? 24 : width === 2 ? 0x100 : width === 4 ? 0x1_0000 : 0x1_0000_0000;
+    return value < shortest ? `${what}: not in its shortest form` : value;
+  };
+  const text = (bytesMax: number, what: string): string => {
+    const length = head(CBOR_TEXT, what);
+    if (typeof length === "string") throw new Error(length);
+    if (length > bytesMax || at + length > bytes.length) throw new Error(`${what}: ${length} bytes, at most ${bytesMax}`);
+    const value = utf8.decode(bytes.subarray(at, at + length));
+    at += length;
+    return value;
+  };
+  const uint = (what: string): number => {
+    const value = head(CBOR_UINT, what);
+    if (typeof value === "string") throw new Error(value);
+    return value;
+  };
+  try {
+    const entries = head(CBOR_MAP, "the record");
+    if (typeof entries === "string") return entries;
+    if (entries !== META_KEYS.length) return `a map of ${entries} entries, not ${META_KEYS.length}`;
+    const fields: number[] = [];
+    for (const key of META_KEYS.slice(0, 2)) {
+      if (text(8, "a key") !== key) return `the keys are not v, seq, clients`;
+      fields.push(uint(key));
+    }
+    if (text(8, "a key") !== "clients") return `the keys are not v, seq, clients`;
+    const [version, seq] = fields as [number, number];
+    if (version !== STREAM_FORMAT_VERSION) return `format version ${version}, not ${STREAM_FORMAT_VERSION}`;
+    if (seq < 1) return "seq 0";
+    const count = head(CBOR_ARRAY, "clients");
+    if (typeof count === "string") return count;
+    // Every row takes at least four bytes.
+    if (count > RECORD_CLIENT_ROWS_MAX || count * 4 > bytes.length - at) return `${count} client rows do not fit`;
+    const clients: ClientTableExport = [];
+    let previous = "";
+    for (let i = 0; i < count; i++) {
+      if (head(CBOR_ARRAY, "a client row") !== 2) return `client row ${i} is not a pair`;
+      const name = text(STREAM_CLIENT_NAME_BYTES_MAX, `client row ${i}`);
+      const last = uint(`client row ${i}`);
+      if (last < 1) return `client row ${i} has seq 0`;
+      // The table is canonical: sorted by client, no repeats (the digest covers this order).
+      if (name <= previous) return `client row ${i} is out of order`;
+      previous = name;
+      clients.push([name, last]);
+    }
+    if (at !== bytes.length) return `${bytes.length - at} bytes after the record`;
+    return { seq, clients };
+  } catch (error) {
+    return (error as Error).message;
   }
-  return { seq: value.seq, clients: value.clients as ClientTableExport };
 }
