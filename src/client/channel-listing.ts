@@ -7,14 +7,18 @@
  * identical on every correct replica that executed the same decisions, so it is taken
  * from f+1 matching answers (queries.ts, matchingRule). The rest differs legitimately
  * between correct replicas (a replica that executed less has a lower next seq; each
- * replica keeps its own store of an unordered channel), so each figure is the (f+1)-th
- * highest among the replicas whose replicated part matched: at least one correct replica
- * reported that much or more.
+ * replica keeps its own store of an unordered channel, and a crash/none publish reaches
+ * only f+1 of them), so the listing hears out every replica with a session (or waits for
+ * the deadline) and takes each figure from the replicas whose replicated part matched, by
+ * the channel's fault model (pickFigure): on a crash channel the highest, on a byzantine
+ * channel the (f+1)-th highest. Beside them it keeps the most events any answering
+ * replica reported, whatever else it said: what destroy-channel asks --yes for.
  */
 import { z } from "zod";
 import type { Canonical } from "../../wire/canonical.ts";
 import { channelClassFields, keySchema, type QueryReply, tagSchema } from "../../wire/schemas.ts";
 import type { ChannelInfo, QueryOutcome, QueryRule } from "./queries.ts";
+import { vouchQuorum } from "../core/voting/quorum.ts";
 import { matchingRule } from "./queries.ts";
 import { pickLastSeq } from "./seq.ts";
 
@@ -48,9 +52,19 @@ export type ChannelSummary = ChannelInfo & {
 export type ChannelListing = ChannelSummary & {
   /** The channel seq of the last stored event (order total only; 0: none yet). */
   readonly lastSeq: number | null;
-  /** Events and bytes (signed bodies and signatures) retained. */
+  /**
+   * Events and bytes (signed bodies and signatures) retained, by pickFigure: on a crash
+   * channel the most any replica holds, on a byzantine channel the (f+1)-th highest.
+   */
   readonly retainedEvents: number | null;
   readonly retainedBytes: number | null;
+  /**
+   * The most events, and the most bytes, that any answering replica said it holds, its
+   * replicated part matching or not; null when none said. Taken at its word: a faulty
+   * replica can raise it, but none can lower it below what another replica reported.
+   */
+  readonly reportedEventsMax: number | null;
+  readonly reportedBytesMax: number | null;
 };
 
 /** A channel's registered keys (channel-info with `keys`), each list in bytewise order. */
@@ -89,34 +103,51 @@ function summaries(res: Canonical): Canonical | null {
 
 /**
  * list-channels: f+1 matching summaries decide the list; the figures come from the
- * replicas whose summaries matched.
+ * replicas whose summaries matched. With `everyReplica` (the default) it settles only once
+ * every replica with a session has answered, or at the deadline: a crash/none channel's
+ * events are on the f+1 replicas its publishes went to, which the first f+1 answers need
+ * not include. Without it, at the first f+1 matching answers (a reader of tags and
+ * CLASSes only, such as the wildcard watch).
  */
-export function listChannelsRule(replicas: number | readonly number[], f: number): QueryRule<ChannelListing[]> {
+export function listChannelsRule(replicas: number | readonly number[], f: number, everyReplica = true): QueryRule<ChannelListing[]> {
+  const n = typeof replicas === "number" ? replicas : replicas.length;
   const voted = matchingRule(replicas, f, "list-channels", summaries);
-  const answers = new Map<number, { key: string; channels: ListedChannel[] }>();
+  const answers = new Map<number, ListingAnswer>();
+  const heard = new Set<number>();
+  // The vote's outcome once decided; a decided vote stays so (ReplyVoter).
+  let decided: QueryOutcome<Canonical> = null;
   const withFigures = (outcome: QueryOutcome<Canonical>): QueryOutcome<ChannelListing[]> => {
     if (outcome === null || !outcome.ok) return outcome;
     const agreed = outcome.value as ChannelSummary[];
     const key = JSON.stringify(agreed);
-    const matching = [...answers.values()].filter((answer) => answer.key === key).map((answer) => answer.channels);
+    const every = [...answers.values()];
+    const matching = every.filter((answer) => answer.key === key).map((answer) => answer.channels);
     return {
       ok: true,
       value: agreed.map((channel, index) =>
         listing(
           channel,
           matching.map((channels) => channels[index]),
+          every.map((answer) => answer.byTag.get(channel.tag)),
           f,
         ),
       ),
     };
   };
   return {
+    settleWhenReachableAnswered: everyReplica,
+    enoughToSettleEarly: () => decided !== null,
     add(replica: number, reply: QueryReply) {
+      heard.add(replica);
       if (reply.ok) {
         const channels = parseListing(reply.res);
-        if (channels !== null) answers.set(replica, { key: JSON.stringify(channels.map(summary)), channels });
+        if (channels !== null) {
+          const byTag = new Map(channels.map((channel) => [channel.tag, channel]));
+          answers.set(replica, { key: JSON.stringify(channels.map(summary)), channels, byTag });
+        }
       }
-      return withFigures(voted.add(replica, reply));
+      decided = voted.add(replica, reply) ?? decided;
+      return everyReplica && heard.size < n ? null : withFigures(decided);
     },
     atDeadline(describeMissing) {
       return withFigures(voted.atDeadline(describeMissing)) as QueryOutcome<ChannelListing[]> & object;
@@ -124,19 +155,54 @@ export function listChannelsRule(replicas: number | readonly number[], f: number
   };
 }
 
-function listing(channel: ChannelSummary, copies: readonly (ListedChannel | undefined)[], f: number): ChannelListing {
+/** One replica's readable answer: its channels in tag order, by tag, and the summary it votes for. */
+type ListingAnswer = { readonly key: string; readonly channels: ListedChannel[]; readonly byTag: ReadonlyMap<string, ListedChannel> };
+
+/**
+ * `copies`: the channel as each replica whose summary matched lists it; `reports`: as every
+ * answering replica does (undefined where one does not list it).
+ */
+function listing(
+  channel: ChannelSummary,
+  copies: readonly (ListedChannel | undefined)[],
+  reports: readonly (ListedChannel | undefined)[],
+  f: number,
+): ChannelListing {
   const figure = (read: (copy: ListedChannel) => number | undefined): number | null =>
-    pickLastSeq(
-      copies.map((copy) => (copy === undefined ? undefined : read(copy))).filter((value): value is number => value !== undefined),
-      f,
-    );
+    pickFigure(channel.fault, definedValues(copies, read), f);
+  const reported = (read: (copy: ListedChannel) => number | undefined): number | null => {
+    const values = definedValues(reports, read);
+    return values.length === 0 ? null : Math.max(...values);
+  };
   const next = figure((copy) => copy.next);
   return {
     ...channel,
     lastSeq: channel.order === "total" && next !== null ? Math.max(0, next - 1) : null,
     retainedEvents: figure((copy) => copy.events),
     retainedBytes: figure((copy) => copy.bytes),
+    reportedEventsMax: reported((copy) => copy.events),
+    reportedBytesMax: reported((copy) => copy.bytes),
   };
+}
+
+function definedValues(copies: readonly (ListedChannel | undefined)[], read: (copy: ListedChannel) => number | undefined): number[] {
+  return copies.map((copy) => (copy === undefined ? undefined : read(copy))).filter((value): value is number => value !== undefined);
+}
+
+/**
+ * One figure (next seq, events, bytes) from the answers of the replicas whose replicated
+ * part matched, null when fewer than f+1 gave it. On a crash channel the highest: a crash
+ * replica does not lie, and on crash/none only the f+1 replicas a publish went to store
+ * it, so any lower pick can miss them (the (f+1)-th highest of f+1 answers is their
+ * least). On a byzantine channel the (f+1)-th highest, which f faulty replicas cannot
+ * raise above what a correct one reported: every correct replica executes the same
+ * total-order log, and every acknowledged byzantine/none publish was stored by 2f+1
+ * replicas, so by f+1 correct ones.
+ */
+export function pickFigure(fault: ChannelSummary["fault"], answers: readonly number[], f: number): number | null {
+  if (fault === "byzantine") return pickLastSeq(answers, f);
+  const usable = answers.filter((answer) => Number.isSafeInteger(answer) && answer >= 0);
+  return usable.length < vouchQuorum(f) ? null : Math.max(...usable);
 }
 
 /** The keys of a channel-info answer asked with `keys`; null when malformed. */

@@ -198,7 +198,7 @@ export class FitbClient {
   private retryTimerAt = Number.POSITIVE_INFINITY;
   private closed = false;
   /** The channel list, read once per interval for all wildcard subscriptions (channel-watch.ts). */
-  private readonly channelWatch = new ChannelWatch<ChannelInfo>(() => this.listChannels());
+  private readonly channelWatch = new ChannelWatch<ChannelInfo>(() => this.listChannelClasses());
   /** Following the group (membership-follow.ts). */
   private readonly follow = {
     epoch: null as number | null,
@@ -562,9 +562,22 @@ export class FitbClient {
     return this.runQuery({ id: 0, q: "channel-info", tag }, rankRule(this.n, this.f, `channel-info ${tag}`, read));
   }
 
-  /** Every channel, sorted by tag: CLASS and key counts from f+1 matching answers, with retention figures. */
+  /**
+   * Every channel, sorted by tag: CLASS and key counts from f+1 matching answers, with
+   * retention figures from every replica that answers (channel-listing.ts): it waits for
+   * every replica with a session, or the deadline.
+   */
   listChannels(): Promise<readonly ChannelListing[]> {
     return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.group.ids, this.f));
+  }
+
+  /**
+   * The channels as soon as f+1 replicas agree on them, for readers of tags and CLASSes
+   * only (the wildcard watch): a stopped replica whose session is still up would otherwise
+   * hold each reading until the deadline. Its figures come from those first answers only.
+   */
+  private listChannelClasses(): Promise<readonly ChannelInfo[]> {
+    return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.group.ids, this.f, false));
   }
 
   /** The client keys with a quota of their own (set-quota), in ascending key order, from f+1 matching answers. */
@@ -669,7 +682,7 @@ export class FitbClient {
     if (options.from !== undefined)
       throw new InvalidInputError("BAD_REQUEST", "a pattern subscription is live: --from names a seq of one channel");
     const host: PatternHost = {
-      listChannels: () => this.listChannels(),
+      listChannels: () => this.listChannelClasses(),
       watchChannels: (listener) => this.channelWatch.listen(listener),
       subscribe: (tag, channelOptions, handler) => this.subscribe(tag, channelOptions, handler),
       subscriptionsMax: this.config.limits.connectionSubscriptionsMax,

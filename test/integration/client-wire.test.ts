@@ -825,6 +825,8 @@ describe("queries", () => {
         lastSeq: null,
         retainedEvents: null,
         retainedBytes: null,
+        reportedEventsMax: null,
+        reportedBytesMax: null,
       },
     ]);
   });

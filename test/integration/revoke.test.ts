@@ -2,14 +2,15 @@
 // `admin unregister` makes every replica refuse the revoked publisher's later publishes,
 // ends a revoked subscriber's live subscription to a private channel, `list-channels`
 // shows the CLASS, key counts, last seq and retention use (the keys with --json), and
-// `destroy-channel` asks for --yes when events are stored.
+// `destroy-channel` asks for --yes when events are stored, also on a crash/none channel,
+// where only the f+1 replicas a publish went to store it.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import type { Frame } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { fitbOk, publishFrame, rawSession } from "./client-util.ts";
+import { clientFor, encode, fitbOk, publishFrame, rawSession } from "./client-util.ts";
 import { BUN, MAIN, startCluster, type TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
@@ -145,4 +146,39 @@ describe("admin list-channels and destroy-channel", () => {
     await ok(["admin", ...A, "create-channel", "empty.one", "--fault", "crash", "--order", "total"]);
     expect(await ok(["admin", ...A, "destroy-channel", "empty.one"])).toContain("ok: destroyed channel empty.one");
   }, 30_000);
+
+  test("a crash/none channel's events, on the f+1 replicas its publishes went to, show in list-channels and make destroy-channel ask", async () => {
+    await ok(["admin", ...A, "create-channel", "trial.crash", "--fault", "crash", "--order", "none", "--public"]);
+    const registered = await ok(["admin", ...A, "register", "trial.crash", "--publisher", probe]);
+    const registeredAt = Number(/executed at decided seq (\d+)/.exec(registered)?.[1]);
+    const publisher = clientFor(cluster, cluster.clientKey);
+    try {
+      // One request: each replica that stored it holds all 20 events, whichever f+1 the client chose.
+      const ack = await publisher.publish(
+        "trial.crash",
+        Array.from({ length: 20 }, (_, i) => encode(`ev ${i + 1}`)),
+      );
+      expect(ack.replicas.length).toBeGreaterThanOrEqual(2);
+      // Every replica lists the same keys (the listing's figures come from matching answers).
+      await waitFor(`every replica to execute decided seq ${registeredAt}`, async () => {
+        const status = await publisher.status();
+        return status.replicas.every((replica) => replica.answer?.ok === true && replica.answer.value.lastDecided >= registeredAt);
+      });
+    } finally {
+      publisher.close();
+    }
+    const table = (await ok(["admin", ...A, "list-channels"])).split("\n");
+    expect((table.find((line) => line.startsWith("trial.crash ")) ?? "").split(/\s{2,}/)[8]).toMatch(/^20 events, \d+ B \(0% of /);
+    const listed = (await ok(["admin", ...A, "list-channels", "--json"]))
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line))
+      .find((channel) => channel.tag === "trial.crash");
+    expect(listed).toMatchObject({ fault: "crash", order: "none", lastSeq: null, retainedEvents: 20, reportedEventsMax: 20 });
+    const refused = await cluster.fitb(["admin", ...A, "destroy-channel", "trial.crash"]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/channel trial\.crash holds 20 events \(\d+ B\); .*--yes/);
+    expect(await ok(["admin", ...A, "list-channels"])).toContain("trial.crash");
+    expect(await ok(["admin", ...A, "destroy-channel", "trial.crash", "--yes"])).toContain("ok: destroyed channel trial.crash");
+  }, 60_000);
 });

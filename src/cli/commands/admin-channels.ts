@@ -112,18 +112,31 @@ export function formatBytes(bytes: number): string {
 
 /**
  * destroy-channel deletes the channel's stored events on every replica, for good: without
- * --yes it is refused when the channel holds any (or when the replicas do not say).
+ * --yes it is refused when any answering replica says the channel holds events, or when
+ * the replicas do not say. One replica is enough: erring towards asking is safe, and so
+ * neither a crash/none channel, whose events are on the f+1 replicas its publishes went
+ * to, nor a faulty replica answering 0 can hide events from the check.
  */
 export async function checkDestroy(client: FitbClient, tag: string, yes: boolean): Promise<void> {
   if (yes) return;
   const channel = (await client.listChannels()).find((candidate) => candidate.tag === tag);
   // An unknown channel is left to the replicas, whose refusal says so.
-  if (channel === undefined || channel.retainedEvents === 0) return;
-  const held =
-    channel.retainedEvents === null
-      ? "may hold events (the replicas did not say how many)"
-      : `holds ${channel.retainedEvents} events (${formatBytes(channel.retainedBytes ?? 0)})${
-          channel.lastSeq === null ? "" : `, last seq ${channel.lastSeq}`
-        }`;
-  throw new CommandError(`channel ${tag} ${held}; destroying it deletes them on every replica. Run again with --yes to destroy it`);
+  if (channel === undefined) return;
+  const listed = channel.retainedEvents;
+  const reported = channel.reportedEventsMax ?? 0;
+  if (listed === 0 && reported === 0) return;
+  throw new CommandError(
+    `channel ${tag} ${heldEvents(channel, reported)}; destroying it deletes them on every replica. Run again with --yes to destroy it`,
+  );
+}
+
+/** What destroy-channel says the channel holds: the listed figure, or what one replica reports beyond it. */
+function heldEvents(channel: ChannelListing, reported: number): string {
+  const listed = channel.retainedEvents;
+  if (listed !== null && listed >= reported) {
+    return `holds ${listed} events (${formatBytes(channel.retainedBytes ?? 0)})${channel.lastSeq === null ? "" : `, last seq ${channel.lastSeq}`}`;
+  }
+  if (reported === 0) return "may hold events (the replicas did not say how many)";
+  const most = `a replica reports ${reported} events (${formatBytes(channel.reportedBytesMax ?? 0)})`;
+  return listed === null ? `may hold events: ${most}` : `may hold events: ${most}, the listing ${listed}`;
 }
