@@ -259,15 +259,20 @@ export interface LoadedSigningKey {
 }
 
 /**
- * Loads a secret key file. A file that group or others may access is refused: a
- * replica key another local user could read lets that user speak as the replica (one
- * of the f it may lose), so a replica, relay or client does not start with it; the
- * message says the chmod that fixes it. A `.pub` beside it that names a different key
- * is a warning, since the secret is authoritative.
+ * Loads a secret key file. What the file is comes first: a public key file or a file
+ * that is no secret key is refused as such (a chmod would not make it one). Then a file
+ * that group or others may access is refused: a replica key another local user could
+ * read lets that user speak as the replica (one of the f it may lose), so a replica,
+ * relay or client does not start with it; the message says the chmod that fixes it.
+ * A `.pub` beside it that names a different key is a warning, since the secret is
+ * authoritative.
  */
 export function loadSigningKeyFile(path: string): LoadedSigningKey {
   const warnings: string[] = [];
   const mode = statKeyFile(path);
+  const text = readKeyFile(path);
+  refuseOtherKindOfFile(path, text);
+  const key = parseSecretKeyFile(text, path);
   if ((mode & GROUP_OTHER_PERMISSION_BITS) !== 0) {
     const octal = (mode & 0o777).toString(8).padStart(3, "0");
     throw new KeyFileError(
@@ -276,13 +281,33 @@ export function loadSigningKeyFile(path: string): LoadedSigningKey {
       `${path} is accessible by group or others (mode ${octal}); a secret key must be the owner's only: run chmod 600 ${path}`,
     );
   }
-  const key = parseSecretKeyFile(readKeyFile(path), path);
   const publicPath = publicKeyPathFor(path);
   if (existsSync(publicPath)) {
     const mismatch = publicFileMismatch(publicPath, key.publicKey);
     if (mismatch !== null) warnings.push(mismatch);
   }
   return { key, warnings };
+}
+
+/** A line every cluster file has (config/cluster.ts), so a cluster file given as a key is named as such. */
+const CLUSTER_FILE_MARK = "[[replicas]]";
+
+/**
+ * Throws when `text` is a file often given by mistake where a secret key is wanted: a
+ * public key (`ed25519:...`), naming the secret key file beside it when `path` is
+ * `SECRET.pub` and SECRET exists; or a cluster file.
+ */
+function refuseOtherKindOfFile(path: string, text: string): void {
+  if (text.includes(CLUSTER_FILE_MARK)) {
+    throw new KeyFileError(path, "format", `${path} is a cluster file, not a secret key; --config takes it, --key the secret key file`);
+  }
+  if (!text.trimStart().startsWith(PUBLIC_KEY_PREFIX)) return;
+  const secretPath = path.endsWith(PUBLIC_KEY_FILE_SUFFIX) ? path.slice(0, -PUBLIC_KEY_FILE_SUFFIX.length) : null;
+  const which =
+    secretPath !== null && secretPath !== "" && existsSync(secretPath)
+      ? secretPath
+      : `the file that starts "${SECRET_KEY_PREFIX}" (FILE for the FILE.pub that fitb keygen wrote)`;
+  throw new KeyFileError(path, "format", `${path} is a public key file; --key takes the secret key, ${which}`);
 }
 
 function publicFileMismatch(publicPath: string, expected: Uint8Array): string | null {

@@ -701,6 +701,13 @@ export class Replica {
   ): void {
     if (request.op.t === "pub") {
       const info = this.machine.channelInfo(request.op.tag);
+      if (info === null && isSysTag(request.op.tag)) {
+        // Only the replicas write their system channels (sys-channels.ts); clients read them.
+        const reason = `${request.op.tag} is a system channel, reserved to the replicas: clients may subscribe to it, not publish`;
+        this.auditRefusal(session, "UNKNOWN_CHANNEL", "publish to a system channel", request.op.tag);
+        this.reply(session, this.localFailure(request.seq, digest, "UNKNOWN_CHANNEL", reason));
+        return;
+      }
       if (info === null) {
         const again = (expired: boolean): void =>
           this.routeRequest(session, signed, request, clientHex, space, digest, expired ? undefined : after);

@@ -3,7 +3,7 @@
  * to, and files on disk.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import packageJson from "../../package.json" with { type: "json" };
@@ -92,6 +92,40 @@ describe("fitb (source entry point)", () => {
     const forced = await fitb("keygen", "--out", path, "--force");
     expect(forced.code).toBe(0);
     expect(forced.stdout.trim()).not.toBe(printed);
+  });
+
+  test("keygen --out a directory is refused at once, with or without --force, and writes nothing", async () => {
+    const dir = join(directory, "keys-dir");
+    mkdirSync(dir);
+    for (const force of [[], ["--force"]]) {
+      const result = await fitb("keygen", "--out", dir, ...force);
+      expect(result.code).toBe(2);
+      expect(lines(result.stderr)[0]).toBe(
+        `fitb keygen: --out ${dir} is a directory; --out takes the secret key file to write, e.g. --out ${join(dir, "probe.key")}`,
+      );
+      expect(result.stdout).toBe("");
+    }
+    expect(readdirSync(dir)).toEqual([]);
+    expect(existsSync(`${dir}.pub`)).toBe(false);
+  });
+
+  test("a public key or a cluster file given as --key is named as such before its mode is looked at", async () => {
+    const dir = join(directory, "told");
+    expect((await fitb("cluster", "init", "--replicas", "4", "--dir", dir)).code).toBe(0);
+    const config = join(dir, "cluster.toml");
+    const admin = join(dir, "admin.key");
+    // Both files are 0644: the mode is not what is wrong with them.
+    const pub = await fitb("admin", "--config", config, "--key", `${admin}.pub`, "status");
+    expect(pub).toEqual({
+      code: 1,
+      stdout: "",
+      stderr: `fitb admin: ${admin}.pub is a public key file; --key takes the secret key, ${admin}\n`,
+    });
+    const cluster = await fitb("admin", "--config", config, "--key", config, "status");
+    expect(cluster.code).toBe(1);
+    expect(cluster.stderr).toBe(
+      `fitb admin: ${config} is a cluster file, not a secret key; --config takes it, --key the secret key file\n`,
+    );
   });
 
   test("cluster init then config check is clean, and --id checks a replica's key", async () => {

@@ -1,8 +1,9 @@
 // `fitb demo` (what `npm start` runs) as its own process: it brings up 4 replicas and the
 // relay, an event published through the relay with raw TCP reaches a SUB connection,
 // SIGINT stops every child, a second start reuses the directory, no replica outlives the
-// demo (kill -9 of the demo, or of the shell `npm start` runs it in), and ports in use are
-// reported, with the process holding them, before anything starts.
+// demo (kill -9 of the demo, or of the shell `npm start` runs it in), a replica that exits
+// is reported with how to start it again (and, past f, that the quorum for ordering is
+// lost), and ports in use are reported, with the process holding them, before anything starts.
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -39,6 +40,8 @@ interface DemoRun {
 
 function startDemo(basePort: number, relayPort: number, underShell = false): DemoRun {
   const argv = [BUN, MAIN, "demo", "--dir", dir, "--base-port", String(basePort), "--relay-port", String(relayPort)];
+  // The console on the port after the relay's (freePortRange below keeps it free).
+  argv.push("--console-port", String(relayPort + 1));
   // As `npm start` runs it: a shell that waits for the demo (the `; true` keeps sh from exec'ing it).
   const command = underShell ? ["sh", "-c", `${argv.map((word) => `'${word}'`).join(" ")}; true`] : argv;
   const proc = Bun.spawn(command, {
@@ -106,8 +109,9 @@ async function connect(port: number): Promise<{ socket: Socket<undefined>; recei
 }
 
 describe("fitb demo", () => {
-  const base = freePortRange(5);
+  const base = freePortRange(7);
   const relayPort = base + 4;
+  const consolePort = relayPort + 1;
 
   test("starts 4 replicas and the relay; nc-style PUB reaches a SUB; SIGINT stops every child", async () => {
     const run = startDemo(base, relayPort);
@@ -196,6 +200,34 @@ describe("fitb demo", () => {
     await waitFor("the demo to stop", () => run.output.stderr.includes("fitb demo: stopped"), STOP_MS);
     expect(run.output.stderr).toContain("fitb demo: the parent process is gone; stopping");
     await waitFor("every replica to exit", () => pids.every((pid) => !isAlive(pid)), STOP_MS);
+  }, 60_000);
+
+  test("a replica's exit warns with how to start it again; a second one says the quorum for ordering is lost", async () => {
+    const run = startDemo(base, relayPort);
+    await ready(run);
+    // The admin console's port follows the ports given, beside the demo's own console.
+    expect(run.output.stdout).toContain(`Web console (read-only): http://127.0.0.1:${consolePort}/`);
+    expect(run.output.stdout).toMatch(
+      new RegExp(` console --config \\S+ --key \\S+admin\\.key --listen 127\\.0\\.0\\.1:${consolePort + 1}\n`),
+    );
+    const pids = childPids(run);
+    const warnings = (): string[] => run.output.stderr.split("\n").filter((line) => line.startsWith("fitb demo: warning: replica "));
+    process.kill(pids[2] as number, "SIGKILL");
+    await waitFor("the warning about replica 2", () => warnings().length === 1, LINE_MS);
+    process.kill(pids[3] as number, "SIGKILL");
+    await waitFor("the warning about replica 3", () => warnings().length === 2, LINE_MS);
+    const [first, second] = warnings() as [string, string];
+    expect(first).toStartWith("fitb demo: warning: replica 2 was stopped by SIGKILL (see ");
+    expect(first).toContain("the cluster tolerates 1 failed replica (f=1) and goes on with 3 of 4");
+    expect(first).toMatch(
+      /start it again in another shell \(it rejoins the group\): .* replica --config \S+cluster\.toml --id 2 --urgent-delay-target-ms 2$/,
+    );
+    expect(second).toStartWith("fitb demo: warning: replica 3 was stopped by SIGKILL (see ");
+    expect(second).toContain("replicas 2, 3 have exited, more than the cluster tolerates (f=1): it has lost its quorum for ordering");
+    expect(second).not.toContain("goes on");
+    expect(second).toMatch(/ replica --config \S+cluster\.toml --id 3 --urgent-delay-target-ms 2$/);
+    expect(await stopWith(run, "SIGINT")).toBe(0);
+    for (const pid of pids) expect(isAlive(pid)).toBe(false);
   }, 60_000);
 
   test("a port in use is one clear line naming it and who holds it, before anything starts", async () => {

@@ -89,7 +89,10 @@ describe("$sys channels", () => {
       await expect(
         admin.admin({ t: "create-channel", tag: "$sys.mine", fault: "crash", order: "none", priority: "low", public: true }),
       ).rejects.toThrow();
-      await expect(admin.publish("$sys.events", [encode("forged")])).rejects.toThrow();
+      // Refused, saying why (not "no channel", since a client may subscribe to it).
+      await expect(admin.publish("$sys.events", [encode("forged")])).rejects.toThrow(
+        "$sys.events is a system channel, reserved to the replicas: clients may subscribe to it, not publish",
+      );
       await expect(admin.subscribe("$sys.replica.9", {}, () => undefined)).rejects.toThrow();
     } finally {
       admin.close();

@@ -71,6 +71,10 @@ const USAGE_CASES: Record<string, readonly (readonly [readonly string[], string]
     ],
     [[...NO_FILES, "create-channel", "--fault", "crash", "--order", "none"], "create-channel needs a TAG"],
     [[...NO_FILES, "create-channel", "NET", "--fault", "crash", "--order", "none"], "TAG: tag"],
+    // The replicas' own channels: refused as a usage error like any other bad TAG, saying why.
+    [[...NO_FILES, "create-channel", "$sys.x", "--fault", "crash", "--order", "none"], "TAG: $sys.x is a system channel name"],
+    [[...NO_FILES, "destroy-channel", "$sys.events"], "reserved to the replicas"],
+    [[...NO_FILES, "register", "$sys.events", "--publisher", PUBKEY], "reserved to the replicas"],
     [
       [...NO_FILES, "create-channel", "net.links", "--fault", "crash", "--order", "none", "--json"],
       "--json does not apply to create-channel",

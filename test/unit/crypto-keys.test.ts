@@ -156,6 +156,31 @@ describe("key files", () => {
     expect(loadSigningKeyFile(path).warnings).toEqual([]);
   });
 
+  test("what the file is comes before its mode: a public key, a cluster file or garbage is named as such, even at 644", () => {
+    const path = join(directory, "told.key");
+    writeKeyPairFiles(path, SigningKey.generate(), { overwrite: false });
+    // A .pub is 0644 as keygen writes it: the chmod the mode check would ask for would not help.
+    expect(() => loadSigningKeyFile(`${path}.pub`)).toThrow(`${path}.pub is a public key file; --key takes the secret key, ${path}`);
+    const lonePub = join(directory, "lone.key.pub");
+    writeFileSync(lonePub, `${SigningKey.generate().publicKeyText}\n`, { mode: 0o644 });
+    expect(() => loadSigningKeyFile(lonePub)).toThrow(`${lonePub} is a public key file; --key takes the secret key, the file that starts`);
+    const cluster = join(directory, "cluster.toml");
+    writeFileSync(cluster, 'name = "t"\n[[replicas]]\nid = 0\n', { mode: 0o644 });
+    expect(() => loadSigningKeyFile(cluster)).toThrow(`${cluster} is a cluster file, not a secret key; --config takes it`);
+    const garbage = join(directory, "open-garbage.key");
+    writeFileSync(garbage, "not a key\n", { mode: 0o644 });
+    expect(() => loadSigningKeyFile(garbage)).toThrow(`${garbage}: not a fitb secret key file`);
+    for (const wrong of [`${path}.pub`, cluster, garbage]) {
+      let error: unknown = null;
+      try {
+        loadSigningKeyFile(wrong);
+      } catch (caught) {
+        error = caught;
+      }
+      expect((error as KeyFileError).reason).toBe("format");
+    }
+  });
+
   test("a .pub that names a different key earns a warning", () => {
     const path = join(directory, "mismatch.key");
     writeKeyPairFiles(path, SigningKey.generate(), { overwrite: false });

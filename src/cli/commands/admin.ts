@@ -18,6 +18,7 @@
  * subcommand as the first argument, rather than one command per word.
  */
 import type { AdminCmd } from "../../../wire/schemas.ts";
+import { SYS_TAG_PREFIX } from "../../../wire/types.ts";
 import { ClientError } from "../../client/errors.ts";
 import type { FitbClient } from "../../client/client.ts";
 import { loadClientSetup } from "../../client/setup.ts";
@@ -110,7 +111,8 @@ export const adminCommand: Command = {
     `      Creates channel TAG with its CLASS (priority: ${PRIORITIES.join("|")}, default ${DEFAULT_PRIORITY}).`,
     "      --public lets any authenticated client subscribe; publishers must always be registered.",
     "  destroy-channel TAG [--yes]",
-    "      Deletes the channel and its stored events; asks for --yes when it holds events.",
+    "      Deletes the channel and its stored events; asks for --yes when any replica says it",
+    "      holds events (or none says how many).",
     "  register TAG --publisher PUBKEY | --subscriber PUBKEY",
     "      Allows the key (ed25519:...) to publish to, or subscribe to, channel TAG.",
     "  unregister TAG --publisher PUBKEY | --subscriber PUBKEY",
@@ -121,7 +123,11 @@ export const adminCommand: Command = {
     "      defaults; a limit not given keeps the default; no limit at all removes the quota.",
     "      A refused request or subscription names the limit it met.",
     "  list-channels [--json]       Channels: CLASS, registered keys, last seq, retention use",
-    "                               (--json: one object per channel, with the keys)",
+    "                               (--json: one object per channel, with the keys). LAST-SEQ and",
+    "                               RETAINED: on a crash channel the highest any replica gives",
+    "                               (order none: the most one replica holds); on a byzantine one",
+    "                               the (f+1)-th highest, which f faulty replicas cannot raise",
+    "                               above what a correct replica holds",
     "  list-quotas [--json]         Keys with a quota of their own (set-quota) and their limits;",
     "                               'default': the cluster's [limits]; 'none': no bytes/s limit",
     "                               (--json: one object per key, null for a default)",
@@ -217,12 +223,16 @@ export function parseAction(args: ParsedArgs): AdminAction {
       if (tagText !== undefined) throw new UsageError(`${subcommand} takes no TAG, got ${JSON.stringify(tagText)}`);
       return { t: subcommand, json: args.boolean("json") };
     case "create-channel":
-      return { t: "change", cmd: createChannelCmd(requireTag(requiredTag(tagText, subcommand)), args), yes: false };
+      return { t: "change", cmd: createChannelCmd(requireChannelTag(requiredTag(tagText, subcommand)), args), yes: false };
     case "destroy-channel":
-      return { t: "change", cmd: { t: "destroy-channel", tag: requireTag(requiredTag(tagText, subcommand)) }, yes: args.boolean("yes") };
+      return {
+        t: "change",
+        cmd: { t: "destroy-channel", tag: requireChannelTag(requiredTag(tagText, subcommand)) },
+        yes: args.boolean("yes"),
+      };
     case "register":
     case "unregister":
-      return { t: "change", cmd: keyCmd(subcommand, requireTag(requiredTag(tagText, subcommand)), args), yes: false };
+      return { t: "change", cmd: keyCmd(subcommand, requireChannelTag(requiredTag(tagText, subcommand)), args), yes: false };
     case "set-quota":
       return { t: "change", cmd: setQuotaCmd(tagText, args), yes: false };
     case "add-replica":
@@ -235,6 +245,20 @@ export function parseAction(args: ParsedArgs): AdminAction {
       throw new UsageError(`unknown admin command ${String(unreachable)}`);
     }
   }
+}
+
+/**
+ * A TAG an admin command may create, destroy or register on: a valid tag outside `$sys.`,
+ * whose channels the replicas keep themselves (sys-channels.ts) and no admin changes.
+ */
+function requireChannelTag(text: string): string {
+  const tag = requireTag(text);
+  if (tag.startsWith(SYS_TAG_PREFIX)) {
+    throw new UsageError(
+      `TAG: ${tag} is a system channel name: ${SYS_TAG_PREFIX}* channels are reserved to the replicas (subscribe to read them); choose a tag without "$"`,
+    );
+  }
+  return tag;
 }
 
 function requiredTag(tag: string | undefined, subcommand: Subcommand): string {

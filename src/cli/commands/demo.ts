@@ -39,6 +39,7 @@ import { portHolderNote } from "../port-holder.ts";
 import { FTL_DEFAULT, ftlEnvironment } from "../jit.ts";
 import { runningFromSource, selfCommand } from "../self.ts";
 import { DEFAULT_BASE_PORT, DEFAULT_HOST } from "./cluster-init.ts";
+import { adminConsolePort, replicaExitWarning } from "./demo-notes.ts";
 
 export const DEFAULT_DEMO_DIR = ".fitb-demo";
 /** Where the demo's web console listens (on 127.0.0.1), as `fitb console` by default. */
@@ -188,7 +189,7 @@ async function runDemo(args: ParsedArgs, io: CommandIo): Promise<number> {
     await demo.untilStopOr(demo.ensureChannels());
     await demo.untilStopOr(demo.startRelay(config, configPath, relayPort));
     const consoleUrl = consolePort === 0 ? null : demo.startConsole(consolePort);
-    printInstructions(io, dir, config, relayPort, consoleUrl);
+    printInstructions(io, dir, config, { relay: relayPort, console: consolePort }, consoleUrl);
     await stopRequested;
   } catch (error) {
     if (!(error instanceof StopRequested)) {
@@ -209,11 +210,17 @@ interface Child {
   readonly id: number;
   readonly proc: Subprocess;
   readonly logPath: string;
+  /** How the operator starts this replica again by hand, copy-pasteable (replicaRestartCommand). */
+  readonly restart: string;
 }
 
 /** The running demo: its children, its clients and its relay, and how to stop them. */
 class Demo {
   private readonly children: Child[] = [];
+  /** The replicas that exited while the demo ran, in the order they went. */
+  private readonly exitedIds: number[] = [];
+  /** The group's f, once the replicas are started (what one more exit is measured against). */
+  private f = 0;
   private admin: FitbClient | null = null;
   private relayClient: FitbClient | null = null;
   private relay: RelayServer | null = null;
@@ -283,15 +290,14 @@ class Demo {
 
   /** Starts every replica as a child process of this same executable. */
   startReplicas(config: ClusterConfig, configPath: string): void {
+    this.f = config.f;
     for (const replica of config.replicas) {
       const logPath = join(this.dir, `replica-${replica.id}.log`);
       const log = openSync(logPath, "w", 0o600);
       try {
         // stdin: a pipe this process holds and never writes; it closes when this process
         // dies, however it dies, and --with-parent makes the replica stop then.
-        // Priority shedding as a host dedicated to fitb with a critical channel should run it.
-        const shedding = ["--urgent-delay-target-ms", String(URGENT_DELAY_TARGET_MS_SUGGESTED)];
-        const argv = [...selfCommand(), "replica", "--config", configPath, "--id", String(replica.id), "--with-parent", ...shedding];
+        const argv = [...selfCommand(), ...demoReplicaArgs(configPath, replica.id), "--with-parent"];
         const proc = Bun.spawn(argv, {
           // What --ftl's default asks for, so the replica need not restart itself for it (jit.ts).
           env: { ...process.env, ...ftlEnvironment(FTL_DEFAULT) },
@@ -299,8 +305,9 @@ class Demo {
           stdout: log,
           stderr: log,
         });
-        this.children.push({ id: replica.id, proc, logPath });
-        void proc.exited.then((code) => this.onChildExit(replica.id, code, logPath));
+        const child: Child = { id: replica.id, proc, logPath, restart: replicaRestartCommand(configPath, replica.id) };
+        this.children.push(child);
+        void proc.exited.then(() => this.onChildExit(child, config.n));
         this.io.err(
           `fitb demo: replica ${replica.id} on ${formatAddress(replica.host, replica.port)} (pid ${proc.pid}), log ${displayPath(logPath)}`,
         );
@@ -310,10 +317,20 @@ class Demo {
     }
   }
 
-  private onChildExit(id: number, code: number, logPath: string): void {
+  private onChildExit(child: Child, n: number): void {
     if (this.stopping !== null || this.signalCount > 0) return;
+    this.exitedIds.push(child.id);
+    const how = child.proc.signalCode === null ? `exited with code ${child.proc.exitCode}` : `was stopped by ${child.proc.signalCode}`;
     this.io.err(
-      `fitb demo: warning: replica ${id} exited with code ${code} (see ${displayPath(logPath)}); the cluster tolerates one failed replica`,
+      replicaExitWarning({
+        id: child.id,
+        how,
+        log: displayPath(child.logPath),
+        exited: this.exitedIds,
+        n,
+        f: this.f,
+        restart: child.restart,
+      }),
     );
   }
 
@@ -463,6 +480,25 @@ function fitbInvocation(): string {
   return shellQuote(path.includes("/") ? path : `./${path}`);
 }
 
+/**
+ * The arguments the demo starts replica `id` with, after the executable. Priority shedding
+ * as a host dedicated to fitb with a critical channel should run it.
+ */
+function demoReplicaArgs(configPath: string, id: number): string[] {
+  return ["replica", "--config", configPath, "--id", String(id), "--urgent-delay-target-ms", String(URGENT_DELAY_TARGET_MS_SUGGESTED)];
+}
+
+/**
+ * The demo's command line for replica `id` as the operator types it in another shell. It
+ * leaves out --with-parent: that ties the replica to the demo's pipe on its standard input,
+ * which a replica started from a shell does not have. The replica resumes from its data
+ * directory (the cluster file names it) and rejoins the group.
+ */
+function replicaRestartCommand(configPath: string, id: number): string {
+  const args = demoReplicaArgs(displayPath(configPath), id);
+  return [fitbInvocation(), ...args.map(shellQuote)].join(" ");
+}
+
 function createChannelCmd(channel: CreateChannelCmd): CreateChannelCmd {
   return {
     t: "create-channel",
@@ -557,13 +593,28 @@ function shellQuote(word: string): string {
   return /^[A-Za-z0-9_./:@%+=,-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`;
 }
 
-function printInstructions(io: CommandIo, dir: string, config: ClusterConfig, relayPort: number, consoleUrl: string | null): void {
+/** Every port the demo listens on: its replicas' (client and peer), the relay's and the console's. */
+function demoPorts(config: ClusterConfig, relayPort: number, consolePort: number): number[] {
+  const replicaPorts = config.replicas.flatMap((replica) =>
+    replica.peerPort === null ? [replica.port] : [replica.port, replica.peerPort],
+  );
+  return [...replicaPorts, relayPort, consolePort];
+}
+
+function printInstructions(
+  io: CommandIo,
+  dir: string,
+  config: ClusterConfig,
+  ports: { readonly relay: number; readonly console: number },
+  consoleUrl: string | null,
+): void {
   const fitb = fitbInvocation();
   const cfg = shellQuote(displayPath(join(dir, CLUSTER_FILE_NAME)));
   const clientKey = shellQuote(displayPath(join(dir, CLIENT_KEY_FILE_NAME)));
   const adminKey = shellQuote(displayPath(join(dir, ADMIN_KEY_FILE_NAME)));
   const first = config.replicas[0];
   const last = config.replicas[config.n - 1];
+  const relayPort = ports.relay;
   const relay = `${DEFAULT_HOST} ${relayPort}`;
   const width = Math.max(...DEMO_CHANNELS.map((channel) => channel.tag.length));
   const lines = [
@@ -592,7 +643,7 @@ function printInstructions(io: CommandIo, dir: string, config: ClusterConfig, re
       ? []
       : [
           `Web console (read-only): ${consoleUrl}`,
-          `  with the admin key: ${fitb} console --config ${cfg} --key ${adminKey} --listen 127.0.0.1:7501`,
+          `  with the admin key: ${fitb} console --config ${cfg} --key ${adminKey} --listen ${DEFAULT_HOST}:${adminConsolePort(ports.console, demoPorts(config, ports.relay, ports.console))}`,
           "",
         ]),
     `Replica logs: ${displayPath(join(dir, "replica-N.log"))}. Ctrl-C stops everything; the next start reuses ${displayPath(dir)}.`,

@@ -2,10 +2,15 @@
  * `fitb keygen --out FILE [--force]`: writes an ed25519 key pair and prints the
  * public key, so a script can capture it: `KEY=$(fitb keygen --out probe.key)`.
  */
+import { statSync } from "node:fs";
+import { join } from "node:path";
 import { formatPublicKey, KeyFileError, publicKeyPathFor, SECRET_KEY_FILE_MODE, SigningKey, writeKeyPairFiles } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
-import { CommandError, EXIT_OK } from "../errors.ts";
+import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
+
+/** The file name suggested inside a directory given as --out. */
+const EXAMPLE_KEY_FILE_NAME = "probe.key";
 
 export const keygenCommand: Command = {
   path: ["keygen"],
@@ -32,6 +37,7 @@ export const keygenCommand: Command = {
 
 function runKeygen(args: ParsedArgs, io: CommandIo): number {
   const path = args.requiredString("out");
+  refuseDirectory(path);
   const key = SigningKey.generate();
   try {
     writeKeyPairFiles(path, key, { overwrite: args.boolean("force") });
@@ -44,4 +50,25 @@ function runKeygen(args: ParsedArgs, io: CommandIo): number {
   io.err(`wrote ${path} (secret, mode ${SECRET_KEY_FILE_MODE.toString(8).padStart(4, "0")}) and ${publicKeyPathFor(path)}`);
   io.out(formatPublicKey(key.publicKey));
   return EXIT_OK;
+}
+
+/** --out names the file to write; a directory there is refused before anything is written (--force would not help). */
+function refuseDirectory(path: string): void {
+  if (isDirectory(path)) {
+    throw new UsageError(
+      `--out ${path} is a directory; --out takes the secret key file to write, e.g. --out ${join(path, EXAMPLE_KEY_FILE_NAME)}`,
+    );
+  }
+  const publicPath = publicKeyPathFor(path);
+  if (isDirectory(publicPath)) {
+    throw new UsageError(`${publicPath} is a directory, where --out ${path} puts the public key; choose another --out or move it`);
+  }
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
 }

@@ -278,6 +278,7 @@ export const pubCommand: Command = {
   description: [
     "Publishes MESSAGE to channel TAG, or, without MESSAGE, one event per line of standard",
     "input until EOF (lines end in \\n or \\r\\n; the bytes are published as they are).",
+    "An empty line is published as an empty event (the relay, by contrast, skips empty lines).",
     "Events are batched into signed requests. For each event, in input order, prints",
     "'+OK TAG SEQ' once the channel's quorum acknowledged it, or '-ERR CODE reason'.",
     "SEQ is the channel sequence number on total-order channels and the publisher's own",

@@ -120,7 +120,7 @@ export const replicaCommand: Command = {
     },
   ],
   positionals: [],
-  examples: ["fitb replica --config /etc/fitb/cluster.toml --id 0 --key /etc/fitb/replica-0.key --data /var/lib/fitb"],
+  examples: ["fitb replica --config /etc/fitb/cluster.toml --id 0 --key /etc/fitb/replica-0.key --data /var/lib/fitb/replica-0"],
   run: runReplica,
 };
 
