@@ -8,15 +8,20 @@
  *   connection stops reading (the bytes already received wait, unparsed, and the socket
  *   is paused, so TCP pushes back on the client); input is parsed a slice at a time, so
  *   the parsed commands waiting to run are few whatever arrives at once;
- * - bytes not yet taken by the socket: event lines stop at `eventOutboundBytesMax`, where
- *   the subscription that overflowed is ended with `END <tag> SLOW` (a reader that does
- *   not keep up loses its subscription, not the relay its memory); answers stop the
- *   reading at `readPauseOutboundBytes`, and a hard bound above both ends the connection;
+ * - bytes not yet taken by the socket: event lines (of every subscription of the
+ *   connection, those waiting for a SUB's `+OK` included) stop at `eventOutboundBytesMax`,
+ *   and those of all connections together at `relayOutboundBytesMax`; there the
+ *   subscription that overflowed is ended with `END <tag> SLOW` (a reader that does not
+ *   keep up loses its subscription, not the relay its memory); answers stop the reading at
+ *   `readPauseOutboundBytes`, and a hard bound above both ends the connection;
+ * - time: output that waits `outputStallTimeoutMs` without the client reading any of it
+ *   ends the connection, so a reader that stopped for good gives its memory back;
  * - subscriptions: `subscriptionsPerConnectionMax`;
- * - event bytes of its publishes: each tag's publisher bounds its own queue (a full one
- *   makes the PUB wait, which pauses reading), and the relay-wide `publishBytes` budget
- *   bounds every connection's publishes together (past it a PUB is refused with
- *   `-ERR OVERLOADED`, since waiting on the others' publishes would stall every client).
+ * - event bytes of its publishes: each tag's publisher bounds its own queue, and the
+ *   connection its own unanswered bytes (`connectionPublishBytesMax`); at either a PUB
+ *   waits, which pauses reading. The relay-wide `publishBytes` budget bounds every
+ *   connection's publishes together (past it a PUB is refused with `-ERR OVERLOADED`,
+ *   since waiting on the others' publishes would stall every client).
  *
  * Why one file of more than 600 lines: every bound above acts on the same ordered stream
  * of answers and event lines, and the order of answers is easiest to check with the
@@ -24,6 +29,7 @@
  */
 import { concatByteList } from "../crypto/encoding.ts";
 import { ClientClosedError, ClientError, describeError, SubscriptionEndedError } from "../client/errors.ts";
+import { isPattern } from "../client/pattern.ts";
 import { InOrder, type Settled } from "../client/in-order.ts";
 import type { EventAck, Publisher } from "../client/publisher.ts";
 import {
@@ -41,6 +47,7 @@ import { ackLine, endLine, errLine, eventBytes, OK_LINE, PONG_LINE } from "./for
 import { RelayLineParser, type RelayCommand, type RelayInput } from "./parser.ts";
 import type { ResolvedRelayLimits } from "./limits.ts";
 import type { RelayMetrics } from "./metrics.ts";
+import type { RelayOutputBytes } from "./output-bytes.ts";
 import type { PublishBytesBudget } from "./publish-bytes.ts";
 
 const encoder = new TextEncoder();
@@ -63,6 +70,30 @@ export interface LineSocket {
   terminate(): void;
 }
 
+/** The clock and timers a connection uses: the real ones, or a test's hand-driven clock. */
+export interface RelayTimers {
+  now(): number;
+  setTimeout(callback: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const REAL_RELAY_TIMERS: RelayTimers = {
+  now: () => Date.now(),
+  setTimeout: (callback, ms) => setTimeout(callback, ms),
+  clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
+};
+
+/**
+ * A subscription's signals, with the error behind one when the relay knows it: a
+ * pattern's channel signal (refused, ended) carries only text, and the END line it
+ * becomes takes its code from the error.
+ */
+export type RelaySignalHandler = (signal: SubscriptionSignal, cause?: unknown) => void;
+
+export interface RelaySubscribeOptions extends SubscribeOptions {
+  readonly onSignal: RelaySignalHandler;
+}
+
 /** What a connection needs from the relay around it. */
 export interface RelayBackend {
   readonly limits: ResolvedRelayLimits;
@@ -70,10 +101,13 @@ export interface RelayBackend {
   readonly metrics: RelayMetrics | null;
   /** Event bytes of publishes not yet answered, shared by every connection. */
   readonly publishBytes: PublishBytesBudget;
+  /** Output bytes waiting for readers, summed over every connection. */
+  readonly outputBytes: RelayOutputBytes;
+  readonly timers: RelayTimers;
   /** The shared publisher of `tag`: publishes of every connection to a tag batch together. */
   publisherFor(tag: string): Publisher;
   /** `tag` may be a pattern (net.*, net.>): one subscription that follows every matching channel. */
-  subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle>;
+  subscribe(tag: string, options: RelaySubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle>;
   log(message: string): void;
 }
 
@@ -83,16 +117,29 @@ interface Answer {
   readonly after?: () => void;
 }
 
+/**
+ * Where a subscription's reader stopped: the channel, and the seq of the first event it
+ * was not sent (null on `order: none` channels, which cannot resume from a seq).
+ */
+interface ResumePoint {
+  readonly channel: string;
+  readonly seq: number | null;
+}
+
 /** One `SUB` of this connection. */
 interface RelaySub {
   readonly tag: string;
+  /** A pattern (net.*): it follows many channels and takes no from-seq. */
+  readonly pattern: boolean;
   subscription: SubscriptionHandle | null;
   /** Set by UNSUB, by an end, or when the connection goes: nothing more is written for it. */
   closed: boolean;
-  /** Whether the SUB's `+OK` is written; event lines before it wait in `held`. */
+  /** Whether the SUB's `+OK` is written; event (and a pattern's END) lines before it wait in `held`. */
   answered: boolean;
   held: Uint8Array[];
   heldBytes: number;
+  /** The first event held, where a reader resumes if the held events are dropped. */
+  firstHeld: ResumePoint | null;
   /** An END line that must wait for the `+OK`. */
   pendingEnd: string | null;
   /** Where a trimmed history starts, as the subscription reported it. */
@@ -112,9 +159,20 @@ export class RelayConnection {
   private inbox: Uint8Array[] = [];
   private inboxBytes = 0;
   private readonly subs = new Map<string, RelaySub>();
+  /** Bytes held for every SUB whose `+OK` is not yet written (the sum of their heldBytes). */
+  private heldBytes = 0;
   private readonly roomWaiters: (() => void)[] = [];
+  /** Event bytes of this connection's publishes not yet answered. */
+  private publishBytesHeld = 0;
+  /** PUBs waiting for this connection's own publishes to be answered. */
+  private readonly publishWaiters: (() => void)[] = [];
   private pendingWrites: Uint8Array[] = [];
   private pendingWriteBytes = 0;
+  /** Output bytes last counted in the relay-wide total (backend.outputBytes). */
+  private reportedOutputBytes = 0;
+  /** When output last went out, or began to wait: the stall timeout runs from here. */
+  private outputProgressAt = 0;
+  private stallTimer: unknown = null;
   private flushScheduled = false;
   private pumping = false;
   private paused = false;
@@ -125,7 +183,7 @@ export class RelayConnection {
   private state: FinishState = "open";
   /** FIN sent: nothing more is written. */
   private endSent = false;
-  private closeTimer: ReturnType<typeof setTimeout> | null = null;
+  private closeTimer: unknown = null;
 
   constructor(
     private readonly socket: LineSocket,
@@ -174,22 +232,33 @@ export class RelayConnection {
   }
 
   onDrain(): void {
+    const before = this.outbound.bufferedBytes;
     this.outbound.flush((data) => this.socket.write(data));
+    this.watchOutput(before);
+    this.syncOutputBytes();
     this.updateFlow();
     this.maybeEnd();
   }
 
-  /** The socket is closed (by either side). Commands already received still complete. */
+  /**
+   * The socket is closed (by either side). Commands already running complete (a PUB
+   * handed to its publisher is published, unseen); those parsed but not yet started are
+   * dropped, never answered and never published.
+   */
   onClose(): void {
     if (this.state === "closed") return;
     this.state = "closed";
-    if (this.closeTimer !== null) clearTimeout(this.closeTimer);
+    const timers = this.backend.timers;
+    if (this.closeTimer !== null) timers.clearTimeout(this.closeTimer);
     this.closeTimer = null;
+    if (this.stallTimer !== null) timers.clearTimeout(this.stallTimer);
+    this.stallTimer = null;
     this.dropInput();
     this.pendingWrites = [];
     this.pendingWriteBytes = 0;
     this.outbound.clear();
     for (const sub of [...this.subs.values()]) this.dropSub(sub);
+    this.syncOutputBytes();
     for (const wake of this.roomWaiters.splice(0)) wake();
     this.onGone(this);
   }
@@ -312,22 +381,27 @@ export class RelayConnection {
   }
 
   /**
-   * Hands the event to the tag's shared publisher. When its queue is full the command
-   * waits for room (and with it every later command of this connection, whose answers
-   * must come after this one anyway), which pauses reading from this client. When the
-   * relay as a whole holds `publishBytesMax` of unanswered events it is refused instead.
+   * Hands the event to the tag's shared publisher. When its queue is full, or this
+   * connection holds `connectionPublishBytesMax` of unanswered events, the command waits
+   * (and with it every later command of this connection, whose answers must come after
+   * this one anyway), which pauses reading from this client. When the relay as a whole
+   * holds `publishBytesMax` of unanswered events it is refused instead.
    */
   private async runPub(tag: string, payload: Uint8Array): Promise<void> {
-    let publisher = this.publisherFor(tag);
-    if (publisher === null) return;
-    if (!publisher.hasRoom(payload.byteLength)) {
-      await publisher.waitForRoom(payload.byteLength);
-      // The relay may have retired an idle publisher while this one waited.
-      publisher = this.publisherFor(tag);
-      if (publisher === null) return;
-    }
-    const budget = this.backend.publishBytes;
     const bytes = payload.byteLength;
+    await this.ownPublishRoom(bytes);
+    // Waiting PUBs of several connections are woken together when room frees, perhaps
+    // room for one: each looks again, and waits again if another took it, so that a PUB
+    // to a full queue waits and is never refused for it. No await may come between the
+    // look that finds room and the publish that takes it.
+    let publisher = this.publisherFor(tag);
+    while (publisher !== null && !publisher.hasRoom(bytes)) {
+      await publisher.waitForRoom(bytes);
+      // Asked anew: the relay may have retired an idle publisher meanwhile.
+      publisher = this.publisherFor(tag);
+    }
+    if (publisher === null) return;
+    const budget = this.backend.publishBytes;
     const metrics = this.backend.metrics;
     const refusal = budget.take(bytes);
     if (refusal !== null) {
@@ -335,13 +409,14 @@ export class RelayConnection {
       this.answer({ line: errLine("OVERLOADED", refusal) });
       return;
     }
+    this.publishBytesHeld += bytes;
     const cells = metrics?.tag(tag) ?? null;
     cells?.published.inc();
     const startedMs = performance.now();
     this.answers.push(
       publisher.publish(payload).then(
         (ack: EventAck): Answer => {
-          budget.release(bytes);
+          this.releasePublishBytes(bytes);
           if (cells !== null && metrics !== null) {
             cells.acked.inc();
             metrics.publishAck.observe((performance.now() - startedMs) / 1000);
@@ -349,12 +424,29 @@ export class RelayConnection {
           return { line: ackLine(ack.tag, ack.seq) };
         },
         (error: unknown): Answer => {
-          budget.release(bytes);
+          this.releasePublishBytes(bytes);
           metrics?.refusedWith(error instanceof ClientError ? error.code : "INTERNAL");
           return { line: errorLine(error) };
         },
       ),
     );
+  }
+
+  /**
+   * Waits while this connection's own unanswered publishes hold its share of the budget.
+   * Like the budget, a connection with nothing held always takes one event, however large.
+   */
+  private async ownPublishRoom(bytes: number): Promise<void> {
+    const bytesMax = this.backend.limits.connectionPublishBytesMax;
+    while (this.publishBytesHeld > 0 && this.publishBytesHeld + bytes > bytesMax) {
+      await new Promise<void>((resolve) => this.publishWaiters.push(resolve));
+    }
+  }
+
+  private releasePublishBytes(bytes: number): void {
+    this.backend.publishBytes.release(bytes);
+    this.publishBytesHeld -= bytes;
+    for (const wake of this.publishWaiters.splice(0)) wake();
   }
 
   private publisherFor(tag: string): Publisher | null {
@@ -378,17 +470,19 @@ export class RelayConnection {
     }
     const sub: RelaySub = {
       tag,
+      pattern: isPattern(tag),
       subscription: null,
       closed: false,
       answered: false,
       held: [],
       heldBytes: 0,
+      firstHeld: null,
       pendingEnd: null,
       trimmedOldest: null,
     };
     this.subs.set(tag, sub);
-    const onSignal = (signal: SubscriptionSignal): void => this.onSignal(sub, signal);
-    const options: SubscribeOptions = from === null ? { onSignal } : { from, onSignal };
+    const onSignal: RelaySignalHandler = (signal, cause) => this.onSignal(sub, signal, cause);
+    const options: RelaySubscribeOptions = from === null ? { onSignal } : { from, onSignal };
     let started: Promise<SubscriptionHandle>;
     try {
       started = this.backend.subscribe(tag, options, (batch) => this.onBatch(sub, batch));
@@ -434,8 +528,7 @@ export class RelayConnection {
   private onSubAnswered(sub: RelaySub): void {
     sub.answered = true;
     const held = sub.held;
-    sub.held = [];
-    sub.heldBytes = 0;
+    this.releaseHeld(sub);
     if (!sub.closed) for (const bytes of held) this.write(bytes);
     if (sub.pendingEnd !== null) this.write(sub.pendingEnd);
     sub.pendingEnd = null;
@@ -463,27 +556,88 @@ export class RelayConnection {
       metrics.delivery.observe(Math.max(0, Date.now() - batch.ts) / 1000);
     }
     const bytes = batchBytes(batch);
-    const eventBytesMax = this.backend.limits.eventOutboundBytesMax;
-    const waiting = this.queuedBytes() + sub.heldBytes;
-    // An idle connection always takes one batch, however large: the bound is on what
-    // piles up behind a reader that does not keep up, not on a batch.
-    if (waiting > 0 && waiting + bytes.byteLength > eventBytesMax) {
-      this.endSub(sub, "SLOW", slowReason(sub.tag, batch, waiting));
+    const behind = this.fallenBehind(bytes.byteLength);
+    if (behind !== null) {
+      // Events held for the `+OK` are dropped with the subscription: the reader resumes at the first of them.
+      this.endSub(sub, "SLOW", slowReason(sub, sub.firstHeld ?? resumePointOf(batch), behind));
       return;
     }
     if (!sub.answered) {
-      sub.held.push(bytes);
-      sub.heldBytes += bytes.byteLength;
+      sub.firstHeld ??= resumePointOf(batch);
+      this.hold(sub, bytes);
       return;
     }
     this.write(bytes);
   }
 
-  private onSignal(sub: RelaySub, signal: SubscriptionSignal): void {
-    if (signal.t === "trimmed") sub.trimmedOldest = signal.oldestSeq;
-    if (signal.t !== "overflow") return;
-    const why = signal.source === "local" ? "delivery queue full" : signal.reason;
-    this.backend.log(`subscription to ${sub.tag}: ${signal.droppedEvents} events dropped (${why})`);
+  /**
+   * Why `bytes` more of event lines may not be queued on this connection (its reader is
+   * behind), or null. Everything the connection holds counts: what the socket has not
+   * taken, and the events of every SUB still waiting for its `+OK`. An idle connection
+   * always takes one batch, however large: the bound is on what piles up behind a reader
+   * that does not keep up, not on a batch.
+   */
+  private fallenBehind(bytes: number): string | null {
+    const waiting = this.queuedBytes() + this.heldBytes;
+    if (waiting === 0) return null;
+    if (waiting + bytes > this.backend.limits.eventOutboundBytesMax) return `the client fell behind (${waiting} bytes not yet read)`;
+    const relay = this.backend.outputBytes;
+    if (relay.wouldExceed(bytes)) {
+      return `the client fell behind (${waiting} bytes not yet read) while the relay holds ${relay.usedBytes} bytes not yet read across its connections; at most ${relay.bytesMax}`;
+    }
+    return null;
+  }
+
+  /** Keeps bytes of `sub` until its `+OK` is written. */
+  private hold(sub: RelaySub, bytes: Uint8Array): void {
+    sub.held.push(bytes);
+    sub.heldBytes += bytes.byteLength;
+    this.heldBytes += bytes.byteLength;
+    this.syncOutputBytes();
+  }
+
+  private releaseHeld(sub: RelaySub): void {
+    this.heldBytes -= sub.heldBytes;
+    sub.held = [];
+    sub.heldBytes = 0;
+    sub.firstHeld = null;
+    this.syncOutputBytes();
+  }
+
+  private onSignal(sub: RelaySub, signal: SubscriptionSignal, cause: unknown): void {
+    switch (signal.t) {
+      case "trimmed":
+        sub.trimmedOldest = signal.oldestSeq;
+        return;
+      case "overflow": {
+        const why = signal.source === "local" ? "delivery queue full" : signal.reason;
+        this.backend.log(`subscription to ${sub.tag}: ${signal.droppedEvents} events dropped (${why})`);
+        return;
+      }
+      case "channel":
+        this.onChannelSignal(sub, signal, cause);
+        return;
+      default:
+        return;
+    }
+  }
+
+  /**
+   * A pattern began or stopped following a channel. One it stops following (left out at
+   * its bound, refused, ended) gets `END <channel> <code> <reason>`, and the pattern
+   * goes on with the others: otherwise its events would stop without a word.
+   */
+  private onChannelSignal(sub: RelaySub, signal: Extract<SubscriptionSignal, { t: "channel" }>, cause: unknown): void {
+    if (signal.event === "added") return;
+    if (signal.event === "list-failed") {
+      this.backend.log(`subscription to ${sub.tag}: cannot read the channel list (${signal.reason})`);
+      return;
+    }
+    if (sub.closed || this.state !== "open") return;
+    const end = signal.event === "skipped" ? { code: "LIMIT" as const, reason: signal.reason } : endFor(cause ?? signal.reason, null);
+    const line = encoder.encode(endLine(signal.tag, end.code, `${end.reason}; ${sub.tag} goes on without it`));
+    if (sub.answered) this.write(line);
+    else this.hold(sub, line);
   }
 
   /** The library ended the subscription (not on our request). */
@@ -506,8 +660,7 @@ export class RelayConnection {
   /** Forgets a subscription and closes it in the library; writes nothing. */
   private dropSub(sub: RelaySub): void {
     sub.closed = true;
-    sub.held = [];
-    sub.heldBytes = 0;
+    this.releaseHeld(sub);
     if (this.subs.get(sub.tag) === sub) this.subs.delete(sub.tag);
     void sub.subscription?.close();
   }
@@ -537,6 +690,7 @@ export class RelayConnection {
     const bytes = typeof data === "string" ? encoder.encode(data) : data;
     this.pendingWrites.push(bytes);
     this.pendingWriteBytes += bytes.byteLength;
+    this.syncOutputBytes();
     if (this.flushScheduled) return;
     this.flushScheduled = true;
     queueMicrotask(() => this.flushWrites());
@@ -548,13 +702,16 @@ export class RelayConnection {
     const data = this.pendingWrites.length === 1 ? (this.pendingWrites[0] as Uint8Array) : concatByteList(this.pendingWrites);
     this.pendingWrites = [];
     this.pendingWriteBytes = 0;
+    const before = this.outbound.bufferedBytes;
     const result = this.outbound.enqueue((chunk) => this.socket.write(chunk), data);
+    this.syncOutputBytes();
     if (result === "full") {
       this.backend.log(`relay connection dropped: more than ${this.outbound.bytesMax} bytes of output not read by the client`);
       this.state = "closing";
       this.socket.terminate();
       return;
     }
+    this.watchOutput(before);
     this.updateFlow();
     this.maybeEnd();
   }
@@ -562,6 +719,57 @@ export class RelayConnection {
   /** Bytes written by the connection and not yet taken by the socket. */
   private queuedBytes(): number {
     return this.pendingWriteBytes + this.outbound.bufferedBytes;
+  }
+
+  /** Brings this connection's share of the relay-wide output total up to date. */
+  private syncOutputBytes(): void {
+    const held = this.state === "closed" ? 0 : this.queuedBytes() + this.heldBytes;
+    if (held === this.reportedOutputBytes) return;
+    this.backend.outputBytes.update(this.reportedOutputBytes, held);
+    this.reportedOutputBytes = held;
+  }
+
+  // -------------------------------------------------------------------------------------
+  // The stall timeout
+  // -------------------------------------------------------------------------------------
+
+  /**
+   * After output was queued or drained (`before`: the bytes waiting before): output that
+   * began to wait, or went partly out, restarts the stall clock; none waiting stops it.
+   */
+  private watchOutput(before: number): void {
+    const waiting = this.outbound.bufferedBytes;
+    const timers = this.backend.timers;
+    if (waiting === 0) {
+      if (this.stallTimer !== null) timers.clearTimeout(this.stallTimer);
+      this.stallTimer = null;
+      return;
+    }
+    if (before === 0 || waiting < before) this.outputProgressAt = timers.now();
+    this.armStallTimer();
+  }
+
+  /** One timer per connection, re-armed at its expiry if output moved meanwhile. */
+  private armStallTimer(): void {
+    if (this.stallTimer !== null || this.state === "closed") return;
+    const timers = this.backend.timers;
+    const dueInMs = Math.max(0, this.outputProgressAt + this.backend.limits.outputStallTimeoutMs - timers.now());
+    this.stallTimer = timers.setTimeout(() => this.onStallTimer(), dueInMs);
+  }
+
+  private onStallTimer(): void {
+    this.stallTimer = null;
+    if (this.state === "closed" || this.outbound.bufferedBytes === 0) return;
+    const timeoutMs = this.backend.limits.outputStallTimeoutMs;
+    if (this.backend.timers.now() - this.outputProgressAt < timeoutMs) {
+      this.armStallTimer();
+      return;
+    }
+    this.backend.log(
+      `relay connection dropped: the client read none of its ${this.outbound.bufferedBytes} bytes of output for ${timeoutMs} ms`,
+    );
+    this.state = "closing";
+    this.socket.terminate();
   }
 
   // -------------------------------------------------------------------------------------
@@ -610,7 +818,7 @@ export class RelayConnection {
   /** A client that never reads what is left cannot hold the connection open for ever. */
   private armCloseTimer(): void {
     if (this.closeTimer !== null) return;
-    this.closeTimer = setTimeout(() => {
+    this.closeTimer = this.backend.timers.setTimeout(() => {
       this.closeTimer = null;
       if (this.state !== "closed") this.socket.terminate();
     }, this.backend.limits.closeFlushTimeoutMs);
@@ -645,22 +853,47 @@ function batchBytes(batch: ReceivedBatch): Uint8Array {
   return lines.length === 1 ? (lines[0] as Uint8Array) : concatByteList(lines);
 }
 
-function slowReason(tag: string, batch: ReceivedBatch, waitingBytes: number): string {
-  const behind = `the client fell behind (${waitingBytes} bytes not yet read)`;
-  if (batch.seq === null) return `${behind}; events were dropped`;
-  return `${behind}; resume with SUB ${tag} ${eventSeq(batch, 0)}`;
+/** Where a reader resumes to get `batch` again: its channel and first seq (null: unordered). */
+function resumePointOf(batch: ReceivedBatch): ResumePoint {
+  return { channel: batch.tag, seq: batch.seq === null ? null : eventSeq(batch, 0) };
+}
+
+/**
+ * The reason of a SLOW end: why, and what the reader does next. A tag resumes from the
+ * first event it was not sent (`order: total`); a pattern takes no from-seq, so it is
+ * subscribed again (live), and the reason names the channel and seq it stopped at, which
+ * `SUB <channel> <seq>` can still fetch.
+ */
+function slowReason(sub: RelaySub, resume: ResumePoint, behind: string): string {
+  if (sub.pattern) {
+    const where =
+      resume.seq === null
+        ? `events of ${resume.channel} were dropped`
+        : `${resume.channel} stopped at seq ${resume.seq} (SUB ${resume.channel} ${resume.seq} fetches it)`;
+    return `${behind}; ${where}; SUB ${sub.tag} again to go on (a pattern takes no from-seq)`;
+  }
+  if (resume.seq === null) return `${behind}; events were dropped`;
+  return `${behind}; resume with SUB ${sub.tag} ${resume.seq}`;
 }
 
 const SUB_END_CODE_SET: ReadonlySet<string> = new Set(SUB_END_CODES);
 
+/** The SUB_END code that names why `error` ended or refused a subscription, or null. */
+function subEndCodeOf(error: unknown): SubEndCode | null {
+  if (error instanceof SubscriptionEndedError && SUB_END_CODE_SET.has(error.endCode)) return error.endCode as SubEndCode;
+  if (error instanceof ClientClosedError) return "SHUTDOWN";
+  if (!(error instanceof ClientError)) return null;
+  // A full subscription table (the relay's, across connections) is the LIMIT of 7.2.
+  if (error.code === "OVERLOADED") return "LIMIT";
+  // UNKNOWN_CHANNEL, UNAUTHORIZED and BAD_REQUEST are both error and SUB_END codes.
+  return SUB_END_CODE_SET.has(error.code) ? (error.code as SubEndCode) : null;
+}
+
 /** The END code and reason for the error a subscription ended with. */
 function endFor(error: unknown, trimmedOldest: number | null): { code: SubEndCode; reason: string } {
-  if (error instanceof SubscriptionEndedError && SUB_END_CODE_SET.has(error.endCode)) {
-    const code = error.endCode as SubEndCode;
-    if (code === "TRIMMED" && trimmedOldest !== null) return { code, reason: `oldest ${trimmedOldest}` };
-    return { code, reason: describeError(error) };
-  }
   if (error instanceof ClientClosedError) return { code: "SHUTDOWN", reason: "the relay is stopping" };
-  // No SUB_END code names an unexpected failure; the reason says what it was.
-  return { code: "SHUTDOWN", reason: describeError(error) };
+  const code = subEndCodeOf(error);
+  if (code === "TRIMMED" && trimmedOldest !== null) return { code, reason: `oldest ${trimmedOldest}` };
+  // No SUB_END code names an unexpected failure: SHUTDOWN, and the reason says what it was.
+  return { code: code ?? "SHUTDOWN", reason: describeError(error) };
 }

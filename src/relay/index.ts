@@ -8,6 +8,7 @@ export { ackLine, endLine, errLine, eventBytes, isLineSafe, oneLineReason, OK_LI
 export { RelayConnection, errorLine, type LineSocket, type RelayBackend } from "./connection.ts";
 export { RelayServer, RelayListenError, RELAY_STOP_GRACE_MS, RELAY_KEEPALIVE_DELAY_MS, type RelayServerOptions } from "./server.ts";
 export { PublishBytesBudget } from "./publish-bytes.ts";
+export { RelayOutputBytes } from "./output-bytes.ts";
 export { DEFAULT_RELAY_LIMITS, resolveRelayLimits, type RelayLimits, type ResolvedRelayLimits } from "./limits.ts";
 export {
   DEFAULT_RELAY_HOST,
@@ -15,6 +16,8 @@ export {
   DEFAULT_RELAY_PORT,
   isLoopbackHost,
   parseListenAddress,
+  RELAY_LISTEN_NONE,
+  remoteListenRefusal,
   type ListenAddress,
   type ListenParse,
 } from "./listen.ts";

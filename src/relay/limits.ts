@@ -5,7 +5,11 @@
 import { FRAME_BYTES_MAX, REASON_BYTES_MAX } from "../../wire/types.ts";
 
 export interface RelayLimits {
-  /** Open line-protocol connections; one more is answered `-ERR OVERLOADED` and closed. */
+  /**
+   * Open line-protocol connections on each listener (the TCP port and the Unix socket
+   * count apart, so local accounts that fill the port cannot lock the probes out of the
+   * socket); one more is answered `-ERR OVERLOADED` and closed.
+   */
   readonly connectionsMax: number;
   /** Commands of one connection whose answer is not yet written; past it reading pauses. */
   readonly pendingAnswersMax: number;
@@ -21,6 +25,17 @@ export interface RelayLimits {
   readonly eventOutboundBytesMax: number;
   /** Output bytes waiting beyond which the relay stops reading the client's commands. */
   readonly readPauseOutboundBytes: number;
+  /**
+   * Output bytes waiting across every connection beyond which a subscription whose
+   * connection already has output waiting ends with `END <tag> SLOW`: the per-connection
+   * bound times the connections would be gigabytes.
+   */
+  readonly relayOutboundBytesMax: number;
+  /**
+   * How long output may wait without the client reading any of it before the connection
+   * is closed: a reader that stopped reading would otherwise hold its output for ever.
+   */
+  readonly outputStallTimeoutMs: number;
   /** Tags with a publisher at once; an idle one is retired to make room for a new tag. */
   readonly publishersMax: number;
   /**
@@ -29,11 +44,17 @@ export interface RelayLimits {
    * `-ERR OVERLOADED` instead of queued.
    */
   readonly publishBytesMax: number;
+  /**
+   * Event bytes of one connection's publishes not yet answered; past it that connection's
+   * next publish waits for its own acknowledgements (its reading pauses, as at a full tag
+   * queue), so that one busy script cannot take the whole `publishBytesMax` from the others.
+   */
+  readonly connectionPublishBytesMax: number;
   /** After QUIT or at shutdown, how long a client has to read what is left. */
   readonly closeFlushTimeoutMs: number;
 }
 
-/** A thousand scripts and consoles on one host is far more than a probe host runs. */
+/** A thousand scripts and consoles on one host (per listener) is far more than a probe host runs. */
 export const RELAY_CONNECTIONS_MAX = 1024;
 /**
  * Enough for one pipelining connection to keep a publisher's requests in flight (four
@@ -46,12 +67,26 @@ export const RELAY_SUBSCRIPTIONS_PER_CONNECTION_MAX = 64;
 /** A few seconds of a busy channel for a reader that stalls, then it resubscribes. */
 export const RELAY_EVENT_OUTBOUND_BYTES_MAX = 8 * 1024 * 1024;
 export const RELAY_READ_PAUSE_OUTBOUND_BYTES = 1024 * 1024;
+/**
+ * Thirty-two stalled readers' worth of RELAY_EVENT_OUTBOUND_BYTES_MAX: without it the
+ * connections of both listeners at their per-connection bound would hold about 2048 x 8 MiB.
+ */
+export const RELAY_OUTBOUND_BYTES_MAX = 256 * 1024 * 1024;
+/**
+ * A reader that takes nothing for a minute has stopped (a suspended `nc`, a script stuck
+ * elsewhere); one that is merely slow takes some bytes now and then and is never cut off.
+ */
+export const RELAY_OUTPUT_STALL_TIMEOUT_MS = 60_000;
 export const RELAY_PUBLISHERS_MAX = 1024;
 /**
  * Each publisher bounds its own queue (PUBLISHER_QUEUE_BYTES_DEFAULT, 64 MiB), but a
  * thousand busy tags would add up to 64 GiB; this caps them together at four tags' worth.
  */
 export const RELAY_PUBLISH_BYTES_MAX = 256 * 1024 * 1024;
+/** How many connections at their own bound it takes to fill RELAY_PUBLISH_BYTES_MAX. */
+export const RELAY_PUBLISH_BYTES_SHARES = 4;
+/** A quarter of the relay's publish budget: a busy script still has 64 MiB in flight. */
+export const RELAY_CONNECTION_PUBLISH_BYTES_MAX = RELAY_PUBLISH_BYTES_MAX / RELAY_PUBLISH_BYTES_SHARES;
 export const RELAY_CLOSE_FLUSH_TIMEOUT_MS = 10_000;
 /** An answer or END line: the fixed words, a tag, numbers and a reason of at most REASON_BYTES_MAX. */
 export const RELAY_ANSWER_LINE_BYTES_MAX = REASON_BYTES_MAX + 256;
@@ -63,8 +98,11 @@ export const DEFAULT_RELAY_LIMITS: RelayLimits = {
   subscriptionsPerConnectionMax: RELAY_SUBSCRIPTIONS_PER_CONNECTION_MAX,
   eventOutboundBytesMax: RELAY_EVENT_OUTBOUND_BYTES_MAX,
   readPauseOutboundBytes: RELAY_READ_PAUSE_OUTBOUND_BYTES,
+  relayOutboundBytesMax: RELAY_OUTBOUND_BYTES_MAX,
+  outputStallTimeoutMs: RELAY_OUTPUT_STALL_TIMEOUT_MS,
   publishersMax: RELAY_PUBLISHERS_MAX,
   publishBytesMax: RELAY_PUBLISH_BYTES_MAX,
+  connectionPublishBytesMax: RELAY_CONNECTION_PUBLISH_BYTES_MAX,
   closeFlushTimeoutMs: RELAY_CLOSE_FLUSH_TIMEOUT_MS,
 };
 
@@ -79,7 +117,10 @@ export interface ResolvedRelayLimits extends RelayLimits {
 }
 
 export function resolveRelayLimits(overrides: Partial<RelayLimits> = {}): ResolvedRelayLimits {
-  const limits: RelayLimits = { ...DEFAULT_RELAY_LIMITS, ...overrides };
+  const publishBytesMax = overrides.publishBytesMax ?? DEFAULT_RELAY_LIMITS.publishBytesMax;
+  // A lowered relay-wide budget lowers each connection's share with it, unless given.
+  const connectionPublishBytesMax = Math.max(1, Math.floor(publishBytesMax / RELAY_PUBLISH_BYTES_SHARES));
+  const limits: RelayLimits = { ...DEFAULT_RELAY_LIMITS, connectionPublishBytesMax, ...overrides };
   for (const [name, value] of Object.entries(limits)) {
     if (!Number.isSafeInteger(value) || value < 1) throw new RangeError(`relay limit ${name} must be a positive integer, got ${value}`);
   }

@@ -8,6 +8,12 @@ import { isIP } from "node:net";
 export const DEFAULT_RELAY_HOST = "127.0.0.1";
 export const DEFAULT_RELAY_PORT = 7400;
 export const DEFAULT_RELAY_LISTEN = `${DEFAULT_RELAY_HOST}:${DEFAULT_RELAY_PORT}`;
+/**
+ * `--listen none`: no TCP port, the Unix socket only. Every local account of the host can
+ * connect to a loopback port and publish with the relay's key; only the relay's own user
+ * can connect to the socket (mode 0600).
+ */
+export const RELAY_LISTEN_NONE = "none";
 const PORT_MIN = 1;
 const PORT_MAX = 65_535;
 const IPV4_LOOPBACK_PREFIX = "127.";
@@ -39,4 +45,17 @@ export function isLoopbackHost(host: string): boolean {
   if (LOOPBACK_NAMES.has(lower)) return true;
   if (isIP(lower) === 4) return lower.startsWith(IPV4_LOOPBACK_PREFIX);
   return isIP(lower) === 6 && lower.startsWith(IPV4_MAPPED_LOOPBACK_PREFIX);
+}
+
+/**
+ * Why `--listen text` (a valid address) is refused without --allow-remote, or null when
+ * it is loopback. One text for `fitb relay` and `fitb service unit relay`, which would
+ * otherwise write a unit whose relay refuses to start.
+ */
+export function remoteListenRefusal(text: string, address: ListenAddress): string | null {
+  if (isLoopbackHost(address.host)) return null;
+  return (
+    `--listen ${text} is not a loopback address; the relay signs with its key for whoever connects, ` +
+    "so listening beyond this host needs --allow-remote (and a firewall that admits only your probes)"
+  );
 }

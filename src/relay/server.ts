@@ -1,7 +1,9 @@
 /**
  * The relay's server: it accepts line-protocol connections (wire/PROTOCOL.md section
- * 11) on a TCP port and, optionally, a Unix socket (unix-socket.ts), and serves them all
- * through one FitbClient, signing with one key. The
+ * 11) on a TCP port, a Unix socket (unix-socket.ts), or both, and serves them all
+ * through one FitbClient, signing with one key. Each listener has its own bound on
+ * connections, so that local accounts filling the TCP port cannot lock the probes out of
+ * the socket. The
  * publishes of every connection to one tag go through one shared Publisher, so that
  * concurrent scripts' events travel in the same signed requests (src/README.md §3:
  * signatures are per frame, so a relay batches).
@@ -11,15 +13,26 @@
  */
 import type { Socket, SocketHandler, TCPSocketListener, UnixSocketListener } from "bun";
 import type { FitbClient } from "../client/client.ts";
-import { describeError, QueueFullError } from "../client/errors.ts";
+import { ChannelWatch } from "../client/channel-watch.ts";
+import { describeError, InvalidInputError, QueueFullError } from "../client/errors.ts";
 import { Publisher } from "../client/publisher.ts";
 import { isPattern } from "../client/pattern.ts";
+import { type PatternHost, PatternSubscription } from "../client/pattern-subscription.ts";
+import type { ChannelInfo } from "../client/queries.ts";
 import type { BatchHandler, SubscribeOptions, SubscriptionHandle } from "../client/subscription.ts";
 import { formatAddress } from "../config/cluster.ts";
 import { errLine } from "./format.ts";
-import { RelayConnection, type LineSocket, type RelayBackend } from "./connection.ts";
+import {
+  REAL_RELAY_TIMERS,
+  RelayConnection,
+  type LineSocket,
+  type RelayBackend,
+  type RelaySubscribeOptions,
+  type RelayTimers,
+} from "./connection.ts";
 import type { RelayMetrics } from "./metrics.ts";
 import { resolveRelayLimits, type RelayLimits, type ResolvedRelayLimits } from "./limits.ts";
+import { RelayOutputBytes } from "./output-bytes.ts";
 import { PublishBytesBudget } from "./publish-bytes.ts";
 import { removeSocket, socketPathProblem, withSocketUmask } from "./unix-socket.ts";
 
@@ -34,12 +47,16 @@ export const RELAY_KEEPALIVE_DELAY_MS = 60_000;
 export interface RelayServerOptions {
   /** The connected client the relay publishes and subscribes through. */
   readonly client: FitbClient;
+  /** The TCP port's host (unused when `port` is null). */
   readonly hostname: string;
-  /** 0 picks a free port (see `port`). */
-  readonly port: number;
   /**
-   * A Unix socket to listen on as well (mode 0600). The caller clears a stale socket
-   * file first (clearStaleSocket); a path in use fails the start.
+   * 0 picks a free port (see `port`); null listens on no TCP port (`--listen none`), and
+   * then `socketPath` is required.
+   */
+  readonly port: number | null;
+  /**
+   * A Unix socket to listen on (mode 0600). The caller clears a stale socket file first
+   * (clearStaleSocket); a path in use fails the start.
    */
   readonly socketPath?: string;
   readonly limits?: Partial<RelayLimits>;
@@ -47,6 +64,8 @@ export interface RelayServerOptions {
   readonly log?: (message: string) => void;
   /** Counts the relay's traffic for `--metrics` (metrics.ts). */
   readonly metrics?: RelayMetrics;
+  /** The connections' clock and timers (tests drive them by hand); default the real ones. */
+  readonly timers?: RelayTimers;
 }
 
 /** The relay could not listen (address in use, not an address of this host, ...). */
@@ -58,18 +77,35 @@ interface SocketData {
   connection: RelayConnection | null;
 }
 
+/** Which listener a connection came in on; each has its own bound on connections. */
+type ListenerKind = "tcp" | "unix";
+
+const LISTENER_NAMES: Readonly<Record<ListenerKind, string>> = { tcp: "the TCP port", unix: "the Unix socket" };
+
+/** What the relay tells a SUB refused at its client's bound on subscriptions. */
+export function relaySubscriptionsFull(subscriptionsMax: number): string {
+  return (
+    `the relay has ${subscriptionsMax} subscriptions open across all its connections; at most ${subscriptionsMax} ` +
+    "(the cluster's connection_subscriptions_max; a pattern SUB takes one per channel it follows)"
+  );
+}
+
 export class RelayServer {
   readonly hostname: string;
   readonly limits: ResolvedRelayLimits;
   private readonly client: FitbClient;
-  private readonly listener: TCPSocketListener<SocketData>;
+  private readonly listener: TCPSocketListener<SocketData> | null;
   private readonly unixListener: UnixSocketListener<SocketData> | null;
   /** The Unix socket listened on, or null. */
   readonly socketPath: string | null;
   private readonly connections = new Set<RelayConnection>();
+  private readonly connectionCounts: Record<ListenerKind, number> = { tcp: 0, unix: 0 };
+  /** The channel list for pattern SUBs, read once per interval for all of them. */
+  private readonly channelWatch: ChannelWatch<ChannelInfo>;
   /** Least recently used first, so the tag retired to make room is the stalest idle one. */
   private readonly publishers = new Map<string, Publisher>();
   private readonly publishBytes: PublishBytesBudget;
+  private readonly outputBytes: RelayOutputBytes;
   private readonly backend: RelayBackend;
   private readonly log: (message: string) => void;
   private readonly goneWaiters: (() => void)[] = [];
@@ -81,20 +117,27 @@ export class RelayServer {
     this.limits = resolveRelayLimits(options.limits);
     this.log = options.log ?? (() => undefined);
     this.publishBytes = new PublishBytesBudget(this.limits.publishBytesMax);
+    this.outputBytes = new RelayOutputBytes(this.limits.relayOutboundBytesMax);
+    this.channelWatch = new ChannelWatch<ChannelInfo>(() => this.client.listChannels());
     this.backend = {
       limits: this.limits,
       publishBytes: this.publishBytes,
+      outputBytes: this.outputBytes,
+      timers: options.timers ?? REAL_RELAY_TIMERS,
       metrics: options.metrics ?? null,
       publisherFor: (tag) => this.publisherFor(tag),
       subscribe: (tag, subscribeOptions, onBatch) => this.subscribe(tag, subscribeOptions, onBatch),
       log: this.log,
     };
-    this.listener = this.listen(options.hostname, options.port);
     this.socketPath = options.socketPath ?? null;
+    if (options.port === null && this.socketPath === null) {
+      throw new RelayListenError("the relay needs a TCP port or a Unix socket to listen on; neither was given");
+    }
+    this.listener = options.port === null ? null : this.listen(options.hostname, options.port);
     try {
       this.unixListener = this.socketPath === null ? null : this.listenUnix(this.socketPath);
     } catch (error) {
-      this.listener.stop(true);
+      this.listener?.stop(true);
       throw error;
     }
   }
@@ -104,11 +147,18 @@ export class RelayServer {
     return new RelayServer(options);
   }
 
-  /** The port listened on (the one chosen when 0 was asked for). */
+  /** Whether the relay listens on a TCP port (not with `--listen none`). */
+  get listensOnTcp(): boolean {
+    return this.listener !== null;
+  }
+
+  /** The port listened on (the one chosen when 0 was asked for); throws when there is none. */
   get port(): number {
+    if (this.listener === null) throw new Error("the relay listens on no TCP port (--listen none)");
     return this.listener.port;
   }
 
+  /** HOST:PORT of the TCP port; throws when there is none (see `listensOnTcp`). */
   get address(): string {
     return formatAddress(this.hostname, this.port);
   }
@@ -134,6 +184,11 @@ export class RelayServer {
     return this.publishBytes.usedBytes;
   }
 
+  /** Output bytes waiting for readers, across every connection. */
+  get outputBytesHeld(): number {
+    return this.outputBytes.usedBytes;
+  }
+
   /**
    * Stops accepting, ends every subscription with `END <tag> SHUTDOWN`, gives the
    * connections up to `graceMs` to receive the answers of commands already received,
@@ -146,12 +201,13 @@ export class RelayServer {
 
   private async stopWithin(graceMs: number): Promise<void> {
     const deadline = Date.now() + graceMs;
-    this.listener.stop(false);
+    this.listener?.stop(false);
     this.unixListener?.stop(false);
     if (this.socketPath !== null) removeSocket(this.socketPath);
     for (const connection of this.connections) connection.shutdown();
+    this.channelWatch.stop();
     await this.untilOrDeadline(() => this.connections.size === 0, deadline);
-    this.listener.stop(true);
+    this.listener?.stop(true);
     this.unixListener?.stop(true);
     const closing = [...this.publishers.values()].map((publisher) => publisher.close());
     this.publishers.clear();
@@ -173,7 +229,7 @@ export class RelayServer {
   private listen(hostname: string, port: number): TCPSocketListener<SocketData> {
     try {
       // A client that sends FIN after its last command (nc -N) still gets its answers.
-      return Bun.listen<SocketData>({ hostname, port, allowHalfOpen: true, data: { connection: null }, socket: this.handlers() });
+      return Bun.listen<SocketData>({ hostname, port, allowHalfOpen: true, data: { connection: null }, socket: this.handlers("tcp") });
     } catch (error) {
       throw new RelayListenError(listenFailure(formatAddress(hostname, port), error));
     }
@@ -184,16 +240,16 @@ export class RelayServer {
     if (problem !== null) throw new RelayListenError(problem);
     try {
       return withSocketUmask(() =>
-        Bun.listen<SocketData>({ unix: path, allowHalfOpen: true, data: { connection: null }, socket: this.handlers() }),
+        Bun.listen<SocketData>({ unix: path, allowHalfOpen: true, data: { connection: null }, socket: this.handlers("unix") }),
       );
     } catch (error) {
       throw new RelayListenError(listenFailure(path, error));
     }
   }
 
-  private handlers(): SocketHandler<SocketData> {
+  private handlers(kind: ListenerKind): SocketHandler<SocketData> {
     return {
-      open: (socket) => this.onOpen(socket),
+      open: (socket) => this.onOpen(socket, kind),
       data: (socket, chunk) => socket.data.connection?.onData(chunk),
       drain: (socket) => socket.data.connection?.onDrain(),
       end: (socket) => socket.data.connection?.onEnd(),
@@ -204,13 +260,14 @@ export class RelayServer {
     };
   }
 
-  private onOpen(socket: Socket<SocketData>): void {
+  private onOpen(socket: Socket<SocketData>, kind: ListenerKind): void {
     socket.data = { connection: null };
-    if (this.stopping !== null || this.connections.size >= this.limits.connectionsMax) {
+    const open = this.connectionCounts[kind];
+    if (this.stopping !== null || open >= this.limits.connectionsMax) {
       const why =
         this.stopping !== null
           ? "the relay is stopping"
-          : `${this.connections.size} connections open; at most ${this.limits.connectionsMax}`;
+          : `${open} connections open on ${LISTENER_NAMES[kind]}; at most ${this.limits.connectionsMax}`;
       socket.write(errLine("OVERLOADED", why));
       socket.end();
       return;
@@ -225,14 +282,15 @@ export class RelayServer {
       end: () => socket.end(),
       terminate: () => socket.terminate(),
     };
-    const connection = new RelayConnection(lineSocket, this.backend, (gone) => this.onGone(gone));
+    const connection = new RelayConnection(lineSocket, this.backend, (gone) => this.onGone(gone, kind));
     this.backend.metrics?.connectionsAccepted.inc();
     this.connections.add(connection);
+    this.connectionCounts[kind]++;
     socket.data.connection = connection;
   }
 
-  private onGone(connection: RelayConnection): void {
-    this.connections.delete(connection);
+  private onGone(connection: RelayConnection, kind: ListenerKind): void {
+    if (this.connections.delete(connection)) this.connectionCounts[kind]--;
     for (const wake of this.goneWaiters.splice(0)) wake();
   }
 
@@ -269,9 +327,78 @@ export class RelayServer {
     throw new QueueFullError(`publishes to ${this.publishers.size} tags are in flight; at most ${this.limits.publishersMax}`);
   }
 
-  private subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
+  private subscribe(tag: string, options: RelaySubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
     // A pattern (net.*, net.>) follows every matching channel; a tag, that channel.
-    return isPattern(tag) ? this.client.subscribePattern(tag, options, onBatch) : this.client.subscribe(tag, options, onBatch);
+    return isPattern(tag) ? this.subscribePattern(tag, options, onBatch) : this.subscribeChannel(tag, options, onBatch);
+  }
+
+  /**
+   * One channel through the client. Its bound on subscriptions is the relay's across
+   * every connection, so a refusal there says so: in the client's words it would read as
+   * if the connection that asked held them all.
+   */
+  private async subscribeChannel(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
+    try {
+      return await this.client.subscribe(tag, options, onBatch);
+    } catch (error) {
+      // The client refuses a subscribe with QueueFullError only at its subscription bound.
+      if (error instanceof QueueFullError) throw new QueueFullError(relaySubscriptionsFull(this.client.limits.subscriptionsMax));
+      throw error;
+    }
+  }
+
+  /**
+   * A pattern, as FitbClient.subscribePattern follows one, except that the relay keeps
+   * the error each matching channel was refused or ended with: the pattern's signal
+   * carries only its text, and the connection's `END <channel> <code>` line needs its code.
+   */
+  private subscribePattern(pattern: string, options: RelaySubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
+    if (options.from !== undefined) {
+      return Promise.reject(
+        new InvalidInputError("BAD_REQUEST", "a pattern SUB is live and takes no <from-seq> (channel seqs differ between channels)"),
+      );
+    }
+    // Filled just before the pattern's signal for that channel, emptied by the signal.
+    const causes = new Map<string, unknown>();
+    const onSignal = options.onSignal;
+    const host: PatternHost = {
+      listChannels: () => this.client.listChannels(),
+      watchChannels: (listener) => this.channelWatch.listen(listener),
+      subscribe: (tag, channelOptions, handler) => this.subscribeFollowed(tag, channelOptions, handler, causes),
+      subscriptionsMax: this.client.config.limits.connectionSubscriptionsMax,
+    };
+    const withCauses: RelaySubscribeOptions = {
+      ...options,
+      onSignal: (signal) => {
+        if (signal.t !== "channel" || (signal.event !== "refused" && signal.event !== "ended")) {
+          onSignal(signal);
+          return;
+        }
+        const cause = causes.get(signal.tag);
+        causes.delete(signal.tag);
+        onSignal(signal, cause);
+      },
+    };
+    return PatternSubscription.start(pattern, host, withCauses, onBatch);
+  }
+
+  /** One channel of a pattern; records why it was refused or ended before the pattern signals it. */
+  private async subscribeFollowed(
+    tag: string,
+    options: SubscribeOptions,
+    onBatch: BatchHandler,
+    causes: Map<string, unknown>,
+  ): Promise<SubscriptionHandle> {
+    let subscription: SubscriptionHandle;
+    try {
+      subscription = await this.subscribeChannel(tag, options, onBatch);
+    } catch (error) {
+      causes.set(tag, error);
+      throw error;
+    }
+    // Registered before the pattern's own handler on `done`, so it runs first.
+    subscription.done.catch((error: unknown) => causes.set(tag, error));
+    return subscription;
   }
 }
 

@@ -49,11 +49,14 @@ describe("fitb service unit", () => {
     expect((await run([...argv, "--metrics", "9464"])).code).toBe(EXIT_USAGE);
   });
 
-  test("a relay unit needs a key and listens on loopback by default", async () => {
+  test("a relay unit needs a key and listens on its Unix socket only by default (no TCP port every local account could use)", async () => {
     expect((await run(["service", "unit", "relay", "--config", "/etc/fitb/cluster.toml"])).code).toBe(EXIT_USAGE);
     const result = await run(["service", "unit", "relay", "--config", "/etc/fitb/cluster.toml", "--key", "/etc/fitb/probe.key"]);
     expect(result.code).toBe(EXIT_OK);
-    expect(result.out).toContain("--listen 127.0.0.1:7400");
+    expect(result.out).toContain(
+      "ExecStart=/usr/local/bin/fitb relay --config /etc/fitb/cluster.toml --key /etc/fitb/probe.key --listen none\n",
+    );
+    expect(result.out).toContain("RuntimeDirectory=fitb-relay\n");
     expect(result.out).not.toContain("StateDirectory");
     expect(result.out).toContain("Type=simple\n");
     expect(result.out).not.toContain("Environment=");
@@ -83,8 +86,37 @@ describe("fitb service unit", () => {
       "--metrics",
       "127.0.0.1:9465",
     ]);
-    expect(relay.out).toContain("--listen 127.0.0.1:7400 --metrics 127.0.0.1:9465\n");
+    expect(relay.out).toContain("--listen none --metrics 127.0.0.1:9465\n");
     expect((await run(["service", "unit", "relay", "--config", "c", "--key", "/k", "--metrics", "9465"])).code).toBe(EXIT_USAGE);
+  });
+
+  test("a relay unit gets a TCP port only when --listen asks; beyond loopback only with --allow-remote, passed through", async () => {
+    const argv = ["service", "unit", "relay", "--config", "/etc/fitb/cluster.toml", "--key", "/etc/fitb/probe.key"];
+    const loopback = await run([...argv, "--listen", "127.0.0.1:7400"]);
+    expect(loopback.code).toBe(EXIT_OK);
+    expect(loopback.out).toContain("--key /etc/fitb/probe.key --listen 127.0.0.1:7400\n");
+    expect((await run([...argv, "--listen", "none"])).out).toContain("--listen none\n");
+
+    // The relay would refuse to start with this: the unit is refused, with the relay's reason.
+    const remote = await run([...argv, "--listen", "0.0.0.0:7400"]);
+    expect(remote.code).toBe(EXIT_USAGE);
+    expect(remote.err).toContain("--listen 0.0.0.0:7400 is not a loopback address");
+    expect(remote.err).toContain("--allow-remote");
+    const allowed = await run([...argv, "--listen", "0.0.0.0:7400", "--allow-remote"]);
+    expect(allowed.code).toBe(EXIT_OK);
+    expect(allowed.out).toContain("--listen 0.0.0.0:7400 --allow-remote\n");
+
+    expect((await run([...argv, "--listen", "7400"])).code).toBe(EXIT_USAGE);
+    expect((await run([...argv, "--listen", "127.0.0.1:7400", "--listen", "127.0.0.1:7401"])).code).toBe(EXIT_USAGE);
+  });
+
+  test("--listen reaches the replica's ExecStart, each one given; --allow-remote is refused for a replica", async () => {
+    const argv = ["service", "unit", "replica", "--config", "/etc/fitb/cluster.toml", "--id", "3"];
+    const result = await run([...argv, "--listen", "0.0.0.0:7103", "--listen", "[::]:7103"]);
+    expect(result.code).toBe(EXIT_OK);
+    expect(result.out).toContain("--id 3 --data /var/lib/fitb/replica-3 --listen 0.0.0.0:7103 --listen [::]:7103\n");
+    expect((await run([...argv, "--listen", "none"])).code).toBe(EXIT_USAGE);
+    expect((await run([...argv, "--allow-remote"])).code).toBe(EXIT_USAGE);
   });
 
   test("bad input is a usage error", async () => {

@@ -118,7 +118,7 @@ describe("fitb demo", () => {
     await ready(run);
     const pids = childPids(run);
     expect(pids).toHaveLength(4);
-    expect(run.output.stdout).toContain(`printf 'PUB net.links eth0 down\\n' | nc -q1 127.0.0.1 ${relayPort}`);
+    expect(run.output.stdout).toContain(`printf 'PUB net.links eth0 down\\n' | nc -N 127.0.0.1 ${relayPort}`);
     expect(run.output.stdout).toContain(`printf 'SUB net.links\\n' | nc 127.0.0.1 ${relayPort}`);
     expect(run.output.stdout).toMatch(/ pub --config \S+cluster\.toml --key \S+client\.key /);
     for (const tag of ["net.links", "storage.disks", "sec.ids", "sec.alerts"])

@@ -111,7 +111,9 @@ function startRelay(publishBytesMax: number): { relay: RelayServer; client: Hand
     client: client as unknown as FitbClient,
     hostname: HOST,
     port: 0,
-    limits: { publishBytesMax },
+    // Each connection's own bound (at which its PUB waits) out of the way: the bound across
+    // connections is what is tested here (test/unit/relay-connection.test.ts tests the other).
+    limits: { publishBytesMax, connectionPublishBytesMax: 2 * publishBytesMax },
     metrics,
   });
   const refusedOverloaded = async (): Promise<number> => {

@@ -586,7 +586,7 @@ describe("relay: bounds at their limit", () => {
       await first.lineCount(1);
       const second = await open(port);
       await second.until("the relay to close the extra connection", (c) => c.closed);
-      expect(second.lines).toEqual(["-ERR OVERLOADED 1 connections open; at most 1"]);
+      expect(second.lines).toEqual(["-ERR OVERLOADED 1 connections open on the TCP port; at most 1"]);
       first.send("PING\n");
       expect(await first.lineCount(2)).toEqual(["PONG", "PONG"]);
     });
@@ -630,6 +630,35 @@ describe("relay: `fitb relay` as its own process", () => {
     }
     expect(await proc.exited).toBe(0);
     expect(stderr).toContain("stopping");
+  });
+});
+
+describe("relay: `fitb relay --listen none`", () => {
+  test("listens on its Unix socket only: no TCP port any local account could publish through", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "fitb-relay-none-"));
+    const socketPath = join(dir, "relay.sock");
+    const proc = Bun.spawn(
+      [BUN, MAIN, "relay", "--config", cluster.configPath, "--key", cluster.clientKey, "--listen", "none", "--socket", socketPath],
+      { stdout: "pipe", stderr: "pipe" },
+    );
+    let stderr = "";
+    void (async () => {
+      for await (const chunk of proc.stderr) stderr += dec.decode(chunk);
+    })();
+    try {
+      await waitFor("fitb relay to listen", () => stderr.includes("listening on"), WAIT_MS);
+      // The socket and nothing else (with a TCP port the line names its address too).
+      expect(stderr).toContain(`listening on ${socketPath}, signing as`);
+      const client = await open({ unix: socketPath });
+      client.send("PUB net.links over-the-socket-only\nPING\n");
+      const lines = await client.lineCount(2);
+      expect(lines[0]).toMatch(/^\+OK net\.links \d+$/);
+      expect(lines[1]).toBe("PONG");
+    } finally {
+      proc.kill("SIGTERM");
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(await proc.exited).toBe(0);
   });
 });
 

@@ -3,8 +3,8 @@
 import { describe, expect, test } from "bun:test";
 import { REASON_BYTES_MAX } from "../../wire/types.ts";
 import { ackLine, endLine, errLine, eventBytes, isLineSafe, oneLineReason } from "../../src/relay/format.ts";
-import { isLoopbackHost, parseListenAddress } from "../../src/relay/listen.ts";
-import { resolveRelayLimits } from "../../src/relay/limits.ts";
+import { isLoopbackHost, parseListenAddress, remoteListenRefusal } from "../../src/relay/listen.ts";
+import { DEFAULT_RELAY_LIMITS, RELAY_PUBLISH_BYTES_MAX, resolveRelayLimits } from "../../src/relay/limits.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -90,5 +90,23 @@ describe("relay limits", () => {
     const limits = resolveRelayLimits({ eventOutboundBytesMax: 1000, readPauseOutboundBytes: 100 });
     expect(limits.outboundBytesMax).toBeGreaterThan(1100);
     expect(() => resolveRelayLimits({ pendingAnswersMax: 0 })).toThrow(RangeError);
+  });
+
+  test("a connection's own publish bytes are a quarter of the relay's, lowered with them unless given", () => {
+    expect(resolveRelayLimits().connectionPublishBytesMax).toBe(RELAY_PUBLISH_BYTES_MAX / 4);
+    expect(resolveRelayLimits({ publishBytesMax: 1000 }).connectionPublishBytesMax).toBe(250);
+    expect(resolveRelayLimits({ publishBytesMax: 1000, connectionPublishBytesMax: 600 }).connectionPublishBytesMax).toBe(600);
+  });
+
+  test("the stall timeout and the relay-wide output bound have their documented defaults", () => {
+    expect(DEFAULT_RELAY_LIMITS.outputStallTimeoutMs).toBe(60_000);
+    expect(DEFAULT_RELAY_LIMITS.relayOutboundBytesMax).toBe(256 * 1024 * 1024);
+  });
+});
+
+describe("--listen refused beyond loopback", () => {
+  test("one reason for fitb relay and fitb service unit, naming --allow-remote", () => {
+    expect(remoteListenRefusal("127.0.0.1:7400", { host: "127.0.0.1", port: 7400 })).toBeNull();
+    expect(remoteListenRefusal("0.0.0.0:7400", { host: "0.0.0.0", port: 7400 })).toContain("needs --allow-remote");
   });
 });

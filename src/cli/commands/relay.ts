@@ -1,13 +1,22 @@
 /**
- * `fitb relay --config C --key K [--listen 127.0.0.1:7400] [--socket PATH] [--allow-remote]`:
+ * `fitb relay --config C --key K [--listen 127.0.0.1:7400|none] [--socket PATH|none] [--allow-remote]`:
  * the netcat gateway. It holds a probe's key, keeps sessions with the replicas, and offers the text
  * line protocol of wire/PROTOCOL.md section 11 until SIGTERM or SIGINT.
+ *
+ * Every local account can connect to a loopback TCP port, and so publish with the key;
+ * only the relay's user can connect to its Unix socket. `--listen none` turns the port off.
  */
 import { FitbClient } from "../../client/client.ts";
 import { loadClientSetup } from "../../client/setup.ts";
 import { vouchQuorum } from "../../core/voting/quorum.ts";
 import { formatPublicKey } from "../../crypto/keys.ts";
-import { DEFAULT_RELAY_LISTEN, isLoopbackHost, parseListenAddress, type ListenAddress } from "../../relay/listen.ts";
+import {
+  DEFAULT_RELAY_LISTEN,
+  parseListenAddress,
+  RELAY_LISTEN_NONE,
+  remoteListenRefusal,
+  type ListenAddress,
+} from "../../relay/listen.ts";
 import { RelayListenError, RelayServer } from "../../relay/server.ts";
 import { portHolderNote } from "../port-holder.ts";
 import { clearStaleSocket, defaultRelaySocketPath, RELAY_SOCKET_NAME, SocketPathError } from "../../relay/unix-socket.ts";
@@ -42,19 +51,26 @@ export const relayCommand: Command = {
     "Publishes of all connections to a tag are batched into signed requests.",
     "The relay signs for whoever connects. Probes should use its Unix socket (mode 0600:",
     `the relay's user only; 'nc -U PATH'), by default ${RELAY_SOCKET_NAME} in the unit's`,
-    "RuntimeDirectory ($RUNTIME_DIRECTORY) or fitb-relay.sock in $XDG_RUNTIME_DIR. The TCP",
-    "port listens on loopback only unless --allow-remote is given.",
+    "RuntimeDirectory ($RUNTIME_DIRECTORY) or fitb-relay.sock in $XDG_RUNTIME_DIR. Every local",
+    "account can connect to the TCP port and publish with the key: '--listen none' turns it",
+    "off (the socket only). The port listens on loopback only unless --allow-remote is given.",
     "SIGTERM or SIGINT stops it cleanly.",
   ],
   flags: [
     CONFIG_FLAG,
     keyFlag("The key the relay signs with (register it as publisher of the channels)"),
-    { name: "listen", kind: "string", valueName: "HOST:PORT", defaultValue: DEFAULT_RELAY_LISTEN, description: "TCP address to listen on" },
+    {
+      name: "listen",
+      kind: "string",
+      valueName: "HOST:PORT",
+      defaultValue: DEFAULT_RELAY_LISTEN,
+      description: `TCP address to listen on; '${RELAY_LISTEN_NONE}': no TCP port, the Unix socket only`,
+    },
     {
       name: "socket",
       kind: "string",
       valueName: "PATH",
-      description: "Unix socket to listen on as well, mode 0600 (default: see above; 'none': no socket)",
+      description: "Unix socket to listen on, mode 0600 (default: see above; 'none': no socket)",
     },
     {
       name: "allow-remote",
@@ -73,8 +89,9 @@ export const relayCommand: Command = {
   positionals: [],
   examples: [
     "fitb relay --config /etc/fitb/cluster.toml --key /etc/fitb/probe.key",
-    "printf 'PUB net.links eth0 down\\n' | nc -q1 -U /run/fitb-relay/relay.sock",
-    "printf 'PUB net.links eth0 down\\n' | nc -q1 127.0.0.1 7400",
+    "fitb relay --config /etc/fitb/cluster.toml --key /etc/fitb/probe.key --listen none",
+    "printf 'PUB net.links eth0 down\\n' | nc -N -U /run/fitb-relay/relay.sock",
+    "printf 'PUB net.links eth0 down\\n' | nc -N 127.0.0.1 7400",
     "printf 'SUB net.links\\n' | nc 127.0.0.1 7400",
   ],
   run: runRelay,
@@ -84,6 +101,12 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
   const flags = readClientFlags(args);
   const listen = readListen(args);
   const socketPath = readSocket(args);
+  if (listen === null && socketPath === null) {
+    throw new UsageError(
+      `--listen ${RELAY_LISTEN_NONE} leaves no TCP port, and there is no Unix socket either ` +
+        "(--socket none, or neither $RUNTIME_DIRECTORY nor $XDG_RUNTIME_DIR is set): give --socket PATH, or a --listen address",
+    );
+  }
   const crashNoneTargets = readCrashNoneTargets(args);
   const setup = loadClientSetup(flags.configPath, flags.keyPath);
   for (const warning of setup.warnings) io.err(`fitb relay: warning: ${warning}`);
@@ -109,8 +132,8 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
     if (socketPath !== null) await clearStaleSocket(socketPath);
     relay = RelayServer.listen({
       client,
-      hostname: listen.host,
-      port: listen.port,
+      hostname: listen?.host ?? "",
+      port: listen?.port ?? null,
       ...(socketPath === null ? {} : { socketPath }),
       log: (message) => io.err(`fitb relay: ${message}`),
       metrics,
@@ -119,7 +142,7 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
     metricsServer?.stop(true);
     client.close();
     if (error instanceof RelayListenError) {
-      const holder = error.message.includes("already in use") ? portHolderNote(listen.port) : "";
+      const holder = listen !== null && error.message.includes("already in use") ? portHolderNote(listen.port) : "";
       throw new CommandError(`${error.message}${holder}`);
     }
     if (error instanceof SocketPathError) throw new CommandError(error.message);
@@ -127,10 +150,13 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
   }
   const stopped = stopSignal();
   client.start();
-  const where = relay.socketPath === null ? relay.address : `${relay.socketPath} and ${relay.address}`;
+  const where = [relay.socketPath, relay.listensOnTcp ? relay.address : null].filter((part) => part !== null).join(" and ");
   io.err(`fitb relay: listening on ${where}, signing as ${formatPublicKey(setup.key.publicKey)} (cluster ${setup.config.name})`);
   if (metricsServer !== null) io.err(`fitb relay: metrics at http://${metricsServer.hostname}:${metricsServer.port}/metrics`);
   if (relay.socketPath === null) io.err("fitb relay: no Unix socket (no $RUNTIME_DIRECTORY or $XDG_RUNTIME_DIR; --socket PATH gives one)");
+  if (relay.listensOnTcp) {
+    io.err(`fitb relay: every local account can publish through ${relay.address}; --listen ${RELAY_LISTEN_NONE} serves the socket only`);
+  }
   await reportSessions(client, flags.connectTimeoutMs, io, stopped.promise);
   await stopped.promise;
   io.err("fitb relay: stopping");
@@ -152,17 +178,14 @@ function readSocket(args: ParsedArgs): string | null {
   return defaultRelaySocketPath();
 }
 
-/** --listen, refused beyond loopback without --allow-remote. */
-function readListen(args: ParsedArgs): ListenAddress {
+/** --listen: an address (refused beyond loopback without --allow-remote), or null for 'none'. */
+function readListen(args: ParsedArgs): ListenAddress | null {
   const text = args.requiredString("listen");
+  if (text === RELAY_LISTEN_NONE) return null;
   const parsed = parseListenAddress(text);
-  if (!parsed.ok) throw new UsageError(`--listen: ${parsed.reason}`);
-  if (!isLoopbackHost(parsed.address.host) && !args.boolean("allow-remote")) {
-    throw new UsageError(
-      `--listen ${text} is not a loopback address; the relay signs with its key for whoever connects, ` +
-        "so listening beyond this host needs --allow-remote (and a firewall that admits only your probes)",
-    );
-  }
+  if (!parsed.ok) throw new UsageError(`--listen: ${parsed.reason}; or '${RELAY_LISTEN_NONE}' for no TCP port`);
+  const refusal = remoteListenRefusal(text, parsed.address);
+  if (refusal !== null && !args.boolean("allow-remote")) throw new UsageError(refusal);
   return parsed.address;
 }
 

@@ -1,8 +1,12 @@
 /**
  * `fitb service unit replica|relay --config C [--id N] [--user fitb] [--binary PATH]
- * [--data DIR] [--sync full|normal] [--metrics HOST:PORT]`: prints a systemd unit for
- * running a replica or a relay as a service. The operator redirects it into
- * /etc/systemd/system/ and enables it.
+ * [--data DIR] [--sync full|normal] [--listen HOST:PORT ...] [--allow-remote]
+ * [--metrics HOST:PORT]`: prints a systemd unit for running a replica or a relay as a
+ * service. The operator redirects it into /etc/systemd/system/ and enables it.
+ *
+ * A relay unit listens on its Unix socket only (`--listen none`) unless `--listen` asks
+ * for a TCP port as well: every local account can connect to a loopback port and publish
+ * with the probe's key, only the relay's user to the socket.
  *
  * A replica unit is `Type=notify`: the replica tells systemd READY=1 once it has joined
  * its group, so units ordered After= it start once it can serve; WatchdogSec= has it
@@ -11,6 +15,7 @@
  * them (TimeoutStartSec=infinity; `systemctl enable --now --no-block` returns at once).
  */
 import { resolve } from "node:path";
+import { parseListenAddress, RELAY_LISTEN_NONE, remoteListenRefusal } from "../../relay/listen.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { EXIT_OK, UsageError } from "../errors.ts";
@@ -18,7 +23,8 @@ import { FTL_DEFAULT, ftlEnvironment } from "../jit.ts";
 
 export const DEFAULT_BINARY = "/usr/local/bin/fitb";
 export const DEFAULT_USER = "fitb";
-export const DEFAULT_RELAY_LISTEN = "127.0.0.1:7400";
+/** A relay unit's default: no TCP port, the socket in its RuntimeDirectory only. */
+export const RELAY_UNIT_LISTEN_DEFAULT = RELAY_LISTEN_NONE;
 /** Where systemd's StateDirectory=fitb puts the replica's data. */
 const STATE_ROOT = "/var/lib/fitb";
 /** A stuck event loop is noticed within this (the replica notifies at half of it). */
@@ -35,9 +41,12 @@ export const serviceUnitCommand: Command = {
     "(NoNewPrivileges, ProtectSystem=strict, PrivateTmp, ...); replica data lives under",
     "/var/lib/fitb (StateDirectory), and the service restarts on failure.",
     "A replica unit is Type=notify: started means joined its group (2f peers up), and",
-    "WatchdogSec=30s restarts a replica whose event loop is stuck. --data, --sync and",
-    "--metrics are passed to the replica (a --data outside /var/lib/fitb is made writable",
+    "WatchdogSec=30s restarts a replica whose event loop is stuck. --data, --sync, --listen",
+    "and --metrics are passed to the replica (a --data outside /var/lib/fitb is made writable",
     "with ReadWritePaths=).",
+    "A relay unit listens on its Unix socket only (/run/fitb-relay/relay.sock, the relay's",
+    "user only); --listen HOST:PORT adds a TCP port, to which every local account can",
+    "connect and publish with the key (beyond loopback it also needs --allow-remote).",
     "Install: fitb service unit replica --config /etc/fitb/cluster.toml --id 0 \\",
     "  > /etc/systemd/system/fitb-replica.service && systemctl daemon-reload &&",
     "  systemctl enable --now --no-block fitb-replica",
@@ -59,7 +68,18 @@ export const serviceUnitCommand: Command = {
     },
     { name: "user", kind: "string", valueName: "NAME", description: `User to run as (default ${DEFAULT_USER})` },
     { name: "binary", kind: "string", valueName: "PATH", description: `Where fitb is installed (default ${DEFAULT_BINARY})` },
-    { name: "listen", kind: "string", valueName: "HOST:PORT", description: `Relay listen address (default ${DEFAULT_RELAY_LISTEN})` },
+    {
+      name: "listen",
+      kind: "string",
+      valueName: "HOST:PORT",
+      repeated: true,
+      description: `Replica: --listen of the replica (repeatable). Relay: a TCP port as well as the socket (default ${RELAY_UNIT_LISTEN_DEFAULT}: the socket only)`,
+    },
+    {
+      name: "allow-remote",
+      kind: "boolean",
+      description: "Relay units: pass --allow-remote, for a --listen address beyond loopback (whoever connects publishes with the key)",
+    },
     { name: "data", kind: "string", valueName: "DIR", description: `Replica data directory (default ${STATE_ROOT}/replica-N)` },
     { name: "sync", kind: "string", valueName: "POLICY", description: "Replica --sync: full (default) or normal" },
     {
@@ -97,7 +117,10 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
     const sync = args.string("sync");
     if (sync !== undefined && sync !== "full" && sync !== "normal")
       throw new UsageError(`--sync: expected full or normal, got ${JSON.stringify(sync)}`);
-    const extra = `${sync === undefined ? "" : ` --sync ${sync}`}${metricsArg}`;
+    // A replica has no such flag: it serves peers and clients that authenticate, anywhere.
+    if (args.boolean("allow-remote")) throw new UsageError("--allow-remote is for relay units; a replica listens where --listen says");
+    const listenArgs = readListens(args).map((listen) => ` --listen ${listen}`);
+    const extra = `${sync === undefined ? "" : ` --sync ${sync}`}${listenArgs.join("")}${metricsArg}`;
     unit = renderUnit({
       description: `fitb replica ${id}`,
       exec: `${binary} replica --config ${quote(config)} --id ${id}${keyArg} --data ${quote(data)}${extra}`,
@@ -112,10 +135,11 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
   } else if (kind === "relay") {
     const key = args.string("key");
     if (key === undefined) throw new UsageError("relay units need --key FILE (the probe key the relay signs with)");
-    const listen = args.string("listen") ?? DEFAULT_RELAY_LISTEN;
+    const listen = readRelayListen(args);
+    const remote = args.boolean("allow-remote") ? " --allow-remote" : "";
     unit = renderUnit({
       description: "fitb relay (netcat gateway)",
-      exec: `${binary} relay --config ${quote(config)} --key ${quote(resolve(key))} --listen ${listen}${metricsArg}`,
+      exec: `${binary} relay --config ${quote(config)} --key ${quote(resolve(key))} --listen ${listen}${remote}${metricsArg}`,
       user,
       stateDirectory: false,
       // $RUNTIME_DIRECTORY/relay.sock, the relay's default Unix socket for probes.
@@ -129,6 +153,31 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
   }
   io.out(unit);
   return EXIT_OK;
+}
+
+/** Every --listen, each a valid HOST:PORT (as the replica and the relay would check it). */
+function readListens(args: ParsedArgs): string[] {
+  return args.strings("listen").map((text) => {
+    const parsed = parseListenAddress(text);
+    if (!parsed.ok) throw new UsageError(`--listen: ${parsed.reason}`);
+    return text;
+  });
+}
+
+/**
+ * The relay's --listen: none by default; one address, refused beyond loopback without
+ * --allow-remote here, so that the unit is not one whose relay refuses to start.
+ */
+function readRelayListen(args: ParsedArgs): string {
+  const given = args.strings("listen");
+  if (given.length > 1) throw new UsageError("--listen: a relay listens on one TCP address at most");
+  const text = given[0];
+  if (text === undefined || text === RELAY_LISTEN_NONE) return RELAY_UNIT_LISTEN_DEFAULT;
+  const parsed = parseListenAddress(text);
+  if (!parsed.ok) throw new UsageError(`--listen: ${parsed.reason}; or '${RELAY_LISTEN_NONE}' for no TCP port`);
+  const refusal = remoteListenRefusal(text, parsed.address);
+  if (refusal !== null && !args.boolean("allow-remote")) throw new UsageError(refusal);
+  return text;
 }
 
 interface UnitSpec {
