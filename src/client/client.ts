@@ -573,10 +573,11 @@ export class FitbClient {
 
   /**
    * The channels as soon as f+1 replicas agree on them, for readers of tags and CLASSes
-   * only (the wildcard watch): a stopped replica whose session is still up would otherwise
-   * hold each reading until the deadline. Its figures come from those first answers only.
+   * only (the wildcard watches, here and in the relay): a stopped replica whose session is
+   * still up would otherwise hold each reading until the deadline. Its figures come from
+   * those first answers only.
    */
-  private listChannelClasses(): Promise<readonly ChannelInfo[]> {
+  listChannelClasses(): Promise<readonly ChannelInfo[]> {
     return this.runQuery({ id: 0, q: "list-channels" }, listChannelsRule(this.group.ids, this.f, false));
   }
 

@@ -118,7 +118,7 @@ export class RelayServer {
     this.log = options.log ?? (() => undefined);
     this.publishBytes = new PublishBytesBudget(this.limits.publishBytesMax);
     this.outputBytes = new RelayOutputBytes(this.limits.relayOutboundBytesMax);
-    this.channelWatch = new ChannelWatch<ChannelInfo>(() => this.client.listChannels());
+    this.channelWatch = new ChannelWatch<ChannelInfo>(() => this.client.listChannelClasses());
     this.backend = {
       limits: this.limits,
       publishBytes: this.publishBytes,
@@ -362,7 +362,7 @@ export class RelayServer {
     const causes = new Map<string, unknown>();
     const onSignal = options.onSignal;
     const host: PatternHost = {
-      listChannels: () => this.client.listChannels(),
+      listChannels: () => this.client.listChannelClasses(),
       watchChannels: (listener) => this.channelWatch.listen(listener),
       subscribe: (tag, channelOptions, handler) => this.subscribeFollowed(tag, channelOptions, handler, causes),
       subscriptionsMax: this.client.config.limits.connectionSubscriptionsMax,

@@ -54,7 +54,7 @@ describe("fitb service unit", () => {
     const result = await run(["service", "unit", "relay", "--config", "/etc/fitb/cluster.toml", "--key", "/etc/fitb/probe.key"]);
     expect(result.code).toBe(EXIT_OK);
     expect(result.out).toContain(
-      "ExecStart=/usr/local/bin/fitb relay --config /etc/fitb/cluster.toml --key /etc/fitb/probe.key --listen none\n",
+      "ExecStart=/usr/local/bin/fitb relay --config /etc/fitb/cluster.toml --key /etc/fitb/probe.key --listen none --socket /run/fitb-relay/relay.sock\n",
     );
     expect(result.out).toContain("RuntimeDirectory=fitb-relay\n");
     expect(result.out).not.toContain("StateDirectory");
@@ -86,7 +86,7 @@ describe("fitb service unit", () => {
       "--metrics",
       "127.0.0.1:9465",
     ]);
-    expect(relay.out).toContain("--listen none --metrics 127.0.0.1:9465\n");
+    expect(relay.out).toContain("--listen none --socket /run/fitb-relay/relay.sock --metrics 127.0.0.1:9465\n");
     expect((await run(["service", "unit", "relay", "--config", "c", "--key", "/k", "--metrics", "9465"])).code).toBe(EXIT_USAGE);
   });
 
@@ -94,8 +94,8 @@ describe("fitb service unit", () => {
     const argv = ["service", "unit", "relay", "--config", "/etc/fitb/cluster.toml", "--key", "/etc/fitb/probe.key"];
     const loopback = await run([...argv, "--listen", "127.0.0.1:7400"]);
     expect(loopback.code).toBe(EXIT_OK);
-    expect(loopback.out).toContain("--key /etc/fitb/probe.key --listen 127.0.0.1:7400\n");
-    expect((await run([...argv, "--listen", "none"])).out).toContain("--listen none\n");
+    expect(loopback.out).toContain("--key /etc/fitb/probe.key --listen 127.0.0.1:7400 --socket /run/fitb-relay/relay.sock\n");
+    expect((await run([...argv, "--listen", "none"])).out).toContain("--listen none --socket /run/fitb-relay/relay.sock\n");
 
     // The relay would refuse to start with this: the unit is refused, with the relay's reason.
     const remote = await run([...argv, "--listen", "0.0.0.0:7400"]);
@@ -104,10 +104,18 @@ describe("fitb service unit", () => {
     expect(remote.err).toContain("--allow-remote");
     const allowed = await run([...argv, "--listen", "0.0.0.0:7400", "--allow-remote"]);
     expect(allowed.code).toBe(EXIT_OK);
-    expect(allowed.out).toContain("--listen 0.0.0.0:7400 --allow-remote\n");
+    expect(allowed.out).toContain("--listen 0.0.0.0:7400 --socket /run/fitb-relay/relay.sock --allow-remote\n");
 
     expect((await run([...argv, "--listen", "7400"])).code).toBe(EXIT_USAGE);
     expect((await run([...argv, "--listen", "127.0.0.1:7400", "--listen", "127.0.0.1:7401"])).code).toBe(EXIT_USAGE);
+  });
+
+  test("a --listen with characters systemd would split or expand is refused", async () => {
+    const argv = ["service", "unit", "relay", "--config", "/etc/fitb/cluster.toml", "--key", "/etc/fitb/probe.key"];
+    for (const listen of ["127.0.0.1:74%00", "local host:7400"]) {
+      const result = await run([...argv, "--listen", listen]);
+      expect(result.code).toBe(EXIT_USAGE);
+    }
   });
 
   test("--listen reaches the replica's ExecStart, each one given; --allow-remote is refused for a replica", async () => {

@@ -52,7 +52,7 @@ class PlayedClient {
     return Promise.resolve({ tag, span: events.length, pubSeq: 1, channelSeq: 1, firstSeq: 1, replicas: [0, 1] });
   }
 
-  async listChannels(): Promise<ChannelInfo[]> {
+  async listChannelClasses(): Promise<ChannelInfo[]> {
     return [...this.channels];
   }
 

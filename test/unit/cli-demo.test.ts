@@ -28,7 +28,7 @@ describe("the warning when a replica exits", () => {
     const line = replicaExitWarning({ ...base, id: 2, exited: [2] });
     expect(line).toBe(
       "fitb demo: warning: replica 2 was stopped by SIGKILL (see demo/replica-2.log); the cluster tolerates 1 failed replica (f=1) " +
-        `and goes on with 3 of 4; start it again in another shell (it rejoins the group): ${restart}`,
+        `and goes on with 3 of 4; start it again in another shell (it rejoins the group; the demo does not follow it then, and Ctrl-C here does not stop it): ${restart}`,
     );
   });
 
@@ -38,7 +38,9 @@ describe("the warning when a replica exits", () => {
     expect(line).toContain("it has lost its quorum for ordering (3 of 4 replicas), so total-order channels and admin commands stop");
     expect(line).toContain("until one of them runs again");
     expect(line).not.toContain("tolerates 1 failed replica (f=1) and goes on");
-    expect(line).toEndWith(`start it again in another shell (it rejoins the group): ${restart}`);
+    expect(line).toEndWith(
+      `start it again in another shell (it rejoins the group; the demo does not follow it then, and Ctrl-C here does not stop it): ${restart}`,
+    );
   });
 
   test("beyond that, it says how many must come back", () => {

@@ -42,7 +42,9 @@ export interface ReplicaExit {
 export function replicaExitWarning(exit: ReplicaExit): string {
   const head = `fitb demo: warning: replica ${exit.id} ${exit.how} (see ${exit.log})`;
   const down = exit.exited.length;
-  const again = `start it again in another shell (it rejoins the group): ${exit.restart}`;
+  const again =
+    `start it again in another shell (it rejoins the group; the demo does not follow it then, and Ctrl-C here does not stop it): ` +
+    exit.restart;
   if (down <= exit.f) {
     const plural = exit.f === 1 ? "" : "s";
     return `${head}; the cluster tolerates ${exit.f} failed replica${plural} (f=${exit.f}) and goes on with ${exit.n - down} of ${exit.n}; ${again}`;
@@ -51,7 +53,8 @@ export function replicaExitWarning(exit: ReplicaExit): string {
   const needed = Math.max(1, quorum - (exit.n - down));
   const which = needed === 1 ? "one of them runs" : `${needed} of them run`;
   return (
-    `${head}; replicas ${exit.exited.join(", ")} have exited, more than the cluster tolerates (f=${exit.f}): it has lost its ` +
+    `${head}; replicas ${exit.exited.join(", ")} have exited since the demo started, more than the cluster tolerates (f=${exit.f}): ` +
+    `unless one was started again by hand, it has lost its ` +
     `quorum for ordering (${quorum} of ${exit.n} replicas), so total-order channels and admin commands stop, and so do ` +
     `byzantine/none publishes (${quorum} replicas must store each), until ${which} again; ${again}`
   );

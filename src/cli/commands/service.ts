@@ -16,6 +16,7 @@
  */
 import { resolve } from "node:path";
 import { parseListenAddress, RELAY_LISTEN_NONE, remoteListenRefusal } from "../../relay/listen.ts";
+import { RELAY_SOCKET_NAME } from "../../relay/unix-socket.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { EXIT_OK, UsageError } from "../errors.ts";
@@ -25,6 +26,9 @@ export const DEFAULT_BINARY = "/usr/local/bin/fitb";
 export const DEFAULT_USER = "fitb";
 /** A relay unit's default: no TCP port, the socket in its RuntimeDirectory only. */
 export const RELAY_UNIT_LISTEN_DEFAULT = RELAY_LISTEN_NONE;
+/** The relay unit's RuntimeDirectory (fitb-relay) and the socket in it, which probes use. */
+const RELAY_UNIT_RUNTIME_DIRECTORY = "fitb-relay";
+export const RELAY_UNIT_SOCKET = `/run/${RELAY_UNIT_RUNTIME_DIRECTORY}/${RELAY_SOCKET_NAME}`;
 /** Where systemd's StateDirectory=fitb puts the replica's data. */
 const STATE_ROOT = "/var/lib/fitb";
 /** A stuck event loop is noticed within this (the replica notifies at half of it). */
@@ -139,11 +143,13 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
     const remote = args.boolean("allow-remote") ? " --allow-remote" : "";
     unit = renderUnit({
       description: "fitb relay (netcat gateway)",
-      exec: `${binary} relay --config ${quote(config)} --key ${quote(resolve(key))} --listen ${listen}${remote}${metricsArg}`,
+      // The socket named, not left to $RUNTIME_DIRECTORY: systemd sets that from version 240
+      // on, and a socket-only relay without it would not start.
+      exec: `${binary} relay --config ${quote(config)} --key ${quote(resolve(key))} --listen ${listen} --socket ${RELAY_UNIT_SOCKET}${remote}${metricsArg}`,
       user,
       stateDirectory: false,
       // $RUNTIME_DIRECTORY/relay.sock, the relay's default Unix socket for probes.
-      runtimeDirectory: "fitb-relay",
+      runtimeDirectory: RELAY_UNIT_RUNTIME_DIRECTORY,
       notify: false,
       environment: {},
       readWritePaths: [],
@@ -160,8 +166,18 @@ function readListens(args: ParsedArgs): string[] {
   return args.strings("listen").map((text) => {
     const parsed = parseListenAddress(text);
     if (!parsed.ok) throw new UsageError(`--listen: ${parsed.reason}`);
-    return text;
+    return unitSafeListen(text);
   });
+}
+
+/**
+ * A --listen address as it goes into ExecStart, where whitespace would split it and
+ * systemd reads '%' as a specifier: refused rather than escaped, since no address has them.
+ */
+function unitSafeListen(text: string): string {
+  if (/[\s%"'\\]/.test(text))
+    throw new UsageError(`--listen ${JSON.stringify(text)}: an address has no spaces, quotes, backslashes or '%'`);
+  return text;
 }
 
 /**
@@ -177,7 +193,7 @@ function readRelayListen(args: ParsedArgs): string {
   if (!parsed.ok) throw new UsageError(`--listen: ${parsed.reason}; or '${RELAY_LISTEN_NONE}' for no TCP port`);
   const refusal = remoteListenRefusal(text, parsed.address);
   if (refusal !== null && !args.boolean("allow-remote")) throw new UsageError(refusal);
-  return text;
+  return unitSafeListen(text);
 }
 
 interface UnitSpec {

@@ -197,7 +197,7 @@ const CBOR_TEXT = 3;
 const CBOR_ARRAY = 4;
 const CBOR_MAP = 5;
 const META_KEYS = ["v", "seq", "clients"] as const;
-const utf8 = new TextDecoder("utf-8", { fatal: true });
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**
  * Decodes a meta record exactly in the shape encodeStreamMeta writes, canonical CBOR
