@@ -786,6 +786,45 @@ describe("votes sent before their fsync: the restart fence (core/ordering/PROTOC
     expect(c.core(1).status().view).toBe(0);
   });
 
+  test("two fenced backups and a faulty one: the leader alone executed a seq, and the view changes to finish it (runtime seed 1485)", () => {
+    // The leader decides seq 2 with replica 2's COMMIT; replica 1 prepared it but never
+    // gets that COMMIT, and replica 2 then goes silent (its disk lost what it voted, or it
+    // is Byzantine: the one fault). Replicas 1 and 3 restart fenced in view 0, replica 3
+    // after the client's request was acknowledged, so it never holds it: no request timer
+    // of its own runs, and one report (the leader's) cannot give it the decision.
+    const c = new ManualCluster({ params: { checkpointInterval: 16, logWindow: 32 } });
+    decideOne(c, 0, 1);
+    c.crash(3);
+    for (const id of [0, 1, 2]) c.submit(id, c.request(1, 1));
+    c.tick(1, [0]);
+    c.deliverAll((m) => !(m.from === 2 && m.to === 1 && m.msg.t === "COMMIT"));
+    expect(c.lastExecuted(0)).toBe(2);
+    expect(c.lastExecuted(1)).toBe(1);
+    expect((c.records[1] ?? []).some((r) => r.t === "prepared" && r.cert.seq === 2)).toBe(true);
+    c.crash(2);
+    c.crash(1);
+    c.restart(1);
+    // Replica 1 holds the request (its batch was adopted at acceptance): its request timer
+    // forwards it to all, while replica 3 is still down, and later suspects the leader.
+    const timeout = CLUSTER_PARAMETERS.requestTimeoutTicks ?? 0;
+    for (let t = 0; t <= timeout; t++) {
+      c.tick();
+      c.deliverAll();
+    }
+    expect(sent(c, 1, "FORWARD").length).toBeGreaterThan(0);
+    c.restart(3);
+    for (const id of [1, 3]) expect(c.core(id).status().voteFence).not.toBeNull();
+    // Replica 3 must suspect too, or nothing moves: the seq is in flight in this view
+    // (COMMITs from f+1 replicas reach it) and it cannot finish it.
+    c.runUntil(() => [0, 1, 3].every((id) => c.lastExecuted(id) === 2), 400);
+    expect(suspects(c, 3)).toContain("stalled");
+    expect(c.core(3).status().installedView).toBeGreaterThanOrEqual(1);
+    // The new view's NEW_VIEW carried the certificate: the same batch at seq 2 everywhere.
+    const at2 = (id: number) => c.decided[id]?.find((d) => d.seq === 2)?.batch.map((r) => `${r.client}#${r.seq}`);
+    expect(at2(1)).toEqual(at2(0));
+    expect(at2(3)).toEqual(at2(0));
+  });
+
   test("after a clean stop (every record on disk) a restart is not fenced", () => {
     const c = new ManualCluster();
     decideOne(c, 0, 1);

@@ -234,6 +234,11 @@ export class CoreState {
   nextRetransmitAt = 0;
   nextProbeAt = 0;
   nextCheckpointResendAt = 0;
+  /**
+   * The next seq to execute, seen in flight in this view (COMMITs from W replicas) and not
+   * executed here: its view, seq and the tick it was first seen so (timers.ts, `stalledInView`).
+   */
+  stalledSeq: { view: number; seq: number; since: number } | null = null;
   /** Tick of the last new proposal this replica accepted from the leader. */
   lastProposalAt = 0;
   /** The heartbeat timeout now: progressTimeoutTicks, doubled after each heartbeat failure. */

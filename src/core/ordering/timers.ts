@@ -187,6 +187,7 @@ function watchLeader(state: CoreState): void {
     }
   }
   if (timedOut) return suspect(state, "request-timeout");
+  if (stalledInView(state)) return suspect(state, "stalled");
   // Fenced after a restart (PROTOCOL.md §2) it ignores this view's proposals and follows
   // the decisions: what it holds of them says nothing of the leader's fairness or pace.
   // Its request timers still run: they are what replaces a leader that stops deciding.
@@ -208,6 +209,33 @@ function watchLeader(state: CoreState): void {
   }
   // Paced ticks are not judged, nor do they lower the rate later views are held to.
   if (state.throughputMonitor.onTick(state.now, busy && !paced, leaderBound)) suspect(state, "throughput");
+}
+
+/**
+ * Whether the next seq to execute has been in flight in this view for two request
+ * timeouts without this replica deciding it: COMMITs from W distinct replicas (so a
+ * correct one prepared it in this view) and no decision here. The request timers cover a
+ * seq whose requests this replica holds; this one covers a seq it holds none of (it was
+ * down when they were sent, and the client, answered by others, sends them no more) and
+ * cannot learn from its peers: f+1 reports are needed, and the replicas that decided it
+ * may be fewer (core/ordering/PROTOCOL.md §4, "Retransmission and catch-up"). A view
+ * change re-proposes it, and a restarted replica fenced in this view votes again there.
+ */
+function stalledInView(state: CoreState): boolean {
+  const s = state.lastExecuted + 1;
+  const e = state.entries.get(s);
+  const committers = new Set<number>();
+  if (e !== undefined && e.view === state.view && !e.committed) for (const c of e.commits.values()) committers.add(c.replica);
+  if (state.transfer !== null || state.decidedPending.has(s) || committers.size < state.weakQuorumSize) {
+    state.stalledSeq = null;
+    return false;
+  }
+  const watch = state.stalledSeq;
+  if (watch === null || watch.view !== state.view || watch.seq !== s) {
+    state.stalledSeq = { view: state.view, seq: s, since: state.now };
+    return false;
+  }
+  return state.now - watch.since >= 2 * state.cfg.requestTimeoutTicks;
 }
 
 /** Whether the leader's pipeline is full as this backup sees it (the paced depth while urgent requests arrive). */

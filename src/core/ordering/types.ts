@@ -88,6 +88,7 @@ export type SuspectReason =
   | "bad-proposal"
   | "bad-new-view"
   | "request-timeout"
+  | "stalled"
   | "heartbeat"
   | "throughput"
   | "starved"
