@@ -110,12 +110,16 @@ describe("fitb service unit", () => {
     expect((await run([...argv, "--listen", "127.0.0.1:7400", "--listen", "127.0.0.1:7401"])).code).toBe(EXIT_USAGE);
   });
 
-  test("a --listen with characters systemd would split or expand is refused", async () => {
+  test("a --listen with characters systemd would split is refused, and its % is escaped", async () => {
     const argv = ["service", "unit", "relay", "--config", "/etc/fitb/cluster.toml", "--key", "/etc/fitb/probe.key"];
-    for (const listen of ["127.0.0.1:74%00", "local host:7400"]) {
+    for (const listen of ["local host:7400", '"127.0.0.1":7400']) {
       const result = await run([...argv, "--listen", listen]);
       expect(result.code).toBe(EXIT_USAGE);
     }
+    // A link-local zone's '%' is escaped for systemd, not refused.
+    const zoned = await run([...argv, "--listen", "[fe80::1%eth0]:7400", "--allow-remote"]);
+    expect(zoned.code).toBe(EXIT_OK);
+    expect(zoned.out).toContain("--listen [fe80::1%%eth0]:7400 ");
   });
 
   test("--listen reaches the replica's ExecStart, each one given; --allow-remote is refused for a replica", async () => {

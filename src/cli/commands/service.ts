@@ -111,7 +111,7 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
   const metrics = args.string("metrics");
   if (metrics !== undefined && !/^\S+:\d{1,5}$/.test(metrics))
     throw new UsageError(`--metrics: expected HOST:PORT, got ${JSON.stringify(metrics)}`);
-  const metricsArg = metrics === undefined ? "" : ` --metrics ${metrics}`;
+  const metricsArg = metrics === undefined ? "" : ` --metrics ${systemdEscape(metrics)}`;
   let unit: string;
   if (kind === "replica") {
     const id = args.requiredInteger("id", 0, 1023);
@@ -171,13 +171,18 @@ function readListens(args: ParsedArgs): string[] {
 }
 
 /**
- * A --listen address as it goes into ExecStart, where whitespace would split it and
- * systemd reads '%' as a specifier: refused rather than escaped, since no address has them.
+ * A --listen address as it goes into ExecStart: whitespace would split it (refused: no
+ * address has any, nor quotes or backslashes), and '%' (a link-local address's zone,
+ * fe80::1%eth0) and '$' are escaped, which systemd would read as a specifier and a variable.
  */
 function unitSafeListen(text: string): string {
-  if (/[\s%"'\\]/.test(text))
-    throw new UsageError(`--listen ${JSON.stringify(text)}: an address has no spaces, quotes, backslashes or '%'`);
-  return text;
+  if (/[\s"'\\]/.test(text)) throw new UsageError(`--listen ${JSON.stringify(text)}: an address has no spaces, quotes or backslashes`);
+  return systemdEscape(text);
+}
+
+/** `%` and `$` as ExecStart takes them literally (`%%`, `$$`): systemd expands both. */
+function systemdEscape(text: string): string {
+  return text.replace(/%/g, "%%").replace(/\$/g, "$$$$");
 }
 
 /**
@@ -267,7 +272,8 @@ export function renderUnit(spec: UnitSpec): string {
   return lines.join("\n");
 }
 
-/** Quotes a path for ExecStart when it holds spaces (systemd's own quoting rules). */
+/** Quotes a path for ExecStart when it holds spaces (systemd's own quoting rules), with `%` and `$` escaped. */
 function quote(path: string): string {
-  return /[\s"\\]/.test(path) ? `"${path.replace(/["\\]/g, "\\$&")}"` : path;
+  const escaped = systemdEscape(path);
+  return /[\s"\\]/.test(escaped) ? `"${escaped.replace(/["\\]/g, "\\$&")}"` : escaped;
 }

@@ -216,6 +216,10 @@ export function checkConfig(cfg: CoreConfig): void {
   if (!Number.isSafeInteger(cfg.forwardDelayTicks) || cfg.forwardDelayTicks < 0)
     throw new RangeError("forwardDelayTicks must be a non-negative integer");
   if (cfg.forwardDelayTicks >= cfg.requestTimeoutTicks) throw new RangeError("forwardDelayTicks must be less than requestTimeoutTicks");
+  // A replica that missed a decision probes its peers after retransmitTicks; the stall
+  // rule (timers.ts, stalledInView) suspects after two request timeouts, so the probe
+  // must come first or a correct leader is suspected for one lost COMMIT.
+  if (cfg.retransmitTicks > cfg.requestTimeoutTicks) throw new RangeError("retransmitTicks must be at most requestTimeoutTicks");
   if (!Number.isSafeInteger(cfg.f) || cfg.f < 0) throw new RangeError("f must be a non-negative integer");
   if (cfg.n > REPLICAS_MAX) throw new RangeError(`n must be at most ${REPLICAS_MAX}`);
   if (cfg.n < 3 * cfg.f + 1) throw new RangeError("n must be at least 3f+1");
