@@ -2,11 +2,22 @@
  * `--metrics HOST:PORT` on the replica and the relay: Prometheus text at /metrics and,
  * where there is one, a JSON status page at /status. The process metrics (CPU, RSS, file
  * descriptors) and `fitb_build_info` are added to the registry served here.
+ *
+ * It needs no key, so it answers only what a scraper asks: GET and HEAD, with a Host
+ * header that names this server (console/host-allowlist.ts: its listen address, the
+ * loopback names on loopback, this host's interface addresses on 0.0.0.0 or ::). A web
+ * page that rebinds its own name to this host cannot read it; Prometheus scraping by
+ * IP:PORT, or by the name listened on, can.
  */
 import type { MetricsRegistry } from "../metrics/registry.ts";
 import { listenFailure } from "../relay/server.ts";
+import { HostAllowlist } from "./console/host-allowlist.ts";
 import { CommandError, UsageError } from "./errors.ts";
 import { VERSION } from "./run.ts";
+
+/** A scrape has no body; Bun refuses a larger one before it is read. */
+export const METRICS_REQUEST_BODY_BYTES_MAX = 1_024;
+const READ_METHODS: ReadonlySet<string> = new Set(["GET", "HEAD"]);
 
 export interface MetricsEndpoint {
   readonly registry: MetricsRegistry;
@@ -23,14 +34,27 @@ export function startMetricsServer(listen: string | undefined, endpoint: Metrics
   const port = match === null ? NaN : Number(match[2]);
   if (match === null || !(port >= 0 && port <= 65_535))
     throw new UsageError(`--metrics: expected HOST:PORT, got ${JSON.stringify(listen)}`);
+  const hostname = (match[1] as string).replace(/^\[(.*)\]$/, "$1");
+  let hosts: HostAllowlist;
+  try {
+    hosts = new HostAllowlist({ listenHost: hostname });
+  } catch {
+    throw new UsageError(`--metrics: ${JSON.stringify(match[1])} is not a host name or IP address`);
+  }
   const { registry, status } = endpoint;
   registry.withProcessMetrics();
   registry.buildInfo(VERSION, `bun ${Bun.version}`);
   try {
     return Bun.serve({
-      hostname: (match[1] as string).replace(/^\[(.*)\]$/, "$1"),
+      hostname,
       port,
-      async fetch(request) {
+      development: false,
+      maxRequestBodySize: METRICS_REQUEST_BODY_BYTES_MAX,
+      async fetch(request, server) {
+        if (!hosts.allows(request.headers.get("host"), server.port as number))
+          return new Response("forbidden: this endpoint answers only to its own address\n", { status: 403 });
+        if (!READ_METHODS.has(request.method))
+          return new Response("method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
         const path = new URL(request.url).pathname;
         if (path === "/metrics") return new Response(await registry.text(), { headers: { "content-type": registry.contentType } });
         if (path === "/status" && status !== undefined) return Response.json(status());

@@ -1,13 +1,15 @@
 /**
  * The web console (issue 15, items 6 and 7) against real replicas: in headless Chromium
- * (Debian package `chromium`, driven by playwright-core) the page shows the replicas, the
+ * (Debian package `chromium`, driven by playwright-core) the printed login URL logs the
+ * browser in and leaves no secret in the address bar; the page shows the replicas, the
  * leader, channels and live charts; an event published with `fitb pub` is in the live tail
  * within 2 s of its acknowledgement, with its publisher and the replicas that sent it,
  * counted live (4/4 with every replica up, 3/4 once one is killed); a killed replica turns
  * red; `$sys.events` shows the group's agreed events; with an admin key the page creates a
  * channel; a read-only console offers no changes and refuses them. Without Chromium the
- * browser tests are skipped, saying why; the HTTP checks (Host, token, read-only,
- * loopback) run either way.
+ * browser tests are skipped, saying why; the HTTP checks (login, Host, token, Origin,
+ * read-only, loopback) run either way. The server's own bounds (tails, bytes held for a
+ * page that does not read) are tested in-process: test/unit/console-server.test.ts.
  *
  * Screenshots are written to test-output/console/ (FITB_TEST_OUTPUT=DIR elsewhere), and
  * their paths printed. FITB_CONSOLE_SCREENSHOT=FILE writes the README's picture.
@@ -29,9 +31,16 @@ let cluster: TestCluster;
 let adminUrl = "";
 let readOnlyUrl = "";
 let readOnlyPort = 0;
+/** The Cookie header of each console's session, from its printed login URL. */
+let adminCookie = "";
+let readOnlyCookie = "";
+/** The read-only console's login URL, used once already (beforeAll). */
+let readOnlyLoginUrl = "";
+/** A third console, for the browser's own login; its URL unused until then. */
+let browserLoginUrl = "";
 const consoles: Subprocess[] = [];
 
-/** Starts `fitb console` and returns the URL it prints. */
+/** Starts `fitb console` and returns the login URL it prints. */
 async function startConsole(key: string, port: number): Promise<string> {
   const proc = Bun.spawn([BUN, MAIN, "console", "--config", cluster.configPath, "--key", key, "--listen", `127.0.0.1:${port}`], {
     stdout: "pipe",
@@ -52,12 +61,27 @@ async function startConsole(key: string, port: number): Promise<string> {
   return (/http:\/\/\S+/.exec(out) as RegExpExecArray)[0];
 }
 
+/** Opens a login URL as a browser would; the session's Cookie header. */
+async function logIn(loginUrl: string): Promise<string> {
+  const answer = await fetch(loginUrl);
+  expect(answer.status).toBe(200);
+  return (answer.headers.get("set-cookie") as string).split(";")[0] as string;
+}
+
+/** The console's address: the login URL without its secret. */
+const addressOf = (loginUrl: string) => loginUrl.replace(/\?login=.*$/, "");
+
 beforeAll(async () => {
   cluster = await startClusterWithChannels();
-  const ports = freePortRange(2);
-  adminUrl = await startConsole(cluster.adminKey, ports);
+  const ports = freePortRange(3);
+  const adminLoginUrl = await startConsole(cluster.adminKey, ports);
+  adminUrl = addressOf(adminLoginUrl);
+  adminCookie = await logIn(adminLoginUrl);
   readOnlyPort = ports + 1;
-  readOnlyUrl = await startConsole(cluster.clientKey, readOnlyPort);
+  readOnlyLoginUrl = await startConsole(cluster.clientKey, readOnlyPort);
+  readOnlyUrl = addressOf(readOnlyLoginUrl);
+  readOnlyCookie = await logIn(readOnlyLoginUrl);
+  if (CHROMIUM !== null) browserLoginUrl = await startConsole(cluster.clientKey, ports + 2);
 }, 60_000);
 
 afterAll(async () => {
@@ -67,10 +91,23 @@ afterAll(async () => {
 });
 
 describe("fitb console over HTTP", () => {
+  test("it prints a URL with a one-time login secret; without its session nothing is served", async () => {
+    expect(readOnlyLoginUrl).toMatch(new RegExp(`^http://127\\.0\\.0\\.1:${readOnlyPort}/\\?login=[A-Za-z0-9_-]{43}$`));
+    const page = await fetch(readOnlyUrl);
+    expect(page.status).toBe(401);
+    expect(await page.text()).toContain("/?login=");
+    expect((await fetch(`${readOnlyUrl}api/status`)).status).toBe(401);
+    expect((await fetch(`${readOnlyUrl}api/tail?tag=sec.alerts`)).status).toBe(401);
+    // Used once (beforeAll): whoever reads the console's output later cannot log in with it.
+    const again = await fetch(readOnlyLoginUrl);
+    expect(again.status).toBe(403);
+    expect(await again.text()).toContain("used already");
+  }, 30_000);
+
   test("status JSON: every replica, the channels with rates, the latency", async () => {
     let status: { health: string; replicas: { up: boolean }[]; traffic: { tag: string }[]; latency: object } | null = null;
     await waitFor("4 replicas up in the console's status", async () => {
-      status = (await (await fetch(`${readOnlyUrl}api/status`)).json()) as typeof status;
+      status = (await (await fetch(`${readOnlyUrl}api/status`, { headers: { cookie: readOnlyCookie } })).json()) as typeof status;
       return status?.replicas.filter((r) => r.up).length === 4;
     });
     const seen = status as unknown as { health: string; traffic: { tag: string }[]; latency: object };
@@ -79,41 +116,42 @@ describe("fitb console over HTTP", () => {
   }, 30_000);
 
   test("uPlot is served from the binary, not a CDN", async () => {
-    const page = await (await fetch(readOnlyUrl)).text();
+    const page = await (await fetch(readOnlyUrl, { headers: { cookie: readOnlyCookie } })).text();
     expect(page).toContain('src="/assets/uPlot.iife.min.js"');
     expect(page).not.toMatch(/https?:\/\//);
-    const script = await fetch(`${readOnlyUrl}assets/uPlot.iife.min.js`);
+    const script = await fetch(`${readOnlyUrl}assets/uPlot.iife.min.js`, { headers: { cookie: readOnlyCookie } });
     expect(script.status).toBe(200);
     expect(await script.text()).toContain("uPlot");
   }, 30_000);
 
-  test("a request naming another host is refused (DNS rebinding), as is a POST without the page's token", async () => {
-    const answer = await rawRequest(readOnlyPort, "GET /api/status HTTP/1.1\r\nHost: attacker.example:80\r\nConnection: close\r\n\r\n");
-    expect(answer).toStartWith("HTTP/1.1 403");
-    const noToken = await fetch(`${adminUrl}api/admin`, {
-      method: "POST",
-      body: JSON.stringify({ t: "destroy-channel", tag: "net.links" }),
-    });
+  test("a request naming another host is refused (DNS rebinding), even with the session; a POST needs the page's token", async () => {
+    const request = `GET /api/status HTTP/1.1\r\nHost: attacker.example:${readOnlyPort}\r\nCookie: ${readOnlyCookie}\r\nConnection: close\r\n\r\n`;
+    expect(await rawRequest(readOnlyPort, request)).toStartWith("HTTP/1.1 403");
+    const body = JSON.stringify({ t: "destroy-channel", tag: "net.links" });
+    const noSession = await fetch(`${adminUrl}api/admin`, { method: "POST", body });
+    expect(noSession.status).toBe(401);
+    const noToken = await fetch(`${adminUrl}api/admin`, { method: "POST", headers: { cookie: adminCookie }, body });
     expect(noToken.status).toBe(403);
   }, 30_000);
 
   test("a POST from another site's page is refused even with the token", async () => {
-    const page = await (await fetch(adminUrl)).text();
+    const page = await (await fetch(adminUrl, { headers: { cookie: adminCookie } })).text();
     const token = (/"token":"([0-9a-f]+)"/.exec(page) as RegExpExecArray)[1] as string;
     const body = JSON.stringify({ t: "destroy-channel", tag: "net.links" });
-    for (const origin of ["http://attacker.example", "null"]) {
-      const refused = await fetch(`${adminUrl}api/admin`, { method: "POST", headers: { "x-fitb-console-token": token, origin }, body });
+    for (const origin of ["http://attacker.example", "null", `http://127.0.0.1:${readOnlyPort}`]) {
+      const headers = { cookie: adminCookie, "x-fitb-console-token": token, origin };
+      const refused = await fetch(`${adminUrl}api/admin`, { method: "POST", headers, body });
       expect(refused.status).toBe(403);
       expect(((await refused.json()) as { error: string }).error).toBe("cross-origin request refused");
     }
   }, 30_000);
 
   test("a read-only console refuses changes even with its token", async () => {
-    const page = await (await fetch(readOnlyUrl)).text();
+    const page = await (await fetch(readOnlyUrl, { headers: { cookie: readOnlyCookie } })).text();
     const token = (/"token":"([0-9a-f]+)"/.exec(page) as RegExpExecArray)[1] as string;
     const refused = await fetch(`${readOnlyUrl}api/admin`, {
       method: "POST",
-      headers: { "x-fitb-console-token": token },
+      headers: { cookie: readOnlyCookie, "x-fitb-console-token": token, origin: readOnlyUrl.slice(0, -1) },
       body: JSON.stringify({ t: "destroy-channel", tag: "net.links" }),
     });
     expect(refused.status).toBe(403);
@@ -139,6 +177,42 @@ describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {
   afterAll(async () => {
     await browser?.close();
   });
+
+  /**
+   * A new browser page (its own context) that holds the console's session, as the
+   * browser that opened the login URL would; the page is not yet loaded.
+   */
+  async function sessionPage(url: string, cookie: string, viewport?: { width: number; height: number }) {
+    const context = await browser.newContext(viewport === undefined ? {} : { viewport });
+    const [name, value] = cookie.split("=") as [string, string];
+    await context.addCookies([{ name, value, url, httpOnly: true, sameSite: "Strict" }]);
+    return context.newPage();
+  }
+
+  test("the printed URL logs the browser in and leaves no secret in the address; another browser gets only the login page", async () => {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(browserLoginUrl);
+    const address = addressOf(browserLoginUrl);
+    await page.waitForURL(address, { timeout: 20_000 });
+    await page.locator("#replicas tbody tr").first().waitFor({ timeout: 20_000 });
+    expect(page.url()).toBe(address);
+    const cookies = await context.cookies();
+    expect(cookies).toHaveLength(1);
+    expect(cookies[0]).toMatchObject({ httpOnly: true, sameSite: "Strict", path: "/" });
+    // The page's script cannot read the session cookie.
+    expect(await page.evaluate("document.cookie")).toBe("");
+    const other = await browser.newContext();
+    const stranger = await other.newPage();
+    const refused = await stranger.goto(browserLoginUrl);
+    expect(refused?.status()).toBe(403);
+    expect(await stranger.textContent("body")).toContain("used already");
+    const home = await stranger.goto(address);
+    expect(home?.status()).toBe(401);
+    expect(await stranger.locator("#replicas").count()).toBe(0);
+    await other.close();
+    await context.close();
+  }, 60_000);
 
   /** Writes a screenshot of the page to OUTPUT_DIR and says where. */
   async function screenshot(page: import("playwright-core").Page, name: string): Promise<void> {
@@ -172,7 +246,7 @@ describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {
   }
 
   test("replicas, leader and two live charts; an event from fitb pub is in the tail within 2 s, sent by 4/4 replicas", async () => {
-    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+    const page = await sessionPage(adminUrl, adminCookie, { width: 1280, height: 1000 });
     const errors: string[] = [];
     page.on("pageerror", (error) => errors.push(error.message));
     await page.goto(adminUrl);
@@ -214,7 +288,7 @@ describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {
   }, 90_000);
 
   test("a replica's $sys health report shows in the tail, sent by that replica alone", async () => {
-    const page = await browser.newPage();
+    const page = await sessionPage(readOnlyUrl, readOnlyCookie);
     await page.goto(readOnlyUrl);
     await page.locator('#replicas tr[data-replica="1"] button:text("health")').click({ timeout: 20_000 });
     const row = page.locator("#tail tbody tr", { hasText: '"kind":"health"' });
@@ -226,7 +300,7 @@ describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {
   }, 60_000);
 
   test("with an admin key the page creates a channel; read-only shows no admin controls", async () => {
-    const page = await browser.newPage();
+    const page = await sessionPage(adminUrl, adminCookie);
     await page.goto(adminUrl);
     await page.fill('#create input[name="tag"]', "ops.console");
     await page.selectOption('#create select[name="fault"]', "byzantine");
@@ -238,7 +312,7 @@ describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {
     expect(await result.textContent()).toStartWith("ok:");
     await page.locator('#channels tr[data-tag="ops.console"]').waitFor({ timeout: 20_000 });
     await page.close();
-    const readOnly = await browser.newPage();
+    const readOnly = await sessionPage(readOnlyUrl, readOnlyCookie);
     await readOnly.goto(readOnlyUrl);
     await readOnly.locator("#channels tbody tr").first().waitFor({ timeout: 20_000 });
     expect(await readOnly.isVisible("#admin")).toBe(false);
@@ -248,13 +322,13 @@ describe.skipIf(CHROMIUM === null)("fitb console in headless Chromium", () => {
 
   // Last: it kills a replica.
   test("a killed replica turns red; later events are sent by the 3 left; $sys.events shows the group's peer-down", async () => {
-    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+    const page = await sessionPage(readOnlyUrl, readOnlyCookie, { width: 1280, height: 1000 });
     await page.goto(readOnlyUrl);
     await page.locator("#replicas tbody tr").nth(3).waitFor({ timeout: 20_000 });
     const leader = Number((/leader (\d)/.exec((await page.textContent("#summary")) as string) as RegExpExecArray)[1]);
     // Not the leader: the tail goes on without waiting for a view change.
     const victim = leader === 3 ? 2 : 3;
-    const events = await browser.newPage();
+    const events = await sessionPage(readOnlyUrl, readOnlyCookie);
     await events.goto(readOnlyUrl);
     await events.click("#sys-events");
     await events.locator("#tail-state", { hasText: /^live/ }).waitFor({ timeout: 20_000 });

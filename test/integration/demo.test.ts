@@ -206,7 +206,10 @@ describe("fitb demo", () => {
     const run = startDemo(base, relayPort);
     await ready(run);
     // The admin console's port follows the ports given, beside the demo's own console.
-    expect(run.output.stdout).toContain(`Web console (read-only): http://127.0.0.1:${consolePort}/`);
+    // With the console's one-time login secret: the URL logs one browser in (src/cli/console/login.ts).
+    expect(run.output.stdout).toMatch(
+      new RegExp(`Web console \\(read-only\\): http://127\\.0\\.0\\.1:${consolePort}/\\?login=[A-Za-z0-9_-]{43} `),
+    );
     expect(run.output.stdout).toMatch(
       new RegExp(` console --config \\S+ --key \\S+admin\\.key --listen 127\\.0\\.0\\.1:${consolePort + 1}\n`),
     );

@@ -1,9 +1,10 @@
 /**
- * `fitb console --config C --key K [--listen 127.0.0.1:7500] [--allow-remote]`: the web
- * console (src/cli/console/): live charts of event rates and latency, the replicas and
- * what is wrong, each channel's rates, a live tail of a channel. Read-only unless the key
- * is an admin key (then channels can be created and destroyed from the page). Listens on
- * loopback unless --allow-remote.
+ * `fitb console --config C --key K [--listen 127.0.0.1:7500] [--allow-remote] [--host-name
+ * NAME ...]`: the web console (src/cli/console/): live charts of event rates and latency,
+ * the replicas and what is wrong, each channel's rates, a live tail of a channel.
+ * Read-only unless the key is an admin key (then channels can be created and destroyed
+ * from the page). Listens on loopback unless --allow-remote. It prints a URL with a
+ * one-time login secret: reaching the port is not enough to use the console's key.
  */
 import { bytesEqual } from "../../crypto/encoding.ts";
 import { loadClientSetup } from "../../client/setup.ts";
@@ -11,6 +12,7 @@ import { isLoopbackHost, parseListenAddress } from "../../relay/listen.ts";
 import { listenFailure } from "../../relay/server.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
+import { isHostName } from "../console/host-allowlist.ts";
 import { ConsoleServer } from "../console/server.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
 import { VERSION } from "../run.ts";
@@ -29,7 +31,13 @@ export const consoleCommand: Command = {
     "and a live tail of a channel with each event's publisher and how many replicas",
     "vouched for it. Everything it shows is read from the replicas with KEY; with an admin",
     "key the page can also create and destroy channels. It listens on loopback only unless",
-    "--allow-remote, and answers only requests addressed to it (no DNS rebinding).",
+    "--allow-remote, and answers only requests addressed to it (no DNS rebinding): its",
+    "address, this host's interface addresses when it listens on 0.0.0.0 or ::, and the",
+    "names given with --host-name.",
+    "",
+    "It prints a URL with a one-time login secret (http://127.0.0.1:7500/?login=...):",
+    "opening it logs that browser in (a session cookie); without it the console serves",
+    "nothing but a page saying so. Another browser needs a restart, which prints a new URL.",
   ],
   flags: [
     CONFIG_FLAG,
@@ -42,12 +50,20 @@ export const consoleCommand: Command = {
       description: "Address to serve the console on",
     },
     { name: "allow-remote", kind: "boolean", description: "Allow a --listen address other than loopback" },
+    {
+      name: "host-name",
+      kind: "string",
+      valueName: "NAME",
+      repeated: true,
+      description: "A name the browser uses to reach the console (its Host header), besides its addresses",
+    },
     ...TIMEOUT_FLAGS,
   ],
   positionals: [],
   examples: [
     "fitb console --config cluster.toml --key client.key",
     "fitb console --config cluster.toml --key admin.key --listen 127.0.0.1:7501",
+    "fitb console --config cluster.toml --key client.key --listen 0.0.0.0:7500 --allow-remote --host-name ops-1.example.net",
   ],
   run: runConsole,
 };
@@ -63,6 +79,9 @@ async function runConsole(args: ParsedArgs, io: CommandIo): Promise<number> {
       `--listen ${listenText} is not a loopback address; the console shows the cluster (and with an admin key changes it), so listening beyond this host needs --allow-remote`,
     );
   }
+  const hostNames = args.strings("host-name");
+  const badName = hostNames.find((name) => !isHostName(name));
+  if (badName !== undefined) throw new UsageError(`--host-name: ${JSON.stringify(badName)} is not a host name or IP address`);
   const setup = loadClientSetup(flags.configPath, flags.keyPath);
   const admin = setup.config.adminKeys.some((key) => bytesEqual(key, setup.key.publicKey));
   const client = openStatusClient(flags, io, "console");
@@ -73,6 +92,7 @@ async function runConsole(args: ParsedArgs, io: CommandIo): Promise<number> {
       admin,
       hostname: listen.host,
       port: listen.port,
+      hostNames,
       version: VERSION,
       connectMs: flags.connectTimeoutMs,
     });
@@ -81,7 +101,8 @@ async function runConsole(args: ParsedArgs, io: CommandIo): Promise<number> {
     throw new CommandError(listenFailure(listenText, error, "console"));
   }
   const stopped = stopSignal();
-  io.out(`fitb console: ${server.url} (${admin ? "admin" : "read-only"}, cluster ${setup.config.name})`);
+  // The URL holds the login secret: whoever reads this output can log in once (login.ts).
+  io.out(`fitb console: ${server.loginUrl} (${admin ? "admin" : "read-only"}, cluster ${setup.config.name}; the URL logs one browser in)`);
   await stopped.promise;
   stopped.dispose();
   server.stop();

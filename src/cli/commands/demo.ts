@@ -409,7 +409,8 @@ class Demo {
 
   /**
    * The web console runs in this process too, read-only, on the relay's client. It is a
-   * convenience: a port in use is a warning, not a reason to stop the demo. Returns its URL.
+   * convenience: a port in use is a warning, not a reason to stop the demo. Returns its
+   * login URL (with the one-time secret that logs a browser in: src/cli/console/login.ts).
    */
   startConsole(port: number): string | null {
     if (this.relayClient === null) return null;
@@ -426,7 +427,7 @@ class Demo {
       this.io.err(`fitb demo: warning: no web console: ${listenFailure(`${DEFAULT_HOST}:${port}`, error, "console")}; pass --console-port`);
       return null;
     }
-    return this.console.url;
+    return this.console.loginUrl;
   }
 
   /** Stops the relay, the clients and the children; bounded in time. Idempotent. */
@@ -642,7 +643,7 @@ function printInstructions(
     ...(consoleUrl === null
       ? []
       : [
-          `Web console (read-only): ${consoleUrl}`,
+          `Web console (read-only): ${consoleUrl}   (logs one browser in)`,
           `  with the admin key: ${fitb} console --config ${cfg} --key ${adminKey} --listen ${DEFAULT_HOST}:${adminConsolePort(ports.console, demoPorts(config, ports.relay, ports.console))}`,
           "",
         ]),

@@ -76,6 +76,44 @@ ${SCRIPT}</script>
 `;
 }
 
+/**
+ * The one page a browser without the console's session gets: what to do, nothing about
+ * the cluster. `reason` says why this browser is not in.
+ */
+export function loginNeededPage(reason: string): string {
+  return `<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>fitb console: log in</title></head>
+<body style="font: 14px system-ui, sans-serif; margin: 2em">
+<h1 style="font-size: 1.2em">fitb console</h1>
+<p>${escapeHtml(reason)}</p>
+<p>Open the URL that <code>fitb console</code> (or <code>fitb demo</code>) printed when it started: it ends in
+<code>/?login=...</code> and logs one browser in. It works once; to log in another browser, restart the console
+for a new URL.</p>
+</body>
+</html>
+`;
+}
+
+/**
+ * The answer to the login URL: the session cookie comes with it, and the script replaces
+ * the address (and its history entry) with one without the secret. A page rather than a
+ * 303 redirect: after a redirect a browser does not send a SameSite=Strict cookie when the
+ * link was followed from another site (a chat, a web mail), and the page would say "log
+ * in" again; a navigation started by this page is the console's own.
+ */
+export function loggedInPage(): string {
+  return `<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>fitb console</title></head>
+<body style="font: 14px system-ui, sans-serif; margin: 2em">
+<p>Logged in. <a href="/">Open the console</a>.</p>
+<script>location.replace("/");</script>
+</body>
+</html>
+`;
+}
+
 const CSS = `
 body { font: 14px system-ui, sans-serif; margin: 0; background: #f6f7f9; color: #1d2430; }
 header { display: flex; gap: 1em; align-items: baseline; padding: .6em 1em; background: #1d2430; color: #fff; }

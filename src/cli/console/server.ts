@@ -2,40 +2,53 @@
  * The web console's HTTP server (`fitb console`, and inside `fitb demo`): the page, the
  * embedded uPlot, `/api/status` (the cluster as `fitb top` sees it, sampled every
  * SAMPLE_INTERVAL_MS), `/api/tail?tag=T` (a channel's new events as server-sent events,
- * each with the replicas that sent it, counted live: vouches.ts) and, only when the
- * console holds an admin key, `POST /api/admin`.
+ * each with the replicas that sent it, counted live: tail.ts) and, only when the console
+ * holds an admin key, `POST /api/admin`.
  *
- * Who may use it: it listens on loopback unless told otherwise (the caller checks), and
- * it answers only requests whose Host header names the address it listens on, so a web
- * page elsewhere cannot reach it through DNS rebinding. A POST must carry the random
- * token the page was served with, and an Origin, when sent, must be the console's own:
- * another site's page cannot make the console act with the admin key.
+ * Who may use it, checked in this order on every request:
+ * - the Host header must name this console (host-allowlist.ts), so a web page elsewhere
+ *   cannot reach it through DNS rebinding;
+ * - a browser's request must not come from another origin's page (Sec-Fetch-Site), so a
+ *   page on another port of this host cannot make the browser use the session;
+ * - the request must carry the session cookie that the printed login URL set (login.ts):
+ *   reaching the port (any local account can, and with --allow-remote the network) is not
+ *   enough. Without it only a page saying to open that URL is served;
+ * - a POST must also carry the random token the page was served with, and the console's
+ *   own Origin: another site's page cannot make the console act with the admin key.
  */
 import { randomBytes } from "node:crypto";
 import type { FitbClient } from "../../client/client.ts";
 import { describeError } from "../../client/errors.ts";
-import type { ReceivedBatch, Subscription } from "../../client/subscription.ts";
-import { SYS_EVENTS_TAG } from "../../core/voting/group-events.ts";
-import { vouchQuorum } from "../../core/voting/quorum.ts";
-import { formatPublicKey } from "../../crypto/keys.ts";
-import { isLineSafe } from "../../relay/format.ts";
-import { adminCmdSchema } from "../../../wire/schemas.ts";
+import { adminCmdSchema, tagSchema } from "../../../wire/schemas.ts";
 import { readStatusReport } from "../commands/status-client.ts";
 import { statusJsonReport } from "../commands/status-report.ts";
 import { channelRates, intervalLatency, LATENCY_KINDS, type TopSample } from "../commands/top-view.ts";
 import { ASSETS } from "./assets.ts";
-import { consolePage } from "./page.ts";
-import { VouchCounter } from "./vouches.ts";
+import { HostAllowlist } from "./host-allowlist.ts";
+import { ConsoleLogin, LOGIN_PARAM, secretsEqual } from "./login.ts";
+import { consolePage, loggedInPage, loginNeededPage } from "./page.ts";
+import { ConsoleTail } from "./tail.ts";
 
 /** How often the console asks the replicas for their status. */
 export const SAMPLE_INTERVAL_MS = 2_000;
 /** Live tails open at once (each is a subscription to the cluster). */
 export const TAILS_MAX = 8;
-/** Events a tail holds for a browser that does not read; past that they are dropped and counted. */
-export const TAIL_QUEUE_EVENTS_MAX = 1_000;
-/** Bytes of a payload shown in the tail. */
-const TAIL_PAYLOAD_BYTES_MAX = 1_024;
-const ADMIN_BODY_BYTES_MAX = 4_096;
+/**
+ * Bytes one tail holds for a page that reads slowly (tail-buffer.ts); past that its events
+ * are dropped and counted. With TAILS_MAX tails the console holds at most 8 MiB for them.
+ */
+export const TAIL_HELD_BYTES_MAX = 1_048_576;
+/** A tail whose page read nothing for this long while bytes waited is ended (tail.ts). */
+export const TAIL_STALL_MS = 30_000;
+/**
+ * The largest request body the console accepts (Bun refuses a larger one before the
+ * console reads it): an admin command's JSON, the only body it takes.
+ */
+export const REQUEST_BODY_BYTES_MAX = 4_096;
+/** Bytes of randomness in the page's token for POSTs. */
+const PAGE_TOKEN_BYTES = 24;
+/** What a browser says of where a request comes from (Sec-Fetch-Site) when it is this console's own page, or the operator's typing. */
+const OWN_FETCH_SITES: ReadonlySet<string> = new Set(["same-origin", "none"]);
 
 export interface ConsoleOptions {
   readonly client: FitbClient;
@@ -43,27 +56,50 @@ export interface ConsoleOptions {
   readonly admin: boolean;
   readonly hostname: string;
   readonly port: number;
+  /** Names besides its address that the console answers to (`--host-name`), say for a wildcard listen. */
+  readonly hostNames?: readonly string[];
   readonly version: string;
   /** How long the first status read waits for sessions. */
   readonly connectMs: number;
+  /** TAIL_STALL_MS unless a test asks for less. */
+  readonly tailStallMs?: number;
+}
+
+/** What the open tails hold, for tests and the curious: the byte budget at work. */
+export interface TailStats {
+  readonly open: number;
+  readonly heldBytes: number;
+  /** The most bytes any open tail held at once. */
+  readonly heldBytesPeak: number;
+  readonly eventsDropped: number;
 }
 
 export class ConsoleServer {
   private readonly server: ReturnType<typeof Bun.serve>;
-  private readonly token = randomBytes(24).toString("hex");
-  private readonly tails = new Set<Subscription>();
+  private readonly hosts: HostAllowlist;
+  private readonly login: ConsoleLogin;
+  private readonly token = randomBytes(PAGE_TOKEN_BYTES).toString("hex");
+  /** Reserved when a tail is asked for, before anything is awaited: TAILS_MAX holds under concurrent requests. */
+  private readonly tails = new Set<ConsoleTail>();
   private latest: { sample: TopSample; json: Record<string, unknown> } | null = null;
   private sampling: Promise<void> | null = null;
   private timer: ReturnType<typeof setInterval> | null = null;
   private stopped = false;
 
   private constructor(private readonly options: ConsoleOptions) {
+    this.hosts = new HostAllowlist({ listenHost: options.hostname, names: options.hostNames });
+    // Bun's default idle timeout stays for every connection but a live tail's (onTail),
+    // and Bun offers no bound on connections: an idle one is closed after that timeout.
     this.server = Bun.serve({
       hostname: options.hostname,
       port: options.port,
-      idleTimeout: 0,
+      development: false,
+      maxRequestBodySize: REQUEST_BODY_BYTES_MAX,
       fetch: (request) => this.route(request),
+      // A tail reset for stalling (tail.ts) ends here too; nothing is said about the server.
+      error: () => text(500, "internal error\n"),
     });
+    this.login = new ConsoleLogin(this.server.port as number);
     this.timer = setInterval(() => void this.sample(), SAMPLE_INTERVAL_MS);
     void this.sample();
   }
@@ -73,23 +109,47 @@ export class ConsoleServer {
     return new ConsoleServer(options);
   }
 
+  /** The console's address, without the login secret. A wildcard listen is shown by its loopback address. */
   get url(): string {
-    const host = this.server.hostname ?? this.options.hostname;
+    const listened = this.server.hostname ?? this.options.hostname;
+    const host = listened === "0.0.0.0" ? "127.0.0.1" : listened === "::" ? "::1" : listened;
     return `http://${host.includes(":") ? `[${host}]` : host}:${this.server.port}/`;
+  }
+
+  /** The URL to print: it logs one browser in (login.ts). */
+  get loginUrl(): string {
+    return `${this.url}?${LOGIN_PARAM}=${this.login.printedSecret}`;
+  }
+
+  tailStats(): TailStats {
+    let heldBytes = 0;
+    let heldBytesPeak = 0;
+    let eventsDropped = 0;
+    for (const tail of this.tails) {
+      heldBytes += tail.buffer.heldBytes;
+      heldBytesPeak = Math.max(heldBytesPeak, tail.buffer.heldBytesPeak);
+      eventsDropped += tail.buffer.droppedEvents;
+    }
+    return { open: this.tails.size, heldBytes, heldBytesPeak, eventsDropped };
   }
 
   stop(): void {
     if (this.stopped) return;
     this.stopped = true;
     if (this.timer !== null) clearInterval(this.timer);
-    for (const tail of this.tails) void tail.close();
-    this.tails.clear();
+    for (const tail of [...this.tails]) tail.close();
     this.server.stop(true);
   }
 
   private async route(request: Request): Promise<Response> {
+    if (!this.hosts.allows(request.headers.get("host"), this.server.port as number))
+      return text(403, "forbidden: this console answers only to its own address\n");
     const url = new URL(request.url);
-    if (!this.hostAllowed(request.headers.get("host"))) return text(403, "forbidden: this console answers only to its own address\n");
+    const loginSecret = url.searchParams.get(LOGIN_PARAM);
+    if (request.method === "GET" && url.pathname === "/" && loginSecret !== null) return this.onLogin(request, loginSecret);
+    if (!OWN_FETCH_SITES.has(request.headers.get("sec-fetch-site") ?? "none"))
+      return text(403, "forbidden: a request from another site's page; open the console by its address or a bookmark\n");
+    if (!this.login.hasSession(request.headers.get("cookie"))) return this.loginNeeded(url.pathname);
     if (request.method === "POST") {
       if (url.pathname !== "/api/admin") return text(404, "not found\n");
       return this.onAdmin(request);
@@ -102,39 +162,45 @@ export class ConsoleServer {
         admin: this.options.admin,
         version: this.options.version,
       });
-      return new Response(page, { headers: { "content-type": "text/html; charset=utf-8", ...SECURITY_HEADERS } });
+      return html(200, page);
     }
     const asset = ASSETS.get(url.pathname);
     if (asset !== undefined)
-      return new Response(asset.body, { headers: { "content-type": asset.contentType, "cache-control": "max-age=3600" } });
+      return new Response(asset.body, { headers: { "content-type": asset.contentType, "cache-control": "private, max-age=3600" } });
     if (url.pathname === "/api/status") return this.onStatus();
     if (url.pathname === "/favicon.ico") return new Response(null, { status: 204 });
-    if (url.pathname === "/api/tail") return this.onTail(url.searchParams.get("tag") ?? "");
+    if (url.pathname === "/api/tail") return this.onTail(request, url.searchParams.get("tag") ?? "");
     return text(404, "not found\n");
   }
 
-  /** DNS rebinding: the Host must be the address listened on (or localhost when that is loopback). */
-  private hostAllowed(host: string | null): boolean {
-    if (host === null) return false;
-    const port = String(this.server.port);
-    const listened = this.options.hostname;
-    const names = new Set([listened, `[${listened}]`]);
-    if (listened === "127.0.0.1" || listened === "::1" || listened === "localhost") {
-      for (const name of ["localhost", "127.0.0.1", "[::1]"]) names.add(name);
+  /**
+   * The printed URL: takes the one-time secret and sets the session cookie. A browser that
+   * has the session already (the link opened twice) is simply sent on to the console.
+   */
+  private onLogin(request: Request, secret: string): Response {
+    const headers = { "cache-control": "no-store" };
+    if (this.login.hasSession(request.headers.get("cookie"))) return html(200, loggedInPage(), headers);
+    const cookie = this.login.redeem(secret);
+    if (cookie === null) {
+      const reason = this.login.used
+        ? "This login URL was used already: one browser is logged in with it."
+        : "This is not the login URL this console printed.";
+      return html(403, loginNeededPage(reason), headers);
     }
-    if (listened === "0.0.0.0" || listened === "::") return true;
-    // "name:port", "[v6]:port", or a bare name when the port is HTTP's default.
-    const match = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(host);
-    if (match === null) return false;
-    return (match[2] ?? "80") === port && names.has(match[1] as string);
+    return html(200, loggedInPage(), { ...headers, "set-cookie": cookie });
   }
 
-  /** No Origin (not a browser's cross-site request), or this console's own. */
+  private loginNeeded(pathname: string): Response {
+    if (pathname === "/") return html(401, loginNeededPage("This browser is not logged in to this console."));
+    return text(401, "not logged in: open the URL fitb console printed when it started (it ends in /?login=...)\n");
+  }
+
+  /** The console's own page: an Origin is required, and must be this console's. */
   private sameOrigin(origin: string | null): boolean {
-    if (origin === null) return true;
+    if (origin === null) return false;
     try {
       const url = new URL(origin);
-      return url.protocol === "http:" && this.hostAllowed(url.host);
+      return url.protocol === "http:" && this.hosts.allows(url.host, this.server.port as number);
     } catch {
       return false; // "null" (a sandboxed frame) or garbage
     }
@@ -170,96 +236,34 @@ export class ConsoleServer {
   }
 
   /**
-   * Server-sent events: "ready", then one "event" per delivered event, with `batch` (the
-   * tail's id of its batch) and `vouchers` (the replicas that sent that batch so far),
-   * and "vouch" (`batch`, `vouchers`) as more of them do; "dropped" and "end" say why
-   * things stop.
+   * A live tail (tail.ts). Its slot is taken here, synchronously, and given back when the
+   * tail ends however it ends (the page leaves, the subscription fails or ends, the console
+   * stops). A tail may be quiet for long, so its connection has no idle timeout.
    */
-  private onTail(tag: string): Response {
+  private onTail(request: Request, tag: string): Response {
+    if (!tagSchema.safeParse(tag).success) return text(400, "expected ?tag=TAG, a channel's tag\n");
     if (this.tails.size >= TAILS_MAX) return text(429, `at most ${TAILS_MAX} tails at once\n`);
-    const client = this.options.client;
-    let subscription: Subscription | null = null;
-    let closed = false;
-    let dropped = 0;
-    const encoder = new TextEncoder();
-    const stream = new ReadableStream<Uint8Array>(
-      {
-        start: (controller) => {
-          const send = (event: string, data: unknown): boolean => {
-            if (closed) return false;
-            if ((controller.desiredSize ?? 1) <= 0 && (event === "event" || event === "vouch")) {
-              if (event === "event") dropped++;
-              return false;
-            }
-            controller.enqueue(encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`));
-            return true;
-          };
-          let rule = "";
-          let batches = 0;
-          const vouches = new VouchCounter(Date.now, (batch, vouchers) => send("vouch", { batch, vouchers }));
-          const onBatch = (batch: ReceivedBatch): void => {
-            if (dropped > 0 && send("dropped", { reason: `${dropped} events dropped: the page did not keep up` })) dropped = 0;
-            const id = ++batches;
-            const vouchers = batch.copyKey === undefined ? [] : vouches.delivered(batch.copyKey, id);
-            batch.events.forEach((payload, i) => {
-              send("event", {
-                tag: batch.tag,
-                seq: (batch.seq ?? batch.pubSeq) + i,
-                publisher: formatPublicKey(batch.publisher),
-                ts: batch.ts,
-                batch: id,
-                vouchers,
-                of: client.n,
-                rule,
-                payload: showPayload(payload),
-              });
-            });
-          };
-          client
-            .channelInfo(tag)
-            .then((info) => {
-              rule = deliveryRule(tag, client.f, info.fault, info.order);
-              return client.subscribe(tag, { skipTrimmed: true, onCopy: (copy) => vouches.copy(copy.replica, copy.key) }, onBatch);
-            })
-            .then((started) => {
-              subscription = started;
-              if (closed) {
-                void started.close();
-                return;
-              }
-              this.tails.add(started);
-              send("ready", { tag });
-              started.done.then(
-                () => send("end", { reason: "subscription closed" }),
-                (error: unknown) => send("end", { reason: describeError(error) }),
-              );
-            })
-            .catch((error: unknown) => {
-              send("end", { reason: describeError(error) });
-              closed = true;
-              controller.close();
-            });
-        },
-        cancel: () => {
-          closed = true;
-          if (subscription !== null) {
-            this.tails.delete(subscription);
-            void subscription.close();
-          }
-        },
-      },
-      { highWaterMark: TAIL_QUEUE_EVENTS_MAX, size: () => 1 },
-    );
-    return new Response(stream, { headers: { "content-type": "text/event-stream", "cache-control": "no-store", ...SECURITY_HEADERS } });
+    const tail: ConsoleTail = new ConsoleTail({
+      client: this.options.client,
+      tag,
+      bytesMax: TAIL_HELD_BYTES_MAX,
+      stallMs: this.options.tailStallMs ?? TAIL_STALL_MS,
+      onClose: () => this.tails.delete(tail),
+    });
+    this.tails.add(tail);
+    if (request.signal.aborted) tail.close();
+    else request.signal.addEventListener("abort", () => tail.close(), { once: true });
+    this.server.timeout(request, 0);
+    return tail.response(SECURITY_HEADERS);
   }
 
   private async onAdmin(request: Request): Promise<Response> {
-    if (request.headers.get("x-fitb-console-token") !== this.token)
+    if (!secretsEqual(request.headers.get("x-fitb-console-token") ?? "", this.token))
       return json(403, { ok: false, error: "missing or wrong console token" });
     if (!this.sameOrigin(request.headers.get("origin"))) return json(403, { ok: false, error: "cross-origin request refused" });
     if (!this.options.admin) return json(403, { ok: false, error: "read-only console: start it with an admin key to change channels" });
     const body = await request.text();
-    if (body.length > ADMIN_BODY_BYTES_MAX) return json(413, { ok: false, error: "request too large" });
+    if (body.length > REQUEST_BODY_BYTES_MAX) return json(413, { ok: false, error: "request too large" });
     let parsed: unknown;
     try {
       parsed = JSON.parse(body);
@@ -282,6 +286,8 @@ export class ConsoleServer {
 const SECURITY_HEADERS = {
   "x-content-type-options": "nosniff",
   "x-frame-options": "DENY",
+  // The login URL's secret must not leave in a Referer, whatever the page links to.
+  "referrer-policy": "no-referrer",
   "content-security-policy":
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
 };
@@ -290,27 +296,10 @@ function text(status: number, body: string): Response {
   return new Response(body, { status, headers: { "content-type": "text/plain; charset=utf-8" } });
 }
 
+function html(status: number, body: string, headers: Record<string, string> = {}): Response {
+  return new Response(body, { status, headers: { "content-type": "text/html; charset=utf-8", ...SECURITY_HEADERS, ...headers } });
+}
+
 function json(status: number, body: unknown): Response {
   return Response.json(body, { status });
-}
-
-/**
- * When this client delivers an event of the channel (src/README.md §3), shown beside the
- * count of replicas that actually sent it: byzantine/total, once f+1 replicas sent the
- * same batch; byzantine/none, once f+1 replicas sent events of its publisher; crash, the
- * first copy; `$sys.events`, once f+1 replicas reported the same group event.
- */
-function deliveryRule(tag: string, f: number, fault: string, order: string): string {
-  if (tag === SYS_EVENTS_TAG) return `delivered once ${vouchQuorum(f)} replicas reported the same event`;
-  if (fault === "crash") return "delivered on the first copy (crash channel)";
-  return order === "total"
-    ? `delivered once ${vouchQuorum(f)} replicas sent the same batch`
-    : `delivered once ${vouchQuorum(f)} replicas sent events of its publisher`;
-}
-
-function showPayload(payload: Uint8Array): string {
-  const cut = payload.subarray(0, TAIL_PAYLOAD_BYTES_MAX);
-  // The relay's rule for an EVENT line: printable UTF-8 is shown as text, the rest as base64.
-  const shown = isLineSafe(cut) ? new TextDecoder().decode(cut) : `base64:${Buffer.from(cut).toString("base64")}`;
-  return payload.length > TAIL_PAYLOAD_BYTES_MAX ? `${shown}... (${payload.length} bytes)` : shown;
 }
