@@ -38,6 +38,7 @@ export type CanonicalErrorCode =
   | "keys-unsorted" // map keys not in bytewise order of their encodings
   | "duplicate-key" // the same map key twice
   | "depth-exceeded" // nesting deeper than CANONICAL_DEPTH_MAX
+  | "items-exceeded" // more values than the caller's itemsMax
   | "unencodable"; // encode side: a value outside the Canonical model
 
 /** Thrown by `encodeCanonical` and `decodeCanonical`; `offset` is where decoding stopped. */
@@ -338,11 +339,19 @@ const ASCII_FAST_PATH_BYTES_MAX = 32;
  * afterwards, and copy a byte string (`.slice()`) before keeping it long-term or posting
  * it to another thread, since a view keeps, and a structured clone copies, the whole
  * underlying buffer.
+ *
+ * `itemsMax` bounds the values decoded (every item but a map key: a container counts once,
+ * and each of its elements or map values once more). Decoding costs about the same per item
+ * whatever the item, and one byte can be an item (an empty array), so a frame of 4 MiB can
+ * cost four million allocations although the messages it may carry hold a small fraction
+ * of that: a caller that knows its largest valid value passes its count, and the decoder
+ * stops with "items-exceeded" as soon as the input holds more. Unlimited by default
+ * (stored records, whose client tables grow with the clients).
  */
-export function decodeCanonical(input: Uint8Array): Canonical {
+export function decodeCanonical(input: Uint8Array, itemsMax: number = Number.POSITIVE_INFINITY): Canonical {
   // A Buffer is viewed as a plain Uint8Array so decoded byte strings always have one type.
   const bytes = input.constructor === Uint8Array ? input : new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
-  const reader = new Reader(bytes);
+  const reader = new Reader(bytes, itemsMax);
   const value = reader.readValue(0);
   if (reader.pos !== bytes.length) {
     throw new CanonicalError("trailing-bytes", `${bytes.length - reader.pos} bytes after the item`, reader.pos);
@@ -355,10 +364,13 @@ class Reader {
   readonly src: Uint8Array;
   readonly end: number;
   pos = 0;
+  /** Values the caller still allows (decodeCanonical's itemsMax). */
+  itemsLeft: number;
 
-  constructor(src: Uint8Array) {
+  constructor(src: Uint8Array, itemsMax: number) {
     this.src = src;
     this.end = src.length;
+    this.itemsLeft = itemsMax;
   }
 
   fail(code: CanonicalErrorCode, message: string, at: number = this.pos): never {
@@ -372,6 +384,7 @@ class Reader {
   readValue(depth: number): Canonical {
     this.need(1);
     const start = this.pos;
+    if (--this.itemsLeft < 0) this.fail("items-exceeded", "more items than the largest valid value holds", start);
     const initial = this.src[this.pos++] as number;
     const major = initial & 0xe0;
     if (major === MAJOR_SIMPLE) return this.readSimple(initial, start);
@@ -575,10 +588,13 @@ function setOwn(target: { [key: string]: Canonical }, key: string, value: Canoni
   }
 }
 
-/** Convenience for callers that must not throw: the value or the error. */
-export function tryDecodeCanonical(bytes: Uint8Array): { ok: true; value: Canonical } | { ok: false; error: CanonicalError } {
+/** Convenience for callers that must not throw: the value or the error (`itemsMax` as decodeCanonical's). */
+export function tryDecodeCanonical(
+  bytes: Uint8Array,
+  itemsMax: number = Number.POSITIVE_INFINITY,
+): { ok: true; value: Canonical } | { ok: false; error: CanonicalError } {
   try {
-    return { ok: true, value: decodeCanonical(bytes) };
+    return { ok: true, value: decodeCanonical(bytes, itemsMax) };
   } catch (e) {
     if (e instanceof CanonicalError) return { ok: false, error: e };
     throw e;

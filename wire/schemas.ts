@@ -463,6 +463,34 @@ export const FRAME_SCHEMAS: { readonly [K in FrameTypeCode]: z.ZodType<FrameBodi
   [FrameType.PEER]: peerSchema,
 };
 
+/**
+ * The most values (decodeCanonical's items: every CBOR item but a map key) a frame of a
+ * fixed shape holds: the largest, a replica's HELLO with its config digests, holds 13, so
+ * this leaves room for fields a later version adds. The payload is decoded whole before
+ * its schema is checked, so without a bound a frame of a fixed shape with one more field
+ * of four million empty arrays costs its receiver four million allocations before it is
+ * refused; with it, the decoder stops after this many.
+ */
+export const FRAME_ITEMS_MAX = 64;
+/** EVENTS: the fixed fields and up to EVENTS_SUBS_MAX subscription ids (`subs`). */
+export const EVENTS_FRAME_ITEMS_MAX = EVENTS_SUBS_MAX + FRAME_ITEMS_MAX;
+/**
+ * A Request body: its fixed fields (an admin command's included) and up to
+ * REQUEST_EVENTS_MAX events, each a value of its own.
+ */
+export const REQUEST_BODY_ITEMS_MAX = REQUEST_EVENTS_MAX + FRAME_ITEMS_MAX;
+
+/**
+ * The values a frame of `type` may hold at most: FRAME_ITEMS_MAX but for EVENTS
+ * (EVENTS_FRAME_ITEMS_MAX) and QUERY_REPLY, whose `res` is open (a listing of every
+ * channel): a client bounds what it reads by the frame size alone.
+ */
+export function frameItemsMax(type: FrameTypeCode): number {
+  if (type === FrameType.QUERY_REPLY) return Number.POSITIVE_INFINITY;
+  if (type === FrameType.EVENTS) return EVENTS_FRAME_ITEMS_MAX;
+  return FRAME_ITEMS_MAX;
+}
+
 /** Frames whose `v` field is checked first, so a version mismatch gets its own error. */
 const VERSIONED_FRAME_TYPES: ReadonlySet<number> = new Set([FrameType.HELLO, FrameType.HELLO_ACK]);
 
@@ -476,13 +504,14 @@ export type RequestResult = { readonly ok: true; readonly request: Request } | {
 /**
  * Decodes and validates one frame payload. Never throws. Byte strings in the result are
  * views into `payload` (see decodeCanonical). Errors are per frame and not fatal: the
- * stream stays in step, though the runtime may still close a hostile connection.
+ * stream stays in step, though the runtime may still close a hostile connection. The
+ * decoding stops at frameItemsMax(type) values (a `malformed-cbor` error, "items-exceeded").
  */
 export function decodeFrameBody(type: number, payload: Uint8Array): FrameResult {
   const name = frameTypeName(type);
   if (name === undefined) return { ok: false, error: wireError("unknown-type", `no frame type 0x${hexByte(type)}`) };
   const code = FrameType[name];
-  const parsed = parseCanonical(payload, name);
+  const parsed = parseCanonical(payload, name, frameItemsMax(code));
   if (!parsed.ok) return parsed;
   if (VERSIONED_FRAME_TYPES.has(code)) {
     const versionError = checkVersion(parsed.value, name, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN);
@@ -508,7 +537,7 @@ const FAST_FRAME_CHECKS: { readonly [K in FrameTypeCode]?: (value: Canonical) =>
 
 /** Decodes and validates a Request body (the bytes a client signed). Never throws. */
 export function decodeRequestBody(body: Uint8Array): RequestResult {
-  const parsed = parseCanonical(body, "request body");
+  const parsed = parseCanonical(body, "request body", REQUEST_BODY_ITEMS_MAX);
   if (!parsed.ok) return parsed;
   const versionError = checkVersion(parsed.value, "request body", REQUEST_VERSION, REQUEST_VERSION_MIN);
   if (versionError !== null) return { ok: false, error: versionError };
@@ -551,9 +580,13 @@ export function encodeTypedFrameWithTrailer(frame: Frame, trailerBytes: number, 
   return bytes;
 }
 
-function parseCanonical(bytes: Uint8Array, what: string): { ok: true; value: Canonical } | { ok: false; error: WireError } {
+function parseCanonical(
+  bytes: Uint8Array,
+  what: string,
+  itemsMax: number,
+): { ok: true; value: Canonical } | { ok: false; error: WireError } {
   try {
-    return { ok: true, value: decodeCanonical(bytes) };
+    return { ok: true, value: decodeCanonical(bytes, itemsMax) };
   } catch (e) {
     if (!(e instanceof CanonicalError)) {
       return { ok: false, error: wireError("malformed-cbor", `${what}: ${String(e)}`) };

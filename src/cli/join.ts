@@ -9,15 +9,31 @@
  *
  * It waits while the change that adds it (or rotates its key) is pending, and refuses to
  * start, saying why, when the group does not name it with this key.
+ *
+ * f+1 matching answers prove the group only if at most f of the replicas that sent them
+ * can be faulty, and the fault budget covers the members of the current group, not the
+ * cluster file's: a replica removed since (or a key rotated away), whose retired key is
+ * no longer kept safe, and one faulty member could otherwise hand the newcomer a group and
+ * a start they made up, and it would become a second faulty replica. So the answer is
+ * taken only when every replica whose answer counted is a member of the group it names,
+ * under the key its session authenticated with, and that group tolerates no more faults
+ * than the file's f (answerProblem); otherwise the cluster file is out of date and the
+ * replica refuses to start, saying how to get the current one. Those checks stop an out
+ * of date file and a forgery that leaves its senders out; one that names its senders as
+ * members is stopped by the digest the operator may give (`--members-digest`, what `fitb
+ * admin members` prints for the group that names the replica), which the named group's
+ * members must hash to.
  */
 import { type ClusterConfig, type ReplicaEntry, replicaById } from "../config/cluster.ts";
 import { FitbClient } from "../client/client.ts";
+import type { MembersListing, Voucher } from "../client/queries.ts";
 import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
-import { bytesEqual } from "../crypto/encoding.ts";
+import { bytesEqual, toHex } from "../crypto/encoding.ts";
+import { membershipDigest } from "../replica/epochs.ts";
 import type { Log } from "../replica/log.ts";
 import type { JoinEpoch } from "../replica/ordering-driver.ts";
 import { readEpochStart, readJoined, StoreIdentityError } from "../replica/storage/index.ts";
-import type { Member } from "../core/channels/membership.ts";
+import type { Member, Membership } from "../core/channels/membership.ts";
 
 /** Pause between two asks while the change that names this replica is pending. */
 export const JOIN_POLL_MS = 1_000;
@@ -110,34 +126,91 @@ export function joinedBefore(options: JoinOptions): Joined | null {
   return { self: selfEntry(options.config, member, options.key, options.keyFile, options.dataDir), epoch: stored };
 }
 
+/** What the group's replicas answered a joining replica: the group and its start, and who vouched for them. */
+export interface GroupAnswer {
+  readonly members: MembersListing;
+  readonly start: { readonly seq: number; readonly digest: Uint8Array } | null;
+  /** The replicas whose matching answers settled it, with the keys their sessions authenticated with. */
+  readonly vouchers: readonly Voucher[];
+}
+
+/** The membership a `members` answer lists (its digest is recomputed from it, never taken from the answer). */
+function membershipOf(members: MembersListing): Membership {
+  return {
+    epoch: members.epoch,
+    f: members.f,
+    members: members.members.map((m) => ({ id: m.id, host: m.host, port: m.port, peerPort: m.peerPort, key: m.key })),
+  };
+}
+
+/** How an operator gets what a joining replica needs when the cluster file is out of date. */
+const CURRENT_FILE_HINT =
+  "get the current cluster file (fitb cluster export, on a host whose client follows the group) or check the group with fitb admin members and pass its digest with --members-digest";
+
+/**
+ * Why a joining replica must not take the group `answer` names, or null. Each replica whose
+ * answer counted must be a member of that group under the key its session authenticated
+ * with, and the group may tolerate no more faults than the file's f: then at most f of
+ * the f_file+1 vouchers are faulty (if the group is the real one) and one is correct. With
+ * `expectedDigest` (the operator's, from `fitb admin members`), the group's members must
+ * hash to it, which makes it the real one.
+ */
+export function answerProblem(answer: GroupAnswer, config: ClusterConfig, expectedDigest: Uint8Array | null): string | null {
+  const { members } = answer;
+  for (const voucher of answer.vouchers) {
+    const member = members.members.find((m) => m.id === voucher.id);
+    if (member !== undefined && bytesEqual(member.key, voucher.key)) continue;
+    const why = member === undefined ? "does not list it" : `names another key for it (${formatPublicKey(member.key)})`;
+    return `the cluster file is out of date: replica ${voucher.id}, whose answer counted, authenticated with key ${formatPublicKey(voucher.key)}, but the group it describes (epoch ${members.epoch}) ${why}, so the file's f+1 answers prove nothing; ${CURRENT_FILE_HINT}`;
+  }
+  if (members.f > config.f) {
+    return `the cluster file is out of date: the group (epoch ${members.epoch}) tolerates f=${members.f}, more than the file's f=${config.f}, so ${config.f + 1} matching answers prove nothing; ${CURRENT_FILE_HINT}`;
+  }
+  if (expectedDigest === null) return null;
+  const digest = membershipDigest(membershipOf(members));
+  if (bytesEqual(digest, expectedDigest)) return null;
+  return `the group the replicas describe (epoch ${members.epoch}, digest ${toHex(digest)}) is not the one given with --members-digest (${toHex(expectedDigest)}): check the group with fitb admin members (a change since then gives it another digest)`;
+}
+
 /**
  * Asks the cluster file's replicas (f+1 matching answers) until the group's current
  * epoch names replica `id` with `key` and has started; throws JoinRefused when the group
- * does not (and no pending change will) name it.
+ * does not (and no pending change will) name it, or when its answer is no proof
+ * (answerProblem). `ask` replaces the replicas' answers (tests).
  */
-export async function learnGroup(options: JoinOptions & { readonly pollMs?: number }): Promise<Joined> {
+export async function learnGroup(
+  options: JoinOptions & {
+    readonly pollMs?: number;
+    /** The digest `fitb admin members` shows for the group that names this replica, if the operator gave it. */
+    readonly membersDigest?: Uint8Array;
+    readonly ask?: () => Promise<GroupAnswer>;
+  },
+): Promise<Joined> {
   const { config, id, key, log } = options;
-  const client = await FitbClient.connect({ config, key });
+  const client = options.ask === undefined ? await FitbClient.connect({ config, key }) : null;
+  const ask = options.ask ?? (() => (client as FitbClient).membersWithStartVouched());
   let waitingFor = "";
   try {
     for (;;) {
-      const { members, start } = await client.membersWithStart();
+      const answer = await ask();
+      const { members, start } = answer;
       const member = members.members.find((m) => m.id === id);
       const next = members.pending?.members.find((m) => m.id === id);
       const named = member !== undefined && bytesEqual(member.key, key.publicKey);
       let waiting: string;
       if (named && start !== null) {
+        const problem = answerProblem(answer, config, options.membersDigest ?? null);
+        if (problem !== null) throw new JoinRefused(problem);
         const self = selfEntry(config, member, key, options.keyFile, options.dataDir);
-        const membership = {
-          epoch: members.epoch,
-          f: members.f,
-          members: members.members.map((m) => ({ id: m.id, host: m.host, port: m.port, peerPort: m.peerPort, key: m.key })),
-        };
+        const membership = membershipOf(members);
         log.info("learned the group from its replicas", {
           epoch: members.epoch,
           n: membership.members.length,
           f: members.f,
           from: start.seq,
+          digest: toHex(membershipDigest(membership)),
+          vouchers: answer.vouchers.map((voucher) => voucher.id),
+          digestChecked: options.membersDigest !== undefined,
         });
         return { self, epoch: { membership, start } };
       }
@@ -157,6 +230,6 @@ export async function learnGroup(options: JoinOptions & { readonly pollMs?: numb
       await Bun.sleep(options.pollMs ?? JOIN_POLL_MS);
     }
   } finally {
-    client.close();
+    client?.close();
   }
 }

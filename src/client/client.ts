@@ -60,6 +60,8 @@ import {
   parseMembers,
   parseMembersWithStart,
   type QueryRule,
+  type Voucher,
+  vouchedRule,
 } from "./queries.ts";
 import {
   type AgreedGroup,
@@ -605,6 +607,20 @@ export class FitbClient {
     );
   }
 
+  /**
+   * membersWithStart, with the replicas whose answers settled it and the key each one's
+   * session authenticated with: what a joining replica checks the answer against
+   * (src/cli/join.ts).
+   */
+  async membersWithStartVouched(): Promise<ReturnType<typeof membersWithStart> & { readonly vouchers: readonly Voucher[] }> {
+    const rule = vouchedRule(this.group.ids, this.f, "members", parseMembersWithStart, (id) => {
+      const connection = this.group.connection(id);
+      return connection?.isReady === true ? connection.endpoint.publicKey : null;
+    });
+    const { value, vouchers } = await this.runQuery({ id: 0, q: "members", start: true }, rule);
+    return { ...membersWithStart(value), vouchers };
+  }
+
   /** A channel's registered publisher and subscriber keys, from f+1 matching answers. */
   channelKeys(tag: string): Promise<ChannelKeys> {
     checkTag(tag);
@@ -888,8 +904,8 @@ export class FitbClient {
       if (!this.group.connections.some((c) => c.id === replica)) this.follow.claims.delete(replica);
     if (newerClaimed) this.refreshMembershipSoon();
     const current = { epoch: this.follow.epoch, ids: this.group.connections.map((connection) => connection.id) };
-    if (!isNewer(group, current, sameAsFile(group, this.config))) {
-      if (this.follow.epoch === null) this.follow.epoch = group.epoch;
+    if (!isNewer(group, current, sameAsFile(group, this.config), this.config.epoch)) {
+      if (this.follow.epoch === null && group.epoch >= this.config.epoch) this.follow.epoch = group.epoch;
       this.warnIfFileStale();
       return;
     }

@@ -8,7 +8,8 @@
  * the group the client trusts now sent the same epoch, f, members and digest (at least
  * one of them is correct), and only if it is newer than what the client has: a higher
  * epoch, or, before the client has learned any epoch, a group other than the file's
- * (a cluster file written before a change). A replica that claims another group alone,
+ * (a cluster file written before a change) of at least the file's epoch (never an older
+ * group, which f+1 replicas behind the file, one faulty, could agree on). A replica that claims another group alone,
  * or with fewer than f+1, moves nothing; its answer is counted and logged as refused.
  *
  * When: once the client has started, every `membershipRefreshMs`, and soon after a
@@ -109,11 +110,12 @@ export interface FollowedGroup {
 
 /**
  * Whether an agreed group should replace the one the client has: a newer epoch, or the
- * first group learned when it differs from the cluster file's (whatever its epoch: a
- * file exported at epoch 3 already is the group of epoch 3).
+ * first group learned when it differs from the cluster file's and is not older than the
+ * file's epoch `fileEpoch` (a file exported at epoch 3 already is the group of epoch 3; an
+ * epoch-0 file may predate every change).
  */
-export function isNewer(group: GroupListing, current: FollowedGroup, sameAsFile: boolean): boolean {
-  if (current.epoch === null) return !sameAsFile;
+export function isNewer(group: GroupListing, current: FollowedGroup, sameAsFile: boolean, fileEpoch: number): boolean {
+  if (current.epoch === null) return !sameAsFile && group.epoch >= fileEpoch;
   return group.epoch > current.epoch;
 }
 

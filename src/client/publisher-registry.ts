@@ -14,6 +14,11 @@
  * time and REFRESH_INTERVAL_MS apart, so made-up keys cost the replicas a bounded trickle
  * of queries, and every map here is bounded.
  *
+ * Registrations are also revoked while a subscription runs (`unregister`): the set is
+ * learnt again every PUBLISHERS_REFRESH_INTERVAL_MS even when no unknown key asks for it,
+ * and a key that f+1 replicas no longer list leaves it, so a revoked (say, stolen) key's
+ * new batches, forwarded by a faulty replica, stop being delivered within that interval.
+ *
  * Pure bookkeeping: the caller runs the queries and passes the clock.
  */
 import { toHex } from "../crypto/encoding.ts";
@@ -21,6 +26,8 @@ import type { PublisherVerdict } from "../core/voting/delivery-voter.ts";
 
 /** Least time between two refreshes of one subscription's set. */
 export const REFRESH_INTERVAL_MS = 500;
+/** Most time between two refreshes: a key unregistered since the last stops being delivered after at most this long. */
+export const PUBLISHERS_REFRESH_INTERVAL_MS = 30_000;
 /** How long a key may stay unknown (its copies held) before it is refused. */
 export const UNKNOWN_PUBLISHER_WAIT_MS = 5_000;
 /** How long a refused key stays refused before its copies cause another look. */
@@ -43,10 +50,14 @@ export class PublisherRegistry {
   private inFlight = false;
   private wanted = false;
   private lastStartMs = Number.NEGATIVE_INFINITY;
+  /** When the set was last asked for (or given): the periodic refresh counts from here. */
+  private lastAskedMs: number;
   private refreshes = 0;
 
-  constructor(publishers: readonly Uint8Array[]) {
+  /** `learntAtMs`: when `publishers` was learnt (the next periodic refresh is PUBLISHERS_REFRESH_INTERVAL_MS later). */
+  constructor(publishers: readonly Uint8Array[], learntAtMs = 0) {
     this.known = new Set(publishers.map(toHex));
+    this.lastAskedMs = learntAtMs;
   }
 
   /** Keys in the set now. */
@@ -76,9 +87,13 @@ export class PublisherRegistry {
     return "unknown";
   }
 
-  /** Whether a refresh should start now: one is wanted, none runs, and the last began long enough ago. */
+  /**
+   * Whether a refresh should start now: none runs, the last began long enough ago, and one
+   * is wanted (an unknown key waits) or the periodic one is due.
+   */
   shouldRefresh(nowMs: number): boolean {
-    return this.wanted && !this.inFlight && nowMs - this.lastStartMs >= REFRESH_INTERVAL_MS;
+    if (this.inFlight || nowMs - this.lastStartMs < REFRESH_INTERVAL_MS) return false;
+    return this.wanted || nowMs - this.lastAskedMs >= PUBLISHERS_REFRESH_INTERVAL_MS;
   }
 
   /** A refresh has started. */
@@ -86,6 +101,7 @@ export class PublisherRegistry {
     this.inFlight = true;
     this.wanted = false;
     this.lastStartMs = nowMs;
+    this.lastAskedMs = nowMs;
   }
 
   /**

@@ -16,7 +16,7 @@
  * having sent a wrong one.
  */
 import { z } from "zod";
-import type { Canonical } from "../../wire/canonical.ts";
+import { type Canonical, encodeCanonical } from "../../wire/canonical.ts";
 import { channelClassFields, tagSchema, type QueryReply } from "../../wire/schemas.ts";
 import { type ErrorCode, KEY_BYTES, REPLICAS_MAX } from "../../wire/types.ts";
 import { KEYS_PER_CHANNEL_MAX, QUOTAS_MAX } from "../core/channels/constants.ts";
@@ -280,7 +280,13 @@ export interface QueryRule<T> {
  * described the channel; refusals do not raise the bar, so a busy cluster settles), and the
  * client's own floor), and only once 2f+1 replicas, or every reachable one, have answered,
  * so that a replica that executed the create had its say. Older refusals are asked again,
- * to be judged after the replica has executed that seq.
+ * to be judged after the replica has executed that seq. A seq only fewer than f+1
+ * descriptions claim (one replica's `at`, which may be a lie) is worth one such wait per
+ * replica: asked once, its next refusal counts unless it is behind the (f+1)-th highest
+ * `at` (or the floor), which a correct replica has executed. At the deadline only that
+ * confirmed seq counts: a refusal still asked to wait for a claimed one settles then. So one
+ * replica reporting a huge `at` delays the answer by a replica's hold bound at most, and
+ * never turns "no such channel" into a NoQuorumError.
  */
 export function channelInfoRule(
   n: number,
@@ -293,12 +299,23 @@ export function channelInfoRule(
   const infos = new Map<string, ChannelInfo>();
   const refused = new Map<number, { code: ErrorCode; reason: string; at: number | undefined }>();
   const answeredOnce = new Set<number>();
-  let freshest = floor;
-  const isFresh = (at: number | undefined): boolean => at === undefined || at >= freshest;
-  const refusal = (): QueryOutcome<ChannelInfo> => {
+  /** The highest `at` of each replica's description. */
+  const describedAts = new Map<number, number>();
+  /** Replicas already asked to wait for a seq only fewer than f+1 descriptions claim. */
+  const askedClaimed = new Set<number>();
+  /** Replicas asked again whose new answer has not come (their refusal stays, for the deadline). */
+  const awaiting = new Set<number>();
+  const confirmed = (): number => Math.max(floor, pickLastSeq([...describedAts.values()], f) ?? 0);
+  const claimed = (): number => Math.max(confirmed(), ...describedAts.values());
+  const isFresh = (replica: number, at: number | undefined): boolean =>
+    at === undefined || at >= claimed() || (at >= confirmed() && askedClaimed.has(replica));
+  // Before the deadline a refusal counts when fresh and not asked again; at the deadline when not behind the confirmed seq.
+  const countsNow = (replica: number, at: number | undefined): boolean => !awaiting.has(replica) && isFresh(replica, at);
+  const countsAtDeadline = (_replica: number, at: number | undefined): boolean => at === undefined || at >= confirmed();
+  const refusal = (counted: (replica: number, at: number | undefined) => boolean): QueryOutcome<ChannelInfo> => {
     const counts = new Map<ErrorCode, { count: number; reason: string }>();
-    for (const answer of refused.values()) {
-      if (!isFresh(answer.at)) continue;
+    for (const [replica, answer] of refused) {
+      if (!counted(replica, answer.at)) continue;
       const entry = counts.get(answer.code) ?? { count: 0, reason: answer.reason };
       entry.count++;
       counts.set(answer.code, entry);
@@ -322,7 +339,8 @@ export function channelInfoRule(
   return {
     add(replica, reply) {
       answeredOnce.add(replica);
-      if (reply.ok && reply.at !== undefined) freshest = Math.max(freshest, reply.at);
+      awaiting.delete(replica);
+      if (reply.ok && reply.at !== undefined) describedAts.set(replica, Math.max(describedAts.get(replica) ?? 0, reply.at));
       described.delete(replica);
       refused.delete(replica);
       if (reply.ok) {
@@ -333,17 +351,22 @@ export function channelInfoRule(
       } else {
         refused.set(replica, { code: reply.code, reason: reply.reason, at: reply.at });
       }
-      return agreedDescription() ?? (enoughAnswered() ? refusal() : null);
+      return agreedDescription() ?? (enoughAnswered() ? refusal(countsNow) : null);
     },
     stale() {
-      const replicas = [...refused].filter(([, answer]) => !isFresh(answer.at)).map(([replica]) => replica);
-      for (const replica of replicas) refused.delete(replica);
-      return { replicas, after: freshest };
+      const replicas = [...refused]
+        .filter(([replica, answer]) => !awaiting.has(replica) && !isFresh(replica, answer.at))
+        .map(([replica]) => replica);
+      for (const replica of replicas) awaiting.add(replica);
+      // The claimed seq while some of them were not yet asked to wait for it; then the confirmed one.
+      const after = replicas.every((replica) => askedClaimed.has(replica)) ? confirmed() : claimed();
+      if (after > confirmed()) for (const replica of replicas) askedClaimed.add(replica);
+      return { replicas, after };
     },
     atDeadline(describeMissing) {
       return (
         agreedDescription() ??
-        refusal() ?? {
+        refusal(countsAtDeadline) ?? {
           ok: false,
           error: new NoQuorumError(`no quorum for ${what}: fewer than ${vouchQuorum(f)} matching answers (${describeMissing()})`),
         }
@@ -392,6 +415,58 @@ export function matchingRule<T extends Canonical>(
           error: new NoQuorumError(`no quorum for ${what}: fewer than ${vouchQuorum(f)} matching answers (${describeMissing()})`),
         }
       );
+    },
+  };
+}
+
+/** A replica whose answer counted towards a result, with the key its session authenticated with when it answered. */
+export interface Voucher {
+  readonly id: number;
+  readonly key: Uint8Array;
+}
+
+/** A result and the replicas whose answers settled it. */
+export interface Vouched<T> {
+  readonly value: T;
+  readonly vouchers: readonly Voucher[];
+}
+
+/**
+ * matchingRule, saying also who vouched for the result: the replicas of the group whose
+ * (projected) answer was the one that settled it, each with the key its session
+ * authenticated with when it answered (`keyOf`; null: no session, not counted). f+1
+ * matching answers prove a result only if at most f of those who sent them can be
+ * faulty; a joining replica checks that the vouchers are members of the group the answer
+ * names, under those keys (src/cli/join.ts).
+ */
+export function vouchedRule<T extends Canonical>(
+  replicas: readonly number[],
+  f: number,
+  what: string,
+  project: (res: Canonical) => T | null,
+  keyOf: (replica: number) => Uint8Array | null,
+): QueryRule<Vouched<T>> {
+  const inner = matchingRule(replicas, f, what, project);
+  const group = new Set(replicas);
+  /** Each replica's first readable answer (as the voter counts its first), canonical hex, with its session's key. */
+  const answers = new Map<number, { answer: string; key: Uint8Array }>();
+  const vouched = (outcome: QueryOutcome<T>): QueryOutcome<Vouched<T>> => {
+    if (outcome === null || !outcome.ok) return outcome;
+    const settled = toHex(encodeCanonical(outcome.value));
+    const vouchers = [...answers].filter(([, entry]) => entry.answer === settled).map(([id, entry]) => ({ id, key: entry.key }));
+    return { ok: true, value: { value: outcome.value, vouchers } };
+  };
+  return {
+    add(replica, reply) {
+      const key = keyOf(replica);
+      const projected = reply.ok ? project(reply.res) : null;
+      if (group.has(replica) && !answers.has(replica) && key !== null && projected !== null) {
+        answers.set(replica, { answer: toHex(encodeCanonical(projected)), key });
+      }
+      return vouched(inner.add(replica, reply));
+    },
+    atDeadline(describeMissing) {
+      return vouched(inner.atDeadline(describeMissing)) as QueryOutcome<Vouched<T>> & object;
     },
   };
 }

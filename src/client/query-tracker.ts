@@ -3,14 +3,20 @@
  * its kind takes (queries.ts): at once when the rule concludes, when every replica with
  * a session has answered (rules that ask for it), or at the deadline. A replica whose
  * answer the rule finds stale (read-your-writes, PROTOCOL.md 6.3) is asked again with
- * `after`, and waits until it has executed that seq.
+ * `after`, and waits until it has executed that seq: at once the first time, then at the
+ * first tick after a growing delay (QUERY_REASK_BACKOFF), so that a replica that answers
+ * stale at once (its wait queue full) is not asked in a loop until the deadline.
  */
 import { encodeTypedFrame, type Query, type QueryReply } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
+import { backoffBaseDelayMs, type BackoffPolicy } from "./backoff.ts";
 import type { ReplicaConnection } from "./connection.ts";
 import type { ClientError } from "./errors.ts";
 import type { QueryRule } from "./queries.ts";
 import type { TrackingContext } from "./replica-group.ts";
+
+/** The delay before a replica is asked again a second time within one query, doubling after. */
+export const QUERY_REASK_BACKOFF: BackoffPolicy = { initialDelayMs: 100, maxDelayMs: 1_000, multiplier: 2, jitterRatio: 0 };
 
 interface PendingQuery {
   readonly id: number;
@@ -23,6 +29,8 @@ interface PendingQuery {
   readonly rule: QueryRule<unknown>;
   readonly sentTo: Set<number>;
   readonly answered: Set<number>;
+  /** Per replica asked again: how many times, and when it may be sent (QUERY_REASK_BACKOFF). */
+  readonly reasks: Map<number, { count: number; dueAt: number }>;
   readonly deadline: number;
   readonly settle: (outcome: { ok: true; value: unknown } | { ok: false; error: ClientError }) => void;
 }
@@ -50,6 +58,7 @@ export class QueryTracker {
         rule: rule as QueryRule<unknown>,
         sentTo: new Set(),
         answered: new Set(),
+        reasks: new Map(),
         deadline: this.ctx.now() + this.queryMs,
         settle: (outcome) => {
           this.queries.delete(id);
@@ -65,6 +74,7 @@ export class QueryTracker {
 
   private sendQuery(pending: PendingQuery, connection: ReplicaConnection): void {
     if (pending.sentTo.has(connection.id) || pending.answered.has(connection.id)) return;
+    if ((pending.reasks.get(connection.id)?.dueAt ?? 0) > this.ctx.now()) return;
     if (connection.sendEncoded(pending.frame)) pending.sentTo.add(connection.id);
   }
 
@@ -85,9 +95,22 @@ export class QueryTracker {
     if (stale === null || stale.replicas.length === 0) return;
     const body = { ...pending.body, after: stale.after } as Query;
     pending.frame = encodeTypedFrame({ type: FrameType.QUERY, body }, this.ctx.frameBytesMax);
+    const now = this.ctx.now();
     for (const replica of stale.replicas) {
       pending.answered.delete(replica);
       pending.sentTo.delete(replica);
+      const count = pending.reasks.get(replica)?.count ?? 0;
+      const dueAt = count === 0 ? now : now + backoffBaseDelayMs(count - 1, QUERY_REASK_BACKOFF);
+      pending.reasks.set(replica, { count: count + 1, dueAt });
+      const connection = this.ctx.group.connection(replica);
+      if (connection !== undefined) this.sendQuery(pending, connection);
+    }
+  }
+
+  /** Sends the re-asks whose delay is over. */
+  private sendDueReasks(pending: PendingQuery, now: number): void {
+    for (const [replica, reask] of pending.reasks) {
+      if (reask.dueAt > now) continue;
       const connection = this.ctx.group.connection(replica);
       if (connection !== undefined) this.sendQuery(pending, connection);
     }
@@ -121,11 +144,14 @@ export class QueryTracker {
     }
   }
 
-  /** Settles queries past their deadline, and those whose reachable replicas have all answered. */
+  /** Settles queries past their deadline, and those whose reachable replicas have all answered; sends re-asks due. */
   tick(now: number): void {
     for (const pending of [...this.queries.values()]) {
       if (now >= pending.deadline) pending.settle(pending.rule.atDeadline(() => this.ctx.group.describeReplicas(pending.answered)));
-      else this.settleIfReachableAnswered(pending);
+      else {
+        this.sendDueReasks(pending, now);
+        this.settleIfReachableAnswered(pending);
+      }
     }
   }
 

@@ -5,14 +5,23 @@
  *
  * A refusal ends the subscription only once f+1 replicas agree on it, and a refusal a
  * replica judged on its own state (it carries `at`) only while it is fresh: one older
- * than the freshest decided seq known is asked again, waiting for that seq (see refused);
- * at once the first time, after RESUBSCRIBE_AFTER_REFUSAL_MS once the replica refused a
- * SUBSCRIBE that already asked it to wait for that seq (it answered past its hold bound).
+ * than a decided seq a correct replica is known to have executed is asked again, waiting
+ * for that seq (see refused); at once the first time, after RESUBSCRIBE_AFTER_REFUSAL_MS
+ * once the replica refused a SUBSCRIBE that already asked it to wait for that seq (it
+ * answered past its hold bound). A seq fewer than f+1 replicas claim is worth one such
+ * wait per refusing replica, never more: one lying replica cannot keep a subscription
+ * from ending.
+ *
+ * A replica that sends a copy failing its checks is unsubscribed and asked again later,
+ * each time later (RESUBSCRIBE_AFTER_INVALID), so that its bad copies cost no more than
+ * one signature check per wait.
  */
 import type { SubEnd, SubOk } from "../../wire/schemas.ts";
 import type { ErrorCode } from "../../wire/types.ts";
 import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
+import { backoffBaseDelayMs, type BackoffPolicy } from "./backoff.ts";
 import { SubscriptionEndedError } from "./errors.ts";
+import { pickLastSeq } from "./seq.ts";
 import type { ClientSubscription, SubscriptionHost, SubscriptionSignal } from "./subscription.ts";
 
 /** A replica whose copies overflowed the voter's buffer is asked again after this long. */
@@ -24,6 +33,11 @@ export const RESUBSCRIBE_AFTER_OVERFLOW_MS = 250;
 export const RESUBSCRIBE_AFTER_SEND_FAILURE_MS = 250;
 /** A replica that ended the subscription for a reason not yet confirmed by f+1 is asked again after this long. */
 export const RESUBSCRIBE_AFTER_REFUSAL_MS = 1_000;
+/**
+ * A replica that sent a copy failing its checks is asked again after the first delay,
+ * doubled at each further such copy, up to the cap (no jitter: one subscription's own wait).
+ */
+export const RESUBSCRIBE_AFTER_INVALID: BackoffPolicy = { initialDelayMs: 1_000, maxDelayMs: 60_000, multiplier: 2, jitterRatio: 0 };
 
 /** SUB_END codes that f+1 replicas must agree on before the subscription fails. */
 const FATAL_END_CODES: ReadonlySet<string> = new Set(["UNKNOWN_CHANNEL", "UNAUTHORIZED", "DESTROYED", "LIMIT", "BAD_REQUEST"]);
@@ -55,8 +69,12 @@ export class ReplicaSubs {
   private readonly fatalEnds = new Map<number, { code: string; reason: string; at: number | undefined }>();
   /** Replicas that answered a SUBSCRIBE at least once (SUB_OK or SUB_END). */
   private readonly answered = new Set<number>();
-  /** The highest `at` any replica reported to this subscription. */
-  private freshestAt = 0;
+  /** The highest `at` of each replica's SUB_OKs (refusals do not count: see refused). */
+  private readonly acceptedAts = new Map<number, number>();
+  /** Replicas already asked to wait for a seq that fewer than f+1 replicas claim: never asked so twice. */
+  private readonly askedClaimed = new Set<number>();
+  /** Copies that failed their checks per replica, each of which unsubscribed it (sentInvalid). */
+  private readonly invalidStrikes = new Map<number, number>();
   /** The `after` our last SUBSCRIBE to each replica carried (what it was asked to have executed). */
   private readonly lastAfter = new Map<number, number>();
   /** Stale refusals from replicas that had already been asked to wait for that seq: asked again only after a pause. */
@@ -94,13 +112,13 @@ export class ReplicaSubs {
   // Subscribing at one replica
   // ---------------------------------------------------------------------------------
 
-  subscribeAt(replica: number): void {
+  /** `after`: the decided seq the replica is asked to have executed (default: the confirmed one). */
+  subscribeAt(replica: number, after: number = this.confirmedAt()): void {
     if (this.owner.isStandby(replica)) {
       this.standby(replica);
       return;
     }
     const from = this.owner.resumePoint();
-    const after = this.freshness();
     const subId = this.host.subscribeAt(this.sub, replica, from, after);
     if (subId === null) {
       // Not sent (queue full or not connected): tick asks again once the replica is ready.
@@ -121,6 +139,20 @@ export class ReplicaSubs {
     const state = this.replicas.get(replica);
     if (state !== undefined && (state.t === "active" || state.t === "pending")) this.host.unsubscribeAt(replica, state.subId);
     this.replicas.set(replica, { t: "retry", at: this.host.now() + delayMs, endCode });
+  }
+
+  /**
+   * The replica sent a copy that failed its checks. Correct replicas check what they store
+   * and forward, so it is faulty: it is unsubscribed, so that its further copies are dropped
+   * before any check, and asked again after RESUBSCRIBE_AFTER_INVALID, longer at each such
+   * copy. The others cover what it would have sent. One already waiting keeps its wait.
+   */
+  sentInvalid(replica: number): void {
+    const state = this.replicas.get(replica);
+    if (state === undefined || (state.t !== "active" && state.t !== "pending")) return;
+    const strikes = this.invalidStrikes.get(replica) ?? 0;
+    this.invalidStrikes.set(replica, strikes + 1);
+    this.retryLater(replica, backoffBaseDelayMs(strikes, RESUBSCRIBE_AFTER_INVALID), null);
   }
 
   /**
@@ -168,6 +200,9 @@ export class ReplicaSubs {
     this.fatalEnds.delete(replica);
     this.answered.delete(replica);
     this.lastAfter.delete(replica);
+    this.acceptedAts.delete(replica);
+    this.askedClaimed.delete(replica);
+    this.invalidStrikes.delete(replica);
   }
 
   /** Subscribes again at every replica that is retrying or subscribed (after a skip). */
@@ -203,8 +238,8 @@ export class ReplicaSubs {
     this.replicas.set(replica, { t: "active", subId, from: state.from, next: body.next });
     this.fatalEnds.delete(replica);
     this.answered.add(replica);
-    if (body.at !== undefined && body.at > this.freshestAt) {
-      this.freshestAt = body.at;
+    if (body.at !== undefined && body.at > (this.acceptedAts.get(replica) ?? 0)) {
+      this.acceptedAts.set(replica, body.at);
       this.askStaleAgain();
     }
     return { from: state.from };
@@ -227,10 +262,13 @@ export class ReplicaSubs {
   /**
    * A refusal a replica judged on its own state (it carries `at`) may predate a decision
    * another replica executed (a create-channel or register just made): it is never a vote
-   * against that decision. One older than the freshest decided seq known (the client's
-   * floor, or the `at` of a replica that accepted the subscription; refusals do not raise
-   * it) is asked again at once with `after` = that seq, and
-   * the replica answers once it has executed it. If it refused below the `after` the
+   * against that decision. One older than a decided seq a correct replica executed (the
+   * client's floor, or the (f+1)-th highest `at` of the replicas that accepted the
+   * subscription; refusals do not raise it) is asked again at once with `after` = that
+   * seq, and the replica answers once it has executed it. One older only than a seq fewer
+   * than f+1 replicas claim (a single replica's `at`: the create may be that fresh, or the
+   * replica lies) is asked so once, with `after` = the claimed seq; its next refusal counts
+   * if it is not behind the confirmed seq. If it refused below the `after` the
    * SUBSCRIBE it refused already carried (it waited up to its hold bound, or its wait queue
    * was full, and is still behind, like a new member fetching the state), it is counted,
    * signalled, and asked again only after RESUBSCRIBE_AFTER_REFUSAL_MS, whatever the floor
@@ -241,11 +279,11 @@ export class ReplicaSubs {
    */
   refused(replica: number, body: SubEnd): void {
     this.answered.add(replica);
-    const fresh = this.freshness();
-    if (body.at !== undefined && body.at < fresh) {
+    const judged = this.judge(replica, body.at);
+    if (body.at !== undefined && judged !== "fresh") {
       this.fatalEnds.delete(replica);
       const askedAfter = this.lastAfter.get(replica) ?? 0;
-      if (body.at < askedAfter) {
+      if (judged === "behind" && body.at < askedAfter) {
         this.staleHeld++;
         this.owner.signal({
           t: "replica-ended",
@@ -257,7 +295,7 @@ export class ReplicaSubs {
         return;
       }
       this.replicas.set(replica, { t: "retry", at: this.host.now(), endCode: body.code });
-      if (!this.owner.isPaused() && this.host.readyReplicas().includes(replica)) this.subscribeAt(replica);
+      if (!this.owner.isPaused() && this.host.readyReplicas().includes(replica)) this.askAgain(replica);
       return;
     }
     this.owner.signal({ t: "replica-ended", replica, code: body.code, reason: body.reason });
@@ -277,19 +315,53 @@ export class ReplicaSubs {
     this.replicas.set(replica, { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_REFUSAL_MS, endCode: body.code });
   }
 
-  /** The freshest decided seq known to this subscription: the client's floor or a SUB_OK's `at`. */
-  private freshness(): number {
-    return Math.max(this.host.executedFloor(), this.freshestAt);
+  /**
+   * A decided seq some correct replica has executed: the client's floor, or the (f+1)-th
+   * highest `at` of the members' SUB_OKs (as ExecutedFloor.observeAts counts them).
+   */
+  private confirmedAt(): number {
+    const ats: number[] = [];
+    for (const replica of this.host.members()) {
+      const at = this.acceptedAts.get(replica);
+      if (at !== undefined) ats.push(at);
+    }
+    return Math.max(this.host.executedFloor(), pickLastSeq(ats, this.host.f) ?? 0);
+  }
+
+  /** The highest seq a member's SUB_OK claims it executed (no less than the confirmed one). */
+  private claimedAt(): number {
+    let claimed = this.confirmedAt();
+    for (const replica of this.host.members()) claimed = Math.max(claimed, this.acceptedAts.get(replica) ?? 0);
+    return claimed;
+  }
+
+  /**
+   * A refusal judged at `at`: "behind" a seq a correct replica executed, below a seq only
+   * "claimed" (fewer than f+1 say so) that the replica was not yet asked to wait for, or
+   * "fresh" (it counts).
+   */
+  private judge(replica: number, at: number | undefined): "fresh" | "behind" | "claimed" {
+    if (at === undefined) return "fresh";
+    if (at < this.confirmedAt()) return "behind";
+    if (at < this.claimedAt() && !this.askedClaimed.has(replica)) return "claimed";
+    return "fresh";
+  }
+
+  /** Asks a replica whose refusal was stale again: to wait for the claimed seq once, then for the confirmed one. */
+  private askAgain(replica: number): void {
+    const confirmed = this.confirmedAt();
+    const after = this.askedClaimed.has(replica) ? confirmed : this.claimedAt();
+    if (after > confirmed) this.askedClaimed.add(replica);
+    this.subscribeAt(replica, after);
   }
 
   /** Refusals that a fresher answer has made stale are asked again, waiting for that seq. */
   private askStaleAgain(): void {
-    const fresh = this.freshness();
     for (const [replica, end] of [...this.fatalEnds]) {
-      if (end.at === undefined || end.at >= fresh) continue;
+      if (this.judge(replica, end.at) === "fresh") continue;
       this.fatalEnds.delete(replica);
       const state = this.replicas.get(replica);
-      if (state !== undefined && state.t !== "active" && state.t !== "pending") this.subscribeAt(replica);
+      if (state !== undefined && state.t !== "active" && state.t !== "pending") this.askAgain(replica);
     }
   }
 

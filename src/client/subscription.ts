@@ -26,7 +26,14 @@
  * - On crash-fault channels, where one replica's copy is delivered without a vote, a batch
  *   is delivered only if its publisher is registered on the channel, as f+1 replicas list
  *   it (publisher-registry.ts): a copy signed by any other key, however valid the
- *   signature, is held while the registry is learnt again, then refused.
+ *   signature, is held while the registry is learnt again, then refused. The list is
+ *   learnt again every PUBLISHERS_REFRESH_INTERVAL_MS too, so a key unregistered since
+ *   stops being delivered. On byzantine/none a key stays vouched for only while f+1
+ *   replicas keep sending copies of it (DeliveryVoter.lapseVouches, every
+ *   VOUCH_LAPSE_INTERVAL_MS).
+ * - A replica that sends a copy failing its checks is unsubscribed and asked again later,
+ *   each time later (replica-subs.ts sentInvalid), and the signals such copies cause are
+ *   rate-limited (signal-limiter.ts).
  *
  * - On `$sys.events` the batches the voter delivers are the replicas' signed reports, and
  *   they go on to the group event voter (src/core/voting/group-events.ts): a group event
@@ -45,6 +52,8 @@ import { CLIENT_CLOCK_SKEW_MS_MAX } from "../../wire/types.ts";
 import { signedRequestDigest } from "../core/channels/request.ts";
 import {
   type CopyKeys,
+  DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX,
+  DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX,
   DeliveryVoter,
   type DeliveredBatch,
   type DeliveryOutput,
@@ -62,9 +71,15 @@ import { ClientClosedError, describeError, NoQuorumError, SubscriptionEndedError
 import type { ChannelInfo } from "./queries.ts";
 import { RESUBSCRIBE_AFTER_OVERFLOW_MS, RESUBSCRIBE_AFTER_REFUSAL_MS, ReplicaSubs } from "./replica-subs.ts";
 import { pickLastSeq } from "./seq.ts";
+import { SignalLimiter } from "./signal-limiter.ts";
 
-/** Copies held per replica while a live total-order subscription learns where it starts. */
+/**
+ * Copies held per replica while a live total-order subscription learns where it starts;
+ * their bytes (body + signature) are bounded too, by DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX.
+ */
 export const START_BUFFER_COPIES_PER_REPLICA_MAX = 256;
+/** How often a byzantine/none subscription lets lapse the keys f+1 replicas no longer send copies of (DeliveryVoter.lapseVouches). */
+export const VOUCH_LAPSE_INTERVAL_MS = 30_000;
 /**
  * How long before a live unordered subscription started an event may have been signed and
  * still be delivered to it: twice the clock skew replicas allow a publisher.
@@ -106,6 +121,13 @@ export type SubscriptionSignal =
   /** Unordered channel: events dropped because the handler fell behind the bound. */
   | { readonly t: "overflow"; readonly source: "local"; readonly droppedEvents: number }
   /**
+   * Unordered channel: copies from `replica` dropped because they lie below a range a
+   * publisher's dedupe window had to forget (DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX):
+   * they cannot be told from delivered events, so `droppedEvents` may have been delivered
+   * from another copy, or never. Rate-limited: one signal stands for those since the last.
+   */
+  | { readonly t: "overflow"; readonly source: "dedupe"; readonly replica: number; readonly droppedEvents: number; readonly reason: string }
+  /**
    * Unordered channel: a publisher's events dropped because the subscription already
    * tracks as many publishers as a channel may register (`droppedEvents` counts those of
    * the copies dropped this time; replicas that send them again are reported again).
@@ -120,9 +142,11 @@ export type SubscriptionSignal =
   /**
    * A replica sent a copy that failed its checks (bad signature, wrong tag, ...); dropped.
    * `replica` is null when the copy cannot be tied to one replica (a `$sys.events` report
-   * the replicas agreed to carry, signed by a key that is no member's).
+   * the replicas agreed to carry, signed by a key that is no member's). Rate-limited per
+   * replica (signal-limiter.ts): `copies`, when present, is how many copies this signal
+   * stands for (`reason` is the latest's).
    */
-  | { readonly t: "invalid"; readonly replica: number | null; readonly reason: string }
+  | { readonly t: "invalid"; readonly replica: number | null; readonly reason: string; readonly copies?: number }
   /** A replica sent something that contradicts the others (evidence of a fault). */
   | { readonly t: "conflict"; readonly replica: number; readonly seq: number; readonly reason: string }
   /** History before `oldestSeq` is gone; with `skipTrimmed` delivery went on from there. */
@@ -254,6 +278,12 @@ interface BufferedCopy {
   readonly events: Events;
 }
 
+/** One replica's copies held until the start is known, and their bytes (body + signature). */
+interface StartHeld {
+  readonly copies: BufferedCopy[];
+  bytes: number;
+}
+
 /** What every subscription offers, to one channel or to a pattern of them. */
 export interface SubscriptionHandle {
   /** The channel's tag, or the pattern. */
@@ -296,7 +326,11 @@ export class ClientSubscription implements Subscription {
   private start: StartState;
   private readonly startWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
   /** Live total-order start: copies held per replica id until the start seq is known. */
-  private readonly startBuffer = new Map<number, BufferedCopy[]>();
+  private readonly startBuffer = new Map<number, StartHeld>();
+  /** Signals one replica can cause per copy (invalid, stale), at most one per interval each. */
+  private readonly limiter = new SignalLimiter<SubscriptionSignal>();
+  /** When the voter next lets lapse the keys f+1 replicas no longer vouch for (byzantine/none). */
+  private nextLapseMs: number;
   /** Crash-fault channels: the registered publishers deliveries are filtered by; null on Byzantine ones (voting covers them). */
   private readonly registry: PublisherRegistry | null;
   private readonly counters = { deliveredBatches: 0, deliveredEvents: 0, droppedEvents: 0, conflicts: 0, invalidReports: 0 };
@@ -333,7 +367,8 @@ export class ClientSubscription implements Subscription {
     this.group = channel.tag === SYS_EVENTS_TAG ? new GroupEventVoter({ n: host.n, f: host.f }) : null;
     this.group?.regroup(host.members(), host.f);
     replicaKeys.forEach((key, id) => this.reporterIds.set(toHex(key), id));
-    this.registry = channel.fault === "crash" ? new PublisherRegistry(publishers) : null;
+    this.registry = channel.fault === "crash" ? new PublisherRegistry(publishers, host.now()) : null;
+    this.nextLapseMs = host.now() + VOUCH_LAPSE_INTERVAL_MS;
     this.tag = channel.tag;
     this.channel = channel;
     this.options = options;
@@ -570,11 +605,20 @@ export class ClientSubscription implements Subscription {
     }
   }
 
-  /** Periodic: retries refused or overflowed replicas and unsent SUBSCRIBEs, and times out a slow start. */
+  /**
+   * Periodic: retries refused or overflowed replicas and unsent SUBSCRIBEs, times out a slow
+   * start, learns the registered publishers again or lets unsent keys lapse when due, and
+   * sends rate-limited signals held back.
+   */
   tick(now: number): void {
     if (this.start.t === "ended") return;
     if (this.start.t === "starting" && now >= this.start.deadline) this.startAtDeadline();
     this.refreshPublishersIfDue();
+    if (now >= this.nextLapseMs) {
+      this.nextLapseMs = now + VOUCH_LAPSE_INTERVAL_MS;
+      this.voter?.lapseVouches();
+    }
+    this.flushLimitedSignals(now);
     if (this.delivery.pausedAt !== null) return;
     this.replicas.retryDue(now);
     const onTime = this.narrowing?.onTick(now, this.host.tickMs ?? CLIENT_TICK_MS_DEFAULT) ?? true;
@@ -673,7 +717,7 @@ export class ClientSubscription implements Subscription {
     for (const entry of active) {
       if ((entry.next ?? 1) > startSeq) this.replicas.resubscribe(entry.replica);
     }
-    const buffered = [...this.startBuffer.values()].flat();
+    const buffered = [...this.startBuffer.values()].flatMap((held) => held.copies);
     this.startBuffer.clear();
     for (const copy of buffered) {
       if (!this.replicas.isActive(copy.replica)) continue;
@@ -690,16 +734,18 @@ export class ClientSubscription implements Subscription {
   }
 
   private bufferForStart(replica: number, events: Events): void {
-    const buffer = this.startBuffer.get(replica) ?? [];
-    if (buffer.length >= START_BUFFER_COPIES_PER_REPLICA_MAX) {
+    const held = this.startBuffer.get(replica) ?? { copies: [], bytes: 0 };
+    const bytes = held.bytes + events.req.body.length + events.req.sig.length;
+    if (held.copies.length >= START_BUFFER_COPIES_PER_REPLICA_MAX || bytes > DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX) {
       // Too much arrived before the start is known; this replica is asked again from the
       // start. Its current subscription is ended first, or it would go on streaming.
       this.replicas.retryLater(replica, RESUBSCRIBE_AFTER_OVERFLOW_MS, null);
       this.startBuffer.delete(replica);
       return;
     }
-    buffer.push({ replica, events });
-    this.startBuffer.set(replica, buffer);
+    held.copies.push({ replica, events });
+    held.bytes = bytes;
+    this.startBuffer.set(replica, held);
   }
 
   private started(): void {
@@ -741,7 +787,9 @@ export class ClientSubscription implements Subscription {
           else this.onReports(this.group, output.batch);
           break;
         case "invalid":
-          this.signal({ t: "invalid", replica: output.replica, reason: output.reason });
+          this.signalLimited(`invalid/${output.replica}`, { t: "invalid", replica: output.replica, reason: output.reason }, 1);
+          // A key our list refused may be one it has yet to learn: no fault of the sender's.
+          if (output.reason !== "publisher-refused") this.replicas.sentInvalid(output.replica);
           this.widen(`replica ${output.replica} sent a copy that failed its checks`, [output.replica]);
           break;
         case "conflict":
@@ -763,6 +811,19 @@ export class ClientSubscription implements Subscription {
             droppedEvents: output.droppedEvents,
             reason: output.reason,
           });
+          break;
+        case "stale":
+          this.signalLimited(
+            `stale/${output.replica}`,
+            {
+              t: "overflow",
+              source: "dedupe",
+              replica: output.replica,
+              droppedEvents: output.events,
+              reason: `copies from replica ${output.replica} below a range forgotten by a publisher's dedupe window (more than ${DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX} ranges), which cannot be told from delivered events`,
+            },
+            output.events,
+          );
           break;
         case "trimmed":
           this.onAgreedTrim(output.nextSeq, output.oldestSeq);
@@ -920,6 +981,17 @@ export class ClientSubscription implements Subscription {
     this.options.onSignal?.(signal);
   }
 
+  /** A signal one replica can cause per copy: sent now, or counted into the next one of its kind (SignalLimiter). */
+  private signalLimited(key: string, signal: SubscriptionSignal, count: number): void {
+    const now = this.limiter.offer(key, signal, count, this.host.now());
+    if (now !== null) this.signal(withCount(now.what, now.count));
+  }
+
+  /** Signals held back whose interval is over. */
+  private flushLimitedSignals(now: number): void {
+    for (const held of this.limiter.due(now)) this.signal(withCount(held.what, held.count));
+  }
+
   // ---------------------------------------------------------------------------------
   // Ending
   // ---------------------------------------------------------------------------------
@@ -978,6 +1050,13 @@ function ownBytes(received: ReceivedBatch, body: Uint8Array): ReceivedBatch {
     return view.buffer === body.buffer && at >= 0 && at + view.length <= body.length ? copy.subarray(at, at + view.length) : view.slice();
   };
   return { ...received, publisher: own(received.publisher), events: received.events.map(own) };
+}
+
+/** A rate-limited signal with the count it stands for: invalid copies, or dropped events. */
+function withCount(signal: SubscriptionSignal, count: number): SubscriptionSignal {
+  if (signal.t === "invalid") return count > 1 ? { ...signal, copies: count } : signal;
+  if (signal.t === "overflow" && signal.source === "dedupe") return { ...signal, droppedEvents: count };
+  return signal;
 }
 
 function copyKeyOf(ordered: boolean, events: Events): string {

@@ -55,7 +55,8 @@ const COUNTERS = {
   peer_handshake_retired_key_total: "Peer handshakes refused because the key was rotated out or its replica removed from the group",
   peer_links_silent_total: "Links to multi-homed peers given up for the next address after going silent",
   peer_links_back_to_preferred_total: "Links to multi-homed peers moved back onto the peer's preferred address",
-  peer_frames_rejected_total: "Peer frames that failed their MAC or sequence check",
+  peer_frames_rejected_total:
+    "Peer frames refused: a failed MAC or sequence check, a frame type a peer link does not carry, or a frame that does not decode",
   peer_messages_rejected_total: "Peer messages that did not validate",
   peer_messages_other_epoch_total:
     "Peer messages of another membership epoch (or from a replica that is not a member of this one), refused",
@@ -189,7 +190,7 @@ export class Metrics {
     );
     this.peerDropped = r.counter(
       "peer_messages_dropped_total",
-      "Peer messages dropped before decoding: muted, executed (an executed seq), another-signer, duplicate (FORWARD)",
+      "Peer messages dropped before decoding: muted, executed (an executed seq), another-signer, duplicate (FORWARD), oversize (FORWARD), not-a-map",
       ["peer", "reason"],
     );
     this.publishAck = r.histogram("publish_ack_seconds", "Publish request arrival to this replica's ack (stored or ordered)", ["class"]);

@@ -15,7 +15,7 @@
  * state from its peers (state-transfer.ts), which it also serves to them.
  */
 import { FatalError, type FatalHandler, throwFatal } from "./fatal.ts";
-import { decodeEnvelope, encodeEnvelope } from "./peer-messages.ts";
+import { encodeEnvelope, readEnvelope, TRANSFER_MESSAGE_KINDS } from "./peer-messages.ts";
 import { type ClusterConfig, largestViewChangeF } from "../config/cluster.ts";
 import { sign, verify } from "../crypto/ed25519.ts";
 import { nativeBytesEqual } from "../crypto/encoding.ts";
@@ -27,7 +27,7 @@ import type { Priority } from "../core/channels/types.ts";
 import type { SnapshotImport } from "../core/channels/snapshot.ts";
 import { type CoreConfig, type CoreParameters, DEFAULT_PARAMETERS, leaderOf, makeConfig } from "../core/ordering/config.ts";
 import type { ClientRequest, Forward, PeerMessage } from "../core/ordering/messages.ts";
-import { REQUEST_SPAN_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
+import { PEER_MESSAGE_KINDS, REQUEST_SPAN_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
 import { OrderingCore } from "../core/ordering/core.ts";
 import type { CoreCrypto, CoreInput, Effect, PersistedRecord, Ready, Refusal } from "../core/ordering/types.ts";
 import type { Canonical } from "../../wire/canonical.ts";
@@ -68,6 +68,12 @@ export interface OrderingDriverOptions {
   readonly onGroupEvent?: (kind: string, fields: Record<string, unknown>) => void;
   /** The core found a peer flooding it (Aardvark): the runtime mutes it for a while (peer-inbox.ts). */
   readonly onPeerFlooding?: (peer: number) => void;
+  /**
+   * A peer sent what no correct replica sends (`reason` says what): bytes that are no
+   * envelope, or a message of a kind this version knows that does not validate. The
+   * runtime mutes it (peer-inbox.ts), as its precheck does for the other proofs.
+   */
+  readonly onPeerFaulty?: (peer: number, reason: string) => void;
   /** Where peer messages go: the PeerMesh (or the simulator's network). */
   readonly mesh: PeerTransport;
   /** Time and timers (ports.ts); the system clock by default, a simulated one in the simulator. */
@@ -660,18 +666,14 @@ export class OrderingDriver {
    * switch, would count as the rotated replica's vote.
    */
   onPeerMessage(from: number, bytes: Uint8Array, key: Uint8Array): void {
-    const envelope = decodeEnvelope(bytes);
-    if (envelope === null) {
-      this.options.metrics.inc("peer_messages_rejected_total");
-      this.refusedByPeer(from, "an envelope that does not decode");
-      return;
-    }
+    const read = readEnvelope(bytes);
+    if (!read.ok) return this.refuseMessage(from, read.reason, read.proves);
+    const envelope = read.envelope;
     if (this.removed && envelope.kind === "ordering") return;
     if (envelope.kind === "state-transfer") {
       const m = validateTransferMessage(envelope.message, this.partBytes);
       if (m === null) {
-        this.options.metrics.inc("peer_messages_rejected_total");
-        this.refusedByPeer(from, "a state transfer message that is not valid");
+        this.refuseMessage(from, "a state transfer message that is not valid", TRANSFER_MESSAGE_KINDS.has(kindOf(envelope.message)));
       } else this.transfer.onMessage(from, m);
       return;
     }
@@ -702,14 +704,28 @@ export class OrderingDriver {
       return;
     }
     const msg = validatePeerMessage(envelope.message);
-    if (msg === null) {
-      this.options.metrics.inc("peer_messages_rejected_total");
-      this.refusedByPeer(from, "an ordering message that is not valid");
-      return;
-    }
+    if (msg === null)
+      return this.refuseMessage(from, "an ordering message that is not valid", PEER_MESSAGE_KINDS.has(kindOf(envelope.message)));
     if (msg.t === "COMMIT" && msg.seq > (this.peerCommitSeq.get(from) ?? 0)) this.peerCommitSeq.set(from, msg.seq);
     else if (msg.t === "PRE_PREPARE") this.proposalSeen(msg.seq);
     this.step({ kind: "message", from: rank, msg: msg.t === "FORWARD" ? this.admissibleForwards(from, msg) : msg });
+  }
+
+  /**
+   * A message of `from` refused for `reason`: counted and logged (rate-limited); with
+   * `proves` (no correct replica sends it: the checks above are the same in every epoch and
+   * at every replica of this version, and a later version's unknown kinds do not prove),
+   * the runtime mutes the peer.
+   */
+  private refuseMessage(from: number, reason: string, proves: boolean): void {
+    this.options.metrics.inc("peer_messages_rejected_total");
+    this.refusedByPeer(from, reason);
+    if (proves) this.options.onPeerFaulty?.(from, reason);
+  }
+
+  /** Whether the state transfer waits for the `part` of `seq` and `nonce` from `from` (which is then spared the byte budget). */
+  awaitsTransferPart(from: number, seq: number, nonce: number): boolean {
+    return this.transfer.awaitsPart(from, seq, nonce);
   }
 
   /** An ordering message over a session whose key is not `epoch`'s key for its sender: counted and logged (rate-limited). */
@@ -1132,3 +1148,10 @@ export class OrderingDriver {
 }
 
 export type { PeerMessage };
+
+/** A decoded message's `t` field, or "" when it has none (not a map, or `t` not text). */
+function kindOf(message: unknown): string {
+  if (message === null || typeof message !== "object" || Array.isArray(message) || message instanceof Uint8Array) return "";
+  const t = (message as { t?: unknown }).t;
+  return typeof t === "string" ? t : "";
+}

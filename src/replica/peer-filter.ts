@@ -8,6 +8,9 @@
  * shortest first, so `t` and `seq` come before a PRE_PREPARE's batch. Anything it cannot
  * read goes on to the full path unjudged: the peek never refuses what it does not
  * understand, so it changes only the cost of a message, never whether a valid one counts.
+ * The one shape it refuses is an envelope of a kind it knows whose message is not a map:
+ * every message of both kinds is one, so no correct replica sends it, and the full path
+ * would decode all of it (an array of four million empty arrays) only to refuse it.
  *
  * What `PeerFilter` drops, each something the ordering core would ignore anyway:
  * - a PRE_PREPARE for a seq this replica has executed (replayed or late: the seq is
@@ -21,6 +24,7 @@
  *   executed, or byte-identical to one the same peer sent in the last DUPLICATE_WINDOW_MS
  *   (its requests are in this replica's pool or executed; a client's own retransmission
  *   still reaches the leader through its own session and its replicas' later forwards).
+ * - an envelope of a known kind whose message is not a map (no correct replica sends one).
  * Dropping a peer message is always safe (the network may lose any); each rule is bounded
  * in time or by what this replica has executed, so a correct peer's message that matters
  * is never refused for good.
@@ -48,20 +52,23 @@ export interface PeerPeek {
   readonly replica: number | null;
   /** The membership epoch the envelope names (absent or 0: epoch 0). */
   readonly epoch?: number;
+  /** Set when the envelope's message is not a map: what no correct replica sends. */
+  readonly notMap?: true;
 }
 
 /** An executed seq's PRE_PREPARE from one peer is let through at most this often. */
 export const EXECUTED_PASS_MS = 1_000;
 
 /** Why a message was dropped cheaply: the `reason` label of fitb_peer_messages_dropped_total. */
-export type DropReason = "executed" | "another-signer" | "duplicate" | "oversize";
+export type DropReason = "executed" | "another-signer" | "duplicate" | "oversize" | "not-a-map";
 
 /**
  * The reasons no correct replica ever gives: the core cuts its forwards into chunks of at
- * most one batch, and a replica sends only votes it signed. A peer that sends one is muted.
+ * most one batch, a replica sends only votes it signed, and every peer message is a map.
+ * A peer that sends one is muted.
  */
 export function provesFaulty(reason: string): boolean {
-  return reason === "oversize" || reason === "another-signer";
+  return reason === "oversize" || reason === "another-signer" || reason === "not-a-map";
 }
 
 const UTF8 = new TextDecoder();
@@ -122,15 +129,8 @@ class Reader {
   }
 }
 
-/** Whether an envelope is for state transfer: its kind's text head and first letter, read in place. */
-export function isStateTransferEnvelope(bytes: Uint8Array): boolean {
-  // a2 (map of 2) 64 "kind" 6e "state-transfer"(14 chars); an ordering envelope has 68 "ordering".
-  return bytes.length > 7 && bytes[0] === 0xa2 && bytes[1] === 0x64 && bytes[6] === 0x6e && bytes[7] === 0x73;
-}
-
-/** The head of a peer envelope, or null when it is not one the peek can read. */
-export function peekPeerMessage(bytes: Uint8Array): PeerPeek | null {
-  const r = new Reader(bytes);
+/** An envelope's head: its kind and epoch, and the reader left at its message. */
+function readEnvelopeHead(r: Reader): { kind: PeerPeek["kind"]; epoch: number } | null {
   const envelope = r.head();
   if (envelope === null || envelope.major !== 5 || (envelope.arg !== 2 && envelope.arg !== 3)) return null;
   if (r.text() !== "kind") return null;
@@ -146,11 +146,53 @@ export function peekPeerMessage(bytes: Uint8Array): PeerPeek | null {
     envelopeEpoch = epoch.arg;
     next = r.text();
   }
-  if (next !== "message") return null;
-  const epochField = envelopeEpoch === 0 ? {} : { epoch: envelopeEpoch };
-  if (kind === "state-transfer") return { kind, t: null, seq: null, replica: null, ...epochField };
+  return next === "message" ? { kind, epoch: envelopeEpoch } : null;
+}
+
+/**
+ * The seq and nonce of a state transfer `part` (state-transfer.ts), read in place, or null
+ * when `bytes` is no such envelope: what a replica matches against the transfer it is
+ * waiting for before it spares a message the byte budget. Its keys come in canonical
+ * order, `t` `end` `seq` `data` `part` `nonce`; the data is stepped over, not read.
+ */
+export function peekTransferPart(bytes: Uint8Array): { seq: number; nonce: number } | null {
+  const r = new Reader(bytes);
+  const head = readEnvelopeHead(r);
+  if (head === null || head.kind !== "state-transfer") return null;
   const map = r.head();
   if (map === null || map.major !== 5) return null;
+  let t: string | null = null;
+  let seq: number | null = null;
+  let nonce: number | null = null;
+  for (let i = 0; i < map.arg; i++) {
+    const key = r.text();
+    if (key === null) return null;
+    if (key === "t") {
+      t = r.text();
+      if (t !== "part") return null;
+    } else if (key === "seq" || key === "nonce") {
+      const h = r.head();
+      if (h === null || h.major !== 0) return null;
+      if (key === "seq") seq = h.arg;
+      else nonce = h.arg;
+    } else if (!r.skip()) {
+      return null;
+    }
+  }
+  return t === "part" && seq !== null && nonce !== null ? { seq, nonce } : null;
+}
+
+/** The head of a peer envelope, or null when it is not one the peek can read. */
+export function peekPeerMessage(bytes: Uint8Array): PeerPeek | null {
+  const r = new Reader(bytes);
+  const head = readEnvelopeHead(r);
+  if (head === null) return null;
+  const { kind } = head;
+  const epochField = head.epoch === 0 ? {} : { epoch: head.epoch };
+  const map = r.head();
+  // Every message of both kinds is a map: anything else (readable or not) is no correct replica's.
+  if (map === null || map.major !== 5) return { kind, t: null, seq: null, replica: null, ...epochField, notMap: true };
+  if (kind === "state-transfer") return { kind, t: null, seq: null, replica: null, ...epochField };
   let t: string | null = null;
   let seq: number | null = null;
   let replica: number | null = null;
@@ -253,6 +295,7 @@ export class PeerFilter {
 
   /** Why `msg` from `from` can be dropped before it is decoded, or null: it goes on. */
   check(from: number, msg: Uint8Array, peek: PeerPeek | null): DropReason | null {
+    if (peek?.notMap === true) return "not-a-map";
     if (peek === null || peek.kind !== "ordering" || peek.t === null) return null;
     // A peer that is no member of this epoch (rank -1) is refused by the driver, with its reason.
     const rank = this.options.rankOf?.(from, peek.epoch ?? 0) ?? from;

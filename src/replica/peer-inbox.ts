@@ -9,7 +9,8 @@
  *   connection (TCP backpressure; its own send queue then drops, which the protocol
  *   retransmits), resumed once the queue is down to half.
  * - Each peer has a budget of bytes and messages per second (token buckets with a burst of
- *   one second). Bytes cannot tell a flood from work: the leader sends every batch, and
+ *   one second); a PING the mesh answers at once costs a message too (`charge`). Bytes
+ *   cannot tell a flood from work: the leader sends every batch, and
  *   each backup forwards the client requests it receives, so the byte budget is a bound
  *   far above what a replica processes, not a fair share. A peer that spends its budget
  *   is muted: its queue is dropped and `onMuted` is called (the mesh closes its link and
@@ -17,8 +18,11 @@
  *   and logged. A mute lasts muteMs, doubled each time the peer is muted again within
  *   MUTE_MEMORY_MS of the last one, up to muteMsMax.
  * - A peer whose message `precheck` finds no correct replica sends (`proves`: a FORWARD
- *   larger than the core ever sends, a vote naming another signer) is muted the same way,
- *   as misbehaving; the ordering core's `peerFlooding` advisory mutes it for floodMuteMs.
+ *   larger than the core ever sends, a vote naming another signer, an envelope whose
+ *   message is not a map) is muted the same way, as misbehaving, and so is one the mesh or
+ *   the ordering runtime catches at it (`misbehaving`: a frame a peer link does not carry,
+ *   a frame or a message that does not decode or is not valid); the ordering core's
+ *   `peerFlooding` advisory mutes it for floodMuteMs.
  * - Before a message is processed, `precheck` (peer-filter.ts) may drop it cheaply.
  *
  * Muting is always time-bounded, and nothing here decides what a message means: a muted
@@ -61,8 +65,8 @@ export interface PeerInboxOptions {
    * epoch's key for that replica (an unsigned COMMIT counts on the link's word).
    */
   readonly process: (from: number, msg: Uint8Array, key: Uint8Array) => void;
-  /** Whether a message counts against the byte budget (state transfer parts, which this replica asked for, do not). */
-  readonly chargesBytes?: (msg: Uint8Array) => boolean;
+  /** Whether a message of `peer` counts against the byte budget (state transfer parts this replica is waiting for from it do not). */
+  readonly chargesBytes?: (peer: number, msg: Uint8Array) => boolean;
   /** Why a message may be dropped before processing (peer-filter.ts), or null. */
   readonly precheck?: (from: number, msg: Uint8Array) => string | null;
   /** Whether a precheck's reason proves the peer faulty (no correct replica sends it): it is muted. */
@@ -140,21 +144,11 @@ export class PeerInbox {
 
   /** A message from `peer` whose MAC verified on a session authenticated with `key`: queued, or dropped if the peer is muted or over its budget. */
   push(peer: number, msg: Uint8Array, key: Uint8Array): void {
-    if (this.stopped) return;
+    if (!this.charge(peer)) return;
     const q = this.queueOf(peer);
     const now = this.now();
-    if (q.mutedUntil > now) {
-      this.options.onDropped(peer, "muted");
-      return;
-    }
-    const { messagesPerSecondMax, queueBytesMax } = this.options.limits;
-    if (!this.messages.take(String(peer), 1, now)) {
-      this.budgetMute(peer, q, `more than ${messagesPerSecondMax} messages a second`);
-      this.options.onDropped(peer, "muted");
-      return;
-    }
-    const { bytesPerSecondMax } = this.options.limits;
-    if ((this.options.chargesBytes?.(msg) ?? true) && !this.bytes.take(String(peer), msg.length, now)) {
+    const { queueBytesMax, bytesPerSecondMax } = this.options.limits;
+    if ((this.options.chargesBytes?.(peer, msg) ?? true) && !this.bytes.take(String(peer), msg.length, now)) {
       this.budgetMute(peer, q, `more than ${bytesPerSecondMax} bytes a second`);
       this.options.onDropped(peer, "muted");
       return;
@@ -166,6 +160,40 @@ export class PeerInbox {
       this.options.pause(peer);
     }
     this.schedule();
+  }
+
+  /**
+   * Takes one message of `peer`'s message budget: for every message pushed, and for what
+   * the mesh answers without queueing (a PING, answered with a PONG), which would otherwise
+   * let a peer make this replica decode and answer frames without bound. False, and the
+   * drop counted, when the peer is muted or this message put it over its budget (it is
+   * muted now).
+   */
+  charge(peer: number): boolean {
+    if (this.stopped) return false;
+    const q = this.queueOf(peer);
+    const now = this.now();
+    if (q.mutedUntil > now) {
+      this.options.onDropped(peer, "muted");
+      return false;
+    }
+    if (!this.messages.take(String(peer), 1, now)) {
+      this.budgetMute(peer, q, `more than ${this.options.limits.messagesPerSecondMax} messages a second`);
+      this.options.onDropped(peer, "muted");
+      return false;
+    }
+    return true;
+  }
+
+  /**
+   * `peer` sent what no correct replica sends (`detail` says what): muted as misbehaving,
+   * for longer each time it comes back soon after, as a precheck that `proves` it is.
+   */
+  misbehaving(peer: number, detail: string): void {
+    const q = this.queueOf(peer);
+    // Caught again while muted (what it sent before the mute, still on its way): the mute stands.
+    if (this.stopped || q.mutedUntil > this.now()) return;
+    this.budgetMute(peer, q, `sent what no correct replica sends (${detail})`, "misbehaving");
   }
 
   /** Mutes a peer over its budget or misbehaving, for longer each time it comes back soon after. */
@@ -281,8 +309,7 @@ export class PeerInbox {
       if (dropped === null) this.options.process(peer, msg, key);
       else {
         this.options.onDropped(peer, dropped);
-        if (this.options.proves?.(dropped) === true)
-          this.budgetMute(peer, q, `sent what no correct replica sends (${dropped})`, "misbehaving");
+        if (this.options.proves?.(dropped) === true) this.misbehaving(peer, dropped);
       }
       if (this.stopped) return;
       if (performance.now() - started > TURN_MS) break;

@@ -76,6 +76,15 @@ export const PEER_MESSAGE_SHARED_BYTES = 16 * 1024;
 export const PEER_FRAME_OVERHEAD_BYTES = 96;
 /** A handshake that has not finished in this time is abandoned. */
 export const PEER_HANDSHAKE_MS_MAX = 5_000;
+/**
+ * The largest frame taken on a link this replica dialled. The dialled side sends nothing
+ * there but HELLO_ACK (about 200 bytes), PONG and ERROR (a reason of at most
+ * REASON_BYTES_MAX = 1,024 bytes), and anyone who answers TCP at a peer's address can
+ * send frames before its HELLO_ACK has proved anything: the decoder reserves memory as a
+ * declared frame's bytes arrive, and the frame would be decoded, so the link takes no more
+ * than those frames need (the listener's own bound before AUTH is HANDSHAKE_FRAME_BYTES_MAX).
+ */
+export const DIALLED_LINK_FRAME_BYTES_MAX = 2 * 1024;
 /** On a link to a multi-homed peer: a PING this often... */
 export const PEER_PING_MS = 500;
 /** ...and the link is given up for the next address after this long without receiving anything. */
@@ -137,13 +146,21 @@ export interface PeerMeshOptions {
   readonly inbox?: Partial<PeerInboxLimits>;
   /** Why an inbound message may be dropped before it is decoded (peer-filter.ts), or null. */
   readonly precheck?: (from: number, msg: Uint8Array) => string | null;
-  /** Whether an inbound message counts against its peer's byte budget (default: every one). */
-  readonly chargesBytes?: (msg: Uint8Array) => boolean;
+  /** Whether an inbound message of `peer` counts against its byte budget (default: every one). */
+  readonly chargesBytes?: (peer: number, msg: Uint8Array) => boolean;
   /** Whether a precheck's reason proves the peer faulty: it is muted (peer-inbox.ts). */
   readonly proves?: (reason: string) => boolean;
 }
 
 type OutboundPhase = "connecting" | "awaiting-ack" | "open" | "closed";
+
+/**
+ * What the dialled side sends on a link this replica dialled: HELLO_ACK or a refusal
+ * while the handshake is under way, then only PONG (the answer to a liveness PING), PING
+ * and ERROR. Any other frame ends the link by its type byte, before its payload is decoded.
+ */
+const AWAITING_ACK_FRAME_TYPES: ReadonlySet<number> = new Set([FrameType.HELLO_ACK, FrameType.ERROR]);
+const OPEN_LINK_FRAME_TYPES: ReadonlySet<number> = new Set([FrameType.PONG, FrameType.PING, FrameType.ERROR]);
 
 interface OutboundLink {
   readonly peer: PeerEntry;
@@ -357,6 +374,32 @@ export class PeerMesh {
     return this.options.inbox?.floodMuteMs ?? PEER_FLOOD_MUTE_MS;
   }
 
+  /**
+   * The ordering runtime found `peer` sending what no correct replica sends (a message
+   * that does not decode or is not valid: ordering-driver.ts): muted as misbehaving.
+   */
+  muteMisbehaving(peer: number, detail: string): void {
+    this.inbox.misbehaving(peer, detail);
+  }
+
+  /**
+   * The listener refused a frame of an authenticated inbound session before decoding it
+   * (a type a peer link does not carry) or could not decode it: no correct replica sends
+   * either, so its sender is muted as misbehaving, which closes the link. A connection the
+   * mesh does not hold (replaced by a newer session of its peer) is only closed.
+   */
+  refuseInbound(conn: FramedConn, detail: string): void {
+    for (const [peer, held] of this.inbound) {
+      if (held !== conn) continue;
+      this.options.metrics.inc("peer_frames_rejected_total");
+      this.inbox.misbehaving(peer, detail);
+      // Muted already for longer (the mute did not close the link): closed all the same.
+      if (!conn.isClosed) conn.closeWith({ type: FrameType.ERROR, body: { code: "BAD_FRAME", reason: detail } });
+      return;
+    }
+    conn.close();
+  }
+
   /** Whether a peer is muted now (status, tests). */
   isMuted(peer: number): boolean {
     return this.inbox.isMuted(peer);
@@ -499,7 +542,8 @@ export class PeerMesh {
             socket.terminate();
             return;
           }
-          const conn = new FramedConn(socket as Socket<unknown>, mesh.options.frameBytesMax, PEER_OUTBOUND_BYTES_MAX);
+          const frameBytesMax = Math.min(DIALLED_LINK_FRAME_BYTES_MAX, mesh.options.frameBytesMax);
+          const conn = new FramedConn(socket as Socket<unknown>, frameBytesMax, PEER_OUTBOUND_BYTES_MAX);
           socket.data.conn = conn;
           mesh.beginHandshake(socket.data.link, conn);
         },
@@ -557,6 +601,11 @@ export class PeerMesh {
     for (const result of results) {
       if (link.conn !== conn) return;
       if (!result.ok) return this.failOutbound(link, conn, `bad frame: ${result.error.reason}`);
+      const expected = link.phase === "open" ? OPEN_LINK_FRAME_TYPES : AWAITING_ACK_FRAME_TYPES;
+      if (!expected.has(result.type)) {
+        // Judged by its type byte alone: its payload is never decoded.
+        return this.failOutbound(link, conn, `unexpected frame type 0x${result.type.toString(16)} on a link this replica dialled`);
+      }
       const decoded = decodeFrameBody(result.type, result.payload);
       if (!decoded.ok) return this.failOutbound(link, conn, `bad frame: ${decoded.error.reason}`);
       const frame = decoded.frame;
@@ -568,6 +617,8 @@ export class PeerMesh {
         return this.failOutbound(link, conn, `peer refused: ${frame.body.code} ${frame.body.reason}`);
       }
       if (frame.type === FrameType.PING) {
+        // Answered at once, so charged like a message: a peer cannot make this replica answer without bound.
+        if (!this.inbox.charge(link.peer.id)) return this.failOutbound(link, conn, "PINGs over the peer's message budget");
         conn.send({ type: FrameType.PONG, body: { n: frame.body.n } });
         continue;
       }
@@ -899,11 +950,13 @@ export class PeerMesh {
 
   private onInboundFrame(link: InboundLink, conn: FramedConn, frame: Frame): void {
     if (frame.type === FrameType.PING) {
-      conn.send({ type: FrameType.PONG, body: { n: frame.body.n } });
+      // A PONG answers at once, without the inbox's queue: the PING costs a message of the budget all the same.
+      if (this.inbox.charge(link.peerId)) conn.send({ type: FrameType.PONG, body: { n: frame.body.n } });
       return;
     }
     if (frame.type !== FrameType.PEER) {
-      this.options.metrics.inc("peer_frames_rejected_total");
+      // The listener refuses other types by their type byte before this (server.ts); kept for any other caller.
+      this.refuseInbound(conn, `a frame of type 0x${frame.type.toString(16)} on a peer link`);
       return;
     }
     const { seq, msg, mac } = frame.body;

@@ -28,6 +28,7 @@ import {
   type Frame,
   type Query,
   type Reply,
+  REQUEST_BODY_ITEMS_MAX,
   type Request,
   type RequestFrame,
   type SignedRequest,
@@ -40,7 +41,7 @@ import type { Log } from "./log.ts";
 import { type ChannelCells, ChannelMetrics, METRICS_CHANNELS_MAX } from "./channel-metrics.ts";
 import { Metrics } from "./metrics.ts";
 import { coreConfigFor, EXIT_STATE_UNTRUSTED, type JoinEpoch, OrderingDriver } from "./ordering-driver.ts";
-import { isStateTransferEnvelope, PeerFilter, peekPeerMessage, provesFaulty } from "./peer-filter.ts";
+import { PeerFilter, peekPeerMessage, peekTransferPart, provesFaulty } from "./peer-filter.ts";
 import { type AcceptedKey, PeerMesh, type PeerEntry } from "./peers.ts";
 import { ClientLimits } from "./quota.ts";
 import { RateLimiter } from "./rate.ts";
@@ -238,8 +239,13 @@ export class Replica {
       onMessage: (from, msg, key) => this.ordering.onPeerMessage(from, msg, key),
       configDigests: configDigests(config),
       precheck: (from, msg) => peerFilter.check(from, msg, peekPeerMessage(msg)),
-      // State transfer parts answer this replica's own requests, a window at a time.
-      chargesBytes: (msg) => !isStateTransferEnvelope(msg),
+      // A state transfer part that answers this replica's own ask (the source, seq and nonce
+      // of the fetch under way), a window at a time, is spared the byte budget; every other
+      // message, any other state transfer message included, is charged.
+      chargesBytes: (from, msg) => {
+        const part = peekTransferPart(msg);
+        return part === null || !this.ordering.awaitsTransferPart(from, part.seq, part.nonce);
+      },
       proves: provesFaulty,
     });
 
@@ -282,6 +288,7 @@ export class Replica {
       audit: this.audit,
       onGroupEvent: (kind, fields) => this.sys.event(kind, fields),
       onPeerFlooding: (peer) => this.mesh.muteFlooding(peer),
+      onPeerFaulty: (peer, reason) => this.mesh.muteMisbehaving(peer, reason),
       onRemoved: () => {
         // Removed from the group: it serves no client any more. Stopped after this turn's
         // commit, which carries the epoch switch.
@@ -1308,9 +1315,9 @@ function channelErrorCode(error: ChannelError | TrimmedError): ErrorCode {
   }
 }
 
-/** The seq of a request whose body did not pass admission, if it can be read at all. */
+/** The seq of a request whose body did not pass admission, if it can be read at all (within the values a valid body holds). */
 function peekSeq(signed: SignedRequest): number | null {
-  const decoded = tryDecodeCanonical(signed.body);
+  const decoded = tryDecodeCanonical(signed.body, REQUEST_BODY_ITEMS_MAX);
   if (!decoded.ok || decoded.value === null || typeof decoded.value !== "object" || decoded.value instanceof Uint8Array) return null;
   const seq = (decoded.value as { seq?: unknown }).seq;
   return typeof seq === "number" && Number.isSafeInteger(seq) && seq >= 1 ? seq : null;

@@ -11,6 +11,9 @@
  * with ERROR and the connection closed (it is hostile or broken), or, from an address
  * blacklisted already, held open and unread in the tarpit (tarpit.ts); a well-formed
  * request that is refused gets a REPLY with a code and reason and the connection stays.
+ * A frame of a type the session does not take is refused by its type byte before its
+ * payload is decoded (PHASE_FRAME_TYPES); an authenticated peer that sends one, or a frame
+ * that does not decode, is muted by the mesh (peers.ts).
  *
  * Anyone can open a connection and anyone can make a client key, so everything a caller
  * holds is bounded (ServerLimits). Until AUTH has verified, a connection has proved
@@ -42,6 +45,7 @@ import {
   errorCodeFor,
   FRAME_HEADER_BYTES,
   FrameType,
+  frameTypeName,
   NONCE_BYTES,
 } from "../../wire/types.ts";
 import { ClientFrames } from "./client-frames.ts";
@@ -168,6 +172,23 @@ export interface ClientHandler {
 }
 
 type Phase = "hello" | "client-auth" | "peer-auth" | "client" | "peer" | "closed";
+
+/**
+ * The frame types each phase takes. Any other is refused by its type byte, before its
+ * payload is decoded: a payload is decoded whole before its schema is checked, so a frame
+ * of a type the phase never takes (a QUERY_REPLY whose open `res` holds four million empty
+ * arrays) would otherwise cost the replica its decoding, up to frameBytesMax, for nothing.
+ * A type byte no frame has goes on to the decoder, which refuses it at once (unknown-type).
+ */
+const PHASE_FRAME_TYPES: { readonly [P in Phase]: ReadonlySet<number> } = {
+  hello: new Set([FrameType.HELLO]),
+  "client-auth": new Set([FrameType.AUTH]),
+  "peer-auth": new Set([FrameType.AUTH]),
+  client: new Set([FrameType.REQUEST, FrameType.QUERY, FrameType.SUBSCRIBE, FrameType.UNSUBSCRIBE, FrameType.PING, FrameType.PONG]),
+  // A replica sends PEER frames on the link it dialled, and PINGs on a multi-homed peer's (peers.ts).
+  peer: new Set([FrameType.PEER, FrameType.PING]),
+  closed: new Set(),
+};
 
 interface ConnState {
   phase: Phase;
@@ -650,12 +671,18 @@ export class ReplicaServer {
    * is answered `refusal` and closed; but when its address was blacklisted already (by
    * another of its connections: this one opened before, or on a shared port, where
    * addresses are judged at HELLO), it is held in the tarpit, unanswered, if that has room.
-   * Peer connections are neither (a broken link is the mesh's to report): only closed.
+   * Peer connections are neither: an authenticated peer is muted by the mesh (no correct
+   * replica sends such a frame), one still in its handshake (it has proved nothing) only
+   * closed.
    */
   private onHostileFrame(conn: FramedConn, reason: string, refusal: Frame): void {
     const state = conn.state as ConnState;
+    if (state.phase === "peer") {
+      this.options.mesh.refuseInbound(conn, `a frame that does not decode or is too large (${reason.slice(0, 120)})`);
+      return;
+    }
     const admission = this.options.admission;
-    if (admission === undefined || state.phase === "peer" || state.phase === "peer-auth") {
+    if (admission === undefined || state.phase === "peer-auth") {
       conn.closeWith(refusal);
       return;
     }
@@ -702,6 +729,10 @@ export class ReplicaServer {
       const opened = conn.framing.opener.open(result.type, payload);
       if (opened === null) return this.onBadMac(conn, result.type);
       payload = opened;
+    }
+    const state = conn.state as ConnState;
+    if (!PHASE_FRAME_TYPES[state.phase].has(result.type) && frameTypeName(result.type) !== undefined) {
+      return this.onUnexpectedType(conn, state, result.type);
     }
     const decoded = decodeFrameBody(result.type, payload);
     if (!decoded.ok) {
@@ -757,11 +788,42 @@ export class ReplicaServer {
     }
   }
 
-  private onHello(conn: FramedConn, state: ConnState, frame: Frame): void {
-    if (frame.type !== FrameType.HELLO) {
-      conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "the first frame must be HELLO" } });
-      return;
+  /**
+   * A frame of a type the connection's phase does not take (PHASE_FRAME_TYPES), refused by
+   * its type byte: answered as each phase answers a wrong frame, without decoding it.
+   */
+  private onUnexpectedType(conn: FramedConn, state: ConnState, type: number): void {
+    switch (state.phase) {
+      case "hello":
+        return this.refuseNotHello(conn);
+      case "client-auth":
+        return this.refuseClientNotAuth(conn, state);
+      case "peer-auth":
+        return this.refusePeerNotAuth(conn);
+      case "client":
+        this.options.metrics.inc("bad_frames_total");
+        conn.closeWith({
+          type: FrameType.ERROR,
+          body: { code: "BAD_FRAME", reason: `frame type 0x${type.toString(16)} is not for a replica's client port` },
+        });
+        return;
+      case "peer":
+        return this.options.mesh.refuseInbound(conn, `a frame of type 0x${type.toString(16)}: a peer link carries only PEER and PING`);
+      case "closed":
+        return;
+      default: {
+        const unreachable: never = state.phase;
+        return unreachable;
+      }
     }
+  }
+
+  private refuseNotHello(conn: FramedConn): void {
+    conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "the first frame must be HELLO" } });
+  }
+
+  private onHello(conn: FramedConn, state: ConnState, frame: Frame): void {
+    if (frame.type !== FrameType.HELLO) return this.refuseNotHello(conn);
     const isPeer = frame.body.role === "replica";
     if (this.accepts !== "both" && isPeer !== (this.accepts === "peers")) return this.refuseWrongPort(conn, isPeer, frame.body);
     if (isPeer) this.onPeerHello(conn, state, frame.body);
@@ -790,16 +852,17 @@ export class ReplicaServer {
     state.onPeerFrame = handler;
   }
 
+  private refusePeerNotAuth(conn: FramedConn): void {
+    this.options.metrics.inc("peer_handshake_failed_total");
+    this.options.audit?.warn("handshake-failed", "peer handshake failed", {
+      address: conn.remote,
+      reason: "the frame after HELLO was not AUTH",
+    });
+    conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "the frame after HELLO must be AUTH" } });
+  }
+
   private onPeerAuth(conn: FramedConn, state: ConnState, frame: Frame): void {
-    if (frame.type !== FrameType.AUTH) {
-      this.options.metrics.inc("peer_handshake_failed_total");
-      this.options.audit?.warn("handshake-failed", "peer handshake failed", {
-        address: conn.remote,
-        reason: "the frame after HELLO was not AUTH",
-      });
-      conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "the frame after HELLO must be AUTH" } });
-      return;
-    }
+    if (frame.type !== FrameType.AUTH) return this.refusePeerNotAuth(conn);
     (state.onPeerFrame as (frame: Frame) => void)(frame);
     // The mesh closes the connection when AUTH does not verify; still open means it did.
     if (conn.isClosed) return;
@@ -858,18 +921,19 @@ export class ReplicaServer {
     state.phase = "client-auth";
   }
 
+  private refuseClientNotAuth(conn: FramedConn, state: ConnState): void {
+    this.options.metrics.inc("client_auth_failed_total");
+    this.options.audit?.warn("handshake-failed", "client handshake failed", {
+      key: (state.clientHello as Hello).key,
+      address: conn.remote,
+      reason: "the frame after HELLO was not AUTH",
+    });
+    conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "the frame after HELLO must be AUTH" } });
+  }
+
   private onClientAuth(conn: FramedConn, state: ConnState, frame: Frame): void {
     const hello = state.clientHello as Hello;
-    if (frame.type !== FrameType.AUTH) {
-      this.options.metrics.inc("client_auth_failed_total");
-      this.options.audit?.warn("handshake-failed", "client handshake failed", {
-        key: hello.key,
-        address: conn.remote,
-        reason: "the frame after HELLO was not AUTH",
-      });
-      conn.closeWith({ type: FrameType.ERROR, body: { code: "UNAUTHORIZED", reason: "the frame after HELLO must be AUTH" } });
-      return;
-    }
+    if (frame.type !== FrameType.AUTH) return this.refuseClientNotAuth(conn, state);
     if (!verifyDomain(hello.key, DOMAIN_SESSION_INITIATOR, state.transcript as Uint8Array, frame.body.sig)) {
       // PROTOCOL.md §5.1 step 4.
       this.options.metrics.inc("client_auth_failed_total");

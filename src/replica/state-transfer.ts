@@ -150,6 +150,11 @@ export class StateTransfer {
     return this.fetcher.targetSeq;
   }
 
+  /** Whether the fetch under way takes parts of `seq` and `nonce` from `from` now. */
+  awaitsPart(from: number, seq: number, nonce: number): boolean {
+    return this.fetcher.awaitsPart(from, seq, nonce);
+  }
+
   tick(): void {
     this.server.tick();
     this.fetcher.tick();
@@ -470,6 +475,12 @@ class TransferFetcher {
     // it did so still shows the end by a last part shorter than the others.
     const ended = stored.head.parts === stored.parts || last.length < this.options.partBytes;
     return ended ? "ended" : "resumed";
+  }
+
+  /** Whether the active fetch asked `from` for parts of `seq` with `nonce` (what onMessage takes). */
+  awaitsPart(from: number, seq: number, nonce: number): boolean {
+    const fetch = this.active;
+    return fetch !== null && fetch.source === from && fetch.target.seq === seq && fetch.nonce === nonce;
   }
 
   onMessage(from: number, m: Exclude<TransferMessage, { t: "get" }>): void {

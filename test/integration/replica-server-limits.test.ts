@@ -13,19 +13,21 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
-import { FrameDecoder } from "../../wire/frame.ts";
+import { type Canonical, encodeCanonical } from "../../wire/canonical.ts";
+import { encodeFrame, FrameDecoder } from "../../wire/frame.ts";
 import { decodeFrameBody, encodeTypedFrame, type Frame, type Hello, type HelloAck } from "../../wire/schemas.ts";
 import { sessionTranscript } from "../../wire/session.ts";
 import { DOMAIN_SESSION_INITIATOR, FRAME_BYTES_MAX, FrameType, NONCE_BYTES, PROTOCOL_VERSION } from "../../wire/types.ts";
 import type { ReplicaEntry } from "../../src/config/cluster.ts";
 import { signDomain } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
-import { generateEphemeralKeyPair, type SessionFraming } from "../../src/crypto/session.ts";
+import { CLIENT_FRAME_MAC_BYTES, generateEphemeralKeyPair, type SessionFraming } from "../../src/crypto/session.ts";
 import { ClientAdmission } from "../../src/replica/admission.ts";
 import { AuditLog } from "../../src/replica/audit.ts";
 import { createLog } from "../../src/replica/log.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
-import { PeerMesh } from "../../src/replica/peers.ts";
+import type { PeerInboxLimits } from "../../src/replica/peer-inbox.ts";
+import { DIALLED_LINK_FRAME_BYTES_MAX, PeerMesh } from "../../src/replica/peers.ts";
 import {
   CLIENT_CONNECTIONS_MAX,
   CLIENT_CONNECTIONS_PER_ADDRESS_MAX,
@@ -244,6 +246,20 @@ async function sendReplicaHello(raw: RawConn, replicaKey: SigningKey): Promise<v
   await waitFor("HELLO_ACK", () => raw.has(FrameType.HELLO_ACK));
 }
 
+/** Sends a HELLO as replica 1 and waits for the refusal that closes the connection. */
+async function sendReplicaHelloRefused(raw: RawConn, replicaKey: SigningKey): Promise<void> {
+  const hello: Hello = {
+    v: PROTOCOL_VERSION,
+    role: "replica",
+    replica: 1,
+    key: replicaKey.publicKey,
+    nonce: nonce(),
+    eph: generateEphemeralKeyPair().publicKey,
+  };
+  raw.send({ type: FrameType.HELLO, body: hello });
+  await waitFor("the refusal", () => raw.closed);
+}
+
 /** Sends AUTH then PING; waits until the session answers PONG or the server refuses. */
 async function sendClientAuth(raw: RawConn, key: SigningKey, handshake: Handshake): Promise<void> {
   const { auth, framing } = rawClientAuth(key, handshake.state, handshake.ack);
@@ -293,6 +309,7 @@ function replicaEntries(keys: readonly SigningKey[], port0: number): ReplicaEntr
 
 interface Fixture {
   readonly server: ReplicaServer;
+  readonly mesh: PeerMesh;
   readonly metrics: Metrics;
   readonly serverKey: SigningKey;
   /** The key of replica 1, the server's only peer. */
@@ -321,6 +338,8 @@ function startServer(
     readonly audit?: boolean;
     /** The mesh's precheck (peer-filter.ts); with it the mesh logs to the fixture's log lines. */
     readonly precheck?: (from: number, msg: Uint8Array) => string | null;
+    /** Overrides of the mesh's inbound budgets (peer-inbox.ts). */
+    readonly inbox?: Partial<PeerInboxLimits>;
   } = {},
 ): Fixture {
   const serverKey = SigningKey.generate();
@@ -340,6 +359,7 @@ function startServer(
     metrics,
     onMessage: (from, msg) => peerMessages.push({ from, msg }),
     ...(more.precheck === undefined ? {} : { precheck: more.precheck }),
+    ...(more.inbox === undefined ? {} : { inbox: more.inbox }),
   });
   const clients: ClientHandler = {
     onClientFrame(session, frame) {
@@ -378,7 +398,7 @@ function startServer(
     server.stop();
     mesh.stop();
   });
-  return { server, metrics, serverKey, peerKey, peerMessages, clientFrames, bulkSent, logLines };
+  return { server, mesh, metrics, serverKey, peerKey, peerMessages, clientFrames, bulkSent, logLines };
 }
 
 /** Replica 1's real mesh, dialling the server; it sends only on the link it dialled. */
@@ -709,6 +729,31 @@ describe("client session MACs (PROTOCOL.md 5.2)", () => {
     await expectClosedForMac(fx, raw, handled);
   });
 
+  test("a frame of a type a client session does not send is refused by its type byte, undecoded, and the session closed", async () => {
+    const fx = startServer();
+    const raw = await liveSession(fx);
+    const handled = fx.clientFrames.length;
+    raw.send(queryReplyBomb());
+    await waitFor("the connection to be closed", () => raw.closed);
+    expect(raw.error).toBe("BAD_FRAME frame type 0x13 is not for a replica's client port");
+    expect(fx.clientFrames.length).toBe(handled);
+    expect(fx.metrics.get("bad_frames_total")).toBe(1);
+  });
+
+  test("a REQUEST padded with a field of empty arrays is refused after the values a REQUEST holds: blacklisted like any frame that does not decode", async () => {
+    const nowMs = 1_000_000;
+    const admission = new ClientAdmission({}, () => nowMs);
+    const fx = startServer({}, null, undefined, { admission });
+    const raw = await liveSession(fx);
+    const handled = fx.clientFrames.length;
+    const padded = encodeCanonical({ body: Uint8Array.of(1), sig: new Uint8Array(64), pad: new Array<Canonical>(1_000_000).fill([]) });
+    raw.write((raw.framing as SessionFraming).sealer.seal(encodeFrame(FrameType.REQUEST, padded)));
+    await waitFor("the connection to be closed", () => raw.closed);
+    expect(raw.error).toMatch(/^BAD_FRAME REQUEST: items-exceeded at byte \d+/);
+    expect(fx.clientFrames.length).toBe(handled);
+    expect(admission.isAddressBlacklisted("127.0.0.1")).toBe(true);
+  });
+
   test("a version 1 HELLO is refused with BAD_VERSION saying why, before the replica signs anything", async () => {
     const fx = startServer();
     const raw = await RawConn.open(fx.server.port);
@@ -891,29 +936,89 @@ describe("client_keys: the allow-list of client sessions", () => {
   });
 });
 
+/** An authenticated peer session as replica 1 (whose key the fixture holds), spoken by hand. */
+async function peerSession(fx: Fixture): Promise<RawConn> {
+  const raw = await RawConn.open(fx.server.port);
+  const eph = generateEphemeralKeyPair();
+  const hello: Hello = {
+    v: PROTOCOL_VERSION,
+    role: "replica",
+    replica: 1,
+    key: fx.peerKey.publicKey,
+    nonce: nonce(),
+    eph: eph.publicKey,
+  };
+  raw.send({ type: FrameType.HELLO, body: hello });
+  await waitFor("HELLO_ACK", () => raw.has(FrameType.HELLO_ACK));
+  const ack = raw.frames.find((f) => f.type === FrameType.HELLO_ACK);
+  if (ack?.type !== FrameType.HELLO_ACK) throw new Error("no HELLO_ACK");
+  raw.send({ type: FrameType.AUTH, body: { sig: signDomain(fx.peerKey, DOMAIN_SESSION_INITIATOR, sessionTranscript(hello, ack.body)) } });
+  // The session answers a PING once AUTH has verified.
+  raw.send({ type: FrameType.PING, body: { n: 1 } });
+  await waitFor("PONG", () => raw.has(FrameType.PONG) || raw.closed);
+  return raw;
+}
+
+/** A QUERY_REPLY whose open `res` holds a million empty arrays: valid, and a million allocations to decode. */
+function queryReplyBomb(): Frame {
+  return { type: FrameType.QUERY_REPLY, body: { id: 1, replica: 1, ok: true, res: new Array<Canonical>(1_000_000).fill([]) } };
+}
+
 describe("peer links (PROTOCOL.md 5.3)", () => {
   test("a PEER frame that fails its MAC is dropped, counted, and closes the link", async () => {
     const fx = startServer();
-    const raw = await RawConn.open(fx.server.port);
-    const eph = generateEphemeralKeyPair();
-    const hello: Hello = {
-      v: PROTOCOL_VERSION,
-      role: "replica",
-      replica: 1,
-      key: fx.peerKey.publicKey,
-      nonce: nonce(),
-      eph: eph.publicKey,
-    };
-    raw.send({ type: FrameType.HELLO, body: hello });
-    await waitFor("HELLO_ACK", () => raw.has(FrameType.HELLO_ACK));
-    const ack = raw.frames.find((f) => f.type === FrameType.HELLO_ACK);
-    if (ack?.type !== FrameType.HELLO_ACK) throw new Error("no HELLO_ACK");
-    raw.send({ type: FrameType.AUTH, body: { sig: signDomain(fx.peerKey, DOMAIN_SESSION_INITIATOR, sessionTranscript(hello, ack.body)) } });
+    const raw = await peerSession(fx);
     raw.send({ type: FrameType.PEER, body: { seq: 1, msg: Uint8Array.of(1, 2, 3), mac: new Uint8Array(32) } });
     await waitFor("the link to be closed", () => raw.closed);
     expect(raw.error).toBe("BAD_MAC a peer frame failed its MAC or sequence check");
     expect(fx.metrics.get("peer_frames_rejected_total")).toBe(1);
     expect(fx.peerMessages).toEqual([]);
+  });
+
+  test("a frame of a type a peer link does not carry is refused by its type byte, undecoded: the link is closed and the peer muted", async () => {
+    const fx = startServer();
+    const raw = await peerSession(fx);
+    raw.send(queryReplyBomb());
+    await waitFor("the link to be closed", () => raw.closed);
+    // Muted as misbehaving, for its type: a decoded frame would have been judged by its (valid) body.
+    expect(raw.error).toBe(
+      "OVERLOADED muted for 5000 ms: misbehaving: sent what no correct replica sends (a frame of type 0x13: a peer link carries only PEER and PING)",
+    );
+    expect(fx.mesh.isMuted(1)).toBe(true);
+    expect(fx.metrics.peerMuted.with("1", "misbehaving").value).toBe(1);
+    expect(fx.metrics.get("peer_frames_rejected_total")).toBe(1);
+    // The mute holds: its next handshake is refused before the replica signs anything.
+    const again = await RawConn.open(fx.server.port);
+    await sendReplicaHelloRefused(again, fx.peerKey);
+    expect(again.error).toMatch(/^OVERLOADED replica 1 is muted for \d+ ms more$/);
+  });
+
+  test("a PEER frame padded with a field of empty arrays is refused after the values a PEER frame holds, and its sender muted", async () => {
+    const fx = startServer();
+    const raw = await peerSession(fx);
+    const padded = encodeCanonical({
+      seq: 1,
+      msg: Uint8Array.of(1),
+      mac: new Uint8Array(32),
+      pad: new Array<Canonical>(1_000_000).fill([]),
+    });
+    raw.write(encodeFrame(FrameType.PEER, padded));
+    await waitFor("the link to be closed", () => raw.closed);
+    expect(raw.error).toContain(
+      "misbehaving: sent what no correct replica sends (a frame that does not decode or is too large (PEER: items-exceeded",
+    );
+    expect(fx.mesh.isMuted(1)).toBe(true);
+    expect(fx.peerMessages).toEqual([]);
+  });
+
+  test("a PING costs a message of the peer's budget: a peer that PINGs past it is muted", async () => {
+    const fx = startServer({}, null, undefined, { inbox: { messagesPerSecondMax: 20 } });
+    const raw = await peerSession(fx);
+    raw.write(Buffer.concat(Array.from({ length: 200 }, (_, i) => encodeTypedFrame({ type: FrameType.PING, body: { n: i } }))));
+    await waitFor("the link to be closed", () => raw.closed);
+    expect(raw.error).toBe("OVERLOADED muted for 5000 ms: budget: more than 20 messages a second");
+    expect(raw.frames.filter((f) => f.type === FrameType.PONG).length).toBeLessThan(200);
+    expect(fx.metrics.peerMuted.with("1", "budget").value).toBe(1);
   });
 
   test("messages the precheck drops are counted by peer and reason and logged, once per interval per peer and reason", async () => {
@@ -928,6 +1033,62 @@ describe("peer links (PROTOCOL.md 5.3)", () => {
     expect(fx.metrics.peerDropped.with("1", "duplicate").value).toBe(5);
     const lines = fx.logLines.filter((line) => line.includes("peer message dropped before processing")).map((line) => JSON.parse(line));
     expect(lines).toEqual([expect.objectContaining({ level: "warn", peer: 1, reason: "duplicate", alsoSinceLastLine: 0 })]);
+  });
+});
+
+describe("the links a replica dials", () => {
+  /**
+   * Replica 0's mesh dialling replica 1's address, where a listener that is no replica
+   * answers the HELLO with `answer`; the mesh's warnings are returned as they come.
+   */
+  function dialImpostor(answer: Uint8Array): { readonly lines: string[]; readonly metrics: Metrics } {
+    const lines: string[] = [];
+    const metrics = new Metrics();
+    const impostor = Bun.listen<undefined>({
+      hostname: HOST,
+      port: 0,
+      socket: {
+        data(socket) {
+          socket.write(answer);
+        },
+      },
+    });
+    const keys = [SigningKey.generate(), SigningKey.generate()];
+    const replicas = replicaEntries(keys, 0).map((entry) => (entry.id === 1 ? { ...entry, port: impostor.port } : entry));
+    const mesh = new PeerMesh({
+      self: 0,
+      key: keys[0] as SigningKey,
+      replicas,
+      frameBytesMax: FRAME_BYTES_MAX,
+      log: createLog({}, "warn", (line) => lines.push(line)),
+      metrics,
+      onMessage: () => {},
+    });
+    mesh.start();
+    cleanups.push(() => {
+      mesh.stop();
+      impostor.stop(true);
+    });
+    return { lines, metrics };
+  }
+
+  test(`before its HELLO_ACK the dialled side may send frames of at most ${DIALLED_LINK_FRAME_BYTES_MAX} bytes: a declared length over it fails the link at once`, async () => {
+    const header = new Uint8Array(5);
+    new DataView(header.buffer).setUint32(0, FRAME_BYTES_MAX);
+    header[4] = FrameType.HELLO_ACK;
+    const { lines, metrics } = dialImpostor(header);
+    await waitFor("the link to fail", () => lines.some((line) => line.includes("peer link failed")));
+    expect(lines.find((line) => line.includes("peer link failed"))).toContain(
+      `exceeds the maximum of ${DIALLED_LINK_FRAME_BYTES_MAX + CLIENT_FRAME_MAC_BYTES}`,
+    );
+    expect(metrics.get("peer_handshake_failed_total")).toBeGreaterThanOrEqual(1);
+  });
+
+  test("a frame of a type the dialled side does not send is refused by its type byte, undecoded", async () => {
+    // Not CBOR at all: had it been decoded, the link would have failed for that.
+    const { lines } = dialImpostor(encodeFrame(FrameType.QUERY_REPLY, Uint8Array.of(0xff, 0xff)));
+    await waitFor("the link to fail", () => lines.some((line) => line.includes("peer link failed")));
+    expect(lines.find((line) => line.includes("peer link failed"))).toContain("unexpected frame type 0x13 on a link this replica dialled");
   });
 });
 

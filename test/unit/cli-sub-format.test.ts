@@ -1,7 +1,7 @@
 /** `fitb sub` plain lines: text when it is safe, and `base64:` always meaning base64. */
 import { describe, expect, test } from "bun:test";
 import type { ReceivedBatch } from "../../src/client/subscription.ts";
-import { parseTemplate, plainLine, templateLine } from "../../src/cli/commands/sub.ts";
+import { parseTemplate, plainLine, reportSignal, templateLine } from "../../src/cli/commands/sub.ts";
 import { UsageError } from "../../src/cli/errors.ts";
 
 const utf8 = (text: string): Uint8Array => new TextEncoder().encode(text);
@@ -39,5 +39,20 @@ describe("--format templates", () => {
   test("an unknown field is a usage error naming it", () => {
     expect(() => parseTemplate("{seq} {when}")).toThrow(UsageError);
     expect(() => parseTemplate("{seq} {when}")).toThrow("unknown field {when}");
+  });
+});
+
+describe("signal lines on standard error", () => {
+  test("a rate-limited invalid signal is one line naming how many copies it stands for", () => {
+    const lines: string[] = [];
+    const io = { err: (line: string) => lines.push(line) };
+    reportSignal(io, { t: "invalid", replica: 3, reason: "bad-signature" });
+    reportSignal(io, { t: "invalid", replica: 3, reason: "bad-signature", copies: 4_000 });
+    reportSignal(io, { t: "overflow", source: "dedupe", replica: 2, droppedEvents: 7, reason: "below a forgotten range" });
+    expect(lines).toEqual([
+      "fitb sub: warning: replica 3 sent a copy that failed its checks (bad-signature); dropped",
+      "fitb sub: warning: replica 3 sent 4000 copies that failed their checks (last: bad-signature); dropped",
+      "fitb sub: warning: 7 events dropped: below a forgotten range",
+    ]);
   });
 });

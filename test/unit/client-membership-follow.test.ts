@@ -99,14 +99,21 @@ describe("which agreed group replaces the client's", () => {
   });
   test("a newer epoch does; the same or an older one does not", () => {
     const current = { epoch: 3, ids: [0, 1, 2, 3] };
-    expect(isNewer(group(4, [0, 1, 2, 3]), current, false)).toBe(true);
-    expect(isNewer(group(3, [0, 1, 2, 4]), current, false)).toBe(false);
-    expect(isNewer(group(2, [0, 1, 2, 4]), current, false)).toBe(false);
+    expect(isNewer(group(4, [0, 1, 2, 3]), current, false, 0)).toBe(true);
+    expect(isNewer(group(3, [0, 1, 2, 4]), current, false, 0)).toBe(false);
+    expect(isNewer(group(2, [0, 1, 2, 4]), current, false, 0)).toBe(false);
   });
-  test("before any epoch is known, the first group does when it differs from the cluster file, whatever its epoch", () => {
+  test("before any epoch is known, the first group does when it differs from the cluster file, at the file's epoch or later", () => {
     const fromFile = { epoch: null, ids: [0, 1, 2, 3] };
-    expect(isNewer(group(0, [0, 1, 2, 3, 4]), fromFile, false)).toBe(true);
-    expect(isNewer(group(5, [0, 1, 2, 3]), fromFile, true)).toBe(false);
+    expect(isNewer(group(0, [0, 1, 2, 3, 4]), fromFile, false, 0)).toBe(true);
+    expect(isNewer(group(5, [0, 1, 2, 3]), fromFile, true, 0)).toBe(false);
+    expect(isNewer(group(3, [0, 1, 2, 3, 4]), fromFile, false, 3)).toBe(true);
+  });
+  test("a new client never steps back to a group older than its cluster file's epoch", () => {
+    // A file exported at epoch 3; f+1 replicas (one lagging, one faulty) agree on epoch 2.
+    const fromFile = { epoch: null, ids: [0, 1, 2, 3] };
+    expect(isNewer(group(2, [0, 1, 2, 4]), fromFile, false, 3)).toBe(false);
+    expect(isNewer(group(0, [0, 1, 2, 3, 4]), fromFile, false, 3)).toBe(false);
   });
   test("the group the replicas' own file makes is the client's file's group even where the client reaches replicas at other addresses; a new key or id is not", () => {
     const text = renderClusterToml({
@@ -238,6 +245,21 @@ describe("a cluster file whose f is below the group's is stale: warned once per 
       // Back to f=1: the file is no longer stale.
       take(client, agreed(5, 1));
       expect(client.membership).toMatchObject({ epoch: 5, staleFile: false, staleFileWarnings: 2 });
+    } finally {
+      client.close();
+    }
+  });
+
+  test("a client started from a file of epoch 3 takes no older group f+1 replicas agree on, and goes on to a newer one", () => {
+    const file: ClusterConfig = { ...fileOf(1, [0, 1, 2, 3]), epoch: 3, firstGroupDigest: digest(0) };
+    const client = new FitbClient({ config: file, key: SigningKey.generate() });
+    try {
+      // A lagging replica and a faulty one agree on epoch 1, then epoch 2: neither is taken.
+      take(client, agreed(1, 1));
+      take(client, agreed(2, 1));
+      expect(client.membership).toMatchObject({ epoch: null, ids: [0, 1, 2, 3], changes: 0 });
+      take(client, agreed(4, 1));
+      expect(client.membership).toMatchObject({ epoch: 4, ids: [0, 1, 2, 3, 4, 5, 6], changes: 1 });
     } finally {
       client.close();
     }

@@ -6,6 +6,7 @@
 import { describe, expect, test } from "bun:test";
 import type { Events } from "../../wire/schemas.ts";
 import {
+  PUBLISHERS_REFRESH_INTERVAL_MS,
   PublisherRegistry,
   REFRESH_INTERVAL_MS,
   REFUSED_PUBLISHER_MS,
@@ -144,6 +145,22 @@ describe("PublisherRegistry", () => {
     expect(registry.shouldRefresh(UNKNOWN_PUBLISHER_WAIT_MS + REFRESH_INTERVAL_MS)).toBe(false);
     // Long after, a refused key may cause one more look (it may have been registered since).
     expect(registry.check(key(2), UNKNOWN_PUBLISHER_WAIT_MS + REFUSED_PUBLISHER_MS)).toBe("unknown");
+  });
+
+  test(`learnt again every ${PUBLISHERS_REFRESH_INTERVAL_MS} ms even when no unknown key asks; a key no longer listed leaves it`, () => {
+    const registry = new PublisherRegistry([key(1)], 1_000);
+    const due = 1_000 + PUBLISHERS_REFRESH_INTERVAL_MS;
+    expect(registry.shouldRefresh(due - 1)).toBe(false);
+    expect(registry.shouldRefresh(due)).toBe(true);
+    registry.begin(due);
+    registry.failed(due);
+    // A failed periodic refresh waits for the next interval (no key waits for it).
+    expect(registry.shouldRefresh(due + REFRESH_INTERVAL_MS)).toBe(false);
+    expect(registry.shouldRefresh(due + PUBLISHERS_REFRESH_INTERVAL_MS)).toBe(true);
+    registry.begin(due + PUBLISHERS_REFRESH_INTERVAL_MS);
+    registry.update([], due + PUBLISHERS_REFRESH_INTERVAL_MS);
+    // Unregistered since: no longer known (its copies are held, then refused).
+    expect(registry.check(key(1), due + PUBLISHERS_REFRESH_INTERVAL_MS)).toBe("unknown");
   });
 
   test("a refresh replaces the list (a destroyed and re-created channel drops keys); a failed one keeps waiting", () => {

@@ -2,7 +2,8 @@
  * One replica's ordering runtime for unit tests: a real OrderingDriver with its core,
  * channel machine, store and peer mesh (not started: no link is up), for tests that feed
  * it peer messages by hand. The mesh hands what it receives to the driver and mutes a
- * peer the core finds flooding, as the replica does.
+ * peer the core finds flooding, or the driver finds sending what no correct replica sends,
+ * as the replica does.
  */
 import { join } from "node:path";
 import { channelsConfigFrom, type ClusterConfig } from "../../src/config/cluster.ts";
@@ -82,6 +83,7 @@ export function driverFixture(
     onResendReply: () => {},
     onRefused: () => {},
     onPeerFlooding: (peer) => mesh.muteFlooding(peer),
+    onPeerFaulty: (peer, reason) => mesh.muteMisbehaving(peer, reason),
     ...(options.join === undefined ? {} : { join: options.join }),
   });
   const started = driver;

@@ -5,18 +5,20 @@
  * A message over the limit would be refused by the receiving replica's decoder and tear
  * the link down, and a client could trigger it with two large publishes.
  */
-import { encodeEnvelope } from "../../src/replica/peer-messages.ts";
+import { encodeEnvelope, PEER_MESSAGE_BYTES_PER_ITEM_MIN, peerMessageItemsMax, readEnvelope } from "../../src/replica/peer-messages.ts";
 import { describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
 import { largestViewChangeF, parseClusterConfig } from "../../src/config/cluster.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
 import {
   INSTANCE_SEQ_MAX,
+  PREPARED_CERTS_MAX,
   REQUEST_BODY_BYTES_MAX,
   REQUEST_FIELDS_BYTES,
   REQUEST_SPAN_MAX,
   SIGNED_VOTE_BYTES_MAX,
   TIMESTAMP_MS_MAX,
+  TRANSFER_ITEMS_MAX,
   VIEW_MAX,
 } from "../../src/core/ordering/messages.ts";
 import { REPLICAS_MAX } from "../../wire/types.ts";
@@ -26,7 +28,7 @@ import { REQUEST_BYTES_MAX, TAG_BYTES_MAX } from "../../src/core/channels/consta
 import { PEER_FRAME_OVERHEAD_BYTES } from "../../src/replica/peers.ts";
 import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
 import { REQUEST_HEADER_BYTES } from "../../src/sim/crypto.ts";
-import { type Canonical, encodeCanonical } from "../../wire/canonical.ts";
+import { type Canonical, decodeCanonical, encodeCanonical } from "../../wire/canonical.ts";
 import { FRAME_BYTES_MAX, FrameType } from "../../wire/types.ts";
 
 const KIB = 1024;
@@ -82,10 +84,13 @@ describe("peer messages fit one frame", () => {
       });
       let largest = 0;
       let messages = 0;
+      /** Messages whose envelope the receiving runtime would not read within peerMessageItemsMax. */
+      let unread = 0;
       const measure =
         (cutOff: number | null) =>
         (m: QueuedMessage): boolean => {
           largest = Math.max(largest, frameBytes(m.msg));
+          if (!readEnvelope(encodeEnvelope("ordering", m.msg as unknown as Canonical)).ok) unread++;
           messages++;
           return cutOff === null || (m.from !== cutOff && m.to !== cutOff);
         };
@@ -111,6 +116,7 @@ describe("peer messages fit one frame", () => {
       // Replica 3 comes back and catches up from decided batches (STATE_RESPONSEs).
       c.runUntil(() => c.lastExecuted(lagging) === target, 400, measure(null));
       expect(messages).toBeGreaterThan(0);
+      expect(unread).toBe(0);
       expect(largest).toBeLessThanOrEqual(frameBytesMax);
       // The bound is used, not avoided: the largest message is a good part of a frame.
       expect(largest).toBeGreaterThan(cfg.requestBytesMax);
@@ -181,5 +187,92 @@ describe("REQUEST_FIELDS_BYTES", () => {
     }
     const fields = encodeCanonical(largest as unknown as Canonical).length - body.length - sig.length - client.length;
     expect(fields).toBe(REQUEST_FIELDS_BYTES);
+  });
+});
+
+/** Values (decodeCanonical's items: every item but a map key) in a canonical encoding. */
+function valuesIn(value: Canonical): number {
+  if (value === null || typeof value !== "object" || value instanceof Uint8Array) return 1;
+  const inner = Array.isArray(value) ? value : Object.values(value);
+  return 1 + inner.reduce((sum: number, item) => sum + valuesIn(item), 0);
+}
+
+describe("the values a peer message may hold (peerMessageItemsMax)", () => {
+  const digest = new Uint8Array(32);
+  const sig = new Uint8Array(SIG_BYTES);
+  const vote = (t: string, replica: number) => ({ t, view: 0, seq: 1, digest, replica, sig });
+  const header = { t: "PRE_PREPARE", view: 0, seq: 1, digest, ts: 1, batch: null, sig };
+  const request = { client: "ab".repeat(32), seq: 1, span: 1, body: Uint8Array.of(1), sig };
+  // The densest parts a correct replica sends, each as often as a message may hold it.
+  const densest: [string, Record<string, Canonical>][] = [
+    [
+      "STATE_RESPONSE of empty bodies without COMMITs (bodyItem)",
+      {
+        t: "STATE_RESPONSE",
+        kind: "batch",
+        nonce: 0,
+        items: Array.from({ length: TRANSFER_ITEMS_MAX }, (_, i) => ({ view: 0, seq: i + 1, batch: [], commits: [], votes: [] })),
+        stable: null,
+        lastExecuted: 0,
+      },
+    ],
+    [
+      "STATE_RESPONSE of empty batches with one COMMIT each",
+      {
+        t: "STATE_RESPONSE",
+        kind: "decided",
+        nonce: 0,
+        items: Array.from({ length: TRANSFER_ITEMS_MAX }, (_, i) => ({
+          view: 0,
+          seq: i + 1,
+          batch: [],
+          commits: [vote("COMMIT", 0)],
+          votes: [],
+        })),
+        stable: null,
+        lastExecuted: 0,
+      },
+    ],
+    [
+      "VIEW_CHANGE of certificates without PREPAREs or batches",
+      {
+        t: "VIEW_CHANGE",
+        newView: 1,
+        stableSeq: 0,
+        stableDigest: digest,
+        stableProof: [],
+        prepared: Array.from({ length: PREPARED_CERTS_MAX }, (_, i) => ({
+          view: 0,
+          seq: i + 1,
+          digest,
+          prePrepare: header,
+          prepares: [],
+          batch: null,
+        })),
+        replica: 0,
+        sig,
+      },
+    ],
+    ["FORWARD of the smallest requests", { t: "FORWARD", requests: Array.from({ length: 4096 }, () => request) }],
+    ["SUSPECT", { t: "SUSPECT", view: 0 }],
+    ["STATE_REQUEST", { t: "STATE_REQUEST", kind: "decided", seq: 1, toSeq: 2, digest: null, nonce: 0 }],
+  ];
+  for (const [name, message] of densest) {
+    test(`${name}: read whole, its values within the bound`, () => {
+      const bytes = encodeEnvelope("ordering", message, 7);
+      const values = valuesIn(decodeCanonical(bytes));
+      expect(values).toBeLessThanOrEqual(peerMessageItemsMax(bytes.length));
+      expect(readEnvelope(bytes).ok).toBe(true);
+    });
+  }
+
+  test(`the densest part a correct replica sends takes more than ${PEER_MESSAGE_BYTES_PER_ITEM_MIN} bytes a value`, () => {
+    const empty = encodeCanonical({ view: 0, seq: 1, batch: [], commits: [], votes: [] });
+    expect(empty.length / valuesIn(decodeCanonical(empty))).toBeGreaterThan(PEER_MESSAGE_BYTES_PER_ITEM_MIN);
+  });
+
+  test("an envelope of empty arrays is refused after a quarter of its values, as one that does not decode: proof of a faulty sender", () => {
+    const bomb = encodeEnvelope("ordering", { t: "FORWARD", requests: new Array<Canonical>(400_000).fill([]) });
+    expect(readEnvelope(bomb)).toEqual({ ok: false, reason: "an envelope that does not decode", proves: true });
   });
 });

@@ -4,8 +4,13 @@
 // decided seq it knows) as a vote against what the ordered history says. Each client-side
 // case below failed before: two lagging replicas saying "no channel" first were a verdict.
 import { describe, expect, test } from "bun:test";
+import { decodeCanonical } from "../../wire/canonical.ts";
 import type { QueryReply, SubEnd } from "../../wire/schemas.ts";
+import type { ReplicaConnection } from "../../src/client/connection.ts";
+import { ExecutedFloor } from "../../src/client/executed-floor.ts";
 import { channelInfoRule, type ChannelInfo } from "../../src/client/queries.ts";
+import { QUERY_REASK_BACKOFF, QueryTracker } from "../../src/client/query-tracker.ts";
+import type { TrackingContext } from "../../src/client/replica-group.ts";
 import { RESUBSCRIBE_AFTER_REFUSAL_MS } from "../../src/client/replica-subs.ts";
 import { ClientSubscription, type SubscriptionSignal } from "../../src/client/subscription.ts";
 import type { RequestRejectedError } from "../../src/client/errors.ts";
@@ -119,6 +124,39 @@ describe("channel-info: a refusal from a replica behind a decision is not a verd
     expect(rule.stale?.()).toEqual({ replicas: [0, 1, 2], after: 12 });
     expect(rule.add(0, described(0, 12))).toBeNull();
     expect(rule.add(1, described(1, 12))).toEqual({ ok: true, value: INFO });
+  });
+
+  test("one replica's huge `at` asks the refusals again once; their next answers settle, and the deadline settles them too", () => {
+    const huge = Number.MAX_SAFE_INTEGER;
+    const rule = channelInfoRule(4, 1, "channel-info sec.alerts", 0, ready);
+    // Replica 3 describes a channel nobody created, claiming it executed seq 2^53-1.
+    expect(rule.add(3, described(3, huge))).toBeNull();
+    for (const replica of [0, 1, 2]) expect(rule.add(replica, unknown(replica, 60))).toBeNull();
+    expect(rule.stale?.()).toEqual({ replicas: [0, 1, 2], after: huge });
+    // Nothing more to ask while they wait.
+    expect(rule.stale?.()).toEqual({ replicas: [], after: 0 });
+    // Past their hold bound they refuse again at the seq they reached: that counts now.
+    expect(rule.add(0, unknown(0, 60))).toBeNull();
+    const outcome = rule.add(1, unknown(1, 61));
+    expect((outcome as unknown as { error: RequestRejectedError }).error.code).toBe("UNKNOWN_CHANNEL");
+    // Had the deadline come first, the refusals would have settled it, not a NoQuorumError.
+    const early = channelInfoRule(4, 1, "channel-info sec.alerts", 0, ready);
+    early.add(3, described(3, huge));
+    for (const replica of [0, 1, 2]) early.add(replica, unknown(replica, 60));
+    early.stale?.();
+    expect((early.atDeadline(() => "") as unknown as { error: RequestRejectedError }).error.code).toBe("UNKNOWN_CHANNEL");
+  });
+
+  test("a refusal behind the (f+1)-th highest `at` of the descriptions is still asked again, however often", () => {
+    const rule = channelInfoRule(4, 1, "channel-info sec.alerts", 0, ready);
+    expect(rule.add(0, described(0, 10))).toBeNull();
+    const otherInfo: QueryReply = { id: 1, replica: 1, ok: true, res: { ...INFO, tag: "other", next: 1, oldest: 1 }, at: 12 };
+    expect(rule.add(1, otherInfo)).toBeNull();
+    expect(rule.add(2, unknown(2, 9))).toBeNull();
+    expect(rule.stale?.()).toEqual({ replicas: [2], after: 12 });
+    expect(rule.add(2, unknown(2, 9))).toBeNull();
+    // Replicas 0 and 1 both executed seq 10: one of them is correct; 9 is behind it.
+    expect(rule.stale?.()).toEqual({ replicas: [2], after: 10 });
   });
 
   test("at the deadline, fresh refusals from f+1 settle and stale ones never do", () => {
@@ -261,6 +299,36 @@ describe("subscribe: a refusal from a replica behind a decision does not end the
     await sub.close();
   });
 
+  test("one replica's SUB_OK at 2^53-1 cannot keep a refused subscription from ending: each replica waits for it once", async () => {
+    const { host, sub, ended } = start();
+    const F = 3;
+    const answered = new Set<number>();
+    const ok = (replica: number, at: number): void => {
+      const subId = host.subIdAt(replica);
+      answered.add(subId);
+      sub.onSubOk(replica, subId, { sub: subId, replica, next: 1, at });
+    };
+    ok(F, Number.MAX_SAFE_INTEGER);
+    // The channel does not exist: the correct replicas refuse every SUBSCRIBE at the seq they
+    // executed, after holding it (up to 5 s) when it asks them to wait for more.
+    for (let round = 0; round < 20 && ended.length === 0; round++) {
+      for (const replica of [0, 1, 2]) {
+        const subId = host.subIdAt(replica);
+        if (answered.has(subId)) continue;
+        answered.add(subId);
+        sub.onSubEnd(replica, subId, { sub: subId, replica, code: "UNKNOWN_CHANNEL", reason: "no channel sec.alerts", at: 60 });
+      }
+      host.nowMs += 5_000;
+      sub.tick(host.nowMs);
+      await Bun.sleep(0);
+    }
+    expect(String(ended[0])).toContain("UNKNOWN_CHANNEL");
+    for (const replica of [0, 1, 2]) {
+      const waits = host.subscribes.filter((s) => s.replica === replica && s.after === Number.MAX_SAFE_INTEGER);
+      expect(waits.length).toBeLessThanOrEqual(1);
+    }
+  });
+
   test("fresh refusals from f+1 end it once 2f+1 replicas answered", async () => {
     const { host, sub, ended } = start(5);
     refuse(host, sub, 2, 9);
@@ -271,5 +339,67 @@ describe("subscribe: a refusal from a replica behind a decision does not end the
     await Bun.sleep(0);
     expect(ended.length).toBeGreaterThan(0);
     expect(String(ended[0])).toContain("UNKNOWN_CHANNEL");
+  });
+});
+
+describe("query re-asks are spaced", () => {
+  /** A QueryTracker over four fake connections that record the `after` of each QUERY they are handed. */
+  function trackerOf(now: () => number, floor: number): { tracker: QueryTracker; sent: Map<number, (number | undefined)[]> } {
+    const sent = new Map<number, (number | undefined)[]>();
+    const connections = [0, 1, 2, 3].map(
+      (id) =>
+        ({
+          id,
+          isReady: true,
+          sendEncoded(frame: Uint8Array): boolean {
+            const body = decodeCanonical(frame.subarray(5)) as { after?: number };
+            sent.set(id, [...(sent.get(id) ?? []), body.after]);
+            return true;
+          },
+        }) as unknown as ReplicaConnection,
+    );
+    const group = {
+      f: 1,
+      connections,
+      connection: (id: number) => connections[id],
+      readyReplicas: () => [0, 1, 2, 3],
+      describeReplicas: () => "",
+      has: (id: number) => id >= 0 && id < 4,
+    };
+    const executed = new ExecutedFloor(group);
+    executed.observe(floor);
+    const ctx = { group, floor: executed, frameBytesMax: 1 << 20, now, log: () => {} } as unknown as TrackingContext;
+    return { tracker: new QueryTracker(ctx, 60_000), sent };
+  }
+
+  test("a replica that answers stale at once is asked again at once the first time, then after a growing delay", () => {
+    let now = 0;
+    const { tracker, sent } = trackerOf(() => now, 10);
+    const query = tracker.run(
+      { id: 0, q: "channel-info", tag: "sec.alerts" },
+      channelInfoRule(4, 1, "channel-info", 10, () => [0, 1, 2, 3]),
+    );
+    query.catch(() => undefined);
+    // Replica 0 is behind the client's floor and its wait queue is full: it refuses at once, every time.
+    const refuse = (): void => tracker.onQueryReply(0, { ...unknown(0, 5), id: 1 });
+    refuse();
+    expect(sent.get(0)).toEqual([undefined, 10]);
+    refuse();
+    expect(sent.get(0)).toHaveLength(2);
+    const first = QUERY_REASK_BACKOFF.initialDelayMs;
+    now += first - 1;
+    tracker.tick(now);
+    expect(sent.get(0)).toHaveLength(2);
+    now += 1;
+    tracker.tick(now);
+    expect(sent.get(0)).toEqual([undefined, 10, 10]);
+    refuse();
+    now += first;
+    tracker.tick(now);
+    expect(sent.get(0)).toHaveLength(3);
+    now += first;
+    tracker.tick(now);
+    expect(sent.get(0)).toHaveLength(4);
+    tracker.failAll(new Error("done") as never);
   });
 });

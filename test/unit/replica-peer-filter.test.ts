@@ -4,10 +4,11 @@ import {
   DUPLICATE_WINDOW_MS,
   EXECUTED_PASS_MS,
   forwardAllExecuted,
-  isStateTransferEnvelope,
   PeerFilter,
   type PeerFilterOptions,
   peekPeerMessage,
+  peekTransferPart,
+  provesFaulty,
 } from "../../src/replica/peer-filter.ts";
 import { encodeEnvelope, encodeTransferMessage } from "../../src/replica/peer-messages.ts";
 
@@ -30,10 +31,15 @@ describe("peekPeerMessage", () => {
     expect(peekPeerMessage(transfer)).toEqual({ kind: "state-transfer", t: null, seq: null, replica: null });
   });
 
-  test("a state transfer envelope is told from an ordering one by its head alone", () => {
-    expect(isStateTransferEnvelope(encodeTransferMessage({ t: "none", seq: 4, nonce: 1, reason: "x" }))).toBe(true);
-    expect(isStateTransferEnvelope(prePrepare(3))).toBe(false);
-    expect(isStateTransferEnvelope(new Uint8Array([0xa2]))).toBe(false);
+  test("a state transfer part's seq and nonce are read in place; any other message is no part", () => {
+    const part = encodeTransferMessage({ t: "part", seq: 400, nonce: 1_700_000_000_123, part: 3, data: bytes(70_000, 7), end: false });
+    expect(peekTransferPart(part)).toEqual({ seq: 400, nonce: 1_700_000_000_123 });
+    expect(peekTransferPart(encodeTransferMessage({ t: "none", seq: 4, nonce: 1, reason: "x" }))).toBeNull();
+    expect(peekTransferPart(encodeTransferMessage({ t: "get", seq: 4, nonce: 1, digest: bytes(32), part: 0, count: 4 }))).toBeNull();
+    expect(peekTransferPart(prePrepare(3))).toBeNull();
+    // What merely starts like a state transfer envelope is not spared the byte budget.
+    expect(peekTransferPart(encodeEnvelope("state-transfer", [[], []]))).toBeNull();
+    for (let end = 0; end < part.length; end += 997) expect(peekTransferPart(part.subarray(0, end))).toBeNull();
   });
 
   test("what it cannot read is null (the full path judges it), never a throw", () => {
@@ -41,7 +47,20 @@ describe("peekPeerMessage", () => {
     expect(peekPeerMessage(new Uint8Array(0))).toBeNull();
     const cut = prePrepare(5);
     for (let end = 0; end < 60; end++) expect(() => peekPeerMessage(cut.subarray(0, end))).not.toThrow();
-    expect(peekPeerMessage(encodeEnvelope("ordering", "text" as Canonical))).toBeNull();
+  });
+
+  test("an envelope of a known kind whose message is not a map is what no correct replica sends: dropped before decoding, as proof", () => {
+    // The decode amplification of the review: four million empty arrays cost a full decode a second or so; here one head byte.
+    const bomb = encodeEnvelope("ordering", new Array<Canonical>(100_000).fill([]));
+    for (const m of [bomb, encodeEnvelope("ordering", "text" as Canonical), encodeEnvelope("state-transfer", 5)]) {
+      const peek = peekPeerMessage(m);
+      expect(peek?.notMap).toBe(true);
+      const reason = filterWith({}).check(1, m, peek);
+      expect(reason).toBe("not-a-map");
+      expect(provesFaulty(reason as string)).toBe(true);
+    }
+    const transfer = encodeTransferMessage({ t: "none", seq: 4, nonce: 1, reason: "x" });
+    expect(filterWith({}).check(1, transfer, peekPeerMessage(transfer))).toBeNull();
   });
 });
 

@@ -237,12 +237,40 @@ describe("PeerInbox: budgets and muting", () => {
     expect(h.inbox.isMuted(3)).toBe(false);
   });
 
+  test("a PING answered at once (charge) costs one of the peer's message budget: past it the peer is muted, and a muted peer's are refused", () => {
+    const h = harness({ messagesPerSecondMax: 5 });
+    for (let i = 0; i < 5; i++) expect(h.inbox.charge(2)).toBe(true);
+    expect(h.muted).toEqual([]);
+    expect(h.inbox.charge(2)).toBe(false);
+    expect(h.muted).toEqual([[2, "budget", "more than 5 messages a second"]]);
+    expect(h.inbox.charge(2)).toBe(false);
+    expect(h.dropped).toEqual([
+      [2, "muted"],
+      [2, "muted"],
+    ]);
+    // Charged PINGs and queued messages share the budget.
+    for (let i = 0; i < 5; i++) expect(h.inbox.charge(3)).toBe(true);
+    h.inbox.push(3, msg(1), KEY);
+    expect(h.inbox.isMuted(3)).toBe(true);
+  });
+
+  test("a peer the mesh or the ordering runtime catches sending what no correct replica sends is muted as misbehaving, longer each time", () => {
+    const h = harness();
+    h.inbox.misbehaving(4, "a frame of type 0x13: a peer link carries only PEER and PING");
+    expect(h.muted).toEqual([
+      [4, "misbehaving", "sent what no correct replica sends (a frame of type 0x13: a peer link carries only PEER and PING)"],
+    ]);
+    h.advance(LIMITS.muteMs);
+    h.inbox.misbehaving(4, "again");
+    expect(h.muteMs).toEqual([LIMITS.muteMs, 2 * LIMITS.muteMs]);
+  });
+
   test("state transfer parts may be spared the byte budget", () => {
     const h = harness({ bytesPerSecondMax: 1_000 });
     const inbox = new PeerInbox({
       limits: { ...LIMITS, bytesPerSecondMax: 1_000 },
       process: () => {},
-      chargesBytes: (m) => m[0] !== 0xee,
+      chargesBytes: (_peer, m) => m[0] !== 0xee,
       pause: () => {},
       resume: () => {},
       onMuted: (peer, reason, detail) => h.muted.push([peer, reason, detail]),

@@ -6,16 +6,21 @@
  * core, store and mesh (not started), fed peer messages by hand.
  */
 import { afterAll, expect, test } from "bun:test";
-import { encodeEnvelope } from "../../src/replica/peer-messages.ts";
+import { type Canonical, encodeCanonical, tryDecodeCanonical } from "../../wire/canonical.ts";
+import { encodeEnvelope, peerMessageItemsMax } from "../../src/replica/peer-messages.ts";
 import { toHex } from "../../wire/bytes.ts";
 import { driverFixture } from "./driver-fixture.ts";
 import { tempDir } from "./storage-fixtures.ts";
 
 const temp = tempDir("fitb-peer-refused-");
-afterAll(() => temp.remove());
+const tempFaulty = tempDir("fitb-peer-faulty-");
+afterAll(() => {
+  temp.remove();
+  tempFaulty.remove();
+});
 
 test("refused peer messages and forwarded requests are counted and logged with the peer, once per interval per peer and reason", () => {
-  const { driver, metrics, log, close, keyOf } = driverFixture(temp.dir, 41_000);
+  const { driver, mesh, metrics, log, close, keyOf } = driverFixture(temp.dir, 41_000);
   driver.start();
   try {
     for (let i = 0; i < 3; i++) driver.onPeerMessage(2, Uint8Array.of(0xff, 0x00, i), keyOf(2));
@@ -44,7 +49,47 @@ test("refused peer messages and forwarded requests are counted and logged with t
         alsoSinceLastLine: 0,
       },
     ]);
+    // What no correct replica sends mutes its sender (bytes that do not decode, a PREPARE
+    // without its fields); forwarded requests of unregistered keys and a COMMIT over another
+    // replica's session prove nothing against the peer that relayed them.
+    expect(mesh.isMuted(2)).toBe(true);
+    expect(mesh.isMuted(1)).toBe(true);
+    expect(mesh.isMuted(3)).toBe(false);
+    expect(metrics.peerMuted.with("2", "misbehaving").value).toBe(1);
   } finally {
     close();
   }
 });
+
+test("a message that decodes but is not valid proves its sender faulty (muted); a kind this version does not know, a later version's, does not", () => {
+  const { driver, mesh, metrics, close, keyOf } = driverFixture(tempFaulty.dir, 41_100);
+  driver.start();
+  try {
+    // Replica 1: kinds a later version may add (an envelope kind, an ordering and a state transfer message kind).
+    driver.onPeerMessage(1, encodeCanonical({ kind: "gossip", message: {} }), keyOf(1));
+    driver.onPeerMessage(1, encodeEnvelope("ordering", { t: "PRE_VOTE", view: 3 }), keyOf(1));
+    driver.onPeerMessage(1, encodeTransferMessageLoose({ t: "resume", seq: 4, nonce: 1 }), keyOf(1));
+    expect(metrics.get("peer_messages_rejected_total")).toBe(3);
+    expect(mesh.isMuted(1)).toBe(false);
+    // Replica 2: a PREPARE padded with 200,000 empty arrays. The envelope's decoding stops
+    // at what a valid message of its size holds, and the sender is muted.
+    const bomb = encodeEnvelope("ordering", { t: "PREPARE", pad: new Array<Canonical>(200_000).fill([]) });
+    const decoded = tryDecodeCanonical(bomb, peerMessageItemsMax(bomb.length));
+    expect(decoded.ok ? null : decoded.error.code).toBe("items-exceeded");
+    expect(decoded.ok ? 0 : decoded.error.offset).toBeLessThan(bomb.length / 3);
+    driver.onPeerMessage(2, bomb, keyOf(2));
+    expect(mesh.isMuted(2)).toBe(true);
+    // Replica 3: a state transfer part without its data.
+    driver.onPeerMessage(3, encodeTransferMessageLoose({ t: "part", seq: 4, nonce: 1, part: 0, end: true }), keyOf(3));
+    expect(mesh.isMuted(3)).toBe(true);
+    expect(metrics.peerMuted.with("3", "misbehaving").value).toBe(1);
+    expect(metrics.get("peer_messages_rejected_total")).toBe(5);
+  } finally {
+    close();
+  }
+});
+
+/** A state transfer envelope around any map (encodeTransferMessage takes only valid ones). */
+function encodeTransferMessageLoose(message: { [key: string]: Canonical }): Uint8Array {
+  return encodeEnvelope("state-transfer", message);
+}

@@ -255,6 +255,23 @@ describe("state transfer", () => {
     expect(fetcher.metrics.get("state_transfer_completed_total")).toBe(1);
   });
 
+  test("the fetch under way awaits parts only from its source, of its seq and nonce: those alone are spared the byte budget (replica.ts)", () => {
+    const { net, state, fetcher } = cluster();
+    expect(fetcher.transfer.awaitsPart(0, SEQ, 0)).toBe(false);
+    fetcher.transfer.fetch(targetFor(state, [0, 2, 3]));
+    const ask = net.queue.find((q) => q.from === 1);
+    const envelope = ask === undefined ? null : decodeEnvelope(ask.bytes);
+    const get = envelope === null ? null : validateTransferMessage(envelope.message, net.partBytes);
+    if (ask === undefined || get === null || get.t !== "get") throw new Error("no get sent");
+    expect(fetcher.transfer.awaitsPart(ask.to, SEQ, get.nonce)).toBe(true);
+    expect(fetcher.transfer.awaitsPart(ask.to, SEQ, get.nonce + 1)).toBe(false);
+    expect(fetcher.transfer.awaitsPart(ask.to, SEQ + 1, get.nonce)).toBe(false);
+    expect(fetcher.transfer.awaitsPart([0, 2, 3].find((id) => id !== ask.to) as number, SEQ, get.nonce)).toBe(false);
+    net.pump();
+    expect(fetcher.installed).not.toBeNull();
+    expect(fetcher.transfer.awaitsPart(ask.to, SEQ, get.nonce)).toBe(false);
+  });
+
   test("a source asked for a state it does not hold answers none and counts the refusal", () => {
     const { net, state, fetcher } = cluster();
     const target = { ...targetFor(state, [2]), stateDigest: new Uint8Array(32).fill(7) };

@@ -16,6 +16,7 @@ import {
   DELIVERED_HISTORY_MAX,
   DELIVERY_BUFFERED_BATCHES_PER_REPLICA_MAX,
   DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX,
+  DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX,
   DELIVERY_HELD_BYTES_PER_PUBLISHER_MAX,
   DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX,
   DELIVERY_PUBLISHERS_MAX,
@@ -543,6 +544,94 @@ describe("unordered channels", () => {
       },
     ]);
     expect(v.stats().overflows).toEqual([0, 1, 0, 0]);
+  });
+});
+
+/**
+ * A pub request of one event for a voter that takes every signature (`trusting`): the
+ * dedupe window tests need thousands of copies, and their signatures are not the point.
+ */
+function unsigned(p: Publisher, seq: number): BatchCopy {
+  const body = encodeCanonical({ v: 1, client: p.key, seq, span: 1, ts: 77, op: { t: "pub", tag: TAG, events: [utf8(`e${seq}`)] } });
+  return copy(seq, { body, sig: new Uint8Array(64) });
+}
+
+const trusting = (fault: FaultModel): DeliveryVoter => voter(fault, "none", { verify: () => true });
+
+const pubSeqs = (outputs: DeliveryOutput[]): number[] => outputs.flatMap((o) => (o.t === "deliver" ? [o.batch.pubSeq] : []));
+
+describe(`unordered dedupe windows at their bound (${DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX} ranges per publisher)`, () => {
+  test("one replica sending a publisher's requests far ahead cannot make the window forget what the correct replicas have yet to send", () => {
+    const v = trusting("byzantine");
+    const F = 3;
+    const got = new Set<number>();
+    const take = (outputs: DeliveryOutput[]): void => {
+      for (const seq of pubSeqs(outputs)) got.add(seq);
+    };
+    // Alice's key is vouched for: a correct replica's copy of seq 1, and F's.
+    take(v.onBatch(0, unsigned(ALICE, 1)));
+    take(v.onBatch(F, unsigned(ALICE, 1)));
+    // F sends 1,100 of her real requests, spaced far ahead: each would be a range of its own.
+    for (let i = 0; i < 1_100; i++) take(v.onBatch(F, unsigned(ALICE, 5_000 + 2 * i)));
+    // Past the bound, a range only F has reached is dropped for now, pushing nothing out.
+    expect(v.stats().overflows).toEqual([0, 0, 0, 1_100 - DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX]);
+    // The correct replicas send 1..8000 in order: every one of them is delivered, none stale.
+    for (let seq = 1; seq <= 8_000; seq++) for (const replica of [0, 1, 2]) take(v.onBatch(replica, unsigned(ALICE, seq)));
+    expect(got.size).toBe(8_000);
+    expect(v.stats().stale).toEqual([0, 0, 0, 0]);
+    expect(v.stats().deliveredBatches).toBe(8_000);
+  });
+
+  test("when f+1 replicas are past its lowest range the window forgets it, and a copy below it is reported stale, not dropped silently", () => {
+    const v = trusting("byzantine");
+    // A publisher that also publishes on other channels: its seqs here have gaps, each a range.
+    const odd = Array.from({ length: DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX + 10 }, (_, i) => 2 * i + 1);
+    const got: number[] = [];
+    for (const seq of odd) for (const replica of [0, 1]) got.push(...pubSeqs(v.onBatch(replica, unsigned(ALICE, seq))));
+    expect(got).toEqual(odd);
+    expect(v.stats().overflows).toEqual([0, 0, 0, 0]);
+    // A slow replica's copy below what the window forgot cannot be told from a delivered one.
+    expect(v.onBatch(2, unsigned(ALICE, 3))).toEqual([{ t: "stale", replica: 2, publisher: ALICE.key, events: 1 }]);
+    expect(v.stats().stale).toEqual([0, 0, 1, 0]);
+  });
+
+  test("crash/none: one replica's copy is enough to reach a range, so nothing is held back", () => {
+    const v = trusting("crash");
+    const seqs = Array.from({ length: DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX + 10 }, (_, i) => 1 + 4 * (i + 1));
+    const got = seqs.flatMap((seq) => pubSeqs(v.onBatch(0, unsigned(ALICE, seq))));
+    expect(got).toEqual(seqs);
+  });
+});
+
+describe("byzantine/none: a key stays vouched for only while f+1 replicas keep sending it (lapseVouches)", () => {
+  test("a key only f replicas go on sending lapses; its copies need f+1 replicas again; nothing is delivered twice", () => {
+    const v = trusting("byzantine");
+    const F = 3;
+    v.onBatch(0, unsigned(BOB, 1));
+    expect(pubSeqs(v.onBatch(F, unsigned(BOB, 1)))).toEqual([1]);
+    // Both sent copies since the last look: the key stays vouched for, one copy delivers.
+    v.lapseVouches();
+    expect(pubSeqs(v.onBatch(F, unsigned(BOB, 2)))).toEqual([2]);
+    // Since then only F sent a copy (the key was unregistered; correct replicas stopped).
+    v.lapseVouches();
+    expect(v.onBatch(F, unsigned(BOB, 3))).toEqual([]);
+    expect(v.onBatch(F, unsigned(BOB, 4))).toEqual([]);
+    expect(v.stats().held).toBe(2);
+    // A correct replica's copy of what was delivered is a duplicate, and vouches for nothing.
+    expect(v.onBatch(0, unsigned(BOB, 2))).toEqual([]);
+    expect(v.stats().held).toBe(2);
+    // A correct replica sends the key again (registered anew): held copies go out, once each.
+    expect(pubSeqs(v.onBatch(0, unsigned(BOB, 3)))).toEqual([3, 4]);
+    expect(pubSeqs(v.onBatch(1, unsigned(BOB, 4)))).toEqual([]);
+    expect(v.stats().deliveredBatches).toBe(4);
+  });
+
+  test("crash channels trust one replica per copy: nothing lapses there", () => {
+    const v = trusting("crash");
+    expect(pubSeqs(v.onBatch(0, unsigned(BOB, 1)))).toEqual([1]);
+    v.lapseVouches();
+    v.lapseVouches();
+    expect(pubSeqs(v.onBatch(0, unsigned(BOB, 2)))).toEqual([2]);
   });
 });
 

@@ -234,6 +234,18 @@ describe("canonical decoding: every non-canonical or malformed form is refused",
     expectDecodeError(`${"a16161".repeat(CANONICAL_DEPTH_MAX + 1)}00`, "depth-exceeded");
   });
 
+  test("itemsMax bounds the values decoded (map keys do not count): one more stops the decoding where it is reached", () => {
+    // {a: [1, 2], b: null}: the map, the array, 1, 2 and null are 5 values.
+    const bytes = encodeCanonical({ a: [1, 2], b: null });
+    expect(decodeCanonical(bytes, 5)).toEqual({ a: [1, 2], b: null });
+    expect(tryDecodeCanonical(bytes, 4)).toMatchObject({ ok: false, error: { code: "items-exceeded", offset: bytes.length - 1 } });
+    // Unlimited by default; an input of empty arrays stops at the bound, not at its end.
+    const many = encodeCanonical(new Array<Canonical>(1_000_000).fill([]));
+    expect((decodeCanonical(many) as Canonical[]).length).toBe(1_000_000);
+    const stopped = tryDecodeCanonical(many, 1_000);
+    expect(stopped.ok ? -1 : stopped.error.offset).toBe(5 + 999);
+  });
+
   test("decodeCanonical throws CanonicalError with an offset", () => {
     let caught: unknown;
     try {

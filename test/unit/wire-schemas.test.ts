@@ -6,12 +6,15 @@ import {
   DOMAIN_REQUEST,
   ERROR_CODES,
   EVENT_BYTES_MAX,
+  EVENTS_SUBS_MAX,
+  FRAME_ITEMS_MAX,
   FRAME_SCHEMAS,
   type Frame,
   FrameDecoder,
   FrameType,
   type FrameTypeCode,
   REASON_BYTES_MAX,
+  REQUEST_BODY_ITEMS_MAX,
   REQUEST_EVENTS_MAX,
   type Request,
   TAG_BYTES_MAX,
@@ -23,6 +26,7 @@ import {
   encodeRequestBody,
   encodeTypedFrame,
   errorCodeFor,
+  frameItemsMax,
   frameTypeName,
   peerMacInput,
   requestSigningInput,
@@ -190,6 +194,49 @@ describe("decodeFrameBody: each bad-input class has its typed error", () => {
       expect(errorCodeFor(wireError(kind, ""))).toBe("BAD_FRAME");
     }
     for (const code of ERROR_CODES) expect(code).toMatch(/^[A-Z_]+$/);
+  });
+});
+
+describe("the values a frame may hold", () => {
+  /** Four million bytes of empty arrays, under `pad` beside a frame's own fields. */
+  const padded = (fields: Record<string, unknown>): Uint8Array => cbor({ ...fields, pad: new Array(4_000_000).fill([]) });
+
+  test("a frame of a fixed shape with one more field of four million empty arrays stops decoding after FRAME_ITEMS_MAX values", () => {
+    for (const [type, fields] of [
+      [FrameType.PING, { n: 1 }],
+      [FrameType.PEER, { seq: 1, msg: new Uint8Array(1), mac: KEY }],
+      [FrameType.REQUEST, { body: new Uint8Array(1), sig: SIG }],
+      [FrameType.QUERY, { id: 1, q: "status" }],
+      [FrameType.HELLO, { v: 4, role: "replica", replica: 1, key: KEY, nonce: KEY2, eph: KEY }],
+    ] as const) {
+      const reason = expectError(type, padded(fields), "malformed-cbor");
+      expect(reason).toContain("items-exceeded");
+      const at = Number(/at byte (\d+)/.exec(reason)?.[1]);
+      expect(at).toBeLessThan(FRAME_ITEMS_MAX + 300);
+    }
+    expect(frameItemsMax(FrameType.QUERY_REPLY)).toBe(Number.POSITIVE_INFINITY);
+  });
+
+  test("the largest valid frames and request bodies are read whole", () => {
+    const cfg = { group: KEY, admins: KEY, clients: KEY, limits: KEY, retention: KEY };
+    const hello = cbor({ v: 4, role: "replica", replica: 1, key: KEY, nonce: KEY2, eph: KEY, cfg });
+    expect(decodeFrameBody(FrameType.HELLO, hello).ok).toBe(true);
+    const subs = Array.from({ length: EVENTS_SUBS_MAX }, (_, i) => i);
+    const events = cbor({ subs, tag: "a", seq: 3, req: { body: new Uint8Array(1), sig: SIG }, replica: 0 });
+    expect(decodeFrameBody(FrameType.EVENTS, events).ok).toBe(true);
+    const body = encodeRequestBody(
+      request({ span: REQUEST_EVENTS_MAX, op: { t: "pub", tag: "a", events: new Array(REQUEST_EVENTS_MAX).fill(new Uint8Array(0)) } }),
+    );
+    expect(decodeRequestBody(body).ok).toBe(true);
+    const bomb = encodeRequestBody(
+      request({
+        span: 4 * REQUEST_EVENTS_MAX,
+        op: { t: "pub", tag: "a", events: new Array(4 * REQUEST_EVENTS_MAX).fill(new Uint8Array(0)) },
+      }),
+    );
+    const refused = decodeRequestBody(bomb);
+    expect(refused.ok ? "" : refused.error.reason).toContain("items-exceeded");
+    expect(REQUEST_BODY_ITEMS_MAX).toBeLessThan(4 * REQUEST_EVENTS_MAX);
   });
 });
 

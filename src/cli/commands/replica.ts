@@ -48,6 +48,10 @@ export const replicaCommand: Command = {
     "answers of the file's replicas and fetches the state. So does a replica restarted with",
     "a key the group rotated to (rotate-replica-key). Once it has the state, its data",
     "directory holds the group it joined: later starts resume from there without asking.",
+    "It refuses to start when a replica whose answer counted is not in the group it",
+    "describes under its key, or the group's f is above the file's: the file is out of",
+    "date. --members-digest (the digest 'fitb admin members' prints for the group that",
+    "names it) makes it check the group too, so an out of date file cannot mislead it.",
   ],
   flags: [
     { name: "config", kind: "string", valueName: "FILE", description: `The cluster file (${CONFIG_DEFAULT_TEXT})` },
@@ -113,6 +117,13 @@ export const replicaCommand: Command = {
         "The JavaScript runtime's top compiler tier (FTL). off (the default): a replica's work is mostly native code that FTL does not speed up, and without it the compiler takes a quarter of the CPU while the replica warms up, with no difference measured once warm (README, Performance); the replica restarts itself in place at start with BUN_JSC_useFTLJIT set, unless its environment already has the value asked for",
     },
     {
+      name: "members-digest",
+      kind: "string",
+      valueName: "HEX",
+      description:
+        "When the replica joins the group (the cluster file does not list it, or lists another key): the digest 'fitb admin members' prints for the group that names it (pending or current); the group the replicas answer must hash to it, or the replica refuses to start",
+    },
+    {
       name: "with-parent",
       kind: "boolean",
       description:
@@ -159,6 +170,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   const threads = args.integer("threads", 0, THREADS_MAX) ?? defaultThreads();
   const orderingThread = parseOrderingThread(args.string("ordering-thread") ?? "off", threads);
   const urgentDelayTargetMs = args.integer("urgent-delay-target-ms", 0, URGENT_DELAY_TARGET_MS_MAX) ?? URGENT_DELAY_TARGET_MS_DEFAULT;
+  const membersDigest = parseMembersDigest(args.string("members-digest"));
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const log = createLog({ replica: id }, level.level);
   for (const warning of loaded.warnings) log.warn(warning);
@@ -189,7 +201,15 @@ async function runReplica(args: ParsedArgs): Promise<number> {
       });
     }
     try {
-      joining = await learnGroup({ config, id, key, keyFile: keyPath, dataDir, log });
+      joining = await learnGroup({
+        config,
+        id,
+        key,
+        keyFile: keyPath,
+        dataDir,
+        log,
+        ...(membersDigest === undefined ? {} : { membersDigest }),
+      });
     } catch (error) {
       if (error instanceof JoinRefused) throw new CommandError(`${keyPath}: ${error.message}`);
       throw new CommandError(`replica ${id} could not learn its group from the replicas of ${configPath}: ${(error as Error).message}`);
@@ -312,6 +332,18 @@ function superviseWithSystemd(replica: Replica, log: Log): { stopping(): void } 
       notifier.close();
     },
   };
+}
+
+/** `--members-digest`: the 64 hex digits `fitb admin members` prints after "digest". */
+function parseMembersDigest(text: string | undefined): Uint8Array | undefined {
+  if (text === undefined) return undefined;
+  const hex = text.trim().toLowerCase();
+  if (!/^[0-9a-f]{64}$/.test(hex)) {
+    throw new UsageError(
+      `--members-digest must be the 64 hex digits fitb admin members prints after "digest", got ${JSON.stringify(text)}`,
+    );
+  }
+  return new Uint8Array(Buffer.from(hex, "hex"));
 }
 
 function parseSync(text: string): SyncPolicy {

@@ -231,7 +231,7 @@ export function jsonLine(batch: ReceivedBatch, index: number): string {
 }
 
 /** Signals go to standard error, so the event stream on standard output stays clean. */
-function reportSignal(io: CommandIo, signal: SubscriptionSignal): void {
+export function reportSignal(io: Pick<CommandIo, "err">, signal: SubscriptionSignal): void {
   switch (signal.t) {
     case "slow":
       io.err(
@@ -248,8 +248,12 @@ function reportSignal(io: CommandIo, signal: SubscriptionSignal): void {
       );
       return;
     case "invalid":
+      // One line per signal: the subscription sends at most one per replica every
+      // SIGNAL_INTERVAL_MS, with the copies it stands for.
       io.err(
-        `fitb sub: warning: ${signal.replica === null ? "a copy" : `replica ${signal.replica} sent a copy that`} failed its checks (${signal.reason}); dropped`,
+        signal.copies === undefined
+          ? `fitb sub: warning: ${signal.replica === null ? "a copy" : `replica ${signal.replica} sent a copy that`} failed its checks (${signal.reason}); dropped`
+          : `fitb sub: warning: replica ${signal.replica} sent ${signal.copies} copies that failed their checks (last: ${signal.reason}); dropped`,
       );
       return;
     case "conflict":

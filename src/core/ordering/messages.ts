@@ -158,6 +158,24 @@ export type PeerMessage =
 
 export type PeerMessageKind = PeerMessage["t"];
 
+/**
+ * Every kind this version knows (validatePeerMessage checks each): a message of another
+ * kind is a later version's, one of these that does not validate no correct replica's.
+ */
+export const PEER_MESSAGE_KINDS: ReadonlySet<string> = new Set<PeerMessageKind>([
+  "PRE_PREPARE",
+  "PREPARE",
+  "COMMIT",
+  "CHECKPOINT",
+  "VIEW_CHANGE",
+  "NEW_VIEW",
+  "FORWARD",
+  "STATE_REQUEST",
+  "STATE_RESPONSE",
+  "SUSPECT",
+  "EVIDENCE",
+]);
+
 /** Digest length (SHA-256) and signature length (ed25519), as the wire defines them. */
 export { DIGEST_BYTES, SIGNATURE_BYTES } from "../../../wire/types.ts";
 /** The O entry of a sequence number no replica had prepared: decides as an empty batch. */

@@ -31,7 +31,12 @@
  * re-read from `nextSeq` later, instead of memory growing. Unordered channels keep a
  * bounded dedupe window per vouched publisher, and hold the evidence for keys not yet
  * vouched for per replica, within that replica's own allowance: a Byzantine replica that
- * floods made-up keys evicts only its own evidence, never a correct replica's.
+ * floods made-up keys evicts only its own evidence, never a correct replica's. A window
+ * at its bound forgets its lowest range only once f+1 replicas' copies have reached it
+ * (one replica far ahead of the others cannot make it forget what they have yet to send),
+ * and a copy below a forgotten range is reported ("stale"), never dropped silently. On
+ * byzantine/none a key stays vouched for only while f+1 replicas keep sending copies of
+ * it (`lapseVouches`).
  *
  * Pure: outputs are returned, nothing is sent or printed here.
  *
@@ -209,6 +214,12 @@ export type DeliveryOutput =
    * counts the distinct events among the copies dropped now; they are lost here.
    */
   | { readonly t: "publishers-full"; readonly publisher: Uint8Array; readonly droppedEvents: number; readonly reason: string }
+  /**
+   * Unordered: a copy at or below a range the publisher's dedupe window had to forget (at
+   * DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX): it cannot be told from a delivered one, so it
+   * was dropped, and its `events` may never have been delivered.
+   */
+  | { readonly t: "stale"; readonly replica: number; readonly publisher: Uint8Array; readonly events: number }
   /** Enough replicas say `nextSeq` is no longer retained; `oldestSeq` is where to go on. */
   | { readonly t: "trimmed"; readonly nextSeq: number; readonly oldestSeq: number }
   /**
@@ -233,6 +244,7 @@ export type DeliveryStats = {
   readonly invalid: readonly number[];
   readonly duplicates: readonly number[];
   readonly conflicts: readonly number[];
+  /** Copies dropped at a bound (unordered: also a range that would push a lower one out of the dedupe window before f+1 replicas reached it). */
   readonly overflows: readonly number[];
   /** Copies below the window (unordered: forgotten ranges or partial overlaps). */
   readonly stale: readonly number[];
@@ -276,6 +288,18 @@ type HeldCopy = {
 /** One replica's evidence for one key not yet vouched for: the verified copies it sent. */
 type Evidence = { readonly held: HeldCopy[]; bytes: number };
 
+/** Unordered: what is kept of a publisher key once it has been vouched for. */
+type Vouched = {
+  /** The publisher seq ranges delivered; kept when the key lapses, so that nothing is delivered twice. */
+  readonly window: SeqRangeWindow;
+  /** Per replica: the highest publisher seq its copies of the key reached (see pushesOutLower). */
+  readonly reached: Map<number, number>;
+  /** Replicas that sent a copy of the key since the last `lapseVouches`. */
+  copiedBy: Set<number>;
+  /** False once the key lapsed (byzantine/none): its copies need f+1 replicas' evidence again. */
+  vouched: boolean;
+};
+
 type CountName = "invalid" | "duplicates" | "conflicts" | "overflows" | "stale" | "heldDropped" | "evictions";
 
 type Opened = { readonly request: PubRequest } | { readonly invalid: InvalidReason } | { readonly unknown: PubRequest };
@@ -317,8 +341,8 @@ export class DeliveryVoter {
   private straddlers = false;
   private trimReportedAt = 0;
 
-  // Unordered: seen publisher seq ranges, per vouched publisher.
-  private readonly seen = new Map<string, SeqRangeWindow>();
+  // Unordered: seen publisher seq ranges, per publisher vouched for (now or before it lapsed).
+  private readonly seen = new Map<string, Vouched>();
   /**
    * Unordered, per replica: its evidence for each publisher key not yet vouched for, by
    * key hex, oldest first. A key is vouched for once `threshold` replicas hold evidence.
@@ -436,7 +460,7 @@ export class DeliveryVoter {
    * now reaches a lower threshold is delivered at once. Nothing delivered is taken back
    * and nothing is delivered twice: the next seq and, on unordered channels, the dedupe
    * windows of vouched publishers stay (a key vouched for under the earlier group stays
-   * vouched: its events still carry the publisher's verified signature).
+   * vouched until it lapses: its events still carry the publisher's verified signature).
    */
   regroup(members: readonly number[], f: number, withdrawn: readonly number[] = []): DeliveryOutput[] {
     checkGroup(replyKindOf({ fault: this.byzantine ? "byzantine" : "crash", order: this.ordered ? "total" : "none" }), members.length, f);
@@ -488,10 +512,32 @@ export class DeliveryVoter {
     (this.votes[replica] as Map<number, string>).clear();
     const evidence = this.unvouched[replica] as Map<string, Evidence>;
     evidence.clear();
+    for (const entry of this.seen.values()) {
+      entry.reached.delete(replica);
+      entry.copiedBy.delete(replica);
+    }
     (this.unknownHeld[replica] as UnknownCopy[]).length = 0;
     this.unknownHeldBytes[replica] = 0;
     this.bufferedBytes[replica] = 0;
     this.trimNotices.delete(replica);
+  }
+
+  /**
+   * Byzantine/none: a key stays vouched for only while f+1 replicas keep sending copies of
+   * it. The caller calls this at a fixed interval (the core has no clock; the client's
+   * VOUCH_LAPSE_INTERVAL_MS): a key that fewer than f+1 replicas sent a copy of since the
+   * call before lapses, and its copies are held as evidence again until f+1 replicas have
+   * sent one. Correct replicas stop forwarding a key unregistered from the channel, so a key
+   * that only f replicas go on forwarding (a compromised key) stops being delivered; a
+   * quiet publisher's next batch waits for a second replica's copy. The key's dedupe window
+   * stays: nothing delivered before is delivered again once it is vouched for anew.
+   */
+  lapseVouches(): void {
+    if (this.ordered || !this.byzantine) return;
+    for (const entry of this.seen.values()) {
+      if (entry.copiedBy.size < this.threshold) entry.vouched = false;
+      entry.copiedBy = new Set();
+    }
   }
 
   private isMember(replica: number): boolean {
@@ -608,16 +654,21 @@ export class DeliveryVoter {
       return [];
     }
     const publisherHex = toHex(request.client);
-    const window = this.seen.get(publisherHex);
-    if (window !== undefined) return this.onVouchedCopy(replica, window, request, copy);
+    const entry = this.seen.get(publisherHex);
+    if (entry?.vouched === true) return this.onVouchedCopy(replica, entry, request, copy);
     return this.onUnvouchedCopy(replica, publisherHex, request, copy);
   }
 
-  /** Dedupe happens before the signature check, so copies of delivered events cost no verify. */
-  private onVouchedCopy(replica: number, window: SeqRangeWindow, request: PubRequest, copy: BatchCopy): DeliveryOutput[] {
-    if (!this.isNewRange(replica, window, request)) return [];
+  /**
+   * Dedupe happens before the signature check, so copies of delivered events cost no
+   * verify, nor do ranges refused for now (pushesOutLower).
+   */
+  private onVouchedCopy(replica: number, entry: Vouched, request: PubRequest, copy: BatchCopy): DeliveryOutput[] {
+    this.noteCopy(entry, replica, request);
+    const dropped = this.checkRange(replica, entry, request);
+    if (dropped !== null) return dropped;
     if (!this.verify(copy.body, copy.sig, request.client, request.v)) return this.invalidCopy(replica, "bad-signature");
-    return [this.deliverUnordered(window, request, copy)];
+    return [this.deliverUnordered(entry.window, request, copy)];
   }
 
   /**
@@ -627,6 +678,11 @@ export class DeliveryVoter {
    * held for it goes through the normal path in arrival order.
    */
   private onUnvouchedCopy(replica: number, publisherHex: string, request: PubRequest, copy: BatchCopy): DeliveryOutput[] {
+    // A key that lapsed keeps its window: a copy of what was delivered is dropped unverified.
+    if (this.seen.get(publisherHex)?.window.check(request.seq, request.seq + request.span - 1) === "duplicate") {
+      this.count("duplicates", replica);
+      return [];
+    }
     const evidence = this.unvouched[replica] as Map<string, Evidence>;
     const own = evidence.get(publisherHex);
     const bytes = copy.body.length + copy.sig.length;
@@ -705,24 +761,76 @@ export class DeliveryVoter {
     return taken.sort((a, b) => a.arrival - b.arrival);
   }
 
-  /** A key is vouched for: it gets a dedupe window, and its copies are delivered once each. */
+  /**
+   * A key is vouched for: it gets a dedupe window (or takes back the one it had before it
+   * lapsed), and its copies are delivered once each.
+   */
   private admit(publisherHex: string, publisher: Uint8Array, copies: readonly HeldCopy[]): DeliveryOutput[] {
-    if (this.seen.size >= DELIVERY_PUBLISHERS_MAX) return this.publishersFull(publisher, copies);
-    const window = new SeqRangeWindow(DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX);
-    this.seen.set(publisherHex, window);
+    let entry = this.seen.get(publisherHex);
+    if (entry === undefined) {
+      if (this.seen.size >= DELIVERY_PUBLISHERS_MAX) return this.publishersFull(publisher, copies);
+      const window = new SeqRangeWindow(DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX);
+      entry = { window, reached: new Map(), copiedBy: new Set(), vouched: true };
+      this.seen.set(publisherHex, entry);
+    }
+    entry.vouched = true;
     const outputs: DeliveryOutput[] = [];
     for (const held of copies) {
-      if (this.isNewRange(held.replica, window, held.request)) outputs.push(this.deliverUnordered(window, held.request, held.copy));
+      this.noteCopy(entry, held.replica, held.request);
+      const dropped = this.checkRange(held.replica, entry, held.request);
+      if (dropped === null) outputs.push(this.deliverUnordered(entry.window, held.request, held.copy));
+      else outputs.push(...dropped);
     }
     return outputs;
   }
 
-  /** Whether no seq of the request's range was delivered; counts the copy otherwise. */
-  private isNewRange(replica: number, window: SeqRangeWindow, request: PubRequest): boolean {
-    const seen = window.check(request.seq, request.seq + request.span - 1);
-    if (seen === "new") return true;
+  /** How far the replica's copies of a key reached, and that it still sends them. */
+  private noteCopy(entry: Vouched, replica: number, request: PubRequest): void {
+    const end = request.seq + request.span - 1;
+    if (end > (entry.reached.get(replica) ?? 0)) entry.reached.set(replica, end);
+    entry.copiedBy.add(replica);
+  }
+
+  /**
+   * Null if the request's range may be delivered: no seq of it was delivered, and recording
+   * it pushes no lower range out of the window too early. Otherwise the copy is dropped,
+   * counted per sender, with what that reports.
+   */
+  private checkRange(replica: number, entry: Vouched, request: PubRequest): DeliveryOutput[] | null {
+    const start = request.seq;
+    const end = request.seq + request.span - 1;
+    const seen = entry.window.check(start, end);
+    if (seen === "new") {
+      if (!this.pushesOutLower(entry, start, end)) return null;
+      this.count("overflows", replica);
+      return [];
+    }
     this.count(seen === "duplicate" ? "duplicates" : "stale", replica);
-    return false;
+    if (seen !== "stale") return [];
+    return [{ t: "stale", replica, publisher: request.client, events: request.span }];
+  }
+
+  /**
+   * Whether recording a new range [start, end] would make a full window forget its lowest
+   * range (the new one joins no range seen, so it adds one) before f+1 replicas' copies
+   * have reached that range. Forgetting makes every seq below it stale, so it waits until
+   * a correct replica is past them: one replica sending a publisher's real requests far
+   * ahead of the others could otherwise push the window up, range by range, until all the
+   * copies the correct replicas have yet to send look stale. Such a range is dropped for
+   * now (counted as an overflow); a correct replica sends it again when it gets there, in
+   * order. Replicas that keep in step are past the lowest range long before, so a
+   * publisher whose seqs have gaps here (it publishes on other channels too) loses nothing.
+   */
+  private pushesOutLower(entry: Vouched, start: number, end: number): boolean {
+    const window = entry.window;
+    if (window.rangeCount < DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX) return false;
+    if (start - 1 <= window.floorSeq || window.check(start - 1, start - 1) === "duplicate") return false;
+    if (window.check(end + 1, end + 1) === "duplicate") return false;
+    // The range forgotten is the lowest one, or the new one if it lies below them all.
+    const forgotten = Math.min(lowestRangeStart(window), start);
+    let reached = 0;
+    for (const seq of entry.reached.values()) if (seq >= forgotten) reached++;
+    return reached < this.threshold;
   }
 
   private deliverUnordered(window: SeqRangeWindow, request: PubRequest, copy: BatchCopy): DeliveryOutput {
@@ -940,6 +1048,24 @@ export class DeliveryVoter {
     const reason = `more than ${DELIVERY_PUBLISHERS_MAX} publishers on one subscription`;
     return [{ t: "publishers-full", publisher, droppedEvents, reason }];
   }
+}
+
+/**
+ * The first seq of the lowest range a window holds above its floor (it holds one). The
+ * window keeps its ranges to itself (the replicas' dedupe shares it), so this asks `check`:
+ * [floor+1, x] is "new" exactly while no range starts at or below x. About 53 checks, and
+ * only when a full window would add a range.
+ */
+function lowestRangeStart(window: SeqRangeWindow): number {
+  const from = window.floorSeq + 1;
+  let lo = from;
+  let hi = window.highestSeq;
+  while (lo < hi) {
+    const mid = lo + Math.floor((hi - lo) / 2);
+    if (window.check(from, mid) === "new") lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 /** Whether one more copy of `bytes` fits a replica's evidence for one key. */
