@@ -6,7 +6,6 @@
  * and publishes are taken again once the held ones are acknowledged.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import type { Socket } from "bun";
 import type { FitbClient, PublishAck } from "../../src/client/client.ts";
 import { SubscriptionEndedError } from "../../src/client/errors.ts";
 import type { SubscribeOptions } from "../../src/client/subscription.ts";
@@ -14,6 +13,7 @@ import { DEFAULT_RELAY_LIMITS, RELAY_PUBLISH_BYTES_MAX } from "../../src/relay/l
 import { RelayMetrics } from "../../src/relay/metrics.ts";
 import { PublishBytesBudget } from "../../src/relay/publish-bytes.ts";
 import { RelayServer } from "../../src/relay/server.ts";
+import { LineClient } from "../helpers/line-client.ts";
 import { waitFor } from "../helpers/wait.ts";
 
 const HOST = "127.0.0.1";
@@ -57,49 +57,6 @@ class HandAnsweredClient {
 
   get pendingEvents(): number {
     return this.calls.reduce((sum, call) => sum + call.events.length, 0);
-  }
-}
-
-/** A line-protocol client that keeps every line the relay sends. */
-class LineClient {
-  readonly lines: string[] = [];
-  private rest = "";
-  private socket: Socket<undefined> | null = null;
-
-  static async connect(port: number): Promise<LineClient> {
-    const client = new LineClient();
-    client.socket = await Bun.connect({
-      hostname: HOST,
-      port,
-      socket: {
-        data: (_socket, chunk) => client.onData(chunk),
-      },
-    });
-    cleanups.push(() => {
-      client.socket?.end();
-    });
-    return client;
-  }
-
-  send(text: string): void {
-    this.socket?.write(text);
-  }
-
-  async nextLines(count: number): Promise<string[]> {
-    await waitFor(
-      `${count} lines`,
-      () => this.lines.length >= count,
-      undefined,
-      () => JSON.stringify(this.lines),
-    );
-    return this.lines.splice(0, count);
-  }
-
-  private onData(chunk: Uint8Array): void {
-    this.rest += new TextDecoder().decode(chunk);
-    const parts = this.rest.split("\n");
-    this.rest = parts.pop() as string;
-    this.lines.push(...parts);
   }
 }
 
@@ -151,8 +108,8 @@ describe("the relay's byte bound on publishes", () => {
 
   test("past the bound a PUB on any connection is refused with OVERLOADED, and taken again once acknowledged", async () => {
     const { relay, client, refusedOverloaded } = startRelay(3 * EVENT_BYTES);
-    const busy = await LineClient.connect(relay.port);
-    const other = await LineClient.connect(relay.port);
+    const busy = await LineClient.connect(relay.port, cleanups);
+    const other = await LineClient.connect(relay.port, cleanups);
 
     busy.send(pub("net.links", "a") + pub("net.links", "b") + pub("net.links", "c"));
     // The relay holds all three; its publisher has sent one request or more (one that is
@@ -195,7 +152,7 @@ describe("the relay's byte bound on publishes", () => {
 
   test("a publish that fails gives its bytes back too", async () => {
     const { relay, client } = startRelay(EVENT_BYTES);
-    const conn = await LineClient.connect(relay.port);
+    const conn = await LineClient.connect(relay.port, cleanups);
     conn.send(pub("net.links", "a"));
     await waitFor("the publish sent", () => client.pendingEvents === 1);
     expect(relay.publishBytesHeld).toBe(EVENT_BYTES);
@@ -220,7 +177,7 @@ describe("a SUB from a seq older than the retained history", () => {
     const client = new TrimmedClient();
     const relay = RelayServer.listen({ client: client as unknown as FitbClient, hostname: HOST, port: 0 });
     cleanups.push(() => relay.stop(100));
-    const reader = await LineClient.connect(relay.port);
+    const reader = await LineClient.connect(relay.port, cleanups);
     reader.send("SUB t.tot 1\nPING\n");
     expect(await reader.nextLines(3)).toEqual(["+OK", "END t.tot TRIMMED oldest 13", "PONG"]);
   });

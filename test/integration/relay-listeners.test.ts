@@ -7,7 +7,6 @@
  * fast way to publish (wire/PROTOCOL.md 11).
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import type { Socket } from "bun";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,6 +18,7 @@ import { QueueFullError, SubscriptionEndedError } from "../../src/client/errors.
 import type { ChannelInfo } from "../../src/client/queries.ts";
 import type { SubscriptionHandle } from "../../src/client/subscription.ts";
 import { RelayListenError, RelayServer } from "../../src/relay/server.ts";
+import { LineClient } from "../helpers/line-client.ts";
 import { waitFor } from "../helpers/wait.ts";
 
 const HOST = "127.0.0.1";
@@ -69,53 +69,6 @@ class PlayedClient {
   }
 }
 
-/** A line-protocol client over TCP or the Unix socket that keeps every line it receives. */
-class LineClient {
-  readonly lines: string[] = [];
-  closed = false;
-  private rest = "";
-  private socket: Socket<undefined> | null = null;
-
-  static async connect(to: number | { unix: string }): Promise<LineClient> {
-    const client = new LineClient();
-    const handler = {
-      data: (_socket: Socket<undefined>, chunk: Uint8Array) => client.onData(chunk),
-      close: () => {
-        client.closed = true;
-      },
-    };
-    client.socket =
-      typeof to === "number"
-        ? await Bun.connect({ hostname: HOST, port: to, socket: handler })
-        : await Bun.connect({ unix: to.unix, socket: handler });
-    cleanups.push(() => {
-      client.socket?.end();
-    });
-    return client;
-  }
-
-  send(text: string): void {
-    this.socket?.write(text);
-  }
-
-  async nextLines(count: number): Promise<string[]> {
-    await waitFor(
-      `${count} lines`,
-      () => this.lines.length >= count,
-      undefined,
-      () => JSON.stringify(this.lines),
-    );
-    return this.lines.splice(0, count);
-  }
-
-  private onData(chunk: Uint8Array): void {
-    this.rest += new TextDecoder().decode(chunk);
-    const parts = this.rest.split("\n");
-    this.rest = parts.pop() as string;
-    this.lines.push(...parts);
-  }
-}
-
 function socketDir(): string {
   const dir = mkdtempSync(join(tmpdir(), "fitb-relay-listeners-"));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
@@ -136,7 +89,7 @@ describe("the relay's listeners", () => {
     const { relay } = startRelay({ port: null, socketPath });
     expect(relay.listensOnTcp).toBe(false);
     expect(() => relay.port).toThrow("the relay listens on no TCP port (--listen none)");
-    const client = await LineClient.connect({ unix: socketPath });
+    const client = await LineClient.connect({ unix: socketPath }, cleanups);
     client.send("PING\n");
     expect(await client.nextLines(1)).toEqual(["PONG"]);
   });
@@ -169,16 +122,16 @@ describe("the relay's listeners", () => {
   test("each listener has its own connection bound: a full TCP port leaves the socket usable", async () => {
     const socketPath = join(socketDir(), "relay.sock");
     const { relay } = startRelay({ port: 0, socketPath, limits: { connectionsMax: 1 } });
-    const first = await LineClient.connect(relay.port);
+    const first = await LineClient.connect(relay.port, cleanups);
     first.send("PING\n");
     await first.nextLines(1);
-    const second = await LineClient.connect(relay.port);
+    const second = await LineClient.connect(relay.port, cleanups);
     expect(await second.nextLines(1)).toEqual(["-ERR OVERLOADED 1 connections open on the TCP port; at most 1"]);
     await waitFor("the relay to close the extra connection", () => second.closed);
-    const probe = await LineClient.connect({ unix: socketPath });
+    const probe = await LineClient.connect({ unix: socketPath }, cleanups);
     probe.send("PING\n");
     expect(await probe.nextLines(1)).toEqual(["PONG"]);
-    const secondProbe = await LineClient.connect({ unix: socketPath });
+    const secondProbe = await LineClient.connect({ unix: socketPath }, cleanups);
     expect(await secondProbe.nextLines(1)).toEqual(["-ERR OVERLOADED 1 connections open on the Unix socket; at most 1"]);
   });
 });
@@ -188,7 +141,7 @@ describe("refusals that are the relay's, not the connection's", () => {
     const client = new PlayedClient();
     client.refusals.set("t.full", new QueueFullError("256 subscriptions open; at most 256"));
     const { relay } = startRelay({ port: 0 }, client);
-    const reader = await LineClient.connect(relay.port);
+    const reader = await LineClient.connect(relay.port, cleanups);
     reader.send("SUB t.full\nPING\n");
     expect(await reader.nextLines(2)).toEqual([
       "-ERR OVERLOADED the relay has 256 subscriptions open across all its connections; at most 256 " +
@@ -202,7 +155,7 @@ describe("refusals that are the relay's, not the connection's", () => {
     client.channels = [info("net.a"), info("net.b"), info("net.c"), info("sys.x")];
     client.refusals.set("net.b", new QueueFullError("256 subscriptions open; at most 256"));
     const { relay } = startRelay({ port: 0 }, client);
-    const reader = await LineClient.connect(relay.port);
+    const reader = await LineClient.connect(relay.port, cleanups);
     reader.send("SUB net.* 5\nSUB net.*\n");
     expect(await reader.nextLines(3)).toEqual([
       "-ERR BAD_REQUEST a pattern SUB is live and takes no <from-seq> (channel seqs differ between channels)",
