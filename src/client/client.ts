@@ -48,6 +48,8 @@ import {
   parseClientSeq,
   parseQuotas,
   parseStatus,
+  type PublisherListing,
+  publisherListingRule,
   publishersRule,
   quotaListings,
   highestRule,
@@ -269,7 +271,7 @@ export class FitbClient {
       this.group,
       this.floor,
       () => this.options.now(),
-      (tag) => this.publishers(tag),
+      (tag) => this.publisherListing(tag),
       this.tickMs,
     );
   }
@@ -544,9 +546,18 @@ export class FitbClient {
    */
   publishers(tag: string): Promise<readonly Uint8Array[]> {
     checkTag(tag);
+    return this.runQuery(this.publishersQuery(tag), publishersRule(this.n, this.f, `publishers ${tag}`));
+  }
+
+  /** publishers, with the decided seq the listing is known to be as fresh as (what a subscription's registry needs). */
+  publisherListing(tag: string): Promise<PublisherListing> {
+    checkTag(tag);
+    return this.runQuery(this.publishersQuery(tag), publisherListingRule(this.n, this.f, `publishers ${tag}`));
+  }
+
+  private publishersQuery(tag: string): Query {
     const floor = this.floor.value;
-    const body: Query = floor > 0 ? { id: 0, q: "publishers", tag, after: floor } : { id: 0, q: "publishers", tag };
-    return this.runQuery(body, publishersRule(this.n, this.f, `publishers ${tag}`));
+    return floor > 0 ? { id: 0, q: "publishers", tag, after: floor } : { id: 0, q: "publishers", tag };
   }
 
   /**
@@ -725,7 +736,7 @@ export class FitbClient {
     }
     const channel = await this.channelInfo(tag);
     // Crash-fault channels deliver one replica's copy without a vote: only registered publishers' batches are taken.
-    const publishers = channel.fault === "crash" ? await this.publishers(tag) : [];
+    const publishers = channel.fault === "crash" ? await this.publisherListing(tag) : [];
     // The members' keys by id ($sys.events counts reports by who signed them).
     const replicaKeys: Uint8Array[] = [];
     for (const connection of this.group.connections) replicaKeys[connection.id] = connection.endpoint.publicKey;

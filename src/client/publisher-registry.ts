@@ -18,11 +18,18 @@
  * learnt again every PUBLISHERS_REFRESH_INTERVAL_MS even when no unknown key asks for it,
  * and a key that f+1 replicas no longer list leaves it, so a revoked (say, stolen) key's
  * new batches, forwarded by a faulty replica, stop being delivered within that interval.
+ * It leaves only on a listing at least as fresh as the freshest that listed it (their `at`,
+ * PublisherListing): the periodic query asks for the client's own floor only, so f+1
+ * replicas that have yet to execute a registration made moments ago may answer it, and
+ * their silence about the key says nothing. That `at` is one f+1 replicas reached, so a
+ * faulty replica cannot keep a key from ever leaving by claiming a huge one.
  *
  * Pure bookkeeping: the caller runs the queries and passes the clock.
  */
 import { toHex } from "../crypto/encoding.ts";
+import { KEYS_PER_CHANNEL_MAX } from "../core/channels/constants.ts";
 import type { PublisherVerdict } from "../core/voting/delivery-voter.ts";
+import type { PublisherListing } from "./queries.ts";
 
 /** Least time between two refreshes of one subscription's set. */
 export const REFRESH_INTERVAL_MS = 500;
@@ -42,7 +49,8 @@ export const UNKNOWN_PUBLISHERS_MAX = 64;
 export const REFUSED_PUBLISHERS_MAX = 1024;
 
 export class PublisherRegistry {
-  private known: ReadonlySet<string>;
+  /** Keys in the set, by hex: the highest `at` of a listing that listed each. */
+  private known: ReadonlyMap<string, number>;
   /** Unknown keys, by hex: when each was first seen. */
   private readonly unknown = new Map<string, number>();
   /** Refused keys, by hex: when each was refused. Oldest first. */
@@ -54,9 +62,13 @@ export class PublisherRegistry {
   private lastAskedMs: number;
   private refreshes = 0;
 
-  /** `learntAtMs`: when `publishers` was learnt (the next periodic refresh is PUBLISHERS_REFRESH_INTERVAL_MS later). */
-  constructor(publishers: readonly Uint8Array[], learntAtMs = 0) {
-    this.known = new Set(publishers.map(toHex));
+  /**
+   * `listing`: the set as learnt when subscribing (a bare list counts as learnt at seq 0);
+   * `learntAtMs`: when (the next periodic refresh is PUBLISHERS_REFRESH_INTERVAL_MS later).
+   */
+  constructor(listing: PublisherListing | readonly Uint8Array[], learntAtMs = 0) {
+    const { publishers, at } = "publishers" in listing ? listing : { publishers: listing, at: 0 };
+    this.known = new Map(publishers.map((key) => [toHex(key), at]));
     this.lastAskedMs = learntAtMs;
   }
 
@@ -106,13 +118,25 @@ export class PublisherRegistry {
 
   /**
    * A refresh answered: the set is replaced (a destroyed and re-created channel may have
-   * dropped keys). Unknown keys now in it are known; those still missing after
-   * UNKNOWN_PUBLISHER_WAIT_MS are refused; the others wait for another refresh.
+   * dropped keys), but for keys listed in a listing fresher than this one (see the top of
+   * this file), which stay until one at least as fresh leaves them out. Unknown keys
+   * now in it are known; those still missing after UNKNOWN_PUBLISHER_WAIT_MS are refused;
+   * the others wait for another refresh.
    */
-  update(publishers: readonly Uint8Array[], nowMs: number): void {
+  update(listing: PublisherListing, nowMs: number): void {
     this.inFlight = false;
     this.refreshes++;
-    this.known = new Set(publishers.map(toHex));
+    const known = new Map<string, number>();
+    for (const key of listing.publishers) {
+      const hex = toHex(key);
+      known.set(hex, Math.max(this.known.get(hex) ?? 0, listing.at));
+    }
+    // Bounded like a channel's registrations: a listing holds at most KEYS_PER_CHANNEL_MAX.
+    for (const [hex, learntAt] of this.known) {
+      if (known.size >= KEYS_PER_CHANNEL_MAX) break;
+      if (!known.has(hex) && learntAt > listing.at) known.set(hex, learntAt);
+    }
+    this.known = known;
     for (const [hex, firstSeenMs] of this.unknown) {
       if (this.known.has(hex)) this.unknown.delete(hex);
       else if (nowMs - firstSeenMs >= UNKNOWN_PUBLISHER_WAIT_MS) {

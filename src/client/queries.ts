@@ -275,18 +275,23 @@ export interface QueryRule<T> {
 /**
  * channel-info, read-your-writes (PROTOCOL.md 6.3): f+1 matching descriptions settle at
  * once. "No such channel" is judged by each replica on its own state, which may predate
- * a create-channel another replica has executed: it counts only when it is as fresh as
- * the freshest description seen (its `at` at least the highest `at` of any replica that
- * described the channel; refusals do not raise the bar, so a busy cluster settles), and the
- * client's own floor), and only once 2f+1 replicas, or every reachable one, have answered,
- * so that a replica that executed the create had its say. Older refusals are asked again,
- * to be judged after the replica has executed that seq. A seq only fewer than f+1
- * descriptions claim (one replica's `at`, which may be a lie) is worth one such wait per
- * replica: asked once, its next refusal counts unless it is behind the (f+1)-th highest
- * `at` (or the floor), which a correct replica has executed. At the deadline only that
- * confirmed seq counts: a refusal still asked to wait for a claimed one settles then. So one
- * replica reporting a huge `at` delays the answer by a replica's hold bound at most, and
- * never turns "no such channel" into a NoQuorumError.
+ * a create-channel another replica has executed. A refusal counts as one of f+1 when it is
+ * as fresh as every description seen (its `at` at least the highest `at` of any replica
+ * that described the channel; refusals do not raise the bar, so a busy cluster settles)
+ * and the client's own floor, and only once 2f+1 replicas, or every reachable one, have
+ * answered, so that a replica that executed the create had its say. Older refusals are
+ * asked again, to be judged after the replica has executed that seq.
+ *
+ * A seq that fewer than f+1 descriptions claim (one replica's `at`: the create may be that
+ * fresh, or the replica lies) is worth one such wait per replica. A refusal below it from a
+ * replica that waited for it (past its hold bound, or its wait queue full) is "unconfirmed":
+ * it counts only as one of 2f+1 refusals, at least f+1 of them correct, which settle "no
+ * such channel" whatever one replica claims; with fewer, a channel created moments ago is
+ * not denied, and the deadline answers NoQuorumError. A refusal below the (f+1)-th highest
+ * `at` (or the floor), which a correct replica has executed, never counts: it is asked
+ * again, however often. A refusal whose replica was asked again and has not answered yet
+ * never counts, at the deadline neither. So one replica reporting a huge `at` delays the
+ * answer by a replica's hold bound at most, when 2f+1 refuse.
  */
 export function channelInfoRule(
   n: number,
@@ -303,25 +308,29 @@ export function channelInfoRule(
   const describedAts = new Map<number, number>();
   /** Replicas already asked to wait for a seq only fewer than f+1 descriptions claim. */
   const askedClaimed = new Set<number>();
-  /** Replicas asked again whose new answer has not come (their refusal stays, for the deadline). */
+  /** Replicas asked again whose new answer has not come: their refusal does not count. */
   const awaiting = new Set<number>();
   const confirmed = (): number => Math.max(floor, pickLastSeq([...describedAts.values()], f) ?? 0);
   const claimed = (): number => Math.max(confirmed(), ...describedAts.values());
-  const isFresh = (replica: number, at: number | undefined): boolean =>
-    at === undefined || at >= claimed() || (at >= confirmed() && askedClaimed.has(replica));
-  // Before the deadline a refusal counts when fresh and not asked again; at the deadline when not behind the confirmed seq.
-  const countsNow = (replica: number, at: number | undefined): boolean => !awaiting.has(replica) && isFresh(replica, at);
-  const countsAtDeadline = (_replica: number, at: number | undefined): boolean => at === undefined || at >= confirmed();
-  const refusal = (counted: (replica: number, at: number | undefined) => boolean): QueryOutcome<ChannelInfo> => {
-    const counts = new Map<ErrorCode, { count: number; reason: string }>();
+  const judge = (replica: number, at: number | undefined): "fresh" | "unconfirmed" | "stale" => {
+    if (at === undefined || at >= claimed()) return "fresh";
+    if (at >= confirmed() && askedClaimed.has(replica)) return "unconfirmed";
+    return "stale";
+  };
+  const refusal = (): QueryOutcome<ChannelInfo> => {
+    const counts = new Map<ErrorCode, { fresh: number; unconfirmed: number; reason: string }>();
     for (const [replica, answer] of refused) {
-      if (!counted(replica, answer.at)) continue;
-      const entry = counts.get(answer.code) ?? { count: 0, reason: answer.reason };
-      entry.count++;
+      if (awaiting.has(replica)) continue;
+      const judged = judge(replica, answer.at);
+      if (judged === "stale") continue;
+      const entry = counts.get(answer.code) ?? { fresh: 0, unconfirmed: 0, reason: answer.reason };
+      entry[judged]++;
       counts.set(answer.code, entry);
     }
     for (const [code, entry] of counts) {
-      if (entry.count >= vouchQuorum(f)) return { ok: false, error: new RequestRejectedError(code, entry.reason) };
+      if (entry.fresh >= vouchQuorum(f) || entry.fresh + entry.unconfirmed >= byzantineQuorum(f)) {
+        return { ok: false, error: new RequestRejectedError(code, entry.reason) };
+      }
     }
     return null;
   };
@@ -351,11 +360,11 @@ export function channelInfoRule(
       } else {
         refused.set(replica, { code: reply.code, reason: reply.reason, at: reply.at });
       }
-      return agreedDescription() ?? (enoughAnswered() ? refusal(countsNow) : null);
+      return agreedDescription() ?? (enoughAnswered() ? refusal() : null);
     },
     stale() {
       const replicas = [...refused]
-        .filter(([replica, answer]) => !awaiting.has(replica) && !isFresh(replica, answer.at))
+        .filter(([replica, answer]) => !awaiting.has(replica) && judge(replica, answer.at) === "stale")
         .map(([replica]) => replica);
       for (const replica of replicas) awaiting.add(replica);
       // The claimed seq while some of them were not yet asked to wait for it; then the confirmed one.
@@ -366,7 +375,7 @@ export function channelInfoRule(
     atDeadline(describeMissing) {
       return (
         agreedDescription() ??
-        refusal(countsAtDeadline) ?? {
+        refusal() ?? {
           ok: false,
           error: new NoQuorumError(`no quorum for ${what}: fewer than ${vouchQuorum(f)} matching answers (${describeMissing()})`),
         }
@@ -582,6 +591,18 @@ function numberRule(
   };
 }
 
+/** A publishers answer, and how fresh it is known to be. */
+export interface PublisherListing {
+  /** The keys at least f+1 replicas list, in ascending hex order. */
+  readonly publishers: readonly Uint8Array[];
+  /**
+   * The (f+1)-th highest `at` of the replicas that listed keys (0 if fewer said one): a
+   * decided seq that f+1 of them, so at least one correct replica, had executed when they
+   * answered (publisher-registry.ts drops a key only on a listing at least this fresh).
+   */
+  readonly at: number;
+}
+
 /**
  * publishers: the keys at least f+1 replicas list, in ascending hex order. Settles once
  * 2f+1 replicas (or every reachable one, at least f+1) have answered, or at the deadline
@@ -590,10 +611,24 @@ function numberRule(
  * keys it lists, and a malformed answer lists nothing.
  */
 export function publishersRule(n: number, f: number, what: string): QueryRule<readonly Uint8Array[]> {
+  const inner = publisherListingRule(n, f, what);
+  const keysOf = (outcome: QueryOutcome<PublisherListing>): QueryOutcome<readonly Uint8Array[]> =>
+    outcome === null || !outcome.ok ? outcome : { ok: true, value: outcome.value.publishers };
+  return {
+    settleWhenReachableAnswered: true,
+    enoughToSettleEarly: inner.enoughToSettleEarly as () => boolean,
+    add: (replica, reply) => keysOf(inner.add(replica, reply)),
+    atDeadline: (describeMissing) => keysOf(inner.atDeadline(describeMissing)) as QueryOutcome<readonly Uint8Array[]> & object,
+  };
+}
+
+/** publishersRule, with the listing's `at` (PublisherListing). */
+export function publisherListingRule(n: number, f: number, what: string): QueryRule<PublisherListing> {
   const lists = new Map<number, ReadonlyMap<string, Uint8Array>>();
+  const ats: number[] = [];
   const refusals = new Map<number, { code: ErrorCode; reason: string }>();
   const answered = (): number => lists.size + refusals.size;
-  const listed = (): QueryOutcome<readonly Uint8Array[]> => {
+  const listed = (): QueryOutcome<PublisherListing> => {
     if (refusals.size >= vouchQuorum(f) && lists.size < vouchQuorum(f)) {
       const first = refusals.values().next().value as { code: ErrorCode; reason: string };
       return { ok: false, error: new RequestRejectedError(first.code, first.reason) };
@@ -607,7 +642,7 @@ export function publishersRule(n: number, f: number, what: string): QueryRule<re
       }
     }
     const agreed = [...counts].filter(([, entry]) => entry.count >= vouchQuorum(f)).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return { ok: true, value: agreed.map(([, entry]) => entry.key) };
+    return { ok: true, value: { publishers: agreed.map(([, entry]) => entry.key), at: pickLastSeq(ats, f) ?? 0 } };
   };
   return {
     settleWhenReachableAnswered: true,
@@ -617,13 +652,14 @@ export function publishersRule(n: number, f: number, what: string): QueryRule<re
       if (reply.ok) {
         const keys = parsePublishers(reply.res) ?? [];
         lists.set(replica, new Map(keys.map((key) => [toHex(key), key])));
+        if (reply.at !== undefined) ats.push(reply.at);
       } else {
         refusals.set(replica, { code: reply.code, reason: reply.reason });
       }
       return answered() >= Math.min(n, byzantineQuorum(f)) ? listed() : null;
     },
     atDeadline(describeMissing) {
-      if (answered() >= vouchQuorum(f)) return listed() as QueryOutcome<readonly Uint8Array[]> & object;
+      if (answered() >= vouchQuorum(f)) return listed() as QueryOutcome<PublisherListing> & object;
       return {
         ok: false,
         error: new NoQuorumError(`no quorum for ${what}: ${answered()} answers, ${vouchQuorum(f)} needed (${describeMissing()})`),

@@ -9,8 +9,9 @@
  * for that seq (see refused); at once the first time, after RESUBSCRIBE_AFTER_REFUSAL_MS
  * once the replica refused a SUBSCRIBE that already asked it to wait for that seq (it
  * answered past its hold bound). A seq fewer than f+1 replicas claim is worth one such
- * wait per refusing replica, never more: one lying replica cannot keep a subscription
- * from ending.
+ * wait per refusing replica, never more, and a refusal below it after that wait counts
+ * only as one of 2f+1 refusals: one lying replica cannot keep a subscription from ending,
+ * nor can two lagging replicas end one to a channel that another created moments ago.
  *
  * A replica that sends a copy failing its checks is unsubscribed and asked again later,
  * each time later (RESUBSCRIBE_AFTER_INVALID), so that its bad copies cost no more than
@@ -267,20 +268,23 @@ export class ReplicaSubs {
    * subscription; refusals do not raise it) is asked again at once with `after` = that
    * seq, and the replica answers once it has executed it. One older only than a seq fewer
    * than f+1 replicas claim (a single replica's `at`: the create may be that fresh, or the
-   * replica lies) is asked so once, with `after` = the claimed seq; its next refusal counts
-   * if it is not behind the confirmed seq. If it refused below the `after` the
-   * SUBSCRIBE it refused already carried (it waited up to its hold bound, or its wait queue
-   * was full, and is still behind, like a new member fetching the state), it is counted,
-   * signalled, and asked again only after RESUBSCRIBE_AFTER_REFUSAL_MS, whatever the floor
-   * is now: a replica that answers at once cannot make the client ask it in a loop, not
-   * even while the client's floor rises between each SUBSCRIBE and its refusal (a
-   * publishing client, a relay). Fresh refusals end the subscription once
-   * f+1 agree and 2f+1 replicas, or every reachable one, have answered.
+   * replica lies) is asked so once, with `after` = the claimed seq; its next refusal, if
+   * it is not behind the confirmed seq, is "unconfirmed": it counts only as one of 2f+1
+   * refusals (at least f+1 of them correct, which settle it whatever one replica claims),
+   * and the replica is asked again after RESUBSCRIBE_AFTER_REFUSAL_MS meanwhile. If it
+   * refused behind the `after` the SUBSCRIBE it refused already carried (it waited up to
+   * its hold bound, or its wait queue was full, and is still behind, like a new member
+   * fetching the state), it is counted, signalled, and asked again only after
+   * RESUBSCRIBE_AFTER_REFUSAL_MS, whatever the floor is now: a replica that answers at
+   * once cannot make the client ask it in a loop, not even while the client's floor rises
+   * between each SUBSCRIBE and its refusal (a publishing client, a relay). Fresh refusals
+   * end the subscription once f+1 agree and 2f+1 replicas, or every reachable one, have
+   * answered; fresh and unconfirmed ones once 2f+1 agree.
    */
   refused(replica: number, body: SubEnd): void {
     this.answered.add(replica);
     const judged = this.judge(replica, body.at);
-    if (body.at !== undefined && judged !== "fresh") {
+    if (body.at !== undefined && (judged === "behind" || judged === "claimed")) {
       this.fatalEnds.delete(replica);
       const askedAfter = this.lastAfter.get(replica) ?? 0;
       if (judged === "behind" && body.at < askedAfter) {
@@ -336,15 +340,15 @@ export class ReplicaSubs {
   }
 
   /**
-   * A refusal judged at `at`: "behind" a seq a correct replica executed, below a seq only
-   * "claimed" (fewer than f+1 say so) that the replica was not yet asked to wait for, or
-   * "fresh" (it counts).
+   * A refusal judged at `at`: "behind" a seq a correct replica executed; below a seq only
+   * "claimed" (fewer than f+1 say so) that the replica was not yet asked to wait for
+   * (both are asked again), or was ("unconfirmed": one of 2f+1); or "fresh" (one of f+1).
    */
-  private judge(replica: number, at: number | undefined): "fresh" | "behind" | "claimed" {
+  private judge(replica: number, at: number | undefined): "fresh" | "unconfirmed" | "behind" | "claimed" {
     if (at === undefined) return "fresh";
     if (at < this.confirmedAt()) return "behind";
-    if (at < this.claimedAt() && !this.askedClaimed.has(replica)) return "claimed";
-    return "fresh";
+    if (at >= this.claimedAt()) return "fresh";
+    return this.askedClaimed.has(replica) ? "unconfirmed" : "claimed";
   }
 
   /** Asks a replica whose refusal was stale again: to wait for the claimed seq once, then for the confirmed one. */
@@ -358,19 +362,25 @@ export class ReplicaSubs {
   /** Refusals that a fresher answer has made stale are asked again, waiting for that seq. */
   private askStaleAgain(): void {
     for (const [replica, end] of [...this.fatalEnds]) {
-      if (this.judge(replica, end.at) === "fresh") continue;
+      const judged = this.judge(replica, end.at);
+      if (judged === "fresh" || judged === "unconfirmed") continue;
       this.fatalEnds.delete(replica);
       const state = this.replicas.get(replica);
       if (state !== undefined && state.t !== "active" && state.t !== "pending") this.askAgain(replica);
     }
   }
 
-  /** The fatal end code f+1 replicas agree on, if any (see refused for ends that carry `at`). */
+  /**
+   * The fatal end code f+1 replicas agree on, if any, or 2f+1 counting unconfirmed ones
+   * (see refused for ends that carry `at`).
+   */
   private agreedFatalEnd(): { code: string; reason: string } | null {
-    const byCode = new Map<string, { count: number; reason: string; local: boolean }>();
-    for (const end of this.fatalEnds.values()) {
-      const entry = byCode.get(end.code) ?? { count: 0, reason: end.reason, local: false };
-      entry.count++;
+    const byCode = new Map<string, { fresh: number; unconfirmed: number; reason: string; local: boolean }>();
+    for (const [replica, end] of this.fatalEnds) {
+      const judged = this.judge(replica, end.at);
+      if (judged !== "fresh" && judged !== "unconfirmed") continue;
+      const entry = byCode.get(end.code) ?? { fresh: 0, unconfirmed: 0, reason: end.reason, local: false };
+      entry[judged]++;
       entry.local ||= end.at !== undefined;
       byCode.set(end.code, entry);
     }
@@ -379,7 +389,8 @@ export class ReplicaSubs {
       this.answered.size >= Math.min(this.host.n, byzantineQuorum(f)) ||
       this.host.readyReplicas().every((replica) => this.answered.has(replica));
     for (const [code, entry] of byCode) {
-      if (entry.count >= vouchQuorum(f) && (!entry.local || enoughAnswered)) return { code, reason: entry.reason };
+      if (entry.fresh + entry.unconfirmed >= byzantineQuorum(f)) return { code, reason: entry.reason };
+      if (entry.fresh >= vouchQuorum(f) && (!entry.local || enoughAnswered)) return { code, reason: entry.reason };
     }
     return null;
   }

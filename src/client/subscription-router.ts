@@ -19,6 +19,7 @@ import { CopyKeys, type VerifyRequest } from "../core/voting/delivery-voter.ts";
 import { nativeBytesEqual } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import type { ExecutedFloor } from "./executed-floor.ts";
+import type { PublisherListing } from "./queries.ts";
 import type { ReplicaGroup } from "./replica-group.ts";
 import type { ClientSubscription, SubscriptionHost } from "./subscription.ts";
 import { checkRequestSignature, SharedBodies } from "./shared-bodies.ts";
@@ -48,7 +49,7 @@ export class SubscriptionRouter implements SubscriptionHost {
     private readonly group: ReplicaGroup,
     private readonly floor: ExecutedFloor,
     private readonly clock: () => number,
-    private readonly queryPublishers: (tag: string) => Promise<readonly Uint8Array[]>,
+    private readonly queryPublishers: (tag: string) => Promise<PublisherListing>,
     /** The period of the client's ticks (SubscriptionHost.tickMs). */
     readonly tickMs?: number,
   ) {}
@@ -118,7 +119,7 @@ export class SubscriptionRouter implements SubscriptionHost {
     return this.clock();
   }
 
-  publishers(tag: string): Promise<readonly Uint8Array[]> {
+  publishers(tag: string): Promise<PublisherListing> {
     return this.queryPublishers(tag);
   }
 

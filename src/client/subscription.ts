@@ -28,12 +28,13 @@
  *   it (publisher-registry.ts): a copy signed by any other key, however valid the
  *   signature, is held while the registry is learnt again, then refused. The list is
  *   learnt again every PUBLISHERS_REFRESH_INTERVAL_MS too, so a key unregistered since
- *   stops being delivered. On byzantine/none a key stays vouched for only while f+1
- *   replicas keep sending copies of it (DeliveryVoter.lapseVouches, every
- *   VOUCH_LAPSE_INTERVAL_MS).
- * - A replica that sends a copy failing its checks is unsubscribed and asked again later,
- *   each time later (replica-subs.ts sentInvalid), and the signals such copies cause are
- *   rate-limited (signal-limiter.ts).
+ *   stops being delivered. On byzantine/none a key that some replicas, but fewer than
+ *   f+1, went on sending copies of lapses (DeliveryVoter.lapseVouches, every
+ *   VOUCH_LAPSE_INTERVAL_MS); a quiet one stays vouched for.
+ * - A replica that sends a copy failing its checks (a bad signature, another channel's
+ *   request; not a body this client cannot read, which may be a newer version) is
+ *   unsubscribed and asked again later, each time later (replica-subs.ts sentInvalid), and
+ *   the signals such copies cause are rate-limited (signal-limiter.ts).
  *
  * - On `$sys.events` the batches the voter delivers are the replicas' signed reports, and
  *   they go on to the group event voter (src/core/voting/group-events.ts): a group event
@@ -57,6 +58,7 @@ import {
   DeliveryVoter,
   type DeliveredBatch,
   type DeliveryOutput,
+  type InvalidReason,
   type ParsedBody,
   type VerifyRequest,
 } from "../core/voting/delivery-voter.ts";
@@ -68,7 +70,7 @@ import { DeliveryQueue } from "./delivery-queue.ts";
 import { NARROW_STALL_MS, ReplicaNarrowing } from "./narrowing.ts";
 import { PublisherRegistry } from "./publisher-registry.ts";
 import { ClientClosedError, describeError, NoQuorumError, SubscriptionEndedError } from "./errors.ts";
-import type { ChannelInfo } from "./queries.ts";
+import type { ChannelInfo, PublisherListing } from "./queries.ts";
 import { RESUBSCRIBE_AFTER_OVERFLOW_MS, RESUBSCRIBE_AFTER_REFUSAL_MS, ReplicaSubs } from "./replica-subs.ts";
 import { pickLastSeq } from "./seq.ts";
 import { SignalLimiter } from "./signal-limiter.ts";
@@ -78,7 +80,7 @@ import { SignalLimiter } from "./signal-limiter.ts";
  * their bytes (body + signature) are bounded too, by DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX.
  */
 export const START_BUFFER_COPIES_PER_REPLICA_MAX = 256;
-/** How often a byzantine/none subscription lets lapse the keys f+1 replicas no longer send copies of (DeliveryVoter.lapseVouches). */
+/** How often a byzantine/none subscription lets lapse the keys fewer than f+1 replicas still send copies of (DeliveryVoter.lapseVouches). */
 export const VOUCH_LAPSE_INTERVAL_MS = 30_000;
 /**
  * How long before a live unordered subscription started an event may have been signed and
@@ -127,6 +129,13 @@ export type SubscriptionSignal =
    * from another copy, or never. Rate-limited: one signal stands for those since the last.
    */
   | { readonly t: "overflow"; readonly source: "dedupe"; readonly replica: number; readonly droppedEvents: number; readonly reason: string }
+  /**
+   * Unordered channel: copies from `replica` held until their publisher key was vouched for
+   * (byzantine) or known (crash) were dropped at a hold bound (DeliveryVoter
+   * "held-dropped"): no replica sends them again, so `droppedEvents` are lost unless another
+   * replica's copy of them was delivered. Rate-limited like "dedupe".
+   */
+  | { readonly t: "overflow"; readonly source: "held"; readonly replica: number; readonly droppedEvents: number; readonly reason: string }
   /**
    * Unordered channel: a publisher's events dropped because the subscription already
    * tracks as many publishers as a channel may register (`droppedEvents` counts those of
@@ -250,8 +259,8 @@ export interface SubscriptionHost {
   releaseSubId(subId: number): void;
   /** The subscription has ended; the host drops it. */
   forget(sub: ClientSubscription): void;
-  /** The keys f+1 replicas list as the channel's registered publishers (QUERY "publishers"). */
-  publishers(tag: string): Promise<readonly Uint8Array[]>;
+  /** The keys f+1 replicas list as the channel's registered publishers (QUERY "publishers"), and how fresh that is. */
+  publishers(tag: string): Promise<PublisherListing>;
   now(): number;
   /** The client's memo of copy keys, shared by its subscriptions' voters (CopyKeys). */
   readonly copyKeys?: CopyKeys;
@@ -327,9 +336,9 @@ export class ClientSubscription implements Subscription {
   private readonly startWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
   /** Live total-order start: copies held per replica id until the start seq is known. */
   private readonly startBuffer = new Map<number, StartHeld>();
-  /** Signals one replica can cause per copy (invalid, stale), at most one per interval each. */
+  /** Signals one replica can cause per copy (invalid, stale, held-dropped), at most one per interval each. */
   private readonly limiter = new SignalLimiter<SubscriptionSignal>();
-  /** When the voter next lets lapse the keys f+1 replicas no longer vouch for (byzantine/none). */
+  /** When the voter next lets lapse the keys fewer than f+1 replicas still send copies of (byzantine/none). */
   private nextLapseMs: number;
   /** Crash-fault channels: the registered publishers deliveries are filtered by; null on Byzantine ones (voting covers them). */
   private readonly registry: PublisherRegistry | null;
@@ -350,7 +359,8 @@ export class ClientSubscription implements Subscription {
 
   /**
    * `publishers`: the channel's registered publishers as f+1 replicas listed them when
-   * subscribing (crash-fault channels; without it the first copies wait for a query).
+   * subscribing (crash-fault channels; without it the first copies wait for a query; a
+   * bare list counts as listed at seq 0).
    * `replicaKeys`: every member's key by id; `$sys.events` needs them to count its
    * reports by replica (onGroupChange brings them up to date).
    */
@@ -360,7 +370,7 @@ export class ClientSubscription implements Subscription {
     options: SubscribeOptions,
     handler: BatchHandler,
     startTimeoutMs: number,
-    publishers: readonly Uint8Array[] = [],
+    publishers: PublisherListing | readonly Uint8Array[] = [],
     replicaKeys: readonly Uint8Array[] = [],
   ) {
     this.host = host;
@@ -607,8 +617,8 @@ export class ClientSubscription implements Subscription {
 
   /**
    * Periodic: retries refused or overflowed replicas and unsent SUBSCRIBEs, times out a slow
-   * start, learns the registered publishers again or lets unsent keys lapse when due, and
-   * sends rate-limited signals held back.
+   * start, learns the registered publishers again or lets lapse the keys fewer than f+1
+   * replicas still send when due, and sends rate-limited signals held back.
    */
   tick(now: number): void {
     if (this.start.t === "ended") return;
@@ -788,8 +798,7 @@ export class ClientSubscription implements Subscription {
           break;
         case "invalid":
           this.signalLimited(`invalid/${output.replica}`, { t: "invalid", replica: output.replica, reason: output.reason }, 1);
-          // A key our list refused may be one it has yet to learn: no fault of the sender's.
-          if (output.reason !== "publisher-refused") this.replicas.sentInvalid(output.replica);
+          if (strikesSender(output.reason)) this.replicas.sentInvalid(output.replica);
           this.widen(`replica ${output.replica} sent a copy that failed its checks`, [output.replica]);
           break;
         case "conflict":
@@ -825,6 +834,19 @@ export class ClientSubscription implements Subscription {
             output.events,
           );
           break;
+        case "held-dropped":
+          this.signalLimited(
+            `held/${output.replica}`,
+            {
+              t: "overflow",
+              source: "held",
+              replica: output.replica,
+              droppedEvents: output.events,
+              reason: `copies from replica ${output.replica} held until their publisher was vouched for or known were dropped (${output.reason}); they are lost unless another replica's copy was delivered`,
+            },
+            output.events,
+          );
+          break;
         case "trimmed":
           this.onAgreedTrim(output.nextSeq, output.oldestSeq);
           break;
@@ -849,8 +871,8 @@ export class ClientSubscription implements Subscription {
     if (registry === null || this.start.t === "ended" || !registry.shouldRefresh(this.host.now())) return;
     registry.begin(this.host.now());
     this.host.publishers(this.tag).then(
-      (publishers) => {
-        registry.update(publishers, this.host.now());
+      (listing) => {
+        registry.update(listing, this.host.now());
         this.recheckHeld();
       },
       () => {
@@ -1052,10 +1074,21 @@ function ownBytes(received: ReceivedBatch, body: Uint8Array): ReceivedBatch {
   return { ...received, publisher: own(received.publisher), events: received.events.map(own) };
 }
 
+/**
+ * Whether an invalid copy is held against its sender (replica-subs.ts sentInvalid). Not a
+ * key our list refused (it may be one the list has yet to learn), nor a body this client
+ * cannot read (undecodable, malformed): a newer body version that every correct replica
+ * stores and forwards would otherwise strike them all and keep them away for up to a
+ * minute. A bad signature or content for another channel is the sender's doing.
+ */
+function strikesSender(reason: InvalidReason): boolean {
+  return reason !== "publisher-refused" && reason !== "undecodable" && reason !== "malformed";
+}
+
 /** A rate-limited signal with the count it stands for: invalid copies, or dropped events. */
 function withCount(signal: SubscriptionSignal, count: number): SubscriptionSignal {
   if (signal.t === "invalid") return count > 1 ? { ...signal, copies: count } : signal;
-  if (signal.t === "overflow" && signal.source === "dedupe") return { ...signal, droppedEvents: count };
+  if (signal.t === "overflow" && (signal.source === "dedupe" || signal.source === "held")) return { ...signal, droppedEvents: count };
   return signal;
 }
 

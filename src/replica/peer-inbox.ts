@@ -20,8 +20,8 @@
  * - A peer whose message `precheck` finds no correct replica sends (`proves`: a FORWARD
  *   larger than the core ever sends, a vote naming another signer, an envelope whose
  *   message is not a map) is muted the same way, as misbehaving, and so is one the mesh or
- *   the ordering runtime catches at it (`misbehaving`: a frame a peer link does not carry,
- *   a frame or a message that does not decode or is not valid); the ordering core's
+ *   the ordering runtime catches at it after its MAC verified (`misbehaving`: a message
+ *   that does not decode or is not valid); the ordering core's
  *   `peerFlooding` advisory mutes it for floodMuteMs.
  * - Before a message is processed, `precheck` (peer-filter.ts) may drop it cheaply.
  *
@@ -107,6 +107,8 @@ export class PeerInbox {
   private readonly queues = new Map<number, PeerQueue>();
   private readonly bytes: RateLimiter;
   private readonly messages: RateLimiter;
+  /** PINGs answered at once, apart from the messages: a PING is not authenticated (peer links MAC only PEER frames). */
+  private readonly pings: RateLimiter;
   private order: number[] = [];
   private next = 0;
   private scheduled = false;
@@ -116,6 +118,7 @@ export class PeerInbox {
     const { bytesPerSecondMax, messagesPerSecondMax } = options.limits;
     this.bytes = new RateLimiter(bytesPerSecondMax, bytesPerSecondMax);
     this.messages = new RateLimiter(messagesPerSecondMax, messagesPerSecondMax);
+    this.pings = new RateLimiter(messagesPerSecondMax, messagesPerSecondMax);
   }
 
   private now(): number {
@@ -163,9 +166,25 @@ export class PeerInbox {
   }
 
   /**
-   * Takes one message of `peer`'s message budget: for every message pushed, and for what
-   * the mesh answers without queueing (a PING, answered with a PONG), which would otherwise
-   * let a peer make this replica decode and answer frames without bound. False, and the
+   * Takes one PING of `peer`'s budget of them (as many a second as messages, counted apart):
+   * a PING is answered at once with a PONG, which would otherwise let whoever sends them make
+   * this replica answer without bound. False when the peer is muted or over that budget; the
+   * caller then closes the link. Past the budget the peer is not muted: a PING carries no MAC,
+   * so anyone on the path may have sent it, and muting for it would let them silence a
+   * correct replica.
+   */
+  chargePing(peer: number): boolean {
+    if (this.stopped) return false;
+    const now = this.now();
+    if (this.queueOf(peer).mutedUntil > now) {
+      this.options.onDropped(peer, "muted");
+      return false;
+    }
+    return this.pings.take(String(peer), 1, now);
+  }
+
+  /**
+   * Takes one message of `peer`'s message budget, for a message pushed. False, and the
    * drop counted, when the peer is muted or this message put it over its budget (it is
    * muted now).
    */

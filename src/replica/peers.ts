@@ -384,17 +384,21 @@ export class PeerMesh {
 
   /**
    * The listener refused a frame of an authenticated inbound session before decoding it
-   * (a type a peer link does not carry) or could not decode it: no correct replica sends
-   * either, so its sender is muted as misbehaving, which closes the link. A connection the
-   * mesh does not hold (replaced by a newer session of its peer) is only closed.
+   * (a type a peer link does not carry) or could not decode it. No correct replica sends
+   * either, but neither proves that the peer did: a peer link has no frame-level MAC (the
+   * MAC is inside PEER; PING has none), so the bytes may be anyone's on the path, and
+   * muting for them would let an injector cut a correct peer off (PEER_MUTE_MS up to
+   * PEER_MUTE_MS_MAX, its HELLOs refused meanwhile). The link is closed, as for a failed
+   * MAC, and the peer reconnects with a fresh handshake; only what is found after
+   * checkMac (onInboundFrame: the PEER frame's contents) mutes it. A connection the mesh
+   * does not hold (replaced by a newer session of its peer) is only closed.
    */
   refuseInbound(conn: FramedConn, detail: string): void {
     for (const [peer, held] of this.inbound) {
       if (held !== conn) continue;
       this.options.metrics.inc("peer_frames_rejected_total");
-      this.inbox.misbehaving(peer, detail);
-      // Muted already for longer (the mute did not close the link): closed all the same.
-      if (!conn.isClosed) conn.closeWith({ type: FrameType.ERROR, body: { code: "BAD_FRAME", reason: detail } });
+      this.options.log.warn("peer frame refused before its MAC check; closing the link", { peer, reason: detail });
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "BAD_FRAME", reason: detail } });
       return;
     }
     conn.close();
@@ -618,7 +622,7 @@ export class PeerMesh {
       }
       if (frame.type === FrameType.PING) {
         // Answered at once, so charged like a message: a peer cannot make this replica answer without bound.
-        if (!this.inbox.charge(link.peer.id)) return this.failOutbound(link, conn, "PINGs over the peer's message budget");
+        if (!this.inbox.chargePing(link.peer.id)) return this.failOutbound(link, conn, "PINGs over the peer's budget of them");
         conn.send({ type: FrameType.PONG, body: { n: frame.body.n } });
         continue;
       }
@@ -950,12 +954,15 @@ export class PeerMesh {
 
   private onInboundFrame(link: InboundLink, conn: FramedConn, frame: Frame): void {
     if (frame.type === FrameType.PING) {
-      // A PONG answers at once, without the inbox's queue: the PING costs a message of the budget all the same.
-      if (this.inbox.charge(link.peerId)) conn.send({ type: FrameType.PONG, body: { n: frame.body.n } });
+      // A PONG answers at once, without the inbox's queue, within the peer's budget of PINGs;
+      // past it the link is closed, not the peer muted (a PING is not authenticated).
+      if (this.inbox.chargePing(link.peerId)) conn.send({ type: FrameType.PONG, body: { n: frame.body.n } });
+      else this.refuseInbound(conn, "PINGs over the peer's budget of them");
       return;
     }
     if (frame.type !== FrameType.PEER) {
       // The listener refuses other types by their type byte before this (server.ts); kept for any other caller.
+      // Not authenticated either (only a PEER frame's MAC is): closed, not muted.
       this.refuseInbound(conn, `a frame of type 0x${frame.type.toString(16)} on a peer link`);
       return;
     }

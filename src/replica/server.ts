@@ -12,8 +12,9 @@
  * blacklisted already, held open and unread in the tarpit (tarpit.ts); a well-formed
  * request that is refused gets a REPLY with a code and reason and the connection stays.
  * A frame of a type the session does not take is refused by its type byte before its
- * payload is decoded (PHASE_FRAME_TYPES); an authenticated peer that sends one, or a frame
- * that does not decode, is muted by the mesh (peers.ts).
+ * payload is decoded (PHASE_FRAME_TYPES); on an authenticated peer link such a frame, or
+ * one that does not decode, closes the link without muting the peer (peers.ts
+ * refuseInbound): nothing authenticates a peer link's frames before the MAC inside PEER.
  *
  * Anyone can open a connection and anyone can make a client key, so everything a caller
  * holds is bounded (ServerLimits). Until AUTH has verified, a connection has proved
@@ -671,9 +672,9 @@ export class ReplicaServer {
    * is answered `refusal` and closed; but when its address was blacklisted already (by
    * another of its connections: this one opened before, or on a shared port, where
    * addresses are judged at HELLO), it is held in the tarpit, unanswered, if that has room.
-   * Peer connections are neither: an authenticated peer is muted by the mesh (no correct
-   * replica sends such a frame), one still in its handshake (it has proved nothing) only
-   * closed.
+   * Peer connections are neither: they are closed (the mesh counts and logs it on an
+   * authenticated link), and the peer not muted, since nothing authenticates a peer link's
+   * frames before the MAC inside PEER (peers.ts refuseInbound).
    */
   private onHostileFrame(conn: FramedConn, reason: string, refusal: Frame): void {
     const state = conn.state as ConnState;

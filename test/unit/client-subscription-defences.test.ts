@@ -3,8 +3,10 @@
 // later, and their signals are rate-limited; a key unregistered from the channel stops
 // being delivered (crash channels learn the list again; byzantine/none lets the key lapse);
 // copies held before a live start are bounded in bytes; copies dropped below a forgotten
-// dedupe range are signalled. Every clock here is the host's manual one.
+// dedupe range, or at the bounds of what is held for keys not yet vouched for, are
+// signalled. Every clock here is the host's manual one.
 import { describe, expect, test } from "bun:test";
+import { type Canonical, decodeCanonical, encodeCanonical } from "../../wire/canonical.ts";
 import type { Events } from "../../wire/schemas.ts";
 import { PUBLISHERS_REFRESH_INTERVAL_MS, REFRESH_INTERVAL_MS, UNKNOWN_PUBLISHER_WAIT_MS } from "../../src/client/publisher-registry.ts";
 import type { ChannelInfo } from "../../src/client/queries.ts";
@@ -12,7 +14,11 @@ import { RESUBSCRIBE_AFTER_INVALID } from "../../src/client/replica-subs.ts";
 import { checkRequestSignature } from "../../src/client/shared-bodies.ts";
 import { SIGNAL_INTERVAL_MS } from "../../src/client/signal-limiter.ts";
 import { ClientSubscription, type ReceivedBatch, type SubscriptionSignal, VOUCH_LAPSE_INTERVAL_MS } from "../../src/client/subscription.ts";
-import { DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX, DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX } from "../../src/core/voting/index.ts";
+import {
+  DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX,
+  DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX,
+  DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX,
+} from "../../src/core/voting/index.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { channel, ScriptedHost, signedRequest } from "./subscription-host.ts";
 
@@ -113,6 +119,27 @@ describe("a replica that sends copies failing their checks", () => {
     send(h, 1, 0, real);
     await settle();
     expect(h.got).toEqual(["eth0 up"]);
+  });
+
+  test("a body this client cannot read (a newer version) is signalled, but no replica is struck for it", async () => {
+    const h = subscribe(channel("sec.alerts", "byzantine", "none"));
+    for (const replica of [0, 1, 2, F]) subOk(h, replica);
+    const publisher = SigningKey.generate();
+    // Every correct replica forwards a request of a body version this client does not know.
+    const newer = signedRequest(publisher, "sec.alerts", 1, ["eth0 up"]);
+    const fields = decodeCanonical(newer.body) as Record<string, Canonical>;
+    const body = encodeCanonical({ ...fields, v: 3 });
+    for (const replica of [0, 1, 2, F]) send(h, replica, 0, { body, sig: newer.sig });
+    expect(h.signals).toContainEqual({ t: "invalid", replica: 0, reason: "malformed" });
+    for (const replica of [0, 1, 2, F]) expect(unsubscribedAt(h, replica)).toBe(0);
+    // Undecodable bytes alike (their signal is held back by the rate limit: replica 1 just had one).
+    const invalidBefore = h.sub.stats().invalidCopies;
+    send(h, 1, 0, { body: new Uint8Array([0xff, 0xff]), sig: newer.sig });
+    expect(h.sub.stats().invalidCopies).toBe(invalidBefore + 1);
+    expect(unsubscribedAt(h, 1)).toBe(0);
+    // A bad signature still is the sender's doing.
+    send(h, 2, 0, forged(publisher, "sec.alerts", 2));
+    expect(unsubscribedAt(h, 2)).toBe(1);
   });
 
   test("is signalled at most once per interval, with how many copies the signal stands for", async () => {
@@ -222,5 +249,22 @@ describe("copies below a range a dedupe window forgot", () => {
     expect(signal).toMatchObject({ t: "overflow", source: "dedupe", replica: 2, droppedEvents: 1 });
     await advance(h, SIGNAL_INTERVAL_MS);
     expect(dropped()[1]).toMatchObject({ t: "overflow", source: "dedupe", replica: 2, droppedEvents: 2 });
+  });
+});
+
+describe("copies held for keys not yet vouched for, dropped at a hold bound", () => {
+  test("are signalled as an overflow (rate-limited), never dropped silently", async () => {
+    const h = subscribe(channel("net.links", "byzantine", "none"), { trusting: true });
+    for (const replica of [0, 1, 2, F]) subOk(h, replica);
+    // Replica 0 alone sends one batch of each of more keys than it may hold evidence for.
+    const keys = Array.from({ length: DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX + 3 }, () => SigningKey.generate());
+    for (const key of keys) send(h, 0, 0, signedRequest(key, "net.links", 1, ["eth0 up"]));
+    const dropped = () => h.signals.filter((s) => s.t === "overflow");
+    expect(dropped()).toHaveLength(1);
+    expect(dropped()[0]).toMatchObject({ t: "overflow", source: "held", replica: 0, droppedEvents: 1 });
+    await advance(h, SIGNAL_INTERVAL_MS);
+    expect(dropped()).toHaveLength(2);
+    expect(dropped()[1]).toMatchObject({ t: "overflow", source: "held", replica: 0, droppedEvents: 2 });
+    expect(h.got).toEqual([]);
   });
 });

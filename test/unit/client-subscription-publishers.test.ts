@@ -13,7 +13,7 @@ import {
   UNKNOWN_PUBLISHER_WAIT_MS,
   UNKNOWN_PUBLISHERS_MAX,
 } from "../../src/client/publisher-registry.ts";
-import type { ChannelInfo } from "../../src/client/queries.ts";
+import { type ChannelInfo, type PublisherListing, publisherListingRule } from "../../src/client/queries.ts";
 import { ClientSubscription, type ReceivedBatch, type SubscriptionSignal } from "../../src/client/subscription.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { channel, ScriptedHost, signedRequest } from "./subscription-host.ts";
@@ -98,6 +98,29 @@ describe("crash/none: only registered publishers", () => {
   });
 });
 
+describe("crash/none: the periodic refresh answered by replicas behind a registration", () => {
+  test("a key learnt at seq 50 is still delivered after a refresh that replicas at seq 49 answered", async () => {
+    const h = subscribe(channel("net.links", "crash", "none"));
+    const late = SigningKey.generate();
+    // Registered at seq 50; the replicas that answered the unknown key's query had executed it.
+    h.host.registered = [REGISTERED.publicKey, late.publicKey];
+    h.host.registeredAt = 50;
+    send(h, 0, 1, signedRequest(late, "net.links", 1, ["first"]));
+    await settle();
+    expect(h.got).toEqual(["first"]);
+    // The periodic refresh asks for the client's floor only: f+1 replicas still at seq 49 answer it.
+    h.host.registered = [REGISTERED.publicKey];
+    h.host.registeredAt = 49;
+    const queries = h.host.publisherQueries;
+    await advance(h, PUBLISHERS_REFRESH_INTERVAL_MS);
+    expect(h.host.publisherQueries).toBe(queries + 1);
+    send(h, 1, 2, signedRequest(late, "net.links", 2, ["second"]));
+    await settle();
+    expect(h.got).toEqual(["first", "second"]);
+    expect(h.host.publisherQueries).toBe(queries + 1);
+  });
+});
+
 describe("crash/total: only registered publishers", () => {
   test("a forged batch at the next seq from one replica is held, then refused; the registered batch there is delivered", async () => {
     const h = subscribe(channel("ops.log", "crash", "total"), 1);
@@ -125,6 +148,8 @@ describe("crash/total: only registered publishers", () => {
 
 describe("PublisherRegistry", () => {
   const key = (i: number) => Uint8Array.from({ length: 32 }, (_, j) => (i + j) & 0xff);
+  /** A refresh's answer: `publishers` as f+1 replicas listed them, the (f+1)-th highest of whose `at` is `at`. */
+  const listed = (publishers: Uint8Array[], at = 0): PublisherListing => ({ publishers, at });
 
   test("registered: true; unknown until a refresh that began after it appeared has waited long enough; then refused, for a while", () => {
     const registry = new PublisherRegistry([key(1)]);
@@ -134,13 +159,13 @@ describe("PublisherRegistry", () => {
     expect(registry.shouldRefresh(0)).toBe(true);
     registry.begin(0);
     expect(registry.shouldRefresh(0)).toBe(false);
-    registry.update([key(1)], 100);
+    registry.update(listed([key(1)]), 100);
     // Not long enough to refuse: still unknown, and another refresh is wanted, spaced.
     expect(registry.check(key(2), 100)).toBe("unknown");
     expect(registry.shouldRefresh(100)).toBe(false);
     expect(registry.shouldRefresh(REFRESH_INTERVAL_MS)).toBe(true);
     registry.begin(UNKNOWN_PUBLISHER_WAIT_MS);
-    registry.update([key(1)], UNKNOWN_PUBLISHER_WAIT_MS);
+    registry.update(listed([key(1)]), UNKNOWN_PUBLISHER_WAIT_MS);
     expect(registry.check(key(2), UNKNOWN_PUBLISHER_WAIT_MS)).toBe(false);
     expect(registry.shouldRefresh(UNKNOWN_PUBLISHER_WAIT_MS + REFRESH_INTERVAL_MS)).toBe(false);
     // Long after, a refused key may cause one more look (it may have been registered since).
@@ -158,15 +183,52 @@ describe("PublisherRegistry", () => {
     expect(registry.shouldRefresh(due + REFRESH_INTERVAL_MS)).toBe(false);
     expect(registry.shouldRefresh(due + PUBLISHERS_REFRESH_INTERVAL_MS)).toBe(true);
     registry.begin(due + PUBLISHERS_REFRESH_INTERVAL_MS);
-    registry.update([], due + PUBLISHERS_REFRESH_INTERVAL_MS);
+    registry.update(listed([]), due + PUBLISHERS_REFRESH_INTERVAL_MS);
     // Unregistered since: no longer known (its copies are held, then refused).
     expect(registry.check(key(1), due + PUBLISHERS_REFRESH_INTERVAL_MS)).toBe("unknown");
+  });
+
+  test("a key registered moments ago stays while the replicas answering have yet to execute its registration", () => {
+    // Learnt at subscribing from a listing at seq 50 (replicas that executed the registration).
+    const registry = new PublisherRegistry(listed([key(1)], 50), 0);
+    const due = PUBLISHERS_REFRESH_INTERVAL_MS;
+    registry.begin(due);
+    // The periodic refresh asks only for the client's floor: f+1 lagging replicas (at 49) do not list it yet.
+    registry.update(listed([], 49), due);
+    expect(registry.check(key(1), due)).toBe(true);
+    // A key learnt from an unknown copy, at seq 70, alike.
+    expect(registry.check(key(2), due)).toBe("unknown");
+    registry.begin(due + REFRESH_INTERVAL_MS);
+    registry.update(listed([key(1), key(2)], 70), due + REFRESH_INTERVAL_MS);
+    expect(registry.check(key(2), due + REFRESH_INTERVAL_MS)).toBe(true);
+    registry.begin(2 * due);
+    registry.update(listed([key(1)], 69), 2 * due);
+    expect(registry.check(key(2), 2 * due)).toBe(true);
+    // Unregistered: a listing at least as fresh as the freshest that listed a key drops it.
+    registry.begin(3 * due);
+    registry.update(listed([key(2)], 70), 3 * due);
+    expect(registry.check(key(1), 3 * due)).toBe("unknown");
+    expect(registry.check(key(2), 3 * due)).toBe(true);
+  });
+
+  test("a listing's `at` is the (f+1)-th highest of the answers': one replica's huge `at` does not make it", () => {
+    const rule = publisherListingRule(4, 1, "publishers net.links");
+    const answer = (replica: number, keys: Uint8Array[], at: number) => ({
+      id: 1,
+      replica,
+      ok: true as const,
+      res: { publishers: keys },
+      at,
+    });
+    expect(rule.add(3, answer(3, [key(1)], Number.MAX_SAFE_INTEGER))).toBeNull();
+    expect(rule.add(0, answer(0, [key(1)], 50))).toBeNull();
+    expect(rule.add(1, answer(1, [], 49))).toEqual({ ok: true, value: { publishers: [key(1)], at: 50 } });
   });
 
   test("a refresh replaces the list (a destroyed and re-created channel drops keys); a failed one keeps waiting", () => {
     const registry = new PublisherRegistry([key(1), key(2)]);
     registry.begin(0);
-    registry.update([key(2)], 0);
+    registry.update(listed([key(2)]), 0);
     expect(registry.check(key(1), 0)).toBe("unknown");
     registry.begin(REFRESH_INTERVAL_MS);
     registry.failed(REFRESH_INTERVAL_MS);
@@ -183,7 +245,7 @@ describe("PublisherRegistry", () => {
     // Made-up keys push it out of the wait; it is still unknown, never refused for them.
     for (let i = 0; i < 4 * UNKNOWN_PUBLISHERS_MAX; i++) expect(registry.check(key(100 + i), 0)).toBe("unknown");
     registry.begin(UNKNOWN_PUBLISHER_WAIT_MS);
-    registry.update([registered], UNKNOWN_PUBLISHER_WAIT_MS);
+    registry.update(listed([registered]), UNKNOWN_PUBLISHER_WAIT_MS);
     expect(registry.check(registered, UNKNOWN_PUBLISHER_WAIT_MS)).toBe(true);
     // The made-up keys that were still waiting are refused.
     expect(registry.check(key(100 + 4 * UNKNOWN_PUBLISHERS_MAX - 1), UNKNOWN_PUBLISHER_WAIT_MS)).toBe(false);

@@ -64,9 +64,29 @@ describe("Host allowlist", () => {
       expect(hosts.allows(host, PORT)).toBe(false);
   });
 
-  test("--host-name takes DNS names and IP literals only", () => {
-    for (const name of ["ops-1.example.net", "localhost", "10.0.1.11", "::1", "fe80::1"]) expect(isHostName(name)).toBe(true);
-    for (const name of ["", "ops 1", "a/b", "user@host", "host:80", "[::1]:80"]) expect(isHostName(name)).toBe(false);
-    expect(() => new HostAllowlist({ listenHost: "127.0.0.1", names: ["a/b"] })).toThrow('not a host name or IP address: "a/b"');
+  test("--host-name takes DNS names and IP literals, each with an optional port (IPv6 in brackets then)", () => {
+    for (const name of ["ops-1.example.net", "localhost", "10.0.1.11", "::1", "fe80::1", "host:80", "[::1]:8080", "fitb_console:7500"])
+      expect(isHostName(name)).toBe(true);
+    for (const name of ["", "ops 1", "a/b", "user@host", "host:", "host:0", "host:65536", "[::1]:", "::1:80x"])
+      expect(isHostName(name)).toBe(false);
+    expect(() => new HostAllowlist({ listenHost: "127.0.0.1", names: ["a/b"] })).toThrow(
+      'not a host name or IP address, with an optional port: "a/b"',
+    );
+  });
+
+  test("a --host-name with a port is allowed at that port, not the listened one: an SSH tunnel to another local port, a reverse proxy", () => {
+    const hosts = new HostAllowlist({ listenHost: "127.0.0.1", names: ["localhost:8080", "ops.example.net:80", "[::1]:8443"] });
+    // ssh -L 8080:127.0.0.1:7500: the browser's Host is localhost:8080; a proxy on port 80 sends no port.
+    for (const host of ["localhost:8080", "ops.example.net", "ops.example.net:80", "[::1]:8443", "localhost:7500"])
+      expect(hosts.allows(host, PORT)).toBe(true);
+    for (const host of ["127.0.0.1:8080", "localhost:8081", "ops.example.net:7500", "[::1]:8080", "attacker.example:8080"])
+      expect(hosts.allows(host, PORT)).toBe(false);
+  });
+
+  test("names may hold underscores (a compose service's host name), as a listen address and as a Host header", () => {
+    const hosts = new HostAllowlist({ listenHost: "fitb_replica_1" });
+    expect(hosts.allows("fitb_replica_1:9464", 9464)).toBe(true);
+    expect(hosts.allows("FITB_Replica_1:9464", 9464)).toBe(true);
+    expect(hosts.allows("fitb_replica_2:9464", 9464)).toBe(false);
   });
 });

@@ -1,8 +1,8 @@
 // The console's login (src/cli/console/login.ts): the printed URL's secret works once and
-// sets a session cookie (HttpOnly, SameSite=Strict, named by the console's port); only
-// that cookie's secret is a session.
+// sets a session cookie (HttpOnly, SameSite=Strict, named by the console's port, kept
+// across browser restarts for SESSION_MAX_AGE_S); only that cookie's secret is a session.
 import { describe, expect, test } from "bun:test";
-import { ConsoleLogin, LOGIN_SECRET_BYTES, secretsEqual } from "../../src/cli/console/login.ts";
+import { ConsoleLogin, LOGIN_SECRET_BYTES, SESSION_MAX_AGE_S, secretsEqual } from "../../src/cli/console/login.ts";
 
 function sessionOf(setCookie: string): string {
   return setCookie.split(";")[0] as string;
@@ -16,7 +16,9 @@ describe("console login", () => {
     expect(login.redeem("wrong")).toBeNull();
     expect(login.used).toBe(false);
     const cookie = login.redeem(login.printedSecret) as string;
-    expect(cookie).toMatch(/^fitb-console-7500=[A-Za-z0-9_-]{43}; HttpOnly; SameSite=Strict; Path=\/$/);
+    expect(cookie).toMatch(/^fitb-console-7500=[A-Za-z0-9_-]{43}; HttpOnly; SameSite=Strict; Path=\/; Max-Age=604800$/);
+    // A week: closing the browser does not end the session (the demo's console would need a restart).
+    expect(SESSION_MAX_AGE_S).toBe(7 * 24 * 60 * 60);
     expect(login.used).toBe(true);
     expect(login.redeem(login.printedSecret)).toBeNull();
   });

@@ -2,12 +2,14 @@
 // nothing is served without the session the printed login URL sets; Host, Origin and
 // Sec-Fetch-Site are checked; the tail limit holds under concurrent requests; a tail whose
 // client reads nothing holds at most its byte budget, drops and counts the rest, and is
-// ended when it stalls. The real cluster and a real browser: test/integration/console.test.ts.
+// ended when it stalls; a quiet tail writes heartbeats. The real cluster and a real browser:
+// test/integration/console.test.ts.
 import { afterEach, describe, expect, test } from "bun:test";
 import { createConnection, type Socket } from "node:net";
 import type { FitbClient } from "../../src/client/client.ts";
 import type { BatchHandler, ReceivedBatch, Subscription } from "../../src/client/subscription.ts";
 import { ConsoleServer, REQUEST_BODY_BYTES_MAX, TAIL_HELD_BYTES_MAX, TAILS_MAX } from "../../src/cli/console/server.ts";
+import { TAIL_HEARTBEAT, TAIL_HEARTBEAT_MS } from "../../src/cli/console/tail.ts";
 import { waitFor } from "../helpers/wait.ts";
 
 /** Events pushed per batch into a tail, and bytes per event: enough to fill socket buffers quickly. */
@@ -58,7 +60,7 @@ afterEach(() => {
   for (const server of servers.splice(0)) server.stop();
 });
 
-function startConsole(client: FitbClient, extra: { tailStallMs?: number; admin?: boolean } = {}): ConsoleServer {
+function startConsole(client: FitbClient, extra: { tailStallMs?: number; tailHeartbeatMs?: number; admin?: boolean } = {}): ConsoleServer {
   const server = ConsoleServer.start({
     client,
     admin: extra.admin ?? true,
@@ -67,6 +69,7 @@ function startConsole(client: FitbClient, extra: { tailStallMs?: number; admin?:
     version: "test",
     connectMs: 0,
     tailStallMs: extra.tailStallMs,
+    tailHeartbeatMs: extra.tailHeartbeatMs,
   });
   servers.push(server);
   return server;
@@ -117,7 +120,9 @@ describe("console login", () => {
     expect((await fetch(`${server.url}?login=wrong`)).status).toBe(403);
     const answer = await fetch(server.loginUrl);
     expect(answer.status).toBe(200);
-    expect(answer.headers.get("set-cookie")).toMatch(/^fitb-console-\d+=[A-Za-z0-9_-]{43}; HttpOnly; SameSite=Strict; Path=\/$/);
+    expect(answer.headers.get("set-cookie")).toMatch(
+      /^fitb-console-\d+=[A-Za-z0-9_-]{43}; HttpOnly; SameSite=Strict; Path=\/; Max-Age=604800$/,
+    );
     expect(answer.headers.get("cache-control")).toBe("no-store");
     expect(answer.headers.get("referrer-policy")).toBe("no-referrer");
     expect(await answer.text()).toContain('location.replace("/")');
@@ -237,6 +242,36 @@ describe("console tails", () => {
     await waitFor("the tail to end when its client is gone", () => server.tailStats().open === 0);
     expect(fake.closed).toEqual(["net.links"]);
   }, 60_000);
+
+  test("a quiet tail writes an SSE comment heartbeat when it had nothing to write for a while; events still come after", async () => {
+    expect(TAIL_HEARTBEAT_MS).toBe(15_000);
+    expect(TAIL_HEARTBEAT).toMatch(/^: [^\n]*\n\n$/);
+    const fake = fakeClient();
+    // Short, so the test does not wait 15 s: it reads until it sees them, whenever they come.
+    const server = startConsole(fake.client, { tailHeartbeatMs: 5 });
+    const cookie = await logIn(server);
+    const abort = new AbortController();
+    const answer = await fetch(`${server.url}api/tail?tag=net.links`, { headers: { cookie }, signal: abort.signal });
+    const reader = (answer.body as ReadableStream<Uint8Array>).getReader();
+    const decoder = new TextDecoder();
+    let received = "";
+    const readUntil = async (done: () => boolean): Promise<void> => {
+      while (!done()) {
+        const chunk = await reader.read();
+        if (chunk.done) throw new Error(`the tail ended; received ${JSON.stringify(received)}`);
+        received += decoder.decode(chunk.value, { stream: true });
+      }
+    };
+    const heartbeats = () => received.split(TAIL_HEARTBEAT).length - 1;
+    await readUntil(() => received.includes("event: ready") && heartbeats() >= 2);
+    await (fake.handlers[0] as BatchHandler)(batchOf(1, 1));
+    await readUntil(() => received.includes("event: event"));
+    const seen = heartbeats();
+    await readUntil(() => heartbeats() > seen);
+    expect(server.tailStats().open).toBe(1);
+    abort.abort();
+    await waitFor("the tail to end when its page leaves", () => server.tailStats().open === 0);
+  });
 
   test("a tail whose client reads nothing while bytes wait is ended, and its slot freed", async () => {
     const fake = fakeClient();

@@ -3,7 +3,7 @@
 // refused. Scraping by IP:PORT works on a loopback and on a wildcard listen.
 import { afterEach, describe, expect, test } from "bun:test";
 import { METRICS_REQUEST_BODY_BYTES_MAX, type MetricsServer, startMetricsServer } from "../../src/cli/metrics-server.ts";
-import { UsageError } from "../../src/cli/errors.ts";
+import { CommandError, UsageError } from "../../src/cli/errors.ts";
 import { MetricsRegistry } from "../../src/metrics/registry.ts";
 
 const servers: MetricsServer[] = [];
@@ -53,5 +53,17 @@ describe("metrics endpoint", () => {
 
   test("a listen address that is no host is a usage error", () => {
     expect(() => startMetricsServer("a/b:9464", { registry: new MetricsRegistry("t_") })).toThrow(UsageError);
+  });
+
+  test("a host name with underscores (a compose service's) is a host: it gets as far as listening", () => {
+    // No such name resolves here: the listen fails (CommandError), after the Host check took the name.
+    let thrown: unknown = null;
+    try {
+      const server = startMetricsServer("fitb_replica_1:0", { registry: new MetricsRegistry("t_") });
+      if (server !== null) servers.push(server);
+    } catch (error) {
+      thrown = error;
+    }
+    expect(thrown === null || thrown instanceof CommandError).toBe(true);
   });
 });

@@ -126,7 +126,7 @@ describe("channel-info: a refusal from a replica behind a decision is not a verd
     expect(rule.add(1, described(1, 12))).toEqual({ ok: true, value: INFO });
   });
 
-  test("one replica's huge `at` asks the refusals again once; their next answers settle, and the deadline settles them too", () => {
+  test("one replica's huge `at` asks the refusals again once; 2f+1 next answers settle", () => {
     const huge = Number.MAX_SAFE_INTEGER;
     const rule = channelInfoRule(4, 1, "channel-info sec.alerts", 0, ready);
     // Replica 3 describes a channel nobody created, claiming it executed seq 2^53-1.
@@ -135,16 +135,40 @@ describe("channel-info: a refusal from a replica behind a decision is not a verd
     expect(rule.stale?.()).toEqual({ replicas: [0, 1, 2], after: huge });
     // Nothing more to ask while they wait.
     expect(rule.stale?.()).toEqual({ replicas: [], after: 0 });
-    // Past their hold bound they refuse again at the seq they reached: that counts now.
+    // Past their hold bound they refuse again at the seq they reached: unconfirmed refusals,
+    // each one of the 2f+1 that settle it whatever one replica claims.
     expect(rule.add(0, unknown(0, 60))).toBeNull();
-    const outcome = rule.add(1, unknown(1, 61));
+    expect(rule.add(1, unknown(1, 61))).toBeNull();
+    expect(rule.stale?.()).toEqual({ replicas: [], after: 0 });
+    const outcome = rule.add(2, unknown(2, 61));
     expect((outcome as unknown as { error: RequestRejectedError }).error.code).toBe("UNKNOWN_CHANNEL");
-    // Had the deadline come first, the refusals would have settled it, not a NoQuorumError.
-    const early = channelInfoRule(4, 1, "channel-info sec.alerts", 0, ready);
-    early.add(3, described(3, huge));
-    for (const replica of [0, 1, 2]) early.add(replica, unknown(replica, 60));
-    early.stale?.();
-    expect((early.atDeadline(() => "") as unknown as { error: RequestRejectedError }).error.code).toBe("UNKNOWN_CHANNEL");
+  });
+
+  test("a channel created moments ago: two refusals below the one description, after their wait, are not a verdict", () => {
+    // n=4, f=1, no floor: replica 0 executed the create at seq 10 and describes the channel.
+    const rule = channelInfoRule(4, 1, "channel-info sec.alerts", 0, ready);
+    expect(rule.add(0, described(0, 10))).toBeNull();
+    expect(rule.add(1, unknown(1, 9))).toBeNull();
+    expect(rule.add(2, unknown(2, 9))).toBeNull();
+    expect(rule.stale?.()).toEqual({ replicas: [1, 2], after: 10 });
+    // Their 5 s hold is over (or their wait queue was full) before they executed seq 10.
+    expect(rule.add(1, unknown(1, 9))).toBeNull();
+    expect(rule.add(2, unknown(2, 9))).toBeNull();
+    const atDeadline = rule.atDeadline(() => "replica 3: no answer");
+    expect((atDeadline as { error: Error }).error.constructor.name).toBe("NoQuorumError");
+    // Once they have executed it, they describe it.
+    expect(rule.add(1, described(1, 10))).toEqual({ ok: true, value: INFO });
+  });
+
+  test("refusals still asked to wait do not count at the deadline", () => {
+    const rule = channelInfoRule(4, 1, "channel-info sec.alerts", 0, ready);
+    rule.add(0, described(0, 10));
+    rule.add(1, unknown(1, 9));
+    rule.add(2, unknown(2, 9));
+    rule.add(3, unknown(3, 9));
+    expect(rule.stale?.()).toEqual({ replicas: [1, 2, 3], after: 10 });
+    const atDeadline = rule.atDeadline(() => "replicas 1, 2, 3: asked again");
+    expect((atDeadline as { error: Error }).error.constructor.name).toBe("NoQuorumError");
   });
 
   test("a refusal behind the (f+1)-th highest `at` of the descriptions is still asked again, however often", () => {
@@ -327,6 +351,32 @@ describe("subscribe: a refusal from a replica behind a decision does not end the
       const waits = host.subscribes.filter((s) => s.replica === replica && s.after === Number.MAX_SAFE_INTEGER);
       expect(waits.length).toBeLessThanOrEqual(1);
     }
+  });
+
+  test("a channel created moments ago: two replicas refusing below the one SUB_OK's `at`, after their wait, do not end it", async () => {
+    const { host, sub, ended } = start();
+    const first = host.subIdAt(0);
+    sub.onSubOk(0, first, { sub: first, replica: 0, next: 1, at: 10 });
+    refuse(host, sub, 1, 9);
+    refuse(host, sub, 2, 9);
+    expect(host.subscribes.filter((s) => s.after === 10).map((s) => s.replica)).toEqual([1, 2]);
+    // Their hold is over (or their wait queue full) before they executed seq 10: they refuse at 9 again.
+    refuse(host, sub, 1, 9);
+    refuse(host, sub, 2, 9);
+    await Bun.sleep(0);
+    expect(ended).toEqual([]);
+    // They are asked again after a pause, and accept once they have executed the create.
+    host.nowMs += RESUBSCRIBE_AFTER_REFUSAL_MS;
+    sub.tick(host.nowMs);
+    for (const replica of [1, 2]) {
+      expect(host.subscribesTo(replica)).toBe(3);
+      const subId = host.subIdAt(replica);
+      sub.onSubOk(replica, subId, { sub: subId, replica, next: 1, at: 10 });
+    }
+    await Bun.sleep(0);
+    expect(ended).toEqual([]);
+    expect(sub.stats().staleRefusals).toBe(0);
+    await sub.close();
   });
 
   test("fresh refusals from f+1 end it once 2f+1 replicas answered", async () => {

@@ -237,21 +237,20 @@ describe("PeerInbox: budgets and muting", () => {
     expect(h.inbox.isMuted(3)).toBe(false);
   });
 
-  test("a PING answered at once (charge) costs one of the peer's message budget: past it the peer is muted, and a muted peer's are refused", () => {
+  test("a PING answered at once (chargePing) costs one of the peer's PING budget: past it the answer is no, and the peer is not muted (a PING has no MAC)", () => {
     const h = harness({ messagesPerSecondMax: 5 });
-    for (let i = 0; i < 5; i++) expect(h.inbox.charge(2)).toBe(true);
+    for (let i = 0; i < 5; i++) expect(h.inbox.chargePing(2)).toBe(true);
+    expect(h.inbox.chargePing(2)).toBe(false);
     expect(h.muted).toEqual([]);
-    expect(h.inbox.charge(2)).toBe(false);
-    expect(h.muted).toEqual([[2, "budget", "more than 5 messages a second"]]);
-    expect(h.inbox.charge(2)).toBe(false);
-    expect(h.dropped).toEqual([
-      [2, "muted"],
-      [2, "muted"],
-    ]);
-    // Charged PINGs and queued messages share the budget.
-    for (let i = 0; i < 5; i++) expect(h.inbox.charge(3)).toBe(true);
-    h.inbox.push(3, msg(1), KEY);
-    expect(h.inbox.isMuted(3)).toBe(true);
+    expect(h.inbox.isMuted(2)).toBe(false);
+    // The PING budget is apart from the messages': a flood of PINGs someone on the path
+    // sends in a peer's name does not cost its messages.
+    h.inbox.push(2, msg(1), KEY);
+    expect(h.inbox.isMuted(2)).toBe(false);
+    // A muted peer's PINGs are refused and counted.
+    h.inbox.misbehaving(3, "a test");
+    expect(h.inbox.chargePing(3)).toBe(false);
+    expect(h.dropped).toEqual([[3, "muted"]]);
   });
 
   test("a peer the mesh or the ordering runtime catches sending what no correct replica sends is muted as misbehaving, longer each time", () => {

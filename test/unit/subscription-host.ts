@@ -6,7 +6,7 @@
 import { encodeCanonical } from "../../wire/canonical.ts";
 import type { Events } from "../../wire/schemas.ts";
 import { DOMAIN_REQUEST } from "../../wire/types.ts";
-import type { ChannelInfo } from "../../src/client/queries.ts";
+import type { ChannelInfo, PublisherListing } from "../../src/client/queries.ts";
 import type { ClientSubscription, SubscriptionHost } from "../../src/client/subscription.ts";
 import { signDomain } from "../../src/crypto/ed25519.ts";
 import type { SigningKey } from "../../src/crypto/keys.ts";
@@ -42,17 +42,18 @@ export class ScriptedHost implements SubscriptionHost {
     return this.floor;
   }
 
-  /** The registered publishers the host answers with, and how often it was asked. */
+  /** The registered publishers the host answers with, the `at` of that listing, and how often it was asked. */
   registered: Uint8Array[] = [];
+  registeredAt = 0;
   publisherQueries = 0;
   /** Answers queued while set: the test releases them with `answerPublishers`. */
   holdPublisherQueries = false;
   private readonly heldPublisherQueries: (() => void)[] = [];
 
-  publishers(_tag: string): Promise<readonly Uint8Array[]> {
+  publishers(_tag: string): Promise<PublisherListing> {
     this.publisherQueries++;
     return new Promise((resolve) => {
-      const answer = () => resolve([...this.registered]);
+      const answer = () => resolve({ publishers: [...this.registered], at: this.registeredAt });
       if (this.holdPublisherQueries) this.heldPublisherQueries.push(answer);
       else answer();
     });

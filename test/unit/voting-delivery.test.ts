@@ -626,6 +626,23 @@ describe("byzantine/none: a key stays vouched for only while f+1 replicas keep s
     expect(v.stats().deliveredBatches).toBe(4);
   });
 
+  test("a quiet key stays vouched for: 500 publishers quiet for an interval, then publishing as the replicas stream one after another, are all delivered", () => {
+    const v = trusting("byzantine");
+    const publishers = Array.from({ length: 500 }, () => publisher());
+    for (const p of publishers) for (const replica of [0, 1, 2, 3]) v.onBatch(replica, unsigned(p, 1));
+    expect(v.stats().deliveredBatches).toBe(publishers.length);
+    // Every replica sent every key in the first interval; no replica sent any in the second.
+    v.lapseVouches();
+    v.lapseVouches();
+    // They all publish again: each replica's stream reaches the subscriber one after another.
+    // Had the quiet keys lapsed, each replica could hold evidence for only
+    // DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX of them: most batches would be lost.
+    const outputs = [0, 1, 2, 3].flatMap((replica) => publishers.flatMap((p) => v.onBatch(replica, unsigned(p, 2))));
+    expect(pubSeqs(outputs)).toEqual(publishers.map(() => 2));
+    expect(others(outputs)).toEqual([]);
+    expect(v.stats()).toMatchObject({ deliveredBatches: 2 * publishers.length, held: 0, evictions: [0, 0, 0, 0] });
+  });
+
   test("crash channels trust one replica per copy: nothing lapses there", () => {
     const v = trusting("crash");
     expect(pubSeqs(v.onBatch(0, unsigned(BOB, 1)))).toEqual([1]);
@@ -683,14 +700,21 @@ describe("byzantine/none: publisher keys are vouched for by f+1 replicas", () =>
     v.onBatch(0, copy(1, B1));
     // The two liars agree on every key they make up: f vouchers, one short.
     const flood = minted(DELIVERY_PUBLISHERS_MAX + 500);
+    const reported = [0, 0, 0, 0, 0, 0, 0];
     for (const c of flood) {
-      expect(v.onBatch(5, copy(1, c))).toEqual([]);
-      expect(v.onBatch(6, copy(1, c))).toEqual([]);
+      for (const replica of [5, 6]) {
+        const out = v.onBatch(replica, copy(1, c));
+        expect(delivered(out)).toEqual([]);
+        for (const o of out)
+          if (o.t === "held-dropped" && o.replica === replica && o.events === 1) reported[replica] = (reported[replica] ?? 0) + 1;
+      }
     }
     const afterFlood = v.stats();
     expect(afterFlood.deliveredBatches).toBe(0);
     const evicted = flood.length - DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX;
     expect(afterFlood.evictions).toEqual([0, 0, 0, 0, 0, evicted, evicted]);
+    // Each eviction is reported (the caller rate-limits the signals), never silent.
+    expect(reported).toEqual([...afterFlood.evictions]);
     expect(afterFlood.held).toBe(1 + 2 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX);
     // Replica 0's evidence survived: two more correct replicas make f+1.
     expect(v.onBatch(1, copy(1, B1))).toEqual([]);
@@ -713,9 +737,11 @@ describe("byzantine/none: publisher keys are vouched for by f+1 replicas", () =>
     for (const c of minted(3 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX)) v.onBatch(3, copy(1, c));
     expect(v.stats().evictions).toEqual([0, 0, 0, 2 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX]);
     expect(v.stats().heldDropped).toEqual([0, 0, 0, 2 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX]);
-    // Replica 0 goes past its own allowance by one key: its oldest, registered[0], is evicted.
+    // Replica 0 goes past its own allowance by one key: its oldest, registered[0], is evicted, and that is reported.
     const late = publisher();
-    expect(v.onBatch(0, copy(1, signed(late, 1, ["late"])))).toEqual([]);
+    expect(v.onBatch(0, copy(1, signed(late, 1, ["late"])))).toEqual([
+      { t: "held-dropped", replica: 0, events: 1, reason: expect.stringContaining("publisher keys not yet vouched for") },
+    ]);
     expect(v.stats().evictions).toEqual([1, 0, 0, 2 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX]);
     expect(v.onBatch(1, copy(1, signed(registered[0]!, 1, ["real"])))).toEqual([]);
     for (const p of registered.slice(1)) expect(delivered(v.onBatch(1, copy(1, signed(p, 1, ["real"]))))).toEqual([[null, ["real"]]]);
@@ -725,8 +751,12 @@ describe("byzantine/none: publisher keys are vouched for by f+1 replicas", () =>
   test("held copies are bounded per key in count and bytes, and per replica in bytes", () => {
     const v = voter("byzantine", "none");
     const mallory = publisher();
-    for (let seq = 1; seq <= DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX + 5; seq++) v.onBatch(3, copy(1, signed(mallory, seq, ["e"])));
+    const dropped: DeliveryOutput[] = [];
+    for (let seq = 1; seq <= DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX + 5; seq++)
+      dropped.push(...v.onBatch(3, copy(1, signed(mallory, seq, ["e"]))));
     expect(v.stats()).toMatchObject({ held: DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX, heldDropped: [0, 0, 0, 5] });
+    // Every copy dropped at the bound is reported: an unordered channel's copies are not sent again.
+    expect(dropped.map((o) => (o.t === "held-dropped" ? `${o.replica}/${o.events}` : o.t))).toEqual(Array(5).fill("3/1"));
 
     const big = (p: Publisher, seq: number) => signed(p, seq, ["x".repeat(1024 * 1024)]);
     const perCopy = big(ALICE, 1).body.length + big(ALICE, 1).sig.length;
@@ -811,6 +841,18 @@ describe("a publisher filter that does not know a key yet (crash channels)", () 
     expect(v.stats().heldDropped[3]).toBe(1);
     // Another replica's allowance is its own.
     expect(others(v.onBatch(0, copy(1, signed(BOB, 1, ["x"])))).map((o) => o.t)).toEqual(["unknown-publisher"]);
+  });
+
+  test("unordered: a copy pushed out past the bound is reported (nothing sends it again)", () => {
+    const v = voter("crash", "none", { acceptPublisher: () => "unknown" });
+    for (let seq = 1; seq <= DELIVERY_UNKNOWN_PUBLISHER_COPIES_PER_REPLICA_MAX; seq++) {
+      expect(others(v.onBatch(3, copy(1, signed(BOB, seq, ["x"])))).map((o) => o.t)).toEqual(["unknown-publisher"]);
+    }
+    expect(others(v.onBatch(3, copy(1, signed(BOB, 999, ["x", "y"]))))).toEqual([
+      { t: "held-dropped", replica: 3, events: 1, reason: expect.stringContaining("unknown publishers") },
+      { t: "unknown-publisher", replica: 3, publisher: BOB.key },
+    ]);
+    expect(v.stats().heldDropped[3]).toBe(1);
   });
 
   test("a key refused after the wait: its held copies are dropped as publisher-refused", () => {

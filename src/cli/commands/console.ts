@@ -1,6 +1,6 @@
 /**
  * `fitb console --config C --key K [--listen 127.0.0.1:7500] [--allow-remote] [--host-name
- * NAME ...]`: the web console (src/cli/console/): live charts of event rates and latency,
+ * NAME[:PORT] ...]`: the web console (src/cli/console/): live charts of event rates and latency,
  * the replicas and what is wrong, each channel's rates, a live tail of a channel.
  * Read-only unless the key is an admin key (then channels can be created and destroyed
  * from the page). Listens on loopback unless --allow-remote. It prints a URL with a
@@ -33,7 +33,9 @@ export const consoleCommand: Command = {
     "key the page can also create and destroy channels. It listens on loopback only unless",
     "--allow-remote, and answers only requests addressed to it (no DNS rebinding): its",
     "address, this host's interface addresses when it listens on 0.0.0.0 or ::, and the",
-    "names given with --host-name.",
+    "names given with --host-name (a cloud host's public IP is not an interface address:",
+    "give it there). A name with a port is taken at that port: the browser's, through an",
+    "SSH tunnel to another local port (--host-name localhost:8080) or a reverse proxy.",
     "",
     "It prints a URL with a one-time login secret (http://127.0.0.1:7500/?login=...):",
     "opening it logs that browser in (a session cookie); without it the console serves",
@@ -53,9 +55,10 @@ export const consoleCommand: Command = {
     {
       name: "host-name",
       kind: "string",
-      valueName: "NAME",
+      valueName: "NAME[:PORT]",
       repeated: true,
-      description: "A name the browser uses to reach the console (its Host header), besides its addresses",
+      description:
+        "A name the browser uses to reach the console (its Host header), besides its addresses; with a port, at that port instead of the console's (IPv6: [ADDR]:PORT)",
     },
     ...TIMEOUT_FLAGS,
   ],
@@ -81,7 +84,8 @@ async function runConsole(args: ParsedArgs, io: CommandIo): Promise<number> {
   }
   const hostNames = args.strings("host-name");
   const badName = hostNames.find((name) => !isHostName(name));
-  if (badName !== undefined) throw new UsageError(`--host-name: ${JSON.stringify(badName)} is not a host name or IP address`);
+  if (badName !== undefined)
+    throw new UsageError(`--host-name: ${JSON.stringify(badName)} is not a host name or IP address, with an optional :PORT`);
   const setup = loadClientSetup(flags.configPath, flags.keyPath);
   const admin = setup.config.adminKeys.some((key) => bytesEqual(key, setup.key.publicKey));
   const client = openStatusClient(flags, io, "console");

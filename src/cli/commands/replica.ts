@@ -51,7 +51,10 @@ export const replicaCommand: Command = {
     "It refuses to start when a replica whose answer counted is not in the group it",
     "describes under its key, or the group's f is above the file's: the file is out of",
     "date. --members-digest (the digest 'fitb admin members' prints for the group that",
-    "names it) makes it check the group too, so an out of date file cannot mislead it.",
+    "names it) makes it check the group too, so an out of date file cannot mislead it;",
+    "a group that hashes to it needs f+1 of its own members' answers, whatever the",
+    "file's f. A voucher under a key the group no longer names (a rotation still",
+    "switching), or too few members' answers, is asked again for up to 60 s first.",
   ],
   flags: [
     { name: "config", kind: "string", valueName: "FILE", description: `The cluster file (${CONFIG_DEFAULT_TEXT})` },

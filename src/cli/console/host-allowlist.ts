@@ -11,10 +11,12 @@
  *   resolve to this host without asking DNS;
  * - on a wildcard address (`0.0.0.0`, `::`), the literal addresses of this host's
  *   interfaces, read at each request (DHCP may change them) and loopback;
- * - names the operator gave (`fitb console --host-name NAME`), trusted as theirs.
+ * - names the operator gave (`fitb console --host-name NAME[:PORT]`), trusted as theirs.
  *
  * The port must be the one listened on too: a page on another port of this host is
- * another origin, and an Origin check built on this list must refuse it.
+ * another origin, and an Origin check built on this list must refuse it. A name the
+ * operator gave with a port is allowed at that port instead: the browser's port when it
+ * reaches the console through an SSH tunnel to another local port or a reverse proxy.
  */
 import { networkInterfaces } from "node:os";
 import { isLoopbackHost } from "../../relay/listen.ts";
@@ -24,23 +26,28 @@ const HTTP_DEFAULT_PORT = 80;
 /**
  * A Host header's shape, checked before the URL parser reads it: a name or IPv4 literal,
  * or a bracketed IPv6 literal, and an optional port. Anything else (user info, a path, a
- * zone id) is refused rather than parsed.
+ * zone id) is refused rather than parsed. Names may hold `_`, as container names do
+ * (`fitb_replica_1`), which the URL parser keeps as they are.
  */
-const HOST_HEADER = /^(?:\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::[0-9]{1,5})?$/i;
+const HOST_HEADER = /^(?:\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::[0-9]{1,5})?$/i;
+const PORT_MAX = 65_535;
 const LOOPBACK_NAMES: readonly string[] = ["localhost", "127.0.0.1", "[::1]"];
 const WILDCARD_ADDRESSES: ReadonlySet<string> = new Set(["0.0.0.0", "[::]"]);
 
 export interface HostAllowlistOptions {
   /** The address listened on, as given to Bun.serve: an IP literal (IPv6 unbracketed), a name, or a wildcard. */
   readonly listenHost: string;
-  /** Names the operator says reach this server (`--host-name`). */
+  /** Names the operator says reach this server (`--host-name`), each `NAME[:PORT]` (IPv6 with a port in brackets). */
   readonly names?: readonly string[];
   /** This host's interface addresses; tests pass their own. */
   readonly interfaceAddresses?: () => readonly string[];
 }
 
 export class HostAllowlist {
+  /** Hosts allowed at the port listened on. */
   private readonly fixed = new Set<string>();
+  /** Names the operator gave with a port, as `host port`: allowed at that port only. */
+  private readonly namedWithPort = new Set<string>();
   private readonly wildcard: boolean;
   private readonly interfaceAddresses: () => readonly string[];
 
@@ -51,9 +58,10 @@ export class HostAllowlist {
     if (!this.wildcard) this.fixed.add(listen);
     if (this.wildcard || isLoopbackHost(options.listenHost)) for (const name of LOOPBACK_NAMES) this.fixed.add(name);
     for (const name of options.names ?? []) {
-      const canonical = canonicalHost(name);
-      if (canonical === null) throw new Error(`not a host name or IP address: ${JSON.stringify(name)}`);
-      this.fixed.add(canonical);
+      const parsed = parseHostName(name);
+      if (parsed === null) throw new Error(`not a host name or IP address, with an optional port: ${JSON.stringify(name)}`);
+      if (parsed.port === null) this.fixed.add(parsed.host);
+      else this.namedWithPort.add(`${parsed.host} ${parsed.port}`);
     }
     this.interfaceAddresses = options.interfaceAddresses ?? localInterfaceAddresses;
   }
@@ -67,15 +75,35 @@ export class HostAllowlist {
     } catch {
       return false;
     }
-    if ((url.port === "" ? HTTP_DEFAULT_PORT : Number(url.port)) !== port) return false;
+    const headerPort = url.port === "" ? HTTP_DEFAULT_PORT : Number(url.port);
+    if (this.namedWithPort.has(`${url.hostname} ${headerPort}`)) return true;
+    if (headerPort !== port) return false;
     if (this.fixed.has(url.hostname)) return true;
     return this.wildcard && this.interfaceAddresses().some((address) => canonicalHost(address) === url.hostname);
   }
 }
 
-/** Whether `text` can be given as a `--host-name`: a DNS name or an IP literal. */
+/** Whether `text` can be given as a `--host-name`: a DNS name or an IP literal, with an optional port (parseHostName). */
 export function isHostName(text: string): boolean {
-  return canonicalHost(text) !== null;
+  return parseHostName(text) !== null;
+}
+
+/**
+ * A `--host-name`: `NAME`, `NAME:PORT`, an IPv6 literal alone (`::1`) or bracketed with a
+ * port (`[::1]:8080`); the host in its canonical form (canonicalHost) and the port, or
+ * null without one. Null when it is none of these.
+ */
+function parseHostName(text: string): { readonly host: string; readonly port: number | null } | null {
+  const ipv6Alone = !text.startsWith("[") && text.indexOf(":") !== text.lastIndexOf(":");
+  if (ipv6Alone) {
+    const host = canonicalHost(text);
+    return host === null ? null : { host, port: null };
+  }
+  const match = /^(.*?)(?::([0-9]{1,5}))?$/.exec(text);
+  const port = match?.[2] === undefined ? null : Number(match[2]);
+  if (match === null || (port !== null && !(port >= 1 && port <= PORT_MAX))) return null;
+  const host = canonicalHost(match[1] as string);
+  return host === null ? null : { host, port };
 }
 
 /**

@@ -10,6 +10,11 @@
  * (a journal, a scrollback) read later gives no way in. One browser holds the session; a
  * new one needs a console restart, which prints a new URL.
  *
+ * The cookie lasts SESSION_MAX_AGE_S (Max-Age), not just the browser's run: closing the
+ * browser would otherwise end the session, and with it the console (for `fitb demo`, the
+ * whole demo) would have to be restarted. The session itself lives in the console
+ * process's memory and ends with it whatever the cookie says.
+ *
  * Cookies are not kept apart by port, so the cookie's name carries the console's port:
  * two consoles on one host (say read-only and admin) each keep their own session.
  */
@@ -20,6 +25,8 @@ export const LOGIN_SECRET_BYTES = 32;
 /** The login URL's query parameter. */
 export const LOGIN_PARAM = "login";
 const COOKIE_NAME_PREFIX = "fitb-console-";
+/** How long the browser keeps the session cookie: a week of browser restarts. */
+export const SESSION_MAX_AGE_S = 7 * 24 * 60 * 60;
 
 export class ConsoleLogin {
   /** The secret of the printed URL, until it is used. */
@@ -51,7 +58,7 @@ export class ConsoleLogin {
     if (this.loginSecret === null || !secretsEqual(candidate, this.loginSecret)) return null;
     this.loginSecret = null;
     this.sessionSecret = this.random(LOGIN_SECRET_BYTES).toString("base64url");
-    return `${this.cookieName}=${this.sessionSecret}; HttpOnly; SameSite=Strict; Path=/`;
+    return `${this.cookieName}=${this.sessionSecret}; HttpOnly; SameSite=Strict; Path=/; Max-Age=${SESSION_MAX_AGE_S}`;
   }
 
   /** Whether a Cookie header holds this console's session; compared in constant time. */

@@ -27,7 +27,7 @@ import { ASSETS } from "./assets.ts";
 import { HostAllowlist } from "./host-allowlist.ts";
 import { ConsoleLogin, LOGIN_PARAM, secretsEqual } from "./login.ts";
 import { consolePage, loggedInPage, loginNeededPage } from "./page.ts";
-import { ConsoleTail } from "./tail.ts";
+import { ConsoleTail, TAIL_HEARTBEAT_MS } from "./tail.ts";
 
 /** How often the console asks the replicas for their status. */
 export const SAMPLE_INTERVAL_MS = 2_000;
@@ -63,6 +63,8 @@ export interface ConsoleOptions {
   readonly connectMs: number;
   /** TAIL_STALL_MS unless a test asks for less. */
   readonly tailStallMs?: number;
+  /** TAIL_HEARTBEAT_MS unless a test asks for less. */
+  readonly tailHeartbeatMs?: number;
 }
 
 /** What the open tails hold, for tests and the curious: the byte budget at work. */
@@ -238,7 +240,8 @@ export class ConsoleServer {
   /**
    * A live tail (tail.ts). Its slot is taken here, synchronously, and given back when the
    * tail ends however it ends (the page leaves, the subscription fails or ends, the console
-   * stops). A tail may be quiet for long, so its connection has no idle timeout.
+   * stops). A tail may be quiet for long, so its connection has no idle timeout; its
+   * heartbeats (tail.ts) find a page that vanished without closing the connection.
    */
   private onTail(request: Request, tag: string): Response {
     if (!tagSchema.safeParse(tag).success) return text(400, "expected ?tag=TAG, a channel's tag\n");
@@ -248,6 +251,7 @@ export class ConsoleServer {
       tag,
       bytesMax: TAIL_HELD_BYTES_MAX,
       stallMs: this.options.tailStallMs ?? TAIL_STALL_MS,
+      heartbeatMs: this.options.tailHeartbeatMs ?? TAIL_HEARTBEAT_MS,
       onClose: () => this.tails.delete(tail),
     });
     this.tails.add(tail);

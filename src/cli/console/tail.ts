@@ -9,6 +9,13 @@
  * took it, and holds what comes meanwhile in a TailBuffer, within a byte budget. A page
  * that reads nothing at all for `stallMs` while bytes wait is gone or stuck: its connection
  * is reset, which ends the tail and frees its slot.
+ *
+ * A quiet channel sends nothing, and a tail's connection has no idle timeout: a page that
+ * vanished without a FIN (a laptop closed, a network gone) would hold its slot for ever.
+ * So a tail that has had nothing to write for `heartbeatMs` writes an SSE comment (which
+ * EventSource ignores) the same way as an event: the bytes that the vanished page never
+ * acknowledges make TCP give up on the connection, or stall it by the rule above, and the
+ * tail ends.
  */
 import type { FitbClient } from "../../client/client.ts";
 import { describeError } from "../../client/errors.ts";
@@ -24,6 +31,10 @@ import { VouchCounter } from "./vouches.ts";
 const TAIL_PAYLOAD_BYTES_MAX = 1_024;
 /** The first bytes of every tail, an SSE comment: the page sees the response at once, before the subscription is up. */
 const TAIL_OPENING = ": fitb console tail\n\n";
+/** How long a tail with nothing to write waits before it writes TAIL_HEARTBEAT (far below the stall rule's TAIL_STALL_MS). */
+export const TAIL_HEARTBEAT_MS = 15_000;
+/** What a tail writes when it had nothing to write for heartbeatMs: an SSE comment, ignored by EventSource. */
+export const TAIL_HEARTBEAT = ": heartbeat\n\n";
 
 export interface TailOptions {
   readonly client: FitbClient;
@@ -32,6 +43,8 @@ export interface TailOptions {
   readonly bytesMax: number;
   /** How long a written chunk may wait for the page before the tail is ended. */
   readonly stallMs: number;
+  /** How long the tail waits with nothing to write before it writes TAIL_HEARTBEAT (TAIL_HEARTBEAT_MS). */
+  readonly heartbeatMs: number;
   /** Called once, when the tail ends for whatever reason: the server frees its slot. */
   readonly onClose: () => void;
 }
@@ -137,7 +150,9 @@ export class ConsoleTail {
         const chunk = this.buffer.take();
         if (chunk === null) {
           if (this.ending) return;
-          await this.nextMessage();
+          if ((await this.nextMessageOrHeartbeat()) === "message") continue;
+          // Through the stall rule like any chunk: a page that does not take it is gone.
+          if (!(await this.write(controller, TAIL_HEARTBEAT))) return;
           continue;
         }
         if (!(await this.write(controller, chunk))) return;
@@ -161,16 +176,33 @@ export class ConsoleTail {
     const stalled = new Promise<"stalled">((resolve) => {
       timer = setTimeout(() => resolve("stalled"), this.options.stallMs);
     });
-    const outcome = await Promise.race([drained, stalled]);
-    clearTimeout(timer);
-    if (outcome !== "stalled") return !this.closed;
+    try {
+      const outcome = await Promise.race([drained, stalled]);
+      if (outcome !== "stalled") return !this.closed;
+    } finally {
+      // Also when `drained` rejects (the socket failed): the timer must not outlive the write.
+      clearTimeout(timer);
+    }
     controller.close(new Error(`the page read nothing for ${this.options.stallMs} ms`));
     return false;
   }
 
-  private nextMessage(): Promise<void> {
-    this.wake ??= Promise.withResolvers<void>();
-    return this.wake.promise;
+  /**
+   * Waits for a message to write (or the tail's end), or heartbeatMs, whichever comes
+   * first. Each wait has its own wake, so a quiet tail's heartbeats do not pile handlers on
+   * one that never resolves; nothing is missed, since the pump looks at the buffer first.
+   */
+  private async nextMessageOrHeartbeat(): Promise<"message" | "heartbeat"> {
+    this.wake = Promise.withResolvers<void>();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const beat = new Promise<"heartbeat">((resolve) => {
+      timer = setTimeout(() => resolve("heartbeat"), this.options.heartbeatMs);
+    });
+    try {
+      return await Promise.race([this.wake.promise.then(() => "message" as const), beat]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private wakePump(): void {

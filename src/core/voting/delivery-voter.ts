@@ -34,9 +34,9 @@
  * floods made-up keys evicts only its own evidence, never a correct replica's. A window
  * at its bound forgets its lowest range only once f+1 replicas' copies have reached it
  * (one replica far ahead of the others cannot make it forget what they have yet to send),
- * and a copy below a forgotten range is reported ("stale"), never dropped silently. On
- * byzantine/none a key stays vouched for only while f+1 replicas keep sending copies of
- * it (`lapseVouches`).
+ * and a copy below a forgotten range is reported ("stale"), never dropped silently; so
+ * is a held copy dropped at a hold bound ("held-dropped"). On byzantine/none a key that
+ * some replicas go on sending copies of, but fewer than f+1, lapses (`lapseVouches`).
  *
  * Pure: outputs are returned, nothing is sent or printed here.
  *
@@ -76,6 +76,10 @@ export const DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX = 64;
 export const DELIVERY_HELD_BYTES_PER_PUBLISHER_MAX = 2 * REQUEST_BYTES_MAX;
 /** Seq ranges remembered per publisher on unordered subscriptions (see SeqRangeWindow). */
 export const DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX = 1024;
+/** Why a held copy is dropped at the bounds of one key's evidence. */
+const HELD_PER_KEY_REASON = `more than ${DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX} copies or ${DELIVERY_HELD_BYTES_PER_PUBLISHER_MAX} bytes held from one replica for one publisher key not yet vouched for`;
+/** Why a key's held copies are evicted at the bounds of one replica's evidence. */
+const HELD_PER_REPLICA_REASON = `more than ${DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX} publisher keys not yet vouched for, or ${DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX} bytes, held from one replica`;
 /** Delivered batch starts remembered, to recognise late copies that contradict them. */
 export const DELIVERED_HISTORY_MAX = 1024;
 /** What a CopyKeys remembers at most: copies, and bytes of their bodies (oldest forgotten first). */
@@ -220,6 +224,13 @@ export type DeliveryOutput =
    * was dropped, and its `events` may never have been delivered.
    */
   | { readonly t: "stale"; readonly replica: number; readonly publisher: Uint8Array; readonly events: number }
+  /**
+   * Unordered: copies from `replica` held until their key is vouched for (or known to the
+   * publisher filter) were dropped at a hold bound, or evicted with the replica's oldest
+   * key. No replica sends an unordered channel's copies again, so their `events` are lost
+   * unless another replica's copy of them is delivered.
+   */
+  | { readonly t: "held-dropped"; readonly replica: number; readonly events: number; readonly reason: string }
   /** Enough replicas say `nextSeq` is no longer retained; `oldestSeq` is where to go on. */
   | { readonly t: "trimmed"; readonly nextSeq: number; readonly oldestSeq: number }
   /**
@@ -304,8 +315,8 @@ type CountName = "invalid" | "duplicates" | "conflicts" | "overflows" | "stale" 
 
 type Opened = { readonly request: PubRequest } | { readonly invalid: InvalidReason } | { readonly unknown: PubRequest };
 
-/** A copy held until the publisher filter knows its key. */
-type UnknownCopy = { readonly arrival: number; readonly copy: BatchCopy; readonly bytes: number };
+/** A copy held until the publisher filter knows its key, with how many events it carries. */
+type UnknownCopy = { readonly arrival: number; readonly copy: BatchCopy; readonly bytes: number; readonly events: number };
 
 export class DeliveryVoter {
   private readonly tag: string;
@@ -523,19 +534,23 @@ export class DeliveryVoter {
   }
 
   /**
-   * Byzantine/none: a key stays vouched for only while f+1 replicas keep sending copies of
-   * it. The caller calls this at a fixed interval (the core has no clock; the client's
-   * VOUCH_LAPSE_INTERVAL_MS): a key that fewer than f+1 replicas sent a copy of since the
-   * call before lapses, and its copies are held as evidence again until f+1 replicas have
-   * sent one. Correct replicas stop forwarding a key unregistered from the channel, so a key
-   * that only f replicas go on forwarding (a compromised key) stops being delivered; a
-   * quiet publisher's next batch waits for a second replica's copy. The key's dedupe window
-   * stays: nothing delivered before is delivered again once it is vouched for anew.
+   * Byzantine/none: a key that some replicas go on sending copies of, but fewer than f+1,
+   * lapses. The caller calls this at a fixed interval (the core has no clock; the client's
+   * VOUCH_LAPSE_INTERVAL_MS): a key that at least one replica, and fewer than f+1, sent a
+   * copy of since the call before lapses, and its copies are held as evidence again until
+   * f+1 replicas have sent one. Correct replicas refuse a key unregistered from the channel,
+   * so a key that only f replicas go on forwarding (a compromised key) stops being
+   * delivered. A quiet key (no copy from anyone) stays vouched for: lapsing it would make
+   * its next batch wait for a second replica's copy, and when many quiet publishers publish
+   * together, the evidence each replica may hold
+   * (DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX keys) would be evicted before the
+   * second copy came, losing their batches. The key's dedupe window stays: nothing
+   * delivered before is delivered again once it is vouched for anew.
    */
   lapseVouches(): void {
     if (this.ordered || !this.byzantine) return;
     for (const entry of this.seen.values()) {
-      if (entry.copiedBy.size < this.threshold) entry.vouched = false;
+      if (entry.copiedBy.size > 0 && entry.copiedBy.size < this.threshold) entry.vouched = false;
       entry.copiedBy = new Set();
     }
   }
@@ -587,13 +602,15 @@ export class DeliveryVoter {
    * Holds a copy whose key the publisher filter does not know yet, within the sender's
    * own allowance (a replica that floods made-up keys pushes out only its own copies).
    * On a total-order channel a copy pushed out is asked for again (overflow: re-read
-   * from the next seq), so nothing is skipped; on an unordered one it is counted.
+   * from the next seq), so nothing is skipped; on an unordered one it is reported
+   * ("held-dropped").
    */
-  private holdUnknown(replica: number, copy: BatchCopy, publisher: Uint8Array): DeliveryOutput[] {
+  private holdUnknown(replica: number, copy: BatchCopy, request: PubRequest): DeliveryOutput[] {
     const held = this.unknownHeld[replica] as UnknownCopy[];
     const bytes = copy.body.length + copy.sig.length;
     const outputs: DeliveryOutput[] = [];
     let pushedOut = 0;
+    let pushedOutEvents = 0;
     while (
       held.length > 0 &&
       (held.length >= DELIVERY_UNKNOWN_PUBLISHER_COPIES_PER_REPLICA_MAX ||
@@ -602,20 +619,21 @@ export class DeliveryVoter {
       const oldest = held.shift() as UnknownCopy;
       this.unknownHeldBytes[replica] = (this.unknownHeldBytes[replica] as number) - oldest.bytes;
       pushedOut++;
+      pushedOutEvents += oldest.events;
     }
-    if (bytes > DELIVERY_UNKNOWN_PUBLISHER_BYTES_PER_REPLICA_MAX) pushedOut++;
-    else {
-      held.push({ arrival: this.arrivals++, copy, bytes });
+    if (bytes > DELIVERY_UNKNOWN_PUBLISHER_BYTES_PER_REPLICA_MAX) {
+      pushedOut++;
+      pushedOutEvents += request.span;
+    } else {
+      held.push({ arrival: this.arrivals++, copy, bytes, events: request.span });
       this.unknownHeldBytes[replica] = (this.unknownHeldBytes[replica] as number) + bytes;
     }
     if (pushedOut > 0) {
-      this.dropHeld(replica, pushedOut);
-      if (this.ordered)
-        outputs.push(
-          ...this.overflow(replica, `more than ${DELIVERY_UNKNOWN_PUBLISHER_COPIES_PER_REPLICA_MAX} copies of unknown publishers held`),
-        );
+      const reason = `more than ${DELIVERY_UNKNOWN_PUBLISHER_COPIES_PER_REPLICA_MAX} copies of unknown publishers held`;
+      const dropped = this.dropHeld(replica, pushedOut, pushedOutEvents, reason);
+      outputs.push(...(this.ordered ? this.overflow(replica, reason) : dropped));
     }
-    outputs.push({ t: "unknown-publisher", replica, publisher });
+    outputs.push({ t: "unknown-publisher", replica, publisher: request.client });
     return outputs;
   }
 
@@ -647,7 +665,7 @@ export class DeliveryVoter {
   private onUnorderedCopy(replica: number, copy: BatchCopy): DeliveryOutput[] {
     const decoded = this.decode(copy.body);
     if ("invalid" in decoded) return this.invalidCopy(replica, decoded.invalid);
-    if ("unknown" in decoded) return this.holdUnknown(replica, copy, decoded.unknown.client);
+    if ("unknown" in decoded) return this.holdUnknown(replica, copy, decoded.unknown);
     const request = decoded.request;
     if (request.ts < this.notBeforeMs) {
       this.count("stale", replica);
@@ -688,14 +706,13 @@ export class DeliveryVoter {
     const bytes = copy.body.length + copy.sig.length;
     // This replica already vouches for the key: a copy past its hold bound changes
     // nothing, so it is dropped before paying for a signature check.
-    if (own !== undefined && !holdFits(own, bytes)) return this.dropHeld(replica, 1);
+    if (own !== undefined && !holdFits(own, bytes)) return this.dropHeld(replica, 1, request.span, HELD_PER_KEY_REASON);
     if (!this.verify(copy.body, copy.sig, request.client, request.v)) return this.invalidCopy(replica, "bad-signature");
     const held: HeldCopy = { arrival: this.arrivals++, replica, request, copy };
     if (own === undefined && this.vouchersOf(publisherHex) + 1 >= this.threshold) {
       return this.admit(publisherHex, request.client, [...this.takeHeld(publisherHex), held]);
     }
-    this.hold(held, publisherHex, bytes);
-    return [];
+    return this.hold(held, publisherHex, bytes);
   }
 
   /** Distinct replicas holding evidence for a key not yet vouched for. */
@@ -708,44 +725,52 @@ export class DeliveryVoter {
   /**
    * Keeps a verified copy as its sender's evidence. Room within the sender's allowance
    * (keys, and bytes across its keys) is made by evicting the sender's own oldest key,
-   * so a flood from one replica never costs another replica its evidence.
+   * so a flood from one replica never costs another replica its evidence. What is dropped
+   * to keep within it is reported ("held-dropped").
    */
-  private hold(held: HeldCopy, publisherHex: string, bytes: number): void {
+  private hold(held: HeldCopy, publisherHex: string, bytes: number): DeliveryOutput[] {
     const replica = held.replica;
     const evidence = this.unvouched[replica] as Map<string, Evidence>;
+    const outputs: DeliveryOutput[] = [];
     let own = evidence.get(publisherHex);
     if (own === undefined) {
       while (evidence.size >= DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX) {
-        if (!this.evictOldest(replica, publisherHex)) break;
+        const evicted = this.evictOldest(replica, publisherHex);
+        if (evicted === null) break;
+        outputs.push(...evicted);
       }
       own = { held: [], bytes: 0 };
       evidence.set(publisherHex, own);
     }
     while ((this.bufferedBytes[replica] as number) + bytes > DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX) {
-      if (!this.evictOldest(replica, publisherHex)) break;
+      const evicted = this.evictOldest(replica, publisherHex);
+      if (evicted === null) break;
+      outputs.push(...evicted);
     }
     // The key stays vouched for by this replica even when its copy cannot be kept.
     if (!holdFits(own, bytes) || (this.bufferedBytes[replica] as number) + bytes > DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX) {
-      this.dropHeld(replica, 1);
-      return;
+      outputs.push(...this.dropHeld(replica, 1, held.request.span, HELD_PER_KEY_REASON));
+      return outputs;
     }
     own.held.push(held);
     own.bytes += bytes;
     this.bufferedBytes[replica] = (this.bufferedBytes[replica] as number) + bytes;
+    return outputs;
   }
 
-  /** Drops the replica's oldest evidence other than for `keep`; false if there is none. */
-  private evictOldest(replica: number, keep: string): boolean {
+  /** Drops the replica's oldest evidence other than for `keep`, and says so; null if there is none. */
+  private evictOldest(replica: number, keep: string): DeliveryOutput[] | null {
     const evidence = this.unvouched[replica] as Map<string, Evidence>;
     for (const [publisherHex, own] of evidence) {
       if (publisherHex === keep) continue;
       evidence.delete(publisherHex);
       this.bufferedBytes[replica] = (this.bufferedBytes[replica] as number) - own.bytes;
       this.count("evictions", replica);
-      this.dropHeld(replica, own.held.length);
-      return true;
+      let events = 0;
+      for (const copy of own.held) events += copy.request.span;
+      return this.dropHeld(replica, own.held.length, events, HELD_PER_REPLICA_REASON);
     }
-    return false;
+    return null;
   }
 
   /** Takes every replica's held copies of a key, in arrival order, and frees the evidence. */
@@ -838,9 +863,11 @@ export class DeliveryVoter {
     return this.deliver(request, copy, copy.tsMs, null, 0);
   }
 
-  private dropHeld(replica: number, copies: number): DeliveryOutput[] {
+  /** Counts held copies dropped, and reports them: unordered channels send nothing again. */
+  private dropHeld(replica: number, copies: number, events: number, reason: string): DeliveryOutput[] {
     (this.counts.heldDropped[replica] as number) += copies;
-    return [];
+    if (copies === 0) return [];
+    return [{ t: "held-dropped", replica, events, reason }];
   }
 
   // ---------------------------------------------------------------------------------
@@ -862,7 +889,7 @@ export class DeliveryVoter {
     if (earlier !== undefined) return [this.conflict(replica, copy.firstSeq, "sent two different batches at one seq")];
     const group = this.pending.get(copy.firstSeq)?.get(key) ?? this.openGroup(copy, key);
     if ("invalid" in group) return this.invalidCopy(replica, group.invalid);
-    if ("unknown" in group) return this.holdUnknown(replica, copy, group.unknown.client);
+    if ("unknown" in group) return this.holdUnknown(replica, copy, group.unknown);
     if ("late" in group) return this.lateCopy(replica, copy.firstSeq, true);
     const full = this.bufferFull(replica, group.bytes);
     if (full !== null) return this.overflow(replica, full);
