@@ -20,7 +20,7 @@ import {
   DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX,
 } from "../../src/core/voting/index.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
-import { channel, ScriptedHost, signedRequest } from "./subscription-host.ts";
+import { channel, ScriptedHost, send, signedRequest, subOk } from "./subscription-host.ts";
 
 const START_TIMEOUT_MS = 60_000;
 const F = 3;
@@ -51,16 +51,6 @@ function subscribe(info: ChannelInfo, options: { from?: number; publishers?: Uin
   const sub = new ClientSubscription(host, info, subscribeOptions, handler, START_TIMEOUT_MS, [...host.registered]);
   void sub.begin().catch(() => undefined);
   return { host, sub, got, signals, verified: () => verified };
-}
-
-function subOk(h: Harness, replica: number, next?: number): void {
-  const subId = h.host.subIdAt(replica);
-  h.sub.onSubOk(replica, subId, next === undefined ? { sub: subId, replica } : { sub: subId, replica, next });
-}
-
-function send(h: Harness, replica: number, seq: number, req: Events["req"]): void {
-  const subId = h.host.subIdAt(replica);
-  h.sub.onEvents(replica, subId, { sub: subId, tag: h.sub.tag, seq, req, replica });
 }
 
 /** A request whose signature does not verify: its last byte flipped. */

@@ -3,7 +3,6 @@
 // publisher table is reported, and a replica is asked again (after UNSUBSCRIBE) when its
 // start buffer overflows or when its SUBSCRIBE could not be sent.
 import { describe, expect, test } from "bun:test";
-import type { Events } from "../../wire/schemas.ts";
 import type { ChannelInfo } from "../../src/client/queries.ts";
 import { RESUBSCRIBE_AFTER_OVERFLOW_MS, RESUBSCRIBE_AFTER_SEND_FAILURE_MS } from "../../src/client/replica-subs.ts";
 import {
@@ -14,7 +13,7 @@ import {
 } from "../../src/client/subscription.ts";
 import { DELIVERY_PUBLISHERS_MAX } from "../../src/core/voting/index.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
-import { channel, ScriptedHost, signedRequest } from "./subscription-host.ts";
+import { channel, ScriptedHost, send, signedRequest, subOk } from "./subscription-host.ts";
 
 const START_TIMEOUT_MS = 60_000;
 const text = (b: Uint8Array): string => new TextDecoder().decode(b);
@@ -32,16 +31,6 @@ function subscribe(info: ChannelInfo, from?: number, publishers: readonly Uint8A
   const sub = new ClientSubscription(host, info, options, handler, START_TIMEOUT_MS, publishers);
   void sub.begin().catch(() => undefined);
   return { host, sub, got, signals };
-}
-
-function subOk(h: Harness, replica: number, next?: number): void {
-  const subId = h.host.subIdAt(replica);
-  h.sub.onSubOk(replica, subId, next === undefined ? { sub: subId, replica } : { sub: subId, replica, next });
-}
-
-function send(h: Harness, replica: number, seq: number, req: Events["req"]): void {
-  const subId = h.host.subIdAt(replica);
-  h.sub.onEvents(replica, subId, { sub: subId, tag: h.sub.tag, seq, req, replica });
 }
 
 /** Lets the delivery pump hand every queued batch to the handler. */

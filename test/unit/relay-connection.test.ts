@@ -223,6 +223,16 @@ function send(connection: RelayConnection, text: string): void {
   connection.onData(enc.encode(text));
 }
 
+/** Waits until `socket` has received at least `count` lines (`what` names them in a failure). */
+async function linesArrive(socket: FakeSocket, count: number, what: string): Promise<void> {
+  await waitFor(
+    what,
+    () => socket.lines.length >= count,
+    undefined,
+    () => socket.text,
+  );
+}
+
 /** A delivered batch of `count` events of PAYLOAD_BYTES each; `seq` null: an unordered channel. */
 function batch(tag: string, seq: number | null, count = 1, pubSeq = 1): ReceivedBatch {
   const events = Array.from({ length: count }, (_, i) => enc.encode(`${"x".repeat(PAYLOAD_BYTES - 8)}e${String(i).padStart(7, "0")}`));
@@ -267,12 +277,7 @@ describe("events held for a SUB's +OK", () => {
     // The fourth would pass the bound: the subscription ends, and 5, 6 and 7 are never written.
     sub.onBatch(batch("t.tot", 8));
     sub.start();
-    await waitFor(
-      "the +OK and the END",
-      () => socket.lines.length >= 2,
-      undefined,
-      () => socket.text,
-    );
+    await linesArrive(socket, 2, "the +OK and the END");
     expect(socket.lines).toEqual(["+OK", `END t.tot SLOW the client fell behind (${3 * one} bytes not yet read); resume with SUB t.tot 5`]);
     expect(sub.closed).toBe(true);
   });
@@ -286,12 +291,7 @@ describe("events held for a SUB's +OK", () => {
     sub.onBatch(batch("t.none", null, 1, 40));
     sub.onBatch(batch("t.none", null, 1, 41));
     sub.start();
-    await waitFor(
-      "the END",
-      () => socket.lines.length >= 2,
-      undefined,
-      () => socket.text,
-    );
+    await linesArrive(socket, 2, "the END");
     expect(socket.lines[1]).toBe(`END t.none SLOW the client fell behind (${one} bytes not yet read); events were dropped`);
   });
 
@@ -309,12 +309,7 @@ describe("events held for a SUB's +OK", () => {
     b.onBatch(batch("t.b", 2));
     a.start();
     b.start();
-    await waitFor(
-      "both answers and the END",
-      () => socket.lines.length >= 6,
-      undefined,
-      () => socket.text,
-    );
+    await linesArrive(socket, 6, "both answers and the END");
     // t.b's held event went with it: the connection wrote t.a's three, never more than the bound.
     expect(socket.lines.filter((line) => line.startsWith("EVENT "))).toHaveLength(3);
     expect(socket.lines.at(-1)).toBe(`END t.b SLOW the client fell behind (${bound} bytes not yet read); resume with SUB t.b 1`);
@@ -376,12 +371,7 @@ describe("output nobody reads", () => {
     expect(b.closed).toBe(true);
     expect(c.closed).toBe(false);
     second.socket.read(Number.POSITIVE_INFINITY);
-    await waitFor(
-      "the END",
-      () => second.socket.lines.length >= 2,
-      undefined,
-      () => second.socket.text,
-    );
+    await linesArrive(second.socket, 2, "the END");
     expect(second.socket.lines[1]).toBe(
       `END t.tot SLOW the client fell behind (4 bytes not yet read) while the relay holds ${8 + one} bytes not yet read across its connections; at most ${one + 100}; resume with SUB t.tot 1`,
     );
@@ -441,24 +431,14 @@ describe("pattern SUBs", () => {
     // Before the +OK: held, and written after it.
     sub.options.onSignal({ t: "channel", tag: "net.z", event: "skipped", reason: "the pattern follows at most 64 channels" });
     sub.start();
-    await waitFor(
-      "the +OK and the END",
-      () => socket.lines.length >= 2,
-      undefined,
-      () => socket.text,
-    );
+    await linesArrive(socket, 2, "the +OK and the END");
     const refusal = new ClientError("UNAUTHORIZED", "the key may not subscribe to net.c");
     sub.options.onSignal({ t: "channel", tag: "net.c", event: "refused", reason: refusal.message }, refusal);
     const destroyed = new SubscriptionEndedError("UNKNOWN_CHANNEL", "DESTROYED", "channel net.d was destroyed");
     sub.options.onSignal({ t: "channel", tag: "net.d", event: "ended", reason: destroyed.message }, destroyed);
     sub.options.onSignal({ t: "channel", tag: "net.a", event: "added", reason: "matches" });
     sub.onBatch(batch("net.a", 3));
-    await waitFor(
-      "the ENDs and the event",
-      () => socket.lines.length >= 5,
-      undefined,
-      () => socket.text,
-    );
+    await linesArrive(socket, 5, "the ENDs and the event");
     expect(socket.lines.slice(0, 4)).toEqual([
       "+OK",
       "END net.z LIMIT the pattern follows at most 64 channels; net.* goes on without it",
@@ -479,12 +459,7 @@ describe("pattern SUBs", () => {
     sub.onBatch(batch("net.a", 9));
     sub.onBatch(batch("net.b", 4));
     sub.start();
-    await waitFor(
-      "the END",
-      () => socket.lines.length >= 2,
-      undefined,
-      () => socket.text,
-    );
+    await linesArrive(socket, 2, "the END");
     expect(socket.lines[1]).toBe(
       `END net.* SLOW the client fell behind (${one} bytes not yet read); net.a stopped at seq 9 (SUB net.a 9 fetches it); SUB net.* again to go on (a pattern takes no from-seq)`,
     );

@@ -104,3 +104,21 @@ export function signedRequest(key: SigningKey, tag: string, seq: number, events:
   const body = encodeCanonical({ v: 1, client: key.publicKey, seq, span: evs.length, ts: 77, op: { t: "pub", tag, events: evs } });
   return { body, sig: signDomain(key, DOMAIN_REQUEST, body) };
 }
+
+/** A subscription under test and the scripted host it runs on. */
+export interface ScriptedSubscription {
+  readonly host: ScriptedHost;
+  readonly sub: ClientSubscription;
+}
+
+/** Replica `replica` answers the subscription's SUBSCRIBE (with its next seq on total-order channels). */
+export function subOk(h: ScriptedSubscription, replica: number, next?: number): void {
+  const subId = h.host.subIdAt(replica);
+  h.sub.onSubOk(replica, subId, next === undefined ? { sub: subId, replica } : { sub: subId, replica, next });
+}
+
+/** Replica `replica` sends the subscription a copy of `req` at `seq`. */
+export function send(h: ScriptedSubscription, replica: number, seq: number, req: Events["req"]): void {
+  const subId = h.host.subIdAt(replica);
+  h.sub.onEvents(replica, subId, { sub: subId, tag: h.sub.tag, seq, req, replica });
+}
