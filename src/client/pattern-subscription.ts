@@ -135,7 +135,7 @@ export class PatternSubscription implements SubscriptionHandle {
     } catch (error) {
       this.followed.delete(channel.tag);
       this.passed.add(channel.tag);
-      this.signal({ t: "channel", tag: channel.tag, event: "refused", reason: describeError(error) });
+      this.signal({ t: "channel", tag: channel.tag, event: "refused", reason: describeError(error), cause: error });
     }
   }
 
@@ -145,7 +145,12 @@ export class PatternSubscription implements SubscriptionHandle {
     // Not followed again while the tag exists (a revoked key would only be refused);
     // once the tag is gone from the list, a channel created again under it is followed.
     this.passed.add(tag);
-    this.signal({ t: "channel", tag, event: "ended", reason: error === null ? "closed" : describeError(error) });
+    this.signal({
+      t: "channel",
+      tag,
+      event: "ended",
+      ...(error === null ? { reason: "closed" } : { reason: describeError(error), cause: error }),
+    });
   }
 
   private signal(signal: SubscriptionSignal): void {

@@ -170,6 +170,8 @@ export type SubscriptionSignal =
       readonly tag: string;
       readonly event: "added" | "skipped" | "refused" | "ended" | "list-failed";
       readonly reason: string;
+      /** What the channel was refused or ended with (`refused`, `ended`), for a caller that answers by its code. */
+      readonly cause?: unknown;
     }
   /** One replica ended the subscription; the others carry on. */
   | { readonly t: "replica-ended"; readonly replica: number; readonly code: string; readonly reason: string }

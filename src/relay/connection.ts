@@ -83,17 +83,6 @@ export const REAL_RELAY_TIMERS: RelayTimers = {
   clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
 };
 
-/**
- * A subscription's signals, with the error behind one when the relay knows it: a
- * pattern's channel signal (refused, ended) carries only text, and the END line it
- * becomes takes its code from the error.
- */
-export type RelaySignalHandler = (signal: SubscriptionSignal, cause?: unknown) => void;
-
-export interface RelaySubscribeOptions extends SubscribeOptions {
-  readonly onSignal: RelaySignalHandler;
-}
-
 /** What a connection needs from the relay around it. */
 export interface RelayBackend {
   readonly limits: ResolvedRelayLimits;
@@ -107,7 +96,7 @@ export interface RelayBackend {
   /** The shared publisher of `tag`: publishes of every connection to a tag batch together. */
   publisherFor(tag: string): Publisher;
   /** `tag` may be a pattern (net.*, net.>): one subscription that follows every matching channel. */
-  subscribe(tag: string, options: RelaySubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle>;
+  subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle>;
   log(message: string): void;
 }
 
@@ -481,8 +470,8 @@ export class RelayConnection {
       trimmedOldest: null,
     };
     this.subs.set(tag, sub);
-    const onSignal: RelaySignalHandler = (signal, cause) => this.onSignal(sub, signal, cause);
-    const options: RelaySubscribeOptions = from === null ? { onSignal } : { from, onSignal };
+    const onSignal = (signal: SubscriptionSignal): void => this.onSignal(sub, signal);
+    const options: SubscribeOptions = from === null ? { onSignal } : { from, onSignal };
     let started: Promise<SubscriptionHandle>;
     try {
       started = this.backend.subscribe(tag, options, (batch) => this.onBatch(sub, batch));
@@ -604,7 +593,7 @@ export class RelayConnection {
     this.syncOutputBytes();
   }
 
-  private onSignal(sub: RelaySub, signal: SubscriptionSignal, cause: unknown): void {
+  private onSignal(sub: RelaySub, signal: SubscriptionSignal): void {
     switch (signal.t) {
       case "trimmed":
         sub.trimmedOldest = signal.oldestSeq;
@@ -615,7 +604,7 @@ export class RelayConnection {
         return;
       }
       case "channel":
-        this.onChannelSignal(sub, signal, cause);
+        this.onChannelSignal(sub, signal);
         return;
       default:
         return;
@@ -627,14 +616,15 @@ export class RelayConnection {
    * its bound, refused, ended) gets `END <channel> <code> <reason>`, and the pattern
    * goes on with the others: otherwise its events would stop without a word.
    */
-  private onChannelSignal(sub: RelaySub, signal: Extract<SubscriptionSignal, { t: "channel" }>, cause: unknown): void {
+  private onChannelSignal(sub: RelaySub, signal: Extract<SubscriptionSignal, { t: "channel" }>): void {
     if (signal.event === "added") return;
     if (signal.event === "list-failed") {
       this.backend.log(`subscription to ${sub.tag}: cannot read the channel list (${signal.reason})`);
       return;
     }
     if (sub.closed || this.state !== "open") return;
-    const end = signal.event === "skipped" ? { code: "LIMIT" as const, reason: signal.reason } : endFor(cause ?? signal.reason, null);
+    const end =
+      signal.event === "skipped" ? { code: "LIMIT" as const, reason: signal.reason } : endFor(signal.cause ?? signal.reason, null);
     const line = encoder.encode(endLine(signal.tag, end.code, `${end.reason}; ${sub.tag} goes on without it`));
     if (sub.answered) this.write(line);
     else this.hold(sub, line);

@@ -22,14 +22,7 @@ import type { ChannelInfo } from "../client/queries.ts";
 import type { BatchHandler, SubscribeOptions, SubscriptionHandle } from "../client/subscription.ts";
 import { formatAddress } from "../config/cluster.ts";
 import { errLine } from "./format.ts";
-import {
-  REAL_RELAY_TIMERS,
-  RelayConnection,
-  type LineSocket,
-  type RelayBackend,
-  type RelaySubscribeOptions,
-  type RelayTimers,
-} from "./connection.ts";
+import { REAL_RELAY_TIMERS, RelayConnection, type LineSocket, type RelayBackend, type RelayTimers } from "./connection.ts";
 import type { RelayMetrics } from "./metrics.ts";
 import { resolveRelayLimits, type RelayLimits, type ResolvedRelayLimits } from "./limits.ts";
 import { RelayOutputBytes } from "./output-bytes.ts";
@@ -327,7 +320,7 @@ export class RelayServer {
     throw new QueueFullError(`publishes to ${this.publishers.size} tags are in flight; at most ${this.limits.publishersMax}`);
   }
 
-  private subscribe(tag: string, options: RelaySubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
+  private subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
     // A pattern (net.*, net.>) follows every matching channel; a tag, that channel.
     return isPattern(tag) ? this.subscribePattern(tag, options, onBatch) : this.subscribeChannel(tag, options, onBatch);
   }
@@ -348,57 +341,23 @@ export class RelayServer {
   }
 
   /**
-   * A pattern, as FitbClient.subscribePattern follows one, except that the relay keeps
-   * the error each matching channel was refused or ended with: the pattern's signal
-   * carries only its text, and the connection's `END <channel> <code>` line needs its code.
+   * A pattern, as FitbClient.subscribePattern follows one, except that each matching
+   * channel is subscribed through subscribeChannel, whose refusal at the subscription
+   * bound names the relay's bound, and the channel list is the relay's own watch.
    */
-  private subscribePattern(pattern: string, options: RelaySubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
+  private subscribePattern(pattern: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
     if (options.from !== undefined) {
       return Promise.reject(
         new InvalidInputError("BAD_REQUEST", "a pattern SUB is live and takes no <from-seq> (channel seqs differ between channels)"),
       );
     }
-    // Filled just before the pattern's signal for that channel, emptied by the signal.
-    const causes = new Map<string, unknown>();
-    const onSignal = options.onSignal;
     const host: PatternHost = {
       listChannels: () => this.client.listChannelClasses(),
       watchChannels: (listener) => this.channelWatch.listen(listener),
-      subscribe: (tag, channelOptions, handler) => this.subscribeFollowed(tag, channelOptions, handler, causes),
+      subscribe: (tag, channelOptions, handler) => this.subscribeChannel(tag, channelOptions, handler),
       subscriptionsMax: this.client.config.limits.connectionSubscriptionsMax,
     };
-    const withCauses: RelaySubscribeOptions = {
-      ...options,
-      onSignal: (signal) => {
-        if (signal.t !== "channel" || (signal.event !== "refused" && signal.event !== "ended")) {
-          onSignal(signal);
-          return;
-        }
-        const cause = causes.get(signal.tag);
-        causes.delete(signal.tag);
-        onSignal(signal, cause);
-      },
-    };
-    return PatternSubscription.start(pattern, host, withCauses, onBatch);
-  }
-
-  /** One channel of a pattern; records why it was refused or ended before the pattern signals it. */
-  private async subscribeFollowed(
-    tag: string,
-    options: SubscribeOptions,
-    onBatch: BatchHandler,
-    causes: Map<string, unknown>,
-  ): Promise<SubscriptionHandle> {
-    let subscription: SubscriptionHandle;
-    try {
-      subscription = await this.subscribeChannel(tag, options, onBatch);
-    } catch (error) {
-      causes.set(tag, error);
-      throw error;
-    }
-    // Registered before the pattern's own handler on `done`, so it runs first.
-    subscription.done.catch((error: unknown) => causes.set(tag, error));
-    return subscription;
+    return PatternSubscription.start(pattern, host, options, onBatch);
   }
 }
 

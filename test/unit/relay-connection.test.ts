@@ -8,14 +8,8 @@ import { describe, expect, test } from "bun:test";
 import type { PublishAck } from "../../src/client/client.ts";
 import { ClientError, SubscriptionEndedError } from "../../src/client/errors.ts";
 import { Publisher } from "../../src/client/publisher.ts";
-import type { BatchHandler, ReceivedBatch, SubscriptionHandle } from "../../src/client/subscription.ts";
-import {
-  type LineSocket,
-  type RelayBackend,
-  RelayConnection,
-  type RelaySubscribeOptions,
-  type RelayTimers,
-} from "../../src/relay/connection.ts";
+import type { BatchHandler, ReceivedBatch, SubscribeOptions, SubscriptionHandle } from "../../src/client/subscription.ts";
+import { type LineSocket, type RelayBackend, RelayConnection, type RelayTimers } from "../../src/relay/connection.ts";
 import { type RelayLimits, resolveRelayLimits } from "../../src/relay/limits.ts";
 import { RelayOutputBytes } from "../../src/relay/output-bytes.ts";
 import { PublishBytesBudget } from "../../src/relay/publish-bytes.ts";
@@ -123,7 +117,7 @@ class ManualTimers implements RelayTimers {
 /** A subscription the test starts (or refuses), feeds with batches and signals, and ends. */
 interface FakeSubscription {
   readonly tag: string;
-  readonly options: RelaySubscribeOptions;
+  readonly options: SubscribeOptions;
   readonly onBatch: BatchHandler;
   start(): void;
   refuse(error: Error): void;
@@ -429,14 +423,14 @@ describe("pattern SUBs", () => {
     send(connection, "SUB net.*\n");
     const sub = await subscriptionNamed(backend, "net.*");
     // Before the +OK: held, and written after it.
-    sub.options.onSignal({ t: "channel", tag: "net.z", event: "skipped", reason: "the pattern follows at most 64 channels" });
+    sub.options.onSignal?.({ t: "channel", tag: "net.z", event: "skipped", reason: "the pattern follows at most 64 channels" });
     sub.start();
     await linesArrive(socket, 2, "the +OK and the END");
     const refusal = new ClientError("UNAUTHORIZED", "the key may not subscribe to net.c");
-    sub.options.onSignal({ t: "channel", tag: "net.c", event: "refused", reason: refusal.message }, refusal);
+    sub.options.onSignal?.({ t: "channel", tag: "net.c", event: "refused", reason: refusal.message, cause: refusal });
     const destroyed = new SubscriptionEndedError("UNKNOWN_CHANNEL", "DESTROYED", "channel net.d was destroyed");
-    sub.options.onSignal({ t: "channel", tag: "net.d", event: "ended", reason: destroyed.message }, destroyed);
-    sub.options.onSignal({ t: "channel", tag: "net.a", event: "added", reason: "matches" });
+    sub.options.onSignal?.({ t: "channel", tag: "net.d", event: "ended", reason: destroyed.message, cause: destroyed });
+    sub.options.onSignal?.({ t: "channel", tag: "net.a", event: "added", reason: "matches" });
     sub.onBatch(batch("net.a", 3));
     await linesArrive(socket, 5, "the ENDs and the event");
     expect(socket.lines.slice(0, 4)).toEqual([
