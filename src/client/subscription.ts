@@ -238,6 +238,12 @@ export interface SubscriptionStats {
   readonly servingReplicas: readonly number[] | null;
   /** Times the subscription went back from f+1 replicas to every replica. */
   readonly widenings: number;
+  /**
+   * The replicas whose SUB_OK the subscription holds now, ascending: they took it and send
+   * what they store from then on (an unordered subscription starts at f+1 of them, the
+   * others may still be taking it).
+   */
+  readonly activeReplicas: readonly number[];
 }
 
 /** What a subscription needs from the client that owns the connections. */
@@ -455,6 +461,10 @@ export class ClientSubscription implements Subscription {
       quorum: this.voter?.quorum ?? null,
       servingReplicas: this.narrowing?.servingReplicas ?? null,
       widenings: this.narrowing?.widenings ?? 0,
+      activeReplicas: this.replicas
+        .activeReplicas()
+        .map((active) => active.replica)
+        .sort((a, b) => a - b),
     };
   }
 

@@ -59,6 +59,9 @@ describe("$sys channels", () => {
       const subscription = await client.subscribe("$sys.events", {}, (batch) => {
         batches.push(batch);
       });
+      // The subscription starts at f+1 SUB_OKs; a replica that has not taken it yet when it
+      // sees the peer go down would report it to nobody here, and f+1 reports are needed.
+      await waitFor("every replica to take the subscription", () => subscription.stats().activeReplicas.length === 4);
       const proc = cluster.procs[3];
       cluster.kill(3);
       await proc?.exited;
@@ -138,6 +141,7 @@ describe("$sys channels", () => {
       const subscription = await admin.subscribe("$sys.events", { onCopy: (copy) => copies.push(copy) }, (batch) => {
         batches.push(batch);
       });
+      await waitFor("every replica to take the subscription", () => subscription.stats().activeReplicas.length === 4);
       const proc = cluster.procs[leader];
       cluster.kill(leader);
       await proc?.exited;
