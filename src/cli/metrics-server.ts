@@ -5,14 +5,16 @@
  *
  * It needs no key, so it answers only what a scraper asks: GET and HEAD, with a Host
  * header that names this server (console/host-allowlist.ts: its listen address, the
- * loopback names on loopback, this host's interface addresses on 0.0.0.0 or ::). A web
- * page that rebinds its own name to this host cannot read it; Prometheus scraping by
- * IP:PORT, or by the name listened on, can.
+ * loopback names on loopback, this host's interface addresses on 0.0.0.0 or ::, and the
+ * names given with `--metrics-host-name`). A web page that rebinds its own name to this
+ * host cannot read it; Prometheus scraping by IP:PORT, by the name listened on, or by a
+ * name the operator gave, can.
  */
 import type { MetricsRegistry } from "../metrics/registry.ts";
 import { listenFailure } from "../relay/server.ts";
 import { HostAllowlist } from "./console/host-allowlist.ts";
 import { CommandError, UsageError } from "./errors.ts";
+import { checkMetricsHostNames } from "./metrics-flags.ts";
 import { VERSION } from "./run.ts";
 
 /** A scrape has no body; Bun refuses a larger one before it is read. */
@@ -27,8 +29,17 @@ export interface MetricsEndpoint {
 
 export type MetricsServer = ReturnType<typeof Bun.serve>;
 
-/** Starts the endpoint when `listen` is given; a bad or busy address is the command's error. */
-export function startMetricsServer(listen: string | undefined, endpoint: MetricsEndpoint): MetricsServer | null {
+/**
+ * Starts the endpoint when `listen` is given; a bad or busy address is the command's error.
+ * `hostNames` are the `--metrics-host-name` values: given without `--metrics`, they are a
+ * usage error rather than silently unused.
+ */
+export function startMetricsServer(
+  listen: string | undefined,
+  endpoint: MetricsEndpoint,
+  hostNames: readonly string[] = [],
+): MetricsServer | null {
+  checkMetricsHostNames(listen, hostNames);
   if (listen === undefined) return null;
   const match = /^(.+):(\d{1,5})$/.exec(listen);
   const port = match === null ? NaN : Number(match[2]);
@@ -37,7 +48,7 @@ export function startMetricsServer(listen: string | undefined, endpoint: Metrics
   const hostname = (match[1] as string).replace(/^\[(.*)\]$/, "$1");
   let hosts: HostAllowlist;
   try {
-    hosts = new HostAllowlist({ listenHost: hostname });
+    hosts = new HostAllowlist({ listenHost: hostname, names: hostNames });
   } catch {
     throw new UsageError(`--metrics: ${JSON.stringify(match[1])} is not a host name or IP address`);
   }

@@ -90,6 +90,23 @@ describe("fitb service unit", () => {
     expect((await run(["service", "unit", "relay", "--config", "c", "--key", "/k", "--metrics", "9465"])).code).toBe(EXIT_USAGE);
   });
 
+  test("--metrics-host-name is passed on after --metrics; a bad name or one without --metrics is a usage error", async () => {
+    const argv = ["service", "unit", "replica", "--config", "/etc/fitb/cluster.toml", "--id", "1"];
+    const named = await run([
+      ...argv,
+      "--metrics",
+      "0.0.0.0:9464",
+      "--metrics-host-name",
+      "r1.example.net",
+      "--metrics-host-name",
+      "[::1]:9000",
+    ]);
+    expect(named.code).toBe(EXIT_OK);
+    expect(named.out).toContain("--metrics 0.0.0.0:9464 --metrics-host-name r1.example.net --metrics-host-name [::1]:9000\n");
+    expect((await run([...argv, "--metrics-host-name", "r1.example.net"])).code).toBe(EXIT_USAGE);
+    expect((await run([...argv, "--metrics", "0.0.0.0:9464", "--metrics-host-name", "bad name"])).code).toBe(EXIT_USAGE);
+  });
+
   test("a relay unit gets a TCP port only when --listen asks; beyond loopback only with --allow-remote, passed through", async () => {
     const argv = ["service", "unit", "relay", "--config", "/etc/fitb/cluster.toml", "--key", "/etc/fitb/probe.key"];
     const loopback = await run([...argv, "--listen", "127.0.0.1:7400"]);

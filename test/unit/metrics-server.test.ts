@@ -12,8 +12,12 @@ afterEach(async () => {
   for (const server of servers.splice(0)) await server.stop(true);
 });
 
-function start(listen: string): { base: string; port: number } {
-  const server = startMetricsServer(listen, { registry: new MetricsRegistry("t_"), status: () => ({ up: true }) }) as MetricsServer;
+function start(listen: string, hostNames: readonly string[] = []): { base: string; port: number } {
+  const server = startMetricsServer(
+    listen,
+    { registry: new MetricsRegistry("t_"), status: () => ({ up: true }) },
+    hostNames,
+  ) as MetricsServer;
   servers.push(server);
   return { base: `http://127.0.0.1:${server.port}`, port: server.port as number };
 }
@@ -39,6 +43,24 @@ describe("metrics endpoint", () => {
     const { base, port } = start("0.0.0.0:0");
     expect((await fetch(`${base}/metrics`)).status).toBe(200);
     expect((await fetch(`${base}/metrics`, { headers: { host: `attacker.example:${port}` } })).status).toBe(403);
+  });
+
+  test("--metrics-host-name: a scrape by a name given is answered, at the listen port or at the port it names", async () => {
+    const { base, port } = start("0.0.0.0:0", ["metrics.example.net", "proxy.example.net:9000"]);
+    expect((await fetch(`${base}/metrics`, { headers: { host: `metrics.example.net:${port}` } })).status).toBe(200);
+    expect((await fetch(`${base}/metrics`, { headers: { host: "proxy.example.net:9000" } })).status).toBe(200);
+    // A name given with a port is that port's only; other names stay refused.
+    expect((await fetch(`${base}/metrics`, { headers: { host: `proxy.example.net:${port}` } })).status).toBe(403);
+    expect((await fetch(`${base}/metrics`, { headers: { host: `attacker.example:${port}` } })).status).toBe(403);
+  });
+
+  test("--metrics-host-name: a bad name, or names without --metrics, are usage errors", () => {
+    const registry = new MetricsRegistry("t_");
+    expect(() => startMetricsServer("127.0.0.1:0", { registry }, ["bad/name"])).toThrow(UsageError);
+    expect(() => startMetricsServer("127.0.0.1:0", { registry }, ["host:99999"])).toThrow(UsageError);
+    expect(() => startMetricsServer(undefined, { registry }, ["metrics.example.net"])).toThrow(
+      "--metrics-host-name needs --metrics HOST:PORT",
+    );
   });
 
   test("anything but GET and HEAD is 405; a body over the bound is refused", async () => {

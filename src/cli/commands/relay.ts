@@ -21,6 +21,7 @@ import { RelayListenError, RelayServer } from "../../relay/server.ts";
 import { portHolderNote } from "../port-holder.ts";
 import { clearStaleSocket, defaultRelaySocketPath, RELAY_SOCKET_NAME, SocketPathError } from "../../relay/unix-socket.ts";
 import type { ParsedArgs } from "../args.ts";
+import { METRICS_HOST_NAME_FLAG } from "../metrics-flags.ts";
 import { type MetricsServer, startMetricsServer } from "../metrics-server.ts";
 import { RelayMetrics } from "../../relay/metrics.ts";
 import type { Command, CommandIo } from "../command.ts";
@@ -83,6 +84,7 @@ export const relayCommand: Command = {
       valueName: "HOST:PORT",
       description: "Serve Prometheus metrics at http://HOST:PORT/metrics (off by default)",
     },
+    METRICS_HOST_NAME_FLAG,
     ...TIMEOUT_FLAGS,
     CRASH_NONE_TARGETS_FLAG,
   ],
@@ -128,7 +130,7 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
   }));
   let metricsServer: MetricsServer | null = null;
   try {
-    metricsServer = startMetricsServer(args.string("metrics"), { registry: metrics.registry });
+    metricsServer = startMetricsServer(args.string("metrics"), { registry: metrics.registry }, args.strings("metrics-host-name"));
     if (socketPath !== null) await clearStaleSocket(socketPath);
     relay = RelayServer.listen({
       client,

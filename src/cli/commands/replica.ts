@@ -18,6 +18,7 @@ import { Replica } from "../../replica/replica.ts";
 import { REPLICAS_MAX } from "../../../wire/types.ts";
 import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy } from "../../replica/storage/index.ts";
 import type { ParsedArgs } from "../args.ts";
+import { METRICS_HOST_NAME_FLAG } from "../metrics-flags.ts";
 import { type MetricsServer, startMetricsServer } from "../metrics-server.ts";
 import type { Command } from "../command.ts";
 import { CONFIG_DEFAULT_TEXT, resolveConfigPath } from "../defaults.ts";
@@ -81,6 +82,7 @@ export const replicaCommand: Command = {
       valueName: "HOST:PORT",
       description: "Serve Prometheus metrics at http://HOST:PORT/metrics and JSON status at /status (off by default)",
     },
+    METRICS_HOST_NAME_FLAG,
     {
       name: "listen",
       kind: "string",
@@ -248,7 +250,11 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   // stops the start instead of a running replica.
   let metricsServer: MetricsServer | null;
   try {
-    metricsServer = startMetricsServer(args.string("metrics"), { registry: replica.metrics.registry, status: () => replica.statusJson() });
+    metricsServer = startMetricsServer(
+      args.string("metrics"),
+      { registry: replica.metrics.registry, status: () => replica.statusJson() },
+      args.strings("metrics-host-name"),
+    );
   } catch (error) {
     replica.stop();
     throw error;

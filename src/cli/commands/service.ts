@@ -1,7 +1,7 @@
 /**
  * `fitb service unit replica|relay --config C [--id N] [--user fitb] [--binary PATH]
  * [--data DIR] [--sync full|normal] [--listen HOST:PORT ...] [--allow-remote]
- * [--metrics HOST:PORT]`: prints a systemd unit for running a replica or a relay as a
+ * [--metrics HOST:PORT [--metrics-host-name NAME[:PORT] ...]]`: prints a systemd unit for running a replica or a relay as a
  * service. The operator redirects it into /etc/systemd/system/ and enables it.
  *
  * A relay unit listens on its Unix socket only (`--listen none`) unless `--listen` asks
@@ -20,6 +20,7 @@ import { RELAY_SOCKET_NAME } from "../../relay/unix-socket.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
 import { EXIT_OK, UsageError } from "../errors.ts";
+import { checkMetricsHostNames, METRICS_HOST_NAME_FLAG } from "../metrics-flags.ts";
 import { FTL_DEFAULT, ftlEnvironment } from "../jit.ts";
 
 export const DEFAULT_BINARY = "/usr/local/bin/fitb";
@@ -92,6 +93,7 @@ export const serviceUnitCommand: Command = {
       valueName: "HOST:PORT",
       description: "Serve Prometheus metrics there (--metrics of the replica or relay; the replica's /status too)",
     },
+    { ...METRICS_HOST_NAME_FLAG, description: `${METRICS_HOST_NAME_FLAG.description} (passed on; repeatable)` },
   ],
   positionals: [{ name: "KIND", required: true, description: "replica or relay" }],
   examples: [
@@ -111,7 +113,12 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
   const metrics = args.string("metrics");
   if (metrics !== undefined && !/^\S+:\d{1,5}$/.test(metrics))
     throw new UsageError(`--metrics: expected HOST:PORT, got ${JSON.stringify(metrics)}`);
-  const metricsArg = metrics === undefined ? "" : ` --metrics ${systemdEscape(metrics)}`;
+  const metricsHostNames = args.strings("metrics-host-name");
+  checkMetricsHostNames(metrics, metricsHostNames);
+  const metricsArg =
+    metrics === undefined
+      ? ""
+      : ` --metrics ${systemdEscape(metrics)}${metricsHostNames.map((name) => ` --metrics-host-name ${systemdEscape(name)}`).join("")}`;
   let unit: string;
   if (kind === "replica") {
     const id = args.requiredInteger("id", 0, 1023);
