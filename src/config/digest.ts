@@ -31,6 +31,19 @@ export const CONFIG_SECTIONS: readonly { readonly key: keyof ConfigDigests; read
   { key: "retention", name: "[retention]" },
 ];
 
+/**
+ * The sections execution reads, by the file's names for them: what a data directory
+ * records and checks at each start (storage/store.ts StoreIdentity.executionConfig), since
+ * a replica executes its decided history again with the file it has then. client_keys
+ * (who may open a session) and the group (replicated state from the start) are not here.
+ */
+export function executionConfigDigests(config: ClusterConfig): Record<string, Uint8Array> {
+  const digests = configDigests(config);
+  const named: Record<string, Uint8Array> = {};
+  for (const { key, name } of CONFIG_SECTIONS) if (key === "admins" || key === "limits" || key === "retention") named[name] = digests[key];
+  return named;
+}
+
 export function configDigests(config: ClusterConfig): ConfigDigests {
   const digest = (value: Canonical): Uint8Array => sha256(encodeCanonical(value));
   const { limits, retention } = config;

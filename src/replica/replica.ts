@@ -13,7 +13,7 @@
 import { FatalError, type FatalHandler, throwFatal } from "./fatal.ts";
 import { assert } from "../../wire/assert.ts";
 import { channelsConfigFrom, type ClusterConfig, newViewBytesBound, type ReplicaEntry, replicaById } from "../config/cluster.ts";
-import { configDigests } from "../config/digest.ts";
+import { configDigests, executionConfigDigests } from "../config/digest.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
 import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
@@ -256,6 +256,7 @@ export class Replica {
       sync: options.sync ?? DEFAULT_SYNC_POLICY,
       cluster: config.name,
       replica: id,
+      executionConfig: executionConfigDigests(config),
       log,
       metrics: this.metrics,
       onFatal: options.onFatal,

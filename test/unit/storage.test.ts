@@ -133,6 +133,33 @@ describe("ReplicaStore rows", () => {
       StoreIdentityError,
     );
   });
+
+  test("a data directory written under other admin keys, limits or retention is refused, naming what differs", () => {
+    const dir = freshDir();
+    const open = (executionConfig?: Record<string, Uint8Array>): ReplicaStorage =>
+      ReplicaStorage.open({
+        dir,
+        sync: "full",
+        cluster: "unit",
+        replica: 0,
+        log: testLog(),
+        metrics: new Metrics(),
+        ...(executionConfig === undefined ? {} : { executionConfig }),
+      });
+    const first = { admin_keys: new Uint8Array(32).fill(1), "[limits]": new Uint8Array(32).fill(2) };
+    // A store from before the check has nothing to compare: it takes the file's values.
+    open().close();
+    open(first).close();
+    open(first).close();
+    expect(() => open({ ...first, admin_keys: new Uint8Array(32).fill(3) })).toThrow(
+      /written under a cluster file with other admin_keys\. These are fixed for a cluster's life/,
+    );
+    // The refusal changed nothing: the recorded values still open it.
+    open(first).close();
+    expect(() => open({ admin_keys: new Uint8Array(32).fill(3), "[limits]": new Uint8Array(32).fill(4) })).toThrow(
+      "other admin_keys, [limits]",
+    );
+  });
 });
 
 describe("corruption", () => {

@@ -23,7 +23,7 @@ import { GroupCommit } from "./group-commit.ts";
 import { toHex } from "../../crypto/encoding.ts";
 import { decodeHead, encodeHead, encodeRecord, recordBatch, recordSeq, type SnapshotHead } from "./records.ts";
 import { withBatchEncoding } from "../../core/ordering/messages.ts";
-import { type Checked, type CorruptRow, ReplicaStore, STORE_FILE, type SyncPolicy } from "./store.ts";
+import { type Checked, type CorruptRow, ReplicaStore, STORE_FILE, type StoreIdentity, type SyncPolicy } from "./store.ts";
 
 export { DEFAULT_SYNC_POLICY, SYNC_POLICIES, type SyncPolicy, StoreIdentityError } from "./store.ts";
 export type { SnapshotHead } from "./records.ts";
@@ -52,6 +52,8 @@ export interface StorageOptions {
   readonly sync: SyncPolicy;
   readonly cluster: string;
   readonly replica: number;
+  /** The cluster file's sections execution reads, checked against the store's (StoreIdentity). */
+  readonly executionConfig?: StoreIdentity["executionConfig"];
   readonly log: Log;
   readonly metrics: Metrics;
   /**
@@ -206,7 +208,11 @@ export class ReplicaStorage {
   static open(options: StorageOptions): ReplicaStorage {
     const disk = options.disk ?? realDisk;
     disk.makeDir(options.dir);
-    const identity = { cluster: options.cluster, replica: options.replica };
+    const identity = {
+      cluster: options.cluster,
+      replica: options.replica,
+      ...(options.executionConfig === undefined ? {} : { executionConfig: options.executionConfig }),
+    };
     let store: ReplicaStore | null = null;
     let corrupt: CorruptRow[] = [];
     let quarantined = false;

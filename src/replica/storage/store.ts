@@ -25,6 +25,7 @@
 import type { Database } from "bun:sqlite";
 import { join } from "node:path";
 import { type Canonical, decodeCanonical, encodeCanonical } from "../../../wire/canonical.ts";
+import { bytesEqual } from "../../crypto/encoding.ts";
 import { rowChecksum, rowChecksumOfDigest, rowIntact } from "./checksum.ts";
 import { type Disk, realDisk, type WalSync } from "./disk.ts";
 
@@ -75,7 +76,18 @@ export const DEFAULT_SYNC_POLICY: SyncPolicy = "full";
 export interface StoreIdentity {
   readonly cluster: string;
   readonly replica: number;
+  /**
+   * Digests of the cluster file's sections that execution reads (admin keys, limits,
+   * retention), by the name an error gives them. A replica executes its decided history
+   * again at each start with the file it has then, so a store written under other values
+   * is refused: with them it could judge an old command otherwise than the group did and
+   * diverge. Absent: not checked (tests of the store alone).
+   */
+  readonly executionConfig?: Readonly<Record<string, Uint8Array>>;
 }
+
+/** The meta key of StoreIdentity.executionConfig, written at the first start that gave it. */
+const EXECUTION_CONFIG_META = "execution-config";
 
 /** A row whose checksum did not match, or that could not be decoded. */
 export interface CorruptRow {
@@ -290,8 +302,21 @@ export class ReplicaStore {
         `${this.path} belongs to replica ${String(stored.replica)} of cluster ${String(stored.cluster)}, not replica ${identity.replica} of ${identity.cluster}`,
       );
     }
+    const given = identity.executionConfig;
+    if (given !== undefined) {
+      const differing = differingSections(meta.get(EXECUTION_CONFIG_META), given);
+      if (differing.length > 0) {
+        throw new StoreIdentityError(
+          `${this.path} was written under a cluster file with other ${differing.join(", ")}. ` +
+            "These are fixed for a cluster's life: a replica executes its decided history again at each start with the file it has, " +
+            "so under other values it could judge an earlier command otherwise than the group and diverge. " +
+            "Put back the values this data directory was written under (the other replicas' files), or start a new cluster",
+        );
+      }
+    }
     this.putMeta("format", STORE_FORMAT_VERSION);
     this.putMeta("identity", { cluster: identity.cluster, replica: identity.replica });
+    if (given !== undefined) this.putMeta(EXECUTION_CONFIG_META, { ...given });
   }
 
   /** A meta value (null when absent or damaged): what the runtime keeps beside the identity (the epoch start). */
@@ -560,4 +585,19 @@ export class ReplicaStore {
     const r = this.db.query("SELECT page_count * page_size AS bytes FROM pragma_page_count(), pragma_page_size()").get() as Row;
     return num(r.bytes);
   }
+}
+
+/**
+ * The sections of `given` whose digest differs from the stored one. A store without a
+ * stored record (written by an older version, or the row damaged and so dropped) has
+ * nothing to compare: it takes the file's.
+ */
+function differingSections(stored: Canonical | undefined, given: Readonly<Record<string, Uint8Array>>): string[] {
+  if (stored === undefined || stored === null || typeof stored !== "object" || stored instanceof Uint8Array || Array.isArray(stored))
+    return [];
+  const record = stored as Record<string, Canonical>;
+  return Object.keys(given).filter((name) => {
+    const was = record[name];
+    return was instanceof Uint8Array && !bytesEqual(was, given[name] as Uint8Array);
+  });
 }
