@@ -483,7 +483,8 @@ export const REQUEST_BODY_ITEMS_MAX = REQUEST_EVENTS_MAX + FRAME_ITEMS_MAX;
 /**
  * The values a frame of `type` may hold at most: FRAME_ITEMS_MAX but for EVENTS
  * (EVENTS_FRAME_ITEMS_MAX) and QUERY_REPLY, whose `res` is open (a listing of every
- * channel): a client bounds what it reads by the frame size alone.
+ * channel), unbounded here: the client bounds a replica's QUERY_REPLY by the largest
+ * answer a correct replica gives (src/client/replica-frames.ts, QUERY_REPLY_ITEMS_MAX).
  */
 export function frameItemsMax(type: FrameTypeCode): number {
   if (type === FrameType.QUERY_REPLY) return Number.POSITIVE_INFINITY;

@@ -6,7 +6,9 @@
  *
  * A frame from the replica whose MAC does not verify for the next frame counter (altered,
  * replayed, reordered or removed in transit) is never looked at: the connection is
- * dropped, reported, and dialled again with a fresh handshake.
+ * dropped, reported, and dialled again with a fresh handshake. A payload is decoded up to
+ * the values the largest valid frame of its type holds (replica-frames.ts): one past it is
+ * dropped and counted like any frame that does not decode, and the session goes on.
  *
  * The connection knows nothing about requests or subscriptions. It reports three things
  * to its owner: the session is ready (after every successful handshake, so the owner can
@@ -34,6 +36,7 @@ import { WriteQueue } from "../net/write-queue.ts";
 import { backoffDelayMs, checkBackoffPolicy, type BackoffPolicy } from "./backoff.ts";
 import { type ClientError, HandshakeError, ReplicaUnreachableError } from "./errors.ts";
 import { checkHelloAck, type ClientHandshake, clientHello, type ExpectedReplica } from "./handshake.ts";
+import { decodeReplicaFrame } from "./replica-frames.ts";
 
 /** A replica as the client dials it: the cluster file's entry. */
 export interface ReplicaEndpoint extends ExpectedReplica {
@@ -427,7 +430,7 @@ export class ReplicaConnection {
         data: (_socket, data) => {
           for (const item of decoder.push(data)) {
             if (!item.ok) return finish(false, item.error.reason);
-            const decoded = decodeFrameBody(item.type, item.payload);
+            const decoded = decodeReplicaFrame(item.type, item.payload);
             if (!decoded.ok || decoded.frame.type !== FrameType.HELLO_ACK) return finish(false, "no HELLO_ACK");
             const check = checkHelloAck(handshake, decoded.frame.body, this.endpoint, this.key);
             return finish(check.ok, check.ok ? `${preferred} answers again` : check.reason);
@@ -476,7 +479,7 @@ export class ReplicaConnection {
         this.onBadMac(item.type, item.payload);
         return;
       }
-      const decoded = decodeFrameBody(item.type, payload);
+      const decoded = decodeReplicaFrame(item.type, payload);
       if (!decoded.ok) {
         this.onUndecodable(decoded.error.reason, decoded.error.fatal);
         continue;

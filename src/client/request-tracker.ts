@@ -8,7 +8,9 @@
  *
  * Read-your-writes (PROTOCOL.md 6.3): a refusal a replica judged on its own state
  * carries `at`, the decided seq it had executed, and is not a vote until it is fresh and
- * enough replicas have answered (judgeLocalRefusals).
+ * enough replicas have answered (judgeLocalRefusals). Freshness is judged against the
+ * `at` of the replicas that accepted the request, the seq one of them claims worth one
+ * wait per replica, the seq f+1 confirm any number.
  */
 import type { Canonical } from "../../wire/canonical.ts";
 import type { Reply, ReplyResult } from "../../wire/schemas.ts";
@@ -21,6 +23,7 @@ import type { ReplicaConnection } from "./connection.ts";
 import { type ClientError, NoQuorumError, RequestRejectedError } from "./errors.ts";
 import type { TrackingContext } from "./replica-group.ts";
 import { requestFrame, type BuiltRequest } from "./request.ts";
+import { pickLastSeq } from "./seq.ts";
 
 /**
  * Refusals that say "not now" rather than "no": the replica is catching up, shedding
@@ -104,16 +107,17 @@ interface PendingRequest {
   frameAfter: number;
   /**
    * Refusals judged on one replica's own state (they carry `at`): not votes until they
-   * are fresh and enough replicas answered (localRefusal below).
+   * are fresh and enough replicas answered (judgeLocalRefusals).
    */
-  readonly local: Map<number, { readonly code: ErrorCode; readonly reason: string; readonly at: number }>;
+  readonly local: Map<number, LocalRefusal>;
   /** Every `at` a replica reported for this request (members only: onLeft drops those that left). */
   readonly ats: Map<number, number>;
   /** The f of the group the request was sent to: the floor counts with at least this f. */
   readonly fAtSend: number;
   /**
    * The `at` of each positive answer (stored or ordered): a replica that accepted the
-   * request at that seq shows that refusals judged before it may be stale.
+   * request at that seq shows that refusals judged before it may be stale. One replica's
+   * word only claims it; f+1 confirm it (judgeLocalRefusals).
    */
   readonly accepted: Map<number, number>;
   readonly what: string;
@@ -122,6 +126,8 @@ interface PendingRequest {
   readonly sentTo: Set<number>;
   /** The `after` each replica was last sent the request with: a stale refusal asks it again only for a higher one. */
   readonly sentAfter: Map<number, number>;
+  /** Replicas already asked to wait for a seq only fewer than f+1 accepting replicas claim: never asked so twice. */
+  readonly askedClaimed: Set<number>;
   /** One reason text per refusal code, for the error message. */
   readonly reasons: Map<string, string>;
   /** The last transient refusal per replica (not a vote). */
@@ -143,6 +149,29 @@ interface PendingRequest {
   lastSendAt: number;
   readonly deadline: number;
   readonly settle: (outcome: RequestOutcome) => void;
+}
+
+/** A refusal a replica judged on its own state. */
+interface LocalRefusal {
+  readonly code: ErrorCode;
+  readonly reason: string;
+  readonly at: number;
+  /** Whether the replica had been asked to wait for a claimed seq (askedClaimed) before it refused. */
+  readonly waited: boolean;
+}
+
+/**
+ * How a refusal judged on a replica's own state counts (judgeLocalRefusals): "fresh", one
+ * of f+1; "unconfirmed", one of 2f+1 only; "stale", not at all (the replica is asked again).
+ */
+type RefusalStanding = "fresh" | "unconfirmed" | "stale";
+
+/** The decided seqs that replicas' positive answers vouch for (judgeLocalRefusals). */
+interface AcceptedSeqs {
+  /** Executed by a correct replica: the client's floor, or the (f+1)-th highest accepted `at`. */
+  readonly confirmed: number;
+  /** The highest any accepted `at` claims (no less than `confirmed`): maybe a lie. */
+  readonly claimed: number;
 }
 
 /** The request timeouts tracking applies (ClientTimeouts). */
@@ -221,6 +250,7 @@ export class RequestTracker {
         voter: new ReplyVoter({ n: group.slots, f: group.f, kind }),
         sentTo: new Set(),
         sentAfter: new Map(),
+        askedClaimed: new Set(),
         reasons: new Map(),
         transient: new Map(),
         retries: new Map(),
@@ -376,7 +406,8 @@ export class RequestTracker {
       return;
     }
     if (!body.ok && body.at !== undefined) {
-      pending.local.set(replica, { code: body.code, reason: body.reason, at: body.at });
+      const waited = pending.askedClaimed.has(replica);
+      pending.local.set(replica, { code: body.code, reason: body.reason, at: body.at, waited });
       this.judgeLocalRefusals(pending);
       return;
     }
@@ -435,34 +466,45 @@ export class RequestTracker {
   /**
    * Refusals a replica judged on its own state (no such channel, key not registered) may
    * predate a decision another replica has executed: such an answer is never a vote
-   * against the ordered history. One is stale when its `at` is below the freshest
-   * decided seq known: this client's floor, or the `at` of a replica that accepted the
-   * request (refusals do not raise it: in a busy cluster each replica reports a later
-   * seq, and a bar that every refusal raised would never be met). A stale replica is
-   * asked again with `after` = that seq and waits until it has executed it. The fresh
-   * ones refuse the request once f+1 agree and at least 2f+1 replicas (or every reachable
-   * one) have answered, so that a replica that did execute the decision had its say.
+   * against the ordered history. One below the `at` of every replica that accepted the
+   * request (and the client's floor) is stale and asked again with `after` = that seq,
+   * and the replica waits until it has executed it (refusals do not raise the bar: in a
+   * busy cluster each replica reports a later seq, and a bar that every refusal raised
+   * would never be met). Fresh refusals refuse the request once f+1 agree and at least
+   * 2f+1 replicas (or every reachable one) have answered, so that a replica that did
+   * execute the decision had its say.
+   *
+   * A seq only fewer than f+1 accepting replicas claim (one replica's `at`: the decision
+   * may be that fresh, or the replica lies) is worth one such wait per replica, as for a
+   * channel description (queries.ts) and a subscription (replica-subs.ts): a refusal
+   * below it from a replica that was asked to wait for a claimed seq (and waited out its
+   * hold bound, or could not wait) is "unconfirmed", one of 2f+1 agreeing refusals (at
+   * least f+1 of them correct, which settle it whatever one replica claims), and the
+   * replica is not asked to wait for a claim again. So one replica accepting at 2^53-1
+   * delays a refusal by a replica's hold bound, not to the deadline, and two replicas
+   * behind a channel created moments ago do not refuse a publish to it after their wait
+   * either. A refusal below the (f+1)-th highest accepted `at` or the floor, which a
+   * correct replica has executed, never counts.
    */
   private judgeLocalRefusals(pending: PendingRequest): void {
     const { group } = this.ctx;
-    const fresh = Math.max(this.ctx.floor.value, ...pending.accepted.values());
-    const counts = new Map<ErrorCode, number>();
+    const seqs = this.acceptedSeqs(pending);
+    const counts = new Map<ErrorCode, { fresh: number; unconfirmed: number; reason: string }>();
+    let after = pending.frameAfter;
     for (const [replica, refusal] of pending.local) {
-      if (refusal.at < fresh) {
-        pending.transient.set(
-          replica,
-          `${refusal.code} ${refusal.reason} (as of decided seq ${refusal.at}; asked again to wait for ${fresh})`,
-        );
-        // Asked again once per freshness: a later refusal from another replica does not send it again.
-        if ((pending.sentAfter.get(replica) ?? 0) < fresh) pending.sentTo.delete(replica);
+      const standing = judgeRefusal(refusal, seqs);
+      if (standing === "stale") {
+        after = Math.max(after, this.askAgain(pending, replica, refusal, seqs));
         continue;
       }
-      counts.set(refusal.code, (counts.get(refusal.code) ?? 0) + 1);
+      const entry = counts.get(refusal.code) ?? { fresh: 0, unconfirmed: 0, reason: refusal.reason };
+      entry[standing]++;
+      counts.set(refusal.code, entry);
     }
-    if (fresh > pending.frameAfter) {
-      pending.frame = requestFrame(pending.built.body, pending.built.sig, fresh, this.ctx.frameBytesMax);
+    if (after > pending.frameAfter) {
+      pending.frame = requestFrame(pending.built.body, pending.built.sig, after, this.ctx.frameBytesMax);
       pending.shared = null;
-      pending.frameAfter = fresh;
+      pending.frameAfter = after;
     }
     for (const replica of pending.local.keys()) {
       const connection = group.connection(replica);
@@ -473,12 +515,35 @@ export class RequestTracker {
     for (const connection of group.connections) if (!missing.has(connection.id)) answered.add(connection.id);
     const everyReachable = group.readyReplicas().every((id) => answered.has(id));
     if (answered.size < byzantineQuorum(group.f) && !everyReachable) return;
-    for (const [code, count] of counts) {
-      if (count < vouchQuorum(group.f)) continue;
-      const reason = [...pending.local.values()].find((refusal) => refusal.code === code)?.reason ?? code;
-      pending.settle({ ok: false, error: new RequestRejectedError(code, reason) });
+    for (const [code, entry] of counts) {
+      if (entry.fresh < vouchQuorum(group.f) && entry.fresh + entry.unconfirmed < byzantineQuorum(group.f)) continue;
+      pending.settle({ ok: false, error: new RequestRejectedError(code, entry.reason) });
       return;
     }
+  }
+
+  /**
+   * The seqs the accepting replicas vouch for: confirmed by f+1 of them (as
+   * ExecutedFloor.observeAts counts, with the larger of the f now and at the send), or
+   * claimed by one. Only members count: onLeft drops the answers of those that left.
+   */
+  private acceptedSeqs(pending: PendingRequest): AcceptedSeqs {
+    const f = Math.max(pending.fAtSend, this.ctx.group.f);
+    const confirmed = Math.max(this.ctx.floor.value, pickLastSeq([...pending.accepted.values()], f) ?? 0);
+    return { confirmed, claimed: Math.max(confirmed, ...pending.accepted.values()) };
+  }
+
+  /**
+   * A stale refusal: the replica is asked to wait for the claimed seq the first time, for
+   * the confirmed one after that; once per such seq (a later refusal from another replica
+   * does not send it again). Returns the `after` it is to be sent.
+   */
+  private askAgain(pending: PendingRequest, replica: number, refusal: LocalRefusal, seqs: AcceptedSeqs): number {
+    const after = pending.askedClaimed.has(replica) ? seqs.confirmed : seqs.claimed;
+    if (after > seqs.confirmed) pending.askedClaimed.add(replica);
+    pending.transient.set(replica, `${refusal.code} ${refusal.reason} (as of decided seq ${refusal.at}; asked again to wait for ${after})`);
+    if ((pending.sentAfter.get(replica) ?? 0) < after) pending.sentTo.delete(replica);
+    return after;
   }
 
   private settleIfDone(pending: PendingRequest): void {
@@ -543,6 +608,7 @@ export class RequestTracker {
       if (pending.targets?.has(id) === true) this.widen(pending);
       pending.sentTo.delete(id);
       pending.sentAfter.delete(id);
+      pending.askedClaimed.delete(id);
       pending.ats.delete(id);
       pending.accepted.delete(id);
       pending.local.delete(id);
@@ -595,6 +661,18 @@ export class RequestTracker {
   failAll(error: ClientError): void {
     for (const pending of [...this.requests.values()]) pending.settle({ ok: false, error });
   }
+}
+
+/**
+ * A refusal judged at `at`: "fresh" when no accepting replica claims a later seq; below
+ * only a claimed seq, "unconfirmed" if the replica refused after it was asked to wait for
+ * a claimed seq (it waited out its hold bound, or could not wait, or the claim rose
+ * meanwhile), "stale" before; below the confirmed seq, "stale" however often it was asked.
+ */
+function judgeRefusal(refusal: LocalRefusal, seqs: AcceptedSeqs): RefusalStanding {
+  if (refusal.at >= seqs.claimed) return "fresh";
+  if (refusal.at >= seqs.confirmed && refusal.waited) return "unconfirmed";
+  return "stale";
 }
 
 /** Whether a request goes to replica `id` now: every replica, or one of its f+1 (quorumTargets). */

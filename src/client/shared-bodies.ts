@@ -11,8 +11,11 @@
  * read and checked. Any other array is read and checked as before.
  */
 import { bytesEqual } from "../../wire/bytes.ts";
+import { type Canonical, decodeCanonical } from "../../wire/canonical.ts";
+import { REQUEST_BODY_ITEMS_MAX } from "../../wire/schemas.ts";
 import { requestSignedBytes } from "../../wire/session.ts";
-import { type ParsedBody, parseBody, type VerifyRequest } from "../core/voting/delivery-voter.ts";
+import { parsePubRequest } from "../core/channels/request.ts";
+import type { ParsedBody, VerifyRequest } from "../core/voting/delivery-voter.ts";
 import { verify } from "../crypto/ed25519.ts";
 import { sha256 } from "../crypto/hash.ts";
 
@@ -23,6 +26,23 @@ export const checkRequestSignature: VerifyRequest = (body, sig, publisher, versi
     requestSignedBytes(version, body, () => sha256(body)),
     sig,
   );
+
+/**
+ * The voters' parseBody, decoding at most the values a valid body holds (REQUEST_BODY_ITEMS_MAX,
+ * the bound replicas read a request with, so every body a correct replica stores fits). A
+ * copy comes from one replica and is read before its signature is checked: without the
+ * bound a faulty replica's body of two million empty arrays (2 MiB) would cost the client
+ * two million allocations per copy before it is found invalid.
+ */
+export function readBody(body: Uint8Array): ParsedBody {
+  let value: Canonical;
+  try {
+    value = decodeCanonical(body, REQUEST_BODY_ITEMS_MAX);
+  } catch {
+    return "undecodable";
+  }
+  return parsePubRequest(value) ?? "malformed";
+}
 
 export class SharedBodies {
   private readonly bodies = new WeakSet<Uint8Array>();
@@ -60,13 +80,13 @@ export class SharedBodies {
     return ok;
   };
 
-  /** The voters' body reader: parseBody's answer, remembered for a shared body. Voters only read it. */
+  /** The voters' body reader: readBody's answer, remembered for a shared body. Voters only read it. */
   readonly parse = (body: Uint8Array): ParsedBody => {
-    if (!this.bodies.has(body)) return parseBody(body);
+    if (!this.bodies.has(body)) return readBody(body);
     const known = this.reads.get(body);
     if (known !== undefined) return known;
     this.read++;
-    const parsed = parseBody(body);
+    const parsed = readBody(body);
     this.reads.set(body, parsed);
     return parsed;
   };

@@ -19,17 +19,17 @@ interface Handed {
 
 function fixture() {
   const handed: Handed[] = [];
-  const { tracker } = trackerFixture({
+  const { tracker, floor } = trackerFixture({
     timing: { requestMs: 60_000, resendMs: 1_000 },
     onSent: (replica, frame, bytes, digest) =>
       handed.push({ replica, after: frame.after ?? 0, digestMatches: toHex(digest) === toHex(framePayloadDigest(bytes)) }),
   });
-  return { handed, tracker };
+  return { handed, tracker, floor };
 }
 
 describe("a request handed to every replica's connection from one buffer", () => {
   test("each connection gets the request with its digest; built again with a higher after, the new bytes and digest", () => {
-    const { handed, tracker } = fixture();
+    const { handed, tracker, floor } = fixture();
     const built = buildRequest(
       SigningKey.generate(),
       { seq: 1, ts: 1, op: { t: "pub", tag: "net.links", events: [new Uint8Array([1])] } },
@@ -49,10 +49,16 @@ describe("a request handed to every replica's connection from one buffer", () =>
     // Each stale replica is asked again once, not again at every later refusal.
     expect(again.map((h) => h.replica).sort()).toEqual([1, 2]);
     expect(again.every((h) => h.after === 9 && h.digestMatches)).toBe(true);
-    // Replica 3 stored it as of seq 12: the stale ones are asked again, now to wait for 12.
+    // Replica 3 stored it as of seq 12: two replicas now vouch for 9, only one for 12, and
+    // the stale ones were asked to wait for one replica's word once already: not again.
     tracker.onReply(3, reply(3, true, 12));
+    expect(handed).toHaveLength(6);
+    // The client learns that seq 15 executed (its floor): replica 1's next refusal, behind
+    // it, has both stale ones asked again, now to wait for 15.
+    floor.observe(15);
+    tracker.onReply(1, reply(1, false, 9));
     const later = handed.slice(6);
     expect(later.map((h) => h.replica).sort()).toEqual([1, 2]);
-    expect(later.every((h) => h.after === 12 && h.digestMatches)).toBe(true);
+    expect(later.every((h) => h.after === 15 && h.digestMatches)).toBe(true);
   });
 });

@@ -14,8 +14,13 @@ import type { TrackingContext } from "../../src/client/replica-group.ts";
 import { RESUBSCRIBE_AFTER_REFUSAL_MS } from "../../src/client/replica-subs.ts";
 import { ClientSubscription, type SubscriptionSignal } from "../../src/client/subscription.ts";
 import type { RequestRejectedError } from "../../src/client/errors.ts";
+import { buildRequest } from "../../src/client/request.ts";
+import type { RequestOutcome } from "../../src/client/request-tracker.ts";
+import { SigningKey } from "../../src/crypto/keys.ts";
+import type { Reply } from "../../wire/schemas.ts";
 import { ExecutionGate } from "../../src/replica/execution-gate.ts";
 import { channel, ScriptedHost } from "./subscription-host.ts";
+import { trackerFixture } from "./tracker-fixture.ts";
 
 const INFO: ChannelInfo = { tag: "sec.alerts", fault: "byzantine", order: "total", priority: "critical", public: true };
 
@@ -389,6 +394,110 @@ describe("subscribe: a refusal from a replica behind a decision does not end the
     await Bun.sleep(0);
     expect(ended.length).toBeGreaterThan(0);
     expect(String(ended[0])).toContain("UNKNOWN_CHANNEL");
+  });
+});
+
+describe("publish: a refusal from a replica behind a decision is not a verdict, nor one replica's `at` a reason to wait for ever", () => {
+  const key = SigningKey.generate();
+  /** A publish to sec.alerts (byzantine/none: 2f+1 must store it) tracked over four fake replicas (n=4, f=1); each send recorded with its `after`. */
+  function publish() {
+    const sent: { replica: number; after: number }[] = [];
+    const { tracker } = trackerFixture({
+      timing: { requestMs: 60_000, resendMs: 60_000 },
+      onSent: (replica, frame) => sent.push({ replica, after: frame.after ?? 0 }),
+    });
+    const built = buildRequest(key, { seq: 1, ts: 1, op: { t: "pub", tag: "sec.alerts", events: [new Uint8Array([1])] } }, 1 << 20);
+    const outcomes: RequestOutcome[] = [];
+    void tracker.track(built, "byzantine/none", "publish to sec.alerts").then((outcome) => outcomes.push(outcome));
+    const answer = (replica: number, ok: boolean, at: number): void =>
+      tracker.onReply(
+        replica,
+        (ok
+          ? { seq: 1, replica, d: built.digest, ok: true, res: { t: "pub", tag: "sec.alerts", span: 1 }, at }
+          : { seq: 1, replica, d: built.digest, ok: false, code: "UNKNOWN_CHANNEL", reason: "no channel sec.alerts", at }) as Reply,
+      );
+    const asked = (replica: number): number[] => sent.filter((s) => s.replica === replica).map((s) => s.after);
+    return { tracker, outcomes, answer, asked };
+  }
+
+  test("one replica accepting at 2^53-1 cannot keep a refused publish from failing: each replica waits for it once", async () => {
+    const { outcomes, answer, asked } = publish();
+    answer(3, true, Number.MAX_SAFE_INTEGER);
+    // The channel does not exist: the correct replicas refuse as of the seq they executed,
+    // and are asked once to wait for the one replica's claim.
+    for (const replica of [0, 1, 2]) answer(replica, false, 60);
+    for (const replica of [0, 1, 2]) expect(asked(replica)).toEqual([0, Number.MAX_SAFE_INTEGER]);
+    await Bun.sleep(0);
+    expect(outcomes).toEqual([]);
+    // Past their hold bound they refuse again, still as of seq 60: 2f+1 agree, and the publish fails at once, not at its deadline.
+    for (const replica of [0, 1, 2]) answer(replica, false, 61);
+    await Bun.sleep(0);
+    expect(outcomes).toHaveLength(1);
+    const outcome = outcomes[0] as RequestOutcome;
+    expect(outcome.ok).toBe(false);
+    if (!outcome.ok) expect((outcome.error as RequestRejectedError).code).toBe("UNKNOWN_CHANNEL");
+    for (const replica of [0, 1, 2]) expect(asked(replica)).toEqual([0, Number.MAX_SAFE_INTEGER]);
+  });
+
+  test("a claim that keeps rising asks each replica to wait for it once, not each time", async () => {
+    const { outcomes, answer, asked } = publish();
+    answer(3, true, 100);
+    for (const replica of [0, 1, 2]) answer(replica, false, 60);
+    // The same replica claims ever later seqs (a faulty one: its second answer is no new vote).
+    answer(3, true, 200);
+    answer(3, true, 300);
+    for (const replica of [0, 1, 2]) expect(asked(replica)).toEqual([0, 100]);
+    // They reached seq 100 and still find no channel: as of a seq one replica's claim is above, after their wait.
+    for (const replica of [0, 1, 2]) answer(replica, false, 150);
+    await Bun.sleep(0);
+    expect(outcomes).toHaveLength(1);
+    expect(outcomes[0]?.ok).toBe(false);
+  });
+
+  test("a channel created moments ago: two replicas refusing below the one acceptance's `at`, after their wait, do not refuse it", async () => {
+    const { outcomes, answer, asked } = publish();
+    answer(0, true, 10);
+    answer(1, false, 9);
+    answer(2, false, 9);
+    expect(asked(1)).toEqual([0, 10]);
+    expect(asked(2)).toEqual([0, 10]);
+    // Their hold is over before they executed seq 10: refusals of two, one of 2f+1 each, are no verdict.
+    answer(1, false, 9);
+    answer(2, false, 9);
+    await Bun.sleep(0);
+    expect(outcomes).toEqual([]);
+    // The fourth replica had executed the create; then replica 1 has, too.
+    answer(3, true, 10);
+    answer(1, true, 10);
+    await Bun.sleep(0);
+    expect(outcomes).toHaveLength(1);
+    expect(outcomes[0]?.ok).toBe(true);
+  });
+
+  test("a refusal behind the (f+1)-th highest accepted `at` never counts, however often", async () => {
+    const { tracker, outcomes, answer, asked } = publish();
+    answer(0, true, 10);
+    answer(1, true, 12);
+    for (let round = 0; round < 3; round++) {
+      answer(2, false, 9);
+      answer(3, false, 9);
+    }
+    expect(asked(2)).toEqual([0, 12]);
+    await Bun.sleep(0);
+    expect(outcomes).toEqual([]);
+    tracker.failAll(new Error("done") as never);
+  });
+
+  test("fresh refusals from f+1 refuse it once 2f+1 replicas answered", async () => {
+    const { outcomes, answer } = publish();
+    answer(0, false, 9);
+    answer(1, false, 9);
+    await Bun.sleep(0);
+    expect(outcomes).toEqual([]);
+    answer(2, true, 8);
+    await Bun.sleep(0);
+    expect(outcomes).toHaveLength(1);
+    expect(outcomes[0]?.ok).toBe(false);
   });
 });
 

@@ -12,6 +12,8 @@ import { FrameType } from "../../wire/types.ts";
 
 export interface TrackerFixture {
   readonly tracker: RequestTracker;
+  /** The client's read-your-writes floor the tracker reads. */
+  readonly floor: ExecutedFloor;
   /** Replicas whose connection has no room: their sendShared takes nothing. */
   readonly full: Set<number>;
 }
@@ -54,13 +56,14 @@ export function trackerFixture(options: TrackerFixtureOptions): TrackerFixture {
     readyReplicas: options.ready ?? (() => [0, 1, 2, 3]),
     has: (id: number) => id >= 0 && id < 4,
   };
+  const floor = new ExecutedFloor(group);
   const ctx = {
     group,
-    floor: new ExecutedFloor(group),
+    floor,
     frameBytesMax: 1 << 20,
     now: options.now ?? (() => 0),
     log: () => {},
     ...(options.wakeAt === undefined ? {} : { wakeAt: options.wakeAt }),
   } as unknown as TrackingContext;
-  return { tracker: new RequestTracker(ctx, options.timing, options.crashNoneTargets), full };
+  return { tracker: new RequestTracker(ctx, options.timing, options.crashNoneTargets), floor, full };
 }
