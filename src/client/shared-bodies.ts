@@ -11,11 +11,9 @@
  * read and checked. Any other array is read and checked as before.
  */
 import { bytesEqual } from "../../wire/bytes.ts";
-import { type Canonical, decodeCanonical } from "../../wire/canonical.ts";
 import { REQUEST_BODY_ITEMS_MAX } from "../../wire/schemas.ts";
 import { requestSignedBytes } from "../../wire/session.ts";
-import { parsePubRequest } from "../core/channels/request.ts";
-import type { ParsedBody, VerifyRequest } from "../core/voting/delivery-voter.ts";
+import { type ParsedBody, parseBody, type VerifyRequest } from "../core/voting/delivery-voter.ts";
 import { verify } from "../crypto/ed25519.ts";
 import { sha256 } from "../crypto/hash.ts";
 
@@ -35,13 +33,7 @@ export const checkRequestSignature: VerifyRequest = (body, sig, publisher, versi
  * two million allocations per copy before it is found invalid.
  */
 export function readBody(body: Uint8Array): ParsedBody {
-  let value: Canonical;
-  try {
-    value = decodeCanonical(body, REQUEST_BODY_ITEMS_MAX);
-  } catch {
-    return "undecodable";
-  }
-  return parsePubRequest(value) ?? "malformed";
+  return parseBody(body, REQUEST_BODY_ITEMS_MAX);
 }
 
 export class SharedBodies {

@@ -132,11 +132,14 @@ export class CopyKeys {
 /** A copy's body read as a publish request, or why it is not one. */
 export type ParsedBody = PubRequest | "undecodable" | "malformed";
 
-/** Reads a copy's body (what every voter does unless given another reader, `parseBody`). */
-export function parseBody(body: Uint8Array): ParsedBody {
+/**
+ * Reads a copy's body (what every voter does unless given another reader, `parseBody`),
+ * decoding at most `itemsMax` values: a copy is read before its signature is checked.
+ */
+export function parseBody(body: Uint8Array, itemsMax?: number): ParsedBody {
   let value: Canonical;
   try {
-    value = decodeCanonical(body);
+    value = decodeCanonical(body, itemsMax);
   } catch {
     return "undecodable";
   }
