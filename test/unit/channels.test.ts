@@ -547,6 +547,42 @@ describe("unordered publish", () => {
     expect(m.lastUnorderedSeq("missing", hex)).toBe(0);
   });
 
+  test("a restore puts back a stored publish without the admission checks of publish time", () => {
+    const m = withChannel("net.fast", "none");
+    const at = { tag: "net.fast", generation: m.channelInfo("net.fast")?.generation ?? 0 };
+    m.applyAdmin({ t: "unregister", tag: "net.fast", role: "publisher", key: P1 });
+    // Stored while P1 was registered, and under a larger event limit than this one.
+    const first = pub(P1, 1, "net.fast", ["a"]);
+    const large = pub(P1, 2, "net.fast", [new Uint8Array(CONFIG.eventBytesMax + 1)]);
+    expect(m.restoreUnorderedPublish(first.signed, first.request, at, 10).stored).toMatchObject({ firstSeq: 1, tsMs: 10 });
+    expect(m.restoreUnorderedPublish(large.signed, large.request, at, 11).stored).toMatchObject({ firstSeq: 2, tsMs: 11 });
+    // Deduplicated as on arrival: the same row twice is stored once.
+    expect(m.restoreUnorderedPublish(first.signed, first.request, at, 12)).toMatchObject({ result: { ok: true }, stored: null });
+    expect(expectRead(m.readFrom("net.fast", 1, 10)).batches.map((b) => b.body)).toEqual([first.signed.body, large.signed.body]);
+    expect(m.lastUnorderedSeq("net.fast", Buffer.from(P1).toString("hex"))).toBe(2);
+  });
+
+  test("a restore refuses a row whose channel is gone, re-created, ordered, or not the one its request names", () => {
+    const m = withChannel("net.fast", "none");
+    m.applyAdmin(create("net.links"));
+    const generation = m.channelInfo("net.fast")?.generation ?? 0;
+    const p = pub(P1, 1, "net.fast", ["a"]);
+    const restore = (tag: string, gen: number) => m.restoreUnorderedPublish(p.signed, p.request, { tag, generation: gen }, 1);
+    expect(restore("net.fast", generation + 1).result).toMatchObject({ code: "unknown-channel" });
+    expect(restore("net.links", generation).result).toMatchObject({ code: "bad-request" });
+    const onTotal = pub(P1, 1, "net.links", ["a"]);
+    const linksAt = { tag: "net.links", generation: m.channelInfo("net.links")?.generation ?? 0 };
+    expect(m.restoreUnorderedPublish(onTotal.signed, onTotal.request, linksAt, 1).result).toMatchObject({ code: "class-mismatch" });
+    const spanless = { ...p.request, span: 2 };
+    const at = { tag: "net.fast", generation };
+    expect(m.restoreUnorderedPublish(p.signed, spanless, at, 1).result).toMatchObject({ code: "bad-request" });
+    m.applyAdmin({ t: "destroy-channel", tag: "net.fast" });
+    expect(restore("net.fast", generation).result).toMatchObject({ code: "unknown-channel" });
+    m.applyAdmin(create("net.fast", "crash", "none"));
+    expect(restore("net.fast", generation).result).toMatchObject({ code: "unknown-channel" });
+    expect(m.readFrom("net.fast", 1, 10)).toMatchObject({ ok: true, batches: [] });
+  });
+
   test("unordered stores are outside the replicated digest", () => {
     const m = withChannel("net.fast", "none");
     const before = m.digest();

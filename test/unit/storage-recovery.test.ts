@@ -23,7 +23,18 @@ import {
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import { checkpointStateDigest } from "../../src/replica/storage/digest.ts";
 import { decodeRequestBody } from "../../wire/schemas.ts";
-import { batchDigest, execute, newMachine, openStorage, payloads, tempDir, testLog, TestClient } from "./storage-fixtures.ts";
+import { ChannelMachine } from "../../src/core/channels/machine.ts";
+import {
+  batchDigest,
+  execute,
+  MACHINE_CONFIG,
+  newMachine,
+  openStorage,
+  payloads,
+  tempDir,
+  testLog,
+  TestClient,
+} from "./storage-fixtures.ts";
 
 const K = 128;
 const PART_BYTES = 2048;
@@ -281,24 +292,108 @@ describe("recovery", () => {
 
   test("unordered channels come back from their rows, in arrival order", () => {
     const { dir, writer, admin, publisher } = setup();
-    writer.decide([
-      admin.admin({ t: "create-channel", tag: "net.links", fault: "crash", order: "none", priority: "normal", public: true }),
-      admin.admin({ t: "register", tag: "net.links", role: "publisher", key: publisher.key.publicKey }),
-    ]);
-    const generation = writer.machine.channelInfo("net.links")?.generation ?? 0;
-    for (let i = 0; i < 5; i++) {
-      const req = publisher.pub("net.links", [`link ${i}`]);
-      const decoded = decodeRequestBody(req.body);
-      if (!decoded.ok) throw new Error(decoded.error.reason);
-      const outcome = writer.machine.acceptUnorderedPublish({ body: req.body, sig: req.sig }, decoded.request, 1000 + i);
-      if (outcome.stored !== null)
-        writer.storage.recordUnordered("net.links", generation, outcome.stored.tsMs, req.body, req.sig, sha256(req.body));
-    }
-    writer.storage.commits.flush();
+    createUnordered(writer, admin, publisher, "crash");
+    acceptUnordered(writer, publisher, UNORDERED_EVENTS);
     const { machine, recovered } = restart(dir, writer);
     expect(recovered.restoredUnordered).toBe(5);
     const read = machine.readFrom("net.links", 1, 100);
     expect(read.ok && read.batches.map((b) => b.tsMs)).toEqual([1000, 1001, 1002, 1003, 1004]);
     expect(machine.lastUnorderedSeq("net.links", publisher.hex)).toBe(5);
   });
+
+  for (const fault of ["crash", "byzantine"] as const) {
+    test(`acknowledged events of a ${fault}/none channel survive a restart after their publisher is unregistered`, () => {
+      const { dir, writer, admin, publisher } = setup();
+      createUnordered(writer, admin, publisher, fault);
+      acceptUnordered(writer, publisher, UNORDERED_EVENTS);
+      writer.decide([admin.admin({ t: "unregister", tag: "net.links", role: "publisher", key: publisher.key.publicKey })]);
+      // A running replica keeps them: unregistering refuses new publishes only.
+      expect(unorderedPayloads(writer.machine)).toEqual(LINKS);
+      const { machine, recovered, storage } = restart(dir, writer);
+      expect(recovered.restoredUnordered).toBe(UNORDERED_EVENTS);
+      expect(unorderedPayloads(machine)).toEqual(LINKS);
+      expect([...storage.store.unorderedRows()].length).toBe(UNORDERED_EVENTS);
+      // And a second restart still finds them: nothing was deleted by the first.
+      const again = restartStorage(storage);
+      expect(unorderedPayloads(again.machine)).toEqual(LINKS);
+    });
+  }
+
+  for (const recreated of [false, true]) {
+    test(`unordered events of a destroyed channel are deleted at restart${recreated ? " (the tag created again)" : ""}`, () => {
+      const { dir, writer, admin, publisher } = setup();
+      createUnordered(writer, admin, publisher, "crash");
+      acceptUnordered(writer, publisher, UNORDERED_EVENTS);
+      writer.decide([admin.admin({ t: "destroy-channel", tag: "net.links" })]);
+      if (recreated) createUnordered(writer, admin, publisher, "crash");
+      const { machine, recovered, storage } = restart(dir, writer);
+      expect(recovered.restoredUnordered).toBe(0);
+      expect(unorderedPayloads(machine)).toEqual([]);
+      expect([...storage.store.unorderedRows()]).toEqual([]);
+    });
+  }
+
+  test("restored unordered events are still trimmed by retention", () => {
+    const { dir, writer, admin, publisher } = setup();
+    createUnordered(writer, admin, publisher, "crash");
+    acceptUnordered(writer, publisher, UNORDERED_EVENTS);
+    writer.decide([admin.admin({ t: "unregister", tag: "net.links", role: "publisher", key: publisher.key.publicKey })]);
+    writer.storage.close();
+    // Retention lowered across the restart: the oldest rows go, the newest are kept.
+    const storage = openStorage(dir);
+    cleanups.push(() => storage.close());
+    const retention = { ...MACHINE_CONFIG.retention, events: RETAINED_EVENTS };
+    const config = { ...MACHINE_CONFIG, requestEventsMax: RETAINED_EVENTS, retention };
+    const machine = new ChannelMachine({ hash: sha256, config });
+    const recovered = recover({ storage, machine, partBytes: PART_BYTES, execute: (requests) => execute(machine, requests) });
+    expect(recovered.restoredUnordered).toBe(UNORDERED_EVENTS);
+    expect(unorderedPayloads(machine)).toEqual(LINKS.slice(-RETAINED_EVENTS));
+    expect([...storage.store.unorderedRows()].length).toBe(RETAINED_EVENTS);
+  });
 });
+
+/** Events stored on the unordered channel in the tests that use one. */
+const UNORDERED_EVENTS = 5;
+const LINKS = Array.from({ length: UNORDERED_EVENTS }, (_, i) => `link ${i}`);
+/** Events retention keeps per channel after the restart that lowers it (at least requestEventsMax). */
+const RETAINED_EVENTS = 2;
+/** Arrival time of the first unordered event; each next one arrives a ms later. */
+const UNORDERED_TS = 1000;
+
+/** Creates the unordered channel net.links of `fault` and registers `publisher` on it. */
+function createUnordered(writer: Writer, admin: TestClient, publisher: TestClient, fault: "crash" | "byzantine"): void {
+  writer.decide([
+    admin.admin({ t: "create-channel", tag: "net.links", fault, order: "none", priority: "normal", public: true }),
+    admin.admin({ t: "register", tag: "net.links", role: "publisher", key: publisher.key.publicKey }),
+  ]);
+}
+
+/** `count` publishes reach this replica on net.links, each stored and acknowledged as the replica does. */
+function acceptUnordered(writer: Writer, publisher: TestClient, count: number): void {
+  const generation = writer.machine.channelInfo("net.links")?.generation ?? 0;
+  for (let i = 0; i < count; i++) {
+    const req = publisher.pub("net.links", [`link ${i}`]);
+    const decoded = decodeRequestBody(req.body);
+    if (!decoded.ok) throw new Error(decoded.error.reason);
+    const outcome = writer.machine.acceptUnorderedPublish({ body: req.body, sig: req.sig }, decoded.request, UNORDERED_TS + i);
+    if (outcome.stored === null) throw new Error(`publish ${i} refused: ${JSON.stringify(outcome.result)}`);
+    writer.storage.recordUnordered("net.links", generation, outcome.stored.tsMs, req.body, req.sig, sha256(req.body));
+  }
+  writer.storage.commits.flush();
+}
+
+/** What a subscriber reads from net.links here. */
+function unorderedPayloads(machine: ChannelMachine): string[] {
+  return machine.channelInfo("net.links") === null ? [] : payloads(machine, "net.links");
+}
+
+/** Restarts once more from the store `storage` (closed first). */
+function restartStorage(storage: ReplicaStorage) {
+  const dir = storage.store.path.replace(/\/[^/]+$/, "");
+  storage.close();
+  const reopened = openStorage(dir);
+  cleanups.push(() => reopened.close());
+  const machine = newMachine();
+  recover({ storage: reopened, machine, partBytes: PART_BYTES, execute: (requests) => execute(machine, requests) });
+  return { storage: reopened, machine };
+}

@@ -735,8 +735,42 @@ function baseServer() {
     },
     null,
   );
-  return { storage, keeper, metrics, server, sent, digestAt, writeBase };
+  /** Starts a base at `seq` and writes `parts` of its parts, leaving it unfinished. */
+  const startBase = (seq: number, parts: number): void => {
+    storage.sinceBase.rows = Math.max(storage.sinceBase.rows, 1_000_000);
+    keeper.capture(seq, CLIENTS);
+    keeper.onStable(seq, digestAt(seq), []);
+    for (let i = 0; i < parts; i++) keeper.tick();
+    storage.commits.flush();
+  };
+  /** The whole stream of the state at `seq` on disk, as a finished transfer leaves it, and its complete head. */
+  const stageFetched = (seq: number): SnapshotHead => {
+    const cutter = new PartCutter(encodeStreamMeta({ seq, clients: CLIENTS }), machine.exportSnapshot(), PART_BYTES);
+    let parts = 0;
+    let bytes = 0;
+    for (let part = cutter.next(); part !== null; part = cutter.next(), parts++) {
+      storage.stagePart(seq, parts, part);
+      bytes += part.length;
+    }
+    storage.commits.flush();
+    const stateDigest = digestAt(seq);
+    return {
+      status: "complete",
+      seq,
+      stateDigest,
+      appDigest: machine.digest(),
+      clients: CLIENTS,
+      proof: [],
+      parts,
+      bytes,
+      partBytes: PART_BYTES,
+    };
+  };
+  return { storage, keeper, metrics, server, sent, digestAt, writeBase, startBase, stageFetched };
 }
+
+/** Parts of an unfinished base written before a fetched state is installed: fewer than the state takes. */
+const PARTS_BEFORE_INSTALL = 2;
 
 describe("state transfer against a faulty source", () => {
   test("a source that sends a bad part and falls silent cannot stall a transfer: after a stream of several sources fails, each comes from one source", () => {
@@ -828,5 +862,27 @@ describe("state transfer against a faulty source", () => {
     fetcher.storage.commits.flush();
     const base = keeper.baseHead as SnapshotHead;
     for (let part = 0; part < base.parts; part++) expect(fetcher.storage.readPart(SEQ, part)).not.toBeNull();
+  });
+
+  test("a fetched state installed while a base is being written drops the parts that base had written", () => {
+    const { storage, keeper, startBase, stageFetched } = baseServer();
+    startBase(SEQ, PARTS_BEFORE_INSTALL);
+    expect(storage.store.partSeqs()).toEqual([{ seq: SEQ, count: PARTS_BEFORE_INSTALL }]);
+    const head = stageFetched(2 * SEQ);
+    keeper.adoptInstalled(head);
+    keeper.tick();
+    storage.commits.flush();
+    expect(keeper.baseHead?.seq).toBe(2 * SEQ);
+    expect(storage.store.partSeqs()).toEqual([{ seq: 2 * SEQ, count: head.parts }]);
+  });
+
+  test("a fetched state installed at the seq of the base being written keeps the rows they share", () => {
+    const { storage, keeper, startBase, stageFetched } = baseServer();
+    startBase(SEQ, PARTS_BEFORE_INSTALL);
+    const head = stageFetched(SEQ);
+    keeper.adoptInstalled(head);
+    storage.commits.flush();
+    expect(storage.store.partSeqs()).toEqual([{ seq: SEQ, count: head.parts }]);
+    for (let part = 0; part < head.parts; part++) expect(storage.readPart(SEQ, part)).not.toBeNull();
   });
 });

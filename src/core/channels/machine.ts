@@ -110,6 +110,21 @@ function owned(bytes: Uint8Array): Uint8Array {
   return bytes.buffer.byteLength - bytes.byteLength <= bytes.byteLength >>> 4 ? bytes : bytes.slice();
 }
 
+/**
+ * Where an unordered publish was stored: its channel's tag and generation. A stored request
+ * belongs to that channel only; one created again under the same tag is another channel.
+ */
+export type UnorderedStoredAt = { readonly tag: string; readonly generation: number };
+
+/** A pub request whose span matches its events (what makes its stored seqs mean anything); null when it is one. */
+function checkPubShape(request: Request): ChannelError | null {
+  const op = request.op;
+  if (op.t !== "pub") return refuse("bad-request", "not a pub request");
+  if (request.span !== op.events.length) return refuse("bad-request", "span must equal the number of events");
+  if (request.span < 1) return refuse("bad-request", "a pub request carries at least one event");
+  return null;
+}
+
 function assertTimestamp(ms: number, what: string): void {
   if (!Number.isSafeInteger(ms) || ms < 0) throw new RangeError(`${what} must be a non-negative integer of ms`);
 }
@@ -363,7 +378,52 @@ export class ChannelMachine {
     assertTimestamp(receivedTsMs, "receivedTsMs");
     const checked = this.checkPublish(signed, request, "none");
     if (!(checked instanceof Channel)) return { result: checked, stored: null, trimmed: null };
-    const pub = request as PubRequest;
+    return this.storeUnordered(checked, signed, request as PubRequest, receivedTsMs);
+  }
+
+  /**
+   * Puts back, at restart (src/replica/storage/recovery.ts), a publish this replica stored
+   * and acknowledged on the unordered channel `stored` names. Only what the stored request
+   * needs to still mean something is checked: it is a well-formed pub of that tag, and the
+   * channel still exists under the same generation (so with the same class) and is
+   * unordered; a destroyed or re-created channel took its local store with it. The
+   * admission checks of publish time (registration, size limits) are not repeated: they
+   * held when the event was acknowledged, and a running replica keeps such an event when
+   * its publisher is unregistered later, so a restart must not drop it either. Duplicates
+   * and retention are handled as on arrival, so the store comes back as it was kept.
+   */
+  restoreUnorderedPublish(
+    signed: SignedRequest,
+    request: Request,
+    stored: UnorderedStoredAt,
+    receivedTsMs: number,
+  ): UnorderedPublishOutcome {
+    assertTimestamp(receivedTsMs, "receivedTsMs");
+    const checked = this.checkRestore(request, stored);
+    if (!(checked instanceof Channel)) return { result: checked, stored: null, trimmed: null };
+    return this.storeUnordered(checked, signed, request as PubRequest, receivedTsMs);
+  }
+
+  /** restoreUnorderedPublish's checks; returns the channel when they pass. */
+  private checkRestore(request: Request, stored: UnorderedStoredAt): Channel | ChannelError {
+    const shape = checkPubShape(request);
+    if (shape !== null) return shape;
+    const tag = (request as PubRequest).op.tag;
+    if (tag !== stored.tag) return refuse("bad-request", `the request publishes to ${tag}, stored under ${stored.tag}`);
+    const channel = this.state.channels.get(tag);
+    if (channel === undefined) return refuse("unknown-channel", `no channel ${tag}`);
+    if (channel.generation !== stored.generation) {
+      return refuse("unknown-channel", `channel ${tag} of generation ${stored.generation} was destroyed`);
+    }
+    if (channel.cls.order !== "none") return refuse("class-mismatch", `channel ${tag} has order ${channel.cls.order}`);
+    return channel;
+  }
+
+  /**
+   * Stores a checked publish on an unordered channel, deduplicated by publisher seq range,
+   * and trims by retention (shared by arrival and restore).
+   */
+  private storeUnordered(checked: Channel, signed: SignedRequest, pub: PubRequest, receivedTsMs: number): UnorderedPublishOutcome {
     const ok = { ok: true as const, tag: checked.tag, pubSeq: pub.seq, count: pub.span };
     const window = checked.dedupeWindow(toHex(pub.client));
     const lastSeq = pub.seq + pub.span - 1;
@@ -409,10 +469,9 @@ export class ChannelMachine {
    * gives the same refusal for the same input. Returns the channel when all pass.
    */
   private checkPublish(signed: SignedRequest, request: Request, path: OrderMode): Channel | ChannelError {
-    const op = request.op;
-    if (op.t !== "pub") return refuse("bad-request", "not a pub request");
-    if (request.span !== op.events.length) return refuse("bad-request", "span must equal the number of events");
-    if (request.span < 1) return refuse("bad-request", "a pub request carries at least one event");
+    const shape = checkPubShape(request);
+    if (shape !== null) return shape;
+    const op = (request as PubRequest).op;
     if (request.span > this.config.requestEventsMax) {
       return refuse("oversized", `more than ${this.config.requestEventsMax} events in one request`);
     }

@@ -304,14 +304,16 @@ function replayUnordered(options: RecoverOptions): number {
       continue;
     }
     const row = checked.row;
-    const info = machine.channelInfo(row.tag);
     const decoded = decodeRequestBody(row.body);
-    if (info === null || info.generation !== row.gen || info.order !== "none" || !decoded.ok) {
-      // The channel was destroyed (or re-created) since: its local store goes with it.
+    if (!decoded.ok) {
       stale.push(row.id);
       continue;
     }
-    const outcome = machine.acceptUnorderedPublish({ body: row.body, sig: row.sig }, decoded.request, row.ts);
+    // Restored, not accepted again: an acknowledged event stays even if its publisher was
+    // unregistered since (as on a running replica). Only a destroyed or re-created channel,
+    // which took its local store with it, or a row that no longer fits it, is dropped.
+    const at = { tag: row.tag, generation: row.gen };
+    const outcome = machine.restoreUnorderedPublish({ body: row.body, sig: row.sig }, decoded.request, at, row.ts);
     if (outcome.stored === null) {
       stale.push(row.id);
       continue;

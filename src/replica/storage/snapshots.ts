@@ -302,14 +302,24 @@ export class SnapshotKeeper {
   /**
    * A snapshot installed by state transfer becomes the base: its parts are on disk
    * already (the transfer wrote them), so adopting it stages only the complete head and
-   * the removal of what it supersedes.
+   * the removal of what it supersedes: the old base, damaged ones, and the parts of a base
+   * this keeper was still writing, which no head names and would otherwise stay on disk
+   * until the next start. (A base being written at the installed seq itself shares its
+   * rows; stageAdoptBase never deletes the head's own seq.)
    */
   adoptInstalled(head: SnapshotHead): void {
-    this.writing = null;
-    const previous = [...this.damaged.splice(0), ...(this.base === null ? [] : [this.base.seq])];
+    const abandoned = this.abandonWriting();
+    const previous = [...this.damaged.splice(0), ...(this.base === null ? [] : [this.base.seq]), ...abandoned];
     this.options.storage.stageAdoptBase(head, previous);
     this.base = head;
     for (const s of [...this.captures.keys()]) if (s < head.seq) this.drop(s);
+  }
+
+  /** Stops the base being written, if any; the seq whose parts it had staged (empty: none). */
+  private abandonWriting(): number[] {
+    const w = this.writing;
+    this.writing = null;
+    return w === null ? [] : [w.capture.seq];
   }
 
   /**
