@@ -85,7 +85,12 @@ export interface OrderingDriverOptions {
   readonly peerSignatures?: Pick<CoreCrypto, "sign" | "verify">;
   /** Overrides of the ordering core's parameters (the simulator's short checkpoint interval); none in a replica. */
   readonly coreParameters?: Partial<CoreParameters>;
-  readonly onDecided: (requests: readonly ClientRequest[], decidedSeq: number) => void;
+  /**
+   * Executes a decided batch; returns how many of its requests no correct leader proposes
+   * (`RefusedFirstRequests`: a client's first request refused as from an unknown channel,
+   * key or admin), which the driver holds against the view's leader.
+   */
+  readonly onDecided: (requests: readonly ClientRequest[], decidedSeq: number) => number;
   readonly onResendReply: (space: string, seq: number) => void;
   readonly onRefused: (space: string, seq: number, reason: Refusal) => void;
   /** The machine jumped to an installed snapshot: what live subscribers were sent may no longer continue from there. */
@@ -176,6 +181,47 @@ const PROOF_RESEND_MS = 1000;
  * rejoin (it is logged here and there).
  */
 export const SWITCH_PROOFS_KEPT = 4;
+/**
+ * Clients' first requests refused as unknown (noteRefused) one view's decisions may hold
+ * before this replica suspects its leader: far above what a channel destroyed or a key
+ * unregistered under in-flight first publishes gives, and a few blocks of client-table
+ * rows per faulty leadership instead of unbounded ones.
+ */
+export const REFUSED_FIRST_REQUESTS_PER_VIEW_MAX = 1_024;
+
+/**
+ * Counts, per view, the requests a view's decisions held that no correct leader proposes:
+ * a client's first request (seq 1: it makes the client a row of the replicated client
+ * table) refused at execution as from an unknown channel, a key not registered on it, or
+ * an admin command of a key that is no admin's. Proposals are checked for signatures only
+ * (a backup cannot judge a registration its own execution may not have reached yet), so a
+ * faulty leader can sign requests with keys it makes up, each adding a row for good: enough
+ * of them and checkpoints outgrow what a restart or a state transfer reads. A correct
+ * leader admits a client's first request only from a registered key on an existing
+ * channel (or an admin key), so it is refused at execution only when a registration or a
+ * channel went away meanwhile. Every correct replica executes the same decisions and so
+ * counts the same: past the bound all suspect the leader, and the view changes.
+ */
+export class RefusedFirstRequests {
+  private view = -1;
+  private inView = 0;
+
+  /** Requests counted in the view last noted. */
+  get count(): number {
+    return this.inView;
+  }
+
+  /** Counts `refused` more in `view`'s decisions; true once, when the view's count passes the bound. */
+  note(view: number, refused: number, bound = REFUSED_FIRST_REQUESTS_PER_VIEW_MAX): boolean {
+    if (view !== this.view) {
+      this.view = view;
+      this.inView = 0;
+    }
+    const before = this.inView;
+    this.inView += refused;
+    return before <= bound && this.inView > bound;
+  }
+}
 
 /** Messages of the next epoch held until this replica switches to it (the switch is at most a few checkpoints' votes away). */
 const NEXT_EPOCH_HELD_MAX = 4096;
@@ -283,6 +329,7 @@ export class OrderingDriver {
   private readonly urgent = new UrgentWindow();
   /** The last decided seq executed on the machine (decisions run after their commit). */
   private appliedSeq = 0;
+  private readonly refusedFirst = new RefusedFirstRequests();
   /** The highest seq each peer sent a COMMIT for: how far it has got (peer lag). */
   private readonly peerCommitSeq = new Map<number, number>();
   /** When each seq's PRE-PREPARE was first sent or seen (the clock's monotonic ms), for the ordering histogram. */
@@ -966,7 +1013,7 @@ export class OrderingDriver {
           return;
         }
         this.observeOrdering(effect.seq);
-        this.options.onDecided(effect.execute, effect.seq);
+        this.noteRefused(effect.view, this.options.onDecided(effect.execute, effect.seq));
         this.appliedSeq = effect.seq;
         // Admin commands are what change channels and their priorities.
         if (this.core.followsPriorities && effect.execute.some((req) => req.client.endsWith(`:${ADMIN_SPACE}`))) {
@@ -1136,6 +1183,19 @@ export class OrderingDriver {
     }
     log.info("snapshot installed", { seq });
     this.options.onSnapshotInstalled?.(seq);
+  }
+
+  /** RefusedFirstRequests: past its bound in a view, this replica suspects that view's leader. */
+  private noteRefused(view: number, refused: number): void {
+    if (refused === 0) return;
+    this.options.metrics.inc("refused_first_requests_total", refused);
+    if (!this.refusedFirst.note(view, refused)) return;
+    this.options.log.warn("leader suspected: it proposed requests no correct leader admits (keys or channels unknown here)", {
+      view,
+      refused: this.refusedFirst.count,
+      bound: REFUSED_FIRST_REQUESTS_PER_VIEW_MAX,
+    });
+    this.step({ kind: "suspectLeader", view, reason: "refused-requests" });
   }
 
   /**

@@ -841,11 +841,13 @@ export class Replica {
   // Execution of decided requests (identical on every replica)
   // ---------------------------------------------------------------------------------
 
-  private executeDecided(requests: readonly ClientRequest[], decidedSeq: number): void {
+  /** Returns how many requests were clients' first ones refused as unknown (ordering-driver.ts noteRefused). */
+  private executeDecided(requests: readonly ClientRequest[], decidedSeq: number): number {
     // Execution follows decided order (a restart resumes above its base snapshot, so a
     // first seq may skip ahead), and nothing executes twice.
     assert(decidedSeq > this.executedSeq, `replica: decided seq ${decidedSeq} executed after ${this.executedSeq}`);
-    for (const req of requests) this.executeOne(req, decidedSeq);
+    let refusedFirst = 0;
+    for (const req of requests) if (this.executeOne(req, decidedSeq) && req.seq === 1) refusedFirst++;
     this.metrics.inc("batches_decided_total");
     const previous = this.machine.membership();
     const epoch = this.machine.endOfDecision(decidedSeq);
@@ -857,6 +859,7 @@ export class Replica {
     }
     this.executed(decidedSeq);
     if (!this.replaying) this.followMembership();
+    return refusedFirst;
   }
 
   /** The last epoch the client sessions were told of; -1 until the server exists. */
@@ -940,7 +943,13 @@ export class Replica {
     this.gate.advance(seq);
   }
 
-  private executeOne(req: ClientRequest, decidedSeq: number): void {
+  /**
+   * Executes one decided request and answers the clients waiting for it. Returns whether it
+   * was refused as from an unknown channel, a key not registered on it, or an admin
+   * command not signed by an admin key: what a correct leader's admission refuses.
+   */
+  private executeOne(req: ClientRequest, decidedSeq: number): boolean {
+    let unknown = false;
     const signed: SignedRequest = { body: req.body, sig: req.sig };
     const digest = bodyDigestOf(req.body);
     // The core decides only requests whose signature it verified (verifyRequest), so
@@ -954,6 +963,7 @@ export class Replica {
     let cells: ChannelCells | null = null;
     if (request.op.t === "admin") {
       if (!this.adminKeys.has(clientHex)) {
+        unknown = true;
         reply = failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "admin commands must be signed by an admin key");
         this.options.log.warn("admin command refused: not signed by an admin key", {
           ...adminTarget(request.op.cmd),
@@ -998,12 +1008,14 @@ export class Replica {
           this.subs.publish(result.tag, outcome.stored as StoredBatch, true);
         }
       } else {
+        unknown = result.code === "unknown-channel" || result.code === "not-registered";
         reply = failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason);
       }
     }
     const waited = this.waiting.executed(req.client, request.seq, digest, reply);
     if (cells?.ackLatency != null && waited.arrivedMs !== null) cells.ackLatency.observe((performance.now() - waited.arrivedMs) / 1000);
     for (const session of waited.sessions) this.reply(session, reply);
+    return unknown;
   }
 
   /** The core saw a duplicate of an executed request: answer the waiting client again. */

@@ -79,7 +79,7 @@ export function driverFixture(
     mesh,
     machine,
     storage,
-    onDecided: () => {},
+    onDecided: () => 0,
     onResendReply: () => {},
     onRefused: () => {},
     onPeerFlooding: (peer) => mesh.muteFlooding(peer),

@@ -530,3 +530,22 @@ describe("a proposed request this backup holds pending is not verified again", (
     expect(leader[1]).toBe(held);
   });
 });
+
+describe("the runtime's suspicion of a leader (suspectLeader: requests no correct leader admits)", () => {
+  test("it is a SUSPECT of the view named: f+1 of them change the view; one alone does not; another view's is ignored", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    // Another view than this replica's: nothing.
+    c.step(1, { kind: "suspectLeader", view: 5, reason: "refused-requests" });
+    expect(c.allEffects(1).some((e) => e.kind === "leaderSuspected")).toBe(false);
+    // One replica alone: it announces its suspicion and stays in the view.
+    c.step(1, { kind: "suspectLeader", view: 0, reason: "refused-requests" });
+    expect(c.allEffects(1).some((e) => e.kind === "leaderSuspected" && e.reason === "refused-requests")).toBe(true);
+    c.deliverAll();
+    for (const id of [0, 1, 2, 3]) expect(c.core(id).status().view).toBe(0);
+    // A second one (f+1 = 2): the group leaves the leader's view.
+    c.step(2, { kind: "suspectLeader", view: 0, reason: "refused-requests" });
+    c.runUntil(() => [1, 2, 3].every((id) => c.core(id).status().view === 1 && c.core(id).status().status === "normal"), 200);
+    decideOne(c, 0, 2);
+  });
+});

@@ -221,6 +221,9 @@ export class OrderingCore {
         return this.onTick();
       case "checkpointReady":
         return onCheckpointReady(state, input.seq, input.appDigest);
+      case "suspectLeader":
+        if (input.view === state.view) suspect(state, input.reason);
+        return;
       case "external":
         // Execution catches up in the role step that follows every input.
         if (this.cfg.externalBarrier && input.seq > state.externalExecuted) state.externalExecuted = input.seq;

@@ -57,6 +57,13 @@ export type CoreInput =
   /** The application's digest after executing `seq`, answering a `takeCheckpoint`. */
   | { kind: "checkpointReady"; seq: number; appDigest: Uint8Array }
   /**
+   * The runtime suspects the leader of `view` for what it found executing that view's
+   * decisions (the runtime's PROTOCOL.md §6 "Suspicion and evidence" entry: requests no
+   * correct leader admits). A non-binding SUSPECT like the core's own; ignored for
+   * another view than this replica's.
+   */
+  | { kind: "suspectLeader"; view: number; reason: "refused-requests" }
+  /**
    * How far the runtime's external order has executed here (with `externalBarrier`,
    * PROTOCOL.md §12): a decided batch whose barrier is above it waits. Never decreases;
    * a lower number is ignored.
@@ -96,7 +103,8 @@ export type SuspectReason =
   | "view-change-timeout"
   | "suspicion"
   | "join"
-  | "behind";
+  | "behind"
+  | "refused-requests";
 
 /**
  * What one `step` asks of the runtime. CONTRACT: the runtime makes every record of
