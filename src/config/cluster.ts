@@ -40,7 +40,7 @@ import {
   RETAINED_EVENTS_PER_CHANNEL_MAX,
   type ChannelsConfig,
 } from "../core/channels/index.ts";
-import { DEFAULT_PARAMETERS } from "../core/ordering/config.ts";
+import { DEFAULT_PARAMETERS, quorum } from "../core/ordering/config.ts";
 import { SIGNED_VOTE_BYTES_MAX } from "../core/ordering/messages.ts";
 import { EVENT_BYTES_MAX, FRAME_BYTES_MAX, REPLICAS_MAX, REQUEST_EVENTS_MAX } from "../../wire/types.ts";
 
@@ -531,17 +531,8 @@ function checkLimitRelations(file: ClusterFile): ConfigIssue[] {
       message: `expected less than limits.frame_bytes_max (${limits.frame_bytes_max}), since an event travels inside a frame; got ${limits.event_bytes_max}`,
     });
   }
-  const viewChangeBytes = newViewBytesBound(file.f);
-  if (viewChangeBytes > limits.frame_bytes_max) {
-    const fix =
-      viewChangeBytes <= FRAME_BYTES_MAX
-        ? `raise limits.frame_bytes_max to at least ${viewChangeBytes}`
-        : `frames are at most ${FRAME_BYTES_MAX} bytes, so use at most f = ${largestViewChangeF(FRAME_BYTES_MAX)}`;
-    issues.push({
-      path: "limits.frame_bytes_max",
-      message: `with f = ${file.f}, a leader change may need a NEW_VIEW message of up to ${viewChangeBytes} bytes, more than limits.frame_bytes_max (${limits.frame_bytes_max}); ${fix}`,
-    });
-  }
+  const viewChangeIssue = checkNewViewFits(file);
+  if (viewChangeIssue !== null) issues.push(viewChangeIssue);
   const retention = file.retention;
   if (retention.events_max < limits.batch_events_max) {
     issues.push({
@@ -577,24 +568,87 @@ function checkLimitRelations(file: ClusterFile): ConfigIssue[] {
 }
 
 /**
- * Bytes a NEW_VIEW can reach in the worst case: 2f+1 VIEW_CHANGEs, each carrying a
- * prepared certificate (the signed proposal header and 2f PREPAREs) for every seq of the
- * log window, plus the new view's proposal headers. The figures are encoded sizes of the
- * core's messages, each signed vote counted as SIGNED_VOTE_BYTES_MAX.
+ * The file's group must be able to change leaders: its NEW_VIEW (newViewBytesBound, for
+ * the file's n and f) fits a frame. A file whose n is below 3f+1 is sized as the fewest
+ * replicas f needs (checkReplicaCount reports the count itself).
  */
-export function newViewBytesBound(f: number): number {
-  const window = DEFAULT_PARAMETERS.logWindow;
-  const signedVoteBytes = SIGNED_VOTE_BYTES_MAX;
-  const certBytes = (2 * f + 1) * signedVoteBytes + 64;
-  const viewChangeBytes = window * certBytes + (2 * f + 1) * signedVoteBytes + 1024;
-  return (2 * f + 1) * viewChangeBytes + window * (signedVoteBytes + 64) + 4096;
+function checkNewViewFits(file: ClusterFile): ConfigIssue | null {
+  const frameBytes = file.limits.frame_bytes_max;
+  const n = Math.max(file.replicas.length, 3 * file.f + 1);
+  const viewChangeBytes = newViewBytesBound(n, file.f);
+  if (viewChangeBytes <= frameBytes) return null;
+  let fix: string;
+  if (viewChangeBytes <= FRAME_BYTES_MAX) {
+    fix = `raise limits.frame_bytes_max to at least ${viewChangeBytes}`;
+  } else {
+    const fLargest = largestViewChangeFOf(n, FRAME_BYTES_MAX);
+    fix =
+      fLargest === null
+        ? `frames are at most ${FRAME_BYTES_MAX} bytes, and no f lets ${n} replicas change leaders over them: use at most ${largestGroupSize(FRAME_BYTES_MAX)} replicas`
+        : `frames are at most ${FRAME_BYTES_MAX} bytes, so with ${n} replicas use at most f = ${fLargest}`;
+  }
+  return {
+    path: "limits.frame_bytes_max",
+    message:
+      `with n = ${n} and f = ${file.f} (quorums of ${quorum(n, file.f, "bft")} replicas), a leader change may need a NEW_VIEW message ` +
+      `of up to ${viewChangeBytes} bytes, more than limits.frame_bytes_max (${frameBytes}); ${fix}`,
+  };
 }
 
-/** The largest f whose NEW_VIEW fits frames of `frameBytes`. */
+/** Slack for a prepared certificate's own fields (view, seq, digest, names): measured well under it. */
+const PREPARED_CERT_FIELDS_BYTES = 64;
+/** Slack for a VIEW_CHANGE's own fields (new view, stable seq and digest, replica, signature). */
+const VIEW_CHANGE_FIELDS_BYTES = 1024;
+/** Slack for a proposal header's fields in O beyond a signed vote. */
+const NEW_VIEW_HEADER_EXTRA_BYTES = 64;
+/** Slack for the NEW_VIEW's own fields, the peer envelope and the PEER frame around it. */
+const NEW_VIEW_FIELDS_BYTES = 4096;
+
+/**
+ * Bytes a NEW_VIEW of a group of n replicas tolerating f can reach in the worst case, as
+ * the core builds it (view-change.ts buildNewView): Q = ceil((n+f+1)/2) VIEW_CHANGEs (the
+ * core's quorum, config.ts `quorum`: 2f+1 only for n = 3f+1, more for a larger n), each
+ * carrying its stable checkpoint's proof (Q CHECKPOINTs, up to n when adopted from a
+ * peer's STATE_RESPONSE: certs.ts validCheckpointProof) and a prepared certificate (the
+ * signed proposal header and Q-1 PREPAREs) for every seq of the log window, plus the new
+ * view's proposal headers. Each signed vote counts as SIGNED_VOTE_BYTES_MAX. Measured
+ * (test/unit/peer-message-size.test.ts): Q = 9 needs about 3.6 MB, Q = 10 about 4.4 MB,
+ * over the largest frame; this bound adds some 5% on top.
+ */
+export function newViewBytesBound(n: number, f: number): number {
+  const window = DEFAULT_PARAMETERS.logWindow;
+  const q = quorum(n, f, "bft");
+  const certBytes = q * SIGNED_VOTE_BYTES_MAX + PREPARED_CERT_FIELDS_BYTES;
+  const viewChangeBytes = window * certBytes + n * SIGNED_VOTE_BYTES_MAX + VIEW_CHANGE_FIELDS_BYTES;
+  return q * viewChangeBytes + window * (SIGNED_VOTE_BYTES_MAX + NEW_VIEW_HEADER_EXTRA_BYTES) + NEW_VIEW_FIELDS_BYTES;
+}
+
+/**
+ * The largest f any group can have whose NEW_VIEW fits frames of `frameBytes`: sized for
+ * the fewest replicas that f needs, 3f+1 (a larger group of the same f needs more).
+ */
 export function largestViewChangeF(frameBytes: number): number {
   let f = 0;
-  while (newViewBytesBound(f + 1) <= frameBytes) f++;
+  while (3 * (f + 1) + 1 <= REPLICAS_MAX && newViewBytesBound(3 * (f + 1) + 1, f + 1) <= frameBytes) f++;
   return f;
+}
+
+/** The largest f a group of n replicas can have (n >= 3f+1) whose NEW_VIEW fits frames of `frameBytes`; null if none does. */
+export function largestViewChangeFOf(n: number, frameBytes: number): number | null {
+  let largest: number | null = null;
+  for (let f = 0; 3 * f + 1 <= n; f++) if (newViewBytesBound(n, f) <= frameBytes) largest = f;
+  return largest;
+}
+
+/**
+ * The largest group (at most REPLICAS_MAX) whose NEW_VIEW fits frames of `frameBytes`,
+ * with f = 0, the smallest quorum for its n; 0 if not even one replica's does. A decided
+ * batch's certificate holds at most n COMMITs, so this bounds them in any epoch.
+ */
+export function largestGroupSize(frameBytes: number): number {
+  let n = 0;
+  while (n + 1 <= REPLICAS_MAX && newViewBytesBound(n + 1, 0) <= frameBytes) n++;
+  return n;
 }
 
 /**

@@ -16,12 +16,13 @@ import {
   defaultReplicaDataDir,
   defaultReplicaKeyFile,
   LIMIT_BOUNDS,
+  largestViewChangeFOf,
   parseClusterConfig,
   PORT_MAX,
   RETENTION_BOUNDS,
   type ClusterConfig,
 } from "./cluster.ts";
-import { REPLICAS_MAX } from "../../wire/types.ts";
+import { FRAME_BYTES_MAX, REPLICAS_MAX } from "../../wire/types.ts";
 
 /** Byzantine tolerance needs n >= 3f+1 with f >= 1, so the smallest useful group is 4. */
 export const INIT_REPLICAS_MIN = 4;
@@ -87,8 +88,14 @@ function replicaPorts(options: ClusterInitOptions, id: number): { port: number; 
   return { port: options.basePort + id, peerPort: peerBase === null ? null : peerBase + id };
 }
 
+/**
+ * The f a new cluster of `replicas` gets: the largest with n >= 3f+1 whose leader change
+ * fits the default frames (a NEW_VIEW carries quorums that grow with n: 14 and 15 replicas
+ * get f = 3, not 4), so that the file written passes its own check.
+ */
 export function faultToleranceFor(replicas: number): number {
-  return Math.floor((replicas - 1) / 3);
+  const byCount = Math.floor((replicas - 1) / 3);
+  return Math.min(byCount, largestViewChangeFOf(replicas, FRAME_BYTES_MAX) ?? byCount);
 }
 
 /**
@@ -195,6 +202,15 @@ function checkInitOptions(options: ClusterInitOptions): void {
     throw new ClusterInitError(
       "invalid-options",
       `replicas must be an integer in ${INIT_REPLICAS_MIN}..${REPLICAS_MAX} (n >= 3f+1 with f >= 1), got ${options.replicas}`,
+    );
+  }
+  if (faultToleranceFor(options.replicas) < 1) {
+    const largest = Array.from({ length: REPLICAS_MAX }, (_, i) => i + 1)
+      .filter((n) => faultToleranceFor(n) >= 1)
+      .pop();
+    throw new ClusterInitError(
+      "invalid-options",
+      `${options.replicas} replicas could not change leaders over the default frames at any f >= 1 (a NEW_VIEW carries quorums that grow with n): use at most ${largest} replicas`,
     );
   }
   const lastPort = options.basePort + options.replicas - 1;

@@ -74,6 +74,11 @@ function handToml(options: { f?: number; replicas?: [number, string, number, str
   return `${lines.join("\n")}\n`;
 }
 
+/** Replicas 0..count-1 on 127.0.0.1, each with a fresh key: handToml's replicas. */
+function replicas(count: number): [number, string, number, string][] {
+  return keys(count).map((key, id): [number, string, number, string] => [id, "127.0.0.1", 7100 + id, formatPublicKey(key)]);
+}
+
 describe("a valid cluster file", () => {
   test("the generated file parses, with n, f, keys and every default", () => {
     const result = parse(validToml(4));
@@ -383,16 +388,38 @@ describe("rejected files name the field and the expected form", () => {
   });
 
   test("frames must hold the largest NEW_VIEW a leader change can need, for this f", () => {
-    const needed = newViewBytesBound(1);
+    const needed = newViewBytesBound(4, 1);
     expect(onlyError(`${handToml({})}[limits]\nframe_bytes_max = ${needed - 1}\nevent_bytes_max = 1024\n`)).toBe(
-      `limits.frame_bytes_max: with f = 1, a leader change may need a NEW_VIEW message of up to ${needed} bytes, more than limits.frame_bytes_max (${needed - 1}); raise limits.frame_bytes_max to at least ${needed}`,
+      `limits.frame_bytes_max: with n = 4 and f = 1 (quorums of 3 replicas), a leader change may need a NEW_VIEW message of up to ${needed} bytes, more than limits.frame_bytes_max (${needed - 1}); raise limits.frame_bytes_max to at least ${needed}`,
     );
     expect(parse(`${handToml({})}[limits]\nframe_bytes_max = ${needed}\nevent_bytes_max = 1024\n`).ok).toBe(true);
-    // f = 5 (16 replicas) cannot fit any frame the protocol allows; f = 4 can.
-    const replicas = (count: number) =>
-      keys(count).map((key, id): [number, string, number, string] => [id, "127.0.0.1", 7100 + id, formatPublicKey(key)]);
-    expect(onlyError(handToml({ f: 5, replicas: replicas(16) }))).toMatch(/^limits\.frame_bytes_max: with f = 5, .* so use at most f = 4$/);
+    // f = 5 (16 replicas) cannot fit any frame the protocol allows; f = 4 with 13 can.
+    expect(onlyError(handToml({ f: 5, replicas: replicas(16) }))).toMatch(
+      /^limits\.frame_bytes_max: with n = 16 and f = 5 \(quorums of 11 replicas\), .* so with 16 replicas use at most f = 1$/,
+    );
     expect(parse(handToml({ f: 4, replicas: replicas(13) })).ok).toBe(true);
+  });
+
+  test("frames must hold the NEW_VIEW of the file's n, not only of its f: the quorum ceil((n+f+1)/2) grows with n", () => {
+    // 13 replicas with f = 4 have quorums of 9 and fit the largest frames; a 14th makes them
+    // 10, whose NEW_VIEW no frame holds, though f (and 2f+1) did not change.
+    expect(newViewBytesBound(14, 4)).toBeGreaterThan(FRAME_BYTES_MAX);
+    expect(onlyError(handToml({ f: 4, replicas: replicas(14) }))).toBe(
+      `limits.frame_bytes_max: with n = 14 and f = 4 (quorums of 10 replicas), a leader change may need a NEW_VIEW message of up to ${newViewBytesBound(14, 4)} bytes, more than limits.frame_bytes_max (${FRAME_BYTES_MAX}); frames are at most ${FRAME_BYTES_MAX} bytes, so with 14 replicas use at most f = 3`,
+    );
+    expect(parse(handToml({ f: 3, replicas: replicas(14) })).ok).toBe(true);
+    expect(parse(handToml({ f: 1, replicas: replicas(16) })).ok).toBe(true);
+    expect(onlyError(handToml({ f: 1, replicas: replicas(17) }))).toMatch(/so with 17 replicas use at most f = 0$/);
+    // 18 replicas have quorums of at least 10 whatever f.
+    expect(onlyError(handToml({ f: 0, replicas: replicas(18) }))).toMatch(
+      /no f lets 18 replicas change leaders over them: use at most 17 replicas$/,
+    );
+    // Smaller frames hold smaller groups: 1 MiB fits 6 replicas with f = 1, not 7.
+    const limits = "[limits]\nframe_bytes_max = 1048576\nevent_bytes_max = 1024\n";
+    expect(parse(`${handToml({ f: 1, replicas: replicas(6) })}${limits}`).ok).toBe(true);
+    expect(onlyError(`${handToml({ f: 1, replicas: replicas(7) })}${limits}`)).toMatch(
+      /^limits\.frame_bytes_max: with n = 7 and f = 1 \(quorums of 5 replicas\), .* raise limits\.frame_bytes_max to at least \d+$/,
+    );
   });
 
   test("limits may lower the wire protocol's maxima but not raise them", () => {

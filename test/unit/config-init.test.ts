@@ -22,6 +22,12 @@ function options(dir: string, overrides: Partial<ClusterInitOptions> = {}): Clus
 
 test("f is the largest the group tolerates", () => {
   expect([4, 5, 6, 7, 10, 13].map(faultToleranceFor)).toEqual([1, 1, 1, 2, 3, 4]);
+  // Past 13 a leader change's quorums (of ceil((n+f+1)/2) replicas) outgrow the default
+  // frames at the f the count allows: the largest f that fits, so the file passes its check.
+  expect([14, 15, 16].map(faultToleranceFor)).toEqual([3, 2, 1]);
+  expect(() =>
+    initCluster({ dir: "/nonexistent-never-written", replicas: 17, host: "127.0.0.1", basePort: 7000, name: "t", overwrite: false }),
+  ).toThrow("17 replicas could not change leaders over the default frames at any f >= 1");
 });
 
 describe("initCluster", () => {

@@ -6,7 +6,16 @@
 import { describe, expect, test } from "bun:test";
 import { sha256 } from "@noble/hashes/sha2.js";
 import { ChannelMachine } from "../../src/core/channels/machine.ts";
-import { boundaryAfter, checkMembership, coreIndexOf, type Membership, NOT_ADMITTED } from "../../src/core/channels/membership.ts";
+import {
+  boundaryAfter,
+  checkMembership,
+  coreIndexOf,
+  type Membership,
+  MembershipRegistry,
+  membershipValue,
+  NOT_ADMITTED,
+  readRecord,
+} from "../../src/core/channels/membership.ts";
 import type { AdminCmd, AdminResult } from "../../src/core/channels/types.ts";
 import { parseArgs } from "../../src/cli/args.ts";
 import { adminCommand, parseAction } from "../../src/cli/commands/admin.ts";
@@ -32,6 +41,19 @@ function genesis(n = 4, f = 1): Membership {
 
 function machine(): ChannelMachine {
   return new ChannelMachine({ hash, membership: { genesis: genesis(), checkpointInterval: K, admitsNewReplicas: true } });
+}
+
+/** A machine as the replica runtime builds it: new replicas admitted, held to the NEW_VIEW bound of `frameBytesMax`. */
+function runtime(frameBytesMax: number, group = genesis(4, 1)): ChannelMachine {
+  return new ChannelMachine({
+    hash,
+    membership: {
+      genesis: group,
+      checkpointInterval: K,
+      admitsNewReplicas: true,
+      viewChange: { frameBytesMax, newViewBytes: newViewBytesBound },
+    },
+  });
 }
 
 function add(id: number): AdminCmd {
@@ -143,43 +165,109 @@ describe("membership commands", () => {
     expect(m.applyAdmin({ t: "set-f", f: 0 }, 6).ok).toBe(true);
   });
 
-  test("set-f is refused, whatever n, for an f whose NEW_VIEW would not fit a frame (the bound `fitb config check` holds the file's f to)", () => {
-    const runtime = (frameBytesMax: number): ChannelMachine =>
-      new ChannelMachine({
-        hash,
-        membership: {
-          genesis: genesis(4, 1),
-          checkpointInterval: K,
-          admitsNewReplicas: true,
-          viewChange: { frameBytesMax, newViewBytes: newViewBytesBound },
-        },
-      });
-    // Largest frames: f = 5 would need a NEW_VIEW of about 5.6 MB, even with n = 16.
+  test("set-f is refused for an f whose NEW_VIEW would not fit a frame (the bound `fitb config check` holds the file's n and f to)", () => {
+    // Largest frames: f = 5 needs at least 16 replicas, whose quorums of 11 make a NEW_VIEW of about 5.6 MB.
     const m = runtime(FRAME_BYTES_MAX);
-    for (let id = 4; id < 16; id++) expect(m.applyAdmin(add(id), 5).ok).toBe(true);
+    for (let id = 4; id < 13; id++) expect(m.applyAdmin(add(id), 5).ok).toBe(true);
     const before = m.digest();
-    expect(newViewBytesBound(5)).toBeGreaterThan(FRAME_BYTES_MAX);
+    expect(newViewBytesBound(16, 5)).toBeGreaterThan(FRAME_BYTES_MAX);
     expect(refusal(m.applyAdmin({ t: "set-f", f: 5 }, 6))).toBe(
-      `f = 5: a leader change may need a NEW_VIEW message of up to ${newViewBytesBound(5)} bytes, more than limits.frame_bytes_max (${FRAME_BYTES_MAX}), so the group could never change leaders; choose a smaller f (limits.frame_bytes_max is fixed for a cluster's life: replicas executing their history again under another bound would judge this command differently; a larger bound needs a new cluster, every data directory replaced)`,
+      `f = 5: with n = 16 and f = 5, a leader change may need a NEW_VIEW message of up to ${newViewBytesBound(16, 5)} bytes, more than limits.frame_bytes_max (${FRAME_BYTES_MAX}), so the group could never change leaders; choose a smaller f, or remove replicas first (limits.frame_bytes_max is fixed for a cluster's life: replicas executing their history again under another bound would judge this command differently; a larger bound needs a new cluster, every data directory replaced)`,
     );
     expect(m.digest()).toEqual(before);
     expect(m.applyAdmin({ t: "set-f", f: 4 }, 6)).toMatchObject({ ok: true, epoch: 1 });
     expect(m.endOfDecision(K)).toMatchObject({ f: 4 });
-    // Frames of 1 MiB: already f = 2 does not fit, and the reason comes before n's.
+    // Frames of 1 MiB: already f = 2 does not fit (7 replicas, quorums of 5), and the reason comes before n's.
     const small = runtime(1024 * 1024);
     expect(refusal(small.applyAdmin({ t: "set-f", f: 2 }, 5))).toContain(
-      `up to ${newViewBytesBound(2)} bytes, more than limits.frame_bytes_max (1048576)`,
+      `with n = 7 and f = 2, a leader change may need a NEW_VIEW message of up to ${newViewBytesBound(7, 2)} bytes, more than limits.frame_bytes_max (1048576)`,
     );
-    for (const id of [4, 5, 6]) expect(small.applyAdmin(add(id), 5).ok).toBe(true);
+    for (const id of [4, 5]) expect(small.applyAdmin(add(id), 5).ok).toBe(true);
     expect(refusal(small.applyAdmin({ t: "set-f", f: 2 }, 6))).toContain("NEW_VIEW");
     // Lowering f is always taken.
     expect(small.applyAdmin({ t: "set-f", f: 0 }, 7).ok).toBe(true);
+  });
+
+  test("the NEW_VIEW bound follows the quorum ceil((n+f+1)/2), which grows with n: add-replica and set-f are held to it", () => {
+    // 13 replicas with f = 4 (quorums of 9) fit the largest frames; a 14th would make quorums of 10.
+    const m = runtime(FRAME_BYTES_MAX, genesis(13, 4));
+    expect(newViewBytesBound(13, 4)).toBeLessThanOrEqual(FRAME_BYTES_MAX);
+    expect(newViewBytesBound(14, 4)).toBeGreaterThan(FRAME_BYTES_MAX);
+    const before = m.digest();
+    expect(refusal(m.applyAdmin(add(13), 5))).toBe(
+      `adding replica 13: with n = 14 and f = 4, a leader change may need a NEW_VIEW message of up to ${newViewBytesBound(14, 4)} bytes, more than limits.frame_bytes_max (${FRAME_BYTES_MAX}), so the group could never change leaders; lower f first (set-f), or remove a replica (limits.frame_bytes_max is fixed for a cluster's life: replicas executing their history again under another bound would judge this command differently; a larger bound needs a new cluster, every data directory replaced)`,
+    );
+    expect(m.digest()).toEqual(before);
+    // With f lowered in the same pending change, the 14th fits (quorums of 9).
+    expect(m.applyAdmin({ t: "set-f", f: 3 }, 6).ok).toBe(true);
+    expect(m.applyAdmin(add(13), 7)).toMatchObject({ ok: true, epoch: 1 });
+    // And f cannot go back up over 14 replicas.
+    expect(refusal(m.applyAdmin({ t: "set-f", f: 4 }, 8))).toContain("with n = 14 and f = 4, a leader change may need");
+    expect(m.endOfDecision(K)).toMatchObject({ f: 3 });
+    // 16 replicas with f = 1 fit; raising f to 2 (quorums of 10) does not, though 2f+1 = 5.
+    const wide = runtime(FRAME_BYTES_MAX, genesis(16, 1));
+    expect(refusal(wide.applyAdmin({ t: "set-f", f: 2 }, 5))).toContain("with n = 16 and f = 2, a leader change may need");
+    expect(refusal(wide.applyAdmin(add(16), 5))).toContain("adding replica 16: with n = 17 and f = 1");
+    expect(wide.applyAdmin({ t: "set-f", f: 0 }, 6).ok).toBe(true);
+    expect(wide.applyAdmin(add(16), 7).ok).toBe(true);
+  });
+
+  test("a group already over the bound (taken before add-replica was held to it) may still shrink: lowering f and removing replicas are taken", () => {
+    const m = runtime(FRAME_BYTES_MAX, genesis(14, 4));
+    expect(m.applyAdmin({ t: "remove-replica", id: 13 }, 5).ok).toBe(true);
+    expect(runtime(FRAME_BYTES_MAX, genesis(14, 4)).applyAdmin({ t: "set-f", f: 3 }, 5).ok).toBe(true);
   });
 
   test("a machine that does not manage membership refuses the commands", () => {
     const m = new ChannelMachine({ hash });
     expect(refusal(m.applyAdmin(add(4), 1))).toContain("not managed");
     expect(m.endOfDecision(128)).toBeNull();
+  });
+
+  test("a key a member of the current epoch holds is refused for another id while a change is pending, whatever the pending group says", () => {
+    const m = machine();
+    // Replica 1 rotates away from key(1); until the switch the mesh still accepts key(1) for replica 1.
+    expect(m.applyAdmin({ t: "rotate-replica-key", id: 1, key: key(60) }, 5).ok).toBe(true);
+    const before = m.digest();
+    const heldNow = "the key is replica 1's in epoch 0 until the pending change takes effect";
+    expect(refusal(m.applyAdmin({ t: "rotate-replica-key", id: 2, key: key(1) }, 6))).toBe(heldNow);
+    expect(refusal(m.applyAdmin({ ...add(9), key: key(1) } as AdminCmd, 6))).toBe(heldNow);
+    // A removed replica's key too: replica 3 is a member until the switch.
+    expect(m.applyAdmin(add(4), 7).ok).toBe(true);
+    expect(m.applyAdmin({ t: "remove-replica", id: 3 }, 7).ok).toBe(true);
+    expect(refusal(m.applyAdmin({ ...add(9), key: key(3) } as AdminCmd, 8))).toBe(
+      "the key is replica 3's in epoch 0 until the pending change takes effect",
+    );
+    expect(m.pendingMembership()?.next.members.map((member) => member.id)).toEqual([0, 1, 2, 4]);
+    // The same id may take its own current key back (undoing a pending rotation): no other id holds it.
+    expect(m.applyAdmin({ t: "rotate-replica-key", id: 1, key: key(1) }, 9).ok).toBe(true);
+    expect(m.digest()).not.toEqual(before);
+  });
+
+  test("add-replica is refused when the peer port is the client port: the replica could not listen on both", () => {
+    const m = machine();
+    const before = m.digest();
+    expect(refusal(m.applyAdmin({ ...add(9), peerPort: 7009 } as AdminCmd, 5))).toBe(
+      "the peer port must differ from the client port (7009); omit it to share the port",
+    );
+    expect(m.digest()).toEqual(before);
+    expect(m.applyAdmin({ ...add(9), peerPort: 8009 } as AdminCmd, 5).ok).toBe(true);
+  });
+
+  test("checkMembership refuses a member whose peer port is its client port; a record stored before that rule still loads and changes", () => {
+    const group = genesis();
+    const legacy: Membership = {
+      ...group,
+      members: group.members.map((member) => (member.id === 2 ? { ...member, peerPort: member.port } : member)),
+    };
+    expect(checkMembership(legacy)).toBe("replica 2: its peer port is its client port (7002)");
+    const record = { current: membershipValue({ ...legacy, epoch: 1 }), pending: null };
+    expect(readRecord(record).current.members[2]?.peerPort).toBe(7002);
+    const registry = new MembershipRegistry(group, K, true);
+    registry.install(record);
+    expect(registry.apply({ t: "rotate-replica-key", id: 0, key: key(40) }, 5).ok).toBe(true);
+    expect(registry.apply({ t: "set-f", f: 0 }, 6).ok).toBe(true);
+    expect(registry.apply({ t: "remove-replica", id: 2 }, 7).ok).toBe(true);
   });
 
   test("checkMembership holds the cluster file's rules", () => {
@@ -261,6 +349,9 @@ describe("fitb admin membership commands", () => {
   test("a missing or wrong argument is a usage error", () => {
     expect(() => parse(["add-replica", "--id", "4", "--host", "h", "--replica-key", replicaKey])).toThrow(UsageError);
     expect(() => parse(["add-replica", "--id", "4", "--host", "h", "--port", "1", "--replica-key", "nope"])).toThrow(UsageError);
+    expect(() =>
+      parse(["add-replica", "--id", "4", "--host", "h", "--port", "7004", "--peer-port", "7004", "--replica-key", replicaKey]),
+    ).toThrow("--peer-port 7004 is --port: peers need a port of their own (omit --peer-port to let them use --port)");
     expect(() => parse(["remove-replica"])).toThrow(UsageError);
     expect(() => parse(["remove-replica", "--id", "2", "--host", "h"])).toThrow(UsageError);
     expect(() => parse(["set-f"])).toThrow(UsageError);

@@ -8,19 +8,22 @@
 import { encodeEnvelope, PEER_MESSAGE_BYTES_PER_ITEM_MIN, peerMessageItemsMax, readEnvelope } from "../../src/replica/peer-messages.ts";
 import { describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
-import { largestViewChangeF, parseClusterConfig } from "../../src/config/cluster.ts";
+import { largestGroupSize, largestViewChangeF, newViewBytesBound, parseClusterConfig } from "../../src/config/cluster.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
 import {
+  type ClientRequest,
   INSTANCE_SEQ_MAX,
   PREPARED_CERTS_MAX,
   REQUEST_BODY_BYTES_MAX,
   REQUEST_FIELDS_BYTES,
   REQUEST_SPAN_MAX,
+  requestBytes,
   SIGNED_VOTE_BYTES_MAX,
   TIMESTAMP_MS_MAX,
   TRANSFER_ITEMS_MAX,
   VIEW_MAX,
 } from "../../src/core/ordering/messages.ts";
+import { DEFAULT_PARAMETERS, quorum } from "../../src/core/ordering/config.ts";
 import { REPLICAS_MAX } from "../../wire/types.ts";
 import { FramedConn } from "../../src/replica/framed.ts";
 import { coreConfigFor, peerEnvelopeBytes } from "../../src/replica/ordering-driver.ts";
@@ -135,6 +138,150 @@ describe("the room a request and a batch get", () => {
     expect(cfg.batchBytesMax + peerEnvelopeBytes(frameBytesMax, groupF)).toBeLessThanOrEqual(frameBytesMax);
     expect(cfg.requestBytesMax + peerEnvelopeBytes(frameBytesMax, groupF)).toBeLessThanOrEqual(frameBytesMax);
   });
+});
+
+/** The largest values every signed vote, header and checkpoint may carry: the worst case for their encoded size. */
+const WORST = { digest: new Uint8Array(32).fill(0xff), sig: new Uint8Array(SIG_BYTES).fill(0xff), seq: INSTANCE_SEQ_MAX };
+const worstVote = (t: "PREPARE" | "COMMIT", rank: number) => ({
+  t,
+  view: VIEW_MAX,
+  seq: WORST.seq,
+  digest: WORST.digest,
+  replica: REPLICAS_MAX - 1 - rank,
+  sig: WORST.sig,
+});
+const worstHeader = () => ({
+  t: "PRE_PREPARE",
+  view: VIEW_MAX,
+  seq: WORST.seq,
+  digest: WORST.digest,
+  ts: TIMESTAMP_MS_MAX,
+  batch: null,
+  sig: WORST.sig,
+});
+const worstCheckpoint = (rank: number) => ({
+  t: "CHECKPOINT",
+  seq: WORST.seq,
+  digest: WORST.digest,
+  replica: REPLICAS_MAX - 1 - rank,
+  sig: WORST.sig,
+});
+const EPOCH_MAX = Number.MAX_SAFE_INTEGER;
+
+/**
+ * The largest NEW_VIEW a correct leader of n replicas tolerating f builds (view-change.ts
+ * buildNewView): Q VIEW_CHANGEs, each with a stable proof of n CHECKPOINTs (adopted from a
+ * peer: up to n) and a prepared certificate (header and Q-1 PREPAREs) for each seq of the
+ * log window, and a header per seq; in a PEER frame of the largest epoch.
+ */
+function worstNewViewFrameBytes(n: number, f: number): number {
+  const q = quorum(n, f, "bft");
+  const window = DEFAULT_PARAMETERS.logWindow;
+  const viewChange = (rank: number) => ({
+    t: "VIEW_CHANGE",
+    newView: VIEW_MAX,
+    stableSeq: WORST.seq,
+    stableDigest: WORST.digest,
+    stableProof: Array.from({ length: n }, (_, i) => worstCheckpoint(i)),
+    prepared: Array.from({ length: window }, () => ({
+      view: VIEW_MAX,
+      seq: WORST.seq,
+      digest: WORST.digest,
+      prePrepare: worstHeader(),
+      prepares: Array.from({ length: q - 1 }, (_, i) => worstVote("PREPARE", i)),
+      batch: null,
+    })),
+    replica: REPLICAS_MAX - 1 - rank,
+    sig: WORST.sig,
+  });
+  const newView = {
+    t: "NEW_VIEW",
+    view: VIEW_MAX,
+    viewChanges: Array.from({ length: q }, (_, rank) => viewChange(rank)),
+    minS: WORST.seq,
+    maxS: WORST.seq,
+    o: Array.from({ length: window }, () => worstHeader()),
+    sig: WORST.sig,
+  };
+  return encodeEnvelope("ordering", newView as unknown as Canonical, EPOCH_MAX).length + PEER_FRAME_OVERHEAD_BYTES;
+}
+
+describe("newViewBytesBound", () => {
+  // [n, f]: n = 3f+1 (Q = 2f+1), and larger groups, whose Q = ceil((n+f+1)/2) is above 2f+1.
+  const groups: [number, number][] = [
+    [4, 1],
+    [7, 2],
+    [13, 4],
+    [14, 4],
+    [16, 1],
+    [17, 0],
+    [18, 0],
+  ];
+  for (const [n, f] of groups) {
+    test(`n = ${n}, f = ${f} (Q = ${quorum(n, f, "bft")}): holds the largest NEW_VIEW a leader builds, with a few percent to spare`, () => {
+      const measured = worstNewViewFrameBytes(n, f);
+      const bound = newViewBytesBound(n, f);
+      expect(measured).toBeLessThanOrEqual(bound);
+      expect(bound).toBeLessThan(measured * 1.1);
+    });
+  }
+
+  test("a group whose f fits the largest frames with n = 3f+1 may not fit with more replicas: 13 replicas with f = 4 do, 14 do not", () => {
+    expect(worstNewViewFrameBytes(13, 4)).toBeLessThanOrEqual(FRAME_BYTES_MAX);
+    expect(worstNewViewFrameBytes(14, 4)).toBeGreaterThan(FRAME_BYTES_MAX);
+    expect(newViewBytesBound(14, 4)).toBeGreaterThan(FRAME_BYTES_MAX);
+    expect(largestViewChangeF(FRAME_BYTES_MAX)).toBe(4);
+    expect(largestGroupSize(FRAME_BYTES_MAX)).toBe(17);
+  });
+});
+
+describe("a decided batch in a STATE_RESPONSE, with the COMMITs and stable proof of the largest group the frames allow", () => {
+  /** Requests whose sizes, as the core counts them, add up to `bytes` exactly. */
+  function requestsOf(bytes: number): ClientRequest[] {
+    const requests: ClientRequest[] = [];
+    const client = `${"ab".repeat(32)}:!${"t".repeat(TAG_BYTES_MAX)}`;
+    const request = (body: number): ClientRequest => ({
+      client,
+      seq: INSTANCE_SEQ_MAX,
+      span: REQUEST_SPAN_MAX,
+      body: new Uint8Array(body),
+      sig: new Uint8Array(SIG_BYTES),
+    });
+    const empty = requestBytes(request(0));
+    let left = bytes;
+    while (left > 0) {
+      const body = Math.min(REQUEST_BODY_BYTES_MAX, left - empty);
+      requests.push(request(body));
+      left -= requestBytes(request(body));
+    }
+    expect(left).toBe(0);
+    return requests;
+  }
+
+  for (const frameBytesMax of [512 * KIB, 1024 * KIB, 1536 * KIB, 2048 * KIB, 4096 * KIB]) {
+    test(`frame limit ${frameBytesMax / KIB} KiB: a batch of batchBytesMax, n COMMITs, the sender's two votes and n CHECKPOINTs fit one frame`, () => {
+      const cfg = coreConfigFor(clusterWithFrames(frameBytesMax), 0);
+      const n = largestGroupSize(frameBytesMax);
+      const response = {
+        t: "STATE_RESPONSE",
+        kind: "decided",
+        nonce: Number.MAX_SAFE_INTEGER,
+        items: [
+          {
+            view: VIEW_MAX,
+            seq: INSTANCE_SEQ_MAX,
+            batch: requestsOf(cfg.batchBytesMax),
+            commits: Array.from({ length: n }, (_, i) => worstVote("COMMIT", i)),
+            votes: [worstVote("PREPARE", 0), worstVote("COMMIT", 0)],
+          },
+        ],
+        stable: { seq: INSTANCE_SEQ_MAX, digest: WORST.digest, proof: Array.from({ length: n }, (_, i) => worstCheckpoint(i)) },
+        lastExecuted: INSTANCE_SEQ_MAX,
+      };
+      const bytes = encodeEnvelope("ordering", response as unknown as Canonical, EPOCH_MAX).length + PEER_FRAME_OVERHEAD_BYTES;
+      expect(bytes).toBeLessThanOrEqual(frameBytesMax);
+    });
+  }
 });
 
 describe("a frame too large to encode", () => {

@@ -74,6 +74,10 @@ export function membershipCmd(subcommand: MembershipSubcommand, positional: stri
       const port = args.integer("port", 1, 65_535);
       if (port === undefined) throw new UsageError("add-replica needs --port PORT");
       const peerPort = args.integer("peer-port", 1, 65_535);
+      // The replicas would refuse it (membership.ts): the new replica could not open both listeners.
+      if (peerPort === port) {
+        throw new UsageError(`--peer-port ${peerPort} is --port: peers need a port of their own (omit --peer-port to let them use --port)`);
+      }
       return { t: "add-replica", id, host, port, ...(peerPort === undefined ? {} : { peerPort }), key: replicaKey(args) };
     }
     default: {

@@ -15,10 +15,21 @@
  * make one epoch together.
  *
  * Every command is checked against the membership it would produce, deterministically:
- * ids are unique and in 0..REPLICAS_MAX-1, keys and addresses are unique, the group
- * keeps n >= 3f+1, and (given the frame limit, the same at every replica) the NEW_VIEW a
- * leader change of the new f may need fits one peer frame. A refused command changes
- * nothing and says why.
+ * ids are unique and in 0..REPLICAS_MAX-1, keys and addresses are unique (a new key also
+ * against the current epoch's group, whose keys the peer mesh still accepts while the
+ * change is pending), a replica's peer port is not its client port, the group keeps
+ * n >= 3f+1, and (given the frame limit, the same at every replica) the NEW_VIEW a leader
+ * change of the new group (its n and f) may need fits one peer frame. A refused command
+ * changes nothing and says why.
+ *
+ * Every check depends only on replicated state and the cluster file's fixed limits. A
+ * replica executing its history again (a restart replays the decided seqs after its last
+ * snapshot) judges every command the way it was judged the first time only if the rules
+ * are the same: a rule added later refuses on replay what was taken before, and that
+ * replica's state then differs from the group's. So a new rule may only refuse what could
+ * never work (a group that cannot change leaders, a replica that cannot listen) or a
+ * change whose pending window is unsafe, and a record stored under the old rules is still
+ * read (readMembership).
  *
  * Pure: no clock, no I/O; the decided seq and K come in as arguments.
  */
@@ -92,8 +103,27 @@ function isKey(value: unknown): value is Uint8Array {
   return value instanceof Uint8Array && value.length === PUBLIC_KEY_BYTES;
 }
 
-/** Why a membership is not a valid group, or null. The runtime checks the cluster file's with it too. */
+/**
+ * Why a membership is not a valid group, or null: every rule, including those added since
+ * groups were first replicated (peerPortProblem). The runtime checks the cluster file's
+ * with it too.
+ */
 export function checkMembership(membership: Membership): string | null {
+  return recordedMembershipProblem(membership) ?? peerPortProblem(membership);
+}
+
+/**
+ * A replica whose peer port is its client port cannot start: it would open two listeners
+ * on one port. Not in recordedMembershipProblem: a group that took such a replica before
+ * this rule keeps loading its snapshots (and may still remove it).
+ */
+function peerPortProblem(membership: Membership): string | null {
+  const clash = membership.members.find((member) => member.peerPort === member.port);
+  return clash === undefined ? null : `replica ${clash.id}: its peer port is its client port (${clash.port})`;
+}
+
+/** Why a membership is not a valid group by the rules every stored record was written under, or null. */
+function recordedMembershipProblem(membership: Membership): string | null {
   const { members, f, epoch } = membership;
   if (!isIntIn(epoch, 0, Number.MAX_SAFE_INTEGER)) return "epoch must be a non-negative integer";
   if (!isIntIn(f, 0, Math.floor((REPLICAS_MAX - 1) / 3))) return "f out of range";
@@ -153,15 +183,21 @@ export const NOT_ADMITTED =
   "give every host the new cluster.toml and start them again (README: Changing the replica group)";
 
 /**
- * The largest peer frame and the worst-case NEW_VIEW size of a group tolerating f faults
- * (the runtime passes its cluster's frame_bytes_max and newViewBytesBound, the figures
- * `fitb config check` holds the cluster file's f to). A NEW_VIEW over the frame is never
- * delivered, so a group with such an f could not change leaders.
+ * The largest peer frame and the worst-case NEW_VIEW size of a group of n replicas
+ * tolerating f (the runtime passes its cluster's frame_bytes_max and newViewBytesBound,
+ * the figures `fitb config check` holds the cluster file's n and f to). A NEW_VIEW over
+ * the frame is never delivered, so such a group could not change leaders.
  */
 export type ViewChangeBound = {
   readonly frameBytesMax: number;
-  readonly newViewBytes: (f: number) => number;
+  /** The worst-case NEW_VIEW of a group of n replicas tolerating f (its quorum grows with both). */
+  readonly newViewBytes: (n: number, f: number) => number;
 };
+
+/** Why a NEW_VIEW over the frame limit is refused, and why the limit cannot simply be raised. */
+const FRAME_LIMIT_FIXED =
+  "(limits.frame_bytes_max is fixed for a cluster's life: replicas executing their history again " +
+  "under another bound would judge this command differently; a larger bound needs a new cluster, every data directory replaced)";
 
 export class MembershipRegistry {
   private currentValue: Membership;
@@ -185,7 +221,7 @@ export class MembershipRegistry {
      * a registry built without admitsNewReplicas refuses it.
      */
     readonly admitsLargerF = admitsNewReplicas,
-    /** When given, set-f is refused for an f whose NEW_VIEW would not fit a frame. */
+    /** When given, set-f and add-replica are refused for a group whose NEW_VIEW would not fit a frame. */
     readonly viewChange: ViewChangeBound | null = null,
   ) {
     const problem = checkMembership(genesis);
@@ -210,7 +246,10 @@ export class MembershipRegistry {
     const changed = this.changed(base, cmd);
     if ("reason" in changed) return refuse(changed.reason);
     const next: Membership = { epoch: this.currentValue.epoch + 1, f: changed.f, members: changed.members };
-    const problem = checkMembership(next);
+    // The rules of stored records only: a member taken under older rules (a peer port that
+    // is its client port) must not block every later change; `changed` holds a new member
+    // to every rule.
+    const problem = recordedMembershipProblem(next);
     if (problem !== null) return refuse(problem);
     const from = this.pendingValue?.from ?? boundaryAfter(decidedSeq, this.checkpointInterval);
     this.pendingValue = { next, from };
@@ -229,6 +268,38 @@ export class MembershipRegistry {
     return this.currentValue;
   }
 
+  /**
+   * Why a group of n replicas tolerating f could never change leaders over these frames
+   * (its NEW_VIEW does not fit one; its quorum, ceil((n+f+1)/2), grows with n and f), or
+   * null. Refusing it is safe for replayed history: no group with it could ever have
+   * survived a leader change.
+   */
+  private newViewTooLarge(what: string, n: number, f: number, remedy: string): string | null {
+    if (this.viewChange === null) return null;
+    const bytes = this.viewChange.newViewBytes(n, f);
+    if (bytes <= this.viewChange.frameBytesMax) return null;
+    return (
+      `${what}: with n = ${n} and f = ${f}, a leader change may need a NEW_VIEW message of up to ${bytes} bytes, ` +
+      `more than limits.frame_bytes_max (${this.viewChange.frameBytesMax}), so the group could never change leaders; ` +
+      `${remedy} ${FRAME_LIMIT_FIXED}`
+    );
+  }
+
+  /**
+   * Why `key` may not become replica `id`'s: a member of the current epoch other than `id`
+   * holds it, or null. The pending group alone is not enough: until the change takes
+   * effect the peer mesh accepts the keys of both groups, so a key rotated away (or a
+   * removed replica's) that another id takes in the same pending change would be accepted
+   * for two ids. Keys retired in earlier epochs are not tracked here (that set only grows);
+   * the mesh refuses them by its own record.
+   */
+  private currentKeyHolder(key: Uint8Array, id: number): string | null {
+    const holder = this.currentValue.members.find((member) => member.id !== id && bytesEqual(member.key, key));
+    return holder === undefined
+      ? null
+      : `the key is replica ${holder.id}'s in epoch ${this.currentValue.epoch} until the pending change takes effect`;
+  }
+
   private changed(base: Membership, cmd: MembershipCmd): { f: number; members: Member[] } | { reason: string } {
     if (!this.admitsNewReplicas && (cmd.t === "add-replica" || cmd.t === "rotate-replica-key")) return { reason: NOT_ADMITTED };
     const members = [...base.members];
@@ -241,9 +312,16 @@ export class MembershipRegistry {
         if (typeof cmd.host !== "string" || !HOST_PATTERN.test(cmd.host)) return { reason: "host must be a hostname or an IP address" };
         if (!isIntIn(cmd.port, 1, PORT_MAX)) return { reason: `port must be 1..${PORT_MAX}` };
         if (cmd.peerPort !== undefined && !isIntIn(cmd.peerPort, 1, PORT_MAX)) return { reason: `peer port must be 1..${PORT_MAX}` };
+        // Could never work: the replica would open its peer and client listeners on one port.
+        if (cmd.peerPort === cmd.port)
+          return { reason: `the peer port must differ from the client port (${cmd.port}); omit it to share the port` };
         if (!isKey(cmd.key)) return { reason: `key must be ${PUBLIC_KEY_BYTES} bytes` };
         const holder = members.find((member) => bytesEqual(member.key, cmd.key));
         if (holder !== undefined) return { reason: `the key is replica ${holder.id}'s` };
+        const holderNow = this.currentKeyHolder(cmd.key, cmd.id);
+        if (holderNow !== null) return { reason: holderNow };
+        const tooLarge = this.newViewTooLarge(`adding replica ${cmd.id}`, n + 1, base.f, "lower f first (set-f), or remove a replica");
+        if (tooLarge !== null) return { reason: tooLarge };
         const member: Member = { id: cmd.id, host: cmd.host, port: cmd.port, peerPort: cmd.peerPort ?? null, key: cmd.key.slice() };
         members.push(member);
         members.sort((a, b) => a.id - b.id);
@@ -266,22 +344,25 @@ export class MembershipRegistry {
         if (holder !== undefined) {
           return { reason: holder.id === cmd.id ? `that is replica ${cmd.id}'s key already` : `the key is replica ${holder.id}'s` };
         }
+        const holderNow = this.currentKeyHolder(cmd.key, cmd.id);
+        if (holderNow !== null) return { reason: holderNow };
         members[at] = { ...(members[at] as Member), key: cmd.key.slice() };
         return { f: base.f, members };
       }
       case "set-f": {
         if (!isIntIn(cmd.f, 0, Math.floor((REPLICAS_MAX - 1) / 3))) return { reason: "f must be a non-negative integer" };
         if (cmd.f === base.f) return { reason: `f is already ${cmd.f}` };
-        // Whatever n: no group of this f could change leaders over these frames.
-        const viewChangeBytes = this.viewChange === null ? 0 : this.viewChange.newViewBytes(cmd.f);
-        if (this.viewChange !== null && viewChangeBytes > this.viewChange.frameBytesMax) {
-          return {
-            reason:
-              `f = ${cmd.f}: a leader change may need a NEW_VIEW message of up to ${viewChangeBytes} bytes, ` +
-              `more than limits.frame_bytes_max (${this.viewChange.frameBytesMax}), so the group could never change leaders; ` +
-              "choose a smaller f (limits.frame_bytes_max is fixed for a cluster's life: replicas executing their history again " +
-              "under another bound would judge this command differently; a larger bound needs a new cluster, every data directory replaced)",
-          };
+        // Only raising f grows the quorum; lowering it is always taken (it shrinks the NEW_VIEW).
+        // Sized for at least the 3f+1 replicas f needs: if even the smallest group of this f
+        // cannot change leaders, adding replicas will not help, so that reason comes before n's.
+        if (cmd.f > base.f) {
+          const tooLarge = this.newViewTooLarge(
+            `f = ${cmd.f}`,
+            Math.max(n, 3 * cmd.f + 1),
+            cmd.f,
+            "choose a smaller f, or remove replicas first",
+          );
+          if (tooLarge !== null) return { reason: tooLarge };
         }
         if (n < 3 * cmd.f + 1)
           return { reason: `f = ${cmd.f} needs n >= 3f+1 = ${3 * cmd.f + 1}, the group has n = ${n}; add replicas first` };
@@ -365,7 +446,8 @@ export function readMembership(value: Canonical | undefined): Membership {
     return { id, host, port, peerPort: peerPort ?? null, key: key.slice() };
   });
   const membership = { epoch, f, members: read };
-  const problem = checkMembership(membership);
+  // Records written under older rules load: a snapshot is certified state.
+  const problem = recordedMembershipProblem(membership);
   if (problem !== null) throw new RangeError(`invalid membership: ${problem}`);
   return membership;
 }
