@@ -4,8 +4,8 @@
  * starts: the current membership and the checkpoint the current epoch started from, from
  * f+1 matching `members` answers (the same query `fitb admin members` reads, asked with
  * `start`), over client sessions with its own key. It then starts its ordering core in
- * that epoch and fetches the state there by state transfer (ordering-driver.ts `join`),
- * and votes only once it has it.
+ * that epoch and fetches the state there by state transfer (ordering-driver.ts `join`);
+ * it votes there meanwhile, and a restart before the state came keeps those votes.
  *
  * It waits while the change that adds it (or rotates its key) is pending, and refuses to
  * start, saying why, when the group does not name it with this key.

@@ -16,7 +16,7 @@
  */
 import { FatalError, type FatalHandler, throwFatal } from "./fatal.ts";
 import { encodeEnvelope, readEnvelope, TRANSFER_MESSAGE_KINDS } from "./peer-messages.ts";
-import { type ClusterConfig, largestViewChangeF } from "../config/cluster.ts";
+import { type ClusterConfig, largestGroupSize, largestViewChangeF } from "../config/cluster.ts";
 import { sign, verify } from "../crypto/ed25519.ts";
 import { nativeBytesEqual } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
@@ -27,7 +27,7 @@ import type { Priority } from "../core/channels/types.ts";
 import type { SnapshotImport } from "../core/channels/snapshot.ts";
 import { type CoreConfig, type CoreParameters, DEFAULT_PARAMETERS, leaderOf, makeConfig } from "../core/ordering/config.ts";
 import type { ClientRequest, Forward, PeerMessage } from "../core/ordering/messages.ts";
-import { PEER_MESSAGE_KINDS, REQUEST_SPAN_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
+import { PEER_MESSAGE_KINDS, REQUEST_SPAN_MAX, SIGNED_VOTE_BYTES_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
 import { OrderingCore } from "../core/ordering/core.ts";
 import type { CoreCrypto, CoreInput, Effect, PersistedRecord, Ready, Refusal } from "../core/ordering/types.ts";
 import type { Canonical } from "../../wire/canonical.ts";
@@ -134,15 +134,27 @@ export interface OrderingStatus {
 /** A request's client name (`<64 hex>:<tag of at most 128 bytes>`) and fields, as the core counts them. */
 const REQUEST_NAME_ROOM_BYTES = 256;
 
+/** The PEER frame (seq, MAC), the envelope, the message's and a decided item's own fields. */
+const PEER_ENVELOPE_FIELDS_BYTES = 4 * 1024;
+/** A decided item's own PREPARE and COMMIT beside its certificate (core checkpoints.ts decidedItem). */
+const DECIDED_ITEM_OWN_VOTES = 2;
+
 /**
  * Room a peer frame needs besides the requests it carries: the PEER frame (seq, MAC), the
- * message's own fields, and for a decided batch its 2f+1 COMMITs (unsigned, each with its
- * all-zero signature field). A request or a
- * batch may use the rest of a frame, no more, so every PRE_PREPARE, FORWARD and
- * STATE_RESPONSE item fits the frames the replicas accept from each other.
+ * message's own fields, and for a decided batch in a STATE_RESPONSE its certificate's
+ * COMMITs (unsigned, each with its all-zero signature field), the sender's own two votes
+ * and the stable checkpoint's proof. A certificate holds Q = ceil((n+f+1)/2) COMMITs, and
+ * one relayed from a peer up to n (certs.ts wellFormedDecisionCert), as does a stable
+ * proof; so both are counted for the largest group whose NEW_VIEW fits these frames
+ * (largestGroupSize: set-f and add-replica keep every epoch's group within it), or 3f+1
+ * for the f given if larger. A request or a batch may use the rest of a frame, no more,
+ * so every PRE_PREPARE, FORWARD and STATE_RESPONSE item fits the frames the replicas
+ * accept from each other.
  */
 export function peerEnvelopeBytes(frameBytesMax: number, f: number): number {
-  return Math.min(Math.floor(frameBytesMax / 4), 4 * 1024 + (2 * f + 1) * 256);
+  const n = Math.max(3 * f + 1, largestGroupSize(frameBytesMax));
+  const votes = n + DECIDED_ITEM_OWN_VOTES + n;
+  return Math.min(Math.floor(frameBytesMax / 4), PEER_ENVELOPE_FIELDS_BYTES + votes * SIGNED_VOTE_BYTES_MAX);
 }
 
 /** The ordering core's configuration for this cluster (core/ordering/PROTOCOL.md §10 defaults, sized to the cluster's limits). */
@@ -232,6 +244,17 @@ const NEXT_EPOCH_HELD_MAX = 4096;
  */
 const NEXT_EPOCH_HELD_BYTES_PER_PEER_MAX = 8 * 1024 * 1024;
 
+/** What a joining replica's core gets back of its records when it joins the same epoch again: its votes there (joinRecords). */
+const JOIN_VOTE_RECORDS: ReadonlySet<PersistedRecord["t"]> = new Set(["view", "accept", "prepared"]);
+
+/** Whether two starts of an epoch are the same checkpoint. */
+function sameStart(
+  a: { readonly seq: number; readonly digest: Uint8Array },
+  b: { readonly seq: number; readonly digest: Uint8Array },
+): boolean {
+  return a.seq === b.seq && nativeBytesEqual(a.digest, b.digest);
+}
+
 /** Requests submitted here and not yet executed, remembered to submit them again to a new epoch's core. */
 const SUBMITTED_REMEMBERED_MAX = 16_384;
 
@@ -299,6 +322,10 @@ export class OrderingDriver {
   private lastStable: { seq: number; digest: Uint8Array; proof: Extract<PersistedRecord, { t: "stable" }>["proof"] } | null = null;
   /** Started from a join (options.join) with a data directory of an older epoch: the core began empty in the group's epoch (until its state is installed). */
   private joining = false;
+  /** Joining the epoch this data directory already began joining (a restart before the state came): its votes there are kept (joinRecords). */
+  private joinResumed = false;
+  /** The last membership change the replay of the decided log went through: its seq and the epoch it began (refuseUnswitched). */
+  private replayedChange: { seq: number; epoch: number } | null = null;
   /** This replica is not a member of the current epoch: it orders nothing any more. */
   private removed = false;
   /** Requests submitted here and not executed yet, by client space and seq (bounded). */
@@ -367,8 +394,8 @@ export class OrderingDriver {
       log.warn("this replica is not a member of the group: it was removed and orders nothing", { epoch: this.epochView.epoch });
       options.onRemoved?.(this.epochView.epoch, 0);
     }
-    // A joining replica's core starts empty in the group's epoch and fetches its start state.
-    const coreRecords = epochConfig === null || this.joining ? [] : recovered.coreRecords;
+    // A joining replica's core starts in the group's epoch without its state, and fetches it.
+    const coreRecords = epochConfig === null ? [] : this.joining ? this.joinRecords(recovered.coreRecords) : recovered.coreRecords;
     // After a clean stop every record of the last run is on disk: no restart fence.
     const startConfig: CoreConfig = storage.stoppedClean
       ? { ...(epochConfig ?? coreConfig), stoppedClean: true }
@@ -436,8 +463,11 @@ export class OrderingDriver {
       machine,
       partBytes: this.partBytes,
       execute: (requests, seq) => {
+        const before = machine.membership()?.epoch ?? 0;
         this.options.onDecided(requests, seq);
         this.appliedSeq = seq;
+        const after = machine.membership()?.epoch ?? 0;
+        if (after !== before) this.replayedChange = { seq, epoch: after };
       },
       afterSeq: (seq, clients, stableSeq) => {
         // Captures at the stable checkpoint and after it let this replica serve state
@@ -473,21 +503,10 @@ export class OrderingDriver {
     const membership = machine.membership();
     const join = this.options.join;
     const at = membership?.epoch ?? 0;
-    if (join !== undefined && at < join.membership.epoch) {
-      // The core starts empty in the group's epoch and fetches the state. The epoch's start
-      // is stored first (and older epochs' core records dropped), so a restart resumes this
-      // epoch from the data directory: the normal path below, which never runs a core on
-      // another epoch's records (a machine at the join epoch without its stored start
-      // stopped in the middle of a switch, and is refused there like any replica's).
-      this.joining = true;
-      storage.stageJoinEpoch({ epoch: join.membership.epoch, seq: join.start.seq, digest: join.start.digest });
-      this.options.log.info("joining the group: starting in its current epoch, fetching the state", {
-        epoch: join.membership.epoch,
-        from: join.start.seq,
-        members: join.membership.members.map((member) => member.id),
-      });
-      return EpochView.of(join.membership, join.start, config.name);
-    }
+    // Once it has the state, the machine is in the join epoch: the normal path below, which
+    // never runs a core on another epoch's records (a machine at the join epoch without its
+    // stored start stopped in the middle of a switch, and is refused there like any replica's).
+    if (join !== undefined && at < join.membership.epoch) return this.startJoining(join);
     const stored = storage.epochStart();
     if (stored !== null && stored.epoch > at) {
       // It began joining that epoch and has not got its state yet: only the group can say where to resume.
@@ -515,19 +534,113 @@ export class OrderingDriver {
       );
     }
     const start = stored;
-    if (start === null || start.epoch !== membership.epoch) {
-      this.options.log.error("the data directory stopped in the middle of an epoch switch", {
-        epoch: membership.epoch,
-        stored: start?.epoch ?? 0,
-      });
-      this.fatal(
-        `the data directory stopped in the middle of the switch to epoch ${membership.epoch}; move it aside to rejoin by state transfer`,
-      );
-    }
+    if (start === null || start.epoch !== membership.epoch) this.refuseUnswitched(membership.epoch, start);
     this.options.log.info("resuming the epoch from the data directory", { epoch: membership.epoch, from: start.seq });
     // Started from the group's answer (a new key) in the epoch it is already in: later starts need not ask.
     if (join !== undefined && join.membership.epoch === membership.epoch) storage.stageJoined(join);
     return EpochView.of(membership, { seq: start.seq, digest: start.digest }, config.name);
+  }
+
+  /**
+   * A replica joining the group's epoch (options.join) with a machine of an older one: its
+   * core starts there without the state and fetches it. The epoch's start is stored first
+   * (older epochs' core records dropped), so a restart resumes this epoch. Restarted
+   * before the state came, it joins the same epoch again and keeps what it stored there
+   * since: it votes while it fetches (nothing in the core waits for the state), and a core
+   * started without those votes could sign others for the same view and seq.
+   */
+  private startJoining(join: JoinEpoch): EpochView {
+    const { storage, log, config } = this.options;
+    const epoch = join.membership.epoch;
+    const stored = storage.epochStart();
+    this.joining = true;
+    if (stored !== null && stored.epoch > epoch) {
+      // Dropping that epoch's votes for an older one would let a later join of it sign others.
+      log.error("the group's answer names an older epoch than this data directory began joining", { epoch, began: stored.epoch });
+      this.fatal(
+        `the group answered epoch ${epoch}, but this data directory began joining epoch ${stored.epoch}: the replicas that answered are behind; start it again to ask again`,
+      );
+    }
+    this.joinResumed = stored !== null && stored.epoch === epoch;
+    if (stored !== null && this.joinResumed && !sameStart(stored, join.start)) {
+      // Signatures bind the epoch, not its start: its votes there stay, and one of the two answers was not the group's.
+      log.error("the group's answer names another start of the epoch this data directory began joining", {
+        epoch,
+        began: stored.seq,
+        answered: join.start.seq,
+      });
+      this.fatal(
+        `the group answered another start of epoch ${epoch} than this data directory began joining it from (seq ${stored.seq}, digest ${toHex(stored.digest)}): one of the answers was not the group's; check the cluster file (or pass --members-digest)`,
+      );
+    }
+    const fields = { epoch, from: join.start.seq, members: join.membership.members.map((member) => member.id) };
+    if (this.joinResumed) {
+      log.info("joining the group again: restarted before it got the state, it keeps its votes in the epoch", fields);
+    } else {
+      storage.stageJoinEpoch({ epoch, seq: join.start.seq, digest: join.start.digest });
+      log.info("joining the group: starting in its current epoch, fetching the state", fields);
+    }
+    return EpochView.of(join.membership, join.start, config.name);
+  }
+
+  /**
+   * The records a joining replica's core starts from: none when it begins the join. Joining
+   * again after a restart, its own votes in the epoch (`view`, `accept` and `prepared`
+   * records: the rest its directory holds belong to the epoch it left, or are above its
+   * replayed log), so the core regenerates them and fences the view it voted in (core
+   * PROTOCOL.md §2), as any replica's restart does.
+   */
+  private joinRecords(recovered: readonly PersistedRecord[]): PersistedRecord[] {
+    return this.joinResumed ? recovered.filter((record) => JOIN_VOTE_RECORDS.has(record.t)) : [];
+  }
+
+  /**
+   * The machine is in epoch `epoch` (a change took effect) and the stored epoch start is
+   * another's: stops, saying which case this is (unswitchedCase).
+   *
+   * A stop in the middle of the switch is not resumed in the old epoch: the machine no
+   * longer holds that epoch's group (only the next one), the old core may never have taken
+   * its own checkpoint at the switch point (a restored core does not take it again), and
+   * decisions past that point may have been kept and replayed.
+   */
+  private refuseUnswitched(epoch: number, stored: { readonly epoch: number } | null): never {
+    const change = this.replayedChange;
+    const fields = { epoch, stored: stored?.epoch ?? null, changedAt: change?.seq ?? null, lastDecided: this.appliedSeq };
+    const { reason, what } = this.unswitchedCase(epoch, stored);
+    this.options.log.error(reason, fields);
+    this.fatal(`${what}; move it aside to rejoin by state transfer`);
+  }
+
+  /**
+   * Which of the cases refuseUnswitched stops in, from the stored start and the replay of
+   * the decided log. A stop between executing the checkpoint where the change took effect
+   * and storing the switch leaves the previous epoch's start stored (none for epoch 0) and
+   * that change at the last decision replayed (decisions past it are dropped as the epoch
+   * ends). Decisions replayed past it mean the switch was stored and its record lost, or a
+   * stop before the drop of those decisions was durable: the data cannot tell. Anything
+   * else is a missing or damaged epoch record.
+   */
+  private unswitchedCase(epoch: number, stored: { readonly epoch: number } | null): { reason: string; what: string } {
+    const change = this.replayedChange;
+    const lastDecided = this.appliedSeq;
+    const replayedSwitch = change !== null && change.epoch === epoch && (stored?.epoch ?? 0) === epoch - 1;
+    const named = stored === null ? "no epoch" : `epoch ${stored.epoch}`;
+    if (replayedSwitch && change.seq === lastDecided) {
+      return {
+        reason: "the data directory stopped in the middle of an epoch switch",
+        what: `the data directory stopped in the middle of the switch to epoch ${epoch}: it executed checkpoint ${change.seq}, where the change took effect, and stopped before the switch was stored`,
+      };
+    }
+    if (replayedSwitch) {
+      return {
+        reason: "the data directory's epoch record does not name the epoch its decisions switched to",
+        what: `the data directory's epoch record names ${named}, and its decisions switched to epoch ${epoch} at checkpoint ${change.seq} and go on to seq ${lastDecided}: the record of the switch is missing or damaged, or it stopped during the switch with decisions past the checkpoint kept`,
+      };
+    }
+    return {
+      reason: "the data directory's epoch record is missing or damaged",
+      what: `the data directory's epoch record is missing or damaged: it names ${named}, and the state is in epoch ${epoch} (decided to seq ${lastDecided})`,
+    };
   }
 
   /** The current epoch's group (for status and the peer mesh). */

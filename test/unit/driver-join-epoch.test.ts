@@ -2,16 +2,33 @@
  * A replica joining a running group (src/replica/ordering-driver.ts `recoveredEpoch`) stores
  * the join epoch's start before its core can vote there, so a restart resumes that epoch
  * from its own records (or, when it stopped before it got the state, refuses to run an
- * older epoch's group on them). A real driver, core, store and mesh (not started).
+ * older epoch's group on them); restarted with the same join before it got the state, it
+ * keeps the votes it sent there. A replica stopped between a switch checkpoint and its
+ * stored switch is told which case it is in. A real driver, core and store (not started).
  */
+import { Database } from "bun:sqlite";
 import { afterAll, expect, test } from "bun:test";
 import { join } from "node:path";
+import { channelsConfigFrom, type ClusterConfig } from "../../src/config/cluster.ts";
+import { initCluster } from "../../src/config/init.ts";
+import { ChannelMachine } from "../../src/core/channels/machine.ts";
+import type { ClientRequest, PeerMessage, Prepare, PrePrepare } from "../../src/core/ordering/messages.ts";
+import { signingBytes, validatePeerMessage } from "../../src/core/ordering/messages.ts";
+import { EMPTY_SIG } from "../../src/core/ordering/state.ts";
+import { sign } from "../../src/crypto/ed25519.ts";
+import { toHex } from "../../src/crypto/encoding.ts";
+import { sha256 } from "../../src/crypto/hash.ts";
+import { loadSigningKeyFile, type SigningKey } from "../../src/crypto/keys.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import { genesisMembership } from "../../src/replica/epochs.ts";
-import { coreConfigFor, type JoinEpoch } from "../../src/replica/ordering-driver.ts";
+import { coreConfigFor, type JoinEpoch, OrderingDriver } from "../../src/replica/ordering-driver.ts";
+import { encodeEnvelope, readEnvelope } from "../../src/replica/peer-messages.ts";
 import { ReplicaStorage } from "../../src/replica/storage/index.ts";
+import { STORE_FILE } from "../../src/replica/storage/store.ts";
+import type { Canonical } from "../../wire/canonical.ts";
+import { decodeRequestBody } from "../../wire/schemas.ts";
 import { driverFixture } from "./driver-fixture.ts";
-import { tempDir, testLog } from "./storage-fixtures.ts";
+import { batchDigest, TestClient, type TestLog, tempDir, testLog } from "./storage-fixtures.ts";
 
 const temp = tempDir("fitb-join-epoch-");
 afterAll(() => temp.remove());
@@ -47,5 +64,296 @@ test("a joining replica stores its epoch's start; restarted without the group be
   // Its machine is still at genesis: started without the join (from the file alone), it must not run epoch 0's core.
   expect(() => driverFixture(temp.dir, 42_000, { membership: true, overwrite: true })).toThrow(
     "the data directory stopped while joining epoch 3 before it got the state",
+  );
+});
+
+// ---------------------------------------------------------------------------------------
+// A joiner restarted before it got the state keeps its votes in the join epoch, and a
+// replica stopped in the middle of an epoch switch is told which case it is in.
+// ---------------------------------------------------------------------------------------
+
+/** The epoch the joiner of these tests joins, and its cluster id (what its signatures bind). */
+const JOIN_EPOCH = 3;
+const JOIN_CLUSTER_ID = `unit/e${JOIN_EPOCH}`;
+/** A backup of view 0 in the join epoch (rank 1: replica 0 leads view 0). */
+const JOINER = 1;
+const LEADER = 0;
+
+/** A 4-replica cluster written once: restarts reuse its file and keys (driverFixture writes new ones). */
+function writeCluster(dir: string, basePort: number): { config: ClusterConfig; keys: SigningKey[] } {
+  const init = initCluster({ dir, replicas: 4, host: "127.0.0.1", basePort, name: "unit", overwrite: true });
+  return { config: init.config, keys: init.replicaKeyFiles.map((file) => loadSigningKeyFile(file).key) };
+}
+
+interface Started {
+  readonly driver: OrderingDriver;
+  readonly storage: ReplicaStorage;
+  readonly log: TestLog;
+  /** The ordering messages the driver sent, in order. */
+  readonly sent: PeerMessage[];
+  /** Stops as kill -9 does once what is staged is durable: no clean-stop marker (loseAcceptRecords takes what a pending fsync would lose). */
+  crash(): void;
+  /** A clean stop (every record durable, the marker written). */
+  close(): void;
+}
+
+/** Decided admin commands change the group as the replica's execution does (replica.ts executeDecided); nothing else runs. */
+function executeMembership(machine: ChannelMachine, requests: readonly ClientRequest[], seq: number): void {
+  for (const req of requests) {
+    const decoded = decodeRequestBody(req.body);
+    if (decoded.ok && decoded.request.op.t === "admin") machine.applyAdmin(decoded.request.op.cmd, seq);
+  }
+  machine.endOfDecision(seq);
+}
+
+/** Replica `id`'s driver on `dir`'s data directory, its peer messages captured rather than sent. */
+function startReplica(dir: string, cluster: { config: ClusterConfig; keys: SigningKey[] }, id: number, joinEpoch?: JoinEpoch): Started {
+  const { config, keys } = cluster;
+  const log = testLog();
+  const metrics = new Metrics();
+  const checkpointInterval = coreConfigFor(config, id).checkpointInterval;
+  const machine = new ChannelMachine({
+    hash: sha256,
+    config: channelsConfigFrom(config.limits, config.retention),
+    membership: { genesis: genesisMembership(config), checkpointInterval },
+  });
+  const storage = ReplicaStorage.open({ dir: join(dir, `data-${id}`), sync: "normal", cluster: config.name, replica: id, log, metrics });
+  const sent: PeerMessage[] = [];
+  const capture = (bytes: Uint8Array): void => {
+    const read = readEnvelope(bytes);
+    const msg = read.ok && read.envelope.kind === "ordering" ? validatePeerMessage(read.envelope.message) : null;
+    if (msg !== null) sent.push(msg);
+  };
+  const mesh = {
+    send: (_to: number, bytes: Uint8Array) => {
+      capture(bytes);
+      return true;
+    },
+    broadcast: capture,
+  };
+  let driver: OrderingDriver;
+  try {
+    driver = new OrderingDriver({
+      config,
+      id,
+      key: keys[id] as SigningKey,
+      log,
+      metrics,
+      mesh,
+      machine,
+      storage,
+      onDecided: (requests, seq) => {
+        executeMembership(machine, requests, seq);
+        return 0;
+      },
+      onResendReply: () => {},
+      onRefused: () => {},
+      ...(joinEpoch === undefined ? {} : { join: joinEpoch }),
+    });
+  } catch (error) {
+    storage.close();
+    throw error;
+  }
+  return {
+    driver,
+    storage,
+    log,
+    sent,
+    crash() {
+      driver.stop();
+      storage.commits.flush(true);
+      storage.store.close();
+    },
+    close() {
+      driver.stop();
+      storage.close();
+    },
+  };
+}
+
+/** The join epoch's group (the file's replicas and keys) and its start at the 4th checkpoint. */
+function joinEpochOf(config: ClusterConfig): JoinEpoch {
+  return {
+    membership: { ...genesisMembership(config), epoch: JOIN_EPOCH },
+    start: { seq: 4 * coreConfigFor(config, 0).checkpointInterval, digest: new Uint8Array(32).fill(7) },
+  };
+}
+
+/** The join epoch leader's PRE_PREPARE for `seq` in view 0, proposing one publish of `payload`. */
+function proposal(leaderKey: SigningKey, client: TestClient, seq: number, payload: string): Uint8Array {
+  const batch = [client.pub("a.b", [payload])];
+  const header: PrePrepare = { t: "PRE_PREPARE", view: 0, seq, digest: batchDigest(batch), ts: 1_700_000_000_000, batch, sig: EMPTY_SIG };
+  const signed = { ...header, sig: sign(leaderKey, signingBytes(header, JOIN_CLUSTER_ID)) };
+  return encodeEnvelope("ordering", signed as unknown as Canonical, JOIN_EPOCH);
+}
+
+/** The digests of the PREPAREs `started` sent for `seq`. */
+function preparesAt(started: Started, seq: number): string[] {
+  return started.sent.filter((m): m is Prepare => m.t === "PREPARE" && m.seq === seq).map((m) => toHex(m.digest));
+}
+
+/**
+ * Deletes replica `id`'s `accept` records: a kill -9 whose PREPARE left before its accept
+ * record's fsync (only the view record, which the PREPARE waits for, is sure to be on disk).
+ */
+function loseAcceptRecords(dir: string, id: number): void {
+  const db = new Database(join(dir, `data-${id}`, STORE_FILE));
+  try {
+    db.run("DELETE FROM core WHERE kind = 'accept'");
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * A joiner votes while it fetches its state (PROTOCOL.md §13: nothing stops a PREPARE
+ * before the state is installed), then stops (`stop`: a kill -9 that lost the vote's
+ * record, or a clean stop) and starts with the same join: offered a conflicting proposal
+ * for the same view and seq, it must not prepare it.
+ */
+function voteStopAndOfferConflict(stop: "crash" | "clean", basePort: number): { restarted: Started; first: string; seq: number } {
+  const dir = join(temp.dir, `vote-${stop}`);
+  const cluster = writeCluster(dir, basePort);
+  const epoch = joinEpochOf(cluster.config);
+  const seq = epoch.start.seq + 1;
+  const client = new TestClient();
+  const leaderKey = cluster.keys[LEADER] as SigningKey;
+  const leaderPub = cluster.config.replicas[LEADER]?.publicKey as Uint8Array;
+
+  const joiner = startReplica(dir, cluster, JOINER, epoch);
+  joiner.driver.onPeerMessage(LEADER, proposal(leaderKey, client, seq, "first"), leaderPub);
+  joiner.storage.commits.flush(true);
+  const first = preparesAt(joiner, seq);
+  expect(first.length).toBeGreaterThan(0);
+  if (stop === "crash") {
+    joiner.crash();
+    loseAcceptRecords(dir, JOINER);
+  } else joiner.close();
+
+  const restarted = startReplica(dir, cluster, JOINER, epoch);
+  restarted.driver.onPeerMessage(LEADER, proposal(leaderKey, client, seq, "second"), leaderPub);
+  restarted.storage.commits.flush(true);
+  return { restarted, first: first[0] as string, seq };
+}
+
+test("a joiner killed after voting (its vote's record lost) before it got its state is fenced in that view when it joins again, and prepares no other proposal there", () => {
+  const { restarted, first, seq } = voteStopAndOfferConflict("crash", 42_100);
+  try {
+    expect(preparesAt(restarted, seq).filter((digest) => digest !== first)).toEqual([]);
+    expect(restarted.log.lines.some((l) => l.msg === "restarted without a clean stop: votes fenced")).toBe(true);
+  } finally {
+    restarted.close();
+  }
+});
+
+test("a joiner stopped cleanly after voting keeps its vote when it joins again (no fence, its accept record restored)", () => {
+  const { restarted, first, seq } = voteStopAndOfferConflict("clean", 42_200);
+  try {
+    expect(preparesAt(restarted, seq).filter((digest) => digest !== first)).toEqual([]);
+  } finally {
+    restarted.close();
+  }
+});
+
+test("a joiner refuses an answer that contradicts the join its data directory began: an older epoch, or the same one from another start", () => {
+  const dir = join(temp.dir, "contradicting");
+  const cluster = writeCluster(dir, 42_300);
+  const epoch = joinEpochOf(cluster.config);
+  startReplica(dir, cluster, JOINER, epoch).close();
+
+  const older: JoinEpoch = { ...epoch, membership: { ...epoch.membership, epoch: JOIN_EPOCH - 1 } };
+  expect(() => startReplica(dir, cluster, JOINER, older)).toThrow(`this data directory began joining epoch ${JOIN_EPOCH}`);
+  const elsewhere: JoinEpoch = { ...epoch, start: { ...epoch.start, digest: new Uint8Array(32).fill(8) } };
+  expect(() => startReplica(dir, cluster, JOINER, elsewhere)).toThrow(`another start of epoch ${JOIN_EPOCH}`);
+  // The epoch's start and the votes' rows are as the first start left them.
+  const resumed = startReplica(dir, cluster, JOINER, epoch);
+  try {
+    expect(resumed.storage.epochStart()).toEqual({ epoch: JOIN_EPOCH, ...epoch.start });
+  } finally {
+    resumed.close();
+  }
+});
+
+/**
+ * Replica 0's decided log up to `upTo`: `set-f` commands at the given seqs (each takes
+ * effect at the next checkpoint), publishes elsewhere; and `epochRow` as its epoch record.
+ */
+function decidedLog(
+  dir: string,
+  cluster: { config: ClusterConfig },
+  setF: ReadonlyMap<number, number>,
+  upTo: number,
+  epochRow?: { epoch: number; seq: number; digest: Uint8Array },
+): void {
+  const storage = ReplicaStorage.open({
+    dir: join(dir, "data-0"),
+    sync: "normal",
+    cluster: cluster.config.name,
+    replica: 0,
+    log: testLog(),
+    metrics: new Metrics(),
+  });
+  const admin = new TestClient();
+  const publisher = new TestClient();
+  for (let seq = 1; seq <= upTo; seq++) {
+    const f = setF.get(seq);
+    const batch = f === undefined ? [publisher.pub("a.b", [`event ${seq}`])] : [admin.admin({ t: "set-f", f })];
+    storage.persist({ t: "decided", seq, view: 0, digest: batchDigest(batch), batch, commits: [] });
+  }
+  storage.commits.flush(true);
+  if (epochRow !== undefined) storage.store.putMeta("epoch", epochRow);
+  storage.close();
+}
+
+/** Breaks the checksum of replica 0's epoch record, as damage on disk does. */
+function damageEpochRow(dir: string): void {
+  const db = new Database(join(dir, "data-0", STORE_FILE));
+  try {
+    db.run("UPDATE meta SET sum = zeroblob(length(sum)) WHERE k = 'epoch'");
+  } finally {
+    db.close();
+  }
+}
+
+test("a replica stopped after executing a switch checkpoint and before storing the switch is told so, with the checkpoint", () => {
+  const dir = join(temp.dir, "switch-gap");
+  const cluster = writeCluster(dir, 42_400);
+  const k = coreConfigFor(cluster.config, 0).checkpointInterval;
+  // set-f 0 decided at seq 1 takes effect at the first checkpoint: epoch 1 from k on; no switch stored.
+  decidedLog(dir, cluster, new Map([[1, 0]]), k);
+  expect(() => startReplica(dir, cluster, 0)).toThrow(
+    `the data directory stopped in the middle of the switch to epoch 1: it executed checkpoint ${k}`,
+  );
+});
+
+test("a replica whose epoch record is damaged is told so, not that it stopped in a switch", () => {
+  const dir = join(temp.dir, "epoch-row-damaged");
+  const cluster = writeCluster(dir, 42_500);
+  const k = coreConfigFor(cluster.config, 0).checkpointInterval;
+  // Epoch 1 from k, epoch 2 from 2k, the switch to 2 stored; then its record was damaged.
+  decidedLog(
+    dir,
+    cluster,
+    new Map([
+      [1, 0],
+      [k + 1, 1],
+    ]),
+    2 * k + 2,
+    { epoch: 2, seq: 2 * k, digest: new Uint8Array(32).fill(9) },
+  );
+  damageEpochRow(dir);
+  expect(() => startReplica(dir, cluster, 0)).toThrow(
+    "the data directory's epoch record is missing or damaged: it names no epoch, and the state is in epoch 2",
+  );
+});
+
+test("a replica whose decisions go on past the switch it has no record of is told both cases the data leaves open", () => {
+  const dir = join(temp.dir, "epoch-row-ambiguous");
+  const cluster = writeCluster(dir, 42_600);
+  const k = coreConfigFor(cluster.config, 0).checkpointInterval;
+  decidedLog(dir, cluster, new Map([[1, 0]]), k + 2, { epoch: 1, seq: k, digest: new Uint8Array(32).fill(9) });
+  damageEpochRow(dir);
+  expect(() => startReplica(dir, cluster, 0)).toThrow(
+    `its decisions switched to epoch 1 at checkpoint ${k} and go on to seq ${k + 2}: the record of the switch is missing or damaged, or it stopped during the switch`,
   );
 });

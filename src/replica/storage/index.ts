@@ -403,7 +403,9 @@ export class ReplicaStorage {
    * core records of any older epoch this directory held, and decisions above the start,
    * are dropped (they are never valid in the new epoch), and the epoch's start is kept so
    * a restart resumes this epoch, not an older one. Its core starts empty and fetches the
-   * state; this is staged before it can vote, so it is durable before any vote leaves.
+   * state; this is staged before it can vote, so it is durable before any vote leaves. A
+   * restart that joins the same epoch again (before the state came) does not stage it
+   * again: the votes it stored since are kept (ordering-driver.ts `startJoining`).
    */
   stageJoinEpoch(start: EpochStart): void {
     const store = this.store;
