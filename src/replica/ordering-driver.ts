@@ -396,10 +396,11 @@ export class OrderingDriver {
     }
     // A joining replica's core starts in the group's epoch without its state, and fetches it.
     const coreRecords = epochConfig === null ? [] : this.joining ? this.joinRecords(recovered.coreRecords) : recovered.coreRecords;
-    // After a clean stop every record of the last run is on disk: no restart fence.
+    // After a clean stop every record of the last run is on disk: no restart fence. After
+    // records were lost (damage) the fence covers every view (core fence.ts).
     const startConfig: CoreConfig = storage.stoppedClean
       ? { ...(epochConfig ?? coreConfig), stoppedClean: true }
-      : (epochConfig ?? coreConfig);
+      : { ...(epochConfig ?? coreConfig), ...(storage.lostRecords ? { lostRecords: true } : {}) };
     const restored = new OrderingCore(startConfig, crypto, coreRecords, this.policy);
     const fence = restored.status().voteFence;
     if (fence !== null) {

@@ -3,15 +3,16 @@
 // a damaged base falls back to what can still be trusted; unordered stores come back.
 import { afterEach, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
+import { statSync, truncateSync } from "node:fs";
 import { join } from "node:path";
 import { ClientTable } from "../../src/core/ordering/clients.ts";
 import { makeConfig } from "../../src/core/ordering/config.ts";
 import { OrderingCore } from "../../src/core/ordering/core.ts";
 import type { ClientRequest } from "../../src/core/ordering/messages.ts";
-import type { CoreCrypto } from "../../src/core/ordering/types.ts";
+import type { CoreCrypto, PersistedRecord } from "../../src/core/ordering/types.ts";
 import { sha256 } from "../../src/crypto/hash.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
-import type { ReplicaStorage } from "../../src/replica/storage/index.ts";
+import { ReplicaStorage, STOPPED_CLEAN_META, type SyncPolicy } from "../../src/replica/storage/index.ts";
 import { recover } from "../../src/replica/storage/recovery.ts";
 import {
   BASE_URGENT_TICKS_PER_PART,
@@ -24,6 +25,8 @@ import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import { checkpointStateDigest } from "../../src/replica/storage/digest.ts";
 import { decodeRequestBody } from "../../wire/schemas.ts";
 import { ChannelMachine } from "../../src/core/channels/machine.ts";
+import { SimDisk } from "../../src/sim/runtime/disk.ts";
+import { Prng } from "../../src/sim/prng.ts";
 import {
   batchDigest,
   execute,
@@ -397,3 +400,112 @@ function restartStorage(storage: ReplicaStorage) {
   recover({ storage: reopened, machine, partBytes: PART_BYTES, execute: (requests) => execute(machine, requests) });
   return { storage: reopened, machine };
 }
+
+// -------------------------------------------------------------------------------------
+// Lost records and the restart fence (core/ordering/PROTOCOL.md §2; core fence.ts)
+// -------------------------------------------------------------------------------------
+
+/** The record of view 0, installed: what a replica writes before its first vote. */
+const VIEW_0: PersistedRecord = { t: "view", view: 0, installedView: 0, status: "normal", viewChange: null, newView: null };
+
+/** The core the replica starts from `storage`, with the flags ordering-driver.ts passes it. */
+function coreStartedFrom(storage: ReplicaStorage, records: PersistedRecord[]): OrderingCore {
+  const crypto: CoreCrypto = { hash: sha256, sign: () => new Uint8Array(64), verify: () => false, verifyRequest: () => false };
+  const cfg = makeConfig({ id: 0, n: 4, f: 1, mode: "bft", clusterId: "unit" });
+  const flags = storage.stoppedClean ? { stoppedClean: true } : storage.lostRecords ? { lostRecords: true } : {};
+  return new OrderingCore({ ...cfg, ...flags }, crypto, records);
+}
+
+function recoverInto(storage: ReplicaStorage): ReturnType<typeof recover> {
+  const machine = newMachine();
+  return recover({ storage, machine, partBytes: PART_BYTES, execute: (requests) => execute(machine, requests) });
+}
+
+/** Every view fenced at every seq: the fence of a store that lost records. */
+const LOST_RECORDS_FENCE = { view: 0, seq: Number.MAX_SAFE_INTEGER };
+
+describe("lost records fence every view", () => {
+  test("a damaged view row is dropped at open; the core restored without it is fenced all the same", () => {
+    const { dir, writer, publisher } = setup();
+    writer.storage.persist(VIEW_0);
+    publishDecisions(writer, publisher, 3);
+    writer.storage.close();
+    const db = new Database(join(dir, STORE_FILE));
+    const row = db.query("SELECT id, rec FROM core WHERE kind = 'view'").get() as { id: number; rec: Uint8Array };
+    const damaged = Uint8Array.from(row.rec);
+    damaged[0] = (damaged[0] as number) ^ 0x01;
+    db.query("UPDATE core SET rec = ? WHERE id = ?").run(damaged, row.id);
+    db.close();
+    const storage = openStorage(dir);
+    cleanups.push(() => storage.close());
+    expect(storage.corruptAtOpen.map((r) => r.table)).toEqual(["core"]);
+    expect(storage.lostRecords).toBe(true);
+    expect(storage.stoppedClean).toBe(false);
+    const recovered = recoverInto(storage);
+    expect(recovered.coreRecords.some((r) => r.t === "view")).toBe(false);
+    // Without the view record the ordinary fence has no view to cover: it would be none.
+    expect(coreStartedFrom(storage, recovered.coreRecords).status().voteFence).toEqual(LOST_RECORDS_FENCE);
+  });
+
+  test("a store moved aside (quarantined) starts empty and fenced: it cannot vote in the view it was in", () => {
+    const { dir, writer, publisher } = setup();
+    writer.storage.persist(VIEW_0);
+    publishDecisions(writer, publisher, 200);
+    writer.storage.close();
+    const file = join(dir, STORE_FILE);
+    truncateSync(file, Math.floor(statSync(file).size / 2));
+    const storage = openStorage(dir);
+    cleanups.push(() => storage.close());
+    expect(storage.quarantined).toBe(true);
+    expect(storage.lostRecords).toBe(true);
+    const recovered = recoverInto(storage);
+    expect(recovered.coreRecords).toEqual([]);
+    expect(coreStartedFrom(storage, recovered.coreRecords).status().voteFence).toEqual(LOST_RECORDS_FENCE);
+  });
+
+  test("damage recovery finds (a base that fails) ends the clean stop's exemption, and that run leaves no marker at its own clean stop", () => {
+    const { dir, writer, publisher } = setup();
+    writer.storage.persist(VIEW_0);
+    publishDecisions(writer, publisher, K - 1);
+    writer.stable(K);
+    publishDecisions(writer, publisher, 10);
+    writer.storage.close();
+    const db = new Database(join(dir, STORE_FILE));
+    db.exec("DELETE FROM snap_part WHERE part = 0");
+    db.close();
+    const storage = openStorage(dir);
+    // The rows are intact at open: only recovery sees that the base does not hash.
+    expect(storage.stoppedClean).toBe(true);
+    const recovered = recoverInto(storage);
+    expect(recovered.stableSeq).toBe(0);
+    expect(storage.lostRecords).toBe(true);
+    expect(storage.stoppedClean).toBe(false);
+    expect(coreStartedFrom(storage, recovered.coreRecords).status().voteFence).toEqual(LOST_RECORDS_FENCE);
+    storage.close();
+    const next = openStorage(dir);
+    cleanups.push(() => next.close());
+    expect(next.lostRecords).toBe(false);
+    expect(next.stoppedClean).toBe(false);
+  });
+});
+
+describe("the clean-stop marker under sync normal", () => {
+  const DIR = "/sim/replica-0";
+  const FILE = `${DIR}/${STORE_FILE}`;
+  const openOn = (disk: SimDisk, sync: SyncPolicy): ReplicaStorage =>
+    ReplicaStorage.open({ dir: DIR, sync, cluster: "unit", replica: 0, log: testLog(), metrics: new Metrics(), disk });
+
+  test("is cleared durably at open: a power loss after the run voted does not bring it back", () => {
+    // A disk where only an fsync makes a commit durable, and a power loss keeps nothing after it.
+    const disk = new SimDisk({ rng: new Prng(1), delayMax: 0, now: () => 0, keepUnsynced: false });
+    const stopped = openOn(disk, "full");
+    stopped.store.transaction(() => stopped.store.putMeta(STOPPED_CLEAN_META, true));
+    disk.crash(FILE, new Prng(1));
+    const started = openOn(disk, "normal");
+    expect(started.stoppedClean).toBe(true);
+    // The run votes (its records reach the operating system only), then the power goes.
+    started.store.transaction(() => started.store.insertCore("accept", 1, new Uint8Array([1])));
+    disk.crash(FILE, new Prng(1));
+    expect(openOn(disk, "normal").stoppedClean).toBe(false);
+  });
+});

@@ -123,6 +123,13 @@ export interface CoreConfig {
    * restart fence (PROTOCOL.md §2, "Votes sent before their fsync") is not needed.
    */
   readonly stoppedClean?: boolean;
+  /**
+   * The store lost records at this start (damaged rows dropped, or a file moved aside
+   * and a new one begun): the votes this replica sent may have left no record in any
+   * view, or in a view it has no record of at all, so the restart fence is widened to
+   * every view until a view change this replica takes part in (fence.ts; PROTOCOL.md §2).
+   */
+  readonly lostRecords?: boolean;
 }
 
 /** The parameters of core/ordering/PROTOCOL.md §10 (1 tick = 10 ms). */
@@ -162,7 +169,7 @@ export const DEFAULT_PARAMETERS = {
   externalBarrier: false,
 } as const;
 
-export type CoreParameters = Omit<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId" | "epochStart" | "stoppedClean">;
+export type CoreParameters = Omit<CoreConfig, "id" | "n" | "f" | "mode" | "clusterId" | "epochStart" | "stoppedClean" | "lostRecords">;
 
 /** Builds a full configuration from the identity fields and any overrides; throws on a bad one. */
 export function makeConfig(

@@ -42,6 +42,7 @@ import {
   signHeader,
   unindex,
   voteFenced,
+  fenceStatus,
 } from "./log.ts";
 import {
   type ClientRequest,
@@ -64,6 +65,7 @@ import {
   URGENT_PIPELINE_SLOTS,
 } from "./priority.ts";
 import { restore, startEmptyInEpoch } from "./restore.ts";
+import { fenceLostVotes } from "./fence.ts";
 import { assert, assertNever, CoreState, type Seams } from "./state.ts";
 import { finishTick, startTick, tickBackup, tickLeader } from "./timers.ts";
 import type { CoreCrypto, CoreInput, CoreSizes, CoreStatus, PersistedRecord, Ready } from "./types.ts";
@@ -102,6 +104,9 @@ export class OrderingCore {
     this.state = new CoreState(cfg, crypto, seams, (from, msg) => this.onMessage(from, msg), policy);
     if (restored !== undefined && restored.length > 0) restore(this.state, restored);
     else if (cfg.epochStart !== undefined) startEmptyInEpoch(this.state);
+    // Records lost to damage may include the view record and the stable ones the restart
+    // fence is bounded by, or be all of them: every view is fenced instead (fence.ts).
+    if (cfg.lostRecords === true) fenceLostVotes(this.state);
   }
 
   // -------------------------------------------------------------------------------------
@@ -169,8 +174,7 @@ export class OrderingCore {
       stableSeq: state.stableSeq,
       pending: state.pending.total,
       transferTo: state.transfer?.seq ?? null,
-      // Only while it still holds: in the fenced view, with seqs left below its top.
-      voteFence: voteFenced(state, state.view, state.lastExecuted + 1) && state.voteFence !== null ? { ...state.voteFence } : null,
+      voteFence: fenceStatus(state),
     };
   }
 

@@ -8,6 +8,7 @@ import { isBarrier } from "./barrier.ts";
 import { bytesEqual } from "../../../wire/bytes.ts";
 import { bodyMatches, isLinkAuthenticated } from "./certs.ts";
 import { adoptBatchRequests, requestKey } from "./clients.ts";
+import { lostVotesFenced } from "./fence.ts";
 import type { ClientRequest, Commit, Prepare, PreparedCert, PrePrepare } from "./messages.ts";
 import { assert, type CoreState, EMPTY_SIG } from "./state.ts";
 
@@ -75,13 +76,24 @@ export function entryFor(state: CoreState, seq: number): Entry {
 }
 
 /**
- * True where a restart fenced off new PRE_PREPAREs and PREPAREs (state.voteFence): the
- * replica may have sent one there whose record a crash lost, and signing another could
- * contradict it. Votes it holds the record of are regenerated, not signed anew.
+ * True where a restart fenced off new PRE_PREPAREs and PREPAREs (state.voteFence, or
+ * every view after a store lost records, fence.ts): the replica may have sent one there
+ * whose record is gone, and signing another could contradict it. Votes it holds the
+ * record of are regenerated, not signed anew.
  */
 export function voteFenced(state: CoreState, view: number, seq: number): boolean {
+  if (lostVotesFenced(state, view)) return true;
   const fence = state.voteFence;
   return fence !== null && view === fence.view && seq <= fence.seq;
+}
+
+/**
+ * The fence as the status shows it while it still holds (in the current view, with seqs
+ * left below its top), else null. Fenced after losing records: every seq of the view.
+ */
+export function fenceStatus(state: CoreState): { view: number; seq: number } | null {
+  if (lostVotesFenced(state, state.view)) return { view: state.view, seq: Number.MAX_SAFE_INTEGER };
+  return voteFenced(state, state.view, state.lastExecuted + 1) && state.voteFence !== null ? { ...state.voteFence } : null;
 }
 
 /** Signs a PREPARE or COMMIT; never two digests for one (kind, view, seq), never below the view. */

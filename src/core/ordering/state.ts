@@ -23,6 +23,7 @@ import { ClientTable, PendingPool } from "./clients.ts";
 import { type CertContext, digestOfBatch, verifySigned } from "./certs.ts";
 import { type CoreConfig, leaderOf, quorum, type ReplicaId, weakQuorum } from "./config.ts";
 import type { Decision, Entry } from "./log.ts";
+import type { LostVotes } from "./fence.ts";
 import {
   type Checkpoint,
   type ClientRequest,
@@ -184,6 +185,11 @@ export class CoreState {
    * (core/ordering/PROTOCOL.md §2, "Votes sent before their fsync"). Null: no fence.
    */
   voteFence: { view: number; seq: number } | null = null;
+  /**
+   * After a restart whose store lost records (cfg.lostRecords): every view is fenced
+   * until a view change this replica takes part in (fence.ts). Null: not fenced so.
+   */
+  lostVotes: LostVotes | null = null;
   /** A `view` record for the installed view was written (view 0 has none until its first vote). */
   viewRecorded = false;
 

@@ -8,7 +8,8 @@ import { bodyMatches, isMember, type NewViewPlan, planNewView, validViewChange }
 import { forwardAllPending } from "./clients.ts";
 import { leaderOf, type ReplicaId } from "./config.ts";
 import { adoptStable, jumpToStable } from "./checkpoints.ts";
-import { acceptInto, checkPrepared, type Entry, markPrepared, newEntry, sendOwnPrepare, signHeader } from "./log.ts";
+import { lostVotesFenced, noteOwnViewChange, notePeerViews, settleLostVotes } from "./fence.ts";
+import { acceptInto, checkPrepared, type Entry, markPrepared, newEntry, sendOwnPrepare, signHeader, voteFenced } from "./log.ts";
 import {
   type ClientRequest,
   type NewView,
@@ -41,6 +42,7 @@ export function notePeer(state: CoreState, from: ReplicaId, view: number, seq: n
   if (seq > (state.peerSeqs.get(from) ?? -1)) state.peerSeqs.set(from, seq);
   if (view <= (state.peerViews.get(from) ?? -1)) return;
   state.peerViews.set(from, view);
+  notePeerViews(state);
   if (view > state.view) catchUpView(state);
 }
 
@@ -66,6 +68,7 @@ export function startViewChange(state: CoreState, target: number, reason: Suspec
   state.viewChangeDeadline = NO_DEADLINE;
   state.buffered.clear();
   const vc = buildViewChange(state, target);
+  noteOwnViewChange(state, vc);
   state.ownViewChange = vc;
   state.viewChanges.set(state.cfg.id, vc);
   persistView(state);
@@ -165,7 +168,10 @@ function viewChangeProgress(state: CoreState): void {
     state.viewChangeDeadline = state.now + state.cfg.viewChangeTimeoutTicks * backoff;
     state.viewChangeAttempts++;
   }
-  if (state.isLeader() && state.newViewBuiltFor !== state.view) buildNewView(state, vcs.slice(0, state.seams.quorumSize()));
+  // Fenced after losing records, it may have built a NEW_VIEW for this view before: the
+  // view change times out past it instead (fence.ts).
+  if (state.isLeader() && state.newViewBuiltFor !== state.view && !lostVotesFenced(state, state.view))
+    buildNewView(state, vcs.slice(0, state.seams.quorumSize()));
 }
 
 function viewChangesFor(state: CoreState, view: number): ViewChange[] {
@@ -206,6 +212,7 @@ export function onNewView(state: CoreState, m: NewView): void {
     if (state.phase === "viewChange" && m.view === state.view) startViewChange(state, state.view + 1, "bad-new-view");
     return;
   }
+  settleLostVotes(state, m);
   installNewView(state, m, plan);
 }
 
@@ -336,7 +343,8 @@ function voteOnNewViewEntries(state: CoreState): void {
       markPrepared(state, e);
       continue;
     }
-    if (!state.isLeader()) sendOwnPrepare(state, e, e.digest);
+    // A replica that lost records installs a NEW_VIEW it took no part in without voting (fence.ts).
+    if (!state.isLeader() && !voteFenced(state, e.view, e.seq)) sendOwnPrepare(state, e, e.digest);
     checkPrepared(state, e);
   }
 }

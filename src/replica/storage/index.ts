@@ -35,7 +35,7 @@ export const CORRUPT_ROWS_LOGGED_MAX = 16;
 /** Exit status when a commit fails: nothing acknowledged may depend on it (EX_IOERR). */
 export const EXIT_STORAGE_FAILED = 74;
 /** The meta row a clean stop sets (true) and the next open clears (false). */
-const STOPPED_CLEAN_META = "stopped_clean";
+export const STOPPED_CLEAN_META = "stopped_clean";
 
 /**
  * Rows a new base or pruning left behind (decided rows at or below the base, batch rows
@@ -177,11 +177,7 @@ export class ReplicaStorage {
   ) {
     this.corruptAtOpen = corrupt;
     this.quarantined = quarantined;
-    // Read once, then cleared durably before anything runs: a crash from here on leaves
-    // no marker, and only the next clean stop writes one again.
-    const marker = store.meta(STOPPED_CLEAN_META);
-    this.stoppedClean = marker === true && corrupt.length === 0 && !quarantined;
-    if (marker !== null) store.transaction(() => store.putMeta(STOPPED_CLEAN_META, false));
+    this.markerFound = takeStopMarker(store, options);
     this.commits = new GroupCommit({
       commit: (writes) =>
         this.store.transactionWritten(() => {
@@ -242,17 +238,35 @@ export class ReplicaStorage {
     if (this.closed) return;
     this.closed = true;
     this.commits.close();
-    // Everything staged is durable now, the records of every message sent included.
-    this.store.transaction(() => this.store.putMeta(STOPPED_CLEAN_META, true));
+    // Everything staged is durable now, the records of every message sent included. A run
+    // that lost records says nothing of the votes it sent before: its clean stop must not
+    // lift the next start's fence, so it leaves no marker.
+    if (!this.lostRecords) this.store.transaction(() => this.store.putMeta(STOPPED_CLEAN_META, true));
     this.store.close();
   }
 
   /**
-   * The last run ended with a clean stop (close): every record it wrote was durable
-   * before it ended, so the ordering core needs no restart fence (core/ordering/PROTOCOL.md
-   * §2, "Votes sent before their fsync").
+   * The last run ended with a clean stop (close) and nothing was lost since: every record
+   * it wrote is here, so the ordering core needs no restart fence (core/ordering/PROTOCOL.md
+   * §2, "Votes sent before their fsync"). Read after recovery, which may find damage too.
    */
-  readonly stoppedClean: boolean;
+  get stoppedClean(): boolean {
+    return this.markerFound && !this.lostRecords;
+  }
+
+  /**
+   * Records were lost: damaged rows were dropped or the file moved aside at open, or
+   * recovery (or a read since) found damage. The core then fences every view, since the
+   * records that bound its ordinary fence may be among those lost (CoreConfig.lostRecords).
+   */
+  get lostRecords(): boolean {
+    return this.corruptAtOpen.length > 0 || this.quarantined || this.damageReported;
+  }
+
+  /** The clean-stop marker was set at open (and has been cleared durably since). */
+  private readonly markerFound: boolean;
+  /** Damage was reported after open (reportCorrupt). */
+  private damageReported = false;
 
   /** Runs `effect` once every write staged so far is durable, or the first `mark` writes (a `stagedMark` taken earlier). */
   afterDurable(effect: () => void, mark?: number): void {
@@ -276,6 +290,7 @@ export class ReplicaStorage {
 
   /** Reports damage found while running (at read), with the same log line and metric as at open. */
   reportCorrupt(rows: readonly CorruptRow[]): void {
+    if (rows.length > 0) this.damageReported = true;
     reportCorruption(this.options, rows);
   }
 
@@ -623,6 +638,38 @@ function isDamage(error: unknown): boolean {
   if (error instanceof StructuralDamage) return true;
   const code = (error as { code?: unknown } | null)?.code;
   return typeof code === "string" && DAMAGE_CODES.has(code);
+}
+
+/**
+ * Reads the clean-stop marker and, if set, clears it durably before anything runs: a crash
+ * from here on (a power loss included) leaves no marker, and only the next clean stop
+ * writes one again. Whether it was set.
+ */
+function takeStopMarker(store: ReplicaStore, options: StorageOptions): boolean {
+  const marker = store.meta(STOPPED_CLEAN_META);
+  if (marker === null) return false;
+  store.transaction(() => store.putMeta(STOPPED_CLEAN_META, false));
+  // Under `normal` that commit reached the operating system only: a power loss after this
+  // run voted could bring the marker back and skip the fence its votes need.
+  if (options.sync === "normal") syncLogNow(store, options.disk ?? realDisk);
+  return marker === true;
+}
+
+/**
+ * Makes every commit so far durable by an fsync of the write-ahead log, where the store
+ * does not (`normal`: SQLite syncs the log at its checkpoints only). A disk without
+ * `walSync` has no fsync to offer: the simulator's, whose every commit is durable as it
+ * returns in that mode (src/sim/runtime/disk.ts).
+ */
+function syncLogNow(store: ReplicaStore, disk: Disk): void {
+  if (store.walSync !== null) return store.walSync.now();
+  const sync = disk.walSync?.(store.path);
+  if (sync === undefined) return;
+  try {
+    sync.now();
+  } finally {
+    sync.close();
+  }
 }
 
 function closeQuietly(store: ReplicaStore | null): void {
