@@ -5,6 +5,8 @@
  * (wire/PROTOCOL.md 5.2). The replica side is `replicaSessionKeys`.
  */
 import { randomBytes } from "node:crypto";
+import { DEFAULT_BACKOFF } from "../../src/client/backoff.ts";
+import type { ConnectionOptions } from "../../src/client/connection.ts";
 import { signDomain } from "../../src/crypto/ed25519.ts";
 import type { SigningKey } from "../../src/crypto/keys.ts";
 import {
@@ -85,4 +87,18 @@ export function decodeSessionFrame(
   const payload = framing.opener.open(raw.type, raw.payload);
   if (payload === null) return { ok: false, mac: true };
   return decodeFrameBody(raw.type, payload);
+}
+
+/** A ReplicaConnection's options for a test's one raw session: generous timeouts, frames up to `frameBytesMax`. */
+export function testConnectionOptions(frameBytesMax: number): ConnectionOptions {
+  return {
+    frameBytesMax,
+    outboundBytesMax: 1 << 20,
+    sessionTimeoutMs: 5_000,
+    pingIntervalMs: 5_000,
+    idleTimeoutMs: 20_000,
+    backoff: DEFAULT_BACKOFF,
+    random: Math.random,
+    now: Date.now,
+  };
 }

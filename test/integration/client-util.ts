@@ -4,20 +4,14 @@
  */
 import { loadClientSetup } from "../../src/client/setup.ts";
 import type { CrashNoneTargets } from "../../src/client/request-tracker.ts";
-import {
-  DEFAULT_BACKOFF,
-  FitbClient,
-  ReplicaConnection,
-  type ReceivedBatch,
-  type SubscribeOptions,
-  type Subscription,
-} from "../../src/client/index.ts";
+import { FitbClient, ReplicaConnection, type ReceivedBatch, type SubscribeOptions, type Subscription } from "../../src/client/index.ts";
 import { requireClusterConfig } from "../../src/config/cluster.ts";
 import { sign } from "../../src/crypto/ed25519.ts";
 import type { SigningKey } from "../../src/crypto/keys.ts";
 import { type AdminCmd, encodeRequestBody, type Frame } from "../../wire/schemas.ts";
 import { requestSigningInput } from "../../wire/session.ts";
 import { FrameType } from "../../wire/types.ts";
+import { testConnectionOptions } from "../helpers/client-session.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { startCluster, type TestCluster } from "./harness.ts";
@@ -117,16 +111,7 @@ export function rawSession(cluster: TestCluster, id: number, key: SigningKey, fr
     { id, host: replica.host, port: replica.port, publicKey: replica.publicKey },
     key,
     { onReady() {}, onFrame: (_c, frame) => frames.push(frame), onDown() {} },
-    {
-      frameBytesMax: 1 << 20,
-      outboundBytesMax: 1 << 20,
-      sessionTimeoutMs: 5_000,
-      pingIntervalMs: 5_000,
-      idleTimeoutMs: 20_000,
-      backoff: DEFAULT_BACKOFF,
-      random: Math.random,
-      now: Date.now,
-    },
+    testConnectionOptions(1 << 20),
   );
 }
 

@@ -7,7 +7,6 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import type { Socket, TCPSocketListener } from "bun";
-import { DEFAULT_BACKOFF } from "../../src/client/backoff.ts";
 import { parseChannelKeys } from "../../src/client/channel-listing.ts";
 import { ReplicaConnection } from "../../src/client/connection.ts";
 import { parseChannelList, parseMembers, parseQuotas } from "../../src/client/queries.ts";
@@ -21,7 +20,7 @@ import { type Canonical, decodeCanonical, encodeCanonical } from "../../wire/can
 import { FrameDecoder } from "../../wire/frame.ts";
 import { type Frame, REQUEST_BODY_ITEMS_MAX } from "../../wire/schemas.ts";
 import { FRAME_BYTES_MAX, FrameType, REPLICAS_MAX, REQUEST_EVENTS_MAX } from "../../wire/types.ts";
-import { decodeSessionFrame, encodeSessionFrame, replicaSessionKeys } from "../helpers/client-session.ts";
+import { decodeSessionFrame, encodeSessionFrame, replicaSessionKeys, testConnectionOptions } from "../helpers/client-session.ts";
 import { waitFor } from "../helpers/wait.ts";
 
 const cleanups: (() => void)[] = [];
@@ -198,16 +197,7 @@ describe("a client connection given a CBOR bomb by a replica", () => {
         onDown: (_connection, error) => downs.push(error.message),
         onBadFrame: (_connection, reason) => bad.push(reason),
       },
-      {
-        frameBytesMax: FRAME_BYTES_MAX,
-        outboundBytesMax: 1 << 20,
-        sessionTimeoutMs: 5_000,
-        pingIntervalMs: 5_000,
-        idleTimeoutMs: 20_000,
-        backoff: DEFAULT_BACKOFF,
-        random: Math.random,
-        now: Date.now,
-      },
+      testConnectionOptions(FRAME_BYTES_MAX),
     );
     cleanups.push(() => connection.close());
     connection.start();

@@ -35,12 +35,35 @@ function noteVote(m: QueuedMessage, id: number, votes: string[]): boolean {
 
 const RETRANSMIT = CLUSTER_PARAMETERS.retransmitTicks ?? 10;
 
+/** A cluster (in `mode`) that decided client 0's first request in view 0. */
+function decidedOnce(mode?: "cft"): ManualCluster {
+  const c = new ManualCluster(mode === undefined ? {} : { mode });
+  c.submit(0, c.request(0, 1));
+  c.tick();
+  c.deliverAll();
+  return c;
+}
+
+/**
+ * Replica `fenced` restarts with lost records, then the leader of view 0 crashes and
+ * 1, 2 and 3 must change view to decide client 1's request: the votes `fenced` sent meanwhile.
+ */
+function leaderGoesAfterLostRecords(c: ManualCluster, fenced: number, maxTicks: number): string[] {
+  restartWithLostRecords(c, fenced);
+  c.crash(0);
+  const votes: string[] = [];
+  for (const id of [1, 2, 3]) c.submit(id, c.request(1, 1));
+  c.runUntil(
+    () => [1, 2, 3].every((id) => c.lastExecuted(id) === 2),
+    maxTicks,
+    (m) => noteVote(m, fenced, votes),
+  );
+  return votes;
+}
+
 describe("a replica restarted with lost records", () => {
   test("sends no PREPARE in the view it was in and follows its peers' decisions", () => {
-    const c = new ManualCluster();
-    c.submit(0, c.request(0, 1));
-    c.tick();
-    c.deliverAll();
+    const c = decidedOnce();
     restartWithLostRecords(c, 2);
     expect(c.core(2).status().voteFence).toEqual(fencedEverywhere(0));
     const votes: string[] = [];
@@ -56,10 +79,7 @@ describe("a replica restarted with lost records", () => {
   });
 
   test("stays fenced in a view a peer's NEW_VIEW takes it to, which it took no part in (it may have voted there before)", () => {
-    const c = new ManualCluster();
-    c.submit(0, c.request(0, 1));
-    c.tick();
-    c.deliverAll();
+    const c = decidedOnce();
     // The group, replica 2 included, moves to view 1 (replica 0's proposals are lost) and decides there.
     const mute0 = (m: QueuedMessage): boolean => !(m.from === 0 && m.msg.t === "PRE_PREPARE");
     for (const id of [1, 2, 3]) c.submit(id, c.request(1, 1));
@@ -82,10 +102,7 @@ describe("a replica restarted with lost records", () => {
   });
 
   test("a NEW_VIEW from before its restart does not end the fence, even for a view above every one it heard of", () => {
-    const c = new ManualCluster();
-    c.submit(0, c.request(0, 1));
-    c.tick();
-    c.deliverAll();
+    const c = decidedOnce();
     const mute0 = (m: QueuedMessage): boolean => !(m.from === 0 && m.msg.t === "PRE_PREPARE");
     for (const id of [1, 2, 3]) c.submit(id, c.request(1, 1));
     c.runUntil(() => [1, 2, 3].every((id) => c.lastExecuted(id) === 2), 500, mute0);
@@ -102,49 +119,24 @@ describe("a replica restarted with lost records", () => {
   });
 
   test("votes again from the first view change it takes part in, and is then needed for a quorum", () => {
-    const c = new ManualCluster();
-    c.submit(0, c.request(0, 1));
-    c.tick();
-    c.deliverAll();
-    restartWithLostRecords(c, 2);
     // The leader goes: a NEW_VIEW for view 1 needs the VIEW_CHANGEs of 1, 2 and 3.
-    c.crash(0);
-    const votes: string[] = [];
-    for (const id of [1, 2, 3]) c.submit(id, c.request(1, 1));
-    c.runUntil(
-      () => [1, 2, 3].every((id) => c.lastExecuted(id) === 2),
-      1000,
-      (m) => noteVote(m, 2, votes),
-    );
+    const c = decidedOnce();
+    const votes = leaderGoesAfterLostRecords(c, 2, 1000);
     expect(c.core(2).status()).toMatchObject({ installedView: 1, voteFence: null });
     expect(votes).toContain("PREPARE:1");
     expect(votes.filter((v) => v.endsWith(":0"))).toEqual([]);
   });
 
   test("as the next leader it builds no NEW_VIEW (it may have built one before): the view change moves on past it", () => {
-    const c = new ManualCluster();
-    c.submit(0, c.request(0, 1));
-    c.tick();
-    c.deliverAll();
-    restartWithLostRecords(c, 1);
-    c.crash(0);
-    const votes: string[] = [];
-    for (const id of [1, 2, 3]) c.submit(id, c.request(1, 1));
-    c.runUntil(
-      () => [1, 2, 3].every((id) => c.lastExecuted(id) === 2),
-      2000,
-      (m) => noteVote(m, 1, votes),
-    );
+    const c = decidedOnce();
+    const votes = leaderGoesAfterLostRecords(c, 1, 2000);
     expect(votes.some((v) => v.startsWith("NEW_VIEW:") || v.startsWith("PRE_PREPARE:"))).toBe(false);
     expect(c.core(1).status()).toMatchObject({ installedView: 2, voteFence: null });
     expect(votes).toContain("PREPARE:2");
   });
 
   test("in crash mode only a leader is fenced (a backup's COMMIT waits for its accept record)", () => {
-    const c = new ManualCluster({ mode: "cft" });
-    c.submit(0, c.request(0, 1));
-    c.tick();
-    c.deliverAll();
+    const c = decidedOnce("cft");
     restartWithLostRecords(c, 2);
     expect(c.core(2).status().voteFence).toBeNull();
     restartWithLostRecords(c, 0);
