@@ -32,16 +32,27 @@ export const CONFIG_SECTIONS: readonly { readonly key: keyof ConfigDigests; read
 ];
 
 /**
- * The sections execution reads, by the file's names for them: what a data directory
+ * What execution reads of the file, by the file's names for it: what a data directory
  * records and checks at each start (storage/store.ts StoreIdentity.executionConfig), since
- * a replica executes its decided history again with the file it has then. client_keys
- * (who may open a session) and the group (replicated state from the start) are not here.
+ * a replica executes its decided history again with the file it has then. The admin keys,
+ * the three limits the channel machine and the membership checks judge commands by
+ * (channelsConfigFrom, newViewBytesBound) and retention. The other limits bound clients'
+ * sessions and rates at admission, not what a decided command does, so they may change
+ * (peers still compare the whole section at the handshake); so may client_keys (who may
+ * open a session); the group is replicated state from the start.
  */
 export function executionConfigDigests(config: ClusterConfig): Record<string, Uint8Array> {
-  const digests = configDigests(config);
-  const named: Record<string, Uint8Array> = {};
-  for (const { key, name } of CONFIG_SECTIONS) if (key === "admins" || key === "limits" || key === "retention") named[name] = digests[key];
-  return named;
+  const digest = (value: Canonical): Uint8Array => sha256(encodeCanonical(value));
+  const { limits, retention } = config;
+  return {
+    admin_keys: digest(sortedKeys(config.adminKeys)),
+    "[limits] frame_bytes_max, event_bytes_max and batch_events_max": digest({
+      frameBytesMax: limits.frameBytesMax,
+      eventBytesMax: limits.eventBytesMax,
+      batchEventsMax: limits.batchEventsMax,
+    }),
+    "[retention]": digest({ eventsMax: retention.eventsMax, bytesMax: retention.bytesMax, ageSecondsMax: retention.ageSecondsMax }),
+  };
 }
 
 export function configDigests(config: ClusterConfig): ConfigDigests {

@@ -15,8 +15,11 @@ import { logTail, startCluster, type TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
 
+/** The cluster file each replica starts from when not the one the cluster was made with. */
+const configOf: Record<number, string> = {};
+
 beforeAll(async () => {
-  cluster = await startCluster({ start: false });
+  cluster = await startCluster({ start: false, replicaConfig: (id) => configOf[id] });
 });
 
 afterAll(async () => {
@@ -58,5 +61,19 @@ describe("the cluster file's admin keys are fixed for a data directory", () => {
     cluster.start(0);
     await startedTimes(0, 2);
     await stopReplica(0);
+  }, 90_000);
+
+  test("a limit that bounds sessions only (a client's event rate) may change: the replica starts again with it", async () => {
+    cluster.start(1);
+    await startedTimes(1, 1);
+    await stopReplica(1);
+    const original = readFileSync(cluster.configPath, "utf8");
+    const raised = original.replace(/^client_events_per_second_max = \d+/m, "client_events_per_second_max = 10000000");
+    expect(raised).not.toBe(original);
+    configOf[1] = join(cluster.dir, "raised.toml");
+    writeFileSync(configOf[1], raised);
+    cluster.start(1);
+    await startedTimes(1, 2);
+    await stopReplica(1);
   }, 90_000);
 });
