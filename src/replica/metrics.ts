@@ -69,7 +69,7 @@ const COUNTERS = {
   decisions_past_epoch_end_total:
     "Decisions of an epoch above the checkpoint that ended it, never executed (the next epoch orders from there)",
   refused_first_requests_total:
-    "Clients' first requests decided and refused as from an unknown channel, key or admin (no correct leader proposes them; past 1,024 in a view this replica suspects its leader)",
+    "Clients' first requests decided and refused at execution (a correct leader proposes them only in a race with a destroy or an unregister; past 1,024 in a view this replica suspects its leader)",
   peer_flooding_total: "Times a peer was found flooding the ordering core",
   ordering_thread_inputs_dropped_total:
     "Peer messages and client requests not handed to the ordering thread because it had 65,536 steps unanswered (peers retransmit, clients send again)",

@@ -204,27 +204,38 @@ export const REFUSED_FIRST_REQUESTS_PER_VIEW_MAX = 1_024;
 /**
  * Counts, per view, the requests a view's decisions held that no correct leader proposes:
  * a client's first request (seq 1: it makes the client a row of the replicated client
- * table) refused at execution as from an unknown channel, a key not registered on it, or
- * an admin command of a key that is no admin's. Proposals are checked for signatures only
- * (a backup cannot judge a registration its own execution may not have reached yet), so a
- * faulty leader can sign requests with keys it makes up, each adding a row for good: enough
- * of them and checkpoints outgrow what a restart or a state transfer reads. A correct
- * leader admits a client's first request only from a registered key on an existing
- * channel (or an admin key), so it is refused at execution only when a registration or a
- * channel went away meanwhile. Every correct replica executes the same decisions and so
- * counts the same: past the bound all suspect the leader, and the view changes.
+ * table) refused at execution. Proposals are checked for signatures only (a backup cannot
+ * judge a registration its own execution may not have reached yet), so a faulty leader can
+ * sign requests with keys it makes up, each adding a row for good: enough of them and
+ * checkpoints outgrow what a restart or a state transfer reads. A correct leader admits a
+ * client's first request only from a key registered on an existing channel of the request's
+ * kind (or an admin key), so it is refused at execution only when a registration or a
+ * channel went away meanwhile, or an admin's first command fails. The seqs a view's
+ * NEW_VIEW carries over (up to its maxS) re-propose earlier views' batches and are not its
+ * leader's doing: they are left out. Every correct replica that executes the view's
+ * decisions counts the same; past the bound they suspect the leader and the view changes.
  */
 export class RefusedFirstRequests {
   private view = -1;
   private inView = 0;
+  /** The installed view whose NEW_VIEW carried seqs over, and the last of them. */
+  private carriedView = -1;
+  private carriedUpTo = 0;
 
   /** Requests counted in the view last noted. */
   get count(): number {
     return this.inView;
   }
 
-  /** Counts `refused` more in `view`'s decisions; true once, when the view's count passes the bound. */
-  note(view: number, refused: number, bound = REFUSED_FIRST_REQUESTS_PER_VIEW_MAX): boolean {
+  /** `view` was installed; its NEW_VIEW re-proposed the seqs up to `carriedUpTo`. */
+  installed(view: number, carriedUpTo: number): void {
+    this.carriedView = view;
+    this.carriedUpTo = carriedUpTo;
+  }
+
+  /** Counts `refused` more in the decision of `seq` in `view`; true once, when the view's count passes the bound. */
+  note(view: number, seq: number, refused: number, bound = REFUSED_FIRST_REQUESTS_PER_VIEW_MAX): boolean {
+    if (view === this.carriedView && seq <= this.carriedUpTo) return false;
     if (view !== this.view) {
       this.view = view;
       this.inView = 0;
@@ -1127,7 +1138,7 @@ export class OrderingDriver {
           return;
         }
         this.observeOrdering(effect.seq);
-        this.noteRefused(effect.view, this.options.onDecided(effect.execute, effect.seq));
+        this.noteRefused(effect.view, effect.seq, this.options.onDecided(effect.execute, effect.seq));
         this.appliedSeq = effect.seq;
         // Admin commands are what change channels and their priorities.
         if (this.core.followsPriorities && effect.execute.some((req) => req.client.endsWith(`:${ADMIN_SPACE}`))) {
@@ -1167,6 +1178,7 @@ export class OrderingDriver {
         return;
       }
       case "viewInstalled":
+        this.refusedFirst.installed(effect.view, effect.carriedUpTo);
         this.options.log.info("view installed", {
           view: effect.view,
           leader: this.epochView.idOf(effect.leader),
@@ -1300,10 +1312,10 @@ export class OrderingDriver {
   }
 
   /** RefusedFirstRequests: past its bound in a view, this replica suspects that view's leader. */
-  private noteRefused(view: number, refused: number): void {
+  private noteRefused(view: number, seq: number, refused: number): void {
     if (refused === 0) return;
     this.options.metrics.inc("refused_first_requests_total", refused);
-    if (!this.refusedFirst.note(view, refused)) return;
+    if (!this.refusedFirst.note(view, seq, refused)) return;
     this.options.log.warn("leader suspected: it proposed requests no correct leader admits (keys or channels unknown here)", {
       view,
       refused: this.refusedFirst.count,

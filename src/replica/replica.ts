@@ -841,7 +841,7 @@ export class Replica {
   // Execution of decided requests (identical on every replica)
   // ---------------------------------------------------------------------------------
 
-  /** Returns how many requests were clients' first ones refused as unknown (ordering-driver.ts noteRefused). */
+  /** Returns how many requests were clients' first ones refused (ordering-driver.ts RefusedFirstRequests). */
   private executeDecided(requests: readonly ClientRequest[], decidedSeq: number): number {
     // Execution follows decided order (a restart resumes above its base snapshot, so a
     // first seq may skip ahead), and nothing executes twice.
@@ -943,13 +943,8 @@ export class Replica {
     this.gate.advance(seq);
   }
 
-  /**
-   * Executes one decided request and answers the clients waiting for it. Returns whether it
-   * was refused as from an unknown channel, a key not registered on it, or an admin
-   * command not signed by an admin key: what a correct leader's admission refuses.
-   */
+  /** Executes one decided request and answers the clients waiting for it. Returns whether it was refused. */
   private executeOne(req: ClientRequest, decidedSeq: number): boolean {
-    let unknown = false;
     const signed: SignedRequest = { body: req.body, sig: req.sig };
     const digest = bodyDigestOf(req.body);
     // The core decides only requests whose signature it verified (verifyRequest), so
@@ -963,7 +958,6 @@ export class Replica {
     let cells: ChannelCells | null = null;
     if (request.op.t === "admin") {
       if (!this.adminKeys.has(clientHex)) {
-        unknown = true;
         reply = failure(request.seq, this.options.id, digest, "UNAUTHORIZED", "admin commands must be signed by an admin key");
         this.options.log.warn("admin command refused: not signed by an admin key", {
           ...adminTarget(request.op.cmd),
@@ -1008,14 +1002,13 @@ export class Replica {
           this.subs.publish(result.tag, outcome.stored as StoredBatch, true);
         }
       } else {
-        unknown = result.code === "unknown-channel" || result.code === "not-registered";
         reply = failure(request.seq, this.options.id, digest, channelErrorCode(result), result.reason);
       }
     }
     const waited = this.waiting.executed(req.client, request.seq, digest, reply);
     if (cells?.ackLatency != null && waited.arrivedMs !== null) cells.ackLatency.observe((performance.now() - waited.arrivedMs) / 1000);
     for (const session of waited.sessions) this.reply(session, reply);
-    return unknown;
+    return !reply.ok;
   }
 
   /** The core saw a duplicate of an executed request: answer the waiting client again. */

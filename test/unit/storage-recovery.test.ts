@@ -425,6 +425,21 @@ function recoverInto(storage: ReplicaStorage): ReturnType<typeof recover> {
 const LOST_RECORDS_FENCE = { view: 0, seq: Number.MAX_SAFE_INTEGER };
 
 describe("lost records fence every view", () => {
+  test("a damaged unordered event's row loses that event, not the fence: no vote was in it", () => {
+    const { dir, writer } = setup();
+    const body = new TextEncoder().encode("an unordered event's request body");
+    writer.storage.recordUnordered("net.links", 0, 1000, body, new Uint8Array(64).fill(3), sha256(body));
+    writer.storage.commits.flush();
+    writer.storage.close();
+    const db = new Database(join(dir, STORE_FILE));
+    db.query("UPDATE unordered SET sum = ?").run(new Uint8Array(32).fill(7));
+    db.close();
+    const storage = openStorage(dir);
+    cleanups.push(() => storage.close());
+    expect(storage.corruptAtOpen.map((r) => r.table)).toEqual(["unordered"]);
+    expect(storage.lostRecords).toBe(false);
+  });
+
   test("a damaged view row is dropped at open; the core restored without it is fenced all the same", () => {
     const { dir, writer, publisher } = setup();
     writer.storage.persist(VIEW_0);

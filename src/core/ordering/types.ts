@@ -161,7 +161,8 @@ export type Effect =
    */
   | { kind: "leaderSuspected"; view: number; reason: SuspectReason }
   /** A view is installed; `leader` now orders. */
-  | { kind: "viewInstalled"; view: number; leader: ReplicaId }
+  /** A view installed; `carriedUpTo`: its NEW_VIEW's maxS (seqs up to it re-propose earlier views' batches). */
+  | { kind: "viewInstalled"; view: number; leader: ReplicaId; carriedUpTo: number }
   /** A peer sends far more than any other (Aardvark flood defence): the runtime may mute it. */
   | { kind: "peerFlooding"; peer: ReplicaId }
   /**

@@ -298,7 +298,7 @@ function installNewView(state: CoreState, m: NewView, plan: NewViewPlan): void {
   state.nextProposalSeq = Math.max(plan.maxS, state.lastExecuted) + 1;
   for (const [r, vc] of [...state.viewChanges]) if (vc.newView <= m.view) state.viewChanges.delete(r);
   persistView(state);
-  state.emit({ kind: "viewInstalled", view: m.view, leader: state.leader() });
+  state.emit({ kind: "viewInstalled", view: m.view, leader: state.leader(), carriedUpTo: m.maxS });
   if (state.isLeader()) announceNewView(state, m);
   voteOnNewViewEntries(state);
   askForMissingBodies(state);

@@ -260,7 +260,7 @@ export class ReplicaStorage {
    * records that bound its ordinary fence may be among those lost (CoreConfig.lostRecords).
    */
   get lostRecords(): boolean {
-    return this.corruptAtOpen.length > 0 || this.quarantined || this.damageReported;
+    return this.corruptAtOpen.some(mayHoldVotes) || this.quarantined || this.damageReported;
   }
 
   /** The clean-stop marker was set at open (and has been cleared durably since). */
@@ -290,7 +290,7 @@ export class ReplicaStorage {
 
   /** Reports damage found while running (at read), with the same log line and metric as at open. */
   reportCorrupt(rows: readonly CorruptRow[]): void {
-    if (rows.length > 0) this.damageReported = true;
+    if (rows.some(mayHoldVotes)) this.damageReported = true;
     reportCorruption(this.options, rows);
   }
 
@@ -700,4 +700,14 @@ function reportCorruption(options: StorageOptions, rows: readonly CorruptRow[]):
   if (rows.length > CORRUPT_ROWS_LOGGED_MAX) {
     options.log.error("storage corruption detected", { rows: rows.length, logged: CORRUPT_ROWS_LOGGED_MAX });
   }
+}
+
+/**
+ * Whether a damaged row may have held what the vote fence stands on: the core's records
+ * (votes, views, stable checkpoints), the decided log and the batches records name, and
+ * the base snapshot (a base that fails cuts the log, and the stable records above it go).
+ * A replica's store of unordered events holds no vote: its damage loses events, not the fence.
+ */
+function mayHoldVotes(row: CorruptRow): boolean {
+  return row.table !== "unordered";
 }

@@ -718,7 +718,7 @@ class RuntimeSimulation {
   // Execution (as the replica executes decided requests) and the agreement checker
   // -------------------------------------------------------------------------------------
 
-  /** Returns clients' first requests refused as unknown, as the replica does (ordering-driver.ts noteRefused). */
+  /** Returns clients' first requests refused, as the replica does (ordering-driver.ts RefusedFirstRequests). */
   private execute(r: SimReplica, requests: readonly ClientRequest[], seq: number): number {
     let refusedFirst = 0;
     const digest = toHex(sha256Parts(requests.flatMap((q) => [new TextEncoder().encode(`${q.client}#${q.seq}#${q.span}`), q.body, q.sig])));
@@ -750,8 +750,7 @@ class RuntimeSimulation {
       if (before !== undefined && before !== result) this.violation(`replica ${r.id} executed ${key} again with another result`);
       r.results.set(key, result);
       this.answer(r.id, key, result);
-      const unknown = result === "UNAUTHORIZED" || result === "refused unknown-channel" || result === "refused not-registered";
-      if (unknown && req.seq === 1) refusedFirst++;
+      if (!result.startsWith("ok") && req.seq === 1) refusedFirst++;
     }
     return refusedFirst;
   }
