@@ -506,13 +506,14 @@ export type RequestResult = { readonly ok: true; readonly request: Request } | {
  * Decodes and validates one frame payload. Never throws. Byte strings in the result are
  * views into `payload` (see decodeCanonical). Errors are per frame and not fatal: the
  * stream stays in step, though the runtime may still close a hostile connection. The
- * decoding stops at frameItemsMax(type) values (a `malformed-cbor` error, "items-exceeded").
+ * decoding stops at `itemsMax` values, by default frameItemsMax(type) (a `malformed-cbor`
+ * error, "items-exceeded"): a reader that knows a tighter bound for an open frame gives it.
  */
-export function decodeFrameBody(type: number, payload: Uint8Array): FrameResult {
+export function decodeFrameBody(type: number, payload: Uint8Array, itemsMax?: number): FrameResult {
   const name = frameTypeName(type);
   if (name === undefined) return { ok: false, error: wireError("unknown-type", `no frame type 0x${hexByte(type)}`) };
   const code = FrameType[name];
-  const parsed = parseCanonical(payload, name, frameItemsMax(code));
+  const parsed = parseCanonical(payload, name, itemsMax ?? frameItemsMax(code));
   if (!parsed.ok) return parsed;
   if (VERSIONED_FRAME_TYPES.has(code)) {
     const versionError = checkVersion(parsed.value, name, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN);

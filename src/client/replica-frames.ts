@@ -8,9 +8,8 @@
  * a frame past it is that replica's fault, dropped and counted like any frame that does
  * not decode (connection.ts, onUndecodable), and the query settles on the other replicas.
  */
-import { type Canonical, type CanonicalError, tryDecodeCanonical } from "../../wire/canonical.ts";
-import { decodeFrameBody, FRAME_ITEMS_MAX, type FrameResult, queryReplySchema } from "../../wire/schemas.ts";
-import { FrameType, REPLICAS_MAX, type WireError, wireError } from "../../wire/types.ts";
+import { decodeFrameBody, FRAME_ITEMS_MAX, type FrameResult } from "../../wire/schemas.ts";
+import { FrameType, REPLICAS_MAX } from "../../wire/types.ts";
 import { CHANNELS_MAX, KEYS_PER_CHANNEL_MAX, QUOTAS_MAX } from "../core/channels/constants.ts";
 
 /**
@@ -43,29 +42,9 @@ export const QUERY_REPLY_ITEMS_MAX = QUERY_RESULT_ITEMS_MAX + FRAME_ITEMS_MAX;
 
 /**
  * Decodes and validates one frame payload from a replica, as decodeFrameBody does. Never
- * throws. A QUERY_REPLY is decoded once, stopping at QUERY_REPLY_ITEMS_MAX values
- * (`malformed-cbor`, "items-exceeded"); every other frame type has its bound in the wire
- * layer (frameItemsMax).
+ * throws. A QUERY_REPLY stops at QUERY_REPLY_ITEMS_MAX values (`malformed-cbor`,
+ * "items-exceeded"); every other frame type has its bound in the wire layer (frameItemsMax).
  */
 export function decodeReplicaFrame(type: number, payload: Uint8Array): FrameResult {
-  if (type !== FrameType.QUERY_REPLY) return decodeFrameBody(type, payload);
-  const decoded = tryDecodeCanonical(payload, QUERY_REPLY_ITEMS_MAX);
-  if (!decoded.ok) return { ok: false, error: canonicalError(decoded.error) };
-  return queryReply(decoded.value);
-}
-
-function queryReply(value: Canonical): FrameResult {
-  const result = queryReplySchema.safeParse(value);
-  if (!result.success) {
-    const issue = result.error.issues[0];
-    const path = issue === undefined || issue.path.length === 0 ? "(payload)" : issue.path.map(String).join(".");
-    return { ok: false, error: wireError("schema", `QUERY_REPLY: ${path}: ${issue?.message ?? "invalid"}`) };
-  }
-  return { ok: true, frame: { type: FrameType.QUERY_REPLY, body: result.data } };
-}
-
-/** The wire error decodeFrameBody reports for bytes that are not one canonical CBOR item. */
-function canonicalError(error: CanonicalError): WireError {
-  const kind = error.code === "trailing-bytes" ? "trailing-bytes" : "malformed-cbor";
-  return wireError(kind, `QUERY_REPLY: ${error.code} at byte ${error.offset}: ${error.message}`);
+  return decodeFrameBody(type, payload, type === FrameType.QUERY_REPLY ? QUERY_REPLY_ITEMS_MAX : undefined);
 }

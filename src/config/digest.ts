@@ -42,16 +42,14 @@ export const CONFIG_SECTIONS: readonly { readonly key: keyof ConfigDigests; read
  * open a session); the group is replicated state from the start.
  */
 export function executionConfigDigests(config: ClusterConfig): Record<string, Uint8Array> {
-  const digest = (value: Canonical): Uint8Array => sha256(encodeCanonical(value));
-  const { limits, retention } = config;
+  const { admins, retention } = configDigests(config);
+  const { frameBytesMax, eventBytesMax, batchEventsMax } = config.limits;
   return {
-    admin_keys: digest(sortedKeys(config.adminKeys)),
-    "[limits] frame_bytes_max, event_bytes_max and batch_events_max": digest({
-      frameBytesMax: limits.frameBytesMax,
-      eventBytesMax: limits.eventBytesMax,
-      batchEventsMax: limits.batchEventsMax,
-    }),
-    "[retention]": digest({ eventsMax: retention.eventsMax, bytesMax: retention.bytesMax, ageSecondsMax: retention.ageSecondsMax }),
+    admin_keys: admins,
+    "[limits] frame_bytes_max, event_bytes_max and batch_events_max": sha256(
+      encodeCanonical({ frameBytesMax, eventBytesMax, batchEventsMax }),
+    ),
+    "[retention]": retention,
   };
 }
 

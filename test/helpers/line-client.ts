@@ -7,6 +7,14 @@ import type { Socket } from "bun";
 import { waitFor } from "./wait.ts";
 
 /** Where the relay listens: a TCP port on loopback, or a Unix socket. */
+/** The complete lines of `text` (what precedes its last newline), each without its newline. */
+export function completeLines(text: string): string[] {
+  return text
+    .slice(0, text.lastIndexOf("\n") + 1)
+    .split("\n")
+    .slice(0, -1);
+}
+
 export type LineClientTarget = number | { readonly unix: string };
 
 export class LineClient {

@@ -13,6 +13,7 @@ import { existsSync, lstatSync, mkdtempSync, rmSync, writeFileSync } from "node:
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EVENT_BYTES_MAX, RELAY_LINE_BYTES_MAX } from "../../wire/types.ts";
+import { completeLines } from "../helpers/line-client.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { BUN, freePortRange, MAIN, startCluster, type TestCluster } from "./harness.ts";
 
@@ -68,11 +69,7 @@ class RawClient {
 
   /** Complete lines received so far. */
   get lines(): string[] {
-    const text = this.text;
-    return text
-      .slice(0, text.lastIndexOf("\n") + 1)
-      .split("\n")
-      .slice(0, -1);
+    return completeLines(this.text);
   }
 
   send(data: string | Uint8Array): void {

@@ -13,6 +13,7 @@ import { type LineSocket, type RelayBackend, RelayConnection, type RelayTimers }
 import { type RelayLimits, resolveRelayLimits } from "../../src/relay/limits.ts";
 import { RelayOutputBytes } from "../../src/relay/output-bytes.ts";
 import { PublishBytesBudget } from "../../src/relay/publish-bytes.ts";
+import { completeLines } from "../helpers/line-client.ts";
 import { waitFor } from "../helpers/wait.ts";
 
 const enc = new TextEncoder();
@@ -72,11 +73,7 @@ class FakeSocket implements LineSocket {
 
   /** Complete lines received so far. */
   get lines(): string[] {
-    const text = this.text;
-    return text
-      .slice(0, text.lastIndexOf("\n") + 1)
-      .split("\n")
-      .slice(0, -1);
+    return completeLines(this.text);
   }
 }
 

@@ -257,15 +257,7 @@ describe("recovery", () => {
 
   test("a damaged base is reported and dropped; what depends on it is not trusted", () => {
     const { dir, writer, publisher } = setup();
-    publishDecisions(writer, publisher, K - 1);
-    writer.stable(K);
-    publishDecisions(writer, publisher, 10);
-    writer.storage.close();
-    // Damage a base part in a way its checksum does not cover (as a bug would): the
-    // recomputed state digest catches it.
-    const db = new Database(join(dir, STORE_FILE));
-    db.exec("DELETE FROM snap_part WHERE part = 0");
-    db.close();
+    writeThenDamageBase(dir, writer, publisher);
     const metrics = new Metrics();
     const storage = openStorage(dir, testLog(), metrics);
     cleanups.push(() => storage.close());
@@ -424,6 +416,24 @@ function recoverInto(storage: ReplicaStorage): ReturnType<typeof recover> {
 /** Every view fenced at every seq: the fence of a store that lost records. */
 const LOST_RECORDS_FENCE = { view: 0, seq: Number.MAX_SAFE_INTEGER };
 
+/**
+ * A base at K with decisions past it, the writer closed, then a base part removed in a way
+ * its checksum does not cover (as a bug would): only the recomputed state digest catches it.
+ */
+function writeThenDamageBase(
+  dir: string,
+  writer: ReturnType<typeof setup>["writer"],
+  publisher: ReturnType<typeof setup>["publisher"],
+): void {
+  publishDecisions(writer, publisher, K - 1);
+  writer.stable(K);
+  publishDecisions(writer, publisher, 10);
+  writer.storage.close();
+  const db = new Database(join(dir, STORE_FILE));
+  db.exec("DELETE FROM snap_part WHERE part = 0");
+  db.close();
+}
+
 describe("lost records fence every view", () => {
   test("a damaged unordered event's row loses that event, not the fence: no vote was in it", () => {
     const { dir, writer } = setup();
@@ -481,13 +491,7 @@ describe("lost records fence every view", () => {
   test("damage recovery finds (a base that fails) ends the clean stop's exemption, and that run leaves no marker at its own clean stop", () => {
     const { dir, writer, publisher } = setup();
     writer.storage.persist(VIEW_0);
-    publishDecisions(writer, publisher, K - 1);
-    writer.stable(K);
-    publishDecisions(writer, publisher, 10);
-    writer.storage.close();
-    const db = new Database(join(dir, STORE_FILE));
-    db.exec("DELETE FROM snap_part WHERE part = 0");
-    db.close();
+    writeThenDamageBase(dir, writer, publisher);
     const storage = openStorage(dir);
     // The rows are intact at open: only recovery sees that the base does not hash.
     expect(storage.stoppedClean).toBe(true);
