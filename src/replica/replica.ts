@@ -486,12 +486,13 @@ export class Replica {
     if (admitted.request.op.t === "admin" || this.machine.orderOf(admitted.request.op.tag) === "total") {
       this.noteArrived(admitted.space, admitted.request);
     }
-    if (this.shedForUrgent(session, signed, admitted.request)) return;
     // Urgency speeds a request up only for a key allowed to send it (admin commands are
     // refused before this for any other key): a free key naming a critical channel with a
-    // far `after` would otherwise jump the queues before the gate refuses it.
+    // far `after` would otherwise jump the queues before the gate refuses it, and hold
+    // priority shedding on for everyone's low and normal publishes.
     const op = admitted.request.op;
     const allowed = op.t === "admin" || this.machine.isPublisherHex(op.tag, session.keyHex);
+    if (allowed && this.shedForUrgent(session, signed, admitted.request)) return;
     const urgency = allowed ? urgencyOfSpace(admitted.space, (tag) => this.machine.priorityOf(tag)) : 0;
     // The session's next frames go first in the client scheduler's turns (client-frames.ts).
     if (urgency >= URGENT) {
@@ -525,7 +526,8 @@ export class Replica {
   /**
    * Priority shedding (shedding.ts): a client's less urgent publish refused OVERLOADED
    * while urgent ones wait here, before its verification costs anything. Only client
-   * requests pass here: forwarded and proposed requests are never shed by it.
+   * requests of a key allowed to send them pass here (forwarded and proposed requests are
+   * never shed by it): an urgent publish from any other key notes no urgent traffic.
    */
   private shedForUrgent(session: ClientSession, signed: SignedRequest, request: Request): boolean {
     if (this.shedder === null || request.op.t !== "pub") return false;

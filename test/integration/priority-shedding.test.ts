@@ -3,7 +3,8 @@
  * publishes arrive, a replica whose event loop ran late (it is stopped for a moment with
  * SIGSTOP, a lag no load can fake away) refuses a low publish OVERLOADED with a reason
  * naming the policy, counts it as shed (reason="priority") and logs the key and tag; with
- * no urgent traffic the same stall sheds nothing. A client whose publish was shed asks
+ * no urgent traffic the same stall sheds nothing, nor after a critical publish from a key
+ * that may not publish there. A client whose publish was shed asks
  * that replica again soon, long before its resend timeout.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
@@ -11,7 +12,7 @@ import type { Frame, Reply } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
 import { FitbClient } from "../../src/client/client.ts";
 import { loadClientSetup } from "../../src/client/setup.ts";
-import { loadSigningKeyFile, type SigningKey } from "../../src/crypto/keys.ts";
+import { loadSigningKeyFile, SigningKey } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { addLowChannel, publishFrame, rawSession, startClusterWithLowChannel } from "./client-util.ts";
 import { freePortRange, type TestCluster } from "./harness.ts";
@@ -34,6 +35,14 @@ beforeAll(async () => {
 afterAll(async () => {
   await cluster?.stop();
 });
+
+/** Client REQUEST frames replica 0 received (its metrics). */
+async function requestsReceived(): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith("fitb_requests_total "));
+  if (line === undefined) throw new Error("fitb_requests_total is not in replica 0's metrics");
+  return Number(line.split(" ").at(-1));
+}
 
 /** Stops replica 0's process for STALL_MS: its event loop runs that late afterwards. */
 async function stallReplica0(): Promise<void> {
@@ -70,6 +79,25 @@ test("a low publish is refused OVERLOADED, counted and logged while critical tra
     session.send(publishFrame(key, low, "bulk.metrics", "calm"));
     const calm = await replyTo(low, "bulk.metrics");
     expect(calm.ok ? "ok" : `${calm.code} ${calm.reason}`).toBe("ok");
+    // A key that may not publish to the critical channel does not make urgent traffic: its
+    // "alert" (with a far `after`, so it is not refused before the shedding check) reaches
+    // replica 0 (its request counter says so), and the stall after it still sheds nothing.
+    const stranger = SigningKey.generate();
+    const strangerSession = rawSession(cluster, 0, stranger, []);
+    strangerSession.start();
+    try {
+      await waitFor("a stranger's session with replica 0", () => strangerSession.isReady);
+      const received = await requestsReceived();
+      strangerSession.send(publishFrame(stranger, 1, "sec.alerts", "not an alert", 1_000_000_000));
+      await waitFor("replica 0 received the stranger's request", async () => (await requestsReceived()) > received, 60_000);
+      await stallReplica0();
+      low++;
+      session.send(publishFrame(key, low, "bulk.metrics", "after a stranger's alert"));
+      const admitted = await replyTo(low, "bulk.metrics");
+      expect(admitted.ok ? "ok" : `${admitted.code} ${admitted.reason}`).toBe("ok");
+    } finally {
+      strangerSession.close();
+    }
     // Critical traffic, then a stall: the next low publish is shed (the share halves per
     // late probe; a loaded machine may need another round for the stall to fall inside
     // the urgent window).
