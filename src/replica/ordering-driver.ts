@@ -806,7 +806,13 @@ export class OrderingDriver {
     if (this.removed) return;
     this.submitted.set(`${req.client}#${req.seq}`, req);
     if (this.submitted.size > SUBMITTED_REMEMBERED_MAX) this.submitted.delete(this.submitted.keys().next().value as string);
-    this.step({ kind: "request", req, authenticated: true }, undefined, mark);
+    if (this.step({ kind: "request", req, authenticated: true }, undefined, mark)) return;
+    // The ordering thread is too far behind to take it: refused as a full pending pool is,
+    // so the client hears OVERLOADED at once and asks again, instead of waiting out its
+    // resend timeout with a slot of its connection held.
+    this.submitted.delete(`${req.client}#${req.seq}`);
+    this.options.metrics.refused(REFUSAL_CODES.overloaded);
+    this.options.onRefused(req.client, req.seq, "overloaded");
   }
 
   /**
@@ -1011,10 +1017,10 @@ export class OrderingDriver {
    * its effects moot); `after` still runs, since what it finishes (an installed snapshot's
    * bookkeeping) happened on this replica either way.
    */
-  private step(input: CoreInput, after?: () => void, verified?: { cacheKey: string; stamp: number }): void {
+  private step(input: CoreInput, after?: () => void, verified?: { cacheKey: string; stamp: number }): boolean {
     const generation = this.coreGeneration;
     try {
-      this.core.step(
+      return this.core.step(
         input,
         (ready) => {
           if (generation === this.coreGeneration) this.handleReady(ready);

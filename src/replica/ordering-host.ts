@@ -24,6 +24,7 @@ import type { CoreConfig } from "../core/ordering/config.ts";
 import type { ProposalPolicy } from "../core/ordering/priority.ts";
 import type { CoreCrypto, CoreInput, CoreStatus, PersistedRecord, Ready } from "../core/ordering/types.ts";
 import type { Priority } from "../core/channels/types.ts";
+import { AnswerWatch, THREAD_ANSWER_MS_MAX } from "../threads/answer-watch.ts";
 import { workerEntry } from "../threads/entry.ts";
 
 /** The ordering thread's name in `top -H`, `ps -L` and /proc/PID/task/TID/comm (Linux). */
@@ -39,8 +40,12 @@ export interface VerifiedMark {
 export type ReadyHandler = (ready: Ready) => void;
 
 export interface CoreHost {
-  /** Runs `input` on the core; `handle` gets its Ready (inline: before step returns; on the thread: later, in input order). */
-  step(input: CoreInput, handle: ReadyHandler, verified?: VerifiedMark): void;
+  /**
+   * Runs `input` on the core; `handle` gets its Ready (inline: before step returns; on the
+   * thread: later, in input order). False: the input was not handed over (the thread is
+   * THREAD_STEPS_IN_FLIGHT_MAX steps behind) and `handle` never runs.
+   */
+  step(input: CoreInput, handle: ReadyHandler, verified?: VerifiedMark): boolean;
   /** The core's status (on the thread: as of the last Ready handed back). */
   status(): CoreStatus;
   /** A client's last executed seq (on the thread: as of the last Ready handed back). */
@@ -117,7 +122,7 @@ export class InlineCoreHost implements CoreHost {
     private readonly policy: ProposalPolicy,
   ) {}
 
-  step(input: CoreInput, handle: ReadyHandler): void {
+  step(input: CoreInput, handle: ReadyHandler): boolean {
     let ready: Ready;
     try {
       ready = this.core.step(input);
@@ -125,6 +130,7 @@ export class InlineCoreHost implements CoreHost {
       throw new CoreStepFailed((error as Error).message);
     }
     handle(ready);
+    return true;
   }
 
   status(): CoreStatus {
@@ -211,18 +217,23 @@ export interface ThreadCoreHostOptions {
   /** A new epoch's core is built on the main thread too, for the mirror's starting point (`crypto` and `policy` as the driver's). */
   readonly crypto: CoreCrypto;
   readonly policy: ProposalPolicy;
-  /** The thread failed (threw, exited, answered out of turn, or its core asserted): the replica must stop. */
+  /** The thread failed (threw, exited, answered out of turn, left a step unanswered too long, or its core asserted): the replica must stop. */
   readonly onFailure: (reason: string) => void;
   /** The thread built its core. */
   readonly onReady?: () => void;
   /** A peer message or client request not handed over: THREAD_STEPS_IN_FLIGHT_MAX steps were unanswered. */
   readonly onDropped?: () => void;
+  /** How long the thread may leave a step unanswered before `onFailure` (THREAD_ANSWER_MS_MAX by default; tests shorten it). */
+  readonly answerDeadlineMs?: number;
+  /** The thread's code (`new Worker`'s specifier): ordering-worker.ts by default; tests give a thread that misbehaves. */
+  readonly workerEntry?: string;
 }
 
 /**
  * Steps handed to the thread and not answered yet, at most: past it, peer messages and
- * client requests are not handed over (`onDropped`; peers retransmit, clients send again,
- * as when a socket drops them), while ticks and the runtime's own answers always are.
+ * client requests are not handed over (`onDropped`; peers retransmit; a client's request is
+ * answered OVERLOADED by the driver, and sent again), while ticks and the runtime's own
+ * answers always are. A thread that far behind for long is stopped by the answer watch.
  */
 export const THREAD_STEPS_IN_FLIGHT_MAX = 65_536;
 
@@ -241,11 +252,19 @@ export class ThreadCoreHost implements CoreHost {
   private stopped = false;
   /** The current core: answers of an older one (sent before a replace) leave the mirror alone. */
   private generation = 0;
+  /** Steps and claims sent and not answered: a thread that answers none for too long stops the replica. */
+  private readonly watch: AnswerWatch;
 
   constructor(private readonly options: ThreadCoreHostOptions) {
     const { cfg, restored } = options;
     this.mirrorStatus = this.mirrorFrom(options.initial);
-    this.worker = new Worker(workerEntry("replica/ordering-worker.ts"));
+    const deadlineMs = options.answerDeadlineMs ?? THREAD_ANSWER_MS_MAX;
+    this.watch = new AnswerWatch({
+      deadlineMs,
+      onOverdue: (waitedMs) =>
+        this.fail(`the ordering thread left a step unanswered for ${(waitedMs / 1000).toFixed(1)} s (the bound is ${deadlineMs / 1000} s)`),
+    });
+    this.worker = new Worker(options.workerEntry ?? workerEntry("replica/ordering-worker.ts"));
     this.worker.onmessage = (event: MessageEvent<readonly HostAnswer[]>) => this.onAnswers(event.data);
     this.worker.onerror = (event) => this.fail(`the ordering thread failed: ${event.message}`);
     this.worker.addEventListener("close", () => this.fail("the ordering thread exited"));
@@ -257,16 +276,19 @@ export class ThreadCoreHost implements CoreHost {
     return this.waiting.size;
   }
 
-  step(input: CoreInput, handle: ReadyHandler, verified?: VerifiedMark): void {
-    if (this.stopped) return;
+  step(input: CoreInput, handle: ReadyHandler, verified?: VerifiedMark): boolean {
+    // Stopping: the replica is going down, and nothing more is answered either way.
+    if (this.stopped) return true;
     if (this.inFlight >= THREAD_STEPS_IN_FLIGHT_MAX && (input.kind === "message" || input.kind === "request")) {
       this.options.onDropped?.();
-      return;
+      return false;
     }
     const id = this.nextId++;
     this.waiting.set(id, handle);
+    this.watch.sent(id);
     const sent = compacted(input);
     this.push(verified === undefined ? { k: "step", id, input: sent } : { k: "step", id, input: sent, verified });
+    return true;
   }
 
   status(): CoreStatus {
@@ -289,6 +311,7 @@ export class ThreadCoreHost implements CoreHost {
     if (this.stopped) return;
     const id = this.nextId++;
     this.claims.set(id, answer);
+    this.watch.sent(id);
     this.push({ k: "claim", id, seq });
   }
 
@@ -306,6 +329,7 @@ export class ThreadCoreHost implements CoreHost {
     if (this.stopped) return;
     this.stopped = true;
     this.ops = [];
+    this.watch.stop();
     void this.worker.terminate();
   }
 
@@ -348,6 +372,7 @@ export class ThreadCoreHost implements CoreHost {
       if (answer.k === "claim") {
         const claimed = this.claims.get(answer.id);
         this.claims.delete(answer.id);
+        this.watch.answered(answer.id);
         if (claimed === undefined) {
           this.fail("the ordering thread answered a claim it was not given");
           return;
@@ -362,6 +387,7 @@ export class ThreadCoreHost implements CoreHost {
         return;
       }
       this.waiting.delete(answer.id);
+      this.watch.answered(answer.id);
       if (answer.gen === this.generation) {
         if (answer.allClients) this.mirrorClients.clear();
         this.mirrorStatus = answer.status;

@@ -29,14 +29,15 @@
  * buffer would have carried the whole buffer).
  * `threads: 0` runs every check inline, synchronously (small hosts; the tests compare).
  *
- * A thread that fails (throws, exits, or answers its start probe wrong) cannot be trusted
- * to have answered: the pool calls `onFailure`, which stops the replica (fatal.ts); systemd
- * restarts it. The probe is answered within moments of the start; requests that arrive
+ * A thread that fails (throws, exits, answers its start probe wrong, or leaves a batch
+ * unanswered for THREAD_ANSWER_MS_MAX: answer-watch.ts) cannot be trusted to answer: the
+ * pool calls `onFailure`, which stops the replica (fatal.ts); systemd restarts it. The probe is answered within moments of the start; requests that arrive
  * before it wait on the threads like any other.
  */
 import { sign, verify } from "../crypto/ed25519.ts";
 import { concatBytes } from "../crypto/encoding.ts";
 import { SigningKey } from "../crypto/keys.ts";
+import { AnswerWatch, THREAD_ANSWER_MS_MAX } from "./answer-watch.ts";
 import { workerEntry } from "./entry.ts";
 import { BATCH_BYTES_MAX, KEY_BYTES, packBatch, SIG_BYTES, signedLength } from "./verify-batch.ts";
 
@@ -90,6 +91,10 @@ export interface VerifyPoolOptions {
   readonly onReady?: () => void;
   /** A continuation threw (a bug in the caller): reported, and the other answers still run. */
   readonly onCallbackError?: (error: unknown) => void;
+  /** How long a thread may leave a batch unanswered before `onFailure` (THREAD_ANSWER_MS_MAX by default; tests shorten it). */
+  readonly answerDeadlineMs?: number;
+  /** The threads' code (`new Worker`'s specifier): verify-worker.ts by default; tests give a thread that misbehaves. */
+  readonly workerEntry?: string;
 }
 
 /** A check's continuation: called once with whether the signature verifies. */
@@ -135,6 +140,8 @@ export class VerifyPool {
   private inFlight = 0;
   private readonly sent = new Map<number, { thread: Thread; checks: Check[] }>();
   private stopped = false;
+  /** Batches sent and not answered: a thread that answers none for too long stops the replica. */
+  private readonly watch: AnswerWatch;
   /** Checks verified on a thread, and inline (no threads, or the pool was full). */
   verifiedOnThreads = 0;
   verifiedInline = 0;
@@ -147,6 +154,14 @@ export class VerifyPool {
     if (!Number.isInteger(options.threads) || options.threads < 0 || options.threads > THREADS_MAX) {
       throw new RangeError(`threads must be an integer in 0..${THREADS_MAX}, got ${options.threads}`);
     }
+    const deadlineMs = options.answerDeadlineMs ?? THREAD_ANSWER_MS_MAX;
+    this.watch = new AnswerWatch({
+      deadlineMs,
+      onOverdue: (waitedMs) =>
+        this.fail(
+          `a verification thread left a batch of checks unanswered for ${(waitedMs / 1000).toFixed(1)} s (the bound is ${deadlineMs / 1000} s)`,
+        ),
+    });
     for (let i = 0; i < options.threads; i++) this.threads.push(this.startThread(i));
     this.probe();
   }
@@ -230,13 +245,14 @@ export class VerifyPool {
   /** Stops every thread; checks not answered are dropped (the replica is stopping). */
   stop(): void {
     this.stopped = true;
+    this.watch.stop();
     for (const thread of this.threads) void thread.worker.terminate();
     this.sent.clear();
     this.queued = [];
   }
 
   private startThread(index: number): Thread {
-    const worker = new Worker(workerEntry("threads/verify-worker.ts"));
+    const worker = new Worker(this.options.workerEntry ?? workerEntry("threads/verify-worker.ts"));
     const thread: Thread = { worker, inHand: 0 };
     worker.onmessage = (event: MessageEvent<VerifyResults>) => this.onResults(event.data);
     worker.onerror = (event) => this.fail(`verification thread ${index} failed: ${event.message}`);
@@ -287,6 +303,7 @@ export class VerifyPool {
     thread.inHand += checks.length;
     this.inFlight += checks.length;
     this.batchesSent++;
+    this.watch.sent(id);
     thread.worker.postMessage(batch, [batch.packed]);
   }
 
@@ -294,6 +311,7 @@ export class VerifyPool {
     const sent = this.sent.get(answer.id);
     if (sent === undefined) return;
     this.sent.delete(answer.id);
+    this.watch.answered(answer.id);
     sent.thread.inHand -= sent.checks.length;
     this.inFlight -= sent.checks.length;
     if (answer.results.length !== sent.checks.length) {

@@ -21,7 +21,7 @@ import { sign, verify } from "../../src/crypto/ed25519.ts";
 import { sha256 } from "../../src/crypto/hash.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { urgencyOfSpace, VerifiedRequests } from "../../src/replica/requests.ts";
-import { type CoreHost, compacted, InlineCoreHost, ThreadCoreHost } from "../../src/replica/ordering-host.ts";
+import { type CoreHost, compacted, InlineCoreHost, THREAD_STEPS_IN_FLIGHT_MAX, ThreadCoreHost } from "../../src/replica/ordering-host.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { TestClient } from "./storage-fixtures.ts";
 
@@ -30,6 +30,9 @@ const keys = [0, 1, 2, 3].map(() => SigningKey.generate());
 const publicKeys = keys.map((key) => key.publicKey);
 const cfg = makeConfig({ id: 0, n: 4, f: 1, mode: "bft", clusterId: CLUSTER });
 const TAG = "ops.thread";
+/** A thread that answers nothing (hung-thread-fixture.ts), and how long the tests let a step wait for it. */
+const HUNG_THREAD = new URL("./hung-thread-fixture.ts", import.meta.url).href;
+const HUNG_DEADLINE_MS = 200;
 
 /** What the ordering thread builds for itself, on this thread: the same keys, checks and priorities. */
 function mainCrypto(): { crypto: CoreCrypto; policy: { urgencyOf: (client: string) => number } } {
@@ -158,6 +161,61 @@ describe("the ordering core on its own thread", () => {
     host.terminateForTest();
     await waitFor("the host to report the exit", () => reason !== "", 10_000);
     expect(reason).toBe("the ordering thread exited");
+  });
+
+  test("a thread that stops answering stops its host, with the reason, once a step waited past the bound", async () => {
+    let reason = "";
+    const { crypto, policy } = mainCrypto();
+    const host = new ThreadCoreHost({
+      initial: new OrderingCore(cfg, crypto, [], policy),
+      cfg,
+      restored: [],
+      seed: (keys[0] as SigningKey).exportSeed(),
+      keys: publicKeys,
+      priorities: [[TAG, "normal"]],
+      crypto,
+      policy,
+      onFailure: (why) => {
+        reason = why;
+      },
+      answerDeadlineMs: HUNG_DEADLINE_MS,
+      workerEntry: HUNG_THREAD,
+    });
+    hosts.push(host);
+    host.step({ kind: "tick", nowMs: 1_800_000_000_000 }, () => {
+      throw new Error("a thread that answers nothing answered a step");
+    });
+    await waitFor("the host to report the silent thread", () => reason !== "", 10_000);
+    expect(reason).toMatch(/^the ordering thread left a step unanswered for [\d.]+ s \(the bound is 0.2 s\)$/);
+  });
+
+  test("past THREAD_STEPS_IN_FLIGHT_MAX unanswered steps a request or peer message is not handed over, and step says so", () => {
+    let dropped = 0;
+    const { crypto, policy } = mainCrypto();
+    const host = new ThreadCoreHost({
+      initial: new OrderingCore(cfg, crypto, [], policy),
+      cfg,
+      restored: [],
+      seed: (keys[0] as SigningKey).exportSeed(),
+      keys: publicKeys,
+      priorities: [[TAG, "normal"]],
+      crypto,
+      policy,
+      onFailure: () => {},
+      onDropped: () => dropped++,
+      workerEntry: HUNG_THREAD,
+    });
+    hosts.push(host);
+    const never = (): void => {
+      throw new Error("a thread that answers nothing answered a step");
+    };
+    for (let i = 0; i < THREAD_STEPS_IN_FLIGHT_MAX; i++)
+      expect(host.step({ kind: "tick", nowMs: 1_800_000_000_000 + i }, never)).toBe(true);
+    const req: ClientRequest = new TestClient().pub(TAG, ["x"]);
+    expect(host.step({ kind: "request", req, authenticated: true }, never)).toBe(false);
+    // Ticks still go: the core's clock never stops because its inbox is full.
+    expect(host.step({ kind: "tick", nowMs: 1_800_000_100_000 }, never)).toBe(true);
+    expect(dropped).toBe(1);
   });
 
   test("a step that throws on the thread stops its host as a core assertion would", async () => {

@@ -268,6 +268,22 @@ describe("verification threads", () => {
     expect(answers[2]).toBe(true);
   });
 
+  test("a thread that stops answering stops the pool, with the reason, once a batch waited past the bound", async () => {
+    let reason = "";
+    const p = new VerifyPool({
+      threads: 1,
+      onFailure: (why) => {
+        reason = why;
+      },
+      answerDeadlineMs: 200,
+      workerEntry: new URL("./hung-thread-fixture.ts", import.meta.url).href,
+    });
+    pools.push(p);
+    // The start probe is the first batch it leaves unanswered.
+    await waitFor("the pool to report the silent thread", () => reason !== "", 10_000);
+    expect(reason).toMatch(/^a verification thread left a batch of checks unanswered for [\d.]+ s \(the bound is 0.2 s\)$/);
+  });
+
   test("a thread count out of range is refused", () => {
     expect(() => new VerifyPool({ threads: -1, onFailure: () => {} })).toThrow("threads must be an integer");
     expect(() => new VerifyPool({ threads: 65, onFailure: () => {} })).toThrow("threads must be an integer");
