@@ -17,8 +17,8 @@
  * nothing else pending is verified inline at once, not behind a flood's checks on the
  * threads' queues, up to URGENT_INLINE_PER_WINDOW a window.
  *
- * Bounds: at most CHECKS_IN_FLIGHT_MAX checks are out at once, and at most
- * LANE_CHECKS_MAX of one lane; past either a check runs inline (it costs the loop, which
+ * Bounds: at most CHECKS_IN_FLIGHT_MAX checks (CHECK_BYTES_IN_FLIGHT_MAX signed bytes) are
+ * out at once, and at most LANE_CHECKS_MAX of one lane; past any of them a check runs inline (it costs the loop, which
  * then reads that session no faster than it verifies, but nothing waits without bound and
  * nothing is dropped).
  *
@@ -55,6 +55,13 @@ export interface VerifyResults {
 
 /** Checks sent to threads and not yet answered, over all threads. */
 export const CHECKS_IN_FLIGHT_MAX = 16_384;
+/**
+ * Signed bytes queued for or out on the threads, over all checks: each batch is a copy of
+ * them. By count alone, 16,384 version 1 requests of 2 MiB would be 32 GiB of copies; a
+ * replica's checks are small (version 2 requests are signed over a 32-byte digest), so this
+ * binds only large version 1 bodies, which then run inline.
+ */
+export const CHECK_BYTES_IN_FLIGHT_MAX = 64 * 1024 * 1024;
 /** Checks of one lane (one client session) out on threads at once. */
 export const LANE_CHECKS_MAX = 256;
 /** Most checks in one message to a thread. */
@@ -138,6 +145,8 @@ export class VerifyPool {
   private scheduled = false;
   private nextId = 1;
   private inFlight = 0;
+  /** Signed bytes of the checks queued and out on threads. */
+  private bytesInFlight = 0;
   private readonly sent = new Map<number, { thread: Thread; checks: Check[] }>();
   private stopped = false;
   /** Batches sent and not answered: a thread that answers none for too long stops the replica. */
@@ -186,6 +195,7 @@ export class VerifyPool {
       if (--waiting === 0) this.options.onReady?.();
     };
     for (const thread of this.threads) {
+      this.bytesInFlight += 2 * message.length;
       this.send(thread, [
         { key: key.publicKey, prefix: undefined, message, sig: good, lane: null, position: -1, done: expect(true), urgency: 0 },
         { key: key.publicKey, prefix: undefined, message, sig: forged, lane: null, position: -1, done: expect(false), urgency: 0 },
@@ -215,15 +225,18 @@ export class VerifyPool {
     // A small urgent check with nothing ahead of it on its lane is answered at once: about 50 us
     // of the loop, where the threads' queue may hold tens of milliseconds of a flood's checks.
     const [prefix, message] = signed instanceof Uint8Array ? [undefined, signed] : [signed.prefix, signed.body];
-    const small = (prefix?.length ?? 0) + message.length <= URGENT_INLINE_BYTES_MAX;
+    const bytes = (prefix?.length ?? 0) + message.length;
+    const small = bytes <= URGENT_INLINE_BYTES_MAX;
     const urgentAlone = urgency >= URGENT_CHECK && small && (lane === null || lane.pending === 0) && this.takeUrgentInline();
     const check: Check = { key, prefix, message, sig, lane, position: lane === null ? -1 : lane.ask(), done, urgency };
-    if (this.threads.length === 0 || laneFull || misshapen || urgentAlone || this.inFlight + this.queued.length >= CHECKS_IN_FLIGHT_MAX) {
+    const poolFull = this.inFlight + this.queued.length >= CHECKS_IN_FLIGHT_MAX || this.bytesInFlight + bytes > CHECK_BYTES_IN_FLIGHT_MAX;
+    if (this.threads.length === 0 || laneFull || misshapen || urgentAlone || poolFull) {
       this.verifiedInline++;
       this.answer(check, verify(key, prefix === undefined ? message : concatBytes(prefix, message), sig));
       return;
     }
     this.queued.push(check);
+    this.bytesInFlight += bytes;
     if (!this.scheduled) {
       this.scheduled = true;
       setImmediate(() => this.flush());
@@ -314,6 +327,7 @@ export class VerifyPool {
     this.watch.answered(answer.id);
     sent.thread.inHand -= sent.checks.length;
     this.inFlight -= sent.checks.length;
+    for (const check of sent.checks) this.bytesInFlight -= signedLength(check);
     if (answer.results.length !== sent.checks.length) {
       this.fail(`a verification thread answered ${answer.results.length} checks for ${sent.checks.length}`);
       return;

@@ -8,7 +8,13 @@ import { sign } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { BATCH_BYTES_MAX, packBatch, unpackBatch } from "../../src/threads/verify-batch.ts";
 import { URGENT } from "../../src/core/ordering/priority.ts";
-import { LANE_CHECKS_MAX, URGENT_CHECK, URGENT_INLINE_BYTES_MAX, VerifyPool } from "../../src/threads/verify-pool.ts";
+import {
+  CHECK_BYTES_IN_FLIGHT_MAX,
+  LANE_CHECKS_MAX,
+  URGENT_CHECK,
+  URGENT_INLINE_BYTES_MAX,
+  VerifyPool,
+} from "../../src/threads/verify-pool.ts";
 import { signingInput, signingPrefix } from "../../wire/session.ts";
 import { DOMAIN_REQUEST } from "../../wire/types.ts";
 import { waitFor } from "../helpers/wait.ts";
@@ -282,6 +288,34 @@ describe("verification threads", () => {
     // The start probe is the first batch it leaves unanswered.
     await waitFor("the pool to report the silent thread", () => reason !== "", 10_000);
     expect(reason).toMatch(/^a verification thread left a batch of checks unanswered for [\d.]+ s \(the bound is 0.2 s\)$/);
+  });
+
+  test("past CHECK_BYTES_IN_FLIGHT_MAX signed bytes out on the threads, a check runs inline, and the room comes back with the answers", async () => {
+    let ready = false;
+    const p = new VerifyPool({ threads: 1, onFailure: () => {}, onReady: () => (ready = true) });
+    pools.push(p);
+    // The start probe's checks are out on the thread until it answers them.
+    await waitFor("the thread's start probe answered", () => ready);
+    const key = SigningKey.generate();
+    const message = new Uint8Array(2 * 1024 * 1024);
+    const sig = sign(key, message);
+    const fit = CHECK_BYTES_IN_FLIGHT_MAX / message.length;
+    const onThreadsBefore = p.verifiedOnThreads;
+    let answered = 0;
+    let valid = 0;
+    const done = (ok: boolean): void => {
+      answered++;
+      if (ok) valid++;
+    };
+    for (let i = 0; i < fit + 8; i++) p.verify(key.publicKey, message, sig, done);
+    expect(p.verifiedInline).toBe(8);
+    await waitFor("every check answered", () => answered === fit + 8, 60_000);
+    expect(valid).toBe(fit + 8);
+    expect(p.verifiedOnThreads - onThreadsBefore).toBe(fit);
+    // The answers gave the room back: the next check goes to the thread again.
+    p.verify(key.publicKey, message, sig, done);
+    await waitFor("the next check answered", () => answered === fit + 9, 60_000);
+    expect(p.verifiedOnThreads - onThreadsBefore).toBe(fit + 1);
   });
 
   test("a thread count out of range is refused", () => {
