@@ -345,7 +345,8 @@ const ASCII_FAST_PATH_BYTES_MAX = 32;
  * whatever the item, and one byte can be an item (an empty array), so a frame of 4 MiB can
  * cost four million allocations although the messages it may carry hold a small fraction
  * of that: a caller that knows its largest valid value passes its count, and the decoder
- * stops with "items-exceeded" as soon as the input holds more. Unlimited by default
+ * stops with "items-exceeded" as soon as the input holds more (at an array's or map's head
+ * when its count alone is past what is left, before anything is made for it). Unlimited by default
  * (stored records, whose client tables grow with the clients).
  */
 export function decodeCanonical(input: Uint8Array, itemsMax: number = Number.POSITIVE_INFINITY): Canonical {
@@ -499,8 +500,10 @@ class Reader {
   readArray(count: number, depth: number, start: number): Canonical[] {
     this.checkDepth(depth, start);
     // Every item takes at least one byte: a count larger than what is left is truncated
-    // input, caught here before anything is allocated for it.
+    // input, caught here before anything is allocated for it; and a count past what the
+    // caller allows is refused before an array of that length is made for it.
     this.need(count);
+    if (count > this.itemsLeft) this.fail("items-exceeded", "more items than the largest valid value holds", start);
     const items: Canonical[] = new Array<Canonical>(count);
     for (let i = 0; i < count; i++) items[i] = this.readValue(depth + 1);
     return items;
@@ -509,6 +512,7 @@ class Reader {
   readMap(count: number, depth: number, start: number): { [key: string]: Canonical } {
     this.checkDepth(depth, start);
     this.need(count * 2);
+    if (count > this.itemsLeft) this.fail("items-exceeded", "more items than the largest valid value holds", start);
     const result: { [key: string]: Canonical } = {};
     let prevKeyStart = -1;
     let prevKeyEnd = -1;

@@ -192,12 +192,33 @@ export type ChannelFault = z.infer<typeof channelClassFields.fault>;
 export type ChannelOrder = z.infer<typeof channelClassFields.order>;
 export type ChannelPriority = z.infer<typeof channelClassFields.priority>;
 
+/**
+ * Whether a decoded value is a map (decodeCanonical makes plain objects of maps). zod
+ * takes a Uint8Array for an object, and a strict object schema then walks every byte of it
+ * as an unrecognized key: a 4 MiB byte string where a map belongs held the event loop for
+ * 3.5 s and built a reason of megabytes. So every map of a frame is checked to be one
+ * before its schema looks inside: a frame's payload and a request body here
+ * (decodeFrameBody, decodeRequestBody), a map inside a map through `mapGuard`. A map that
+ * is the option of a discriminated union needs neither: the union reads its discriminator
+ * and refuses anything else at once.
+ */
+export function isMap(value: unknown): value is { readonly [key: string]: unknown } {
+  return typeof value === "object" && value !== null && Object.getPrototypeOf(value) === Object.prototype;
+}
+
+/** The check in front of a map inside a map: refused at once when it is not one (then its schema judges it). */
+export function mapGuard<T>() {
+  return z.custom<T>(isMap, { error: "expected a map", abort: true });
+}
+
 /** The signed envelope: canonical Request bytes and the client's signature over them. */
 export const signedRequestSchema = z.strictObject({
   body: bytesAtMost(FRAME_BYTES_MAX, 1),
   sig: signatureSchema,
 });
 export type SignedRequest = z.infer<typeof signedRequestSchema>;
+/** A SignedRequest inside another map (an EVENTS frame's `req`). */
+const signedRequestField = mapGuard<z.input<typeof signedRequestSchema>>().pipe(signedRequestSchema);
 
 // ---------------------------------------------------------------------------------------
 // Frame payload schemas
@@ -228,7 +249,7 @@ export const helloSchema = z.discriminatedUnion("role", [
     key: keySchema,
     nonce: nonceSchema,
     eph: x25519KeySchema,
-    cfg: configDigestsSchema.optional(),
+    cfg: mapGuard<z.input<typeof configDigestsSchema>>().pipe(configDigestsSchema).optional(),
   }),
 ]);
 
@@ -359,7 +380,7 @@ export const eventsSchema = z.strictObject({
   sub: uintSchema,
   tag: tagSchema,
   seq: uintSchema,
-  req: signedRequestSchema,
+  req: signedRequestField,
   replica: uintSchema,
 });
 
@@ -378,7 +399,7 @@ export const eventsFrameSchema = z.union([
     subs: eventsSubsSchema,
     tag: tagSchema,
     seq: uintSchema,
-    req: signedRequestSchema,
+    req: signedRequestField,
     replica: uintSchema,
   }),
 ]);
@@ -515,6 +536,7 @@ export function decodeFrameBody(type: number, payload: Uint8Array, itemsMax?: nu
   const code = FrameType[name];
   const parsed = parseCanonical(payload, name, itemsMax ?? frameItemsMax(code));
   if (!parsed.ok) return parsed;
+  if (!isMap(parsed.value)) return { ok: false, error: notAMap(name) };
   if (VERSIONED_FRAME_TYPES.has(code)) {
     const versionError = checkVersion(parsed.value, name, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN);
     if (versionError !== null) return { ok: false, error: versionError };
@@ -541,6 +563,7 @@ const FAST_FRAME_CHECKS: { readonly [K in FrameTypeCode]?: (value: Canonical) =>
 export function decodeRequestBody(body: Uint8Array): RequestResult {
   const parsed = parseCanonical(body, "request body", REQUEST_BODY_ITEMS_MAX);
   if (!parsed.ok) return parsed;
+  if (!isMap(parsed.value)) return { ok: false, error: notAMap("request body") };
   const versionError = checkVersion(parsed.value, "request body", REQUEST_VERSION, REQUEST_VERSION_MIN);
   if (versionError !== null) return { ok: false, error: versionError };
   const fast = fastPublishRequest(parsed.value);
@@ -614,6 +637,11 @@ function checkVersion(value: Canonical, what: string, supported: number, oldest:
 function olderVersionHint(v: number): string {
   const mac = v < 2 ? "since version 2 every client frame after the handshake carries a MAC, and " : "";
   return `${mac}since version 3 a client frame's MAC covers the SHA-256 of its payload: upgrade the client or replica`;
+}
+
+/** Every frame payload and request body is a map: anything else is refused before a schema sees it (isMap). */
+function notAMap(what: string): WireError {
+  return wireError("schema", `${what}: (payload): expected a map`);
 }
 
 /** Issues beyond this many are summarised, so a reason stays short. */

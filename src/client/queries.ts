@@ -17,7 +17,7 @@
  */
 import { z } from "zod";
 import { type Canonical, encodeCanonical } from "../../wire/canonical.ts";
-import { channelClassFields, tagSchema, type QueryReply } from "../../wire/schemas.ts";
+import { channelClassFields, isMap, mapGuard, tagSchema, type QueryReply } from "../../wire/schemas.ts";
 import { type ErrorCode, KEY_BYTES, REPLICAS_MAX } from "../../wire/types.ts";
 import { KEYS_PER_CHANNEL_MAX, QUOTAS_MAX } from "../core/channels/constants.ts";
 import { toHex } from "../crypto/encoding.ts";
@@ -57,22 +57,19 @@ export type KeyQuotaListing = {
 };
 
 const quotaLimitSchema = z.int().min(1).max(Number.MAX_SAFE_INTEGER).optional();
+const quotaSchema = z.strictObject({
+  key: z.instanceof(Uint8Array).refine((key) => key.length === KEY_BYTES),
+  eventsPerSecond: quotaLimitSchema,
+  bytesPerSecond: quotaLimitSchema,
+  subscriptions: quotaLimitSchema,
+});
 const quotasSchema = z.object({
-  quotas: z
-    .array(
-      z.strictObject({
-        key: z.instanceof(Uint8Array).refine((key) => key.length === KEY_BYTES),
-        eventsPerSecond: quotaLimitSchema,
-        bytesPerSecond: quotaLimitSchema,
-        subscriptions: quotaLimitSchema,
-      }),
-    )
-    .max(QUOTAS_MAX),
+  quotas: z.array(mapGuard<z.input<typeof quotaSchema>>().pipe(quotaSchema)).max(QUOTAS_MAX),
 });
 
 /** The quotas of a `quotas` answer, as the replica sent them (canonical, for voting); null when malformed. */
 export function parseQuotas(res: Canonical): Canonical | null {
-  return quotasSchema.safeParse(res).success ? res : null;
+  return isMap(res) && quotasSchema.safeParse(res).success ? res : null;
 }
 
 /** The voted `quotas` answer as listings, in the replicas' (ascending key) order. */
@@ -119,28 +116,31 @@ const memberSchema = z.strictObject({
 const groupFields = {
   epoch: z.int().min(0),
   f: z.int().min(0),
-  members: z.array(memberSchema).min(1).max(REPLICAS_MAX),
+  // Each map is checked to be one before its strict schema walks it (wire/schemas.ts isMap).
+  members: z.array(mapGuard<z.input<typeof memberSchema>>().pipe(memberSchema)).min(1).max(REPLICAS_MAX),
   digest: z.instanceof(Uint8Array).refine((digest) => digest.length === 32),
 };
+const pendingSchema = z.strictObject({ ...groupFields, from: z.int().min(1) });
 const membersSchema = z.strictObject({
   ...groupFields,
-  pending: z.strictObject({ ...groupFields, from: z.int().min(1) }).nullable(),
+  pending: mapGuard<z.input<typeof pendingSchema>>().pipe(pendingSchema).nullable(),
 });
 
 /** A `members` answer as the replica sent it (canonical, for voting); null when malformed. */
 export function parseMembers(res: Canonical): Canonical | null {
-  return membersSchema.safeParse(res).success ? res : null;
+  return isMap(res) && membersSchema.safeParse(res).success ? res : null;
 }
 
+const startSchema = z.strictObject({ seq: z.int().min(1), digest: z.instanceof(Uint8Array).refine((digest) => digest.length === 32) });
 /** A `members` answer asked with `start` (what a joining replica reads): the group and the current epoch's starting checkpoint. */
 const membersWithStartSchema = z.strictObject({
   ...membersSchema.shape,
-  start: z.strictObject({ seq: z.int().min(1), digest: z.instanceof(Uint8Array).refine((digest) => digest.length === 32) }).nullable(),
+  start: mapGuard<z.input<typeof startSchema>>().pipe(startSchema).nullable(),
 });
 
 /** A `members` answer with `start`, as the replica sent it (for voting); null when malformed. */
 export function parseMembersWithStart(res: Canonical): Canonical | null {
-  return membersWithStartSchema.safeParse(res).success ? res : null;
+  return isMap(res) && membersWithStartSchema.safeParse(res).success ? res : null;
 }
 
 /** The voted `members` answer with `start`: the listing, and the checkpoint the current epoch started from (null: epoch 0, or not known yet). */

@@ -239,11 +239,17 @@ describe("canonical decoding: every non-canonical or malformed form is refused",
     const bytes = encodeCanonical({ a: [1, 2], b: null });
     expect(decodeCanonical(bytes, 5)).toEqual({ a: [1, 2], b: null });
     expect(tryDecodeCanonical(bytes, 4)).toMatchObject({ ok: false, error: { code: "items-exceeded", offset: bytes.length - 1 } });
-    // Unlimited by default; an input of empty arrays stops at the bound, not at its end.
+    // Unlimited by default; an array whose count alone is past the bound stops at its
+    // head, before anything is made for it or read of it.
     const many = encodeCanonical(new Array<Canonical>(1_000_000).fill([]));
     expect((decodeCanonical(many) as Canonical[]).length).toBe(1_000_000);
     const stopped = tryDecodeCanonical(many, 1_000);
-    expect(stopped.ok ? -1 : stopped.error.offset).toBe(5 + 999);
+    expect(stopped.ok ? -1 : stopped.error.offset).toBe(0);
+    // Within the count, nested items past the bound stop where they are reached.
+    const nested = encodeCanonical(new Array<Canonical>(10).fill([0, 0]));
+    const reached = tryDecodeCanonical(nested, 12);
+    // [0, 0] is 3 bytes: the fourth one's head (at 1 + 3 * 3) holds a count past what is left.
+    expect(reached.ok ? -1 : reached.error.offset).toBe(1 + 3 * 3);
   });
 
   test("decodeCanonical throws CanonicalError with an offset", () => {
