@@ -59,7 +59,7 @@ const GATHER_SCRATCH_BYTES_MAX = 4 * 1024 * 1024;
  */
 const WRITE_BYTES_MAX = GATHER_SCRATCH_BYTES_MAX;
 const BACKLOG_WRITE_BYTES_MAX = 64 * 1024;
-/** The share of a client session's byte bound that frames of the low and normal classes may fill (hasRoomFor). */
+/** The share of a client session's byte bound, and of the output budget, that frames of the low and normal classes may fill (hasRoomFor). */
 export const LESS_URGENT_BOUND_PERCENT = 75;
 
 function gatherBuffer(bytes: number): Uint8Array {
@@ -71,29 +71,67 @@ function gatherBuffer(bytes: number): Uint8Array {
 }
 
 /**
+ * What of a byte bound a frame may fill: frames below high priority (`lessUrgent`) at most
+ * LESS_URGENT_BOUND_PERCENT of it, the rest being kept for the high and critical ones and
+ * the control frames (egress.ts).
+ */
+function boundFor(bytesMax: number, lessUrgent: boolean): number {
+  return lessUrgent ? Math.floor((bytesMax * LESS_URGENT_BOUND_PERCENT) / 100) : bytesMax;
+}
+
+/**
  * A bound on the bytes waiting in many connections' queues together (the replica's
  * client connections): each connection's own bound times the number of connections is
- * far more memory than a replica has.
+ * far more memory than a replica has. Like a connection's bound, frames below high
+ * priority fill at most LESS_URGENT_BOUND_PERCENT of it, so that stalled bulk readers
+ * leave room for every other client's replies, PONGs and critical deliveries; and the
+ * connections of one remote address hold at most `perAddressBytesMax` of it (the same
+ * share rule applies there), so that one address's stalled readers cannot take it from
+ * the others.
  */
 export class OutputBudget {
   private used = 0;
+  /** Bytes waiting per remote address; an address leaves the map at zero, so it holds only addresses with bytes waiting. */
+  private readonly byAddress = new Map<string, number>();
+  readonly perAddressBytesMax: number;
 
-  constructor(readonly bytesMax: number) {
+  constructor(
+    readonly bytesMax: number,
+    perAddressBytesMax: number = bytesMax,
+  ) {
     if (!Number.isSafeInteger(bytesMax) || bytesMax < 1) throw new RangeError(`bytesMax must be a positive integer, got ${bytesMax}`);
+    if (!Number.isSafeInteger(perAddressBytesMax) || perAddressBytesMax < 1) {
+      throw new RangeError(`perAddressBytesMax must be a positive integer, got ${perAddressBytesMax}`);
+    }
+    this.perAddressBytesMax = Math.min(perAddressBytesMax, bytesMax);
   }
 
   get usedBytes(): number {
     return this.used;
   }
 
-  hasRoomFor(bytes: number): boolean {
-    return this.used + bytes <= this.bytesMax;
+  /** Bytes waiting on the connections of `address`. */
+  usedBy(address: string): number {
+    return this.byAddress.get(address) ?? 0;
   }
 
-  /** A connection's queue grew (positive) or shrank (negative) by `delta` bytes. */
-  change(delta: number): void {
+  /** True if `bytes` more for a connection of `address` stay within the budget and the address's share; `lessUrgent`: a frame below high priority. */
+  hasRoomFor(bytes: number, address: string, lessUrgent = false): boolean {
+    return (
+      this.used + bytes <= boundFor(this.bytesMax, lessUrgent) &&
+      this.usedBy(address) + bytes <= boundFor(this.perAddressBytesMax, lessUrgent)
+    );
+  }
+
+  /** A connection of `address` had its queue grow (positive) or shrink (negative) by `delta` bytes. */
+  change(delta: number, address: string): void {
+    if (delta === 0) return;
     this.used += delta;
     if (this.used < 0) throw new Error(`output budget below zero (${this.used})`);
+    const left = this.usedBy(address) + delta;
+    if (left < 0) throw new Error(`output budget of ${address} below zero (${left})`);
+    if (left === 0) this.byAddress.delete(address);
+    else this.byAddress.set(address, left);
   }
 }
 
@@ -216,7 +254,7 @@ export class FramedConn {
   useBudget(budget: OutputBudget): void {
     if (this.budget !== null) throw new Error("FramedConn: budget already set");
     this.budget = budget;
-    budget.change(this.pendingBytes);
+    budget.change(this.pendingBytes, this.remote);
   }
 
   /** How long bytes have waited without the peer taking any (0 when nothing waits). */
@@ -240,21 +278,24 @@ export class FramedConn {
    * On a client session (coalesceWrites) frames of the low and normal classes fill at most
    * LESS_URGENT_BOUND_PERCENT of it: a backlog of bulk deliveries that gets a slow
    * subscription of it ended leaves room for the critical ones and the replies behind it.
+   * The same goes for the output budget shared with other connections (OutputBudget).
    */
   hasRoomFor(bytes: number, urgency: number = EGRESS_CONTROL): boolean {
-    if (this.budget !== null && !this.budget.hasRoomFor(bytes)) return false;
-    const bound =
-      this.egress !== null && urgency < EGRESS_HIGH
-        ? Math.floor((this.queue.bytesMax * LESS_URGENT_BOUND_PERCENT) / 100)
-        : this.queue.bytesMax;
-    return this.pendingBytes + bytes <= bound;
+    const lessUrgent = this.egress !== null && urgency < EGRESS_HIGH;
+    if (this.budget !== null && !this.budget.hasRoomFor(bytes, this.remote, lessUrgent)) return false;
+    return this.pendingBytes + bytes <= boundFor(this.queue.bytesMax, lessUrgent);
   }
 
-  /** Why send() may have returned false, for a log line: closed, or how full the queue and the budget are. */
+  /** Why send() may have returned false, for a log line: closed, or how full the queue, the budget and the address's share are. */
   describeNoRoom(): string {
     if (this.closed) return "the connection is closed";
     const own = `${this.pendingBytes} of ${this.queue.bytesMax} bytes wait on the connection`;
-    return this.budget === null ? own : `${own}, ${this.budget.usedBytes} of ${this.budget.bytesMax} for all clients`;
+    const budget = this.budget;
+    if (budget === null) return own;
+    const all = `${own}, ${budget.usedBytes} of ${budget.bytesMax} for all clients`;
+    // A share as large as the budget is no bound of its own.
+    if (budget.perAddressBytesMax >= budget.bytesMax) return all;
+    return `${all}, ${budget.usedBy(this.remote)} of ${budget.perAddressBytesMax} for its address`;
   }
 
   /**
@@ -581,7 +622,7 @@ export class FramedConn {
 
   /** Tells the budget how much the pending bytes changed since they were `before`. */
   private accountSince(before: number): void {
-    if (this.budget !== null) this.budget.change(this.pendingBytes - before);
+    if (this.budget !== null) this.budget.change(this.pendingBytes - before, this.remote);
   }
 
   /** Sends one last frame (an ERROR, typically) and closes. */

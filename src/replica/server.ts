@@ -95,8 +95,20 @@ export const CLIENT_OUTBOUND_BYTES_MAX = 8 * 1024 * 1024;
  * Bytes that may wait for all client connections together. Past it a send to any client
  * fails as if its own queue were full (a subscription ends SLOW, a reply is dropped and
  * counted), so 4,096 subscribers that stop reading cost this much memory, not 32 GiB.
+ * Low and normal frames fill at most LESS_URGENT_BOUND_PERCENT of it (framed.ts): the
+ * rest is kept for replies, PONGs and high and critical deliveries.
  */
 export const CLIENT_OUTPUT_BYTES_MAX = 512 * 1024 * 1024;
+/**
+ * Of CLIENT_OUTPUT_BYTES_MAX, what the client connections of one remote address may hold
+ * together (the same share rule applies within it): a sixteenth, 32 MiB, four connections'
+ * CLIENT_OUTBOUND_BYTES_MAX. Without it one address's readers that stop reading (it may
+ * open CLIENT_CONNECTIONS_PER_ADDRESS_MAX connections) fill the whole budget and every
+ * other client's replies and deliveries fail; with it that takes 16 addresses. Loopback
+ * is one address like any other, as for the connection caps: the clients on a replica's
+ * own host share one address's share.
+ */
+export const CLIENT_OUTPUT_BYTES_PER_ADDRESS_MAX = CLIENT_OUTPUT_BYTES_MAX / 16;
 /** A client session that sends nothing (clients PING every few seconds) for this long is closed. */
 export const CLIENT_IDLE_MS_MAX = 60_000;
 /** A client connection whose queued bytes the client has taken none of for this long is closed. */
@@ -127,6 +139,7 @@ export interface ServerLimits {
   readonly clientConnectionsPerKeyMax: number;
   readonly clientConnectionsPerAddressMax: number;
   readonly clientOutputBytesMax: number;
+  readonly clientOutputBytesPerAddressMax: number;
   readonly clientIdleMsMax: number;
   readonly clientStuckMsMax: number;
   /** Connections held in the tarpit per remote address, and in all (0: none held, every refusal reset). */
@@ -147,6 +160,7 @@ export const SERVER_LIMITS_DEFAULT: ServerLimits = {
   clientConnectionsPerKeyMax: CLIENT_CONNECTIONS_PER_KEY_MAX,
   clientConnectionsPerAddressMax: CLIENT_CONNECTIONS_PER_ADDRESS_MAX,
   clientOutputBytesMax: CLIENT_OUTPUT_BYTES_MAX,
+  clientOutputBytesPerAddressMax: CLIENT_OUTPUT_BYTES_PER_ADDRESS_MAX,
   clientIdleMsMax: CLIENT_IDLE_MS_MAX,
   clientStuckMsMax: CLIENT_STUCK_MS_MAX,
   tarpitPerAddressMax: TARPIT_PER_ADDRESS_MAX,
@@ -368,7 +382,7 @@ export class ReplicaServer {
       onBackpressure: () => options.metrics.inc("client_reads_backpressured_total"),
     });
     this.newConnections = new RateLimiter(this.limits.handshakesPerAddressPerSecondMax, this.limits.handshakesPerAddressBurstMax);
-    this.outputBudget = new OutputBudget(this.limits.clientOutputBytesMax);
+    this.outputBudget = new OutputBudget(this.limits.clientOutputBytesMax, this.limits.clientOutputBytesPerAddressMax);
     this.tarpit = new Tarpit(this.limits.tarpitPerAddressMax, this.limits.tarpitConnectionsMax, this.limits.tarpitHoldMsMax);
   }
 

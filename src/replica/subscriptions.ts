@@ -26,6 +26,11 @@ import { egressOfPriority } from "./egress.ts";
 
 /** Batches sent per history read; the read repeats until the subscriber is live. */
 export const HISTORY_BATCHES_PER_READ = 256;
+/**
+ * A total-order channel's first seq (its log starts there, core/channels/channel.ts): a
+ * `from` below it asks for no event that ever was, so it asks for everything retained.
+ */
+const CHANNEL_SEQ_FIRST = 1;
 
 interface Subscription {
   readonly session: ClientSession;
@@ -48,11 +53,21 @@ export interface ExecutionView {
 
 const NEVER_HOLDS: ExecutionView = { executedSeq: () => 0, hold: () => false };
 
+/** A SUBSCRIBE held for read-your-writes (ExecutionView.hold): its id is taken until it is answered or cancelled. */
+interface HeldSubscribe {
+  readonly tag: string;
+}
+
 export class Subscriptions {
   private readonly byTag = new Map<string, Map<string, Subscription>>();
   private readonly bySession = new Map<number, Map<number, Subscription>>();
   /** Open subscriptions per client key (lowercase hex), for keys' subscription quotas. */
   private readonly byKey = new Map<string, number>();
+  /**
+   * SUBSCRIBEs held for read-your-writes, per session by id: an UNSUBSCRIBE cancels one, and
+   * its id is in use meanwhile. Bounded by what the execution view holds (256 a session).
+   */
+  private readonly held = new Map<number, Map<number, HeldSubscribe>>();
 
   constructor(
     private readonly self: number,
@@ -74,15 +89,17 @@ export class Subscriptions {
 
   /**
    * Starts a subscription: checks access, replays retained history from `from`, then
-   * keeps the subscriber live. For total-order channels `from` defaults to the next seq;
-   * for unordered ones `from` absent means live only and 0 means everything retained.
+   * keeps the subscriber live. For total-order channels `from` defaults to the next seq,
+   * and 0 means everything retained; for unordered ones `from` absent means live only and
+   * 0 means everything retained. A SUBSCRIBE held for `after` keeps its id until answered.
    */
   subscribe(session: ClientSession, sub: number, tag: string, from: number | undefined, after?: number, shared = false): void {
     const mine = this.bySession.get(session.id) ?? new Map<number, Subscription>();
     const inUse = mine.get(sub);
-    if (inUse !== undefined) {
-      // In the live subscription's class: it names that subscription, so it keeps its place among its frames.
-      this.end(session, sub, "BAD_REQUEST", `subscription id ${sub} is already in use`, undefined, inUse.urgency);
+    if (inUse !== undefined || this.held.get(session.id)?.has(sub) === true) {
+      // In the live subscription's class: it names that subscription, so it keeps its place
+      // among its frames (a held one has sent none yet).
+      this.end(session, sub, "BAD_REQUEST", `subscription id ${sub} is already in use`, undefined, inUse?.urgency);
       return;
     }
     if (mine.size >= this.perConnectionMax) {
@@ -99,9 +116,19 @@ export class Subscriptions {
     }
     const access = this.machine.checkSubscribe(tag, session.key);
     if (!access.ok) {
-      // Judged on this replica's state: if the client saw a later decision, wait for it.
-      const again = (expired: boolean): void => this.subscribe(session, sub, tag, from, expired ? undefined : after, shared);
-      if (this.execution.hold(session, after, again)) return;
+      // Judged on this replica's state: if the client saw a later decision, wait for it,
+      // unless the client has cancelled it (UNSUBSCRIBE) or closed meanwhile.
+      const waiting: HeldSubscribe = { tag };
+      const again = (expired: boolean): void => {
+        if (!this.unhold(session, sub, waiting)) return;
+        this.subscribe(session, sub, tag, from, expired ? undefined : after, shared);
+      };
+      if (this.execution.hold(session, after, again)) {
+        const held = this.held.get(session.id) ?? new Map<number, HeldSubscribe>();
+        held.set(sub, waiting);
+        this.held.set(session.id, held);
+        return;
+      }
       const code: SubEndCode = access.code === "unknown-channel" ? "UNKNOWN_CHANNEL" : "UNAUTHORIZED";
       this.end(session, sub, code, access.reason, this.execution.executedSeq());
       this.auditRefusal(session, tag, code, access.reason);
@@ -114,7 +141,9 @@ export class Subscriptions {
     }
     const ordered = info.order === "total";
     const urgency = egressOfPriority(this.machine.priorityOf(tag));
-    const start = ordered ? (from ?? info.nextSeq) : from === undefined ? null : Math.max(from, info.oldestSeq);
+    // Below the first seq is no event, hence no gap: only what retention dropped is TRIMMED.
+    const wanted = from === undefined ? undefined : Math.max(from, CHANNEL_SEQ_FIRST);
+    const start = ordered ? (wanted ?? info.nextSeq) : from === undefined ? null : Math.max(from, info.oldestSeq);
     if (start !== null && ordered && start < info.oldestSeq && start < info.nextSeq) {
       const reason = `seq ${start} of ${tag} is no longer retained; the oldest available is ${info.oldestSeq}`;
       this.send(
@@ -126,7 +155,12 @@ export class Subscriptions {
     }
     const subscription: Subscription = { session, sub, tag, ordered, urgency, shared };
     const ok: Frame = { type: FrameType.SUB_OK, body: { sub, replica: this.self, next: info.nextSeq, at: this.execution.executedSeq() } };
-    this.send(session, ok, urgency);
+    // A SUB_OK the connection has no room for is a frame it cannot take, as an EVENTS would
+    // be: the subscription is not opened, and ends as a slow one does.
+    if (!this.send(session, ok, urgency)) {
+      this.dropSlow(subscription);
+      return;
+    }
     if (start !== null && start < info.nextSeq && !this.replayHistory(subscription, start)) return;
     mine.set(sub, subscription);
     this.bySession.set(session.id, mine);
@@ -137,14 +171,32 @@ export class Subscriptions {
   }
 
   unsubscribe(session: ClientSession, sub: number): void {
+    const waiting = this.held.get(session.id)?.get(sub);
+    if (waiting !== undefined) {
+      // Cancelled before it was answered: its retry finds it gone and does nothing.
+      this.unhold(session, sub, waiting);
+      const urgency = egressOfPriority(this.machine.priorityOf(waiting.tag));
+      this.end(session, sub, "UNSUBSCRIBED", "unsubscribed", undefined, urgency);
+      return;
+    }
     const subscription = this.bySession.get(session.id)?.get(sub);
     if (subscription === undefined) return;
     this.remove(subscription);
     this.end(session, sub, "UNSUBSCRIBED", "unsubscribed", undefined, subscription.urgency);
   }
 
-  /** Drops every subscription of a closed connection. */
+  /** Takes a held SUBSCRIBE out of the held ones; false if `waiting` is no longer held there (cancelled, or the session closed). */
+  private unhold(session: ClientSession, sub: number, waiting: HeldSubscribe): boolean {
+    const held = this.held.get(session.id);
+    if (held?.get(sub) !== waiting) return false;
+    held.delete(sub);
+    if (held.size === 0) this.held.delete(session.id);
+    return true;
+  }
+
+  /** Drops every subscription of a closed connection, and the SUBSCRIBEs it has held. */
   dropSession(session: ClientSession): void {
+    this.held.delete(session.id);
     const mine = this.bySession.get(session.id);
     if (mine === undefined) return;
     for (const subscription of [...mine.values()]) this.remove(subscription);
@@ -254,6 +306,7 @@ export class Subscriptions {
     this.bySession.clear();
     this.byTag.clear();
     this.byKey.clear();
+    this.held.clear();
   }
 
   private replayHistory(subscription: Subscription, from: number): boolean {
@@ -333,7 +386,7 @@ export class Subscriptions {
     }
   }
 
-  /** A subscription whose frame did not fit its connection: ended as SLOW (or the connection closed). */
+  /** A subscription whose frame (SUB_OK, EVENTS) did not fit its connection: ended as SLOW (or the connection closed). */
   private dropSlow(subscription: Subscription): void {
     this.metrics.inc("subscribers_dropped_slow_total");
     this.remove(subscription);

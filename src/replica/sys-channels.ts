@@ -145,13 +145,18 @@ export class SysChannels {
       return;
     }
     const subscription: SysSubscription = { session, sub, tag };
+    // A SUB_OK the connection has no room for is a frame it cannot take, as a report would
+    // be: the subscription is not opened, and ends as a slow one does.
+    if (!this.send(session, { type: FrameType.SUB_OK, body: { sub, replica: this.options.self, next: 0 } })) {
+      this.endSlow(subscription);
+      return;
+    }
     mine.set(sub, subscription);
     this.bySession.set(session.id, mine);
     const tagSubs = this.byTag.get(tag) ?? new Map<string, SysSubscription>();
     tagSubs.set(`${session.id}/${sub}`, subscription);
     this.byTag.set(tag, tagSubs);
     this.total++;
-    this.send(session, { type: FrameType.SUB_OK, body: { sub, replica: this.options.self, next: 0 } });
     // A new subscriber of this replica's health gets the latest report at once.
     if (tag === this.ownTag && this.lastHealth !== null) this.deliver(subscription, this.lastHealth);
   }
@@ -220,6 +225,11 @@ export class SysChannels {
     };
     if (this.send(subscription.session, frame)) return;
     this.remove(subscription);
+    this.endSlow(subscription);
+  }
+
+  /** Ends a subscription whose frame did not fit its connection as SLOW, or closes the connection when SUB_END does not fit either. */
+  private endSlow(subscription: SysSubscription): void {
     if (!this.end(subscription.session, subscription.sub, "SLOW", "subscriber fell behind; subscribe again"))
       subscription.session.conn.close();
   }

@@ -1124,4 +1124,23 @@ describe("client connections that go quiet or stop reading", () => {
     for (const raw of readers) raw.close();
     await waitFor("the queued bytes to be released", () => fx.metrics.get("client_output_bytes") === 0);
   });
+
+  test("the bytes queued for the clients of one address together stay within clientOutputBytesPerAddressMax", async () => {
+    const share = 6 * BULK_FRAME_BYTES;
+    // A budget for all clients that would take every answer: only the address's share bounds them.
+    const fx = startServer({ clientOutputBytesMax: 16 * share, clientOutputBytesPerAddressMax: share, clientStuckMsMax: 60_000 });
+    const readers = [];
+    for (let i = 0; i < 3; i++) {
+      const raw = await clientSession(fx.server.port, SigningKey.generate());
+      raw.pause();
+      raw.send({ type: FrameType.QUERY, body: { id: i, q: "status" } });
+      readers.push(raw);
+    }
+    await waitFor("three bulk answers", () => fx.bulkSent.length === 3);
+    expect(fx.metrics.get("client_output_bytes")).toBeLessThanOrEqual(share);
+    const total = fx.bulkSent.reduce((a, b) => a + b, 0);
+    expect(total).toBeLessThan(3 * BULK_FRAMES);
+    for (const raw of readers) raw.close();
+    await waitFor("the queued bytes to be released", () => fx.metrics.get("client_output_bytes") === 0);
+  });
 });
