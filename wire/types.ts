@@ -239,9 +239,33 @@ export function errorCodeFor(error: WireError): ErrorCode {
   }
 }
 
-/** Builds a WireError; kept in one place so every site sets `fatal` deliberately. */
+/**
+ * Builds a WireError; kept in one place so every site sets `fatal` deliberately. Its reason
+ * is cut to REASON_BYTES_MAX bytes: a schema's message may quote what the peer sent (an
+ * unknown key of 100 kB), and the reason goes back to it in an ERROR frame.
+ */
 export function wireError(kind: WireErrorKind, reason: string, fatal = false): WireError {
-  return { kind, reason, fatal };
+  return { kind, reason: clipUtf8(reason, REASON_BYTES_MAX), fatal };
+}
+
+/**
+ * `text` cut to at most `bytesMax` bytes of UTF-8, at a character boundary: never half of
+ * a surrogate pair, which the canonical encoder refuses (a reason cut by UTF-16 units
+ * could not be sent at all).
+ */
+export function clipUtf8(text: string, bytesMax: number): string {
+  // A UTF-16 unit is at most 3 bytes of UTF-8 (a pair, two units, is 4).
+  if (text.length * 3 <= bytesMax) return text;
+  let bytes = 0;
+  let end = 0;
+  while (end < text.length) {
+    const point = text.codePointAt(end) as number;
+    const size = point < 0x80 ? 1 : point < 0x800 ? 2 : point < 0x10000 ? 3 : 4;
+    if (bytes + size > bytesMax) break;
+    bytes += size;
+    end += point >= 0x10000 ? 2 : 1;
+  }
+  return text.slice(0, end);
 }
 
 /**

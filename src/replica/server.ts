@@ -41,6 +41,7 @@ import { type DecodeResult, FrameDecoder } from "../../wire/frame.ts";
 import { decodeFrameBody, type Frame, type Hello } from "../../wire/schemas.ts";
 import { sessionTranscript } from "../../wire/session.ts";
 import {
+  clipUtf8,
   DOMAIN_SESSION_INITIATOR,
   DOMAIN_SESSION_RESPONDER,
   errorCodeFor,
@@ -109,6 +110,11 @@ export const CLIENT_OUTPUT_BYTES_MAX = 512 * 1024 * 1024;
  * own host share one address's share.
  */
 export const CLIENT_OUTPUT_BYTES_PER_ADDRESS_MAX = CLIENT_OUTPUT_BYTES_MAX / 16;
+/**
+ * Bytes of a decode error's reason quoted where a hostile frame is refused (a log line, and
+ * the refusal sent to its address's later connections): enough to say what was wrong.
+ */
+const REFUSED_FRAME_REASON_BYTES = 120;
 /** A client session that sends nothing (clients PING every few seconds) for this long is closed. */
 export const CLIENT_IDLE_MS_MAX = 60_000;
 /** A client connection whose queued bytes the client has taken none of for this long is closed. */
@@ -693,7 +699,10 @@ export class ReplicaServer {
   private onHostileFrame(conn: FramedConn, reason: string, refusal: Frame): void {
     const state = conn.state as ConnState;
     if (state.phase === "peer") {
-      this.options.mesh.refuseInbound(conn, `a frame that does not decode or is too large (${reason.slice(0, 120)})`);
+      this.options.mesh.refuseInbound(
+        conn,
+        `a frame that does not decode or is too large (${clipUtf8(reason, REFUSED_FRAME_REASON_BYTES)})`,
+      );
       return;
     }
     const admission = this.options.admission;
@@ -702,7 +711,7 @@ export class ReplicaServer {
       return;
     }
     const again = admission.isAddressBlacklisted(conn.remote);
-    const why = `a frame that does not decode or is too large (${reason.slice(0, 120)})`;
+    const why = `a frame that does not decode or is too large (${clipUtf8(reason, REFUSED_FRAME_REASON_BYTES)})`;
     const key = state.session?.key ?? null;
     admission.blacklist(state.session?.keyHex ?? null, conn.remote, why);
     this.options.metrics.inc("clients_blacklisted_total");
