@@ -83,15 +83,20 @@ export interface FrameDecoderOptions {
 
 /**
  * Incremental frame decoder. `push` never throws and always consumes the whole chunk.
- * It buffers at most one partial frame (at most frameBytesMax + 4 bytes), allocated at its
- * exact size once its length is known, so a frame split over many chunks is copied once.
+ * It buffers at most one partial frame (at most frameBytesMax + 4 bytes), in a buffer that
+ * grows with what arrived (`reservedBytes`), not with what the length field claims.
  *
  * A length field above the maximum, or equal to zero, is fatal: the stream can no longer
  * be cut into frames, so the decoder is poisoned and answers every later push with a
  * `poisoned` error, discarding the bytes. The caller should send ERROR and close.
  */
-/** First buffer for a frame that arrives in pieces; it grows with the bytes that arrive. */
-const PARTIAL_INITIAL_BYTES = 64 * 1024;
+/**
+ * First buffer for a frame that arrives in pieces; it grows with the bytes that arrive. A
+ * quarter of what the client scheduler lets a connection hold under pressure (a sixteenth
+ * of 1 MiB, client-frames.ts): thousands of connections that each send a length field
+ * alone hold little.
+ */
+const PARTIAL_INITIAL_BYTES = 16 * 1024;
 /** A growing frame buffer is sized to this many times the bytes received so far. */
 const GROWTH_FACTOR = 4;
 
