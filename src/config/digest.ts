@@ -6,8 +6,12 @@
  * peer HELLO (signed into the handshake transcript) and a peer whose digests differ is
  * refused, the refusal naming the sections that differ.
  *
- * What is left out is what may differ per host: hosts and ports as written (a replica may
- * reach a peer by another name), key files and data directories (local paths).
+ * What is left out: key files and data directories (local paths), and hosts and ports. Those
+ * of the first group must still be the same in every replica's file: they become part of
+ * the replicated group at the first membership change (core/channels/membership.ts, built on
+ * genesisMembership), and files that differ there would make the replicas build different
+ * groups (README, Deployment, step 2). They are not compared here because a file exported
+ * after a change (first_group_digest) no longer lists the first group's addresses.
  *
  * The `group` section is the group the cluster started with (epoch 0). A file that
  * `fitb cluster export` wrote after a membership change lists a later epoch's group and
