@@ -443,6 +443,9 @@ export class Replica {
       case FrameType.QUERY:
         return this.onQuery(session, frame.body);
       case FrameType.SUBSCRIBE:
+        // One id space per connection for system and channel subscriptions (wire/PROTOCOL.md
+        // 4.10): whichever holds the id refuses the SUBSCRIBE, so an UNSUBSCRIBE names one.
+        if (this.sys.refuseDuplicate(session, frame.body.sub) || this.subs.refuseDuplicate(session, frame.body.sub)) return;
         if (isSysTag(frame.body.tag)) return this.sys.subscribe(session, frame.body.sub, frame.body.tag);
         return this.subs.subscribe(
           session,
@@ -453,6 +456,7 @@ export class Replica {
           frame.body.shared === true && session.version >= SHARED_SUBSCRIPTIONS_VERSION,
         );
       case FrameType.UNSUBSCRIBE:
+        // Ids are unique per connection across both kinds: the one that holds it ends it.
         if (this.sys.unsubscribe(session, frame.body.sub)) return;
         return this.subs.unsubscribe(session, frame.body.sub);
       case FrameType.PING:

@@ -10,6 +10,15 @@
  * in one EVENTS frame naming them all (`subs`), so a relay or collector holding many
  * subscriptions of one channel costs the replica one copy of each batch, not one per
  * subscription.
+ *
+ * A subscription from a past seq replays the retained history a bounded step at a time
+ * (HISTORY_BATCHES_PER_READ, HISTORY_BYTES_PER_READ): the first step in its SUBSCRIBE, the
+ * rest in later event-loop turns, shared round robin by every subscription still catching
+ * up, so one SUBSCRIBE from seq 1 never holds the loop (peers' votes, other clients) for
+ * longer than a step. While it catches up, live fan-out skips it: the replay reads on up
+ * to the channel's next seq, which covers what was published meanwhile, and it goes live
+ * in the same synchronous step as that last read, so nothing is sent twice or missed.
+ * Subscriptions are capped per connection, per remote address and in all.
  */
 import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { StoredBatch } from "../core/channels/types.ts";
@@ -24,8 +33,44 @@ import { keyText } from "./quota.ts";
 import type { ClientSession } from "./server.ts";
 import { egressOfPriority } from "./egress.ts";
 
-/** Batches sent per history read; the read repeats until the subscriber is live. */
+/**
+ * Batches one replay step sends at most (a SUBSCRIBE's first step, or a catch-up turn for
+ * all the subscriptions catching up together). 256 one-event batches take about half a
+ * millisecond to frame and queue (a replay of some 40,000 in one call held the loop 60-80
+ * ms): a step stays far inside the client scheduler's CLIENT_TURN_MS (10 ms).
+ */
 export const HISTORY_BATCHES_PER_READ = 256;
+/**
+ * Bytes of batches (body and signature) one replay step sends at most, whatever their
+ * count; a step sends at least one batch, so a replay always moves on. Each batch is
+ * hashed once for its frame's MAC and copied when written, so this bounds a step of large
+ * batches as the count bounds one of small ones: 1 MiB is 0.6 ms of SHA-256 on a 2-core
+ * test machine, and an eighth of a connection's CLIENT_OUTBOUND_BYTES_MAX.
+ */
+export const HISTORY_BYTES_PER_READ = 1024 * 1024;
+/**
+ * Open channel subscriptions of one remote address's connections together, whatever their
+ * keys (a key costs nothing to make): 16 a connection over the 256 connections an address
+ * may open (CLIENT_CONNECTIONS_PER_ADDRESS_MAX), or 16 connections at the default
+ * connection_subscriptions_max (256). Each live subscription costs a frame per publish of
+ * its channel, so without it one address held 256 x 256 = 65,536 subscriptions to one
+ * public channel and each publish of one event cost tens of milliseconds of fan-out and
+ * over 100 of sealing and writing; now that takes 16 addresses, as filling the output
+ * budget does (CLIENT_OUTPUT_BYTES_PER_ADDRESS_MAX, a sixteenth). Loopback is one address
+ * like any other, as for the connection caps (server.ts): a replica host's relay (one
+ * connection of at most connection_subscriptions_max), `fitb bench --subscribers 100` and
+ * a console fit many times over. A cluster whose connection_subscriptions_max is above it
+ * gets that instead, so one connection may still hold what the file allows.
+ */
+export const SUBSCRIPTIONS_PER_ADDRESS_MAX = 4_096;
+/**
+ * Open channel subscriptions at this replica in all: 16 a connection over the
+ * CLIENT_CONNECTIONS_MAX (4,096) connections it serves, the same average the per-address
+ * cap allows (16 addresses at that cap); system subscriptions have their own
+ * (SYS_SUBSCRIPTIONS_MAX, one a connection). It bounds the memory of subscriptions and the
+ * fan-out of one publish however many addresses ask.
+ */
+export const SUBSCRIPTIONS_MAX = 65_536;
 /**
  * A total-order channel's first seq (its log starts there, core/channels/channel.ts): a
  * `from` below it asks for no event that ever was, so it asks for everything retained.
@@ -41,6 +86,14 @@ interface Subscription {
   readonly urgency: number;
   /** Its live batches may share one EVENTS frame with the connection's other such subscriptions of the channel. */
   readonly shared: boolean;
+  /** The next seq its history replay sends while it catches up (live fan-out skips it); null once live. */
+  replayFrom: number | null;
+}
+
+/** What a replay step may still send: decremented by each batch sent. */
+interface ReplayBudget {
+  batches: number;
+  bytes: number;
 }
 
 /** How the subscriptions see execution: read-your-writes (execution-gate.ts). */
@@ -68,6 +121,14 @@ export class Subscriptions {
    * its id is in use meanwhile. Bounded by what the execution view holds (256 a session).
    */
   private readonly held = new Map<number, Map<number, HeldSubscribe>>();
+  /** Open subscriptions per remote address, and in all, for their caps. An address leaves the map at zero. */
+  private readonly byAddress = new Map<string, number>();
+  private open = 0;
+  /** Subscriptions still replaying history, in the order of their next catch-up step (round robin). */
+  private readonly catchingUp = new Set<Subscription>();
+  /** The pending catch-up turn; null when none is catching up. */
+  private catchUpTimer: ReturnType<typeof setImmediate> | null = null;
+  private readonly perAddressMax: number;
 
   constructor(
     private readonly self: number,
@@ -79,12 +140,34 @@ export class Subscriptions {
     private readonly audit: AuditLog | null = null,
     /** A key's quota of open subscriptions at this replica (set-quota), or null: none. */
     private readonly keyQuota: (keyHex: string) => number | null = () => null,
-  ) {}
+  ) {
+    this.perAddressMax = Math.max(SUBSCRIPTIONS_PER_ADDRESS_MAX, perConnectionMax);
+  }
 
   get count(): number {
-    let total = 0;
-    for (const subs of this.bySession.values()) total += subs.size;
-    return total;
+    return this.open;
+  }
+
+  /** Subscriptions still replaying history (live fan-out skips them until they catch up). */
+  get replaying(): number {
+    return this.catchingUp.size;
+  }
+
+  /** Whether `sub` is in use on this session: an open subscription or a held SUBSCRIBE. */
+  has(session: ClientSession, sub: number): boolean {
+    return this.bySession.get(session.id)?.has(sub) === true || this.held.get(session.id)?.has(sub) === true;
+  }
+
+  /**
+   * Refuses a SUBSCRIBE whose id this session's subscription or held SUBSCRIBE has
+   * (BAD_REQUEST, in that subscription's class: it names it, so it keeps its place among
+   * its frames; a held one has sent none yet); false when the id is free here.
+   */
+  refuseDuplicate(session: ClientSession, sub: number): boolean {
+    if (!this.has(session, sub)) return false;
+    const urgency = this.bySession.get(session.id)?.get(sub)?.urgency;
+    this.end(session, sub, "BAD_REQUEST", `subscription id ${sub} is already in use`, undefined, urgency);
+    return true;
   }
 
   /**
@@ -94,17 +177,12 @@ export class Subscriptions {
    * 0 means everything retained. A SUBSCRIBE held for `after` keeps its id until answered.
    */
   subscribe(session: ClientSession, sub: number, tag: string, from: number | undefined, after?: number, shared = false): void {
+    if (this.refuseDuplicate(session, sub)) return;
     const mine = this.bySession.get(session.id) ?? new Map<number, Subscription>();
-    const inUse = mine.get(sub);
-    if (inUse !== undefined || this.held.get(session.id)?.has(sub) === true) {
-      // In the live subscription's class: it names that subscription, so it keeps its place
-      // among its frames (a held one has sent none yet).
-      this.end(session, sub, "BAD_REQUEST", `subscription id ${sub} is already in use`, undefined, inUse?.urgency);
-      return;
-    }
-    if (mine.size >= this.perConnectionMax) {
-      this.end(session, sub, "LIMIT", `at most ${this.perConnectionMax} subscriptions per connection`);
-      this.auditRefusal(session, tag, "LIMIT", `at most ${this.perConnectionMax} subscriptions per connection`);
+    const limit = this.capReached(session, mine.size);
+    if (limit !== null) {
+      this.end(session, sub, "LIMIT", limit);
+      this.auditRefusal(session, tag, "LIMIT", limit);
       return;
     }
     const quota = this.keyQuota(session.keyHex);
@@ -153,7 +231,8 @@ export class Subscriptions {
       );
       return;
     }
-    const subscription: Subscription = { session, sub, tag, ordered, urgency, shared };
+    const replayFrom = start !== null && start < info.nextSeq ? start : null;
+    const subscription: Subscription = { session, sub, tag, ordered, urgency, shared, replayFrom };
     const ok: Frame = { type: FrameType.SUB_OK, body: { sub, replica: this.self, next: info.nextSeq, at: this.execution.executedSeq() } };
     // A SUB_OK the connection has no room for is a frame it cannot take, as an EVENTS would
     // be: the subscription is not opened, and ends as a slow one does.
@@ -161,13 +240,30 @@ export class Subscriptions {
       this.dropSlow(subscription);
       return;
     }
-    if (start !== null && start < info.nextSeq && !this.replayHistory(subscription, start)) return;
     mine.set(sub, subscription);
     this.bySession.set(session.id, mine);
     this.byKey.set(session.keyHex, (this.byKey.get(session.keyHex) ?? 0) + 1);
+    this.byAddress.set(session.conn.remote, (this.byAddress.get(session.conn.remote) ?? 0) + 1);
+    this.open++;
     const tagSubs = this.byTag.get(tag) ?? new Map<string, Subscription>();
     tagSubs.set(`${session.id}/${sub}`, subscription);
     this.byTag.set(tag, tagSubs);
+    if (replayFrom === null) return;
+    // The first step now (a short resume is live at once); the rest in later turns.
+    if (this.replayStep(subscription, { batches: HISTORY_BATCHES_PER_READ, bytes: HISTORY_BYTES_PER_READ })) {
+      this.catchingUp.add(subscription);
+      this.scheduleCatchUp();
+    }
+  }
+
+  /** Why a new subscription of this session would be over a cap (per connection, per address, in all), or null. */
+  private capReached(session: ClientSession, onConnection: number): string | null {
+    if (onConnection >= this.perConnectionMax) return `at most ${this.perConnectionMax} subscriptions per connection`;
+    if ((this.byAddress.get(session.conn.remote) ?? 0) >= this.perAddressMax) {
+      return `at most ${this.perAddressMax} subscriptions per remote address (${session.conn.remote})`;
+    }
+    if (this.open >= SUBSCRIPTIONS_MAX) return `at most ${SUBSCRIPTIONS_MAX} subscriptions at this replica`;
+    return null;
   }
 
   unsubscribe(session: ClientSession, sub: number): void {
@@ -217,6 +313,8 @@ export class Subscriptions {
     const tail = eventsTail(tag, this.self);
     let together: Map<number, Subscription[]> | null = null;
     for (const subscription of [...subs.values()]) {
+      // Still replaying: its replay reads on through this batch (stored before this call).
+      if (subscription.replayFrom !== null) continue;
       if (!subscription.shared) {
         this.deliver(subscription, batch, cells, shared, tail);
         continue;
@@ -306,29 +404,76 @@ export class Subscriptions {
     this.bySession.clear();
     this.byTag.clear();
     this.byKey.clear();
+    this.byAddress.clear();
+    this.open = 0;
     this.held.clear();
+    this.catchingUp.clear();
+    this.cancelCatchUp();
   }
 
-  private replayHistory(subscription: Subscription, from: number): boolean {
-    let next = from;
-    for (;;) {
-      const read = this.machine.readFrom(subscription.tag, next, HISTORY_BATCHES_PER_READ);
-      if (!read.ok) {
-        const oldest = read.code === "trimmed" ? read.oldestSeq : undefined;
-        const code: SubEndCode = read.code === "trimmed" ? "TRIMMED" : "UNKNOWN_CHANNEL";
-        const body = { sub: subscription.sub, replica: this.self, code, reason: read.reason, ...(oldest === undefined ? {} : { oldest }) };
-        this.send(subscription.session, { type: FrameType.SUB_END, body }, subscription.urgency);
-        return false;
-      }
-      if (read.batches.length === 0) return true;
-      const tail = eventsTail(subscription.tag, this.self);
-      const cells = this.channels?.of(subscription.tag) ?? null;
-      for (const batch of read.batches) {
-        if (!this.deliver(subscription, batch, cells, this.sharedPayload(batch, subscription.ordered), tail)) return false;
-        next = batch.firstSeq + batch.count;
-      }
-      if (next >= read.nextSeq) return true;
+  /**
+   * Sends a catching-up subscription's history from `replayFrom`, within `budget`. Once it
+   * has sent up to the channel's next seq it is live (replayFrom null), in this same
+   * synchronous step: every later batch reaches it by publish, every earlier one was read
+   * here. True while it still has history to send; false once live or ended (a frame
+   * that did not fit: SLOW; the history it needs trimmed meanwhile: TRIMMED).
+   */
+  private replayStep(subscription: Subscription, budget: ReplayBudget): boolean {
+    const from = subscription.replayFrom as number;
+    const read = this.machine.readFrom(subscription.tag, from, Math.min(budget.batches, HISTORY_BATCHES_PER_READ));
+    if (!read.ok) {
+      this.remove(subscription);
+      const oldest = read.code === "trimmed" ? read.oldestSeq : undefined;
+      const code: SubEndCode = read.code === "trimmed" ? "TRIMMED" : "UNKNOWN_CHANNEL";
+      const body = { sub: subscription.sub, replica: this.self, code, reason: read.reason, ...(oldest === undefined ? {} : { oldest }) };
+      this.send(subscription.session, { type: FrameType.SUB_END, body }, subscription.urgency);
+      return false;
     }
+    const tail = eventsTail(subscription.tag, this.self);
+    const cells = this.channels?.of(subscription.tag) ?? null;
+    let next = from;
+    for (const batch of read.batches) {
+      if (budget.batches <= 0 || budget.bytes <= 0) break;
+      if (!this.deliver(subscription, batch, cells, this.sharedPayload(batch, subscription.ordered), tail)) return false;
+      budget.batches--;
+      budget.bytes -= batch.body.length + batch.sig.length;
+      next = batch.firstSeq + batch.count;
+    }
+    // An empty read is the end of the log too (nothing at or past `from`).
+    if (read.batches.length === 0 || next >= read.nextSeq) {
+      subscription.replayFrom = null;
+      return false;
+    }
+    subscription.replayFrom = next;
+    return true;
+  }
+
+  private scheduleCatchUp(): void {
+    if (this.catchUpTimer !== null || this.catchingUp.size === 0) return;
+    this.catchUpTimer = setImmediate(() => this.catchUpTurn());
+  }
+
+  private cancelCatchUp(): void {
+    if (this.catchUpTimer !== null) clearImmediate(this.catchUpTimer);
+    this.catchUpTimer = null;
+  }
+
+  /**
+   * One catch-up turn: one step's budget for every subscription catching up together, each
+   * taking a step in turn (the one at the front, then to the back of the line if it still
+   * has history to send); then the loop gets a turn (peers, other clients) before the next.
+   */
+  private catchUpTurn(): void {
+    this.catchUpTimer = null;
+    const budget: ReplayBudget = { batches: HISTORY_BATCHES_PER_READ, bytes: HISTORY_BYTES_PER_READ };
+    while (budget.batches > 0 && budget.bytes > 0) {
+      const front = this.catchingUp.values().next();
+      if (front.done === true) break;
+      const subscription = front.value;
+      this.catchingUp.delete(subscription);
+      if (this.replayStep(subscription, budget)) this.catchingUp.add(subscription);
+    }
+    this.scheduleCatchUp();
   }
 
   /** The part of a batch's EVENTS payload every subscriber shares, with its hash state. */
@@ -398,17 +543,19 @@ export class Subscriptions {
     }
   }
 
+  /** Forgets an open subscription (nothing if `subscription` is not the one open under its id), its catch-up included. */
   private remove(subscription: Subscription): void {
-    if (this.bySession.get(subscription.session.id)?.delete(subscription.sub) === true) this.forgetKeyOf(subscription.session.keyHex);
+    const mine = this.bySession.get(subscription.session.id);
+    if (mine?.get(subscription.sub) !== subscription) return;
+    mine.delete(subscription.sub);
+    forget(this.byKey, subscription.session.keyHex);
+    forget(this.byAddress, subscription.session.conn.remote);
+    this.open--;
     const tagSubs = this.byTag.get(subscription.tag);
     tagSubs?.delete(`${subscription.session.id}/${subscription.sub}`);
     if (tagSubs !== undefined && tagSubs.size === 0) this.byTag.delete(subscription.tag);
-  }
-
-  private forgetKeyOf(keyHex: string): void {
-    const open = (this.byKey.get(keyHex) ?? 1) - 1;
-    if (open > 0) this.byKey.set(keyHex, open);
-    else this.byKey.delete(keyHex);
+    // Its catch-up stops here; the last one's pending turn is cancelled, not left to run idle.
+    if (this.catchingUp.delete(subscription) && this.catchingUp.size === 0) this.cancelCatchUp();
   }
 
   /**
@@ -423,4 +570,11 @@ export class Subscriptions {
   private send(session: ClientSession, frame: Frame, urgency?: number): boolean {
     return session.conn.send(frame, urgency);
   }
+}
+
+/** Takes one off a count; the entry leaves the map at zero, so the map holds only what is open. */
+function forget(counts: Map<string, number>, key: string): void {
+  const left = (counts.get(key) ?? 1) - 1;
+  if (left > 0) counts.set(key, left);
+  else counts.delete(key);
 }

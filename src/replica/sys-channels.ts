@@ -135,13 +135,14 @@ export class SysChannels {
       this.end(session, sub, "UNKNOWN_CHANNEL", `no system channel ${tag}: $sys.events or $sys.replica.<id> for a member (${ids})`);
       return;
     }
+    if (this.refuseDuplicate(session, sub)) return;
     const mine = this.bySession.get(session.id) ?? new Map<number, SysSubscription>();
-    if (mine.has(sub)) {
-      this.end(session, sub, "BAD_REQUEST", `subscription id ${sub} is already in use`);
+    if (mine.size >= SYS_SUBSCRIPTIONS_PER_SESSION_MAX) {
+      this.end(session, sub, "LIMIT", `at most ${SYS_SUBSCRIPTIONS_PER_SESSION_MAX} system subscriptions per connection`);
       return;
     }
-    if (mine.size >= SYS_SUBSCRIPTIONS_PER_SESSION_MAX || this.total >= SYS_SUBSCRIPTIONS_MAX) {
-      this.end(session, sub, "LIMIT", `at most ${SYS_SUBSCRIPTIONS_PER_SESSION_MAX} system subscriptions per connection`);
+    if (this.total >= SYS_SUBSCRIPTIONS_MAX) {
+      this.end(session, sub, "LIMIT", `at most ${SYS_SUBSCRIPTIONS_MAX} system subscriptions at this replica`);
       return;
     }
     const subscription: SysSubscription = { session, sub, tag };
@@ -159,6 +160,18 @@ export class SysChannels {
     this.total++;
     // A new subscriber of this replica's health gets the latest report at once.
     if (tag === this.ownTag && this.lastHealth !== null) this.deliver(subscription, this.lastHealth);
+  }
+
+  /** Whether `sub` is the id of a system subscription of this session. */
+  has(session: ClientSession, sub: number): boolean {
+    return this.bySession.get(session.id)?.has(sub) === true;
+  }
+
+  /** Refuses a SUBSCRIBE whose id a system subscription of this session has (BAD_REQUEST); false when the id is free here. */
+  refuseDuplicate(session: ClientSession, sub: number): boolean {
+    if (!this.has(session, sub)) return false;
+    this.end(session, sub, "BAD_REQUEST", `subscription id ${sub} is already in use`);
+    return true;
   }
 
   /** True when `sub` was a system subscription of this session (then it is ended). */
