@@ -21,7 +21,14 @@ import { sign, verify } from "../../src/crypto/ed25519.ts";
 import { sha256 } from "../../src/crypto/hash.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { urgencyOfSpace, VerifiedRequests } from "../../src/replica/requests.ts";
-import { type CoreHost, compacted, InlineCoreHost, THREAD_STEPS_IN_FLIGHT_MAX, ThreadCoreHost } from "../../src/replica/ordering-host.ts";
+import {
+  type CoreHost,
+  compacted,
+  InlineCoreHost,
+  THREAD_STEPS_IN_FLIGHT_MAX,
+  ThreadCoreHost,
+  type ThreadCoreHostOptions,
+} from "../../src/replica/ordering-host.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { TestClient } from "./storage-fixtures.ts";
 
@@ -53,7 +60,11 @@ afterEach(() => {
   for (const host of hosts.splice(0)) host.stop();
 });
 
-function threadHost(onFailure: (reason: string) => void = () => {}): ThreadCoreHost {
+/** `more`: the host's other options (a thread that misbehaves, its deadline, onDropped). */
+function threadHost(
+  onFailure: (reason: string) => void = () => {},
+  more: Pick<ThreadCoreHostOptions, "answerDeadlineMs" | "workerEntry" | "onDropped"> = {},
+): ThreadCoreHost {
   const { crypto, policy } = mainCrypto();
   const host = new ThreadCoreHost({
     initial: new OrderingCore(cfg, crypto, [], policy),
@@ -65,6 +76,7 @@ function threadHost(onFailure: (reason: string) => void = () => {}): ThreadCoreH
     crypto,
     policy,
     onFailure,
+    ...more,
   });
   hosts.push(host);
   return host;
@@ -165,23 +177,12 @@ describe("the ordering core on its own thread", () => {
 
   test("a thread that stops answering stops its host, with the reason, once a step waited past the bound", async () => {
     let reason = "";
-    const { crypto, policy } = mainCrypto();
-    const host = new ThreadCoreHost({
-      initial: new OrderingCore(cfg, crypto, [], policy),
-      cfg,
-      restored: [],
-      seed: (keys[0] as SigningKey).exportSeed(),
-      keys: publicKeys,
-      priorities: [[TAG, "normal"]],
-      crypto,
-      policy,
-      onFailure: (why) => {
+    const host = threadHost(
+      (why) => {
         reason = why;
       },
-      answerDeadlineMs: HUNG_DEADLINE_MS,
-      workerEntry: HUNG_THREAD,
-    });
-    hosts.push(host);
+      { answerDeadlineMs: HUNG_DEADLINE_MS, workerEntry: HUNG_THREAD },
+    );
     host.step({ kind: "tick", nowMs: 1_800_000_000_000 }, () => {
       throw new Error("a thread that answers nothing answered a step");
     });
@@ -191,21 +192,7 @@ describe("the ordering core on its own thread", () => {
 
   test("past THREAD_STEPS_IN_FLIGHT_MAX unanswered steps a request or peer message is not handed over, and step says so", () => {
     let dropped = 0;
-    const { crypto, policy } = mainCrypto();
-    const host = new ThreadCoreHost({
-      initial: new OrderingCore(cfg, crypto, [], policy),
-      cfg,
-      restored: [],
-      seed: (keys[0] as SigningKey).exportSeed(),
-      keys: publicKeys,
-      priorities: [[TAG, "normal"]],
-      crypto,
-      policy,
-      onFailure: () => {},
-      onDropped: () => dropped++,
-      workerEntry: HUNG_THREAD,
-    });
-    hosts.push(host);
+    const host = threadHost(() => {}, { onDropped: () => dropped++, workerEntry: HUNG_THREAD });
     const never = (): void => {
       throw new Error("a thread that answers nothing answered a step");
     };

@@ -8,14 +8,11 @@ import { describe, expect, test } from "bun:test";
 import { sha256 } from "@noble/hashes/sha2.js";
 import { ChannelMachine, type ChannelsConfig } from "../../src/core/channels/index.ts";
 import type { StoredBatch } from "../../src/core/channels/types.ts";
-import { toHex } from "../../src/crypto/encoding.ts";
-import type { SharedPayloadPrefix } from "../../src/crypto/session.ts";
-import type { FramedConn } from "../../src/replica/framed.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
-import type { ClientSession } from "../../src/replica/server.ts";
 import { Subscriptions } from "../../src/replica/subscriptions.ts";
-import { decodeFrameBody, encodeRequestBody, type Frame } from "../../wire/schemas.ts";
+import { encodeRequestBody, type Frame } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
+import { recordingSession } from "./recording-session.ts";
 
 const CONFIG: ChannelsConfig = {
   channelsMax: 4,
@@ -24,25 +21,6 @@ const CONFIG: ChannelsConfig = {
   requestEventsMax: 4,
   retention: { events: 10, bytes: 5000, ageMs: 1000 },
 };
-
-function session(id: number, frames: Frame[]): ClientSession {
-  const key = new Uint8Array(32).fill(id);
-  const conn = {
-    send: (frame: Frame) => {
-      frames.push(frame);
-      return true;
-    },
-    // EVENTS come as a shared prefix and a rest (wire/hot.ts): decoded back, so the test sees what a client would.
-    sendShared: (type: number, shared: SharedPayloadPrefix, rest: Uint8Array) => {
-      const decoded = decodeFrameBody(type, Uint8Array.from(Buffer.concat([...shared.parts, rest])));
-      if (!decoded.ok) throw new Error(decoded.error.reason);
-      frames.push(decoded.frame);
-      return true;
-    },
-    close() {},
-  } as unknown as FramedConn;
-  return { conn, key, keyHex: toHex(key), id, version: 4 };
-}
 
 describe("after a snapshot install", () => {
   test("every live subscription is ended as SLOW (resubscribe from the next wanted seq) and gets nothing more", () => {
@@ -55,7 +33,7 @@ describe("after a snapshot install", () => {
     }
     const subs = new Subscriptions(2, machine, new Metrics(), 16);
     const frames: Frame[] = [];
-    const s = session(7, frames);
+    const s = recordingSession(7, frames);
     subs.subscribe(s, 1, "sec.alerts", undefined);
     subs.subscribe(s, 2, "net.links", undefined);
     expect(subs.count).toBe(2);
@@ -121,8 +99,8 @@ describe("private channels (README, Security model)", () => {
     publishOrdered(machine, subs, "sec.alerts");
     const registeredFrames: Frame[] = [];
     const strangerFrames: Frame[] = [];
-    const registered = session(REGISTERED, registeredFrames);
-    const stranger = session(STRANGER, strangerFrames);
+    const registered = recordingSession(REGISTERED, registeredFrames);
+    const stranger = recordingSession(STRANGER, strangerFrames);
     subs.subscribe(stranger, 1, "sec.alerts", undefined);
     subs.subscribe(stranger, 2, "sec.alerts", 1);
     subs.subscribe(stranger, 3, "net.links", undefined);
@@ -155,7 +133,7 @@ describe("private channels (README, Security model)", () => {
     const machine = privateChannels();
     const subs = new Subscriptions(0, machine, new Metrics(), 16);
     const frames: Frame[] = [];
-    const registered = session(REGISTERED, frames);
+    const registered = recordingSession(REGISTERED, frames);
     subs.subscribe(registered, 1, "sec.alerts", undefined);
     expect(machine.applyAdmin({ t: "destroy-channel", tag: "sec.alerts" }).ok).toBe(true);
     subs.channelDestroyed("sec.alerts");

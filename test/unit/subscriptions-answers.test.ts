@@ -10,15 +10,14 @@ import { ChannelMachine, type ChannelsConfig } from "../../src/core/channels/ind
 import type { StoredBatch } from "../../src/core/channels/types.ts";
 import { toHex } from "../../src/crypto/encoding.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
-import type { SharedPayloadPrefix } from "../../src/crypto/session.ts";
 import { ExecutionGate } from "../../src/replica/execution-gate.ts";
-import type { FramedConn } from "../../src/replica/framed.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import type { ClientSession } from "../../src/replica/server.ts";
 import { Subscriptions } from "../../src/replica/subscriptions.ts";
 import { SysChannels } from "../../src/replica/sys-channels.ts";
-import { decodeFrameBody, encodeRequestBody, type Frame } from "../../wire/schemas.ts";
+import { encodeRequestBody, type Frame } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
+import { recordingSession } from "./recording-session.ts";
 import { type Wire, wire } from "./sealed-wire.ts";
 
 const CONFIG: ChannelsConfig = {
@@ -56,25 +55,6 @@ function publish(machine: ChannelMachine, subs: Subscriptions | null, tag: strin
     expect(out.stored).not.toBeNull();
     subs?.publish(tag, out.stored as StoredBatch, true);
   }
-}
-
-/** A session whose connection takes every frame and records it, decoded as the client sees it. */
-function session(id: number, frames: Frame[]): ClientSession {
-  const key = new Uint8Array(32).fill(id);
-  const conn = {
-    send: (frame: Frame) => {
-      frames.push(frame);
-      return true;
-    },
-    sendShared: (type: number, shared: SharedPayloadPrefix, rest: Uint8Array) => {
-      const decoded = decodeFrameBody(type, Uint8Array.from(Buffer.concat([...shared.parts, rest])));
-      if (!decoded.ok) throw new Error(decoded.error.reason);
-      frames.push(decoded.frame);
-      return true;
-    },
-    close() {},
-  } as unknown as FramedConn;
-  return { conn, key, keyHex: toHex(key), id, version: 4 };
 }
 
 /** Each frame as SUB_OK / its SUB_END code / EVENTS seq, with its sub. */
@@ -127,7 +107,7 @@ describe("from 0 on a total-order channel (channel seqs start at 1)", () => {
     const machine = machineWith("net.links");
     const subs = new Subscriptions(0, machine, new Metrics(), 16);
     const frames: Frame[] = [];
-    const s = session(1, frames);
+    const s = recordingSession(1, frames);
     subs.subscribe(s, 1, "net.links", 0);
     publish(machine, null, "net.links", 2);
     subs.subscribe(s, 2, "net.links", 0);
@@ -142,7 +122,7 @@ describe("from 0 on a total-order channel (channel seqs start at 1)", () => {
     expect(oldest).toBeGreaterThan(1);
     const subs = new Subscriptions(0, machine, new Metrics(), 16);
     const frames: Frame[] = [];
-    subs.subscribe(session(1, frames), 1, "net.links", 0);
+    subs.subscribe(recordingSession(1, frames), 1, "net.links", 0);
     expect(summary(frames)).toEqual([`1 TRIMMED oldest=${oldest}`]);
     expect(subs.count).toBe(0);
   });
@@ -168,7 +148,7 @@ describe("a SUBSCRIBE held for read-your-writes (after)", () => {
       hold: (session, after, retry) => gate.hold(session.id, after, executed, Date.now(), retry),
     });
     const frames: Frame[] = [];
-    const conn = session(0, frames).conn;
+    const conn = recordingSession(0, frames).conn;
     const s: ClientSession = { conn, key: SUBSCRIBER, keyHex: toHex(SUBSCRIBER), id: 1, version: 4 };
     const execute = (): void => {
       expect(machine.applyAdmin({ t: "register", tag: "sec.alerts", role: "subscriber", key: SUBSCRIBER }).ok).toBe(true);
