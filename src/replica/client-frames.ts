@@ -10,11 +10,7 @@
  *   for all connections together, a connection that sends more while it holds more than a
  *   sixteenth of queueBytesMax is paused too (so all together hold at most totalBytesMax
  *   plus a sixteenth of queueBytesMax per connection), resumed once it holds half that:
- *   those that hold little, as a correct client's queue does between turns, go on. The
- *   memory a connection's decoder holds for a frame still arriving (`reserve`) counts
- *   toward that total and that sixteenth too: many connections each sending part of a
- *   large frame and then a byte now and then would otherwise hold gigabytes no queue
- *   counts. Such a connection is resumed once the total is under half its bound.
+ *   those that hold little, as a correct client's queue does between turns, go on.
  * - A drain turn first lets the peer inbox take a turn (`peersFirst`, peer-inbox.ts), then
  *   takes one frame of each connection in turn (round robin), at most CLIENT_TURN_FRAMES_MAX
  *   frames or CLIENT_TURN_MS, then yields to the event loop (timers, peer reads, commits)
@@ -77,8 +73,6 @@ interface Queue<F> {
   readonly sizes: number[];
   head: number;
   bytes: number;
-  /** What the connection's decoder holds for a frame still arriving (reserve). */
-  reserved: number;
   backpressured: boolean;
   /** Waiting for the owner's resume (not in the ready set). */
   parked: boolean;
@@ -97,8 +91,6 @@ export class ClientFrames<C extends ScheduledConn, F> {
   /** What a connection may hold while the total is over totalBytesMax. */
   private readonly shareBytesMax: number;
   private totalBytes = 0;
-  /** Bytes the connections' decoders hold for frames still arriving, all together (reserve). */
-  private reservedTotal = 0;
   /** Connections that sent an urgent request lately, and until when they go first (performance.now ms). */
   private readonly urgent = new Map<C, number>();
 
@@ -111,7 +103,11 @@ export class ClientFrames<C extends ScheduledConn, F> {
   /** Frames read from `conn`, in order, with each one's payload size. */
   push(conn: C, frames: readonly F[], sizeOf: (frame: F) => number): void {
     if (this.stopped || conn.isClosed || frames.length === 0) return;
-    const q = this.queueOf(conn);
+    let q = this.queues.get(conn);
+    if (q === undefined) {
+      q = { frames: [], sizes: [], head: 0, bytes: 0, backpressured: false, parked: false };
+      this.queues.set(conn, q);
+    }
     for (const frame of frames) {
       const size = sizeOf(frame) + CLIENT_FRAME_OVERHEAD_BYTES;
       q.frames.push(frame);
@@ -119,43 +115,15 @@ export class ClientFrames<C extends ScheduledConn, F> {
       q.bytes += size;
       this.totalBytes += size;
     }
-    this.pauseIfOver(conn, q);
+    const over = q.bytes > this.queueBytesMax || (this.totalBytes > this.totalBytesMax && q.bytes > this.shareBytesMax);
+    if (over && !q.backpressured) {
+      q.backpressured = true;
+      this.blocked.add(conn);
+      conn.setBackpressure(true);
+      this.options.onBackpressure?.(conn);
+    }
     if (!q.parked) this.ready.add(conn);
     this.schedule();
-  }
-
-  /**
-   * After a read of `conn`: its decoder now holds `bytes` for a frame still arriving (0
-   * when none is). Counted toward the total and the connection's share while the total is
-   * over its bound, so that partly sent frames cannot hold memory no queue counts.
-   */
-  reserve(conn: C, bytes: number): void {
-    if (this.stopped || conn.isClosed) return;
-    const q = bytes === 0 ? this.queues.get(conn) : this.queueOf(conn);
-    if (q === undefined || q.reserved === bytes) return;
-    this.reservedTotal += bytes - q.reserved;
-    q.reserved = bytes;
-    this.pauseIfOver(conn, q);
-  }
-
-  private queueOf(conn: C): Queue<F> {
-    let q = this.queues.get(conn);
-    if (q === undefined) {
-      q = { frames: [], sizes: [], head: 0, bytes: 0, reserved: 0, backpressured: false, parked: false };
-      this.queues.set(conn, q);
-    }
-    return q;
-  }
-
-  private pauseIfOver(conn: C, q: Queue<F>): void {
-    const over =
-      q.bytes > this.queueBytesMax ||
-      (this.totalBytes + this.reservedTotal > this.totalBytesMax && q.bytes + q.reserved > this.shareBytesMax);
-    if (!over || q.backpressured) return;
-    q.backpressured = true;
-    this.blocked.add(conn);
-    conn.setBackpressure(true);
-    this.options.onBackpressure?.(conn);
   }
 
   /** `conn` sent an urgent request: its frames go first for URGENT_CONNECTION_MS. */
@@ -173,11 +141,6 @@ export class ClientFrames<C extends ScheduledConn, F> {
     return this.totalBytes;
   }
 
-  /** Bytes the decoders hold for frames still arriving, all connections together (tests). */
-  get reservedBytesTotal(): number {
-    return this.reservedTotal;
-  }
-
   /** Frames waiting, all connections together (tests, status). */
   get queuedFrames(): number {
     let n = 0;
@@ -188,10 +151,7 @@ export class ClientFrames<C extends ScheduledConn, F> {
   /** The connection closed: what it had queued is dropped. */
   forget(conn: C): void {
     const q = this.queues.get(conn);
-    if (q !== undefined) {
-      this.totalBytes -= q.bytes;
-      this.reservedTotal -= q.reserved;
-    }
+    if (q !== undefined) this.totalBytes -= q.bytes;
     this.queues.delete(conn);
     this.ready.delete(conn);
     this.blocked.delete(conn);
@@ -206,21 +166,15 @@ export class ClientFrames<C extends ScheduledConn, F> {
     this.blocked.clear();
     this.urgent.clear();
     this.totalBytes = 0;
-    this.reservedTotal = 0;
   }
 
-  /**
-   * Resumes the reads of paused connections down to half their bound, or, while the total
-   * (frames still arriving included) is over half its own, those down to half their share
-   * of it, what their decoder holds included.
-   */
+  /** Resumes the reads of paused connections down to half their bound (half their share while the total is over half its own). */
   private release(): void {
     if (this.blocked.size === 0) return;
-    const pressed = this.totalBytes + this.reservedTotal > this.totalBytesMax / 2;
+    const bound = this.totalBytes > this.totalBytesMax / 2 ? this.shareBytesMax / 2 : this.queueBytesMax / 2;
     for (const conn of this.blocked) {
       const q = this.queues.get(conn);
-      const held = q === undefined ? 0 : pressed ? q.bytes + q.reserved : q.bytes;
-      if (held > (pressed ? this.shareBytesMax / 2 : this.queueBytesMax / 2)) continue;
+      if (q !== undefined && q.bytes > bound) continue;
       this.blocked.delete(conn);
       if (q !== undefined) q.backpressured = false;
       conn.setBackpressure(false);

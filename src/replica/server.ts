@@ -634,11 +634,7 @@ export class ReplicaServer {
    * schedules them, peer-inbox.ts).
    */
   private onFramesRead(conn: FramedConn, state: ConnState, results: DecodeResult[]): void {
-    if (state.phase === "client") {
-      // What the decoder holds of a frame still arriving counts too (client-frames.ts reserve).
-      this.clientFrames.reserve(conn, conn.decoder.reservedBytes);
-      return this.clientFrames.push(conn, results, resultBytes);
-    }
+    if (state.phase === "client") return this.clientFrames.push(conn, results, resultBytes);
     // Bun may hand over bytes read before a pause: they wait behind what is held.
     if (conn.readPaused || conn.holding) conn.holdUntilResumed(() => this.onFrames(conn, results));
     else this.onFrames(conn, results);

@@ -166,34 +166,6 @@ describe("client frames scheduler", () => {
     expect(h.frames.queuedBytesTotal).toBeLessThanOrEqual(50_000);
   });
 
-  test("what decoders hold of frames still arriving counts toward the total: past it such a connection is paused, and resumed once the pressure is gone", () => {
-    // Shares of 10,000 bytes, 100,000 in all; nothing is queued, every connection is mid-frame.
-    const h = harness({ queueBytesMax: 160_000, totalBytesMax: 100_000 });
-    const conns = range(20).map((i) => new Conn(i));
-    for (const conn of conns) h.frames.reserve(conn, 11_000);
-    expect(h.frames.reservedBytesTotal).toBe(220_000);
-    // From the tenth on the total is over 100,000: those are paused, as queued bytes would be.
-    expect(conns.filter((conn) => conn.backpressured).map((conn) => conn.id)).toEqual(range(11, 9));
-    // One that holds little is not.
-    const small = new Conn(99);
-    h.frames.reserve(small, 1_000);
-    expect(small.backpressured).toBe(false);
-    // The connections that were not paused finish their frames (their decoders hold none)
-    // or close: the paused ones are resumed at the next turn.
-    for (const conn of conns.slice(0, 9)) {
-      h.frames.reserve(conn, 0);
-      h.frames.push(conn, [1], () => 100);
-    }
-    for (const conn of conns.slice(9, 18)) {
-      conn.isClosed = true;
-      h.frames.forget(conn);
-    }
-    h.clientTurn();
-    // Under half the total now: the two left mid-frame read on.
-    expect(h.frames.reservedBytesTotal).toBe(2 * 11_000 + 1_000);
-    expect(conns.slice(18).every((conn) => !conn.backpressured)).toBe(true);
-  });
-
   test("a connection its owner paused is not worked on until resumed, then goes on in order", () => {
     const h = harness();
     const conn = new Conn(1);

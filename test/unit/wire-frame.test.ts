@@ -201,10 +201,10 @@ describe("FrameDecoder: memory follows the bytes that arrived", () => {
     const decoder = new FrameDecoder({ frameBytesMax: 4 * 1024 * 1024 });
     const header = new Uint8Array([0x00, 0x40, 0x00, 0x00]); // 4 MiB declared
     expect(decoder.push(header)).toEqual([]);
-    expect(decoder.reservedBytes).toBeLessThanOrEqual(64 * 1024);
+    expect(decoder.reservedBytes).toBeLessThanOrEqual(16 * 1024);
   });
 
-  test("a large frame in small pieces grows at most to four times what arrived, and decodes whole", () => {
+  test("a large frame in small pieces grows at most to twice what arrived, and decodes whole", () => {
     const payload = new Uint8Array(1_000_000).map((_, i) => i % 251);
     const frame = encodeFrame(0x01, payload);
     const decoder = new FrameDecoder();
@@ -212,7 +212,7 @@ describe("FrameDecoder: memory follows the bytes that arrived", () => {
     for (let at = 0; at < frame.length; at += 4_096) {
       results.push(...decoder.push(frame.subarray(at, at + 4_096)));
       const arrived = Math.min(at + 4_096, frame.length) - 4;
-      if (decoder.reservedBytes > 0) expect(decoder.reservedBytes).toBeLessThanOrEqual(Math.max(64 * 1024, 4 * arrived));
+      if (decoder.reservedBytes > 0) expect(decoder.reservedBytes).toBeLessThanOrEqual(Math.max(16 * 1024, 2 * arrived));
     }
     expect(results.length).toBe(1);
     const only = results[0];
