@@ -262,7 +262,9 @@ export class ThreadCoreHost implements CoreHost {
     this.watch = new AnswerWatch({
       deadlineMs,
       onOverdue: (waitedMs) =>
-        this.fail(`the ordering thread left a step unanswered for ${(waitedMs / 1000).toFixed(1)} s (the bound is ${deadlineMs / 1000} s)`),
+        this.fail(
+          `the ordering thread answered nothing for ${(waitedMs / 1000).toFixed(1)} s with a step in hand (the bound is ${deadlineMs / 1000} s)`,
+        ),
     });
     this.worker = new Worker(options.workerEntry ?? workerEntry("replica/ordering-worker.ts"));
     this.worker.onmessage = (event: MessageEvent<readonly HostAnswer[]>) => this.onAnswers(event.data);

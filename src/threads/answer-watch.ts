@@ -4,11 +4,13 @@
  * loop, a deadlock in native code) fires neither: without this, every request waiting on
  * it would wait for good while systemd sees a running process and never restarts it.
  *
- * The owner tells the watch what it sent (`sent`, by the message's id) and what came back
- * (`answered`); a timer looks at the oldest unanswered message, and once it has waited
- * longer than the deadline, `onOverdue` runs once and the watch stops. The deadline is far
- * above any honest answer (a batch is at most a few thousand signature checks, or one
- * turn's steps of the ordering core): a thread that late is as good as gone.
+ * The owner tells the watch what it sent to one thread (`sent`, by the message's id) and
+ * what came back (`answered`); a timer looks at the oldest unanswered message, and once
+ * the thread has left it unanswered and answered nothing else for longer than the
+ * deadline, `onOverdue` runs once and the watch stops. A thread that answers, however far
+ * behind, is working; one silent that long with work in hand is as good as gone (the
+ * deadline is far above any honest message: a batch is at most a few thousand signature
+ * checks, a step one input of the ordering core).
  *
  * An answer can only be taken while the owner's event loop runs. When the timer itself
  * fires late (the loop was busy for a long synchronous task, or the host starved the
@@ -26,7 +28,7 @@ const LOOP_HELD_MS = 500;
 export interface AnswerWatchOptions {
   /** How long an unanswered message may wait (THREAD_ANSWER_MS_MAX in a replica). */
   readonly deadlineMs: number;
-  /** The oldest message has waited `waitedMs`, over the deadline; called once. */
+  /** The thread has been silent `waitedMs` with a message in hand, over the deadline; called once. */
   readonly onOverdue: (waitedMs: number) => void;
 }
 
@@ -38,6 +40,8 @@ export class AnswerWatch {
   private lastLookAt = 0;
   /** Waits count from here at the earliest: the last time the event loop was found held. */
   private restartAt = 0;
+  /** When the thread last answered anything: a thread that answers is behind, not stuck. */
+  private answeredAt = 0;
   private stopped = false;
 
   constructor(private readonly options: AnswerWatchOptions) {
@@ -59,6 +63,7 @@ export class AnswerWatch {
   /** The thread answered message `id`. */
   answered(id: number): void {
     this.sentAt.delete(id);
+    this.answeredAt = performance.now();
   }
 
   /** Messages sent and not answered. */
@@ -83,7 +88,7 @@ export class AnswerWatch {
     }
     const oldest = this.sentAt.values().next();
     if (oldest.done === true) return;
-    const waitedMs = now - Math.max(oldest.value, this.restartAt);
+    const waitedMs = now - Math.max(oldest.value, this.restartAt, this.answeredAt);
     if (waitedMs <= this.options.deadlineMs) return;
     this.stop();
     this.options.onOverdue(waitedMs);

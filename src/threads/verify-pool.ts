@@ -30,7 +30,7 @@
  * `threads: 0` runs every check inline, synchronously (small hosts; the tests compare).
  *
  * A thread that fails (throws, exits, answers its start probe wrong, or leaves a batch
- * unanswered for THREAD_ANSWER_MS_MAX: answer-watch.ts) cannot be trusted to answer: the
+ * unanswered and answering nothing for THREAD_ANSWER_MS_MAX: answer-watch.ts) cannot be trusted to answer: the
  * pool calls `onFailure`, which stops the replica (fatal.ts); systemd restarts it. The probe is answered within moments of the start; requests that arrive
  * before it wait on the threads like any other.
  */
@@ -131,6 +131,8 @@ interface Thread {
   readonly worker: Worker;
   /** Checks sent to this thread and not answered. */
   inHand: number;
+  /** Its batches sent and not answered: silent too long with one in hand, it stops the replica. */
+  readonly watch: AnswerWatch;
 }
 
 /** The default thread count: the cores but one (the event loop's), at least 1, at most 8. */
@@ -149,8 +151,6 @@ export class VerifyPool {
   private bytesInFlight = 0;
   private readonly sent = new Map<number, { thread: Thread; checks: Check[] }>();
   private stopped = false;
-  /** Batches sent and not answered: a thread that answers none for too long stops the replica. */
-  private readonly watch: AnswerWatch;
   /** Checks verified on a thread, and inline (no threads, or the pool was full). */
   verifiedOnThreads = 0;
   verifiedInline = 0;
@@ -163,14 +163,6 @@ export class VerifyPool {
     if (!Number.isInteger(options.threads) || options.threads < 0 || options.threads > THREADS_MAX) {
       throw new RangeError(`threads must be an integer in 0..${THREADS_MAX}, got ${options.threads}`);
     }
-    const deadlineMs = options.answerDeadlineMs ?? THREAD_ANSWER_MS_MAX;
-    this.watch = new AnswerWatch({
-      deadlineMs,
-      onOverdue: (waitedMs) =>
-        this.fail(
-          `a verification thread left a batch of checks unanswered for ${(waitedMs / 1000).toFixed(1)} s (the bound is ${deadlineMs / 1000} s)`,
-        ),
-    });
     for (let i = 0; i < options.threads; i++) this.threads.push(this.startThread(i));
     this.probe();
   }
@@ -258,15 +250,25 @@ export class VerifyPool {
   /** Stops every thread; checks not answered are dropped (the replica is stopping). */
   stop(): void {
     this.stopped = true;
-    this.watch.stop();
-    for (const thread of this.threads) void thread.worker.terminate();
+    for (const thread of this.threads) {
+      thread.watch.stop();
+      void thread.worker.terminate();
+    }
     this.sent.clear();
     this.queued = [];
   }
 
   private startThread(index: number): Thread {
     const worker = new Worker(this.options.workerEntry ?? workerEntry("threads/verify-worker.ts"));
-    const thread: Thread = { worker, inHand: 0 };
+    const deadlineMs = this.options.answerDeadlineMs ?? THREAD_ANSWER_MS_MAX;
+    const watch = new AnswerWatch({
+      deadlineMs,
+      onOverdue: (waitedMs) =>
+        this.fail(
+          `verification thread ${index} answered nothing for ${(waitedMs / 1000).toFixed(1)} s with a batch of checks in hand (the bound is ${deadlineMs / 1000} s)`,
+        ),
+    });
+    const thread: Thread = { worker, inHand: 0, watch };
     worker.onmessage = (event: MessageEvent<VerifyResults>) => this.onResults(event.data);
     worker.onerror = (event) => this.fail(`verification thread ${index} failed: ${event.message}`);
     worker.addEventListener("close", () => this.fail(`verification thread ${index} exited`));
@@ -316,7 +318,7 @@ export class VerifyPool {
     thread.inHand += checks.length;
     this.inFlight += checks.length;
     this.batchesSent++;
-    this.watch.sent(id);
+    thread.watch.sent(id);
     thread.worker.postMessage(batch, [batch.packed]);
   }
 
@@ -324,7 +326,7 @@ export class VerifyPool {
     const sent = this.sent.get(answer.id);
     if (sent === undefined) return;
     this.sent.delete(answer.id);
-    this.watch.answered(answer.id);
+    sent.thread.watch.answered(answer.id);
     sent.thread.inHand -= sent.checks.length;
     this.inFlight -= sent.checks.length;
     for (const check of sent.checks) this.bytesInFlight -= signedLength(check);

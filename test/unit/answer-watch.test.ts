@@ -64,3 +64,31 @@ test("after the owner's loop was held past the deadline, a wait counts only from
   // Without the rule it would be reported at the first look after the hold, at once.
   expect(reportedAt - holdEnded).toBeGreaterThanOrEqual(DEADLINE_MS);
 });
+
+test("a thread that keeps answering, however far behind, is not reported; once it answers nothing past the deadline, it is", async () => {
+  let reportedAt = 0;
+  const w = watch(() => {
+    reportedAt = performance.now();
+  });
+  const started = performance.now();
+  let next = 1;
+  let oldest = 1;
+  let lastAnswerAt = 0;
+  // Sent twice as often as answered, oldest first: each message waits longer than the one before.
+  const sender = setInterval(() => w.sent(next++), 10);
+  const answerer = setInterval(() => {
+    if (oldest >= next) return;
+    w.answered(oldest++);
+    lastAnswerAt = performance.now();
+  }, 20);
+  try {
+    // Three deadlines of answers: by then the oldest message has waited past the deadline.
+    await waitFor("three deadlines of answers", () => reportedAt > 0 || lastAnswerAt - started > 3 * DEADLINE_MS, 20_000);
+    clearInterval(answerer);
+    await waitFor("the report once the thread is silent", () => reportedAt > 0, 20_000);
+  } finally {
+    clearInterval(sender);
+    clearInterval(answerer);
+  }
+  expect(reportedAt - lastAnswerAt).toBeGreaterThanOrEqual(DEADLINE_MS);
+});

@@ -187,7 +187,7 @@ describe("the ordering core on its own thread", () => {
       throw new Error("a thread that answers nothing answered a step");
     });
     await waitFor("the host to report the silent thread", () => reason !== "", 10_000);
-    expect(reason).toMatch(/^the ordering thread left a step unanswered for [\d.]+ s \(the bound is 0.2 s\)$/);
+    expect(reason).toMatch(/^the ordering thread answered nothing for [\d.]+ s with a step in hand \(the bound is 0.2 s\)$/);
   });
 
   test("past THREAD_STEPS_IN_FLIGHT_MAX unanswered steps a request or peer message is not handed over, and step says so", () => {
