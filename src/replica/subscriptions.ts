@@ -15,7 +15,10 @@
  * (HISTORY_BATCHES_PER_READ, HISTORY_BYTES_PER_READ): the first step in its SUBSCRIBE, the
  * rest in later event-loop turns, shared round robin by every subscription still catching
  * up, so one SUBSCRIBE from seq 1 never holds the loop (peers' votes, other clients) for
- * longer than a step. While it catches up, live fan-out skips it: the replay reads on up
+ * longer than a step. Besides its share, each subscription catching up may send at every
+ * turn what its channel published since its last step (work a live subscriber does
+ * anyway): a busy channel never outruns a replay, however many others catch up with it,
+ * so none ends TRIMMED for waiting its turn. While it catches up, live fan-out skips it: the replay reads on up
  * to the channel's next seq, which covers what was published meanwhile, and it goes live
  * in the same synchronous step as that last read, so nothing is sent twice or missed.
  * Subscriptions are capped per connection, per remote address and in all.
@@ -88,6 +91,15 @@ interface Subscription {
   readonly shared: boolean;
   /** The next seq its history replay sends while it catches up (live fan-out skips it); null once live. */
   replayFrom: number | null;
+  /** Its channel's published batches and bytes (Published) at its last replay step. */
+  seenBatches: number;
+  seenBytes: number;
+}
+
+/** Batches and bytes published to a channel with subscribers, ever: what a replay step may send besides its share. */
+interface Published {
+  batches: number;
+  bytes: number;
 }
 
 /** What a replay step may still send: decremented by each batch sent. */
@@ -126,6 +138,8 @@ export class Subscriptions {
   private open = 0;
   /** Subscriptions still replaying history, in the order of their next catch-up step (round robin). */
   private readonly catchingUp = new Set<Subscription>();
+  /** What was published to each channel that has subscribers: a replay step's own allowance. */
+  private readonly published = new Map<string, Published>();
   /** The pending catch-up turn; null when none is catching up. */
   private catchUpTimer: ReturnType<typeof setImmediate> | null = null;
   private readonly perAddressMax: number;
@@ -232,7 +246,18 @@ export class Subscriptions {
       return;
     }
     const replayFrom = start !== null && start < info.nextSeq ? start : null;
-    const subscription: Subscription = { session, sub, tag, ordered, urgency, shared, replayFrom };
+    const published = this.publishedTo(tag);
+    const subscription: Subscription = {
+      session,
+      sub,
+      tag,
+      ordered,
+      urgency,
+      shared,
+      replayFrom,
+      seenBatches: published.batches,
+      seenBytes: published.bytes,
+    };
     const ok: Frame = { type: FrameType.SUB_OK, body: { sub, replica: this.self, next: info.nextSeq, at: this.execution.executedSeq() } };
     // A SUB_OK the connection has no room for is a frame it cannot take, as an EVENTS would
     // be: the subscription is not opened, and ends as a slow one does.
@@ -304,6 +329,9 @@ export class Subscriptions {
     const subs = this.byTag.get(tag);
     if (subs === undefined) return;
     const cells = this.channels?.of(tag) ?? null;
+    const published = this.publishedTo(tag);
+    published.batches++;
+    published.bytes += batch.body.length + batch.sig.length;
     // Once per batch: the publisher's signed time to this fan-out (hosts' clocks are kept
     // within CLIENT_CLOCK_SKEW_MS_MAX, so this is end-to-end latency give or take the skew).
     cells?.deliveryLatency?.observe(Math.max(0, Date.now() - batch.tsMs) / 1000);
@@ -403,6 +431,7 @@ export class Subscriptions {
     }
     this.bySession.clear();
     this.byTag.clear();
+    this.published.clear();
     this.byKey.clear();
     this.byAddress.clear();
     this.open = 0;
@@ -459,21 +488,41 @@ export class Subscriptions {
   }
 
   /**
-   * One catch-up turn: one step's budget for every subscription catching up together, each
-   * taking a step in turn (the one at the front, then to the back of the line if it still
-   * has history to send); then the loop gets a turn (peers, other clients) before the next.
+   * One catch-up turn: one step's budget shared by every subscription catching up, taken in
+   * turn (the one at the front, then to the back of the line if it still has history to
+   * send), and each one's own allowance of what its channel published since its last step;
+   * then the loop gets a turn (peers, other clients) before the next.
    */
   private catchUpTurn(): void {
     this.catchUpTimer = null;
-    const budget: ReplayBudget = { batches: HISTORY_BATCHES_PER_READ, bytes: HISTORY_BYTES_PER_READ };
-    while (budget.batches > 0 && budget.bytes > 0) {
-      const front = this.catchingUp.values().next();
-      if (front.done === true) break;
-      const subscription = front.value;
+    const share: ReplayBudget = { batches: HISTORY_BATCHES_PER_READ, bytes: HISTORY_BYTES_PER_READ };
+    for (const subscription of [...this.catchingUp]) {
+      // Ended by an earlier one's step (a connection closed): its catch-up is over.
+      if (!this.catchingUp.has(subscription)) continue;
+      const published = this.publishedTo(subscription.tag);
+      const own = { batches: published.batches - subscription.seenBatches, bytes: published.bytes - subscription.seenBytes };
+      if (own.batches === 0 && (share.batches <= 0 || share.bytes <= 0)) continue;
+      subscription.seenBatches = published.batches;
+      subscription.seenBytes = published.bytes;
+      const budget: ReplayBudget = { batches: own.batches + share.batches, bytes: own.bytes + share.bytes };
       this.catchingUp.delete(subscription);
-      if (this.replayStep(subscription, budget)) this.catchingUp.add(subscription);
+      const more = this.replayStep(subscription, budget);
+      // What it sent past its own allowance came out of the share.
+      share.batches = Math.min(share.batches, budget.batches);
+      share.bytes = Math.min(share.bytes, budget.bytes);
+      if (more) this.catchingUp.add(subscription);
     }
     this.scheduleCatchUp();
+  }
+
+  /** The batches and bytes published to `tag` while it has subscribers (kept while it has any). */
+  private publishedTo(tag: string): Published {
+    let published = this.published.get(tag);
+    if (published === undefined) {
+      published = { batches: 0, bytes: 0 };
+      this.published.set(tag, published);
+    }
+    return published;
   }
 
   /** The part of a batch's EVENTS payload every subscriber shares, with its hash state. */
@@ -553,7 +602,10 @@ export class Subscriptions {
     this.open--;
     const tagSubs = this.byTag.get(subscription.tag);
     tagSubs?.delete(`${subscription.session.id}/${subscription.sub}`);
-    if (tagSubs !== undefined && tagSubs.size === 0) this.byTag.delete(subscription.tag);
+    if (tagSubs !== undefined && tagSubs.size === 0) {
+      this.byTag.delete(subscription.tag);
+      this.published.delete(subscription.tag);
+    }
     // Its catch-up stops here; the last one's pending turn is cancelled, not left to run idle.
     if (this.catchingUp.delete(subscription) && this.catchingUp.size === 0) this.cancelCatchUp();
   }

@@ -26,6 +26,8 @@ const PUBLISHER = new Uint8Array(32).fill(0x50);
 const HISTORY_BATCHES = 4 * HISTORY_BATCHES_PER_READ - 24;
 /** Live batches published while a subscription catches up. */
 const LIVE_BATCHES = 5;
+/** Catch-up turns a busy-channel test runs at most: about 100 are needed (8 x 3,000 batches, 256 a turn). */
+const TURNS_MAX = 2_000;
 
 function config(retainedEvents: number): ChannelsConfig {
   return {
@@ -189,6 +191,28 @@ describe("a SUBSCRIBE from seq 1 over a long retained history", () => {
     expect(eventSeqs(live)).toEqual(seqsFrom(HISTORY_BATCHES + 1, total + 1));
     expect(ends(resuming)).toEqual([]);
     expect(subs.count).toBe(2);
+  });
+
+  test("on a busy channel, many resuming at once each catch up and go live, none TRIMMED for waiting its turn", async () => {
+    // Retention of 3,000 one-event batches, all retained; 8 subscribers resume from its
+    // oldest while 40 batches a turn are published: more than a shared step gives each.
+    const { subs, publish } = channel(3_000);
+    for (let i = 0; i < 3_000; i++) publish();
+    const clients = Array.from({ length: 8 }, (_, i) => client(i + 1));
+    for (const c of clients) subs.subscribe(c.session, 1, TAG, 1);
+    let published = 3_000;
+    // One catch-up turn per 40 published (each turn is one event-loop turn of the replica's):
+    // counted turns, not time; far more than catching up needs.
+    for (let turn = 0; turn < TURNS_MAX && subs.replaying > 0; turn++) {
+      for (let i = 0; i < 40; i++) publish();
+      published += 40;
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    expect(subs.replaying).toBe(0);
+    for (const c of clients) {
+      expect(ends(c)).toEqual([]);
+      expect(eventSeqs(c)).toEqual(seqsFrom(1, published));
+    }
   });
 
   test("of large batches, a step stops at HISTORY_BYTES_PER_READ (and sends at least one)", async () => {
