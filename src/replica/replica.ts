@@ -496,7 +496,7 @@ export class Replica {
     // priority shedding on for everyone's low and normal publishes.
     const op = admitted.request.op;
     const allowed = op.t === "admin" || this.machine.isPublisherHex(op.tag, session.keyHex);
-    if (allowed && this.shedForUrgent(session, signed, admitted.request)) return;
+    if (this.shedForUrgent(session, signed, admitted.request, allowed)) return;
     const urgency = allowed ? urgencyOfSpace(admitted.space, (tag) => this.machine.priorityOf(tag)) : 0;
     // The session's next frames go first in the client scheduler's turns (client-frames.ts).
     if (urgency >= URGENT) {
@@ -530,13 +530,14 @@ export class Replica {
   /**
    * Priority shedding (shedding.ts): a client's less urgent publish refused OVERLOADED
    * while urgent ones wait here, before its verification costs anything. Only client
-   * requests of a key allowed to send them pass here (forwarded and proposed requests are
-   * never shed by it): an urgent publish from any other key notes no urgent traffic.
+   * requests pass here (forwarded and proposed requests are never shed by it). An urgent
+   * publish notes urgent traffic only from a key `allowed` to send it; a less urgent one is
+   * shed whoever sent it.
    */
-  private shedForUrgent(session: ClientSession, signed: SignedRequest, request: Request): boolean {
+  private shedForUrgent(session: ClientSession, signed: SignedRequest, request: Request, allowed: boolean): boolean {
     if (this.shedder === null || request.op.t !== "pub") return false;
     const priority = this.machine.priorityOf(request.op.tag);
-    if (priority === null) return false;
+    if (priority === null || (!allowed && (priority === "high" || priority === "critical"))) return false;
     const reason = this.shedder.admit(priority, performance.now());
     if (reason === null) return false;
     this.metrics.refused("OVERLOADED");
