@@ -217,13 +217,13 @@ export interface ThreadCoreHostOptions {
   /** A new epoch's core is built on the main thread too, for the mirror's starting point (`crypto` and `policy` as the driver's). */
   readonly crypto: CoreCrypto;
   readonly policy: ProposalPolicy;
-  /** The thread failed (threw, exited, answered out of turn, left a step unanswered too long, or its core asserted): the replica must stop. */
+  /** The thread failed (threw, exited, answered out of turn, answered nothing too long with a step in hand, or its core asserted): the replica must stop. */
   readonly onFailure: (reason: string) => void;
   /** The thread built its core. */
   readonly onReady?: () => void;
   /** A peer message or client request not handed over: THREAD_STEPS_IN_FLIGHT_MAX steps were unanswered. */
   readonly onDropped?: () => void;
-  /** How long the thread may leave a step unanswered before `onFailure` (THREAD_ANSWER_MS_MAX by default; tests shorten it). */
+  /** How long the thread may answer nothing with a step in hand before `onFailure` (THREAD_ANSWER_MS_MAX by default; tests shorten it). */
   readonly answerDeadlineMs?: number;
   /** The thread's code (`new Worker`'s specifier): ordering-worker.ts by default; tests give a thread that misbehaves. */
   readonly workerEntry?: string;

@@ -29,9 +29,10 @@
  * buffer would have carried the whole buffer).
  * `threads: 0` runs every check inline, synchronously (small hosts; the tests compare).
  *
- * A thread that fails (throws, exits, answers its start probe wrong, or leaves a batch
- * unanswered and answering nothing for THREAD_ANSWER_MS_MAX: answer-watch.ts) cannot be trusted to answer: the
- * pool calls `onFailure`, which stops the replica (fatal.ts); systemd restarts it. The probe is answered within moments of the start; requests that arrive
+ * A thread that fails (throws, exits, answers its start probe wrong, or answers nothing
+ * for THREAD_ANSWER_MS_MAX with a batch in hand: answer-watch.ts) cannot be trusted to
+ * answer: the pool calls `onFailure`, which stops the replica (fatal.ts); systemd restarts
+ * it. The probe is answered within moments of the start; requests that arrive
  * before it wait on the threads like any other.
  */
 import { sign, verify } from "../crypto/ed25519.ts";
@@ -98,7 +99,7 @@ export interface VerifyPoolOptions {
   readonly onReady?: () => void;
   /** A continuation threw (a bug in the caller): reported, and the other answers still run. */
   readonly onCallbackError?: (error: unknown) => void;
-  /** How long a thread may leave a batch unanswered before `onFailure` (THREAD_ANSWER_MS_MAX by default; tests shorten it). */
+  /** How long a thread may answer nothing with a batch in hand before `onFailure` (THREAD_ANSWER_MS_MAX by default; tests shorten it). */
   readonly answerDeadlineMs?: number;
   /** The threads' code (`new Worker`'s specifier): verify-worker.ts by default; tests give a thread that misbehaves. */
   readonly workerEntry?: string;
