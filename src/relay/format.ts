@@ -4,7 +4,7 @@
  * every line is tested without a socket.
  */
 import { isUtf8 } from "node:buffer";
-import { REASON_BYTES_MAX, type ErrorCode, type SubEndCode } from "../../wire/types.ts";
+import { clipUtf8, REASON_BYTES_MAX, type ErrorCode, type SubEndCode } from "../../wire/types.ts";
 
 const encoder = new TextEncoder();
 const LF = 0x0a;
@@ -79,8 +79,5 @@ export function oneLineReason(reason: string): string {
   // C0 controls and DEL would break the line, or do things to the reader's terminal.
   // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
   const flat = reason.replace(/[\u0000-\u001f\u007f]+/g, " ").trim();
-  if (encoder.encode(flat).byteLength <= REASON_BYTES_MAX) return flat;
-  let cut = flat.slice(0, REASON_BYTES_MAX);
-  while (encoder.encode(cut).byteLength > REASON_BYTES_MAX) cut = cut.slice(0, -1);
-  return cut;
+  return clipUtf8(flat, REASON_BYTES_MAX);
 }
