@@ -74,6 +74,12 @@ const FORWARD_REQUEST_OVERHEAD_BYTES = 512;
 const ARRIVED_SPACES_MAX = 100_000;
 /** How often answers held for execution (execution-gate.ts) are checked for their deadline. */
 const GATE_CHECK_INTERVAL_MS = 100;
+/**
+ * How often unordered channels are trimmed by age against this replica's clock. A publish
+ * trims its own channel; this is for a channel nobody publishes to any more, which would
+ * otherwise keep its events past `age_seconds_max` for ever.
+ */
+const UNORDERED_AGE_SWEEP_INTERVAL_MS = 1000;
 
 export interface ReplicaOptions {
   readonly config: ClusterConfig;
@@ -141,6 +147,7 @@ export class Replica {
   /** Refusals judged on local state, held until this replica executed what the client saw. */
   private readonly gate = new ExecutionGate();
   private gateTimer: ReturnType<typeof setInterval> | null = null;
+  private ageSweepTimer: ReturnType<typeof setInterval> | null = null;
   /** The decided seq this replica's channel state has executed through. */
   private executedSeq = 0;
   /** True while the constructor re-executes the decided log from disk: admin lines say "replayed". */
@@ -388,6 +395,7 @@ export class Replica {
       this.gate.expire(Date.now());
       this.audit.flush();
     }, GATE_CHECK_INTERVAL_MS);
+    this.ageSweepTimer = setInterval(() => this.sweepUnorderedByAge(Date.now()), UNORDERED_AGE_SWEEP_INTERVAL_MS);
     this.server.listen();
     this.peerServer?.listen();
     this.mesh.start();
@@ -406,6 +414,21 @@ export class Replica {
     });
   }
 
+  /**
+   * Trims unordered channels by age at `nowMs` (this replica's own store: no other replica
+   * needs to agree), deleting their rows and keeping their publishers' floors. Returns the
+   * batches removed.
+   */
+  sweepUnorderedByAge(nowMs: number): number {
+    let removed = 0;
+    for (const report of this.machine.trimUnorderedByAge(nowMs)) {
+      const generation = this.machine.channelInfo(report.tag)?.generation ?? 0;
+      this.storage.trimUnordered(report.tag, generation, report.batchesRemoved, report.floors);
+      removed += report.batchesRemoved;
+    }
+    return removed;
+  }
+
   /** Mode and per-peer gauges, read from the ordering driver and the mesh at each scrape. */
   private refreshStateMetrics(): void {
     const core = this.ordering.status();
@@ -421,6 +444,8 @@ export class Replica {
     this.stopLagProbe?.();
     if (this.gateTimer !== null) clearInterval(this.gateTimer);
     this.gateTimer = null;
+    if (this.ageSweepTimer !== null) clearInterval(this.ageSweepTimer);
+    this.ageSweepTimer = null;
     this.sys.stop();
     this.subs.shutdown();
     this.verifier.stop();
@@ -788,7 +813,8 @@ export class Replica {
     // it duplicates, if that one is still being committed).
     const generation = this.machine.channelInfo(result.tag)?.generation ?? 0;
     if (outcome.stored !== null) this.storage.recordUnordered(result.tag, generation, outcome.stored.tsMs, signed.body, signed.sig, digest);
-    if (outcome.trimmed !== null) this.storage.trimUnordered(result.tag, generation, outcome.trimmed.batchesRemoved);
+    if (outcome.trimmed !== null)
+      this.storage.trimUnordered(result.tag, generation, outcome.trimmed.batchesRemoved, outcome.trimmed.floors);
     const ack: Reply = {
       seq: request.seq,
       replica: this.options.id,

@@ -56,6 +56,34 @@ describe("SeqRangeWindow", () => {
     expect(w.check(9, 11)).toBe("stale");
   });
 
+  test("forgetThrough refuses everything up to its seq as stale and keeps what lies above", () => {
+    const w = new SeqRangeWindow(8);
+    for (const [start, end] of [
+      [3, 4],
+      [8, 12],
+      [20, 20],
+    ] as const)
+      w.add(start, end);
+    w.forgetThrough(10);
+    // A range reaching past the seq keeps its upper part as seen, and folds into the floor.
+    expect(w.floorSeq).toBe(12);
+    expect(w.highestSeq).toBe(20);
+    for (const seq of [1, 3, 6, 10]) expect(w.check(seq, seq)).toBe("stale");
+    expect(w.check(11, 12)).toBe("duplicate");
+    expect(w.check(13, 19)).toBe("new");
+    expect(w.check(20, 20)).toBe("duplicate");
+    // A lower seq changes nothing.
+    w.forgetThrough(5);
+    expect(w.floorSeq).toBe(12);
+    expect(w.check(11, 11)).toBe("duplicate");
+    // An empty window: the seq becomes the floor (a restart of a channel retention emptied).
+    const empty = new SeqRangeWindow(8);
+    empty.forgetThrough(7);
+    expect(empty.highestSeq).toBe(7);
+    expect(empty.check(7, 7)).toBe("stale");
+    expect(empty.check(8, 8)).toBe("new");
+  });
+
   test("agrees with an exact set while no range has been forgotten", () => {
     let state = 12345;
     const rand = (n: number): number => {

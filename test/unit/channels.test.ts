@@ -657,7 +657,7 @@ describe("retention", () => {
       outcomes.push(m.applyOrderedPublish(p.signed, p.request, 10 + i));
     }
     expect(outcomes.slice(0, 3).map((o) => o.trimmed)).toEqual([null, null, null]);
-    expect(outcomes[3]?.trimmed).toEqual({ tag: "net.links", oldestSeq: 4, batchesRemoved: 1 });
+    expect(outcomes[3]?.trimmed).toEqual({ tag: "net.links", oldestSeq: 4, batchesRemoved: 1, floors: [] });
     expect(m.channelInfo("net.links")).toMatchObject({ retainedEvents: 9, oldestSeq: 4, nextSeq: 13 });
   });
 
@@ -685,11 +685,11 @@ describe("retention", () => {
     m.applyOrderedPublish(a.signed, a.request, 5000);
     m.applyOrderedPublish(b.signed, b.request, 5500);
     // 6000 - 1000 = 5000: the batch decided at 5000 is exactly ageMs old and goes.
-    expect(m.applyOrderedPublish(c.signed, c.request, 6000).trimmed).toEqual({ tag: "net.links", oldestSeq: 2, batchesRemoved: 1 });
+    expect(m.applyOrderedPublish(c.signed, c.request, 6000).trimmed).toEqual({ tag: "net.links", oldestSeq: 2, batchesRemoved: 1, floors: [] });
     expect(m.trimOrderedByAge(6499)).toEqual([]);
-    expect(m.trimOrderedByAge(6500)).toEqual([{ tag: "net.links", oldestSeq: 3, batchesRemoved: 1 }]);
+    expect(m.trimOrderedByAge(6500)).toEqual([{ tag: "net.links", oldestSeq: 3, batchesRemoved: 1, floors: [] }]);
     // Age may empty a channel; seqs continue where they were.
-    expect(m.trimOrderedByAge(10_000)).toEqual([{ tag: "net.links", oldestSeq: 4, batchesRemoved: 1 }]);
+    expect(m.trimOrderedByAge(10_000)).toEqual([{ tag: "net.links", oldestSeq: 4, batchesRemoved: 1, floors: [] }]);
     expect(m.readFrom("net.links", 3, 1)).toMatchObject({ code: "trimmed", oldestSeq: 4 });
     expect(expectRead(m.readFrom("net.links", 4, 1))).toMatchObject({ batches: [], nextSeq: 4, oldestSeq: 4 });
   });
@@ -711,9 +711,9 @@ describe("retention", () => {
     const b = pub(P1, 2, "net.fast", ["b"]);
     m.applyOrderedPublish(a.signed, a.request, 100);
     m.acceptUnorderedPublish(b.signed, b.request, 100);
-    expect(m.trimUnorderedByAge(5000)).toEqual([{ tag: "net.fast", oldestSeq: 2, batchesRemoved: 1 }]);
+    expect(m.trimUnorderedByAge(5000)).toEqual([{ tag: "net.fast", oldestSeq: 2, batchesRemoved: 1, floors: [{ publisher: P1, through: 2 }] }]);
     expect(m.channelInfo("net.links")?.retainedEvents).toBe(1);
-    expect(m.trimOrderedByAge(5000)).toEqual([{ tag: "net.links", oldestSeq: 2, batchesRemoved: 1 }]);
+    expect(m.trimOrderedByAge(5000)).toEqual([{ tag: "net.links", oldestSeq: 2, batchesRemoved: 1, floors: [] }]);
   });
 
   test("a long stream stays within the limits at every step", () => {

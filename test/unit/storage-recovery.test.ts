@@ -53,7 +53,6 @@ afterEach(() => {
  * checkpoints captured and persisted, stable checkpoints announced, bases written.
  */
 class Writer {
-  readonly machine = newMachine();
   readonly clients = new ClientTable();
   readonly keeper: SnapshotKeeper;
   readonly metrics = new Metrics();
@@ -61,7 +60,10 @@ class Writer {
   private readonly checkpoints = new Map<number, Uint8Array>();
   seq = 0;
 
-  constructor(readonly storage: ReplicaStorage) {
+  constructor(
+    readonly storage: ReplicaStorage,
+    readonly machine: ChannelMachine = newMachine(),
+  ) {
     this.keeper = new SnapshotKeeper(
       { storage, machine: this.machine, partBytes: PART_BYTES, log: testLog(), metrics: this.metrics },
       null,
@@ -106,10 +108,10 @@ class Writer {
 /** Ticks a test lets a base take to write: far more than the small states here need. */
 const TICKS_PER_BASE_MAX = 1000;
 
-function setup(): { dir: string; writer: Writer; admin: TestClient; publisher: TestClient } {
+function setup(machine?: ChannelMachine): { dir: string; writer: Writer; admin: TestClient; publisher: TestClient } {
   const t = tempDir();
   cleanups.push(t.remove);
-  const writer = new Writer(openStorage(t.dir));
+  const writer = new Writer(openStorage(t.dir), machine);
   cleanups.push(() => writer.storage.close());
   const admin = new TestClient();
   const publisher = new TestClient();
@@ -347,6 +349,86 @@ describe("recovery", () => {
   });
 });
 
+describe("unordered channels: what retention deleted stays refused across restarts", () => {
+  test("a replayed request whose row retention deleted is refused, and the publisher's highest seq is kept", () => {
+    const { dir, writer, admin, publisher } = setup(smallRetentionMachine());
+    createUnordered(writer, admin, publisher, "crash");
+    const requests = acceptUnordered(writer, publisher, UNORDERED_EVENTS);
+    // Count retention kept the newest RETAINED_EVENTS rows; the others' seqs are the floor.
+    expect([...writer.storage.store.unorderedRows()].length).toBe(RETAINED_EVENTS);
+    const { machine, storage } = restart(dir, writer);
+    expect(machine.lastUnorderedSeq("net.links", publisher.hex)).toBe(UNORDERED_EVENTS);
+    for (const [i, req] of requests.entries()) {
+      const outcome = acceptOnce(machine, req as ClientRequest, UNORDERED_TS + 100 + i);
+      // The kept ones are retries of stored requests (acknowledged again, not stored twice).
+      if (i >= UNORDERED_EVENTS - RETAINED_EVENTS) expect(outcome.result.ok).toBe(true);
+      else expect(outcome.result).toMatchObject({ ok: false, code: "replayed" });
+      expect(outcome.stored).toBeNull();
+    }
+    expect(unorderedPayloads(machine)).toEqual(LINKS.slice(-RETAINED_EVENTS));
+    expect([...storage.store.unorderedFloorRows()].map((r) => r.ok && r.row.seq)).toEqual([UNORDERED_EVENTS - RETAINED_EVENTS]);
+  });
+
+  test("a channel that age retention emptied still knows its publisher after a restart", () => {
+    const retention = { ...MACHINE_CONFIG.retention, ageMs: AGE_MS };
+    const { dir, writer, admin, publisher } = setup(new ChannelMachine({ hash: sha256, config: { ...MACHINE_CONFIG, retention } }));
+    createUnordered(writer, admin, publisher, "crash");
+    const requests = acceptUnordered(writer, publisher, UNORDERED_EVENTS);
+    const generation = writer.machine.channelInfo("net.links")?.generation ?? 0;
+    // What the replica's age sweep does to an idle channel once its events are old.
+    const reports = writer.machine.trimUnorderedByAge(UNORDERED_TS + UNORDERED_EVENTS + AGE_MS);
+    expect(reports).toEqual([
+      {
+        tag: "net.links",
+        oldestSeq: UNORDERED_EVENTS + 1,
+        batchesRemoved: UNORDERED_EVENTS,
+        floors: [{ publisher: publisher.key.publicKey, through: UNORDERED_EVENTS }],
+      },
+    ]);
+    for (const report of reports) writer.storage.trimUnordered(report.tag, generation, report.batchesRemoved, report.floors);
+    writer.storage.commits.flush();
+    expect([...writer.storage.store.unorderedRows()]).toEqual([]);
+    const { machine } = restart(dir, writer);
+    expect(machine.lastUnorderedSeq("net.links", publisher.hex)).toBe(UNORDERED_EVENTS);
+    expect(acceptOnce(machine, requests[0] as ClientRequest, UNORDERED_TS).result).toMatchObject({ ok: false, code: "replayed" });
+  });
+
+  test("rows a restart trims (retention lowered) leave their floor too", () => {
+    const { dir, writer, admin, publisher } = setup();
+    createUnordered(writer, admin, publisher, "crash");
+    const requests = acceptUnordered(writer, publisher, UNORDERED_EVENTS);
+    writer.storage.close();
+    const lowered = openStorage(dir);
+    const machine = smallRetentionMachine();
+    recover({ storage: lowered, machine, partBytes: PART_BYTES, execute: (batch) => execute(machine, batch) });
+    expect([...lowered.store.unorderedRows()].length).toBe(RETAINED_EVENTS);
+    // Retention raised again: the deleted seqs are still refused.
+    const again = restartStorage(lowered);
+    expect(again.machine.lastUnorderedSeq("net.links", publisher.hex)).toBe(UNORDERED_EVENTS);
+    expect(acceptOnce(again.machine, requests[0] as ClientRequest, UNORDERED_TS).result).toMatchObject({ ok: false, code: "replayed" });
+  });
+
+  test("the floors of a destroyed channel are deleted at restart", () => {
+    const { dir, writer, admin, publisher } = setup(smallRetentionMachine());
+    createUnordered(writer, admin, publisher, "crash");
+    acceptUnordered(writer, publisher, UNORDERED_EVENTS);
+    writer.decide([admin.admin({ t: "destroy-channel", tag: "net.links" })]);
+    createUnordered(writer, admin, publisher, "crash");
+    const { machine, storage } = restart(dir, writer);
+    expect(machine.lastUnorderedSeq("net.links", publisher.hex)).toBe(0);
+    expect([...storage.store.unorderedFloorRows()]).toEqual([]);
+  });
+});
+
+/** A machine whose channels keep RETAINED_EVENTS events. */
+function smallRetentionMachine(): ChannelMachine {
+  const retention = { ...MACHINE_CONFIG.retention, events: RETAINED_EVENTS };
+  return new ChannelMachine({ hash: sha256, config: { ...MACHINE_CONFIG, requestEventsMax: RETAINED_EVENTS, retention } });
+}
+
+/** The age limit of the test whose channel age retention empties. */
+const AGE_MS = 1000;
+
 /** Events stored on the unordered channel in the tests that use one. */
 const UNORDERED_EVENTS = 5;
 const LINKS = Array.from({ length: UNORDERED_EVENTS }, (_, i) => `link ${i}`);
@@ -363,18 +445,31 @@ function createUnordered(writer: Writer, admin: TestClient, publisher: TestClien
   ]);
 }
 
-/** `count` publishes reach this replica on net.links, each stored and acknowledged as the replica does. */
-function acceptUnordered(writer: Writer, publisher: TestClient, count: number): void {
+/**
+ * `count` publishes reach this replica on net.links, each stored (and what retention removes
+ * deleted) and acknowledged as the replica does. Returns the requests, in order.
+ */
+function acceptUnordered(writer: Writer, publisher: TestClient, count: number): ClientRequest[] {
   const generation = writer.machine.channelInfo("net.links")?.generation ?? 0;
+  const requests: ClientRequest[] = [];
   for (let i = 0; i < count; i++) {
     const req = publisher.pub("net.links", [`link ${i}`]);
-    const decoded = decodeRequestBody(req.body);
-    if (!decoded.ok) throw new Error(decoded.error.reason);
-    const outcome = writer.machine.acceptUnorderedPublish({ body: req.body, sig: req.sig }, decoded.request, UNORDERED_TS + i);
+    requests.push(req);
+    const outcome = acceptOnce(writer.machine, req, UNORDERED_TS + i);
     if (outcome.stored === null) throw new Error(`publish ${i} refused: ${JSON.stringify(outcome.result)}`);
     writer.storage.recordUnordered("net.links", generation, outcome.stored.tsMs, req.body, req.sig, sha256(req.body));
+    if (outcome.trimmed !== null)
+      writer.storage.trimUnordered("net.links", generation, outcome.trimmed.batchesRemoved, outcome.trimmed.floors);
   }
   writer.storage.commits.flush();
+  return requests;
+}
+
+/** What `machine` makes of `req` arriving on its unordered channel at `tsMs`. */
+function acceptOnce(machine: ChannelMachine, req: ClientRequest, tsMs: number) {
+  const decoded = decodeRequestBody(req.body);
+  if (!decoded.ok) throw new Error(decoded.error.reason);
+  return machine.acceptUnorderedPublish({ body: req.body, sig: req.sig }, decoded.request, tsMs);
 }
 
 /** What a subscriber reads from net.links here. */

@@ -112,18 +112,21 @@ export class BatchLog {
    * remove the newest batch, so what a publish stored stays readable; configuration
    * guarantees one request fits the limits anyway. Age removes every batch whose
    * timestamp is at or before `nowMs - ageMs`, scanning from the front and stopping at
-   * the first younger one (the same stopping point at every replica).
+   * the first younger one (the same stopping point at every replica). `onRemoved` sees
+   * each removed record, oldest first.
    */
-  trim(limits: RetentionLimits, cause: TrimCause): number {
+  trim(limits: RetentionLimits, cause: TrimCause, onRemoved?: (record: BatchRecord) => void): number {
     let removed = 0;
     while (this.batchCount > 1 && (this.eventCount > limits.events || this.byteCount > limits.bytes)) {
-      this.removeOldest();
+      const record = this.removeOldest();
+      onRemoved?.(record);
       removed++;
     }
     if (cause.nowMs !== null && limits.ageMs > 0) {
       const cutoffMs = cause.nowMs - limits.ageMs;
       while (this.batchCount > 0 && (this.items[this.head] as BatchRecord).tsMs <= cutoffMs) {
-        this.removeOldest();
+        const record = this.removeOldest();
+        onRemoved?.(record);
         removed++;
       }
     }
@@ -153,12 +156,13 @@ export class BatchLog {
     return lo;
   }
 
-  private removeOldest(): void {
+  private removeOldest(): BatchRecord {
     const oldest = this.items[this.head] as BatchRecord;
     this.head++;
     this.eventCount -= oldest.count;
     this.byteCount -= oldest.bytes;
     this.base = oldest.chainAfter;
+    return oldest;
   }
 
   /** Drops removed slots once they are the larger part of the array (amortized O(1)). */

@@ -55,6 +55,7 @@ import {
   type OrderMode,
   type Priority,
   type PubRequest,
+  type PublisherFloor,
   type ReadResult,
   type RegisterCmd,
   type Request,
@@ -363,7 +364,7 @@ export class ChannelMachine {
     const chainAfter = chainNext(this.hash, log.headChain, base, signedRequestDigest(this.hash, signed));
     const record = this.record(base, signed, chainAfter);
     log.append(record);
-    const trimmed = this.trimReport(checked, log.trim(checked.retention, { nowMs: decidedTsMs }));
+    const trimmed = this.trim(checked, decidedTsMs);
     return { result: { ok: true, tag: checked.tag, firstSeq: record.firstSeq, count: record.count }, stored: record, trimmed };
   }
 
@@ -454,7 +455,7 @@ export class ChannelMachine {
     };
     const record = this.record(base, signed, new Uint8Array(0));
     checked.log.append(record);
-    const trimmed = this.trimReport(checked, checked.log.trim(checked.retention, { nowMs: receivedTsMs }));
+    const trimmed = this.trim(checked, receivedTsMs);
     return { result: ok, stored: record, trimmed };
   }
 
@@ -517,15 +518,42 @@ export class ChannelMachine {
     for (const tag of this.sortedTags()) {
       const channel = this.state.channels.get(tag) as Channel;
       if (channel.cls.order !== order) continue;
-      const report = this.trimReport(channel, channel.log.trim(channel.retention, { nowMs }));
+      const report = this.trim(channel, nowMs);
       if (report !== null) reports.push(report);
     }
     return reports;
   }
 
-  private trimReport(channel: Channel, batchesRemoved: number): TrimReport | null {
+  /** Trims a channel by its retention at `nowMs`; on an unordered channel, notes the publishers' floors of what went. */
+  private trim(channel: Channel, nowMs: number): TrimReport | null {
+    if (channel.isOrdered) {
+      const batchesRemoved = channel.log.trim(channel.retention, { nowMs });
+      return batchesRemoved === 0 ? null : { tag: channel.tag, oldestSeq: channel.log.oldestSeq, batchesRemoved, floors: [] };
+    }
+    const floors = new Map<string, { publisher: Uint8Array; through: number }>();
+    const batchesRemoved = channel.log.trim(channel.retention, { nowMs }, (record) => {
+      const through = record.pubSeq + record.count - 1;
+      const hex = toHex(record.publisher);
+      const known = floors.get(hex);
+      if (known === undefined) floors.set(hex, { publisher: record.publisher, through });
+      else if (through > known.through) known.through = through;
+    });
     if (batchesRemoved === 0) return null;
-    return { tag: channel.tag, oldestSeq: channel.log.oldestSeq, batchesRemoved };
+    return { tag: channel.tag, oldestSeq: channel.log.oldestSeq, batchesRemoved, floors: [...floors.values()] };
+  }
+
+  /**
+   * Puts back, at restart (src/replica/storage/recovery.ts), that a publisher's seqs through
+   * `through` were stored on the unordered channel `stored` names and removed by retention
+   * since: they stay refused, and `lastUnorderedSeq` knows them. False when that channel is
+   * gone (destroyed, re-created or not unordered): the floor means nothing any more.
+   */
+  restoreUnorderedFloor(stored: UnorderedStoredAt, publisher: Uint8Array, through: number): boolean {
+    const channel = this.state.channels.get(stored.tag);
+    if (channel === undefined || channel.generation !== stored.generation || channel.isOrdered) return false;
+    if (publisher.length !== PUBLIC_KEY_BYTES || !Number.isSafeInteger(through) || through < 1) return false;
+    channel.dedupeWindow(toHex(publisher)).forgetThrough(through);
+    return true;
   }
 
   // ---------------------------------------------------------------------------------

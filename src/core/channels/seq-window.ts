@@ -63,6 +63,25 @@ export class SeqRangeWindow {
     while (this.ranges.length > this.rangesMax) this.forgetLowest();
   }
 
+  /**
+   * Counts every seq at or below `seq` as forgotten: a range that reaches there is stale
+   * (refused), whether it was seen or not. A restart puts back this way what retention
+   * removed from the store (src/replica/storage/recovery.ts), so an old request replayed
+   * to a restarted replica is still refused, and the publisher's highest seq is still known.
+   */
+  forgetThrough(seq: number): void {
+    if (seq <= this.floor) return;
+    while (this.ranges.length > 0 && (this.ranges[0] as SeqRange).end <= seq) this.ranges.shift();
+    this.floor = seq;
+    this.forgottenThrough = seq;
+    const first = this.ranges[0];
+    if (first !== undefined && first.start <= seq) {
+      this.floor = first.end;
+      this.ranges.shift();
+    }
+    this.foldIntoFloor();
+  }
+
   /** Index of the last range whose start is <= seq, or -1. */
   private indexOfLastStartAtOrBelow(seq: number): number {
     let lo = 0;

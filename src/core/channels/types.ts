@@ -201,7 +201,16 @@ export type TrimReport = {
   readonly tag: string;
   readonly oldestSeq: number;
   readonly batchesRemoved: number;
+  /**
+   * On an unordered channel, per publisher of a removed batch, the highest publisher seq
+   * removed: what the store keeps so that a restart still refuses those seqs (empty on a
+   * total-order channel, whose dedupe is the ordering core's).
+   */
+  readonly floors: readonly PublisherFloor[];
 };
+
+/** A publisher's seqs through `through` are no longer in an unordered channel's store. */
+export type PublisherFloor = { readonly publisher: Uint8Array; readonly through: number };
 
 /** What the runtime needs after an ordered publish: reply, persist, forward, delete. */
 export type OrderedPublishOutcome = {

@@ -15,6 +15,7 @@
 import { FatalError, type FatalHandler, throwFatal } from "../fatal.ts";
 import { join } from "node:path";
 import type { PersistedRecord } from "../../core/ordering/types.ts";
+import type { PublisherFloor } from "../../core/channels/types.ts";
 import type { Member, Membership } from "../../core/channels/membership.ts";
 import type { Log } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
@@ -570,9 +571,15 @@ export class ReplicaStorage {
     this.commits.stage(() => void this.store.insertUnordered(tag, generation, tsMs, body, sig, bodyDigest));
   }
 
-  /** Retention removed the `count` oldest batches of an unordered channel. */
-  trimUnordered(tag: string, generation: number, count: number): void {
-    this.commits.stage(() => this.store.deleteUnorderedOldest(tag, generation, count));
+  /**
+   * Retention removed the `count` oldest batches of an unordered channel, whose publishers'
+   * seqs reached `floors`: the floors are kept in the same commit, so no restart forgets them.
+   */
+  trimUnordered(tag: string, generation: number, count: number, floors: readonly PublisherFloor[]): void {
+    this.commits.stage(() => {
+      this.store.deleteUnorderedOldest(tag, generation, count);
+      for (const floor of floors) this.store.raiseUnorderedFloor(tag, generation, floor.publisher, floor.through);
+    });
   }
 
   private fail(error: unknown): never {
@@ -596,6 +603,7 @@ function scanAndDelete(store: ReplicaStore): CorruptRow[] {
   for (const row of store.heads()) note(row);
   for (const { seq } of store.partSeqs()) for (const row of store.parts(seq)) note(row);
   for (const row of store.unorderedRows()) note(row);
+  for (const row of store.unorderedFloorRows()) note(row);
   if (corrupt.length > 0) store.transaction(() => corrupt.forEach((row) => deleteCorruptRow(store, row)));
   return corrupt;
 }
@@ -621,6 +629,8 @@ export function deleteCorruptRow(store: ReplicaStore, row: CorruptRow): void {
       return store.deleteSnapshot(first);
     case "unordered":
       return store.deleteUnorderedRow(first);
+    case "unordered_floor":
+      return store.deleteUnorderedFloorRow(first);
     default:
       return;
   }

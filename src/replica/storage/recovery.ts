@@ -320,11 +320,37 @@ function replayUnordered(options: RecoverOptions): number {
     }
     restored++;
     options.unorderedRestored?.(row.tag, outcome.stored);
-    if (outcome.trimmed !== null)
-      storage.store.transaction(() => storage.store.deleteUnorderedOldest(row.tag, row.gen, outcome.trimmed?.batchesRemoved ?? 0));
+    const trimmed = outcome.trimmed;
+    if (trimmed !== null)
+      storage.store.transaction(() => {
+        storage.store.deleteUnorderedOldest(row.tag, row.gen, trimmed.batchesRemoved);
+        for (const floor of trimmed.floors) storage.store.raiseUnorderedFloor(row.tag, row.gen, floor.publisher, floor.through);
+      });
   }
   if (stale.length > 0) storage.store.transaction(() => stale.forEach((id) => storage.store.deleteUnorderedRow(id)));
+  restoreFloors(options);
   return restored;
+}
+
+/**
+ * The publishers' floors go back after the rows (a row at or below its publisher's floor,
+ * stored before a late retry raised it, is put back rather than refused as stale): what
+ * retention deleted stays refused, and each publisher's highest seq stays known. A floor
+ * of a channel that is gone is deleted.
+ */
+function restoreFloors(options: RecoverOptions): void {
+  const { machine, storage } = options;
+  const stale: number[] = [];
+  for (const checked of storage.store.unorderedFloorRows()) {
+    if (!checked.ok) {
+      storage.reportCorrupt([checked.corrupt]);
+      stale.push(checked.corrupt.ids[0] ?? -1);
+      continue;
+    }
+    const row = checked.row;
+    if (!machine.restoreUnorderedFloor({ tag: row.tag, generation: row.gen }, row.publisher, row.seq)) stale.push(row.id);
+  }
+  if (stale.length > 0) storage.store.transaction(() => stale.forEach((id) => storage.store.deleteUnorderedFloorRow(id)));
 }
 
 // -------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@
  *              restart from, or one arriving by state transfer.
  *   snap_part  the snapshot's byte stream (stream.ts) cut into parts of equal size.
  *   unordered  this replica's own store of unordered channels, one row per stored request.
+ *   unordered_floor  per unordered channel and publisher, the highest publisher seq whose
+ *              rows retention deleted: a restart still refuses those seqs (recovery.ts).
  *
  * This class only reads and writes rows and checks their sums; what the rows mean, and
  * what to do about a damaged one, is decided by its callers (recovery.ts, index.ts). All
@@ -133,6 +135,15 @@ export interface UnorderedRow {
   readonly sig: Uint8Array;
 }
 
+/** A publisher's seqs through `seq` were stored on unordered channel (tag, gen) and deleted by retention. */
+export interface UnorderedFloorRow {
+  readonly id: number;
+  readonly tag: string;
+  readonly gen: number;
+  readonly publisher: Uint8Array;
+  readonly seq: number;
+}
+
 /** A row as read: intact, or the reason it is not. */
 export type Checked<T> = { readonly ok: true; readonly row: T } | { readonly ok: false; readonly corrupt: CorruptRow };
 
@@ -168,6 +179,8 @@ const SCHEMA = [
   "CREATE UNIQUE INDEX IF NOT EXISTS snap_part_seq ON snap_part (seq, part)",
   "CREATE TABLE IF NOT EXISTS unordered (id INTEGER PRIMARY KEY, tag TEXT NOT NULL, gen INTEGER NOT NULL, ts INTEGER NOT NULL, body BLOB NOT NULL, sig BLOB NOT NULL, sum BLOB NOT NULL)",
   "CREATE INDEX IF NOT EXISTS unordered_tag ON unordered (tag, gen, id)",
+  // Added without a format change: an older build leaves the table alone.
+  "CREATE TABLE IF NOT EXISTS unordered_floor (id INTEGER PRIMARY KEY, tag TEXT NOT NULL, gen INTEGER NOT NULL, publisher BLOB NOT NULL, seq INTEGER NOT NULL, sum BLOB NOT NULL, UNIQUE (tag, gen, publisher))",
 ];
 
 function num(value: unknown): number {
@@ -206,6 +219,12 @@ function prepareStatements(db: Database) {
       "DELETE FROM unordered WHERE id IN (SELECT id FROM unordered WHERE tag = ? AND gen = ? ORDER BY id LIMIT ?)",
     ),
     deleteUnorderedId: db.prepare("DELETE FROM unordered WHERE id = ?"),
+    // The seq only rises: the sum is written with the seq it covers, or not at all.
+    raiseUnorderedFloor: db.prepare(
+      "INSERT INTO unordered_floor (tag, gen, publisher, seq, sum) VALUES (?, ?, ?, ?, ?) " +
+        "ON CONFLICT (tag, gen, publisher) DO UPDATE SET seq = excluded.seq, sum = excluded.sum WHERE excluded.seq > unordered_floor.seq",
+    ),
+    deleteUnorderedFloorId: db.prepare("DELETE FROM unordered_floor WHERE id = ?"),
   };
 }
 
@@ -464,6 +483,15 @@ export class ReplicaStore {
     this.stmts.deleteUnorderedId.run(id);
   }
 
+  /** Raises a publisher's floor on an unordered channel to `seq` (never lowers it). */
+  raiseUnorderedFloor(tag: string, gen: number, publisher: Uint8Array, seq: number): void {
+    this.stmts.raiseUnorderedFloor.run(tag, gen, publisher, seq, rowChecksum("unordered_floor", [tag, gen, seq], [publisher]));
+  }
+
+  deleteUnorderedFloorRow(id: number): void {
+    this.stmts.deleteUnorderedFloorId.run(id);
+  }
+
   // -----------------------------------------------------------------------------------
   // Reads: every row is checked against its sum before it is handed out
   // -----------------------------------------------------------------------------------
@@ -577,6 +605,19 @@ export class ReplicaStore {
       if (rowIntact("unordered", [row.id, row.tag, row.gen, row.ts], [row.body, row.sig], r.sum as Uint8Array)) yield { ok: true, row };
       else
         yield { ok: false, corrupt: { table: "unordered", ids: [row.id], key: `id ${row.id} (${row.tag})`, reason: "checksum mismatch" } };
+    }
+  }
+
+  *unorderedFloorRows(): Generator<Checked<UnorderedFloorRow>> {
+    const query = this.db.query("SELECT id, tag, gen, publisher, seq, sum FROM unordered_floor ORDER BY id");
+    for (const r of query.iterate() as IterableIterator<Row>) {
+      const row: UnorderedFloorRow = { id: num(r.id), tag: String(r.tag), gen: num(r.gen), publisher: blob(r.publisher), seq: num(r.seq) };
+      if (rowIntact("unordered_floor", [row.tag, row.gen, row.seq], [row.publisher], r.sum as Uint8Array)) yield { ok: true, row };
+      else
+        yield {
+          ok: false,
+          corrupt: { table: "unordered_floor", ids: [row.id], key: `id ${row.id} (${row.tag})`, reason: "checksum mismatch" },
+        };
     }
   }
 
