@@ -685,7 +685,12 @@ describe("retention", () => {
     m.applyOrderedPublish(a.signed, a.request, 5000);
     m.applyOrderedPublish(b.signed, b.request, 5500);
     // 6000 - 1000 = 5000: the batch decided at 5000 is exactly ageMs old and goes.
-    expect(m.applyOrderedPublish(c.signed, c.request, 6000).trimmed).toEqual({ tag: "net.links", oldestSeq: 2, batchesRemoved: 1, floors: [] });
+    expect(m.applyOrderedPublish(c.signed, c.request, 6000).trimmed).toEqual({
+      tag: "net.links",
+      oldestSeq: 2,
+      batchesRemoved: 1,
+      floors: [],
+    });
     expect(m.trimOrderedByAge(6499)).toEqual([]);
     expect(m.trimOrderedByAge(6500)).toEqual([{ tag: "net.links", oldestSeq: 3, batchesRemoved: 1, floors: [] }]);
     // Age may empty a channel; seqs continue where they were.
@@ -711,7 +716,9 @@ describe("retention", () => {
     const b = pub(P1, 2, "net.fast", ["b"]);
     m.applyOrderedPublish(a.signed, a.request, 100);
     m.acceptUnorderedPublish(b.signed, b.request, 100);
-    expect(m.trimUnorderedByAge(5000)).toEqual([{ tag: "net.fast", oldestSeq: 2, batchesRemoved: 1, floors: [{ publisher: P1, through: 2 }] }]);
+    expect(m.trimUnorderedByAge(5000)).toEqual([
+      { tag: "net.fast", oldestSeq: 2, batchesRemoved: 1, floors: [{ publisher: P1, through: 2 }] },
+    ]);
     expect(m.channelInfo("net.links")?.retainedEvents).toBe(1);
     expect(m.trimOrderedByAge(5000)).toEqual([{ tag: "net.links", oldestSeq: 2, batchesRemoved: 1, floors: [] }]);
   });

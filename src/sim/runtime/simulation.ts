@@ -921,7 +921,8 @@ class RuntimeSimulation {
     const generation = machine.channelInfo(outcome.result.tag)?.generation ?? 0;
     if (outcome.stored !== null)
       storage.recordUnordered(outcome.result.tag, generation, outcome.stored.tsMs, signed.body, signed.sig, bodyDigestOf(signed.body));
-    if (outcome.trimmed !== null) storage.trimUnordered(outcome.result.tag, generation, outcome.trimmed.batchesRemoved, outcome.trimmed.floors);
+    if (outcome.trimmed !== null)
+      storage.trimUnordered(outcome.result.tag, generation, outcome.trimmed.batchesRemoved, outcome.trimmed.floors);
     const life = r.life;
     // The rows staged here (if any: a publish already stored stages nothing) go to disk in
     // the next transaction of this file: the acknowledgment may go out only once the disk
