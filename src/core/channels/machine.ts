@@ -55,7 +55,6 @@ import {
   type OrderMode,
   type Priority,
   type PubRequest,
-  type PublisherFloor,
   type ReadResult,
   type RegisterCmd,
   type Request,
