@@ -778,12 +778,18 @@ export class ReplicaServer {
   private onBadMac(conn: FramedConn, type: number): void {
     const state = conn.state as ConnState;
     this.options.metrics.inc("client_frames_bad_mac_total");
-    this.options.log.warn("client frame failed its MAC check; closing the connection", {
-      remote: conn.remote,
+    // Anyone with a key can make a session and send a bad MAC, as often as handshakes
+    // allow: the line goes through the audit log's bound on lines per window.
+    const fields = {
+      address: conn.remote,
       key: state.session?.keyHex,
+      reason: "bad MAC",
       frame: (conn.framing?.opener.opened ?? 0) + 1,
       type,
-    });
+    };
+    const msg = "client frame failed its MAC check; closing the connection";
+    if (this.options.audit !== undefined) this.options.audit.warn("client-refused", msg, fields);
+    else this.options.log.warn(msg, fields);
     conn.closeWith({
       type: FrameType.ERROR,
       body: { code: "BAD_MAC", reason: "a frame failed its MAC check (altered, replayed or reordered)" },

@@ -23,7 +23,7 @@ import { signDomain } from "../../src/crypto/ed25519.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { CLIENT_FRAME_MAC_BYTES, generateEphemeralKeyPair, type SessionFraming } from "../../src/crypto/session.ts";
 import { ClientAdmission } from "../../src/replica/admission.ts";
-import { AuditLog } from "../../src/replica/audit.ts";
+import { AUDIT_LINES_PER_WINDOW, AuditLog } from "../../src/replica/audit.ts";
 import { createLog } from "../../src/replica/log.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import type { PeerInboxLimits } from "../../src/replica/peer-inbox.ts";
@@ -705,6 +705,21 @@ describe("client session MACs (PROTOCOL.md 5.2)", () => {
     const handled = fx.clientFrames.length;
     raw.write(Buffer.concat([second, first]));
     await expectClosedForMac(fx, raw, handled);
+  });
+
+  test("bad MACs from many sessions write at most the audit log's lines per window; each is still counted", async () => {
+    const nowMs = 1_000_000;
+    const fx = startServer({}, null, () => nowMs, { audit: true });
+    const sessions = AUDIT_LINES_PER_WINDOW + 5;
+    for (let i = 0; i < sessions; i++) {
+      const raw = await liveSession(fx);
+      raw.write(encodeTypedFrame({ type: FrameType.PING, body: { n: i } }));
+      await waitFor("the connection to be closed", () => raw.closed);
+    }
+    expect(fx.metrics.get("client_frames_bad_mac_total")).toBe(sessions);
+    const lines = fx.logLines.filter((line) => line.includes("client frame failed its MAC check"));
+    expect(lines.length).toBe(AUDIT_LINES_PER_WINDOW);
+    expect(JSON.parse(lines[0] as string)).toMatchObject({ audit: "client-refused", address: HOST, reason: "bad MAC" });
   });
 
   test("a frame without a MAC after AUTH (what a version 1 client sends) is refused", async () => {
