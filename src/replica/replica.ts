@@ -389,6 +389,7 @@ export class Replica {
     this.metrics.gauge("stable_checkpoint_seq", () => this.ordering.status().stableCheckpoint);
     this.metrics.registry.onScrape(() => this.refreshStateMetrics());
     this.metrics.gauge("subscriptions", () => this.subs.count);
+    this.metrics.gauge("sys_subscriptions", () => this.sys.count);
     this.metrics.gauge("channels", () => this.machine.channelCount);
     this.metrics.gauge("answers_held_for_execution", () => this.gate.size);
     this.gateTimer = setInterval(() => {

@@ -32,6 +32,13 @@ export const SYS_HEALTH_INTERVAL_MS = 5_000;
 /** System subscriptions one connection may hold, and all of them together. */
 export const SYS_SUBSCRIPTIONS_PER_SESSION_MAX = 16;
 export const SYS_SUBSCRIPTIONS_MAX = 4_096;
+/**
+ * System subscriptions the connections of one remote address may hold together: a
+ * sixteenth of all, so one host opening sessions under throwaway keys cannot take every
+ * slot and leave the operators' consoles refused (LIMIT). Loopback is one address, as for
+ * the connection caps: a relay or consoles on the replica's own host share it.
+ */
+export const SYS_SUBSCRIPTIONS_PER_ADDRESS_MAX = SYS_SUBSCRIPTIONS_MAX / 16;
 
 export function isSysTag(tag: string): boolean {
   return tag.startsWith(SYS_TAG_PREFIX);
@@ -64,6 +71,8 @@ export class SysChannels {
   private readonly byTag = new Map<string, Map<string, SysSubscription>>();
   private readonly bySession = new Map<number, Map<number, SysSubscription>>();
   private total = 0;
+  /** Subscriptions held by the connections of each remote address (absent: none). */
+  private readonly byAddress = new Map<string, number>();
   private lastSeq = 0;
   private lastHealth: { body: Uint8Array; sig: Uint8Array; seq: number } | null = null;
   private timer: ReturnType<typeof setInterval> | null = null;
@@ -119,6 +128,7 @@ export class SysChannels {
     for (const subs of this.bySession.values()) for (const s of subs.values()) this.end(s.session, s.sub, "SHUTDOWN", "replica stopping");
     this.byTag.clear();
     this.bySession.clear();
+    this.byAddress.clear();
     this.total = 0;
   }
 
@@ -141,6 +151,11 @@ export class SysChannels {
       this.end(session, sub, "LIMIT", `at most ${SYS_SUBSCRIPTIONS_PER_SESSION_MAX} system subscriptions per connection`);
       return;
     }
+    const address = session.conn.remote;
+    if ((this.byAddress.get(address) ?? 0) >= SYS_SUBSCRIPTIONS_PER_ADDRESS_MAX) {
+      this.end(session, sub, "LIMIT", `at most ${SYS_SUBSCRIPTIONS_PER_ADDRESS_MAX} system subscriptions per remote address (${address})`);
+      return;
+    }
     if (this.total >= SYS_SUBSCRIPTIONS_MAX) {
       this.end(session, sub, "LIMIT", `at most ${SYS_SUBSCRIPTIONS_MAX} system subscriptions at this replica`);
       return;
@@ -158,6 +173,7 @@ export class SysChannels {
     tagSubs.set(`${session.id}/${sub}`, subscription);
     this.byTag.set(tag, tagSubs);
     this.total++;
+    this.byAddress.set(address, (this.byAddress.get(address) ?? 0) + 1);
     // A new subscriber of this replica's health gets the latest report at once.
     if (tag === this.ownTag && this.lastHealth !== null) this.deliver(subscription, this.lastHealth);
   }
@@ -261,6 +277,10 @@ export class SysChannels {
     tagSubs?.delete(`${subscription.session.id}/${subscription.sub}`);
     if (tagSubs !== undefined && tagSubs.size === 0) this.byTag.delete(subscription.tag);
     this.total--;
+    const address = subscription.session.conn.remote;
+    const held = (this.byAddress.get(address) ?? 0) - 1;
+    if (held > 0) this.byAddress.set(address, held);
+    else this.byAddress.delete(address);
   }
 
   private end(session: ClientSession, sub: number, code: SubEndCode, reason: string): boolean {

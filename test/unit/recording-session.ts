@@ -9,9 +9,10 @@ import type { FramedConn } from "../../src/replica/framed.ts";
 import type { ClientSession } from "../../src/replica/server.ts";
 import { decodeFrameBody, type Frame } from "../../wire/schemas.ts";
 
-export function recordingSession(id: number, frames: Frame[]): ClientSession {
+export function recordingSession(id: number, frames: Frame[], remote = "127.0.0.1"): ClientSession {
   const key = new Uint8Array(32).fill(id);
   const conn = {
+    remote,
     send: (frame: Frame) => {
       frames.push(frame);
       return true;
