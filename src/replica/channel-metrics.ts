@@ -11,6 +11,13 @@ import type { CounterCell, CounterFamily, GaugeFamily, HistogramCell, HistogramF
 export const METRICS_CHANNELS_MAX = 200;
 /** The tag label of the folded channels. */
 export const OTHER_TAG = "_other";
+/**
+ * How long the status query's traffic reuses the last binding of channels to series: a
+ * binding walks every channel (0.6 ms with 222 channels), and anyone with a key may ask
+ * for status as fast as it likes. The counters themselves are read live; only a channel
+ * created since waits this long to be listed with no traffic of its own yet.
+ */
+export const TRAFFIC_REBIND_MS = 1000;
 
 /** Why events were shed (refused under load, counted per channel). */
 export const SHED_REASONS = ["rate_limited", "overloaded", "priority"] as const;
@@ -54,6 +61,8 @@ export class ChannelMetrics {
   private readonly folded = new Map<string, ChannelCells>();
   /** Which cells each known channel counts into (own or folded), by tag. */
   private readonly byTag = new Map<string, ChannelCells>();
+  /** When refresh() last bound every channel (performance.now() ms). */
+  private refreshedAtMs = Number.NEGATIVE_INFINITY;
 
   constructor(
     registry: MetricsRegistry,
@@ -89,7 +98,8 @@ export class ChannelMetrics {
   }
 
   /** Binds every channel that exists and drops the series of the ones that are gone; sets the gauges. */
-  refresh(): void {
+  refresh(nowMs: number = performance.now()): void {
+    this.refreshedAtMs = nowMs;
     const channels = this.channels.listChannels();
     const live = new Set<string>();
     const gauges = new Map<ChannelCells, { last: number; events: number; bytes: number; used: number }>();
@@ -116,9 +126,12 @@ export class ChannelMetrics {
   }
 
   /** Each series' counters, for the status query (`fitb top` turns them into rates). */
-  traffic(): { tag: string; class: string; priority: string; published: number; stored: number; delivered: number; shed: number }[] {
-    // Every channel, even one with no traffic yet (the cells are bound at scrapes otherwise).
-    this.refresh();
+  traffic(
+    nowMs: number = performance.now(),
+  ): { tag: string; class: string; priority: string; published: number; stored: number; delivered: number; shed: number }[] {
+    // Every channel, even one with no traffic yet (the cells are bound at scrapes otherwise),
+    // bound again at most once per TRAFFIC_REBIND_MS.
+    if (!(nowMs - this.refreshedAtMs < TRAFFIC_REBIND_MS)) this.refresh(nowMs);
     return [...this.own.values(), ...this.folded.values()].map((cells) => ({
       tag: cells.labels[0],
       class: cells.labels[1],

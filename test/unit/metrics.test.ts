@@ -5,7 +5,7 @@ import { describe, expect, test } from "bun:test";
 import type { ChannelInfo } from "../../src/core/channels/types.ts";
 import { MetricsRegistry } from "../../src/metrics/registry.ts";
 import { RelayMetrics } from "../../src/relay/metrics.ts";
-import { ChannelMetrics, OTHER_TAG } from "../../src/replica/channel-metrics.ts";
+import { ChannelMetrics, OTHER_TAG, TRAFFIC_REBIND_MS } from "../../src/replica/channel-metrics.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 
 function channel(tag: string, extra: Partial<ChannelInfo> = {}): ChannelInfo {
@@ -91,6 +91,24 @@ describe("per-channel series", () => {
     cells?.shedOverload.inc(2);
     cells?.shedPriority.inc(4);
     expect(channels.traffic().find((row) => row.tag === "bulk.metrics")?.shed).toBe(7);
+  });
+
+  test("the status query's traffic binds the channels again at most once per TRAFFIC_REBIND_MS; its counters are live", () => {
+    let listed = 0;
+    const list = [channel("net.links")];
+    const machine = machineOf(list);
+    const counting = { ...machine, listChannels: () => (listed++, machine.listChannels()) };
+    const channels = new ChannelMetrics(new MetricsRegistry(), counting);
+    channels.traffic(1_000);
+    channels.of("net.links")?.published.inc(3);
+    list.push(channel("net.new"));
+    // A flood of status queries inside one interval walks the channels once.
+    for (let i = 0; i < 100; i++) expect(channels.traffic(1_000 + i).find((row) => row.tag === "net.links")?.published).toBe(3);
+    expect(listed).toBe(1);
+    expect(channels.traffic(1_500).some((row) => row.tag === "net.new")).toBe(false);
+    // The interval over: the channel created since is listed.
+    expect(channels.traffic(1_000 + TRAFFIC_REBIND_MS).some((row) => row.tag === "net.new")).toBe(true);
+    expect(listed).toBe(2);
   });
 
   test("past the bound, channels fold into tag=_other per class and priority, and a destroyed channel's series go", async () => {
