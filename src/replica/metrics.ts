@@ -200,7 +200,11 @@ export class Metrics {
     for (const cls of CLASSES) this.publishAck.with(cls);
     this.ordering = r.histogram("ordering_seconds", "A batch's PRE-PREPARE (proposed or received) to its decision").with();
     this.storageCommit = r.histogram("storage_commit_seconds", "One storage transaction, fsync included").with();
-    this.delivery = r.histogram("delivery_seconds", "The publisher's signed time to the fan-out to live subscribers", ["class"]);
+    this.delivery = r.histogram(
+      "delivery_seconds",
+      "Time from the batch's timestamp (total order: the publisher's signed time; unordered: its arrival at this replica) to the fan-out to live subscribers",
+      ["class"],
+    );
     for (const cls of CLASSES) this.delivery.with(cls);
   }
 
