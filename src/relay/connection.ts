@@ -399,14 +399,15 @@ export class RelayConnection {
       return;
     }
     this.publishBytesHeld += bytes;
-    const cells = metrics?.tag(tag) ?? null;
-    cells?.published.inc();
     const startedMs = performance.now();
     this.answers.push(
       publisher.publish(payload).then(
         (ack: EventAck): Answer => {
           this.releasePublishBytes(bytes);
-          if (cells !== null && metrics !== null) {
+          if (metrics !== null) {
+            // Acknowledged: the channel exists, and its tag may have series of its own.
+            const cells = metrics.tag(tag);
+            cells.published.inc();
             cells.acked.inc();
             metrics.publishAck.observe((performance.now() - startedMs) / 1000);
           }
@@ -414,6 +415,7 @@ export class RelayConnection {
         },
         (error: unknown): Answer => {
           this.releasePublishBytes(bytes);
+          metrics?.refusedTag(tag).published.inc();
           metrics?.refusedWith(error instanceof ClientError ? error.code : "INTERNAL");
           return { line: errorLine(error) };
         },

@@ -56,7 +56,11 @@ export class RelayMetrics {
     this.connectionsClosedBadInput = r
       .counter("relay_connections_closed_bad_input_total", "Connections closed because a line was no relay command")
       .with();
-    this.published = r.counter("relay_events_published_total", "Events given to the relay by PUB or PUBB", ["tag"]);
+    this.published = r.counter(
+      "relay_events_published_total",
+      "Events given to the relay by PUB or PUBB, counted when answered (a tag no channel has counts as _other)",
+      ["tag"],
+    );
     this.acked = r.counter("relay_events_acked_total", "Events acknowledged by the replicas (+OK)", ["tag"]);
     this.delivered = r.counter("relay_events_delivered_total", "Events written to SUB connections", ["tag"]);
     this.refused = r.counter("relay_publishes_refused_total", "PUBs answered -ERR, by error code", ["reason"]);
@@ -102,7 +106,11 @@ export class RelayMetrics {
     });
   }
 
-  /** The cells of a tag (its own up to the bound, then the shared "_other"). */
+  /**
+   * The cells of a tag that exists (its own up to the bound, then the shared "_other"):
+   * call it once a replica answered for the tag (an ack, a delivery), not on a client's
+   * word, or tags that name no channel would take the series' places.
+   */
   tag(tag: string): RelayTagCells {
     const found = this.tags.get(tag);
     if (found !== undefined) return found;
@@ -111,6 +119,11 @@ export class RelayMetrics {
     const cells = this.cellsFor(tag);
     this.tags.set(tag, cells);
     return cells;
+  }
+
+  /** The cells a refused publish to `tag` counts in: the tag's own if it has them, else "_other" (no series is made for it). */
+  refusedTag(tag: string): RelayTagCells {
+    return this.tags.get(tag) ?? this.cellsFor(OTHER_TAG);
   }
 
   private cellsFor(label: string): RelayTagCells {

@@ -161,4 +161,13 @@ describe("per-channel series", () => {
       'fitb_relay_events_published_total{tag="_other"} 997',
     ]);
   });
+
+  test("refused publishes to tags no channel has take no series: a real tag acknowledged later still gets its own", async () => {
+    const metrics = new RelayMetrics(() => ({ connections: 0, subscriptions: 0, publishers: 0, publishBytesHeld: 0, replicas: [] }), 3);
+    for (let i = 0; i < 200; i++) metrics.refusedTag(`junk.t${i}`).published.inc();
+    metrics.tag("net.links").published.inc();
+    metrics.refusedTag("net.links").published.inc();
+    const series = lines(await metrics.registry.text()).filter((line) => line.startsWith("fitb_relay_events_published_total{"));
+    expect(series).toEqual(['fitb_relay_events_published_total{tag="_other"} 200', 'fitb_relay_events_published_total{tag="net.links"} 2']);
+  });
 });
