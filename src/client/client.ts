@@ -657,9 +657,15 @@ export class FitbClient {
     return this.runQuery(body, rule);
   }
 
-  /** Every replica's status side by side, with the view and leader f+1 of them agree on. */
-  async status(): Promise<ClusterStatus> {
-    const answers = await this.runQuery({ id: 0, q: "status" }, eachRule(this.n, parseStatus));
+  /**
+   * Every replica's status side by side, with the view and leader f+1 of them agree on.
+   * `answerGraceMs`: once n-f replicas answered, how long the others still have (a replica
+   * that holds its session but does not answer would otherwise hold the read until the
+   * query timeout); by default they have until the timeout.
+   */
+  async status(options: { readonly answerGraceMs?: number } = {}): Promise<ClusterStatus> {
+    const rule = eachRule(this.n, parseStatus, this.f, options.answerGraceMs ?? Number.POSITIVE_INFINITY);
+    const answers = await this.runQuery({ id: 0, q: "status" }, rule);
     return summarizeStatus(this.f, answers, this.group.connections);
   }
 

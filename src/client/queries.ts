@@ -7,7 +7,8 @@
  *   between correct replicas (a channel's next seq, list order) are projected away
  *   before comparing.
  * - rank: the (f+1)-th highest of the numbers the replicas report (client-seq, see seq.ts).
- * - each: every replica's own answer (status), for the operator to read side by side.
+ * - each: every replica's own answer (status), for the operator to read side by side;
+ *   once n-f answered, the rest get a short grace (EACH_ANSWER_GRACE_MS).
  * - listed: the keys at least f+1 replicas list (publishers): a replica that has not yet
  *   executed a registration does not veto it, and f liars cannot add a key.
  *
@@ -21,7 +22,7 @@ import { channelClassFields, isMap, mapGuard, tagSchema, type QueryReply } from 
 import { type ErrorCode, KEY_BYTES, REPLICAS_MAX } from "../../wire/types.ts";
 import { KEYS_PER_CHANNEL_MAX, QUOTAS_MAX } from "../core/channels/constants.ts";
 import { toHex } from "../crypto/encoding.ts";
-import { byzantineQuorum, vouchQuorum } from "../core/voting/quorum.ts";
+import { byzantineQuorum, liveQuorum, vouchQuorum } from "../core/voting/quorum.ts";
 import { ReplyVoter } from "../core/voting/reply-voter.ts";
 import { NoQuorumError, RequestRejectedError, type ClientError } from "./errors.ts";
 import { pickLastSeq } from "./seq.ts";
@@ -161,6 +162,9 @@ export function membersListing(res: Canonical): MembersListing {
   return { ...group(parsed), pending: parsed.pending === null ? null : { ...group(parsed.pending), from: parsed.pending.from } };
 }
 
+/** The class label of a traffic row: the channel's fault and order (replica/channel-metrics.ts classOf). */
+const TRAFFIC_CLASSES = ["crash/none", "crash/total", "byzantine/none", "byzantine/total"] as const;
+
 const latencyHistogramSchema = z.object({ counts: z.array(z.int().min(0)), sumUs: z.int().min(0) });
 
 /** The fields of a status answer this client reads; replicas may add more. */
@@ -186,20 +190,26 @@ const statusSchema = z.object({
     .optional()
     // A shape this client does not know (a later replica's) is left out, not taken for a malformed answer.
     .catch(undefined),
-  /** Per-channel counters since the replica started (`fitb top` turns them into rates). */
+  /**
+   * Per-channel counters since the replica started (`fitb top` turns them into rates). The
+   * tag, class and priority are printed, so they must be what a channel can have: a list
+   * with anything else (a forged tag carrying terminal escapes, a class this client does
+   * not know) is left out, as an unknown `shedding` is, and the rest of the answer stands.
+   */
   traffic: z
     .array(
       z.object({
-        tag: z.string(),
-        class: z.string(),
-        priority: z.string(),
+        tag: tagSchema,
+        class: z.enum(TRAFFIC_CLASSES),
+        priority: channelClassFields.priority,
         published: z.int().min(0),
         stored: z.int().min(0),
         delivered: z.int().min(0),
         shed: z.int().min(0),
       }),
     )
-    .optional(),
+    .optional()
+    .catch(undefined),
   /** Latency histograms since the replica started: bucket bounds (µs), counts per bucket (+Inf last), sum (µs). */
   latency: z
     .object({
@@ -264,6 +274,12 @@ export interface QueryRule<T> {
    */
   readonly enoughToSettleEarly?: () => boolean;
   add(replica: number, reply: QueryReply): QueryOutcome<T>;
+  /**
+   * Asked at every tick of the query's client (`now` in ms) by a tracker that supports it:
+   * a rule that settles on time before the deadline (eachRule: a grace after n-f answers)
+   * says so here; null goes on waiting.
+   */
+  settleOnTick?(now: number): QueryOutcome<T>;
   atDeadline(describeMissing: () => string): QueryOutcome<T> & object;
   /**
    * Replicas whose answers are too old to count, to be asked again with `after` (they
@@ -668,14 +684,38 @@ export function publisherListingRule(n: number, f: number, what: string): QueryR
   };
 }
 
-/** Every replica's answer, read by `read`; complete when all n answered, else at the deadline. */
-export function eachRule<T>(n: number, read: (res: Canonical) => T | null): QueryRule<Map<number, EachAnswer<T>>> {
+/**
+ * How long the `each` rule waits for the rest once n-f replicas answered: a replica that
+ * holds its session but does not answer (stopped, wedged) would otherwise hold every
+ * status read for the full query timeout. The rest are reported without an answer.
+ */
+export const EACH_ANSWER_GRACE_MS = 2_000;
+
+/**
+ * Every replica's answer, read by `read`: complete when all n answered; else, once n-f
+ * did (`f`: the group's; by default the most n tolerates, which starts the grace no later),
+ * EACH_ANSWER_GRACE_MS after the first tick that saw them (settleOnTick); else at the
+ * deadline.
+ */
+export function eachRule<T>(
+  n: number,
+  read: (res: Canonical) => T | null,
+  f = Math.floor((n - 1) / 3),
+  graceMs = EACH_ANSWER_GRACE_MS,
+): QueryRule<Map<number, EachAnswer<T>>> {
   const answers = new Map<number, EachAnswer<T>>();
+  /** When a tick first saw n-f answers; null before. */
+  let graceFromMs: number | null = null;
   return {
     settleWhenReachableAnswered: true,
     add(replica, reply) {
       if (!answers.has(replica)) answers.set(replica, readEach(reply, read));
       return answers.size >= n ? { ok: true, value: answers } : null;
+    },
+    settleOnTick(now) {
+      if (answers.size < liveQuorum(n, f)) return null;
+      graceFromMs ??= now;
+      return now - graceFromMs >= graceMs ? { ok: true, value: answers } : null;
     },
     atDeadline() {
       return { ok: true, value: answers };

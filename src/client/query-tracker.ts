@@ -149,6 +149,12 @@ export class QueryTracker {
     for (const pending of [...this.queries.values()]) {
       if (now >= pending.deadline) pending.settle(pending.rule.atDeadline(() => this.ctx.group.describeReplicas(pending.answered)));
       else {
+        // A rule that settles on time before the deadline (eachRule's grace after n-f answers).
+        const onTime = pending.rule.settleOnTick?.(now) ?? null;
+        if (onTime !== null) {
+          pending.settle(onTime);
+          continue;
+        }
         this.sendDueReasks(pending, now);
         this.settleIfReachableAnswered(pending);
       }

@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { waitFor } from "../helpers/wait.ts";
-import { startCluster, type TestCluster } from "./harness.ts";
+import { BUN, MAIN, startCluster, type TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
 
@@ -85,5 +85,50 @@ describe("fitb admin status", () => {
     const table = await status(false);
     expect(table.code).toBe(1);
     expect(table.stdout).toContain(`replica ${victim} is down:`);
+    cluster.start(victim);
+  }, 120_000);
+
+  test("fitb top: a replica that keeps its session but answers nothing (SIGSTOP) shows without an answer after a short grace, not at the query timeout", async () => {
+    await waitFor(
+      "status to see all four replicas up again",
+      async () => {
+        const result = await status(true);
+        return result.stdout !== "" && (JSON.parse(result.stdout) as JsonReport).replicas.every((r) => r.up);
+      },
+      60_000,
+    );
+    const stopped = cluster.n - 1;
+    // The query timeout is far above what the test waits: only the grace can end a refresh.
+    const args = [
+      "top",
+      "--config",
+      cluster.configPath,
+      "--key",
+      cluster.adminKey,
+      "--interval",
+      "0.5",
+      "--count",
+      "4",
+      "--timeout",
+      "600000",
+    ];
+    const top = Bun.spawn([BUN, MAIN, ...args], { stdout: "pipe", stderr: "pipe" });
+    const output: string[] = [];
+    void (async () => {
+      const decoder = new TextDecoder();
+      for await (const chunk of top.stdout as ReadableStream<Uint8Array>) output.push(decoder.decode(chunk));
+    })();
+    const victim = cluster.procs[stopped];
+    try {
+      // Its sessions are up once the first block is out: then the replica stops answering.
+      await waitFor("top's first block", () => output.join("").includes("LATENCY"), 60_000);
+      victim?.kill("SIGSTOP");
+      await waitFor("top to finish its refreshes", () => top.exitCode !== null, 60_000);
+      const last = output.join("").trimEnd().split("\n\nfitb top").at(-1) as string;
+      expect(last).toMatch(new RegExp(`\\n${stopped} +127\\.0\\.0\\.1:\\d+ +false .*no answer`));
+    } finally {
+      victim?.kill("SIGCONT");
+      top.kill();
+    }
   }, 120_000);
 });

@@ -123,4 +123,46 @@ describe("admin status report", () => {
     expect(report.replicas[2]?.flags).toEqual([]);
     expect(report.problems).toEqual([`replica 3 is ${behind} decided seqs behind`]);
   });
+
+  test("one replica claiming a huge last decided seq makes no correct replica lag: behind counts from the (f+1)-th highest", () => {
+    const answers = [{ lastDecided: 10 ** 12 }, { lastDecided: 500 }, { lastDecided: 500 }, { lastDecided: 499 }];
+    const report = assessStatus(CLUSTER, statusOf(answers), REFUSED);
+    expect(report.lastDecided).toBe(500);
+    expect(report.replicas.map((r) => r.behind)).toEqual([0, 0, 0, 1]);
+    expect(report.replicas.flatMap((r) => r.flags)).toEqual([]);
+    expect(report.exitCode).toBe(STATUS_OK);
+  });
+
+  test("an error answer's reason is printed without control characters, in the table and the JSON", () => {
+    const status = statusOf([{}, {}, {}, null]);
+    const forged: ClusterStatus = {
+      ...status,
+      replicas: status.replicas.map((r) =>
+        r.id === 3 ? { ...r, answer: { ok: false, reason: "BAD_REQUEST \x1b]0;owned\x07\x1b[2J\u009b31mno\x7f\nway" } } : r,
+      ),
+    };
+    const report = assessStatus(CLUSTER, forged, REFUSED);
+    expect(report.replicas[3]?.reason).toBe("BAD_REQUEST ]0;owned[2J31mnoway");
+    const printed = [...statusTable(report), JSON.stringify(statusJsonReport(report))].join("");
+    expect(printed).toContain("]0;owned[2J31mnoway");
+    const controls = [...printed].filter((char) => {
+      const code = char.codePointAt(0) as number;
+      return code < 0x20 || (code >= 0x7f && code <= 0x9f);
+    });
+    expect(controls).toEqual([]);
+  });
+
+  test("the group could not be read: judged on the file's replicas and said so, never ok (exit 1), still 2 without a quorum", () => {
+    const unread = { ...CLUSTER, groupUnread: "no member list within 5000 ms" };
+    const report = assessStatus(unread, statusOf([{}, {}, {}, {}]), REFUSED);
+    expect(report.health).toBe("degraded");
+    expect(report.exitCode).toBe(STATUS_DEGRADED);
+    expect(report.groupConfirmed).toBe(false);
+    expect(report.problems).toEqual([
+      "replica group not read (no member list within 5000 ms): judged on the cluster file's 4 replicas, which may predate a membership change",
+    ]);
+    expect(statusJsonReport(report).group_confirmed).toBe(false);
+    expect(assessStatus(unread, statusOf([{}, null, null, null]), REFUSED).exitCode).toBe(STATUS_NO_QUORUM);
+    expect(statusJsonReport(assessStatus(CLUSTER, statusOf([{}, {}, {}, {}]), REFUSED)).group_confirmed).toBe(true);
+  });
 });

@@ -5,6 +5,15 @@
  * Exit codes (README "Status"): 0 ok; 1 degraded (a replica down, in another view,
  * lagging, or the leader dead or disputed) while 2f+1 replicas answer; 2 no quorum (fewer
  * than 2f+1 answer: admin commands and total-order channels cannot be ordered).
+ *
+ * The group judged is the one the replicas agree on (status-client.ts reads it first), not
+ * the cluster file's, which may predate a membership change. When it could not be read,
+ * the report judges the file's replicas and says so, and is at best degraded (1): a check
+ * that could not see the group must not say ok.
+ *
+ * Up to f replicas may answer anything, so no figure rests on one answer: how far behind
+ * a replica is counts from the last decided seq f+1 replicas have reached, and whatever a
+ * replica sent as text is printed without control characters.
  */
 import type { ClusterStatus } from "../../client/client.ts";
 import type { ReplicaStatusAnswer } from "../../client/queries.ts";
@@ -14,7 +23,7 @@ export const STATUS_OK = 0;
 export const STATUS_DEGRADED = 1;
 export const STATUS_NO_QUORUM = 2;
 
-/** A replica this many decided seqs behind the most advanced one is flagged as lagging. */
+/** A replica this many decided seqs behind the (f+1)-th highest (ClusterStatus.lastDecided) is flagged as lagging. */
 export const LAG_SEQS_DEFAULT = 100;
 
 export type Health = "ok" | "degraded" | "no-quorum";
@@ -28,7 +37,7 @@ export interface ReplicaRow {
   readonly view: number | null;
   readonly leader: number | null;
   readonly lastDecided: number | null;
-  /** Decided seqs behind the most advanced replica that answered; null when down. */
+  /** Decided seqs behind the last decided seq f+1 replicas reached (0 when ahead of it); null when down. */
   readonly behind: number | null;
   /** "other-view", "lagging", "leader-down" (it names a leader that does not answer). */
   readonly flags: readonly string[];
@@ -40,6 +49,8 @@ export interface StatusReport {
   readonly cluster: string;
   readonly n: number;
   readonly f: number;
+  /** Whether n, f and the replicas are the group f+1 replicas agree on (false: the cluster file's). */
+  readonly groupConfirmed: boolean;
   readonly answered: number;
   readonly view: number | null;
   readonly leader: number | null;
@@ -58,16 +69,30 @@ export interface StatusReport {
 /** Why a replica that did not answer is down, as the client saw it. */
 export type DownReasons = ReadonlyMap<number, string>;
 
+/**
+ * The cluster judged: its name, and the group's n and f. `groupUnread`: why the group the
+ * replicas agree on could not be read, so that n, f and the replicas are the cluster
+ * file's (status-client.ts groupUnread); null or absent when they are the group's.
+ */
+export interface JudgedCluster {
+  readonly name: string;
+  readonly n: number;
+  readonly f: number;
+  readonly groupUnread?: string | null;
+}
+
 export function assessStatus(
-  cluster: { name: string; n: number; f: number },
+  cluster: JudgedCluster,
   status: ClusterStatus,
   downReasons: DownReasons,
   lagSeqsMax = LAG_SEQS_DEFAULT,
 ): StatusReport {
   const { n, f } = cluster;
+  const groupUnread = cluster.groupUnread ?? null;
   const answers = status.replicas.map((r) => (r.answer?.ok === true ? r.answer.value : null));
   const answered = answers.filter((a) => a !== null).length;
-  const highest = Math.max(0, ...answers.map((a) => a?.lastDecided ?? 0));
+  // Not the highest answer: one replica claiming a huge seq would make every correct one lag.
+  const reached = status.lastDecided ?? 0;
   const upIds = new Set(status.replicas.filter((_, i) => answers[i] !== null).map((r) => r.id));
   const problems: string[] = [];
   const quorum = byzantineQuorum(f);
@@ -75,17 +100,21 @@ export function assessStatus(
     problems.push(
       `NO QUORUM: ${answered} of ${n} replicas answered, ${quorum} are needed to order admin commands and total-order channels`,
     );
+  if (groupUnread !== null)
+    problems.push(
+      `replica group not read (${printable(groupUnread)}): judged on the cluster file's ${n} replicas, which may predate a membership change`,
+    );
   if (answered > 0 && !status.agreed) problems.push(`leader disputed: fewer than ${vouchQuorum(f)} replicas agree on a view and leader`);
   const leaderDown = status.leader !== null && !upIds.has(status.leader);
   if (leaderDown) problems.push(`leader ${status.leader} (view ${status.view}) does not answer`);
   const rows = status.replicas.map((replica, i): ReplicaRow => {
     const answer = answers[i] ?? null;
     if (answer === null) {
-      const reason = replica.answer?.ok === false ? replica.answer.reason : (downReasons.get(replica.id) ?? "no answer");
+      const reason = printable(replica.answer?.ok === false ? replica.answer.reason : (downReasons.get(replica.id) ?? "no answer"));
       problems.push(`replica ${replica.id} is down: ${reason}`);
       return {
         id: replica.id,
-        address: replica.address,
+        address: printable(replica.address),
         up: false,
         reason,
         view: null,
@@ -97,7 +126,7 @@ export function assessStatus(
       };
     }
     const flags: string[] = [];
-    const behind = highest - answer.lastDecided;
+    const behind = Math.max(0, reached - answer.lastDecided);
     if (status.view !== null && answer.view !== status.view) {
       flags.push("other-view");
       problems.push(`replica ${replica.id} is in view ${answer.view} (leader ${answer.leader}), not view ${status.view}`);
@@ -109,7 +138,7 @@ export function assessStatus(
     if (!upIds.has(answer.leader)) flags.push("leader-down");
     return {
       id: replica.id,
-      address: replica.address,
+      address: printable(replica.address),
       up: true,
       reason: null,
       view: answer.view,
@@ -125,6 +154,7 @@ export function assessStatus(
     cluster: cluster.name,
     n,
     f,
+    groupConfirmed: groupUnread === null,
     answered,
     view: status.view,
     leader: status.leader,
@@ -137,6 +167,21 @@ export function assessStatus(
     replicas: rows,
     status,
   };
+}
+
+/**
+ * Text a replica sent (an error answer's reason, a tag), fit to print: without C0 and C1
+ * control characters or DEL, so that a faulty replica cannot move the cursor, clear the
+ * screen or set the terminal's title through `admin status` or `top`.
+ */
+export function printable(text: string): string {
+  let out = "";
+  for (const char of text) {
+    const code = char.codePointAt(0) as number;
+    if (code < 0x20 || (code >= 0x7f && code <= 0x9f)) continue;
+    out += char;
+  }
+  return out;
 }
 
 /** The table: a header line, one line per replica, then the problems. */
@@ -181,6 +226,7 @@ export function statusJsonReport(report: StatusReport): Record<string, unknown> 
     cluster: report.cluster,
     n: report.n,
     f: report.f,
+    group_confirmed: report.groupConfirmed,
     answered: report.answered,
     view: report.view,
     leader: report.leader,

@@ -2,10 +2,23 @@
  * What `fitb top` shows, from two status samples: the replicas (status-report.ts), each
  * channel's rates over the interval and the latency of the interval. Pure functions,
  * so the view is tested without a terminal.
+ *
+ * Up to f replicas may answer anything: a channel is shown when f+1 replicas list it, and
+ * each of its figures is the (f+1)-th highest the replicas report, one that a correct
+ * replica reached or exceeded, so f liars can neither inflate it nor invent a channel.
  */
 import type { ClusterStatus } from "../../client/client.ts";
 import type { ReplicaStatusAnswer } from "../../client/queries.ts";
-import type { StatusReport } from "./status-report.ts";
+import { vouchQuorum } from "../../core/voting/quorum.ts";
+import { LATENCY_BUCKETS_SECONDS } from "../../metrics/registry.ts";
+import { printable, type StatusReport } from "./status-report.ts";
+
+/**
+ * The latency bucket bounds (µs) this build's replicas use (replica/metrics.ts
+ * latencySummary): an answer with other bounds is left out of the latency, so that no
+ * replica chooses how the others' counts are read.
+ */
+export const LATENCY_BOUNDS_US: readonly number[] = LATENCY_BUCKETS_SECONDS.map((seconds) => Math.round(seconds * 1e6));
 
 export interface TopSample {
   readonly atMs: number;
@@ -16,12 +29,12 @@ export interface ChannelRates {
   readonly tag: string;
   readonly class: string;
   readonly priority: string;
-  /** Events per second over the interval, as the busiest replica counted them (null: first sample). */
+  /** Events per second over the interval, the (f+1)-th highest of the replicas' counts (null: fewer than f+1 counted both times). */
   readonly publishedPerS: number | null;
   readonly storedPerS: number | null;
   readonly deliveredPerS: number | null;
   readonly shedPerS: number | null;
-  /** Events stored since the replica started (the largest count among replicas). */
+  /** Events stored since the replicas started (the (f+1)-th highest count). */
   readonly stored: number;
 }
 
@@ -37,67 +50,107 @@ export interface IntervalLatency {
 type Traffic = NonNullable<ReplicaStatusAnswer["traffic"]>[number];
 type Counter = "published" | "stored" | "delivered" | "shed";
 
-function answers(sample: TopSample): ReplicaStatusAnswer[] {
-  const out: ReplicaStatusAnswer[] = [];
-  for (const replica of sample.status.replicas) if (replica.answer?.ok === true) out.push(replica.answer.value);
+/**
+ * The answers of a sample, each with the id of the replica whose session it came on: not
+ * the id the answer claims, which a faulty replica could set to a correct one's so that
+ * its counters were subtracted from that one's.
+ */
+function answers(sample: TopSample): { replica: number; answer: ReplicaStatusAnswer }[] {
+  const out: { replica: number; answer: ReplicaStatusAnswer }[] = [];
+  for (const replica of sample.status.replicas)
+    if (replica.answer?.ok === true) out.push({ replica: replica.id, answer: replica.answer.value });
   return out;
 }
 
-/** Each channel's rates between two samples (every channel of `current`, sorted by tag). */
-export function channelRates(previous: TopSample | null, current: TopSample): ChannelRates[] {
+const COUNTERS: readonly Counter[] = ["published", "stored", "delivered", "shed"];
+
+/** The (f+1)-th highest value: one at least one correct replica reached; null when fewer than f+1. */
+function vouched(values: readonly number[], f: number): number | null {
+  if (values.length < vouchQuorum(f)) return null;
+  return [...values].sort((a, b) => b - a)[f] as number;
+}
+
+/**
+ * Each channel's rates between two samples (every channel f+1 replicas of `current` list,
+ * sorted by tag), each figure the (f+1)-th highest over the replicas: a crash/none channel
+ * is stored by f+1 replicas only, and those are counted. `f`: the group's (StatusReport.f);
+ * by default the most the sample's replicas tolerate, which never takes fewer vouchers.
+ */
+export function channelRates(
+  previous: TopSample | null,
+  current: TopSample,
+  f = Math.max(0, Math.floor((current.status.replicas.length - 1) / 3)),
+): ChannelRates[] {
   const seconds = previous === null ? 0 : (current.atMs - previous.atMs) / 1000;
   const before = new Map<string, Traffic>();
-  for (const answer of previous === null ? [] : answers(previous)) {
-    for (const row of answer.traffic ?? []) before.set(`${answer.replica} ${row.tag} ${row.class} ${row.priority}`, row);
+  for (const { replica, answer } of previous === null ? [] : answers(previous)) {
+    for (const row of answer.traffic ?? []) before.set(`${replica} ${row.tag} ${row.class} ${row.priority}`, row);
   }
-  const byChannel = new Map<string, { row: Traffic; rates: Record<Counter, number | null> }>();
-  for (const answer of answers(current)) {
+  /** Per channel: its row (for the names), each replica's stored count, and each rate of the replicas that listed it both times. */
+  const byChannel = new Map<string, { row: Traffic; stored: number[]; rates: Record<Counter, number[]> }>();
+  for (const { replica, answer } of answers(current)) {
+    const listed = new Set<string>();
     for (const row of answer.traffic ?? []) {
       const key = `${row.tag} ${row.class} ${row.priority}`;
-      const old = before.get(`${answer.replica} ${key}`);
-      const rate = (counter: Counter): number | null =>
-        seconds <= 0 || old === undefined ? null : Math.max(0, row[counter] - old[counter]) / seconds;
-      const entry = byChannel.get(key) ?? { row, rates: { published: null, stored: null, delivered: null, shed: null } };
-      for (const counter of ["published", "stored", "delivered", "shed"] as const) {
-        const mine = rate(counter);
-        const theirs = entry.rates[counter];
-        entry.rates[counter] = mine === null ? theirs : Math.max(mine, theirs ?? 0);
+      // A replica listing a channel twice counts once.
+      if (listed.has(key)) continue;
+      listed.add(key);
+      const entry = byChannel.get(key) ?? { row, stored: [], rates: { published: [], stored: [], delivered: [], shed: [] } };
+      entry.stored.push(row.stored);
+      const old = before.get(`${replica} ${key}`);
+      if (seconds > 0 && old !== undefined) {
+        for (const counter of COUNTERS) entry.rates[counter].push(Math.max(0, row[counter] - old[counter]) / seconds);
       }
-      if (row.stored > entry.row.stored) entry.row = row;
       byChannel.set(key, entry);
     }
   }
   return [...byChannel.values()]
-    .map(({ row, rates }) => ({
+    .filter((entry) => entry.stored.length >= vouchQuorum(f))
+    .map(({ row, stored, rates }) => ({
       tag: row.tag,
       class: row.class,
       priority: row.priority,
-      publishedPerS: rates.published,
-      storedPerS: rates.stored,
-      deliveredPerS: rates.delivered,
-      shedPerS: rates.shed,
-      stored: row.stored,
+      publishedPerS: vouched(rates.published, f),
+      storedPerS: vouched(rates.stored, f),
+      deliveredPerS: vouched(rates.delivered, f),
+      shedPerS: vouched(rates.shed, f),
+      stored: vouched(stored, f) as number,
     }))
     .sort((a, b) => (a.tag < b.tag ? -1 : a.tag > b.tag ? 1 : 0));
 }
 
-/** One latency histogram over the interval, summed over the replicas that answered both times. */
+type Latency = NonNullable<ReplicaStatusAnswer["latency"]>;
+
+/** Whether a replica's histograms are read with LATENCY_BOUNDS_US: the same bounds, one count per bucket and +Inf. */
+function hasLocalBounds(latency: Latency | undefined, kind: LatencyKind): latency is Latency {
+  return (
+    latency !== undefined &&
+    latency.boundsUs.length === LATENCY_BOUNDS_US.length &&
+    latency.boundsUs.every((bound, i) => bound === LATENCY_BOUNDS_US[i]) &&
+    latency[kind].counts.length === LATENCY_BOUNDS_US.length + 1
+  );
+}
+
+/**
+ * One latency histogram over the interval, summed over the replicas that answered both
+ * times (since start: the first time), with LATENCY_BOUNDS_US; answers with other bounds
+ * are left out.
+ */
 export function intervalLatency(previous: TopSample | null, current: TopSample, kind: LatencyKind): IntervalLatency {
-  const old = new Map((previous === null ? [] : answers(previous)).map((a) => [a.replica, a.latency] as const));
-  let bounds: readonly number[] = [];
-  let deltas: number[] = [];
-  for (const answer of answers(current)) {
+  const old = new Map((previous === null ? [] : answers(previous)).map(({ replica, answer }) => [replica, answer.latency] as const));
+  const deltas = new Array<number>(LATENCY_BOUNDS_US.length + 1).fill(0);
+  for (const { replica, answer } of answers(current)) {
     const now = answer.latency;
-    if (now === undefined) continue;
-    const then = old.get(answer.replica);
-    bounds = now.boundsUs;
-    if (deltas.length === 0) deltas = new Array<number>(now[kind].counts.length).fill(0);
+    if (!hasLocalBounds(now, kind)) continue;
+    // A replica whose earlier answer had other bounds is left out too: its counts cannot be subtracted.
+    const then = old.get(replica);
+    if (old.has(replica) && !hasLocalBounds(then, kind)) continue;
     now[kind].counts.forEach((count, i) => {
       deltas[i] = (deltas[i] as number) + Math.max(0, count - (then?.[kind].counts[i] ?? 0));
     });
   }
   const count = deltas.reduce((a, b) => a + b, 0);
-  return { count, p50Ms: quantileMs(bounds, deltas, 0.5), p99Ms: quantileMs(bounds, deltas, 0.99) };
+  return { count, p50Ms: quantileMs(LATENCY_BOUNDS_US, deltas, 0.5), p99Ms: quantileMs(LATENCY_BOUNDS_US, deltas, 0.99) };
 }
 
 /**
@@ -152,7 +205,12 @@ export function renderTop(report: StatusReport, previous: TopSample | null, curr
   }
   for (const problem of report.problems) lines.push(`! ${problem}`);
   lines.push("");
-  const channels = channelRates(previous, current);
+  const channels = channelRates(previous, current, report.f).map((c) => ({
+    ...c,
+    tag: printable(c.tag),
+    class: printable(c.class),
+    priority: printable(c.priority),
+  }));
   const tagWidth = Math.max(7, ...channels.map((c) => c.tag.length));
   lines.push(`${"CHANNEL".padEnd(tagWidth)}  CLASS            PRIORITY  PUB/S     STORED/S  DELIV/S   SHED/S    STORED`);
   for (const c of channels) {

@@ -230,7 +230,7 @@ export class ConsoleServer {
       const previous = this.latest?.sample ?? null;
       const latency: Record<string, unknown> = {};
       for (const kind of LATENCY_KINDS) latency[kind] = intervalLatency(previous, current, kind);
-      const json = { ...statusJsonReport(report), atMs: current.atMs, traffic: channelRates(previous, current), latency };
+      const json = { ...statusJsonReport(report), atMs: current.atMs, traffic: channelRates(previous, current, report.f), latency };
       this.latest = { sample: current, json };
     } catch {
       // The next sample tries again; the page keeps showing the last one meanwhile.
