@@ -24,6 +24,12 @@
  * the replica's key; no session is opened), every `preferredRetryMsMin`, doubling to
  * `preferredRetryMsMax` while it fails; once a probe passes, the session moves back to the
  * preferred address (reported down, then ready again, like any reconnect).
+ *
+ * A session counts as a success for the backoff only once it has stayed up
+ * SESSION_STABLE_MS: a replica that completes the handshake and drops the session at once
+ * (a faulty one, or one crashing on start) is dialled ever later, as if it had refused,
+ * not every 50-100 ms for ever, each time sent again every request it has not answered and
+ * every subscription.
  */
 import type { Socket } from "bun";
 import { FrameDecoder } from "../../wire/frame.ts";
@@ -99,6 +105,17 @@ export interface ConnectionEvents {
   onBadFrame?(connection: ReplicaConnection, reason: string): void;
 }
 
+/**
+ * How long a session must stay up before the backoff starts again from its first delay
+ * (and a multi-homed replica's addresses count as untried again). Ten seconds is longer
+ * than a replica takes to refuse what a client sends at the start (a few round trips),
+ * and short against the cap of the default backoff (5 s): a session that ends sooner is
+ * counted as a failed attempt. The end of the handshake proves nothing, nor does a frame
+ * received after it: a faulty replica can send a PING, a PONG or an answer and drop the
+ * session just as well; only time costs it something.
+ */
+export const SESSION_STABLE_MS = 10_000;
+
 /** Checked while ready; also the granularity of the keepalive. */
 const KEEPALIVE_CHECK_DIVISOR = 2;
 
@@ -129,6 +146,8 @@ export class ReplicaConnection {
   /** Increments per dial; callbacks of an older socket see a different value and do nothing. */
   private attemptId = 0;
   private failures = 0;
+  /** When the session now up became ready (options.now), or null while none is. */
+  private readyAt: number | null = null;
   private sessionTimer: ReturnType<typeof setTimeout> | null = null;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private keepaliveTimer: ReturnType<typeof setInterval> | null = null;
@@ -185,7 +204,7 @@ export class ReplicaConnection {
     return this.lastDownError;
   }
 
-  /** Failed attempts since the last successful session (drives the backoff). */
+  /** Failed attempts, sessions that ended within SESSION_STABLE_MS included, since the last session that stayed up longer (drives the backoff). */
   get consecutiveFailures(): number {
     return this.failures;
   }
@@ -352,11 +371,14 @@ export class ReplicaConnection {
     this.becomeReady();
   }
 
+  /**
+   * The session is up. The failure count (and the addresses tried) are kept until it has
+   * stayed up SESSION_STABLE_MS (noteStableSession).
+   */
   private becomeReady(): void {
     this.clearSessionTimer();
     this.currentState = "ready";
-    this.failures = 0;
-    this.failedHosts = 0;
+    this.readyAt = this.options.now();
     const checkEveryMs = Math.max(1, Math.floor(this.pingIntervalMs() / KEEPALIVE_CHECK_DIVISOR));
     this.keepaliveTimer = setInterval(() => this.keepalive(), checkEveryMs);
     if (this.hostIndex !== 0) this.schedulePreferredProbe();
@@ -550,10 +572,23 @@ export class ReplicaConnection {
     this.outbound.flush((data) => socket.write(data));
   }
 
+  /**
+   * A session that stayed up SESSION_STABLE_MS was a success: the backoff starts again
+   * from its first delay, and every address of a multi-homed replica counts as untried.
+   * Called while the session is up (keepalive) and as it goes down.
+   */
+  private noteStableSession(now: number): void {
+    if (this.currentState !== "ready" || this.readyAt === null || now - this.readyAt < SESSION_STABLE_MS) return;
+    this.failures = 0;
+    this.failedHosts = 0;
+    this.readyAt = null;
+  }
+
   /** Pings a quiet replica, and drops one that has said nothing for too long. */
   private keepalive(): void {
     if (this.currentState !== "ready") return;
     const now = this.options.now();
+    this.noteStableSession(now);
     const idleMs = this.idleTimeoutMs();
     if (now - this.lastReceivedAt > idleMs) {
       this.goDown(new ReplicaUnreachableError(this.id, this.address, `nothing received for ${idleMs} ms`));
@@ -572,6 +607,8 @@ export class ReplicaConnection {
 
   private goDown(error: ClientError): void {
     if (this.currentState === "closed") return;
+    this.noteStableSession(this.options.now());
+    this.readyAt = null;
     this.attemptId++;
     this.clearTimers();
     this.dropSocket();

@@ -415,6 +415,8 @@ export class RequestTracker {
     if (!body.ok) pending.reasons.set(body.code, body.reason);
     const vote: Canonical = body.ok ? { ok: true, res: body.res as unknown as Canonical } : { ok: false, code: body.code };
     const added = pending.voter.add(replica, vote);
+    // The voter reports one equivocation per replica, so a replica answering again and
+    // again, each time otherwise, is warned of once.
     for (const conflict of added.conflicts) {
       this.ctx.log("warn", `${pending.what}: replica ${"replica" in conflict ? conflict.replica : "?"} ${conflict.kind}`, replica);
     }
@@ -601,7 +603,10 @@ export class RequestTracker {
   /**
    * Replica `id` left the group (removed, or its key or address replaced): its answers so
    * far are dropped, so that a replica the change removed (a faulty one, maybe) neither
-   * raises the floor nor makes other replicas' refusals look stale.
+   * raises the floor nor makes other replicas' refusals look stale, nor counts towards a
+   * result: its vote is taken back (ReplyVoter.withdraw) and the request judged again with
+   * the larger of the f it was sent under and the group's f now (a replaced replica answers
+   * again on its new session).
    */
   onLeft(id: number): void {
     for (const pending of [...this.requests.values()]) {
@@ -614,6 +619,8 @@ export class RequestTracker {
       pending.local.delete(id);
       pending.transient.delete(id);
       pending.retries.delete(id);
+      pending.voter.withdraw(id, Math.max(pending.fAtSend, this.ctx.group.f));
+      this.settleIfDone(pending);
     }
   }
 

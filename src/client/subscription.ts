@@ -36,6 +36,10 @@
  *   unsubscribed and asked again later, each time later (replica-subs.ts sentInvalid), and
  *   the signals such copies cause are rate-limited (signal-limiter.ts).
  *
+ * - On `$sys.*` channels a replica sends only what it reports itself (wire/PROTOCOL.md
+ *   2.1): a copy signed by any key but that of the member whose session carried it (another
+ *   replica's report, replayed) is dropped before the voter and held against its sender
+ *   like a copy that fails its checks.
  * - On `$sys.events` the batches the voter delivers are the replicas' signed reports, and
  *   they go on to the group event voter (src/core/voting/group-events.ts): a group event
  *   is handed to the caller once f+1 replicas reported it, once.
@@ -49,7 +53,7 @@
  */
 import { toHex } from "../../wire/bytes.ts";
 import type { Events, SubEnd, SubOk } from "../../wire/schemas.ts";
-import { CLIENT_CLOCK_SKEW_MS_MAX } from "../../wire/types.ts";
+import { CLIENT_CLOCK_SKEW_MS_MAX, SYS_TAG_PREFIX } from "../../wire/types.ts";
 import { signedRequestDigest } from "../core/channels/request.ts";
 import {
   type CopyKeys,
@@ -60,6 +64,7 @@ import {
   type DeliveryOutput,
   type InvalidReason,
   type ParsedBody,
+  parseBody,
   type VerifyRequest,
 } from "../core/voting/delivery-voter.ts";
 import { type GroupEvent, GroupEventVoter, SYS_EVENTS_TAG } from "../core/voting/group-events.ts";
@@ -151,7 +156,7 @@ export type SubscriptionSignal =
   /**
    * A replica sent a copy that failed its checks (bad signature, wrong tag, ...); dropped.
    * `replica` is null when the copy cannot be tied to one replica (a `$sys.events` report
-   * the replicas agreed to carry, signed by a key that is no member's). Rate-limited per
+   * delivered, after a membership change, under a key that is no member's any more). Rate-limited per
    * replica (signal-limiter.ts): `copies`, when present, is how many copies this signal
    * stands for (`reason` is the latest's).
    */
@@ -353,7 +358,12 @@ export class ClientSubscription implements Subscription {
   private readonly counters = { deliveredBatches: 0, deliveredEvents: 0, droppedEvents: 0, conflicts: 0, invalidReports: 0 };
   /** `$sys.events`: the group event voter the replicas' reports go to; null on other channels. */
   private readonly group: GroupEventVoter | null;
-  /** `$sys.events`: replica ids by the hex of their keys, who signed each report (the group's members: onGroupChange). */
+  /** Whether the channel is a `$sys.*` one: each replica sends on it only what it signed itself. */
+  private readonly system: boolean;
+  /**
+   * `$sys.*`: replica ids by the hex of their keys (the group's members: onGroupChange): whose
+   * session may carry a copy signed by each, and on `$sys.events` who reported it.
+   */
   private readonly reporterIds = new Map<string, number>();
   /** `$sys.events`: group events delivered so far (their `pubSeq`), and the key of each queued one. */
   private groupSeq = 0;
@@ -369,8 +379,9 @@ export class ClientSubscription implements Subscription {
    * `publishers`: the channel's registered publishers as f+1 replicas listed them when
    * subscribing (crash-fault channels; without it the first copies wait for a query; a
    * bare list counts as listed at seq 0).
-   * `replicaKeys`: every member's key by id; `$sys.events` needs them to count its
-   * reports by replica (onGroupChange brings them up to date).
+   * `replicaKeys`: every member's key by id; `$sys.*` channels need them to tell a replica's
+   * own reports from another's it replays, and `$sys.events` to count its reports by
+   * replica (onGroupChange brings them up to date).
    */
   constructor(
     host: SubscriptionHost,
@@ -382,6 +393,7 @@ export class ClientSubscription implements Subscription {
     replicaKeys: readonly Uint8Array[] = [],
   ) {
     this.host = host;
+    this.system = channel.tag.startsWith(SYS_TAG_PREFIX);
     this.group = channel.tag === SYS_EVENTS_TAG ? new GroupEventVoter({ n: host.n, f: host.f }) : null;
     this.group?.regroup(host.members(), host.f);
     replicaKeys.forEach((key, id) => this.reporterIds.set(toHex(key), id));
@@ -503,7 +515,8 @@ export class ClientSubscription implements Subscription {
   /**
    * The client moved to another group (membership-follow.ts). `left`: members removed, or
    * whose key or address changed (their connection was replaced); `memberKeys`: each
-   * member's key by id (`$sys.events` counts reports by who signed them). Their SUBSCRIBEs are
+   * member's key by id (on `$sys.*` a replica carries only copies signed by its own key, and
+   * `$sys.events` counts reports by who signed them). Their SUBSCRIBEs are
    * forgotten and their votes taken back; the voter votes with the new members and f
    * (DeliveryVoter.regroup has the rule at the switch). New members are subscribed once
    * their session is up (onReplicaReady), from the next undelivered seq like any replica
@@ -515,12 +528,13 @@ export class ClientSubscription implements Subscription {
       this.replicas.forget(replica);
       this.startBuffer.delete(replica);
     }
+    // `$sys.*`: a member carries only copies signed by its key now.
+    if (this.system && memberKeys !== undefined) {
+      this.reporterIds.clear();
+      for (const [id, key] of memberKeys) this.reporterIds.set(toHex(key), id);
+    }
     if (this.group !== null) {
       // `$sys.events`: reports count by the members' keys now, f+1 of the new f.
-      if (memberKeys !== undefined) {
-        this.reporterIds.clear();
-        for (const [id, key] of memberKeys) this.reporterIds.set(toHex(key), id);
-      }
       const members = new Set(this.host.members());
       for (const replica of [...this.lastReports.keys()])
         if (!members.has(replica) || left.includes(replica)) this.lastReports.delete(replica);
@@ -566,6 +580,7 @@ export class ClientSubscription implements Subscription {
   onEvents(replica: number, subId: number, events: Events): void {
     if (!this.replicas.carries(replica, subId)) return;
     if (events.tag !== this.tag || this.start.t === "ended" || this.delivery.pausedAt !== null) return;
+    if (this.system && !this.isOwnReport(replica, events.req.body)) return;
     if (this.options.onCopy !== undefined && this.group === null) this.options.onCopy({ replica, key: copyKeyOf(this.ordered, events) });
     const voter = this.voter;
     if (voter === null) {
@@ -575,6 +590,28 @@ export class ClientSubscription implements Subscription {
     const outputs = voter.onBatch(replica, { firstSeq: events.seq, tsMs: 0, body: events.req.body, sig: events.req.sig });
     this.observeCopy(voter, replica, events.seq, outputs);
     this.handleOutputs(outputs);
+  }
+
+  /**
+   * `$sys.*`: whether a copy is signed by the key of the member whose session carried it
+   * (PROTOCOL.md 2.1: a replica sends on them only what it reports itself). One signed by
+   * another key is another replica's report, replayed: taken, it would count on
+   * `$sys.events` as its signer's vote (an old `peer-down` delivered again, or a correct
+   * replica's pending report withdrawn by an older opposite one) and reach the caller as
+   * its signer's word on `$sys.replica.<id>`. It is dropped before the voter (whose dedupe
+   * would otherwise take the signer's own copy for a duplicate), counted, signalled and held
+   * against its sender as a copy that fails its checks is (replica-subs.ts sentInvalid). A
+   * body that is not a publish request goes on to the voter, which says so.
+   */
+  private isOwnReport(replica: number, body: Uint8Array): boolean {
+    const request = (this.host.parseBody ?? parseBody)(body);
+    if (typeof request === "string" || this.reporterIds.get(toHex(request.client)) === replica) return true;
+    this.counters.invalidReports++;
+    const signer = this.reporterIds.get(toHex(request.client));
+    const reason = `${this.tag}: a report signed by ${signer === undefined ? "a key that is no member's" : `replica ${signer}`}, not by replica ${replica} whose session carried it (a replica sends only its own)`;
+    this.signalLimited(`invalid/${replica}`, { t: "invalid", replica, reason }, 1);
+    this.replicas.sentInvalid(replica);
+    return false;
   }
 
   onSubEnd(replica: number, subId: number, body: SubEnd): void {
@@ -921,7 +958,8 @@ export class ClientSubscription implements Subscription {
 
   /**
    * `$sys.events`: the voter delivered one replica's signed reports; the group event voter
-   * counts them by the replica that signed, and what f+1 replicas reported is queued.
+   * counts them by the replica that signed, which is the one whose session carried them
+   * (isOwnReport), and what f+1 replicas reported is queued.
    */
   private onReports(group: GroupEventVoter, batch: DeliveredBatch): void {
     const replica = this.reporterIds.get(toHex(batch.publisher));

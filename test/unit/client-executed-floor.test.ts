@@ -165,8 +165,9 @@ for (const how of ["removed", "replaced by new keys"] as const) {
         dissent: new Map(),
       });
       expect(client.f).toBe(1);
-      // 2f+1 = 5 stored answers (the f of the group the request went to) settle it.
-      for (const replica of [1, 2]) internals.requests.onReply(replica, reply(replica, 500));
+      // 2f+1 = 5 stored answers (the f of the group the request went to) settle it; those of
+      // 5 and 6, who left, were taken back (ReplyVoter.withdraw), so five members answer.
+      for (const replica of [1, 2, 3, 4]) internals.requests.onReply(replica, reply(replica, 500));
       const outcome: RequestOutcome = await settled;
       expect(outcome.ok).toBe(true);
       expect(client.executedFloor).toBe(500);

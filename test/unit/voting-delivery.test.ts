@@ -515,9 +515,10 @@ describe("unordered channels", () => {
   test("a forged copy is dropped, counted, vouches for nothing, and does not block the genuine one", () => {
     const v = voter("byzantine", "none");
     const forged = { body: signed(ALICE, 1, ["FORGED"]).body, sig: B1.sig };
-    expect(v.onBatch(3, copy(1, forged))).toEqual([{ t: "invalid", replica: 3, reason: "bad-signature" }]);
-    // Replica 3's forgery named Alice's key but does not count as its vouch for it.
-    expect(v.onBatch(0, copy(1, B1))).toEqual([]);
+    // Held unchecked while no other replica sent a copy of Alice's key...
+    expect(v.onBatch(3, copy(1, forged))).toEqual([]);
+    // ...checked when a second replica's copy would make f+1: it does not count as replica 3's vouch.
+    expect(v.onBatch(0, copy(1, B1))).toEqual([{ t: "invalid", replica: 3, reason: "bad-signature" }]);
     expect(delivered(v.onBatch(2, copy(1, B1)))).toEqual([[null, ["a1", "a2"]]]);
     expect(v.stats().invalid).toEqual([0, 0, 0, 1]);
   });
@@ -729,20 +730,19 @@ describe("byzantine/none: publisher keys are vouched for by f+1 replicas", () =>
     const v = voter("byzantine", "none");
     const registered = Array.from({ length: DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX }, () => publisher());
     for (const p of registered) expect(v.onBatch(0, copy(1, signed(p, 1, ["real"])))).toEqual([]);
-    // Replica 3 floods its own keys; a copy with a bad signature evicts nothing.
-    expect(v.onBatch(3, copy(1, { body: signed(publisher(), 1, ["x"]).body, sig: B1.sig }))).toEqual([
-      { t: "invalid", replica: 3, reason: "bad-signature" },
-    ]);
+    // Replica 3 floods its own keys (one copy with a bad signature among them, held
+    // unchecked like the others: no other replica sent a copy of its key).
+    expect(v.onBatch(3, copy(1, { body: signed(publisher(), 1, ["x"]).body, sig: B1.sig }))).toEqual([]);
     expect(v.stats().evictions).toEqual([0, 0, 0, 0]);
     for (const c of minted(3 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX)) v.onBatch(3, copy(1, c));
-    expect(v.stats().evictions).toEqual([0, 0, 0, 2 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX]);
-    expect(v.stats().heldDropped).toEqual([0, 0, 0, 2 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX]);
+    expect(v.stats().evictions).toEqual([0, 0, 0, 2 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX + 1]);
+    expect(v.stats().heldDropped).toEqual([0, 0, 0, 2 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX + 1]);
     // Replica 0 goes past its own allowance by one key: its oldest, registered[0], is evicted, and that is reported.
     const late = publisher();
     expect(v.onBatch(0, copy(1, signed(late, 1, ["late"])))).toEqual([
       { t: "held-dropped", replica: 0, events: 1, reason: expect.stringContaining("publisher keys not yet vouched for") },
     ]);
-    expect(v.stats().evictions).toEqual([1, 0, 0, 2 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX]);
+    expect(v.stats().evictions).toEqual([1, 0, 0, 2 * DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX + 1]);
     expect(v.onBatch(1, copy(1, signed(registered[0]!, 1, ["real"])))).toEqual([]);
     for (const p of registered.slice(1)) expect(delivered(v.onBatch(1, copy(1, signed(p, 1, ["real"]))))).toEqual([[null, ["real"]]]);
     expect(delivered(v.onBatch(2, copy(1, signed(late, 1, ["late"]))))).toEqual([[null, ["late"]]]);
@@ -776,6 +776,86 @@ describe("byzantine/none: publisher keys are vouched for by f+1 replicas", () =>
     expect((stats.held - perKey) * perCopy).toBeLessThanOrEqual(DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX);
     // Replica 2's evidence for Alice is intact.
     expect(delivered(w.onBatch(0, copy(1, big(ALICE, 1))))).toHaveLength(perKey);
+  });
+});
+
+describe("byzantine/none: copies of a key not yet vouched for are checked only once f+1 replicas sent one", () => {
+  /** A byzantine/none voter whose signature checks are counted; n=4, f=1 unless given. */
+  function counted(extra: Partial<DeliveryVoterOptions> = {}) {
+    const count = { checks: 0 };
+    const v = voter("byzantine", "none", {
+      verify: (body, sig, key) => {
+        count.checks++;
+        return verifySignature(body, sig, key);
+      },
+      ...extra,
+    });
+    return { v, count };
+  }
+
+  test("one replica replaying copies of keys of its own making round its allowance costs no check, for ever", () => {
+    const { v, count } = counted();
+    // One key more than the replica's allowance: each copy evicts the oldest, which then comes back as new.
+    const pool = minted(DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX + 1);
+    for (let round = 0; round < 20; round++) for (const c of pool) expect(delivered(v.onBatch(3, copy(1, c)))).toEqual([]);
+    expect(count.checks).toBe(0);
+    expect(v.stats().held).toBe(DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX);
+    // A real publisher is still vouched for by two correct replicas, with a check each.
+    expect(v.onBatch(0, copy(1, B1))).toEqual([]);
+    expect(delivered(v.onBatch(1, copy(1, B1)))).toEqual([[null, ["a1", "a2"]]]);
+    expect(count.checks).toBe(2);
+  });
+
+  test("the f+1-th replica's copy checks one copy of each; the rest are checked as delivered, duplicates never", () => {
+    const { v, count } = counted();
+    for (let seq = 1; seq <= 5; seq++) expect(v.onBatch(0, copy(1, signed(ALICE, seq, [`a${seq}`])))).toEqual([]);
+    expect(count.checks).toBe(0);
+    // Replica 1's copy of seq 1 makes f+1: it and replica 0's first are checked, 0's others as they are delivered.
+    expect(delivered(v.onBatch(1, copy(1, signed(ALICE, 1, ["a1"]))))).toEqual([1, 2, 3, 4, 5].map((seq) => [null, [`a${seq}`]]));
+    expect(count.checks).toBe(6);
+    // Vouched for: a copy of what was delivered costs nothing.
+    expect(v.onBatch(2, copy(1, signed(ALICE, 3, ["a3"])))).toEqual([]);
+    expect(count.checks).toBe(6);
+  });
+
+  test("a faulty replica's held copies that do not verify are reported when checked, and vouch for nothing", () => {
+    const { v, count } = counted();
+    const bad = (p: Publisher, seq: number) => ({ body: signed(p, seq, ["FORGED"]).body, sig: B1.sig });
+    // Replica 3's first copy does not verify: checked when replica 0's copy would make f+1,
+    // it is reported, the rest of 3's evidence for the key dropped unchecked, and 3 vouches for nothing.
+    v.onBatch(3, copy(1, bad(ALICE, 1)));
+    v.onBatch(3, copy(1, signed(ALICE, 2, ["a2"])));
+    v.onBatch(3, copy(1, bad(ALICE, 3)));
+    expect(v.onBatch(0, copy(1, signed(ALICE, 1, ["a1"])))).toEqual([
+      { t: "invalid", replica: 3, reason: "bad-signature" },
+      { t: "held-dropped", replica: 3, events: 2, reason: expect.stringContaining("does not verify") },
+    ]);
+    expect(count.checks).toBe(2);
+    expect(v.stats()).toMatchObject({ held: 1, invalid: [0, 0, 0, 1], heldDropped: [0, 0, 0, 2] });
+    // A second correct replica vouches; replica 0's copy, checked already, is not checked again.
+    expect(delivered(v.onBatch(1, copy(1, signed(ALICE, 1, ["a1"]))))).toEqual([[null, ["a1"]]]);
+    expect(count.checks).toBe(3);
+    // A replica whose first copy verifies vouches; a later copy of its that does not is
+    // reported as it would be delivered, and the genuine one is delivered after it.
+    const w = counted().v;
+    w.onBatch(3, copy(1, signed(BOB, 1, ["b1"])));
+    w.onBatch(3, copy(1, bad(BOB, 2)));
+    const outputs = w.onBatch(0, copy(1, signed(BOB, 2, ["b2"])));
+    expect(others(outputs)).toEqual([{ t: "invalid", replica: 3, reason: "bad-signature" }]);
+    expect(delivered(outputs)).toEqual([
+      [null, ["b1"]],
+      [null, ["b2"]],
+    ]);
+  });
+
+  test("a regroup that lowers f checks the evidence before it vouches", () => {
+    const { v } = counted({ n: 7, f: 2 });
+    v.onBatch(5, copy(1, { body: signed(ALICE, 1, ["FORGED"]).body, sig: B1.sig }));
+    v.onBatch(0, copy(1, B1));
+    // f=1 over five members: two vouchers would do, but replica 5's copy does not verify.
+    const outputs = v.regroup([0, 1, 2, 3, 5], 1);
+    expect(outputs).toEqual([{ t: "invalid", replica: 5, reason: "bad-signature" }]);
+    expect(delivered(v.onBatch(1, copy(1, B1)))).toEqual([[null, ["a1", "a2"]]]);
   });
 });
 

@@ -129,6 +129,45 @@ describe("ReplyVoter", () => {
     expect(v.add(1, OK).status).toMatchObject({ state: "decided", replicas: [0, 1] });
   });
 
+  test("a replica that answers again and again, each time otherwise, is one equivocation on record", () => {
+    const v = new ReplyVoter({ n: 4, f: 1, kind: "byzantine/total" });
+    v.add(3, FORGED);
+    expect(v.add(3, OK).conflicts).toHaveLength(1);
+    for (let count = 4; count < 1_000; count++)
+      expect(v.add(3, { ...OK, count })).toMatchObject({ outcome: "equivocation", conflicts: [] });
+    expect(v.conflicts()).toEqual([{ kind: "equivocation", replica: 3, first: FORGED, second: OK }]);
+    // Another replica's equivocation is its own record.
+    v.add(2, OK);
+    expect(v.add(2, FORGED).conflicts).toEqual([{ kind: "equivocation", replica: 2, first: OK, second: FORGED }]);
+    expect(v.conflicts()).toHaveLength(2);
+  });
+
+  test("withdraw: a replica that left takes its answer back; what is pending is judged with the larger f", () => {
+    const v = new ReplyVoter({ n: 4, f: 1, kind: "byzantine/total" });
+    v.add(3, FORGED);
+    expect(v.withdraw(3, 1)).toEqual({ state: "pending", answered: 0, quorum: 2 });
+    expect(v.missing()).toEqual([0, 1, 2, 3]);
+    // One faulty member alone cannot decide the forged result any more.
+    expect(v.add(2, FORGED).status.state).toBe("pending");
+    // The replica, replaced, answers again on its new session: counted afresh.
+    expect(v.add(3, OK).outcome).toBe("counted");
+    // The group now tolerates f=2: three matching answers; a lower f later does not lower it.
+    expect(v.withdraw(1, 2)).toMatchObject({ state: "pending", quorum: 3 });
+    expect(v.withdraw(1, 0)).toMatchObject({ state: "pending", quorum: 3 });
+    expect(v.add(0, OK).status.state).toBe("pending");
+    expect(v.add(1, OK).status).toEqual({ state: "decided", result: OK, replicas: [3, 0, 1] });
+    // A decision stands.
+    expect(v.withdraw(0, 1).state).toBe("decided");
+    expect(() => v.withdraw(0, -1)).toThrow(RangeError);
+  });
+
+  test("withdraw: a raised f that no result can reach any more fails the vote", () => {
+    const v = new ReplyVoter({ n: 4, f: 1, kind: "byzantine/none" });
+    v.add(0, OK);
+    v.add(1, REFUSED);
+    expect(v.withdraw(2, 2)).toMatchObject({ state: "failed", reason: "no result can reach 5 matching replies" });
+  });
+
   test("unordered kinds do not call differing results lies", () => {
     const v = new ReplyVoter({ n: 4, f: 1, kind: "crash/none" });
     v.add(0, REFUSED);

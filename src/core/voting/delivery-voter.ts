@@ -16,7 +16,11 @@
  *
  * Every copy's publisher signature is checked through the injected `verify` before it
  * can be delivered or vouch for a key (end-to-end authenticity; on byzantine/total once
- * per distinct copy). Invalid copies are dropped and counted per replica.
+ * per distinct copy). Invalid copies are dropped and counted per replica. On
+ * byzantine/none a copy of a key not yet vouched for is held unchecked until f+1 replicas
+ * hold copies of the key: then one copy of each is checked, and the others as they are
+ * delivered (after dedupe). Keys that only f replicas send, the ones they may make up,
+ * never cost a check, however often their copies come round.
  *
  * An optional publisher filter (`acceptPublisher`) says whether a key is registered on the
  * channel; the client uses it on crash channels, where one replica's copy is delivered on
@@ -80,6 +84,8 @@ export const DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX = 1024;
 const HELD_PER_KEY_REASON = `more than ${DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX} copies or ${DELIVERY_HELD_BYTES_PER_PUBLISHER_MAX} bytes held from one replica for one publisher key not yet vouched for`;
 /** Why a key's held copies are evicted at the bounds of one replica's evidence. */
 const HELD_PER_REPLICA_REASON = `more than ${DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX} publisher keys not yet vouched for, or ${DELIVERY_BUFFERED_BYTES_PER_REPLICA_MAX} bytes, held from one replica`;
+/** Why a replica's held copies of a key are dropped when its first one does not verify. */
+const HELD_WITH_BAD_COPY_REASON = "held with a copy of the same publisher key whose signature does not verify";
 /** Delivered batch starts remembered, to recognise late copies that contradict them. */
 export const DELIVERED_HISTORY_MAX = 1024;
 /** What a CopyKeys remembers at most: copies, and bytes of their bodies (oldest forgotten first). */
@@ -290,16 +296,22 @@ type Group = {
   readonly voters: Set<number>;
 };
 
-/** A verified copy of a publisher key not yet vouched for, held until it is. */
+/** A copy of a publisher key not yet vouched for, held until it is. */
 type HeldCopy = {
   /** Arrival order across replicas, so held copies are delivered as they came. */
   readonly arrival: number;
   readonly replica: number;
   readonly request: PubRequest;
   readonly copy: BatchCopy;
+  /** Whether its signature was checked and verifies: checked once its key has evidence from `threshold` replicas (confirmEvidence), or as it is delivered. */
+  verified: boolean;
 };
 
-/** One replica's evidence for one key not yet vouched for: the verified copies it sent. */
+/**
+ * One replica's evidence for one key not yet vouched for: the copies it sent, unchecked
+ * until the key has evidence from `threshold` replicas (then its first copy, if it
+ * verifies, stands for it: confirmEvidence).
+ */
 type Evidence = { readonly held: HeldCopy[]; bytes: number };
 
 /** Unordered: what is kept of a publisher key once it has been vouched for. */
@@ -359,8 +371,8 @@ export class DeliveryVoter {
   private readonly seen = new Map<string, Vouched>();
   /**
    * Unordered, per replica: its evidence for each publisher key not yet vouched for, by
-   * key hex, oldest first. A key is vouched for once `threshold` replicas hold evidence.
-   * Its held bytes count in `bufferedBytes`.
+   * key hex, oldest first. A key is vouched for once `threshold` replicas hold evidence
+   * that verifies (confirmEvidence). Its held bytes count in `bufferedBytes`.
    */
   private readonly unvouched: Map<string, Evidence>[];
   private arrivals = 0;
@@ -503,6 +515,8 @@ export class DeliveryVoter {
     const keys = new Set<string>();
     for (const evidence of this.unvouched) for (const key of evidence.keys()) keys.add(key);
     for (const publisherHex of keys) {
+      if (this.vouchersOf(publisherHex) < this.threshold) continue;
+      outputs.push(...this.confirmEvidence(publisherHex));
       if (this.vouchersOf(publisherHex) < this.threshold) continue;
       const held = this.takeHeld(publisherHex);
       const first = held[0];
@@ -693,10 +707,14 @@ export class DeliveryVoter {
   }
 
   /**
-   * A copy signed by a key not yet vouched for. It counts as this replica's evidence for
-   * the key only once its signature verifies; a replica that sends many copies counts
-   * once. The `threshold`-th distinct replica makes the key vouched for, and everything
-   * held for it goes through the normal path in arrival order.
+   * A copy signed by a key not yet vouched for: held as this replica's evidence for the
+   * key, unchecked (a replica that sends many copies counts once). The copy that gives the
+   * key evidence from `threshold` replicas is checked, and so is one copy of each of the
+   * others (confirmEvidence): if `threshold` replicas still vouch, the key is, and
+   * everything held for it goes through the normal path in arrival order, each copy checked
+   * unless it was or is a duplicate. Checking on arrival instead would let one replica
+   * that replays copies of keys of its own making (round the allowance, so that each
+   * evicts the oldest and comes back as new) cost a check per copy, for ever.
    */
   private onUnvouchedCopy(replica: number, publisherHex: string, request: PubRequest, copy: BatchCopy): DeliveryOutput[] {
     // A key that lapsed keeps its window: a copy of what was delivered is dropped unverified.
@@ -708,14 +726,46 @@ export class DeliveryVoter {
     const own = evidence.get(publisherHex);
     const bytes = copy.body.length + copy.sig.length;
     // This replica already vouches for the key: a copy past its hold bound changes
-    // nothing, so it is dropped before paying for a signature check.
+    // nothing, so it is dropped.
     if (own !== undefined && !holdFits(own, bytes)) return this.dropHeld(replica, 1, request.span, HELD_PER_KEY_REASON);
+    const held: HeldCopy = { arrival: this.arrivals++, replica, request, copy, verified: false };
+    if (own !== undefined || this.vouchersOf(publisherHex) + 1 < this.threshold) return this.hold(held, publisherHex, bytes);
     if (!this.verify(copy.body, copy.sig, request.client, request.v)) return this.invalidCopy(replica, "bad-signature");
-    const held: HeldCopy = { arrival: this.arrivals++, replica, request, copy };
-    if (own === undefined && this.vouchersOf(publisherHex) + 1 >= this.threshold) {
-      return this.admit(publisherHex, request.client, [...this.takeHeld(publisherHex), held]);
+    held.verified = true;
+    const outputs = this.confirmEvidence(publisherHex);
+    if (this.vouchersOf(publisherHex) + 1 >= this.threshold) {
+      outputs.push(...this.admit(publisherHex, request.client, [...this.takeHeld(publisherHex), held]));
+    } else {
+      outputs.push(...this.hold(held, publisherHex, bytes));
     }
-    return this.hold(held, publisherHex, bytes);
+    return outputs;
+  }
+
+  /**
+   * Checks the first copy of the evidence each replica holds for a key (once: a copy
+   * checked stays so). A replica whose copy does not verify is faulty (replicas check a
+   * signature before they store), so that copy is reported against it and the rest of its
+   * evidence for the key dropped unchecked ("held-dropped"): one check per replica and key
+   * however many copies it held, and it vouches for nothing.
+   */
+  private confirmEvidence(publisherHex: string): DeliveryOutput[] {
+    const outputs: DeliveryOutput[] = [];
+    this.unvouched.forEach((evidence, replica) => {
+      const own = evidence.get(publisherHex);
+      const first = own?.held[0];
+      if (own === undefined || first === undefined) return;
+      if (first.verified || this.verify(first.copy.body, first.copy.sig, first.request.client, first.request.v)) {
+        first.verified = true;
+        return;
+      }
+      evidence.delete(publisherHex);
+      this.bufferedBytes[replica] = (this.bufferedBytes[replica] as number) - own.bytes;
+      outputs.push(...this.invalidCopy(replica, "bad-signature"));
+      let events = 0;
+      for (const held of own.held.slice(1)) events += held.request.span;
+      outputs.push(...this.dropHeld(replica, own.held.length - 1, events, HELD_WITH_BAD_COPY_REASON));
+    });
+    return outputs;
   }
 
   /** Distinct replicas holding evidence for a key not yet vouched for. */
@@ -726,7 +776,7 @@ export class DeliveryVoter {
   }
 
   /**
-   * Keeps a verified copy as its sender's evidence. Room within the sender's allowance
+   * Keeps a copy as its sender's evidence. Room within the sender's allowance
    * (keys, and bytes across its keys) is made by evicting the sender's own oldest key,
    * so a flood from one replica never costs another replica its evidence. What is dropped
    * to keep within it is reported ("held-dropped").
@@ -791,7 +841,8 @@ export class DeliveryVoter {
 
   /**
    * A key is vouched for: it gets a dedupe window (or takes back the one it had before it
-   * lapsed), and its copies are delivered once each.
+   * lapsed), and its copies are delivered once each, each checked first unless it was
+   * (confirmEvidence): a held copy that does not verify is dropped and reported.
    */
   private admit(publisherHex: string, publisher: Uint8Array, copies: readonly HeldCopy[]): DeliveryOutput[] {
     let entry = this.seen.get(publisherHex);
@@ -806,8 +857,10 @@ export class DeliveryVoter {
     for (const held of copies) {
       this.noteCopy(entry, held.replica, held.request);
       const dropped = this.checkRange(held.replica, entry, held.request);
-      if (dropped === null) outputs.push(this.deliverUnordered(entry.window, held.request, held.copy));
-      else outputs.push(...dropped);
+      if (dropped !== null) outputs.push(...dropped);
+      else if (!held.verified && !this.verify(held.copy.body, held.copy.sig, held.request.client, held.request.v))
+        outputs.push(...this.invalidCopy(held.replica, "bad-signature"));
+      else outputs.push(this.deliverUnordered(entry.window, held.request, held.copy));
     }
     return outputs;
   }
