@@ -1,7 +1,7 @@
 /**
- * Processes that must not outlive the one that started them. A child can learn that its
- * parent died in two ways that also work after `kill -9` of the parent, which runs no
- * handler of its own:
+ * How long-running commands end. Processes that must not outlive the one that started
+ * them: a child can learn that its parent died in two ways that also work after `kill -9`
+ * of the parent, which runs no handler of its own:
  *
  * - standard input is a pipe the parent holds: the kernel closes the parent's end when
  *   it dies, and the child reads end of file (`untilStdinEnds`). `fitb demo` starts its
@@ -9,6 +9,8 @@
  * - the parent process id changes: the orphan is re-parented to init or a subreaper
  *   (`untilParentChanges`). `fitb demo` watches its own parent so, because `npm start`
  *   runs it under `sh -c`, and npm stopped by a signal does not stop that shell's child.
+ *
+ * And SIGHUP stops a service command as SIGTERM does (`stopOnHangup`).
  */
 
 /** How often the parent process id is looked at: the orphan is stopped within this. */
@@ -39,4 +41,18 @@ export function untilParentChanges(onGone: () => void, pollMs = PARENT_POLL_MS):
   // Watching alone does not keep the process alive.
   timer.unref();
   return () => clearInterval(timer);
+}
+
+/**
+ * Makes SIGHUP stop this process as SIGTERM does, through whatever SIGTERM handler the
+ * command installed: the replica logs "replica stopped", the demo stops its replicas and
+ * removes relay.sock. Left alone, SIGHUP (the terminal or ssh session closed, or `kill
+ * -HUP` from an operator used to daemons) ends the process at once, with none of that.
+ * SIGTERM is raised rather than the handlers called, so that a process that has none yet
+ * (still starting) ends just as SIGTERM would end it.
+ */
+export function stopOnHangup(): void {
+  process.on("SIGHUP", () => {
+    process.kill(process.pid, "SIGTERM");
+  });
 }

@@ -5,7 +5,9 @@
  * namespace). Bun has no Unix datagram sockets, so the three libc calls are made through
  * bun:ffi. Without $NOTIFY_SOCKET (not under systemd) every call does nothing; a socket
  * that cannot be used is reported once by the caller and then ignored, because
- * notification is a courtesy to the supervisor, never a reason to stop a replica.
+ * notification is a courtesy to the supervisor, never a reason to stop a replica. So the
+ * constructor never throws: a name that is no socket address at all (too long, say) is
+ * the first `notify`'s failure, for the caller to report, and later calls do nothing.
  */
 import { dlopen, FFIType, ptr } from "bun:ffi";
 
@@ -60,25 +62,43 @@ export class SystemdNotifier {
   private fd = -1;
   private readonly address: Uint8Array | null;
   private readonly addressLength: number;
+  /** Why $NOTIFY_SOCKET names no usable address; null once the first `notify` has said so, or when it does. */
+  private unusableName: string | null = null;
+  private readonly asked: boolean;
 
   constructor(socketName: string | undefined = process.env.NOTIFY_SOCKET) {
-    if (socketName === undefined || socketName === "") {
-      this.address = null;
-      this.addressLength = 0;
-      return;
+    this.asked = socketName !== undefined && socketName !== "";
+    let address: Uint8Array | null = null;
+    if (socketName !== undefined && socketName !== "") {
+      try {
+        address = sockaddrUn(socketName);
+      } catch (error) {
+        this.unusableName = (error as Error).message;
+      }
     }
-    this.address = sockaddrUn(socketName);
+    this.address = address;
     // The abstract namespace counts exactly the name's bytes; a path ends at its NUL.
-    this.addressLength = 2 + new TextEncoder().encode(socketName).length + (socketName.startsWith("@") ? 0 : 1);
+    this.addressLength =
+      address === null || socketName === undefined
+        ? 0
+        : 2 + new TextEncoder().encode(socketName).length + (socketName.startsWith("@") ? 0 : 1);
   }
 
-  /** Whether a supervisor asked for notifications ($NOTIFY_SOCKET is set). */
+  /** Whether a supervisor asked for notifications ($NOTIFY_SOCKET is set, usable or not). */
   get enabled(): boolean {
-    return this.address !== null;
+    return this.asked;
   }
 
-  /** Sends one message ("READY=1", ...); throws when the socket cannot be used. */
+  /**
+   * Sends one message ("READY=1", ...); throws when the socket cannot be used. A name that
+   * is no socket address throws once, on the first call, and is ignored after.
+   */
   notify(message: string): void {
+    if (this.unusableName !== null) {
+      const reason = this.unusableName;
+      this.unusableName = null;
+      throw new Error(reason);
+    }
     if (this.address === null) return;
     if (this.libc === null) this.libc = openLibc();
     if (this.fd < 0) {

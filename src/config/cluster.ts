@@ -24,7 +24,7 @@
  *   [retention]   optional, defaults for channels that do not set their own
  * Relative paths (key_file, data_dir) are relative to the directory of the file.
  */
-import { readFileSync, statSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { isIP, isIPv4 } from "node:net";
 import { dirname, resolve } from "node:path";
 import { z } from "zod";
@@ -231,6 +231,17 @@ const hostSchema = z
   .max(HOST_CHARS_MAX, { error: expected(HOST_FORM) })
   .refine(isValidHost, { error: expected(HOST_FORM) });
 
+/**
+ * Why the cluster file would refuse `host` as a replica's address, or null when it takes
+ * it. For commands that put an address into the group by other ways than the file
+ * (`fitb admin add-replica --host`): an address the file refuses would make every later
+ * `fitb cluster export` fail.
+ */
+export function hostProblem(host: string): string | null {
+  const parsed = hostSchema.safeParse(host);
+  return parsed.success ? null : (parsed.error.issues[0]?.message ?? `expected ${HOST_FORM}`);
+}
+
 const CLUSTER_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 const CLUSTER_NAME_FORM = `a name of 1..${CLUSTER_NAME_CHARS_MAX} chars from [A-Za-z0-9._-], starting with a letter or digit`;
 const clusterNameSchema = z
@@ -344,22 +355,44 @@ export function parseClusterConfig(text: string, sourceName: string, options: Pa
 
 /** Reads and validates a cluster file. I/O problems come back as issues too. */
 export function loadClusterConfig(path: string): ClusterConfigResult {
-  let size: number;
+  const read = readConfigFile(path);
+  if (!read.ok) return { ok: false, errors: [{ path: "", message: read.message }] };
+  return parseClusterConfig(read.text, path);
+}
+
+/**
+ * The text of the file at `path`, read up to one byte past CONFIG_FILE_BYTES_MAX and no
+ * further. The size is not asked of stat(): a device or a FIFO reports 0 however much it
+ * holds (`fitb config check /dev/zero` would read forever), while a bounded read stops at
+ * the limit whatever the file is, and still reads a pipe (`<(...)`) that fits.
+ */
+function readConfigFile(path: string): { readonly ok: true; readonly text: string } | { readonly ok: false; readonly message: string } {
+  let fd: number;
   try {
-    size = statSync(path).size;
+    fd = openSync(path, "r");
   } catch (error) {
-    return { ok: false, errors: [{ path: "", message: `cannot read ${path}: ${describeIoError(error)}` }] };
+    return { ok: false, message: `cannot read ${path}: ${describeIoError(error)}` };
   }
-  if (size > CONFIG_FILE_BYTES_MAX) {
-    return { ok: false, errors: [{ path: "", message: `${path} is ${size} bytes; a cluster file is at most ${CONFIG_FILE_BYTES_MAX}` }] };
-  }
-  let text: string;
   try {
-    text = readFileSync(path, "utf8");
+    const buffer = Buffer.alloc(CONFIG_FILE_BYTES_MAX + 1);
+    let length = 0;
+    while (length < buffer.length) {
+      const count = readSync(fd, buffer, length, buffer.length - length, null);
+      if (count === 0) break;
+      length += count;
+    }
+    if (length > CONFIG_FILE_BYTES_MAX) {
+      // A regular file's size is worth naming; a device or a pipe has none to give.
+      const stats = fstatSync(fd);
+      const size = stats.isFile() ? `${stats.size} bytes` : `more than ${CONFIG_FILE_BYTES_MAX} bytes`;
+      return { ok: false, message: `${path} is ${size}; a cluster file is at most ${CONFIG_FILE_BYTES_MAX}` };
+    }
+    return { ok: true, text: buffer.toString("utf8", 0, length) };
   } catch (error) {
-    return { ok: false, errors: [{ path: "", message: `cannot read ${path}: ${describeIoError(error)}` }] };
+    return { ok: false, message: `cannot read ${path}: ${describeIoError(error)}` };
+  } finally {
+    closeSync(fd);
   }
-  return parseClusterConfig(text, path);
 }
 
 /** Like `loadClusterConfig`, for callers that cannot go on without a valid file. */

@@ -44,6 +44,16 @@ describe("SystemdNotifier", () => {
     socket.close();
   });
 
+  test("a NOTIFY_SOCKET that names no socket address fails the first notify only, never the constructor", () => {
+    // Longer than sockaddr_un's 108-byte path: the replica once logged "replica started", then died here.
+    const notifier = new SystemdNotifier(`/run/${"x".repeat(200)}/notify`);
+    expect(notifier.enabled).toBe(true);
+    expect(() => notifier.notify("READY=1")).toThrow(/is not a usable socket name/);
+    notifier.notify("WATCHDOG=1");
+    notifier.notify("STOPPING=1");
+    notifier.close();
+  });
+
   test("abstract socket names and the watchdog interval", () => {
     expect(sockaddrUn("@systemd/notify")[2]).toBe(0);
     expect(watchdogIntervalMs({ WATCHDOG_USEC: "30000000" })).toBe(30_000);

@@ -9,6 +9,7 @@
 import type { AdminCmd } from "../../../wire/schemas.ts";
 import { REPLICAS_MAX } from "../../../wire/types.ts";
 import type { GroupListing, MembersListing } from "../../client/queries.ts";
+import { hostProblem } from "../../config/cluster.ts";
 import { toHex } from "../../crypto/encoding.ts";
 import { formatPublicKey, tryParsePublicKey } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";
@@ -71,6 +72,11 @@ export function membershipCmd(subcommand: MembershipSubcommand, positional: stri
     case "add-replica": {
       const host = args.string("host");
       if (host === undefined || host.length === 0) throw new UsageError("add-replica needs --host HOST");
+      // The cluster file's rule, checked here: the replicas check the shape only (membership.ts,
+      // a replicated rule that stays as it is), and an address the file refuses (10.0.1.256)
+      // would make every later `fitb cluster export` fail.
+      const problem = hostProblem(host);
+      if (problem !== null) throw new UsageError(`--host: ${problem}`);
       const port = args.integer("port", 1, 65_535);
       if (port === undefined) throw new UsageError("add-replica needs --port PORT");
       const peerPort = args.integer("peer-port", 1, 65_535);

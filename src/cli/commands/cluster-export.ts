@@ -11,7 +11,7 @@
  * group the cluster started with (`first_group_digest`, config/digest.ts), so replicas
  * started from it and from older files accept each other.
  */
-import { renameSync, writeFileSync } from "node:fs";
+import { renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, isAbsolute, relative, resolve } from "node:path";
 import type { MembersListing } from "../../client/queries.ts";
 import {
@@ -153,13 +153,27 @@ async function runClusterExport(args: ParsedArgs, io: CommandIo): Promise<number
     io.out(text.trimEnd());
     return EXIT_OK;
   }
-  const temporary = `${outPath}.tmp-${process.pid}`;
-  try {
-    writeFileSync(temporary, text, { mode: 0o644 });
-    renameSync(temporary, outPath);
-  } catch (error) {
-    throw new CommandError(`cannot write ${outPath}: ${(error as Error).message}`);
-  }
+  replaceFile(outPath, text);
   io.err(`wrote ${outPath}: cluster ${client.config.name}, epoch ${listing.epoch}, n=${listing.members.length}, f=${listing.f}`);
   return EXIT_OK;
+}
+
+/**
+ * Writes `text` to `path` in one step: into a temporary file beside it, renamed over it. On
+ * failure (`path` a directory, a full disk) the temporary file is removed, so that a
+ * failed export leaves nothing behind, and the error names `path`.
+ */
+export function replaceFile(path: string, text: string): void {
+  const temporary = `${path}.tmp-${process.pid}`;
+  try {
+    writeFileSync(temporary, text, { mode: 0o644 });
+    renameSync(temporary, path);
+  } catch (error) {
+    try {
+      rmSync(temporary, { force: true });
+    } catch {
+      // Not a file this wrote (a directory of that name): left as it was; the error below says what failed.
+    }
+    throw new CommandError(`cannot write ${path}: ${(error as Error).message}`);
+  }
 }

@@ -5,7 +5,8 @@
  * and reuses it later; starts the 4 replicas as child processes of this same executable;
  * creates one example channel per CLASS and a low-priority bulk one; runs the relay in this process; and prints how
  * to publish and subscribe with nc and with fitb. SIGINT (Ctrl-C) or SIGTERM stops
- * everything: the children get SIGTERM, then SIGKILL if they outlast a bound.
+ * everything, and so does SIGHUP, its terminal closing (main.ts makes it a SIGTERM): the
+ * children get SIGTERM, then SIGKILL if they outlast a bound.
  *
  * Nothing outlives the demo (lifetime.ts): each replica's standard input is a pipe from
  * the demo and the replica stops when it ends, so even `kill -9` of the demo stops the
@@ -159,7 +160,7 @@ export const demoCommand: Command = {
 };
 
 /** One port the demo needs, and what for (named in the error when it is taken). */
-interface NeededPort {
+export interface NeededPort {
   readonly host: string;
   readonly port: number;
   readonly what: string;
@@ -175,8 +176,14 @@ async function runDemo(args: ParsedArgs, io: CommandIo): Promise<number> {
   const existing = existsSync(configPath) ? requireClusterConfig(configPath) : null;
   const replicaPorts =
     existing === null ? plannedReplicaPorts(basePortFlag ?? DEFAULT_BASE_PORT) : existingReplicaPorts(existing, basePortFlag, dir);
-  // Every port is checked before anything is written or started.
+  // Every port is checked before anything is written or started: that no two of the
+  // demo's own listeners want the same one (the relay cannot take a replica's, say, once
+  // the replicas run), and that nothing else holds them.
   const needed = [...replicaPorts, { host: DEFAULT_HOST, port: relayPort, what: "the relay", flag: "--relay-port" }];
+  const consoleNeeds: NeededPort[] =
+    consolePort === 0 ? [] : [{ host: DEFAULT_HOST, port: consolePort, what: "the web console", flag: "--console-port" }];
+  const clash = portClashMessage([...needed, ...consoleNeeds]);
+  if (clash !== null) throw new CommandError(clash);
   for (const port of needed) if (!portIsFree(port.host, port.port)) throw new CommandError(portInUseMessage(port));
 
   const demo = new Demo(io, dir);
@@ -527,12 +534,30 @@ function existingReplicaPorts(config: ClusterConfig, basePortFlag: number | unde
       `${displayPath(dir)} was set up with base port ${first.port}; leave out --base-port, pass --base-port ${first.port}, or choose another --dir`,
     );
   }
-  return config.replicas.map((replica) => ({
-    host: replica.host,
-    port: replica.port,
-    what: `replica ${replica.id}`,
-    flag: "a different --dir",
-  }));
+  return config.replicas.flatMap((replica) => [
+    { host: replica.host, port: replica.port, what: `replica ${replica.id}`, flag: "a different --dir" },
+    // A file edited by hand (or from an older demo) may give peers a port of their own.
+    ...(replica.peerPort === null
+      ? []
+      : [{ host: replica.host, port: replica.peerPort, what: `replica ${replica.id}'s peers`, flag: "a different --dir" }]),
+  ]);
+}
+
+/**
+ * The error when two of the demo's listeners want the same port, naming both and the flag
+ * that moves the later one; null when every port is its own. Ports are compared alone,
+ * whatever the host: the demo runs everything on this machine.
+ */
+export function portClashMessage(ports: readonly NeededPort[]): string | null {
+  const firstByPort = new Map<number, NeededPort>();
+  for (const port of ports) {
+    const earlier = firstByPort.get(port.port);
+    if (earlier !== undefined) {
+      return `port ${port.port} is asked for both ${earlier.what} and ${port.what}; each needs its own: pass another ${port.flag}`;
+    }
+    firstByPort.set(port.port, port);
+  }
+  return null;
 }
 
 /** Whether nothing listens on host:port now (by trying to listen there). */

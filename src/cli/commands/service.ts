@@ -15,6 +15,7 @@
  * them (TimeoutStartSec=infinity; `systemctl enable --now --no-block` returns at once).
  */
 import { resolve } from "node:path";
+import { PORT_MAX, PORT_MIN } from "../../config/cluster.ts";
 import { parseListenAddress, RELAY_LISTEN_NONE, remoteListenRefusal } from "../../relay/listen.ts";
 import { RELAY_SOCKET_NAME } from "../../relay/unix-socket.ts";
 import type { ParsedArgs } from "../args.ts";
@@ -22,6 +23,7 @@ import type { Command, CommandIo } from "../command.ts";
 import { EXIT_OK, UsageError } from "../errors.ts";
 import { checkMetricsHostNames, METRICS_HOST_NAME_FLAG } from "../metrics-flags.ts";
 import { FTL_DEFAULT, ftlEnvironment } from "../jit.ts";
+import { REPLICAS_MAX } from "../../../wire/types.ts";
 
 export const DEFAULT_BINARY = "/usr/local/bin/fitb";
 export const DEFAULT_USER = "fitb";
@@ -36,6 +38,10 @@ const STATE_ROOT = "/var/lib/fitb";
 const WATCHDOG_SEC = 30;
 /** User names systemd accepts (a conservative subset of POSIX names). */
 const USER_PATTERN = /^[a-z_][a-z0-9_-]{0,31}$/;
+/** `--metrics HOST:PORT`, as the replica and the relay split it (metrics-server.ts). */
+const METRICS_LISTEN_PATTERN = /^(\S+):(\d{1,5})$/;
+/** Flags only a replica takes: a relay unit given one refuses it rather than drop it. */
+const REPLICA_ONLY_FLAGS = ["id", "data", "sync"] as const;
 
 export const serviceUnitCommand: Command = {
   path: ["service", "unit"],
@@ -108,11 +114,12 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
   const config = resolve(args.requiredString("config"));
   const user = args.string("user") ?? DEFAULT_USER;
   if (!USER_PATTERN.test(user)) throw new UsageError(`--user: ${JSON.stringify(user)} is not a valid user name`);
-  const binary = args.string("binary") ?? DEFAULT_BINARY;
-  if (!binary.startsWith("/")) throw new UsageError("--binary: must be an absolute path (systemd requires one)");
+  const binaryPath = args.string("binary") ?? DEFAULT_BINARY;
+  if (!binaryPath.startsWith("/")) throw new UsageError("--binary: must be an absolute path (systemd requires one)");
+  // Quoted as ExecStart's first word needs when it holds spaces (/opt/my fitb/fitb).
+  const binary = quote(binaryPath);
   const metrics = args.string("metrics");
-  if (metrics !== undefined && !/^\S+:\d{1,5}$/.test(metrics))
-    throw new UsageError(`--metrics: expected HOST:PORT, got ${JSON.stringify(metrics)}`);
+  checkMetricsListen(metrics);
   const metricsHostNames = args.strings("metrics-host-name");
   checkMetricsHostNames(metrics, metricsHostNames);
   const metricsArg =
@@ -121,7 +128,8 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
       : ` --metrics ${systemdEscape(metrics)}${metricsHostNames.map((name) => ` --metrics-host-name ${systemdEscape(name)}`).join("")}`;
   let unit: string;
   if (kind === "replica") {
-    const id = args.requiredInteger("id", 0, 1023);
+    // The replica's own bound (replica.ts): a unit for an id it refuses would fail at every start.
+    const id = args.requiredInteger("id", 0, REPLICAS_MAX - 1);
     const key = args.string("key");
     const keyArg = key === undefined ? "" : ` --key ${quote(resolve(key))}`;
     const data = resolve(args.string("data") ?? `${STATE_ROOT}/replica-${id}`);
@@ -144,6 +152,9 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
       readWritePaths: data === STATE_ROOT || data.startsWith(`${STATE_ROOT}/`) ? [] : [data],
     });
   } else if (kind === "relay") {
+    for (const flag of REPLICA_ONLY_FLAGS) {
+      if (args.string(flag) !== undefined) throw new UsageError(`--${flag} is for replica units; a relay has no such flag`);
+    }
     const key = args.string("key");
     if (key === undefined) throw new UsageError("relay units need --key FILE (the probe key the relay signs with)");
     const listen = readRelayListen(args);
@@ -166,6 +177,19 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
   }
   io.out(unit);
   return EXIT_OK;
+}
+
+/**
+ * `--metrics`: HOST:PORT with a port a scraper can be pointed at, 1..65535 (the replica
+ * takes 0 too, for a port the system picks, which no scrape configuration can name).
+ */
+function checkMetricsListen(metrics: string | undefined): void {
+  if (metrics === undefined) return;
+  const match = METRICS_LISTEN_PATTERN.exec(metrics);
+  if (match === null) throw new UsageError(`--metrics: expected HOST:PORT, got ${JSON.stringify(metrics)}`);
+  const port = Number(match[2]);
+  if (port < PORT_MIN || port > PORT_MAX)
+    throw new UsageError(`--metrics: the port must be in ${PORT_MIN}..${PORT_MAX}, got ${JSON.stringify(metrics)}`);
 }
 
 /** Every --listen, each a valid HOST:PORT (as the replica and the relay would check it). */

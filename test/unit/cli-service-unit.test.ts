@@ -1,0 +1,65 @@
+/**
+ * `fitb service unit` (src/cli/commands/service.ts) refuses what would make a unit that
+ * cannot start, or that does other than asked: an id the replica refuses, a metrics port
+ * out of range, flags a relay has not; and it quotes a binary path with spaces as
+ * ExecStart needs. (What the units hold otherwise: test/integration/cli-service.test.ts.)
+ */
+import { describe, expect, test } from "bun:test";
+import type { CommandIo } from "../../src/cli/command.ts";
+import { serviceUnitCommand } from "../../src/cli/commands/service.ts";
+import { EXIT_OK, EXIT_USAGE } from "../../src/cli/errors.ts";
+import { runCli } from "../../src/cli/run.ts";
+import { REPLICAS_MAX } from "../../wire/types.ts";
+
+async function run(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const io: CommandIo = { out: (line) => out.push(line), err: (line) => err.push(line) };
+  const code = await runCli(["service", "unit", ...argv], { io, env: {}, commands: [serviceUnitCommand] });
+  return { code, out: out.join("\n"), err: err.join("\n") };
+}
+
+const REPLICA = ["replica", "--config", "/etc/fitb/cluster.toml"];
+const RELAY = ["relay", "--config", "/etc/fitb/cluster.toml", "--key", "/etc/fitb/probe.key"];
+
+describe("fitb service unit refuses what the unit's process would refuse or drop", () => {
+  test("--id: the replica's own range, 0..REPLICAS_MAX-1", async () => {
+    expect((await run([...REPLICA, "--id", String(REPLICAS_MAX - 1)])).code).toBe(EXIT_OK);
+    const refused = await run([...REPLICA, "--id", String(REPLICAS_MAX)]);
+    expect(refused.code).toBe(EXIT_USAGE);
+    expect(refused.err).toContain(`--id: expected an integer in 0..${REPLICAS_MAX - 1}, got "${REPLICAS_MAX}"`);
+    expect((await run([...REPLICA, "--id", "100"])).code).toBe(EXIT_USAGE);
+  });
+
+  test("--metrics: a port in 1..65535", async () => {
+    for (const metrics of ["127.0.0.1:99999", "127.0.0.1:65536", "127.0.0.1:0"]) {
+      const refused = await run([...REPLICA, "--id", "0", "--metrics", metrics]);
+      expect(refused.code).toBe(EXIT_USAGE);
+      expect(refused.err).toContain(`--metrics: the port must be in 1..65535, got "${metrics}"`);
+      expect((await run([...RELAY, "--metrics", metrics])).code).toBe(EXIT_USAGE);
+    }
+    expect((await run([...REPLICA, "--id", "0", "--metrics", "127.0.0.1:65535"])).code).toBe(EXIT_OK);
+  });
+
+  test("a relay unit refuses --id, --data and --sync rather than drop them", async () => {
+    for (const [flag, value] of [
+      ["--id", "0"],
+      ["--data", "/srv/fitb"],
+      ["--sync", "normal"],
+    ] as const) {
+      const refused = await run([...RELAY, flag, value]);
+      expect(refused.code).toBe(EXIT_USAGE);
+      expect(refused.err).toContain(`${flag} is for replica units; a relay has no such flag`);
+    }
+  });
+
+  test("a --binary path with spaces is quoted in ExecStart, as systemd splits words", async () => {
+    const replica = await run([...REPLICA, "--id", "0", "--binary", "/opt/my fitb/fitb"]);
+    expect(replica.code).toBe(EXIT_OK);
+    expect(replica.out).toContain('ExecStart="/opt/my fitb/fitb" replica --config /etc/fitb/cluster.toml --id 0 ');
+    const relay = await run([...RELAY, "--binary", "/opt/my fitb/fitb"]);
+    expect(relay.out).toContain('ExecStart="/opt/my fitb/fitb" relay --config ');
+    // A plain path stays as it was.
+    expect((await run([...REPLICA, "--id", "0"])).out).toContain("ExecStart=/usr/local/bin/fitb replica ");
+  });
+});
