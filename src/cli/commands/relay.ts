@@ -55,7 +55,7 @@ export const relayCommand: Command = {
     "RuntimeDirectory ($RUNTIME_DIRECTORY) or fitb-relay.sock in $XDG_RUNTIME_DIR. Every local",
     "account can connect to the TCP port and publish with the key: '--listen none' turns it",
     "off (the socket only). The port listens on loopback only unless --allow-remote is given.",
-    "SIGTERM or SIGINT stops it cleanly.",
+    "SIGTERM, SIGINT or SIGHUP stops it cleanly.",
   ],
   flags: [
     CONFIG_FLAG,

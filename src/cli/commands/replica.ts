@@ -35,7 +35,7 @@ export const replicaCommand: Command = {
   description: [
     "Runs replica N of the cluster described by the config file: it listens on the",
     "replica's host:port for peers and clients, joins the authenticated peer mesh, and",
-    "orders, stores and delivers events. SIGTERM or SIGINT stops it cleanly.",
+    "orders, stores and delivers events. SIGTERM, SIGINT or SIGHUP stops it cleanly.",
     "The secret key defaults to replica-N.key beside the config, the data directory to",
     "the replica's data_dir in the config (data/replica-N beside it). Everything acknowledged",
     "is on disk there first; after kill -9 or power loss the replica restarts from it,",
@@ -220,6 +220,11 @@ async function runReplica(args: ParsedArgs): Promise<number> {
       throw new CommandError(`replica ${id} could not learn its group from the replicas of ${configPath}: ${(error as Error).message}`);
     }
   }
+  // Listened for from here, well before the replica starts and says so ("replica started"):
+  // a stop asked while it opens its store and starts is kept, and done once it runs. (Had
+  // the listeners come after start, a SIGTERM sent on seeing that line could still find
+  // none and end the process by the signal, with no "replica stopped".)
+  const stopAsked = stopSignals();
   let replica: Replica;
   try {
     replica = new Replica({
@@ -285,8 +290,7 @@ async function runReplica(args: ParsedArgs): Promise<number> {
       replica.stop();
       resolve();
     };
-    process.once("SIGTERM", stop);
-    process.once("SIGINT", stop);
+    void stopAsked.then(stop);
     if (args.boolean("with-parent")) {
       void untilStdinEnds().then(() => {
         if (!stopped) log.info("standard input ended: the parent process is gone; stopping");
@@ -295,6 +299,14 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     }
   });
   return EXIT_OK;
+}
+
+/** Resolves at the first SIGTERM or SIGINT from now on. */
+function stopSignals(): Promise<void> {
+  return new Promise<void>((resolve) => {
+    process.once("SIGTERM", () => resolve());
+    process.once("SIGINT", () => resolve());
+  });
 }
 
 function parseListen(text: string): ListenAddress {
