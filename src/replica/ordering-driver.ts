@@ -1204,6 +1204,7 @@ export class OrderingDriver {
         return;
       case "peerMisbehaved": {
         this.options.metrics.inc("peer_misbehaviour_total");
+        if (effect.mute === true) this.options.onPeerFaulty?.(this.epochView.idOf(effect.peer), effect.reason);
         // Once a minute per peer at most: a lying peer must not flood the log as well.
         const now = this.clock.now();
         if (now - (this.misbehaviourLoggedAt.get(effect.peer) ?? 0) < MISBEHAVIOUR_LOG_INTERVAL_MS) return;

@@ -385,6 +385,53 @@ describe("item 8: a replica cannot spend another's slot or make others answer fo
   });
 });
 
+describe("costly messages that prove their sender faulty ask the runtime to cut it off", () => {
+  test("a VIEW_CHANGE of its own whose last PREPARE does not verify: checked once, not counted, reported with mute", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    const digest = new Uint8Array(32).fill(9);
+    const header = signed(c, 0, { t: "PRE_PREPARE", view: 0, seq: 2, digest, ts: 0, batch: null, sig: new Uint8Array(64) } as PrePrepare);
+    const prepare = (replica: number): Prepare =>
+      signed(c, replica, { t: "PREPARE", view: 0, seq: 2, digest, replica, sig: new Uint8Array(64) });
+    const broken = { ...prepare(2), sig: new Uint8Array(64) };
+    const vc = signed(c, 3, {
+      t: "VIEW_CHANGE",
+      newView: 1,
+      stableSeq: 0,
+      stableDigest: new Uint8Array(32),
+      stableProof: [],
+      prepared: [{ view: 0, seq: 2, digest, prePrepare: header, prepares: [prepare(1), broken], batch: null }],
+      replica: 3,
+      sig: new Uint8Array(64),
+    } as ViewChange);
+    c.step(1, { kind: "message", from: 3, msg: vc });
+    expect(misbehaviour(c, 1)).toEqual([{ kind: "peerMisbehaved", peer: 3, reason: "an invalid VIEW_CHANGE for view 1", mute: true }]);
+    expect(c.core(1).status().status).toBe("normal");
+    // The same VIEW_CHANGE with its PREPARE intact is taken, and reported by no one.
+    const valid = signed(c, 3, {
+      ...vc,
+      prepared: [{ view: 0, seq: 2, digest, prePrepare: header, prepares: [prepare(1), prepare(2)], batch: null }],
+    });
+    c.step(2, { kind: "message", from: 3, msg: valid });
+    expect(misbehaviour(c, 2)).toEqual([]);
+  });
+
+  test("a FORWARD of a request whose signature fails: the rest is not checked, and its sender is reported with mute", () => {
+    const checked: number[] = [];
+    const c = checkingCluster((id, req, atMs, real) => {
+      if (id === 0) checked.push(req.seq);
+      return req.seq !== 2 && real(req, atMs);
+    });
+    decideOne(c, 0, 1);
+    const requests = [2, 3, 4].map((seq) => c.request(1, seq));
+    c.step(0, { kind: "message", from: 3, msg: { t: "FORWARD", requests } });
+    expect(checked.filter((seq) => seq >= 2)).toEqual([2]);
+    expect(misbehaviour(c, 0)).toEqual([
+      { kind: "peerMisbehaved", peer: 3, reason: "a FORWARD of a request whose signature does not verify", mute: true },
+    ]);
+  });
+});
+
 /** A cluster whose replicas check client requests through `check`, handed the replica's id and the real check. */
 function checkingCluster(
   check: (id: number, req: ClientRequest, atMs: number | null, real: (req: ClientRequest, atMs: number | null) => boolean) => boolean,

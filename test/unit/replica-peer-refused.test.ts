@@ -14,9 +14,11 @@ import { tempDir } from "./storage-fixtures.ts";
 
 const temp = tempDir("fitb-peer-refused-");
 const tempFaulty = tempDir("fitb-peer-faulty-");
+const tempForward = tempDir("fitb-peer-forward-");
 afterAll(() => {
   temp.remove();
   tempFaulty.remove();
+  tempForward.remove();
 });
 
 test("refused peer messages and forwarded requests are counted and logged with the peer, once per interval per peer and reason", () => {
@@ -84,6 +86,21 @@ test("a message that decodes but is not valid proves its sender faulty (muted); 
     expect(mesh.isMuted(3)).toBe(true);
     expect(metrics.peerMuted.with("3", "misbehaving").value).toBe(1);
     expect(metrics.get("peer_messages_rejected_total")).toBe(5);
+  } finally {
+    close();
+  }
+});
+
+test("a FORWARD of a request whose signature fails, in a space the replica takes (an admin key's), mutes the peer that sent it", () => {
+  const { driver, mesh, metrics, close, keyOf, config } = driverFixture(tempForward.dir, 41_200);
+  driver.start();
+  try {
+    const admin = toHex(config.adminKeys[0] as Uint8Array);
+    const forged = { client: `${admin}:!admin`, seq: 1, span: 1, body: new Uint8Array([1]), sig: new Uint8Array(64) };
+    driver.onPeerMessage(3, encodeEnvelope("ordering", { t: "FORWARD", requests: [forged, { ...forged, seq: 2 }] }), keyOf(3));
+    expect(metrics.get("peer_misbehaviour_total")).toBe(1);
+    expect(mesh.isMuted(3)).toBe(true);
+    expect(metrics.peerMuted.with("3", "misbehaving").value).toBe(1);
   } finally {
     close();
   }

@@ -350,7 +350,13 @@ export class OrderingCore {
 
   private onForward(from: ReplicaId, msg: Forward): void {
     const limit = Math.min(msg.requests.length, this.cfg.batchRequestsMax);
-    for (let i = 0; i < limit; i++) admit(this.state, msg.requests[i] as ClientRequest, false, from);
+    for (let i = 0; i < limit; i++) {
+      if (admit(this.state, msg.requests[i] as ClientRequest, false, from) !== "bad-signature") continue;
+      // A correct replica forwards only requests it admitted, so verified: the rest of this
+      // FORWARD is not checked, and the runtime cuts its sender off for a while.
+      this.state.emit({ kind: "peerMisbehaved", peer: from, reason: "a FORWARD of a request whose signature does not verify", mute: true });
+      return;
+    }
   }
 
   // -------------------------------------------------------------------------------------

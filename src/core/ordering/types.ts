@@ -168,8 +168,13 @@ export type Effect =
   /**
    * A peer signed something no correct replica signs (an invalid NEW_VIEW, say): evidence
    * against it, for the operator. The core does not act on it beyond what the protocol says.
+   * `mute`: the message came from that peer itself and no correct replica sends it in any
+   * state (a VIEW_CHANGE of its own that is not valid, a FORWARD of a request whose
+   * signature fails, which a correct replica verified before it took it), and checking it
+   * cost many signatures: the runtime cuts the peer off for a while, or one faulty replica
+   * could send the same costly bytes again and again.
    */
-  | { kind: "peerMisbehaved"; peer: ReplicaId; reason: string }
+  | { kind: "peerMisbehaved"; peer: ReplicaId; reason: string; mute?: true }
   /**
    * FATAL: this replica's state digest at `seq` differs from the stable one. Replicas are
    * deterministic, so this is a bug or corruption here; the runtime should stop and

@@ -129,7 +129,13 @@ export function onViewChange(state: CoreState, m: ViewChange): void {
   }
   const prev = state.viewChanges.get(m.replica);
   if (prev !== undefined && prev.newView >= m.newView) return;
-  if (!validViewChange(state.certContext, m)) return;
+  if (!validViewChange(state.certContext, m)) {
+    // Its own (core.ts refuses one that names another signer), and validity depends only on
+    // the message and the epoch's keys and limits, which every replica shares: a correct
+    // replica never sends this, and checking it may have cost hundreds of signatures.
+    state.emit({ kind: "peerMisbehaved", peer: m.replica, reason: `an invalid VIEW_CHANGE for view ${m.newView}`, mute: true });
+    return;
+  }
   state.viewChanges.set(m.replica, m);
   joinIfBehind(state);
   countSuspicions(state);
