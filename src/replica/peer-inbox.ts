@@ -7,7 +7,8 @@
  *   TURN_MESSAGES_MAX or TURN_MS per turn, then yields to the event loop (timers, clients,
  *   commits) and goes on. A queue over queueBytesMax pauses the reads of that peer's
  *   connection (TCP backpressure; its own send queue then drops, which the protocol
- *   retransmits), resumed once the queue is down to half.
+ *   retransmits), resumed once the queue is down to half; a new session of the peer
+ *   starts paused while the queue is still above that (`connected`).
  * - Each peer has a budget of bytes and messages per second (token buckets with a burst of
  *   one second); a PING the mesh answers at once costs a message too (`charge`). Bytes
  *   cannot tell a flood from work: the leader sends every batch, and
@@ -252,11 +253,18 @@ export class PeerInbox {
     this.options.onUnmuted?.(peer);
   }
 
-  /** The peer's connection was replaced (it reconnected): a new connection starts unpaused. */
+  /**
+   * The peer's connection was replaced (it reconnected; the mesh calls this once the new
+   * one is its inbound connection). A new connection reads, unless the queue is still above
+   * the resume threshold (half of queueBytesMax): then the pause goes on the new connection
+   * too, lifted by the drain as for the old one. Otherwise a peer over its bound could open
+   * a new session to get each next message in, and queue without bound.
+   */
   connected(peer: number): void {
     const q = this.queues.get(peer);
     if (q === undefined) return;
-    q.pausedForQueue = false;
+    q.pausedForQueue = q.bytes > this.options.limits.queueBytesMax / 2;
+    if (q.pausedForQueue) this.options.pause(peer);
   }
 
   /** How long the peer stays muted (0: it is not). */

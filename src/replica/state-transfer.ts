@@ -26,15 +26,20 @@
  *
  * Every part but the last is exactly partBytes and none is empty (a stream opens with its
  * meta record), and a stream is at most streamBytesBound long: a source that sends a
- * part no valid stream has, or no new part for PART_TIMEOUT_MS, is distrusted for this
- * target and the next one asked, so a Byzantine source cannot keep a transfer going
- * without delivering the state. When the last part arrives, the incoming head records
+ * part no valid stream has, no new part for PART_TIMEOUT_MS, or new parts slower than
+ * SOURCE_PROGRESS_BYTES_PER_SECOND_MIN over a SOURCE_PROGRESS_WINDOW_MS, is distrusted for
+ * this target and the next one asked (the parts it sent kept), so a Byzantine source cannot
+ * keep a transfer going without delivering the state, nor by delivering it a drop at a time. When the last part arrives, the incoming head records
  * the part count; a restart that finds the whole stream on disk installs it from there,
  * since no replica sends anything past the last part.
  *
  * The server side reads parts from a checkpoint capture or the stored base (see
  * storage/snapshots.ts), one cursor per peer, with the last few parts cached for
- * retransmission: memory per peer is a few parts.
+ * retransmission: memory per peer is a few parts. What one peer is sent is bounded, since
+ * a get of a hundred bytes asks for a window of parts: by a budget of bytes a second
+ * (SERVE_BYTES_PER_SECOND_MAX), a cached part at most once per SERVE_RESEND_INTERVAL_MS,
+ * and nothing for a moment after its link was found full. A get past those is dropped
+ * unanswered (counted, logged), never answered later; the fetcher asks again.
  */
 import { encodeTransferMessage, STREAM_PARTS_MAX, TRANSFER_WINDOW_PARTS, type TransferMessage } from "./peer-messages.ts";
 import type { ChannelsConfig } from "../core/channels/config.ts";
@@ -44,6 +49,7 @@ import type { Checkpoint } from "../core/ordering/messages.ts";
 import { bytesEqual } from "../crypto/encoding.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
+import { RateLimiter } from "./rate.ts";
 import { checkpointStateDigest } from "./storage/digest.ts";
 import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
 import { type PartSource, type SnapshotKeeper, SourceError } from "./storage/snapshots.ts";
@@ -83,6 +89,62 @@ export const REASK_MS = 500;
 export const CURSOR_IDLE_MS = 30_000;
 
 /**
+ * Bytes of parts one peer is served per second at most (a token bucket, refilled at this
+ * rate), whatever it asks. A get is about 100 bytes and its answer up to a window of parts
+ * (1 MiB at the largest part size), so without a bound one peer's gets would make this
+ * replica encode, MAC and send a thousand times what they cost it. An honest fetcher asks
+ * for one part per part it receives (a window in flight), and again for a window every
+ * REASK_MS without progress: its asks go as fast as the parts come. The fastest transfer
+ * measured (`npm run bench:join`, README) took 40 to 50 MB/s from one source; 64 MiB/s
+ * is above that, and a peer flooding gets costs this replica at most that much serving
+ * (about 64 ms of a second's loop at the 1 ms per MiB a cached part's encoding and MAC take).
+ */
+export const SERVE_BYTES_PER_SECOND_MAX = 64 * 1024 * 1024;
+/**
+ * The bucket's depth: a second's worth, as the peer inbox's budgets. A get the budget
+ * refuses is dropped, and the fetcher takes parts in order only, so a transfer that
+ * reaches the rate loses the rest of its window and waits REASK_MS for its re-ask; the
+ * bucket refills meanwhile, and a deep one lets it go on at the rate instead of a few
+ * parts per re-ask. A flood gets this once more than the rate, in its first second.
+ */
+export const SERVE_BYTES_BURST_MAX = SERVE_BYTES_PER_SECOND_MAX;
+/**
+ * A part of a peer's cursor cache is sent to it again at most once per this long. An
+ * honest fetcher asks again for what it already asked only after REASK_MS without
+ * progress, so its re-asks always pass; a flood of gets for the same window gets each
+ * cached part at most four times a second (SERVE_CACHE_PARTS parts, 8 MiB/s at the
+ * largest part size) instead of as often as it asks.
+ */
+export const SERVE_RESEND_INTERVAL_MS = REASK_MS / 2;
+/**
+ * After a part could not be sent to a peer (its link full, or down), the peer's gets are
+ * dropped unanswered for this long, before anything is read or encoded: each would
+ * encode a part for a send the link refuses. Short beside REASK_MS, after which an honest
+ * fetcher asks again.
+ */
+export const SERVE_LINK_FULL_BACKOFF_MS = 100;
+/** Gets dropped unanswered (budget, re-sent too soon, link full) are logged at most once per this long per peer, with the count since. */
+export const SERVE_DROP_LOG_MS = 10_000;
+
+/**
+ * A source must deliver new parts at this rate at least, over each
+ * SOURCE_PROGRESS_WINDOW_MS from when it was asked, or it is replaced like one that timed
+ * out. PART_TIMEOUT_MS alone replaces only a silent source: one that sends a part every
+ * few seconds would keep the transfer for hours. An honest source, even loaded, delivers
+ * tens of MB/s (40 to 50 MB/s measured while serving a 202 MB state, README); one MiB a
+ * second is far below that, and a transfer that keeps being moved on from sources this
+ * slow still completes, since the parts fetched are kept (below; except once a stream of
+ * several sources failed its digest, when each attempt takes one source's whole stream).
+ */
+export const SOURCE_PROGRESS_BYTES_PER_SECOND_MIN = 1024 * 1024;
+/**
+ * The window over which a source's progress is measured: long beside PART_TIMEOUT_MS and
+ * REASK_MS, so that a pause of an honest source (a collection, a commit, its link full
+ * for a moment) and the re-ask after it average out.
+ */
+export const SOURCE_PROGRESS_WINDOW_MS = 10_000;
+
+/**
  * Bytes of a valid snapshot stream at most under a channel config: the meta record's
  * length prefix, the largest meta record the stream reader accepts, and the largest
  * snapshot a machine with this config can reach. A longer stream is no valid state.
@@ -120,6 +182,10 @@ export interface StateTransferOptions {
   readonly now: () => number;
   /** Installs a verified state; the caller hands it to the machine and the core. */
   readonly install: (importer: SnapshotImport, head: SnapshotHead) => void;
+  /** The per-peer budget of bytes served (tests); SERVE_BYTES_PER_SECOND_MAX and SERVE_BYTES_BURST_MAX when not set. */
+  readonly serveBudget?: { readonly bytesPerSecond: number; readonly burstBytes: number };
+  /** The least progress a source must make (tests); SOURCE_PROGRESS_BYTES_PER_SECOND_MIN when not set. */
+  readonly sourceBytesPerSecondMin?: number;
 }
 
 export class StateTransfer {
@@ -168,6 +234,8 @@ export class StateTransfer {
 interface Served {
   readonly data: Uint8Array;
   readonly end: boolean;
+  /** When this part was last sent to the cursor's peer (-Infinity: not yet). */
+  sentAtMs: number;
 }
 
 interface Cursor {
@@ -196,14 +264,29 @@ class TransferServer {
   private readonly opens = new Map<number, { count: number; sinceMs: number }>();
   /** Parts of the longest valid stream: a get beyond it asks for what no state has. */
   private readonly partsMax: number;
+  /** Bytes served, per peer (SERVE_BYTES_PER_SECOND_MAX). */
+  private readonly served: RateLimiter;
+  private readonly bytesPerSecond: number;
+  /** Per peer: when a part could not be sent to it (its link full or down). */
+  private readonly linkFullAtMs = new Map<number, number>();
+  /** Per peer: when a dropped get was last logged, and the drops since. */
+  private readonly dropsLogged = new Map<number, { atMs: number; since: number }>();
 
   constructor(private readonly options: StateTransferOptions) {
     this.partsMax = streamPartsBound(options.streamBytesMax ?? streamBytesBound(options.machine.config), options.partBytes);
+    const budget = options.serveBudget ?? { bytesPerSecond: SERVE_BYTES_PER_SECOND_MAX, burstBytes: SERVE_BYTES_BURST_MAX };
+    this.bytesPerSecond = budget.bytesPerSecond;
+    this.served = new RateLimiter(budget.bytesPerSecond, budget.burstBytes);
   }
 
   onGet(from: number, m: Extract<TransferMessage, { t: "get" }>): void {
     const { options } = this;
     options.metrics.inc("state_transfer_serve_requests_total");
+    const now = options.now();
+    const fullAtMs = this.linkFullAtMs.get(from);
+    if (fullAtMs !== undefined && now - fullAtMs < SERVE_LINK_FULL_BACKOFF_MS) {
+      return this.drop(from, m, "its link was full or down a moment ago");
+    }
     if (m.part + m.count > this.partsMax) {
       // Serving it would read (and skip) the whole stored state for nothing.
       options.metrics.inc("state_transfer_serve_refused_total");
@@ -224,8 +307,18 @@ class TransferServer {
       options.keeper.holds(held.seq, held.digest);
     const cursor = reusable ? held : this.open(from, m);
     if (cursor === null) return;
-    cursor.lastUsedMs = options.now();
+    cursor.lastUsedMs = now;
     for (let part = m.part; part < m.part + m.count; part++) {
+      // A part not served is a hole: the fetcher takes parts in order only, so the rest of
+      // the window is dropped with it, and asked again by the fetcher's re-ask.
+      const cached = cursor.cache.get(part);
+      if (cached !== undefined && now - cached.sentAtMs < SERVE_RESEND_INTERVAL_MS) {
+        return this.drop(from, m, `part ${part} was sent less than ${SERVE_RESEND_INTERVAL_MS} ms ago`);
+      }
+      // Charged before the part is read or encoded; every part but the last is partBytes.
+      if (!this.served.take(String(from), options.partBytes, now)) {
+        return this.drop(from, m, `over its budget of ${this.bytesPerSecond} bytes served a second`);
+      }
       let served: Served | null;
       try {
         served = this.serve(cursor, part);
@@ -248,10 +341,39 @@ class TransferServer {
         from,
         encodeTransferMessage({ t: "part", seq: m.seq, nonce: m.nonce, part, data: served.data, end: served.end }),
       );
-      if (!sent) return;
+      if (!sent) {
+        // Counted by the mesh (peer_send_dropped_total); the gets of the next moment are
+        // dropped before anything is encoded for them.
+        this.linkFullAtMs.set(from, now);
+        return;
+      }
+      served.sentAtMs = now;
       options.metrics.inc("state_transfer_served_bytes_total", served.data.length);
       if (served.end) return;
     }
+  }
+
+  /**
+   * A get (the rest of its window) dropped unanswered: counted, and logged at most once per
+   * SERVE_DROP_LOG_MS per peer. Nothing is kept to answer it later: the fetcher asks again.
+   */
+  private drop(from: number, m: Extract<TransferMessage, { t: "get" }>, why: string): void {
+    const { options } = this;
+    options.metrics.inc("state_transfer_serve_refused_total");
+    const now = options.now();
+    const logged = this.dropsLogged.get(from);
+    if (logged !== undefined && now - logged.atMs < SERVE_DROP_LOG_MS) {
+      logged.since++;
+      return;
+    }
+    this.dropsLogged.set(from, { atMs: now, since: 0 });
+    options.log.warn("state transfer get dropped unanswered", {
+      peer: from,
+      seq: m.seq,
+      part: m.part,
+      why,
+      alsoSinceLastLine: logged?.since ?? 0,
+    });
   }
 
   private open(from: number, m: Extract<TransferMessage, { t: "get" }>): Cursor | null {
@@ -298,7 +420,7 @@ class TransferServer {
     if (data === null) return null;
     cursor.lookahead = cursor.source.next();
     cursor.next = part + 1;
-    const served = { data, end: cursor.lookahead === null };
+    const served: Served = { data, end: cursor.lookahead === null, sentAtMs: Number.NEGATIVE_INFINITY };
     cursor.cache.set(part, served);
     if (cursor.cache.size > SERVE_CACHE_PARTS) cursor.cache.delete(cursor.cache.keys().next().value as number);
     return served;
@@ -362,6 +484,9 @@ interface Fetch {
   unsentSinceMs: number | null;
   /** When `source` is asked again from `nextPart` if no new part came by then. */
   reaskAtMs: number;
+  /** When the current SOURCE_PROGRESS_WINDOW_MS of `source` began, and the bytes of new parts it sent since. */
+  progressSinceMs: number;
+  progressBytes: number;
 }
 
 class TransferFetcher {
@@ -427,6 +552,8 @@ class TransferFetcher {
       lastProgressMs: options.now(),
       unsentSinceMs: null,
       reaskAtMs: 0,
+      progressSinceMs: options.now(),
+      progressBytes: 0,
     };
     this.active = fetch;
     options.metrics.inc("state_transfer_started_total");
@@ -508,6 +635,7 @@ class TransferFetcher {
     fetch.bytes += data.length;
     fetch.lastProgressMs = options.now();
     fetch.reaskAtMs = fetch.lastProgressMs + REASK_MS;
+    fetch.progressBytes += data.length;
     options.metrics.inc("state_transfer_received_bytes_total", data.length);
     if (end) {
       // Written with the last part, so that a restart before the install finds the stream ended.
@@ -637,6 +765,8 @@ class TransferFetcher {
     fetch.askedUpTo = fetch.nextPart;
     fetch.lastProgressMs = this.options.now();
     fetch.reaskAtMs = fetch.lastProgressMs + REASK_MS;
+    fetch.progressSinceMs = fetch.lastProgressMs;
+    fetch.progressBytes = 0;
     this.ask(fetch, fetch.nextPart, TRANSFER_WINDOW_PARTS);
   }
 
@@ -669,9 +799,34 @@ class TransferFetcher {
   }
 
   /**
+   * Whether the source sent fewer bytes of new parts than the least progress allowed over
+   * its last window (then it is distrusted, counted as timed out, and logged: at most once
+   * per SOURCE_PROGRESS_WINDOW_MS). The parts it sent are kept: they are checked with the
+   * rest against the signed digest, and one that lied is found by the rejection's rules.
+   */
+  private tooSlow(fetch: Fetch, now: number): boolean {
+    const { options } = this;
+    const bytesPerSecondMin = options.sourceBytesPerSecondMin ?? SOURCE_PROGRESS_BYTES_PER_SECOND_MIN;
+    const windowMs = now - fetch.progressSinceMs;
+    if (fetch.progressBytes >= (bytesPerSecondMin * windowMs) / 1000) return false;
+    options.metrics.inc("state_transfer_source_timeouts_total");
+    options.log.info("state transfer source too slow: asking the next", {
+      seq: fetch.target.seq,
+      source: fetch.source,
+      part: fetch.nextPart,
+      bytes: fetch.progressBytes,
+      ms: windowMs,
+      bytesPerSecondMin,
+    });
+    fetch.distrusted.add(fetch.source);
+    return true;
+  }
+
+  /**
    * A source that delivered no new part for PART_TIMEOUT_MS (silent, or sending only
-   * parts already held) is distrusted for this target like a liar: it is asked again
-   * only once every other source has had its turn.
+   * parts already held), or fewer bytes than SOURCE_PROGRESS_BYTES_PER_SECOND_MIN over a
+   * SOURCE_PROGRESS_WINDOW_MS, is distrusted for this target like a liar: it is asked
+   * again only once every other source has had its turn.
    */
   tick(): void {
     const fetch = this.active;
@@ -686,6 +841,12 @@ class TransferFetcher {
       const again = from < windowEnd ? [from, windowEnd - from] : [fetch.nextPart, TRANSFER_WINDOW_PARTS];
       if (fetch.source >= 0 && this.ask(fetch, again[0] as number, again[1] as number)) return;
       return this.nextSource(fetch);
+    }
+    // While an ask has not left, the source is not to blame for what it did not send.
+    if (fetch.source >= 0 && fetch.unsentSinceMs === null && now - fetch.progressSinceMs >= SOURCE_PROGRESS_WINDOW_MS) {
+      if (this.tooSlow(fetch, now)) return this.nextSource(fetch);
+      fetch.progressSinceMs = now;
+      fetch.progressBytes = 0;
     }
     if (now - fetch.lastProgressMs < PART_TIMEOUT_MS) {
       // No new part from this source for a while: it may have had no link back to send

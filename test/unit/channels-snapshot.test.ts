@@ -18,6 +18,9 @@ import {
   type Request,
   type SignedRequest,
 } from "../../src/core/channels/index.ts";
+import { QUOTAS_MAX } from "../../src/core/channels/constants.ts";
+import { snapshotRecordItemsMax } from "../../src/core/channels/snapshot.ts";
+import { REPLICAS_MAX } from "../../wire/types.ts";
 
 const hash = (bytes: Uint8Array): Uint8Array => sha256(bytes);
 const SIG = new Uint8Array(64).fill(7);
@@ -427,6 +430,64 @@ describe("hostile snapshots are refused structurally", () => {
       // A failed import keeps failing.
       expect(importer.push(new Uint8Array(0))).toEqual(result);
     }
+  });
+
+  test("a record holding more values than any valid record of its size is refused as it is decoded", () => {
+    // One record of empty arrays, {k: [[], [], ...]}: a byte a value, where a valid record
+    // takes at least SNAPSHOT_RECORD_BYTES_PER_ITEM_MIN.
+    const inner = 100_000;
+    const body = new Uint8Array(3 + 5 + inner);
+    body.set([0xa1, 0x61, 0x6b, 0x9a]);
+    new DataView(body.buffer).setUint32(4, inner);
+    body.fill(0x80, 8);
+    expect(inner).toBeGreaterThan(snapshotRecordItemsMax(body.length));
+    const record = concat([new Uint8Array(4), body]);
+    new DataView(record.buffer).setUint32(0, body.length);
+    const result = fresh().beginRestore().push(record);
+    expect(result.ok ? "" : result.reason).toBe("invalid snapshot: more items than the largest valid value holds");
+  });
+
+  test("the densest valid records decode within the bound on values", () => {
+    // Keys ascending in byte order for any n below 65,536.
+    const sortedKey = (n: number): Uint8Array => {
+      const k = new Uint8Array(32);
+      k[0] = n >>> 8;
+      k[1] = n & 0xff;
+      k[31] = 0x55;
+      return k;
+    };
+    // The full group, current and pending, in the fewest bytes: one-character hosts, ports
+    // below 24 (a one-byte integer), each host's ports distinct.
+    const members = (epoch: number): Canonical =>
+      Array.from({ length: REPLICAS_MAX }, (_, id) => ({
+        id,
+        host: String.fromCharCode(97 + Math.floor(id / 23)),
+        port: 1 + (id % 23),
+        peerPort: null,
+        key: sortedKey(epoch * 100 + id),
+      }));
+    const group = (epoch: number): Canonical => ({ epoch, f: Math.floor((REPLICAS_MAX - 1) / 3), members: members(epoch) });
+    const header = {
+      k: "header",
+      v: 1,
+      generation: 0,
+      channels: 0,
+      quotas: Array.from({ length: QUOTAS_MAX }, (_, n) => ({ key: sortedKey(n), subscriptions: 1 })),
+      membership: { current: group(0), pending: { from: 1, next: group(1) } },
+    };
+    const importer = fresh().beginRestore();
+    expect(importer.push(frame(header))).toEqual({ ok: true });
+    expect(importer.finish()).toEqual({ ok: true });
+    // A channel record with full key lists.
+    const m = new ChannelMachine({ hash, config: CONFIG });
+    m.applyAdmin({ t: "create-channel", tag: "t", fault: "byzantine", order: "none", priority: "critical", public: true });
+    for (let i = 0; i < KEYS_PER_CHANNEL_MAX; i++) {
+      m.applyAdmin({ t: "register", tag: "t", role: "publisher", key: key(i) });
+      m.applyAdmin({ t: "register", tag: "t", role: "subscriber", key: key(i) });
+    }
+    const restored = fresh().beginRestore();
+    expect(restored.push(m.snapshot())).toEqual({ ok: true });
+    expect(restored.finish()).toEqual({ ok: true });
   });
 
   test("a snapshot cut short is refused at finish", () => {

@@ -138,6 +138,31 @@ describe("PeerInbox: round robin", () => {
     expect(h.events).toEqual(["pause 2", "resume 2"]);
   });
 
+  test("a peer that reconnects while its queue is over the bound stays paused: a new session lets nothing more in", () => {
+    const h = harness({ queueBytesMax: 100 });
+    // The mesh's connection: it reads until paused; a new session (after AUTH) reads again
+    // until the inbox, told of it (connected), pauses it.
+    let sessions = 0;
+    for (let i = 0; i < 1_000; i++) {
+      if (h.paused.has(2)) {
+        h.paused.delete(2);
+        sessions++;
+        h.inbox.connected(2);
+      }
+      if (!h.paused.has(2)) h.inbox.push(2, msg(i % 256), KEY);
+    }
+    // Nothing was drained (the loop is held): the queue stays at the bound plus the one message that crossed it.
+    expect(sessions).toBeGreaterThan(100);
+    expect(h.inbox.queuedBytes(2)).toBeLessThanOrEqual(100 + 10);
+    // Drained to half, the pause of the newest session is lifted as before.
+    while (h.hasTurn() && h.paused.has(2)) h.turn();
+    expect(h.paused.has(2)).toBe(false);
+    expect(h.events.at(-1)).toBe("resume 2");
+    // A session opened with the queue at or below half reads at once.
+    h.inbox.connected(2);
+    expect(h.paused.has(2)).toBe(false);
+  });
+
   test("precheck drops a message before processing, counted with its reason", () => {
     const h = harness({}, (_from, m) => (m[0] === 7 ? "executed" : null));
     h.inbox.push(1, msg(7), KEY);

@@ -3,8 +3,10 @@
 // detected and another asked, a silent one replaced, an interrupted transfer resumed
 // from the parts on disk, and each side holds only a few parts at a time. A source that
 // sends parts no valid stream has (empty, short before the end, past the longest valid
-// state) or no new part for a while is dropped and distrusted for the target, and a
-// stream already whole on disk is installed without asking anyone.
+// state), no new part for a while, or new parts too slowly is dropped and distrusted for
+// the target, and a stream already whole on disk is installed without asking anyone. A
+// server sends one peer no more than its byte budget, a cached part again only after a
+// while, and nothing for a moment after the peer's link was full.
 import { decodeEnvelope } from "../../src/replica/peer-messages.ts";
 import { afterEach, describe, expect, test } from "bun:test";
 import type { ChannelMachine } from "../../src/core/channels/machine.ts";
@@ -17,7 +19,14 @@ import {
   REASK_MS,
   SERVE_CACHE_PARTS,
   SERVE_OPENS_PER_PEER_MAX,
+  SERVE_RESEND_INTERVAL_MS,
+  SERVE_BYTES_BURST_MAX,
+  SERVE_BYTES_PER_SECOND_MAX,
+  SERVE_LINK_FULL_BACKOFF_MS,
+  SOURCE_PROGRESS_BYTES_PER_SECOND_MIN,
+  SOURCE_PROGRESS_WINDOW_MS,
   StateTransfer,
+  type StateTransferOptions,
   streamPartsBound,
   TRANSFER_WINDOW_PARTS,
   type TransferMessage,
@@ -27,7 +36,7 @@ import { checkpointStateDigest } from "../../src/replica/storage/digest.ts";
 import type { ReplicaStorage, SnapshotHead } from "../../src/replica/storage/index.ts";
 import { recover } from "../../src/replica/storage/recovery.ts";
 import { SnapshotKeeper } from "../../src/replica/storage/snapshots.ts";
-import { encodeStreamMeta, PartCutter } from "../../src/replica/storage/stream.ts";
+import { encodeStreamMeta, PartCutter, STREAM_PART_BYTES_MAX } from "../../src/replica/storage/stream.ts";
 import { execute, newMachine, openStorage, payloads, tempDir, testLog, TestClient } from "./storage-fixtures.ts";
 
 const PART_BYTES = 512;
@@ -60,7 +69,11 @@ class Network {
   /** A send for which this says true fails as the mesh's does when the link's queue is full. */
   queueFull: (from: number, to: number) => boolean = () => false;
 
-  constructor(readonly partBytes = PART_BYTES) {}
+  constructor(
+    readonly partBytes = PART_BYTES,
+    /** The nodes' budgets (StateTransferOptions' serveBudget and sourceBytesPerSecondMin), the defaults when not set. */
+    readonly budgets: Pick<StateTransferOptions, "serveBudget" | "sourceBytesPerSecondMin"> = {},
+  ) {}
 
   send(from: number, to: number, bytes: Uint8Array): boolean {
     if (this.unlinked.has(to) || this.queueFull(from, to)) return false;
@@ -107,6 +120,7 @@ class Network {
           machine,
           partBytes,
           ...(streamBytesMax === undefined ? {} : { streamBytesMax }),
+          ...this.budgets,
           log: testLog(),
           metrics,
           now: () => this.now,
@@ -148,8 +162,15 @@ function targetFor(machine: ChannelMachine, from: number[]) {
 }
 
 /** Three honest-or-not servers holding the same state (0, 2, 3) and an empty fetcher (1). */
-function cluster(options: { partBytes?: number; streamBytesMax?: number; state?: ChannelMachine } = {}) {
-  const net = new Network(options.partBytes);
+function cluster(
+  options: {
+    partBytes?: number;
+    streamBytesMax?: number;
+    state?: ChannelMachine;
+    budgets?: Pick<StateTransferOptions, "serveBudget" | "sourceBytesPerSecondMin">;
+  } = {},
+) {
+  const net = new Network(options.partBytes, options.budgets);
   const state = options.state ?? sourceMachine();
   for (const id of [0, 2, 3]) net.addNode(id, cloneOf(state), undefined, SEQ);
   const fetcher = net.addNode(1, newMachine(), undefined, 0, options.streamBytesMax);
@@ -211,8 +232,12 @@ function endlessMeta(part: number, size: number, metaBytes = 16 * 1024 * 1024): 
   return data;
 }
 
-/** Stops `node` and starts it again on the same data directory, as a restart does. */
+/**
+ * Stops `node` and starts it again on the same data directory, as a restart does; that
+ * takes a while, past the servers' SERVE_RESEND_INTERVAL_MS for the parts they just sent.
+ */
 function restart(net: Network, node: Node): Node {
+  net.now += SERVE_RESEND_INTERVAL_MS;
   net.nodes.delete(node.id);
   const dir = node.storage.store.path.replace(/\/[^/]+$/, "");
   node.storage.close();
@@ -450,7 +475,8 @@ describe("state transfer", () => {
     fetcher.transfer.fetch(target);
     net.pump();
     expect(fetcher.installed).toBeNull();
-    // Restart the fetcher on the same data directory.
+    // Restart the fetcher on the same data directory (which takes a while: the server sends its cached parts again).
+    net.now += SERVE_RESEND_INTERVAL_MS;
     net.nodes.delete(1);
     const dir = fetcher.storage.store.path.replace(/\/[^/]+$/, "");
     fetcher.storage.close();
@@ -884,5 +910,152 @@ describe("state transfer against a faulty source", () => {
     storage.commits.flush();
     expect(storage.store.partSeqs()).toEqual([{ seq: SEQ, count: head.parts }]);
     for (let part = 0; part < head.parts; part++) expect(storage.readPart(SEQ, part)).not.toBeNull();
+  });
+});
+
+/** Peer 1 asks replica `to` for parts part..part+count-1 of `state` (a get as a fetcher's, or a flood's). */
+function askParts(net: Network, state: ChannelMachine, to: number, part: number, count: number, nonce = 1): void {
+  net.send(1, to, encodeTransferMessage({ t: "get", seq: SEQ, digest: targetFor(state, []).stateDigest, part, count, nonce }));
+}
+
+describe("serving is bounded per peer: a get of a hundred bytes cannot make a replica send without bound", () => {
+  test("the bounds leave an honest transfer its speed", () => {
+    // Its first window and a re-ask right after fit the burst, at the largest part size.
+    expect(SERVE_BYTES_BURST_MAX).toBeGreaterThanOrEqual(2 * TRANSFER_WINDOW_PARTS * STREAM_PART_BYTES_MAX);
+    // A re-ask (after REASK_MS without progress) always finds the parts it asks again sendable.
+    expect(SERVE_RESEND_INTERVAL_MS).toBeLessThan(REASK_MS);
+    // A source held to the budget is far above the least progress a fetcher requires of it.
+    expect(SERVE_BYTES_PER_SECOND_MAX).toBeGreaterThan(16 * SOURCE_PROGRESS_BYTES_PER_SECOND_MIN);
+  });
+
+  test("a flood of gets for the same window is answered once per SERVE_RESEND_INTERVAL_MS: the rest dropped, counted, never answered later", () => {
+    const { net, state } = cluster();
+    const server = net.nodes.get(0) as Node;
+    askParts(net, state, 0, 0, TRANSFER_WINDOW_PARTS);
+    net.pump();
+    expect(partsFrom(net, 0)).toBe(TRANSFER_WINDOW_PARTS);
+    for (let i = 0; i < 500; i++) askParts(net, state, 0, 0, TRANSFER_WINDOW_PARTS);
+    net.pump();
+    expect(partsFrom(net, 0)).toBe(TRANSFER_WINDOW_PARTS);
+    expect(server.metrics.get("state_transfer_serve_refused_total")).toBe(500);
+    // Once the interval has passed, nothing of the flood is sent; the next get is answered.
+    net.now += SERVE_RESEND_INTERVAL_MS;
+    server.transfer.tick();
+    net.pump();
+    expect(partsFrom(net, 0)).toBe(TRANSFER_WINDOW_PARTS);
+    askParts(net, state, 0, 0, TRANSFER_WINDOW_PARTS);
+    net.pump();
+    expect(partsFrom(net, 0)).toBe(2 * TRANSFER_WINDOW_PARTS);
+    expect(server.metrics.get("state_transfer_served_bytes_total")).toBe(2 * TRANSFER_WINDOW_PARTS * PART_BYTES);
+  });
+
+  test("a peer asking for new parts as fast as it can is served its budget of bytes a second, no more", () => {
+    const rate = 2 * TRANSFER_WINDOW_PARTS; // parts a second
+    const budgets = { serveBudget: { bytesPerSecond: rate * PART_BYTES, burstBytes: rate * PART_BYTES } };
+    const { net, state } = cluster({ budgets });
+    const server = net.nodes.get(0) as Node;
+    const fullParts = Math.floor(streamBytes(state) / PART_BYTES);
+    expect(fullParts).toBeGreaterThanOrEqual(3 * rate);
+    const walk = (from: number): void => {
+      for (let part = from; part + TRANSFER_WINDOW_PARTS <= fullParts; part += TRANSFER_WINDOW_PARTS) {
+        askParts(net, state, 0, part, TRANSFER_WINDOW_PARTS);
+      }
+      net.pump();
+    };
+    // The whole stream asked at once: the burst is served, the rest dropped.
+    walk(0);
+    expect(partsFrom(net, 0)).toBe(rate);
+    const refused = server.metrics.get("state_transfer_serve_refused_total");
+    expect(refused).toBeGreaterThan(0);
+    // A second later, a second's worth.
+    net.now += 1_000;
+    walk(rate);
+    expect(partsFrom(net, 0)).toBe(2 * rate);
+    expect(server.metrics.get("state_transfer_serve_refused_total")).toBeGreaterThan(refused);
+  });
+
+  test("after a part could not be sent (the link full), the peer's gets are dropped for a moment before anything is encoded", () => {
+    const { net, state } = cluster();
+    const server = net.nodes.get(0) as Node;
+    let full = true;
+    let refusedSends = 0;
+    net.queueFull = (from, to) => {
+      if (from !== 0 || to !== 1 || !full) return false;
+      refusedSends++;
+      return true;
+    };
+    for (let i = 0; i < 100; i++) askParts(net, state, 0, 0, TRANSFER_WINDOW_PARTS);
+    net.pump();
+    // One part encoded for a send the link refused; the other 99 gets encoded nothing.
+    expect(refusedSends).toBe(1);
+    expect(server.metrics.get("state_transfer_serve_refused_total")).toBe(99);
+    // The link drains: after the backoff the peer is served again, the refused part first.
+    full = false;
+    net.now += SERVE_LINK_FULL_BACKOFF_MS;
+    askParts(net, state, 0, 0, TRANSFER_WINDOW_PARTS);
+    net.pump();
+    expect(partsFrom(net, 0)).toBe(TRANSFER_WINDOW_PARTS);
+  });
+});
+
+/**
+ * Makes replica `id` a slow source: of the parts it sends, only the next new one passes, and
+ * at most one every `everyMs` (the others are lost, and asked again by the fetcher's re-asks).
+ */
+function drip(net: Network, id: number, everyMs: number): void {
+  let next = 0;
+  let dueMs = net.now;
+  net.filter = (from, _to, m) => {
+    if (from !== id || m.t !== "part") return m;
+    if (m.part !== next || net.now < dueMs) return null;
+    next++;
+    dueMs = net.now + everyMs;
+    return m;
+  };
+}
+
+/** Runs `fetcher` for `ms` (ticks every 100 ms, the core asking again every 2 s with its preferred source rotated) or until it installed. */
+function runFetch(net: Network, fetcher: Node, state: ChannelMachine, ms: number): number {
+  const orders = [
+    [2, 0, 3],
+    [0, 3, 2],
+    [3, 2, 0],
+  ];
+  const started = net.now;
+  fetcher.transfer.fetch(targetFor(state, orders[0] as number[]));
+  net.pump();
+  for (let step = 1; fetcher.installed === null && net.now - started < ms; step++) {
+    net.now += 100;
+    if (step % 20 === 0) fetcher.transfer.fetch(targetFor(state, orders[(step / 20) % 3] as number[]));
+    fetcher.transfer.tick();
+    net.pump();
+  }
+  return net.now - started;
+}
+
+describe("a slow source", () => {
+  test("one sending a part just within each part timeout is replaced after a window, and the parts it sent are kept", () => {
+    const { net, state, fetcher } = cluster();
+    drip(net, 2, PART_TIMEOUT_MS - 500);
+    const ms = runFetch(net, fetcher, state, 10 * SOURCE_PROGRESS_WINDOW_MS);
+    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+    expect(ms).toBeLessThanOrEqual(SOURCE_PROGRESS_WINDOW_MS + 100);
+    expect(fetcher.metrics.get("state_transfer_source_timeouts_total")).toBe(1);
+    const slow = partsFrom(net, 2);
+    expect(slow).toBeGreaterThan(1);
+    // Each part came once: the next source went on from where the slow one stopped.
+    expect(slow + partsFrom(net, 0) + partsFrom(net, 3)).toBe(fetcher.installed?.head.parts ?? -1);
+    const firstAsk = net.delivered.find((d) => d.to !== 2 && d.m.t === "get");
+    expect(firstAsk?.m).toMatchObject({ part: slow });
+  });
+
+  test("one at or above the least progress over each window keeps the transfer", () => {
+    // Half a part a second required; the source sends two parts every three seconds.
+    const { net, state, fetcher } = cluster({ budgets: { sourceBytesPerSecondMin: PART_BYTES / 2 } });
+    drip(net, 2, 1_500);
+    runFetch(net, fetcher, state, 1_000 * SOURCE_PROGRESS_WINDOW_MS);
+    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+    expect(partsFrom(net, 2)).toBe(fetcher.installed?.head.parts ?? -1);
+    expect(fetcher.metrics.get("state_transfer_source_timeouts_total")).toBe(0);
   });
 });

@@ -22,6 +22,9 @@
  *
  * Framed records let an export be cut into chunks at record boundaries and let an
  * import parse chunks of any size as they arrive, with memory bounded by one record.
+ * A record is decoded with a bound on its values derived from its size
+ * (snapshotRecordItemsMax), as peer messages are (wire/canonical.ts itemsMax): a snapshot
+ * comes from a peer by state transfer, checked against its digest only once whole.
  *
  * Size bound (snapshotBytesBound): a header, then per channel at most one channel
  * record (CHANNEL_RECORD_BYTES_MAX) plus its retained batches, which retention keeps at
@@ -396,6 +399,28 @@ function bytesOf(value: Canonical | undefined, length: number): value is Uint8Ar
   return value instanceof Uint8Array && value.length === length;
 }
 
+/**
+ * Bytes each value (decodeCanonical's items) of a valid snapshot record takes at least, on
+ * average over any part of it that repeats. The densest part a valid record holds is a
+ * member of a membership group in the header (membership.ts): a map of five fields (id,
+ * host, port, peerPort, key), 6 values in at least 66 bytes (a one-character host, a
+ * 34-byte key), 11 bytes a value. Everything else is sparser: a quota is 3 values in at
+ * least 54 bytes, a key of a channel's lists 1 in 34, a batch record 9 in well over 100
+ * (its 64-byte signature). So 8 leaves room, and a record of 2 MiB may hold 262,144
+ * values where the same bytes of empty arrays hold two million.
+ */
+export const SNAPSHOT_RECORD_BYTES_PER_ITEM_MIN = 8;
+/** A record's own fixed fields (a header's, a channel's, a log's): values allowed beyond SNAPSHOT_RECORD_BYTES_PER_ITEM_MIN's share. */
+export const SNAPSHOT_RECORD_ITEMS_SLACK = 64;
+
+/**
+ * The values a valid snapshot record of `bytes` bytes holds at most: the decoder stops
+ * past it, so a record of empty arrays costs no more than a valid one of its size.
+ */
+export function snapshotRecordItemsMax(bytes: number): number {
+  return Math.floor(bytes / SNAPSHOT_RECORD_BYTES_PER_ITEM_MIN) + SNAPSHOT_RECORD_ITEMS_SLACK;
+}
+
 /** Thrown inside the importer and turned into a SnapshotError at its boundary. */
 class InvalidSnapshot extends Error {}
 
@@ -491,7 +516,9 @@ export class SnapshotImport {
       if (length > SNAPSHOT_RECORD_BYTES_MAX) invalid(`record of ${length} bytes exceeds ${SNAPSHOT_RECORD_BYTES_MAX}`);
       const end = at + SNAPSHOT_FRAME_HEADER_BYTES + length;
       if (end > bytes.length) break;
-      this.onRecord(decodeCanonical(bytes.subarray(at + SNAPSHOT_FRAME_HEADER_BYTES, end)));
+      // A record holding more values than any valid record of its size is refused as it is
+      // decoded (a CanonicalError: invalid), not built first.
+      this.onRecord(decodeCanonical(bytes.subarray(at + SNAPSHOT_FRAME_HEADER_BYTES, end), snapshotRecordItemsMax(length)));
       at = end;
     }
     this.pending = bytes.slice(at);
