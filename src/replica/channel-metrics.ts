@@ -14,8 +14,8 @@ export const OTHER_TAG = "_other";
 /**
  * How long the status query's traffic reuses the last binding of channels to series: a
  * binding walks every channel (0.6 ms with 222 channels), and anyone with a key may ask
- * for status as fast as it likes. The counters themselves are read live; only a channel
- * created since waits this long to be listed with no traffic of its own yet.
+ * for status as fast as it likes. The counters themselves are read live, and a change in
+ * the number of channels binds them again at once (a channel just created is listed).
  */
 export const TRAFFIC_REBIND_MS = 1000;
 
@@ -61,12 +61,18 @@ export class ChannelMetrics {
   private readonly folded = new Map<string, ChannelCells>();
   /** Which cells each known channel counts into (own or folded), by tag. */
   private readonly byTag = new Map<string, ChannelCells>();
-  /** When refresh() last bound every channel (performance.now() ms). */
+  /** When refresh() last bound every channel (performance.now() ms), and how many channels there were. */
   private refreshedAtMs = Number.NEGATIVE_INFINITY;
+  private refreshedCount = -1;
 
   constructor(
     registry: MetricsRegistry,
-    private readonly channels: { listChannels(): readonly ChannelInfo[]; channelInfo(tag: string): ChannelInfo | null },
+    private readonly channels: {
+      listChannels(): readonly ChannelInfo[];
+      channelInfo(tag: string): ChannelInfo | null;
+      /** How many channels there are (ChannelMachine's): a change binds them again at once. */
+      readonly channelCount?: number;
+    },
     private readonly limit = METRICS_CHANNELS_MAX,
     private readonly histograms: ClassHistograms | null = null,
   ) {
@@ -101,6 +107,7 @@ export class ChannelMetrics {
   refresh(nowMs: number = performance.now()): void {
     this.refreshedAtMs = nowMs;
     const channels = this.channels.listChannels();
+    this.refreshedCount = channels.length;
     const live = new Set<string>();
     const gauges = new Map<ChannelCells, { last: number; events: number; bytes: number; used: number }>();
     for (const info of channels) {
@@ -130,8 +137,10 @@ export class ChannelMetrics {
     nowMs: number = performance.now(),
   ): { tag: string; class: string; priority: string; published: number; stored: number; delivered: number; shed: number }[] {
     // Every channel, even one with no traffic yet (the cells are bound at scrapes otherwise),
-    // bound again at most once per TRAFFIC_REBIND_MS.
-    if (!(nowMs - this.refreshedAtMs < TRAFFIC_REBIND_MS)) this.refresh(nowMs);
+    // bound again at most once per TRAFFIC_REBIND_MS, or at once when channels were created
+    // or destroyed since (their count, a field read).
+    const count = this.channels.channelCount ?? this.refreshedCount;
+    if (!(nowMs - this.refreshedAtMs < TRAFFIC_REBIND_MS) || count !== this.refreshedCount) this.refresh(nowMs);
     return [...this.own.values(), ...this.folded.values()].map((cells) => ({
       tag: cells.labels[0],
       class: cells.labels[1],

@@ -111,6 +111,22 @@ describe("per-channel series", () => {
     expect(listed).toBe(2);
   });
 
+  test("a channel created or destroyed binds the channels again at once, inside the interval", () => {
+    const list = [channel("net.links")];
+    const machine = {
+      ...machineOf(list),
+      get channelCount() {
+        return list.length;
+      },
+    };
+    const channels = new ChannelMetrics(new MetricsRegistry(), machine);
+    expect(channels.traffic(1_000).map((row) => row.tag)).toEqual(["net.links"]);
+    list.push(channel("net.new"));
+    expect(channels.traffic(1_001).map((row) => row.tag)).toEqual(["net.links", "net.new"]);
+    list.shift();
+    expect(channels.traffic(1_002).map((row) => row.tag)).toEqual(["net.new"]);
+  });
+
   test("past the bound, channels fold into tag=_other per class and priority, and a destroyed channel's series go", async () => {
     const registry = new MetricsRegistry();
     const list = Array.from({ length: 5 }, (_, i) => channel(`c${i}`, i === 4 ? { priority: "low" } : {}));
