@@ -77,6 +77,13 @@ import { PublisherRegistry } from "./publisher-registry.ts";
 import { ClientClosedError, describeError, NoQuorumError, SubscriptionEndedError } from "./errors.ts";
 import type { ChannelInfo, PublisherListing } from "./queries.ts";
 import { RESUBSCRIBE_AFTER_OVERFLOW_MS, RESUBSCRIBE_AFTER_REFUSAL_MS, ReplicaSubs } from "./replica-subs.ts";
+
+/**
+ * A replica that ends the subscription SLOW a second time with no copy in between is asked
+ * again after this long, doubling at each further one up to SLOW_RETRY_MS_MAX.
+ */
+export const SLOW_RETRY_MS_FIRST = 250;
+export const SLOW_RETRY_MS_MAX = 8_000;
 import { pickLastSeq } from "./seq.ts";
 import { SignalLimiter } from "./signal-limiter.ts";
 
@@ -356,6 +363,8 @@ export class ClientSubscription implements Subscription {
   /** Crash-fault channels: the registered publishers deliveries are filtered by; null on Byzantine ones (voting covers them). */
   private readonly registry: PublisherRegistry | null;
   private readonly counters = { deliveredBatches: 0, deliveredEvents: 0, droppedEvents: 0, conflicts: 0, invalidReports: 0 };
+  /** Per replica, the SUB_END SLOWs it sent with no copy in between (reset by its next EVENTS). */
+  private readonly slowStreak = new Map<number, number>();
   /** `$sys.events`: the group event voter the replicas' reports go to; null on other channels. */
   private readonly group: GroupEventVoter | null;
   /** Whether the channel is a `$sys.*` one: each replica sends on it only what it signed itself. */
@@ -580,6 +589,7 @@ export class ClientSubscription implements Subscription {
   onEvents(replica: number, subId: number, events: Events): void {
     if (!this.replicas.carries(replica, subId)) return;
     if (events.tag !== this.tag || this.start.t === "ended" || this.delivery.pausedAt !== null) return;
+    this.slowStreak.delete(replica);
     if (this.system && !this.isOwnReport(replica, events.req.body)) return;
     if (this.options.onCopy !== undefined && this.group === null) this.options.onCopy({ replica, key: copyKeyOf(this.ordered, events) });
     const voter = this.voter;
@@ -648,10 +658,17 @@ export class ClientSubscription implements Subscription {
     switch (body.code) {
       case "UNSUBSCRIBED":
         return;
-      case "SLOW":
-        this.signal({ t: "slow", source: "replica", replica, resumeFrom: this.resumePoint() ?? null });
-        this.replicas.subscribeAt(replica);
+      case "SLOW": {
+        this.signalLimited(`slow/${replica}`, { t: "slow", source: "replica", replica, resumeFrom: this.resumePoint() ?? null }, 1);
+        // Asked again at once, as a client that fell behind wants; but a replica ending the
+        // subscription SLOW again with no copy in between is asked ever later (it may be
+        // faulty, and each SUBSCRIBE costs it a replay and this client a frame).
+        const streak = (this.slowStreak.get(replica) ?? 0) + 1;
+        this.slowStreak.set(replica, streak);
+        if (streak === 1) this.replicas.subscribeAt(replica);
+        else this.replicas.retryLater(replica, Math.min(SLOW_RETRY_MS_MAX, SLOW_RETRY_MS_FIRST * 2 ** (streak - 2)), null);
         return;
+      }
       case "TRIMMED":
         this.onTrimmed(replica, body);
         return;
@@ -852,7 +869,12 @@ export class ClientSubscription implements Subscription {
           break;
         case "conflict":
           this.counters.conflicts++;
-          this.signal({ t: "conflict", replica: output.replica, seq: output.seq, reason: output.reason });
+          // One replica can send a contradicting copy again and again: one signal per interval.
+          this.signalLimited(
+            `conflict/${output.replica}`,
+            { t: "conflict", replica: output.replica, seq: output.seq, reason: output.reason },
+            1,
+          );
           this.widen(`replica ${output.replica} contradicted the others`, [output.replica]);
           break;
         case "overflow":
