@@ -64,4 +64,37 @@ describe("who holds a port", () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 30_000);
+
+  test("a replica whose peer port is taken says which process holds that port, not who holds its client port", async () => {
+    const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    const dir = mkdtempSync(join(tmpdir(), "fitb-peer-port-holder-"));
+    try {
+      const basePort = freePort();
+      const init = initCluster({
+        dir,
+        replicas: 4,
+        host: "127.0.0.1",
+        basePort,
+        peerBasePort: listener.port,
+        name: "held",
+        overwrite: false,
+      });
+      const proc = Bun.spawn([BUN, MAIN, "replica", "--config", init.configPath, "--id", "0"], { stdout: "pipe", stderr: "pipe" });
+      const [stderr, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+      expect(code).toBe(1);
+      expect(stderr).toContain(`127.0.0.1:${listener.port} is already in use`);
+      expect(stderr).toContain(`(held by pid ${process.pid}: `);
+    } finally {
+      listener.stop(true);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
 });
+
+/** A port nothing listens on now (a listener opened and closed). */
+function freePort(): number {
+  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = probe.port;
+  probe.stop(true);
+  return port;
+}

@@ -275,7 +275,9 @@ async function runReplica(args: ParsedArgs): Promise<number> {
     const address = typeof failed === "string" ? failed : formatAddress(listen?.host ?? self.host, listen?.port ?? self.port);
     // Bun's own message names neither the port nor why; the error code does.
     const problem = listenFailure(address, error, "replica");
-    const holder = problem.includes("already in use") ? portHolderNote(self.port) : "";
+    // The port that failed (the peer port, a --listen one), not always the client port.
+    const failedPort = Number(/:(\d+)$/.exec(address)?.[1] ?? self.port);
+    const holder = problem.includes("already in use") ? portHolderNote(failedPort) : "";
     throw new CommandError(problem.startsWith("cannot listen") ? `cannot start replica ${id}: ${problem}` : `${problem}${holder}`);
   }
   if (metricsServer !== null) log.info("metrics listening", { url: `http://${metricsServer.hostname}:${metricsServer.port}/metrics` });
