@@ -10,10 +10,15 @@
  *   the parsed commands waiting to run are few whatever arrives at once;
  * - bytes not yet taken by the socket: event lines (of every subscription of the
  *   connection, those waiting for a SUB's `+OK` included) stop at `eventOutboundBytesMax`,
- *   and those of all connections together at `relayOutboundBytesMax`; there the
- *   subscription that overflowed is ended with `END <tag> SLOW` (a reader that does not
- *   keep up loses its subscription, not the relay its memory); answers stop the reading at
- *   `readPauseOutboundBytes`, and a hard bound above both ends the connection;
+ *   and the subscription output of all connections together at `relayOutboundBytesMax`;
+ *   there the subscription that overflowed is ended with `END <tag> SLOW` (a reader that
+ *   does not keep up loses its subscription, not the relay its memory). Answers end no
+ *   subscription: they stop the running of commands (and so the reading) once the
+ *   connection's output passes `readPauseOutboundBytes`, checked before every command, or
+ *   once the answers of all connections pass `relayAnswerOutboundBytesMax` while this one
+ *   has output waiting; a hard bound above all of them ends the connection;
+ * - the event loop: input is run a slice at a time with a turn of the event loop between
+ *   two slices, so one pipelining connection cannot keep the others waiting;
  * - time: output that waits `outputStallTimeoutMs` without the client reading any of it
  *   ends the connection, so a reader that stopped for good gives its memory back;
  * - subscriptions: `subscriptionsPerConnectionMax`;
@@ -47,15 +52,26 @@ import { ackLine, endLine, errLine, eventBytes, OK_LINE, PONG_LINE } from "./for
 import { RelayLineParser, type RelayCommand, type RelayInput } from "./parser.ts";
 import type { ResolvedRelayLimits } from "./limits.ts";
 import type { RelayMetrics } from "./metrics.ts";
-import type { RelayOutputBytes } from "./output-bytes.ts";
+import { type RelayOutputBytes, OutputRuns } from "./output-bytes.ts";
 import type { PublishBytesBudget } from "./publish-bytes.ts";
 
 const encoder = new TextEncoder();
 /**
  * Input is parsed this much at a time, and the commands of one slice run before the next
- * is parsed: what a burst of input costs in parsed commands stays small.
+ * is parsed: what a burst of input costs in parsed commands stays small. Between two
+ * slices the event loop takes a turn (nextTurn), so other connections are read and
+ * answered while one works through a long pipeline.
  */
 export const RELAY_PARSE_SLICE_BYTES = 16 * 1024;
+
+/**
+ * Resolves after the event loop's next turn, I/O included. Every other await of the pump
+ * waits on a promise that is often already settled, which only runs the microtask queue:
+ * without this the pump would work through a connection's whole input in one turn.
+ */
+function nextTurn(): Promise<void> {
+  return new Promise<void>((resolve) => setImmediate(resolve));
+}
 
 /** The socket as a connection uses it (Bun's TCP socket, or a test double). */
 export interface LineSocket {
@@ -99,6 +115,13 @@ export interface RelayBackend {
   subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle>;
   log(message: string): void;
 }
+
+/**
+ * What written bytes are: an answer to a command (`+OK`, `-ERR`, `PONG`), or the output of
+ * a subscription (EVENT, EVENTB and END lines). They are bounded apart: a subscription's
+ * reader that falls behind is ended SLOW, commands whose answers are not read wait.
+ */
+type OutputKind = "answer" | "subscription";
 
 /** An answer line, and what to do once it is written (a SUB's events may follow only then). */
 interface Answer {
@@ -151,14 +174,19 @@ export class RelayConnection {
   /** Bytes held for every SUB whose `+OK` is not yet written (the sum of their heldBytes). */
   private heldBytes = 0;
   private readonly roomWaiters: (() => void)[] = [];
+  /** The pump, waiting for the client to read its output (outputWaits). */
+  private readonly outputWaiters: (() => void)[] = [];
   /** Event bytes of this connection's publishes not yet answered. */
   private publishBytesHeld = 0;
   /** PUBs waiting for this connection's own publishes to be answered. */
   private readonly publishWaiters: (() => void)[] = [];
   private pendingWrites: Uint8Array[] = [];
   private pendingWriteBytes = 0;
-  /** Output bytes last counted in the relay-wide total (backend.outputBytes). */
-  private reportedOutputBytes = 0;
+  /** Which queued bytes (pendingWrites, then outbound) are answers. */
+  private readonly queuedRuns = new OutputRuns();
+  /** Answer and subscription bytes last counted in the relay-wide totals (backend.outputBytes). */
+  private reportedAnswerBytes = 0;
+  private reportedSubscriptionBytes = 0;
   /** When output last went out, or began to wait: the stall timeout runs from here. */
   private outputProgressAt = 0;
   private stallTimer: unknown = null;
@@ -169,6 +197,8 @@ export class RelayConnection {
   private quitting = false;
   /** The client sent FIN: no more commands will come. */
   private inputEnded = false;
+  /** After the FIN, the parser was told the input ended (finishInput). */
+  private inputFinished = false;
   private state: FinishState = "open";
   /** FIN sent: nothing more is written. */
   private endSent = false;
@@ -216,7 +246,8 @@ export class RelayConnection {
   /** The client closed its sending side; answer what was received, then close. */
   onEnd(): void {
     this.inputEnded = true;
-    if (!this.pumping) this.finishInput();
+    // The pump answers an unfinished last command once everything before it has run.
+    void this.pump();
     this.maybeFinish();
   }
 
@@ -225,6 +256,7 @@ export class RelayConnection {
     this.outbound.flush((data) => this.socket.write(data));
     this.watchOutput(before);
     this.syncOutputBytes();
+    this.wakeOutputWaiters();
     this.updateFlow();
     this.maybeEnd();
   }
@@ -249,6 +281,7 @@ export class RelayConnection {
     for (const sub of [...this.subs.values()]) this.dropSub(sub);
     this.syncOutputBytes();
     for (const wake of this.roomWaiters.splice(0)) wake();
+    this.wakeOutputWaiters();
     this.onGone(this);
   }
 
@@ -261,6 +294,7 @@ export class RelayConnection {
     if (this.state !== "open") return;
     this.quitting = true;
     this.dropInput();
+    this.wakeOutputWaiters();
     for (const sub of [...this.subs.values()]) this.endSub(sub, "SHUTDOWN", "the relay is stopping");
     this.maybeFinish();
     this.armCloseTimer();
@@ -270,17 +304,34 @@ export class RelayConnection {
   // Running commands, in order
   // -------------------------------------------------------------------------------------
 
+  /**
+   * Runs the received commands one after another, in order. Before each command it waits
+   * while the answers pending or the output waiting are at their bounds; between two slices
+   * of input it lets the event loop take a turn. One pump runs per connection at a time.
+   */
   private async pump(): Promise<void> {
     if (this.pumping) return;
     this.pumping = true;
     try {
+      let slices = 0;
       while (this.state === "open" && !this.quitting) {
         if (this.backlogAt === this.backlog.length) {
-          if (!this.parseNextSlice()) break;
+          if (this.inbox.length === 0) {
+            if (this.finishInput()) continue;
+            break;
+          }
+          // The first slice runs at once (a short command is answered without delay); each
+          // later one after a turn, in which other connections are read and written.
+          if (slices++ > 0) await nextTurn();
+          this.parseNextSlice();
           continue;
         }
         if (this.answers.isFull) {
           await this.answerRoom();
+          continue;
+        }
+        if (this.outputWaits()) {
+          await this.outputRoom();
           continue;
         }
         await this.run(this.backlog[this.backlogAt++] as RelayInput);
@@ -292,7 +343,6 @@ export class RelayConnection {
       this.pumping = false;
     }
     if (this.quitting) this.dropInput();
-    if (this.inputEnded) this.finishInput();
     this.updateFlow();
     this.maybeFinish();
   }
@@ -310,9 +360,17 @@ export class RelayConnection {
     return true;
   }
 
-  /** After the client's FIN, once every byte it sent is parsed: an unfinished line is dropped. */
-  private finishInput(): void {
-    if (this.inboxBytes === 0) this.parser.finish();
+  /**
+   * After the client's FIN, once every byte it sent is parsed and run: an unfinished last
+   * command is not run, and its refusal becomes the backlog (answered after every earlier
+   * answer). True when there is such a refusal to run.
+   */
+  private finishInput(): boolean {
+    if (!this.inputEnded || this.inputFinished || this.inboxBytes > 0) return false;
+    this.inputFinished = true;
+    this.backlog = this.parser.finish();
+    this.backlogAt = 0;
+    return this.backlog.length > 0;
   }
 
   private dropInput(): void {
@@ -324,6 +382,28 @@ export class RelayConnection {
 
   private answerRoom(): Promise<void> {
     return new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+  }
+
+  /**
+   * Whether the next command waits for the client to read: its answer would add to output
+   * past the read-pause bound, or to the relay's answers past their bound. Checked before
+   * every command, not once per read, so a read full of cheap commands (`SUB A` answered by
+   * a 70-byte `-ERR`) cannot queue ten times its size in answers. A connection with nothing
+   * waiting always runs its next command: a client that reads is never held up by others.
+   */
+  private outputWaits(): boolean {
+    const queued = this.queuedBytes();
+    if (queued === 0) return false;
+    return queued > this.backend.limits.readPauseOutboundBytes || this.backend.outputBytes.answersOver;
+  }
+
+  private outputRoom(): Promise<void> {
+    return new Promise<void>((resolve) => this.outputWaiters.push(resolve));
+  }
+
+  /** Output moved, or the connection stops: a pump waiting on outputWaits looks again. */
+  private wakeOutputWaiters(): void {
+    for (const wake of this.outputWaiters.splice(0)) wake();
   }
 
   private async run(input: RelayInput): Promise<void> {
@@ -510,7 +590,7 @@ export class RelayConnection {
       // `from` is older than the retained history: answered the way a trim during the
       // subscription is, so a script reads the oldest seq from one place.
       const end = endLine(sub.tag, "TRIMMED", `oldest ${sub.trimmedOldest}`);
-      return { line: OK_LINE, after: () => this.write(end) };
+      return { line: OK_LINE, after: () => this.write(end, "subscription") };
     }
     return { line: errorLine(error) };
   }
@@ -520,8 +600,8 @@ export class RelayConnection {
     sub.answered = true;
     const held = sub.held;
     this.releaseHeld(sub);
-    if (!sub.closed) for (const bytes of held) this.write(bytes);
-    if (sub.pendingEnd !== null) this.write(sub.pendingEnd);
+    if (!sub.closed) for (const bytes of held) this.write(bytes, "subscription");
+    if (sub.pendingEnd !== null) this.write(sub.pendingEnd, "subscription");
     sub.pendingEnd = null;
   }
 
@@ -558,13 +638,13 @@ export class RelayConnection {
       this.hold(sub, bytes);
       return;
     }
-    this.write(bytes);
+    this.write(bytes, "subscription");
   }
 
   /**
    * Why `bytes` more of event lines may not be queued on this connection (its reader is
-   * behind), or null. Everything the connection holds counts: what the socket has not
-   * taken, and the events of every SUB still waiting for its `+OK`. An idle connection
+   * behind), or null. Everything the connection holds counts, its own answers too: what the
+   * socket has not taken, and the events of every SUB still waiting for its `+OK`. An idle connection
    * always takes one batch, however large: the bound is on what piles up behind a reader
    * that does not keep up, not on a batch.
    */
@@ -572,9 +652,14 @@ export class RelayConnection {
     const waiting = this.queuedBytes() + this.heldBytes;
     if (waiting === 0) return null;
     if (waiting + bytes > this.backend.limits.eventOutboundBytesMax) return `the client fell behind (${waiting} bytes not yet read)`;
+    // Across the relay only subscription output counts: answers the other connections do
+    // not read have their own bound (outputWaits), and must not end this reader's subscription.
     const relay = this.backend.outputBytes;
     if (relay.wouldExceed(bytes)) {
-      return `the client fell behind (${waiting} bytes not yet read) while the relay holds ${relay.usedBytes} bytes not yet read across its connections; at most ${relay.bytesMax}`;
+      return (
+        `the client fell behind (${waiting} bytes not yet read) while the relay holds ${relay.subscriptionBytes} bytes of ` +
+        `subscription output not yet read across its connections; at most ${relay.bytesMax}`
+      );
     }
     return null;
   }
@@ -628,7 +713,7 @@ export class RelayConnection {
     const end =
       signal.event === "skipped" ? { code: "LIMIT" as const, reason: signal.reason } : endFor(signal.cause ?? signal.reason, null);
     const line = encoder.encode(endLine(signal.tag, end.code, `${end.reason}; ${sub.tag} goes on without it`));
-    if (sub.answered) this.write(line);
+    if (sub.answered) this.write(line, "subscription");
     else this.hold(sub, line);
   }
 
@@ -644,7 +729,7 @@ export class RelayConnection {
     if (sub.closed) return;
     this.dropSub(sub);
     const line = endLine(sub.tag, code, reason);
-    if (sub.answered) this.write(line);
+    if (sub.answered) this.write(line, "subscription");
     else sub.pendingEnd = line;
     this.maybeFinish();
   }
@@ -666,7 +751,7 @@ export class RelayConnection {
     const answer: Answer = outcome.ok ? outcome.value : { line: errLine("INTERNAL", describeError(outcome.error)) };
     // Only an aborted connection closes with answers still due; its last line is the abort's.
     if (this.state === "open") {
-      this.write(answer.line);
+      this.write(answer.line, "answer");
       answer.after?.();
     }
     for (const wake of this.roomWaiters.splice(0)) wake();
@@ -677,11 +762,12 @@ export class RelayConnection {
    * Queues bytes for the socket. Writes of one turn of the event loop leave in one
    * socket write, since each write is a system call.
    */
-  private write(data: Uint8Array | string): void {
+  private write(data: Uint8Array | string, kind: OutputKind): void {
     if (this.state === "closed") return;
     const bytes = typeof data === "string" ? encoder.encode(data) : data;
     this.pendingWrites.push(bytes);
     this.pendingWriteBytes += bytes.byteLength;
+    this.queuedRuns.add(kind === "answer", bytes.byteLength);
     this.syncOutputBytes();
     if (this.flushScheduled) return;
     this.flushScheduled = true;
@@ -704,6 +790,7 @@ export class RelayConnection {
       return;
     }
     this.watchOutput(before);
+    this.wakeOutputWaiters();
     this.updateFlow();
     this.maybeEnd();
   }
@@ -713,12 +800,21 @@ export class RelayConnection {
     return this.pendingWriteBytes + this.outbound.bufferedBytes;
   }
 
-  /** Brings this connection's share of the relay-wide output total up to date. */
+  /**
+   * Brings this connection's shares of the relay-wide output totals up to date: its
+   * answers, and its subscriptions' output (what the socket has not taken, and the events
+   * held for a SUB's `+OK`). Bytes leave the queue in the order they were written, so the
+   * runs tell how many of those still waiting are answers.
+   */
   private syncOutputBytes(): void {
-    const held = this.state === "closed" ? 0 : this.queuedBytes() + this.heldBytes;
-    if (held === this.reportedOutputBytes) return;
-    this.backend.outputBytes.update(this.reportedOutputBytes, held);
-    this.reportedOutputBytes = held;
+    const queued = this.state === "closed" ? 0 : this.queuedBytes();
+    this.queuedRuns.trimTo(queued);
+    const answers = this.queuedRuns.answerBytes;
+    const subscriptions = this.state === "closed" ? 0 : queued - answers + this.heldBytes;
+    if (answers === this.reportedAnswerBytes && subscriptions === this.reportedSubscriptionBytes) return;
+    this.backend.outputBytes.update(this.reportedAnswerBytes, this.reportedSubscriptionBytes, answers, subscriptions);
+    this.reportedAnswerBytes = answers;
+    this.reportedSubscriptionBytes = subscriptions;
   }
 
   // -------------------------------------------------------------------------------------
@@ -788,6 +884,8 @@ export class RelayConnection {
     if (this.state !== "open") return;
     if (!this.quitting && !this.inputEnded) return;
     if (this.pumping || this.inboxBytes > 0 || this.backlogAt < this.backlog.length || this.answers.pending > 0) return;
+    // The pump has yet to answer an unfinished last command (finishInput).
+    if (!this.quitting && !this.inputFinished) return;
     if (!this.quitting && this.subs.size > 0) return;
     this.closeAfterFlush();
   }
@@ -796,6 +894,7 @@ export class RelayConnection {
     if (this.state !== "open") return;
     this.state = "closing";
     this.quitting = true;
+    this.wakeOutputWaiters();
     for (const sub of [...this.subs.values()]) this.dropSub(sub);
     this.armCloseTimer();
     this.maybeEnd();
@@ -821,7 +920,7 @@ export class RelayConnection {
     if (this.state !== "open") return;
     this.dropInput();
     this.quitting = true;
-    this.write(errLine(code, reason));
+    this.write(errLine(code, reason), "answer");
     this.closeAfterFlush();
   }
 }

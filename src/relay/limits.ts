@@ -23,14 +23,25 @@ export interface RelayLimits {
   readonly subscriptionsPerConnectionMax: number;
   /** Output bytes waiting for a slow reader beyond which its subscription ends with `END <tag> SLOW`. */
   readonly eventOutboundBytesMax: number;
-  /** Output bytes waiting beyond which the relay stops reading the client's commands. */
+  /**
+   * Output bytes waiting beyond which the connection runs no more commands (and so reads
+   * none) until its client reads; checked before every command.
+   */
   readonly readPauseOutboundBytes: number;
   /**
-   * Output bytes waiting across every connection beyond which a subscription whose
-   * connection already has output waiting ends with `END <tag> SLOW`: the per-connection
-   * bound times the connections would be gigabytes.
+   * Subscription output (event and END lines) waiting across every connection beyond
+   * which a subscription whose connection already has output waiting ends with `END <tag>
+   * SLOW`: the per-connection bound times the connections would be gigabytes. Answers do
+   * not count here (relayAnswerOutboundBytesMax).
    */
   readonly relayOutboundBytesMax: number;
+  /**
+   * Answers waiting across every connection beyond which a connection with any output
+   * waiting runs no more commands until its client has read it all: the read-pause bound
+   * times the connections would be gigabytes, and clients that never read must not make the
+   * subscriptions of those that do end SLOW.
+   */
+  readonly relayAnswerOutboundBytesMax: number;
   /**
    * How long output may wait without the client reading any of it before the connection
    * is closed: a reader that stopped reading would otherwise hold its output for ever.
@@ -73,6 +84,11 @@ export const RELAY_READ_PAUSE_OUTBOUND_BYTES = 1024 * 1024;
  */
 export const RELAY_OUTBOUND_BYTES_MAX = 256 * 1024 * 1024;
 /**
+ * Thirty-two non-reading connections at RELAY_READ_PAUSE_OUTBOUND_BYTES: answers are a few
+ * bytes a command, so honest clients that read hold little of them at any time.
+ */
+export const RELAY_ANSWER_OUTBOUND_BYTES_MAX = 32 * 1024 * 1024;
+/**
  * A reader that takes nothing for a minute has stopped (a suspended `nc`, a script stuck
  * elsewhere); one that is merely slow takes some bytes now and then and is never cut off.
  */
@@ -88,6 +104,18 @@ export const RELAY_PUBLISH_BYTES_SHARES = 4;
 /** A quarter of the relay's publish budget: a busy script still has 64 MiB in flight. */
 export const RELAY_CONNECTION_PUBLISH_BYTES_MAX = RELAY_PUBLISH_BYTES_MAX / RELAY_PUBLISH_BYTES_SHARES;
 export const RELAY_CLOSE_FLUSH_TIMEOUT_MS = 10_000;
+/**
+ * The relay's client holds the cluster's `connection_subscriptions_max` subscriptions at
+ * most, across both listeners; with a Unix socket one in this many of them is kept for the
+ * socket, so that local accounts subscribing through the TCP port cannot lock the probes
+ * out (a pattern takes one per channel, so a few `SUB *.*` would take them all).
+ */
+export const RELAY_UNIX_SUBSCRIPTIONS_RESERVE_SHARE = 4;
+
+/** How many of the client's `subscriptionsMax` the TCP port's connections may hold when there is a Unix socket too. */
+export function tcpSubscriptionsMax(subscriptionsMax: number): number {
+  return subscriptionsMax - Math.floor(subscriptionsMax / RELAY_UNIX_SUBSCRIPTIONS_RESERVE_SHARE);
+}
 /** An answer or END line: the fixed words, a tag, numbers and a reason of at most REASON_BYTES_MAX. */
 export const RELAY_ANSWER_LINE_BYTES_MAX = REASON_BYTES_MAX + 256;
 
@@ -99,6 +127,7 @@ export const DEFAULT_RELAY_LIMITS: RelayLimits = {
   eventOutboundBytesMax: RELAY_EVENT_OUTBOUND_BYTES_MAX,
   readPauseOutboundBytes: RELAY_READ_PAUSE_OUTBOUND_BYTES,
   relayOutboundBytesMax: RELAY_OUTBOUND_BYTES_MAX,
+  relayAnswerOutboundBytesMax: RELAY_ANSWER_OUTBOUND_BYTES_MAX,
   outputStallTimeoutMs: RELAY_OUTPUT_STALL_TIMEOUT_MS,
   publishersMax: RELAY_PUBLISHERS_MAX,
   publishBytesMax: RELAY_PUBLISH_BYTES_MAX,

@@ -20,6 +20,8 @@ import { EVENT_BYTES_MAX, RELAY_LINE_BYTES_MAX, TAG_BYTES_MAX, TAG_PATTERN, type
 const LF = 0x0a;
 const CR = 0x0d;
 const SPACE = 0x20;
+/** The refusal of a command the end of the input cut short (wire/PROTOCOL.md 11.1). */
+export const INPUT_ENDED_INSIDE_COMMAND = "input ended inside a command; not run";
 /** Characters of a refused line shown back in a reason: enough to recognise it. */
 const SHOWN_CHARS_MAX = 40;
 /** The largest number a line may carry (section 11.1): 2^53-1. */
@@ -116,13 +118,24 @@ export class RelayLineParser {
   }
 
   /**
-   * The stream ended. An unfinished line is dropped, not run: it may be a command cut
-   * short, and publishing a truncated event would be worse than publishing none.
+   * The stream ended. An unfinished line or PUBB payload is not run: it may be a command
+   * cut short, and publishing a truncated event would be worse than publishing none. It is
+   * refused, so that `printf 'PUB t x' | nc -N` says why nothing happened; the rest of an
+   * oversized line or payload, already refused, and a line that is no more than a CR (an
+   * empty line) get nothing.
    */
-  finish(): void {
-    if (this.state.t === "closed") return;
+  finish(): RelayInput[] {
+    const state = this.state;
+    if (state.t === "closed") return [];
+    const unfinished = state.t === "payload" || (state.t === "line" && !this.partIsEmptyLine());
     this.state = { t: "line" };
     this.clearParts();
+    return unfinished ? [refused("BAD_REQUEST", INPUT_ENDED_INSIDE_COMMAND)] : [];
+  }
+
+  /** Whether the unfinished line would be an empty line: nothing, or a lone CR. */
+  private partIsEmptyLine(): boolean {
+    return this.partBytes === 0 || (this.partBytes === 1 && this.parts[0]?.[0] === CR);
   }
 
   // -------------------------------------------------------------------------------------

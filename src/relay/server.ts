@@ -2,8 +2,9 @@
  * The relay's server: it accepts line-protocol connections (wire/PROTOCOL.md section
  * 11) on a TCP port, a Unix socket (unix-socket.ts), or both, and serves them all
  * through one FitbClient, signing with one key. Each listener has its own bound on
- * connections, so that local accounts filling the TCP port cannot lock the probes out of
- * the socket. The
+ * connections, and the client's subscriptions keep a reserve for the socket's connections
+ * (limits.ts tcpSubscriptionsMax), so that local accounts filling the TCP port cannot lock
+ * the probes out of the socket. The
  * publishes of every connection to one tag go through one shared Publisher, so that
  * concurrent scripts' events travel in the same signed requests (src/README.md §3:
  * signatures are per frame, so a relay batches).
@@ -24,7 +25,7 @@ import { formatAddress } from "../config/cluster.ts";
 import { errLine } from "./format.ts";
 import { REAL_RELAY_TIMERS, RelayConnection, type LineSocket, type RelayBackend, type RelayTimers } from "./connection.ts";
 import type { RelayMetrics } from "./metrics.ts";
-import { resolveRelayLimits, type RelayLimits, type ResolvedRelayLimits } from "./limits.ts";
+import { resolveRelayLimits, tcpSubscriptionsMax, type RelayLimits, type ResolvedRelayLimits } from "./limits.ts";
 import { RelayOutputBytes } from "./output-bytes.ts";
 import { PublishBytesBudget } from "./publish-bytes.ts";
 import { removeSocket, socketPathProblem, withSocketUmask } from "./unix-socket.ts";
@@ -83,6 +84,15 @@ export function relaySubscriptionsFull(subscriptionsMax: number): string {
   );
 }
 
+/** What the relay tells a SUB from the TCP port refused at the port's share of the subscriptions. */
+export function relayTcpSubscriptionsFull(tcpMax: number, subscriptionsMax: number): string {
+  return (
+    `connections on the TCP port hold ${tcpMax} of the relay's subscriptions; at most ${tcpMax} ` +
+    `(the rest of the cluster's connection_subscriptions_max of ${subscriptionsMax} is kept for the Unix socket; ` +
+    "a pattern SUB takes one per channel it follows)"
+  );
+}
+
 export class RelayServer {
   readonly hostname: string;
   readonly limits: ResolvedRelayLimits;
@@ -93,13 +103,16 @@ export class RelayServer {
   readonly socketPath: string | null;
   private readonly connections = new Set<RelayConnection>();
   private readonly connectionCounts: Record<ListenerKind, number> = { tcp: 0, unix: 0 };
+  /** The client's subscriptions held for each listener's connections (a pattern's, one per channel), starting ones included. */
+  private readonly subscriptionCounts: Record<ListenerKind, number> = { tcp: 0, unix: 0 };
   /** The channel list for pattern SUBs, read once per interval for all of them. */
   private readonly channelWatch: ChannelWatch<ChannelInfo>;
   /** Least recently used first, so the tag retired to make room is the stalest idle one. */
   private readonly publishers = new Map<string, Publisher>();
   private readonly publishBytes: PublishBytesBudget;
   private readonly outputBytes: RelayOutputBytes;
-  private readonly backend: RelayBackend;
+  /** One per listener: they differ only in whose share of the subscriptions a SUB takes. */
+  private readonly backends: Readonly<Record<ListenerKind, RelayBackend>>;
   private readonly log: (message: string) => void;
   private readonly goneWaiters: (() => void)[] = [];
   private stopping: Promise<void> | null = null;
@@ -110,18 +123,19 @@ export class RelayServer {
     this.limits = resolveRelayLimits(options.limits);
     this.log = options.log ?? (() => undefined);
     this.publishBytes = new PublishBytesBudget(this.limits.publishBytesMax);
-    this.outputBytes = new RelayOutputBytes(this.limits.relayOutboundBytesMax);
+    this.outputBytes = new RelayOutputBytes(this.limits.relayOutboundBytesMax, this.limits.relayAnswerOutboundBytesMax);
     this.channelWatch = new ChannelWatch<ChannelInfo>(() => this.client.listChannelClasses());
-    this.backend = {
+    const backendOf = (kind: ListenerKind): RelayBackend => ({
       limits: this.limits,
       publishBytes: this.publishBytes,
       outputBytes: this.outputBytes,
       timers: options.timers ?? REAL_RELAY_TIMERS,
       metrics: options.metrics ?? null,
       publisherFor: (tag) => this.publisherFor(tag),
-      subscribe: (tag, subscribeOptions, onBatch) => this.subscribe(tag, subscribeOptions, onBatch),
+      subscribe: (tag, subscribeOptions, onBatch) => this.subscribe(kind, tag, subscribeOptions, onBatch),
       log: this.log,
-    };
+    });
+    this.backends = { tcp: backendOf("tcp"), unix: backendOf("unix") };
     this.socketPath = options.socketPath ?? null;
     if (options.port === null && this.socketPath === null) {
       throw new RelayListenError("the relay needs a TCP port or a Unix socket to listen on; neither was given");
@@ -275,8 +289,9 @@ export class RelayServer {
       end: () => socket.end(),
       terminate: () => socket.terminate(),
     };
-    const connection = new RelayConnection(lineSocket, this.backend, (gone) => this.onGone(gone, kind));
-    this.backend.metrics?.connectionsAccepted.inc();
+    const backend = this.backends[kind];
+    const connection = new RelayConnection(lineSocket, backend, (gone) => this.onGone(gone, kind));
+    backend.metrics?.connectionsAccepted.inc();
     this.connections.add(connection);
     this.connectionCounts[kind]++;
     socket.data.connection = connection;
@@ -320,24 +335,61 @@ export class RelayServer {
     throw new QueueFullError(`publishes to ${this.publishers.size} tags are in flight; at most ${this.limits.publishersMax}`);
   }
 
-  private subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
+  /** `kind`: the listener of the connection that asked, whose share of the subscriptions it takes. */
+  private subscribe(kind: ListenerKind, tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
     // A pattern (net.*, net.>) follows every matching channel; a tag, that channel.
-    return isPattern(tag) ? this.subscribePattern(tag, options, onBatch) : this.subscribeChannel(tag, options, onBatch);
+    return isPattern(tag) ? this.subscribePattern(kind, tag, options, onBatch) : this.subscribeChannel(kind, tag, options, onBatch);
   }
 
   /**
    * One channel through the client. Its bound on subscriptions is the relay's across
    * every connection, so a refusal there says so: in the client's words it would read as
-   * if the connection that asked held them all.
+   * if the connection that asked held them all. When there is a Unix socket, the TCP
+   * port's connections hold at most their share (tcpSubscriptionsMax), so the socket's keep
+   * the rest whatever the port's users subscribe to.
    */
-  private async subscribeChannel(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
+  private async subscribeChannel(
+    kind: ListenerKind,
+    tag: string,
+    options: SubscribeOptions,
+    onBatch: BatchHandler,
+  ): Promise<SubscriptionHandle> {
+    if (kind === "tcp" && this.socketPath !== null) {
+      const subscriptionsMax = this.client.limits.subscriptionsMax;
+      const tcpMax = tcpSubscriptionsMax(subscriptionsMax);
+      if (this.subscriptionCounts.tcp >= tcpMax) throw new QueueFullError(relayTcpSubscriptionsFull(tcpMax, subscriptionsMax));
+    }
+    // Counted while it starts, so that SUBs started together cannot all pass the look above.
+    this.subscriptionCounts[kind]++;
+    let subscription: SubscriptionHandle;
     try {
-      return await this.client.subscribe(tag, options, onBatch);
+      subscription = await this.client.subscribe(tag, options, onBatch);
     } catch (error) {
+      this.subscriptionCounts[kind]--;
       // The client refuses a subscribe with QueueFullError only at its subscription bound.
       if (error instanceof QueueFullError) throw new QueueFullError(relaySubscriptionsFull(this.client.limits.subscriptionsMax));
       throw error;
     }
+    return this.counted(kind, subscription);
+  }
+
+  /** The subscription, given back to its listener's count once closed or ended, whichever comes first. */
+  private counted(kind: ListenerKind, subscription: SubscriptionHandle): SubscriptionHandle {
+    let held = true;
+    const release = (): void => {
+      if (!held) return;
+      held = false;
+      this.subscriptionCounts[kind]--;
+    };
+    subscription.done.then(release, release);
+    return {
+      tag: subscription.tag,
+      done: subscription.done,
+      close: () => {
+        release();
+        return subscription.close();
+      },
+    };
   }
 
   /**
@@ -345,7 +397,12 @@ export class RelayServer {
    * channel is subscribed through subscribeChannel, whose refusal at the subscription
    * bound names the relay's bound, and the channel list is the relay's own watch.
    */
-  private subscribePattern(pattern: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle> {
+  private subscribePattern(
+    kind: ListenerKind,
+    pattern: string,
+    options: SubscribeOptions,
+    onBatch: BatchHandler,
+  ): Promise<SubscriptionHandle> {
     if (options.from !== undefined) {
       return Promise.reject(
         new InvalidInputError("BAD_REQUEST", "a pattern SUB is live and takes no <from-seq> (channel seqs differ between channels)"),
@@ -354,7 +411,7 @@ export class RelayServer {
     const host: PatternHost = {
       listChannels: () => this.client.listChannelClasses(),
       watchChannels: (listener) => this.channelWatch.listen(listener),
-      subscribe: (tag, channelOptions, handler) => this.subscribeChannel(tag, channelOptions, handler),
+      subscribe: (tag, channelOptions, handler) => this.subscribeChannel(kind, tag, channelOptions, handler),
       subscriptionsMax: this.client.config.limits.connectionSubscriptionsMax,
     };
     return PatternSubscription.start(pattern, host, options, onBatch);

@@ -1,10 +1,11 @@
 /**
  * The relay's listeners and its client-wide refusals, over real sockets with a client the
  * test plays (no cluster): a relay on its Unix socket only (`--listen none`), a connection
- * bound per listener (the TCP port full leaves the socket usable), a SUB refused at the
+ * bound per listener (the TCP port full leaves the socket usable), the subscriptions kept
+ * for the socket (the TCP port's connections hold three quarters at most), a SUB refused at the
  * relay's subscription bound in words that say it is the relay's, a pattern's channels
  * that are refused or end (`END <channel> <code>`, the pattern going on), and `nc -N`, the
- * fast way to publish (wire/PROTOCOL.md 11).
+ * fast way to publish, whose last line without LF is refused, not run (wire/PROTOCOL.md 11).
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
@@ -38,11 +39,17 @@ interface PlayedSubscription {
 /** The part of FitbClient the relay uses, played by the test. */
 class PlayedClient {
   readonly config = { limits: { connectionSubscriptionsMax: 64 } };
-  readonly limits = { subscriptionsMax: 256 };
+  readonly limits: { readonly subscriptionsMax: number };
   readonly subscriptions: PlayedSubscription[] = [];
   channels: ChannelInfo[] = [];
   /** Tags whose subscribe is refused with this error. */
   readonly refusals = new Map<string, Error>();
+  /** Subscriptions not yet closed: at subscriptionsMax a subscribe is refused, as FitbClient's is. */
+  open = 0;
+
+  constructor(subscriptionsMax = 256) {
+    this.limits = { subscriptionsMax };
+  }
 
   publishLimits() {
     return { batchEventsMax: 100, eventBytesMax: 64 * 1024, frameBytesMax: 4 * 1024 * 1024, inflightRequestsMax: 64 };
@@ -59,13 +66,22 @@ class PlayedClient {
   async subscribe(tag: string): Promise<SubscriptionHandle> {
     const refusal = this.refusals.get(tag);
     if (refusal !== undefined) throw refusal;
+    if (this.open >= this.limits.subscriptionsMax) {
+      throw new QueueFullError(`${this.open} subscriptions open; at most ${this.limits.subscriptionsMax}`);
+    }
+    this.open++;
+    let closed = false;
     let end: (error: Error) => void = () => undefined;
     const done = new Promise<void>((_resolve, reject) => {
       end = reject;
     });
     done.catch(() => undefined);
     this.subscriptions.push({ tag, end });
-    return { tag, done, close: async () => undefined };
+    const close = async (): Promise<void> => {
+      if (!closed) this.open--;
+      closed = true;
+    };
+    return { tag, done, close };
   }
 }
 
@@ -173,6 +189,71 @@ describe("refusals that are the relay's, not the connection's", () => {
   });
 });
 
+describe("the relay's subscriptions, shared by both listeners", () => {
+  /** A relay on a TCP port and a Unix socket, whose client holds at most `subscriptionsMax` subscriptions. */
+  async function bothListeners(subscriptionsMax: number, client = new PlayedClient(subscriptionsMax)) {
+    const socketPath = join(socketDir(), "relay.sock");
+    const { relay } = startRelay({ port: 0, socketPath }, client);
+    const tcp = await LineClient.connect(relay.port, cleanups);
+    const unix = await LineClient.connect({ unix: socketPath }, cleanups);
+    return { relay, client, tcp, unix };
+  }
+
+  const tcpFull = (tcpMax: number, subscriptionsMax: number): string =>
+    `-ERR OVERLOADED connections on the TCP port hold ${tcpMax} of the relay's subscriptions; at most ${tcpMax} ` +
+    `(the rest of the cluster's connection_subscriptions_max of ${subscriptionsMax} is kept for the Unix socket; ` +
+    "a pattern SUB takes one per channel it follows)";
+
+  test("the TCP port's connections take at most three quarters; the Unix socket keeps the rest", async () => {
+    const { relay, client, tcp, unix } = await bothListeners(8);
+    tcp.send(`${Array.from({ length: 7 }, (_, i) => `SUB t.t${i}`).join("\n")}\n`);
+    expect(await tcp.nextLines(7)).toEqual([...Array<string>(6).fill("+OK"), tcpFull(6, 8)]);
+    // The share is the port's, not one connection's.
+    const other = await LineClient.connect(relay.port, cleanups);
+    other.send("SUB t.other\n");
+    expect(await other.nextLines(1)).toEqual([tcpFull(6, 8)]);
+    unix.send("SUB u.a\nSUB u.b\nSUB u.c\n");
+    expect(await unix.nextLines(3)).toEqual([
+      "+OK",
+      "+OK",
+      "-ERR OVERLOADED the relay has 8 subscriptions open across all its connections; at most 8 " +
+        "(the cluster's connection_subscriptions_max; a pattern SUB takes one per channel it follows)",
+    ]);
+    expect(client.open).toBe(8);
+    // A TCP subscription that ends gives its place back to the port.
+    tcp.send("UNSUB t.t0\nSUB t.t6\n");
+    expect(await tcp.nextLines(2)).toEqual(["+OK", "+OK"]);
+  });
+
+  test("a pattern SUB on the TCP port follows channels up to the port's share only; the socket still subscribes", async () => {
+    const client = new PlayedClient(8);
+    client.channels = Array.from({ length: 10 }, (_, i) => info(`net.c${i}`));
+    const { tcp, unix } = await bothListeners(8, client);
+    tcp.send("SUB net.*\n");
+    const lines = await tcp.nextLines(5);
+    expect(lines[0]).toBe("+OK");
+    // Ten channels match; six are followed, and each of the other four gets its END.
+    for (const line of lines.slice(1)) {
+      expect(line).toMatch(/^END net\.c\d LIMIT connections on the TCP port hold 6 of the relay's subscriptions; at most 6 /);
+      expect(line).toEndWith("; net.* goes on without it");
+    }
+    expect(client.open).toBe(6);
+    unix.send("SUB net.c0\nSUB sys.x\n");
+    expect(await unix.nextLines(2)).toEqual(["+OK", "+OK"]);
+    // The pattern's channels go back to the port's share when it ends.
+    tcp.send("UNSUB net.*\nSUB t.a\n");
+    expect(await tcp.nextLines(2)).toEqual(["+OK", "+OK"]);
+    expect(client.open).toBe(3);
+  });
+
+  test("a relay on the TCP port alone keeps no reserve", async () => {
+    const { relay } = startRelay({ port: 0 }, new PlayedClient(4));
+    const tcp = await LineClient.connect(relay.port, cleanups);
+    tcp.send("SUB t.a\nSUB t.b\nSUB t.c\nSUB t.d\n");
+    expect(await tcp.nextLines(4)).toEqual(["+OK", "+OK", "+OK", "+OK"]);
+  });
+});
+
 describe("nc -N, the fast way to publish", () => {
   /** Runs nc with `input` on its standard input and returns what it printed and its exit code. */
   async function nc(args: string[], input: string): Promise<{ out: string; code: number }> {
@@ -181,7 +262,7 @@ describe("nc -N, the fast way to publish", () => {
     return { out, code };
   }
 
-  test("nc -N sends its input, gets every answer, and exits once the relay closes; a last line without LF is no command", async () => {
+  test("nc -N sends its input, gets every answer, and exits once the relay closes; a last line without LF is refused, not run", async () => {
     if (!existsSync(NC)) {
       // Without netcat the claim is not checked here; the relay's half-close is (relay.test.ts).
       expect(existsSync(NC)).toBe(false);
@@ -194,7 +275,14 @@ describe("nc -N, the fast way to publish", () => {
       code: 0,
     });
     expect(await nc(["-N", "-U", socketPath], "PING\n")).toEqual({ out: "PONG\n", code: 0 });
-    // What follows the last LF may be a command cut short: it is dropped, never run.
-    expect(await nc(["-N", HOST, String(relay.port)], "PING\nPING")).toEqual({ out: "PONG\n", code: 0 });
+    // What follows the last LF may be a command cut short: it is never run, and the answer says so.
+    expect(await nc(["-N", HOST, String(relay.port)], "PING\nPING")).toEqual({
+      out: "PONG\n-ERR BAD_REQUEST input ended inside a command; not run\n",
+      code: 0,
+    });
+    expect(await nc(["-N", "-U", socketPath], "PUB net.links no-newline")).toEqual({
+      out: "-ERR BAD_REQUEST input ended inside a command; not run\n",
+      code: 0,
+    });
   });
 });

@@ -2,8 +2,10 @@
 // kernel buffer the test fills and empties by hand, a clock the test advances, and a
 // backend whose subscriptions and publishes the test starts, feeds and answers. Covers the
 // bounds of wire/PROTOCOL.md 11.2: held events before a SUB's +OK, the slow-reader bound
-// per connection and across the relay, the stall timeout, a connection's own publish
-// bytes, a PUB woken with others at a full queue, and a pattern's channels that end.
+// per connection and across the relay, the stall timeout, answers nobody reads (bounded per
+// connection before every command and across the relay, and kept out of the slow-reader
+// bound), a command the input ends inside (11.1), a connection's own publish bytes, a PUB
+// woken with others at a full queue, and a pattern's channels that end.
 import { describe, expect, test } from "bun:test";
 import type { PublishAck } from "../../src/client/client.ts";
 import { ClientError, SubscriptionEndedError } from "../../src/client/errors.ts";
@@ -161,7 +163,7 @@ function fakeBackend(limits: Partial<RelayLimits> = {}, publisherQueueEventsMax 
     limits: resolved,
     metrics: null,
     publishBytes: new PublishBytesBudget(resolved.publishBytesMax),
-    outputBytes: new RelayOutputBytes(resolved.relayOutboundBytesMax),
+    outputBytes: new RelayOutputBytes(resolved.relayOutboundBytesMax, resolved.relayAnswerOutboundBytesMax),
     timers,
     publisherFor: (tag) => {
       let publisher = publishers.get(tag);
@@ -342,7 +344,7 @@ describe("output nobody reads", () => {
 
   test("past the relay-wide output bound a SUB whose connection has output waiting ends SLOW; an idle one still gets its batch", async () => {
     const one = lineBytes(batch("t.tot", 1));
-    // Room for one waiting batch (and the +OK lines) across the relay.
+    // Room for one waiting batch across the relay (the +OK lines are answers, counted apart).
     const backend = fakeBackend({ relayOutboundBytesMax: one + 100, eventOutboundBytesMax: 100 * one });
     const first = connect(backend, new FakeSocket(0));
     const second = connect(backend, new FakeSocket(0));
@@ -364,9 +366,118 @@ describe("output nobody reads", () => {
     second.socket.read(Number.POSITIVE_INFINITY);
     await linesArrive(second.socket, 2, "the END");
     expect(second.socket.lines[1]).toBe(
-      `END t.tot SLOW the client fell behind (4 bytes not yet read) while the relay holds ${8 + one} bytes not yet read across its connections; at most ${one + 100}; resume with SUB t.tot 1`,
+      `END t.tot SLOW the client fell behind (4 bytes not yet read) while the relay holds ${one} bytes of subscription output not yet read across its connections; at most ${one + 100}; resume with SUB t.tot 1`,
     );
     await waitFor("the idle reader's event", () => idle.socket.lines.length === 2);
+  });
+});
+
+/**
+ * Records the most output the relay-wide count held at any time: every change goes through
+ * its `update`, so the peak is exact, whatever the order the connections ran in.
+ */
+function trackPeak(backend: Backend): { readonly bytes: number } {
+  const peak = { bytes: 0 };
+  const counted = backend.backend.outputBytes;
+  const update = counted.update.bind(counted) as (...args: number[]) => void;
+  (counted as { update: (...args: number[]) => void }).update = (...args: number[]) => {
+    update(...args);
+    peak.bytes = Math.max(peak.bytes, counted.usedBytes);
+  };
+  return peak;
+}
+
+/** The answer to `SUB A`, an invalid tag: 11 times the bytes of the command. */
+const BAD_TAG_ANSWER = '-ERR BAD_REQUEST tag "A" is not dot-separated segments of [a-z0-9_-]+';
+
+describe("answers nobody reads", () => {
+  test("commands wait once the connection's output passes the read-pause bound, checked before every command", async () => {
+    const readPause = 4 * 1024;
+    const backend = fakeBackend({ readPauseOutboundBytes: readPause });
+    const peak = trackPeak(backend);
+    const { connection, socket } = connect(backend, new FakeSocket(0));
+    // 12 KB of commands in one read (one parse slice), 140 KB of answers.
+    const count = 2_000;
+    send(connection, "SUB A\n".repeat(count));
+    await waitFor("the answers to reach the read-pause bound", () => backend.backend.outputBytes.usedBytes > readPause);
+    expect(socket.paused).toBe(true);
+    // The client reads: the commands go on, and every answer comes, in order.
+    socket.read(Number.POSITIVE_INFINITY);
+    await linesArrive(socket, count, "every answer");
+    expect(new Set(socket.lines)).toEqual(new Set([BAD_TAG_ANSWER]));
+    // At most one command's answer past the bound was ever queued, not the whole read's.
+    expect(peak.bytes).toBeLessThanOrEqual(readPause + 2 * (BAD_TAG_ANSWER.length + 1));
+  });
+
+  test("answers other connections never read are bounded across the relay, and end no reader's subscription", async () => {
+    const one = lineBytes(batch("t.tot", 1));
+    const readPause = 2 * 1024;
+    const answersMax = 8 * 1024;
+    // Room for four waiting batches of subscription output across the relay.
+    const backend = fakeBackend({
+      readPauseOutboundBytes: readPause,
+      relayAnswerOutboundBytesMax: answersMax,
+      relayOutboundBytesMax: 4 * one,
+    });
+    const peak = trackPeak(backend);
+    // A reader that lags: it has not read its +OK yet.
+    const reader = connect(backend, new FakeSocket(0));
+    send(reader.connection, "SUB t.tot\n");
+    const sub = await subscriptionNamed(backend, "t.tot");
+    sub.start();
+    await waitFor("the +OK to wait", () => backend.backend.outputBytes.usedBytes === 4);
+    // Clients that send commands and never read: each could queue 14 KB of answers.
+    const idlers = Array.from({ length: 12 }, () => connect(backend, new FakeSocket(0)));
+    for (const idler of idlers) send(idler.connection, "SUB A\n".repeat(200));
+    await waitFor("their answers to pass the relay's answer bound", () => backend.backend.outputBytes.usedBytes > answersMax);
+    // Far more answers wait than the subscription output bound allows; the reader's events still go.
+    sub.onBatch(batch("t.tot", 1));
+    sub.onBatch(batch("t.tot", 2));
+    expect(sub.closed).toBe(false);
+    expect(backend.backend.outputBytes.subscriptionBytes).toBe(2 * one);
+    // Once a connection with output waiting sees the answers past their bound, it runs no
+    // more commands: past the bound, at most one read-pause's worth and an answer each.
+    const answerLine = BAD_TAG_ANSWER.length + 1;
+    expect(peak.bytes).toBeLessThanOrEqual(answersMax + readPause + 2 * (idlers.length + 1) * answerLine + 4);
+    reader.socket.read(Number.POSITIVE_INFINITY);
+    await linesArrive(reader.socket, 3, "the +OK and both events");
+    expect(reader.socket.lines[0]).toBe("+OK");
+    // The idlers read at last: every answer comes.
+    for (const idler of idlers) idler.socket.read(Number.POSITIVE_INFINITY);
+    for (const idler of idlers) await linesArrive(idler.socket, 200, "an idler's answers");
+    expect(peak.bytes).toBeLessThanOrEqual(answersMax + readPause + 2 * (idlers.length + 1) * answerLine + 2 * one + 4);
+  });
+});
+
+describe("the end of the input", () => {
+  test("FIN inside a command: not run, refused after every earlier answer, then the relay closes", async () => {
+    const backend = fakeBackend();
+    const { connection, socket } = connect(backend);
+    send(connection, "PUB t.a first\nPING\nPUBB t.a 10\nhalf");
+    connection.onEnd();
+    await waitFor("the publish to be sent", () => backend.target.calls.length === 1);
+    expect(backend.target.published).toEqual(["first"]);
+    // The PUB's +OK is not yet known: nothing may overtake it.
+    expect(socket.lines).toEqual([]);
+    backend.target.ackOne();
+    await linesArrive(socket, 3, "the answers");
+    expect(socket.lines).toEqual(["+OK t.a 1", "PONG", "-ERR BAD_REQUEST input ended inside a command; not run"]);
+    await waitFor("the relay to close", () => socket.ended);
+    expect(backend.target.calls).toEqual([]);
+  });
+
+  test("after QUIT an unfinished line gets no answer; a FIN between commands gets none either", async () => {
+    const backend = fakeBackend();
+    const quit = connect(backend);
+    send(quit.connection, "QUIT\nPUB t.a cut");
+    quit.connection.onEnd();
+    await waitFor("the relay to close", () => quit.socket.ended);
+    expect(quit.socket.lines).toEqual(["+OK"]);
+    const clean = connect(backend);
+    send(clean.connection, "PING\n");
+    clean.connection.onEnd();
+    await waitFor("the relay to close", () => clean.socket.ended);
+    expect(clean.socket.lines).toEqual(["PONG"]);
   });
 });
 

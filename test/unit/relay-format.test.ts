@@ -4,7 +4,7 @@ import { describe, expect, test } from "bun:test";
 import { REASON_BYTES_MAX } from "../../wire/types.ts";
 import { ackLine, endLine, errLine, eventBytes, isLineSafe, oneLineReason } from "../../src/relay/format.ts";
 import { isLoopbackHost, parseListenAddress, remoteListenRefusal } from "../../src/relay/listen.ts";
-import { DEFAULT_RELAY_LIMITS, RELAY_PUBLISH_BYTES_MAX, resolveRelayLimits } from "../../src/relay/limits.ts";
+import { DEFAULT_RELAY_LIMITS, RELAY_PUBLISH_BYTES_MAX, resolveRelayLimits, tcpSubscriptionsMax } from "../../src/relay/limits.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -98,9 +98,15 @@ describe("relay limits", () => {
     expect(resolveRelayLimits({ publishBytesMax: 1000, connectionPublishBytesMax: 600 }).connectionPublishBytesMax).toBe(600);
   });
 
-  test("the stall timeout and the relay-wide output bound have their documented defaults", () => {
+  test("the stall timeout and the relay-wide output bounds have their documented defaults", () => {
     expect(DEFAULT_RELAY_LIMITS.outputStallTimeoutMs).toBe(60_000);
     expect(DEFAULT_RELAY_LIMITS.relayOutboundBytesMax).toBe(256 * 1024 * 1024);
+    expect(DEFAULT_RELAY_LIMITS.relayAnswerOutboundBytesMax).toBe(32 * 1024 * 1024);
+  });
+
+  test("with a Unix socket the TCP port's connections hold three quarters of the subscriptions, rounded up", () => {
+    expect(tcpSubscriptionsMax(256)).toBe(192);
+    expect([1, 2, 3, 4, 5].map(tcpSubscriptionsMax)).toEqual([1, 2, 3, 3, 4]);
   });
 });
 

@@ -3,7 +3,7 @@
 // one byte at a time, and at seeded random split points.
 import { describe, expect, test } from "bun:test";
 import { EVENT_BYTES_MAX, RELAY_LINE_BYTES_MAX } from "../../wire/types.ts";
-import { RelayLineParser, type RelayInput } from "../../src/relay/parser.ts";
+import { INPUT_ENDED_INSIDE_COMMAND, RelayLineParser, type RelayInput } from "../../src/relay/parser.ts";
 
 const enc = new TextEncoder();
 const bytes = (text: string): Uint8Array => enc.encode(text);
@@ -219,13 +219,40 @@ describe("relay line parser: lines", () => {
     expect(plain(parser.push(bytes("still the long line\nPING\n")))).toEqual([cmd({ t: "ping" })]);
   });
 
-  test("finish() drops an unfinished line: a cut-off command is never run", () => {
+  test("finish() refuses an unfinished line: a cut-off command is never run, and the answer says so", () => {
     const parser = new RelayLineParser();
     expect(parser.push(bytes("PING\nPUB net.links half an ev"))).toHaveLength(1);
     expect(parser.inMiddle).toBe(true);
-    parser.finish();
+    expect(parser.finish()).toEqual([{ t: "refused", code: "BAD_REQUEST", reason: INPUT_ENDED_INSIDE_COMMAND }]);
+    expect(INPUT_ENDED_INSIDE_COMMAND).toBe("input ended inside a command; not run");
     expect(parser.inMiddle).toBe(false);
     expect(plain(parser.push(bytes("PING\n")))).toEqual([cmd({ t: "ping" })]);
+  });
+
+  test("finish() refuses a PUBB whose payload did not all arrive, split anywhere", () => {
+    const stream = bytes("PUBB net.links 10\nhalf");
+    for (let cut = 1; cut < stream.byteLength; cut++) {
+      const parser = new RelayLineParser();
+      expect(parseSplit(stream, [cut], parser)).toEqual([]);
+      expect(parser.finish()).toEqual([{ t: "refused", code: "BAD_REQUEST", reason: INPUT_ENDED_INSIDE_COMMAND }]);
+    }
+  });
+
+  test("finish() after complete lines, an empty line's CR, an oversized line or payload already refused, or a closing line: nothing", () => {
+    const cases: [string | Uint8Array, number][] = [
+      ["PING\n", 1],
+      ["PING\n\r", 1],
+      ["", 0],
+      [`PUB t ${"z".repeat(RELAY_LINE_BYTES_MAX)}`, 1],
+      [`PUBB t ${EVENT_BYTES_MAX + 1}\nonly part of it`, 1],
+      ["PUBB t 3\nabc", 1],
+      ["HELLO\nPUB t cut", 1],
+    ];
+    for (const [stream, results] of cases) {
+      const parser = new RelayLineParser();
+      expect(parseWhole(typeof stream === "string" ? bytes(stream) : stream, parser)).toHaveLength(results);
+      expect(parser.finish()).toEqual([]);
+    }
   });
 
   test("unknown commands and non-ASCII command words are BAD_REQUEST, and close the stream", () => {

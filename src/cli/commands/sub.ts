@@ -3,15 +3,19 @@
  * of channel TAG as they are delivered (after voting and end-to-end signature checks),
  * one a line, until interrupted or, with --count, after N events.
  *
- * Plain lines are `TAG SEQ PAYLOAD`, PAYLOAD as text when it is valid UTF-8 without line
- * breaks and does not itself begin with `base64:`, else `base64:` and its base64 (so the
- * prefix always means base64). --json lines are
+ * Plain lines are `TAG SEQ PAYLOAD`, PAYLOAD as text when it is valid UTF-8 without a
+ * control character other than TAB (the relay's EVENT line test, isLineSafe: no line
+ * break, no C1 control, line separator or bidi control that could end the line, forge
+ * another or drive the terminal) and does not itself begin with `base64:`, else `base64:`
+ * and its base64 (so the prefix always means base64). --json lines are
  * {"tag","seq","publisher","ts","payload"} with `payload_b64` instead of `payload` when
- * the payload is not valid UTF-8. --format TEMPLATE prints plain lines of the caller's
+ * the payload is not valid UTF-8; the characters JSON leaves as they are but that end or
+ * reorder a line for some readers are written as \u escapes. --format TEMPLATE prints plain lines of the caller's
  * shape: {tag} {seq} {payload} as above, {time} (ISO 8601, UTC, of the publish's signed
  * time), {ts} (the same in ms), {publisher} (ed25519:...).
  */
 import { formatPublicKey } from "../../crypto/keys.ts";
+import { isLineSafe } from "../../relay/format.ts";
 import { isPattern, patternProblem } from "../../client/pattern.ts";
 import {
   eventSeq,
@@ -49,8 +53,8 @@ export const subCommand: Command = {
     "signature verifies. Every publisher signature is checked here, end to end.",
     "Total-order channels print in channel order with no gap and no duplicate, across",
     "replica failures. Lines: 'TAG SEQ PAYLOAD' (PAYLOAD as text, or 'base64:...' when it",
-    "is not UTF-8 text on one line or itself begins with 'base64:'), or with --json one",
-    "object per line:",
+    "is not UTF-8 text free of control characters but TAB, or itself begins with 'base64:'),",
+    "or with --json one object per line:",
     '{"tag","seq","publisher","ts","payload"} ("payload_b64" when not UTF-8).',
     "--format TEMPLATE shapes plain lines: {tag} {seq} {payload} as above, {time} (ISO 8601",
     "UTC of the publisher's signed time), {ts} (the same in ms since the epoch), {publisher}.",
@@ -166,10 +170,15 @@ export function plainLine(batch: ReceivedBatch, index: number): string {
   return `${batch.tag} ${eventSeq(batch, index)} ${shownPayload(batch.events[index] as Uint8Array)}`;
 }
 
-/** The payload as text when that is safe on one line, else `base64:...`. */
+/**
+ * The payload as text when that is safe on one line, else `base64:...`. Safe is what the
+ * relay sends as an EVENT line: UTF-8 with no control character but TAB, so that a payload
+ * cannot end the line (CR, LF, NEL, U+2028), print what looks like another line, or drive
+ * the reader's terminal.
+ */
 function shownPayload(payload: Uint8Array): string {
-  const text = payloadText(payload);
-  const plain = text !== null && !/[\r\n]/.test(text) && !text.startsWith(BASE64_PREFIX);
+  const text = isLineSafe(payload) ? payloadText(payload) : null;
+  const plain = text !== null && !text.startsWith(BASE64_PREFIX);
   return plain ? text : `${BASE64_PREFIX}${Buffer.from(payload).toString("base64")}`;
 }
 
@@ -222,12 +231,19 @@ export function templateLine(template: Template): (batch: ReceivedBatch, index: 
       .join("");
 }
 
+/** DEL, C1 controls, U+2028/U+2029 (line ends to Python's splitlines and to JavaScript) and bidi controls. */
+const JSON_UNESCAPED_CONTROLS = /[\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
+
 /** {"tag","seq","publisher","ts","payload"} or with "payload_b64". */
 export function jsonLine(batch: ReceivedBatch, index: number): string {
   const payload = batch.events[index] as Uint8Array;
   const text = payloadText(payload);
   const base = { tag: batch.tag, seq: eventSeq(batch, index), publisher: formatPublicKey(batch.publisher), ts: batch.ts };
-  return JSON.stringify(text !== null ? { ...base, payload: text } : { ...base, payload_b64: Buffer.from(payload).toString("base64") });
+  const json = JSON.stringify(
+    text !== null ? { ...base, payload: text } : { ...base, payload_b64: Buffer.from(payload).toString("base64") },
+  );
+  // JSON escapes C0 controls but not these; they occur only inside strings, where an escape means the same.
+  return json.replace(JSON_UNESCAPED_CONTROLS, (char) => `\\u${char.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 /** Signals go to standard error, so the event stream on standard output stays clean. */
