@@ -97,7 +97,13 @@ describe("per-channel series", () => {
     let listed = 0;
     const list = [channel("net.links")];
     const machine = machineOf(list);
-    const counting = { ...machine, listChannels: () => (listed++, machine.listChannels()) };
+    const counting = {
+      ...machine,
+      listChannels: () => {
+        listed++;
+        return machine.listChannels();
+      },
+    };
     const channels = new ChannelMetrics(new MetricsRegistry(), counting);
     channels.traffic(1_000);
     channels.of("net.links")?.published.inc(3);
