@@ -84,23 +84,6 @@ const canonicalSchema = z.custom<Canonical>((v) => v !== undefined, { error: "ex
 const HOST_BYTES_MAX = 253;
 const PORT_NUMBER_MAX = 65_535;
 
-/** A membership command's `first`: the first group's replicas' ids and addresses (section 6.4). */
-const firstGroupSchema = z
-  .array(
-    z.strictObject({
-      id: z
-        .int()
-        .min(0)
-        .max(REPLICAS_MAX - 1),
-      host: z.string().min(1).max(HOST_BYTES_MAX),
-      port: z.int().min(1).max(PORT_NUMBER_MAX),
-      peerPort: z.int().min(1).max(PORT_NUMBER_MAX).optional(),
-    }),
-  )
-  .min(1)
-  .max(REPLICAS_MAX)
-  .optional();
-
 // ---------------------------------------------------------------------------------------
 // Request body (what a client signs; carried as REQUEST.body)
 // ---------------------------------------------------------------------------------------
@@ -134,9 +117,7 @@ export const adminCmdSchema = z.discriminatedUnion("t", [
     bytesPerSecond: positiveSchema.optional(),
     subscriptions: positiveSchema.optional(),
   }),
-  // Membership (PROTOCOL.md section 6.4): decided like the others, effective at the next
-  // checkpoint boundary. `first`: the first group's addresses as the author's cluster file
-  // lists them (what the group takes at its first change, not each replica's own file's).
+  // Membership (PROTOCOL.md section 6.4): decided like the others, effective at the next checkpoint boundary.
   z.strictObject({
     t: z.literal("add-replica"),
     id: z
@@ -147,7 +128,6 @@ export const adminCmdSchema = z.discriminatedUnion("t", [
     port: z.int().min(1).max(PORT_NUMBER_MAX),
     peerPort: z.int().min(1).max(PORT_NUMBER_MAX).optional(),
     key: keySchema,
-    first: firstGroupSchema,
   }),
   z.strictObject({
     t: z.literal("remove-replica"),
@@ -155,7 +135,6 @@ export const adminCmdSchema = z.discriminatedUnion("t", [
       .int()
       .min(0)
       .max(REPLICAS_MAX - 1),
-    first: firstGroupSchema,
   }),
   z.strictObject({
     t: z.literal("rotate-replica-key"),
@@ -164,7 +143,6 @@ export const adminCmdSchema = z.discriminatedUnion("t", [
       .min(0)
       .max(REPLICAS_MAX - 1),
     key: keySchema,
-    first: firstGroupSchema,
   }),
   z.strictObject({
     t: z.literal("set-f"),
@@ -172,7 +150,6 @@ export const adminCmdSchema = z.discriminatedUnion("t", [
       .int()
       .min(0)
       .max(Math.floor((REPLICAS_MAX - 1) / 3)),
-    first: firstGroupSchema,
   }),
 ]);
 

@@ -7,10 +7,10 @@
  * refused, the refusal naming the sections that differ.
  *
  * What is left out: key files and data directories (local paths), and hosts and ports. Those
- * of the first group become part of the replicated group at the first membership change
- * (core/channels/membership.ts), taken from the command (`first`: `fitb admin`'s own
- * file), not from each replica's, so files that name a replica differently still build one
- * group (README, Deployment, step 2). They are not compared here because a file exported
+ * of the first group must still be the same in every replica's file: they become part of
+ * the replicated group at the first membership change (core/channels/membership.ts, built on
+ * genesisMembership), and files that differ there would make the replicas build different
+ * groups (README, Deployment, step 2). They are not compared here because a file exported
  * after a change (first_group_digest) no longer lists the first group's addresses.
  *
  * The `group` section is the group the cluster started with (epoch 0). A file that

@@ -5,8 +5,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { parseArgs } from "../../src/cli/args.ts";
-import { MEMBERSHIP_FLAG_SPECS, membershipCmd, withFirstGroup } from "../../src/cli/commands/admin-members.ts";
-import { adminCmdSchema } from "../../wire/schemas.ts";
+import { MEMBERSHIP_FLAG_SPECS, membershipCmd } from "../../src/cli/commands/admin-members.ts";
 import { UsageError } from "../../src/cli/errors.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
 
@@ -34,32 +33,5 @@ describe("admin add-replica --host", () => {
     expect(() => addReplica("10.0.1.256")).toThrow(
       '--host: expected a hostname, an IPv4 address or an IPv6 address (without brackets), got "10.0.1.256"',
     );
-  });
-});
-
-describe("the first group's addresses go with a membership command from a file of epoch 0", () => {
-  const replicas = [
-    { id: 0, host: "10.0.0.1", port: 7000, peerPort: 7010 },
-    { id: 1, host: "r1.internal", port: 7001, peerPort: null },
-  ];
-
-  test("an epoch 0 file: `first` lists its replicas' ids and addresses", () => {
-    const cmd = withFirstGroup(addReplica("10.0.1.4"), { epoch: 0, replicas });
-    expect(cmd).toMatchObject({
-      t: "add-replica",
-      first: [
-        { id: 0, host: "10.0.0.1", port: 7000, peerPort: 7010 },
-        { id: 1, host: "r1.internal", port: 7001 },
-      ],
-    });
-    // And the wire takes it, as every replica of this version decodes it.
-    expect(adminCmdSchema.safeParse(cmd).success).toBe(true);
-  });
-
-  test("a file exported at a later epoch sends none; channel commands never carry it", () => {
-    const later = { epoch: 2, replicas };
-    expect("first" in withFirstGroup(addReplica("10.0.1.4"), later)).toBe(false);
-    const create = { t: "create-channel", tag: "a.b", fault: "crash", order: "none", priority: "low", public: true } as const;
-    expect(withFirstGroup(create, { epoch: 0, replicas })).toBe(create);
   });
 });

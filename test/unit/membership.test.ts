@@ -10,7 +10,6 @@ import {
   boundaryAfter,
   checkMembership,
   coreIndexOf,
-  type AddReplicaCmd,
   type Membership,
   MembershipRegistry,
   membershipValue,
@@ -326,51 +325,6 @@ describe("membership in the snapshot and the digest", () => {
     source.applyAdmin(add(4), 7);
     const restored = new ChannelMachine({ hash }).restore(source.snapshot());
     expect(restored.ok).toBe(false);
-  });
-});
-
-describe("the first group's addresses at the first change (a command's `first`)", () => {
-  /** The genesis group as a replica whose cluster file names replica 2 by another host name reads it. */
-  function namedOtherwise(): ChannelMachine {
-    const group = genesis();
-    const members = group.members.map((m) => (m.id === 2 ? { ...m, host: "r2.internal" } : m));
-    return new ChannelMachine({ hash, membership: { genesis: { ...group, members }, checkpointInterval: K, admitsNewReplicas: true } });
-  }
-  const FIRST = genesis().members.map((m) => ({ id: m.id, host: m.host, port: m.port }));
-
-  test("replicas whose files name the first group differently build the same group from a command that carries it", () => {
-    const a = machine();
-    const b = namedOtherwise();
-    // Without `first` (an earlier version's command) each takes its own file's: the groups differ.
-    const without = [machine(), namedOtherwise()];
-    for (const m of without) m.applyAdmin(add(4), 7);
-    expect(without[0]?.digest()).not.toEqual(without[1]?.digest());
-    // With it, both take the command's addresses.
-    for (const m of [a, b]) expect(m.applyAdmin({ ...(add(4) as AddReplicaCmd), first: FIRST }, 7).ok).toBe(true);
-    expect(a.digest()).toEqual(b.digest());
-    for (const m of [a, b]) m.endOfDecision(K);
-    expect(b.membership()?.members.find((m) => m.id === 2)?.host).toBe("127.0.0.1");
-    expect(a.membership()).toEqual(b.membership());
-  });
-
-  test("`first` is ignored after the first change, and refused when its ids are not the first group's", () => {
-    const m = machine();
-    const wrongIds = FIRST.filter((member) => member.id !== 3);
-    const refused = m.applyAdmin({ ...(add(4) as AddReplicaCmd), first: wrongIds }, 7);
-    expect(refused.ok).toBe(false);
-    expect(refused.ok ? "" : refused.reason).toContain("is not this group's first (ids 0,1,2,3)");
-    expect(m.applyAdmin({ ...(add(4) as AddReplicaCmd), first: FIRST }, 7).ok).toBe(true);
-    m.endOfDecision(K);
-    const moved = FIRST.map((member) => ({ ...member, host: "10.9.9.9" }));
-    expect(m.applyAdmin({ t: "remove-replica", id: 0, first: moved }, 200).ok).toBe(true);
-    expect(m.endOfDecision(2 * K)?.members.map((member) => member.host)).toEqual(["127.0.0.1", "127.0.0.1", "127.0.0.1", "127.0.0.1"]);
-  });
-
-  test("the first group's addresses must make a valid group (no two replicas on one address)", () => {
-    const clash = FIRST.map((member) => ({ ...member, port: 7000 }));
-    const result = machine().applyAdmin({ t: "set-f", f: 1, first: clash }, 7);
-    expect(result.ok).toBe(false);
-    expect(result.ok ? "" : result.reason).toContain("the first group's addresses the command names");
   });
 });
 

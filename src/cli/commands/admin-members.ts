@@ -9,7 +9,7 @@
 import type { AdminCmd } from "../../../wire/schemas.ts";
 import { REPLICAS_MAX } from "../../../wire/types.ts";
 import type { GroupListing, MembersListing } from "../../client/queries.ts";
-import { type ClusterConfig, hostProblem } from "../../config/cluster.ts";
+import { hostProblem } from "../../config/cluster.ts";
 import { toHex } from "../../crypto/encoding.ts";
 import { formatPublicKey, tryParsePublicKey } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";
@@ -52,30 +52,6 @@ export const MEMBERSHIP_HELP = [
 ];
 
 /** The admin command of a membership subcommand; every problem is a UsageError. */
-/**
- * A membership command with this cluster file's first group's addresses (`first`, wire/
- * PROTOCOL.md 6.4) when the file is of epoch 0: the group takes them at its first change,
- * the same at every replica, whatever each replica's own file says. A file exported after
- * a change lists a later group, and the group has its addresses already: none are sent.
- */
-export function withFirstGroup(
-  cmd: AdminCmd,
-  config: {
-    readonly epoch: number;
-    readonly replicas: readonly Pick<ClusterConfig["replicas"][number], "id" | "host" | "port" | "peerPort">[];
-  },
-): AdminCmd {
-  if (config.epoch !== 0) return cmd;
-  if (cmd.t !== "add-replica" && cmd.t !== "remove-replica" && cmd.t !== "rotate-replica-key" && cmd.t !== "set-f") return cmd;
-  const first = config.replicas.map((replica) => ({
-    id: replica.id,
-    host: replica.host,
-    port: replica.port,
-    ...(replica.peerPort === null ? {} : { peerPort: replica.peerPort }),
-  }));
-  return { ...cmd, first };
-}
-
 export function membershipCmd(subcommand: MembershipSubcommand, positional: string | undefined, args: ParsedArgs): AdminCmd {
   if (subcommand === "set-f") {
     if (positional === undefined) throw new UsageError("set-f needs F, the number of faults to tolerate");

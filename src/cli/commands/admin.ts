@@ -36,7 +36,6 @@ import {
   MEMBERSHIP_SUBCOMMANDS,
   membershipCmd,
   printMembers,
-  withFirstGroup,
 } from "./admin-members.ts";
 import { openStatusClient, readStatusReport } from "./status-client.ts";
 import { statusJsonReport, statusTable } from "./status-report.ts";
@@ -340,12 +339,10 @@ function checkAdminKey(flags: ClientFlags): void {
 
 async function perform(client: FitbClient, action: AdminAction, io: CommandIo): Promise<number> {
   switch (action.t) {
-    case "change": {
+    case "change":
       if (action.cmd.t === "destroy-channel") await checkDestroy(client, action.cmd.tag, action.yes);
-      const cmd = withFirstGroup(action.cmd, client.config);
-      io.out(describeChange(action.cmd, await client.admin(cmd).catch((error) => Promise.reject(namingKey(error, action.cmd)))));
+      io.out(describeChange(action.cmd, await client.admin(action.cmd).catch((error) => Promise.reject(namingKey(error, action.cmd)))));
       return EXIT_OK;
-    }
     case "list-channels":
       await printChannels(client, await client.listChannels(), action.json, io);
       return EXIT_OK;

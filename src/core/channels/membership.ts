@@ -60,22 +60,7 @@ export type Membership = {
 /** A decided change waiting for its checkpoint boundary: `next` becomes current once seq `from` has executed. */
 export type PendingMembership = { readonly next: Membership; readonly from: number };
 
-/** One replica of the first group (epoch 0) as a membership command's author's cluster file lists it. */
-export type FirstMemberAddress = { readonly id: number; readonly host: string; readonly port: number; readonly peerPort?: number };
-
-/**
- * `first`, on every membership command: the first group's addresses as the command's
- * author's cluster file lists them. Until the group's first change the replicas dial each
- * other by their own files' addresses, which operators may write differently (a name
- * here, an IP there); the first change writes the group into the replicated state, and
- * taken from each replica's file the groups would differ, and with them the checkpoint
- * digests. So the first change takes the addresses the command carries (its ids and the
- * genesis ids must be the same), the same at every replica; a command without it (from an
- * earlier version) takes each replica's own, as before. Ignored after the first change.
- */
-type WithFirst = { readonly first?: readonly FirstMemberAddress[] };
-
-export type AddReplicaCmd = WithFirst & {
+export type AddReplicaCmd = {
   readonly t: "add-replica";
   readonly id: number;
   readonly host: string;
@@ -83,9 +68,9 @@ export type AddReplicaCmd = WithFirst & {
   readonly peerPort?: number;
   readonly key: Uint8Array;
 };
-export type RemoveReplicaCmd = WithFirst & { readonly t: "remove-replica"; readonly id: number };
-export type RotateReplicaKeyCmd = WithFirst & { readonly t: "rotate-replica-key"; readonly id: number; readonly key: Uint8Array };
-export type SetFCmd = WithFirst & { readonly t: "set-f"; readonly f: number };
+export type RemoveReplicaCmd = { readonly t: "remove-replica"; readonly id: number };
+export type RotateReplicaKeyCmd = { readonly t: "rotate-replica-key"; readonly id: number; readonly key: Uint8Array };
+export type SetFCmd = { readonly t: "set-f"; readonly f: number };
 export type MembershipCmd = AddReplicaCmd | RemoveReplicaCmd | RotateReplicaKeyCmd | SetFCmd;
 
 export const MEMBERSHIP_CMDS: readonly MembershipCmd["t"][] = ["add-replica", "remove-replica", "rotate-replica-key", "set-f"];
@@ -165,26 +150,6 @@ function recordedMembershipProblem(membership: Membership): string | null {
     }
   }
   return null;
-}
-
-/**
- * The genesis group with the addresses a command's `first` gives (the command's author's
- * file), or why they cannot stand for it: the same ids, each once, and addresses of the
- * shape a cluster file takes. Keys and f stay the genesis's, which every replica shares
- * (the peer handshake compares them).
- */
-function withFirstAddresses(genesis: Membership, first: readonly FirstMemberAddress[]): Membership | { readonly reason: string } {
-  const ids = genesis.members.map((member) => member.id).join(",");
-  const given = [...first].sort((a, b) => a.id - b.id);
-  if (given.map((member) => member.id).join(",") !== ids)
-    return { reason: `the first group the command names (ids ${given.map((m) => m.id).join(",")}) is not this group's first (ids ${ids})` };
-  const members = genesis.members.map((member, i) => {
-    const address = given[i] as FirstMemberAddress;
-    return { ...member, host: address.host, port: address.port, peerPort: address.peerPort ?? null };
-  });
-  const next: Membership = { ...genesis, members };
-  const problem = checkMembership(next);
-  return problem === null ? next : { reason: `the first group's addresses the command names: ${problem}` };
 }
 
 function addressOf(host: string, port: number): string {
@@ -277,13 +242,7 @@ export class MembershipRegistry {
   /** Applies a decided membership command executed at `decidedSeq`; refused commands change nothing. */
   apply(cmd: MembershipCmd, decidedSeq: number): MembershipResult {
     if (!isIntIn(decidedSeq, 1, Number.MAX_SAFE_INTEGER)) return refuse("a membership change needs the decided seq");
-    let base = this.pendingValue?.next ?? this.currentValue;
-    // The group's first change (record() null until now): the addresses the command carries.
-    if (this.pendingValue === null && this.currentValue.epoch === 0 && cmd.first !== undefined) {
-      const first = withFirstAddresses(this.genesis, cmd.first);
-      if ("reason" in first) return refuse(first.reason);
-      base = first;
-    }
+    const base = this.pendingValue?.next ?? this.currentValue;
     const changed = this.changed(base, cmd);
     if ("reason" in changed) return refuse(changed.reason);
     const next: Membership = { epoch: this.currentValue.epoch + 1, f: changed.f, members: changed.members };
@@ -293,9 +252,6 @@ export class MembershipRegistry {
     const problem = recordedMembershipProblem(next);
     if (problem !== null) return refuse(problem);
     const from = this.pendingValue?.from ?? boundaryAfter(decidedSeq, this.checkpointInterval);
-    // The current group in the record (and digest) from now on is the one the next was built
-    // on: with `first`, the command's addresses, the same at every replica.
-    if (this.pendingValue === null) this.currentValue = base;
     this.pendingValue = { next, from };
     return { ok: true, cmd: cmd.t, epoch: next.epoch, from };
   }
