@@ -425,10 +425,21 @@ describe("costly messages that prove their sender faulty ask the runtime to cut 
     decideOne(c, 0, 1);
     const requests = [2, 3, 4].map((seq) => c.request(1, seq));
     c.step(0, { kind: "message", from: 3, msg: { t: "FORWARD", requests } });
-    expect(checked.filter((seq) => seq >= 2)).toEqual([2]);
+    // Checked at this replica's clock, then at no bound of time (valid at no time: a forgery); 3 and 4 never.
+    expect(checked.filter((seq) => seq >= 2)).toEqual([2, 2]);
     expect(misbehaviour(c, 0)).toEqual([
       { kind: "peerMisbehaved", peer: 3, reason: "a FORWARD of a request whose signature does not verify", mute: true },
     ]);
+  });
+
+  test("a FORWARD of a request not valid yet at this replica's clock (stamped ahead) proves nothing: refused, nobody reported", () => {
+    // Valid only at a later time: what a publish stamped ahead of this replica's clock is,
+    // which a faulty leader's proposal time could have let correct backups take.
+    const c = checkingCluster((_id, req, atMs, real) => (req.seq !== 2 || (atMs !== null && atMs > 1e12)) && real(req, atMs));
+    decideOne(c, 0, 1);
+    const requests = [2, 3].map((seq) => c.request(1, seq));
+    c.step(0, { kind: "message", from: 3, msg: { t: "FORWARD", requests } });
+    expect(misbehaviour(c, 0)).toEqual([]);
   });
 });
 

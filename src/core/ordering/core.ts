@@ -351,9 +351,14 @@ export class OrderingCore {
   private onForward(from: ReplicaId, msg: Forward): void {
     const limit = Math.min(msg.requests.length, this.cfg.batchRequestsMax);
     for (let i = 0; i < limit; i++) {
-      if (admit(this.state, msg.requests[i] as ClientRequest, false, from) !== "bad-signature") continue;
-      // A correct replica forwards only requests it admitted, so verified: the rest of this
-      // FORWARD is not checked, and the runtime cuts its sender off for a while.
+      const req = msg.requests[i] as ClientRequest;
+      if (admit(this.state, req, false, from) !== "bad-signature") continue;
+      // Not valid at this replica's clock may mean only "not yet" (a publish stamped ahead,
+      // which a faulty leader's proposal time let correct backups take and forward at a view
+      // change): that proves nothing. Valid at no time at all, it was never verified, and a
+      // correct replica forwards only requests it admitted: the rest of this FORWARD is not
+      // checked, and the runtime cuts its sender off for a while.
+      if (this.state.crypto.verifyRequest(req, Number.MAX_SAFE_INTEGER)) continue;
       this.state.emit({ kind: "peerMisbehaved", peer: from, reason: "a FORWARD of a request whose signature does not verify", mute: true });
       return;
     }
