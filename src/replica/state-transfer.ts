@@ -138,6 +138,13 @@ export const SERVE_DROP_LOG_MS = 10_000;
  */
 export const SOURCE_PROGRESS_BYTES_PER_SECOND_MIN = 1024 * 1024;
 /**
+ * The slowest round trip the least progress allows an honest source: with a window of
+ * TRANSFER_WINDOW_PARTS parts in flight, a source on a link this slow delivers a window
+ * each such time, so the least progress is at most that (smaller parts, with a smaller
+ * frame_bytes_max, lower it; a long link to a distant replica is not mistaken for a liar).
+ */
+export const SOURCE_ROUND_TRIP_MS_MAX = 2_000;
+/**
  * The window over which a source's progress is measured: long beside PART_TIMEOUT_MS and
  * REASK_MS, so that a pause of an honest source (a collection, a commit, its link full
  * for a moment) and the re-ask after it average out.
@@ -806,7 +813,12 @@ class TransferFetcher {
    */
   private tooSlow(fetch: Fetch, now: number): boolean {
     const { options } = this;
-    const bytesPerSecondMin = options.sourceBytesPerSecondMin ?? SOURCE_PROGRESS_BYTES_PER_SECOND_MIN;
+    // One source's whole stream per attempt (singleSource): moving on restarts the stream
+    // from its first part, so an honest but slow source must be let finish.
+    if (fetch.singleSource) return false;
+    const bytesPerSecondMin =
+      options.sourceBytesPerSecondMin ??
+      Math.min(SOURCE_PROGRESS_BYTES_PER_SECOND_MIN, (options.partBytes * TRANSFER_WINDOW_PARTS * 1000) / SOURCE_ROUND_TRIP_MS_MAX);
     const windowMs = now - fetch.progressSinceMs;
     if (fetch.progressBytes >= (bytesPerSecondMin * windowMs) / 1000) return false;
     options.metrics.inc("state_transfer_source_timeouts_total");

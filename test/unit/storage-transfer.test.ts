@@ -25,6 +25,7 @@ import {
   SERVE_LINK_FULL_BACKOFF_MS,
   SOURCE_PROGRESS_BYTES_PER_SECOND_MIN,
   SOURCE_PROGRESS_WINDOW_MS,
+  SOURCE_ROUND_TRIP_MS_MAX,
   StateTransfer,
   type StateTransferOptions,
   streamPartsBound,
@@ -1047,6 +1048,15 @@ describe("a slow source", () => {
     expect(slow + partsFrom(net, 0) + partsFrom(net, 3)).toBe(fetcher.installed?.head.parts ?? -1);
     const firstAsk = net.delivered.find((d) => d.to !== 2 && d.m.t === "get");
     expect(firstAsk?.m).toMatchObject({ part: slow });
+  });
+
+  test("by default the least progress follows the part size: a source delivering a window of parts every round trip of up to SOURCE_ROUND_TRIP_MS_MAX keeps the transfer", () => {
+    const { net, state, fetcher } = cluster();
+    // One part every half of SOURCE_ROUND_TRIP_MS_MAX / TRANSFER_WINDOW_PARTS: a window each half the longest round trip.
+    drip(net, 2, SOURCE_ROUND_TRIP_MS_MAX / TRANSFER_WINDOW_PARTS / 2);
+    runFetch(net, fetcher, state, 1_000 * SOURCE_PROGRESS_WINDOW_MS);
+    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+    expect(fetcher.metrics.get("state_transfer_source_timeouts_total")).toBe(0);
   });
 
   test("one at or above the least progress over each window keeps the transfer", () => {
