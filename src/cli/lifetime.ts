@@ -13,6 +13,8 @@
  * And SIGHUP stops a service command as SIGTERM does (`stopOnHangup`).
  */
 
+import { readFileSync } from "node:fs";
+
 /** How often the parent process id is looked at: the orphan is stopped within this. */
 export const PARENT_POLL_MS = 500;
 
@@ -50,9 +52,30 @@ export function untilParentChanges(onGone: () => void, pollMs = PARENT_POLL_MS):
  * -HUP` from an operator used to daemons) ends the process at once, with none of that.
  * SIGTERM is raised rather than the handlers called, so that a process that has none yet
  * (still starting) ends just as SIGTERM would end it.
+ *
+ * Not when the process was started with SIGHUP ignored (`nohup fitb replica &`, so that
+ * the replica outlives the session): a listener would undo that.
  */
-export function stopOnHangup(): void {
+export function stopOnHangup(ignoredAtStart: boolean = hangupIgnored()): void {
+  if (ignoredAtStart) return;
   process.on("SIGHUP", () => {
     process.kill(process.pid, "SIGTERM");
   });
+}
+
+/**
+ * Whether this process started with SIGHUP ignored (what nohup does), from the kernel's
+ * view of its signal dispositions; false where there is no /proc (the listener is then
+ * installed, as on a terminal).
+ */
+export function hangupIgnored(status: () => string = () => readFileSync("/proc/self/status", "utf8")): boolean {
+  let text: string;
+  try {
+    text = status();
+  } catch {
+    return false;
+  }
+  const mask = /^SigIgn:\s*([0-9a-fA-F]+)$/m.exec(text)?.[1];
+  // SIGHUP is signal 1: the mask's lowest bit.
+  return mask !== undefined && (Number.parseInt(mask.slice(-1), 16) & 1) === 1;
 }

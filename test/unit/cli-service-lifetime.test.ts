@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { FTL_DEFAULT, ftlEnvironment } from "../../src/cli/jit.ts";
+import { hangupIgnored } from "../../src/cli/lifetime.ts";
 import { initCluster } from "../../src/config/init.ts";
 
 const MAIN = join(import.meta.dir, "../../src/cli/main.ts");
@@ -142,5 +143,26 @@ describe("a service command's end", () => {
     await proc.stdout.cancel();
     expect(await proc.exited).toBe(0);
     expect(await new Response(proc.stderr).text()).toBe("");
+  });
+});
+
+describe("SIGHUP ignored at start (nohup)", () => {
+  test("hangupIgnored reads the lowest bit of the kernel's ignored-signal mask", () => {
+    expect(hangupIgnored(() => "Name:\tfitb\nSigIgn:\t0000000001001001\nSigCgt:\t0\n")).toBe(true);
+    expect(hangupIgnored(() => "Name:\tfitb\nSigIgn:\t0000000001001000\n")).toBe(false);
+    expect(
+      hangupIgnored(() => {
+        throw new Error("no /proc");
+      }),
+    ).toBe(false);
+  });
+
+  test("a process started under nohup has SIGHUP ignored, and keeps it so", async () => {
+    const probe = "import { hangupIgnored } from './src/cli/lifetime.ts'; console.log(hangupIgnored());";
+    const run = (argv: string[]) => Bun.spawn(argv, { cwd: join(import.meta.dir, "../.."), stdout: "pipe", stderr: "pipe" });
+    const plain = run([process.execPath, "-e", probe]);
+    expect((await new Response(plain.stdout).text()).trim()).toBe("false");
+    const nohup = run(["nohup", process.execPath, "-e", probe]);
+    expect((await new Response(nohup.stdout).text()).trim()).toBe("true");
   });
 });
