@@ -529,17 +529,24 @@ export class ChannelMachine {
       const batchesRemoved = channel.log.trim(channel.retention, { nowMs });
       return batchesRemoved === 0 ? null : { tag: channel.tag, oldestSeq: channel.log.oldestSeq, batchesRemoved, floors: [] };
     }
-    const floors = new Map<string, { publisher: Uint8Array; through: number }>();
-    const batchesRemoved = channel.log.trim(channel.retention, { nowMs }, (record) => {
-      const through = record.pubSeq + record.count - 1;
-      const hex = toHex(record.publisher);
-      const known = floors.get(hex);
-      if (known === undefined) floors.set(hex, { publisher: record.publisher, through });
-      else if (through > known.through) known.through = through;
-    });
+    // One map and callback for every trim: an unordered publish trims (most often nothing) each time.
+    const floors = this.trimFloors;
+    floors.clear();
+    const batchesRemoved = channel.log.trim(channel.retention, { nowMs }, this.noteTrimFloor);
     if (batchesRemoved === 0) return null;
     return { tag: channel.tag, oldestSeq: channel.log.oldestSeq, batchesRemoved, floors: [...floors.values()] };
   }
+
+  /** The publishers' floors of the unordered trim under way (trim), by key hex. */
+  private readonly trimFloors = new Map<string, { publisher: Uint8Array; through: number }>();
+
+  private readonly noteTrimFloor = (record: BatchRecord): void => {
+    const through = record.pubSeq + record.count - 1;
+    const hex = toHex(record.publisher);
+    const known = this.trimFloors.get(hex);
+    if (known === undefined) this.trimFloors.set(hex, { publisher: record.publisher, through });
+    else if (through > known.through) known.through = through;
+  };
 
   /**
    * Puts back, at restart (src/replica/storage/recovery.ts), that a publisher's seqs through
