@@ -6,6 +6,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import * as net from "node:net";
 import {
+  addressGroup,
   METRICS_PAGE_BUILD_INTERVAL_MS,
   METRICS_PAGE_BUILDS_BURST,
   METRICS_REQUEST_BODY_BYTES_MAX,
@@ -372,5 +373,21 @@ describe("bad requests", () => {
     await old.close();
     // No Host: HTTP/1.0 may omit it, and the allowlist refuses it.
     expect(old.answers.map((a) => [a.status, a.headers.get("connection")])).toEqual([[403, "close"]]);
+  });
+});
+
+describe("what the per-address bound counts by", () => {
+  test("an IPv4 address as it is (mapped or not); an IPv6 address by its /64, however it is written", () => {
+    expect(addressGroup("10.0.0.7")).toBe("10.0.0.7");
+    expect(addressGroup("::ffff:10.0.0.7")).toBe("10.0.0.7");
+    const group = addressGroup("2001:db8:1:2::1");
+    expect(group).toBe("2001:db8:1:2::/64");
+    for (const same of ["2001:db8:1:2:ffff:ffff:ffff:fffe", "2001:0db8:0001:0002::abcd", "2001:DB8:1:2:0:0:0:9%eth0"]) {
+      expect(addressGroup(same)).toBe(group);
+    }
+    expect(addressGroup("2001:db8:1:3::1")).not.toBe(group);
+    expect(addressGroup("::1")).toBe("0:0:0:0::/64");
+    // Not an address: counted as it is.
+    expect(addressGroup("not::an::address")).toBe("not::an::address");
   });
 });
