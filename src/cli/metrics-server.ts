@@ -32,6 +32,7 @@
 import type { Socket, SocketHandler, TCPSocketListener } from "bun";
 import type { MetricsRegistry } from "../metrics/registry.ts";
 import { listenFailure } from "../relay/server.ts";
+import { RateLimiter } from "../replica/rate.ts";
 import { HostAllowlist } from "./console/host-allowlist.ts";
 import { CommandError, UsageError } from "./errors.ts";
 import { checkMetricsHostNames } from "./metrics-flags.ts";
@@ -202,31 +203,26 @@ export function startMetricsServer(
 export class PageCache {
   private page: Uint8Array | null = null;
   private building: Promise<Uint8Array> | null = null;
-  private tokens: number;
-  private refilledMs: number;
+  /** One bucket, "build": `burst` builds, refilled one per `intervalMs`. */
+  private readonly builds: RateLimiter;
 
   constructor(
     private readonly build: () => string | Promise<string>,
     private readonly nowMs: () => number,
-    private readonly intervalMs = METRICS_PAGE_BUILD_INTERVAL_MS,
-    private readonly burst = METRICS_PAGE_BUILDS_BURST,
+    intervalMs = METRICS_PAGE_BUILD_INTERVAL_MS,
+    burst = METRICS_PAGE_BUILDS_BURST,
   ) {
-    this.tokens = burst;
-    this.refilledMs = nowMs();
+    this.builds = new RateLimiter(1_000 / intervalMs, burst);
   }
 
   /** The page: the last build while no build is due, else a new one. */
   get(): Promise<Uint8Array> {
     if (this.building !== null) return this.building;
-    const now = this.nowMs();
-    this.tokens = Math.min(this.burst, this.tokens + (now - this.refilledMs) / this.intervalMs);
-    this.refilledMs = now;
-    if (this.tokens < 1) {
+    if (!this.builds.take("build", 1, this.nowMs())) {
       // No build is due: the last page, or, if every build so far failed, a refusal
       // (a failing build must not run on every request either).
       return this.page === null ? Promise.reject(new Error("the page is not ready; retry in a second")) : Promise.resolve(this.page);
     }
-    this.tokens -= 1;
     const building = Promise.resolve()
       .then(this.build)
       .then((text) => {
@@ -248,13 +244,13 @@ export class PageCache {
  * on close, so the queue is never longer than the connections open.
  */
 class AnswerPacer {
-  private tokens: number;
-  private refilledMs = performance.now();
+  /** One bucket, "answers": `perSecond` a second, a burst of as many. */
+  private readonly budget: RateLimiter;
   private readonly waiting = new Map<object, () => void>();
   private timer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(private readonly perSecond: number) {
-    this.tokens = perSecond;
+    this.budget = new RateLimiter(perSecond, perSecond);
   }
 
   /** Runs `go` now if nobody waits and the budget allows, else in its turn. */
@@ -274,21 +270,20 @@ class AnswerPacer {
   }
 
   private serve(): void {
-    const now = performance.now();
-    this.tokens = Math.min(this.perSecond, this.tokens + ((now - this.refilledMs) * this.perSecond) / 1_000);
-    this.refilledMs = now;
     for (const [key, go] of this.waiting) {
-      if (this.tokens < 1) break;
-      this.tokens -= 1;
+      if (!this.budget.take("answers", 1, performance.now())) break;
       this.waiting.delete(key);
       go();
     }
     if (this.waiting.size === 0 || this.timer !== null) return;
-    const dueMs = Math.ceil(((1 - this.tokens) * 1_000) / this.perSecond);
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      this.serve();
-    }, dueMs);
+    // The next answer's token is due within one refill.
+    this.timer = setTimeout(
+      () => {
+        this.timer = null;
+        this.serve();
+      },
+      Math.ceil(1_000 / this.perSecond),
+    );
   }
 }
 

@@ -589,7 +589,7 @@ export class ClientSubscription implements Subscription {
   onEvents(replica: number, subId: number, events: Events): void {
     if (!this.replicas.carries(replica, subId)) return;
     if (events.tag !== this.tag || this.start.t === "ended" || this.delivery.pausedAt !== null) return;
-    this.slowStreak.delete(replica);
+    if (this.slowStreak.size > 0) this.slowStreak.delete(replica);
     if (this.system && !this.isOwnReport(replica, events.req.body)) return;
     if (this.options.onCopy !== undefined && this.group === null) this.options.onCopy({ replica, key: copyKeyOf(this.ordered, events) });
     const voter = this.voter;
