@@ -237,6 +237,8 @@ export const configDigestsSchema = z.strictObject({
   clients: digestSchema,
   limits: digestSchema,
   retention: digestSchema,
+  /** The first group's hosts and ports: sent while the group is still the cluster file's first (src/config/digest.ts). */
+  addrs: digestSchema.optional(),
 });
 export type ConfigDigests = z.infer<typeof configDigestsSchema>;
 

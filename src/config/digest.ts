@@ -6,12 +6,16 @@
  * peer HELLO (signed into the handshake transcript) and a peer whose digests differ is
  * refused, the refusal naming the sections that differ.
  *
- * What is left out: key files and data directories (local paths), and hosts and ports. Those
- * of the first group must still be the same in every replica's file: they become part of
- * the replicated group at the first membership change (core/channels/membership.ts, built on
- * genesisMembership), and files that differ there would make the replicas build different
- * groups (README, Deployment, step 2). They are not compared here because a file exported
- * after a change (first_group_digest) no longer lists the first group's addresses.
+ * What is left out: key files and data directories (local paths), and hosts and ports but
+ * in one case. The first group's hosts and ports (each replica's `host`, `port` and
+ * `peer_port`) become part of the replicated group at the first membership change
+ * (core/channels/membership.ts, built on genesisMembership from each replica's own file),
+ * so files that differ there would make the replicas build different groups and stop as
+ * diverged at the next checkpoint. A file of epoch 0 adds their digest (`addrs`), and
+ * replicas compare it only while their group is still that first one with no change
+ * decided (peers.ts, `firstGroupInUse`): from the first change on, the group's addresses
+ * are replicated state, and a file may be edited (a host moved) or exported after a
+ * change (first_group_digest), which no longer lists the first group's addresses.
  *
  * The `group` section is the group the cluster started with (epoch 0). A file that
  * `fitb cluster export` wrote after a membership change lists a later epoch's group and
@@ -33,6 +37,10 @@ export const CONFIG_SECTIONS: readonly { readonly key: keyof ConfigDigests; read
   { key: "clients", name: "client_keys" },
   { key: "limits", name: "[limits]" },
   { key: "retention", name: "[retention]" },
+  {
+    key: "addrs",
+    name: "host, port and peer_port of the first group's replicas (they become the replicated group's at the first membership change)",
+  },
 ];
 
 /**
@@ -74,7 +82,23 @@ export function configDigests(config: ClusterConfig): ConfigDigests {
       clientBurstEventsMax: limits.clientBurstEventsMax,
     }),
     retention: digest({ eventsMax: retention.eventsMax, bytesMax: retention.bytesMax, ageSecondsMax: retention.ageSecondsMax }),
+    ...(config.firstGroupDigest === null ? { addrs: firstGroupAddressesDigest(config) } : {}),
   };
+}
+
+/** What genesisMembership (replica/epochs.ts) takes of a file of epoch 0 besides the ids and keys: each replica's addresses. */
+export function firstGroupAddressesDigest(config: Pick<ClusterConfig, "replicas">): Uint8Array {
+  return sha256(
+    encodeCanonical(
+      config.replicas.map((replica) => ({ id: replica.id, host: replica.host, port: replica.port, peerPort: replica.peerPort })),
+    ),
+  );
+}
+
+/** The digests without the first group's addresses: what a replica sends and compares once its group changed. */
+export function withoutAddresses(digests: ConfigDigests): ConfigDigests {
+  const { addrs: _, ...rest } = digests;
+  return rest;
 }
 
 /**
@@ -97,9 +121,17 @@ export function firstGroupDigest(config: ClusterConfig): Uint8Array {
   return config.firstGroupDigest ?? fileGroupDigest(config);
 }
 
-/** The names of the sections whose digests differ; empty when the files agree. */
+/**
+ * The names of the sections whose digests differ; empty when the files agree. A section
+ * only one side sends (`addrs`: a file of a later epoch, a group that changed, an earlier
+ * version) is not compared.
+ */
 export function configDifferences(mine: ConfigDigests, theirs: ConfigDigests): string[] {
-  return CONFIG_SECTIONS.filter((section) => !bytesEqual(mine[section.key], theirs[section.key])).map((section) => section.name);
+  return CONFIG_SECTIONS.filter((section) => {
+    const a = mine[section.key];
+    const b = theirs[section.key];
+    return a !== undefined && b !== undefined && !bytesEqual(a, b);
+  }).map((section) => section.name);
 }
 
 /** Key lists are sets: the order they are written in does not matter. */

@@ -29,7 +29,7 @@
 import { randomBytes } from "node:crypto";
 import type { Socket } from "bun";
 import { formatAddress, type ReplicaEntry, replicaHosts } from "../config/cluster.ts";
-import { configDifferences } from "../config/digest.ts";
+import { configDifferences, withoutAddresses } from "../config/digest.ts";
 import { signDomain, verifyDomain } from "../crypto/ed25519.ts";
 import { bytesEqual, toHex } from "../crypto/encoding.ts";
 import type { SigningKey } from "../crypto/keys.ts";
@@ -140,6 +140,13 @@ export interface PeerMeshOptions {
    * alone): nothing is sent or checked.
    */
   readonly configDigests?: ConfigDigests;
+  /**
+   * Whether the replicated group is still the cluster file's first (epoch 0, no change
+   * decided): only then are the first group's addresses (`addrs`) sent and compared,
+   * since the first change builds the group from them (src/config/digest.ts). Absent:
+   * they are compared whenever both sides send them.
+   */
+  readonly firstGroupInUse?: () => boolean;
   /** Failover timing for multi-homed peers; PEER_FAILOVER_TIMING when absent. */
   readonly failover?: PeerFailoverTiming;
   /** Overrides of the inbound budgets (peer-inbox.ts); the defaults are its constants. */
@@ -583,7 +590,7 @@ export class PeerMesh {
       key: this.options.key.publicKey,
       nonce: new Uint8Array(randomBytes(NONCE_BYTES)),
       eph: eph.publicKey,
-      ...(this.options.configDigests === undefined ? {} : { cfg: this.options.configDigests }),
+      ...(this.options.configDigests === undefined ? {} : { cfg: this.sentDigests(this.options.configDigests) }),
     };
     link.conn = conn;
     link.hello = hello;
@@ -636,12 +643,17 @@ export class PeerMesh {
     }
   }
 
+  /** This replica's digests as a HELLO carries them now: the first group's addresses only while that group is in use. */
+  private sentDigests(digests: ConfigDigests): ConfigDigests {
+    return this.options.firstGroupInUse === undefined || this.options.firstGroupInUse() ? digests : withoutAddresses(digests);
+  }
+
   /** Why a peer's HELLO shows another cluster file than ours, or null. */
   private configProblem(hello: Hello): string | null {
     const mine = this.options.configDigests;
     if (mine === undefined || hello.role !== "replica") return null;
     if (hello.cfg === undefined) return "the HELLO carries no cluster file digest (a fitb that does not check configurations)";
-    const differences = configDifferences(mine, hello.cfg);
+    const differences = configDifferences(this.sentDigests(mine), hello.cfg);
     if (differences.length === 0) return null;
     return `cluster file differs from replica ${this.options.self}'s in: ${differences.join("; ")}`;
   }

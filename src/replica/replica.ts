@@ -245,6 +245,7 @@ export class Replica {
       onPeerDown: (peer, reason) => this.sys.event("peer-down", { peer, reason }),
       onMessage: (from, msg, key) => this.ordering.onPeerMessage(from, msg, key),
       configDigests: configDigests(config),
+      firstGroupInUse: () => this.machine.membership()?.epoch === 0 && this.machine.pendingMembership() === null,
       precheck: (from, msg) => peerFilter.check(from, msg, peekPeerMessage(msg)),
       // A state transfer part that answers this replica's own ask (the source, seq and nonce
       // of the fetch under way), a window at a time, is spared the byte budget; every other
