@@ -105,7 +105,8 @@ export function validCheckpointProof(
   if (proof.length < minSigners || proof.length > context.n) return false;
   const seen = new Set<ReplicaId>();
   for (const c of proof) {
-    if (c.seq !== seq || !bytesEqual(c.digest, digest)) return false;
+    // The kind too: a COMMIT carries no signature (verifySigned takes it on the link's word).
+    if (c.t !== "CHECKPOINT" || c.seq !== seq || !bytesEqual(c.digest, digest)) return false;
     if (!isMember(context, c.replica) || seen.has(c.replica)) return false;
     seen.add(c.replica);
   }
@@ -121,7 +122,13 @@ export function validCheckpointProof(
  */
 export function validPreparedCert(context: CertContext, cert: PreparedCert): boolean {
   const header = cert.prePrepare;
-  if (header.view !== cert.view || header.seq !== cert.seq || !bytesEqual(header.digest, cert.digest) || header.batch !== null)
+  if (
+    header.t !== "PRE_PREPARE" ||
+    header.view !== cert.view ||
+    header.seq !== cert.seq ||
+    !bytesEqual(header.digest, cert.digest) ||
+    header.batch !== null
+  )
     return false;
   if (bytesEqual(cert.digest, NULL_DIGEST) && cert.batch !== null && cert.batch.length > 0) return false;
   if (context.mode === "cft") {
@@ -132,7 +139,8 @@ export function validPreparedCert(context: CertContext, cert: PreparedCert): boo
     const leader = cert.view % context.n;
     const seen = new Set<ReplicaId>();
     for (const p of cert.prepares) {
-      if (p.view !== cert.view || p.seq !== cert.seq || !bytesEqual(p.digest, cert.digest)) return false;
+      // The kind too: a COMMIT carries no signature (verifySigned takes it on the link's word).
+      if (p.t !== "PREPARE" || p.view !== cert.view || p.seq !== cert.seq || !bytesEqual(p.digest, cert.digest)) return false;
       if (!isMember(context, p.replica) || p.replica === leader || seen.has(p.replica)) return false;
       seen.add(p.replica);
     }
@@ -147,7 +155,7 @@ export function validPreparedCert(context: CertContext, cert: PreparedCert): boo
  * sender's window, one per seq, from a view below the new one, and itself valid.
  */
 export function validViewChange(context: CertContext, vc: ViewChange): boolean {
-  if (!isMember(context, vc.replica)) return false;
+  if (vc.t !== "VIEW_CHANGE" || !isMember(context, vc.replica)) return false;
   if (vc.stableSeq === 0) {
     if (!bytesEqual(vc.stableDigest, NULL_DIGEST) || vc.stableProof.length !== 0) return false;
   } else if (vc.stableSeq % context.checkpointInterval !== 0) {

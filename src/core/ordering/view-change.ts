@@ -17,6 +17,7 @@ import {
   type PreparedCert,
   type PrePrepare,
   type StateRequest,
+  signingBytes,
   type ViewChange,
 } from "./messages.ts";
 import { assert, type CoreState, EMPTY_SIG, kthLargest, NO_DEADLINE } from "./state.ts";
@@ -246,8 +247,13 @@ function checkNewView(state: CoreState, m: NewView): NewViewPlan | null {
   }
   if (seen.size < state.seams.quorumSize()) return null;
   for (const vc of m.viewChanges) {
+    // A VIEW_CHANGE this replica already checked need not be checked again, but only if the
+    // copy is that message, every field of it: the leader forwards the copies and plans O
+    // from them, so one that kept a correct replica's signature and dropped its prepared
+    // certificates, or changed its stable checkpoint, would have O leave out a batch that
+    // committed (PROTOCOL.md §9, bug 5). The copy's signing bytes are what its signature covers.
     const known = state.viewChanges.get(vc.replica);
-    const same = known !== undefined && known.newView === vc.newView && bytesEqual(known.sig, vc.sig);
+    const same = known !== undefined && sameViewChange(state, known, vc);
     if (!same && !validViewChange(state.certContext, vc)) return null;
   }
   const plan = planNewView(state.certContext, m.viewChanges);
@@ -261,6 +267,13 @@ function checkNewView(state: CoreState, m: NewView): NewViewPlan | null {
   }
   for (const header of m.o) if (!state.verify(header)) return null;
   return plan;
+}
+
+/** Whether `copy` is the VIEW_CHANGE `known`, signed the same and saying the same in every field. */
+function sameViewChange(state: CoreState, known: ViewChange, copy: ViewChange): boolean {
+  if (known.newView !== copy.newView || !bytesEqual(known.sig, copy.sig)) return false;
+  const clusterId = state.certContext.clusterId;
+  return bytesEqual(signingBytes(known, clusterId), signingBytes(copy, clusterId));
 }
 
 /**
