@@ -82,6 +82,9 @@ describe("configuration", () => {
     expect(() => makeConfig({ ...base, id: 4 })).toThrow(/id/);
     expect(() => makeConfig(base, { pipelineDepth: 300 })).toThrow(/pipelineDepth/);
     expect(() => makeConfig(base, { logWindow: 128 })).toThrow(/logWindow/);
+    // One interval past K is not enough: a checkpoint missed at a restart must be followed by one inside the window.
+    expect(() => makeConfig(base, { logWindow: 255 })).toThrow(/at least twice/);
+    expect(makeConfig(base, { logWindow: 256 }).logWindow).toBe(256);
     expect(() => makeConfig(base, { batchRequestsMax: 0 })).toThrow(/batchRequestsMax/);
     expect(() => makeConfig(base, { requestTimeoutTicks: 1.5 })).toThrow(/requestTimeoutTicks/);
     expect(() => checkConfig({ ...makeConfig(base), mode: "paxos" as "bft" })).toThrow(/mode/);

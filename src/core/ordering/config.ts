@@ -242,7 +242,11 @@ export function checkConfig(cfg: CoreConfig): void {
     throw new RangeError(`batchRequestsMax must leave a batch within ${BATCH_REQUESTS_MAX} elements`);
   }
   if (cfg.pipelineDepth > cfg.logWindow) throw new RangeError("pipelineDepth must be <= logWindow");
-  if (cfg.logWindow <= cfg.checkpointInterval) throw new RangeError("logWindow must exceed checkpointInterval");
+  // At least two checkpoint intervals: a replica that crashed after executing a checkpoint
+  // seq and before its CHECKPOINT went out does not sign that one after its restart (its
+  // state has moved on); the next one must fit in the window, or with another replica down
+  // no checkpoint becomes stable again and the group stops at the high water mark.
+  if (cfg.logWindow < 2 * cfg.checkpointInterval) throw new RangeError("logWindow must be at least twice checkpointInterval");
   if (cfg.requestBytesMax > cfg.batchBytesMax) throw new RangeError("requestBytesMax must be <= batchBytesMax");
   if (cfg.epochStart !== undefined) {
     const { seq, digest } = cfg.epochStart;
