@@ -118,6 +118,7 @@ export class FrameDecoder {
   private partial: Uint8Array | null = null;
   private partialLength = 0;
   private partialFilled = 0;
+  private partialCount = 0;
   private poisonReason: string | null = null;
 
   constructor(options: FrameDecoderOptions = {}) {
@@ -146,6 +147,16 @@ export class FrameDecoder {
   /** Bytes the decoder holds allocated for the frame being assembled (grows with what arrived). */
   get reservedBytes(): number {
     return this.partial?.length ?? 0;
+  }
+
+  /** Bytes of the frame being assembled that arrived so far (0 when none is). */
+  get partialBytes(): number {
+    return this.partial === null ? 0 : this.partialFilled;
+  }
+
+  /** Frames begun that did not arrive whole in one chunk: tells one frame being assembled from the next. */
+  get partialsBegun(): number {
+    return this.partialCount;
   }
 
   /**
@@ -214,6 +225,7 @@ export class FrameDecoder {
 
   private beginPartial(length: number): void {
     assert(length >= 1 && length <= this.frameBytesMax, "frame decoder: a partial frame of a length not accepted");
+    this.partialCount++;
     this.partial = new Uint8Array(Math.min(length, PARTIAL_INITIAL_BYTES));
     this.partialLength = length;
     this.partialFilled = 0;

@@ -240,6 +240,11 @@ export class FramedConn {
     return this.paused;
   }
 
+  /** Whether reads are paused for either reason (pauseReading, or the scheduler's backpressure). */
+  get readsHeld(): boolean {
+    return this.paused || this.backpressured;
+  }
+
   /** Whether work read before a pause still waits for the resume. */
   get holding(): boolean {
     return this.held.length > 0;

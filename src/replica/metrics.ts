@@ -91,6 +91,8 @@ const COUNTERS = {
   client_frames_bad_mac_total: "Client frames that failed their MAC check (the session is closed)",
   clients_stuck_closed_total: "Client sessions closed because they did not read their output",
   clients_idle_closed_total: "Idle client sessions closed",
+  client_partial_frames_cut_total:
+    "Client sessions closed because a frame of theirs was arriving too slowly, or slowest while unfinished frames held more than their bound",
   clients_key_revoked_closed_total: "Client sessions closed because their key left the allow-list (a replica key rotated away or removed)",
   clients_refused_total: "Client sessions refused at a connection bound",
   state_transfer_serve_requests_total: "State transfer requests from peers",
@@ -129,6 +131,7 @@ const GAUGES = {
   handshakes_open: "Handshakes in progress on the client port (on the shared port: peers too)",
   peer_handshakes_open: "Handshakes in progress on the peer port (0 without a peer_port)",
   client_connections: "Open client sessions",
+  client_partial_frame_bytes: "Bytes held for client frames still arriving (bounded in all and per address, partial-frames.ts)",
   client_output_bytes: "Bytes queued to client sessions (a frame waiting in a priority queue also counts 256 bytes of bookkeeping)",
   tarpit_connections: "Connections of blacklisted addresses held open and unread now (the tarpit)",
   state_transfer_target_seq: "Seq a state transfer is fetching (0: none)",

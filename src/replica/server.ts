@@ -58,6 +58,7 @@ import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import { RateLimiter } from "./rate.ts";
 import type { PeerMesh } from "./peers.ts";
+import { type CutFrame, type PartialFrameLimits, PartialFrames } from "./partial-frames.ts";
 import { TARPIT_CONNECTIONS_MAX, TARPIT_HOLD_MS_MAX, TARPIT_PER_ADDRESS_MAX, Tarpit } from "./tarpit.ts";
 
 /** A connection whose AUTH has not verified in this time is closed, whatever its HELLO said. */
@@ -235,6 +236,8 @@ export type ListenerRole = "clients" | "peers" | "both";
 
 export interface ServerOptions {
   readonly self: number;
+  /** Bounds on client frames still arriving; DEFAULT_PARTIAL_FRAME_LIMITS when absent (tests lower them). */
+  readonly partialFrames?: PartialFrameLimits;
   /** Whom this listener takes (default both); the other listener's port, for the refusal's reason. */
   readonly accepts?: ListenerRole;
   readonly otherPort?: number;
@@ -377,6 +380,8 @@ export class ReplicaServer {
   private readonly tarpit: Tarpit<ServerSocket>;
   /** Client sessions' frames, worked on in bounded turns after the peers' (client-frames.ts). */
   private readonly clientFrames: ClientFrames<FramedConn, DecodeResult>;
+  /** Memory held in client frames still arriving, bounded in all and per address (partial-frames.ts). */
+  private readonly partialFrames: PartialFrames<FramedConn>;
   /** Frames a client session wrote ahead of less urgent ones that waited longer (egress.ts). */
   private readonly countOvertakes = (frames: number): void => this.options.metrics.inc("egress_overtakes_total", frames);
 
@@ -390,6 +395,7 @@ export class ReplicaServer {
     this.newConnections = new RateLimiter(this.limits.handshakesPerAddressPerSecondMax, this.limits.handshakesPerAddressBurstMax);
     this.outputBudget = new OutputBudget(this.limits.clientOutputBytesMax, this.limits.clientOutputBytesPerAddressMax);
     this.tarpit = new Tarpit(this.limits.tarpitPerAddressMax, this.limits.tarpitConnectionsMax, this.limits.tarpitHoldMsMax);
+    this.partialFrames = new PartialFrames<FramedConn>((conn) => conn.readsHeld, options.partialFrames);
   }
 
   private now(): number {
@@ -419,6 +425,7 @@ export class ReplicaServer {
       this.options.metrics.gauge("handshakes_open", () => this.handshakes.total);
       this.options.metrics.gauge("client_connections", () => this.clientsByKey.total);
       this.options.metrics.gauge("client_output_bytes", () => this.outputBudget.usedBytes);
+      this.options.metrics.gauge("client_partial_frame_bytes", () => this.partialFrames.heldBytes);
       this.options.metrics.gauge("tarpit_connections", () => this.tarpit.size);
     }
     const { clientIdleMsMax, clientStuckMsMax } = this.limits;
@@ -608,6 +615,7 @@ export class ReplicaServer {
     const state = conn.state as ConnState;
     this.conns.delete(conn);
     this.clientFrames.forget(conn);
+    this.partialFrames.remove(conn);
     conn.release();
     this.endHandshake(conn, state);
     if (state.phase === "peer") this.options.mesh.inboundClosed(conn);
@@ -634,7 +642,10 @@ export class ReplicaServer {
    * schedules them, peer-inbox.ts).
    */
   private onFramesRead(conn: FramedConn, state: ConnState, results: DecodeResult[]): void {
-    if (state.phase === "client") return this.clientFrames.push(conn, results, resultBytes);
+    if (state.phase === "client") {
+      this.clientFrames.push(conn, results, resultBytes);
+      return this.cutPartialFrames(this.partialFrames.update(conn, conn.remote, conn.decoder, this.now()));
+    }
     // Bun may hand over bytes read before a pause: they wait behind what is held.
     if (conn.readPaused || conn.holding) conn.holdUntilResumed(() => this.onFrames(conn, results));
     else this.onFrames(conn, results);
@@ -1003,6 +1014,7 @@ export class ReplicaServer {
     const now = this.now();
     this.blacklistNotices.sweep(now, this.reportQuietRefusals);
     this.tarpit.expire(now);
+    this.cutPartialFrames(this.partialFrames.slow(now));
     const { clientIdleMsMax, clientStuckMsMax } = this.limits;
     for (const conn of [...this.conns]) {
       const state = conn.state as ConnState;
@@ -1022,6 +1034,16 @@ export class ReplicaServer {
           body: { code: "TIMEOUT", reason: `nothing received for ${clientIdleMsMax} ms; clients PING while idle` },
         });
       }
+    }
+  }
+
+  /** Closes the sessions whose unfinished frames partial-frames.ts cut, saying why. */
+  private cutPartialFrames(cuts: readonly CutFrame<FramedConn>[]): void {
+    for (const { conn, reason } of cuts) {
+      if (conn.isClosed) continue;
+      this.options.metrics.inc("client_partial_frames_cut_total");
+      this.options.log.info("client closed: its frame still arriving was cut", { remote: conn.remote, reason });
+      conn.closeWith({ type: FrameType.ERROR, body: { code: "OVERLOADED", reason } });
     }
   }
 

@@ -26,6 +26,7 @@ import { ClientAdmission } from "../../src/replica/admission.ts";
 import { AUDIT_LINES_PER_WINDOW, AuditLog } from "../../src/replica/audit.ts";
 import { createLog } from "../../src/replica/log.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
+import type { PartialFrameLimits } from "../../src/replica/partial-frames.ts";
 import type { PeerInboxLimits } from "../../src/replica/peer-inbox.ts";
 import { DIALLED_LINK_FRAME_BYTES_MAX, PeerMesh } from "../../src/replica/peers.ts";
 import {
@@ -326,6 +327,8 @@ function startServer(
     readonly precheck?: (from: number, msg: Uint8Array) => string | null;
     /** Overrides of the mesh's inbound budgets (peer-inbox.ts). */
     readonly inbox?: Partial<PeerInboxLimits>;
+    /** Bounds on client frames still arriving (partial-frames.ts). */
+    readonly partialFrames?: PartialFrameLimits;
   } = {},
 ): Fixture {
   const serverKey = SigningKey.generate();
@@ -378,6 +381,7 @@ function startServer(
     ...(more.accepts === undefined ? {} : { accepts: more.accepts }),
     ...(more.admission === undefined ? {} : { admission: more.admission }),
     ...(more.audit === true ? { audit: new AuditLog(log, now) } : {}),
+    ...(more.partialFrames === undefined ? {} : { partialFrames: more.partialFrames }),
   });
   server.listen();
   cleanups.push(() => {
@@ -1146,5 +1150,66 @@ describe("client connections that go quiet or stop reading", () => {
     expect(total).toBeLessThan(3 * BULK_FRAMES);
     for (const raw of readers) raw.close();
     await waitFor("the queued bytes to be released", () => fx.metrics.get("client_output_bytes") === 0);
+  });
+});
+
+describe("client frames still arriving (partial-frames.ts)", () => {
+  /** All of a PING frame of `length` bytes (type byte included) but its last byte: it never completes. */
+  const unfinished = (length: number): Uint8Array => {
+    const whole = encodeFrame(FrameType.PING, new Uint8Array(length - 1));
+    return whole.subarray(0, whole.length - 1);
+  };
+  const FRAME = 300_000;
+
+  test("past the per-address bound the frame arriving slowest is cut, its session told why; the others go on", async () => {
+    let nowMs = 1_000_000;
+    const limits = { bytesMax: 64 * FRAME, perAddressBytesMax: 2.5 * FRAME, graceMs: 3_600_000, bytesPerSecondMin: 0 };
+    const fx = startServer({}, null, () => nowMs, { partialFrames: limits });
+    const held = (): number => fx.metrics.get("client_partial_frame_bytes");
+    const sessions: RawConn[] = [];
+    for (let i = 0; i < 3; i++) {
+      const session = await clientSession(fx.server.port, SigningKey.generate());
+      session.send({ type: FrameType.PING, body: { n: 1 } });
+      await waitFor("the session's PONG", () => session.has(FrameType.PONG));
+      sessions.push(session);
+    }
+    const [a, b, c] = sessions as [RawConn, RawConn, RawConn];
+    // A began first and B a second later: by now A's frame has come at half B's rate.
+    a.write(unfinished(FRAME));
+    await waitFor("A's frame to be held", () => held() >= FRAME - 1);
+    nowMs += 1_000;
+    b.write(unfinished(FRAME));
+    await waitFor("B's frame to be held", () => held() >= 2 * (FRAME - 1));
+    nowMs += 1_000;
+    c.write(unfinished(FRAME));
+    await waitFor("A to be cut", () => a.closed);
+    expect(a.error).toContain("OVERLOADED its address holds");
+    expect(a.error).toContain("the frame arriving slowest is cut");
+    expect(fx.metrics.get("client_partial_frames_cut_total")).toBe(1);
+    await waitFor("the count to leave A's frame out", () => held() === 2 * FRAME);
+    // B and C still answer: their sessions go on (their frames stay unfinished).
+    for (const session of [b, c]) expect(session.closed).toBe(false);
+  });
+
+  test("a frame that gets less than the minimum rate over a whole window is cut; one arriving faster stays", async () => {
+    let nowMs = 1_000_000;
+    const limits = { bytesMax: 64 * FRAME, perAddressBytesMax: 64 * FRAME, graceMs: 10_000, bytesPerSecondMin: 20_000 };
+    // clientStuckMsMax sets the sweep's pace (a quarter of it): the sweep judges the frames.
+    const fx = startServer({ clientStuckMsMax: 400 }, null, () => nowMs, { partialFrames: limits });
+    const slow = await clientSession(fx.server.port, SigningKey.generate());
+    const fast = await clientSession(fx.server.port, SigningKey.generate());
+    const frame = unfinished(FRAME);
+    slow.write(frame.subarray(0, 50_000));
+    fast.write(frame.subarray(0, 50_000));
+    await waitFor("both frames to be held", () => fx.metrics.get("client_partial_frame_bytes") >= 2 * 50_000);
+    // The fast one gets 250,000 bytes more, the slow one nothing; 11 s on, the window is over:
+    // 50,000 bytes over it is 4,545 bytes/s, 299,999 is 27,272 bytes/s.
+    fast.write(frame.subarray(50_000, 300_000 - 1));
+    await waitFor("the fast frame's bytes to be held", () => fx.metrics.get("client_partial_frame_bytes") >= 300_000 - 1 + 50_000);
+    nowMs += 11_000;
+    await waitFor("the slow frame to be cut", () => slow.closed);
+    expect(slow.error).toMatch(/^OVERLOADED a frame arriving at 4545 bytes\/s over 11000 ms/);
+    expect(fx.metrics.get("client_partial_frames_cut_total")).toBe(1);
+    expect(fast.closed).toBe(false);
   });
 });
