@@ -26,6 +26,7 @@
  * reader that can wait (stdin) pause instead.
  */
 import { REQUEST_EVENTS_MAX } from "../../wire/types.ts";
+import { REQUEST_BYTES_MAX } from "../core/channels/constants.ts";
 import type { PublishAck } from "./client.ts";
 import { ClientClosedError, InvalidInputError, QueueFullError } from "./errors.ts";
 import { checkTag, EVENT_OVERHEAD_BYTES, REQUEST_FIXED_OVERHEAD_BYTES } from "./request.ts";
@@ -104,7 +105,9 @@ export class Publisher {
     checkTag(tag);
     const limits = target.publishLimits();
     const eventsCeiling = Math.min(limits.batchEventsMax, REQUEST_EVENTS_MAX);
-    const bytesCeiling = limits.frameBytesMax - REQUEST_FIXED_OVERHEAD_BYTES - tag.length;
+    // A request is one frame, and replicas take at most REQUEST_BYTES_MAX of it (cluster.ts,
+    // channelsConfigFrom): a larger batch would only be refused.
+    const bytesCeiling = Math.min(limits.frameBytesMax, REQUEST_BYTES_MAX) - REQUEST_FIXED_OVERHEAD_BYTES - tag.length;
     this.tag = tag;
     this.target = target;
     this.eventBytesMax = limits.eventBytesMax;

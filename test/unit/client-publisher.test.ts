@@ -2,7 +2,8 @@ import { describe, expect, test } from "bun:test";
 import type { PublishAck } from "../../src/client/client.ts";
 import { ClientClosedError, InvalidInputError, QueueFullError, RequestRejectedError } from "../../src/client/errors.ts";
 import { Publisher, type EventAck, type PublishTarget } from "../../src/client/publisher.ts";
-import { EVENT_OVERHEAD_BYTES } from "../../src/client/request.ts";
+import { EVENT_OVERHEAD_BYTES, REQUEST_FIXED_OVERHEAD_BYTES } from "../../src/client/request.ts";
+import { REQUEST_BYTES_MAX } from "../../src/core/channels/constants.ts";
 
 /**
  * A publish target whose requests the test answers by hand, standing in for the replica
@@ -94,6 +95,18 @@ describe("Publisher batching", () => {
     for (let i = 0; i < 7; i++) void publisher.publish(new Uint8Array(10));
     await settle();
     expect(target.calls.map((call) => call.events.length)).toEqual([3, 3, 1]);
+  });
+
+  test("a request never exceeds what replicas take of one (REQUEST_BYTES_MAX), however large the frame", () => {
+    const target = new HandAnsweredTarget({
+      batchEventsMax: 4096,
+      eventBytesMax: 1 << 20,
+      frameBytesMax: 4 << 20,
+      inflightRequestsMax: 64,
+    });
+    const publisher = new Publisher(target, "t");
+    expect(publisher.batchBytesMax).toBe(REQUEST_BYTES_MAX - REQUEST_FIXED_OVERHEAD_BYTES - 1);
+    expect(() => new Publisher(target, "t", { batchBytesMax: REQUEST_BYTES_MAX })).toThrow(/batchBytesMax/);
   });
 
   test("no more than inflightBatchesMax requests are outstanding", async () => {

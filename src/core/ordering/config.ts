@@ -4,7 +4,7 @@
  * runtime); the core never reads a clock.
  */
 import { REPLICAS_MAX } from "../../../wire/types.ts";
-import { BATCH_REQUESTS_MAX } from "./messages.ts";
+import { BATCH_REQUESTS_MAX, REQUEST_BODY_BYTES_MAX } from "./messages.ts";
 
 /**
  * A replica as the core names it: its rank in the epoch's group, 0..n-1 (members in
@@ -248,6 +248,8 @@ export function checkConfig(cfg: CoreConfig): void {
   // no checkpoint becomes stable again and the group stops at the high water mark.
   if (cfg.logWindow < 2 * cfg.checkpointInterval) throw new RangeError("logWindow must be at least twice checkpointInterval");
   if (cfg.requestBytesMax > cfg.batchBytesMax) throw new RangeError("requestBytesMax must be <= batchBytesMax");
+  // Peers' messages and the records read back at a restart are checked against the structural bound.
+  if (cfg.requestBytesMax > REQUEST_BODY_BYTES_MAX) throw new RangeError(`requestBytesMax must be <= ${REQUEST_BODY_BYTES_MAX}`);
   if (cfg.epochStart !== undefined) {
     const { seq, digest } = cfg.epochStart;
     if (!Number.isSafeInteger(seq) || seq < 1 || seq % cfg.checkpointInterval !== 0) {

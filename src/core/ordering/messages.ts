@@ -12,7 +12,7 @@
  * where the domain names the message kind: a signature made for one kind or one cluster is
  * worthless as another.
  */
-import { DIGEST_BYTES, REPLICAS_MAX, SIGNATURE_BYTES } from "../../../wire/types.ts";
+import { DIGEST_BYTES, FRAME_BYTES_MAX, REPLICAS_MAX, SIGNATURE_BYTES } from "../../../wire/types.ts";
 import type { PersistedRecord } from "./types.ts";
 import { encodeCanonical, withCanonical } from "../../../wire/canonical.ts";
 import type { ReplicaId } from "./config.ts";
@@ -189,7 +189,13 @@ export const NONCE_MAX = 2 ** 48;
 /** A proposal's timestamp, ms since the epoch: any safe integer (dates far beyond this century are still refused by the clock check). */
 export const TIMESTAMP_MS_MAX = Number.MAX_SAFE_INTEGER;
 export const BATCH_REQUESTS_MAX = 4096;
-export const REQUEST_BODY_BYTES_MAX = 1024 * 1024;
+/**
+ * A request body's structural bound: one frame, whatever the configuration. It must never
+ * refuse a request the configured `requestBytesMax` admits (checkConfig holds that): a
+ * request the leader proposed, under this bound, made every backup drop the PRE_PREPARE as
+ * invalid and mute its sender, and read back from the log at a restart as corruption.
+ */
+export const REQUEST_BODY_BYTES_MAX = FRAME_BYTES_MAX;
 export const REQUEST_SPAN_MAX = 65_536;
 export const PREPARED_CERTS_MAX = 4096;
 export const TRANSFER_ITEMS_MAX = 256;
