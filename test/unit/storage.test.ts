@@ -286,6 +286,41 @@ describe("corruption", () => {
     expect(metrics.get("storage_commit_failures_total")).toBe(1);
     expect(log.lines.some((l) => l.msg.startsWith("storage commit failed"))).toBe(true);
   });
+
+  test("a clean stop whose last fold of the write-ahead log fails (a full disk) closes the database and stops through the fatal handler", () => {
+    const dir = freshDir();
+    const log = testLog();
+    const stops: FatalError[] = [];
+    const storage = ReplicaStorage.open({
+      dir,
+      sync: "full",
+      cluster: "unit",
+      replica: 0,
+      log,
+      metrics: new Metrics(),
+      onFatal: (error) => {
+        stops.push(error);
+        throw error;
+      },
+    });
+    storage.stagePart(7, 0, new Uint8Array([1, 2, 3, 4]));
+    storage.commits.flush();
+    // What SQLite throws for PRAGMA wal_checkpoint(TRUNCATE) on a full disk.
+    const db = (storage.store as unknown as { db: { exec(sql: string): void } }).db;
+    const exec = db.exec.bind(db);
+    db.exec = (sql: string) => {
+      if (sql.includes("wal_checkpoint")) throw new Error("database or disk is full");
+      exec(sql);
+    };
+    expect(() => storage.close()).toThrow(FatalError);
+    expect(stops.map((e) => [e.exitCode, e.message])).toEqual([[EXIT_STORAGE_FAILED, "storage close failed: database or disk is full"]]);
+    expect(log.lines.some((l) => l.msg.startsWith("storage could not be closed cleanly"))).toBe(true);
+    // Closed all the same: no descriptor left on the database, and what was committed is read back.
+    expect(descriptorsOf(join(dir, STORE_FILE))).toEqual([]);
+    const reopened = ReplicaStorage.open({ dir, sync: "full", cluster: "unit", replica: 0, log: testLog(), metrics: new Metrics() });
+    expect(reopened.readPart(7, 0)).toEqual(new Uint8Array([1, 2, 3, 4]));
+    reopened.close();
+  });
 });
 
 /** This process's file descriptors open on `path`. */

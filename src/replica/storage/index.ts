@@ -242,8 +242,30 @@ export class ReplicaStorage {
     // Everything staged is durable now, the records of every message sent included. A run
     // that lost records says nothing of the votes it sent before: its clean stop must not
     // lift the next start's fence, so it leaves no marker.
-    if (!this.lostRecords) this.store.transaction(() => this.store.putMeta(STOPPED_CLEAN_META, true));
-    this.store.close();
+    if (!this.lostRecords) {
+      try {
+        this.store.transaction(() => this.store.putMeta(STOPPED_CLEAN_META, true));
+      } catch (error) {
+        // No marker: the next start fences its votes, as after a crash.
+        try {
+          this.store.close();
+        } catch {}
+        return this.failClose(error);
+      }
+    }
+    try {
+      this.store.close();
+    } catch (error) {
+      return this.failClose(error);
+    }
+  }
+
+  /** The clean stop could not finish (a full disk): said, and the process ends with EX_IOERR rather than hang or exit 0. */
+  private failClose(error: unknown): never {
+    this.options.log.error("storage could not be closed cleanly; the next start recovers what was committed from the write-ahead log", {
+      error: (error as Error).message,
+    });
+    return (this.options.onFatal ?? throwFatal)(new FatalError(EXIT_STORAGE_FAILED, `storage close failed: ${(error as Error).message}`));
   }
 
   /**

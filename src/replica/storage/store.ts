@@ -373,12 +373,22 @@ export class ReplicaStore {
     this.disk.commit(this.db, fn);
   }
 
-  /** Folds the write-ahead log into the database file and closes it (a clean stop). */
+  /**
+   * Folds the write-ahead log into the database file and closes it (a clean stop). The
+   * database is closed even when the fold fails (a full disk: SQLITE_FULL), and the error
+   * thrown then: what was committed stays in the write-ahead log, which the next open reads.
+   */
   close(): void {
-    this.db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+    let failure: unknown = null;
+    try {
+      this.db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+    } catch (error) {
+      failure = error;
+    }
     for (const statement of Object.values(this.stmts)) statement.finalize();
     this.db.close();
     this.walSync?.close();
+    if (failure !== null) throw failure;
   }
 
   // -----------------------------------------------------------------------------------
