@@ -183,7 +183,8 @@ export class FramedConn {
     frameBytesMax: number,
     outboundBytesMax: number = OUTBOUND_BYTES_MAX_DEFAULT,
     readonly remote: string = socket.remoteAddress,
-    private readonly now: () => number = Date.now,
+    /** For durations only (how long queued bytes sat untouched): performance.now unless the owner gives its own. */
+    private readonly now: () => number = performance.now.bind(performance),
   ) {
     // A client session frame's length counts its MAC, which the frame limit does not.
     this.decoder = new FrameDecoder({ frameBytesMax: frameBytesMax + CLIENT_FRAME_MAC_BYTES, copyPayloads: true });

@@ -122,8 +122,9 @@ export class PeerInbox {
     this.pings = new RateLimiter(messagesPerSecondMax, messagesPerSecondMax);
   }
 
+  /** Durations only (budgets, mutes): performance.now by default, which a wall-clock step does not move. */
   private now(): number {
-    return (this.options.now ?? Date.now)();
+    return (this.options.now ?? performance.now.bind(performance))();
   }
 
   private queueOf(peer: number): PeerQueue {

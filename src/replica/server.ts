@@ -262,7 +262,12 @@ export interface ServerOptions {
   readonly limits?: Partial<ServerLimits>;
   /** The client blacklist (admission.ts): blacklisted addresses and keys are refused, hostile ones added. */
   readonly admission?: ClientAdmission;
-  /** The clock of the per-address connection rate (tests); Date.now by default. */
+  /**
+   * The clock of the server's durations (connection rates, idle and stuck sessions,
+   * handshake and tarpit times, frames still arriving); tests drive it by hand. By default
+   * performance.now: a step of the wall clock (NTP, an operator) must not close every
+   * session as idle or hold a tarpit's connections for the size of the step.
+   */
   readonly now?: () => number;
 }
 
@@ -399,7 +404,7 @@ export class ReplicaServer {
   }
 
   private now(): number {
-    return (this.options.now ?? Date.now)();
+    return (this.options.now ?? performance.now.bind(performance))();
   }
 
   /** A client session on `conn` sent an urgent request: its frames go first for a while (client-frames.ts). */
@@ -572,7 +577,7 @@ export class ReplicaServer {
     if (fromAddress >= handshakesPerAddressMax) {
       return `${fromAddress} connections awaiting authentication from this address; at most ${handshakesPerAddressMax}`;
     }
-    if (!this.newConnections.take(address, 1, (this.options.now ?? Date.now)())) {
+    if (!this.newConnections.take(address, 1, this.now())) {
       return `more than ${handshakesPerAddressPerSecondMax} new connections a second from this address`;
     }
     return null;

@@ -98,6 +98,8 @@ export async function startCluster(
     replicaConfig?: (id: number) => string | undefined;
     /** No peer_port: peers and clients share each replica's port. */
     sharedPort?: boolean;
+    /** More environment for replica `id`'s process (a preloaded libfaketime, say). */
+    replicaEnv?: (id: number) => Record<string, string>;
   } = {},
 ): Promise<TestCluster> {
   const n = options.replicas ?? 4;
@@ -124,7 +126,7 @@ export async function startCluster(
       const proc = Bun.spawn([BUN, MAIN, "replica", "--config", config, "--id", String(id), ...extra], {
         stdout: "pipe",
         stderr: "pipe",
-        env: { ...process.env, FITB_LOG: process.env.FITB_LOG ?? "info" },
+        env: { ...process.env, FITB_LOG: process.env.FITB_LOG ?? "info", ...(options.replicaEnv?.(id) ?? {}) },
       });
       procs[id] = proc;
       collect(proc.stdout, logs[id] as string[]);
