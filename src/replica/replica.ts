@@ -397,7 +397,10 @@ export class Replica {
       this.gate.expire(Date.now());
       this.audit.flush();
     }, GATE_CHECK_INTERVAL_MS);
-    this.ageSweepTimer = setInterval(() => this.sweepUnorderedByAge(Date.now()), UNORDERED_AGE_SWEEP_INTERVAL_MS);
+    this.ageSweepTimer = setInterval(() => {
+      this.storage.checkInPlace();
+      this.sweepUnorderedByAge(Date.now());
+    }, UNORDERED_AGE_SWEEP_INTERVAL_MS);
     this.server.listen();
     this.peerServer?.listen();
     this.mesh.start();

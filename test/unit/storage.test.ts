@@ -4,7 +4,18 @@
 // another replica is refused.
 import { afterEach, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { existsSync, readdirSync, readFileSync, readlinkSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import type { PersistedRecord } from "../../src/core/ordering/types.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
@@ -285,6 +296,39 @@ describe("corruption", () => {
     expect(stops.map((e) => e.exitCode)).toEqual([EXIT_STORAGE_FAILED]);
     expect(metrics.get("storage_commit_failures_total")).toBe(1);
     expect(log.lines.some((l) => l.msg.startsWith("storage commit failed"))).toBe(true);
+  });
+
+  test("a database file removed or replaced under the running store stops it through the fatal handler", () => {
+    for (const how of ["removed", "replaced by another file"] as const) {
+      const dir = freshDir();
+      const log = testLog();
+      const stops: FatalError[] = [];
+      const storage = ReplicaStorage.open({
+        dir,
+        sync: "full",
+        cluster: "unit",
+        replica: 0,
+        log,
+        metrics: new Metrics(),
+        onFatal: (error) => {
+          stops.push(error);
+          throw error;
+        },
+      });
+      storage.checkInPlace();
+      expect(stops).toEqual([]);
+      const file = join(dir, STORE_FILE);
+      if (how === "removed") rmSync(dir, { recursive: true, force: true });
+      else {
+        copyFileSync(file, `${file}.copy`);
+        renameSync(`${file}.copy`, file);
+      }
+      expect(() => storage.checkInPlace()).toThrow(FatalError);
+      expect(stops.map((e) => [e.exitCode, e.message])).toEqual([
+        [EXIT_STORAGE_FAILED, `the database ${file} was ${how} while the replica ran`],
+      ]);
+      expect(log.lines.some((l) => l.msg.startsWith("the data directory's database was removed or replaced"))).toBe(true);
+    }
   });
 
   test("a clean stop whose last fold of the write-ahead log fails (a full disk) closes the database and stops through the fatal handler", () => {

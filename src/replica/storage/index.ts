@@ -13,6 +13,7 @@
  * the core's own catch-up, anything older by state transfer (state-transfer.ts).
  */
 import { FatalError, type FatalHandler, throwFatal } from "../fatal.ts";
+import { statSync } from "node:fs";
 import { join } from "node:path";
 import type { PersistedRecord } from "../../core/ordering/types.ts";
 import type { PublisherFloor } from "../../core/channels/types.ts";
@@ -170,6 +171,9 @@ export class ReplicaStorage {
     return this.options.dir;
   }
 
+  /** The database file's device and inode at open (on a real disk), to tell it was removed or replaced since. */
+  private readonly fileIdentity: FileIdentity | null;
+
   private constructor(
     readonly store: ReplicaStore,
     private readonly options: StorageOptions,
@@ -178,6 +182,7 @@ export class ReplicaStorage {
   ) {
     this.corruptAtOpen = corrupt;
     this.quarantined = quarantined;
+    this.fileIdentity = (options.disk ?? realDisk) === realDisk ? fileIdentityOf(join(options.dir, STORE_FILE)) : null;
     this.markerFound = takeStopMarker(store, options);
     this.commits = new GroupCommit({
       commit: (writes) =>
@@ -258,6 +263,22 @@ export class ReplicaStorage {
     } catch (error) {
       return this.failClose(error);
     }
+  }
+
+  /**
+   * Stops the replica (its fatal handler, EX_IOERR) when the database file it writes was
+   * removed or replaced since it opened it (`rm -rf` of the data directory, a restore over
+   * it): its writes went to a file no later start would read, so every acknowledgement from
+   * then on would rest on nothing. Called every second or so; one stat.
+   */
+  checkInPlace(): void {
+    if (this.closed || this.fileIdentity === null) return;
+    const file = join(this.options.dir, STORE_FILE);
+    const now = fileIdentityOf(file);
+    if (now !== null && now.dev === this.fileIdentity.dev && now.ino === this.fileIdentity.ino) return;
+    const what = now === null ? "removed" : "replaced by another file";
+    this.options.log.error("the data directory's database was removed or replaced under the running replica; stopping", { file, what });
+    (this.options.onFatal ?? throwFatal)(new FatalError(EXIT_STORAGE_FAILED, `the database ${file} was ${what} while the replica ran`));
   }
 
   /** The clean stop could not finish (a full disk): said, and the process ends with EX_IOERR rather than hang or exit 0. */
@@ -742,4 +763,19 @@ function reportCorruption(options: StorageOptions, rows: readonly CorruptRow[]):
  */
 function mayHoldVotes(row: CorruptRow): boolean {
   return row.table !== "unordered";
+}
+
+interface FileIdentity {
+  readonly dev: number;
+  readonly ino: number;
+}
+
+/** A file's device and inode, or null when it is not there. */
+function fileIdentityOf(path: string): FileIdentity | null {
+  try {
+    const stat = statSync(path);
+    return { dev: stat.dev, ino: stat.ino };
+  } catch {
+    return null;
+  }
 }
