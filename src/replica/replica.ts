@@ -1202,7 +1202,7 @@ export class Replica {
       subscriptions: this.subs.count + this.sys.count,
       clientConnections: this.metrics.get("client_connections"),
       uptimeMs: Date.now() - this.startedMs,
-      rssBytes: process.memoryUsage().rss,
+      rssBytes: residentBytes(),
     };
   }
 
@@ -1371,4 +1371,13 @@ function decodedOrThrow(body: Uint8Array): Request {
   const decoded = decodeRequestBody(body);
   if (!decoded.ok) throw new Error(`decided request does not decode: ${decoded.error.reason}`);
   return decoded.request;
+}
+
+/** The process's resident memory; 0 when it cannot be read (out of file descriptors: reading it opens one). */
+function residentBytes(): number {
+  try {
+    return process.memoryUsage.rss();
+  } catch {
+    return 0;
+  }
 }

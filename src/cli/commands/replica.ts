@@ -25,6 +25,7 @@ import { CONFIG_DEFAULT_TEXT, resolveConfigPath } from "../defaults.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
 import { untilStdinEnds } from "../lifetime.ts";
 import { ensureFtl, FTL_DEFAULT, FTL_RESTARTED_ENV, type FtlSetting, ftlActive } from "../jit.ts";
+import { openFileLimitProblem } from "../open-files.ts";
 import { portHolderNote } from "../port-holder.ts";
 import { restartCommand } from "../self.ts";
 import { SystemdNotifier, watchdogIntervalMs } from "../sd-notify.ts";
@@ -179,6 +180,8 @@ async function runReplica(args: ParsedArgs): Promise<number> {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const log = createLog({ replica: id }, level.level);
   for (const warning of loaded.warnings) log.warn(warning);
+  const fileLimit = openFileLimitProblem(config.n);
+  if (fileLimit !== null) log.warn(fileLimit);
   if (ftlFailure !== null) {
     log.warn("could not restart with the runtime option --ftl asks for; running as started", { reason: ftlFailure, ftl: ftlActive() });
   }
