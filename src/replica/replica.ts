@@ -80,6 +80,8 @@ const GATE_CHECK_INTERVAL_MS = 100;
  * otherwise keep its events past `age_seconds_max` for ever.
  */
 const UNORDERED_AGE_SWEEP_INTERVAL_MS = 1000;
+/** How stale the set of keys the replicated state names may be when a full server asks (namesClient). */
+const NAMED_KEYS_REFRESH_MS = 1000;
 
 export interface ReplicaOptions {
   readonly config: ClusterConfig;
@@ -326,6 +328,7 @@ export class Replica {
       mesh: this.mesh,
       // client_keys, when the cluster file lists any, is the allow-list of client sessions.
       clientKeysAllowed: this.clientKeysAllowed,
+      knownClient: (keyHex) => this.namesClient(keyHex),
       admission: this.admission,
       ...(options.serverLimits === undefined ? {} : { limits: options.serverLimits }),
       clients: {
@@ -1205,6 +1208,27 @@ export class Replica {
       rssBytes: residentBytes(),
     };
   }
+
+  /**
+   * Whether the cluster names this client key: an admin key, a replica's (the group's or
+   * the file's), a key of client_keys, or one the replicated state names (registered on a
+   * channel, a quota). With every client slot taken, such a key takes the slot of a session
+   * whose key the cluster does not name (server.ts).
+   */
+  private namesClient(keyHex: string): boolean {
+    if (this.adminKeys.has(keyHex) || this.clientKeysAllowed?.has(keyHex) === true) return true;
+    const members = this.machine.membership()?.members ?? [];
+    if (members.some((member) => toHex(member.key) === keyHex)) return true;
+    if (this.options.config.replicas.some((replica) => toHex(replica.publicKey) === keyHex)) return true;
+    const now = performance.now();
+    if (this.namedKeys === null || now - this.namedKeys.atMs >= NAMED_KEYS_REFRESH_MS) {
+      this.namedKeys = { keys: this.machine.namedKeys(), atMs: now };
+    }
+    return this.namedKeys.keys.has(keyHex);
+  }
+
+  /** The keys the replicated state names (namesClient), gathered at most every NAMED_KEYS_REFRESH_MS. */
+  private namedKeys: { readonly keys: ReadonlySet<string>; readonly atMs: number } | null = null;
 
   /** The status page: status() plus the counters. */
   statusJson(): unknown {

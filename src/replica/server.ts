@@ -238,6 +238,13 @@ export interface ServerOptions {
   readonly self: number;
   /** Bounds on client frames still arriving; DEFAULT_PARTIAL_FRAME_LIMITS when absent (tests lower them). */
   readonly partialFrames?: PartialFrameLimits;
+  /**
+   * Whether the cluster names this client key (an admin key, a replica's, a key registered
+   * on a channel or given a quota): with every client slot taken, such a key's session takes
+   * the slot of a session whose key the cluster does not name (keys cost nothing to make,
+   * so sessions of made-up keys could otherwise hold every slot). Absent: none is.
+   */
+  readonly knownClient?: (keyHex: string) => boolean;
   /** Whom this listener takes (default both); the other listener's port, for the refusal's reason. */
   readonly accepts?: ListenerRole;
   readonly otherPort?: number;
@@ -624,12 +631,20 @@ export class ReplicaServer {
     conn.release();
     this.endHandshake(conn, state);
     if (state.phase === "peer") this.options.mesh.inboundClosed(conn);
-    if (state.session !== null) {
-      this.clientsByKey.remove(state.session.keyHex);
-      this.clientsByAddress.remove(conn.remote);
-      this.options.clients.onClientClosed(state.session);
-    }
+    this.releaseSession(conn);
     state.phase = "closed";
+  }
+
+  /** A client session gives up its slot (once: at its close, or earlier when evicted). */
+  private releaseSession(conn: FramedConn): void {
+    const state = conn.state as ConnState;
+    const session = state.session;
+    if (session === null) return;
+    state.session = null;
+    state.phase = "closed";
+    this.clientsByKey.remove(session.keyHex);
+    this.clientsByAddress.remove(conn.remote);
+    this.options.clients.onClientClosed(session);
   }
 
   private onData(conn: FramedConn, chunk: Uint8Array): void {
@@ -1002,6 +1017,8 @@ export class ReplicaServer {
     // Other handshakes with the same key or address may have finished since the HELLO.
     const refusal = this.clientRefusal(keyHex, conn.remote);
     if (refusal !== null) return this.refuseClient(conn, refusal);
+    // Proved now: a key the cluster names takes the slot of one it does not name.
+    if (this.clientsByKey.total >= this.limits.clientConnectionsMax) this.evictUnknownClient();
     this.endHandshake(conn, state);
     state.phase = "client";
     conn.useBudget(this.outputBudget);
@@ -1097,10 +1114,18 @@ export class ReplicaServer {
     return sent;
   }
 
-  /** Why one more client session with this key from this address is refused now, or null if it is not. */
+  private isKnownClient(keyHex: string): boolean {
+    return this.options.knownClient?.(keyHex) === true;
+  }
+
+  /**
+   * Why one more client session with this key from this address is refused now, or null if
+   * it is not. With every slot taken, a key the cluster names (knownClient) is refused only
+   * when no session of a key it does not name is left to give up its slot.
+   */
   private clientRefusal(keyHex: string, address: string): string | null {
     const { clientConnectionsMax, clientConnectionsPerKeyMax, clientConnectionsPerAddressMax } = this.limits;
-    if (this.clientsByKey.total >= clientConnectionsMax) {
+    if (this.clientsByKey.total >= clientConnectionsMax && !(this.isKnownClient(keyHex) && this.unknownClientToEvict() !== null)) {
       return `${this.clientsByKey.total} client connections open; at most ${clientConnectionsMax}`;
     }
     const withKey = this.clientsByKey.of(keyHex);
@@ -1112,6 +1137,48 @@ export class ReplicaServer {
       return `${fromAddress} client connections open from this address; at most ${clientConnectionsPerAddressMax}`;
     }
     return null;
+  }
+
+  /**
+   * The session to close for a key the cluster names when every slot is taken: one whose
+   * key it does not name, from the address holding the most client sessions (made-up keys
+   * come many to an address), the newest there; null when every session's key is named.
+   */
+  private unknownClientToEvict(): FramedConn | null {
+    let victim: FramedConn | null = null;
+    let victimAddressSessions = 0;
+    for (const conn of this.conns) {
+      const state = conn.state as ConnState;
+      if (state.phase !== "client" || conn.isClosed || state.session === null || this.isKnownClient(state.session.keyHex)) continue;
+      const sessions = this.clientsByAddress.of(conn.remote);
+      // Later in the set is newer: at an equal count the newest wins.
+      if (sessions >= victimAddressSessions) {
+        victim = conn;
+        victimAddressSessions = sessions;
+      }
+    }
+    return victim;
+  }
+
+  private evictUnknownClient(): void {
+    const victim = this.unknownClientToEvict();
+    if (victim === null) return;
+    this.options.metrics.inc("clients_evicted_total");
+    const key = (victim.state as ConnState).session?.key;
+    this.options.audit?.warn("client-refused", "client session closed for a key the cluster names", {
+      ...(key === undefined ? {} : { key }),
+      address: victim.remote,
+      reason: "every client slot taken; its key is not one the cluster names",
+    });
+    victim.closeWith({
+      type: FrameType.ERROR,
+      body: {
+        code: "OVERLOADED",
+        reason: `${this.limits.clientConnectionsMax} client connections open: a session of a key the cluster does not name gives its place to one it names`,
+      },
+    });
+    // Its slot is free now, not when its socket's close arrives.
+    this.releaseSession(victim);
   }
 
   private refuseClient(conn: FramedConn, reason: string): void {

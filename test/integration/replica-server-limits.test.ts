@@ -329,6 +329,8 @@ function startServer(
     readonly inbox?: Partial<PeerInboxLimits>;
     /** Bounds on client frames still arriving (partial-frames.ts). */
     readonly partialFrames?: PartialFrameLimits;
+    /** The keys the cluster names (server.ts knownClient). */
+    readonly knownClient?: (keyHex: string) => boolean;
   } = {},
 ): Fixture {
   const serverKey = SigningKey.generate();
@@ -382,6 +384,7 @@ function startServer(
     ...(more.admission === undefined ? {} : { admission: more.admission }),
     ...(more.audit === true ? { audit: new AuditLog(log, now) } : {}),
     ...(more.partialFrames === undefined ? {} : { partialFrames: more.partialFrames }),
+    ...(more.knownClient === undefined ? {} : { knownClient: more.knownClient }),
   });
   server.listen();
   cleanups.push(() => {
@@ -615,6 +618,35 @@ describe("authenticated client connections", () => {
     const fx = startServer({ clientConnectionsMax: 1 });
     expectSession(await clientSession(fx.server.port, SigningKey.generate()));
     await expectRefused(await clientSession(fx.server.port, SigningKey.generate()), "1 client connections open; at most 1");
+  });
+
+  test("every slot taken, a key the cluster names takes the newest slot of a key it does not name; made-up keys are still refused", async () => {
+    const named = [SigningKey.generate(), SigningKey.generate()];
+    const namedHex = new Set(named.map((key) => Buffer.from(key.publicKey).toString("hex")));
+    const fx = startServer({ clientConnectionsMax: 3 }, null, undefined, { knownClient: (keyHex) => namedHex.has(keyHex) });
+    const madeUp: RawConn[] = [];
+    for (let i = 0; i < 3; i++) {
+      const session = await clientSession(fx.server.port, SigningKey.generate());
+      expectSession(session);
+      madeUp.push(session);
+    }
+    await expectRefused(await clientSession(fx.server.port, SigningKey.generate()), "3 client connections open; at most 3");
+    // The first named key gets in; the newest made-up session gives up its slot, told why.
+    const first = await clientSession(fx.server.port, named[0] as SigningKey);
+    expectSession(first);
+    await waitFor("the newest made-up session to be closed", () => (madeUp[2] as RawConn).closed);
+    expect((madeUp[2] as RawConn).error).toBe(
+      "OVERLOADED 3 client connections open: a session of a key the cluster does not name gives its place to one it names",
+    );
+    expect(fx.metrics.get("clients_evicted_total")).toBe(1);
+    expect(fx.metrics.get("client_connections")).toBe(3);
+    // A second named key: the next made-up one goes. A third session of a named key finds none left.
+    expectSession(await clientSession(fx.server.port, named[1] as SigningKey));
+    await waitFor("the next made-up session to be closed", () => (madeUp[1] as RawConn).closed);
+    expectSession(await clientSession(fx.server.port, named[0] as SigningKey));
+    await waitFor("the last made-up session to be closed", () => (madeUp[0] as RawConn).closed);
+    await expectRefused(await clientSession(fx.server.port, named[1] as SigningKey), "3 client connections open; at most 3");
+    expect(fx.metrics.get("clients_evicted_total")).toBe(3);
   });
 });
 

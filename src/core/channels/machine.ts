@@ -299,6 +299,16 @@ export class ChannelMachine {
   }
 
   /** A key's quota (lowercase hex of the key), or null: the cluster's defaults apply. */
+  /** Every key the replicated state names, in hex: registered on a channel to publish or to read, or given a quota. */
+  namedKeys(): Set<string> {
+    const keys = new Set<string>(this.state.quotas.keys());
+    for (const channel of this.state.channels.values()) {
+      for (const key of channel.publishers.keys()) keys.add(key);
+      for (const key of channel.subscribers.keys()) keys.add(key);
+    }
+    return keys;
+  }
+
   quotaOf(keyHex: string): KeyQuota | null {
     return this.state.quotas.get(keyHex) ?? null;
   }
