@@ -60,6 +60,7 @@ import { RateLimiter } from "./rate.ts";
 import type { PeerMesh } from "./peers.ts";
 import { type CutFrame, type PartialFrameLimits, PartialFrames } from "./partial-frames.ts";
 import { TARPIT_CONNECTIONS_MAX, TARPIT_HOLD_MS_MAX, TARPIT_PER_ADDRESS_MAX, Tarpit } from "./tarpit.ts";
+import { addressGroup } from "../net/address.ts";
 
 /** A connection whose AUTH has not verified in this time is closed, whatever its HELLO said. */
 export const HANDSHAKE_MS_MAX = 10_000;
@@ -452,7 +453,8 @@ export class ReplicaServer {
           socket as Socket<unknown>,
           server.options.frameBytesMax,
           CLIENT_OUTBOUND_BYTES_MAX,
-          socket.remoteAddress,
+          // Every per-address bound counts an IPv6 /64 as one address (net/address.ts).
+          addressGroup(socket.remoteAddress),
           () => server.now(),
         );
         socket.data = { conn };
@@ -501,7 +503,7 @@ export class ReplicaServer {
   private refusedQuietly(socket: ServerSocket): boolean {
     const admission = this.options.admission;
     if (this.accepts !== "clients" || admission === undefined) return false;
-    const address = socket.remoteAddress;
+    const address = addressGroup(socket.remoteAddress);
     if (!admission.isAddressBlacklisted(address) || !this.blacklistNotices.quiet(address, this.now())) return false;
     this.options.metrics.inc("clients_blacklisted_refused_total");
     if (this.holdInTarpit(socket, address)) this.blacklistNotices.held(address);
