@@ -32,6 +32,7 @@ import { DIALLED_LINK_FRAME_BYTES_MAX, PeerMesh } from "../../src/replica/peers.
 import {
   CLIENT_CONNECTIONS_MAX,
   CLIENT_CONNECTIONS_PER_ADDRESS_MAX,
+  CLIENT_HANDSHAKES_PER_SECOND_MAX,
   CLIENT_CONNECTIONS_PER_KEY_MAX,
   BLACKLIST_NOTICE_MS,
   type ClientHandler,
@@ -500,6 +501,19 @@ describe("connections still in their handshake", () => {
     expectSession(await clientSession(fx.server.port, SigningKey.generate()));
   });
 
+  test("client HELLOs answered are rate limited in all addresses together; the bucket refills with time", async () => {
+    let nowMs = 1_000_000;
+    const fx = startServer({ clientHandshakesPerSecondMax: 1, clientHandshakesBurstMax: 2 }, null, () => nowMs);
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+    await expectRefused(
+      await clientSession(fx.server.port, SigningKey.generate()),
+      "more than 1 client handshakes a second in all; try again",
+    );
+    nowMs += 1_000;
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+  });
+
   for (const { name, limits, reason } of cases) {
     test(`are capped ${name}: one more gets ERROR OVERLOADED naming the limit, and a slot frees when one closes`, async () => {
       const fx = startServer(limits);
@@ -655,6 +669,7 @@ describe("PROTOCOL.md", () => {
     const doc = readFileSync(join(import.meta.dir, "..", "..", "wire", "PROTOCOL.md"), "utf8");
     const fmt = (n: number) => n.toLocaleString("en-US");
     expect(doc).toContain(`\`HANDSHAKE_MS_MAX\` = ${fmt(HANDSHAKE_MS_MAX)}`);
+    expect(doc).toContain(`\`CLIENT_HANDSHAKES_PER_SECOND_MAX\`\n  = ${fmt(CLIENT_HANDSHAKES_PER_SECOND_MAX)}`);
     expect(doc).toContain(`\`HANDSHAKE_FRAME_BYTES_MAX\` = ${fmt(HANDSHAKE_FRAME_BYTES_MAX)}`);
     expect(doc).toContain(`\`HANDSHAKES_MAX\` = ${fmt(HANDSHAKES_MAX)}`);
     expect(doc).toContain(`\`HANDSHAKES_PER_ADDRESS_MAX\` = ${fmt(HANDSHAKES_PER_ADDRESS_MAX)}`);
