@@ -162,7 +162,7 @@ export class Replica {
   private readonly arrivedThrough = new Map<string, number>();
   /** How long a session over its budget is paused next (admission.ts), while it stays over. */
   private readonly overBudgetPauseMs = new WeakMap<ClientSession, number>();
-  /** Refusals before verification per session (by id), before it is paused. */
+  /** Refusals before verification per client key, before its sessions are paused. */
   private readonly refusals = new RateLimiter(REFUSALS_PER_SECOND, REFUSALS_BURST);
   /** Verification budgets per client key and address, and the blacklist (admission.ts). */
   private readonly admission: ClientAdmission;
@@ -643,7 +643,8 @@ export class Replica {
       this.overBudgetPauseMs.delete(session);
       return null;
     }
-    if (this.refusals.take(String(session.id), 1, Date.now())) return refused;
+    // Counted per key: a key's sessions share its allowance (64 sessions must not draw 64 bursts).
+    if (this.refusals.take(session.keyHex, 1, performance.now())) return refused;
     const pauseMs = this.overBudgetPauseMs.get(session) ?? OVER_BUDGET_PAUSE_MS;
     this.overBudgetPauseMs.set(session, Math.min(OVER_BUDGET_PAUSE_MS_MAX, pauseMs * 2));
     this.pauseSession(session, pauseMs, refused.reason);

@@ -98,6 +98,18 @@ describe("client session defences are counted and logged", () => {
     session.destroy();
   });
 
+  test("the refusals are counted per key: sessions of one key each under the burst, together over it, are paused", async () => {
+    const { replica, port } = startReplica({});
+    const key = SigningKey.generate();
+    const sessions = Array.from({ length: 5 }, () => new Session(port, key));
+    for (const session of sessions) await session.handshake();
+    // Nine tenths of the burst each: no session alone would be paused, the key is (unless the
+    // replica took over 30 s to refuse them all, refilling the allowance meanwhile).
+    for (const session of sessions) session.publishMany(Math.floor(REFUSALS_BURST * 0.9), true);
+    await waitFor("a session of the key paused", () => replica.metrics.get("client_sessions_paused_total") >= 1, 30_000);
+    for (const session of sessions) session.destroy();
+  });
+
   test("a reply the connection has no room for is dropped: fitb_replies_dropped_total and a line with key, address and reason", async () => {
     // An output budget for all client connections smaller than any REPLY: every reply is dropped.
     const { replica, port, logLines } = startReplica({ serverLimits: { clientOutputBytesMax: 16 } });
