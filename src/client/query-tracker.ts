@@ -81,6 +81,7 @@ export class QueryTracker {
   onQueryReply(replica: number, body: QueryReply): void {
     const pending = this.queries.get(body.id);
     if (pending === undefined || pending.answered.has(replica)) return;
+    if (!body.ok && body.code === "OVERLOADED") return this.askLater(pending, replica);
     pending.answered.add(replica);
     if (body.at !== undefined) pending.ats.set(replica, body.at);
     const outcome = pending.rule.add(replica, body);
@@ -105,6 +106,17 @@ export class QueryTracker {
       const connection = this.ctx.group.connection(replica);
       if (connection !== undefined) this.sendQuery(pending, connection);
     }
+  }
+
+  /**
+   * The replica is over its budget of queries for this client or its address (OVERLOADED):
+   * not an answer. It is asked again once a growing delay is over (QUERY_REASK_BACKOFF,
+   * never at once), until the query's deadline.
+   */
+  private askLater(pending: PendingQuery, replica: number): void {
+    pending.sentTo.delete(replica);
+    const count = pending.reasks.get(replica)?.count ?? 0;
+    pending.reasks.set(replica, { count: count + 1, dueAt: this.ctx.now() + backoffBaseDelayMs(count, QUERY_REASK_BACKOFF) });
   }
 
   /** Sends the re-asks whose delay is over. */

@@ -38,12 +38,22 @@ export const VERIFICATION_BURST_SECONDS = 2;
 export const OVER_BUDGET_PAUSE_MS = 100;
 export const OVER_BUDGET_PAUSE_MS_MAX = 5_000;
 /**
- * Refusals before verification one session may draw without being paused: a burst of
- * REFUSALS_BURST (room for a client's whole window of requests in flight refused at once,
- * say behind a gap), refilled at REFUSALS_PER_SECOND.
+ * Refusals before verification one client key's sessions may draw without being paused: a
+ * burst of REFUSALS_BURST (room for a client's whole window of requests in flight refused
+ * at once, say behind a gap), refilled at REFUSALS_PER_SECOND.
  */
 export const REFUSALS_PER_SECOND = 100;
 export const REFUSALS_BURST = 1_024;
+/**
+ * Queries (status, list-channels, channel-info, ...) answered a second per client key, and
+ * per remote address whatever the keys, past bursts: `fitb top`, consoles and clients
+ * following the group ask a few a second; past these a query is answered OVERLOADED. 8
+ * sessions asking `status` as fast as they could took two thirds of a leader's core.
+ */
+export const QUERIES_PER_KEY_PER_SECOND = 100;
+export const QUERIES_PER_KEY_BURST = 500;
+export const QUERIES_PER_ADDRESS_PER_SECOND = 1_000;
+export const QUERIES_PER_ADDRESS_BURST = 5_000;
 export const KEY_BLACKLIST_MS = 10 * 60_000;
 export const ADDRESS_BLACKLIST_MS = 60_000;
 /** Keys and addresses blacklisted at once, each; past it the oldest entry is forgotten. */

@@ -95,6 +95,7 @@ const COUNTERS = {
     "Client sessions closed because a frame of theirs was arriving too slowly, or slowest while unfinished frames held more than their bound",
   clients_key_revoked_closed_total: "Client sessions closed because their key left the allow-list (a replica key rotated away or removed)",
   clients_refused_total: "Client sessions refused at a connection bound",
+  queries_refused_total: "Queries answered OVERLOADED: over the budget of queries per client key or per address",
   clients_evicted_total: "Client sessions of keys the cluster does not name closed, every slot taken, for a key it names",
   state_transfer_serve_requests_total: "State transfer requests from peers",
   state_transfer_serve_refused_total: "State transfer requests refused",

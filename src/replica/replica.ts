@@ -34,7 +34,17 @@ import {
   type SignedRequest,
 } from "../../wire/schemas.ts";
 import { type ErrorCode, FrameType, SHARED_SUBSCRIPTIONS_VERSION } from "../../wire/types.ts";
-import { ClientAdmission, OVER_BUDGET_PAUSE_MS, OVER_BUDGET_PAUSE_MS_MAX, REFUSALS_BURST, REFUSALS_PER_SECOND } from "./admission.ts";
+import {
+  ClientAdmission,
+  OVER_BUDGET_PAUSE_MS,
+  OVER_BUDGET_PAUSE_MS_MAX,
+  QUERIES_PER_ADDRESS_BURST,
+  QUERIES_PER_ADDRESS_PER_SECOND,
+  QUERIES_PER_KEY_BURST,
+  QUERIES_PER_KEY_PER_SECOND,
+  REFUSALS_BURST,
+  REFUSALS_PER_SECOND,
+} from "./admission.ts";
 import { AuditLog } from "./audit.ts";
 import { ExecutionGate } from "./execution-gate.ts";
 import type { Log } from "./log.ts";
@@ -164,6 +174,9 @@ export class Replica {
   private readonly overBudgetPauseMs = new WeakMap<ClientSession, number>();
   /** Refusals before verification per client key, before its sessions are paused. */
   private readonly refusals = new RateLimiter(REFUSALS_PER_SECOND, REFUSALS_BURST);
+  /** Queries answered per client key and per remote address (admission.ts, QUERIES_*). */
+  private readonly queriesByKey = new RateLimiter(QUERIES_PER_KEY_PER_SECOND, QUERIES_PER_KEY_BURST);
+  private readonly queriesByAddress = new RateLimiter(QUERIES_PER_ADDRESS_PER_SECOND, QUERIES_PER_ADDRESS_BURST);
   /** Verification budgets per client key and address, and the blacklist (admission.ts). */
   private readonly admission: ClientAdmission;
   /** `$sys.replica.<id>` and `$sys.events` (sys-channels.ts). */
@@ -474,7 +487,7 @@ export class Replica {
       case FrameType.REQUEST:
         return this.onRequest(session, frame.body);
       case FrameType.QUERY:
-        return this.onQuery(session, frame.body);
+        return this.queryWithinBudget(session, frame.body) ? this.onQuery(session, frame.body) : undefined;
       case FrameType.SUBSCRIBE:
         // One id space per connection for system and channel subscriptions (wire/PROTOCOL.md
         // 4.10): whichever holds the id refuses the SUBSCRIBE, so an UNSUBSCRIBE names one.
@@ -1112,6 +1125,22 @@ export class Replica {
   // ---------------------------------------------------------------------------------
   // Queries (read-only, answered from this replica's state)
   // ---------------------------------------------------------------------------------
+
+  /** Whether the session's key and address may ask one more query now; answered OVERLOADED, counted, when not. */
+  private queryWithinBudget(session: ClientSession, query: Query): boolean {
+    const now = performance.now();
+    const byKey = this.queriesByKey.take(session.keyHex, 1, now);
+    if (byKey && this.queriesByAddress.take(session.conn.remote, 1, now)) return true;
+    this.metrics.inc("queries_refused_total");
+    const reason = byKey
+      ? `more than ${QUERIES_PER_ADDRESS_PER_SECOND} queries a second from this address`
+      : `more than ${QUERIES_PER_KEY_PER_SECOND} queries a second with this key`;
+    session.conn.send({
+      type: FrameType.QUERY_REPLY,
+      body: { id: query.id, replica: this.options.id, ok: false, code: "OVERLOADED", reason, at: this.executedSeq },
+    });
+    return false;
+  }
 
   private onQuery(session: ClientSession, query: Query): void {
     const { id, q, after } = query;

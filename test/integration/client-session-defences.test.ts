@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { initCluster } from "../../src/config/init.ts";
 import { loadSigningKeyFile, SigningKey } from "../../src/crypto/keys.ts";
-import { REFUSALS_BURST } from "../../src/replica/admission.ts";
+import { QUERIES_PER_KEY_BURST, QUERIES_PER_KEY_PER_SECOND, REFUSALS_BURST } from "../../src/replica/admission.ts";
 import { createLog } from "../../src/replica/log.ts";
 import { Replica, type ReplicaOptions } from "../../src/replica/replica.ts";
 import { FrameType } from "../../wire/types.ts";
@@ -108,6 +108,30 @@ describe("client session defences are counted and logged", () => {
     for (const session of sessions) session.publishMany(Math.floor(REFUSALS_BURST * 0.9), true);
     await waitFor("a session of the key paused", () => replica.metrics.get("client_sessions_paused_total") >= 1, 30_000);
     for (const session of sessions) session.destroy();
+  });
+
+  test("queries past the key's budget are answered OVERLOADED and counted", async () => {
+    const { replica, port } = startReplica({});
+    const session = new Session(port, SigningKey.generate());
+    await session.handshake();
+    const asked = QUERIES_PER_KEY_BURST + 500;
+    for (let id = 1; id <= asked; id++) session.send({ type: FrameType.QUERY, body: { id, q: "list-channels" } });
+    const answers = () => session.frames.filter((f) => f.type === FrameType.QUERY_REPLY);
+    await waitFor("every query answered", () => answers().length === asked, 30_000);
+    const refused = answers().filter((f) => f.type === FrameType.QUERY_REPLY && !f.body.ok);
+    // The burst, and what refilled while they were answered (5 s would refill all), went through; the rest were refused.
+    expect(refused.length).toBeGreaterThan(0);
+    expect(refused.length).toBeLessThanOrEqual(500);
+    expect(replica.metrics.get("queries_refused_total")).toBe(refused.length);
+    for (const f of refused) {
+      if (f.type === FrameType.QUERY_REPLY && !f.body.ok) {
+        expect([f.body.code, f.body.reason]).toEqual([
+          "OVERLOADED",
+          `more than ${QUERIES_PER_KEY_PER_SECOND} queries a second with this key`,
+        ]);
+      }
+    }
+    session.destroy();
   });
 
   test("a reply the connection has no room for is dropped: fitb_replies_dropped_total and a line with key, address and reason", async () => {

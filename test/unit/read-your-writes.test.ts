@@ -561,4 +561,30 @@ describe("query re-asks are spaced", () => {
     expect(sent.get(0)).toHaveLength(4);
     tracker.failAll(new Error("done") as never);
   });
+
+  test("an OVERLOADED answer (the replica's query budget) is no vote: asked again after a delay, and its later answer counts", async () => {
+    let now = 0;
+    const { tracker, sent } = trackerOf(() => now, 0);
+    const query = tracker.run(
+      { id: 0, q: "channel-info", tag: "sec.alerts" },
+      channelInfoRule(4, 1, "channel-info", 0, () => [0, 1, 2, 3]),
+    );
+    const overloaded = (replica: number): QueryReply => ({
+      id: 1,
+      replica,
+      ok: false,
+      code: "OVERLOADED",
+      reason: "more than 100 queries a second with this key",
+      at: 0,
+    });
+    // Three replicas over budget, one answers: no verdict (f+1 = 2 matching answers needed), not a failure either.
+    for (const replica of [0, 1, 2]) tracker.onQueryReply(replica, overloaded(replica));
+    tracker.onQueryReply(3, described(3, 0));
+    for (const replica of [0, 1, 2]) expect(sent.get(replica)).toHaveLength(1);
+    now += QUERY_REASK_BACKOFF.initialDelayMs;
+    tracker.tick(now);
+    for (const replica of [0, 1, 2]) expect(sent.get(replica)).toHaveLength(2);
+    tracker.onQueryReply(0, described(0, 0));
+    expect(await query).toMatchObject({ tag: "sec.alerts", priority: "critical" });
+  });
 });
