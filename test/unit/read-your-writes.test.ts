@@ -574,7 +574,7 @@ describe("query re-asks are spaced", () => {
       replica,
       ok: false,
       code: "OVERLOADED",
-      reason: "more than 100 queries a second with this key",
+      reason: "more than 500 queries a second with this key",
       at: 0,
     });
     // Three replicas over budget, one answers: no verdict (f+1 = 2 matching answers needed), not a failure either.
