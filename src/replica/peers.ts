@@ -188,7 +188,7 @@ interface OutboundLink {
   hostIndex: number;
   /** Addresses that failed since the link was last open: when all have, the backoff applies. */
   failedHosts: number;
-  /** Multi-homed peers only: when the open link last received anything, and its PING timer. */
+  /** Multi-homed peers only: when the open link last received anything (performance.now: a wall-clock step must not fail the link), and its PING timer. */
   receivedMs: number;
   pingTimer: ReturnType<typeof setInterval> | null;
   pings: number;
@@ -635,7 +635,7 @@ export class PeerMesh {
       }
       if (frame.type === FrameType.PONG) {
         // The answer to our liveness PING (multi-homed peers); its arrival is what counts.
-        link.receivedMs = Date.now();
+        link.receivedMs = performance.now();
         continue;
       }
       // The dialled side never sends anything else on a link we dialled.
@@ -712,11 +712,11 @@ export class PeerMesh {
   private startLiveness(link: OutboundLink): void {
     this.stopLiveness(link);
     if (link.hosts.length < 2) return;
-    link.receivedMs = Date.now();
+    link.receivedMs = performance.now();
     const conn = link.conn;
     link.pingTimer = setInterval(() => {
       if (link.conn !== conn || conn === null || link.phase !== "open") return;
-      const silentMs = Date.now() - link.receivedMs;
+      const silentMs = Math.round(performance.now() - link.receivedMs);
       if (silentMs > this.timing.silenceMs) {
         this.options.metrics.inc("peer_links_silent_total");
         this.options.log.warn("peer link silent; trying the peer's next address", {
