@@ -124,7 +124,7 @@ export class PeerInbox {
 
   /** Durations only (budgets, mutes): performance.now by default, which a wall-clock step does not move. */
   private now(): number {
-    return (this.options.now ?? performance.now.bind(performance))();
+    return this.options.now === undefined ? performance.now() : this.options.now();
   }
 
   private queueOf(peer: number): PeerQueue {

@@ -428,7 +428,7 @@ export class ReplicaServer {
   }
 
   private now(): number {
-    return (this.options.now ?? performance.now.bind(performance))();
+    return this.options.now === undefined ? performance.now() : this.options.now();
   }
 
   /** A client session on `conn` sent an urgent request: its frames go first for a while (client-frames.ts). */
