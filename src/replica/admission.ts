@@ -45,6 +45,15 @@ export const OVER_BUDGET_PAUSE_MS_MAX = 5_000;
 export const REFUSALS_PER_SECOND = 100;
 export const REFUSALS_BURST = 1_024;
 /**
+ * A refused request counts one refusal per this many bytes of its body (at least one): it
+ * was decoded whole before it was refused, and a 4 MiB one costs some 13 ms. 4.75 GB of
+ * refused 4 MiB requests from 8 sessions took two thirds of a core; at 64 KiB a unit a key
+ * draws 64 MiB in a burst, then 6.4 MiB a second.
+ */
+export const REFUSAL_BYTES_PER_UNIT = 64 * 1024;
+/** One address's allowance of refusals, whatever the keys, is this many keys' (keys cost nothing to make). */
+export const REFUSALS_PER_ADDRESS_FACTOR = 4;
+/**
  * Queries (status, list-channels, channel-info, ...) answered a second per client key, and
  * per remote address whatever the keys, past bursts: `fitb top`, consoles and clients
  * following the group ask a few a second, a relay whose users subscribe to many tags at

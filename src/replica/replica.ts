@@ -42,7 +42,9 @@ import {
   QUERIES_PER_ADDRESS_PER_SECOND,
   QUERIES_PER_KEY_BURST,
   QUERIES_PER_KEY_PER_SECOND,
+  REFUSAL_BYTES_PER_UNIT,
   REFUSALS_BURST,
+  REFUSALS_PER_ADDRESS_FACTOR,
   REFUSALS_PER_SECOND,
 } from "./admission.ts";
 import { AuditLog } from "./audit.ts";
@@ -174,6 +176,11 @@ export class Replica {
   private readonly overBudgetPauseMs = new WeakMap<ClientSession, number>();
   /** Refusals before verification per client key, before its sessions are paused. */
   private readonly refusals = new RateLimiter(REFUSALS_PER_SECOND, REFUSALS_BURST);
+  /** The same per remote address, whatever the keys, at REFUSALS_PER_ADDRESS_FACTOR times the rate. */
+  private readonly refusalsByAddress = new RateLimiter(
+    REFUSALS_PER_SECOND * REFUSALS_PER_ADDRESS_FACTOR,
+    REFUSALS_BURST * REFUSALS_PER_ADDRESS_FACTOR,
+  );
   /** Queries answered per client key and per remote address (admission.ts, QUERIES_*). */
   private readonly queriesByKey = new RateLimiter(QUERIES_PER_KEY_PER_SECOND, QUERIES_PER_KEY_BURST);
   private readonly queriesByAddress = new RateLimiter(QUERIES_PER_ADDRESS_PER_SECOND, QUERIES_PER_ADDRESS_BURST);
@@ -530,7 +537,9 @@ export class Replica {
   private onRequest(session: ClientSession, frame: RequestFrame): void {
     this.metrics.inc("requests_total");
     const signed: SignedRequest = { body: frame.body, sig: frame.sig };
-    const admitted = admitUnverified(signed, session.keyHex, (request) => this.beforeVerify(session, request, frame.after));
+    const admitted = admitUnverified(signed, session.keyHex, (request) =>
+      this.beforeVerify(session, request, frame.after, signed.body.length),
+    );
     if (!admitted.ok) return this.refuseAdmission(session, signed, admitted);
     // In the pipeline from here: a later request of the space is no gap (gapBefore).
     if (admitted.request.op.t === "admin" || this.machine.orderOf(admitted.request.op.tag) === "total") {
@@ -639,13 +648,14 @@ export class Replica {
    * The one point just before a request's signature is verified: the key's and address's
    * verification budgets (admission.ts), then what may be refused without a verification.
    * A session whose requests are refused here (over budget, or asking what its key may
-   * not do) faster than REFUSALS_PER_SECOND, past a burst of REFUSALS_BURST, is also not
-   * read for a while: OVER_BUDGET_PAUSE_MS, doubling while its requests keep being refused
+   * not do) faster than its key's REFUSALS_PER_SECOND, past a burst of REFUSALS_BURST, or
+   * its address's REFUSALS_PER_ADDRESS_FACTOR times those (a refusal per
+   * REFUSAL_BYTES_PER_UNIT bytes of the request's body), is also not read for a while: OVER_BUDGET_PAUSE_MS, doubling while its requests keep being refused
    * (up to OVER_BUDGET_PAUSE_MS_MAX), until one passes. A correct client is refused here
    * rarely and briefly; one writing refused requests at full speed is slowed by TCP
    * instead of costing a refusal each.
    */
-  private beforeVerify(session: ClientSession, request: Request, after: number | undefined): Refused | null {
+  private beforeVerify(session: ClientSession, request: Request, after: number | undefined, bodyBytes: number): Refused | null {
     const over = this.admission.beforeVerify(session.keyHex, session.conn.remote);
     if (over !== null) this.metrics.inc(over.budget === "key" ? "client_key_budget_refused_total" : "client_address_budget_refused_total");
     const refused =
@@ -656,8 +666,13 @@ export class Replica {
       this.overBudgetPauseMs.delete(session);
       return null;
     }
-    // Counted per key: a key's sessions share its allowance (64 sessions must not draw 64 bursts).
-    if (this.refusals.take(session.keyHex, 1, performance.now())) return refused;
+    // Counted per key (a key's sessions share its allowance: 64 sessions must not draw 64
+    // bursts) and per address (keys cost nothing to make), by size: a refused request was
+    // decoded whole, about 3 ms of CPU per MiB, so a large one counts as many.
+    const cost = Math.max(1, Math.ceil(bodyBytes / REFUSAL_BYTES_PER_UNIT));
+    const now = performance.now();
+    const withinKey = this.refusals.take(session.keyHex, cost, now);
+    if (withinKey && this.refusalsByAddress.take(session.conn.remote, cost, now)) return refused;
     const pauseMs = this.overBudgetPauseMs.get(session) ?? OVER_BUDGET_PAUSE_MS;
     this.overBudgetPauseMs.set(session, Math.min(OVER_BUDGET_PAUSE_MS_MAX, pauseMs * 2));
     this.pauseSession(session, pauseMs, refused.reason);
