@@ -60,7 +60,6 @@ import { RateLimiter } from "./rate.ts";
 import type { PeerMesh } from "./peers.ts";
 import { type CutFrame, type PartialFrameLimits, PartialFrames } from "./partial-frames.ts";
 import { TARPIT_CONNECTIONS_MAX, TARPIT_HOLD_MS_MAX, TARPIT_PER_ADDRESS_MAX, Tarpit } from "./tarpit.ts";
-import { addressGroup } from "../net/address.ts";
 
 /** A connection whose AUTH has not verified in this time is closed, whatever its HELLO said. */
 export const HANDSHAKE_MS_MAX = 10_000;
@@ -469,8 +468,7 @@ export class ReplicaServer {
           socket as Socket<unknown>,
           server.options.frameBytesMax,
           CLIENT_OUTBOUND_BYTES_MAX,
-          // Every per-address bound counts an IPv6 /64 as one address (net/address.ts).
-          addressGroup(socket.remoteAddress),
+          socket.remoteAddress,
           () => server.now(),
         );
         socket.data = { conn };
@@ -519,7 +517,7 @@ export class ReplicaServer {
   private refusedQuietly(socket: ServerSocket): boolean {
     const admission = this.options.admission;
     if (this.accepts !== "clients" || admission === undefined) return false;
-    const address = addressGroup(socket.remoteAddress);
+    const address = socket.remoteAddress;
     if (!admission.isAddressBlacklisted(address) || !this.blacklistNotices.quiet(address, this.now())) return false;
     this.options.metrics.inc("clients_blacklisted_refused_total");
     if (this.holdInTarpit(socket, address)) this.blacklistNotices.held(address);
