@@ -37,6 +37,7 @@ import { HostAllowlist } from "./console/host-allowlist.ts";
 import { CommandError, UsageError } from "./errors.ts";
 import { checkMetricsHostNames } from "./metrics-flags.ts";
 import { VERSION } from "./run.ts";
+import { addressGroup } from "../net/address.ts";
 
 /** A scrape has no body; a larger one is refused (413) before it is read. */
 export const METRICS_REQUEST_BODY_BYTES_MAX = 1_024;
@@ -659,43 +660,4 @@ class MetricsConnection {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
   }
-}
-
-/**
- * What the per-address connection bound counts by: an IPv4 address (also written as an
- * IPv4-mapped IPv6 one), or an IPv6 address's /64, which one host usually holds whole (a
- * host with many IPv6 addresses must not hold the bound many times over).
- */
-export function addressGroup(remote: string): string {
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(remote);
-  if (mapped !== null) return mapped[1] as string;
-  if (!remote.includes(":")) return remote;
-  const groups = ipv6Groups(remote);
-  return groups === null ? remote : `${groups.slice(0, 4).join(":")}::/64`;
-}
-
-/** The eight 16-bit groups of a textual IPv6 address (zone and embedded IPv4 allowed), lowercase without leading zeros; null if it is not one. */
-function ipv6Groups(text: string): string[] | null {
-  const address = text.split("%")[0] as string;
-  const [head, tail, ...more] = address.split("::");
-  if (more.length > 0 || head === undefined) return null;
-  const parts = (part: string | undefined): string[] | null => {
-    if (part === undefined || part === "") return [];
-    const out: string[] = [];
-    for (const piece of part.split(":")) {
-      const v4 = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(piece);
-      if (v4 !== null) {
-        const [a, b, c, d] = v4.slice(1).map(Number) as [number, number, number, number];
-        out.push(((a << 8) | b).toString(16), ((c << 8) | d).toString(16));
-      } else if (/^[0-9a-f]{1,4}$/i.test(piece)) out.push(Number.parseInt(piece, 16).toString(16));
-      else return null;
-    }
-    return out;
-  };
-  const left = parts(head);
-  const right = parts(tail);
-  if (left === null || right === null) return null;
-  if (tail === undefined) return left.length === 8 ? left : null;
-  const missing = 8 - left.length - right.length;
-  return missing < 1 ? null : [...left, ...new Array<string>(missing).fill("0"), ...right];
 }

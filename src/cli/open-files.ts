@@ -19,7 +19,8 @@ const OTHER_FILES = 128;
 
 /** What the replica's bounds can hold open at once in a group of `n` replicas. */
 export function openFilesNeeded(n: number): number {
-  return CLIENT_CONNECTIONS_MAX + HANDSHAKES_MAX + TARPIT_CONNECTIONS_MAX + METRICS_CONNECTIONS_MAX + 2 * n + OTHER_FILES;
+  // Handshakes twice: the client listener's and, with a peer_port, the peer listener's own.
+  return CLIENT_CONNECTIONS_MAX + 2 * HANDSHAKES_MAX + TARPIT_CONNECTIONS_MAX + METRICS_CONNECTIONS_MAX + 2 * n + OTHER_FILES;
 }
 
 /** The soft "Max open files" of /proc/self/limits' text; null when it is not there or unlimited. */

@@ -130,7 +130,8 @@ export class ClientAdmission {
 
   constructor(
     limits: Partial<AdmissionLimits> = {},
-    private readonly now: () => number = Date.now,
+    /** Durations only (budgets, blacklist times): performance.now, which a wall-clock step does not move. */
+    private readonly now: () => number = () => performance.now(),
   ) {
     this.limits = { ...ADMISSION_LIMITS_DEFAULT, ...limits };
     for (const [name, value] of Object.entries(this.limits)) {

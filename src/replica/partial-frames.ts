@@ -7,12 +7,17 @@
  * in a replica and got its view changed. Here every client connection's unfinished frame
  * is counted, in all and by remote address (an IPv6 /64 is one address), and:
  *
- * - past `bytesMax` in all, or `perAddressBytesMax` for one address, the frames arriving
- *   slowest (bytes that arrived over the time since the frame began) are cut, their
- *   connections closed, until the count is back under the bound: a sender that stalls
- *   holds the least rate, and a frame coming at the link's speed is the last to go;
- * - a frame that over `graceMs` got less than `bytesPerSecondMin` on average is cut
- *   whatever the counts (a byte every 25 s kept the idle timeout from ever firing).
+ * - past `perAddressBytesMax` for one address, that address's frames arriving slowest
+ *   (bytes that arrived over the time since the frame began) are cut, their connections
+ *   closed, until it is back under; past `bytesMax` in all, the slowest frames of the
+ *   address holding the most: a sender that stalls holds the least rate, a frame coming
+ *   at the link's speed is the last to go, and senders from many addresses cannot push
+ *   out a slow honest frame from an address holding little;
+ * - while the frames held pass a quarter of `bytesMax` (someone is filling it), a frame
+ *   that over `graceMs` got less than `bytesPerSecondMin` on average is cut (a byte every
+ *   25 s kept the idle timeout from ever firing). Below that, a frame may come as slowly
+ *   as its link allows: a client sends each request to every replica, so a probe on a
+ *   2 Mbit/s uplink sends each of four replicas about 60 KB/s.
  *
  * A connection whose reads this replica paused (its frames wait in the client scheduler,
  * or its client is over its budget) cannot make progress, so it is neither chosen nor
@@ -27,8 +32,8 @@ export const PARTIAL_FRAME_BYTES_MAX = 256 * 1024 * 1024;
 export const PARTIAL_FRAME_BYTES_PER_ADDRESS_MAX = PARTIAL_FRAME_BYTES_MAX / 4;
 /** A frame still arriving after this long must come at PARTIAL_FRAME_BYTES_PER_SECOND_MIN at least. */
 export const PARTIAL_FRAME_GRACE_MS = 10_000;
-/** 64 KiB/s: a 4 MiB frame in about a minute; a client on a slower link sends smaller batches. */
-export const PARTIAL_FRAME_BYTES_PER_SECOND_MIN = 64 * 1024;
+/** 16 KiB/s while the frames held pass a quarter of the bound: a 2 MiB publish in about two minutes. */
+export const PARTIAL_FRAME_BYTES_PER_SECOND_MIN = 16 * 1024;
 
 export interface PartialFrameLimits {
   readonly bytesMax: number;
@@ -126,9 +131,10 @@ export class PartialFrames<C> {
    */
   slow(nowMs: number): CutFrame<C>[] {
     const cut: CutFrame<C>[] = [];
-    const { graceMs, bytesPerSecondMin } = this.limits;
+    const { graceMs, bytesPerSecondMin, bytesMax } = this.limits;
+    const judged = this.total > bytesMax / 4;
     for (const [conn, entry] of this.unfinished) {
-      if (this.paused(conn)) {
+      if (this.paused(conn) || !judged) {
         entry.windowMs = nowMs;
         entry.windowArrived = entry.arrived;
         continue;
@@ -159,9 +165,16 @@ export class PartialFrames<C> {
       );
     }
     while (this.total > bytesMax) {
-      const slowest = this.slowest(nowMs, null);
+      const fullest = this.fullestAddress();
+      const slowest = fullest === null ? null : this.slowest(nowMs, fullest);
       if (slowest === null) break;
-      cut.push(this.cut(slowest, nowMs, `this replica holds ${this.total} bytes of client frames still arriving, over ${bytesMax}`));
+      cut.push(
+        this.cut(
+          slowest,
+          nowMs,
+          `this replica holds ${this.total} bytes of client frames still arriving, over ${bytesMax}, its address the most`,
+        ),
+      );
     }
     return cut;
   }
@@ -171,6 +184,24 @@ export class PartialFrames<C> {
     const rate = Math.floor(rateOf(entry, nowMs));
     this.forget(conn, entry);
     return { conn, reason: `${why}; the frame arriving slowest is cut (${rate} bytes/s)` };
+  }
+
+  /** The address holding the most in frames that may be cut (its connections' reads not paused); null when none. */
+  private fullestAddress(): string | null {
+    let fullest: string | null = null;
+    let most = 0;
+    const candidates = new Map<string, number>();
+    for (const [conn, entry] of this.unfinished) {
+      if (this.paused(conn)) continue;
+      candidates.set(entry.address, (candidates.get(entry.address) ?? 0) + entry.reserved);
+    }
+    for (const [address, held] of candidates) {
+      if (held > most) {
+        most = held;
+        fullest = address;
+      }
+    }
+    return fullest;
   }
 
   /** The unfinished frame with the lowest rate, of `address` or of all; null when none. */

@@ -289,8 +289,9 @@ export class PeerFilter {
 
   constructor(private readonly options: PeerFilterOptions) {}
 
+  /** Durations only (the FORWARD window, the pace of executed PRE_PREPAREs): a wall-clock step must not move them. */
   private now(): number {
-    return (this.options.now ?? Date.now)();
+    return this.options.now === undefined ? performance.now() : this.options.now();
   }
 
   /** Why `msg` from `from` can be dropped before it is decoded, or null: it goes on. */

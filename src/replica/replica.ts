@@ -129,6 +129,8 @@ export interface ReplicaOptions {
   readonly joining?: { readonly self: ReplicaEntry; readonly epoch: JoinEpoch };
   /** The verification budgets and blacklist (admission.ts); tests give one with small budgets and their clock. */
   readonly admission?: ClientAdmission;
+  /** The clock of the refusal and query allowances per key and address (ms, monotonic); performance.now by default, tests hold it still. */
+  readonly allowanceNow?: () => number;
   /** Overrides of the client listener's limits (server.ts); tests give small ones. */
   readonly serverLimits?: Partial<ServerLimits>;
   /** Priority shedding's event loop lag target in ms (shedding.ts); 0 or absent (the default): off. */
@@ -670,7 +672,7 @@ export class Replica {
     // bursts) and per address (keys cost nothing to make), by size: a refused request was
     // decoded whole, about 3 ms of CPU per MiB, so a large one counts as many.
     const cost = Math.max(1, Math.ceil(bodyBytes / REFUSAL_BYTES_PER_UNIT));
-    const now = performance.now();
+    const now = this.allowanceNow();
     const withinKey = this.refusals.take(session.keyHex, cost, now);
     if (withinKey && this.refusalsByAddress.take(session.conn.remote, cost, now)) return refused;
     const pauseMs = this.overBudgetPauseMs.get(session) ?? OVER_BUDGET_PAUSE_MS;
@@ -1141,10 +1143,16 @@ export class Replica {
   // Queries (read-only, answered from this replica's state)
   // ---------------------------------------------------------------------------------
 
+  private allowanceNow(): number {
+    return this.options.allowanceNow === undefined ? performance.now() : this.options.allowanceNow();
+  }
+
   /** Whether the session's key and address may ask one more query now; answered OVERLOADED, counted, when not. */
   private queryWithinBudget(session: ClientSession, query: Query): boolean {
-    const now = performance.now();
-    const byKey = this.queriesByKey.take(session.keyHex, 1, now);
+    const now = this.allowanceNow();
+    // A key the cluster names (a relay's or console's, registered on its channels) is held
+    // to its address's budget only: a relay resubscribing thousands of tags at once asks as many.
+    const byKey = this.namesClient(session.keyHex) || this.queriesByKey.take(session.keyHex, 1, now);
     if (byKey && this.queriesByAddress.take(session.conn.remote, 1, now)) return true;
     this.metrics.inc("queries_refused_total");
     const reason = byKey
@@ -1262,18 +1270,22 @@ export class Replica {
    */
   private namesClient(keyHex: string): boolean {
     if (this.adminKeys.has(keyHex) || this.clientKeysAllowed?.has(keyHex) === true) return true;
-    const members = this.machine.membership()?.members ?? [];
-    if (members.some((member) => toHex(member.key) === keyHex)) return true;
-    if (this.options.config.replicas.some((replica) => toHex(replica.publicKey) === keyHex)) return true;
     const now = performance.now();
     if (this.namedKeys === null || now - this.namedKeys.atMs >= NAMED_KEYS_REFRESH_MS) {
-      this.namedKeys = { keys: this.machine.namedKeys(), atMs: now };
+      const keys = this.machine.namedKeys();
+      for (const member of this.machine.membership()?.members ?? []) keys.add(toHex(member.key));
+      for (const replica of this.options.config.replicas) keys.add(toHex(replica.publicKey));
+      this.namedKeys = { keys, atMs: now };
     }
     return this.namedKeys.keys.has(keyHex);
   }
 
-  /** The keys the replicated state names (namesClient), gathered at most every NAMED_KEYS_REFRESH_MS. */
-  private namedKeys: { readonly keys: ReadonlySet<string>; readonly atMs: number } | null = null;
+  /**
+   * The keys the replicated state and the group name (namesClient), gathered at most every
+   * NAMED_KEYS_REFRESH_MS: asked once per session at its AUTH, and at HELLOs only while
+   * every client slot is taken.
+   */
+  private namedKeys: { readonly keys: Set<string>; readonly atMs: number } | null = null;
 
   /** The status page: status() plus the counters. */
   statusJson(): unknown {

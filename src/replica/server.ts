@@ -60,6 +60,7 @@ import { RateLimiter } from "./rate.ts";
 import type { PeerMesh } from "./peers.ts";
 import { type CutFrame, type PartialFrameLimits, PartialFrames } from "./partial-frames.ts";
 import { TARPIT_CONNECTIONS_MAX, TARPIT_HOLD_MS_MAX, TARPIT_PER_ADDRESS_MAX, Tarpit } from "./tarpit.ts";
+import { addressGroup } from "../net/address.ts";
 
 /** A connection whose AUTH has not verified in this time is closed, whatever its HELLO said. */
 export const HANDSHAKE_MS_MAX = 10_000;
@@ -94,6 +95,17 @@ export const HANDSHAKES_PER_ADDRESS_BURST_MAX = 1000;
  */
 export const CLIENT_HANDSHAKES_PER_SECOND_MAX = 2000;
 export const CLIENT_HANDSHAKES_BURST_MAX = 4000;
+/**
+ * Past CLIENT_HANDSHAKES_PER_SECOND_MAX (a flood from some addresses drained it), a reserve
+ * of this many HELLOs a second is answered for quiet hosts only: a host (an IPv6 /64 counts
+ * as one, net/address.ts) may draw on it QUIET_HOST_HANDSHAKES_PER_SECOND a second, past a
+ * burst of QUIET_HOST_HANDSHAKES_BURST. The flooding addresses spent theirs at once, so an
+ * operator's `fitb admin` or a probe reconnecting still gets in; draining the reserve too
+ * takes hundreds of hosts.
+ */
+export const QUIET_HANDSHAKES_PER_SECOND_MAX = 200;
+export const QUIET_HOST_HANDSHAKES_PER_SECOND = 1;
+export const QUIET_HOST_HANDSHAKES_BURST = 5;
 /** Open client connections at once; more are refused. */
 export const CLIENT_CONNECTIONS_MAX = 4096;
 /** Client connections authenticated with one key: room for a host's relays and CLIs, not for every slot. */
@@ -242,6 +254,8 @@ interface ConnState {
   timer: ReturnType<typeof setTimeout> | null;
   /** When the last bytes arrived from the other side. */
   receivedMs: number;
+  /** A client session whose key the cluster named when its AUTH verified (knownClient), judged once. */
+  named: boolean;
 }
 
 /** Whom a listener takes: clients, peers, or both (one shared port). */
@@ -395,8 +409,13 @@ export class ReplicaServer {
   /** The same connections, oldest first: the one to close when a new one needs its slot. */
   private readonly inHandshake = new Set<FramedConn>();
   private readonly newConnections: RateLimiter;
+  /** Client sessions whose key the cluster did not name at their AUTH: those a named key may take the slot of. */
+  private unnamedSessions = 0;
   /** Client HELLOs answered (each with a signature), in all addresses together. */
   private readonly clientHandshakes: RateLimiter;
+  /** The reserve past it for quiet hosts, and each host's allowance of that reserve. */
+  private readonly quietHandshakes: RateLimiter;
+  private readonly quietHosts: RateLimiter;
   private readonly outputBudget: OutputBudget;
   private sweepTimer: ReturnType<typeof setInterval> | null = null;
   /** Authenticated client sessions, by client key (hex) and by remote address. */
@@ -421,6 +440,8 @@ export class ReplicaServer {
     });
     this.newConnections = new RateLimiter(this.limits.handshakesPerAddressPerSecondMax, this.limits.handshakesPerAddressBurstMax);
     this.clientHandshakes = new RateLimiter(this.limits.clientHandshakesPerSecondMax, this.limits.clientHandshakesBurstMax);
+    this.quietHandshakes = new RateLimiter(QUIET_HANDSHAKES_PER_SECOND_MAX, QUIET_HANDSHAKES_PER_SECOND_MAX);
+    this.quietHosts = new RateLimiter(QUIET_HOST_HANDSHAKES_PER_SECOND, QUIET_HOST_HANDSHAKES_BURST);
     this.outputBudget = new OutputBudget(this.limits.clientOutputBytesMax, this.limits.clientOutputBytesPerAddressMax);
     this.tarpit = new Tarpit(this.limits.tarpitPerAddressMax, this.limits.tarpitConnectionsMax, this.limits.tarpitHoldMsMax);
     this.partialFrames = new PartialFrames<FramedConn>((conn) => conn.readsHeld, options.partialFrames);
@@ -563,6 +584,7 @@ export class ReplicaServer {
       session: null,
       timer: null,
       receivedMs: this.now(),
+      named: false,
     };
     conn.state = state;
     this.conns.add(conn);
@@ -591,6 +613,13 @@ export class ReplicaServer {
     this.handshakes.add(conn.remote);
     this.inHandshake.add(conn);
     state.timer = setTimeout(() => this.onHandshakeDeadline(conn, state), this.limits.handshakeMsMax);
+  }
+
+  /** Whether a client HELLO from `address` is answered now: within the bound in all, or from the reserve for a quiet host. */
+  private handshakeAnswered(address: string): boolean {
+    const now = this.now();
+    if (this.clientHandshakes.take("all", 1, now)) return true;
+    return this.quietHosts.take(addressGroup(address), 1, now) && this.quietHandshakes.take("all", 1, now);
   }
 
   /** Why a new connection from `address` may not start a handshake now, or null if it may. */
@@ -658,6 +687,7 @@ export class ReplicaServer {
     if (session === null) return;
     state.session = null;
     state.phase = "closed";
+    if (!state.named) this.unnamedSessions--;
     this.clientsByKey.remove(session.keyHex);
     this.clientsByAddress.remove(conn.remote);
     this.options.clients.onClientClosed(session);
@@ -970,7 +1000,7 @@ export class ReplicaServer {
     // Checked here, before the signature is made, and again once AUTH has proved the key.
     const refusal = this.clientRefusal(keyHex, conn.remote);
     if (refusal !== null) return this.refuseClient(conn, refusal);
-    if (!this.clientHandshakes.take("all", 1, this.now())) {
+    if (!this.handshakeAnswered(conn.remote)) {
       return this.refuseClient(conn, `more than ${this.limits.clientHandshakesPerSecondMax} client handshakes a second in all; try again`);
     }
     // PROTOCOL.md 5.2: an ephemeral key exchange gives the session keys every later frame is MACed with.
@@ -1038,6 +1068,8 @@ export class ReplicaServer {
     if (refusal !== null) return this.refuseClient(conn, refusal);
     // Proved now: a key the cluster names takes the slot of one it does not name.
     if (this.clientsByKey.total >= this.limits.clientConnectionsMax) this.evictUnknownClient();
+    state.named = this.isKnownClient(keyHex);
+    if (!state.named) this.unnamedSessions++;
     this.endHandshake(conn, state);
     state.phase = "client";
     conn.useBudget(this.outputBudget);
@@ -1144,7 +1176,8 @@ export class ReplicaServer {
    */
   private clientRefusal(keyHex: string, address: string): string | null {
     const { clientConnectionsMax, clientConnectionsPerKeyMax, clientConnectionsPerAddressMax } = this.limits;
-    if (this.clientsByKey.total >= clientConnectionsMax && !(this.isKnownClient(keyHex) && this.unknownClientToEvict() !== null)) {
+    // A count, not a scan: this runs at every HELLO, before the key is proven.
+    if (this.clientsByKey.total >= clientConnectionsMax && !(this.unnamedSessions > 0 && this.isKnownClient(keyHex))) {
       return `${this.clientsByKey.total} client connections open; at most ${clientConnectionsMax}`;
     }
     const withKey = this.clientsByKey.of(keyHex);
@@ -1168,7 +1201,7 @@ export class ReplicaServer {
     let victimAddressSessions = 0;
     for (const conn of this.conns) {
       const state = conn.state as ConnState;
-      if (state.phase !== "client" || conn.isClosed || state.session === null || this.isKnownClient(state.session.keyHex)) continue;
+      if (state.phase !== "client" || conn.isClosed || state.session === null || state.named) continue;
       const sessions = this.clientsByAddress.of(conn.remote);
       // Later in the set is newer: at an equal count the newest wins.
       if (sessions >= victimAddressSessions) {

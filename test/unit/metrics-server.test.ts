@@ -6,7 +6,6 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import * as net from "node:net";
 import {
-  addressGroup,
   METRICS_PAGE_BUILD_INTERVAL_MS,
   METRICS_PAGE_BUILDS_BURST,
   METRICS_REQUEST_BODY_BYTES_MAX,
@@ -19,6 +18,7 @@ import {
 import { CommandError, UsageError } from "../../src/cli/errors.ts";
 import { MetricsRegistry } from "../../src/metrics/registry.ts";
 import { waitFor } from "../helpers/wait.ts";
+import { addressGroup } from "../../src/net/address.ts";
 
 const servers: MetricsServer[] = [];
 const sockets: net.Socket[] = [];

@@ -12,16 +12,17 @@ const frame = (reservedBytes: number, partialBytes: number, partialsBegun = 1): 
   partialsBegun,
 });
 
-test("past the bound in all, the slowest frames go until it holds again, whatever their address", () => {
+test("past the bound in all, the slowest frame of the address holding the most goes, though another address holds a slower one", () => {
   const frames = new PartialFrames<string>(() => false, { ...LIMITS, perAddressBytesMax: 1_000 });
-  expect(frames.update("a", "10.0.0.1", frame(400, 400), 0)).toEqual([]);
-  expect(frames.update("b", "10.0.0.2", frame(400, 400), 1_000)).toEqual([]);
-  // c is over the bound in all: a, which began first with as many bytes, is the slowest.
-  const cut = frames.update("c", "10.0.0.3", frame(400, 400), 2_000);
-  expect(cut.map((c) => c.conn)).toEqual(["a"]);
-  expect(cut[0]?.reason).toContain("this replica holds 1200 bytes of client frames still arriving, over 1000");
+  // A slow honest frame from one address (1 byte over 1 s so far).
+  expect(frames.update("honest", "10.0.0.1", frame(300, 1), 0)).toEqual([]);
+  expect(frames.update("a1", "10.0.0.2", frame(300, 300), 0)).toEqual([]);
+  // Over the bound in all: 10.0.0.2 holds the most, its slowest frame (a1, begun first) goes.
+  const cut = frames.update("a2", "10.0.0.2", frame(500, 500), 1_000);
+  expect(cut.map((c) => c.conn)).toEqual(["a1"]);
+  expect(cut[0]?.reason).toContain("this replica holds 1100 bytes of client frames still arriving, over 1000, its address the most");
   expect(frames.heldBytes).toBe(800);
-  expect(frames.heldBy("10.0.0.1")).toBe(0);
+  expect(frames.heldBy("10.0.0.1")).toBe(300);
 });
 
 test("past an address's bound, only that address's frames are candidates", () => {
@@ -53,16 +54,26 @@ test("a connection whose reads are paused is not chosen, and its slowness window
 
 test("a new frame on the same connection starts its own clock; a finished one leaves the count", () => {
   const frames = new PartialFrames<string>(() => false, LIMITS);
-  frames.update("a", "10.0.0.1", frame(100, 50, 1), 0);
-  // 10 s later a second frame (partialsBegun moved on) with 200 bytes: 200 bytes over 0 s so far.
-  frames.update("a", "10.0.0.1", frame(200, 200, 2), 10_000);
-  expect(frames.heldBytes).toBe(200);
+  frames.update("a", "10.0.0.1", frame(300, 50, 1), 0);
+  // 10 s later a second frame (partialsBegun moved on) with 300 bytes: its window starts now.
+  frames.update("a", "10.0.0.1", frame(300, 300, 2), 10_000);
+  expect(frames.heldBytes).toBe(300);
   expect(frames.slow(19_000)).toEqual([]);
-  // The window of the second frame: 200 bytes over 10 s is 20 bytes/s, above the minimum.
+  // The window of the second frame: 300 bytes over 10 s is 30 bytes/s, above the minimum.
   expect(frames.slow(20_000)).toEqual([]);
   frames.update("a", "10.0.0.1", frame(0, 0, 2), 21_000);
   expect(frames.heldBytes).toBe(0);
   frames.update("b", "10.0.0.1", frame(100, 100), 21_000);
   frames.remove("b");
   expect(frames.heldBy("10.0.0.1")).toBe(0);
+});
+
+test("below a quarter of the bound in all, no frame is judged slow: it may come as slowly as its link allows", () => {
+  const frames = new PartialFrames<string>(() => false, LIMITS);
+  frames.update("a", "10.0.0.1", frame(250, 1), 0);
+  expect(frames.slow(60_000)).toEqual([]);
+  // A second frame takes the count past a quarter: from the next whole window on, a is judged.
+  frames.update("b", "10.0.0.2", frame(100, 100), 60_000);
+  expect(frames.slow(69_000)).toEqual([]);
+  expect(frames.slow(70_000).map((c) => c.conn)).toEqual(["a"]);
 });

@@ -298,7 +298,6 @@ export class ChannelMachine {
     return this.members?.pending ?? null;
   }
 
-  /** A key's quota (lowercase hex of the key), or null: the cluster's defaults apply. */
   /** Every key the replicated state names, in hex: registered on a channel to publish or to read, or given a quota. */
   namedKeys(): Set<string> {
     const keys = new Set<string>(this.state.quotas.keys());
@@ -309,6 +308,7 @@ export class ChannelMachine {
     return keys;
   }
 
+  /** A key's quota (lowercase hex of the key), or null: the cluster's defaults apply. */
   quotaOf(keyHex: string): KeyQuota | null {
     return this.state.quotas.get(keyHex) ?? null;
   }
