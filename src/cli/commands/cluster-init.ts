@@ -59,7 +59,14 @@ export const clusterInitCommand: Command = {
       kind: "string",
       valueName: "PORT",
       defaultValue: String(DEFAULT_BASE_PORT),
-      description: "Port of replica 0; replica i uses PORT+i (its clients), and PORT+1000+i for the other replicas (peer_port)",
+      description:
+        "Port of replica 0; replica i uses PORT+i (its clients), and PORT+1000+i for the other replicas (peer_port), or PORT-1000+i when those would pass 65535",
+    },
+    {
+      name: "peer-base-port",
+      kind: "string",
+      valueName: "PORT",
+      description: "Peer port of replica 0 instead (replica i uses PORT+i); 0: no peer_port, peers and clients share each replica's port",
     },
     { name: "name", kind: "string", valueName: "NAME", defaultValue: DEFAULT_CLUSTER_NAME, description: "Cluster name" },
     { name: "force", kind: "boolean", description: "Replace existing files in DIR" },
@@ -90,6 +97,22 @@ function perReplica(flag: string, text: string, replicas: number): string[] {
   return hosts;
 }
 
+/** --peer-base-port: the peer ports asked for (null: none), checked against the client ports; nothing when absent. */
+function peerBasePortOption(args: ParsedArgs, basePort: number, replicas: number): { peerBasePort?: number | null } {
+  if (args.string("peer-base-port") === undefined) return {};
+  const peerBase = args.requiredInteger("peer-base-port", 0, PORT_MAX);
+  if (peerBase === 0) return { peerBasePort: null };
+  if (peerBase + replicas - 1 > PORT_MAX) {
+    throw new UsageError(`--peer-base-port: ${replicas} replicas need ports ${peerBase}..${peerBase + replicas - 1}, past ${PORT_MAX}`);
+  }
+  if (peerBase < basePort + replicas && basePort < peerBase + replicas) {
+    throw new UsageError(
+      `--peer-base-port: ports ${peerBase}..${peerBase + replicas - 1} overlap the client ports ${basePort}..${basePort + replicas - 1}`,
+    );
+  }
+  return { peerBasePort: peerBase };
+}
+
 function runClusterInit(args: ParsedArgs, io: CommandIo): number {
   const replicas = args.requiredInteger("replicas", 1, REPLICAS_MAX);
   if (replicas < INIT_REPLICAS_MIN) {
@@ -104,6 +127,7 @@ function runClusterInit(args: ParsedArgs, io: CommandIo): number {
     host: preferred[0] as string,
     addresses: preferred.map((host, id) => ({ host, hosts: further.map((network) => network[id] as string) })),
     basePort,
+    ...peerBasePortOption(args, basePort, replicas),
     name: args.requiredString("name"),
     overwrite: args.boolean("force"),
   };
