@@ -41,6 +41,19 @@ describe("fitb service unit refuses what the unit's process would refuse or drop
     expect((await run([...REPLICA, "--id", "0", "--metrics", "127.0.0.1:65535"])).code).toBe(EXIT_OK);
   });
 
+  test("--members-digest goes into a joining replica's ExecStart, checked as the replica checks it; a relay unit refuses it", async () => {
+    const digest = "3F9A".padEnd(64, "0");
+    const unit = await run([...REPLICA, "--id", "4", "--members-digest", digest]);
+    expect(unit.code).toBe(EXIT_OK);
+    expect(unit.out).toContain(` --members-digest ${digest.toLowerCase()}`);
+    const bad = await run([...REPLICA, "--id", "4", "--members-digest", "3f9a"]);
+    expect(bad.code).toBe(EXIT_USAGE);
+    expect(bad.err).toContain("--members-digest must be the 64 hex digits fitb admin members prints");
+    const relay = await run([...RELAY, "--members-digest", digest]);
+    expect(relay.code).toBe(EXIT_USAGE);
+    expect(relay.err).toContain("--members-digest is for replica units");
+  });
+
   test("a relay unit refuses --id, --data and --sync rather than drop them", async () => {
     for (const [flag, value] of [
       ["--id", "0"],

@@ -55,7 +55,11 @@ function runConfigCheck(args: ParsedArgs, io: CommandIo): number {
 
 function checkReplicaKey(config: ClusterConfig, id: number, io: CommandIo): void {
   const replica = replicaById(config, id);
-  if (replica === undefined) throw new CommandError(`--id ${id}: the cluster has replicas ${describeIds(config)}`);
+  if (replica === undefined) {
+    throw new CommandError(
+      `--id ${id}: the cluster file lists replicas ${describeIds(config)}; a replica added to the running group (admin add-replica) is not in it: start it as README, Deployment, "Growing the group", says (it learns the group from the listed replicas)`,
+    );
+  }
   const loaded = loadSigningKeyFile(replica.keyFile);
   for (const warning of loaded.warnings) io.err(`warning: ${warning}`);
   if (!bytesEqual(loaded.key.publicKey, replica.publicKey)) {

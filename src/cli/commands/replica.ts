@@ -29,6 +29,7 @@ import { openFileLimitProblem } from "../open-files.ts";
 import { portHolderNote } from "../port-holder.ts";
 import { restartCommand } from "../self.ts";
 import { SystemdNotifier, watchdogIntervalMs } from "../sd-notify.ts";
+import { parseMembersDigest } from "../members-digest.ts";
 
 export const replicaCommand: Command = {
   path: ["replica"],
@@ -358,18 +359,6 @@ function superviseWithSystemd(replica: Replica, log: Log): { stopping(): void } 
       notifier.close();
     },
   };
-}
-
-/** `--members-digest`: the 64 hex digits `fitb admin members` prints after "digest". */
-function parseMembersDigest(text: string | undefined): Uint8Array | undefined {
-  if (text === undefined) return undefined;
-  const hex = text.trim().toLowerCase();
-  if (!/^[0-9a-f]{64}$/.test(hex)) {
-    throw new UsageError(
-      `--members-digest must be the 64 hex digits fitb admin members prints after "digest", got ${JSON.stringify(text)}`,
-    );
-  }
-  return new Uint8Array(Buffer.from(hex, "hex"));
 }
 
 function parseSync(text: string): SyncPolicy {

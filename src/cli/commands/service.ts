@@ -23,6 +23,7 @@ import type { Command, CommandIo } from "../command.ts";
 import { EXIT_OK, UsageError } from "../errors.ts";
 import { checkMetricsHostNames, METRICS_HOST_NAME_FLAG } from "../metrics-flags.ts";
 import { FTL_DEFAULT, ftlEnvironment } from "../jit.ts";
+import { parseMembersDigest } from "../members-digest.ts";
 import { REPLICAS_MAX } from "../../../wire/types.ts";
 
 export const DEFAULT_BINARY = "/usr/local/bin/fitb";
@@ -94,6 +95,13 @@ export const serviceUnitCommand: Command = {
     { name: "data", kind: "string", valueName: "DIR", description: `Replica data directory (default ${STATE_ROOT}/replica-N)` },
     { name: "sync", kind: "string", valueName: "POLICY", description: "Replica --sync: full (default) or normal" },
     {
+      name: "members-digest",
+      kind: "string",
+      valueName: "HEX",
+      description:
+        "Replica --members-digest: for a replica joining the group, the digest 'fitb admin members' prints for the group that names it",
+    },
+    {
       name: "metrics",
       kind: "string",
       valueName: "HOST:PORT",
@@ -139,7 +147,11 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
     // A replica has no such flag: it serves peers and clients that authenticate, anywhere.
     if (args.boolean("allow-remote")) throw new UsageError("--allow-remote is for relay units; a replica listens where --listen says");
     const listenArgs = readListens(args).map((listen) => ` --listen ${listen}`);
-    const extra = `${sync === undefined ? "" : ` --sync ${sync}`}${listenArgs.join("")}${metricsArg}`;
+    const digest = args.string("members-digest");
+    // Checked as the replica checks it; written as 64 lowercase hex digits.
+    const digestArg =
+      digest === undefined ? "" : ` --members-digest ${Buffer.from(parseMembersDigest(digest) as Uint8Array).toString("hex")}`;
+    const extra = `${sync === undefined ? "" : ` --sync ${sync}`}${digestArg}${listenArgs.join("")}${metricsArg}`;
     unit = renderUnit({
       description: `fitb replica ${id}`,
       exec: `${binary} replica --config ${quote(config)} --id ${id}${keyArg} --data ${quote(data)}${extra}`,
@@ -152,6 +164,8 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
       readWritePaths: data === STATE_ROOT || data.startsWith(`${STATE_ROOT}/`) ? [] : [data],
     });
   } else if (kind === "relay") {
+    if (args.string("members-digest") !== undefined)
+      throw new UsageError("--members-digest is for replica units (a replica joining the group)");
     for (const flag of REPLICA_ONLY_FLAGS) {
       if (args.string(flag) !== undefined) throw new UsageError(`--${flag} is for replica units; a relay has no such flag`);
     }
