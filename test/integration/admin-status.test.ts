@@ -2,19 +2,26 @@
  * `fitb admin status` against real processes (issue 15, item 2): with no replica running
  * it prints every row with up false and returns without waiting out the connect timeout;
  * with one replica stopped it exits 1 (degraded) and names it in the table and the JSON.
+ * A replica started with a cluster file whose [limits] differ answers clients but is
+ * refused by its peers at the handshake: status calls it isolated (exit 1), and top too.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { waitFor } from "../helpers/wait.ts";
 import { BUN, MAIN, startCluster, type TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
+/** A replica started from a cluster file of its own (`path`), and which. */
+let drifted: { id: number; path: string } | null = null;
 
 interface JsonReport {
   health: string;
   exit_code: number;
   leader: number | null;
   problems: string[];
-  replicas: { id: number; up: boolean; reason?: string; flags: string[] }[];
+  warnings: string[];
+  replicas: { id: number; up: boolean; reason?: string; flags: string[]; peers_up?: number[] | null; peers_unreached?: number[] }[];
 }
 
 function status(json: boolean): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -23,7 +30,7 @@ function status(json: boolean): Promise<{ code: number; stdout: string; stderr: 
 }
 
 beforeAll(async () => {
-  cluster = await startCluster({ start: false });
+  cluster = await startCluster({ start: false, replicaConfig: (id) => (drifted?.id === id ? drifted.path : undefined) });
 });
 
 afterAll(async () => {
@@ -131,4 +138,70 @@ describe("fitb admin status", () => {
       top.kill();
     }
   }, 120_000);
+
+  test("a replica whose cluster file's [limits] differ answers, but its peers refuse it: isolated, exit 1, in status and top", async () => {
+    let report: JsonReport | null = null;
+    await waitFor(
+      "status to see all four replicas up again",
+      async () => {
+        const result = await status(true);
+        report = result.stdout === "" ? null : (JSON.parse(result.stdout) as JsonReport);
+        return report?.replicas.every((r) => r.up) === true;
+      },
+      60_000,
+    );
+    const leader = (report as unknown as JsonReport).leader ?? 0;
+    const victim = (leader + 2) % cluster.n;
+    // A limit that only bounds sessions (not one a data directory records): the replica
+    // starts, and only the handshake with its peers tells the files apart.
+    const path = join(cluster.dir, "drifted.toml");
+    const text = readFileSync(cluster.configPath, "utf8");
+    const changed = text.replace(/^client_inflight_requests_max = \d+/m, "client_inflight_requests_max = 7");
+    expect(changed).not.toBe(text);
+    writeFileSync(path, changed);
+    const proc = cluster.procs[victim];
+    cluster.kill(victim);
+    await proc?.exited;
+    drifted = { id: victim, path };
+    cluster.start(victim);
+    await waitFor(`replica ${victim} to report its peers' refusal`, () =>
+      (cluster.logs[victim] ?? []).join("").includes("cluster file differs from replica"),
+    );
+    const peers = [0, 1, 2, 3].filter((id) => id !== victim);
+    let code = -1;
+    await waitFor(
+      `status to call replica ${victim} isolated`,
+      async () => {
+        const result = await status(true);
+        code = result.code;
+        report = result.stdout === "" ? null : (JSON.parse(result.stdout) as JsonReport);
+        return report?.replicas[victim]?.up === true && report.replicas[victim]?.flags.includes("isolated") === true;
+      },
+      60_000,
+      () => `exit ${code}: ${JSON.stringify(report)}`,
+    );
+    const seen = report as unknown as JsonReport;
+    expect(code).toBe(1);
+    expect(seen.health).toBe("degraded");
+    expect(seen.replicas.every((r) => r.up)).toBe(true);
+    expect(seen.replicas[victim]?.peers_up).toEqual([]);
+    expect(seen.problems).toContain(
+      `replica ${victim} is isolated from its peers: it reaches 0 of 3 (no link to replicas ${peers.join(", ")}), fewer than the 2 it needs to take part in a quorum of 3`,
+    );
+    const table = await status(false);
+    expect(table.code).toBe(1);
+    expect(table.stdout).toContain(`replica ${victim} is isolated from its peers`);
+    expect(table.stdout).toMatch(new RegExp(`\\n${victim} +127\\.0\\.0\\.1:\\d+ +true .*isolated`));
+    // The others' links to it are down too: warnings, which leave the exit code to the problems.
+    await waitFor("the others to report no link to it", async () => {
+      const result = await status(true);
+      const now = JSON.parse(result.stdout) as JsonReport;
+      return peers.every((id) => now.warnings.some((w) => w.startsWith(`replica ${id} does not reach replica ${victim} `)));
+    });
+    const args = ["top", "--config", cluster.configPath, "--key", cluster.adminKey, "--interval", "0.5", "--count", "1"];
+    const top = await cluster.fitb(args, { timeoutMs: 60_000 });
+    expect(top.stdout).toContain(" degraded ");
+    expect(top.stdout).toMatch(new RegExp(`\\n${victim} +127\\.0\\.0\\.1:\\d+ +true .*isolated`));
+    expect(top.stdout).toContain(`! replica ${victim} is isolated from its peers`);
+  }, 150_000);
 });

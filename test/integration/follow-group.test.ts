@@ -197,7 +197,7 @@ describe("following the replica group", () => {
       }
       expect(client.membership.epoch).toBe(epoch);
     };
-    await change(["set-f", "0"], 2);
+    await change(["set-f", "0", "--yes"], 2);
     await change(["remove-replica", "--id", "1"], 3);
     expect(client.membership).toMatchObject({ ids: [0, 2, 3], f: 0 });
     const ack = await client.publish(TAG, [encode("with a gap")]);

@@ -155,7 +155,7 @@ describe("growing to 7 replicas with f = 2 and back, one live subscriber through
       await join([3, 5]);
 
       // Back to 4 replicas with f = 1, in one epoch.
-      await admin(["set-f", "1"]);
+      await admin(["set-f", "1", "--yes"]);
       for (const id of [6, 5, 4]) await admin(["remove-replica", "--id", String(id)]);
       await waitGroup(ORIGINAL, ORIGINAL, 1);
       expect(live.subscription.stats().quorum).toBe(2);

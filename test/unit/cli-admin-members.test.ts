@@ -1,12 +1,15 @@
 /**
  * `fitb admin add-replica` (src/cli/commands/admin-members.ts) checks --host as the cluster
  * file does before it sends anything: the replicas check an address's shape only, and one
- * the file refuses (10.0.1.256) made every later `fitb cluster export` fail.
+ * the file refuses (10.0.1.256) made every later `fitb cluster export` fail. `set-f` with
+ * an F below the group's f (or a pending change's) asks for --yes, as destroy-channel does.
  */
 import { describe, expect, test } from "bun:test";
+import type { MembersListing } from "../../src/client/queries.ts";
 import { parseArgs } from "../../src/cli/args.ts";
-import { MEMBERSHIP_FLAG_SPECS, membershipCmd } from "../../src/cli/commands/admin-members.ts";
-import { UsageError } from "../../src/cli/errors.ts";
+import { adminCommand, parseAction } from "../../src/cli/commands/admin.ts";
+import { checkSetF, lowerFRefusal, MEMBERSHIP_FLAG_SPECS, MEMBERSHIP_HELP, membershipCmd } from "../../src/cli/commands/admin-members.ts";
+import { CommandError, UsageError } from "../../src/cli/errors.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
 
 const replicaKey = formatPublicKey(SigningKey.generate().publicKey);
@@ -33,5 +36,69 @@ describe("admin add-replica --host", () => {
     expect(() => addReplica("10.0.1.256")).toThrow(
       '--host: expected a hostname, an IPv4 address or an IPv6 address (without brackets), got "10.0.1.256"',
     );
+  });
+});
+
+/** A members listing of n=4 replicas with this f, and a pending change's f when given. */
+function listing(f: number, pendingF: number | null = null): MembersListing {
+  const group = { epoch: 0, f, members: [], digest: new Uint8Array(32) };
+  return { ...group, pending: pendingF === null ? null : { ...group, epoch: 1, f: pendingF, from: 128 } };
+}
+
+describe("admin set-f: lowering f asks for --yes", () => {
+  const parse = (argv: string[]) => parseAction(parseArgs(["--config", "c.toml", "--key", "a.key", ...argv], adminCommand));
+
+  test("set-f takes --yes; other membership commands do not", () => {
+    expect(parse(["set-f", "0", "--yes"])).toEqual({ t: "change", cmd: { t: "set-f", f: 0 }, yes: true });
+    expect(parse(["set-f", "0"])).toEqual({ t: "change", cmd: { t: "set-f", f: 0 }, yes: false });
+    expect(() => parse(["remove-replica", "--id", "3", "--yes"])).toThrow("--yes does not apply to remove-replica");
+  });
+
+  test("an F below the group's f is refused, saying what is lost and how to go on", () => {
+    expect(lowerFRefusal(listing(1), 0)).toBe(
+      "set-f 0 lowers f: the group would tolerate 0 faults instead of 1 (clients would accept what 1 matching replica says instead of 2). Run again with --yes to lower f (set-f 0 --yes)",
+    );
+    expect(lowerFRefusal(listing(2), 1)).toContain("the group would tolerate 1 fault instead of 2");
+    // Below the current f with a pending change: both are said.
+    expect(lowerFRefusal(listing(1, 0), 0)).toContain(
+      "instead of 1 (clients would accept what 1 matching replica says instead of 2; a pending change sets f = 0)",
+    );
+  });
+
+  test("an F below a pending change's f would undo it: refused too", () => {
+    expect(lowerFRefusal(listing(1, 2), 1)).toBe(
+      "set-f 1 lowers the f of the pending change (effective after seq 128): the group would tolerate 1 fault instead of 2 once it takes effect (clients would accept what 2 matching replicas say instead of 3). Run again with --yes to lower f (set-f 1 --yes)",
+    );
+  });
+
+  test("raising f or keeping it asks nothing", () => {
+    expect(lowerFRefusal(listing(1), 1)).toBeNull();
+    expect(lowerFRefusal(listing(1), 2)).toBeNull();
+    expect(lowerFRefusal(listing(0, 1), 1)).toBeNull();
+    expect(lowerFRefusal(listing(1, 2), 2)).toBeNull();
+  });
+
+  test("checkSetF reads the group the replicas agree on, and with --yes asks nothing at all", async () => {
+    let reads = 0;
+    const client = {
+      members: async (): Promise<MembersListing> => {
+        reads++;
+        return listing(1);
+      },
+    };
+    await expect(checkSetF(client, 0, false)).rejects.toThrow(CommandError);
+    await expect(checkSetF(client, 0, false)).rejects.toThrow("Run again with --yes");
+    expect(reads).toBe(2);
+    await checkSetF(client, 2, false);
+    expect(reads).toBe(3);
+    await checkSetF(client, 0, true);
+    expect(reads).toBe(3);
+  });
+
+  test("the help says lowering f needs --yes", () => {
+    expect(MEMBERSHIP_HELP.join("\n")).toContain(
+      "Lowering f (an F below the\n                               group's f, or a pending change's) asks for --yes.",
+    );
+    expect(adminCommand.flags.find((flag) => flag.name === "yes")?.description).toContain("set-f: lower f");
   });
 });

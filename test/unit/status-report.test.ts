@@ -6,6 +6,7 @@ import { type ClusterStatus, summarizeStatus } from "../../src/client/client.ts"
 import type { EachAnswer, ReplicaStatusAnswer } from "../../src/client/queries.ts";
 import {
   assessStatus,
+  judgePeerLinks,
   LAG_SEQS_DEFAULT,
   STATUS_DEGRADED,
   STATUS_NO_QUORUM,
@@ -164,5 +165,169 @@ describe("admin status report", () => {
     expect(statusJsonReport(report).group_confirmed).toBe(false);
     expect(assessStatus(unread, statusOf([{}, null, null, null]), REFUSED).exitCode).toBe(STATUS_NO_QUORUM);
     expect(statusJsonReport(assessStatus(CLUSTER, statusOf([{}, {}, {}, {}]), REFUSED)).group_confirmed).toBe(true);
+  });
+});
+
+/** Replica `id`'s `peers` claim: each of `ids` but itself, up when in `up`. */
+function peersOf(id: number, ids: readonly number[], up: readonly number[]): ReplicaStatusAnswer["peers"] {
+  return ids.filter((peer) => peer !== id).map((peer) => ({ id: peer, up: up.includes(peer), lag: 0, address: `127.0.0.1:720${peer}` }));
+}
+
+/** Every replica of 0..n-1 answers (f's status fold), each with the peers `links(id)` says it reaches. */
+function linkedStatus(n: number, f: number, links: (id: number) => readonly number[] | null, down: readonly number[] = []): ClusterStatus {
+  const ids = Array.from({ length: n }, (_, id) => id);
+  const map = new Map<number, EachAnswer<ReplicaStatusAnswer>>();
+  for (const id of ids) {
+    if (down.includes(id)) continue;
+    const up = links(id);
+    const value: ReplicaStatusAnswer = { replica: id, view: 0, leader: 0, lastDecided: 10, channels: 2 };
+    map.set(id, { ok: true, value: up === null ? value : { ...value, peers: peersOf(id, ids, up) } });
+  }
+  return summarizeStatus(
+    f,
+    map,
+    ids.map((id) => ({ id, address: `127.0.0.1:71${String(id).padStart(2, "0")}`, isReady: !down.includes(id) })),
+  );
+}
+
+const ALL = [0, 1, 2, 3];
+/** Replica 2 refused by its peers at the handshake (a cluster file that differs): no link either way. */
+const CUT_OFF_2 = (id: number): number[] => (id === 2 ? [] : ALL.filter((peer) => peer !== 2));
+
+describe("admin status: a replica's links to its peers", () => {
+  test("a replica that answers but reaches none of its peers is isolated: a problem naming it and the peers, exit 1", () => {
+    const report = assessStatus(CLUSTER, linkedStatus(4, 1, CUT_OFF_2), REFUSED);
+    expect(report.answered).toBe(4);
+    expect(report.health).toBe("degraded");
+    expect(report.exitCode).toBe(STATUS_DEGRADED);
+    expect(report.problems).toEqual([
+      "replica 2 is isolated from its peers: it reaches 0 of 3 (no link to replicas 0, 1, 3), fewer than the 2 it needs to take part in a quorum of 3",
+    ]);
+    expect(report.replicas[2]?.flags).toEqual(["isolated"]);
+    expect(report.replicas[2]?.peersUp).toEqual([]);
+    expect(report.replicas[2]?.peersUnreached).toEqual([0, 1, 3]);
+    // The others say they do not reach it: warnings, which corroborate (or not) its claim.
+    expect(report.warnings).toEqual(
+      [0, 1, 3].map((id) => `replica ${id} does not reach replica 2 (it reaches 2 of its 3 peers; a quorum of 3 needs 2)`),
+    );
+    const table = statusTable(report);
+    expect(table.find((line) => line.startsWith("2 "))).toEndWith("isolated");
+    expect(table).toContain(report.problems[0] as string);
+    expect(table).toContain(`warning: ${report.warnings[0]}`);
+    const json = statusJsonReport(report) as {
+      health: string;
+      problems: string[];
+      warnings: string[];
+      replicas: { flags: string[]; peers_up: number[] | null; peers_unreached: number[] }[];
+    };
+    expect(json.health).toBe("degraded");
+    expect(json.problems).toEqual(report.problems as string[]);
+    expect(json.warnings).toEqual(report.warnings as string[]);
+    expect(json.replicas[2]).toMatchObject({ flags: ["isolated"], peers_up: [], peers_unreached: [0, 1, 3] });
+    expect(json.replicas[0]).toMatchObject({ flags: ["peers-unreached"], peers_up: [1, 3], peers_unreached: [2] });
+  });
+
+  test("fewer peers up than quorum - 1 is isolated; quorum - 1 or more but not all is a warning with exit 0", () => {
+    // n=4, f=1: a quorum of ceil(6/2) = 3, so a replica needs 2 peers.
+    const one = assessStatus(
+      CLUSTER,
+      linkedStatus(4, 1, (id) => (id === 0 ? [1] : ALL)),
+      REFUSED,
+    );
+    expect(one.exitCode).toBe(STATUS_DEGRADED);
+    expect(one.problems).toEqual([
+      "replica 0 is isolated from its peers: it reaches 1 of 3 (no link to replicas 2, 3), fewer than the 2 it needs to take part in a quorum of 3",
+    ]);
+    const two = assessStatus(
+      CLUSTER,
+      linkedStatus(4, 1, (id) => (id === 0 ? [1, 2] : ALL)),
+      REFUSED,
+    );
+    expect(two.health).toBe("ok");
+    expect(two.exitCode).toBe(STATUS_OK);
+    expect(two.problems).toEqual([]);
+    expect(two.warnings).toEqual(["replica 0 does not reach replica 3 (it reaches 2 of its 3 peers; a quorum of 3 needs 2)"]);
+    expect(two.replicas[0]?.flags).toEqual(["peers-unreached"]);
+    expect(statusTable(two).at(-1)).toBe(`warning: ${two.warnings[0]}`);
+    const all = assessStatus(
+      CLUSTER,
+      linkedStatus(4, 1, () => ALL),
+      REFUSED,
+    );
+    expect(all.exitCode).toBe(STATUS_OK);
+    expect(all.warnings).toEqual([]);
+    expect(all.replicas.map((r) => r.peersUp)).toEqual([
+      [1, 2, 3],
+      [0, 2, 3],
+      [0, 1, 3],
+      [0, 1, 2],
+    ]);
+  });
+
+  test("n and the quorum are the judged group's: n=7 f=2 needs 4 of 6 peers (a quorum of 5); ids outside the group do not count", () => {
+    const seven = { name: "unit", n: 7, f: 2 };
+    const ids = [0, 1, 2, 3, 4, 5, 6];
+    const links = (id: number): number[] => (id === 0 ? [1, 2, 3] : id === 1 ? [0, 2, 3, 4] : ids);
+    const report = assessStatus(seven, linkedStatus(7, 2, links), new Map());
+    expect(report.problems).toEqual([
+      "replica 0 is isolated from its peers: it reaches 3 of 6 (no link to replicas 4, 5, 6), fewer than the 4 it needs to take part in a quorum of 5",
+    ]);
+    expect(report.warnings).toEqual(["replica 1 does not reach replicas 5, 6 (it reaches 4 of its 6 peers; a quorum of 5 needs 4)"]);
+    expect(report.exitCode).toBe(STATUS_DEGRADED);
+    // A replica listing peers the group does not have (another group's, or made up) reaches no more of this one.
+    const foreign = judgePeerLinks(0, { peers: [7, 8, 9, 10, 1].map((id) => ({ id, up: true })) }, ids, 7, 2);
+    expect(foreign).toMatchObject({ claimed: true, up: [1], unreached: [2, 3, 4, 5, 6], needed: 4, isolated: true });
+    // A group member it does not list at all (it follows an older group) is not reached.
+    expect(judgePeerLinks(0, { peers: [1, 2].map((id) => ({ id, up: true })) }, [0, 1, 2, 3], 4, 1).unreached).toEqual([3]);
+  });
+
+  test("links to a replica that is down are no warning (it is down already); an answer without peers is not judged", () => {
+    const down = assessStatus(
+      CLUSTER,
+      linkedStatus(4, 1, (id) => ALL.filter((peer) => peer !== id && peer !== 3), [3]),
+      REFUSED,
+    );
+    expect(down.problems).toEqual(["replica 3 is down: connection refused (ECONNREFUSED)"]);
+    expect(down.warnings).toEqual([]);
+    expect(down.replicas[0]?.flags).toEqual([]);
+    expect(down.replicas[0]?.peersUnreached).toEqual([3]);
+    // Two down: each of the other two reaches one peer, fewer than a quorum needs.
+    const two = assessStatus(
+      CLUSTER,
+      linkedStatus(4, 1, (id) => (id === 0 ? [1] : [0]), [2, 3]),
+      REFUSED,
+    );
+    expect(two.exitCode).toBe(STATUS_NO_QUORUM);
+    expect(two.replicas.slice(0, 2).map((r) => r.flags)).toEqual([["isolated"], ["isolated"]]);
+    const silent = assessStatus(
+      CLUSTER,
+      linkedStatus(4, 1, () => null),
+      REFUSED,
+    );
+    expect(silent.exitCode).toBe(STATUS_OK);
+    expect(silent.replicas.map((r) => r.peersUp)).toEqual([null, null, null, null]);
+    expect((statusJsonReport(silent).replicas as { peers_up: unknown }[])[0]?.peers_up).toBeNull();
+  });
+
+  test("the links are each replica's own claim: a replica lying about its links misjudges only itself", () => {
+    // Replica 3 claims it reaches nobody; the others reach it and each other.
+    const claimsCutOff = assessStatus(
+      CLUSTER,
+      linkedStatus(4, 1, (id) => (id === 3 ? [] : ALL)),
+      REFUSED,
+    );
+    expect(claimsCutOff.problems).toHaveLength(1);
+    expect(claimsCutOff.problems[0]).toStartWith("replica 3 is isolated");
+    expect(claimsCutOff.replicas.slice(0, 3).map((r) => r.flags)).toEqual([[], [], []]);
+    expect(claimsCutOff.warnings).toEqual([]);
+    // Replica 2, cut off, claims every link up: only its own line is wrong; the others still say they do not reach it.
+    const hides = assessStatus(
+      CLUSTER,
+      linkedStatus(4, 1, (id) => (id === 2 ? ALL : CUT_OFF_2(id))),
+      REFUSED,
+    );
+    expect(hides.problems).toEqual([]);
+    expect(hides.warnings).toHaveLength(3);
+    expect(hides.warnings.every((warning) => warning.includes("does not reach replica 2"))).toBe(true);
   });
 });

@@ -129,6 +129,21 @@ describe("fitb top view", () => {
     expect(intervalLatency(second, third, "publishAck").count).toBe(0);
   });
 
+  test("a replica cut off from its peers: isolated in its NOTE, its problem named, the others' missing links as warnings", () => {
+    const peers = (replica: number, up: (peer: number) => boolean) =>
+      [0, 1, 2, 3].filter((peer) => peer !== replica).map((peer) => ({ id: peer, up: up(peer) }));
+    const cut = fourReplicas(0, (replica) => ({ peers: peers(replica, (peer) => replica !== 2 && peer !== 2) }));
+    const report = assessStatus({ name: "unit", n: 4, f: 1 }, cut.status, new Map());
+    const lines = renderTop(report, null, cut, "12:00:00");
+    expect(lines[0]).toBe("fitb top  cluster unit  n=4 f=1  view 0  leader 0  4/4 up  degraded  12:00:00");
+    expect(lines.find((l) => l.startsWith("2 "))).toEndWith("isolated");
+    expect(lines.find((l) => l.startsWith("0 "))).toEndWith("peers-unreached");
+    expect(lines).toContain(
+      "! replica 2 is isolated from its peers: it reaches 0 of 3 (no link to replicas 0, 1, 3), fewer than the 2 it needs to take part in a quorum of 3",
+    );
+    expect(lines).toContain("  warning: replica 0 does not reach replica 2 (it reaches 2 of its 3 peers; a quorum of 3 needs 2)");
+  });
+
   test("a tag, class or priority carrying terminal escapes never reaches the screen", () => {
     const sequence = "\x1b]0;owned\x07\x1b[2J\u009b31m\x7f";
     // As if the answer had not been validated (queries.ts keeps such rows out): the view strips them too.

@@ -12,9 +12,10 @@ import type { GroupListing, MembersListing } from "../../client/queries.ts";
 import { hostProblem } from "../../config/cluster.ts";
 import { toHex } from "../../crypto/encoding.ts";
 import { formatPublicKey, tryParsePublicKey } from "../../crypto/keys.ts";
+import type { FitbClient } from "../../client/client.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { CommandIo } from "../command.ts";
-import { UsageError } from "../errors.ts";
+import { CommandError, UsageError } from "../errors.ts";
 
 export const MEMBERSHIP_SUBCOMMANDS = ["add-replica", "remove-replica", "rotate-replica-key", "set-f"] as const;
 export type MembershipSubcommand = (typeof MEMBERSHIP_SUBCOMMANDS)[number];
@@ -24,7 +25,7 @@ export const MEMBERSHIP_FLAGS = {
   "add-replica": ["id", "host", "port", "peer-port", "replica-key"],
   "remove-replica": ["id"],
   "rotate-replica-key": ["id", "replica-key"],
-  "set-f": [],
+  "set-f": ["yes"],
   members: ["json"],
 } as const;
 
@@ -47,7 +48,8 @@ export const MEMBERSHIP_HELP = [
   "  remove-replica --id N        Removes a replica (refused if n would drop below 3f+1).",
   "  rotate-replica-key --id N --replica-key PUBKEY",
   "      Gives the replica a new key; its old key is worth nothing from the new epoch on.",
-  "  set-f F                      Faults tolerated (refused unless n >= 3F+1).",
+  "  set-f F [--yes]              Faults tolerated (refused unless n >= 3F+1). Lowering f (an F below the",
+  "                               group's f, or a pending change's) asks for --yes.",
   "  members [--json]             The group f+1 replicas agree on: epoch, f, members, digest, pending change",
 ];
 
@@ -91,6 +93,40 @@ export function membershipCmd(subcommand: MembershipSubcommand, positional: stri
       throw new UsageError(`unknown membership command ${String(unreachable)}`);
     }
   }
+}
+
+/**
+ * `set-f F` without --yes: refused when F is below the group's f (the one f+1 replicas
+ * agree on) or below a pending change's, which set-f would undo: fewer faults tolerated
+ * is a loss the operator confirms, as destroy-channel's deleted events are. Raising f or
+ * keeping it asks nothing (the replicas refuse an F equal to the group's).
+ */
+export async function checkSetF(client: Pick<FitbClient, "members">, f: number, yes: boolean): Promise<void> {
+  if (yes) return;
+  const refusal = lowerFRefusal(await client.members(), f);
+  if (refusal !== null) throw new CommandError(refusal);
+}
+
+/** Why `set-f F` needs --yes with this group listing: what is lost and how to go on; null when F lowers nothing. */
+export function lowerFRefusal(listing: Pick<MembersListing, "f" | "pending">, f: number): string | null {
+  const current = listing.f;
+  const pending = listing.pending?.f ?? null;
+  const faults = (count: number): string => `${count} ${count === 1 ? "fault" : "faults"}`;
+  const proceed = `Run again with --yes to lower f (set-f ${f} --yes)`;
+  // Clients accept what f+1 matching replicas say (core/voting/quorum.ts vouchQuorum).
+  const trust = (from: number): string =>
+    `clients would accept what ${f + 1} matching ${f === 0 ? "replica says" : "replicas say"} instead of ${from + 1}`;
+  if (f < current) {
+    const later = pending !== null && pending !== current ? `; a pending change sets f = ${pending}` : "";
+    return `set-f ${f} lowers f: the group would tolerate ${faults(f)} instead of ${current} (${trust(current)}${later}). ${proceed}`;
+  }
+  if (pending !== null && f < pending) {
+    return (
+      `set-f ${f} lowers the f of the pending change (effective after seq ${listing.pending?.from}): the group would tolerate ` +
+      `${faults(f)} instead of ${pending} once it takes effect (${trust(pending)}). ${proceed}`
+    );
+  }
+  return null;
 }
 
 function replicaKey(args: ParsedArgs): Uint8Array {

@@ -4,6 +4,7 @@
  *
  *   create-channel TAG --fault crash|byzantine --order none|total --priority low|normal|high|critical [--public]
  *   destroy-channel TAG [--yes]
+ *   set-f F [--yes]  (--yes to lower f)
  *   register TAG --publisher PUBKEY | --subscriber PUBKEY
  *   unregister TAG --publisher PUBKEY | --subscriber PUBKEY
  *   set-quota PUBKEY [--events-per-second N] [--bytes-per-second N] [--subscriptions N]
@@ -29,6 +30,7 @@ import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
 import { checkDestroy, printChannels, printQuotas } from "./admin-channels.ts";
 import {
+  checkSetF,
   describeMembershipChange,
   MEMBERSHIP_FLAG_SPECS,
   MEMBERSHIP_FLAGS,
@@ -133,8 +135,10 @@ export const adminCommand: Command = {
     "                               (--json: one object per key, null for a default)",
     "  status [--json]              Every replica: up or why not, view, leader, last decided seq and",
     "                               how far behind; flags a dead or disputed leader, replicas in",
-    "                               another view and lagging ones. Exit 0 ok, 1 degraded, 2 no",
-    "                               quorum (fewer than 2f+1 replicas answered)",
+    "                               another view, lagging ones and isolated ones (reaching fewer",
+    "                               peers than a quorum needs); warns of a replica that does not",
+    "                               reach all its peers (exit unchanged). Exit 0 ok, 1 degraded,",
+    "                               2 no quorum (fewer than 2f+1 replicas answered)",
     ...MEMBERSHIP_HELP,
     "create-channel, destroy-channel, register, unregister and the membership changes must be signed by an admin key of the",
     "cluster file; they are ordered through Byzantine agreement and acknowledged by f+1",
@@ -154,7 +158,11 @@ export const adminCommand: Command = {
     { name: "public", kind: "boolean", description: "create-channel: any authenticated client may subscribe" },
     { name: "publisher", kind: "string", valueName: "PUBKEY", description: "register, unregister: the publisher key" },
     { name: "subscriber", kind: "string", valueName: "PUBKEY", description: "register, unregister: the subscriber key" },
-    { name: "yes", kind: "boolean", description: "destroy-channel: destroy even though the channel holds events" },
+    {
+      name: "yes",
+      kind: "boolean",
+      description: "destroy-channel: destroy even though the channel holds events; set-f: lower f (fewer faults tolerated)",
+    },
     {
       name: "events-per-second",
       kind: "string",
@@ -238,8 +246,9 @@ export function parseAction(args: ParsedArgs): AdminAction {
     case "add-replica":
     case "remove-replica":
     case "rotate-replica-key":
-    case "set-f":
       return { t: "change", cmd: membershipCmd(subcommand, tagText, args), yes: false };
+    case "set-f":
+      return { t: "change", cmd: membershipCmd(subcommand, tagText, args), yes: args.boolean("yes") };
     default: {
       const unreachable: never = subcommand;
       throw new UsageError(`unknown admin command ${String(unreachable)}`);
@@ -341,6 +350,7 @@ async function perform(client: FitbClient, action: AdminAction, io: CommandIo): 
   switch (action.t) {
     case "change":
       if (action.cmd.t === "destroy-channel") await checkDestroy(client, action.cmd.tag, action.yes);
+      if (action.cmd.t === "set-f") await checkSetF(client, action.cmd.f, action.yes);
       io.out(describeChange(action.cmd, await client.admin(action.cmd).catch((error) => Promise.reject(namingKey(error, action.cmd)))));
       return EXIT_OK;
     case "list-channels":

@@ -3,8 +3,11 @@
  * answered, and what is wrong with the group, in a table and in JSON that say the same.
  *
  * Exit codes (README "Status"): 0 ok; 1 degraded (a replica down, in another view,
- * lagging, or the leader dead or disputed) while 2f+1 replicas answer; 2 no quorum (fewer
- * than 2f+1 answer: admin commands and total-order channels cannot be ordered).
+ * lagging, isolated from its peers, or the leader dead or disputed) while 2f+1 replicas
+ * answer; 2 no quorum (fewer than 2f+1 answer: admin commands and total-order channels
+ * cannot be ordered). Warnings (a replica that reaches some of its peers but not all) are
+ * printed and leave the exit code as it is, as the command's other warnings do (a key
+ * file's on stderr, a shedding note).
  *
  * The group judged is the one the replicas agree on (status-client.ts reads it first), not
  * the cluster file's, which may predate a membership change. When it could not be read,
@@ -13,10 +16,13 @@
  *
  * Up to f replicas may answer anything, so no figure rests on one answer: how far behind
  * a replica is counts from the last decided seq f+1 replicas have reached, and whatever a
- * replica sent as text is printed without control characters.
+ * replica sent as text is printed without control characters. Which peers a replica
+ * reaches is its own claim (its status answer's `peers`): a faulty replica can misjudge
+ * only itself by it (be called isolated, or hide that it is), never another replica.
  */
 import type { ClusterStatus } from "../../client/client.ts";
 import type { ReplicaStatusAnswer } from "../../client/queries.ts";
+import { quorum as orderingQuorum } from "../../core/ordering/config.ts";
 import { byzantineQuorum, vouchQuorum } from "../../core/voting/quorum.ts";
 
 export const STATUS_OK = 0;
@@ -39,8 +45,16 @@ export interface ReplicaRow {
   readonly lastDecided: number | null;
   /** Decided seqs behind the last decided seq f+1 replicas reached (0 when ahead of it); null when down. */
   readonly behind: number | null;
-  /** "other-view", "lagging", "leader-down" (it names a leader that does not answer). */
+  /**
+   * "other-view", "lagging", "leader-down" (it names a leader that does not answer),
+   * "isolated" (it reaches fewer peers than a quorum needs: a problem), "peers-unreached"
+   * (it reaches enough of them, not all: a warning).
+   */
   readonly flags: readonly string[];
+  /** The group's other members whose peer links this replica says are up; null when down or when its answer does not say. */
+  readonly peersUp: readonly number[] | null;
+  /** The group's other members it says it does not reach (empty when it reaches all, or does not say). */
+  readonly peersUnreached: readonly number[];
   /** Priority shedding, when the replica runs it: its target and the percent of low and normal publishes it admits now. */
   readonly shedding: NonNullable<ReplicaStatusAnswer["shedding"]> | null;
 }
@@ -61,6 +75,8 @@ export interface StatusReport {
   readonly exitCode: number;
   /** Each problem in one sentence, most serious first. */
   readonly problems: readonly string[];
+  /** What is not right but does not make the group degraded (the exit code stays): each in one sentence. */
+  readonly warnings: readonly string[];
   readonly replicas: readonly ReplicaRow[];
   /** The answers the report was made from. */
   readonly status: ClusterStatus;
@@ -107,6 +123,8 @@ export function assessStatus(
   if (answered > 0 && !status.agreed) problems.push(`leader disputed: fewer than ${vouchQuorum(f)} replicas agree on a view and leader`);
   const leaderDown = status.leader !== null && !upIds.has(status.leader);
   if (leaderDown) problems.push(`leader ${status.leader} (view ${status.view}) does not answer`);
+  const warnings: string[] = [];
+  const groupIds = status.replicas.map((r) => r.id);
   const rows = status.replicas.map((replica, i): ReplicaRow => {
     const answer = answers[i] ?? null;
     if (answer === null) {
@@ -122,6 +140,8 @@ export function assessStatus(
         lastDecided: null,
         behind: null,
         flags: [],
+        peersUp: null,
+        peersUnreached: [],
         shedding: null,
       };
     }
@@ -136,6 +156,24 @@ export function assessStatus(
       problems.push(`replica ${replica.id} is ${behind} decided seqs behind`);
     }
     if (!upIds.has(answer.leader)) flags.push("leader-down");
+    const links = judgePeerLinks(replica.id, answer, groupIds, n, f);
+    if (links.isolated) {
+      flags.push("isolated");
+      problems.push(
+        `replica ${replica.id} is isolated from its peers: it reaches ${links.up.length} of ${links.others} ` +
+          `(no link to ${idList(links.unreached)}), fewer than the ${links.needed} it needs to take part in a quorum of ${links.needed + 1}`,
+      );
+    } else {
+      // A peer that does not answer is a problem of its own already (down): no warning for it.
+      const news = links.unreached.filter((id) => upIds.has(id));
+      if (news.length > 0) {
+        flags.push("peers-unreached");
+        warnings.push(
+          `replica ${replica.id} does not reach ${idList(news)} (it reaches ${links.up.length} of its ${links.others} peers; ` +
+            `a quorum of ${links.needed + 1} needs ${links.needed})`,
+        );
+      }
+    }
     return {
       id: replica.id,
       address: printable(replica.address),
@@ -146,6 +184,8 @@ export function assessStatus(
       lastDecided: answer.lastDecided,
       behind,
       flags,
+      peersUp: links.claimed ? links.up : null,
+      peersUnreached: links.unreached,
       shedding: answer.shedding ?? null,
     };
   });
@@ -164,9 +204,54 @@ export function assessStatus(
     health,
     exitCode: health === "ok" ? STATUS_OK : health === "degraded" ? STATUS_DEGRADED : STATUS_NO_QUORUM,
     problems,
+    warnings,
     replicas: rows,
     status,
   };
+}
+
+/** What a replica says of its links to the group's other members, judged for the group's quorum. */
+export interface PeerLinks {
+  /** Whether its answer says anything of its peers (`peers`); when not, nothing is judged. */
+  readonly claimed: boolean;
+  /** The group's other members it says it reaches, ascending. */
+  readonly up: readonly number[];
+  /** The group's other members it does not say it reaches (a link down, or not listed), ascending; empty when unclaimed. */
+  readonly unreached: readonly number[];
+  /** How many other members the group has (n - 1). */
+  readonly others: number;
+  /** Peers it must reach to take part in a quorum: ceil((n+f+1)/2) - 1, itself the last of the quorum. */
+  readonly needed: number;
+  /** Fewer than `needed` peers reached: it cannot take part in any quorum. */
+  readonly isolated: boolean;
+}
+
+/**
+ * A replica's peer links from its status answer (`peers[].up`, its outbound links) against
+ * `groupIds`, the group f+1 replicas agree on: members it does not list count as not
+ * reached (it may follow another group), ids outside the group are left out. An answer
+ * without `peers` (a replica that does not say) is not judged.
+ */
+export function judgePeerLinks(
+  id: number,
+  answer: Pick<ReplicaStatusAnswer, "peers">,
+  groupIds: readonly number[],
+  n: number,
+  f: number,
+): PeerLinks {
+  const others = groupIds.filter((other) => other !== id);
+  const needed = Math.max(0, orderingQuorum(n, f, "bft") - 1);
+  if (answer.peers === undefined) return { claimed: false, up: [], unreached: [], others: others.length, needed, isolated: false };
+  const reached = new Set(answer.peers.filter((peer) => peer.up).map((peer) => peer.id));
+  const sorted = [...others].sort((a, b) => a - b);
+  const up = sorted.filter((other) => reached.has(other));
+  const unreached = sorted.filter((other) => !reached.has(other));
+  return { claimed: true, up, unreached, others: others.length, needed, isolated: up.length < needed };
+}
+
+/** "replica 3" or "replicas 0, 1, 3". */
+function idList(ids: readonly number[]): string {
+  return ids.length === 1 ? `replica ${ids[0]}` : `replicas ${ids.join(", ")}`;
 }
 
 /**
@@ -206,6 +291,7 @@ export function statusTable(report: StatusReport): string[] {
     );
   }
   for (const problem of report.problems) lines.push(problem);
+  for (const warning of report.warnings) lines.push(`warning: ${warning}`);
   return lines;
 }
 
@@ -236,6 +322,7 @@ export function statusJsonReport(report: StatusReport): Record<string, unknown> 
     health: report.health,
     exit_code: report.exitCode,
     problems: report.problems,
+    warnings: report.warnings,
     replicas: report.replicas.map((r) =>
       r.up
         ? {
@@ -247,6 +334,8 @@ export function statusJsonReport(report: StatusReport): Record<string, unknown> 
             last_decided: r.lastDecided,
             behind: r.behind,
             flags: r.flags,
+            peers_up: r.peersUp,
+            peers_unreached: r.peersUnreached,
             shedding:
               r.shedding === null
                 ? null

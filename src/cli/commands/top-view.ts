@@ -204,6 +204,7 @@ export function renderTop(report: StatusReport, previous: TopSample | null, curr
     );
   }
   for (const problem of report.problems) lines.push(`! ${problem}`);
+  for (const warning of report.warnings) lines.push(`  warning: ${warning}`);
   lines.push("");
   const channels = channelRates(previous, current, report.f).map((c) => ({
     ...c,
