@@ -500,7 +500,9 @@ export class FitbClient {
         await this.spaces.relearn(space, epoch);
         continue;
       }
-      if (code === "TIMEOUT") space.stale = true;
+      // A request that timed out, or ran out of time retrying "not now" refusals (RATE_LIMITED,
+      // OVERLOADED), may or may not have been ordered: the numbering is read again.
+      if (outcome.error instanceof NoQuorumError) space.stale = true;
       if (tag !== null && CHANNEL_STALE_REFUSALS.has(code)) this.spaces.forget(tag);
       throw outcome.error;
     }

@@ -46,11 +46,39 @@ export class HandshakeError extends ClientError {
   }
 }
 
-/** Not enough replicas answered (or agreed) within the time allowed. */
+/**
+ * Not enough replicas answered (or agreed) within the time allowed. The request may still
+ * be stored or ordered by replicas that did not answer in time, and its numbers may have
+ * been used. Its code is TIMEOUT, unless replicas kept refusing it "not now" until the
+ * deadline (RetriedRefusalError).
+ */
 export class NoQuorumError extends ClientError {
   override name = "NoQuorumError";
-  constructor(message: string) {
-    super("TIMEOUT", message);
+  constructor(message: string, code: ErrorCode = "TIMEOUT") {
+    super(code, message);
+  }
+}
+
+/** The "not now" refusals a request can be retried for until its deadline and report as its code (RetriedRefusalError). */
+export type RetriedRefusalCode = "RATE_LIMITED" | "OVERLOADED";
+
+/**
+ * A request that did not reach its quorum by its deadline because replicas kept refusing
+ * it "not now" (RATE_LIMITED: over a rate limit; OVERLOADED: shedding load): retried
+ * refusals, not votes (request-tracker.ts). Its code is theirs, so that `-ERR RATE_LIMITED
+ * ...` says what kept it out rather than `TIMEOUT`; `replicas` are those whose last answer
+ * it was, `reason` the last one's reason. Still a NoQuorumError: replicas that did not
+ * refuse it may have stored it.
+ */
+export class RetriedRefusalError extends NoQuorumError {
+  override name = "RetriedRefusalError";
+  constructor(
+    code: RetriedRefusalCode,
+    readonly replicas: readonly number[],
+    readonly reason: string,
+    message: string,
+  ) {
+    super(message, code);
   }
 }
 

@@ -7,7 +7,7 @@
  *   client  -> AUTH      {sig}
  *
  * The client accepts the replica only if `replica` is the id it dialled, `key` is the
- * key the cluster file lists for that id, and `sig` verifies over the transcript
+ * key the cluster file (or the replica group the client follows) lists for that id, and `sig` verifies over the transcript
  * (wire/session.ts sessionTranscript) under DOMAIN_SESSION_RESPONDER. Its own AUTH
  * signs the same transcript under DOMAIN_SESSION_INITIATOR. Both nonces are in the
  * transcript, so neither signature can be replayed into another session.
@@ -33,10 +33,47 @@ import {
   x25519SharedSecret,
 } from "../crypto/session.ts";
 
-/** Who the client expects at the other end: the cluster file's entry for the replica. */
+/** Who the client expects at the other end: the cluster file's entry for the replica, or the followed group's. */
 export interface ExpectedReplica {
   readonly id: number;
   readonly publicKey: Uint8Array;
+  /**
+   * Where `publicKey` comes from: the cluster file ("file", and when absent), or the
+   * replica group of a later epoch the client follows (membership-follow.ts), for a
+   * member dialled as that group lists it.
+   */
+  readonly keySource?: ExpectedKeySource;
+}
+
+/** Where the key the client expects of a replica comes from (ExpectedReplica.keySource). */
+export type ExpectedKeySource = "file" | { readonly epoch: number };
+
+/**
+ * Why a replica's HELLO_ACK key is not the one expected, naming each key for what it is
+ * (the one the replica presented, the one the file or the group lists) and what to do.
+ * After `rotate-replica-key` the group lists the new key: a client whose cluster file
+ * still lists the old one sees the new key presented, and needs the current file
+ * (`fitb cluster export`); a client that followed the group while the replica still runs
+ * with its old key sees the old key presented, and the replica needs restarting with the
+ * new one.
+ */
+export function keyMismatchReason(expected: ExpectedReplica, presented: Uint8Array): string {
+  const id = expected.id;
+  const got = formatPublicKey(presented);
+  const listed = formatPublicKey(expected.publicKey);
+  const reexport = "re-export it with `fitb cluster export` and give it to the clients";
+  const source = expected.keySource ?? "file";
+  if (source === "file") {
+    return (
+      `presented key ${got}, but the cluster file lists ${listed} for replica ${id}: if its key was rotated ` +
+      `(rotate-replica-key), the file is out of date: ${reexport}; otherwise this is not replica ${id}'s key`
+    );
+  }
+  return (
+    `presented key ${got}, but the replica group of epoch ${source.epoch} (which this client follows) lists ${listed} ` +
+    `for replica ${id}: if its key was rotated (rotate-replica-key), restart replica ${id} with the new key file; ` +
+    `otherwise this is not replica ${id}'s key`
+  );
 }
 
 export type HelloAckCheck =
@@ -72,11 +109,7 @@ export function checkHelloAck(handshake: ClientHandshake, ack: HelloAck, expecte
     return { ok: false, code: "UNAUTHORIZED", reason: `answered as replica ${ack.replica}, expected replica ${expected.id}` };
   }
   if (!bytesEqual(ack.key, expected.publicKey)) {
-    return {
-      ok: false,
-      code: "UNAUTHORIZED",
-      reason: `presented key ${formatPublicKey(ack.key)}, but the cluster file lists ${formatPublicKey(expected.publicKey)}`,
-    };
+    return { ok: false, code: "UNAUTHORIZED", reason: keyMismatchReason(expected, ack.key) };
   }
   const transcript = sessionTranscript(hello, ack);
   if (!verifyDomain(expected.publicKey, DOMAIN_SESSION_RESPONDER, transcript, ack.sig)) {

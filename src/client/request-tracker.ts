@@ -4,7 +4,8 @@
  * src/README.md §3). A crash/none publish goes to f+1 replicas first (quorumTargets), every
  * other request to every replica. Replicas that have not answered get the same signed bytes
  * again after a timeout and whenever their session comes back; the request fails with
- * TIMEOUT at its deadline.
+ * TIMEOUT at its deadline, or with RATE_LIMITED / OVERLOADED when replicas refusing it so
+ * ("not now", retried) kept it from its quorum (deadlineError).
  *
  * Read-your-writes (PROTOCOL.md 6.3): a refusal a replica judged on its own state
  * carries `at`, the decided seq it had executed, and is not a vote until it is fresh and
@@ -20,7 +21,7 @@ import { ReplyVoter } from "../core/voting/reply-voter.ts";
 import { toHex } from "../crypto/encoding.ts";
 import { framePayloadDigest, withMacRoom } from "../crypto/session.ts";
 import type { ReplicaConnection } from "./connection.ts";
-import { type ClientError, NoQuorumError, RequestRejectedError } from "./errors.ts";
+import { type ClientError, NoQuorumError, RequestRejectedError, RetriedRefusalError, type RetriedRefusalCode } from "./errors.ts";
 import type { TrackingContext } from "./replica-group.ts";
 import { requestFrame, type BuiltRequest } from "./request.ts";
 import { pickLastSeq } from "./seq.ts";
@@ -29,9 +30,21 @@ import { pickLastSeq } from "./seq.ts";
  * Refusals that say "not now" rather than "no": the replica is catching up, shedding
  * load, rate-limiting, or still waiting for an earlier request of ours. They are not
  * votes; the request goes to that replica again at the next resend, or sooner after
- * priority shedding (retrySoon).
+ * priority shedding (retrySoon). At the deadline, the last of them each replica gave is
+ * what the error reports for it.
  */
 const TRANSIENT_REFUSALS: ReadonlySet<ErrorCode> = new Set(["OUT_OF_ORDER", "NOT_READY", "OVERLOADED", "RATE_LIMITED", "TIMEOUT"]);
+
+/**
+ * The "not now" refusals a request that misses its deadline reports as its code when they
+ * kept it from its quorum (deadlineError): the client's rate, a replica shedding load. The
+ * others (OUT_OF_ORDER, NOT_READY, TIMEOUT) say a replica or the client's numbering is
+ * behind, which a TIMEOUT naming each replica's last answer describes.
+ */
+const REPORTED_REFUSALS: ReadonlyMap<ErrorCode, { readonly code: RetriedRefusalCode; readonly why: string }> = new Map([
+  ["RATE_LIMITED", { code: "RATE_LIMITED", why: "for its rate" }],
+  ["OVERLOADED", { code: "OVERLOADED", why: "for their load" }],
+]);
 
 /**
  * Whether a refusal is priority shedding's (wire/PROTOCOL.md 6.2): refused before its
@@ -132,6 +145,11 @@ interface PendingRequest {
   readonly reasons: Map<string, string>;
   /** The last transient refusal per replica (not a vote). */
   readonly transient: Map<number, string>;
+  /**
+   * The replicas whose last answer was a transient refusal, with its code and reason, in
+   * the order of those answers (the latest last): what the deadline reports (deadlineError).
+   */
+  readonly notNow: Map<number, { readonly code: ErrorCode; readonly reason: string }>;
   /** Replicas to ask again soon (retriedSoon): when, and how many times they refused so far. */
   readonly retries: Map<number, { dueAt: number; refusals: number }>;
   /**
@@ -253,6 +271,7 @@ export class RequestTracker {
         askedClaimed: new Set(),
         reasons: new Map(),
         transient: new Map(),
+        notNow: new Map(),
         retries: new Map(),
         targets,
         hedgeAt: targets === null ? Number.POSITIVE_INFINITY : now + this.hedgeDelayMs(),
@@ -401,10 +420,15 @@ export class RequestTracker {
       // A replica that already voted keeps its vote: nothing to ask it again.
       if (!pending.voter.missing().includes(replica)) return;
       pending.transient.set(replica, `${body.code} ${body.reason}`);
+      // Moved to the end: the latest such answer is the last one.
+      pending.notNow.delete(replica);
+      pending.notNow.set(replica, { code: body.code, reason: body.reason });
       pending.sentTo.delete(replica);
       if (retriedSoon(body.code, body.reason)) this.retrySoon(pending, replica);
       return;
     }
+    // Any other answer replaces the replica's "not now".
+    pending.notNow.delete(replica);
     if (!body.ok && body.at !== undefined) {
       const waited = pending.askedClaimed.has(replica);
       pending.local.set(replica, { code: body.code, reason: body.reason, at: body.at, waited });
@@ -618,6 +642,7 @@ export class RequestTracker {
       pending.accepted.delete(id);
       pending.local.delete(id);
       pending.transient.delete(id);
+      pending.notNow.delete(id);
       pending.retries.delete(id);
       pending.voter.withdraw(id, Math.max(pending.fAtSend, this.ctx.group.f));
       this.settleIfDone(pending);
@@ -632,14 +657,7 @@ export class RequestTracker {
   private tickRequest(pending: PendingRequest, now: number): void {
     const { group } = this.ctx;
     if (now >= pending.deadline) {
-      const answered = new Set(group.connections.map((c) => c.id).filter((id) => !pending.voter.missing().includes(id)));
-      const quorum = pending.voter.quorum;
-      pending.settle({
-        ok: false,
-        error: new NoQuorumError(
-          `no quorum for ${pending.what}: ${answered.size} of ${group.n} replicas answered within ${this.timing.requestMs} ms, ${quorum} matching needed (${group.describeReplicas(answered, pending.transient)})`,
-        ),
-      });
+      pending.settle({ ok: false, error: this.deadlineError(pending) });
       return;
     }
     if (now - pending.lastSendAt < this.timing.resendMs) return;
@@ -662,6 +680,77 @@ export class RequestTracker {
       const connection = group.connection(id);
       if (connection !== undefined) this.sendRequest(pending, connection);
     }
+  }
+
+  /**
+   * The error of a request at its deadline. Replicas whose last answer was a "not now"
+   * refusal (transient: retried, not a vote) are not silent: when RATE_LIMITED or OVERLOADED
+   * ones kept it from its quorum (had they answered like every replica that voted, it would
+   * have had it), the error carries their code and says so (RetriedRefusalError), naming how
+   * many refused and the last one's reason. Otherwise it is a TIMEOUT naming each replica
+   * that did not answer and why (its last "not now", no answer, not connected).
+   */
+  private deadlineError(pending: PendingRequest): NoQuorumError {
+    const { group } = this.ctx;
+    const missing = new Set(pending.voter.missing());
+    const answered = new Set(group.connections.map((c) => c.id).filter((id) => !missing.has(id)));
+    const quorum = pending.voter.quorum;
+    const refused = this.refusedUntilDeadline(pending, missing);
+    if (refused !== null && answered.size + refused.replicas.length >= quorum) {
+      const { code, why } = refused.reported;
+      const k = refused.replicas.length;
+      const last = group.connection(refused.last);
+      const lastName = last === undefined ? `replica ${refused.last}` : `replica ${last.id} (${last.address})`;
+      // The rest: how far the replicas that voted got, and why each other one did not answer.
+      const heard = new Set([...answered, ...refused.replicas]);
+      let rest = answered.size === 0 ? "" : `; ${answered.size} other${answered.size === 1 ? "" : "s"} answered, ${quorum} matching needed`;
+      if (heard.size < group.n) {
+        const notes = new Map(pending.transient);
+        // A crash/none publish its f+1 replicas refused RATE_LIMITED stays with them (hedgeDue).
+        for (const connection of group.connections) {
+          if (!isTarget(pending, connection.id))
+            notes.set(connection.id, "not asked (a crash/none publish stays with its f+1 replicas while they refuse it RATE_LIMITED)");
+        }
+        rest += `; ${group.describeReplicas(heard, notes)}`;
+      }
+      return new RetriedRefusalError(
+        code,
+        refused.replicas,
+        refused.reason,
+        `${pending.what}: ${k} of ${group.n} replica${group.n === 1 ? "" : "s"} refused it ${why}, retried until the deadline (${this.timing.requestMs} ms); the last, ${lastName}: ${code} ${refused.reason}${rest}`,
+      );
+    }
+    return new NoQuorumError(
+      `no quorum for ${pending.what}: ${answered.size} of ${group.n} replicas answered within ${this.timing.requestMs} ms, ${quorum} matching needed (${group.describeReplicas(answered, pending.transient)})`,
+    );
+  }
+
+  /**
+   * The members that have not voted and whose last answer was a RATE_LIMITED or OVERLOADED
+   * refusal, of the code more of them gave (at a tie, the code of the latest such answer):
+   * the replicas, the latest of them, and its reason. Null: none.
+   */
+  private refusedUntilDeadline(
+    pending: PendingRequest,
+    missing: ReadonlySet<number>,
+  ): { reported: { code: RetriedRefusalCode; why: string }; replicas: number[]; last: number; reason: string } | null {
+    const byCode = new Map<ErrorCode, { replicas: number[]; last: number; reason: string }>();
+    // In the order of the answers: each code's entry ends with its latest.
+    for (const [replica, refusal] of pending.notNow) {
+      if (!REPORTED_REFUSALS.has(refusal.code) || !missing.has(replica) || !this.ctx.group.has(replica)) continue;
+      const entry = byCode.get(refusal.code) ?? { replicas: [], last: replica, reason: refusal.reason };
+      entry.replicas.push(replica);
+      entry.last = replica;
+      entry.reason = refusal.reason;
+      byCode.delete(refusal.code);
+      byCode.set(refusal.code, entry);
+    }
+    let chosen: { code: ErrorCode; replicas: number[]; last: number; reason: string } | null = null;
+    // byCode is ordered by each code's latest answer: at a tie, the later one wins.
+    for (const [code, entry] of byCode) if (chosen === null || entry.replicas.length >= chosen.replicas.length) chosen = { code, ...entry };
+    if (chosen === null) return null;
+    const reported = REPORTED_REFUSALS.get(chosen.code) as { code: RetriedRefusalCode; why: string };
+    return { reported, replicas: chosen.replicas.sort((a, b) => a - b), last: chosen.last, reason: chosen.reason };
   }
 
   /** Settles every request in flight with `error` (the client is closing). */

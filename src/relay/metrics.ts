@@ -1,10 +1,19 @@
 /**
  * The relay's metrics (`fitb relay --metrics HOST:PORT`): connections, publishes and
- * their acks, subscriptions and deliveries, per tag, and the session to each replica.
+ * their acks, subscriptions and deliveries, per tag, and the session to each replica of
+ * the group the relay's client follows (replica_up: a removed replica's series goes, an
+ * added one's comes).
  * Per-tag series are bounded like the replica's: the first RELAY_METRICS_TAGS_MAX tags
  * have their own, the rest share tag="_other".
  */
-import { type CounterCell, type CounterFamily, type GaugeCell, type HistogramCell, MetricsRegistry } from "../metrics/registry.ts";
+import {
+  type CounterCell,
+  type CounterFamily,
+  type GaugeCell,
+  type GaugeFamily,
+  type HistogramCell,
+  MetricsRegistry,
+} from "../metrics/registry.ts";
 
 export const RELAY_METRICS_TAGS_MAX = 200;
 const OTHER_TAG = "_other";
@@ -16,12 +25,37 @@ export interface RelayTagCells {
   readonly delivered: CounterCell;
 }
 
+/**
+ * Sets replica_up for the replicas the relay's client has now (the members of the group it
+ * follows, which change with add-replica and remove-replica) and drops the series of those
+ * it no longer has: a removed replica's series would otherwise stay at its last value (1)
+ * for as long as the relay runs. `published` holds the ids with a series, kept across scrapes.
+ */
+function syncReplicaUp(
+  family: GaugeFamily,
+  published: Set<string>,
+  replicas: readonly { readonly id: number; readonly state: string }[],
+): void {
+  const members = new Set(replicas.map((replica) => String(replica.id)));
+  for (const id of published) {
+    if (members.has(id)) continue;
+    family.remove(id);
+    published.delete(id);
+  }
+  for (const replica of replicas) {
+    const id = String(replica.id);
+    family.with(id).set(replica.state === "ready" ? 1 : 0);
+    published.add(id);
+  }
+}
+
 /** What the relay reads at each scrape. */
 export interface RelayState {
   readonly connections: number;
   readonly subscriptions: number;
   readonly publishers: number;
   readonly publishBytesHeld: number;
+  /** The members of the group the relay's client follows now, and each one's session state (FitbClient.replicaStates). */
   readonly replicas: readonly { readonly id: number; readonly state: string }[];
   /** The replica group the relay's client follows (FitbClient.membership); absent: not reported. */
   readonly membership?: {
@@ -72,7 +106,13 @@ export class RelayMetrics {
       publishers: r.gauge("relay_publishers", "Tags with a batching publisher now").with(),
       publishBytesHeld: r.gauge("relay_publish_bytes_held", "Event bytes of publishes not yet answered").with(),
     };
-    const replicaUp = r.gauge("relay_replica_up", "1 if the relay's session to this replica is open", ["replica"]);
+    const replicaUp = r.gauge(
+      "relay_replica_up",
+      "1 if the relay's session to this replica is open, for each member of the replica group the relay's client follows (a replica removed from the group has no series)",
+      ["replica"],
+    );
+    /** The replica ids replica_up has a series for: the members at the last scrape. */
+    const replicaSeries = new Set<string>();
     const membership = {
       epoch: r.gauge("relay_membership_epoch", "The replica group's epoch the relay follows; -1 until it has read the group").with(),
       changes: r.gauge("relay_membership_changes", "Replica groups the relay moved to since it started").with(),
@@ -102,7 +142,7 @@ export class RelayMetrics {
         membership.staleFileWarnings.set(now.membership.staleFileWarnings ?? 0);
       }
       for (const key of ["connections", "subscriptions", "publishers", "publishBytesHeld"] as const) this.stateGauges[key].set(now[key]);
-      for (const replica of now.replicas) replicaUp.with(String(replica.id)).set(replica.state === "ready" ? 1 : 0);
+      syncReplicaUp(replicaUp, replicaSeries, now.replicas);
     });
   }
 

@@ -1,0 +1,91 @@
+// A publisher over its key's quota (admin set-quota) with real replica processes: every
+// replica refuses its publishes RATE_LIMITED, the client retries them ("not now") until the
+// deadline, and the publish then fails -ERR RATE_LIMITED naming the replicas' refusal, not
+// -ERR TIMEOUT "no quorum" (src/client/request-tracker.ts, deadlineError). Afterwards the
+// same client publishes again as soon as the quota allows it.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { FitbClient } from "../../src/client/index.ts";
+import type { ClientError } from "../../src/client/errors.ts";
+import { loadClientSetup } from "../../src/client/setup.ts";
+import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import { waitFor } from "../helpers/wait.ts";
+import type { TestCluster } from "./harness.ts";
+import { startClusterWithChannels } from "./client-util.ts";
+
+let cluster: TestCluster;
+let admin: FitbClient;
+let probeKey: Uint8Array;
+let probe: string;
+
+/** Sets (or with no limit, removes) the probe key's quota and waits until every replica executed it. */
+async function setQuota(eventsPerSecond: number | undefined): Promise<void> {
+  const ack = await admin.admin({ t: "set-quota", key: probeKey, ...(eventsPerSecond === undefined ? {} : { eventsPerSecond }) });
+  const at = ack.at ?? 0;
+  await waitFor(`every replica at decided seq ${at}`, async () => {
+    const status = JSON.parse(
+      (await cluster.fitb(["admin", "--config", cluster.configPath, "--key", cluster.adminKey, "status", "--json"])).stdout || "{}",
+    );
+    return (status.replicas ?? []).every((replica: { last_decided?: number }) => (replica.last_decided ?? 0) >= at);
+  });
+}
+
+beforeAll(async () => {
+  cluster = await startClusterWithChannels();
+  const setup = loadClientSetup(cluster.configPath, cluster.adminKey);
+  admin = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 20_000 } });
+  admin.start();
+  probeKey = loadSigningKeyFile(cluster.clientKey).key.publicKey;
+  probe = formatPublicKey(probeKey);
+}, 60_000);
+
+afterAll(async () => {
+  admin?.close();
+  await cluster?.stop();
+});
+
+describe("publishes over the key's quota until the deadline", () => {
+  test("fitb pub: every line -ERR RATE_LIMITED naming the replicas' refusal, no timeout hint", async () => {
+    await setQuota(5);
+    try {
+      const lines = Array.from({ length: 30 }, (_, i) => `line ${i}`).join("\n");
+      const run = await cluster.fitb(
+        ["pub", "--config", cluster.configPath, "--key", cluster.clientKey, "sec.alerts", "--timeout", "1500"],
+        {
+          stdin: `${lines}\n`,
+        },
+      );
+      expect(run.code).toBe(1);
+      const out = run.stdout.trim().split("\n");
+      expect(out).toHaveLength(30);
+      const pattern = new RegExp(
+        "^-ERR RATE_LIMITED publish to sec\\.alerts \\(seq \\d+\\): 4 of 4 replicas refused it for its rate, retried until the deadline \\(1500 ms\\); " +
+          `the last, replica \\d \\(127\\.0\\.0\\.1:\\d+\\): RATE_LIMITED key ${probe.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&")} is over its quota of 5 events/s \\(set-quota\\); retry later$`,
+      );
+      for (const line of out) expect(line).toMatch(pattern);
+      expect(run.stdout).not.toContain("TIMEOUT");
+      expect(run.stderr).not.toContain("timed out without the acknowledgement");
+    } finally {
+      await setQuota(undefined);
+    }
+  }, 90_000);
+
+  test("the client: RATE_LIMITED at the deadline, then the next publish passes once the quota allows it", async () => {
+    const setup = loadClientSetup(cluster.configPath, cluster.clientKey);
+    const client = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 1_500 } });
+    client.start();
+    try {
+      await client.publish("sec.alerts", [new TextEncoder().encode("before")]);
+      await setQuota(5);
+      const events = Array.from({ length: 10 }, (_, i) => new TextEncoder().encode(`burst ${i}`));
+      const error = (await client.publish("sec.alerts", events).catch((e: unknown) => e)) as ClientError;
+      expect(error.code).toBe("RATE_LIMITED");
+      expect(error.message).toContain("4 of 4 replicas refused it for its rate");
+      await setQuota(undefined);
+      // The refused request's numbers were never used: the next one must not wait behind them.
+      const ack = await client.publish("sec.alerts", [new TextEncoder().encode("after")]);
+      expect(ack.channelSeq).not.toBeNull();
+    } finally {
+      client.close();
+    }
+  }, 90_000);
+});
