@@ -103,7 +103,9 @@ export class ReplicaGroup {
       } else {
         added.push(member.id);
       }
-      const connection = new ReplicaConnection(member, this.key, this.events, this.options);
+      // Past epoch 0 the key expected is the group's, which a mismatch then names (handshake.ts keyMismatchReason).
+      const expected = epoch > 0 ? { ...member, keySource: { epoch } } : member;
+      const connection = new ReplicaConnection(expected, this.key, this.events, this.options);
       this.byId.set(member.id, connection);
       if (this.started) connection.start();
     }

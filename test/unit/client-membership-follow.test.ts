@@ -191,6 +191,9 @@ describe("the client's connections follow the group", () => {
     expect(group.connection(2)?.address).toBe("127.0.0.1:7200");
     expect(group.connection(3)).toBeUndefined();
     expect([group.n, group.f, group.epoch, group.slots]).toEqual([4, 1, 1, 5]);
+    // A member dialled as the group lists it expects the group's key, and a mismatch says so.
+    expect(group.connection(4)?.endpoint).toMatchObject({ keySource: { epoch: 1 } });
+    expect(group.connection(0)?.endpoint).not.toHaveProperty("keySource");
     group.close();
   });
 });
