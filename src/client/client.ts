@@ -434,7 +434,9 @@ export class FitbClient {
   /**
    * Publishes the events as one signed request to `tag` and resolves when the CLASS's
    * quorum acknowledged it. Rejects with InvalidInputError (before sending),
-   * RequestRejectedError (a quorum refused), NoQuorumError (TIMEOUT) or QueueFullError.
+   * RequestRejectedError (a quorum refused), NoQuorumError (TIMEOUT; RATE_LIMITED or OVERLOADED,
+   * a RetriedRefusalError, when every replica it went to still refused it so at the deadline)
+   * or QueueFullError.
    */
   async publish(tag: string, events: readonly Uint8Array[]): Promise<PublishAck> {
     this.assertOpen();

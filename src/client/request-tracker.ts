@@ -683,12 +683,13 @@ export class RequestTracker {
   }
 
   /**
-   * The error of a request at its deadline. Replicas whose last answer was a "not now"
-   * refusal (transient: retried, not a vote) are not silent: when RATE_LIMITED or OVERLOADED
-   * ones kept it from its quorum (had they answered like every replica that voted, it would
-   * have had it), the error carries their code and says so (RetriedRefusalError), naming how
-   * many refused and the last one's reason. Otherwise it is a TIMEOUT naming each replica
-   * that did not answer and why (its last "not now", no answer, not connected).
+   * The error of a request at its deadline. When no replica voted and every replica it was
+   * sent to last refused it RATE_LIMITED or OVERLOADED ("not now": retried, not votes), the
+   * error carries that code and says so (RetriedRefusalError), naming how many refused and
+   * the last one's reason: no correct replica holds it. Otherwise it is a TIMEOUT naming
+   * each replica that did not answer and why (its last "not now", no answer, not connected):
+   * a replica that stored it, or one that is silent, may have it ordered or stored, so the
+   * request is not said to be refused (a faulty replica cannot choose the code either).
    */
   private deadlineError(pending: PendingRequest): NoQuorumError {
     const { group } = this.ctx;
@@ -696,7 +697,10 @@ export class RequestTracker {
     const answered = new Set(group.connections.map((c) => c.id).filter((id) => !missing.has(id)));
     const quorum = pending.voter.quorum;
     const refused = this.refusedUntilDeadline(pending, missing);
-    if (refused !== null && answered.size + refused.replicas.length >= quorum) {
+    const asked = group.connections.map((c) => c.id).filter((id) => isTarget(pending, id));
+    const everyOneRefused =
+      answered.size === 0 && asked.length > 0 && asked.every((id) => REPORTED_REFUSALS.has(pending.notNow.get(id)?.code ?? "TIMEOUT"));
+    if (refused !== null && everyOneRefused) {
       const { code, why } = refused.reported;
       const k = refused.replicas.length;
       const last = group.connection(refused.last);

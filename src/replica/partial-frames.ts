@@ -5,14 +5,16 @@
  * frame is whole. Alone that is bounded by the frame; across sessions it was not: 1,024
  * sessions each sending most of a 4 MiB frame and then a byte now and then held 4.5 GiB
  * in a replica and got its view changed. Here every client connection's unfinished frame
- * is counted, in all and by remote address (an IPv6 /64 is one address), and:
+ * is counted, in all and by remote address, and:
  *
- * - past `perAddressBytesMax` for one address, that address's frames arriving slowest
- *   (bytes that arrived over the time since the frame began) are cut, their connections
- *   closed, until it is back under; past `bytesMax` in all, the slowest frames of the
- *   address holding the most: a sender that stalls holds the least rate, a frame coming
- *   at the link's speed is the last to go, and senders from many addresses cannot push
- *   out a slow honest frame from an address holding little;
+ * - past `perAddressBytesMax` for one address (an IPv6 /64 counts as one, net/address.ts),
+ *   that address's frames arriving slowest (bytes that arrived over the time since the
+ *   frame began) are cut, their connections closed, until it is back under; past
+ *   `bytesMax` in all, the slowest frames of any address: a sender that stalls holds the
+ *   least rate, and a frame coming at the link's speed is the last to go. (Cutting from
+ *   the address holding the most instead let senders spread thin over many addresses
+ *   make an honest fast sender that address.) To push out an honest frame, senders must
+ *   keep theirs coming faster than it;
  * - while the frames held pass a quarter of `bytesMax` (someone is filling it), a frame
  *   that over `graceMs` got less than `bytesPerSecondMin` on average is cut (a byte every
  *   25 s kept the idle timeout from ever firing). Below that, a frame may come as slowly
@@ -25,6 +27,8 @@
  * starts again. Nothing waits for room (an earlier version paused reads, and frames
  * paused halfway had nothing left to resume them): the bound acts by choosing whom to close.
  */
+
+import { addressGroup } from "../net/address.ts";
 
 /** Bytes held in unfinished client frames, in all: 64 whole frames of the default 4 MiB. */
 export const PARTIAL_FRAME_BYTES_MAX = 256 * 1024 * 1024;
@@ -101,7 +105,8 @@ export class PartialFrames<C> {
    * Notes `conn`'s decoder after a chunk; returns the connections to close, this one or
    * others, when a bound is passed (their entries are gone already).
    */
-  update(conn: C, address: string, decoder: PartialFrameState, nowMs: number): CutFrame<C>[] {
+  update(conn: C, remote: string, decoder: PartialFrameState, nowMs: number): CutFrame<C>[] {
+    const address = addressGroup(remote);
     const known = this.unfinished.get(conn);
     if (decoder.reservedBytes === 0) {
       if (known !== undefined) this.forget(conn, known);
@@ -165,16 +170,9 @@ export class PartialFrames<C> {
       );
     }
     while (this.total > bytesMax) {
-      const fullest = this.fullestAddress();
-      const slowest = fullest === null ? null : this.slowest(nowMs, fullest);
+      const slowest = this.slowest(nowMs, null);
       if (slowest === null) break;
-      cut.push(
-        this.cut(
-          slowest,
-          nowMs,
-          `this replica holds ${this.total} bytes of client frames still arriving, over ${bytesMax}, its address the most`,
-        ),
-      );
+      cut.push(this.cut(slowest, nowMs, `this replica holds ${this.total} bytes of client frames still arriving, over ${bytesMax}`));
     }
     return cut;
   }
@@ -184,24 +182,6 @@ export class PartialFrames<C> {
     const rate = Math.floor(rateOf(entry, nowMs));
     this.forget(conn, entry);
     return { conn, reason: `${why}; the frame arriving slowest is cut (${rate} bytes/s)` };
-  }
-
-  /** The address holding the most in frames that may be cut (its connections' reads not paused); null when none. */
-  private fullestAddress(): string | null {
-    let fullest: string | null = null;
-    let most = 0;
-    const candidates = new Map<string, number>();
-    for (const [conn, entry] of this.unfinished) {
-      if (this.paused(conn)) continue;
-      candidates.set(entry.address, (candidates.get(entry.address) ?? 0) + entry.reserved);
-    }
-    for (const [address, held] of candidates) {
-      if (held > most) {
-        most = held;
-        fullest = address;
-      }
-    }
-    return fullest;
   }
 
   /** The unfinished frame with the lowest rate, of `address` or of all; null when none. */

@@ -671,6 +671,10 @@ export class Replica {
     // Counted per key (a key's sessions share its allowance: 64 sessions must not draw 64
     // bursts) and per address (keys cost nothing to make), by size: a refused request was
     // decoded whole, about 3 ms of CPU per MiB, so a large one counts as many.
+    // By size whatever the refusal: a request refused behind a gap (OUT_OF_ORDER) was decoded
+    // whole too, and counting those one each let a key follow one refused request with a
+    // thousand 4 MiB ones. An honest large publisher behind one refused request may be paused
+    // (100 ms at first) until it sends the missing one.
     const cost = Math.max(1, Math.ceil(bodyBytes / REFUSAL_BYTES_PER_UNIT));
     const now = this.allowanceNow();
     const withinKey = this.refusals.take(session.keyHex, cost, now);

@@ -101,7 +101,7 @@ export const CLIENT_HANDSHAKES_BURST_MAX = 4000;
  * as one, net/address.ts) may draw on it QUIET_HOST_HANDSHAKES_PER_SECOND a second, past a
  * burst of QUIET_HOST_HANDSHAKES_BURST. The flooding addresses spent theirs at once, so an
  * operator's `fitb admin` or a probe reconnecting still gets in; draining the reserve too
- * takes hundreds of hosts.
+ * takes hundreds of hosts (IPv4 addresses, or IPv6 /64s: a /56 holds 256 of those).
  */
 export const QUIET_HANDSHAKES_PER_SECOND_MAX = 200;
 export const QUIET_HOST_HANDSHAKES_PER_SECOND = 1;
@@ -1213,6 +1213,12 @@ export class ReplicaServer {
   }
 
   private evictUnknownClient(): void {
+    // A session of an unnamed key already closing frees its slot at once (its close has not
+    // been seen yet): no other session need go.
+    for (const conn of this.conns) {
+      const state = conn.state as ConnState;
+      if (conn.isClosed && state.session !== null && !state.named) return this.releaseSession(conn);
+    }
     const victim = this.unknownClientToEvict();
     if (victim === null) return;
     this.options.metrics.inc("clients_evicted_total");

@@ -1,7 +1,9 @@
 // A publisher over its key's quota (admin set-quota) with real replica processes: every
 // replica refuses its publishes RATE_LIMITED, the client retries them ("not now") until the
 // deadline, and the publish then fails -ERR RATE_LIMITED naming the replicas' refusal, not
-// -ERR TIMEOUT "no quorum" (src/client/request-tracker.ts, deadlineError). Afterwards the
+// -ERR TIMEOUT "no quorum" (src/client/request-tracker.ts, deadlineError). The deadline is
+// 5 s: every replica's last answer must be that refusal, which a replica stalled that long
+// under load would not give (the publish would then rightly be a TIMEOUT). Afterwards the
 // same client publishes again as soon as the quota allows it.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { FitbClient } from "../../src/client/index.ts";
@@ -49,7 +51,7 @@ describe("publishes over the key's quota until the deadline", () => {
     try {
       const lines = Array.from({ length: 30 }, (_, i) => `line ${i}`).join("\n");
       const run = await cluster.fitb(
-        ["pub", "--config", cluster.configPath, "--key", cluster.clientKey, "sec.alerts", "--timeout", "1500"],
+        ["pub", "--config", cluster.configPath, "--key", cluster.clientKey, "sec.alerts", "--timeout", "5000"],
         {
           stdin: `${lines}\n`,
         },
@@ -58,7 +60,7 @@ describe("publishes over the key's quota until the deadline", () => {
       const out = run.stdout.trim().split("\n");
       expect(out).toHaveLength(30);
       const pattern = new RegExp(
-        "^-ERR RATE_LIMITED publish to sec\\.alerts \\(seq \\d+\\): 4 of 4 replicas refused it for its rate, retried until the deadline \\(1500 ms\\); " +
+        "^-ERR RATE_LIMITED publish to sec\\.alerts \\(seq \\d+\\): 4 of 4 replicas refused it for its rate, retried until the deadline \\(5000 ms\\); " +
           `the last, replica \\d \\(127\\.0\\.0\\.1:\\d+\\): RATE_LIMITED key ${probe.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&")} is over its quota of 5 events/s \\(set-quota\\); retry later$`,
       );
       for (const line of out) expect(line).toMatch(pattern);
@@ -71,7 +73,7 @@ describe("publishes over the key's quota until the deadline", () => {
 
   test("the client: RATE_LIMITED at the deadline, then the next publish passes once the quota allows it", async () => {
     const setup = loadClientSetup(cluster.configPath, cluster.clientKey);
-    const client = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 1_500 } });
+    const client = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 5_000 } });
     client.start();
     try {
       await client.publish("sec.alerts", [new TextEncoder().encode("before")]);

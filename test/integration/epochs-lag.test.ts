@@ -161,7 +161,9 @@ describe("a replica two epochs behind", () => {
     const live = [0, 1, 2];
     // Five more switches (epochs 3..7): the others keep the proofs of the last 4 (epochs 3..6 ended), not of epoch 2's end.
     for (let epoch = 3; epoch <= 7; epoch++) {
-      expect(await changeUnderTraffic(live, epoch, epoch % 2 === 1 ? ["set-f", "1"] : ["set-f", "0", "--yes"], `e${epoch}`)).toContain("ok");
+      expect(await changeUnderTraffic(live, epoch, epoch % 2 === 1 ? ["set-f", "1"] : ["set-f", "0", "--yes"], `e${epoch}`)).toContain(
+        "ok",
+      );
     }
     await restartUnderTrickle(cluster, publisher, 3, "sec.alerts", "t3b", streams, async () => {
       await waitFor(

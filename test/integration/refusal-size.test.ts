@@ -27,8 +27,9 @@ test("a few large refused publishes pause the session as many small ones would",
   try {
     await session.handshake();
     // 200 publishes of 768 KiB (3 events of 256 KiB) to a channel this key is not registered
-    // on: 12 refusals each, 2,400 in all, past the burst even if the replica took 13 s to
-    // refuse them (the allowance refills 100 a second); counted one each, 200 were not.
+    // on (the first refused UNAUTHORIZED, the rest OUT_OF_ORDER behind it, each decoded
+    // whole): 12 refusals each, 2,400 in all, past the burst even if the replica took 13 s
+    // to refuse them (the allowance refills 100 a second); counted one each, 200 were not.
     const event = new Uint8Array(256 * 1024);
     const count = 200;
     expect(count * Math.ceil((3 * event.length) / REFUSAL_BYTES_PER_UNIT)).toBeGreaterThan(REFUSALS_BURST);

@@ -137,7 +137,7 @@ describe("a request refused RATE_LIMITED or OVERLOADED until its deadline", () =
     expect(error.message).toEndWith(`the last, replica 3 (127.0.0.1:7103): OVERLOADED ${POOL_REASON}`);
   });
 
-  test("refusals that kept it from the quorum beside replicas that stored it: counted, and the others named", async () => {
+  test("refusals beside a replica that stored it: a TIMEOUT (it may be stored), the refusals named", async () => {
     // byzantine/none needs 3 matching (2f+1): 1 stored it, 2 refused RATE_LIMITED, 1 silent.
     const made = request(3);
     const { outcome } = await atDeadline("byzantine/none", made, (tracker, round) => {
@@ -145,12 +145,19 @@ describe("a request refused RATE_LIMITED or OVERLOADED until its deadline", () =
       for (const replica of [1, 2]) tracker.onReply(replica, refusal(made, replica, "RATE_LIMITED", QUOTA_REASON));
     });
     const error = errorOf(outcome);
-    expect(error.code).toBe("RATE_LIMITED");
-    expect(error.message).toBe(
-      `publish to sec.alerts (seq 3): 2 of 4 replicas refused it for its rate, retried until the deadline (${REQUEST_MS} ms); ` +
-        `the last, replica 2 (127.0.0.1:7102): RATE_LIMITED ${QUOTA_REASON}; 1 other answered, 3 matching needed; ` +
-        "replica 3 (127.0.0.1:7103): no answer",
-    );
+    expect(error.code).toBe("TIMEOUT");
+    expect(error).not.toBeInstanceOf(RetriedRefusalError);
+    expect(error.message).toStartWith("no quorum for publish to sec.alerts (seq 3): 1 of 4 replicas answered");
+    expect(error.message).toContain(`RATE_LIMITED ${QUOTA_REASON}`);
+  });
+
+  test("every replica refused it but one, whose vote stored it: a TIMEOUT, whatever the others say (a faulty one cannot choose the code)", async () => {
+    const made = request(3, "sec.alerts");
+    const { outcome } = await atDeadline("byzantine/total", made, (tracker) => {
+      tracker.onReply(0, stored(made, 0));
+      for (const replica of [1, 2, 3]) tracker.onReply(replica, refusal(made, replica, "RATE_LIMITED", QUOTA_REASON));
+    });
+    expect(errorOf(outcome).code).toBe("TIMEOUT");
   });
 
   test("the code more replicas gave is the error's; the last answer of each replica counts", async () => {

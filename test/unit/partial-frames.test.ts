@@ -12,17 +12,24 @@ const frame = (reservedBytes: number, partialBytes: number, partialsBegun = 1): 
   partialsBegun,
 });
 
-test("past the bound in all, the slowest frame of the address holding the most goes, though another address holds a slower one", () => {
+test("past the bound in all, the slowest frame of any address goes, however little its address holds", () => {
   const frames = new PartialFrames<string>(() => false, { ...LIMITS, perAddressBytesMax: 1_000 });
-  // A slow honest frame from one address (1 byte over 1 s so far).
-  expect(frames.update("honest", "10.0.0.1", frame(300, 1), 0)).toEqual([]);
-  expect(frames.update("a1", "10.0.0.2", frame(300, 300), 0)).toEqual([]);
-  // Over the bound in all: 10.0.0.2 holds the most, its slowest frame (a1, begun first) goes.
-  const cut = frames.update("a2", "10.0.0.2", frame(500, 500), 1_000);
-  expect(cut.map((c) => c.conn)).toEqual(["a1"]);
-  expect(cut[0]?.reason).toContain("this replica holds 1100 bytes of client frames still arriving, over 1000, its address the most");
-  expect(frames.heldBytes).toBe(800);
-  expect(frames.heldBy("10.0.0.1")).toBe(300);
+  // Senders spread thin: one address each, a frame each, coming slowly (1 byte so far).
+  expect(frames.update("thin1", "10.0.0.1", frame(300, 1), 0)).toEqual([]);
+  expect(frames.update("thin2", "10.0.0.2", frame(300, 1), 0)).toEqual([]);
+  // A fast sender's frame takes the count over the bound: a thin one goes, not the fast one.
+  const cut = frames.update("fast", "10.0.0.3", frame(500, 500), 1_000);
+  expect(cut.map((c) => c.conn)).toEqual(["thin1"]);
+  expect(cut[0]?.reason).toContain("this replica holds 1100 bytes of client frames still arriving, over 1000");
+  expect(frames.heldBy("10.0.0.3")).toBe(500);
+});
+
+test("an IPv6 /64 counts as one address for the per-address bound", () => {
+  const frames = new PartialFrames<string>(() => false, LIMITS);
+  frames.update("a", "2001:db8:1:2::1", frame(300, 300), 0);
+  const cut = frames.update("b", "2001:db8:1:2::ffff", frame(400, 400), 1_000);
+  expect(cut.map((c) => c.conn)).toEqual(["a"]);
+  expect(frames.heldBy("2001:db8:1:2::/64")).toBe(400);
 });
 
 test("past an address's bound, only that address's frames are candidates", () => {

@@ -195,6 +195,16 @@ const ALL = [0, 1, 2, 3];
 const CUT_OFF_2 = (id: number): number[] => (id === 2 ? [] : ALL.filter((peer) => peer !== 2));
 
 describe("admin status: a replica's links to its peers", () => {
+  test("a group split 2|2, every replica answering: each is isolated and no quorum can form, exit 2", () => {
+    const halves = (id: number): number[] => (id < 2 ? [0, 1] : [2, 3]).filter((peer) => peer !== id);
+    const report = assessStatus({ name: "unit", n: 4, f: 1 }, linkedStatus(4, 1, halves), new Map());
+    expect(report.exitCode).toBe(STATUS_NO_QUORUM);
+    expect(report.health).toBe("no-quorum");
+    expect(report.problems[0]).toBe(
+      "NO QUORUM: 0 of 4 replicas answer and reach enough peers, 3 are needed to order admin commands and total-order channels",
+    );
+  });
+
   test("a replica that answers but reaches none of its peers is isolated: a problem naming it and the peers, exit 1", () => {
     const report = assessStatus(CLUSTER, linkedStatus(4, 1, CUT_OFF_2), REFUSED);
     expect(report.answered).toBe(4);

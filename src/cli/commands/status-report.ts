@@ -189,7 +189,17 @@ export function assessStatus(
       shedding: answer.shedding ?? null,
     };
   });
-  const health: Health = answered < quorum ? "no-quorum" : problems.length > 0 ? "degraded" : "ok";
+  // Replicas that answer but reach too few peers take part in no quorum: a group split
+  // 2|2, each half answering, orders nothing.
+  const linked = rows.filter((row) => row.up && !row.flags.includes("isolated")).length;
+  const ordering = orderingQuorum(n, f, "bft");
+  const linkedTooFew = answered >= quorum && linked < ordering;
+  if (linkedTooFew) {
+    problems.unshift(
+      `NO QUORUM: ${linked} of ${n} replicas answer and reach enough peers, ${ordering} are needed to order admin commands and total-order channels`,
+    );
+  }
+  const health: Health = answered < quorum || linkedTooFew ? "no-quorum" : problems.length > 0 ? "degraded" : "ok";
   return {
     cluster: cluster.name,
     n,
