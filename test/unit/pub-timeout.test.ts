@@ -31,6 +31,8 @@ describe("fitb pub after a timeout", () => {
       `Check: fitb sub --config c.toml --key p.key sec.alerts --from 7 --format '{seq} {time} {publisher} {payload}'`,
     );
     expect(lines.join("\n")).toContain(formatPublicKey(key.publicKey));
+    // The publisher's key may not read a channel that is not public: the hint says which key to give.
+    expect(lines.join("\n")).toContain("on a channel that is not public, give --key a key registered to subscribe to it");
   });
 
   test("every replica reachable: the missing answers are the replicas', not the network's", () => {

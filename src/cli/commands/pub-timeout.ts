@@ -43,7 +43,8 @@ export function timeoutHint(context: TimeoutContext): string[] {
   if (refusals !== null) lines.push(`Meanwhile: ${refusals}.`);
   lines.push(
     `Check: ${sub}`,
-    `  lists what the channel holds${startSeq === null ? " (unordered: every retained event)" : " from where this run began"}; this publisher is ${formatPublicKey(client.publicKey)}.`,
+    `  lists what the channel holds${startSeq === null ? " (unordered: every retained event)" : " from where this run began"}; this publisher is ${formatPublicKey(client.publicKey)}` +
+      " (on a channel that is not public, give --key a key registered to subscribe to it).",
   );
   if (startSeq === undefined) lines.push("  N: the channel's LAST-SEQ before this publish (fitb admin ... list-channels shows it).");
   return lines;
