@@ -572,7 +572,9 @@ class TransferFetcher {
       if (this.resumable !== null && this.resumable.head.seq !== target.seq) options.storage.stageDropSnapshot(this.resumable.head.seq);
     }
     this.resumable = null;
-    options.log.info("state transfer started", { seq: target.seq, from: target.from, resumeAtPart: fetch.nextPart });
+    // The sources it may ask: the checkpoint's signers but itself (nextSource leaves it out too).
+    const from = target.from.filter((peer) => peer !== options.self);
+    options.log.info("state transfer started", { seq: target.seq, from, resumeAtPart: fetch.nextPart });
     // No replica sends a part after the last one: a stream whole on disk is finished here.
     if (resumed === "ended") return this.complete(fetch);
     this.nextSource(fetch);
