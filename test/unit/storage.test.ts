@@ -37,6 +37,25 @@ function freshDir(): string {
   return t.dir;
 }
 
+/** A store in `dir` whose fatal handler records each stop, then throws it (as a replica's would not return). */
+function openRecordingStops(dir: string, log: ReturnType<typeof testLog>, metrics = new Metrics(), exclusive = true) {
+  const stops: FatalError[] = [];
+  const storage = ReplicaStorage.open({
+    dir,
+    sync: "full",
+    cluster: "unit",
+    replica: 0,
+    log,
+    metrics,
+    exclusive,
+    onFatal: (error) => {
+      stops.push(error);
+      throw error;
+    },
+  });
+  return { storage, stops };
+}
+
 const client = new TestClient();
 const DIGEST = new Uint8Array(32).fill(9);
 
@@ -273,20 +292,7 @@ describe("corruption", () => {
     const dir = freshDir();
     const log = testLog();
     const metrics = new Metrics();
-    const stops: FatalError[] = [];
-    const storage = ReplicaStorage.open({
-      dir,
-      sync: "full",
-      cluster: "unit",
-      replica: 0,
-      log,
-      metrics,
-      exclusive: false,
-      onFatal: (error) => {
-        stops.push(error);
-        throw error;
-      },
-    });
+    const { storage, stops } = openRecordingStops(dir, log, metrics, false);
     // The table goes away under the running store: the next commit cannot be made durable.
     const db = new Database(join(dir, STORE_FILE));
     db.run("DROP TABLE snap_part");
@@ -302,19 +308,7 @@ describe("corruption", () => {
     for (const how of ["removed", "replaced by another file"] as const) {
       const dir = freshDir();
       const log = testLog();
-      const stops: FatalError[] = [];
-      const storage = ReplicaStorage.open({
-        dir,
-        sync: "full",
-        cluster: "unit",
-        replica: 0,
-        log,
-        metrics: new Metrics(),
-        onFatal: (error) => {
-          stops.push(error);
-          throw error;
-        },
-      });
+      const { storage, stops } = openRecordingStops(dir, log);
       storage.checkInPlace();
       expect(stops).toEqual([]);
       const file = join(dir, STORE_FILE);
@@ -334,19 +328,7 @@ describe("corruption", () => {
   test("a clean stop whose last fold of the write-ahead log fails (a full disk) closes the database and stops through the fatal handler", () => {
     const dir = freshDir();
     const log = testLog();
-    const stops: FatalError[] = [];
-    const storage = ReplicaStorage.open({
-      dir,
-      sync: "full",
-      cluster: "unit",
-      replica: 0,
-      log,
-      metrics: new Metrics(),
-      onFatal: (error) => {
-        stops.push(error);
-        throw error;
-      },
-    });
+    const { storage, stops } = openRecordingStops(dir, log);
     storage.stagePart(7, 0, new Uint8Array([1, 2, 3, 4]));
     storage.commits.flush();
     // What SQLite throws for PRAGMA wal_checkpoint(TRUNCATE) on a full disk.
