@@ -22,13 +22,15 @@ const REPLICA = 0;
 
 let cluster: TestCluster;
 let admin: FitbClient;
+/** The decided seq of the registration: the first publish names it (`after`), so a replica that has not executed it yet waits (read-your-writes). */
+let registeredAt = 0;
 
 beforeAll(async () => {
   cluster = await startCluster({ limits: { age_seconds_max: AGE_SECONDS } });
   admin = clientFor(cluster, cluster.adminKey);
   const key = loadSigningKeyFile(cluster.clientKey).key;
   await admin.admin({ t: "create-channel", tag: TAG, fault: "crash", order: "none", priority: "normal", public: true });
-  await admin.admin({ t: "register", tag: TAG, role: "publisher", key: key.publicKey });
+  registeredAt = (await admin.admin({ t: "register", tag: TAG, role: "publisher", key: key.publicKey })).at ?? 0;
 }, 60_000);
 
 afterAll(async () => {
@@ -62,7 +64,8 @@ async function answerOf(frame: Frame): Promise<{ ok: boolean; code?: string }> {
 
 test("an idle unordered channel is trimmed by age, and the trimmed request replayed after a restart is refused", async () => {
   const key = loadSigningKeyFile(cluster.clientKey).key;
-  const first = publishFrame(key, 1, TAG, "eth0 down");
+  // Under load the replica may not have executed the registration yet: `after` makes it wait.
+  const first = publishFrame(key, 1, TAG, "eth0 down", registeredAt);
   expect(await answerOf(first)).toEqual({ ok: true });
   // Stored (the positive signal), then gone with no publish after it: the age sweep ran.
   await waitFor("the event stored", async () => (await heldMost()) === 1, 30_000);
