@@ -106,8 +106,8 @@ export class PartialFrames<C> {
    * others, when a bound is passed (their entries are gone already).
    */
   update(conn: C, remote: string, decoder: PartialFrameState, nowMs: number): CutFrame<C>[] {
-    const address = addressGroup(remote);
     const known = this.unfinished.get(conn);
+    // Most chunks end with no frame half-arrived: a lookup, nothing more.
     if (decoder.reservedBytes === 0) {
       if (known !== undefined) this.forget(conn, known);
       return [];
@@ -115,13 +115,21 @@ export class PartialFrames<C> {
     let entry = known;
     if (entry === undefined || entry.frame !== decoder.partialsBegun) {
       if (entry !== undefined) this.forget(conn, entry);
-      entry = { address, frame: decoder.partialsBegun, startedMs: nowMs, reserved: 0, arrived: 0, windowMs: nowMs, windowArrived: 0 };
+      entry = {
+        address: addressGroup(remote),
+        frame: decoder.partialsBegun,
+        startedMs: nowMs,
+        reserved: 0,
+        arrived: 0,
+        windowMs: nowMs,
+        windowArrived: 0,
+      };
       this.unfinished.set(conn, entry);
     }
     this.change(entry, decoder.reservedBytes - entry.reserved);
     entry.reserved = decoder.reservedBytes;
     entry.arrived = decoder.partialBytes;
-    return this.overBounds(address, nowMs);
+    return this.overBounds(entry.address, nowMs);
   }
 
   /** The connection closed (or its frame is no longer counted). */

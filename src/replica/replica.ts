@@ -1162,11 +1162,15 @@ export class Replica {
     const reason = byKey
       ? `more than ${QUERIES_PER_ADDRESS_PER_SECOND} queries a second from this address`
       : `more than ${QUERIES_PER_KEY_PER_SECOND} queries a second with this key`;
+    this.refuseQuery(session, query.id, "OVERLOADED", reason);
+    return false;
+  }
+
+  private refuseQuery(session: ClientSession, id: number, code: ErrorCode, reason: string): void {
     session.conn.send({
       type: FrameType.QUERY_REPLY,
-      body: { id: query.id, replica: this.options.id, ok: false, code: "OVERLOADED", reason, at: this.executedSeq },
+      body: { id, replica: this.options.id, ok: false, code, reason, at: this.executedSeq },
     });
-    return false;
   }
 
   private onQuery(session: ClientSession, query: Query): void {
@@ -1175,12 +1179,7 @@ export class Replica {
     const answer = (res: Canonical): void => {
       session.conn.send({ type: FrameType.QUERY_REPLY, body: { id, replica: this.options.id, ok: true, res, at: this.executedSeq } });
     };
-    const refuse = (code: ErrorCode, reason: string): void => {
-      session.conn.send({
-        type: FrameType.QUERY_REPLY,
-        body: { id, replica: this.options.id, ok: false, code, reason, at: this.executedSeq },
-      });
-    };
+    const refuse = (code: ErrorCode, reason: string): void => this.refuseQuery(session, id, code, reason);
     switch (q) {
       case "status":
         return answer(this.status());

@@ -1201,7 +1201,9 @@ export class ReplicaServer {
     let victimAddressSessions = 0;
     for (const conn of this.conns) {
       const state = conn.state as ConnState;
-      if (state.phase !== "client" || conn.isClosed || state.session === null || state.named) continue;
+      if (state.phase !== "client" || state.session === null || state.named) continue;
+      // One already closing (its close not seen yet) gives its slot first: no other need go.
+      if (conn.isClosed) return conn;
       const sessions = this.clientsByAddress.of(conn.remote);
       // Later in the set is newer: at an equal count the newest wins.
       if (sessions >= victimAddressSessions) {
@@ -1213,14 +1215,9 @@ export class ReplicaServer {
   }
 
   private evictUnknownClient(): void {
-    // A session of an unnamed key already closing frees its slot at once (its close has not
-    // been seen yet): no other session need go.
-    for (const conn of this.conns) {
-      const state = conn.state as ConnState;
-      if (conn.isClosed && state.session !== null && !state.named) return this.releaseSession(conn);
-    }
     const victim = this.unknownClientToEvict();
     if (victim === null) return;
+    if (victim.isClosed) return this.releaseSession(victim);
     this.options.metrics.inc("clients_evicted_total");
     const key = (victim.state as ConnState).session?.key;
     this.options.audit?.warn("client-refused", "client session closed for a key the cluster names", {
