@@ -106,3 +106,27 @@ test("bench --mix refuses the measured channel as the saturated one", async () =
   expect(run.code).toBe(2);
   expect(run.stderr).toContain("--mix: the saturated channel must differ from --channel");
 });
+
+test("bench --mix with a key the saturated channel refuses says why at once, not after waiting for acknowledgements", async () => {
+  // The admin key may subscribe to the public channels but is no publisher of bulk.metrics.
+  const run = await cluster.fitb(
+    [
+      "bench",
+      "--config",
+      cluster.configPath,
+      "--key",
+      cluster.adminKey,
+      "--channel",
+      "sec.alerts",
+      "--events",
+      "100",
+      "--mix",
+      "bulk.metrics",
+    ],
+    { timeoutMs: 120_000 },
+  );
+  expect(run.code, run.stderr).toBe(1);
+  expect(run.stderr).toContain("--mix: bulk.metrics:");
+  expect(run.stderr).toContain("publisher is not registered on bulk.metrics");
+  expect(run.stderr).not.toContain("had no event acknowledged");
+}, 180_000);

@@ -718,7 +718,12 @@ class Flood {
   async acknowledged(acked: number): Promise<void> {
     const deadline = performance.now() + FLOOD_ANSWER_MS;
     for (;;) {
-      if ((await this.mark()).acked > acked) return;
+      const counts = await this.mark();
+      if (counts.acked > acked) return;
+      // Refused for good (a key not registered on the channel, say): no acknowledgement is coming.
+      if (counts.failed > 0) {
+        throw new CommandError(`--mix: ${this.plan.mix?.tag}: ${counts.failed} events failed: ${counts.firstError ?? "no reason given"}`);
+      }
       if (performance.now() >= deadline) {
         throw new CommandError(`--mix: ${this.plan.mix?.tag} had no event acknowledged within ${FLOOD_ANSWER_MS / 1000} s`);
       }
