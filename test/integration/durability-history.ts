@@ -15,8 +15,7 @@
 import { jsonLogLines } from "../helpers/log-lines.ts";
 import type { FitbClient } from "../../src/client/index.ts";
 import { requireClusterConfig } from "../../src/config/cluster.ts";
-import type { Delivered } from "./client-util.ts";
-import { encode } from "./client-util.ts";
+import { collect, type Delivered, encode, waitForCount } from "./client-util.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { logTail, type TestCluster, waitListening } from "./harness.ts";
 
@@ -338,4 +337,41 @@ export async function killAndWait(cluster: TestCluster, id: number): Promise<voi
   const proc = cluster.procs[id];
   cluster.kill(id, "SIGKILL");
   await proc?.exited;
+}
+
+/** End markers published so far by readHistory (each one names its own). */
+let markers = 0;
+
+/**
+ * The history of `streams`' channel from `from`, read by a fresh subscription up to an end
+ * marker published after everything else. The marker's delivery is the signal that the
+ * subscription has passed every earlier event (a total-order channel delivers in seq
+ * order), so no fixed wait decides when the history is complete; on an unordered channel
+ * the read also waits for every acknowledged event. The marker joins `streams` (it was
+ * acknowledged and belongs to the history from now on).
+ */
+export async function readHistory(client: FitbClient, publisher: FitbClient, streams: Stream[], from: number): Promise<Delivered[]> {
+  const tag = (streams[0] as Stream).tag;
+  const prefix = `end${++markers}`;
+  const marker = payloadOf(prefix, 0, 0);
+  const ack = await publisher.publish(tag, [encode(marker)]);
+  streams.push({ tag, prefix, acked: [{ payload: marker, seq: ack.channelSeq }], attempted: new Set([marker]), failures: 0 });
+  const history = await collect(client, tag, from);
+  try {
+    await waitFor(
+      `the end marker of ${tag} (${history.events.length} events so far)`,
+      () => history.events.some((e) => e.payload === marker),
+      30_000,
+    );
+    await waitForCount(history.events, acked(streams), `history of ${tag}`, 30_000);
+  } finally {
+    await history.close();
+  }
+  if (ack.channelSeq === null) return history.events;
+  return history.events.slice(0, history.events.findIndex((e) => e.payload === marker) + 1);
+}
+
+/** Events acknowledged over `streams`. */
+export function acked(streams: readonly Stream[]): number {
+  return streams.reduce((n, s) => n + s.acked.length, 0);
 }

@@ -10,7 +10,7 @@ import { rmSync } from "node:fs";
 import type { FitbClient } from "../../src/client/index.ts";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { clientFor, collect, createChannels, type Delivered, encode, waitForCount } from "./client-util.ts";
+import { clientFor, collect, createChannels, type Delivered } from "./client-util.ts";
 import {
   catchUpUnderTraffic,
   checkTotalOrder,
@@ -18,8 +18,9 @@ import {
   dataDirOf,
   historyByCli,
   logLines,
-  payloadOf,
   publishStream,
+  acked,
+  readHistory,
   type Stream,
   waitConverged,
 } from "./durability-history.ts";
@@ -29,41 +30,6 @@ import { startCluster, type TestCluster } from "./harness.ts";
 const REQUESTS = 120;
 /** Bound on waiting for replicas to converge after a restart. */
 const CONVERGE_MS = 60_000;
-
-let markers = 0;
-
-/**
- * The history of `streams`' channel from `from`, read by a fresh subscription up to an end
- * marker published after everything else. The marker's delivery is the signal that the
- * subscription has passed every earlier event (a total-order channel delivers in seq
- * order), so no fixed wait decides when the history is complete; on an unordered channel
- * the read also waits for every acknowledged event. The marker joins `streams` (it was
- * acknowledged and belongs to the history from now on).
- */
-async function readHistory(client: FitbClient, publisher: FitbClient, streams: Stream[], from: number): Promise<Delivered[]> {
-  const tag = (streams[0] as Stream).tag;
-  const prefix = `end${++markers}`;
-  const marker = payloadOf(prefix, 0, 0);
-  const ack = await publisher.publish(tag, [encode(marker)]);
-  streams.push({ tag, prefix, acked: [{ payload: marker, seq: ack.channelSeq }], attempted: new Set([marker]), failures: 0 });
-  const history = await collect(client, tag, from);
-  try {
-    await waitFor(
-      `the end marker of ${tag} (${history.events.length} events so far)`,
-      () => history.events.some((e) => e.payload === marker),
-      30_000,
-    );
-    await waitForCount(history.events, acked(streams), `history of ${tag}`, 30_000);
-  } finally {
-    await history.close();
-  }
-  if (ack.channelSeq === null) return history.events;
-  return history.events.slice(0, history.events.findIndex((e) => e.payload === marker) + 1);
-}
-
-function acked(streams: readonly Stream[]): number {
-  return streams.reduce((n, s) => n + s.acked.length, 0);
-}
 
 describe("kill -9 during a publish stream", () => {
   let cluster: TestCluster;
