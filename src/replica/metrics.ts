@@ -120,6 +120,9 @@ const GAUGES = {
   stable_checkpoint_seq: "The last stable checkpoint seq",
   subscriptions: "Open channel subscriptions",
   sys_subscriptions: "Open system ($sys) subscriptions",
+  subscriptions_replaying: "Subscriptions still replaying retained history before they go live",
+  subscriptions_replay_waiting:
+    "Replaying subscriptions waiting for their subscriber to read what was sent (2 MiB not yet written on its connection)",
   channels: "Channels in the replicated state",
   answers_held_for_execution: "Answers held until this replica executes what the client saw",
   storage_pending_writes: "Records staged and not yet durable",

@@ -415,6 +415,8 @@ export class Replica {
     this.metrics.gauge("stable_checkpoint_seq", () => this.ordering.status().stableCheckpoint);
     this.metrics.registry.onScrape(() => this.refreshStateMetrics());
     this.metrics.gauge("subscriptions", () => this.subs.count);
+    this.metrics.gauge("subscriptions_replaying", () => this.subs.replaying);
+    this.metrics.gauge("subscriptions_replay_waiting", () => this.subs.replayWaiting);
     this.metrics.gauge("sys_subscriptions", () => this.sys.count);
     this.metrics.gauge("channels", () => this.machine.channelCount);
     this.metrics.gauge("answers_held_for_execution", () => this.gate.size);

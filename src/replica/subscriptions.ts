@@ -52,6 +52,20 @@ export const HISTORY_BATCHES_PER_READ = 256;
  */
 export const HISTORY_BYTES_PER_READ = 1024 * 1024;
 /**
+ * A replay sends no more while its connection holds this many bytes not yet written: it
+ * waits for the subscriber to read them, and goes on from where it stopped. Live fan-out
+ * fills a connection as fast as the channel is published to, and a subscriber that cannot
+ * keep up with it is cut (SLOW); a replay is as fast as the replica can read, so without
+ * this a subscriber asking for a long history got SLOW for reading at its own pace, and on
+ * an unordered channel, where it resubscribes live (no common seq to resume from), lost
+ * the rest of that history. A quarter of CLIENT_OUTBOUND_BYTES_MAX: with the socket's own
+ * buffer, enough in flight to keep a fast reader busy.
+ */
+export const REPLAY_PENDING_BYTES_MAX = 2 * 1024 * 1024;
+/** While every replay waits for its connection to drain, the next catch-up turn comes this much later (no busy loop). */
+export const REPLAY_WAIT_MS = 5;
+
+/**
  * Open channel subscriptions of one remote address's connections together, whatever their
  * keys (a key costs nothing to make): 16 a connection over the 256 connections an address
  * may open (CLIENT_CONNECTIONS_PER_ADDRESS_MAX), or 16 connections at the default
@@ -141,7 +155,13 @@ export class Subscriptions {
   /** What was published to each channel that has subscribers: a replay step's own allowance. */
   private readonly published = new Map<string, Published>();
   /** The pending catch-up turn; null when none is catching up. */
-  private catchUpTimer: ReturnType<typeof setImmediate> | null = null;
+  private catchUpTimer:
+    | { readonly kind: "immediate"; readonly handle: ReturnType<typeof setImmediate> }
+    | {
+        readonly kind: "timeout";
+        readonly handle: ReturnType<typeof setTimeout>;
+      }
+    | null = null;
   private readonly perAddressMax: number;
 
   constructor(
@@ -165,6 +185,13 @@ export class Subscriptions {
   /** Subscriptions still replaying history (live fan-out skips them until they catch up). */
   get replaying(): number {
     return this.catchingUp.size;
+  }
+
+  /** Of those, the ones whose connection holds REPLAY_PENDING_BYTES_MAX not yet written: they wait for their subscriber to read. */
+  get replayWaiting(): number {
+    let waiting = 0;
+    for (const subscription of this.catchingUp) if (subscription.session.conn.pendingBytes >= REPLAY_PENDING_BYTES_MAX) waiting++;
+    return waiting;
   }
 
   /** Whether `sub` is in use on this session: an open subscription or a held SUBSCRIBE. */
@@ -275,9 +302,9 @@ export class Subscriptions {
     this.byTag.set(tag, tagSubs);
     if (replayFrom === null) return;
     // The first step now (a short resume is live at once); the rest in later turns.
-    if (this.replayStep(subscription, { batches: HISTORY_BATCHES_PER_READ, bytes: HISTORY_BYTES_PER_READ })) {
+    if (this.replayStep(subscription, { batches: HISTORY_BATCHES_PER_READ, bytes: HISTORY_BYTES_PER_READ }) !== "live") {
       this.catchingUp.add(subscription);
-      this.scheduleCatchUp();
+      this.scheduleCatchUp(false);
     }
   }
 
@@ -444,11 +471,14 @@ export class Subscriptions {
    * Sends a catching-up subscription's history from `replayFrom`, within `budget`. Once it
    * has sent up to the channel's next seq it is live (replayFrom null), in this same
    * synchronous step: every later batch reaches it by publish, every earlier one was read
-   * here. True while it still has history to send; false once live or ended (a frame
-   * that did not fit: SLOW; the history it needs trimmed meanwhile: TRIMMED).
+   * here. "more" while it still has history to send, "waiting" when it stopped because its
+   * connection holds REPLAY_PENDING_BYTES_MAX not yet written (it goes on from there once
+   * the subscriber has read them), "live" once live or ended (a frame that did not fit:
+   * SLOW; the history it needs trimmed meanwhile: TRIMMED).
    */
-  private replayStep(subscription: Subscription, budget: ReplayBudget): boolean {
+  private replayStep(subscription: Subscription, budget: ReplayBudget): "more" | "waiting" | "live" {
     const from = subscription.replayFrom as number;
+    if (subscription.session.conn.pendingBytes >= REPLAY_PENDING_BYTES_MAX) return "waiting";
     const read = this.machine.readFrom(subscription.tag, from, Math.min(budget.batches, HISTORY_BATCHES_PER_READ));
     if (!read.ok) {
       this.remove(subscription);
@@ -456,14 +486,19 @@ export class Subscriptions {
       const code: SubEndCode = read.code === "trimmed" ? "TRIMMED" : "UNKNOWN_CHANNEL";
       const body = { sub: subscription.sub, replica: this.self, code, reason: read.reason, ...(oldest === undefined ? {} : { oldest }) };
       this.send(subscription.session, { type: FrameType.SUB_END, body }, subscription.urgency);
-      return false;
+      return "live";
     }
     const tail = eventsTail(subscription.tag, this.self);
     const cells = this.channels?.of(subscription.tag) ?? null;
     let next = from;
+    let waiting = false;
     for (const batch of read.batches) {
       if (budget.batches <= 0 || budget.bytes <= 0) break;
-      if (!this.deliver(subscription, batch, cells, this.sharedPayload(batch, subscription.ordered), tail)) return false;
+      if (subscription.session.conn.pendingBytes >= REPLAY_PENDING_BYTES_MAX) {
+        waiting = true;
+        break;
+      }
+      if (!this.deliver(subscription, batch, cells, this.sharedPayload(batch, subscription.ordered), tail)) return "live";
       budget.batches--;
       budget.bytes -= batch.body.length + batch.sig.length;
       next = batch.firstSeq + batch.count;
@@ -471,19 +506,24 @@ export class Subscriptions {
     // An empty read is the end of the log too (nothing at or past `from`).
     if (read.batches.length === 0 || next >= read.nextSeq) {
       subscription.replayFrom = null;
-      return false;
+      return "live";
     }
     subscription.replayFrom = next;
-    return true;
+    return waiting ? "waiting" : "more";
   }
 
-  private scheduleCatchUp(): void {
+  /** The next catch-up turn: at once, or, when every replay waits for its subscriber to read (`waiting`), REPLAY_WAIT_MS later. */
+  private scheduleCatchUp(waiting: boolean): void {
     if (this.catchUpTimer !== null || this.catchingUp.size === 0) return;
-    this.catchUpTimer = setImmediate(() => this.catchUpTurn());
+    this.catchUpTimer = waiting
+      ? { kind: "timeout", handle: setTimeout(() => this.catchUpTurn(), REPLAY_WAIT_MS) }
+      : { kind: "immediate", handle: setImmediate(() => this.catchUpTurn()) };
   }
 
   private cancelCatchUp(): void {
-    if (this.catchUpTimer !== null) clearImmediate(this.catchUpTimer);
+    const timer = this.catchUpTimer;
+    if (timer?.kind === "immediate") clearImmediate(timer.handle);
+    else if (timer?.kind === "timeout") clearTimeout(timer.handle);
     this.catchUpTimer = null;
   }
 
@@ -491,28 +531,34 @@ export class Subscriptions {
    * One catch-up turn: one step's budget shared by every subscription catching up, taken in
    * turn (the one at the front, then to the back of the line if it still has history to
    * send), and each one's own allowance of what its channel published since its last step;
-   * then the loop gets a turn (peers, other clients) before the next.
+   * then the loop gets a turn (peers, other clients) before the next, or, when every one of
+   * them waits for its subscriber to read, a few milliseconds.
    */
   private catchUpTurn(): void {
     this.catchUpTimer = null;
     const share: ReplayBudget = { batches: HISTORY_BATCHES_PER_READ, bytes: HISTORY_BYTES_PER_READ };
+    let moved = false;
     for (const subscription of [...this.catchingUp]) {
       // Ended by an earlier one's step (a connection closed): its catch-up is over.
       if (!this.catchingUp.has(subscription)) continue;
       const published = this.publishedTo(subscription.tag);
       const own = { batches: published.batches - subscription.seenBatches, bytes: published.bytes - subscription.seenBytes };
-      if (own.batches === 0 && (share.batches <= 0 || share.bytes <= 0)) continue;
+      if (own.batches === 0 && (share.batches <= 0 || share.bytes <= 0)) {
+        moved = true;
+        continue;
+      }
       subscription.seenBatches = published.batches;
       subscription.seenBytes = published.bytes;
       const budget: ReplayBudget = { batches: own.batches + share.batches, bytes: own.bytes + share.bytes };
       this.catchingUp.delete(subscription);
-      const more = this.replayStep(subscription, budget);
+      const step = this.replayStep(subscription, budget);
       // What it sent past its own allowance came out of the share.
       share.batches = Math.min(share.batches, budget.batches);
       share.bytes = Math.min(share.bytes, budget.bytes);
-      if (more) this.catchingUp.add(subscription);
+      if (step !== "waiting") moved = true;
+      if (step !== "live") this.catchingUp.add(subscription);
     }
-    this.scheduleCatchUp();
+    this.scheduleCatchUp(!moved);
   }
 
   /** The batches and bytes published to `tag` while it has subscribers (kept while it has any). */

@@ -15,7 +15,13 @@ import type { SharedPayloadPrefix } from "../../src/crypto/session.ts";
 import type { FramedConn } from "../../src/replica/framed.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import type { ClientSession } from "../../src/replica/server.ts";
-import { HISTORY_BATCHES_PER_READ, HISTORY_BYTES_PER_READ, Subscriptions } from "../../src/replica/subscriptions.ts";
+import {
+  HISTORY_BATCHES_PER_READ,
+  HISTORY_BYTES_PER_READ,
+  REPLAY_PENDING_BYTES_MAX,
+  REPLAY_WAIT_MS,
+  Subscriptions,
+} from "../../src/replica/subscriptions.ts";
 import { decodeFrameBody, encodeRequestBody, type Frame } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
 import { waitFor } from "../helpers/wait.ts";
@@ -76,6 +82,8 @@ interface Client {
   readonly bursts: number[];
   /** Frames the connection still takes; past them every send fails, as on a full queue. */
   room: number;
+  /** Bytes the connection holds not yet written (FramedConn.pendingBytes): the subscriber's reading, simulated. */
+  pending: number;
   closed: boolean;
 }
 
@@ -88,6 +96,7 @@ function client(id: number): Client {
     frames: [],
     bursts: [],
     room: Number.POSITIVE_INFINITY,
+    pending: 0,
     closed: false,
   };
   const take = (frame: Frame): boolean => {
@@ -108,6 +117,9 @@ function client(id: number): Client {
   };
   const conn = {
     remote: "192.0.2.1",
+    get pendingBytes() {
+      return self.pending;
+    },
     send: (frame: Frame) => take(frame),
     sendShared: (type: number, shared: SharedPayloadPrefix, rest: Uint8Array) => {
       const decoded = decodeFrameBody(type, Uint8Array.from(Buffer.concat([...shared.parts, rest])));
@@ -311,5 +323,41 @@ describe("a subscription that ends while it catches up", () => {
     expect(eventSeqs(behind)).toEqual(seqsFrom(1, HISTORY_BATCHES_PER_READ));
     expect(subs.count).toBe(0);
     expect(subs.replaying).toBe(0);
+  });
+
+  test("a replay waits while its connection holds REPLAY_PENDING_BYTES_MAX unwritten, without spinning, and goes on from there once they are read", async () => {
+    const { subs, publish } = channel();
+    for (let i = 0; i < HISTORY_BATCHES; i++) publish();
+    const reader = client(1);
+    subs.subscribe(reader.session, 1, TAG, 1);
+    expect(eventSeqs(reader)).toEqual(seqsFrom(1, HISTORY_BATCHES_PER_READ));
+    // The subscriber stops reading: what was sent waits on its connection.
+    reader.pending = REPLAY_PENDING_BYTES_MAX;
+    const immediates = watchImmediates();
+    await waitFor("the replay to wait for its subscriber", () => subs.replayWaiting === 1);
+    const sent = eventSeqs(reader).length;
+    // Turns go on while it waits, a timer of REPLAY_WAIT_MS each and no immediate: counted
+    // as they are scheduled, three of them sent nothing more.
+    const realSetTimeout = globalThis.setTimeout;
+    let timedTurns = 0;
+    globalThis.setTimeout = ((run: () => void, ms?: number) => {
+      if (ms === REPLAY_WAIT_MS) timedTurns++;
+      return realSetTimeout(run, ms);
+    }) as typeof setTimeout;
+    restores.push(() => {
+      globalThis.setTimeout = realSetTimeout;
+    });
+    await waitFor("three catch-up turns while it waits", () => timedTurns >= 3);
+    expect(eventSeqs(reader).length).toBe(sent);
+    expect(immediates.pending.size).toBe(0);
+    expect(subs.replaying).toBe(1);
+    expect(ends(reader)).toEqual([]);
+    // Published meanwhile: it comes after the history, once.
+    for (let i = 0; i < LIVE_BATCHES; i++) publish();
+    immediates.restore();
+    reader.pending = 0;
+    await waitFor("the replay to finish", () => subs.replaying === 0);
+    expect(eventSeqs(reader)).toEqual(seqsFrom(1, HISTORY_BATCHES + LIVE_BATCHES));
+    expect(ends(reader)).toEqual([]);
   });
 });
