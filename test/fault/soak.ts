@@ -3,8 +3,9 @@
  * The fault matrix (matrix.ts) gives each fault a fresh group and heals it before judging;
  * here a seeded schedule (planChaos) keeps hitting the same group: replicas killed with
  * SIGKILL or stopped with SIGTERM and started again after a while, replicas paused with
- * SIGSTOP, the leader picked out often, never more than f replicas down or paused at once,
- * and a replica may be hit again while it is still catching up. Meanwhile one publisher
+ * SIGSTOP, replicas' keys rotated (a membership epoch each, the replica restarted with its
+ * new key as the README says), the leader picked out often, never more than f replicas
+ * out at once, and a replica may be hit again while it is still catching up. Meanwhile one publisher
  * writes to a channel of each CLASS and a live subscriber reads each. At the end every
  * replica is back, the group converges, and the history checker
  * (test/integration/durability-history.ts) judges everything the clients saw: on the
@@ -19,6 +20,7 @@
  *
  *   npm run soak -- [--minutes M] [--seed S] [--replicas 4|7] [--json] [--keep] [--help]
  */
+import { join } from "node:path";
 import type { FitbClient } from "../../src/client/index.ts";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { integerArgument, optionsOrExit, stopOnSignalsAndDeadline } from "../helpers/program.ts";
@@ -30,6 +32,7 @@ import {
   checkTotalOrder,
   checkUnordered,
   lastDecided,
+  logLines,
   payloadOf,
   readHistory,
   type Stream,
@@ -43,6 +46,16 @@ const QUIET_START_MS = 3_000;
 /** Between one planned fault and the next. */
 const GAP_MS_MIN = 500;
 const GAP_MS_MAX = 4_000;
+/**
+ * A key rotation (rotate-replica-key, then the replica restarted with its new key, as
+ * README "Changing a replica's key" says) takes the replica out for about this long: the
+ * plan keeps its other faults clear of it; the runner waits for the real end.
+ */
+const ROTATE_MS_PLANNED = 10_000;
+/** Share of the faults that rotate a replica's key (a membership epoch each). */
+const ROTATE_SHARE = 0.08;
+/** A rotation's change must take effect within this. */
+const EPOCH_MS_MAX = 120_000;
 /** How long a killed or stopped replica stays down, and a paused one paused. */
 const DOWN_MS_MIN = 500;
 const DOWN_MS_MAX = 8_000;
@@ -60,7 +73,7 @@ const PROGRESS_MS = 10_000;
 /** Events per request on the total-order channels (one on the unordered ones). */
 const EVENTS_PER_REQUEST = 2;
 
-export type ChaosKind = "kill" | "stop" | "pause";
+export type ChaosKind = "kill" | "stop" | "pause" | "rotate";
 
 /** One planned fault: at `atMs` from the start, on `target` (or the leader of the moment), for `holdMs`. */
 export interface ChaosAction {
@@ -84,8 +97,8 @@ export function seededRandom(seed: number): () => number {
 }
 
 /**
- * The faults of a run of `durationMs` on `n` replicas: kill -9 (45%), SIGTERM (20%) or
- * SIGSTOP (35%), each held a random while, one every GAP_MS_MIN..GAP_MS_MAX, a share aimed
+ * The faults of a run of `durationMs` on `n` replicas: a key rotation (8%), kill -9 (37%),
+ * SIGTERM (20%) or SIGSTOP (35%), each held a random while, one every GAP_MS_MIN..GAP_MS_MAX, a share aimed
  * at the leader. The plan keeps at most `f` replicas out at any moment by its own clock;
  * the runner enforces the same bound against what really happened (a restart takes longer
  * than planned), so an action may run later than planned, never beside more than f others.
@@ -105,8 +118,9 @@ export function planChaos(seed: number, durationMs: number, n: number, f: number
       continue;
     }
     const roll = random();
-    const kind: ChaosKind = roll < 0.45 ? "kill" : roll < 0.65 ? "stop" : "pause";
-    const holdMs = kind === "pause" ? between(PAUSE_MS_MIN, PAUSE_MS_MAX) : between(DOWN_MS_MIN, DOWN_MS_MAX);
+    const kind: ChaosKind = roll < ROTATE_SHARE ? "rotate" : roll < 0.45 ? "kill" : roll < 0.65 ? "stop" : "pause";
+    const holdMs =
+      kind === "rotate" ? ROTATE_MS_PLANNED : kind === "pause" ? between(PAUSE_MS_MIN, PAUSE_MS_MAX) : between(DOWN_MS_MIN, DOWN_MS_MAX);
     const candidates = [...outUntil.keys()].filter((id) => (outUntil[id] as number) <= at);
     const target = candidates[Math.floor(random() * candidates.length)] as number;
     outUntil[target] = at + holdMs;
@@ -126,8 +140,9 @@ interface Options {
 const USAGE = `usage: npm run soak -- [--minutes M] [--seed S] [--replicas 4|7] [--json] [--keep] [--help]
 
 Runs a group of replicas (from src/, on 127.0.0.1) for M minutes (default ${MINUTES_DEFAULT}, at most
-${MINUTES_MAX}) while a seeded schedule kills them (SIGKILL), stops them (SIGTERM) and pauses them
-(SIGSTOP), the leader often, never more than f at once, and one publisher and one live
+${MINUTES_MAX}) while a seeded schedule kills them (SIGKILL), stops them (SIGTERM), pauses them
+(SIGSTOP) and rotates their keys (rotate-replica-key, then a restart with the new key), the
+leader often, never more than f at once, and one publisher and one live
 subscriber use a channel of each CLASS. Then every replica comes back, the group converges,
 and the history checker judges what the clients saw. Prints the faults applied and one row
 per channel; exits 1 on any problem (a lost, repeated, invented or reordered event, a
@@ -135,7 +150,8 @@ replica that exited by itself, a stream stalled for ${STALL_MS_MAX / 1000} s), 0
   --seed S       the schedule's seed (default: a random one, printed)
   --replicas N   4 (f = 1) or 7 (f = 2) (default 4)
   --json         one JSON object on standard output instead of the table
-  --keep         keep the cluster directory (replica logs, data) and print where it is`;
+  --keep         keep the cluster directory (replica logs, data) and print where it is; kept
+                 anyway when a problem was found`;
 
 export function parseOptions(argv: readonly string[]): Options | string {
   let minutes = MINUTES_DEFAULT;
@@ -170,11 +186,18 @@ export function parseOptions(argv: readonly string[]): Options | string {
 /** What happened to the group: faults applied, and the problems seen while it ran. */
 class Chaos {
   readonly out = new Set<number>();
-  readonly applied: Record<ChaosKind, number> = { kill: 0, stop: 0, pause: 0 };
+  readonly applied: Record<ChaosKind, number> = { kill: 0, stop: 0, pause: 0, rotate: 0 };
   leaderHits = 0;
   /** Actions run later than planned because f replicas were still out. */
   delayed = 0;
   readonly problems: string[] = [];
+
+  /** A problem, said at once (the run goes on, and the report lists it again). */
+  problem(text: string): void {
+    this.problems.push(text);
+    this.say(`PROBLEM ${text}`);
+  }
+
   private readonly expectedExits = new Set<unknown>();
   private readonly heals: Promise<void>[] = [];
 
@@ -183,6 +206,8 @@ class Chaos {
     private readonly admin: FitbClient,
     private readonly f: number,
     private readonly say: (line: string) => void,
+    /** Each rotated replica's key file, which it is started with from then on. */
+    private readonly keys: Map<number, string>,
   ) {}
 
   /** When the schedule's clock started (this process's clock): set once the group and the streams are up. */
@@ -194,7 +219,7 @@ class Chaos {
     const proc = this.cluster.procs[id];
     void proc?.exited.then((code) => {
       if (this.expectedExits.has(proc)) return;
-      this.problems.push(`replica ${id} exited by itself (status ${code}); its log ends:\n${logTail(this.cluster, id, 15)}`);
+      this.problem(`replica ${id} exited by itself (status ${code}); its log ends:\n${logTail(this.cluster, id, 15)}`);
     });
   }
 
@@ -214,6 +239,11 @@ class Chaos {
     }
   }
 
+  /** Every replica is about to be stopped by the program: their exits are no problem. */
+  stopping(): void {
+    for (const proc of this.cluster.procs) this.expectedExits.add(proc);
+  }
+
   /** Waits until every fault is healed and every replica answers. */
   async healed(): Promise<void> {
     await Promise.all(this.heals);
@@ -229,6 +259,10 @@ class Chaos {
     if (leader) this.leaderHits++;
     const who = `replica ${target}${leader ? " (the leader)" : ""}`;
     const at = `${((Date.now() - this.startedAt) / 1000).toFixed(1)} s`;
+    if (action.kind === "rotate") {
+      this.heals.push(this.rotate(target, who, at));
+      return;
+    }
     if (action.kind === "pause") {
       this.say(`${at}: SIGSTOP ${who} for ${(action.holdMs / 1000).toFixed(1)} s`);
       proc.kill("SIGSTOP");
@@ -247,12 +281,52 @@ class Chaos {
     this.heals.push(
       (async () => {
         const [code] = await Promise.all([proc.exited, Bun.sleep(action.holdMs)]);
-        if (action.kind === "stop" && code !== 0) this.problems.push(`replica ${target} stopped by SIGTERM exited with status ${code}`);
+        if (action.kind === "stop" && code !== 0) this.problem(`replica ${target} stopped by SIGTERM exited with status ${code}`);
         this.start(target);
         await this.answers(target);
         this.out.delete(target);
       })(),
     );
+  }
+
+  /**
+   * README "Changing a replica's key": a new key made, rotate-replica-key, and once the
+   * change took effect at the replica, the replica stopped and started with the new key;
+   * it is out from the command until it answers again.
+   */
+  private async rotate(target: number, who: string, at: string): Promise<void> {
+    const fail = (why: string): void => {
+      this.problem(`rotating ${who}'s key: ${why}; its log ends:\n${logTail(this.cluster, target, 15)}`);
+    };
+    try {
+      const path = join(this.cluster.dir, `replica-${target}.rotated-${this.applied.rotate}.key`);
+      const made = await this.cluster.fitb(["keygen", "--out", path]);
+      if (made.code !== 0) return fail(`fitb keygen: ${made.stderr.trim()}`);
+      const epoch = (await this.admin.members()).epoch + 1;
+      this.say(`${at}: rotate-replica-key ${who} (epoch ${epoch}), then a restart with its new key`);
+      const admin = ["admin", "--config", this.cluster.configPath, "--key", this.cluster.adminKey];
+      const run = await this.cluster.fitb([...admin, "rotate-replica-key", "--id", String(target), "--replica-key", made.stdout.trim()], {
+        timeoutMs: EPOCH_MS_MAX,
+      });
+      if (run.code !== 0) return fail(`rotate-replica-key exited ${run.code}: ${run.stderr.trim()}`);
+      await waitFor(
+        `replica ${target} to start epoch ${epoch}`,
+        () => logLines(this.cluster, target, "epoch started").some((line) => line["epoch"] === epoch),
+        EPOCH_MS_MAX,
+      );
+      const proc = this.cluster.procs[target];
+      this.expectedExits.add(proc);
+      this.cluster.kill(target, "SIGTERM");
+      const code = await proc?.exited;
+      if (code !== 0) this.problem(`replica ${target} stopped by SIGTERM after its key rotation exited with status ${code}`);
+      this.keys.set(target, path);
+      this.start(target);
+      await this.answers(target);
+    } catch (error) {
+      fail((error as Error).message);
+    } finally {
+      this.out.delete(target);
+    }
   }
 
   /** The action's replica: the leader of the moment when it aims there and the leader is in, else its planned one, else any in. */
@@ -280,7 +354,7 @@ class Chaos {
         BACK_MS_MAX,
       );
     } catch (error) {
-      this.problems.push(`${(error as Error).message}; its log ends:\n${logTail(this.cluster, id, 15)}`);
+      this.problem(`${(error as Error).message}; its log ends:\n${logTail(this.cluster, id, 15)}`);
     }
   }
 }
@@ -343,7 +417,12 @@ async function main(): Promise<void> {
   if (options.keep) process.env.FITB_KEEP_TEST_DIRS = "1";
   const plan = planChaos(options.seed, durationMs, n, f);
   say(`seed ${options.seed}: ${n} replicas (f = ${f}), ${options.minutes} min, ${plan.length} faults planned`);
-  const cluster = await startCluster({ replicas: n, start: false });
+  const keys = new Map<number, string>();
+  const cluster = await startCluster({
+    replicas: n,
+    start: false,
+    replicaArgs: (id) => (keys.has(id) ? ["--key", keys.get(id) as string] : []),
+  });
   const clients: FitbClient[] = [];
   const stop = (code: number, why: string): never => {
     say(why);
@@ -354,7 +433,7 @@ async function main(): Promise<void> {
   const deadline = stopOnSignalsAndDeadline(stop, durationMs + SETTLE_MS_MAX, "the replicas");
   const admin = clientFor(cluster, cluster.adminKey);
   clients.push(admin);
-  const chaos = new Chaos(cluster, admin, f, say);
+  const chaos = new Chaos(cluster, admin, f, say, keys);
   for (let id = 0; id < n; id++) chaos.start(id);
   await waitListening(cluster, [...cluster.procs.keys()]);
   const publisher = clientFor(cluster, cluster.clientKey);
@@ -374,12 +453,12 @@ async function main(): Promise<void> {
     const out = [...chaos.out].join(",") || "none";
     const acks = publishing.map((p) => `${p.stream.tag} ${acked([p.stream])}`).join(", ");
     say(
-      `${seconds}/${durationMs / 1000} s: acknowledged ${acks}; faults SIGKILL ${chaos.applied.kill}, SIGTERM ${chaos.applied.stop}, SIGSTOP ${chaos.applied.pause}; out now: ${out}; problems ${chaos.problems.length}`,
+      `${seconds}/${durationMs / 1000} s: acknowledged ${acks}; faults SIGKILL ${chaos.applied.kill}, SIGTERM ${chaos.applied.stop}, SIGSTOP ${chaos.applied.pause}, key rotations ${chaos.applied.rotate}; out now: ${out}; problems ${chaos.problems.length}`,
     );
     for (const p of publishing) {
       const what = `${p.stream.tag} acknowledged nothing for`;
       if (p.waitingMs > STALL_MS_MAX && !chaos.problems.some((problem) => problem.startsWith(what))) {
-        chaos.problems.push(`${what} ${Math.round(p.waitingMs / 1000)} s (out: ${out})`);
+        chaos.problem(`${what} ${Math.round(p.waitingMs / 1000)} s (out: ${out})`);
       }
     }
   }, PROGRESS_MS);
@@ -388,16 +467,15 @@ async function main(): Promise<void> {
   const streams = publishing.map((p) => [p.stream]);
   clearInterval(progress);
   say("faults over: every replica back, then the group converges and the histories are read");
-  await chaos.healed();
-  const ids = [...cluster.procs.keys()];
-  const trickle = await catchUpUnderTraffic(cluster, admin, publisher, "sec.alerts", ids, SETTLE_MS_MAX / 2);
-  streams[CLASSES.findIndex((c) => c.tag === "sec.alerts")]?.push(trickle);
-  const rows: ChannelRow[] = [];
-  for (const [i, c] of CLASSES.entries()) {
-    const channelStreams = streams[i] as Stream[];
+  /** Reads channel `c`'s history and judges it, with what its live subscriber got. */
+  const judge = async (
+    c: (typeof CLASSES)[number],
+    channelStreams: Stream[],
+    seen: { events: Delivered[] },
+    i: number,
+  ): Promise<ChannelRow> => {
     const total = c.order === "total";
     const history = await readHistory(reader, publisher, channelStreams, total ? 1 : 0);
-    const seen = live[i] as { events: Delivered[] };
     let problems: string[];
     if (total) {
       const end = (history.at(-1) as Delivered).payload;
@@ -406,19 +484,35 @@ async function main(): Promise<void> {
     } else {
       problems = checkUnordered(channelStreams, history);
     }
-    const longest = (publishing[i] as Publishing).longestMs;
-    rows.push({
+    return {
       tag: c.tag,
       class: `${c.fault}/${c.order}`,
       acked: acked(channelStreams),
-      failedPublishes: channelStreams.reduce((sum, s) => sum + s.failures, 0),
+      failedPublishes: channelStreams.reduce((sum, stream) => sum + stream.failures, 0),
       history: history.length,
       live: seen.events.length,
-      longestStallS: Math.round(longest / 100) / 10,
+      longestStallS: Math.round((publishing[i] as Publishing).longestMs / 100) / 10,
       problems,
-    });
+    };
+  };
+  await chaos.healed();
+  const rows: ChannelRow[] = [];
+  try {
+    const ids = [...cluster.procs.keys()];
+    const trickle = await catchUpUnderTraffic(cluster, admin, publisher, "sec.alerts", ids, SETTLE_MS_MAX / 2);
+    streams[CLASSES.findIndex((c) => c.tag === "sec.alerts")]?.push(trickle);
+    for (const [i, c] of CLASSES.entries()) rows.push(await judge(c, streams[i] as Stream[], live[i] as { events: Delivered[] }, i));
+  } catch (error) {
+    chaos.problem(`after the faults: ${(error as Error).message}`);
   }
-  const view = (await admin.status()).view;
+  const view = await admin.status().then(
+    (status) => status.view,
+    () => null,
+  );
+  const epoch = await admin.members().then(
+    (members) => members.epoch,
+    () => null,
+  );
   for (const subscription of live) await subscription.close();
   clearTimeout(deadline);
   const problems = [...chaos.problems, ...rows.flatMap((row) => row.problems.map((p) => `${row.tag}: ${p}`))];
@@ -429,13 +523,14 @@ async function main(): Promise<void> {
     minutes: options.minutes,
     faults: { ...chaos.applied, leader: chaos.leaderHits, delayed: chaos.delayed },
     view,
+    epoch,
     channels: rows,
     problems,
   };
   if (options.json) console.log(JSON.stringify(report));
   else {
     console.log(
-      `seed ${options.seed}, ${n} replicas (f = ${f}), ${options.minutes} min: SIGKILL ${chaos.applied.kill}, SIGTERM ${chaos.applied.stop}, SIGSTOP ${chaos.applied.pause} (${chaos.leaderHits} on the leader of the moment); view ${view} at the end\n`,
+      `seed ${options.seed}, ${n} replicas (f = ${f}), ${options.minutes} min: SIGKILL ${chaos.applied.kill}, SIGTERM ${chaos.applied.stop}, SIGSTOP ${chaos.applied.pause}, key rotations ${chaos.applied.rotate} (${chaos.leaderHits} on the leader of the moment); view ${view} and epoch ${epoch} at the end\n`,
     );
     console.log(
       "| channel | class | acknowledged | failed publishes | history read | live subscriber got | longest wait for an ack | problems |",
@@ -447,9 +542,12 @@ async function main(): Promise<void> {
       );
     }
     for (const problem of problems.slice(0, 40)) console.log(`PROBLEM ${problem}`);
-    if (options.keep) console.log(`cluster directory kept: ${cluster.dir}`);
   }
+  // The replicas' logs (replica-N.log) and data stay for a look when something went wrong.
+  if (problems.length > 0) process.env.FITB_KEEP_TEST_DIRS = "1";
+  if (process.env.FITB_KEEP_TEST_DIRS !== undefined) console.error(`soak: cluster directory kept (replica logs, data): ${cluster.dir}`);
   for (const client of clients) client.close();
+  chaos.stopping();
   await cluster.stop();
   process.exit(problems.length === 0 ? 0 : 1);
 }

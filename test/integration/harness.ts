@@ -3,7 +3,7 @@
  * cluster directory with keys, free ports, and helpers to kill, restart and wait.
  * Every wait is bounded; every process is killed by `stop()`.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
@@ -100,6 +100,8 @@ export async function startCluster(
     sharedPort?: boolean;
     /** More environment for replica `id`'s process (a preloaded libfaketime, say). */
     replicaEnv?: (id: number) => Record<string, string>;
+    /** Each replica's output also goes, whole, to replica-N.log in the cluster directory (the in-memory logs keep the last part). */
+    logFiles?: boolean;
   } = {},
 ): Promise<TestCluster> {
   const n = options.replicas ?? 4;
@@ -129,8 +131,9 @@ export async function startCluster(
         env: { ...process.env, FITB_LOG: process.env.FITB_LOG ?? "info", ...(options.replicaEnv?.(id) ?? {}) },
       });
       procs[id] = proc;
-      collect(proc.stdout, logs[id] as string[]);
-      collect(proc.stderr, logs[id] as string[]);
+      const file = options.logFiles === true ? join(dir, `replica-${id}.log`) : null;
+      collect(proc.stdout, logs[id] as string[], file);
+      collect(proc.stderr, logs[id] as string[], file);
     },
     kill(id, signal = "SIGKILL") {
       procs[id]?.kill(signal);
@@ -187,10 +190,12 @@ function patchLimits(configPath: string, limits: Record<string, number>): void {
   writeFileSync(configPath, text);
 }
 
-async function collect(stream: ReadableStream<Uint8Array>, into: string[]): Promise<void> {
+async function collect(stream: ReadableStream<Uint8Array>, into: string[], file: string | null = null): Promise<void> {
   const decoder = new TextDecoder();
   for await (const chunk of stream) {
-    into.push(decoder.decode(chunk));
+    const text = decoder.decode(chunk);
+    into.push(text);
+    if (file !== null) appendFileSync(file, text);
     if (into.length > 10_000) into.splice(0, 5_000);
   }
 }

@@ -37,3 +37,8 @@ test("the options: defaults, bounds and refusals", () => {
   expect(parseOptions(["--seed", "12", "--replicas", "7", "--json"])).toMatchObject({ seed: 12, replicas: 7, json: true });
   expect(parseOptions(["--fast"])).toBe("unknown argument --fast");
 });
+
+test("a run of minutes plans key rotations among the other faults", () => {
+  const kinds = new Set(planChaos(3, 300_000, 4, 1).map((action) => action.kind));
+  expect([...kinds].sort()).toEqual(["kill", "pause", "rotate", "stop"]);
+});
