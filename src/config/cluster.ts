@@ -21,7 +21,7 @@
  *                 after host); ids are unique, in any order, and may have gaps (a replica
  *                 keeps its id across add-replica and remove-replica: 0, 2, 3, 4)
  *   [limits]      optional, each field has a default
- *   [retention]   optional, defaults for channels that do not set their own
+ *   [retention]   optional: every channel's retention, fixed for the cluster's life
  * Relative paths (key_file, data_dir) are relative to the directory of the file.
  */
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";

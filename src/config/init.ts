@@ -95,8 +95,14 @@ function replicaPorts(options: ClusterInitOptions, id: number): { port: number; 
  */
 export function faultToleranceFor(replicas: number): number {
   const byCount = Math.floor((replicas - 1) / 3);
-  return Math.min(byCount, largestViewChangeFOf(replicas, FRAME_BYTES_MAX) ?? byCount);
+  // No f at all fits (null): 0, which initCluster refuses.
+  return Math.min(byCount, largestViewChangeFOf(replicas, FRAME_BYTES_MAX) ?? 0);
 }
+
+/** The largest group `cluster init` writes: the largest n whose leader change fits the default frames at some f >= 1 (16). */
+export const INIT_REPLICAS_MAX = Array.from({ length: REPLICAS_MAX }, (_, i) => i + 1)
+  .filter((n) => faultToleranceFor(n) >= 1)
+  .reduce((largest, n) => Math.max(largest, n), 0);
 
 /**
  * Generates keys, runs the cluster file text through the validator, then writes the
@@ -201,16 +207,13 @@ function checkInitOptions(options: ClusterInitOptions): void {
   if (!Number.isSafeInteger(options.replicas) || options.replicas < INIT_REPLICAS_MIN || options.replicas > REPLICAS_MAX) {
     throw new ClusterInitError(
       "invalid-options",
-      `replicas must be an integer in ${INIT_REPLICAS_MIN}..${REPLICAS_MAX} (n >= 3f+1 with f >= 1), got ${options.replicas}`,
+      `replicas must be an integer in ${INIT_REPLICAS_MIN}..${INIT_REPLICAS_MAX} (n >= 3f+1 with f >= 1), got ${options.replicas}`,
     );
   }
   if (faultToleranceFor(options.replicas) < 1) {
-    const largest = Array.from({ length: REPLICAS_MAX }, (_, i) => i + 1)
-      .filter((n) => faultToleranceFor(n) >= 1)
-      .pop();
     throw new ClusterInitError(
       "invalid-options",
-      `${options.replicas} replicas could not change leaders over the default frames at any f >= 1 (a NEW_VIEW carries quorums that grow with n): use at most ${largest} replicas`,
+      `${options.replicas} replicas could not change leaders over the default frames at any f >= 1 (a NEW_VIEW carries quorums that grow with n): use at most ${INIT_REPLICAS_MAX} replicas`,
     );
   }
   const lastPort = options.basePort + options.replicas - 1;
@@ -330,7 +333,11 @@ export function renderClusterToml(spec: ClusterTomlSpec): string {
   }
   lines.push("", "# Limits every replica enforces. Each line may be removed to use its default.", "[limits]");
   lines.push(...limitLines(LIMIT_BOUNDS, LIMIT_COMMENTS, spec.limits));
-  lines.push("", "# Retention for channels that do not set their own.", "[retention]");
+  lines.push(
+    "",
+    "# Retention of every channel (fixed for the cluster's life: a data directory keeps the values it was written under).",
+    "[retention]",
+  );
   lines.push(...limitLines(RETENTION_BOUNDS, RETENTION_COMMENTS, spec.retention));
   return `${lines.join("\n")}\n`;
 }

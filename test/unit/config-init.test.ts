@@ -7,6 +7,7 @@ import {
   assembleCluster,
   ClusterInitError,
   faultToleranceFor,
+  INIT_REPLICAS_MAX,
   initCluster,
   PEER_PORT_OFFSET,
   type ClusterInitOptions,
@@ -27,7 +28,19 @@ test("f is the largest the group tolerates", () => {
   expect([14, 15, 16].map(faultToleranceFor)).toEqual([3, 2, 1]);
   expect(() =>
     initCluster({ dir: "/nonexistent-never-written", replicas: 17, host: "127.0.0.1", basePort: 7000, name: "t", overwrite: false }),
-  ).toThrow("17 replicas could not change leaders over the default frames at any f >= 1");
+  ).toThrow(
+    "17 replicas could not change leaders over the default frames at any f >= 1 (a NEW_VIEW carries quorums that grow with n): use at most 16 replicas",
+  );
+  // Past 17 no f fits either (not even 0): refused here, not written and then refused by the file's check.
+  expect(INIT_REPLICAS_MAX).toBe(16);
+  for (const replicas of [18, 40, 64]) {
+    expect(faultToleranceFor(replicas)).toBe(0);
+    expect(() =>
+      initCluster({ dir: "/nonexistent-never-written", replicas, host: "127.0.0.1", basePort: 7000, name: "t", overwrite: false }),
+    ).toThrow(
+      `${replicas} replicas could not change leaders over the default frames at any f >= 1 (a NEW_VIEW carries quorums that grow with n): use at most 16 replicas`,
+    );
+  }
 });
 
 describe("initCluster", () => {
@@ -113,7 +126,7 @@ describe("initCluster", () => {
 
   test("invalid options write nothing", () => {
     const tooFew = join(directory, "three");
-    expect(() => initCluster(options(tooFew, { replicas: 3 }))).toThrow(/replicas must be an integer in 4\.\.64/);
+    expect(() => initCluster(options(tooFew, { replicas: 3 }))).toThrow(/replicas must be an integer in 4\.\.16/);
     const badPort = join(directory, "port");
     expect(() => initCluster(options(badPort, { basePort: 65_533 }))).toThrow(/base port must leave room for 4/);
     const badHost = join(directory, "host");

@@ -4,7 +4,7 @@
  */
 import { formatAddress, PORT_MAX, type ClusterConfig } from "../../config/cluster.ts";
 import { REPLICAS_MAX } from "../../../wire/types.ts";
-import { assembleCluster, ClusterInitError, initCluster, INIT_REPLICAS_MIN } from "../../config/init.ts";
+import { assembleCluster, ClusterInitError, INIT_REPLICAS_MAX, INIT_REPLICAS_MIN, initCluster } from "../../config/init.ts";
 import { formatPublicKey, loadSigningKeyFile } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
@@ -20,7 +20,9 @@ export const clusterInitCommand: Command = {
   description: [
     "Writes DIR/cluster.toml and a key pair for each replica (DIR/replica-<id>.key),",
     "an admin (DIR/admin.key) and a client (DIR/client.key), each with its .pub.",
-    "f is the largest the group tolerates: f = floor((N-1)/3).",
+    "f is the largest the group tolerates: f = floor((N-1)/3), except where a leader change",
+    "(a NEW_VIEW, whose quorums grow with N) would not fit the default 4 MiB frames at that f:",
+    `then the largest f that fits (14 replicas get f = 3, 15 get 2, 16 get 1; ${INIT_REPLICAS_MAX} replicas at most).`,
     "Replica i listens on HOST:(BASE_PORT+i). Edit host and port in the file for real hosts;",
     "--host takes one host for every replica or a comma-separated list, one per replica; each",
     "--hosts adds a further address per replica (a second network: multi-homed replicas).",
@@ -36,7 +38,7 @@ export const clusterInitCommand: Command = {
       kind: "string",
       valueName: "N",
       required: true,
-      description: `Number of replicas, ${INIT_REPLICAS_MIN}..${REPLICAS_MAX}`,
+      description: `Number of replicas, ${INIT_REPLICAS_MIN}..${INIT_REPLICAS_MAX}`,
     },
     { name: "dir", kind: "string", valueName: "DIR", required: true, description: "Directory to write (created if missing)" },
     {

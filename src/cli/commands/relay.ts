@@ -92,7 +92,7 @@ export const relayCommand: Command = {
   examples: [
     "fitb relay --config /etc/fitb/cluster.toml --key /etc/fitb/probe.key",
     "fitb relay --config /etc/fitb/cluster.toml --key /etc/fitb/probe.key --listen none",
-    "printf 'PUB net.links eth0 down\\n' | nc -N -U /run/fitb-relay/relay.sock",
+    "printf 'PUB net.links eth0 down\\n' | sudo -u fitb nc -N -U /run/fitb-relay/relay.sock   # the socket is the relay user's (0600)",
     "printf 'PUB net.links eth0 down\\n' | nc -N 127.0.0.1 7400",
     "printf 'SUB net.links\\n' | nc 127.0.0.1 7400",
   ],
