@@ -421,6 +421,7 @@ async function main(): Promise<void> {
   const cluster = await startCluster({
     replicas: n,
     start: false,
+    logFiles: true,
     replicaArgs: (id) => (keys.has(id) ? ["--key", keys.get(id) as string] : []),
   });
   const clients: FitbClient[] = [];
@@ -431,6 +432,8 @@ async function main(): Promise<void> {
     process.exit(code);
   };
   const deadline = stopOnSignalsAndDeadline(stop, durationMs + SETTLE_MS_MAX, "the replicas");
+  // Anything thrown past here stops the replicas too: none is left running behind the program.
+  stopOnError = (error) => stop(1, `stopped by an error: ${(error as Error).stack ?? String(error)}`);
   const admin = clientFor(cluster, cluster.adminKey);
   clients.push(admin);
   const chaos = new Chaos(cluster, admin, f, say, keys);
@@ -552,4 +555,13 @@ async function main(): Promise<void> {
   process.exit(problems.length === 0 ? 0 : 1);
 }
 
-if (import.meta.main) await main();
+/** Stops what main started, once it has started it (an error thrown anywhere in main). */
+let stopOnError: ((error: unknown) => never) | null = null;
+
+if (import.meta.main) {
+  await main().catch((error: unknown) => {
+    if (stopOnError !== null) stopOnError(error);
+    console.error(error);
+    process.exit(1);
+  });
+}
