@@ -122,7 +122,7 @@ const GAUGES = {
   sys_subscriptions: "Open system ($sys) subscriptions",
   subscriptions_replaying: "Subscriptions still replaying retained history before they go live",
   subscriptions_replay_waiting:
-    "Replaying subscriptions waiting for their subscriber to read what was sent (2 MiB not yet written on its connection)",
+    "Replaying subscriptions waiting for their subscriber to read (no room for their next batch on the connection)",
   channels: "Channels in the replicated state",
   answers_held_for_execution: "Answers held until this replica executes what the client saw",
   storage_pending_writes: "Records staged and not yet durable",

@@ -21,6 +21,10 @@
  * so none ends TRIMMED for waiting its turn. While it catches up, live fan-out skips it: the replay reads on up
  * to the channel's next seq, which covers what was published meanwhile, and it goes live
  * in the same synchronous step as that last read, so nothing is sent twice or missed.
+ * A replay is paced by its subscriber: it sends a batch only while the connection keeps
+ * room under its bounds after it (REPLAY_HEADROOM_BYTES), and otherwise waits, parked by
+ * connection, until the subscriber has read; only live fan-out cuts a subscriber that
+ * does not keep up (SLOW).
  * Subscriptions are capped per connection, per remote address and in all.
  */
 import type { ChannelMachine } from "../core/channels/machine.ts";
@@ -34,7 +38,7 @@ import type { ChannelMetrics } from "./channel-metrics.ts";
 import type { Metrics } from "./metrics.ts";
 import { keyText } from "./quota.ts";
 import type { ClientSession } from "./server.ts";
-import { egressOfPriority } from "./egress.ts";
+import { EGRESS_FRAME_OVERHEAD_BYTES, egressOfPriority } from "./egress.ts";
 
 /**
  * Batches one replay step sends at most (a SUBSCRIBE's first step, or a catch-up turn for
@@ -52,17 +56,18 @@ export const HISTORY_BATCHES_PER_READ = 256;
  */
 export const HISTORY_BYTES_PER_READ = 1024 * 1024;
 /**
- * A replay sends no more while its connection holds this many bytes not yet written: it
- * waits for the subscriber to read them, and goes on from where it stopped. Live fan-out
- * fills a connection as fast as the channel is published to, and a subscriber that cannot
- * keep up with it is cut (SLOW); a replay is as fast as the replica can read, so without
- * this a subscriber asking for a long history got SLOW for reading at its own pace, and on
- * an unordered channel, where it resubscribes live (no common seq to resume from), lost
- * the rest of that history. A quarter of CLIENT_OUTBOUND_BYTES_MAX: with the socket's own
- * buffer, enough in flight to keep a fast reader busy.
+ * A replay sends a batch only while its connection, after it, would still have this much
+ * room under its bound for the channel's class and under the replica's output budget for
+ * the address and in all; otherwise it waits for the subscriber to read, and goes on from
+ * where it stopped. Live fan-out fills a connection as fast as the channel is published
+ * to, and a subscriber that cannot keep up with it is cut (SLOW); a replay is as fast as
+ * the replica can read, so without this a subscriber asking for a long history was cut for
+ * reading at its own pace, and on an unordered channel, where it resubscribes live (no
+ * common seq to resume from), lost the rest of that history. The room left keeps live
+ * traffic of the connection's other subscriptions from being cut by a replay's backlog.
  */
-export const REPLAY_PENDING_BYTES_MAX = 2 * 1024 * 1024;
-/** While every replay waits for its connection to drain, the next catch-up turn comes this much later (no busy loop). */
+export const REPLAY_HEADROOM_BYTES = 2 * 1024 * 1024;
+/** While replays wait and none can send, the next catch-up turn comes this much later (no busy loop). */
 export const REPLAY_WAIT_MS = 5;
 
 /**
@@ -152,6 +157,13 @@ export class Subscriptions {
   private open = 0;
   /** Subscriptions still replaying history, in the order of their next catch-up step (round robin). */
   private readonly catchingUp = new Set<Subscription>();
+  /**
+   * Replaying subscriptions whose connection had no room for their next batch, by
+   * connection: a turn looks at each such connection once and takes its replays back into
+   * `catchingUp` when it has room, so waiting costs a turn one check per connection.
+   */
+  private readonly waitingRoom = new Map<ClientSession, Set<Subscription>>();
+  private waitingCount = 0;
   /** What was published to each channel that has subscribers: a replay step's own allowance. */
   private readonly published = new Map<string, Published>();
   /** The pending catch-up turn; null when none is catching up. */
@@ -184,14 +196,12 @@ export class Subscriptions {
 
   /** Subscriptions still replaying history (live fan-out skips them until they catch up). */
   get replaying(): number {
-    return this.catchingUp.size;
+    return this.catchingUp.size + this.waitingCount;
   }
 
-  /** Of those, the ones whose connection holds REPLAY_PENDING_BYTES_MAX not yet written: they wait for their subscriber to read. */
+  /** Of those, the ones waiting for their subscriber to read: their connection had no room for the next batch. */
   get replayWaiting(): number {
-    let waiting = 0;
-    for (const subscription of this.catchingUp) if (subscription.session.conn.pendingBytes >= REPLAY_PENDING_BYTES_MAX) waiting++;
-    return waiting;
+    return this.waitingCount;
   }
 
   /** Whether `sub` is in use on this session: an open subscription or a held SUBSCRIBE. */
@@ -302,10 +312,10 @@ export class Subscriptions {
     this.byTag.set(tag, tagSubs);
     if (replayFrom === null) return;
     // The first step now (a short resume is live at once); the rest in later turns.
-    if (this.replayStep(subscription, { batches: HISTORY_BATCHES_PER_READ, bytes: HISTORY_BYTES_PER_READ }) !== "live") {
-      this.catchingUp.add(subscription);
-      this.scheduleCatchUp(false);
-    }
+    const step = this.replayStep(subscription, { batches: HISTORY_BATCHES_PER_READ, bytes: HISTORY_BYTES_PER_READ });
+    if (step === "more") this.catchingUp.add(subscription);
+    else if (step === "waiting") this.park(subscription);
+    this.scheduleCatchUp();
   }
 
   /** Why a new subscription of this session would be over a cap (per connection, per address, in all), or null. */
@@ -464,6 +474,8 @@ export class Subscriptions {
     this.open = 0;
     this.held.clear();
     this.catchingUp.clear();
+    this.waitingRoom.clear();
+    this.waitingCount = 0;
     this.cancelCatchUp();
   }
 
@@ -471,14 +483,13 @@ export class Subscriptions {
    * Sends a catching-up subscription's history from `replayFrom`, within `budget`. Once it
    * has sent up to the channel's next seq it is live (replayFrom null), in this same
    * synchronous step: every later batch reaches it by publish, every earlier one was read
-   * here. "more" while it still has history to send, "waiting" when it stopped because its
-   * connection holds REPLAY_PENDING_BYTES_MAX not yet written (it goes on from there once
-   * the subscriber has read them), "live" once live or ended (a frame that did not fit:
-   * SLOW; the history it needs trimmed meanwhile: TRIMMED).
+   * here. "more" while it still has history to send, "waiting" when its connection had no
+   * room for the next batch (roomForReplay: it goes on from there once the subscriber has
+   * read), "live" once live or ended (the history it needs trimmed meanwhile: TRIMMED; a
+   * frame the connection refused after all: SLOW).
    */
   private replayStep(subscription: Subscription, budget: ReplayBudget): "more" | "waiting" | "live" {
     const from = subscription.replayFrom as number;
-    if (subscription.session.conn.pendingBytes >= REPLAY_PENDING_BYTES_MAX) return "waiting";
     const read = this.machine.readFrom(subscription.tag, from, Math.min(budget.batches, HISTORY_BATCHES_PER_READ));
     if (!read.ok) {
       this.remove(subscription);
@@ -494,7 +505,7 @@ export class Subscriptions {
     let waiting = false;
     for (const batch of read.batches) {
       if (budget.batches <= 0 || budget.bytes <= 0) break;
-      if (subscription.session.conn.pendingBytes >= REPLAY_PENDING_BYTES_MAX) {
+      if (!roomForReplay(subscription, batch.body.length + batch.sig.length)) {
         waiting = true;
         break;
       }
@@ -512,12 +523,35 @@ export class Subscriptions {
     return waiting ? "waiting" : "more";
   }
 
-  /** The next catch-up turn: at once, or, when every replay waits for its subscriber to read (`waiting`), REPLAY_WAIT_MS later. */
-  private scheduleCatchUp(waiting: boolean): void {
-    if (this.catchUpTimer !== null || this.catchingUp.size === 0) return;
-    this.catchUpTimer = waiting
-      ? { kind: "timeout", handle: setTimeout(() => this.catchUpTurn(), REPLAY_WAIT_MS) }
-      : { kind: "immediate", handle: setImmediate(() => this.catchUpTurn()) };
+  /** A replay waits for its connection to have room (waitingRoom). */
+  private park(subscription: Subscription): void {
+    let parked = this.waitingRoom.get(subscription.session);
+    if (parked === undefined) {
+      parked = new Set();
+      this.waitingRoom.set(subscription.session, parked);
+    }
+    if (!parked.has(subscription)) this.waitingCount++;
+    parked.add(subscription);
+  }
+
+  /** Takes back into `catchingUp` the waiting replays of every connection that has room again. */
+  private unparkWithRoom(): void {
+    for (const [session, parked] of this.waitingRoom) {
+      // The most urgent of them sets the check; each one checks its own room before every batch.
+      let urgency = 0;
+      for (const subscription of parked) urgency = Math.max(urgency, subscription.urgency);
+      if (session.conn.pendingBytes > 0 && !session.conn.hasRoomFor(REPLAY_HEADROOM_BYTES + HISTORY_BYTES_PER_READ, urgency)) continue;
+      this.waitingRoom.delete(session);
+      this.waitingCount -= parked.size;
+      for (const subscription of parked) this.catchingUp.add(subscription);
+    }
+  }
+
+  /** The next catch-up turn: at once while some replay can send, REPLAY_WAIT_MS later while all wait for room. */
+  private scheduleCatchUp(): void {
+    if (this.catchUpTimer !== null) return;
+    if (this.catchingUp.size > 0) this.catchUpTimer = { kind: "immediate", handle: setImmediate(() => this.catchUpTurn()) };
+    else if (this.waitingCount > 0) this.catchUpTimer = { kind: "timeout", handle: setTimeout(() => this.catchUpTurn(), REPLAY_WAIT_MS) };
   }
 
   private cancelCatchUp(): void {
@@ -528,25 +562,24 @@ export class Subscriptions {
   }
 
   /**
-   * One catch-up turn: one step's budget shared by every subscription catching up, taken in
-   * turn (the one at the front, then to the back of the line if it still has history to
-   * send), and each one's own allowance of what its channel published since its last step;
-   * then the loop gets a turn (peers, other clients) before the next, or, when every one of
-   * them waits for its subscriber to read, a few milliseconds.
+   * One catch-up turn: the waiting replays of connections that have room again rejoin the
+   * line; then one step's budget shared by every subscription catching up, taken in turn
+   * (the one at the front, then to the back of the line if it still has history to send,
+   * or to the waiting room if its connection had no room), and each one's own allowance of
+   * what its channel published since its last step (spent even by a step that waits: what
+   * it could not send is read again later, not owed); then the loop gets a turn (peers,
+   * other clients) before the next.
    */
   private catchUpTurn(): void {
     this.catchUpTimer = null;
+    this.unparkWithRoom();
     const share: ReplayBudget = { batches: HISTORY_BATCHES_PER_READ, bytes: HISTORY_BYTES_PER_READ };
-    let moved = false;
     for (const subscription of [...this.catchingUp]) {
       // Ended by an earlier one's step (a connection closed): its catch-up is over.
       if (!this.catchingUp.has(subscription)) continue;
       const published = this.publishedTo(subscription.tag);
       const own = { batches: published.batches - subscription.seenBatches, bytes: published.bytes - subscription.seenBytes };
-      if (own.batches === 0 && (share.batches <= 0 || share.bytes <= 0)) {
-        moved = true;
-        continue;
-      }
+      if (own.batches === 0 && (share.batches <= 0 || share.bytes <= 0)) continue;
       subscription.seenBatches = published.batches;
       subscription.seenBytes = published.bytes;
       const budget: ReplayBudget = { batches: own.batches + share.batches, bytes: own.bytes + share.bytes };
@@ -555,10 +588,10 @@ export class Subscriptions {
       // What it sent past its own allowance came out of the share.
       share.batches = Math.min(share.batches, budget.batches);
       share.bytes = Math.min(share.bytes, budget.bytes);
-      if (step !== "waiting") moved = true;
-      if (step !== "live") this.catchingUp.add(subscription);
+      if (step === "more") this.catchingUp.add(subscription);
+      else if (step === "waiting") this.park(subscription);
     }
-    this.scheduleCatchUp(!moved);
+    this.scheduleCatchUp();
   }
 
   /** The batches and bytes published to `tag` while it has subscribers (kept while it has any). */
@@ -653,7 +686,14 @@ export class Subscriptions {
       this.published.delete(subscription.tag);
     }
     // Its catch-up stops here; the last one's pending turn is cancelled, not left to run idle.
-    if (this.catchingUp.delete(subscription) && this.catchingUp.size === 0) this.cancelCatchUp();
+    const parked = this.waitingRoom.get(subscription.session);
+    if (parked?.delete(subscription) === true) {
+      this.waitingCount--;
+      if (parked.size === 0) this.waitingRoom.delete(subscription.session);
+    }
+    if (this.catchingUp.delete(subscription) || parked !== undefined) {
+      if (this.catchingUp.size === 0 && this.waitingCount === 0) this.cancelCatchUp();
+    }
   }
 
   /**
@@ -675,4 +715,17 @@ function forget(counts: Map<string, number>, key: string): void {
   const left = (counts.get(key) ?? 1) - 1;
   if (left > 0) counts.set(key, left);
   else counts.delete(key);
+}
+
+/**
+ * Whether a replay may send a batch of `batchBytes` (body and signature) now: its connection
+ * would keep REPLAY_HEADROOM_BYTES of room under its bound for the channel's class and
+ * under the output budget (FramedConn.hasRoomFor) after it, or is idle and has room for it.
+ */
+function roomForReplay(subscription: Subscription, batchBytes: number): boolean {
+  const conn = subscription.session.conn;
+  // An idle connection takes any batch its bound and the budget allow (the largest ones
+  // leave less than the headroom): a replay never waits for room that cannot come.
+  const headroom = conn.pendingBytes === 0 ? 0 : REPLAY_HEADROOM_BYTES;
+  return conn.hasRoomFor(batchBytes + EGRESS_FRAME_OVERHEAD_BYTES + headroom, subscription.urgency);
 }

@@ -1,12 +1,15 @@
 /**
- * A subscriber asking for a long history reads it at its own pace. Replica 0 holds some
- * 12.8 MB of one unordered channel (net.links, every publish sent to every replica); a
- * client session subscribes there from 0 with its socket paused, so it reads nothing while
- * the replica replays. The replay must wait for it (subscriptions_replay_waiting) rather
- * than fill the connection past its 8 MiB bound and cut the subscriber off as slow: on an
- * unordered channel a client cut off resubscribes live (there is no common seq to resume
- * from), so the rest of the history would never come. Once the session reads again, it
- * gets every batch, in order, and no SUB_END.
+ * Subscribers asking for a long history read it at their own pace. Six client sessions
+ * from one address subscribe at replica 0 to one unordered channel (net.links, every
+ * publish sent to every replica) from 0, their sockets paused, so they read nothing while
+ * the replica replays; history is published until every replay waits for its subscriber
+ * (subscriptions_replay_waiting): each connection holds what its bound allows, and
+ * together they hold more than one address's share of the replica's output budget, so
+ * some wait for that share rather than their own bound. Before, a replay filled the
+ * connection (or the share) and cut the subscriber off as slow, and on an unordered
+ * channel a client cut off resubscribes live (there is no common seq to resume from), so
+ * the rest of the history never came. Once the sessions read again, each gets every batch,
+ * and none gets a SUB_END.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
@@ -16,10 +19,16 @@ import { waitFor } from "../helpers/wait.ts";
 import { clientFor, encode, startClusterWithChannels } from "./client-util.ts";
 import { freePortRange, metricValue, type TestCluster } from "./harness.ts";
 
-/** Events of 1 KiB, 32 a request: 400 requests hold about 12.8 MB, over a connection's 8 MiB bound. */
+const SESSIONS = 14;
+/** Events of 1 KiB, 32 a request: 32 KiB a batch. */
 const EVENT_BYTES = 1024;
 const EVENTS_PER_REQUEST = 32;
-const REQUESTS = 400;
+/** Requests published between two looks at the replays. */
+const REQUESTS_PER_ROUND = 100;
+/** Rounds of history before the sessions subscribe: 16 MB, more than a connection's bound and its socket buffers hold. */
+const HISTORY_ROUNDS = 5;
+/** A bound on the history published (the channel retains 64 MiB): far more than the sessions' connections and the kernel's buffers hold. */
+const REQUESTS_MAX = 1_800;
 
 let cluster: TestCluster;
 let metricsPort: number;
@@ -36,38 +45,48 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-test("a replay waits for a subscriber that does not read, and then sends it the whole history", async () => {
+test("replays wait for subscribers that do not read, and then send each of them the whole history", async () => {
+  const key = loadSigningKeyFile(cluster.clientKey).key;
+  const sessions = Array.from({ length: SESSIONS }, () => new HandSession(cluster.basePort, key));
   const publisher = clientFor(cluster, cluster.clientKey, { crashNoneTargets: "all" });
-  try {
-    const filler = "x".repeat(EVENT_BYTES - 16);
-    for (let r = 0; r < REQUESTS; r++) {
+  const filler = "x".repeat(EVENT_BYTES - 16);
+  let requests = 0;
+  const publishRound = async (): Promise<void> => {
+    for (let r = 0; r < REQUESTS_PER_ROUND; r++, requests++) {
       await publisher.publish(
         "net.links",
-        Array.from({ length: EVENTS_PER_REQUEST }, (_, i) => encode(`e${r}.${i} ${filler}`)),
+        Array.from({ length: EVENTS_PER_REQUEST }, (_, i) => encode(`e${requests}.${i} ${filler}`)),
       );
     }
-  } finally {
-    publisher.close();
-  }
-  const stored = 'fitb_channel_events_stored_total{tag="net.links",class="crash/none",priority="normal"}';
-  await waitFor("replica 0 to hold the whole channel", async () => (await metric(stored)) >= REQUESTS * EVENTS_PER_REQUEST);
-
-  const session = new HandSession(cluster.basePort, loadSigningKeyFile(cluster.clientKey).key);
+  };
   try {
-    await session.handshake();
-    session.pauseReading();
-    session.send({ type: FrameType.SUBSCRIBE, body: { sub: 1, tag: "net.links", from: 0 } });
-    // The replay filled what it may of the connection and waits (nothing is read meanwhile).
-    await waitFor("the replay to wait for the session", async () => (await metric("fitb_subscriptions_replay_waiting")) === 1, 30_000);
-    expect(await metric("fitb_subscriptions_replaying")).toBe(1);
-    session.resumeReading();
-    const batches = () => session.frames.filter((f) => f.type === FrameType.EVENTS);
-    await waitFor(`all ${REQUESTS} batches (${batches().length} so far)`, () => batches().length >= REQUESTS, 60_000);
-    await waitFor("the replay to end", async () => (await metric("fitb_subscriptions_replaying")) === 0);
-    expect(session.frames.some((f) => f.type === FrameType.SUB_END || f.type === FrameType.ERROR)).toBe(false);
-    expect(batches().length).toBe(REQUESTS);
+    // History first: a SUBSCRIBE from 0 with nothing to replay is live at once.
+    for (let round = 0; round < HISTORY_ROUNDS; round++) await publishRound();
+    for (const session of sessions) {
+      await session.handshake();
+      session.pauseReading();
+      session.send({ type: FrameType.SUBSCRIBE, body: { sub: 1, tag: "net.links", from: 0 } });
+    }
+    await waitFor("every session's replay to start", async () => (await metric("fitb_subscriptions_replaying")) === SESSIONS);
+    // More until every replay waits, on a host whose socket buffers hold more (a replay reads on through what is published meanwhile).
+    while ((await metric("fitb_subscriptions_replay_waiting")) < SESSIONS) {
+      expect(requests).toBeLessThan(REQUESTS_MAX);
+      await publishRound();
+    }
+    expect(await metric("fitb_subscriptions_replaying")).toBe(SESSIONS);
+    for (const session of sessions) session.resumeReading();
+    const batches = (session: HandSession) => session.frames.filter((f) => f.type === FrameType.EVENTS).length;
+    for (const [i, session] of sessions.entries()) {
+      await waitFor(`session ${i}: all ${requests} batches (${batches(session)} so far)`, () => batches(session) >= requests, 60_000);
+    }
+    await waitFor("the replays to end", async () => (await metric("fitb_subscriptions_replaying")) === 0);
+    for (const session of sessions) {
+      expect(session.frames.some((f) => f.type === FrameType.SUB_END || f.type === FrameType.ERROR)).toBe(false);
+      expect(batches(session)).toBe(requests);
+    }
     expect(await metric("fitb_subscribers_dropped_slow_total")).toBe(0);
   } finally {
-    session.destroy();
+    publisher.close();
+    for (const session of sessions) session.destroy();
   }
 }, 300_000);

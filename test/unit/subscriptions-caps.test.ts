@@ -41,6 +41,8 @@ function session(address: string): ClientSession & { last: () => Frame | undefin
   let last: Frame | undefined;
   const conn = {
     remote: address,
+    pendingBytes: 0,
+    hasRoomFor: () => true,
     send: (frame: Frame) => {
       last = frame;
       return true;

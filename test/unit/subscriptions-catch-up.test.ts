@@ -18,7 +18,7 @@ import type { ClientSession } from "../../src/replica/server.ts";
 import {
   HISTORY_BATCHES_PER_READ,
   HISTORY_BYTES_PER_READ,
-  REPLAY_PENDING_BYTES_MAX,
+  REPLAY_HEADROOM_BYTES,
   REPLAY_WAIT_MS,
   Subscriptions,
 } from "../../src/replica/subscriptions.ts";
@@ -30,6 +30,8 @@ const TAG = "net.links";
 const PUBLISHER = new Uint8Array(32).fill(0x50);
 /** Retained history: more batches than several replay steps send. */
 const HISTORY_BATCHES = 4 * HISTORY_BATCHES_PER_READ - 24;
+/** The fake connection's bound on bytes not yet written (a client connection's, server.ts). */
+const CONNECTION_BOUND_BYTES = 8 * 1024 * 1024;
 /** Live batches published while a subscription catches up. */
 const LIVE_BATCHES = 5;
 /** Catch-up turns a busy-channel test runs at most: about 100 are needed (8 x 3,000 batches, 256 a turn). */
@@ -82,7 +84,7 @@ interface Client {
   readonly bursts: number[];
   /** Frames the connection still takes; past them every send fails, as on a full queue. */
   room: number;
-  /** Bytes the connection holds not yet written (FramedConn.pendingBytes): the subscriber's reading, simulated. */
+  /** Bytes the connection holds not yet written (FramedConn.pendingBytes, against an 8 MiB bound): the subscriber's reading, simulated. */
   pending: number;
   closed: boolean;
 }
@@ -120,6 +122,7 @@ function client(id: number): Client {
     get pendingBytes() {
       return self.pending;
     },
+    hasRoomFor: (bytes: number) => self.pending + bytes <= CONNECTION_BOUND_BYTES,
     send: (frame: Frame) => take(frame),
     sendShared: (type: number, shared: SharedPayloadPrefix, rest: Uint8Array) => {
       const decoded = decodeFrameBody(type, Uint8Array.from(Buffer.concat([...shared.parts, rest])));
@@ -325,14 +328,14 @@ describe("a subscription that ends while it catches up", () => {
     expect(subs.replaying).toBe(0);
   });
 
-  test("a replay waits while its connection holds REPLAY_PENDING_BYTES_MAX unwritten, without spinning, and goes on from there once they are read", async () => {
+  test("a replay waits while its connection has less than REPLAY_HEADROOM_BYTES of room, without spinning, and goes on from there once the subscriber has read", async () => {
     const { subs, publish } = channel();
     for (let i = 0; i < HISTORY_BATCHES; i++) publish();
     const reader = client(1);
     subs.subscribe(reader.session, 1, TAG, 1);
     expect(eventSeqs(reader)).toEqual(seqsFrom(1, HISTORY_BATCHES_PER_READ));
     // The subscriber stops reading: what was sent waits on its connection.
-    reader.pending = REPLAY_PENDING_BYTES_MAX;
+    reader.pending = CONNECTION_BOUND_BYTES - REPLAY_HEADROOM_BYTES;
     const immediates = watchImmediates();
     await waitFor("the replay to wait for its subscriber", () => subs.replayWaiting === 1);
     const sent = eventSeqs(reader).length;
