@@ -1,6 +1,6 @@
 /** The soak program's fault schedule (test/fault/soak.ts): seeded, and never more than f replicas out at once. */
 import { expect, test } from "bun:test";
-import { parseOptions, planChaos } from "../fault/soak.ts";
+import { liveUnorderedProblems, parseOptions, planChaos } from "../fault/soak.ts";
 
 test("the same seed gives the same schedule, another seed another", () => {
   expect(planChaos(7, 120_000, 4, 1)).toEqual(planChaos(7, 120_000, 4, 1));
@@ -41,4 +41,27 @@ test("the options: defaults, bounds and refusals", () => {
 test("a run of minutes plans key rotations among the other faults", () => {
   const kinds = new Set(planChaos(3, 300_000, 4, 1).map((action) => action.kind));
   expect([...kinds].sort()).toEqual(["kill", "pause", "rotate", "stop"]);
+});
+
+test("a live unordered subscription is judged for repeats and inventions, not for what it missed", () => {
+  const stream = { tag: "net.links", prefix: "n", acked: [], attempted: new Set(["n-0.0", "n-1.0", "n-2.0"]), failures: 0 };
+  expect(
+    liveUnorderedProblems(
+      [stream],
+      [
+        { seq: 1, payload: "n-0.0" },
+        { seq: 3, payload: "n-2.0" },
+      ],
+    ),
+  ).toEqual([]);
+  expect(
+    liveUnorderedProblems(
+      [stream],
+      [
+        { seq: 1, payload: "n-0.0" },
+        { seq: 2, payload: "n-0.0" },
+        { seq: 3, payload: "x-9.0" },
+      ],
+    ),
+  ).toEqual(["live: n-0.0 delivered twice", "live: x-9.0 was never published"]);
 });

@@ -720,8 +720,10 @@ class Flood {
     for (;;) {
       const counts = await this.mark();
       if (counts.acked > acked) return;
-      // Refused for good (a key not registered on the channel, say): no acknowledgement is coming.
-      if (counts.failed > 0) {
+      // Nothing ever acknowledged and publishes failing (a key the channel refuses, say): no
+      // acknowledgement is coming. Failures after some were acknowledged (timeouts of a
+      // saturated flood) are reported with the figures instead.
+      if (counts.acked === 0 && counts.failed > 0) {
         throw new CommandError(`--mix: ${this.plan.mix?.tag}: ${counts.failed} events failed: ${counts.firstError ?? "no reason given"}`);
       }
       if (performance.now() >= deadline) {
