@@ -316,6 +316,19 @@ describe("recovery", () => {
     });
   }
 
+  test("unordered events stay in the store when the replica restarts without its ordered state (no channel to judge them by)", () => {
+    const { dir, writer, admin, publisher } = setup();
+    createUnordered(writer, admin, publisher, "crash");
+    acceptUnordered(writer, publisher, UNORDERED_EVENTS);
+    writer.storage.commits.flush();
+    // The decided log is lost (as after a base that no longer verifies): the machine comes back empty.
+    writer.storage.store.transaction(() => writer.storage.store.deleteDecidedUpTo(Number.MAX_SAFE_INTEGER));
+    const { machine, recovered, storage } = restart(dir, writer);
+    expect(machine.listChannels()).toEqual([]);
+    expect(recovered.restoredUnordered).toBe(0);
+    expect([...storage.store.unorderedRows()].length).toBe(UNORDERED_EVENTS);
+  });
+
   for (const recreated of [false, true]) {
     test(`unordered events of a destroyed channel are deleted at restart${recreated ? " (the tag created again)" : ""}`, () => {
       const { dir, writer, admin, publisher } = setup();

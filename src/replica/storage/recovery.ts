@@ -295,6 +295,12 @@ function batchLookup(storage: ReplicaStorage): { readonly lookup: BatchLookup; r
 
 function replayUnordered(options: RecoverOptions): number {
   const { machine, storage } = options;
+  // No channel at all: this replica's ordered state is gone (a damaged base, the decided log
+  // with it) and will come by state transfer, or every channel was destroyed. Its own
+  // acknowledged unordered events cannot be judged against a registry it does not have, so
+  // they stay in the store, for the next start that has one, instead of being deleted as
+  // events of channels that do not exist.
+  if (machine.listChannels().length === 0) return 0;
   const stale: number[] = [];
   let restored = 0;
   for (const checked of storage.store.unorderedRows()) {
