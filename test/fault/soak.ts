@@ -24,6 +24,7 @@ import { join } from "node:path";
 import type { FitbClient } from "../../src/client/index.ts";
 import { loadPublicKeyFile, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { bytesEqual } from "../../wire/bytes.ts";
+import { rng } from "../unit/seeded-rng.ts";
 import { integerArgument, optionsOrExit, stopOnSignalsAndDeadline } from "../helpers/program.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { CLASSES, clientFor, collect, createChannels, type Delivered, encode } from "../integration/client-util.ts";
@@ -88,18 +89,6 @@ export interface ChaosAction {
   readonly holdMs: number;
 }
 
-/** A seeded pseudo-random source in [0, 1) (mulberry32): the same seed, the same schedule. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
-
 /**
  * The faults of a run of `durationMs` on `n` replicas: a key rotation (8%), kill -9 (37%),
  * SIGTERM (20%) or SIGSTOP (35%), each held a random while, one every GAP_MS_MIN..GAP_MS_MAX, a share aimed
@@ -108,7 +97,7 @@ export function seededRandom(seed: number): () => number {
  * than planned), so an action may run later than planned, never beside more than f others.
  */
 export function planChaos(seed: number, durationMs: number, n: number, f: number): ChaosAction[] {
-  const random = seededRandom(seed);
+  const random = rng(seed);
   const between = (min: number, max: number): number => Math.round(min + random() * (max - min));
   const outUntil: number[] = new Array(n).fill(0);
   const actions: ChaosAction[] = [];

@@ -9,17 +9,15 @@
 // refuses every restart stays the one fault the group tolerates until an operator moves
 // its data directory aside.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { join } from "node:path";
 import type { FitbClient } from "../../src/client/index.ts";
-import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, collect, startClusterWithChannels } from "./client-util.ts";
 import { checkTotalOrder, killAndWait, logLines, publishStream, type Stream, waitCaughtUp } from "./durability-history.ts";
 import { logTail, type TestCluster } from "./harness.ts";
+import { rotateUnderTraffic } from "./key-rotation.ts";
 
 let cluster: TestCluster;
 let publisher: FitbClient;
-let A: string[];
 const streams: Stream[] = [];
 /** Extra arguments each replica is started with (replica 3's new key once rotated). */
 const replicaArgs = new Map<number, string[]>();
@@ -28,12 +26,9 @@ const EVENT_BYTES = 4096;
 /** Attempts at killing replica 1 while the transfer runs (one that finished first is tried again). */
 const ATTEMPTS = 4;
 
-const inEpoch = (id: number, epoch: number): boolean => logLines(cluster, id, "epoch started").some((line) => line["epoch"] === epoch);
-
 beforeAll(async () => {
   cluster = await startClusterWithChannels({ replicas: 4, replicaArgs: (id) => replicaArgs.get(id) ?? [] });
   publisher = clientFor(cluster, cluster.clientKey);
-  A = ["--config", cluster.configPath, "--key", cluster.adminKey];
 }, 120_000);
 
 afterAll(async () => {
@@ -41,44 +36,11 @@ afterAll(async () => {
   await cluster.stop();
 });
 
-/** Rotates replica 3's key under a publish stream until the `live` replicas and 3 started epoch 1, then restarts 3 with its new key. */
-async function rotateReplica3(live: number[]): Promise<void> {
-  const path = join(cluster.dir, "replica-3-new.key");
-  const keygen = await cluster.fitb(["keygen", "--out", path]);
-  expect(keygen.code).toBe(0);
-  const key = formatPublicKey(loadSigningKeyFile(path).key.publicKey);
-  let out = "";
-  streams.push(
-    await publishStream(
-      publisher,
-      "sec.alerts",
-      "r",
-      (r) => r < 600 && (r < 20 || ![...live, 3].every((id) => inEpoch(id, 1))),
-      1,
-      async (r) => {
-        if (r !== 10) return;
-        const run = await cluster.fitb(["admin", ...A, "rotate-replica-key", "--id", "3", "--replica-key", key]);
-        out = `${run.code} ${run.stdout}${run.stderr}`;
-      },
-    ),
-  );
-  expect(out).toContain("ok");
-  await killAndWait(cluster, 3);
-  replicaArgs.set(3, ["--key", path]);
-  cluster.start(3);
-  await waitFor(
-    "replica 3 to learn the group under its new key",
-    () => logLines(cluster, 3, "learned the group from its replicas").length > 0,
-    60_000,
-    () => logTail(cluster, 3),
-  );
-  await waitCaughtUp(publisher, 3, 60_000);
-}
-
 describe("a replica killed while it fetches the state in epoch 1", () => {
   test("starts again on its own, fetches the state and catches up; nothing acknowledged is lost", async () => {
     await killAndWait(cluster, 1);
-    await rotateReplica3([0, 2]);
+    streams.push(await rotateUnderTraffic(cluster, publisher, { id: 3, epoch: 1, until: [0, 2, 3], prefix: "r", replicaArgs }));
+    await waitCaughtUp(publisher, 3, 60_000);
     let killedMidTransfer = false;
     for (let attempt = 0; attempt < ATTEMPTS && !killedMidTransfer; attempt++) {
       if (attempt > 0) await killAndWait(cluster, 1);

@@ -12,9 +12,7 @@
 // publishes are acknowledged. The history checker finds no acknowledged event lost, none
 // twice, and one order.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { join } from "node:path";
 import type { FitbClient } from "../../src/client/index.ts";
-import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, collect, startClusterWithChannels } from "./client-util.ts";
 import {
@@ -27,6 +25,7 @@ import {
   waitCaughtUp,
 } from "./durability-history.ts";
 import { logTail, type TestCluster } from "./harness.ts";
+import { inEpoch as inEpochOf, rotateUnderTraffic } from "./key-rotation.ts";
 
 let cluster: TestCluster;
 let publisher: FitbClient;
@@ -35,7 +34,7 @@ const streams: Stream[] = [];
 /** Extra arguments each replica is started with (replica 2's new key once rotated). */
 const replicaArgs = new Map<number, string[]>();
 
-const inEpoch = (id: number, epoch: number): boolean => logLines(cluster, id, "epoch started").some((line) => line["epoch"] === epoch);
+const inEpoch = (id: number, epoch: number): boolean => inEpochOf(cluster, id, epoch);
 
 beforeAll(async () => {
   cluster = await startClusterWithChannels({ replicas: 4, replicaArgs: (id) => replicaArgs.get(id) ?? [] });
@@ -76,37 +75,8 @@ async function changeUnderTraffic(live: number[], epoch: number, change: string[
  * and resumes only once replica 2 runs with its new key.
  */
 async function rotateReplica2(): Promise<void> {
-  const path = join(cluster.dir, "replica-2-new.key");
-  const keygen = await cluster.fitb(["keygen", "--out", path]);
-  expect(keygen.code).toBe(0);
-  const key = formatPublicKey(loadSigningKeyFile(path).key.publicKey);
-  let out = "";
-  const stream = await publishStream(
-    publisher,
-    "sec.alerts",
-    "k",
-    (r) => r < 600 && (r < 20 || !inEpoch(0, 1) || !inEpoch(1, 1)),
-    1,
-    async (r) => {
-      if (r !== 10) return;
-      const run = await cluster.fitb(["admin", ...A, "rotate-replica-key", "--id", "2", "--replica-key", key]);
-      out = `${run.code} ${run.stdout}${run.stderr}`;
-    },
-  );
-  streams.push(stream);
-  expect(out).toContain("ok");
-  expect(inEpoch(0, 1) && inEpoch(1, 1)).toBe(true);
-  await killAndWait(cluster, 2);
-  replicaArgs.set(2, ["--key", path]);
   const linksBefore = logLines(cluster, 2, "peer link up").length;
-  cluster.start(2);
-  // Its new key is not the cluster file's: it asks its peers for the group.
-  await waitFor(
-    "replica 2 to learn the group under its new key",
-    () => logLines(cluster, 2, "learned the group from its replicas").length > 0,
-    60_000,
-    () => logTail(cluster, 2),
-  );
+  streams.push(await rotateUnderTraffic(cluster, publisher, { id: 2, epoch: 1, until: [0, 1], prefix: "k", replicaArgs }));
   await waitFor(
     "replica 2 to link with replicas 0 and 1 under its new key",
     () => logLines(cluster, 2, "peer link up").length >= linksBefore + 2,
