@@ -41,13 +41,14 @@ describe("a replica killed while it fetches the state in epoch 1", () => {
     await killAndWait(cluster, 1);
     streams.push(await rotateUnderTraffic(cluster, publisher, { id: 3, epoch: 1, until: [0, 2, 3], prefix: "r", replicaArgs }));
     await waitCaughtUp(publisher, 3, 60_000);
+    // Killed in the transfer, it must come back with the base it had before: the start after
+    // the kill says so in its recovery line (a transfer that ended first would be its base).
     let killedMidTransfer = false;
     for (let attempt = 0; attempt < ATTEMPTS && !killedMidTransfer; attempt++) {
       if (attempt > 0) await killAndWait(cluster, 1);
       // Far past replica 1's log window (256 seqs): it can only catch up by state transfer.
       streams.push(await publishStream(publisher, "sec.alerts", `a${attempt}`, 400, 4, undefined, EVENT_BYTES));
       const started = logLines(cluster, 1, "state transfer started").length;
-      const installed = logLines(cluster, 1, "snapshot installed").length;
       cluster.start(1);
       await waitFor(
         "replica 1 to start fetching the state",
@@ -55,11 +56,19 @@ describe("a replica killed while it fetches the state in epoch 1", () => {
         60_000,
         () => logTail(cluster, 1),
       );
+      const target = logLines(cluster, 1, "state transfer started").at(-1)?.["seq"] as number;
       await killAndWait(cluster, 1);
-      killedMidTransfer = logLines(cluster, 1, "snapshot installed").length === installed;
+      const recoveries = logLines(cluster, 1, "recovered from the data directory").length;
+      cluster.start(1);
+      await waitFor(
+        "replica 1 to recover from its data directory",
+        () => logLines(cluster, 1, "recovered from the data directory").length > recoveries,
+        60_000,
+        () => logTail(cluster, 1),
+      );
+      killedMidTransfer = (logLines(cluster, 1, "recovered from the data directory").at(-1)?.["baseSnapshot"] as number) < target;
     }
     expect(killedMidTransfer).toBe(true);
-    cluster.start(1);
     const proc = cluster.procs[1];
     const exited = proc?.exited.then((code) => {
       throw new Error(`replica 1 exited with status ${code} instead of catching up:\n${logTail(cluster, 1)}`);
