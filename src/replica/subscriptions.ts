@@ -69,6 +69,8 @@ export const HISTORY_BYTES_PER_READ = 1024 * 1024;
 export const REPLAY_HEADROOM_BYTES = 2 * 1024 * 1024;
 /** While replays wait and none can send, the next catch-up turn comes this much later (no busy loop). */
 export const REPLAY_WAIT_MS = 5;
+/** A replay on an idle connection that the output budget leaves no room waits at most this long, then ends SLOW. */
+export const REPLAY_IDLE_WAIT_MS_MAX = 10_000;
 
 /**
  * Open channel subscriptions of one remote address's connections together, whatever their
@@ -113,6 +115,9 @@ interface Subscription {
   /** Its channel's published batches and bytes (Published) at its last replay step. */
   seenBatches: number;
   seenBytes: number;
+  /** While its replay waits for room: the frame bytes its next batch needs, and since when it waits (performance.now). */
+  waitBytes: number;
+  waitingSinceMs: number;
 }
 
 /** Batches and bytes published to a channel with subscribers, ever: what a replay step may send besides its share. */
@@ -292,6 +297,8 @@ export class Subscriptions {
       urgency,
       shared,
       replayFrom,
+      waitBytes: 0,
+      waitingSinceMs: 0,
       seenBatches: published.batches,
       seenBytes: published.bytes,
     };
@@ -506,6 +513,7 @@ export class Subscriptions {
     for (const batch of read.batches) {
       if (budget.batches <= 0 || budget.bytes <= 0) break;
       if (!roomForReplay(subscription, batch.body.length + batch.sig.length)) {
+        subscription.waitBytes = batch.body.length + batch.sig.length + EGRESS_FRAME_OVERHEAD_BYTES;
         waiting = true;
         break;
       }
@@ -530,25 +538,48 @@ export class Subscriptions {
       parked = new Set();
       this.waitingRoom.set(subscription.session, parked);
     }
-    if (!parked.has(subscription)) this.waitingCount++;
+    if (!parked.has(subscription)) {
+      this.waitingCount++;
+      subscription.waitingSinceMs = performance.now();
+    }
     parked.add(subscription);
   }
 
-  /** Takes back into `catchingUp` the waiting replays of every connection that has room again. */
+  /**
+   * Takes back into `catchingUp` the waiting replays of every connection that has room
+   * again for what they wait to send (one check per connection). A replay whose connection
+   * is idle and still has no room (the output budget of its address, or of all clients,
+   * held by other connections) for REPLAY_IDLE_WAIT_MS_MAX is ended as a slow subscriber's
+   * would be (SLOW: the client subscribes again): it would otherwise wait for good, on a
+   * connection that looks healthy.
+   */
   private unparkWithRoom(): void {
+    const now = performance.now();
     for (const [session, parked] of this.waitingRoom) {
-      // The most urgent of them sets the check; each one checks its own room before every batch.
+      // The most urgent of them and the largest frame set the check; each one checks its own room before every batch.
       let urgency = 0;
-      for (const subscription of parked) urgency = Math.max(urgency, subscription.urgency);
-      if (session.conn.pendingBytes > 0 && !session.conn.hasRoomFor(REPLAY_HEADROOM_BYTES + HISTORY_BYTES_PER_READ, urgency)) continue;
-      this.waitingRoom.delete(session);
-      this.waitingCount -= parked.size;
-      for (const subscription of parked) this.catchingUp.add(subscription);
+      let bytes = 0;
+      let since = now;
+      for (const subscription of parked) {
+        urgency = Math.max(urgency, subscription.urgency);
+        bytes = Math.max(bytes, subscription.waitBytes);
+        since = Math.min(since, subscription.waitingSinceMs);
+      }
+      const idle = session.conn.pendingBytes === 0;
+      if (session.conn.hasRoomFor(bytes + (idle ? 0 : REPLAY_HEADROOM_BYTES), urgency)) {
+        this.waitingRoom.delete(session);
+        this.waitingCount -= parked.size;
+        for (const subscription of parked) this.catchingUp.add(subscription);
+      } else if (idle && now - since >= REPLAY_IDLE_WAIT_MS_MAX) {
+        for (const subscription of [...parked]) this.dropSlow(subscription);
+      }
     }
   }
 
   /** The next catch-up turn: at once while some replay can send, REPLAY_WAIT_MS later while all wait for room. */
   private scheduleCatchUp(): void {
+    // A replay that can send does not wait behind the timer of the ones that wait for room.
+    if (this.catchUpTimer?.kind === "timeout" && this.catchingUp.size > 0) this.cancelCatchUp();
     if (this.catchUpTimer !== null) return;
     if (this.catchingUp.size > 0) this.catchUpTimer = { kind: "immediate", handle: setImmediate(() => this.catchUpTurn()) };
     else if (this.waitingCount > 0) this.catchUpTimer = { kind: "timeout", handle: setTimeout(() => this.catchUpTurn(), REPLAY_WAIT_MS) };

@@ -329,6 +329,21 @@ describe("recovery", () => {
     expect([...storage.store.unorderedRows()].length).toBe(UNORDERED_EVENTS);
   });
 
+  test("unordered events stay in the store when the decided log comes back cut short (a row lost before the one that made their channel)", () => {
+    const { dir, writer, admin, publisher } = setup();
+    createUnordered(writer, admin, publisher, "crash");
+    acceptUnordered(writer, publisher, UNORDERED_EVENTS);
+    publishDecisions(writer, publisher, 3);
+    writer.storage.commits.flush();
+    // A gap at seq 2, the decision that made net.links: the log replays seq 1 (sec.alerts) and nothing past the gap.
+    (writer.storage.store as unknown as { db: Database }).db.run("DELETE FROM decided WHERE seq = 2");
+    const { machine, recovered, storage } = restart(dir, writer);
+    expect(machine.channelInfo("sec.alerts")).not.toBeNull();
+    expect(machine.channelInfo("net.links")).toBeNull();
+    expect(recovered.restoredUnordered).toBe(0);
+    expect([...storage.store.unorderedRows()].length).toBe(UNORDERED_EVENTS);
+  });
+
   for (const recreated of [false, true]) {
     test(`unordered events of a destroyed channel are deleted at restart${recreated ? " (the tag created again)" : ""}`, () => {
       const { dir, writer, admin, publisher } = setup();

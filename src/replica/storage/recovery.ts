@@ -93,14 +93,23 @@ export function recover(options: RecoverOptions): Recovered {
   storage.store.transaction(() => dropped.forEach((seq) => storage.store.deleteSnapshot(seq)));
 
   const batches = batchLookup(storage);
-  const lastDecided = decidedRunEnd(storage, baseSeq, batches.lookup);
+  const decided = decidedRunEnd(storage, baseSeq, batches.lookup);
+  const lastDecided = decided.last;
   const core = readCoreRecords(storage, lastDecided, batches.lookup);
   // A batch no kept row names (its records were lost, or pruned before a crash) goes.
   storage.dropBatchesExcept(batches.named);
   const coreBase = pickCoreBase(base, core, lastDecided);
   const coreBaseSeq = coreBase?.seq ?? 0;
   const replay = replayDecided(options, base, lastDecided, coreBaseSeq, core.stable?.seq ?? 0, batches.lookup);
-  const restoredUnordered = replayUnordered(options);
+  // The ordered state came back short of what this replica had (a base that no longer
+  // installs, a decided log cut by a damaged row or a gap, or a stable checkpoint past its
+  // end): it will come by state transfer, and until then a row's channel may not exist yet.
+  const newestComplete = heads.find((h) => h.status === "complete");
+  const orderedShort =
+    (newestComplete !== undefined && newestComplete.seq !== baseSeq) ||
+    decided.cut ||
+    (core.stable !== null && core.stable.seq > lastDecided);
+  const restoredUnordered = replayUnordered(options, orderedShort);
 
   const coreRecords: PersistedRecord[] = [];
   if (coreBase !== null) coreRecords.push(coreBase);
@@ -193,13 +202,18 @@ function pickIncoming(options: RecoverOptions, incoming: readonly SnapshotHead[]
  * decision of its seq; the rows before the base and from the first gap or bad row on are
  * deleted.
  */
-function decidedRunEnd(storage: ReplicaStorage, baseSeq: number, batches: BatchLookup): number {
+function decidedRunEnd(storage: ReplicaStorage, baseSeq: number, batches: BatchLookup): { readonly last: number; readonly cut: boolean } {
   let last = baseSeq;
+  let cut = false;
   for (const checked of storage.store.decidedRows(baseSeq + 1)) {
-    if (!checked.ok || checked.row.seq !== last + 1) break;
+    if (!checked.ok || checked.row.seq !== last + 1) {
+      cut = true;
+      break;
+    }
     const read = readDecided(checked.row.rec, checked.row.seq, batches);
     if (!read.ok) {
       storage.reportCorrupt([{ table: "decided", ids: [checked.row.seq], key: `seq ${checked.row.seq}`, reason: read.reason }]);
+      cut = true;
       break;
     }
     last = checked.row.seq;
@@ -209,7 +223,7 @@ function decidedRunEnd(storage: ReplicaStorage, baseSeq: number, batches: BatchL
     store.deleteDecidedUpTo(baseSeq);
     store.deleteDecidedFrom(last + 1);
   });
-  return last;
+  return { last, cut };
 }
 
 interface Replay {
@@ -293,14 +307,15 @@ function batchLookup(storage: ReplicaStorage): { readonly lookup: BatchLookup; r
 // 3. Unordered channels
 // -------------------------------------------------------------------------------------
 
-function replayUnordered(options: RecoverOptions): number {
+function replayUnordered(options: RecoverOptions, orderedShort: boolean): number {
   const { machine, storage } = options;
-  // No channel at all: this replica's ordered state is gone (a damaged base, the decided log
-  // with it) and will come by state transfer, or every channel was destroyed. Its own
-  // acknowledged unordered events cannot be judged against a registry it does not have, so
-  // they stay in the store, for the next start that has one, instead of being deleted as
-  // events of channels that do not exist.
-  if (machine.listChannels().length === 0) return 0;
+  // With no channel at all, or an ordered state that came back short (recover), this
+  // replica's own acknowledged unordered events cannot be judged against the registry: a
+  // row whose channel is not there may belong to one its state has not reached yet. Such
+  // rows stay in the store, for the next start that has the state, instead of being
+  // deleted as events of channels that do not exist (rows of a destroyed channel then go
+  // at that start).
+  const keepUnjudged = orderedShort || machine.listChannels().length === 0;
   const stale: number[] = [];
   let restored = 0;
   for (const checked of storage.store.unorderedRows()) {
@@ -321,7 +336,7 @@ function replayUnordered(options: RecoverOptions): number {
     const at = { tag: row.tag, generation: row.gen };
     const outcome = machine.restoreUnorderedPublish({ body: row.body, sig: row.sig }, decoded.request, at, row.ts);
     if (outcome.stored === null) {
-      stale.push(row.id);
+      if (!keepUnjudged) stale.push(row.id);
       continue;
     }
     restored++;
