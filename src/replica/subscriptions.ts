@@ -37,6 +37,7 @@ import type { AuditLog } from "./audit.ts";
 import type { ChannelMetrics } from "./channel-metrics.ts";
 import type { Metrics } from "./metrics.ts";
 import { keyText } from "./quota.ts";
+import type { FramedConn } from "./framed.ts";
 import type { ClientSession } from "./server.ts";
 import { EGRESS_FRAME_OVERHEAD_BYTES, egressOfPriority } from "./egress.ts";
 
@@ -512,8 +513,9 @@ export class Subscriptions {
     let waiting = false;
     for (const batch of read.batches) {
       if (budget.batches <= 0 || budget.bytes <= 0) break;
-      if (!roomForReplay(subscription, batch.body.length + batch.sig.length)) {
-        subscription.waitBytes = batch.body.length + batch.sig.length + EGRESS_FRAME_OVERHEAD_BYTES;
+      const frameBytes = batch.body.length + batch.sig.length + EGRESS_FRAME_OVERHEAD_BYTES;
+      if (!roomForReplay(subscription.session.conn, frameBytes, subscription.urgency)) {
+        subscription.waitBytes = frameBytes;
         waiting = true;
         break;
       }
@@ -565,12 +567,11 @@ export class Subscriptions {
         bytes = Math.max(bytes, subscription.waitBytes);
         since = Math.min(since, subscription.waitingSinceMs);
       }
-      const idle = session.conn.pendingBytes === 0;
-      if (session.conn.hasRoomFor(bytes + (idle ? 0 : REPLAY_HEADROOM_BYTES), urgency)) {
+      if (roomForReplay(session.conn, bytes, urgency)) {
         this.waitingRoom.delete(session);
         this.waitingCount -= parked.size;
         for (const subscription of parked) this.catchingUp.add(subscription);
-      } else if (idle && now - since >= REPLAY_IDLE_WAIT_MS_MAX) {
+      } else if (session.conn.pendingBytes === 0 && now - since >= REPLAY_IDLE_WAIT_MS_MAX) {
         for (const subscription of [...parked]) this.dropSlow(subscription);
       }
     }
@@ -749,14 +750,12 @@ function forget(counts: Map<string, number>, key: string): void {
 }
 
 /**
- * Whether a replay may send a batch of `batchBytes` (body and signature) now: its connection
- * would keep REPLAY_HEADROOM_BYTES of room under its bound for the channel's class and
- * under the output budget (FramedConn.hasRoomFor) after it, or is idle and has room for it.
+ * Whether a replay may send a frame of `frameBytes` of class `urgency` on `conn` now: the
+ * connection would keep REPLAY_HEADROOM_BYTES of room under its bound for the class and
+ * under the output budget (FramedConn.hasRoomFor) after it, or is idle and has room for it
+ * (the largest frames leave less than the headroom: a replay never waits for room that
+ * cannot come).
  */
-function roomForReplay(subscription: Subscription, batchBytes: number): boolean {
-  const conn = subscription.session.conn;
-  // An idle connection takes any batch its bound and the budget allow (the largest ones
-  // leave less than the headroom): a replay never waits for room that cannot come.
-  const headroom = conn.pendingBytes === 0 ? 0 : REPLAY_HEADROOM_BYTES;
-  return conn.hasRoomFor(batchBytes + EGRESS_FRAME_OVERHEAD_BYTES + headroom, subscription.urgency);
+function roomForReplay(conn: FramedConn, frameBytes: number, urgency: number): boolean {
+  return conn.hasRoomFor(frameBytes + (conn.pendingBytes === 0 ? 0 : REPLAY_HEADROOM_BYTES), urgency);
 }
