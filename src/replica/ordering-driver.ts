@@ -43,7 +43,7 @@ import { ADMIN_SPACE, urgencyOfSpace, VerifiedRequests, verifiedCacheKey } from 
 import { type CoreHost, CoreStepFailed, InlineCoreHost, ThreadCoreHost } from "./ordering-host.ts";
 import { StateTransfer, validateTransferMessage } from "./state-transfer.ts";
 import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
-import { type Recovered, recover } from "./storage/recovery.ts";
+import { type Recovered, recover, restoreKeptUnordered } from "./storage/recovery.ts";
 import { SnapshotKeeper } from "./storage/snapshots.ts";
 import { partBytesFor } from "./storage/stream.ts";
 import type { Membership } from "../core/channels/membership.ts";
@@ -1275,6 +1275,7 @@ export class OrderingDriver {
       if (!this.keeper.owns(head.seq)) this.options.storage.stageDropSnapshot(head.seq);
       return;
     }
+    const held = new Set(unorderedChannels(machine).map((channel) => `${channel.gen}:${channel.tag}`));
     const installed = machine.installSnapshot(importer);
     if (!installed.ok) {
       this.core.releaseTransfer();
@@ -1282,6 +1283,12 @@ export class OrderingDriver {
       this.options.storage.stageDropSnapshot(head.seq);
       return;
     }
+    // Unordered channels new to this machine start empty; this replica's own events of them
+    // that a short restart kept in its data directory go back in now (recovery.ts).
+    const fresh = unorderedChannels(machine).filter((channel) => !held.has(`${channel.gen}:${channel.tag}`));
+    const restored = fresh.length === 0 ? 0 : restoreKeptUnordered(this.options, fresh);
+    if (restored > 0)
+      log.info("unordered events kept in the data directory restored after the state transfer", { seq: head.seq, batches: restored });
     this.keeper.adoptInstalled(head);
     this.appliedSeq = head.seq;
     this.noteMembership(head.seq);
@@ -1347,4 +1354,12 @@ function kindOf(message: unknown): string {
   if (message === null || typeof message !== "object" || Array.isArray(message) || message instanceof Uint8Array) return "";
   const t = (message as { t?: unknown }).t;
   return typeof t === "string" ? t : "";
+}
+
+/** The machine's unordered channels, by tag and generation. */
+function unorderedChannels(machine: ChannelMachine): { tag: string; gen: number }[] {
+  return machine
+    .listChannels()
+    .filter((channel) => channel.order === "none")
+    .map((channel) => ({ tag: channel.tag, gen: channel.generation }));
 }

@@ -4,15 +4,21 @@
  * replica), is stopped while the group orders far past its log, and is started again: it
  * fetches the ordered state by state transfer. The unordered events it had stored before
  * must still be served from it (a subscription from 0 at replica 1 alone), and must still
- * be there after a further restart.
+ * be there after a further restart. And a replica whose ordered state comes back short at
+ * a start (its decided log and snapshots lost while it was down) keeps its unordered events
+ * in its store though no channel is there to judge them by, and serves them again as soon
+ * as the state transfer brings their channel, without waiting for its next start.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
+import { Database } from "bun:sqlite";
+import { join } from "node:path";
 import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import { FrameType } from "../../wire/types.ts";
 import { HandSession } from "../helpers/hand-session.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, encode, startClusterWithChannels } from "./client-util.ts";
-import { killAndWait, logLines, publishStream, waitCaughtUp } from "./durability-history.ts";
+import { dataDirOf, killAndWait, logLines, publishStream, waitCaughtUp } from "./durability-history.ts";
 import { logTail, type TestCluster } from "./harness.ts";
 
 const UNORDERED = 50;
@@ -76,6 +82,48 @@ test("after a state transfer, and after a restart that follows, a replica still 
     cluster.start(1);
     await waitCaughtUp(publisher, 1, 60_000);
     expect(await servedByReplica1()).toBeGreaterThanOrEqual(UNORDERED + 1);
+  } finally {
+    publisher.close();
+  }
+}, 300_000);
+
+test("a replica that restarts short of its ordered state serves its kept unordered events once the state transfer brings their channel", async () => {
+  const publisher = clientFor(cluster, cluster.clientKey, { crashNoneTargets: "all" });
+  try {
+    const before = await servedByReplica1();
+    for (let i = 0; i < UNORDERED; i++) await publisher.publish("net.links", [encode(`k${i}`)]);
+    await publishStream(publisher, "sec.alerts", "b", 300, 1);
+    await waitCaughtUp(publisher, 1, 60_000);
+    await killAndWait(cluster, 1);
+    // Its decided log and snapshots are lost while it is down; its core records (a stable
+    // checkpoint far past nothing) and its unordered store stay.
+    const db = new Database(join(dataDirOf(cluster, 1), STORE_FILE));
+    try {
+      db.run("DELETE FROM decided");
+      db.run("DELETE FROM snap_part");
+      db.run("DELETE FROM snap_head");
+    } finally {
+      db.close();
+    }
+    const recovered = logLines(cluster, 1, "recovered from the data directory").length;
+    const installed = logLines(cluster, 1, "snapshot installed").length;
+    cluster.start(1);
+    await waitFor(
+      "replica 1 to recover and then install the state",
+      () => logLines(cluster, 1, "snapshot installed").length > installed,
+      60_000,
+      () => logTail(cluster, 1),
+    );
+    // It came back with no channel, and kept its unordered events for the state.
+    const start = logLines(cluster, 1, "recovered from the data directory")[recovered];
+    expect(start?.["lastDecided"]).toBe(0);
+    expect(start?.["unorderedBatches"]).toBe(0);
+    const put = logLines(cluster, 1, "unordered events kept in the data directory restored after the state transfer");
+    expect(put.length).toBe(1);
+    expect(put[0]?.["batches"]).toBeGreaterThanOrEqual(before + UNORDERED);
+    await waitCaughtUp(publisher, 1, 60_000);
+    // Served without a restart: every event it stored before, and the marker.
+    expect(await servedByReplica1()).toBeGreaterThanOrEqual(before + UNORDERED + 1);
   } finally {
     publisher.close();
   }

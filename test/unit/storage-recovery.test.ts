@@ -13,7 +13,7 @@ import type { CoreCrypto, PersistedRecord } from "../../src/core/ordering/types.
 import { sha256 } from "../../src/crypto/hash.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import { ReplicaStorage, STOPPED_CLEAN_META, type SyncPolicy } from "../../src/replica/storage/index.ts";
-import { recover } from "../../src/replica/storage/recovery.ts";
+import { recover, restoreKeptUnordered } from "../../src/replica/storage/recovery.ts";
 import {
   BASE_URGENT_TICKS_PER_PART,
   BASE_WRITE_TICKS_TARGET,
@@ -326,6 +326,27 @@ describe("recovery", () => {
     const { machine, recovered, storage } = restart(dir, writer);
     expect(machine.listChannels()).toEqual([]);
     expect(recovered.restoredUnordered).toBe(0);
+    expect([...storage.store.unorderedRows()].length).toBe(UNORDERED_EVENTS);
+  });
+
+  test("unordered events kept at a short restart go back into the machine once a state transfer brings their channel", () => {
+    const { dir, writer, admin, publisher } = setup();
+    createUnordered(writer, admin, publisher, "crash");
+    acceptUnordered(writer, publisher, UNORDERED_EVENTS);
+    writer.storage.commits.flush();
+    writer.storage.store.transaction(() => writer.storage.store.deleteDecidedUpTo(Number.MAX_SAFE_INTEGER));
+    const { machine, storage } = restart(dir, writer);
+    expect(machine.listChannels()).toEqual([]);
+    // The group's state, as a state transfer installs it: the channel, and no event of it (its store is each replica's own).
+    expect(machine.restore(writer.machine.snapshot()).ok).toBe(true);
+    expect(unorderedPayloads(machine)).toEqual([]);
+    const info = machine.channelInfo("net.links");
+    expect(info).not.toBeNull();
+    // A channel the state does not name is left alone (the replica may be behind the seq that makes it).
+    expect(restoreKeptUnordered({ machine, storage }, [{ tag: "no.such", gen: 1 }])).toBe(0);
+    expect(restoreKeptUnordered({ machine, storage }, [{ tag: "net.links", gen: info?.generation ?? -1 }])).toBe(UNORDERED_EVENTS);
+    expect(unorderedPayloads(machine)).toEqual(LINKS);
+    // Put back, not stored again.
     expect([...storage.store.unorderedRows()].length).toBe(UNORDERED_EVENTS);
   });
 

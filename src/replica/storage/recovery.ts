@@ -32,7 +32,7 @@ import { bytesEqual, toHex } from "../../crypto/encoding.ts";
 import { checkpointStateDigest } from "./digest.ts";
 import type { ReplicaStorage, SnapshotHead } from "./index.ts";
 import { type BatchLookup, type DecidedRecord, decodeBatch, readDecided, readRecord, recordBatch } from "./records.ts";
-import type { CorruptRow } from "./store.ts";
+import type { Checked, CorruptRow, UnorderedFloorRow, UnorderedRow } from "./store.ts";
 import { StreamReader } from "./stream.ts";
 
 type Rec<T extends PersistedRecord["t"]> = Extract<PersistedRecord, { t: T }>;
@@ -308,17 +308,50 @@ function batchLookup(storage: ReplicaStorage): { readonly lookup: BatchLookup; r
 // -------------------------------------------------------------------------------------
 
 function replayUnordered(options: RecoverOptions, orderedShort: boolean): number {
-  const { machine, storage } = options;
   // With no channel at all, or an ordered state that came back short (recover), this
   // replica's own acknowledged unordered events cannot be judged against the registry: a
   // row whose channel is not there may belong to one its state has not reached yet. Such
-  // rows stay in the store, for the next start that has the state, instead of being
-  // deleted as events of channels that do not exist (rows of a destroyed channel then go
-  // at that start).
-  const keepUnjudged = orderedShort || machine.listChannels().length === 0;
+  // rows stay in the store, for the state that has the channel (a state transfer,
+  // restoreKeptUnordered, or the next start), instead of being deleted as events of
+  // channels that do not exist (rows of a destroyed channel then go at a start that has
+  // the whole state).
+  const keepUnjudged = orderedShort || options.machine.listChannels().length === 0;
+  const restored = restoreRows(options, options.storage.store.unorderedRows(), keepUnjudged);
+  restoreFloors(options, options.storage.store.unorderedFloorRows());
+  return restored;
+}
+
+/**
+ * After a state transfer installed: the unordered channels the installed state has and the
+ * machine did not hold before (`fresh`, tag and generation) start with an empty local
+ * store, while this replica's data directory may still hold its own acknowledged events of
+ * them, kept at a start whose ordered state came back short (replayUnordered). Those rows
+ * go back into the machine now, as a start would put them back, so the replica serves them
+ * without waiting for its next start. Rows of channels the state does not name stay (the
+ * replica may be behind the seq that made them). Returns the batches restored.
+ */
+export function restoreKeptUnordered(
+  options: Pick<RecoverOptions, "machine" | "storage">,
+  fresh: readonly { readonly tag: string; readonly gen: number }[],
+): number {
+  let restored = 0;
+  for (const channel of fresh) {
+    restored += restoreRows(options, options.storage.store.unorderedRows(channel), true);
+    restoreFloors(options, options.storage.store.unorderedFloorRows(channel));
+  }
+  return restored;
+}
+
+/** Puts stored unordered rows back into the machine; a row it does not take is deleted unless `keepUnjudged`. */
+function restoreRows(
+  options: Pick<RecoverOptions, "machine" | "storage" | "unorderedRestored">,
+  rows: Iterable<Checked<UnorderedRow>>,
+  keepUnjudged: boolean,
+): number {
+  const { machine, storage } = options;
   const stale: number[] = [];
   let restored = 0;
-  for (const checked of storage.store.unorderedRows()) {
+  for (const checked of rows) {
     if (!checked.ok) {
       storage.reportCorrupt([checked.corrupt]);
       stale.push(checked.corrupt.ids[0] ?? -1);
@@ -349,7 +382,6 @@ function replayUnordered(options: RecoverOptions, orderedShort: boolean): number
       });
   }
   if (stale.length > 0) storage.store.transaction(() => stale.forEach((id) => storage.store.deleteUnorderedRow(id)));
-  restoreFloors(options);
   return restored;
 }
 
@@ -359,10 +391,10 @@ function replayUnordered(options: RecoverOptions, orderedShort: boolean): number
  * retention deleted stays refused, and each publisher's highest seq stays known. A floor
  * of a channel that is gone is deleted.
  */
-function restoreFloors(options: RecoverOptions): void {
+function restoreFloors(options: Pick<RecoverOptions, "machine" | "storage">, rows: Iterable<Checked<UnorderedFloorRow>>): void {
   const { machine, storage } = options;
   const stale: number[] = [];
-  for (const checked of storage.store.unorderedFloorRows()) {
+  for (const checked of rows) {
     if (!checked.ok) {
       storage.reportCorrupt([checked.corrupt]);
       stale.push(checked.corrupt.ids[0] ?? -1);

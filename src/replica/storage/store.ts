@@ -608,9 +608,14 @@ export class ReplicaStore {
     };
   }
 
-  *unorderedRows(): Generator<Checked<UnorderedRow>> {
-    const query = this.db.query("SELECT id, tag, gen, ts, body, sig, sum FROM unordered ORDER BY id");
-    for (const r of query.iterate() as IterableIterator<Row>) {
+  /** The unordered rows in the order they were stored: every one, or those of one channel (tag and generation). */
+  *unorderedRows(of?: { readonly tag: string; readonly gen: number }): Generator<Checked<UnorderedRow>> {
+    const columns = "SELECT id, tag, gen, ts, body, sig, sum FROM unordered";
+    const rows =
+      of === undefined
+        ? this.db.query(`${columns} ORDER BY id`).iterate()
+        : this.db.query(`${columns} WHERE tag = ? AND gen = ? ORDER BY id`).iterate(of.tag, of.gen);
+    for (const r of rows as IterableIterator<Row>) {
       const row: UnorderedRow = { id: num(r.id), tag: String(r.tag), gen: num(r.gen), ts: num(r.ts), body: blob(r.body), sig: blob(r.sig) };
       if (rowIntact("unordered", [row.id, row.tag, row.gen, row.ts], [row.body, row.sig], r.sum as Uint8Array)) yield { ok: true, row };
       else
@@ -618,9 +623,14 @@ export class ReplicaStore {
     }
   }
 
-  *unorderedFloorRows(): Generator<Checked<UnorderedFloorRow>> {
-    const query = this.db.query("SELECT id, tag, gen, publisher, seq, sum FROM unordered_floor ORDER BY id");
-    for (const r of query.iterate() as IterableIterator<Row>) {
+  /** The publishers' floors of unordered channels: every one, or those of one channel (tag and generation). */
+  *unorderedFloorRows(of?: { readonly tag: string; readonly gen: number }): Generator<Checked<UnorderedFloorRow>> {
+    const columns = "SELECT id, tag, gen, publisher, seq, sum FROM unordered_floor";
+    const rows =
+      of === undefined
+        ? this.db.query(`${columns} ORDER BY id`).iterate()
+        : this.db.query(`${columns} WHERE tag = ? AND gen = ? ORDER BY id`).iterate(of.tag, of.gen);
+    for (const r of rows as IterableIterator<Row>) {
       const row: UnorderedFloorRow = { id: num(r.id), tag: String(r.tag), gen: num(r.gen), publisher: blob(r.publisher), seq: num(r.seq) };
       if (rowIntact("unordered_floor", [row.tag, row.gen, row.seq], [row.publisher], r.sum as Uint8Array)) yield { ok: true, row };
       else
