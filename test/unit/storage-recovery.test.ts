@@ -365,6 +365,19 @@ describe("recovery", () => {
     expect([...storage.store.unorderedRows()].length).toBe(UNORDERED_EVENTS);
   });
 
+  test("unordered events stay in the store when the decided log simply ends before the seq that made their channel (its last writes lost)", () => {
+    const { dir, writer, admin, publisher } = setup();
+    createUnordered(writer, admin, publisher, "crash");
+    acceptUnordered(writer, publisher, UNORDERED_EVENTS);
+    writer.storage.commits.flush();
+    // No gap: the log ends at seq 1 (sec.alerts), as if the writes of seq 2 on were lost.
+    (writer.storage.store as unknown as { db: Database }).db.run("DELETE FROM decided WHERE seq >= 2");
+    const { machine, recovered, storage } = restart(dir, writer);
+    expect(recovered.lastDecided).toBe(1);
+    expect(machine.channelInfo("net.links")).toBeNull();
+    expect([...storage.store.unorderedRows()].length).toBe(UNORDERED_EVENTS);
+  });
+
   for (const recreated of [false, true]) {
     test(`unordered events of a destroyed channel are deleted at restart${recreated ? " (the tag created again)" : ""}`, () => {
       const { dir, writer, admin, publisher } = setup();
@@ -455,6 +468,23 @@ describe("unordered channels: what retention deleted stays refused across restar
     const again = restartStorage(lowered);
     expect(again.machine.lastUnorderedSeq("net.links", publisher.hex)).toBe(UNORDERED_EVENTS);
     expect(acceptOnce(again.machine, requests[0] as ClientRequest, UNORDERED_TS).result).toMatchObject({ ok: false, code: "replayed" });
+  });
+
+  test("a restart short of its ordered state keeps the publishers' floors with the rows, and the state brings both back", () => {
+    const { dir, writer, admin, publisher } = setup(smallRetentionMachine());
+    createUnordered(writer, admin, publisher, "crash");
+    const requests = acceptUnordered(writer, publisher, UNORDERED_EVENTS);
+    writer.storage.commits.flush();
+    writer.storage.store.transaction(() => writer.storage.store.deleteDecidedUpTo(Number.MAX_SAFE_INTEGER));
+    const { machine, storage } = restart(dir, writer);
+    expect(machine.listChannels()).toEqual([]);
+    expect([...storage.store.unorderedFloorRows()].length).toBe(1);
+    expect(machine.restore(writer.machine.snapshot()).ok).toBe(true);
+    const generation = machine.channelInfo("net.links")?.generation ?? -1;
+    expect(restoreKeptUnordered({ machine, storage }, [{ tag: "net.links", gen: generation }])).toBe(RETAINED_EVENTS);
+    // What retention deleted before the restart is still refused.
+    expect(machine.lastUnorderedSeq("net.links", publisher.hex)).toBe(UNORDERED_EVENTS);
+    expect(acceptOnce(machine, requests[0] as ClientRequest, UNORDERED_TS).result).toMatchObject({ ok: false, code: "replayed" });
   });
 
   test("the floors of a destroyed channel are deleted at restart", () => {

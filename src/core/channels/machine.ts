@@ -159,6 +159,15 @@ export class ChannelMachine {
     return this.state.channels.size;
   }
 
+  /**
+   * The generation of the last channel created (0: none yet). Generations count every
+   * create-channel of the group's history, so a channel stored under a higher one was made
+   * past the state this machine holds.
+   */
+  get lastGeneration(): number {
+    return this.state.generation;
+  }
+
   // ---------------------------------------------------------------------------------
   // Admin commands (always decided through byzantine total order)
   // ---------------------------------------------------------------------------------

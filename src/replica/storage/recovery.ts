@@ -308,16 +308,16 @@ function batchLookup(storage: ReplicaStorage): { readonly lookup: BatchLookup; r
 // -------------------------------------------------------------------------------------
 
 function replayUnordered(options: RecoverOptions, orderedShort: boolean): number {
-  // With no channel at all, or an ordered state that came back short (recover), this
-  // replica's own acknowledged unordered events cannot be judged against the registry: a
-  // row whose channel is not there may belong to one its state has not reached yet. Such
-  // rows stay in the store, for the state that has the channel (a state transfer,
-  // restoreKeptUnordered, or the next start), instead of being deleted as events of
-  // channels that do not exist (rows of a destroyed channel then go at a start that has
-  // the whole state).
-  const keepUnjudged = orderedShort || options.machine.listChannels().length === 0;
-  const restored = restoreRows(options, options.storage.store.unorderedRows(), keepUnjudged);
-  restoreFloors(options, options.storage.store.unorderedFloorRows());
+  // With an ordered state that came back short (recover), this replica's own acknowledged
+  // unordered events cannot be judged against the registry: a row whose channel is not
+  // there may belong to one its state has not reached yet. Such rows, and their
+  // publishers' floors, stay in the store for the state that has the channel (a state
+  // transfer, restoreKeptUnordered, or the next start), instead of being deleted as
+  // events of channels that do not exist (rows of a destroyed channel then go at a start
+  // that has the whole state). A row of a generation past the machine's is such a row
+  // whatever recovery found (a decided log that simply ends early, its last writes lost).
+  const restored = restoreRows(options, options.storage.store.unorderedRows(), orderedShort);
+  restoreFloors(options, options.storage.store.unorderedFloorRows(), orderedShort);
   return restored;
 }
 
@@ -337,12 +337,16 @@ export function restoreKeptUnordered(
   let restored = 0;
   for (const channel of fresh) {
     restored += restoreRows(options, options.storage.store.unorderedRows(channel), true);
-    restoreFloors(options, options.storage.store.unorderedFloorRows(channel));
+    restoreFloors(options, options.storage.store.unorderedFloorRows(channel), true);
   }
   return restored;
 }
 
-/** Puts stored unordered rows back into the machine; a row it does not take is deleted unless `keepUnjudged`. */
+/**
+ * Puts stored unordered rows back into the machine. A row it does not take is deleted as
+ * a destroyed (or re-created) channel's, unless `keepUnjudged` or the row's generation is
+ * past the machine's last (its channel was made past the state the machine holds).
+ */
 function restoreRows(
   options: Pick<RecoverOptions, "machine" | "storage" | "unorderedRestored">,
   rows: Iterable<Checked<UnorderedRow>>,
@@ -369,7 +373,7 @@ function restoreRows(
     const at = { tag: row.tag, generation: row.gen };
     const outcome = machine.restoreUnorderedPublish({ body: row.body, sig: row.sig }, decoded.request, at, row.ts);
     if (outcome.stored === null) {
-      if (!keepUnjudged) stale.push(row.id);
+      if (!keepUnjudged && row.gen <= machine.lastGeneration) stale.push(row.id);
       continue;
     }
     restored++;
@@ -389,9 +393,13 @@ function restoreRows(
  * The publishers' floors go back after the rows (a row at or below its publisher's floor,
  * stored before a late retry raised it, is put back rather than refused as stale): what
  * retention deleted stays refused, and each publisher's highest seq stays known. A floor
- * of a channel that is gone is deleted.
+ * of a channel that is gone is deleted, under the same rule as the rows (restoreRows).
  */
-function restoreFloors(options: Pick<RecoverOptions, "machine" | "storage">, rows: Iterable<Checked<UnorderedFloorRow>>): void {
+function restoreFloors(
+  options: Pick<RecoverOptions, "machine" | "storage">,
+  rows: Iterable<Checked<UnorderedFloorRow>>,
+  keepUnjudged: boolean,
+): void {
   const { machine, storage } = options;
   const stale: number[] = [];
   for (const checked of rows) {
@@ -401,7 +409,8 @@ function restoreFloors(options: Pick<RecoverOptions, "machine" | "storage">, row
       continue;
     }
     const row = checked.row;
-    if (!machine.restoreUnorderedFloor({ tag: row.tag, generation: row.gen }, row.publisher, row.seq)) stale.push(row.id);
+    if (machine.restoreUnorderedFloor({ tag: row.tag, generation: row.gen }, row.publisher, row.seq)) continue;
+    if (!keepUnjudged && row.gen <= machine.lastGeneration) stale.push(row.id);
   }
   if (stale.length > 0) storage.store.transaction(() => stale.forEach((id) => storage.store.deleteUnorderedFloorRow(id)));
 }
