@@ -214,7 +214,12 @@ class Chaos {
     private readonly say: (line: string) => void,
     /** Each rotated replica's key file, which it is started with from then on. */
     private readonly keys: Map<number, string>,
+    /** Each rotated replica's cluster file (exported before its rotation), which it is started with from then on. */
+    private readonly configs: Map<number, string>,
   ) {}
+
+  /** The newest cluster file exported from the group (fitb cluster export), or the one it was made with. */
+  private currentFile = "";
 
   /** When the schedule's clock started (this process's clock): set once the group and the streams are up. */
   startedAt = Date.now();
@@ -309,8 +314,19 @@ class Chaos {
       const made = await this.cluster.fitb(["keygen", "--out", path]);
       if (made.code !== 0) return fail(`fitb keygen: ${made.stderr.trim()}`);
       const newKey = loadSigningKeyFile(path).key.publicKey;
+      // The group's file as it is now, with the old key: the replica restarted with its new
+      // key asks the replicas this file names (README "Changing a replica's key"), and after
+      // other rotations the file the cluster was made with names too few of them rightly.
+      const file = join(this.cluster.dir, `cluster.before-rotation-${this.applied.rotate}.toml`);
+      const exported = await this.cluster.fitb(
+        ["cluster", "export", "--config", this.currentFile || this.cluster.configPath, "--key", this.cluster.adminKey, "--out", file],
+        { timeoutMs: EPOCH_MS_MAX },
+      );
+      if (exported.code !== 0) return fail(`fitb cluster export exited ${exported.code}: ${exported.stderr.trim()}`);
+      this.currentFile = file;
       this.say(`${at}: rotate-replica-key ${who}, then a restart with its new key once the group has it`);
       const admin = ["admin", "--config", this.cluster.configPath, "--key", this.cluster.adminKey];
+      const asked = Date.now();
       const run = await this.cluster.fitb([...admin, "rotate-replica-key", "--id", String(target), "--replica-key", made.stdout.trim()], {
         timeoutMs: EPOCH_MS_MAX,
       });
@@ -329,17 +345,28 @@ class Chaos {
         },
         EPOCH_MS_MAX,
       );
+      // Its own switch, unless it lags behind the switch point: the others then refuse its
+      // old key before it gets there, and the restart with the new key (which asks the
+      // group, and fetches the state in the new epoch) is what brings it back.
+      let lagged = false;
       await waitFor(
-        `replica ${target} to start epoch ${epoch}`,
-        () => logLines(this.cluster, target, "epoch started").some((line) => (line["epoch"] as number) >= epoch),
+        `replica ${target} to start epoch ${epoch} or be refused its old key`,
+        () => {
+          if (logLines(this.cluster, target, "epoch started").some((line) => (line["epoch"] as number) >= epoch)) return true;
+          lagged = refusedItsOldKey(this.cluster, target, asked);
+          return lagged;
+        },
         EPOCH_MS_MAX,
       );
+      if (lagged)
+        this.say(`${at}: ${who} was behind the switch to epoch ${epoch}, and the others refuse its old key: restarted with its new key`);
       const proc = this.cluster.procs[target];
       this.expectedExits.add(proc);
       this.cluster.kill(target, "SIGTERM");
       const code = await proc?.exited;
       if (code !== 0) this.problem(`replica ${target} stopped by SIGTERM after its key rotation exited with status ${code}`);
       this.keys.set(target, path);
+      this.configs.set(target, file);
       this.start(target);
       await this.answers(target);
     } catch (error) {
@@ -438,6 +465,7 @@ async function main(): Promise<void> {
   const plan = planChaos(options.seed, durationMs, n, f);
   say(`seed ${options.seed}: ${n} replicas (f = ${f}), ${options.minutes} min, ${plan.length} faults planned`);
   const keys = new Map<number, string>();
+  const configs = new Map<number, string>();
   const cluster = await startCluster({
     replicas: n,
     start: false,
@@ -445,6 +473,7 @@ async function main(): Promise<void> {
     // Every acknowledged event stays for the history read at the end, however long the run.
     limits: { events_max: SOAK_RETAINED_EVENTS, bytes_max: SOAK_RETAINED_BYTES },
     replicaArgs: (id) => (keys.has(id) ? ["--key", keys.get(id) as string] : []),
+    replicaConfig: (id) => configs.get(id),
   });
   const clients: FitbClient[] = [];
   const stop = (code: number, why: string): never => {
@@ -458,7 +487,7 @@ async function main(): Promise<void> {
   stopOnError = (error) => stop(1, `stopped by an error: ${(error as Error).stack ?? String(error)}`);
   const admin = clientFor(cluster, cluster.adminKey);
   clients.push(admin);
-  const chaos = new Chaos(cluster, admin, f, say, keys);
+  const chaos = new Chaos(cluster, admin, f, say, keys, configs);
   for (let id = 0; id < n; id++) chaos.start(id);
   await waitListening(cluster, [...cluster.procs.keys()]);
   const publisher = clientFor(cluster, cluster.clientKey);
@@ -589,4 +618,14 @@ if (import.meta.main) {
     console.error(error);
     process.exit(1);
   });
+}
+
+/**
+ * Whether the others refused replica `id`'s link because its key was rotated (server.ts's
+ * refusal, logged by the replica as the reason its peer link failed).
+ */
+function refusedItsOldKey(cluster: TestCluster, id: number, sinceMs: number): boolean {
+  return logLines(cluster, id, "peer link failed").some(
+    (line) => Date.parse(String(line["ts"])) >= sinceMs && String(line["reason"]).includes("key was rotated"),
+  );
 }
