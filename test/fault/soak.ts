@@ -529,7 +529,15 @@ async function main(): Promise<void> {
     i: number,
   ): Promise<ChannelRow> => {
     const total = c.order === "total";
-    const history = await readHistory(reader, publisher, channelStreams, total ? 1 : 0);
+    let history: Delivered[];
+    try {
+      history = await readHistory(reader, publisher, channelStreams, total ? 1 : 0);
+    } catch (error) {
+      // Still a problem, but read again once: whether it lasts tells a reader that could
+      // not start for a while from a history that cannot be read.
+      chaos.problem(`reading the history of ${c.tag} failed (read again once): ${(error as Error).message}`);
+      history = await readHistory(reader, publisher, channelStreams, total ? 1 : 0);
+    }
     let problems: string[];
     if (total) {
       const end = (history.at(-1) as Delivered).payload;
