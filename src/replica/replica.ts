@@ -73,6 +73,7 @@ import { type Lane, VerifyPool } from "../threads/verify-pool.ts";
 import { requestSignedParts } from "../../wire/session.ts";
 import { type ClientSession, ReplicaServer, type ServerLimits } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
+import { restoreKeptUnordered } from "./storage/recovery.ts";
 import { epochLogFields, genesisMembership, membersAnswer } from "./epochs.ts";
 import { startLagProbe, URGENT_DELAY_TARGET_MS_DEFAULT, UrgentShedder } from "./shedding.ts";
 import { URGENT } from "../core/ordering/priority.ts";
@@ -304,6 +305,7 @@ export class Replica {
       onDecided: (requests, decidedSeq) => this.executeDecided(requests, decidedSeq),
       onResendReply: (space, seq) => this.resendReply(space, seq),
       onRefused: (space, seq, reason) => this.refuseWaiting(space, seq, reason),
+      restoreKept: (fresh, seq) => this.restoreKept(fresh, seq),
       onSnapshotInstalled: (seq) => {
         this.subs.stateReplaced();
         this.executed(seq);
@@ -604,6 +606,31 @@ export class Replica {
     this.auditRefusal(session, "OVERLOADED", reason, request.op.tag);
     this.reply(session, failure(request.seq, this.options.id, sha256(signed.body), "OVERLOADED", reason));
     return true;
+  }
+
+  /**
+   * Unordered channels new to the machine (made by a decision executed here, or brought by a
+   * state transfer at `seq`): the events of them this replica stored before a start that
+   * came back short of the seq that made them, kept in its data directory since, go back
+   * into the machine (recovery.ts restoreKeptUnordered). A failure leaves them in the store
+   * for the next start, which puts them back.
+   */
+  private restoreKept(fresh: readonly { readonly tag: string; readonly gen: number }[], seq: number): void {
+    try {
+      const batches = restoreKeptUnordered({ machine: this.machine, storage: this.storage }, fresh);
+      if (batches > 0) {
+        this.options.log.info("unordered events kept in the data directory restored", {
+          seq,
+          channels: fresh.map((channel) => channel.tag),
+          batches,
+        });
+      }
+    } catch (error) {
+      this.options.log.error("unordered events kept in the data directory could not be restored: they stay for the next start", {
+        seq,
+        error: (error as Error).message,
+      });
+    }
   }
 
   /** A request admitRequest's checks refused. */
@@ -1046,6 +1073,10 @@ export class Replica {
         if (result.ok) {
           reply = { seq: request.seq, replica: this.options.id, d: digest, ok: true, res: { t: "admin", cmd: result.cmd, at: decidedSeq } };
           if (result.cmd === "destroy-channel") this.subs.channelDestroyed(result.tag);
+          // A start replays its decisions first and puts the stored events back after (recovery.ts).
+          if (result.cmd === "create-channel" && !this.replaying && this.machine.orderOf(result.tag) === "none") {
+            this.restoreKept([{ tag: result.tag, gen: result.generation }], decidedSeq);
+          }
           if (result.cmd === "unregister" && result.role === "subscriber") this.subs.accessRevoked(result.tag);
           this.options.log.info(this.replaying ? "admin command replayed from disk" : "admin command executed", {
             ...adminTarget(request.op.cmd),

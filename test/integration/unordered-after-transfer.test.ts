@@ -14,14 +14,17 @@ import { Database } from "bun:sqlite";
 import { join } from "node:path";
 import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
+import type { AdminCmd } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
 import { HandSession } from "../helpers/hand-session.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, encode, startClusterWithChannels } from "./client-util.ts";
-import { dataDirOf, killAndWait, logLines, publishStream, waitCaughtUp } from "./durability-history.ts";
+import { dataDirOf, killAndWait, logLines, publishStream, waitCaughtUp, waitConverged } from "./durability-history.ts";
 import { logTail, type TestCluster } from "./harness.ts";
 
 const UNORDERED = 50;
+/** The cluster's checkpoint interval (core/ordering/PROTOCOL.md §10): a base snapshot may be taken at each multiple. */
+const CHECKPOINT_INTERVAL = 128;
 
 let cluster: TestCluster;
 
@@ -33,19 +36,19 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-/** The batches replica 1 alone serves of net.links from 0. */
-async function servedByReplica1(): Promise<number> {
+/** The batches replica 1 alone serves of `tag` (an unordered channel) from 0. */
+async function servedByReplica1(tag = "net.links"): Promise<number> {
   const session = new HandSession(cluster.basePort + 1, loadSigningKeyFile(cluster.clientKey).key);
   try {
     await session.handshake();
-    session.send({ type: FrameType.SUBSCRIBE, body: { sub: 1, tag: "net.links", from: 0 } });
+    session.send({ type: FrameType.SUBSCRIBE, body: { sub: 1, tag, from: 0 } });
     await waitFor("SUB_OK", () => session.frames.some((f) => f.type === FrameType.SUB_OK || f.type === FrameType.SUB_END));
     // A marker published after: once it arrives, everything stored before it was sent (a replay goes in store order, then live).
     return await new Promise<number>((resolve, reject) => {
       const marker = `marker-${Date.now()}`;
       const publisher = clientFor(cluster, cluster.clientKey, { crashNoneTargets: "all" });
       publisher
-        .publish("net.links", [encode(marker)])
+        .publish(tag, [encode(marker)])
         .then(() =>
           waitFor("the marker from replica 1", () =>
             session.frames.some((f) => f.type === FrameType.EVENTS && new TextDecoder().decode(f.body.req.body).includes(marker)),
@@ -94,9 +97,11 @@ test("a replica that restarts short of its ordered state serves its kept unorder
     for (let i = 0; i < UNORDERED; i++) await publisher.publish("net.links", [encode(`k${i}`)]);
     await publishStream(publisher, "sec.alerts", "b", 300, 1);
     await waitCaughtUp(publisher, 1, 60_000);
+    // Replica 1 stored every one of them (a publish is acknowledged by f+1 replicas).
+    expect(await servedByReplica1()).toBeGreaterThanOrEqual(before + UNORDERED + 1);
     await killAndWait(cluster, 1);
-    // Its decided log and snapshots are lost while it is down; its core records (a stable
-    // checkpoint far past nothing) and its unordered store stay.
+    // Its decided log and snapshots are lost while it is down (its unordered store stays):
+    // it comes back with no channel at all, and fetches the state by state transfer.
     const db = new Database(join(dataDirOf(cluster, 1), STORE_FILE));
     try {
       db.run("DELETE FROM decided");
@@ -118,13 +123,64 @@ test("a replica that restarts short of its ordered state serves its kept unorder
     const start = logLines(cluster, 1, "recovered from the data directory")[recovered];
     expect(start?.["lastDecided"]).toBe(0);
     expect(start?.["unorderedBatches"]).toBe(0);
-    const put = logLines(cluster, 1, "unordered events kept in the data directory restored after the state transfer");
+    const put = logLines(cluster, 1, "unordered events kept in the data directory restored");
     expect(put.length).toBe(1);
-    expect(put[0]?.["batches"]).toBeGreaterThanOrEqual(before + UNORDERED);
+    expect(put[0]?.["batches"]).toBeGreaterThanOrEqual(before + UNORDERED + 1);
     await waitCaughtUp(publisher, 1, 60_000);
-    // Served without a restart: every event it stored before, and the marker.
-    expect(await servedByReplica1()).toBeGreaterThanOrEqual(before + UNORDERED + 1);
+    // Served without a restart: every event it stored before (the earlier markers among them), and the new marker.
+    expect(await servedByReplica1()).toBeGreaterThanOrEqual(before + UNORDERED + 2);
   } finally {
     publisher.close();
+  }
+}, 300_000);
+
+test("a replica whose decided log ends before the seq that made an unordered channel serves its events of it once it executes that seq again", async () => {
+  const publisher = clientFor(cluster, cluster.clientKey, { crashNoneTargets: "all" });
+  const admin = clientFor(cluster, cluster.adminKey);
+  try {
+    // Just past a checkpoint, so that no base snapshot is taken past the log's new end
+    // below: the replica must get the channel back by executing its seq again, not by a
+    // state transfer (the other test).
+    let last = await waitConverged(admin, [0, 1, 2, 3], 60_000);
+    while (last % CHECKPOINT_INTERVAL === 0 || last % CHECKPOINT_INTERVAL > CHECKPOINT_INTERVAL / 2) {
+      await publisher.publish("sec.alerts", [encode(`c${last}`)]);
+      last = await waitConverged(admin, [0, 1, 2, 3], 60_000);
+    }
+    const create: AdminCmd = { t: "create-channel", tag: "net.late", fault: "crash", order: "none", priority: "normal", public: true };
+    await admin.admin(create);
+    await admin.admin({ t: "register", tag: "net.late", role: "publisher", key: loadSigningKeyFile(cluster.clientKey).key.publicKey });
+    await waitConverged(admin, [0, 1, 2, 3], 60_000);
+    for (let i = 0; i < UNORDERED; i++) await publisher.publish("net.late", [encode(`late${i}`)]);
+    expect(await servedByReplica1("net.late")).toBe(UNORDERED);
+    await killAndWait(cluster, 1);
+    // The writes of the channel's seq and after are lost: the log ends where it did before it.
+    const db = new Database(join(dataDirOf(cluster, 1), STORE_FILE));
+    try {
+      db.run("DELETE FROM decided WHERE seq > ?", [last]);
+    } finally {
+      db.close();
+    }
+    const recovered = logLines(cluster, 1, "recovered from the data directory").length;
+    const installed = logLines(cluster, 1, "snapshot installed").length;
+    const restored = logLines(cluster, 1, "unordered events kept in the data directory restored").length;
+    cluster.start(1);
+    await waitFor(
+      "replica 1 to put its events of net.late back",
+      () => logLines(cluster, 1, "unordered events kept in the data directory restored").length > restored,
+      60_000,
+      () => logTail(cluster, 1),
+    );
+    const start = logLines(cluster, 1, "recovered from the data directory")[recovered];
+    expect(start?.["lastDecided"]).toBe(last);
+    const put = logLines(cluster, 1, "unordered events kept in the data directory restored")[restored];
+    expect(put?.["channels"]).toEqual(["net.late"]);
+    expect(put?.["batches"]).toBe(UNORDERED + 1);
+    // By executing the seq again, not by a state transfer.
+    expect(logLines(cluster, 1, "snapshot installed").length).toBe(installed);
+    await waitCaughtUp(publisher, 1, 60_000);
+    expect(await servedByReplica1("net.late")).toBe(UNORDERED + 1);
+  } finally {
+    publisher.close();
+    admin.close();
   }
 }, 300_000);

@@ -348,6 +348,10 @@ describe("recovery", () => {
     expect(unorderedPayloads(machine)).toEqual(LINKS);
     // Put back, not stored again.
     expect([...storage.store.unorderedRows()].length).toBe(UNORDERED_EVENTS);
+    // Asked again for a channel that now holds them: nothing is put back twice, and no row goes.
+    expect(restoreKeptUnordered({ machine, storage }, [{ tag: "net.links", gen: info?.generation ?? -1 }])).toBe(0);
+    expect(unorderedPayloads(machine)).toEqual(LINKS);
+    expect([...storage.store.unorderedRows()].length).toBe(UNORDERED_EVENTS);
   });
 
   test("unordered events stay in the store when the decided log comes back cut short (a row lost before the one that made their channel)", () => {

@@ -11,8 +11,11 @@
  *    machine, with the per-client deduplication the core applies (ClientTable.executeBatch), so
  *    the machine ends exactly where the core will. Rows past a gap cannot be replayed and
  *    are deleted; the core fetches them again from its peers.
- * 3. Unordered channels: this replica's stored requests are accepted again in arrival
- *    order, for channels (and generations) that still exist.
+ * 3. Unordered channels: this replica's stored requests are put back in arrival order,
+ *    for channels (and generations) that exist in the recovered state. A row of a
+ *    generation past the machine's last (its channel was made past the recovered state,
+ *    which came back short) is kept in the store for the state that has the channel
+ *    (restoreKeptUnordered); a row of a channel destroyed or made again is deleted.
  * 4. Core records: the newest base the core can start from (the snapshot, or its own
  *    checkpoint at or below the stable one, as compactRecords does), the stable proof,
  *    the decisions after that base, and the surviving vote records. Records about
@@ -93,23 +96,14 @@ export function recover(options: RecoverOptions): Recovered {
   storage.store.transaction(() => dropped.forEach((seq) => storage.store.deleteSnapshot(seq)));
 
   const batches = batchLookup(storage);
-  const decided = decidedRunEnd(storage, baseSeq, batches.lookup);
-  const lastDecided = decided.last;
+  const lastDecided = decidedRunEnd(storage, baseSeq, batches.lookup);
   const core = readCoreRecords(storage, lastDecided, batches.lookup);
   // A batch no kept row names (its records were lost, or pruned before a crash) goes.
   storage.dropBatchesExcept(batches.named);
   const coreBase = pickCoreBase(base, core, lastDecided);
   const coreBaseSeq = coreBase?.seq ?? 0;
   const replay = replayDecided(options, base, lastDecided, coreBaseSeq, core.stable?.seq ?? 0, batches.lookup);
-  // The ordered state came back short of what this replica had (a base that no longer
-  // installs, a decided log cut by a damaged row or a gap, or a stable checkpoint past its
-  // end): it will come by state transfer, and until then a row's channel may not exist yet.
-  const newestComplete = heads.find((h) => h.status === "complete");
-  const orderedShort =
-    (newestComplete !== undefined && newestComplete.seq !== baseSeq) ||
-    decided.cut ||
-    (core.stable !== null && core.stable.seq > lastDecided);
-  const restoredUnordered = replayUnordered(options, orderedShort);
+  const restoredUnordered = replayUnordered(options);
 
   const coreRecords: PersistedRecord[] = [];
   if (coreBase !== null) coreRecords.push(coreBase);
@@ -202,18 +196,13 @@ function pickIncoming(options: RecoverOptions, incoming: readonly SnapshotHead[]
  * decision of its seq; the rows before the base and from the first gap or bad row on are
  * deleted.
  */
-function decidedRunEnd(storage: ReplicaStorage, baseSeq: number, batches: BatchLookup): { readonly last: number; readonly cut: boolean } {
+function decidedRunEnd(storage: ReplicaStorage, baseSeq: number, batches: BatchLookup): number {
   let last = baseSeq;
-  let cut = false;
   for (const checked of storage.store.decidedRows(baseSeq + 1)) {
-    if (!checked.ok || checked.row.seq !== last + 1) {
-      cut = true;
-      break;
-    }
+    if (!checked.ok || checked.row.seq !== last + 1) break;
     const read = readDecided(checked.row.rec, checked.row.seq, batches);
     if (!read.ok) {
       storage.reportCorrupt([{ table: "decided", ids: [checked.row.seq], key: `seq ${checked.row.seq}`, reason: read.reason }]);
-      cut = true;
       break;
     }
     last = checked.row.seq;
@@ -223,7 +212,7 @@ function decidedRunEnd(storage: ReplicaStorage, baseSeq: number, batches: BatchL
     store.deleteDecidedUpTo(baseSeq);
     store.deleteDecidedFrom(last + 1);
   });
-  return { last, cut };
+  return last;
 }
 
 interface Replay {
@@ -307,28 +296,19 @@ function batchLookup(storage: ReplicaStorage): { readonly lookup: BatchLookup; r
 // 3. Unordered channels
 // -------------------------------------------------------------------------------------
 
-function replayUnordered(options: RecoverOptions, orderedShort: boolean): number {
-  // With an ordered state that came back short (recover), this replica's own acknowledged
-  // unordered events cannot be judged against the registry: a row whose channel is not
-  // there may belong to one its state has not reached yet. Such rows, and their
-  // publishers' floors, stay in the store for the state that has the channel (a state
-  // transfer, restoreKeptUnordered, or the next start), instead of being deleted as
-  // events of channels that do not exist (rows of a destroyed channel then go at a start
-  // that has the whole state). A row of a generation past the machine's is such a row
-  // whatever recovery found (a decided log that simply ends early, its last writes lost).
-  const restored = restoreRows(options, options.storage.store.unorderedRows(), orderedShort);
-  restoreFloors(options, options.storage.store.unorderedFloorRows(), orderedShort);
+function replayUnordered(options: RecoverOptions): number {
+  const restored = restoreRows(options, options.storage.store.unorderedRows());
+  restoreFloors(options, options.storage.store.unorderedFloorRows());
   return restored;
 }
 
 /**
- * After a state transfer installed: the unordered channels the installed state has and the
- * machine did not hold before (`fresh`, tag and generation) start with an empty local
- * store, while this replica's data directory may still hold its own acknowledged events of
- * them, kept at a start whose ordered state came back short (replayUnordered). Those rows
- * go back into the machine now, as a start would put them back, so the replica serves them
- * without waiting for its next start. Rows of channels the state does not name stay (the
- * replica may be behind the seq that made them). Returns the batches restored.
+ * A channel new to the machine (`fresh`, tag and generation: a state transfer installed it,
+ * or its create-channel executed after this replica started) starts with an empty local
+ * store, while the data directory may still hold this replica's own acknowledged events of
+ * it, kept by a start whose state came back short of the seq that made it (restoreRows).
+ * Those rows go back into the machine now, as a start would put them back, so the replica
+ * serves them without waiting for its next start. Returns the batches restored.
  */
 export function restoreKeptUnordered(
   options: Pick<RecoverOptions, "machine" | "storage">,
@@ -336,21 +316,30 @@ export function restoreKeptUnordered(
 ): number {
   let restored = 0;
   for (const channel of fresh) {
-    restored += restoreRows(options, options.storage.store.unorderedRows(channel), true);
-    restoreFloors(options, options.storage.store.unorderedFloorRows(channel), true);
+    // Only into an empty store of that very channel: rows put back into one that holds
+    // events would be refused as retries and then deleted as rows it does not take.
+    const info = options.machine.channelInfo(channel.tag);
+    if (info === null || info.generation !== channel.gen || info.order !== "none" || info.nextSeq !== 1) continue;
+    restored += restoreRows(options, options.storage.store.unorderedRows(channel));
+    restoreFloors(options, options.storage.store.unorderedFloorRows(channel));
   }
   return restored;
 }
 
 /**
- * Puts stored unordered rows back into the machine. A row it does not take is deleted as
- * a destroyed (or re-created) channel's, unless `keepUnjudged` or the row's generation is
- * past the machine's last (its channel was made past the state the machine holds).
+ * Puts stored unordered rows back into the machine. A row it does not take is deleted when
+ * its generation is at or below the machine's last: its channel was made within the state
+ * the machine holds, so the channel is gone (destroyed, or made again under another
+ * generation) and cannot come back, or the row no longer fits it. A row of a later
+ * generation belongs to a channel made past that state (a start whose ordered state came
+ * back short: a base that no longer installs, a decided log cut by a gap or a damaged row,
+ * or one whose last writes were lost): it stays for the state that has the channel
+ * (restoreKeptUnordered, or the next start), instead of being deleted as an event of a
+ * channel that does not exist.
  */
 function restoreRows(
   options: Pick<RecoverOptions, "machine" | "storage" | "unorderedRestored">,
   rows: Iterable<Checked<UnorderedRow>>,
-  keepUnjudged: boolean,
 ): number {
   const { machine, storage } = options;
   const stale: number[] = [];
@@ -373,7 +362,7 @@ function restoreRows(
     const at = { tag: row.tag, generation: row.gen };
     const outcome = machine.restoreUnorderedPublish({ body: row.body, sig: row.sig }, decoded.request, at, row.ts);
     if (outcome.stored === null) {
-      if (!keepUnjudged && row.gen <= machine.lastGeneration) stale.push(row.id);
+      if (row.gen <= machine.lastGeneration) stale.push(row.id);
       continue;
     }
     restored++;
@@ -395,11 +384,7 @@ function restoreRows(
  * retention deleted stays refused, and each publisher's highest seq stays known. A floor
  * of a channel that is gone is deleted, under the same rule as the rows (restoreRows).
  */
-function restoreFloors(
-  options: Pick<RecoverOptions, "machine" | "storage">,
-  rows: Iterable<Checked<UnorderedFloorRow>>,
-  keepUnjudged: boolean,
-): void {
+function restoreFloors(options: Pick<RecoverOptions, "machine" | "storage">, rows: Iterable<Checked<UnorderedFloorRow>>): void {
   const { machine, storage } = options;
   const stale: number[] = [];
   for (const checked of rows) {
@@ -410,7 +395,7 @@ function restoreFloors(
     }
     const row = checked.row;
     if (machine.restoreUnorderedFloor({ tag: row.tag, generation: row.gen }, row.publisher, row.seq)) continue;
-    if (!keepUnjudged && row.gen <= machine.lastGeneration) stale.push(row.id);
+    if (row.gen <= machine.lastGeneration) stale.push(row.id);
   }
   if (stale.length > 0) storage.store.transaction(() => stale.forEach((id) => storage.store.deleteUnorderedFloorRow(id)));
 }
