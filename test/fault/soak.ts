@@ -309,15 +309,17 @@ class Chaos {
     const fail = (why: string): void => {
       this.problem(`rotating ${who}'s key: ${why}; its log ends:\n${logTail(this.cluster, target, 15)}`);
     };
+    // Named before the first await: rotations may overlap (f > 1), and each needs its own files.
+    const nth = this.applied.rotate;
     try {
-      const path = join(this.cluster.dir, `replica-${target}.rotated-${this.applied.rotate}.key`);
+      const path = join(this.cluster.dir, `replica-${target}.rotated-${nth}.key`);
       const made = await this.cluster.fitb(["keygen", "--out", path]);
       if (made.code !== 0) return fail(`fitb keygen: ${made.stderr.trim()}`);
       const newKey = loadSigningKeyFile(path).key.publicKey;
       // The group's file as it is now, with the old key: the replica restarted with its new
       // key asks the replicas this file names (README "Changing a replica's key"), and after
       // other rotations the file the cluster was made with names too few of them rightly.
-      const file = join(this.cluster.dir, `cluster.before-rotation-${this.applied.rotate}.toml`);
+      const file = join(this.cluster.dir, `cluster.before-rotation-${nth}.toml`);
       const exported = await this.cluster.fitb(
         ["cluster", "export", "--config", this.currentFile || this.cluster.configPath, "--key", this.cluster.adminKey, "--out", file],
         { timeoutMs: EPOCH_MS_MAX },
@@ -325,7 +327,7 @@ class Chaos {
       if (exported.code !== 0) return fail(`fitb cluster export exited ${exported.code}: ${exported.stderr.trim()}`);
       this.currentFile = file;
       this.say(`${at}: rotate-replica-key ${who}, then a restart with its new key once the group has it`);
-      const admin = ["admin", "--config", this.cluster.configPath, "--key", this.cluster.adminKey];
+      const admin = ["admin", "--config", file, "--key", this.cluster.adminKey];
       const asked = Date.now();
       const run = await this.cluster.fitb([...admin, "rotate-replica-key", "--id", String(target), "--replica-key", made.stdout.trim()], {
         timeoutMs: EPOCH_MS_MAX,
@@ -633,7 +635,9 @@ if (import.meta.main) {
  * refusal, logged by the replica as the reason its peer link failed).
  */
 function refusedItsOldKey(cluster: TestCluster, id: number, sinceMs: number): boolean {
-  return logLines(cluster, id, "peer link failed").some(
-    (line) => Date.parse(String(line["ts"])) >= sinceMs && String(line["reason"]).includes("key was rotated"),
-  );
+  const refusal = `replica ${id}'s key was rotated`;
+  return logLines(cluster, id, "peer link failed").some((line) => {
+    const reason = String(line["reason"]);
+    return Date.parse(String(line["ts"])) >= sinceMs && reason.startsWith("peer refused:") && reason.includes(refusal);
+  });
 }
