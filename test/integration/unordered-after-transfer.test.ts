@@ -62,6 +62,33 @@ async function servedByReplica1(tag = "net.links"): Promise<number> {
   }
 }
 
+/** Replica 1's log line when it put the unordered events its data directory kept back into its machine. */
+const RESTORED = "unordered events kept in the data directory restored";
+
+/** Runs `statements` on the store of replica 1, which is down: what its disk lost. */
+function loseFromStore(...statements: string[]): void {
+  const db = new Database(join(dataDirOf(cluster, 1), STORE_FILE));
+  try {
+    for (const statement of statements) db.run(statement);
+  } finally {
+    db.close();
+  }
+}
+
+/** Starts replica 1 and waits until it logs one more `line`; returns this start's recovery line. */
+async function startReplica1Until(line: string): Promise<Record<string, unknown> | undefined> {
+  const recovered = logLines(cluster, 1, "recovered from the data directory").length;
+  const seen = logLines(cluster, 1, line).length;
+  cluster.start(1);
+  await waitFor(
+    `replica 1 to log "${line}"`,
+    () => logLines(cluster, 1, line).length > seen,
+    60_000,
+    () => logTail(cluster, 1),
+  );
+  return logLines(cluster, 1, "recovered from the data directory")[recovered];
+}
+
 test("after a state transfer, and after a restart that follows, a replica still serves the unordered events it stored", async () => {
   const publisher = clientFor(cluster, cluster.clientKey, { crashNoneTargets: "all" });
   try {
@@ -70,14 +97,7 @@ test("after a state transfer, and after a restart that follows, a replica still 
     await killAndWait(cluster, 1);
     // Far past replica 1's log window (256 seqs): it can only catch up by state transfer.
     await publishStream(publisher, "sec.alerts", "a", 600, 1);
-    const installed = logLines(cluster, 1, "snapshot installed").length;
-    cluster.start(1);
-    await waitFor(
-      "replica 1 to install the state",
-      () => logLines(cluster, 1, "snapshot installed").length > installed,
-      60_000,
-      () => logTail(cluster, 1),
-    );
+    await startReplica1Until("snapshot installed");
     await waitCaughtUp(publisher, 1, 60_000);
     // The first marker is one more event it stored.
     expect(await servedByReplica1()).toBeGreaterThanOrEqual(UNORDERED + 1);
@@ -102,28 +122,12 @@ test("a replica that restarts short of its ordered state serves its kept unorder
     await killAndWait(cluster, 1);
     // Its decided log and snapshots are lost while it is down (its unordered store stays):
     // it comes back with no channel at all, and fetches the state by state transfer.
-    const db = new Database(join(dataDirOf(cluster, 1), STORE_FILE));
-    try {
-      db.run("DELETE FROM decided");
-      db.run("DELETE FROM snap_part");
-      db.run("DELETE FROM snap_head");
-    } finally {
-      db.close();
-    }
-    const recovered = logLines(cluster, 1, "recovered from the data directory").length;
-    const installed = logLines(cluster, 1, "snapshot installed").length;
-    cluster.start(1);
-    await waitFor(
-      "replica 1 to recover and then install the state",
-      () => logLines(cluster, 1, "snapshot installed").length > installed,
-      60_000,
-      () => logTail(cluster, 1),
-    );
+    loseFromStore("DELETE FROM decided", "DELETE FROM snap_part", "DELETE FROM snap_head");
+    const start = await startReplica1Until("snapshot installed");
     // It came back with no channel, and kept its unordered events for the state.
-    const start = logLines(cluster, 1, "recovered from the data directory")[recovered];
     expect(start?.["lastDecided"]).toBe(0);
     expect(start?.["unorderedBatches"]).toBe(0);
-    const put = logLines(cluster, 1, "unordered events kept in the data directory restored");
+    const put = logLines(cluster, 1, RESTORED);
     expect(put.length).toBe(1);
     expect(put[0]?.["batches"]).toBeGreaterThanOrEqual(before + UNORDERED + 1);
     await waitCaughtUp(publisher, 1, 60_000);
@@ -154,25 +158,12 @@ test("a replica whose decided log ends before the seq that made an unordered cha
     expect(await servedByReplica1("net.late")).toBe(UNORDERED);
     await killAndWait(cluster, 1);
     // The writes of the channel's seq and after are lost: the log ends where it did before it.
-    const db = new Database(join(dataDirOf(cluster, 1), STORE_FILE));
-    try {
-      db.run("DELETE FROM decided WHERE seq > ?", [last]);
-    } finally {
-      db.close();
-    }
-    const recovered = logLines(cluster, 1, "recovered from the data directory").length;
+    loseFromStore(`DELETE FROM decided WHERE seq > ${last}`);
     const installed = logLines(cluster, 1, "snapshot installed").length;
-    const restored = logLines(cluster, 1, "unordered events kept in the data directory restored").length;
-    cluster.start(1);
-    await waitFor(
-      "replica 1 to put its events of net.late back",
-      () => logLines(cluster, 1, "unordered events kept in the data directory restored").length > restored,
-      60_000,
-      () => logTail(cluster, 1),
-    );
-    const start = logLines(cluster, 1, "recovered from the data directory")[recovered];
+    const restored = logLines(cluster, 1, RESTORED).length;
+    const start = await startReplica1Until(RESTORED);
     expect(start?.["lastDecided"]).toBe(last);
-    const put = logLines(cluster, 1, "unordered events kept in the data directory restored")[restored];
+    const put = logLines(cluster, 1, RESTORED)[restored];
     expect(put?.["channels"]).toEqual(["net.late"]);
     expect(put?.["batches"]).toBe(UNORDERED + 1);
     // By executing the seq again, not by a state transfer.
