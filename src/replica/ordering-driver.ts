@@ -43,7 +43,7 @@ import { ADMIN_SPACE, urgencyOfSpace, VerifiedRequests, verifiedCacheKey } from 
 import { type CoreHost, CoreStepFailed, InlineCoreHost, ThreadCoreHost } from "./ordering-host.ts";
 import { StateTransfer, validateTransferMessage } from "./state-transfer.ts";
 import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
-import { type Recovered, recover } from "./storage/recovery.ts";
+import { type Recovered, recover, restoreKeptUnordered } from "./storage/recovery.ts";
 import { SnapshotKeeper } from "./storage/snapshots.ts";
 import { partBytesFor } from "./storage/stream.ts";
 import type { Membership } from "../core/channels/membership.ts";
@@ -95,7 +95,7 @@ export interface OrderingDriverOptions {
   readonly onRefused: (space: string, seq: number, reason: Refusal) => void;
   /** The machine jumped to an installed snapshot: what live subscribers were sent may no longer continue from there. */
   readonly onSnapshotInstalled?: (seq: number) => void;
-  /** Unordered channels a state transfer made new to the machine: the events of them the data directory kept go back in. */
+  /** Unordered channels a state transfer made new to the machine: the events of them the data directory kept go back in (default: restoreKeptUnordered, unlogged). */
   readonly restoreKept?: (fresh: readonly { readonly tag: string; readonly gen: number }[], seq: number) => void;
   /**
    * A membership change that removed this replica took effect (src/replica/epochs.ts):
@@ -1289,7 +1289,10 @@ export class OrderingDriver {
     // that a start short of the seq that made them kept in its data directory go back in
     // now (recovery.ts restoreKeptUnordered).
     const fresh = unorderedChannels(machine).filter((channel) => !held.has(`${channel.gen}:${channel.tag}`));
-    if (fresh.length > 0) this.options.restoreKept?.(fresh, head.seq);
+    if (fresh.length > 0) {
+      if (this.options.restoreKept !== undefined) this.options.restoreKept(fresh, head.seq);
+      else restoreKeptUnordered(this.options, fresh);
+    }
     this.keeper.adoptInstalled(head);
     this.appliedSeq = head.seq;
     this.noteMembership(head.seq);

@@ -72,7 +72,7 @@ import {
 import { type Lane, VerifyPool } from "../threads/verify-pool.ts";
 import { requestSignedParts } from "../../wire/session.ts";
 import { type ClientSession, ReplicaServer, type ServerLimits } from "./server.ts";
-import { DEFAULT_SYNC_POLICY, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
+import { DEFAULT_SYNC_POLICY, EXIT_STORAGE_FAILED, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
 import { restoreKeptUnordered } from "./storage/recovery.ts";
 import { epochLogFields, genesisMembership, membersAnswer } from "./epochs.ts";
 import { startLagProbe, URGENT_DELAY_TARGET_MS_DEFAULT, UrgentShedder } from "./shedding.ts";
@@ -612,23 +612,25 @@ export class Replica {
    * Unordered channels new to the machine (made by a decision executed here, or brought by a
    * state transfer at `seq`): the events of them this replica stored before a start that
    * came back short of the seq that made them, kept in its data directory since, go back
-   * into the machine (recovery.ts restoreKeptUnordered). A failure leaves them in the store
-   * for the next start, which puts them back.
+   * into the machine (recovery.ts restoreKeptUnordered). A failure stops the replica, as a
+   * failed commit does: the channel would go on with a store that memory no longer matches
+   * (a retention trim deletes a store's oldest rows, which would be the kept ones), and the
+   * next start puts everything back from the store.
    */
   private restoreKept(fresh: readonly { readonly tag: string; readonly gen: number }[], seq: number): void {
+    let batches: number;
     try {
-      const batches = restoreKeptUnordered({ machine: this.machine, storage: this.storage }, fresh);
-      if (batches > 0) {
-        this.options.log.info("unordered events kept in the data directory restored", {
-          seq,
-          channels: fresh.map((channel) => channel.tag),
-          batches,
-        });
-      }
+      batches = restoreKeptUnordered({ machine: this.machine, storage: this.storage }, fresh);
     } catch (error) {
-      this.options.log.error("unordered events kept in the data directory could not be restored: they stay for the next start", {
+      const reason = `restoring the unordered events kept in the data directory failed: ${(error as Error).message}`;
+      this.options.log.error("unordered events kept in the data directory could not be restored; stopping", { seq, reason });
+      return (this.options.onFatal ?? throwFatal)(new FatalError(EXIT_STORAGE_FAILED, reason));
+    }
+    if (batches > 0) {
+      this.options.log.info("unordered events kept in the data directory restored", {
         seq,
-        error: (error as Error).message,
+        channels: fresh.map((channel) => channel.tag),
+        batches,
       });
     }
   }

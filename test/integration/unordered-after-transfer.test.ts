@@ -12,6 +12,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { join } from "node:path";
+import { DEFAULT_PARAMETERS } from "../../src/core/ordering/config.ts";
 import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import type { AdminCmd } from "../../wire/schemas.ts";
@@ -23,8 +24,8 @@ import { dataDirOf, killAndWait, logLines, publishStream, waitCaughtUp, waitConv
 import { logTail, type TestCluster } from "./harness.ts";
 
 const UNORDERED = 50;
-/** The cluster's checkpoint interval (core/ordering/PROTOCOL.md §10): a base snapshot may be taken at each multiple. */
-const CHECKPOINT_INTERVAL = 128;
+/** The replicas' checkpoint interval (core/ordering/PROTOCOL.md §10): a base snapshot may be taken at each multiple. */
+const CHECKPOINT_INTERVAL = DEFAULT_PARAMETERS.checkpointInterval;
 
 let cluster: TestCluster;
 
@@ -151,8 +152,15 @@ test("a replica whose decided log ends before the seq that made an unordered cha
       last = await waitConverged(admin, [0, 1, 2, 3], 60_000);
     }
     const create: AdminCmd = { t: "create-channel", tag: "net.late", fault: "crash", order: "none", priority: "normal", public: true };
-    await admin.admin(create);
-    await admin.admin({ t: "register", tag: "net.late", role: "publisher", key: loadSigningKeyFile(cluster.clientKey).key.publicKey });
+    const created = await admin.admin(create);
+    const registered = await admin.admin({
+      t: "register",
+      tag: "net.late",
+      role: "publisher",
+      key: loadSigningKeyFile(cluster.clientKey).key.publicKey,
+    });
+    // No checkpoint between the log's new end and the channel: no base past it.
+    expect(Math.floor((registered.at ?? Number.POSITIVE_INFINITY) / CHECKPOINT_INTERVAL)).toBe(Math.floor(last / CHECKPOINT_INTERVAL));
     await waitConverged(admin, [0, 1, 2, 3], 60_000);
     for (let i = 0; i < UNORDERED; i++) await publisher.publish("net.late", [encode(`late${i}`)]);
     expect(await servedByReplica1("net.late")).toBe(UNORDERED);
@@ -164,9 +172,10 @@ test("a replica whose decided log ends before the seq that made an unordered cha
     const start = await startReplica1Until(RESTORED);
     expect(start?.["lastDecided"]).toBe(last);
     const put = logLines(cluster, 1, RESTORED)[restored];
+    // Put back by executing the channel's create-channel again.
+    expect(put?.["seq"]).toBe(created.at);
     expect(put?.["channels"]).toEqual(["net.late"]);
     expect(put?.["batches"]).toBe(UNORDERED + 1);
-    // By executing the seq again, not by a state transfer.
     expect(logLines(cluster, 1, "snapshot installed").length).toBe(installed);
     await waitCaughtUp(publisher, 1, 60_000);
     expect(await servedByReplica1("net.late")).toBe(UNORDERED + 1);
