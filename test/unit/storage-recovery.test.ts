@@ -491,6 +491,23 @@ describe("unordered channels: what retention deleted stays refused across restar
     expect(acceptOnce(machine, requests[0] as ClientRequest, UNORDERED_TS).result).toMatchObject({ ok: false, code: "replayed" });
   });
 
+  test("a row refused at restart goes before a trim, so the trim deletes the rows the machine trimmed", () => {
+    const { dir, writer, admin, publisher } = setup();
+    createUnordered(writer, admin, publisher, "crash");
+    const generation = writer.machine.channelInfo("net.links")?.generation ?? -1;
+    // The oldest row of the channel does not decode (refused at restart, deleted after).
+    const garbage = new Uint8Array([0xff, 0x00, 0xff]);
+    writer.storage.store.insertUnordered("net.links", generation, UNORDERED_TS, garbage, new Uint8Array(64), sha256(garbage));
+    acceptUnordered(writer, publisher, UNORDERED_EVENTS);
+    writer.storage.close();
+    const lowered = openStorage(dir);
+    const machine = smallRetentionMachine();
+    recover({ storage: lowered, machine, partBytes: PART_BYTES, execute: (batch) => execute(machine, batch) });
+    // What the machine kept, and nothing else: the refused row and every trimmed one are gone.
+    expect(unorderedPayloads(machine)).toEqual(LINKS.slice(-RETAINED_EVENTS));
+    expect([...lowered.store.unorderedRows()].length).toBe(RETAINED_EVENTS);
+  });
+
   test("the floors of a destroyed channel are deleted at restart", () => {
     const { dir, writer, admin, publisher } = setup(smallRetentionMachine());
     createUnordered(writer, admin, publisher, "crash");

@@ -26,7 +26,6 @@
  * window by the core's own catch-up, older state by state transfer.
  */
 import type { ChannelMachine } from "../../core/channels/machine.ts";
-import type { StoredBatch } from "../../core/channels/types.ts";
 import { ClientTable, type ClientTableExport } from "../../core/ordering/clients.ts";
 import type { ClientRequest } from "../../core/ordering/messages.ts";
 import type { PersistedRecord } from "../../core/ordering/types.ts";
@@ -49,8 +48,6 @@ export interface RecoverOptions {
   readonly execute: (requests: readonly ClientRequest[], seq: number) => void;
   /** After each replayed seq, with the client table as of that seq and the stable seq (for checkpoints). */
   readonly afterSeq?: (seq: number, clients: ClientTable, stableSeq: number) => void;
-  /** An unordered request stored again; `stored` is what the machine kept. */
-  readonly unorderedRestored?: (tag: string, stored: StoredBatch) => void;
 }
 
 /** An interrupted incoming state transfer that can resume at `parts`. */
@@ -337,10 +334,7 @@ export function restoreKeptUnordered(
  * (restoreKeptUnordered, or the next start), instead of being deleted as an event of a
  * channel that does not exist.
  */
-function restoreRows(
-  options: Pick<RecoverOptions, "machine" | "storage" | "unorderedRestored">,
-  rows: Iterable<Checked<UnorderedRow>>,
-): number {
+function restoreRows(options: Pick<RecoverOptions, "machine" | "storage">, rows: Iterable<Checked<UnorderedRow>>): number {
   const { machine, storage } = options;
   const stale: number[] = [];
   let restored = 0;
@@ -366,10 +360,12 @@ function restoreRows(
       continue;
     }
     restored++;
-    options.unorderedRestored?.(row.tag, outcome.stored);
     const trimmed = outcome.trimmed;
     if (trimmed !== null)
       storage.store.transaction(() => {
+        // The rows refused so far go first: the trim deletes the store's oldest rows of the
+        // channel, which must be the ones the machine trimmed, not refused ones still there.
+        for (const id of stale.splice(0)) storage.store.deleteUnorderedRow(id);
         storage.store.deleteUnorderedOldest(row.tag, row.gen, trimmed.batchesRemoved);
         for (const floor of trimmed.floors) storage.store.raiseUnorderedFloor(row.tag, row.gen, floor.publisher, floor.through);
       });
