@@ -631,7 +631,7 @@ if (import.meta.main) {
 }
 
 /**
- * Whether the others refused replica `id`'s link because its key was rotated (server.ts's
+ * Whether the others refused replica `id`'s link because its key was rotated (peers.ts's
  * refusal, logged by the replica as the reason its peer link failed).
  */
 function refusedItsOldKey(cluster: TestCluster, id: number, sinceMs: number): boolean {
