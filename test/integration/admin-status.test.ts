@@ -61,13 +61,15 @@ describe("fitb admin status", () => {
     for (let id = 0; id < cluster.n; id++) cluster.start(id);
     let report: JsonReport | null = null;
     let code = -1;
+    // Up, and linked to each other: a replica that answers while its peer links are still
+    // being made reaches too few peers, and status says NO QUORUM (exit 2), rightly.
     await waitFor(
-      "status to see all four replicas up",
+      "status to see all four replicas up and linked",
       async () => {
         const result = await status(true);
         report = result.stdout === "" ? null : (JSON.parse(result.stdout) as JsonReport);
         code = result.code;
-        return report?.replicas.every((r) => r.up) === true;
+        return report?.replicas.every((r) => r.up) === true && report.health !== "no-quorum";
       },
       60_000,
       () => JSON.stringify(report),
