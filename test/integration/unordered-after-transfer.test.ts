@@ -7,7 +7,9 @@
  * be there after a further restart. And a replica whose ordered state comes back short at
  * a start (its decided log and snapshots lost while it was down) keeps its unordered events
  * in its store though no channel is there to judge them by, and serves them again as soon
- * as the state transfer brings their channel, without waiting for its next start.
+ * as the state transfer brings their channel, without waiting for its next start; one
+ * whose decided log merely ends before the seq that made an unordered channel serves its
+ * events of it as soon as it executes that seq again, caught up from its peers' log.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
