@@ -339,6 +339,18 @@ export async function killAndWait(cluster: TestCluster, id: number): Promise<voi
   await proc?.exited;
 }
 
+/** Starts replica `id` and waits until it has logged `line` once more than before the start. */
+export async function startUntilLogged(cluster: TestCluster, id: number, line: string, timeoutMs = 60_000): Promise<void> {
+  const seen = logLines(cluster, id, line).length;
+  cluster.start(id);
+  await waitFor(
+    `replica ${id} to log "${line}"`,
+    () => logLines(cluster, id, line).length > seen,
+    timeoutMs,
+    () => logTail(cluster, id),
+  );
+}
+
 /** End markers published so far by readHistory (each one names its own). */
 let markers = 0;
 

@@ -12,7 +12,15 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { FitbClient } from "../../src/client/index.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, collect, startClusterWithChannels } from "./client-util.ts";
-import { checkTotalOrder, killAndWait, logLines, publishStream, type Stream, waitCaughtUp } from "./durability-history.ts";
+import {
+  checkTotalOrder,
+  killAndWait,
+  logLines,
+  publishStream,
+  type Stream,
+  startUntilLogged,
+  waitCaughtUp,
+} from "./durability-history.ts";
 import { logTail, type TestCluster } from "./harness.ts";
 import { rotateUnderTraffic } from "./key-rotation.ts";
 
@@ -48,24 +56,10 @@ describe("a replica killed while it fetches the state in epoch 1", () => {
       if (attempt > 0) await killAndWait(cluster, 1);
       // Far past replica 1's log window (256 seqs): it can only catch up by state transfer.
       streams.push(await publishStream(publisher, "sec.alerts", `a${attempt}`, 400, 4, undefined, EVENT_BYTES));
-      const started = logLines(cluster, 1, "state transfer started").length;
-      cluster.start(1);
-      await waitFor(
-        "replica 1 to start fetching the state",
-        () => logLines(cluster, 1, "state transfer started").length > started,
-        60_000,
-        () => logTail(cluster, 1),
-      );
+      await startUntilLogged(cluster, 1, "state transfer started");
       const target = logLines(cluster, 1, "state transfer started").at(-1)?.["seq"] as number;
       await killAndWait(cluster, 1);
-      const recoveries = logLines(cluster, 1, "recovered from the data directory").length;
-      cluster.start(1);
-      await waitFor(
-        "replica 1 to recover from its data directory",
-        () => logLines(cluster, 1, "recovered from the data directory").length > recoveries,
-        60_000,
-        () => logTail(cluster, 1),
-      );
+      await startUntilLogged(cluster, 1, "recovered from the data directory");
       killedMidTransfer = (logLines(cluster, 1, "recovered from the data directory").at(-1)?.["baseSnapshot"] as number) < target;
     }
     expect(killedMidTransfer).toBe(true);

@@ -22,8 +22,8 @@ import { FrameType } from "../../wire/types.ts";
 import { HandSession } from "../helpers/hand-session.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, encode, startClusterWithChannels } from "./client-util.ts";
-import { dataDirOf, killAndWait, logLines, publishStream, waitCaughtUp, waitConverged } from "./durability-history.ts";
-import { logTail, type TestCluster } from "./harness.ts";
+import { dataDirOf, killAndWait, logLines, publishStream, startUntilLogged, waitCaughtUp, waitConverged } from "./durability-history.ts";
+import type { TestCluster } from "./harness.ts";
 
 const UNORDERED = 50;
 /** The replicas' checkpoint interval (core/ordering/PROTOCOL.md §10): a base snapshot may be taken at each multiple. */
@@ -81,14 +81,7 @@ function loseFromStore(...statements: string[]): void {
 /** Starts replica 1 and waits until it logs one more `line`; returns this start's recovery line. */
 async function startReplica1Until(line: string): Promise<Record<string, unknown> | undefined> {
   const recovered = logLines(cluster, 1, "recovered from the data directory").length;
-  const seen = logLines(cluster, 1, line).length;
-  cluster.start(1);
-  await waitFor(
-    `replica 1 to log "${line}"`,
-    () => logLines(cluster, 1, line).length > seen,
-    60_000,
-    () => logTail(cluster, 1),
-  );
+  await startUntilLogged(cluster, 1, line);
   return logLines(cluster, 1, "recovered from the data directory")[recovered];
 }
 
