@@ -522,6 +522,7 @@ export class OrderingDriver {
     // stored start stopped in the middle of a switch, and is refused there like any replica's).
     if (join !== undefined && at < join.membership.epoch) return this.startJoining(join);
     const stored = storage.epochStart();
+    if (join !== undefined && this.joinsFromSwitchGap(join, at, stored)) return this.startJoining(join);
     if (stored !== null && stored.epoch > at) {
       // It began joining that epoch and has not got its state yet: only the group can say where to resume.
       this.options.log.error("the data directory stopped while joining an epoch", { epoch: stored.epoch, machine: at });
@@ -609,6 +610,38 @@ export class OrderingDriver {
   }
 
   /**
+   * Whether a machine that stopped in the middle of its switch to epoch `at` (it executed
+   * the checkpoint where the change took effect, and the switch was not stored: see
+   * unswitchedCase) joins that epoch from the group's answer instead of stopping. That is
+   * the case of a replica whose key was rotated while it lagged: the others switched and
+   * refused its old key before it saw the checkpoint stable, and it is restarted with its
+   * new key, so it asks the group (src/cli/join.ts). It joins as a replica of an older
+   * epoch does: its core starts in the epoch without its state and fetches the state at
+   * the epoch's start, certified by the old epoch, which replaces its own. Its core needs
+   * none of its records: they are the old epoch's, and it cast no vote in the new one, since
+   * a new core records its view before its first vote (core.ts), the vote waits for that
+   * record (handleReady), and it is staged after the switch's, which is not on disk. Only
+   * when the answer's epoch starts at the very checkpoint its decisions switched at; any
+   * other answer is refused as before, its data left as it is.
+   */
+  private joinsFromSwitchGap(join: JoinEpoch, at: number, stored: { readonly epoch: number } | null): boolean {
+    const change = this.replayedChange;
+    if (join.membership.epoch !== at || change === null || !this.stoppedInSwitch(at, stored)) return false;
+    if (join.start.seq !== change.seq) return false;
+    this.options.log.warn("the data directory stopped in the middle of an epoch switch: joining that epoch from the group's answer", {
+      epoch: at,
+      checkpoint: change.seq,
+    });
+    return true;
+  }
+
+  /** The stored start is the previous epoch's and the last decision replayed is the checkpoint where `epoch` took effect. */
+  private stoppedInSwitch(epoch: number, stored: { readonly epoch: number } | null): boolean {
+    const change = this.replayedChange;
+    return change !== null && change.epoch === epoch && (stored?.epoch ?? 0) === epoch - 1 && change.seq === this.appliedSeq;
+  }
+
+  /**
    * The machine is in epoch `epoch` (a change took effect) and the stored epoch start is
    * another's: stops, saying which case this is (unswitchedCase).
    *
@@ -639,7 +672,7 @@ export class OrderingDriver {
     const lastDecided = this.appliedSeq;
     const replayedSwitch = change !== null && change.epoch === epoch && (stored?.epoch ?? 0) === epoch - 1;
     const named = stored === null ? "no epoch" : `epoch ${stored.epoch}`;
-    if (replayedSwitch && change.seq === lastDecided) {
+    if (this.stoppedInSwitch(epoch, stored) && change !== null) {
       return {
         reason: "the data directory stopped in the middle of an epoch switch",
         what: `the data directory stopped in the middle of the switch to epoch ${epoch}: it executed checkpoint ${change.seq}, where the change took effect, and stopped before the switch was stored`,
@@ -1270,7 +1303,11 @@ export class OrderingDriver {
 
   private installClaimed(importer: SnapshotImport, head: SnapshotHead, wanted: boolean): void {
     const { log, machine } = this.options;
-    if (!wanted || this.appliedSeq >= head.seq) {
+    // A replica joining from the middle of its switch (joinsFromSwitchGap) executed up to
+    // the epoch's start itself: the certified state there replaces its own, since its core
+    // has none until it installs one.
+    const reached = this.joining ? this.appliedSeq > head.seq : this.appliedSeq >= head.seq;
+    if (!wanted || reached) {
       if (wanted) this.core.releaseTransfer();
       log.info("fetched state no longer needed", { seq: head.seq, applied: this.appliedSeq });
       // Its rows may be the keeper's base by now (the same seq, reached by executing).

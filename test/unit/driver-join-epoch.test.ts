@@ -255,6 +255,31 @@ test("a joiner stopped cleanly after voting keeps its vote when it joins again (
   }
 });
 
+// What a start from the middle of a switch relies on (ordering-driver.ts joinsFromSwitchGap):
+// a core's first vote in an epoch waits for its view record, staged after the epoch's start.
+test("a joiner's first vote in its epoch goes out only once the record of its join is on disk", () => {
+  const dir = join(temp.dir, "vote-after-join-record");
+  const cluster = writeCluster(dir, 42_700);
+  const epoch = joinEpochOf(cluster.config);
+  const seq = epoch.start.seq + 1;
+  const joiner = startReplica(dir, cluster, JOINER, epoch);
+  try {
+    joiner.driver.onPeerMessage(
+      LEADER,
+      proposal(cluster.keys[LEADER] as SigningKey, new TestClient(), seq, "first"),
+      cluster.config.replicas[LEADER]?.publicKey as Uint8Array,
+    );
+    // A PREPARE sent before the join's record could be followed, after a crash that lost
+    // it, by a start that no longer knows it joined, and another PREPARE for the same seq.
+    expect(preparesAt(joiner, seq)).toEqual([]);
+    joiner.storage.commits.flush(true);
+    expect(joiner.storage.epochStart()).toEqual({ epoch: JOIN_EPOCH, ...epoch.start });
+    expect(preparesAt(joiner, seq).length).toBeGreaterThan(0);
+  } finally {
+    joiner.close();
+  }
+});
+
 test("a joiner refuses an answer that contradicts the join its data directory began: an older epoch, or the same one from another start", () => {
   const dir = join(temp.dir, "contradicting");
   const cluster = writeCluster(dir, 42_300);
@@ -324,6 +349,35 @@ test("a replica stopped after executing a switch checkpoint and before storing t
   expect(() => startReplica(dir, cluster, 0)).toThrow(
     `the data directory stopped in the middle of the switch to epoch 1: it executed checkpoint ${k}`,
   );
+});
+
+test("a replica stopped in the middle of its switch, started with the group's answer naming that epoch from that checkpoint, joins it and fetches the state; an answer from another checkpoint is refused as before", () => {
+  const dir = join(temp.dir, "switch-gap-join");
+  const cluster = writeCluster(dir, 42_600);
+  const k = coreConfigFor(cluster.config, 0).checkpointInterval;
+  decidedLog(dir, cluster, new Map([[1, 0]]), k);
+  // The group's answer to a replica restarted with a rotated key (src/cli/join.ts): epoch 1, f = 0 after the set-f.
+  const answer = (seq: number): JoinEpoch => ({
+    membership: { ...genesisMembership(cluster.config), epoch: 1, f: 0 },
+    start: { seq, digest: new Uint8Array(32).fill(7) },
+  });
+  expect(() => startReplica(dir, cluster, 0, answer(2 * k))).toThrow(
+    `the data directory stopped in the middle of the switch to epoch 1: it executed checkpoint ${k}`,
+  );
+  const joined = startReplica(dir, cluster, 0, answer(k));
+  try {
+    expect(joined.driver.epoch.epoch).toBe(1);
+    const said = joined.log.lines.map((l) => l.msg);
+    expect(said).toContain("the data directory stopped in the middle of an epoch switch: joining that epoch from the group's answer");
+    expect(said).toContain("joining the group: starting in its current epoch, fetching the state");
+    joined.storage.commits.flush(true);
+    expect(joined.storage.epochStart()).toEqual({ epoch: 1, seq: k, digest: new Uint8Array(32).fill(7) });
+    // Its core has no state in the epoch: it asks for the one at the epoch's start.
+    joined.driver.start();
+    expect(joined.driver.status().transferring).toBe(k);
+  } finally {
+    joined.close();
+  }
 });
 
 test("a replica whose epoch record is damaged is told so, not that it stopped in a switch", () => {

@@ -1,0 +1,116 @@
+/**
+ * A replica whose key is rotated while it lags can stop between executing the checkpoint
+ * where the rotation takes effect and storing its own switch to the new epoch: the others
+ * switch there and refuse its old key before it saw that checkpoint stable. Restarted with
+ * its new key (README "Changing a replica's key"), it asks the group, whose answer names
+ * that very epoch and checkpoint; it must join the epoch by state transfer from its data
+ * directory as it is, instead of refusing to start until an operator moves it aside.
+ *
+ * Four real replicas; replica 3's key is rotated under a publish stream, then replica 3 is
+ * killed and its data directory made what such a stop leaves (the stored switch and the
+ * new epoch's records removed: its decided log ends at the switch checkpoint, whose
+ * replay puts its machine in the new epoch). Started with its new key, it joins, installs
+ * the state at the checkpoint, catches up, and carries a quorum while replica 0 is down;
+ * nothing acknowledged is lost, repeated or reordered.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { Database } from "bun:sqlite";
+import { join } from "node:path";
+import type { FitbClient } from "../../src/client/index.ts";
+import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import { STORE_FILE } from "../../src/replica/storage/store.ts";
+import { waitFor } from "../helpers/wait.ts";
+import { clientFor, collect, startClusterWithChannels } from "./client-util.ts";
+import {
+  checkTotalOrder,
+  dataDirOf,
+  killAndWait,
+  logLines,
+  publishStream,
+  type Stream,
+  startUntilLogged,
+  waitCaughtUp,
+} from "./durability-history.ts";
+import { logTail, type TestCluster } from "./harness.ts";
+import { inEpoch } from "./key-rotation.ts";
+
+const JOINS = "the data directory stopped in the middle of an epoch switch: joining that epoch from the group's answer";
+
+let cluster: TestCluster;
+let publisher: FitbClient;
+const replicaArgs = new Map<number, string[]>();
+const streams: Stream[] = [];
+
+beforeAll(async () => {
+  cluster = await startClusterWithChannels({ replicaArgs: (id) => replicaArgs.get(id) ?? [] });
+  publisher = clientFor(cluster, cluster.clientKey);
+}, 120_000);
+
+afterAll(async () => {
+  publisher?.close();
+  await cluster?.stop();
+});
+
+test("a replica stopped between the rotation's checkpoint and its own switch, restarted with its new key, joins the epoch by state transfer and takes part in quorums", async () => {
+  const path = join(cluster.dir, "replica-3-new.key");
+  expect((await cluster.fitb(["keygen", "--out", path])).code).toBe(0);
+  const key = formatPublicKey(loadSigningKeyFile(path).key.publicKey);
+  let rotated = "";
+  const all = [0, 1, 2, 3];
+  const stream = await publishStream(
+    publisher,
+    "sec.alerts",
+    "r",
+    // Bounded: a group that never switched fails below instead of publishing forever.
+    (r) => r < 600 && (r < 20 || !all.every((id) => inEpoch(cluster, id, 1))),
+    1,
+    async (r) => {
+      if (r !== 10) return;
+      const admin = ["admin", "--config", cluster.configPath, "--key", cluster.adminKey];
+      const run = await cluster.fitb([...admin, "rotate-replica-key", "--id", "3", "--replica-key", key]);
+      rotated = `${run.code} ${run.stdout}${run.stderr}`;
+    },
+  );
+  streams.push(stream);
+  expect(rotated).toContain("ok");
+  const switchedAt = logLines(cluster, 3, "epoch started").find((line) => line["epoch"] === 1)?.["seq"] as number;
+  expect(switchedAt).toBeGreaterThan(0);
+  await killAndWait(cluster, 3);
+
+  // What a stop before the switch was stored leaves: no epoch record, none of the new
+  // epoch's core records, the decided log ending at the checkpoint (it decided nothing
+  // after it: the others refused its old key) with no base snapshot at or above it.
+  const db = new Database(join(dataDirOf(cluster, 3), STORE_FILE));
+  try {
+    db.run("DELETE FROM meta WHERE k = 'epoch'");
+    db.run("DELETE FROM core");
+    expect((db.query("SELECT MAX(seq) AS m FROM decided").get() as { m: number }).m).toBe(switchedAt);
+    expect((db.query("SELECT COUNT(*) AS c FROM snap_head WHERE seq >= ?").get(switchedAt) as { c: number }).c).toBe(0);
+  } finally {
+    db.close();
+  }
+
+  replicaArgs.set(3, ["--key", path]);
+  await startUntilLogged(cluster, 3, JOINS);
+  expect(logLines(cluster, 3, JOINS)[0]).toMatchObject({ epoch: 1, checkpoint: switchedAt });
+  await waitFor(
+    "replica 3 to install the state at the epoch's start or later",
+    () => logLines(cluster, 3, "snapshot installed").some((line) => (line["seq"] as number) >= switchedAt),
+    60_000,
+    () => logTail(cluster, 3),
+  );
+  await waitCaughtUp(publisher, 3, 60_000);
+  expect(logLines(cluster, 3, "the data directory stopped in the middle of an epoch switch")).toEqual([]);
+
+  // With replica 0 down, a quorum of the four needs replica 3's votes under its new key.
+  await killAndWait(cluster, 0);
+  const q = await publishStream(publisher, "sec.alerts", "q", 20, 1);
+  streams.push(q);
+  expect(q.acked.length).toBe(20);
+
+  const history = await collect(publisher, "sec.alerts", 1);
+  const acked = streams.reduce((sum, s) => sum + s.acked.length, 0);
+  await waitFor("the history to be read", () => history.events.length >= acked, 60_000);
+  await history.close();
+  expect(checkTotalOrder(streams, history.events)).toEqual([]);
+}, 300_000);
