@@ -618,19 +618,19 @@ export class Replica {
    * next start puts everything back from the store.
    */
   private restoreKept(fresh: readonly { readonly tag: string; readonly gen: number }[], seq: number): void {
-    let batches: number;
+    let restored: ReturnType<typeof restoreKeptUnordered>;
     try {
-      batches = restoreKeptUnordered({ machine: this.machine, storage: this.storage }, fresh);
+      restored = restoreKeptUnordered({ machine: this.machine, storage: this.storage }, fresh);
     } catch (error) {
       const reason = `restoring the unordered events kept in the data directory failed: ${(error as Error).message}`;
       this.options.log.error("unordered events kept in the data directory could not be restored; stopping", { seq, reason });
       return (this.options.onFatal ?? throwFatal)(new FatalError(EXIT_STORAGE_FAILED, reason));
     }
-    if (batches > 0) {
+    if (restored.batches > 0) {
       this.options.log.info("unordered events kept in the data directory restored", {
         seq,
-        channels: fresh.map((channel) => channel.tag),
-        batches,
+        channels: restored.channels,
+        batches: restored.batches,
       });
     }
   }

@@ -343,13 +343,19 @@ describe("recovery", () => {
     const info = machine.channelInfo("net.links");
     expect(info).not.toBeNull();
     // A channel the state does not name is left alone (the replica may be behind the seq that makes it).
-    expect(restoreKeptUnordered({ machine, storage }, [{ tag: "no.such", gen: 1 }])).toBe(0);
-    expect(restoreKeptUnordered({ machine, storage }, [{ tag: "net.links", gen: info?.generation ?? -1 }])).toBe(UNORDERED_EVENTS);
+    expect(restoreKeptUnordered({ machine, storage }, [{ tag: "no.such", gen: 1 }])).toEqual({ batches: 0, channels: [] });
+    expect(restoreKeptUnordered({ machine, storage }, [{ tag: "net.links", gen: info?.generation ?? -1 }])).toEqual({
+      batches: UNORDERED_EVENTS,
+      channels: ["net.links"],
+    });
     expect(unorderedPayloads(machine)).toEqual(LINKS);
     // Put back, not stored again.
     expect([...storage.store.unorderedRows()].length).toBe(UNORDERED_EVENTS);
     // Asked again for a channel that now holds them: nothing is put back twice, and no row goes.
-    expect(restoreKeptUnordered({ machine, storage }, [{ tag: "net.links", gen: info?.generation ?? -1 }])).toBe(0);
+    expect(restoreKeptUnordered({ machine, storage }, [{ tag: "net.links", gen: info?.generation ?? -1 }])).toEqual({
+      batches: 0,
+      channels: [],
+    });
     expect(unorderedPayloads(machine)).toEqual(LINKS);
     expect([...storage.store.unorderedRows()].length).toBe(UNORDERED_EVENTS);
   });
@@ -485,7 +491,7 @@ describe("unordered channels: what retention deleted stays refused across restar
     expect([...storage.store.unorderedFloorRows()].length).toBe(1);
     expect(machine.restore(writer.machine.snapshot()).ok).toBe(true);
     const generation = machine.channelInfo("net.links")?.generation ?? -1;
-    expect(restoreKeptUnordered({ machine, storage }, [{ tag: "net.links", gen: generation }])).toBe(RETAINED_EVENTS);
+    expect(restoreKeptUnordered({ machine, storage }, [{ tag: "net.links", gen: generation }]).batches).toBe(RETAINED_EVENTS);
     // What retention deleted before the restart is still refused.
     expect(machine.lastUnorderedSeq("net.links", publisher.hex)).toBe(UNORDERED_EVENTS);
     expect(acceptOnce(machine, requests[0] as ClientRequest, UNORDERED_TS).result).toMatchObject({ ok: false, code: "replayed" });

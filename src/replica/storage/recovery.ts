@@ -305,22 +305,26 @@ function replayUnordered(options: RecoverOptions): number {
  * store, while the data directory may still hold this replica's own acknowledged events of
  * it, kept by a start whose state came back short of the seq that made it (restoreRows).
  * Those rows go back into the machine now, as a start would put them back, so the replica
- * serves them without waiting for its next start. Returns the batches restored.
+ * serves them without waiting for its next start. Returns the batches restored and the
+ * channels that got any.
  */
 export function restoreKeptUnordered(
   options: Pick<RecoverOptions, "machine" | "storage">,
   fresh: readonly { readonly tag: string; readonly gen: number }[],
-): number {
-  let restored = 0;
+): { readonly batches: number; readonly channels: readonly string[] } {
+  let batches = 0;
+  const channels: string[] = [];
   for (const channel of fresh) {
     // Only into an empty store of that very channel: rows put back into one that holds
     // events would be refused as retries and then deleted as rows it does not take.
     const info = options.machine.channelInfo(channel.tag);
     if (info === null || info.generation !== channel.gen || info.order !== "none" || info.nextSeq !== 1) continue;
-    restored += restoreRows(options, options.storage.store.unorderedRows(channel));
+    const restored = restoreRows(options, options.storage.store.unorderedRows(channel));
     restoreFloors(options, options.storage.store.unorderedFloorRows(channel));
+    batches += restored;
+    if (restored > 0) channels.push(channel.tag);
   }
-  return restored;
+  return { batches, channels };
 }
 
 /**
