@@ -42,7 +42,7 @@ import { admissibleForwards } from "./forwards.ts";
 import { ADMIN_SPACE, urgencyOfSpace, VerifiedRequests, verifiedCacheKey } from "./requests.ts";
 import { type CoreHost, CoreStepFailed, InlineCoreHost, ThreadCoreHost } from "./ordering-host.ts";
 import { StateTransfer, validateTransferMessage } from "./state-transfer.ts";
-import type { ReplicaStorage, SnapshotHead } from "./storage/index.ts";
+import type { EpochStart, ReplicaStorage, SnapshotHead } from "./storage/index.ts";
 import { type Recovered, recover, restoreKeptUnordered } from "./storage/recovery.ts";
 import { SnapshotKeeper } from "./storage/snapshots.ts";
 import { partBytesFor } from "./storage/stream.ts";
@@ -510,7 +510,8 @@ export class OrderingDriver {
   /**
    * The epoch the recovered machine is in, with the start stored at its switch (or at its
    * join). A machine ahead of the stored start (a stop between a change taking effect and
-   * the switch) is not resumed: the replica stops and says how to rejoin.
+   * the switch) is not resumed: the replica stops and says how to rejoin, unless the
+   * group's answer names that epoch from that checkpoint (joinsFromSwitchGap).
    */
   private recoveredEpoch(): EpochView {
     const { machine, storage, config } = this.options;
@@ -518,8 +519,7 @@ export class OrderingDriver {
     const join = this.options.join;
     const at = membership?.epoch ?? 0;
     // Once it has the state, the machine is in the join epoch: the normal path below, which
-    // never runs a core on another epoch's records (a machine at the join epoch without its
-    // stored start stopped in the middle of a switch, and is refused there like any replica's).
+    // never runs a core on another epoch's records.
     if (join !== undefined && at < join.membership.epoch) return this.startJoining(join);
     const stored = storage.epochStart();
     if (join !== undefined && this.joinsFromSwitchGap(join, at, stored)) return this.startJoining(join);
@@ -617,22 +617,34 @@ export class OrderingDriver {
    * refused its old key before it saw the checkpoint stable, and it is restarted with its
    * new key, so it asks the group (src/cli/join.ts). It joins as a replica of an older
    * epoch does: its core starts in the epoch without its state and fetches the state at
-   * the epoch's start, certified by the old epoch, which replaces its own. Its core needs
-   * none of its records: they are the old epoch's, and it cast no vote in the new one, since
-   * a new core records its view before its first vote (core.ts), the vote waits for that
-   * record (handleReady), and it is staged after the switch's, which is not on disk. Only
-   * when the answer's epoch starts at the very checkpoint its decisions switched at; any
-   * other answer is refused as before, its data left as it is.
+   * the epoch's start (checked against the answer's digest), which replaces its own. Its
+   * core needs none of its records: they are the old epoch's, and it cast no vote in the
+   * new one, since a new core records its view before its first vote (core.ts), every vote
+   * waits for that record (handleReady), and it is staged after the switch's, which is not
+   * on disk. Only when the answer's epoch starts at the very checkpoint its decisions
+   * switched at; any other answer is refused as before, its data left as it is.
    */
-  private joinsFromSwitchGap(join: JoinEpoch, at: number, stored: { readonly epoch: number } | null): boolean {
+  private joinsFromSwitchGap(join: JoinEpoch, at: number, stored: EpochStart | null): boolean {
     const change = this.replayedChange;
-    if (join.membership.epoch !== at || change === null || !this.stoppedInSwitch(at, stored)) return false;
-    if (join.start.seq !== change.seq) return false;
-    this.options.log.warn("the data directory stopped in the middle of an epoch switch: joining that epoch from the group's answer", {
-      epoch: at,
-      checkpoint: change.seq,
-    });
-    return true;
+    if (join.membership.epoch !== at || change === null || change.epoch !== at || join.start.seq !== change.seq) return false;
+    if (this.stoppedInSwitch(at, stored)) {
+      this.options.log.warn("the data directory stopped in the middle of an epoch switch: joining that epoch from the group's answer", {
+        epoch: at,
+        checkpoint: change.seq,
+      });
+      return true;
+    }
+    // Such a join stopped again before the state came: the stored start is a join's (not a
+    // switch's) at that checkpoint, and its machine still reached the epoch by replaying its
+    // own decisions (an installed state would be its base). It joins again, keeping its
+    // votes there, as any joiner restarted before it got the state.
+    return (
+      stored !== null &&
+      stored.epoch === at &&
+      sameStart(stored, join.start) &&
+      change.seq === this.appliedSeq &&
+      this.options.storage.epochStartedByJoin()
+    );
   }
 
   /** The stored start is the previous epoch's and the last decision replayed is the checkpoint where `epoch` took effect. */

@@ -353,7 +353,7 @@ test("a replica stopped after executing a switch checkpoint and before storing t
 
 test("a replica stopped in the middle of its switch, started with the group's answer naming that epoch from that checkpoint, joins it and fetches the state; an answer from another checkpoint is refused as before", () => {
   const dir = join(temp.dir, "switch-gap-join");
-  const cluster = writeCluster(dir, 42_600);
+  const cluster = writeCluster(dir, 42_800);
   const k = coreConfigFor(cluster.config, 0).checkpointInterval;
   decidedLog(dir, cluster, new Map([[1, 0]]), k);
   // The group's answer to a replica restarted with a rotated key (src/cli/join.ts): epoch 1, f = 0 after the set-f.
@@ -377,6 +377,16 @@ test("a replica stopped in the middle of its switch, started with the group's an
     expect(joined.driver.status().transferring).toBe(k);
   } finally {
     joined.close();
+  }
+  // Stopped again before the state came, it joins again (its machine still replays into the
+  // epoch by itself): it does not resume the epoch from its own state as a switched replica does.
+  const again = startReplica(dir, cluster, 0, answer(k));
+  try {
+    const said = again.log.lines.map((l) => l.msg);
+    expect(said).toContain("joining the group again: restarted before it got the state, it keeps its votes in the epoch");
+    expect(said).not.toContain("resuming the epoch from the data directory");
+  } finally {
+    again.close();
   }
 });
 

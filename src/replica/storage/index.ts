@@ -472,7 +472,8 @@ export class ReplicaStorage {
       for (const kind of ["view", "accept", "prepared", "checkpoint", "stable", "snapshot"])
         store.deleteCoreUpTo(kind, Number.MAX_SAFE_INTEGER);
       store.deleteDecidedFrom(start.seq + 1);
-      store.putMeta("epoch", { epoch: start.epoch, seq: start.seq, digest: start.digest });
+      // `joining` tells this start from a switch's (epochStartedByJoin); readers of the start ignore it.
+      store.putMeta("epoch", { epoch: start.epoch, seq: start.seq, digest: start.digest, joining: true });
     });
   }
 
@@ -502,6 +503,12 @@ export class ReplicaStorage {
   /** The epoch this replica's core runs in and where it started, or null: epoch 0 (the cluster file's group). */
   epochStart(): EpochStart | null {
     return epochStartOf(this.store.meta("epoch"));
+  }
+
+  /** Whether the stored epoch start is a join's (stageJoinEpoch), not a switch's (stageEpochStart). */
+  epochStartedByJoin(): boolean {
+    const value = this.store.meta("epoch") as { joining?: unknown } | null;
+    return value !== null && typeof value === "object" && value.joining === true;
   }
 
   // -----------------------------------------------------------------------------------
