@@ -75,6 +75,18 @@ export async function publishStream(
   return stream;
 }
 
+/**
+ * Reads `tag`'s whole history from seq 1, once it holds as many events as `streams`
+ * acknowledged, and returns what the history checker finds against those streams.
+ */
+export async function historyProblems(client: FitbClient, tag: string, streams: readonly Stream[]): Promise<string[]> {
+  const acked = streams.reduce((sum, stream) => sum + stream.acked.length, 0);
+  const history = await collect(client, tag, 1);
+  await waitFor("the history to be read", () => history.events.length >= acked, 60_000);
+  await history.close();
+  return checkTotalOrder(streams, history.events);
+}
+
 /** The history checker for a total-order channel; returns every violation found. */
 export function checkTotalOrder(streams: readonly Stream[], history: readonly Delivered[], live: readonly Delivered[] = []): string[] {
   const problems: string[] = [];
