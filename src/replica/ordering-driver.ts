@@ -1316,7 +1316,7 @@ export class OrderingDriver {
   private installClaimed(importer: SnapshotImport, head: SnapshotHead, wanted: boolean): void {
     const { log, machine } = this.options;
     // A replica joining from the middle of its switch (joinsFromSwitchGap) executed up to
-    // the epoch's start itself: the certified state there replaces its own, since its core
+    // the epoch's start itself: the fetched state there replaces its own, since its core
     // has none until it installs one.
     const reached = this.joining ? this.appliedSeq > head.seq : this.appliedSeq >= head.seq;
     if (!wanted || reached) {
