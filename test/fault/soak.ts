@@ -360,8 +360,9 @@ class Chaos {
         },
         EPOCH_MS_MAX,
       );
+      // Refused before its own "epoch started": it lagged, or the others merely switched first.
       if (lagged)
-        this.say(`${at}: ${who} was behind the switch to epoch ${epoch}, and the others refuse its old key: restarted with its new key`);
+        this.say(`${at}: ${who} was refused its old key before it logged its switch to epoch ${epoch}: restarted with its new key`);
       const proc = this.cluster.procs[target];
       this.expectedExits.add(proc);
       this.cluster.kill(target, "SIGTERM");
