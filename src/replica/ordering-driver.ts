@@ -684,7 +684,7 @@ export class OrderingDriver {
     const lastDecided = this.appliedSeq;
     const replayedSwitch = change !== null && change.epoch === epoch && (stored?.epoch ?? 0) === epoch - 1;
     const named = stored === null ? "no epoch" : `epoch ${stored.epoch}`;
-    if (this.stoppedInSwitch(epoch, stored) && change !== null) {
+    if (replayedSwitch && change.seq === lastDecided) {
       return {
         reason: "the data directory stopped in the middle of an epoch switch",
         what: `the data directory stopped in the middle of the switch to epoch ${epoch}: it executed checkpoint ${change.seq}, where the change took effect, and stopped before the switch was stored`,

@@ -19,7 +19,7 @@ export function inEpoch(cluster: TestCluster, id: number, epoch: number): boolea
 
 /**
  * Rotates replica `id`'s key: publishes until the replicas in `until` started `epoch`
- * (bounded), then restarts `id` with its new key (set in `replicaArgs`, which the cluster
+ * (bounded), then stops `id` and restarts it with its new key (set in `replicaArgs`, which the cluster
  * starts replicas with) and waits until it learned the group. Returns the stream, whose
  * acknowledged events belong to the history.
  */
@@ -32,6 +32,8 @@ export async function rotateUnderTraffic(
     readonly until: readonly number[];
     readonly prefix: string;
     readonly replicaArgs: Map<number, string[]>;
+    /** Runs once `id` is stopped and before it starts with its new key (to change its data directory, say). */
+    readonly beforeRestart?: () => void;
   },
 ): Promise<Stream> {
   const { id, epoch } = options;
@@ -57,6 +59,7 @@ export async function rotateUnderTraffic(
   expect(out).toContain("ok");
   for (const replica of options.until) expect(inEpoch(cluster, replica, epoch)).toBe(true);
   await killAndWait(cluster, id);
+  options.beforeRestart?.();
   options.replicaArgs.set(id, ["--key", path]);
   cluster.start(id);
   // Its new key is not the cluster file's: it asks its peers for the group.

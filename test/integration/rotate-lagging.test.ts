@@ -17,22 +17,12 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { join } from "node:path";
 import type { FitbClient } from "../../src/client/index.ts";
-import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, startClusterWithChannels } from "./client-util.ts";
-import {
-  dataDirOf,
-  killAndWait,
-  logLines,
-  publishStream,
-  type Stream,
-  startUntilLogged,
-  waitCaughtUp,
-  historyProblems,
-} from "./durability-history.ts";
+import { dataDirOf, killAndWait, logLines, publishStream, type Stream, waitCaughtUp, historyProblems } from "./durability-history.ts";
 import { logTail, type TestCluster } from "./harness.ts";
-import { inEpoch } from "./key-rotation.ts";
+import { rotateUnderTraffic } from "./key-rotation.ts";
 
 const JOINS = "the data directory stopped in the middle of an epoch switch: joining that epoch from the group's answer";
 
@@ -65,46 +55,37 @@ test("a replica stopped between the rotation's checkpoint and its own switch, re
   streams.push(based);
   const base = logLines(cluster, 3, "base snapshot written")[0]?.["seq"] as number;
   expect(base).toBeGreaterThan(0);
-  const path = join(cluster.dir, "replica-3-new.key");
-  expect((await cluster.fitb(["keygen", "--out", path])).code).toBe(0);
-  const key = formatPublicKey(loadSigningKeyFile(path).key.publicKey);
-  let rotated = "";
-  const all = [0, 1, 2, 3];
-  const stream = await publishStream(
-    publisher,
-    "sec.alerts",
-    "r",
-    // Bounded: a group that never switched fails below instead of publishing forever.
-    (r) => r < 600 && (r < 5 || !all.every((id) => inEpoch(cluster, id, 1))),
-    1,
-    async (r) => {
-      if (r !== 2) return;
-      const admin = ["admin", "--config", cluster.configPath, "--key", cluster.adminKey];
-      const run = await cluster.fitb([...admin, "rotate-replica-key", "--id", "3", "--replica-key", key]);
-      rotated = `${run.code} ${run.stdout}${run.stderr}`;
+  let switchedAt = 0;
+  const stream = await rotateUnderTraffic(cluster, publisher, {
+    id: 3,
+    epoch: 1,
+    until: [0, 1, 2, 3],
+    prefix: "r",
+    replicaArgs,
+    // What a stop before the switch was stored leaves: no epoch record, none of the new
+    // epoch's core records, the decided log ending at the checkpoint (it decided nothing
+    // after it: the others refused its old key) and running from the base below it.
+    beforeRestart: () => {
+      switchedAt = logLines(cluster, 3, "epoch started").find((line) => line["epoch"] === 1)?.["seq"] as number;
+      const db = new Database(join(dataDirOf(cluster, 3), STORE_FILE));
+      try {
+        db.run("DELETE FROM meta WHERE k = 'epoch'");
+        db.run("DELETE FROM core");
+        expect((db.query("SELECT MAX(seq) AS m FROM decided").get() as { m: number }).m).toBe(switchedAt);
+        expect((db.query("SELECT COUNT(*) AS c FROM snap_head WHERE seq >= ?").get(switchedAt) as { c: number }).c).toBe(0);
+      } finally {
+        db.close();
+      }
     },
-  );
+  });
   streams.push(stream);
-  expect(rotated).toContain("ok");
-  const switchedAt = logLines(cluster, 3, "epoch started").find((line) => line["epoch"] === 1)?.["seq"] as number;
   expect(switchedAt).toBeGreaterThan(base);
-  await killAndWait(cluster, 3);
-
-  // What a stop before the switch was stored leaves: no epoch record, none of the new
-  // epoch's core records, the decided log ending at the checkpoint (it decided nothing
-  // after it: the others refused its old key) and running from the base below it.
-  const db = new Database(join(dataDirOf(cluster, 3), STORE_FILE));
-  try {
-    db.run("DELETE FROM meta WHERE k = 'epoch'");
-    db.run("DELETE FROM core");
-    expect((db.query("SELECT MAX(seq) AS m FROM decided").get() as { m: number }).m).toBe(switchedAt);
-    expect((db.query("SELECT COUNT(*) AS c FROM snap_head WHERE seq >= ?").get(switchedAt) as { c: number }).c).toBe(0);
-  } finally {
-    db.close();
-  }
-
-  replicaArgs.set(3, ["--key", path]);
-  await startUntilLogged(cluster, 3, JOINS);
+  await waitFor(
+    "replica 3 to join from the middle of its switch",
+    () => logLines(cluster, 3, JOINS).length > 0,
+    60_000,
+    () => logTail(cluster, 3),
+  );
   expect(logLines(cluster, 3, JOINS)[0]).toMatchObject({ epoch: 1, checkpoint: switchedAt });
   await waitFor(
     "replica 3 to install the state at the epoch's start or later",
