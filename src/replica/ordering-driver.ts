@@ -43,7 +43,7 @@ import { ADMIN_SPACE, urgencyOfSpace, VerifiedRequests, verifiedCacheKey } from 
 import { type CoreHost, CoreStepFailed, InlineCoreHost, ThreadCoreHost } from "./ordering-host.ts";
 import { StateTransfer, validateTransferMessage } from "./state-transfer.ts";
 import type { EpochStart, ReplicaStorage, SnapshotHead } from "./storage/index.ts";
-import { type Recovered, recover, restoreKeptUnordered } from "./storage/recovery.ts";
+import { dropGoneUnordered, type Recovered, recover, restoreKeptUnordered, unorderedChannels } from "./storage/recovery.ts";
 import { SnapshotKeeper } from "./storage/snapshots.ts";
 import { partBytesFor } from "./storage/stream.ts";
 import type { Membership } from "../core/channels/membership.ts";
@@ -1342,6 +1342,9 @@ export class OrderingDriver {
       if (this.options.restoreKept !== undefined) this.options.restoreKept(fresh, head.seq);
       else restoreKeptUnordered(this.options, fresh);
     }
+    // The rows of unordered channels the installed state no longer has (destroyed while
+    // this replica was behind) are deleted, as a start would delete them.
+    dropGoneUnordered(this.options);
     this.keeper.adoptInstalled(head);
     this.appliedSeq = head.seq;
     this.noteMembership(head.seq);
@@ -1407,12 +1410,4 @@ function kindOf(message: unknown): string {
   if (message === null || typeof message !== "object" || Array.isArray(message) || message instanceof Uint8Array) return "";
   const t = (message as { t?: unknown }).t;
   return typeof t === "string" ? t : "";
-}
-
-/** The machine's unordered channels, by tag and generation. */
-function unorderedChannels(machine: ChannelMachine): { tag: string; gen: number }[] {
-  return machine
-    .listChannels()
-    .filter((channel) => channel.order === "none")
-    .map((channel) => ({ tag: channel.tag, gen: channel.generation }));
 }

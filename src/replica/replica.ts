@@ -73,7 +73,7 @@ import { type Lane, VerifyPool } from "../threads/verify-pool.ts";
 import { requestSignedParts } from "../../wire/session.ts";
 import { type ClientSession, ReplicaServer, type ServerLimits } from "./server.ts";
 import { DEFAULT_SYNC_POLICY, EXIT_STORAGE_FAILED, ReplicaStorage, type SyncPolicy } from "./storage/index.ts";
-import { restoreKeptUnordered } from "./storage/recovery.ts";
+import { dropGoneUnordered, restoreKeptUnordered } from "./storage/recovery.ts";
 import { epochLogFields, genesisMembership, membersAnswer } from "./epochs.ts";
 import { startLagProbe, URGENT_DELAY_TARGET_MS_DEFAULT, UrgentShedder } from "./shedding.ts";
 import { URGENT } from "../core/ordering/priority.ts";
@@ -1074,7 +1074,11 @@ export class Replica {
         const result = this.machine.applyAdmin(request.op.cmd, decidedSeq);
         if (result.ok) {
           reply = { seq: request.seq, replica: this.options.id, d: digest, ok: true, res: { t: "admin", cmd: result.cmd, at: decidedSeq } };
-          if (result.cmd === "destroy-channel") this.subs.channelDestroyed(result.tag);
+          if (result.cmd === "destroy-channel") {
+            this.subs.channelDestroyed(result.tag);
+            // Its stored events go now, a slice per commit; a start replaying it deletes them itself (recovery.ts).
+            if (!this.replaying) dropGoneUnordered({ machine: this.machine, storage: this.storage });
+          }
           // A start replays its decisions first and puts the stored events back after (recovery.ts).
           if (result.cmd === "create-channel" && !this.replaying && this.machine.orderOf(result.tag) === "none") {
             this.restoreKept([{ tag: result.tag, gen: result.generation }], decidedSeq);

@@ -165,6 +165,12 @@ export class ReplicaStorage {
   private trimStaged = false;
   /** The last slice deleted all it could: more rows may be left. */
   private trimBacklog = false;
+  /**
+   * Unordered channels that no longer exist (destroyed, or gone from a state a transfer
+   * installed) whose rows are still in the store, keyed `gen:tag`, with the rows deleted
+   * so far: deleted a slice at a time (trimRows), their floors with the last slice.
+   */
+  private readonly goneUnordered = new Map<string, { readonly tag: string; readonly gen: number; rows: number }>();
 
   /** The data directory. */
   get dir(): string {
@@ -593,12 +599,59 @@ export class ReplicaStorage {
       let left = TRIM_ROWS_PER_COMMIT;
       left -= store.deleteDecidedUpToLimit(this.trimDecidedTo, left);
       if (left > 0) left -= store.deleteBatchesUpToLimit(this.trimBatchesTo, left);
+      if (left > 0) left = this.deleteGoneUnordered(left);
       this.trimBacklog = left === 0;
       if (!this.trimBacklog) return;
       this.commits.schedule(() => {
         if (this.trimBacklog) this.trimRows();
       });
     });
+  }
+
+  /**
+   * The rows of unordered channels that no longer exist are deleted, a slice at a time
+   * (trimRows), with their floors: `channels` are the unordered channels the machine holds
+   * now, and `lastGeneration` its last generation. A row of a channel made past it (kept
+   * by a start whose ordered state came back short: recovery.ts restoreRows) stays for the
+   * state that makes the channel. Called after a destroy-channel executes and after a
+   * state transfer installs a state; a start deletes them itself (restoreRows).
+   */
+  dropGoneUnordered(channels: readonly { readonly tag: string; readonly gen: number }[], lastGeneration: number): void {
+    const live = new Set(channels.map((channel) => `${channel.gen}:${channel.tag}`));
+    let added = false;
+    for (const channel of this.store.unorderedChannelsStored()) {
+      const key = `${channel.gen}:${channel.tag}`;
+      if (live.has(key) || channel.gen > lastGeneration || this.goneUnordered.has(key)) continue;
+      this.goneUnordered.set(key, { ...channel, rows: 0 });
+      added = true;
+    }
+    if (added) this.trimRows();
+  }
+
+  /** Unordered channels that no longer exist whose rows are still being deleted. */
+  get goneUnorderedPending(): number {
+    return this.goneUnordered.size;
+  }
+
+  /** Deletes up to `left` rows of gone unordered channels (in a staged write); returns what is left of the budget. */
+  private deleteGoneUnordered(left: number): number {
+    for (const [key, gone] of this.goneUnordered) {
+      const deleted = this.store.deleteUnorderedOldest(gone.tag, gone.gen, left);
+      gone.rows += deleted;
+      left -= deleted;
+      if (left === 0) return 0;
+      // Fewer than asked for: the channel's rows are all gone, and its floors go with the last of them.
+      this.store.deleteUnorderedFloorsOf(gone.tag, gone.gen);
+      this.goneUnordered.delete(key);
+      this.commits.defer(() =>
+        this.options.log.info("stored events of a channel that no longer exists deleted", {
+          tag: gone.tag,
+          generation: gone.gen,
+          batches: gone.rows,
+        }),
+      );
+    }
+    return left;
   }
 
   /** One stored part, checked; a damaged part is reported and null is returned. */

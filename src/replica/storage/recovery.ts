@@ -327,6 +327,23 @@ export function restoreKeptUnordered(
   return { batches, channels };
 }
 
+/** The machine's unordered channels, by tag and generation. */
+export function unorderedChannels(machine: ChannelMachine): { tag: string; gen: number }[] {
+  return machine
+    .listChannels()
+    .filter((channel) => channel.order === "none")
+    .map((channel) => ({ tag: channel.tag, gen: channel.generation }));
+}
+
+/**
+ * The rows of unordered channels the machine no longer has (a destroy-channel executed, or
+ * a state transfer installed a state without them) are deleted from the store, a slice per
+ * commit (storage/index.ts dropGoneUnordered), instead of staying until the next start.
+ */
+export function dropGoneUnordered(options: Pick<RecoverOptions, "machine" | "storage">): void {
+  options.storage.dropGoneUnordered(unorderedChannels(options.machine), options.machine.lastGeneration);
+}
+
 /**
  * Puts stored unordered rows back into the machine. A row it does not take is deleted when
  * its generation is at or below the machine's last: its channel was made within the state

@@ -24,7 +24,7 @@
  * sync policy, fsynced) the write-ahead log; on the real disk under `full` the fsync is
  * the group commit's instead, run off the event loop (`walSync`, group-commit.ts).
  */
-import type { Database } from "bun:sqlite";
+import type { Database, Statement } from "bun:sqlite";
 import { join } from "node:path";
 import { type Canonical, decodeCanonical, encodeCanonical } from "../../../wire/canonical.ts";
 import { bytesEqual } from "../../crypto/encoding.ts";
@@ -225,6 +225,12 @@ function prepareStatements(db: Database) {
         "ON CONFLICT (tag, gen, publisher) DO UPDATE SET seq = excluded.seq, sum = excluded.sum WHERE excluded.seq > unordered_floor.seq",
     ),
     deleteUnorderedFloorId: db.prepare("DELETE FROM unordered_floor WHERE id = ?"),
+    deleteUnorderedFloorsOf: db.prepare("DELETE FROM unordered_floor WHERE tag = ? AND gen = ?"),
+    // An index seek each (unordered_tag; the floors' UNIQUE index), not a scan of the rows.
+    firstUnorderedChannel: db.prepare("SELECT tag, gen FROM unordered ORDER BY tag, gen LIMIT 1"),
+    nextUnorderedChannel: db.prepare("SELECT tag, gen FROM unordered WHERE (tag, gen) > (?, ?) ORDER BY tag, gen LIMIT 1"),
+    firstFloorChannel: db.prepare("SELECT tag, gen FROM unordered_floor ORDER BY tag, gen LIMIT 1"),
+    nextFloorChannel: db.prepare("SELECT tag, gen FROM unordered_floor WHERE (tag, gen) > (?, ?) ORDER BY tag, gen LIMIT 1"),
   };
 }
 
@@ -484,9 +490,31 @@ export class ReplicaStore {
     return id;
   }
 
-  /** Deletes the `count` oldest rows of a channel (retention removes oldest first). */
-  deleteUnorderedOldest(tag: string, gen: number, count: number): void {
-    this.stmts.deleteUnorderedOldest.run(tag, gen, count);
+  /** Deletes the `count` oldest rows of a channel (retention removes oldest first); returns how many it deleted. */
+  deleteUnorderedOldest(tag: string, gen: number, count: number): number {
+    return this.stmts.deleteUnorderedOldest.run(tag, gen, count).changes;
+  }
+
+  /** Deletes every publisher floor of an unordered channel (tag and generation). */
+  deleteUnorderedFloorsOf(tag: string, gen: number): void {
+    this.stmts.deleteUnorderedFloorsOf.run(tag, gen);
+  }
+
+  /**
+   * The unordered channels (tag and generation) the store holds rows or floors of, each
+   * once, in tag order: an index seek per channel, whatever the number of rows.
+   */
+  unorderedChannelsStored(): { readonly tag: string; readonly gen: number }[] {
+    const found = new Map<string, { readonly tag: string; readonly gen: number }>();
+    const walk = (first: Statement, next: Statement): void => {
+      for (let r = first.get() as Row | null; r !== null; r = next.get(r.tag, r.gen) as Row | null) {
+        const channel = { tag: String(r.tag), gen: num(r.gen) };
+        found.set(`${channel.gen}:${channel.tag}`, channel);
+      }
+    };
+    walk(this.stmts.firstUnorderedChannel, this.stmts.nextUnorderedChannel);
+    walk(this.stmts.firstFloorChannel, this.stmts.nextFloorChannel);
+    return [...found.values()];
   }
 
   deleteUnorderedRow(id: number): void {
