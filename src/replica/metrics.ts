@@ -80,7 +80,8 @@ const COUNTERS = {
   storage_writes_total: "Records written in storage transactions",
   storage_commit_failures_total: "Storage commits that failed",
   storage_corrupt_rows_total: "Rows found damaged at open and deleted",
-  snapshot_digest_mismatches_total: "Base snapshots whose digest did not match the checkpoint",
+  snapshot_digest_mismatches_total:
+    "States of this replica whose digest differs from the checkpoint's: its core's, or the group's when it joins from the middle of an epoch switch",
   snapshot_bases_written_total: "Base snapshots written",
   snapshot_base_ticks_yielded_total: "Ticks in which a base snapshot being written gave way to urgent (high or critical) requests",
   handshakes_refused_total: "Handshakes refused at the per-address or total bound",

@@ -632,6 +632,7 @@ export class OrderingDriver {
         epoch: at,
         checkpoint: change.seq,
       });
+      this.compareOwnState(change.seq, join.start.digest);
       return true;
     }
     // Such a join stopped again before the state came: the stored start is a join's (not a
@@ -645,6 +646,24 @@ export class OrderingDriver {
       change.seq === this.appliedSeq &&
       this.options.storage.epochStartedByJoin()
     );
+  }
+
+  /**
+   * A replica joining from the middle of its switch executed the epoch's starting
+   * checkpoint itself: its own state there must be the group's (the answer's digest, vouched
+   * for by f+1 replicas). The fetched state replaces it either way; a difference means this
+   * data directory's state was wrong (damage the checksums did not catch, or a fault in this
+   * replica), which the operator is told loudly and the metric counts.
+   */
+  private compareOwnState(seq: number, digest: Uint8Array): void {
+    const own = this.keeper.capturedDigest(seq);
+    if (own === null || nativeBytesEqual(own, digest)) return;
+    this.options.metrics.inc("snapshot_digest_mismatches_total");
+    this.options.log.error("this replica's own state at the epoch's start differs from the group's; the group's replaces it", {
+      seq,
+      own: toHex(own),
+      group: toHex(digest),
+    });
   }
 
   /** The stored start is the previous epoch's and the last decision replayed is the checkpoint where `epoch` took effect. */

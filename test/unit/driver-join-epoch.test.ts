@@ -8,6 +8,7 @@
  */
 import { Database } from "bun:sqlite";
 import { afterAll, expect, test } from "bun:test";
+import { cpSync } from "node:fs";
 import { join } from "node:path";
 import { channelsConfigFrom, type ClusterConfig } from "../../src/config/cluster.ts";
 import { initCluster } from "../../src/config/init.ts";
@@ -89,6 +90,7 @@ interface Started {
   readonly driver: OrderingDriver;
   readonly storage: ReplicaStorage;
   readonly log: TestLog;
+  readonly metrics: Metrics;
   /** The ordering messages the driver sent, in order. */
   readonly sent: PeerMessage[];
   /** Stops as kill -9 does once what is staged is durable: no clean-stop marker (loseAcceptRecords takes what a pending fsync would lose). */
@@ -158,6 +160,7 @@ function startReplica(dir: string, cluster: { config: ClusterConfig; keys: Signi
     driver,
     storage,
     log,
+    metrics,
     sent,
     crash() {
       driver.stop();
@@ -351,11 +354,17 @@ test("a replica stopped after executing a switch checkpoint and before storing t
   );
 });
 
+/** A replica joining from the middle of its switch whose own state at the checkpoint is not the answer's says so (ordering-driver.ts compareOwnState). */
+const OWN_STATE_DIFFERS = "this replica's own state at the epoch's start differs from the group's; the group's replaces it";
+
 test("a replica stopped in the middle of its switch, started with the group's answer naming that epoch from that checkpoint, joins it and fetches the state; an answer from another checkpoint is refused as before", () => {
   const dir = join(temp.dir, "switch-gap-join");
   const cluster = writeCluster(dir, 42_800);
   const k = coreConfigFor(cluster.config, 0).checkpointInterval;
   decidedLog(dir, cluster, new Map([[1, 0]]), k);
+  // The same data directory, kept for a join answered with the state it makes.
+  const same = join(temp.dir, "switch-gap-join-same");
+  cpSync(join(dir, "data-0"), join(same, "data-0"), { recursive: true });
   // The group's answer to a replica restarted with a rotated key (src/cli/join.ts): epoch 1, f = 0 after the set-f.
   const answer = (seq: number): JoinEpoch => ({
     membership: { ...genesisMembership(cluster.config), epoch: 1, f: 0 },
@@ -365,11 +374,17 @@ test("a replica stopped in the middle of its switch, started with the group's an
     `the data directory stopped in the middle of the switch to epoch 1: it executed checkpoint ${k}`,
   );
   const joined = startReplica(dir, cluster, 0, answer(k));
+  let ownDigest = "";
   try {
     expect(joined.driver.epoch.epoch).toBe(1);
     const said = joined.log.lines.map((l) => l.msg);
     expect(said).toContain("the data directory stopped in the middle of an epoch switch: joining that epoch from the group's answer");
     expect(said).toContain("joining the group: starting in its current epoch, fetching the state");
+    // Its own state at the checkpoint is not the one the answer names (all 7s): it is told, and counted.
+    const differs = joined.log.lines.find((l) => l.msg === OWN_STATE_DIFFERS);
+    expect(differs?.fields).toEqual({ seq: k, own: expect.stringMatching(/^[0-9a-f]{64}$/), group: "07".repeat(32) });
+    expect(joined.metrics.get("snapshot_digest_mismatches_total")).toBe(1);
+    ownDigest = differs?.fields["own"] as string;
     joined.storage.commits.flush(true);
     expect(joined.storage.epochStart()).toEqual({ epoch: 1, seq: k, digest: new Uint8Array(32).fill(7) });
     // Its core has no state in the epoch: it asks for the one at the epoch's start.
@@ -387,6 +402,18 @@ test("a replica stopped in the middle of its switch, started with the group's an
     expect(said).not.toContain("resuming the epoch from the data directory");
   } finally {
     again.close();
+  }
+  // The copy of the data directory, answered with the state it makes: nothing to tell.
+  const matched = startReplica(same, cluster, 0, {
+    ...answer(k),
+    start: { seq: k, digest: Uint8Array.from(Buffer.from(ownDigest, "hex")) },
+  });
+  try {
+    expect(matched.log.lines.map((l) => l.msg)).toContain("joining the group: starting in its current epoch, fetching the state");
+    expect(matched.log.lines.some((l) => l.msg === OWN_STATE_DIFFERS)).toBe(false);
+    expect(matched.metrics.get("snapshot_digest_mismatches_total")).toBe(0);
+  } finally {
+    matched.close();
   }
 });
 

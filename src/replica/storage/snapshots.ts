@@ -334,6 +334,11 @@ export class SnapshotKeeper {
     return this.isBase(seq, digest);
   }
 
+  /** The state digest of this replica's own capture at `seq` (taken live or while replaying its log), or null. */
+  capturedDigest(seq: number): Uint8Array | null {
+    return this.captures.get(seq)?.stateDigest ?? null;
+  }
+
   /** Whether the stored base is the state at `seq` with state digest `digest`. */
   isBase(seq: number, digest: Uint8Array): boolean {
     const base = this.base;
