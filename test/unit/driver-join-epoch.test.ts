@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { channelsConfigFrom, type ClusterConfig } from "../../src/config/cluster.ts";
 import { initCluster } from "../../src/config/init.ts";
 import { ChannelMachine } from "../../src/core/channels/machine.ts";
-import type { ClientRequest, PeerMessage, Prepare, PrePrepare } from "../../src/core/ordering/messages.ts";
+import type { Checkpoint, ClientRequest, PeerMessage, Prepare, PrePrepare } from "../../src/core/ordering/messages.ts";
 import { signingBytes, validatePeerMessage } from "../../src/core/ordering/messages.ts";
 import { EMPTY_SIG } from "../../src/core/ordering/state.ts";
 import { sign } from "../../src/crypto/ed25519.ts";
@@ -24,7 +24,7 @@ import { Metrics } from "../../src/replica/metrics.ts";
 import { genesisMembership } from "../../src/replica/epochs.ts";
 import { coreConfigFor, type JoinEpoch, OrderingDriver } from "../../src/replica/ordering-driver.ts";
 import { encodeEnvelope, readEnvelope } from "../../src/replica/peer-messages.ts";
-import { ReplicaStorage } from "../../src/replica/storage/index.ts";
+import { type EpochStart, ReplicaStorage } from "../../src/replica/storage/index.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import type { Canonical } from "../../wire/canonical.ts";
 import { decodeRequestBody } from "../../wire/schemas.ts";
@@ -109,7 +109,13 @@ function executeMembership(machine: ChannelMachine, requests: readonly ClientReq
 }
 
 /** Replica `id`'s driver on `dir`'s data directory, its peer messages captured rather than sent. */
-function startReplica(dir: string, cluster: { config: ClusterConfig; keys: SigningKey[] }, id: number, joinEpoch?: JoinEpoch): Started {
+function startReplica(
+  dir: string,
+  cluster: { config: ClusterConfig; keys: SigningKey[] },
+  id: number,
+  joinEpoch?: JoinEpoch,
+  onSend?: (msg: PeerMessage, storage: ReplicaStorage) => void,
+): Started {
   const { config, keys } = cluster;
   const log = testLog();
   const metrics = new Metrics();
@@ -124,7 +130,9 @@ function startReplica(dir: string, cluster: { config: ClusterConfig; keys: Signi
   const capture = (bytes: Uint8Array): void => {
     const read = readEnvelope(bytes);
     const msg = read.ok && read.envelope.kind === "ordering" ? validatePeerMessage(read.envelope.message) : null;
-    if (msg !== null) sent.push(msg);
+    if (msg === null) return;
+    sent.push(msg);
+    onSend?.(msg, storage);
   };
   const mesh = {
     send: (_to: number, bytes: Uint8Array) => {
@@ -303,7 +311,7 @@ test("a joiner refuses an answer that contradicts the join its data directory be
 });
 
 /**
- * Replica 0's decided log up to `upTo`: `set-f` commands at the given seqs (each takes
+ * Replica `id`'s (0 by default) decided log up to `upTo`: `set-f` commands at the given seqs (each takes
  * effect at the next checkpoint), publishes elsewhere; and `epochRow` as its epoch record.
  */
 function decidedLog(
@@ -312,12 +320,13 @@ function decidedLog(
   setF: ReadonlyMap<number, number>,
   upTo: number,
   epochRow?: { epoch: number; seq: number; digest: Uint8Array },
+  id = 0,
 ): void {
   const storage = ReplicaStorage.open({
-    dir: join(dir, "data-0"),
+    dir: join(dir, `data-${id}`),
     sync: "normal",
     cluster: cluster.config.name,
-    replica: 0,
+    replica: id,
     log: testLog(),
     metrics: new Metrics(),
   });
@@ -414,6 +423,84 @@ test("a replica stopped in the middle of its switch, started with the group's an
     expect(matched.metrics.get("snapshot_digest_mismatches_total")).toBe(0);
   } finally {
     matched.close();
+  }
+});
+
+/** A vote of replica `from` (rank and id alike here) in `clusterId`, as its link delivers it. */
+function vote(cluster: { keys: SigningKey[] }, msg: PeerMessage, from: number, clusterId: string, epoch: number): Uint8Array {
+  const signed =
+    msg.t === "COMMIT" ? msg : { ...msg, sig: sign(cluster.keys[from] as SigningKey, signingBytes(msg as Prepare, clusterId)) };
+  return encodeEnvelope("ordering", signed as unknown as Canonical, epoch);
+}
+
+// The switch's side of what a start from the middle of a switch relies on (joinsFromSwitchGap):
+// the new epoch's core casts its first vote only once the epoch's start is stored.
+test("after a switch, the new epoch's first PREPARE goes out only once the epoch's start is stored", () => {
+  const dir = join(temp.dir, "switch-first-vote");
+  const cluster = writeCluster(dir, 42_950);
+  const k = coreConfigFor(cluster.config, 1).checkpointInterval;
+  // Replica 1 (a backup in view 0) decided a set-f at seq 1, which takes effect at checkpoint k.
+  decidedLog(dir, cluster, new Map([[1, 0]]), k - 1, undefined, 1);
+  const startsAtVote: (EpochStart | null)[] = [];
+  const started = startReplica(dir, cluster, 1, undefined, (msg, storage) => {
+    if (msg.t === "PREPARE" && msg.seq === k + 1) startsAtVote.push(storage.epochStart());
+  });
+  try {
+    const keyOf = (id: number): Uint8Array => cluster.config.replicas[id]?.publicKey as Uint8Array;
+    const client = new TestClient();
+    const feed = (from: number, bytes: Uint8Array): void => started.driver.onPeerMessage(from, bytes, keyOf(from));
+    // Seq k decided in epoch 0: the leader's proposal, two PREPAREs and three COMMITs.
+    const batch = [client.pub("a.b", ["at the switch"])];
+    const digest = batchDigest(batch);
+    const header: PrePrepare = { t: "PRE_PREPARE", view: 0, seq: k, digest, ts: 1_700_000_000_000, batch, sig: EMPTY_SIG };
+    feed(
+      0,
+      encodeEnvelope(
+        "ordering",
+        { ...header, sig: sign(cluster.keys[0] as SigningKey, signingBytes(header, "unit")) } as unknown as Canonical,
+        0,
+      ),
+    );
+    for (const from of [2, 3])
+      feed(from, vote(cluster, { t: "PREPARE", view: 0, seq: k, digest, replica: from, sig: EMPTY_SIG }, from, "unit", 0));
+    started.storage.commits.flush(true);
+    for (const from of [0, 2, 3])
+      feed(from, vote(cluster, { t: "COMMIT", view: 0, seq: k, digest, replica: from, sig: EMPTY_SIG }, from, "unit", 0));
+    started.storage.commits.flush(true);
+    // Its own CHECKPOINT at k names the state; two more make it stable and the switch follows.
+    const own = started.sent.find((m): m is Checkpoint => m.t === "CHECKPOINT" && m.seq === k);
+    expect(own).toBeDefined();
+    const state = (own as Checkpoint).digest;
+    // The new epoch's leader's proposal for k+1 arrives before the switch: it is held until then.
+    const next = [client.pub("a.b", ["after the switch"])];
+    const nextHeader: PrePrepare = {
+      t: "PRE_PREPARE",
+      view: 0,
+      seq: k + 1,
+      digest: batchDigest(next),
+      ts: 1_700_000_000_001,
+      batch: next,
+      sig: EMPTY_SIG,
+    };
+    for (const from of [0, 2]) {
+      feed(from, vote(cluster, { t: "CHECKPOINT", seq: k, digest: state, replica: from, sig: EMPTY_SIG }, from, "unit", 0));
+    }
+    feed(
+      0,
+      encodeEnvelope(
+        "ordering",
+        { ...nextHeader, sig: sign(cluster.keys[0] as SigningKey, signingBytes(nextHeader, "unit/e1")) } as unknown as Canonical,
+        1,
+      ),
+    );
+    started.storage.commits.flush(true);
+    expect(started.driver.epoch.epoch).toBe(1);
+    expect(started.log.lines.map((l) => l.msg)).toContain("epoch started");
+    // Its PREPARE for k+1 went out, and the epoch's start was stored by then.
+    expect(startsAtVote.length).toBeGreaterThan(0);
+    expect(startsAtVote[0]).toEqual({ epoch: 1, seq: k, digest: state });
+  } finally {
+    started.close();
   }
 });
 
