@@ -485,6 +485,12 @@ interface Fetch {
   readonly distrusted: Set<number>;
   /** Replicas that said they cannot serve the target (asked again only after a timeout). */
   readonly unable: Set<number>;
+  /**
+   * Replicas moved on from because no ask could be sent to them (no link, or its queue
+   * full), since every source last had its turn: asked again at once when only such
+   * replicas are left, after a timeout with the unable and distrusted ones otherwise.
+   */
+  readonly unreachable: Set<number>;
   source: number;
   lastProgressMs: number;
   /** When an ask to `source` could not be sent (its link down or full), or null: the last one went out. */
@@ -555,6 +561,7 @@ class TransferFetcher {
       lastAsked: -1,
       distrusted: new Set(),
       unable: new Set(),
+      unreachable: new Set(),
       source: -1,
       lastProgressMs: options.now(),
       unsentSinceMs: null,
@@ -748,23 +755,34 @@ class TransferFetcher {
    */
   private nextSource(fetch: Fetch): void {
     const order = fetch.target.from.filter((peer) => peer !== this.options.self);
-    const eligible = (peer: number): boolean => !fetch.distrusted.has(peer) && !fetch.unable.has(peer);
-    const after = order.indexOf(fetch.lastAsked);
-    let next = -1;
-    for (let k = 1; k <= order.length; k++) {
-      const peer = order[(after + k) % order.length] as number;
-      if (eligible(peer)) {
-        next = peer;
-        break;
+    const eligible = (peer: number): boolean => !fetch.distrusted.has(peer) && !fetch.unable.has(peer) && !fetch.unreachable.has(peer);
+    const pick = (): number => {
+      const after = order.indexOf(fetch.lastAsked);
+      for (let k = 1; k <= order.length; k++) {
+        const peer = order[(after + k) % order.length] as number;
+        if (eligible(peer)) return peer;
       }
+      return -1;
+    };
+    let next = pick();
+    if (next < 0 && fetch.distrusted.size === 0 && fetch.unable.size === 0 && fetch.unreachable.size > 0) {
+      // No source could be reached yet (no link anywhere): the asks go round, and the
+      // first link up serves.
+      fetch.unreachable.clear();
+      next = pick();
     }
     if (next < 0) {
-      // Every source lied, cannot serve, or is silent: after the next timeout all are
-      // asked again (with at most f liars that is the way on, and the core moves the
-      // target once the peers have moved on).
+      // Every source lied, cannot serve, is silent or cannot be reached: after the next
+      // timeout all are asked again (with at most f liars that is the way on, and the core
+      // moves the target once the peers have moved on). A source that cannot be reached
+      // is not asked again and again meanwhile, ahead of the others: one that could not
+      // serve a moment ago (its state not captured yet, its serving bound for this peer
+      // reached) may serve now.
       fetch.distrusted.clear();
       fetch.unable.clear();
+      fetch.unreachable.clear();
       fetch.source = -1;
+      fetch.unsentSinceMs = null;
       fetch.lastProgressMs = this.options.now();
       return;
     }
@@ -854,6 +872,7 @@ class TransferFetcher {
       const from = Math.max(fetch.askedUpTo, fetch.nextPart);
       const again = from < windowEnd ? [from, windowEnd - from] : [fetch.nextPart, TRANSFER_WINDOW_PARTS];
       if (fetch.source >= 0 && this.ask(fetch, again[0] as number, again[1] as number)) return;
+      if (fetch.source >= 0) fetch.unreachable.add(fetch.source);
       return this.nextSource(fetch);
     }
     // While an ask has not left, the source is not to blame for what it did not send.

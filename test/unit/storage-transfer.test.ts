@@ -367,6 +367,44 @@ describe("state transfer", () => {
     expect(partsFrom(again.net, 2)).toBe(again.fetcher.installed?.head.parts ?? -1);
   });
 
+  test("a source that cannot be reached does not keep the transfer from asking again those that could not serve a moment ago", () => {
+    const { net, state, fetcher } = cluster();
+    // Replica 4 does not hold the state; replica 2 refuses for now (its serving bound for
+    // this peer reached, say); replica 3 cannot be reached (a key the fetcher's epoch does not accept).
+    net.addNode(4, newMachine());
+    let refusing = true;
+    const passOn = net.filter;
+    net.filter = (from, to, m) => {
+      if (to !== 2 || m.t !== "get" || !refusing) return passOn(from, to, m);
+      net.send(
+        2,
+        from,
+        encodeTransferMessage({ t: "none", seq: m.seq, nonce: m.nonce, reason: "too many restarts of this transfer; ask another replica" }),
+      );
+      return null;
+    };
+    net.unlinked.add(3);
+    fetcher.transfer.fetch(targetFor(state, [4, 2, 3]));
+    net.pump();
+    for (let i = 0; i < 10; i++) {
+      net.now += UNSENT_ASK_RETRY_MS;
+      fetcher.transfer.tick();
+      net.pump();
+    }
+    expect(fetcher.installed).toBeNull();
+    // Replica 3 is not asked again and again meanwhile: it had its turn, like the others.
+    expect(fetcher.metrics.get("state_transfer_asks_unsent_total")).toBe(2);
+    refusing = false;
+    // After the timeout every source is asked again, in turn: replica 2 serves now.
+    for (let waited = 0; waited <= PART_TIMEOUT_MS && fetcher.installed === null; waited += UNSENT_ASK_RETRY_MS) {
+      net.now += UNSENT_ASK_RETRY_MS;
+      fetcher.transfer.tick();
+      net.pump();
+    }
+    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+    expect(partsFrom(net, 2)).toBe(fetcher.installed?.head.parts ?? -1);
+  });
+
   test("an ask that could not leave while others are answered (a full queue) is sent again with the next part: no hole, no wait", () => {
     const { net, state, fetcher } = cluster();
     let gets = 0;
