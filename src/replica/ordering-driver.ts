@@ -765,6 +765,10 @@ export class OrderingDriver {
     this.coreGeneration++;
     const cfg = view.coreConfig(this.baseCoreConfig, id);
     storage.stageEpochStart({ epoch: view.epoch, seq: pending.seq, digest: pending.base.stateDigest }, pending.base);
+    // A replica that joined the group keeps the group it is in, not the one it joined: a
+    // start whose state came back short (damage found at open) rejoins this epoch from it,
+    // as a joiner restarted before it got the state, instead of an older epoch's group.
+    if (storage.hasJoined()) storage.stageJoined({ membership, start: { seq: pending.seq, digest: pending.base.stateDigest } });
     // A peer still in the ended epoch fetches the state at the switch point from here.
     this.keeper.pin(pending.seq, SWITCH_PROOFS_KEPT);
     if (cfg === null) {
@@ -1340,6 +1344,7 @@ export class OrderingDriver {
     const reached = this.joining ? this.appliedSeq > head.seq : this.appliedSeq >= head.seq;
     if (!wanted || reached) {
       if (wanted) this.core.releaseTransfer();
+      this.transfer.installDeclined(head.seq);
       log.info("fetched state no longer needed", { seq: head.seq, applied: this.appliedSeq });
       // Its rows may be the keeper's base by now (the same seq, reached by executing).
       if (!this.keeper.owns(head.seq)) this.options.storage.stageDropSnapshot(head.seq);
@@ -1349,6 +1354,7 @@ export class OrderingDriver {
     const installed = machine.installSnapshot(importer);
     if (!installed.ok) {
       this.core.releaseTransfer();
+      this.transfer.installDeclined(head.seq);
       log.error("fetched state does not install", { seq: head.seq, reason: installed.reason });
       this.options.storage.stageDropSnapshot(head.seq);
       return;

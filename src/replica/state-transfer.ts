@@ -219,6 +219,11 @@ export class StateTransfer {
     this.fetcher.cancelUnless(seq);
   }
 
+  /** The state a transfer completed at `seq` was not installed (no longer wanted, or it did not install): the core may ask for it again. */
+  installDeclined(seq: number): void {
+    this.fetcher.installDeclined(seq);
+  }
+
   get fetching(): number | null {
     return this.fetcher.targetSeq;
   }
@@ -504,6 +509,13 @@ interface Fetch {
 
 class TransferFetcher {
   private active: Fetch | null = null;
+  /**
+   * The last target a transfer completed, handed to `install`. A request for it that the
+   * core made before the install and that runs after it (effects wait for the disk) must
+   * not start the transfer again: a fresh start deletes the parts of its seq, which are the
+   * new base's once it is installed. Forgotten when its install is declined.
+   */
+  private completed: { readonly seq: number; readonly stateDigest: Uint8Array } | null = null;
   private nonceCounter: number;
   private resumable: { head: SnapshotHead; parts: number } | null;
   /** Parts of the longest valid stream: a source that sends more is lying. */
@@ -524,6 +536,10 @@ class TransferFetcher {
   }
 
   fetch(target: TransferTarget): void {
+    const completed = this.completed;
+    if (completed !== null && completed.seq === target.seq && bytesEqual(completed.stateDigest, target.stateDigest)) return;
+    // Nor is this replica's own base fetched again over its own rows (the same seq and digest).
+    if (this.options.keeper.isBase(target.seq, target.stateDigest)) return;
     const active = this.active;
     if (active !== null && active.target.seq === target.seq && bytesEqual(active.target.stateDigest, target.stateDigest)) {
       // The core asks again (with its preferred source rotated, or a proof with more
@@ -541,6 +557,10 @@ class TransferFetcher {
   cancelUnless(seq: number | null): void {
     const active = this.active;
     if (active !== null && active.target.seq !== seq) this.abandon(active, "no longer needed");
+  }
+
+  installDeclined(seq: number): void {
+    if (this.completed?.seq === seq) this.completed = null;
   }
 
   private start(target: TransferTarget): void {
@@ -673,6 +693,7 @@ class TransferFetcher {
     const digest = checkpointStateDigest(meta.seq, appDigest, meta.clients);
     if (!bytesEqual(digest, fetch.target.stateDigest)) return this.reject(fetch, "state digest differs from the signed checkpoint digest");
     this.active = null;
+    this.completed = { seq: fetch.target.seq, stateDigest: fetch.target.stateDigest };
     const head: SnapshotHead = {
       status: "complete",
       seq: meta.seq,

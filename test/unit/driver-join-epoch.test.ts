@@ -24,7 +24,7 @@ import { Metrics } from "../../src/replica/metrics.ts";
 import { genesisMembership } from "../../src/replica/epochs.ts";
 import { coreConfigFor, type JoinEpoch, OrderingDriver } from "../../src/replica/ordering-driver.ts";
 import { encodeEnvelope, readEnvelope } from "../../src/replica/peer-messages.ts";
-import { type EpochStart, ReplicaStorage } from "../../src/replica/storage/index.ts";
+import { type EpochStart, ReplicaStorage, readJoined } from "../../src/replica/storage/index.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import type { Canonical } from "../../wire/canonical.ts";
 import { decodeRequestBody } from "../../wire/schemas.ts";
@@ -441,6 +441,17 @@ test("after a switch, the new epoch's first PREPARE goes out only once the epoch
   const k = coreConfigFor(cluster.config, 1).checkpointInterval;
   // Replica 1 (a backup in view 0) decided a set-f at seq 1, which takes effect at checkpoint k.
   decidedLog(dir, cluster, new Map([[1, 0]]), k - 1, undefined, 1);
+  // It was started as a joining replica: its data directory holds the group it joined (the file's here).
+  const seeded = ReplicaStorage.open({
+    dir: join(dir, "data-1"),
+    sync: "normal",
+    cluster: "unit",
+    replica: 1,
+    log: testLog(),
+    metrics: new Metrics(),
+  });
+  seeded.stageJoined({ membership: genesisMembership(cluster.config), start: { seq: 0, digest: new Uint8Array(32) } });
+  seeded.close();
   const startsAtVote: (EpochStart | null)[] = [];
   const started = startReplica(dir, cluster, 1, undefined, (msg, storage) => {
     if (msg.t === "PREPARE" && msg.seq === k + 1) startsAtVote.push(storage.epochStart());
@@ -499,8 +510,32 @@ test("after a switch, the new epoch's first PREPARE goes out only once the epoch
     // Its PREPARE for k+1 went out, and the epoch's start was stored by then.
     expect(startsAtVote.length).toBeGreaterThan(0);
     expect(startsAtVote[0]).toEqual({ epoch: 1, seq: k, digest: state });
+    // The group it joined is now the one it switched to: a start whose state comes back
+    // short rejoins epoch 1 from it, not the file's group (an older epoch's).
+    const joined = started.storage.store.meta("joined") as { epoch: number; f: number; seq: number; digest: Uint8Array };
+    expect({ epoch: joined.epoch, f: joined.f, seq: joined.seq, digest: joined.digest }).toEqual({ epoch: 1, f: 0, seq: k, digest: state });
   } finally {
     started.close();
+  }
+  // Its ordered state lost while it was down (what a start that finds it damaged drops):
+  // started with the group its directory holds (fitb replica's joinedBefore), it joins
+  // epoch 1 again and fetches the state, where it used to stop on an older epoch's group.
+  const db = new Database(join(dir, "data-1", STORE_FILE));
+  try {
+    db.run("DELETE FROM decided");
+  } finally {
+    db.close();
+  }
+  const record = readJoined(join(dir, "data-1"), "unit", 1);
+  expect(record?.membership.epoch).toBe(1);
+  const again = startReplica(dir, cluster, 1, record as JoinEpoch);
+  try {
+    expect(again.driver.epoch.epoch).toBe(1);
+    expect(again.log.lines.map((l) => l.msg)).toContain(
+      "joining the group again: restarted before it got the state, it keeps its votes in the epoch",
+    );
+  } finally {
+    again.close();
   }
 });
 

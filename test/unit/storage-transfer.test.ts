@@ -55,6 +55,7 @@ interface Node {
   readonly machine: ChannelMachine;
   readonly metrics: Metrics;
   readonly transfer: StateTransfer;
+  readonly keeper: SnapshotKeeper;
   installed: { importer: SnapshotImport; head: SnapshotHead } | null;
 }
 
@@ -108,6 +109,7 @@ class Network {
     const resumable = storage === undefined ? null : recoverIncoming(store, machine, partBytes);
     const node: Node = {
       id,
+      keeper,
       storage: store,
       machine,
       metrics,
@@ -495,6 +497,39 @@ describe("state transfer", () => {
     expect(fetcher.metrics.get("state_transfer_asks_repeated_total")).toBe(5);
     expect(fetcher.metrics.get("state_transfer_source_timeouts_total")).toBe(1);
     expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+  });
+
+  test("a request for the state a transfer just completed, made before its install and run after it, does not start it again over its parts", () => {
+    const { net, state, fetcher } = cluster();
+    const target = targetFor(state, [2, 0]);
+    const parts = fetchWhole(net, fetcher, target);
+    const asked = net.delivered.filter((d) => d.to === 2 || d.to === 0).length;
+    // The core's earlier request, run once the disk caught up with it (effects wait for it).
+    fetcher.transfer.fetch(target);
+    net.pump();
+    expect(net.delivered.filter((d) => d.to === 2 || d.to === 0).length).toBe(asked);
+    expect(fetcher.storage.store.partSeqs()).toEqual([{ seq: SEQ, count: parts }]);
+    expect(fetcher.transfer.fetching).toBeNull();
+    // Installed, the state is this replica's base: a request for it still leaves its rows alone.
+    const head = fetcher.installed?.head as SnapshotHead;
+    fetcher.keeper.adoptInstalled(head);
+    fetcher.transfer.installDeclined(SEQ);
+    fetcher.transfer.fetch(target);
+    net.pump();
+    expect(fetcher.storage.store.partSeqs()).toEqual([{ seq: SEQ, count: parts }]);
+    expect(fetcher.transfer.fetching).toBeNull();
+  });
+
+  test("a state whose install was declined is fetched again when the core asks for it again", () => {
+    const { net, state, fetcher } = cluster();
+    const target = targetFor(state, [2, 0]);
+    fetchWhole(net, fetcher, target);
+    fetcher.installed = null;
+    fetcher.transfer.installDeclined(SEQ);
+    fetcher.transfer.fetch(target);
+    net.pump();
+    expect((fetcher.installed as Node["installed"])?.importer.digest()).toEqual(state.digest());
+    expect(fetcher.metrics.get("state_transfer_completed_total")).toBe(2);
   });
 
   test("a replica that no longer holds the state says so, and the next one serves it", () => {

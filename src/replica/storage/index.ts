@@ -500,6 +500,11 @@ export class ReplicaStorage {
     this.commits.stage(() => store.putMeta("joined", value));
   }
 
+  /** Whether this data directory holds the group it joined (stageJoined): it was started as a replica joining the group. */
+  hasJoined(): boolean {
+    return this.store.meta("joined") !== null;
+  }
+
   /** Drops decisions persisted above `seq`: the old epoch's, past its last checkpoint (they never execute). */
   stageDropDecidedAbove(seq: number): void {
     const store = this.store;
