@@ -17,7 +17,13 @@
  * from one source at a time, writes each part to disk as an incoming snapshot, and feeds
  * it to the state machine's importer: memory stays at the state being built plus a few
  * parts. A source that stops answering is replaced by the next one (the signers of the
- * target first, then the other members, in turn). When the finished state's digest
+ * target first, then the other members, in turn); one that cannot serve (`none`), or
+ * cannot be reached (no link to it, say, under a key this replica's epoch does not
+ * accept), has its turn like the others, and once every source had its turn they are all
+ * asked again after the part timeout (at once while none could be reached yet), since a
+ * source that could not serve a moment ago may serve now. A completed state is fetched
+ * again only if its install is declined: a request the core made before the install, run
+ * after it, would otherwise start over on the parts that are becoming the base. When the finished state's digest
  * differs from the signed one and one source sent it all, that source is distrusted for
  * this target and the transfer starts over with the others; when several did (or parts
  * came back from disk), who lied cannot be told, so from then on every attempt takes one
