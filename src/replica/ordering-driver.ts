@@ -321,7 +321,8 @@ export class OrderingDriver {
   private switchAt: { seq: number; base: Extract<PersistedRecord, { t: "snapshot" }> | null } | null = null;
   /**
    * The ended epochs' stable proofs of their switch points, oldest first (the last
-   * SWITCH_PROOFS_KEPT switches seen here), for a peer still in one of those epochs.
+   * SWITCH_PROOFS_KEPT switches seen here, kept on disk across restarts: storage
+   * stageSwitchProofs), for a peer still in one of those epochs.
    */
   private readonly switchProofs: {
     epoch: number;
@@ -397,6 +398,13 @@ export class OrderingDriver {
     this.checkpointInterval = coreConfig.checkpointInterval;
     this.partBytes = partBytesFor(config.limits.frameBytesMax);
     this.keeper = new SnapshotKeeper({ storage, machine, partBytes: this.partBytes, log, metrics }, null);
+    // The proofs of the last switches seen here, from before this start: a peer still in one
+    // of those epochs is sent its proof, and the replay below captures their switch points'
+    // states again where the log still goes through them.
+    for (const kept of storage.switchProofs()) {
+      this.switchProofs.push(kept);
+      this.keeper.pin(kept.seq, SWITCH_PROOFS_KEPT);
+    }
     const recovered = this.recoverFromDisk();
     this.policy = { urgencyOf: (client: string) => urgencyOfSpace(client, (tag) => machine.priorityOf(tag)) };
     this.epochView = this.recoveredEpoch();
@@ -486,7 +494,8 @@ export class OrderingDriver {
       afterSeq: (seq, clients, stableSeq) => {
         // Captures at the stable checkpoint and after it let this replica serve state
         // transfer right after a restart.
-        if (seq % this.checkpointInterval === 0 && seq >= stableSeq) this.keeper.capture(seq, clients.export());
+        if (seq % this.checkpointInterval === 0 && (seq >= stableSeq || this.keeper.isPinned(seq)))
+          this.keeper.capture(seq, clients.export());
       },
     });
     this.keeper.setBase(recovered.base);
@@ -739,6 +748,7 @@ export class OrderingDriver {
     const membership = this.options.machine.membership();
     if (membership === null || membership.epoch <= this.epochView.epoch || this.switchAt !== null) return;
     this.switchAt = { seq, base: null };
+    this.keeper.baseAtSwitch(seq);
     this.options.storage.stageDropDecidedAbove(seq);
     this.armSwitch();
     this.options.log.info("membership change decided: this epoch ends at its checkpoint", {
@@ -825,7 +835,7 @@ export class OrderingDriver {
           epoch: theirs,
           ours,
           reason: "the peer is in a newer epoch",
-          hint: "this replica waits for a peer to send the proof that ended its epoch; if it never moves, it is further behind than its peers keep proofs for (or they all restarted since): move its data directory aside, make it a new key (fitb keygen), give the group that key (fitb admin rotate-replica-key) and start it with the new key: it joins the current epoch by state transfer",
+          hint: "this replica waits for a peer to send the proof that ended its epoch, and the state there; if it never moves, it is further behind than its peers keep proofs for (or none of them holds that state any more): move its data directory aside, make it a new key (fitb keygen), give the group that key (fitb admin rotate-replica-key) and start it with the new key: it joins the current epoch by state transfer",
         });
       } else if (theirs < ours && proof === undefined) {
         const oldest = this.switchProofs[0]?.epoch;
@@ -838,7 +848,7 @@ export class OrderingDriver {
           why:
             oldest !== undefined && theirs < oldest
               ? `the peer is further behind than the last ${SWITCH_PROOFS_KEPT} epoch switches kept: it must rejoin: its data directory moved aside, a new key given by rotate-replica-key, started with that key`
-              : "this replica restarted since that epoch ended: another peer that switched there may still have it",
+              : "this replica did not see that epoch end (it joined the group later): another peer that switched there may have it",
         });
       } else {
         const why = theirs < ours ? "the peer is in an older epoch" : "the peer is not a member of this epoch";
@@ -1190,6 +1200,7 @@ export class OrderingDriver {
     if (!this.switchProofs.some((kept) => kept.epoch === epoch)) {
       this.switchProofs.push({ epoch, seq: stable.seq, digest: stable.digest, proof: stable.proof });
       if (this.switchProofs.length > SWITCH_PROOFS_KEPT) this.switchProofs.shift();
+      this.options.storage.stageSwitchProofs(this.switchProofs);
     }
     this.switchDue = true;
   }

@@ -58,7 +58,7 @@ function keeperWithChannel() {
     digests.set(seq, digest);
     keeper.onStable(seq, digest, []);
   };
-  return { metrics, machine, publisher, keeper, digests, checkpoint };
+  return { metrics, machine, publisher, keeper, digests, checkpoint, storage };
 }
 
 test("the last switch points pinned stay servable after later stable checkpoints; an older one is let go", () => {
@@ -133,4 +133,36 @@ test("a pinned seq with no capture here leaves no room for an extra unpinned cap
   const held = [...digests].filter(([seq, digest]) => keeper.openSource(seq, digest) !== null).map(([seq]) => seq);
   expect(held).toEqual([...digests.keys()].slice(-CAPTURES_MAX));
   expect(metrics.get("snapshot_pinned_states")).toBe(0);
+});
+
+test("a switch point's checkpoint gets a base when it becomes stable, though the log since the last base would not call for one; a base of an earlier checkpoint being written gives way", () => {
+  const { keeper, digests, checkpoint, storage } = keeperWithChannel();
+  const writeOut = (seq: number): void => {
+    for (let tick = 0; tick < 10_000 && keeper.baseHead?.seq !== seq; tick++) keeper.tick();
+    storage.commits.flush(true);
+  };
+  // A first base, at the first checkpoint (the log since none holds rows).
+  storage.sinceBase.rows = 1;
+  checkpoint(INTERVAL);
+  writeOut(INTERVAL);
+  expect(keeper.baseHead?.seq).toBe(INTERVAL);
+  // The next checkpoint: the log since that base is far too short for another.
+  checkpoint(2 * INTERVAL);
+  for (let tick = 0; tick < 100; tick++) keeper.tick();
+  expect(keeper.baseHead?.seq).toBe(INTERVAL);
+  // The one after is an epoch's switch point: a base is written there.
+  keeper.baseAtSwitch(3 * INTERVAL);
+  checkpoint(3 * INTERVAL);
+  writeOut(3 * INTERVAL);
+  expect(keeper.isBase(3 * INTERVAL, digests.get(3 * INTERVAL) as Uint8Array)).toBe(true);
+  // A base due at an earlier checkpoint is being written when the next switch point becomes stable: it gives way.
+  storage.sinceBase.rows = 1_000_000;
+  checkpoint(4 * INTERVAL);
+  keeper.tick();
+  keeper.baseAtSwitch(5 * INTERVAL);
+  checkpoint(5 * INTERVAL);
+  writeOut(5 * INTERVAL);
+  expect(keeper.isBase(5 * INTERVAL, digests.get(5 * INTERVAL) as Uint8Array)).toBe(true);
+  // The parts the abandoned base had written went with the adoption.
+  expect(storage.store.partSeqs().map((row) => row.seq)).toEqual([5 * INTERVAL]);
 });

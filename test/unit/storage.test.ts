@@ -106,6 +106,28 @@ describe("ReplicaStore rows", () => {
     reopened.close();
   });
 
+  test("the proofs of the last epoch switches are kept across a restart, and a row that does not read as proofs gives none", () => {
+    const dir = freshDir();
+    const storage = openStorage(dir);
+    expect(storage.switchProofs()).toEqual([]);
+    const vote = (replica: number) => ({
+      t: "CHECKPOINT" as const,
+      seq: 256,
+      digest: new Uint8Array(32).fill(4),
+      replica,
+      sig: new Uint8Array(64).fill(replica),
+    });
+    const proofs = [{ epoch: 2, seq: 256, digest: new Uint8Array(32).fill(4), proof: [vote(0), vote(1), vote(2)] }];
+    storage.stageSwitchProofs(proofs);
+    storage.commits.flush(true);
+    storage.close();
+    const reopened = openStorage(dir);
+    expect(reopened.switchProofs()).toEqual(proofs);
+    reopened.store.putMeta("switch_proofs", [{ epoch: 2, seq: 256, digest: new Uint8Array(32), proof: "not a proof" }]);
+    expect(reopened.switchProofs()).toEqual([]);
+    reopened.close();
+  });
+
   test("a stable checkpoint prunes the core records a restart no longer needs", () => {
     const dir = freshDir();
     const storage = openStorage(dir);

@@ -20,11 +20,12 @@ import type { PublisherFloor } from "../../core/channels/types.ts";
 import type { Member, Membership } from "../../core/channels/membership.ts";
 import type { Log } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
+import type { Canonical } from "../../../wire/canonical.ts";
 import { type Disk, realDisk } from "./disk.ts";
 import { GroupCommit } from "./group-commit.ts";
 import { toHex } from "../../crypto/encoding.ts";
 import { decodeHead, encodeHead, encodeRecord, recordBatch, recordSeq, type SnapshotHead } from "./records.ts";
-import { withBatchEncoding } from "../../core/ordering/messages.ts";
+import { type Checkpoint, validateCheckpointProof, withBatchEncoding } from "../../core/ordering/messages.ts";
 import { type Checked, type CorruptRow, ReplicaStore, STORE_FILE, type StoreIdentity, type SyncPolicy } from "./store.ts";
 
 export { DEFAULT_SYNC_POLICY, SYNC_POLICIES, type SyncPolicy, StoreIdentityError } from "./store.ts";
@@ -80,6 +81,9 @@ export interface SinceBase {
 
 /** Where a membership epoch's core starts: the checkpoint seq and its state digest. */
 export type EpochStart = { readonly epoch: number; readonly seq: number; readonly digest: Uint8Array };
+
+/** The stable proof of the checkpoint where an epoch ended (ordering-driver.ts switchProofs). */
+export type SwitchProof = { readonly epoch: number; readonly seq: number; readonly digest: Uint8Array; readonly proof: Checkpoint[] };
 /** The group a replica joined (not from its cluster file) and the start of the epoch it joined. */
 export type JoinedRecord = {
   readonly membership: Membership;
@@ -498,6 +502,31 @@ export class ReplicaStorage {
     };
     const store = this.store;
     this.commits.stage(() => store.putMeta("joined", value));
+  }
+
+  /**
+   * The proofs of the last epoch switches this replica saw, oldest first, kept across its
+   * restarts: a peer still in one of those epochs is sent the proof that ended it by a
+   * replica that restarted since, not only by one that switched in the same run.
+   */
+  stageSwitchProofs(proofs: readonly SwitchProof[]): void {
+    const value = proofs.map((kept) => ({ epoch: kept.epoch, seq: kept.seq, digest: kept.digest, proof: kept.proof }));
+    const store = this.store;
+    this.commits.stage(() => store.putMeta("switch_proofs", value as unknown as Canonical));
+  }
+
+  /** The switch proofs stageSwitchProofs kept (none when absent, or when the row does not read as proofs). */
+  switchProofs(): SwitchProof[] {
+    const value = this.store.meta("switch_proofs");
+    if (!Array.isArray(value)) return [];
+    const proofs: SwitchProof[] = [];
+    for (const item of value as { epoch?: unknown; seq?: unknown; digest?: unknown; proof?: unknown }[]) {
+      const proof = validateCheckpointProof(item?.proof);
+      const { epoch, seq, digest } = item ?? {};
+      if (typeof epoch !== "number" || typeof seq !== "number" || !(digest instanceof Uint8Array) || proof === null) return [];
+      proofs.push({ epoch, seq, digest, proof });
+    }
+    return proofs;
   }
 
   /** Whether this data directory holds the group it joined (stageJoined): it was started as a replica joining the group. */

@@ -160,6 +160,25 @@ export class SnapshotKeeper {
     }
   }
 
+  /** Whether `seq` is a pinned switch point (a start captures it while replaying its log through it). */
+  isPinned(seq: number): boolean {
+    return this.pinned.includes(seq);
+  }
+
+  /**
+   * The checkpoint at `seq` is an epoch's switch point: when it becomes stable, a base is
+   * written there whatever the log since the last one holds. A replica that restarts
+   * then still holds the state a replica left in the ended epoch must fetch (from its base
+   * until the next one replaces it; a start before that base is written captures it while
+   * replaying its log through it, as a pinned switch point).
+   */
+  baseAtSwitch(seq: number): void {
+    this.switchBaseSeq = seq;
+  }
+
+  /** The switch point whose base baseAtSwitch asked for, or null. */
+  private switchBaseSeq: number | null = null;
+
   /** Pinned switch points whose state is held (a pin made before its capture, or after a restart, holds none). */
   private pinnedHeld(): Capture[] {
     return this.pinned.flatMap((seq) => this.captures.get(seq) ?? []);
@@ -205,8 +224,14 @@ export class SnapshotKeeper {
     this.stableSeq = Math.max(this.stableSeq ?? 0, seq);
     for (const s of [...this.captures.keys()]) if (s < seq) this.drop(s);
     const capture = this.captures.get(seq);
-    if (capture === undefined || !bytesEqual(capture.stateDigest, digest) || this.writing !== null) return;
-    if (!this.baseDue()) return;
+    if (capture === undefined || !bytesEqual(capture.stateDigest, digest)) return;
+    const atSwitch = seq === this.switchBaseSeq && this.base?.seq !== seq;
+    if (this.writing !== null) {
+      // A base of an earlier checkpoint gives way to the switch point's (its parts go at the next adoption).
+      if (!atSwitch || this.writing.capture.seq === seq) return;
+      this.damaged.push(...this.abandonWriting());
+    }
+    if (!atSwitch && !this.baseDue()) return;
     const { partBytes } = this.options;
     // The previous base's size, or the state's retained batches if larger (a state that grew, or the first base).
     const expectedBytes = Math.max(this.base?.bytes ?? 0, capture.state.retainedBytes);
