@@ -15,21 +15,19 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { FitbClient } from "../../src/client/index.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, startClusterWithChannels } from "./client-util.ts";
-import {
-  killAndWait,
-  logLines,
-  publishStream,
-  restartUnderTrickle,
-  type Stream,
-  waitCaughtUp,
-  historyProblems,
-} from "./durability-history.ts";
+import { killAndWait, logLines, restartUnderTrickle, type Stream, waitCaughtUp, historyProblems } from "./durability-history.ts";
 import { logTail, type TestCluster } from "./harness.ts";
-import { inEpoch as inEpochOf, rotateUnderTraffic } from "./key-rotation.ts";
+import {
+  changeUnderTraffic as changeOf,
+  inEpoch as inEpochOf,
+  quorumWithout,
+  rejoinUnderTrickle,
+  rotateUnderTraffic,
+} from "./key-rotation.ts";
 
 let cluster: TestCluster;
 let publisher: FitbClient;
-let A: string[];
+let _A: string[];
 const streams: Stream[] = [];
 /** Extra arguments each replica is started with (replica 2's new key once rotated). */
 const replicaArgs = new Map<number, string[]>();
@@ -39,7 +37,7 @@ const inEpoch = (id: number, epoch: number): boolean => inEpochOf(cluster, id, e
 beforeAll(async () => {
   cluster = await startClusterWithChannels({ replicas: 4, replicaArgs: (id) => replicaArgs.get(id) ?? [] });
   publisher = clientFor(cluster, cluster.clientKey);
-  A = ["--config", cluster.configPath, "--key", cluster.adminKey];
+  _A = ["--config", cluster.configPath, "--key", cluster.adminKey];
 }, 120_000);
 
 afterAll(async () => {
@@ -49,23 +47,8 @@ afterAll(async () => {
 
 /** Publishes until `change` (run at request 10) took effect on every live replica, then a few more. */
 async function changeUnderTraffic(live: number[], epoch: number, change: string[], prefix: string): Promise<string> {
-  let out = "";
-  let after = 0;
-  const stream = await publishStream(
-    publisher,
-    "sec.alerts",
-    prefix,
-    // Bounded: a group that never switched fails below instead of publishing forever.
-    (r) => r < 600 && (r < 20 || !live.every((id) => inEpoch(id, epoch)) || after++ < 20),
-    1,
-    async (r) => {
-      if (r !== 10) return;
-      const run = await cluster.fitb(["admin", ...A, ...change]);
-      out = `${run.code} ${run.stdout}${run.stderr}`;
-    },
-  );
+  const { stream, out } = await changeOf(cluster, publisher, { live, epoch, change, prefix });
   streams.push(stream);
-  for (const id of live) expect(inEpoch(id, epoch)).toBe(true);
   return out;
 }
 
@@ -92,15 +75,7 @@ describe("a replica two epochs behind", () => {
     await rotateReplica2();
     expect(await changeUnderTraffic(live, 2, ["set-f", "0", "--yes"], "b")).toContain("ok");
 
-    await restartUnderTrickle(cluster, publisher, 3, "sec.alerts", "t3", streams, async () => {
-      await waitFor(
-        "replica 3 to reach epoch 2",
-        () => inEpoch(3, 2),
-        120_000,
-        () => logTail(cluster, 3),
-      );
-      await waitCaughtUp(publisher, 3, 60_000);
-    });
+    await rejoinUnderTrickle(cluster, publisher, { id: 3, epoch: 2, prefix: "t3", streams });
     // It went through epoch 1, each switch point's state fetched by state transfer.
     const switches = logLines(cluster, 3, "epoch started");
     expect(switches.map((line) => line["epoch"])).toEqual([1, 2]);
@@ -110,11 +85,7 @@ describe("a replica two epochs behind", () => {
     expect(switches[1]).toMatchObject({ epoch: 2, n: 4, f: 0, rank: 3 });
 
     // With replica 1 down, epoch 2's quorum (3 of 4) needs replica 3.
-    await killAndWait(cluster, 1);
-    const after = await publishStream(publisher, "sec.alerts", "c", 20, 1);
-    streams.push(after);
-    expect(after.failures).toBe(0);
-    expect(after.acked.length).toBe(20);
+    streams.push(await quorumWithout(cluster, publisher, 1, "c"));
 
     expect(await historyProblems(publisher, "sec.alerts", streams)).toEqual([]);
   }, 400_000);

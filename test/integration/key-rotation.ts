@@ -9,7 +9,7 @@ import { expect } from "bun:test";
 import type { FitbClient } from "../../src/client/index.ts";
 import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { killAndWait, logLines, publishStream, type Stream } from "./durability-history.ts";
+import { killAndWait, logLines, publishStream, restartUnderTrickle, type Stream, waitCaughtUp } from "./durability-history.ts";
 import { logTail, type TestCluster } from "./harness.ts";
 
 /** Whether replica `id` logged that it started `epoch`. */
@@ -69,5 +69,65 @@ export async function rotateUnderTraffic(
     60_000,
     () => logTail(cluster, id),
   );
+  return stream;
+}
+
+/**
+ * Runs `fitb admin CHANGE` (a membership change: set-f, say) at request 10 of a stream
+ * published to sec.alerts, and publishes until the replicas in `live` started `epoch`
+ * (bounded), then 20 more. Returns the stream and the admin command's exit code and output.
+ */
+export async function changeUnderTraffic(
+  cluster: TestCluster,
+  publisher: FitbClient,
+  options: { readonly live: readonly number[]; readonly epoch: number; readonly change: readonly string[]; readonly prefix: string },
+): Promise<{ stream: Stream; out: string }> {
+  const { live, epoch } = options;
+  let out = "";
+  let after = 0;
+  const stream = await publishStream(
+    publisher,
+    "sec.alerts",
+    options.prefix,
+    // Bounded: a group that never switched fails below instead of publishing forever.
+    (r) => r < 600 && (r < 20 || !live.every((id) => inEpoch(cluster, id, epoch)) || after++ < 20),
+    1,
+    async (r) => {
+      if (r !== 10) return;
+      const run = await cluster.fitb(["admin", "--config", cluster.configPath, "--key", cluster.adminKey, ...options.change]);
+      out = `${run.code} ${run.stdout}${run.stderr}`;
+    },
+  );
+  for (const id of live) expect(inEpoch(cluster, id, epoch)).toBe(true);
+  return { stream, out };
+}
+
+/**
+ * Starts replica `id` (down across one or more switches) under a trickle of publishes and
+ * waits until it started `epoch` and caught up; the trickle joins `streams`.
+ */
+export async function rejoinUnderTrickle(
+  cluster: TestCluster,
+  publisher: FitbClient,
+  options: { readonly id: number; readonly epoch: number; readonly prefix: string; readonly streams: Stream[] },
+): Promise<void> {
+  const { id, epoch } = options;
+  await restartUnderTrickle(cluster, publisher, id, "sec.alerts", options.prefix, options.streams, async () => {
+    await waitFor(
+      `replica ${id} to reach epoch ${epoch}`,
+      () => inEpoch(cluster, id, epoch),
+      120_000,
+      () => logTail(cluster, id),
+    );
+    await waitCaughtUp(publisher, id, 60_000);
+  });
+}
+
+/** Stops replica `down` and publishes 20 events, each of which must be acknowledged: a quorum holds without it. */
+export async function quorumWithout(cluster: TestCluster, publisher: FitbClient, down: number, prefix: string): Promise<Stream> {
+  await killAndWait(cluster, down);
+  const stream = await publishStream(publisher, "sec.alerts", prefix, 20, 1);
+  expect(stream.failures).toBe(0);
+  expect(stream.acked.length).toBe(20);
   return stream;
 }
