@@ -748,7 +748,7 @@ export class OrderingDriver {
     const membership = this.options.machine.membership();
     if (membership === null || membership.epoch <= this.epochView.epoch || this.switchAt !== null) return;
     this.switchAt = { seq, base: null };
-    this.keeper.baseAtSwitch(seq);
+    this.keeper.switchPending(seq);
     this.options.storage.stageDropDecidedAbove(seq);
     this.armSwitch();
     this.options.log.info("membership change decided: this epoch ends at its checkpoint", {
@@ -778,9 +778,18 @@ export class OrderingDriver {
     // A replica that joined the group keeps the group it is in, not the one it joined: a
     // start whose state came back short (damage found at open) rejoins this epoch from it,
     // as a joiner restarted before it got the state, instead of an older epoch's group.
-    if (storage.hasJoined()) storage.stageJoined({ membership, start: { seq: pending.seq, digest: pending.base.stateDigest } });
-    // A peer still in the ended epoch fetches the state at the switch point from here.
+    // Not a group that removed it: a later start then resumes from its own records (and
+    // orders nothing), as before.
+    if (cfg !== null && storage.hasJoined()) {
+      storage.stageJoined({ membership, start: { seq: pending.seq, digest: pending.base.stateDigest } });
+    }
+    // A peer still in the ended epoch fetches the state at the switch point from here: from
+    // the capture while this replica runs, from a base written there once it restarted
+    // (staged after the epoch's start, so no start finds that base without it).
     this.keeper.pin(pending.seq, SWITCH_PROOFS_KEPT);
+    const proof = this.lastStable?.seq === pending.seq ? this.lastStable.proof : [];
+    if (!this.keeper.baseAtSwitch(pending.seq, proof))
+      log.warn("no state held at the switch point to write a base of", { seq: pending.seq });
     if (cfg === null) {
       this.removed = true;
       this.options.metrics.inc("epoch_switches_total");
@@ -848,7 +857,7 @@ export class OrderingDriver {
           why:
             oldest !== undefined && theirs < oldest
               ? `the peer is further behind than the last ${SWITCH_PROOFS_KEPT} epoch switches kept: it must rejoin: its data directory moved aside, a new key given by rotate-replica-key, started with that key`
-              : "this replica did not see that epoch end (it joined the group later): another peer that switched there may have it",
+              : "this replica holds no proof of that epoch's end (it joined the group after it, or its kept proofs could not be read): another peer that switched there may have it",
         });
       } else {
         const why = theirs < ours ? "the peer is in an older epoch" : "the peer is not a member of this epoch";

@@ -135,8 +135,8 @@ test("a pinned seq with no capture here leaves no room for an extra unpinned cap
   expect(metrics.get("snapshot_pinned_states")).toBe(0);
 });
 
-test("a switch point's checkpoint gets a base when it becomes stable, though the log since the last base would not call for one; a base of an earlier checkpoint being written gives way", () => {
-  const { keeper, digests, checkpoint, storage } = keeperWithChannel();
+test("a switch point gets a base once the switch is stored, not before, whatever the log since the last base holds; an earlier base being written gives way; a replica that captured the state after it became stable writes it too", () => {
+  const { keeper, digests, checkpoint, storage, machine, publisher } = keeperWithChannel();
   const writeOut = (seq: number): void => {
     for (let tick = 0; tick < 10_000 && keeper.baseHead?.seq !== seq; tick++) keeper.tick();
     storage.commits.flush(true);
@@ -150,19 +150,36 @@ test("a switch point's checkpoint gets a base when it becomes stable, though the
   checkpoint(2 * INTERVAL);
   for (let tick = 0; tick < 100; tick++) keeper.tick();
   expect(keeper.baseHead?.seq).toBe(INTERVAL);
-  // The one after is an epoch's switch point: a base is written there.
-  keeper.baseAtSwitch(3 * INTERVAL);
+  // The one after ends the epoch: though a base is due by the usual rule, none starts there
+  // until the switch is stored; then one does.
+  storage.sinceBase.rows = 1_000_000;
+  keeper.switchPending(3 * INTERVAL);
   checkpoint(3 * INTERVAL);
+  for (let tick = 0; tick < 100; tick++) keeper.tick();
+  expect(keeper.baseHead?.seq).toBe(INTERVAL);
+  expect(keeper.baseAtSwitch(3 * INTERVAL, [])).toBe(true);
   writeOut(3 * INTERVAL);
   expect(keeper.isBase(3 * INTERVAL, digests.get(3 * INTERVAL) as Uint8Array)).toBe(true);
-  // A base due at an earlier checkpoint is being written when the next switch point becomes stable: it gives way.
-  storage.sinceBase.rows = 1_000_000;
+  // A base due at an earlier checkpoint is being written when the next switch is stored: it gives way.
   checkpoint(4 * INTERVAL);
   keeper.tick();
-  keeper.baseAtSwitch(5 * INTERVAL);
+  keeper.switchPending(5 * INTERVAL);
   checkpoint(5 * INTERVAL);
+  expect(keeper.baseAtSwitch(5 * INTERVAL, [])).toBe(true);
   writeOut(5 * INTERVAL);
   expect(keeper.isBase(5 * INTERVAL, digests.get(5 * INTERVAL) as Uint8Array)).toBe(true);
   // The parts the abandoned base had written went with the adoption.
   expect(storage.store.partSeqs().map((row) => row.seq)).toEqual([5 * INTERVAL]);
+  // A replica whose peers made the switch point stable before it executed it captures the state after the stable checkpoint.
+  const late = 6 * INTERVAL;
+  keeper.switchPending(late);
+  execute(machine, [publisher.pub("sec.alerts", ["the late switch point"])]);
+  const digest = checkpointStateDigest(late, machine.digest(), CLIENTS);
+  keeper.onStable(late, digest, []);
+  keeper.capture(late, CLIENTS);
+  expect(keeper.baseAtSwitch(late, [])).toBe(true);
+  writeOut(late);
+  expect(keeper.isBase(late, digest)).toBe(true);
+  // No state held there (a replica that never captured it): nothing to write, and it says so.
+  expect(keeper.baseAtSwitch(8 * INTERVAL, [])).toBe(false);
 });

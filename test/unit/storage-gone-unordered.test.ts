@@ -65,8 +65,8 @@ test("a gone unordered channel's rows are deleted a slice per commit, then its f
   const gone = "stored events of a channel that no longer exists deleted";
 
   storage.dropGoneUnordered(live, 5);
-  expect(storage.goneUnorderedPending).toBe(2);
   storage.commits.flush(true);
+  expect(storage.goneUnorderedPending).toBe(1);
   // One slice: the first gone channel in tag order (net.gone), then the older net.links's first rows.
   expect(rowsByChannel(storage)).toEqual({
     "2:net.links": TRIM_ROWS_PER_COMMIT + 50 - (TRIM_ROWS_PER_COMMIT - 20),
@@ -116,4 +116,18 @@ test("a channel whose only remains are its floors loses them too", () => {
   storage.dropGoneUnordered([], 1);
   storage.commits.flush(true);
   expect(floorsByChannel(storage)).toEqual([]);
+});
+
+test("a channel destroyed in the turn that stored its first rows loses them too", () => {
+  const t = tempDir();
+  cleanups.push(t.remove);
+  const storage = ReplicaStorage.open({ dir: t.dir, sync: "full", cluster: "unit", replica: 0, log: testLog(), metrics: new Metrics() });
+  cleanups.push(() => storage.close());
+  // Stored and destroyed before any commit: the rows are only staged when the destroy executes.
+  const body = new TextEncoder().encode("net.brief event");
+  storage.recordUnordered("net.brief", 1, 1000, body, SIG, sha256(body));
+  storage.dropGoneUnordered([], 1);
+  storage.commits.flush(true);
+  storage.commits.flush(true);
+  expect(rowsByChannel(storage)).toEqual({});
 });

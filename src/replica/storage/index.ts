@@ -652,14 +652,20 @@ export class ReplicaStorage {
    */
   dropGoneUnordered(channels: readonly { readonly tag: string; readonly gen: number }[], lastGeneration: number): void {
     const live = new Set(channels.map((channel) => `${channel.gen}:${channel.tag}`));
-    let added = false;
-    for (const channel of this.store.unorderedChannelsStored()) {
-      const key = `${channel.gen}:${channel.tag}`;
-      if (live.has(key) || channel.gen > lastGeneration || this.goneUnordered.has(key)) continue;
-      this.goneUnordered.set(key, { ...channel, rows: 0 });
-      added = true;
-    }
-    if (added) this.trimRows();
+    // Looked for when the commit runs, after the writes staged before it: a channel whose
+    // only rows were stored in this very turn is found too.
+    this.commits.stage(() => {
+      let added = false;
+      for (const channel of this.store.unorderedChannelsStored()) {
+        const key = `${channel.gen}:${channel.tag}`;
+        if (live.has(key) || channel.gen > lastGeneration || this.goneUnordered.has(key)) continue;
+        this.goneUnordered.set(key, { ...channel, rows: 0 });
+        added = true;
+      }
+      // The slice staged below ran before this (one was pending already): another, in the next commit.
+      if (added && !this.trimStaged) this.trimRows();
+    });
+    this.trimRows();
   }
 
   /** Unordered channels that no longer exist whose rows are still being deleted. */

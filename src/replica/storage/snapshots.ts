@@ -166,18 +166,37 @@ export class SnapshotKeeper {
   }
 
   /**
-   * The checkpoint at `seq` is an epoch's switch point: when it becomes stable, a base is
-   * written there whatever the log since the last one holds. A replica that restarts
-   * then still holds the state a replica left in the ended epoch must fetch (from its base
-   * until the next one replaces it; a start before that base is written captures it while
-   * replaying its log through it, as a pinned switch point).
+   * The checkpoint at `seq` is where the current epoch ends (a membership change took
+   * effect there): no base is started there by the usual rule (onStable) until the switch
+   * is stored. A base there whose adoption reached the disk before the switch's record
+   * would leave a directory whose base is in the new epoch and whose epoch record is the
+   * old one, which no start can resume.
    */
-  baseAtSwitch(seq: number): void {
-    this.switchBaseSeq = seq;
+  switchPending(seq: number): void {
+    this.pendingSwitchSeq = seq;
   }
 
-  /** The switch point whose base baseAtSwitch asked for, or null. */
-  private switchBaseSeq: number | null = null;
+  /**
+   * The switch at `seq` (stable, with `proof`) is staged: a base is written there now,
+   * whatever the log since the last one holds, so that a replica that restarts after the
+   * switch still holds the state a replica left in the ended epoch must fetch (from its
+   * base until the next one replaces it; a start before that base is written captures it
+   * while replaying its log through it, as a pinned switch point). A base of an earlier
+   * checkpoint being written gives way (its parts go at the next adoption). False when
+   * there is no capture of that state here to write.
+   */
+  baseAtSwitch(seq: number, proof: Checkpoint[]): boolean {
+    if (this.pendingSwitchSeq === seq) this.pendingSwitchSeq = null;
+    if (this.base?.seq === seq || this.writing?.capture.seq === seq) return true;
+    const capture = this.captures.get(seq);
+    if (capture === undefined || (this.base !== null && this.base.seq > seq)) return false;
+    if (this.writing !== null) this.damaged.push(...this.abandonWriting());
+    this.startBase(capture, proof);
+    return true;
+  }
+
+  /** The checkpoint where the current epoch ends, while its switch is not stored yet (switchPending). */
+  private pendingSwitchSeq: number | null = null;
 
   /** Pinned switch points whose state is held (a pin made before its capture, or after a restart, holds none). */
   private pinnedHeld(): Capture[] {
@@ -224,14 +243,12 @@ export class SnapshotKeeper {
     this.stableSeq = Math.max(this.stableSeq ?? 0, seq);
     for (const s of [...this.captures.keys()]) if (s < seq) this.drop(s);
     const capture = this.captures.get(seq);
-    if (capture === undefined || !bytesEqual(capture.stateDigest, digest)) return;
-    const atSwitch = seq === this.switchBaseSeq && this.base?.seq !== seq;
-    if (this.writing !== null) {
-      // A base of an earlier checkpoint gives way to the switch point's (its parts go at the next adoption).
-      if (!atSwitch || this.writing.capture.seq === seq) return;
-      this.damaged.push(...this.abandonWriting());
-    }
-    if (!atSwitch && !this.baseDue()) return;
+    if (capture === undefined || !bytesEqual(capture.stateDigest, digest) || this.writing !== null) return;
+    if (seq === this.pendingSwitchSeq || !this.baseDue()) return;
+    this.startBase(capture, proof);
+  }
+
+  private startBase(capture: Capture, proof: Checkpoint[]): void {
     const { partBytes } = this.options;
     // The previous base's size, or the state's retained batches if larger (a state that grew, or the first base).
     const expectedBytes = Math.max(this.base?.bytes ?? 0, capture.state.retainedBytes);
@@ -247,7 +264,7 @@ export class SnapshotKeeper {
       lastPartTick: 0,
       yielded: 0,
     };
-    this.options.log.info("writing a base snapshot", { seq });
+    this.options.log.info("writing a base snapshot", { seq: capture.seq });
   }
 
   private baseDue(): boolean {
