@@ -27,7 +27,7 @@ import { encodeEnvelope, readEnvelope } from "../../src/replica/peer-messages.ts
 import { type EpochStart, ReplicaStorage, readJoined } from "../../src/replica/storage/index.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import type { Canonical } from "../../wire/canonical.ts";
-import { decodeRequestBody } from "../../wire/schemas.ts";
+import { type AdminCmd, decodeRequestBody } from "../../wire/schemas.ts";
 import { driverFixture } from "./driver-fixture.ts";
 import { batchDigest, TestClient, type TestLog, tempDir, testLog } from "./storage-fixtures.ts";
 
@@ -317,7 +317,7 @@ test("a joiner refuses an answer that contradicts the join its data directory be
 function decidedLog(
   dir: string,
   cluster: { config: ClusterConfig },
-  setF: ReadonlyMap<number, number>,
+  setF: ReadonlyMap<number, number | AdminCmd>,
   upTo: number,
   epochRow?: { epoch: number; seq: number; digest: Uint8Array },
   id = 0,
@@ -333,8 +333,11 @@ function decidedLog(
   const admin = new TestClient();
   const publisher = new TestClient();
   for (let seq = 1; seq <= upTo; seq++) {
-    const f = setF.get(seq);
-    const batch = f === undefined ? [publisher.pub("a.b", [`event ${seq}`])] : [admin.admin({ t: "set-f", f })];
+    const change = setF.get(seq);
+    const batch =
+      change === undefined
+        ? [publisher.pub("a.b", [`event ${seq}`])]
+        : [admin.admin(typeof change === "number" ? { t: "set-f", f: change } : change)];
     storage.persist({ t: "decided", seq, view: 0, digest: batchDigest(batch), batch, commits: [] });
   }
   storage.commits.flush(true);
@@ -433,15 +436,8 @@ function vote(cluster: { keys: SigningKey[] }, msg: PeerMessage, from: number, c
   return encodeEnvelope("ordering", signed as unknown as Canonical, epoch);
 }
 
-// The switch's side of what a start from the middle of a switch relies on (joinsFromSwitchGap):
-// the new epoch's core casts its first vote only once the epoch's start is stored.
-test("after a switch, the new epoch's first PREPARE goes out only once the epoch's start is stored", () => {
-  const dir = join(temp.dir, "switch-first-vote");
-  const cluster = writeCluster(dir, 42_950);
-  const k = coreConfigFor(cluster.config, 1).checkpointInterval;
-  // Replica 1 (a backup in view 0) decided a set-f at seq 1, which takes effect at checkpoint k.
-  decidedLog(dir, cluster, new Map([[1, 0]]), k - 1, undefined, 1);
-  // It was started as a joining replica: its data directory holds the group it joined (the file's here).
+/** Replica 1's data directory (dir/data-1) records that it joined the group: the file's group, epoch 0. */
+function seedJoined(dir: string, config: ClusterConfig): void {
   const seeded = ReplicaStorage.open({
     dir: join(dir, "data-1"),
     sync: "normal",
@@ -450,41 +446,70 @@ test("after a switch, the new epoch's first PREPARE goes out only once the epoch
     log: testLog(),
     metrics: new Metrics(),
   });
-  seeded.stageJoined({ membership: genesisMembership(cluster.config), start: { seq: 0, digest: new Uint8Array(32) } });
+  seeded.stageJoined({ membership: genesisMembership(config), start: { seq: 0, digest: new Uint8Array(32) } });
   seeded.close();
+}
+
+/**
+ * Replica 1 (a backup in view 0 of epoch 0) decides seq k (its first checkpoint, where a
+ * change decided earlier takes effect) from the leader's proposal, two PREPAREs and three
+ * COMMITs, then the checkpoint becomes stable by two more CHECKPOINTs and the switch
+ * follows; `beforeStable` runs just before those. Returns the state digest at k.
+ */
+function switchAtFirstCheckpoint(
+  started: Started,
+  cluster: { config: ClusterConfig; keys: SigningKey[] },
+  k: number,
+  client: TestClient,
+  beforeStable: () => void = () => {},
+): Uint8Array {
+  const keyOf = (id: number): Uint8Array => cluster.config.replicas[id]?.publicKey as Uint8Array;
+  const feed = (from: number, bytes: Uint8Array): void => started.driver.onPeerMessage(from, bytes, keyOf(from));
+  const batch = [client.pub("a.b", ["at the switch"])];
+  const digest = batchDigest(batch);
+  feed(0, proposalIn(cluster, { t: "PRE_PREPARE", view: 0, seq: k, digest, ts: 1_700_000_000_000, batch, sig: EMPTY_SIG }, "unit", 0));
+  for (const from of [2, 3])
+    feed(from, vote(cluster, { t: "PREPARE", view: 0, seq: k, digest, replica: from, sig: EMPTY_SIG }, from, "unit", 0));
+  started.storage.commits.flush(true);
+  for (const from of [0, 2, 3])
+    feed(from, vote(cluster, { t: "COMMIT", view: 0, seq: k, digest, replica: from, sig: EMPTY_SIG }, from, "unit", 0));
+  started.storage.commits.flush(true);
+  const own = started.sent.find((m): m is Checkpoint => m.t === "CHECKPOINT" && m.seq === k);
+  expect(own).toBeDefined();
+  const state = (own as Checkpoint).digest;
+  beforeStable();
+  for (const from of [0, 2])
+    feed(from, vote(cluster, { t: "CHECKPOINT", seq: k, digest: state, replica: from, sig: EMPTY_SIG }, from, "unit", 0));
+  started.storage.commits.flush(true);
+  return state;
+}
+
+/** A leader's proposal signed under `clusterId`, in an envelope of `epoch`. */
+function proposalIn(cluster: { keys: SigningKey[] }, header: PrePrepare, clusterId: string, epoch: number): Uint8Array {
+  const signed = { ...header, sig: sign(cluster.keys[0] as SigningKey, signingBytes(header, clusterId)) };
+  return encodeEnvelope("ordering", signed as unknown as Canonical, epoch);
+}
+
+// The switch's side of what a start from the middle of a switch relies on (joinsFromSwitchGap):
+// the new epoch's core casts its first vote only once the epoch's start is stored.
+test("after a switch, the new epoch's first PREPARE goes out only once the epoch's start is stored", () => {
+  const dir = join(temp.dir, "switch-first-vote");
+  const cluster = writeCluster(dir, 42_950);
+  const k = coreConfigFor(cluster.config, 1).checkpointInterval;
+  // Replica 1 decided a set-f at seq 1, which takes effect at checkpoint k.
+  decidedLog(dir, cluster, new Map([[1, 0]]), k - 1, undefined, 1);
+  // It was started as a joining replica: its data directory holds the group it joined.
+  seedJoined(dir, cluster.config);
   const startsAtVote: (EpochStart | null)[] = [];
   const started = startReplica(dir, cluster, 1, undefined, (msg, storage) => {
     if (msg.t === "PREPARE" && msg.seq === k + 1) startsAtVote.push(storage.epochStart());
   });
+  let state: Uint8Array = new Uint8Array(0);
   try {
-    const keyOf = (id: number): Uint8Array => cluster.config.replicas[id]?.publicKey as Uint8Array;
     const client = new TestClient();
-    const feed = (from: number, bytes: Uint8Array): void => started.driver.onPeerMessage(from, bytes, keyOf(from));
-    // Seq k decided in epoch 0: the leader's proposal, two PREPAREs and three COMMITs.
-    const batch = [client.pub("a.b", ["at the switch"])];
-    const digest = batchDigest(batch);
-    const header: PrePrepare = { t: "PRE_PREPARE", view: 0, seq: k, digest, ts: 1_700_000_000_000, batch, sig: EMPTY_SIG };
-    feed(
-      0,
-      encodeEnvelope(
-        "ordering",
-        { ...header, sig: sign(cluster.keys[0] as SigningKey, signingBytes(header, "unit")) } as unknown as Canonical,
-        0,
-      ),
-    );
-    for (const from of [2, 3])
-      feed(from, vote(cluster, { t: "PREPARE", view: 0, seq: k, digest, replica: from, sig: EMPTY_SIG }, from, "unit", 0));
-    started.storage.commits.flush(true);
-    for (const from of [0, 2, 3])
-      feed(from, vote(cluster, { t: "COMMIT", view: 0, seq: k, digest, replica: from, sig: EMPTY_SIG }, from, "unit", 0));
-    started.storage.commits.flush(true);
-    // Its own CHECKPOINT at k names the state; two more make it stable and the switch follows.
-    const own = started.sent.find((m): m is Checkpoint => m.t === "CHECKPOINT" && m.seq === k);
-    expect(own).toBeDefined();
-    const state = (own as Checkpoint).digest;
     // The new epoch's leader's proposal for k+1 arrives before the switch: it is held until then.
     const next = [client.pub("a.b", ["after the switch"])];
-    const nextHeader: PrePrepare = {
+    const header: PrePrepare = {
       t: "PRE_PREPARE",
       view: 0,
       seq: k + 1,
@@ -493,18 +518,9 @@ test("after a switch, the new epoch's first PREPARE goes out only once the epoch
       batch: next,
       sig: EMPTY_SIG,
     };
-    for (const from of [0, 2]) {
-      feed(from, vote(cluster, { t: "CHECKPOINT", seq: k, digest: state, replica: from, sig: EMPTY_SIG }, from, "unit", 0));
-    }
-    feed(
-      0,
-      encodeEnvelope(
-        "ordering",
-        { ...nextHeader, sig: sign(cluster.keys[0] as SigningKey, signingBytes(nextHeader, "unit/e1")) } as unknown as Canonical,
-        1,
-      ),
+    state = switchAtFirstCheckpoint(started, cluster, k, client, () =>
+      started.driver.onPeerMessage(0, proposalIn(cluster, header, "unit/e1", 1), cluster.config.replicas[0]?.publicKey as Uint8Array),
     );
-    started.storage.commits.flush(true);
     expect(started.driver.epoch.epoch).toBe(1);
     expect(started.log.lines.map((l) => l.msg)).toContain("epoch started");
     // Its PREPARE for k+1 went out, and the epoch's start was stored by then.
@@ -537,6 +553,36 @@ test("after a switch, the new epoch's first PREPARE goes out only once the epoch
   } finally {
     again.close();
   }
+});
+
+test("a replica that joined and is removed by a switch keeps the group it joined, not one without it", () => {
+  const dir = join(temp.dir, "switch-removed");
+  const cluster = writeCluster(dir, 42_970);
+  const k = coreConfigFor(cluster.config, 1).checkpointInterval;
+  // f lowered to 0, then replica 1 removed: both take effect at checkpoint k.
+  decidedLog(
+    dir,
+    cluster,
+    new Map<number, number | AdminCmd>([
+      [1, 0],
+      [2, { t: "remove-replica", id: 1 }],
+    ]),
+    k - 1,
+    undefined,
+    1,
+  );
+  seedJoined(dir, cluster.config);
+  const started = startReplica(dir, cluster, 1);
+  try {
+    switchAtFirstCheckpoint(started, cluster, k, new TestClient());
+    expect(started.log.lines.map((l) => l.msg)).toContain("this replica was removed from the group: it stops ordering and serving clients");
+  } finally {
+    started.close();
+  }
+  // The joined record still names it (fitb replica's joinedBefore finds it at the next start).
+  const joined = readJoined(join(dir, "data-1"), "unit", 1);
+  expect(joined?.membership.epoch).toBe(0);
+  expect(joined?.membership.members.map((member) => member.id)).toContain(1);
 });
 
 test("a replica whose epoch record is damaged is told so, not that it stopped in a switch", () => {
