@@ -330,6 +330,8 @@ export class OrderingDriver {
     digest: Uint8Array;
     proof: Extract<PersistedRecord, { t: "stable" }>["proof"];
   }[] = [];
+  /** A fetched state that ends the epoch, installed and not yet adopted as the base: it is, at the switch (installClaimed). */
+  private adoptAtSwitch: SnapshotHead | null = null;
   /** The switch point became stable in this step: the switch follows the step's effects. */
   private switchDue = false;
   /** The last stable checkpoint this replica persisted, with its proof (the switch may come after it). */
@@ -775,6 +777,9 @@ export class OrderingDriver {
     this.coreGeneration++;
     const cfg = view.coreConfig(this.baseCoreConfig, id);
     storage.stageEpochStart({ epoch: view.epoch, seq: pending.seq, digest: pending.base.stateDigest }, pending.base);
+    const installed = this.adoptAtSwitch;
+    this.adoptAtSwitch = null;
+    if (installed !== null && installed.seq === pending.seq) this.keeper.adoptInstalled(installed);
     // A replica that joined the group keeps the group it is in, not the one it joined: a
     // start whose state came back short (damage found at open) rejoins this epoch from it,
     // as a joiner restarted before it got the state, instead of an older epoch's group.
@@ -1390,8 +1395,15 @@ export class OrderingDriver {
     // The rows of unordered channels the installed state no longer has (destroyed while
     // this replica was behind) are deleted, as a start would delete them.
     dropGoneUnordered(this.options);
-    this.keeper.adoptInstalled(head);
     this.appliedSeq = head.seq;
+    // A state that ends this epoch (a laggard fetched the switch point's) becomes the base
+    // only with the switch (switchEpoch), in the same commit as the epoch's start or after
+    // it: a base of the new epoch on disk under the old epoch's record is a directory no
+    // start can resume. Until then its parts stay an incoming transfer, whole, which a start
+    // installs again from disk.
+    const endsEpoch = (machine.membership()?.epoch ?? 0) > this.epochView.epoch;
+    if (endsEpoch) this.adoptAtSwitch = head;
+    else this.keeper.adoptInstalled(head);
     this.noteMembership(head.seq);
     const clients = head.clients ?? [];
     this.keeper.capture(head.seq, clients);

@@ -115,6 +115,8 @@ function startReplica(
   id: number,
   joinEpoch?: JoinEpoch,
   onSend?: (msg: PeerMessage, storage: ReplicaStorage) => void,
+  /** Every envelope the driver sends, with its destination (state transfer included). */
+  onEnvelope?: (to: number, bytes: Uint8Array) => void,
 ): Started {
   const { config, keys } = cluster;
   const log = testLog();
@@ -135,7 +137,8 @@ function startReplica(
     onSend?.(msg, storage);
   };
   const mesh = {
-    send: (_to: number, bytes: Uint8Array) => {
+    send: (to: number, bytes: Uint8Array) => {
+      onEnvelope?.(to, bytes);
       capture(bytes);
       return true;
     },
@@ -616,3 +619,135 @@ test("a replica whose decisions go on past the switch it has no record of is tol
     `its decisions switched to epoch 1 at checkpoint ${k} and go on to seq ${k + 2}: the record of the switch is missing or damaged, or it stopped during the switch`,
   );
 });
+
+/**
+ * Watches `started`'s store after every commit: the first time a complete base at `seq`
+ * sits under an epoch record of epoch 0, `onViolation` runs (with the directory as a kill
+ * -9 right then would leave it) and the violation is recorded.
+ */
+function watchBaseUnderOldEpoch(started: Started, seq: number, onViolation: () => void = () => {}): string[] {
+  const violations: string[] = [];
+  const store = started.storage.store;
+  const original = store.transactionWritten.bind(store);
+  (store as unknown as { transactionWritten: typeof original }).transactionWritten = ((fn: () => void) => {
+    const result = original(fn);
+    const base = started.storage.heads().some((head) => head.status === "complete" && head.seq === seq);
+    if (base && (started.storage.epochStart()?.epoch ?? 0) === 0 && violations.length === 0) {
+      violations.push(`after a commit: a base at ${seq} under epoch 0's record`);
+      onViolation();
+    }
+    return result;
+  }) as typeof original;
+  return violations;
+}
+
+const tickOf = (driver: OrderingDriver): void => (driver as unknown as { onTick(): void }).onTick();
+
+test("a laggard that fetches the switch point's state adopts it as its base only with the epoch's start", () => {
+  const dir = join(temp.dir, "install-at-switch");
+  const cluster = writeCluster(dir, 43_100);
+  const k = coreConfigFor(cluster.config, 1).checkpointInterval;
+  const keyOf = (id: number): Uint8Array => cluster.config.replicas[id]?.publicKey as Uint8Array;
+  // The source: replica 1, switched at k (set-f at 1). Transfer messages queue up between the two.
+  decidedLog(dir, cluster, new Map([[1, 0]]), k - 1, undefined, 1);
+  const queue: (() => void)[] = [];
+  let laggard: Started | null = null;
+  const source = startReplica(dir, cluster, 1, undefined, undefined, (_to, bytes) => {
+    const read = readEnvelope(bytes);
+    if (read.ok && read.envelope.kind === "state-transfer") queue.push(() => laggard?.driver.onPeerMessage(1, bytes, keyOf(1)));
+  });
+  const state = switchAtFirstCheckpoint(source, cluster, k, new TestClient());
+  expect(source.driver.epoch.epoch).toBe(1);
+  // The laggard: replica 3, an empty data directory in epoch 0; only replica 1 serves it.
+  laggard = startReplica(dir, cluster, 3, undefined, undefined, (to, bytes) => {
+    const read = readEnvelope(bytes);
+    if (to === 1 && read.ok && read.envelope.kind === "state-transfer") queue.push(() => source.driver.onPeerMessage(3, bytes, keyOf(3)));
+  });
+  const lag = laggard;
+  const violations = watchBaseUnderOldEpoch(lag, k, () => cpSync(join(dir, "data-3"), join(dir, "data-3-crash"), { recursive: true }));
+  try {
+    for (const from of [0, 1, 2]) {
+      lag.driver.onPeerMessage(
+        from,
+        vote(cluster, { t: "CHECKPOINT", seq: k, digest: state, replica: from, sig: EMPTY_SIG }, from, "unit", 0),
+        keyOf(from),
+      );
+    }
+    for (let round = 0; round < 5000 && lag.driver.epoch.epoch !== 1; round++) {
+      if (queue.length === 0) tickOf(lag.driver);
+      lag.storage.commits.flush(true);
+      source.storage.commits.flush(true);
+      queue.shift()?.();
+    }
+    lag.storage.commits.flush(true);
+    expect(lag.driver.epoch.epoch).toBe(1);
+    expect(lag.driver.status().baseSnapshot).toBe(k);
+  } finally {
+    lag.close();
+    source.close();
+  }
+  // Before, the base went to disk a commit ahead of the epoch's start: a kill -9 there left
+  // a directory whose start stops ("the data directory's epoch record is missing or damaged").
+  expect(violations).toEqual([]);
+});
+
+for (const stableFirst of [false, true]) {
+  test(`a replica's own base at the switch point goes to disk only after the epoch's start${stableFirst ? " (its peers made the checkpoint stable before it executed it)" : ""}`, () => {
+    const dir = join(temp.dir, `own-base-${stableFirst}`);
+    const cluster = writeCluster(dir, stableFirst ? 43_300 : 43_200);
+    const k = coreConfigFor(cluster.config, 1).checkpointInterval;
+    const keyOf = (id: number): Uint8Array => cluster.config.replicas[id]?.publicKey as Uint8Array;
+    decidedLog(dir, cluster, new Map([[1, 0]]), k - 1, undefined, 1);
+    const client = new TestClient();
+    const batch = [client.pub("a.b", ["at the switch"])];
+    const digest = batchDigest(batch);
+    /** Decides seq k at `s`; with `checkpoints`, the peers' CHECKPOINTs of that digest arrive before the COMMITs. */
+    const decide = (s: Started, checkpoints: Uint8Array | null): Uint8Array | null => {
+      const feed = (from: number, bytes: Uint8Array): void => s.driver.onPeerMessage(from, bytes, keyOf(from));
+      feed(0, proposalIn(cluster, { t: "PRE_PREPARE", view: 0, seq: k, digest, ts: 1_700_000_000_000, batch, sig: EMPTY_SIG }, "unit", 0));
+      for (const from of [2, 3])
+        feed(from, vote(cluster, { t: "PREPARE", view: 0, seq: k, digest, replica: from, sig: EMPTY_SIG }, from, "unit", 0));
+      s.storage.commits.flush(true);
+      if (checkpoints !== null) {
+        for (const from of [0, 2, 3])
+          feed(from, vote(cluster, { t: "CHECKPOINT", seq: k, digest: checkpoints, replica: from, sig: EMPTY_SIG }, from, "unit", 0));
+        s.storage.commits.flush(true);
+      }
+      for (const from of [0, 2, 3])
+        feed(from, vote(cluster, { t: "COMMIT", view: 0, seq: k, digest, replica: from, sig: EMPTY_SIG }, from, "unit", 0));
+      s.storage.commits.flush(true);
+      return (s.sent.find((m): m is Checkpoint => m.t === "CHECKPOINT" && m.seq === k) as Checkpoint | undefined)?.digest ?? null;
+    };
+    // The state digest at k, from a copy of the same directory deciding the same batch.
+    const twinDir = join(temp.dir, `own-base-twin-${stableFirst}`);
+    cpSync(join(dir, "data-1"), join(twinDir, "data-1"), { recursive: true });
+    const twin = startReplica(twinDir, cluster, 1);
+    const state = decide(twin, null) as Uint8Array;
+    twin.close();
+    const started = startReplica(dir, cluster, 1);
+    const violations = watchBaseUnderOldEpoch(started, k);
+    try {
+      if (stableFirst) decide(started, state);
+      else {
+        decide(started, null);
+        for (const from of [0, 2]) {
+          started.driver.onPeerMessage(
+            from,
+            vote(cluster, { t: "CHECKPOINT", seq: k, digest: state, replica: from, sig: EMPTY_SIG }, from, "unit", 0),
+            keyOf(from),
+          );
+        }
+        started.storage.commits.flush(true);
+      }
+      for (let t = 0; t < 2000 && started.driver.status().baseSnapshot !== k; t++) {
+        tickOf(started.driver);
+        started.storage.commits.flush(true);
+      }
+      expect(started.driver.epoch.epoch).toBe(1);
+      expect(started.driver.status().baseSnapshot).toBe(k);
+      expect(violations).toEqual([]);
+    } finally {
+      started.close();
+    }
+  });
+}
