@@ -211,9 +211,14 @@ function preparesAt(started: Started, seq: number): string[] {
  * record's fsync (only the view record, which the PREPARE waits for, is sure to be on disk).
  */
 function loseAcceptRecords(dir: string, id: number): void {
+  onStore(dir, id, "DELETE FROM core WHERE kind = 'accept'");
+}
+
+/** Runs `statement` on replica `id`'s store in `dir` (the replica down): what its disk lost or damaged. */
+function onStore(dir: string, id: number, statement: string): void {
   const db = new Database(join(dir, `data-${id}`, STORE_FILE));
   try {
-    db.run("DELETE FROM core WHERE kind = 'accept'");
+    db.run(statement);
   } finally {
     db.close();
   }
@@ -350,12 +355,7 @@ function decidedLog(
 
 /** Breaks the checksum of replica 0's epoch record, as damage on disk does. */
 function damageEpochRow(dir: string): void {
-  const db = new Database(join(dir, "data-0", STORE_FILE));
-  try {
-    db.run("UPDATE meta SET sum = zeroblob(length(sum)) WHERE k = 'epoch'");
-  } finally {
-    db.close();
-  }
+  onStore(dir, 0, "UPDATE meta SET sum = zeroblob(length(sum)) WHERE k = 'epoch'");
 }
 
 test("a replica stopped after executing a switch checkpoint and before storing the switch is told so, with the checkpoint", () => {
@@ -539,12 +539,7 @@ test("after a switch, the new epoch's first PREPARE goes out only once the epoch
   // Its ordered state lost while it was down (what a start that finds it damaged drops):
   // started with the group its directory holds (fitb replica's joinedBefore), it joins
   // epoch 1 again and fetches the state, where it used to stop on an older epoch's group.
-  const db = new Database(join(dir, "data-1", STORE_FILE));
-  try {
-    db.run("DELETE FROM decided");
-  } finally {
-    db.close();
-  }
+  onStore(dir, 1, "DELETE FROM decided");
   const record = readJoined(join(dir, "data-1"), "unit", 1);
   expect(record?.membership.epoch).toBe(1);
   const again = startReplica(dir, cluster, 1, record as JoinEpoch);

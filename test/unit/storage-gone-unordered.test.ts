@@ -6,7 +6,7 @@ import { afterEach, expect, test } from "bun:test";
 import { sha256 } from "../../src/crypto/hash.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import { ReplicaStorage, TRIM_ROWS_PER_COMMIT } from "../../src/replica/storage/index.ts";
-import { tempDir, testLog } from "./storage-fixtures.ts";
+import { openStorage, tempDir, testLog } from "./storage-fixtures.ts";
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -106,7 +106,7 @@ test("a gone unordered channel's rows are deleted a slice per commit, then its f
 test("a channel whose only remains are its floors loses them too", () => {
   const t = tempDir();
   cleanups.push(t.remove);
-  const storage = ReplicaStorage.open({ dir: t.dir, sync: "full", cluster: "unit", replica: 0, log: testLog(), metrics: new Metrics() });
+  const storage = openStorage(t.dir);
   cleanups.push(() => storage.close());
   // Retention deleted every row of the channel; its floor stayed.
   storage.trimUnordered("net.idle", 1, 0, [{ publisher: PUBLISHER, through: 40 }]);
@@ -121,7 +121,7 @@ test("a channel whose only remains are its floors loses them too", () => {
 test("a channel destroyed in the turn that stored its first rows loses them too", () => {
   const t = tempDir();
   cleanups.push(t.remove);
-  const storage = ReplicaStorage.open({ dir: t.dir, sync: "full", cluster: "unit", replica: 0, log: testLog(), metrics: new Metrics() });
+  const storage = openStorage(t.dir);
   cleanups.push(() => storage.close());
   // Stored and destroyed before any commit: the rows are only staged when the destroy executes.
   const body = new TextEncoder().encode("net.brief event");
