@@ -79,16 +79,52 @@ function oversized(view: Uint8Array): boolean {
 }
 
 /**
- * `value` with every oversized byte view copied out, sharing every part that has none
- * (objects and arrays are copied only on the way to a view that changed; the caller's are
- * never written). Plain data only: what crosses to the thread is.
+ * Byte views of at least this many bytes cross to and from the thread in shared memory:
+ * copied once into a SharedArrayBuffer of their own on the side that hands them over, after
+ * which `postMessage` passes a reference, and every later crossing of the same bytes (a
+ * request body handed over, then back in the proposal, its accept record and its decision)
+ * is free. A structured clone instead copies the bytes into the message and out again on
+ * the other side, at every crossing. Below this a clone costs less than a shared buffer's
+ * allocation (README, Performance, "The ordering thread").
+ */
+export const SHARED_BYTES_MIN = 2048;
+
+/**
+ * How a byte view crosses to or from the thread: one already in shared memory as it is (a
+ * reference; a part of a larger shared buffer too, which both threads hold already), a large
+ * one copied into shared memory (once per call of `compacted`, however often the value names
+ * it), an oversized view into a larger buffer copied out, and any other as it is (cloned).
+ */
+function crossing(view: Uint8Array, copies: Map<Uint8Array, Uint8Array>): Uint8Array {
+  if (view.buffer instanceof SharedArrayBuffer) return view;
+  if (view.byteLength >= SHARED_BYTES_MIN) {
+    const copied = copies.get(view);
+    if (copied !== undefined) return copied;
+    const shared = new Uint8Array(new SharedArrayBuffer(view.byteLength));
+    shared.set(view);
+    copies.set(view, shared);
+    return shared;
+  }
+  return oversized(view) ? view.slice() : view;
+}
+
+/**
+ * `value` ready to cross to or from the thread: every byte view as `crossing` says, sharing
+ * every part that has none that changed (objects and arrays are copied only on the way to a
+ * view that changed; the caller's are never written). Plain data only: what crosses to the
+ * thread is. The bytes are never written after they are handed over, on either side: a
+ * request body, a message or a record is immutable once built.
  */
 export function compacted<T>(value: T): T {
-  if (value instanceof Uint8Array) return (oversized(value) ? value.slice() : value) as T;
+  return walk(value, new Map());
+}
+
+function walk<T>(value: T, copies: Map<Uint8Array, Uint8Array>): T {
+  if (value instanceof Uint8Array) return crossing(value, copies) as T;
   if (Array.isArray(value)) {
     let out: unknown[] | null = null;
     for (let i = 0; i < value.length; i++) {
-      const item = compacted(value[i] as unknown);
+      const item = walk(value[i] as unknown, copies);
       if (item !== value[i]) {
         out ??= value.slice();
         out[i] = item;
@@ -100,7 +136,7 @@ export function compacted<T>(value: T): T {
     let out: Record<string, unknown> | null = null;
     for (const key of Object.keys(value)) {
       const field = (value as Record<string, unknown>)[key];
-      const item = compacted(field);
+      const item = walk(field, copies);
       if (item !== field) {
         out ??= { ...(value as Record<string, unknown>) };
         out[key] = item;

@@ -11,6 +11,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { DEFAULT_PARAMETERS } from "../../src/core/ordering/config.ts";
 import type { FitbClient } from "../../src/client/index.ts";
+import { SHARED_BYTES_MIN } from "../../src/replica/ordering-host.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, startClusterWithChannels } from "./client-util.ts";
 import type { TestCluster } from "./harness.ts";
@@ -62,7 +63,9 @@ test("replicas with and without verification threads and the ordering thread rea
     expect(published).toBeLessThan(20 * target);
     const sent: Promise<unknown>[] = [];
     for (let k = 0; k < 8; k++, published++) {
-      sent.push(client.publish(published % 2 === 0 ? "sec.alerts" : "storage.disks", [new TextEncoder().encode(`event ${published}`)]));
+      // Every fourth request is over SHARED_BYTES_MIN: it crosses to and from the ordering threads in shared memory.
+      const event = `event ${published}`.padEnd(published % 4 === 0 ? SHARED_BYTES_MIN + 1024 : 0, ".");
+      sent.push(client.publish(published % 2 === 0 ? "sec.alerts" : "storage.disks", [new TextEncoder().encode(event)]));
     }
     await Promise.all(sent);
   }

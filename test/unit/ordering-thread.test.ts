@@ -25,6 +25,7 @@ import {
   type CoreHost,
   compacted,
   InlineCoreHost,
+  SHARED_BYTES_MIN,
   THREAD_STEPS_IN_FLIGHT_MAX,
   ThreadCoreHost,
   type ThreadCoreHostOptions,
@@ -234,5 +235,39 @@ describe("what crosses to the thread", () => {
     expect(input.msg.digest.buffer.byteLength).toBe(64 * 1024);
     const plain = { kind: "tick", nowMs: 5, list: [own] };
     expect(compacted(plain)).toBe(plain);
+  });
+
+  test("large views cross in shared memory, copied once however often the value names them; shared ones as they are", () => {
+    const body = new Uint8Array(SHARED_BYTES_MIN).map((_, i) => i & 0xff);
+    const small = new Uint8Array(SHARED_BYTES_MIN - 1).fill(7);
+    const shared = new Uint8Array(new SharedArrayBuffer(64)).fill(9);
+    const req = { client: "c", seq: 1, span: 1, body, sig: small };
+    const input = { kind: "message", msg: { batch: [req], again: req, body, shared } };
+    const out = compacted(input);
+    expect(out).toEqual(input);
+    expect(out.msg.body.buffer).toBeInstanceOf(SharedArrayBuffer);
+    // One copy: every place that named the view names the one shared copy.
+    expect(out.msg.batch[0]?.body).toBe(out.msg.body);
+    expect(out.msg.again.body).toBe(out.msg.body);
+    expect(out.msg.batch[0]?.sig).toBe(small);
+    expect(out.msg.shared).toBe(shared);
+    // The caller's value is left as it was.
+    expect(input.msg.body).toBe(body);
+    expect(body.buffer).not.toBeInstanceOf(SharedArrayBuffer);
+  });
+
+  test("a large request body comes back from the thread in shared memory, in every effect that names it", async () => {
+    const onThread = threadHost();
+    const req = new TestClient().pub(TAG, ["x".repeat(SHARED_BYTES_MIN)]);
+    expect(req.body.byteLength).toBeGreaterThanOrEqual(SHARED_BYTES_MIN);
+    const effects = (await leaderRun(onThread, [req])).flatMap((ready) => ready.effects);
+    const decide = effects.find((effect) => effect.kind === "decide");
+    const proposal = effects.find((effect) => effect.kind === "send" && effect.msg.t === "PRE_PREPARE");
+    if (decide?.kind !== "decide" || proposal?.kind !== "send" || proposal.msg.t !== "PRE_PREPARE")
+      throw new Error("the seq was not decided");
+    const decided = decide.batch[0] as ClientRequest;
+    expect(decided.body).toEqual(req.body);
+    expect(decided.body.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(proposal.msg.batch?.[0]?.body.buffer).toBeInstanceOf(SharedArrayBuffer);
   });
 });
