@@ -3,7 +3,8 @@
  * client_events_per_second_max and client_burst_events_max, subscriptions per
  * connection), overridden per key by an admin's set-quota, which is replicated state
  * (the channel machine holds it) so every replica applies the same quota. A quota's
- * rates allow a burst of one second's worth. Refusals name the limit, its value, and
+ * rates allow a burst of one second's worth, and a request larger than that once the key
+ * has used none of it (it then owes the rest). Refusals name the limit, its value, and
  * whether it is the key's quota or the cluster's default.
  */
 import type { KeyQuota } from "../core/channels/types.ts";
@@ -28,21 +29,31 @@ export class ClientLimits {
     this.events = new RateLimiter(defaults.eventsPerSecond, defaults.burstEvents);
   }
 
-  /** Null when a request of `events` events and `bytes` bytes may pass now; else why not. */
+  /**
+   * Null when a request of `events` events and `bytes` bytes may pass now (and then it is
+   * counted against both rates); else why not, and nothing is counted. A key's quota may be
+   * smaller than one request (a client batches up to `batch_events_max` events, and a
+   * request's bytes are more than its events'): such a request passes once the key's bucket
+   * is full, and the key then waits until its rate has paid for it (RateLimiter `owe`), so
+   * a quota slows a key down to its rate but never refuses a request for good.
+   */
   admit(keyHex: string, events: number, bytes: number, nowMs: number): string | null {
     const quota = this.quotaOf(keyHex);
     const eventsPerSecond = quota?.eventsPerSecond ?? null;
+    const bytesPerSecond = quota?.bytesPerSecond ?? null;
     if (eventsPerSecond === null) {
-      if (!this.events.take(keyHex, events, nowMs)) {
+      if (!this.events.fits(keyHex, events, nowMs)) {
         return `key ${keyText(keyHex)} is over the cluster's limit of ${this.defaults.eventsPerSecond} events/s (client_events_per_second_max, burst ${this.defaults.burstEvents}); retry later`;
       }
-    } else if (!this.events.take(keyHex, events, nowMs, eventsPerSecond, eventsPerSecond)) {
-      return `key ${keyText(keyHex)} is over its quota of ${eventsPerSecond} events/s (set-quota); retry later`;
+    } else if (!this.events.fits(keyHex, events, nowMs, eventsPerSecond, eventsPerSecond, true)) {
+      return `key ${keyText(keyHex)} is over its quota of ${eventsPerSecond} events/s (set-quota; a request of ${events} events${oweNote(events, eventsPerSecond)}); retry later`;
     }
-    const bytesPerSecond = quota?.bytesPerSecond ?? null;
-    if (bytesPerSecond !== null && !this.bytes.take(keyHex, bytes, nowMs, bytesPerSecond, bytesPerSecond)) {
-      return `key ${keyText(keyHex)} is over its quota of ${bytesPerSecond} bytes/s (set-quota; a request of ${bytes} bytes); retry later`;
+    if (bytesPerSecond !== null && !this.bytes.fits(keyHex, bytes, nowMs, bytesPerSecond, bytesPerSecond, true)) {
+      return `key ${keyText(keyHex)} is over its quota of ${bytesPerSecond} bytes/s (set-quota; a request of ${bytes} bytes${oweNote(bytes, bytesPerSecond)}); retry later`;
     }
+    if (eventsPerSecond === null) this.events.take(keyHex, events, nowMs);
+    else this.events.take(keyHex, events, nowMs, eventsPerSecond, eventsPerSecond, true);
+    if (bytesPerSecond !== null) this.bytes.take(keyHex, bytes, nowMs, bytesPerSecond, bytesPerSecond, true);
     return null;
   }
 
@@ -54,4 +65,10 @@ export class ClientLimits {
 
 export function keyText(keyHex: string): string {
   return formatPublicKey(fromHex(keyHex));
+}
+
+/** For a request larger than a second of its quota: when it passes. */
+function oweNote(amount: number, perSecond: number): string {
+  if (amount <= perSecond) return "";
+  return ", more than a second's worth, passes only once the key has a full second's worth unused";
 }

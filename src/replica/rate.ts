@@ -2,7 +2,9 @@
  * Per-client rate limits: a token bucket of events per client key, refilled at
  * `eventsPerSecond` up to `burst`. A publish that does not fit is refused with
  * RATE_LIMITED (the client backs off and retries); nothing is queued for it, so a flooding
- * probe costs the replica a signature check per request at most, and no memory.
+ * probe costs the replica a signature check per request at most, and no memory. A bucket
+ * may be let owe (`take`'s `owe`): a request larger than any burst then passes once the
+ * bucket is full, and the debt holds back what follows.
  */
 export const RATE_BUCKETS_MAX = 100_000;
 
@@ -22,8 +24,23 @@ export class RateLimiter {
   /**
    * Takes `events` tokens for `client` at time `nowMs`; false if the bucket has too few.
    * `perSecond` and `burst` override the limiter's own for this client (a key's quota).
+   * With `owe`, a request larger than `burst`, which no bucket could ever hold, passes once
+   * the bucket is full and leaves it owing the rest: later requests wait until the rate has
+   * paid for it, so over time the client still gets `perSecond` and no more.
    */
-  take(client: string, events: number, nowMs: number, perSecond = this.eventsPerSecond, burst = this.burst): boolean {
+  take(client: string, events: number, nowMs: number, perSecond = this.eventsPerSecond, burst = this.burst, owe = false): boolean {
+    const bucket = this.refilled(client, nowMs, perSecond, burst);
+    if (!fits(bucket, events, burst, owe)) return false;
+    bucket.tokens -= events;
+    return true;
+  }
+
+  /** Whether `take` with the same arguments would pass now; takes nothing. */
+  fits(client: string, events: number, nowMs: number, perSecond = this.eventsPerSecond, burst = this.burst, owe = false): boolean {
+    return fits(this.refilled(client, nowMs, perSecond, burst), events, burst, owe);
+  }
+
+  private refilled(client: string, nowMs: number, perSecond: number, burst: number): Bucket {
     let bucket = this.buckets.get(client);
     if (bucket === undefined) {
       if (this.buckets.size >= RATE_BUCKETS_MAX) this.evictOldest();
@@ -33,13 +50,16 @@ export class RateLimiter {
     const elapsedMs = Math.max(0, nowMs - bucket.updatedMs);
     bucket.tokens = Math.min(burst, bucket.tokens + (elapsedMs * perSecond) / 1000);
     bucket.updatedMs = nowMs;
-    if (bucket.tokens < events) return false;
-    bucket.tokens -= events;
-    return true;
+    return bucket;
   }
 
   private evictOldest(): void {
     const oldest = this.buckets.keys().next().value;
     if (oldest !== undefined) this.buckets.delete(oldest);
   }
+}
+
+/** A bucket holds `events`, or, owing allowed, it is full and `events` is more than it can ever hold. */
+function fits(bucket: Bucket, events: number, burst: number, owe: boolean): boolean {
+  return bucket.tokens >= events || (owe && events > burst && bucket.tokens >= burst);
 }

@@ -1,5 +1,6 @@
-// A publisher over its key's quota (admin set-quota) with real replica processes: every
-// replica refuses its publishes RATE_LIMITED, the client retries them ("not now") until the
+// A publisher over its key's quota (admin set-quota) with real replica processes: once a
+// request larger than the quota passed and the key owes it, every replica refuses its
+// publishes RATE_LIMITED, the client retries them ("not now") until the
 // deadline, and the publish then fails -ERR RATE_LIMITED naming the replicas' refusal, not
 // -ERR TIMEOUT "no quorum" (src/client/request-tracker.ts, deadlineError). The deadline is
 // 5 s: every replica's last answer must be that refusal, which a replica stalled that long
@@ -47,9 +48,14 @@ afterAll(async () => {
 
 describe("publishes over the key's quota until the deadline", () => {
   test("fitb pub: every line -ERR RATE_LIMITED naming the replicas' refusal, no timeout hint", async () => {
-    await setQuota(5);
+    await setQuota(1);
     try {
       const lines = Array.from({ length: 30 }, (_, i) => `line ${i}`).join("\n");
+      // One request of 30 events passes (the key's second's worth was unused) and owes 29 s of its rate.
+      const owing = await cluster.fitb(["pub", "--config", cluster.configPath, "--key", cluster.clientKey, "sec.alerts"], {
+        stdin: `${lines}\n`,
+      });
+      expect(owing.code).toBe(0);
       const run = await cluster.fitb(
         ["pub", "--config", cluster.configPath, "--key", cluster.clientKey, "sec.alerts", "--timeout", "5000"],
         {
@@ -61,7 +67,7 @@ describe("publishes over the key's quota until the deadline", () => {
       expect(out).toHaveLength(30);
       const pattern = new RegExp(
         "^-ERR RATE_LIMITED publish to sec\\.alerts \\(seq \\d+\\): 4 of 4 replicas refused it for its rate, retried until the deadline \\(5000 ms\\); " +
-          `the last, replica \\d \\(127\\.0\\.0\\.1:\\d+\\): RATE_LIMITED key ${probe.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&")} is over its quota of 5 events/s \\(set-quota\\); retry later$`,
+          `the last, replica \\d \\(127\\.0\\.0\\.1:\\d+\\): RATE_LIMITED key ${probe.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&")} is over its quota of 1 events/s \\(set-quota; a request of 30 events, more than a second's worth, passes only once the key has a full second's worth unused\\); retry later$`,
       );
       for (const line of out) expect(line).toMatch(pattern);
       expect(run.stdout).not.toContain("TIMEOUT");
@@ -77,8 +83,10 @@ describe("publishes over the key's quota until the deadline", () => {
     client.start();
     try {
       await client.publish("sec.alerts", [new TextEncoder().encode("before")]);
-      await setQuota(5);
+      await setQuota(1);
       const events = Array.from({ length: 10 }, (_, i) => new TextEncoder().encode(`burst ${i}`));
+      // The first request of 10 events passes (the key's second's worth was unused) and owes 10 s of its rate; the second waits for it.
+      await client.publish("sec.alerts", events);
       const error = (await client.publish("sec.alerts", events).catch((e: unknown) => e)) as ClientError;
       expect(error.code).toBe("RATE_LIMITED");
       expect(error.message).toContain("4 of 4 replicas refused it for its rate");

@@ -59,26 +59,34 @@ afterAll(async () => {
 });
 
 describe("admin set-quota", () => {
-  test("events per second: a publish over the key's quota is refused, naming the quota; removed, it passes", async () => {
-    expect(await setQuota(probe, ["--events-per-second", "5"])).toContain(`ok: set the quota of ${probe}: 5 events/s`);
-    // Ten lines go out as one request of 10 events, more than 5 events/s allows at once.
+  test("events per second: a request larger than the quota passes once, the next is refused while the key owes, naming the quota; removed, it passes", async () => {
+    expect(await setQuota(probe, ["--events-per-second", "1"])).toContain(`ok: set the quota of ${probe}: 1 events/s`);
+    // Ten lines go out as one request of 10 events, more than 1 event/s allows at once: it
+    // passes (the key's second's worth was unused) and the key owes 9 events, 10 s of its rate.
     const lines = Array.from({ length: 10 }, (_, i) => `burst ${i}`).join("\n");
+    const first = await cluster.fitb(["pub", ...C, "sec.alerts"], { stdin: `${lines}\n` });
+    expect(first.code).toBe(0);
+    expect(first.stdout.trim().split("\n")).toHaveLength(10);
     const refused = await cluster.fitb(["pub", ...C, "sec.alerts", "--timeout", "1500"], { stdin: `${lines}\n` });
     expect(refused.code).toBe(1);
-    expect(refused.stdout).toContain(`RATE_LIMITED key ${probe} is over its quota of 5 events/s (set-quota)`);
+    expect(refused.stdout).toContain(
+      `RATE_LIMITED key ${probe} is over its quota of 1 events/s (set-quota; a request of 10 events, more than a second's worth, passes only once the key has a full second's worth unused)`,
+    );
     expect(await setQuota(probe, [])).toContain(`ok: removed the quota of ${probe} (the cluster's defaults apply)`);
     const passed = await cluster.fitb(["pub", ...C, "sec.alerts"], { stdin: `${lines}\n` });
     expect(passed.code).toBe(0);
     expect(passed.stdout.trim().split("\n")).toHaveLength(10);
   }, 60_000);
 
-  test("bytes per second: a request larger than the quota allows is refused, naming it", async () => {
-    await setQuota(probe, ["--bytes-per-second", "200"]);
-    const refused = await cluster.fitb(["pub", ...C, "sec.alerts", "x".repeat(500), "--timeout", "1500"]);
+  test("bytes per second: a request larger than the quota passes once, the next is refused while the key owes, naming it", async () => {
+    await setQuota(probe, ["--bytes-per-second", "100"]);
+    // 2,000 bytes against 100 a second: it passes, and the key owes 20 s of its rate.
+    expect(await ok(["pub", ...C, "sec.alerts", "x".repeat(2000)])).toMatch(/^\+OK sec\.alerts \d+\n$/);
+    const refused = await cluster.fitb(["pub", ...C, "sec.alerts", "small", "--timeout", "1500"]);
     expect(refused.code).toBe(1);
-    expect(refused.stdout).toContain("is over its quota of 200 bytes/s");
-    expect(await ok(["pub", ...C, "sec.alerts", "small"])).toMatch(/^\+OK sec\.alerts \d+\n$/);
+    expect(refused.stdout).toContain("is over its quota of 100 bytes/s");
     await setQuota(probe, []);
+    expect(await ok(["pub", ...C, "sec.alerts", "small"])).toMatch(/^\+OK sec\.alerts \d+\n$/);
   }, 60_000);
 
   test("list-quotas shows every key's own limits as the replicas agree, and a removed quota is gone from it", async () => {

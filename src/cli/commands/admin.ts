@@ -168,9 +168,15 @@ export const adminCommand: Command = {
       name: "events-per-second",
       kind: "string",
       valueName: "N",
-      description: "set-quota: the key's events per second (burst: one second's worth)",
+      description:
+        "set-quota: the key's events per second (burst: one second's worth; a larger request passes once that is unused, and the key owes the rest)",
     },
-    { name: "bytes-per-second", kind: "string", valueName: "N", description: "set-quota: the key's request bytes per second" },
+    {
+      name: "bytes-per-second",
+      kind: "string",
+      valueName: "N",
+      description: "set-quota: the key's request bytes per second (burst and larger requests as for events)",
+    },
     { name: "subscriptions", kind: "string", valueName: "N", description: "set-quota: the key's open subscriptions at each replica" },
     ...MEMBERSHIP_FLAG_SPECS,
     { name: "json", kind: "boolean", description: "list-channels, list-quotas, status, members: print JSON, one object per line" },
