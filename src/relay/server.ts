@@ -34,9 +34,14 @@ import { removeSocket, socketPathProblem, withSocketUmask } from "./unix-socket.
 export const RELAY_STOP_GRACE_MS = 5_000;
 /**
  * TCP keepalive on client connections: a client that vanished while only listening
- * (a SUB with no events) is found by the probes instead of holding its subscription.
+ * (a SUB with no events) is found by the probes instead of holding its subscription. A
+ * client that exited after its FIN (a `timeout 5 nc` subscriber) looks like `nc -N`, which
+ * still reads, until its host forgets the connection (Linux: tcp_fin_timeout, 60 s) and
+ * answers a probe with a reset: probing from 10 s of silence (Bun repeats a probe at the
+ * same interval) frees its subscriptions a few seconds after that, where a first probe at
+ * 60 s met the host still answering and the next came a minute later.
  */
-export const RELAY_KEEPALIVE_DELAY_MS = 60_000;
+export const RELAY_KEEPALIVE_DELAY_MS = 10_000;
 
 export interface RelayServerOptions {
   /** The connected client the relay publishes and subscribes through. */

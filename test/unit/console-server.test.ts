@@ -60,12 +60,15 @@ afterEach(() => {
   for (const server of servers.splice(0)) server.stop();
 });
 
-function startConsole(client: FitbClient, extra: { tailStallMs?: number; tailHeartbeatMs?: number; admin?: boolean } = {}): ConsoleServer {
+function startConsole(
+  client: FitbClient,
+  extra: { tailStallMs?: number; tailHeartbeatMs?: number; admin?: boolean; port?: number } = {},
+): ConsoleServer {
   const server = ConsoleServer.start({
     client,
     admin: extra.admin ?? true,
     hostname: "127.0.0.1",
-    port: 0,
+    port: extra.port ?? 0,
     version: "test",
     connectMs: 0,
     tailStallMs: extra.tailStallMs,
@@ -100,6 +103,14 @@ async function nonReadingTail(server: ConsoleServer, cookie: string): Promise<So
 
 /** Lets the event loop run (the server writes to its sockets): a yield, not a wait for time. */
 const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+describe("console listener", () => {
+  test("a second console on a port a console holds is refused, not started beside it to take some of its connections", () => {
+    const first = startConsole(fakeClient().client);
+    const port = Number(new URL(first.url).port);
+    expect(() => startConsole(fakeClient().client, { port })).toThrow();
+  });
+});
 
 describe("console login", () => {
   test("without the session every route answers 401, and only the login page says what to do", async () => {

@@ -96,6 +96,10 @@ export class ConsoleServer {
       hostname: options.hostname,
       port: options.port,
       development: false,
+      // Bun.serve shares a port with another listener by default outside development
+      // (SO_REUSEPORT): a second console would start on the first one's port, each taking
+      // some of the connections. Refused instead, as every other fitb listener is.
+      reusePort: false,
       maxRequestBodySize: REQUEST_BODY_BYTES_MAX,
       fetch: (request) => this.route(request),
       // A tail reset for stalling (tail.ts) ends here too; nothing is said about the server.
