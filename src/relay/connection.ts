@@ -114,6 +114,8 @@ export interface RelayBackend {
   /** `tag` may be a pattern (net.*, net.>): one subscription that follows every matching channel. */
   subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle>;
   log(message: string): void;
+  /** Added to a refusal of the relay's key: ` (key ed25519:... of this relay)`; empty: nothing added. */
+  readonly keyNote?: string;
 }
 
 /**
@@ -495,9 +497,11 @@ export class RelayConnection {
         },
         (error: unknown): Answer => {
           this.releasePublishBytes(bytes);
-          metrics?.refusedTag(tag).published.inc();
-          metrics?.refusedWith(error instanceof ClientError ? error.code : "INTERNAL");
-          return { line: errorLine(error) };
+          const code = error instanceof ClientError ? error.code : "INTERNAL";
+          // UNAUTHORIZED (the key is not registered on it) comes only for a channel the replicas hold.
+          if (metrics !== null) (code === "UNAUTHORIZED" ? metrics.tag(tag) : metrics.refusedTag(tag)).published.inc();
+          metrics?.refusedWith(code);
+          return { line: errorLine(error, this.backend.keyNote) };
         },
       ),
     );
@@ -592,7 +596,7 @@ export class RelayConnection {
       const end = endLine(sub.tag, "TRIMMED", `oldest ${sub.trimmedOldest}`);
       return { line: OK_LINE, after: () => this.write(end, "subscription") };
     }
-    return { line: errorLine(error) };
+    return { line: errorLine(error, this.backend.keyNote) };
   }
 
   /** The `+OK` of a SUB is out: the event lines that waited for it follow, then any END. */
@@ -930,8 +934,9 @@ export class RelayConnection {
 // ---------------------------------------------------------------------------------------
 
 /** `-ERR <code> <reason>` for anything a command's promise rejected with. */
-export function errorLine(error: unknown): string {
-  if (error instanceof ClientError) return errLine(error.code, describeError(error));
+/** `-ERR CODE reason`; a refusal of the relay's key (UNAUTHORIZED) names it (`keyNote`), so the reader knows which key to register. */
+export function errorLine(error: unknown, keyNote = ""): string {
+  if (error instanceof ClientError) return errLine(error.code, `${describeError(error)}${error.code === "UNAUTHORIZED" ? keyNote : ""}`);
   return errLine("INTERNAL", describeError(error));
 }
 

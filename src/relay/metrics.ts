@@ -92,7 +92,7 @@ export class RelayMetrics {
       .with();
     this.published = r.counter(
       "relay_events_published_total",
-      "Events given to the relay by PUB or PUBB, counted when answered (a tag no channel has counts as _other)",
+      "Events given to the relay by PUB or PUBB, counted when answered (under _other until the replicas showed the tag names a channel: an ack, a delivery, or a refusal of the relay's key on it)",
       ["tag"],
     );
     this.acked = r.counter("relay_events_acked_total", "Events acknowledged by the replicas (+OK)", ["tag"]);
@@ -148,8 +148,9 @@ export class RelayMetrics {
 
   /**
    * The cells of a tag that exists (its own up to the bound, then the shared "_other"):
-   * call it once a replica answered for the tag (an ack, a delivery), not on a client's
-   * word, or tags that name no channel would take the series' places.
+   * call it once the replicas answered for the tag as a channel (an ack, a delivery, a
+   * refusal of the key on it: UNAUTHORIZED, which a replica answers only for a channel it
+   * holds), not on a client's word, or tags that name no channel would take the series' places.
    */
   tag(tag: string): RelayTagCells {
     const found = this.tags.get(tag);

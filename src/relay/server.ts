@@ -28,6 +28,7 @@ import type { RelayMetrics } from "./metrics.ts";
 import { resolveRelayLimits, tcpSubscriptionsMax, type RelayLimits, type ResolvedRelayLimits } from "./limits.ts";
 import { RelayOutputBytes } from "./output-bytes.ts";
 import { PublishBytesBudget } from "./publish-bytes.ts";
+import { formatPublicKey } from "../crypto/keys.ts";
 import { removeSocket, socketPathProblem, withSocketUmask } from "./unix-socket.ts";
 
 /** How long `stop()` lets connections receive their last answers before closing them. */
@@ -139,6 +140,7 @@ export class RelayServer {
       publisherFor: (tag) => this.publisherFor(tag),
       subscribe: (tag, subscribeOptions, onBatch) => this.subscribe(kind, tag, subscribeOptions, onBatch),
       log: this.log,
+      keyNote: ` (key ${formatPublicKey(this.client.publicKey)} of this relay)`,
     });
     this.backends = { tcp: backendOf("tcp"), unix: backendOf("unix") };
     this.socketPath = options.socketPath ?? null;

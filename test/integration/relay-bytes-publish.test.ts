@@ -26,6 +26,8 @@ afterEach(async () => {
 
 /** The part of FitbClient the relay publishes through; the test acknowledges by hand. */
 class HandAnsweredClient {
+  /** The relay names its key in refusals of it. */
+  readonly publicKey = new Uint8Array(32);
   readonly calls: { tag: string; events: readonly Uint8Array[]; resolve: (ack: PublishAck) => void; reject: (error: Error) => void }[] = [];
   private readonly nextSeq = new Map<string, number>();
 

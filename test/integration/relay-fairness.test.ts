@@ -27,6 +27,8 @@ afterEach(async () => {
 /** The part of FitbClient the relay uses for PING and PUB; nothing here subscribes. */
 class PlayedClient {
   readonly config = { limits: { connectionSubscriptionsMax: 64 } };
+  /** The relay names its key in refusals of it. */
+  readonly publicKey = new Uint8Array(32);
   readonly limits = { subscriptionsMax: 256 };
 
   publishLimits() {

@@ -39,6 +39,8 @@ interface PlayedSubscription {
 /** The part of FitbClient the relay uses, played by the test. */
 class PlayedClient {
   readonly config = { limits: { connectionSubscriptionsMax: 64 } };
+  /** The relay names its key in refusals of it. */
+  readonly publicKey = new Uint8Array(32);
   readonly limits: { readonly subscriptionsMax: number };
   readonly subscriptions: PlayedSubscription[] = [];
   channels: ChannelInfo[] = [];

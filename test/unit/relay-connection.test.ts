@@ -13,6 +13,7 @@ import { Publisher } from "../../src/client/publisher.ts";
 import type { BatchHandler, ReceivedBatch, SubscribeOptions, SubscriptionHandle } from "../../src/client/subscription.ts";
 import { type LineSocket, type RelayBackend, RelayConnection, type RelayTimers } from "../../src/relay/connection.ts";
 import { type RelayLimits, resolveRelayLimits } from "../../src/relay/limits.ts";
+import { RelayMetrics } from "../../src/relay/metrics.ts";
 import { RelayOutputBytes } from "../../src/relay/output-bytes.ts";
 import { PublishBytesBudget } from "../../src/relay/publish-bytes.ts";
 import { completeLines } from "../helpers/line-client.ts";
@@ -126,7 +127,7 @@ interface FakeSubscription {
 
 /** The publish target of the backend's publishers: the test acknowledges by hand. */
 class HandAnsweredTarget {
-  readonly calls: { tag: string; events: readonly Uint8Array[]; resolve: (ack: PublishAck) => void }[] = [];
+  readonly calls: { tag: string; events: readonly Uint8Array[]; resolve: (ack: PublishAck) => void; reject: (error: Error) => void }[] = [];
   private nextSeq = 1;
 
   publishLimits() {
@@ -134,7 +135,7 @@ class HandAnsweredTarget {
   }
 
   publish(tag: string, events: readonly Uint8Array[]): Promise<PublishAck> {
-    return new Promise((resolve) => this.calls.push({ tag, events, resolve }));
+    return new Promise((resolve, reject) => this.calls.push({ tag, events, resolve, reject }));
   }
 
   /** Acknowledges the oldest request not yet acknowledged. */
@@ -152,7 +153,11 @@ class HandAnsweredTarget {
 }
 
 /** A backend shared by the connections of one test, as RelayServer's is. */
-function fakeBackend(limits: Partial<RelayLimits> = {}, publisherQueueEventsMax = 1_000) {
+function fakeBackend(
+  limits: Partial<RelayLimits> = {},
+  publisherQueueEventsMax = 1_000,
+  more: Pick<RelayBackend, "metrics" | "keyNote"> = { metrics: null },
+) {
   const timers = new ManualTimers();
   const resolved = resolveRelayLimits(limits);
   const subscriptions: FakeSubscription[] = [];
@@ -160,8 +165,8 @@ function fakeBackend(limits: Partial<RelayLimits> = {}, publisherQueueEventsMax 
   const target = new HandAnsweredTarget();
   const publishers = new Map<string, Publisher>();
   const backend: RelayBackend = {
+    ...more,
     limits: resolved,
-    metrics: null,
     publishBytes: new PublishBytesBudget(resolved.publishBytesMax),
     outputBytes: new RelayOutputBytes(resolved.relayOutboundBytesMax, resolved.relayAnswerOutboundBytesMax),
     timers,
@@ -521,6 +526,29 @@ describe("publishes", () => {
     const lines = [...first.socket.lines, ...second.socket.lines, ...third.socket.lines];
     expect(lines.filter((line) => line.startsWith("-ERR"))).toEqual([]);
     expect(lines.filter((line) => /^\+OK t\.q \d+$/.test(line))).toHaveLength(4);
+  });
+});
+
+describe("refusals", () => {
+  test("a publish refused for the relay's key names the key and counts under its channel; one for a missing channel under _other", async () => {
+    const metrics = new RelayMetrics(() => ({ connections: 0, subscriptions: 0, publishers: 0, publishBytesHeld: 0, replicas: [] }));
+    const backend = fakeBackend({}, 1_000, { metrics, keyNote: " (key ed25519:RELAY of this relay)" });
+    const { connection, socket } = connect(backend);
+    send(connection, "PUB sec.ids x\nPUB no.such y\n");
+    await waitFor("both publishes sent", () => backend.target.calls.length === 2);
+    const byTag = (tag: string) => backend.target.calls.find((call) => call.tag === tag);
+    byTag("sec.ids")?.reject(new ClientError("UNAUTHORIZED", "publisher is not registered on sec.ids"));
+    byTag("no.such")?.reject(new ClientError("UNKNOWN_CHANNEL", "no channel no.such"));
+    await waitFor("both answered", () => socket.lines.length === 2);
+    expect(socket.lines).toEqual([
+      "-ERR UNAUTHORIZED publisher is not registered on sec.ids (key ed25519:RELAY of this relay)",
+      "-ERR UNKNOWN_CHANNEL no channel no.such",
+    ]);
+    const series = (await metrics.registry.text()).split("\n").filter((line) => line.startsWith("fitb_relay_events_published_total{"));
+    expect(series.sort()).toEqual([
+      'fitb_relay_events_published_total{tag="_other"} 1',
+      'fitb_relay_events_published_total{tag="sec.ids"} 1',
+    ]);
   });
 });
 
