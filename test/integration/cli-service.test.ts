@@ -163,8 +163,8 @@ describe("fitb service unit", () => {
     }
     const dir = mkdtempSync(join(tmpdir(), "fitb-unit-"));
     try {
-      // ExecStart must name an executable that exists for verify to pass.
-      const binary = process.execPath;
+      // ExecStart must name an executable that exists for verify to pass, outside the trees the sandbox hides (/tmp, homes).
+      const binary = "/bin/sh";
       for (const [name, argv] of [
         ["fitb-replica.service", ["service", "unit", "replica", "--config", "/etc/fitb/cluster.toml", "--id", "0", "--binary", binary]],
         [

@@ -75,4 +75,39 @@ describe("fitb service unit refuses what the unit's process would refuse or drop
     // A plain path stays as it was.
     expect((await run([...REPLICA, "--id", "0"])).out).toContain("ExecStart=/usr/local/bin/fitb replica ");
   });
+
+  test("a path the unit's sandbox hides (PrivateTmp, ProtectHome) is refused, saying why and where to put it", async () => {
+    for (const [argv, flag, path, why] of [
+      [["replica", "--config", "/tmp/w/cluster.toml", "--id", "0"], "config", "/tmp/w/cluster.toml", "PrivateTmp=yes"],
+      [[...REPLICA, "--id", "0", "--data", "/home/ops/fitb-data"], "data", "/home/ops/fitb-data", "ProtectHome=yes"],
+      [[...REPLICA, "--id", "0", "--key", "/root/replica-0.key"], "key", "/root/replica-0.key", "ProtectHome=yes"],
+      [["relay", "--config", "/etc/fitb/cluster.toml", "--key", "/var/tmp/probe.key"], "key", "/var/tmp/probe.key", "PrivateTmp=yes"],
+      [[...REPLICA, "--id", "0", "--binary", "/home/ops/fitb"], "binary", "/home/ops/fitb", "ProtectHome=yes"],
+    ] as const) {
+      const refused = await run([...argv]);
+      expect(refused.code).toBe(EXIT_USAGE);
+      expect(refused.err).toContain(`--${flag}: ${path} is under `);
+      expect(refused.err).toContain(why);
+      expect(refused.out).toBe("");
+    }
+    // /tmpdata is not /tmp.
+    expect((await run([...REPLICA, "--id", "0", "--data", "/tmpdata/r0"])).code).toBe(EXIT_OK);
+  });
+
+  test("a relative path is made absolute, and standard error says what the unit names", async () => {
+    const unit = await run(["replica", "--config", "etc/cluster.toml", "--id", "0"]);
+    const absolute = `${process.cwd()}/etc/cluster.toml`;
+    if (absolute.startsWith("/tmp/") || absolute.startsWith("/home/") || absolute.startsWith("/root/")) {
+      // Run from a checkout the sandbox hides: refused as above, which says so.
+      expect(unit.code).toBe(EXIT_USAGE);
+      expect(unit.err).toContain(`--config: ${absolute} is under `);
+      return;
+    }
+    expect(unit.code).toBe(EXIT_OK);
+    expect(unit.out).toContain(` --config ${absolute} `);
+    expect(unit.err).toContain(`fitb service unit: --config etc/cluster.toml is ${absolute} in the unit`);
+    expect(unit.err).toContain(
+      `fitb service unit: --config ${absolute} does not exist on this host; the service will not start until it does`,
+    );
+  });
 });

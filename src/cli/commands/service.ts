@@ -14,6 +14,7 @@
  * Because joining needs 2f other replicas, the first start of a new cluster waits for
  * them (TimeoutStartSec=infinity; `systemctl enable --now --no-block` returns at once).
  */
+import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { PORT_MAX, PORT_MIN } from "../../config/cluster.ts";
 import { parseListenAddress, RELAY_LISTEN_NONE, remoteListenRefusal } from "../../relay/listen.ts";
@@ -35,6 +36,20 @@ const RELAY_UNIT_RUNTIME_DIRECTORY = "fitb-relay";
 export const RELAY_UNIT_SOCKET = `/run/${RELAY_UNIT_RUNTIME_DIRECTORY}/${RELAY_SOCKET_NAME}`;
 /** Where systemd's StateDirectory=fitb puts the replica's data. */
 const STATE_ROOT = "/var/lib/fitb";
+/**
+ * Trees the unit's sandbox hides from the service (renderUnit): PrivateTmp=yes gives it an
+ * empty /tmp and /var/tmp of its own, ProtectHome=yes makes the home directories
+ * inaccessible. A path there in a unit is a config the service cannot read, a key it
+ * cannot load, a binary it cannot run, or data written to a throw-away /tmp.
+ */
+const SANDBOX_HIDDEN = [
+  { root: "/tmp", why: "PrivateTmp=yes gives the service an empty /tmp of its own" },
+  { root: "/var/tmp", why: "PrivateTmp=yes gives the service an empty /var/tmp of its own" },
+  { root: "/home", why: "ProtectHome=yes hides it from the service" },
+  { root: "/root", why: "ProtectHome=yes hides it from the service" },
+  { root: "/run/user", why: "ProtectHome=yes hides it from the service" },
+] as const;
+
 /** A stuck event loop is noticed within this (the replica notifies at half of it). */
 const WATCHDOG_SEC = 30;
 /** User names systemd accepts (a conservative subset of POSIX names). */
@@ -69,7 +84,8 @@ export const serviceUnitCommand: Command = {
       kind: "string",
       valueName: "FILE",
       required: true,
-      description: "The cluster file on the host (absolute path recommended)",
+      description:
+        "The cluster file on the host (a relative path is made absolute; not under /tmp or a home directory, which the sandbox hides)",
     },
     { name: "id", kind: "string", valueName: "N", description: "Replica id (replica units: required)" },
     {
@@ -117,13 +133,38 @@ export const serviceUnitCommand: Command = {
   run: runServiceUnit,
 };
 
+/**
+ * `path` (absolute) as the unit may name it: refused when the sandbox hides it, and a
+ * relative `given` is said on standard error as what it resolved to (the unit cannot
+ * follow the working directory it was written in).
+ */
+function unitPath(flag: string, given: string, io: CommandIo): string {
+  const path = resolve(given);
+  const hidden = SANDBOX_HIDDEN.find(({ root }) => path === root || path.startsWith(`${root}/`));
+  if (hidden !== undefined) {
+    throw new UsageError(
+      `--${flag}: ${path} is under ${hidden.root}, which the unit cannot use (${hidden.why}); put it under /etc/fitb, /var/lib/fitb or /opt`,
+    );
+  }
+  if (!given.startsWith("/")) io.err(`fitb service unit: --${flag} ${given} is ${path} in the unit`);
+  return path;
+}
+
+/** A file the service reads at every start: said on standard error when it is not there (the unit may be meant for another host). */
+function noteMissing(flag: string, path: string, io: CommandIo): string {
+  if (!existsSync(path))
+    io.err(`fitb service unit: --${flag} ${path} does not exist on this host; the service will not start until it does`);
+  return path;
+}
+
 function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
   const kind = args.requiredPositional("KIND");
-  const config = resolve(args.requiredString("config"));
+  const config = noteMissing("config", unitPath("config", args.requiredString("config"), io), io);
   const user = args.string("user") ?? DEFAULT_USER;
   if (!USER_PATTERN.test(user)) throw new UsageError(`--user: ${JSON.stringify(user)} is not a valid user name`);
   const binaryPath = args.string("binary") ?? DEFAULT_BINARY;
   if (!binaryPath.startsWith("/")) throw new UsageError("--binary: must be an absolute path (systemd requires one)");
+  unitPath("binary", binaryPath, io);
   // Quoted as ExecStart's first word needs when it holds spaces (/opt/my fitb/fitb).
   const binary = quote(binaryPath);
   const metrics = args.string("metrics");
@@ -139,8 +180,8 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
     // The replica's own bound (replica.ts): a unit for an id it refuses would fail at every start.
     const id = args.requiredInteger("id", 0, REPLICAS_MAX - 1);
     const key = args.string("key");
-    const keyArg = key === undefined ? "" : ` --key ${quote(resolve(key))}`;
-    const data = resolve(args.string("data") ?? `${STATE_ROOT}/replica-${id}`);
+    const keyArg = key === undefined ? "" : ` --key ${quote(noteMissing("key", unitPath("key", key, io), io))}`;
+    const data = unitPath("data", args.string("data") ?? `${STATE_ROOT}/replica-${id}`, io);
     const sync = args.string("sync");
     if (sync !== undefined && sync !== "full" && sync !== "normal")
       throw new UsageError(`--sync: expected full or normal, got ${JSON.stringify(sync)}`);
@@ -177,7 +218,7 @@ function runServiceUnit(args: ParsedArgs, io: CommandIo): number {
       description: "fitb relay (netcat gateway)",
       // The socket named, not left to $RUNTIME_DIRECTORY: systemd sets that from version 240
       // on, and a socket-only relay without it would not start.
-      exec: `${binary} relay --config ${quote(config)} --key ${quote(resolve(key))} --listen ${listen} --socket ${RELAY_UNIT_SOCKET}${remote}${metricsArg}`,
+      exec: `${binary} relay --config ${quote(config)} --key ${quote(noteMissing("key", unitPath("key", key, io), io))} --listen ${listen} --socket ${RELAY_UNIT_SOCKET}${remote}${metricsArg}`,
       user,
       stateDirectory: false,
       // $RUNTIME_DIRECTORY/relay.sock, the relay's default Unix socket for probes.
