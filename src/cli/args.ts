@@ -184,7 +184,13 @@ function checkRequiredFlags(spec: ArgsSpec, values: ReadonlyMap<string, readonly
 
 function assignPositionals(spec: ArgsSpec, given: readonly string[]): Map<string, string> {
   if (given.length > spec.positionals.length) {
-    throw new UsageError(`unexpected argument ${JSON.stringify(given[spec.positionals.length])}`);
+    const last = spec.positionals[spec.positionals.length - 1];
+    // `fitb pub net.links eth0 down`: the shell split a value with spaces.
+    const hint =
+      last === undefined
+        ? ""
+        : ` (${last.name} is one argument: quote a value with spaces, '${given.slice(spec.positionals.length - 1).join(" ")}')`;
+    throw new UsageError(`unexpected argument ${JSON.stringify(given[spec.positionals.length])}${hint}`);
   }
   const assigned = new Map<string, string>();
   spec.positionals.forEach((positional, position) => {

@@ -8,9 +8,9 @@
  * window between bind and chmod). A socket file left behind by a relay that was killed
  * is replaced; one that a running relay still answers on is not.
  */
-import { lstatSync, unlinkSync } from "node:fs";
+import { lstatSync, statSync, unlinkSync } from "node:fs";
 import { connect } from "node:net";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 
 /** The socket path cannot be used (in use, not a socket, unreadable). */
 export class SocketPathError extends Error {
@@ -43,6 +43,14 @@ export function socketPathProblem(path: string): string | null {
   if (Buffer.byteLength(path) > UNIX_SOCKET_PATH_BYTES_MAX) {
     return `${path} is ${Buffer.byteLength(path)} bytes; a Unix socket path holds at most ${UNIX_SOCKET_PATH_BYTES_MAX}`;
   }
+  const dir = dirname(path);
+  let isDir: boolean;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch {
+    return `${dir} does not exist: make the directory for the socket ${path} first`;
+  }
+  if (!isDir) return `${dir} is not a directory, so ${path} cannot be made there`;
   return null;
 }
 

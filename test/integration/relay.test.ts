@@ -8,7 +8,7 @@ import { FitbClient } from "../../src/client/client.ts";
 import { requireClusterConfig, type ClusterConfig } from "../../src/config/cluster.ts";
 import { formatPublicKey, loadSigningKeyFile, type SigningKey } from "../../src/crypto/keys.ts";
 import { RelayServer } from "../../src/relay/server.ts";
-import { clearStaleSocket } from "../../src/relay/unix-socket.ts";
+import { clearStaleSocket, socketPathProblem } from "../../src/relay/unix-socket.ts";
 import { existsSync, lstatSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -509,6 +509,11 @@ describe("relay: bounds at their limit", () => {
       writeFileSync(socketPath, "not a socket");
       await expect(clearStaleSocket(socketPath)).rejects.toThrow("is not a socket");
       rmSync(socketPath);
+      // A socket in a directory that is not there: said before listening, which would say only that it failed.
+      expect(socketPathProblem(join(dir, "nodir", "relay.sock"))).toBe(
+        `${join(dir, "nodir")} does not exist: make the directory for the socket ${join(dir, "nodir", "relay.sock")} first`,
+      );
+      expect(socketPathProblem(socketPath)).toBeNull();
       // A socket file left by a process killed with -9: nobody answers on it.
       const holder = Bun.spawn(
         [

@@ -72,7 +72,10 @@ describe("parseArgs", () => {
     expect(usageError(["a", "--out", "k", "--force=yes"])).toBe("--force does not take a value");
     expect(usageError(["a"])).toBe("missing required flag --out FILE");
     expect(usageError(["--out", "k"])).toBe("missing argument FIRST");
-    expect(usageError(["--out", "k", "a", "b", "c"])).toBe('unexpected argument "c"');
+    // The shell split a value with spaces (fitb pub net.links eth0 down): the hint says how to give it.
+    expect(usageError(["--out", "k", "a", "b", "c", "d"])).toBe(
+      `unexpected argument "c" (SECOND is one argument: quote a value with spaces, 'b c d')`,
+    );
   });
 
   test("integers are decimal, whole and in range", () => {

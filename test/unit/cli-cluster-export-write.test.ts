@@ -29,4 +29,11 @@ describe("replaceFile", () => {
     expect(() => replaceFile(out, 'name = "x"\n')).toThrow(`cannot write ${out}: `);
     expect(readdirSync(dir)).toEqual(["out"]);
   });
+
+  test("a directory that does not exist is named as the reason", () => {
+    const out = join(directory, "no-such-dir", "cluster.toml");
+    expect(() => replaceFile(out, 'name = "x"\n')).toThrow(
+      `cannot write ${out}: the directory ${join(directory, "no-such-dir")} does not exist`,
+    );
+  });
 });

@@ -174,6 +174,8 @@ export function replaceFile(path: string, text: string): void {
     } catch {
       // Not a file this wrote (a directory of that name): left as it was; the error below says what failed.
     }
-    throw new CommandError(`cannot write ${path}: ${(error as Error).message}`);
+    const code = (error as NodeJS.ErrnoException).code;
+    const why = code === "ENOENT" ? `the directory ${dirname(path)} does not exist` : (error as Error).message;
+    throw new CommandError(`cannot write ${path}: ${why}`);
   }
 }
