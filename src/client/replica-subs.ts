@@ -61,6 +61,8 @@ export interface ReplicaSubsOwner {
   signal(signal: SubscriptionSignal): void;
   /** f+1 replicas refused the subscription: it ends with `error`. */
   fail(error: Error): void;
+  /** Whether the subscription had started (its end is then no refusal: a destroy, an unregister). */
+  hasStarted(): boolean;
 }
 
 export class ReplicaSubs {
@@ -311,7 +313,7 @@ export class ReplicaSubs {
         new SubscriptionEndedError(
           subEndErrorCode(agreed.code),
           agreed.code,
-          `subscription to ${this.owner.tag} refused: ${agreed.code} ${agreed.reason}`,
+          `subscription to ${this.owner.tag} ${this.owner.hasStarted() ? "ended" : "refused"}: ${agreed.code} ${agreed.reason}`,
         ),
       );
       return;

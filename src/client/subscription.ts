@@ -437,6 +437,7 @@ export class ClientSubscription implements Subscription {
     this.replicas = new ReplicaSubs(host, this, {
       tag: this.tag,
       resumePoint: () => this.resumePoint(),
+      hasStarted: () => this.start.t === "started",
       isPaused: () => this.delivery.pausedAt !== null,
       isStandby: (replica) => this.narrowing?.isStandby(replica) === true,
       signal: (signal) => this.signal(signal),

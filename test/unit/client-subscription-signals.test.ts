@@ -1,7 +1,8 @@
 // What one replica can make a subscriber do per frame is bounded: a copy contradicting what
 // was delivered, sent again and again, and a SUB_END SLOW answered to every SUBSCRIBE, each
 // give a signal per interval (signal-limiter.ts), not one per frame, and a replica that
-// ends the subscription SLOW again with no copy in between is asked ever later.
+// ends the subscription SLOW again with no copy in between is asked ever later. An end that
+// f+1 replicas agree on says whether it ended a started subscription or refused a new one.
 import { expect, test } from "bun:test";
 import { ClientSubscription, SLOW_RETRY_MS_FIRST, type SubscriptionSignal } from "../../src/client/subscription.ts";
 import { SigningKey } from "../../src/crypto/keys.ts";
@@ -66,4 +67,26 @@ test("a SLOW after copies arrived is asked again at once, as a client that fell 
   }
   expect(host.subscribesTo(2) - before).toBe(3);
   await sub.close();
+});
+
+test("f+1 replicas ending a started subscription end it, saying ended; before it started, refused", async () => {
+  const { host, sub } = await started();
+  for (const r of [0, 1]) {
+    const subId = host.subIdAt(r);
+    sub.onSubEnd(r, subId, { sub: subId, replica: r, code: "DESTROYED", reason: "channel net.links was destroyed" });
+  }
+  expect(
+    await sub.done.then(
+      () => "closed",
+      (error: Error) => error.message,
+    ),
+  ).toBe("subscription to net.links ended: DESTROYED channel net.links was destroyed");
+  const fresh = new ScriptedHost();
+  const refused = new ClientSubscription(fresh, channel(TAG, "byzantine", "total"), { from: 1, sources: "all" }, () => {}, 60_000);
+  const begun = refused.begin().catch((error: Error) => error.message);
+  for (const r of [0, 1]) {
+    const subId = fresh.subIdAt(r);
+    refused.onSubEnd(r, subId, { sub: subId, replica: r, code: "UNAUTHORIZED", reason: "subscriber is not registered on net.links" });
+  }
+  expect(await begun).toBe("subscription to net.links refused: UNAUTHORIZED subscriber is not registered on net.links");
 });
