@@ -135,6 +135,20 @@ describe("admin list-channels and destroy-channel", () => {
     expect(alerts).toMatchObject({ fault: "byzantine", order: "total", publishers: 1, subscribers: 0, lastSeq: 2, retainedEvents: 2 });
     expect(alerts.publisherKeys).toEqual([probe]);
     expect(alerts.subscriberKeys).toEqual([]);
+    // A TAG or a pattern narrows the listing; one that names nothing fails, saying so.
+    const one = (await ok(["admin", ...A, "list-channels", "sec.alerts"])).trimEnd().split("\n");
+    expect(one.map((line) => line.split(/\s+/)[0])).toEqual(["TAG", "sec.alerts"]);
+    const tags = (text: string) =>
+      text
+        .trim()
+        .split("\n")
+        .map((line) => JSON.parse(line).tag);
+    expect(tags(await ok(["admin", ...A, "list-channels", "sec.*", "--json"]))).toContain("sec.alerts");
+    expect(tags(await ok(["admin", ...A, "list-channels", "sec.*", "--json"]))).not.toContain("net.links");
+    const none = await cluster.fitb(["admin", ...A, "list-channels", "no.such"]);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toContain("no channel no.such");
+    expect((await cluster.fitb(["admin", ...A, "list-channels", "net.>.x"])).code).toBe(2);
   }, 30_000);
 
   test("destroy-channel asks for --yes when the channel holds events", async () => {

@@ -8,7 +8,7 @@
  *   register TAG --publisher PUBKEY | --subscriber PUBKEY
  *   unregister TAG --publisher PUBKEY | --subscriber PUBKEY
  *   set-quota PUBKEY [--events-per-second N] [--bytes-per-second N] [--subscriptions N]
- *   list-channels [--json]
+ *   list-channels [TAG|PATTERN] [--json]
  *   list-quotas [--json]
  *   status [--json]
  *   add-replica | remove-replica | rotate-replica-key | set-f | members (admin-members.ts)
@@ -21,6 +21,7 @@
 import type { AdminCmd } from "../../../wire/schemas.ts";
 import { SYS_TAG_PREFIX } from "../../../wire/types.ts";
 import { ClientError } from "../../client/errors.ts";
+import { isPattern, matchesPattern, patternProblem } from "../../client/pattern.ts";
 import type { FitbClient } from "../../client/client.ts";
 import { loadClientSetup } from "../../client/setup.ts";
 import { bytesEqual } from "../../crypto/encoding.ts";
@@ -124,8 +125,9 @@ export const adminCommand: Command = {
     "      Limits of one client key at every replica, overriding the cluster's [limits]",
     "      defaults; a limit not given keeps the default; no limit at all removes the quota.",
     "      A refused request or subscription names the limit it met.",
-    "  list-channels [--json]       Channels: CLASS, registered keys, last seq, retention use",
-    "                               (--json: one object per channel, with the keys). LAST-SEQ and",
+    "  list-channels [TAG] [--json] Channels: CLASS, registered keys, last seq, retention use",
+    "                               (--json: one object per channel, with the keys); TAG or a",
+    "                               pattern (net.*, net.>) lists only those. LAST-SEQ and",
     "                               RETAINED: on a crash channel the highest any replica gives",
     "                               (order none: the most one replica holds); on a byzantine one",
     "                               the (f+1)-th highest, which f faulty replicas cannot raise",
@@ -204,7 +206,8 @@ export const adminCommand: Command = {
 /** A fully validated invocation: what to do, decided before any file is read. */
 type AdminAction =
   | { readonly t: "change"; readonly cmd: AdminCmd; readonly yes: boolean }
-  | { readonly t: "list-channels"; readonly json: boolean }
+  /** `only`: a tag or a pattern (net.*, net.>) the listing is narrowed to; null: every channel. */
+  | { readonly t: "list-channels"; readonly json: boolean; readonly only: string | null }
   | { readonly t: "list-quotas"; readonly json: boolean }
   | { readonly t: "members"; readonly json: boolean }
   | { readonly t: "status"; readonly json: boolean };
@@ -231,7 +234,12 @@ export function parseAction(args: ParsedArgs): AdminAction {
   checkFlagsFor(subcommand, args);
   const tagText = args.positional("TAG");
   switch (subcommand) {
-    case "list-channels":
+    case "list-channels": {
+      if (tagText === undefined) return { t: subcommand, json: args.boolean("json"), only: null };
+      const problem = isPattern(tagText) ? patternProblem(tagText) : null;
+      if (problem !== null) throw new UsageError(`TAG: ${problem}`);
+      return { t: subcommand, json: args.boolean("json"), only: isPattern(tagText) ? tagText : requireTag(tagText) };
+    }
     case "list-quotas":
     case "members":
     case "status":
@@ -360,9 +368,15 @@ async function perform(client: FitbClient, action: AdminAction, io: CommandIo): 
       if (action.cmd.t === "set-f") await checkSetF(client, action.cmd.f, action.yes);
       io.out(describeChange(action.cmd, await client.admin(action.cmd).catch((error) => Promise.reject(namingKey(error, action.cmd)))));
       return EXIT_OK;
-    case "list-channels":
-      await printChannels(client, await client.listChannels(), action.json, io);
+    case "list-channels": {
+      const only = action.only;
+      const channels = (await client.listChannels()).filter((channel) => only === null || matchesPattern(only, channel.tag));
+      if (only !== null && channels.length === 0) {
+        throw new CommandError(isPattern(only) ? `no channel matches ${only}` : `no channel ${only}`);
+      }
+      await printChannels(client, channels, action.json, io);
       return EXIT_OK;
+    }
     case "list-quotas":
       printQuotas(await client.listQuotas(), action.json, io);
       return EXIT_OK;
