@@ -56,6 +56,7 @@ import {
   rankRule,
   type ChannelInfo,
   type KeyQuotaListing,
+  type GroupListing,
   type MembersListing,
   membersListing,
   membersWithStart,
@@ -98,6 +99,12 @@ export interface MembershipState {
   readonly epoch: number | null;
   readonly ids: readonly number[];
   readonly f: number;
+  /**
+   * The group followed as f+1 replicas listed it at the last read that agreed on its epoch
+   * (their addresses, which a client may reach otherwise); null while the client runs on
+   * the cluster file's. Set also when it is the file's group: then it matches the file.
+   */
+  readonly group: GroupListing | null;
   /** Groups taken since the client started. */
   readonly changes: number;
   /** Answers naming a newer group that fewer than f+1 replicas backed, and agreed groups the client could not vote with. */
@@ -206,6 +213,8 @@ export class FitbClient {
   /** Following the group (membership-follow.ts). */
   private readonly follow = {
     epoch: null as number | null,
+    /** The group of `epoch`, as f+1 replicas listed it (MembershipState.group). */
+    group: null as GroupListing | null,
     inFlight: false,
     lastAt: Number.NEGATIVE_INFINITY,
     dueAt: Number.POSITIVE_INFINITY,
@@ -316,6 +325,7 @@ export class FitbClient {
       epoch: this.follow.epoch,
       ids: this.group.connections.map((connection) => connection.id),
       f: this.group.f,
+      group: this.follow.group,
       changes: this.follow.changes,
       refused: this.follow.refused,
       failedReads: this.follow.failedReads,
@@ -927,6 +937,8 @@ export class FitbClient {
     const current = { epoch: this.follow.epoch, ids: this.group.connections.map((connection) => connection.id) };
     if (!isNewer(group, current, sameAsFile(group, this.config), this.config.epoch)) {
       if (this.follow.epoch === null && group.epoch >= this.config.epoch) this.follow.epoch = group.epoch;
+      // An older group f+1 replicas still list (some behind, one faulty) is not the one followed.
+      if (this.follow.epoch === group.epoch) this.follow.group = group;
       this.warnIfFileStale();
       return;
     }
@@ -949,6 +961,7 @@ export class FitbClient {
       }),
     );
     this.follow.epoch = group.epoch;
+    this.follow.group = group;
     this.follow.changes++;
     for (const id of [...change.removed, ...change.replaced]) {
       this.everReady.delete(id);

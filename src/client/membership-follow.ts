@@ -22,7 +22,7 @@
 import type { Canonical } from "../../wire/canonical.ts";
 import { encodeCanonical } from "../../wire/canonical.ts";
 import type { QueryReply } from "../../wire/schemas.ts";
-import type { ClusterConfig } from "../config/cluster.ts";
+import { type ClusterConfig, replicaById } from "../config/cluster.ts";
 import { bytesEqual, toHex } from "../crypto/encoding.ts";
 import { vouchQuorum } from "../core/voting/quorum.ts";
 import { NoQuorumError } from "./errors.ts";
@@ -136,14 +136,62 @@ export function groupProblem(group: GroupListing): string | null {
   return null;
 }
 
+/** Where a replica is and which key it holds, as the cluster file or the group lists it. */
+export interface ListedReplica {
+  readonly host: string;
+  readonly port: number;
+  readonly key: Uint8Array;
+}
+
+/** One replica the cluster file lists otherwise than the group: another key, or only one of them lists it. */
+export interface FileDifference {
+  readonly id: number;
+  /** The file's entry; null when the file does not list the replica (added since). */
+  readonly file: ListedReplica | null;
+  /** The group's member; null when the group does not have it (removed since). */
+  readonly group: ListedReplica | null;
+}
+
+/** The cluster file against a group f+1 replicas agreed on. */
+export interface FileComparison {
+  /** The group's epoch. */
+  readonly epoch: number;
+  readonly fileF: number;
+  readonly groupF: number;
+  /** The replicas listed otherwise, ascending by id. */
+  readonly replicas: readonly FileDifference[];
+  /** Same f, ids and keys (sameAsFile). */
+  readonly matches: boolean;
+}
+
+/**
+ * How the cluster file differs from `group`: its f, and each replica whose key differs or
+ * that only one of them lists. An address alone is no difference (sameAsFile says why);
+ * both are given, for a replica that differs otherwise, to be shown where they differ.
+ */
+export function compareWithFile(group: GroupListing, config: ClusterConfig): FileComparison {
+  const ids = [...new Set([...group.members.map((member) => member.id), ...config.replicas.map((replica) => replica.id)])];
+  const replicas: FileDifference[] = [];
+  for (const id of ids.sort((a, b) => a - b)) {
+    const member = group.members.find((candidate) => candidate.id === id);
+    const entry = replicaById(config, id);
+    if (member !== undefined && entry !== undefined && bytesEqual(member.key, entry.publicKey)) continue;
+    replicas.push({
+      id,
+      file: entry === undefined ? null : { host: entry.host, port: entry.port, key: entry.publicKey },
+      group: member === undefined ? null : { host: member.host, port: member.port, key: member.key },
+    });
+  }
+  return { epoch: group.epoch, fileF: config.f, groupF: group.f, replicas, matches: group.f === config.f && replicas.length === 0 };
+}
+
 /**
  * Whether a group is the one the cluster file lists: same f, ids and keys. Addresses do
  * not count: a client may reach a replica by another name or port than the replicas'
  * own file gives (NAT, a public name), as peers may (config/digest.ts).
  */
 export function sameAsFile(group: GroupListing, config: ClusterConfig): boolean {
-  if (group.f !== config.f || group.members.length !== config.replicas.length) return false;
-  return group.members.every((member) => fileEntryOf(config, member) !== undefined);
+  return compareWithFile(group, config).matches;
 }
 
 /** The cluster file's entry for a member with the same id and key, if the file lists it so. */

@@ -4,10 +4,15 @@
  * with one replica stopped it exits 1 (degraded) and names it in the table and the JSON.
  * A replica started with a cluster file whose [limits] differ answers clients but is
  * refused by its peers at the handshake: status calls it isolated (exit 1), and top too.
+ * Run with a cluster file that lists another key for one replica, status follows the
+ * group (which has the right key) and warns that the file differs, naming the replica,
+ * both keys and `fitb cluster export`, whose file then matches.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { parseClusterConfig } from "../../src/config/cluster.ts";
+import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { BUN, MAIN, startCluster, type TestCluster } from "./harness.ts";
 
@@ -15,17 +20,29 @@ let cluster: TestCluster;
 /** A replica started from a cluster file of its own (`path`), and which. */
 let drifted: { id: number; path: string } | null = null;
 
+interface ListedReplica {
+  host: string;
+  port: number;
+  key: string;
+}
+
 interface JsonReport {
   health: string;
   exit_code: number;
   leader: number | null;
   problems: string[];
   warnings: string[];
+  cluster_file: {
+    matches_group: boolean;
+    group_epoch: number;
+    f: { file: number; group: number };
+    replicas: { id: number; file: ListedReplica | null; group: ListedReplica | null }[];
+  } | null;
   replicas: { id: number; up: boolean; reason?: string; flags: string[]; peers_up?: number[] | null; peers_unreached?: number[] }[];
 }
 
-function status(json: boolean): Promise<{ code: number; stdout: string; stderr: string }> {
-  const args = ["admin", "--config", cluster.configPath, "--key", cluster.adminKey, "status", "--connect-timeout", "30000"];
+function status(json: boolean, configPath = cluster.configPath): Promise<{ code: number; stdout: string; stderr: string }> {
+  const args = ["admin", "--config", configPath, "--key", cluster.adminKey, "status", "--connect-timeout", "30000"];
   return cluster.fitb(json ? [...args, "--json"] : args, { timeoutMs: 60_000 });
 }
 
@@ -140,6 +157,77 @@ describe("fitb admin status", () => {
       top.kill();
     }
   }, 120_000);
+
+  test("a cluster file that lists another key for one replica: a warning naming it, both keys and `fitb cluster export`; the exit code is the group's", async () => {
+    let report: JsonReport | null = null;
+    await waitFor(
+      "status to see all four replicas up and linked again",
+      async () => {
+        const result = await status(true);
+        report = result.stdout === "" ? null : (JSON.parse(result.stdout) as JsonReport);
+        return report?.replicas.every((r) => r.up) === true && report.health !== "no-quorum";
+      },
+      60_000,
+      () => JSON.stringify(report),
+    );
+    expect((report as unknown as JsonReport).cluster_file).toEqual({
+      matches_group: true,
+      group_epoch: 0,
+      f: { file: 1, group: 1 },
+      replicas: [],
+    });
+    const victim = 3;
+    const text = readFileSync(cluster.configPath, "utf8");
+    const parsed = parseClusterConfig(text, cluster.configPath);
+    if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
+    const right = parsed.config.replicas.find((replica) => replica.id === victim)?.publicKeyText as string;
+    const wrong = formatPublicKey(SigningKey.generate().publicKey);
+    const path = join(cluster.dir, "wrong-key.toml");
+    writeFileSync(path, text.replace(`key = "${right}"`, `key = "${wrong}"`));
+    expect(readFileSync(path, "utf8")).toContain(wrong);
+
+    // The client reads the group, dials replica 3 with the group's key, and so sees every replica up.
+    let code = -1;
+    await waitFor(
+      "status from the wrong file to see all four replicas up",
+      async () => {
+        const result = await status(true, path);
+        code = result.code;
+        report = result.stdout === "" ? null : (JSON.parse(result.stdout) as JsonReport);
+        return report?.replicas.every((r) => r.up) === true && report.health !== "no-quorum";
+      },
+      60_000,
+      () => `exit ${code}: ${JSON.stringify(report)}`,
+    );
+    const seen = report as unknown as JsonReport;
+    // A warning: the group is as healthy as it was, so the exit code follows the problems alone.
+    expect(code).toBe(seen.problems.length === 0 ? 0 : 1);
+    const address = { host: "127.0.0.1", port: cluster.basePort + victim };
+    expect(seen.cluster_file).toEqual({
+      matches_group: false,
+      group_epoch: 0,
+      f: { file: 1, group: 1 },
+      replicas: [{ id: victim, file: { ...address, key: wrong }, group: { ...address, key: right } }],
+    });
+    const warning = seen.warnings.find((w) => w.startsWith("the cluster file differs from the replica group (epoch 0): "));
+    expect(warning).toContain(`the file lists replica ${victim} with key ${wrong}, the group with key ${right};`);
+    expect(warning).toContain(
+      `a client or relay started from this file refuses replica ${victim} at the handshake until 2 of the file's replicas have given it the group`,
+    );
+    expect(warning).toContain("re-export it with `fitb cluster export --config FILE --key ADMINKEY --out NEWFILE`");
+    const table = await status(false, path);
+    expect(table.code).toBe(code);
+    expect(table.stdout).toContain(`\nwarning: ${warning}`);
+
+    // What the warning says to do: the exported file matches the group.
+    const fixed = join(cluster.dir, "exported.toml");
+    const exported = await cluster.fitb(["cluster", "export", "--config", path, "--key", cluster.adminKey, "--out", fixed]);
+    expect(exported.code).toBe(0);
+    const after = await status(true, fixed);
+    const fixedReport = JSON.parse(after.stdout) as JsonReport;
+    expect(fixedReport.cluster_file?.matches_group).toBe(true);
+    expect(fixedReport.warnings.filter((w) => w.startsWith("the cluster file differs"))).toEqual([]);
+  }, 150_000);
 
   test("a replica whose cluster file's [limits] differ answers, but its peers refuse it: isolated, exit 1, in status and top", async () => {
     let report: JsonReport | null = null;

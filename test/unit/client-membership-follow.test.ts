@@ -12,6 +12,7 @@ import { FitbClient } from "../../src/client/client.ts";
 import { NoQuorumError } from "../../src/client/errors.ts";
 import {
   type AgreedGroup,
+  compareWithFile,
   fileEntryOf,
   groupProblem,
   isNewer,
@@ -329,6 +330,84 @@ describe("an EPOCH notice asks for a read of the group, and changes nothing by i
       expect(client.membership.notices).toBe(3);
     } finally {
       client.close();
+    }
+  });
+});
+
+describe("the cluster file against the group f+1 replicas agreed on (compareWithFile: admin status warns with it)", () => {
+  const file = fourReplicaFile;
+  const other = SigningKey.generate().publicKey;
+  const member = (id: number, key = keys[id] as Uint8Array, host = "127.0.0.1") => ({ id, host, port: 7100 + id, peerPort: null, key });
+  const groupOf = (epoch: number, f: number, list: GroupListing["members"]): GroupListing => ({
+    epoch,
+    f,
+    members: list,
+    digest: digest(epoch),
+  });
+  const take = (client: FitbClient, group: GroupListing): void =>
+    (client as unknown as { takeGroup(agreed: AgreedGroup): void }).takeGroup({ group, dissent: new Map() });
+
+  test("the file's f, ids and keys match whatever the addresses (sameAsFile agrees)", () => {
+    const group = groupOf(
+      0,
+      1,
+      [0, 1, 2, 3].map((id) => member(id, keys[id], "10.9.9.9")),
+    );
+    expect(compareWithFile(group, file())).toEqual({ epoch: 0, fileF: 1, groupF: 1, replicas: [], matches: true });
+    expect(sameAsFile(group, file())).toBe(true);
+  });
+
+  test("another key for replica 3: named with both keys and both addresses", () => {
+    const group = groupOf(0, 1, [member(0), member(1), member(2), member(3, other, "10.0.0.3")]);
+    const comparison = compareWithFile(group, file());
+    expect(comparison.matches).toBe(false);
+    expect(sameAsFile(group, file())).toBe(false);
+    expect(comparison.replicas).toEqual([
+      { id: 3, file: { host: "127.0.0.1", port: 7103, key: keys[3] as Uint8Array }, group: { host: "10.0.0.3", port: 7103, key: other } },
+    ]);
+  });
+
+  test("a member the file does not list, one the group no longer has, and another f, ascending by id", () => {
+    const comparison = compareWithFile(groupOf(2, 2, [member(0), member(1), member(2), member(4), member(5)]), file());
+    expect(comparison).toMatchObject({ epoch: 2, fileF: 1, groupF: 2, matches: false });
+    expect(comparison.replicas.map((r) => [r.id, r.file === null, r.group === null])).toEqual([
+      [3, false, true],
+      [4, true, false],
+      [5, true, false],
+    ]);
+    expect(
+      compareWithFile(
+        groupOf(
+          0,
+          0,
+          [0, 1, 2, 3].map((id) => member(id)),
+        ),
+        file(),
+      ).matches,
+    ).toBe(false);
+  });
+
+  test("the client keeps the group it follows (MembershipState.group): the file's own, or the one it moved to", () => {
+    const matching = new FitbClient({ config: file(), key: SigningKey.generate() });
+    const moved = new FitbClient({ config: file(), key: SigningKey.generate() });
+    try {
+      expect(matching.membership.group).toBeNull();
+      const same = groupOf(
+        0,
+        1,
+        [0, 1, 2, 3].map((id) => member(id)),
+      );
+      take(matching, same);
+      expect(matching.membership).toMatchObject({ epoch: 0, changes: 0 });
+      expect(matching.membership.group).toBe(same);
+      const rekeyed = groupOf(0, 1, [member(0), member(1), member(2), member(3, other)]);
+      take(moved, rekeyed);
+      expect(moved.membership).toMatchObject({ epoch: 0, changes: 1 });
+      expect(moved.membership.group).toBe(rekeyed);
+      expect(compareWithFile(moved.membership.group as GroupListing, moved.config).replicas.map((r) => r.id)).toEqual([3]);
+    } finally {
+      matching.close();
+      moved.close();
     }
   });
 });

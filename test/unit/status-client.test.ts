@@ -1,11 +1,12 @@
 // `fitb admin status` and `fitb top` judge the replica group the replicas agree on, not the
 // cluster file's (src/cli/commands/status-client.ts): the first report waits for the
 // client's first read of the group; when no group can be read, the report judges the
-// file's replicas and says so. Driven against a fake client.
+// file's replicas and says so; when the group read differs from the cluster file, a
+// warning says how. Driven against a fake client.
 import { describe, expect, test } from "bun:test";
 import { type ClusterStatus, type MembershipState, summarizeStatus } from "../../src/client/client.ts";
 import { DEFAULT_TIMEOUTS } from "../../src/client/options.ts";
-import type { EachAnswer, ReplicaStatusAnswer } from "../../src/client/queries.ts";
+import type { EachAnswer, GroupListing, ReplicaStatusAnswer } from "../../src/client/queries.ts";
 import {
   beginGroupRead,
   downReasons,
@@ -14,16 +15,20 @@ import {
   readStatusReport,
   type StatusSource,
 } from "../../src/cli/commands/status-client.ts";
-import { STATUS_DEGRADED, STATUS_NO_QUORUM } from "../../src/cli/commands/status-report.ts";
-import type { ClusterConfig } from "../../src/config/cluster.ts";
+import { STATUS_DEGRADED, STATUS_NO_QUORUM, STATUS_OK, statusJsonReport } from "../../src/cli/commands/status-report.ts";
+import { type ClusterConfig, parseClusterConfig } from "../../src/config/cluster.ts";
+import { renderClusterToml } from "../../src/config/init.ts";
+import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
 
 /** A client of a cluster file listing replicas 0..3 (f=1), whose read of the group runs `onRead`. */
 class FakeClient implements StatusSource {
-  readonly config = { name: "unit" } as ClusterConfig;
+  config = { name: "unit" } as ClusterConfig;
   readonly timeouts = { ...DEFAULT_TIMEOUTS, queryMs: 60_000 };
   ids = [0, 1, 2, 3];
   f = 1;
   epoch: number | null = null;
+  /** The group read, as the client keeps it (MembershipState.group). */
+  group: GroupListing | null = null;
   failedReads = 0;
   /** Replicas with a session up (the others refused the connection). */
   up = new Set([0, 1, 2, 3]);
@@ -42,6 +47,7 @@ class FakeClient implements StatusSource {
       epoch: this.epoch,
       ids: this.ids,
       f: this.f,
+      group: this.group,
       changes: 0,
       refused: 0,
       failedReads: this.failedReads,
@@ -147,6 +153,51 @@ describe("status client: the group judged", () => {
     expect(groupReadProblem({ epoch: null, failedReads: 0 }, "finished", 5_000)).toStartWith(
       "the member list the replicas agree on was not taken",
     );
+  });
+
+  test("a cluster file that lists another key for replica 3 than the group read: a warning naming both keys and the fix, exit 0", async () => {
+    const keys = [0, 1, 2, 3].map(() => SigningKey.generate().publicKey);
+    const wrong = SigningKey.generate().publicKey;
+    const fileKeys = keys.map((key, id) => (id === 3 ? wrong : key));
+    const text = renderClusterToml({
+      name: "unit",
+      f: 1,
+      replicas: fileKeys.map((publicKey, id) => ({ id, host: "127.0.0.1", port: 7100 + id, publicKey })),
+      adminKeys: [SigningKey.generate().publicKey],
+      clientKeys: [],
+    });
+    const parsed = parseClusterConfig(text, "/nonexistent/cluster.toml");
+    if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
+    const members = keys.map((key, id) => ({ id, host: "127.0.0.1", port: 7100 + id, peerPort: null, key }));
+    const fake = new FakeClient(async (f) => {
+      await Bun.sleep(0);
+      f.epoch = 0;
+      f.group = { epoch: 0, f: 1, members, digest: new Uint8Array(32) };
+    });
+    fake.config = parsed.config;
+    beginGroupRead(fake);
+    const report = await readStatusReport(fake, 5_000);
+    expect(report.exitCode).toBe(STATUS_OK);
+    expect(report.problems).toEqual([]);
+    expect(report.clusterFile?.replicas.map((r) => r.id)).toEqual([3]);
+    expect(report.warnings).toHaveLength(1);
+    expect(report.warnings[0]).toContain(
+      `the file lists replica 3 with key ${formatPublicKey(wrong)}, the group with key ${formatPublicKey(keys[3] as Uint8Array)}`,
+    );
+    expect(report.warnings[0]).toContain("fitb cluster export");
+    expect(statusJsonReport(report).cluster_file).toMatchObject({ matches_group: false, replicas: [{ id: 3 }] });
+
+    // The group unread: nothing to compare the file with (the problem says why already).
+    const unread = new FakeClient(async (f) => {
+      await Bun.sleep(0);
+      f.failedReads = 1;
+    });
+    unread.config = parsed.config;
+    beginGroupRead(unread);
+    const judged = await readStatusReport(unread, 5_000);
+    expect(judged.clusterFile).toBeNull();
+    expect(judged.warnings).toEqual([]);
+    expect(statusJsonReport(judged).cluster_file).toBeNull();
   });
 
   test("a replica with a session that did not answer is 'no answer', whatever its session failed with before", () => {

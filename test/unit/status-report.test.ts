@@ -1,11 +1,14 @@
 // `fitb admin status` as a monitoring check (issue 15, item 2): every replica's line
 // whatever answered, the same reason in the table and the JSON, flags for a dead or
-// disputed leader, replicas in another view and lagging ones, and the exit codes.
+// disputed leader, replicas in another view and lagging ones, and the exit codes; a
+// cluster file that lists the group otherwise is a warning.
 import { describe, expect, test } from "bun:test";
 import { type ClusterStatus, summarizeStatus } from "../../src/client/client.ts";
+import type { FileComparison } from "../../src/client/membership-follow.ts";
 import type { EachAnswer, ReplicaStatusAnswer } from "../../src/client/queries.ts";
 import {
   assessStatus,
+  fileDiffersWarning,
   judgePeerLinks,
   LAG_SEQS_DEFAULT,
   STATUS_DEGRADED,
@@ -14,6 +17,7 @@ import {
   statusJsonReport,
   statusTable,
 } from "../../src/cli/commands/status-report.ts";
+import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
 
 const CLUSTER = { name: "unit", n: 4, f: 1 };
 const ADDRESSES = [0, 1, 2, 3].map((id) => ({ id, address: `127.0.0.1:710${id}`, isReady: true }));
@@ -339,5 +343,75 @@ describe("admin status: a replica's links to its peers", () => {
     expect(hides.problems).toEqual([]);
     expect(hides.warnings).toHaveLength(3);
     expect(hides.warnings.every((warning) => warning.includes("does not reach replica 2"))).toBe(true);
+  });
+});
+
+describe("admin status: the cluster file against the group read", () => {
+  const [groupKey, fileKey, addedKey] = [0, 1, 2].map(() => SigningKey.generate().publicKey) as [Uint8Array, Uint8Array, Uint8Array];
+  const at = (host: string, port: number, key: Uint8Array) => ({ host, port, key });
+  const comparison = (replicas: FileComparison["replicas"], fileF = 1, groupF = 1): FileComparison => ({
+    epoch: 0,
+    fileF,
+    groupF,
+    replicas,
+    matches: replicas.length === 0 && fileF === groupF,
+  });
+
+  test("a file listing another key for replica 3: a warning naming it, both keys and the fix; health and exit code stay (0)", () => {
+    const file = comparison([{ id: 3, file: at("127.0.0.1", 7103, fileKey), group: at("127.0.0.1", 7103, groupKey) }]);
+    const report = assessStatus({ ...CLUSTER, clusterFile: file }, statusOf([{}, {}, {}, {}]), REFUSED);
+    expect(report.health).toBe("ok");
+    expect(report.exitCode).toBe(STATUS_OK);
+    expect(report.problems).toEqual([]);
+    const warning =
+      `the cluster file differs from the replica group (epoch 0): the file lists replica 3 with key ${formatPublicKey(fileKey)}, ` +
+      `the group with key ${formatPublicKey(groupKey)}; a client or relay started from this file refuses replica 3 at the handshake ` +
+      "until 2 of the file's replicas have given it the group: re-export it with " +
+      "`fitb cluster export --config FILE --key ADMINKEY --out NEWFILE` and give the new file to clients, relays and hosts";
+    expect(report.warnings).toEqual([warning]);
+    expect(statusTable(report).at(-1)).toBe(`warning: ${warning}`);
+    expect(statusJsonReport(report).cluster_file).toEqual({
+      matches_group: false,
+      group_epoch: 0,
+      f: { file: 1, group: 1 },
+      replicas: [
+        {
+          id: 3,
+          file: { host: "127.0.0.1", port: 7103, key: formatPublicKey(fileKey) },
+          group: { host: "127.0.0.1", port: 7103, key: formatPublicKey(groupKey) },
+        },
+      ],
+    });
+  });
+
+  test("a file that matches: no warning, cluster_file says so; no group read: cluster_file null", () => {
+    const report = assessStatus({ ...CLUSTER, clusterFile: comparison([]) }, statusOf([{}, {}, {}, {}]), REFUSED);
+    expect(report.warnings).toEqual([]);
+    expect(statusJsonReport(report).cluster_file).toEqual({ matches_group: true, group_epoch: 0, f: { file: 1, group: 1 }, replicas: [] });
+    expect(statusJsonReport(assessStatus(CLUSTER, statusOf([{}, {}, {}, {}]), REFUSED)).cluster_file).toBeNull();
+  });
+
+  test("addresses are given where they differ; a member the file lacks, one it lists that left, and a raised f are each named", () => {
+    const moved = fileDiffersWarning(comparison([{ id: 2, file: at("10.0.0.9", 7102, fileKey), group: at("::1", 7102, groupKey) }]));
+    expect(moved).toContain(
+      `the file lists replica 2 with key ${formatPublicKey(fileKey)} at 10.0.0.9:7102, the group with key ${formatPublicKey(groupKey)} at [::1]:7102`,
+    );
+    const changed = fileDiffersWarning(
+      comparison(
+        [
+          { id: 3, file: at("127.0.0.1", 7103, fileKey), group: null },
+          { id: 4, file: null, group: at("127.0.0.1", 7104, addedKey) },
+        ],
+        1,
+        2,
+      ),
+    );
+    expect(changed).toStartWith(
+      "the cluster file differs from the replica group (epoch 0): the file says f=1, the group f=2; " +
+        "the file lists replica 3 (at 127.0.0.1:7103), which is not a member; " +
+        `replica 4 is a member (at 127.0.0.1:7104, key ${formatPublicKey(addedKey)}) the file does not list; ` +
+        "a client or relay started from this file goes by it until 2 of the file's replicas have given it the group, " +
+        "which faulty replicas of a group with f=2 can give it: re-export it with `fitb cluster export",
+    );
   });
 });

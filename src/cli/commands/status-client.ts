@@ -12,6 +12,7 @@
  * degraded, exit 1).
  */
 import { type ClusterStatus, FitbClient, summarizeStatus } from "../../client/client.ts";
+import { compareWithFile } from "../../client/membership-follow.ts";
 import { loadClientSetup } from "../../client/setup.ts";
 import { EACH_ANSWER_GRACE_MS } from "../../client/queries.ts";
 import { vouchQuorum } from "../../core/voting/quorum.ts";
@@ -144,9 +145,20 @@ export function downReasons(client: Pick<StatusSource, "replicaStates">): Map<nu
   );
 }
 
-/** The report on the group the replicas agree on (or, when it could not be read, the cluster file's, saying so). */
+/**
+ * The report on the group the replicas agree on (or, when it could not be read, the cluster
+ * file's, saying so), with the cluster file compared to that group: the client took the
+ * group and dials it, so it sees no trouble with a file that lists a replica's key wrong,
+ * while one started from the file before it read the group does.
+ */
 export async function readStatusReport(client: StatusSource, connectMs: number): Promise<StatusReport> {
   const unread = await groupUnread(client);
   const status = await readClusterStatus(client, connectMs);
-  return assessStatus({ name: client.config.name, n: client.n, f: client.f, groupUnread: unread }, status, downReasons(client));
+  const group = client.membership.group;
+  const clusterFile = unread === null && group !== null ? compareWithFile(group, client.config) : null;
+  return assessStatus(
+    { name: client.config.name, n: client.n, f: client.f, groupUnread: unread, clusterFile },
+    status,
+    downReasons(client),
+  );
 }

@@ -14,6 +14,13 @@
  * the report judges the file's replicas and says so, and is at best degraded (1): a check
  * that could not see the group must not say ok.
  *
+ * The cluster file given is compared with the group read (membership-follow.ts
+ * compareWithFile): a replica whose key it lists otherwise, one it lists that the group no
+ * longer has or lacks, or another f, is a warning that names each and says to export the
+ * group's file. The group itself is as healthy either way, so the exit code stays; but a
+ * client started from that file goes by it until f+1 of its replicas give it the group,
+ * and with a wrong key refuses that replica until then, or for good with too few up.
+ *
  * Up to f replicas may answer anything, so no figure rests on one answer: how far behind
  * a replica is counts from the last decided seq f+1 replicas have reached, and whatever a
  * replica sent as text is printed without control characters. Which peers a replica
@@ -21,9 +28,12 @@
  * only itself by it (be called isolated, or hide that it is), never another replica.
  */
 import type { ClusterStatus } from "../../client/client.ts";
+import type { FileComparison, ListedReplica } from "../../client/membership-follow.ts";
 import type { ReplicaStatusAnswer } from "../../client/queries.ts";
+import { formatAddress } from "../../config/cluster.ts";
 import { quorum as orderingQuorum } from "../../core/ordering/config.ts";
 import { byzantineQuorum, vouchQuorum } from "../../core/voting/quorum.ts";
+import { formatPublicKey } from "../../crypto/keys.ts";
 
 export const STATUS_OK = 0;
 export const STATUS_DEGRADED = 1;
@@ -65,6 +75,8 @@ export interface StatusReport {
   readonly f: number;
   /** Whether n, f and the replicas are the group f+1 replicas agree on (false: the cluster file's). */
   readonly groupConfirmed: boolean;
+  /** The cluster file against the group read; null when no group was read (groupConfirmed false). */
+  readonly clusterFile: FileComparison | null;
   readonly answered: number;
   readonly view: number | null;
   readonly leader: number | null;
@@ -95,6 +107,8 @@ export interface JudgedCluster {
   readonly n: number;
   readonly f: number;
   readonly groupUnread?: string | null;
+  /** The cluster file against the group read (null or absent: no group read, nothing to compare). */
+  readonly clusterFile?: FileComparison | null;
 }
 
 export function assessStatus(
@@ -199,12 +213,15 @@ export function assessStatus(
       `NO QUORUM: ${linked} of ${n} replicas answer and reach enough peers, ${ordering} are needed to order admin commands and total-order channels`,
     );
   }
+  const clusterFile = cluster.clusterFile ?? null;
+  if (clusterFile !== null && !clusterFile.matches) warnings.push(fileDiffersWarning(clusterFile));
   const health: Health = answered < quorum || linkedTooFew ? "no-quorum" : problems.length > 0 ? "degraded" : "ok";
   return {
     cluster: cluster.name,
     n,
     f,
     groupConfirmed: groupUnread === null,
+    clusterFile,
     answered,
     view: status.view,
     leader: status.leader,
@@ -218,6 +235,44 @@ export function assessStatus(
     replicas: rows,
     status,
   };
+}
+
+/**
+ * The warning for a cluster file that lists the group otherwise: each difference, what it
+ * does to whoever starts from the file, and the fix. Addresses are given only where they
+ * differ, or for a replica one side alone lists.
+ */
+export function fileDiffersWarning(file: FileComparison): string {
+  const at = (replica: ListedReplica): string => printable(formatAddress(replica.host, replica.port));
+  const key = (replica: ListedReplica): string => formatPublicKey(replica.key);
+  const differences: string[] = [];
+  if (file.fileF !== file.groupF) differences.push(`the file says f=${file.fileF}, the group f=${file.groupF}`);
+  const refused: number[] = [];
+  for (const { id, file: listed, group: member } of file.replicas) {
+    if (listed === null && member !== null) {
+      differences.push(`replica ${id} is a member (at ${at(member)}, key ${key(member)}) the file does not list`);
+    } else if (member === null && listed !== null) {
+      differences.push(`the file lists replica ${id} (at ${at(listed)}), which is not a member`);
+    } else if (listed !== null && member !== null) {
+      refused.push(id);
+      const moved = at(listed) !== at(member);
+      differences.push(
+        `the file lists replica ${id} with key ${key(listed)}${moved ? ` at ${at(listed)}` : ""}, ` +
+          `the group with key ${key(member)}${moved ? ` at ${at(member)}` : ""}`,
+      );
+    }
+  }
+  const asked = `until ${vouchQuorum(file.fileF)} of the file's replicas have given it the group`;
+  let effect =
+    refused.length > 0
+      ? `a client or relay started from this file refuses ${idList(refused)} at the handshake ${asked}`
+      : `a client or relay started from this file goes by it ${asked}`;
+  // The stale file of README "A cluster file's f is its trust anchor": the client's own warning says the same.
+  if (file.groupF > file.fileF) effect += `, which faulty replicas of a group with f=${file.groupF} can give it`;
+  return (
+    `the cluster file differs from the replica group (epoch ${file.epoch}): ${differences.join("; ")}; ${effect}: ` +
+    "re-export it with `fitb cluster export --config FILE --key ADMINKEY --out NEWFILE` and give the new file to clients, relays and hosts"
+  );
 }
 
 /** What a replica says of its links to the group's other members, judged for the group's quorum. */
@@ -323,6 +378,7 @@ export function statusJsonReport(report: StatusReport): Record<string, unknown> 
     n: report.n,
     f: report.f,
     group_confirmed: report.groupConfirmed,
+    cluster_file: report.clusterFile === null ? null : clusterFileJson(report.clusterFile),
     answered: report.answered,
     view: report.view,
     leader: report.leader,
@@ -353,5 +409,17 @@ export function statusJsonReport(report: StatusReport): Record<string, unknown> 
           }
         : { id: r.id, address: r.address, up: false, reason: r.reason, flags: r.flags },
     ),
+  };
+}
+
+/** The file comparison in the JSON form: whether it matches, and each replica it lists otherwise (null: that side does not list it). */
+function clusterFileJson(file: FileComparison): Record<string, unknown> {
+  const listed = (replica: ListedReplica | null): Record<string, unknown> | null =>
+    replica === null ? null : { host: printable(replica.host), port: replica.port, key: formatPublicKey(replica.key) };
+  return {
+    matches_group: file.matches,
+    group_epoch: file.epoch,
+    f: { file: file.fileF, group: file.groupF },
+    replicas: file.replicas.map((r) => ({ id: r.id, file: listed(r.file), group: listed(r.group) })),
   };
 }
