@@ -26,6 +26,8 @@ export interface PositionalSpec {
   readonly name: string;
   readonly description: string;
   readonly required: boolean;
+  /** Free text (a message), which may hold spaces: an argument past it is taken for its split rest, and the error says to quote it. */
+  readonly text?: boolean;
 }
 
 export interface ArgsSpec {
@@ -185,11 +187,8 @@ function checkRequiredFlags(spec: ArgsSpec, values: ReadonlyMap<string, readonly
 function assignPositionals(spec: ArgsSpec, given: readonly string[]): Map<string, string> {
   if (given.length > spec.positionals.length) {
     const last = spec.positionals[spec.positionals.length - 1];
-    // `fitb pub net.links eth0 down`: the shell split a value with spaces.
-    const hint =
-      last === undefined
-        ? ""
-        : ` (${last.name} is one argument: quote a value with spaces, '${given.slice(spec.positionals.length - 1).join(" ")}')`;
+    // `fitb pub net.links eth0 down`: the shell split a message with spaces.
+    const hint = last?.text === true ? ` (${last.name} is one argument: quote a value with spaces)` : "";
     throw new UsageError(`unexpected argument ${JSON.stringify(given[spec.positionals.length])}${hint}`);
   }
   const assigned = new Map<string, string>();

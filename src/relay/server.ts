@@ -38,9 +38,11 @@ export const RELAY_STOP_GRACE_MS = 5_000;
  * (a SUB with no events) is found by the probes instead of holding its subscription. A
  * client that exited after its FIN (a `timeout 5 nc` subscriber) looks like `nc -N`, which
  * still reads, until its host forgets the connection (Linux: tcp_fin_timeout, 60 s) and
- * answers a probe with a reset: probing from 10 s of silence (Bun repeats a probe at the
- * same interval) frees its subscriptions a few seconds after that, where a first probe at
- * 60 s met the host still answering and the next came a minute later.
+ * answers a probe with a reset: probing from 10 s of silence (each answered probe starts
+ * the 10 s again) frees its subscriptions a few seconds after that, where a first probe at
+ * 60 s met the host still answering and the next came a minute later. Bun probes every
+ * second once it starts and gives up after 10 unanswered (TCP_KEEPINTVL 1, TCP_KEEPCNT 10):
+ * a client whose host went silent is dropped after about 20 s.
  */
 export const RELAY_KEEPALIVE_DELAY_MS = 10_000;
 

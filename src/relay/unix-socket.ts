@@ -47,8 +47,9 @@ export function socketPathProblem(path: string): string | null {
   let isDir: boolean;
   try {
     isDir = statSync(dir).isDirectory();
-  } catch {
-    return `${dir} does not exist: make the directory for the socket ${path} first`;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return `${dir} does not exist: make the directory for the socket ${path} first`;
+    return `cannot use ${dir} for the socket ${path}: ${(error as Error).message}`;
   }
   if (!isDir) return `${dir} is not a directory, so ${path} cannot be made there`;
   return null;

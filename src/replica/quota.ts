@@ -3,8 +3,8 @@
  * client_events_per_second_max and client_burst_events_max, subscriptions per
  * connection), overridden per key by an admin's set-quota, which is replicated state
  * (the channel machine holds it) so every replica applies the same quota. A quota's
- * rates allow a burst of one second's worth, and a request larger than that once the key
- * has used none of it (it then owes the rest). Refusals name the limit, its value, and
+ * rates allow a burst of one second's worth, and a request larger than that while the key
+ * owes nothing (it then owes the rest). Refusals name the limit, its value, and
  * whether it is the key's quota or the cluster's default.
  */
 import type { KeyQuota } from "../core/channels/types.ts";
@@ -33,8 +33,8 @@ export class ClientLimits {
    * Null when a request of `events` events and `bytes` bytes may pass now (and then it is
    * counted against both rates); else why not, and nothing is counted. A key's quota may be
    * smaller than one request (a client batches up to `batch_events_max` events, and a
-   * request's bytes are more than its events'): such a request passes once the key's bucket
-   * is full, and the key then waits until its rate has paid for it (RateLimiter `owe`), so
+   * request's bytes are more than its events'): such a request passes while the key owes
+   * nothing, and the key then waits until its rate has paid for it (RateLimiter `owe`), so
    * a quota slows a key down to its rate but never refuses a request for good.
    */
   admit(keyHex: string, events: number, bytes: number, nowMs: number): string | null {
@@ -46,10 +46,12 @@ export class ClientLimits {
         return `key ${keyText(keyHex)} is over the cluster's limit of ${this.defaults.eventsPerSecond} events/s (client_events_per_second_max, burst ${this.defaults.burstEvents}); retry later`;
       }
     } else if (!this.events.fits(keyHex, events, nowMs, eventsPerSecond, eventsPerSecond, true)) {
-      return `key ${keyText(keyHex)} is over its quota of ${eventsPerSecond} events/s (set-quota; a request of ${events} events${oweNote(events, eventsPerSecond)}); retry later`;
+      const owed = this.events.owed(keyHex);
+      return `key ${keyText(keyHex)} is over its quota of ${eventsPerSecond} events/s (set-quota; a request of ${counted(events, "event")}${oweNote(events, eventsPerSecond, owed, "event")}); retry later`;
     }
     if (bytesPerSecond !== null && !this.bytes.fits(keyHex, bytes, nowMs, bytesPerSecond, bytesPerSecond, true)) {
-      return `key ${keyText(keyHex)} is over its quota of ${bytesPerSecond} bytes/s (set-quota; a request of ${bytes} bytes${oweNote(bytes, bytesPerSecond)}); retry later`;
+      const owed = this.bytes.owed(keyHex);
+      return `key ${keyText(keyHex)} is over its quota of ${bytesPerSecond} bytes/s (set-quota; a request of ${counted(bytes, "byte")}${oweNote(bytes, bytesPerSecond, owed, "byte")}); retry later`;
     }
     if (eventsPerSecond === null) this.events.take(keyHex, events, nowMs);
     else this.events.take(keyHex, events, nowMs, eventsPerSecond, eventsPerSecond, true);
@@ -67,8 +69,13 @@ export function keyText(keyHex: string): string {
   return formatPublicKey(fromHex(keyHex));
 }
 
-/** For a request larger than a second of its quota: when it passes. */
-function oweNote(amount: number, perSecond: number): string {
-  if (amount <= perSecond) return "";
-  return ", more than a second's worth, passes only once the key has a full second's worth unused";
+/** What a refusal adds: that the key owes (from an earlier, larger request), and when a request larger than a second's worth passes. */
+function oweNote(amount: number, perSecond: number, owed: number, unit: string): string {
+  const owing = owed > 0 ? `; the key owes ${counted(Math.ceil(owed), unit)} from a larger request` : "";
+  const larger = amount > perSecond ? ", more than a second's worth, passes only once the key owes nothing" : "";
+  return `${larger}${owing}`;
+}
+
+function counted(count: number, unit: string): string {
+  return `${count} ${unit}${count === 1 ? "" : "s"}`;
 }

@@ -1,6 +1,6 @@
 // A publisher over its key's quota (admin set-quota) with real replica processes: once a
-// request larger than the quota passed and the key owes it, every replica refuses its
-// publishes RATE_LIMITED, the client retries them ("not now") until the
+// request larger than the quota passed at every replica and the key owes it there, every
+// replica refuses its publishes RATE_LIMITED, the client retries them ("not now") until the
 // deadline, and the publish then fails -ERR RATE_LIMITED naming the replicas' refusal, not
 // -ERR TIMEOUT "no quorum" (src/client/request-tracker.ts, deadlineError). The deadline is
 // 5 s: every replica's last answer must be that refusal, which a replica stalled that long
@@ -11,18 +11,18 @@ import { FitbClient } from "../../src/client/index.ts";
 import type { ClientError } from "../../src/client/errors.ts";
 import { loadClientSetup } from "../../src/client/setup.ts";
 import { formatPublicKey, loadSigningKeyFile } from "../../src/crypto/keys.ts";
+import { join } from "node:path";
 import { waitFor } from "../helpers/wait.ts";
 import type { TestCluster } from "./harness.ts";
-import { startClusterWithChannels } from "./client-util.ts";
+import { chargeEveryReplica, startClusterWithChannels } from "./client-util.ts";
 
 let cluster: TestCluster;
 let admin: FitbClient;
 let probeKey: Uint8Array;
-let probe: string;
 
-/** Sets (or with no limit, removes) the probe key's quota and waits until every replica executed it. */
-async function setQuota(eventsPerSecond: number | undefined): Promise<void> {
-  const ack = await admin.admin({ t: "set-quota", key: probeKey, ...(eventsPerSecond === undefined ? {} : { eventsPerSecond }) });
+/** Sets (or with no limit, removes) a key's quota (the probe key's by default) and waits until every replica executed it. */
+async function setQuota(eventsPerSecond: number | undefined, key: Uint8Array = probeKey): Promise<void> {
+  const ack = await admin.admin({ t: "set-quota", key, ...(eventsPerSecond === undefined ? {} : { eventsPerSecond }) });
   const at = ack.at ?? 0;
   await waitFor(`every replica at decided seq ${at}`, async () => {
     const status = JSON.parse(
@@ -38,7 +38,6 @@ beforeAll(async () => {
   admin = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 20_000 } });
   admin.start();
   probeKey = loadSigningKeyFile(cluster.clientKey).key.publicKey;
-  probe = formatPublicKey(probeKey);
 }, 60_000);
 
 afterAll(async () => {
@@ -48,33 +47,29 @@ afterAll(async () => {
 
 describe("publishes over the key's quota until the deadline", () => {
   test("fitb pub: every line -ERR RATE_LIMITED naming the replicas' refusal, no timeout hint", async () => {
-    await setQuota(1);
-    try {
-      const lines = Array.from({ length: 30 }, (_, i) => `line ${i}`).join("\n");
-      // One request of 30 events passes (the key's second's worth was unused) and owes 29 s of its rate.
-      const owing = await cluster.fitb(["pub", "--config", cluster.configPath, "--key", cluster.clientKey, "sec.alerts"], {
-        stdin: `${lines}\n`,
-      });
-      expect(owing.code).toBe(0);
-      const run = await cluster.fitb(
-        ["pub", "--config", cluster.configPath, "--key", cluster.clientKey, "sec.alerts", "--timeout", "5000"],
-        {
-          stdin: `${lines}\n`,
-        },
-      );
-      expect(run.code).toBe(1);
-      const out = run.stdout.trim().split("\n");
-      expect(out).toHaveLength(30);
-      const pattern = new RegExp(
-        "^-ERR RATE_LIMITED publish to sec\\.alerts \\(seq \\d+\\): 4 of 4 replicas refused it for its rate, retried until the deadline \\(5000 ms\\); " +
-          `the last, replica \\d \\(127\\.0\\.0\\.1:\\d+\\): RATE_LIMITED key ${probe.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&")} is over its quota of 1 events/s \\(set-quota; a request of 30 events, more than a second's worth, passes only once the key has a full second's worth unused\\); retry later$`,
-      );
-      for (const line of out) expect(line).toMatch(pattern);
-      expect(run.stdout).not.toContain("TIMEOUT");
-      expect(run.stderr).not.toContain("timed out without the acknowledgement");
-    } finally {
-      await setQuota(undefined);
-    }
+    // A key of its own, registered on sec.alerts, with a quota of 1 event/s.
+    const keyPath = join(cluster.dir, "owing.key");
+    expect((await cluster.fitb(["keygen", "--out", keyPath])).code).toBe(0);
+    const owing = loadSigningKeyFile(keyPath).key;
+    const owingText = formatPublicKey(owing.publicKey);
+    await admin.admin({ t: "register", tag: "sec.alerts", role: "publisher", key: owing.publicKey });
+    await setQuota(1, owing.publicKey);
+    const lines = Array.from({ length: 30 }, (_, i) => `line ${i}`);
+    // One request of 30 events passes at every replica (the key owed nothing) and leaves it owing 29 s of its rate.
+    await chargeEveryReplica(cluster, owing, "sec.alerts", 1, lines);
+    const run = await cluster.fitb(["pub", "--config", cluster.configPath, "--key", keyPath, "sec.alerts", "--timeout", "5000"], {
+      stdin: `${lines.join("\n")}\n`,
+    });
+    expect(run.code).toBe(1);
+    const out = run.stdout.trim().split("\n");
+    expect(out).toHaveLength(30);
+    const pattern = new RegExp(
+      "^-ERR RATE_LIMITED publish to sec\\.alerts \\(seq \\d+\\): 4 of 4 replicas refused it for its rate, retried until the deadline \\(5000 ms\\); " +
+        `the last, replica \\d \\(127\\.0\\.0\\.1:\\d+\\): RATE_LIMITED key ${owingText.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&")} is over its quota of 1 events/s \\(set-quota; a request of \\d+ events?(, more than a second's worth, passes only once the key owes nothing)?; the key owes \\d+ events? from a larger request\\); retry later$`,
+    );
+    for (const line of out) expect(line).toMatch(pattern);
+    expect(run.stdout).not.toContain("TIMEOUT");
+    expect(run.stderr).not.toContain("timed out without the acknowledgement");
   }, 90_000);
 
   test("the client: RATE_LIMITED at the deadline, then the next publish passes once the quota allows it", async () => {
@@ -83,9 +78,11 @@ describe("publishes over the key's quota until the deadline", () => {
     client.start();
     try {
       await client.publish("sec.alerts", [new TextEncoder().encode("before")]);
+      // Every session up: the requests below go to each replica, one after the other on its session.
+      await waitFor("a session to every replica", () => client.readyReplicas().length === 4);
       await setQuota(1);
       const events = Array.from({ length: 10 }, (_, i) => new TextEncoder().encode(`burst ${i}`));
-      // The first request of 10 events passes (the key's second's worth was unused) and owes 10 s of its rate; the second waits for it.
+      // The first request of 10 events passes (the key owed nothing) and owes 9 s of its rate; the second waits for it.
       await client.publish("sec.alerts", events);
       const error = (await client.publish("sec.alerts", events).catch((e: unknown) => e)) as ClientError;
       expect(error.code).toBe("RATE_LIMITED");

@@ -136,6 +136,55 @@ export async function fitbOk(cluster: TestCluster, args: string[]): Promise<stri
   return run.stdout;
 }
 
+/**
+ * Makes `key` owe its quota at every replica: one publish request of `events` (its `seq`
+ * on `tag`, the first for a fresh key) goes to each replica on a session of its own, and
+ * each one's reply is waited for. A replica replies only to a request it admitted, and
+ * admitting it charged the key's rate there; so afterwards every replica has charged it,
+ * whatever order later sessions reach them in. (Sent by a client, a replica whose session
+ * came up after the request was acknowledged would never see it: its bucket would stay
+ * full, and it would admit and forward what the others refuse.)
+ */
+export async function chargeEveryReplica(
+  cluster: TestCluster,
+  key: SigningKey,
+  tag: string,
+  seq: number,
+  events: readonly string[],
+): Promise<void> {
+  const body = encodeRequestBody({
+    v: 1,
+    client: key.publicKey,
+    seq,
+    span: events.length,
+    ts: Date.now(),
+    op: { t: "pub", tag, events: events.map(encode) },
+  });
+  const request: Frame = { type: FrameType.REQUEST, body: { body, sig: sign(key, requestSigningInput(body)) } };
+  const sessions = requireClusterConfig(cluster.configPath).replicas.map((replica) => {
+    const frames: Frame[] = [];
+    const connection = rawSession(cluster, replica.id, key, frames);
+    connection.start();
+    return { id: replica.id, connection, frames };
+  });
+  try {
+    await Promise.all(
+      sessions.map(async ({ id, connection, frames }) => {
+        await waitFor(`the session to replica ${id}`, () => connection.isReady);
+        connection.send(request);
+        await waitFor(`replica ${id}'s reply to seq ${seq}`, () =>
+          frames.some((frame) => frame.type === FrameType.REPLY && frame.body.seq === seq),
+        );
+        const reply = frames.find((frame) => frame.type === FrameType.REPLY && frame.body.seq === seq);
+        if (reply?.type !== FrameType.REPLY || !reply.body.ok)
+          throw new Error(`replica ${id} refused seq ${seq}: ${JSON.stringify(reply?.body)}`);
+      }),
+    );
+  } finally {
+    for (const { connection } of sessions) connection.close();
+  }
+}
+
 /** A started client of `configPath` with `keyPath` that reads the replica group every second (membership tests). */
 export function groupFollower(configPath: string, keyPath: string): FitbClient {
   const setup = loadClientSetup(configPath, keyPath);

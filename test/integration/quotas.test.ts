@@ -1,10 +1,11 @@
 // Per-key quotas with real replica processes and the `fitb` command: `admin set-quota`
 // overrides the cluster's defaults for one key at every replica (events/s, bytes/s, open
 // subscriptions), refusals name the limit, and a quota with no limits is removed.
+import { chargeEveryReplica } from "./client-util.ts";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
-import { formatPublicKey, loadSigningKeyFile, tryParsePublicKey } from "../../src/crypto/keys.ts";
+import { formatPublicKey, loadSigningKeyFile, type SigningKey, tryParsePublicKey } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { BUN, MAIN, startCluster, type TestCluster } from "./harness.ts";
 
@@ -28,6 +29,16 @@ async function ok(args: string[]): Promise<string> {
   const run = await cluster.fitb(args);
   if (run.code !== 0) throw new Error(`fitb ${args.join(" ")} exited ${run.code}: ${run.stderr}${run.stdout}`);
   return run.stdout;
+}
+
+/** A new key (its file in the cluster's directory) registered as a publisher on sec.alerts. */
+async function freshPublisher(name: string): Promise<{ path: string; key: SigningKey; text: string }> {
+  const path = join(cluster.dir, name);
+  await ok(["keygen", "--out", path]);
+  const key = loadSigningKeyFile(path).key;
+  const text = formatPublicKey(key.publicKey);
+  await ok(["admin", ...A, "register", "sec.alerts", "--publisher", text]);
+  return { path, key, text };
 }
 
 /** Runs set-quota and waits until every replica has executed it (each applies it on its own). */
@@ -59,34 +70,35 @@ afterAll(async () => {
 });
 
 describe("admin set-quota", () => {
-  test("events per second: a request larger than the quota passes once, the next is refused while the key owes, naming the quota; removed, it passes", async () => {
-    expect(await setQuota(probe, ["--events-per-second", "1"])).toContain(`ok: set the quota of ${probe}: 1 events/s`);
-    // Ten lines go out as one request of 10 events, more than 1 event/s allows at once: it
-    // passes (the key's second's worth was unused) and the key owes 9 events, 10 s of its rate.
-    const lines = Array.from({ length: 10 }, (_, i) => `burst ${i}`).join("\n");
-    const first = await cluster.fitb(["pub", ...C, "sec.alerts"], { stdin: `${lines}\n` });
-    expect(first.code).toBe(0);
-    expect(first.stdout.trim().split("\n")).toHaveLength(10);
-    const refused = await cluster.fitb(["pub", ...C, "sec.alerts", "--timeout", "1500"], { stdin: `${lines}\n` });
+  test("events per second: a request larger than the quota passes; while the key owes, the next is refused naming the quota; removed, it passes", async () => {
+    const owing = await freshPublisher("owing-events.key");
+    expect(await setQuota(owing.text, ["--events-per-second", "1"])).toContain(`ok: set the quota of ${owing.text}: 1 events/s`);
+    // Thirty events in one request against 1 event/s: every replica admits it (the key owed
+    // nothing) and charges it, so the key owes 29 s of its rate at each.
+    const lines = Array.from({ length: 30 }, (_, i) => `burst ${i}`);
+    await chargeEveryReplica(cluster, owing.key, "sec.alerts", 1, lines);
+    const pub = ["pub", "--config", cluster.configPath, "--key", owing.path, "sec.alerts"];
+    const refused = await cluster.fitb([...pub, "--timeout", "1500"], { stdin: `${lines.join("\n")}\n` });
     expect(refused.code).toBe(1);
-    expect(refused.stdout).toContain(
-      `RATE_LIMITED key ${probe} is over its quota of 1 events/s (set-quota; a request of 10 events, more than a second's worth, passes only once the key has a full second's worth unused)`,
-    );
-    expect(await setQuota(probe, [])).toContain(`ok: removed the quota of ${probe} (the cluster's defaults apply)`);
-    const passed = await cluster.fitb(["pub", ...C, "sec.alerts"], { stdin: `${lines}\n` });
+    expect(refused.stdout).toContain(`RATE_LIMITED key ${owing.text} is over its quota of 1 events/s (set-quota; a request of `);
+    expect(refused.stdout).toContain("; the key owes ");
+    expect(await setQuota(owing.text, [])).toContain(`ok: removed the quota of ${owing.text} (the cluster's defaults apply)`);
+    const passed = await cluster.fitb(pub, { stdin: `${lines.join("\n")}\n` });
     expect(passed.code).toBe(0);
-    expect(passed.stdout.trim().split("\n")).toHaveLength(10);
+    expect(passed.stdout.trim().split("\n")).toHaveLength(30);
   }, 60_000);
 
-  test("bytes per second: a request larger than the quota passes once, the next is refused while the key owes, naming it", async () => {
-    await setQuota(probe, ["--bytes-per-second", "100"]);
-    // 2,000 bytes against 100 a second: it passes, and the key owes 20 s of its rate.
-    expect(await ok(["pub", ...C, "sec.alerts", "x".repeat(2000)])).toMatch(/^\+OK sec\.alerts \d+\n$/);
-    const refused = await cluster.fitb(["pub", ...C, "sec.alerts", "small", "--timeout", "1500"]);
+  test("bytes per second: a request larger than the quota passes; while the key owes, the next is refused naming it", async () => {
+    const owing = await freshPublisher("owing-bytes.key");
+    await setQuota(owing.text, ["--bytes-per-second", "100"]);
+    // 2,000 bytes against 100 a second: admitted and charged at every replica, which the key then owes 20 s of.
+    await chargeEveryReplica(cluster, owing.key, "sec.alerts", 1, ["x".repeat(2000)]);
+    const pub = ["pub", "--config", cluster.configPath, "--key", owing.path, "sec.alerts"];
+    const refused = await cluster.fitb([...pub, "small", "--timeout", "1500"]);
     expect(refused.code).toBe(1);
-    expect(refused.stdout).toContain("is over its quota of 100 bytes/s");
-    await setQuota(probe, []);
-    expect(await ok(["pub", ...C, "sec.alerts", "small"])).toMatch(/^\+OK sec\.alerts \d+\n$/);
+    expect(refused.stdout).toContain(`RATE_LIMITED key ${owing.text} is over its quota of 100 bytes/s (set-quota; a request of `);
+    await setQuota(owing.text, []);
+    expect(await ok([...pub, "small"])).toMatch(/^\+OK sec\.alerts \d+\n$/);
   }, 60_000);
 
   test("list-quotas shows every key's own limits as the replicas agree, and a removed quota is gone from it", async () => {

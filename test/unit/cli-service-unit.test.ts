@@ -6,7 +6,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import type { CommandIo } from "../../src/cli/command.ts";
-import { serviceUnitCommand } from "../../src/cli/commands/service.ts";
+import { SANDBOX_HIDDEN, serviceUnitCommand } from "../../src/cli/commands/service.ts";
 import { EXIT_OK, EXIT_USAGE } from "../../src/cli/errors.ts";
 import { runCli } from "../../src/cli/run.ts";
 import { REPLICAS_MAX } from "../../wire/types.ts";
@@ -97,7 +97,7 @@ describe("fitb service unit refuses what the unit's process would refuse or drop
   test("a relative path is made absolute, and standard error says what the unit names", async () => {
     const unit = await run(["replica", "--config", "etc/cluster.toml", "--id", "0"]);
     const absolute = `${process.cwd()}/etc/cluster.toml`;
-    if (absolute.startsWith("/tmp/") || absolute.startsWith("/home/") || absolute.startsWith("/root/")) {
+    if (SANDBOX_HIDDEN.some(({ root }) => absolute.startsWith(`${root}/`))) {
       // Run from a checkout the sandbox hides: refused as above, which says so.
       expect(unit.code).toBe(EXIT_USAGE);
       expect(unit.err).toContain(`--config: ${absolute} is under `);

@@ -3,7 +3,7 @@
 // name the limit.
 import { describe, expect, test } from "bun:test";
 import type { KeyQuota } from "../../src/core/channels/types.ts";
-import { ClientLimits } from "../../src/replica/quota.ts";
+import { ClientLimits, keyText } from "../../src/replica/quota.ts";
 
 const KEY = "00".repeat(32);
 const OTHER = "11".repeat(32);
@@ -25,7 +25,7 @@ describe("ClientLimits", () => {
     const l = limits({ [KEY]: { eventsPerSecond: 5, bytesPerSecond: null, subscriptions: null } });
     expect(l.admit(KEY, 5, 10, 0)).toBeNull();
     expect(l.admit(KEY, 1, 10, 0)).toMatch(
-      /^key ed25519:\S+ is over its quota of 5 events\/s \(set-quota; a request of 1 events\); retry later$/,
+      /^key ed25519:\S+ is over its quota of 5 events\/s \(set-quota; a request of 1 event\); retry later$/,
     );
     expect(l.admit(KEY, 1, 10, 200)).toBeNull();
     expect(l.admit(OTHER, 150, 10, 0)).toBeNull();
@@ -34,36 +34,40 @@ describe("ClientLimits", () => {
   test("bytes per second are metered only under a quota", () => {
     const l = limits({ [KEY]: { eventsPerSecond: null, bytesPerSecond: 100, subscriptions: 3 } });
     expect(l.admit(KEY, 1, 100, 0)).toBeNull();
-    expect(l.admit(KEY, 1, 1, 0)).toContain("is over its quota of 100 bytes/s (set-quota; a request of 1 bytes)");
+    expect(l.admit(KEY, 1, 1, 0)).toContain("is over its quota of 100 bytes/s (set-quota; a request of 1 byte)");
     expect(l.admit(OTHER, 1, 1_000_000, 0)).toBeNull();
     expect(l.subscriptionsOf(KEY)).toBe(3);
     expect(l.subscriptionsOf(OTHER)).toBeNull();
   });
 
-  test("a request larger than a second of its quota passes once the key's bucket is full, and the key then owes the rest", () => {
+  test("a request larger than a second of its quota passes while the key owes nothing, and the key then owes the rest", () => {
     const l = limits({ [KEY]: { eventsPerSecond: 2, bytesPerSecond: null, subscriptions: null } });
     // A client batches: 6 events in one request against 2 events/s.
     expect(l.admit(KEY, 6, 10, 0)).toBeNull();
-    // It owes 4 events: 2 s to pay them, 1 more to have a full second's worth (2) again.
-    const refused = l.admit(KEY, 6, 10, 2_900);
-    expect(refused).toMatch(
-      /^key ed25519:\S+ is over its quota of 2 events\/s \(set-quota; a request of 6 events, more than a second's worth, passes only once the key has a full second's worth unused\); retry later$/,
+    // It owes 4 events, 2 s of its rate: a second later it still owes 2.
+    expect(l.admit(KEY, 6, 10, 1_000)).toBe(
+      `key ${keyText(KEY)} is over its quota of 2 events/s (set-quota; a request of 6 events, more than a second's worth, passes only once the key owes nothing; the key owes 2 events from a larger request); retry later`,
     );
-    expect(l.admit(KEY, 1, 10, 2_900)).toBeNull();
-    // That one event owes half a second more: the 6 pass again from 3.5 s after the first request.
-    expect(l.admit(KEY, 6, 10, 3_400)).not.toBeNull();
-    expect(l.admit(KEY, 6, 10, 3_600)).toBeNull();
+    expect(l.admit(KEY, 1, 10, 1_000)).toBe(
+      `key ${keyText(KEY)} is over its quota of 2 events/s (set-quota; a request of 1 event; the key owes 2 events from a larger request); retry later`,
+    );
+    // Paid at 2 s: the next 6 pass, and owe again.
+    expect(l.admit(KEY, 6, 10, 2_000)).toBeNull();
+    expect(l.admit(KEY, 1, 10, 2_000)).not.toBeNull();
   });
 
   test("bytes: a request larger than the quota passes once, the next waits for the debt; a refused request takes nothing", () => {
-    const l = limits({ [KEY]: { eventsPerSecond: 5, bytesPerSecond: 100, subscriptions: null } });
+    const l = limits({ [KEY]: { eventsPerSecond: 100, bytesPerSecond: 100, subscriptions: null } });
     expect(l.admit(KEY, 5, 107, 0)).toBeNull();
-    // A second later the events are back, the bytes owe 7 short of a full second's worth.
-    expect(l.admit(KEY, 5, 107, 1_000)).toContain(
-      "is over its quota of 100 bytes/s (set-quota; a request of 107 bytes, more than a second's worth, passes only once the key has a full second's worth unused)",
+    // Owing 7 bytes, nothing passes until 70 ms later.
+    expect(l.admit(KEY, 5, 107, 50)).toContain(
+      "is over its quota of 100 bytes/s (set-quota; a request of 107 bytes, more than a second's worth, passes only once the key owes nothing; the key owes 2 bytes from a larger request)",
     );
-    // Refused on bytes, the request took none of the key's events: all 5 pass at once.
-    expect(l.admit(KEY, 5, 0, 1_000)).toBeNull();
-    expect(l.admit(KEY, 1, 107, 1_300)).toBeNull();
+    // Refused on bytes, a request takes none of the key's events: 4 of 5 left, then owing 500 bytes.
+    const l2 = limits({ [KEY]: { eventsPerSecond: 5, bytesPerSecond: 1000, subscriptions: null } });
+    expect(l2.admit(KEY, 1, 1500, 0)).toBeNull();
+    expect(l2.admit(KEY, 4, 10, 0)).toContain("is over its quota of 1000 bytes/s");
+    // 600 ms later the bytes are paid and the events full (5): had the refused request taken its 4, 3 would be back.
+    expect(l2.admit(KEY, 5, 10, 600)).toBeNull();
   });
 });

@@ -24,21 +24,46 @@ describe("RateLimiter", () => {
     expect(limiter.take("a", 11, 1_000_000)).toBe(false);
   });
 
-  test("allowed to owe, a request larger than the burst passes once the bucket is full, and the debt holds back what follows", () => {
+  test("allowed to owe, a request larger than the burst passes while the bucket owes nothing, and the debt holds back what follows", () => {
     const limiter = new RateLimiter(10, 10);
     const owe = (events: number, nowMs: number): boolean => limiter.take("a", events, nowMs, 10, 10, true);
-    // Not full: even owing, it waits.
+    // Not full (5 of 10 left), but owing nothing: it passes, and owes 25.
     expect(limiter.take("a", 5, 0)).toBe(true);
-    expect(limiter.fits("a", 30, 0, 10, 10, true)).toBe(false);
-    expect(owe(30, 0)).toBe(false);
-    // Full again after half a second: it passes and owes 20.
-    expect(owe(30, 500)).toBe(true);
-    // The 30 events took 3 s of the rate: nothing passes before the bucket is back above zero.
-    expect(limiter.take("a", 1, 2_500)).toBe(false);
-    expect(limiter.take("a", 1, 2_600)).toBe(true);
+    expect(limiter.fits("a", 30, 0, 10, 10, true)).toBe(true);
+    expect(owe(30, 0)).toBe(true);
+    expect(limiter.owed("a")).toBe(25);
+    // Owing, nothing passes: a large request waits until the debt is paid (2.5 s), a small one until it fits.
+    expect(owe(30, 2_400)).toBe(false);
+    expect(owe(30, 2_500)).toBe(true);
+    expect(limiter.take("a", 1, 5_500)).toBe(false);
+    expect(limiter.take("a", 1, 5_600)).toBe(true);
     // fits takes nothing.
-    expect(limiter.fits("a", 1, 2_700, 10, 10)).toBe(true);
-    expect(limiter.fits("a", 1, 2_700, 10, 10)).toBe(true);
+    expect(limiter.fits("a", 1, 5_700, 10, 10)).toBe(true);
+    expect(limiter.fits("a", 1, 5_700, 10, 10)).toBe(true);
+    // Without owe, the same request never passes.
+    expect(new RateLimiter(10, 10).take("b", 30, 0)).toBe(false);
+  });
+
+  test("a client whose small requests keep its bucket below full still gets its large ones through", () => {
+    const limiter = new RateLimiter(10, 10);
+    let small = 0;
+    let large = 0;
+    // One event every 50 ms (twice the rate) and a 20-event request tried every 50 ms, for 60 s.
+    for (let nowMs = 0; nowMs < 60_000; nowMs += 50) {
+      if (limiter.take("a", 1, nowMs, 10, 10, true)) small++;
+      if (limiter.take("a", 20, nowMs, 10, 10, true)) large++;
+    }
+    expect(large).toBeGreaterThan(0);
+    // And the rate holds over the run: 60 s at 10 a second, plus one burst and one large request.
+    expect(small + 20 * large).toBeLessThanOrEqual(600 + 10 + 20);
+  });
+
+  test("eviction spares a bucket that owes: its debt is not forgiven by new clients crowding in", () => {
+    const limiter = new RateLimiter(1, 1);
+    expect(limiter.take("owing", 50, 0, 1, 1, true)).toBe(true);
+    for (let i = 0; i < RATE_BUCKETS_MAX + 10; i++) limiter.take(`c${i}`, 1, 0);
+    expect(limiter.owed("owing")).toBe(49);
+    expect(limiter.take("owing", 1, 0, 1, 1, true)).toBe(false);
   });
 
   test("the number of buckets is bounded", () => {

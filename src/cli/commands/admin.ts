@@ -173,7 +173,7 @@ export const adminCommand: Command = {
       kind: "string",
       valueName: "N",
       description:
-        "set-quota: the key's events per second (burst: one second's worth; a larger request passes once that is unused, and the key owes the rest)",
+        "set-quota: the key's events per second (burst: one second's worth; a larger request passes while the key owes nothing, and the key then owes the rest)",
     },
     {
       name: "bytes-per-second",

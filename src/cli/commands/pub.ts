@@ -289,7 +289,7 @@ export const pubCommand: Command = {
   flags: [CONFIG_FLAG, keyFlag("This publisher's secret key file"), ...TIMEOUT_FLAGS, CRASH_NONE_TARGETS_FLAG],
   positionals: [
     { name: "TAG", description: "The channel, e.g. net.links", required: true },
-    { name: "MESSAGE", description: "The event to publish; without it, read events from stdin", required: false },
+    { name: "MESSAGE", description: "The event to publish; without it, read events from stdin", required: false, text: true },
   ],
   examples: [
     "fitb pub --config cluster.toml --key probe.key net.links 'eth0 down'",

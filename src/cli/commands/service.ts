@@ -42,7 +42,7 @@ const STATE_ROOT = "/var/lib/fitb";
  * inaccessible. A path there in a unit is a config the service cannot read, a key it
  * cannot load, a binary it cannot run, or data written to a throw-away /tmp.
  */
-const SANDBOX_HIDDEN = [
+export const SANDBOX_HIDDEN = [
   { root: "/tmp", why: "PrivateTmp=yes gives the service an empty /tmp of its own" },
   { root: "/var/tmp", why: "PrivateTmp=yes gives the service an empty /var/tmp of its own" },
   { root: "/home", why: "ProtectHome=yes hides it from the service" },
