@@ -96,11 +96,11 @@ export const SHARED_BYTES_MIN = 2048;
  * shared or not, copied out (a reference would keep the whole buffer alive on the other
  * side); any other as it is (cloned).
  */
-function crossing(view: Uint8Array, copies: Map<object, object>): Uint8Array {
+function crossing(view: Uint8Array, copies: Map<Uint8Array, Uint8Array>): Uint8Array {
   const big = oversized(view);
   if (view.buffer instanceof SharedArrayBuffer && !big) return view;
   if (view.byteLength >= SHARED_BYTES_MIN) {
-    const copied = copies.get(view) as Uint8Array | undefined;
+    const copied = copies.get(view);
     if (copied !== undefined) return copied;
     const shared = new Uint8Array(new SharedArrayBuffer(view.byteLength));
     shared.set(view);
@@ -113,21 +113,19 @@ function crossing(view: Uint8Array, copies: Map<object, object>): Uint8Array {
 /**
  * `value` ready to cross to or from the thread: every byte view as `crossing` says, sharing
  * every part that has none that changed (objects and arrays are copied only on the way to a
- * view that changed, and walked once per call however often the value names them, so a batch
- * named by a proposal, its record and its decision still arrives as one; the caller's are never
- * written). Plain data only: what crosses to the thread is. The bytes are never written
- * after they are handed over, on either side: a request body, a message or a record is
- * immutable once built.
+ * view that changed; the caller's are never written). Plain data only: what crosses to the
+ * thread is. The bytes are never written after they are handed over, on either side: a
+ * request body, a message or a record is immutable once built. An object named twice that
+ * holds a copied view (a large request in a proposal, its record and its decision) arrives
+ * as two equal objects over one shared body: nothing relies on their identity, and looking
+ * each object up to keep it would cost every step, most of which copy nothing.
  */
 export function compacted<T>(value: T): T {
   return walk(value, new Map());
 }
 
-function walk<T>(value: T, copies: Map<object, object>): T {
+function walk<T>(value: T, copies: Map<Uint8Array, Uint8Array>): T {
   if (value instanceof Uint8Array) return crossing(value, copies) as T;
-  if (value === null || typeof value !== "object" || value instanceof Map || value instanceof Set) return value;
-  const done = copies.get(value);
-  if (done !== undefined) return done as T;
   if (Array.isArray(value)) {
     let out: unknown[] | null = null;
     for (let i = 0; i < value.length; i++) {
@@ -137,20 +135,21 @@ function walk<T>(value: T, copies: Map<object, object>): T {
         out[i] = item;
       }
     }
-    copies.set(value, out ?? value);
     return (out ?? value) as T;
   }
-  let out: Record<string, unknown> | null = null;
-  for (const key of Object.keys(value)) {
-    const field = (value as Record<string, unknown>)[key];
-    const item = walk(field, copies);
-    if (item !== field) {
-      out ??= { ...(value as Record<string, unknown>) };
-      out[key] = item;
+  if (value !== null && typeof value === "object" && !(value instanceof Map) && !(value instanceof Set)) {
+    let out: Record<string, unknown> | null = null;
+    for (const key of Object.keys(value)) {
+      const field = (value as Record<string, unknown>)[key];
+      const item = walk(field, copies);
+      if (item !== field) {
+        out ??= { ...(value as Record<string, unknown>) };
+        out[key] = item;
+      }
     }
+    return (out ?? value) as T;
   }
-  copies.set(value, out ?? value);
-  return (out ?? value) as T;
+  return value;
 }
 
 /** The core threw in a step (an assertion): the replica's state can no longer be trusted. */
