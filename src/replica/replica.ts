@@ -1426,11 +1426,11 @@ function adminTarget(cmd: AdminCmd): Record<string, string> {
     case "set-quota":
       return { cmd: cmd.t, target: formatPublicKey(cmd.key) };
     case "add-replica":
-      return { cmd: cmd.t, replica: String(cmd.id), address: `${cmd.host}:${cmd.port}`, target: formatPublicKey(cmd.key) };
+      return { cmd: cmd.t, target_replica: String(cmd.id), address: `${cmd.host}:${cmd.port}`, target: formatPublicKey(cmd.key) };
     case "remove-replica":
-      return { cmd: cmd.t, replica: String(cmd.id) };
+      return { cmd: cmd.t, target_replica: String(cmd.id) };
     case "rotate-replica-key":
-      return { cmd: cmd.t, replica: String(cmd.id), target: formatPublicKey(cmd.key) };
+      return { cmd: cmd.t, target_replica: String(cmd.id), target: formatPublicKey(cmd.key) };
     case "set-f":
       return { cmd: cmd.t, f: String(cmd.f) };
     default: {

@@ -78,6 +78,8 @@ describe("a membership change racing a view change", () => {
       const executed = logLines(cluster, id, "admin command executed").find((line) => line["cmd"] === "remove-replica");
       expect(installed).toBeDefined();
       expect(executed).toBeDefined();
+      // The line's `replica` is the one that wrote it; the command's target is `target_replica`.
+      expect(executed).toMatchObject({ replica: id, target_replica: String(leader) });
       expect(tsOf(installed)).toBeLessThanOrEqual(tsOf(executed));
       expect(installed?.["leader"]).not.toBe(leader);
       const epoch = logLines(cluster, id, "epoch started").find((line) => line["epoch"] === 1);
