@@ -18,9 +18,9 @@ import { FatalError, type FatalHandler, throwFatal } from "./fatal.ts";
 import { encodeEnvelope, readEnvelope, TRANSFER_MESSAGE_KINDS } from "./peer-messages.ts";
 import { type ClusterConfig, largestGroupSize, largestViewChangeF } from "../config/cluster.ts";
 import { sign, verify } from "../crypto/ed25519.ts";
-import { nativeBytesEqual } from "../crypto/encoding.ts";
+import { bytesEqual, nativeBytesEqual } from "../crypto/encoding.ts";
 import { sha256 } from "../crypto/hash.ts";
-import type { SigningKey } from "../crypto/keys.ts";
+import { formatPublicKey, type SigningKey } from "../crypto/keys.ts";
 import { REQUEST_BYTES_MAX } from "../core/channels/constants.ts";
 import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { Priority } from "../core/channels/types.ts";
@@ -410,6 +410,7 @@ export class OrderingDriver {
     const recovered = this.recoverFromDisk();
     this.policy = { urgencyOf: (client: string) => urgencyOfSpace(client, (tag) => machine.priorityOf(tag)) };
     this.epochView = this.recoveredEpoch();
+    if (!this.joining) this.refuseOtherKey(this.epochView);
     const epochConfig = this.epochView.coreConfig(coreConfig, id);
     if (epochConfig === null) {
       // Removed while it was down: it keeps its data and orders nothing.
@@ -524,6 +525,26 @@ export class OrderingDriver {
    * the switch) is not resumed: the replica stops and says how to rejoin, unless the
    * group's answer names that epoch from that checkpoint (joinsFromSwitchGap).
    */
+  /**
+   * A replica started with another key than its epoch names for it (the group rotated its
+   * key and it was started again with the old one, say): every peer refuses that key at the
+   * handshake, and the epoch verifies nothing it signs, so it could only dial and be refused
+   * for ever. It stops at start instead, naming both keys. A replica whose key the group
+   * rotated while it was behind joins under the new key (options.join), and is not judged here.
+   */
+  private refuseOtherKey(view: EpochView): void {
+    const { id, key, log } = this.options;
+    const own = view.members.find((member) => member.id === id);
+    if (own === undefined || bytesEqual(own.key, key.publicKey)) return;
+    const runs = formatPublicKey(key.publicKey);
+    const named = formatPublicKey(own.key);
+    log.error("this replica runs with another key than its group names for it", { epoch: view.epoch, key: runs, groupKey: named });
+    this.fatal(
+      `replica ${id} runs with key ${runs}, but its data directory's group (epoch ${view.epoch}) names ${named} for it, and its peers refuse any other: ` +
+        "if the group rotated its key (rotate-replica-key), start it with the new key's file (--key)",
+    );
+  }
+
   private recoveredEpoch(): EpochView {
     const { machine, storage, config } = this.options;
     const membership = machine.membership();

@@ -65,6 +65,14 @@ import {
 /** Reconnect backoff: first wait, cap. */
 export const PEER_RECONNECT_MS_MIN = 50;
 export const PEER_RECONNECT_MS_MAX = 2_000;
+/**
+ * How long a link waits before dialling again a peer that refused this replica's key as
+ * retired: a removed replica, or one started with a rotated-away key, is refused until an
+ * operator acts, and asking every 2 s only fills the logs on both sides.
+ */
+export const PEER_RETIRED_RETRY_MS = 30_000;
+/** The refusal a peer sends to a key it no longer accepts (its reason follows). */
+const RETIRED_REFUSAL = "peer refused: UNAUTHORIZED key no longer accepted: ";
 /** Bytes that may wait for one peer before messages to it are dropped (the protocol retransmits). */
 export const PEER_OUTBOUND_BYTES_MAX = 32 * 1024 * 1024;
 /**
@@ -127,6 +135,12 @@ export interface PeerMeshOptions {
   readonly frameBytesMax: number;
   readonly log: Log;
   readonly metrics: Metrics;
+  /**
+   * How many peers refusing this replica's key as retired (removed from the group, or
+   * rotated: `key no longer accepted`) make it say so as an error, once: f+1 of its epoch,
+   * so that at least one correct replica says it. Unset: never.
+   */
+  readonly retiredQuorum?: () => number;
   /** Where failed peer handshakes are reported (audit.ts); none in some tests. */
   readonly audit?: AuditLog;
   /** A peer's message, with the public key its session authenticated with. */
@@ -228,6 +242,11 @@ export class PeerMesh {
   private accepted = new Map<number, Uint8Array[]>();
   /** Keys no longer accepted, by hex, with the replica that held them and why. */
   private readonly retiredKeys = new Map<string, { id: number; why: string }>();
+  /**
+   * Keys some replicated group this replica followed accepted (setGroup), as opposed to
+   * keys only its cluster file named: a few per membership change, kept for the process's life.
+   */
+  private readonly groupKeys = new Set<string>();
   private started = false;
   private stopped = false;
   private oversizedReported = false;
@@ -292,12 +311,24 @@ export class PeerMesh {
       for (const key of keys) {
         const kept = next.get(id);
         if (kept?.some((known) => bytesEqual(known, key))) continue;
-        const why = kept === undefined ? `replica ${id} was removed from the group` : `replica ${id}'s key was rotated`;
+        // A key only the cluster file named left no group this replica followed: the group
+        // may have removed it before this start, or this replica may be behind a group that
+        // added it since (an exported file ahead of this data directory). It cannot say which.
+        const why = !this.groupKeys.has(toHex(key))
+          ? `replica ${id} is not in this replica's group (only its cluster file lists it)`
+          : kept === undefined
+            ? `replica ${id} was removed from the group`
+            : `replica ${id}'s key was rotated`;
         this.retiredKeys.set(toHex(key), { id, why });
         if (this.retiredKeys.size > RETIRED_KEYS_MAX) this.retiredKeys.delete(this.retiredKeys.keys().next().value as string);
       }
     }
-    for (const keys of next.values()) for (const key of keys) this.retiredKeys.delete(toHex(key));
+    for (const keys of next.values()) {
+      for (const key of keys) {
+        this.retiredKeys.delete(toHex(key));
+        this.groupKeys.add(toHex(key));
+      }
+    }
     this.accepted = next;
     for (const [id, key] of [...this.inboundKeys]) {
       if (this.accepts(id, key)) continue;
@@ -697,6 +728,7 @@ export class PeerMesh {
     link.phase = "open";
     link.backoffMs = PEER_RECONNECT_MS_MIN;
     link.failedHosts = 0;
+    if (this.retiredBy.delete(link.peer.id) && this.retiredBy.size === 0) this.retiredReported = false;
     this.startLiveness(link);
     this.options.log.info("peer link up", {
       peer: link.peer.id,
@@ -804,10 +836,48 @@ export class PeerMesh {
 
   private failOutbound(link: OutboundLink, conn: FramedConn, reason: string): void {
     this.options.metrics.inc("peer_handshake_failed_total");
+    if (reason.startsWith(RETIRED_REFUSAL) && link.preferredFor === null) {
+      this.refusedAsRetired(link.peer.id, reason.slice(RETIRED_REFUSAL.length));
+      conn.close();
+      link.backoffMs = PEER_RETIRED_RETRY_MS;
+      this.linkDown(link, reason);
+      return;
+    }
     const what = link.preferredFor === null ? "peer link failed" : "peer link to the preferred address failed";
     this.options.log.warn(what, { peer: link.peer.id, reason });
     conn.close();
     this.linkDown(link, reason);
+  }
+
+  /** Peers that refuse this replica's key as retired, with why (each logged once, then at debug; cleared when its link comes up). */
+  private readonly retiredBy = new Map<number, string>();
+  private retiredReported = false;
+
+  /**
+   * A peer refused this replica's key as one the group no longer accepts. Said once per
+   * peer and reason; once f+1 peers say so (retiredQuorum), an error says what it means and
+   * what to do, once. Not a reason to stop: the refusal is not signed, so a stop on it
+   * would let whoever can forge it stop a replica for good; the operator decides.
+   */
+  private refusedAsRetired(peer: number, why: string): void {
+    if (this.retiredBy.get(peer) === why) {
+      this.options.log.debug("peer link failed", { peer, reason: `${RETIRED_REFUSAL}${why}` });
+    } else {
+      this.retiredBy.set(peer, why);
+      this.options.log.warn("a peer refuses this replica's key: it no longer accepts it", {
+        peer,
+        reason: why,
+        retryMs: PEER_RETIRED_RETRY_MS,
+      });
+    }
+    const quorum = this.options.retiredQuorum?.() ?? Number.POSITIVE_INFINITY;
+    if (this.retiredReported || this.retiredBy.size < quorum) return;
+    this.retiredReported = true;
+    this.options.log.error("peers refuse this replica's key: the group removed this replica or rotated its key", {
+      peers: [...this.retiredBy.keys()].sort((a, b) => a - b),
+      reason: why,
+      hint: "removed while it was down (fitb admin members does not list it): stop it and disable its unit; its key rotated: start it with the new key's file (--key)",
+    });
   }
 
   private linkDown(link: OutboundLink, reason: string): void {

@@ -280,6 +280,8 @@ export class Replica {
         return part === null || !this.ordering.awaitsTransferPart(from, part.seq, part.nonce);
       },
       proves: provesFaulty,
+      // f+1 of the epoch: one of them, at least, is correct (not before the driver exists).
+      retiredQuorum: () => ((this.ordering as OrderingDriver | undefined)?.epoch.f ?? Number.POSITIVE_INFINITY) + 1,
     });
 
     // Opening the store checks every row; the driver then restores the machine and the

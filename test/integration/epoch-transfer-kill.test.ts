@@ -10,6 +10,7 @@
 // its data directory aside.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { FitbClient } from "../../src/client/index.ts";
+import { EXIT_STATE_UNTRUSTED } from "../../src/replica/ordering-driver.ts";
 import { clientFor, startClusterWithChannels } from "./client-util.ts";
 import {
   killAndWait,
@@ -46,7 +47,27 @@ afterAll(async () => {
 describe("a replica killed while it fetches the state in epoch 1", () => {
   test("starts again on its own, fetches the state and catches up; nothing acknowledged is lost", async () => {
     await killAndWait(cluster, 1);
-    streams.push(await rotateUnderTraffic(cluster, publisher, { id: 3, epoch: 1, until: [0, 2, 3], prefix: "r", replicaArgs }));
+    // Started again with its old key after the rotation took effect there, it stops at once, naming both keys,
+    // instead of dialling peers that refuse that key for ever.
+    const oldKeyStart = async (): Promise<void> => {
+      const before = logLines(cluster, 3, "this replica runs with another key than its group names for it").length;
+      cluster.start(3);
+      expect(await cluster.procs[3]?.exited).toBe(EXIT_STATE_UNTRUSTED);
+      const refused = logLines(cluster, 3, "this replica runs with another key than its group names for it");
+      expect(refused.length).toBe(before + 1);
+      expect(refused.at(-1)).toMatchObject({ epoch: 1 });
+      cluster.procs[3] = null;
+    };
+    streams.push(
+      await rotateUnderTraffic(cluster, publisher, {
+        id: 3,
+        epoch: 1,
+        until: [0, 2, 3],
+        prefix: "r",
+        replicaArgs,
+        beforeRestart: oldKeyStart,
+      }),
+    );
     await waitCaughtUp(publisher, 3, 60_000);
     // Killed in the transfer, it must come back with the base it had before: the start after
     // the kill says so in its recovery line (a transfer that ended first would be its base).

@@ -3,7 +3,8 @@
 // with the original four-replica cluster file and is never restarted. add-replica 4
 // (n = 5), add-replica 5 and 6 (n = 7), set-f 2; then, with replicas 3 and 5 stopped, the
 // group still orders and the subscriber still delivers (it votes with f = 2: three
-// matching copies out of the five replicas up); then set-f 1 and remove-replica 6, 5, 4.
+// matching copies out of the five replicas up); then set-f 1 and remove-replica 6, 5, 4,
+// replica 6 being down: started again, it says its peers refuse it as removed.
 // The subscriber follows each group (subscribing to new members from its next
 // undelivered seq, dropping removed ones), and what it delivered is checked by the
 // history checker: every acknowledged event, none twice, one gap-free order.
@@ -154,7 +155,8 @@ describe("growing to 7 replicas with f = 2 and back, one live subscriber through
       // behind is not what this test is about.
       await join([3, 5]);
 
-      // Back to 4 replicas with f = 1, in one epoch.
+      // Back to 4 replicas with f = 1, in one epoch; replica 6 is removed while it is down.
+      await killAndWait(cluster, 6);
       await admin(["set-f", "1", "--yes"]);
       for (const id of [6, 5, 4]) await admin(["remove-replica", "--id", String(id)]);
       await waitGroup(ORIGINAL, ORIGINAL, 1);
@@ -162,6 +164,22 @@ describe("growing to 7 replicas with f = 2 and back, one live subscriber through
       const after = await publishStream(publisher, TAG, "e", 10, 1);
       streams.push(after);
       expect(after.acked.length).toBe(10);
+
+      // Started again, replica 6 cannot learn its removal (its peers refuse its key at the
+      // handshake, a refusal nothing signs): it says so once f+1 of them did, each peer's
+      // refusal once, and asks again only every 30 s instead of filling both sides' logs.
+      cluster.start(6);
+      await waitFor(
+        "replica 6 to say its peers refuse it as removed",
+        () => logLines(cluster, 6, "peers refuse this replica's key: the group removed this replica or rotated its key").length === 1,
+        60_000,
+        () => logTail(cluster, 6),
+      );
+      const refusals = logLines(cluster, 6, "a peer refuses this replica's key: it no longer accepts it");
+      expect(refusals.length).toBeGreaterThanOrEqual(3);
+      expect(new Set(refusals.map((line) => line["peer"])).size).toBe(refusals.length);
+      for (const line of refusals) expect(line["reason"]).toBe("replica 6 was removed from the group");
+      await killAndWait(cluster, 6);
     } finally {
       running = false;
       streams.push(await steady);

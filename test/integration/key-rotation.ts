@@ -33,7 +33,7 @@ export async function rotateUnderTraffic(
     readonly prefix: string;
     readonly replicaArgs: Map<number, string[]>;
     /** Runs once `id` is stopped and before it starts with its new key (to change its data directory, say). */
-    readonly beforeRestart?: () => void;
+    readonly beforeRestart?: () => void | Promise<void>;
   },
 ): Promise<Stream> {
   const { id, epoch } = options;
@@ -59,7 +59,7 @@ export async function rotateUnderTraffic(
   expect(out).toContain("ok");
   for (const replica of options.until) expect(inEpoch(cluster, replica, epoch)).toBe(true);
   await killAndWait(cluster, id);
-  options.beforeRestart?.();
+  await options.beforeRestart?.();
   options.replicaArgs.set(id, ["--key", path]);
   cluster.start(id);
   // Its new key is not the cluster file's: it asks its peers for the group.

@@ -47,14 +47,27 @@ export interface MeshNode {
   readonly mesh: PeerMesh;
   readonly metrics: Metrics;
   readonly received: { from: number; text: string }[];
+  /** What the node logged at warn and error, parsed. */
+  readonly logged: Record<string, unknown>[];
   stop(): void;
 }
 
-/** A replica's mesh and listener: `self` with `key`, starting from the group `replicas`. Stop it when done. */
-export function startNode(self: number, key: SigningKey, port: number, replicas: readonly ReplicaEntry[]): MeshNode {
+/**
+ * A replica's mesh and listener: `self` with `key`, starting from the group `replicas`
+ * (`retiredQuorum`: the mesh's option of that name). Stop it when done.
+ */
+export function startNode(
+  self: number,
+  key: SigningKey,
+  port: number,
+  replicas: readonly ReplicaEntry[],
+  more: { readonly retiredQuorum?: number } = {},
+): MeshNode {
   const metrics = new Metrics();
   const received: { from: number; text: string }[] = [];
-  const log = createLog({ replica: self }, "error", () => {});
+  const logged: Record<string, unknown>[] = [];
+  const log = createLog({ replica: self }, "warn", (line) => logged.push(JSON.parse(line) as Record<string, unknown>));
+  const quorum = more.retiredQuorum;
   const mesh = new PeerMesh({
     self,
     key,
@@ -63,6 +76,7 @@ export function startNode(self: number, key: SigningKey, port: number, replicas:
     log,
     metrics,
     onMessage: (from, msg) => received.push({ from, text: new TextDecoder().decode(msg) }),
+    ...(quorum === undefined ? {} : { retiredQuorum: () => quorum }),
   });
   const server = new ReplicaServer({
     self,
@@ -82,6 +96,7 @@ export function startNode(self: number, key: SigningKey, port: number, replicas:
     mesh,
     metrics,
     received,
+    logged,
     stop: () => {
       if (stopped) return;
       stopped = true;

@@ -18,8 +18,14 @@ afterEach(() => {
 });
 
 /** startNode, stopped after the test. */
-function startNode(self: number, key: SigningKey, port: number, replicas: readonly ReplicaEntry[]): MeshNode {
-  const node = startMeshNode(self, key, port, replicas);
+function startNode(
+  self: number,
+  key: SigningKey,
+  port: number,
+  replicas: readonly ReplicaEntry[],
+  more: Parameters<typeof startMeshNode>[4] = {},
+): MeshNode {
+  const node = startMeshNode(self, key, port, replicas, more);
   cleanups.push(node.stop);
   return node;
 }
@@ -94,5 +100,31 @@ describe("the peer mesh follows the membership", () => {
     expect(a.mesh.status().some((link) => link.id === 2)).toBe(false);
     await waitFor("replica 2's handshakes refused as removed", () => a.metrics.get("peer_handshake_retired_key_total") > 0);
     expect(up(c, 0)).toBe(false);
+  }, 60_000);
+
+  test("a replica whose key its peers refuse as retired says so once per peer, then once f+1 did, an error; a key only the file named is not called removed", async () => {
+    const keys = [SigningKey.generate(), SigningKey.generate(), SigningKey.generate()];
+    const ports = [freePort(), freePort(), freePort()];
+    const file = keys.map((key, id) => entry(id, key, ports[id] as number));
+    const rest = file.filter((e) => e.id !== 2);
+    const a = startNode(0, keys[0] as SigningKey, ports[0] as number, file);
+    const b = startNode(1, keys[1] as SigningKey, ports[1] as number, file);
+    // Replica 0 followed a group with replica 2 in it and then one without: it was removed.
+    // Replica 1 only ever had the file's word for replica 2 (started after the removal).
+    a.mesh.setGroup(file, accepting(file));
+    for (const node of [a, b]) node.mesh.setGroup(rest, accepting(rest));
+    // Replica 2, down during the removal, starts again: f+1 = 2 peers refuse it.
+    const c = startNode(2, keys[2] as SigningKey, ports[2] as number, file, { retiredQuorum: 2 });
+    const error = "peers refuse this replica's key: the group removed this replica or rotated its key";
+    await waitFor("replica 2 to say its peers refuse it", () => c.logged.some((line) => line["msg"] === error));
+    const refusals = c.logged.filter((line) => line["msg"] === "a peer refuses this replica's key: it no longer accepts it");
+    expect(Object.fromEntries(refusals.map((line) => [line["peer"], line["reason"]]))).toEqual({
+      0: "replica 2 was removed from the group",
+      1: "replica 2 is not in this replica's group (only its cluster file lists it)",
+    });
+    expect(c.logged.filter((line) => line["msg"] === error)).toHaveLength(1);
+    expect(c.logged.find((line) => line["msg"] === error)).toMatchObject({ level: "error", peers: [0, 1] });
+    // Each refusal is said once, not as a failed link each time it is dialled.
+    expect(c.logged.filter((line) => line["msg"] === "peer link failed")).toEqual([]);
   }, 60_000);
 });
