@@ -530,12 +530,21 @@ export class OrderingDriver {
    * key and it was started again with the old one, say): every peer refuses that key at the
    * handshake, and the epoch verifies nothing it signs, so it could only dial and be refused
    * for ever. It stops at start instead, naming both keys. A replica whose key the group
-   * rotated while it was behind joins under the new key (options.join), and is not judged here.
+   * rotated while it was behind joins under the new key (options.join), and is not judged here;
+   * nor is one started with the new key of a rotation still pending, or with a cluster file of
+   * a later epoch than its data directory holds.
    */
   private refuseOtherKey(view: EpochView): void {
-    const { id, key, log } = this.options;
+    const { id, key, log, machine } = this.options;
     const own = view.members.find((member) => member.id === id);
     if (own === undefined || bytesEqual(own.key, key.publicKey)) return;
+    // Restarted with the new key before the rotation took effect: its peers accept both keys
+    // until the switch, which this replica makes in its turn.
+    const next = machine.pendingMembership()?.next.members.find((member) => member.id === id);
+    if (next !== undefined && bytesEqual(next.key, key.publicKey)) return;
+    // A cluster file of a later group (exported since): this replica may be behind a rotation
+    // it has not executed yet, and catches up to it (the switch's proof, then the state).
+    if (this.options.config.epoch > view.epoch) return;
     const runs = formatPublicKey(key.publicKey);
     const named = formatPublicKey(own.key);
     log.error("this replica runs with another key than its group names for it", { epoch: view.epoch, key: runs, groupKey: named });
