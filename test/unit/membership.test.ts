@@ -129,6 +129,15 @@ describe("membership commands", () => {
     expect(m.digest()).toEqual(before);
   });
 
+  test("set-f to the f a pending change already sets is refused, saying it is pending", () => {
+    const m = machine();
+    for (const id of [4, 5, 6]) expect(m.applyAdmin(add(id), 5).ok).toBe(true);
+    expect(m.applyAdmin({ t: "set-f", f: 2 }, 5).ok).toBe(true);
+    expect(refusal(m.applyAdmin({ t: "set-f", f: 2 }, 6))).toBe("a pending change already sets f = 2 (it takes effect at a checkpoint)");
+    // The current f stays a value a change may set again (the pending one back to it).
+    expect(m.applyAdmin({ t: "set-f", f: 1 }, 6).ok).toBe(true);
+  });
+
   test("a rotated key replaces the old one in the next epoch", () => {
     const m = machine();
     expect(m.applyAdmin({ t: "rotate-replica-key", id: 2, key: key(40) }, 3)).toMatchObject({ ok: true, cmd: "rotate-replica-key" });

@@ -351,7 +351,13 @@ export class MembershipRegistry {
       }
       case "set-f": {
         if (!isIntIn(cmd.f, 0, Math.floor((REPLICAS_MAX - 1) / 3))) return { reason: "f must be a non-negative integer" };
-        if (cmd.f === base.f) return { reason: `f is already ${cmd.f}` };
+        if (cmd.f === base.f) {
+          // A pending change may have set it already (one the operator asked for a moment ago, say).
+          const pending = base !== this.currentValue && this.currentValue.f !== cmd.f;
+          return {
+            reason: pending ? `a pending change already sets f = ${cmd.f} (it takes effect at a checkpoint)` : `f is already ${cmd.f}`,
+          };
+        }
         // Only raising f grows the quorum; lowering it is always taken (it shrinks the NEW_VIEW).
         // Sized for at least the 3f+1 replicas f needs: if even the smallest group of this f
         // cannot change leaders, adding replicas will not help, so that reason comes before n's.
