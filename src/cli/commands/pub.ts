@@ -298,6 +298,12 @@ export const pubCommand: Command = {
   run: runPub,
 };
 
+/**
+ * How long `fitb pub` waits, before it publishes, for where the channel stands (for the hint
+ * after a timeout, which then says N instead): a small part of a run, not a second --timeout.
+ */
+const START_SEQ_WAIT_MS = 2_000;
+
 async function runPub(args: ParsedArgs, io: CommandIo): Promise<number> {
   const flags = { ...readClientFlags(args), crashNoneTargets: readCrashNoneTargets(args) };
   const tag = requireTag(args.requiredPositional("TAG"));
@@ -306,7 +312,16 @@ async function runPub(args: ParsedArgs, io: CommandIo): Promise<number> {
   try {
     const keyNote = keyNoteOf(client, flags.keyPath);
     // Where this run's events go at the earliest, for the hint after a timeout (below).
-    const startSeq = await client.nextChannelSeq(tag).catch(() => undefined);
+    // Waited for at most START_SEQ_WAIT_MS: a group that answers no query within it would
+    // otherwise cost the whole --timeout before the publishes even start.
+    let waited: ReturnType<typeof setTimeout> | undefined;
+    const startSeq = await Promise.race([
+      client.nextChannelSeq(tag).catch(() => undefined),
+      new Promise<undefined>((resolve) => {
+        waited = setTimeout(() => resolve(undefined), Math.min(flags.timeoutMs, START_SEQ_WAIT_MS));
+      }),
+    ]);
+    clearTimeout(waited);
     const publisher = new Publisher(client, tag);
     let failed = 0;
     let timedOut = 0;
