@@ -640,7 +640,9 @@ export class Replica {
   /** A request admitRequest's checks refused. */
   private refuseAdmission(session: ClientSession, signed: SignedRequest, admitted: Refused): void {
     this.metrics.refused(admitted.code);
-    this.auditRefusal(session, admitted.code, admitted.reason, admitted.local?.tag);
+    // A gap in a client's seqs (OUT_OF_ORDER) is a replica behind its client, after a
+    // restart say, which the client sends again: counted, not an audit line per request.
+    if (admitted.code !== "OUT_OF_ORDER") this.auditRefusal(session, admitted.code, admitted.reason, admitted.local?.tag);
     if (admitted.local !== undefined) {
       this.reply(session, this.localFailure(admitted.local.seq, sha256(signed.body), admitted.code, admitted.reason));
       return;
