@@ -115,6 +115,9 @@ const COUNTERS = {
 
 const GAUGES = {
   view: "The ordering view this replica is in",
+  epoch: "The membership epoch this replica orders in (0: the cluster file's first group)",
+  membership_change_pending:
+    "1 while a decided membership change (add-replica, remove-replica, rotate-replica-key, set-f) waits for the checkpoint where it takes effect",
   leader: "The leader of the current view (replica id)",
   is_leader: "1 if this replica leads the current view",
   last_decided_seq: "The last decided seq this replica executed",

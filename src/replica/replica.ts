@@ -413,6 +413,8 @@ export class Replica {
     this.metrics.gauge("priority_low_admitted_percent", () => Math.round((shedder?.share("low", performance.now()) ?? 1) * 100));
     this.metrics.gauge("priority_normal_admitted_percent", () => Math.round((shedder?.share("normal", performance.now()) ?? 1) * 100));
     this.metrics.gauge("view", () => this.ordering.status().view);
+    this.metrics.gauge("epoch", () => this.ordering.epoch.epoch);
+    this.metrics.gauge("membership_change_pending", () => (this.machine.pendingMembership() === null ? 0 : 1));
     this.metrics.gauge("leader", () => this.ordering.status().leader);
     this.metrics.gauge("is_leader", () => (this.ordering.status().leader === this.options.id ? 1 : 0));
     this.metrics.gauge("last_decided_seq", () => this.ordering.status().lastExecuted);

@@ -121,6 +121,8 @@ describe("metrics on a running cluster", () => {
       'fitb_publish_ack_seconds_count{class="byzantine/total"}',
       'fitb_delivery_seconds_count{class="crash/none"}',
       "fitb_view",
+      "fitb_epoch",
+      "fitb_membership_change_pending",
       "fitb_leader",
       "fitb_is_leader",
       "process_resident_memory_bytes",
@@ -130,6 +132,8 @@ describe("metrics on a running cluster", () => {
       expect(values.has(series), `${series} in the first scrape`).toBe(true);
     }
     expect([...values.keys()].some((key) => key.startsWith("fitb_build_info{"))).toBe(true);
+    expect(values.get("fitb_epoch")).toBe(0);
+    expect(values.get("fitb_membership_change_pending")).toBe(0);
     relayBefore = await scrapeWhenUp(metricsBase + 5);
     expect(familiesWithoutHelp(relayBefore)).toEqual([]);
     expect(samples(relayBefore).get("fitb_relay_events_published_total")).toBeUndefined();
