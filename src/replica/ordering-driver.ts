@@ -520,12 +520,6 @@ export class OrderingDriver {
   private readonly policy: { urgencyOf: (client: string) => number };
 
   /**
-   * The epoch the recovered machine is in, with the start stored at its switch (or at its
-   * join). A machine ahead of the stored start (a stop between a change taking effect and
-   * the switch) is not resumed: the replica stops and says how to rejoin, unless the
-   * group's answer names that epoch from that checkpoint (joinsFromSwitchGap).
-   */
-  /**
    * A replica started with another key than its epoch names for it (the group rotated its
    * key and it was started again with the old one, say): every peer refuses that key at the
    * handshake, and the epoch verifies nothing it signs, so it could only dial and be refused
@@ -547,13 +541,24 @@ export class OrderingDriver {
     if (this.options.config.epoch > view.epoch) return;
     const runs = formatPublicKey(key.publicKey);
     const named = formatPublicKey(own.key);
-    log.error("this replica runs with another key than its group names for it", { epoch: view.epoch, key: runs, groupKey: named });
+    log.error("this replica runs with another key than its group names for it", {
+      epoch: view.epoch,
+      key: runs,
+      groupKey: named,
+      hint: "if the group rotated this replica's key (rotate-replica-key), start it with the new key's file (--key)",
+    });
     this.fatal(
       `replica ${id} runs with key ${runs}, but its data directory's group (epoch ${view.epoch}) names ${named} for it, and its peers refuse any other: ` +
         "if the group rotated its key (rotate-replica-key), start it with the new key's file (--key)",
     );
   }
 
+  /**
+   * The epoch the recovered machine is in, with the start stored at its switch (or at its
+   * join). A machine ahead of the stored start (a stop between a change taking effect and
+   * the switch) is not resumed: the replica stops and says how to rejoin, unless the
+   * group's answer names that epoch from that checkpoint (joinsFromSwitchGap).
+   */
   private recoveredEpoch(): EpochView {
     const { machine, storage, config } = this.options;
     const membership = machine.membership();

@@ -241,7 +241,8 @@ export class PeerMesh {
   /** The keys accepted in each replica's handshake (two while a rotation waits for its epoch). */
   private accepted = new Map<number, Uint8Array[]>();
   /** Keys no longer accepted, by hex, with the replica that held them and why. */
-  private readonly retiredKeys = new Map<string, { id: number; why: string }>();
+  /** Keys no longer accepted, by hex, with why; `fileOnly`: only the cluster file named it (setGroup). */
+  private readonly retiredKeys = new Map<string, { id: number; why: string; fileOnly: boolean }>();
   /**
    * Keys some replicated group this replica followed accepted (setGroup), as opposed to
    * keys only its cluster file named: a few per membership change, kept for the process's life.
@@ -311,15 +312,17 @@ export class PeerMesh {
       for (const key of keys) {
         const kept = next.get(id);
         if (kept?.some((known) => bytesEqual(known, key))) continue;
-        // A key only the cluster file named left no group this replica followed: the group
-        // may have removed it before this start, or this replica may be behind a group that
-        // added it since (an exported file ahead of this data directory). It cannot say which.
-        const why = !this.groupKeys.has(toHex(key))
-          ? `replica ${id} is not in this replica's group (only its cluster file lists it)`
+        // A replica only the cluster file named left no group this replica followed: the
+        // group may have removed it before this start, or this replica may be behind a group
+        // that added it since (an exported file ahead of this data directory). It cannot say
+        // which, and its refusal must not read as retired (the dialler would wait 30 s).
+        const fileOnly = kept === undefined && !this.groupKeys.has(toHex(key));
+        const why = fileOnly
+          ? `replica ${id} is not in this replica's group (only its cluster file lists it; this replica may be behind)`
           : kept === undefined
             ? `replica ${id} was removed from the group`
             : `replica ${id}'s key was rotated`;
-        this.retiredKeys.set(toHex(key), { id, why });
+        this.retiredKeys.set(toHex(key), { id, why, fileOnly });
         if (this.retiredKeys.size > RETIRED_KEYS_MAX) this.retiredKeys.delete(this.retiredKeys.keys().next().value as string);
       }
     }
@@ -838,8 +841,9 @@ export class PeerMesh {
     this.options.metrics.inc("peer_handshake_failed_total");
     if (reason.startsWith(RETIRED_REFUSAL) && link.preferredFor === null) {
       this.refusedAsRetired(link.peer.id, reason.slice(RETIRED_REFUSAL.length));
-      conn.close();
+      // Before the close, whose callback may take the link down (and schedule the next dial) at once.
       link.backoffMs = PEER_RETIRED_RETRY_MS;
+      conn.close();
       this.linkDown(link, reason);
       return;
     }
@@ -945,6 +949,20 @@ export class PeerMesh {
     if (hello.replica === this.options.self || !this.accepts(hello.replica, hello.key)) {
       this.options.metrics.inc("peer_handshake_failed_total");
       const retired = this.retiredKeys.get(toHex(hello.key));
+      if (retired?.fileOnly === true) {
+        // Not a retired key as far as this replica knows: said so, without the words a
+        // removed replica's dialler waits 30 s on (failOutbound).
+        this.options.audit?.warn("handshake-failed", "peer handshake refused: the key is not in this replica's group", {
+          key: hello.key,
+          address: conn.remote,
+          reason: `HELLO as replica ${hello.replica}: ${retired.why}`,
+        });
+        conn.closeWith({
+          type: FrameType.ERROR,
+          body: { code: "UNAUTHORIZED", reason: `key not in this replica's group: ${retired.why}` },
+        });
+        return null;
+      }
       if (retired !== undefined) {
         // A key the group accepted once: its replica was removed or its key rotated. Its
         // holder (the old host, or whoever has the old key) learns why.

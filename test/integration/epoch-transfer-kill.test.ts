@@ -1,6 +1,7 @@
 // A replica killed while it fetches the state, after a membership change it was down
 // for. Four real replica processes (f = 1); replica 1 is stopped, replica 3's key is
-// rotated (epoch 1) and 3 restarted with its new key, and the others order far past
+// rotated (epoch 1) and 3 restarted with its new key (first with its old one, which it
+// refuses to run with, naming both keys), and the others order far past
 // replica 1's log. Started again, replica 1 is sent the proof that ended epoch 0, switches
 // and fetches the state there by state transfer; it is killed with SIGKILL as soon as it
 // says the transfer started, and started once more. A replica the cluster file lists,
@@ -21,6 +22,7 @@ import {
   waitCaughtUp,
   historyProblems,
 } from "./durability-history.ts";
+import { waitFor } from "../helpers/wait.ts";
 import { logTail, type TestCluster } from "./harness.ts";
 import { rotateUnderTraffic } from "./key-rotation.ts";
 
@@ -52,7 +54,14 @@ describe("a replica killed while it fetches the state in epoch 1", () => {
     const oldKeyStart = async (): Promise<void> => {
       const before = logLines(cluster, 3, "this replica runs with another key than its group names for it").length;
       cluster.start(3);
-      expect(await cluster.procs[3]?.exited).toBe(EXIT_STATE_UNTRUSTED);
+      const proc = cluster.procs[3];
+      await waitFor(
+        "replica 3, started with its old key, to stop",
+        () => proc?.exitCode !== null,
+        60_000,
+        () => logTail(cluster, 3),
+      );
+      expect(proc?.exitCode).toBe(EXIT_STATE_UNTRUSTED);
       const refused = logLines(cluster, 3, "this replica runs with another key than its group names for it");
       expect(refused.length).toBe(before + 1);
       expect(refused.at(-1)).toMatchObject({ epoch: 1 });
