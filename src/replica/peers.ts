@@ -240,14 +240,17 @@ export class PeerMesh {
   private readonly inboundKeys = new Map<number, Uint8Array>();
   /** The keys accepted in each replica's handshake (two while a rotation waits for its epoch). */
   private accepted = new Map<number, Uint8Array[]>();
-  /** Keys no longer accepted, by hex, with the replica that held them and why. */
-  /** Keys no longer accepted, by hex, with why; `fileOnly`: only the cluster file named it (setGroup). */
+  /** Keys no longer accepted, by hex, with the replica that held them and why; `fileOnly`: only the cluster file named it (setGroup). */
   private readonly retiredKeys = new Map<string, { id: number; why: string; fileOnly: boolean }>();
   /**
    * Keys some replicated group this replica followed accepted (setGroup), as opposed to
    * keys only its cluster file named: a few per membership change, kept for the process's life.
    */
   private readonly groupKeys = new Set<string>();
+  /** Peers that refuse this replica's key as retired, with why (each logged once, then at debug; cleared when its link comes up). */
+  private readonly retiredBy = new Map<number, string>();
+  /** The error for f+1 such peers was logged (refusedAsRetired). */
+  private retiredReported = false;
   private started = false;
   private stopped = false;
   private oversizedReported = false;
@@ -852,10 +855,6 @@ export class PeerMesh {
     conn.close();
     this.linkDown(link, reason);
   }
-
-  /** Peers that refuse this replica's key as retired, with why (each logged once, then at debug; cleared when its link comes up). */
-  private readonly retiredBy = new Map<number, string>();
-  private retiredReported = false;
 
   /**
    * A peer refused this replica's key as one the group no longer accepts. Said once per

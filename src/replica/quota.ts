@@ -41,21 +41,29 @@ export class ClientLimits {
     const quota = this.quotaOf(keyHex);
     const eventsPerSecond = quota?.eventsPerSecond ?? null;
     const bytesPerSecond = quota?.bytesPerSecond ?? null;
+    // With one rate to meet (every key without a bytes/s quota, the usual case), take at once;
+    // with two, take from neither unless both have room.
+    const take = bytesPerSecond === null;
     if (eventsPerSecond === null) {
-      if (!this.events.fits(keyHex, events, nowMs)) {
+      if (!(take ? this.events.take(keyHex, events, nowMs) : this.events.fits(keyHex, events, nowMs))) {
         return `key ${keyText(keyHex)} is over the cluster's limit of ${this.defaults.eventsPerSecond} events/s (client_events_per_second_max, burst ${this.defaults.burstEvents}); retry later`;
       }
-    } else if (!this.events.fits(keyHex, events, nowMs, eventsPerSecond, eventsPerSecond, true)) {
+    } else if (
+      !(take
+        ? this.events.take(keyHex, events, nowMs, eventsPerSecond, eventsPerSecond, true)
+        : this.events.fits(keyHex, events, nowMs, eventsPerSecond, eventsPerSecond, true))
+    ) {
       const owed = this.events.owed(keyHex);
       return `key ${keyText(keyHex)} is over its quota of ${eventsPerSecond} events/s (set-quota; a request of ${counted(events, "event")}${oweNote(events, eventsPerSecond, owed, "event")}); retry later`;
     }
-    if (bytesPerSecond !== null && !this.bytes.fits(keyHex, bytes, nowMs, bytesPerSecond, bytesPerSecond, true)) {
+    if (take) return null;
+    if (!this.bytes.fits(keyHex, bytes, nowMs, bytesPerSecond, bytesPerSecond, true)) {
       const owed = this.bytes.owed(keyHex);
       return `key ${keyText(keyHex)} is over its quota of ${bytesPerSecond} bytes/s (set-quota; a request of ${counted(bytes, "byte")}${oweNote(bytes, bytesPerSecond, owed, "byte")}); retry later`;
     }
     if (eventsPerSecond === null) this.events.take(keyHex, events, nowMs);
     else this.events.take(keyHex, events, nowMs, eventsPerSecond, eventsPerSecond, true);
-    if (bytesPerSecond !== null) this.bytes.take(keyHex, bytes, nowMs, bytesPerSecond, bytesPerSecond, true);
+    this.bytes.take(keyHex, bytes, nowMs, bytesPerSecond, bytesPerSecond, true);
     return null;
   }
 
