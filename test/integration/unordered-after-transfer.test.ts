@@ -50,8 +50,10 @@ async function servedByReplica1(tag = "net.links"): Promise<number> {
     return await new Promise<number>((resolve, reject) => {
       const marker = `marker-${Date.now()}`;
       const publisher = clientFor(cluster, cluster.clientKey, { crashNoneTargets: "all" });
-      publisher
-        .publish(tag, [encode(marker)])
+      // Sent to every replica with a session up: replica 1's must be, or the marker is
+      // acknowledged by the others before it ever reaches replica 1.
+      waitFor("the marker publisher's session to replica 1", () => publisher.readyReplicas().includes(1))
+        .then(() => publisher.publish(tag, [encode(marker)]))
         .then(() =>
           waitFor("the marker from replica 1", () =>
             session.frames.some((f) => f.type === FrameType.EVENTS && new TextDecoder().decode(f.body.req.body).includes(marker)),
