@@ -115,15 +115,16 @@ export function rawSession(cluster: TestCluster, id: number, key: SigningKey, fr
   );
 }
 
-/** A signed one-event publish REQUEST frame, `after` set for read-your-writes. */
-export function publishFrame(key: SigningKey, seq: number, tag: string, text: string, after?: number): Frame {
+/** A signed publish REQUEST frame of one event (or of each of `text`'s), `after` set for read-your-writes. */
+export function publishFrame(key: SigningKey, seq: number, tag: string, text: string | readonly string[], after?: number): Frame {
+  const events = typeof text === "string" ? [text] : text;
   const body = encodeRequestBody({
     v: 1,
     client: key.publicKey,
     seq,
-    span: 1,
+    span: events.length,
     ts: Date.now(),
-    op: { t: "pub", tag, events: [encode(text)] },
+    op: { t: "pub", tag, events: events.map(encode) },
   });
   const sig = sign(key, requestSigningInput(body));
   return { type: FrameType.REQUEST, body: after === undefined ? { body, sig } : { body, sig, after } };
@@ -152,15 +153,7 @@ export async function chargeEveryReplica(
   seq: number,
   events: readonly string[],
 ): Promise<void> {
-  const body = encodeRequestBody({
-    v: 1,
-    client: key.publicKey,
-    seq,
-    span: events.length,
-    ts: Date.now(),
-    op: { t: "pub", tag, events: events.map(encode) },
-  });
-  const request: Frame = { type: FrameType.REQUEST, body: { body, sig: sign(key, requestSigningInput(body)) } };
+  const request = publishFrame(key, seq, tag, events);
   const sessions = requireClusterConfig(cluster.configPath).replicas.map((replica) => {
     const frames: Frame[] = [];
     const connection = rawSession(cluster, replica.id, key, frames);
