@@ -631,6 +631,19 @@ export class FramedConn {
     if (this.budget !== null) this.budget.change(this.pendingBytes - before, this.remote);
   }
 
+  /**
+   * Writes `bytes` as they are, not a frame (an answer in another protocol to a client that
+   * spoke one, server.ts answerHttp), and closes. Only before session framing and write
+   * coalescing start, where the bytes go to the socket in the order given.
+   */
+  closeWithRaw(bytes: Uint8Array): void {
+    assert(this.framing === null && this.egress === null, "closeWithRaw on a session: its frames are sealed and queued by class");
+    if (this.closed) return;
+    this.enqueue(bytes);
+    this.socket.flush();
+    this.close();
+  }
+
   /** Sends one last frame (an ERROR, typically) and closes. */
   closeWith(frame: Frame): void {
     if (this.closed) return;

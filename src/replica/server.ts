@@ -137,6 +137,15 @@ export const CLIENT_OUTPUT_BYTES_PER_ADDRESS_MAX = CLIENT_OUTPUT_BYTES_MAX / 16;
  * the refusal sent to its address's later connections): enough to say what was wrong.
  */
 const REFUSED_FRAME_REASON_BYTES = 120;
+/**
+ * How an HTTP request begins: a method and a space (`PRI ` opens HTTP/2 with prior
+ * knowledge). As the length of a first frame those bytes are over a gigabyte, so no fitb
+ * frame begins so: a connection that does is someone's browser, curl or scraper at the
+ * wrong port (wire/PROTOCOL.md §1).
+ */
+const HTTP_REQUEST_START = /^(?:GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PRI) /;
+/** Bytes of a connection's first chunk looked at for an HTTP method. */
+const HTTP_METHOD_BYTES_MAX = 8;
 /** A client session that sends nothing (clients PING every few seconds) for this long is closed. */
 export const CLIENT_IDLE_MS_MAX = 60_000;
 /** A client connection whose queued bytes the client has taken none of for this long is closed. */
@@ -725,6 +734,7 @@ export class ReplicaServer {
    * the first of them began with the bytes the decoder held from earlier chunks.
    */
   private onHandshakeData(conn: FramedConn, state: ConnState, handshake: FrameDecoder, chunk: Uint8Array): void {
+    if (state.phase === "hello" && handshake.bufferedBytes === 0 && startsHttpRequest(chunk)) return this.answerHttp(conn, state);
     let end = -handshake.bufferedBytes;
     for (const result of handshake.push(chunk)) {
       if (result.ok) end += FRAME_HEADER_BYTES + result.payload.length;
@@ -751,6 +761,27 @@ export class ReplicaServer {
       }
       this.onResult(conn, results[i] as DecodeResult);
     }
+  }
+
+  /**
+   * An HTTP request where fitb's binary protocol is spoken (an operator's curl or browser, a
+   * scraper given the wrong port): answered in HTTP, saying where HTTP is served, and closed
+   * without reading more. Not taken for a hostile frame: blacklisting the address would also
+   * lock out the relay and the probes on the host the operator typed it on, for a minute.
+   */
+  private answerHttp(conn: FramedConn, state: ConnState): void {
+    state.phase = "closed";
+    this.options.metrics.inc("http_requests_refused_total");
+    const port = this.accepts === "peers" ? "peer port" : "client port";
+    const text =
+      `fitb replica ${this.options.self}: this ${port} speaks fitb's binary protocol (wire/PROTOCOL.md), not HTTP.\n` +
+      "Publish and subscribe with fitb pub, fitb sub or a fitb relay. A replica serves HTTP (/metrics, /status)\n" +
+      "only where it was started with --metrics HOST:PORT.\n";
+    this.options.audit?.warn("client-refused", "connection refused: an HTTP request", {
+      address: conn.remote,
+      reason: `an HTTP request on the ${port} (HTTP is served only on --metrics)`,
+    });
+    conn.closeWithRaw(httpResponse(400, "Bad Request", text));
   }
 
   private refuseBlacklisted(conn: FramedConn, key: Uint8Array | null, reason: string): void {
@@ -1244,6 +1275,22 @@ export class ReplicaServer {
 }
 
 /** What a cut frame holds (its payload; a frame that did not decode holds nothing). */
+/** Whether a connection's first bytes are the start of an HTTP request (HTTP_REQUEST_START). */
+function startsHttpRequest(chunk: Uint8Array): boolean {
+  const head = chunk.subarray(0, HTTP_METHOD_BYTES_MAX);
+  return HTTP_REQUEST_START.test(String.fromCharCode(...head));
+}
+
+/** A whole HTTP/1.1 response that closes its connection, with a plain-text body. */
+function httpResponse(status: number, reason: string, text: string): Uint8Array {
+  const body = new TextEncoder().encode(text);
+  const head = `HTTP/1.1 ${status} ${reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`;
+  const bytes = new Uint8Array(head.length + body.length);
+  bytes.set(new TextEncoder().encode(head), 0);
+  bytes.set(body, head.length);
+  return bytes;
+}
+
 function resultBytes(result: DecodeResult): number {
   return result.ok ? result.payload.length : 0;
 }

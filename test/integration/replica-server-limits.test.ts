@@ -858,6 +858,52 @@ describe("a blacklisted address on a clients-only port", () => {
   });
 });
 
+/** Sends `bytes` on a new connection and reads until the server closes it. */
+async function exchangeRaw(port: number, bytes: string): Promise<string> {
+  const socket = net.connect({ host: HOST, port });
+  const chunks: Buffer[] = [];
+  socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+  socket.on("error", () => {});
+  socket.write(bytes);
+  await new Promise<void>((resolve) => socket.on("close", () => resolve()));
+  return Buffer.concat(chunks).toString("latin1");
+}
+
+describe("an HTTP request where fitb's protocol is spoken (curl or a browser at the wrong port)", () => {
+  const REQUEST = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: curl/8\r\nAccept: */*\r\n\r\n";
+
+  test("is answered 400 in HTTP saying where HTTP is served, counted and logged, and its address is not blacklisted: the host's clients still get sessions", async () => {
+    const admission = new ClientAdmission({});
+    const fx = startServer({}, null, undefined, { accepts: "clients", admission, audit: true });
+    const answer = await exchangeRaw(fx.server.port, REQUEST);
+    expect(answer).toStartWith("HTTP/1.1 400 Bad Request\r\n");
+    const [head, body] = answer.split("\r\n\r\n") as [string, string];
+    expect(head).toContain(`Content-Length: ${Buffer.byteLength(body)}`);
+    expect(head).toContain("Connection: close");
+    expect(body).toContain("fitb replica 0: this client port speaks fitb's binary protocol");
+    expect(body).toContain("--metrics HOST:PORT");
+    expect(fx.metrics.get("http_requests_refused_total")).toBe(1);
+    expect(fx.metrics.get("clients_blacklisted_total")).toBe(0);
+    expect(admission.isAddressBlacklisted(HOST)).toBe(false);
+    expect(fx.logLines.some((line) => line.includes("connection refused: an HTTP request"))).toBe(true);
+    expectSession(await clientSession(fx.server.port, SigningKey.generate()));
+  });
+
+  test("other bytes that are no frame still blacklist the address, as before", async () => {
+    const admission = new ClientAdmission({});
+    const fx = startServer({}, null, undefined, { accepts: "clients", admission, audit: true });
+    const answer = await exchangeRaw(fx.server.port, "HELLO fitb, are you there?\n");
+    expect(answer).not.toContain("HTTP/1.1");
+    expect(fx.metrics.get("http_requests_refused_total")).toBe(0);
+    expect(admission.isAddressBlacklisted(HOST)).toBe(true);
+  });
+
+  test("on a peer port it names the peer port", async () => {
+    const fx = startServer({}, null, undefined, { accepts: "peers" });
+    expect(await exchangeRaw(fx.server.port, REQUEST)).toContain("fitb replica 0: this peer port speaks fitb's binary protocol");
+  });
+});
+
 describe("the tarpit: connections of a blacklisted address held open and unread", () => {
   /** The hostile host; the correct clients connect from HOST. */
   const ATTACKER = "127.0.0.2";
