@@ -203,6 +203,11 @@ describe("destroy-channel's check", () => {
     );
   });
 
+  test("one event is one event", async () => {
+    const client = listed({ retainedEvents: 1, retainedBytes: 200, reportedEventsMax: 1, reportedBytesMax: 200 });
+    await expect(checkDestroy(client, "net.links", false)).rejects.toThrow("channel net.links holds 1 event (200 B);");
+  });
+
   test("one replica saying it holds events is enough, whatever the listing shows", async () => {
     const client = listed({ retainedEvents: 0, reportedEventsMax: 12, reportedBytesMax: 1200 });
     await expect(checkDestroy(client, "net.links", false)).rejects.toThrow(

@@ -4,6 +4,7 @@
  * check that makes destroy-channel ask for --yes when events are stored, and the
  * list-quotas table of the keys with limits of their own.
  */
+import { plural } from "../words.ts";
 import type { ChannelListing } from "../../client/channel-listing.ts";
 import type { FitbClient } from "../../client/client.ts";
 import type { KeyQuotaListing } from "../../client/queries.ts";
@@ -88,13 +89,13 @@ function figure(value: number | null): string {
 /** "120 events, 24.1 KiB (1% of 1.0 GiB)": what is stored against the tighter of the two limits. */
 function retentionUse(channel: ChannelListing): string {
   if (channel.retainedEvents === null || channel.retainedBytes === null) return "?";
-  const stored = `${channel.retainedEvents} events, ${formatBytes(channel.retainedBytes)}`;
+  const stored = `${plural(channel.retainedEvents, "event")}, ${formatBytes(channel.retainedBytes)}`;
   const limits = channel.retention;
   if (limits === null) return stored;
   const eventShare = limits.events > 0 ? channel.retainedEvents / limits.events : 0;
   const byteShare = limits.bytes > 0 ? channel.retainedBytes / limits.bytes : 0;
   const share = Math.max(eventShare, byteShare);
-  const limit = eventShare >= byteShare ? `${limits.events} events` : formatBytes(limits.bytes);
+  const limit = eventShare >= byteShare ? plural(limits.events, "event") : formatBytes(limits.bytes);
   return `${stored} (${Math.floor(share * 100)}% of ${limit})`;
 }
 
@@ -134,9 +135,9 @@ export async function checkDestroy(client: FitbClient, tag: string, yes: boolean
 function heldEvents(channel: ChannelListing, reported: number): string {
   const listed = channel.retainedEvents;
   if (listed !== null && listed >= reported) {
-    return `holds ${listed} events (${formatBytes(channel.retainedBytes ?? 0)})${channel.lastSeq === null ? "" : `, last seq ${channel.lastSeq}`}`;
+    return `holds ${plural(listed, "event")} (${formatBytes(channel.retainedBytes ?? 0)})${channel.lastSeq === null ? "" : `, last seq ${channel.lastSeq}`}`;
   }
   if (reported === 0) return "may hold events (the replicas did not say how many)";
-  const most = `a replica reports ${reported} events (${formatBytes(channel.reportedBytesMax ?? 0)})`;
+  const most = `a replica reports ${plural(reported, "event")} (${formatBytes(channel.reportedBytesMax ?? 0)})`;
   return listed === null ? `may hold events: ${most}` : `may hold events: ${most}, the listing ${listed}`;
 }

@@ -12,6 +12,7 @@
  * A benchmark is a program, not a test: it prints figures and never judges them. It
  * exits 1 only if events failed to publish or were acknowledged but not delivered.
  */
+import { plural } from "../words.ts";
 import { randomBytes } from "node:crypto";
 import type { FitbClient } from "../../client/client.ts";
 import { describeError } from "../../client/errors.ts";
@@ -630,11 +631,6 @@ export function subscriberSweepTable(plan: BenchPlan, rows: readonly SubscriberS
     );
   }
   return lines;
-}
-
-/** "1 subscriber", "3 subscribers". */
-function plural(count: number, noun: string): string {
-  return `${count} ${noun}${count === 1 ? "" : "s"}`;
 }
 
 /** The mean of the replicas' figures that were reported, or null when none was. */

@@ -14,6 +14,7 @@
  * shape: {tag} {seq} {payload} as above, {time} (ISO 8601, UTC, of the publish's signed
  * time), {ts} (the same in ms), {publisher} (ed25519:...).
  */
+import { plural } from "../words.ts";
 import { formatPublicKey } from "../../crypto/keys.ts";
 import { isLineSafe } from "../../relay/format.ts";
 import { isPattern, patternProblem } from "../../client/pattern.ts";
@@ -259,8 +260,8 @@ export function reportSignal(io: Pick<CommandIo, "err">, signal: SubscriptionSig
     case "overflow":
       io.err(
         signal.source === "local"
-          ? `fitb sub: warning: output fell behind; ${signal.droppedEvents} events dropped`
-          : `fitb sub: warning: ${signal.droppedEvents} events dropped: ${signal.reason}`,
+          ? `fitb sub: warning: output fell behind; ${plural(signal.droppedEvents, "event")} dropped`
+          : `fitb sub: warning: ${plural(signal.droppedEvents, "event")} dropped: ${signal.reason}`,
       );
       return;
     case "invalid":
