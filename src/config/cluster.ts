@@ -30,7 +30,7 @@ import { dirname, resolve } from "node:path";
 import { z } from "zod";
 import { tomlErrorPosition } from "./toml-position.ts";
 import { bytesEqual } from "../crypto/encoding.ts";
-import { describeIoError, formatPublicKey, PUBLIC_KEY_FORM, tryParsePublicKey } from "../crypto/keys.ts";
+import { describeIoError, formatPublicKey, PUBLIC_KEY_FORM, SECRET_KEY_PREFIX, tryParsePublicKey } from "../crypto/keys.ts";
 import {
   checkChannelsConfig,
   DEFAULT_CHANNELS_CONFIG,
@@ -340,6 +340,8 @@ export interface ParseClusterConfigOptions {
 /** Parses and validates cluster file text. `sourceName` names the file in messages. */
 export function parseClusterConfig(text: string, sourceName: string, options: ParseClusterConfigOptions = {}): ClusterConfigResult {
   const baseDir = resolve(options.baseDir ?? dirname(sourceName));
+  const secret = secretKeyProblem(text, sourceName);
+  if (secret !== null) return { ok: false, errors: [{ path: "", message: secret }] };
   let document: unknown;
   try {
     document = Bun.TOML.parse(text);
@@ -351,6 +353,22 @@ export function parseClusterConfig(text: string, sourceName: string, options: Pa
   const errors = checkCrossFieldRules(parsed.data);
   if (errors.length > 0) return { ok: false, errors };
   return { ok: true, config: buildConfig(parsed.data, baseDir) };
+}
+
+/**
+ * A cluster file names public keys only. Text holding a secret key (a key file given as
+ * --config, or a secret pasted where a public key belongs) is refused before it is parsed,
+ * naming the line but never quoting it: the TOML and field errors quote what they found,
+ * and those lines go to terminals, the journal and CI logs.
+ */
+function secretKeyProblem(text: string, sourceName: string): string | null {
+  const at = text.indexOf(SECRET_KEY_PREFIX);
+  if (at < 0) return null;
+  const line = text.slice(0, at).split("\n").length;
+  const keyFile = text.trimStart().startsWith(SECRET_KEY_PREFIX)
+    ? ` ${sourceName} looks like a key file (what fitb keygen writes): --config takes the cluster file (cluster.toml), --key the secret key file.`
+    : " Put the replica's or client's public key (ed25519:..., in the .pub file beside the key file) there instead.";
+  return `${sourceName}: line ${line} holds a secret key (${SECRET_KEY_PREFIX}...), not shown here; a cluster file names public keys only.${keyFile}`;
 }
 
 /** Reads and validates a cluster file. I/O problems come back as issues too. */

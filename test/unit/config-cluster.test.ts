@@ -444,6 +444,21 @@ describe("rejected files name the field and the expected form", () => {
     expect(onlyError('a = [\n  1,\n  2,\n]\nname = "x"\nx = tru\n')).toStartWith(`${source}:6:7: not valid TOML: `);
   });
 
+  test("text holding a secret key is refused without quoting it: a key file given as --config, or a secret pasted as a replica's key", () => {
+    const source = join(directory, "cluster.toml");
+    const secret = `fitb-ed25519-secret:${toBase64url(SigningKey.generate().exportSeed())}`;
+    const asFile = onlyError(`${secret}\n`);
+    expect(asFile).toBe(
+      `${source}: line 1 holds a secret key (fitb-ed25519-secret:...), not shown here; a cluster file names public keys only. ${source} looks like a key file (what fitb keygen writes): --config takes the cluster file (cluster.toml), --key the secret key file.`,
+    );
+    const pasted = handToml({}).replace(/key = "ed25519:[^"]*"/, `key = "${secret}"`);
+    expect(pasted).toContain(secret);
+    const inField = onlyError(pasted);
+    expect(inField).toContain("holds a secret key (fitb-ed25519-secret:...), not shown here");
+    expect(inField).toContain("Put the replica's or client's public key");
+    for (const message of [asFile, inField]) expect(message).not.toContain(secret.slice("fitb-ed25519-secret:".length));
+  });
+
   test("tomlErrorPosition: null for valid TOML", () => {
     expect(tomlErrorPosition('a = 1\n[t]\nb = "x"\n')).toBeNull();
   });
