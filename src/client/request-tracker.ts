@@ -432,6 +432,13 @@ export class RequestTracker {
     if (!body.ok && body.at !== undefined) {
       const waited = pending.askedClaimed.has(replica);
       pending.local.set(replica, { code: body.code, reason: body.reason, at: body.at, waited });
+      // Said at the deadline as what the replica answered (a stale one is asked again, and
+      // says so instead: askAgain), not as "no answer": a REPLAY from one replica of a
+      // crash/none publish is another process publishing with this key to this tag.
+      pending.transient.set(
+        replica,
+        `${body.code} ${body.reason} (one replica's refusal; it stands once ${vouchQuorum(this.ctx.group.f)} give it)`,
+      );
       this.judgeLocalRefusals(pending);
       return;
     }

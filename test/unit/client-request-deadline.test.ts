@@ -194,6 +194,26 @@ describe("a request refused RATE_LIMITED or OVERLOADED until its deadline", () =
   });
 });
 
+describe("a replica's own refusal (judged on its state, with `at`) at the deadline", () => {
+  test("is named with its code and reason, not as no answer: a crash/none publish one replica refuses REPLAY while another stores it", async () => {
+    const made = request(7, "net.links");
+    const replayReason = "this sequence number was already used";
+    // The f+1 replicas first asked: one stores it, the other refuses it REPLAY; the others
+    // (asked once it is refused) are down and answer nothing.
+    let pair: number[] = [];
+    const { outcome } = await atDeadline("crash/none", made, (tracker, round, asked) => {
+      if (round === 0) pair = [...asked.keys()].sort();
+      const [storing, refusing] = pair as [number, number];
+      tracker.onReply(storing, stored(made, storing));
+      tracker.onReply(refusing, { ...refusal(made, refusing, "OVERLOADED", ""), code: "REPLAY", reason: replayReason, at: 1 } as Reply);
+    });
+    const error = errorOf(outcome);
+    expect(error.code).toBe("TIMEOUT");
+    expect(error.message).toContain(`REPLAY ${replayReason} (one replica's refusal; it stands once 2 give it)`);
+    expect(error.message).not.toMatch(/710[0-3]\): no answer.*710[0-3]\): no answer.*710[0-3]\): no answer/);
+  });
+});
+
 describe("a request that missed its deadline otherwise is still a TIMEOUT", () => {
   test("silent replicas: TIMEOUT, no quorum, each one named", async () => {
     const made = request(6);
