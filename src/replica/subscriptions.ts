@@ -276,6 +276,15 @@ export class Subscriptions {
     }
     const ordered = info.order === "total";
     const urgency = egressOfPriority(this.machine.priorityOf(tag));
+    if (!ordered && from !== undefined && from > 0) {
+      // Each replica numbers its own store of an unordered channel, so a position means
+      // something else at each: replayed from it, a subscriber got a different slice from
+      // each replica, and on byzantine/none waited for the f+1 copies vouching for a key
+      // that fewer replicas than that had past the position (wire/PROTOCOL.md 4.10).
+      const reason = `from ${from} on ${tag}, an unordered channel (${info.fault}/none): there only from 0 (every retained event) or no from (live) has a meaning, since each replica numbers its own store`;
+      this.end(session, sub, "BAD_REQUEST", reason, undefined, urgency);
+      return;
+    }
     // Below the first seq is no event, hence no gap: only what retention dropped is TRIMMED.
     const wanted = from === undefined ? undefined : Math.max(from, CHANNEL_SEQ_FIRST);
     const start = ordered ? (wanted ?? info.nextSeq) : from === undefined ? null : Math.max(from, info.oldestSeq);

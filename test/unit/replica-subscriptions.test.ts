@@ -151,3 +151,25 @@ describe("private channels (README, Security model)", () => {
     expect(events(frames)).toEqual([]);
   });
 });
+
+describe("from on an unordered channel", () => {
+  test("from 0 (every retained event) and no from (live) are taken; any other from is refused BAD_REQUEST saying why, since each replica numbers its own store", () => {
+    const machine = new ChannelMachine({ hash: (b) => sha256(b), config: CONFIG });
+    expect(
+      machine.applyAdmin({ t: "create-channel", tag: "sec.ids", fault: "byzantine", order: "none", priority: "normal", public: true }).ok,
+    ).toBe(true);
+    const subs = new Subscriptions(0, machine, new Metrics(), 16);
+    const frames: Frame[] = [];
+    const s = recordingSession(7, frames);
+    subs.subscribe(s, 1, "sec.ids", undefined);
+    subs.subscribe(s, 2, "sec.ids", 0);
+    subs.subscribe(s, 3, "sec.ids", 20);
+    expect(subs.count).toBe(2);
+    const ended = frames.filter((f) => f.type === FrameType.SUB_END);
+    expect(ended.map((f) => (f.type === FrameType.SUB_END ? [f.body.sub, f.body.code] : null))).toEqual([[3, "BAD_REQUEST"]]);
+    const reason = ended[0]?.type === FrameType.SUB_END ? ended[0].body.reason : "";
+    expect(reason).toBe(
+      "from 20 on sec.ids, an unordered channel (byzantine/none): there only from 0 (every retained event) or no from (live) has a meaning, since each replica numbers its own store",
+    );
+  });
+});
