@@ -94,7 +94,7 @@ test(
       const client = readFileSync(join(dir, "client.key.pub"), "utf8").trim();
       expect((await runIn(directory, [binary, "pub", ...C, "sec.alerts", "one"])).stdout).toBe("+OK sec.alerts 1\n");
       const listed = await runIn(directory, [binary, "admin", ...A, "list-channels"]);
-      expect(listed.stdout).toMatch(/^sec\.alerts\s+byzantine\s+total\s+critical\s+public\s+1\s+0\s+1\s+1 events/m);
+      expect(listed.stdout).toMatch(/^sec\.alerts\s+byzantine\s+total\s+critical\s+public\s+1\s+0\s+1\s+1 event,/m);
       // A live wildcard subscription into `head -n 1`: the first event ends head, the next write ends fitb sub, quietly.
       const rc = join(directory, "sub.rc");
       const shell = Bun.spawn([
