@@ -149,7 +149,12 @@ export class RelayLineParser {
     // soon as that is certain, without waiting for (or storing) the rest.
     if (this.partBytes + (end - at) + 1 > this.lineBytesMax) {
       this.clearParts();
-      out.push(refused("TOO_LARGE", `line exceeds ${this.lineBytesMax} bytes`));
+      out.push(
+        refused(
+          "TOO_LARGE",
+          `line exceeds ${this.lineBytesMax} bytes (the command and tag count too: PUBB TAG N then N bytes carries an event of up to event_bytes_max)`,
+        ),
+      );
       if (lf < 0) {
         this.state = { t: "discard-line" };
         return chunk.byteLength;

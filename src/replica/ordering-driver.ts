@@ -1301,7 +1301,8 @@ export class OrderingDriver {
         // Leaving the view (f+1 replicas suspect its leader, or a proof): the view left is
         // the one before effect.view (or lower); its leader is the suspect.
         const suspect = this.epochView.idOf(leaderOf(Math.max(0, effect.view - 1), this.epochView.n));
-        this.options.log.warn("leaving the view", { view: effect.view, reason: effect.reason, leader: suspect });
+        // Named apart from `view` and `leader`, which elsewhere are the view a replica is in and its leader.
+        this.options.log.warn("leaving the view", { next_view: effect.view, suspected_leader: suspect, reason: effect.reason });
         this.options.onGroupEvent?.("view-change", { leader: suspect, view: effect.view, reason: effect.reason });
         return;
       }

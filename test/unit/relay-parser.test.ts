@@ -202,7 +202,14 @@ describe("relay line parser: lines", () => {
     const line = `PUB t ${"x".repeat(RELAY_LINE_BYTES_MAX - 6)}\n`;
     expect(bytes(line).byteLength).toBe(RELAY_LINE_BYTES_MAX + 1);
     const result = plain(parseWhole(bytes(`${line}PING\n`)));
-    expect(result).toEqual([{ t: "refused", code: "TOO_LARGE", reason: `line exceeds ${RELAY_LINE_BYTES_MAX} bytes` }, cmd({ t: "ping" })]);
+    expect(result).toEqual([
+      {
+        t: "refused",
+        code: "TOO_LARGE",
+        reason: `line exceeds ${RELAY_LINE_BYTES_MAX} bytes (the command and tag count too: PUBB TAG N then N bytes carries an event of up to event_bytes_max)`,
+      },
+      cmd({ t: "ping" }),
+    ]);
   });
 
   test("an oversized line is refused as soon as it is certain, once, without being stored", () => {
