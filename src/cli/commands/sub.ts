@@ -78,7 +78,8 @@ export const subCommand: Command = {
       name: "from",
       kind: "string",
       valueName: "SEQ",
-      description: "Start at channel seq SEQ (total order); unordered channels take only 0, every retained event (each replica numbers its own store). Default: live",
+      description:
+        "Start at channel seq SEQ (total order); unordered channels take only 0, every retained event (each replica numbers its own store). Default: live",
     },
     { name: "count", kind: "string", valueName: "N", description: "Exit after N events" },
     { name: "json", kind: "boolean", description: "Print one JSON object per event" },
