@@ -43,6 +43,8 @@ describe("fitb top", () => {
     for (const id of [0, 1, 2, 3]) expect(last).toMatch(new RegExp(`\\n${id} +127\\.0\\.0\\.1:\\d+ +true `));
     const alerts = last.split("\n").find((line) => line.startsWith("sec.alerts ")) as string;
     expect(alerts).toMatch(/^sec\.alerts +byzantine\/total +critical +\d+(\.\d)? +\d+(\.\d)? +\d+(\.\d)? +\d+(\.\d)? +3$/);
+    expect(last).toContain("SHED/S    STORED-SINCE-START");
+    expect(last).toContain("(STORED-SINCE-START counts from the replicas' start; what a channel retains: fitb admin list-channels)");
     expect(last).toContain("LATENCY last interval: publish-ack p50");
     expect(blocks[0]).toContain("LATENCY since start: publish-ack p50");
   }, 90_000);

@@ -213,7 +213,7 @@ export function renderTop(report: StatusReport, previous: TopSample | null, curr
     priority: printable(c.priority),
   }));
   const tagWidth = Math.max(7, ...channels.map((c) => c.tag.length));
-  lines.push(`${"CHANNEL".padEnd(tagWidth)}  CLASS            PRIORITY  PUB/S     STORED/S  DELIV/S   SHED/S    STORED`);
+  lines.push(`${"CHANNEL".padEnd(tagWidth)}  CLASS            PRIORITY  PUB/S     STORED/S  DELIV/S   SHED/S    STORED-SINCE-START`);
   for (const c of channels) {
     lines.push(
       `${c.tag.padEnd(tagWidth)}  ${c.class.padEnd(15)}  ${c.priority.padEnd(8)}  ${rate(c.publishedPerS).padEnd(8)}  ` +
@@ -221,6 +221,7 @@ export function renderTop(report: StatusReport, previous: TopSample | null, curr
     );
   }
   if (channels.length === 0) lines.push("(no channels)");
+  else lines.push("(STORED-SINCE-START counts from the replicas' start; what a channel retains: fitb admin list-channels)");
   lines.push("");
   const names: Record<LatencyKind, string> = {
     publishAck: "publish-ack",
