@@ -180,7 +180,16 @@ const statusSchema = z.object({
   heldForExecution: z.int().min(0).optional(),
   /** The replica's links to its peers; `address`: where it reaches that peer (multi-homed peers have several). */
   peers: z
-    .array(z.object({ id: z.int().min(0), up: z.boolean(), lag: z.int().min(0).optional(), address: z.string().max(300).optional() }))
+    .array(
+      z.object({
+        id: z.int().min(0),
+        up: z.boolean(),
+        lag: z.int().min(0).optional(),
+        address: z.string().max(300).optional(),
+        /** Why the link is down, as the replica's own dialler last saw it (a refused handshake's reason). */
+        reason: z.string().max(600).optional().catch(undefined),
+      }),
+    )
     .optional(),
   /** The replica process's CPU time (µs, user + system) since it started. */
   cpuUs: z.int().min(0).optional(),

@@ -214,6 +214,8 @@ interface OutboundLink {
   readonly preferredFor: OutboundLink | null;
   /** The data of the socket this link dialled last: its callbacks act on `data.link`. */
   socketData: DialData | null;
+  /** Why the link went down last (a refused handshake says why: a cluster file that differs, a key), null while it is up or before it ever failed. */
+  downReason: string | null;
 }
 
 /** A dial's socket data; `abandoned`: its TCP connect took too long or its link moved on, so it is closed if it ever opens. */
@@ -477,11 +479,13 @@ export class PeerMesh {
   }
 
   /** Which peers we can send to now, and at which of its addresses each link is. */
-  status(): { id: number; up: boolean; address: string }[] {
+  /** Each peer's link: up or not, the address it uses, and why it went down last (while it is down). */
+  status(): { id: number; up: boolean; address: string; reason: string | null }[] {
     return [...this.outbound.values()].map((link) => ({
       id: link.peer.id,
       up: link.phase === "open",
       address: linkAddress(link),
+      reason: link.phase === "open" ? null : link.downReason,
     }));
   }
 
@@ -732,6 +736,7 @@ export class PeerMesh {
       return;
     }
     link.phase = "open";
+    link.downReason = null;
     link.backoffMs = PEER_RECONNECT_MS_MIN;
     link.failedHosts = 0;
     if (this.retiredBy.delete(link.peer.id) && this.retiredBy.size === 0) this.retiredReported = false;
@@ -897,6 +902,7 @@ export class PeerMesh {
       if (owner.phase === "open") this.schedulePreferred(owner);
       return;
     }
+    link.downReason = reason;
     if (link.phase === "closed" && link.timer !== null) return;
     const wasOpen = link.phase === "open";
     const address = linkAddress(link);
@@ -1140,5 +1146,6 @@ function newOutboundLink(
     preferredRetryMs: timing.preferredRetryMsMin,
     preferredFor,
     socketData: null,
+    downReason: null,
   };
 }

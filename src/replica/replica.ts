@@ -33,7 +33,7 @@ import {
   type RequestFrame,
   type SignedRequest,
 } from "../../wire/schemas.ts";
-import { type ErrorCode, FrameType, SHARED_SUBSCRIPTIONS_VERSION } from "../../wire/types.ts";
+import { clipUtf8, type ErrorCode, FrameType, SHARED_SUBSCRIPTIONS_VERSION } from "../../wire/types.ts";
 import {
   ClientAdmission,
   OVER_BUDGET_PAUSE_MS,
@@ -87,6 +87,8 @@ const FORWARD_REQUEST_OVERHEAD_BYTES = 512;
 const ARRIVED_SPACES_MAX = 100_000;
 /** How often answers held for execution (execution-gate.ts) are checked for their deadline. */
 const GATE_CHECK_INTERVAL_MS = 100;
+/** Bytes of a peer link's down reason in a status answer (a refused handshake's reason, as the peer sent it). */
+const PEER_REASON_BYTES_MAX = 300;
 /**
  * How often unordered channels are trimmed by age against this replica's clock. A publish
  * trims its own channel; this is for a channel nobody publishes to any more, which would
@@ -1358,7 +1360,13 @@ export class Replica {
       channels: this.machine.channelCount,
       subscriptions: this.subs.count,
       heldForExecution: this.gate.size,
-      peers: this.mesh.status().map((peer) => ({ id: peer.id, up: peer.up, lag: this.ordering.peerLag(peer.id), address: peer.address })),
+      peers: this.mesh.status().map((peer) => ({
+        id: peer.id,
+        up: peer.up,
+        lag: this.ordering.peerLag(peer.id),
+        address: peer.address,
+        ...(peer.reason === null ? {} : { reason: clipUtf8(peer.reason, PEER_REASON_BYTES_MAX) }),
+      })),
       uptimeMs: Date.now() - this.startedMs,
       // The process's CPU time (µs, user + system, every thread): `fitb bench` reads it before and after a run.
       cpuUs: processCpuMicros(),

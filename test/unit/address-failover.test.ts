@@ -297,7 +297,7 @@ describe("the peer mesh dialling a multi-homed replica", () => {
     mesh.send(1, new TextEncoder().encode("two"));
     await waitFor("the message sent on the second address", () => received.includes("two"));
     await waitFor("two tries of the silent preferred address", () => proxy.acceptedWhileSilent >= 2);
-    expect(linkTo(mesh)).toEqual({ id: 1, up: true, address: `${SECOND}:${port}` });
+    expect(linkTo(mesh)).toEqual({ id: 1, up: true, address: `${SECOND}:${port}`, reason: null });
 
     proxy.silent = false;
     await waitFor(

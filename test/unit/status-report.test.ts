@@ -173,19 +173,36 @@ describe("admin status report", () => {
 });
 
 /** Replica `id`'s `peers` claim: each of `ids` but itself, up when in `up`. */
-function peersOf(id: number, ids: readonly number[], up: readonly number[]): ReplicaStatusAnswer["peers"] {
-  return ids.filter((peer) => peer !== id).map((peer) => ({ id: peer, up: up.includes(peer), lag: 0, address: `127.0.0.1:720${peer}` }));
+/** `reason(peer)`: why the link to a peer that is not up went down, as the replica says (none by default). */
+function peersOf(
+  id: number,
+  ids: readonly number[],
+  up: readonly number[],
+  reason: (peer: number) => string | undefined = () => undefined,
+): ReplicaStatusAnswer["peers"] {
+  return ids
+    .filter((peer) => peer !== id)
+    .map((peer) => {
+      const why = up.includes(peer) ? undefined : reason(peer);
+      return { id: peer, up: up.includes(peer), lag: 0, address: `127.0.0.1:720${peer}`, ...(why === undefined ? {} : { reason: why }) };
+    });
 }
 
 /** Every replica of 0..n-1 answers (f's status fold), each with the peers `links(id)` says it reaches. */
-function linkedStatus(n: number, f: number, links: (id: number) => readonly number[] | null, down: readonly number[] = []): ClusterStatus {
+function linkedStatus(
+  n: number,
+  f: number,
+  links: (id: number) => readonly number[] | null,
+  down: readonly number[] = [],
+  reason: (id: number, peer: number) => string | undefined = () => undefined,
+): ClusterStatus {
   const ids = Array.from({ length: n }, (_, id) => id);
   const map = new Map<number, EachAnswer<ReplicaStatusAnswer>>();
   for (const id of ids) {
     if (down.includes(id)) continue;
     const up = links(id);
     const value: ReplicaStatusAnswer = { replica: id, view: 0, leader: 0, lastDecided: 10, channels: 2 };
-    map.set(id, { ok: true, value: up === null ? value : { ...value, peers: peersOf(id, ids, up) } });
+    map.set(id, { ok: true, value: up === null ? value : { ...value, peers: peersOf(id, ids, up, (peer) => reason(id, peer)) } });
   }
   return summarizeStatus(
     f,
@@ -239,6 +256,27 @@ describe("admin status: a replica's links to its peers", () => {
     expect(json.warnings).toEqual(report.warnings as string[]);
     expect(json.replicas[2]).toMatchObject({ flags: ["isolated"], peers_up: [], peers_unreached: [0, 1, 3] });
     expect(json.replicas[0]).toMatchObject({ flags: ["peers-unreached"], peers_up: [1, 3], peers_unreached: [2] });
+  });
+
+  test("an isolated replica's problem says why it says its links fail: one reason when they agree, each peer's otherwise, control characters taken out", () => {
+    const withReasons = (reasons: (peer: number) => string): ClusterStatus =>
+      linkedStatus(4, 1, CUT_OFF_2, [], (id, peer) => (id === 2 ? reasons(peer) : undefined));
+    const differs = "peer refused: BAD_CONFIG cluster file differs from replica 0's in: [limits]";
+    const same = assessStatus(
+      CLUSTER,
+      withReasons(() => differs),
+      REFUSED,
+    );
+    expect(same.problems[0]).toBe(
+      "replica 2 is isolated from its peers: it reaches 0 of 3 (no link to replicas 0, 1, 3), fewer than the 2 it needs to take part in a quorum of 3" +
+        `; it says its links fail: ${differs}`,
+    );
+    const each = assessStatus(
+      CLUSTER,
+      withReasons((peer) => (peer === 3 ? "connection refused\x1b[2J" : differs)),
+      REFUSED,
+    );
+    expect(each.problems[0]).toEndWith(`; it says its links fail: to 0: ${differs}; to 1: ${differs}; to 3: connection refused[2J`);
   });
 
   test("fewer peers up than quorum - 1 is isolated; quorum - 1 or more but not all is a warning with exit 0", () => {

@@ -175,7 +175,8 @@ export function assessStatus(
       flags.push("isolated");
       problems.push(
         `replica ${replica.id} is isolated from its peers: it reaches ${links.up.length} of ${links.others} ` +
-          `(no link to ${idList(links.unreached)}), fewer than the ${links.needed} it needs to take part in a quorum of ${links.needed + 1}`,
+          `(no link to ${idList(links.unreached)}), fewer than the ${links.needed} it needs to take part in a quorum of ${links.needed + 1}` +
+          linkReasons(answer, links.unreached),
       );
     } else {
       // A peer that does not answer is a problem of its own already (down): no warning for it.
@@ -315,6 +316,22 @@ export function judgePeerLinks(
 }
 
 /** "replica 3" or "replicas 0, 1, 3". */
+/**
+ * Why a replica says its links to `ids` are down (`peers[].reason`, its own dialler's last
+ * failure: a refused handshake says why, such as a cluster file that differs in [limits]),
+ * one reason for all when they agree; empty when it gives none. Its own word, made printable.
+ */
+function linkReasons(answer: Pick<ReplicaStatusAnswer, "peers">, ids: readonly number[]): string {
+  const reasons = new Map<number, string>();
+  for (const peer of answer.peers ?? []) {
+    if (ids.includes(peer.id) && !peer.up && peer.reason !== undefined) reasons.set(peer.id, printable(peer.reason));
+  }
+  if (reasons.size === 0) return "";
+  const distinct = new Set(reasons.values());
+  if (distinct.size === 1) return `; it says its links fail: ${[...distinct][0]}`;
+  return `; it says its links fail: ${[...reasons].map(([id, reason]) => `to ${id}: ${reason}`).join("; ")}`;
+}
+
 function idList(ids: readonly number[]): string {
   return ids.length === 1 ? `replica ${ids[0]}` : `replicas ${ids.join(", ")}`;
 }
