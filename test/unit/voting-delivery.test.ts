@@ -6,6 +6,7 @@
 import { describe, expect, test } from "bun:test";
 import { sha256 } from "@noble/hashes/sha2.js";
 import { createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from "node:crypto";
+import { toHex } from "../../wire/bytes.ts";
 import { encodeCanonical } from "../../wire/canonical.ts";
 import { nativeBytesEqual } from "../../src/crypto/encoding.ts";
 import { REQUEST_SIGNATURE_DOMAIN, type FaultModel, type OrderMode } from "../../src/core/channels/index.ts";
@@ -20,6 +21,7 @@ import {
   DELIVERY_HELD_BYTES_PER_PUBLISHER_MAX,
   DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX,
   DELIVERY_PUBLISHERS_MAX,
+  DELIVERY_SIGNED_RANGES_PER_PUBLISHER_MAX,
   DELIVERY_UNKNOWN_PUBLISHER_COPIES_PER_REPLICA_MAX,
   DELIVERY_UNVOUCHED_PUBLISHERS_PER_REPLICA_MAX,
   DeliveryVoter,
@@ -521,6 +523,38 @@ describe("unordered channels", () => {
     expect(v.onBatch(0, copy(1, B1))).toEqual([{ t: "invalid", replica: 3, reason: "bad-signature" }]);
     expect(delivered(v.onBatch(2, copy(1, B1)))).toEqual([[null, ["a1", "a2"]]]);
     expect(v.stats().invalid).toEqual([0, 0, 0, 1]);
+  });
+
+  test("another event under delivered numbers, signed by the same key (two processes sharing it), is delivered as well and reported; copies of either again are duplicates", () => {
+    for (const fault of ["crash", "byzantine"] as const) {
+      const v = voter(fault, "none");
+      const theOther = signed(ALICE, 1, ["other 1", "other 2"]); // Alice 1..2, as B1
+      v.onBatch(0, copy(1, B1));
+      if (fault === "byzantine") v.onBatch(3, copy(1, B1)); // f+1 vouch for Alice
+      const out = v.onBatch(1, copy(1, theOther));
+      expect(delivered(out)).toEqual([[null, ["other 1", "other 2"]]]);
+      expect(others(out)).toEqual([
+        {
+          t: "conflict",
+          replica: 1,
+          seq: 1,
+          reason: `another event under publisher ${toHex(ALICE.key).slice(0, 16)}...'s seq 1..2 than the one delivered, signed by the same key (two processes publishing with one key to this channel); delivered as well`,
+        },
+      ]);
+      expect(v.onBatch(2, copy(1, theOther))).toEqual([]);
+      expect(v.onBatch(2, copy(1, B1))).toEqual([]);
+      expect(v.stats().conflicts).toEqual([0, 1, 0, 0]);
+    }
+  });
+
+  test("a forged other event under delivered numbers is invalid; one under numbers whose signature is no longer kept is a duplicate", () => {
+    const v = voter("crash", "none");
+    v.onBatch(0, copy(1, B1));
+    const forged = { body: signed(ALICE, 1, ["forged", "too"]).body, sig: B4.sig };
+    expect(v.onBatch(1, copy(1, forged))).toEqual([{ t: "invalid", replica: 1, reason: "bad-signature" }]);
+    for (let i = 0; i < DELIVERY_SIGNED_RANGES_PER_PUBLISHER_MAX; i++) v.onBatch(0, copy(1, signed(ALICE, 3 + i, [`later ${i}`])));
+    expect(v.onBatch(1, copy(1, signed(ALICE, 1, ["too", "late"])))).toEqual([]);
+    expect(v.stats().conflicts).toEqual([0, 0, 0, 0]);
   });
 
   test("a range that partly overlaps a delivered one is dropped as stale", () => {

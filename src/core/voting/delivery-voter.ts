@@ -80,6 +80,15 @@ export const DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX = 64;
 export const DELIVERY_HELD_BYTES_PER_PUBLISHER_MAX = 2 * REQUEST_BYTES_MAX;
 /** Seq ranges remembered per publisher on unordered subscriptions (see SeqRangeWindow). */
 export const DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX = 1024;
+/**
+ * Unordered: a publisher's most recently delivered ranges whose signatures are kept, so
+ * that a copy of one of them signed otherwise (another event under the same numbers: two
+ * processes publishing with one key) is told from a copy of the same event. Recent ones
+ * only: two writers collide at the head of the numbering.
+ */
+export const DELIVERY_SIGNED_RANGES_PER_PUBLISHER_MAX = 16;
+/** Events delivered under one range's numbers at most (the first and the others' conflicting ones). */
+const SIGNED_RANGE_VERSIONS_MAX = 4;
 /** Why a held copy is dropped at the bounds of one key's evidence. */
 const HELD_PER_KEY_REASON = `more than ${DELIVERY_HELD_COPIES_PER_PUBLISHER_MAX} copies or ${DELIVERY_HELD_BYTES_PER_PUBLISHER_MAX} bytes held from one replica for one publisher key not yet vouched for`;
 /** Why a key's held copies are evicted at the bounds of one replica's evidence. */
@@ -324,6 +333,12 @@ type Vouched = {
   copiedBy: Set<number>;
   /** False once the key lapsed (byzantine/none): its copies need f+1 replicas' evidence again. */
   vouched: boolean;
+  /**
+   * The signatures of the events delivered under each of the latest
+   * DELIVERY_SIGNED_RANGES_PER_PUBLISHER_MAX ranges, by first seq (insertion order: oldest
+   * first): a duplicate range signed otherwise is another event (sameRangeOtherEvent).
+   */
+  readonly signed: Map<number, { readonly end: number; readonly sigs: Uint8Array[] }>;
 };
 
 type CountName = "invalid" | "duplicates" | "conflicts" | "overflows" | "stale" | "heldDropped" | "evictions";
@@ -700,10 +715,10 @@ export class DeliveryVoter {
    */
   private onVouchedCopy(replica: number, entry: Vouched, request: PubRequest, copy: BatchCopy): DeliveryOutput[] {
     this.noteCopy(entry, replica, request);
-    const dropped = this.checkRange(replica, entry, request);
+    const dropped = this.checkRange(replica, entry, request, copy);
     if (dropped !== null) return dropped;
     if (!this.verify(copy.body, copy.sig, request.client, request.v)) return this.invalidCopy(replica, "bad-signature");
-    return [this.deliverUnordered(entry.window, request, copy)];
+    return [this.deliverUnordered(entry, request, copy)];
   }
 
   /**
@@ -849,18 +864,18 @@ export class DeliveryVoter {
     if (entry === undefined) {
       if (this.seen.size >= DELIVERY_PUBLISHERS_MAX) return this.publishersFull(publisher, copies);
       const window = new SeqRangeWindow(DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX);
-      entry = { window, reached: new Map(), copiedBy: new Set(), vouched: true };
+      entry = { window, reached: new Map(), copiedBy: new Set(), vouched: true, signed: new Map() };
       this.seen.set(publisherHex, entry);
     }
     entry.vouched = true;
     const outputs: DeliveryOutput[] = [];
     for (const held of copies) {
       this.noteCopy(entry, held.replica, held.request);
-      const dropped = this.checkRange(held.replica, entry, held.request);
+      const dropped = this.checkRange(held.replica, entry, held.request, held.copy);
       if (dropped !== null) outputs.push(...dropped);
       else if (!held.verified && !this.verify(held.copy.body, held.copy.sig, held.request.client, held.request.v))
         outputs.push(...this.invalidCopy(held.replica, "bad-signature"));
-      else outputs.push(this.deliverUnordered(entry.window, held.request, held.copy));
+      else outputs.push(this.deliverUnordered(entry, held.request, held.copy));
     }
     return outputs;
   }
@@ -877,7 +892,7 @@ export class DeliveryVoter {
    * it pushes no lower range out of the window too early. Otherwise the copy is dropped,
    * counted per sender, with what that reports.
    */
-  private checkRange(replica: number, entry: Vouched, request: PubRequest): DeliveryOutput[] | null {
+  private checkRange(replica: number, entry: Vouched, request: PubRequest, copy: BatchCopy): DeliveryOutput[] | null {
     const start = request.seq;
     const end = request.seq + request.span - 1;
     const seen = entry.window.check(start, end);
@@ -886,9 +901,43 @@ export class DeliveryVoter {
       this.count("overflows", replica);
       return [];
     }
-    this.count(seen === "duplicate" ? "duplicates" : "stale", replica);
+    if (seen === "duplicate") return this.sameRangeOtherEvent(replica, entry, request, copy);
+    // Overlapping a delivered range, or below what the window forgot (reported).
+    this.count("stale", replica);
     if (seen !== "stale") return [];
     return [{ t: "stale", replica, publisher: request.client, events: request.span }];
+  }
+
+  /**
+   * A copy of a range already delivered: the same event again (dropped, counted as a
+   * duplicate), or, when it is one of the publisher's latest ranges and signed otherwise, a
+   * different event under the same numbers. A correct publisher never makes one; two
+   * processes publishing with one key to one channel do (each numbering on its own), and on
+   * an unordered channel, while replicas are down, the replicas a publish reaches may store
+   * either under those numbers (README, "One writer per key and tag"). Dropping it would hide
+   * an event the key holder published, perhaps the one that was acknowledged; so once its
+   * signature verifies it is delivered as well, and reported as a conflict. Only the copy's
+   * signature is compared (no hash): copies of the same event carry the same one.
+   */
+  private sameRangeOtherEvent(replica: number, entry: Vouched, request: PubRequest, copy: BatchCopy): DeliveryOutput[] {
+    const end = request.seq + request.span - 1;
+    const known = entry.signed.get(request.seq);
+    if (known === undefined || known.end !== end || known.sigs.some((sig) => bytesEqual(sig, copy.sig))) {
+      this.count("duplicates", replica);
+      return [];
+    }
+    if (known.sigs.length >= SIGNED_RANGE_VERSIONS_MAX) {
+      this.count("duplicates", replica);
+      return [];
+    }
+    if (!this.verify(copy.body, copy.sig, request.client, request.v)) return this.invalidCopy(replica, "bad-signature");
+    known.sigs.push(copy.sig.slice());
+    this.count("conflicts", replica);
+    const reason =
+      `another event under publisher ${toHex(request.client).slice(0, 16)}...'s seq ${request.seq}` +
+      `${request.span > 1 ? `..${end}` : ""} than the one delivered, signed by the same key ` +
+      "(two processes publishing with one key to this channel); delivered as well";
+    return [{ t: "conflict", replica, seq: request.seq, reason }, this.deliver(request, copy, copy.tsMs, null, 0)];
   }
 
   /**
@@ -914,8 +963,13 @@ export class DeliveryVoter {
     return reached < this.threshold;
   }
 
-  private deliverUnordered(window: SeqRangeWindow, request: PubRequest, copy: BatchCopy): DeliveryOutput {
-    window.add(request.seq, request.seq + request.span - 1);
+  private deliverUnordered(entry: Vouched, request: PubRequest, copy: BatchCopy): DeliveryOutput {
+    const end = request.seq + request.span - 1;
+    entry.window.add(request.seq, end);
+    entry.signed.delete(request.seq);
+    // A copy of the 64 bytes: the copy's own view would keep its whole frame alive.
+    entry.signed.set(request.seq, { end, sigs: [copy.sig.slice()] });
+    if (entry.signed.size > DELIVERY_SIGNED_RANGES_PER_PUBLISHER_MAX) entry.signed.delete(entry.signed.keys().next().value as number);
     return this.deliver(request, copy, copy.tsMs, null, 0);
   }
 
