@@ -755,6 +755,13 @@ export class FitbClient {
       throw new QueueFullError(`${this.subscriptions.size} subscriptions open; at most ${this.options.limits.subscriptionsMax}`);
     }
     const channel = await this.channelInfo(tag);
+    // Replicas refuse it too (older ones replayed from positions that differ at each).
+    if (channel.order === "none" && options.from !== undefined && options.from > 0) {
+      throw new InvalidInputError(
+        "BAD_REQUEST",
+        `from ${options.from} on ${tag}, an unordered channel (${channel.fault}/none): there only from 0 (every retained event) or no from (live) has a meaning, since each replica numbers its own store`,
+      );
+    }
     // Crash-fault channels deliver one replica's copy without a vote: only registered publishers' batches are taken.
     const publishers = channel.fault === "crash" ? await this.publisherListing(tag) : [];
     // The members' keys by id ($sys.events counts reports by who signed them).

@@ -437,7 +437,7 @@ export class RequestTracker {
       // crash/none publish is another process publishing with this key to this tag.
       pending.transient.set(
         replica,
-        `${body.code} ${body.reason} (one replica's refusal; it stands once ${vouchQuorum(this.ctx.group.f)} give it)`,
+        `${body.code} ${body.reason} (one replica's refusal; it stands once ${vouchQuorum(this.ctx.group.f)} give it and ${byzantineQuorum(this.ctx.group.f)} have answered)`,
       );
       this.judgeLocalRefusals(pending);
       return;

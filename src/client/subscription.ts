@@ -197,7 +197,8 @@ export type SubscriptionSignal =
 export interface SubscribeOptions {
   /**
    * Total-order channels: the first channel seq to deliver (default: live, from the next
-   * one). Unordered channels: 0 asks for everything retained, then live; absent is live.
+   * one). Unordered channels: 0 asks for everything retained, then live; absent is live;
+   * any other value is refused (FitbClient.subscribe), since each replica numbers its own store.
    */
   readonly from?: number;
   /** Delivered events that may wait for the handler (default DELIVERY_QUEUE_EVENTS_MAX_DEFAULT, delivery-queue.ts). */

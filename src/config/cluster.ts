@@ -361,9 +361,13 @@ export function parseClusterConfig(text: string, sourceName: string, options: Pa
  * naming the line but never quoting it: the TOML and field errors quote what they found,
  * and those lines go to terminals, the journal and CI logs.
  */
+/** A secret key as a key file holds it: the prefix and the 32-byte seed in base64url. */
+const SECRET_KEY_TEXT = new RegExp(`${SECRET_KEY_PREFIX}[A-Za-z0-9_-]{43}`);
+
 function secretKeyProblem(text: string, sourceName: string): string | null {
-  const at = text.indexOf(SECRET_KEY_PREFIX);
-  if (at < 0) return null;
+  const found = SECRET_KEY_TEXT.exec(text);
+  if (found === null) return null;
+  const at = found.index;
   const line = text.slice(0, at).split("\n").length;
   const keyFile = text.trimStart().startsWith(SECRET_KEY_PREFIX)
     ? ` ${sourceName} looks like a key file (what fitb keygen writes): --config takes the cluster file (cluster.toml), --key the secret key file.`

@@ -478,8 +478,7 @@ export class PeerMesh {
     }
   }
 
-  /** Which peers we can send to now, and at which of its addresses each link is. */
-  /** Each peer's link: up or not, the address it uses, and why it went down last (while it is down). */
+  /** Which peers we can send to now, at which of its addresses each link is, and why a link that is down went down last. */
   status(): { id: number; up: boolean; address: string; reason: string | null }[] {
     return [...this.outbound.values()].map((link) => ({
       id: link.peer.id,

@@ -146,6 +146,9 @@ const REFUSED_FRAME_REASON_BYTES = 120;
 const HTTP_REQUEST_START = /^(?:GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PRI) /;
 /** Bytes of a connection's first chunk looked at for an HTTP method. */
 const HTTP_METHOD_BYTES_MAX = 8;
+/** A TLS record's first two bytes when it opens a handshake: content type 22, protocol version 3.x (TLS 1.0-1.3 all say 3). */
+const TLS_HANDSHAKE_RECORD = 0x16;
+const TLS_MAJOR_VERSION = 0x03;
 /** A client session that sends nothing (clients PING every few seconds) for this long is closed. */
 export const CLIENT_IDLE_MS_MAX = 60_000;
 /** A client connection whose queued bytes the client has taken none of for this long is closed. */
@@ -734,7 +737,8 @@ export class ReplicaServer {
    * the first of them began with the bytes the decoder held from earlier chunks.
    */
   private onHandshakeData(conn: FramedConn, state: ConnState, handshake: FrameDecoder, chunk: Uint8Array): void {
-    if (state.phase === "hello" && handshake.bufferedBytes === 0 && startsHttpRequest(chunk)) return this.answerHttp(conn, state);
+    const other = state.phase === "hello" && handshake.bufferedBytes === 0 ? otherProtocol(chunk) : null;
+    if (other !== null) return this.answerOtherProtocol(conn, state, other);
     let end = -handshake.bufferedBytes;
     for (const result of handshake.push(chunk)) {
       if (result.ok) end += FRAME_HEADER_BYTES + result.payload.length;
@@ -766,21 +770,28 @@ export class ReplicaServer {
   /**
    * An HTTP request where fitb's binary protocol is spoken (an operator's curl or browser, a
    * scraper given the wrong port): answered in HTTP, saying where HTTP is served, and closed
-   * without reading more. Not taken for a hostile frame: blacklisting the address would also
-   * lock out the relay and the probes on the host the operator typed it on, for a minute.
+   * without reading more; a TLS handshake (https://) is closed. Not taken for a hostile
+   * frame: blacklisting the address would also lock out the relay and the probes on the host
+   * the operator typed it on, for a minute.
    */
-  private answerHttp(conn: FramedConn, state: ConnState): void {
+  private answerOtherProtocol(conn: FramedConn, state: ConnState, protocol: "http" | "tls"): void {
     state.phase = "closed";
     this.options.metrics.inc("http_requests_refused_total");
     const port = this.accepts === "peers" ? "peer port" : "client port";
+    const what = protocol === "http" ? "an HTTP request" : "a TLS handshake (https://)";
+    this.options.audit?.warn("client-refused", `connection refused: ${what}`, {
+      address: conn.remote,
+      reason: `${what} on the ${port} (HTTP is served only on --metrics)`,
+    });
+    if (protocol === "tls") {
+      // Nothing a TLS client would read: it says the handshake failed.
+      conn.close();
+      return;
+    }
     const text =
       `fitb replica ${this.options.self}: this ${port} speaks fitb's binary protocol (wire/PROTOCOL.md), not HTTP.\n` +
       "Publish and subscribe with fitb pub, fitb sub or a fitb relay. A replica serves HTTP (/metrics, /status)\n" +
       "only where it was started with --metrics HOST:PORT.\n";
-    this.options.audit?.warn("client-refused", "connection refused: an HTTP request", {
-      address: conn.remote,
-      reason: `an HTTP request on the ${port} (HTTP is served only on --metrics)`,
-    });
     conn.closeWithRaw(httpResponse(400, "Bad Request", text));
   }
 
@@ -1274,11 +1285,15 @@ export class ReplicaServer {
   }
 }
 
-/** What a cut frame holds (its payload; a frame that did not decode holds nothing). */
-/** Whether a connection's first bytes are the start of an HTTP request (HTTP_REQUEST_START). */
-function startsHttpRequest(chunk: Uint8Array): boolean {
+/**
+ * Which other protocol a connection's first bytes begin, if any: an HTTP request
+ * (HTTP_REQUEST_START), or a TLS handshake (a record of type 22, handshake, version 3.x:
+ * `curl https://...`). Read as a frame's length, either is hundreds of megabytes or more.
+ */
+function otherProtocol(chunk: Uint8Array): "http" | "tls" | null {
+  if (chunk.length >= 2 && chunk[0] === TLS_HANDSHAKE_RECORD && chunk[1] === TLS_MAJOR_VERSION) return "tls";
   const head = chunk.subarray(0, HTTP_METHOD_BYTES_MAX);
-  return HTTP_REQUEST_START.test(String.fromCharCode(...head));
+  return HTTP_REQUEST_START.test(String.fromCharCode(...head)) ? "http" : null;
 }
 
 /** A whole HTTP/1.1 response that closes its connection, with a plain-text body. */
@@ -1291,6 +1306,7 @@ function httpResponse(status: number, reason: string, text: string): Uint8Array 
   return bytes;
 }
 
+/** What a cut frame holds (its payload; a frame that did not decode holds nothing). */
 function resultBytes(result: DecodeResult): number {
   return result.ok ? result.payload.length : 0;
 }

@@ -282,7 +282,8 @@ export class Subscriptions {
       // each replica, and on byzantine/none waited for the f+1 copies vouching for a key
       // that fewer replicas than that had past the position (wire/PROTOCOL.md 4.10).
       const reason = `from ${from} on ${tag}, an unordered channel (${info.fault}/none): there only from 0 (every retained event) or no from (live) has a meaning, since each replica numbers its own store`;
-      this.end(session, sub, "BAD_REQUEST", reason, undefined, urgency);
+      // With `at`: the order is replicated state, judged on this replica's (a channel since recreated with another order).
+      this.end(session, sub, "BAD_REQUEST", reason, this.execution.executedSeq(), urgency);
       return;
     }
     // Below the first seq is no event, hence no gap: only what retention dropped is TRIMMED.

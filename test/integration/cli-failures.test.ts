@@ -66,6 +66,17 @@ describe("fitb sub", () => {
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain("--format: unknown field {when}");
   }, 30_000);
+
+  test("--from other than 0 on an unordered channel is refused before anything is asked of a replica, saying why", async () => {
+    await ok(["admin", ...A, "create-channel", "u.ids", "--fault", "byzantine", "--order", "none", "--public"]);
+    const refused = await cluster.fitb(["sub", ...C, "u.ids", "--from", "5"]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain(
+      "from 5 on u.ids, an unordered channel (byzantine/none): there only from 0 (every retained event) or no from (live) has a meaning",
+    );
+    // The client refused it: no replica was asked, so none ended a subscription.
+    expect(refused.stderr).not.toContain("ended the subscription");
+  }, 30_000);
 });
 
 describe("refusals", () => {

@@ -898,6 +898,17 @@ describe("an HTTP request where fitb's protocol is spoken (curl or a browser at 
     expect(admission.isAddressBlacklisted(HOST)).toBe(true);
   });
 
+  test("a TLS handshake (curl https://) is closed, counted and not blacklisted either", async () => {
+    const admission = new ClientAdmission({});
+    const fx = startServer({}, null, undefined, { accepts: "clients", admission, audit: true });
+    // The start of a TLS 1.2/1.3 ClientHello record: handshake (22), version 3.1, length, type 1.
+    const clientHello = String.fromCharCode(0x16, 0x03, 0x01, 0x00, 0xf4, 0x01, 0x00, 0x00, 0xf0, 0x03, 0x03);
+    expect(await exchangeRaw(fx.server.port, clientHello)).toBe("");
+    expect(fx.metrics.get("http_requests_refused_total")).toBe(1);
+    expect(admission.isAddressBlacklisted(HOST)).toBe(false);
+    expect(fx.logLines.some((line) => line.includes("connection refused: a TLS handshake (https://)"))).toBe(true);
+  });
+
   test("on a peer port it names the peer port", async () => {
     const fx = startServer({}, null, undefined, { accepts: "peers" });
     expect(await exchangeRaw(fx.server.port, REQUEST)).toContain("fitb replica 0: this peer port speaks fitb's binary protocol");

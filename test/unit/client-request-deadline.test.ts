@@ -209,7 +209,7 @@ describe("a replica's own refusal (judged on its state, with `at`) at the deadli
     });
     const error = errorOf(outcome);
     expect(error.code).toBe("TIMEOUT");
-    expect(error.message).toContain(`REPLAY ${replayReason} (one replica's refusal; it stands once 2 give it)`);
+    expect(error.message).toContain(`REPLAY ${replayReason} (one replica's refusal; it stands once 2 give it and 3 have answered)`);
     expect(error.message).not.toMatch(/710[0-3]\): no answer.*710[0-3]\): no answer.*710[0-3]\): no answer/);
   });
 });

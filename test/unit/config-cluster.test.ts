@@ -457,6 +457,8 @@ describe("rejected files name the field and the expected form", () => {
     expect(inField).toContain("holds a secret key (fitb-ed25519-secret:...), not shown here");
     expect(inField).toContain("Put the replica's or client's public key");
     for (const message of [asFile, inField]) expect(message).not.toContain(secret.slice("fitb-ed25519-secret:".length));
+    // The prefix alone (a comment that names it) is no key.
+    expect(parse(`# never paste a fitb-ed25519-secret: here\n${handToml({})}`).ok).toBe(true);
   });
 
   test("tomlErrorPosition: null for valid TOML", () => {

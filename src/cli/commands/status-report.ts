@@ -315,7 +315,6 @@ export function judgePeerLinks(
   return { claimed: true, up, unreached, others: others.length, needed, isolated: up.length < needed };
 }
 
-/** "replica 3" or "replicas 0, 1, 3". */
 /**
  * Why a replica says its links to `ids` are down (`peers[].reason`, its own dialler's last
  * failure: a refused handshake says why, such as a cluster file that differs in [limits]),
@@ -332,6 +331,7 @@ function linkReasons(answer: Pick<ReplicaStatusAnswer, "peers">, ids: readonly n
   return `; it says its links fail: ${[...reasons].map(([id, reason]) => `to ${id}: ${reason}`).join("; ")}`;
 }
 
+/** "replica 3" or "replicas 0, 1, 3". */
 function idList(ids: readonly number[]): string {
   return ids.length === 1 ? `replica ${ids[0]}` : `replicas ${ids.join(", ")}`;
 }
