@@ -36,7 +36,7 @@ const COUNTERS = {
     "Client sessions not read for a while because their requests were refused before verification too fast (over a budget, or asking what their key may not do)",
   bad_frames_total: "Client frames that did not decode or were not for this port",
   http_requests_refused_total:
-    "Connections that began with an HTTP request (a browser, curl or scraper at the wrong port), answered 400 in HTTP and closed; their address is not blacklisted",
+    "Connections that began with an HTTP request or a TLS handshake (a browser, curl or scraper at the wrong port), answered 400 in HTTP or closed; their address is not blacklisted",
   events_stored_total: "Events stored by this replica (ordered and unordered channels)",
   batches_decided_total: "Batches decided by the ordering protocol and executed",
   requests_decode_reused_total:
