@@ -54,6 +54,9 @@ function storedOf(id: number, tag: string): { rows: number; floors: number } {
  * replica whose connection had no room when one went out may miss it).
  */
 async function filledChannel(tag: string, requests: number): Promise<void> {
+  // After the replicas' restart in the test before, the publisher's sessions come back one
+  // by one: a replica it had none to yet would store none of these.
+  await waitFor("the publisher's session to every replica", () => publisher.readyReplicas().length === IDS.length, 60_000);
   await admin.admin({ t: "create-channel", tag, fault: "crash", order: "none", priority: "low", public: true });
   await admin.admin({ t: "register", tag, role: "publisher", key: loadSigningKeyFile(cluster.clientKey).key.publicKey });
   for (let i = 0; i < requests; i++) await publisher.publish(tag, [encode(`${tag} ${i}`)]);
