@@ -334,12 +334,37 @@ type Vouched = {
   /** False once the key lapsed (byzantine/none): its copies need f+1 replicas' evidence again. */
   vouched: boolean;
   /**
-   * The signatures of the events delivered under each of the latest
-   * DELIVERY_SIGNED_RANGES_PER_PUBLISHER_MAX ranges, by first seq (insertion order: oldest
-   * first): a duplicate range signed otherwise is another event (sameRangeOtherEvent).
+   * The latest DELIVERY_SIGNED_RANGES_PER_PUBLISHER_MAX ranges delivered, a ring written at
+   * `signedNext`, each with the signatures of the events delivered under it: a duplicate
+   * range signed otherwise is another event (sameRangeOtherEvent).
    */
-  readonly signed: Map<number, { readonly end: number; readonly sigs: Uint8Array[] }>;
+  readonly signed: SignedRange[];
+  signedNext: number;
 };
+
+/**
+ * A delivered range and what tells its events apart: the first 8 bytes of each one's
+ * signature, as two numbers (an ed25519 signature begins with its nonce point, so two
+ * events share them by chance with odds of 2^-64; kept as numbers, a copy costs no
+ * allocation and keeps no view of its frame alive).
+ */
+type SignedRange = { start: number; end: number; readonly sigHeads: number[] };
+
+/** The first 8 bytes of a signature as two unsigned 32-bit numbers, pushed onto `into`. */
+function pushSigHead(into: number[], sig: Uint8Array): void {
+  into.push(
+    ((sig[0] as number) << 24) | ((sig[1] as number) << 16) | ((sig[2] as number) << 8) | (sig[3] as number),
+    ((sig[4] as number) << 24) | ((sig[5] as number) << 16) | ((sig[6] as number) << 8) | (sig[7] as number),
+  );
+}
+
+/** Whether `heads` (pairs) hold the first 8 bytes of `sig`. */
+function hasSigHead(heads: readonly number[], sig: Uint8Array): boolean {
+  const hi = ((sig[0] as number) << 24) | ((sig[1] as number) << 16) | ((sig[2] as number) << 8) | (sig[3] as number);
+  const lo = ((sig[4] as number) << 24) | ((sig[5] as number) << 16) | ((sig[6] as number) << 8) | (sig[7] as number);
+  for (let i = 0; i < heads.length; i += 2) if (heads[i] === hi && heads[i + 1] === lo) return true;
+  return false;
+}
 
 type CountName = "invalid" | "duplicates" | "conflicts" | "overflows" | "stale" | "heldDropped" | "evictions";
 
@@ -864,7 +889,7 @@ export class DeliveryVoter {
     if (entry === undefined) {
       if (this.seen.size >= DELIVERY_PUBLISHERS_MAX) return this.publishersFull(publisher, copies);
       const window = new SeqRangeWindow(DELIVERY_DEDUPE_RANGES_PER_PUBLISHER_MAX);
-      entry = { window, reached: new Map(), copiedBy: new Set(), vouched: true, signed: new Map() };
+      entry = { window, reached: new Map(), copiedBy: new Set(), vouched: true, signed: [], signedNext: 0 };
       this.seen.set(publisherHex, entry);
     }
     entry.vouched = true;
@@ -921,17 +946,24 @@ export class DeliveryVoter {
    */
   private sameRangeOtherEvent(replica: number, entry: Vouched, request: PubRequest, copy: BatchCopy): DeliveryOutput[] {
     const end = request.seq + request.span - 1;
-    const known = entry.signed.get(request.seq);
-    if (known === undefined || known.end !== end || known.sigs.some((sig) => bytesEqual(sig, copy.sig))) {
-      this.count("duplicates", replica);
-      return [];
+    let known: SignedRange | undefined;
+    for (const range of entry.signed) {
+      if (range.start === request.seq && range.end === end) {
+        known = range;
+        break;
+      }
     }
-    if (known.sigs.length >= SIGNED_RANGE_VERSIONS_MAX) {
+    if (
+      known === undefined ||
+      copy.sig.length < 8 ||
+      hasSigHead(known.sigHeads, copy.sig) ||
+      known.sigHeads.length >= 2 * SIGNED_RANGE_VERSIONS_MAX
+    ) {
       this.count("duplicates", replica);
       return [];
     }
     if (!this.verify(copy.body, copy.sig, request.client, request.v)) return this.invalidCopy(replica, "bad-signature");
-    known.sigs.push(copy.sig.slice());
+    pushSigHead(known.sigHeads, copy.sig);
     this.count("conflicts", replica);
     const reason =
       `another event under publisher ${toHex(request.client).slice(0, 16)}...'s seq ${request.seq}` +
@@ -966,10 +998,19 @@ export class DeliveryVoter {
   private deliverUnordered(entry: Vouched, request: PubRequest, copy: BatchCopy): DeliveryOutput {
     const end = request.seq + request.span - 1;
     entry.window.add(request.seq, end);
-    entry.signed.delete(request.seq);
-    // A copy of the 64 bytes: the copy's own view would keep its whole frame alive.
-    entry.signed.set(request.seq, { end, sigs: [copy.sig.slice()] });
-    if (entry.signed.size > DELIVERY_SIGNED_RANGES_PER_PUBLISHER_MAX) entry.signed.delete(entry.signed.keys().next().value as number);
+    const at = entry.signedNext;
+    entry.signedNext = (at + 1) % DELIVERY_SIGNED_RANGES_PER_PUBLISHER_MAX;
+    // The ring's entries are written over in place once it is full: nothing allocated per delivery.
+    let range = entry.signed[at];
+    if (range === undefined) {
+      range = { start: request.seq, end, sigHeads: [] };
+      entry.signed.push(range);
+    } else {
+      range.start = request.seq;
+      range.end = end;
+      range.sigHeads.length = 0;
+    }
+    pushSigHead(range.sigHeads, copy.sig);
     return this.deliver(request, copy, copy.tsMs, null, 0);
   }
 
