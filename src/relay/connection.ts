@@ -697,6 +697,10 @@ export class RelayConnection {
       case "channel":
         this.onChannelSignal(sub, signal);
         return;
+      case "conflict":
+        // Another event under delivered numbers comes as a second EVENT line with the same publisher and seq: said why here.
+        this.backend.log(`subscription to ${sub.tag}: replica ${signal.replica} at seq ${signal.seq}: ${signal.reason}`);
+        return;
       default:
         return;
     }

@@ -557,6 +557,48 @@ describe("unordered channels", () => {
     expect(v.stats().conflicts).toEqual([0, 0, 0, 0]);
   });
 
+  test("other events: the publisher's 16 latest ranges are kept and the 17th is not; up to 4 events per range, a 5th is a duplicate and costs no check", () => {
+    let verifies = 0;
+    const counting = (body: Uint8Array, sig: Uint8Array, key: Uint8Array): boolean => {
+      verifies++;
+      return verifySignature(body, sig, key);
+    };
+    const v = voter("crash", "none", { verify: counting });
+    for (let seq = 1; seq <= DELIVERY_SIGNED_RANGES_PER_PUBLISHER_MAX + 1; seq++) v.onBatch(0, copy(1, signed(ALICE, seq, [`e${seq}`])));
+    // Ranges 2..17 are the 16 latest: range 2 still tells another event apart, range 1 no longer does.
+    expect(delivered(v.onBatch(1, copy(1, signed(ALICE, 2, ["other 2"]))))).toEqual([[null, ["other 2"]]]);
+    expect(v.onBatch(1, copy(1, signed(ALICE, 1, ["other 1"])))).toEqual([]);
+    // Range 3: its first event and three others are delivered; a fifth is a duplicate, unchecked.
+    for (const k of [1, 2, 3])
+      expect(delivered(v.onBatch(2, copy(1, signed(ALICE, 3, [`other 3.${k}`]))))).toEqual([[null, [`other 3.${k}`]]]);
+    const before = verifies;
+    expect(v.onBatch(2, copy(1, signed(ALICE, 3, ["other 3.4"])))).toEqual([]);
+    expect(verifies).toBe(before);
+    expect(v.stats().conflicts).toEqual([0, 1, 3, 0]);
+  });
+
+  test("other events: a slot of the ring written over starts empty; a forged copy never takes a version, even with the head of a real one", () => {
+    const v = voter("crash", "none");
+    v.onBatch(0, copy(1, signed(ALICE, 1, ["e1"])));
+    for (const k of [1, 2, 3]) v.onBatch(1, copy(1, signed(ALICE, 1, [`other 1.${k}`])));
+    // Range 1's slot (4 versions) is written over by range 17.
+    for (let seq = 2; seq <= DELIVERY_SIGNED_RANGES_PER_PUBLISHER_MAX + 1; seq++) v.onBatch(0, copy(1, signed(ALICE, seq, [`e${seq}`])));
+    const last = DELIVERY_SIGNED_RANGES_PER_PUBLISHER_MAX + 1;
+    expect(delivered(v.onBatch(1, copy(1, signed(ALICE, last, ["other last"]))))).toEqual([[null, ["other last"]]]);
+    // A forged copy at range 16 carrying the head (first 8 bytes) of a real other event: invalid, and the real one still goes through.
+    const real = signed(ALICE, last - 1, ["real other"]);
+    const forgedSig = real.sig.slice();
+    forgedSig[40] = (forgedSig[40] as number) ^ 0xff;
+    expect(v.onBatch(3, copy(1, { body: real.body, sig: forgedSig }))).toEqual([{ t: "invalid", replica: 3, reason: "bad-signature" }]);
+    expect(delivered(v.onBatch(2, copy(1, real)))).toEqual([[null, ["real other"]]]);
+    // One sharing only the first 4 bytes of a delivered event's head is checked (and fails), not taken for that event.
+    const delivered16 = signed(ALICE, last - 1, [`e${last - 1}`]);
+    const halfHead = signed(ALICE, last - 1, ["half"]);
+    const mixed = halfHead.sig.slice();
+    mixed.set(delivered16.sig.subarray(0, 4), 0);
+    expect(v.onBatch(2, copy(1, { body: halfHead.body, sig: mixed }))).toEqual([{ t: "invalid", replica: 2, reason: "bad-signature" }]);
+  });
+
   test("a range that partly overlaps a delivered one is dropped as stale", () => {
     const v = voter("crash", "none");
     v.onBatch(0, copy(1, B1)); // Alice 1..2
@@ -659,6 +701,22 @@ describe("byzantine/none: a key stays vouched for only while f+1 replicas keep s
     expect(pubSeqs(v.onBatch(0, unsigned(BOB, 3)))).toEqual([3, 4]);
     expect(pubSeqs(v.onBatch(1, unsigned(BOB, 4)))).toEqual([]);
     expect(v.stats().deliveredBatches).toBe(4);
+  });
+
+  test("another event under delivered numbers that arrives while the key is lapsed is held, not dropped, and delivered once f+1 replicas vouch again", () => {
+    const v = voter("byzantine", "none");
+    const first = signed(BOB, 1, ["first"]);
+    v.onBatch(0, copy(1, first));
+    expect(delivered(v.onBatch(3, copy(1, first)))).toEqual([[null, ["first"]]]);
+    v.lapseVouches();
+    v.onBatch(3, copy(1, signed(BOB, 2, ["second"])));
+    v.lapseVouches(); // only replica 3 went on: Bob lapses
+    const other = signed(BOB, 1, ["other first"]);
+    expect(v.onBatch(1, copy(1, other))).toEqual([]);
+    expect(v.stats().held).toBeGreaterThan(0);
+    const out = v.onBatch(2, copy(1, other));
+    expect(delivered(out)).toContainEqual([null, ["other first"]]);
+    expect(others(out).some((o) => o.t === "conflict")).toBe(true);
   });
 
   test("a quiet key stays vouched for: 500 publishers quiet for an interval, then publishing as the replicas stream one after another, are all delivered", () => {

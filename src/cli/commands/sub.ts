@@ -275,7 +275,7 @@ export function reportSignal(io: Pick<CommandIo, "err">, signal: SubscriptionSig
       );
       return;
     case "conflict":
-      io.err(`fitb sub: warning: replica ${signal.replica} contradicts the others at seq ${signal.seq}: ${signal.reason}`);
+      io.err(`fitb sub: warning: replica ${signal.replica} at seq ${signal.seq}: ${signal.reason}`);
       return;
     case "trimmed":
       io.err(`fitb sub: warning: seq ${signal.nextSeq} is no longer retained; the oldest is ${signal.oldestSeq}`);

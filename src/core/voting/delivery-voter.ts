@@ -350,12 +350,27 @@ type Vouched = {
  */
 type SignedRange = { start: number; end: number; readonly sigHeads: number[] };
 
-/** The first 8 bytes of a signature as two unsigned 32-bit numbers, pushed onto `into`. */
+/** The first 8 bytes of a signature as two 32-bit numbers (signed, the same way on both sides), pushed onto `into`. */
 function pushSigHead(into: number[], sig: Uint8Array): void {
   into.push(
     ((sig[0] as number) << 24) | ((sig[1] as number) << 16) | ((sig[2] as number) << 8) | (sig[3] as number),
     ((sig[4] as number) << 24) | ((sig[5] as number) << 16) | ((sig[6] as number) << 8) | (sig[7] as number),
   );
+}
+
+/**
+ * The delivered range among the publisher's latest whose numbers `request` has and whose
+ * events it is not (its signature's head is not among theirs), with room for one more
+ * version; null when the copy is one of them, or its range is not kept (a duplicate).
+ */
+function otherEventRange(entry: Vouched, request: PubRequest, copy: BatchCopy): SignedRange | null {
+  if (copy.sig.length < 8) return null;
+  const end = request.seq + request.span - 1;
+  for (const range of entry.signed) {
+    if (range.start !== request.seq || range.end !== end) continue;
+    return hasSigHead(range.sigHeads, copy.sig) || range.sigHeads.length >= 2 * SIGNED_RANGE_VERSIONS_MAX ? null : range;
+  }
+  return null;
 }
 
 /** Whether `heads` (pairs) hold the first 8 bytes of `sig`. */
@@ -757,8 +772,15 @@ export class DeliveryVoter {
    * evicts the oldest and comes back as new) cost a check per copy, for ever.
    */
   private onUnvouchedCopy(replica: number, publisherHex: string, request: PubRequest, copy: BatchCopy): DeliveryOutput[] {
-    // A key that lapsed keeps its window: a copy of what was delivered is dropped unverified.
-    if (this.seen.get(publisherHex)?.window.check(request.seq, request.seq + request.span - 1) === "duplicate") {
+    // A key that lapsed keeps its window: a copy of what was delivered is dropped unverified,
+    // unless it is another event under delivered numbers (sameRangeOtherEvent), which is held
+    // like any copy and judged when the key is vouched for again.
+    const lapsed = this.seen.get(publisherHex);
+    if (
+      lapsed !== undefined &&
+      lapsed.window.check(request.seq, request.seq + request.span - 1) === "duplicate" &&
+      otherEventRange(lapsed, request, copy) === null
+    ) {
       this.count("duplicates", replica);
       return [];
     }
@@ -896,7 +918,7 @@ export class DeliveryVoter {
     const outputs: DeliveryOutput[] = [];
     for (const held of copies) {
       this.noteCopy(entry, held.replica, held.request);
-      const dropped = this.checkRange(held.replica, entry, held.request, held.copy);
+      const dropped = this.checkRange(held.replica, entry, held.request, held.copy, held.verified);
       if (dropped !== null) outputs.push(...dropped);
       else if (!held.verified && !this.verify(held.copy.body, held.copy.sig, held.request.client, held.request.v))
         outputs.push(...this.invalidCopy(held.replica, "bad-signature"));
@@ -917,7 +939,7 @@ export class DeliveryVoter {
    * it pushes no lower range out of the window too early. Otherwise the copy is dropped,
    * counted per sender, with what that reports.
    */
-  private checkRange(replica: number, entry: Vouched, request: PubRequest, copy: BatchCopy): DeliveryOutput[] | null {
+  private checkRange(replica: number, entry: Vouched, request: PubRequest, copy: BatchCopy, verified = false): DeliveryOutput[] | null {
     const start = request.seq;
     const end = request.seq + request.span - 1;
     const seen = entry.window.check(start, end);
@@ -926,7 +948,7 @@ export class DeliveryVoter {
       this.count("overflows", replica);
       return [];
     }
-    if (seen === "duplicate") return this.sameRangeOtherEvent(replica, entry, request, copy);
+    if (seen === "duplicate") return this.sameRangeOtherEvent(replica, entry, request, copy, verified);
     // Overlapping a delivered range, or below what the window forgot (reported).
     this.count("stale", replica);
     if (seen !== "stale") return [];
@@ -944,25 +966,15 @@ export class DeliveryVoter {
    * signature verifies it is delivered as well, and reported as a conflict. Only the copy's
    * signature is compared (no hash): copies of the same event carry the same one.
    */
-  private sameRangeOtherEvent(replica: number, entry: Vouched, request: PubRequest, copy: BatchCopy): DeliveryOutput[] {
+  private sameRangeOtherEvent(replica: number, entry: Vouched, request: PubRequest, copy: BatchCopy, verified = false): DeliveryOutput[] {
     const end = request.seq + request.span - 1;
-    let known: SignedRange | undefined;
-    for (const range of entry.signed) {
-      if (range.start === request.seq && range.end === end) {
-        known = range;
-        break;
-      }
-    }
-    if (
-      known === undefined ||
-      copy.sig.length < 8 ||
-      hasSigHead(known.sigHeads, copy.sig) ||
-      known.sigHeads.length >= 2 * SIGNED_RANGE_VERSIONS_MAX
-    ) {
+    const known = otherEventRange(entry, request, copy);
+    if (known === null) {
       this.count("duplicates", replica);
       return [];
     }
-    if (!this.verify(copy.body, copy.sig, request.client, request.v)) return this.invalidCopy(replica, "bad-signature");
+    // Recorded only once it verifies: a forged copy must not take one of the range's versions.
+    if (!verified && !this.verify(copy.body, copy.sig, request.client, request.v)) return this.invalidCopy(replica, "bad-signature");
     pushSigHead(known.sigHeads, copy.sig);
     this.count("conflicts", replica);
     const reason =
