@@ -355,15 +355,15 @@ export function parseClusterConfig(text: string, sourceName: string, options: Pa
   return { ok: true, config: buildConfig(parsed.data, baseDir) };
 }
 
+/** A secret key as a key file holds it: the prefix and the 32-byte seed in base64url. */
+const SECRET_KEY_TEXT = new RegExp(`${SECRET_KEY_PREFIX}[A-Za-z0-9_-]{43}`);
+
 /**
  * A cluster file names public keys only. Text holding a secret key (a key file given as
  * --config, or a secret pasted where a public key belongs) is refused before it is parsed,
  * naming the line but never quoting it: the TOML and field errors quote what they found,
  * and those lines go to terminals, the journal and CI logs.
  */
-/** A secret key as a key file holds it: the prefix and the 32-byte seed in base64url. */
-const SECRET_KEY_TEXT = new RegExp(`${SECRET_KEY_PREFIX}[A-Za-z0-9_-]{43}`);
-
 function secretKeyProblem(text: string, sourceName: string): string | null {
   const found = SECRET_KEY_TEXT.exec(text);
   if (found === null) return null;

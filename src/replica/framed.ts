@@ -633,7 +633,7 @@ export class FramedConn {
 
   /**
    * Writes `bytes` as they are, not a frame (an answer in another protocol to a client that
-   * spoke one, server.ts answerHttp), and closes. Only before session framing and write
+   * spoke one, server.ts answerOtherProtocol), and closes. Only before session framing and write
    * coalescing start, where the bytes go to the socket in the order given.
    */
   closeWithRaw(bytes: Uint8Array): void {

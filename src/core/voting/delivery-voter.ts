@@ -350,12 +350,14 @@ type Vouched = {
  */
 type SignedRange = { start: number; end: number; readonly sigHeads: number[] };
 
-/** The first 8 bytes of a signature as two 32-bit numbers (signed, the same way on both sides), pushed onto `into`. */
+/** Four bytes of a signature from `at` as one 32-bit number (signed, the same way wherever it is read). */
+function sigWord(sig: Uint8Array, at: number): number {
+  return ((sig[at] as number) << 24) | ((sig[at + 1] as number) << 16) | ((sig[at + 2] as number) << 8) | (sig[at + 3] as number);
+}
+
+/** The first 8 bytes of a signature as two numbers, pushed onto `into`. */
 function pushSigHead(into: number[], sig: Uint8Array): void {
-  into.push(
-    ((sig[0] as number) << 24) | ((sig[1] as number) << 16) | ((sig[2] as number) << 8) | (sig[3] as number),
-    ((sig[4] as number) << 24) | ((sig[5] as number) << 16) | ((sig[6] as number) << 8) | (sig[7] as number),
-  );
+  into.push(sigWord(sig, 0), sigWord(sig, 4));
 }
 
 /**
@@ -375,8 +377,8 @@ function otherEventRange(entry: Vouched, request: PubRequest, copy: BatchCopy): 
 
 /** Whether `heads` (pairs) hold the first 8 bytes of `sig`. */
 function hasSigHead(heads: readonly number[], sig: Uint8Array): boolean {
-  const hi = ((sig[0] as number) << 24) | ((sig[1] as number) << 16) | ((sig[2] as number) << 8) | (sig[3] as number);
-  const lo = ((sig[4] as number) << 24) | ((sig[5] as number) << 16) | ((sig[6] as number) << 8) | (sig[7] as number);
+  const hi = sigWord(sig, 0);
+  const lo = sigWord(sig, 4);
   for (let i = 0; i < heads.length; i += 2) if (heads[i] === hi && heads[i + 1] === lo) return true;
   return false;
 }
