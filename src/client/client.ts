@@ -24,6 +24,7 @@
 import type { AdminCmd, Frame, Op, Query, QueryKind, ReplyResult } from "../../wire/schemas.ts";
 import { FrameType, type ErrorCode } from "../../wire/types.ts";
 import type { Canonical } from "../../wire/canonical.ts";
+import { unorderedFromProblem } from "../core/channels/request.ts";
 import { liveQuorum, type ReplyKind, vouchQuorum } from "../core/voting/quorum.ts";
 import { formatPublicKey } from "../crypto/keys.ts";
 import type { ClusterConfig } from "../config/cluster.ts";
@@ -756,12 +757,8 @@ export class FitbClient {
     }
     const channel = await this.channelInfo(tag);
     // Replicas refuse it too (older ones replayed from positions that differ at each).
-    if (channel.order === "none" && options.from !== undefined && options.from > 0) {
-      throw new InvalidInputError(
-        "BAD_REQUEST",
-        `from ${options.from} on ${tag}, an unordered channel (${channel.fault}/none): there only from 0 (every retained event) or no from (live) has a meaning, since each replica numbers its own store`,
-      );
-    }
+    const unorderedFrom = channel.order === "none" ? unorderedFromProblem(tag, channel.fault, options.from) : null;
+    if (unorderedFrom !== null) throw new InvalidInputError("BAD_REQUEST", unorderedFrom);
     // Crash-fault channels deliver one replica's copy without a vote: only registered publishers' batches are taken.
     const publishers = channel.fault === "crash" ? await this.publisherListing(tag) : [];
     // The members' keys by id ($sys.events counts reports by who signed them).

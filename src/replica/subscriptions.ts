@@ -28,6 +28,7 @@
  * Subscriptions are capped per connection, per remote address and in all.
  */
 import type { ChannelMachine } from "../core/channels/machine.ts";
+import { unorderedFromProblem } from "../core/channels/request.ts";
 import type { StoredBatch } from "../core/channels/types.ts";
 import { SharedPayloadPrefix } from "../crypto/session.ts";
 import { type EventsTail, eventsPrefix, eventsRest, eventsRestShared, eventsTail } from "../../wire/hot.ts";
@@ -276,14 +277,14 @@ export class Subscriptions {
     }
     const ordered = info.order === "total";
     const urgency = egressOfPriority(this.machine.priorityOf(tag));
-    if (!ordered && from !== undefined && from > 0) {
+    const unorderedFrom = ordered ? null : unorderedFromProblem(tag, info.fault, from);
+    if (unorderedFrom !== null) {
       // Each replica numbers its own store of an unordered channel, so a position means
       // something else at each: replayed from it, a subscriber got a different slice from
       // each replica, and on byzantine/none waited for the f+1 copies vouching for a key
       // that fewer replicas than that had past the position (wire/PROTOCOL.md 4.10).
-      const reason = `from ${from} on ${tag}, an unordered channel (${info.fault}/none): there only from 0 (every retained event) or no from (live) has a meaning, since each replica numbers its own store`;
       // With `at`: the order is replicated state, judged on this replica's (a channel since recreated with another order).
-      this.end(session, sub, "BAD_REQUEST", reason, this.execution.executedSeq(), urgency);
+      this.end(session, sub, "BAD_REQUEST", unorderedFrom, this.execution.executedSeq(), urgency);
       return;
     }
     // Below the first seq is no event, hence no gap: only what retention dropped is TRIMMED.

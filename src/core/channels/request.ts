@@ -6,7 +6,7 @@
 import { type Canonical, withCanonical } from "../../../wire/canonical.ts";
 import { DOMAIN_REQUEST } from "../../../wire/types.ts";
 import { PUBLIC_KEY_BYTES } from "./constants.ts";
-import type { HashFn, PubRequest, SignedRequest } from "./types.ts";
+import type { FaultModel, HashFn, PubRequest, SignedRequest } from "./types.ts";
 
 /** The domain tag version 1 request signatures are made under (the wire's DOMAIN_REQUEST; version 2: DOMAIN_REQUEST_DIGEST over the body's SHA-256). */
 export const REQUEST_SIGNATURE_DOMAIN: string = DOMAIN_REQUEST;
@@ -57,4 +57,15 @@ export function parsePubRequest(value: Canonical): PubRequest | null {
   const events = readEvents(op["events"], span);
   if (events === null) return null;
   return { v, client, seq, span, ts, op: { t: "pub", tag, events } };
+}
+
+/**
+ * Why a subscription from `from` on an unordered channel is refused, or null when it is
+ * not: there only 0 (every retained event) or no `from` (live) has a meaning, since each
+ * replica numbers its own store (wire/PROTOCOL.md 4.10). The client and the replica say it
+ * in the same words.
+ */
+export function unorderedFromProblem(tag: string, fault: FaultModel, from: number | undefined): string | null {
+  if (from === undefined || from <= 0) return null;
+  return `from ${from} on ${tag}, an unordered channel (${fault}/none): there only from 0 (every retained event) or no from (live) has a meaning, since each replica numbers its own store`;
 }

@@ -978,12 +978,11 @@ export class DeliveryVoter {
     // Recorded only once it verifies: a forged copy must not take one of the range's versions.
     if (!verified && !this.verify(copy.body, copy.sig, request.client, request.v)) return this.invalidCopy(replica, "bad-signature");
     pushSigHead(known.sigHeads, copy.sig);
-    this.count("conflicts", replica);
     const reason =
       `another event under publisher ${toHex(request.client).slice(0, 16)}...'s seq ${request.seq}` +
       `${request.span > 1 ? `..${end}` : ""} than the one delivered, signed by the same key ` +
       "(two processes publishing with one key to this channel); delivered as well";
-    return [{ t: "conflict", replica, seq: request.seq, reason }, this.deliver(request, copy, copy.tsMs, null, 0)];
+    return [this.conflict(replica, request.seq, reason), this.deliver(request, copy, copy.tsMs, null, 0)];
   }
 
   /**
