@@ -781,6 +781,23 @@ export class OrderingDriver {
    * effect in the machine ends this epoch at that checkpoint. Old-epoch decisions above it
    * are never executed (nor kept on disk).
    */
+  /** The checkpoint the core was last told to pad to (padToPendingChange). */
+  private paddedTo = 0;
+
+  /**
+   * A decided membership change takes effect at the checkpoint after it (src/core/ordering/
+   * PROTOCOL.md §13), which an idle group never reaches. Every replica's core is told to
+   * pad to it, so that the leader, whichever it is or becomes, proposes empty batches up
+   * to that checkpoint when no client's request waits. Checked each tick: a change
+   * decided, restored at a restart or installed by state transfer is seen alike.
+   */
+  private padToPendingChange(): void {
+    const pending = this.options.machine.pendingMembership();
+    if (pending === null || pending.from <= this.paddedTo) return;
+    this.paddedTo = pending.from;
+    this.step({ kind: "pad", seq: pending.from });
+  }
+
   private noteMembership(seq: number): void {
     const membership = this.options.machine.membership();
     if (membership === null || membership.epoch <= this.epochView.epoch || this.switchAt !== null) return;
@@ -1123,6 +1140,7 @@ export class OrderingDriver {
 
   private onTick(): void {
     if (this.removed) return;
+    this.padToPendingChange();
     this.step({ kind: "tick", nowMs: this.clock.now() });
     // A transfer the core no longer wants is dropped before the keeper writes a base part:
     // reached by executing, its seq may be where the keeper now writes a base, in the

@@ -600,6 +600,66 @@ describe("the ten classic bugs (core/ordering/PROTOCOL.md §9)", () => {
   });
 });
 
+describe("padding to a membership switch (core/ordering/PROTOCOL.md §13)", () => {
+  /** Tells every replica's core what the runtime tells it of a change that takes effect at `seq`. */
+  function pad(c: ManualCluster, seq: number): void {
+    for (let id = 0; id < 4; id++) c.step(id, { kind: "pad", seq });
+  }
+
+  test("with nothing waiting, the leader proposes empty batches up to the seq asked; every replica decides them and the checkpoint there is stable", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    pad(c, 4);
+    c.deliverAll();
+    for (let id = 0; id < 4; id++) {
+      expect(decidedSeqs(c, id)).toEqual([1, 2, 3, 4]);
+      for (const d of (c.decided[id] ?? []).slice(1)) expect(d.execute).toEqual([]);
+      expect(c.core(id).status().stableSeq).toBe(4);
+      expect(suspects(c, id)).toEqual([]);
+    }
+    const proposals = sent(c, 0, "PRE_PREPARE") as PrePrepare[];
+    expect(proposals.map((m) => m.seq)).toEqual([1, 2, 3, 4]);
+    // The empty batch is named by the null digest, as a NEW_VIEW's null entry is.
+    for (const m of proposals.slice(1)) {
+      expect(m.batch).toEqual([]);
+      expect(m.digest).toEqual(NULL_DIGEST);
+    }
+  });
+
+  test("padding stops at the seq asked, and a request that waits is proposed instead of an empty batch", () => {
+    const c = new ManualCluster();
+    c.submit(0, c.request(0, 1));
+    pad(c, 3);
+    c.tick(3);
+    c.deliverAll();
+    for (let id = 0; id < 4; id++) expect(decidedSeqs(c, id)).toEqual([1, 2, 3]);
+    expect(c.decided[0]?.[0]?.execute.map((r) => r.seq)).toEqual([1]);
+    // Nothing past it, however long the group stays idle; a smaller seq asked later changes nothing.
+    pad(c, 2);
+    c.tick(20);
+    c.deliverAll();
+    for (let id = 0; id < 4; id++) expect(c.lastExecuted(id)).toBe(3);
+  });
+
+  test("a backup told to pad pads once it leads (the old leader, cut off, never heard of the change)", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    // Replica 0 (the leader) is not told and is cut off; the others are told, and replace it.
+    for (const id of [1, 2, 3]) c.step(id, { kind: "pad", seq: 4 });
+    c.step(0, { kind: "tick" });
+    c.submit(1, c.request(1, 1));
+    c.runUntil(
+      () => [1, 2, 3].every((id) => c.lastExecuted(id) >= 4),
+      400,
+      (m) => m.from !== 0 && m.to !== 0,
+    );
+    for (const id of [1, 2, 3]) {
+      expect(c.core(id).status().view).toBeGreaterThan(0);
+      expect(c.core(id).status().stableSeq).toBe(4);
+    }
+  });
+});
+
 describe("checkpoints and state transfer (core/ordering/PROTOCOL.md §7)", () => {
   test("K decisions make a stable checkpoint; h moves and the log is truncated", () => {
     const c = new ManualCluster();

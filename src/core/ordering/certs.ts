@@ -71,6 +71,8 @@ export function isLinkAuthenticated(m: SignedMessage): boolean {
 const batchDigests = new WeakMap<CoreCrypto["hash"], WeakMap<readonly ClientRequest[], Uint8Array>>();
 
 export function digestOfBatch(crypto: CoreCrypto, batch: readonly ClientRequest[]): Uint8Array {
+  // The empty batch (a NEW_VIEW's null entry, a leader's padding) is named by the null digest.
+  if (batch.length === 0) return NULL_DIGEST;
   let known = batchDigests.get(crypto.hash);
   if (known === undefined) {
     known = new WeakMap();

@@ -61,6 +61,7 @@ import {
   noteUrgentBatch,
   ordinaryDepth,
   pacingUrgent,
+  padding,
   type ProposalPolicy,
   URGENT_PIPELINE_SLOTS,
 } from "./priority.ts";
@@ -232,6 +233,10 @@ export class OrderingCore {
         // Execution catches up in the role step that follows every input.
         if (this.cfg.externalBarrier && input.seq > state.externalExecuted) state.externalExecuted = input.seq;
         return;
+      case "pad":
+        // The leader proposes in the role step that follows every input.
+        if (input.seq > state.padTo) state.padTo = input.seq;
+        return;
       case "snapshotInstalled":
         return onSnapshotInstalled(state, input.seq, input.stateDigest, input.appDigest, input.clients);
       default:
@@ -391,7 +396,7 @@ export class OrderingCore {
     const depth = ordinaryDepth(state, paced);
     let ordinaryInFlight = state.nextProposalSeq - 1 - state.lastExecuted - urgentInFlight;
     while (ordinaryInFlight < depth && state.nextProposalSeq <= state.highWater) {
-      const batch = buildBatch(state, false, paced);
+      const batch = buildBatch(state, false, paced) ?? padding(state);
       if (batch === null) return;
       this.propose(batch);
       ordinaryInFlight++;
@@ -497,7 +502,8 @@ export class OrderingCore {
       if (marker === undefined || !isWellFormedBarrier(marker)) return "invalid";
       batch = proposed.slice(1);
     }
-    if (batch.length < 1 || batch.length > cfg.batchRequestsMax) return "invalid";
+    // An empty batch is the leader's padding (§13): it decides nothing but its seq.
+    if (batch.length > cfg.batchRequestsMax) return "invalid";
     // The leader's stamp is what the requests are judged against; it may be behind this
     // replica's clock (that only judges them more strictly), not further ahead than clocks differ.
     if (state.nowMs > 0 && m.ts > state.nowMs + cfg.proposalClockSkewMs) return "invalid";

@@ -105,6 +105,15 @@ export function urgencyOf(policy: ProposalPolicy, client: string): number {
 }
 
 /**
+ * Padding (PROTOCOL.md §13): an empty batch when nothing may be proposed and the runtime
+ * needs the seqs up to `padTo` decided (a membership change takes effect at that
+ * checkpoint, which an idle group would otherwise never reach); null otherwise.
+ */
+export function padding(state: CoreState): ClientRequest[] | null {
+  return state.nextProposalSeq <= state.padTo ? [] : null;
+}
+
+/**
  * The next batch, or null when nothing may be proposed yet. `urgentOnly`: only clients of
  * urgency URGENT or more (the reserved pipeline slots). A partial batch waits until its
  * oldest request is `batchDelayTicks` old (0: propose on arrival).

@@ -118,6 +118,8 @@ export class CoreState {
   nowMs = 0;
   /** How far the runtime's external order has executed here (`external` inputs; PROTOCOL.md §12). */
   externalExecuted = 0;
+  /** The seq up to which a leader with nothing to propose proposes empty batches (`pad` inputs; PROTOCOL.md §13). */
+  padTo = 0;
   /** Whether the next decided batch waits for the external order (§12): the wait is this replica's, not its leader's. */
   barrierBlocked = false;
   /** The highest proposal timestamp this replica signed or accepted: its next proposal stamps no less. */

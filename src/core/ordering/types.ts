@@ -70,6 +70,13 @@ export type CoreInput =
    */
   | { kind: "external"; seq: number }
   /**
+   * The runtime needs every seq up to `seq` decided without waiting for clients: a
+   * membership change takes effect at checkpoint `seq` (PROTOCOL.md §13, "Padding to the
+   * switch"). A leader with nothing waiting proposes empty batches up to it. Never
+   * decreases; a lower number is ignored.
+   */
+  | { kind: "pad"; seq: number }
+  /**
    * The runtime installed a snapshot fetched after `fetchState`. The core recomputes the
    * state digest from `appDigest` and `clients` and accepts it only if it matches the
    * digest it asked for; `stateDigest` is the runtime's claim and must match too.
