@@ -194,12 +194,6 @@ class Chaos {
   readonly out = new Set<number>();
   readonly applied: Record<ChaosKind, number> = { kill: 0, stop: 0, pause: 0, rotate: 0 };
   leaderHits = 0;
-  /**
-   * Key rotations under way. A change takes effect at the next checkpoint, which an idle
-   * group does not reach (README "Changing a replica's key"), so the publishers go on past
-   * the end of the run until the last one is through.
-   */
-  rotating = 0;
   /** Actions run later than planned because f replicas were still out. */
   delayed = 0;
   readonly problems: string[] = [];
@@ -317,7 +311,6 @@ class Chaos {
     };
     // Named before the first await: rotations may overlap (f > 1), and each needs its own files.
     const nth = this.applied.rotate;
-    this.rotating++;
     try {
       const path = join(this.cluster.dir, `replica-${target}.rotated-${nth}.key`);
       const made = await this.cluster.fitb(["keygen", "--out", path]);
@@ -382,7 +375,6 @@ class Chaos {
     } catch (error) {
       fail((error as Error).message);
     } finally {
-      this.rotating--;
       this.out.delete(target);
     }
   }
@@ -509,7 +501,7 @@ async function main(): Promise<void> {
   const startedAt = Date.now();
   chaos.startedAt = startedAt;
   const endAt = startedAt + durationMs;
-  const running = (): boolean => Date.now() < endAt || chaos.rotating > 0;
+  const running = (): boolean => Date.now() < endAt;
   const publishing = CLASSES.map(
     (c) => new Publishing(publisher, c.tag, c.tag.replace(".", "_"), c.order === "total" ? EVENTS_PER_REQUEST : 1, running),
   );
