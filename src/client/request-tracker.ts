@@ -732,7 +732,8 @@ export class RequestTracker {
       );
     }
     return new NoQuorumError(
-      `no quorum for ${pending.what}: ${answered.size} of ${group.n} replicas answered within ${this.timing.requestMs} ms, ${quorum} matching needed (${group.describeReplicas(answered, pending.transient)})`,
+      // "Final": a refusal the client retries (OUT_OF_ORDER, RATE_LIMITED) is named below but is not an answer that counts.
+      `no quorum for ${pending.what}: ${quorum} matching answers needed within ${this.timing.requestMs} ms, ${answered.size} of ${group.n} replicas gave a final answer (${group.describeReplicas(answered, pending.transient)})`,
     );
   }
 

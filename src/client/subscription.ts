@@ -129,7 +129,14 @@ export type BatchHandler = (batch: ReceivedBatch) => void | Promise<void>;
 /** Things worth telling the caller that do not end the subscription. */
 export type SubscriptionSignal =
   /** A replica dropped us for falling behind; we subscribed there again from `resumeFrom`. */
-  | { readonly t: "slow"; readonly source: "replica"; readonly replica: number; readonly resumeFrom: number | null }
+  | {
+      readonly t: "slow";
+      readonly source: "replica";
+      readonly replica: number;
+      readonly resumeFrom: number | null;
+      /** The replica's own words: it read too slowly, or this replica itself caught up by state transfer. */
+      readonly reason: string;
+    }
   /** The handler fell behind the bound; delivery pauses and resumes at `resumeFrom` without loss. */
   | { readonly t: "slow"; readonly source: "local"; readonly resumeFrom: number }
   /** Unordered channel: events dropped because the handler fell behind the bound. */
@@ -661,7 +668,11 @@ export class ClientSubscription implements Subscription {
       case "UNSUBSCRIBED":
         return;
       case "SLOW": {
-        this.signalLimited(`slow/${replica}`, { t: "slow", source: "replica", replica, resumeFrom: this.resumePoint() ?? null }, 1);
+        this.signalLimited(
+          `slow/${replica}`,
+          { t: "slow", source: "replica", replica, resumeFrom: this.resumePoint() ?? null, reason: body.reason },
+          1,
+        );
         // Asked again at once, as a client that fell behind wants; but a replica ending the
         // subscription SLOW again with no copy in between is asked ever later (it may be
         // faulty, and each SUBSCRIBE costs it a replay and this client a frame).

@@ -766,7 +766,7 @@ describe("publish", () => {
     expect(error).toBeInstanceOf(NoQuorumError);
     expect(error.code).toBe("TIMEOUT");
     expect(error.message).toMatch(
-      /^no quorum for publish to net\.bulk \(seq 1\): 2 of 4 replicas answered within 1500 ms, 3 matching needed/,
+      /^no quorum for publish to net\.bulk \(seq 1\): 3 matching answers needed within 1500 ms, 2 of 4 replicas gave a final answer/,
     );
     expect(error.message).toContain("replica 1 (127.0.0.1:");
     expect(error.message).toContain("): no answer");
@@ -961,7 +961,7 @@ describe("subscribe", () => {
     replica.send(socket, { type: FrameType.SUB_END, body: { sub: subId!, replica: 1, code: "SLOW", reason: "fell behind" } });
     await waitFor("resubscribe", () => replica.framesOfType(FrameType.SUBSCRIBE).length === 2);
     expect((replica.framesOfType(FrameType.SUBSCRIBE)[1]!.body as Subscribe).from).toBe(4);
-    expect(signals).toContainEqual({ t: "slow", source: "replica", replica: 1, resumeFrom: 4 });
+    expect(signals).toContainEqual({ t: "slow", source: "replica", replica: 1, resumeFrom: 4, reason: "fell behind" });
   });
 
   test("a slow handler on a total-order channel: bounded queue, pause, resume, nothing lost or repeated", async () => {

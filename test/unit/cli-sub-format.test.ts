@@ -55,4 +55,12 @@ describe("signal lines on standard error", () => {
       "fitb sub: warning: 7 events dropped: below a forgotten range",
     ]);
   });
+
+  test("a replica's SLOW end is told in its own words: it need not be this client that was slow", () => {
+    const lines: string[] = [];
+    const io = { err: (line: string) => lines.push(line) };
+    const reason = "this replica caught up by state transfer; resubscribe from the next seq you need";
+    reportSignal(io, { t: "slow", source: "replica", replica: 2, resumeFrom: 40, reason });
+    expect(lines).toEqual([`fitb sub: warning: replica 2 ended the subscription SLOW (${reason}); resubscribed, nothing lost`]);
+  });
 });

@@ -147,7 +147,9 @@ describe("a request refused RATE_LIMITED or OVERLOADED until its deadline", () =
     const error = errorOf(outcome);
     expect(error.code).toBe("TIMEOUT");
     expect(error).not.toBeInstanceOf(RetriedRefusalError);
-    expect(error.message).toStartWith("no quorum for publish to sec.alerts (seq 3): 1 of 4 replicas answered");
+    expect(error.message).toStartWith(
+      "no quorum for publish to sec.alerts (seq 3): 3 matching answers needed within 15000 ms, 1 of 4 replicas gave a final answer",
+    );
     expect(error.message).toContain(`RATE_LIMITED ${QUOTA_REASON}`);
   });
 
@@ -222,7 +224,7 @@ describe("a request that missed its deadline otherwise is still a TIMEOUT", () =
     expect(error).not.toBeInstanceOf(RetriedRefusalError);
     expect(error.code).toBe("TIMEOUT");
     expect(error.message).toBe(
-      `no quorum for publish to sec.alerts (seq 6): 0 of 4 replicas answered within ${REQUEST_MS} ms, 3 matching needed (` +
+      `no quorum for publish to sec.alerts (seq 6): 3 matching answers needed within ${REQUEST_MS} ms, 0 of 4 replicas gave a final answer (` +
         "replica 0 (127.0.0.1:7100): no answer; replica 1 (127.0.0.1:7101): no answer; replica 2 (127.0.0.1:7102): no answer; replica 3 (127.0.0.1:7103): no answer)",
     );
   });
@@ -235,7 +237,9 @@ describe("a request that missed its deadline otherwise is still a TIMEOUT", () =
     });
     const error = errorOf(outcome);
     expect(error.code).toBe("TIMEOUT");
-    expect(error.message).toStartWith(`no quorum for publish to sec.alerts (seq 7): 0 of 4 replicas answered within ${REQUEST_MS} ms`);
+    expect(error.message).toStartWith(
+      `no quorum for publish to sec.alerts (seq 7): 3 matching answers needed within ${REQUEST_MS} ms, 0 of 4 replicas gave a final answer`,
+    );
     expect(error.message).toContain(`replica 0 (127.0.0.1:7100): RATE_LIMITED ${QUOTA_REASON}`);
     expect(error.message).toContain("replica 3 (127.0.0.1:7103): no answer");
   });
@@ -269,6 +273,6 @@ describe("a request that missed its deadline otherwise is still a TIMEOUT", () =
     });
     const error = errorOf(outcome);
     expect(error.code).toBe("TIMEOUT");
-    expect(error.message).toContain("1 of 4 replicas answered");
+    expect(error.message).toContain("1 of 4 replicas gave a final answer");
   });
 });

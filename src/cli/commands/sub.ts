@@ -255,7 +255,7 @@ export function reportSignal(io: Pick<CommandIo, "err">, signal: SubscriptionSig
       io.err(
         signal.source === "local"
           ? `fitb sub: warning: output fell behind; pausing and resuming at seq ${signal.resumeFrom} (nothing is lost)`
-          : `fitb sub: warning: replica ${signal.replica} dropped us for being slow; resubscribed`,
+          : `fitb sub: warning: replica ${signal.replica} ended the subscription SLOW (${signal.reason}); resubscribed, nothing lost`,
       );
       return;
     case "overflow":
