@@ -194,7 +194,9 @@ export class Metrics {
     }
     this.modeFamily = r.gauge("mode", "1 for the mode this replica is in (normal, viewChange, stateTransfer), 0 for the others", ["mode"]);
     for (const mode of MODES) this.modeFamily.with(mode);
-    this.peerUp = r.gauge("peer_up", "1 if the authenticated link to this peer is open", ["peer"]);
+    this.peerUp = r.gauge("peer_up", "1 if the authenticated link to this peer is open and the peer answered its PINGs within 2.5 s", [
+      "peer",
+    ]);
     this.peerLag = r.gauge("peer_lag_seqs", "How many decided seqs this peer is behind this replica, by the COMMITs it sent", ["peer"]);
     this.peerMuted = r.counter("peer_muted_total", "Times a peer was muted (its reads paused, its messages dropped), by reason", [
       "peer",

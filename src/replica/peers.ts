@@ -13,7 +13,8 @@
  * A multi-homed peer (`hosts` in the cluster file) is dialled at its preferred address
  * (`host`) first, and at the next one when a dial fails or an open link goes silent: on
  * such links the dialler PINGs every PEER_PING_MS and gives the link up after
- * PEER_SILENCE_MS without a PONG. While on another address the dialler tries the
+ * PEER_SILENCE_MS without a PONG. Every other link is PINGed too, and reported silent
+ * (not up) after as long, but kept open: it has no other address to go to. While on another address the dialler tries the
  * preferred one again in the background (a full handshake on a second connection, every
  * PEER_PREFERRED_RETRY_MS_MIN, doubling to _MAX while it fails) and, once that handshake
  * is done, moves the link onto it: the peer replaces its inbound session by the new one,
@@ -478,14 +479,28 @@ export class PeerMesh {
     }
   }
 
-  /** Which peers we can send to now, at which of its addresses each link is, and why a link that is down went down last. */
+  /**
+   * Which peers we can send to now and that answer, at which of its addresses each link is,
+   * and why a link is not up: why it went down last, or, open, how long its PINGs have had
+   * no answer (a peer stopped with SIGSTOP, or hung, keeps its connection open).
+   */
   status(): { id: number; up: boolean; address: string; reason: string | null }[] {
-    return [...this.outbound.values()].map((link) => ({
-      id: link.peer.id,
-      up: link.phase === "open",
-      address: linkAddress(link),
-      reason: link.phase === "open" ? null : link.downReason,
-    }));
+    const now = performance.now();
+    return [...this.outbound.values()].map((link) => {
+      const open = link.phase === "open";
+      const silentMs = open && link.pingTimer !== null ? Math.round(now - link.receivedMs) : 0;
+      const silent = silentMs > this.timing.silenceMs;
+      return {
+        id: link.peer.id,
+        up: open && !silent,
+        address: linkAddress(link),
+        reason: !open
+          ? link.downReason
+          : silent
+            ? `the link is open but its PINGs have had no answer for ${silentMs} ms (the peer is stopped, hung or overloaded)`
+            : null,
+      };
+    });
   }
 
   /** Sends `msg` to one peer; false if the link is down or its queue is full (counted). */
@@ -674,7 +689,7 @@ export class PeerMesh {
         continue;
       }
       if (frame.type === FrameType.PONG) {
-        // The answer to our liveness PING (multi-homed peers); its arrival is what counts.
+        // The answer to our liveness PING; its arrival is what counts.
         link.receivedMs = performance.now();
         continue;
       }
@@ -751,15 +766,20 @@ export class PeerMesh {
   // Multi-homed peers: liveness on the open link, and the way back to the preferred address
   // ---------------------------------------------------------------------------------
 
+  /**
+   * PINGs every open link. A multi-homed peer's link silent for PEER_SILENCE_MS is given up
+   * for the next address; a single address has no other to try, so its link stays open
+   * (TCP still takes what is sent: a peer that was paused catches up from it) and is only
+   * reported silent (status, peer_up), since a stopped or hung process keeps its sockets.
+   */
   private startLiveness(link: OutboundLink): void {
     this.stopLiveness(link);
-    if (link.hosts.length < 2) return;
     link.receivedMs = performance.now();
     const conn = link.conn;
     link.pingTimer = setInterval(() => {
       if (link.conn !== conn || conn === null || link.phase !== "open") return;
       const silentMs = Math.round(performance.now() - link.receivedMs);
-      if (silentMs > this.timing.silenceMs) {
+      if (silentMs > this.timing.silenceMs && link.hosts.length >= 2) {
         this.options.metrics.inc("peer_links_silent_total");
         this.options.log.warn("peer link silent; trying the peer's next address", {
           peer: link.peer.id,

@@ -158,6 +158,42 @@ describe("fitb admin status", () => {
     }
   }, 120_000);
 
+  test("a replica stopped with SIGSTOP keeps its connections, yet its peers report it not up once their PINGs go unanswered, and up again after SIGCONT", async () => {
+    const stopped = cluster.n - 1;
+    const others = [0, 1, 2];
+    let report: JsonReport | null = null;
+    const peersSee = async (up: boolean): Promise<boolean> => {
+      const result = await status(true);
+      report = result.stdout === "" ? null : (JSON.parse(result.stdout) as JsonReport);
+      const rows = report?.replicas.filter((r) => others.includes(r.id)) ?? [];
+      return rows.length === others.length && rows.every((r) => r.up && (r.peers_up ?? []).includes(stopped) === up);
+    };
+    await waitFor(
+      "every peer to see replica 3 up",
+      () => peersSee(true),
+      60_000,
+      () => JSON.stringify(report),
+    );
+    const victim = cluster.procs[stopped];
+    victim?.kill("SIGSTOP");
+    try {
+      await waitFor(
+        "every peer to report replica 3 not up",
+        () => peersSee(false),
+        60_000,
+        () => JSON.stringify(report),
+      );
+    } finally {
+      victim?.kill("SIGCONT");
+    }
+    await waitFor(
+      "every peer to see replica 3 up again",
+      () => peersSee(true),
+      60_000,
+      () => JSON.stringify(report),
+    );
+  }, 180_000);
+
   test("a cluster file that lists another key for one replica: a warning naming it, both keys and `fitb cluster export`; the exit code is the group's", async () => {
     let report: JsonReport | null = null;
     await waitFor(
