@@ -580,10 +580,13 @@ export class OrderingDriver {
       // The file lists a later epoch's group (exported): it is not the group this data
       // directory's epoch 0 ran with, so epoch 0 cannot resume under it. fitb replica asks
       // the group in this case (src/cli/join.ts fileIsAheadOfData).
-      this.options.log.error("the cluster file lists a later epoch than the data directory holds", { fileEpoch: config.epoch });
-      this.fatal(
-        `the cluster file lists the group of epoch ${config.epoch}, and the data directory holds epoch 0: start it with the cluster's first file, or let it ask the group (fitb replica does when the directory is new)`,
-      );
+      // A database moved aside as damaged at this start left the directory empty, after
+      // fitb replica had read its epoch: the next start finds it new and asks the group.
+      const why = storage.quarantined
+        ? "the data directory's database was damaged and moved aside at this start (see 'storage corruption detected'), so it now holds nothing: start the replica again and it asks the group for its group and state (under systemd it is restarted by itself)"
+        : "start it with the cluster's first file, or let it ask the group (fitb replica does when the directory is new)";
+      this.options.log.error("the cluster file lists a later epoch than the data directory holds", { fileEpoch: config.epoch, what: why });
+      this.fatal(`the cluster file lists the group of epoch ${config.epoch}, and the data directory holds epoch 0: ${why}`);
     }
     if (membership === null || membership.epoch === 0) {
       return new EpochView(

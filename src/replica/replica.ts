@@ -442,11 +442,14 @@ export class Replica {
     this.ordering.start();
     this.sys.start();
     const self = this.self;
+    // The group this replica runs in (its epoch's), not the cluster file's: they differ once the group changed.
+    const group = this.ordering.epoch;
     this.options.log.info("replica started", {
       address: `${self?.host}:${self?.port}`,
       ...(self?.peerPort === null || self === undefined ? {} : { peerAddress: `${self.host}:${self.peerPort}` }),
-      n: this.options.config.n,
-      f: this.options.config.f,
+      epoch: group.epoch,
+      n: group.members.length,
+      f: group.f,
       verifyThreads: this.verifier.threadCount,
       orderingThread: this.options.orderingThread === true,
       urgentDelayTargetMs: this.shedder?.targetMs ?? 0,

@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { SigningKey } from "../../src/crypto/keys.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { logLines } from "./durability-history.ts";
+import { killAndWait, logLines, startUntilLogged } from "./durability-history.ts";
 import { logTail, startCluster, type TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
@@ -68,5 +68,12 @@ describe("a membership change on an idle group", () => {
     }
     expect(await cluster.procs[0]?.exited).toBe(0);
     cluster.procs[0] = null;
+  }, 90_000);
+
+  test("a replica restarted in the later epoch says in its start line the group it runs in, not the cluster file's", async () => {
+    await killAndWait(cluster, 2);
+    await startUntilLogged(cluster, 2, "replica started");
+    const started = logLines(cluster, 2, "replica started").at(-1);
+    expect(started).toMatchObject({ epoch: 2, n: 4, f: 1 });
   }, 90_000);
 });
