@@ -223,6 +223,10 @@ export interface WriteKeyPairOptions {
  */
 export function writeKeyPairFiles(path: string, key: SigningKey, options: WriteKeyPairOptions): void {
   const publicPath = publicKeyPathFor(path);
+  // Not made here: a mistyped directory would put a secret where nobody looks for it.
+  const dir = dirname(path);
+  if (!existsSync(dir))
+    throw new KeyFileError(path, "io", `cannot write ${path}: its directory ${dir} does not exist (make it first: mkdir -m 700 ${dir})`);
   if (!options.overwrite) {
     for (const target of [path, publicPath]) {
       if (existsSync(target)) throw new KeyFileError(target, "exists", `${target} already exists`);

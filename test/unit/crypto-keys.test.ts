@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fromHex, toBase64url } from "../../src/crypto/encoding.ts";
@@ -133,6 +133,15 @@ describe("key files", () => {
     const second = SigningKey.generate();
     writeKeyPairFiles(path, second, { overwrite: true });
     expect(loadSigningKeyFile(path).key.publicKey).toEqual(second.publicKey);
+  });
+
+  test("a directory that does not exist is named, with the command that makes it, and not made", () => {
+    const missing = join(directory, "no-such-dir");
+    const path = join(missing, "x.key");
+    expect(() => writeKeyPairFiles(path, SigningKey.generate(), { overwrite: false })).toThrow(
+      `cannot write ${path}: its directory ${missing} does not exist (make it first: mkdir -m 700 ${missing})`,
+    );
+    expect(existsSync(missing)).toBe(false);
   });
 
   test("a secret that group or others may access is refused, naming the file, its mode and the chmod", () => {
