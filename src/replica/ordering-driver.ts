@@ -779,11 +779,6 @@ export class OrderingDriver {
     return this.removed;
   }
 
-  /**
-   * After a decided seq executed or a snapshot installed: a membership change that took
-   * effect in the machine ends this epoch at that checkpoint. Old-epoch decisions above it
-   * are never executed (nor kept on disk).
-   */
   /** The checkpoint the core was last told to pad to (padToPendingChange). */
   private paddedTo = 0;
 
@@ -791,8 +786,10 @@ export class OrderingDriver {
    * A decided membership change takes effect at the checkpoint after it (src/core/ordering/
    * PROTOCOL.md §13), which an idle group never reaches. Every replica's core is told to
    * pad to it, so that the leader, whichever it is or becomes, proposes empty batches up
-   * to that checkpoint when no client's request waits. Checked each tick: a change
-   * decided, restored at a restart or installed by state transfer is seen alike.
+   * to that checkpoint when no client's request waits, and every backup accepts that
+   * padding up to there only. Checked after each decision (so that a backup takes the
+   * leader's padding as soon as it executed the change itself) and each tick (a change
+   * restored at a restart or installed by state transfer).
    */
   private padToPendingChange(): void {
     const pending = this.options.machine.pendingMembership();
@@ -801,6 +798,11 @@ export class OrderingDriver {
     this.step({ kind: "pad", seq: pending.from });
   }
 
+  /**
+   * After a decided seq executed or a snapshot installed: a membership change that took
+   * effect in the machine ends this epoch at that checkpoint. Old-epoch decisions above it
+   * are never executed (nor kept on disk).
+   */
   private noteMembership(seq: number): void {
     const membership = this.options.machine.membership();
     if (membership === null || membership.epoch <= this.epochView.epoch || this.switchAt !== null) return;
@@ -1303,6 +1305,7 @@ export class OrderingDriver {
         }
         for (const req of effect.batch) this.submitted.delete(`${req.client}#${req.seq}`);
         this.noteMembership(effect.seq);
+        this.padToPendingChange();
         return;
       case "resendReply":
         this.options.onResendReply(effect.client, effect.seq);

@@ -27,31 +27,47 @@ afterAll(async () => {
 const startedEpoch = (id: number, epoch: number) => logLines(cluster, id, "epoch started").find((line) => line["epoch"] === epoch);
 
 describe("a membership change on an idle group", () => {
-  test("adding a replica takes effect at the next checkpoint with no client publishing", async () => {
-    const added = await cluster.fitb([
-      "admin",
-      ...A,
-      "add-replica",
-      "--id",
-      "4",
-      "--host",
-      "127.0.0.1",
-      "--port",
-      "1",
-      "--replica-key",
-      SigningKey.generate().publicKeyText,
-    ]);
-    expect(`${added.code} ${added.stdout}${added.stderr}`).toContain("ok: adding replica 4");
-    for (const id of [0, 1, 2, 3]) {
-      await waitFor(
-        `replica ${id} to start epoch 1`,
-        () => startedEpoch(id, 1) !== undefined,
-        60_000,
-        () => logTail(cluster, id),
-      );
-      expect(startedEpoch(id, 1)).toMatchObject({ epoch: 1, seq: 128, n: 5, f: 1, members: [0, 1, 2, 3, 4] });
+  test("adding a replica takes effect at the next checkpoint with no client publishing, padded by the leader of the moment", async () => {
+    // The first leader is paused: the next one (replica 1, its core on its own thread)
+    // orders the change after the view change and pads to its checkpoint.
+    const paused = cluster.procs[0];
+    paused?.kill("SIGSTOP");
+    try {
+      const added = await cluster.fitb([
+        "admin",
+        ...A,
+        "add-replica",
+        "--id",
+        "4",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "1",
+        "--replica-key",
+        SigningKey.generate().publicKeyText,
+      ]);
+      expect(`${added.code} ${added.stdout}${added.stderr}`).toContain("ok: adding replica 4");
+      for (const id of [1, 2, 3]) {
+        await waitFor(
+          `replica ${id} to start epoch 1`,
+          () => startedEpoch(id, 1) !== undefined,
+          60_000,
+          () => logTail(cluster, id),
+        );
+        expect(startedEpoch(id, 1)).toMatchObject({ epoch: 1, seq: 128, n: 5, f: 1, members: [0, 1, 2, 3, 4] });
+      }
+      expect(logLines(cluster, 1, "view installed").find((line) => line["epoch"] === 0)).toMatchObject({ leader: 1 });
+    } finally {
+      paused?.kill("SIGCONT");
     }
-  }, 90_000);
+    // The paused replica catches up across the switch (its peers send it the proof that ended epoch 0).
+    await waitFor(
+      "replica 0 to start epoch 1",
+      () => startedEpoch(0, 1) !== undefined,
+      60_000,
+      () => logTail(cluster, 0),
+    );
+  }, 120_000);
 
   test("removing the leader takes effect the same way, the removed leader padding to its own removal", async () => {
     const removed = await cluster.fitb(["admin", ...A, "remove-replica", "--id", "0"]);

@@ -641,6 +641,63 @@ describe("padding to a membership switch (core/ordering/PROTOCOL.md §13)", () =
     for (let id = 0; id < 4; id++) expect(c.lastExecuted(id)).toBe(3);
   });
 
+  test("padding stays within the ordinary pipeline: pipelineDepth proposals in flight at most, none in the urgent slots", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    const before = sent(c, 0, "PRE_PREPARE").length;
+    pad(c, 40);
+    expect(sent(c, 0, "PRE_PREPARE").length - before).toBe(CLUSTER_PARAMETERS.pipelineDepth as number);
+  });
+
+  test("a request that arrives while padding is in flight is proposed at the next free seq, before the rest of the padding", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    pad(c, 12); // seqs 2-5 in flight
+    const req = c.request(1, 1);
+    c.submit(0, req);
+    c.runUntil(() => [0, 1, 2, 3].every((id) => c.lastExecuted(id) >= 12), 200);
+    const at = (c.decided[0] ?? []).find((d) => d.execute.some((r) => r.client === req.client))?.seq;
+    expect(at).toBe(6);
+  });
+
+  test("the leader cut off while padding is owed, with no client publishing: the backups replace it and the next leader pads", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    pad(c, 8);
+    c.runUntil(
+      () => [1, 2, 3].every((id) => c.lastExecuted(id) >= 8),
+      600,
+      (m) => m.from !== 0 && m.to !== 0,
+    );
+    for (const id of [1, 2, 3]) {
+      expect(c.core(id).status().view).toBeGreaterThan(0);
+      expect(c.core(id).status().stableSeq).toBe(8);
+    }
+  });
+
+  test("a leader padding past what the backups were told decides nothing past it, and is not suspected for it", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    // Only the leader: a faulty one, or one whose runtime ran ahead.
+    c.step(0, { kind: "pad", seq: 40 });
+    c.deliverAll();
+    c.tick(5);
+    c.deliverAll();
+    for (let id = 0; id < 4; id++) {
+      expect(c.lastExecuted(id)).toBe(1);
+      expect(suspects(c, id)).toEqual([]);
+    }
+    // The backups execute the change too: the padding they held is taken up to their seq, not past it.
+    for (const id of [1, 2, 3]) c.step(id, { kind: "pad", seq: 4 });
+    c.deliverAll();
+    c.tick(5);
+    c.deliverAll();
+    for (let id = 0; id < 4; id++) {
+      expect(decidedSeqs(c, id)).toEqual([1, 2, 3, 4]);
+      expect(suspects(c, id)).toEqual([]);
+    }
+  });
+
   test("a backup told to pad pads once it leads (the old leader, cut off, never heard of the change)", () => {
     const c = new ManualCluster();
     decideOne(c, 0, 1);

@@ -235,8 +235,10 @@ export class OrderingCore {
         return;
       case "pad":
         // The leader proposes in the role step that follows every input.
-        if (input.seq > state.padTo) state.padTo = input.seq;
-        return;
+        if (input.seq <= state.padTo) return;
+        state.padTo = input.seq;
+        state.padSince = state.now;
+        return this.replayHeldPadding();
       case "snapshotInstalled":
         return onSnapshotInstalled(state, input.seq, input.stateDigest, input.appDigest, input.clients);
       default:
@@ -455,6 +457,15 @@ export class OrderingCore {
       }
       return;
     }
+    // §13: an empty batch (a marker alone, with barriers) is padding to a membership switch,
+    // accepted only up to the seq this replica's own runtime asked for: a faulty leader
+    // cannot run empty seqs at will. One past it, from the leader, waits here unvoted and
+    // not held against the leader, until this replica executed the change too.
+    if (m.batch.every(isBarrier) && m.seq > state.padTo) {
+      const held = state.heldPadding;
+      if (from === state.leader() && (held.has(m.seq) || held.size < this.cfg.logWindow)) held.set(m.seq, { from, msg: m });
+      return;
+    }
     if (!state.verify(m)) return;
     // The batch accepted is this replica's own array: proposalFault puts the pending copy of
     // a request it already holds in that request's place (the message itself is left as sent).
@@ -483,6 +494,16 @@ export class OrderingCore {
       checkPrepared(state, entry);
       // PREPAREs that came before the header may name another digest.
       if (entry.prepares.size >= state.weakQuorumSize) checkSplitVote(state, entry);
+    }
+  }
+
+  /** The leader's padding held past `padTo` (onPrePrepare), handled again once `padTo` reaches it; stale entries dropped. */
+  private replayHeldPadding(): void {
+    const state = this.state;
+    for (const [seq, held] of [...state.heldPadding]) {
+      if (seq > state.padTo && held.msg.view === state.view && seq > state.lastExecuted) continue;
+      state.heldPadding.delete(seq);
+      if (seq <= state.padTo) this.onPrePrepare(held.from, held.msg);
     }
   }
 

@@ -110,7 +110,9 @@ export function urgencyOf(policy: ProposalPolicy, client: string): number {
  * checkpoint, which an idle group would otherwise never reach); null otherwise.
  */
 export function padding(state: CoreState): ClientRequest[] | null {
-  return state.nextProposalSeq <= state.padTo ? [] : null;
+  // Not while any request waits: a partial batch is held while a proposal is in flight
+  // (buildBatch), and the slot it would take must not go to padding meanwhile.
+  return state.nextProposalSeq <= state.padTo && state.pending.total === 0 ? [] : null;
 }
 
 /**

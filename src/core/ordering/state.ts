@@ -32,6 +32,7 @@ import {
   NULL_DIGEST,
   type PeerMessage,
   type PreparedCert,
+  type PrePrepare,
   SIGNATURE_BYTES,
   signingBytes,
   type ViewChange,
@@ -118,8 +119,15 @@ export class CoreState {
   nowMs = 0;
   /** How far the runtime's external order has executed here (`external` inputs; PROTOCOL.md §12). */
   externalExecuted = 0;
-  /** The seq up to which a leader with nothing to propose proposes empty batches (`pad` inputs; PROTOCOL.md §13). */
+  /**
+   * The seq up to which a leader with nothing to propose proposes empty batches, and up to
+   * which a backup accepts them (`pad` inputs; PROTOCOL.md §13).
+   */
   padTo = 0;
+  /** When `padTo` last rose: while seqs up to it are owed, the leader is judged from then as for a waiting request. */
+  padSince = 0;
+  /** The leader's empty proposals past `padTo`, by seq, held unvoted until `padTo` reaches them (at most logWindow). */
+  readonly heldPadding = new Map<number, { readonly from: ReplicaId; readonly msg: PrePrepare }>();
   /** Whether the next decided batch waits for the external order (§12): the wait is this replica's, not its leader's. */
   barrierBlocked = false;
   /** The highest proposal timestamp this replica signed or accepted: its next proposal stamps no less. */

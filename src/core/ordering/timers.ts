@@ -60,7 +60,9 @@ export function tickLeader(state: CoreState): void {
  */
 export function tickBackup(state: CoreState): void {
   startHeadTimers(state);
-  forwardOverdue(state, !pipelineFull(state, pacingUrgent(state, state.cfg.urgentPacingTicks)));
+  // While padding is owed (§13) the pipeline may be full of it, yet a leader that held a
+  // request would have proposed it before any padding: the lazy forward counts those ticks.
+  forwardOverdue(state, !pipelineFull(state, pacingUrgent(state, state.cfg.urgentPacingTicks)) || state.padTo > state.lastExecuted);
   if (state.barrierBlocked) restartHeadTimers(state);
   else watchLeader(state);
   if (state.phase === "normal") {
@@ -186,6 +188,10 @@ function watchLeader(state: CoreState): void {
       timedOut = true;
     }
   }
+  // Padding owed to a membership switch (§13) is judged like a waiting request: a leader
+  // that stops proposing it (crashed, cut off, fenced after a restart) is replaced by the
+  // heartbeat even when no client publishes.
+  if (state.padTo > state.lastExecuted) waitingSince = Math.min(waitingSince, state.padSince);
   if (timedOut) return suspect(state, "request-timeout");
   if (stalledInView(state)) return suspect(state, "stalled");
   // Fenced after a restart (PROTOCOL.md §2) it ignores this view's proposals and follows

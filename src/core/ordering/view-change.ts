@@ -309,6 +309,8 @@ function installNewView(state: CoreState, m: NewView, plan: NewViewPlan): void {
   state.installedView = m.view;
   state.phase = "normal";
   state.installedNewView = m;
+  // Padding held from the old view's leader (§13) is that view's: its seqs are in this NEW_VIEW or free again.
+  state.heldPadding.clear();
   state.ownViewChange = null;
   state.ownEvidence = null;
   state.evidenceCheckedFrom.clear();
