@@ -1,9 +1,13 @@
 /**
  * `fitb admin set-f` against real replicas: an F below the group's f (or a pending
  * change's) is refused by the command itself unless --yes is given, saying what is lost
- * and how to go on, and nothing is sent (no pending change); raising f asks nothing.
+ * and how to go on, and nothing is sent (no pending change); raising f asks nothing. An
+ * ordered change takes effect with nothing published (the leader pads to its checkpoint);
+ * the refusal below a pending change's f is tested on a listing (unit tests), since a
+ * pending change no longer lasts on an idle group.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { waitFor } from "../helpers/wait.ts";
 import { startCluster, type TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
@@ -49,19 +53,21 @@ describe("fitb admin set-f", () => {
     expect(raised.text).not.toContain("--yes");
   }, 90_000);
 
-  test("with --yes the lower f is ordered; then raising it back asks nothing, and lowering again asks once more", async () => {
+  test("with --yes the lower f is ordered and takes effect (the idle group is padded to its checkpoint); raising it back asks nothing, and lowering again asks once more", async () => {
     const lowered = await admin(["set-f", "0", "--yes"]);
     expect(lowered.code).toBe(0);
     expect(lowered.text).toContain("ok: f becomes 0");
-    expect(await members()).toMatchObject({ f: 1, pending: { f: 0 } });
-    // Not below the group's f (1) nor the pending change's (0): sent as it is.
+    // Nothing is published: the leader pads to the checkpoint where the change takes effect.
+    await waitFor("f = 0 in effect", async () => (await members()).f === 0, 60_000);
+    expect(await members()).toMatchObject({ epoch: 1, f: 0, pending: null });
     const raised = await admin(["set-f", "1"]);
     expect(raised.code).toBe(0);
     expect(raised.text).toContain("ok: f becomes 1");
-    expect(await members()).toMatchObject({ f: 1, pending: { f: 1 } });
+    await waitFor("f = 1 in effect", async () => (await members()).f === 1, 60_000);
+    expect(await members()).toMatchObject({ epoch: 2, f: 1, pending: null });
     const again = await admin(["set-f", "0"]);
     expect(again.code).toBe(1);
     expect(again.text).toContain("the group would tolerate 0 faults instead of 1");
-    expect(await members()).toMatchObject({ f: 1, pending: { f: 1 } });
-  }, 120_000);
+    expect(await members()).toMatchObject({ epoch: 2, f: 1, pending: null });
+  }, 180_000);
 });
