@@ -787,9 +787,10 @@ export class OrderingDriver {
    * PROTOCOL.md §13), which an idle group never reaches. Every replica's core is told to
    * pad to it, so that the leader, whichever it is or becomes, proposes empty batches up
    * to that checkpoint when no client's request waits, and every backup accepts that
-   * padding up to there only. Checked after each decision (so that a backup takes the
-   * leader's padding as soon as it executed the change itself) and each tick (a change
-   * restored at a restart or installed by state transfer).
+   * padding up to there only (holding what comes before it executed the change itself).
+   * Checked each tick, so a change decided, restored at a restart or installed by state
+   * transfer is seen alike; never from inside an effect, since a core step there would
+   * queue its decisions ahead of the current step's later ones.
    */
   private padToPendingChange(): void {
     const pending = this.options.machine.pendingMembership();
@@ -1305,7 +1306,6 @@ export class OrderingDriver {
         }
         for (const req of effect.batch) this.submitted.delete(`${req.client}#${req.seq}`);
         this.noteMembership(effect.seq);
-        this.padToPendingChange();
         return;
       case "resendReply":
         this.options.onResendReply(effect.client, effect.seq);

@@ -170,6 +170,7 @@ export class Checker {
       ["pendingMaxPerClient", CLIENT_PENDING_WINDOWS * cfg.clientWindow],
       ["forwardQueue", 2 * cfg.pendingRequestsMax + cfg.batchRequestsMax],
       ["quarantined", 10_000],
+      ["heldPadding", L],
     ];
     for (const [k, bound] of bounds) {
       if (z[k] > bound) this.violation(`BOUNDS: replica ${who} ${k} = ${z[k]} exceeds ${bound}`);

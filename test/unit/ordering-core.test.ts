@@ -687,15 +687,55 @@ describe("padding to a membership switch (core/ordering/PROTOCOL.md §13)", () =
       expect(c.lastExecuted(id)).toBe(1);
       expect(suspects(c, id)).toEqual([]);
     }
-    // The backups execute the change too: the padding they held is taken up to their seq, not past it.
+    expect(c.core(1).sizes().heldPadding).toBeGreaterThan(0);
+    // The backups execute the change too: the padding they held is taken at once (no
+    // resend needed), up to their seq and not past it.
     for (const id of [1, 2, 3]) c.step(id, { kind: "pad", seq: 4 });
     c.deliverAll();
+    for (let id = 0; id < 4; id++) expect(decidedSeqs(c, id)).toEqual([1, 2, 3, 4]);
     c.tick(5);
     c.deliverAll();
     for (let id = 0; id < 4; id++) {
       expect(decidedSeqs(c, id)).toEqual([1, 2, 3, 4]);
       expect(suspects(c, id)).toEqual([]);
     }
+  });
+
+  test("a partial batch the leader holds while proposals are in flight keeps its slot: padding does not take it", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    pad(c, 3); // seqs 2 and 3 in flight, room for two more
+    const req = c.request(1, 1);
+    c.submit(0, req); // held a moment as a partial batch, behind the proposals in flight
+    pad(c, 20);
+    c.runUntil(() => [0, 1, 2, 3].every((id) => c.lastExecuted(id) >= 20), 300);
+    const at = (c.decided[0] ?? []).find((d) => d.execute.some((r) => r.client === req.client))?.seq;
+    expect(at).toBe(4);
+  });
+
+  test("a request that cannot be proposed (a gap in its client's chain) does not stop the padding, and no leader is suspected", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    // Seq 2 of a client whose seq 1 never comes: a faulty client.
+    for (let id = 0; id < 4; id++) c.submit(id, c.request(1, 2));
+    pad(c, 8);
+    c.deliverAll();
+    for (let id = 0; id < 4; id++) {
+      expect(c.lastExecuted(id)).toBe(8);
+      expect(c.core(id).status().view).toBe(0);
+      expect(suspects(c, id)).toEqual([]);
+    }
+  });
+
+  test("an empty proposal the leader did not sign is not held; the leader's is", () => {
+    const c = new ManualCluster();
+    decideOne(c, 0, 1);
+    const forged = resign(c, 2, { t: "PRE_PREPARE", view: 0, seq: 2, digest: NULL_DIGEST, ts: 0, batch: [], sig: new Uint8Array(64) });
+    c.step(1, { kind: "message", from: 2, msg: forged });
+    expect(c.core(1).sizes().heldPadding).toBe(0);
+    const fromLeader = resign(c, 0, { ...forged, sig: new Uint8Array(64) });
+    c.step(1, { kind: "message", from: 0, msg: fromLeader });
+    expect(c.core(1).sizes().heldPadding).toBe(1);
   });
 
   test("a backup told to pad pads once it leads (the old leader, cut off, never heard of the change)", () => {

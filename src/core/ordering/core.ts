@@ -197,6 +197,7 @@ export class OrderingCore {
       pendingMaxPerClient: state.pending.maxPerClient(),
       forwardQueue: state.forwardToLeader.length + state.forwardToAll.length,
       quarantined: state.quarantinedUntil.size,
+      heldPadding: state.heldPadding.size,
     };
   }
 
@@ -463,7 +464,8 @@ export class OrderingCore {
     // not held against the leader, until this replica executed the change too.
     if (m.batch.every(isBarrier) && m.seq > state.padTo) {
       const held = state.heldPadding;
-      if (from === state.leader() && (held.has(m.seq) || held.size < this.cfg.logWindow)) held.set(m.seq, { from, msg: m });
+      if (from === state.leader() && !held.has(m.seq) && held.size < this.cfg.logWindow && state.verify(m))
+        held.set(m.seq, { from, msg: m });
       return;
     }
     if (!state.verify(m)) return;

@@ -110,9 +110,11 @@ export function urgencyOf(policy: ProposalPolicy, client: string): number {
  * checkpoint, which an idle group would otherwise never reach); null otherwise.
  */
 export function padding(state: CoreState): ClientRequest[] | null {
-  // Not while any request waits: a partial batch is held while a proposal is in flight
-  // (buildBatch), and the slot it would take must not go to padding meanwhile.
-  return state.nextProposalSeq <= state.padTo && state.pending.total === 0 ? [] : null;
+  // Not while a request could be proposed (the fill just before found one): a partial batch
+  // held while a proposal is in flight keeps its slot. A request that cannot be proposed
+  // (behind a gap in its client's chain, already in flight, named by the NEW_VIEW) does
+  // not stop the padding, or a faulty client could hold the switch back.
+  return state.nextProposalSeq <= state.padTo && !state.proposableWaiting ? [] : null;
 }
 
 /**
@@ -144,6 +146,7 @@ export function buildBatch(state: CoreState, urgentOnly: boolean, paced = false)
       waiting++;
     }
   }
+  if (!urgentOnly) state.proposableWaiting = waiting > 0;
   if (waiting === 0) return null;
   const fill = new BatchFill(cfg.batchRequestsMax, cfg.batchBytesMax);
   // Each less urgent class that waits keeps its own share: with critical, normal and low

@@ -124,8 +124,10 @@ export class CoreState {
    * which a backup accepts them (`pad` inputs; PROTOCOL.md §13).
    */
   padTo = 0;
-  /** When `padTo` last rose: while seqs up to it are owed, the leader is judged from then as for a waiting request. */
+  /** When `padTo` last rose: while seqs up to it are owed, the leader is judged as for a waiting request, after a grace. */
   padSince = 0;
+  /** Whether the last ordinary batch fill found a request it could propose (a chain head not blocked by a gap, a proposal or the NEW_VIEW). */
+  proposableWaiting = false;
   /** The leader's empty proposals past `padTo`, by seq, held unvoted until `padTo` reaches them (at most logWindow). */
   readonly heldPadding = new Map<number, { readonly from: ReplicaId; readonly msg: PrePrepare }>();
   /** Whether the next decided batch waits for the external order (§12): the wait is this replica's, not its leader's. */

@@ -5,6 +5,7 @@
  * A backup watches its leader here: request timers, the heartbeat, fairness and
  * throughput; the expectations that need state across ticks live in monitors.ts.
  */
+import { isBarrier } from "./barrier.ts";
 import { lessUrgentRequests, ordinaryDepth, pacingUrgent, URGENT, URGENT_PIPELINE_SLOTS, urgencyOf } from "./priority.ts";
 import { ownCheckpoint, requestSnapshot } from "./checkpoints.ts";
 import { flushForwards, forwardOverdue, type PendingRequest } from "./clients.ts";
@@ -60,9 +61,9 @@ export function tickLeader(state: CoreState): void {
  */
 export function tickBackup(state: CoreState): void {
   startHeadTimers(state);
-  // While padding is owed (§13) the pipeline may be full of it, yet a leader that held a
-  // request would have proposed it before any padding: the lazy forward counts those ticks.
-  forwardOverdue(state, !pipelineFull(state, pacingUrgent(state, state.cfg.urgentPacingTicks)) || state.padTo > state.lastExecuted);
+  // A pipeline full of padding (§13) is no excuse: a leader that held a request would have
+  // proposed it before any padding, so the lazy forward counts those ticks.
+  forwardOverdue(state, !pipelineFull(state, pacingUrgent(state, state.cfg.urgentPacingTicks)) || paddingInFlight(state));
   if (state.barrierBlocked) restartHeadTimers(state);
   else watchLeader(state);
   if (state.phase === "normal") {
@@ -70,6 +71,13 @@ export function tickBackup(state: CoreState): void {
     retransmitStalled(state, false);
     askForMissingBodies(state);
   }
+}
+
+/** Whether an empty batch (padding, §13) is among the proposals this replica accepted and has not executed. */
+function paddingInFlight(state: CoreState): boolean {
+  if (state.padTo <= state.lastExecuted) return false;
+  for (const e of state.entries.values()) if (e.seq > state.lastExecuted && e.batch !== null && e.batch.every(isBarrier)) return true;
+  return false;
 }
 
 /** Every tick, after the rest: own CHECKPOINTs, catch-up probes, queued forwards. */
@@ -190,8 +198,9 @@ function watchLeader(state: CoreState): void {
   }
   // Padding owed to a membership switch (§13) is judged like a waiting request: a leader
   // that stops proposing it (crashed, cut off, fenced after a restart) is replaced by the
-  // heartbeat even when no client publishes.
-  if (state.padTo > state.lastExecuted) waitingSince = Math.min(waitingSince, state.padSince);
+  // heartbeat even when no client publishes. From a retransmission interval after this
+  // replica was told: a leader that executes the change a little later is not judged for it.
+  if (state.padTo > state.lastExecuted) waitingSince = Math.min(waitingSince, state.padSince + cfg.retransmitTicks);
   if (timedOut) return suspect(state, "request-timeout");
   if (stalledInView(state)) return suspect(state, "stalled");
   // Fenced after a restart (PROTOCOL.md §2) it ignores this view's proposals and follows

@@ -258,4 +258,6 @@ export interface CoreSizes {
   pendingMaxPerClient: number;
   forwardQueue: number;
   quarantined: number;
+  /** Empty proposals past this replica's padTo, held (PROTOCOL.md §13). */
+  heldPadding: number;
 }
