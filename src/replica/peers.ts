@@ -13,12 +13,13 @@
  * A multi-homed peer (`hosts` in the cluster file) is dialled at its preferred address
  * (`host`) first, and at the next one when a dial fails or an open link goes silent: on
  * such links the dialler PINGs every PEER_PING_MS and gives the link up after
- * PEER_SILENCE_MS without a PONG. Every other link is PINGed too, and reported silent
- * (not up) after as long, but kept open: it has no other address to go to. While on another address the dialler tries the
+ * PEER_SILENCE_MS without a PONG. While on another address the dialler tries the
  * preferred one again in the background (a full handshake on a second connection, every
  * PEER_PREFERRED_RETRY_MS_MIN, doubling to _MAX while it fails) and, once that handshake
  * is done, moves the link onto it: the peer replaces its inbound session by the new one,
- * as after a reconnect. A peer with one address keeps the behaviour it always had.
+ * as after a reconnect. A peer with one address is PINGed too, and reported silent (not
+ * up, in status and peer_up) after as long, but its link is kept open: it has no other
+ * address to go to, and a peer that was only paused catches up from what TCP holds.
  *
  * The group starts as the cluster file's replicas and then follows the replicated
  * membership (`setGroup`, called by the replica runtime as changes are decided and take
