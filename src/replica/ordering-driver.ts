@@ -26,9 +26,10 @@ import type { ChannelMachine } from "../core/channels/machine.ts";
 import type { Priority } from "../core/channels/types.ts";
 import type { SnapshotImport } from "../core/channels/snapshot.ts";
 import { type CoreConfig, type CoreParameters, DEFAULT_PARAMETERS, leaderOf, makeConfig } from "../core/ordering/config.ts";
-import type { ClientRequest, Forward, PeerMessage } from "../core/ordering/messages.ts";
+import type { ClientRequest, DecidedItem, Forward, PeerMessage, StateResponse } from "../core/ordering/messages.ts";
 import { PEER_MESSAGE_KINDS, REQUEST_SPAN_MAX, SIGNED_VOTE_BYTES_MAX, validatePeerMessage } from "../core/ordering/messages.ts";
 import { OrderingCore } from "../core/ordering/core.ts";
+import { decidedItemBytes } from "../core/ordering/index.ts";
 import type { CoreCrypto, CoreInput, Effect, PersistedRecord, Ready, Refusal } from "../core/ordering/types.ts";
 import type { Canonical } from "../../wire/canonical.ts";
 import { toHex } from "../../wire/bytes.ts";
@@ -170,6 +171,16 @@ const REFUSAL_CODES: Record<Refusal, ErrorCode> = {
 
 /** PRE-PREPAREs timed for the ordering histogram at once (a window's worth; more: start again). */
 const PROPOSALS_TIMED_MAX = 4096;
+/**
+ * Bytes of decisions a peer is sent from the decided log per second at most (the core's
+ * `serveDecided`), and the depth of its bucket. The core answers a peer at most once a
+ * tick, each answer up to batch_bytes_max: without this a faulty peer asking every tick
+ * would have this replica read and send a hundred of them a second. An honest one
+ * catching up from an older state asks as fast as the answers come; 16 MiB/s is far above
+ * the rate a group decides at (README, Performance), so it still gains on the group.
+ */
+export const LOG_SERVE_BYTES_PER_SECOND = 16 * 1024 * 1024;
+export const LOG_SERVE_BURST_BYTES = 4 * 1024 * 1024;
 
 /** A peer's misbehaviour is logged at most this often (it is always counted). */
 const MISBEHAVIOUR_LOG_INTERVAL_MS = 60_000;
@@ -377,6 +388,8 @@ export class OrderingDriver {
   private readonly peerCommitSeq = new Map<number, number>();
   /** When each seq's PRE-PREPARE was first sent or seen (the clock's monotonic ms), for the ordering histogram. */
   private readonly proposedMs = new Map<number, number>();
+  /** Per peer: its budget of decided-log bytes (logServeBudget). */
+  private readonly logServeBudgets = new Map<number, { bytes: number; atMs: number }>();
 
   constructor(private readonly options: OrderingDriverOptions) {
     const { config, id, key, machine, storage, log, metrics } = options;
@@ -1151,7 +1164,8 @@ export class OrderingDriver {
     // A transfer the core no longer wants is dropped before the keeper writes a base part:
     // reached by executing, its seq may be where the keeper now writes a base, in the
     // same snapshot rows.
-    this.transfer.cancelUnless(this.core.status().transferTo);
+    const core = this.core.status();
+    this.transfer.cancelUnless(core.transferTo, core.lastExecuted);
     this.keeper.tick(this.urgent.active(this.clock.monotonic()));
     this.transfer.tick();
     // Writes no effect waited for (a vote's own record) are made durable within two ticks.
@@ -1380,6 +1394,8 @@ export class OrderingDriver {
         this.transfer.fetch({ seq: effect.seq, stateDigest: effect.stateDigest, from: [...signers, ...others], proof: effect.proof });
         return;
       }
+      case "serveDecided":
+        return this.serveDecided(effect);
       default: {
         const unreachable: never = effect;
         return unreachable;
@@ -1405,6 +1421,56 @@ export class OrderingDriver {
   }
 
   /**
+   * Answers a peer catching up from an older state with the decisions it asked for, from
+   * the decided log on disk (the core no longer holds them: they are at or below its
+   * stable checkpoint). Only this epoch's: a decision before the epoch's start carries
+   * COMMITs of another group.
+   */
+  private serveDecided(effect: Extract<Effect, { kind: "serveDecided" }>): void {
+    const items: DecidedItem[] = [];
+    const first = Math.max(effect.seq, (this.epochView.start?.seq ?? 0) + 1);
+    let bytes = 0;
+    const budget = this.logServeBudget(effect.to);
+    if (budget.bytes <= 0) this.options.metrics.inc("state_decided_serve_refused_total");
+    else if (first === effect.seq) {
+      for (const record of this.options.storage.decisionsFrom(first)) {
+        if (record.seq > effect.toSeq) break;
+        const item: DecidedItem = { view: record.view, seq: record.seq, batch: record.batch, commits: record.commits, votes: [] };
+        const size = decidedItemBytes(item);
+        if (items.length > 0 && bytes + size > effect.bytesMax) break;
+        items.push(item);
+        bytes += size;
+        if (record.seq === effect.toSeq) break;
+      }
+      budget.bytes -= bytes;
+    }
+    this.options.metrics.inc("state_decided_served_from_log_total", items.length);
+    const msg: StateResponse = {
+      t: "STATE_RESPONSE",
+      kind: "decided",
+      nonce: effect.nonce,
+      items,
+      stable: effect.stable,
+      lastExecuted: effect.lastExecuted,
+    };
+    this.perform({ kind: "send", to: effect.to, msg });
+  }
+
+  /**
+   * `peer`'s budget of decided-log bytes, refilled to now: LOG_SERVE_BYTES_PER_SECOND, up
+   * to LOG_SERVE_BURST_BYTES. An answer is read only while it is above zero and then
+   * charged what it read (it may go below zero once, by at most one answer).
+   */
+  private logServeBudget(peer: number): { bytes: number; atMs: number } {
+    const now = this.clock.monotonic();
+    const budget = this.logServeBudgets.get(peer) ?? { bytes: LOG_SERVE_BURST_BYTES, atMs: now };
+    budget.bytes = Math.min(LOG_SERVE_BURST_BYTES, budget.bytes + ((now - budget.atMs) * LOG_SERVE_BYTES_PER_SECOND) / 1000);
+    budget.atMs = now;
+    this.logServeBudgets.set(peer, budget);
+    return budget;
+  }
+
+  /**
    * Installs a fetched state whose digest the transfer checked: into the machine, as the
    * base on disk, then into the core. Skipped when the core no longer wants it (it caught
    * up by executing meanwhile), since the machine may already be past that state.
@@ -1413,7 +1479,7 @@ export class OrderingDriver {
     const generation = this.coreGeneration;
     // On the ordering thread, the core may have moved on since its last answer: it says
     // whether it still wants this state, and holds still until the install's step if so.
-    this.core.claimTransfer(head.seq, (wanted) => {
+    this.core.claimTransfer({ seq: head.seq, stateDigest: head.stateDigest, proof: head.proof }, (wanted) => {
       // Answered by a core an epoch switch replaced: released, and the state dropped.
       const current = generation === this.coreGeneration;
       if (!current && wanted) this.core.releaseTransfer();
@@ -1475,6 +1541,7 @@ export class OrderingDriver {
         stateDigest: head.stateDigest,
         appDigest: head.appDigest ?? new Uint8Array(0),
         clients,
+        proof: [...head.proof],
       },
       () => this.snapshotTaken(head.seq),
     );

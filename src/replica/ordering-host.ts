@@ -21,6 +21,7 @@
  */
 import { OrderingCore } from "../core/ordering/core.ts";
 import type { CoreConfig } from "../core/ordering/config.ts";
+import type { Checkpoint } from "../core/ordering/messages.ts";
 import type { ProposalPolicy } from "../core/ordering/priority.ts";
 import type { CoreCrypto, CoreInput, CoreStatus, PersistedRecord, Ready } from "../core/ordering/types.ts";
 import type { Priority } from "../core/channels/types.ts";
@@ -39,6 +40,13 @@ export interface VerifiedMark {
 /** What one step gave: its Ready, called in input order. */
 export type ReadyHandler = (ready: Ready) => void;
 
+/** A fetched state the runtime is about to install: its checkpoint and what vouched for it. */
+export interface ClaimedState {
+  readonly seq: number;
+  readonly stateDigest: Uint8Array;
+  readonly proof: readonly Checkpoint[];
+}
+
 export interface CoreHost {
   /**
    * Runs `input` on the core; `handle` gets its Ready (inline: before step returns; on the
@@ -53,12 +61,13 @@ export interface CoreHost {
   /** Replaces the core by one built from `restored` (an epoch switch); later inputs go to it. */
   replace(cfg: CoreConfig, restored: readonly PersistedRecord[], keys: readonly Uint8Array[]): void;
   /**
-   * A fetched state for checkpoint `seq` is ready to install: `answer(true)` if the core
-   * is still fetching exactly that state, and then the core takes no other input until the
-   * `snapshotInstalled` step for `seq` (or `releaseTransfer`), so the answer still holds
-   * when the machine has installed it. Inline, at once.
+   * A fetched state for checkpoint `state.seq` is ready to install: `answer(true)` if the
+   * core would install it (its target, or an older state its proof vouches for:
+   * OrderingCore.acceptsSnapshot), and then the core takes no other input until the
+   * `snapshotInstalled` step for that seq (or `releaseTransfer`), so the answer still
+   * holds when the machine has installed it. Inline, at once.
    */
-  claimTransfer(seq: number, answer: (wanted: boolean) => void): void;
+  claimTransfer(state: ClaimedState, answer: (wanted: boolean) => void): void;
   /** The claimed state did not install after all: the core goes on with its other inputs. */
   releaseTransfer(): void;
   /** Whether the core needs `setPriorities` (on the thread); inline, its policy reads the channel machine itself. */
@@ -186,8 +195,8 @@ export class InlineCoreHost implements CoreHost {
     this.core = new OrderingCore(cfg, this.crypto, restored, this.policy);
   }
 
-  claimTransfer(seq: number, answer: (wanted: boolean) => void): void {
-    answer(this.core.status().transferTo === seq);
+  claimTransfer(state: ClaimedState, answer: (wanted: boolean) => void): void {
+    answer(this.core.acceptsSnapshot(state.seq, state.stateDigest, state.proof));
   }
 
   releaseTransfer(): void {}
@@ -217,7 +226,7 @@ export type HostOp =
     }
   | { readonly k: "step"; readonly id: number; readonly input: CoreInput; readonly verified?: VerifiedMark }
   /** claimTransfer: answered `claim`; if wanted, the thread holds every step but the install's until it comes (or `release`). */
-  | { readonly k: "claim"; readonly id: number; readonly seq: number }
+  | { readonly k: "claim"; readonly id: number; readonly state: ClaimedState }
   | { readonly k: "release" }
   | {
       readonly k: "replace";
@@ -350,12 +359,12 @@ export class ThreadCoreHost implements CoreHost {
     this.push({ k: "replace", cfg, restored: compacted(restored), keys });
   }
 
-  claimTransfer(seq: number, answer: (wanted: boolean) => void): void {
+  claimTransfer(state: ClaimedState, answer: (wanted: boolean) => void): void {
     if (this.stopped) return;
     const id = this.nextId++;
     this.claims.set(id, answer);
     this.watch.sent(id);
-    this.push({ k: "claim", id, seq });
+    this.push({ k: "claim", id, state: { seq: state.seq, stateDigest: state.stateDigest, proof: [...state.proof] } });
   }
 
   releaseTransfer(): void {

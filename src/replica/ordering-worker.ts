@@ -80,8 +80,8 @@ function run(op: HostOp, answers: HostAnswer[]): void {
       return;
     case "claim": {
       if (core === null) throw new Error("a claim before the core was built");
-      const wanted = core.status().transferTo === op.seq;
-      if (wanted) claimed = op.seq;
+      const wanted = core.acceptsSnapshot(op.state.seq, op.state.stateDigest, op.state.proof);
+      if (wanted) claimed = op.state.seq;
       answers.push({ k: "claim", id: op.id, wanted });
       return;
     }

@@ -220,9 +220,9 @@ export class StateTransfer {
     this.fetcher.fetch(target);
   }
 
-  /** The core no longer wants `seq` (it caught up by executing, or moved on). */
-  cancelUnless(seq: number | null): void {
-    this.fetcher.cancelUnless(seq);
+  /** The core's target is `seq` and it executed up to `executed`: a fetch it no longer takes is dropped (TransferFetcher.cancelUnless). */
+  cancelUnless(seq: number | null, executed: number): void {
+    this.fetcher.cancelUnless(seq, executed);
   }
 
   /** The state a transfer completed at `seq` was not installed (no longer wanted, or it did not install): the core may ask for it again. */
@@ -315,14 +315,17 @@ class TransferServer {
       return;
     }
     const held = this.cursors.get(from);
-    // A cursor on a state this replica no longer holds (its capture dropped, its base
-    // superseded) is not used again: the state is asked of the keeper afresh.
+    // A cursor on a superseded base is not used again (its parts went with it): the state
+    // is asked of the keeper afresh. One on a capture reads on after the capture was
+    // dropped, so a transfer that the group's stable checkpoint overtook still completes
+    // (the fetcher keeps it while its parts come, and catches up from the decided logs);
+    // it holds that state's batches until it ends or CURSOR_IDLE_MS pass, one per peer.
     const reusable =
       held !== undefined &&
       held.seq === m.seq &&
       bytesEqual(held.digest, m.digest) &&
       (m.part >= held.next || held.cache.has(m.part)) &&
-      options.keeper.holds(held.seq, held.digest);
+      (held.source.outlivesDrop || options.keeper.holds(held.seq, held.digest));
     const cursor = reusable ? held : this.open(from, m);
     if (cursor === null) return;
     cursor.lastUsedMs = now;
@@ -454,11 +457,16 @@ class TransferServer {
     cursor.next += count;
   }
 
-  /** Drops idle cursors, and cursors on a state no longer held (whose capture they would keep in memory). */
+  /**
+   * Drops idle cursors (with the capture they keep in memory), and cursors on a superseded
+   * base. One on a dropped capture stays while its peer still asks: a transfer the stable
+   * checkpoint overtook completes from it (onGet).
+   */
   tick(): void {
     const now = this.options.now();
     for (const [peer, cursor] of this.cursors) {
-      if (now - cursor.lastUsedMs > CURSOR_IDLE_MS || !this.options.keeper.holds(cursor.seq, cursor.digest)) this.cursors.delete(peer);
+      const held = cursor.source.outlivesDrop || this.options.keeper.holds(cursor.seq, cursor.digest);
+      if (now - cursor.lastUsedMs > CURSOR_IDLE_MS || !held) this.cursors.delete(peer);
     }
   }
 }
@@ -503,6 +511,8 @@ interface Fetch {
    */
   readonly unreachable: Set<number>;
   source: number;
+  /** When the last new part arrived (-Infinity before the first): a fetch whose parts still come is kept past a newer target. */
+  lastPartMs: number;
   lastProgressMs: number;
   /** When an ask to `source` could not be sent (its link down or full), or null: the last one went out. */
   unsentSinceMs: number | null;
@@ -522,6 +532,14 @@ class TransferFetcher {
    * new base's once it is installed. Forgotten when its install is declined.
    */
   private completed: { readonly seq: number; readonly stateDigest: Uint8Array } | null = null;
+  /**
+   * The newest target the core asked for while the active fetch, of an older one, still
+   * receives parts: fetched once that one stalls (or its source no longer holds the
+   * state). Starting over at every newer stable checkpoint never ended while ordered
+   * traffic moved it faster than a transfer took; the core installs the older state and
+   * catches up from its peers' decided logs (core/ordering/PROTOCOL.md §7, "An older state").
+   */
+  private newer: TransferTarget | null = null;
   private nonceCounter: number;
   private resumable: { head: SnapshotHead; parts: number } | null;
   /** Parts of the longest valid stream: a source that sends more is lying. */
@@ -556,13 +574,46 @@ class TransferFetcher {
       }
       return;
     }
+    // Kept while its parts come, or while it waits for its first ones: starting over at
+    // every newer target opens a new cursor at the sources each time, and they refuse a
+    // peer that does so too often (SERVE_OPENS_PER_PEER_MAX).
+    const sinceProgressMs = this.options.now() - Math.max(active?.lastPartMs ?? 0, active?.startedMs ?? 0);
+    if (active !== null && target.seq > active.target.seq && sinceProgressMs < PART_TIMEOUT_MS) {
+      if (this.newer === null) {
+        this.options.log.info("state transfer goes on at its target while its parts come; a newer one waits", {
+          seq: active.target.seq,
+          newer: target.seq,
+          partsReceived: active.nextPart,
+        });
+      }
+      if (this.newer === null || target.seq >= this.newer.seq) this.newer = target;
+      return;
+    }
     if (active !== null) this.abandon(active, "a newer target");
     this.start(target);
   }
 
-  cancelUnless(seq: number | null): void {
+  /**
+   * The core's target is now `seq` (null: none) and it executed up to `executed`: a fetch
+   * it no longer takes is dropped. An older target than the core's is kept while it is
+   * still ahead of what the core executed: the core installs it (OrderingCore.acceptsSnapshot).
+   */
+  cancelUnless(seq: number | null, executed: number): void {
+    const newer = this.newer;
+    if (newer !== null && (seq === null || newer.seq <= executed)) this.newer = null;
     const active = this.active;
-    if (active !== null && active.target.seq !== seq) this.abandon(active, "no longer needed");
+    if (active !== null && (seq === null || active.target.seq > seq || active.target.seq <= executed)) {
+      this.abandon(active, "no longer needed");
+    }
+  }
+
+  /** Drops the active fetch for the newer target waiting behind it. */
+  private moveToNewer(fetch: Fetch, why: string): void {
+    const newer = this.newer;
+    if (newer === null) return;
+    this.newer = null;
+    this.abandon(fetch, why);
+    this.start(newer);
   }
 
   installDeclined(seq: number): void {
@@ -589,6 +640,7 @@ class TransferFetcher {
       unable: new Set(),
       unreachable: new Set(),
       source: -1,
+      lastPartMs: Number.NEGATIVE_INFINITY,
       lastProgressMs: options.now(),
       unsentSinceMs: null,
       reaskAtMs: 0,
@@ -596,6 +648,7 @@ class TransferFetcher {
       progressBytes: 0,
     };
     this.active = fetch;
+    if (this.newer !== null && this.newer.seq <= target.seq) this.newer = null;
     options.metrics.inc("state_transfer_started_total");
     const resumed = this.resumeFromDisk(fetch);
     if (resumed === "fresh") {
@@ -657,6 +710,8 @@ class TransferFetcher {
     if (fetch === null || m.seq !== fetch.target.seq || m.nonce !== fetch.nonce || from !== fetch.source) return;
     if (m.t === "none") {
       this.options.log.info("state transfer source cannot serve", { seq: m.seq, source: from, reason: m.reason });
+      // Its source no longer holds this older state, and the others moved on with it.
+      if (this.newer !== null) return this.moveToNewer(fetch, "its source no longer serves it; a newer target");
       fetch.unable.add(from);
       this.nextSource(fetch);
       return;
@@ -676,6 +731,7 @@ class TransferFetcher {
     fetch.nextPart++;
     fetch.bytes += data.length;
     fetch.lastProgressMs = options.now();
+    fetch.lastPartMs = fetch.lastProgressMs;
     fetch.reaskAtMs = fetch.lastProgressMs + REASK_MS;
     fetch.progressBytes += data.length;
     options.metrics.inc("state_transfer_received_bytes_total", data.length);
@@ -699,6 +755,8 @@ class TransferFetcher {
     const digest = checkpointStateDigest(meta.seq, appDigest, meta.clients);
     if (!bytesEqual(digest, fetch.target.stateDigest)) return this.reject(fetch, "state digest differs from the signed checkpoint digest");
     this.active = null;
+    // The core asks for a newer state again if the decisions after this one do not come.
+    this.newer = null;
     this.completed = { seq: fetch.target.seq, stateDigest: fetch.target.stateDigest };
     const head: SnapshotHead = {
       status: "complete",
@@ -891,6 +949,9 @@ class TransferFetcher {
     const fetch = this.active;
     if (fetch === null) return;
     const now = this.options.now();
+    if (this.newer !== null && now - Math.max(fetch.lastPartMs, fetch.startedMs) >= PART_TIMEOUT_MS) {
+      return this.moveToNewer(fetch, "no part came for a while; a newer target");
+    }
     // An ask never left: once more to this source (a full queue drains), else the next
     // source (no link yet), without distrusting this one.
     if (fetch.unsentSinceMs !== null && now - fetch.unsentSinceMs >= UNSENT_ASK_RETRY_MS) {

@@ -20,6 +20,7 @@ import {
   type ReplicaId,
 } from "../core/ordering/index.ts";
 import { dedupe, nextChain } from "./checkers.ts";
+import { answerFromRecords } from "./decided-log.ts";
 import { requestBody, type SimCryptoKind, SimKeyring } from "./crypto.ts";
 import type { CoreFactory } from "./simulator.ts";
 
@@ -71,6 +72,8 @@ export class ManualCluster {
   readonly cfgs: CoreConfig[] = [];
   readonly cores: Array<OrderingCore | null> = [];
   readonly records: PersistedRecord[][] = [];
+  /** Decisions replicas sent from their records, below their stable checkpoints (serveDecided). */
+  servedFromLog = 0;
   /** Every Ready each replica returned, step by step. */
   readonly readies: Ready[][] = [];
   readonly decided: Decision[][] = [];
@@ -125,6 +128,11 @@ export class ManualCluster {
       if (o.kind === "send") this.enqueue(id, o.to, o.msg);
       else if (o.kind === "decide") this.applyDecide(id, o);
       else if (o.kind === "takeCheckpoint") follow.push({ kind: "checkpointReady", seq: o.seq, appDigest: this.chains[id] as Uint8Array });
+      else if (o.kind === "serveDecided") {
+        const answer = answerFromRecords(this.records[id] as PersistedRecord[], o);
+        this.servedFromLog += answer.items.length;
+        this.enqueue(id, o.to, answer);
+      }
     }
     for (const input2 of follow) this.step(id, input2);
     return ready;

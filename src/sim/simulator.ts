@@ -31,6 +31,7 @@ import {
 } from "../core/ordering/index.ts";
 import { FLAT_POLICY, type ProposalPolicy } from "../core/ordering/priority.ts";
 import { ByzantineReplica } from "./byzantine.ts";
+import { answerFromRecords } from "./decided-log.ts";
 import { type AppState, Checker, dedupe, genesisApp, nextChain } from "./checkers.ts";
 import { requestBody, type SimCryptoKind, type SimKey, SimKeyring } from "./crypto.ts";
 import { Network } from "./network.ts";
@@ -69,6 +70,8 @@ export interface SeedResult {
   latencies: number[];
   decided: number;
   viewChanges: number;
+  /** Decisions a replica sent from its kept records, at or below its stable checkpoint, to one catching up (serveDecided). */
+  decidedServedFromLog: number;
   messages: number;
   verifications: number;
   trace: string[];
@@ -181,6 +184,7 @@ class Simulation {
   readonly trace: string[] = [];
   now = 0;
   viewChanges = 0;
+  decidedServedFromLog = 0;
   twinSideA = new Set<ReplicaId>();
   forgetAt = -1;
   doneAt: number | null = null;
@@ -362,6 +366,9 @@ class Simulation {
           this.log(`${node.name} fetches the state at ${o.seq} from ${o.from.join(",")}`);
           node.fetch = { seq: o.seq, digest: o.stateDigest, from: o.from, at: this.now + this.rng.int(2, 10) };
           break;
+        case "serveDecided":
+          this.serveDecided(node, o);
+          break;
         case "suspect":
           if (node.correct) this.viewChanges++;
           this.log(`${node.name} suspects, moves to view ${o.view} (${o.reason})`);
@@ -386,6 +393,13 @@ class Simulation {
         }
       }
     }
+  }
+
+  /** The runtime's answer from its decided log (ordering-driver.ts serveDecided): here, the node's kept records. */
+  private serveDecided(node: SimNode, o: Extract<Effect, { kind: "serveDecided" }>): void {
+    const msg = answerFromRecords(node.records, o);
+    this.decidedServedFromLog += msg.items.length;
+    this.sendFrom(node, o.to, msg);
   }
 
   private sendFrom(node: SimNode, to: ReplicaId | "all", msg: PeerMessage): void {
@@ -739,6 +753,7 @@ class Simulation {
       latencies,
       decided,
       viewChanges: this.viewChanges,
+      decidedServedFromLog: this.decidedServedFromLog,
       messages: this.net.sent,
       verifications: this.keyring.verifications,
       trace: this.trace,

@@ -786,7 +786,10 @@ describe("checkpoints and state transfer (core/ordering/PROTOCOL.md §7)", () =>
     }
     expect(c.lastExecuted(0)).toBe(13);
     expect(c.lastExecuted(3)).toBe(0);
-    // Reconnect replica 3: it learns of a stable checkpoint beyond its window and asks for state.
+    // Reconnect replica 3: it learns of a stable checkpoint beyond its window and asks for
+    // state. Its peers' decided logs no longer reach back to seq 1 (a newer base trimmed
+    // them), so the snapshot is the only way on.
+    for (const id of [0, 1, 2]) c.records[id] = (c.records[id] ?? []).filter((r) => r.t !== "decided");
     let fetch: Extract<Effect, { kind: "fetchState" }> | undefined;
     for (let k = 0; k < 200 && fetch === undefined; k++) {
       c.tick();
@@ -808,6 +811,88 @@ describe("checkpoints and state transfer (core/ordering/PROTOCOL.md §7)", () =>
     const outs = c.submit(3, first);
     expect(outs.effects.some((o) => o.kind === "resendReply")).toBe(true);
     c.runUntil(() => c.lastExecuted(3) === 13, 200);
+  });
+
+  test("a replica behind the window catches up from its peers' decided logs, below their stable checkpoint, without a snapshot", () => {
+    const c = new ManualCluster();
+    const cutOff3 = (m: QueuedMessage): boolean => m.to !== 3 && m.from !== 3;
+    for (let s = 1; s <= 13; s++) {
+      c.submit(0, c.request(0, s));
+      c.tick();
+      c.deliverAll(cutOff3);
+    }
+    expect(c.core(0).status().stableSeq).toBeGreaterThan(CLUSTER_PARAMETERS.logWindow ?? 0);
+    expect(c.lastExecuted(3)).toBe(0);
+    // Reconnected, with no snapshot ever installed: seqs 1 .. stable come from the peers'
+    // records (the runtime's decided log), the rest from their memory.
+    c.runUntil(() => c.lastExecuted(3) === 13, 300);
+    expect(c.servedFromLog).toBeGreaterThan(0);
+    expect((c.decided[3] ?? []).map((d) => d.seq)).toEqual(Array.from({ length: 13 }, (_, i) => i + 1));
+  });
+
+  test("an older stable state is installed after the target moved on; the decisions after it come from the peers' logs", () => {
+    const c = new ManualCluster();
+    const cutOff3 = (m: QueuedMessage): boolean => m.to !== 3 && m.from !== 3;
+    const decide = (from: number, to: number): void => {
+      for (let s = from; s <= to; s++) {
+        c.submit(0, c.request(0, s));
+        c.tick();
+        c.deliverAll(cutOff3);
+      }
+    };
+    decide(1, 13);
+    const older = c.core(0).status().stableSeq;
+    // The peers' logs no longer reach back before `older`: replica 3 must fetch that state.
+    for (const id of [0, 1, 2]) c.records[id] = (c.records[id] ?? []).filter((r) => r.t !== "decided" || r.seq > older);
+    let fetch: Extract<Effect, { kind: "fetchState" }> | undefined;
+    for (let k = 0; k < 200 && fetch === undefined; k++) {
+      c.tick();
+      c.deliverAll();
+      fetch = c.allEffects(3).find((o): o is Extract<Effect, { kind: "fetchState" }> => o.kind === "fetchState");
+    }
+    if (fetch === undefined) throw new Error("no fetchState");
+    expect(fetch.seq).toBe(older);
+    // While it is fetched, ordered traffic moves the group's stable checkpoint past it.
+    decide(14, 60);
+    const newer = c.core(0).status().stableSeq;
+    expect(newer).toBeGreaterThan(older + (CLUSTER_PARAMETERS.logWindow ?? 0));
+    for (let k = 0; k < 50 && c.core(3).status().transferTo !== newer; k++) {
+      c.tick(1, [3]);
+      c.deliverAll();
+    }
+    expect(c.core(3).status().transferTo).toBe(newer);
+    const own = c.records[0]?.find((r) => r.t === "checkpoint" && r.seq === older);
+    if (own?.t !== "checkpoint") throw new Error("no checkpoint record");
+    const installed = {
+      kind: "snapshotInstalled",
+      seq: older,
+      stateDigest: fetch.stateDigest,
+      appDigest: own.appDigest,
+      clients: own.clients,
+    } as const;
+    // The older state is taken only with a proof that vouches for it.
+    expect(c.core(3).acceptsSnapshot(older, fetch.stateDigest, [])).toBe(false);
+    c.step(3, installed);
+    expect(c.lastExecuted(3)).toBe(0);
+    const forged = fetch.proof.map((cp) => ({ ...cp, sig: new Uint8Array(cp.sig.length) }));
+    expect(c.core(3).acceptsSnapshot(older, fetch.stateDigest, forged)).toBe(false);
+    expect(c.core(3).acceptsSnapshot(older, fetch.stateDigest, fetch.proof)).toBe(true);
+    c.step(3, { ...installed, proof: fetch.proof });
+    expect(c.lastExecuted(3)).toBe(older);
+    expect(c.core(3).status().transferTo).toBe(newer);
+    // The rest by executing: up to `newer` from the peers' records, the rest from memory.
+    // Its decisions below the target are kept a window's worth at a time (h moves only at the target).
+    const servedBefore = c.servedFromLog;
+    let decidedKept = 0;
+    c.runUntil(() => {
+      decidedKept = Math.max(decidedKept, c.core(3).sizes().decided);
+      return c.lastExecuted(3) === 60;
+    }, 400);
+    expect(decidedKept).toBeLessThanOrEqual(CLUSTER_PARAMETERS.logWindow ?? 0);
+    expect(c.servedFromLog).toBeGreaterThan(servedBefore);
+    expect(c.core(3).status().transferTo).toBe(null);
+    expect(c.core(3).status().stableSeq).toBeGreaterThanOrEqual(newer);
+    expect((c.decided[3] ?? []).map((d) => d.seq)).toEqual(Array.from({ length: 60 - older }, (_, i) => older + 1 + i));
   });
 
   test("a lost CHECKPOINT is sent again while execution stalls, until the checkpoint is stable", () => {

@@ -152,7 +152,8 @@ describe("the ordering core on its own thread", () => {
       await stepOf(host, { kind: "tick", nowMs: 1_800_000_000_000 });
       for (const from of [1, 2, 3]) await stepOf(host, { kind: "message", from, msg: checkpoint(from) });
       expect(host.status().transferTo).toBe(seq);
-      const wanted = await new Promise<boolean>((resolve) => host.claimTransfer(seq, resolve));
+      const proof = [1, 2, 3].map(checkpoint);
+      const wanted = await new Promise<boolean>((resolve) => host.claimTransfer({ seq, stateDigest: digest, proof }, resolve));
       expect(wanted).toBe(true);
       await stepOf(host, { kind: "snapshotInstalled", seq, stateDigest: digest, appDigest, clients: rows });
       expect(host.status().lastExecuted).toBe(seq);
@@ -160,7 +161,8 @@ describe("the ordering core on its own thread", () => {
       for (const [client, executed] of rows) expect(host.lastExecutedOf(client)).toBe(executed);
     }
     // Not fetching any more: a second claim is refused, and the core goes on (a tick is answered).
-    expect(await new Promise<boolean>((resolve) => onThread.claimTransfer(seq, resolve))).toBe(false);
+    const proof = [1, 2, 3].map(checkpoint);
+    expect(await new Promise<boolean>((resolve) => onThread.claimTransfer({ seq, stateDigest: digest, proof }, resolve))).toBe(false);
     await stepOf(onThread, { kind: "tick", nowMs: 1_800_000_000_010 });
   });
 

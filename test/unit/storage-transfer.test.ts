@@ -872,6 +872,85 @@ function baseServer() {
 /** Parts of an unfinished base written before a fetched state is installed: fewer than the state takes. */
 const PARTS_BEFORE_INSTALL = 2;
 
+/** A later stable checkpoint than SEQ, which no server here holds (they answer `none`). */
+function newerTarget(from: number[]) {
+  return { seq: SEQ + 128, stateDigest: new Uint8Array(32).fill(7), from, proof: [] };
+}
+
+/** Starts fetching `state` from [0, 2, 3] and delivers the first few parts only. */
+function fetchFirstParts(net: Network, fetcher: Node, state: ChannelMachine): void {
+  fetcher.transfer.fetch(targetFor(state, [0, 2, 3]));
+  net.pump(4);
+  expect(net.delivered.filter((d) => d.to === 1 && d.m.t === "part").length).toBeGreaterThan(0);
+  expect(fetcher.installed).toBeNull();
+}
+
+describe("a newer target while a fetch is under way (ordered traffic moves the stable checkpoint)", () => {
+  test("a fetch whose parts still come goes on, and the older state is installed", () => {
+    const { net, state, fetcher } = cluster();
+    fetchFirstParts(net, fetcher, state);
+    fetcher.transfer.fetch(newerTarget([0, 2, 3]));
+    expect(fetcher.transfer.fetching).toBe(SEQ);
+    net.pump();
+    expect(fetcher.installed?.head.seq).toBe(SEQ);
+    expect(fetcher.installed?.importer.digest()).toEqual(state.digest());
+    expect(fetcher.metrics.get("state_transfer_abandoned_total")).toBe(0);
+    expect(fetcher.metrics.get("state_transfer_started_total")).toBe(1);
+  });
+
+  test("the core's newer target does not cancel it while the older one is still ahead of what the core executed", () => {
+    const { net, state, fetcher } = cluster();
+    fetchFirstParts(net, fetcher, state);
+    fetcher.transfer.cancelUnless(SEQ + 128, 0);
+    expect(fetcher.transfer.fetching).toBe(SEQ);
+    fetcher.transfer.cancelUnless(SEQ + 128, SEQ);
+    expect(fetcher.transfer.fetching).toBe(null);
+    fetchFirstParts(net, fetcher, state);
+    fetcher.transfer.cancelUnless(null, 0);
+    expect(fetcher.transfer.fetching).toBe(null);
+    expect(fetcher.metrics.get("state_transfer_abandoned_total")).toBe(2);
+  });
+
+  test("once no part came for the part timeout, the newer target is fetched instead", () => {
+    const { net, state, fetcher } = cluster();
+    fetchFirstParts(net, fetcher, state);
+    fetcher.transfer.fetch(newerTarget([0, 2, 3]));
+    net.filter = () => null;
+    net.pump();
+    net.now += PART_TIMEOUT_MS - 1;
+    fetcher.transfer.tick();
+    expect(fetcher.transfer.fetching).toBe(SEQ);
+    net.now += 1;
+    fetcher.transfer.tick();
+    expect(fetcher.transfer.fetching).toBe(SEQ + 128);
+    expect(fetcher.metrics.get("state_transfer_abandoned_total")).toBe(1);
+  });
+
+  test("a source that no longer holds the older state moves the fetch to the newer target at once", () => {
+    const { net, state, fetcher } = cluster();
+    fetchFirstParts(net, fetcher, state);
+    fetcher.transfer.fetch(newerTarget([0, 2, 3]));
+    // The source answers the next ask with `none`, as one whose capture of SEQ is gone does.
+    net.filter = (_from, _to, m) => (m.t === "part" ? { t: "none", seq: m.seq, nonce: m.nonce, reason: "not held" } : m);
+    net.pump();
+    expect(fetcher.transfer.fetching).toBe(SEQ + 128);
+    expect(fetcher.installed).toBeNull();
+  });
+
+  test("a fetch still waiting for its first part is kept for the part timeout, then the newer target is fetched", () => {
+    const { net, state, fetcher } = cluster();
+    net.filter = () => null;
+    fetcher.transfer.fetch(targetFor(state, [0, 2, 3]));
+    net.now += PART_TIMEOUT_MS - 1;
+    fetcher.transfer.fetch(newerTarget([0, 2, 3]));
+    expect(fetcher.transfer.fetching).toBe(SEQ);
+    net.now += 1;
+    fetcher.transfer.fetch(newerTarget([0, 2, 3]));
+    expect(fetcher.transfer.fetching).toBe(SEQ + 128);
+    expect(fetcher.metrics.get("state_transfer_abandoned_total")).toBe(1);
+  });
+});
+
 describe("state transfer against a faulty source", () => {
   test("a source that sends a bad part and falls silent cannot stall a transfer: after a stream of several sources fails, each comes from one source", () => {
     const { net, state, fetcher } = cluster();
@@ -913,6 +992,10 @@ describe("state transfer against a faulty source", () => {
   test("a cursor on a superseded base is answered 'not held' and the new base is not taken for damaged", () => {
     const { storage, keeper, metrics, server, sent, digestAt, writeBase } = baseServer();
     writeBase(SEQ);
+    // A later stable checkpoint drops the capture at SEQ: the state is served from the base on disk.
+    keeper.capture(2 * SEQ, CLIENTS);
+    keeper.onStable(2 * SEQ, digestAt(2 * SEQ), []);
+    expect(keeper.capturedDigest(SEQ)).toBeNull();
     server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 0, count: 1, nonce: 1 });
     expect(sent.at(-1)?.t).toBe("part");
     // A newer base replaces it (and deletes its parts) while peer 9's cursor is open.
@@ -922,6 +1005,22 @@ describe("state transfer against a faulty source", () => {
     expect(keeper.baseHead?.seq).toBe(3 * SEQ);
     expect(metrics.get("storage_corrupt_rows_total")).toBe(0);
     expect(storage.readPart(3 * SEQ, 0)).not.toBeNull();
+  });
+
+  test("a cursor on a capture the stable checkpoint dropped goes on serving its peer, and is dropped once idle", () => {
+    const { keeper, server, sent, digestAt } = baseServer();
+    keeper.capture(SEQ, CLIENTS);
+    server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 0, count: 1, nonce: 1 });
+    expect(sent.at(-1)?.t).toBe("part");
+    keeper.capture(2 * SEQ, CLIENTS);
+    keeper.onStable(2 * SEQ, digestAt(2 * SEQ), []);
+    expect(keeper.holds(SEQ, digestAt(SEQ))).toBe(false);
+    server.tick();
+    server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 1, count: 1, nonce: 1 });
+    expect(sent.at(-1)).toMatchObject({ t: "part", part: 1 });
+    // Another peer cannot open one on it.
+    server.onMessage(8, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 0, count: 1, nonce: 2 });
+    expect(sent.at(-1)).toMatchObject({ t: "none", reason: "state not held here" });
   });
 
   test("a transfer dropped when its seq became the keeper's base (reached by executing) leaves the base's rows", () => {
@@ -957,7 +1056,7 @@ describe("state transfer against a faulty source", () => {
     keeper.capture(SEQ, CLIENTS);
     keeper.onStable(SEQ, targetFor(state, [2]).stateDigest, []);
     keeper.tick();
-    transfer.cancelUnless(null);
+    transfer.cancelUnless(null, 0);
     while (keeper.baseHead?.seq !== SEQ) keeper.tick();
     fetcher.storage.commits.flush();
     const base = keeper.baseHead as SnapshotHead;

@@ -56,6 +56,40 @@ export interface Transfer {
   proof: Checkpoint[];
   nextTryAt: number;
   attempt: number;
+  /**
+   * lastExecuted and the target's seq when the snapshot was last asked for (or the
+   * transfer began): at the next try, a replica that executed more seqs since than the
+   * target moved is gaining on the group by executing decisions its peers send, and is
+   * not made to fetch a snapshot (PROTOCOL.md §7, "An older state").
+   */
+  executedAtTry: number;
+  targetAtTry: number;
+}
+
+/** A transfer to (seq, digest), first tried at `nextTryAt`; a replaced one's progress marks carry over. */
+export function newTransfer(state: CoreState, seq: number, digest: Uint8Array, proof: Checkpoint[], nextTryAt: number): Transfer {
+  const prev = state.transfer;
+  return {
+    seq,
+    digest,
+    proof,
+    nextTryAt,
+    attempt: 0,
+    executedAtTry: prev?.executedAtTry ?? state.lastExecuted,
+    targetAtTry: prev?.targetAtTry ?? seq,
+  };
+}
+
+/**
+ * Whether the transfer's next try should ask for a snapshot: not while this replica
+ * gains on the target by executing (it executed more seqs since the last try than the
+ * target moved), since it gets there by executing. The marks move to now either way.
+ */
+export function transferTryFetches(state: CoreState, t: Transfer): boolean {
+  const gaining = state.lastExecuted - t.executedAtTry > t.seq - t.targetAtTry;
+  t.executedAtTry = state.lastExecuted;
+  t.targetAtTry = t.seq;
+  return !gaining;
 }
 
 /** The client table exported with a checkpoint, and its hash. */
@@ -115,7 +149,9 @@ export function onCheckpointReady(state: CoreState, seq: number, appDigest: Uint
   state.ownCheckpoints.set(seq, digest);
   state.persist({ t: "checkpoint", seq, stateDigest: digest, appDigest, clients: taken.rows });
   if (seq <= state.stableSeq) {
-    checkDivergence(state, seq, state.stableDigest);
+    // Below h (a replica catching up from decisions after h jumped ahead with a NEW_VIEW)
+    // there is no stable digest of this seq to compare with: h's is another seq's.
+    if (seq === state.stableSeq) checkDivergence(state, seq, state.stableDigest);
     return;
   }
   const msg = ownCheckpoint(state, seq, digest);
@@ -266,11 +302,16 @@ export function collectGarbage(state: CoreState): void {
  * target beyond the window can only be reached by a snapshot, so it is fetched at once.
  */
 function startTransfer(state: CoreState, seq: number, digest: Uint8Array, proof: Checkpoint[]): void {
-  if (state.transfer !== null && state.transfer.seq >= seq) return;
+  const prev = state.transfer;
+  if (prev !== null && prev.seq >= seq) return;
   const inWindow = seq <= state.highWater;
+  // A replica executing decisions its peers send (after installing an older state, say)
+  // keeps its retry time when the target moves: it is asked for a snapshot only at that
+  // try, and only if it is not gaining on the target by then (transferTryFetches).
+  const catchingUp = prev !== null && state.now - state.lastExecutedAt < state.cfg.retransmitTicks;
   const firstTry = inWindow ? state.now + state.cfg.retransmitTicks : state.now + state.cfg.transferRetryTicks;
-  state.transfer = { seq, digest, proof, nextTryAt: firstTry, attempt: 0 };
-  if (!inWindow) requestSnapshot(state);
+  state.transfer = newTransfer(state, seq, digest, proof, catchingUp ? prev.nextTryAt : firstTry);
+  if (!inWindow && !catchingUp) requestSnapshot(state);
 }
 
 /** Asks the runtime for the snapshot, rotating the preferred source on every retry. */
@@ -285,18 +326,51 @@ export function requestSnapshot(state: CoreState): void {
   state.emit({ kind: "fetchState", seq: t.seq, stateDigest: t.digest, from, proof: t.proof });
 }
 
+/**
+ * The state a fetched snapshot at (seq, digest) installs as, or null when this replica
+ * does not take it: the transfer's target, or an older stable checkpoint still ahead of
+ * lastExecuted that `proof` vouches for (f+1 valid signatures of this epoch's members,
+ * so one correct replica had that state). The runtime keeps fetching an older target
+ * while its sources still serve it, instead of starting over at each newer one
+ * (src/replica/state-transfer.ts); the decisions after it come from the peers' decided
+ * logs (onStateRequest).
+ */
+export function snapshotTarget(
+  state: CoreState,
+  seq: number,
+  digest: Uint8Array,
+  proof: readonly Checkpoint[] | undefined,
+): { digest: Uint8Array; proof: Checkpoint[] } | null {
+  const t = state.transfer;
+  if (t === null || seq <= state.lastExecuted) return null;
+  if (seq === t.seq) return bytesEqual(digest, t.digest) ? { digest: t.digest, proof: t.proof } : null;
+  if (seq > t.seq || proof === undefined || seq % state.cfg.checkpointInterval !== 0) return null;
+  if (!validCheckpointProof(state.certContext, seq, digest, proof, state.weakQuorumSize)) return null;
+  return { digest, proof: [...proof] };
+}
+
 export function onSnapshotInstalled(
   state: CoreState,
   seq: number,
   claimedDigest: Uint8Array,
   appDigest: Uint8Array,
   rows: ClientTableExport,
+  claimedProof?: readonly Checkpoint[],
 ): void {
   const t = state.transfer;
-  if (t === null || seq !== t.seq) return;
+  const target = snapshotTarget(state, seq, claimedDigest, claimedProof);
+  if (t === null || target === null) return;
   const digest = stateDigest(state, seq, appDigest, clientsHash(state, rows));
-  if (!bytesEqual(digest, t.digest) || !bytesEqual(claimedDigest, t.digest)) return;
-  state.transfer = null;
+  if (!bytesEqual(digest, target.digest)) return;
+  if (seq === t.seq) {
+    state.transfer = null;
+  } else {
+    // An older state: the target stays, reached by the decisions after this one unless
+    // the replica stops gaining on it (transferTryFetches).
+    t.nextTryAt = state.now + state.cfg.transferRetryTicks;
+    t.executedAtTry = seq;
+    t.targetAtTry = t.seq;
+  }
   state.lastExecuted = seq;
   state.lastExecutedAt = state.now;
   state.clientTable.import(rows);
@@ -306,8 +380,8 @@ export function onSnapshotInstalled(
   forgetClaimsThrough(state, seq);
   for (const [client] of [...state.pending.clients()]) state.pending.pruneExecuted(client, state.clientTable.lastExecuted(client));
   state.ownCheckpoints.set(seq, digest);
-  state.persist({ t: "snapshot", seq, stateDigest: digest, appDigest, clients: rows, proof: t.proof });
-  if (provesStable(state, t.proof)) adoptStable(state, seq, digest, t.proof);
+  state.persist({ t: "snapshot", seq, stateDigest: digest, appDigest, clients: rows, proof: target.proof });
+  if (provesStable(state, target.proof)) adoptStable(state, seq, digest, target.proof);
   state.nextProbeAt = state.now;
   if (state.nextProposalSeq <= seq) state.nextProposalSeq = seq + 1;
 }
@@ -330,6 +404,26 @@ export function onStateRequest(state: CoreState, from: ReplicaId, m: StateReques
   const allowance = serveBudget(state, from);
   if (allowance <= 0) return;
   state.servedAt.set(key, state.now);
+  if (m.kind === "decided" && m.seq <= state.stableSeq) {
+    // Decisions at or below the stable checkpoint are gone from memory but still in the
+    // decided log on disk (back to the last base): a replica that installed an older
+    // state catches up from them (PROTOCOL.md §7, "An older state"). The runtime reads
+    // them, within its own budget of bytes a second per peer (it alone knows what it
+    // read); here, at most one answer per peer per STATE_SERVE_INTERVAL_TICKS.
+    const toSeq = Math.min(m.toSeq, state.stableSeq, m.seq + state.cfg.transferItemsMax - 1);
+    const stable = stableProofOf(state);
+    state.emit({
+      kind: "serveDecided",
+      to: from,
+      seq: m.seq,
+      toSeq,
+      bytesMax: state.cfg.batchBytesMax,
+      nonce: m.nonce,
+      stable,
+      lastExecuted: state.lastExecuted,
+    });
+    return;
+  }
   const items: DecidedItem[] = [];
   const first = Math.max(m.seq, state.stableSeq + 1);
   const last = Math.min(m.toSeq, first + state.cfg.transferItemsMax - 1, state.highWater);
@@ -338,10 +432,7 @@ export function onStateRequest(state: CoreState, from: ReplicaId, m: StateReques
   for (let s = first; s <= last; s++) {
     const item = m.kind === "decided" ? decidedItem(state, s) : bodyItem(state, s, m.digest);
     if (item === null) continue;
-    const size =
-      item.batch.reduce((sum, r) => sum + requestBytes(r), 0) +
-      (item.commits.length + item.votes.length) * SIGNED_VOTE_BYTES_MAX +
-      DECIDED_ITEM_FIELDS_BYTES_MAX;
+    const size = decidedItemBytes(item);
     if (items.length > 0 && bytes + size > state.cfg.batchBytesMax) break;
     items.push(item);
     bytes += size;
@@ -360,6 +451,15 @@ export function onStateRequest(state: CoreState, from: ReplicaId, m: StateReques
     lastExecuted: state.lastExecuted,
   };
   state.send(from, resp);
+}
+
+/** What a decided item counts for against an answer's bound of batchBytesMax bytes. */
+export function decidedItemBytes(item: DecidedItem): number {
+  return (
+    item.batch.reduce((sum, r) => sum + requestBytes(r), 0) +
+    (item.commits.length + item.votes.length) * SIGNED_VOTE_BYTES_MAX +
+    DECIDED_ITEM_FIELDS_BYTES_MAX
+  );
 }
 
 /**
@@ -451,10 +551,14 @@ export function acceptStateResponse(state: CoreState, from: ReplicaId, m: StateR
  * brings the body, checked against the digest.
  */
 function acceptDecidedItem(state: CoreState, from: ReplicaId, item: DecidedItem): void {
-  // Only inside the window, and within one window of what this replica executed (while a
-  // transfer moves it, h may be far ahead): a replica further behind catches up by state
-  // transfer, and the reports kept stay within L seqs times n peers.
-  if (item.seq <= state.lastExecuted || item.seq > state.highWater || item.seq > state.lastExecuted + state.cfg.logWindow) return;
+  // Only inside the window, or up to a stable checkpoint (Q signers) this replica is
+  // catching up to (after installing an older state, its own h stays behind until it
+  // executes there, and then moves to it), and within one window of what this replica
+  // executed (while a transfer moves it, h may be far ahead): a replica further behind
+  // catches up by state transfer, and the reports kept stay within L seqs times n peers.
+  const t = state.transfer;
+  const bound = t !== null && provesStable(state, t.proof) ? Math.max(state.highWater, t.seq) : state.highWater;
+  if (item.seq <= state.lastExecuted || item.seq > bound || item.seq > state.lastExecuted + state.cfg.logWindow) return;
   if (state.decidedPending.has(item.seq) || from === state.cfg.id || !isMember(state.certContext, from)) return;
   // The certificate names the digest; the body must match it (an empty body matches the
   // null digest of a NEW_VIEW gap).

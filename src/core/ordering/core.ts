@@ -24,6 +24,7 @@ import {
   onCheckpointReady,
   onSnapshotInstalled,
   onStateRequest,
+  snapshotTarget,
   provesStable,
   takeCheckpoint,
 } from "./checkpoints.ts";
@@ -45,6 +46,7 @@ import {
   fenceStatus,
 } from "./log.ts";
 import {
+  type Checkpoint,
   type ClientRequest,
   type Commit,
   type Forward,
@@ -179,6 +181,15 @@ export class OrderingCore {
     };
   }
 
+  /**
+   * Whether a fetched state at (seq, digest), vouched for by `proof`, would be installed
+   * now (the transfer's target, or an older stable checkpoint still ahead: snapshotTarget).
+   * The runtime asks before it puts the state into its machine.
+   */
+  acceptsSnapshot(seq: number, digest: Uint8Array, proof: readonly Checkpoint[]): boolean {
+    return snapshotTarget(this.state, seq, digest, proof) !== null;
+  }
+
   sizes(): CoreSizes {
     const state = this.state;
     let votes = 0;
@@ -241,7 +252,7 @@ export class OrderingCore {
         state.padSince = state.now;
         return this.replayHeldPadding();
       case "snapshotInstalled":
-        return onSnapshotInstalled(state, input.seq, input.stateDigest, input.appDigest, input.clients);
+        return onSnapshotInstalled(state, input.seq, input.stateDigest, input.appDigest, input.clients, input.proof);
       default:
         return assertNever(input);
     }
@@ -692,6 +703,15 @@ export class OrderingCore {
       // Caught up by executing: the transfer is moot, and its proof now moves h.
       state.transfer = null;
       if (provesStable(state, t.proof)) adoptStable(state, t.seq, t.digest, t.proof);
+    } else if (t !== null) {
+      // Catching up to a stable checkpoint from the decisions below it (checkpoints.ts
+      // acceptDecidedItem): h, whose garbage collection would drop them, moves only at the
+      // target, so a window's worth is kept, as for a replica that is not behind. The map
+      // is in seq order (decisions are executed, and restored, in order).
+      for (const old of state.decided.keys()) {
+        if (old > s - this.cfg.logWindow) break;
+        state.decided.delete(old);
+      }
     }
   }
 }

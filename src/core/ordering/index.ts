@@ -15,7 +15,8 @@
  *   - {kind:'request', req, authenticated?}   a client request (ClientRequest).
  *   - {kind:'tick'}                 one tick of time (10 ms); the core has no other clock.
  *   - {kind:'checkpointReady', seq, appDigest}   answer to `takeCheckpoint`.
- *   - {kind:'snapshotInstalled', seq, stateDigest, appDigest, clients}   answer to `fetchState`.
+ *   - {kind:'snapshotInstalled', seq, stateDigest, appDigest, clients, proof}   answer to `fetchState`
+ *                                   (the target's, or an older one's that `proof` vouches for).
  *
  * Output: one `Ready` per step, `{persist, effects}`. CONTRACT: every record of `persist`
  * completes (fsync) before any effect; a crash may lose a suffix of the records (and then
@@ -31,6 +32,8 @@
  *   - refused {client, seq, reason} the request was not admitted: tell the client.
  *   - fetchState {seq, stateDigest, from, proof}   fetch + install a snapshot, then input
  *                                   snapshotInstalled.
+ *   - serveDecided {to, seq, toSeq, bytesMax, nonce, stable, lastExecuted}   send `to` the
+ *                                   decisions seq..toSeq from the decided log on disk.
  *   - suspect {view, reason} / viewInstalled {view, leader} / peerFlooding {peer} /
  *     divergence {seq, own, stable}   status and alarms.
  *
@@ -77,6 +80,7 @@ export {
   weakQuorum,
 } from "./config.ts";
 export { CoreAssertionError, OrderingCore } from "./core.ts";
+export { decidedItemBytes } from "./checkpoints.ts";
 export {
   bodyMatches,
   type CertContext,

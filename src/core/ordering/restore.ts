@@ -5,7 +5,7 @@
  */
 import { bytesEqual } from "../../../wire/bytes.ts";
 import { bodyMatches } from "./certs.ts";
-import { collectGarbage } from "./checkpoints.ts";
+import { collectGarbage, newTransfer } from "./checkpoints.ts";
 import { acceptInto, entryFor, keepPrepared, newEntry } from "./log.ts";
 import { type Commit, NULL_DIGEST, type Prepare, type PreparedCert, type PrePrepare } from "./messages.ts";
 import { assert, assertNever, type CoreState, EMPTY_SIG } from "./state.ts";
@@ -85,7 +85,7 @@ export function restore(state: CoreState, records: readonly PersistedRecord[]): 
   state.starvationMonitor.onViewInstalled(0);
   if (state.stableSeq > state.lastExecuted) {
     // Restarted during a state transfer: ask again.
-    state.transfer = { seq: state.stableSeq, digest: state.stableDigest, proof: state.stableProof, nextTryAt: 0, attempt: 0 };
+    state.transfer = newTransfer(state, state.stableSeq, state.stableDigest, state.stableProof, 0);
   }
 }
 
@@ -161,5 +161,5 @@ function restoreLog(state: CoreState, accepts: readonly PrePrepare[]): void {
  */
 export function startEmptyInEpoch(state: CoreState): void {
   if (state.stableSeq <= state.lastExecuted) return;
-  state.transfer = { seq: state.stableSeq, digest: state.stableDigest, proof: [], nextTryAt: 0, attempt: 0 };
+  state.transfer = newTransfer(state, state.stableSeq, state.stableDigest, [], 0);
 }

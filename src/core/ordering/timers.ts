@@ -7,7 +7,7 @@
  */
 import { isBarrier } from "./barrier.ts";
 import { lessUrgentRequests, ordinaryDepth, pacingUrgent, URGENT, URGENT_PIPELINE_SLOTS, urgencyOf } from "./priority.ts";
-import { ownCheckpoint, requestSnapshot } from "./checkpoints.ts";
+import { ownCheckpoint, requestSnapshot, transferTryFetches } from "./checkpoints.ts";
 import { flushForwards, forwardOverdue, type PendingRequest } from "./clients.ts";
 import type { ReplicaId } from "./config.ts";
 import type { StateRequest } from "./messages.ts";
@@ -29,10 +29,13 @@ export function startTick(state: CoreState): void {
   state.decidedBytesPerTick += (state.decidedBytesThisTick - state.decidedBytesPerTick) / DECIDED_BYTES_AVERAGE_TICKS;
   state.decidedBytesThisTick = 0;
   for (const peer of state.floodMonitor.onTick(state.now)) state.emit({ kind: "peerFlooding", peer });
-  if (state.transfer !== null && state.now >= state.transfer.nextTryAt) {
-    state.transfer.attempt++;
-    state.transfer.nextTryAt = state.now + state.cfg.transferRetryTicks;
-    requestSnapshot(state);
+  const t = state.transfer;
+  if (t !== null && state.now >= t.nextTryAt) {
+    t.nextTryAt = state.now + state.cfg.transferRetryTicks;
+    if (transferTryFetches(state, t)) {
+      t.attempt++;
+      requestSnapshot(state);
+    }
   }
 }
 

@@ -6,7 +6,17 @@
  */
 import type { ClientTableExport } from "./clients.ts";
 import type { FaultMode, ReplicaId } from "./config.ts";
-import type { Checkpoint, ClientRequest, Commit, NewView, PeerMessage, PreparedCert, PrePrepare, ViewChange } from "./messages.ts";
+import type {
+  Checkpoint,
+  ClientRequest,
+  Commit,
+  NewView,
+  PeerMessage,
+  PreparedCert,
+  PrePrepare,
+  StableProof,
+  ViewChange,
+} from "./messages.ts";
 
 /**
  * Injected, pure cryptography. The core never imports a crypto library; the runtime uses
@@ -87,6 +97,12 @@ export type CoreInput =
       stateDigest: Uint8Array;
       appDigest: Uint8Array;
       clients: ClientTableExport;
+      /**
+       * The CHECKPOINTs that vouched for the state when it was fetched (`fetchState`'s
+       * proof). Needed only for a state older than the current target: the core takes
+       * it if f+1 members signed it and it is still ahead of lastExecuted.
+       */
+      proof?: Checkpoint[];
     };
 
 /**
@@ -160,6 +176,25 @@ export type Effect =
    * signed CHECKPOINTs that vouch for the digest.
    */
   | { kind: "fetchState"; seq: number; stateDigest: Uint8Array; from: ReplicaId[]; proof: Checkpoint[] }
+  /**
+   * Answer `to`'s request for the decisions `seq`..`toSeq`, which are at or below this
+   * replica's stable checkpoint and so no longer in the core, from the decided log on
+   * disk: send `to` a STATE_RESPONSE of kind "decided" with `nonce`, `stable` and
+   * `lastExecuted`, whose items are the stored decisions from `seq` on, in order, each
+   * with its batch and COMMITs (no votes), ending before the first one not stored, after
+   * `toSeq`, or before the bytes (decidedItemBytes) pass `bytesMax` (the first always
+   * goes). With none stored, the answer still carries the stable proof.
+   */
+  | {
+      kind: "serveDecided";
+      to: ReplicaId;
+      seq: number;
+      toSeq: number;
+      bytesMax: number;
+      nonce: number;
+      stable: StableProof;
+      lastExecuted: number;
+    }
   /** This replica left `view - 1` (or lower) for `view`, suspecting its leader. */
   | { kind: "suspect"; view: number; reason: SuspectReason }
   /**

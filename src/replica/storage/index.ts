@@ -24,7 +24,18 @@ import type { Canonical } from "../../../wire/canonical.ts";
 import { type Disk, realDisk } from "./disk.ts";
 import { GroupCommit } from "./group-commit.ts";
 import { toHex } from "../../crypto/encoding.ts";
-import { decodeHead, encodeHead, encodeRecord, recordBatch, recordSeq, type SnapshotHead } from "./records.ts";
+import {
+  type BatchLookup,
+  type DecidedRecord,
+  decodeBatch,
+  decodeHead,
+  encodeHead,
+  encodeRecord,
+  readDecided,
+  recordBatch,
+  recordSeq,
+  type SnapshotHead,
+} from "./records.ts";
 import { type Checkpoint, validateCheckpointProof, withBatchEncoding } from "../../core/ordering/messages.ts";
 import { type Checked, type CorruptRow, ReplicaStore, STORE_FILE, type StoreIdentity, type SyncPolicy } from "./store.ts";
 
@@ -340,6 +351,30 @@ export class ReplicaStorage {
   /** Writes staged ever: a mark for `afterDurable`. */
   get stagedMark(): number {
     return this.commits.stagedCount;
+  }
+
+  /**
+   * The stored decisions from `from` on, in seq order, read as they are taken. Ends
+   * before the first seq not stored: below the base (trimmed), not committed yet, or a
+   * row or batch that does not read back (left for the next open, which reports and
+   * deletes it; a start replays up to it only). Serves a peer catching up from an older
+   * state (the core's `serveDecided`).
+   */
+  *decisionsFrom(from: number): Generator<DecidedRecord> {
+    const store = this.store;
+    const batches: BatchLookup = (digest) => {
+      const data = store.batchData(digest);
+      if (data === null) return "batch missing";
+      return decodeBatch(digest, data) ?? "batch does not match its digest";
+    };
+    let expected = from;
+    for (const checked of store.decidedRows(from)) {
+      if (!checked.ok || checked.row.seq !== expected) return;
+      const read = readDecided(checked.row.rec, checked.row.seq, batches);
+      if (!read.ok) return;
+      yield read.record;
+      expected++;
+    }
   }
 
   /** Reports damage found while running (at read), with the same log line and metric as at open. */

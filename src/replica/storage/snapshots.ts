@@ -82,6 +82,12 @@ export const BASE_URGENT_TICKS_PER_PART = 10;
 /** Where parts of a snapshot stream come from, one at a time. */
 export interface PartSource {
   readonly seq: number;
+  /**
+   * Whether it reads on after the keeper let go of its state: a capture's reader encodes
+   * the capture's own immutable batches, so a transfer under way keeps its state after the
+   * stable checkpoint moved past it; a stored base's parts go with the base.
+   */
+  readonly outlivesDrop: boolean;
   /** The next part; null at the end. Throws SourceError when a stored part is damaged. */
   next(): Uint8Array | null;
   skip(count: number): void;
@@ -419,11 +425,12 @@ export function behindPace(parts: number, expectedParts: number, ticks: number):
 }
 
 function cutterSource(seq: number, cutter: PartCutter): PartSource {
-  return { seq, next: () => cutter.next(), skip: (count) => cutter.skip(count) };
+  return { seq, outlivesDrop: true, next: () => cutter.next(), skip: (count) => cutter.skip(count) };
 }
 
 /** Parts of a stored base, read and checked one at a time. */
 class DiskSource implements PartSource {
+  readonly outlivesDrop = false;
   private index = 0;
 
   constructor(
