@@ -30,6 +30,13 @@
  * source's whole stream: a Byzantine source is detected and another asked, and one that
  * lies in a few parts and falls silent cannot make an honest one share its blame.
  *
+ * A newer target (the group made a later checkpoint stable: ordered traffic does every 128
+ * seqs) does not restart a fetch whose parts still come: it waits, and is fetched only if
+ * that one stalls or its source no longer holds the state (core/ordering/PROTOCOL.md §7,
+ * "An older state"); the core installs the older state and catches up from the peers'
+ * decided logs. A source serves a peer's open cursor on a capture to its end even after
+ * its own stable checkpoint passed it.
+ *
  * Every part but the last is exactly partBytes and none is empty (a stream opens with its
  * meta record), and a stream is at most streamBytesBound long: a source that sends a
  * part no valid stream has, no new part for PART_TIMEOUT_MS, or new parts slower than

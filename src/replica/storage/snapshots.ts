@@ -9,8 +9,9 @@
  * served and each base written reads a new reader of it (`reopen()`), so a state can be
  * served any number of times, bounded only by the per-peer bound on transfers opened
  * (state-transfer.ts SERVE_OPENS_PER_PEER_MAX). Captures below the stable checkpoint are
- * dropped, since no correct replica asks for them, unless pinned as an epoch's switch
- * point (`pin`).
+ * dropped, unless pinned as an epoch's switch point (`pin`): a new transfer is not opened
+ * on them, but a peer whose transfer was under way when the stable checkpoint passed it
+ * goes on being served from its open cursor (PartSource.outlivesDrop).
  *
  * Base snapshots: restart replays the decided log from the newest base, so a new base is
  * written (one part per tick in the background of normal work, one every
