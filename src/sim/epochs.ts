@@ -42,6 +42,7 @@ import { signingBytes } from "../core/ordering/index.ts";
 import { type ByzContext, ByzantineReplica } from "./byzantine.ts";
 import { CLUSTER_PARAMETERS } from "./cluster.ts";
 import { dedupe, nextChain } from "./checkers.ts";
+import { answerFromRecords } from "./decided-log.ts";
 import { requestBody, type SimKeyring } from "./crypto.ts";
 import type { Prng } from "./prng.ts";
 import type { ByzBehaviour } from "./scenario.ts";
@@ -389,6 +390,12 @@ export class EpochGroup {
       }
       case "fetchState":
         this.serveState(id, node, effect.seq, effect.stateDigest, effect.from);
+        return;
+      case "serveDecided":
+        // From this epoch's records only (a switch starts them afresh), as the runtime
+        // serves only decisions after its epoch's start.
+        if (node.byz !== null) return;
+        this.queue.push({ from: id, to: (spec.members[effect.to] as EpochMember).id, epoch, msg: answerFromRecords(node.records, effect) });
         return;
       default:
         return;
