@@ -107,7 +107,7 @@ const COUNTERS = {
   state_transfer_received_bytes_total: "State transfer bytes received",
   state_transfer_completed_total: "State transfers completed",
   state_decided_serve_refused_total:
-    "Requests for decisions from the decided log answered without them: the peer was over its budget of bytes a second",
+    "Requests for decisions from the decided log dropped unanswered: the peer was over its budget of bytes a second",
   state_decided_served_from_log_total:
     "Decisions at or below the stable checkpoint sent from the decided log on disk to a peer catching up from an older state",
   state_transfer_rejected_total: "State transfer parts or snapshots rejected",

@@ -1431,8 +1431,12 @@ export class OrderingDriver {
     const first = Math.max(effect.seq, (this.epochView.start?.seq ?? 0) + 1);
     let bytes = 0;
     const budget = this.logServeBudget(effect.to);
-    if (budget.bytes <= 0) this.options.metrics.inc("state_decided_serve_refused_total");
-    else if (first === effect.seq) {
+    if (budget.bytes <= 0) {
+      // Dropped unanswered: the asker asks again (its catch-up probe), as for any answer lost.
+      this.options.metrics.inc("state_decided_serve_refused_total");
+      return;
+    }
+    if (first === effect.seq) {
       for (const record of this.options.storage.decisionsFrom(first)) {
         if (record.seq > effect.toSeq) break;
         const item: DecidedItem = { view: record.view, seq: record.seq, batch: record.batch, commits: record.commits, votes: [] };

@@ -273,6 +273,8 @@ interface Cursor {
   lookahead: Uint8Array | null | undefined;
   readonly cache: Map<number, Served>;
   lastUsedMs: number;
+  /** When a part was last read from the source (not the cache): a cursor on a dropped capture lives on only while its peer takes new parts. */
+  lastReadMs: number;
 }
 
 /**
@@ -332,7 +334,7 @@ class TransferServer {
       held.seq === m.seq &&
       bytesEqual(held.digest, m.digest) &&
       (m.part >= held.next || held.cache.has(m.part)) &&
-      (held.source.outlivesDrop || options.keeper.holds(held.seq, held.digest));
+      (options.keeper.holds(held.seq, held.digest) || (held.source.outlivesDrop && now - held.lastReadMs < PART_TIMEOUT_MS));
     const cursor = reusable ? held : this.open(from, m);
     if (cursor === null) return;
     cursor.lastUsedMs = now;
@@ -434,6 +436,7 @@ class TransferServer {
       lookahead: undefined,
       cache: new Map(),
       lastUsedMs: this.options.now(),
+      lastReadMs: this.options.now(),
     };
     this.cursors.set(from, cursor);
     return cursor;
@@ -446,6 +449,7 @@ class TransferServer {
     if (part > cursor.next) this.skip(cursor, part - cursor.next);
     const data = cursor.lookahead !== undefined ? cursor.lookahead : cursor.source.next();
     if (data === null) return null;
+    cursor.lastReadMs = this.options.now();
     cursor.lookahead = cursor.source.next();
     cursor.next = part + 1;
     const served: Served = { data, end: cursor.lookahead === null, sentAtMs: Number.NEGATIVE_INFINITY };
@@ -466,14 +470,17 @@ class TransferServer {
 
   /**
    * Drops idle cursors (with the capture they keep in memory), and cursors on a superseded
-   * base. One on a dropped capture stays while its peer still asks: a transfer the stable
-   * checkpoint overtook completes from it (onGet).
+   * base. One on a dropped capture stays only while its peer takes new parts from it (a
+   * new one within PART_TIMEOUT_MS): a transfer the stable checkpoint overtook completes
+   * from it (onGet), but a peer asking for the parts it has again and again cannot keep an
+   * old state in memory.
    */
   tick(): void {
     const now = this.options.now();
     for (const [peer, cursor] of this.cursors) {
-      const held = cursor.source.outlivesDrop || this.options.keeper.holds(cursor.seq, cursor.digest);
-      if (now - cursor.lastUsedMs > CURSOR_IDLE_MS || !held) this.cursors.delete(peer);
+      const held = this.options.keeper.holds(cursor.seq, cursor.digest);
+      const readOn = cursor.source.outlivesDrop && now - cursor.lastReadMs < PART_TIMEOUT_MS;
+      if (now - cursor.lastUsedMs > CURSOR_IDLE_MS || !(held || readOn)) this.cursors.delete(peer);
     }
   }
 }
@@ -809,6 +816,8 @@ class TransferFetcher {
     });
     if (mixed) fetch.singleSource = true;
     else for (const peer of fetch.contributors) fetch.distrusted.add(peer);
+    // Starting this older state over from its first part is no better than the newer one.
+    if (this.newer !== null) return this.moveToNewer(fetch, "its stream was rejected; a newer target");
     this.restartAttempt(fetch);
     this.nextSource(fetch);
   }
@@ -823,6 +832,8 @@ class TransferFetcher {
     options.metrics.inc("state_transfer_sources_dropped_total");
     options.log.warn("state transfer dropped a source", { seq: fetch.target.seq, source: from, part: fetch.nextPart, reason });
     fetch.distrusted.add(from);
+    // The others may not hold this older state any more (their stable checkpoint passed it).
+    if (this.newer !== null) return this.moveToNewer(fetch, "its source was dropped; a newer target");
     if (fetch.contributors.has(from) || fetch.nextPart >= this.partsMax) this.restartAttempt(fetch);
     this.nextSource(fetch);
   }
@@ -926,8 +937,9 @@ class TransferFetcher {
   private tooSlow(fetch: Fetch, now: number): boolean {
     const { options } = this;
     // One source's whole stream per attempt (singleSource): moving on restarts the stream
-    // from its first part, so an honest but slow source must be let finish.
-    if (fetch.singleSource) return false;
+    // from its first part, so an honest but slow source must be let finish; unless a newer
+    // target waits, which starts from its first part anyway (tick moves to it).
+    if (fetch.singleSource && this.newer === null) return false;
     const bytesPerSecondMin =
       options.sourceBytesPerSecondMin ??
       Math.min(SOURCE_PROGRESS_BYTES_PER_SECOND_MIN, (options.partBytes * TRANSFER_WINDOW_PARTS * 1000) / SOURCE_ROUND_TRIP_MS_MAX);
@@ -972,7 +984,10 @@ class TransferFetcher {
     }
     // While an ask has not left, the source is not to blame for what it did not send.
     if (fetch.source >= 0 && fetch.unsentSinceMs === null && now - fetch.progressSinceMs >= SOURCE_PROGRESS_WINDOW_MS) {
-      if (this.tooSlow(fetch, now)) return this.nextSource(fetch);
+      if (this.tooSlow(fetch, now)) {
+        if (this.newer !== null) return this.moveToNewer(fetch, "its source was too slow; a newer target");
+        return this.nextSource(fetch);
+      }
       fetch.progressSinceMs = now;
       fetch.progressBytes = 0;
     }

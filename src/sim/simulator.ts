@@ -11,6 +11,7 @@
  * checkers, crypto) are in their own files.
  */
 import {
+  type Checkpoint,
   type ClientRequest,
   type ClientTableExport,
   compactRecords,
@@ -72,6 +73,8 @@ export interface SeedResult {
   viewChanges: number;
   /** Decisions a replica sent from its kept records, at or below its stable checkpoint, to one catching up (serveDecided). */
   decidedServedFromLog: number;
+  /** Snapshots installed at an older checkpoint than the core's target, which stayed (PROTOCOL.md §7, "An older state"). */
+  olderStatesInstalled: number;
   messages: number;
   verifications: number;
   trace: string[];
@@ -117,6 +120,7 @@ interface Fetch {
   seq: number;
   digest: Uint8Array;
   from: ReplicaId[];
+  proof: Checkpoint[];
   at: number;
 }
 
@@ -185,6 +189,7 @@ class Simulation {
   now = 0;
   viewChanges = 0;
   decidedServedFromLog = 0;
+  olderStatesInstalled = 0;
   twinSideA = new Set<ReplicaId>();
   forgetAt = -1;
   doneAt: number | null = null;
@@ -362,10 +367,19 @@ class Simulation {
           for (const s of [...node.snapshots.keys()].sort((a, b) => a - b).slice(0, -SNAPSHOTS_KEPT)) node.snapshots.delete(s);
           node.inbox.push({ kind: "checkpointReady", seq: o.seq, appDigest: node.app.chain });
           break;
-        case "fetchState":
+        case "fetchState": {
+          // As the runtime's fetcher may (src/replica/state-transfer.ts), half the time a
+          // fetch under way goes on though the core now asks for a newer state: the core
+          // then installs the older one and catches up from the peers' decided logs.
+          const under = node.fetch;
+          if (under !== null && under.seq < o.seq && this.rng.int(0, 1) === 0) {
+            this.log(`${node.name} goes on fetching the state at ${under.seq}; ${o.seq} waits`);
+            break;
+          }
           this.log(`${node.name} fetches the state at ${o.seq} from ${o.from.join(",")}`);
-          node.fetch = { seq: o.seq, digest: o.stateDigest, from: o.from, at: this.now + this.rng.int(2, 10) };
+          node.fetch = { seq: o.seq, digest: o.stateDigest, from: o.from, proof: o.proof, at: this.now + this.rng.int(2, 10) };
           break;
+        }
         case "serveDecided":
           this.serveDecided(node, o);
           break;
@@ -451,7 +465,14 @@ class Simulation {
       // core refuses the snapshot.
       const previous = node.app;
       node.app = { lastDecided: f.seq, clientLast: new Map(snap.clients), chain: snap.appDigest };
-      this.step(node, { kind: "snapshotInstalled", seq: f.seq, stateDigest: f.digest, appDigest: snap.appDigest, clients: snap.clients });
+      this.step(node, {
+        kind: "snapshotInstalled",
+        seq: f.seq,
+        stateDigest: f.digest,
+        appDigest: snap.appDigest,
+        clients: snap.clients,
+        proof: f.proof,
+      });
       if (node.core === null) return;
       if (node.core.status().lastExecuted < f.seq) {
         node.app = previous;
@@ -459,6 +480,7 @@ class Simulation {
       }
       if (node.correct) this.checker.onSnapshot(node.id, before, f.seq, snap.appDigest);
       node.snapshots.set(f.seq, snap);
+      if (node.core.status().transferTo !== null) this.olderStatesInstalled++;
       this.log(`${node.name} installed snapshot ${f.seq} from ${server.name}`);
       return;
     }
@@ -754,6 +776,7 @@ class Simulation {
       decided,
       viewChanges: this.viewChanges,
       decidedServedFromLog: this.decidedServedFromLog,
+      olderStatesInstalled: this.olderStatesInstalled,
       messages: this.net.sent,
       verifications: this.keyring.verifications,
       trace: this.trace,

@@ -17,10 +17,15 @@ export class RunStats {
   decided = 0;
   messages = 0;
   verifications = 0;
+  /** Decisions served from kept records below a stable checkpoint, and older states installed (PROTOCOL.md §7, "An older state"). */
+  servedFromLog = 0;
+  olderStates = 0;
 
   add(r: SeedResult): void {
     this.seeds++;
     this.viewChanges += r.viewChanges;
+    this.servedFromLog += r.decidedServedFromLog;
+    this.olderStates += r.olderStatesInstalled;
     this.decided += r.decided;
     this.messages += r.messages;
     this.verifications += r.verifications;
@@ -42,6 +47,8 @@ export class RunStats {
     this.decided += o.decided;
     this.messages += o.messages;
     this.verifications += o.verifications;
+    this.servedFromLog += o.servedFromLog;
+    this.olderStates += o.olderStates;
   }
 
   toJson(): RunStatsJson {
@@ -55,6 +62,8 @@ export class RunStats {
       decided: this.decided,
       messages: this.messages,
       verifications: this.verifications,
+      servedFromLog: this.servedFromLog,
+      olderStates: this.olderStates,
     };
   }
 
@@ -78,6 +87,7 @@ export class RunStats {
       `ticks to decide (submit -> f+1 correct executed): p50 ${this.latencyPercentile(50)} p99 ${this.latencyPercentile(99)} over ${this.latencies.length} requests`,
       `ticks from heal to all decided everywhere: p50 ${this.recoveryPercentile(50)} p99 ${this.recoveryPercentile(99)} max ${this.recoveryMax()}`,
       `per seed: ${(this.decided / Math.max(1, this.seeds)).toFixed(1)} seqs decided, ${(this.viewChanges / Math.max(1, this.seeds)).toFixed(1)} view-change starts, ${(this.messages / Math.max(1, this.seeds)).toFixed(0)} messages, ${(this.verifications / Math.max(1, this.seeds)).toFixed(0)} signature checks`,
+      `catching up from an older state: ${this.olderStates} older states installed, ${this.servedFromLog} decisions served from kept records`,
     ];
     return lines.join("\n");
   }
@@ -93,6 +103,8 @@ export interface RunStatsJson {
   decided: number;
   messages: number;
   verifications: number;
+  servedFromLog: number;
+  olderStates: number;
 }
 
 export function percentile(values: readonly number[], p: number): number {

@@ -876,9 +876,16 @@ describe("checkpoints and state transfer (core/ordering/PROTOCOL.md §7)", () =>
     expect(c.lastExecuted(3)).toBe(0);
     const forged = fetch.proof.map((cp) => ({ ...cp, sig: new Uint8Array(cp.sig.length) }));
     expect(c.core(3).acceptsSnapshot(older, fetch.stateDigest, forged)).toBe(false);
+    // f valid signatures and the rest forged: no correct replica need have had that state.
+    const f = c.core(3).status().mode === "bft" ? 1 : 0;
+    const fValid = fetch.proof.map((cp, i) => (i < f ? cp : { ...cp, sig: new Uint8Array(cp.sig.length) }));
+    expect(c.core(3).acceptsSnapshot(older, fetch.stateDigest, fValid)).toBe(false);
+    expect(c.core(3).acceptsSnapshot(older, fetch.stateDigest, fetch.proof.slice(0, f))).toBe(false);
     expect(c.core(3).acceptsSnapshot(older, fetch.stateDigest, fetch.proof)).toBe(true);
     c.step(3, { ...installed, proof: fetch.proof });
     expect(c.lastExecuted(3)).toBe(older);
+    // Installed: the same state again is refused (it is not ahead of what was executed).
+    expect(c.core(3).acceptsSnapshot(older, fetch.stateDigest, fetch.proof)).toBe(false);
     expect(c.core(3).status().transferTo).toBe(newer);
     // The rest by executing: up to `newer` from the peers' records, the rest from memory.
     // Its decisions below the target are kept a window's worth at a time (h moves only at the target).

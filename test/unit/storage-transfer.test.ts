@@ -814,6 +814,8 @@ function baseServer() {
     storage.commits.flush();
   };
   const sent: TransferMessage[] = [];
+  /** The server's clock (ms), moved by tests that need time to pass. */
+  const clock = { now: 1_000_000 };
   const server = new StateTransfer(
     {
       self: 0,
@@ -830,7 +832,7 @@ function baseServer() {
       partBytes: PART_BYTES,
       log: testLog(),
       metrics,
-      now: () => 1_000_000,
+      now: () => clock.now,
       install: () => undefined,
     },
     null,
@@ -866,7 +868,7 @@ function baseServer() {
       partBytes: PART_BYTES,
     };
   };
-  return { storage, keeper, metrics, server, sent, digestAt, writeBase, startBase, stageFetched };
+  return { storage, keeper, metrics, server, sent, digestAt, writeBase, startBase, stageFetched, clock };
 }
 
 /** Parts of an unfinished base written before a fetched state is installed: fewer than the state takes. */
@@ -935,6 +937,16 @@ describe("a newer target while a fetch is under way (ordered traffic moves the s
     net.pump();
     expect(fetcher.transfer.fetching).toBe(SEQ + 128);
     expect(fetcher.installed).toBeNull();
+  });
+
+  test("with a newer target waiting, a source that sends a part no stream has moves the fetch to the newer target, not back to part 0", () => {
+    const { net, state, fetcher } = cluster();
+    fetchFirstParts(net, fetcher, state);
+    fetcher.transfer.fetch(newerTarget([0, 2, 3]));
+    net.filter = (_from, _to, m) => (m.t === "part" ? { ...m, data: new Uint8Array(PART_BYTES + 1) } : m);
+    net.pump();
+    expect(fetcher.transfer.fetching).toBe(SEQ + 128);
+    expect(fetcher.metrics.get("state_transfer_sources_dropped_total")).toBe(1);
   });
 
   test("a fetch still waiting for its first part is kept for the part timeout, then the newer target is fetched", () => {
@@ -1007,7 +1019,7 @@ describe("state transfer against a faulty source", () => {
     expect(storage.readPart(3 * SEQ, 0)).not.toBeNull();
   });
 
-  test("a cursor on a capture the stable checkpoint dropped goes on serving its peer, and is dropped once idle", () => {
+  test("a cursor on a capture the stable checkpoint dropped goes on serving its peer while it takes new parts", () => {
     const { keeper, server, sent, digestAt } = baseServer();
     keeper.capture(SEQ, CLIENTS);
     server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 0, count: 1, nonce: 1 });
@@ -1020,6 +1032,26 @@ describe("state transfer against a faulty source", () => {
     expect(sent.at(-1)).toMatchObject({ t: "part", part: 1 });
     // Another peer cannot open one on it.
     server.onMessage(8, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 0, count: 1, nonce: 2 });
+    expect(sent.at(-1)).toMatchObject({ t: "none", reason: "state not held here" });
+  });
+
+  test("a peer that only asks again for parts it had cannot keep a dropped capture: its cursor goes once no new part was read for the part timeout", () => {
+    const { keeper, server, sent, digestAt, clock } = baseServer();
+    keeper.capture(SEQ, CLIENTS);
+    server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 0, count: 2, nonce: 1 });
+    expect(sent.at(-1)).toMatchObject({ t: "part", part: 1 });
+    keeper.capture(2 * SEQ, CLIENTS);
+    keeper.onStable(2 * SEQ, digestAt(2 * SEQ), []);
+    // Part 0 again and again, each past the resend interval: cached, nothing new read.
+    for (let k = 0; k < 4; k++) {
+      clock.now += PART_TIMEOUT_MS / 4 - 1;
+      server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 0, count: 1, nonce: 1 });
+      expect(sent.at(-1)).toMatchObject({ t: "part", part: 0 });
+      server.tick();
+    }
+    clock.now += 10;
+    server.tick();
+    server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 2, count: 1, nonce: 1 });
     expect(sent.at(-1)).toMatchObject({ t: "none", reason: "state not held here" });
   });
 

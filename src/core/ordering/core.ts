@@ -681,7 +681,9 @@ export class OrderingCore {
     const execute = state.clientTable.executeBatch(d.batch);
     state.lastExecuted = s;
     state.lastExecutedAt = state.now;
-    state.decided.set(s, d);
+    // At or below h (executing toward a stable checkpoint a NEW_VIEW moved h to, from the
+    // peers' decided logs) a decision is garbage already: no collection comes for it.
+    if (s > state.stableSeq) state.decided.set(s, d);
     state.decidedPending.delete(s);
     if (e !== undefined) unindex(state, e);
     for (const r of d.batch) {
