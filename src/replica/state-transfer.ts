@@ -157,6 +157,11 @@ export const SOURCE_PROGRESS_BYTES_PER_SECOND_MIN = 1024 * 1024;
  * frame_bytes_max, lower it; a long link to a distant replica is not mistaken for a liar).
  */
 export const SOURCE_ROUND_TRIP_MS_MAX = 2_000;
+/** The least progress a fetcher asks of a source by default, for parts of `partBytes` (tooSlow). */
+export function leastProgressBytesPerSecond(partBytes: number): number {
+  return Math.min(SOURCE_PROGRESS_BYTES_PER_SECOND_MIN, (partBytes * TRANSFER_WINDOW_PARTS * 1000) / SOURCE_ROUND_TRIP_MS_MAX);
+}
+
 /**
  * The window over which a source's progress is measured: long beside PART_TIMEOUT_MS and
  * REASK_MS, so that a pause of an honest source (a collection, a commit, its link full
@@ -275,6 +280,10 @@ interface Cursor {
   lastUsedMs: number;
   /** When a part was last read from the source (not the cache): a cursor on a dropped capture lives on only while its peer takes new parts. */
   lastReadMs: number;
+  /** Bytes read from the source so far. */
+  bytesRead: number;
+  /** When this replica was first seen no longer holding the cursor's state, and bytesRead then (null while it holds it). */
+  dropped: { readonly atMs: number; readonly bytesRead: number } | null;
 }
 
 /**
@@ -334,7 +343,7 @@ class TransferServer {
       held.seq === m.seq &&
       bytesEqual(held.digest, m.digest) &&
       (m.part >= held.next || held.cache.has(m.part)) &&
-      (options.keeper.holds(held.seq, held.digest) || (held.source.outlivesDrop && now - held.lastReadMs < PART_TIMEOUT_MS));
+      (options.keeper.holds(held.seq, held.digest) || this.readsOn(held, now));
     const cursor = reusable ? held : this.open(from, m);
     if (cursor === null) return;
     cursor.lastUsedMs = now;
@@ -437,6 +446,8 @@ class TransferServer {
       cache: new Map(),
       lastUsedMs: this.options.now(),
       lastReadMs: this.options.now(),
+      bytesRead: 0,
+      dropped: null,
     };
     this.cursors.set(from, cursor);
     return cursor;
@@ -450,6 +461,7 @@ class TransferServer {
     const data = cursor.lookahead !== undefined ? cursor.lookahead : cursor.source.next();
     if (data === null) return null;
     cursor.lastReadMs = this.options.now();
+    cursor.bytesRead += data.length;
     cursor.lookahead = cursor.source.next();
     cursor.next = part + 1;
     const served: Served = { data, end: cursor.lookahead === null, sentAtMs: Number.NEGATIVE_INFINITY };
@@ -479,9 +491,24 @@ class TransferServer {
     const now = this.options.now();
     for (const [peer, cursor] of this.cursors) {
       const held = this.options.keeper.holds(cursor.seq, cursor.digest);
-      const readOn = cursor.source.outlivesDrop && now - cursor.lastReadMs < PART_TIMEOUT_MS;
-      if (now - cursor.lastUsedMs > CURSOR_IDLE_MS || !(held || readOn)) this.cursors.delete(peer);
+      if (!held && cursor.dropped === null) cursor.dropped = { atMs: now, bytesRead: cursor.bytesRead };
+      if (now - cursor.lastUsedMs > CURSOR_IDLE_MS || !(held || this.readsOn(cursor, now))) this.cursors.delete(peer);
     }
+  }
+
+  /**
+   * Whether a cursor on a dropped capture may go on: its peer took a new part within
+   * PART_TIMEOUT_MS, and since the drop (after a PART_TIMEOUT_MS of grace) at half the
+   * least progress a fetcher asks of a source. An honest transfer reads far faster; a
+   * peer taking a part now and then cannot keep an old state in memory for long.
+   */
+  private readsOn(cursor: Cursor, now: number): boolean {
+    if (!cursor.source.outlivesDrop || now - cursor.lastReadMs >= PART_TIMEOUT_MS) return false;
+    const since = cursor.dropped;
+    if (since === null) return true;
+    const owedMs = Math.max(0, now - since.atMs - PART_TIMEOUT_MS);
+    const bytesPerSecondMin = leastProgressBytesPerSecond(this.options.partBytes) / 2;
+    return cursor.bytesRead - since.bytesRead >= (owedMs * bytesPerSecondMin) / 1000;
   }
 }
 
@@ -940,9 +967,7 @@ class TransferFetcher {
     // from its first part, so an honest but slow source must be let finish; unless a newer
     // target waits, which starts from its first part anyway (tick moves to it).
     if (fetch.singleSource && this.newer === null) return false;
-    const bytesPerSecondMin =
-      options.sourceBytesPerSecondMin ??
-      Math.min(SOURCE_PROGRESS_BYTES_PER_SECOND_MIN, (options.partBytes * TRANSFER_WINDOW_PARTS * 1000) / SOURCE_ROUND_TRIP_MS_MAX);
+    const bytesPerSecondMin = options.sourceBytesPerSecondMin ?? leastProgressBytesPerSecond(options.partBytes);
     const windowMs = now - fetch.progressSinceMs;
     if (fetch.progressBytes >= (bytesPerSecondMin * windowMs) / 1000) return false;
     options.metrics.inc("state_transfer_source_timeouts_total");

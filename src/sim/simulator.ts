@@ -171,6 +171,8 @@ class Simulation {
   readonly netRng: Prng;
   readonly clientRng: Prng;
   readonly byzRng: Prng;
+  /** Whether a fetch under way goes on past a newer target: a stream of its own, so the rest of a seed's schedule is what it was before this choice existed. */
+  private readonly fetchRng: Prng;
   readonly keyring: SimKeyring;
   readonly net: Network;
   readonly checker: Checker;
@@ -206,6 +208,7 @@ class Simulation {
     this.netRng = new Prng(s.seed, 3);
     this.clientRng = new Prng(s.seed, 4);
     this.byzRng = new Prng(s.seed, 5);
+    this.fetchRng = new Prng(s.seed, 6);
     this.keyring = new SimKeyring(opts.crypto ?? "ed25519", s.n, s.correctClients + FAULTY_CLIENT_KEYS);
     this.net = new Network(s, this.netRng);
     this.checker = new Checker(this.keyring, () => this.now);
@@ -372,7 +375,8 @@ class Simulation {
           // fetch under way goes on though the core now asks for a newer state: the core
           // then installs the older one and catches up from the peers' decided logs.
           const under = node.fetch;
-          if (under !== null && under.seq < o.seq && this.rng.int(0, 1) === 0) {
+          const executed = node.core?.status().lastExecuted ?? 0;
+          if (under !== null && under.seq < o.seq && under.seq > executed && this.fetchRng.int(0, 1) === 0) {
             this.log(`${node.name} goes on fetching the state at ${under.seq}; ${o.seq} waits`);
             break;
           }
@@ -480,7 +484,7 @@ class Simulation {
       }
       if (node.correct) this.checker.onSnapshot(node.id, before, f.seq, snap.appDigest);
       node.snapshots.set(f.seq, snap);
-      if (node.core.status().transferTo !== null) this.olderStatesInstalled++;
+      if (node.correct && node.core.status().transferTo !== null) this.olderStatesInstalled++;
       this.log(`${node.name} installed snapshot ${f.seq} from ${server.name}`);
       return;
     }

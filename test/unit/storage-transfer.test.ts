@@ -1055,6 +1055,26 @@ describe("state transfer against a faulty source", () => {
     expect(sent.at(-1)).toMatchObject({ t: "none", reason: "state not held here" });
   });
 
+  test("a peer taking a new part of a dropped capture only now and then loses its cursor: it must read at half the least progress a fetcher asks", () => {
+    const { keeper, server, sent, digestAt, clock } = baseServer();
+    keeper.capture(SEQ, CLIENTS);
+    server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 0, count: 1, nonce: 1 });
+    keeper.capture(2 * SEQ, CLIENTS);
+    keeper.onStable(2 * SEQ, digestAt(2 * SEQ), []);
+    server.tick();
+    // A new part just within each part timeout: 512 bytes every 2.9 s, below half of the
+    // least progress for 512-byte parts.
+    let part = 1;
+    for (; part < 10; part++) {
+      clock.now += PART_TIMEOUT_MS - 100;
+      server.tick();
+      server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part, count: 1, nonce: 1 });
+      if (sent.at(-1)?.t !== "part") break;
+    }
+    expect(sent.at(-1)).toMatchObject({ t: "none", reason: "state not held here" });
+    expect(part).toBeLessThan(4);
+  });
+
   test("a transfer dropped when its seq became the keeper's base (reached by executing) leaves the base's rows", () => {
     const { net, state, fetcher } = cluster();
     // Parts 0..2 arrive, then the source falls silent: the transfer to SEQ is in progress.
