@@ -4,33 +4,25 @@
  * replicas on 127.0.0.1 take a state of N events (default 200,000) of B bytes (default
  * 200) on a byzantine/total channel whose retention keeps them all. Replica 3 is then
  * killed, its data directory deleted (a lost disk), and started again while P publishers
- * (default 4, streams of one client) each publish one event every MS milliseconds (default 5) on the same
- * channel, so the group's stable checkpoint moves on while replica 3 fetches the state.
- * The program prints how long replica 3 took to reach the group's decided seq under that
- * traffic, or that it did not within S seconds (default 120), and what its log says of
- * its transfers: started, abandoned for a newer target, completed, and the decisions its
- * peers sent it from their decided logs (`fitb_state_decided_served_from_log_total`).
+ * (default 4, streams of one client) each publish one event every MS milliseconds
+ * (default 5) on the same channel, so the group's stable checkpoint moves on while
+ * replica 3 fetches the state. The program prints how long replica 3 took to reach the
+ * group's decided seq under that traffic, or that it did not within S seconds (default
+ * 120); the events acknowledged meanwhile; and what its log says of its transfers:
+ * started, abandoned, completed (seq, bytes, ms), kept past a newer target. With
+ * --verbose (and whenever it did not catch up) it also prints replica 3's log lines
+ * about transfers and snapshots.
  * Figures are printed, never judged; every wait is bounded; every process is killed at the end.
  */
 import { rmSync } from "node:fs";
-import { FitbClient } from "../../src/client/index.ts";
-import { loadClientSetup } from "../../src/client/setup.ts";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
 import { dataDirOf, killAndWait, lastDecided, logLines, trickle, waitConverged } from "../integration/durability-history.ts";
-import { startCluster, type TestCluster } from "../integration/harness.ts";
+import { startCluster } from "../integration/harness.ts";
+import { benchClient, fillChannel, fillLimits, positiveFlag } from "./state-fill.ts";
 
-const USAGE = "usage: npm run bench:catch-up -- [--events N] [--size BYTES] [--publishers P] [--interval MS] [--seconds S]";
+const USAGE = "usage: npm run bench:catch-up -- [--events N] [--size BYTES] [--publishers P] [--interval MS] [--seconds S] [--verbose]";
 
-function flag(name: string, fallback: number): number {
-  const at = process.argv.indexOf(`--${name}`);
-  if (at < 0) return fallback;
-  const value = Number(process.argv[at + 1]);
-  if (!Number.isInteger(value) || value <= 0) {
-    console.error(`--${name} takes a positive integer\n${USAGE}`);
-    process.exit(2);
-  }
-  return value;
-}
+const flag = (name: string, fallback: number): number => positiveFlag(name, fallback, USAGE);
 
 if (process.argv.includes("--help")) {
   console.log(USAGE);
@@ -41,44 +33,11 @@ const EVENT_BYTES = flag("size", 200);
 const PUBLISHERS = flag("publishers", 4);
 const INTERVAL_MS = flag("interval", 5);
 const SECONDS = flag("seconds", 120);
-/** Events per request while filling: the cluster's default batch_events_max. */
-const EVENTS_PER_REQUEST = 1024;
-const LIMITS = {
-  events_max: Math.max(1_000_000, 2 * EVENTS),
-  bytes_max: 1024 * 1024 * 1024,
-  client_events_per_second_max: 10_000_000,
-  client_burst_events_max: 100_000_000,
-};
+const LIMITS = fillLimits(EVENTS);
 const TAG = "bench.catchup";
 const LAGGING = 3;
 
-function client(cluster: TestCluster, key: string): FitbClient {
-  const setup = loadClientSetup(cluster.configPath, key);
-  const c = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 60_000 } });
-  c.start();
-  return c;
-}
-
-async function fill(publisher: FitbClient): Promise<void> {
-  const requests = Math.ceil(EVENTS / EVENTS_PER_REQUEST);
-  const payload = (r: number, i: number): Uint8Array => new TextEncoder().encode(`r${r}e${i} `.padEnd(EVENT_BYTES, "."));
-  let next = 0;
-  let published = 0;
-  await Promise.all(
-    Array.from({ length: 4 }, async () => {
-      for (let r = next++; r < requests; r = next++) {
-        const count = Math.min(EVENTS_PER_REQUEST, EVENTS - r * EVENTS_PER_REQUEST);
-        await publisher.publish(
-          TAG,
-          Array.from({ length: count }, (_, i) => payload(r, i)),
-        );
-        published += count;
-        if (r % 50 === 0) process.stderr.write(`\r  published ${published} events`);
-      }
-    }),
-  );
-  process.stderr.write("\n");
-}
+const client = benchClient;
 
 async function main(): Promise<void> {
   console.log(
@@ -92,7 +51,7 @@ async function main(): Promise<void> {
   try {
     await admin.admin({ t: "create-channel", tag: TAG, fault: "byzantine", order: "total", priority: "normal", public: true });
     await admin.admin({ t: "register", tag: TAG, role: "publisher", key: loadPublicKeyFile(`${cluster.clientKey}.pub`) });
-    await fill(publisher);
+    await fillChannel(publisher, TAG, EVENTS, EVENT_BYTES, 4);
     const decided = await waitConverged(admin, [0, 1, 2, 3], 600_000);
     console.log(`state built: group at decided seq ${decided}`);
     await killAndWait(cluster, LAGGING);

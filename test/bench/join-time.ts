@@ -24,26 +24,17 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
-import { FitbClient } from "../../src/client/index.ts";
-import { loadClientSetup } from "../../src/client/setup.ts";
+import type { FitbClient } from "../../src/client/index.ts";
 import { formatPublicKey, loadPublicKeyFile, loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { jsonLogLines } from "../helpers/log-lines.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { lastDecided, logLines, trickle, waitConverged } from "../integration/durability-history.ts";
 import { BUN, freePortRange, MAIN, startCluster, type TestCluster } from "../integration/harness.ts";
+import { benchClient, EVENTS_PER_REQUEST, fillChannel, fillLimits, positiveFlag } from "./state-fill.ts";
 
 const USAGE = "usage: npm run bench:join -- [--events N] [--size BYTES] [--publishers P] [--joiner-log FILE]";
 
-function flag(name: string, fallback: number): number {
-  const at = process.argv.indexOf(`--${name}`);
-  if (at < 0) return fallback;
-  const value = Number(process.argv[at + 1]);
-  if (!Number.isInteger(value) || value <= 0) {
-    console.error(`--${name} takes a positive integer\n${USAGE}`);
-    process.exit(2);
-  }
-  return value;
-}
+const flag = (name: string, fallback: number): number => positiveFlag(name, fallback, USAGE);
 
 if (process.argv.includes("--help")) {
   console.log(USAGE);
@@ -54,50 +45,15 @@ const EVENT_BYTES = flag("size", 200);
 const PUBLISHERS = flag("publishers", 4);
 /** Where to write replica 4's whole log (and replica i's to FILE.i), for a closer look (--joiner-log FILE). */
 const JOINER_LOG_FILE = process.argv.includes("--joiner-log") ? process.argv[process.argv.indexOf("--joiner-log") + 1] : undefined;
-/** Events per request: the cluster's default batch_events_max. */
-const EVENTS_PER_REQUEST = 1024;
-/** Retention (cluster defaults, so the channel keeps them) and client rate limits lifted for the fill. */
-const LIMITS = {
-  events_max: Math.max(1_000_000, 2 * EVENTS),
-  bytes_max: 1024 * 1024 * 1024,
-  client_events_per_second_max: 10_000_000,
-  client_burst_events_max: 100_000_000,
-};
+const LIMITS = fillLimits(EVENTS);
 const STEP_MS_MAX = 600_000;
 const TAG = "bench.join";
 const JOINER = 4;
 
-function client(cluster: TestCluster, key: string): FitbClient {
-  const setup = loadClientSetup(cluster.configPath, key);
-  const c = new FitbClient({ config: setup.config, key: setup.key, timeouts: { requestMs: 60_000 } });
-  c.start();
-  return c;
-}
+const client = benchClient;
 
 async function fill(publisher: FitbClient): Promise<void> {
-  const requests = Math.ceil(EVENTS / EVENTS_PER_REQUEST);
-  const payload = (r: number, i: number): Uint8Array => new TextEncoder().encode(`r${r}e${i} `.padEnd(EVENT_BYTES, "."));
-  let next = 0;
-  let published = 0;
-  const started = performance.now();
-  await Promise.all(
-    Array.from({ length: PUBLISHERS }, async () => {
-      for (let r = next++; r < requests; r = next++) {
-        const count = Math.min(EVENTS_PER_REQUEST, EVENTS - r * EVENTS_PER_REQUEST);
-        await publisher.publish(
-          TAG,
-          Array.from({ length: count }, (_, i) => payload(r, i)),
-        );
-        published += count;
-        if (r % 50 === 0) process.stderr.write(`\r  published ${published} events`);
-      }
-    }),
-  );
-  const seconds = (performance.now() - started) / 1000;
-  process.stderr.write("\n");
-  console.log(
-    `state: ${published} events of ${EVENT_BYTES} bytes, built in ${seconds.toFixed(1)} s (${Math.round(published / seconds)} events/s)`,
-  );
+  await fillChannel(publisher, TAG, EVENTS, EVENT_BYTES, PUBLISHERS);
 }
 
 /** Peak resident memory of a process (VmHWM), in MiB, or null once it is gone. */
