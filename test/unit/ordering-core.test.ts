@@ -34,6 +34,16 @@ import { sha256 } from "../../src/sim/crypto.ts";
 
 type Sent = Extract<Effect, { kind: "send" }>;
 
+/** Client 0's requests from..to, each decided in its own round, while replica 3 hears nothing and says nothing. */
+function decideWithout3(c: ManualCluster, from: number, to: number): void {
+  const cutOff3 = (m: QueuedMessage): boolean => m.to !== 3 && m.from !== 3;
+  for (let s = from; s <= to; s++) {
+    c.submit(0, c.request(0, s));
+    c.tick();
+    c.deliverAll(cutOff3);
+  }
+}
+
 function sent(c: ManualCluster, id: number, t: PeerMessage["t"]): PeerMessage[] {
   return c
     .allEffects(id)
@@ -815,12 +825,7 @@ describe("checkpoints and state transfer (core/ordering/PROTOCOL.md §7)", () =>
 
   test("a replica behind the window catches up from its peers' decided logs, below their stable checkpoint, without a snapshot", () => {
     const c = new ManualCluster();
-    const cutOff3 = (m: QueuedMessage): boolean => m.to !== 3 && m.from !== 3;
-    for (let s = 1; s <= 13; s++) {
-      c.submit(0, c.request(0, s));
-      c.tick();
-      c.deliverAll(cutOff3);
-    }
+    decideWithout3(c, 1, 13);
     expect(c.core(0).status().stableSeq).toBeGreaterThan(CLUSTER_PARAMETERS.logWindow ?? 0);
     expect(c.lastExecuted(3)).toBe(0);
     // Reconnected, with no snapshot ever installed: seqs 1 .. stable come from the peers'
@@ -832,14 +837,7 @@ describe("checkpoints and state transfer (core/ordering/PROTOCOL.md §7)", () =>
 
   test("an older stable state is installed after the target moved on; the decisions after it come from the peers' logs", () => {
     const c = new ManualCluster();
-    const cutOff3 = (m: QueuedMessage): boolean => m.to !== 3 && m.from !== 3;
-    const decide = (from: number, to: number): void => {
-      for (let s = from; s <= to; s++) {
-        c.submit(0, c.request(0, s));
-        c.tick();
-        c.deliverAll(cutOff3);
-      }
-    };
+    const decide = (from: number, to: number): void => decideWithout3(c, from, to);
     decide(1, 13);
     const older = c.core(0).status().stableSeq;
     // The peers' logs no longer reach back before `older`: replica 3 must fetch that state.

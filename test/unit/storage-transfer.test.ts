@@ -963,6 +963,24 @@ describe("a newer target while a fetch is under way (ordered traffic moves the s
   });
 });
 
+/** Peer `peer` asks `server` for parts part..part+count-1 of the state at SEQ. */
+function askFor(
+  server: StateTransfer,
+  digestAt: (seq: number) => Uint8Array,
+  peer: number,
+  part: number,
+  count: number,
+  nonce: number,
+): void {
+  server.onMessage(peer, { t: "get", seq: SEQ, digest: digestAt(SEQ), part, count, nonce });
+}
+
+/** The checkpoint after SEQ becomes stable: the keeper drops its capture of SEQ. */
+function passCapture(keeper: SnapshotKeeper, digestAt: (seq: number) => Uint8Array): void {
+  keeper.capture(2 * SEQ, CLIENTS);
+  keeper.onStable(2 * SEQ, digestAt(2 * SEQ), []);
+}
+
 describe("state transfer against a faulty source", () => {
   test("a source that sends a bad part and falls silent cannot stall a transfer: after a stream of several sources fails, each comes from one source", () => {
     const { net, state, fetcher } = cluster();
@@ -1022,45 +1040,42 @@ describe("state transfer against a faulty source", () => {
   test("a cursor on a capture the stable checkpoint dropped goes on serving its peer while it takes new parts", () => {
     const { keeper, server, sent, digestAt } = baseServer();
     keeper.capture(SEQ, CLIENTS);
-    server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 0, count: 1, nonce: 1 });
+    askFor(server, digestAt, 9, 0, 1, 1);
     expect(sent.at(-1)?.t).toBe("part");
-    keeper.capture(2 * SEQ, CLIENTS);
-    keeper.onStable(2 * SEQ, digestAt(2 * SEQ), []);
+    passCapture(keeper, digestAt);
     expect(keeper.holds(SEQ, digestAt(SEQ))).toBe(false);
     server.tick();
-    server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 1, count: 1, nonce: 1 });
+    askFor(server, digestAt, 9, 1, 1, 1);
     expect(sent.at(-1)).toMatchObject({ t: "part", part: 1 });
     // Another peer cannot open one on it.
-    server.onMessage(8, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 0, count: 1, nonce: 2 });
+    askFor(server, digestAt, 8, 0, 1, 2);
     expect(sent.at(-1)).toMatchObject({ t: "none", reason: "state not held here" });
   });
 
   test("a peer that only asks again for parts it had cannot keep a dropped capture: its cursor goes once no new part was read for the part timeout", () => {
     const { keeper, server, sent, digestAt, clock } = baseServer();
     keeper.capture(SEQ, CLIENTS);
-    server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 0, count: 2, nonce: 1 });
+    askFor(server, digestAt, 9, 0, 2, 1);
     expect(sent.at(-1)).toMatchObject({ t: "part", part: 1 });
-    keeper.capture(2 * SEQ, CLIENTS);
-    keeper.onStable(2 * SEQ, digestAt(2 * SEQ), []);
+    passCapture(keeper, digestAt);
     // Part 0 again and again, each past the resend interval: cached, nothing new read.
     for (let k = 0; k < 4; k++) {
       clock.now += PART_TIMEOUT_MS / 4 - 1;
-      server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 0, count: 1, nonce: 1 });
+      askFor(server, digestAt, 9, 0, 1, 1);
       expect(sent.at(-1)).toMatchObject({ t: "part", part: 0 });
       server.tick();
     }
     clock.now += 10;
     server.tick();
-    server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 2, count: 1, nonce: 1 });
+    askFor(server, digestAt, 9, 2, 1, 1);
     expect(sent.at(-1)).toMatchObject({ t: "none", reason: "state not held here" });
   });
 
   test("a peer taking a new part of a dropped capture only now and then loses its cursor: it must read at half the least progress a fetcher asks", () => {
     const { keeper, server, sent, digestAt, clock } = baseServer();
     keeper.capture(SEQ, CLIENTS);
-    server.onMessage(9, { t: "get", seq: SEQ, digest: digestAt(SEQ), part: 0, count: 1, nonce: 1 });
-    keeper.capture(2 * SEQ, CLIENTS);
-    keeper.onStable(2 * SEQ, digestAt(2 * SEQ), []);
+    askFor(server, digestAt, 9, 0, 1, 1);
+    passCapture(keeper, digestAt);
     server.tick();
     // A new part just within each part timeout: 512 bytes every 2.9 s, below half of the
     // least progress for 512-byte parts.
