@@ -44,6 +44,17 @@ function decideWithout3(c: ManualCluster, from: number, to: number): void {
   }
 }
 
+/** Ticks with every message delivered until replica `id` asks for a snapshot (at most 200 ticks); that ask. */
+function firstFetch(c: ManualCluster, id: number): Extract<Effect, { kind: "fetchState" }> {
+  for (let k = 0; k < 200; k++) {
+    c.tick();
+    c.deliverAll();
+    const fetch = c.allEffects(id).find((o): o is Extract<Effect, { kind: "fetchState" }> => o.kind === "fetchState");
+    if (fetch !== undefined) return fetch;
+  }
+  throw new Error("no fetchState");
+}
+
 function sent(c: ManualCluster, id: number, t: PeerMessage["t"]): PeerMessage[] {
   return c
     .allEffects(id)
@@ -800,13 +811,7 @@ describe("checkpoints and state transfer (core/ordering/PROTOCOL.md §7)", () =>
     // state. Its peers' decided logs no longer reach back to seq 1 (a newer base trimmed
     // them), so the snapshot is the only way on.
     for (const id of [0, 1, 2]) c.records[id] = (c.records[id] ?? []).filter((r) => r.t !== "decided");
-    let fetch: Extract<Effect, { kind: "fetchState" }> | undefined;
-    for (let k = 0; k < 200 && fetch === undefined; k++) {
-      c.tick();
-      c.deliverAll();
-      fetch = c.allEffects(3).find((o): o is Extract<Effect, { kind: "fetchState" }> => o.kind === "fetchState");
-    }
-    if (fetch === undefined) throw new Error("no fetchState");
+    const fetch = firstFetch(c, 3);
     const clients = c.core(0).exportClients();
     const seq = fetch.seq;
     expect(seq % 4).toBe(0);
@@ -842,13 +847,7 @@ describe("checkpoints and state transfer (core/ordering/PROTOCOL.md §7)", () =>
     const older = c.core(0).status().stableSeq;
     // The peers' logs no longer reach back before `older`: replica 3 must fetch that state.
     for (const id of [0, 1, 2]) c.records[id] = (c.records[id] ?? []).filter((r) => r.t !== "decided" || r.seq > older);
-    let fetch: Extract<Effect, { kind: "fetchState" }> | undefined;
-    for (let k = 0; k < 200 && fetch === undefined; k++) {
-      c.tick();
-      c.deliverAll();
-      fetch = c.allEffects(3).find((o): o is Extract<Effect, { kind: "fetchState" }> => o.kind === "fetchState");
-    }
-    if (fetch === undefined) throw new Error("no fetchState");
+    const fetch = firstFetch(c, 3);
     expect(fetch.seq).toBe(older);
     // While it is fetched, ordered traffic moves the group's stable checkpoint past it.
     decide(14, 60);
