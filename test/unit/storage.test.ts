@@ -7,6 +7,7 @@ import { Database } from "bun:sqlite";
 import {
   copyFileSync,
   existsSync,
+  mkdirSync,
   readdirSync,
   readFileSync,
   readlinkSync,
@@ -284,12 +285,47 @@ describe("corruption", () => {
     const reopened = openStorage(dir, log, metrics);
     expect(reopened.quarantined).toBe(true);
     expect(metrics.get("storage_corrupt_rows_total")).toBe(1);
-    expect(existsSync(join(dir, QUARANTINE_DIR, STORE_FILE))).toBe(true);
+    const [copy] = readdirSync(join(dir, QUARANTINE_DIR));
+    expect(copy).toMatch(/^\d{8}T\d{6}Z$/);
+    expect(existsSync(join(dir, QUARANTINE_DIR, String(copy), STORE_FILE))).toBe(true);
     expect(decidedSeqs(reopened)).toEqual([]);
     // The new store works.
     write(reopened, [decided(1)]);
     expect(decidedSeqs(reopened)).toEqual([1]);
     reopened.close();
+  });
+
+  test("each damaged database gets a quarantined copy of its own; the newest three are kept, the oldest first to go", () => {
+    const dir = freshDir();
+    // What an earlier version left: one copy directly in quarantine/.
+    mkdirSync(join(dir, QUARANTINE_DIR), { recursive: true });
+    writeFileSync(join(dir, QUARANTINE_DIR, STORE_FILE), "the first damaged copy");
+    const damage = (marker: string): { log: ReturnType<typeof testLog>; storage: ReplicaStorage } => {
+      writeFileSync(join(dir, STORE_FILE), `not a database: ${marker} ${"x".repeat(4096)}`);
+      const log = testLog();
+      const storage = openStorage(dir, log);
+      expect(storage.quarantined).toBe(true);
+      storage.close();
+      return { log, storage };
+    };
+    const copies = (): string[] => readdirSync(join(dir, QUARANTINE_DIR)).sort();
+    const held = (name: string): string => readFileSync(join(dir, QUARANTINE_DIR, name, STORE_FILE), "utf8").slice(0, 26);
+
+    damage("second");
+    expect(copies()).toHaveLength(2);
+    expect(copies()[0]).toBe("0-undated");
+    expect(held("0-undated")).toBe("the first damaged copy");
+    expect(held(String(copies()[1]))).toStartWith("not a database: second");
+    damage("third");
+    expect(copies()).toHaveLength(3);
+    expect(held("0-undated")).toBe("the first damaged copy");
+    // Within one second the name takes a suffix; nothing is replaced.
+    const { log } = damage("fourth");
+    const kept = copies();
+    expect(kept).toHaveLength(3);
+    expect(kept).not.toContain("0-undated");
+    expect(kept.map(held).map((text) => text.split(" ")[3])).toEqual(["second", "third", "fourth"]);
+    expect(log.lines.filter((line) => line.msg.includes("old quarantined copy removed"))).toHaveLength(1);
   });
 
   test("a part read while serving that fails its checksum is reported and not returned", () => {

@@ -12,7 +12,7 @@
  * the same on either disk.
  */
 import { Database } from "bun:sqlite";
-import { chmodSync, closeSync, existsSync, fsync, fsyncSync, mkdirSync, openSync, renameSync, rmSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, fsync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from "node:fs";
 import { dirname } from "node:path";
 
 export interface Disk {
@@ -23,6 +23,8 @@ export interface Disk {
   rename(from: string, to: string): void;
   /** Removes a directory and everything under it, if present. */
   removeTree(dir: string): void;
+  /** The names of a directory's entries (files and directories), sorted; none for a missing directory. */
+  list(dir: string): string[];
   /** Opens the database file at `path`, creating it (owner-only) if missing. */
   openDatabase(path: string): Database;
   /**
@@ -138,6 +140,7 @@ export const realDisk: Disk = {
   exists: (path) => existsSync(path),
   rename: (from, to) => renameSync(from, to),
   removeTree: (dir) => rmSync(dir, { recursive: true, force: true }),
+  list: (dir) => (existsSync(dir) ? readdirSync(dir).sort() : []),
   openDatabase: (path) => {
     const fresh = !existsSync(path);
     const db = new Database(path, { create: true, strict: true });

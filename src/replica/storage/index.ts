@@ -42,8 +42,12 @@ import { type Checked, type CorruptRow, ReplicaStore, STORE_FILE, type StoreIden
 export { DEFAULT_SYNC_POLICY, SYNC_POLICIES, type SyncPolicy, StoreIdentityError } from "./store.ts";
 export type { SnapshotHead } from "./records.ts";
 
-/** The directory a damaged database is moved into (the previous one there is replaced). */
+/** The directory under which each damaged database is moved into a directory of its own, named by the time. */
 export const QUARANTINE_DIR = "quarantine";
+/** Quarantined copies kept; the oldest beyond these are removed when another is moved aside. */
+export const QUARANTINE_KEPT = 3;
+/** Where the copy an earlier version left directly in `quarantine/` goes (it sorts before any time). */
+const QUARANTINE_UNDATED = "0-undated";
 /** Corrupt rows logged one by one at open; past this only the count is logged. */
 export const CORRUPT_ROWS_LOGGED_MAX = 16;
 /** Exit status when a commit fails: nothing acknowledged may depend on it (EX_IOERR). */
@@ -250,7 +254,7 @@ export class ReplicaStorage {
       if (!isDamage(error)) throw error;
       closeQuietly(store);
       quarantined = true;
-      const moved = quarantine(disk, options.dir);
+      const moved = quarantine(disk, options.dir, options.log, new Date());
       reportCorruption(options, [
         { table: "*", ids: [], key: STORE_FILE, reason: `unreadable (${(error as Error).message}); moved to ${moved}` },
       ]);
@@ -868,16 +872,37 @@ function closeQuietly(store: ReplicaStore | null): void {
   }
 }
 
-/** Moves the database files aside; returns where to. */
-function quarantine(disk: Disk, dir: string): string {
-  const target = join(dir, QUARANTINE_DIR);
-  disk.removeTree(target);
-  disk.makeDir(target);
-  for (const suffix of ["", "-wal", "-shm"]) {
-    const file = join(dir, STORE_FILE + suffix);
-    if (disk.exists(file)) disk.rename(file, join(target, STORE_FILE + suffix));
+/**
+ * Moves the database files aside, into a directory of their own under `quarantine/` named
+ * by the time (UTC), and returns it. The newest QUARANTINE_KEPT copies stay (an operator
+ * may want the first damaged copy as much as the last); older ones are removed, each one
+ * logged. The files an earlier version left directly in `quarantine/` count as the oldest copy.
+ */
+function quarantine(disk: Disk, dir: string, log: Log, now: Date): string {
+  const root = join(dir, QUARANTINE_DIR);
+  disk.makeDir(root);
+  const loose = disk.list(root).filter((name) => name.startsWith(STORE_FILE));
+  if (loose.length > 0) moveStoreFiles(disk, root, join(root, QUARANTINE_UNDATED), loose);
+  const stamp = now
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d+Z$/, "Z");
+  let target = join(root, stamp);
+  for (let n = 2; disk.exists(target); n++) target = join(root, `${stamp}-${n}`);
+  moveStoreFiles(disk, dir, target, STORE_FILES);
+  const copies = disk.list(root);
+  for (const old of copies.slice(0, Math.max(0, copies.length - QUARANTINE_KEPT))) {
+    disk.removeTree(join(root, old));
+    log.warn("storage: an old quarantined copy removed", { removed: join(root, old), kept: QUARANTINE_KEPT });
   }
   return target;
+}
+
+const STORE_FILES = [STORE_FILE, `${STORE_FILE}-wal`, `${STORE_FILE}-shm`];
+
+function moveStoreFiles(disk: Disk, from: string, to: string, names: readonly string[]): void {
+  disk.makeDir(to);
+  for (const name of names) if (disk.exists(join(from, name))) disk.rename(join(from, name), join(to, name));
 }
 
 function reportCorruption(options: StorageOptions, rows: readonly CorruptRow[]): void {

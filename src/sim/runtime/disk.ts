@@ -219,6 +219,16 @@ export class SimDisk implements Disk {
     for (const d of [...this.dirs]) if (d === dir || d.startsWith(`${dir}/`)) this.dirs.delete(d);
   }
 
+  list(dir: string): string[] {
+    const names = new Set<string>();
+    for (const path of [...this.files.keys(), ...this.dirs]) {
+      if (!path.startsWith(`${dir}/`)) continue;
+      const rest = path.slice(dir.length + 1);
+      names.add(rest.includes("/") ? rest.slice(0, rest.indexOf("/")) : rest);
+    }
+    return [...names].sort();
+  }
+
   openDatabase(path: string): Database {
     let file = this.files.get(path);
     if (file === undefined) {
