@@ -137,6 +137,8 @@ const GAUGES = {
   answers_held_for_execution: "Answers held until this replica executes what the client saw",
   storage_pending_writes: "Records staged and not yet durable",
   storage_file_bytes: "Size of the storage file",
+  storage_disk_free_bytes:
+    "Bytes the replica may still write on the filesystem of its data directory (statfs, as an unprivileged user; -1 if it cannot be read). At 0 the replica stops (exit 74)",
   snapshot_base_seq: "Seq of the base snapshot on disk",
   snapshot_base_bytes: "Size of the base snapshot on disk",
   snapshot_pinned_states:

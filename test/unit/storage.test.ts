@@ -13,6 +13,7 @@ import {
   readlinkSync,
   renameSync,
   rmSync,
+  statfsSync,
   statSync,
   truncateSync,
   writeFileSync,
@@ -293,6 +294,20 @@ describe("corruption", () => {
     write(reopened, [decided(1)]);
     expect(decidedSeqs(reopened)).toEqual([1]);
     reopened.close();
+  });
+
+  test("storage_disk_free_bytes is what statfs says the data directory's filesystem has free; -1 once it cannot be read", () => {
+    const dir = freshDir();
+    const metrics = new Metrics();
+    const storage = openStorage(dir, testLog(), metrics);
+    const fs = statfsSync(dir);
+    const free = metrics.get("storage_disk_free_bytes");
+    // Other processes write meanwhile: within 64 MiB of the figure read here.
+    expect(Math.abs(free - fs.bavail * fs.bsize)).toBeLessThan(64 * 1024 * 1024);
+    expect(free).toBeGreaterThan(0);
+    storage.close();
+    rmSync(dir, { recursive: true, force: true });
+    expect(metrics.get("storage_disk_free_bytes")).toBe(-1);
   });
 
   test("each damaged database gets a quarantined copy of its own; the newest three are kept, the oldest first to go", () => {

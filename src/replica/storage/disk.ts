@@ -12,7 +12,19 @@
  * the same on either disk.
  */
 import { Database } from "bun:sqlite";
-import { chmodSync, closeSync, existsSync, fsync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from "node:fs";
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  fsync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statfsSync,
+} from "node:fs";
 import { dirname } from "node:path";
 
 export interface Disk {
@@ -25,6 +37,8 @@ export interface Disk {
   removeTree(dir: string): void;
   /** The names of a directory's entries (files and directories), sorted; none for a missing directory. */
   list(dir: string): string[];
+  /** Bytes an unprivileged process may still write on the filesystem holding `dir` (statfs); absent where there is no filesystem. */
+  freeBytes?(dir: string): number;
   /** Opens the database file at `path`, creating it (owner-only) if missing. */
   openDatabase(path: string): Database;
   /**
@@ -141,6 +155,10 @@ export const realDisk: Disk = {
   rename: (from, to) => renameSync(from, to),
   removeTree: (dir) => rmSync(dir, { recursive: true, force: true }),
   list: (dir) => (existsSync(dir) ? readdirSync(dir).sort() : []),
+  freeBytes: (dir) => {
+    const fs = statfsSync(dir);
+    return fs.bavail * fs.bsize;
+  },
   openDatabase: (path) => {
     const fresh = !existsSync(path);
     const db = new Database(path, { create: true, strict: true });

@@ -226,6 +226,17 @@ export class ReplicaStorage {
     for (const row of store.batchIndex()) this.batches.set(toHex(row.digest), { seq: row.seq, bytes: row.bytes });
     options.metrics.gauge("storage_pending_writes", () => this.commits.pendingWrites);
     options.metrics.gauge("storage_file_bytes", () => (this.closed ? 0 : this.store.sizeBytes()));
+    const disk = options.disk ?? realDisk;
+    if (disk.freeBytes !== undefined) {
+      const freeBytes = disk.freeBytes.bind(disk);
+      options.metrics.gauge("storage_disk_free_bytes", () => {
+        try {
+          return freeBytes(options.dir);
+        } catch {
+          return -1;
+        }
+      });
+    }
   }
 
   /**
