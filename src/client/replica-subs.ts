@@ -82,6 +82,12 @@ export class ReplicaSubs {
   private readonly lastAfter = new Map<number, number>();
   /** Stale refusals from replicas that had already been asked to wait for that seq: asked again only after a pause. */
   private staleHeld = 0;
+  /**
+   * Replicas signalled as behind (a stale refusal) and not heard otherwise since: their
+   * later stale refusals, one a second while they catch up (a new member fetching the
+   * state can take minutes), are not signalled again until they serve or refuse otherwise.
+   */
+  private readonly behindSignalled = new Set<number>();
 
   constructor(
     private readonly host: SubscriptionHost,
@@ -206,6 +212,7 @@ export class ReplicaSubs {
     this.acceptedAts.delete(replica);
     this.askedClaimed.delete(replica);
     this.invalidStrikes.delete(replica);
+    this.behindSignalled.delete(replica);
   }
 
   /** Subscribes again at every replica that is retrying or subscribed (after a skip). */
@@ -240,6 +247,7 @@ export class ReplicaSubs {
     if (state === undefined || state.t !== "pending" || state.subId !== subId) return null;
     this.replicas.set(replica, { t: "active", subId, from: state.from, next: body.next });
     this.fatalEnds.delete(replica);
+    this.behindSignalled.delete(replica);
     this.answered.add(replica);
     if (body.at !== undefined && body.at > (this.acceptedAts.get(replica) ?? 0)) {
       this.acceptedAts.set(replica, body.at);
@@ -291,19 +299,24 @@ export class ReplicaSubs {
       const askedAfter = this.lastAfter.get(replica) ?? 0;
       if (judged === "behind" && body.at < askedAfter) {
         this.staleHeld++;
-        this.owner.signal({
-          t: "replica-ended",
-          replica,
-          code: body.code,
-          reason: `${body.reason} (it has executed seq ${body.at}, behind seq ${askedAfter} it was asked to wait for; asked again in ${RESUBSCRIBE_AFTER_REFUSAL_MS} ms)`,
-        });
+        if (!this.behindSignalled.has(replica)) {
+          this.behindSignalled.add(replica);
+          this.owner.signal({
+            t: "replica-ended",
+            replica,
+            code: body.code,
+            reason: `${body.reason}: it is behind (it has executed seq ${body.at}, short of seq ${askedAfter} it was asked to wait for: new, restarted or fetching the state); asked again every ${RESUBSCRIBE_AFTER_REFUSAL_MS} ms, and not reported again until it serves or refuses otherwise`,
+          });
+        }
         this.replicas.set(replica, { t: "retry", at: this.host.now() + RESUBSCRIBE_AFTER_REFUSAL_MS, endCode: body.code });
         return;
       }
+      this.behindSignalled.delete(replica);
       this.replicas.set(replica, { t: "retry", at: this.host.now(), endCode: body.code });
       if (!this.owner.isPaused() && this.host.readyReplicas().includes(replica)) this.askAgain(replica);
       return;
     }
+    this.behindSignalled.delete(replica);
     this.owner.signal({ t: "replica-ended", replica, code: body.code, reason: body.reason });
     if (FATAL_END_CODES.has(body.code)) this.fatalEnds.set(replica, { code: body.code, reason: body.reason, at: body.at });
     this.askStaleAgain();

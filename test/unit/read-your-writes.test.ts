@@ -287,6 +287,28 @@ describe("subscribe: a refusal from a replica behind a decision does not end the
     refuseAtOnce();
     expect(host.subscribesTo(4)).toBe(2);
     expect(sub.stats().staleRefusals).toBe(2);
+    // While it stays behind, its refusals each second are not reported again.
+    const behind = (): SubscriptionSignal[] => signals.filter((s) => s.t === "replica-ended" && s.replica === 4);
+    for (let i = 0; i < 5; i++) {
+      host.nowMs += RESUBSCRIBE_AFTER_REFUSAL_MS;
+      sub.tick(host.nowMs);
+      refuseAtOnce();
+    }
+    expect(host.subscribesTo(4)).toBe(7);
+    expect(behind()).toHaveLength(1);
+    expect(behind()[0]).toMatchObject({ code: "UNKNOWN_CHANNEL" });
+    expect((behind()[0] as { reason: string }).reason).toContain("it is behind (it has executed seq 3, short of seq 10000");
+    // Once it serves, a later stretch behind is reported again.
+    host.nowMs += RESUBSCRIBE_AFTER_REFUSAL_MS;
+    sub.tick(host.nowMs);
+    const subId = host.subIdAt(4);
+    sub.onSubOk(4, subId, { sub: subId, replica: 4, next: 1, at: 10_000 });
+    host.floor = 20_000;
+    sub.onSubEnd(4, subId, { sub: subId, replica: 4, code: "SLOW", reason: "fell behind", at: 10_000 });
+    host.nowMs += RESUBSCRIBE_AFTER_REFUSAL_MS;
+    sub.tick(host.nowMs);
+    refuseAtOnce();
+    expect(behind()).toHaveLength(2);
     await sub.close();
   });
 
