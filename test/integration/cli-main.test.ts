@@ -3,7 +3,18 @@
  * to, and files on disk.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import packageJson from "../../package.json" with { type: "json" };
@@ -140,6 +151,21 @@ describe("fitb (source entry point)", () => {
     const withKey = await fitb("config", "check", join(dir, "cluster.toml"), "--id", "2");
     expect(withKey.code).toBe(0);
     expect(lines(withKey.stdout)[1]).toBe(`ok: replica 2 key ${join(dir, "replica-2.key")} matches`);
+
+    // --key checks the file `fitb replica --key` would be given instead.
+    const moved = join(directory, "elsewhere-2.key");
+    copyFileSync(join(dir, "replica-2.key"), moved);
+    chmodSync(moved, 0o600);
+    const named = await fitb("config", "check", join(dir, "cluster.toml"), "--id", "2", "--key", moved);
+    expect(named.code).toBe(0);
+    expect(lines(named.stdout)[1]).toBe(`ok: replica 2 key ${moved} matches`);
+    const wrong = await fitb("config", "check", join(dir, "cluster.toml"), "--id", "1", "--key", moved);
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toContain(`${moved} holds ed25519:`);
+    expect(wrong.stderr).toContain("but the cluster file lists for replica 1");
+    const alone = await fitb("config", "check", join(dir, "cluster.toml"), "--key", moved);
+    expect(alone.code).toBe(2);
+    expect(alone.stderr).toContain("--key names replica N's secret key file: give --id N too");
 
     chmodSync(join(dir, "replica-2.key"), 0o640);
     const loose = await fitb("config", "check", join(dir, "cluster.toml"), "--id", "2");

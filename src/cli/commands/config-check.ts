@@ -1,7 +1,9 @@
 /**
- * `fitb config check FILE [--id N]`: validates a cluster file, printing each problem
- * with the field it concerns. With --id it also checks, on a replica's host, that
- * the replica's secret key file is there and matches the key the file lists.
+ * `fitb config check FILE [--id N [--key KEYFILE]]`: validates a cluster file, printing
+ * each problem with the field it concerns. With --id it also checks, on a replica's host,
+ * that the replica's secret key file (the one `fitb replica --id N` would read, or the
+ * one `--key` names, as given to `fitb replica --key`) is there and matches the key the
+ * file lists.
  */
 import { formatConfigIssue, loadClusterConfig, replicaById, type ClusterConfig } from "../../config/cluster.ts";
 import { REPLICAS_MAX } from "../../../wire/types.ts";
@@ -9,7 +11,7 @@ import { bytesEqual } from "../../crypto/encoding.ts";
 import { formatPublicKey, loadSigningKeyFile } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
-import { CommandError, EXIT_FAILURE, EXIT_OK } from "../errors.ts";
+import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
 
 export const configCheckCommand: Command = {
   path: ["config", "check"],
@@ -27,15 +29,27 @@ export const configCheckCommand: Command = {
       valueName: "N",
       description: "Also check replica N's secret key file exists and matches its listed key",
     },
+    {
+      name: "key",
+      kind: "string",
+      valueName: "KEYFILE",
+      description: "With --id: check this secret key file (what `fitb replica --key` is given) instead of the cluster file's",
+    },
   ],
   positionals: [{ name: "FILE", description: "The cluster file (cluster.toml)", required: true }],
-  examples: ["fitb config check cluster.toml", "fitb config check /etc/fitb/cluster.toml --id 2"],
+  examples: [
+    "fitb config check cluster.toml",
+    "fitb config check /etc/fitb/cluster.toml --id 2",
+    "fitb config check /etc/fitb/cluster.toml --id 2 --key /etc/fitb/replica-2.key",
+  ],
   run: runConfigCheck,
 };
 
 function runConfigCheck(args: ParsedArgs, io: CommandIo): number {
   const path = args.requiredPositional("FILE");
   const id = args.integer("id", 0, REPLICAS_MAX - 1);
+  const keyFile = args.string("key");
+  if (keyFile !== undefined && id === undefined) throw new UsageError("--key names replica N's secret key file: give --id N too");
   const result = loadClusterConfig(path);
   if (!result.ok) {
     for (const issue of result.errors) io.err(issue.path === "" ? issue.message : `${path}: ${formatConfigIssue(issue)}`);
@@ -49,25 +63,26 @@ function runConfigCheck(args: ParsedArgs, io: CommandIo): number {
   io.out(
     `ok: cluster ${config.name}, n=${config.n}, f=${config.f}, ${config.replicas.length} replicas${contiguous ? "" : ` (ids ${ids.join(", ")})`}${epoch}`,
   );
-  if (id !== undefined) checkReplicaKey(config, id, io);
+  if (id !== undefined) checkReplicaKey(config, id, keyFile, io);
   return EXIT_OK;
 }
 
-function checkReplicaKey(config: ClusterConfig, id: number, io: CommandIo): void {
+function checkReplicaKey(config: ClusterConfig, id: number, keyFile: string | undefined, io: CommandIo): void {
   const replica = replicaById(config, id);
   if (replica === undefined) {
     throw new CommandError(
       `--id ${id}: the cluster file lists replicas ${describeIds(config)}; a replica added to the running group (admin add-replica) is not in it: start it as README, Deployment, "Growing the group", says (it learns the group from the listed replicas)`,
     );
   }
-  const loaded = loadSigningKeyFile(replica.keyFile);
+  const path = keyFile ?? replica.keyFile;
+  const loaded = loadSigningKeyFile(path);
   for (const warning of loaded.warnings) io.err(`warning: ${warning}`);
   if (!bytesEqual(loaded.key.publicKey, replica.publicKey)) {
     throw new CommandError(
-      `${replica.keyFile} holds ${formatPublicKey(loaded.key.publicKey)}, but the cluster file lists for replica ${id} ${replica.publicKeyText}`,
+      `${path} holds ${formatPublicKey(loaded.key.publicKey)}, but the cluster file lists for replica ${id} ${replica.publicKeyText}`,
     );
   }
-  io.out(`ok: replica ${id} key ${replica.keyFile} matches`);
+  io.out(`ok: replica ${id} key ${path} matches`);
 }
 
 /** "0..3" for contiguous ids, else "0, 2, 3, 4". */
