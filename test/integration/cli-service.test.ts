@@ -33,6 +33,7 @@ describe("fitb service unit", () => {
       expect(result.out).toContain(`${directive}\n`);
     }
     expect(result.out).not.toContain("ReadWritePaths=");
+    expect(result.out).not.toContain("ExecStartPre=");
     // The runtime's top tier off from the start, so the replica need not restart itself for --ftl.
     expect(result.out).toContain("Environment=BUN_JSC_useFTLJIT=false\n");
   });
@@ -45,6 +46,12 @@ describe("fitb service unit", () => {
       "ExecStart=/usr/local/bin/fitb replica --config /etc/fitb/cluster.toml --id 1 --data /srv/fitb/r1 --sync normal --metrics 127.0.0.1:9464\n",
     );
     expect(result.out).toContain("ReadWritePaths=/srv/fitb/r1\n");
+    // Made at start when missing, before the sandbox needs it.
+    const makeLine = result.out.split("\n").find((line) => line.startsWith("ExecStartPre=+"));
+    expect(makeLine).toBe(
+      `ExecStartPre=+/bin/sh -c 'test -e "$$1" || install -d -m 0700 -o "$$2" -g "$$2" "$$1"' fitb-make-data /srv/fitb/r1 fitb`,
+    );
+    expect(result.out.indexOf("ExecStartPre=")).toBeLessThan(result.out.indexOf("ExecStart="));
     expect((await run([...argv, "--sync", "sometimes"])).code).toBe(EXIT_USAGE);
     expect((await run([...argv, "--metrics", "9464"])).code).toBe(EXIT_USAGE);
   });
@@ -167,6 +174,22 @@ describe("fitb service unit", () => {
       const binary = "/bin/sh";
       for (const [name, argv] of [
         ["fitb-replica.service", ["service", "unit", "replica", "--config", "/etc/fitb/cluster.toml", "--id", "0", "--binary", binary]],
+        [
+          "fitb-replica-srv.service",
+          [
+            "service",
+            "unit",
+            "replica",
+            "--config",
+            "/etc/fitb/cluster.toml",
+            "--id",
+            "1",
+            "--binary",
+            binary,
+            "--data",
+            "/srv/fitb data/r1",
+          ],
+        ],
         [
           "fitb-relay.service",
           ["service", "unit", "relay", "--config", "/etc/fitb/cluster.toml", "--key", "/etc/fitb/p.key", "--binary", binary],

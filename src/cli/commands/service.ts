@@ -70,7 +70,7 @@ export const serviceUnitCommand: Command = {
     "A replica unit is Type=notify: started means joined its group (2f peers up), and",
     "WatchdogSec=30s restarts a replica whose event loop is stuck. --data, --sync, --listen",
     "and --metrics are passed to the replica (a --data outside /var/lib/fitb is made writable",
-    "with ReadWritePaths=).",
+    "with ReadWritePaths=, and made at start, the user's and mode 0700, when it is missing).",
     "A relay unit listens on its Unix socket only (/run/fitb-relay/relay.sock, the relay's",
     "user only); --listen HOST:PORT adds a TCP port, to which every local account can",
     "connect and publish with the key (beyond loopback it also needs --allow-remote).",
@@ -313,6 +313,13 @@ export function renderUnit(spec: UnitSpec): string {
     "[Service]",
     ...(spec.notify ? ["Type=notify", "NotifyAccess=main", `WatchdogSec=${WATCHDOG_SEC}s`, "TimeoutStartSec=infinity"] : ["Type=simple"]),
     ...Object.entries(spec.environment).map(([name, value]) => `Environment=${name}=${value}`),
+    // A data directory outside StateDirectory= is made (owned by the service's user, 0700)
+    // when it is missing, before the sandbox needs it (ReadWritePaths= of a missing path
+    // fails the start); `+` runs it without the sandbox. An existing one is left as it is.
+    ...spec.readWritePaths.map(
+      (path) =>
+        `ExecStartPre=+/bin/sh -c 'test -e "$$1" || install -d -m 0700 -o "$$2" -g "$$2" "$$1"' fitb-make-data ${quote(path)} ${spec.user}`,
+    ),
     `ExecStart=${spec.exec}`,
     "Restart=on-failure",
     "RestartSec=1s",
