@@ -19,6 +19,7 @@ import { loadSigningKeyFile } from "../../src/crypto/keys.ts";
 import { STORE_FILE } from "../../src/replica/storage/store.ts";
 import type { AdminCmd } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
+import type { FitbClient } from "../../src/client/index.ts";
 import { HandSession } from "../helpers/hand-session.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, encode, startClusterWithChannels } from "./client-util.ts";
@@ -39,29 +40,41 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-/** The batches replica 1 alone serves of `tag` (an unordered channel) from 0. */
-async function servedByReplica1(tag = "net.links"): Promise<number> {
+/**
+ * A client that publishes to every replica with a session up, once its session to every
+ * replica is: an unordered publish is acknowledged by f+1 replicas, so one sent before its
+ * session to replica 1 was up would never reach replica 1, and the counts below would be
+ * one short.
+ */
+async function publisherToAll(): Promise<FitbClient> {
+  const publisher = clientFor(cluster, cluster.clientKey, { crashNoneTargets: "all" });
+  await waitFor("the publisher's sessions to every replica", () => publisher.readyReplicas().length === 4);
+  return publisher;
+}
+
+/**
+ * The batches replica 1 alone serves of `tag` (an unordered channel) from 0. `publisher`
+ * (the client that published what is counted) then publishes a marker: its requests reach
+ * replica 1 in the order it sent them on its one session, so once the marker arrives from
+ * replica 1, everything it stored of that client before was sent too (a replay goes in
+ * store order, then live). A marker from another client, on another session, could pass
+ * the last of them on the way.
+ */
+async function servedByReplica1(publisher: FitbClient, tag = "net.links"): Promise<number> {
   const session = new HandSession(cluster.basePort + 1, loadSigningKeyFile(cluster.clientKey).key);
   try {
     await session.handshake();
     session.send({ type: FrameType.SUBSCRIBE, body: { sub: 1, tag, from: 0 } });
     await waitFor("SUB_OK", () => session.frames.some((f) => f.type === FrameType.SUB_OK || f.type === FrameType.SUB_END));
-    // A marker published after: once it arrives, everything stored before it was sent (a replay goes in store order, then live).
-    return await new Promise<number>((resolve, reject) => {
-      const marker = `marker-${Date.now()}`;
-      const publisher = clientFor(cluster, cluster.clientKey, { crashNoneTargets: "all" });
-      // Sent to every replica with a session up: replica 1's must be, or the marker is
-      // acknowledged by the others before it ever reaches replica 1.
-      waitFor("the marker publisher's session to replica 1", () => publisher.readyReplicas().includes(1))
-        .then(() => publisher.publish(tag, [encode(marker)]))
-        .then(() =>
-          waitFor("the marker from replica 1", () =>
-            session.frames.some((f) => f.type === FrameType.EVENTS && new TextDecoder().decode(f.body.req.body).includes(marker)),
-          ),
-        )
-        .then(() => resolve(session.frames.filter((f) => f.type === FrameType.EVENTS).length - 1), reject)
-        .finally(() => publisher.close());
-    });
+    const marker = `marker-${Date.now()}`;
+    // Sent to every replica with a session up: replica 1's must be, or the marker is
+    // acknowledged by the others before it ever reaches replica 1.
+    await waitFor("the publisher's session to replica 1", () => publisher.readyReplicas().includes(1));
+    await publisher.publish(tag, [encode(marker)]);
+    await waitFor("the marker from replica 1", () =>
+      session.frames.some((f) => f.type === FrameType.EVENTS && new TextDecoder().decode(f.body.req.body).includes(marker)),
+    );
+    return session.frames.filter((f) => f.type === FrameType.EVENTS).length - 1;
   } finally {
     session.destroy();
   }
@@ -88,35 +101,35 @@ async function startReplica1Until(line: string): Promise<Record<string, unknown>
 }
 
 test("after a state transfer, and after a restart that follows, a replica still serves the unordered events it stored", async () => {
-  const publisher = clientFor(cluster, cluster.clientKey, { crashNoneTargets: "all" });
+  const publisher = await publisherToAll();
   try {
     for (let i = 0; i < UNORDERED; i++) await publisher.publish("net.links", [encode(`u${i}`)]);
-    expect(await servedByReplica1()).toBe(UNORDERED + 0);
+    expect(await servedByReplica1(publisher)).toBe(UNORDERED + 0);
     await killAndWait(cluster, 1);
     // Far past replica 1's log window (256 seqs): it can only catch up by state transfer.
     await publishStream(publisher, "sec.alerts", "a", 600, 1);
     await startReplica1Until("snapshot installed");
     await waitCaughtUp(publisher, 1, 60_000);
     // The first marker is one more event it stored.
-    expect(await servedByReplica1()).toBeGreaterThanOrEqual(UNORDERED + 1);
+    expect(await servedByReplica1(publisher)).toBeGreaterThanOrEqual(UNORDERED + 1);
     await killAndWait(cluster, 1);
     cluster.start(1);
     await waitCaughtUp(publisher, 1, 60_000);
-    expect(await servedByReplica1()).toBeGreaterThanOrEqual(UNORDERED + 1);
+    expect(await servedByReplica1(publisher)).toBeGreaterThanOrEqual(UNORDERED + 1);
   } finally {
     publisher.close();
   }
 }, 300_000);
 
 test("a replica that restarts short of its ordered state serves its kept unordered events once the state transfer brings their channel", async () => {
-  const publisher = clientFor(cluster, cluster.clientKey, { crashNoneTargets: "all" });
+  const publisher = await publisherToAll();
   try {
-    const before = await servedByReplica1();
+    const before = await servedByReplica1(publisher);
     for (let i = 0; i < UNORDERED; i++) await publisher.publish("net.links", [encode(`k${i}`)]);
     await publishStream(publisher, "sec.alerts", "b", 300, 1);
     await waitCaughtUp(publisher, 1, 60_000);
     // Replica 1 stored every one of them (a publish is acknowledged by f+1 replicas).
-    expect(await servedByReplica1()).toBeGreaterThanOrEqual(before + UNORDERED + 1);
+    expect(await servedByReplica1(publisher)).toBeGreaterThanOrEqual(before + UNORDERED + 1);
     await killAndWait(cluster, 1);
     // Its decided log and snapshots are lost while it is down (its unordered store stays):
     // it comes back with no channel at all, and fetches the state by state transfer.
@@ -132,14 +145,14 @@ test("a replica that restarts short of its ordered state serves its kept unorder
     expect(put[0]?.["channels"]).toEqual(["net.links"]);
     await waitCaughtUp(publisher, 1, 60_000);
     // Served without a restart: every event it stored before (the earlier markers among them), and the new marker.
-    expect(await servedByReplica1()).toBeGreaterThanOrEqual(before + UNORDERED + 2);
+    expect(await servedByReplica1(publisher)).toBeGreaterThanOrEqual(before + UNORDERED + 2);
   } finally {
     publisher.close();
   }
 }, 300_000);
 
 test("a replica whose decided log ends before the seq that made an unordered channel serves its events of it once it executes that seq again", async () => {
-  const publisher = clientFor(cluster, cluster.clientKey, { crashNoneTargets: "all" });
+  const publisher = await publisherToAll();
   const admin = clientFor(cluster, cluster.adminKey);
   try {
     // Just past a checkpoint, so that no base snapshot is taken past the log's new end
@@ -162,7 +175,7 @@ test("a replica whose decided log ends before the seq that made an unordered cha
     expect(Math.floor((registered.at ?? Number.POSITIVE_INFINITY) / CHECKPOINT_INTERVAL)).toBe(Math.floor(last / CHECKPOINT_INTERVAL));
     await waitConverged(admin, [0, 1, 2, 3], 60_000);
     for (let i = 0; i < UNORDERED; i++) await publisher.publish("net.late", [encode(`late${i}`)]);
-    expect(await servedByReplica1("net.late")).toBe(UNORDERED);
+    expect(await servedByReplica1(publisher, "net.late")).toBe(UNORDERED);
     // Replica 1 sent its marker; its row is committed at the end of that turn. Killed before
     // then (a busy host), it would come back with one batch less than counted below: an
     // ordered seq it executed after the marker shows that turn is over. One seq, so no
@@ -183,7 +196,7 @@ test("a replica whose decided log ends before the seq that made an unordered cha
     expect(put?.["batches"]).toBe(UNORDERED + 1);
     expect(logLines(cluster, 1, "snapshot installed").length).toBe(installed);
     await waitCaughtUp(publisher, 1, 60_000);
-    expect(await servedByReplica1("net.late")).toBe(UNORDERED + 1);
+    expect(await servedByReplica1(publisher, "net.late")).toBe(UNORDERED + 1);
   } finally {
     publisher.close();
     admin.close();
