@@ -38,6 +38,7 @@ import type { AuditKind, AuditLog } from "./audit.ts";
 import type { Log } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import { UrgentWindow } from "./shedding.ts";
+import { RateLimiter } from "./rate.ts";
 import { type Clock, type ClockTimer, type PeerTransport, systemClock } from "./ports.ts";
 import { admissibleForwards } from "./forwards.ts";
 import { ADMIN_SPACE, urgencyOfSpace, VerifiedRequests, verifiedCacheKey } from "./requests.ts";
@@ -388,8 +389,11 @@ export class OrderingDriver {
   private readonly peerCommitSeq = new Map<number, number>();
   /** When each seq's PRE-PREPARE was first sent or seen (the clock's monotonic ms), for the ordering histogram. */
   private readonly proposedMs = new Map<number, number>();
-  /** Per peer: its budget of decided-log bytes (logServeBudget). */
-  private readonly logServeBudgets = new Map<number, { bytes: number; atMs: number }>();
+  /**
+   * Per peer: its budget of decided-log bytes. An answer is read only while the peer's
+   * bucket holds more than zero, and then charged what it read (it may owe one answer).
+   */
+  private readonly logServeBudgets = new RateLimiter(LOG_SERVE_BYTES_PER_SECOND, LOG_SERVE_BURST_BYTES);
 
   constructor(private readonly options: OrderingDriverOptions) {
     const { config, id, key, machine, storage, log, metrics } = options;
@@ -1430,8 +1434,9 @@ export class OrderingDriver {
     const items: DecidedItem[] = [];
     const first = Math.max(effect.seq, (this.epochView.start?.seq ?? 0) + 1);
     let bytes = 0;
-    const budget = this.logServeBudget(effect.to);
-    if (budget.bytes <= 0) {
+    const peer = String(effect.to);
+    const now = this.clock.monotonic();
+    if (!this.logServeBudgets.positive(peer, now)) {
       // Dropped unanswered: the asker asks again (its catch-up probe), as for any answer lost.
       this.options.metrics.inc("state_decided_serve_refused_total");
       return;
@@ -1446,7 +1451,7 @@ export class OrderingDriver {
         bytes += size;
         if (record.seq === effect.toSeq) break;
       }
-      budget.bytes -= bytes;
+      this.logServeBudgets.charge(peer, bytes, now);
     }
     this.options.metrics.inc("state_decided_served_from_log_total", items.length);
     const msg: StateResponse = {
@@ -1458,20 +1463,6 @@ export class OrderingDriver {
       lastExecuted: effect.lastExecuted,
     };
     this.perform({ kind: "send", to: effect.to, msg });
-  }
-
-  /**
-   * `peer`'s budget of decided-log bytes, refilled to now: LOG_SERVE_BYTES_PER_SECOND, up
-   * to LOG_SERVE_BURST_BYTES. An answer is read only while it is above zero and then
-   * charged what it read (it may go below zero once, by at most one answer).
-   */
-  private logServeBudget(peer: number): { bytes: number; atMs: number } {
-    const now = this.clock.monotonic();
-    const budget = this.logServeBudgets.get(peer) ?? { bytes: LOG_SERVE_BURST_BYTES, atMs: now };
-    budget.bytes = Math.min(LOG_SERVE_BURST_BYTES, budget.bytes + ((now - budget.atMs) * LOG_SERVE_BYTES_PER_SECOND) / 1000);
-    budget.atMs = now;
-    this.logServeBudgets.set(peer, budget);
-    return budget;
   }
 
   /**

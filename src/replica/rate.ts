@@ -44,6 +44,19 @@ export class RateLimiter {
     return fits(this.refilled(client, nowMs, perSecond, burst), events, burst, owe);
   }
 
+  /**
+   * Whether `client`'s bucket holds anything now (more than zero): for a cost known only
+   * after the work, checked before it and `charge`d after.
+   */
+  positive(client: string, nowMs: number): boolean {
+    return this.refilled(client, nowMs, this.eventsPerSecond, this.burst).tokens > 0;
+  }
+
+  /** Takes `amount` from `client`'s bucket whatever it holds; it may owe (go below zero) after. */
+  charge(client: string, amount: number, nowMs: number): void {
+    this.refilled(client, nowMs, this.eventsPerSecond, this.burst).tokens -= amount;
+  }
+
   /** What `client`'s bucket owes as of its last refill (0 when it owes nothing or has none). */
   owed(client: string): number {
     const tokens = this.buckets.get(client)?.tokens ?? 0;

@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { LOG_SERVE_BURST_BYTES, LOG_SERVE_BYTES_PER_SECOND } from "../../src/replica/ordering-driver.ts";
 import { RATE_BUCKETS_MAX, RateLimiter } from "../../src/replica/rate.ts";
 
 describe("RateLimiter", () => {
@@ -10,6 +11,34 @@ describe("RateLimiter", () => {
     expect(limiter.take("a", 1, 10)).toBe(true);
     expect(limiter.take("a", 1, 10)).toBe(false);
     expect(limiter.take("a", 50, 10_000)).toBe(true);
+  });
+
+  test("a cost known after the work (the decided log served to a peer): served while positive, charged after, owing one answer at most", () => {
+    const MiB = 1024 * 1024;
+    const budget = new RateLimiter(LOG_SERVE_BYTES_PER_SECOND, LOG_SERVE_BURST_BYTES);
+    // A fresh peer has a burst: four answers of 1 MiB, and a fifth of 2 MiB (read while positive) leaves it owing 2 MiB.
+    for (let i = 0; i < 4; i++) {
+      expect(budget.positive("3", 0)).toBe(true);
+      budget.charge("3", MiB, 0);
+    }
+    expect(budget.positive("3", 0)).toBe(false);
+    budget.charge("3", 2 * MiB, 0);
+    expect(budget.owed("3")).toBe(2 * MiB);
+    // 16 MiB/s pays 2 MiB in 125 ms: refused until past it.
+    expect(budget.positive("3", 125)).toBe(false);
+    expect(budget.positive("3", 126)).toBe(true);
+    // Another peer has its own.
+    expect(budget.positive("2", 0)).toBe(true);
+    // A peer asking every 10 ms tick for a second, 1 MiB an answer, gets at most what the rate pays and one answer.
+    const late = new RateLimiter(LOG_SERVE_BYTES_PER_SECOND, LOG_SERVE_BURST_BYTES);
+    let served = 0;
+    for (let now = 0; now <= 1000; now += 10) {
+      if (!late.positive("1", now)) continue;
+      late.charge("1", MiB, now);
+      served += MiB;
+    }
+    expect(served).toBeLessThanOrEqual(LOG_SERVE_BURST_BYTES + LOG_SERVE_BYTES_PER_SECOND + MiB);
+    expect(served).toBeGreaterThanOrEqual(LOG_SERVE_BURST_BYTES + LOG_SERVE_BYTES_PER_SECOND - MiB);
   });
 
   test("clients do not share a bucket", () => {
