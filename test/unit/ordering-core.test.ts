@@ -26,7 +26,9 @@ import {
   validPreparedCert,
   type ViewChange,
 } from "../../src/core/ordering/index.ts";
+import { transferTryFetches } from "../../src/core/ordering/checkpoints.ts";
 import { type CoreConfig, DEFAULT_PARAMETERS } from "../../src/core/ordering/config.ts";
+import type { CoreState } from "../../src/core/ordering/state.ts";
 import { StarvationMonitor, ThroughputMonitor } from "../../src/core/ordering/monitors.ts";
 import { CLUSTER_PARAMETERS, ManualCluster, type QueuedMessage } from "../../src/sim/cluster.ts";
 import type { CoreFactory } from "../../src/sim/simulator.ts";
@@ -779,6 +781,27 @@ describe("padding to a membership switch (core/ordering/PROTOCOL.md §13)", () =
 });
 
 describe("checkpoints and state transfer (core/ordering/PROTOCOL.md §7)", () => {
+  test("a transfer's retry asks for a snapshot only when the replica is not gaining on the target by executing", () => {
+    // The rule reads lastExecuted of the state and the transfer's marks only.
+    const state = { lastExecuted: 100 } as unknown as CoreState;
+    const t = { seq: 256, digest: new Uint8Array(32), proof: [], nextTryAt: 0, attempt: 0, executedAtTry: 100, targetAtTry: 256 };
+    // Executed 80 seqs since the last try; the target did not move: gaining, no snapshot.
+    state.lastExecuted = 180;
+    expect(transferTryFetches(state, t)).toBe(false);
+    expect([t.executedAtTry, t.targetAtTry]).toEqual([180, 256]);
+    // Executed 100, the target moved 128: falling behind, fetch.
+    state.lastExecuted = 280;
+    t.seq = 384;
+    expect(transferTryFetches(state, t)).toBe(true);
+    expect([t.executedAtTry, t.targetAtTry]).toEqual([280, 384]);
+    // Executed exactly as much as the target moved: not gaining, fetch.
+    state.lastExecuted = 408;
+    t.seq = 512;
+    expect(transferTryFetches(state, t)).toBe(true);
+    // Executed nothing, target still: fetch.
+    expect(transferTryFetches(state, t)).toBe(true);
+  });
+
   test("K decisions make a stable checkpoint; h moves and the log is truncated", () => {
     const c = new ManualCluster();
     for (let s = 1; s <= 4; s++) decideOne(c, 0, s);
