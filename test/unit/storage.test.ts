@@ -296,6 +296,33 @@ describe("corruption", () => {
     reopened.close();
   });
 
+  test("a database file cut to 0 bytes beside its write-ahead log is damage: moved aside and the replica fenced, not opened as a new store", () => {
+    const dir = freshDir();
+    // A copy of a store as a kill -9 leaves it: the file and its write-ahead log (copied while open).
+    const storage = openStorage(dir);
+    write(storage, [decided(1), decided(2), decided(3)]);
+    const copy = freshDir();
+    copyFileSync(join(dir, STORE_FILE), join(copy, STORE_FILE));
+    copyFileSync(join(dir, `${STORE_FILE}-wal`), join(copy, `${STORE_FILE}-wal`));
+    storage.close();
+    expect(statSync(join(copy, `${STORE_FILE}-wal`)).size).toBeGreaterThan(0);
+    truncateSync(join(copy, STORE_FILE), 0);
+    const log = testLog();
+    const reopened = openStorage(copy, log);
+    expect(reopened.quarantined).toBe(true);
+    expect(reopened.lostRecords).toBe(true);
+    expect(
+      log.lines.some((line) => line.msg === "storage corruption detected" && String(line.fields["reason"]).includes("truncated")),
+    ).toBe(true);
+    reopened.close();
+    // A 0-byte file with no write-ahead log (a start that stopped before its first commit) is a new store.
+    const empty = freshDir();
+    writeFileSync(join(empty, STORE_FILE), "");
+    const fresh = openStorage(empty);
+    expect(fresh.quarantined).toBe(false);
+    fresh.close();
+  });
+
   test("storage_disk_free_bytes is what statfs says the data directory's filesystem has free; -1 once it cannot be read", () => {
     const dir = freshDir();
     const metrics = new Metrics();

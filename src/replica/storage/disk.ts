@@ -24,6 +24,7 @@ import {
   renameSync,
   rmSync,
   statfsSync,
+  statSync,
 } from "node:fs";
 import { dirname } from "node:path";
 
@@ -37,6 +38,8 @@ export interface Disk {
   removeTree(dir: string): void;
   /** The names of a directory's entries (files and directories), sorted; none for a missing directory. */
   list(dir: string): string[];
+  /** A file's size in bytes, or null if it does not exist; absent where files have no size of their own (the simulator's). */
+  sizeOf?(path: string): number | null;
   /** Bytes an unprivileged process may still write on the filesystem holding `dir` (statfs); absent where there is no filesystem. */
   freeBytes?(dir: string): number;
   /** Opens the database file at `path`, creating it (owner-only) if missing. */
@@ -155,6 +158,7 @@ export const realDisk: Disk = {
   rename: (from, to) => renameSync(from, to),
   removeTree: (dir) => rmSync(dir, { recursive: true, force: true }),
   list: (dir) => (existsSync(dir) ? readdirSync(dir).sort() : []),
+  sizeOf: (path) => (existsSync(path) ? statSync(path).size : null),
   freeBytes: (dir) => {
     const fs = statfsSync(dir);
     return fs.bavail * fs.bsize;

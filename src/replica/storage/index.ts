@@ -255,6 +255,7 @@ export class ReplicaStorage {
     let corrupt: CorruptRow[] = [];
     let quarantined = false;
     try {
+      refuseEmptiedFile(disk, options.dir);
       store = ReplicaStore.open(options.dir, options.sync, identity, options.exclusive ?? true, disk);
       const structural = store.quickCheck();
       if (structural !== null) throw new StructuralDamage(`SQLite integrity check failed: ${structural}`);
@@ -832,6 +833,21 @@ export function deleteCorruptRow(store: ReplicaStore, row: CorruptRow): void {
 /** The file is not a sound SQLite database. */
 class StructuralDamage extends Error {
   override readonly name = "StructuralDamage";
+}
+
+/**
+ * A database file cut to 0 bytes beside a write-ahead log that holds frames: SQLite opens
+ * it as a new, empty database, and the replica would start with nothing and no word of
+ * damage (no quarantine, no fence on the votes it lost). A store SQLite made holds its
+ * first page in the file from its first commit on, so this is never a store's own state.
+ */
+function refuseEmptiedFile(disk: Disk, dir: string): void {
+  if (disk.sizeOf === undefined) return;
+  const file = disk.sizeOf(join(dir, STORE_FILE));
+  const log = disk.sizeOf(join(dir, `${STORE_FILE}-wal`));
+  if (file === 0 && log !== null && log > 0) {
+    throw new StructuralDamage(`the database file is empty (0 bytes) but its write-ahead log holds ${log} bytes: the file was truncated`);
+  }
 }
 
 /** SQLite result codes that mean the file itself is damaged (not missing, locked or unreadable by permission). */
