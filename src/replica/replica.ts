@@ -169,6 +169,8 @@ export class Replica {
   private ageSweepTimer: ReturnType<typeof setInterval> | null = null;
   /** The decided seq this replica's channel state has executed through. */
   private executedSeq = 0;
+  /** The peers that have `peer_up` and `peer_lag_seqs` series (refreshStateMetrics). */
+  private peerSeries = new Set<string>();
   /** True while the constructor re-executes the decided log from disk: admin lines say "replayed". */
   private replaying = true;
   private readonly audit: AuditLog;
@@ -476,11 +478,20 @@ export class Replica {
   private refreshStateMetrics(): void {
     const core = this.ordering.status();
     this.metrics.setMode(core.transferring !== null ? "stateTransfer" : core.status === "viewChange" ? "viewChange" : "normal");
+    const current = new Set<string>();
     for (const peer of this.mesh.status()) {
       const label = String(peer.id);
+      current.add(label);
       this.metrics.peerUp.with(label).set(peer.up ? 1 : 0);
       this.metrics.peerLag.with(label).set(this.ordering.peerLag(peer.id));
     }
+    // A peer the group removed has no link any more: its series go, not stay at their last value.
+    for (const label of this.peerSeries) {
+      if (current.has(label)) continue;
+      this.metrics.peerUp.remove(label);
+      this.metrics.peerLag.remove(label);
+    }
+    this.peerSeries = current;
   }
 
   stop(): void {

@@ -21,21 +21,35 @@ import {
   waitCaughtUp,
   historyProblems,
 } from "./durability-history.ts";
-import { logTail, type TestCluster } from "./harness.ts";
+import { freePortRange, logTail, type TestCluster } from "./harness.ts";
 
 let cluster: TestCluster;
 let publisher: FitbClient;
 let A: string[];
 const streams: Stream[] = [];
+/** Replica 1's metrics port. */
+let metricsPort: number;
+
+/** Replica 1's peer_up series, as `peer -> value`. */
+async function peerUpSeries(): Promise<Map<string, number>> {
+  const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  const series = new Map<string, number>();
+  for (const match of text.matchAll(/^fitb_peer_up\{peer="(\d+)"\} (\S+)$/gm)) series.set(match[1] as string, Number(match[2]));
+  return series;
+}
 
 const started = (id: number): boolean => logLines(cluster, id, "epoch started").some((line) => line["epoch"] === 1);
 
 beforeAll(async () => {
   // Replicas 0 (the leader removed), 2 and 4 run their ordering core on its thread, the
   // others on the event loop: epoch switches, a core replaced, a rejoin by state transfer.
+  metricsPort = freePortRange(1);
   cluster = await startClusterWithChannels({
     replicas: 5,
-    replicaArgs: (id) => (id % 2 === 0 ? ["--threads", "1", "--ordering-thread", "on"] : []),
+    replicaArgs: (id) => [
+      ...(id % 2 === 0 ? ["--threads", "1", "--ordering-thread", "on"] : []),
+      ...(id === 1 ? ["--metrics", `127.0.0.1:${metricsPort}`] : []),
+    ],
   });
   publisher = clientFor(cluster, cluster.clientKey);
   A = ["--config", cluster.configPath, "--key", cluster.adminKey];
@@ -51,6 +65,7 @@ describe("epoch switch", () => {
     for (const id of [0, 2, 4]) {
       await waitFor(`replica ${id}'s ordering thread`, () => logLines(cluster, id, "ordering thread ready").length === 1, 30_000);
     }
+    expect((await peerUpSeries()).get("0")).toBe(1);
     await killAndWait(cluster, 4);
     const live = [1, 2, 3];
     let removedOut = "";
@@ -92,6 +107,19 @@ describe("epoch switch", () => {
     };
     expect(members).toMatchObject({ epoch: 1, n: 4 });
     expect(members.members.map((member) => member.id)).toEqual([1, 2, 3, 4]);
+    // The removed replica's series are gone from the others' metrics, not left at their last value.
+    let seen = "";
+    await waitFor(
+      "replica 1's peer_up series for replica 0 to go",
+      async () => {
+        const series = await peerUpSeries();
+        seen = JSON.stringify([...series]);
+        return !series.has("0");
+      },
+      30_000,
+      () => seen,
+    );
+    expect([...(await peerUpSeries()).keys()].sort()).toEqual(["2", "3", "4"]);
   }, 300_000);
 
   test("a replica that was down across the change comes back in the old epoch, is sent the proof that ended it, fetches the state and joins the new epoch", async () => {
