@@ -247,13 +247,13 @@ export class RelayLineParser {
   private onPubb(rest: Uint8Array | null, out: RelayInput[]): void {
     const fields = splitFields(rest);
     if (fields === null || fields.length !== 2) {
-      out.push(refused("BAD_REQUEST", "usage: PUBB <tag> <n>, then n bytes"));
+      this.closeOnPubb("usage: PUBB <tag> <n>, then n bytes", out);
       return;
     }
     const [tagBytes, countBytes] = fields as [Uint8Array, Uint8Array];
     const count = parseNumber(countBytes);
     if (count === null) {
-      out.push(refused("BAD_REQUEST", `PUBB: ${shown(countBytes)} is not a byte count`));
+      this.closeOnPubb(`PUBB: ${shown(countBytes)} is not a byte count`, out);
       return;
     }
     if (count > this.payloadBytesMax) {
@@ -273,6 +273,22 @@ export class RelayLineParser {
       return;
     }
     this.state = { t: "payload", tag, need: count };
+  }
+
+  /**
+   * A PUBB whose `n` cannot be read: where its payload ends is unknown, and reading the
+   * bytes that follow as lines would run a payload as commands (`PUB ...` inside it), so
+   * the stream ends here, as for an unknown command.
+   */
+  private closeOnPubb(why: string, out: RelayInput[]): void {
+    this.clearParts();
+    this.state = { t: "closed" };
+    out.push({
+      t: "refused",
+      code: "BAD_REQUEST",
+      reason: `${why}; the bytes after it cannot be told from commands: closing`,
+      closes: true,
+    });
   }
 
   private skipPayload(count: number): void {

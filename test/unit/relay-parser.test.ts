@@ -95,7 +95,6 @@ const CORPUS = concat(
   "PING\n",
   "ping\r\n",
   "PUB Bad.Tag x\n",
-  "PUBB sec.ids 05\n",
   "SUB sec.alerts 007\n",
   "QUIT\n",
   // Not a relay command: the stream ends here, and the PUB after it is never read.
@@ -115,7 +114,6 @@ const CORPUS_EXPECTED = [
   cmd({ t: "unsub", tag: "sec.alerts" }),
   cmd({ t: "ping" }),
   cmd({ t: "ping" }),
-  refusedWith("BAD_REQUEST"),
   refusedWith("BAD_REQUEST"),
   refusedWith("BAD_REQUEST"),
   cmd({ t: "quit" }),
@@ -361,16 +359,20 @@ describe("relay line parser: PUBB", () => {
     expect(plain(parseWhole(bytes("PUBB BAD 5\nPING\nPING\n")))).toEqual([refusedWith("BAD_REQUEST"), cmd({ t: "ping" })]);
   });
 
-  test("an unreadable n consumes nothing: what follows is read as lines", () => {
-    for (const count of ["05", "-1", "abc", "1e3", "+3", "99999999999999999", ""]) {
+  test("an unreadable n closes the stream: its payload, which could hold a PUB line, is never read as commands", () => {
+    for (const count of ["05", "-1", "abc", "5x", "1e3", "+3", "99999999999999999", ""]) {
       const line = count === "" ? "PUBB t\n" : `PUBB t ${count}\n`;
-      expect(plain(parseWhole(bytes(`${line}PING\n`)))).toEqual([refusedWith("BAD_REQUEST"), cmd({ t: "ping" })]);
+      const result = plain(parseWhole(bytes(`${line}PUB net.links injected-from-payload\nPING\n`)));
+      expect(result).toEqual([expect.objectContaining({ t: "refused", code: "BAD_REQUEST", closes: true })]);
+      expect(JSON.stringify(result)).toContain("cannot be told from commands: closing");
     }
   });
 
-  test("PUBB with a missing or extra field is BAD_REQUEST", () => {
-    const result = parseWhole(bytes("PUBB\nPUBB t 1 2\nPUBB t  1\n"));
-    expect(result.map((input) => (input.t === "refused" ? input.code : "?"))).toEqual(["BAD_REQUEST", "BAD_REQUEST", "BAD_REQUEST"]);
+  test("PUBB with a missing or extra field is BAD_REQUEST, and closes the stream", () => {
+    for (const line of ["PUBB\n", "PUBB t 1 2\n", "PUBB t  1\n"]) {
+      const result = parseWhole(bytes(`${line}PING\n`));
+      expect(result.map((input) => (input.t === "refused" ? [input.code, input.closes] : "?"))).toEqual([["BAD_REQUEST", true]]);
+    }
   });
 });
 
