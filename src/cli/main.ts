@@ -14,7 +14,7 @@ import type { CommandIo } from "./command.ts";
 import { EXIT_OK } from "./errors.ts";
 import { flushed } from "./flush.ts";
 import { stopOnHangup } from "./lifetime.ts";
-import { PROGRAM, runCli } from "./run.ts";
+import { PROGRAM, runCli, wantsHelp } from "./run.ts";
 
 /** The commands that run until they are stopped, as services do. */
 const SERVICE_COMMANDS: ReadonlySet<string> = new Set(["replica", "relay", "console", "demo"]);
@@ -27,7 +27,8 @@ const EXIT_OUTPUT_LOST = 74;
 const OUTPUT_LOST_STOP_MS = 10_000;
 
 const commandWord = process.argv[2];
-const isService = commandWord !== undefined && SERVICE_COMMANDS.has(commandWord);
+/** A service command, run as one: `fitb replica --help | head -1` only prints help, and ends quietly as any command does. */
+const isService = commandWord !== undefined && SERVICE_COMMANDS.has(commandWord) && !wantsHelp(process.argv.slice(3));
 /** Set once a service command's standard output is found gone; it then exits EXIT_OUTPUT_LOST. */
 let outputLost = false;
 

@@ -159,7 +159,7 @@ function reportCommandError(command: Command, error: unknown, options: RunOption
 }
 
 /** `--help` or `-h` anywhere before `--` asks for help, whatever else is on the line. */
-function wantsHelp(rest: readonly string[]): boolean {
+export function wantsHelp(rest: readonly string[]): boolean {
   for (const token of rest) {
     if (token === END_OF_FLAGS) return false;
     if (HELP_FLAGS.has(token)) return true;

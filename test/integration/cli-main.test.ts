@@ -56,6 +56,20 @@ describe("fitb (source entry point)", () => {
     expect(result.stderr).toBe("");
   });
 
+  test("a service command's --help into a pipe whose reader is gone (| head -1) ends quietly with 0, not as a service that lost its log", async () => {
+    for (const command of ["replica", "relay"]) {
+      // The reader exits at once; the command starts writing half a second later, into a pipe nobody reads.
+      const rc = join(directory, `${command}-help.rc`);
+      const shell = Bun.spawn(
+        ["bash", "-c", `(sleep 0.5; "${process.execPath}" "${MAIN}" ${command} --help; echo $? > "${rc}") 2>"${rc}.err" | true`],
+        { stdout: "ignore", stderr: "pipe" },
+      );
+      expect(await shell.exited).toBe(0);
+      expect(readFileSync(rc, "utf8").trim()).toBe("0");
+      expect(readFileSync(`${rc}.err`, "utf8")).not.toContain("standard output is gone");
+    }
+  });
+
   test("--version prints the package version", async () => {
     expect(await fitb("--version")).toEqual({ code: 0, stdout: `fitb ${packageJson.version}\n`, stderr: "" });
   });
