@@ -100,6 +100,9 @@ describe("the relay's SUB with a pattern", () => {
     const port = freePortRange(1);
     const relay = spawn(["relay", ...C, "--listen", `127.0.0.1:${port}`, "--socket", "none"]);
     await waitFor("the relay to listen", () => relay.err().includes("listening on"), 20_000, relay.err);
+    // It says why it has no Unix socket: it was asked for none (not that none could be found).
+    await waitFor("the relay's socket line", () => relay.err().includes("no Unix socket"), 20_000, relay.err);
+    expect(relay.err()).toContain("fitb relay: no Unix socket (--socket none)\n");
     let received = "";
     const socket = await Bun.connect({
       hostname: "127.0.0.1",

@@ -155,7 +155,13 @@ async function runRelay(args: ParsedArgs, io: CommandIo): Promise<number> {
   const where = [relay.socketPath, relay.listensOnTcp ? relay.address : null].filter((part) => part !== null).join(" and ");
   io.err(`fitb relay: listening on ${where}, signing as ${formatPublicKey(setup.key.publicKey)} (cluster ${setup.config.name})`);
   if (metricsServer !== null) io.err(`fitb relay: metrics at http://${metricsServer.hostname}:${metricsServer.port}/metrics`);
-  if (relay.socketPath === null) io.err("fitb relay: no Unix socket (no $RUNTIME_DIRECTORY or $XDG_RUNTIME_DIR; --socket PATH gives one)");
+  if (relay.socketPath === null) {
+    io.err(
+      args.string("socket") === "none"
+        ? "fitb relay: no Unix socket (--socket none)"
+        : "fitb relay: no Unix socket (no $RUNTIME_DIRECTORY or $XDG_RUNTIME_DIR; --socket PATH gives one)",
+    );
+  }
   if (relay.listensOnTcp) {
     io.err(`fitb relay: every local account can publish through ${relay.address}; --listen ${RELAY_LISTEN_NONE} serves the socket only`);
   }
