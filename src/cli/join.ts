@@ -328,11 +328,12 @@ export async function learnGroup(
       } else if (named) waiting = `epoch ${members.epoch} has not started at f+1 replicas yet`;
       else if (next !== undefined && bytesEqual(next.key, key.publicKey))
         waiting = `the change naming replica ${id} takes effect at seq ${members.pending?.from}`;
-      else if (member !== undefined)
+      else if (member !== undefined) {
+        const holder = members.members.find((m) => bytesEqual(m.key, key.publicKey));
         throw new JoinRefused(
-          `the group (epoch ${members.epoch}) names another key for replica ${id}: ${formatPublicKey(member.key)} (rotate-replica-key first)`,
+          `the group (epoch ${members.epoch}) names another key for replica ${id}: ${formatPublicKey(member.key)}, not ${formatPublicKey(key.publicKey)} (${options.keyFile})${holder === undefined ? "" : `, which is replica ${holder.id}'s`}: start replica ${id} with its own key, or, to give it this one, run rotate-replica-key first`,
         );
-      else
+      } else
         throw new JoinRefused(`replica ${id} is not a member of the group (epoch ${members.epoch}): add it first (fitb admin add-replica)`);
       if (waiting !== waitingFor) {
         waitingFor = waiting;

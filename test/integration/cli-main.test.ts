@@ -175,6 +175,8 @@ describe("fitb (source entry point)", () => {
     expect(lines(named.stdout)[1]).toBe(`ok: replica 2 key ${moved} matches`);
     const wrong = await fitb("config", "check", join(dir, "cluster.toml"), "--id", "1", "--key", moved);
     expect(wrong.code).toBe(1);
+    // Nothing says "ok" when the check failed.
+    expect(wrong.stdout).toBe("");
     expect(wrong.stderr).toContain(`${moved} holds ed25519:`);
     expect(wrong.stderr).toContain("but the cluster file lists for replica 1");
     const alone = await fitb("config", "check", join(dir, "cluster.toml"), "--key", moved);
@@ -191,7 +193,7 @@ describe("fitb (source entry point)", () => {
     const outOfRange = await fitb("config", "check", join(dir, "cluster.toml"), "--id", "9");
     expect(outOfRange.code).toBe(1);
     expect(outOfRange.stderr).toBe(
-      'fitb config check: --id 9: the cluster file lists replicas 0..3; a replica added to the running group (admin add-replica) is not in it: start it as README, Deployment, "Growing the group", says (it learns the group from the listed replicas)\n',
+      'fitb config check: --id 9: the cluster file lists replicas 0..3, not 9: either replica 9 was removed from the group (fitb admin members shows the group now), or it was added to the running group (admin add-replica) after this file was made: then start it as README, Deployment, "Growing the group", says (it learns the group from the listed replicas)\n',
     );
 
     const refused = await fitb("cluster", "init", "--replicas", "4", "--dir", dir);

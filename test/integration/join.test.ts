@@ -285,6 +285,17 @@ describe("joining a running group", () => {
       () => logTail(cluster, 0),
     );
     await killAndWait(cluster, 2);
+    // Started by mistake with replica 1's key, it asks the group too, and is refused, naming whose key it holds.
+    const wrongLog: string[] = [];
+    const wrong = spawnReplica(["--id", "2", "--key", join(cluster.dir, "replica-1.key")], wrongLog);
+    expect(await wrong.exited).not.toBe(0);
+    await waitFor(
+      "the refusal of replica 1's key for replica 2",
+      () => tail(wrongLog).includes("which is replica 1's"),
+      10_000,
+      () => tail(wrongLog),
+    );
+    expect(tail(wrongLog)).toContain("start replica 2 with its own key, or, to give it this one, run rotate-replica-key first");
     // Replica 2 with its new key: the cluster file names the old one, so it asks the group.
     const newLog: string[] = [];
     const renewed = spawnReplica(["--id", "2", "--key", key.path], newLog);

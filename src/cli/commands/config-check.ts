@@ -57,21 +57,24 @@ function runConfigCheck(args: ParsedArgs, io: CommandIo): number {
     return EXIT_FAILURE;
   }
   const { config } = result;
+  // The key first: a script that looks for "ok:" must not find one when the check failed.
+  const keyOk = id === undefined ? null : checkReplicaKey(config, id, keyFile, io);
   const ids = config.replicas.map((replica) => replica.id);
   const contiguous = ids.every((replicaId, index) => replicaId === index);
   const epoch = config.epoch === 0 ? "" : ` (the group of epoch ${config.epoch})`;
   io.out(
     `ok: cluster ${config.name}, n=${config.n}, f=${config.f}, ${config.replicas.length} replicas${contiguous ? "" : ` (ids ${ids.join(", ")})`}${epoch}`,
   );
-  if (id !== undefined) checkReplicaKey(config, id, keyFile, io);
+  if (keyOk !== null) io.out(keyOk);
   return EXIT_OK;
 }
 
-function checkReplicaKey(config: ClusterConfig, id: number, keyFile: string | undefined, io: CommandIo): void {
+/** Checks replica `id`'s key file against the cluster file; returns the line that says it matches, or throws. */
+function checkReplicaKey(config: ClusterConfig, id: number, keyFile: string | undefined, io: CommandIo): string {
   const replica = replicaById(config, id);
   if (replica === undefined) {
     throw new CommandError(
-      `--id ${id}: the cluster file lists replicas ${describeIds(config)}; a replica added to the running group (admin add-replica) is not in it: start it as README, Deployment, "Growing the group", says (it learns the group from the listed replicas)`,
+      `--id ${id}: the cluster file lists replicas ${describeIds(config)}, not ${id}: either replica ${id} was removed from the group (fitb admin members shows the group now), or it was added to the running group (admin add-replica) after this file was made: then start it as README, Deployment, "Growing the group", says (it learns the group from the listed replicas)`,
     );
   }
   const path = keyFile ?? replica.keyFile;
@@ -82,7 +85,7 @@ function checkReplicaKey(config: ClusterConfig, id: number, keyFile: string | un
       `${path} holds ${formatPublicKey(loaded.key.publicKey)}, but the cluster file lists for replica ${id} ${replica.publicKeyText}`,
     );
   }
-  io.out(`ok: replica ${id} key ${path} matches`);
+  return `ok: replica ${id} key ${path} matches`;
 }
 
 /** "0..3" for contiguous ids, else "0, 2, 3, 4". */
