@@ -8,7 +8,16 @@ import { describe, expect, test } from "bun:test";
 import type { MembersListing } from "../../src/client/queries.ts";
 import { parseArgs } from "../../src/cli/args.ts";
 import { adminCommand, parseAction } from "../../src/cli/commands/admin.ts";
-import { checkSetF, lowerFRefusal, MEMBERSHIP_FLAG_SPECS, MEMBERSHIP_HELP, membershipCmd } from "../../src/cli/commands/admin-members.ts";
+import {
+  checkMembershipQuorum,
+  checkSetF,
+  lowerFRefusal,
+  MEMBERSHIP_FLAG_SPECS,
+  MEMBERSHIP_HELP,
+  membershipCmd,
+  quorumRefusal,
+  unorderedCopiesWarning,
+} from "../../src/cli/commands/admin-members.ts";
 import { CommandError, UsageError } from "../../src/cli/errors.ts";
 import { formatPublicKey, SigningKey } from "../../src/crypto/keys.ts";
 
@@ -48,10 +57,13 @@ function listing(f: number, pendingF: number | null = null): MembersListing {
 describe("admin set-f: lowering f asks for --yes", () => {
   const parse = (argv: string[]) => parseAction(parseArgs(["--config", "c.toml", "--key", "a.key", ...argv], adminCommand));
 
-  test("set-f takes --yes; other membership commands do not", () => {
+  test("set-f, add-replica and remove-replica take --yes; rotate-replica-key does not", () => {
     expect(parse(["set-f", "0", "--yes"])).toEqual({ t: "change", cmd: { t: "set-f", f: 0 }, yes: true });
     expect(parse(["set-f", "0"])).toEqual({ t: "change", cmd: { t: "set-f", f: 0 }, yes: false });
-    expect(() => parse(["remove-replica", "--id", "3", "--yes"])).toThrow("--yes does not apply to remove-replica");
+    expect(parse(["remove-replica", "--id", "3", "--yes"])).toEqual({ t: "change", cmd: { t: "remove-replica", id: 3 }, yes: true });
+    expect(() => parse(["rotate-replica-key", "--id", "3", "--replica-key", replicaKey, "--yes"])).toThrow(
+      "--yes does not apply to rotate-replica-key",
+    );
   });
 
   test("an F below the group's f is refused, saying what is lost and how to go on", () => {
@@ -100,5 +112,72 @@ describe("admin set-f: lowering f asks for --yes", () => {
       "Lowering f (an F below the\n                               group's f, or a pending change's) asks for --yes.",
     );
     expect(adminCommand.flags.find((flag) => flag.name === "yes")?.description).toContain("set-f: lower f");
+  });
+});
+
+/** A group of these member ids with f = 1 (and a pending group of other ids when given). */
+function group(ids: number[], pendingIds: number[] | null = null): MembersListing {
+  const members = (list: number[]) =>
+    list.map((id) => ({ id, host: "127.0.0.1", port: 7100 + id, peerPort: null, key: new Uint8Array(32) }));
+  const base = { epoch: 3, f: 1, members: members(ids), digest: new Uint8Array(32) };
+  return { ...base, pending: pendingIds === null ? null : { ...base, epoch: 4, members: members(pendingIds), from: 512 } };
+}
+
+describe("admin add-replica and remove-replica: a group without a running quorum asks for --yes", () => {
+  test("the operator trial's sequence: two added replicas not started yet, then a removal, is refused at the removal", () => {
+    const running = [0, 2, 3, 4];
+    // Adding 1 to 0, 2, 3, 4: n=5, quorum 4, 4 run.
+    expect(
+      quorumRefusal(group([0, 2, 3, 4]), { t: "add-replica", id: 1, host: "h", port: 1, key: new Uint8Array(32) }, running),
+    ).toBeNull();
+    // Adding 6 on top of that pending group: n=6, quorum 4, 4 run.
+    expect(
+      quorumRefusal(
+        group([0, 2, 3, 4], [0, 1, 2, 3, 4]),
+        { t: "add-replica", id: 6, host: "h", port: 1, key: new Uint8Array(32) },
+        running,
+      ),
+    ).toBeNull();
+    // Removing 4 on top of that: n=5, quorum 4, and only 0, 2, 3 run.
+    expect(quorumRefusal(group([0, 2, 3, 4], [0, 1, 2, 3, 4, 6]), { t: "remove-replica", id: 4 }, running)).toBe(
+      "removing replica 4 (on top of the pending change) makes a group of n=5, f=1, whose quorum is 4 replicas, and 3 of its members run now (0, 2, 3; not reached: 1, 6): ordering would stop until 1 more of them start. Start them first, or run again with --yes",
+    );
+  });
+
+  test("checkMembershipQuorum asks the group, refuses without --yes, and asks nothing with it or for other commands", async () => {
+    let reads = 0;
+    const client = {
+      members: async (): Promise<MembersListing> => {
+        reads++;
+        return group([0, 1, 2, 3]);
+      },
+      waitForSessions: async (): Promise<void> => undefined,
+      readyReplicas: (): number[] => [0, 1],
+    };
+    await expect(checkMembershipQuorum(client, { t: "remove-replica", id: 3 }, false)).rejects.toThrow(CommandError);
+    expect(reads).toBeGreaterThan(0);
+    const before = reads;
+    await checkMembershipQuorum(client, { t: "remove-replica", id: 3 }, true);
+    await checkMembershipQuorum(client, { t: "set-f", f: 1 }, false);
+    expect(reads).toBe(before);
+  });
+});
+
+describe("admin remove-replica: unordered channels' events are not copied to the replicas that stay", () => {
+  test("warned of when an unordered channel holds events, naming it; not for total-order channels or empty ones", () => {
+    const channel = (tag: string, order: "none" | "total", events: number | null) => ({
+      tag,
+      fault: "crash" as const,
+      order,
+      reportedEventsMax: events,
+    });
+    expect(
+      unorderedCopiesWarning([channel("sec.alerts", "total", 500), channel("net.empty", "none", 0), channel("net.x", "none", null)], 2),
+    ).toBeNull();
+    const warning = unorderedCopiesWarning([channel("net.links", "none", 40), channel("sec.alerts", "total", 500)], 2);
+    expect(warning).toStartWith("warning: the events of unordered channels (net.links (crash/none)) that replica 2 stores are not copied");
+    expect(warning).toContain("removing those replicas one after another, as replacing hosts does, loses it");
+    const many = Array.from({ length: 7 }, (_, i) => channel(`u.${i}`, "none", 1));
+    expect(unorderedCopiesWarning(many, 0)).toContain("u.4 (crash/none) and 2 more)");
   });
 });

@@ -8,8 +8,10 @@
  */
 import type { AdminCmd } from "../../../wire/schemas.ts";
 import { REPLICAS_MAX } from "../../../wire/types.ts";
+import type { ChannelListing } from "../../client/channel-listing.ts";
 import type { GroupListing, MembersListing } from "../../client/queries.ts";
 import { hostProblem } from "../../config/cluster.ts";
+import { quorum } from "../../core/ordering/config.ts";
 import { toHex } from "../../crypto/encoding.ts";
 import { formatPublicKey, tryParsePublicKey } from "../../crypto/keys.ts";
 import type { FitbClient } from "../../client/client.ts";
@@ -22,8 +24,8 @@ export type MembershipSubcommand = (typeof MEMBERSHIP_SUBCOMMANDS)[number];
 
 /** Flags of the membership subcommands (beside the common ones). */
 export const MEMBERSHIP_FLAGS = {
-  "add-replica": ["id", "host", "port", "peer-port", "replica-key"],
-  "remove-replica": ["id"],
+  "add-replica": ["id", "host", "port", "peer-port", "replica-key", "yes"],
+  "remove-replica": ["id", "yes"],
   "rotate-replica-key": ["id", "replica-key"],
   "set-f": ["yes"],
   members: ["json"],
@@ -43,9 +45,11 @@ export const MEMBERSHIP_FLAG_SPECS = [
 ] as const;
 
 export const MEMBERSHIP_HELP = [
-  "  add-replica --id N --host H --port P [--peer-port P] --replica-key PUBKEY",
+  "  add-replica --id N --host H --port P [--peer-port P] --replica-key PUBKEY [--yes]",
   "      Adds a replica to the group; it takes effect at the next checkpoint boundary as a new epoch.",
-  "  remove-replica --id N        Removes a replica (refused if n would drop below 3f+1).",
+  "  remove-replica --id N [--yes] Removes a replica (refused if n would drop below 3f+1).",
+  "      Either asks for --yes when fewer of the resulting group's members run now than its quorum",
+  "      (ordering would stop until more start).",
   "  rotate-replica-key --id N --replica-key PUBKEY",
   "      Gives the replica a new key; its old key is worth nothing from the new epoch on.",
   "  set-f F [--yes]              Faults tolerated (refused unless n >= 3F+1). Lowering f (an F below the",
@@ -128,6 +132,81 @@ export function lowerFRefusal(listing: Pick<MembersListing, "f" | "pending">, f:
   }
   return null;
 }
+
+/** How long the check below waits for sessions to members that are up but not connected yet. */
+const RUNNING_WAIT_MS = 3_000;
+
+/**
+ * `add-replica` and `remove-replica` without --yes: refused when the group they make (on
+ * top of a pending change) would have fewer of its members running now than its quorum,
+ * so that ordering would stop until more of them start: a removal while the replicas added
+ * before it have not started, say. "Running" is what this client reaches.
+ */
+export async function checkMembershipQuorum(
+  client: Pick<FitbClient, "members" | "readyReplicas" | "waitForSessions">,
+  cmd: AdminCmd,
+  yes: boolean,
+): Promise<void> {
+  if (yes || (cmd.t !== "add-replica" && cmd.t !== "remove-replica")) return;
+  const refusal = quorumRefusal(await client.members(), cmd, await runningMembers(client));
+  if (refusal !== null) throw new CommandError(refusal);
+}
+
+async function runningMembers(client: Pick<FitbClient, "members" | "readyReplicas" | "waitForSessions">): Promise<number[]> {
+  const listing = await client.members();
+  await client.waitForSessions(listing.members.length, 1, RUNNING_WAIT_MS).catch(() => undefined);
+  return client.readyReplicas();
+}
+
+/** Why the change needs --yes, given the replicas running now; null when enough of the new group's members run. */
+export function quorumRefusal(
+  listing: Pick<MembersListing, "f" | "members" | "pending">,
+  cmd: Extract<AdminCmd, { t: "add-replica" } | { t: "remove-replica" }>,
+  running: readonly number[],
+): string | null {
+  const base = listing.pending ?? listing;
+  const ids = new Set(base.members.map((member) => member.id));
+  if (cmd.t === "remove-replica") ids.delete(cmd.id);
+  else ids.add(cmd.id);
+  const members = [...ids].sort((a, b) => a - b);
+  const needed = quorum(members.length, base.f, "bft");
+  const up = members.filter((id) => running.includes(id));
+  if (up.length >= needed) return null;
+  const down = members.filter((id) => !running.includes(id));
+  const change = cmd.t === "remove-replica" ? `removing replica ${cmd.id}` : `adding replica ${cmd.id}`;
+  const onPending = listing.pending === null ? "" : ` (on top of the pending change)`;
+  return (
+    `${change}${onPending} makes a group of n=${members.length}, f=${base.f}, whose quorum is ${needed} replicas, ` +
+    `and ${up.length} of its members run now (${up.join(", ") || "none"}; not reached: ${down.join(", ")}): ` +
+    `ordering would stop until ${needed - up.length} more of them start. Start them first, or run again with --yes`
+  );
+}
+
+/**
+ * What `remove-replica` says on standard error when unordered channels hold events: a
+ * replica's copies of them are not passed to the replicas that stay (src/README.md §5),
+ * and each such event is kept only by the replicas it was published to, so removing its
+ * holders one after another, as replacing hosts does, loses it. Null when none holds any.
+ */
+export function unorderedCopiesWarning(
+  channels: readonly Pick<ChannelListing, "tag" | "fault" | "order" | "reportedEventsMax">[],
+  id: number,
+): string | null {
+  const held = channels.filter((channel) => channel.order === "none" && (channel.reportedEventsMax ?? 0) > 0);
+  if (held.length === 0) return null;
+  const shown = held.slice(0, UNORDERED_SHOWN_MAX).map((channel) => `${channel.tag} (${channel.fault}/none)`);
+  const more = held.length > UNORDERED_SHOWN_MAX ? ` and ${held.length - UNORDERED_SHOWN_MAX} more` : "";
+  return (
+    `warning: the events of unordered channels (${shown.join(", ")}${more}) that replica ${id} stores are not copied to the ` +
+    "replicas that stay: each such event is kept only by the replicas it was published to (f+1 for crash/none by default), so " +
+    "removing those replicas one after another, as replacing hosts does, loses it. Between such removals, wait until " +
+    "retention has dropped what only the removed replicas held, or publish what must outlive them on total-order channels " +
+    '(README, Deployment, "Replacing a host")'
+  );
+}
+
+/** Unordered channels named in that warning; the rest are counted. */
+const UNORDERED_SHOWN_MAX = 5;
 
 function replicaKey(args: ParsedArgs): Uint8Array {
   const text = args.string("replica-key");

@@ -31,7 +31,9 @@ import type { Command, CommandIo } from "../command.ts";
 import { CommandError, EXIT_OK, UsageError } from "../errors.ts";
 import { checkDestroy, printChannels, printQuotas } from "./admin-channels.ts";
 import {
+  checkMembershipQuorum,
   checkSetF,
+  unorderedCopiesWarning,
   describeMembershipChange,
   MEMBERSHIP_FLAG_SPECS,
   MEMBERSHIP_FLAGS,
@@ -166,7 +168,8 @@ export const adminCommand: Command = {
     {
       name: "yes",
       kind: "boolean",
-      description: "destroy-channel: destroy even though the channel holds events; set-f: lower f (fewer faults tolerated)",
+      description:
+        "destroy-channel: destroy even though the channel holds events; set-f: lower f (fewer faults tolerated); add-replica, remove-replica: though fewer of the new group's members run than its quorum",
     },
     {
       name: "events-per-second",
@@ -260,10 +263,10 @@ export function parseAction(args: ParsedArgs): AdminAction {
       return { t: "change", cmd: keyCmd(subcommand, requireChannelTag(requiredTag(tagText, subcommand)), args), yes: false };
     case "set-quota":
       return { t: "change", cmd: setQuotaCmd(tagText, args), yes: false };
-    case "add-replica":
-    case "remove-replica":
     case "rotate-replica-key":
       return { t: "change", cmd: membershipCmd(subcommand, tagText, args), yes: false };
+    case "add-replica":
+    case "remove-replica":
     case "set-f":
       return { t: "change", cmd: membershipCmd(subcommand, tagText, args), yes: args.boolean("yes") };
     default: {
@@ -368,6 +371,11 @@ async function perform(client: FitbClient, action: AdminAction, io: CommandIo): 
     case "change":
       if (action.cmd.t === "destroy-channel") await checkDestroy(client, action.cmd.tag, action.yes);
       if (action.cmd.t === "set-f") await checkSetF(client, action.cmd.f, action.yes);
+      await checkMembershipQuorum(client, action.cmd, action.yes);
+      if (action.cmd.t === "remove-replica") {
+        const warning = unorderedCopiesWarning(await client.listChannels(), action.cmd.id);
+        if (warning !== null) io.err(`fitb admin: ${warning}`);
+      }
       io.out(describeChange(action.cmd, await client.admin(action.cmd).catch((error) => Promise.reject(namingKey(error, action.cmd)))));
       return EXIT_OK;
     case "list-channels": {
