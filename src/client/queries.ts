@@ -170,6 +170,10 @@ const latencyHistogramSchema = z.object({ counts: z.array(z.int().min(0)), sumUs
 /** The fields of a status answer this client reads; replicas may add more. */
 const statusSchema = z.object({
   replica: z.int().min(0),
+  /** The membership epoch it orders in: its view, leader and seqs are that epoch's. */
+  epoch: z.int().min(0).optional(),
+  /** Restarted without a clean stop, it votes on no new proposal until past its fence (core PROTOCOL.md §2). */
+  votesFenced: z.boolean().optional(),
   view: z.int().min(0),
   leader: z.int().min(0),
   lastDecided: z.int().min(0),

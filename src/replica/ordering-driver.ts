@@ -133,6 +133,8 @@ export interface OrderingStatus {
   readonly transferring: number | null;
   /** The seq of the base snapshot on disk (0: none). */
   readonly baseSnapshot: number;
+  /** Restarted without a clean stop, it votes on no new proposal until past its fence (core PROTOCOL.md §2). */
+  readonly votesFenced: boolean;
 }
 
 /** A request's client name (`<64 hex>:<tag of at most 128 bytes>`) and fields, as the core counts them. */
@@ -1158,6 +1160,7 @@ export class OrderingDriver {
       stableCheckpoint: s.stableSeq,
       transferring: this.transfer.fetching,
       baseSnapshot: this.keeper.baseHead?.seq ?? 0,
+      votesFenced: s.voteFence !== null,
     };
   }
 

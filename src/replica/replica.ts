@@ -1371,6 +1371,7 @@ export class Replica {
       mode: core.status,
       lastDecided: core.lastExecuted,
       stableCheckpoint: core.stableCheckpoint,
+      votesFenced: core.votesFenced,
       channels: this.machine.channelCount,
       subscriptions: this.subs.count,
       heldForExecution: this.gate.size,

@@ -115,6 +115,12 @@ describe("kill -9 during a publish stream", () => {
     await waitFor(`replica ${id} to start again`, () => logLines(cluster, id, "replica started").length > startsBefore, 30_000);
     expect(logLines(cluster, id, "restarted without a clean stop: votes fenced").length).toBe(fencesBefore);
     await waitConverged(admin, [0, 1, 2, 3], CONVERGE_MS);
+    // Its status answer says so too (admin status flags a fenced replica), and names its epoch.
+    const answer = (await admin.status()).replicas.find((replica) => replica.id === id)?.answer;
+    expect(answer?.ok === true ? { fenced: answer.value.votesFenced, epoch: answer.value.epoch } : answer).toEqual({
+      fenced: false,
+      epoch: 0,
+    });
   }, 120_000);
 
   test("all four killed with SIGKILL and restarted: every acknowledged event is still there and the group goes on", async () => {

@@ -59,6 +59,26 @@ describe("admin status report", () => {
     expect(table.some((line) => line.startsWith("NO QUORUM: 0 of 4 replicas answered, 3 are needed"))).toBe(true);
   });
 
+  test("a replica in another membership epoch (restored from an old copy) is flagged other-epoch, a problem; the JSON has each one's epoch", () => {
+    const report = assessStatus(CLUSTER, statusOf([{ epoch: 10 }, { epoch: 10 }, { epoch: 10 }, { epoch: 5 }]), REFUSED);
+    expect(report.replicas[3]?.flags).toContain("other-epoch");
+    expect(report.replicas[0]?.flags).not.toContain("other-epoch");
+    expect(report.problems).toContain("replica 3 orders in epoch 5, not epoch 10 as the others do (views and seqs are its own epoch's)");
+    expect(report.exitCode).not.toBe(STATUS_OK);
+    const json = statusJsonReport(report) as { replicas: { epoch: number }[] };
+    expect(json.replicas.map((r) => r.epoch)).toEqual([10, 10, 10, 5]);
+    // An answer that does not say its epoch (an older replica) is not flagged.
+    expect(assessStatus(CLUSTER, statusOf([{ epoch: 10 }, { epoch: 10 }, {}, {}]), REFUSED).problems).toEqual([]);
+  });
+
+  test("a replica whose votes are fenced after a restart without a clean stop is flagged votes-fenced, a warning", () => {
+    const report = assessStatus(CLUSTER, statusOf([{}, { votesFenced: true }, {}, {}]), REFUSED);
+    expect(report.replicas[1]?.flags).toEqual(["votes-fenced"]);
+    expect(report.problems).toEqual([]);
+    expect(report.warnings.some((w) => w.startsWith("replica 1 restarted without a clean stop and votes on no new proposal"))).toBe(true);
+    expect(statusTable(report).find((line) => line.startsWith("1 "))).toContain("votes-fenced");
+  });
+
   test("one replica answers: the table is still printed, exit 2", () => {
     const report = assessStatus(CLUSTER, statusOf([{}, null, null, null]), REFUSED);
     expect(report.exitCode).toBe(STATUS_NO_QUORUM);

@@ -39,6 +39,21 @@ export const STATUS_OK = 0;
 export const STATUS_DEGRADED = 1;
 export const STATUS_NO_QUORUM = 2;
 
+/**
+ * The epoch most answering replicas say they order in (the highest of those tied), or null
+ * when none says: a replica in another one (restored from an old copy, say) is flagged.
+ */
+function commonEpoch(answers: readonly (ReplicaStatusAnswer | null)[]): number | null {
+  const counts = new Map<number, number>();
+  for (const answer of answers) if (answer?.epoch !== undefined) counts.set(answer.epoch, (counts.get(answer.epoch) ?? 0) + 1);
+  let best: number | null = null;
+  for (const [epoch, count] of counts) {
+    const bestCount = best === null ? 0 : (counts.get(best) ?? 0);
+    if (count > bestCount || (count === bestCount && best !== null && epoch > best)) best = epoch;
+  }
+  return best;
+}
+
 /** A replica this many decided seqs behind the (f+1)-th highest (ClusterStatus.lastDecided) is flagged as lagging. */
 export const LAG_SEQS_DEFAULT = 100;
 
@@ -56,9 +71,11 @@ export interface ReplicaRow {
   /** Decided seqs behind the last decided seq f+1 replicas reached (0 when ahead of it); null when down. */
   readonly behind: number | null;
   /**
+   * "other-epoch" (it orders in another membership epoch than most: a problem),
    * "other-view", "lagging", "leader-down" (it names a leader that does not answer),
    * "isolated" (it reaches fewer peers than a quorum needs: a problem), "peers-unreached"
-   * (it reaches enough of them, not all: a warning).
+   * (it reaches enough of them, not all: a warning), "votes-fenced" (restarted without a
+   * clean stop, it votes on no new proposal until past its fence: a warning).
    */
   readonly flags: readonly string[];
   /** The group's other members whose peer links this replica says are up; null when down or when its answer does not say. */
@@ -67,6 +84,8 @@ export interface ReplicaRow {
   readonly peersUnreached: readonly number[];
   /** Priority shedding, when the replica runs it: its target and the percent of low and normal publishes it admits now. */
   readonly shedding: NonNullable<ReplicaStatusAnswer["shedding"]> | null;
+  /** The membership epoch it orders in (views start again at 0 in each); null when down or when its answer does not say. */
+  readonly epoch: number | null;
 }
 
 export interface StatusReport {
@@ -138,6 +157,7 @@ export function assessStatus(
   const leaderDown = status.leader !== null && !upIds.has(status.leader);
   if (leaderDown) problems.push(`leader ${status.leader} (view ${status.view}) does not answer`);
   const warnings: string[] = [];
+  const epoch = commonEpoch(answers);
   const groupIds = status.replicas.map((r) => r.id);
   const rows = status.replicas.map((replica, i): ReplicaRow => {
     const answer = answers[i] ?? null;
@@ -157,10 +177,18 @@ export function assessStatus(
         peersUp: null,
         peersUnreached: [],
         shedding: null,
+        epoch: null,
       };
     }
     const flags: string[] = [];
     const behind = Math.max(0, reached - answer.lastDecided);
+    if (epoch !== null && answer.epoch !== undefined && answer.epoch !== epoch) {
+      // Its view, leader and seqs count in another group: they are not comparable with the others'.
+      flags.push("other-epoch");
+      problems.push(
+        `replica ${replica.id} orders in epoch ${answer.epoch}, not epoch ${epoch} as the others do (views and seqs are its own epoch's)`,
+      );
+    }
     if (status.view !== null && answer.view !== status.view) {
       flags.push("other-view");
       problems.push(`replica ${replica.id} is in view ${answer.view} (leader ${answer.leader}), not view ${status.view}`);
@@ -189,6 +217,13 @@ export function assessStatus(
         );
       }
     }
+    if (answer.votesFenced === true) {
+      flags.push("votes-fenced");
+      warnings.push(
+        `replica ${replica.id} restarted without a clean stop and votes on no new proposal until it passes its fence ` +
+          "(or a view change): meanwhile it counts in no quorum, so one more replica down stops ordering until the view changes",
+      );
+    }
     return {
       id: replica.id,
       address: printable(replica.address),
@@ -202,6 +237,7 @@ export function assessStatus(
       peersUp: links.claimed ? links.up : null,
       peersUnreached: links.unreached,
       shedding: answer.shedding ?? null,
+      epoch: answer.epoch ?? null,
     };
   });
   // Replicas that answer but reach too few peers take part in no quorum: a group split
@@ -412,6 +448,7 @@ export function statusJsonReport(report: StatusReport): Record<string, unknown> 
             id: r.id,
             address: r.address,
             up: true,
+            epoch: r.epoch,
             view: r.view,
             leader: r.leader,
             last_decided: r.lastDecided,
