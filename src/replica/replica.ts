@@ -318,9 +318,16 @@ export class Replica {
         this.followMembership();
         this.noticeEpoch();
       },
-      onEpochStarted: () => {
+      onEpochStarted: (view) => {
         this.followMembership();
         this.noticeEpoch();
+        // A membership change taking effect, for $sys.events (f+1 matching reports deliver it).
+        this.sys.event("epoch-started", {
+          epoch: view.epoch,
+          n: view.n,
+          f: view.f,
+          members: view.members.map((member) => member.id).join(" "),
+        });
       },
       ...(options.joining === undefined ? {} : { join: options.joining.epoch }),
       machine: this.machine,

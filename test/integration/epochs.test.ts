@@ -66,6 +66,12 @@ describe("epoch switch", () => {
       await waitFor(`replica ${id}'s ordering thread`, () => logLines(cluster, id, "ordering thread ready").length === 1, 30_000);
     }
     expect((await peerUpSeries()).get("0")).toBe(1);
+    // The change taking effect is a group event on $sys.events.
+    const events: Record<string, unknown>[] = [];
+    const watcher = await publisher.subscribe("$sys.events", {}, (batch) => {
+      for (const event of batch.events) events.push(JSON.parse(new TextDecoder().decode(event)) as Record<string, unknown>);
+    });
+    await waitFor("every replica to take the $sys.events subscription", () => watcher.stats().activeReplicas.length === 5);
     await killAndWait(cluster, 4);
     const live = [1, 2, 3];
     let removedOut = "";
@@ -107,6 +113,16 @@ describe("epoch switch", () => {
     };
     expect(members).toMatchObject({ epoch: 1, n: 4 });
     expect(members.members.map((member) => member.id)).toEqual([1, 2, 3, 4]);
+    await waitFor(
+      "the group's epoch-started of epoch 1 on $sys.events",
+      () => events.some((event) => event["kind"] === "epoch-started"),
+      30_000,
+      () => JSON.stringify(events),
+    );
+    expect(events.filter((event) => event["kind"] === "epoch-started")).toEqual([
+      expect.objectContaining({ kind: "epoch-started", epoch: 1, n: 4, f: 1, members: "1 2 3 4" }),
+    ]);
+    await watcher.close();
     // The removed replica's series are gone from the others' metrics, not left at their last value.
     let seen = "";
     await waitFor(
