@@ -997,7 +997,7 @@ export class FitbClient {
     this.follow.staleFileWarnings++;
     this.log(
       "warn",
-      `the cluster file is stale: it says f=${this.config.f}, the replica group (epoch ${epoch}) tolerates f=${this.group.f}; a client or host started from this file trusts ${vouchQuorum(this.config.f)} matching answers, which faulty replicas of this group can give, so it is unsafe for new clients and hosts: distribute the file \`fitb cluster export\` writes`,
+      `the cluster file is stale: it says f=${this.config.f}, the replica group (epoch ${epoch}) tolerates f=${this.group.f}; a client or host started from this file trusts ${vouchQuorum(this.config.f)} matching ${vouchQuorum(this.config.f) === 1 ? "answer" : "answers"}, which faulty replicas of this group can give, so it is unsafe for new clients and hosts: distribute the file \`fitb cluster export\` writes`,
     );
   }
 

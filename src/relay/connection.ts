@@ -114,6 +114,8 @@ export interface RelayBackend {
   /** `tag` may be a pattern (net.*, net.>): one subscription that follows every matching channel. */
   subscribe(tag: string, options: SubscribeOptions, onBatch: BatchHandler): Promise<SubscriptionHandle>;
   log(message: string): void;
+  /** A subscription ended SLOW: logged, at most one line per SLOW_LOG_INTERVAL_MS with a count of the others (server.ts). */
+  logSlow(message: string): void;
   /** Added to a refusal of the relay's key: ` (key ed25519:... of this relay)`; empty: nothing added. */
   readonly keyNote?: string;
 }
@@ -634,7 +636,10 @@ export class RelayConnection {
     const behind = this.fallenBehind(bytes.byteLength);
     if (behind !== null) {
       // Events held for the `+OK` are dropped with the subscription: the reader resumes at the first of them.
-      this.endSub(sub, "SLOW", slowReason(sub, sub.firstHeld ?? resumePointOf(batch), behind));
+      const reason = slowReason(sub, sub.firstHeld ?? resumePointOf(batch), behind);
+      metrics?.subscriptionsEndedSlow.inc();
+      this.backend.logSlow(`subscription to ${sub.tag} ended SLOW: ${reason}`);
+      this.endSub(sub, "SLOW", reason);
       return;
     }
     if (!sub.answered) {

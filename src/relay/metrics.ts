@@ -72,6 +72,7 @@ export class RelayMetrics {
   readonly registry = new MetricsRegistry();
   readonly connectionsAccepted: CounterCell;
   readonly connectionsClosedBadInput: CounterCell;
+  readonly subscriptionsEndedSlow: CounterCell;
   readonly publishAck: HistogramCell;
   readonly delivery: HistogramCell;
   private readonly published: CounterFamily;
@@ -89,6 +90,12 @@ export class RelayMetrics {
     this.connectionsAccepted = r.counter("relay_connections_total", "Line-protocol connections accepted (TCP and Unix socket)").with();
     this.connectionsClosedBadInput = r
       .counter("relay_connections_closed_bad_input_total", "Connections closed because a line was no relay command")
+      .with();
+    this.subscriptionsEndedSlow = r
+      .counter(
+        "relay_subscriptions_ended_slow_total",
+        "SUBs ended with END <tag> SLOW: their reader fell behind the relay's output bound (it resumes with SUB <tag> <seq>)",
+      )
       .with();
     this.published = r.counter(
       "relay_events_published_total",

@@ -133,6 +133,8 @@ export class RelayServer {
     this.publishBytes = new PublishBytesBudget(this.limits.publishBytesMax);
     this.outputBytes = new RelayOutputBytes(this.limits.relayOutboundBytesMax, this.limits.relayAnswerOutboundBytesMax);
     this.channelWatch = new ChannelWatch<ChannelInfo>(() => this.client.listChannelClasses());
+    const timers = options.timers ?? REAL_RELAY_TIMERS;
+    const logSlow = throttledLog(this.log, SLOW_LOG_INTERVAL_MS, () => timers.now());
     const backendOf = (kind: ListenerKind): RelayBackend => ({
       limits: this.limits,
       publishBytes: this.publishBytes,
@@ -142,6 +144,7 @@ export class RelayServer {
       publisherFor: (tag) => this.publisherFor(tag),
       subscribe: (tag, subscribeOptions, onBatch) => this.subscribe(kind, tag, subscribeOptions, onBatch),
       log: this.log,
+      logSlow,
       keyNote: ` (key ${formatPublicKey(this.client.publicKey)} of this relay)`,
     });
     this.backends = { tcp: backendOf("tcp"), unix: backendOf("unix") };
@@ -440,4 +443,26 @@ export function listenFailure(address: string, error: unknown, what = "relay"): 
   }
   if (code === "EACCES" || /EACCES|permission/i.test(text)) return `${address}: permission denied (ports below 1024 need privileges)`;
   return `cannot listen on ${address}: ${text}`;
+}
+
+/** SLOW ends are logged at most this often (a client that subscribes and never reads would fill the log otherwise). */
+export const SLOW_LOG_INTERVAL_MS = 10_000;
+
+/**
+ * `log`, at most one line per `intervalMs`: the first message at once, and the next one due
+ * says how many were left out since.
+ */
+export function throttledLog(log: (message: string) => void, intervalMs: number, now: () => number): (message: string) => void {
+  let lastMs = Number.NEGATIVE_INFINITY;
+  let skipped = 0;
+  return (message) => {
+    const at = now();
+    if (at - lastMs < intervalMs) {
+      skipped++;
+      return;
+    }
+    lastMs = at;
+    log(skipped === 0 ? message : `${message} (and ${skipped} more like it since the last such line)`);
+    skipped = 0;
+  };
 }

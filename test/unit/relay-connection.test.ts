@@ -16,6 +16,7 @@ import { type RelayLimits, resolveRelayLimits } from "../../src/relay/limits.ts"
 import { RelayMetrics } from "../../src/relay/metrics.ts";
 import { RelayOutputBytes } from "../../src/relay/output-bytes.ts";
 import { PublishBytesBudget } from "../../src/relay/publish-bytes.ts";
+import { SLOW_LOG_INTERVAL_MS, throttledLog } from "../../src/relay/server.ts";
 import { completeLines } from "../helpers/line-client.ts";
 import { waitFor } from "../helpers/wait.ts";
 
@@ -205,6 +206,7 @@ function fakeBackend(
         subscriptions.push(sub);
       }),
     log: (message) => logs.push(message),
+    logSlow: (message) => logs.push(message),
   };
   return { backend, timers, subscriptions, logs, target, resolved };
 }
@@ -278,6 +280,10 @@ describe("events held for a SUB's +OK", () => {
     await linesArrive(socket, 2, "the +OK and the END");
     expect(socket.lines).toEqual(["+OK", `END t.tot SLOW the client fell behind (${3 * one} bytes not yet read); resume with SUB t.tot 5`]);
     expect(sub.closed).toBe(true);
+    // The relay says so in its own log too.
+    expect(backend.logs).toEqual([
+      `subscription to t.tot ended SLOW: the client fell behind (${3 * one} bytes not yet read); resume with SUB t.tot 5`,
+    ]);
   });
 
   test("on an unordered channel the END says events were dropped", async () => {
@@ -593,5 +599,29 @@ describe("pattern SUBs", () => {
     expect(socket.lines[1]).toBe(
       `END net.* SLOW the client fell behind (${one} bytes not yet read); net.a stopped at seq 9 (SUB net.a 9 fetches it); SUB net.* again to go on (a pattern takes no from-seq)`,
     );
+  });
+});
+
+describe("relay SLOW log lines", () => {
+  test("at most one line per interval, the next one counting those left out", () => {
+    const lines: string[] = [];
+    let now = 0;
+    const log = throttledLog(
+      (line) => lines.push(line),
+      SLOW_LOG_INTERVAL_MS,
+      () => now,
+    );
+    log("a ended SLOW");
+    log("b ended SLOW");
+    log("c ended SLOW");
+    now += SLOW_LOG_INTERVAL_MS - 1;
+    log("d ended SLOW");
+    expect(lines).toEqual(["a ended SLOW"]);
+    now += 1;
+    log("e ended SLOW");
+    expect(lines).toEqual(["a ended SLOW", "e ended SLOW (and 3 more like it since the last such line)"]);
+    now += SLOW_LOG_INTERVAL_MS;
+    log("f ended SLOW");
+    expect(lines.at(-1)).toBe("f ended SLOW");
   });
 });
