@@ -18,11 +18,18 @@ import {
   truncateSync,
   writeFileSync,
 } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import type { PersistedRecord } from "../../src/core/ordering/types.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
 import { FatalError } from "../../src/replica/fatal.ts";
-import { EXIT_STORAGE_FAILED, QUARANTINE_DIR, ReplicaStorage, StoreIdentityError } from "../../src/replica/storage/index.ts";
+import {
+  EXIT_STORAGE_FAILED,
+  QUARANTINE_DIR,
+  ReplicaStorage,
+  readEpochStart,
+  readJoined,
+  StoreIdentityError,
+} from "../../src/replica/storage/index.ts";
 import { type BatchLookup, decodeBatch, decodeRecord } from "../../src/replica/storage/records.ts";
 import { realDisk } from "../../src/replica/storage/disk.ts";
 import { STORE_FILE, STORE_PAGE_BYTES } from "../../src/replica/storage/store.ts";
@@ -315,12 +322,69 @@ describe("corruption", () => {
       log.lines.some((line) => line.msg === "storage corruption detected" && String(line.fields["reason"]).includes("truncated")),
     ).toBe(true);
     reopened.close();
+    // The reads fitb replica makes first (the epoch a later cluster file asks about, a join
+    // record) take nothing from it and leave it as it is for the open to find.
+    const again = freshDir();
+    const source = openStorage(again);
+    write(source, [decided(1), decided(2)]);
+    copyFileSync(join(again, STORE_FILE), join(copy, STORE_FILE));
+    copyFileSync(join(again, `${STORE_FILE}-wal`), join(copy, `${STORE_FILE}-wal`));
+    source.close();
+    truncateSync(join(copy, STORE_FILE), 0);
+    const walBytes = statSync(join(copy, `${STORE_FILE}-wal`)).size;
+    expect(readEpochStart(copy, "unit", 0)).toBeNull();
+    expect(readJoined(copy, "unit", 0)).toBeNull();
+    expect([statSync(join(copy, STORE_FILE)).size, statSync(join(copy, `${STORE_FILE}-wal`)).size]).toEqual([0, walBytes]);
+    const afterReads = openStorage(copy);
+    expect([afterReads.quarantined, afterReads.lostRecords]).toEqual([true, true]);
+    afterReads.close();
     // A 0-byte file with no write-ahead log (a start that stopped before its first commit) is a new store.
     const empty = freshDir();
     writeFileSync(join(empty, STORE_FILE), "");
     const fresh = openStorage(empty);
     expect(fresh.quarantined).toBe(false);
     fresh.close();
+  });
+
+  test("quarantine keeps the copy it just made whatever the names beside it, leaves an operator's own entries, and a copy it cannot remove does not stop the start", () => {
+    const dir = freshDir();
+    const root = join(dir, QUARANTINE_DIR);
+    // Copies named ahead of now (a clock that was ahead), and an operator's own directory.
+    for (const name of ["20990101T000000Z", "20990101T000001Z", "20990101T000002Z", "evidence-for-ticket-42"])
+      mkdirSync(join(root, name), { recursive: true });
+    writeFileSync(join(dir, STORE_FILE), `not a database ${"x".repeat(4096)}`);
+    const log = testLog();
+    const storage = openStorage(dir, log);
+    const moved = String(log.lines.find((line) => line.msg === "storage corruption detected")?.fields["reason"]).match(
+      /moved to (\S+)$/,
+    )?.[1];
+    storage.close();
+    expect(moved).toBeDefined();
+    expect(existsSync(join(String(moved), STORE_FILE))).toBe(true);
+    expect(readdirSync(root).sort()).toEqual(
+      ["20990101T000001Z", "20990101T000002Z", basename(String(moved)), "evidence-for-ticket-42"].sort(),
+    );
+    // A removal that fails is logged; the start goes on, moved aside and fenced.
+    writeFileSync(join(dir, STORE_FILE), `not a database either ${"x".repeat(4096)}`);
+    const failing = {
+      ...realDisk,
+      removeTree: (): void => {
+        throw new Error("EACCES: permission denied");
+      },
+    };
+    const log2 = testLog();
+    const opened = ReplicaStorage.open({
+      dir,
+      sync: "full",
+      cluster: "unit",
+      replica: 0,
+      log: log2,
+      metrics: new Metrics(),
+      disk: failing,
+    });
+    expect([opened.quarantined, opened.lostRecords]).toEqual([true, true]);
+    expect(log2.lines.some((line) => line.msg === "storage: an old quarantined copy could not be removed; kept")).toBe(true);
+    opened.close();
   });
 
   test("storage_disk_free_bytes is what statfs says the data directory's filesystem has free; -1 once it cannot be read", () => {

@@ -86,6 +86,8 @@ export interface StorageOptions {
   readonly disk?: Disk;
   /** Schedules the group commit, and the trim slices, after the event-loop turn (setImmediate by default; ports.ts Clock.afterTurn). */
   readonly afterTurn?: (run: () => void) => void;
+  /** Wall-clock time in ms, for the names of quarantined copies (Date.now by default; the simulator's own clock there). */
+  readonly now?: () => number;
 }
 
 /** Decided rows and bytes written since the current base snapshot (restart replays them). */
@@ -111,10 +113,16 @@ export type JoinedRecord = {
  * another process holds it or it belongs to another replica.
  */
 export function readJoined(dir: string, cluster: string, replica: number, disk: Disk = realDisk): JoinedRecord | null {
-  disk.makeDir(dir);
-  const store = ReplicaStore.open(dir, "normal", { cluster, replica }, true, disk);
+  const store = openForRead(dir, cluster, replica, disk);
+  if (store === null) return null;
   try {
-    const v = store.meta("joined") as { epoch?: unknown; f?: unknown; members?: unknown; seq?: unknown; digest?: unknown } | null;
+    const v = readMetaOrNull(store, "joined") as {
+      epoch?: unknown;
+      f?: unknown;
+      members?: unknown;
+      seq?: unknown;
+      digest?: unknown;
+    } | null;
     if (v === null || typeof v !== "object") return null;
     const { epoch, f, members, seq, digest } = v;
     if (typeof epoch !== "number" || typeof f !== "number" || typeof seq !== "number" || !(digest instanceof Uint8Array)) return null;
@@ -138,12 +146,42 @@ export function readJoined(dir: string, cluster: string, replica: number, disk: 
  * (`fitb cluster export`) resumes from its directory only when it holds a later epoch.
  */
 export function readEpochStart(dir: string, cluster: string, replica: number, disk: Disk = realDisk): EpochStart | null {
-  disk.makeDir(dir);
-  const store = ReplicaStore.open(dir, "normal", { cluster, replica }, true, disk);
+  const store = openForRead(dir, cluster, replica, disk);
+  if (store === null) return null;
   try {
     return epochStartOf(store.meta("epoch"));
+  } catch (error) {
+    if (isDamage(error)) return null;
+    throw error;
   } finally {
     store.close();
+  }
+}
+
+/**
+ * The store of `dir` opened for a read before the replica starts, or null when it is
+ * damaged: then nothing is read from it (it holds no group or epoch to go by), and it is
+ * not opened at all, since opening folds the write-ahead log into the file and would
+ * hide the damage from `ReplicaStorage.open`, which moves it aside and fences the votes.
+ */
+function openForRead(dir: string, cluster: string, replica: number, disk: Disk): ReplicaStore | null {
+  disk.makeDir(dir);
+  try {
+    refuseEmptiedFile(disk, dir);
+    return ReplicaStore.open(dir, "normal", { cluster, replica }, true, disk);
+  } catch (error) {
+    if (isDamage(error)) return null;
+    throw error;
+  }
+}
+
+/** A meta value, or null when reading it finds damage (left for ReplicaStorage.open to move aside). */
+function readMetaOrNull(store: ReplicaStore, key: string): unknown {
+  try {
+    return store.meta(key);
+  } catch (error) {
+    if (isDamage(error)) return null;
+    throw error;
   }
 }
 
@@ -266,7 +304,7 @@ export class ReplicaStorage {
       if (!isDamage(error)) throw error;
       closeQuietly(store);
       quarantined = true;
-      const moved = quarantine(disk, options.dir, options.log, new Date());
+      const moved = quarantine(disk, options.dir, options.log, new Date((options.now ?? Date.now)()));
       reportCorruption(options, [
         { table: "*", ids: [], key: STORE_FILE, reason: `unreadable (${(error as Error).message}); moved to ${moved}` },
       ]);
@@ -837,8 +875,8 @@ class StructuralDamage extends Error {
 
 /**
  * A database file cut to 0 bytes beside a write-ahead log that holds frames: SQLite opens
- * it as a new, empty database, and the replica would start with nothing and no word of
- * damage (no quarantine, no fence on the votes it lost). A store SQLite made holds its
+ * it without a word, as a database holding nothing or only the log's pages, and the
+ * replica would start so with no word of damage (no quarantine, no fence on the votes it lost). A store SQLite made holds its
  * first page in the file from its first commit on, so this is never a store's own state.
  */
 function refuseEmptiedFile(disk: Disk, dir: string): void {
@@ -914,15 +952,38 @@ function quarantine(disk: Disk, dir: string, log: Log, now: Date): string {
     .toISOString()
     .replace(/[-:]/g, "")
     .replace(/\.\d+Z$/, "Z");
-  let target = join(root, stamp);
-  for (let n = 2; disk.exists(target); n++) target = join(root, `${stamp}-${n}`);
+  let name = stamp;
+  for (let n = 2; disk.exists(join(root, name)); n++) name = `${stamp}-${n}`;
+  const target = join(root, name);
   moveStoreFiles(disk, dir, target, STORE_FILES);
-  const copies = disk.list(root);
-  for (const old of copies.slice(0, Math.max(0, copies.length - QUARANTINE_KEPT))) {
-    disk.removeTree(join(root, old));
-    log.warn("storage: an old quarantined copy removed", { removed: join(root, old), kept: QUARANTINE_KEPT });
+  // The copy just made always stays; of the earlier ones (only those named as this code
+  // names them: an operator's own entries are left alone), the oldest go. Removing one is
+  // optional work: a failure is logged, never a reason to stop this start, which must go
+  // on fenced as a store moved aside is.
+  const earlier = disk
+    .list(root)
+    .filter((entry) => entry !== name && quarantineOrder(entry) !== null)
+    .sort((a, b) => compareOrder(quarantineOrder(a) as [string, number], quarantineOrder(b) as [string, number]));
+  for (const old of earlier.slice(0, Math.max(0, earlier.length - (QUARANTINE_KEPT - 1)))) {
+    try {
+      disk.removeTree(join(root, old));
+      log.warn("storage: an old quarantined copy removed", { removed: join(root, old), kept: QUARANTINE_KEPT });
+    } catch (error) {
+      log.warn("storage: an old quarantined copy could not be removed; kept", { copy: join(root, old), error: (error as Error).message });
+    }
   }
   return target;
+}
+
+/** A quarantined copy's place in time: [stamp, n] ("0-undated" first); null for a name this code does not make. */
+function quarantineOrder(name: string): [string, number] | null {
+  if (name === QUARANTINE_UNDATED) return ["", 0];
+  const match = /^(\d{8}T\d{6}Z)(?:-(\d+))?$/.exec(name);
+  return match === null ? null : [match[1] as string, Number(match[2] ?? 1)];
+}
+
+function compareOrder(a: [string, number], b: [string, number]): number {
+  return a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] - b[1];
 }
 
 const STORE_FILES = [STORE_FILE, `${STORE_FILE}-wal`, `${STORE_FILE}-shm`];

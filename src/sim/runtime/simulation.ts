@@ -568,6 +568,7 @@ class RuntimeSimulation {
         afterTurn: (run) => {
           if (r.life === life) r.turn.push(run);
         },
+        now: () => EPOCH_MS + this.now * TICK_MS,
       });
       r.storage = storage;
       if (storage.quarantined) this.figures.quarantined++;
