@@ -52,6 +52,12 @@ describe("fitb service unit", () => {
       `ExecStartPre=+/bin/sh -c 'test -e "$$1" || install -d -m 0700 -o "$$2" -g "$$2" "$$1"' fitb-make-data /srv/fitb/r1 fitb`,
     );
     expect(result.out.indexOf("ExecStartPre=")).toBeLessThan(result.out.indexOf("ExecStart="));
+    // It starts only once its directory's mount is up (not into an empty directory under a mount that failed).
+    expect(result.out).toContain("RequiresMountsFor=/srv/fitb/r1\n");
+    // A newline in a path would begin a directive of its own: refused.
+    const injected = await run([...argv, "--data", "/srv/fitb/r1\nExecStartPost=+/bin/touch /tmp/x"]);
+    expect(injected.code).toBe(EXIT_USAGE);
+    expect(injected.err).toContain("--data: a path with a control character (a newline, say) cannot go in a unit");
     expect((await run([...argv, "--sync", "sometimes"])).code).toBe(EXIT_USAGE);
     expect((await run([...argv, "--metrics", "9464"])).code).toBe(EXIT_USAGE);
   });
@@ -191,6 +197,10 @@ describe("fitb service unit", () => {
           ],
         ],
         [
+          "fitb-replica-quote.service",
+          ["service", "unit", "replica", "--config", "/etc/fitb/cluster.toml", "--id", "2", "--binary", binary, "--data", "/srv/it's/r2"],
+        ],
+        [
           "fitb-relay.service",
           ["service", "unit", "relay", "--config", "/etc/fitb/cluster.toml", "--key", "/etc/fitb/p.key", "--binary", binary],
         ],
@@ -203,7 +213,7 @@ describe("fitb service unit", () => {
         const stderr = proc.stderr.toString();
         // Complaints about the sandboxed build host (no running systemd, missing users) are not
         // about the unit file; anything naming an unknown directive or a bad value is.
-        expect(stderr).not.toMatch(/Unknown (key|section)|Failed to parse|Invalid/i);
+        expect(stderr).not.toMatch(/Unknown (key|section)|Failed to parse|Invalid|Unbalanced|fatal/i);
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });

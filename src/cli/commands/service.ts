@@ -139,6 +139,9 @@ export const serviceUnitCommand: Command = {
  * follow the working directory it was written in).
  */
 function unitPath(flag: string, given: string, io: CommandIo): string {
+  // A newline would end the directive and begin another one of the path's choosing.
+  if ([...given].some((char) => char < " " || char === "\x7f"))
+    throw new UsageError(`--${flag}: a path with a control character (a newline, say) cannot go in a unit`);
   const path = resolve(given);
   const hidden = SANDBOX_HIDDEN.find(({ root }) => path === root || path.startsWith(`${root}/`));
   if (hidden !== undefined) {
@@ -309,6 +312,9 @@ export function renderUnit(spec: UnitSpec): string {
     `Description=${spec.description}`,
     "After=network-online.target",
     "Wants=network-online.target",
+    // A data directory on a mount of its own: the unit starts only once it is mounted, and
+    // not at all if the mount failed (instead of making an empty directory under it below).
+    ...(spec.readWritePaths.length > 0 ? [`RequiresMountsFor=${spec.readWritePaths.map(quote).join(" ")}`] : []),
     "",
     "[Service]",
     ...(spec.notify ? ["Type=notify", "NotifyAccess=main", `WatchdogSec=${WATCHDOG_SEC}s`, "TimeoutStartSec=infinity"] : ["Type=simple"]),
@@ -368,5 +374,5 @@ export function renderUnit(spec: UnitSpec): string {
 /** Quotes a path for ExecStart when it holds spaces (systemd's own quoting rules), with `%` and `$` escaped. */
 function quote(path: string): string {
   const escaped = systemdEscape(path);
-  return /[\s"\\]/.test(escaped) ? `"${escaped.replace(/["\\]/g, "\\$&")}"` : escaped;
+  return /[\s"'\\]/.test(escaped) ? `"${escaped.replace(/["\\]/g, "\\$&")}"` : escaped;
 }
