@@ -457,7 +457,8 @@ export function throttledLog(log: (message: string) => void, intervalMs: number,
   let skipped = 0;
   return (message) => {
     const at = now();
-    if (at - lastMs < intervalMs) {
+    // A clock stepped back (at < lastMs) makes the line due, rather than silent until it catches up.
+    if (at >= lastMs && at - lastMs < intervalMs) {
       skipped++;
       return;
     }

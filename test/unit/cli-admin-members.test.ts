@@ -161,6 +161,47 @@ describe("admin add-replica and remove-replica: a group without a running quorum
     await checkMembershipQuorum(client, { t: "set-f", f: 1 }, false);
     expect(reads).toBe(before);
   });
+
+  test("a replica added by a pending change, or the one being added, counts as running when its port takes a connection", async () => {
+    const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data: () => undefined } });
+    try {
+      const members = (list: { id: number; port: number }[]) =>
+        list.map(({ id, port }) => ({ id, host: "127.0.0.1", port, peerPort: null, key: new Uint8Array(32) }));
+      const current = members([0, 1, 2, 3].map((id) => ({ id, port: 1 })));
+      // Replica 4, added by the pending change, runs (its port listens); 0 and 1 are reached by session, 2 and 3 not.
+      const pending = [...current, ...members([{ id: 4, port: listener.port }])];
+      const client = {
+        members: async (): Promise<MembersListing> => ({
+          epoch: 1,
+          f: 1,
+          members: current,
+          digest: new Uint8Array(32),
+          pending: { epoch: 2, f: 1, members: pending, digest: new Uint8Array(32), from: 256 },
+        }),
+        waitForSessions: async (): Promise<void> => undefined,
+        readyReplicas: (): number[] => [0, 1, 2],
+      };
+      // Removing 3 from 0..4: n=4, quorum 3; 0, 1, 2 by session and 4 by its port.
+      await checkMembershipQuorum(client, { t: "remove-replica", id: 3 }, false);
+      // Adding 5 whose port listens too: n=6, quorum 4; 0, 1, 2, 4, 5.
+      await checkMembershipQuorum(
+        client,
+        { t: "add-replica", id: 5, host: "127.0.0.1", port: listener.port, key: new Uint8Array(32) },
+        false,
+      );
+      // With nothing on 4's and 5's ports (port 1), they are not counted: adding 5 is refused.
+      const closed = { ...client, members: async (): Promise<MembersListing> => ({ ...(await client.members()), pending: null }) };
+      await expect(
+        checkMembershipQuorum(
+          { ...closed, readyReplicas: () => [0, 1] },
+          { t: "add-replica", id: 5, host: "127.0.0.1", port: 1, key: new Uint8Array(32) },
+          false,
+        ),
+      ).rejects.toThrow("not reached: 2, 3, 5");
+    } finally {
+      listener.stop(true);
+    }
+  });
 });
 
 describe("admin remove-replica: unordered channels' events are not copied to the replicas that stay", () => {

@@ -69,6 +69,13 @@ describe("admin status report", () => {
     expect(json.replicas.map((r) => r.epoch)).toEqual([10, 10, 10, 5]);
     // An answer that does not say its epoch (an older replica) is not flagged.
     expect(assessStatus(CLUSTER, statusOf([{ epoch: 10 }, { epoch: 10 }, {}, {}]), REFUSED).problems).toEqual([]);
+    // One epoch behind, during a switch, in another view: a warning, and not also other-view.
+    const switching = assessStatus(CLUSTER, statusOf([{ epoch: 10 }, { epoch: 10 }, { epoch: 10 }, { epoch: 9, view: 3 }]), REFUSED);
+    expect(switching.replicas[3]?.flags).toEqual(["other-epoch"]);
+    expect(switching.problems).toEqual([]);
+    expect(switching.warnings).toContain(
+      "replica 3 orders in epoch 9, not epoch 10 as the others do (views and seqs are its own epoch's); it switches once it executes the checkpoint that ends it",
+    );
   });
 
   test("a replica whose votes are fenced after a restart without a clean stop is flagged votes-fenced, a warning", () => {

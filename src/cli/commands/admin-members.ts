@@ -148,14 +148,42 @@ export async function checkMembershipQuorum(
   yes: boolean,
 ): Promise<void> {
   if (yes || (cmd.t !== "add-replica" && cmd.t !== "remove-replica")) return;
-  const refusal = quorumRefusal(await client.members(), cmd, await runningMembers(client));
+  const listing = await client.members();
+  const refusal = quorumRefusal(listing, cmd, await runningMembers(client, listing, cmd));
   if (refusal !== null) throw new CommandError(refusal);
 }
 
-async function runningMembers(client: Pick<FitbClient, "members" | "readyReplicas" | "waitForSessions">): Promise<number[]> {
-  const listing = await client.members();
+/**
+ * The members this client reaches: the current group's by their sessions; replicas added
+ * since (a pending change's, the one being added) by whether their client port takes a
+ * TCP connection, since the client opens no session to a replica not yet in the group.
+ */
+async function runningMembers(
+  client: Pick<FitbClient, "readyReplicas" | "waitForSessions">,
+  listing: MembersListing,
+  cmd: Extract<AdminCmd, { t: "add-replica" } | { t: "remove-replica" }>,
+): Promise<number[]> {
   await client.waitForSessions(listing.members.length, 1, RUNNING_WAIT_MS).catch(() => undefined);
-  return client.readyReplicas();
+  const current = new Set(listing.members.map((member) => member.id));
+  const newer = [
+    ...(listing.pending?.members ?? []).filter((member) => !current.has(member.id)),
+    ...(cmd.t === "add-replica" ? [{ id: cmd.id, host: cmd.host, port: cmd.port }] : []),
+  ];
+  const probed = await Promise.all(newer.map(async (member) => ((await listens(member.host, member.port)) ? [member.id] : [])));
+  return [...client.readyReplicas(), ...probed.flat()];
+}
+
+/** Whether something takes a TCP connection at host:port within RUNNING_WAIT_MS; closed at once. */
+async function listens(host: string, port: number): Promise<boolean> {
+  const attempt = Bun.connect({ hostname: host, port, socket: { data: () => undefined } }).then(
+    (socket) => {
+      socket.end();
+      return true;
+    },
+    () => false,
+  );
+  const timeout = new Promise<boolean>((resolve) => setTimeout(() => resolve(false), RUNNING_WAIT_MS).unref());
+  return Promise.race([attempt, timeout]);
 }
 
 /** Why the change needs --yes, given the replicas running now; null when enough of the new group's members run. */

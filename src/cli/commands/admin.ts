@@ -373,7 +373,9 @@ async function perform(client: FitbClient, action: AdminAction, io: CommandIo): 
       if (action.cmd.t === "set-f") await checkSetF(client, action.cmd.f, action.yes);
       await checkMembershipQuorum(client, action.cmd, action.yes);
       if (action.cmd.t === "remove-replica") {
-        const warning = unorderedCopiesWarning(await client.listChannels(), action.cmd.id);
+        // A warning only: a listing that fails does not stop the removal.
+        const channels = await client.listChannels().catch(() => null);
+        const warning = channels === null ? null : unorderedCopiesWarning(channels, action.cmd.id);
         if (warning !== null) io.err(`fitb admin: ${warning}`);
       }
       io.out(describeChange(action.cmd, await client.admin(action.cmd).catch((error) => Promise.reject(namingKey(error, action.cmd)))));

@@ -182,14 +182,17 @@ export function assessStatus(
     }
     const flags: string[] = [];
     const behind = Math.max(0, reached - answer.lastDecided);
-    if (epoch !== null && answer.epoch !== undefined && answer.epoch !== epoch) {
+    const otherEpoch = epoch !== null && answer.epoch !== undefined && answer.epoch !== epoch;
+    if (otherEpoch) {
       // Its view, leader and seqs count in another group: they are not comparable with the others'.
       flags.push("other-epoch");
-      problems.push(
-        `replica ${replica.id} orders in epoch ${answer.epoch}, not epoch ${epoch} as the others do (views and seqs are its own epoch's)`,
-      );
+      const said = `replica ${replica.id} orders in epoch ${answer.epoch}, not epoch ${epoch} as the others do (views and seqs are its own epoch's)`;
+      // One behind: the switch at a checkpoint it has not executed yet, as during any
+      // membership change. Further behind, or ahead: restored from an old copy, say.
+      if (answer.epoch === epoch - 1) warnings.push(`${said}; it switches once it executes the checkpoint that ends it`);
+      else problems.push(said);
     }
-    if (status.view !== null && answer.view !== status.view) {
+    if (!otherEpoch && status.view !== null && answer.view !== status.view) {
       flags.push("other-view");
       problems.push(`replica ${replica.id} is in view ${answer.view} (leader ${answer.leader}), not view ${status.view}`);
     }
