@@ -346,6 +346,29 @@ describe("corruption", () => {
     fresh.close();
   });
 
+  test("the reads before a start do not stop it on a damaged store (closing it fails to fold the log)", () => {
+    const dir = freshDir();
+    const storage = openStorage(dir);
+    // Enough commits for the log to have been folded into the file a few times (a base of
+    // pages there, recent ones in the log), as a replica's store is.
+    for (let i = 0; i < 60; i++)
+      write(
+        storage,
+        Array.from({ length: 50 }, (_, k) => decided(i * 50 + k + 1, `payload ${"x".repeat(300)} ${i}`)),
+      );
+    // As kill -9 leaves it (the file and its log, copied while open), then the file cut to half.
+    const copy = freshDir();
+    copyFileSync(join(dir, STORE_FILE), join(copy, STORE_FILE));
+    copyFileSync(join(dir, `${STORE_FILE}-wal`), join(copy, `${STORE_FILE}-wal`));
+    storage.close();
+    truncateSync(join(copy, STORE_FILE), Math.floor(statSync(join(copy, STORE_FILE)).size / 2));
+    expect(readEpochStart(copy, "unit", 0)).toBeNull();
+    expect(readJoined(copy, "unit", 0)).toBeNull();
+    const opened = openStorage(copy);
+    expect([opened.quarantined, opened.lostRecords]).toEqual([true, true]);
+    opened.close();
+  });
+
   test("quarantine keeps the copy it just made whatever the names beside it, leaves an operator's own entries, and a copy it cannot remove does not stop the start", () => {
     const dir = freshDir();
     const root = join(dir, QUARANTINE_DIR);
