@@ -48,7 +48,7 @@ export const MEMBERSHIP_HELP = [
   "  add-replica --id N --host H --port P [--peer-port P] --replica-key PUBKEY [--yes]",
   "      Adds a replica to the group; it takes effect at the next checkpoint boundary as a new epoch.",
   "  remove-replica --id N [--yes] Removes a replica (refused if n would drop below 3f+1).",
-  "      Either asks for --yes when fewer of the resulting group's members run now than its quorum",
+  "      Both ask for --yes when fewer of the resulting group's members run now than its quorum",
   "      (ordering would stop until more start).",
   "  rotate-replica-key --id N --replica-key PUBKEY",
   "      Gives the replica a new key; its old key is worth nothing from the new epoch on.",

@@ -71,7 +71,8 @@ export interface ReplicaRow {
   /** Decided seqs behind the last decided seq f+1 replicas reached (0 when ahead of it); null when down. */
   readonly behind: number | null;
   /**
-   * "other-epoch" (it orders in another membership epoch than most: a problem),
+   * "other-epoch" (it orders in another membership epoch than most: a problem, or a
+   * warning when one epoch behind, as during a switch),
    * "other-view", "lagging", "leader-down" (it names a leader that does not answer),
    * "isolated" (it reaches fewer peers than a quorum needs: a problem), "peers-unreached"
    * (it reaches enough of them, not all: a warning), "votes-fenced" (restarted without a
