@@ -113,30 +113,23 @@ export type JoinedRecord = {
  * another process holds it or it belongs to another replica.
  */
 export function readJoined(dir: string, cluster: string, replica: number, disk: Disk = realDisk): JoinedRecord | null {
-  const store = openForRead(dir, cluster, replica, disk);
-  if (store === null) return null;
-  try {
-    const v = readMetaOrNull(store, "joined") as {
-      epoch?: unknown;
-      f?: unknown;
-      members?: unknown;
-      seq?: unknown;
-      digest?: unknown;
-    } | null;
-    if (v === null || typeof v !== "object") return null;
-    const { epoch, f, members, seq, digest } = v;
-    if (typeof epoch !== "number" || typeof f !== "number" || typeof seq !== "number" || !(digest instanceof Uint8Array)) return null;
-    if (!Array.isArray(members)) return null;
-    const list: Member[] = [];
-    for (const m of members as { id?: unknown; host?: unknown; port?: unknown; peerPort?: unknown; key?: unknown }[]) {
-      if (typeof m.id !== "number" || typeof m.host !== "string" || typeof m.port !== "number" || !(m.key instanceof Uint8Array))
-        return null;
-      list.push({ id: m.id, host: m.host, port: m.port, peerPort: typeof m.peerPort === "number" ? m.peerPort : null, key: m.key });
-    }
-    return { membership: { epoch, f, members: list }, start: { seq, digest } };
-  } finally {
-    closeAfterRead(store);
+  const v = metaBeforeStart(dir, cluster, replica, disk, "joined") as {
+    epoch?: unknown;
+    f?: unknown;
+    members?: unknown;
+    seq?: unknown;
+    digest?: unknown;
+  } | null;
+  if (v === null || typeof v !== "object") return null;
+  const { epoch, f, members, seq, digest } = v;
+  if (typeof epoch !== "number" || typeof f !== "number" || typeof seq !== "number" || !(digest instanceof Uint8Array)) return null;
+  if (!Array.isArray(members)) return null;
+  const list: Member[] = [];
+  for (const m of members as { id?: unknown; host?: unknown; port?: unknown; peerPort?: unknown; key?: unknown }[]) {
+    if (typeof m.id !== "number" || typeof m.host !== "string" || typeof m.port !== "number" || !(m.key instanceof Uint8Array)) return null;
+    list.push({ id: m.id, host: m.host, port: m.port, peerPort: typeof m.peerPort === "number" ? m.peerPort : null, key: m.key });
   }
+  return { membership: { epoch, f, members: list }, start: { seq, digest } };
 }
 
 /**
@@ -146,54 +139,38 @@ export function readJoined(dir: string, cluster: string, replica: number, disk: 
  * (`fitb cluster export`) resumes from its directory only when it holds a later epoch.
  */
 export function readEpochStart(dir: string, cluster: string, replica: number, disk: Disk = realDisk): EpochStart | null {
-  const store = openForRead(dir, cluster, replica, disk);
-  if (store === null) return null;
-  try {
-    return epochStartOf(readMetaOrNull(store, "epoch"));
-  } finally {
-    closeAfterRead(store);
-  }
+  return epochStartOf(metaBeforeStart(dir, cluster, replica, disk, "epoch"));
 }
 
 /**
- * Closes a store opened for a read. Closing folds the write-ahead log into the file; on a
- * damaged file that fails (SQLITE_CORRUPT), which is no reason to stop the start: the
- * open that follows finds the damage and moves the file aside. (Where the fold succeeds
- * over damage, the open may no longer see it: a gap these reads leave, not closed here.)
+ * A meta value of the store of `dir`, read before the replica starts; null when there is
+ * none or the store is damaged. Damage is left for `ReplicaStorage.open` to find, move
+ * aside and fence: an emptied file is not opened at all (opening folds the write-ahead
+ * log into it and would hide that), and damage met while opening, reading or closing
+ * (the fold on close fails with SQLITE_CORRUPT) is no reason to stop the start. Where the
+ * fold succeeds over damage, the open may no longer see it: a gap these reads leave.
  */
-function closeAfterRead(store: ReplicaStore): void {
+function metaBeforeStart(dir: string, cluster: string, replica: number, disk: Disk, key: string): unknown {
+  disk.makeDir(dir);
+  let store: ReplicaStore | null = null;
+  let value: unknown = null;
   try {
-    store.close();
+    refuseEmptiedFile(disk, dir);
+    store = ReplicaStore.open(dir, "normal", { cluster, replica }, true, disk);
+    value = store.meta(key);
+  } catch (error) {
+    if (!isDamage(error)) {
+      closeQuietly(store);
+      throw error;
+    }
+    value = null;
+  }
+  try {
+    store?.close();
   } catch (error) {
     if (!isDamage(error)) throw error;
   }
-}
-
-/**
- * The store of `dir` opened for a read before the replica starts, or null when it is
- * damaged: then nothing is read from it (it holds no group or epoch to go by), and it is
- * not opened at all, since opening folds the write-ahead log into the file and would
- * hide the damage from `ReplicaStorage.open`, which moves it aside and fences the votes.
- */
-function openForRead(dir: string, cluster: string, replica: number, disk: Disk): ReplicaStore | null {
-  disk.makeDir(dir);
-  try {
-    refuseEmptiedFile(disk, dir);
-    return ReplicaStore.open(dir, "normal", { cluster, replica }, true, disk);
-  } catch (error) {
-    if (isDamage(error)) return null;
-    throw error;
-  }
-}
-
-/** A meta value, or null when reading it finds damage (left for ReplicaStorage.open to move aside). */
-function readMetaOrNull(store: ReplicaStore, key: string): unknown {
-  try {
-    return store.meta(key);
-  } catch (error) {
-    if (isDamage(error)) return null;
-    throw error;
-  }
+  return value;
 }
 
 function epochStartOf(meta: unknown): EpochStart | null {
