@@ -178,28 +178,23 @@ describe("fitb service unit", () => {
     try {
       // ExecStart must name an executable that exists for verify to pass, outside the trees the sandbox hides (/tmp, homes).
       const binary = "/bin/sh";
+      const replicaUnit = (id: string, ...more: string[]): string[] => [
+        "service",
+        "unit",
+        "replica",
+        "--config",
+        "/etc/fitb/cluster.toml",
+        "--id",
+        id,
+        "--binary",
+        binary,
+        ...more,
+      ];
       for (const [name, argv] of [
-        ["fitb-replica.service", ["service", "unit", "replica", "--config", "/etc/fitb/cluster.toml", "--id", "0", "--binary", binary]],
-        [
-          "fitb-replica-srv.service",
-          [
-            "service",
-            "unit",
-            "replica",
-            "--config",
-            "/etc/fitb/cluster.toml",
-            "--id",
-            "1",
-            "--binary",
-            binary,
-            "--data",
-            "/srv/fitb data/r1",
-          ],
-        ],
-        [
-          "fitb-replica-quote.service",
-          ["service", "unit", "replica", "--config", "/etc/fitb/cluster.toml", "--id", "2", "--binary", binary, "--data", "/srv/it's/r2"],
-        ],
+        ["fitb-replica.service", replicaUnit("0")],
+        // A data directory elsewhere, its path with a space, then with a quote.
+        ["fitb-replica-srv.service", replicaUnit("1", "--data", "/srv/fitb data/r1")],
+        ["fitb-replica-quote.service", replicaUnit("2", "--data", "/srv/it's/r2")],
         [
           "fitb-relay.service",
           ["service", "unit", "relay", "--config", "/etc/fitb/cluster.toml", "--key", "/etc/fitb/p.key", "--binary", binary],
