@@ -228,14 +228,10 @@ export class RelayLineParser {
         out.push(rest === null ? command({ t: "quit" }) : refused("BAD_REQUEST", "QUIT takes no arguments"));
         return;
       default:
-        this.clearParts();
-        this.state = { t: "closed" };
-        out.push({
-          t: "refused",
-          code: "BAD_REQUEST",
-          reason: `unknown command ${shown(space < 0 ? line : line.subarray(0, space))}; expected PUB, PUBB, SUB, UNSUB, PING or QUIT; closing`,
-          closes: true,
-        });
+        this.closeWith(
+          `unknown command ${shown(space < 0 ? line : line.subarray(0, space))}; expected PUB, PUBB, SUB, UNSUB, PING or QUIT; closing`,
+          out,
+        );
     }
   }
 
@@ -281,14 +277,14 @@ export class RelayLineParser {
    * the stream ends here, as for an unknown command.
    */
   private closeOnPubb(why: string, out: RelayInput[]): void {
+    this.closeWith(`${why}; the bytes after it cannot be told from commands: closing`, out);
+  }
+
+  /** Refuses with BAD_REQUEST and ends the stream: nothing after this is read. */
+  private closeWith(reason: string, out: RelayInput[]): void {
     this.clearParts();
     this.state = { t: "closed" };
-    out.push({
-      t: "refused",
-      code: "BAD_REQUEST",
-      reason: `${why}; the bytes after it cannot be told from commands: closing`,
-      closes: true,
-    });
+    out.push({ t: "refused", code: "BAD_REQUEST", reason, closes: true });
   }
 
   private skipPayload(count: number): void {
