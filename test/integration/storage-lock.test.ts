@@ -1,13 +1,14 @@
 /**
  * One replica process per data directory: the store holds its database's lock for the
  * life of the process, a second process is refused with a clear error, and the lock goes
- * with the process, kill -9 included.
+ * with the process, kill -9 included. The read before a start (readMetaOnly) is refused the
+ * same way.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { ReplicaStore, StoreInUseError } from "../../src/replica/storage/store.ts";
+import { ReplicaStore, readMetaOnly, StoreInUseError } from "../../src/replica/storage/store.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "fitb-lock-"));
 const STORE_MODULE = resolve(import.meta.dir, "../../src/replica/storage/store.ts");
@@ -29,6 +30,8 @@ describe("the data directory lock", () => {
     const first = await reader.read();
     expect(new TextDecoder().decode(first.value)).toContain("ready");
     expect(() => ReplicaStore.open(dir, "full", identity)).toThrow(StoreInUseError);
+    // So is the read-only read of a meta value made before a start.
+    expect(() => readMetaOnly(dir, identity, "epoch")).toThrow(StoreInUseError);
     holder.kill("SIGKILL");
     await holder.exited;
     const store = ReplicaStore.open(dir, "full", identity);

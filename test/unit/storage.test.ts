@@ -369,6 +369,43 @@ describe("corruption", () => {
     opened.close();
   });
 
+  test("the reads before a start change nothing in the files: damage the log would be folded over is still found by the open", () => {
+    const dir = freshDir();
+    const storage = openStorage(dir);
+    for (let i = 0; i < 60; i++)
+      write(
+        storage,
+        Array.from({ length: 50 }, (_, k) => decided(i * 50 + k + 1, `payload ${"x".repeat(300)} ${i}`)),
+      );
+    const copy = freshDir();
+    copyFileSync(join(dir, STORE_FILE), join(copy, STORE_FILE));
+    copyFileSync(join(dir, `${STORE_FILE}-wal`), join(copy, `${STORE_FILE}-wal`));
+    storage.close();
+    // Cut to 90%, and copied once more: folding the log into the file (on close) may
+    // cover the cut part with the pages the log holds, and hide the damage from the open.
+    truncateSync(join(copy, STORE_FILE), Math.floor(statSync(join(copy, STORE_FILE)).size * 0.9));
+    const untouched = freshDir();
+    for (const name of [STORE_FILE, `${STORE_FILE}-wal`]) copyFileSync(join(copy, name), join(untouched, name));
+    const before = [STORE_FILE, `${STORE_FILE}-wal`].map((name) => readFileSync(join(copy, name)));
+    expect(readEpochStart(copy, "unit", 0)).toBeNull();
+    expect(readJoined(copy, "unit", 0)).toBeNull();
+    const after = [STORE_FILE, `${STORE_FILE}-wal`].map((name) => readFileSync(join(copy, name)));
+    expect(after.map((bytes, i) => bytes.equals(before[i] as Buffer))).toEqual([true, true]);
+    // The open finds what it finds without the reads before it.
+    const outcome = (storage: ReplicaStorage): unknown[] => [storage.quarantined, storage.lostRecords, decidedSeqs(storage).length];
+    const opened = openStorage(copy);
+    const openedAlone = openStorage(untouched);
+    expect(outcome(opened)).toEqual(outcome(openedAlone));
+    opened.close();
+    openedAlone.close();
+    // The store of another replica is refused, as the open refuses it.
+    expect(() => readEpochStart(dir, "unit", 1)).toThrow(StoreIdentityError);
+    // A directory with no store yet is left without one: the open creates it.
+    const empty = freshDir();
+    expect(readEpochStart(empty, "unit", 0)).toBeNull();
+    expect(existsSync(join(empty, STORE_FILE))).toBe(false);
+  });
+
   test("quarantine keeps the copy it just made whatever the names beside it, leaves an operator's own entries, and a copy it cannot remove does not stop the start", () => {
     const dir = freshDir();
     const root = join(dir, QUARANTINE_DIR);

@@ -45,6 +45,11 @@ export interface Disk {
   /** Opens the database file at `path`, creating it (owner-only) if missing. */
   openDatabase(path: string): Database;
   /**
+   * Opens the database file at `path` read-only (its closing writes nothing back), or
+   * null if there is none.
+   */
+  openDatabaseReadOnly(path: string): Database | null;
+  /**
    * Runs `writes` as one transaction of `db` and returns once it is durable (the sync
    * policy's fsync done). A throw means nothing of it may be relied on.
    */
@@ -169,6 +174,7 @@ export const realDisk: Disk = {
     if (fresh) chmodSync(path, 0o600);
     return db;
   },
+  openDatabaseReadOnly: (path) => (existsSync(path) ? new Database(path, { readonly: true, strict: true }) : null),
   commit: (db, writes) => db.transaction(writes)(),
   walSync: fileWalSync,
 };

@@ -37,7 +37,7 @@ import {
   type SnapshotHead,
 } from "./records.ts";
 import { type Checkpoint, validateCheckpointProof, withBatchEncoding } from "../../core/ordering/messages.ts";
-import { type Checked, type CorruptRow, ReplicaStore, STORE_FILE, type StoreIdentity, type SyncPolicy } from "./store.ts";
+import { type Checked, type CorruptRow, ReplicaStore, readMetaOnly, STORE_FILE, type StoreIdentity, type SyncPolicy } from "./store.ts";
 
 export { DEFAULT_SYNC_POLICY, SYNC_POLICIES, type SyncPolicy, StoreIdentityError } from "./store.ts";
 export type { SnapshotHead } from "./records.ts";
@@ -144,33 +144,19 @@ export function readEpochStart(dir: string, cluster: string, replica: number, di
 
 /**
  * A meta value of the store of `dir`, read before the replica starts; null when there is
- * none or the store is damaged. Damage is left for `ReplicaStorage.open` to find, move
- * aside and fence: an emptied file is not opened at all (opening folds the write-ahead
- * log into it and would hide that), and damage met while opening, reading or closing
- * (the fold on close fails with SQLITE_CORRUPT) is no reason to stop the start. Where the
- * fold succeeds over damage, the open may no longer see it: a gap these reads leave.
+ * none or the store is damaged. It is read without writing anything (`readMetaOnly`: no
+ * store is created, and the write-ahead log is not folded into the file), so damage is
+ * left for `ReplicaStorage.open` to find, move aside and fence. An emptied file is not
+ * read at all, and damage met while reading is no reason to stop the start.
  */
 function metaBeforeStart(dir: string, cluster: string, replica: number, disk: Disk, key: string): unknown {
-  disk.makeDir(dir);
-  let store: ReplicaStore | null = null;
-  let value: unknown = null;
   try {
     refuseEmptiedFile(disk, dir);
-    store = ReplicaStore.open(dir, "normal", { cluster, replica }, true, disk);
-    value = store.meta(key);
+    return readMetaOnly(dir, { cluster, replica }, key, disk);
   } catch (error) {
-    if (!isDamage(error)) {
-      closeQuietly(store);
-      throw error;
-    }
-    value = null;
+    if (isDamage(error)) return null;
+    throw error;
   }
-  try {
-    store?.close();
-  } catch (error) {
-    if (!isDamage(error)) throw error;
-  }
-  return value;
 }
 
 function epochStartOf(meta: unknown): EpochStart | null {

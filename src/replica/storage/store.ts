@@ -246,6 +246,52 @@ function isLocked(error: unknown): boolean {
   return code === "SQLITE_BUSY" || code === "SQLITE_LOCKED" || /database is locked/i.test(String((error as Error | null)?.message ?? ""));
 }
 
+function inUse(dir: string): StoreInUseError {
+  return new StoreInUseError(`${dir} is in use by another fitb process (its database is locked); stop that process first`);
+}
+
+function otherReplica(path: string, stored: { cluster?: unknown; replica?: unknown }, identity: StoreIdentity): StoreIdentityError {
+  return new StoreIdentityError(
+    `${path} belongs to replica ${String(stored.replica)} of cluster ${String(stored.cluster)}, not replica ${identity.replica} of ${identity.cluster}`,
+  );
+}
+
+/**
+ * A meta value of the store in `dir`, read without writing anything: no schema, no identity
+ * row, and no fold of the write-ahead log into the file when the connection closes (the
+ * file is opened read-only), so damage stays where the open will find it. Null when there
+ * is no store yet (none is created), no meta table, or the row is damaged. Throws
+ * StoreIdentityError for the store of another replica, StoreInUseError while another
+ * process holds it, and SQLite's own errors (damage among them) as they come.
+ */
+export function readMetaOnly(dir: string, identity: StoreIdentity, key: string, disk: Disk = realDisk): Canonical | null {
+  const db = disk.openDatabaseReadOnly(join(dir, STORE_FILE));
+  if (db === null) return null;
+  try {
+    const table = db.query("SELECT 1 AS one FROM sqlite_master WHERE type = 'table' AND name = 'meta'").get();
+    if (table === null) return null;
+    const rows = db.query("SELECT k, v, sum FROM meta WHERE k IN ('identity', ?)").all(key) as Row[];
+    let value: Canonical | null = null;
+    for (const row of rows) {
+      const k = String(row.k);
+      const v = blob(row.v);
+      if (!rowIntact("meta", k, [v], row.sum as Uint8Array)) continue;
+      if (k === key) value = decodeCanonical(v);
+      if (k !== "identity") continue;
+      const stored = decodeCanonical(v) as { cluster?: unknown; replica?: unknown };
+      if (stored.cluster !== identity.cluster || stored.replica !== identity.replica) {
+        throw otherReplica(join(dir, STORE_FILE), stored, identity);
+      }
+    }
+    return value;
+  } catch (error) {
+    if (isLocked(error)) throw inUse(dir);
+    throw error;
+  } finally {
+    db.close();
+  }
+}
+
 export class ReplicaStore {
   readonly path: string;
   private readonly db: Database;
@@ -284,7 +330,7 @@ export class ReplicaStore {
     } catch (error) {
       if (!isLocked(error)) throw error;
       this.db.close();
-      throw new StoreInUseError(`${dir} is in use by another fitb process (its database is locked); stop that process first`);
+      throw inUse(dir);
     }
     this.stmts = prepareStatements(this.db);
     this.nextCoreId = num((this.db.query("SELECT COALESCE(MAX(id), 0) AS m FROM core").get() as Row).m) + 1;
@@ -323,9 +369,7 @@ export class ReplicaStore {
     }
     const stored = meta.get("identity") as { cluster?: unknown; replica?: unknown } | undefined;
     if (stored !== undefined && (stored.cluster !== identity.cluster || stored.replica !== identity.replica)) {
-      throw new StoreIdentityError(
-        `${this.path} belongs to replica ${String(stored.replica)} of cluster ${String(stored.cluster)}, not replica ${identity.replica} of ${identity.cluster}`,
-      );
+      throw otherReplica(this.path, stored, identity);
     }
     const given = identity.executionConfig;
     if (given !== undefined) {

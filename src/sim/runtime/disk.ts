@@ -229,6 +229,12 @@ export class SimDisk implements Disk {
     return [...names].sort();
   }
 
+  /** A copy of the file's last image (null: none), so reading it changes nothing here. */
+  openDatabaseReadOnly(path: string): Database | null {
+    const image = this.files.get(path)?.image ?? null;
+    return image === null ? null : Database.deserialize(image, { strict: true, readonly: true } as never);
+  }
+
   openDatabase(path: string): Database {
     let file = this.files.get(path);
     if (file === undefined) {
