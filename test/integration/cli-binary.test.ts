@@ -70,12 +70,16 @@ test(
     const base = freePortRange(5);
     const dir = join(directory, "demo");
     const notify = NotifySocket.open(join(directory, "notify.sock"));
-    const demo = Bun.spawn([binary, "demo", "--dir", dir, "--base-port", String(base), "--relay-port", String(base + 4)], {
-      cwd: directory,
-      env: { ...process.env, NOTIFY_SOCKET: notify.path },
-      stdout: "pipe",
-      stderr: "pipe",
-    });
+    // No web console: the default port (7500) may be another file's or an operator's.
+    const demo = Bun.spawn(
+      [binary, "demo", "--dir", dir, "--base-port", String(base), "--relay-port", String(base + 4), "--console-port", "0"],
+      {
+        cwd: directory,
+        env: { ...process.env, NOTIFY_SOCKET: notify.path },
+        stdout: "pipe",
+        stderr: "pipe",
+      },
+    );
     const { out, err } = collectOutput(demo);
     try {
       await waitFor("the demo's ready line", () => out().includes("fitb demo: ready") || demo.exitCode !== null, 60_000, err);
