@@ -53,8 +53,7 @@ export const MEMBERSHIP_HELP = [
   "  rotate-replica-key --id N --replica-key PUBKEY",
   "      Gives the replica a new key; its old key is worth nothing from the new epoch on.",
   "  set-f F [--yes]              Faults tolerated (refused unless n >= 3F+1). Lowering f (an F below the",
-  "                               group's f, or a pending change's) asks for --yes. An F the group has",
-  "                               already (or a pending change sets) is not sent: exit 0.",
+  "                               group's f, or a pending change's) asks for --yes.",
   "  members [--json]             The group f+1 replicas agree on: epoch, f, members, digest, pending change",
 ];
 
@@ -101,30 +100,15 @@ export function membershipCmd(subcommand: MembershipSubcommand, positional: stri
 }
 
 /**
- * `set-f F`: nothing is sent when F is already the group's f, or the f a pending change
- * sets (the replicas would refuse it), so a configuration tool may run it again: the line
- * to print instead is returned, and the command exits 0. Without --yes, refused when F is
- * below the group's f (the one f+1 replicas agree on) or below a pending change's, which
- * set-f would undo: fewer faults tolerated is a loss the operator confirms, as
- * destroy-channel's deleted events are. Raising f asks nothing.
+ * `set-f F` without --yes: refused when F is below the group's f (the one f+1 replicas
+ * agree on) or below a pending change's, which set-f would undo: fewer faults tolerated
+ * is a loss the operator confirms, as destroy-channel's deleted events are. Raising f or
+ * keeping it asks nothing (the replicas refuse an F equal to the group's).
  */
-export async function checkSetF(client: Pick<FitbClient, "members">, f: number, yes: boolean): Promise<string | null> {
-  const listing = await client.members();
-  const unchanged = setFUnchanged(listing, f);
-  if (unchanged !== null) return unchanged;
-  const refusal = yes ? null : lowerFRefusal(listing, f);
+export async function checkSetF(client: Pick<FitbClient, "members">, f: number, yes: boolean): Promise<void> {
+  if (yes) return;
+  const refusal = lowerFRefusal(await client.members(), f);
   if (refusal !== null) throw new CommandError(refusal);
-  return null;
-}
-
-/** What `set-f F` prints instead of sending it when it would change nothing; null when it changes f. */
-export function setFUnchanged(listing: Pick<MembersListing, "f" | "pending">, f: number): string | null {
-  if (listing.pending !== null) {
-    return listing.pending.f === f
-      ? `ok: a pending change already sets f = ${f} (effective after seq ${listing.pending.from}); nothing sent`
-      : null;
-  }
-  return listing.f === f ? `ok: f is already ${f}; nothing sent` : null;
 }
 
 /** Why `set-f F` needs --yes with this group listing: what is lost and how to go on; null when F lowers nothing. */

@@ -370,13 +370,7 @@ async function perform(client: FitbClient, action: AdminAction, io: CommandIo): 
   switch (action.t) {
     case "change":
       if (action.cmd.t === "destroy-channel") await checkDestroy(client, action.cmd.tag, action.yes);
-      if (action.cmd.t === "set-f") {
-        const unchanged = await checkSetF(client, action.cmd.f, action.yes);
-        if (unchanged !== null) {
-          io.out(unchanged);
-          return EXIT_OK;
-        }
-      }
+      if (action.cmd.t === "set-f") await checkSetF(client, action.cmd.f, action.yes);
       await checkMembershipQuorum(client, action.cmd, action.yes);
       if (action.cmd.t === "remove-replica") {
         // A warning only: a listing that fails does not stop the removal.
