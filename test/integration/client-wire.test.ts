@@ -20,6 +20,7 @@ import {
   type Subscribe,
 } from "../../wire/schemas.ts";
 import { sessionTranscript } from "../../wire/session.ts";
+import { freePortRange } from "./harness.ts";
 import {
   DOMAIN_REQUEST,
   DOMAIN_SESSION_INITIATOR,
@@ -519,9 +520,8 @@ describe("session handshake", () => {
   });
 
   test("an unreachable replica is a typed error, retried on the backoff schedule", async () => {
-    const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-    const port = probe.port;
-    probe.stop(true);
+    // A port nothing listens on, below the range outgoing connections take theirs from.
+    const port = freePortRange(1);
     const { events } = connection(port, replicaKeys[0]!.publicKey);
     await waitFor("three failed attempts", () => events.down.length >= 3);
     expect(events.down[0]).toBeInstanceOf(ReplicaUnreachableError);

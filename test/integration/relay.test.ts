@@ -615,7 +615,8 @@ describe("relay: `fitb relay` as its own process", () => {
   test("publishes, refuses a port in use, and stops cleanly on SIGTERM", async () => {
     const port = freePortRange(1);
     const proc = Bun.spawn(
-      [BUN, MAIN, "relay", "--config", cluster.configPath, "--key", cluster.clientKey, "--listen", `127.0.0.1:${port}`],
+      // No Unix socket: its default path ($XDG_RUNTIME_DIR) is one for every relay, another test file's too.
+      [BUN, MAIN, "relay", "--config", cluster.configPath, "--key", cluster.clientKey, "--listen", `127.0.0.1:${port}`, "--socket", "none"],
       {
         stdout: "pipe",
         stderr: "pipe",
@@ -634,7 +635,20 @@ describe("relay: `fitb relay` as its own process", () => {
       expect(lines[1]).toBe("PONG");
 
       const second = Bun.spawn(
-        [BUN, MAIN, "relay", "--config", cluster.configPath, "--key", cluster.clientKey, "--listen", `127.0.0.1:${port}`],
+        // No Unix socket: its default path ($XDG_RUNTIME_DIR) is one for every relay, another test file's too.
+        [
+          BUN,
+          MAIN,
+          "relay",
+          "--config",
+          cluster.configPath,
+          "--key",
+          cluster.clientKey,
+          "--listen",
+          `127.0.0.1:${port}`,
+          "--socket",
+          "none",
+        ],
         {
           stdout: "pipe",
           stderr: "pipe",

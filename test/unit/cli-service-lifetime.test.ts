@@ -14,6 +14,7 @@ import type { Subprocess } from "bun";
 import { FTL_DEFAULT, ftlEnvironment } from "../../src/cli/jit.ts";
 import { hangupIgnored } from "../../src/cli/lifetime.ts";
 import { initCluster } from "../../src/config/init.ts";
+import { freePortRange } from "../integration/harness.ts";
 
 const MAIN = join(import.meta.dir, "../../src/cli/main.ts");
 /**
@@ -30,10 +31,9 @@ let configPath = "";
 afterAll(() => rmSync(directory, { recursive: true, force: true }));
 
 beforeAll(() => {
-  // A port nothing listens on now, for replica 0 (the only one started); peers share it.
-  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const basePort = Math.min(probe.port, 65_535 - 4);
-  probe.stop(true);
+  // Ports nothing listens on now, below the range outgoing connections take theirs from
+  // (another test file's may run beside this one), for replica 0, the only one started.
+  const basePort = freePortRange(4);
   configPath = initCluster({
     dir: directory,
     replicas: 4,

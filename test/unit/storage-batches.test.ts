@@ -10,7 +10,7 @@ import { join } from "node:path";
 import type { ClientRequest, PrePrepare } from "../../src/core/ordering/messages.ts";
 import type { PersistedRecord } from "../../src/core/ordering/types.ts";
 import { Metrics } from "../../src/replica/metrics.ts";
-import { ReplicaStorage, type SnapshotHead, TRIM_ROWS_PER_COMMIT } from "../../src/replica/storage/index.ts";
+import { ReplicaStorage, readEpochStart, type SnapshotHead, TRIM_ROWS_PER_COMMIT } from "../../src/replica/storage/index.ts";
 import { encodeBatch, encodeRecord } from "../../src/replica/storage/records.ts";
 import { type Recovered, recover } from "../../src/replica/storage/recovery.ts";
 import { rowChecksum } from "../../src/replica/storage/checksum.ts";
@@ -391,7 +391,7 @@ describe("store format", () => {
     expect(sumLengths()).toEqual([32, 32, 32, 32, 33]);
   });
 
-  test("a store of a newer format is refused, naming both versions", () => {
+  test("a store of a newer format is refused, naming both versions, by the open and by the reads before it", () => {
     const t = tempDir();
     cleanups.push(t.remove);
     openStorage(t.dir).close();
@@ -399,5 +399,8 @@ describe("store format", () => {
     sql(t.dir, "UPDATE meta SET v = ?, sum = ? WHERE k = 'format'", v, rowChecksum("meta", "format", [v]));
     expect(() => openStorage(t.dir)).toThrow(StoreIdentityError);
     expect(() => openStorage(t.dir)).toThrow(`store format ${STORE_FORMAT_VERSION + 1}; this fitb reads format ${STORE_FORMAT_VERSION}`);
+    expect(() => readEpochStart(t.dir, "unit", 0)).toThrow(
+      `store format ${STORE_FORMAT_VERSION + 1}; this fitb reads format ${STORE_FORMAT_VERSION}`,
+    );
   });
 });

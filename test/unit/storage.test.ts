@@ -93,6 +93,27 @@ function coreKinds(storage: ReplicaStorage): string[] {
   return kinds;
 }
 
+/**
+ * A store of 3,000 decided records written in 60 commits, enough for its log to have been
+ * folded into the file a few times (a base of pages there, recent ones in the log), as a
+ * replica's store is, and a copy of it as kill -9 leaves it: the file and its log, copied
+ * while it was open. The store itself is closed.
+ */
+function killedStoreCopy(): { dir: string; copy: string } {
+  const dir = freshDir();
+  const storage = openStorage(dir);
+  for (let i = 0; i < 60; i++)
+    write(
+      storage,
+      Array.from({ length: 50 }, (_, k) => decided(i * 50 + k + 1, `payload ${"x".repeat(300)} ${i}`)),
+    );
+  const copy = freshDir();
+  copyFileSync(join(dir, STORE_FILE), join(copy, STORE_FILE));
+  copyFileSync(join(dir, `${STORE_FILE}-wal`), join(copy, `${STORE_FILE}-wal`));
+  storage.close();
+  return { dir, copy };
+}
+
 function decidedSeqs(storage: ReplicaStorage): number[] {
   return [...storage.store.decidedSeqs(0)];
 }
@@ -347,20 +368,8 @@ describe("corruption", () => {
   });
 
   test("the reads before a start do not stop it on a damaged store (closing it fails to fold the log)", () => {
-    const dir = freshDir();
-    const storage = openStorage(dir);
-    // Enough commits for the log to have been folded into the file a few times (a base of
-    // pages there, recent ones in the log), as a replica's store is.
-    for (let i = 0; i < 60; i++)
-      write(
-        storage,
-        Array.from({ length: 50 }, (_, k) => decided(i * 50 + k + 1, `payload ${"x".repeat(300)} ${i}`)),
-      );
-    // As kill -9 leaves it (the file and its log, copied while open), then the file cut to half.
-    const copy = freshDir();
-    copyFileSync(join(dir, STORE_FILE), join(copy, STORE_FILE));
-    copyFileSync(join(dir, `${STORE_FILE}-wal`), join(copy, `${STORE_FILE}-wal`));
-    storage.close();
+    const { copy } = killedStoreCopy();
+    // The file cut to half.
     truncateSync(join(copy, STORE_FILE), Math.floor(statSync(join(copy, STORE_FILE)).size / 2));
     expect(readEpochStart(copy, "unit", 0)).toBeNull();
     expect(readJoined(copy, "unit", 0)).toBeNull();
@@ -370,17 +379,7 @@ describe("corruption", () => {
   });
 
   test("the reads before a start change nothing in the files: damage the log would be folded over is still found by the open", () => {
-    const dir = freshDir();
-    const storage = openStorage(dir);
-    for (let i = 0; i < 60; i++)
-      write(
-        storage,
-        Array.from({ length: 50 }, (_, k) => decided(i * 50 + k + 1, `payload ${"x".repeat(300)} ${i}`)),
-      );
-    const copy = freshDir();
-    copyFileSync(join(dir, STORE_FILE), join(copy, STORE_FILE));
-    copyFileSync(join(dir, `${STORE_FILE}-wal`), join(copy, `${STORE_FILE}-wal`));
-    storage.close();
+    const { dir, copy } = killedStoreCopy();
     // Cut to 90%, and copied once more: folding the log into the file (on close) may
     // cover the cut part with the pages the log holds, and hide the damage from the open.
     truncateSync(join(copy, STORE_FILE), Math.floor(statSync(join(copy, STORE_FILE)).size * 0.9));

@@ -45,8 +45,9 @@ export interface Disk {
   /** Opens the database file at `path`, creating it (owner-only) if missing. */
   openDatabase(path: string): Database;
   /**
-   * Opens the database file at `path` read-only (its closing writes nothing back), or
-   * null if there is none.
+   * Opens the database file at `path` read-only, or null if there is none. Nothing is
+   * written to the file or its write-ahead log, and closing folds nothing back (SQLite may
+   * create an empty log and its shared-memory index beside the file).
    */
   openDatabaseReadOnly(path: string): Database | null;
   /**

@@ -250,40 +250,46 @@ function inUse(dir: string): StoreInUseError {
   return new StoreInUseError(`${dir} is in use by another fitb process (its database is locked); stop that process first`);
 }
 
-function otherReplica(path: string, stored: { cluster?: unknown; replica?: unknown }, identity: StoreIdentity): StoreIdentityError {
-  return new StoreIdentityError(
-    `${path} belongs to replica ${String(stored.replica)} of cluster ${String(stored.cluster)}, not replica ${identity.replica} of ${identity.cluster}`,
-  );
+/** Throws StoreIdentityError for a store (its intact meta values) of a newer format or of another replica. */
+function refuseNotOurs(path: string, meta: ReadonlyMap<string, Canonical>, identity: StoreIdentity): void {
+  const format = meta.get("format");
+  if (typeof format === "number" && format > STORE_FORMAT_VERSION) {
+    throw new StoreIdentityError(`${path} has store format ${format}; this fitb reads format ${STORE_FORMAT_VERSION}`);
+  }
+  const stored = meta.get("identity") as { cluster?: unknown; replica?: unknown } | undefined;
+  if (stored !== undefined && (stored.cluster !== identity.cluster || stored.replica !== identity.replica)) {
+    throw new StoreIdentityError(
+      `${path} belongs to replica ${String(stored.replica)} of cluster ${String(stored.cluster)}, not replica ${identity.replica} of ${identity.cluster}`,
+    );
+  }
 }
 
 /**
- * A meta value of the store in `dir`, read without writing anything: no schema, no identity
- * row, and no fold of the write-ahead log into the file when the connection closes (the
- * file is opened read-only), so damage stays where the open will find it. Null when there
- * is no store yet (none is created), no meta table, or the row is damaged. Throws
- * StoreIdentityError for the store of another replica, StoreInUseError while another
- * process holds it, and SQLite's own errors (damage among them) as they come.
+ * A meta value of the store in `dir`, read without changing the store: the file is opened
+ * read-only, so no store is created and nothing is written to it or to its write-ahead
+ * log, which is not folded into the file when the connection closes (SQLite may create an
+ * empty log and its shared-memory index beside an existing file, with the file's mode and
+ * owner). So damage stays where the open will find it. Null when there is no store yet,
+ * no meta table, or the row is damaged. Throws StoreIdentityError for the store of another
+ * replica or of a newer format, StoreInUseError while another process holds it, and
+ * SQLite's own errors (damage among them) as they come.
  */
 export function readMetaOnly(dir: string, identity: StoreIdentity, key: string, disk: Disk = realDisk): Canonical | null {
-  const db = disk.openDatabaseReadOnly(join(dir, STORE_FILE));
+  const path = join(dir, STORE_FILE);
+  const db = disk.openDatabaseReadOnly(path);
   if (db === null) return null;
   try {
     const table = db.query("SELECT 1 AS one FROM sqlite_master WHERE type = 'table' AND name = 'meta'").get();
     if (table === null) return null;
-    const rows = db.query("SELECT k, v, sum FROM meta WHERE k IN ('identity', ?)").all(key) as Row[];
-    let value: Canonical | null = null;
+    const rows = db.query("SELECT k, v, sum FROM meta WHERE k IN ('format', 'identity', ?)").all(key) as Row[];
+    const meta = new Map<string, Canonical>();
     for (const row of rows) {
       const k = String(row.k);
       const v = blob(row.v);
-      if (!rowIntact("meta", k, [v], row.sum as Uint8Array)) continue;
-      if (k === key) value = decodeCanonical(v);
-      if (k !== "identity") continue;
-      const stored = decodeCanonical(v) as { cluster?: unknown; replica?: unknown };
-      if (stored.cluster !== identity.cluster || stored.replica !== identity.replica) {
-        throw otherReplica(join(dir, STORE_FILE), stored, identity);
-      }
+      if (rowIntact("meta", k, [v], row.sum as Uint8Array)) meta.set(k, decodeCanonical(v));
     }
-    return value;
+    refuseNotOurs(path, meta, identity);
+    return meta.get(key) ?? null;
   } catch (error) {
     if (isLocked(error)) throw inUse(dir);
     throw error;
@@ -363,14 +369,7 @@ export class ReplicaStore {
       // A damaged meta row is rewritten below: this replica knows who it is.
       if (rowIntact("meta", k, [v], row.sum as Uint8Array)) meta.set(k, decodeCanonical(v));
     }
-    const format = meta.get("format");
-    if (typeof format === "number" && format > STORE_FORMAT_VERSION) {
-      throw new StoreIdentityError(`${this.path} has store format ${format}; this fitb reads format ${STORE_FORMAT_VERSION}`);
-    }
-    const stored = meta.get("identity") as { cluster?: unknown; replica?: unknown } | undefined;
-    if (stored !== undefined && (stored.cluster !== identity.cluster || stored.replica !== identity.replica)) {
-      throw otherReplica(this.path, stored, identity);
-    }
+    refuseNotOurs(this.path, meta, identity);
     const given = identity.executionConfig;
     if (given !== undefined) {
       const differing = differingSections(meta.get(EXECUTION_CONFIG_META), given);

@@ -229,10 +229,12 @@ export class SimDisk implements Disk {
     return [...names].sort();
   }
 
-  /** A copy of the file's last image (null: none), so reading it changes nothing here. */
+  /** A copy of the file's last image (null: none), so reading it changes nothing here; busy while the file is open, as openDatabase is. */
   openDatabaseReadOnly(path: string): Database | null {
-    const image = this.files.get(path)?.image ?? null;
-    return image === null ? null : Database.deserialize(image, { strict: true, readonly: true } as never);
+    const file = this.files.get(path);
+    if (file === undefined || file.image === null) return null;
+    if (file.db !== null) throw Object.assign(new Error("database is locked"), { code: "SQLITE_BUSY" });
+    return Database.deserialize(file.image, { strict: true, readonly: true } as never);
   }
 
   openDatabase(path: string): Database {
