@@ -3,7 +3,7 @@
  * cluster directory with keys, free ports, and helpers to kill, restart and wait.
  * Every wait is bounded; every process is killed by `stop()`.
  */
-import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
@@ -32,10 +32,64 @@ export async function metricValue(port: number, series: string): Promise<number>
   return 0;
 }
 
-/** Finds `count` consecutive free TCP ports on 127.0.0.1, starting at a random base. */
+/**
+ * Test processes running at once (`npm test` runs two files at a time, and another suite
+ * may run beside it) each take their ports from a lane of their own, so that a port one
+ * found free and is about to bind, or to bind again after a restart, is never found free
+ * by another. A lane is claimed with a file naming the claiming process, and taken over
+ * once that process is gone (the files stay: `bun test` runs no exit handler of a test file).
+ */
+const PORT_LANES = 8;
+const PORT_LANE_DIR = join(tmpdir(), "fitb-test-port-lanes");
+
+/** Whether a process `pid` exists (one of another user counts as existing). */
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as { code?: string }).code === "EPERM";
+  }
+}
+
+/** The lane held by this process (claimed at the first call); null when every lane is another live process's. */
+export function portLane(): number | null {
+  mkdirSync(PORT_LANE_DIR, { recursive: true });
+  const own = String(process.pid);
+  for (let lane = 0; lane < PORT_LANES; lane++) {
+    const path = join(PORT_LANE_DIR, String(lane));
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        writeFileSync(path, own, { flag: "wx" });
+        return lane;
+      } catch {
+        let holder = "";
+        try {
+          holder = readFileSync(path, "utf8").trim();
+        } catch {
+          continue; // Released meanwhile: claim it again.
+        }
+        if (holder === own) return lane;
+        if (!/^\d+$/.test(holder) || processExists(Number(holder))) break;
+        try {
+          unlinkSync(path);
+        } catch {
+          // Another process took it over first.
+        }
+      }
+    }
+  }
+  return null;
+}
+
+/** Finds `count` consecutive free TCP ports on 127.0.0.1, starting at a random base in this process's lane. */
 export function freePortRange(count: number): number {
+  const lane = portLane();
+  const lanePorts = Math.floor((TEST_PORT_MAX - TEST_PORT_MIN) / PORT_LANES);
+  const [min, max] =
+    lane === null ? [TEST_PORT_MIN, TEST_PORT_MAX] : [TEST_PORT_MIN + lane * lanePorts, TEST_PORT_MIN + (lane + 1) * lanePorts];
   for (let attempt = 0; attempt < 50; attempt++) {
-    const base = TEST_PORT_MIN + Math.floor(Math.random() * (TEST_PORT_MAX - TEST_PORT_MIN - count));
+    const base = min + Math.floor(Math.random() * (max - min - count));
     const listeners = [];
     let ok = true;
     for (let i = 0; i < count; i++) {
