@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { findPortHolder } from "../../src/cli/port-holder.ts";
 import { initCluster } from "../../src/config/init.ts";
 import { listenFailure } from "../../src/relay/server.ts";
-import { BUN, MAIN } from "./harness.ts";
+import { BUN, MAIN, freePortRange } from "./harness.ts";
 
 describe("listenFailure", () => {
   test("a port in use, as Bun really reports it, is named with its address", () => {
@@ -91,10 +91,7 @@ describe("who holds a port", () => {
   }, 30_000);
 });
 
-/** A port nothing listens on now (a listener opened and closed). */
+/** A port nothing listens on now, in this test process's lane (harness.ts). */
 function freePort(): number {
-  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = probe.port;
-  probe.stop(true);
-  return port;
+  return freePortRange(1);
 }

@@ -2,7 +2,7 @@
  * Test helpers for peer meshes over real loopback TCP: a replica's PeerMesh and listener
  * (ReplicaServer) on a free port, recording the messages it receives.
  */
-import type { TCPSocketListener } from "bun";
+import { freePortRange } from "../integration/harness.ts";
 import type { ReplicaEntry } from "../../src/config/cluster.ts";
 import type { SigningKey } from "../../src/crypto/keys.ts";
 import { createLog } from "../../src/replica/log.ts";
@@ -13,20 +13,9 @@ import { FRAME_BYTES_MAX } from "../../wire/types.ts";
 
 const HOST = "127.0.0.1";
 
+/** A port nothing listens on now, in this test process's lane (harness.ts freePortRange). */
 export function freePort(): number {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const port = 20_000 + Math.floor(Math.random() * 20_000);
-    let listener: TCPSocketListener<undefined> | null = null;
-    try {
-      listener = Bun.listen({ hostname: HOST, port, socket: { data() {} } });
-      return port;
-    } catch {
-      // taken: another one
-    } finally {
-      listener?.stop(true);
-    }
-  }
-  throw new Error("no free port");
+  return freePortRange(1);
 }
 
 export function entry(id: number, key: SigningKey, port: number): ReplicaEntry {
