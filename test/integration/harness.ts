@@ -106,6 +106,15 @@ export function freePortRange(count: number): number {
   throw new Error("no free port range found");
 }
 
+/**
+ * `fitb relay` (from source) with `configPath` and `keyPath` on 127.0.0.1:`port`, and no
+ * Unix socket: its default path ($XDG_RUNTIME_DIR) is one for every relay, another test
+ * file's too. `more` follows.
+ */
+export function relayArgv(configPath: string, keyPath: string, port: number, ...more: string[]): string[] {
+  return [BUN, MAIN, "relay", "--config", configPath, "--key", keyPath, "--listen", `127.0.0.1:${port}`, "--socket", "none", ...more];
+}
+
 /** `fitb bench` (from source) on `tag` of `cluster`: `events` events of `bytes` bytes, one JSON result line. */
 export function benchArgv(cluster: TestCluster, tag: string, events: number, bytes: number): string[] {
   return [

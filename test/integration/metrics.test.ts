@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Subprocess } from "bun";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, createChannels, encode } from "./client-util.ts";
-import { BUN, freePortRange, logTail, MAIN, startCluster, type TestCluster } from "./harness.ts";
+import { freePortRange, relayArgv, logTail, startCluster, type TestCluster } from "./harness.ts";
 
 const PROMTOOL = Bun.which("promtool");
 
@@ -73,24 +73,10 @@ beforeAll(async () => {
   relayPort = ports + 4;
   const relayMetricsPort = ports + 5;
   cluster = await startCluster({ replicaArgs: (id) => ["--metrics", `127.0.0.1:${metricsBase + id}`] });
-  relay = Bun.spawn(
-    [
-      BUN,
-      MAIN,
-      "relay",
-      "--config",
-      cluster.configPath,
-      "--key",
-      cluster.clientKey,
-      "--listen",
-      `127.0.0.1:${relayPort}`,
-      "--socket",
-      "none",
-      "--metrics",
-      `127.0.0.1:${relayMetricsPort}`,
-    ],
-    { stdout: "pipe", stderr: "pipe" },
-  );
+  relay = Bun.spawn(relayArgv(cluster.configPath, cluster.clientKey, relayPort, "--metrics", `127.0.0.1:${relayMetricsPort}`), {
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   (async () => {
     for await (const chunk of relay.stderr as ReadableStream<Uint8Array>) relayLog.push(new TextDecoder().decode(chunk));
   })();

@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { EVENT_BYTES_MAX, RELAY_LINE_BYTES_MAX } from "../../wire/types.ts";
 import { completeLines } from "../helpers/line-client.ts";
 import { waitFor } from "../helpers/wait.ts";
-import { BUN, freePortRange, MAIN, startCluster, type TestCluster } from "./harness.ts";
+import { BUN, freePortRange, relayArgv, MAIN, startCluster, type TestCluster } from "./harness.ts";
 
 const WAIT_MS = 15_000;
 const enc = new TextEncoder();
@@ -614,14 +614,10 @@ describe("relay: bounds at their limit", () => {
 describe("relay: `fitb relay` as its own process", () => {
   test("publishes, refuses a port in use, and stops cleanly on SIGTERM", async () => {
     const port = freePortRange(1);
-    const proc = Bun.spawn(
-      // No Unix socket: its default path ($XDG_RUNTIME_DIR) is one for every relay, another test file's too.
-      [BUN, MAIN, "relay", "--config", cluster.configPath, "--key", cluster.clientKey, "--listen", `127.0.0.1:${port}`, "--socket", "none"],
-      {
-        stdout: "pipe",
-        stderr: "pipe",
-      },
-    );
+    const proc = Bun.spawn(relayArgv(cluster.configPath, cluster.clientKey, port), {
+      stdout: "pipe",
+      stderr: "pipe",
+    });
     let stderr = "";
     void (async () => {
       for await (const chunk of proc.stderr) stderr += dec.decode(chunk);
@@ -634,26 +630,10 @@ describe("relay: `fitb relay` as its own process", () => {
       expect(lines[0]).toMatch(/^\+OK net\.links \d+$/);
       expect(lines[1]).toBe("PONG");
 
-      const second = Bun.spawn(
-        // No Unix socket: its default path ($XDG_RUNTIME_DIR) is one for every relay, another test file's too.
-        [
-          BUN,
-          MAIN,
-          "relay",
-          "--config",
-          cluster.configPath,
-          "--key",
-          cluster.clientKey,
-          "--listen",
-          `127.0.0.1:${port}`,
-          "--socket",
-          "none",
-        ],
-        {
-          stdout: "pipe",
-          stderr: "pipe",
-        },
-      );
+      const second = Bun.spawn(relayArgv(cluster.configPath, cluster.clientKey, port), {
+        stdout: "pipe",
+        stderr: "pipe",
+      });
       const [secondErr, secondCode] = await Promise.all([new Response(second.stderr).text(), second.exited]);
       expect(secondCode).toBe(1);
       expect(secondErr).toContain(`127.0.0.1:${port} is already in use`);

@@ -28,7 +28,7 @@ import {
   type Stream,
   waitCaughtUp,
 } from "./durability-history.ts";
-import { BUN, freePortRange, logTail, MAIN, type TestCluster, waitListening } from "./harness.ts";
+import { freePortRange, relayArgv, logTail, type TestCluster, waitListening } from "./harness.ts";
 
 const TAG = "sec.alerts";
 const WAIT_MS = 60_000;
@@ -93,14 +93,10 @@ async function publisherKey(admin: FitbClient, name: string): Promise<string> {
 /** `fitb relay` from `configPath` with `keyPath` on a free port; resolves once it listens. */
 async function startRelay(configPath: string, keyPath: string): Promise<number> {
   const port = freePortRange(1);
-  // No Unix socket: its default path ($XDG_RUNTIME_DIR) is one for every relay, another test file's too.
-  const proc = Bun.spawn(
-    [BUN, MAIN, "relay", "--config", configPath, "--key", keyPath, "--listen", `127.0.0.1:${port}`, "--socket", "none"],
-    {
-      stdout: "pipe",
-      stderr: "pipe",
-    },
-  );
+  const proc = Bun.spawn(relayArgv(configPath, keyPath, port), {
+    stdout: "pipe",
+    stderr: "pipe",
+  });
   relay = proc;
   let stderr = "";
   void (async () => {
