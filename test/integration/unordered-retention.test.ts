@@ -12,7 +12,7 @@ import type { Frame } from "../../wire/schemas.ts";
 import { FrameType } from "../../wire/types.ts";
 import { waitFor } from "../helpers/wait.ts";
 import { clientFor, publishFrame, rawSession } from "./client-util.ts";
-import { logTail, startCluster, type TestCluster } from "./harness.ts";
+import { freePortRange, logTail, startCluster, type TestCluster } from "./harness.ts";
 
 /** The channels' age limit: the smallest a cluster file takes. */
 const AGE_SECONDS = 1;
@@ -22,11 +22,17 @@ const REPLICA = 0;
 
 let cluster: TestCluster;
 let admin: FitbClient;
+/** REPLICA's metrics port: its storage says when what it staged is durable. */
+let metricsPort = 0;
 /** The decided seq of the registration: the first publish names it (`after`), so a replica that has not executed it yet waits (read-your-writes). */
 let registeredAt = 0;
 
 beforeAll(async () => {
-  cluster = await startCluster({ limits: { age_seconds_max: AGE_SECONDS } });
+  metricsPort = freePortRange(1);
+  cluster = await startCluster({
+    limits: { age_seconds_max: AGE_SECONDS },
+    replicaArgs: (id) => (id === REPLICA ? ["--metrics", `127.0.0.1:${metricsPort}`] : []),
+  });
   admin = clientFor(cluster, cluster.adminKey);
   const key = loadSigningKeyFile(cluster.clientKey).key;
   await admin.admin({ t: "create-channel", tag: TAG, fault: "crash", order: "none", priority: "normal", public: true });
@@ -42,6 +48,13 @@ afterAll(async () => {
 async function heldMost(): Promise<number | null> {
   const listed = (await admin.listChannels()).find((channel) => channel.tag === TAG);
   return listed?.reportedEventsMax ?? null;
+}
+
+/** REPLICA's records staged and not yet durable; null while its metrics lack the series (so a renamed one fails, not passes). */
+async function pendingWrites(): Promise<number | null> {
+  const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith("fitb_storage_pending_writes "));
+  return line === undefined ? null : Number(line.slice("fitb_storage_pending_writes ".length));
 }
 
 /** Sends `frame` to REPLICA on a session of its own and returns its one answer. */
@@ -70,6 +83,9 @@ test("an idle unordered channel is trimmed by age, and the trimmed request repla
   // Stored (the positive signal), then gone with no publish after it: the age sweep ran.
   await waitFor("the event stored", async () => (await heldMost()) === 1, 30_000);
   await waitFor("the idle channel trimmed by age", async () => (await heldMost()) === 0, 30_000);
+  // The trim is staged in the same turn and written with the next commit, which waits for
+  // the fsync in flight: killed before it, the replica would come back with the event.
+  await waitFor("the trim durable", async () => (await pendingWrites()) === 0, 30_000);
 
   cluster.kill(REPLICA);
   cluster.start(REPLICA);
