@@ -396,6 +396,8 @@ export class OrderingDriver {
    * bucket holds more than zero, and then charged what it read (it may owe one answer).
    */
   private readonly logServeBudgets = new RateLimiter(LOG_SERVE_BYTES_PER_SECOND, LOG_SERVE_BURST_BYTES);
+  /** The core is behind the lost-records fence (core fence.ts) and the store keeps asking for it (noteLostVotesFence). */
+  private lostVotesFenced = false;
 
   constructor(private readonly options: OrderingDriverOptions) {
     const { config, id, key, machine, storage, log, metrics } = options;
@@ -445,8 +447,18 @@ export class OrderingDriver {
       ? { ...(epochConfig ?? coreConfig), stoppedClean: true }
       : { ...(epochConfig ?? coreConfig), ...(storage.lostRecords ? { lostRecords: true } : {}) };
     const restored = new OrderingCore(startConfig, crypto, coreRecords, this.policy);
+    this.lostVotesFenced = restored.status().lostVotesFenced;
     const fence = restored.status().voteFence;
-    if (fence !== null) {
+    if (this.lostVotesFenced) {
+      // Its store cannot name the views and seqs it voted in: no PRE_PREPARE or PREPARE in
+      // any view until it installs one it knows it never voted in (core fence.ts).
+      log.warn(
+        "records were lost (now or in a run that ended before its fence did): votes fenced in every view until a view change this replica takes part in",
+        {
+          view: restored.status().view,
+        },
+      );
+    } else if (fence !== null) {
       // No new proposal or PREPARE from it in that view up to upToSeq: it follows its
       // peers' decisions there (core PROTOCOL.md §2, "Votes sent before their fsync").
       log.info("restarted without a clean stop: votes fenced", { view: fence.view, upToSeq: fence.seq });
@@ -1212,6 +1224,19 @@ export class OrderingDriver {
   }
 
   /** A step's records into the group commit, in the core's order, and its effects after them. */
+  /**
+   * The core started behind the lost-records fence (its store lost records, now or in a
+   * run that ended before the fence did): once the fence ends, the store stops asking the
+   * next start for it (storage/index.ts LOST_VOTES_META).
+   */
+  private noteLostVotesFence(): void {
+    const status = this.core.status();
+    if (status.lostVotesFenced) return;
+    this.lostVotesFenced = false;
+    this.options.storage.clearLostVotes();
+    this.options.log.info("the lost-records fence ended: this replica votes again", { view: status.view });
+  }
+
   private handleReady(ready: Ready): void {
     // The records are staged in the core's order; every effect waits until every record
     // staged before it is durable, except the `decided` records after the step's last
@@ -1249,6 +1274,7 @@ export class OrderingDriver {
         storage.afterDurable(run, mark);
       }
     }
+    if (this.lostVotesFenced) this.noteLostVotesFence();
     if (this.switchDue) {
       this.switchDue = false;
       this.options.storage.afterDurable(() => this.switchEpoch());

@@ -178,6 +178,7 @@ export class OrderingCore {
       pending: state.pending.total,
       transferTo: state.transfer?.seq ?? null,
       voteFence: fenceStatus(state),
+      lostVotesFenced: state.lostVotes !== null,
     };
   }
 

@@ -276,6 +276,8 @@ export interface CoreStatus {
   transferTo: number | null;
   /** Restarted: the view and highest seq in which it signs no new PRE_PREPARE or PREPARE (PROTOCOL.md §2), or null. */
   voteFence: { view: number; seq: number } | null;
+  /** Its store lost records and it signs no PRE_PREPARE or PREPARE in any view until the fence of fence.ts ends (PROTOCOL.md §2). */
+  lostVotesFenced: boolean;
 }
 
 /** Sizes of every bounded structure, for the simulator's bound checks and for metrics. */

@@ -54,6 +54,12 @@ export const CORRUPT_ROWS_LOGGED_MAX = 16;
 export const EXIT_STORAGE_FAILED = 74;
 /** The meta row a clean stop sets (true) and the next open clears (false). */
 export const STOPPED_CLEAN_META = "stopped_clean";
+/**
+ * The meta row set (true) once this store is known to have lost records, and deleted when
+ * the ordering core's lost-records fence ends (clearLostVotes): a restart before then is
+ * fenced again, not only by the ordinary restart fence (core/ordering/PROTOCOL.md §2).
+ */
+export const LOST_VOTES_META = "lost_votes";
 
 /**
  * Rows a new base or pruning left behind (decided rows at or below the base, batch rows
@@ -221,6 +227,8 @@ export class ReplicaStorage {
     this.quarantined = quarantined;
     this.fileIdentity = (options.disk ?? realDisk) === realDisk ? fileIdentityOf(join(options.dir, STORE_FILE)) : null;
     this.markerFound = takeStopMarker(store, options);
+    this.lostVotesStored = store.meta(LOST_VOTES_META) === true;
+    if (corrupt.some(mayHoldVotes) || quarantined) this.storeLostVotes();
     this.commits = new GroupCommit({
       commit: (writes) =>
         this.store.transactionWritten(() => {
@@ -353,8 +361,34 @@ export class ReplicaStorage {
    * records that bound its ordinary fence may be among those lost (CoreConfig.lostRecords).
    */
   get lostRecords(): boolean {
-    return this.corruptAtOpen.some(mayHoldVotes) || this.quarantined || this.damageReported;
+    return this.corruptAtOpen.some(mayHoldVotes) || this.quarantined || this.damageReported || this.lostVotesStored;
   }
+
+  /**
+   * The ordering core's lost-records fence has ended (it installed a view it knows it
+   * never voted in: core fence.ts): the next start need not fence every view again. The
+   * row goes with the next commit; a crash before it fences once more, which is safe. This
+   * run stays one that lost records (no clean-stop marker at its close).
+   */
+  clearLostVotes(): void {
+    if (!this.lostVotesStored || this.closed) return;
+    this.lostVotesStored = false;
+    this.commits.stage(() => this.store.deleteMeta(LOST_VOTES_META));
+  }
+
+  /**
+   * Stores that records were lost, durably, before anything can vote: what loses records
+   * (damage at open, quarantine, damage found later) calls this.
+   */
+  private storeLostVotes(): void {
+    if (this.lostVotesStored) return;
+    this.lostVotesStored = true;
+    this.store.transaction(() => this.store.putMeta(LOST_VOTES_META, true));
+    if (this.options.sync === "normal") syncLogNow(this.store, this.options.disk ?? realDisk);
+  }
+
+  /** An earlier run lost records and its core's fence had not ended (LOST_VOTES_META). */
+  private lostVotesStored: boolean;
 
   /** The clean-stop marker was set at open (and has been cleared durably since). */
   private readonly markerFound: boolean;
@@ -407,7 +441,10 @@ export class ReplicaStorage {
 
   /** Reports damage found while running (at read), with the same log line and metric as at open. */
   reportCorrupt(rows: readonly CorruptRow[]): void {
-    if (rows.some(mayHoldVotes)) this.damageReported = true;
+    if (rows.some(mayHoldVotes)) {
+      this.damageReported = true;
+      if (!this.closed) this.storeLostVotes();
+    }
     reportCorruption(this.options, rows);
   }
 

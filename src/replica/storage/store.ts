@@ -194,6 +194,7 @@ function blob(value: unknown): Uint8Array {
 function prepareStatements(db: Database) {
   return {
     putMeta: db.prepare("INSERT OR REPLACE INTO meta (k, v, sum) VALUES (?, ?, ?)"),
+    deleteMeta: db.prepare("DELETE FROM meta WHERE k = ?"),
     insertCore: db.prepare("INSERT INTO core (id, kind, seq, rec, sum) VALUES (?, ?, ?, ?, ?)"),
     deleteCoreKindUpTo: db.prepare("DELETE FROM core WHERE kind = ? AND seq <= ?"),
     deleteCoreKindBelowId: db.prepare("DELETE FROM core WHERE kind = ? AND id < ?"),
@@ -393,6 +394,10 @@ export class ReplicaStore {
     if (row === null) return null;
     const v = blob(row.v);
     return rowIntact("meta", k, [v], row.sum as Uint8Array) ? decodeCanonical(v) : null;
+  }
+
+  deleteMeta(k: string): void {
+    this.stmts.deleteMeta.run(k);
   }
 
   putMeta(k: string, value: Canonical): void {
