@@ -3,7 +3,7 @@
 // a damaged base falls back to what can still be trusted; unordered stores come back.
 import { afterEach, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { statSync, truncateSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, statSync, truncateSync } from "node:fs";
 import { join } from "node:path";
 import { ClientTable } from "../../src/core/ordering/clients.ts";
 import { makeConfig } from "../../src/core/ordering/config.ts";
@@ -702,10 +702,51 @@ describe("lost records fence every view", () => {
     expect(storage.stoppedClean).toBe(false);
     expect(coreStartedFrom(storage, recovered.coreRecords).status().voteFence).toEqual(LOST_RECORDS_FENCE);
     storage.close();
+    // The next start is fenced in every view again: the store keeps asking until the core's fence ends.
     const next = openStorage(dir);
-    cleanups.push(() => next.close());
-    expect(next.lostRecords).toBe(false);
+    expect(next.lostRecords).toBe(true);
     expect(next.stoppedClean).toBe(false);
+    expect(coreStartedFrom(next, recoverInto(next).coreRecords).status().voteFence).toEqual(LOST_RECORDS_FENCE);
+    next.close();
+    const after = openStorage(dir);
+    cleanups.push(() => after.close());
+    expect(after.lostRecords).toBe(true);
+  });
+
+  test("a quarantined store asks every start for the fence until the fence ends (clearLostVotes), even after a clean stop", () => {
+    const { dir, writer, publisher } = setup();
+    writer.storage.persist(VIEW_0);
+    publishDecisions(writer, publisher, 200);
+    writer.storage.close();
+    const file = join(dir, STORE_FILE);
+    truncateSync(file, Math.floor(statSync(file).size / 2));
+    const first = openStorage(dir);
+    expect(first.quarantined).toBe(true);
+    // A kill -9 before the fence ends: the files as the running store left them, opened
+    // again; the open finds no damage, and still the lost records.
+    const copy = `${dir}-killed`;
+    mkdirSync(copy);
+    for (const name of [STORE_FILE, `${STORE_FILE}-wal`]) if (existsSync(join(dir, name))) copyFileSync(join(dir, name), join(copy, name));
+    first.close();
+    const killed = openStorage(copy);
+    expect(killed.quarantined).toBe(false);
+    expect(killed.corruptAtOpen).toEqual([]);
+    expect(killed.lostRecords).toBe(true);
+    expect(coreStartedFrom(killed, recoverInto(killed).coreRecords).status().voteFence).toEqual(LOST_RECORDS_FENCE);
+    // Stopped cleanly while still fenced: no marker, and the fence again.
+    killed.close();
+    const stopped = openStorage(copy);
+    expect(stopped.stoppedClean).toBe(false);
+    expect(stopped.lostRecords).toBe(true);
+    // The core's fence ended: the row goes with the next commit; this run still leaves no marker.
+    stopped.clearLostVotes();
+    stopped.commits.flush(true);
+    stopped.close();
+    const cleared = openStorage(copy);
+    cleanups.push(() => cleared.close());
+    expect(cleared.lostRecords).toBe(false);
+    expect(cleared.stoppedClean).toBe(false);
+    expect(coreStartedFrom(cleared, recoverInto(cleared).coreRecords).status().voteFence).not.toEqual(LOST_RECORDS_FENCE);
   });
 });
 

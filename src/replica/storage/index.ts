@@ -228,6 +228,7 @@ export class ReplicaStorage {
     this.fileIdentity = (options.disk ?? realDisk) === realDisk ? fileIdentityOf(join(options.dir, STORE_FILE)) : null;
     this.markerFound = takeStopMarker(store, options);
     this.lostVotesStored = store.meta(LOST_VOTES_META) === true;
+    this.lostVotesAtOpen = this.lostVotesStored;
     if (corrupt.some(mayHoldVotes) || quarantined) this.storeLostVotes();
     this.commits = new GroupCommit({
       commit: (writes) =>
@@ -357,11 +358,12 @@ export class ReplicaStorage {
 
   /**
    * Records were lost: damaged rows were dropped or the file moved aside at open, or
-   * recovery (or a read since) found damage. The core then fences every view, since the
-   * records that bound its ordinary fence may be among those lost (CoreConfig.lostRecords).
+   * recovery (or a read since) found damage, or an earlier run lost them and was stopped
+   * before its core's fence ended (LOST_VOTES_META). The core then fences every view, since
+   * the records that bound its ordinary fence may be among those lost (CoreConfig.lostRecords).
    */
   get lostRecords(): boolean {
-    return this.corruptAtOpen.some(mayHoldVotes) || this.quarantined || this.damageReported || this.lostVotesStored;
+    return this.corruptAtOpen.some(mayHoldVotes) || this.quarantined || this.damageReported || this.lostVotesAtOpen;
   }
 
   /**
@@ -387,8 +389,10 @@ export class ReplicaStorage {
     if (this.options.sync === "normal") syncLogNow(this.store, this.options.disk ?? realDisk);
   }
 
-  /** An earlier run lost records and its core's fence had not ended (LOST_VOTES_META). */
+  /** The row LOST_VOTES_META is in the store (or staged to be). */
   private lostVotesStored: boolean;
+  /** An earlier run lost records and its core's fence had not ended (LOST_VOTES_META at open). */
+  private readonly lostVotesAtOpen: boolean;
 
   /** The clean-stop marker was set at open (and has been cleared durably since). */
   private readonly markerFound: boolean;
