@@ -635,6 +635,17 @@ function writeThenDamageBase(
   db.close();
 }
 
+/** A store that voted in view 0 and decided 200 seqs, stopped, then cut in half: the next open moves it aside. */
+function cutStore(): string {
+  const { dir, writer, publisher } = setup();
+  writer.storage.persist(VIEW_0);
+  publishDecisions(writer, publisher, 200);
+  writer.storage.close();
+  const file = join(dir, STORE_FILE);
+  truncateSync(file, Math.floor(statSync(file).size / 2));
+  return dir;
+}
+
 describe("lost records fence every view", () => {
   test("a damaged unordered event's row loses that event, not the fence: no vote was in it", () => {
     const { dir, writer } = setup();
@@ -674,12 +685,7 @@ describe("lost records fence every view", () => {
   });
 
   test("a store moved aside (quarantined) starts empty and fenced: it cannot vote in the view it was in", () => {
-    const { dir, writer, publisher } = setup();
-    writer.storage.persist(VIEW_0);
-    publishDecisions(writer, publisher, 200);
-    writer.storage.close();
-    const file = join(dir, STORE_FILE);
-    truncateSync(file, Math.floor(statSync(file).size / 2));
+    const dir = cutStore();
     const storage = openStorage(dir);
     cleanups.push(() => storage.close());
     expect(storage.quarantined).toBe(true);
@@ -714,12 +720,7 @@ describe("lost records fence every view", () => {
   });
 
   test("a quarantined store asks every start for the fence until the fence ends (clearLostVotes), even after a clean stop", () => {
-    const { dir, writer, publisher } = setup();
-    writer.storage.persist(VIEW_0);
-    publishDecisions(writer, publisher, 200);
-    writer.storage.close();
-    const file = join(dir, STORE_FILE);
-    truncateSync(file, Math.floor(statSync(file).size / 2));
+    const dir = cutStore();
     const first = openStorage(dir);
     expect(first.quarantined).toBe(true);
     // A kill -9 before the fence ends: the files as the running store left them, opened
