@@ -398,6 +398,8 @@ export class OrderingDriver {
   private readonly logServeBudgets = new RateLimiter(LOG_SERVE_BYTES_PER_SECOND, LOG_SERVE_BURST_BYTES);
   /** The core is behind the lost-records fence (core fence.ts) and the store keeps asking for it (noteLostVotesFence). */
   private lostVotesFenced = false;
+  /** The core generation started behind it (a later one, an epoch switch's, was started without it). */
+  private lostVotesGeneration = 0;
 
   constructor(private readonly options: OrderingDriverOptions) {
     const { config, id, key, machine, storage, log, metrics } = options;
@@ -448,6 +450,7 @@ export class OrderingDriver {
       : { ...(epochConfig ?? coreConfig), ...(storage.lostRecords ? { lostRecords: true } : {}) };
     const restored = new OrderingCore(startConfig, crypto, coreRecords, this.policy);
     this.lostVotesFenced = restored.status().lostVotesFenced;
+    this.lostVotesGeneration = this.coreGeneration;
     const fence = restored.status().voteFence;
     if (this.lostVotesFenced) {
       // Its store cannot name the views and seqs it voted in: no PRE_PREPARE or PREPARE in
@@ -1223,7 +1226,6 @@ export class OrderingDriver {
     }
   }
 
-  /** A step's records into the group commit, in the core's order, and its effects after them. */
   /**
    * The core started behind the lost-records fence (its store lost records, now or in a
    * run that ended before the fence did): once the fence ends, the store stops asking the
@@ -1233,10 +1235,20 @@ export class OrderingDriver {
     const status = this.core.status();
     if (status.lostVotesFenced) return;
     this.lostVotesFenced = false;
+    // An epoch switch built a new core without the fence (it orders the new epoch at once):
+    // that is no view this replica knows it never voted in, so the store keeps asking the
+    // next start for the fence.
+    if (this.coreGeneration !== this.lostVotesGeneration) {
+      this.options.log.warn("a new epoch's core started without the lost-records fence; the next start is fenced again", {
+        epoch: this.epochView.epoch,
+      });
+      return;
+    }
     this.options.storage.clearLostVotes();
     this.options.log.info("the lost-records fence ended: this replica votes again", { view: status.view });
   }
 
+  /** A step's records into the group commit, in the core's order, and its effects after them. */
   private handleReady(ready: Ready): void {
     // The records are staged in the core's order; every effect waits until every record
     // staged before it is durable, except the `decided` records after the step's last

@@ -3,7 +3,7 @@
 // a damaged base falls back to what can still be trusted; unordered stores come back.
 import { afterEach, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { copyFileSync, existsSync, mkdirSync, statSync, truncateSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, rmSync, statSync, truncateSync } from "node:fs";
 import { join } from "node:path";
 import { ClientTable } from "../../src/core/ordering/clients.ts";
 import { makeConfig } from "../../src/core/ordering/config.ts";
@@ -727,6 +727,7 @@ describe("lost records fence every view", () => {
     // again; the open finds no damage, and still the lost records.
     const copy = `${dir}-killed`;
     mkdirSync(copy);
+    cleanups.push(() => rmSync(copy, { recursive: true, force: true }));
     for (const name of [STORE_FILE, `${STORE_FILE}-wal`]) if (existsSync(join(dir, name))) copyFileSync(join(dir, name), join(copy, name));
     first.close();
     const killed = openStorage(copy);

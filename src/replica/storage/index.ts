@@ -229,7 +229,11 @@ export class ReplicaStorage {
     this.markerFound = takeStopMarker(store, options);
     this.lostVotesStored = store.meta(LOST_VOTES_META) === true;
     this.lostVotesAtOpen = this.lostVotesStored;
-    if (corrupt.some(mayHoldVotes) || quarantined) this.storeLostVotes();
+    // Written with the loss itself (scanAndDelete, the quarantine above); made durable here under `normal` too.
+    if (corrupt.some(mayHoldVotes) || quarantined) {
+      this.lostVotesStored = false;
+      this.storeLostVotes();
+    }
     this.commits = new GroupCommit({
       commit: (writes) =>
         this.store.transactionWritten(() => {
@@ -292,6 +296,9 @@ export class ReplicaStorage {
         { table: "*", ids: [], key: STORE_FILE, reason: `unreadable (${(error as Error).message}); moved to ${moved}` },
       ]);
       store = ReplicaStore.open(options.dir, options.sync, identity, options.exclusive ?? true, disk);
+      // At once (storeLostVotes makes it durable): a crash from here on leaves the fence asked
+      // for. One between the move and this write starts the new store unfenced (not closed).
+      store.transaction(() => (store as ReplicaStore).putMeta(LOST_VOTES_META, true));
     }
     if (corrupt.length > 0) reportCorruption(options, corrupt);
     return new ReplicaStorage(store, options, corrupt, quarantined);
@@ -447,7 +454,12 @@ export class ReplicaStorage {
   reportCorrupt(rows: readonly CorruptRow[]): void {
     if (rows.some(mayHoldVotes)) {
       this.damageReported = true;
-      if (!this.closed) this.storeLostVotes();
+      // The running core is not fenced by this: the next start is, until its fence ends.
+      try {
+        if (!this.closed) this.storeLostVotes();
+      } catch (error) {
+        this.fail(error);
+      }
     }
     reportCorruption(this.options, rows);
   }
@@ -851,7 +863,12 @@ function scanAndDelete(store: ReplicaStore): CorruptRow[] {
   for (const { seq } of store.partSeqs()) for (const row of store.parts(seq)) note(row);
   for (const row of store.unorderedRows()) note(row);
   for (const row of store.unorderedFloorRows()) note(row);
-  if (corrupt.length > 0) store.transaction(() => corrupt.forEach((row) => deleteCorruptRow(store, row)));
+  // The deletes and the row that asks for the fence go together: a crash between them would leave no sign of the loss.
+  if (corrupt.length > 0)
+    store.transaction(() => {
+      for (const row of corrupt) deleteCorruptRow(store, row);
+      if (corrupt.some(mayHoldVotes)) store.putMeta(LOST_VOTES_META, true);
+    });
   return corrupt;
 }
 
