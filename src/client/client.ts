@@ -839,23 +839,16 @@ export class FitbClient {
     for (const wake of this.readyWaiters.splice(0)) wake();
   }
 
-  /** How many replicas are not up and met a definite "no" at their last attempt (refusedReplicaIds). */
+  /** Replicas that are not up and whose last attempt met a definite "no": nothing listens, or no such host. */
   private refusedReplicas(): number {
-    return this.refusedReplicaIds().length;
-  }
-
-  /** Ids of the replicas that are not up and whose last attempt met a definite "no": nothing listens, or no such host. */
-  refusedReplicaIds(): number[] {
-    return this.group.connections
-      .filter(
-        (connection) =>
-          !connection.isReady &&
-          // A multi-homed replica that refused at one address may still answer at the next.
-          !connection.tryingNextAddress &&
-          connection.lastError instanceof ReplicaUnreachableError &&
-          DEFINITE_REFUSALS.has(connection.lastError.detail),
-      )
-      .map((connection) => connection.id);
+    return this.group.connections.filter(
+      (connection) =>
+        !connection.isReady &&
+        // A multi-homed replica that refused at one address may still answer at the next.
+        !connection.tryingNextAddress &&
+        connection.lastError instanceof ReplicaUnreachableError &&
+        DEFINITE_REFUSALS.has(connection.lastError.detail),
+    ).length;
   }
 
   private onDown(connection: ReplicaConnection, error: ClientError): void {

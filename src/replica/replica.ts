@@ -130,8 +130,6 @@ export interface ReplicaOptions {
    * entry as the membership names it, and the epoch it starts in.
    */
   readonly joining?: { readonly self: ReplicaEntry; readonly epoch: JoinEpoch };
-  /** Its data directory held no store and the group has ordered without it: it starts behind the lost-records fence (src/cli/fresh-store.ts). */
-  readonly lostVotes?: boolean;
   /** The verification budgets and blacklist (admission.ts); tests give one with small budgets and their clock. */
   readonly admission?: ClientAdmission;
   /** The clock of the refusal and query allowances per key and address (ms, monotonic); performance.now by default, tests hold it still. */
@@ -301,7 +299,6 @@ export class Replica {
       log,
       metrics: this.metrics,
       onFatal: options.onFatal,
-      ...(options.lostVotes === true ? { lostVotes: true } : {}),
     });
     this.ordering = new OrderingDriver({
       onFatal: options.onFatal,

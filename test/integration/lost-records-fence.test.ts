@@ -6,7 +6,7 @@
  * restart fence; once the view change ends the fence, a later restart is not fenced.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { rmSync, statSync, truncateSync } from "node:fs";
+import { statSync, truncateSync } from "node:fs";
 import { join } from "node:path";
 import type { FitbClient } from "../../src/client/index.ts";
 import { loadPublicKeyFile } from "../../src/crypto/keys.ts";
@@ -21,9 +21,6 @@ const LOST =
   "records were lost (now or in a run that ended before its fence did): votes fenced in every view until a view change this replica takes part in";
 const ENDED = "the lost-records fence ended: this replica votes again";
 const ORDINARY = "restarted without a clean stop: votes fenced";
-const WIPED =
-  "the data directory holds no store and the group has ordered without it: starting as a replica that lost its records (votes fenced until a view change it takes part in)";
-const NEW = "the data directory holds no store and the group shows nothing ordered (or too few replicas answered): starting new";
 
 describe("a replica whose store lost records", () => {
   let cluster: TestCluster;
@@ -122,27 +119,4 @@ describe("a replica whose store lost records", () => {
     cluster.start(leader);
     await waitConverged(admin, [0, 1, 2, 3], CONVERGE_MS);
   }, 240_000);
-
-  test("a replica whose data directory was removed while the group ran starts fenced; the group's first start fenced none", async () => {
-    // The cluster's first start: every replica found no store, asked, and started new.
-    for (let replica = 0; replica < cluster.n; replica++) {
-      expect(logLines(cluster, replica, NEW).length).toBeGreaterThanOrEqual(1);
-      expect(logLines(cluster, replica, WIPED)).toEqual([]);
-    }
-    await waitConverged(admin, [0, 1, 2, 3], CONVERGE_MS);
-    const leader = (await admin.status()).leader as number;
-    const id = (leader + 2) % cluster.n;
-    const lostBefore = logLines(cluster, id, LOST).length;
-    const proc = cluster.procs[id];
-    if (proc === null || proc === undefined) throw new Error(`replica ${id} is not running`);
-    cluster.kill(id, "SIGTERM");
-    expect(await proc.exited).toBe(0);
-    rmSync(dataDirOf(cluster, id), { recursive: true, force: true });
-    await restart(id);
-    expect(logLines(cluster, id, WIPED).length).toBe(1);
-    expect(logLines(cluster, id, LOST).length).toBe(lostBefore + 1);
-    // It fetches the state and follows the group meanwhile.
-    await publish("after the wipe");
-    await waitConverged(admin, [0, 1, 2, 3], CONVERGE_MS);
-  }, 120_000);
 });

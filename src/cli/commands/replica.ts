@@ -5,7 +5,7 @@
  */
 import { URGENT_DELAY_TARGET_MS_DEFAULT, URGENT_DELAY_TARGET_MS_MAX } from "../../replica/shedding.ts";
 import { defaultThreads, THREADS_MAX } from "../../threads/verify-pool.ts";
-import { existsSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { bytesEqual } from "../../crypto/encoding.ts";
 import { KeyFileError, loadSigningKeyFile } from "../../crypto/keys.ts";
@@ -13,11 +13,9 @@ import { formatAddress, replicaById, requireClusterConfig } from "../../config/c
 import { createLog, type Log, parseLogLevel } from "../../replica/log.ts";
 import { type ListenAddress, parseListenAddress } from "../../relay/listen.ts";
 import { listenFailure } from "../../relay/server.ts";
-import { askGroupProgress, judgeFreshStore } from "../fresh-store.ts";
 import { fileIsAheadOfData, type Joined, JoinRefused, joinedBefore, learnGroup } from "../join.ts";
 import { Replica } from "../../replica/replica.ts";
 import { REPLICAS_MAX } from "../../../wire/types.ts";
-import { STORE_FILE } from "../../replica/storage/store.ts";
 import { DEFAULT_SYNC_POLICY, StoreIdentityError, SYNC_POLICIES, type SyncPolicy } from "../../replica/storage/index.ts";
 import type { ParsedArgs } from "../args.ts";
 import { METRICS_HOST_NAME_FLAG } from "../metrics-flags.ts";
@@ -44,9 +42,6 @@ export const replicaCommand: Command = {
     "the replica's data_dir in the config (data/replica-N beside it). Everything acknowledged",
     "is on disk there first; after kill -9 or power loss the replica restarts from it,",
     "and a replica that is behind or has lost its data fetches the state from its peers.",
-    "One whose store lost records (damaged, or a data directory found empty while f+1 other",
-    "replicas show the group has ordered: it asks them for up to 3 s first) votes in no view",
-    "until a view change it takes part in, so it never contradicts a vote it cannot remember.",
     "Logs are JSON lines on standard output (FITB_LOG=debug for more).",
     "Under systemd (Type=notify, $NOTIFY_SOCKET) it reports READY=1 once it has joined its",
     "group (2f peers up in a normal view), WATCHDOG=1 when the unit sets WatchdogSec=, and",
@@ -229,11 +224,6 @@ async function runReplica(args: ParsedArgs): Promise<number> {
       throw new CommandError(`replica ${id} could not learn its group from the replicas of ${configPath}: ${(error as Error).message}`);
     }
   }
-  // No store, and the file names this replica with this key: new, or wiped while the group ran.
-  let lostVotes = false;
-  if (joining === undefined && !learns && !behind && !existsSync(join(dataDir, STORE_FILE))) {
-    lostVotes = judgeFreshStore(await askGroupProgress({ config, id, key }), log);
-  }
   // Listened for from here, well before the replica starts and says so ("replica started"):
   // a stop asked while it opens its store and starts is kept, and done once it runs. (Had
   // the listeners come after start, a SIGTERM sent on seeing that line could still find
@@ -256,7 +246,6 @@ async function runReplica(args: ParsedArgs): Promise<number> {
       urgentDelayTargetMs,
       listenAlso: listens.slice(1),
       ...(joining === undefined ? {} : { joining }),
-      ...(lostVotes ? { lostVotes } : {}),
       // The replica logged why; its exit status says what kind of stop it is (systemd restarts it).
       onFatal: (error) => process.exit(error.exitCode),
       // A membership change removed it (it said so in its log): a clean stop.

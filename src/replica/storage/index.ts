@@ -86,12 +86,6 @@ export interface StorageOptions {
    * store, to play a disk that went bad, turn it off.
    */
   readonly exclusive?: boolean;
-  /**
-   * The store is created now, and this replica may have voted before with a store since
-   * lost (the group has ordered without it: src/cli/fresh-store.ts): it asks for the
-   * lost-records fence (LOST_VOTES_META) from the start.
-   */
-  readonly lostVotes?: boolean;
   /** What to do when a commit fails (fatal.ts); thrown by default. */
   readonly onFatal?: FatalHandler;
   /** The file system (disk.ts); the real one by default, a simulated one in the simulator. */
@@ -236,7 +230,7 @@ export class ReplicaStorage {
     this.lostVotesStored = store.meta(LOST_VOTES_META) === true;
     this.lostVotesAtOpen = this.lostVotesStored;
     // Written with the loss itself (scanAndDelete, the quarantine above); made durable here under `normal` too.
-    if (corrupt.some(mayHoldVotes) || quarantined || options.lostVotes === true) {
+    if (corrupt.some(mayHoldVotes) || quarantined) {
       this.lostVotesStored = false;
       this.storeLostVotes();
     }
@@ -307,7 +301,6 @@ export class ReplicaStorage {
       store.transaction(() => (store as ReplicaStore).putMeta(LOST_VOTES_META, true));
     }
     if (corrupt.length > 0) reportCorruption(options, corrupt);
-    if (options.lostVotes === true) store.transaction(() => (store as ReplicaStore).putMeta(LOST_VOTES_META, true));
     return new ReplicaStorage(store, options, corrupt, quarantined);
   }
 
