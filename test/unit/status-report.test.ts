@@ -82,7 +82,11 @@ describe("admin status report", () => {
     const report = assessStatus(CLUSTER, statusOf([{}, { votesFenced: true }, {}, {}]), REFUSED);
     expect(report.replicas[1]?.flags).toEqual(["votes-fenced"]);
     expect(report.problems).toEqual([]);
-    expect(report.warnings.some((w) => w.startsWith("replica 1 restarted without a clean stop and votes on no new proposal"))).toBe(true);
+    expect(
+      report.warnings.some((w) =>
+        w.startsWith("replica 1 restarted without a clean stop (or its store lost records) and votes on no new proposal"),
+      ),
+    ).toBe(true);
     expect(statusTable(report).find((line) => line.startsWith("1 "))).toContain("votes-fenced");
   });
 

@@ -224,8 +224,8 @@ export function assessStatus(
     if (answer.votesFenced === true) {
       flags.push("votes-fenced");
       warnings.push(
-        `replica ${replica.id} restarted without a clean stop and votes on no new proposal until it passes its fence ` +
-          "(or a view change): meanwhile it counts in no quorum, so one more replica down stops ordering until the view changes",
+        `replica ${replica.id} restarted without a clean stop (or its store lost records) and votes on no new proposal until it passes its fence ` +
+          "(or a view change it takes part in): meanwhile it counts in no quorum, so one more replica down stops ordering until the view changes",
       );
     }
     return {
