@@ -719,6 +719,22 @@ describe("lost records fence every view", () => {
     expect(after.lostRecords).toBe(true);
   });
 
+  test("damage found while running (a read for a peer) fences the next start, not this run; damage to unordered events fences none", () => {
+    const { dir, writer, publisher } = setup();
+    writer.storage.persist(VIEW_0);
+    publishDecisions(writer, publisher, 3);
+    writer.storage.reportCorrupt([{ table: "unordered", ids: [1], key: "id 1", reason: "checksum" }]);
+    expect(writer.storage.lostRecords).toBe(false);
+    writer.storage.reportCorrupt([{ table: "snap_part", ids: [5, 0], key: "seq 5 part 0", reason: "checksum" }]);
+    expect(writer.storage.lostRecords).toBe(true);
+    writer.storage.close();
+    const next = openStorage(dir);
+    cleanups.push(() => next.close());
+    expect(next.corruptAtOpen).toEqual([]);
+    expect(next.lostRecords).toBe(true);
+    expect(coreStartedFrom(next, recoverInto(next).coreRecords).status().voteFence).toEqual(LOST_RECORDS_FENCE);
+  });
+
   test("a quarantined store asks every start for the fence until the fence ends (clearLostVotes), even after a clean stop", () => {
     const dir = cutStore();
     const first = openStorage(dir);
