@@ -174,6 +174,8 @@ const statusSchema = z.object({
   epoch: z.int().min(0).optional(),
   /** Restarted without a clean stop, it votes on no new proposal until past its fence (core PROTOCOL.md §2). */
   votesFenced: z.boolean().optional(),
+  /** Its store lost records: it votes in no view until a view change it takes part in (core PROTOCOL.md §2). */
+  lostRecordsFenced: z.boolean().optional(),
   view: z.int().min(0),
   leader: z.int().min(0),
   lastDecided: z.int().min(0),

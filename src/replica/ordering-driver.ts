@@ -135,6 +135,8 @@ export interface OrderingStatus {
   readonly baseSnapshot: number;
   /** Restarted without a clean stop, it votes on no new proposal until past its fence (core PROTOCOL.md §2). */
   readonly votesFenced: boolean;
+  /** Its store lost records: it votes in no view until a view change it takes part in (core fence.ts). */
+  readonly lostRecordsFenced: boolean;
 }
 
 /** A request's client name (`<64 hex>:<tag of at most 128 bytes>`) and fields, as the core counts them. */
@@ -1176,6 +1178,7 @@ export class OrderingDriver {
       transferring: this.transfer.fetching,
       baseSnapshot: this.keeper.baseHead?.seq ?? 0,
       votesFenced: s.voteFence !== null,
+      lostRecordsFenced: s.lostVotesFenced,
     };
   }
 

@@ -1379,6 +1379,7 @@ export class Replica {
       lastDecided: core.lastExecuted,
       stableCheckpoint: core.stableCheckpoint,
       votesFenced: core.votesFenced,
+      lostRecordsFenced: core.lostRecordsFenced,
       channels: this.machine.channelCount,
       subscriptions: this.subs.count,
       heldForExecution: this.gate.size,

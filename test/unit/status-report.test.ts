@@ -82,12 +82,19 @@ describe("admin status report", () => {
     const report = assessStatus(CLUSTER, statusOf([{}, { votesFenced: true }, {}, {}]), REFUSED);
     expect(report.replicas[1]?.flags).toEqual(["votes-fenced"]);
     expect(report.problems).toEqual([]);
-    expect(
-      report.warnings.some((w) =>
-        w.startsWith("replica 1 restarted without a clean stop (or its store lost records) and votes on no new proposal"),
-      ),
-    ).toBe(true);
+    expect(report.warnings.some((w) => w.startsWith("replica 1 restarted without a clean stop and votes on no new proposal"))).toBe(true);
     expect(statusTable(report).find((line) => line.startsWith("1 "))).toContain("votes-fenced");
+  });
+
+  test("a replica fenced because its store lost records is flagged records-lost, a problem (exit 1) that says how to end it, not also votes-fenced", () => {
+    const report = assessStatus(CLUSTER, statusOf([{}, {}, { votesFenced: true, lostRecordsFenced: true }, {}]), REFUSED);
+    expect(report.replicas[2]?.flags).toEqual(["records-lost"]);
+    expect(report.exitCode).toBe(STATUS_DEGRADED);
+    expect(report.warnings).toEqual([]);
+    expect(report.problems).toHaveLength(1);
+    expect(report.problems[0]).toStartWith("replica 2 lost records (its store was damaged or moved aside) and votes in no view");
+    expect(report.problems[0]).toContain("stop the leader, publish an event");
+    expect(statusTable(report).find((line) => line.startsWith("2 "))).toContain("records-lost");
   });
 
   test("one replica answers: the table is still printed, exit 2", () => {

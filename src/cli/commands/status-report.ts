@@ -76,7 +76,9 @@ export interface ReplicaRow {
    * "other-view", "lagging", "leader-down" (it names a leader that does not answer),
    * "isolated" (it reaches fewer peers than a quorum needs: a problem), "peers-unreached"
    * (it reaches enough of them, not all: a warning), "votes-fenced" (restarted without a
-   * clean stop, it votes on no new proposal until past its fence: a warning).
+   * clean stop, it votes on no new proposal until past its fence: a warning),
+   * "records-lost" (its store lost records: it votes in no view until a view change it
+   * takes part in, which a quiet group never makes: a problem, with the way to end it).
    */
   readonly flags: readonly string[];
   /** The group's other members whose peer links this replica says are up; null when down or when its answer does not say. */
@@ -221,11 +223,17 @@ export function assessStatus(
         );
       }
     }
-    if (answer.votesFenced === true) {
+    if (answer.lostRecordsFenced === true) {
+      flags.push("records-lost");
+      problems.push(
+        `replica ${replica.id} lost records (its store was damaged or moved aside) and votes in no view until a view change it takes part in: ` +
+          "meanwhile it counts in no quorum; a quiet group never changes view, so stop the leader, publish an event (the group changes view to order it) and start the leader again",
+      );
+    } else if (answer.votesFenced === true) {
       flags.push("votes-fenced");
       warnings.push(
-        `replica ${replica.id} restarted without a clean stop (or its store lost records) and votes on no new proposal until it passes its fence ` +
-          "(or a view change it takes part in): meanwhile it counts in no quorum, so one more replica down stops ordering until the view changes",
+        `replica ${replica.id} restarted without a clean stop and votes on no new proposal until it passes its fence ` +
+          "(or a view change): meanwhile it counts in no quorum, so one more replica down stops ordering until the view changes",
       );
     }
     return {
