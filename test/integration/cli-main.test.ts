@@ -161,6 +161,11 @@ describe("fitb (source entry point)", () => {
 
     const check = await fitb("config", "check", join(dir, "cluster.toml"));
     expect(check).toEqual({ code: 0, stdout: "ok: cluster local, n=4, f=1, 4 replicas\n", stderr: "" });
+    // --config names it as every other command takes it; two different files are refused.
+    expect(await fitb("config", "check", "--config", join(dir, "cluster.toml"))).toEqual(check);
+    const two = await fitb("config", "check", join(dir, "cluster.toml"), "--config", join(dir, "other.toml"));
+    expect(two.code).toBe(2);
+    expect(two.stderr).toContain(`two cluster files: ${join(dir, "cluster.toml")} and --config ${join(dir, "other.toml")}`);
 
     const withKey = await fitb("config", "check", join(dir, "cluster.toml"), "--id", "2");
     expect(withKey.code).toBe(0);

@@ -147,7 +147,7 @@ export const adminCommand: Command = {
     "                               2 no quorum (fewer than 2f+1 replicas answered, or fewer than an",
     "                               ordering quorum answer and reach enough peers)",
     ...MEMBERSHIP_HELP,
-    "create-channel, destroy-channel, register, unregister and the membership changes must be signed by an admin key of the",
+    "create-channel, destroy-channel, register, unregister, set-quota and the membership changes must be signed by an admin key of the",
     "cluster file; they are ordered through Byzantine agreement and acknowledged by f+1",
     "matching replies. list-channels and list-quotas take f+1 matching answers; status shows every replica.",
   ],

@@ -11,6 +11,7 @@ import { bytesEqual } from "../../crypto/encoding.ts";
 import { formatPublicKey, loadSigningKeyFile } from "../../crypto/keys.ts";
 import type { ParsedArgs } from "../args.ts";
 import type { Command, CommandIo } from "../command.ts";
+import { CONFIG_DEFAULT_TEXT, resolveConfigPath } from "../defaults.ts";
 import { CommandError, EXIT_FAILURE, EXIT_OK, UsageError } from "../errors.ts";
 
 export const configCheckCommand: Command = {
@@ -24,6 +25,12 @@ export const configCheckCommand: Command = {
   ],
   flags: [
     {
+      name: "config",
+      kind: "string",
+      valueName: "FILE",
+      description: `The cluster file, when FILE is not given (${CONFIG_DEFAULT_TEXT})`,
+    },
+    {
       name: "id",
       kind: "string",
       valueName: "N",
@@ -36,9 +43,12 @@ export const configCheckCommand: Command = {
       description: "With --id: check this secret key file (what `fitb replica --key` is given) instead of the cluster file's",
     },
   ],
-  positionals: [{ name: "FILE", description: "The cluster file (cluster.toml)", required: true }],
+  positionals: [
+    { name: "FILE", description: "The cluster file (cluster.toml); else --config, or where the other commands look", required: false },
+  ],
   examples: [
     "fitb config check cluster.toml",
+    "fitb config check --config /etc/fitb/cluster.toml",
     "fitb config check /etc/fitb/cluster.toml --id 2",
     "fitb config check /etc/fitb/cluster.toml --id 2 --key /etc/fitb/replica-2.key",
   ],
@@ -46,7 +56,11 @@ export const configCheckCommand: Command = {
 };
 
 function runConfigCheck(args: ParsedArgs, io: CommandIo): number {
-  const path = args.requiredPositional("FILE");
+  const given = args.positional("FILE");
+  const flag = args.string("config");
+  if (given !== undefined && flag !== undefined && given !== flag)
+    throw new UsageError(`two cluster files: ${given} and --config ${flag}; give one`);
+  const path = given ?? resolveConfigPath(flag);
   const id = args.integer("id", 0, REPLICAS_MAX - 1);
   const keyFile = args.string("key");
   if (keyFile !== undefined && id === undefined) throw new UsageError("--key names replica N's secret key file: give --id N too");
