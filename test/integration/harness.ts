@@ -82,27 +82,14 @@ export function portLane(): number | null {
   return null;
 }
 
-/**
- * Where this process's next range starts in its lane: ranges are handed out one after
- * another, so two asked for before either is bound (a cluster's ports and its replicas'
- * metrics ports) never overlap, as two random bases could; the lane wraps around long
- * after a test file's processes are gone.
- */
-let laneCursor: number | null = null;
-
-/** Finds `count` consecutive free TCP ports on 127.0.0.1 in this process's lane, after the last range it handed out. */
+/** Finds `count` consecutive free TCP ports on 127.0.0.1, starting at a random base in this process's lane. */
 export function freePortRange(count: number): number {
   const lane = portLane();
   const lanePorts = Math.floor((TEST_PORT_MAX - TEST_PORT_MIN) / PORT_LANES);
   const [min, max] =
     lane === null ? [TEST_PORT_MIN, TEST_PORT_MAX] : [TEST_PORT_MIN + lane * lanePorts, TEST_PORT_MIN + (lane + 1) * lanePorts];
   for (let attempt = 0; attempt < 50; attempt++) {
-    // Without a lane of its own (all taken), a random base over the whole range, as other
-    // processes may use it too; in a lane, a random start first, then from its bottom again at its top.
-    if (lane === null || laneCursor === null || laneCursor < min) laneCursor = min + Math.floor(Math.random() * (max - min - count));
-    else if (laneCursor + count > max) laneCursor = min;
-    const base = laneCursor;
-    laneCursor += count;
+    const base = min + Math.floor(Math.random() * (max - min - count));
     const listeners = [];
     let ok = true;
     for (let i = 0; i < count; i++) {
