@@ -82,14 +82,24 @@ export function portLane(): number | null {
   return null;
 }
 
-/** Finds `count` consecutive free TCP ports on 127.0.0.1, starting at a random base in this process's lane. */
+/**
+ * The last ranges this process handed out. A range is free when handed out but bound only
+ * later (a cluster's replicas start after its peer ports and a metrics port are taken too),
+ * so a range found free meanwhile may overlap it; none handed out is given again while it
+ * is among these. Bounded: ranges are a few ports, a lane 2,500.
+ */
+const RECENT_RANGES_MAX = 64;
+const recentRanges: { base: number; count: number }[] = [];
+
+/** Finds `count` consecutive free TCP ports on 127.0.0.1, starting at a random base in this process's lane, overlapping none of its recent ranges. */
 export function freePortRange(count: number): number {
   const lane = portLane();
   const lanePorts = Math.floor((TEST_PORT_MAX - TEST_PORT_MIN) / PORT_LANES);
   const [min, max] =
     lane === null ? [TEST_PORT_MIN, TEST_PORT_MAX] : [TEST_PORT_MIN + lane * lanePorts, TEST_PORT_MIN + (lane + 1) * lanePorts];
-  for (let attempt = 0; attempt < 50; attempt++) {
+  for (let attempt = 0; attempt < 200; attempt++) {
     const base = min + Math.floor(Math.random() * (max - min - count));
+    if (recentRanges.some((range) => base < range.base + range.count && range.base < base + count)) continue;
     const listeners = [];
     let ok = true;
     for (let i = 0; i < count; i++) {
@@ -101,7 +111,10 @@ export function freePortRange(count: number): number {
       }
     }
     for (const listener of listeners) listener.stop(true);
-    if (ok) return base;
+    if (!ok) continue;
+    recentRanges.push({ base, count });
+    if (recentRanges.length > RECENT_RANGES_MAX) recentRanges.shift();
+    return base;
   }
   throw new Error("no free port range found");
 }
