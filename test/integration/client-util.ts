@@ -35,21 +35,53 @@ export const CLASSES = [
   { tag: "sec.alerts", fault: "byzantine", order: "total", priority: "critical" },
 ] as const;
 
-/** Creates the four example channels (public) and registers `publisher` on each. */
-export async function createChannels(admin: FitbClient, publisher: Uint8Array): Promise<void> {
+/** Creates the four example channels (public) and registers `publisher` on each; returns the seq of the last command. */
+export async function createChannels(admin: FitbClient, publisher: Uint8Array): Promise<number> {
+  let at = 0;
   for (const c of CLASSES) {
     const create: AdminCmd = { t: "create-channel", tag: c.tag, fault: c.fault, order: c.order, priority: c.priority, public: true };
     await admin.admin(create);
-    await admin.admin({ t: "register", tag: c.tag, role: "publisher", key: publisher });
+    const registered = await admin.admin({ t: "register", tag: c.tag, role: "publisher", key: publisher });
+    at = Math.max(at, registered.at ?? 0);
   }
+  return at;
 }
 
-/** A started test cluster with the four example channels, the cluster's client key registered on each. */
+/**
+ * Waits until every replica of `cluster` with a running process has decided seq `at` and
+ * holds as many channels as the most advanced one. An admin command is answered once a
+ * quorum executed it: a replica that was slower to join the group (it catches up from its
+ * peers' log a moment later) would otherwise refuse a test's first publishes to an
+ * unordered channel, or its first SUBSCRIBE, with UNKNOWN_CHANNEL.
+ */
+export async function waitChannelsEverywhere(cluster: TestCluster, admin: FitbClient, at: number): Promise<void> {
+  const running = cluster.procs.flatMap((proc, id) => (proc === null ? [] : [id]));
+  let seen = "no status yet";
+  await waitFor(
+    `replicas ${running.join(",")} to execute the channels' setup (seq ${at})`,
+    async () => {
+      const status = await admin.status().catch(() => null);
+      if (status === null) return false;
+      const answers = new Map(status.replicas.map((r) => [r.id, r.answer?.ok === true ? r.answer.value : null]));
+      const most = Math.max(...[...answers.values()].map((a) => a?.channels ?? 0));
+      seen = JSON.stringify(running.map((id) => ({ id, lastDecided: answers.get(id)?.lastDecided, channels: answers.get(id)?.channels })));
+      return running.every((id) => {
+        const answer = answers.get(id);
+        return answer !== null && answer !== undefined && answer.lastDecided >= at && answer.channels === most;
+      });
+    },
+    60_000,
+    () => seen,
+  );
+}
+
+/** A started test cluster with the four example channels, the cluster's client key registered on each, and every running replica past their setup. */
 export async function startClusterWithChannels(options: Parameters<typeof startCluster>[0] = {}): Promise<TestCluster> {
   const cluster = await startCluster(options);
   const admin = clientFor(cluster, cluster.adminKey);
   try {
-    await createChannels(admin, loadSigningKeyFile(cluster.clientKey).key.publicKey);
+    const at = await createChannels(admin, loadSigningKeyFile(cluster.clientKey).key.publicKey);
+    await waitChannelsEverywhere(cluster, admin, at);
   } finally {
     admin.close();
   }
