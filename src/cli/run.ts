@@ -146,7 +146,7 @@ function reportCommandError(command: Command, error: unknown, options: RunOption
   const name = commandName(command);
   if (error instanceof UsageError) {
     io.err(`${PROGRAM} ${name}: ${error.message}`);
-    io.err(`Usage: ${commandSynopsis(command)}`);
+    io.err(`Usage: ${errorSynopsis(command)}`);
     io.err(`Run '${PROGRAM} ${name} --help' for details.`);
     return EXIT_USAGE;
   }
@@ -212,6 +212,26 @@ function groupHelp(words: readonly string[], group: readonly Command[]): string[
 export function commandSynopsis(command: Command): string {
   const args = argsSynopsis(command);
   return args === "" ? `${PROGRAM} ${commandName(command)}` : `${PROGRAM} ${commandName(command)} ${args}`;
+}
+
+/** The longest synopsis an error message repeats whole: about a terminal line. */
+const ERROR_SYNOPSIS_CHARS_MAX = 100;
+
+/**
+ * The synopsis a usage error repeats under its message: the whole one when it fits a
+ * line, else the required flags, the optional ones folded into `[flags]`, and the
+ * positionals (`fitb admin` has some twenty; `--help` lists them all).
+ */
+export function errorSynopsis(command: Command): string {
+  const whole = commandSynopsis(command);
+  if (whole.length <= ERROR_SYNOPSIS_CHARS_MAX) return whole;
+  const required = command.flags.filter((flag) => flag.required === true);
+  const parts = [
+    argsSynopsis({ ...command, flags: required, positionals: [] }),
+    required.length < command.flags.length ? "[flags]" : "",
+    argsSynopsis({ ...command, flags: [] }),
+  ];
+  return [`${PROGRAM} ${commandName(command)}`, ...parts.filter((part) => part !== "")].join(" ");
 }
 
 function commandHelp(command: Command): string[] {

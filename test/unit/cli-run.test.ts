@@ -137,6 +137,34 @@ describe("errors from commands", () => {
     expect((await run(["probe", "throw"], { commands })).err[0]).toBe("fitb probe throw: missing required flag --mode MODE");
   });
 
+  test("a usage error of a command with many flags folds its optional ones into [flags]; --help still lists them", async () => {
+    const many: Command = {
+      ...thrower,
+      path: ["probe", "many"],
+      flags: [
+        ...thrower.flags,
+        ...Array.from({ length: 12 }, (_, i) => ({
+          name: `option-${i}`,
+          kind: "string" as const,
+          valueName: "VALUE",
+          description: `option ${i}`,
+        })),
+      ],
+      positionals: [{ name: "TAG", required: false, description: "a tag" }],
+    };
+    const result = await run(["probe", "many", "--mode", "usage"], { commands: [many] });
+    expect(result.code).toBe(EXIT_USAGE);
+    expect(result.err[1]).toBe("Usage: fitb probe many --mode MODE [flags] [TAG]");
+    const help = await run(["probe", "many", "--help"], { commands: [many] });
+    expect(help.out[0]).toContain("[--option-11 VALUE] [TAG]");
+    expect(help.out.filter((line) => line.includes("--option-"))).toHaveLength(13);
+    // Every registered command's error synopsis fits a terminal line.
+    for (const command of COMMANDS) {
+      const bad = await run([...command.path, "--no-such-flag"]);
+      expect(bad.err.find((line) => line.startsWith("Usage: "))?.length ?? 0).toBeLessThanOrEqual(107);
+    }
+  });
+
   test("a user error exits 1 with its message and no stack", async () => {
     const result = await run(["probe", "throw", "--mode", "user"], { commands });
     expect(result).toEqual({ code: EXIT_FAILURE, out: [], err: ["fitb probe throw: the file is", "broken in two places"] });
