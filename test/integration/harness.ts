@@ -183,8 +183,8 @@ export async function startCluster(
   const n = options.replicas ?? 4;
   const dir = mkdtempSync(join(tmpdir(), "fitb-it-"));
   const basePort = freePortRange(n);
-  let peerBasePort: number | null = null;
-  while (options.sharedPort !== true && (peerBasePort === null || Math.abs(peerBasePort - basePort) < n)) peerBasePort = freePortRange(n);
+  // Never overlapping basePort's range: freePortRange skips the ranges it handed out last.
+  const peerBasePort = options.sharedPort === true ? null : freePortRange(n);
   const init = initCluster({ dir, replicas: n, host: "127.0.0.1", basePort, peerBasePort, name: "it", overwrite: false });
   if (options.limits !== undefined) patchLimits(init.configPath, options.limits);
   const procs: (Subprocess | null)[] = new Array(n).fill(null);
